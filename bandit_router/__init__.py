@@ -1,0 +1,1 @@
+"""bandit-router: route each LLM request to the model that answers it best for its cost, and learn from feedback."""

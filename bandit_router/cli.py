@@ -1,0 +1,39 @@
+"""`bandit-router`: the command line. Each sub-command lives beside the code it drives and is registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from .policies import REGISTRY
+
+app = typer.Typer(
+    name="bandit-router",
+    help="Route each LLM request to the model that answers it best for its cost, and learn from feedback.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Route each LLM request to the model that answers it best for its cost, and learn from feedback."""
+
+
+@app.command("policies")
+def list_policies() -> None:
+    """List the registered routing policies and their settings."""
+    import dataclasses
+
+    for name, entry in REGISTRY.items():
+        fields = ", ".join(
+            f"{f.name}={f.default!r}" for f in dataclasses.fields(entry.params) if f.name != "exploration"
+        )
+        typer.echo(f"{name:<12} {entry.summary}" + (f"\n{'':<12} settings: {fields}" if fields else ""))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+"""Request → `Context`: namespaced, hashed sparse features. Pure, deterministic, never raises on any text.
+
+Namespaces (one letter each, the letter VW uses for interactions):
+
+- `w` words: hashed lower-cased word unigrams and bigrams, each of value 1/√n.
+- `l` length: log-scaled characters and estimated tokens, ``log1p(n) / log1p(scale)``.
+- `m` markers: code, maths, list, question, non-Latin script, URL (value 1, or a fraction).
+- `t` turns: log-scaled number of user turns in a chat.
+- `c` the caller's context dict: ``key=value`` for strings and booleans (value 1), ``key`` with the value
+  for numbers (signed ``log1p(|x|)``).
+
+Hashing is MurmurHash3 (mmh3, 32-bit, fixed seeds), never Python's salted `hash()`, so features are the same
+in every process. Bigram hashes are combined from unigram hashes with an FNV-style mix in numpy.
+Text beyond `max_chars` is not tokenized (the length features still see the whole text).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import mmh3
+import numpy as np
+
+from .types import Context, Request, Scalar
+
+_PUNCTUATION_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
+_CODE_WORDS = frozenset(
+    [
+        "def",
+        "class",
+        "import",
+        "return",
+        "lambda",
+        "select",
+        "print",
+        "console",
+        "function",
+        "include",
+        "elif",
+        "endif",
+        "fn",
+        "func",
+        "var",
+        "const",
+        "let",
+        "struct",
+        "impl",
+        "println",
+        "printf",
+        "sudo",
+        "npm",
+        "pip",
+    ]
+)
+_CODE_SNIPPETS = ("```", "=>", "{\n", ";\n", "</", "#!/", "()")
+_MATH = re.compile(r"\d\s*[-+*/^=×÷]\s*\d")
+_MATH_WORDS = frozenset(
+    [
+        "solve",
+        "equation",
+        "integral",
+        "derivative",
+        "probability",
+        "theorem",
+        "prove",
+        "calculate",
+        "compute",
+        "sqrt",
+        "frac",
+        "sum",
+    ]
+)
+_MATH_SNIPPETS = ("\\frac", "\\int", "$$")
+_LIST = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+\S", re.MULTILINE)
+_LIST_STARTS = frozenset("-*•0123456789")
+_QUESTION_WORDS = frozenset(
+    [
+        "what",
+        "why",
+        "how",
+        "who",
+        "when",
+        "where",
+        "which",
+        "can",
+        "could",
+        "is",
+        "are",
+        "does",
+        "do",
+        "should",
+        "would",
+    ]
+)
+_NON_LATIN = re.compile(
+    r"[\u0370-\u03ff\u0400-\u04ff\u0590-\u06ff\u0900-\u0dff\u0e00-\u0eff\u1100-\u11ff\u3040-\u30ff"
+    r"\u3400-\u9fff\uac00-\ud7af]"
+)
+
+_SEED_WORD = 0x5EED
+_SEED_OTHER = 0xC0FFEE
+_FNV_PRIME = np.uint64(0x01000193)
+_MASK32 = np.uint64(0xFFFFFFFF)
+_CACHE_LIMIT = 200_000
+
+
+def _has_digit(text: str) -> bool:
+    return any(d in text for d in "0123456789")
+
+
+def hash_name(name: str, seed: int = _SEED_OTHER) -> int:
+    """Stable 32-bit hash of a feature name."""
+    return int(mmh3.hash(name.encode("utf-8", "surrogatepass"), seed, signed=False))
+
+
+def _sparse(indices: list[int], values: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(indices, dtype=np.uint32), np.asarray(values, dtype=np.float32)
+
+
+def _scaled_log(n: float, scale: float) -> float:
+    return math.log1p(n) / math.log1p(scale)
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimated token count: ~4 ASCII characters per token, ~1.5 characters per token otherwise.
+
+    Close to cl100k for English prose and code; a routing estimate, not a tokenizer.
+    """
+    n = len(text)
+    if n == 0:
+        return 0
+    n_ascii = len(text.encode("ascii", "ignore")) if n < 1_000_000 else n
+    return max(1, math.ceil(n_ascii / 4 + (n - n_ascii) / 1.5))
+
+
+_MARKER_IDS = {name: hash_name("m=" + name) for name in ("code", "math", "list", "question", "non_latin", "url")}
+_LEN_CHARS = hash_name("l=chars")
+_LEN_TOKENS = hash_name("l=tokens")
+_TURNS = hash_name("t=turns")
+
+
+class FeatureExtractor:
+    """Turns a `Request` into a `Context`. Keep one per router: it caches word hashes (bounded)."""
+
+    def __init__(self, *, bigrams: bool = True, max_chars: int = 20_000) -> None:
+        self.bigrams = bigrams
+        self.max_chars = max_chars
+        self._cache: dict[str, int] = {}
+
+    def __call__(self, request: Request) -> Context:
+        return self.extract(request.text, turns=request.turns, attributes=request.context)
+
+    def _word_hash(self, word: str) -> int:
+        h = int(mmh3.hash(word.encode("utf-8", "surrogatepass"), _SEED_WORD, signed=False))
+        self._cache[word] = h
+        return h
+
+    def words(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        return self._words(self.tokens(text))
+
+    def tokens(self, text: str) -> list[str]:
+        """Lower-cased words of `text[:max_chars]`, split on white space and ASCII punctuation."""
+        return text[: self.max_chars].lower().translate(_PUNCTUATION_TO_SPACE).split()
+
+    def _words(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Hashed unigrams (+ bigrams) of lower-cased `text` split on white space and ASCII punctuation.
+
+        Every occurrence is one feature of value 1/√n (n = unigrams + bigrams); repeated hashes add up where
+        the learner sums them (VW and the linear policies do).
+        """
+        if not tokens:
+            return _sparse([], [])
+        cache = self._cache
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        found = list(map(cache.get, tokens))
+        if None in found:
+            found = [h if h is not None else self._word_hash(t) for h, t in zip(found, tokens, strict=True)]
+        hashes = np.array(found, dtype=np.uint64)
+        if self.bigrams and len(hashes) > 1:
+            bigrams = ((hashes[:-1] * _FNV_PRIME) ^ (hashes[1:] + np.uint64(0x9E3779B9))) & _MASK32
+            hashes = np.concatenate([hashes, bigrams])
+        idx = hashes.astype(np.uint32)
+        return idx, np.full(len(idx), 1.0 / math.sqrt(len(idx)), dtype=np.float32)
+
+    def extract(self, text: str, *, turns: int = 1, attributes: Mapping[str, Scalar] | None = None) -> Context:
+        """Featurize raw text (what `__call__` does for a request)."""
+        n_chars = len(text)
+        n_tokens = estimate_tokens(text)
+        head = text[: self.max_chars]
+        tokens = self.tokens(head)
+        features: dict[str, tuple[np.ndarray, np.ndarray]] = {"w": self._words(tokens)}
+        vocabulary = set(tokens)
+        features["l"] = _sparse(
+            [_LEN_CHARS, _LEN_TOKENS], [_scaled_log(n_chars, 100_000), _scaled_log(n_tokens, 25_000)]
+        )
+        markers: dict[str, float] = {}
+        if not _CODE_WORDS.isdisjoint(vocabulary) or any(snippet in head for snippet in _CODE_SNIPPETS):
+            markers["code"] = 1.0
+        if (
+            not _MATH_WORDS.isdisjoint(vocabulary)
+            or any(snippet in head for snippet in _MATH_SNIPPETS)
+            or (_has_digit(head) and _MATH.search(head))
+        ):
+            markers["math"] = 1.0
+        if ("\n" in head or head.lstrip()[:1] in _LIST_STARTS) and _LIST.search(head):
+            markers["list"] = 1.0
+        if "?" in head or (tokens and tokens[0] in _QUESTION_WORDS):
+            markers["question"] = 1.0
+        if "http://" in head or "https://" in head:
+            markers["url"] = 1.0
+        if head and not head.isascii():
+            non_latin = len(_NON_LATIN.findall(head))
+            if non_latin:
+                markers["non_latin"] = min(1.0, 4.0 * non_latin / len(head))
+        features["m"] = _sparse([_MARKER_IDS[m] for m in markers], list(markers.values()))
+        features["t"] = _sparse([_TURNS], [_scaled_log(max(1, turns), 64)])
+        attrs = dict(attributes or {})
+        features["c"] = self._context_features(attrs)
+        return Context(
+            features=features,
+            input_tokens=n_tokens,
+            n_chars=n_chars,
+            turns=max(1, turns),
+            markers=frozenset(markers),
+            attributes=MappingProxyType(attrs),
+            text=text,
+        )
+
+    def _name_hash(self, name: str) -> int:
+        h = self._cache.get(name)
+        if h is None:
+            h = self._cache[name] = hash_name(name)
+        return h
+
+    def _context_features(self, attrs: Mapping[str, Scalar]) -> tuple[np.ndarray, np.ndarray]:
+        indices: list[int] = []
+        values: list[float] = []
+        for key in sorted(attrs):
+            value = attrs[key]
+            if isinstance(value, bool):
+                indices.append(self._name_hash(f"c={key}={value}"))
+                values.append(1.0)
+            elif isinstance(value, int | float):
+                x = float(value)
+                if not math.isfinite(x):
+                    continue
+                indices.append(self._name_hash(f"c={key}"))
+                values.append(math.copysign(math.log1p(abs(x)), x))
+            else:
+                indices.append(self._name_hash(f"c={key}={value}"))
+                values.append(1.0)
+        return _sparse(indices, values)
+
+
+def dense_vector(context: Context, dim: int) -> np.ndarray:
+    """Project a context onto `dim` dense dimensions for the linear policies.
+
+    Slot 0 is a bias; slots 1…15 hold the small namespaces (length, markers, turns, caller context), hashed
+    modulo 15; the words share the remaining `dim − 16` slots. `dim` must be at least 32.
+    """
+    if dim < 32:
+        raise ValueError("dense_vector needs dim >= 32")
+    x = np.zeros(dim, dtype=np.float64)
+    x[0] = 1.0
+    n_words = dim - 16
+    for ns, (idx, val) in context.features.items():
+        if len(idx) == 0:
+            continue
+        slots = 16 + (idx % n_words) if ns == "w" else 1 + (idx % 15)
+        np.add.at(x, slots.astype(np.intp), val.astype(np.float64))
+    return x

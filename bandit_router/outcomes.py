@@ -1,0 +1,124 @@
+"""Tables of routing outcomes: prompt × model → quality, cost (the format of `../shared/data`).
+
+A table is a CSV (optionally gzip) with one row per prompt and the columns
+
+    prompt_id, prompt, task, quality_<model>, cost_<model>   [, output_tokens_<model>, split column, …]
+
+Missing cells (empty or NaN) are kept as NaN: a model with no quality or cost for a prompt is *unavailable*
+for that prompt (`available[i, k]` is False), and `missing_cells` counts them.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidInput
+
+
+@dataclass(frozen=True, eq=False)
+class OutcomeTable:
+    """Arrays of one outcome table. `quality` and `cost_usd` have shape (n_prompts, n_models)."""
+
+    prompt_ids: tuple[str, ...]
+    prompts: tuple[str, ...]
+    tasks: tuple[str, ...]
+    models: tuple[str, ...]
+    quality: np.ndarray
+    cost_usd: np.ndarray
+    output_tokens: np.ndarray | None = None
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def available(self) -> np.ndarray:
+        """(n_prompts, n_models) bool: both quality and cost are known."""
+        return np.isfinite(self.quality) & np.isfinite(self.cost_usd)
+
+    @property
+    def missing_cells(self) -> int:
+        return int((~self.available).sum())
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def subset(self, rows: np.ndarray | Sequence[int]) -> OutcomeTable:
+        """The rows `rows` (indices or a boolean mask), in that order."""
+        idx = np.arange(len(self))[np.asarray(rows)] if np.asarray(rows).dtype == bool else np.asarray(rows)
+        pick = [int(i) for i in idx]
+        return OutcomeTable(
+            prompt_ids=tuple(self.prompt_ids[i] for i in pick),
+            prompts=tuple(self.prompts[i] for i in pick),
+            tasks=tuple(self.tasks[i] for i in pick),
+            models=self.models,
+            quality=self.quality[idx],
+            cost_usd=self.cost_usd[idx],
+            output_tokens=None if self.output_tokens is None else self.output_tokens[idx],
+            columns={k: tuple(v[i] for i in pick) for k, v in self.columns.items()},
+        )
+
+
+def _float(cell: str) -> float:
+    if cell is None or cell.strip() == "":
+        return math.nan
+    try:
+        return float(cell)
+    except ValueError:
+        return math.nan
+
+
+def load_table(path: str | Path, *, models: Sequence[str] | None = None) -> OutcomeTable:
+    """Read an outcome table; keep every extra column (e.g. `split_routerdc`) in `columns`."""
+    path = Path(path)
+    if not path.exists():
+        raise InvalidInput(f"{path}: no such file")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8", "replace"), newline=""))
+    header = reader.fieldnames or []
+    found = [c[len("quality_") :] for c in header if c.startswith("quality_")]
+    names = list(models) if models is not None else found
+    missing = [m for m in names if f"quality_{m}" not in header or f"cost_{m}" not in header]
+    if not names or missing:
+        raise InvalidInput(f"{path}: needs quality_<model> and cost_<model> columns (missing for {missing})")
+    if "prompt" not in header:
+        raise InvalidInput(f"{path}: needs a prompt column")
+    has_tokens = all(f"output_tokens_{m}" in header for m in names)
+    known = {"prompt_id", "prompt", "task"} | {f"{k}_{m}" for m in names for k in ("quality", "cost")}
+    extra = [c for c in header if c not in known and not c.startswith(("response_", "quality_", "cost_"))]
+    ids, prompts, tasks = [], [], []
+    q_rows, c_rows, t_rows = [], [], []
+    columns: dict[str, list[str]] = {c: [] for c in extra}
+    for i, row in enumerate(reader):
+        ids.append(row.get("prompt_id") or str(i))
+        prompts.append(row.get("prompt") or "")
+        tasks.append(row.get("task") or "")
+        q_rows.append([_float(row[f"quality_{m}"]) for m in names])
+        c_rows.append([_float(row[f"cost_{m}"]) for m in names])
+        if has_tokens:
+            t_rows.append([_float(row[f"output_tokens_{m}"]) for m in names])
+        for c in extra:
+            columns[c].append(row.get(c) or "")
+    quality = np.array(q_rows, dtype=np.float64).reshape(len(ids), len(names))
+    quality[(quality < 0) | (quality > 1)] = np.nan
+    cost = np.array(c_rows, dtype=np.float64).reshape(len(ids), len(names))
+    cost[cost < 0] = np.nan
+    return OutcomeTable(
+        prompt_ids=tuple(ids),
+        prompts=tuple(prompts),
+        tasks=tuple(tasks),
+        models=tuple(names),
+        quality=quality,
+        cost_usd=cost,
+        output_tokens=np.array(t_rows, dtype=np.float64).reshape(len(ids), len(names)) if has_tokens else None,
+        columns={k: tuple(v) for k, v in columns.items()},
+    )

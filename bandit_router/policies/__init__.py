@@ -1,0 +1,133 @@
+"""The policy registry: one line per policy. A spec string names a policy and its settings:
+
+    vw-squarecb                      vw-squarecb:gamma_scale=50,power_t=0
+    linucb:alpha=0.5,dim=128         lints:v=0.1
+    egreedy:epsilon=0.05             ucb1   thompson:dist=gaussian
+    fixed:gpt-4o-mini                random
+    rules:file=rules.toml            supervised:table=outcomes.csv.gz
+
+`make_policy(spec)` turns a spec (string, or name plus keyword settings) into a fresh policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UnknownPolicy
+from .base import BasePolicy, NoParams, Policy
+from .baselines import FixedParams, FixedPolicy, RandomPolicy
+from .context_free import ContextFreeParams, ContextFreePolicy
+from .linear import LinearParams, LinearPolicy
+from .rules import RulesParams, RulesPolicy
+from .supervised import SupervisedParams, SupervisedPolicy, warm_start
+from .vw import VWParams, VWPolicy
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How to build one registered policy: its class, its params class, fixed settings, a summary."""
+
+    factory: Callable[..., Policy]
+    params: type
+    preset: Mapping[str, Any]
+    summary: str
+    positional: str = ""
+    """The setting a bare value after the colon fills (`fixed:gpt-4o` → model=gpt-4o)."""
+
+
+REGISTRY: dict[str, Entry] = {
+    "vw-greedy": Entry(VWPolicy, VWParams, {"exploration": "greedy"}, "VW cb_adf, greedy on q̂ − λĉ"),
+    "vw-egreedy": Entry(VWPolicy, VWParams, {"exploration": "egreedy"}, "VW cb_adf, ε-greedy"),
+    "vw-softmax": Entry(VWPolicy, VWParams, {"exploration": "softmax"}, "VW cb_adf, softmax (Boltzmann)"),
+    "vw-squarecb": Entry(VWPolicy, VWParams, {"exploration": "squarecb"}, "VW cb_adf, SquareCB"),
+    "linucb": Entry(LinearPolicy, LinearParams, {}, "linear UCB, one ridge regression per model"),
+    "lints": Entry(LinearPolicy, LinearParams, {}, "linear Thompson sampling, one ridge per model"),
+    "egreedy": Entry(ContextFreePolicy, ContextFreeParams, {}, "context-free ε-greedy"),
+    "ucb1": Entry(ContextFreePolicy, ContextFreeParams, {}, "context-free UCB1"),
+    "thompson": Entry(ContextFreePolicy, ContextFreeParams, {}, "context-free Thompson (Beta or Gaussian)"),
+    "fixed": Entry(FixedPolicy, FixedParams, {}, "always one model", positional="model"),
+    "random": Entry(RandomPolicy, NoParams, {}, "uniform over the allowed models"),
+    "rules": Entry(RulesPolicy, RulesParams, {}, "ordered rules → model (rule-based strategy)", "file"),
+    "supervised": Entry(SupervisedPolicy, SupervisedParams, {}, "ridge per model, trained offline", "table"),
+}
+
+CONTEXTUAL = ("vw-greedy", "vw-egreedy", "vw-softmax", "vw-squarecb", "linucb", "lints")
+CONTEXT_FREE = ("egreedy", "ucb1", "thompson")
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """`name[:value|:k=v,k=v]` → (name, settings as strings)."""
+    name, _, rest = spec.strip().partition(":")
+    if name not in REGISTRY:
+        raise UnknownPolicy(f"unknown policy {name!r}; known: {', '.join(REGISTRY)}")
+    settings: dict[str, str] = {}
+    if rest:
+        if "=" not in rest:
+            key = REGISTRY[name].positional
+            if not key:
+                raise UnknownPolicy(f"policy {name!r} takes settings as key=value, got {rest!r}")
+            settings[key] = rest
+        else:
+            for part in rest.split(","):
+                key, eq, value = part.partition("=")
+                if not eq or not key.strip():
+                    raise UnknownPolicy(f"bad setting {part!r} in {spec!r}: expected key=value")
+                settings[key.strip()] = value.strip()
+    return name, settings
+
+
+def _convert(field: dataclasses.Field[Any], value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+    try:
+        if kind == "bool":
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except ValueError as exc:
+        raise UnknownPolicy(f"setting {field.name}={value!r} must be of type {kind}") from exc
+    return value
+
+
+def make_params(name: str, settings: Mapping[str, Any]) -> Any:
+    entry = REGISTRY[name]
+    fields = {f.name: f for f in dataclasses.fields(entry.params)}
+    unknown = set(settings) - set(fields)
+    if unknown:
+        raise UnknownPolicy(f"policy {name!r} has no setting {sorted(unknown)}; it has {sorted(fields)}")
+    values = {**entry.preset, **{k: _convert(fields[k], v) for k, v in settings.items()}}
+    try:
+        return entry.params(**values)
+    except (ValueError, TypeError) as exc:
+        raise UnknownPolicy(f"policy {name!r}: {exc}") from exc
+
+
+def make_policy(spec: str, **settings: Any) -> Policy:
+    """A fresh policy from a spec string; keyword settings override those in the string."""
+    name, parsed = parse_spec(spec)
+    params = make_params(name, {**parsed, **settings})
+    policy = REGISTRY[name].factory(params, name=name)
+    if name not in ("fixed",) and (parsed or settings):
+        policy.name = spec if not settings else name
+    return policy
+
+
+__all__ = [
+    "CONTEXTUAL",
+    "CONTEXT_FREE",
+    "REGISTRY",
+    "BasePolicy",
+    "Policy",
+    "make_params",
+    "make_policy",
+    "parse_spec",
+    "warm_start",
+]

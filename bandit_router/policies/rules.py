@@ -1,0 +1,137 @@
+"""The rule-based strategy: ordered rules on length, regexes, markers and context values → model.
+
+The first rule whose conditions all hold, and whose model is allowed, decides; else `default` (or the
+cheapest allowed model). In a TOML file (`rules:file=rules.toml`) or the config's `[policy]` table::
+
+    default = "gpt-4o-mini"
+    [[rules]]
+    model = "gpt-4o"
+    markers = ["code", "math"]      # any of these markers
+    [[rules]]
+    model = "claude-sonnet-4-5"
+    min_tokens = 2000               # also max_tokens, min_chars, max_chars
+    [[rules]]
+    model = "gpt-4.1-nano"
+    regex = "(?i)^translate"        # searched in the prompt text
+    context = { task = "support" }  # every key must match the request's context
+
+With no rules at all, the built-in rule set is: code or maths, or ≥ 1,500 estimated tokens → the cheapest
+model tagged `tier = "large"`; everything else → the cheapest model.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..catalog import ModelSpec
+from ..errors import ConfigError
+from ..types import Context, Scalar
+from .base import BasePolicy
+from .baselines import cheapest
+
+LONG_PROMPT_TOKENS = 1500
+
+
+@dataclass(frozen=True)
+class Rule:
+    model: str
+    min_chars: int | None = None
+    max_chars: int | None = None
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+    regex: str | None = None
+    markers: tuple[str, ...] = ()
+    context: Mapping[str, Scalar] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.regex is not None:
+            try:
+                object.__setattr__(self, "_pattern", re.compile(self.regex))
+            except re.error as exc:
+                raise ConfigError(f"rule for {self.model!r}: bad regex {self.regex!r}: {exc}") from exc
+        object.__setattr__(self, "markers", tuple(self.markers))
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Rule:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown or "model" not in data:
+            raise ConfigError(f"a rule needs `model` and may have {sorted(known - {'model'})}; got {sorted(data)}")
+        return cls(**dict(data))
+
+    def matches(self, context: Context) -> bool:
+        if self.min_chars is not None and context.n_chars < self.min_chars:
+            return False
+        if self.max_chars is not None and context.n_chars > self.max_chars:
+            return False
+        if self.min_tokens is not None and context.input_tokens < self.min_tokens:
+            return False
+        if self.max_tokens is not None and context.input_tokens > self.max_tokens:
+            return False
+        if self.markers and not (set(self.markers) & context.markers):
+            return False
+        if any(context.attributes.get(k) != v for k, v in self.context.items()):
+            return False
+        return not (self.regex is not None and not self._pattern.search(context.text))
+
+
+@dataclass(frozen=True)
+class RulesParams:
+    rules: tuple[Rule, ...] = ()
+    default: str = ""
+    file: str = ""
+
+    def __post_init__(self) -> None:
+        rules = tuple(r if isinstance(r, Rule) else Rule.from_mapping(r) for r in self.rules)
+        default = self.default
+        if self.file:
+            try:
+                data = tomllib.loads(Path(self.file).read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"rules file {self.file}: {exc}") from exc
+            rules += tuple(Rule.from_mapping(r) for r in data.get("rules", []))
+            default = default or str(data.get("default", ""))
+        object.__setattr__(self, "rules", rules)
+        object.__setattr__(self, "default", default)
+
+
+def builtin_rules(models: Sequence[ModelSpec]) -> tuple[Rule, ...]:
+    large = [m for m in models if m.tier == "large"]
+    if not large:
+        return ()
+    strong = large[cheapest(large)].name
+    return (Rule(model=strong, markers=("code", "math")), Rule(model=strong, min_tokens=LONG_PROMPT_TOKENS))
+
+
+class RulesPolicy(BasePolicy):
+    """First matching rule wins; deterministic (pmf is one-hot)."""
+
+    Params = RulesParams
+
+    def __init__(self, params: RulesParams | None = None, *, name: str = "rules") -> None:
+        self.params = params or RulesParams()
+        self.name = "rules"
+
+    def choose(self, context: Context, models: Sequence[ModelSpec]) -> int:
+        names = [m.name for m in models]
+        rules = self.params.rules or builtin_rules(models)
+        for rule in rules:
+            if rule.model in names and rule.matches(context):
+                return names.index(rule.model)
+        if self.params.default in names:
+            return names.index(self.params.default)
+        return cheapest(models)
+
+    def pmf(
+        self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        out = np.zeros(len(models))
+        out[self.choose(context, models)] = 1.0
+        return out

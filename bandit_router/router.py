@@ -1,0 +1,345 @@
+"""The `Router`: the one object that the service, the simulator and the evaluator all drive.
+
+    route(request)            → Decision   featurize, price, ask the policy for a pmf, sample, log p
+    learn(decision, outcome)  → reward     price the outcome, update cost estimates and the policy
+
+For each decision over the allowed models m with expected cost ĉ_m and latency ℓ̂_m, the policy receives the
+penalty  λ·ĉ_m + μ·ℓ̂_m (+ a pacer's budget penalties), so the request's own λ changes the choice at once,
+without relearning. Models with fewer than `cold_start_rounds` feedbacks get at least `cold_start_floor`
+probability (for policies that learn), so a newly added model is explored at once.
+
+Thread-safe: one lock around the policy and the sampler. `snapshot()`/`restore()` round-trip everything
+learned, the model list and the sampler's state; replaying the same outcomes in the same order rebuilds
+the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import exploration
+from .catalog import Catalog, ModelSpec, default_catalog
+from .errors import InvalidInput, UnknownModel
+from .features import FeatureExtractor
+from .policies import Policy, make_policy
+from .reward import CostModel, RewardConfig, reward
+from .state import pack, unpack
+from .types import Context, Decision, Outcome, Request, pmf_tuple
+
+MAX_DECISION_ID_LENGTH = 64
+
+
+def new_decision_id() -> str:
+    """A time-ordered id (UUIDv7 layout: 48-bit milliseconds, then random bits), 32 hex characters."""
+    ms = time.time_ns() // 1_000_000
+    return f"{ms:012x}{os.urandom(10).hex()}"
+
+
+class Pacer(Protocol):
+    """A budget controller the router consults on every decision (see `bandit_router.budgets`)."""
+
+    def adjust(
+        self,
+        context: Context,
+        models: Sequence[ModelSpec],
+        expected_cost: np.ndarray,
+        cost_weight: float | None,
+        default_cost_weight: float,
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """(effective λ, extra penalty per model, allowed mask per model)."""
+        ...
+
+    def observe(self, decision: Decision, cost_usd: float | None) -> None:
+        """A decision was made (cost None) or its real cost became known."""
+        ...
+
+
+class Router:
+    """Route requests to models with a policy, log the probability, learn from outcomes."""
+
+    def __init__(
+        self,
+        models: Catalog | Iterable[ModelSpec] | None = None,
+        policy: Policy | str = "vw-squarecb",
+        *,
+        reward_config: RewardConfig | None = None,
+        seed: int | None = None,
+        features: FeatureExtractor | None = None,
+        cost_model: CostModel | None = None,
+        cold_start_rounds: int = 20,
+        cold_start_floor: float = 0.1,
+        pacer: Pacer | None = None,
+    ) -> None:
+        specs = list(models) if models is not None else list(default_catalog())
+        if not specs:
+            raise InvalidInput("a router needs at least one model")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise InvalidInput("model names must be unique")
+        self._models: list[ModelSpec] = specs
+        self._retired: dict[str, ModelSpec] = {}
+        self.policy: Policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.reward_config = reward_config or RewardConfig()
+        self.features = features or FeatureExtractor()
+        self.cost_model = cost_model or CostModel()
+        self.cold_start_rounds = cold_start_rounds
+        self.cold_start_floor = cold_start_floor
+        self.pacer = pacer
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._counts: dict[str, int] = {}
+        self._version = 0
+        self._lock = threading.RLock()
+
+    # -- catalog ----------------------------------------------------------------------------------------
+    @property
+    def models(self) -> tuple[ModelSpec, ...]:
+        """The active models, in arm order."""
+        return tuple(self._models)
+
+    @property
+    def version(self) -> int:
+        """Number of outcomes learned so far (the policy version)."""
+        return self._version
+
+    def spec(self, name: str) -> ModelSpec:
+        """The spec of an active or retired model."""
+        for spec in self._models:
+            if spec.name == name:
+                return spec
+        if name in self._retired:
+            return self._retired[name]
+        raise UnknownModel(f"unknown model {name!r}")
+
+    def add_model(self, spec: ModelSpec) -> None:
+        """Make `spec` routable now. It starts cold (explored at once) and, for policies with model features
+        or priors, from what models of the same family or tier taught."""
+        with self._lock:
+            if any(m.name == spec.name for m in self._models):
+                raise InvalidInput(f"model {spec.name!r} is already in the catalog")
+            similar = [m for m in self._models if (m.family and m.family == spec.family)] or [
+                m for m in self._models if m.tier and m.tier == spec.tier
+            ]
+            self.policy.add_model(spec, similar)
+            self._retired.pop(spec.name, None)
+            self._models.append(spec)
+
+    def retire_model(self, name: str) -> ModelSpec:
+        """Stop routing to `name`. Feedback for its past decisions is still learned."""
+        with self._lock:
+            spec = self.spec(name)
+            if spec.name in self._retired:
+                raise UnknownModel(f"model {name!r} is already retired")
+            if len(self._models) == 1:
+                raise InvalidInput("cannot retire the last model")
+            self._models = [m for m in self._models if m.name != name]
+            self._retired[name] = spec
+            self.policy.remove_model(name)
+            return spec
+
+    def _allowed(self, names: Sequence[str] | None) -> list[ModelSpec]:
+        if names is None:
+            return list(self._models)
+        active = {m.name: m for m in self._models}
+        unknown = [n for n in names if n not in active]
+        if unknown:
+            raise UnknownModel(f"unknown or retired models: {unknown}")
+        seen: dict[str, ModelSpec] = {}
+        for n in names:
+            seen.setdefault(n, active[n])
+        return list(seen.values())
+
+    # -- deciding ---------------------------------------------------------------------------------------
+    def featurize(self, request: Request) -> Context:
+        return self.features(request)
+
+    def route(self, request: Request) -> Decision:
+        """Choose a model for `request` and log the probability it was chosen with."""
+        context = self.featurize(request)
+        return self.decide(
+            context, models=request.models, cost_weight=request.cost_weight, decision_id=request.decision_id
+        )
+
+    def decide(
+        self,
+        context: Context,
+        *,
+        models: Sequence[str] | None = None,
+        cost_weight: float | None = None,
+        decision_id: str | None = None,
+    ) -> Decision:
+        """`route` for an already featurized request (the simulator's and the evaluator's entry point)."""
+        if decision_id is not None and not 0 < len(decision_id) <= MAX_DECISION_ID_LENGTH:
+            raise InvalidInput(f"decision_id must have 1 to {MAX_DECISION_ID_LENGTH} characters")
+        with self._lock:
+            specs = self._allowed(models)
+            costs = self.cost_model.expected_costs(specs, context.input_tokens)
+            lam = self.reward_config.cost_weight if cost_weight is None else float(cost_weight)
+            extra = np.zeros(len(specs))
+            allowed = np.ones(len(specs), dtype=bool)
+            if self.pacer is not None:
+                lam, extra, allowed = self.pacer.adjust(
+                    context, specs, costs, cost_weight, self.reward_config.cost_weight
+                )
+            penalty = lam * costs + extra
+            if self.reward_config.latency_weight:
+                penalty = penalty + self.reward_config.latency_weight * self.cost_model.expected_latencies(specs)
+            if not allowed.all():
+                specs = [s for s, ok in zip(specs, allowed, strict=True) if ok]
+                costs, penalty = costs[allowed], penalty[allowed]
+            pmf = self.policy.pmf(context, specs, penalty, self._rng)
+            if self.policy.explores and self.cold_start_rounds > 0:
+                cold = [self._counts.get(s.name, 0) < self.cold_start_rounds for s in specs]
+                pmf = exploration.with_floor(pmf, cold, self.cold_start_floor)
+            pmf = _clean(pmf)
+            arm = sample(pmf, self._rng)
+            version = self._version
+            name = self.policy.name
+        decision = Decision(
+            decision_id=decision_id or new_decision_id(),
+            model=specs[arm].name,
+            arm=self._arm_of(specs[arm].name),
+            models=tuple(s.name for s in specs),
+            pmf=pmf_tuple(pmf),
+            probability=float(pmf[arm]),
+            policy=name,
+            policy_version=version,
+            cost_weight=lam,
+            context=context,
+            expected_cost_usd=tuple(float(c) for c in costs),
+            created_at=time.time(),
+        )
+        if self.pacer is not None:
+            self.pacer.observe(decision, None)
+        return decision
+
+    def _arm_of(self, name: str) -> int:
+        for i, spec in enumerate(self._models):
+            if spec.name == name:
+                return i
+        return -1
+
+    # -- learning ---------------------------------------------------------------------------------------
+    def outcome_cost(self, decision: Decision, outcome: Outcome) -> float:
+        """The realised cost in USD: reported, or tokens × price (estimating what is missing)."""
+        return self.cost_model.realised_cost(self.spec(decision.model), outcome, decision.context.input_tokens)
+
+    def reward_of(self, decision: Decision, outcome: Outcome) -> float:
+        """quality − λ·cost − μ·latency for this decision's λ, without learning."""
+        return reward(
+            outcome.quality,
+            self.outcome_cost(decision, outcome),
+            outcome.latency_s or 0.0,
+            cost_weight=decision.cost_weight,
+            latency_weight=self.reward_config.latency_weight,
+        )
+
+    def learn(self, decision: Decision, outcome: Outcome) -> float:
+        """Learn from one outcome; returns its reward."""
+        with self._lock:
+            spec = self.spec(decision.model)
+            cost = self.cost_model.realised_cost(spec, outcome, decision.context.input_tokens)
+            value = reward(
+                outcome.quality,
+                cost,
+                outcome.latency_s or 0.0,
+                cost_weight=decision.cost_weight,
+                latency_weight=self.reward_config.latency_weight,
+            )
+            self.cost_model.observe(spec.name, outcome)
+            self.policy.update(decision.context, spec, float(outcome.quality), decision.probability)
+            self._counts[spec.name] = self._counts.get(spec.name, 0) + 1
+            self._version += 1
+        if self.pacer is not None:
+            self.pacer.observe(decision, cost)
+        return value
+
+    # -- state ------------------------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """Everything learned, the model list and the sampler's state, as bytes (no pickle)."""
+        with self._lock:
+            tree: dict[str, Any] = {
+                "policy_name": self.policy.name,
+                "policy": self.policy.state(),
+                "cost_model": self.cost_model.state(),
+                "counts": dict(self._counts),
+                "version": self._version,
+                "models": [m.to_json() for m in self._models],
+                "retired": [m.to_json() for m in self._retired.values()],
+                "rng": _rng_state(self._rng),
+            }
+            return pack(tree)
+
+    def restore(self, data: bytes) -> None:
+        """Load a `snapshot()`; the policy must be of the same kind."""
+        tree = unpack(data)
+        with self._lock:
+            if tree["policy_name"] != self.policy.name:
+                raise InvalidInput(
+                    f"snapshot is of policy {tree['policy_name']!r}, this router runs {self.policy.name!r}"
+                )
+            self.policy.load(tree["policy"])
+            self.cost_model.load(tree["cost_model"])
+            self._counts = {str(k): int(v) for k, v in tree["counts"].items()}
+            self._version = int(tree["version"])
+            self._models = [ModelSpec.from_json(m) for m in tree["models"]]
+            self._retired = {m["name"]: ModelSpec.from_json(m) for m in tree["retired"]}
+            self._rng.bit_generator.state = _rng_from_json(tree["rng"])
+
+    def weights(self) -> np.ndarray:
+        """The policy's learned parameters, flat (to compare two routers)."""
+        with self._lock:
+            return self.policy.weights()
+
+    def feedback_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+def sample(pmf: np.ndarray, rng: np.random.Generator) -> int:
+    """Draw an index from `pmf` with one uniform number (inverse CDF); much faster than `rng.choice`."""
+    u = rng.random()
+    total = 0.0
+    last = 0
+    for i, p in enumerate(pmf.tolist()):
+        if p > 0:
+            total += p
+            last = i
+            if u < total:
+                return i
+    return last  # u fell in the rounding gap at the top end
+
+
+def _clean(pmf: np.ndarray) -> np.ndarray:
+    """Clip rounding noise and renormalise, so the pmf sums to 1 and has no negative entries."""
+    p = [x if x > 0 else 0.0 for x in np.asarray(pmf, dtype=np.float64).tolist()]
+    total = sum(p)
+    if not math.isfinite(total) or total <= 0:
+        return np.full(len(p), 1.0 / len(p))
+    return np.array([x / total for x in p])
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    state = rng.bit_generator.state
+    return {
+        "bit_generator": state["bit_generator"],
+        "state": {k: str(v) for k, v in state["state"].items()},
+        "has_uint32": int(state["has_uint32"]),
+        "uinteger": int(state["uinteger"]),
+    }
+
+
+def _rng_from_json(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "bit_generator": data["bit_generator"],
+        "state": {k: int(v) for k, v in data["state"].items()},
+        "has_uint32": int(data["has_uint32"]),
+        "uinteger": int(data["uinteger"]),
+    }

@@ -1,0 +1,68 @@
+"""Serialise learned state without pickle: a JSON tree whose arrays and bytes live in an `.npz` archive.
+
+`pack(tree) -> bytes` and `unpack(bytes) -> tree` round-trip nested dicts and lists whose leaves are
+None, bool, int, float, str, bytes or numpy arrays. Loading never executes code (`allow_pickle=False`),
+so a checkpoint read from a database cannot run anything.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+_FORMAT = "bandit-router-state/1"
+
+
+def pack(tree: Any) -> bytes:
+    arrays: dict[str, np.ndarray] = {}
+
+    def encode(node: Any) -> Any:
+        if isinstance(node, np.ndarray):
+            key = f"a{len(arrays)}"
+            arrays[key] = node
+            return {"__array__": key}
+        if isinstance(node, bytes | bytearray):
+            key = f"a{len(arrays)}"
+            arrays[key] = np.frombuffer(bytes(node), dtype=np.uint8)
+            return {"__bytes__": key}
+        if isinstance(node, dict):
+            return {"__dict__": [[str(k), encode(v)] for k, v in node.items()]}
+        if isinstance(node, list | tuple):
+            return [encode(v) for v in node]
+        if isinstance(node, np.floating | np.integer):
+            return node.item()
+        if node is None or isinstance(node, bool | int | float | str):
+            return node
+        raise TypeError(f"cannot pack {type(node).__name__}")
+
+    header = json.dumps({"format": _FORMAT, "tree": encode(tree)}, allow_nan=True)
+    buffer = io.BytesIO()
+    np.savez(buffer, __header__=np.frombuffer(header.encode("utf-8"), dtype=np.uint8), **arrays)
+    return buffer.getvalue()
+
+
+def unpack(data: bytes) -> Any:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except Exception as exc:  # zipfile and numpy raise many types for corrupt data
+        raise ValueError(f"not a bandit-router state: {exc}") from exc
+    header = json.loads(arrays.pop("__header__").tobytes().decode("utf-8"))
+    if header.get("format") != _FORMAT:
+        raise ValueError(f"unknown state format {header.get('format')!r}")
+
+    def decode(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "__array__" in node:
+                return arrays[node["__array__"]]
+            if "__bytes__" in node:
+                return arrays[node["__bytes__"]].tobytes()
+            return {k: decode(v) for k, v in node["__dict__"]}
+        if isinstance(node, list):
+            return [decode(v) for v in node]
+        return node
+
+    return decode(header["tree"])

@@ -1,0 +1,263 @@
+"""The values that cross a boundary: `Request` → `Context` → `Decision`, and `Outcome` back.
+
+All are frozen dataclasses. A `Decision` cannot exist without the probability with which its model was
+chosen: that number is what makes counterfactual evaluation of other policies possible later.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInput
+
+Scalar = str | int | float | bool
+"""A value of the caller's context dict."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat turn."""
+
+    role: str
+    content: str
+
+
+def _freeze_context(context: Mapping[str, Scalar] | None) -> Mapping[str, Scalar]:
+    if not context:
+        return MappingProxyType({})
+    for key, value in context.items():
+        if not isinstance(key, str):
+            raise InvalidInput(f"context keys must be strings, got {key!r}")
+        if not isinstance(value, str | int | float | bool):
+            raise InvalidInput(f"context[{key!r}] must be a string, number or boolean")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInput(f"context[{key!r}] must be finite")
+    return MappingProxyType(dict(context))
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the caller asks to route: a prompt or chat messages (exactly one), and optional settings.
+
+    `models` restricts the choice to a subset of the catalog; `cost_weight` (λ) overrides the default trade-off
+    for this request only; `decision_id` lets the caller choose the id that feedback will use.
+    """
+
+    prompt: str | None = None
+    messages: tuple[Message, ...] | None = None
+    context: Mapping[str, Scalar] = field(default_factory=dict)
+    models: tuple[str, ...] | None = None
+    cost_weight: float | None = None
+    decision_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise InvalidInput("give exactly one of prompt or messages")
+        if self.messages is not None:
+            msgs = tuple(m if isinstance(m, Message) else Message(**m) for m in self.messages)  # type: ignore[arg-type]
+            if not msgs:
+                raise InvalidInput("messages must not be empty")
+            object.__setattr__(self, "messages", msgs)
+        if self.models is not None:
+            object.__setattr__(self, "models", tuple(self.models))
+            if not self.models:
+                raise InvalidInput("models must not be empty when given")
+        if self.cost_weight is not None and (
+            isinstance(self.cost_weight, bool) or not math.isfinite(self.cost_weight) or self.cost_weight < 0
+        ):
+            raise InvalidInput("cost_weight must be a finite number >= 0")
+        object.__setattr__(self, "context", _freeze_context(self.context))
+
+    @property
+    def text(self) -> str:
+        """The text the features are computed from: the prompt, or every message's content, in order."""
+        if self.prompt is not None:
+            return self.prompt
+        assert self.messages is not None
+        return "\n".join(m.content for m in self.messages)
+
+    @property
+    def turns(self) -> int:
+        """Number of user turns (1 for a plain prompt)."""
+        if self.messages is None:
+            return 1
+        return max(1, sum(1 for m in self.messages if m.role == "user"))
+
+
+@dataclass(frozen=True, eq=False)
+class Context:
+    """A featurized request.
+
+    `features` maps a namespace to hashed sparse features (`indices` uint32, `values` float32, same length).
+    The scalar fields are what pricing and rules need; `text` is kept in memory only (never stored unless the
+    service is configured with `store_prompts = true`).
+    """
+
+    features: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    input_tokens: int
+    n_chars: int
+    turns: int
+    markers: frozenset[str]
+    attributes: Mapping[str, Scalar]
+    text: str = ""
+
+    @cached_property
+    def flat(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every namespace's features in one pair (indices as uint64, values as float32), computed once."""
+        parts = [p for p in self.features.values() if len(p[0])]
+        if not parts:
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.float32)
+        return (
+            np.concatenate([p[0] for p in parts]).astype(np.uint64),
+            np.concatenate([p[1] for p in parts]).astype(np.float32),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form that `from_json` turns back into an equal context (without the text)."""
+        return {
+            "features": {ns: [idx.tolist(), [float(v) for v in val]] for ns, (idx, val) in self.features.items()},
+            "input_tokens": self.input_tokens,
+            "n_chars": self.n_chars,
+            "turns": self.turns,
+            "markers": sorted(self.markers),
+            "attributes": dict(self.attributes),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], text: str = "") -> Context:
+        features = {
+            ns: (np.asarray(pair[0], dtype=np.uint32), np.asarray(pair[1], dtype=np.float32))
+            for ns, pair in data["features"].items()
+        }
+        return cls(
+            features=features,
+            input_tokens=int(data["input_tokens"]),
+            n_chars=int(data["n_chars"]),
+            turns=int(data["turns"]),
+            markers=frozenset(data["markers"]),
+            attributes=MappingProxyType(dict(data.get("attributes", {}))),
+            text=text,
+        )
+
+    def same_features(self, other: Context) -> bool:
+        """True when both contexts carry the same hashed features (what learning sees)."""
+        if self.features.keys() != other.features.keys():
+            return False
+        return all(
+            np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+            for a, b in ((self.features[k], other.features[k]) for k in self.features)
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Decision:
+    """The router's answer: the chosen model, its arm index, and the pmf it was sampled from.
+
+    `pmf[i]` is the probability of `models[i]`; `probability == pmf[models.index(model)]` always.
+    `expected_cost_usd` is the router's cost estimate per allowed model when it decided (for pacing and audit).
+    """
+
+    decision_id: str
+    model: str
+    arm: int
+    models: tuple[str, ...]
+    pmf: tuple[float, ...]
+    probability: float
+    policy: str
+    policy_version: int
+    cost_weight: float
+    context: Context
+    expected_cost_usd: tuple[float, ...] = ()
+    created_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.models) != len(self.pmf):
+            raise ValueError("pmf and models differ in length")
+        if self.model not in self.models:
+            raise ValueError(f"chosen model {self.model!r} is not among the allowed models")
+        if abs(self.pmf[self.models.index(self.model)] - self.probability) > 1e-12:
+            raise ValueError("probability must equal the pmf entry of the chosen model")
+        if not 0.0 < self.probability <= 1.0:
+            raise ValueError("probability must be in (0, 1]")
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        """The pmf as model → probability."""
+        return dict(zip(self.models, self.pmf, strict=True))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "decision_id": self.decision_id,
+            "model": self.model,
+            "arm": self.arm,
+            "models": list(self.models),
+            "pmf": list(self.pmf),
+            "probability": self.probability,
+            "policy": self.policy,
+            "policy_version": self.policy_version,
+            "cost_weight": self.cost_weight,
+            "context": self.context.to_json(),
+            "expected_cost_usd": list(self.expected_cost_usd),
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Decision:
+        return cls(
+            decision_id=str(data["decision_id"]),
+            model=str(data["model"]),
+            arm=int(data["arm"]),
+            models=tuple(data["models"]),
+            pmf=tuple(float(p) for p in data["pmf"]),
+            probability=float(data["probability"]),
+            policy=str(data["policy"]),
+            policy_version=int(data["policy_version"]),
+            cost_weight=float(data["cost_weight"]),
+            context=Context.from_json(data["context"]),
+            expected_cost_usd=tuple(float(c) for c in data.get("expected_cost_usd", ())),
+            created_at=float(data.get("created_at", 0.0)),
+        )
+
+
+def _check_non_negative(name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"{name} must be a number")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidInput(f"{name} must be a finite number >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What feedback reports about one decision. Only `quality` is required.
+
+    `cost_usd` missing → computed from the tokens and the catalog's prices (or estimated).
+    """
+
+    quality: float
+    cost_usd: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    latency_s: float | None = None
+
+    def __post_init__(self) -> None:
+        q = self.quality
+        if isinstance(q, bool) or not isinstance(q, int | float) or not math.isfinite(q) or not 0.0 <= q <= 1.0:
+            raise InvalidInput("quality must be a finite number in [0, 1]")
+        _check_non_negative("cost_usd", self.cost_usd)
+        _check_non_negative("input_tokens", self.input_tokens)
+        _check_non_negative("output_tokens", self.output_tokens)
+        _check_non_negative("latency_s", self.latency_s)
+
+
+def pmf_tuple(pmf: Sequence[float] | np.ndarray) -> tuple[float, ...]:
+    """A pmf as a tuple of Python floats."""
+    return tuple(float(p) for p in pmf)
