@@ -31,7 +31,7 @@ from .features import FeatureExtractor
 from .policies import Policy, make_policy
 from .reward import CostModel, RewardConfig, reward
 from .state import pack, unpack
-from .types import Context, Decision, Outcome, Request, pmf_tuple
+from .types import Context, Decision, Outcome, Request
 
 MAX_DECISION_ID_LENGTH = 64
 
@@ -207,13 +207,13 @@ class Router:
             model=specs[arm].name,
             arm=self._arm_of(specs[arm].name),
             models=tuple(s.name for s in specs),
-            pmf=pmf_tuple(pmf),
+            pmf=tuple(pmf.tolist()),
             probability=float(pmf[arm]),
             policy=name,
             policy_version=version,
             cost_weight=lam,
             context=context,
-            expected_cost_usd=tuple(float(c) for c in costs),
+            expected_cost_usd=tuple(costs.tolist()),
             created_at=time.time(),
         )
         if self.pacer is not None:

@@ -40,7 +40,8 @@ def pack(tree: Any) -> bytes:
 
     header = json.dumps({"format": _FORMAT, "tree": encode(tree)}, allow_nan=True)
     buffer = io.BytesIO()
-    np.savez(buffer, __header__=np.frombuffer(header.encode("utf-8"), dtype=np.uint8), **arrays)
+    arrays["__header__"] = np.frombuffer(header.encode("utf-8"), dtype=np.uint8)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
 
 

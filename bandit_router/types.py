@@ -7,7 +7,7 @@ chosen: that number is what makes counterfactual evaluation of other policies po
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
@@ -61,7 +61,7 @@ class Request:
         if (self.prompt is None) == (self.messages is None):
             raise InvalidInput("give exactly one of prompt or messages")
         if self.messages is not None:
-            msgs = tuple(m if isinstance(m, Message) else Message(**m) for m in self.messages)  # type: ignore[arg-type]
+            msgs = tuple(m if isinstance(m, Message) else Message(**m) for m in self.messages)
             if not msgs:
                 raise InvalidInput("messages must not be empty")
             object.__setattr__(self, "messages", msgs)
@@ -256,8 +256,3 @@ class Outcome:
         _check_non_negative("input_tokens", self.input_tokens)
         _check_non_negative("output_tokens", self.output_tokens)
         _check_non_negative("latency_s", self.latency_s)
-
-
-def pmf_tuple(pmf: Sequence[float] | np.ndarray) -> tuple[float, ...]:
-    """A pmf as a tuple of Python floats."""
-    return tuple(float(p) for p in pmf)

@@ -72,7 +72,7 @@ class _Ridge:
         if decay < 1.0:
             self.a = decay * self.a + (1.0 - decay) * ridge * np.eye(len(x)) + np.outer(x, x)
             self.b = decay * self.b + (1.0 - decay) * ridge * self.prior + q * x
-            self.a_inv = np.linalg.inv(self.a)
+            self.a_inv = np.asarray(np.linalg.inv(self.a), dtype=np.float64)
         else:
             self.a += np.outer(x, x)
             self.b += q * x

@@ -49,18 +49,19 @@ class Rule:
     regex: str | None = None
     markers: tuple[str, ...] = ()
     context: Mapping[str, Scalar] = field(default_factory=dict)
+    pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.regex is not None:
             try:
-                object.__setattr__(self, "_pattern", re.compile(self.regex))
+                object.__setattr__(self, "pattern", re.compile(self.regex))
             except re.error as exc:
                 raise ConfigError(f"rule for {self.model!r}: bad regex {self.regex!r}: {exc}") from exc
         object.__setattr__(self, "markers", tuple(self.markers))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Rule:
-        known = {f for f in cls.__dataclass_fields__}
+        known = {f for f in cls.__dataclass_fields__} - {"pattern"}
         unknown = set(data) - known
         if unknown or "model" not in data:
             raise ConfigError(f"a rule needs `model` and may have {sorted(known - {'model'})}; got {sorted(data)}")
@@ -79,7 +80,7 @@ class Rule:
             return False
         if any(context.attributes.get(k) != v for k, v in self.context.items()):
             return False
-        return not (self.regex is not None and not self._pattern.search(context.text))
+        return self.pattern is None or self.pattern.search(context.text) is not None
 
 
 @dataclass(frozen=True)

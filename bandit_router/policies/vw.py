@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import vowpal_wabbit_next as vw
@@ -49,7 +49,7 @@ class VWParams:
     gamma_scale: float = 10.0
     gamma_exponent: float = 0.5
     bits: int = 18
-    learning_rate: float = 0.5
+    learning_rate: float = 0.1
     power_t: float = 0.5
     interactions: bool = True
     l2: float = 0.0
@@ -118,7 +118,7 @@ class VWPolicy(BasePolicy):
         if ex is None:
             ex = vw.Example()
             idx, val = action_features(spec)
-            ex[_ACTION].push_many_features(idx, val)
+            ex[_ACTION].push_many_features(idx, val)  # type: ignore[arg-type]
             ex.set_label(vw.CBLabel())
             self._actions[spec.name] = ex
         return ex
@@ -128,7 +128,7 @@ class VWPolicy(BasePolicy):
         ex = vw.Example()
         idx, val = context.flat
         if len(idx):
-            ex[_SHARED].push_many_features(idx, val)
+            ex[_SHARED].push_many_features(idx, val)  # type: ignore[arg-type]
         ex.set_label(_SHARED_LABEL)
         return ex
 
@@ -140,7 +140,7 @@ class VWPolicy(BasePolicy):
         """q̂ per model, shape (len(models),)."""
         # The public predict_one re-checks every label in Python (≈10 µs); our examples are built right here.
         examples = self._examples(context, models)
-        scores = self._ws._workspace.predict_multi_ex_one([e._example for e in examples])
+        scores = cast(list[tuple[int, float]], self._ws._workspace.predict_multi_ex_one([e._example for e in examples]))
         q = [0.0] * len(models)
         for action, cost in scores:  # VW sorts by score: map back by index
             q[action] = -cost

@@ -1,0 +1,246 @@
+"""Types, catalog, features and reward: validation tables and hypothesis properties."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bandit_router.catalog import Catalog, ModelSpec, default_catalog, load_catalog
+from bandit_router.errors import CatalogError, InvalidInput
+from bandit_router.features import FeatureExtractor, estimate_tokens
+from bandit_router.reward import CostModel, OutputTokenEstimator, reward
+from bandit_router.state import pack, unpack
+from bandit_router.types import Context, Message, Outcome, Request
+
+# -- types ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "exactly one of prompt or messages"),
+        ({"prompt": "a", "messages": ({"role": "user", "content": "b"},)}, "exactly one"),
+        ({"messages": ()}, "must not be empty"),
+        ({"prompt": "a", "cost_weight": math.nan}, "cost_weight"),
+        ({"prompt": "a", "cost_weight": -1.0}, "cost_weight"),
+        ({"prompt": "a", "cost_weight": math.inf}, "cost_weight"),
+        ({"prompt": "a", "cost_weight": True}, "cost_weight"),
+        ({"prompt": "a", "models": ()}, "models must not be empty"),
+        ({"prompt": "a", "context": {"x": [1]}}, "context"),
+        ({"prompt": "a", "context": {"x": math.nan}}, "finite"),
+    ],
+)
+def test_request_rejects_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        Request(**kwargs)
+
+
+def test_request_text_and_turns_from_messages() -> None:
+    request = Request(
+        messages=(
+            Message("system", "be brief"),
+            Message("user", "hi"),
+            Message("assistant", "hello"),
+            Message("user", "bye"),
+        )
+    )
+    assert request.text == "be brief\nhi\nhello\nbye"
+    assert request.turns == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"quality": 1.5}, "quality"),
+        ({"quality": -0.1}, "quality"),
+        ({"quality": math.nan}, "quality"),
+        ({"quality": True}, "quality"),
+        ({"quality": 0.5, "cost_usd": -1.0}, "cost_usd"),
+        ({"quality": 0.5, "cost_usd": math.inf}, "cost_usd"),
+        ({"quality": 0.5, "output_tokens": -3}, "output_tokens"),
+        ({"quality": 0.5, "latency_s": math.nan}, "latency_s"),
+    ],
+)
+def test_outcome_rejects_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        Outcome(**kwargs)
+
+
+def test_context_json_round_trip() -> None:
+    context = FeatureExtractor()(Request(prompt="def f(x): return x  # why?", context={"tenant": "a", "n": 3}))
+    again = Context.from_json(context.to_json())
+    assert again.same_features(context)
+    assert (again.input_tokens, again.markers, dict(again.attributes)) == (
+        context.input_tokens,
+        context.markers,
+        dict(context.attributes),
+    )
+
+
+# -- catalog ----------------------------------------------------------------------------------------------
+
+
+def test_default_catalog_has_real_models_across_tiers() -> None:
+    catalog = default_catalog()
+    assert len(catalog) >= 5
+    assert len({m.tier for m in catalog}) >= 3
+    assert catalog.prices_read_on
+    assert all(m.input_usd_per_mtok > 0 and m.output_usd_per_mtok > 0 for m in catalog)
+    assert catalog["gpt-4o-mini"].cost_usd(1_000_000, 0) == pytest.approx(0.15)
+
+
+GOOD = '[[models]]\nname = "a"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (GOOD + GOOD, "duplicate model name 'a'"),
+        (GOOD.replace("= 1", "= -1"), "must not be negative"),
+        (GOOD.replace("= 2", '= "two"'), "finite number"),
+        ('[[models]]\nname = "a"\n', "missing keys"),
+        (GOOD + "colour = 1\n", "unknown keys"),
+        ("models = 3", "non-empty list"),
+        ("[[models]\n", "not valid TOML"),
+        (GOOD.replace('"a"', '"a b"'), "no spaces"),
+        (GOOD + "tags = { tier = 1 }\n", "tags must map strings"),
+    ],
+)
+def test_catalog_loader_gives_clear_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(text)
+    with pytest.raises(CatalogError, match=message) as info:
+        load_catalog(path)
+    assert str(path) in str(info.value)
+
+
+def test_catalog_loader_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="no such file"):
+        load_catalog(tmp_path / "nope.toml")
+
+
+toml_values = st.one_of(st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=5), st.booleans())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["name", "input_usd_per_mtok", "output_usd_per_mtok", "tags", "x"]), toml_values, max_size=5
+    )
+)
+def test_catalog_from_any_mapping_is_valid_or_a_catalog_error(entry: dict) -> None:
+    try:
+        catalog = Catalog.from_mapping({"models": [entry]})
+    except CatalogError:
+        return
+    spec = next(iter(catalog))
+    assert spec.input_usd_per_mtok >= 0 and spec.output_usd_per_mtok >= 0
+
+
+# -- features ---------------------------------------------------------------------------------------------
+
+ANY_TEXT = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=400)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ANY_TEXT, st.integers(1, 50))
+def test_features_never_raise_and_are_deterministic(text: str, turns: int) -> None:
+    a = FeatureExtractor().extract(text, turns=turns)
+    b = FeatureExtractor().extract(text, turns=turns)
+    assert a.same_features(b)
+    for idx, val in a.features.values():
+        assert idx.dtype == np.uint32 and val.dtype == np.float32 and len(idx) == len(val)
+        assert np.isfinite(val).all()
+    assert a.input_tokens == estimate_tokens(text) >= 0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "\x00" * 100, "\ud800\udfff\ud800", "😀" * 50, "مرحبا بالعالم שלום", "a" * 1_000_000, " \n\t " * 1000],
+)
+def test_features_on_odd_text(text: str) -> None:
+    context = FeatureExtractor()(Request(prompt=text))
+    assert context.n_chars == len(text)
+
+
+def test_features_are_the_same_in_another_process() -> None:
+    code = (
+        "from bandit_router.features import FeatureExtractor;"
+        "c = FeatureExtractor().extract('Sort a list in Python? def f(): pass');"
+        "print(sorted(int(i) for i in c.features['w'][0])[:10])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    here = FeatureExtractor().extract("Sort a list in Python? def f(): pass")
+    assert out.strip() == str(sorted(int(i) for i in here.features["w"][0])[:10])
+
+
+@pytest.mark.parametrize(
+    ("text", "markers"),
+    [
+        ("def add(a, b):\n    return a + b", {"code"}),
+        ("Solve 3x + 4 = 10 for x", {"math"}),
+        ("- milk\n- eggs\n- bread", {"list"}),
+        ("What is the capital of France?", {"question"}),
+        ("Привет, как дела", {"non_latin"}),
+        ("see https://example.org", {"url"}),
+        ("I like quiet evenings.", set()),
+    ],
+)
+def test_markers(text: str, markers: set[str]) -> None:
+    assert FeatureExtractor().extract(text).markers == markers
+
+
+def test_caller_context_becomes_features() -> None:
+    fx = FeatureExtractor()
+    a = fx(Request(prompt="hi", context={"tenant": "acme"}))
+    b = fx(Request(prompt="hi", context={"tenant": "zeta"}))
+    assert not a.same_features(b)
+    assert a.features["w"][0].tolist() == b.features["w"][0].tolist()
+
+
+# -- reward -----------------------------------------------------------------------------------------------
+
+finite = st.floats(0, 1, allow_nan=False)
+
+
+@given(finite, finite, st.floats(0, 10), st.floats(0, 10), st.floats(0, 1000))
+def test_reward_is_monotone_in_quality_and_cost(q1: float, q2: float, c1: float, c2: float, lam: float) -> None:
+    lo_q, hi_q = sorted((q1, q2))
+    lo_c, hi_c = sorted((c1, c2))
+    assert reward(hi_q, lo_c, cost_weight=lam) >= reward(lo_q, lo_c, cost_weight=lam)
+    assert reward(lo_q, lo_c, cost_weight=lam) >= reward(lo_q, hi_c, cost_weight=lam)
+    assert reward(q1, c1, 2.0, cost_weight=lam, latency_weight=0.1) == pytest.approx(q1 - lam * c1 - 0.2)
+
+
+def test_cost_from_tokens_and_learned_output_length() -> None:
+    spec = ModelSpec("m", 2.0, 8.0, output_tokens=100)
+    model = CostModel(output_tokens=OutputTokenEstimator(prior_weight=1.0))
+    assert model.realised_cost(spec, Outcome(quality=1, input_tokens=1000, output_tokens=500), 10) == pytest.approx(
+        (1000 * 2 + 500 * 8) / 1e6
+    )
+    assert model.realised_cost(spec, Outcome(quality=1, cost_usd=0.5), 10) == 0.5
+    before = model.expected_costs([spec], 1000)[0]
+    for _ in range(50):
+        model.observe("m", Outcome(quality=1, output_tokens=900))
+    after = model.expected_costs([spec], 1000)[0]
+    assert after > before
+    assert model.output_tokens.estimate(spec) == pytest.approx((100 + 50 * 900) / 51)
+
+
+# -- state ------------------------------------------------------------------------------------------------
+
+
+def test_state_pack_round_trip_without_pickle() -> None:
+    tree = {"a": np.arange(6.0).reshape(2, 3), "b": b"\x00\x01", "c": [1, 2.5, "x", None, True], "d/e": {"f": 1}}
+    back = unpack(pack(tree))
+    assert np.array_equal(back["a"], tree["a"]) and back["b"] == tree["b"]
+    assert back["c"] == tree["c"] and back["d/e"] == {"f": 1}
+    with pytest.raises(ValueError, match="not a bandit-router state"):
+        unpack(b"garbage")

@@ -1,0 +1,118 @@
+"""The contract every registered policy keeps, run over the whole registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from toy_world import MODELS, ToyWorld
+
+from bandit_router.errors import UnknownPolicy
+from bandit_router.policies import REGISTRY, make_policy, parse_spec
+from bandit_router.router import Router
+from bandit_router.types import Outcome, Request
+
+
+def spec_for(name: str) -> str:
+    return {"fixed": "fixed:coder"}.get(name, name)
+
+
+ALL = sorted(REGISTRY)
+
+
+def trained_router(name: str, seed: int = 0, rounds: int = 60) -> tuple[Router, ToyWorld]:
+    world = ToyWorld(seed=seed)
+    router = Router(MODELS, spec_for(name), seed=seed)
+    for _ in range(rounds):
+        kind, request = world.request()
+        decision = router.route(request)
+        router.learn(decision, world.outcome(kind, decision.model, decision.context.input_tokens))
+    return router, world
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_pmf_is_a_distribution_over_the_allowed_models(name: str) -> None:
+    router, world = trained_router(name)
+    for allowed in (None, ("coder", "strong"), ("writer",), ("strong", "cheap", "writer")):
+        for cost_weight in (0.0, 20.0, 5000.0):
+            _, request = world.request(cost_weight)
+            request = Request(prompt=request.prompt, models=allowed, cost_weight=cost_weight)
+            decision = router.route(request)
+            names = allowed or tuple(m.name for m in MODELS)
+            assert decision.models == names
+            pmf = np.array(decision.pmf)
+            assert pmf.shape == (len(names),)
+            assert (pmf >= 0).all()
+            assert pmf.sum() == pytest.approx(1.0, abs=1e-9)
+            assert decision.model in names
+            assert decision.probability == decision.pmf[names.index(decision.model)]
+            assert decision.probability > 0
+            assert decision.arm == [m.name for m in router.models].index(decision.model)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_snapshot_round_trip_restores_weights_and_decisions(name: str) -> None:
+    router, world = trained_router(name)
+    blob = router.snapshot()
+    other = Router(MODELS, spec_for(name), seed=123)
+    other.restore(blob)
+    assert np.array_equal(router.weights(), other.weights())
+    assert other.version == router.version
+    # Same sampler state and same learned state → the same next decisions and the same future weights.
+    for _ in range(20):
+        kind, request = world.request()
+        a, b = router.route(request), other.route(request)
+        assert (a.model, a.pmf) == (b.model, b.pmf)
+        outcome = world.outcome(kind, a.model, a.context.input_tokens)
+        router.learn(a, outcome)
+        other.learn(b, outcome)
+    assert np.array_equal(router.weights(), other.weights())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_replaying_the_same_outcomes_rebuilds_the_same_weights(name: str) -> None:
+    router, world = trained_router(name, rounds=0)
+    log = []
+    for _ in range(80):
+        kind, request = world.request()
+        decision = router.route(request)
+        outcome = world.outcome(kind, decision.model, decision.context.input_tokens)
+        router.learn(decision, outcome)
+        log.append((decision, outcome))
+    replay = Router(MODELS, spec_for(name), seed=999)
+    for decision, outcome in log:
+        replay.learn(decision, outcome)
+    assert np.array_equal(router.weights(), replay.weights())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_learn_returns_the_reward(name: str) -> None:
+    router, world = trained_router(name, rounds=0)
+    _, request = world.request(cost_weight=10.0)
+    decision = router.route(request)
+    reward = router.learn(decision, Outcome(quality=0.8, cost_usd=0.002))
+    assert reward == pytest.approx(0.8 - 10.0 * 0.002)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nope", "unknown policy"),
+        ("linucb:alpha=-1", "alpha"),
+        ("linucb:colour=red", "no setting"),
+        ("vw-squarecb:bits=abc", "type int"),
+        ("linucb:alpha", "key=value"),
+        ("fixed", "needs a model"),
+        ("egreedy:epsilon=2", "epsilon"),
+    ],
+)
+def test_bad_specs_raise_clear_errors(spec: str, message: str) -> None:
+    with pytest.raises(UnknownPolicy, match=message):
+        make_policy(spec)
+
+
+def test_spec_settings_reach_the_policy() -> None:
+    assert parse_spec("vw-squarecb:gamma_scale=50,power_t=0") == ("vw-squarecb", {"gamma_scale": "50", "power_t": "0"})
+    policy = make_policy("linucb:alpha=0.25,dim=128")
+    assert policy.params.alpha == 0.25  # type: ignore[attr-defined]
+    assert policy.params.dim == 128  # type: ignore[attr-defined]
+    assert make_policy("fixed:gpt-4o").name == "fixed:gpt-4o"

@@ -1,0 +1,161 @@
+"""Router behaviour: models at run time, cold start, thread safety, errors."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from toy_world import MODELS, ToyWorld
+
+from bandit_router.catalog import ModelSpec
+from bandit_router.errors import InvalidInput, UnknownModel
+from bandit_router.policies import CONTEXTUAL, make_policy
+from bandit_router.router import Router
+from bandit_router.types import Outcome, Request
+
+
+def train(router: Router, world: ToyWorld, rounds: int) -> None:
+    for _ in range(rounds):
+        kind, request = world.request()
+        decision = router.route(request)
+        router.learn(decision, world.outcome(kind, decision.model, decision.context.input_tokens))
+
+
+def test_unknown_and_retired_models_are_rejected() -> None:
+    router = Router(MODELS, "random", seed=0)
+    with pytest.raises(UnknownModel, match="nope"):
+        router.route(Request(prompt="x", models=("nope",)))
+    router.retire_model("cheap")
+    assert "cheap" not in [m.name for m in router.models]
+    with pytest.raises(UnknownModel, match="cheap"):
+        router.route(Request(prompt="x", models=("cheap",)))
+    with pytest.raises(UnknownModel):
+        router.retire_model("cheap")
+    with pytest.raises(InvalidInput, match="already"):
+        router.add_model(MODELS[1])
+    with pytest.raises(InvalidInput, match="decision_id"):
+        router.route(Request(prompt="x", decision_id="x" * 65))
+
+
+def test_feedback_for_a_retired_model_is_still_learned() -> None:
+    router = Router(MODELS, "linucb", seed=0)
+    decision = router.route(Request(prompt="hello", models=("writer",)))
+    router.retire_model("writer")
+    router.learn(decision, Outcome(quality=1.0))
+    assert router.feedback_counts()["writer"] == 1
+
+
+@pytest.mark.parametrize("policy", ["vw-squarecb", "linucb", "thompson"])
+def test_new_model_is_explored_at_once(policy: str) -> None:
+    world = ToyWorld(seed=1)
+    router = Router(MODELS, policy, seed=1)
+    train(router, world, 1500)
+    router.add_model(ModelSpec("coder-2", 1.0, 4.0, {"family": "code", "tier": "medium"}))
+    chosen = [router.route(world.request()[1]) for _ in range(200)]
+    probabilities = [d.probabilities["coder-2"] for d in chosen]
+    assert min(probabilities) >= router.cold_start_floor / 2  # the floor is capped at 0.5 / (number of cold models)
+    assert sum(d.model == "coder-2" for d in chosen) >= 10
+
+
+def test_new_model_starts_from_what_similar_models_taught() -> None:
+    """VW shares weights through family/tier features: a new 'code' model inherits coder's strength on code."""
+    world = ToyWorld(seed=2)
+    router = Router(MODELS, "vw-greedy", seed=2)
+    train(router, world, 3000)
+    twin = ModelSpec("coder-2", 1.0, 4.0, {"family": "code", "tier": "medium"})
+    stranger = ModelSpec("other", 1.0, 4.0, {"family": "unknown", "tier": "unknown"})
+    router.add_model(twin)
+    router.add_model(stranger)
+    policy = router.policy
+    q_twin, q_stranger = [], []
+    for _ in range(100):
+        kind, request = world.request()
+        if kind != "code":
+            continue
+        q = policy.quality(router.featurize(request), [twin, stranger])  # type: ignore[attr-defined]
+        q_twin.append(q[0])
+        q_stranger.append(q[1])
+    assert np.mean(q_twin) > np.mean(q_stranger) + 0.2
+
+
+def test_linear_policy_new_model_gets_family_prior() -> None:
+    world = ToyWorld(seed=4)
+    router = Router(MODELS, "linucb", seed=4)
+    train(router, world, 2000)
+    router.add_model(ModelSpec("coder-2", 1.0, 4.0, {"family": "code", "tier": "medium"}))
+    context = router.featurize(Request(prompt="python def sort list loop bug return"))
+    mean, _ = router.policy.mean_and_width(context, [router.spec("coder"), router.spec("coder-2")])  # type: ignore[attr-defined]
+    assert mean[1] == pytest.approx(mean[0], abs=1e-9)
+
+
+@pytest.mark.parametrize("policy", [*CONTEXTUAL, "thompson"])
+def test_concurrent_route_and_learn_lose_nothing(policy: str) -> None:
+    router = Router(MODELS, make_policy(policy), seed=5)
+    errors: list[BaseException] = []
+
+    def client(seed: int) -> None:
+        world = ToyWorld(seed=seed)
+        try:
+            for _ in range(150):
+                kind, request = world.request()
+                decision = router.route(request)
+                router.learn(decision, world.outcome(kind, decision.model, decision.context.input_tokens))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert router.version == 600
+    assert sum(router.feedback_counts().values()) == 600
+
+
+def test_router_sampling_is_seeded() -> None:
+    a = Router(MODELS, "random", seed=42)
+    b = Router(MODELS, "random", seed=42)
+    picks_a = [a.route(Request(prompt="x")).model for _ in range(50)]
+    picks_b = [b.route(Request(prompt="x")).model for _ in range(50)]
+    assert picks_a == picks_b
+    assert len(set(picks_a)) == len(MODELS)
+
+
+def test_rules_policy_routes_by_markers_regex_and_context() -> None:
+    rules = make_policy(
+        "rules",
+        rules=(
+            {"model": "strong", "markers": ["code"]},
+            {"model": "writer", "regex": "(?i)poem"},
+            {"model": "coder", "context": {"task": "support"}},
+            {"model": "strong", "min_tokens": 500},
+        ),
+        default="cheap",
+    )
+    router = Router(MODELS, rules, seed=0)
+    assert router.route(Request(prompt="def f(): return 1")).model == "strong"
+    assert router.route(Request(prompt="Write a POEM")).model == "writer"
+    assert router.route(Request(prompt="hello", context={"task": "support"})).model == "coder"
+    assert router.route(Request(prompt="word " * 1000)).model == "strong"
+    assert router.route(Request(prompt="hello")).model == "cheap"
+    # A rule whose model is not allowed is skipped.
+    assert router.route(Request(prompt="def f(): pass", models=("writer", "coder"))).model in ("writer", "coder")
+
+
+def test_supervised_policy_learns_offline_and_routes_by_prompt() -> None:
+    from bandit_router.features import FeatureExtractor
+    from bandit_router.policies.supervised import SupervisedPolicy
+
+    world = ToyWorld(seed=9)
+    fx = FeatureExtractor()
+    contexts, qualities = [], []
+    for _ in range(600):
+        kind, request = world.request()
+        contexts.append(fx(request))
+        qualities.append([world.expected_quality(kind, m.name) for m in MODELS])
+    policy = SupervisedPolicy().fit(contexts, [m.name for m in MODELS], np.array(qualities))
+    router = Router(MODELS, policy, seed=0)
+    assert router.route(Request(prompt="python def sort list loop bug", cost_weight=20)).model == "coder"
+    assert router.route(Request(prompt="poem story ocean love summer", cost_weight=20)).model == "writer"
