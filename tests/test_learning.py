@@ -90,3 +90,10 @@ def test_cost_weight_changes_the_decision_without_relearning(policy: str) -> Non
     assert router.version == version  # nothing was learned in between
     assert greedy_choice[0.0] == "strong"
     assert greedy_choice[1000.0] == "cheap"
+
+
+@pytest.mark.parametrize("policy", ["linucb:shared=true,dim=32", "lints:shared=true,dim=32"])
+def test_shared_linear_models_learn_too(policy: str, best_fixed: tuple[str, float]) -> None:
+    _, fixed = best_fixed
+    _, _, rewards, _ = run(policy, seed=7)
+    assert rewards[ROUNDS // 2 :].mean() >= fixed + 0.06

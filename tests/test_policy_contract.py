@@ -116,3 +116,26 @@ def test_spec_settings_reach_the_policy() -> None:
     assert policy.params.alpha == 0.25  # type: ignore[attr-defined]
     assert policy.params.dim == 128  # type: ignore[attr-defined]
     assert make_policy("fixed:gpt-4o").name == "fixed:gpt-4o"
+
+
+@pytest.mark.parametrize(
+    "spec", ["linucb:shared=true", "lints:shared=true", "linucb:decay=0.99", "vw-squarecb:power_t=0"]
+)
+def test_variants_keep_the_contract(spec: str) -> None:
+    world = ToyWorld(seed=11)
+    router = Router(MODELS, spec, seed=11)
+    log = []
+    for _ in range(80):
+        kind, request = world.request()
+        decision = router.route(request)
+        assert sum(decision.pmf) == pytest.approx(1.0)
+        outcome = world.outcome(kind, decision.model, decision.context.input_tokens)
+        router.learn(decision, outcome)
+        log.append((decision, outcome))
+    replay = Router(MODELS, spec, seed=0)
+    for decision, outcome in log:
+        replay.learn(decision, outcome)
+    assert np.array_equal(router.weights(), replay.weights())
+    other = Router(MODELS, spec, seed=5)
+    other.restore(router.snapshot())
+    assert np.array_equal(router.weights(), other.weights())
