@@ -1,0 +1,204 @@
+"""Replay a candidate policy on a log: its pmf on every logged context, as it would have been at that point.
+
+A candidate (see `candidates`) is rebuilt as a `Router` with the log's models; its pmf on logged decision i is
+`router.decide(context_i, models=models_i, cost_weight=λ)`, over the same allowed models. What it learned
+before deciding depends on the mode, and so does what the resulting estimate means:
+
+`learning` (default): the candidate walks the log in order and learns each logged outcome when that feedback
+    arrived (`LoggedRecord.arrival`; a decision never sees its own feedback), with the logged propensity, as
+    an off-policy learner would. The pmf of round i is π_i, the candidate trained on the log up to i. IPS/DR
+    then estimate (1/n) Σ_i V(π_i): the average value of the candidate *as it would have learned from this
+    log* (progressive validation on the logger's data). It is not the value of deploying it, which would
+    learn from its own choices; for the logged policy itself the two coincide.
+`frozen`: the candidate learns from the first `train_fraction` of the log, then stops learning; the estimates
+    on the remaining rounds are of that one fixed policy on traffic like the held-out part (the classical
+    off-policy evaluation setting, with i.i.d. guarantees).
+`replay`: Li, Chu, Langford & Wang (2011), "Unbiased offline evaluation of contextual-bandit-based news article
+    recommendation algorithms", generalised to a non-uniform logger by rejection sampling (Dudík, Erhan,
+    Langford & Li 2012). Round i is accepted with probability π_i(a_i) / (M·μ_i(a_i)), M = max_i max_a
+    1/μ_i(a) (a bound on π/μ); accepted rounds are exactly distributed as if the candidate had chosen, and
+    the candidate learns only from them, with its own propensity. The mean reward of the accepted rounds
+    estimates the online value of the learning candidate over that many requests: the faithful answer for a
+    learning policy, at the price of keeping only about n/M rounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..catalog import ModelSpec
+from ..errors import InvalidInput
+from ..reward import RewardConfig
+from ..router import Router
+from ..types import Decision
+from .candidates import Candidate, parse_candidate
+from .log import LoggedRecord, model_list
+
+MODES = ("learning", "frozen", "replay")
+
+
+@dataclass(frozen=True, eq=False)
+class ReplayResult:
+    """A candidate's pmfs on a log.
+
+    `target_pmf` (n, K) over `models`, one row per record (rows that are not `evaluated` hold the logged pmf).
+    `evaluated` (n,) bool: rows the estimates use (with feedback; frozen: the held-out part; replay: accepted).
+    `router`: the candidate's router after the replay (frozen: as trained), None for logged/shadow.
+    `acceptance_bound`: M of the `replay` mode; `bound_exceeded`: rounds where π/μ > M (then biased).
+    """
+
+    candidate: Candidate
+    mode: str
+    models: tuple[str, ...]
+    target_pmf: np.ndarray
+    evaluated: np.ndarray
+    router: Router | None = None
+    acceptance_bound: float = math.nan
+    bound_exceeded: int = 0
+
+
+def _row(models: tuple[str, ...], allowed: Sequence[str], pmf: Sequence[float]) -> np.ndarray:
+    index = {m: i for i, m in enumerate(models)}
+    row = np.zeros(len(models))
+    for m, p in zip(allowed, pmf, strict=True):
+        row[index[m]] += p
+    return row
+
+
+def candidate_router(
+    candidate: Candidate, specs: Iterable[ModelSpec], *, seed: int = 0, latency_weight: float = 0.0
+) -> Router:
+    """A fresh `Router` for a `policy` candidate over `specs`, with the candidate's router settings."""
+    return Router(
+        list(specs),
+        policy=candidate.policy,
+        seed=candidate.seed if candidate.seed is not None else seed,
+        reward_config=RewardConfig(latency_weight=latency_weight),
+        cold_start_rounds=candidate.cold_start_rounds,
+        cold_start_floor=candidate.cold_start_floor,
+    )
+
+
+def replay(
+    records: Sequence[LoggedRecord],
+    candidate: Candidate | str,
+    *,
+    specs: Iterable[ModelSpec] | Mapping[str, ModelSpec],
+    mode: str = "learning",
+    train_fraction: float = 0.5,
+    seed: int = 0,
+    latency_weight: float = 0.0,
+    models: Sequence[str] | None = None,
+) -> ReplayResult:
+    """The pmfs of `candidate` on `records` (in decision order) under `mode` (see the module docstring).
+
+    `specs` must hold every model the log mentions (the candidate's router routes among them and prices their
+    outcomes). `models` fixes the column order of `target_pmf` (default: order of first appearance).
+    """
+    if mode not in MODES:
+        raise InvalidInput(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    if not 0.0 < train_fraction < 1.0:
+        raise InvalidInput("train_fraction must be in (0, 1)")
+    cand = parse_candidate(candidate) if isinstance(candidate, str) else candidate
+    names = tuple(models) if models is not None else model_list(records)
+    n = len(records)
+    target = np.zeros((n, len(names)))
+    has_feedback = np.array([r.outcome is not None for r in records], dtype=bool)
+    for i, record in enumerate(records):
+        target[i] = _row(names, record.decision.models, record.decision.pmf)
+    split = math.floor(train_fraction * n) if mode == "frozen" else 0
+    evaluated = has_feedback.copy()
+    evaluated[:split] = False
+
+    if cand.kind == "logged":
+        return ReplayResult(cand, mode, names, target, evaluated if mode != "replay" else has_feedback)
+    if cand.kind == "shadow":
+        for i, record in enumerate(records):
+            pmf = record.shadow_pmfs.get(cand.shadow)
+            if pmf is None:
+                raise InvalidInput(f"decision {record.decision.decision_id!r} has no pmf of shadow {cand.shadow!r}")
+            target[i] = _row(names, record.decision.models, pmf)
+        return ReplayResult(cand, mode, names, target, evaluated if mode != "replay" else has_feedback)
+
+    by_name = dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in specs}
+    missing = [m for m in names if m not in by_name]
+    if missing:
+        raise InvalidInput(f"the log mentions models without a catalog entry: {missing}")
+    router = candidate_router(cand, (by_name[m] for m in names), seed=seed, latency_weight=latency_weight)
+    if mode == "replay":
+        return _rejection_replay(records, cand, router, names, target, has_feedback, seed)
+
+    def decide(i: int) -> None:
+        d = records[i].decision
+        lam = cand.cost_weight if cand.cost_weight is not None else d.cost_weight
+        mine = router.decide(d.context, models=d.models, cost_weight=lam, decision_id=d.decision_id)
+        target[i] = _row(names, mine.models, mine.pmf)
+
+    pending: list[tuple[float, int]] = []
+
+    def learn_until(time: float) -> None:
+        while pending and pending[0][0] <= time:
+            _, j = heapq.heappop(pending)
+            outcome = records[j].outcome
+            assert outcome is not None
+            router.learn(records[j].decision, outcome)
+
+    for i, record in enumerate(records):
+        if i >= split:
+            if mode == "frozen":
+                if i == split:
+                    learn_until(math.inf)
+                decide(i)
+                continue
+            learn_until(record.decision.created_at)
+            decide(i)
+        if record.outcome is not None:
+            heapq.heappush(pending, (record.arrival, i))
+    if mode == "learning":
+        learn_until(math.inf)
+    return ReplayResult(cand, mode, names, target, evaluated, router)
+
+
+def _rejection_replay(
+    records: Sequence[LoggedRecord],
+    cand: Candidate,
+    router: Router,
+    names: tuple[str, ...],
+    target: np.ndarray,
+    has_feedback: np.ndarray,
+    seed: int,
+) -> ReplayResult:
+    """Li et al.'s replay with rejection sampling (see the module docstring)."""
+    bound = max((1.0 / min(p for p in r.decision.pmf if p > 0) for r in records), default=1.0)
+    rng = np.random.default_rng([seed, 11])
+    accepted = np.zeros(len(records), dtype=bool)
+    exceeded = 0
+    pending: list[tuple[float, int, Decision]] = []  # (arrival, index, the candidate's own decision)
+    for i, record in enumerate(records):
+        d = record.decision
+        while pending and pending[0][0] <= d.created_at:
+            _, j, mine_j = heapq.heappop(pending)
+            outcome = records[j].outcome
+            assert outcome is not None
+            router.learn(mine_j, outcome)
+        if record.outcome is None:
+            continue
+        lam = cand.cost_weight if cand.cost_weight is not None else d.cost_weight
+        mine = router.decide(d.context, models=d.models, cost_weight=lam, decision_id=d.decision_id)
+        target[i] = _row(names, mine.models, mine.pmf)
+        pi = mine.pmf[mine.models.index(d.model)]
+        ratio = pi / d.probability
+        if ratio > bound * (1.0 + 1e-9):
+            exceeded += 1
+        if pi > 0 and rng.random() < ratio / bound:
+            accepted[i] = True
+            # The candidate chose d.model itself (with its own probability π): learn it that way.
+            chosen = dataclasses.replace(mine, model=d.model, arm=d.arm, probability=pi)
+            heapq.heappush(pending, (record.arrival, i, chosen))
+    return ReplayResult(cand, "replay", names, target, accepted & has_feedback, router, bound, exceeded)

@@ -1,0 +1,158 @@
+"""Write an `Evaluation` as `evaluation.json`, `evaluation.md` and `evaluation.png` (and format it as text).
+
+`evaluation.json` holds `candidates`, a list with one flat record per (candidate, estimator): `candidate`,
+`estimator`, `value` (reward), `ci_low`, `ci_high`, `ess`, `n`, then quality and cost with their intervals,
+the overlap numbers and warnings; plus the log's size, global warnings and the settings. Non-finite numbers
+are written as null.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .evaluate import EstimateRecord, Evaluation
+
+
+def _num(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if math.isfinite(x) else "–"
+
+
+def _interval(lo: float, hi: float, digits: int = 3) -> str:
+    return f"[{_num(lo, digits)}, {_num(hi, digits)}]"
+
+
+def format_table(evaluation: Evaluation, *, estimators: Sequence[str] | None = None) -> str:
+    """A Markdown table: one row per (candidate, estimator); cost in USD per 1000 requests; ⚠ marks warnings."""
+    keep = set(estimators) if estimators is not None else None
+    conf = round(100 * float(evaluation.settings.get("confidence", 0.95)))
+    lines = [
+        f"| candidate | estimator | reward | {conf}% interval | quality | cost $/1k req | ESS | n | |",
+        "|---|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in evaluation.records:
+        if keep is not None and r.estimator not in keep:
+            continue
+        lines.append(
+            f"| {r.candidate} | {r.estimator} | {_num(r.value)} | {_interval(r.ci_low, r.ci_high)} | "
+            f"{_num(r.quality.value)} {_interval(r.quality.ci_low, r.quality.ci_high)} | "
+            f"{_num(1000 * r.cost.value, 3)} | {_num(r.ess, 0)} | {r.n} | {'⚠' if r.warnings else ''} |"
+        )
+    return "\n".join(lines)
+
+
+def _warnings(evaluation: Evaluation) -> list[str]:
+    out = list(evaluation.warnings)
+    seen: set[tuple[str, str]] = set()
+    for r in evaluation.records:
+        for w in r.warnings:
+            if (r.candidate, w) not in seen:
+                seen.add((r.candidate, w))
+                out.append(f"{r.candidate}: {w}")
+    return out
+
+
+def format_markdown(evaluation: Evaluation, *, title: str = "Offline evaluation") -> str:
+    """The whole `evaluation.md`: what was evaluated, the table, the warnings."""
+    s = evaluation.settings
+    lam = s.get("reward_lambda", "logged")
+    lam_text = (
+        "each request's logged λ" if lam == "logged" else ("each candidate's λ" if lam == "candidate" else f"λ = {lam}")
+    )
+    parts = [
+        f"# {title}",
+        "",
+        f"{evaluation.n_logged} logged decisions, {evaluation.n_with_feedback} with feedback, "
+        f"{evaluation.n_evaluated} evaluated ({evaluation.mode} mode). Models: {', '.join(evaluation.models)}.",
+        f"Reward = quality − λ·cost with {lam_text}. Estimators: {', '.join(s.get('estimators', []))}.",
+        "",
+        format_table(evaluation),
+        "",
+    ]
+    warnings = _warnings(evaluation)
+    if warnings:
+        parts += ["## Warnings", "", *(f"- {w}" for w in warnings), ""]
+    return "\n".join(parts)
+
+
+def plot_evaluation(
+    evaluation: Evaluation, path: str | Path, *, truth: Mapping[str, float] | None = None, title: str = ""
+) -> Path:
+    """A forest plot: one row per candidate, the reward estimate and interval of every estimator, and the true
+    value (black ×) where `truth` gives one. Candidates with overlap warnings are labelled with ⚠."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    candidates = list(evaluation.candidates)
+    estimators = list(dict.fromkeys(r.estimator for r in evaluation.records))
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(candidates) + 1.6))
+    step = 0.7 / max(len(estimators), 1)
+    for k, est in enumerate(estimators):
+        ys, xs, lo, hi = [], [], [], []
+        for i, c in enumerate(candidates):
+            try:
+                r: EstimateRecord = evaluation.record(c, est)
+            except KeyError:
+                continue
+            if not math.isfinite(r.value):
+                continue
+            ys.append(i - 0.35 + step * (k + 0.5))
+            xs.append(r.value)
+            lo.append(r.value - r.ci_low if math.isfinite(r.ci_low) else 0.0)
+            hi.append(r.ci_high - r.value if math.isfinite(r.ci_high) else 0.0)
+        ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", ms=4, capsize=2, label=est)
+    if truth:
+        pts = [(truth[c], i) for i, c in enumerate(candidates) if c in truth]
+        if pts:
+            ax.scatter(
+                [p[0] for p in pts], [p[1] for p in pts], marker="x", color="black", s=50, zorder=5, label="true"
+            )
+    warned = {r.candidate for r in evaluation.records if r.warnings}
+    ax.set_yticks(range(len(candidates)))
+    ax.set_yticklabels([f"⚠ {c}" if c in warned else c for c in candidates])
+    ax.invert_yaxis()
+    conf = round(100 * float(evaluation.settings.get("confidence", 0.95)))
+    ax.set_xlabel(f"estimated reward per request ({conf}% interval)")
+    ax.set_title(title or f"Offline evaluation ({evaluation.mode}, n = {evaluation.n_evaluated})")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def write_evaluation(
+    out_dir: str | Path,
+    evaluation: Evaluation,
+    *,
+    truth: Mapping[str, float] | None = None,
+    title: str = "Offline evaluation",
+    extra: Mapping[str, object] | None = None,
+) -> dict[str, Path]:
+    """Write `evaluation.json`, `evaluation.md` and `evaluation.png` into `out_dir` (created if needed).
+
+    `truth` (candidate → true reward) is drawn on the plot and stored in the JSON; `extra` is stored as is
+    (e.g. the command, the commit, the database path).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = evaluation.to_json()
+    if truth is not None:
+        data["truth"] = dict(truth)
+    if extra is not None:
+        data["meta"] = dict(extra)
+    paths = {
+        "json": out / "evaluation.json",
+        "md": out / "evaluation.md",
+        "png": out / "evaluation.png",
+    }
+    paths["json"].write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    paths["md"].write_text(format_markdown(evaluation, title=title), encoding="utf-8")
+    plot_evaluation(evaluation, paths["png"], truth=truth, title=title)
+    return paths

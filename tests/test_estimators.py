@@ -1,0 +1,301 @@
+"""Off-policy estimators against exact ground truth (`evaluation.synthetic`), and their arithmetic."""
+
+from __future__ import annotations
+
+import doctest
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandit_router.errors import InvalidInput
+from bandit_router.evaluation import (
+    IPS,
+    SNIPS,
+    ClippedIPS,
+    DirectMethod,
+    DoublyRobust,
+    Estimate,
+    RidgeRewardModel,
+    effective_sample_size,
+    fit_rewards,
+    make_estimator,
+)
+from bandit_router.evaluation import estimators as estimators_module
+from bandit_router.evaluation.synthetic import BanditLog, make_synthetic_bandit
+
+SEEDS = range(50)
+N_ROUNDS = 2000
+# A (nearly) well-specified model for DM: the synthetic contexts are one-hot, so ridge per action is a table.
+TABULAR = RidgeRewardModel(ridge=0.1)
+ESTIMATORS = {
+    "ips": IPS(n_bootstrap=200),
+    "clipped-ips": ClippedIPS(max_weight=10, reward_range=(0.0, 1.0), n_bootstrap=200),
+    "clipped-ips-harsh": ClippedIPS(max_weight=3, reward_range=(0.0, 1.0), n_bootstrap=200),
+    "snips": SNIPS(n_bootstrap=200),
+    "dm": DirectMethod(reward_model=TABULAR),
+    "dr": DoublyRobust(reward_model=TABULAR, n_bootstrap=200),
+}
+
+
+@dataclass
+class Trial:
+    truth: float
+    estimates: dict[str, Estimate]
+
+
+def _estimate(est: Any, log: BanditLog, target: np.ndarray) -> Estimate:
+    return est.estimate(
+        rewards=log.rewards,
+        actions=log.actions,
+        logged_probability=log.logged_probability,
+        target_pmf=target,
+        features=log.features,
+    )
+
+
+@pytest.fixture(scope="module")
+def trials() -> list[Trial]:
+    """50 seeds: a random bandit, 2000 rounds from its softmax logger, the ε-greedy-on-the-truth candidate."""
+    out = []
+    for seed in SEEDS:
+        bandit = make_synthetic_bandit(seed=seed, temperature=1.0)
+        log = bandit.sample(N_ROUNDS, seed=seed + 1000)
+        pool = bandit.epsilon_greedy(0.1)
+        target = log.target(pool)
+        out.append(Trial(bandit.value(pool), {name: _estimate(e, log, target) for name, e in ESTIMATORS.items()}))
+    return out
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_interval_covers_the_true_value_in_at_least_90_percent_of_50_seeds(trials: list[Trial], name: str) -> None:
+    covered = sum(t.estimates[name].covers(t.truth) for t in trials)
+    assert covered >= 45, f"{name}: {covered}/50"
+
+
+@pytest.mark.parametrize("name", ["ips", "clipped-ips", "snips", "dm", "dr"])
+def test_bootstrap_interval_covers_too(trials: list[Trial], name: str) -> None:
+    covered = 0
+    for t in trials:
+        ci = t.estimates[name].bootstrap_ci
+        assert ci is not None
+        covered += ci[0] <= t.truth <= ci[1]
+    assert covered >= 45, f"{name} bootstrap: {covered}/50"
+
+
+def _rmse(trials: list[Trial], name: str) -> float:
+    return math.sqrt(np.mean([(t.estimates[name].value - t.truth) ** 2 for t in trials]))
+
+
+def test_doubly_robust_error_is_below_ips_error(trials: list[Trial]) -> None:
+    assert _rmse(trials, "dr") < 0.8 * _rmse(trials, "ips")
+    wins = sum(abs(t.estimates["dr"].value - t.truth) < abs(t.estimates["ips"].value - t.truth) for t in trials)
+    assert wins > 25
+
+
+def test_harsh_clipping_is_biased_but_its_interval_accounts_for_it(trials: list[Trial]) -> None:
+    bias = np.mean([t.estimates["clipped-ips-harsh"].value - t.truth for t in trials])
+    assert bias < -0.1  # clipping at 3 throws away real weight …
+    assert all(t.estimates["clipped-ips-harsh"].ci_high > t.estimates["clipped-ips-harsh"].value + 0.1 for t in trials)
+
+
+def test_ess_is_reported_and_is_below_n_for_a_different_policy(trials: list[Trial]) -> None:
+    for t in trials:
+        est = t.estimates["ips"]
+        assert est.n == N_ROUNDS
+        assert 0 < est.ess < N_ROUNDS
+        assert t.estimates["dr"].ess == pytest.approx(est.ess)
+
+
+# -- identical to the logger -------------------------------------------------------------------------------
+
+
+def test_candidate_identical_to_the_logger_estimates_the_logged_mean() -> None:
+    bandit = make_synthetic_bandit(seed=7, temperature=1.0)
+    log = bandit.sample(3000, seed=8)
+    target = log.logged_pmf
+    mean = float(log.rewards.mean())
+    for est in (IPS(), SNIPS(), ClippedIPS(max_weight=1.0)):
+        e = _estimate(est, log, target)
+        assert e.value == pytest.approx(mean, abs=1e-12)
+        assert e.ess == pytest.approx(len(log.rewards))
+    # DM and DR equal it in expectation: the correction Σ_a μ q̂ − q̂(a_i) has mean zero and a tiny spread.
+    dr = _estimate(DoublyRobust(reward_model=TABULAR), log, target)
+    assert abs(dr.value - mean) < dr.std_error
+    dm = _estimate(DirectMethod(reward_model=TABULAR), log, target)
+    assert dm.covers(mean)
+
+
+# -- SNIPS -------------------------------------------------------------------------------------------------
+
+
+def _fixed(rewards: list[float], weights: list[float]) -> dict[str, Any]:
+    """Two actions, logger 1/2 each, action 0 logged, π(0) = w/2: so the importance weight of round i is w_i."""
+    w = np.asarray(weights)
+    return {
+        "rewards": np.asarray(rewards, dtype=float),
+        "actions": np.zeros(len(w), dtype=int),
+        "logged_probability": np.full(len(w), 0.5),
+        "target_pmf": np.stack([w / 2, 1 - w / 2], axis=1),
+    }
+
+
+def test_snips_divides_by_the_sum_of_the_weights_not_by_n() -> None:
+    data = _fixed([1.0, 0.0, 1.0, 1.0], [2.0, 2.0, 0.5, 0.1])  # Σw = 4.6 ≠ n = 4
+    snips = SNIPS().estimate(**data)
+    ips = IPS().estimate(**data)
+    assert snips.value == pytest.approx((2.0 + 0.5 + 0.1) / 4.6)
+    assert ips.value == pytest.approx((2.0 + 0.5 + 0.1) / 4)
+    assert snips.ess == pytest.approx(4.6**2 / (4 + 4 + 0.25 + 0.01))
+
+
+def test_snips_of_a_constant_reward_is_that_constant_whatever_the_weights() -> None:
+    for weights in ([1.9, 0.1, 0.3, 0.2], [0.1, 0.1, 0.1, 0.2], [2.0, 2.0, 2.0, 1.5]):
+        data = _fixed([0.7] * 4, weights)
+        assert SNIPS().estimate(**data).value == pytest.approx(0.7)
+        assert IPS().estimate(**data).value == pytest.approx(0.7 * np.mean(weights))
+
+
+def test_snips_is_shift_equivariant_and_stays_within_the_observed_rewards() -> None:
+    bandit = make_synthetic_bandit(seed=3, temperature=0.3)
+    log = bandit.sample(500, seed=4)
+    target = log.target(bandit.epsilon_greedy(0.0))
+    kw: dict[str, Any] = {"actions": log.actions, "logged_probability": log.logged_probability, "target_pmf": target}
+    base = SNIPS().estimate(rewards=log.rewards, **kw)
+    shifted = SNIPS().estimate(rewards=log.rewards + 5.0, **kw)
+    assert shifted.value == pytest.approx(base.value + 5.0)
+    assert shifted.std_error == pytest.approx(base.std_error)
+    assert 0.0 <= base.value <= 1.0
+
+
+def test_snips_without_any_weight_is_nan_not_an_error() -> None:
+    est = SNIPS(n_bootstrap=10).estimate(**_fixed([1.0, 0.0], [0.0, 0.0]))
+    assert math.isnan(est.value) and est.ess == 0.0
+    assert est.to_json()["value"] is None
+
+
+# -- intervals, ESS, reward models --------------------------------------------------------------------------
+
+
+def test_effective_sample_size() -> None:
+    assert effective_sample_size(np.ones(10)) == pytest.approx(10)
+    assert effective_sample_size(np.array([0, 0, 3.0, 0])) == pytest.approx(1)
+    w = np.array([0.5, 2.0, 1.0, 0.1])
+    assert effective_sample_size(3 * w) == pytest.approx(effective_sample_size(w))
+    assert effective_sample_size(np.zeros(3)) == 0.0
+
+
+def test_bootstrap_is_seeded() -> None:
+    bandit = make_synthetic_bandit(seed=1)
+    log = bandit.sample(400, seed=2)
+    target = log.target(bandit.epsilon_greedy(0.2))
+    a = _estimate(IPS(n_bootstrap=100, seed=5), log, target)
+    b = _estimate(IPS(n_bootstrap=100, seed=5), log, target)
+    c = _estimate(IPS(n_bootstrap=100, seed=6), log, target)
+    assert a.bootstrap_ci == b.bootstrap_ci
+    assert a.bootstrap_ci != c.bootstrap_ci
+    primary = _estimate(IPS(n_bootstrap=100, interval="bootstrap"), log, target)
+    assert (primary.ci_low, primary.ci_high) == primary.bootstrap_ci and primary.interval == "bootstrap"
+
+
+def test_normal_interval_width_follows_the_standard_error() -> None:
+    est = IPS(confidence=0.9).estimate(**_fixed([1.0, 0.0, 1.0, 0.5], [1.0, 1.5, 0.5, 1.0]))
+    z = 1.6448536269514722
+    assert est.ci_high - est.ci_low == pytest.approx(2 * z * est.std_error)
+
+
+def test_cross_fitted_prediction_does_not_see_its_own_reward() -> None:
+    bandit = make_synthetic_bandit(seed=2)
+    log = bandit.sample(300, seed=3)
+    fit = fit_rewards(log.features, log.actions, log.rewards, 4, folds=5, seed=0)
+    changed = log.rewards.copy()
+    changed[17] = 1.0 - changed[17]
+    refit = fit_rewards(log.features, log.actions, changed, 4, folds=5, seed=0)
+    assert np.allclose(fit.predictions[17], refit.predictions[17])
+    assert not np.allclose(fit.predictions, refit.predictions)  # other folds did see it
+
+
+def test_ridge_reward_model_recovers_a_table() -> None:
+    bandit = make_synthetic_bandit(seed=4, n_contexts=5, n_actions=3)
+    log = bandit.sample(20_000, seed=5)
+    predicted = RidgeRewardModel(ridge=1e-3).fit(log.features, log.actions, log.rewards, 3).predict(bandit.features)
+    assert np.abs(predicted - bandit.expected_reward).max() < 0.05
+
+
+def test_dm_shares_a_precomputed_fit() -> None:
+    bandit = make_synthetic_bandit(seed=5)
+    log = bandit.sample(500, seed=6)
+    target = log.target(bandit.epsilon_greedy(0.1))
+    fit = fit_rewards(log.features, log.actions, log.rewards, 4, model=TABULAR, n_bootstrap=50, seed=0)
+    shared = DirectMethod(reward_model=TABULAR, n_bootstrap=50).estimate(
+        rewards=log.rewards,
+        actions=log.actions,
+        logged_probability=log.logged_probability,
+        target_pmf=target,
+        reward_fit=fit,
+    )
+    own = _estimate(DirectMethod(reward_model=TABULAR, n_bootstrap=50), log, target)
+    assert shared.value == pytest.approx(own.value)
+    assert shared.std_error == pytest.approx(own.std_error)
+
+
+def test_docstring_examples_run() -> None:
+    result = doctest.testmod(estimators_module)
+    assert result.attempted > 0 and result.failed == 0
+
+
+# -- invalid input ------------------------------------------------------------------------------------------
+
+GOOD: dict[str, Any] = {
+    "rewards": np.array([1.0, 0.0]),
+    "actions": np.array([0, 1]),
+    "logged_probability": np.array([0.5, 0.5]),
+    "target_pmf": np.array([[0.5, 0.5], [0.5, 0.5]]),
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"rewards": np.array([[1.0, 0.0]])}, "rewards must have shape"),
+        ({"rewards": np.array([])}, "rewards must have shape"),
+        ({"rewards": np.array([1.0, np.nan])}, "rewards must be finite"),
+        ({"actions": np.array([0])}, "actions must have shape"),
+        ({"actions": np.array([0.0, 1.0])}, "actions must be integer"),
+        ({"actions": np.array([0, 2])}, r"actions must be in 0…1"),
+        ({"logged_probability": np.array([0.5, 0.0])}, r"logged_probability must be in \(0, 1\]"),
+        ({"logged_probability": np.array([0.5, 1.5])}, r"logged_probability must be in \(0, 1\]"),
+        ({"logged_probability": np.array([0.5])}, "logged_probability must have shape"),
+        ({"target_pmf": np.array([0.5, 0.5])}, "target_pmf must have shape"),
+        ({"target_pmf": np.array([[0.5, 0.6], [0.5, 0.5]])}, "must sum to 1"),
+        ({"target_pmf": np.array([[1.5, -0.5], [0.5, 0.5]])}, "non-negative"),
+    ],
+)
+@pytest.mark.parametrize("estimator", [IPS(), ClippedIPS(), SNIPS(), DoublyRobust(folds=2)])
+def test_invalid_arrays_are_refused(change: dict[str, np.ndarray], match: str, estimator: object) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        estimator.estimate(**{**GOOD, **change})  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: IPS(confidence=1.0), "confidence"),
+        (lambda: IPS(n_bootstrap=-1), "n_bootstrap"),
+        (lambda: SNIPS(interval="bootstrap"), "needs n_bootstrap"),
+        (lambda: IPS(interval="exact"), "interval must be"),
+        (lambda: ClippedIPS(max_weight=0), "max_weight"),
+        (lambda: ClippedIPS(reward_range=(1.0, 0.0)), "reward_range"),
+        (lambda: DoublyRobust(folds=1), "folds >= 2"),
+        (lambda: DirectMethod(folds=0), "folds must be"),
+        (lambda: RidgeRewardModel(ridge=0), "ridge"),
+        (lambda: make_estimator("magic"), "unknown estimator 'magic'"),
+        (lambda: DirectMethod().estimate(**GOOD), "needs `features`"),
+        (lambda: IPS(seed=-1), "seed"),
+    ],
+)
+def test_invalid_settings_are_refused(build: object, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        build()  # type: ignore[operator]

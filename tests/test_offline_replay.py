@@ -1,0 +1,360 @@
+"""Replaying candidate policies on logs of a real `Router` in a world whose true values are known exactly."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from bandit_router.catalog import ModelSpec
+from bandit_router.errors import InvalidInput
+from bandit_router.evaluation import (
+    Candidate,
+    LoggedRecord,
+    OverlapThresholds,
+    evaluate_log,
+    log_arrays,
+    overlap,
+    parse_candidate,
+    promotion_check,
+    replay,
+    write_evaluation,
+)
+from bandit_router.evaluation.replay import candidate_router
+from bandit_router.evaluation.synthetic import SimulatedLog, SyntheticWorld, make_world, simulate_log
+from bandit_router.types import Outcome
+
+LAM = 100.0  # λ of the logged requests: large enough that cost matters next to quality in this world
+N = 1500
+
+
+def _pool_pmf(world: SyntheticWorld, name: str) -> np.ndarray:
+    m, k = len(world.contexts), len(world.models)
+    if name == "random":
+        return np.full((m, k), 1.0 / k)
+    return np.tile(np.eye(k)[world.model_names.index(name.removeprefix("fixed:"))], (m, 1))
+
+
+def _oracle(world: SyntheticWorld, log: SimulatedLog, target: np.ndarray, rows: np.ndarray) -> float:
+    """(1/n) Σ_i Σ_a π_i(a) E[reward | x_i, a] over `rows`: what the learning-mode estimators target."""
+    j = log.context_index[rows]
+    expected = world.quality[j] - LAM * world.cost_usd[j]
+    return float((target[rows] * expected).sum(axis=1).mean())
+
+
+@pytest.fixture(scope="module")
+def world() -> SyntheticWorld:
+    return make_world(seed=11)
+
+
+@pytest.fixture(scope="module")
+def log(world: SyntheticWorld) -> SimulatedLog:
+    return simulate_log(world, "egreedy:epsilon=0.5", N, seed=11, cost_weight=LAM, delay=3)
+
+
+# -- the logged policy and the fixed baselines --------------------------------------------------------------
+
+
+def test_logged_policy_estimates_equal_the_logged_means(world: SyntheticWorld, log: SimulatedLog) -> None:
+    ev = evaluate_log(log.records, [], models=world.models, dm_bootstrap=20, n_bootstrap=0)
+    arrays = log_arrays(log.records, {m.name: m for m in world.models})
+    for name in ("ips", "snips", "clipped-ips"):
+        rec = ev.record("logged", name)
+        assert rec.value == pytest.approx(float(arrays.rewards().mean()), abs=1e-12)
+        assert rec.quality.value == pytest.approx(float(arrays.quality.mean()), abs=1e-12)
+        assert rec.cost.value == pytest.approx(float(arrays.cost_usd.mean()), abs=1e-15)
+        assert rec.ess == pytest.approx(N)
+        assert rec.n == N and not rec.warnings
+    dr = ev.record("logged", "dr")
+    assert abs(dr.value - float(arrays.rewards().mean())) < dr.reward.std_error
+
+
+def test_fixed_candidate_pmfs_enter_ips_exactly(world: SyntheticWorld, log: SimulatedLog) -> None:
+    ev = evaluate_log(log.records, [], models=world.models, estimators=("ips",), n_bootstrap=0)
+    arrays = log_arrays(log.records)
+    rewards = arrays.rewards()
+    for k, name in enumerate(arrays.models):
+        chosen = arrays.actions == k
+        expected = float((chosen * rewards / arrays.logged_probability).mean())
+        assert ev.record(f"fixed:{name}", "ips").value == pytest.approx(expected, rel=1e-12)
+    assert ev.record("random", "ips").value == pytest.approx(
+        float((rewards / len(arrays.models) / arrays.logged_probability).mean()), rel=1e-12
+    )
+
+
+def test_baseline_intervals_cover_the_exact_values_over_seeds() -> None:
+    covered = total = 0
+    for seed in range(8):
+        world = make_world(seed=seed)
+        log = simulate_log(world, "egreedy:epsilon=0.5", N, seed=seed, cost_weight=LAM)
+        ev = evaluate_log(log.records, [], models=world.models, estimators=("ips", "dr"), n_bootstrap=0)
+        for name in ("random", *(f"fixed:{m}" for m in world.model_names)):
+            truth = world.value(_pool_pmf(world, name), LAM)
+            for est in ("ips", "dr"):
+                rec = ev.record(name, est)
+                covered += rec.reward.covers(truth.reward) + rec.quality.covers(truth.quality)
+                total += 2
+    assert covered >= 0.85 * total, f"{covered}/{total}"
+
+
+# -- learning, frozen and replay modes ------------------------------------------------------------------------
+
+
+def test_learning_mode_estimates_the_average_value_of_the_learning_candidate(world: SyntheticWorld) -> None:
+    covered = []
+    for seed in range(4):
+        log = simulate_log(world, "egreedy:epsilon=0.5", N, seed=100 + seed, cost_weight=LAM, delay=3)
+        res = replay(log.records, "linucb:alpha=0.5", specs=world.models, mode="learning", seed=seed)
+        assert res.router is not None and res.router.version == N  # learned every outcome, once
+        rows = res.evaluated
+        truth = _oracle(world, log, res.target_pmf, rows)
+        ev = evaluate_log(log.records, ["linucb:alpha=0.5"], models=world.models, baselines=False, seed=seed)
+        np.testing.assert_allclose(ev.replays["linucb:alpha=0.5"].target_pmf, res.target_pmf)
+        covered += [ev.record("linucb:alpha=0.5", e).reward.covers(truth) for e in ("ips", "snips", "dr")]
+    assert sum(covered) >= len(covered) - 1
+
+
+def test_learning_candidate_improves_over_the_log(world: SyntheticWorld, log: SimulatedLog) -> None:
+    res = replay(log.records, "linucb:alpha=0.5", specs=world.models, seed=0)
+    first = _oracle(world, log, res.target_pmf, np.arange(N) < 300)
+    last = _oracle(world, log, res.target_pmf, np.arange(N) >= N - 300)
+    assert last > first + 0.02
+
+
+def test_a_decision_never_sees_feedback_that_had_not_arrived(world: SyntheticWorld) -> None:
+    late = simulate_log(world, "random", 200, seed=5, cost_weight=LAM, delay=10_000)
+    res = replay(late.records, "linucb:alpha=0.5", specs=world.models, seed=0)
+    fresh = candidate_router(parse_candidate("linucb:alpha=0.5"), world.models)
+    for i in (0, 57, 199):  # nothing arrived before the end of the log: every pmf is the untrained one
+        d = late.records[i].decision
+        pmf = fresh.decide(d.context, models=d.models, cost_weight=LAM).pmf
+        np.testing.assert_allclose(res.target_pmf[i], pmf)
+    assert res.router is not None and res.router.version == 200  # … and all of it is learned at the end
+    prompt = simulate_log(world, "random", 200, seed=5, cost_weight=LAM, delay=0)
+    res0 = replay(prompt.records, "linucb:alpha=0.5", specs=world.models, seed=0)
+    d = prompt.records[0].decision
+    np.testing.assert_allclose(res0.target_pmf[0], fresh.decide(d.context, models=d.models, cost_weight=LAM).pmf)
+    assert not np.allclose(res0.target_pmf[150:], res.target_pmf[150:])
+
+
+def test_frozen_mode_estimates_the_trained_policy(world: SyntheticWorld) -> None:
+    covered = []
+    for seed in range(4):
+        log = simulate_log(world, "egreedy:epsilon=0.5", N, seed=200 + seed, cost_weight=LAM)
+        spec = "vw-squarecb:gamma_scale=50"
+        ev = evaluate_log(
+            log.records, [spec], models=world.models, mode="frozen", baselines=False, n_bootstrap=0, seed=seed
+        )
+        res = ev.replays[spec]
+        assert res.router is not None and res.router.version == N // 2
+        assert not res.evaluated[: N // 2].any() and res.evaluated[N // 2 :].all()
+        assert ev.n_evaluated == N - N // 2
+        pool = world.router_pmf(res.router, LAM)
+        held_out = np.arange(N) >= N // 2
+        np.testing.assert_allclose(res.target_pmf[held_out], pool[log.context_index[held_out]], atol=1e-12)
+        truth = world.value(pool, LAM)
+        covered += [ev.record(spec, e).reward.covers(truth.reward) for e in ("ips", "snips", "dr")]
+    assert sum(covered) >= len(covered) - 1
+
+
+def test_replay_mode_accepts_about_n_over_m_rounds_and_covers_fixed_values() -> None:
+    world = make_world(seed=3)
+    log = simulate_log(world, "random", 4000, seed=3, cost_weight=LAM)
+    ev = evaluate_log(log.records, ["vw-squarecb"], models=world.models, mode="replay")
+    assert {r.estimator for r in ev.records} == {"replay"}
+    for name in ("random", *(f"fixed:{m}" for m in world.model_names)):
+        res = ev.replays[name]
+        assert res.acceptance_bound == pytest.approx(4.0) and res.bound_exceeded == 0
+        assert abs(int(res.evaluated.sum()) - 1000) < 120  # P(accept) = 1/M = 1/4 for every candidate
+    covered = sum(
+        ev.record(name, "replay").reward.covers(world.value(_pool_pmf(world, name), LAM).reward)
+        for name in ("random", *(f"fixed:{m}" for m in world.model_names))
+    )
+    assert covered >= 4
+    learner = ev.replays["vw-squarecb"]
+    assert learner.router is not None and learner.router.version == int(learner.evaluated.sum())
+
+
+# -- candidates, λ, overlap ----------------------------------------------------------------------------------
+
+
+def test_lambda_override_changes_decisions_but_not_the_yardstick(world: SyntheticWorld, log: SimulatedLog) -> None:
+    cands = ["vw-greedy@lambda=0", "vw-greedy@lambda=2000"]
+    ev = evaluate_log(log.records, cands, models=world.models, baselines=False, estimators=("dr",))
+    cheap, rich = ev.record(cands[1], "dr"), ev.record(cands[0], "dr")
+    assert cheap.cost.value < rich.cost.value
+    assert cheap.cost_weight is None and rich.cost_weight is None  # both measured with the logged λ
+    own = evaluate_log(
+        log.records, cands, models=world.models, baselines=False, estimators=("dr",), reward_lambda="candidate"
+    )
+    assert own.record(cands[1], "dr").cost_weight == 2000.0
+    assert own.record(cands[0], "dr").value == pytest.approx(own.record(cands[0], "dr").quality.value)
+    fixed = evaluate_log(log.records, cands, models=world.models, baselines=False, estimators=("ips",), reward_lambda=0)
+    assert fixed.record(cands[1], "ips").value == pytest.approx(fixed.record(cands[1], "ips").quality.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("logged", Candidate("logged", "logged")),
+        ("shadow:linucb", Candidate("shadow:linucb", "shadow", "linucb")),
+        ("random", Candidate("random", "policy", "random")),
+        ("fixed:gpt-4o-mini", Candidate("fixed:gpt-4o-mini", "policy", "fixed:gpt-4o-mini")),
+        (
+            "vw-squarecb:gamma_scale=50@lambda=40",
+            Candidate("vw-squarecb:gamma_scale=50@lambda=40", "policy", "vw-squarecb:gamma_scale=50", 40.0),
+        ),
+        (
+            " linucb:alpha=0.5@cost_weight=0, seed=3, cold_start_rounds=0 ",
+            Candidate(
+                "linucb:alpha=0.5@cost_weight=0, seed=3, cold_start_rounds=0", "policy", "linucb:alpha=0.5", 0.0, 3, 0
+            ),
+        ),
+    ],
+)
+def test_candidate_specs_parse(spec: str, expected: Candidate) -> None:
+    assert parse_candidate(spec) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("", "empty candidate"),
+        ("nonsense", "unknown policy 'nonsense'"),
+        ("vw-squarecb:gamma=50", "has no setting"),
+        ("linucb@lambda", "expected key=value"),
+        ("linucb@temperature=3", "unknown setting 'temperature'"),
+        ("linucb@lambda=-1", "lambda must be"),
+        ("linucb@lambda=nan", "lambda must be"),
+        ("linucb@lambda=x", "could not convert"),
+        ("linucb@lambda=1,cost_weight=2", "given twice"),
+        ("linucb@cold_start_floor=0.9", "cold_start_floor"),
+        ("logged@lambda=3", "take no @settings"),
+        ("shadow:", "expected shadow:NAME"),
+    ],
+)
+def test_bad_candidate_specs_are_refused(spec: str, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        parse_candidate(spec)
+
+
+def test_overlap_warnings_for_a_candidate_the_logger_never_tried(world: SyntheticWorld) -> None:
+    log = simulate_log(world, "fixed:gpt-4o-mini", 400, seed=1, cost_weight=LAM)
+    ev = evaluate_log(log.records, [], models=world.models, estimators=("ips", "snips", "dr"), dm_bootstrap=0)
+    never = ev.record("fixed:claude-haiku-4-5", "snips")
+    assert any("poor overlap" in w for w in never.warnings)
+    assert any("support violation" in w for w in never.warnings)
+    assert never.overlap.unsupported_mass == pytest.approx(1.0)
+    assert math.isnan(never.value)  # no logged round says anything about it
+    assert ev.record("fixed:claude-haiku-4-5", "ips").value == 0.0
+    assert not ev.record("fixed:gpt-4o-mini", "ips").warnings
+
+
+def test_overlap_thresholds_are_the_documented_ones() -> None:
+    n = 100
+    actions = np.zeros(n, dtype=int)
+    logged = np.tile([0.5, 0.4995, 0.0005], (n, 1))
+    target = np.tile([0.5, 0.48, 0.02], (n, 1))
+    ov = overlap(actions, np.full(n, 0.5), logged, target)
+    assert ov.ess == pytest.approx(n) and ov.unsupported_mass == pytest.approx(0.02)
+    assert len(ov.warnings) == 1 and "support violation" in ov.warnings[0]
+    assert overlap(actions, np.full(n, 0.5), logged, target, OverlapThresholds(max_unsupported_mass=0.05)).trusted
+    skewed = np.where(np.arange(n) < 5, 1.0, 0.01)  # five rounds carry the weight
+    tgt = np.stack([skewed, 1 - skewed, np.zeros(n)], axis=1)
+    low = overlap(actions, np.full(n, 0.5), logged, tgt)
+    assert low.ess < 10 and any("poor overlap" in w for w in low.warnings)
+
+
+def test_shadow_pmfs_are_evaluated_as_logged(world: SyntheticWorld, log: SimulatedLog) -> None:
+    k = len(world.models)
+    records = [
+        LoggedRecord(r.decision, r.outcome, r.cost_usd, r.feedback_at, {"uniform": (1.0 / k,) * k}) for r in log.records
+    ]
+    ev = evaluate_log(records, ["shadow:uniform"], models=world.models, estimators=("ips", "dr"), dm_bootstrap=0)
+    for est in ("ips", "dr"):
+        assert ev.record("shadow:uniform", est).value == pytest.approx(ev.record("random", est).value)
+    with pytest.raises(InvalidInput, match="no pmf of shadow 'other'"):
+        evaluate_log(records, ["shadow:other"], models=world.models)
+
+
+def test_decisions_without_feedback_are_left_out_with_a_warning(world: SyntheticWorld, log: SimulatedLog) -> None:
+    records = [r if i % 10 else LoggedRecord(r.decision) for i, r in enumerate(log.records)]
+    ev = evaluate_log(records, [], models=world.models, estimators=("ips",))
+    assert ev.n_logged == N and ev.n_with_feedback == N - N // 10 == ev.n_evaluated
+    assert any("no feedback" in w for w in ev.warnings)
+
+
+def test_models_missing_from_the_catalog_are_refused(world: SyntheticWorld, log: SimulatedLog) -> None:
+    with pytest.raises(InvalidInput, match="without a catalog entry"):
+        evaluate_log(log.records, ["linucb"], models=world.models[:2])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"mode": "online"}, "unknown mode"),
+        ({"reward_lambda": "mine"}, "reward_lambda"),
+        ({"reward_lambda": -1.0}, "reward_lambda"),
+        ({"estimators": ("ips", "magic")}, "unknown estimator"),
+        ({"mode": "frozen", "train_fraction": 1.0}, "train_fraction"),
+    ],
+)
+def test_bad_evaluation_settings_are_refused(
+    world: SyntheticWorld, log: SimulatedLog, kwargs: dict[str, object], match: str
+) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        evaluate_log(log.records[:50], ["random"], models=world.models, **kwargs)  # type: ignore[arg-type]
+
+
+def test_outcomes_without_cost_are_priced_from_tokens() -> None:
+    world = make_world(seed=2)
+    log = simulate_log(world, "random", 50, seed=2, cost_weight=LAM)
+    spec: ModelSpec = world.models[0]
+    bare = [
+        LoggedRecord(r.decision, Outcome(quality=r.outcome.quality, output_tokens=300))
+        for r in log.records
+        if r.outcome is not None
+    ]
+    arrays = log_arrays(bare, {m.name: m for m in world.models})
+    first = next(i for i, r in enumerate(bare) if r.decision.model == spec.name)
+    assert arrays.cost_usd[first] == pytest.approx(spec.cost_usd(bare[first].decision.context.input_tokens, 300))
+    np.testing.assert_allclose(arrays.cost_usd, log_arrays(list(log.records)).cost_usd)
+
+
+def test_write_evaluation_writes_json_markdown_and_png(tmp_path, world: SyntheticWorld) -> None:  # type: ignore[no-untyped-def]
+    log = simulate_log(world, "fixed:gpt-4o-mini", 300, seed=4, cost_weight=LAM)
+    ev = evaluate_log(log.records, ["linucb"], models=world.models, dm_bootstrap=10, n_bootstrap=20)
+    truth = {"random": world.value(_pool_pmf(world, "random"), LAM).reward}
+    paths = write_evaluation(tmp_path / "out", ev, truth=truth, extra={"command": "test"})
+    data = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert len(data["candidates"]) == len(ev.candidates) * 5
+    for rec in data["candidates"]:
+        assert {"candidate", "estimator", "value", "ci_low", "ci_high", "ess", "n"} <= set(rec)
+    never = [r for r in data["candidates"] if r["candidate"] == "fixed:claude-haiku-4-5"]
+    snips = next(r for r in never if r["estimator"] == "snips")
+    assert snips["value"] is None and snips["warnings"]  # NaN is written as null, never as NaN
+    assert data["truth"] == truth and data["meta"] == {"command": "test"}
+    md = paths["md"].read_text(encoding="utf-8")
+    assert "| linucb | dr |" in md and "## Warnings" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_promotion_needs_a_lower_bound_above_the_live_estimate(world: SyntheticWorld) -> None:
+    log = simulate_log(world, "egreedy:epsilon=0.5", 3000, seed=9, cost_weight=LAM)
+    names = world.model_names
+    values = {m: world.value(_pool_pmf(world, f"fixed:{m}"), LAM).reward for m in names}
+    best, worst = max(values, key=values.__getitem__), min(values, key=values.__getitem__)
+    ev = evaluate_log(log.records, [], models=world.models, estimators=("dr",), n_bootstrap=0)
+    good = promotion_check(ev, f"fixed:{best}", require_trusted=False)
+    bad = promotion_check(ev, f"fixed:{worst}", require_trusted=False)
+    assert good.ok and "beats" in good.reason
+    assert not bad.ok and bad.candidate_low < bad.live_value
+    assert not promotion_check(ev, "logged").ok  # a policy cannot beat its own estimate by its lower bound
+    with pytest.raises(InvalidInput, match="no 'ips' estimate"):
+        promotion_check(ev, f"fixed:{best}", estimator="ips")
+    thin = simulate_log(world, "fixed:gpt-4o-mini", 300, seed=9, cost_weight=LAM)
+    untrusted = evaluate_log(thin.records, [], models=world.models, estimators=("ips",))
+    check = promotion_check(untrusted, "fixed:claude-haiku-4-5", estimator="ips")
+    assert not check.ok and "overlap" in check.reason
