@@ -56,8 +56,8 @@ class Pacer(Protocol):
         """(effective λ, extra penalty per model, allowed mask per model)."""
         ...
 
-    def observe(self, decision: Decision, cost_usd: float | None) -> None:
-        """A decision was made (cost None) or its real cost became known."""
+    def observe(self, decision: Decision, cost_usd: float | None, latency_s: float | None = None) -> None:
+        """A decision was made (cost None) or its real cost (and reported latency, if any) became known."""
         ...
 
 
@@ -258,7 +258,7 @@ class Router:
             self._counts[spec.name] = self._counts.get(spec.name, 0) + 1
             self._version += 1
         if self.pacer is not None:
-            self.pacer.observe(decision, cost)
+            self.pacer.observe(decision, cost, outcome.latency_s)
         return value
 
     # -- state ------------------------------------------------------------------------------------------

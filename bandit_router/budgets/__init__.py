@@ -1,0 +1,36 @@
+"""Budgets and service targets: say what may be spent (or how much traffic a model may get, how slow the
+answers may be) and let the router hold it while it maximises quality.
+
+    config = BudgetConfig.from_strings(["avg_cost_usd=0.0005", "share:gpt-4o=0.3", "@acme:spend_usd=50/1d"])
+    router = Router(models, "vw-squarecb", pacer=BudgetPacer(config))
+
+`targets` holds the target types, their grammar and `BudgetConfig`; `pacer` the controller and its math.
+"""
+
+from .pacer import BudgetPacer
+from .targets import (
+    AvgCost,
+    BudgetConfig,
+    Latency,
+    Share,
+    Spend,
+    Target,
+    format_duration,
+    parse_duration,
+    parse_scoped_target,
+    parse_target,
+)
+
+__all__ = [
+    "AvgCost",
+    "BudgetConfig",
+    "BudgetPacer",
+    "Latency",
+    "Share",
+    "Spend",
+    "Target",
+    "format_duration",
+    "parse_duration",
+    "parse_scoped_target",
+    "parse_target",
+]

@@ -1,0 +1,724 @@
+"""`BudgetPacer`: holds cost, share and latency targets while the router maximises quality, per tenant.
+
+The problem is  max E[quality]  subject to the targets. Its Lagrangian gives each decision the score
+
+    q̂_m − λ·ĉ_m − Σ_k μ_k·1[m ∈ S_k] − Σ_j ν_j·P̂(latency_m > L_j)
+
+and the pacer sets the multipliers online by projected dual descent, one step per request (Balseiro, Lu &
+Mirrokni 2020, "Dual Mirror Descent for Online Allocation Problems"). No randomness: the same calls with the
+same clock readings give the same multipliers.
+
+**Cost targets** move λ in log space (mirror descent with an entropic mirror map), so one step size serves
+every price scale (λ spans 1 … 10⁵ quality points per USD across catalogs):
+
+    log λ ← clip(log λ + η·g,  log λ_min,  log λ_max),   η = `cost_step` (0.05)
+
+    avg_cost_usd = ρ:    g = (c − ρ) / ρ                           per request
+    spend_usd = B/P:     g = (c − r·Δt) / ρ̄,   r = B/P            r·Δt: the plan's allowance since the scope's
+                                                                   previous request (within the period)
+                         ρ̄ = r·τ̂                                  the budget of one request at the current
+                                                                   traffic; τ̂: EWMA (β = 1/32) of the gaps
+
+The cost c of a decision is booked when it is made (the chosen model's expected cost ĉ) and corrected by
+c_real − ĉ when its real cost arrives, so pacing reacts at once even when feedback is late or missing.
+
+Why this holds the target. Summing the steps (while λ stays inside its bounds),
+
+    log(λ_N / λ_0) = η·(S_N − ρ·N) / ρ     ⇒     (S_N − ρN) / (ρN) = log(λ_N / λ_0) / (η·N):
+
+λ is the integral of the overspend, so the relative error of the mean cost falls as 1/N; a window of n
+requests is off by its change of log λ over η·n. For a spend target the same sum reads
+S(t) − r·(t − t₀) = ρ̄·log(λ(t)/λ(t₀)) / η: spend stays within a few requests' worth of budget of the
+straight-line plan B·(t − t₀)/P at every moment, so the start of a period does not spend the end's money
+and the end is not left without it. λ carries over from one period to the next: a new period starts at
+the price that held the last one, not at a guess. A spend target counts spend from its first request on:
+in the period in which it starts, its plan and its limit are pro rata, B·(period end − start)/P.
+
+Step size. η sets how fast λ moves (a request that costs k times its share multiplies λ by e^{η(k−1)}) and
+how much it jitters around the λ that meets the target. By the sum above, a λ that starts e^x off costs
+x/η requests' worth of budget to correct (20× off: 60 requests' worth at η = 0.05); the stationary spread
+of log λ is about √(η·Var g / 2κ), κ the elasticity of cost to λ (0.25–0.45 in the tests' world).
+
+**Share targets** (at most s of the decisions to the models S): μ ← max(0, μ + η_s·(1[chosen ∈ S] − s)),
+η_s = `share_step` in quality points; summing, hits − s·N = (μ_N − μ_0)/η_s. `s = 0` removes the models.
+
+**Latency targets** (the p-th percentile ≤ L, i.e. P(latency > L) ≤ 1 − p/100): on each reported latency
+ν ← max(0, ν + η_l·(1[latency > L] − (1 − p/100))); the penalty of model m is ν·P̂_m(latency > L), where P̂_m is a
+discounted (0.99) frequency with a prior worth 2 observations, exp(−L / prior mean latency).
+
+**Guard rails.** While a spend target's period budget is exhausted (booked spend ≥ B), only the models
+`BudgetConfig` allows then may be chosen: those priced at most `guard_max_usd_per_mtok`, else the
+`fallback_model`, else the request's cheapest model. Its λ does not move meanwhile.
+
+**Scopes.** Global targets see all decisions, a tenant's targets only its own (`context.attributes["tenant"]`
+as text). A request gets the largest λ of the cost targets that apply (the router's default λ when none does),
+the sum of the share and latency penalties, the guard rails of any exhausted scope. A request's explicit
+`cost_weight` replaces λ for that request only; its spend counts as any other.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..catalog import ModelSpec
+from ..errors import InvalidInput
+from ..types import Context, Decision
+from .targets import AvgCost, BudgetConfig, Latency, Share, Spend, Target, parse_target
+
+STATE_FORMAT = "bandit-router-budgets/1"
+GAP_SMOOTHING = 1.0 / 32.0
+"""β of the EWMA of the gaps between a scope's requests (τ̂ ← τ̂ + β·(Δt − τ̂))."""
+EXCEEDANCE_DECAY = 0.99
+EXCEEDANCE_PRIOR_WEIGHT = 2.0
+Tags = Mapping[str, str]
+RECENT_LATENCIES = 2048
+"""How many recent latencies a latency target keeps to report its realised percentile."""
+
+
+def _booked(decision: Decision) -> float:
+    """The cost booked when a decision is made: the router's expected cost of the chosen model (0 if unknown)."""
+    if len(decision.expected_cost_usd) != len(decision.models):
+        return 0.0
+    return float(decision.expected_cost_usd[decision.models.index(decision.model)])
+
+
+class _Scope:
+    """The traffic of one scope (all requests, or one tenant's): counters, gap estimate, one control per target."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.spend_usd = 0.0
+        self.last_time: float | None = None
+        self.gap_s: float | None = None
+        self.controls: dict[str, _Control] = {}
+
+    def set_targets(self, targets: Sequence[Target], config: BudgetConfig) -> None:
+        """Keep the state of unchanged targets, retarget changed ones (same key), start new ones."""
+        controls: dict[str, _Control] = {}
+        for target in targets:
+            control = self.controls.get(target.key)
+            if control is None:
+                control = _CONTROLS[type(target)](target, config)
+            else:
+                control.config = config
+                if control.target != target:
+                    control.retarget(target)
+            controls[target.key] = control
+        self.controls = controls
+
+    def arrive(self, now: float) -> None:
+        if self.last_time is not None:
+            gap = max(0.0, now - self.last_time)
+            self.gap_s = gap if self.gap_s is None else self.gap_s + GAP_SMOOTHING * (gap - self.gap_s)
+        self.last_time = now if self.last_time is None else max(self.last_time, now)
+        self.requests += 1
+
+    def cost_weight(self) -> float | None:
+        weights = [w for c in self.controls.values() if (w := c.cost_weight()) is not None]
+        return max(weights) if weights else None
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "spend_usd": self.spend_usd,
+            "last_time": self.last_time,
+            "gap_s": self.gap_s,
+            "targets": {key: c.state() for key, c in self.controls.items()},
+        }
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        self.requests = int(state["requests"])
+        self.spend_usd = float(state["spend_usd"])
+        self.last_time = _opt_float(state["last_time"])
+        self.gap_s = _opt_float(state["gap_s"])
+        unknown = set(state["targets"]) - set(self.controls)
+        if unknown:
+            raise InvalidInput(f"budget state has targets its config does not: {sorted(unknown)}")
+        for key, control_state in state["targets"].items():
+            self.controls[key].load(control_state)
+
+    def report(self, now: float, cost_weight: float | None) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "spend_usd": self.spend_usd,
+            "cost_weight": cost_weight,
+            "exhausted": any(c.exhausted() for c in self.controls.values()),
+            "targets": [c.report(now) for c in self.controls.values()],
+        }
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+class _Control:
+    """The multiplier and the realised value of one target. Subclasses override what their target needs."""
+
+    persisted: ClassVar[tuple[tuple[str, Callable[[Any], Any]], ...]] = ()
+    """The attributes `state()` saves and `load()` restores, each with the function that checks its type."""
+
+    def __init__(self, target: Target, config: BudgetConfig) -> None:
+        self.target: Target = target
+        self.config = config
+
+    def roll(self, now: float) -> None:
+        """Start a new period when `now` is past the current one."""
+
+    def cost_weight(self) -> float | None:
+        """This target's λ, or None when it is not a cost target (or has not started)."""
+        return None
+
+    def start(self, default_cost_weight: float) -> None:
+        """A cost target's λ starts at the router's default λ, on its first request."""
+
+    def penalize(self, pacer: BudgetPacer, models: Sequence[ModelSpec], extra: np.ndarray, allowed: np.ndarray) -> None:
+        """Add this target's penalty per model to `extra`, clear `allowed` for excluded models (in place)."""
+
+    def exhausted(self) -> bool:
+        return False
+
+    def on_decision(self, scope: _Scope, now: float, decision: Decision, booked: float, tags: Tags) -> None:
+        """A decision of the scope was made; `booked` is its expected cost."""
+
+    def on_cost(self, scope: _Scope, delta: float) -> None:
+        """The real cost of a decision arrived; `delta` = real − booked."""
+
+    def on_latency(self, latency_s: float) -> None:
+        """The latency of a decision of the scope was reported."""
+
+    def retarget(self, target: Target) -> None:
+        """The target's value changed (same key): keep what still applies, restart the realised value."""
+        self.target = target
+
+    def state(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name, _ in self.persisted}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        for name, convert in self.persisted:
+            setattr(self, name, convert(state[name]))
+
+    def report(self, now: float) -> dict[str, Any]:
+        return {"target": str(self.target), "kind": self.target.kind}
+
+
+class _CostControl(_Control):
+    """Shared by the cost targets: λ in log space, projected on [floor, max_cost_weight].
+
+    The floor is the larger of `min_cost_weight` and ε / (ĉ_max − ĉ_min), ε = `negligible_penalty`, smoothed over
+    the scope's decisions (EWMA of its log, β = 1/32): below it the whole spread of a request's costs is worth
+    less than ε quality points, decisions no longer change, and a slack target would only let λ sink further
+    and take long to climb back when it binds again (integrator wind-up).
+    """
+
+    lam: float | None = None
+    log_floor: float | None = None
+
+    def _bounds(self) -> tuple[float, float]:
+        """[floor, max_cost_weight] in linear space (no spread floor while λ is frozen: `cost_step` = 0)."""
+        low, high = self.config.min_cost_weight, self.config.max_cost_weight
+        if self.log_floor is not None and self.config.cost_step > 0.0:
+            low = min(max(low, math.exp(self.log_floor)), high)
+        return low, high
+
+    def _project(self, lam: float) -> float:
+        low, high = self._bounds()
+        return min(max(lam, low), high)
+
+    def cost_weight(self) -> float | None:
+        return None if self.lam is None else self._project(self.lam)
+
+    def start(self, default_cost_weight: float) -> None:
+        if self.lam is None:
+            self.lam = self._project(default_cost_weight)
+
+    def see_costs(self, decision: Decision) -> None:
+        """Track the floor from the spread of the decision's expected costs."""
+        costs = decision.expected_cost_usd
+        spread = max(costs) - min(costs) if costs else 0.0
+        if spread > 0.0 and self.config.negligible_penalty > 0.0:
+            x = math.log(self.config.negligible_penalty / spread)
+            self.log_floor = x if self.log_floor is None else self.log_floor + GAP_SMOOTHING * (x - self.log_floor)
+
+    def step(self, gradient: float) -> None:
+        """log λ ← clip(log λ + η·g)."""
+        if self.lam is None or self.config.cost_step == 0.0:
+            return
+        low, high = self._bounds()
+        x = math.log(self.lam) + self.config.cost_step * gradient
+        self.lam = low if x <= math.log(low) else high if x >= math.log(high) else math.exp(x)
+
+    def rescale(self, factor: float) -> None:
+        """A changed target's first guess, λ·old/new (as if cost ∝ 1/λ); the dual steps correct it."""
+        if self.lam is not None and self.config.cost_step > 0.0:
+            self.lam = self._project(self.lam * factor)
+
+
+class _AvgCostControl(_CostControl):
+    persisted = (("lam", _opt_float), ("log_floor", _opt_float), ("requests", int), ("spend_usd", float))
+    target: AvgCost
+
+    def __init__(self, target: Target, config: BudgetConfig) -> None:
+        super().__init__(target, config)
+        self.requests = 0
+        self.spend_usd = 0.0
+
+    def on_decision(self, scope: _Scope, now: float, decision: Decision, booked: float, tags: Tags) -> None:
+        self.see_costs(decision)
+        self.requests += 1
+        self.spend_usd += booked
+        self.step((booked - self.target.usd) / self.target.usd)
+
+    def on_cost(self, scope: _Scope, delta: float) -> None:
+        self.spend_usd += delta
+        self.step(delta / self.target.usd)
+
+    def retarget(self, target: Target) -> None:
+        assert isinstance(target, AvgCost)
+        self.rescale(self.target.usd / target.usd)
+        super().retarget(target)
+        self.requests, self.spend_usd = 0, 0.0
+
+    def report(self, now: float) -> dict[str, Any]:
+        realised = self.spend_usd / self.requests if self.requests else None
+        return {
+            **super().report(now),
+            "value": self.target.usd,
+            "realized": realised,
+            "holds": None if realised is None else realised <= self.target.usd,
+            "multiplier": self.cost_weight(),
+            "requests": self.requests,
+        }
+
+
+class _SpendControl(_CostControl):
+    persisted = (
+        ("lam", _opt_float),
+        ("log_floor", _opt_float),
+        ("period", _opt_int),
+        ("spend_usd", float),
+        ("origin", _opt_float),
+        ("plan_time", _opt_float),
+    )
+    target: Spend
+
+    def __init__(self, target: Target, config: BudgetConfig) -> None:
+        super().__init__(target, config)
+        self.period: int | None = None
+        self.spend_usd = 0.0
+        self.origin: float | None = None
+        """When the target saw its first request: its plan starts there, not at the start of that period."""
+        self.plan_time: float | None = None
+        """Up to when the plan's allowance has been credited (None before the first request)."""
+
+    def period_start(self) -> float:
+        return (self.period or 0) * self.target.period_s
+
+    def roll(self, now: float) -> None:
+        period = math.floor(now / self.target.period_s)
+        if self.period is None or period > self.period:
+            self.period = period
+            self.spend_usd = 0.0
+
+    def limit(self) -> float:
+        """B; pro rata in the period in which the target started, since it counts spend from then on."""
+        start = self.period_start()
+        if self.origin is None or self.origin <= start:
+            return self.target.usd
+        return self.target.usd * max(0.0, start + self.target.period_s - self.origin) / self.target.period_s
+
+    def exhausted(self) -> bool:
+        return self.spend_usd >= self.limit()
+
+    def _scale(self, scope: _Scope) -> float | None:
+        """ρ̄ = r·τ̂, the budget of one request at the current traffic (floored at B·10⁻⁶ for a frozen clock)."""
+        if scope.gap_s is None:
+            return None
+        return max(self.target.rate * scope.gap_s, self.target.usd * 1e-6)
+
+    def on_decision(self, scope: _Scope, now: float, decision: Decision, booked: float, tags: Tags) -> None:
+        self.see_costs(decision)
+        allowance = 0.0
+        if self.plan_time is not None:
+            allowance = self.target.rate * max(0.0, now - max(self.plan_time, self.period_start()))
+        self.plan_time = now if self.plan_time is None else max(self.plan_time, now)
+        self.origin = now if self.origin is None else self.origin
+        was_exhausted = self.exhausted()
+        self.spend_usd += booked
+        scale = self._scale(scope)
+        if scale is not None and not was_exhausted:
+            self.step((booked - allowance) / scale)
+
+    def on_cost(self, scope: _Scope, delta: float) -> None:
+        was_exhausted = self.exhausted()
+        self.spend_usd += delta
+        scale = self._scale(scope)
+        if scale is not None and not was_exhausted:
+            self.step(delta / scale)
+
+    def retarget(self, target: Target) -> None:
+        assert isinstance(target, Spend)
+        self.rescale(self.target.usd / target.usd)
+        super().retarget(target)
+
+    def report(self, now: float) -> dict[str, Any]:
+        start = self.period_start()
+        plan_usd = 0.0 if self.origin is None else self.target.rate * max(0.0, now - max(start, self.origin))
+        return {
+            **super().report(now),
+            "value": self.target.usd,
+            "realized": self.spend_usd,
+            "holds": self.spend_usd <= self.limit(),
+            "limit_usd": self.limit(),
+            "multiplier": self.cost_weight(),
+            "period_start": start,
+            "period_end": start + self.target.period_s,
+            "plan_usd": min(plan_usd, self.limit()),
+            "exhausted": self.exhausted(),
+        }
+
+
+class _ShareControl(_Control):
+    persisted = (("mu", float), ("requests", int), ("hits", int))
+    target: Share
+
+    def __init__(self, target: Target, config: BudgetConfig) -> None:
+        super().__init__(target, config)
+        self.mu = 0.0
+        self.requests = 0
+        self.hits = 0
+
+    def penalize(self, pacer: BudgetPacer, models: Sequence[ModelSpec], extra: np.ndarray, allowed: np.ndarray) -> None:
+        mask = np.array([self.target.matches_spec(m) for m in models], dtype=bool)
+        extra[mask] += self.mu
+        if self.target.max_share == 0.0 and (allowed & ~mask).any():
+            allowed &= ~mask
+
+    def on_decision(self, scope: _Scope, now: float, decision: Decision, booked: float, tags: Tags) -> None:
+        hit = self.target.matches(decision.model, tags)
+        self.requests += 1
+        self.hits += hit
+        self.mu = max(0.0, self.mu + self.config.share_step * (hit - self.target.max_share))
+
+    def retarget(self, target: Target) -> None:
+        super().retarget(target)
+        self.requests, self.hits = 0, 0
+
+    def report(self, now: float) -> dict[str, Any]:
+        realised = self.hits / self.requests if self.requests else None
+        return {
+            **super().report(now),
+            "value": self.target.max_share,
+            "realized": realised,
+            "holds": None if realised is None else realised <= self.target.max_share,
+            "multiplier": self.mu,
+            "requests": self.requests,
+        }
+
+
+class _LatencyControl(_Control):
+    persisted = (("mu", float), ("observations", int), ("over", int))
+    target: Latency
+
+    def __init__(self, target: Target, config: BudgetConfig) -> None:
+        super().__init__(target, config)
+        self.mu = 0.0
+        self.observations = 0
+        self.over = 0
+        self.recent: deque[float] = deque(maxlen=RECENT_LATENCIES)
+
+    def penalize(self, pacer: BudgetPacer, models: Sequence[ModelSpec], extra: np.ndarray, allowed: np.ndarray) -> None:
+        if self.mu > 0.0:
+            extra += self.mu * pacer.exceedance(models, self.target.max_s)
+
+    def on_latency(self, latency_s: float) -> None:
+        slow = latency_s > self.target.max_s
+        self.observations += 1
+        self.over += slow
+        self.recent.append(latency_s)
+        self.mu = max(0.0, self.mu + self.config.latency_step * (slow - self.target.allowed_over))
+
+    def retarget(self, target: Target) -> None:
+        super().retarget(target)
+        self.observations, self.over = 0, 0
+        self.recent.clear()
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "recent": list(self.recent)}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        super().load(state)
+        self.recent = deque((float(x) for x in state["recent"]), maxlen=RECENT_LATENCIES)
+
+    def report(self, now: float) -> dict[str, Any]:
+        realised = float(np.percentile(list(self.recent), self.target.percentile)) if self.recent else None
+        return {
+            **super().report(now),
+            "value": self.target.max_s,
+            "realized": realised,
+            "holds": None if realised is None else realised <= self.target.max_s,
+            "multiplier": self.mu,
+            "fraction_over": self.over / self.observations if self.observations else None,
+            "observations": self.observations,
+            "window": len(self.recent),
+        }
+
+
+_CONTROLS: dict[type, type[_Control]] = {
+    AvgCost: _AvgCostControl,
+    Spend: _SpendControl,
+    Share: _ShareControl,
+    Latency: _LatencyControl,
+}
+
+
+class BudgetPacer:
+    """Holds the targets of a `BudgetConfig` for a `Router` (its `pacer=`): see the module docstring.
+
+    Thread-safe (one lock). `clock` returns seconds (Unix time by default); inject a simulated clock for tests
+    and simulations. `state()`/`load()` round-trip the config and everything learned through JSON.
+
+    Examples:
+        >>> from bandit_router.budgets import BudgetConfig, BudgetPacer
+        >>> pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=0.0005", "@acme:spend_usd=50/1d"]))
+        >>> sorted(pacer.report()["tenants"])
+        ['acme']
+    """
+
+    def __init__(self, config: BudgetConfig | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.RLock()
+        self._clock = clock
+        self._config = BudgetConfig()
+        self._global = _Scope()
+        self._tenants: dict[str, _Scope] = {}
+        self._tags: dict[str, Mapping[str, str]] = {}
+        self._exceedance: dict[float, dict[str, list[float]]] = {}
+        self.configure(config or BudgetConfig())
+
+    # -- targets ----------------------------------------------------------------------------------------
+    @property
+    def config(self) -> BudgetConfig:
+        return self._config
+
+    def configure(self, config: BudgetConfig) -> None:
+        """Replace the targets and settings; effective from the next request. A target whose value changed keeps
+        its multiplier (λ rescaled by old/new for cost targets) and its period's spend; a removed one is gone."""
+        if not isinstance(config, BudgetConfig):
+            raise InvalidInput("configure needs a BudgetConfig")
+        with self._lock:
+            self._config = config
+            self._global.set_targets(config.targets, config)
+            tenants = {}
+            for name, targets in config.tenants.items():
+                scope = self._tenants.get(name) or _Scope()
+                scope.set_targets(targets, config)
+                tenants[name] = scope
+            self._tenants = tenants
+            thresholds = {
+                c.target.max_s for s in self._scopes_all() for c in s.controls.values() if isinstance(c.target, Latency)
+            }
+            self._exceedance = {t: self._exceedance.get(t, {}) for t in sorted(thresholds)}
+
+    def set_targets(self, targets: Sequence[Target | str], *, tenant: str | None = None) -> None:
+        """Replace the targets of one scope (all traffic, or `tenant`'s); an empty list removes a tenant's."""
+        parsed = [parse_target(t) if isinstance(t, str) else t for t in targets]
+        self.configure(self._config.with_targets(parsed, tenant))
+
+    # -- the Pacer protocol -----------------------------------------------------------------------------
+    def adjust(
+        self,
+        context: Context,
+        models: Sequence[ModelSpec],
+        expected_cost: np.ndarray,
+        cost_weight: float | None,
+        default_cost_weight: float,
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """(λ for this request, extra penalty per model (K,), allowed mask per model (K,))."""
+        with self._lock:
+            now = self._clock()
+            extra = np.zeros(len(models))
+            allowed = np.ones(len(models), dtype=bool)
+            weights: list[float] = []
+            exhausted = False
+            for scope in self._scopes(context.attributes.get("tenant")):
+                for control in scope.controls.values():
+                    control.roll(now)
+                    control.start(default_cost_weight)
+                    weight = control.cost_weight()
+                    if weight is not None:
+                        weights.append(weight)
+                    control.penalize(self, models, extra, allowed)
+                    exhausted = exhausted or control.exhausted()
+            for spec in models:
+                self._tags[spec.name] = spec.tags
+            if exhausted:
+                allowed = self._guard(models, np.asarray(expected_cost, dtype=np.float64), allowed)
+            if cost_weight is not None:
+                lam = float(cost_weight)
+            else:
+                lam = max(weights) if weights else float(default_cost_weight)
+            return lam, extra, allowed
+
+    def observe(self, decision: Decision, cost_usd: float | None, latency_s: float | None = None) -> None:
+        """`cost_usd` None: `decision` was just made (book its expected cost, count it in the shares).
+        Otherwise its real cost (and maybe latency) arrived: correct the booking by real − expected."""
+        with self._lock:
+            now = self._clock()
+            scopes = self._scopes(decision.context.attributes.get("tenant"))
+            booked = _booked(decision)
+            if cost_usd is None:
+                tags = self._tags.get(decision.model, {})
+                for scope in scopes:
+                    scope.arrive(now)
+                    scope.spend_usd += booked
+                    for control in scope.controls.values():
+                        control.roll(now)
+                        control.on_decision(scope, now, decision, booked, tags)
+            else:
+                delta = float(cost_usd) - booked
+                for scope in scopes:
+                    scope.spend_usd += delta
+                    for control in scope.controls.values():
+                        control.roll(now)
+                        control.on_cost(scope, delta)
+            if latency_s is not None:
+                self._observe_latency(decision.model, float(latency_s))
+                for scope in scopes:
+                    for control in scope.controls.values():
+                        control.on_latency(float(latency_s))
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def cost_weight(self, tenant: str | None = None) -> float | None:
+        """The λ the pacer gives the next request of `tenant` (None: no cost target applies or none started)."""
+        with self._lock:
+            weights = [w for s in self._scopes(tenant) if (w := s.cost_weight()) is not None]
+            return max(weights) if weights else None
+
+    def report(self) -> dict[str, Any]:
+        """Per scope: requests, booked spend, λ its requests get, and per target its value, realised value,
+        whether it holds and its multiplier (spend targets: the period, the plan, exhausted). JSON-able."""
+        with self._lock:
+            now = self._clock()
+            return {
+                "time": now,
+                "global": self._global.report(now, self._global.cost_weight()),
+                "tenants": {name: s.report(now, self.cost_weight(name)) for name, s in self._tenants.items()},
+            }
+
+    def summary(self) -> dict[str, float]:
+        """`report()` flattened to numbers (what a simulation adds to its summary record): per target
+        `budget:<target>:realized`, `:value`, `:multiplier` (a tenant's target as `@tenant:<target>`), and per
+        scope `budget:cost_weight` / `budget:@tenant:cost_weight`; NaN where nothing is known yet."""
+        report = self.report()
+        scopes = [("", report["global"])] + [(f"@{name}:", r) for name, r in report["tenants"].items()]
+        out: dict[str, float] = {}
+        for prefix, scope in scopes:
+            out[f"budget:{prefix}cost_weight"] = _number(scope["cost_weight"])
+            for target in scope["targets"]:
+                for field in ("realized", "value", "multiplier"):
+                    out[f"budget:{prefix}{target['target']}:{field}"] = _number(target[field])
+        return out
+
+    def exceedance(self, models: Sequence[ModelSpec], max_s: float) -> np.ndarray:
+        """P̂_m(latency > max_s) per model, shape (len(models),): discounted counts and a prior worth 2 observations,
+        exp(−max_s / mean) with the catalog's latency prior as the mean (1 s when it has none)."""
+        stats = self._exceedance.get(max_s, {})
+        out = np.empty(len(models))
+        for i, spec in enumerate(models):
+            n, over = stats.get(spec.name, (0.0, 0.0))
+            prior = math.exp(-max_s / (spec.latency_s or 1.0))
+            out[i] = (over + EXCEEDANCE_PRIOR_WEIGHT * prior) / (n + EXCEEDANCE_PRIOR_WEIGHT)
+        return out
+
+    # -- state ------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The config and everything learned, as plain JSON types (`json.dumps` works as is)."""
+        with self._lock:
+            return {
+                "format": STATE_FORMAT,
+                "config": self._config.to_mapping(),
+                "global": self._global.state(),
+                "tenants": {name: s.state() for name, s in self._tenants.items()},
+                "exceedance": {
+                    repr(t): {m: list(v) for m, v in stats.items()} for t, stats in self._exceedance.items()
+                },
+            }
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        """Replace the config and everything learned by a `state()` (a restart continues where it stopped).
+        All or nothing: a state that does not load leaves the pacer as it was."""
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise InvalidInput(f"not a budget pacer state (expected format {STATE_FORMAT!r})")
+        try:
+            fresh = BudgetPacer(BudgetConfig.from_mapping(state["config"]), clock=self._clock)
+            fresh._global.load(state["global"])
+            for name, scope_state in state["tenants"].items():
+                if name not in fresh._tenants:
+                    raise InvalidInput(f"budget state has tenant {name!r} that its config does not")
+                fresh._tenants[name].load(scope_state)
+            fresh._exceedance = {
+                float(t): {str(m): [float(x) for x in v] for m, v in stats.items()}
+                for t, stats in state["exceedance"].items()
+            }
+        except InvalidInput:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidInput(f"corrupt budget pacer state: {exc!r}") from exc
+        with self._lock:
+            self._config, self._global, self._tenants = fresh._config, fresh._global, fresh._tenants
+            self._exceedance = fresh._exceedance
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], *, clock: Callable[[], float] = time.time) -> BudgetPacer:
+        pacer = cls(clock=clock)
+        pacer.load(state)
+        return pacer
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _scopes(self, tenant: Any) -> list[_Scope]:
+        if tenant is not None:
+            scope = self._tenants.get(str(tenant))
+            if scope is not None:
+                return [self._global, scope]
+        return [self._global]
+
+    def _scopes_all(self) -> list[_Scope]:
+        return [self._global, *self._tenants.values()]
+
+    def _guard(self, models: Sequence[ModelSpec], expected_cost: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        """The allowed mask while a budget is exhausted (never empty): see the module docstring."""
+        config = self._config
+        if config.guard_max_usd_per_mtok is not None:
+            limit = config.guard_max_usd_per_mtok
+            cheap = allowed & np.array([max(m.input_usd_per_mtok, m.output_usd_per_mtok) <= limit for m in models])
+            if cheap.any():
+                return cheap
+        if config.fallback_model is not None:
+            fallback = allowed & np.array([m.name == config.fallback_model for m in models])
+            if fallback.any():
+                return fallback
+        costs = np.where(allowed, expected_cost, np.inf)
+        only = np.zeros(len(models), dtype=bool)
+        only[int(np.argmin(costs))] = True
+        return only
+
+    def _observe_latency(self, model: str, latency_s: float) -> None:
+        for threshold, stats in self._exceedance.items():
+            n, over = stats.get(model, (0.0, 0.0))
+            stats[model] = [EXCEEDANCE_DECAY * n + 1.0, EXCEEDANCE_DECAY * over + (latency_s > threshold)]
+
+

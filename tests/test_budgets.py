@@ -1,0 +1,648 @@
+"""Budget targets and the pacer: grammar, config, and seeded simulations with a real `Router`.
+
+The synthetic world: three models whose quality depends on the prompt's topic (the small one is as good as the
+large one on greetings, far worse on maths and code), prices 0.15/0.60, 1/4 and 10/30 USD per 1M tokens
+(≈ 1.3e-4, 8.5e-4 and 6.5e-3 USD per request), latency log-normal around 0.5, 1.5 and 4 s. Outcomes report the
+real cost (list price × sampled output tokens) and latency; the router only learns from the chosen model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bandit_router.budgets import (
+    AvgCost,
+    BudgetConfig,
+    BudgetPacer,
+    Latency,
+    Share,
+    Spend,
+    format_duration,
+    parse_duration,
+    parse_scoped_target,
+    parse_target,
+)
+from bandit_router.catalog import ModelSpec
+from bandit_router.errors import InvalidInput
+from bandit_router.reward import RewardConfig
+from bandit_router.router import Router
+from bandit_router.types import Decision, Outcome, Request
+
+MODELS = (
+    ModelSpec("small", 0.15, 0.60, {"family": "a", "tier": "small"}, latency_s=0.5, output_tokens=200),
+    ModelSpec("medium", 1.0, 4.0, {"family": "b", "tier": "medium"}, latency_s=1.5, output_tokens=200),
+    ModelSpec("large", 10.0, 30.0, {"family": "c", "tier": "large"}, latency_s=4.0, output_tokens=200),
+)
+NAMES = tuple(m.name for m in MODELS)
+QUALITY = {  # mean quality of small, medium, large per topic
+    "greeting": (0.85, 0.88, 0.90),
+    "math": (0.30, 0.65, 0.90),
+    "code": (0.40, 0.80, 0.92),
+    "trivia": (0.70, 0.80, 0.88),
+}
+WORDS = {
+    "greeting": ["hello", "thanks", "please", "nice", "day", "chat", "friend"],
+    "math": ["prove", "integral", "equation", "solve", "derivative", "theorem", "matrix"],
+    "code": ["python", "function", "bug", "compile", "loop", "class", "refactor"],
+    "trivia": ["capital", "country", "river", "year", "who", "famous", "history"],
+}
+TOPICS = tuple(QUALITY)
+MIX = (0.4, 0.2, 0.2, 0.2)
+SHIFTED_MIX = (0.1, 0.4, 0.4, 0.1)  # more maths and code: the large model gets worth more
+LATENCY_S = (0.5, 1.5, 4.0)
+
+
+@dataclass
+class Clock:
+    """A settable clock for the pacer (seconds)."""
+
+    t: float = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class Trace:
+    """One row per decision."""
+
+    tenants: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    cost: list[float] = field(default_factory=list)
+    cost_weight: list[float] = field(default_factory=list)
+    time: list[float] = field(default_factory=list)
+    latency: list[float] = field(default_factory=list)
+
+    def array(self, name: str, tenant: str | None = None) -> np.ndarray:
+        values = getattr(self, name)
+        if tenant is None:
+            return np.asarray(values)
+        return np.asarray([v for v, t in zip(values, self.tenants, strict=True) if t == tenant])
+
+    def share(self, model: str, tenant: str | None = None) -> float:
+        return float(np.mean(self.array("models", tenant) == model))
+
+
+def make_router(config: BudgetConfig, *, seed: int, clock: Clock, cost_weight: float = 20.0) -> Router:
+    pacer = BudgetPacer(config, clock=clock)
+    return Router(MODELS, "vw-squarecb", seed=seed, pacer=pacer, reward_config=RewardConfig(cost_weight=cost_weight))
+
+
+def simulate(
+    router: Router,
+    n: int,
+    *,
+    seed: int,
+    clock: Clock,
+    tenants: Sequence[str] = ("",),
+    shift_at: int | None = None,
+    mean_gap_s: float = 1.0,
+    trace: Trace | None = None,
+    before: Callable[[int], None] | None = None,
+    learn_from: Sequence[str] | None = None,
+) -> Trace:
+    """`n` requests, round-robin over `tenants` ("" = no tenant), feedback at once (only for the tenants in
+    `learn_from` when given); the clock advances by exponential gaps of mean `mean_gap_s`; the topic mix changes
+    to SHIFTED_MIX from request `shift_at`."""
+    rng = np.random.default_rng(seed)
+    trace = trace or Trace()
+    for i in range(n):
+        if before is not None:
+            before(i)
+        clock.t += float(rng.exponential(mean_gap_s))
+        mix = SHIFTED_MIX if shift_at is not None and i >= shift_at else MIX
+        topic = TOPICS[int(rng.choice(len(TOPICS), p=mix))]
+        text = " ".join(rng.choice(WORDS[topic], size=int(rng.integers(5, 15))))
+        tenant = tenants[i % len(tenants)]
+        decision = router.route(Request(prompt=text, context={"tenant": tenant} if tenant else {}))
+        k = NAMES.index(decision.model)
+        quality = float(np.clip(QUALITY[topic][k] + rng.normal(0.0, 0.1), 0.0, 1.0))
+        output_tokens = int(rng.integers(100, 300))
+        cost = MODELS[k].cost_usd(decision.context.input_tokens, output_tokens)
+        latency = float(LATENCY_S[k] * rng.lognormal(-0.125, 0.5))
+        if learn_from is None or tenant in learn_from:
+            outcome = Outcome(quality=quality, cost_usd=cost, output_tokens=output_tokens, latency_s=latency)
+            router.learn(decision, outcome)
+        trace.tenants.append(tenant)
+        trace.models.append(decision.model)
+        trace.cost.append(cost)
+        trace.cost_weight.append(decision.cost_weight)
+        trace.time.append(clock.t)
+        trace.latency.append(latency)
+    return trace
+
+
+def pacer_of(router: Router) -> BudgetPacer:
+    assert isinstance(router.pacer, BudgetPacer)
+    return router.pacer
+
+
+def target_report(report: dict[str, Any], target: str, tenant: str | None = None) -> dict[str, Any]:
+    scope = report["global"] if tenant is None else report["tenants"][tenant]
+    return next(t for t in scope["targets"] if t["target"] == target)
+
+
+# -- grammar ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("avg_cost_usd=0.0005", AvgCost(0.0005)),
+        (" avg_cost_usd=5e-4 ", AvgCost(0.0005)),
+        ("spend_usd=200/86400", Spend(200, 86400)),
+        ("spend_usd=200/1d", Spend(200, 86400)),
+        ("spend_usd=12.5/90m", Spend(12.5, 5400)),
+        ("spend_usd=3/1w", Spend(3, 604800)),
+        ("share:gpt-4o=0.3", Share("gpt-4o", 0.3)),
+        ("share:gpt-4o=30%", Share("gpt-4o", 0.3)),
+        ("share:gpt-4-1106-preview=0.3", Share("gpt-4-1106-preview", 0.3)),
+        ("share:tier=large=0.3", Share("tag:tier=large", 0.3)),
+        ("share:tag:tier=large=0.3", Share("tag:tier=large", 0.3)),
+        ("share:org/model:v1=0", Share("org/model:v1", 0.0)),
+        ("latency_p95_s=3", Latency(95, 3)),
+        ("latency_p99.9_s=0.5", Latency(99.9, 0.5)),
+    ],
+)
+def test_parse_target(text: str, expected: object) -> None:
+    target = parse_target(text)
+    assert target == expected
+    assert parse_target(str(target)) == target
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("avg_cost_usd=0", "must be a finite number > 0"),
+        ("avg_cost_usd=-1", "must be a finite number > 0"),
+        ("avg_cost_usd=nan", "must be finite"),
+        ("avg_cost_usd=cheap", "must be a number"),
+        ("avg_cost_usd", "expected key=value"),
+        ("spend_usd=200", "expected spend_usd=<USD>/<period>"),
+        ("spend_usd=200/0d", "period must be a finite number > 0"),
+        ("spend_usd=200/1y", "must be a number"),
+        ("share:gpt-4o=1.5", r"must be in \[0, 1\]"),
+        ("share:gpt-4o=150%", r"must be in \[0, 1\]"),
+        ("share:=0.3", "expected share:"),
+        ("share:tag:tier=0.3", "a model name .* or tag:key=value"),
+        ("share:tag:=large=0.3", "a tag selector is tag:key=value"),
+        ("latency_p100_s=3", r"must be in \(0, 100\)"),
+        ("latency_p95_s=0", "must be a finite number > 0"),
+        ("latency_p95=3", "unknown target"),
+        ("budget=5", "unknown target 'budget'"),
+    ],
+)
+def test_parse_target_rejects(text: str, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        parse_target(text)
+
+
+def test_parse_scoped_target() -> None:
+    assert parse_scoped_target("@acme:spend_usd=50/1d") == ("acme", Spend(50, 86400))
+    assert parse_scoped_target("share:gpt-4o=0.3") == (None, Share("gpt-4o", 0.3))
+    for bad in ("@:avg_cost_usd=1", "@acme", "@acme:"):
+        with pytest.raises(InvalidInput):
+            parse_scoped_target(bad)
+
+
+def test_durations() -> None:
+    assert [parse_duration(t) for t in ("90", "90s", "1.5m", "24h", "1d", "2w")] == [90, 90, 90, 86400, 86400, 1209600]
+    assert [format_duration(s) for s in (86400, 3600 * 36, 90, 0.5, 604800)] == ["1d", "36h", "90s", "0.5s", "1w"]
+
+
+positive = st.floats(min_value=1e-9, max_value=1e9, allow_nan=False, allow_infinity=False)
+targets = st.one_of(
+    st.builds(AvgCost, positive),
+    st.builds(Spend, positive, positive),
+    st.builds(Share, st.sampled_from(["gpt-4o", "tag:tier=large", "a.b/c:d"]), st.floats(0, 1)),
+    st.builds(Latency, st.floats(0.01, 99.99), positive),
+)
+
+
+@given(targets)
+def test_every_target_round_trips_through_its_text(target: object) -> None:
+    assert parse_target(str(target)) == target
+
+
+# -- config -------------------------------------------------------------------------------------------------
+CONFIG_TOML = """
+[budgets]
+avg_cost_usd = 0.0005
+spend_usd = ["200/1d", "4000/30d"]
+share = { "gpt-4o" = 0.3, "tag:tier=large" = "25%" }
+latency_p95_s = 3
+fallback_model = "gpt-4o-mini"
+guard_max_usd_per_mtok = 1.0
+cost_step = 0.1
+
+[budgets.tenants.acme]
+spend_usd = "50/1d"
+share = { "tier=large" = 0.1 }
+"""
+
+
+def test_config_from_toml_and_back() -> None:
+    config = BudgetConfig.from_mapping(tomllib.loads(CONFIG_TOML)["budgets"])
+    assert set(config.targets) == {
+        AvgCost(0.0005),
+        Spend(200, 86400),
+        Spend(4000, 30 * 86400),
+        Share("gpt-4o", 0.3),
+        Share("tag:tier=large", 0.25),
+        Latency(95, 3),
+    }
+    assert config.tenants["acme"] == (Spend(50, 86400), Share("tag:tier=large", 0.1))
+    assert (config.fallback_model, config.guard_max_usd_per_mtok, config.cost_step) == ("gpt-4o-mini", 1.0, 0.1)
+    assert BudgetConfig.from_mapping(json.loads(json.dumps(config.to_mapping()))) == config
+    assert sorted(BudgetConfig.from_strings(config.describe(), cost_step=0.1).describe()) == sorted(config.describe())
+    assert "@acme:spend_usd=50/1d" in config.describe()
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"avg_cost": 1}, "unknown target 'avg_cost'"),
+        ({"avg_cost_usd": True}, "must be a number or a string"),
+        ({"spend_usd": ["1/1d", "2/24h"]}, r"more than one target for \['spend_usd/1d'\]"),
+        ({"share": 0.3}, "share must be a table"),
+        ({"tenants": {"acme": {"avg_cost_usd": -1}}}, "budgets.tenants.acme"),
+        ({"tenants": ["acme"]}, "tenants must be a table"),
+        ({"cost_step": -0.1}, r"cost_step must be a number in \[0, 10\]"),
+        ({"min_cost_weight": 10, "max_cost_weight": 5}, "min_cost_weight must be below"),
+        ({"guard_max_usd_per_mtok": -1}, "guard_max_usd_per_mtok"),
+        ([1, 2], "budgets must be a table"),
+    ],
+)
+def test_config_rejects(data: Any, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        BudgetConfig.from_mapping(data)
+
+
+def test_with_targets_replaces_one_scope() -> None:
+    config = BudgetConfig.from_strings(["avg_cost_usd=0.001", "@acme:share:large=0.1"])
+    changed = config.with_targets([Spend(5, 3600)], tenant="beta")
+    assert changed.targets == (AvgCost(0.001),)
+    assert changed.tenants == {"acme": (Share("large", 0.1),), "beta": (Spend(5, 3600),)}
+    assert "acme" not in changed.with_targets([], tenant="acme").tenants
+
+
+# -- convergence --------------------------------------------------------------------------------------------
+def test_without_a_pacer_the_shift_moves_spend() -> None:
+    """The baseline the convergence test is measured against: λ = 20 alone, same world and shift."""
+    clock = Clock()
+    cost = simulate(make_router(BudgetConfig(), seed=0, clock=clock), 4000, seed=0, clock=clock, shift_at=2000).cost
+    assert 2.2e-3 < np.mean(cost[:2000]) < 3.0e-3 and np.mean(cost[2000:]) > 3.5e-3
+
+
+@pytest.mark.parametrize("target", [0.0005, 0.001, 0.0025])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_average_cost_converges_to_its_target(target: float, seed: int) -> None:
+    """4,000 requests; halfway, traffic shifts to maths and code, where the large model is worth more (λ = 20
+    alone spends ≈ 2.6e-3 per request before the shift, ≈ 3.9e-3 after). Mean cost within ±5 % of the target,
+    every tenth within ±15 %, except the first tenth of the tightest target, within ±20 %: the router's
+    cold-start exploration (each model ≥ 10 % of the draws until it has 20 feedbacks) alone costs ≈ 0.1 USD
+    there, half of that tenth's budget. (Worst over seeds 0–7: 1.7 %, 11 %, and 18 % for that first tenth.)"""
+    clock = Clock()
+    router = make_router(BudgetConfig.from_strings([f"avg_cost_usd={target}"]), seed=seed, clock=clock)
+    trace = simulate(router, 4000, seed=seed, clock=clock, shift_at=2000)
+    cost = trace.array("cost")
+    assert abs(cost.mean() / target - 1) <= 0.05
+    tenths = cost.reshape(10, -1).mean(axis=1) / target
+    first_tolerance = 0.20 if target == 0.0005 else 0.15
+    assert abs(tenths[0] - 1) <= first_tolerance and np.all(np.abs(tenths[1:] - 1) <= 0.15), tenths
+    report = target_report(pacer_of(router).report(), f"avg_cost_usd={target}")
+    assert report["realized"] == pytest.approx(cost.mean(), rel=1e-9)  # booked and corrected = real spend
+    assert report["multiplier"] == pytest.approx(pacer_of(router).cost_weight())
+
+
+def _period_spend(trace: Trace, period: int, length: float = 1000.0) -> tuple[np.ndarray, np.ndarray]:
+    """(cost, seconds since the period's start) of the decisions in one period."""
+    time, cost = trace.array("time"), trace.array("cost")
+    inside = (time >= period * length) & (time < (period + 1) * length)
+    return cost[inside], time[inside] - period * length
+
+
+def test_spend_per_period_is_paced_over_each_period() -> None:
+    """1 USD per 1,000 s. At ≈ 1 request/s (≈ 1e-3 per request) each full period spends within ±5 % of the budget,
+    each fifth within ±20 % of a fifth, its first and last tenths within ±25 % of a tenth (neither the start nor
+    the end is starved), and the budget lasts past 95 % of the period. Then traffic halves: the plan is in time,
+    not in requests, so each request may spend twice as much and the periods still spend their budget (±8 %).
+    (Worst over seeds 0–7: 2.8 %, 12 %, 14 %, 6 %; a tenth's cost sum alone has ≈ 20 % sampling noise.)"""
+    clock = Clock()
+    config = BudgetConfig.from_strings(["spend_usd=1/1000s"], fallback_model="small")
+    router = make_router(config, seed=3, clock=clock)
+    trace = simulate(router, 3000, seed=3, clock=clock)
+    steady = int(clock.t // 1000)
+    for period in range(1, steady):  # period 0 is the warm-up (λ starts at the default)
+        spent, offset = _period_spend(trace, period)
+        assert abs(spent.sum() - 1.0) <= 0.05, (period, spent.sum())
+        fifths = np.array([spent[(offset >= 200 * k) & (offset < 200 * (k + 1))].sum() for k in range(5)])
+        assert np.all(np.abs(fifths / 0.2 - 1) <= 0.20), (period, fifths)
+        first_tenth, last_tenth = spent[offset < 100].sum(), spent[offset >= 900].sum()
+        assert abs(first_tenth / 0.1 - 1) <= 0.25, (period, first_tenth)
+        assert abs(last_tenth / 0.1 - 1) <= 0.25, (period, last_tenth)
+        assert spent[offset < 950].sum() < 1.0
+    simulate(router, 1500, seed=103, clock=clock, mean_gap_s=2.0, trace=trace)
+    last = int(clock.t // 1000)
+    assert last - steady >= 2
+    for period in range(steady, last):
+        spent, _ = _period_spend(trace, period)
+        assert abs(spent.sum() - 1.0) <= 0.08, (period, spent.sum())
+    report = target_report(pacer_of(router).report(), "spend_usd=1/1000s")
+    assert report["period_start"] == last * 1000 and report["period_end"] == (last + 1) * 1000
+    assert report["realized"] == pytest.approx(_period_spend(trace, last)[0].sum(), rel=1e-9)
+    assert report["plan_usd"] == pytest.approx(1.0 * (clock.t - last * 1000) / 1000)
+
+
+def test_share_target_holds() -> None:
+    """λ = 1 alone sends ≈ 40 % of traffic to the large model; share:tag:tier=large=0.15 holds it at 15 % (+2)."""
+    clock = Clock()
+    free = simulate(make_router(BudgetConfig(), seed=4, clock=clock, cost_weight=1.0), 3000, seed=4, clock=clock)
+    router = make_router(BudgetConfig.from_strings(["share:tag:tier=large=0.15"]), seed=4, clock=clock, cost_weight=1.0)
+    trace = simulate(router, 3000, seed=4, clock=clock)
+    assert free.share("large") > 0.3
+    assert 0.12 <= trace.share("large") <= 0.17
+    assert 0.12 <= trace.share("large") <= 0.17
+    report = target_report(pacer_of(router).report(), "share:tag:tier=large=0.15")
+    assert report["realized"] == pytest.approx(trace.share("large")) and report["holds"] is not None
+    assert report["multiplier"] > 0
+
+
+def test_latency_target_holds() -> None:
+    """λ = 1 sends much traffic to the slow large model (p90 ≈ 5 s); latency_p90_s=3 brings p90 to ≈ 3 s."""
+    clock = Clock()
+    free = simulate(make_router(BudgetConfig(), seed=5, clock=clock, cost_weight=1.0), 3000, seed=5, clock=clock)
+    router = make_router(BudgetConfig.from_strings(["latency_p90_s=3"]), seed=5, clock=clock, cost_weight=1.0)
+    trace = simulate(router, 3000, seed=5, clock=clock)
+    assert np.percentile(free.latency, 90) > 4.0
+    assert np.mean(trace.array("latency") > 3.0) <= 0.12
+    report = target_report(pacer_of(router).report(), "latency_p90_s=3")
+    assert report["realized"] == pytest.approx(np.percentile(trace.latency[-2048:], 90))
+    assert report["realized"] <= 3.3 and report["fraction_over"] <= 0.12
+
+
+# -- tenants, changes, guard rails, explicit λ ---------------------------------------------------------------
+def test_a_tenants_target_does_not_move_another_tenants_traffic() -> None:
+    """Tenant a gets a tight cost target, tenant b (interleaved) none. The router learns from b's feedback only,
+    so both runs' policies see the same data: then b's decisions are exactly those of a run without a's target,
+    while a's spend is held (booked at the expected cost, as for feedback that never arrives)."""
+
+    def run(config: BudgetConfig) -> tuple[Trace, Router]:
+        clock = Clock()
+        router = make_router(config, seed=6, clock=clock)
+        return simulate(router, 3000, seed=6, clock=clock, tenants=("a", "b"), learn_from=("b",)), router
+
+    trace, router = run(BudgetConfig.from_strings(["@a:avg_cost_usd=0.0004"]))
+    baseline, _ = run(BudgetConfig())
+    assert trace.array("models", "b").tolist() == baseline.array("models", "b").tolist()
+    assert np.all(trace.array("cost_weight", "b") == 20.0)
+    pacer = pacer_of(router)
+    booked = pacer.report()["tenants"]["a"]
+    assert booked["requests"] == 1500
+    assert abs(booked["spend_usd"] / 1500 / 0.0004 - 1) <= 0.05
+    assert trace.share("large", "a") < 0.2 * baseline.share("large", "a")
+    assert pacer.cost_weight("a") is not None and pacer.cost_weight("b") is None
+    context = router.featurize(Request(prompt="prove the theorem", context={"tenant": "b"}))
+    lam, extra, allowed = pacer.adjust(context, MODELS, np.ones(3), None, 20.0)
+    assert lam == 20.0 and not extra.any() and allowed.all()
+
+
+def test_tenant_and_global_targets_hold_together() -> None:
+    """A global cost target and tenant a's share target, with full learning: both hold; b, with no target of
+    its own, is paced by the global λ only."""
+    clock = Clock()
+    config = BudgetConfig.from_strings(["avg_cost_usd=0.0015", "@a:share:large=0.05"])
+    router = make_router(config, seed=13, clock=clock)
+    trace = simulate(router, 4000, seed=13, clock=clock, tenants=("a", "b"))
+    assert abs(trace.array("cost").mean() / 0.0015 - 1) <= 0.05
+    assert trace.share("large", "a") <= 0.07
+    assert trace.share("large", "b") > 2 * trace.share("large", "a")
+    report = pacer_of(router).report()
+    assert report["tenants"]["a"]["cost_weight"] == report["global"]["cost_weight"]
+
+
+def test_a_changed_target_takes_effect_on_the_next_request() -> None:
+    clock = Clock()
+    config = BudgetConfig.from_strings(["avg_cost_usd=0.002", "spend_usd=10000/1w"])  # the weekly one is slack
+    router = make_router(config, seed=7, clock=clock)
+    simulate(router, 300, seed=7, clock=clock)
+    pacer = pacer_of(router)
+    before = pacer.cost_weight()
+    assert before is not None
+    pacer.set_targets(["avg_cost_usd=0.001", "spend_usd=10000/1w"])  # halved: λ doubles at once, the dual corrects
+    assert router.route(Request(prompt="hello friend")).cost_weight == pytest.approx(2 * before)
+    pacer.set_targets(["avg_cost_usd=0.001", "spend_usd=10000/1w", "share:large=0"])
+    assert all("large" not in router.route(Request(prompt=f"prove theorem {i}")).models for i in range(20))
+    spent = target_report(pacer.report(), "spend_usd=10000/1w")["realized"]
+    pacer.set_targets([f"spend_usd={spent / 2}/1w"])  # below this period's spend: exhausted at once
+    assert router.route(Request(prompt="prove the integral theorem")).models == ("small",)  # the cheapest
+    assert pacer.report()["global"]["exhausted"] is True
+    pacer.set_targets([])
+    assert router.route(Request(prompt="prove the integral theorem")).models == NAMES
+
+
+def test_exhausted_budget_uses_the_guard_rails_until_the_next_period() -> None:
+    clock = Clock()
+    config = BudgetConfig.from_strings(["spend_usd=0.05/1000s"], guard_max_usd_per_mtok=5.0, fallback_model="small")
+    router = make_router(config, seed=8, clock=clock, cost_weight=1.0)
+    exhausted_at: list[float] = []
+
+    def check(i: int) -> None:
+        if pacer_of(router).report()["global"]["exhausted"]:
+            exhausted_at.append(clock.t)
+
+    trace = simulate(router, 1400, seed=8, clock=clock, mean_gap_s=1.0, before=check)
+    time, models = trace.array("time"), trace.array("models")
+    assert exhausted_at and exhausted_at[0] < 1000  # 0.05 USD is ~50 requests' worth: it runs out
+    after = (time > exhausted_at[0] + 1) & (time < 1000)
+    assert after.any() and set(models[after]) <= {"small", "medium"}  # priced ≤ 5 USD per 1M tokens
+    assert "large" in set(models[time >= 1000][:100])  # a new period: every model again
+    # with no model under the price limit, the fallback; with no usable fallback, the cheapest
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=0.001/1d"], guard_max_usd_per_mtok=0.1,
+                                                  fallback_model="medium"), clock=Clock(10.0))
+    context = router.featurize(Request(prompt="hi"))
+    pacer.observe(_decision(context, "large", cost=0.002), None)
+    costs = np.array([3.0, 2.0, 1.0])
+    assert pacer.adjust(context, MODELS, costs, None, 20.0)[2].tolist() == [False, True, False]
+    assert pacer.adjust(context, MODELS[::2], costs[::2], None, 20.0)[2].tolist() == [False, True]
+
+
+def test_cost_step_zero_is_the_hard_cap_baseline() -> None:
+    """λ stays at the default; when the period's budget is gone, only the cheapest model until the period ends."""
+    clock = Clock()
+    router = make_router(BudgetConfig.from_strings(["spend_usd=0.5/1000s"], cost_step=0.0), seed=9, clock=clock)
+    trace = simulate(router, 1500, seed=9, clock=clock)
+    assert np.all(trace.array("cost_weight") == 20.0)
+    time, models, cost = trace.array("time"), trace.array("models"), trace.array("cost")
+    first = time < 1000
+    limit = 0.5 * (1000 - time[0]) / 1000  # the target starts with the first request: pro rata
+    spent = np.cumsum(cost[first])
+    gone = int(np.argmax(spent >= limit))
+    assert 0 < gone < first.sum() - 100  # λ = 20 spends ≈ 3e-3 per request: the money is gone early
+    assert set(models[first][gone + 1 :]) == {"small"}
+    assert "large" in set(models[~first])
+
+
+def test_explicit_cost_weight_wins_and_its_spend_counts() -> None:
+    clock = Clock()
+    router = make_router(BudgetConfig.from_strings(["avg_cost_usd=0.0005"]), seed=10, clock=clock)
+    simulate(router, 300, seed=10, clock=clock)
+    pacer = pacer_of(router)
+    paced = pacer.cost_weight()
+    assert paced is not None and paced != pytest.approx(0.5)
+    before = pacer.report()["global"]
+    context = router.featurize(Request(prompt="prove the integral theorem"))
+    decision = router.decide(context, cost_weight=0.5)
+    assert decision.cost_weight == 0.5
+    router.learn(decision, Outcome(quality=0.9, cost_usd=0.01))
+    after = pacer.report()["global"]
+    assert after["requests"] == before["requests"] + 1
+    assert after["spend_usd"] == pytest.approx(before["spend_usd"] + 0.01)
+    lam = pacer.cost_weight()
+    assert lam is not None and lam > paced  # its overspend moved λ for the requests that follow
+    assert router.route(Request(prompt="hello")).cost_weight == lam
+
+
+# -- state --------------------------------------------------------------------------------------------------
+def test_state_round_trips_and_continues_identically() -> None:
+    clock = Clock()
+    config = BudgetConfig.from_strings(
+        ["avg_cost_usd=0.002", "share:large=0.3", "latency_p95_s=5", "@a:spend_usd=1/1000s", "@b:share:tier=medium=0.2"]
+    )
+    router = make_router(config, seed=11, clock=clock)
+    simulate(router, 600, seed=11, clock=clock, tenants=("a", "b", ""))
+    pacer = pacer_of(router)
+    state = json.loads(json.dumps(pacer.state(), allow_nan=False))
+    restored = BudgetPacer.from_state(state, clock=clock)
+    assert restored.report() == pacer.report()
+    assert restored.config == pacer.config
+    assert json.dumps(restored.state(), sort_keys=True) == json.dumps(pacer.state(), sort_keys=True)
+    # the same calls from here on give the same answers
+    context = router.featurize(Request(prompt="prove the theorem", context={"tenant": "a"}))
+    for step in range(50):
+        clock.t += 0.7
+        costs = np.array([1e-4, 9e-4, 6e-3])
+        outputs = [p.adjust(context, MODELS, costs, None, 20.0) for p in (pacer, restored)]
+        assert outputs[0][0] == outputs[1][0]
+        assert np.array_equal(outputs[0][1], outputs[1][1]) and np.array_equal(outputs[0][2], outputs[1][2])
+        decision = _decision(context, NAMES[step % 3], cost=float(costs[step % 3]))
+        for p in (pacer, restored):
+            p.observe(decision, None)
+            p.observe(decision, 1.2 * float(costs[step % 3]), latency_s=float(step % 7))
+    assert restored.report() == pacer.report()
+
+
+def test_summary_is_flat_numbers_for_a_simulation_record() -> None:
+    clock = Clock()
+    config = BudgetConfig.from_strings(["avg_cost_usd=0.002", "@a:share:large=0.2", "@a:latency_p90_s=3"])
+    router = make_router(config, seed=14, clock=clock)
+    trace = simulate(router, 200, seed=14, clock=clock, tenants=("a", ""))
+    summary = pacer_of(router).summary()
+    assert summary["budget:avg_cost_usd=0.002:value"] == 0.002
+    assert summary["budget:avg_cost_usd=0.002:realized"] == pytest.approx(trace.array("cost").mean())
+    assert summary["budget:cost_weight"] == summary["budget:avg_cost_usd=0.002:multiplier"] > 0
+    assert summary["budget:@a:share:large=0.2:realized"] == pytest.approx(trace.share("large", "a"))
+    assert summary["budget:@a:cost_weight"] == summary["budget:cost_weight"]
+    assert set(summary) >= {"budget:@a:latency_p90_s=3:realized", "budget:@a:latency_p90_s=3:multiplier"}
+    assert all(isinstance(v, float) for v in summary.values())
+    assert math.isnan(BudgetPacer(config).summary()["budget:avg_cost_usd=0.002:realized"])
+
+
+def test_load_rejects_foreign_or_corrupt_state() -> None:
+    pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=0.001"]))
+    with pytest.raises(InvalidInput, match="not a budget pacer state"):
+        pacer.load({"format": "something else"})
+    state = pacer.state()
+    state["global"]["targets"]["spend_usd/1d"] = {}
+    with pytest.raises(InvalidInput, match="targets its config does not"):
+        pacer.load(state)
+    state = pacer.state()
+    del state["global"]["requests"]
+    with pytest.raises(InvalidInput, match="corrupt"):
+        pacer.load(state)
+    state = pacer.state()
+    state["global"]["targets"]["avg_cost_usd"]["requests"] = "many"
+    state["config"]["avg_cost_usd"] = 0.5
+    with pytest.raises(InvalidInput, match="corrupt"):
+        pacer.load(state)
+    assert pacer.config.targets == (AvgCost(0.001),)  # all or nothing
+
+
+def test_same_calls_give_the_same_multipliers() -> None:
+    def run() -> list[float]:
+        clock = Clock()
+        router = make_router(BudgetConfig.from_strings(["avg_cost_usd=0.001", "share:large=0.1"]), seed=12, clock=clock)
+        return simulate(router, 500, seed=12, clock=clock).cost_weight
+
+    assert run() == run()
+
+
+def test_late_feedback_corrects_the_booked_spend() -> None:
+    """Spend is booked at the expected cost when a decision is made and corrected when the real cost arrives."""
+    pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=0.001"]), clock=Clock())
+    context = Router(MODELS, "random", seed=0).featurize(Request(prompt="hi"))
+    pacer.adjust(context, MODELS, np.array([1e-4, 1e-3, 5e-3]), None, 20.0)
+    decision = _decision(context, "large", cost=0.005)
+    pacer.observe(decision, None)
+    assert pacer.report()["global"]["spend_usd"] == pytest.approx(0.005)
+    lam = pacer.cost_weight()
+    assert lam == pytest.approx(20.0 * math.exp(0.05 * (0.005 - 0.001) / 0.001))
+    pacer.observe(decision, 0.003)
+    assert pacer.report()["global"]["spend_usd"] == pytest.approx(0.003)
+    assert pacer.cost_weight() == pytest.approx(20.0 * math.exp(0.05 * (0.003 - 0.001) / 0.001))
+
+
+def test_a_slack_cost_target_stops_lowering_lambda_where_decisions_stop_changing() -> None:
+    """Far under its target, λ falls only to ε / (ĉ_max − ĉ_min) (ε = 0.01 quality points), not to
+    min_cost_weight: below that no decision changes, and λ would take long to climb back."""
+    pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=1"]), clock=Clock())
+    context = Router(MODELS, "random", seed=0).featurize(Request(prompt="hi"))
+    costs = (1e-4, 1e-3, 1e-2)
+    for _ in range(2000):
+        pacer.adjust(context, MODELS, np.array(costs), None, 20.0)
+        pacer.observe(_decision(context, "small", cost=1e-4, expected=costs), None)
+    assert pacer.cost_weight() == pytest.approx(0.01 / (1e-2 - 1e-4))
+    assert pacer.config.min_cost_weight < 0.02
+
+
+def test_a_spend_target_set_mid_period_gets_the_rest_of_the_period_pro_rata() -> None:
+    clock = Clock(2500.0)  # half-way through the period [2000, 3000)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=1/1000s"]), clock=clock)
+    context = Router(MODELS, "random", seed=0).featurize(Request(prompt="hi"))
+    pacer.adjust(context, MODELS, np.ones(3), None, 20.0)
+    pacer.observe(_decision(context, "large", cost=0.49), None)
+    report = target_report(pacer.report(), "spend_usd=1/1000s")
+    assert report["limit_usd"] == pytest.approx(0.5) and not report["exhausted"]
+    pacer.observe(_decision(context, "large", cost=0.02), None)
+    assert target_report(pacer.report(), "spend_usd=1/1000s")["exhausted"]
+    clock.t = 3000.0  # the next period: the whole budget
+    pacer.adjust(context, MODELS, np.ones(3), None, 20.0)
+    report = target_report(pacer.report(), "spend_usd=1/1000s")
+    assert report["limit_usd"] == 1.0 and report["realized"] == 0.0 and not report["exhausted"]
+
+
+def _decision(context: Any, model: str, *, cost: float, expected: Sequence[float] | None = None) -> Decision:
+    """A decision for `model` whose expected cost is `cost` (the others' `expected`, or 0)."""
+    return Decision(
+        decision_id=f"d-{model}",
+        model=model,
+        arm=NAMES.index(model),
+        models=NAMES,
+        pmf=tuple(1.0 if n == model else 0.0 for n in NAMES),
+        probability=1.0,
+        policy="test",
+        policy_version=0,
+        cost_weight=20.0,
+        context=context,
+        expected_cost_usd=tuple(
+            cost if n == model else (0.0 if expected is None else expected[i]) for i, n in enumerate(NAMES)
+        ),
+    )
