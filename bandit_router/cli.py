@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from .evaluation.cli import register as register_evaluation
 from .policies import REGISTRY
+from .service.cli import register as register_serve
 
 app = typer.Typer(
     name="bandit-router",
@@ -29,6 +31,22 @@ def list_policies() -> None:
             f"{f.name}={f.default!r}" for f in dataclasses.fields(entry.params) if f.name != "exploration"
         )
         typer.echo(f"{name:<12} {entry.summary}" + (f"\n{'':<12} settings: {fields}" if fields else ""))
+
+
+def _add_simulate() -> None:
+    """`simulate` lives in the `simulator` package; it is optional, so the core does not import it."""
+    try:
+        from simulator.cli import simulate
+    except ImportError:  # pragma: no cover - the simulator is not installed
+        return
+    app.command("simulate")(simulate)
+
+
+_add_simulate()
+
+
+register_serve(app)
+register_evaluation(app)
 
 
 def main() -> None:

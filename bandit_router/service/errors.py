@@ -1,0 +1,146 @@
+"""Every error → HTTP, in one place. Each error body is JSON: `{"error": code, "message": text, "field": name}`.
+
+| error                                            | status | code                  |
+|--------------------------------------------------|--------|-----------------------|
+| request validation (pydantic), `InvalidField`    | 422    | invalid_input         |
+| `UnknownModel` (field `models`)                  | 422    | unknown_model         |
+| other `InvalidInput`                             | 422    | invalid_input         |
+| `PayloadTooLarge`                                | 413    | payload_too_large     |
+| `UnknownDecision`, `NotFound`, unknown path      | 404    | not_found             |
+| `ConflictingFeedback`, `Conflict`                | 409    | conflict              |
+| `Unauthorized`                                   | 401    | unauthorized          |
+| `Forbidden`                                      | 403    | forbidden             |
+| `Unavailable`, `StoreError`                      | 503    | unavailable           |
+| anything else                                    | 500    | internal (logged)     |
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision, UnknownModel
+from ..store import StoreError
+from .exceptions import Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge, Unauthorized, Unavailable
+
+log = logging.getLogger("bandit_router.service")
+
+_MAPPING: tuple[tuple[type[BaseException], int, str], ...] = (
+    (UnknownModel, 422, "unknown_model"),
+    (InvalidInput, 422, "invalid_input"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (UnknownDecision, 404, "not_found"),
+    (NotFound, 404, "not_found"),
+    (ConflictingFeedback, 409, "conflict"),
+    (Conflict, 409, "conflict"),
+    (Unauthorized, 401, "unauthorized"),
+    (Forbidden, 403, "forbidden"),
+    (Unavailable, 503, "unavailable"),
+    (StoreError, 503, "unavailable"),
+)
+_HEADERS: Mapping[int, Mapping[str, str]] = {401: {"www-authenticate": "Bearer"}, 503: {"retry-after": "1"}}
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+# OpenAPI: the error replies every /v1 route may give.
+_ERROR_SCHEMA = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": _ERROR_SCHEMA}
+    for status, text in (
+        (401, "missing or wrong API key"),
+        (413, "body or prompt too large"),
+        (422, "invalid input; `field` names the field"),
+        (503, "starting, recovering or database unavailable"),
+    )
+}
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once: json.dumps(…, **options) is slow
+
+
+def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(_ENCODER.encode(payload).encode("utf-8"), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:
+    payload: dict[str, Any] = {"error": code, "message": message}
+    if field is not None:
+        payload["field"] = field
+    return json_response(payload, status, _HEADERS.get(status))
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    for kind, status, code in _MAPPING:
+        if isinstance(exc, kind):
+            return status, code
+    return 500, "internal"
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """A pydantic error location as a field path: ("body", "messages", 0, "content") → "messages[0].content"."""
+    parts = list(loc)
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def validation_error(errors: Sequence[Mapping[str, Any]]) -> Response:
+    """A 422 for pydantic errors: the first error's field and every error's message."""
+    first = field_path(errors[0].get("loc", ())) if errors else "body"
+    messages = [f"{field_path(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
+    return error_response(422, "invalid_input", "; ".join(messages), first)
+
+
+def to_response(exc: BaseException) -> Response:
+    if isinstance(exc, ValidationError):
+        return validation_error(exc.errors(include_url=False))
+    status, code = status_of(exc)
+    if status == 500:
+        log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+        return error_response(500, "internal", "internal error")
+    field = exc.field if isinstance(exc, InvalidField) else ("models" if isinstance(exc, UnknownModel) else None)
+    return error_response(status, code, str(exc), field)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on `app`."""
+
+    async def on_core(request: Request, exc: Exception) -> Response:
+        return to_response(exc)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return validation_error(list(exc.errors()))
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "error")
+        response = error_response(exc.status_code, code, str(exc.detail))
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        return to_response(exc)
+
+    async def on_disconnect(request: Request, exc: Exception) -> Response:
+        return Response(status_code=400)  # the client left while sending its body: nobody reads this reply
+
+    app.add_exception_handler(BanditRouterError, on_core)
+    app.add_exception_handler(ValidationError, on_core)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
+    app.add_exception_handler(Exception, on_unexpected)

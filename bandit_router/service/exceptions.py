@@ -1,0 +1,48 @@
+"""Errors of the service layer. `errors.py` maps these and the core's (`bandit_router.errors`) to HTTP.
+
+BanditRouterError
+ ├── InvalidInput
+ │    └── InvalidField       a request field is wrong; names the field                    → 422
+ ├── PayloadTooLarge         body or prompt over the configured limit                     → 413
+ ├── NotFound                no such model to retire                                      → 404
+ ├── Conflict                decision id already used, model already active, last model   → 409
+ ├── Unauthorized            missing or wrong API key                                     → 401
+ ├── Forbidden               a client key on an admin route                               → 403
+ └── Unavailable             starting, recovering, stopping, or the database is unusable  → 503
+"""
+
+from __future__ import annotations
+
+from ..errors import BanditRouterError, InvalidInput
+
+
+class InvalidField(InvalidInput):
+    """A request field is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class PayloadTooLarge(BanditRouterError):
+    """The request body or the prompt is larger than the configured limit."""
+
+
+class NotFound(BanditRouterError):
+    """The resource named in the path does not exist."""
+
+
+class Conflict(BanditRouterError):
+    """The request conflicts with what is stored."""
+
+
+class Unauthorized(BanditRouterError):
+    """A valid API key is required."""
+
+
+class Forbidden(BanditRouterError):
+    """The API key is valid but may not do this."""
+
+
+class Unavailable(BanditRouterError):
+    """The service cannot answer now; retry later."""

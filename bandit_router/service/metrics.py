@@ -1,0 +1,124 @@
+"""Prometheus metrics of one app, in its own registry (several apps can live in one process, as in tests).
+
+With `--workers N` each process counts what it served: scrape each worker, or sum (`/v1/stats` reads the
+database and is the same from every worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from ..types import Decision
+
+ROUTE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Decisions and feedback by model and status, learned reward and cost sums, route latency, policy version,
+    HTTP replies by route and status code."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.decisions = Counter("bandit_router_decisions", "Decisions stored, by chosen model", ["model"], registry=r)
+        self.feedback = Counter(
+            "bandit_router_feedback", "Feedback stored (or recognised as duplicate), by model and status",
+            ["model", "status"], registry=r,
+        )
+        self.reward_sum = Gauge(
+            "bandit_router_learned_reward_sum", "Sum of the rewards of learned feedback, by model", ["model"],
+            registry=r,
+        )
+        self.cost_sum = Counter(
+            "bandit_router_learned_cost_usd", "Sum of the realised cost (USD) of learned feedback, by model", ["model"],
+            registry=r,
+        )
+        self.route_latency = Histogram(
+            "bandit_router_route_latency_seconds", "Time to answer POST /v1/route (decide + durable log)",
+            buckets=ROUTE_BUCKETS, registry=r,
+        )
+        self.requests = Counter(
+            "bandit_router_http_requests", "HTTP replies by route and status code", ["route", "code"], registry=r
+        )
+        self.policy_version = Gauge("bandit_router_policy_version", "Feedbacks learned by this process", registry=r)
+        self.applied_seq = Gauge("bandit_router_applied_seq", "Last feedback seq applied by this process", registry=r)
+        self.ready = Gauge("bandit_router_ready", "1 when the service is ready", registry=r)
+        self._children: dict[tuple[str, ...], object] = {}
+
+    def bind(self, policy_version: Callable[[], float], applied_seq: Callable[[], float],
+             ready: Callable[[], float]) -> None:
+        """Read the gauges from the engine at scrape time."""
+        self.policy_version.set_function(policy_version)
+        self.applied_seq.set_function(applied_seq)
+        self.ready.set_function(ready)
+
+    def bind_budgets(self, report: Callable[[], Mapping[str, Any]]) -> None:
+        """Export the budget pacer's `report()` at scrape time (spend, λ, and per target its value and realised
+        value), by tenant (`""` for the global scope)."""
+        self.registry.register(_BudgetCollector(report))
+
+    def decision_stored(self, decision: Decision) -> None:
+        key = ("d", decision.model)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.decisions.labels(decision.model)
+        child.inc()  # type: ignore[attr-defined]
+
+    def feedback_stored(self, model: str, status: str, reward: float, cost_usd: float, learned: bool) -> None:
+        self.feedback.labels(model, status).inc()
+        if learned:
+            self.reward_sum.labels(model).inc(reward)
+            self.cost_sum.labels(model).inc(cost_usd)
+
+    def request(self, route: str, code: int) -> None:
+        key = (route, str(code))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(route, str(code))
+        child.inc()  # type: ignore[attr-defined]
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _BudgetCollector(Collector):
+    def __init__(self, report: Callable[[], Mapping[str, Any]]) -> None:
+        self._report = report
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        spend = GaugeMetricFamily(
+            "bandit_router_budget_spend_usd", "Spend booked by the budget pacer (expected, corrected by feedback)",
+            labels=["tenant"],
+        )
+        lam = GaugeMetricFamily(
+            "bandit_router_budget_cost_weight", "λ (quality points per USD) the pacer gives the next request",
+            labels=["tenant"],
+        )
+        target = GaugeMetricFamily(
+            "bandit_router_budget_target", "A budget target's value", labels=["tenant", "target"]
+        )
+        realized = GaugeMetricFamily(
+            "bandit_router_budget_realized", "A budget target's realised value (spend targets: this period)",
+            labels=["tenant", "target"],
+        )
+        report = self._report()
+        scopes = [("", report["global"]), *report["tenants"].items()]
+        for tenant, scope in scopes:
+            spend.add_metric([tenant], float(scope["spend_usd"]))
+            if scope["cost_weight"] is not None:
+                lam.add_metric([tenant], float(scope["cost_weight"]))
+            for t in scope["targets"]:
+                target.add_metric([tenant, t["target"]], float(t["value"]))
+                if t["realized"] is not None:
+                    realized.add_metric([tenant, t["target"]], float(t["realized"]))
+        yield from (spend, lam, target, realized)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())

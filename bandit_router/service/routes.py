@@ -1,0 +1,340 @@
+"""The HTTP routes: translate JSON ⇄ core values and nothing else.
+
+Bodies are read and validated here (not by FastAPI's body parameters) so that every malformed body, including
+invalid JSON, NaN literals and 10⁴⁰⁰-digit numbers, gets the same 422 that names the field. The handlers take
+the raw `Request` and no FastAPI dependencies (their resolution was a measurable share of a route request, and
+plain `def` dependencies even ran in the thread pool): the app's services come from `app.state` via `_services`,
+and the key check is one call (`authorize`). The OpenAPI document still declares bodies, replies and the bearer
+scheme.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from ..budgets import BudgetConfig
+from ..catalog import ModelSpec
+from ..errors import InvalidInput
+from ..types import Decision, Message, Outcome
+from ..types import Request as CoreRequest
+from .auth import Authenticator, authorize
+from .engine import Engine, new_decision_id
+from .errors import ERROR_RESPONSES, error_response, json_response
+from .exceptions import InvalidField, PayloadTooLarge
+from .metrics import CONTENT_TYPE, Metrics
+from .schemas import (
+    ID_PATTERN,
+    NAME_PATTERN,
+    DecisionOut,
+    FeedbackIn,
+    FeedbackOut,
+    ModelIn,
+    ModelOut,
+    ModelsOut,
+    PromoteIn,
+    PromoteOut,
+    RouteIn,
+    RouteOut,
+    StatsOut,
+)
+
+Body = TypeVar("Body", bound=BaseModel)
+router = APIRouter()
+BODY_MODELS: tuple[type[BaseModel], ...] = (RouteIn, FeedbackIn, ModelIn, PromoteIn)
+"""Request bodies validated by hand; `app.py` adds their schemas to the OpenAPI document."""
+
+
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+class Services:
+    """What the lifespan put on `app.state`."""
+
+    __slots__ = ("auth", "engine", "metrics")
+
+    def __init__(self, engine: Engine, metrics: Metrics, auth: Authenticator) -> None:
+        self.engine, self.metrics, self.auth = engine, metrics, auth
+
+
+def _services(request: Request, *, client: bool = True, admin: bool = False) -> Services:
+    """The app's services, after checking the API key (`client`: any key; `admin`: an admin key)."""
+    services: Services = request.app.state.services
+    if (client or admin) and services.auth.enabled:
+        authorize(services.auth, request.headers.get("authorization"), admin=admin)
+    return services
+
+
+def _body(model: type[BaseModel] | None = None) -> dict[str, Any]:
+    extra: dict[str, Any] = {"security": SECURITY}
+    if model is not None:
+        schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+        extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
+    return extra
+
+
+def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {s: ERROR_RESPONSES[s] for s in (401, 422, 503)}
+    for status in statuses:
+        out[status] = {
+            "description": {404: "not found", 409: "conflict", 403: "needs an admin key", 413: "too large"}[status],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+        }
+    return out
+
+
+async def _parse(request: Request, model: type[Body]) -> Body:
+    """The body as `model`. pydantic's own JSON parser first (fast); when it calls the body invalid JSON, Python's
+    `json` decides, so that `NaN` or a lone surrogate escape is judged by the field it is in."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        if not any(e["type"] == "json_invalid" for e in exc.errors(include_url=False)):
+            raise
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and int-size errors are ValueErrors
+        raise InvalidField("body", f"not valid JSON ({type(exc).__name__})") from None
+    return model.model_validate(data)
+
+
+def core_request(body: RouteIn, max_prompt_chars: int) -> CoreRequest:
+    """A validated `RouteIn` → the core's `Request` (413 for a prompt over the limit)."""
+    if (body.prompt is None) == (body.messages is None):
+        raise InvalidField("prompt", "give exactly one of `prompt` or `messages`")
+    if body.prompt is not None:
+        size = len(body.prompt)
+        messages = None
+    else:
+        assert body.messages is not None
+        size = sum(len(m.content) for m in body.messages)
+        messages = tuple(Message(m.role, m.content) for m in body.messages)
+    if size > max_prompt_chars:
+        raise PayloadTooLarge(f"the prompt has {size} characters; the limit is {max_prompt_chars} (max_prompt_chars)")
+    return CoreRequest(
+        prompt=body.prompt,
+        messages=messages,
+        context=body.context or {},
+        models=tuple(body.models) if body.models is not None else None,
+        cost_weight=body.cost_weight,
+        decision_id=body.decision_id if body.decision_id is not None else new_decision_id(),
+    )
+
+
+def route_reply(decision: Decision) -> dict[str, Any]:
+    return {
+        "decision_id": decision.decision_id,
+        "model": decision.model,
+        "probability": decision.probability,
+        "probabilities": decision.probabilities,
+        "policy": decision.policy,
+        "policy_version": decision.policy_version,
+    }
+
+
+@router.post(
+    "/v1/route", response_model=RouteOut, responses=_responses(409, 413), openapi_extra=_body(RouteIn), tags=["v1"]
+)
+async def route(request: Request) -> Response:
+    """Choose a model for a prompt (or chat messages). The decision is stored before the reply; the reply's
+    `decision_id` (also in the `x-decision-id` header) is what feedback refers to."""
+    started = time.perf_counter()
+    services = _services(request)
+    body = await _parse(request, RouteIn)
+    decision = await services.engine.route(core_request(body, services.engine.settings.max_prompt_chars))
+    response = json_response(route_reply(decision), headers={"x-decision-id": decision.decision_id})
+    services.metrics.route_latency.observe(time.perf_counter() - started)
+    return response
+
+
+@router.post(
+    "/v1/feedback",
+    response_model=FeedbackOut,
+    responses=_responses(404, 409),
+    openapi_extra=_body(FeedbackIn),
+    tags=["v1"],
+)
+async def feedback(request: Request) -> Response:
+    """Report the outcome of a decision. Committed (with a seq) before the reply and before it is learned.
+
+    `status`: `applied` (learned), `duplicate` (the same feedback again: learned once), `late` (after the reward
+    window: stored, not learned), `ignored` (a different second feedback under `aggregation = earliest`),
+    `pending` (`aggregation = average`: learned as the mean when the window closes)."""
+    engine = _services(request).engine
+    body = await _parse(request, FeedbackIn)
+    outcome = Outcome(
+        quality=body.quality,
+        cost_usd=body.cost_usd,
+        input_tokens=body.input_tokens,
+        output_tokens=body.output_tokens,
+        latency_s=None if body.latency_ms is None else body.latency_ms / 1000.0,
+    )
+    result = await engine.feedback(body.decision_id, outcome, body.source)
+    return json_response(
+        {"decision_id": result.decision_id, "status": result.status, "reward": result.reward, "seq": result.seq}
+    )
+
+
+@router.get(
+    "/v1/decisions/{decision_id}",
+    response_model=DecisionOut,
+    responses=_responses(404),
+    openapi_extra=_body(),
+    tags=["v1"],
+)
+async def get_decision(
+    request: Request, decision_id: Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
+) -> Response:
+    """A stored decision joined with its feedback (the prompt only when `store_prompts = true`)."""
+    engine = _services(request).engine
+    stored, feedback_rows = await run_in_threadpool(engine.decision, decision_id)
+    d = stored.decision
+    ctx = d.context
+    return json_response(
+        {
+            "decision_id": d.decision_id,
+            "created_at": d.created_at,
+            "model": d.model,
+            "probability": d.probability,
+            "probabilities": d.probabilities,
+            "expected_cost_usd": dict(zip(d.models, d.expected_cost_usd, strict=False)),
+            "policy": d.policy,
+            "policy_version": d.policy_version,
+            "cost_weight": d.cost_weight,
+            "tenant": stored.tenant,
+            "context": {
+                "input_tokens": ctx.input_tokens,
+                "n_chars": ctx.n_chars,
+                "turns": ctx.turns,
+                "markers": sorted(ctx.markers),
+                "attributes": dict(ctx.attributes),
+                "features": {ns: len(idx) for ns, (idx, _) in ctx.features.items()},
+            },
+            "prompt": stored.prompt,
+            "feedback": [r.to_json() for r in feedback_rows],
+        }
+    )
+
+
+def _model_json(spec: ModelSpec, feedback_count: int) -> dict[str, Any]:
+    return {**spec.to_json(), "feedback": feedback_count}
+
+
+@router.get("/v1/models", response_model=ModelsOut, responses=_responses(), openapi_extra=_body(), tags=["v1"])
+async def list_models(request: Request) -> Response:
+    """The active models (in arm order) with their learned feedback counts, and the retired ones."""
+    engine = _services(request).engine
+    counts = engine.router.feedback_counts()
+    return json_response(
+        {
+            "models": [_model_json(m, counts.get(m.name, 0)) for m in engine.router.models],
+            "retired": engine.retired_models(),
+        }
+    )
+
+
+@router.post(
+    "/v1/models",
+    response_model=ModelOut,
+    status_code=201,
+    responses=_responses(403, 409),
+    openapi_extra=_body(ModelIn),
+    tags=["v1"],
+)
+async def add_model(request: Request) -> Response:
+    """Add a model at run time (admin key). It starts cold and is explored at once."""
+    engine = _services(request, admin=True).engine
+    body = await _parse(request, ModelIn)
+    spec = await engine.add_model(ModelSpec(**body.model_dump()))
+    return json_response(_model_json(spec, 0), status=201)
+
+
+@router.delete("/v1/models/{name}", responses=_responses(403, 404, 409), openapi_extra=_body(), tags=["v1"])
+async def retire_model(request: Request, name: Annotated[str, Path(max_length=128, pattern=NAME_PATTERN)]) -> Response:
+    """Stop routing to a model (admin key). Feedback for its past decisions is still learned."""
+    engine = _services(request, admin=True).engine
+    await engine.retire_model(name)
+    return json_response({"retired": name})
+
+
+@router.post(
+    "/v1/policies/promote",
+    response_model=PromoteOut,
+    responses=_responses(403, 404, 409),
+    openapi_extra=_body(PromoteIn),
+    tags=["v1"],
+)
+async def promote_policy(request: Request) -> Response:
+    """Make a shadow policy the live one (admin key). Refused (409, with the reason) unless the shadow's DR lower
+    bound on the logged decisions beats the live policy's estimate, or `force` is true. Durable: a log event."""
+    engine = _services(request, admin=True).engine
+    body = await _parse(request, PromoteIn)
+    return json_response(await engine.promote(body.shadow, force=body.force))
+
+
+@router.get("/v1/stats", response_model=StatsOut, responses=_responses(), openapi_extra=_body(), tags=["v1"])
+async def stats(request: Request) -> Response:
+    """Per model: decisions, share, learned feedbacks, mean quality, mean reward, spend; from the database."""
+    engine = _services(request).engine
+    return json_response(await run_in_threadpool(engine.stats))
+
+
+def _budgets_reply(engine: Engine) -> dict[str, Any]:
+    return {"budgets": engine.pacer.config.to_mapping(), "targets": engine.pacer.config.describe(),
+            "report": engine.pacer.report()}
+
+
+@router.get("/v1/budgets", responses=_responses(), openapi_extra=_body(), tags=["v1"])
+async def get_budgets(request: Request) -> Response:
+    """The budget targets (`budgets`: the `[budgets]` table form; `targets`: the text grammar) and the pacer's
+    report (spend so far, λ, realised value of every target, per tenant)."""
+    return json_response(_budgets_reply(_services(request).engine))
+
+
+@router.put("/v1/budgets", responses=_responses(403), openapi_extra=_body(), tags=["v1"])
+async def put_budgets(request: Request) -> Response:
+    """Replace all budget targets (admin key); the body is the `[budgets]` table as JSON, e.g.
+    `{"avg_cost_usd": 0.0005, "tenants": {"acme": {"spend_usd": "50/1d"}}}`. Effective from the next request,
+    stored, and kept across restarts. A target whose value changed keeps its multiplier and its period's spend."""
+    engine = _services(request, admin=True).engine
+    raw = await request.body()
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidField("body", f"not valid JSON ({type(exc).__name__})") from None
+    try:
+        config = BudgetConfig.from_mapping(data)
+    except (InvalidInput, TypeError, ValueError) as exc:
+        raise InvalidField("budgets", str(exc)) from None
+    await engine.set_budgets(config)
+    return json_response(_budgets_reply(engine))
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> Response:
+    """Liveness: 200 while the process serves HTTP."""
+    return json_response({"status": "ok"})
+
+
+@router.get("/readyz", tags=["ops"], responses={503: ERROR_RESPONSES[503]})
+async def readyz(request: Request) -> Response:
+    """Readiness: 200 once the learned state is recovered and the database is usable, else 503. The reply names
+    the process (`pid`) and what its recovery did."""
+    engine = _services(request, client=False).engine
+    if engine.ready:
+        return json_response({"status": "ready", "pid": os.getpid(), "recovery": engine.recovery})
+    return error_response(503, "unavailable", f"not ready: {engine.state}")
+
+
+@router.get("/metrics", tags=["ops"])
+async def metrics_text(request: Request) -> Response:
+    """Prometheus text format."""
+    return Response(_services(request, client=False).metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,488 @@
+"""The HTTP API on `TestClient(create_app(settings))`: every status code, bad inputs as tables, nothing stored
+by a rejected request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+with warnings.catch_warnings():  # Starlette 1.10 asks for `httpx2`; the plain httpx of the dev extras still works
+    warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+    from fastapi.testclient import TestClient
+
+from bandit_router.catalog import ModelSpec
+from bandit_router.config import Secrets, Settings
+from bandit_router.service import create_app
+
+CLIENT_KEY = "client-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-0123456789abcdef"
+SECRET_PROMPT = "my secret prompt: the launch code is 0000"
+
+
+def _start(settings: Settings) -> TestClient:
+    client = TestClient(create_app(settings))
+    client.__enter__()
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the service did not become ready"
+        time.sleep(0.01)
+    return client
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def make(**changes: Any) -> TestClient:
+        settings = Settings(db=tmp_path / "api.db", seed=7, **changes)
+        client = _start(settings)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+def _db(client: TestClient) -> sqlite3.Connection:
+    return sqlite3.connect(client.app.state.settings.db)  # type: ignore[attr-defined]
+
+
+def _count(client: TestClient, sql: str) -> int:
+    with _db(client) as conn:
+        return int(conn.execute(sql).fetchone()[0])
+
+
+def _route(client: TestClient, **body: Any) -> dict[str, Any]:
+    reply = client.post("/v1/route", json={"prompt": "Sort a list in Python", **body})
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def _post_raw(client: TestClient, path: str, text: str, **headers: str) -> Any:
+    return client.post(path, content=text.encode("utf-8"), headers={"content-type": "application/json", **headers})
+
+
+# -- route ------------------------------------------------------------------------------------------------------
+def test_route_replies_with_a_stored_decision(client: TestClient) -> None:
+    reply = client.post("/v1/route", json={"prompt": "Write a haiku", "context": {"tenant": "acme", "n": 3}})
+    assert reply.status_code == 200
+    body = reply.json()
+    assert reply.headers["x-decision-id"] == body["decision_id"]
+    assert set(body) == {"decision_id", "model", "probability", "probabilities", "policy", "policy_version"}
+    assert body["probability"] == body["probabilities"][body["model"]]
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0)
+    with _db(client) as conn:
+        row = conn.execute(
+            "SELECT model, probability, tenant, prompt, pmf, models FROM decisions WHERE decision_id = ?",
+            (body["decision_id"],),
+        ).fetchone()
+    assert row[0] == body["model"] and row[1] == body["probability"] and row[2] == "acme"
+    assert row[3] is None  # store_prompts is off by default
+    assert dict(zip(json.loads(row[5]), json.loads(row[4]), strict=True)) == body["probabilities"]
+    stored = client.get(f"/v1/decisions/{body['decision_id']}").json()
+    assert stored["context"]["attributes"] == {"tenant": "acme", "n": 3} and stored["feedback"] == []
+
+
+def test_route_options(client: TestClient) -> None:
+    chat = _route(client, prompt=None, messages=[{"role": "system", "content": "Be brief"},
+                                                 {"role": "user", "content": "Hi"}])
+    assert chat["model"]
+    subset = _route(client, models=["gpt-4o-mini", "gpt-4o"], cost_weight=0.0)
+    assert set(subset["probabilities"]) == {"gpt-4o-mini", "gpt-4o"}
+    chosen = _route(client, decision_id="my-id:1")
+    assert chosen["decision_id"] == "my-id:1"
+    again = client.post("/v1/route", json={"prompt": "again", "decision_id": "my-id:1"})
+    assert again.status_code == 409 and again.json()["error"] == "conflict"
+    assert _count(client, "SELECT COUNT(*) FROM decisions") == 3
+
+
+def test_store_prompts_keeps_the_text(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(store_prompts=True)
+    reply = _post_raw(client, "/v1/route", json.dumps({"prompt": "Keep me \ud800 please"}))  # valid JSON, not UTF-8
+    assert reply.status_code == 200
+    body = reply.json()
+    assert client.get(f"/v1/decisions/{body['decision_id']}").json()["prompt"] == "Keep me \ufffd please"
+
+
+_ROUTE_BAD = [
+    ('{"prompt": "x", "cost_weight": NaN}', "cost_weight"),
+    ('{"prompt": "x", "cost_weight": Infinity}', "cost_weight"),
+    ('{"prompt": "x", "cost_weight": -Infinity}', "cost_weight"),
+    ('{"prompt": "x", "cost_weight": "nan"}', "cost_weight"),
+    ('{"prompt": "x", "cost_weight": 1e999}', "cost_weight"),
+    ('{"prompt": "x", "cost_weight": true}', "cost_weight"),
+    ('{"prompt": "x", "cost_weight": "3"}', "cost_weight"),
+    ('{"prompt": "x", "cost_weight": -1}', "cost_weight"),
+    ('{"prompt": "x", "models": ["no-such-model"]}', "models"),
+    ('{"prompt": "x", "models": []}', "models"),
+    ('{"prompt": "x", "models": ["bad name"]}', "models[0]"),
+    ('{"prompt": "x", "models": "gpt-4o"}', "models"),
+    ('{"prompt": "x", "messages": [{"role": "user", "content": "y"}]}', "prompt"),
+    ("{}", "prompt"),
+    ('{"prompt": null}', "prompt"),
+    ('{"prompt": 42}', "prompt"),
+    ('{"prompt": "x", "decision_id": "' + "a" * 65 + '"}', "decision_id"),
+    ('{"prompt": "x", "decision_id": ""}', "decision_id"),
+    ('{"prompt": "x", "decision_id": "has space"}', "decision_id"),
+    ('{"prompt": "x", "decision_id": "line\\r\\nbreak"}', "decision_id"),
+    ('{"prompt": "x", "context": {"tenant": {"nested": 1}}}', "context.tenant"),
+    ('{"prompt": "x", "context": {"n": NaN}}', "context.n"),
+    ('{"prompt": "x", "context": {"n": 1e999}}', "context.n"),
+    ('{"prompt": "x", "context": {"n": 1' + "0" * 400 + "}}", "context.n"),
+    ('{"prompt": "x", "context": {"k": [1]}}', "context.k"),
+    ('{"prompt": "x", "context": ["tenant"]}', "context"),
+    ('{"prompt": "x", "context": {"": 1}}', "context"),
+    ('{"prompt": "x", "cost_wieght": 3}', "cost_wieght"),
+    ('{"messages": []}', "messages"),
+    ('{"messages": [{"content": "y"}]}', "messages[0].role"),
+    ('{"messages": [{"role": "user", "content": 5}]}', "messages[0].content"),
+    ("not json", "body"),
+    ('{"prompt": "x"', "body"),
+    ("[1, 2]", "body"),
+    ("", "body"),
+    ('{"prompt": "x", "n": 1' + "0" * 5000 + "}", "body"),
+    ("[" * 100_000 + "]" * 100_000, "body"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), _ROUTE_BAD, ids=[f"route-{i}" for i in range(len(_ROUTE_BAD))])
+def test_route_rejects_bad_input_with_422_naming_the_field(client: TestClient, body: str, field: str) -> None:
+    reply = _post_raw(client, "/v1/route", body)
+    assert reply.status_code == 422, reply.text
+    error = reply.json()
+    assert error["error"] in ("invalid_input", "unknown_model")
+    assert error["field"] == field or error["field"].startswith(field), error
+    assert field.split("[")[0].split(".")[0] in error["message"] or field == "body"
+    assert _count(client, "SELECT COUNT(*) FROM decisions") == 0
+
+
+# -- feedback ---------------------------------------------------------------------------------------------------
+def test_feedback_applied_then_duplicate_is_learned_once(client: TestClient) -> None:
+    decision = _route(client)
+    feedback = {"decision_id": decision["decision_id"], "quality": 0.8, "output_tokens": 120, "latency_ms": 900,
+                "source": "judge"}
+    first = client.post("/v1/feedback", json=feedback)
+    assert first.status_code == 200
+    assert first.json()["status"] == "applied" and first.json()["seq"] == 1
+    second = client.post("/v1/feedback", json=feedback)
+    assert second.status_code == 200
+    assert second.json() == {**first.json(), "status": "duplicate"}
+    assert _count(client, "SELECT COUNT(*) FROM feedback") == 1
+    assert client.get("/v1/stats").json()["policy_version"] == 1
+    stored = client.get(f"/v1/decisions/{decision['decision_id']}").json()
+    assert [f["status"] for f in stored["feedback"]] == ["applied"]
+    assert stored["feedback"][0]["latency_ms"] == pytest.approx(900)
+
+
+def test_feedback_reward_is_quality_minus_priced_cost(client: TestClient) -> None:
+    decision = _route(client, cost_weight=100.0)
+    reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.9,
+                                              "cost_usd": 0.002})
+    assert reply.json()["reward"] == pytest.approx(0.9 - 100.0 * 0.002)
+
+
+def test_a_different_second_feedback_conflicts(client: TestClient) -> None:
+    decision = _route(client)
+    assert client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.8}).status_code == 200
+    reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.1})
+    assert reply.status_code == 409 and reply.json()["error"] == "conflict"
+    assert _count(client, "SELECT COUNT(*) FROM feedback") == 1
+
+
+def test_feedback_for_an_unknown_decision_is_404_and_stores_nothing(client: TestClient) -> None:
+    reply = client.post("/v1/feedback", json={"decision_id": "never-made", "quality": 0.5})
+    assert reply.status_code == 404 and reply.json()["error"] == "not_found"
+    assert "never-made" in reply.json()["message"]
+    assert _count(client, "SELECT COUNT(*) FROM feedback") == 0
+
+
+def test_earliest_aggregation_keeps_but_ignores_a_second_feedback(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(aggregation="earliest")
+    decision = _route(client)
+    client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.8})
+    reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.2})
+    assert reply.status_code == 200 and reply.json()["status"] == "ignored"
+    assert _count(client, "SELECT COUNT(*) FROM feedback") == 2
+    assert _count(client, "SELECT COUNT(*) FROM feedback WHERE learn = 1") == 1
+    assert client.get("/v1/stats").json()["policy_version"] == 1
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_average_aggregation_learns_the_mean_when_the_window_closes(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(aggregation="average", reward_window_s=0.6)
+    decision = _route(client)
+    for quality in (0.2, 0.6):
+        reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": quality})
+        assert reply.json()["status"] == "pending"
+    assert client.get("/v1/stats").json()["policy_version"] == 0
+    _wait(lambda: client.get("/v1/stats").json()["policy_version"] == 1)
+    with _db(client) as conn:
+        rows = conn.execute("SELECT status, quality, learn FROM feedback ORDER BY seq").fetchall()
+    assert rows[:2] == [("pending", 0.2, 0), ("pending", 0.6, 0)]
+    assert rows[2][0] == "aggregate" and rows[2][1] == pytest.approx(0.4) and rows[2][2] == 1
+
+
+def test_late_feedback_is_stored_not_learned(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(reward_window_s=0.2)
+    decision = _route(client)
+    time.sleep(0.3)
+    reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.9})
+    assert reply.status_code == 200 and reply.json()["status"] == "late"
+    assert _count(client, "SELECT COUNT(*) FROM feedback WHERE learn = 0 AND status = 'late'") == 1
+    assert client.get("/v1/stats").json()["policy_version"] == 0
+
+
+def test_default_reward_is_learned_for_silent_decisions(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(reward_window_s=0.3, default_reward=0.25)
+    silent = _route(client)
+    answered = _route(client)
+    client.post("/v1/feedback", json={"decision_id": answered["decision_id"], "quality": 1.0})
+    _wait(lambda: client.get("/v1/stats").json()["feedback_by_status"].get("default") == 1)
+    with _db(client) as conn:
+        rows = conn.execute("SELECT decision_id, status, quality, learn FROM feedback ORDER BY seq").fetchall()
+    assert rows == [(answered["decision_id"], "applied", 1.0, 1), (silent["decision_id"], "default", 0.25, 1)]
+    assert client.get("/v1/stats").json()["policy_version"] == 2
+    late = client.post("/v1/feedback", json={"decision_id": silent["decision_id"], "quality": 0.9})
+    assert late.json()["status"] == "late"
+
+
+_FEEDBACK_BAD = [
+    ("quality", "NaN"),
+    ("quality", "Infinity"),
+    ("quality", "-Infinity"),
+    ("quality", '"nan"'),
+    ("quality", "1e999"),
+    ("quality", "true"),
+    ("quality", '"0.5"'),
+    ("quality", "1.5"),
+    ("quality", "-0.1"),
+    ("quality", "null"),
+    ("cost_usd", "-0.01"),
+    ("cost_usd", "NaN"),
+    ("cost_usd", "1e999"),
+    ("cost_usd", "false"),
+    ("input_tokens", "-1"),
+    ("input_tokens", "12.5"),
+    ("output_tokens", "true"),
+    ("output_tokens", "1" + "0" * 30),
+    ("latency_ms", "-5"),
+    ("latency_ms", '"fast"'),
+    ("source", '"' + "s" * 65 + '"'),
+    ("decision_id", '"' + "d" * 65 + '"'),
+    ("decision_id", "17"),
+    ("extra_field", "1"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), _FEEDBACK_BAD, ids=[f"{f}={v[:12]}" for f, v in _FEEDBACK_BAD])
+def test_feedback_rejects_bad_input_with_422_naming_the_field(client: TestClient, field: str, value: str) -> None:
+    decision = _route(client)
+    fields = {"decision_id": json.dumps(decision["decision_id"]), "quality": "0.5", field: value}
+    body = "{" + ", ".join(f'"{k}": {v}' for k, v in fields.items()) + "}"
+    reply = _post_raw(client, "/v1/feedback", body)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["field"] == field and field in reply.json()["message"]
+    assert _count(client, "SELECT COUNT(*) FROM feedback") == 0
+
+
+def test_feedback_without_quality_is_422(client: TestClient) -> None:
+    reply = client.post("/v1/feedback", json={"decision_id": "x"})
+    assert reply.status_code == 422 and reply.json()["field"] == "quality"
+
+
+# -- limits -----------------------------------------------------------------------------------------------------
+def test_bodies_and_prompts_over_the_limits_are_413(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_body_bytes=2048, max_prompt_chars=100)
+    big = client.post("/v1/route", json={"prompt": "x" * 5000})
+    assert big.status_code == 413 and big.json()["error"] == "payload_too_large"
+    chunked = client.post(
+        "/v1/route", content=(b'{"prompt": "' + b"y" * 1000 + b'"}' for _ in range(5)),
+        headers={"content-type": "application/json"},
+    )
+    assert chunked.status_code == 413
+    prompt = client.post("/v1/route", json={"prompt": "z" * 101})
+    assert prompt.status_code == 413 and "max_prompt_chars" in prompt.json()["message"]
+    messages = client.post("/v1/route", json={"messages": [{"role": "user", "content": "a" * 60}] * 2})
+    assert messages.status_code == 413
+    assert client.post("/v1/route", json={"prompt": "z" * 100}).status_code == 200
+    assert _count(client, "SELECT COUNT(*) FROM decisions") == 1
+
+
+# -- models -----------------------------------------------------------------------------------------------------
+def test_models_can_be_added_and_retired(client: TestClient) -> None:
+    spec = {"name": "house-model", "input_usd_per_mtok": 0.2, "output_usd_per_mtok": 0.4,
+            "tags": {"family": "openai", "tier": "small"}}
+    added = client.post("/v1/models", json=spec)
+    assert added.status_code == 201 and added.json()["name"] == "house-model"
+    assert client.post("/v1/models", json=spec).status_code == 409
+    listed = client.get("/v1/models").json()
+    assert "house-model" in [m["name"] for m in listed["models"]]
+    assert set(_route(client, models=["house-model", "gpt-4o"])["probabilities"]) == {"house-model", "gpt-4o"}
+    retired = client.delete("/v1/models/house-model")
+    assert retired.status_code == 200
+    assert client.get("/v1/models").json()["retired"] == ["house-model"]
+    assert client.delete("/v1/models/house-model").status_code == 404
+    assert client.post("/v1/route", json={"prompt": "x", "models": ["house-model"]}).status_code == 422
+    with _db(client) as conn:
+        assert conn.execute("SELECT action, name FROM model_events ORDER BY id").fetchall() == [
+            ("add", "house-model"), ("retire", "house-model")]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"name": "m", "input_usd_per_mtok": -1, "output_usd_per_mtok": 1}, "input_usd_per_mtok"),
+        ({"name": "m", "input_usd_per_mtok": 1}, "output_usd_per_mtok"),
+        ({"name": "has space", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}, "name"),
+        ({"name": "m", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1, "tags": {"a": 1}}, "tags.a"),
+        ({"name": "m", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1, "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_models_are_422(client: TestClient, spec: dict[str, Any], field: str) -> None:
+    reply = client.post("/v1/models", json=spec)
+    assert reply.status_code == 422 and reply.json()["field"] == field
+
+
+def test_the_last_model_cannot_be_retired(make_client: Callable[..., TestClient]) -> None:
+    models = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0))
+    client = make_client(models=models)
+    assert client.delete("/v1/models/a").status_code == 200
+    last = client.delete("/v1/models/b")
+    assert last.status_code == 409 and "last model" in last.json()["message"]
+
+
+# -- auth -------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def secured(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client(api_keys=Secrets((CLIENT_KEY,)), admin_keys=Secrets((ADMIN_KEY,)))
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("post", "/v1/route"), ("post", "/v1/feedback"), ("get", "/v1/decisions/x"), ("get", "/v1/models"),
+     ("post", "/v1/models"), ("delete", "/v1/models/gpt-4o"), ("get", "/v1/stats")],
+)
+@pytest.mark.parametrize("header", [None, "Bearer wrong-key-0123456789abcdef", f"Basic {CLIENT_KEY}", "Bearer "])
+def test_v1_routes_need_a_valid_key(secured: TestClient, method: str, path: str, header: str | None) -> None:
+    headers = {} if header is None else {"authorization": header}
+    reply = secured.request(method, path, headers=headers, json={"prompt": "x"})
+    assert reply.status_code == 401
+    assert reply.headers["www-authenticate"] == "Bearer"
+    assert reply.json()["error"] == "unauthorized"
+    assert "wrong-key" not in reply.text and CLIENT_KEY not in reply.text
+
+
+def test_keys_grant_their_roles(secured: TestClient) -> None:
+    decision = secured.post("/v1/route", json={"prompt": "x"}, headers=_auth(CLIENT_KEY))
+    assert decision.status_code == 200
+    feedback = {"decision_id": decision.json()["decision_id"], "quality": 0.5}
+    assert secured.post("/v1/feedback", json=feedback, headers=_auth(CLIENT_KEY)).status_code == 200
+    spec = {"name": "new-model", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}
+    forbidden = secured.post("/v1/models", json=spec, headers=_auth(CLIENT_KEY))
+    assert forbidden.status_code == 403 and forbidden.json()["error"] == "forbidden"
+    assert secured.delete("/v1/models/gpt-4o", headers=_auth(CLIENT_KEY)).status_code == 403
+    assert secured.post("/v1/models", json=spec, headers=_auth(ADMIN_KEY)).status_code == 201
+    assert secured.get("/v1/stats", headers=_auth(ADMIN_KEY)).status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert secured.get(path).status_code == 200
+
+
+def test_client_keys_without_admin_keys_cannot_change_models(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(api_keys=Secrets((CLIENT_KEY,)))
+    assert client.delete("/v1/models/gpt-4o", headers=_auth(CLIENT_KEY)).status_code == 403
+
+
+def test_prompts_and_keys_are_never_logged(secured: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    secured.post("/v1/route", json={"prompt": SECRET_PROMPT}, headers=_auth(CLIENT_KEY))
+    secured.post("/v1/route", json={"prompt": SECRET_PROMPT, "models": ["nope"]}, headers=_auth(CLIENT_KEY))
+    secured.post("/v1/route", json={"prompt": SECRET_PROMPT}, headers=_auth("not-a-key-0123456789abcdef"))
+    text = caplog.text + repr(secured.app.state.settings)  # type: ignore[attr-defined]
+    assert SECRET_PROMPT not in text and "launch code" not in text
+    assert CLIENT_KEY not in text and ADMIN_KEY not in text
+
+
+# -- reads, ops and errors --------------------------------------------------------------------------------------
+def test_stats_agree_with_the_database(client: TestClient) -> None:
+    ids = [_route(client, prompt=f"question {i}")["decision_id"] for i in range(6)]
+    for i, decision_id in enumerate(ids[:4]):
+        client.post("/v1/feedback", json={"decision_id": decision_id, "quality": i / 4, "cost_usd": 0.001})
+    stats = client.get("/v1/stats").json()
+    assert stats["decisions"] == 6 and stats["feedback_learned"] == 4 and stats["policy_version"] == 4
+    assert stats["feedback_rate"] == pytest.approx(4 / 6)
+    with _db(client) as conn:
+        per_model = dict(conn.execute("SELECT model, COUNT(*) FROM decisions GROUP BY model").fetchall())
+    assert {m["model"]: m["decisions"] for m in stats["models"]} == per_model
+    assert sum(m["share"] for m in stats["models"]) == pytest.approx(1.0)
+    assert sum(m["spend_usd"] or 0 for m in stats["models"]) == pytest.approx(0.004)
+
+
+def test_metrics_count_decisions_and_feedback(client: TestClient) -> None:
+    decision = _route(client)
+    client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5})
+    client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5})
+    text = client.get("/metrics").text
+    model = decision["model"]
+    assert f'bandit_router_decisions_total{{model="{model}"}} 1.0' in text
+    assert f'bandit_router_feedback_total{{model="{model}",status="applied"}} 1.0' in text
+    assert f'bandit_router_feedback_total{{model="{model}",status="duplicate"}} 1.0' in text
+    assert "bandit_router_route_latency_seconds_count 1.0" in text
+    assert "bandit_router_policy_version 1.0" in text
+    assert 'bandit_router_http_requests_total{code="200",route="/v1/feedback"} 2.0' in text
+    assert f'bandit_router_learned_reward_sum{{model="{model}"}}' in text
+
+
+def test_openapi_documents_the_bodies(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    route = schema["paths"]["/v1/route"]["post"]
+    assert route["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/RouteIn")
+    assert {"RouteIn", "FeedbackIn", "ModelIn", "MessageIn", "ErrorOut"} <= set(schema["components"]["schemas"])
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("get", "/nope", 404), ("put", "/v1/route", 405), ("get", "/v1/decisions/unknown", 404),
+     ("get", "/v1/decisions/" + "x" * 65, 422), ("delete", "/v1/models/unknown", 404)],
+)
+def test_every_error_is_json_with_a_message(client: TestClient, method: str, path: str, status: int) -> None:
+    reply = client.request(method, path)
+    assert reply.status_code == status
+    assert reply.headers["content-type"] == "application/json"
+    assert reply.json()["message"]
+
+
+def test_health_readiness_and_unavailable(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json()["status"] == "ready"
+    client.app.state.engine.stop()  # type: ignore[attr-defined]
+    assert client.get("/healthz").status_code == 200
+    not_ready = client.get("/readyz")
+    assert not_ready.status_code == 503 and not_ready.headers["retry-after"] == "1"
+    route = client.post("/v1/route", json={"prompt": "x"})
+    assert route.status_code == 503 and route.json()["error"] == "unavailable"

@@ -1,0 +1,216 @@
+"""Durable learning state, in process: checkpoints plus the log after them rebuild exactly the policy that a full
+replay of the stored feedback builds; concurrent calls neither lose nor double-learn feedback."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandit_router.config import Settings
+from bandit_router.service.engine import Engine, rebuild_router
+from bandit_router.store import SQLiteStore
+
+with warnings.catch_warnings():  # Starlette 1.10 asks for `httpx2`; the plain httpx of the dev extras still works
+    warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+    from fastapi.testclient import TestClient
+
+from bandit_router.service import create_app
+
+PROMPTS = [
+    "def quicksort(xs): return xs  # fix this Python function",
+    "Write a sonnet about the sea at night",
+    "Solve 3x + 7 = 22 for x",
+    "Translate 'good morning' into French",
+    "Summarise the plot of Hamlet in two lines",
+]
+
+
+class Service:
+    """A TestClient on one database, restartable."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client = TestClient(create_app(settings))
+        self.client.__enter__()
+        deadline = time.monotonic() + 10
+        while self.client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    @property
+    def engine(self) -> Engine:
+        engine: Engine = self.client.app.state.engine  # type: ignore[attr-defined]
+        return engine
+
+    def round(self, i: int, **route: Any) -> dict[str, Any]:
+        decision = self.client.post("/v1/route", json={"prompt": PROMPTS[i % len(PROMPTS)] + f" #{i}", **route})
+        assert decision.status_code == 200, decision.text
+        quality = ((i * 37) % 100) / 100
+        reply = self.client.post("/v1/feedback", json={"decision_id": decision.json()["decision_id"],
+                                                       "quality": quality, "output_tokens": 50 + i})
+        assert reply.status_code == 200, reply.text
+        return dict(reply.json())
+
+    def crash(self) -> None:
+        """Stop without the final checkpoint (what kill -9 leaves behind), then close."""
+        self.engine.stop(checkpoint=False)
+        self.client.__exit__(None, None, None)
+
+    def close(self) -> None:
+        self.client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Iterator[Settings]:
+    yield Settings(db=tmp_path / "recovery.db", seed=11, checkpoint_interval=7)
+
+
+def _replayed(settings: Settings) -> np.ndarray:
+    store = SQLiteStore(settings.db)
+    try:
+        return rebuild_router(settings, store).weights()
+    finally:
+        store.close()
+
+
+def _learned(settings: Settings) -> int:
+    with sqlite3.connect(settings.db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM feedback WHERE learn = 1").fetchone()[0])
+
+
+def test_restart_restores_checkpoint_plus_log_equal_to_full_replay(settings: Settings) -> None:
+    service = Service(settings)
+    for i in range(12):
+        service.round(i)
+    spec = {"name": "house-model", "input_usd_per_mtok": 0.3, "output_usd_per_mtok": 0.6,
+            "tags": {"family": "openai", "tier": "small"}}
+    assert service.client.post("/v1/models", json=spec).status_code == 201
+    for i in range(12, 30):
+        service.round(i, models=["house-model", "gpt-4o-mini", "claude-haiku-4-5"])
+    assert service.client.delete("/v1/models/claude-haiku-4-5").status_code == 200
+    for i in range(30, 45):
+        service.round(i)
+    live = service.engine.router.weights()
+    live_models = [m.name for m in service.engine.router.models]
+    assert np.count_nonzero(live) > 100
+    assert np.array_equal(live, _replayed(settings))
+    service.crash()
+
+    with sqlite3.connect(settings.db) as conn:
+        newest = conn.execute("SELECT MAX(seq) FROM checkpoints").fetchone()[0]
+    assert 0 < newest < 45  # the last rows are only in the log
+
+    restarted = Service(settings)
+    recovery = restarted.engine.recovery
+    assert recovery["checkpoint_seq"] == newest and recovery["replayed"] == 45 - newest
+    assert restarted.engine.router.version == 45 == _learned(settings)
+    assert [m.name for m in restarted.engine.router.models] == live_models
+    assert restarted.client.get("/v1/models").json()["retired"] == ["claude-haiku-4-5"]
+    assert np.array_equal(restarted.engine.router.weights(), live)
+    for i in range(45, 50):
+        restarted.round(i)
+    assert np.array_equal(restarted.engine.router.weights(), _replayed(settings))
+    restarted.close()
+
+
+def test_a_corrupt_checkpoint_is_skipped(settings: Settings) -> None:
+    service = Service(settings)
+    for i in range(30):
+        service.round(i)
+    live = service.engine.router.weights()
+    service.crash()
+    with sqlite3.connect(settings.db) as conn:
+        newest, older = conn.execute("SELECT seq FROM checkpoints ORDER BY seq DESC LIMIT 2").fetchall()
+        conn.execute("UPDATE checkpoints SET state = X'00' WHERE seq = ?", newest)
+    restarted = Service(settings)
+    assert restarted.engine.recovery["checkpoint_seq"] == older[0]
+    assert np.array_equal(restarted.engine.router.weights(), live)
+    restarted.close()
+
+
+def test_other_policy_settings_replay_the_whole_log(settings: Settings) -> None:
+    service = Service(settings)
+    for i in range(20):
+        service.round(i)
+    service.close()
+    changed = settings.replace(policy_settings={"gamma_scale": 50.0})
+    restarted = Service(changed)
+    assert restarted.engine.recovery["checkpoint_seq"] is None
+    assert restarted.engine.recovery["replayed"] == 20
+    assert np.array_equal(restarted.engine.router.weights(), _replayed(changed))
+    restarted.close()
+
+
+def test_concurrent_calls_lose_nothing_and_learn_each_feedback_once(settings: Settings) -> None:
+    service = Service(settings.replace(checkpoint_interval=25))
+    client = service.client
+    results: dict[str, list[tuple[int, str]]] = {"same": [], "different": []}
+    lock = threading.Lock()
+
+    def worker(w: int) -> None:
+        for i in range(15):
+            reply = client.post("/v1/route", json={"prompt": f"{PROMPTS[(w + i) % 5]} {w}-{i}"})
+            decision_id = reply.json()["decision_id"]
+            body = {"decision_id": decision_id, "quality": ((w * 15 + i) % 10) / 10}
+            if i % 5 == 0:  # the same feedback twice, at once
+                replies = _parallel(lambda body=body: client.post("/v1/feedback", json=body), 2)
+                with lock:
+                    results["same"] += [(r.status_code, r.json().get("status", "")) for r in replies]
+            elif i % 5 == 1:  # two different feedbacks at once: one wins, one conflicts
+                other = {**body, "quality": 1.0 - body["quality"] / 2}
+                replies = _parallel_each([lambda body=body: client.post("/v1/feedback", json=body),
+                                          lambda other=other: client.post("/v1/feedback", json=other)])
+                with lock:
+                    results["different"] += [(r.status_code, r.json().get("status", "")) for r in replies]
+            else:
+                assert client.post("/v1/feedback", json=body).json()["status"] == "applied"
+
+    _parallel_each([lambda w=w: worker(w) for w in range(6)])
+    same = sorted(results["same"])
+    assert same.count((200, "applied")) == len(same) // 2 and same.count((200, "duplicate")) == len(same) // 2
+    different = sorted(results["different"])
+    assert [code for code, _ in different].count(200) == len(different) // 2
+    assert [code for code, _ in different].count(409) == len(different) // 2
+    with sqlite3.connect(settings.db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 90
+        assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT decision_id) FROM feedback WHERE learn = 1").fetchone() \
+            == (90, 90)
+        seqs = [r[0] for r in conn.execute("SELECT seq FROM feedback ORDER BY seq")]
+    assert seqs == list(range(1, 91))
+    assert service.engine.router.version == 90
+    assert np.array_equal(service.engine.router.weights(), _replayed(settings))
+    service.close()
+
+
+def _parallel(call: Any, n: int) -> list[Any]:
+    return _parallel_each([call] * n)
+
+
+def _parallel_each(calls: list[Any]) -> list[Any]:
+    out: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(calls))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            out[i] = calls[i]()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out

@@ -1,0 +1,198 @@
+"""Settings: the TOML file, `BANDIT_ROUTER_*` overrides, command-line overrides, key files, clear errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bandit_router.config import KEYS, ConfigError, Secrets, Settings, describe_keys, load_settings
+
+KEY_A = "a" * 20
+KEY_B = "b" * 20
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_file_or_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(env={})
+    assert settings == Settings()
+    assert (settings.host, settings.port, settings.db) == ("127.0.0.1", 8000, Path("bandit-router.db"))
+    assert settings.synchronous == "normal" and not settings.store_prompts and not settings.auth_enabled
+    assert len(settings.load_catalog()) >= 5
+
+
+def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
+    config = _write(
+        tmp_path / "br.toml",
+        """
+port = 9000
+db = "data/br.db"
+policy = "linucb"
+cost_weight = 5
+reward_window_s = 60
+default_reward = 0.2
+aggregation = "EARLIEST"
+store_prompts = true
+[policy_settings]
+alpha = 0.5
+""",
+    )
+    settings = load_settings(config, env={"BANDIT_ROUTER_PORT": "9100", "BANDIT_ROUTER_COST_WEIGHT": "7.5"})
+    assert settings.port == 9100 and settings.cost_weight == 7.5
+    assert settings.db == tmp_path / "data" / "br.db"  # relative to the file
+    assert settings.policy == "linucb" and settings.policy_settings == {"alpha": 0.5}
+    assert (settings.reward_window_s, settings.default_reward, settings.aggregation) == (60.0, 0.2, "earliest")
+    assert settings.store_prompts is True
+    cli = load_settings(config, env={"BANDIT_ROUTER_PORT": "9100"}, overrides={"port": 9200, "db": "x.db"})
+    assert cli.port == 9200 and cli.db == Path("x.db")
+
+
+def test_config_file_from_environment_and_default_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path / "other.toml", "port = 9001\n")
+    assert load_settings(env={"BANDIT_ROUTER_CONFIG": str(tmp_path / "other.toml")}).port == 9001
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "bandit-router.toml", "port = 9002\n")
+    assert load_settings(env={}).port == 9002
+
+
+def test_inline_models_and_catalog_file(tmp_path: Path) -> None:
+    inline = _write(
+        tmp_path / "inline.toml",
+        """
+[[models]]
+name = "small"
+input_usd_per_mtok = 0.1
+output_usd_per_mtok = 0.2
+tags = { tier = "small" }
+[[models]]
+name = "large"
+input_usd_per_mtok = 2
+output_usd_per_mtok = 8
+""",
+    )
+    assert load_settings(inline, env={}).load_catalog().names == ("small", "large")
+    catalog = _write(tmp_path / "catalog.toml", inline.read_text())
+    from_file = load_settings(_write(tmp_path / "c.toml", 'catalog = "catalog.toml"\n'), env={})
+    assert from_file.catalog == catalog and from_file.load_catalog().names == ("small", "large")
+    replaced = load_settings(inline, env={"BANDIT_ROUTER_CATALOG": str(catalog)})
+    assert replaced.models == () and replaced.load_catalog().names == ("small", "large")
+
+
+def test_keys_come_from_environment_and_files_and_are_never_shown(tmp_path: Path) -> None:
+    keyfile = _write(tmp_path / "keys", f"# client keys\n{KEY_B}\n\n")
+    os.chmod(keyfile, 0o600)
+    admin = _write(tmp_path / "admin", f"{'c' * 24}\n")
+    config = _write(tmp_path / "k.toml", f'api_keys_file = "keys"\nadmin_keys_file = "{admin}"\n')
+    settings = load_settings(config, env={"BANDIT_ROUTER_API_KEYS": f" {KEY_A} ,"})
+    assert set(settings.api_keys.reveal()) == {KEY_A, KEY_B}
+    assert settings.admin_keys.reveal() == ("c" * 24,)
+    assert settings.auth_enabled
+    shown = repr(settings) + str(settings.api_keys)
+    assert KEY_A not in shown and KEY_B not in shown and "c" * 24 not in shown
+    assert "2 keys" in str(settings.api_keys)
+
+
+_BAD_FILES = [
+    ("colour = 'red'\n", "unknown keys"),
+    ("port = 0\n", "port"),
+    ("port = true\n", "port: must be an integer"),
+    ("port = '80'\n", "port: must be an integer"),
+    ("cost_weight = -1\n", "cost_weight"),
+    ("cost_weight = nan\n", "cost_weight"),
+    ("cost_weight = inf\n", "cost_weight"),
+    ("synchronous = 'off'\n", "synchronous"),
+    ("aggregation = 'sum'\n", "aggregation"),
+    ("default_reward = 0.5\n", "default_reward: needs reward_window_s"),
+    ("reward_window_s = 10\ndefault_reward = 2\n", "default_reward"),
+    ("aggregation = 'average'\n", "average needs reward_window_s"),
+    ("reward_window_s = 0\n", "reward_window_s"),
+    ("policy = 'no-such-policy'\n", "policy"),
+    ("policy = 'vw-squarecb'\n[policy_settings]\nno_such_setting = 1\n", "policy"),
+    ("store_prompts = 'yes'\n", "store_prompts"),
+    ("checkpoint_interval = 0\n", "checkpoint_interval"),
+    ("max_body_bytes = 10\n", "max_body_bytes"),
+    ("workers = 0\n", "workers"),
+    (f"api_keys = ['{KEY_A}']\n", "do not belong in the configuration file"),
+    ("api_keys_file = 'missing-file'\n", "api_keys_file: cannot read"),
+    ("catalog = 'missing.toml'\n", "catalog"),
+    ("catalog = 'x.toml'\n[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n", "not both"),
+    ("[[models]]\nname = 'm'\ninput_usd_per_mtok = -1\noutput_usd_per_mtok = 1\n", "models"),
+    ("port = \n", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), _BAD_FILES, ids=[t.split("\n")[0][:30] for t, _ in _BAD_FILES])
+def test_bad_files_raise_config_errors_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(_write(tmp_path / "bad.toml", text), env={})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("BANDIT_ROUTER_PORT", "eighty", "BANDIT_ROUTER_PORT: port: must be an integer"),
+        ("BANDIT_ROUTER_COST_WEIGHT", "cheap", "BANDIT_ROUTER_COST_WEIGHT"),
+        ("BANDIT_ROUTER_STORE_PROMPTS", "maybe", "BANDIT_ROUTER_STORE_PROMPTS"),
+        ("BANDIT_ROUTER_POLICY_SETTINGS", "[1", "must be a JSON object"),
+        ("BANDIT_ROUTER_API_KEYS", "short", "at least 16 characters"),
+        ("BANDIT_ROUTER_ADMIN_KEYS", "has a space in the key", "printable ASCII"),
+    ],
+)
+def test_bad_environment_raises_config_errors(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env={variable: value})
+
+
+def test_environment_parses_every_kind(tmp_path: Path) -> None:
+    env = {
+        "BANDIT_ROUTER_ACCESS_LOG": "yes",
+        "BANDIT_ROUTER_SEED": "",
+        "BANDIT_ROUTER_REWARD_WINDOW_S": "30",
+        "BANDIT_ROUTER_DEFAULT_REWARD": "0.1",
+        "BANDIT_ROUTER_POLICY_SETTINGS": '{"gamma_scale": 50}',
+        "BANDIT_ROUTER_SYNCHRONOUS": "FULL",
+        "BANDIT_ROUTER_DB": str(tmp_path / "e.db"),
+        "BANDIT_ROUTER_NOT_A_KEY": "ignored with a warning",
+    }
+    settings = load_settings(env=env)
+    assert settings.access_log is True and settings.seed is None
+    assert settings.reward_window_s == 30.0 and settings.default_reward == 0.1
+    assert settings.policy_settings == {"gamma_scale": 50} and settings.synchronous == "full"
+    assert settings.db == tmp_path / "e.db"
+
+
+def test_settings_validate_when_built_directly() -> None:
+    with pytest.raises(ConfigError, match="port"):
+        Settings(port=70000)
+    with pytest.raises(ConfigError, match="api_keys"):
+        Settings(api_keys=Secrets(("short",)))
+    assert Settings().replace(port=1234).port == 1234
+
+
+def test_every_key_is_described() -> None:
+    table = describe_keys()
+    for name in KEYS:
+        assert f"`{name}`" in table
+
+
+def test_the_readme_keys_table_is_current() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "readme" / "30-service.md").read_text(encoding="utf-8")
+    assert describe_keys() in readme
+
+
+def test_the_readme_example_configuration_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "readme" / "30-service.md").read_text(encoding="utf-8")
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = _write(tmp_path / "bandit-router.toml", example)
+    _write(tmp_path / "catalog.toml", "[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n")
+    _write(tmp_path / "client-keys", KEY_A + "\n")
+    _write(tmp_path / "admin-keys", KEY_B + "\n")
+    settings = load_settings(config, env={})
+    assert settings.synchronous == "full" and settings.policy_settings == {"gamma_scale": 20}
+    assert settings.default_reward == 0.5 and settings.api_keys.reveal() == (KEY_A,)

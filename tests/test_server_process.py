@@ -1,0 +1,321 @@
+"""A real `bandit-router serve` process on a free 127.0.0.1 port: learning under concurrent clients, `kill -9`
+in the middle of a feedback stream, several workers, and the README's curl round trip."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from bandit_router.config import Settings
+from bandit_router.service.engine import build_router, fingerprint, rebuild_router
+from bandit_router.store import SQLiteStore
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 5
+CODE = ["Fix this Python function: def mean(xs): return sum(xs) / len(x)",
+        "Why does this JavaScript loop print 5 five times? for (var i = 0; i < 5; i++) setTimeout(() => log(i))",
+        "Write a SQL query joining orders and customers, grouped by month",
+        "Refactor this Go struct to use an interface for the storage backend",
+        "Explain the segfault in this C code: char *p = NULL; strcpy(p, buf);"]
+POEMS = ["Write a short poem about the sea at dawn",
+         "Compose a haiku about autumn leaves falling in the rain",
+         "Write a limerick about a cat who learned to fly",
+         "A sonnet about a lighthouse keeper and the winter storms",
+         "Write four rhyming lines about a city asleep under snow"]
+PAIR = ["gpt-4o-mini", "claude-haiku-4-5"]
+BEST = {"code": "gpt-4o-mini", "poem": "claude-haiku-4-5"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`bandit-router serve` in its own process group; always killed at the end of the test."""
+
+    def __init__(self, folder: Path, db: Path, *, workers: int = 1, env: dict[str, str] | None = None,
+                 default_db: bool = False) -> None:
+        self.folder, self.db, self.port = folder, db, _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        script = Path(sys.executable).with_name("bandit-router")  # the installed command, as `make run` uses it
+        serve = [str(script)] if script.exists() else [sys.executable, "-m", "bandit_router.cli"]
+        command = [*serve, "serve", "--port", str(self.port)]
+        if not default_db:
+            command += ["--db", str(db)]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_ROUTER_")}
+        full_env = {**clean, "BANDIT_ROUTER_SEED": str(SEED), "BANDIT_ROUTER_LOG_LEVEL": "warning", **(env or {})}
+        self.log = open(folder / f"server-{self.port}.log", "wb")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen(command, cwd=folder, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {(self.folder / f'server-{self.port}.log').read_text()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("the server did not become ready")
+
+    def kill9(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self) -> None:
+        """SIGTERM: a clean shutdown (queued work finished, final checkpoint)."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):  # the whole group: also the workers of a terminated parent
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self.log.close()
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def start(**kwargs: Any) -> Server:
+        server = Server(tmp_path, tmp_path / "router.db", **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _settings(db: Path, **changes: Any) -> Settings:
+    return Settings(db=db, seed=SEED, **changes)
+
+
+def _world_quality(kind: str, model: str, rng: np.random.Generator) -> float:
+    """The better model for the prompt's kind scores 0.6, the other 0.4, with noise σ = 0.1."""
+    base = 0.6 if BEST[kind] == model else 0.4
+    return float(np.clip(base + rng.normal(0, 0.1), 0, 1))
+
+
+def _rounds(url: str, n: int, seed: int, log: list[tuple[float, str, str]], stop: threading.Event) -> None:
+    """`n` route → feedback rounds in a world where the better model depends on the prompt."""
+    rng = np.random.default_rng(seed)
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(n):
+            if stop.is_set():
+                return
+            kind = "code" if rng.random() < 0.5 else "poem"
+            prompt = (CODE if kind == "code" else POEMS)[int(rng.integers(5))] + f" (#{seed}-{i})"
+            decision = client.post("/v1/route", json={"prompt": prompt, "models": PAIR, "cost_weight": 0.0}).json()
+            quality = _world_quality(kind, decision["model"], rng)
+            reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": quality})
+            assert reply.status_code == 200 and reply.json()["status"] == "applied"
+            log.append((time.monotonic(), decision["model"], kind))
+
+
+def test_learning_under_concurrent_clients(servers: Callable[..., Server], tmp_path: Path) -> None:
+    server = servers()
+    server.wait_ready()
+    log: list[tuple[float, str, str]] = []
+    threads = [threading.Thread(target=_rounds, args=(server.url, 500, seed, log, threading.Event()))
+               for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(log) == 2000
+    log.sort()
+    better = [model == BEST[kind] for _, model, kind in log]
+    first, last = np.mean(better[:100]), np.mean(better[-400:])
+    print(f"share of the better model: first 100 rounds {first:.3f}, last 400 {last:.3f}")
+    assert last > 0.9 and last > first + 0.1, (first, last)
+
+    stats = httpx.get(server.url + "/v1/stats").json()
+    with sqlite3.connect(tmp_path / "router.db") as conn:
+        per_model = dict(conn.execute("SELECT model, COUNT(*) FROM decisions GROUP BY model").fetchall())
+        learned = dict(conn.execute("SELECT model, COUNT(*) FROM feedback WHERE learn = 1 GROUP BY model").fetchall())
+        quality = dict(conn.execute("SELECT model, AVG(quality) FROM feedback WHERE learn = 1 GROUP BY model"))
+    assert stats["decisions"] == 2000 == sum(per_model.values())
+    assert {m["model"]: m["decisions"] for m in stats["models"]} == per_model
+    assert {m["model"]: m["feedback"] for m in stats["models"]} == learned
+    for m in stats["models"]:
+        assert m["mean_quality"] == pytest.approx(quality[m["model"]])
+    assert stats["feedback_learned"] == 2000 == stats["policy_version"]
+    assert stats["feedback_by_status"] == {"applied": 2000}
+
+
+def test_kill_9_mid_stream_then_restart(servers: Callable[..., Server], tmp_path: Path) -> None:
+    db = tmp_path / "router.db"
+    env = {"BANDIT_ROUTER_CHECKPOINT_INTERVAL": "50"}
+    server = servers(env=env)
+    server.wait_ready()
+    acked: list[tuple[str, int, str]] = []
+    stop = threading.Event()
+
+    def stream(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    decision = client.post("/v1/route", json={"prompt": POEMS[int(rng.integers(5))] + f" {seed}",
+                                                              "models": PAIR})
+                    body = {"decision_id": decision.json()["decision_id"], "quality": float(rng.random())}
+                    reply = client.post("/v1/feedback", json=body)
+                except httpx.HTTPError:
+                    return
+                if reply.status_code == 200:
+                    acked.append((body["decision_id"], reply.json()["seq"], reply.json()["status"]))
+
+    threads = [threading.Thread(target=stream, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(acked) < 300 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.kill9()  # requests are in flight
+    stop.set()
+    for t in threads:
+        t.join()
+    assert len(acked) >= 300
+
+    with sqlite3.connect(db) as conn:
+        stored = {row[0]: (row[1], row[2]) for row in
+                  conn.execute("SELECT decision_id, seq, status FROM feedback WHERE learn = 1")}
+        total, distinct = conn.execute("SELECT COUNT(*), COUNT(DISTINCT decision_id) FROM feedback").fetchone()
+        checkpoints = conn.execute("SELECT COUNT(*), MAX(seq) FROM checkpoints").fetchone()
+    for decision_id, seq, status in acked:  # every acknowledged feedback is there, with its seq
+        assert stored[decision_id] == (seq, status)
+    assert total == distinct == len(stored)  # nothing stored twice
+    assert checkpoints[0] >= 1 and checkpoints[1] <= max(seq for seq, _ in stored.values())
+
+    restarted = servers(env=env)
+    assert restarted.wait_ready() < 10.0
+    recovery = httpx.get(restarted.url + "/readyz").json()["recovery"]
+    assert recovery["checkpoint_seq"] == checkpoints[1]
+    assert httpx.get(restarted.url + "/v1/stats").json()["policy_version"] == len(stored)
+
+    after: list[tuple[float, str, str]] = []
+    _rounds(restarted.url, 30, 99, after, threading.Event())
+    restarted.terminate()  # a clean stop writes a checkpoint of the restored-then-updated policy
+    settings = _settings(db, checkpoint_interval=50)
+    store = SQLiteStore(db)
+    try:
+        with store.read() as reader:
+            newest = reader.checkpoints(fingerprint(settings))[0]
+            state = reader.checkpoint_state(newest.id)
+            head = reader.head()
+        assert (newest.seq, newest.version) == (head[0], len(stored) + 30)
+        restored = build_router(settings)
+        restored.restore(state)
+        assert np.array_equal(restored.weights(), rebuild_router(settings, store).weights())
+    finally:
+        store.close()
+
+
+def test_two_workers_share_the_log(servers: Callable[..., Server], tmp_path: Path) -> None:
+    db = tmp_path / "router.db"
+    server = servers(workers=2)
+    server.wait_ready()
+    errors: list[str] = []
+
+    def client_loop(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        # A new connection per request, so that both workers serve routes and feedback of the same decisions.
+        with httpx.Client(base_url=server.url, timeout=30, headers={"connection": "close"}) as client:
+            for i in range(40):
+                kind = "code" if rng.random() < 0.5 else "poem"
+                prompt = (CODE if kind == "code" else POEMS)[int(rng.integers(5))] + f" [{seed}.{i}]"
+                decision = client.post("/v1/route", json={"prompt": prompt, "models": PAIR}).json()
+                body = {"decision_id": decision["decision_id"],
+                        "quality": _world_quality(kind, decision["model"], rng)}
+                first = client.post("/v1/feedback", json=body)
+                again = client.post("/v1/feedback", json=body)
+                if (first.json().get("status"), again.json().get("status")) != ("applied", "duplicate"):
+                    errors.append(f"{first.text} / {again.text}")
+
+    threads = [threading.Thread(target=client_loop, args=(seed,)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT decision_id) FROM feedback").fetchone() == (160, 160)
+        assert [r[0] for r in conn.execute("SELECT seq FROM feedback ORDER BY seq")] == list(range(1, 161))
+    versions: dict[int, int] = {}
+    deadline = time.monotonic() + 15
+    with httpx.Client(base_url=server.url, headers={"connection": "close"}) as client:
+        while time.monotonic() < deadline:  # each worker (the kernel hands it new connections) follows the log
+            stats = client.get("/v1/stats").json()
+            versions[stats["pid"]] = stats["policy_version"]
+            if len(versions) == 2 and set(versions.values()) == {160}:
+                break
+            time.sleep(0.02)
+    assert len(versions) == 2 and set(versions.values()) == {160}, versions
+    server.terminate()
+    settings = _settings(db)
+    store = SQLiteStore(db)
+    try:
+        with store.read() as reader:
+            newest = reader.checkpoints(fingerprint(settings))[0]
+            state = reader.checkpoint_state(newest.id)
+        assert newest.seq == 160
+        restored = build_router(settings)
+        restored.restore(state)
+        assert np.array_equal(restored.weights(), rebuild_router(settings, store).weights())
+    finally:
+        store.close()
+
+
+def test_readme_examples_work_as_written(servers: Callable[..., Server], tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "readme" / "30-service.md").read_text()
+    blocks = dict(re.findall(r"<!-- tested: ([\w-]+).*?-->\s*```sh\n(.*?)```", text, re.S))
+    assert set(blocks) == {"round-trip", "route-options", "models", "backup"}
+    if shutil.which("sqlite3") is None:
+        del blocks["backup"]  # the sqlite3 command-line shell is not installed here
+    server = servers(default_db=True)  # `make run`: no --db, the database is ./bandit-router.db
+    server.wait_ready()
+    outputs = {}
+    for name, block in blocks.items():
+        script = "set -euo pipefail\n" + block.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert done.returncode == 0, (name, done.stderr)
+        assert '"error"' not in done.stdout, (name, done.stdout)
+        outputs[name] = done.stdout
+    assert '"status":"applied"' in outputs["round-trip"] and '"feedback_learned":1' in outputs["round-trip"]
+    assert '"retired":"my-finetune"' in outputs["models"]
+    assert (tmp_path / "bandit-router.db").exists()
+    backups = list(tmp_path.glob("backup-*.db"))
+    if "backup" in blocks:
+        assert len(backups) == 2
+        for backup in backups:
+            with sqlite3.connect(backup) as conn:
+                assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 2
