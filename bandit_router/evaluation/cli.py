@@ -1,0 +1,172 @@
+"""`bandit-router evaluate` and `bandit-router export`: counterfactual evaluation and DSJSON export of a service
+database (the decisions the service stored, joined with the feedback it learned)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..catalog import ModelSpec
+from ..config import ConfigError, load_settings
+from ..errors import BanditRouterError
+from ..store import SQLiteStore, StoreError
+from .store_log import iter_log, model_specs, shadow_names
+
+EVALUATE_HELP = """Estimate, from a service database alone, what other policies would have earned on its traffic.
+
+Every decision with learned feedback is replayed: each candidate's pmf is recomputed on the stored context
+features, and IPS, clipped IPS, SNIPS, DM and DR estimate its reward (quality − λ·cost), quality and cost, with
+95% intervals and the effective sample size (ESS). The logged policy, uniform random and each fixed model are
+always reported too. A ⚠ marks an estimate whose overlap with the log is too poor to trust.
+
+CANDIDATE := logged | shadow:NAME | POLICY\\[@lambda=λ,seed=N,…]   e.g. linucb:alpha=0.5  vw-greedy@lambda=40
+
+Example: bandit-router evaluate --db bandit-router.db --candidates linucb:alpha=0.5 fixed:gpt-4o --out eval/
+"""
+
+EXPORT_HELP = """Export a service database's decisions with feedback as Vowpal Wabbit decision-service JSON (DSJSON).
+
+One line per decision with learned feedback: _label_cost = −reward, the logged probability, the actions with
+their logged probabilities, the stored hashed context features. Train or evaluate with VW, e.g.
+`vw --cb_explore_adf --dsjson -q sa -d log.dsjson`.
+
+Example: bandit-router export --db bandit-router.db --format dsjson --out log.dsjson
+"""
+
+
+def _fail(command: str, message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"bandit-router {command}: {message}", err=True)
+    return typer.Exit(code)
+
+
+def open_store(db: Path) -> SQLiteStore:
+    """The service database at `db`; it must exist (evaluation never creates one)."""
+    if not db.is_file():
+        raise StoreError(f"no database at {db}")
+    return SQLiteStore(db)
+
+
+def _catalog(config: Path | None) -> list[ModelSpec]:
+    return list(load_settings(config).load_catalog())
+
+
+def evaluate(
+    db: Annotated[Path, typer.Option("--db", help="The service's SQLite database.")],
+    candidates: Annotated[
+        list[str] | None,
+        typer.Option("--candidates", "-C", help="Candidate policy (repeatable; more may follow as arguments)."),
+    ] = None,
+    more: Annotated[list[str] | None, typer.Argument(help="More candidates.", show_default=False)] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write evaluation.json, evaluation.md, evaluation.png here.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="The service's TOML settings (for its model catalog).")
+    ] = None,
+    estimators: Annotated[
+        str, typer.Option(help="Comma-separated estimators: ips, clipped-ips, snips, dm, dr.")
+    ] = "ips,clipped-ips,snips,dm,dr",
+    mode: Annotated[str, typer.Option(help="How replayed policies learn: learning, frozen or replay.")] = "learning",
+    reward_lambda: Annotated[
+        str, typer.Option(help="λ of the reward: 'logged' (each request's own), 'candidate', or a number.")
+    ] = "logged",
+    baselines: Annotated[bool, typer.Option(help="Also report logged, random and fixed:<model>.")] = True,
+    confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Seed of the replays, bootstraps and cross-fitting.")] = 0,
+) -> None:
+    from .evaluate import evaluate_log
+    from .report import format_table, write_evaluation
+
+    specs_given = [*(candidates or []), *(more or [])]
+    lam: float | str = reward_lambda
+    if reward_lambda not in ("logged", "candidate"):
+        try:
+            lam = float(reward_lambda)
+        except ValueError:
+            message = f"--reward-lambda: expected logged, candidate or a number, not {reward_lambda!r}"
+            raise _fail("evaluate", message) from None
+    try:
+        catalog = _catalog(config)
+        store = open_store(db)
+        try:
+            records = list(iter_log(store))
+            specs = model_specs(store, catalog)
+        finally:
+            store.close()
+        if not any(r.outcome is not None for r in records):
+            raise _fail("evaluate", f"{db} holds no decision with learned feedback: nothing to evaluate", 1)
+        shadows, partial = shadow_names(records)
+        for name in partial:
+            typer.echo(f"warning: shadow {name!r} was not logged with every decision; not evaluated", err=True)
+        specs_given += [f"shadow:{name}" for name in shadows if f"shadow:{name}" not in specs_given]
+        evaluation = evaluate_log(
+            records,
+            specs_given,
+            models=specs,
+            estimators=[e.strip() for e in estimators.split(",") if e.strip()],
+            mode=mode,
+            baselines=baselines,
+            reward_lambda=lam,
+            confidence=confidence,
+            seed=seed,
+        )
+    except (ConfigError, StoreError, BanditRouterError) as exc:
+        raise _fail("evaluate", str(exc)) from None
+    typer.echo(
+        f"{evaluation.n_evaluated} decisions with feedback evaluated ({evaluation.n_logged} logged), "
+        f"models: {', '.join(evaluation.models)}"
+    )
+    typer.echo(format_table(evaluation))
+    for warning in evaluation.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    poor = sorted({r.candidate for r in evaluation.records if r.warnings})
+    if poor:
+        typer.echo(f"warning: overlap too poor to trust the estimates of: {', '.join(poor)} (⚠ in the table)", err=True)
+    if out is not None:
+        write_evaluation(out, evaluation)
+        typer.echo(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'}, {out / 'evaluation.png'}")
+
+
+def export(
+    db: Annotated[Path, typer.Option("--db", help="The service's SQLite database.")],
+    format: Annotated[str, typer.Option("--format", help="Output format (dsjson).")] = "dsjson",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: standard output).")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="The service's TOML settings (for its model catalog).")
+    ] = None,
+    label: Annotated[str, typer.Option(help="What the cost label is: reward or quality.")] = "reward",
+    include_unlabeled: Annotated[bool, typer.Option(help="Also export decisions without feedback.")] = False,
+) -> None:
+    from .dsjson import export_dsjson
+
+    if format != "dsjson":
+        raise _fail("export", f"--format: only 'dsjson' is supported, not {format!r}")
+    try:
+        catalog = _catalog(config)
+        store = open_store(db)
+        try:
+            specs = model_specs(store, catalog)
+            records = iter_log(store)
+            if out is None:
+                written = export_dsjson(
+                    records, sys.stdout, specs=specs, label=label, include_unlabeled=include_unlabeled
+                )
+            else:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with out.open("w", encoding="utf-8") as fp:
+                    written = export_dsjson(records, fp, specs=specs, label=label, include_unlabeled=include_unlabeled)
+        finally:
+            store.close()
+    except (ConfigError, StoreError, BanditRouterError, OSError) as exc:
+        raise _fail("export", str(exc)) from None
+    if out is not None:
+        typer.echo(f"wrote {written} events to {out}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `evaluate` and `export` to the `bandit-router` command."""
+    app.command("evaluate", help=EVALUATE_HELP)(evaluate)
+    app.command("export", help=EXPORT_HELP)(export)

@@ -1,0 +1,66 @@
+"""A service database as an evaluation log: every stored decision joined with the feedback the service learned
+for it and the shadow policies' pmfs logged next to it (`LoggedRecord`s), and the specs of its models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from ..catalog import ModelSpec
+from ..store import Store
+from .log import LoggedRecord
+
+PAGE = 2000
+
+
+def iter_log(store: Store, *, page: int = PAGE) -> Iterator[LoggedRecord]:
+    """Every stored decision in storage order with its learned feedback (the outcome the policy learned, its
+    realised cost, when it arrived) and its shadow pmfs; `outcome` is None while no feedback was learned."""
+    position = 0
+    while True:
+        with store.read() as reader:
+            rows = reader.decisions_after(position, page)
+            if not rows:
+                return
+            ids = [stored.decision.decision_id for _, stored in rows]
+            feedback = reader.feedback_for_many(ids)
+            shadows = reader.shadow_pmfs_for_many(ids)
+        position = rows[-1][0]
+        for _, stored in rows:
+            decision = stored.decision
+            k = len(decision.models)
+            shadow = {name: tuple(p) for name, p in shadows.get(decision.decision_id, {}).items() if len(p) == k}
+            learned = [f for f in feedback.get(decision.decision_id, []) if f.learn]
+            if not learned:
+                yield LoggedRecord(decision, shadow_pmfs=shadow)
+                continue
+            last = learned[-1]
+            yield LoggedRecord(
+                decision,
+                last.outcome(),
+                cost_usd=last.realised_cost_usd,
+                feedback_at=last.received_at,
+                shadow_pmfs=shadow,
+            )
+
+
+def model_specs(store: Store, catalog: Iterable[ModelSpec]) -> dict[str, ModelSpec]:
+    """The catalog's models and every model added at run time (their specs are in the model events)."""
+    specs = {spec.name: spec for spec in catalog}
+    with store.read() as reader:
+        for event in reader.model_events_after(0):
+            if event.action == "add" and event.spec is not None:
+                specs[event.spec.name] = event.spec
+    return specs
+
+
+def shadow_names(records: Iterable[LoggedRecord]) -> tuple[list[str], list[str]]:
+    """Shadow names logged with every record that has feedback, and those logged with only some of them."""
+    counts: dict[str, int] = {}
+    n = 0
+    for record in records:
+        if record.outcome is None:
+            continue
+        n += 1
+        for name in record.shadow_pmfs:
+            counts[name] = counts.get(name, 0) + 1
+    return [s for s, c in counts.items() if c == n], [s for s, c in counts.items() if c < n]

@@ -1,0 +1,299 @@
+"""`bandit-router evaluate` / `export` on databases written by the real service code path, shadow policies and
+their promotion (`POST /v1/policies/promote`), and the whole loop on a real `bandit-router serve` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+    from fastapi.testclient import TestClient
+
+from bandit_router.cli import app as cli_app
+from bandit_router.config import Secrets, Settings
+from bandit_router.service import create_app
+from bandit_router.service.engine import rebuild_router
+
+PAIR = ["gpt-4o-mini", "gpt-4o"]
+QUALITY = {("code", "gpt-4o"): 0.8, ("code", "gpt-4o-mini"): 0.4, ("poem", "gpt-4o"): 0.5, ("poem", "gpt-4o-mini"): 0.6}
+"""The world: the better model depends on the prompt's kind; fixed:gpt-4o is worth 0.65, fixed:gpt-4o-mini 0.5."""
+PROMPTS = {
+    "code": ["fix this python function that raises KeyError", "write a SQL query joining orders and users",
+             "refactor the rust borrow checker error in main.rs"],
+    "poem": ["write a short poem about the autumn sea", "a haiku about morning light on snow",
+             "compose a sonnet about a lighthouse keeper"],
+}
+CLIENT_KEY = "client-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-0123456789abcdef"
+
+
+def _ready(client: TestClient) -> TestClient:
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the service did not become ready"
+        time.sleep(0.01)
+    return client
+
+
+def _rounds(post: Any, n: int, seed: int, headers: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """`n` route → feedback rounds (λ = 0, so reward = quality); returns (kind, chosen model) per round."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        kind = "code" if rng.random() < 0.5 else "poem"
+        prompt = PROMPTS[kind][int(rng.integers(3))] + f" #{i}"
+        reply = post("/v1/route", json={"prompt": prompt, "models": PAIR, "cost_weight": 0.0}, headers=headers)
+        assert reply.status_code == 200, reply.text
+        decision = reply.json()
+        quality = float(np.clip(QUALITY[kind, decision["model"]] + rng.normal(0, 0.05), 0, 1))
+        fb = post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": quality}, headers=headers)
+        assert fb.status_code == 200, fb.text
+        out.append((kind, decision["model"]))
+    return out
+
+
+def _truth(rounds: list[tuple[str, str]], model: str) -> float:
+    return float(np.mean([QUALITY[kind, model] for kind, _ in rounds]))
+
+
+@pytest.fixture
+def logged_db(tmp_path: Path) -> tuple[Path, list[tuple[str, str]]]:
+    """A database written by the service (uniform random live policy, a linucb shadow), 500 rounds."""
+    db = tmp_path / "service.db"
+    settings = Settings(db=db, seed=3, policy="random", shadow_policies=("linucb",))
+    with TestClient(create_app(settings)) as client:
+        rounds = _rounds(_ready(client).post, 500, seed=11)
+    return db, rounds
+
+
+def test_evaluate_writes_the_schema_and_recovers_true_values(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
+    db, rounds = logged_db
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(
+        cli_app, ["evaluate", "--db", str(db), "--candidates", "linucb:alpha=0.5", "--out", str(out), "fixed:gpt-4o"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "500 decisions with feedback evaluated" in result.output
+    data = json.loads((out / "evaluation.json").read_text())
+    assert (out / "evaluation.md").stat().st_size > 0 and (out / "evaluation.png").stat().st_size > 1000
+    labels = {r["candidate"] for r in data["candidates"]}
+    assert {"logged", "random", "fixed:gpt-4o", "fixed:gpt-4o-mini", "linucb:alpha=0.5", "shadow:linucb"} <= labels
+    pairs = [(r["candidate"], r["estimator"]) for r in data["candidates"]]
+    assert len(pairs) == len(set(pairs)) == len(labels) * 5
+    for r in data["candidates"]:
+        assert {"candidate", "estimator", "value", "ci_low", "ci_high", "ess", "n"} <= set(r)
+        assert r["n"] == 500 and 0 < r["ess"] <= 500 + 1e-6
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    for model in PAIR:
+        ips = next(r for r in data["candidates"] if r["candidate"] == f"fixed:{model}" and r["estimator"] == "ips")
+        truth = _truth(rounds, model)
+        assert abs(ips["value"] - truth) < 0.06, (model, ips, truth)
+        assert ips["ci_low"] <= truth <= ips["ci_high"]
+    # the logged policy is uniform: its estimate is the mean observed quality
+    logged = next(r for r in data["candidates"] if r["candidate"] == "logged" and r["estimator"] == "ips")
+    assert logged["value"] == pytest.approx(np.mean([QUALITY[k, m] for k, m in rounds]), abs=0.02)
+
+
+def test_evaluate_and_export_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(cli_app, ["evaluate", "--db", str(tmp_path / "none.db"), "-C", "random"])
+    assert missing.exit_code == 2 and "no database" in missing.output
+    db = tmp_path / "empty.db"
+    with TestClient(create_app(Settings(db=db, seed=1))) as client:
+        _ready(client)
+    empty = runner.invoke(cli_app, ["evaluate", "--db", str(db), "-C", "random"])
+    assert empty.exit_code == 1 and "no decision with learned feedback" in empty.output
+    assert runner.invoke(cli_app, ["export", "--db", str(db), "--format", "csv"]).exit_code == 2
+
+
+def test_export_dsjson(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
+    db, rounds = logged_db
+    out = tmp_path / "log.dsjson"
+    result = CliRunner().invoke(cli_app, ["export", "--db", str(db), "--format", "dsjson", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == len(rounds) == 500
+    with sqlite3.connect(db) as conn:
+        rewards = dict(conn.execute("SELECT decision_id, reward FROM feedback WHERE learn = 1").fetchall())
+    for event in lines[:50]:
+        assert event["_label_cost"] == pytest.approx(-rewards[event["EventId"]])
+        assert event["_label_probability"] == pytest.approx(0.5)
+        assert event["_bandit_router"]["shadow_pmfs"]["linucb"]
+    stdout = CliRunner().invoke(cli_app, ["export", "--db", str(db)])
+    assert stdout.exit_code == 0 and len(stdout.stdout.splitlines()) == 500
+
+
+# -- shadow policies and promotion ---------------------------------------------------------------------------------
+def _settings(db: Path, **changes: Any) -> Settings:
+    return Settings(db=db, seed=5, policy="random", shadow_policies=("linucb", "fixed:gpt-4o-mini"), **changes)
+
+
+def test_shadow_pmfs_are_logged_and_reported(tmp_path: Path) -> None:
+    with TestClient(create_app(_settings(tmp_path / "s.db"))) as client:
+        rounds = _rounds(_ready(client).post, 5, seed=1)
+        stats = client.get("/v1/stats").json()
+    assert stats["live_policy"] == "random"
+    assert [s["candidate"] for s in stats["shadows"]] == ["shadow:linucb", "shadow:fixed:gpt-4o-mini"]
+    assert all(s["policy_version"] == 5 for s in stats["shadows"])  # they learned every feedback
+    with sqlite3.connect(tmp_path / "s.db") as conn:
+        rows = conn.execute(
+            "SELECT d.models, s.pmfs, d.model FROM decisions d JOIN shadow_pmfs s USING (decision_id)"
+        ).fetchall()
+    assert len(rows) == len(rounds)
+    for models, pmfs, chosen in rows:
+        pmfs = json.loads(pmfs)
+        assert sum(pmfs["linucb"]) == pytest.approx(1.0)
+        assert pmfs["fixed:gpt-4o-mini"] == [1.0 if m == "gpt-4o-mini" else 0.0 for m in json.loads(models)]
+        assert chosen in PAIR
+
+
+def test_promotion_refused_without_evidence_then_forced(tmp_path: Path) -> None:
+    with TestClient(create_app(_settings(tmp_path / "p.db"))) as client:
+        _rounds(_ready(client).post, 6, seed=2)
+        refused = client.post("/v1/policies/promote", json={"shadow": "linucb"})
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"] == "conflict" and "not promoted" in refused.json()["message"]
+        assert client.post("/v1/policies/promote", json={"shadow": "nope"}).status_code == 404
+        assert client.post("/v1/policies/promote", json={"shadow": "linucb", "force": "maybe"}).status_code == 422
+        forced = client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
+        assert forced.status_code == 200, forced.text
+        assert forced.json()["forced"] is True and forced.json()["previous"] == "random"
+        stats = client.get("/v1/stats").json()
+        assert stats["live_policy"] == "linucb"
+        assert {s["name"] for s in stats["shadows"]} == {"random", "fixed:gpt-4o-mini"}
+        assert client.post("/v1/route", json={"prompt": "hi", "models": PAIR}).json()["policy"].startswith("linucb")
+
+
+def test_promotion_with_evidence_is_durable(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    settings = _settings(db, checkpoint_interval=50)
+    with TestClient(create_app(settings)) as client:
+        _rounds(_ready(client).post, 400, seed=4)
+        worse = client.post("/v1/policies/promote", json={"shadow": "fixed:gpt-4o-mini"})
+        assert worse.status_code == 409, worse.text  # 0.5 does not beat random's 0.575
+        reply = client.post("/v1/policies/promote", json={"shadow": "linucb"})
+        assert reply.status_code == 200, reply.text
+        check = reply.json()["check"]
+        assert check["ok"] and not reply.json()["forced"] and check["shadow_ci_low"] > check["live_value"]
+        _rounds(client.post, 30, seed=5)  # the promoted policy decides and everyone keeps learning
+    with TestClient(create_app(settings)) as client:  # restored from the final checkpoint (a bundle)
+        stats = _ready(client).get("/v1/stats").json()
+        assert stats["live_policy"] == "linucb" and {s["name"] for s in stats["shadows"]} >= {"random"}
+        live = client.app.state.services.engine.router  # type: ignore[attr-defined]
+        assert client.app.state.services.engine.recovery["checkpoint_seq"] == 430  # type: ignore[attr-defined]
+        assert np.allclose(live.weights(), rebuild_router(settings, live_store(client)).weights())
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM checkpoints")
+    with TestClient(create_app(settings)) as client:  # no checkpoint: the whole log replayed, promote included
+        stats = _ready(client).get("/v1/stats").json()
+        assert stats["live_policy"] == "linucb"
+        engine = client.app.state.services.engine  # type: ignore[attr-defined]
+        assert engine.recovery["checkpoint_seq"] is None and engine.recovery["replayed"] == 430
+        assert np.allclose(engine.router.weights(), rebuild_router(settings, engine.store).weights())
+
+
+def live_store(client: TestClient) -> Any:
+    return client.app.state.services.engine.store  # type: ignore[attr-defined]
+
+
+def test_promotion_needs_an_admin_key(tmp_path: Path) -> None:
+    settings = _settings(tmp_path / "a.db", api_keys=Secrets((CLIENT_KEY,)), admin_keys=Secrets((ADMIN_KEY,)))
+    with TestClient(create_app(settings)) as client:
+        _ready(client)
+        body = {"shadow": "linucb", "force": True}
+        assert client.post("/v1/policies/promote", json=body).status_code == 401
+        as_client = client.post("/v1/policies/promote", json=body, headers={"authorization": f"Bearer {CLIENT_KEY}"})
+        assert as_client.status_code == 403
+        as_admin = client.post("/v1/policies/promote", json=body, headers={"authorization": f"Bearer {ADMIN_KEY}"})
+        assert as_admin.status_code == 200, as_admin.text
+
+
+# -- a real server process ------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    port, db = _free_port(), tmp_path / "served.db"
+    script = Path(sys.executable).with_name("bandit-router")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "bandit_router.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_ROUTER_")}
+    env.update(BANDIT_ROUTER_SEED="9", BANDIT_ROUTER_POLICY="random", BANDIT_ROUTER_LOG_LEVEL="warning",
+               BANDIT_ROUTER_SHADOW_POLICIES='["linucb"]')
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen([*command, "serve", "--port", str(port), "--db", str(db)], cwd=tmp_path, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert process.poll() is None, (tmp_path / "server.log").read_text()
+                try:
+                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "the server did not become ready"
+                time.sleep(0.05)
+            yield url, db
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+
+def test_real_server_evaluate_then_promote(server: tuple[str, Path], tmp_path: Path) -> None:
+    url, db = server
+    with httpx.Client(base_url=url, timeout=30) as client:
+        rounds = _rounds(client.post, 300, seed=21)
+        out = tmp_path / "eval"
+        script = Path(sys.executable).with_name("bandit-router")
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "bandit_router.cli"]
+        done = subprocess.run([*command, "evaluate", "--db", str(db), "-C", "fixed:gpt-4o", "--out", str(out),
+                               "--estimators", "ips,snips,dr"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        data = json.loads((out / "evaluation.json").read_text())
+        shadow = next(r for r in data["candidates"] if r["candidate"] == "shadow:linucb" and r["estimator"] == "dr")
+        logged = next(r for r in data["candidates"] if r["candidate"] == "logged" and r["estimator"] == "dr")
+        assert shadow["n"] == 300 and shadow["value"] > logged["value"]
+        ips = next(r for r in data["candidates"] if r["candidate"] == "fixed:gpt-4o" and r["estimator"] == "ips")
+        assert abs(ips["value"] - _truth(rounds, "gpt-4o")) < 0.07
+        promoted = client.post("/v1/policies/promote", json={"shadow": "linucb"})
+        assert promoted.status_code == 200, promoted.text
+        stats = client.get("/v1/stats").json()
+        assert stats["live_policy"] == "linucb" and stats["shadows"][0]["name"] == "random"
+
+
+def test_shadow_policies_settings(tmp_path: Path) -> None:
+    from bandit_router.config import ConfigError, load_settings
+
+    env = {"BANDIT_ROUTER_SHADOW_POLICIES": '["linucb:alpha=0.5", "lints"]'}
+    assert load_settings(None, env=env).shadow_policies == ("linucb:alpha=0.5", "lints")
+    toml = tmp_path / "bandit-router.toml"
+    toml.write_text('policy = "random"\nshadow_policies = ["linucb"]\n')
+    assert load_settings(toml, env={}).shadow_policies == ("linucb",)
+    for bad in ('["no-such-policy"]', '"linucb"', "[1]", '["linucb", "linucb"]', '["vw-squarecb"]'):
+        with pytest.raises(ConfigError, match="shadow_policies"):
+            load_settings(None, env={"BANDIT_ROUTER_SHADOW_POLICIES": bad})
