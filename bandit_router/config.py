@@ -232,6 +232,7 @@ def _validate(s: Settings) -> None:
     except InvalidInput as exc:
         raise ConfigError(f"policy: {exc}") from exc
     check(len(set(s.shadow_policies)) == len(s.shadow_policies), "shadow_policies", "names a policy twice")
+    check(s.policy not in s.shadow_policies, "shadow_policies", f"{s.policy!r} is already the live policy")
     for spec in s.shadow_policies:
         check(isinstance(spec, str) and bool(spec), "shadow_policies", f"must be policy specs, got {spec!r}")
         try:

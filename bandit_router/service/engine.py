@@ -24,6 +24,11 @@ So a feedback is committed before it is acknowledged and before it is learned, a
 same rows in the same order: the policy equals a replay of the stored log. Every `checkpoint_interval` learned
 feedbacks the writer stores a snapshot (one row, one transaction, with its sha256); on start the newest valid
 snapshot is loaded and the log after it replayed, while `/readyz` answers 503.
+
+Shadow policies (`shadow_policies`) are routers beside the live one: on each route their pmfs are computed on the
+decision's context and stored with it (`shadow_pmfs`, same transaction); they learn every learned feedback in
+the same order. A promotion is a `promote` model event, so every process and every replay swaps at the same
+place in the log; with shadows, a checkpoint is a bundle of every router's snapshot naming the live one.
 """
 
 from __future__ import annotations
@@ -87,6 +92,8 @@ BUDGETS_CONFIG = "budgets_config"
 BUDGETS_SAVE_EVERY_S = 5.0
 BUDGETS_FOLLOW_EVERY_S = 1.0
 PROMOTE = "promote"
+MIN_PROMOTION_EVIDENCE = 10
+"""Decisions with feedback and the shadow's pmf below which a promotion is refused without evaluating."""
 """Model-event action: the shadow policy `name` becomes the live one (the live one becomes a shadow)."""
 BUNDLE_MAGIC = b"BRBUNDLE1\n"
 """Checkpoint state of a service with shadow policies: this, a JSON header line, then each router's snapshot."""
@@ -484,8 +491,10 @@ class Engine:
         with _readable():
             records = [r for r in iter_log(self.store) if r.outcome is not None and name in r.shadow_pmfs]
             specs = model_specs(self.store, list(self.settings.load_catalog()))
-        if len(records) < 2:
-            return {"ok": False, "reason": f"{len(records)} decisions with feedback logged the shadow's pmf", "n": 0}
+        if len(records) < MIN_PROMOTION_EVIDENCE:
+            reason = (f"only {len(records)} decisions with feedback logged the shadow's pmf "
+                      f"(at least {MIN_PROMOTION_EVIDENCE} needed)")
+            return {"ok": False, "reason": reason, "n": len(records)}
         evaluation = evaluate_log(
             records, ["logged", f"shadow:{name}"], models=specs, estimators=("dr",), baselines=False, seed=0
         )
@@ -541,7 +550,7 @@ class Engine:
             "live_policy": self.live_name,
             "shadows": [
                 {"name": name, "candidate": f"shadow:{name}", "policy": r.policy.name, "policy_version": r.version}
-                for name, r in self.shadows.items()
+                for name, r in list(self.shadows.items())  # the writer may swap them meanwhile
             ],
             "policy_version": self.router.version,
             "feedback_seq": head[0],

@@ -1,0 +1,245 @@
+"""Budgets in the HTTP service: `GET/PUT /v1/budgets` (keys, 403, 422), targets in `/v1/stats` and `/metrics`,
+a changed target effective on the next request, tenants paced apart, and the state surviving the restart of a
+real server process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+    from fastapi.testclient import TestClient
+
+from bandit_router.config import Secrets, Settings, load_settings
+from bandit_router.errors import ConfigError
+from bandit_router.service import create_app
+
+CLIENT_KEY = "client-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-0123456789abcdef"
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def _start(settings: Settings) -> TestClient:
+    client = TestClient(create_app(settings))
+    client.__enter__()
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the service did not become ready"
+        time.sleep(0.01)
+    return client
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def make(**changes: Any) -> TestClient:
+        client = _start(Settings(db=tmp_path / "budgets.db", seed=7, **changes))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def _route(client: TestClient, tenant: str | None = None, **headers: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"prompt": "Sort a list in Python"}
+    if tenant is not None:
+        body["context"] = {"tenant": tenant}
+    reply = client.post("/v1/route", json=body, headers=headers)
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def _cost_weight(client: TestClient, decision_id: str, **headers: str) -> float:
+    reply = client.get(f"/v1/decisions/{decision_id}", headers=headers)
+    assert reply.status_code == 200, reply.text
+    return float(reply.json()["cost_weight"])
+
+
+def test_get_and_put_need_keys_and_validate(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(api_keys=Secrets((CLIENT_KEY,)), admin_keys=Secrets((ADMIN_KEY,)))
+    assert client.get("/v1/budgets").status_code == 401
+    got = client.get("/v1/budgets", headers={"authorization": f"Bearer {CLIENT_KEY}"})
+    assert got.status_code == 200 and got.json()["targets"] == []
+    body = {"avg_cost_usd": 0.0005, "tenants": {"acme": {"spend_usd": "50/1d", "share:gpt-4o": 0.3}}}
+    assert client.put("/v1/budgets", json=body).status_code == 401
+    assert client.put("/v1/budgets", json=body, headers={"authorization": f"Bearer {CLIENT_KEY}"}).status_code == 403
+    put = client.put("/v1/budgets", json=body, headers=ADMIN)
+    assert put.status_code == 200, put.text
+    assert sorted(put.json()["targets"]) == ["@acme:share:gpt-4o=0.3", "@acme:spend_usd=50/1d", "avg_cost_usd=0.0005"]
+    again = client.get("/v1/budgets", headers=ADMIN).json()
+    assert again["budgets"] == put.json()["budgets"]
+    for bad in ({"avg_cost_usd": -1}, {"no_such_target": 1}, {"spend_usd": "50/fortnight"}, [1, 2],
+                {"fallback_model": "no-such-model", "avg_cost_usd": 0.001}, {"cost_step": "fast"},
+                {"tenants": {"acme": 3}}):
+        reply = client.put("/v1/budgets", json=bad, headers=ADMIN)
+        assert reply.status_code == 422, (bad, reply.text)
+        assert reply.json()["error"] == "invalid_input"
+    raw = client.put("/v1/budgets", content=b"{not json", headers={**ADMIN, "content-type": "application/json"})
+    assert raw.status_code == 422
+    assert client.get("/v1/budgets", headers=ADMIN).json()["budgets"] == put.json()["budgets"]  # unchanged
+
+
+def test_stats_and_metrics_show_spend_target_and_lambda(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(budgets=load_settings(env={"BANDIT_ROUTER_BUDGETS": '{"avg_cost_usd": 0.0002}'}).budgets)
+    for _ in range(3):
+        decision = _route(client, "acme")
+        client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.8,
+                                          "cost_usd": 0.001})
+    stats = client.get("/v1/stats").json()
+    scope = stats["budgets"]["global"]
+    assert scope["requests"] == 3 and scope["spend_usd"] > 0 and scope["cost_weight"] > 0
+    assert scope["targets"][0]["target"] == "avg_cost_usd=0.0002" and scope["targets"][0]["value"] == 0.0002
+    text = client.get("/metrics").text
+    assert 'bandit_router_budget_spend_usd{tenant=""}' in text
+    assert 'bandit_router_budget_cost_weight{tenant=""}' in text
+    assert 'bandit_router_budget_target{target="avg_cost_usd=0.0002",tenant=""} 0.0002' in text
+    assert 'bandit_router_budget_realized{target="avg_cost_usd=0.0002",tenant=""}' in text
+
+
+def test_a_changed_target_takes_effect_on_the_next_request(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    assert _cost_weight(client, _route(client)["decision_id"]) == 20.0  # the default λ
+    assert client.put("/v1/budgets", json={"avg_cost_usd": 0.001, "min_cost_weight": 500}).status_code == 200
+    assert _cost_weight(client, _route(client)["decision_id"]) >= 500.0  # the very next request
+    # a target far below every model's cost: λ climbs to its cap after one decision
+    assert client.put("/v1/budgets", json={"avg_cost_usd": 1e-9}).status_code == 200
+    _route(client)
+    tight = _cost_weight(client, _route(client)["decision_id"])
+    assert tight == pytest.approx(1e6)
+    # loosened by 10⁹: λ is rescaled by old/new at once, the next request gets it
+    assert client.put("/v1/budgets", json={"avg_cost_usd": 1.0}).status_code == 200
+    assert _cost_weight(client, _route(client)["decision_id"]) < 20.0  # down to the floor of the cost spread
+    assert client.put("/v1/budgets", json={}).status_code == 200  # no targets: the default again
+    assert _cost_weight(client, _route(client)["decision_id"]) == 20.0
+
+
+def test_a_tenant_target_does_not_move_another_tenants_traffic(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    assert client.put("/v1/budgets", json={"tenants": {"acme": {"avg_cost_usd": 1e-9}}}).status_code == 200
+    for _ in range(3):
+        _route(client, "acme")
+    assert _cost_weight(client, _route(client, "acme")["decision_id"]) == pytest.approx(1e6)
+    other = [_route(client, "beta") for _ in range(20)]
+    assert {_cost_weight(client, d["decision_id"]) for d in other} == {20.0}
+    untagged = _route(client)
+    assert _cost_weight(client, untagged["decision_id"]) == 20.0
+    report = client.get("/v1/budgets").json()["report"]
+    assert report["tenants"]["acme"]["requests"] == 4
+    assert report["global"]["requests"] == 25
+
+
+def test_fallback_model_in_the_config_must_be_in_the_catalog(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fallback_model"):
+        load_settings(env={"BANDIT_ROUTER_BUDGETS": '{"fallback_model": "nope", "avg_cost_usd": 0.001}'})
+    settings = load_settings(env={"BANDIT_ROUTER_BUDGETS": '{"fallback_model": "gpt-4o-mini", "avg_cost_usd": 1}'})
+    assert settings.budgets.fallback_model == "gpt-4o-mini"
+
+
+# -- a real server process ------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Server:
+    def __init__(self, folder: Path, db: Path, env: dict[str, str] | None = None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        script = Path(sys.executable).with_name("bandit-router")
+        serve = [str(script)] if script.exists() else [sys.executable, "-m", "bandit_router.cli"]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_ROUTER_")}
+        full_env = {**clean, "BANDIT_ROUTER_SEED": "5", "BANDIT_ROUTER_LOG_LEVEL": "warning", **(env or {})}
+        self.log_path = folder / f"server-{self.port}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.process = subprocess.Popen([*serve, "serve", "--port", str(self.port), "--db", str(db)], cwd=folder,
+                                        env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.log_path.read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise AssertionError("the server did not become ready")
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(30)
+
+    def kill9(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+        self.log.close()
+
+
+@pytest.mark.slow
+def test_budget_state_survives_a_restart_of_a_real_server(tmp_path: Path) -> None:
+    db = tmp_path / "router.db"
+    started: list[_Server] = []
+
+    def start(env: dict[str, str] | None = None) -> _Server:
+        server = _Server(tmp_path, db, env)
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    try:
+        first = start()
+        body = {"avg_cost_usd": 0.002, "tenants": {"acme": {"spend_usd": "10/1d"}}}
+        assert httpx.put(first.url + "/v1/budgets", json=body).status_code == 200
+        with httpx.Client(base_url=first.url) as http:
+            for i in range(30):
+                decision = http.post("/v1/route", json={"prompt": f"Sort list {i}", "context": {"tenant": "acme"}})
+                assert decision.status_code == 200, decision.text
+                http.post("/v1/feedback", json={"decision_id": decision.json()["decision_id"], "quality": 0.7,
+                                                "cost_usd": 0.003})
+            before = http.get("/v1/budgets").json()
+        acme = before["report"]["tenants"]["acme"]
+        assert acme["requests"] == 30 and acme["spend_usd"] == pytest.approx(0.09)
+        first.terminate()
+
+        # the configuration now says otherwise: the stored state wins after a restart
+        second = start({"BANDIT_ROUTER_BUDGETS": '{"avg_cost_usd": 0.5}'})
+        after = httpx.get(second.url + "/v1/budgets").json()
+        assert after["budgets"] == before["budgets"]
+        assert after["report"]["tenants"]["acme"]["spend_usd"] == pytest.approx(0.09)
+        assert after["report"]["tenants"]["acme"]["requests"] == 30
+        assert after["report"]["global"]["cost_weight"] == pytest.approx(before["report"]["global"]["cost_weight"])
+        assert httpx.get(second.url + "/readyz").json()["recovery"]["budgets"] == "stored"
+
+        # a PUT is stored at once: it survives kill -9
+        assert httpx.put(second.url + "/v1/budgets", json={"avg_cost_usd": 0.001}).status_code == 200
+        second.kill9()
+        third = start()
+        assert httpx.get(third.url + "/v1/budgets").json()["targets"] == ["avg_cost_usd=0.001"]
+    finally:
+        for server in started:
+            server.stop()
