@@ -1,0 +1,114 @@
+"""Budget targets in the simulator (`bandit-router simulate … --target avg_cost_usd=0.0005`).
+
+`TargetPacers(texts)` is the plan's picklable `pacer_factory`: every learning router of a run gets a fresh
+`SimulatedPacer`, whose clock is the simulated step (`seconds_per_step` seconds each, so `spend_usd=5/1000s`
+means 5 USD per 1,000 steps at the default of one second per step). The agent sets `pacer.now` before each
+decision and passes no λ of its own, so the pacer's λ is the one used.
+
+`realized_values(config, episode, trace)` measures every global target on what a run really did (real costs,
+real latencies, the chosen models), for every record: learning routers, the oracle and the fixed models alike,
+so a user sees beforehand what a target costs in quality.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bandit_router.budgets import AvgCost, BudgetConfig, BudgetPacer, Latency, Share, Spend
+from bandit_router.catalog import ModelSpec
+from bandit_router.errors import InvalidInput
+
+
+class SimulatedPacer(BudgetPacer):
+    """A `BudgetPacer` on simulated time: `now` (seconds) is set by the agent before each decision."""
+
+    def __init__(self, config: BudgetConfig, seconds_per_step: float = 1.0) -> None:
+        self.now = 0.0
+        self.seconds_per_step = seconds_per_step
+        super().__init__(config, clock=self._time)
+        self.trajectory: list[tuple[int, float | None, float]] | None = None
+        """When a list: (step, λ of the global scope, booked spend) appended at every `tick` (for plots)."""
+
+    def _time(self) -> float:
+        return self.now
+
+    def tick(self, step: int) -> None:
+        """The clock of simulated step `step`."""
+        self.now = step * self.seconds_per_step
+        if self.trajectory is not None:
+            self.trajectory.append((step, self.cost_weight(), self._global.spend_usd))
+
+
+@dataclass(frozen=True)
+class TargetPacers:
+    """A picklable pacer factory: `BudgetConfig.from_strings(texts, **settings)` for every router."""
+
+    texts: tuple[str, ...]
+    settings: tuple[tuple[str, Any], ...] = ()
+    seconds_per_step: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.config  # noqa: B018 (fail early on a bad target)
+        if not (math.isfinite(self.seconds_per_step) and self.seconds_per_step > 0):
+            raise InvalidInput("seconds_per_step must be > 0")
+
+    @property
+    def config(self) -> BudgetConfig:
+        return BudgetConfig.from_strings(self.texts, **dict(self.settings))
+
+    def __call__(self, models: Sequence[ModelSpec], cost_weight: float) -> SimulatedPacer:
+        config = self.config
+        if config.fallback_model is not None and config.fallback_model not in {m.name for m in models}:
+            raise InvalidInput(f"fallback_model {config.fallback_model!r} is not among the models")
+        return SimulatedPacer(config, self.seconds_per_step)
+
+
+def realized_values(
+    config: BudgetConfig,
+    models: Sequence[ModelSpec],
+    chosen: np.ndarray,
+    cost_usd: np.ndarray,
+    latency_s: np.ndarray | None,
+    seconds_per_step: float = 1.0,
+) -> dict[str, float]:
+    """Per global target `t`: `target:t:value` and `target:t:realized` measured on the run (NaN if unknown).
+
+    avg_cost: mean paid per served request; spend: paid per period (total × period / run length), and
+    `:max_period` the most paid in one whole period; share: fraction of served requests; latency: the percentile
+    of the served requests' latencies."""
+    served = chosen >= 0
+    out: dict[str, float] = {}
+    n = len(chosen)
+    paid = np.where(served, np.nan_to_num(cost_usd, nan=0.0), 0.0)
+    for target in config.targets:
+        key = f"target:{target}"
+        realized = math.nan
+        if isinstance(target, AvgCost):
+            out[f"{key}:value"] = target.usd
+            if served.any():
+                realized = float(paid[served].mean())
+        elif isinstance(target, Spend):
+            out[f"{key}:value"] = target.usd
+            steps = max(1, round(target.period_s / seconds_per_step))
+            if n:
+                realized = float(paid.sum() * steps / n)
+            whole = n // steps
+            out[f"{key}:max_period"] = (
+                float(paid[: whole * steps].reshape(whole, steps).sum(axis=1).max()) if whole else math.nan
+            )
+        elif isinstance(target, Share):
+            out[f"{key}:value"] = target.max_share
+            hit = np.array([target.matches_spec(m) for m in models] + [False])  # index −1: not served
+            if served.any():
+                realized = float(hit[chosen][served].mean())
+        elif isinstance(target, Latency):
+            out[f"{key}:value"] = target.max_s
+            if latency_s is not None and served.any():
+                realized = float(np.nanpercentile(latency_s[served], target.percentile))
+        out[f"{key}:realized"] = realized
+    return out

@@ -1,0 +1,247 @@
+"""`bandit-router simulate`: compare routing policies on a dataset or a synthetic world before going live.
+
+Heavy imports (VW, matplotlib) happen inside the command, so `bandit-router --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+CONFIG_KEYS = {
+    "env",
+    "scenarios",
+    "policies",
+    "cost_weights",
+    "seeds",
+    "first_seed",
+    "out",
+    "steps",
+    "passes",
+    "split",
+    "train_value",
+    "eval_value",
+    "tasks",
+    "drop_flag",
+    "context_columns",
+    "prices",
+    "warmup",
+    "window",
+    "workers",
+    "targets",
+}
+
+
+def _progress_bar(started: float) -> Any:
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = int(width * done / total)
+        elapsed = time.perf_counter() - started
+        eta = elapsed / done * (total - done) if done else 0.0
+        sys.stderr.write(
+            f"\r[{'#' * filled}{' ' * (width - filled)}] {done}/{total} runs, {elapsed:.0f} s, ~{eta:.0f} s left "
+        )
+        if done == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    return show
+
+
+def _listify(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def simulate(
+    env: Annotated[
+        str | None,
+        typer.Option(
+            help="dataset:PATH (an outcome table) or synthetic:CONFIG (a world "
+            "TOML, or a packaged world name such as 'default')."
+        ),
+    ] = None,
+    scenario: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scenario",
+            help="A scenario, repeatable: drift, new-model, "
+            "outage, price-change, traffic-shift, delayed-feedback, noisy-feedback, each optionally "
+            "with settings, e.g. drift:model=gpt-4o,delta=-0.3,at=0.5.",
+        ),
+    ] = None,
+    policies: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated policies and strategies, e.g. "
+            "vw-squarecb,linucb:alpha=0.5,random,classifier,cascade:error=0.1,llm-router, "
+            "fixed:<model>. The oracle and every fixed model are always reported."
+        ),
+    ] = None,
+    cost_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--cost-weights", help="Comma-separated λ values (quality points per USD) to sweep, e.g. 0,10,40."
+        ),
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(help="Number of seeds (runs per policy and λ).")] = None,
+    first_seed: Annotated[int | None, typer.Option("--first-seed", help="First seed (default 0).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for summary.json, summary.md, curves.json and plots.")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="A TOML file with any of these options (snake_case keys); options given on the command line win."
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Steps per run (default: one pass over the evaluated prompts, or the world's `steps`)."),
+    ] = None,
+    passes: Annotated[int | None, typer.Option(help="Passes over a dataset's evaluated prompts.")] = None,
+    split: Annotated[str | None, typer.Option(help="Split column of a dataset, e.g. split_routerdc.")] = None,
+    train_value: Annotated[str | None, typer.Option("--train-value", help="Split value of the training part.")] = None,
+    eval_value: Annotated[str | None, typer.Option("--eval-value", help="Split value of the evaluated part.")] = None,
+    task: Annotated[list[str] | None, typer.Option("--task", help="Keep only this task (repeatable).")] = None,
+    drop_flag: Annotated[
+        str | None, typer.Option("--drop-flag", help="Drop rows where this column is true, e.g. routellm_contaminated.")
+    ] = None,
+    context_column: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--context-column",
+            help="Send this column as the request's context dict (repeatable); default: prompt text only.",
+        ),
+    ] = None,
+    prices: Annotated[
+        str | None,
+        typer.Option(
+            help="How the router prices a dataset's models: 'fit' (cost ≈ a·tokens + b, per prompt) or 'flat' "
+            "(each model's mean cost per request, so λ trades quality against calls).",
+        ),
+    ] = None,
+    warmup: Annotated[
+        str | None,
+        typer.Option(
+            help="Before the scored stream, learning policies use the training part: 'none' (default), 'bandit' "
+            "(stream it once with bandit feedback) or 'full' (pre-train on every model's outcome, as the "
+            "classifier-based router is trained).",
+        ),
+    ] = None,
+    window: Annotated[int | None, typer.Option(help="Window (steps) of the reaction-time metrics.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            help="A budget target the learning routers hold (repeatable), as in the service: avg_cost_usd=0.0005, "
+            "spend_usd=5/1000s (one simulated second per step), share:gpt-4o=0.3, share:tier=premium=0.2, "
+            "latency_p95_s=2, @tenant:… for a tenant's. The run's λ is the pacer's starting point. Every record "
+            "reports target:<t>:realized.",
+        ),
+    ] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar, no summary table.")] = False,
+) -> None:
+    """Simulate routing policies on a dataset or a synthetic world and report quality, cost, reward, regret.
+
+    Example: bandit-router simulate --env dataset:../shared/data/routellm/routellm.csv.gz --task gsm8k
+    --policies vw-squarecb,linucb,random,classifier --cost-weights 0,20,40 --seeds 5 --out runs/gsm8k
+    """
+    from bandit_router.errors import BanditRouterError
+
+    from .budgets import TargetPacers
+    from .environments import EnvSpec
+    from .report import write_report
+    from .runner import Plan
+    from .runner import simulate as run_simulation
+    from .specs import parse_floats, split_specs
+
+    settings: dict[str, Any] = {}
+    if config is not None:
+        try:
+            settings = tomllib.loads(config.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise typer.BadParameter(f"{config}: {exc}", param_hint="--config") from exc
+        unknown = set(settings) - CONFIG_KEYS
+        if unknown:
+            raise typer.BadParameter(f"{config}: unknown keys {sorted(unknown)}", param_hint="--config")
+    given = {
+        "env": env,
+        "scenarios": scenario or None,
+        "policies": policies,
+        "cost_weights": cost_weights,
+        "seeds": seeds,
+        "first_seed": first_seed,
+        "out": out,
+        "steps": steps,
+        "passes": passes,
+        "split": split,
+        "train_value": train_value,
+        "eval_value": eval_value,
+        "tasks": task or None,
+        "drop_flag": drop_flag,
+        "context_columns": context_column or None,
+        "prices": prices,
+        "warmup": warmup,
+        "window": window,
+        "workers": workers,
+        "targets": target or None,
+    }
+    settings.update({k: v for k, v in given.items() if v is not None})
+    if "env" not in settings or "out" not in settings:
+        raise typer.BadParameter("--env and --out are required (on the command line or in --config)")
+    policy_list = settings.get("policies", "vw-squarecb")
+    policy_specs = split_specs(policy_list) if isinstance(policy_list, str) else _listify(policy_list)
+    weights = settings.get("cost_weights", "20")
+    n_seeds = int(settings.get("seeds", 1))
+    start = int(settings.get("first_seed", 0))
+    keys = ("split", "train_value", "eval_value", "drop_flag", "prices")
+    options: dict[str, Any] = {k: settings[k] for k in keys if k in settings}
+    if "tasks" in settings:
+        options["tasks"] = tuple(_listify(settings["tasks"]))
+    if "context_columns" in settings:
+        options["context_columns"] = tuple(_listify(settings["context_columns"]))
+    try:
+        targets = tuple(_listify(settings.get("targets")))
+        pacers = TargetPacers(targets) if targets else None
+        plan = Plan(
+            env=EnvSpec.parse(str(settings["env"]), **options),
+            policies=tuple(policy_specs),
+            cost_weights=parse_floats(weights if isinstance(weights, str) else list(weights)),
+            seeds=tuple(range(start, start + n_seeds)),
+            scenarios=tuple(_listify(settings.get("scenarios"))),
+            steps=int(settings["steps"]) if "steps" in settings else None,
+            passes=int(settings.get("passes", 1)),
+            warmup=str(settings.get("warmup", "none")),
+            window=int(settings.get("window", 200)),
+            pacer_factory=pacers,
+        )
+        show = _progress_bar(time.perf_counter()) if sys.stderr.isatty() and not quiet else None
+        started = time.perf_counter()
+        result = run_simulation(plan, workers=settings.get("workers"), progress=show)
+        command = "bandit-router simulate " + shlex.join(sys.argv[2:] if len(sys.argv) > 1 else [])
+        data = write_report(result, settings["out"], command=command.strip(), plots=plots)
+    except BanditRouterError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if not quiet:
+        typer.echo(
+            f"{len(result.runs)} runs of {result.n_steps} steps in {time.perf_counter() - started:.1f} s; "
+            f"written to {settings['out']}/summary.md"
+        )
+        for r in data["results"]:
+            typer.echo(
+                f"  {r['policy']:<28} λ={r['cost_weight']:<8g} reward {r['mean_reward']:.4f}  "
+                f"quality {r['mean_quality']:.4f}  cost {r['mean_cost_usd']:.3g}"
+            )

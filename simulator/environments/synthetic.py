@@ -1,0 +1,389 @@
+"""`synthetic`: a configurable world (TOML) whose ground truth is known exactly.
+
+Each prompt has a domain d (drawn with the domain weights) and a latent difficulty z ~ N(0, 1). Model m answers
+it well with probability
+
+    p_m(prompt) = σ(skill_m[d] − slope_m · z)          (σ the logistic function)
+
+and the observed quality is a Bernoulli(p) draw (`quality = "bernoulli"`, 0/1 like a benchmark) or p itself
+(`quality = "expected"`, like a calibrated judge score). Output tokens are log-normal around
+`domain.output_tokens × model.verbosity × e^{0.2 z}`; latency = `ttft_s + tokens / tokens_per_s`, with
+log-normal noise; cost = tokens × the model's list prices (from the default catalog unless the world gives
+them). The prompt text is generated from per-domain phrase banks whose hard phrases and length grow with z,
+so the real feature extractor sees text that tells domain and (partly) difficulty; or it is drawn from a
+real prompt file (`prompts = { path = "…/sharegpt_v3_first_turns.csv.gz" }`), with the domain assigned by
+the text's markers and the difficulty partly revealed by its length (`difficulty_visible`).
+
+A world file (see `simulator/worlds/default.toml`)::
+
+    name = "default"
+    seed = 7                 # fixes the world: prompts, difficulties, tokens (run seeds vary the stream)
+    pool = 20000             # prompts in the pool;  steps = 20000: default stream length
+    quality = "bernoulli"
+    [[domains]]
+    name = "code"
+    weight = 0.3
+    output_tokens = 350
+    [[models]]
+    name = "gpt-4o-mini"
+    skill = { default = 1.0, code = 0.4 }
+    slope = 1.0
+    [[models]]
+    name = "claude-haiku-4-5"
+    dormant = true           # in the world's truth, routable only once a `new-model` scenario brings it in
+    [scenarios.drift]        # default settings of the scenarios in this world
+    model = "gemini-2.5-flash"
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bandit_router.catalog import ModelSpec, default_catalog
+from bandit_router.errors import ConfigError
+from bandit_router.features import FeatureExtractor, estimate_tokens
+
+from .base import Environment
+
+WORLD_KEYS = {
+    "name",
+    "seed",
+    "pool",
+    "steps",
+    "quality",
+    "prompts",
+    "difficulty_visible",
+    "domains",
+    "models",
+    "scenarios",
+    "description",
+}
+DOMAIN_KEYS = {"name", "weight", "output_tokens", "output_sigma"}
+MODEL_KEYS = {
+    "name",
+    "skill",
+    "slope",
+    "verbosity",
+    "ttft_s",
+    "tokens_per_s",
+    "input_usd_per_mtok",
+    "output_usd_per_mtok",
+    "tags",
+    "dormant",
+}
+
+_BANKS: dict[str, dict[str, list[str]]] = {
+    "code": {
+        "open": [
+            "Write a Python function that",
+            "Fix the bug in this JavaScript code that",
+            "Explain what this SQL query does when it",
+            "Refactor the following class so that it",
+            "How do I implement code that",
+        ],
+        "object": [
+            "parses a CSV file",
+            "reverses a linked list",
+            "caches API responses",
+            "validates an email",
+            "merges two sorted arrays",
+            "reads a config file",
+            "retries failed requests",
+            "sorts users by age",
+        ],
+        "hard": [
+            "with lock-free concurrency",
+            "in O(n log n) time and O(1) extra memory",
+            "handling unicode edge cases",
+            "as an async generator with backpressure",
+            "using dynamic programming over a tree",
+            "without recursion, for inputs of 10^7 elements",
+        ],
+        "filler": [
+            "```python\ndef solve(items):\n    return sorted(items)\n```",
+            "The tests must pass on CI.",
+            "Use type hints.",
+            "It currently raises a KeyError.",
+            "Keep the public interface the same.",
+        ],
+    },
+    "math": {
+        "open": ["Solve for x:", "Calculate", "What is the probability that", "Prove that", "Find the derivative of"],
+        "object": [
+            "3x + 5 = 20",
+            "the sum of the first 20 odd numbers",
+            "two dice show the same number",
+            "15% of 240",
+            "x^2 - 4x + 3",
+            "the area of a circle of radius 7",
+        ],
+        "hard": [
+            "for every prime p > 3",
+            "using the eigenvalues of the matrix",
+            "as a closed-form integral",
+            "with a combinatorial bijection",
+            "for the recurrence a(n) = 3a(n-1) - 2a(n-2)",
+            "and bound the error term",
+        ],
+        "filler": [
+            "Show each step.",
+            "Give the answer as a fraction.",
+            "Explain your reasoning briefly.",
+            "Assume all events are independent.",
+        ],
+    },
+    "writing": {
+        "open": [
+            "Write a short poem about",
+            "Draft an email to my manager about",
+            "Write a story in which",
+            "Summarize in three sentences an article about",
+            "Write a product description for",
+        ],
+        "object": [
+            "the ocean at night",
+            "a delayed project",
+            "a robot who learns to cook",
+            "remote work",
+            "a reusable water bottle",
+            "the first day of autumn",
+        ],
+        "hard": [
+            "in iambic pentameter",
+            "in the voice of a 19th-century naturalist",
+            "with an unreliable narrator",
+            "in exactly 100 words without the letter e",
+            "as a sestina",
+            "mixing legal and comic registers",
+        ],
+        "filler": [
+            "Keep it warm and friendly.",
+            "Avoid clichés.",
+            "The audience is teenagers.",
+            "Make the ending surprising.",
+        ],
+    },
+    "chat": {
+        "open": ["What is", "Can you recommend", "Tell me about", "How do I", "Why do"],
+        "object": [
+            "a good book for a long flight",
+            "the capital of Australia",
+            "cats purr",
+            "a healthy breakfast",
+            "the difference between a virus and bacteria",
+            "my houseplants keeping alive",
+        ],
+        "hard": [
+            "and compare three schools of thought on it",
+            "with the historical context in detail",
+            "citing the trade-offs of each option",
+            "for someone with conflicting constraints",
+        ],
+        "filler": ["Thanks!", "Keep it short.", "I'm a beginner.", "Please be specific."],
+    },
+}
+_WRITING_WORDS = frozenset(["write", "poem", "story", "essay", "email", "letter", "draft", "rewrite", "summarize"])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _bank(domain: str) -> dict[str, list[str]]:
+    return _BANKS.get(domain) or {
+        "open": [f"Help me with this {domain} question:", f"I have a {domain} task:"],
+        "object": [f"a routine {domain} request", f"an everyday {domain} problem"],
+        "hard": [f"that needs expert {domain} knowledge", f"with several interacting {domain} constraints"],
+        "filler": ["Please be precise.", "Thanks."],
+    }
+
+
+def generate_prompt(domain: str, z: float, rng: np.random.Generator) -> str:
+    """A prompt of `domain` whose hard phrases and length grow with the difficulty `z`."""
+    bank = _bank(domain)
+    parts = [str(rng.choice(bank["open"])), str(rng.choice(bank["object"]))]
+    n_hard = int(rng.binomial(2, float(_sigmoid(np.array(1.8 * z - 0.5)))))
+    parts += [str(h) for h in rng.choice(bank["hard"], size=n_hard, replace=False)]
+    text = " ".join(parts) + "."
+    n_filler = int(rng.poisson(0.8 * math.exp(0.5 * z)))
+    if n_filler:
+        text += " " + " ".join(str(f) for f in rng.choice(bank["filler"], size=min(n_filler, 4), replace=False))
+    return text
+
+
+def assign_domain(text: str, domains: Sequence[str], extractor: FeatureExtractor) -> int:
+    """The domain of a real prompt, from the feature extractor's markers and a few words."""
+    ctx = extractor.extract(text[:4000])
+    if "code" in ctx.markers and "code" in domains:
+        return domains.index("code")
+    if "math" in ctx.markers and "math" in domains:
+        return domains.index("math")
+    if "writing" in domains and not _WRITING_WORDS.isdisjoint(text[:400].lower().split()):
+        return domains.index("writing")
+    return domains.index("chat") if "chat" in domains else len(domains) - 1
+
+
+def _read_prompts(path: Path) -> list[dict[str, str]]:
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    return list(csv.DictReader(io.StringIO(raw.decode("utf-8", "replace"), newline="")))
+
+
+def _check(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(table) - allowed
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(allowed)}")
+
+
+def world_path(name_or_path: str) -> Path | None:
+    """`default` → the packaged world file; a path → itself (None when neither exists)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    packaged = resources.files("simulator").joinpath("worlds", f"{name_or_path}.toml")
+    return Path(str(packaged)) if packaged.is_file() else None
+
+
+def load_world(name_or_path: str, *, base_dir: Path | None = None) -> Environment:
+    """Read a world TOML (a path, or the name of a packaged world such as `default`) and build it."""
+    path = world_path(name_or_path)
+    if path is None:
+        raise ConfigError(f"no world file {name_or_path!r} (give a path or a packaged world name: default)")
+    try:
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return build_world(config, source=str(path), base_dir=base_dir or path.parent)
+
+
+def _model_spec(entry: Mapping[str, Any], where: str) -> ModelSpec:
+    catalog = default_catalog()
+    name = str(entry["name"])
+    if "input_usd_per_mtok" in entry or name not in catalog:
+        if "input_usd_per_mtok" not in entry or "output_usd_per_mtok" not in entry:
+            raise ConfigError(f"{where}: model {name!r} is not in the default catalog; give its prices")
+        return ModelSpec(
+            name=name,
+            input_usd_per_mtok=entry["input_usd_per_mtok"],
+            output_usd_per_mtok=entry["output_usd_per_mtok"],
+            tags=entry.get("tags", {}),
+        )
+    spec = catalog[name]
+    if "tags" in entry:
+        spec = ModelSpec.from_json({**spec.to_json(), "tags": entry["tags"]})
+    return spec
+
+
+def build_world(config: Mapping[str, Any], *, source: str = "world", base_dir: Path | None = None) -> Environment:
+    """Build the `Environment` a world config describes (see the module docstring)."""
+    _check(config, WORLD_KEYS, source)
+    domains_cfg = config.get("domains") or []
+    models_cfg = config.get("models") or []
+    if not domains_cfg or not models_cfg:
+        raise ConfigError(f"{source}: a world needs [[domains]] and [[models]]")
+    for d in domains_cfg:
+        _check(d, DOMAIN_KEYS, f"{source}: domain {d.get('name')!r}")
+    for m in models_cfg:
+        _check(m, MODEL_KEYS, f"{source}: model {m.get('name')!r}")
+    names = [str(d["name"]) for d in domains_cfg]
+    weights = np.array([float(d.get("weight", 1.0)) for d in domains_cfg])
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ConfigError(f"{source}: domain weights must be >= 0 and not all 0")
+    weights = weights / weights.sum()
+    mode = str(config.get("quality", "bernoulli"))
+    if mode not in ("bernoulli", "expected"):
+        raise ConfigError(f"{source}: quality must be 'bernoulli' or 'expected'")
+    seed = int(config.get("seed", 0))
+    pool = int(config.get("pool", 20_000))
+    rng = np.random.default_rng([seed, 1])
+    extractor = FeatureExtractor()
+    prompts_cfg = config.get("prompts", "generated")
+    base_tokens: np.ndarray | None = None
+    if prompts_cfg == "generated":
+        domains = rng.choice(len(names), size=pool, p=weights)
+        z = rng.standard_normal(pool)
+        prompts = [generate_prompt(names[d], float(zi), rng) for d, zi in zip(domains.tolist(), z, strict=True)]
+    else:
+        if not isinstance(prompts_cfg, Mapping) or "path" not in prompts_cfg:
+            raise ConfigError(f"{source}: prompts must be 'generated' or {{ path = '…' }}")
+        path = Path(str(prompts_cfg["path"]))
+        if not path.is_absolute() and base_dir is not None and not path.exists():
+            path = base_dir / path
+        if not path.exists():
+            raise ConfigError(f"{source}: prompt file {path} not found")
+        records = _read_prompts(path)
+        column = str(prompts_cfg.get("column", "prompt"))
+        order = rng.permutation(len(records))[:pool]
+        rows = [records[i] for i in order if (records[i].get(column) or "").strip()]
+        prompts = [r[column] for r in rows]
+        domains = np.array([assign_domain(p, names, extractor) for p in prompts], dtype=np.int64)
+        visible = float(config.get("difficulty_visible", 0.7))
+        length = np.log1p([len(p) for p in prompts])
+        z_text = (length - length.mean()) / (length.std() or 1.0)
+        z = visible * z_text + math.sqrt(max(0.0, 1 - visible**2)) * rng.standard_normal(len(prompts))
+        tokens_col = "chatgpt_response_tokens"
+        if rows and tokens_col in rows[0]:
+            base_tokens = np.array([float(r.get(tokens_col) or "nan") for r in rows])
+    n = len(prompts)
+    specs = [_model_spec(m, source) for m in models_cfg]
+    skills = np.array(
+        [[float(m.get("skill", {}).get(d, m.get("skill", {}).get("default", 0.0))) for d in names] for m in models_cfg]
+    )
+    slope = np.array([float(m.get("slope", 1.0)) for m in models_cfg])
+    p = _sigmoid(skills[:, domains].T - z[:, None] * slope[None, :])
+    out_median = np.array([float(d.get("output_tokens", 250)) for d in domains_cfg])[domains]
+    if base_tokens is not None:
+        out_median = np.where(np.isfinite(base_tokens) & (base_tokens > 0), base_tokens, out_median)
+    sigma = np.array([float(d.get("output_sigma", 0.5)) for d in domains_cfg])[domains]
+    verbosity = np.array([float(m.get("verbosity", 1.0)) for m in models_cfg])
+    tokens = np.rint(
+        out_median[:, None]
+        * verbosity[None, :]
+        * np.exp(0.2 * z)[:, None]
+        * np.exp(sigma[:, None] * rng.standard_normal((n, len(specs))))
+    ).clip(1, 16_000)
+    ttft = np.array([float(m.get("ttft_s", 0.5)) for m in models_cfg])
+    tps = np.array([float(m.get("tokens_per_s", 60.0)) for m in models_cfg])
+    latency = (ttft[None, :] + tokens / tps[None, :]) * np.exp(0.2 * rng.standard_normal(tokens.shape))
+    input_tokens = np.array([estimate_tokens(t) for t in prompts], dtype=np.float64)
+    price_in = np.array([s.input_usd_per_mtok for s in specs])
+    price_out = np.array([s.output_usd_per_mtok for s in specs])
+    cost = (input_tokens[:, None] * price_in[None, :] + tokens * price_out[None, :]) / 1e6
+    return Environment(
+        kind="synthetic",
+        name=str(config.get("name", Path(source).stem)),
+        models=specs,
+        prompts=prompts,
+        domain_names=names,
+        domains=domains,
+        quality=p,
+        cost_usd=cost,
+        output_tokens=tokens,
+        latency_s=latency,
+        eval_rows=np.arange(n),
+        stochastic=mode == "bernoulli",
+        weights=weights,
+        default_steps=int(config.get("steps", n)),
+        scenario_defaults=config.get("scenarios", {}),
+        dormant=[str(m["name"]) for m in models_cfg if m.get("dormant", False)],
+        info={
+            "source": source,
+            "quality": mode,
+            "prompts": "generated" if prompts_cfg == "generated" else str(prompts_cfg.get("path")),
+            "world_seed": seed,
+            "mean_p": {s.name: round(float(p[:, k].mean()), 4) for k, s in enumerate(specs)},
+        },
+    )

@@ -1,0 +1,398 @@
+"""Turn a `SimulationResult` into `summary.json`, `summary.md`, `curves.json` (and the plots, `plots.py`).
+
+`summary.json` (schema `bandit-router-simulation/1`) — what other tools read:
+
+    {"schema", "command", "commit", "created", "env": {...}, "scenarios": [...], "seeds": [...],
+     "cost_weights": [...], "n_steps",
+     "results": [record, ...],          # one per (policy, cost weight), in the order given
+     "oracle":  [record, ...],          # one per cost weight
+     "fixed":   [record, ...],          # one per (model, cost weight): "policy" = "fixed:<model>"
+     "two_model": {...} | null,         # APGR, CPT(50%), CPT(80%), strong-call share at 95%, per policy
+     "aiq": {...} | null}               # AIQ per policy (+ "fixed-hull", "oracle"); needs ≥ 2 cost weights
+
+A record: policy, cost_weight, seeds, n_seeds, n_steps, mean_reward, ci95_reward (half-width of the 95%
+Student-t interval over seeds; null for one seed), mean_quality, ci95_quality, mean_cost_usd, ci95_cost_usd,
+mean_latency_s, regret_oracle and regret_best_fixed (cumulative over the run, with ci95_…), best_fixed,
+model_shares (model → share of the decisions), steps_per_s (steps per CPU-second of the run's loop: decide,
+learn and, unless cached, featurize), reaction (scenario → steps, see
+`runner.reaction_times`), plus the mean of every number a run adds (`Trace.extra`, e.g. a pacer's).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import subprocess
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from . import metrics as M
+from .runner import RunResult, SimulationResult
+
+SCHEMA = "bandit-router-simulation/1"
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    """`<short hash>` of HEAD, `+dirty` when the tree has changes; `unknown` outside git."""
+    where = cwd or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where)
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=where)
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _ci(values: Iterable[float | None]) -> dict[str, Any]:
+    raw = [math.nan if v is None else float(v) for v in values]
+    mean, half = M.mean_ci(raw)
+    missing = sum(1 for v in raw if not math.isfinite(v))
+    return {"mean": _num(mean), "ci95": _num(half), "n_missing": missing}
+
+
+def _num(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _clean(tree: Any) -> Any:
+    """JSON-safe: numpy → Python, NaN/inf → null."""
+    if isinstance(tree, dict):
+        return {str(k): _clean(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_clean(v) for v in tree]
+    if isinstance(tree, np.ndarray):
+        return _clean(tree.tolist())
+    if isinstance(tree, np.integer):
+        return int(tree)
+    return _num(tree)
+
+
+def record(runs: Sequence[RunResult]) -> dict[str, Any]:
+    """One summary record from the runs of one (policy, λ) over its seeds."""
+    first = runs[0]
+
+    def ci(name: str) -> tuple[float, float | None]:
+        return M.mean_ci([getattr(r, name) for r in runs])
+
+    out: dict[str, Any] = {"policy": first.policy, "cost_weight": first.cost_weight}
+    out["seeds"] = [r.seed for r in runs]
+    out["n_seeds"] = len(runs)
+    out["n_steps"] = first.n_steps
+    for name, key in (("mean_reward", "reward"), ("mean_quality", "quality"), ("mean_cost_usd", "cost_usd")):
+        out[name], out[f"ci95_{key}"] = ci(name)
+    latencies = [r.mean_latency_s for r in runs if r.mean_latency_s is not None]
+    out["mean_latency_s"] = float(np.mean(latencies)) if latencies else None
+    for name in ("regret_oracle", "regret_best_fixed"):
+        out[name], out[f"ci95_{name}"] = ci(name)
+    out["best_fixed"] = Counter(r.best_fixed for r in runs).most_common(1)[0][0]
+    out["model_shares"] = {m: float(np.mean([r.model_shares[m] for r in runs])) for m in first.model_shares}
+    speeds = [r.steps_per_s for r in runs if math.isfinite(r.steps_per_s)]
+    out["steps_per_s"] = float(np.mean(speeds)) if speeds else None
+    if first.reaction:
+        out["reaction"] = {key: _ci(r.reaction.get(key) for r in runs) for key in first.reaction}
+    for key in first.extra:
+        out[key], out[f"ci95_{key}"] = M.mean_ci([r.extra.get(key, math.nan) for r in runs])
+    return _clean(out)
+
+
+def _group(runs: Iterable[RunResult]) -> dict[tuple[str, float], list[RunResult]]:
+    groups: dict[tuple[str, float], list[RunResult]] = {}
+    for r in runs:
+        groups.setdefault((r.policy, r.cost_weight), []).append(r)
+    return groups
+
+
+def two_model_metrics(result: SimulationResult) -> dict[str, Any] | None:
+    """RouteLLM's metrics per policy (None unless the environment has exactly two models)."""
+    names = result.model_names
+    if len(names) != 2:
+        return None
+    lam0 = result.plan.cost_weights[0]
+    fixed = {(r.policy, r.seed): r for r in result.baselines if r.cost_weight == lam0}
+    if any((f"fixed:{m}", s) not in fixed for m in names for s in result.plan.seeds):
+        return None
+    q_mean = [np.mean([fixed[(f"fixed:{m}", s)].mean_quality for s in result.plan.seeds]) for m in names]
+    strong, weak = (names[0], names[1]) if q_mean[0] >= q_mean[1] else (names[1], names[0])
+    ks, kw = names.index(strong), names.index(weak)
+    per_policy: dict[str, dict[str, list[float | None]]] = {}
+
+    def add(
+        policy: str,
+        seed: int,
+        shares: M.Floats,
+        qualities: M.Floats,
+        cost_points: tuple[M.Floats, M.Floats] | None = None,
+    ) -> None:
+        qs, qw = fixed[(f"fixed:{strong}", seed)].mean_quality, fixed[(f"fixed:{weak}", seed)].mean_quality
+        cs, cw = fixed[(f"fixed:{strong}", seed)].mean_cost_usd, fixed[(f"fixed:{weak}", seed)].mean_cost_usd
+        values = per_policy.setdefault(policy, {})
+        values.setdefault("apgr", []).append(M.apgr(shares, qualities, qw, qs))
+        values.setdefault("apgr_trapz", []).append(M.apgr_trapz(shares, qualities, qw, qs))
+        values.setdefault("cpt50", []).append(M.cpt(shares, qualities, qw, qs, 0.5))
+        values.setdefault("cpt80", []).append(M.cpt(shares, qualities, qw, qs, 0.8))
+        values.setdefault("strong_share_at_95", []).append(M.strong_share_for_quality(shares, qualities, qw, qs))
+        cost_share = None if cost_points is None else M.cost_share_for_quality(*cost_points, cw, cs, qw, qs)
+        values.setdefault("cost_saving_at_95", []).append(None if cost_share is None else 1.0 - cost_share)
+
+    for seed in result.plan.seeds:
+        q = result.q_by_seed[seed]
+        both = np.isfinite(q).all(axis=1)
+        shares, qualities = M.oracle_share_curve(q[both, ks], q[both, kw])
+        sweep = sorted(
+            (r for r in result.baselines if r.policy == "oracle" and r.seed == seed), key=lambda r: r.cost_weight
+        )
+        add("oracle", seed, shares, qualities, ([r.mean_cost_usd for r in sweep], [r.mean_quality for r in sweep]))
+        for policy in result.plan.policies:
+            runs = sorted(
+                (r for r in result.runs if r.policy == policy and r.seed == seed), key=lambda r: r.cost_weight
+            )
+            add(
+                policy,
+                seed,
+                [r.model_shares[strong] for r in runs],
+                [r.mean_quality for r in runs],
+                ([r.mean_cost_usd for r in runs], [r.mean_quality for r in runs]),
+            )
+    return _clean(
+        {
+            "strong": strong,
+            "weak": weak,
+            "q_strong": float(q_mean[names.index(strong)]),
+            "q_weak": float(q_mean[names.index(weak)]),
+            "note": "points = one per cost weight, plus the anchors (0, q_weak) and (1, q_strong), joined "
+            "linearly; apgr = mean PGR at 10%..100% strong calls, apgr_trapz = RouteLLM evaluate.py's "
+            "trapezoid; cpt = smallest strong-call share reaching that PGR; cost_saving_at_95 = 1 − the cost "
+            "(relative to always-strong) needed for 95% of the strong model's quality, on the curve of (cost, "
+            "quality) points with the weak and strong models as anchors; oracle = RouteLLM's optimal curve "
+            "(its cost saving: from its points over the cost weights)",
+            "policies": {p: {k: _ci(v) for k, v in values.items()} for p, values in per_policy.items()},
+        }
+    )
+
+
+def aiq_metrics(result: SimulationResult) -> dict[str, Any]:
+    """RouterBench's AIQ per policy over the cost weights, per seed, then mean and CI over seeds."""
+    per: dict[str, list[float]] = {}
+    families: dict[str, list[str]] = {}
+    for p in result.plan.policies:
+        families.setdefault(p.partition(":")[0], []).append(p)
+    pooled = {f: specs for f, specs in families.items() if len(specs) > 1}
+    c_maxes = []
+    for seed in result.plan.seeds:
+        fixed = [r for r in result.baselines if r.seed == seed and r.policy.startswith("fixed:")]
+        c_max = max(r.mean_cost_usd for r in fixed)
+        c_maxes.append(c_max)
+
+        def points(policies: Sequence[str], pool: Iterable[RunResult] = result.runs, s: int = seed) -> np.ndarray:
+            return np.array([[r.mean_cost_usd, r.mean_quality] for r in pool if r.policy in policies and r.seed == s])
+
+        for p in result.plan.policies:
+            per.setdefault(p, []).append(M.aiq(points([p]), c_max))
+        for family, specs in pooled.items():
+            per.setdefault(f"{family} (all settings)", []).append(M.aiq(points(specs), c_max))
+        per.setdefault("oracle", []).append(M.aiq(points(["oracle"], result.baselines), c_max))
+        per.setdefault("fixed-hull", []).append(M.aiq(points([r.policy for r in fixed], fixed), c_max))
+    return _clean(
+        {
+            "normalisation": "RouterBench evaluation/AIQ.py: non-decreasing upper convex hull of a policy's "
+            "(mean cost, mean quality) points over the cost weights, extended flat to c_max, area from the "
+            "policy's cheapest point to c_max divided by c_max (c_min = 0); c_max = mean cost of the most "
+            "expensive single model (points beyond it are cut at c_max); fixed-hull = the hull of all single models",
+            "c_max": float(np.mean(c_maxes)),
+            "policies": {p: _ci(v) for p, v in per.items()},
+        }
+    )
+
+
+def summary(result: SimulationResult, *, command: str = "") -> dict[str, Any]:
+    groups = _group(result.runs)
+    base = _group(result.baselines)
+    plan = result.plan
+    return _clean(
+        {
+            "schema": SCHEMA,
+            "command": command,
+            "commit": git_commit(),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "env": result.env,
+            "scenarios": result.scenarios,
+            "seeds": list(plan.seeds),
+            "cost_weights": list(plan.cost_weights),
+            "n_steps": result.n_steps,
+            "warmup": plan.warmup,
+            "results": [record(groups[(p, lam)]) for p in plan.policies for lam in plan.cost_weights],
+            "oracle": [record(base[("oracle", lam)]) for lam in plan.cost_weights],
+            "fixed": [
+                record(base[(f"fixed:{m}", lam)])
+                for m in result.model_names
+                for lam in plan.cost_weights
+                if (f"fixed:{m}", lam) in base
+            ],
+            "two_model": two_model_metrics(result),
+            "aiq": aiq_metrics(result) if len(plan.cost_weights) > 1 else None,
+        }
+    )
+
+
+def curves(result: SimulationResult) -> dict[str, Any]:
+    """Mean curves over seeds per (policy, λ): cumulative regret (with 95% bands) and model shares over time."""
+    out = []
+    for (policy, lam), runs in _group([*result.runs, *result.baselines]).items():
+        if policy.startswith("fixed:"):
+            continue
+        entry: dict[str, Any] = {"policy": policy, "cost_weight": lam, "steps": runs[0].curve_steps}
+        for name in ("regret_oracle_curve", "regret_best_fixed_curve"):
+            stack = np.stack([getattr(r, name) for r in runs])
+            mean = stack.mean(axis=0)
+            if len(runs) > 1:
+                half = stats.t.ppf(0.975, len(runs) - 1) * stack.std(axis=0, ddof=1) / np.sqrt(len(runs))
+            else:
+                half = np.zeros_like(mean)
+            entry[name.removesuffix("_curve")] = {"mean": mean, "lo": mean - half, "hi": mean + half}
+        shares = np.stack([r.shares_over_time for r in runs]).mean(axis=0)
+        entry["share_edges"] = runs[0].share_edges
+        entry["shares"] = {m: shares[:, k] for k, m in enumerate(result.model_names)}
+        out.append(entry)
+    return _clean({"model_names": list(result.model_names), "runs": out})
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _pm(mean: Any, half: Any, digits: int = 4) -> str:
+    return _fmt(mean, digits) + ("" if half is None else f" ± {_fmt(half, digits if half >= 1e-3 else 2)}")
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """A readable `summary.md` of a summary dict."""
+    env = data["env"]
+    lines = [
+        "# Simulation summary",
+        "",
+        f"- command: `{data['command'] or '(library call)'}`",
+        f"- commit: `{data['commit']}`, created {data['created']}",
+        f"- environment: {env['kind']} `{env['name']}`: {data['n_steps']} steps per run, models "
+        f"{', '.join(env['models'])}; missing cells: {env['missing_cells']}",
+        f"- seeds: {data['seeds']}; cost weights λ: {data['cost_weights']}",
+    ]
+    if data["scenarios"]:
+        lines.append(
+            "- scenarios: "
+            + "; ".join(
+                s["name"] + " (" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "name") + ")"
+                for s in data["scenarios"]
+            )
+        )
+    lines += ["", "Means over seeds ± 95% CI half-width. Reward = quality − λ·cost (USD).", ""]
+    for lam in data["cost_weights"]:
+        lines += [
+            f"## λ = {lam:g}",
+            "",
+            "| policy | reward | quality | cost (USD/request) | regret vs oracle | "
+            "regret vs best fixed | steps/s | top model share |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        rows = [r for r in data["results"] + data["oracle"] + data["fixed"] if r["cost_weight"] == lam]
+        rows.sort(key=lambda r: -(r["mean_reward"] or -math.inf))
+        for r in rows:
+            top = max(r["model_shares"].items(), key=lambda kv: kv[1])
+            speed = (
+                ""
+                if r["steps_per_s"] is None or r["policy"] == "oracle" or r["policy"].startswith("fixed:")
+                else f"{r['steps_per_s']:,.0f}"
+            )
+            lines.append(
+                f"| {r['policy']} | {_pm(r['mean_reward'], r['ci95_reward'])} "
+                f"| {_pm(r['mean_quality'], r['ci95_quality'])} | {_fmt(r['mean_cost_usd'])} "
+                f"| {_pm(r['regret_oracle'], r['ci95_regret_oracle'], 4)} "
+                f"| {_pm(r['regret_best_fixed'], r['ci95_regret_best_fixed'], 4)} | {speed} | {top[0]} {top[1]:.2f} |"
+            )
+        lines.append("")
+    if data.get("two_model"):
+        tm = data["two_model"]
+        lines += [
+            f"## Two models: strong {tm['strong']} (q = {tm['q_strong']:.4f}), weak {tm['weak']} "
+            f"(q = {tm['q_weak']:.4f})",
+            "",
+            tm["note"] + ".",
+            "",
+            "| policy | APGR | APGR (trapezoid) | CPT(50%) | CPT(80%) | strong share at 95% of strong quality "
+            "| cost saving at 95% |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p, v in tm["policies"].items():
+            cells = [
+                _pm(v[k]["mean"], v[k]["ci95"], 3) + (f" ({v[k]['n_missing']} never)" if v[k]["n_missing"] else "")
+                for k in ("apgr", "apgr_trapz", "cpt50", "cpt80", "strong_share_at_95", "cost_saving_at_95")
+            ]
+            lines.append(f"| {p} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if data.get("aiq"):
+        lines += [
+            "## AIQ",
+            "",
+            data["aiq"]["normalisation"] + f"; c_max = {data['aiq']['c_max']:.3g} USD.",
+            "",
+            "| policy | AIQ |",
+            "|---|---|",
+        ]
+        ranked = sorted(data["aiq"]["policies"].items(), key=lambda kv: -(kv[1]["mean"] or -math.inf))
+        lines += [f"| {p} | {_pm(v['mean'], v['ci95'], 4)} |" for p, v in ranked]
+        lines.append("")
+    reactions = [r for r in data["results"] + data["oracle"] if r.get("reaction")]
+    if reactions:
+        keys = [k for k in reactions[0]["reaction"] if not k.endswith("_final_share")]
+        lines += [
+            "## Reaction to events",
+            "",
+            "Steps after the event until ≥ 80% of the next decisions (window "
+            f"{data.get('window', '')}) go to the new best model (drift, new-model, price-change), or ≤ 5% "
+            "to the failed model (outage); `never` counts seeds where it did not happen. Final share: over "
+            "the last 10% of the period after the event.",
+            "",
+            "| policy | λ | " + " | ".join(f"{k} steps | {k} final share" for k in keys) + " |",
+            "|---|---|" + "---|---|" * len(keys),
+        ]
+        for r in reactions:
+            cells = []
+            for k in keys:
+                v, f = r["reaction"][k], r["reaction"].get(f"{k}_final_share", {})
+                never = f" ({v['n_missing']} never)" if v["n_missing"] else ""
+                cells += [_pm(v["mean"], v["ci95"], 4) + never, _fmt(f.get("mean"), 3)]
+            lines.append(f"| {r['policy']} | {r['cost_weight']:g} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(result: SimulationResult, out: str | Path, *, command: str = "", plots: bool = True) -> dict[str, Any]:
+    """Write summary.json, summary.md, curves.json (and the PNG plots) to `out`; returns the summary."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = summary(result, command=command)
+    data["window"] = result.plan.window
+    (folder / "summary.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / "summary.md").write_text(markdown(data) + "\n", encoding="utf-8")
+    curve_data = curves(result)
+    (folder / "curves.json").write_text(json.dumps(curve_data) + "\n", encoding="utf-8")
+    if plots:
+        from .plots import write_plots
+
+        write_plots(data, curve_data, folder)
+    return data

@@ -1,0 +1,325 @@
+"""Run a simulation plan: every (policy, λ, seed) as one task, in parallel worker processes.
+
+    plan = Plan(env=EnvSpec.parse("dataset:../shared/data/routellm/routellm.csv.gz"),
+                policies=("vw-squarecb", "linucb"), cost_weights=(10.0, 40.0), seeds=tuple(range(10)))
+    result = simulate(plan, workers=2)        # then report.write_report(result, "runs/x")
+
+A task builds its episode (the same stream for every policy of a seed: common random numbers), runs the
+agent, and reduces the trace to a `RunResult`: means, shares, regret curves against the oracle and the best
+fixed model, and the reaction times after the scenarios' events. The oracle and fixed baselines are computed
+from the same episodes. Results do not depend on the number of workers.
+
+Worker processes are forked when the platform allows it and inherit the environment with its featurized
+prompts; otherwise each worker rebuilds it from the (picklable) plan. A `pacer_factory` in the plan is
+handed to every router (budget targets); whatever its pacer's `summary()` returns joins the run's record.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bandit_router.budgets import BudgetConfig
+from bandit_router.errors import InvalidInput
+from bandit_router.features import FeatureExtractor
+
+from . import metrics as M
+from .agents import Agent, PacerFactory, Trace, known_names, make_agent, trace_of
+from .budgets import realized_values
+from .environments import Environment, EnvSpec, Episode
+from .scenarios import Scenario, build_episode, make_scenario
+
+REACTION_SHARE = 0.8
+"""Reaction to drift, a new model or a price change: steps until this share of traffic is on the new best."""
+OUTAGE_SHARE = 0.05
+"""Reaction to an outage: steps until less than this share of traffic goes to the failed model."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a simulation needs; picklable, so worker processes can rebuild it."""
+
+    env: EnvSpec
+    policies: tuple[str, ...]
+    cost_weights: tuple[float, ...] = (20.0,)
+    seeds: tuple[int, ...] = (0,)
+    scenarios: tuple[str, ...] = ()
+    steps: int | None = None
+    passes: int = 1
+    warmup: str = "none"
+    window: int = 200
+    share_windows: int = 50
+    curve_points: int = 200
+    cache_features: bool = True
+    pacer_factory: PacerFactory | None = None
+
+    def __post_init__(self) -> None:
+        if not self.policies or not self.cost_weights or not self.seeds:
+            raise InvalidInput("a plan needs at least one policy, one cost weight and one seed")
+        known = known_names()
+        for spec in self.policies:
+            if spec.partition(":")[0] not in known:
+                raise InvalidInput(f"unknown policy {spec!r}; known: {', '.join(sorted(known))}")
+        if len(set(self.policies)) != len(self.policies):
+            raise InvalidInput("each policy may appear once")
+
+
+@dataclass(frozen=True)
+class Task:
+    policy: str
+    cost_weight: float
+    seed: int
+
+
+@dataclass
+class RunResult:
+    """One (policy, λ, seed) run reduced to numbers and short curves."""
+
+    policy: str
+    cost_weight: float
+    seed: int
+    n_steps: int
+    mean_reward: float
+    mean_quality: float
+    mean_cost_usd: float
+    mean_latency_s: float | None
+    model_shares: dict[str, float]
+    regret_oracle: float
+    regret_best_fixed: float
+    best_fixed: str
+    steps_per_s: float
+    curve_steps: np.ndarray
+    regret_oracle_curve: np.ndarray
+    regret_best_fixed_curve: np.ndarray
+    share_edges: np.ndarray
+    shares_over_time: np.ndarray
+    reaction: dict[str, float | None] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Workspace:
+    """What a process builds once per plan: the environment (with featurized prompts), the scenarios,
+    the episodes per seed and the agents."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.env: Environment = plan.env.build()
+        self.scenarios: list[Scenario] = [make_scenario(s, self.env) for s in plan.scenarios]
+        self.extractor = FeatureExtractor()
+        self._episodes: dict[int, Episode] = {}
+        self._agents: dict[str, Agent] = {}
+        self.blended = [m.input_usd_per_mtok + 3 * m.output_usd_per_mtok for m in self.env.models]
+
+    def prepare(self) -> None:
+        """Featurize every prompt a run can see and build every seed's episode (before workers fork)."""
+        rows = np.concatenate([self.env.eval_rows, self.env.train_rows])
+        if self.plan.cache_features:
+            self.env.contexts(rows, self.extractor)
+        for seed in self.plan.seeds:
+            self.episode(seed)
+
+    def episode(self, seed: int) -> Episode:
+        if seed not in self._episodes:
+            self._episodes[seed] = build_episode(
+                self.env, self.scenarios, seed, steps=self.plan.steps, passes=self.plan.passes
+            )
+        return self._episodes[seed]
+
+    def agent(self, spec: str) -> Agent:
+        if spec not in self._agents:
+            self._agents[spec] = make_agent(
+                spec,
+                self.env,
+                warmup=self.plan.warmup,
+                pacer_factory=self.plan.pacer_factory,
+                extractor=self.extractor,
+                cache_features=self.plan.cache_features,
+            )
+        return self._agents[spec]
+
+    def run(self, task: Task) -> RunResult:
+        episode = self.episode(task.seed)
+        trace = self.agent(task.policy).run(episode, self.env, task.cost_weight, task.seed)
+        return summarize_run(task, episode, trace, self.plan, self.blended)
+
+
+def reaction_times(episode: Episode, chosen: np.ndarray, cost_weight: float, window: int) -> dict[str, float | None]:
+    """Steps from each scenario event until the traffic followed it (see REACTION_SHARE, OUTAGE_SHARE).
+
+    drift / new-model / price-change: until ≥ 80% of the next `window` decisions go to the model with the best
+    true mean reward after the event; outage: until ≤ 5% go to the failed model (before it recovers).
+    `<kind>_final_share` is that share over the last 10% of the period after the event.
+    """
+    out: dict[str, float | None] = {}
+    r = np.where(episode.available, M.rewards(episode.truth, episode.cost_usd, cost_weight), np.nan)
+    for mark in episode.marks:
+        end = mark.end if mark.end is not None else episode.n_steps
+        if mark.kind in ("drift", "new-model", "price-change"):
+            means = M.column_means(r[mark.step : end])
+            target, above, threshold = int(np.argmax(means)), True, REACTION_SHARE
+        elif mark.kind == "outage":
+            target, above, threshold = episode.index(mark.model), False, OUTAGE_SHARE
+        else:
+            continue
+        hit = chosen == target
+        steps = M.steps_until_share(hit, mark.step, window, threshold, above=above, end=end)
+        out[mark.kind] = None if steps is None else float(steps)
+        tail = hit[max(mark.step, end - max(1, (end - mark.step) // 10)) : end]
+        out[f"{mark.kind}_final_share"] = float(tail.mean()) if tail.size else None
+    return out
+
+
+def summarize_run(task: Task, episode: Episode, trace: Trace, plan: Plan, blended: list[float]) -> RunResult:
+    """Reduce a trace with the episode's full truth (every model's outcome) to a `RunResult`."""
+    lam = task.cost_weight
+    served = episode.available.any(axis=1)
+    reward = trace.quality - lam * trace.cost_usd
+    R = M.rewards(episode.quality, episode.cost_usd, lam)
+    oracle_reward = M.take(R, M.oracle_choice(episode.truth, episode.cost_usd, episode.available, lam))
+    order = M.fallback_order(blended)
+    fixed = np.stack([M.take(R, M.fixed_choice(episode.available, k, order)) for k in range(len(episode.models))])
+    best = int(np.nanargmax(np.nansum(fixed, axis=1)))
+    regret_oracle = M.cumulative_regret(oracle_reward, reward)
+    regret_fixed = M.cumulative_regret(fixed[best], reward)
+    n = episode.n_steps
+    idx = np.unique(np.linspace(0, n - 1, min(plan.curve_points, n)).astype(int))
+    edges, shares = M.model_shares(trace.chosen, len(episode.models), plan.share_windows)
+    picked = trace.chosen[trace.chosen >= 0]
+    counts = np.bincount(picked, minlength=len(episode.models)) / max(picked.size, 1)
+    return RunResult(
+        policy=task.policy,
+        cost_weight=lam,
+        seed=task.seed,
+        n_steps=n,
+        mean_reward=float(np.nanmean(reward[served])),
+        mean_quality=float(np.nanmean(trace.quality[served])),
+        mean_cost_usd=float(np.nanmean(trace.cost_usd[served])),
+        mean_latency_s=None if trace.latency_s is None else float(np.nanmean(trace.latency_s[served])),
+        model_shares={m: float(c) for m, c in zip(episode.model_names, counts, strict=True)},
+        regret_oracle=float(regret_oracle[-1]),
+        regret_best_fixed=float(regret_fixed[-1]),
+        best_fixed=episode.model_names[best],
+        steps_per_s=n / trace.seconds if trace.seconds > 0 else float("inf"),
+        curve_steps=idx + 1,
+        regret_oracle_curve=regret_oracle[idx],
+        regret_best_fixed_curve=regret_fixed[idx],
+        share_edges=edges,
+        shares_over_time=shares,
+        reaction=reaction_times(episode, trace.chosen, lam, plan.window),
+        extra={**trace.extra, **_target_values(plan, episode, trace)},
+    )
+
+
+def _target_values(plan: Plan, episode: Episode, trace: Trace) -> dict[str, float]:
+    """The realised value of every budget target of the plan (`--target`) on this run, for every record."""
+    config = getattr(plan.pacer_factory, "config", None)
+    if not isinstance(config, BudgetConfig):
+        return {}
+    step_s = float(getattr(plan.pacer_factory, "seconds_per_step", 1.0))
+    return realized_values(config, episode.models, trace.chosen, trace.cost_usd, trace.latency_s, step_s)
+
+
+@dataclass
+class SimulationResult:
+    """All runs of a plan, the oracle and fixed baselines, and what the environment was."""
+
+    plan: Plan
+    env: dict[str, Any]
+    scenarios: list[dict[str, Any]]
+    runs: list[RunResult]
+    baselines: list[RunResult]
+    n_steps: int
+    model_names: tuple[str, ...]
+    q_by_seed: dict[int, np.ndarray] = field(default_factory=dict)
+    """Per seed, the per-step qualities (n_steps, K) of the episode, for the two-model oracle curve."""
+
+
+_WORKSPACE: Workspace | None = None
+
+
+def _init_worker(plan: Plan) -> None:
+    global _WORKSPACE
+    if _WORKSPACE is None or _WORKSPACE.plan != plan:
+        _WORKSPACE = Workspace(plan)
+        _WORKSPACE.prepare()
+
+
+def _run_in_worker(task: Task) -> RunResult:
+    assert _WORKSPACE is not None
+    return _WORKSPACE.run(task)
+
+
+def simulate(
+    plan: Plan,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SimulationResult:
+    """Run every (policy, λ, seed) of `plan`; `workers` processes (default: one per core)."""
+    global _WORKSPACE
+    workspace = Workspace(plan)
+    workspace.prepare()
+    for spec in plan.policies:
+        workspace.agent(spec)  # fail early on a bad spec, before any process starts
+    tasks = [Task(p, lam, s) for p in plan.policies for lam in plan.cost_weights for s in plan.seeds]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    runs: list[RunResult] = []
+    if workers == 1:
+        for i, task in enumerate(tasks):
+            runs.append(workspace.run(task))
+            if progress:
+                progress(i + 1, len(tasks))
+    else:
+        _WORKSPACE = workspace  # forked workers inherit it (featurized prompts, episodes)
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        try:
+            with ProcessPoolExecutor(
+                workers, mp_context=mp.get_context(method), initializer=_init_worker, initargs=(plan,)
+            ) as pool:
+                futures = [pool.submit(_run_in_worker, task) for task in tasks]
+                for i, future in enumerate(as_completed(futures)):
+                    runs.append(future.result())
+                    if progress:
+                        progress(i + 1, len(tasks))
+        finally:
+            _WORKSPACE = None
+    order = {t: i for i, t in enumerate(tasks)}
+    runs.sort(key=lambda r: order[Task(r.policy, r.cost_weight, r.seed)])
+    baselines = baseline_runs(workspace)
+    episode = workspace.episode(plan.seeds[0])
+    return SimulationResult(
+        plan=plan,
+        env=workspace.env.describe(),
+        scenarios=[s.describe() for s in workspace.scenarios],
+        runs=runs,
+        baselines=baselines,
+        n_steps=episode.n_steps,
+        model_names=episode.model_names,
+        q_by_seed={s: workspace.episode(s).quality for s in plan.seeds},
+    )
+
+
+def baseline_runs(workspace: Workspace) -> list[RunResult]:
+    """The oracle and every fixed model, for every λ and seed of the plan."""
+    from .strategies import OracleAgent
+
+    out = []
+    plan = workspace.plan
+    order = M.fallback_order(workspace.blended)
+    for lam in plan.cost_weights:
+        for seed in plan.seeds:
+            episode = workspace.episode(seed)
+            trace = OracleAgent().run(episode, workspace.env, lam, seed)
+            out.append(summarize_run(Task("oracle", lam, seed), episode, trace, plan, workspace.blended))
+            for k, model in enumerate(episode.model_names):
+                if not episode.available[:, k].any():
+                    continue  # a dormant model that never arrives
+                trace = trace_of(episode, M.fixed_choice(episode.available, k, order), 0.0)
+                out.append(summarize_run(Task(f"fixed:{model}", lam, seed), episode, trace, plan, workspace.blended))
+    return out

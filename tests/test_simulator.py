@@ -1,0 +1,431 @@
+"""Environments, scenarios, agents: bandit feedback only, holes never crash, the truth is exact."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandit_router.catalog import ModelSpec
+from bandit_router.errors import InvalidInput
+from bandit_router.policies import RandomPolicy
+from bandit_router.policies.base import BasePolicy
+from bandit_router.types import Context
+from simulator import EnvSpec, Plan, build_episode, make_scenario, simulate
+from simulator.agents import RouterAgent, make_agent
+from simulator.environments import build_world, load_dataset
+from simulator.environments.dataset import implied_prices
+from simulator.metrics import oracle_choice
+from simulator.strategies import CascadeAgent, LLMRouterAgent
+
+SAMPLE = Path(__file__).parent / "data" / "routellm_sample.csv.gz"
+MODELS = ("big", "mid", "small")
+
+
+def write_table(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    columns = ["prompt_id", "prompt", "task", "split"] + [f"{k}_{m}" for m in MODELS for k in ("quality", "cost")]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
+    return path
+
+
+@pytest.fixture
+def holey_table(tmp_path: Path) -> Path:
+    """60 prompts, 3 models; `mid` has no quality on every 3rd prompt, `big` no cost on every 5th; one prompt
+    has no model at all."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        task = ("code", "chat")[i % 2]
+        row: dict[str, Any] = {
+            "prompt_id": f"p{i}",
+            "prompt": f"{'def f(x): return x' if task == 'code' else 'hi'} question {i} " + "word " * (i % 7),
+            "task": task,
+            "split": "train" if i < 20 else "test",
+        }
+        for m, c in zip(MODELS, (0.01, 0.002, 0.0005), strict=True):
+            row[f"quality_{m}"] = float(rng.random() < {"big": 0.9, "mid": 0.7, "small": 0.5}[m])
+            row[f"cost_{m}"] = c * (1 + 0.01 * i)
+        if i % 3 == 0:
+            row["quality_mid"] = ""
+        if i % 5 == 0:
+            row["cost_big"] = "nan"
+        if i == 59:
+            row["quality_big"] = row["quality_mid"] = row["quality_small"] = ""
+        rows.append(row)
+    return write_table(tmp_path / "holes.csv", rows)
+
+
+class SpyPolicy(BasePolicy):
+    """Random choices; records everything the router hands it for learning."""
+
+    explores = False
+
+    def __init__(self) -> None:
+        self.name = "spy"
+        self.inner = RandomPolicy()
+        self.updates: list[tuple[str, float, float]] = []
+        self.offered: list[tuple[str, ...]] = []
+
+    def pmf(
+        self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        self.offered.append(tuple(m.name for m in models))
+        return self.inner.pmf(context, models, penalty, rng)
+
+    def update(self, context: Context, model: ModelSpec, quality: float, probability: float) -> None:
+        self.updates.append((model.name, quality, probability))
+
+
+def spy_run(env_spec: str, scenarios: Sequence[str] = (), seed: int = 0, steps: int | None = None, **options: Any):
+    env = EnvSpec.parse(env_spec, **options).build()
+    episode = build_episode(env, [make_scenario(s, env) for s in scenarios], seed, steps=steps)
+    spy = SpyPolicy()
+    trace = RouterAgent("spy", lambda _seed: spy).run(episode, env, 10.0, seed)
+    return env, episode, trace, spy
+
+
+# -- dataset environment ---------------------------------------------------------------------------------
+def test_holes_are_unavailable_models_counted_and_never_chosen(holey_table: Path) -> None:
+    env = load_dataset(holey_table)
+    assert env.info["dropped_prompts"] == 1  # the prompt without any model
+    assert len(env.eval_rows) == 59
+    # mid: prompts 0, 3, …, 57 (20); big: 0, 5, …, 55 (12); both counted once per cell
+    assert env.missing_cells == 20 + 12
+    assert env.describe()["missing_by_model"] == {"big": 12, "mid": 20}
+    _, episode, trace, spy = spy_run(f"dataset:{holey_table}")
+    for t, k in enumerate(trace.chosen.tolist()):
+        assert episode.available[t, k], "the router chose a model that has no outcome for this prompt"
+        assert set(spy.offered[t]) == {MODELS[j] for j in np.flatnonzero(episode.available[t])}
+
+
+def test_the_policy_sees_only_the_chosen_models_outcome(holey_table: Path) -> None:
+    _, episode, trace, spy = spy_run(f"dataset:{holey_table}")
+    assert len(spy.updates) == episode.n_steps  # exactly one outcome per decision
+    for t, (model, quality, probability) in enumerate(spy.updates):
+        k = int(trace.chosen[t])
+        assert model == MODELS[k]
+        assert quality == episode.quality[t, k]
+        assert 0 < probability <= 1
+    assert trace.quality.tolist() == [episode.quality[t, k] for t, k in enumerate(trace.chosen.tolist())]
+
+
+def test_split_separates_training_from_evaluated_prompts(holey_table: Path) -> None:
+    env = load_dataset(holey_table, split="split")
+    assert len(env.train_rows) == 20 and len(env.eval_rows) == 39
+    assert set(env.eval_rows.tolist()).isdisjoint(env.train_rows.tolist())
+    episode = env.episode(0)
+    assert sorted(episode.rows.tolist()) == sorted(env.eval_rows.tolist())  # one pass, shuffled
+    assert not np.array_equal(episode.rows, env.eval_rows)
+
+
+def test_classifier_is_fitted_on_the_training_part_only(holey_table: Path, tmp_path: Path) -> None:
+    """Changing the evaluated rows' outcomes must not change the classifier's decisions."""
+    env = load_dataset(holey_table, split="split")
+    rows = list(csv.DictReader(holey_table.open()))
+    for row in rows:
+        if row["split"] == "test":
+            row["quality_small"], row["quality_big"] = row["quality_big"], row["quality_small"]
+    flipped = load_dataset(write_table(tmp_path / "flipped.csv", rows), split="split")
+    choices = []
+    for e in (env, flipped):
+        agent = make_agent("classifier", e)
+        choices.append(agent.run(e.episode(3), e, 10.0, 3).chosen.tolist())
+    assert choices[0] == choices[1]
+
+
+def test_prices_are_implied_from_the_table() -> None:
+    tokens = np.array([10.0, 20.0, 30.0, 40.0])
+    a, b = implied_prices(2e-6 * tokens + 1e-4, tokens)
+    assert a == pytest.approx(2e-6) and b == pytest.approx(1e-4)
+    env = load_dataset(SAMPLE)
+    for k, spec in enumerate(env.models):
+        predicted = np.array([spec.cost_usd(c.input_tokens, 1.0) for c in env.contexts(env.eval_rows, _extractor())])
+        real = env.cost_usd[env.eval_rows, k]
+        assert abs(predicted.mean() / real.mean() - 1) < 0.05  # ĉ is right on average
+    assert {m.tier for m in env.models} == {"large", "small"}
+
+
+def _extractor():
+    from bandit_router.features import FeatureExtractor
+
+    return FeatureExtractor()
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"split": "nope"}, "no split column"),
+        ({"tasks": ("nope",)}, "no task"),
+        ({"drop_flag": "nope"}, "no column"),
+    ],
+)
+def test_bad_dataset_options_are_named(options: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        load_dataset(SAMPLE, **options)
+
+
+def test_drop_flag_and_task_filter() -> None:
+    env = load_dataset(SAMPLE, tasks=("gsm8k",), drop_flag="routellm_contaminated")
+    assert set(env.domain_names) == {"gsm8k"}
+    assert len(env.eval_rows) <= 70
+
+
+# -- synthetic world -----------------------------------------------------------------------------------
+def tiny_world(**overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 1,
+        "pool": 400,
+        "steps": 400,
+        "quality": "expected",
+        "domains": [{"name": "code", "weight": 0.5}, {"name": "chat", "weight": 0.5}],
+        "models": [
+            {"name": "gpt-4o", "skill": {"code": 2.0, "chat": 1.0}, "slope": 0.0},
+            {"name": "gpt-4o-mini", "skill": {"code": -1.0, "chat": 1.5}, "slope": 0.0},
+        ],
+    }
+    config.update(overrides)
+    return config
+
+
+def test_synthetic_truth_is_exact() -> None:
+    env = build_world(tiny_world())
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    code, chat = env.domain_names.index("code"), env.domain_names.index("chat")
+    assert np.allclose(env.quality[env.domains == code], [sigmoid(2.0), sigmoid(-1.0)])
+    assert np.allclose(env.quality[env.domains == chat], [sigmoid(1.0), sigmoid(1.5)])
+    # prices from the catalog; cost = tokens × price
+    spec = env.models[0]
+    assert spec.input_usd_per_mtok == 2.5 and spec.output_usd_per_mtok == 10.0
+    row = 0
+    inp = env.contexts([row], _extractor())[0].input_tokens
+    assert env.cost_usd[row, 0] == pytest.approx(spec.cost_usd(inp, env.output_tokens[row, 0]))
+    # generated text tells the domain: code prompts carry the code vocabulary
+    assert all(
+        any(w in env.prompts[i] for w in ("function", "code", "class", "SQL"))
+        for i in np.flatnonzero(env.domains == code)[:20]
+    )
+
+
+def test_bernoulli_world_draws_zero_one_outcomes_with_the_right_mean() -> None:
+    env = build_world(tiny_world(quality="bernoulli", steps=4000, pool=4000))
+    episode = env.episode(5)
+    assert set(np.unique(episode.quality)) <= {0.0, 1.0}
+    assert episode.quality.mean(axis=0) == pytest.approx(episode.expected.mean(axis=0), abs=0.03)
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"quality": "maybe"}, "quality"),
+        ({"models": [{"name": "not-a-catalog-model", "skill": {}}]}, "give its prices"),
+        ({"colour": "red"}, "unknown keys"),
+    ],
+)
+def test_bad_worlds_are_refused_with_a_clear_message(config: dict[str, Any], match: str) -> None:
+    from bandit_router.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        build_world(tiny_world(**config))
+
+
+def test_packaged_world_loads() -> None:
+    env = EnvSpec.parse("synthetic:default").build()
+    assert env.dormant == {"claude-haiku-4-5"}
+    episode = env.episode(0, steps=100)
+    assert "claude-haiku-4-5" not in episode.initial_models
+    assert not episode.available[:, env.model_names.index("claude-haiku-4-5")].any()
+
+
+# -- scenarios ---------------------------------------------------------------------------------------------
+def test_drift_changes_only_the_model_after_the_step_and_keeps_zero_one() -> None:
+    env = load_dataset(SAMPLE)
+    base = build_episode(env, [], 0)
+    drifted = build_episode(env, [make_scenario("drift:model=gpt-4-1106-preview,delta=-1,at=0.5", env)], 0)
+    half = base.n_steps // 2
+    k = env.model_names.index("gpt-4-1106-preview")
+    assert np.array_equal(base.quality[:half], drifted.quality[:half])
+    assert np.array_equal(base.quality[:, 1 - k], drifted.quality[:, 1 - k])
+    binary = np.isin(base.quality[half:, k], (0.0, 1.0))
+    assert (drifted.quality[half:, k][binary] == 0).all()  # every success of a 0/1 benchmark became a failure
+    assert drifted.marks[0].kind == "drift" and drifted.marks[0].step == half
+
+
+def test_new_model_is_unknown_then_added() -> None:
+    env, _episode, trace, spy = spy_run("synthetic:default", ["new-model:at=100"], steps=300)
+    k = env.model_names.index("claude-haiku-4-5")
+    assert (trace.chosen[:100] != k).all()
+    assert all("claude-haiku-4-5" not in offered for offered in spy.offered[:100])
+    assert all("claude-haiku-4-5" in offered for offered in spy.offered[100:])
+    assert (trace.chosen[100:] == k).any()
+
+
+def test_outage_fails_the_model_in_its_window() -> None:
+    env = build_world(tiny_world())
+    episode = build_episode(env, [make_scenario("outage:model=gpt-4o,at=100,until=200", env)], 0)
+    assert (episode.quality[100:200, 0] == 0).all() and (episode.cost_usd[100:200, 0] == 0).all()
+    assert (episode.quality[200:, 0] > 0).all()
+
+
+def test_price_change_changes_the_cost_and_updates_the_routers_catalog() -> None:
+    env = build_world(tiny_world())
+    base = build_episode(env, [], 0)
+    episode = build_episode(env, [make_scenario("price-change:model=gpt-4o,factor=0.5,at=200", env)], 0)
+    assert np.allclose(episode.cost_usd[200:, 0], 0.5 * base.cost_usd[200:, 0])
+    assert np.array_equal(episode.cost_usd[:200], base.cost_usd[:200])
+    agent = RouterAgent("spy", lambda _seed: SpyPolicy())
+    router = agent.make_router(episode, 10.0, 0)
+    from simulator.agents import _apply_event
+
+    _apply_event(router, episode.events[0])
+    assert router.spec("gpt-4o").input_usd_per_mtok == pytest.approx(1.25)
+
+
+def test_traffic_shift_changes_the_domain_mix() -> None:
+    env = build_world(tiny_world(steps=2000, pool=1000))
+    episode = build_episode(env, [make_scenario("traffic-shift:to=chat,share=0.9,at=0.5", env)], 0)
+    chat = env.domain_names.index("chat")
+    assert (episode.domains[:1000] == chat).mean() == pytest.approx(0.5, abs=0.05)
+    assert (episode.domains[1000:] == chat).mean() == pytest.approx(0.95, abs=0.03)
+
+
+def test_delayed_feedback_arrives_late_and_some_never() -> None:
+    _env, episode, _trace, spy = spy_run("synthetic:default", ["delayed-feedback:mean=50,lost=0.2"], steps=1000)
+    assert episode.feedback.delay_mean == 50
+    assert 0.6 * 1000 < len(spy.updates) < 0.85 * 1000  # 20% lost, plus the ones still in flight at the end
+    assert len(spy.updates) < episode.n_steps
+
+
+def test_noisy_feedback_reaches_the_policy_but_not_the_metrics() -> None:
+    _env, episode, trace, spy = spy_run("synthetic:default", ["noisy-feedback:sd=0.2,flip=0.3"], steps=500)
+    seen = np.array([q for _, q, _ in spy.updates])
+    truth = np.array([episode.quality[t, k] for t, k in enumerate(trace.chosen.tolist())])
+    assert (seen != truth).mean() > 0.5
+    assert np.array_equal(trace.quality, truth)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("earthquake", "unknown scenario"),
+        ("drift:model=nobody", "unknown model"),
+        ("drift:speed=3", "unknown setting"),
+        ("traffic-shift:to=nowhere", "unknown domain"),
+        ("delayed-feedback:lost=1.5", "lost"),
+    ],
+)
+def test_bad_scenarios_are_refused(text: str, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        make_scenario(text, build_world(tiny_world()))
+
+
+# -- strategies ----------------------------------------------------------------------------------------
+def test_cascade_escalates_until_the_judge_accepts_and_pays_every_call() -> None:
+    env = build_world(tiny_world(quality="expected"))
+    episode = env.episode(0, steps=50)
+    cheap, dear = env.model_names.index("gpt-4o-mini"), env.model_names.index("gpt-4o")
+    agent = CascadeAgent("cascade", [cheap, dear], threshold=0.5, error=0.0)
+    trace = agent.run(episode, env, 0.0, 0)
+    for t in range(50):
+        if episode.quality[t, cheap] >= 0.5:
+            assert trace.chosen[t] == cheap and trace.cost_usd[t] == pytest.approx(episode.cost_usd[t, cheap])
+        else:
+            assert trace.chosen[t] == dear
+            assert trace.cost_usd[t] == pytest.approx(episode.cost_usd[t, cheap] + episode.cost_usd[t, dear])
+    wrong = CascadeAgent("cascade", [cheap, dear], threshold=0.5, error=1.0).run(episode, env, 0.0, 0)
+    assert ((wrong.chosen == cheap) == (episode.quality[:, cheap] < 0.5)).all()  # an always-wrong judge
+
+
+def test_llm_router_with_perfect_accuracy_is_the_oracle_plus_its_own_cost() -> None:
+    env = load_dataset(SAMPLE)
+    episode = env.episode(0)
+    tokens = np.full(len(env.prompts), 100.0)
+    trace = LLMRouterAgent("llm-router", tokens, accuracy=1.0, price_in=1.0, price_out=0.0).run(episode, env, 20.0, 0)
+    best = oracle_choice(episode.quality, episode.cost_usd, episode.available, 20.0)
+    assert np.array_equal(trace.chosen, best)
+    assert np.allclose(trace.cost_usd, episode.cost_usd[np.arange(episode.n_steps), best] + 100 / 1e6)
+    half = LLMRouterAgent("llm-router", tokens, accuracy=0.5).run(episode, env, 20.0, 0)
+    assert 0.35 < (half.chosen == best).mean() < 0.65
+
+
+def test_fixed_policy_through_the_router_equals_the_fixed_baseline(holey_table: Path) -> None:
+    plan = Plan(env=EnvSpec.parse(f"dataset:{holey_table}"), policies=("fixed:mid",), cost_weights=(5.0,), seeds=(0,))
+    result = simulate(plan, workers=1)
+    run = result.runs[0]
+    base = next(r for r in result.baselines if r.policy == "fixed:mid")
+    assert run.mean_reward == pytest.approx(base.mean_reward)
+    assert run.model_shares == pytest.approx(base.model_shares)
+
+
+def test_oracle_is_an_upper_bound_and_learning_beats_random() -> None:
+    plan = Plan(
+        env=EnvSpec.parse("synthetic:default"),
+        policies=("vw-squarecb", "random"),
+        cost_weights=(20.0,),
+        seeds=(0,),
+        steps=3000,
+    )
+    result = simulate(plan, workers=1)
+    rewards = {r.policy: r.mean_reward for r in result.runs + result.baselines}
+    assert rewards["oracle"] >= max(rewards.values()) - 1e-12
+    assert rewards["vw-squarecb"] > rewards["random"] + 0.03
+    fixed_best = max(v for k, v in rewards.items() if k.startswith("fixed:"))
+    assert rewards["vw-squarecb"] > fixed_best  # context pays off in the default world
+
+
+def test_results_do_not_depend_on_the_number_of_workers() -> None:
+    plan = Plan(
+        env=EnvSpec.parse(f"dataset:{SAMPLE}"),
+        policies=("vw-squarecb", "lints"),
+        cost_weights=(10.0, 40.0),
+        seeds=(0, 1),
+    )
+    one = simulate(plan, workers=1)
+    two = simulate(plan, workers=2)
+    assert [(r.policy, r.cost_weight, r.seed, r.mean_reward) for r in one.runs] == [
+        (r.policy, r.cost_weight, r.seed, r.mean_reward) for r in two.runs
+    ]
+
+
+def test_plan_refuses_unknown_policies() -> None:
+    with pytest.raises(InvalidInput, match="unknown policy"):
+        Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("telepathy",))
+    env = load_dataset(SAMPLE)
+    with pytest.raises(InvalidInput, match="unknown model"):
+        make_agent("fixed:gpt-5", env)
+
+
+@pytest.mark.parametrize("warmup", ["none", "bandit", "full"])
+def test_warmup_uses_only_the_training_part(holey_table: Path, warmup: str) -> None:
+    env = load_dataset(holey_table, split="split")
+    episode = env.episode(0)
+    spy = SpyPolicy()
+    RouterAgent("spy", lambda _seed: spy, warmup=warmup).run(episode, env, 10.0, 0)
+    before = len(spy.updates) - episode.n_steps
+    train_cells = int(np.isfinite(env.labels(env.train_rows, 0)).sum())
+    assert before == {"none": 0, "bandit": len(env.train_rows), "full": train_cells}[warmup]
+    if warmup == "full":  # every known training outcome, with probability 1, and nothing of the evaluated part
+        assert all(p == 1.0 for _, _, p in spy.updates[:before])
+    with pytest.raises(InvalidInput, match="warmup"):
+        RouterAgent("spy", lambda _seed: spy, warmup="sometimes")
+
+
+@pytest.mark.parametrize("policy", ["linucb", "vw-squarecb", "thompson"])
+def test_full_warmup_is_the_same_whether_reloaded_or_recomputed(holey_table: Path, policy: str) -> None:
+    """The pre-trained state is cached per seed; a later run must start from it unchanged by earlier runs."""
+    env = load_dataset(holey_table, split="split")
+    episode = env.episode(1)
+    cached = make_agent(policy, env, warmup="full")
+    first = cached.run(episode, env, 10.0, 1)
+    again = cached.run(episode, env, 10.0, 1)  # reloads the cached warm state
+    fresh = make_agent(policy, env, warmup="full").run(episode, env, 10.0, 1)
+    assert again.chosen.tolist() == first.chosen.tolist() == fresh.chosen.tolist()

@@ -1,0 +1,155 @@
+"""A seeded `bandit-router simulate` run on the committed RouteLLM sample reproduces its committed summary.
+
+Regenerate the expected numbers (only when a change of results is intended):
+    .venv/bin/python tests/test_simulator_e2e.py --update
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from bandit_router.cli import app
+
+DATA = Path(__file__).parent / "data"
+SAMPLE = DATA / "routellm_sample.csv.gz"
+EXPECTED = DATA / "expected_summary.json"
+ARGS = [
+    "simulate",
+    "--env",
+    f"dataset:{SAMPLE}",
+    "--policies",
+    "vw-squarecb,linucb:alpha=0.3,dim=64,random,classifier,cascade:error=0.1,llm-router:accuracy=0.7",
+    "--cost-weights",
+    "0,10,40",
+    "--seeds",
+    "2",
+    "--workers",
+    "1",
+    "--quiet",
+]
+COMPARED = ("results", "oracle", "fixed", "two_model", "aiq")
+VOLATILE = {"steps_per_s", "ci95_steps_per_s"}
+
+
+def run_simulate(out: Path, *extra: str) -> dict[str, Any]:
+    result = CliRunner().invoke(app, [*ARGS, "--out", str(out), *extra])
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "summary.json").read_text())
+
+
+def same(a: Any, b: Any, path: str = "") -> list[str]:
+    """Differences between two summary trees (numbers to a relative 1e-7), ignoring timing fields."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{path}: keys {sorted(a.keys() ^ b.keys())}"]
+        return [d for k in a if k not in VOLATILE for d in same(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{path}: length {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in same(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float | int):
+        return [] if math.isclose(a, b, rel_tol=1e-7, abs_tol=1e-12) else [f"{path}: {a} != {b}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def test_seeded_run_reproduces_the_committed_summary(tmp_path: Path) -> None:
+    data = run_simulate(tmp_path / "run", "--no-plots")
+    expected = json.loads(EXPECTED.read_text())
+    differences = [d for key in COMPARED for d in same(data[key], expected[key], key)]
+    assert not differences, "\n".join(differences[:20])
+
+
+def test_summary_has_the_documented_shape_and_plots(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    data = run_simulate(out)
+    assert data["schema"] == "bandit-router-simulation/1"
+    assert {p.name for p in out.iterdir()} >= {
+        "summary.json",
+        "summary.md",
+        "curves.json",
+        "regret.png",
+        "cost_quality.png",
+        "shares.png",
+        "strong_share.png",
+    }
+    policies = {r["policy"] for r in data["results"]}
+    assert policies == {
+        "vw-squarecb",
+        "linucb:alpha=0.3,dim=64",
+        "random",
+        "classifier",
+        "cascade:error=0.1",
+        "llm-router:accuracy=0.7",
+    }
+    assert len(data["results"]) == 6 * 3
+    for r in data["results"] + data["oracle"] + data["fixed"]:
+        for key in ("policy", "cost_weight", "seeds", "mean_reward", "mean_quality", "mean_cost_usd", "ci95_reward"):
+            assert key in r
+        assert sum(r["model_shares"].values()) == __import__("pytest").approx(1.0)
+    assert {r["policy"] for r in data["fixed"]} == {"fixed:gpt-4-1106-preview", "fixed:mixtral-8x7b-instruct-v0.1"}
+    assert data["two_model"]["strong"] == "gpt-4-1106-preview"
+    assert "cpt50" in data["two_model"]["policies"]["vw-squarecb"]
+    assert "## Two models" in (out / "summary.md").read_text()
+
+
+def test_every_config_key_is_accepted(tmp_path: Path) -> None:
+    from simulator.cli import CONFIG_KEYS
+
+    config = tmp_path / "run.toml"
+    settings = {
+        "env": f'"dataset:{SAMPLE}"',
+        "scenarios": '["noisy-feedback"]',
+        "policies": '["linucb", "random"]',
+        "cost_weights": "[5, 20]",
+        "seeds": "1",
+        "first_seed": "3",
+        "out": f'"{tmp_path / "out"}"',
+        "steps": "100",
+        "passes": "1",
+        "split": '"task"',
+        "train_value": '"mt_bench"',
+        "eval_value": '"gsm8k"',
+        "tasks": '["gsm8k", "mt_bench"]',
+        "drop_flag": '"routellm_contaminated"',
+        "context_columns": '["subtask"]',
+        "prices": '"flat"',
+        "warmup": '"bandit"',
+        "window": "20",
+        "workers": "1",
+        "targets": '["avg_cost_usd=0.01"]',
+    }
+    assert set(settings) == CONFIG_KEYS
+    config.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--quiet", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert data["seeds"] == [3] and data["n_steps"] == 100 and data["warmup"] == "bandit"
+    assert (
+        data["env"]["price_fit"].startswith("flat") and 0 < data["env"]["train_prompts"] < 20
+    )  # one MT-Bench row is flagged contaminated
+    assert data["env"]["context_columns"] == ["subtask"]
+    assert any(key.startswith("target:") for key in data["results"][0])
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["simulate", "--env", f"dataset:{SAMPLE}", "--out", str(tmp_path), "--scenario", "earthquake", "--quiet"]
+    )
+    assert result.exit_code == 2
+    assert "unknown scenario" in result.output
+
+
+if __name__ == "__main__":
+    if "--update" in sys.argv:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            summary = run_simulate(Path(folder), "--no-plots")
+        EXPECTED.write_text(json.dumps({k: summary[k] for k in COMPARED}, indent=1) + "\n")
+        print(f"wrote {EXPECTED}")
