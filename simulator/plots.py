@@ -44,6 +44,7 @@ def plot_regret(curves: dict[str, Any], data: dict[str, Any], path: Path) -> Non
     for j, lam in enumerate(lams):
         for i, key in enumerate(("regret_oracle", "regret_best_fixed")):
             ax = axes[i][j]
+            ax.set_prop_cycle(color=plt.cm.tab20.colors)
             for run in curves["runs"]:
                 if run["cost_weight"] != lam or run["policy"] == "oracle":
                     continue
@@ -65,7 +66,8 @@ def plot_regret(curves: dict[str, Any], data: dict[str, Any], path: Path) -> Non
 
 def plot_cost_quality(data: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, ax = plt.subplots(figsize=(9.5, 5.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)
     groups: dict[str, list[tuple[float, float]]] = {}
     for r in data["results"] + data["oracle"]:
         groups.setdefault(r["policy"], []).append((r["mean_cost_usd"], r["mean_quality"]))
@@ -91,7 +93,7 @@ def plot_cost_quality(data: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("mean cost per request (USD, log scale)")
     ax.set_ylabel("mean quality")
     ax.set_title("cost–quality over λ, with non-decreasing hulls (× = single models)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -142,6 +144,15 @@ def plot_strong_share(data: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def redraw_cost_quality(folder: Path) -> Path:
+    """Draw `cost_quality.png` again from a run's `summary.json` (the numbers are not recomputed)."""
+    import json
+
+    path = folder / "cost_quality.png"
+    plot_cost_quality(json.loads((folder / "summary.json").read_text()), path)
+    return path
 
 
 def write_plots(data: dict[str, Any], curves: dict[str, Any], folder: Path) -> list[Path]:

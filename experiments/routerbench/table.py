@@ -69,7 +69,7 @@ def report(name: str, data: dict[str, Any]) -> None:
     print("|---|---|")
     for p, v in sorted(aiq.items(), key=lambda kv: -(kv[1]["mean"] or 0)):
         print(f"| {p} | {pm(v['mean'], v['ci95'])} |")
-    best = max((p for p in aiq if contextual(p)), key=lambda p: aiq[p]["mean"])
+    best = max((p for p in aiq if contextual(p) and p in policies), key=lambda p: aiq[p]["mean"])  # one setting
     ratio = aiq[best]["mean"] / aiq["classifier"]["mean"]
     print(
         f"\nTargets ({name}): the best contextual bandit beats the best fixed model at {sum(wins)} of {len(lams)} "
