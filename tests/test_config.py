@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from readme_sections import service_section
 
 from bandit_router.config import KEYS, ConfigError, Secrets, Settings, describe_keys, load_settings
 
@@ -182,12 +183,12 @@ def test_every_key_is_described() -> None:
 
 
 def test_the_readme_keys_table_is_current() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "readme" / "30-service.md").read_text(encoding="utf-8")
+    readme = service_section(Path(__file__).resolve().parents[1])
     assert describe_keys() in readme
 
 
 def test_the_readme_example_configuration_loads(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "readme" / "30-service.md").read_text(encoding="utf-8")
+    readme = service_section(Path(__file__).resolve().parents[1])
     example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     config = _write(tmp_path / "bandit-router.toml", example)
     _write(tmp_path / "catalog.toml", "[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n")

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from readme_sections import service_section
 
 from bandit_router.config import Settings
 from bandit_router.service.engine import build_router, fingerprint, rebuild_router
@@ -296,7 +297,7 @@ def test_two_workers_share_the_log(servers: Callable[..., Server], tmp_path: Pat
 
 
 def test_readme_examples_work_as_written(servers: Callable[..., Server], tmp_path: Path) -> None:
-    text = (ROOT / "docs" / "readme" / "30-service.md").read_text()
+    text = service_section(ROOT)
     blocks = dict(re.findall(r"<!-- tested: ([\w-]+).*?-->\s*```sh\n(.*?)```", text, re.S))
     assert set(blocks) == {"round-trip", "route-options", "models", "backup"}
     if shutil.which("sqlite3") is None:
