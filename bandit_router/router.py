@@ -182,16 +182,17 @@ class Router:
             specs = self._allowed(models)
             costs = self.cost_model.expected_costs(specs, context.input_tokens)
             lam = self.reward_config.cost_weight if cost_weight is None else float(cost_weight)
-            extra = np.zeros(len(specs))
-            allowed = np.ones(len(specs), dtype=bool)
-            if self.pacer is not None:
+            allowed = None
+            if self.pacer is None:
+                penalty = lam * costs
+            else:
                 lam, extra, allowed = self.pacer.adjust(
                     context, specs, costs, cost_weight, self.reward_config.cost_weight
                 )
-            penalty = lam * costs + extra
+                penalty = lam * costs + extra
             if self.reward_config.latency_weight:
                 penalty = penalty + self.reward_config.latency_weight * self.cost_model.expected_latencies(specs)
-            if not allowed.all():
+            if allowed is not None and not allowed.all():
                 specs = [s for s, ok in zip(specs, allowed, strict=True) if ok]
                 costs, penalty = costs[allowed], penalty[allowed]
             pmf = self.policy.pmf(context, specs, penalty, self._rng)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -107,17 +106,22 @@ class Context:
     markers: frozenset[str]
     attributes: Mapping[str, Scalar]
     text: str = ""
+    _flat: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
-    @cached_property
+    @property
     def flat(self) -> tuple[np.ndarray, np.ndarray]:
         """Every namespace's features in one pair (indices as uint64, values as float32), computed once."""
-        parts = [p for p in self.features.values() if len(p[0])]
-        if not parts:
-            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.float32)
-        return (
-            np.concatenate([p[0] for p in parts]).astype(np.uint64),
-            np.concatenate([p[1] for p in parts]).astype(np.float32),
-        )
+        if self._flat is None:
+            parts = [p for p in self.features.values() if len(p[0])]
+            if not parts:
+                flat = np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.float32)
+            else:
+                flat = (
+                    np.concatenate([p[0] for p in parts]).astype(np.uint64),
+                    np.concatenate([p[1] for p in parts]).astype(np.float32),
+                )
+            object.__setattr__(self, "_flat", flat)
+        return self._flat  # type: ignore[return-value]
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able form that `from_json` turns back into an equal context (without the text)."""

@@ -132,15 +132,12 @@ class VWPolicy(BasePolicy):
         ex.set_label(_SHARED_LABEL)
         return ex
 
-    def _examples(self, context: Context, models: Sequence[ModelSpec]) -> list[vw.Example]:
-        return [self._shared(context), *(self._action(m) for m in models)]
-
     # -- policy -----------------------------------------------------------------------------------------
     def quality(self, context: Context, models: Sequence[ModelSpec]) -> np.ndarray:
         """q̂ per model, shape (len(models),)."""
         # The public predict_one re-checks every label in Python (≈10 µs); our examples are built right here.
-        examples = self._examples(context, models)
-        scores = cast(list[tuple[int, float]], self._ws._workspace.predict_multi_ex_one([e._example for e in examples]))
+        raw = [self._shared(context)._example, *(self._action(m)._example for m in models)]
+        scores = cast(list[tuple[int, float]], self._ws._workspace.predict_multi_ex_one(raw))
         q = [0.0] * len(models)
         for action, cost in scores:  # VW sorts by score: map back by index
             q[action] = -cost
