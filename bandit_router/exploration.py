@@ -68,9 +68,8 @@ def monte_carlo_pmf(draw: Callable[[int], np.ndarray], n_draws: int) -> np.ndarr
     probability is exactly the probability with which the model was chosen.
     """
     samples = draw(n_draws)
-    k = samples.shape[1]
-    winners = samples.argmax(axis=1)
-    counts = np.bincount(winners, minlength=k).astype(np.float64)
+    top = samples >= samples.max(axis=1, keepdims=True) - TIE_TOLERANCE
+    counts = (top / top.sum(axis=1, keepdims=True)).sum(axis=0)  # a tie splits that draw's vote
     return counts / counts.sum()
 
 

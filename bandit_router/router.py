@@ -232,11 +232,12 @@ class Router:
         """The realised cost in USD: reported, or tokens × price (estimating what is missing)."""
         return self.cost_model.realised_cost(self.spec(decision.model), outcome, decision.context.input_tokens)
 
-    def reward_of(self, decision: Decision, outcome: Outcome) -> float:
-        """quality − λ·cost − μ·latency for this decision's λ, without learning."""
+    def reward_of(self, decision: Decision, outcome: Outcome, cost_usd: float | None = None) -> float:
+        """quality − λ·cost − μ·latency for this decision's λ, without learning (cost priced when not given)."""
+        cost = self.outcome_cost(decision, outcome) if cost_usd is None else cost_usd
         return reward(
             outcome.quality,
-            self.outcome_cost(decision, outcome),
+            cost,
             outcome.latency_s or 0.0,
             cost_weight=decision.cost_weight,
             latency_weight=self.reward_config.latency_weight,
@@ -247,13 +248,7 @@ class Router:
         with self._lock:
             spec = self.spec(decision.model)
             cost = self.cost_model.realised_cost(spec, outcome, decision.context.input_tokens)
-            value = reward(
-                outcome.quality,
-                cost,
-                outcome.latency_s or 0.0,
-                cost_weight=decision.cost_weight,
-                latency_weight=self.reward_config.latency_weight,
-            )
+            value = self.reward_of(decision, outcome, cost)
             self.cost_model.observe(spec.name, outcome)
             self.policy.update(decision.context, spec, float(outcome.quality), decision.probability)
             self._counts[spec.name] = self._counts.get(spec.name, 0) + 1

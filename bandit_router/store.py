@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 import sqlite3
 import struct
@@ -435,8 +434,19 @@ class SQLiteStore:
                 "features": bytes,
                 "prompt": str,
             },
-            not_null={"decision_id", "created_at", "model", "probability", "models", "pmf", "policy",
-                      "policy_version", "cost_weight", "input_tokens", "features"},
+            not_null={
+                "decision_id",
+                "created_at",
+                "model",
+                "probability",
+                "models",
+                "pmf",
+                "policy",
+                "policy_version",
+                "cost_weight",
+                "input_tokens",
+                "features",
+            },
             if_not_exists=True,
         )
         db.table("decisions").create_index(["decision_id"], index_name="decisions_id", unique=True, if_not_exists=True)
@@ -613,8 +623,21 @@ class _SQLiteTx:
                 value
                 for r in chunk
                 for value in (
-                    r.seq, r.decision_id, r.received_at, r.quality, r.cost_usd, r.input_tokens, r.output_tokens,
-                    r.latency_s, r.source, r.status, int(r.learn), r.reward, r.realised_cost_usd, r.model, r.tenant,
+                    r.seq,
+                    r.decision_id,
+                    r.received_at,
+                    r.quality,
+                    r.cost_usd,
+                    r.input_tokens,
+                    r.output_tokens,
+                    r.latency_s,
+                    r.source,
+                    r.status,
+                    int(r.learn),
+                    r.reward,
+                    r.realised_cost_usd,
+                    r.model,
+                    r.tenant,
                 )
             ]
             self.conn.execute(_INSERT_FEEDBACK + ",".join([_FEEDBACK_PLACEHOLDERS] * len(chunk)), values)
@@ -793,8 +816,7 @@ class _SQLiteTx:
         feedback rows per status."""
         models: dict[str, dict[str, Any]] = {}
         for model, n in self.conn.execute("SELECT model, COUNT(*) FROM decisions GROUP BY model"):
-            models[model] = {"decisions": n, "feedback": 0, "mean_quality": None, "mean_reward": None,
-                             "spend_usd": 0.0}
+            models[model] = {"decisions": n, "feedback": 0, "mean_quality": None, "mean_reward": None, "spend_usd": 0.0}
         for model, n, quality, reward, spend in self.conn.execute(
             "SELECT model, COUNT(*), AVG(quality), AVG(reward), SUM(realised_cost_usd) FROM feedback "
             "WHERE learn = 1 GROUP BY model"
@@ -806,8 +828,27 @@ class _SQLiteTx:
 
 
 def _decision_from_row(row: Sequence[Any]) -> Decision:
-    (decision_id, created_at, model, arm, probability, models, pmf, expected, policy, version, cost_weight,
-     _tenant, input_tokens, n_chars, turns, markers, attributes, features, _prompt) = row
+    (
+        decision_id,
+        created_at,
+        model,
+        arm,
+        probability,
+        models,
+        pmf,
+        expected,
+        policy,
+        version,
+        cost_weight,
+        _tenant,
+        input_tokens,
+        n_chars,
+        turns,
+        markers,
+        attributes,
+        features,
+        _prompt,
+    ) = row
     context = Context(
         features=decode_features(bytes(features)),
         input_tokens=int(input_tokens),
@@ -833,8 +874,23 @@ def _decision_from_row(row: Sequence[Any]) -> Decision:
 
 
 def _feedback_from_row(row: Sequence[Any]) -> FeedbackRecord:
-    (seq, decision_id, received_at, quality, cost_usd, input_tokens, output_tokens, latency_s, source, status,
-     learn, reward, realised, model, tenant) = row
+    (
+        seq,
+        decision_id,
+        received_at,
+        quality,
+        cost_usd,
+        input_tokens,
+        output_tokens,
+        latency_s,
+        source,
+        status,
+        learn,
+        reward,
+        realised,
+        model,
+        tenant,
+    ) = row
     return FeedbackRecord(
         decision_id=decision_id,
         received_at=received_at,
@@ -852,7 +908,3 @@ def _feedback_from_row(row: Sequence[Any]) -> FeedbackRecord:
         tenant=tenant,
         seq=seq,
     )
-
-
-def finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else value

@@ -106,7 +106,7 @@ class Context:
     markers: frozenset[str]
     attributes: Mapping[str, Scalar]
     text: str = ""
-    _flat: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _flat: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def flat(self) -> tuple[np.ndarray, np.ndarray]:

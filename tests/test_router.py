@@ -159,3 +159,11 @@ def test_supervised_policy_learns_offline_and_routes_by_prompt() -> None:
     router = Router(MODELS, policy, seed=0)
     assert router.route(Request(prompt="python def sort list loop bug", cost_weight=20)).model == "coder"
     assert router.route(Request(prompt="poem story ocean love summer", cost_weight=20)).model == "writer"
+
+
+@pytest.mark.parametrize("spec", ["lints:v=0", "lints:v=0,shared=true,dim=32"])
+def test_thompson_pmf_splits_exact_ties_evenly(spec: str) -> None:
+    """With no posterior spread and equal penalties, every model ties: the pmf must not favour the first one."""
+    router = Router(MODELS, spec, seed=0, cold_start_rounds=0)
+    decision = router.route(Request(prompt="hello", cost_weight=0.0, models=("coder", "writer")))
+    assert decision.pmf == pytest.approx((0.5, 0.5))

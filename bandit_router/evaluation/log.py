@@ -107,14 +107,6 @@ class LogArrays:
             *(np.asarray(getattr(self, f))[rows] for f in _ARRAY_FIELDS),
         )
 
-    def embed(self, models: Sequence[str], pmf: Sequence[float]) -> np.ndarray:
-        """A pmf over `models` as a row over the global model list, shape (K,)."""
-        index = {m: i for i, m in enumerate(self.models)}
-        row = np.zeros(len(self.models))
-        for m, p in zip(models, pmf, strict=True):
-            row[index[m]] += p
-        return row
-
 
 _ARRAY_FIELDS = (
     "actions",
