@@ -759,16 +759,25 @@ class Engine:
         else:
             status = "applied"
         learn = status == "applied"
-        value, cost = self._reward(info, o)
-        record = FeedbackRecord(
-            decision_id=op.decision_id,
-            received_at=op.received_at,
-            quality=float(o.quality),
-            cost_usd=o.cost_usd,
-            input_tokens=o.input_tokens,
-            output_tokens=o.output_tokens,
-            latency_s=o.latency_s,
-            source=op.source,
+        record = batch.number(self._feedback_record(info, o, op.received_at, op.source, status, learn))
+        batch.feedback.setdefault(op.decision_id, []).append(record)
+        self._log_entry(batch, record, stored.decision)
+        return FeedbackResult(op.decision_id, status, record.reward, record.seq, learn)
+
+    def _feedback_record(
+        self, info: DecisionInfo, outcome: Outcome, received_at: float, source: str | None, status: str, learn: bool
+    ) -> FeedbackRecord:
+        """A feedback row for the decision `info`, with its reward and realised cost (not yet numbered)."""
+        value, cost = self._reward(info, outcome)
+        return FeedbackRecord(
+            decision_id=info.decision_id,
+            received_at=received_at,
+            quality=float(outcome.quality),
+            cost_usd=outcome.cost_usd,
+            input_tokens=outcome.input_tokens,
+            output_tokens=outcome.output_tokens,
+            latency_s=outcome.latency_s,
+            source=source,
             status=status,
             learn=learn,
             reward=value,
@@ -776,10 +785,6 @@ class Engine:
             model=info.model,
             tenant=info.tenant,
         )
-        record = batch.number(record)
-        batch.feedback.setdefault(op.decision_id, []).append(record)
-        self._log_entry(batch, record, stored.decision)
-        return FeedbackResult(op.decision_id, status, value, record.seq, learn)
 
     def _log_entry(self, batch: _Batch, record: FeedbackRecord, decision: Decision | None) -> None:
         batch.entries.append(_Entry(seq=record.seq, record=record, decision=decision))
@@ -812,24 +817,7 @@ class Engine:
                 status = "default"
             else:
                 continue
-            value, cost = self._reward(info, outcome)
-            record = FeedbackRecord(
-                decision_id=info.decision_id,
-                received_at=now,
-                quality=float(outcome.quality),
-                cost_usd=outcome.cost_usd,
-                input_tokens=outcome.input_tokens,
-                output_tokens=outcome.output_tokens,
-                latency_s=outcome.latency_s,
-                source=status,
-                status=status,
-                learn=True,
-                reward=value,
-                realised_cost_usd=cost,
-                model=info.model,
-                tenant=info.tenant,
-            )
-            record = batch.number(record)
+            record = batch.number(self._feedback_record(info, outcome, now, status, status, True))
             stored = tx.decision(info.decision_id)
             self._log_entry(batch, record, None if stored is None else stored.decision)
         tx.set_meta(SWEPT, str(position))
