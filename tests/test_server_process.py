@@ -245,6 +245,15 @@ def test_two_workers_share_the_log(servers: Callable[..., Server], tmp_path: Pat
     db = tmp_path / "router.db"
     server = servers(workers=2)
     server.wait_ready()
+    ready: set[int] = set()  # both workers must have recovered, not just the first to answer
+    deadline = time.monotonic() + 30
+    with httpx.Client(base_url=server.url, timeout=5, headers={"connection": "close"}) as client:
+        while len(ready) < 2 and time.monotonic() < deadline:
+            reply = client.get("/readyz")
+            if reply.status_code == 200:
+                ready.add(reply.json()["pid"])
+            time.sleep(0.02)
+    assert len(ready) == 2, "the second worker did not become ready"
     errors: list[str] = []
 
     def client_loop(seed: int) -> None:
