@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bandit_router.errors import InvalidInput
+from bandit_router.policies import parse_settings
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,7 @@ def parse_spec(text: str, positional: str = "") -> Spec:
     name, _, rest = text.partition(":")
     if not name:
         raise InvalidInput(f"empty spec in {text!r}")
-    settings: dict[str, str] = {}
-    if rest:
-        if "=" not in rest:
-            if not positional:
-                raise InvalidInput(f"{text}: settings must be key=value")
-            settings[positional] = rest
-        else:
-            for part in rest.split(","):
-                key, eq, value = part.partition("=")
-                if not eq or not key.strip():
-                    raise InvalidInput(f"{text}: bad setting {part!r}, expected key=value")
-                settings[key.strip()] = value.strip()
+    settings = parse_settings(text, rest, positional)
     return Spec(name=name.strip(), settings=settings, text=text)
 
 

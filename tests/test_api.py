@@ -18,23 +18,14 @@ with warnings.catch_warnings():  # Starlette 1.10 asks for `httpx2`; the plain h
     warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
     from fastapi.testclient import TestClient
 
+from service_client import start_client
+
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets, Settings
-from bandit_router.service import create_app
 
 CLIENT_KEY = "client-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
 SECRET_PROMPT = "my secret prompt: the launch code is 0000"
-
-
-def _start(settings: Settings) -> TestClient:
-    client = TestClient(create_app(settings))
-    client.__enter__()
-    deadline = time.monotonic() + 10
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the service did not become ready"
-        time.sleep(0.01)
-    return client
 
 
 @pytest.fixture
@@ -43,7 +34,7 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
 
     def make(**changes: Any) -> TestClient:
         settings = Settings(db=tmp_path / "api.db", seed=7, **changes)
-        client = _start(settings)
+        client = start_client(settings)
         clients.append(client)
         return client
 

@@ -23,23 +23,14 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
     from fastapi.testclient import TestClient
 
+from service_client import start_client
+
 from bandit_router.config import Secrets, Settings, load_settings
 from bandit_router.errors import ConfigError
-from bandit_router.service import create_app
 
 CLIENT_KEY = "client-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
 ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
-
-
-def _start(settings: Settings) -> TestClient:
-    client = TestClient(create_app(settings))
-    client.__enter__()
-    deadline = time.monotonic() + 10
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the service did not become ready"
-        time.sleep(0.01)
-    return client
 
 
 @pytest.fixture
@@ -47,7 +38,7 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
     clients: list[TestClient] = []
 
     def make(**changes: Any) -> TestClient:
-        client = _start(Settings(db=tmp_path / "budgets.db", seed=7, **changes))
+        client = start_client(Settings(db=tmp_path / "budgets.db", seed=7, **changes))
         clients.append(client)
         return client
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UnknownPolicy
+from ..errors import InvalidInput, UnknownPolicy
 from .base import BasePolicy, NoParams, Policy
 from .baselines import FixedParams, FixedPolicy, RandomPolicy
 from .context_free import ContextFreeParams, ContextFreePolicy
@@ -58,25 +58,35 @@ CONTEXTUAL = ("vw-greedy", "vw-egreedy", "vw-softmax", "vw-squarecb", "linucb", 
 CONTEXT_FREE = ("egreedy", "ucb1", "thompson")
 
 
+def parse_settings(
+    spec: str, rest: str, positional: str = "", error: type[InvalidInput] = InvalidInput
+) -> dict[str, str]:
+    """The settings after a spec's first colon: a bare `value` (fills `positional`) or `k=v,k=v`.
+
+    Shared by policy specs and the simulator's scenario and strategy specs; `error` is the exception raised.
+    """
+    settings: dict[str, str] = {}
+    if not rest:
+        return settings
+    if "=" not in rest:
+        if not positional:
+            raise error(f"{spec}: settings must be key=value, got {rest!r}")
+        settings[positional] = rest
+        return settings
+    for part in rest.split(","):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise error(f"{spec}: bad setting {part!r}, expected key=value")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """`name[:value|:k=v,k=v]` → (name, settings as strings)."""
     name, _, rest = spec.strip().partition(":")
     if name not in REGISTRY:
         raise UnknownPolicy(f"unknown policy {name!r}; known: {', '.join(REGISTRY)}")
-    settings: dict[str, str] = {}
-    if rest:
-        if "=" not in rest:
-            key = REGISTRY[name].positional
-            if not key:
-                raise UnknownPolicy(f"policy {name!r} takes settings as key=value, got {rest!r}")
-            settings[key] = rest
-        else:
-            for part in rest.split(","):
-                key, eq, value = part.partition("=")
-                if not eq or not key.strip():
-                    raise UnknownPolicy(f"bad setting {part!r} in {spec!r}: expected key=value")
-                settings[key.strip()] = value.strip()
-    return name, settings
+    return name, parse_settings(spec.strip(), rest, REGISTRY[name].positional, UnknownPolicy)
 
 
 def _convert(field: dataclasses.Field[Any], value: Any) -> Any:
@@ -128,6 +138,7 @@ __all__ = [
     "Policy",
     "make_params",
     "make_policy",
+    "parse_settings",
     "parse_spec",
     "warm_start",
 ]

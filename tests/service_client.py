@@ -1,0 +1,24 @@
+"""Start the service in-process for API tests: `TestClient(create_app(settings))`, waited until ready."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+with warnings.catch_warnings():  # Starlette 1.10 asks for `httpx2`; the plain httpx of the dev extras still works
+    warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+    from fastapi.testclient import TestClient
+
+from bandit_router.config import Settings
+from bandit_router.service import create_app
+
+
+def start_client(settings: Settings) -> TestClient:
+    """A started client (lifespan entered) whose `/readyz` answers 200; the caller exits it."""
+    client = TestClient(create_app(settings))
+    client.__enter__()
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the service did not become ready"
+        time.sleep(0.01)
+    return client
