@@ -26,11 +26,10 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import CatalogError
+from .names import MAX_NAME_LENGTH, name_problem, safe_text
 
 DEFAULT_OUTPUT_TOKENS = 250.0
 """Prior mean of output tokens when a catalog entry gives none (ShareGPT's median first reply is 239)."""
-
-MAX_NAME_LENGTH = 128
 
 
 @dataclass(frozen=True)
@@ -45,10 +44,10 @@ class ModelSpec:
     output_tokens: float | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise CatalogError("model name must be a non-empty string")
-        if len(self.name) > MAX_NAME_LENGTH or any(c.isspace() for c in self.name):
-            raise CatalogError(f"model name {self.name!r} must be at most {MAX_NAME_LENGTH} characters, no spaces")
+        problem = name_problem(self.name, MAX_NAME_LENGTH)  # one grammar for every name (bandit_router.names)
+        if problem is not None:
+            shown = safe_text(self.name)[:80] if isinstance(self.name, str) else type(self.name).__name__
+            raise CatalogError(f"model name {shown!r} {problem}")
         for key in ("input_usd_per_mtok", "output_usd_per_mtok"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -69,6 +68,11 @@ class ModelSpec:
             isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()
         ):
             raise CatalogError(f"model {self.name!r}: tags must map strings to strings")
+        for k, v in self.tags.items():
+            for text, what in ((k, "tag key"), (v, "tag value")):
+                problem = name_problem(text)
+                if problem is not None:
+                    raise CatalogError(f"model {self.name!r}: {what} {safe_text(text)[:80]!r} {problem}")
         object.__setattr__(self, "tags", MappingProxyType(dict(self.tags)))
 
     @property

@@ -83,6 +83,11 @@ class Settings:
     log_level: str = "info"
     access_log: bool = False
     opentelemetry: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    timeout_keep_alive_s: float = 5.0
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 1000
     # storage
     db: Path = Path("bandit-router.db")
     synchronous: str = "normal"
@@ -163,6 +168,15 @@ KEYS: dict[str, Key] = {
     "log_level": Key("str", "critical, error, warning, info or debug"),
     "access_log": Key("bool", "log every request line (costs about a third of a cheap endpoint's throughput)"),
     "opentelemetry": Key("bool", "let FastAPI's OpenTelemetry instrumentation report to the global providers"),
+    "allowed_hosts": Key("strs", "Host header names accepted besides loopback ones when bound to a loopback "
+                         "address (421 otherwise), e.g. [\"router.internal\", \"*.example.com\"], or [\"*\"] for any; "
+                         "environment: a JSON list"),
+    "timeout_keep_alive_s": Key("float", "seconds an idle keep-alive connection stays open after a reply"),
+    "header_timeout_s": Key("float", "seconds a connection has to send a complete request line and headers (from "
+                            "its opening or its previous reply); then it is closed"),
+    "body_timeout_s": Key("float", "seconds a request has to send its whole body once its headers are in; then the "
+                          "connection is closed"),
+    "max_connections": Key("int", "open connections per process; one more gets 503 and is closed"),
     "db": Key("path", "SQLite database file (created on first start)"),
     "synchronous": Key("str", "SQLite synchronous: normal (survives an application crash) or full/extra (also "
                        "power loss)"),
@@ -224,6 +238,13 @@ def _validate(s: Settings) -> None:
     if s.aggregation == "average":
         check(s.reward_window_s is not None, "aggregation", "average needs reward_window_s")
     check(s.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
+    for name in ("timeout_keep_alive_s", "header_timeout_s", "body_timeout_s"):
+        value = getattr(s, name)
+        check(math.isfinite(value) and 0 < value <= 3600, name, f"must be in (0, 3600] seconds, got {value}")
+    check(1 <= s.max_connections <= 1_000_000, "max_connections", "must be in 1..1000000")
+    for host in s.allowed_hosts:
+        check(isinstance(host, str) and bool(host) and host.isascii() and " " not in host and "/" not in host,
+              "allowed_hosts", f"must be host names, got {host!r}")
     check(s.max_prompt_chars >= 1, "max_prompt_chars", "must be >= 1")
     if s.seed is not None:
         check(0 <= s.seed < 2**63, "seed", "must be a non-negative integer")

@@ -13,9 +13,10 @@ from bandit_router.config import Settings
 from bandit_router.service import create_app
 
 
-def start_client(settings: Settings) -> TestClient:
-    """A started client (lifespan entered) whose `/readyz` answers 200; the caller exits it."""
-    client = TestClient(create_app(settings))
+def start_client(settings: Settings, base_url: str = "http://testserver") -> TestClient:
+    """A started client (lifespan entered) whose `/readyz` answers 200; the caller exits it. With `base_url`
+    `http://127.0.0.1:…` the app sees a loopback connection (and checks `Host`, as a loopback-bound server does)."""
+    client = TestClient(create_app(settings), base_url=base_url)
     client.__enter__()
     deadline = time.monotonic() + 10
     while client.get("/readyz").status_code != 200:

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
+from ..names import check_name
 
 DURATION_UNITS: Mapping[str, int] = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800})
 _LATENCY_KEY = re.compile(r"latency_p(\d+(?:\.\d+)?)_s")
@@ -154,9 +155,13 @@ class Share:
             key, _, value = selector.removeprefix("tag:").partition("=")
             if not key or not value or "=" in value or any(c.isspace() for c in key + value):
                 raise InvalidInput(f"share selector {selector!r}: a tag selector is tag:key=value")
+            check_name(key, "share selector: tag key")
+            check_name(value, "share selector: tag value")
             selector = f"tag:{key}={value}"
         elif any(c.isspace() for c in selector) or selector.startswith("tag:"):
             raise InvalidInput(f"share selector {selector!r}: a model name (no spaces) or tag:key=value")
+        else:
+            check_name(selector, "share selector: model name")
         object.__setattr__(self, "selector", selector)
         share = self.max_share
         if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= share <= 1.0:
@@ -261,9 +266,8 @@ def parse_scoped_target(text: str) -> tuple[str | None, Target]:
 
 
 def _check_tenant(name: Any) -> str:
-    if not isinstance(name, str) or not name or len(name) > MAX_TENANT_LENGTH:
-        raise InvalidInput(f"tenant must be a non-empty string of at most {MAX_TENANT_LENGTH} characters")
-    return name
+    """A tenant name: the grammar of `bandit_router.names` (it becomes a metrics label and a stored key)."""
+    return check_name(name, "tenant", MAX_TENANT_LENGTH)
 
 
 _KIND_ORDER = {"avg_cost": 0, "spend": 1, "share": 2, "latency": 3}
@@ -363,6 +367,8 @@ class BudgetConfig:
         object.__setattr__(self, "tenants", MappingProxyType(tenants))
         if self.fallback_model is not None and (not isinstance(self.fallback_model, str) or not self.fallback_model):
             raise InvalidInput("fallback_model must be a model name")
+        if self.fallback_model is not None:
+            check_name(self.fallback_model, "fallback_model")
         if self.guard_max_usd_per_mtok is not None:
             price = self.guard_max_usd_per_mtok
             if isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price) or price < 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib.metadata
+import ipaddress
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from pydantic.json_schema import models_json_schema
 
 from ..config import Settings, load_settings
 from ..store import SQLiteStore
-from . import errors
+from . import errors, redact
 from .auth import Authenticator
 from .engine import Engine
 from .exceptions import PayloadTooLarge
@@ -46,12 +47,60 @@ Round trip: `POST /v1/route` → call the chosen model → `POST /v1/feedback` w
 Every error reply is JSON: `{"error": code, "message": text, "field": name}`."""
 
 
-class ServiceMiddleware:
-    """A pure ASGI layer: the body-size limit (413), and HTTP replies counted by route and status code."""
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost`, `*.localhost`, 127.0.0.0/8 and ::1."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(value: bytes) -> str:
+    """The name part of a `Host` header value (`[::1]:8000` → `::1`, `Example.com:80` → `example.com`)."""
+    text = value.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1 : text.find("]")] if "]" in text else text
+    return text.rpartition(":")[0] if text.count(":") == 1 else text
+
+
+class HostPolicy:
+    """Which `Host` header names a loopback-bound service accepts: loopback names, plus `allowed_hosts`
+    (exact names, `*.example.com` for subdomains, `*` for any). A page on another site that resolves its own name
+    to 127.0.0.1 (DNS rebinding) sends its own name as `Host` and is refused."""
+
+    def __init__(self, allowed_hosts: tuple[str, ...]) -> None:
+        self.any = "*" in allowed_hosts
+        self.exact = frozenset(h.lower().rstrip(".") for h in allowed_hosts if not h.startswith("*"))
+        self.suffixes = tuple(h[1:].lower() for h in allowed_hosts if h.startswith("*."))
+
+    def allows(self, value: bytes) -> bool:
+        if self.any:
+            return True
+        name = _host_name(value).rstrip(".")
+        return is_loopback(name) or name in self.exact or name.endswith(self.suffixes)
+
+
+def _on_loopback(scope: Scope) -> bool:
+    """True when the connection arrived on a loopback address (uvicorn puts the socket's own address in
+    `server`; an in-process test client puts its base URL's host name there)."""
+    server = scope.get("server")
+    return server is not None and isinstance(server[0], str) and is_loopback(server[0])
+
+
+class ServiceMiddleware:
+    """A pure ASGI layer in front of every route: the `Host` check of a loopback-bound service (421), the body
+    size limit (413), and HTTP replies counted by route and status code."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, hosts: HostPolicy | None = None) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,11 +116,22 @@ class ServiceMiddleware:
             await send(message)
 
         length = None
+        host: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = int(value) if value.isdigit() else -1
-                break
+            elif name == b"host":
+                host = value
         try:
+            if self.hosts is not None and host is not None and _on_loopback(scope) and not self.hosts.allows(host):
+                shown = host.decode("latin-1")[:100]
+                response = errors.error_response(
+                    421, "misdirected_request",
+                    f"Host {shown!r} is not served here: this service is bound to a loopback address and accepts "
+                    "loopback host names only; add the name to `allowed_hosts` to serve it",
+                )
+                await response(scope, receive, counting_send)
+                return
             if length is not None and length > limit:
                 response = errors.error_response(
                     413, "payload_too_large", f"the body has {length} bytes; the limit is {limit} (max_body_bytes)"
@@ -162,7 +222,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # FastAPI's native OpenTelemetry asks the global providers on every request; off unless configured.
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes)
+    hosts = HostPolicy(settings.allowed_hosts) if is_loopback(settings.host) else None
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, hosts=hosts)
+    redact.install()
     errors.install(app)
     app.include_router(router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]

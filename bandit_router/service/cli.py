@@ -1,4 +1,5 @@
-"""`bandit-router serve`: run the HTTP service with uvicorn (uvloop + httptools, no access log by default)."""
+"""`bandit-router serve`: run the HTTP service with uvicorn (uvloop + httptools, no access log by default), with
+connection deadlines and a connection cap (`protocol.py`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import typer
 
 from ..config import ConfigError, load_settings
 from ..store import SQLiteStore, StoreError
+from .protocol import LIMITS_VARIABLE, Limits
 
 SERVE_HELP = """Serve the routing API (POST /v1/route, POST /v1/feedback, ...; OpenAPI at /docs).
 
@@ -53,11 +55,15 @@ def serve(
         logging.getLogger("bandit_router.service").warning(
             "binding %s without API keys: anyone who can reach this port can route and send feedback", settings.host
         )
+    limits = Limits(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections)
+    os.environ[LIMITS_VARIABLE] = limits.to_environment()  # read by the protocol, in this process and the workers
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": "bandit_router.service.protocol:GuardedHttpToolsProtocol",  # httptools + header/body deadlines
+        "timeout_keep_alive": settings.timeout_keep_alive_s,
+        "limit_concurrency": settings.max_connections,
         "access_log": settings.access_log,
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": 10,

@@ -6,6 +6,8 @@
 | `UnknownModel` (field `models`)                  | 422    | unknown_model         |
 | other `InvalidInput`                             | 422    | invalid_input         |
 | `PayloadTooLarge`                                | 413    | payload_too_large     |
+| `UnsupportedMediaType`                           | 415    | unsupported_media_type|
+| `Host` not served (middleware, `app.py`)         | 421    | misdirected_request   |
 | `UnknownDecision`, `NotFound`, unknown path      | 404    | not_found             |
 | `ConflictingFeedback`, `Conflict`                | 409    | conflict              |
 | `Unauthorized`                                   | 401    | unauthorized          |
@@ -30,7 +32,16 @@ from starlette.requests import ClientDisconnect
 
 from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision, UnknownModel
 from ..store import StoreError
-from .exceptions import Conflict, Forbidden, InvalidField, NotFound, PayloadTooLarge, Unauthorized, Unavailable
+from .exceptions import (
+    Conflict,
+    Forbidden,
+    InvalidField,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+)
 
 log = logging.getLogger("bandit_router.service")
 
@@ -38,6 +49,7 @@ _MAPPING: tuple[tuple[type[BaseException], int, str], ...] = (
     (UnknownModel, 422, "unknown_model"),
     (InvalidInput, 422, "invalid_input"),
     (PayloadTooLarge, 413, "payload_too_large"),
+    (UnsupportedMediaType, 415, "unsupported_media_type"),
     (UnknownDecision, 404, "not_found"),
     (NotFound, 404, "not_found"),
     (ConflictingFeedback, 409, "conflict"),
@@ -57,6 +69,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in (
         (401, "missing or wrong API key"),
         (413, "body or prompt too large"),
+        (415, "the body is not sent as application/json"),
         (422, "invalid input; `field` names the field"),
         (503, "starting, recovering or database unavailable"),
     )

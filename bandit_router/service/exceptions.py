@@ -4,6 +4,7 @@ BanditRouterError
  ├── InvalidInput
  │    └── InvalidField       a request field is wrong; names the field                    → 422
  ├── PayloadTooLarge         body or prompt over the configured limit                     → 413
+ ├── UnsupportedMediaType    a request body without Content-Type: application/json        → 415
  ├── NotFound                no such model to retire                                      → 404
  ├── Conflict                decision id already used, model already active, last model   → 409
  ├── Unauthorized            missing or wrong API key                                     → 401
@@ -26,6 +27,10 @@ class InvalidField(InvalidInput):
 
 class PayloadTooLarge(BanditRouterError):
     """The request body or the prompt is larger than the configured limit."""
+
+
+class UnsupportedMediaType(BanditRouterError):
+    """A request body must be sent with `Content-Type: application/json`."""
 
 
 class NotFound(BanditRouterError):

@@ -2,10 +2,16 @@
 
 With `--workers N` each process counts what it served: scrape each worker, or sum (`/v1/stats` reads the
 database and is the same from every worker).
+
+Export cannot fail on a name: names are validated when they come in (`bandit_router.names`), and every label
+value also passes through `safe_text` here (a name stored by an older version may hold a lone surrogate, which
+prometheus-client cannot encode); should rendering still raise, the reply is a comment line saying so (logged),
+never a 500.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -14,8 +20,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from ..names import safe_text
 from ..types import Decision
 
+log = logging.getLogger("bandit_router.service")
 ROUTE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -68,11 +76,12 @@ class Metrics:
         key = ("d", decision.model)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.decisions.labels(decision.model)
+            child = self._children[key] = self.decisions.labels(safe_text(decision.model))
         child.inc()  # type: ignore[attr-defined]
 
     def feedback_stored(self, model: str, status: str, reward: float, cost_usd: float, learned: bool) -> None:
-        self.feedback.labels(model, status).inc()
+        model = safe_text(model)
+        self.feedback.labels(model, safe_text(status)).inc()
         if learned:
             self.reward_sum.labels(model).inc(reward)
             self.cost_sum.labels(model).inc(cost_usd)
@@ -81,11 +90,15 @@ class Metrics:
         key = (route, str(code))
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self.requests.labels(route, str(code))
+            child = self._children[key] = self.requests.labels(safe_text(route), str(code))
         child.inc()  # type: ignore[attr-defined]
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        try:
+            return generate_latest(self.registry)
+        except Exception as exc:  # a collector that raised: say so, and still export what can be exported
+            log.error("rendering /metrics failed: %s", type(exc).__name__, exc_info=exc)
+            return b"# bandit_router: rendering the metrics failed; see the service log\n"
 
 
 class _BudgetCollector(Collector):
@@ -110,14 +123,16 @@ class _BudgetCollector(Collector):
         )
         report = self._report()
         scopes = [("", report["global"]), *report["tenants"].items()]
-        for tenant, scope in scopes:
+        for name, scope in scopes:
+            tenant = safe_text(name)
             spend.add_metric([tenant], float(scope["spend_usd"]))
             if scope["cost_weight"] is not None:
                 lam.add_metric([tenant], float(scope["cost_weight"]))
             for t in scope["targets"]:
-                target.add_metric([tenant, t["target"]], float(t["value"]))
+                label = safe_text(t["target"])
+                target.add_metric([tenant, label], float(t["value"]))
                 if t["realized"] is not None:
-                    realized.add_metric([tenant, t["target"]], float(t["realized"]))
+                    realized.add_metric([tenant, label], float(t["realized"]))
         yield from (spend, lam, target, realized)
 
     def describe(self) -> Iterator[GaugeMetricFamily]:

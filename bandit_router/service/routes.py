@@ -23,12 +23,13 @@ from pydantic import BaseModel, ValidationError
 from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
+from ..names import name_problem
 from ..types import Decision, Message, Outcome
 from ..types import Request as CoreRequest
 from .auth import Authenticator, authorize
 from .engine import Engine, new_decision_id
 from .errors import ERROR_RESPONSES, error_response, json_response
-from .exceptions import InvalidField, PayloadTooLarge
+from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import (
     ID_PATTERN,
@@ -90,9 +91,21 @@ def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+def _require_json(request: Request) -> None:
+    """415 unless the body is declared JSON (`application/json`, or `application/<x>+json`), with or without
+    parameters: a web page can post `text/plain` to any address without a CORS preflight, never JSON."""
+    content_type = request.headers.get("content-type")
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    shown = "none" if content_type is None else repr(content_type[:100])
+    raise UnsupportedMediaType(f"send the body as JSON with Content-Type: application/json (got {shown})")
+
+
 async def _parse(request: Request, model: type[Body]) -> Body:
     """The body as `model`. pydantic's own JSON parser first (fast); when it calls the body invalid JSON, Python's
     `json` decides, so that `NaN` or a lone surrogate escape is judged by the field it is in."""
+    _require_json(request)
     raw = await request.body()
     try:
         return model.model_validate_json(raw)
@@ -257,10 +270,14 @@ async def add_model(request: Request) -> Response:
     return json_response(_model_json(spec, 0), status=201)
 
 
-@router.delete("/v1/models/{name}", responses=_responses(403, 404, 409), openapi_extra=_body(), tags=["v1"])
+@router.delete("/v1/models/{name:path}", responses=_responses(403, 404, 409), openapi_extra=_body(), tags=["v1"])
 async def retire_model(request: Request, name: Annotated[str, Path(max_length=128, pattern=NAME_PATTERN)]) -> Response:
-    """Stop routing to a model (admin key). Feedback for its past decisions is still learned."""
+    """Stop routing to a model (admin key). Feedback for its past decisions is still learned. A name with `/`
+    (`meta-llama/Llama-3.1-8B`) goes in the path as is or with `%2F`."""
     engine = _services(request, admin=True).engine
+    problem = name_problem(name)
+    if problem is not None:
+        raise InvalidField("name", f"not a valid model name: {problem}")
     await engine.retire_model(name)
     return json_response({"retired": name})
 
@@ -305,6 +322,7 @@ async def put_budgets(request: Request) -> Response:
     `{"avg_cost_usd": 0.0005, "tenants": {"acme": {"spend_usd": "50/1d"}}}`. Effective from the next request,
     stored, and kept across restarts. A target whose value changed keeps its multiplier and its period's spend."""
     engine = _services(request, admin=True).engine
+    _require_json(request)
     raw = await request.body()
     try:
         data = json.loads(raw)

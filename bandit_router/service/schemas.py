@@ -6,17 +6,30 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
+from ..names import name_problem
 from ..router import MAX_DECISION_ID_LENGTH
 
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
 NAME_PATTERN = r"^[A-Za-z0-9_.:/@+\-]+$"
+"""The characters of a name sent over HTTP; `bandit_router.names` adds the rules on `/` segments."""
 MAX_TOKENS = 10**9
 MAX_CONTEXT_ITEMS = 32
 
+
+
+def _name(value: str) -> str:
+    """The grammar of `bandit_router.names` (no `.`/`..` or empty segments between `/`)."""
+    problem = name_problem(value)
+    if problem is not None:
+        raise ValueError(f"not a valid name: {problem}")
+    return value
+
+
+Name = AfterValidator(_name)
 DecisionId = Annotated[str, Field(min_length=1, max_length=MAX_DECISION_ID_LENGTH, pattern=ID_PATTERN)]
-ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=NAME_PATTERN)]
+ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=NAME_PATTERN), Name]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 
@@ -45,7 +58,7 @@ ContextValue = Annotated[
     PlainValidator(_context_value),
     WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 256}, {"type": "boolean"}, {"type": "number"}]}),
 ]
-ContextKey = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+ContextKey = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN), Name]
 
 
 class _Strict(BaseModel):
@@ -138,8 +151,8 @@ class ModelIn(_Strict):
     input_usd_per_mtok: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
     output_usd_per_mtok: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
     tags: Annotated[
-        dict[Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)],
-             Annotated[str, Field(max_length=128, pattern=NAME_PATTERN)]],
+        dict[Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN), Name],
+             Annotated[str, Field(min_length=1, max_length=128, pattern=NAME_PATTERN), Name]],
         Field(max_length=32),
     ] = Field(default_factory=dict)
     latency_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] | None = None

@@ -1,0 +1,123 @@
+"""Connection limits uvicorn does not have: a deadline for the request headers, one for the body, and a hard cap
+on open connections. `bandit-router serve` runs uvicorn with `http=GuardedHttpToolsProtocol`.
+
+uvicorn's httptools protocol closes an idle keep-alive connection after `timeout_keep_alive`, but only once a
+response was sent: a connection that sends nothing, half a request line, or headers without their body stays
+open for as long as the client likes (measured: 200 such connections were all still open after 70 s). Here
+
+- `header_timeout_s`: from the moment a connection opens (or its previous response was sent) its next request's
+  headers must be complete within this many seconds, however slowly the bytes trickle in; else the connection
+  is closed (after a `408` when a request had begun);
+- `body_timeout_s`: once the headers are in, the whole body must arrive within this many seconds, else the
+  connection is closed (the handler sees a disconnect);
+- `max_connections`: a connection beyond this many open ones gets `503` and is closed at once.
+
+The limits come from the environment variable `BANDIT_ROUTER_SERVE_LIMITS` (JSON, set by `serve` before
+uvicorn starts, so worker processes see it too), else the defaults of `Limits`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+LIMITS_VARIABLE = "BANDIT_ROUTER_SERVE_LIMITS"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection deadlines (seconds) and the connection cap; see the module docstring."""
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 1000
+
+    def to_environment(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_environment(cls) -> Limits:
+        raw = os.environ.get(LIMITS_VARIABLE)
+        return cls(**json.loads(raw)) if raw else cls()
+
+
+def _reply(status: bytes, code: str, message: str, *extra: bytes) -> bytes:
+    """A complete HTTP/1.1 reply with a JSON error body, closing the connection."""
+    body = json.dumps({"error": code, "message": message}).encode()
+    head = [b"HTTP/1.1 " + status, b"content-type: application/json", b"connection: close", *extra,
+            b"content-length: " + str(len(body)).encode()]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+REPLY_408 = _reply(b"408 Request Timeout", "request_timeout", "the request headers did not arrive in time "
+                   "(header_timeout_s)")
+REPLY_503 = _reply(b"503 Service Unavailable", "unavailable", "too many open connections (max_connections)",
+                   b"retry-after: 1")
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header deadline, a body deadline and a connection cap."""
+
+    limits: Limits | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cls = type(self)
+        if cls.limits is None:
+            cls.limits = Limits.from_environment()
+        self._limits: Limits = cls.limits
+        self._deadline: asyncio.TimerHandle | None = None
+        self._in_request = False
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._in_request:  # a request line had begun, its headers did not complete
+            self.transport.write(REPLY_408)
+        self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self._limits.max_connections:
+            self.logger.warning("connection refused: %d open connections (max_connections)", len(self.connections))
+            transport.write(REPLY_503)
+            transport.close()
+            return
+        self._arm(self._limits.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        self._in_request = True
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._in_request = False
+        self._arm(self._limits.body_timeout_s)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:
+            self._arm(self._limits.header_timeout_s)

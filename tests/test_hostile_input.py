@@ -1,0 +1,271 @@
+"""Hostile input at the service's edges (issue 11): one name grammar for every label, key and path; `/metrics`
+that cannot fail; model names with `/`; JSON bodies only as `application/json`; `Host` names of a loopback-bound
+service; API keys only in the `Authorization` header."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+    from fastapi.testclient import TestClient
+
+from service_client import start_client
+
+from bandit_router.budgets import BudgetConfig
+from bandit_router.catalog import ModelSpec
+from bandit_router.config import Secrets, Settings
+from bandit_router.errors import CatalogError, InvalidInput
+from bandit_router.names import check_name, is_name, safe_text
+from bandit_router.service.metrics import Metrics
+from bandit_router.service.redact import redact_query
+
+JSON = {"content-type": "application/json"}
+ADMIN_KEY = "admin-key-0123456789abcdef"
+SLASHED = "meta-llama/Llama-3.1-8B"
+SPEC = {"name": SLASHED, "input_usd_per_mtok": 0.18, "output_usd_per_mtok": 0.18}
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def make(base_url: str = "http://testserver", **changes: Any) -> TestClient:
+        client = start_client(Settings(db=tmp_path / "hostile.db", seed=3, **changes), base_url)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient]) -> TestClient:
+    return make_client()
+
+
+# -- the name grammar -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "name",
+    ["gpt-4o-mini", SLASHED, "openrouter/anthropic/claude-3.5", "acme", "tier", "名前", "a.b",
+     "x" * 128],
+)
+def test_names_that_follow_the_grammar(name: str) -> None:
+    assert is_name(name)
+    assert check_name(name, "model") == name
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        ("", "empty"),
+        ("x" * 129, "at most 128"),
+        ("\ud800", "U\\+D800"),
+        ("a\udc80b", "U\\+DC80"),
+        ("a\x00b", "U\\+0000"),
+        ("a\nb", "U\\+000A"),
+        ("a\x7fb", "U\\+007F"),
+        ("a\u200bb", "U\\+200B"),
+        ("a b", "no spaces"),
+        ("a\\b", "U\\+005C"),
+        ("..", "`.` or `..`"),
+        (".", "`.` or `..`"),
+        ("../../etc/passwd", "segment"),
+        ("a/../b", "segment"),
+        ("a/./b", "segment"),
+        ("/abs", "segment"),
+        ("a//b", "segment"),
+        ("a/", "segment"),
+    ],
+)
+def test_names_outside_the_grammar_are_refused_with_the_reason(name: str, problem: str) -> None:
+    assert not is_name(name)
+    with pytest.raises(InvalidInput, match=problem):
+        check_name(name, "tenant")
+
+
+def test_every_kind_of_name_uses_the_grammar() -> None:
+    with pytest.raises(CatalogError, match="segment"):
+        ModelSpec("../../etc/passwd", 1, 1)
+    with pytest.raises(CatalogError, match="tag value"):
+        ModelSpec("m", 1, 1, tags={"tier": "\udc80"})
+    with pytest.raises(InvalidInput, match="tenant"):
+        BudgetConfig.from_mapping({"tenants": {"\ud800": {"spend_usd": "50/1d"}}})
+    with pytest.raises(InvalidInput, match="tag key"):
+        BudgetConfig.from_mapping({"share:\udc80=0.5": 1})
+    with pytest.raises(InvalidInput, match="model name"):
+        BudgetConfig.from_mapping({"share": {"a\x00b": 0.5}})
+    assert ModelSpec(SLASHED, 1, 1).name == SLASHED
+
+
+# -- defect 1: /metrics after a budgets PUT with a surrogate ------------------------------------------------------
+@pytest.mark.parametrize(
+    "body",
+    ['{"tenants": {"\\ud800": {"spend_usd": "50/1d"}}}', '{"share:\\udc80=0.5": 1}',
+     '{"share": {"\\udc80": 0.5}}', '{"tenants": {"a\\u0000b": {"spend_usd": "50/1d"}}}',
+     '{"tenants": {"../x": {"spend_usd": "50/1d"}}}'],
+)
+def test_budgets_put_refuses_bad_names_and_metrics_keep_working(client: TestClient, body: str) -> None:
+    reply = client.put("/v1/budgets", content=body.encode(), headers=JSON)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["field"] == "budgets"
+    metrics = client.get("/metrics")
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+
+
+def test_metrics_export_cannot_fail_on_a_stored_bad_name() -> None:
+    """A name stored by an older version (here: handed straight to the collectors) still exports."""
+    metrics = Metrics()
+    scope = {"spend_usd": 1.0, "cost_weight": 2.0,
+             "targets": [{"target": "share:\udc80", "value": 0.5, "realized": 0.1}]}
+    metrics.bind_budgets(lambda: {"global": scope, "tenants": {"\ud800": scope}})
+    metrics.feedback_stored("m\udfff", "applied", 0.5, 0.001, learned=True)
+    metrics.request("/v1/\udc80", 200)
+    text = metrics.render().decode("utf-8")
+    assert 'tenant="\\\\ud800"' in text
+    assert "m\\\\udfff" in text
+    assert safe_text("ok") == "ok"
+
+
+# -- defect 2: model names with `/` ---------------------------------------------------------------------------------
+def test_a_model_with_a_slash_is_added_routed_learned_and_retired(client: TestClient) -> None:
+    assert client.post("/v1/models", json=SPEC).status_code == 201
+    decision = client.post("/v1/route", json={"prompt": "hi", "models": [SLASHED]}).json()
+    assert decision["model"] == SLASHED
+    feedback = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.7})
+    assert feedback.json()["status"] == "applied"
+    assert client.post("/v1/budgets", json={}).status_code == 405
+    assert client.put("/v1/budgets", json={"share": {SLASHED: 0.5}}).status_code == 200
+    reply = client.delete(f"/v1/models/{SLASHED}")
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"retired": SLASHED}
+    models = client.get("/v1/models").json()
+    assert SLASHED in models["retired"]
+    assert SLASHED not in [m["name"] for m in models["models"]]
+
+
+def test_a_model_with_a_slash_is_retired_by_its_percent_encoded_name(client: TestClient) -> None:
+    assert client.post("/v1/models", json={**SPEC, "name": "together/llama-3"}).status_code == 201
+    reply = client.delete("/v1/models/together%2Fllama-3")
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"retired": "together/llama-3"}
+    assert client.delete("/v1/models/together%2Fllama-3").status_code == 404
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a/../b", "/abs", "a//b", "a/", ".", ".."])
+def test_path_like_model_names_are_refused(client: TestClient, name: str) -> None:
+    reply = client.post("/v1/models", json={**SPEC, "name": name})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["field"] == "name"
+    assert name not in [m["name"] for m in client.get("/v1/models").json()["models"]]
+
+
+def test_retiring_a_path_like_name_is_a_422_not_a_404(client: TestClient) -> None:
+    reply = client.delete("/v1/models/..%2F..%2Fetc%2Fpasswd")
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["field"] == "name"
+
+
+def test_context_keys_follow_the_grammar(client: TestClient) -> None:
+    reply = client.post("/v1/route", json={"prompt": "x", "context": {"..": "a"}})
+    assert reply.status_code == 422
+    assert reply.json()["field"].startswith("context")
+
+
+# -- JSON bodies only as application/json (no cross-site form or text/plain posts) --------------------------------
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=x", "application/jsonx"])
+@pytest.mark.parametrize("path", ["/v1/route", "/v1/feedback", "/v1/models", "/v1/policies/promote"])
+def test_bodies_that_are_not_declared_json_get_415(client: TestClient, path: str, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    reply = client.post(path, content=b'{"prompt": "hi"}', headers=headers)
+    assert reply.status_code == 415, reply.text
+    assert reply.json()["error"] == "unsupported_media_type"
+    assert "application/json" in reply.json()["message"]
+
+
+def test_budgets_put_needs_json_too(client: TestClient) -> None:
+    reply = client.put("/v1/budgets", content=b"{}", headers={"content-type": "text/plain"})
+    assert reply.status_code == 415
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8",
+                                          "Application/JSON", "application/vnd.route+json"])
+def test_json_media_types_are_accepted(client: TestClient, content_type: str) -> None:
+    reply = client.post("/v1/route", content=b'{"prompt": "hi"}', headers={"content-type": content_type})
+    assert reply.status_code == 200, reply.text
+
+
+# -- Host names of a loopback-bound service (DNS rebinding) --------------------------------------------------------
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.nip.io", "10.0.0.1"])
+def test_a_loopback_bound_service_refuses_other_host_names(make_client: Callable[..., TestClient],
+                                                           host: str) -> None:
+    client = make_client("http://127.0.0.1:8000")
+    reply = client.post("/v1/route", json={"prompt": "hi"}, headers={"host": host})
+    assert reply.status_code == 421, reply.text
+    assert "allowed_hosts" in reply.json()["message"]
+    assert client.get("/readyz", headers={"host": host}).status_code == 421
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:8000", "localhost", "LOCALHOST:8000", "[::1]:8000", "127.0.0.2",
+                                  "app.localhost"])
+def test_a_loopback_bound_service_accepts_loopback_host_names(make_client: Callable[..., TestClient],
+                                                              host: str) -> None:
+    client = make_client("http://127.0.0.1:8000")
+    assert client.post("/v1/route", json={"prompt": "hi"}, headers={"host": host}).status_code == 200
+
+
+def test_allowed_hosts_adds_names(make_client: Callable[..., TestClient]) -> None:
+    client = make_client("http://127.0.0.1:8000", allowed_hosts=("router.internal", "*.example.com"))
+    for host, status in (("router.internal", 200), ("a.example.com:443", 200), ("example.com", 421),
+                         ("router.internal.evil", 421)):
+        assert client.get("/readyz", headers={"host": host}).status_code == status, host
+
+
+def test_any_host_when_bound_elsewhere_or_allowed(make_client: Callable[..., TestClient]) -> None:
+    client = make_client("http://127.0.0.1:8000", allowed_hosts=("*",))
+    assert client.get("/readyz", headers={"host": "evil.example"}).status_code == 200
+
+
+def test_a_service_bound_to_all_interfaces_does_not_check_host(tmp_path: Path) -> None:
+    settings = Settings(db=tmp_path / "any.db", seed=3, host="0.0.0.0",
+                        api_keys=Secrets(("client-key-0123456789abcdef",)))
+    client = start_client(settings, "http://127.0.0.1:8000")
+    try:
+        assert client.get("/readyz", headers={"host": "router.example.com"}).status_code == 200
+    finally:
+        client.__exit__(None, None, None)
+
+
+# -- API keys only from the Authorization header -------------------------------------------------------------------
+@pytest.mark.parametrize("query", ["api_key", "key", "token", "access_token", "authorization"])
+def test_a_key_in_the_query_string_is_not_accepted(make_client: Callable[..., TestClient], query: str) -> None:
+    client = make_client(admin_keys=Secrets((ADMIN_KEY,)))
+    reply = client.get(f"/v1/stats?{query}={ADMIN_KEY}")
+    assert reply.status_code == 401
+    assert ADMIN_KEY not in reply.text
+    assert client.get("/v1/stats", headers={"authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('"GET /v1/stats?api_key=abc HTTP/1.1" 401', '"GET /v1/stats?api_key=[REDACTED] HTTP/1.1" 401'),
+        ("/x?a=1&Access_Token=t&b=2", "/x?a=1&Access_Token=[REDACTED]&b=2"),
+        ("/x?client_secret=s;password=p", "/x?client_secret=[REDACTED];password=[REDACTED]"),
+        ("/x?api%5Fkey=abc", "/x?api%5Fkey=[REDACTED]"),
+        ("/x?MYKEY=abc#frag", "/x?MYKEY=[REDACTED]#frag"),
+        ("/x?model=gpt&n=1", "/x?model=gpt&n=1"),
+    ],
+)
+def test_query_strings_are_redacted(line: str, expected: str) -> None:
+    assert redact_query(line) == expected
+    assert json.dumps(redact_query(line))
