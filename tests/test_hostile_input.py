@@ -169,9 +169,10 @@ def test_path_like_model_names_are_refused(client: TestClient, name: str) -> Non
 
 
 def test_retiring_a_path_like_name_is_a_422_not_a_404(client: TestClient) -> None:
-    reply = client.delete("/v1/models/..%2F..%2Fetc%2Fpasswd")
-    assert reply.status_code == 422, reply.text
-    assert reply.json()["field"] == "name"
+    for path in ("..%2F..%2Fetc%2Fpasswd", "a%2F..%2Fb", "a%2F%2Fb"):
+        reply = client.delete(f"/v1/models/{path}")
+        assert reply.status_code == 422, reply.text
+        assert reply.json()["field"].endswith("name")
 
 
 def test_context_keys_follow_the_grammar(client: TestClient) -> None:
@@ -269,3 +270,20 @@ def test_a_key_in_the_query_string_is_not_accepted(make_client: Callable[..., Te
 def test_query_strings_are_redacted(line: str, expected: str) -> None:
     assert redact_query(line) == expected
     assert json.dumps(redact_query(line))
+
+
+# -- the OpenAPI document ------------------------------------------------------------------------------------------
+def test_openapi_documents_budgets_body_prompt_rule_and_metrics_type(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    put = doc["paths"]["/v1/budgets"]["put"]
+    assert put["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/BudgetsIn"}
+    budgets = doc["components"]["schemas"]["BudgetsIn"]
+    assert {"avg_cost_usd", "spend_usd", "share", "tenants", "fallback_model"} <= set(budgets["properties"])
+    assert budgets["additionalProperties"] is False
+    route = doc["components"]["schemas"]["RouteIn"]
+    assert [branch["required"] for branch in route["oneOf"]] == [["prompt"], ["messages"]]
+    metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert any(media.startswith("text/plain") for media in metrics)
+    for path in ("/v1/route", "/v1/feedback", "/v1/models", "/v1/budgets"):
+        operation = doc["paths"][path]["put" if path == "/v1/budgets" else "post"]
+        assert "415" in operation["responses"], path

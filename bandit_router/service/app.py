@@ -28,7 +28,7 @@ from .engine import Engine
 from .exceptions import PayloadTooLarge
 from .metrics import Metrics
 from .routes import BODY_MODELS, Services, router
-from .schemas import ErrorOut
+from .schemas import BUDGET_SCHEMAS, ErrorOut
 
 log = logging.getLogger("bandit_router.service")
 
@@ -174,6 +174,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             _, defs = models_json_schema([(m, "validation") for m in models], ref_template=template)
             components = schema.setdefault("components", {})
             components.setdefault("schemas", {}).update(defs.get("$defs", {}))
+            components["schemas"].update(BUDGET_SCHEMAS)
             components["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An API key, when keys are configured"}
             }

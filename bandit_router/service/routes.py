@@ -73,16 +73,20 @@ def _services(request: Request, *, client: bool = True, admin: bool = False) -> 
     return services
 
 
-def _body(model: type[BaseModel] | None = None) -> dict[str, Any]:
+def _body(model: type[BaseModel] | str | None = None) -> dict[str, Any]:
     extra: dict[str, Any] = {"security": SECURITY}
     if model is not None:
-        schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+        name = model if isinstance(model, str) else model.__name__
+        schema = {"$ref": f"#/components/schemas/{name}"}
         extra["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
     return extra
 
 
-def _responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+def _responses(*statuses: int, body: bool = False) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {s: ERROR_RESPONSES[s] for s in (401, 422, 503)}
+    if body:
+        out[413] = ERROR_RESPONSES[413]
+        out[415] = ERROR_RESPONSES[415]
     for status in statuses:
         out[status] = {
             "description": {404: "not found", 409: "conflict", 403: "needs an admin key", 413: "too large"}[status],
@@ -154,7 +158,8 @@ def route_reply(decision: Decision) -> dict[str, Any]:
 
 
 @router.post(
-    "/v1/route", response_model=RouteOut, responses=_responses(409, 413), openapi_extra=_body(RouteIn), tags=["v1"]
+    "/v1/route", response_model=RouteOut, responses=_responses(409, body=True), openapi_extra=_body(RouteIn),
+    tags=["v1"],
 )
 async def route(request: Request) -> Response:
     """Choose a model for a prompt (or chat messages). The decision is stored before the reply; the reply's
@@ -171,7 +176,7 @@ async def route(request: Request) -> Response:
 @router.post(
     "/v1/feedback",
     response_model=FeedbackOut,
-    responses=_responses(404, 409),
+    responses=_responses(404, 409, body=True),
     openapi_extra=_body(FeedbackIn),
     tags=["v1"],
 )
@@ -258,7 +263,7 @@ async def list_models(request: Request) -> Response:
     "/v1/models",
     response_model=ModelOut,
     status_code=201,
-    responses=_responses(403, 409),
+    responses=_responses(403, 409, body=True),
     openapi_extra=_body(ModelIn),
     tags=["v1"],
 )
@@ -285,7 +290,7 @@ async def retire_model(request: Request, name: Annotated[str, Path(max_length=12
 @router.post(
     "/v1/policies/promote",
     response_model=PromoteOut,
-    responses=_responses(403, 404, 409),
+    responses=_responses(403, 404, 409, body=True),
     openapi_extra=_body(PromoteIn),
     tags=["v1"],
 )
@@ -316,7 +321,7 @@ async def get_budgets(request: Request) -> Response:
     return json_response(_budgets_reply(_services(request).engine))
 
 
-@router.put("/v1/budgets", responses=_responses(403), openapi_extra=_body(), tags=["v1"])
+@router.put("/v1/budgets", responses=_responses(403, body=True), openapi_extra=_body("BudgetsIn"), tags=["v1"])
 async def put_budgets(request: Request) -> Response:
     """Replace all budget targets (admin key); the body is the `[budgets]` table as JSON, e.g.
     `{"avg_cost_usd": 0.0005, "tenants": {"acme": {"spend_usd": "50/1d"}}}`. Effective from the next request,
@@ -352,7 +357,13 @@ async def readyz(request: Request) -> Response:
     return error_response(503, "unavailable", f"not ready: {engine.state}")
 
 
-@router.get("/metrics", tags=["ops"])
+@router.get(
+    "/metrics",
+    tags=["ops"],
+    response_class=Response,
+    responses={200: {"description": "Prometheus text exposition format",
+                     "content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
+)
 async def metrics_text(request: Request) -> Response:
     """Prometheus text format."""
     return Response(_services(request, client=False).metrics.render(), media_type=CONTENT_TYPE)

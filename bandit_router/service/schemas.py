@@ -12,8 +12,11 @@ from ..names import name_problem
 from ..router import MAX_DECISION_ID_LENGTH
 
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
-NAME_PATTERN = r"^[A-Za-z0-9_.:/@+\-]+$"
-"""The characters of a name sent over HTTP; `bandit_router.names` adds the rules on `/` segments."""
+_SEGMENT = r"(?:\.*[A-Za-z0-9_:@+\-][A-Za-z0-9_.:@+\-]*|\.{3,})"
+NAME_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT})*$"
+"""A name sent over HTTP: ASCII letters, digits and `_.:@+-`, in segments separated by `/` that are neither
+empty nor `.` or `..` (`bandit_router.names`' grammar, restricted to ASCII; no lookarounds, so that the OpenAPI
+document's pattern is the one the service applies)."""
 MAX_TOKENS = 10**9
 MAX_CONTEXT_ITEMS = 32
 
@@ -31,7 +34,24 @@ Name = AfterValidator(_name)
 DecisionId = Annotated[str, Field(min_length=1, max_length=MAX_DECISION_ID_LENGTH, pattern=ID_PATTERN)]
 ModelName = Annotated[str, Field(min_length=1, max_length=128, pattern=NAME_PATTERN), Name]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+
+
+def _tokens(value: Any) -> int:
+    """A token count: an integer in [0, 10⁹]; `143.0` counts as 143 (JSON does not tell 143 from 143.0)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
+    if not 0 <= value <= MAX_TOKENS:
+        raise ValueError(f"must be in [0, {MAX_TOKENS}]")
+    return value
+
+
+Tokens = Annotated[int, PlainValidator(_tokens),
+                   WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_TOKENS})]
+
+
+MAX_CONTEXT_NUMBER = 2**53
 
 
 def _context_value(value: Any) -> str | bool | int | float:
@@ -47,8 +67,8 @@ def _context_value(value: Any) -> str | bool | int | float:
             raise ValueError("context integers must be within ±2^53")
         return value
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError("context numbers must be finite")
+        if not math.isfinite(value) or abs(value) > MAX_CONTEXT_NUMBER:
+            raise ValueError("context numbers must be finite and within ±2^53")
         return value
     raise ValueError("context values must be strings, numbers or booleans")
 
@@ -56,7 +76,8 @@ def _context_value(value: Any) -> str | bool | int | float:
 ContextValue = Annotated[
     str | bool | int | float,
     PlainValidator(_context_value),
-    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 256}, {"type": "boolean"}, {"type": "number"}]}),
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 256}, {"type": "boolean"},
+                              {"type": "number", "minimum": -MAX_CONTEXT_NUMBER, "maximum": MAX_CONTEXT_NUMBER}]}),
 ]
 ContextKey = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN), Name]
 
@@ -82,7 +103,13 @@ class RouteIn(_Strict):
     cost_weight: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = Field(
         None, description="λ: quality points worth 1 USD, for this request"
     )
-    context: Annotated[dict[ContextKey, ContextValue], Field(max_length=MAX_CONTEXT_ITEMS)] | None = Field(
+    context: Annotated[
+        dict[ContextKey, ContextValue],
+        Field(max_length=MAX_CONTEXT_ITEMS),
+        WithJsonSchema({"type": "object", "maxProperties": MAX_CONTEXT_ITEMS,
+                        "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
+                        "additionalProperties": ContextValue.__metadata__[1].json_schema}),
+    ] | None = Field(
         None, description='caller attributes, e.g. {"tenant": "acme", "task": "support"}'
     )
 
@@ -90,7 +117,12 @@ class RouteIn(_Strict):
         extra="forbid",
         strict=True,
         json_schema_extra={
-            "examples": [{"prompt": "Summarise this ticket in one line.", "context": {"tenant": "acme"}}]
+            "examples": [{"prompt": "Summarise this ticket in one line.", "context": {"tenant": "acme"}}],
+            # exactly one of `prompt` / `messages` (null counts as absent)
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}}},
+                {"required": ["messages"], "properties": {"messages": {"type": "array"}, "prompt": {"type": "null"}}},
+            ],
         },
     )
 
@@ -154,6 +186,10 @@ class ModelIn(_Strict):
         dict[Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN), Name],
              Annotated[str, Field(min_length=1, max_length=128, pattern=NAME_PATTERN), Name]],
         Field(max_length=32),
+        WithJsonSchema({"type": "object", "maxProperties": 32,
+                        "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
+                        "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 128,
+                                                 "pattern": NAME_PATTERN}}),
     ] = Field(default_factory=dict)
     latency_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] | None = None
     output_tokens: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False)] | None = None
@@ -224,3 +260,56 @@ class DecisionOut(BaseModel):
     context: dict[str, Any]
     prompt: str | None
     feedback: list[dict[str, Any]]
+
+
+def _budget_scope_schema(*, settings: bool) -> dict[str, Any]:
+    """JSON schema of one scope's `[budgets]` table (`settings`: the global one, with the guard rails, the
+    controller's steps and `tenants`). Values are numbers or strings in the target grammar
+    (`bandit_router.budgets.targets`); what the schema cannot say (a duplicate target, a `fallback_model` that
+    is not an active model, `min_cost_weight` ≥ `max_cost_weight`) is a 422 that names it."""
+    number_or_text: dict[str, Any] = {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]}
+    share_value: dict[str, Any] = {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string"}]}
+    properties: dict[str, Any] = {
+        "avg_cost_usd": {**number_or_text, "description": "mean cost per request ≤ this many USD"},
+        "spend_usd": {
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 16}],
+            "description": 'spend ≤ USD per period, e.g. "200/1d" (period: seconds, or a number with s|m|h|d|w)',
+        },
+        "share": {
+            "type": "object", "additionalProperties": share_value, "maxProperties": 256,
+            "description": 'at most this share of the decisions per selector (a model or "tag:key=value"), e.g. '
+                           '{"gpt-4o": 0.3, "tag:tier=large": "30%"}',
+        },
+    }
+    pattern_properties: dict[str, Any] = {
+        r"^latency_p[0-9]+(\.[0-9]+)?_s$": {**number_or_text, "description": "latency percentile ≤ seconds"},
+        r"^share:": share_value,
+    }
+    if settings:
+        step = {"type": "number", "minimum": 0, "maximum": 10}
+        properties.update({
+            "fallback_model": {"type": "string", "minLength": 1, "maxLength": 128,
+                               "description": "an active model, used when a spend budget is exhausted"},
+            "guard_max_usd_per_mtok": {"type": "number", "minimum": 0},
+            "cost_step": step, "share_step": step, "latency_step": step, "negligible_penalty": step,
+            "min_cost_weight": {"type": "number", "exclusiveMinimum": 0},
+            "max_cost_weight": {"type": "number", "exclusiveMinimum": 0},
+            "tenants": {"type": "object", "maxProperties": 1024,
+                        "additionalProperties": {"$ref": "#/components/schemas/BudgetScopeIn"},
+                        "description": "per tenant (the request context's `tenant`), its own targets"},
+        })
+    return {
+        "title": "BudgetsIn" if settings else "BudgetScopeIn",
+        "type": "object",
+        "properties": properties,
+        "patternProperties": pattern_properties,
+        "additionalProperties": False,
+        "examples": [{"avg_cost_usd": 0.0005, "tenants": {"acme": {"spend_usd": "50/1d"}}}] if settings else [],
+    }
+
+
+BUDGET_SCHEMAS: dict[str, dict[str, Any]] = {
+    "BudgetsIn": _budget_scope_schema(settings=True),
+    "BudgetScopeIn": _budget_scope_schema(settings=False),
+}
+"""`PUT /v1/budgets` bodies, for the OpenAPI document (the route validates with `BudgetConfig.from_mapping`)."""

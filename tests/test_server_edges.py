@@ -1,0 +1,170 @@
+"""The edges of a real `bandit-router serve` process on 127.0.0.1 (issue 11): slow and idle connections are
+closed, connections beyond the cap are refused, and secrets sent in a query string never reach the log."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_server_process import Server
+
+pytestmark = pytest.mark.slow
+
+ADMIN_KEY = "admin-key-0123456789abcdef"
+SECRETS = ("s3cr3t-query-key-0123456789", "tok-0123456789abcdef", "pw-0123456789abcdef", ADMIN_KEY)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    started: list[Server] = []
+
+    def start(env: dict[str, str]) -> Server:
+        s = Server(tmp_path, tmp_path / "edges.db", env=env)
+        started.append(s)
+        s.wait_ready()
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.settimeout(8)
+    return sock
+
+
+def _closed_after(sock: socket.socket) -> tuple[float, bytes]:
+    """Read until the server closes the connection: (seconds it took, what it sent). Raises on the timeout."""
+    started = time.monotonic()
+    received = b""
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return time.monotonic() - started, received
+        received += chunk
+
+
+LIMITS = {"BANDIT_ROUTER_HEADER_TIMEOUT_S": "1", "BANDIT_ROUTER_BODY_TIMEOUT_S": "1",
+          "BANDIT_ROUTER_TIMEOUT_KEEP_ALIVE_S": "1", "BANDIT_ROUTER_MAX_CONNECTIONS": "8"}
+
+PARTIAL: dict[str, bytes] = {
+    "nothing": b"",
+    "half a request line": b"GET /readyz HT",
+    "headers without the blank line": b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1\r\n",
+    "half a body": (b"POST /v1/feedback HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 200\r\n\r\n{\"decision_id\": \"x\","),
+}
+
+
+def test_slow_and_idle_connections_are_closed(server: Callable[..., Server]) -> None:
+    s = server(LIMITS)
+    started = time.monotonic()
+    sockets = {name: _connect(s.port) for name in PARTIAL}
+    idle = _connect(s.port)
+    try:
+        for name, data in PARTIAL.items():
+            if data:
+                sockets[name].sendall(data)
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sockets["kept alive after a reply"] = idle
+        results: dict[str, tuple[float, bytes]] = {}
+        for name, sock in sockets.items():
+            try:
+                results[name] = _closed_after(sock)
+            except TimeoutError:
+                pytest.fail(f"{name}: the connection was still open after 8 s")
+        assert time.monotonic() - started < 5, results  # 1 s deadlines; without them, still open after 8 s
+        assert results["half a request line"][1].startswith(b"HTTP/1.1 408"), results
+        assert results["headers without the blank line"][1].startswith(b"HTTP/1.1 408"), results
+        assert results["kept alive after a reply"][1].startswith(b"HTTP/1.1 200"), results
+        assert results["nothing"][1] == b""
+        # the server still serves
+        assert httpx.get(s.url + "/readyz", timeout=5).status_code == 200
+    finally:
+        for sock in sockets.values():
+            sock.close()
+
+
+def test_a_slowloris_trickle_does_not_extend_the_header_deadline(server: Callable[..., Server]) -> None:
+    s = server(LIMITS)
+    sock = _connect(s.port)
+    try:
+        sock.sendall(b"GET /readyz HTTP/1.1\r\n")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 6:
+            try:
+                sock.sendall(b"X-A: b\r\n")
+            except OSError:
+                closed = True
+                break
+            sock.settimeout(0.2)
+            try:
+                if sock.recv(4096) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                pass
+        assert closed, "a client sending one header line every 0.2 s kept its connection for 6 s"
+        assert time.monotonic() - started < 4
+    finally:
+        sock.close()
+
+
+def test_connections_beyond_the_cap_get_503(server: Callable[..., Server]) -> None:
+    s = server({**LIMITS, "BANDIT_ROUTER_HEADER_TIMEOUT_S": "20", "BANDIT_ROUTER_MAX_CONNECTIONS": "4"})
+    held = [_connect(s.port) for _ in range(4)]
+    try:
+        time.sleep(0.3)
+        extra = _connect(s.port)
+        try:
+            _, received = _closed_after(extra)
+        finally:
+            extra.close()
+        assert received.startswith(b"HTTP/1.1 503"), received
+        assert b"max_connections" in received
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while True:  # once the held connections are gone, the server answers again
+        try:
+            if httpx.get(s.url + "/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_secrets_in_query_strings_never_reach_the_access_log(server: Callable[..., Server], tmp_path: Path) -> None:
+    s = server({"BANDIT_ROUTER_ACCESS_LOG": "true", "BANDIT_ROUTER_LOG_LEVEL": "info",
+                "BANDIT_ROUTER_ADMIN_KEYS": ADMIN_KEY})
+    with httpx.Client(base_url=s.url, timeout=5) as client:
+        replies: dict[str, Any] = {
+            "query key": client.get(f"/v1/stats?api_key={SECRETS[0]}&model=gpt-4o"),
+            "admin key in query": client.get(f"/v1/stats?key={ADMIN_KEY}"),
+            "token and password": client.get(
+                f"/v1/models?access_token={SECRETS[1]}&PassWord={SECRETS[2]}",
+                headers={"authorization": f"Bearer {ADMIN_KEY}"},
+            ),
+            "encoded name": client.get(f"/healthz?client%5Fsecret={SECRETS[2]}"),
+        }
+    assert replies["query key"].status_code == 401
+    assert replies["admin key in query"].status_code == 401
+    assert replies["token and password"].status_code == 200
+    s.terminate()
+    s.log.flush()
+    text = (tmp_path / f"server-{s.port}.log").read_text(errors="replace")
+    assert "GET /v1/stats?api_key=[REDACTED]&model=gpt-4o" in text, text
+    assert "/v1/models?access_token=[REDACTED]&PassWord=[REDACTED]" in text, text
+    assert "client%5Fsecret=[REDACTED]" in text
+    for secret in SECRETS:
+        assert secret not in text, f"{secret} is in the log"
