@@ -94,6 +94,8 @@ class Settings:
     store_prompts: bool = False
     checkpoint_interval: int = 1000
     checkpoints_kept: int = 3
+    wal_max_bytes: int = 64 * 1024 * 1024
+    retention_days: float | None = None
     # routing
     catalog: Path | None = None
     models: tuple[ModelSpec, ...] = ()
@@ -113,6 +115,7 @@ class Settings:
     # limits
     max_body_bytes: int = 1_048_576
     max_prompt_chars: int = 200_000
+    max_models: int = 128
     # auth
     api_keys_file: Path | None = None
     admin_keys_file: Path | None = None
@@ -183,6 +186,10 @@ KEYS: dict[str, Key] = {
     "store_prompts": Key("bool", "store the prompt text with each decision (the hashed features always are)"),
     "checkpoint_interval": Key("int", "learned feedbacks between two checkpoints of the learned state"),
     "checkpoints_kept": Key("int", "how many checkpoints to keep"),
+    "wal_max_bytes": Key("int", "past this size of the SQLite WAL the writer copies it into the database and "
+                         "truncates it (0: never; SQLite's passive checkpoints alone let it grow without bound)"),
+    "retention_days": Key("optional_float", "delete decisions and feedback older than this many days once the "
+                          "newest checkpoint holds them (unset: keep everything; see Durability)"),
     "catalog": Key("path", "model catalog TOML file (default: the catalog shipped with the package)"),
     "models": Key("models", "inline catalog: [[models]] tables (instead of `catalog`)"),
     "policy": Key("str", "policy spec, e.g. vw-squarecb or linucb:alpha=0.5 (`bandit-router policies`)"),
@@ -202,6 +209,7 @@ KEYS: dict[str, Key] = {
                    "\"50/1d\"}}} (see docs: budgets); PUT /v1/budgets changes them at run time"),
     "max_body_bytes": Key("int", "largest request body (413 beyond)"),
     "max_prompt_chars": Key("int", "largest prompt or sum of message contents, in characters (413 beyond)"),
+    "max_models": Key("int", "most active models (the catalog, and POST /v1/models: 409 beyond)"),
     "api_keys_file": Key("path", "file with client API keys, one per line"),
     "admin_keys_file": Key("path", "file with admin API keys (model changes), one per line"),
 }
@@ -224,6 +232,10 @@ def _validate(s: Settings) -> None:
     check(s.synchronous in SYNCHRONOUS, "synchronous", f"must be one of {', '.join(SYNCHRONOUS)}")
     check(s.checkpoint_interval >= 1, "checkpoint_interval", "must be >= 1")
     check(s.checkpoints_kept >= 1, "checkpoints_kept", "must be >= 1")
+    check(s.wal_max_bytes >= 0, "wal_max_bytes", "must be >= 0 (0: never truncate)")
+    if s.retention_days is not None:
+        check(math.isfinite(s.retention_days) and s.retention_days > 0, "retention_days", "must be > 0 days")
+    check(1 <= s.max_models <= 100_000, "max_models", "must be in 1..100000")
     check(not (s.catalog is not None and s.models), "catalog", "give either `catalog` or [[models]], not both")
     for name in ("cost_weight", "latency_weight"):
         value = getattr(s, name)
@@ -262,6 +274,9 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"shadow_policies: {exc}") from exc
     if s.catalog is not None:
         s.load_catalog()  # a missing or malformed catalog file fails now, not at the first request
+    if s.catalog is not None or s.models:
+        count = len(s.load_catalog())
+        check(count <= s.max_models, "max_models", f"the catalog has {count} models; max_models is {s.max_models}")
     fallback = s.budgets.fallback_model
     if fallback is not None:
         check(fallback in s.load_catalog().names, "budgets", f"fallback_model {fallback!r} is not in the catalog")

@@ -190,7 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = SQLiteStore(settings.db, synchronous=settings.synchronous)
+        store = SQLiteStore(settings.db, synchronous=settings.synchronous, wal_max_bytes=settings.wal_max_bytes)
         await asyncio.to_thread(store.prepare)
         metrics = Metrics()
         engine = Engine(settings, store, observer=metrics)

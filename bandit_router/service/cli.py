@@ -86,6 +86,54 @@ def serve(
     uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=settings.workers, **common)
 
 
+CHECK_HELP = """Check a database file: SQLite's integrity check, and every stored checkpoint against its checksum.
+
+Prints what it found and the last good checkpoint (the newest one that reads back and matches its sha256).
+Exit status 0 when the file is intact, 1 when it is not (restore a backup: see the README, Durability), 2 when
+it cannot be opened. Read-only; safe while the service runs.
+"""
+
+
+def check(
+    db: Annotated[Path | None, typer.Option(help="Database file (default: the configured `db`).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    from ..dbguard import check_database
+
+    if db is None:
+        try:
+            db = load_settings(config).db
+        except ConfigError as exc:
+            typer.echo(f"bandit-router check: {exc}", err=True)
+            raise typer.Exit(2) from None
+    report = check_database(db)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2))
+    else:
+        typer.echo(f"database: {report.path}")
+        if report.error:
+            typer.echo(f"error: {report.error}")
+        typer.echo("integrity: " + ("ok" if report.integrity == ["ok"] else f"{len(report.integrity)} problem(s)"))
+        for line in report.integrity if report.integrity != ["ok"] else []:
+            typer.echo(f"  {line}")
+        typer.echo("rows: " + ", ".join(f"{k}={'unreadable' if v is None else v}" for k, v in report.counts.items()))
+        good = report.last_good_checkpoint
+        if good is None:
+            typer.echo("last good checkpoint: none (a restart relearns from the whole feedback log)")
+        else:
+            typer.echo(f"last good checkpoint: id {good['id']}, feedback seq {good['seq']}, policy version "
+                       f"{good['version']}, taken at {good['created_at']:.0f} (Unix time)")
+        bad = [c for c in report.checkpoints if not c.get("good")]
+        if bad:
+            typer.echo(f"checkpoints failing their checksum: {[c['id'] for c in bad]}")
+        typer.echo("verdict: " + ("intact" if report.ok else "NOT intact: restore a backup (README, Durability)"))
+    if report.error and not report.counts:
+        raise typer.Exit(2)
+    raise typer.Exit(0 if report.ok else 1)
+
+
 def register(app: typer.Typer) -> None:
-    """Add `serve` to the `bandit-router` command."""
+    """Add `serve` and `check` to the `bandit-router` command."""
     app.command("serve", help=SERVE_HELP)(serve)
+    app.command("check", help=CHECK_HELP)(check)

@@ -51,6 +51,7 @@ from typing import Any, Protocol
 from ..budgets import BudgetConfig, BudgetPacer
 from ..catalog import ModelSpec
 from ..config import Settings
+from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision, UnknownModel
 from ..policies import make_policy
 from ..reward import reward as reward_value
@@ -81,6 +82,11 @@ SWEEP_EVERY_S = 0.25
 SWEEP_GRACE_S = 0.25
 SWEEP_LIMIT = 2000
 MAINTAIN_EVERY_S = 0.5
+WAL_CHECK_EVERY_S = 0.05
+WAL_RETRY_BUSY_S = 1.0
+RETENTION_EVERY_S = 60.0
+RETENTION_BATCH = 1000
+RETENTION_AGAIN_S = 0.2
 SWEPT = "swept_decisions"
 """Meta key: the storage position up to which reward windows were closed."""
 BUDGETS_STATE = "budgets_state"
@@ -205,6 +211,9 @@ class _AddModel(_Op):
         batch.flush(tx)  # the event goes after the feedback before it
         if self.spec.name in batch.active:
             raise Conflict(f"model {self.spec.name!r} is already in the catalog")
+        limit = engine.settings.max_models
+        if len(batch.active) >= limit:
+            raise Conflict(f"there are {len(batch.active)} active models; max_models is {limit} (retire one first)")
         batch.entries.append(_Entry(event=tx.insert_model_event("add", self.spec.name, self.spec)))
         batch.active.add(self.spec.name)
         return self.spec
@@ -304,7 +313,9 @@ class Engine:
 
     def __init__(self, settings: Settings, store: Store | None = None, *, observer: Observer | None = None) -> None:
         self.settings = settings
-        self.store: Store = store or SQLiteStore(settings.db, synchronous=settings.synchronous)
+        self.store: Store = store or SQLiteStore(
+            settings.db, synchronous=settings.synchronous, wal_max_bytes=settings.wal_max_bytes
+        )
         self.observer = observer
         self.fingerprint = fingerprint(settings)
         self.seed = settings.seed
@@ -316,6 +327,10 @@ class Engine:
         self.shadows: dict[str, Router] = {spec: self._policy_router(spec) for spec in settings.shadow_policies}
         """Shadow policies by name (their spec): they learn every feedback and log their pmfs, never choose."""
         self._checkpoint_due = False
+        self._say = RateLimitedLog(log)
+        """Recurring failures (a checkpoint, a write, following the log) are logged at most once a minute each."""
+        self._next_wal_check = 0.0
+        self._next_retention = 0.0
         self.pacer = BudgetPacer(settings.budgets)
         """The budget targets (`/v1/budgets`); attached to the router once the log is replayed."""
         self._budgets_stored = bool(settings.budgets.describe())
@@ -377,7 +392,12 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self._serving
+        return self._serving and self.fault is None
+
+    @property
+    def fault(self) -> str | None:
+        """Why the store refuses writes (its file deleted, replaced or corrupt), else None (`bandit_router.dbguard`)."""
+        return getattr(self.store, "fault", None)
 
     @property
     def applied_seq(self) -> int:
@@ -392,6 +412,8 @@ class Engine:
     def state(self) -> str:
         if self._failed is not None:
             return f"failed: {self._failed}"
+        if self.fault is not None:
+            return f"database unusable: {self.fault}"
         if not self._accepting:
             return "stopped"
         return "ready" if self._ready.is_set() else "recovering"
@@ -411,7 +433,7 @@ class Engine:
 
     # -- requests (from an event loop) --------------------------------------------------------------------------
     def _require_ready(self) -> None:
-        if not self._serving:
+        if not self._serving or self.fault is not None:
             raise Unavailable(f"the service is not ready ({self.state})")
 
     async def _submit(self, op: _Op) -> Any:
@@ -604,8 +626,9 @@ class Engine:
                 self._resolve(ops)
             try:
                 self._maybe_checkpoint()
-            except Exception:  # the log still has everything; try again after the next batch
-                log.exception("checkpoint failed")
+            except Exception as exc:  # the log still has everything; try again after the next batch
+                self._say("checkpoint", logging.ERROR, "checkpoint failed: %s", exc, exc_info=exc)
+            self._housekeeping()
             self._budgets_housekeeping()
         self._save_budgets(force=True)
         if self._checkpoint_on_stop:
@@ -659,10 +682,11 @@ class Engine:
                 batch.flush(tx)
         except Exception as exc:  # rolled back: nothing of this batch is stored
             if isinstance(exc, StoreError | sqlite3.Error):
-                log.error("write transaction failed: %s", exc)
+                if self.fault is None:  # a fault was logged once by the store
+                    self._say("write", logging.ERROR, "write transaction failed: %s", exc)
                 error = Unavailable(f"the database is unavailable: {exc}")
             else:
-                log.exception("write transaction failed")
+                self._say("write", logging.ERROR, "write transaction failed", exc_info=exc)
                 error = Unavailable("internal error while storing; nothing was stored")
             for op in ops:
                 op.result, op.error = None, error
@@ -684,7 +708,7 @@ class Engine:
                 if head != (self._applied_seq, self._applied_event):
                     self._catch_up(reader, head)
         except (StoreError, sqlite3.Error) as exc:
-            log.warning("following the log failed (will retry): %s", exc)
+            self._say("follow", logging.WARNING, "following the log failed (will retry): %s", exc)
 
     def _resolve(self, ops: Sequence[_Op]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Op]] = {}
@@ -902,6 +926,41 @@ class Engine:
         self._applied_seq, self._applied_event = max(self._applied_seq, head[0]), max(self._applied_event, head[1])
         return applied
 
+    # -- store housekeeping (writer thread, between batches) -----------------------------------------------------
+    def _housekeeping(self) -> None:
+        """Keep the WAL bounded (`SQLiteStore.bound_wal`: a truncating checkpoint once it passes
+        `wal_max_bytes`; looked at every `WAL_CHECK_EVERY_S`) and delete what `retention_days` no longer keeps."""
+        now = time.monotonic()
+        bound_wal = getattr(self.store, "bound_wal", None)
+        if bound_wal is not None and now >= self._next_wal_check:
+            self._next_wal_check = now + WAL_CHECK_EVERY_S
+            try:
+                bound_wal()
+                if getattr(self.store, "truncate_busy", False):
+                    self._next_wal_check = now + WAL_RETRY_BUSY_S
+            except (StoreError, sqlite3.Error) as exc:
+                self._say("wal", logging.WARNING, "truncating the WAL failed (will retry): %s", exc)
+        if self.settings.retention_days is not None and now >= self._next_retention and self.fault is None:
+            self._next_retention = now + RETENTION_EVERY_S
+            try:
+                self._apply_retention()
+            except (StoreError, sqlite3.Error) as exc:
+                self._say("retention", logging.WARNING, "deleting old rows failed (will retry): %s", exc)
+
+    def _apply_retention(self) -> None:
+        """Delete decisions and feedback older than `retention_days` that the newest checkpoint already holds, in
+        transactions of at most `RETENTION_BATCH` rows (so no reply waits long for the write lock)."""
+        assert self.settings.retention_days is not None
+        cutoff = time.time() - self.settings.retention_days * 86400.0
+        delete_old = getattr(self.store, "delete_old", None)
+        if delete_old is None:
+            return
+        deleted = delete_old(cutoff, RETENTION_BATCH)
+        if deleted >= RETENTION_BATCH:  # more to do: the next batch soon, between the requests' batches
+            self._next_retention = time.monotonic() + RETENTION_AGAIN_S
+        if deleted:
+            log.info("retention: deleted %d rows older than %s days", deleted, self.settings.retention_days)
+
     # -- budgets ----------------------------------------------------------------------------------------------
     def _budgets_housekeeping(self) -> None:
         """On the writer thread between batches: pick up targets another worker stored; save the pacer's state."""
@@ -916,7 +975,7 @@ class Engine:
                     self._budgets_config_json = stored
                     self._budgets_stored = True
             except (StoreError, sqlite3.Error, InvalidInput, ValueError) as exc:
-                log.warning("reading the stored budget targets failed: %s", exc)
+                self._say("budgets-follow", logging.WARNING, "reading the stored budget targets failed: %s", exc)
         self._save_budgets()
 
     def _save_budgets(self, *, force: bool = False) -> None:
@@ -930,7 +989,7 @@ class Engine:
             with self.store.write() as tx:
                 tx.set_meta(BUDGETS_STATE, state)
         except (StoreError, sqlite3.Error) as exc:
-            log.error("saving the budget state failed (will retry): %s", exc)
+            self._say("budgets", logging.ERROR, "saving the budget state failed (will retry): %s", exc)
 
     def _recover_budgets(self) -> str:
         """Load the stored pacer state (it wins over the configuration), then pace this router."""
@@ -1035,6 +1094,8 @@ class Engine:
         )
 
     def _maybe_checkpoint(self, *, force: bool = False) -> None:
+        if self.fault is not None:  # nothing more is written to a file that is gone or corrupt
+            return
         learned = self.router.version - self._checkpoint_version
         position = (self._applied_seq, self._applied_event)
         if position == self._checkpoint_position:
@@ -1061,7 +1122,7 @@ class Engine:
                     keep=self.settings.checkpoints_kept,
                 )
         except (StoreError, sqlite3.Error) as exc:
-            log.error("checkpoint failed (the log still has everything): %s", exc)
+            self._say("checkpoint", logging.ERROR, "checkpoint failed (the log still has everything): %s", exc)
             return
         self._checkpoint_version, self._checkpoint_position = self.router.version, position
         self._save_budgets(force=True)

@@ -1,0 +1,167 @@
+"""What can go wrong with the database file under a running service, and how it is noticed.
+
+- **Deleted or replaced** (`rm`, a restore copied over it, a `mv`): the service's connections keep writing to
+  the old inode, so every acknowledged row after that is lost at the next start. `FileGuard` remembers the
+  file's device and inode when the store opens it and compares them with the path's (`os.stat`, about a µs):
+  the writer checks after every commit (a batch committed to a file that is no longer at its path is *not*
+  acknowledged) and the maintenance thread every 0.5 s.
+- **Corrupt** (a disk or a copy that went wrong): SQLite answers `SQLITE_CORRUPT` ("database disk image is
+  malformed") or `SQLITE_NOTADB`. `is_integrity_error` recognises them; the store then refuses every further
+  write (503, `/readyz` 503) instead of acknowledging rows it may not be able to read back.
+
+Either is a *fault*: logged once, never repaired by the service; recover from a backup (`bandit-router check`
+tells which checkpoint is still good). `RateLimitedLog` keeps repeated failures from flooding the log.
+`check_database` is what `bandit-router check` runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_CORRUPT_CODES = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB (primary result codes)
+_CORRUPT_TEXT = ("malformed", "not a database", "database corrupt")
+
+
+def is_integrity_error(exc: BaseException | None) -> bool:
+    """True when `exc` (or an exception it was raised from) is SQLite reporting a corrupt database file."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, sqlite3.DatabaseError):
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code is not None and code & 0xFF in _CORRUPT_CODES:
+                return True
+            if any(text in str(exc).lower() for text in _CORRUPT_TEXT):
+                return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+class FileGuard:
+    """Notices that the file at `path` is no longer the one that was opened (deleted, or another inode)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.identity: tuple[int, int] | None = None
+
+    def arm(self) -> None:
+        """Remember the file now at `path` (call once the store has opened it)."""
+        st = os.stat(self.path)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def problem(self) -> str | None:
+        """None while the path still holds the opened file; else what happened, as a sentence."""
+        if self.identity is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"the database file {self.path} was deleted while the service was running"
+        except OSError as exc:
+            return f"the database file {self.path} cannot be examined: {exc.strerror}"
+        if (st.st_dev, st.st_ino) != self.identity:
+            return f"the database file {self.path} was replaced by another file while the service was running"
+        return None
+
+
+class RateLimitedLog:
+    """Log a recurring failure at most once per `every_s` seconds per key, saying how many were suppressed."""
+
+    def __init__(self, logger: logging.Logger, every_s: float = 60.0) -> None:
+        self.logger = logger
+        self.every_s = every_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, key: str, level: int, message: str, *args: Any, exc_info: Any = None) -> bool:
+        now = time.monotonic()
+        last, suppressed = self._last.get(key, (-1e18, 0))
+        if now - last < self.every_s:
+            self._last[key] = (last, suppressed + 1)
+            return False
+        if suppressed:
+            message += f" ({suppressed} more like this in the last {self.every_s:.0f} s were not logged)"
+        self.logger.log(level, message, *args, exc_info=exc_info)
+        self._last[key] = (now, 0)
+        return True
+
+
+def wal_bytes(path: Path) -> int:
+    """The size of the database's write-ahead log (`<path>-wal`), 0 when there is none."""
+    try:
+        return os.stat(f"{path}-wal").st_size
+    except OSError:
+        return 0
+
+
+@dataclass
+class CheckReport:
+    """What `bandit-router check` found."""
+
+    path: str
+    ok: bool
+    integrity: list[str] = field(default_factory=list)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    last_good_checkpoint: dict[str, Any] | None = None
+    counts: dict[str, int | None] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "ok": self.ok, "integrity": self.integrity, "counts": self.counts,
+                "last_good_checkpoint": self.last_good_checkpoint, "checkpoints": self.checkpoints,
+                "error": self.error}
+
+
+def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
+    """SQLite's `PRAGMA integrity_check` on `path` (read-only), and every stored checkpoint verified against its
+    sha256, newest first: the newest one that reads back and matches is the last good checkpoint."""
+    report = CheckReport(path=str(path), ok=False)
+    if not path.is_file():
+        report.error = f"{path}: no such file"
+        return report
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    except sqlite3.Error as exc:
+        report.error = f"cannot open {path}: {exc}"
+        return report
+    try:
+        try:
+            rows = conn.execute(f"PRAGMA integrity_check({int(max_errors)})").fetchall()
+            report.integrity = [str(r[0]) for r in rows]
+        except sqlite3.Error as exc:
+            report.integrity = [f"integrity_check failed: {exc}"]
+        for table in ("decisions", "feedback", "checkpoints"):
+            try:
+                report.counts[table] = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+            except sqlite3.Error:
+                report.counts[table] = None
+        try:
+            ids = [r[0] for r in conn.execute("SELECT id FROM checkpoints ORDER BY seq DESC, id DESC").fetchall()]
+        except sqlite3.Error as exc:
+            ids = []
+            report.error = f"the checkpoints table cannot be read: {exc}"
+        for checkpoint_id in ids:
+            entry: dict[str, Any] = {"id": checkpoint_id}
+            try:
+                row = conn.execute(
+                    "SELECT created_at, fingerprint, seq, event_id, version, sha256, state FROM checkpoints "
+                    "WHERE id = ?", (checkpoint_id,),
+                ).fetchone()
+                created_at, fingerprint, seq, event_id, version, sha256, state = row
+                entry.update(created_at=created_at, fingerprint=fingerprint, seq=seq, event_id=event_id,
+                             version=version, good=hashlib.sha256(state).hexdigest() == sha256)
+            except (sqlite3.Error, TypeError, ValueError) as exc:
+                entry.update(good=False, error=str(exc))
+            report.checkpoints.append(entry)
+            if entry["good"] and report.last_good_checkpoint is None:
+                report.last_good_checkpoint = entry
+    finally:
+        conn.close()
+    report.ok = report.integrity == ["ok"] and report.error is None
+    return report

@@ -1,0 +1,288 @@
+"""Faults of the database under a running service (issue 11): the file deleted or replaced, the file corrupted,
+the WAL growing without bound, rows kept forever, models without limit; and `bandit-router check`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+    from fastapi.testclient import TestClient
+
+from service_client import start_client
+
+from bandit_router.cli import app as cli_app
+from bandit_router.config import Settings
+from bandit_router.dbguard import RateLimitedLog, check_database, wal_bytes
+from bandit_router.router import Router
+from bandit_router.store import SQLiteStore
+from bandit_router.types import Request
+
+SPEC = {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.1}
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def make(**changes: Any) -> TestClient:
+        client = start_client(Settings(db=tmp_path / "faults.db", seed=5, **changes))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def _route(client: TestClient, text: str = "Sort a list in Python") -> Any:
+    return client.post("/v1/route", json={"prompt": text})
+
+
+def _until(condition: Callable[[], bool], timeout: float = 1.0) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "not within the deadline"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def _fault_records(caplog: pytest.LogCaptureFixture, words: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if words in r.getMessage() and r.levelno >= logging.ERROR]
+
+
+# -- defect 4: the file deleted or replaced ------------------------------------------------------------------------
+def test_a_deleted_database_file_stops_acknowledgements_within_a_second(
+    make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client()
+    decision = _route(client).json()
+    os.unlink(tmp_path / "faults.db")
+    reply = _route(client)  # the writer looks after every commit: not acknowledged
+    assert reply.status_code == 503, reply.text
+    assert "deleted" in reply.json()["message"]
+    feedback = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5})
+    assert feedback.status_code == 503
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "deleted" in ready.json()["message"]
+    for _ in range(20):
+        assert _route(client).status_code == 503
+    assert len(_fault_records(caplog, "was deleted")) == 1  # logged once
+
+
+def test_a_deleted_file_is_noticed_within_a_second_without_traffic(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    client = make_client()
+    assert _route(client).status_code == 200
+    os.unlink(tmp_path / "faults.db")
+    took = _until(lambda: client.get("/readyz").status_code == 503)
+    assert took <= 1.0
+    assert client.get("/metrics").status_code == 200
+    assert "bandit_router_ready 0.0" in client.get("/metrics").text
+
+
+def test_a_replaced_database_file_stops_acknowledgements(
+    make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client()
+    assert _route(client).status_code == 200
+    db = tmp_path / "faults.db"
+    shutil.copy(db, tmp_path / "copy.db")
+    os.replace(tmp_path / "copy.db", db)  # same path, another inode (a restore copied over a running service)
+    _until(lambda: client.get("/readyz").status_code == 503)
+    reply = _route(client)
+    assert reply.status_code == 503
+    assert "replaced" in reply.json()["message"]
+    assert len(_fault_records(caplog, "was replaced")) == 1
+
+
+# -- defect 5: a corrupt file ---------------------------------------------------------------------------------------
+def _corrupt(db: Path) -> None:
+    """Overwrite every page but the first (the header and schema stay readable) with garbage."""
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        f.seek(4096)
+        f.write(os.urandom(size - 4096))
+
+
+def test_a_corrupt_database_stops_acknowledgements_and_logs_once(
+    make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = make_client(checkpoint_interval=1)
+    for i in range(60):
+        decision = _route(client, f"prompt number {i} about databases").json()
+        assert client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5}).status_code \
+            == 200
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    _until(lambda: engine.store.maintain() is None and wal_bytes(tmp_path / "faults.db") >= 0)
+    engine.store.maintain()  # the WAL copied into the file, so the garbage below is what readers see
+    _corrupt(tmp_path / "faults.db")
+    statuses = []
+    for i in range(40):  # reads, writes and checkpoints meet the garbage; the first integrity error stops writes
+        statuses.append(client.get("/v1/stats").status_code)
+        reply = _route(client, f"after corruption {i}")
+        statuses.append(reply.status_code)
+        if reply.status_code == 200:
+            client.post("/v1/feedback", json={"decision_id": reply.json()["decision_id"], "quality": 0.5})
+    assert 500 not in statuses
+    assert 503 in statuses
+    first = statuses.index(503)
+    assert all(s == 503 for s in statuses[first + 1 :]), statuses
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "corrupt" in ready.json()["message"]
+    assert len(_fault_records(caplog, "is corrupt")) == 1
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) <= 2, [r.getMessage() for r in tracebacks]
+
+
+def test_repeated_failures_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    say = RateLimitedLog(logging.getLogger("bandit_router.test"), every_s=60)
+    with caplog.at_level(logging.INFO):
+        for _ in range(1000):
+            say("checkpoint", logging.ERROR, "checkpoint failed: %s", "boom")
+        say("other", logging.ERROR, "another failure")
+    assert [r.getMessage() for r in caplog.records] == ["checkpoint failed: boom", "another failure"]
+
+
+# -- bandit-router check --------------------------------------------------------------------------------------------
+def test_check_reports_integrity_and_the_last_good_checkpoint(make_client: Callable[..., TestClient],
+                                                              tmp_path: Path) -> None:
+    client = make_client(checkpoint_interval=5)
+    for i in range(12):
+        decision = _route(client, f"check {i}").json()
+        client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.7})
+    client.__exit__(None, None, None)  # a clean stop: final checkpoint, WAL copied in
+    db = tmp_path / "faults.db"
+    runner = CliRunner()
+    result = runner.invoke(cli_app, ["check", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "integrity: ok" in result.output and "verdict: intact" in result.output
+    report = check_database(db)
+    assert report.ok and report.last_good_checkpoint is not None
+    assert report.last_good_checkpoint["seq"] == 12
+    assert report.counts == {"decisions": 12, "feedback": 12, "checkpoints": 3}
+    _corrupt(db)
+    result = runner.invoke(cli_app, ["check", "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    assert "NOT intact" in result.output
+    missing = runner.invoke(cli_app, ["check", "--db", str(tmp_path / "nope.db")])
+    assert missing.exit_code == 2
+
+
+# -- defect 3: the WAL stays bounded under sustained writes --------------------------------------------------------
+def _sustained_writes(store: SQLiteStore, seconds: float, *, bound: bool) -> tuple[int, int]:
+    """One writer committing small batches without pause, readers and passive checkpoints beside it (as in the
+    service); returns (largest WAL size seen, batches committed)."""
+    router = Router(seed=1)
+    decisions = [router.route(Request(prompt=f"sustained {i} " * 20)) for i in range(200)]
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            with store.read() as reader:
+                reader.head()
+
+    def maintain() -> None:
+        while not stop.wait(0.05):
+            store.maintain()
+
+    helpers = [threading.Thread(target=read), threading.Thread(target=maintain)]
+    for t in helpers:
+        t.start()
+    largest = batches = 0
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            with store.write() as tx:
+                batch = [router.route(Request(prompt=f"batch {batches}")) for _ in range(8)]
+                tx.insert_decisions([(d, None, None) for d in batch])
+            batches += 1
+            if bound:
+                store.bound_wal()
+            largest = max(largest, wal_bytes(store.path))
+    finally:
+        stop.set()
+        for t in helpers:
+            t.join()
+    del decisions
+    return largest, batches
+
+
+def test_the_wal_stays_under_its_bound_under_sustained_writes(tmp_path: Path) -> None:
+    limit = 1 << 20
+    grown: dict[bool, tuple[int, int, int]] = {}
+    for bound in (False, True):
+        store = SQLiteStore(tmp_path / f"wal-{bound}.db", wal_max_bytes=limit)
+        store.prepare()
+        try:
+            largest, batches = _sustained_writes(store, 2.0, bound=bound)
+        finally:
+            store.close()
+        grown[bound] = (largest, batches, store.truncations)
+    assert grown[False][0] > 4 * limit, grown  # passive checkpoints alone: the WAL keeps growing
+    largest, batches, truncations = grown[True]
+    assert batches > 100 and truncations >= 1, grown
+    assert largest <= 2 * limit, grown  # the bound, plus what arrives while readers delay a truncation
+
+
+# -- growth: max_models, retention_days -----------------------------------------------------------------------------
+def test_max_models_refuses_one_more_model(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(max_models=14)
+    active = len(client.get("/v1/models").json()["models"])
+    for i in range(14 - active):
+        assert client.post("/v1/models", json={"name": f"extra-{i}", **SPEC}).status_code == 201
+    reply = client.post("/v1/models", json={"name": "one-too-many", **SPEC})
+    assert reply.status_code == 409, reply.text
+    assert "max_models" in reply.json()["message"]
+    assert client.delete("/v1/models/extra-0").status_code == 200
+    assert client.post("/v1/models", json={"name": "one-too-many", **SPEC}).status_code == 201
+
+
+def test_a_catalog_larger_than_max_models_is_a_config_error() -> None:
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.errors import ConfigError
+
+    models = tuple(ModelSpec(f"m{i}", 1, 1) for i in range(5))
+    with pytest.raises(ConfigError, match="max_models"):
+        Settings(models=models, max_models=4)
+
+
+def test_retention_deletes_old_rows_the_checkpoint_holds(make_client: Callable[..., TestClient],
+                                                         tmp_path: Path) -> None:
+    client = make_client(checkpoint_interval=1)
+    old = [_route(client, f"old {i}").json()["decision_id"] for i in range(30)]
+    for decision_id in old[:20]:
+        assert client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.4}).status_code == 200
+    client.__exit__(None, None, None)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "faults.db") as conn:  # age every row by 40 days
+        conn.execute("UPDATE decisions SET created_at = created_at - 40 * 86400")
+        conn.execute("UPDATE feedback SET received_at = received_at - 40 * 86400")
+    client = make_client(checkpoint_interval=1, retention_days=30)
+    fresh = _route(client, "fresh").json()["decision_id"]
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+
+    def counts() -> tuple[int, int]:
+        with sqlite3.connect(tmp_path / "faults.db") as conn:
+            return (conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0],
+                    conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+
+    _until(lambda: counts() == (1, 0), timeout=5)
+    assert client.get(f"/v1/decisions/{fresh}").status_code == 200
+    assert client.get(f"/v1/decisions/{old[0]}").status_code == 404
+    reply = client.post("/v1/feedback", json={"decision_id": fresh, "quality": 0.9})
+    assert reply.status_code == 200 and reply.json()["seq"] == 21  # seqs are never reused
+    assert engine.router.version >= 1
