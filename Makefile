@@ -24,8 +24,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check bandit_router simulator tests benchmarks experiments
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run --out benchmarks/results
+WAL_DURATION ?= 600
+
+bench: $(STAMP)  # WAL_DURATION=60 make bench: a shorter sustained-write run (bench_wal)
+	$(BIN)/python -m benchmarks.run --out benchmarks/results --wal-duration $(WAL_DURATION)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

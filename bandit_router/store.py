@@ -631,6 +631,8 @@ class SQLiteStore:
         waits for the database file to be written and synced."""
         if self.check_file() is not None:
             return
+        if 0 < self.wal_max_bytes < wal_bytes(self.path):
+            return  # the writer truncates it next (`bound_wal`); a passive checkpoint now would only be in its way
         if self._maintenance is None:
             self._maintenance = self._connect()
         try:

@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(HERE / "results"), help="folder for results.json and results.md")
     parser.add_argument("--only", nargs="*", default=None, help="module names to run, e.g. bench_core")
+    parser.add_argument("--wal-duration", type=float, default=None,
+                        help="seconds of bench_wal's sustained bounded run (default 600; make bench: 600)")
     args = parser.parse_args(argv)
+    if args.wal_duration is not None:
+        os.environ["BENCH_WAL_DURATION"] = str(args.wal_duration)
     modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
     if args.only:
         modules = [m for m in modules if m in args.only]

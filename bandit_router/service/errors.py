@@ -12,7 +12,7 @@
 | `ConflictingFeedback`, `Conflict`                | 409    | conflict              |
 | `Unauthorized`                                   | 401    | unauthorized          |
 | `Forbidden`                                      | 403    | forbidden             |
-| `Unavailable`, `StoreError`                      | 503    | unavailable           |
+| `Unavailable`, `StoreError`, `sqlite3.Error`     | 503    | unavailable           |
 | anything else                                    | 500    | internal (logged)     |
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,6 +59,7 @@ _MAPPING: tuple[tuple[type[BaseException], int, str], ...] = (
     (Forbidden, 403, "forbidden"),
     (Unavailable, 503, "unavailable"),
     (StoreError, 503, "unavailable"),
+    (sqlite3.Error, 503, "unavailable"),  # a read that met a locked, full or corrupt database
 )
 _HEADERS: Mapping[int, Mapping[str, str]] = {401: {"www-authenticate": "Bearer"}, 503: {"retry-after": "1"}}
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
