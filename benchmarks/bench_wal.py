@@ -64,7 +64,9 @@ def sustained(duration_s: float, wal_max_bytes: int, folder: Path) -> dict[str, 
 
     def sample() -> None:
         while not stop.wait(1.0):
-            series.append((round(time.monotonic() - started, 1), wal_bytes(db), pairs))
+            t = time.monotonic() - started
+            if t <= duration_s:  # while the load runs (after it, an idle checkpoint shrinks the WAL)
+                series.append((round(t, 1), wal_bytes(db), pairs))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

@@ -83,7 +83,7 @@ SWEEP_GRACE_S = 0.25
 SWEEP_LIMIT = 2000
 MAINTAIN_EVERY_S = 0.5
 WAL_CHECK_EVERY_S = 0.05
-WAL_RETRY_BUSY_S = 0.25
+WAL_RETRY_BUSY_S = 1.0
 RETENTION_EVERY_S = 60.0
 RETENTION_BATCH = 1000
 RETENTION_AGAIN_S = 0.2
@@ -936,8 +936,8 @@ class Engine:
             self._next_wal_check = now + WAL_CHECK_EVERY_S
             try:
                 bound_wal()
-                if getattr(self.store, "truncate_busy", False):
-                    self._next_wal_check = now + WAL_RETRY_BUSY_S
+                if getattr(self.store, "truncate_busy", False) and time.monotonic() - now > WAL_CHECK_EVERY_S:
+                    self._next_wal_check = now + WAL_RETRY_BUSY_S  # a long reader: do not stall every batch
             except (StoreError, sqlite3.Error) as exc:
                 self._say("wal", logging.WARNING, "truncating the WAL failed (will retry): %s", exc)
         if self.settings.retention_days is not None and now >= self._next_retention and self.fault is None:
