@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import threading
 import time
@@ -110,11 +111,11 @@ def test_a_replaced_database_file_stops_acknowledgements(
 
 # -- defect 5: a corrupt file ---------------------------------------------------------------------------------------
 def _corrupt(db: Path) -> None:
-    """Overwrite every page but the first (the header and schema stay readable) with garbage."""
+    """Overwrite every page but the first (the header and schema stay readable) with seeded garbage."""
     size = db.stat().st_size
     with open(db, "r+b") as f:
         f.seek(4096)
-        f.write(os.urandom(size - 4096))
+        f.write(random.Random(11).randbytes(size - 4096))
 
 
 def test_a_corrupt_database_stops_acknowledgements_and_logs_once(
@@ -126,7 +127,6 @@ def test_a_corrupt_database_stops_acknowledgements_and_logs_once(
         assert client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5}).status_code \
             == 200
     engine = client.app.state.engine  # type: ignore[attr-defined]
-    _until(lambda: engine.store.maintain() is None and wal_bytes(tmp_path / "faults.db") >= 0)
     engine.store.maintain()  # the WAL copied into the file, so the garbage below is what readers see
     _corrupt(tmp_path / "faults.db")
     statuses = []
