@@ -123,6 +123,8 @@ def test_connections_beyond_the_cap_get_503(server: Callable[..., Server]) -> No
     held = [_connect(s.port) for _ in range(4)]
     try:
         time.sleep(0.3)
+        held[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # the 4th may still be served
+        assert held[0].recv(4096).startswith(b"HTTP/1.1 200"), "a connection within the cap was refused"
         extra = _connect(s.port)
         try:
             _, received = _closed_after(extra)

@@ -63,7 +63,9 @@ def serve(
         "loop": "uvloop",
         "http": "bandit_router.service.protocol:GuardedHttpToolsProtocol",  # httptools + header/body deadlines
         "timeout_keep_alive": settings.timeout_keep_alive_s,
-        "limit_concurrency": settings.max_connections,
+        # uvicorn answers 503 once its connections reach this (counting the asking one): the protocol's cap
+        # refuses connection max_connections + 1, so every connection it accepts can be served
+        "limit_concurrency": settings.max_connections + 1,
         "access_log": settings.access_log,
         "log_level": settings.log_level,
         "timeout_graceful_shutdown": 10,
