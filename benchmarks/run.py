@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.wal_duration is not None:
         os.environ["BENCH_WAL_DURATION"] = str(args.wal_duration)
+    os.environ["BENCH_OUT"] = args.out  # for series a module writes beside the results (bench_wal)
     modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
     if args.only:
         modules = [m for m in modules if m in args.only]
