@@ -99,7 +99,7 @@ class Settings:
     # routing
     catalog: Path | None = None
     models: tuple[ModelSpec, ...] = ()
-    policy: str = "vw-squarecb"
+    policy: str = "default"
     policy_settings: Mapping[str, Any] = field(default_factory=dict)
     shadow_policies: tuple[str, ...] = ()
     seed: int | None = None
@@ -192,12 +192,16 @@ KEYS: dict[str, Key] = {
                           "newest checkpoint holds them (unset: keep everything; see Durability)"),
     "catalog": Key("path", "model catalog TOML file (default: the catalog shipped with the package)"),
     "models": Key("models", "inline catalog: [[models]] tables (instead of `catalog`)"),
-    "policy": Key("str", "policy spec, e.g. vw-squarecb or linucb:alpha=0.5 (`bandit-router policies`)"),
+    "policy": Key("str", "policy spec, e.g. default, vw-squarecb or linucb:alpha=0.5 (`bandit-router policies`)"),
     "policy_settings": Key("table", "policy hyper-parameters, e.g. {gamma_scale = 20}"),
     "shadow_policies": Key("strs", "policy specs run next to the live one (they learn, their pmfs are logged, they "
                            "never choose), e.g. [\"linucb:alpha=0.5\"]; environment: a JSON list"),
     "seed": Key("optional_int", "seed of the router's sampler (random when unset)"),
-    "cold_start_rounds": Key("int", "feedbacks before a model loses its exploration floor"),
+    "cold_start_rounds": Key(
+        "int",
+        "feedbacks before a model loses its exploration floor (policies other than `default`, which sizes "
+        "the floor by uncertainty)",
+    ),
     "cost_weight": Key("float", "default λ: quality points worth 1 USD (a request may override it)"),
     "latency_weight": Key("float", "μ: quality points per second of latency"),
     "reward_window_s": Key("optional_float", "seconds after a decision during which its feedback is learned"),

@@ -193,6 +193,23 @@ class ModelIn(_Strict):
     ] = Field(default_factory=dict)
     latency_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] | None = None
     output_tokens: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False)] | None = None
+    prior_quality: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
+        None, description="prior mean quality in [0, 1] (the `default` policy starts the model from it)"
+    )
+    prior_strength: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] | None = Field(
+        None, description="how many feedbacks the prior is worth (default 2; needs prior_quality)"
+    )
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={  # prior_strength needs prior_quality (null counts as absent)
+            "anyOf": [
+                {"properties": {"prior_strength": {"type": "null"}}},
+                {"required": ["prior_quality"], "properties": {"prior_quality": {"type": "number"}}},
+            ],
+        },
+    )
 
 
 class ModelOut(BaseModel):
@@ -202,6 +219,8 @@ class ModelOut(BaseModel):
     tags: dict[str, str]
     latency_s: float | None = None
     output_tokens: float | None = None
+    prior_quality: float | None = None
+    prior_strength: float | None = None
     feedback: int = 0
 
 
