@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -368,7 +367,7 @@ class Engine:
         while not self._stopped.wait(MAINTAIN_EVERY_S):
             try:
                 self.store.maintain()
-            except (StoreError, sqlite3.Error) as exc:
+            except StoreError as exc:
                 log.debug("maintenance skipped: %s", exc)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -538,11 +537,11 @@ class Engine:
         with _readable(), self.store.read() as reader:
             raw = reader.stats()
             head = reader.head()
-        total = sum(m["decisions"] for m in raw["models"].values())
-        learned = sum(m["feedback"] for m in raw["models"].values())
+        total = sum(m.decisions for m in raw.models.values())
+        learned = sum(m.feedback for m in raw.models.values())
         models = [
-            {"model": name, **m, "share": m["decisions"] / total if total else 0.0}
-            for name, m in sorted(raw["models"].items())
+            {"model": name, **m.to_json(), "share": m.decisions / total if total else 0.0}
+            for name, m in sorted(raw.models.items())
         ]
         return {
             "pid": os.getpid(),
@@ -558,7 +557,7 @@ class Engine:
             "decisions": total,
             "feedback_learned": learned,
             "feedback_rate": learned / total if total else 0.0,
-            "feedback_by_status": raw["feedback_by_status"],
+            "feedback_by_status": raw.feedback_by_status,
             "models": models,
             "budgets": self.pacer.report(),
         }
@@ -658,7 +657,7 @@ class Engine:
                     self._sweep(tx, batch)
                 batch.flush(tx)
         except Exception as exc:  # rolled back: nothing of this batch is stored
-            if isinstance(exc, StoreError | sqlite3.Error):
+            if isinstance(exc, StoreError):
                 log.error("write transaction failed: %s", exc)
                 error = Unavailable(f"the database is unavailable: {exc}")
             else:
@@ -683,7 +682,7 @@ class Engine:
                 head = reader.head()
                 if head != (self._applied_seq, self._applied_event):
                     self._catch_up(reader, head)
-        except (StoreError, sqlite3.Error) as exc:
+        except StoreError as exc:
             log.warning("following the log failed (will retry): %s", exc)
 
     def _resolve(self, ops: Sequence[_Op]) -> None:
@@ -915,7 +914,7 @@ class Engine:
                     self.pacer.configure(BudgetConfig.from_mapping(json.loads(stored)))
                     self._budgets_config_json = stored
                     self._budgets_stored = True
-            except (StoreError, sqlite3.Error, InvalidInput, ValueError) as exc:
+            except (StoreError, InvalidInput, ValueError) as exc:
                 log.warning("reading the stored budget targets failed: %s", exc)
         self._save_budgets()
 
@@ -929,7 +928,7 @@ class Engine:
             state = json.dumps(self.pacer.state())
             with self.store.write() as tx:
                 tx.set_meta(BUDGETS_STATE, state)
-        except (StoreError, sqlite3.Error) as exc:
+        except StoreError as exc:
             log.error("saving the budget state failed (will retry): %s", exc)
 
     def _recover_budgets(self) -> str:
@@ -1060,7 +1059,7 @@ class Engine:
                     state=state,
                     keep=self.settings.checkpoints_kept,
                 )
-        except (StoreError, sqlite3.Error) as exc:
+        except StoreError as exc:
             log.error("checkpoint failed (the log still has everything): %s", exc)
             return
         self._checkpoint_version, self._checkpoint_position = self.router.version, position
@@ -1102,7 +1101,7 @@ def _readable() -> Iterator[None]:
     """Database errors of a read → `Unavailable` (503)."""
     try:
         yield
-    except (StoreError, sqlite3.Error) as exc:
+    except StoreError as exc:
         raise Unavailable(f"the database is unavailable: {exc}") from exc
 
 
