@@ -27,8 +27,8 @@ with warnings.catch_warnings():
 
 from bandit_router.cli import app as cli_app
 from bandit_router.config import Secrets, Settings
+from bandit_router.log import rebuild_router
 from bandit_router.service import create_app
-from bandit_router.service.engine import rebuild_router
 
 PAIR = ["gpt-4o-mini", "gpt-4o"]
 QUALITY = {("code", "gpt-4o"): 0.8, ("code", "gpt-4o-mini"): 0.4, ("poem", "gpt-4o"): 0.5, ("poem", "gpt-4o-mini"): 0.6}

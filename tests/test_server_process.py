@@ -24,7 +24,7 @@ import pytest
 from readme_sections import service_section
 
 from bandit_router.config import Settings
-from bandit_router.service.engine import build_router, fingerprint, rebuild_router
+from bandit_router.log import build_router, fingerprint, rebuild_router
 from bandit_router.store import SQLiteStore
 
 pytestmark = pytest.mark.slow

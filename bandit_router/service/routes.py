@@ -23,10 +23,11 @@ from pydantic import BaseModel, ValidationError
 from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
+from ..ids import new_decision_id
 from ..types import Decision, Message, Outcome
 from ..types import Request as CoreRequest
 from .auth import Authenticator, authorize
-from .engine import Engine, new_decision_id
+from .engine import Engine
 from .errors import ERROR_RESPONSES, error_response, json_response
 from .exceptions import InvalidField, PayloadTooLarge
 from .metrics import CONTENT_TYPE, Metrics

@@ -15,6 +15,9 @@ Tables (schema: `store/migrations.py`; hot-path statements on the raw `sqlite3` 
     meta          schema version and the reward-window sweep position
 
 Rows are read by column name (`sqlite3.Row`); every `sqlite3.Error` leaves this module as a `StoreError`.
+
+Why one module of ~550 lines: it is one implementation of `store.interface`, one short method per query with the
+row decoders next to them; split, a query and the columns it reads would live apart.
 """
 
 from __future__ import annotations
