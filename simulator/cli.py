@@ -8,7 +8,6 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -158,6 +157,7 @@ def simulate(
     Example: bandit-router simulate --env dataset:../shared/data/routellm/routellm.csv.gz --task gsm8k
     --policies vw-squarecb,linucb,random,classifier --cost-weights 0,20,40 --seeds 5 --out runs/gsm8k
     """
+    from bandit_router.config import ConfigError, layered, read_toml
     from bandit_router.errors import BanditRouterError
 
     from .budgets import TargetPacers
@@ -167,13 +167,13 @@ def simulate(
     from .runner import simulate as run_simulation
     from .specs import parse_floats, split_specs
 
-    settings: dict[str, Any] = {}
+    from_file: dict[str, Any] = {}
     if config is not None:
         try:
-            settings = tomllib.loads(config.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise typer.BadParameter(f"{config}: {exc}", param_hint="--config") from exc
-        unknown = set(settings) - CONFIG_KEYS
+            from_file = read_toml(config)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--config") from exc
+        unknown = set(from_file) - CONFIG_KEYS
         if unknown:
             raise typer.BadParameter(f"{config}: unknown keys {sorted(unknown)}", param_hint="--config")
     given = {
@@ -198,7 +198,7 @@ def simulate(
         "workers": workers,
         "targets": target or None,
     }
-    settings.update({k: v for k, v in given.items() if v is not None})
+    settings = layered(from_file, given)  # the same layering as the service's settings (flags win)
     if "env" not in settings or "out" not in settings:
         raise typer.BadParameter("--env and --out are required (on the command line or in --config)")
     policy_list = settings.get("policies", "vw-squarecb")

@@ -197,3 +197,39 @@ def test_the_readme_example_configuration_loads(tmp_path: Path) -> None:
     settings = load_settings(config, env={})
     assert settings.synchronous == "full" and settings.policy_settings == {"gamma_scale": 20}
     assert settings.default_reward == 0.5 and settings.api_keys.reveal() == (KEY_A,)
+
+
+def test_settings_are_nested_sections_reachable_by_flat_names(tmp_path: Path) -> None:
+    settings = Settings(port=9000, db=tmp_path / "x.db", aggregation="earliest")
+    assert settings.server.port == settings.port == 9000
+    assert settings.storage.db == settings.db == tmp_path / "x.db"
+    assert settings.feedback.aggregation == "earliest"
+    assert settings.replace(port=9001).server.port == 9001 and settings.replace(port=9001).storage.db == settings.db
+    for name, key in KEYS.items():
+        assert key.help, name
+        if key.section != "budgets":
+            assert getattr(getattr(settings, key.section), name) == getattr(settings, name)
+
+
+def test_the_file_may_group_keys_in_section_tables(tmp_path: Path) -> None:
+    config = _write(tmp_path / "s.toml", "[server]\nport = 9300\n[storage]\nsynchronous = 'FULL'\n")
+    settings = load_settings(config, env={})
+    assert settings.server.port == 9300 and settings.storage.synchronous == "full"
+    with pytest.raises(ConfigError, match=r"\[server\] has no key 'db'"):
+        load_settings(_write(tmp_path / "bad.toml", "[server]\ndb = 'x.db'\n"), env={})
+
+
+def test_construction_is_cheap_and_check_does_the_rest() -> None:
+    settings = Settings(policy="no-such-policy")  # builds no policy, reads no catalog
+    with pytest.raises(ConfigError, match="policy"):
+        settings.check()
+    with pytest.raises(ConfigError, match="catalog"):
+        Settings(catalog=Path("/no/such/catalog.toml")).check()
+    assert Settings().check() == Settings()
+
+
+def test_layers_merge_lowest_first() -> None:
+    from bandit_router.config import layered
+
+    assert layered({"a": 1, "b": 2}, {"b": 3, "c": None}, {"c": 4}) == {"a": 1, "b": 3, "c": 4}
+    assert layered({"seed": 5}, {"seed": None}, none_is_unset=False) == {"seed": None}

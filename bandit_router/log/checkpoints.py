@@ -20,8 +20,8 @@ log = logging.getLogger("bandit_router.log")
 def fingerprint(settings: Settings) -> str:
     """What checkpoints are keyed by: a hash of the policy, its settings and the initial catalog."""
     raw = settings.fingerprint_source()
-    if settings.shadow_policies:  # checkpoints then hold every policy's state (a bundle)
-        raw = {**raw, "shadow_policies": list(settings.shadow_policies)}
+    if settings.routing.shadow_policies:  # checkpoints then hold every policy's state (a bundle)
+        raw = {**raw, "shadow_policies": list(settings.routing.shadow_policies)}
     source = json.dumps(raw, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
 
@@ -33,8 +33,8 @@ class Checkpointer:
         self.store = store
         self.follower = follower
         self.fingerprint = fingerprint(settings)
-        self.interval = settings.checkpoint_interval
-        self.keep = settings.checkpoints_kept
+        self.interval = settings.storage.checkpoint_interval
+        self.keep = settings.storage.checkpoints_kept
         self.version = 0
         """The live policy's version at the last checkpoint."""
         self.position = (0, 0)

@@ -46,7 +46,7 @@ class FeedbackRules:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FeedbackRules:
-        return cls(settings.aggregation, settings.reward_window_s, settings.default_reward)
+        return cls(settings.feedback.aggregation, settings.feedback.reward_window_s, settings.feedback.default_reward)
 
     @property
     def sweeps(self) -> bool:

@@ -25,12 +25,13 @@ BUNDLE_MAGIC = b"BRBUNDLE1\n"
 def build_router(settings: Settings, *, seed: int | None = None, policy: str | None = None) -> Router:
     """A router that has learned nothing, as `settings` describe it (with the policy spec `policy` instead of the
     configured policy and its settings, for a shadow)."""
+    routing = settings.routing
     return Router(
         settings.load_catalog(),
-        make_policy(settings.policy, **dict(settings.policy_settings)) if policy is None else make_policy(policy),
+        make_policy(routing.policy, **dict(routing.policy_settings)) if policy is None else make_policy(policy),
         reward_config=settings.reward_config(),
         seed=seed,
-        cold_start_rounds=settings.cold_start_rounds,
+        cold_start_rounds=routing.cold_start_rounds,
     )
 
 
@@ -40,13 +41,13 @@ class PolicySet:
     def __init__(self, settings: Settings, *, seed: int | None = None) -> None:
         self.settings = settings
         self.seed = seed
-        self.live = self.fresh(settings.policy)
-        self.live_name = settings.policy
-        self.shadows: dict[str, Router] = {spec: self.fresh(spec) for spec in settings.shadow_policies}
+        self.live = self.fresh(settings.routing.policy)
+        self.live_name = settings.routing.policy
+        self.shadows: dict[str, Router] = {spec: self.fresh(spec) for spec in settings.routing.shadow_policies}
 
     def fresh(self, name: str) -> Router:
         """A router that has learned nothing for the policy `name` (the configured live policy or a shadow)."""
-        if name == self.settings.policy:
+        if name == self.settings.routing.policy:
             return build_router(self.settings, seed=self.seed)
         return build_router(self.settings, seed=self.seed, policy=name)
 
@@ -107,7 +108,7 @@ class PolicySet:
     # -- snapshots -----------------------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """The live router's snapshot; with shadow policies a bundle of every router, naming the live one."""
-        if not self.shadows and self.live_name == self.settings.policy:
+        if not self.shadows and self.live_name == self.settings.routing.policy:
             return self.live.snapshot()
         routers = {self.live_name: self.live, **self.shadows}
         states = {name: router.snapshot() for name, router in routers.items()}
@@ -117,10 +118,10 @@ class PolicySet:
     def restore(self, state: bytes) -> None:
         """Replace every router with the ones in `snapshot()` bytes (nothing changes when they do not load)."""
         if not state.startswith(BUNDLE_MAGIC):
-            router = self.fresh(self.settings.policy)
+            router = self.fresh(self.settings.routing.policy)
             router.restore(state)
-            shadows = {spec: self.fresh(spec) for spec in self.settings.shadow_policies}
-            self.live, self.live_name, self.shadows = router, self.settings.policy, shadows
+            shadows = {spec: self.fresh(spec) for spec in self.settings.routing.shadow_policies}
+            self.live, self.live_name, self.shadows = router, self.settings.routing.policy, shadows
             return
         line, _, body = state[len(BUNDLE_MAGIC) :].partition(b"\n")
         header = json.loads(line)

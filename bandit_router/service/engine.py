@@ -63,9 +63,9 @@ class Engine:
 
     def __init__(self, settings: Settings, store: Store | None = None, *, observer: Observer | None = None) -> None:
         self.settings = settings
-        self.store: Store = store or SQLiteStore(settings.db, synchronous=settings.synchronous)
-        seed = settings.seed
-        if seed is not None and settings.workers > 1:  # each worker samples with its own stream
+        self.store: Store = store or SQLiteStore(settings.storage.db, synchronous=settings.storage.synchronous)
+        seed = settings.routing.seed
+        if seed is not None and settings.server.workers > 1:  # each worker samples with its own stream
             seed = (seed * 1_000_003 + os.getpid()) % 2**63
         self.policies = PolicySet(settings, seed=seed)
         self.follower = LogFollower(self.policies)
@@ -224,7 +224,7 @@ class Engine:
         self._require_ready()
         decision = self.router.route(request)
         tenant = request.context.get("tenant")
-        prompt = request.text if self.settings.store_prompts else None
+        prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows else None
         await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
         return decision

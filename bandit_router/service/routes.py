@@ -150,7 +150,7 @@ async def route(request: Request) -> Response:
     started = time.perf_counter()
     services = _services(request)
     body = await _parse(request, RouteIn)
-    decision = await services.engine.route(core_request(body, services.engine.settings.max_prompt_chars))
+    decision = await services.engine.route(core_request(body, services.engine.settings.limits.max_prompt_chars))
     response = json_response(route_reply(decision), headers={"x-decision-id": decision.decision_id})
     services.metrics.route_latency.observe(time.perf_counter() - started)
     return response
