@@ -6,7 +6,8 @@ log          LoggedRecord (a Decision + its Outcome) → LogArrays (aligned arra
 candidates   "vw-squarecb:gamma_scale=50@lambda=40", "logged", "shadow:NAME" → Candidate
 replay       a candidate's pmf on every logged decision (learning, frozen or Li et al. replay)
 overlap      effective sample size and support diagnostics, with warnings
-evaluate     evaluate_log(records, candidates, models=…) → Evaluation (one record per candidate × estimator)
+evaluate     evaluate_log(records, candidates, models=…, config=EvaluationConfig(…)) → Evaluation (one record
+             per candidate × estimator)
 report       write_evaluation(out_dir, evaluation): evaluation.json, evaluation.md, evaluation.png
 dsjson       export_dsjson(records, fp): Vowpal Wabbit decision-service JSON
 synthetic    logs with exactly known policy values, for tests and experiments
@@ -27,7 +28,15 @@ from .estimators import (
     importance_weights,
     make_estimator,
 )
-from .evaluate import DEFAULT_ESTIMATORS, EstimateRecord, Evaluation, PromotionCheck, evaluate_log, promotion_check
+from .evaluate import (
+    DEFAULT_ESTIMATORS,
+    EstimateRecord,
+    Evaluation,
+    EvaluationConfig,
+    PromotionCheck,
+    evaluate_log,
+    promotion_check,
+)
 from .log import LogArrays, LoggedRecord, log_arrays, realised_cost
 from .overlap import Overlap, OverlapThresholds, overlap
 from .replay import MODES, ReplayResult, replay
@@ -48,6 +57,7 @@ __all__ = [
     "EstimateRecord",
     "Estimator",
     "Evaluation",
+    "EvaluationConfig",
     "LogArrays",
     "LoggedRecord",
     "Overlap",
