@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from readme_sections import service_section
+from docs_pages import service_section
 
 from bandit_router.config import KEYS, ConfigError, Secrets, Settings, describe_keys, load_settings
 
@@ -182,14 +182,14 @@ def test_every_key_is_described() -> None:
         assert f"`{name}`" in table
 
 
-def test_the_readme_keys_table_is_current() -> None:
-    readme = service_section(Path(__file__).resolve().parents[1])
-    assert describe_keys() in readme
+def test_the_docs_keys_table_is_current() -> None:
+    docs = service_section(Path(__file__).resolve().parents[1])
+    assert describe_keys() in docs
 
 
-def test_the_readme_example_configuration_loads(tmp_path: Path) -> None:
-    readme = service_section(Path(__file__).resolve().parents[1])
-    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+def test_the_docs_example_configuration_loads(tmp_path: Path) -> None:
+    docs = service_section(Path(__file__).resolve().parents[1])
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
     config = _write(tmp_path / "bandit-router.toml", example)
     _write(tmp_path / "catalog.toml", "[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n")
     _write(tmp_path / "client-keys", KEY_A + "\n")
