@@ -70,7 +70,7 @@ def monte_carlo_pmf(draw: Callable[[int], np.ndarray], n_draws: int) -> np.ndarr
     samples = draw(n_draws)
     top = samples >= samples.max(axis=1, keepdims=True) - TIE_TOLERANCE
     counts = (top / top.sum(axis=1, keepdims=True)).sum(axis=0)  # a tie splits that draw's vote
-    return counts / counts.sum()
+    return np.asarray(counts / counts.sum())
 
 
 def with_floor(pmf: np.ndarray, mask: list[bool], floor: float) -> np.ndarray:

@@ -706,11 +706,11 @@ class BudgetPacer:
             limit = config.guard_max_usd_per_mtok
             cheap = allowed & np.array([max(m.input_usd_per_mtok, m.output_usd_per_mtok) <= limit for m in models])
             if cheap.any():
-                return cheap
+                return np.asarray(cheap)
         if config.fallback_model is not None:
             fallback = allowed & np.array([m.name == config.fallback_model for m in models])
             if fallback.any():
-                return fallback
+                return np.asarray(fallback)
         costs = np.where(allowed, expected_cost, np.inf)
         only = np.zeros(len(models), dtype=bool)
         only[int(np.argmin(costs))] = True

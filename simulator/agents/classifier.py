@@ -10,9 +10,8 @@ import numpy as np
 from bandit_router.catalog import ModelSpec
 from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor
-from bandit_router.policies import SupervisedPolicy
 from bandit_router.policies.base import BasePolicy
-from bandit_router.policies.supervised import SupervisedParams
+from bandit_router.policies.supervised import SupervisedParams, SupervisedPolicy
 from bandit_router.types import Context
 
 from ..environments.base import Environment
