@@ -37,6 +37,23 @@ CONFIG_KEYS = {
 }
 
 
+DEFAULTS: dict[str, Any] = {
+    "policies": "vw-squarecb",
+    "cost_weights": "20",
+    "seeds": 1,
+    "first_seed": 0,
+    "passes": 1,
+    "warmup": "none",
+    "window": 200,
+}
+"""What an option left out (on the command line and in --config) means; `--help` shows these."""
+REQUIRED = "(required: here or in --config)"
+
+
+def _default(name: str) -> str:
+    return f"(default: {DEFAULTS[name]})"
+
+
 def _progress_bar(started: float) -> Any:
     def show(done: int, total: int) -> None:
         width = 30
@@ -66,7 +83,7 @@ def simulate(
         str | None,
         typer.Option(
             help="dataset:PATH (an outcome table) or synthetic:CONFIG (a world "
-            "TOML, or a packaged world name such as 'default')."
+            "TOML, or a packaged world name such as 'default'). " + REQUIRED
         ),
     ] = None,
     scenario: Annotated[
@@ -83,19 +100,24 @@ def simulate(
         typer.Option(
             help="Comma-separated policies and strategies, e.g. "
             "vw-squarecb,linucb:alpha=0.5,random,classifier,cascade:error=0.1,llm-router, "
-            "fixed:<model>. The oracle and every fixed model are always reported."
+            "fixed:<model>. The oracle and every fixed model are always reported. " + _default("policies")
         ),
     ] = None,
     cost_weights: Annotated[
         str | None,
         typer.Option(
-            "--cost-weights", help="Comma-separated λ values (quality points per USD) to sweep, e.g. 0,10,40."
+            "--cost-weights", help="Comma-separated λ values (quality points per USD) to sweep, e.g. 0,10,40. "
+            + _default("cost_weights")
         ),
     ] = None,
-    seeds: Annotated[int | None, typer.Option(help="Number of seeds (runs per policy and λ).")] = None,
-    first_seed: Annotated[int | None, typer.Option("--first-seed", help="First seed (default 0).")] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Number of seeds (runs per policy and λ). " + _default("seeds"))
+    ] = None,
+    first_seed: Annotated[
+        int | None, typer.Option("--first-seed", help="First seed. " + _default("first_seed"))
+    ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Folder for summary.json, summary.md, curves.json and plots.")
+        Path | None, typer.Option(help="Folder for summary.json, summary.md, curves.json and plots. " + REQUIRED)
     ] = None,
     config: Annotated[
         Path | None,
@@ -107,7 +129,9 @@ def simulate(
         int | None,
         typer.Option(help="Steps per run (default: one pass over the evaluated prompts, or the world's `steps`)."),
     ] = None,
-    passes: Annotated[int | None, typer.Option(help="Passes over a dataset's evaluated prompts.")] = None,
+    passes: Annotated[
+        int | None, typer.Option(help="Passes over a dataset's evaluated prompts. " + _default("passes"))
+    ] = None,
     split: Annotated[str | None, typer.Option(help="Split column of a dataset, e.g. split_routerdc.")] = None,
     train_value: Annotated[str | None, typer.Option("--train-value", help="Split value of the training part.")] = None,
     eval_value: Annotated[str | None, typer.Option("--eval-value", help="Split value of the evaluated part.")] = None,
@@ -132,12 +156,14 @@ def simulate(
     warmup: Annotated[
         str | None,
         typer.Option(
-            help="Before the scored stream, learning policies use the training part: 'none' (default), 'bandit' "
+            help="Before the scored stream, learning policies use the training part: 'none', 'bandit' "
             "(stream it once with bandit feedback) or 'full' (pre-train on every model's outcome, as the "
-            "classifier-based router is trained).",
+            "classifier-based router is trained). " + _default("warmup"),
         ),
     ] = None,
-    window: Annotated[int | None, typer.Option(help="Window (steps) of the reaction-time metrics.")] = None,
+    window: Annotated[
+        int | None, typer.Option(help="Window (steps) of the reaction-time metrics. " + _default("window"))
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
     target: Annotated[
         list[str] | None,
@@ -198,14 +224,14 @@ def simulate(
         "workers": workers,
         "targets": target or None,
     }
-    settings = layered(from_file, given)  # the same layering as the service's settings (flags win)
+    settings = layered(DEFAULTS, from_file, given)  # the same layering as the service's settings (flags win)
     if "env" not in settings or "out" not in settings:
         raise typer.BadParameter("--env and --out are required (on the command line or in --config)")
-    policy_list = settings.get("policies", "vw-squarecb")
+    policy_list = settings["policies"]
     policy_specs = split_specs(policy_list) if isinstance(policy_list, str) else _listify(policy_list)
-    weights = settings.get("cost_weights", "20")
-    n_seeds = int(settings.get("seeds", 1))
-    start = int(settings.get("first_seed", 0))
+    weights = settings["cost_weights"]
+    n_seeds = int(settings["seeds"])
+    start = int(settings["first_seed"])
     keys = ("split", "train_value", "eval_value", "drop_flag", "prices")
     options: dict[str, Any] = {k: settings[k] for k in keys if k in settings}
     if "tasks" in settings:
@@ -222,9 +248,9 @@ def simulate(
             seeds=tuple(range(start, start + n_seeds)),
             scenarios=tuple(_listify(settings.get("scenarios"))),
             steps=int(settings["steps"]) if "steps" in settings else None,
-            passes=int(settings.get("passes", 1)),
-            warmup=str(settings.get("warmup", "none")),
-            window=int(settings.get("window", 200)),
+            passes=int(settings["passes"]),
+            warmup=str(settings["warmup"]),
+            window=int(settings["window"]),
             pacer_factory=pacers,
         )
         show = _progress_bar(time.perf_counter()) if sys.stderr.isatty() and not quiet else None

@@ -139,6 +139,23 @@ def test_export_dsjson(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
     assert stdout.exit_code == 0 and len(stdout.stdout.splitlines()) == 500
 
 
+def test_export_into_a_closed_pipe_ends_quietly(logged_db: tuple[Path, Any]) -> None:
+    """`bandit-router export --db … | head -n 1`: no traceback, no error message when the reader stops early."""
+    import subprocess
+    import sys
+
+    db, _ = logged_db
+    command = [sys.executable, "-m", "bandit_router.cli", "export", "--db", str(db)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()  # what `head -n 1` does after its line
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    assert json.loads(first)["EventId"]
+    assert stderr == "" and code == 0
+
+
 # -- shadow policies and promotion ---------------------------------------------------------------------------------
 def _settings(db: Path, **changes: Any) -> Settings:
     return Settings(db=db, seed=5, policy="random", shadow_policies=("linucb", "fixed:gpt-4o-mini"), **changes)

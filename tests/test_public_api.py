@@ -36,3 +36,12 @@ def test_importing_the_package_starts_no_server_and_loads_no_plotting() -> None:
     code = f"import sys, bandit_router; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_command_prints_its_version() -> None:
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"bandit-router {bandit_router.__version__}"

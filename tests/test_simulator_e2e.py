@@ -153,3 +153,13 @@ if __name__ == "__main__":
             summary = run_simulate(Path(folder), "--no-plots")
         EXPECTED.write_text(json.dumps({k: summary[k] for k in COMPARED}, indent=1) + "\n")
         print(f"wrote {EXPECTED}")
+
+
+def test_simulate_help_shows_defaults_and_required_options() -> None:
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    for shown in ("(default: vw-squarecb)", "(default: 20)", "(default: 1)", "(default: 200)", "(required: here"):
+        assert shown in text, shown

@@ -3,6 +3,7 @@ database (the decisions the service stored, joined with the feedback it learned)
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -151,9 +152,14 @@ def export(
             specs = model_specs(store, catalog)
             records = iter_log(store)
             if out is None:
-                written = export_dsjson(
-                    records, sys.stdout, specs=specs, label=label, include_unlabeled=include_unlabeled
-                )
+                try:
+                    written = export_dsjson(
+                        records, sys.stdout, specs=specs, label=label, include_unlabeled=include_unlabeled
+                    )
+                    sys.stdout.flush()
+                except BrokenPipeError:  # `export | head`: the reader has what it wanted; end quietly
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+                    raise typer.Exit(0) from None
             else:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with out.open("w", encoding="utf-8") as fp:

@@ -69,7 +69,8 @@ def _services(request: Request, *, client: bool = True, admin: bool = False) -> 
     """The app's services, after checking the API key (`client`: any key; `admin`: an admin key)."""
     services: Services = request.app.state.services
     if (client or admin) and services.auth.enabled:
-        authorize(services.auth, request.headers.get("authorization"), admin=admin)
+        action = f"{request.method} {request.url.path}"
+        authorize(services.auth, request.headers.get("authorization"), admin=admin, action=action)
     return services
 
 
