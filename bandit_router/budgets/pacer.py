@@ -1,5 +1,9 @@
 """`BudgetPacer`: holds cost, share and latency targets while the router maximises quality, per tenant.
 
+Why one module of ~700 lines: most of it is this docstring's derivation and the five small control classes
+(`_AvgCostControl`, `_SpendControl`, `_ShareControl`, `_LatencyControl` on `_Control`) that `BudgetPacer` drives
+through one per-scope loop; the math and the code that implements it are kept side by side.
+
 The problem is  max E[quality]  subject to the targets. Its Lagrangian gives each decision the score
 
     q̂_m − λ·ĉ_m − Σ_k μ_k·1[m ∈ S_k] − Σ_j ν_j·P̂(latency_m > L_j)
