@@ -54,18 +54,25 @@ def _default(name: str) -> str:
     return f"(default: {DEFAULTS[name]})"
 
 
-def _progress_bar(started: float) -> Any:
+def _progress_bar() -> Any:
+    """A rich progress bar on stderr (runs done, elapsed, time left), as a `progress(done, total)` callback."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        "runs", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "left", TimeRemainingColumn(),
+        console=Console(stderr=True), transient=False,
+    )
+    task = None
+
     def show(done: int, total: int) -> None:
-        width = 30
-        filled = int(width * done / total)
-        elapsed = time.perf_counter() - started
-        eta = elapsed / done * (total - done) if done else 0.0
-        sys.stderr.write(
-            f"\r[{'#' * filled}{' ' * (width - filled)}] {done}/{total} runs, {elapsed:.0f} s, ~{eta:.0f} s left "
-        )
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("runs", total=total)
+        bar.update(task, completed=done)
         if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            bar.stop()
 
     return show
 
@@ -253,7 +260,7 @@ def simulate(
             window=int(settings["window"]),
             pacer_factory=pacers,
         )
-        show = _progress_bar(time.perf_counter()) if sys.stderr.isatty() and not quiet else None
+        show = _progress_bar() if sys.stderr.isatty() and not quiet else None
         started = time.perf_counter()
         result = run_simulation(plan, workers=settings.get("workers"), progress=show)
         command = "bandit-router simulate " + shlex.join(sys.argv[2:] if len(sys.argv) > 1 else [])
