@@ -455,7 +455,7 @@ class Writer:
                 continue
             outcome, status = closing
             record = batch.number(
-                feedback_record(router, stored.decision, stored.tenant, outcome, received_at=now, source=status,
+                feedback_record(router, stored.decision, stored.tenant, outcome, received_at=now, source=status.value,
                                 status=status)
             )
             batch.log_feedback(record, stored.decision)
