@@ -9,6 +9,8 @@ A catalog is a TOML file with one `[[models]]` table per model::
     tags = { family = "openai", tier = "small" }
     latency_s = 1.0               # optional prior mean latency
     output_tokens = 250           # optional prior mean output tokens
+    prior_quality = 0.82          # optional prior mean quality in [0, 1] (e.g. a public benchmark score)
+    prior_strength = 2            # optional: how many observations that prior is worth (default 2)
 
 The tags become action features: a new model with `family = "openai", tier = "small"` starts from what the
 policy learned about similar models.
@@ -32,6 +34,10 @@ DEFAULT_OUTPUT_TOKENS = 250.0
 
 MAX_NAME_LENGTH = 128
 
+DEFAULT_PRIOR_STRENGTH = 2.0
+"""Pseudo-observations a catalog `prior_quality` is worth when the entry gives no `prior_strength`: a public
+benchmark score says little about quality on one team's own traffic, so it is soon outweighed by feedback."""
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -43,6 +49,8 @@ class ModelSpec:
     tags: Mapping[str, str] = field(default_factory=dict)
     latency_s: float | None = None
     output_tokens: float | None = None
+    prior_quality: float | None = None
+    prior_strength: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -56,7 +64,7 @@ class ModelSpec:
             if value < 0:
                 raise CatalogError(f"model {self.name!r}: {key} must not be negative (got {value})")
             object.__setattr__(self, key, float(value))
-        for key in ("latency_s", "output_tokens"):
+        for key in ("latency_s", "output_tokens", "prior_quality", "prior_strength"):
             value = getattr(self, key)
             if value is None:
                 continue
@@ -65,6 +73,14 @@ class ModelSpec:
             if value < 0:
                 raise CatalogError(f"model {self.name!r}: {key} must not be negative (got {value})")
             object.__setattr__(self, key, float(value))
+        if self.prior_quality is not None and self.prior_quality > 1.0:
+            raise CatalogError(f"model {self.name!r}: prior_quality must be in [0, 1] (got {self.prior_quality})")
+        if self.prior_strength is not None and self.prior_strength <= 0:
+            raise CatalogError(f"model {self.name!r}: prior_strength must be > 0 (got {self.prior_strength})")
+        if self.prior_strength is not None and self.prior_quality is None:
+            raise CatalogError(f"model {self.name!r}: prior_strength needs a prior_quality")
+        if self.prior_quality is not None and self.prior_strength is None:
+            object.__setattr__(self, "prior_strength", DEFAULT_PRIOR_STRENGTH)
         if not isinstance(self.tags, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in self.tags.items()
         ):
@@ -92,8 +108,9 @@ class ModelSpec:
         }
         if self.latency_s is not None:
             out["latency_s"] = self.latency_s
-        if self.output_tokens is not None:
-            out["output_tokens"] = self.output_tokens
+        for key in ("output_tokens", "prior_quality", "prior_strength"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
     @classmethod
@@ -101,7 +118,10 @@ class ModelSpec:
         """Build a spec from a mapping, with a clear error for unknown or missing keys."""
         if not isinstance(data, Mapping):
             raise CatalogError("each model must be a table")
-        known = {"name", "input_usd_per_mtok", "output_usd_per_mtok", "tags", "latency_s", "output_tokens"}
+        known = {
+            "name", "input_usd_per_mtok", "output_usd_per_mtok", "tags", "latency_s", "output_tokens",
+            "prior_quality", "prior_strength",
+        }  # fmt: skip
         unknown = set(data) - known
         if unknown:
             raise CatalogError(f"model {data.get('name')!r}: unknown keys {sorted(unknown)}")
@@ -115,6 +135,8 @@ class ModelSpec:
             tags=data.get("tags") or {},
             latency_s=data.get("latency_s"),
             output_tokens=data.get("output_tokens"),
+            prior_quality=data.get("prior_quality"),
+            prior_strength=data.get("prior_strength"),
         )
 
 

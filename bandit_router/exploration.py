@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+from scipy.special import log_ndtr
 
 TIE_TOLERANCE = 1e-12
 
@@ -71,6 +72,54 @@ def monte_carlo_pmf(draw: Callable[[int], np.ndarray], n_draws: int) -> np.ndarr
     top = samples >= samples.max(axis=1, keepdims=True) - TIE_TOLERANCE
     counts = (top / top.sum(axis=1, keepdims=True)).sum(axis=0)  # a tie splits that draw's vote
     return np.asarray(counts / counts.sum())
+
+
+def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0, nodes: int = 16) -> np.ndarray:
+    """The pmf of "argmax of one draw" when score_a ~ N(mean_a, sd_a²) independently (Thompson sampling):
+
+        p_a = ∫ φ((t − mean_a)/sd_a)/sd_a · Π_{b≠a} Φ((t − mean_b)/sd_b) dt
+
+    by the trapezoid rule on one grid of t: the union of every arm's `nodes` Gauss–Hermite points, so the grid is
+    dense wherever any arm's density or distribution function changes fast (a narrow arm's Φ is a near step);
+    then renormalised. Arms whose mean + β·sd is below the best mean − β·sd (β = `dominance`) are confidently
+    dominated: probability 0, and they drop out of the products. Exact ties of (mean, sd) get equal probability.
+    The router samples from this pmf and logs its value, so the logged propensity is exact for what was done.
+    """
+    top = float(np.max(mean - dominance * sd))
+    alive = np.flatnonzero(mean + dominance * sd >= top - TIE_TOLERANCE)
+    out = np.zeros(len(mean))
+    if len(alive) == 1:
+        out[alive[0]] = 1.0
+        return out
+    u = _hermite(nodes)
+    m, s = mean[alive], sd[alive]
+    t = np.sort((m[:, None] + s[:, None] * u[None, :]).ravel())  # (G,)
+    z = (t[None, :] - m[:, None]) / s[:, None]  # (arm, G)
+    log_cdf = log_ndtr(z)
+    integrand = np.exp(log_cdf.sum(axis=0) - log_cdf - 0.5 * z * z) / s[:, None]  # f_a · Π_{b≠a} F_b (× √2π)
+    p = ((integrand[:, 1:] + integrand[:, :-1]) * np.diff(t)[None, :]).sum(axis=1)
+    total = p.sum()
+    out[alive] = p / total if total > 0 else 1.0 / len(alive)
+    return out
+
+
+_HERMITE: dict[int, np.ndarray] = {}
+
+
+def _hermite(nodes: int) -> np.ndarray:
+    """Gauss–Hermite nodes for the standard normal (√2 × the physicists' nodes), cached per size."""
+    if nodes not in _HERMITE:
+        _HERMITE[nodes] = np.polynomial.hermite.hermgauss(nodes)[0] * math.sqrt(2.0)
+    return _HERMITE[nodes]
+
+
+def with_floors(pmf: np.ndarray, floors: np.ndarray) -> np.ndarray:
+    """Give arm a at least `floors[a]` probability by mixing: p' = (1 − Σf)·p + f, with Σf scaled to ≤ 0.5."""
+    total = float(floors.sum())
+    if total <= 0:
+        return pmf
+    f = floors * min(1.0, 0.5 / total)
+    return (1.0 - float(f.sum())) * pmf + f
 
 
 def with_floor(pmf: np.ndarray, mask: list[bool], floor: float) -> np.ndarray:

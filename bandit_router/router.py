@@ -5,8 +5,10 @@
 
 For each decision over the allowed models m with expected cost ĉ_m and latency ℓ̂_m, the policy receives the
 penalty  λ·ĉ_m + μ·ℓ̂_m (+ a pacer's budget penalties), so the request's own λ changes the choice at once,
-without relearning. Models with fewer than `cold_start_rounds` feedbacks get at least `cold_start_floor`
-probability (for policies that learn), so a newly added model is explored at once.
+without relearning. A policy that learns sizes its own exploration floors (`Policy.cold_start_floors`; the
+`default` policy by each new model's uncertainty) or leaves it to the fixed rule: models with fewer than
+`cold_start_rounds` feedbacks get at least `cold_start_floor` probability, so a newly added model is explored
+at once.
 
 Thread-safe: one lock around the policy and the sampler. `snapshot()`/`restore()` round-trip everything
 learned, the model list and the sampler's state; replaying the same outcomes in the same order rebuilds
@@ -61,7 +63,7 @@ class Router:
     def __init__(
         self,
         models: Catalog | Iterable[ModelSpec] | None = None,
-        policy: Policy | str = "vw-squarecb",
+        policy: Policy | str = "default",
         *,
         reward_config: RewardConfig | None = None,
         seed: int | None = None,
@@ -190,9 +192,13 @@ class Router:
                 specs = [s for s, ok in zip(specs, allowed, strict=True) if ok]
                 costs, penalty = costs[allowed], penalty[allowed]
             pmf = self.policy.pmf(context, specs, penalty, self._rng)
-            if self.policy.explores and self.cold_start_rounds > 0:
-                cold = [self._counts.get(s.name, 0) < self.cold_start_rounds for s in specs]
-                pmf = exploration.with_floor(pmf, cold, self.cold_start_floor)
+            if self.policy.explores:
+                floors = self.policy.cold_start_floors(context, specs, penalty)
+                if floors is not None:
+                    pmf = exploration.with_floors(pmf, floors)
+                elif self.cold_start_rounds > 0:
+                    cold = [self._counts.get(s.name, 0) < self.cold_start_rounds for s in specs]
+                    pmf = exploration.with_floor(pmf, cold, self.cold_start_floor)
             pmf = _clean(pmf)
             arm = sample(pmf, self._rng)
             version = self._version

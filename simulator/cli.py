@@ -195,7 +195,7 @@ def simulate(
 
     from .budgets import TargetPacers
     from .environments import EnvSpec
-    from .report import write_report
+    from .report import break_even_text, write_report
     from .runner import Plan
     from .runner import simulate as run_simulation
     from .specs import parse_floats, split_specs
@@ -273,8 +273,15 @@ def simulate(
             f"{len(result.runs)} runs of {result.n_steps} steps in {time.perf_counter() - started:.1f} s; "
             f"written to {settings['out']}/summary.md"
         )
+        typer.echo("  regret = the best fixed model's reward − the policy's, per request (whole stream / second half)")
         for r in data["results"]:
             typer.echo(
                 f"  {r['policy']:<28} λ={r['cost_weight']:<8g} reward {r['mean_reward']:.4f}  "
-                f"quality {r['mean_quality']:.4f}  cost {r['mean_cost_usd']:.3g}"
+                f"quality {r['mean_quality']:.4f}  cost {r['mean_cost_usd']:.3g}  "
+                f"regret {_signed(r['regret_per_request'])} / {_signed(r['regret_per_request_second_half'])}  "
+                f"break-even {break_even_text(r)}"
             )
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.4f}"

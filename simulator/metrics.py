@@ -5,7 +5,10 @@ Per run (one policy, one λ, one seed):
 - The per-prompt **oracle** picks argmax_m q_m − λ·c_m among the available models (ties → cheaper).
 - A **fixed** model answers every prompt (when unavailable: the cheapest available model, as `fixed:<m>` does);
   the **best fixed** model is the one with the highest total reward in hindsight.
-- **Regret** against either: Σ_t (reward_ref,t − reward_t), as a curve over steps.
+- **Regret** against either: Σ_t (reward_ref,t − reward_t), as a curve over steps; **per request** over the
+  whole stream, R(n)/n, and over its second half, (R(n) − R(n/2))/(n − n/2); the **break-even step**: the
+  first step t with R(t') ≤ 0 for every t' ≥ t (the cumulative reward has caught up with the best fixed
+  model's for good).
 
 Two models (RouteLLM, Ong et al. 2024, `routellm/evals/evaluate.py`): a router gives points (strong-call
 share s, quality q) — one per λ, or per threshold. With the anchors (0, q_weak) and (1, q_strong) added and
@@ -73,6 +76,26 @@ def oracle_choice(quality: np.ndarray, cost: np.ndarray, available: np.ndarray, 
     tied = available & (r >= best - TIE)
     choice = np.where(tied, cost, np.inf).argmin(axis=1)
     return np.where(available.any(axis=1), choice, -1)
+
+
+def regret_per_step(cumulative: np.ndarray, start: int = 0) -> float:
+    """(R(n) − R(start)) / (n − start) from a cumulative regret curve R of shape (n,), R(0) = 0 before step 1."""
+    n = len(cumulative)
+    if n == 0 or start >= n:
+        return float("nan")
+    before = float(cumulative[start - 1]) if start > 0 else 0.0
+    return (float(cumulative[-1]) - before) / (n - start)
+
+
+def break_even_step(cumulative: np.ndarray) -> int | None:
+    """The first step (1-based) from which the cumulative regret R stays ≤ 0; None when R ends above 0.
+
+    `cumulative` has shape (n,). A stream that is never behind breaks even at step 1."""
+    above = np.flatnonzero(cumulative > TIE)
+    if above.size == 0:
+        return 1
+    last = int(above[-1])
+    return None if last == len(cumulative) - 1 else last + 2
 
 
 def fallback_order(blended_prices: Sequence[float]) -> np.ndarray:

@@ -49,7 +49,8 @@ def plot_regret(curves: dict[str, Any], data: dict[str, Any], path: Path) -> Non
                 if run["cost_weight"] != lam or run["policy"] == "oracle":
                     continue
                 c = run[key]
-                ax.plot(run["steps"], c["mean"], label=run["policy"], lw=1.2)
+                label = run["policy"] if i == 0 else _per_request_label(data, run["policy"], lam)
+                ax.plot(run["steps"], c["mean"], label=label, lw=1.2)
                 ax.fill_between(run["steps"], c["lo"], c["hi"], alpha=0.15)
             ax.axhline(0, color="grey", lw=0.6)
             ax.set_title(f"λ = {lam:g}: regret vs {'oracle' if i == 0 else 'best fixed model'}", fontsize=9)
@@ -57,11 +58,21 @@ def plot_regret(curves: dict[str, Any], data: dict[str, Any], path: Path) -> Non
             ax.locator_params(axis="x", nbins=4)
     axes[0][0].set_ylabel("cumulative regret (reward)")
     axes[1][0].set_ylabel("cumulative regret (reward)")
+    for j in range(len(lams)):
+        axes[1][j].legend(fontsize=6, loc="upper left", title="per request: whole / 2nd half", title_fontsize=6)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, max(1, len(labels))), fontsize=8)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _per_request_label(data: dict[str, Any], policy: str, lam: float) -> str:
+    """`policy  +0.012 / −0.003` (regret per request vs the best fixed model, whole stream / second half)."""
+    for r in data["results"]:
+        if r["policy"] == policy and r["cost_weight"] == lam and r.get("regret_per_request") is not None:
+            return f"{policy}  {r['regret_per_request']:+.3f} / {r['regret_per_request_second_half']:+.3f}"
+    return policy
 
 
 def plot_cost_quality(data: dict[str, Any], path: Path) -> None:

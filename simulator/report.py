@@ -13,7 +13,11 @@
 A record: policy, cost_weight, seeds, n_seeds, n_steps, mean_reward, ci95_reward (half-width of the 95%
 Student-t interval over seeds; null for one seed), mean_quality, ci95_quality, mean_cost_usd, ci95_cost_usd,
 mean_latency_s, regret_oracle and regret_best_fixed (cumulative over the run, with ci95_…), best_fixed,
-model_shares (model → share of the decisions), steps_per_s (steps per CPU-second of the run's loop: decide,
+regret_per_request and regret_per_request_second_half (regret against the best fixed model per request, over the
+whole stream and over its second half, with ci95_…), break_even_step (the median over seeds of the step after
+which the cumulative reward stays at or above the best fixed model's; a seed that never breaks even counts
+as infinitely late, so null when half of the seeds or more never do) and break_even_never (how many seeds never
+do), model_shares (model → share of the decisions), steps_per_s (steps per CPU-second of the run's loop: decide,
 learn and, unless cached, featurize), reaction (scenario → steps, see
 `runner.reaction_times`), plus the mean of every number a run adds (`Trace.extra`, e.g. a pacer's).
 """
@@ -97,6 +101,12 @@ def record(runs: Sequence[RunResult]) -> dict[str, Any]:
     for name in ("regret_oracle", "regret_best_fixed"):
         out[name], out[f"ci95_{name}"] = ci(name)
     out["best_fixed"] = Counter(r.best_fixed for r in runs).most_common(1)[0][0]
+    for name in ("regret_per_request", "regret_per_request_second_half"):
+        out[name], out[f"ci95_{name}"] = ci(name)
+    steps = sorted(math.inf if r.break_even_step is None else r.break_even_step for r in runs)
+    median = float(np.median(steps))
+    out["break_even_step"] = median if math.isfinite(median) else None
+    out["break_even_never"] = sum(1 for r in runs if r.break_even_step is None)
     out["model_shares"] = {m: float(np.mean([r.model_shares[m] for r in runs])) for m in first.model_shares}
     speeds = [r.steps_per_s for r in runs if math.isfinite(r.steps_per_s)]
     out["steps_per_s"] = float(np.mean(speeds)) if speeds else None
@@ -280,6 +290,15 @@ def _pm(mean: Any, half: Any, digits: int = 4) -> str:
     return _fmt(mean, digits) + ("" if half is None else f" ± {_fmt(half, digits if half >= 1e-3 else 2)}")
 
 
+def break_even_text(record: dict[str, Any]) -> str:
+    """`1234`, `1234 (1 never)` or `never (3)` for a summary record."""
+    never = record.get("break_even_never") or 0
+    step = record.get("break_even_step")
+    if step is None:
+        return f"never ({never})" if never else "–"
+    return f"{step:.0f}" + (f" ({never} never)" if never else "")
+
+
 def markdown(data: dict[str, Any]) -> str:
     """A readable `summary.md` of a summary dict."""
     env = data["env"]
@@ -300,14 +319,22 @@ def markdown(data: dict[str, Any]) -> str:
                 for s in data["scenarios"]
             )
         )
-    lines += ["", "Means over seeds ± 95% CI half-width. Reward = quality − λ·cost (USD).", ""]
+    lines += [
+        "",
+        "Means over seeds ± 95% CI half-width. Reward = quality − λ·cost (USD). Regret is against the best fixed "
+        "model in hindsight at that λ (positive: the policy earned less); per request over the whole stream "
+        "and over its second half. Break-even step: median over seeds of the step after which the policy's "
+        "cumulative reward stays at or above the best fixed model's (`never (k)`: k seeds never got there).",
+        "",
+    ]
     for lam in data["cost_weights"]:
         lines += [
             f"## λ = {lam:g}",
             "",
             "| policy | reward | quality | cost (USD/request) | regret vs oracle | "
-            "regret vs best fixed | steps/s | top model share |",
-            "|---|---|---|---|---|---|---|---|",
+            "regret vs best fixed | regret/request | regret/request, 2nd half | break-even step | steps/s "
+            "| top model share |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         rows = [r for r in data["results"] + data["oracle"] + data["fixed"] if r["cost_weight"] == lam]
         rows.sort(key=lambda r: -(r["mean_reward"] or -math.inf))
@@ -322,7 +349,10 @@ def markdown(data: dict[str, Any]) -> str:
                 f"| {r['policy']} | {_pm(r['mean_reward'], r['ci95_reward'])} "
                 f"| {_pm(r['mean_quality'], r['ci95_quality'])} | {_fmt(r['mean_cost_usd'])} "
                 f"| {_pm(r['regret_oracle'], r['ci95_regret_oracle'], 4)} "
-                f"| {_pm(r['regret_best_fixed'], r['ci95_regret_best_fixed'], 4)} | {speed} | {top[0]} {top[1]:.2f} |"
+                f"| {_pm(r['regret_best_fixed'], r['ci95_regret_best_fixed'], 4)} "
+                f"| {_pm(r['regret_per_request'], r['ci95_regret_per_request'], 4)} "
+                f"| {_pm(r['regret_per_request_second_half'], r['ci95_regret_per_request_second_half'], 4)} "
+                f"| {break_even_text(r)} | {speed} | {top[0]} {top[1]:.2f} |"
             )
         lines.append("")
     if data.get("two_model"):

@@ -93,6 +93,12 @@ class RunResult:
     regret_oracle: float
     regret_best_fixed: float
     best_fixed: str
+    regret_per_request: float
+    """Regret against the best fixed model in hindsight, per request, over the whole stream."""
+    regret_per_request_second_half: float
+    """The same over the second half of the stream (after the learner has had half of it)."""
+    break_even_step: int | None
+    """The step after which the cumulative reward never falls below the best fixed model's; None: never."""
     steps_per_s: float
     curve_steps: np.ndarray
     regret_oracle_curve: np.ndarray
@@ -205,6 +211,9 @@ def summarize_run(task: Task, episode: Episode, trace: Trace, plan: Plan, blende
         regret_oracle=float(regret_oracle[-1]),
         regret_best_fixed=float(regret_fixed[-1]),
         best_fixed=episode.model_names[best],
+        regret_per_request=M.regret_per_step(regret_fixed),
+        regret_per_request_second_half=M.regret_per_step(regret_fixed, start=n // 2),
+        break_even_step=M.break_even_step(regret_fixed),
         steps_per_s=n / trace.seconds if trace.seconds > 0 else float("inf"),
         curve_steps=idx + 1,
         regret_oracle_curve=regret_oracle[idx],

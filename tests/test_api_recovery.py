@@ -142,7 +142,7 @@ def test_other_policy_settings_replay_the_whole_log(settings: Settings) -> None:
     for i in range(20):
         service.round(i)
     service.close()
-    changed = settings.replace(policy_settings={"gamma_scale": 50.0})
+    changed = settings.replace(policy_settings={"exploration": 0.5})
     restarted = Service(changed)
     assert restarted.engine.recovery["checkpoint_seq"] is None
     assert restarted.engine.recovery["replayed"] == 20

@@ -156,6 +156,7 @@ def test_environment_parses_every_kind(tmp_path: Path) -> None:
         "BANDIT_ROUTER_SEED": "",
         "BANDIT_ROUTER_REWARD_WINDOW_S": "30",
         "BANDIT_ROUTER_DEFAULT_REWARD": "0.1",
+        "BANDIT_ROUTER_POLICY": "vw-squarecb",
         "BANDIT_ROUTER_POLICY_SETTINGS": '{"gamma_scale": 50}',
         "BANDIT_ROUTER_SYNCHRONOUS": "FULL",
         "BANDIT_ROUTER_DB": str(tmp_path / "e.db"),

@@ -111,6 +111,10 @@ GOOD = '[[models]]\nname = "a"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\
         ("[[models]\n", "not valid TOML"),
         (GOOD.replace('"a"', '"a b"'), "no spaces"),
         (GOOD + "tags = { tier = 1 }\n", "tags must map strings"),
+        (GOOD + "prior_quality = 1.5\n", "prior_quality must be in"),
+        (GOOD + "prior_quality = -0.1\n", "must not be negative"),
+        (GOOD + "prior_quality = 0.8\nprior_strength = 0\n", "prior_strength must be > 0"),
+        (GOOD + "prior_strength = 3\n", "prior_strength needs a prior_quality"),
     ],
 )
 def test_catalog_loader_gives_clear_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -244,3 +248,15 @@ def test_state_pack_round_trip_without_pickle() -> None:
     assert back["c"] == tree["c"] and back["d/e"] == {"f": 1}
     with pytest.raises(ValueError, match="not a bandit-router state"):
         unpack(b"garbage")
+
+
+def test_catalog_priors_round_trip_with_a_default_strength(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.toml"
+    path.write_text(GOOD + "prior_quality = 0.8\n")
+    spec = load_catalog(path)["a"]
+    assert (spec.prior_quality, spec.prior_strength) == (0.8, 2.0)
+    assert ModelSpec.from_json(spec.to_json()) == spec
+
+
+def test_default_catalog_ships_priors_for_every_model() -> None:
+    assert all(m.prior_quality is not None and 0 < m.prior_quality < 1 for m in default_catalog())

@@ -311,6 +311,6 @@ def test_shadow_policies_settings(tmp_path: Path) -> None:
     toml = tmp_path / "bandit-router.toml"
     toml.write_text('policy = "random"\nshadow_policies = ["linucb"]\n')
     assert load_settings(toml, env={}).shadow_policies == ("linucb",)
-    for bad in ('["no-such-policy"]', '"linucb"', "[1]", '["linucb", "linucb"]', '["vw-squarecb"]'):
+    for bad in ('["no-such-policy"]', '"linucb"', "[1]", '["linucb", "linucb"]', '["default"]'):
         with pytest.raises(ConfigError, match="shadow_policies"):
             load_settings(None, env={"BANDIT_ROUTER_SHADOW_POLICIES": bad})

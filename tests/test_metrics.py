@@ -119,3 +119,22 @@ def test_aiq_by_hand() -> None:
     assert M.aiq(np.array([[1, 0.5], [3, 0.7]]), c_max=2.0) == pytest.approx(0.55 / 2)
     # a single model: quality × (c_max − c) / c_max
     assert M.aiq(np.array([[1.0, 0.8]]), c_max=4.0) == pytest.approx(0.8 * 3 / 4)
+
+
+def test_regret_per_step_whole_and_second_half() -> None:
+    cumulative = np.cumsum([1.0, 1.0, 0.0, -1.0])  # R = 1, 2, 2, 1
+    assert M.regret_per_step(cumulative) == pytest.approx(0.25)
+    assert M.regret_per_step(cumulative, start=2) == pytest.approx(-0.5)  # (R(4) − R(2)) / 2
+
+
+@pytest.mark.parametrize(
+    ("gaps", "expected"),
+    [
+        ([1.0, 1.0, -1.0, -1.0, -1.0], 4),  # R = 1, 2, 1, 0, −1: ≤ 0 from step 4 on
+        ([-1.0, 2.0, -2.0], 3),  # behind at step 2, caught up at step 3
+        ([-1.0, -1.0], 1),  # never behind
+        ([-1.0, 2.0], None),  # behind at the end
+    ],
+)
+def test_break_even_step(gaps: list[float], expected: int | None) -> None:
+    assert M.break_even_step(np.cumsum(gaps)) == expected

@@ -24,7 +24,7 @@ ARGS = [
     "--env",
     f"dataset:{SAMPLE}",
     "--policies",
-    "vw-squarecb,linucb:alpha=0.3,dim=64,random,classifier,cascade:error=0.1,llm-router:accuracy=0.7",
+    "default,vw-squarecb,linucb:alpha=0.3,dim=64,random,classifier,cascade:error=0.1,llm-router:accuracy=0.7",
     "--cost-weights",
     "0,10,40",
     "--seeds",
@@ -80,6 +80,7 @@ def test_summary_has_the_documented_shape_and_plots(tmp_path: Path) -> None:
     }
     policies = {r["policy"] for r in data["results"]}
     assert policies == {
+        "default",
         "vw-squarecb",
         "linucb:alpha=0.3,dim=64",
         "random",
@@ -87,15 +88,18 @@ def test_summary_has_the_documented_shape_and_plots(tmp_path: Path) -> None:
         "cascade:error=0.1",
         "llm-router:accuracy=0.7",
     }
-    assert len(data["results"]) == 6 * 3
+    assert len(data["results"]) == 7 * 3
     for r in data["results"] + data["oracle"] + data["fixed"]:
         for key in ("policy", "cost_weight", "seeds", "mean_reward", "mean_quality", "mean_cost_usd", "ci95_reward"):
+            assert key in r
+        for key in ("regret_per_request", "regret_per_request_second_half", "break_even_step", "break_even_never"):
             assert key in r
         assert sum(r["model_shares"].values()) == __import__("pytest").approx(1.0)
     assert {r["policy"] for r in data["fixed"]} == {"fixed:gpt-4-1106-preview", "fixed:mixtral-8x7b-instruct-v0.1"}
     assert data["two_model"]["strong"] == "gpt-4-1106-preview"
     assert "cpt50" in data["two_model"]["policies"]["vw-squarecb"]
     assert "## Two models" in (out / "summary.md").read_text()
+    assert "regret/request, 2nd half | break-even step" in (out / "summary.md").read_text()
 
 
 def test_every_config_key_is_accepted(tmp_path: Path) -> None:
@@ -163,3 +167,14 @@ def test_simulate_help_shows_defaults_and_required_options() -> None:
     text = " ".join(CliRunner().invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"}).stdout.split())
     for shown in ("(default: vw-squarecb)", "(default: 20)", "(default: 1)", "(default: 200)", "(required: here"):
         assert shown in text, shown
+
+
+def test_terminal_report_gives_regret_per_request_and_break_even(tmp_path: Path) -> None:
+    args = [a for a in ARGS if a != "--quiet"]
+    i = args.index("--policies")
+    args[i + 1] = "default,random"
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.strip().startswith("default") and "λ=10" in x)
+    assert "regret +" in line or "regret -" in line
+    assert "break-even" in line

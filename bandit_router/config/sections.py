@@ -110,7 +110,7 @@ class RoutingSettings:
 
     catalog: Path | None = setting(help="model catalog TOML file (default: the catalog shipped with the package)")
     models: tuple[ModelSpec, ...] = setting((), help="inline catalog: [[models]] tables (instead of `catalog`)")
-    policy: str = setting("vw-squarecb", help="policy spec, e.g. vw-squarecb or linucb:alpha=0.5 "
+    policy: str = setting("default", help="policy spec, e.g. default, vw-squarecb or linucb:alpha=0.5 "
                           "(`bandit-router policies`)")
     policy_settings: Mapping[str, Any] = setting(factory=dict, help="policy hyper-parameters, e.g. "
                                                  "{gamma_scale = 20}")
@@ -118,7 +118,8 @@ class RoutingSettings:
                                                "pmfs are logged, they never choose), e.g. [\"linucb:alpha=0.5\"]; "
                                                "environment: a JSON list")
     seed: int | None = setting(help="seed of the router's sampler (random when unset)")
-    cold_start_rounds: int = setting(20, help="feedbacks before a model loses its exploration floor")
+    cold_start_rounds: int = setting(20, help="feedbacks before a model loses its exploration floor (policies "
+                                     "other than `default`, which sizes the floor by uncertainty)")
     cost_weight: float = setting(20.0, help="default λ: quality points worth 1 USD (a request may override it)")
     latency_weight: float = setting(0.0, help="μ: quality points per second of latency")
 

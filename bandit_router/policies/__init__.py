@@ -1,5 +1,6 @@
 """The policy registry: one line per policy. A spec string names a policy and its settings:
 
+    default                          default:shrinkage=8,exploration=0.8
     vw-squarecb                      vw-squarecb:gamma_scale=50,power_t=0
     linucb:alpha=0.5,dim=128         lints:v=0.1
     egreedy:epsilon=0.05             ucb1   thompson:dist=gaussian
@@ -20,6 +21,7 @@ from ..errors import InvalidInput, UnknownPolicy
 from .base import BasePolicy, NoParams, Policy
 from .baselines import FixedParams, FixedPolicy, RandomPolicy
 from .context_free import ContextFreeParams, ContextFreePolicy
+from .hierarchical import HierarchicalParams, HierarchicalThompsonPolicy
 from .linear import LinearParams, LinearPolicy
 from .rules import RulesParams, RulesPolicy
 from .supervised import SupervisedParams, SupervisedPolicy, warm_start
@@ -39,6 +41,12 @@ class Entry:
 
 
 REGISTRY: dict[str, Entry] = {
+    "default": Entry(
+        HierarchicalThompsonPolicy,
+        HierarchicalParams,
+        {},
+        "Thompson sampling on per-model quality, refined by shrunk prompt corrections (sample-efficient)",
+    ),
     "vw-greedy": Entry(VWPolicy, VWParams, {"exploration": "greedy"}, "VW cb_adf, greedy on q̂ − λĉ"),
     "vw-egreedy": Entry(VWPolicy, VWParams, {"exploration": "egreedy"}, "VW cb_adf, ε-greedy"),
     "vw-softmax": Entry(VWPolicy, VWParams, {"exploration": "softmax"}, "VW cb_adf, softmax (Boltzmann)"),
@@ -54,7 +62,7 @@ REGISTRY: dict[str, Entry] = {
     "supervised": Entry(SupervisedPolicy, SupervisedParams, {}, "ridge per model, trained offline", "table"),
 }
 
-CONTEXTUAL = ("vw-greedy", "vw-egreedy", "vw-softmax", "vw-squarecb", "linucb", "lints")
+CONTEXTUAL = ("default", "vw-greedy", "vw-egreedy", "vw-softmax", "vw-squarecb", "linucb", "lints")
 CONTEXT_FREE = ("egreedy", "ucb1", "thompson")
 
 

@@ -46,6 +46,13 @@ class Policy(Protocol):
         """Learn from the quality observed for the chosen model, chosen with `probability`."""
         ...
 
+    def cold_start_floors(
+        self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray
+    ) -> np.ndarray | None:
+        """The least probability each model must get now, shape (len(models),); None leaves it to the router's
+        fixed rule (`cold_start_floor` until a model has `cold_start_rounds` feedbacks)."""
+        ...
+
     def add_model(self, spec: ModelSpec, similar: Sequence[ModelSpec]) -> None:
         """A model joined the catalog; `similar` are existing models with the same family or tier."""
         ...
@@ -73,6 +80,11 @@ class BasePolicy:
     name: str = ""
     explores: bool = False
     Params: ClassVar[type] = NoParams
+
+    def cold_start_floors(
+        self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray
+    ) -> np.ndarray | None:
+        return None
 
     def add_model(self, spec: ModelSpec, similar: Sequence[ModelSpec]) -> None:
         return None

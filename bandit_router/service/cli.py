@@ -19,7 +19,7 @@ SERVE_HELP = """Serve the routing API (POST /v1/route, POST /v1/feedback, ...; O
 Settings come from --config FILE (or $BANDIT_ROUTER_CONFIG, or ./bandit-router.toml), then from \
 BANDIT_ROUTER_* environment variables, then from these options.
 
-With no settings at all: 127.0.0.1:8000, database ./bandit-router.db, the shipped catalog, the vw-squarecb policy.
+With no settings at all: 127.0.0.1:8000, database ./bandit-router.db, the shipped catalog, the `default` policy.
 """
 
 

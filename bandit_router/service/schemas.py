@@ -144,6 +144,12 @@ class ModelIn(_Strict):
     ] = Field(default_factory=dict)
     latency_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] | None = None
     output_tokens: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False)] | None = None
+    prior_quality: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
+        None, description="prior mean quality in [0, 1] (the `default` policy starts the model from it)"
+    )
+    prior_strength: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] | None = Field(
+        None, description="how many feedbacks the prior is worth (default 2; needs prior_quality)"
+    )
 
 
 class ModelOut(BaseModel):
@@ -153,6 +159,8 @@ class ModelOut(BaseModel):
     tags: dict[str, str]
     latency_s: float | None = None
     output_tokens: float | None = None
+    prior_quality: float | None = None
+    prior_strength: float | None = None
     feedback: int = 0
 
 

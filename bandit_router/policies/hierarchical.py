@@ -1,0 +1,356 @@
+"""The `default` policy: Thompson sampling on each model's mean quality, refined by prompt-level corrections
+that are used only as far as they have predicted better.
+
+Built to pay little while it learns from nothing (the regret a team sees in its first thousand requests)
+and then to use the prompt where the data show it matters.
+
+**Per-model mean (explored).** For model m with n_m feedbacks of total S_m, a Gaussian posterior on its mean
+quality with prior N(μ₀_m, σ_m²/n₀_m):
+
+    μ̂_m = (n₀_m μ₀_m + S_m)/(n₀_m + n_m),   sd_m = σ_m / √(n₀_m + n_m)
+
+σ_m² = (ν₀σ̄² + SS_m)/(ν₀ + n_m) is the model's own variance of quality (SS_m = Σ (q − q̄_m)²) shrunk toward
+the pooled σ̄² = (ν₀·¼ + Σ SS)/(ν₀ + Σ n) (¼: the largest variance of a quality in [0, 1]), so exploration
+is scaled to the noise actually seen: 0/1 qualities near 0.9 need fewer trials than those near 0.5.
+
+**Priors** (μ₀_m, n₀_m): the catalog's `prior_quality` / `prior_strength` when given; otherwise the mean
+quality the other models of its family (else tier, else all models) have shown, worth `similar_strength`
+observations; 0.5 before any feedback. They are refreshed as the others learn.
+
+**Prompt-level corrections (exploited, shrunk).** Per model and per shrinkage level κ_l ∈ κ·{1, 4, 16}
+(κ = `shrinkage`), a ridge regression of the residual r = q − μ̂_m on the dense features φ
+(`features.dense_vector`): w_ml = (κ_l I + Σ φφᵀ)⁻¹ Σ rφ (Sherman–Morrison, O(d²) per feedback). Before each
+update every prediction is scored one step ahead; the log Bayes factor of level l against "no correction"
+under N(·, σ_m²) accumulates
+
+    L_ml += ((q − μ̂_m)² − (q − μ̂_m − w_mlᵀφ)²) / (2σ_m²)
+
+and the model's estimate for a request is the Bayesian model average
+
+    q̂_m(φ) = μ̂_m + Σ_l ω_ml·w_mlᵀφ,     ω_ml = e^{L_ml} / (e^{E} + Σ_l' e^{L_ml'}),   E = `evidence`
+
+(E: prior log-odds for "no correction"): the per-model mean until corrections have predicted better on
+feedback they had not seen (the prequential principle; Dawid 1984), then the corrections at the shrinkage
+the data support. Corrections are not explored: hashed word features make every prompt new, and
+exploring their uncertainty explores forever.
+
+**Choice.** Thompson sampling (Thompson 1933; Russo et al. 2018) on the score q̃_m − penalty_m with
+q̃_m ~ N(q̂_m(φ), (s·sd_m)²), s = `exploration`. The pmf of the argmax is computed by quadrature
+(`exploration.gaussian_argmax_pmf`), not from a handful of draws, so small probabilities are logged
+exactly. A model whose optimistic score (mean + β·sd) is below another's pessimistic score (mean − β·sd)
+at this request's λ is confidently dominated and gets probability 0 (β = `dominance`).
+
+**Cold start.** No fixed forced-exploration count: an untried model's wide prior makes it likely to be
+drawn a few times, and a model that looks poor after those is left alone. A model added at run time gets
+the floor `floor·u_m` (`cold_start_floors`), u_m = sd of μ_m ÷ its prior sd = √(n₀/(n₀ + n)), while
+u_m > `floor_until` and it is not confidently dominated: tried at once, less as it becomes known, and not
+at all once it is known to be poor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import exploration
+from ..catalog import ModelSpec
+from ..features import dense_vector
+from ..types import Context
+from .base import BasePolicy
+
+LEVELS = 3
+"""Shrinkage levels of the corrections: κ·LEVEL_SCALE^l, l = 0 … LEVELS − 1."""
+LEVEL_SCALE = 4.0
+MAX_VARIANCE = 0.25
+"""The largest variance of a quality in [0, 1]: the pooled noise prior."""
+UNINFORMED_QUALITY = 0.5
+
+
+@dataclass(frozen=True)
+class HierarchicalParams:
+    """Settings of the `default` policy (see the module docstring for the math)."""
+
+    exploration: float = 0.85
+    """s: scale of the Thompson draws' standard deviation (1 = the posterior's). The defaults of `exploration`,
+    `evidence` and `shrinkage` were chosen on tuning sets only (experiments/learning-efficiency/tune.py)."""
+    similar_strength: float = 1.0
+    """n₀ for a model without a catalog prior: how many observations the similar models' mean is worth."""
+    noise_strength: float = 10.0
+    """ν₀: how many observations the pooled noise variance is worth in each model's σ_m²."""
+    dim: int = 64
+    """Dense feature dimensions of the corrections (`features.dense_vector`)."""
+    shrinkage: float = 1.0
+    """κ: the weakest of the corrections' three prior precisions κ·{1, 4, 16} (larger = more shrinkage)."""
+    evidence: float = 2.0
+    """Prior log-odds against the corrections: how much better they must have predicted before they count."""
+    dominance: float = 3.0
+    """β: a model whose mean + β·sd is below another's mean − β·sd gets probability 0."""
+    floor: float = 0.1
+    """Largest exploration floor of a model added at run time."""
+    floor_until: float = 0.3
+    """The floor ends once the model's posterior sd falls below this share of its prior sd."""
+    nodes: int = 16
+    """Gauss–Hermite nodes per model of the argmax pmf's integration grid (`exploration.gaussian_argmax_pmf`)."""
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.dim <= 1024:
+            raise ValueError("dim must be in [32, 1024]")
+        if min(self.shrinkage, self.similar_strength, self.noise_strength, self.exploration, self.dominance) <= 0:
+            raise ValueError("shrinkage, similar_strength, noise_strength, exploration and dominance must be > 0")
+        if not 0.0 <= self.floor <= 0.5 or not 0.0 < self.floor_until <= 1.0:
+            raise ValueError("floor must be in [0, 0.5] and floor_until in (0, 1]")
+        if not 4 <= self.nodes <= 128:
+            raise ValueError("nodes must be in [4, 128]")
+
+
+class _Arms:
+    """The per-model posteriors as arrays with one row per model (so one product scores every model).
+
+    Per row: `n`, `sum_q`, `sum_q2` (the per-model mean's data), `prior_n` = n₀, `prior_mean` = μ₀ (refreshed by
+    the policy), `catalog_prior` (NaN when the catalog gives none), `family` and `tier` ids (−1 when untagged);
+    per shrinkage level l, the corrections' `a_inv` = (κ_l I + Σφφᵀ)⁻¹ (L × d × d), `b` = Σ rφ, `w` = a_inv·b
+    (L × d each) and `evidence` = L_ml (L).
+    """
+
+    ARRAYS = (
+        "n", "sum_q", "sum_q2", "prior_n", "prior_mean", "catalog_prior", "family", "tier",
+        "a_inv", "b", "w", "evidence",
+    )  # fmt: skip
+    INTEGER = ("family", "tier")
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.row: dict[str, int] = {}
+        self.groups: dict[str, int] = {}
+        self.n, self.sum_q, self.sum_q2 = np.zeros(0), np.zeros(0), np.zeros(0)
+        self.prior_n, self.prior_mean, self.catalog_prior = np.zeros(0), np.zeros(0), np.zeros(0)
+        self.family = np.zeros(0, dtype=np.intp)
+        self.tier = np.zeros(0, dtype=np.intp)
+        self.a_inv = np.zeros((0, LEVELS, dim, dim))
+        self.b = np.zeros((0, LEVELS, dim))
+        self.w = np.zeros((0, LEVELS, dim))
+        self.evidence = np.zeros((0, LEVELS))
+
+    def _group(self, key: str, value: str) -> int:
+        return self.groups.setdefault(f"{key}={value}", len(self.groups)) if value else -1
+
+    def add(self, spec: ModelSpec, prior_n: float, kappa: float) -> int:
+        row = self.row[spec.name] = len(self.n)
+        prior = np.nan if spec.prior_quality is None else spec.prior_quality
+        self.n = np.append(self.n, 0.0)
+        self.sum_q = np.append(self.sum_q, 0.0)
+        self.sum_q2 = np.append(self.sum_q2, 0.0)
+        self.prior_n = np.append(self.prior_n, prior_n)
+        self.prior_mean = np.append(self.prior_mean, UNINFORMED_QUALITY)
+        self.catalog_prior = np.append(self.catalog_prior, prior)
+        self.family = np.append(self.family, self._group("family", spec.family)).astype(np.intp)
+        self.tier = np.append(self.tier, self._group("tier", spec.tier)).astype(np.intp)
+        inv = np.stack([np.eye(self.dim) / (kappa * LEVEL_SCALE**level) for level in range(LEVELS)])
+        self.a_inv = np.concatenate([self.a_inv, inv[None]])
+        self.b = np.concatenate([self.b, np.zeros((1, LEVELS, self.dim))])
+        self.w = np.concatenate([self.w, np.zeros((1, LEVELS, self.dim))])
+        self.evidence = np.concatenate([self.evidence, np.zeros((1, LEVELS))])
+        return row
+
+    def mean(self) -> np.ndarray:
+        """μ̂ per row."""
+        return (self.prior_n * self.prior_mean + self.sum_q) / (self.prior_n + self.n)
+
+    def squares(self) -> np.ndarray:
+        """SS_m = Σ (q − q̄_m)² per row."""
+        return np.maximum(self.sum_q2 - self.sum_q**2 / np.maximum(self.n, 1.0), 0.0)
+
+    def state(self) -> dict[str, Any]:
+        return {"names": list(self.row), "groups": list(self.groups), **{k: getattr(self, k) for k in self.ARRAYS}}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.row = {str(name): i for i, name in enumerate(state["names"])}
+        self.groups = {str(g): i for i, g in enumerate(state["groups"])}
+        for key in self.ARRAYS:
+            setattr(self, key, np.array(state[key], dtype=np.intp if key in self.INTEGER else np.float64))
+        k = len(self.row)
+        self.a_inv = self.a_inv.reshape(k, LEVELS, self.dim, self.dim)
+        self.b = self.b.reshape(k, LEVELS, self.dim)
+        self.w = self.w.reshape(k, LEVELS, self.dim)
+        self.evidence = self.evidence.reshape(k, LEVELS)
+
+
+def _peer_matrices(family: np.ndarray, tier: np.ndarray) -> np.ndarray:
+    """(3, K, K): [level, m, m'] = 1 when m' ≠ m shares m's family (level 0), tier (1), or is any model (2)."""
+    k = len(family)
+    others = 1.0 - np.eye(k)
+    same = [(g[:, None] == g[None, :]) & (g[:, None] >= 0) for g in (family, tier)]
+    return np.stack([same[0] * others, same[1] * others, others])
+
+
+class HierarchicalThompsonPolicy(BasePolicy):
+    """Thompson sampling on per-model mean quality, refined by prompt-level corrections once they have
+    predicted better (`default`)."""
+
+    explores = True
+    Params = HierarchicalParams
+
+    def __init__(self, params: HierarchicalParams | None = None, *, name: str = "default") -> None:
+        self.params = params or HierarchicalParams()
+        self.name = name
+        self._arms = _Arms(self.params.dim)
+        self._added: set[str] = set()
+        self._peers: np.ndarray | None = None
+        self._cached: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._phi_of: tuple[Context | None, np.ndarray] = (None, np.zeros(0))
+
+    # -- posteriors -----------------------------------------------------------------------------------------
+    def _rows(self, models: Sequence[ModelSpec]) -> np.ndarray:
+        row = self._arms.row
+        if any(m.name not in row for m in models):
+            for m in models:
+                if m.name not in row:
+                    strength = m.prior_strength if m.prior_quality is not None else None
+                    self._arms.add(m, strength or self.params.similar_strength, self.params.shrinkage)
+            self._cached = None
+        return np.fromiter((row[m.name] for m in models), dtype=np.intp, count=len(models))
+
+    def _refresh_priors(self) -> None:
+        """μ₀ of every model: its catalog prior, else the mean quality that the other models of its family
+        (else its tier, else all other models) have shown; 0.5 before any of them has feedback."""
+        arms = self._arms
+        if self._peers is None or len(self._peers[0]) != len(arms.n):
+            self._peers = _peer_matrices(arms.family, arms.tier)
+        others_n = self._peers @ arms.n  # (3 levels, K): data of the other models of the same group
+        others_s = self._peers @ arms.sum_q
+        has = others_n > 0
+        level = np.argmax(has, axis=0)  # the first level with data
+        k = np.arange(len(arms.n))
+        found = has[level, k]
+        mean = np.where(found, others_s[level, k] / np.where(found, others_n[level, k], 1.0), UNINFORMED_QUALITY)
+        arms.prior_mean = np.where(np.isnan(arms.catalog_prior), mean, arms.catalog_prior)
+
+    def _noise_variance(self) -> np.ndarray:
+        """σ_m² per row: the model's variance of quality shrunk toward the pooled one."""
+        nu = self.params.noise_strength
+        arms = self._arms
+        ss = arms.squares()
+        pooled = (nu * MAX_VARIANCE + ss.sum()) / (nu + arms.n.sum())
+        return (nu * pooled + ss) / (nu + arms.n)
+
+    def _phi(self, context: Context) -> np.ndarray:
+        """φ = dense_vector(context); the last one is kept, since `update` usually follows `pmf` on it."""
+        if self._phi_of[0] is not context:
+            self._phi_of = (context, dense_vector(context, self.params.dim))
+        return self._phi_of[1]
+
+    def _before_update(self, row: int) -> tuple[float, float]:
+        """(μ̂, σ²) of one model, as `_summary` gives them, without computing them for every model. What is learned
+        takes only this path (never the cache, and sums that do not depend on the order of the rows), so a replay
+        of the same feedback gives the same state bit for bit, whenever routes came and whichever models they saw."""
+        arms = self._arms
+        if self._peers is None or len(self._peers[0]) != len(arms.n):
+            self._peers = _peer_matrices(arms.family, arms.tier)
+        prior = float(arms.catalog_prior[row])
+        if math.isnan(prior):
+            prior = UNINFORMED_QUALITY
+            for peers in self._peers[:, row]:
+                n = math.fsum(peers * arms.n)  # exactly rounded: the same whatever the order of the rows
+                if n > 0:
+                    prior = math.fsum(peers * arms.sum_q) / n
+                    break
+        n0, n = float(arms.prior_n[row]), float(arms.n[row])
+        mean = (n0 * prior + float(arms.sum_q[row])) / (n0 + n)
+        nu = self.params.noise_strength
+        ss = arms.squares()
+        pooled = (nu * MAX_VARIANCE + math.fsum(ss)) / (nu + math.fsum(arms.n))
+        return mean, (nu * pooled + float(ss[row])) / (nu + n)
+
+    def _summary(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per model, what does not depend on the prompt: (μ̂, σ², sd of μ̂, ω of shape (K, LEVELS)); computed
+        once after each update (priors refreshed) and shared by the routes until the next one."""
+        if self._cached is None:
+            self._refresh_priors()
+            arms = self._arms
+            variance = self._noise_variance()
+            logits = np.concatenate([np.full((len(arms.n), 1), self.params.evidence), arms.evidence], axis=1)
+            weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+            omega = weights[:, 1:] / weights.sum(axis=1, keepdims=True)
+            self._cached = (arms.mean(), variance, np.sqrt(variance / (arms.prior_n + arms.n)), omega)
+        return self._cached
+
+    def predict(self, context: Context, models: Sequence[ModelSpec]) -> tuple[np.ndarray, np.ndarray]:
+        """q̂_m(φ) and the posterior sd of the model's mean quality, each shape (len(models),)."""
+        rows = self._rows(models)
+        base, _, sd, omega = self._summary()
+        phi = self._phi(context)
+        mean = base[rows] + np.einsum("kl,kl->k", omega[rows], self._arms.w[rows] @ phi)
+        return mean, sd[rows]
+
+    # -- the policy protocol --------------------------------------------------------------------------------
+    def pmf(
+        self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        mean, sd = self.predict(context, models)
+        p = self.params
+        return exploration.gaussian_argmax_pmf(mean - penalty, p.exploration * sd, p.dominance, p.nodes)
+
+    def update(self, context: Context, model: ModelSpec, quality: float, probability: float) -> None:
+        arms = self._arms
+        row = int(self._rows([model])[0])
+        phi = self._phi(context)
+        q = float(quality)
+        mean, variance = self._before_update(row)
+        residual = q - mean
+        correction = arms.w[row] @ phi  # (L,)
+        arms.evidence[row] += (residual**2 - (residual - correction) ** 2) / (2.0 * variance)
+        a_inv = arms.a_inv[row]  # (L, d, d), updated in place
+        v = a_inv @ phi
+        gain = v / (1.0 + v @ phi)[:, None]  # A_new⁻¹φ
+        np.subtract(a_inv, gain[:, :, None] * v[:, None, :], out=a_inv)  # Sherman–Morrison
+        arms.b[row] += residual * phi
+        arms.w[row] += gain * (residual - correction)[:, None]  # recursive least squares: w = A⁻¹b
+        arms.n[row] += 1.0
+        arms.sum_q[row] += q
+        arms.sum_q2[row] += q * q
+        self._cached = None
+
+    def add_model(self, spec: ModelSpec, similar: Sequence[ModelSpec]) -> None:
+        if spec.name not in self._arms.row:
+            self._added.add(spec.name)
+            self._rows([spec])
+
+    def cold_start_floors(
+        self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray
+    ) -> np.ndarray | None:
+        """`floor·u_m` for models added at run time while u_m = √(n₀/(n₀ + n)) > `floor_until` and the model is
+        not confidently dominated; 0 otherwise."""
+        fresh = np.array([m.name in self._added for m in models])
+        if not fresh.any():
+            return np.zeros(len(models))
+        p = self.params
+        arms = self._arms
+        rows = self._rows(models)
+        u = np.sqrt(arms.prior_n[rows] / (arms.prior_n[rows] + arms.n[rows]))
+        mean, sd = self.predict(context, models)
+        score = mean - penalty
+        dominated = score + p.dominance * sd < np.max(score - p.dominance * sd)
+        return np.where(fresh & (u > p.floor_until) & ~dominated, p.floor * u, 0.0)
+
+    def state(self) -> dict[str, Any]:
+        return {"arms": self._arms.state(), "added": sorted(self._added)}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self._arms = _Arms(self.params.dim)
+        self._arms.load(state["arms"])
+        self._peers = None
+        self._cached = None
+        self._phi_of = (None, np.zeros(0))
+        self._added = {str(n) for n in state["added"]}
+
+    def weights(self) -> np.ndarray:
+        """Per model with feedback (sorted by name): μ̂, the evidences L_ml and the corrections w_ml, flat. Models
+        without feedback hold only their prior, so a policy that has merely seen more of them compares equal."""
+        arms = self._arms
+        rows = [arms.row[name] for name in sorted(arms.row) if arms.n[arms.row[name]] > 0]
+        parts = [np.concatenate([[self._before_update(r)[0]], arms.evidence[r], arms.w[r].ravel()]) for r in rows]
+        return np.concatenate(parts) if parts else np.zeros(0)
