@@ -389,8 +389,9 @@ class _SpendControl(_CostControl):
             "holds": self.spend_usd <= self.limit(),
             "limit_usd": self.limit(),
             "multiplier": self.cost_weight(),
-            "period_start": start,
-            "period_end": start + self.target.period_s,
+            # before the first request there is no period yet (not one that started in 1970)
+            "period_start": None if self.period is None else start,
+            "period_end": None if self.period is None else start + self.target.period_s,
             "plan_usd": min(plan_usd, self.limit()),
             "exhausted": self.exhausted(),
         }
