@@ -108,6 +108,11 @@ def test_evaluate_writes_the_schema_and_recovers_true_values(logged_db: tuple[Pa
     # the logged policy is uniform: its estimate is the mean observed quality
     logged = next(r for r in data["candidates"] if r["candidate"] == "logged" and r["estimator"] == "ips")
     assert logged["value"] == pytest.approx(np.mean([QUALITY[k, m] for k, m in rounds]), abs=0.02)
+    # the table lists candidates best first under DR, and names the best one whose interval it trusts
+    dr = {r["candidate"]: r["value"] for r in data["candidates"] if r["estimator"] == "dr"}
+    rows = [line.split("|")[1].strip() for line in result.output.splitlines() if "| dr |" in line]
+    assert rows == sorted(dr, key=lambda c: -dr[c])
+    assert "Best candidate with a trusted interval (dr): " in result.output
 
 
 def test_evaluate_and_export_errors(tmp_path: Path) -> None:

@@ -40,7 +40,15 @@ from .evaluate import (
 from .log import LogArrays, LoggedRecord, log_arrays, realised_cost
 from .overlap import Overlap, OverlapThresholds, overlap
 from .replay import MODES, ReplayResult, replay
-from .report import format_markdown, format_table, plot_evaluation, write_evaluation
+from .report import (
+    best_trusted,
+    format_best,
+    format_markdown,
+    format_table,
+    plot_evaluation,
+    ranked_candidates,
+    write_evaluation,
+)
 from .reward_models import RewardFit, RewardModel, RidgeRewardModel, fit_rewards
 
 __all__ = [
@@ -68,10 +76,12 @@ __all__ = [
     "RewardModel",
     "RidgeRewardModel",
     "baseline_candidates",
+    "best_trusted",
     "effective_sample_size",
     "evaluate_log",
     "export_dsjson",
     "fit_rewards",
+    "format_best",
     "format_markdown",
     "format_table",
     "importance_weights",
@@ -81,6 +91,7 @@ __all__ = [
     "parse_candidate",
     "plot_evaluation",
     "promotion_check",
+    "ranked_candidates",
     "realised_cost",
     "replay",
     "to_dsjson",

@@ -79,7 +79,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the replays, bootstraps and cross-fitting.")] = 0,
 ) -> None:
     from .evaluate import evaluate_log
-    from .report import format_table, write_evaluation
+    from .report import format_best, format_table, write_evaluation
 
     specs_given = [*(candidates or []), *(more or [])]
     lam: float | str = reward_lambda
@@ -121,6 +121,7 @@ def evaluate(
         f"models: {', '.join(evaluation.models)}"
     )
     typer.echo(format_table(evaluation))
+    typer.echo(format_best(evaluation))
     for warning in evaluation.warnings:
         typer.echo(f"warning: {warning}", err=True)
     poor = sorted({r.candidate for r in evaluation.records if r.warnings})
