@@ -281,6 +281,28 @@ def simulate(
                 f"regret {_signed(r['regret_per_request'])} / {_signed(r['regret_per_request_second_half'])}  "
                 f"break-even {break_even_text(r)}"
             )
+            for line in _details(r):
+                typer.echo(f"      {line}")
+
+
+def _details(record: dict[str, Any]) -> list[str]:
+    """A result's reaction times (scenario runs) and budget targets with their realised values, one per line."""
+    out = []
+    for key, v in (record.get("reaction") or {}).items():
+        if key.endswith("_final_share") or not isinstance(v, dict):
+            continue
+        mean = v.get("mean")
+        if mean is None:
+            out.append(f"reaction to {key}: never")
+        else:
+            never = f" (never in {v['n_missing']} seed(s))" if v.get("n_missing") else ""
+            out.append(f"reaction to {key}: {mean:.0f} steps{never}")
+    for key, value in record.items():
+        if key.startswith("target:") and key.endswith(":realized"):
+            name = key[len("target:") : -len(":realized")]
+            realized = "–" if value is None else f"{value:.4g}"
+            out.append(f"target {name}: realised {realized}")
+    return out
 
 
 def _signed(value: float | None) -> str:
