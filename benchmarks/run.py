@@ -18,22 +18,18 @@ import importlib
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from simulator.report import git_commit
+
 HERE = Path(__file__).resolve().parent
 
 
 def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=HERE).stdout
-        return out.stdout.strip() + ("+dirty" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
+    return git_commit(HERE)
 
 
 def _markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:

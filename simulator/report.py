@@ -42,12 +42,22 @@ from .runner import RunResult, SimulationResult
 SCHEMA = "bandit-router-simulation/1"
 
 
+RESULT_FOLDERS = (":(top,exclude,glob)experiments/*/results/**", ":(top,exclude,glob)benchmarks/results/**")
+"""Written by the runs themselves: a result being (re)written does not make the code that wrote it dirty."""
+
+
 def git_commit(cwd: Path | None = None) -> str:
-    """`<short hash>` of HEAD, `+dirty` when the tree has changes; `unknown` outside git."""
+    """`<short hash>` of HEAD, `+dirty` when the tree has changes outside the result folders; `unknown` outside
+    git."""
     where = cwd or Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=where)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", ":(top)", *RESULT_FOLDERS],
+            capture_output=True,
+            text=True,
+            cwd=where,
+        )
     except OSError:
         return "unknown"
     if head.returncode != 0:

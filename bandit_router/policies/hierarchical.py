@@ -9,8 +9,9 @@ quality with prior N(μ₀_m, σ_m²/n₀_m):
 
     μ̂_m = (n₀_m μ₀_m + S_m)/(n₀_m + n_m),   sd_m = σ_m / √(n₀_m + n_m)
 
-σ_m² = (ν₀σ̄² + SS_m)/(ν₀ + n_m) is the model's own variance of quality (SS_m = Σ (q − q̄_m)²) shrunk toward
-the pooled σ̄² = (ν₀·¼ + Σ SS)/(ν₀ + Σ n) (¼: the largest variance of a quality in [0, 1]), so exploration
+σ_m² = (ν₀·v_m + SS_m)/(ν₀ + n_m) is the model's own variance of quality (SS_m = Σ (q − q̄_m)²) shrunk toward
+v_m = μ̂_m(1 − μ̂_m), the largest variance a quality in [0, 1] with that mean can have (clipped to
+[0.01, ¼]); a model's noise is not borrowed from the others, whose means differ. So exploration
 is scaled to the noise actually seen: 0/1 qualities near 0.9 need fewer trials than those near 0.5.
 
 **Priors** (μ₀_m, n₀_m): the catalog's `prior_quality` / `prior_strength` when given; otherwise the mean
@@ -18,10 +19,11 @@ quality the other models of its family (else tier, else all models) have shown, 
 observations; 0.5 before any feedback. They are refreshed as the others learn.
 
 **Prompt-level corrections (exploited, shrunk).** Per model and per shrinkage level κ_l ∈ κ·{1, 4, 16}
-(κ = `shrinkage`), a ridge regression of the residual r = q − μ̂_m on the dense features φ
-(`features.dense_vector`): w_ml = (κ_l I + Σ φφᵀ)⁻¹ Σ rφ (Sherman–Morrison, O(d²) per feedback). Before each
-update every prediction is scored one step ahead; the log Bayes factor of level l against "no correction"
-under N(·, σ_m²) accumulates
+(κ = `shrinkage`), a ridge regression of the residual r = q − q̄_m (the deviation from the model's own mean
+quality so far: unbiased, where q − μ̂_m would carry the prior's early pull into the corrections for good)
+on the dense features φ (`features.dense_vector`): w_ml = (κ_l I + Σ φφᵀ)⁻¹ Σ rφ (Sherman–Morrison, O(d²)
+per feedback). Before each update every prediction is scored one step ahead; the log Bayes factor of level
+l against "no correction" under N(·, σ_m²) accumulates
 
     L_ml += ((q − μ̂_m)² − (q − μ̂_m − w_mlᵀφ)²) / (2σ_m²)
 
@@ -66,7 +68,9 @@ LEVELS = 3
 """Shrinkage levels of the corrections: κ·LEVEL_SCALE^l, l = 0 … LEVELS − 1."""
 LEVEL_SCALE = 4.0
 MAX_VARIANCE = 0.25
-"""The largest variance of a quality in [0, 1]: the pooled noise prior."""
+"""The largest variance of a quality in [0, 1]."""
+MIN_VARIANCE = 0.01
+"""The least noise variance assumed a priori (a model whose quality looks constant is still checked)."""
 UNINFORMED_QUALITY = 0.5
 
 
@@ -80,7 +84,7 @@ class HierarchicalParams:
     similar_strength: float = 1.0
     """n₀ for a model without a catalog prior: how many observations the similar models' mean is worth."""
     noise_strength: float = 10.0
-    """ν₀: how many observations the pooled noise variance is worth in each model's σ_m²."""
+    """ν₀: how many observations the noise bound μ̂(1 − μ̂) is worth in each model's σ_m²."""
     dim: int = 64
     """Dense feature dimensions of the corrections (`features.dense_vector`)."""
     shrinkage: float = 1.0
@@ -229,13 +233,12 @@ class HierarchicalThompsonPolicy(BasePolicy):
         mean = np.where(found, others_s[level, k] / np.where(found, others_n[level, k], 1.0), UNINFORMED_QUALITY)
         arms.prior_mean = np.where(np.isnan(arms.catalog_prior), mean, arms.catalog_prior)
 
-    def _noise_variance(self) -> np.ndarray:
-        """σ_m² per row: the model's variance of quality shrunk toward the pooled one."""
+    def _noise_variance(self, mean: np.ndarray) -> np.ndarray:
+        """σ_m² per row (module docstring), given μ̂ per row."""
         nu = self.params.noise_strength
         arms = self._arms
-        ss = arms.squares()
-        pooled = (nu * MAX_VARIANCE + ss.sum()) / (nu + arms.n.sum())
-        return (nu * pooled + ss) / (nu + arms.n)
+        bound = np.clip(mean * (1.0 - mean), MIN_VARIANCE, MAX_VARIANCE)
+        return (nu * bound + arms.squares()) / (nu + arms.n)
 
     def _phi(self, context: Context) -> np.ndarray:
         """φ = dense_vector(context); the last one is kept, since `update` usually follows `pmf` on it."""
@@ -261,9 +264,8 @@ class HierarchicalThompsonPolicy(BasePolicy):
         n0, n = float(arms.prior_n[row]), float(arms.n[row])
         mean = (n0 * prior + float(arms.sum_q[row])) / (n0 + n)
         nu = self.params.noise_strength
-        ss = arms.squares()
-        pooled = (nu * MAX_VARIANCE + math.fsum(ss)) / (nu + math.fsum(arms.n))
-        return mean, (nu * pooled + float(ss[row])) / (nu + n)
+        bound = min(max(mean * (1.0 - mean), MIN_VARIANCE), MAX_VARIANCE)
+        return mean, (nu * bound + float(arms.squares()[row])) / (nu + n)
 
     def _summary(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per model, what does not depend on the prompt: (μ̂, σ², sd of μ̂, ω of shape (K, LEVELS)); computed
@@ -271,11 +273,12 @@ class HierarchicalThompsonPolicy(BasePolicy):
         if self._cached is None:
             self._refresh_priors()
             arms = self._arms
-            variance = self._noise_variance()
+            mean = arms.mean()
+            variance = self._noise_variance(mean)
             logits = np.concatenate([np.full((len(arms.n), 1), self.params.evidence), arms.evidence], axis=1)
             weights = np.exp(logits - logits.max(axis=1, keepdims=True))
             omega = weights[:, 1:] / weights.sum(axis=1, keepdims=True)
-            self._cached = (arms.mean(), variance, np.sqrt(variance / (arms.prior_n + arms.n)), omega)
+            self._cached = (mean, variance, np.sqrt(variance / (arms.prior_n + arms.n)), omega)
         return self._cached
 
     def predict(self, context: Context, models: Sequence[ModelSpec]) -> tuple[np.ndarray, np.ndarray]:
@@ -300,15 +303,17 @@ class HierarchicalThompsonPolicy(BasePolicy):
         phi = self._phi(context)
         q = float(quality)
         mean, variance = self._before_update(row)
-        residual = q - mean
         correction = arms.w[row] @ phi  # (L,)
-        arms.evidence[row] += (residual**2 - (residual - correction) ** 2) / (2.0 * variance)
-        a_inv = arms.a_inv[row]  # (L, d, d), updated in place
-        v = a_inv @ phi
-        gain = v / (1.0 + v @ phi)[:, None]  # A_new⁻¹φ
-        np.subtract(a_inv, gain[:, :, None] * v[:, None, :], out=a_inv)  # Sherman–Morrison
-        arms.b[row] += residual * phi
-        arms.w[row] += gain * (residual - correction)[:, None]  # recursive least squares: w = A⁻¹b
+        arms.evidence[row] += ((q - mean) ** 2 - (q - mean - correction) ** 2) / (2.0 * variance)
+        n = float(arms.n[row])
+        if n > 0:  # the corrections learn the deviation from the model's own mean so far (none before it has one)
+            residual = q - float(arms.sum_q[row]) / n
+            a_inv = arms.a_inv[row]  # (L, d, d), updated in place
+            v = a_inv @ phi
+            gain = v / (1.0 + v @ phi)[:, None]  # A_new⁻¹φ
+            np.subtract(a_inv, gain[:, :, None] * v[:, None, :], out=a_inv)  # Sherman–Morrison
+            arms.b[row] += residual * phi
+            arms.w[row] += gain * (residual - correction)[:, None]  # recursive least squares: w = A⁻¹b
         arms.n[row] += 1.0
         arms.sum_q[row] += q
         arms.sum_q2[row] += q * q

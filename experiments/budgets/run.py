@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulator.budgets import SimulatedPacer, TargetPacers  # noqa: E402
 from simulator.environments import EnvSpec  # noqa: E402
+from simulator.report import git_commit  # noqa: E402
 from simulator.runner import Plan, Workspace  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -200,7 +200,7 @@ def main() -> None:
     workers = int(os.environ.get("WORKERS", "2"))
     with ProcessPoolExecutor(workers) as pool:
         results = list(pool.map(run_job, jobs))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    commit = git_commit(ROOT)
     fixed_models = {world: {str(seed): rows for seed, rows in _fixed_models(world).items()} for world in WORLDS}
     raw = {"commit": commit.strip(), "seeds": SEEDS, "steps": STEPS, "grid": GRID, "start_lambda": START_LAMBDA,
            "targets": targets, "fixed_models": fixed_models, "runs": results,

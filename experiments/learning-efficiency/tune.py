@@ -29,7 +29,7 @@ SETS = {
 }
 COST_WEIGHTS = (0.0, 10.0, 30.0, 100.0)
 SEEDS = tuple(range(100, 108))
-GRID = {"exploration": (0.6, 0.7, 0.85), "evidence": (2.0, 5.0), "shrinkage": (1.0, 4.0)}
+GRID = {"exploration": (0.55, 0.7, 0.85, 1.0), "evidence": (2.0, 5.0), "shrinkage": (1.0, 4.0)}
 
 
 def main() -> None:
