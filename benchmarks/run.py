@@ -36,7 +36,8 @@ def _markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
         "# Benchmark results",
         "",
-        f"Commit `{meta['commit']}`, {meta['date']}, {meta['machine']}. Command: `make bench`.",
+        f"Commit `{meta['commit']}`, {meta['date']}, {meta['machine']}.",
+        f"Command: `{meta['command']}` (`make bench` runs every module).",
         "",
         "| benchmark | metric | value | unit | target | ok | note |",
         "|---|---|---|---|---|---|---|",
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(results)
         print(f"   ({time.perf_counter() - started:.1f} s)", flush=True)
     meta = {
+        "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
         "commit": _commit(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",

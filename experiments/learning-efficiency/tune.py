@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from simulator.environments import EnvSpec
+from simulator.report import git_commit
 from simulator.runner import Plan, simulate
 
 ROUTERBENCH = "dataset:../shared/data/routerbench_subset/routerbench_subset.csv.gz"
@@ -51,7 +52,10 @@ def main() -> None:
                 cells.append(f"{whole:+.4f} / {half:+.4f}")
             table[(spec, name)] = " | ".join(cells)
     print("# Tuning the default policy (tuning sets only)\n")
-    print(f"Command: `.venv/bin/python experiments/learning-efficiency/tune.py`; seeds {list(SEEDS)}.\n")
+    print(
+        f"Command: `.venv/bin/python experiments/learning-efficiency/tune.py`; seeds {list(SEEDS)}; "
+        f"commit `{git_commit()}`.\n"
+    )
     print(
         "Cells: regret per request vs the best fixed model, whole stream / second half, at λ = "
         + ", ".join(f"{lam:g}" for lam in COST_WEIGHTS)
