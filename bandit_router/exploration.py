@@ -71,7 +71,7 @@ def monte_carlo_pmf(draw: Callable[[int], np.ndarray], n_draws: int) -> np.ndarr
     samples = draw(n_draws)
     top = samples >= samples.max(axis=1, keepdims=True) - TIE_TOLERANCE
     counts = (top / top.sum(axis=1, keepdims=True)).sum(axis=0)  # a tie splits that draw's vote
-    return counts / counts.sum()
+    return np.asarray(counts / counts.sum())
 
 
 def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0, nodes: int = 16) -> np.ndarray:

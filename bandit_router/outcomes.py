@@ -40,7 +40,7 @@ class OutcomeTable:
     @property
     def available(self) -> np.ndarray:
         """(n_prompts, n_models) bool: both quality and cost are known."""
-        return np.isfinite(self.quality) & np.isfinite(self.cost_usd)
+        return np.asarray(np.isfinite(self.quality) & np.isfinite(self.cost_usd))
 
     @property
     def missing_cells(self) -> int:

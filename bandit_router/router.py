@@ -18,7 +18,6 @@ the same weights.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -30,18 +29,13 @@ from . import exploration
 from .catalog import Catalog, ModelSpec, default_catalog
 from .errors import InvalidInput, UnknownModel
 from .features import FeatureExtractor
+from .ids import new_decision_id
 from .policies import Policy, make_policy
 from .reward import CostModel, RewardConfig, reward
 from .state import pack, unpack
 from .types import Context, Decision, Outcome, Request
 
 MAX_DECISION_ID_LENGTH = 64
-
-
-def new_decision_id() -> str:
-    """A time-ordered id (UUIDv7 layout: 48-bit milliseconds, then random bits), 32 hex characters."""
-    ms = time.time_ns() // 1_000_000
-    return f"{ms:012x}{os.urandom(10).hex()}"
 
 
 class Pacer(Protocol):

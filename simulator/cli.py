@@ -8,7 +8,6 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,18 +37,42 @@ CONFIG_KEYS = {
 }
 
 
-def _progress_bar(started: float) -> Any:
+DEFAULTS: dict[str, Any] = {
+    "policies": "vw-squarecb",
+    "cost_weights": "20",
+    "seeds": 1,
+    "first_seed": 0,
+    "passes": 1,
+    "warmup": "none",
+    "window": 200,
+}
+"""What an option left out (on the command line and in --config) means; `--help` shows these."""
+REQUIRED = "(required: here or in --config)"
+
+
+def _default(name: str) -> str:
+    return f"(default: {DEFAULTS[name]})"
+
+
+def _progress_bar() -> Any:
+    """A rich progress bar on stderr (runs done, elapsed, time left), as a `progress(done, total)` callback."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        "runs", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), "left", TimeRemainingColumn(),
+        console=Console(stderr=True), transient=False,
+    )
+    task = None
+
     def show(done: int, total: int) -> None:
-        width = 30
-        filled = int(width * done / total)
-        elapsed = time.perf_counter() - started
-        eta = elapsed / done * (total - done) if done else 0.0
-        sys.stderr.write(
-            f"\r[{'#' * filled}{' ' * (width - filled)}] {done}/{total} runs, {elapsed:.0f} s, ~{eta:.0f} s left "
-        )
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("runs", total=total)
+        bar.update(task, completed=done)
         if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+            bar.stop()
 
     return show
 
@@ -67,7 +90,7 @@ def simulate(
         str | None,
         typer.Option(
             help="dataset:PATH (an outcome table) or synthetic:CONFIG (a world "
-            "TOML, or a packaged world name such as 'default')."
+            "TOML, or a packaged world name such as 'default'). " + REQUIRED
         ),
     ] = None,
     scenario: Annotated[
@@ -84,19 +107,24 @@ def simulate(
         typer.Option(
             help="Comma-separated policies and strategies, e.g. "
             "vw-squarecb,linucb:alpha=0.5,random,classifier,cascade:error=0.1,llm-router, "
-            "fixed:<model>. The oracle and every fixed model are always reported."
+            "fixed:<model>. The oracle and every fixed model are always reported. " + _default("policies")
         ),
     ] = None,
     cost_weights: Annotated[
         str | None,
         typer.Option(
-            "--cost-weights", help="Comma-separated λ values (quality points per USD) to sweep, e.g. 0,10,40."
+            "--cost-weights", help="Comma-separated λ values (quality points per USD) to sweep, e.g. 0,10,40. "
+            + _default("cost_weights")
         ),
     ] = None,
-    seeds: Annotated[int | None, typer.Option(help="Number of seeds (runs per policy and λ).")] = None,
-    first_seed: Annotated[int | None, typer.Option("--first-seed", help="First seed (default 0).")] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help="Number of seeds (runs per policy and λ). " + _default("seeds"))
+    ] = None,
+    first_seed: Annotated[
+        int | None, typer.Option("--first-seed", help="First seed. " + _default("first_seed"))
+    ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Folder for summary.json, summary.md, curves.json and plots.")
+        Path | None, typer.Option(help="Folder for summary.json, summary.md, curves.json and plots. " + REQUIRED)
     ] = None,
     config: Annotated[
         Path | None,
@@ -108,7 +136,9 @@ def simulate(
         int | None,
         typer.Option(help="Steps per run (default: one pass over the evaluated prompts, or the world's `steps`)."),
     ] = None,
-    passes: Annotated[int | None, typer.Option(help="Passes over a dataset's evaluated prompts.")] = None,
+    passes: Annotated[
+        int | None, typer.Option(help="Passes over a dataset's evaluated prompts. " + _default("passes"))
+    ] = None,
     split: Annotated[str | None, typer.Option(help="Split column of a dataset, e.g. split_routerdc.")] = None,
     train_value: Annotated[str | None, typer.Option("--train-value", help="Split value of the training part.")] = None,
     eval_value: Annotated[str | None, typer.Option("--eval-value", help="Split value of the evaluated part.")] = None,
@@ -133,12 +163,14 @@ def simulate(
     warmup: Annotated[
         str | None,
         typer.Option(
-            help="Before the scored stream, learning policies use the training part: 'none' (default), 'bandit' "
+            help="Before the scored stream, learning policies use the training part: 'none', 'bandit' "
             "(stream it once with bandit feedback) or 'full' (pre-train on every model's outcome, as the "
-            "classifier-based router is trained).",
+            "classifier-based router is trained). " + _default("warmup"),
         ),
     ] = None,
-    window: Annotated[int | None, typer.Option(help="Window (steps) of the reaction-time metrics.")] = None,
+    window: Annotated[
+        int | None, typer.Option(help="Window (steps) of the reaction-time metrics. " + _default("window"))
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: one per core).")] = None,
     target: Annotated[
         list[str] | None,
@@ -158,6 +190,7 @@ def simulate(
     Example: bandit-router simulate --env dataset:../shared/data/routellm/routellm.csv.gz --task gsm8k
     --policies vw-squarecb,linucb,random,classifier --cost-weights 0,20,40 --seeds 5 --out runs/gsm8k
     """
+    from bandit_router.config import ConfigError, layered, read_toml
     from bandit_router.errors import BanditRouterError
 
     from .budgets import TargetPacers
@@ -167,13 +200,13 @@ def simulate(
     from .runner import simulate as run_simulation
     from .specs import parse_floats, split_specs
 
-    settings: dict[str, Any] = {}
+    from_file: dict[str, Any] = {}
     if config is not None:
         try:
-            settings = tomllib.loads(config.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise typer.BadParameter(f"{config}: {exc}", param_hint="--config") from exc
-        unknown = set(settings) - CONFIG_KEYS
+            from_file = read_toml(config)
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--config") from exc
+        unknown = set(from_file) - CONFIG_KEYS
         if unknown:
             raise typer.BadParameter(f"{config}: unknown keys {sorted(unknown)}", param_hint="--config")
     given = {
@@ -198,14 +231,14 @@ def simulate(
         "workers": workers,
         "targets": target or None,
     }
-    settings.update({k: v for k, v in given.items() if v is not None})
+    settings = layered(DEFAULTS, from_file, given)  # the same layering as the service's settings (flags win)
     if "env" not in settings or "out" not in settings:
         raise typer.BadParameter("--env and --out are required (on the command line or in --config)")
-    policy_list = settings.get("policies", "vw-squarecb")
+    policy_list = settings["policies"]
     policy_specs = split_specs(policy_list) if isinstance(policy_list, str) else _listify(policy_list)
-    weights = settings.get("cost_weights", "20")
-    n_seeds = int(settings.get("seeds", 1))
-    start = int(settings.get("first_seed", 0))
+    weights = settings["cost_weights"]
+    n_seeds = int(settings["seeds"])
+    start = int(settings["first_seed"])
     keys = ("split", "train_value", "eval_value", "drop_flag", "prices")
     options: dict[str, Any] = {k: settings[k] for k in keys if k in settings}
     if "tasks" in settings:
@@ -222,12 +255,12 @@ def simulate(
             seeds=tuple(range(start, start + n_seeds)),
             scenarios=tuple(_listify(settings.get("scenarios"))),
             steps=int(settings["steps"]) if "steps" in settings else None,
-            passes=int(settings.get("passes", 1)),
-            warmup=str(settings.get("warmup", "none")),
-            window=int(settings.get("window", 200)),
+            passes=int(settings["passes"]),
+            warmup=str(settings["warmup"]),
+            window=int(settings["window"]),
             pacer_factory=pacers,
         )
-        show = _progress_bar(time.perf_counter()) if sys.stderr.isatty() and not quiet else None
+        show = _progress_bar() if sys.stderr.isatty() and not quiet else None
         started = time.perf_counter()
         result = run_simulation(plan, workers=settings.get("workers"), progress=show)
         command = "bandit-router simulate " + shlex.join(sys.argv[2:] if len(sys.argv) > 1 else [])
@@ -248,6 +281,28 @@ def simulate(
                 f"regret {_signed(r['regret_per_request'])} / {_signed(r['regret_per_request_second_half'])}  "
                 f"break-even {break_even_text(r)}"
             )
+            for line in _details(r):
+                typer.echo(f"      {line}")
+
+
+def _details(record: dict[str, Any]) -> list[str]:
+    """A result's reaction times (scenario runs) and budget targets with their realised values, one per line."""
+    out = []
+    for key, v in (record.get("reaction") or {}).items():
+        if key.endswith("_final_share") or not isinstance(v, dict):
+            continue
+        mean = v.get("mean")
+        if mean is None:
+            out.append(f"reaction to {key}: never")
+        else:
+            never = f" (never in {v['n_missing']} seed(s))" if v.get("n_missing") else ""
+            out.append(f"reaction to {key}: {mean:.0f} steps{never}")
+    for key, value in record.items():
+        if key.startswith("target:") and key.endswith(":realized"):
+            name = key[len("target:") : -len(":realized")]
+            realized = "–" if value is None else f"{value:.4g}"
+            out.append(f"target {name}: realised {realized}")
+    return out
 
 
 def _signed(value: float | None) -> str:

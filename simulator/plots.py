@@ -6,6 +6,9 @@
   single models as labelled points; the oracle.
 - `shares.png`: each policy's model shares over time at one λ.
 - `strong_share.png` (two models only): quality against the share of strong-model calls, as RouteLLM plots it.
+
+Every plot of a run gives a policy the same colour (`_colours`); the scenarios' event steps are dotted vertical
+lines on the plots over time; each cost–quality point is labelled with its λ.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics as M
+from .specs import step_of
 
 MAX_PANELS = 4
 
@@ -27,6 +31,32 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _colours(data: dict[str, Any]) -> dict[str, Any]:
+    """One colour per policy (the oracle last), the same in every plot of the run."""
+    plt = _pyplot()
+    policies = list(dict.fromkeys(r["policy"] for r in data["results"] + data.get("oracle", [])))
+    palette = [*plt.cm.tab10.colors, *plt.cm.tab20.colors[1::2]]  # ten distinct colours first, then their tints
+    return {p: palette[i % len(palette)] for i, p in enumerate(policies)}
+
+
+def _event_steps(data: dict[str, Any]) -> list[tuple[int, str]]:
+    """(step, label) of every scenario event of the run: its `at` and, for an outage, its `until`."""
+    out = []
+    n = int(data.get("n_steps") or 0)
+    for scenario in data.get("scenarios") or []:
+        for key in ("at", "until"):
+            if isinstance(scenario.get(key), int | float) and n:
+                out.append((step_of(float(scenario[key]), n), f"{scenario.get('name', '')} {key}"))
+    return out
+
+
+def _mark_events(ax: Any, events: list[tuple[int, str]]) -> None:
+    for step, label in events:
+        ax.axvline(step, color="black", ls=":", lw=0.8)
+        ax.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), fontsize=6, rotation=90,
+                    va="top", ha="right")
 
 
 def _lambdas(data: dict[str, Any]) -> list[float]:
@@ -41,18 +71,20 @@ def plot_regret(curves: dict[str, Any], data: dict[str, Any], path: Path) -> Non
     plt = _pyplot()
     lams = _lambdas(data)
     fig, axes = plt.subplots(2, len(lams), figsize=(4.2 * len(lams), 6.5), squeeze=False)
+    colours, events = _colours(data), _event_steps(data)
     for j, lam in enumerate(lams):
         for i, key in enumerate(("regret_oracle", "regret_best_fixed")):
             ax = axes[i][j]
-            ax.set_prop_cycle(color=plt.cm.tab20.colors)
             for run in curves["runs"]:
                 if run["cost_weight"] != lam or run["policy"] == "oracle":
                     continue
                 c = run[key]
                 label = run["policy"] if i == 0 else _per_request_label(data, run["policy"], lam)
-                ax.plot(run["steps"], c["mean"], label=label, lw=1.2)
-                ax.fill_between(run["steps"], c["lo"], c["hi"], alpha=0.15)
+                colour = colours.get(run["policy"])
+                ax.plot(run["steps"], c["mean"], label=label, lw=1.2, color=colour)
+                ax.fill_between(run["steps"], c["lo"], c["hi"], alpha=0.15, color=colour)
             ax.axhline(0, color="grey", lw=0.6)
+            _mark_events(ax, events)
             ax.set_title(f"λ = {lam:g}: regret vs {'oracle' if i == 0 else 'best fixed model'}", fontsize=9)
             ax.set_xlabel("step")
             ax.locator_params(axis="x", nbins=4)
@@ -78,15 +110,20 @@ def _per_request_label(data: dict[str, Any], policy: str, lam: float) -> str:
 def plot_cost_quality(data: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9.5, 5.5))
-    ax.set_prop_cycle(color=plt.cm.tab20.colors)
-    groups: dict[str, list[tuple[float, float]]] = {}
+    colours = _colours(data)
+    groups: dict[str, list[tuple[float, float, float]]] = {}
     for r in data["results"] + data["oracle"]:
-        groups.setdefault(r["policy"], []).append((r["mean_cost_usd"], r["mean_quality"]))
+        groups.setdefault(r["policy"], []).append((r["mean_cost_usd"], r["mean_quality"], r["cost_weight"]))
     for policy, pts in groups.items():
         p = np.array(pts, dtype=float)
-        line = ax.scatter(p[:, 0], p[:, 1], s=14, label=policy, marker="*" if policy == "oracle" else "o")
-        hull = M.upper_hull(p)
-        ax.plot(hull[:, 0], hull[:, 1], lw=1, color=line.get_facecolor()[0])
+        colour = colours.get(policy)
+        ax.scatter(p[:, 0], p[:, 1], s=14, label=policy, marker="*" if policy == "oracle" else "o", color=colour)
+        hull = M.upper_hull(p[:, :2])
+        ax.plot(hull[:, 0], hull[:, 1], lw=1, color=colour)
+        for cost, quality, lam in pts:
+            if np.isfinite(cost) and np.isfinite(quality):
+                ax.annotate(f"λ={lam:g}", (cost, quality), fontsize=5, color=colour, xytext=(2, -6),
+                            textcoords="offset points")
     seen = set()
     for r in data["fixed"]:
         if r["policy"] in seen:
@@ -119,12 +156,14 @@ def plot_shares(curves: dict[str, Any], data: dict[str, Any], path: Path, cost_w
     rows = (len(runs) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows + 0.8), squeeze=False)
     names = curves["model_names"]
+    events = _event_steps(data)
     for i, run in enumerate(runs):
         ax = axes[i // cols][i % cols]
         edges = np.array(run["share_edges"])
         mid = (edges[:-1] + edges[1:]) / 2
         ax.stackplot(mid, *[np.array(run["shares"][m]) for m in names], labels=names)
         ax.set_ylim(0, 1)
+        _mark_events(ax, events)
         ax.set_title(run["policy"], fontsize=8)
     for j in range(len(runs), rows * cols):
         axes[j // cols][j % cols].axis("off")
@@ -140,12 +179,13 @@ def plot_strong_share(data: dict[str, Any], path: Path) -> None:
     plt = _pyplot()
     tm = data["two_model"]
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    colours = _colours(data)
     for policy in dict.fromkeys(r["policy"] for r in data["results"]):
         pts = sorted(
             (r["model_shares"][tm["strong"]], r["mean_quality"]) for r in data["results"] if r["policy"] == policy
         )
         p = np.array(pts)
-        ax.plot(p[:, 0] * 100, p[:, 1], marker=".", label=policy, lw=1)
+        ax.plot(p[:, 0] * 100, p[:, 1], marker=".", label=policy, lw=1, color=colours.get(policy))
     ax.axhline(tm["q_weak"], color="grey", ls="--", lw=0.8, label=tm["weak"])
     ax.axhline(tm["q_strong"], color="red", ls="--", lw=0.8, label=tm["strong"])
     ax.axhline(0.95 * tm["q_strong"], color="red", ls=":", lw=0.8, label="95% of strong")

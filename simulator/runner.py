@@ -316,7 +316,7 @@ def simulate(
 
 def baseline_runs(workspace: Workspace) -> list[RunResult]:
     """The oracle and every fixed model, for every λ and seed of the plan."""
-    from .strategies import OracleAgent
+    from .agents import OracleAgent
 
     out = []
     plan = workspace.plan

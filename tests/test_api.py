@@ -395,6 +395,7 @@ def test_keys_grant_their_roles(secured: TestClient) -> None:
     spec = {"name": "new-model", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}
     forbidden = secured.post("/v1/models", json=spec, headers=_auth(CLIENT_KEY))
     assert forbidden.status_code == 403 and forbidden.json()["error"] == "forbidden"
+    assert "needs an admin key" in forbidden.json()["message"] and "/v1/models" in forbidden.json()["message"]
     assert secured.delete("/v1/models/gpt-4o", headers=_auth(CLIENT_KEY)).status_code == 403
     assert secured.post("/v1/models", json=spec, headers=_auth(ADMIN_KEY)).status_code == 201
     assert secured.get("/v1/stats", headers=_auth(ADMIN_KEY)).status_code == 200

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from bandit_router.config import Settings
-from bandit_router.service.engine import Engine, rebuild_router
+from bandit_router.log import rebuild_router
+from bandit_router.service.engine import Engine
 from bandit_router.store import SQLiteStore
 
 with warnings.catch_warnings():  # Starlette 1.10 asks for `httpx2`; the plain httpx of the dev extras still works

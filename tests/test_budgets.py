@@ -646,3 +646,11 @@ def _decision(context: Any, model: str, *, cost: float, expected: Sequence[float
             cost if n == model else (0.0 if expected is None else expected[i]) for i, n in enumerate(NAMES)
         ),
     )
+
+
+def test_a_spend_report_before_the_first_request_names_no_period() -> None:
+    from bandit_router.budgets import BudgetConfig, BudgetPacer
+
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=5/1d"]), clock=lambda: 1_000_000.0)
+    target = pacer.report()["global"]["targets"][0]
+    assert target["period_start"] is None and target["period_end"] is None

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from readme_sections import service_section
+from docs_pages import service_section
 
 from bandit_router.config import KEYS, ConfigError, Secrets, Settings, describe_keys, load_settings
 
@@ -183,14 +183,14 @@ def test_every_key_is_described() -> None:
         assert f"`{name}`" in table
 
 
-def test_the_readme_keys_table_is_current() -> None:
-    readme = service_section(Path(__file__).resolve().parents[1])
-    assert describe_keys() in readme
+def test_the_docs_keys_table_is_current() -> None:
+    docs = service_section(Path(__file__).resolve().parents[1])
+    assert describe_keys() in docs
 
 
-def test_the_readme_example_configuration_loads(tmp_path: Path) -> None:
-    readme = service_section(Path(__file__).resolve().parents[1])
-    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+def test_the_docs_example_configuration_loads(tmp_path: Path) -> None:
+    docs = service_section(Path(__file__).resolve().parents[1])
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
     config = _write(tmp_path / "bandit-router.toml", example)
     _write(tmp_path / "catalog.toml", "[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n")
     _write(tmp_path / "client-keys", KEY_A + "\n")
@@ -198,3 +198,39 @@ def test_the_readme_example_configuration_loads(tmp_path: Path) -> None:
     settings = load_settings(config, env={})
     assert settings.synchronous == "full" and settings.policy_settings == {"gamma_scale": 20}
     assert settings.default_reward == 0.5 and settings.api_keys.reveal() == (KEY_A,)
+
+
+def test_settings_are_nested_sections_reachable_by_flat_names(tmp_path: Path) -> None:
+    settings = Settings(port=9000, db=tmp_path / "x.db", aggregation="earliest")
+    assert settings.server.port == settings.port == 9000
+    assert settings.storage.db == settings.db == tmp_path / "x.db"
+    assert settings.feedback.aggregation == "earliest"
+    assert settings.replace(port=9001).server.port == 9001 and settings.replace(port=9001).storage.db == settings.db
+    for name, key in KEYS.items():
+        assert key.help, name
+        if key.section != "budgets":
+            assert getattr(getattr(settings, key.section), name) == getattr(settings, name)
+
+
+def test_the_file_may_group_keys_in_section_tables(tmp_path: Path) -> None:
+    config = _write(tmp_path / "s.toml", "[server]\nport = 9300\n[storage]\nsynchronous = 'FULL'\n")
+    settings = load_settings(config, env={})
+    assert settings.server.port == 9300 and settings.storage.synchronous == "full"
+    with pytest.raises(ConfigError, match=r"\[server\] has no key 'db'"):
+        load_settings(_write(tmp_path / "bad.toml", "[server]\ndb = 'x.db'\n"), env={})
+
+
+def test_construction_is_cheap_and_check_does_the_rest() -> None:
+    settings = Settings(policy="no-such-policy")  # builds no policy, reads no catalog
+    with pytest.raises(ConfigError, match="policy"):
+        settings.check()
+    with pytest.raises(ConfigError, match="catalog"):
+        Settings(catalog=Path("/no/such/catalog.toml")).check()
+    assert Settings().check() == Settings()
+
+
+def test_layers_merge_lowest_first() -> None:
+    from bandit_router.config import layered
+
+    assert layered({"a": 1, "b": 2}, {"b": 3, "c": None}, {"c": 4}) == {"a": 1, "b": 3, "c": 4}
+    assert layered({"seed": 5}, {"seed": None}, none_is_unset=False) == {"seed": None}

@@ -27,8 +27,8 @@ with warnings.catch_warnings():
 
 from bandit_router.cli import app as cli_app
 from bandit_router.config import Secrets, Settings
+from bandit_router.log import rebuild_router
 from bandit_router.service import create_app
-from bandit_router.service.engine import rebuild_router
 
 PAIR = ["gpt-4o-mini", "gpt-4o"]
 QUALITY = {("code", "gpt-4o"): 0.8, ("code", "gpt-4o-mini"): 0.4, ("poem", "gpt-4o"): 0.5, ("poem", "gpt-4o-mini"): 0.6}
@@ -108,6 +108,11 @@ def test_evaluate_writes_the_schema_and_recovers_true_values(logged_db: tuple[Pa
     # the logged policy is uniform: its estimate is the mean observed quality
     logged = next(r for r in data["candidates"] if r["candidate"] == "logged" and r["estimator"] == "ips")
     assert logged["value"] == pytest.approx(np.mean([QUALITY[k, m] for k, m in rounds]), abs=0.02)
+    # the table lists candidates best first under DR, and names the best one whose interval it trusts
+    dr = {r["candidate"]: r["value"] for r in data["candidates"] if r["estimator"] == "dr"}
+    rows = [line.split("|")[1].strip() for line in result.output.splitlines() if "| dr |" in line]
+    assert rows == sorted(dr, key=lambda c: -dr[c])
+    assert "Best candidate with a trusted interval (dr): " in result.output
 
 
 def test_evaluate_and_export_errors(tmp_path: Path) -> None:
@@ -137,6 +142,23 @@ def test_export_dsjson(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
         assert event["_bandit_router"]["shadow_pmfs"]["linucb"]
     stdout = CliRunner().invoke(cli_app, ["export", "--db", str(db)])
     assert stdout.exit_code == 0 and len(stdout.stdout.splitlines()) == 500
+
+
+def test_export_into_a_closed_pipe_ends_quietly(logged_db: tuple[Path, Any]) -> None:
+    """`bandit-router export --db … | head -n 1`: no traceback, no error message when the reader stops early."""
+    import subprocess
+    import sys
+
+    db, _ = logged_db
+    command = [sys.executable, "-m", "bandit_router.cli", "export", "--db", str(db)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()  # what `head -n 1` does after its line
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+    assert json.loads(first)["EventId"]
+    assert stderr == "" and code == 0
 
 
 # -- shadow policies and promotion ---------------------------------------------------------------------------------

@@ -256,7 +256,7 @@ def test_a_catalog_larger_than_max_models_is_a_config_error() -> None:
 
     models = tuple(ModelSpec(f"m{i}", 1, 1) for i in range(5))
     with pytest.raises(ConfigError, match="max_models"):
-        Settings(models=models, max_models=4)
+        Settings(models=models, max_models=4).check()
 
 
 def test_retention_deletes_old_rows_the_checkpoint_holds(make_client: Callable[..., TestClient],

@@ -358,3 +358,15 @@ def test_promotion_needs_a_lower_bound_above_the_live_estimate(world: SyntheticW
     untrusted = evaluate_log(thin.records, [], models=world.models, estimators=("ips",))
     check = promotion_check(untrusted, "fixed:claude-haiku-4-5", estimator="ips")
     assert not check.ok and "overlap" in check.reason
+
+
+def test_a_config_object_and_keywords_evaluate_alike(world: SyntheticWorld, log: SimulatedLog) -> None:
+    from bandit_router.evaluation import EvaluationConfig
+
+    config = EvaluationConfig(estimators=("ips", "dr"), n_bootstrap=0, dm_bootstrap=0, seed=4)
+    by_config = evaluate_log(log.records, ["linucb"], models=world.models, config=config)
+    by_keywords = evaluate_log(
+        log.records, ["linucb"], models=world.models, estimators=("ips", "dr"), n_bootstrap=0, dm_bootstrap=0, seed=4
+    )
+    assert by_config.to_json() == by_keywords.to_json()
+    assert by_config.settings["estimators"] == ["ips", "dr"] and by_config.settings["seed"] == 4

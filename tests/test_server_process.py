@@ -1,5 +1,5 @@
 """A real `bandit-router serve` process on a free 127.0.0.1 port: learning under concurrent clients, `kill -9`
-in the middle of a feedback stream, several workers, and the README's curl round trip."""
+in the middle of a feedback stream, several workers, and the docs' curl round trip."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from readme_sections import service_section
+from docs_pages import service_section
 
 from bandit_router.config import Settings
-from bandit_router.service.engine import build_router, fingerprint, rebuild_router
+from bandit_router.log import build_router, fingerprint, rebuild_router
 from bandit_router.store import SQLiteStore
 
 pytestmark = pytest.mark.slow
@@ -305,7 +305,7 @@ def test_two_workers_share_the_log(servers: Callable[..., Server], tmp_path: Pat
         store.close()
 
 
-def test_readme_examples_work_as_written(servers: Callable[..., Server], tmp_path: Path) -> None:
+def test_docs_examples_work_as_written(servers: Callable[..., Server], tmp_path: Path) -> None:
     text = service_section(ROOT)
     blocks = dict(re.findall(r"<!-- tested: ([\w-]+).*?-->\s*```sh\n(.*?)```", text, re.S))
     assert set(blocks) == {"round-trip", "route-options", "models", "backup"}

@@ -17,11 +17,10 @@ from bandit_router.policies import RandomPolicy
 from bandit_router.policies.base import BasePolicy
 from bandit_router.types import Context
 from simulator import EnvSpec, Plan, build_episode, make_scenario, simulate
-from simulator.agents import RouterAgent, make_agent
+from simulator.agents import CascadeAgent, LLMRouterAgent, RouterAgent, make_agent
 from simulator.environments import build_world, load_dataset
 from simulator.environments.dataset import implied_prices
 from simulator.metrics import oracle_choice
-from simulator.strategies import CascadeAgent, LLMRouterAgent
 
 SAMPLE = Path(__file__).parent / "data" / "routellm_sample.csv.gz"
 MODELS = ("big", "mid", "small")
@@ -284,7 +283,7 @@ def test_price_change_changes_the_cost_and_updates_the_routers_catalog() -> None
     assert np.array_equal(episode.cost_usd[:200], base.cost_usd[:200])
     agent = RouterAgent("spy", lambda _seed: SpyPolicy())
     router = agent.make_router(episode, 10.0, 0)
-    from simulator.agents import _apply_event
+    from simulator.agents.router_agent import _apply_event
 
     _apply_event(router, episode.events[0])
     assert router.spec("gpt-4o").input_usd_per_mtok == pytest.approx(1.25)

@@ -159,6 +159,16 @@ if __name__ == "__main__":
         print(f"wrote {EXPECTED}")
 
 
+def test_simulate_help_shows_defaults_and_required_options() -> None:
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["simulate", "--help"], env={"COLUMNS": "200"}).stdout.split())
+    for shown in ("(default: vw-squarecb)", "(default: 20)", "(default: 1)", "(default: 200)", "(required: here"):
+        assert shown in text, shown
+
+
 def test_terminal_report_gives_regret_per_request_and_break_even(tmp_path: Path) -> None:
     args = [a for a in ARGS if a != "--quiet"]
     i = args.index("--policies")
@@ -168,3 +178,13 @@ def test_terminal_report_gives_regret_per_request_and_break_even(tmp_path: Path)
     line = next(x for x in result.output.splitlines() if x.strip().startswith("default") and "λ=10" in x)
     assert "regret +" in line or "regret -" in line
     assert "break-even" in line
+
+
+def test_terminal_report_shows_reaction_times_and_targets(tmp_path: Path) -> None:
+    args = ["simulate", "--env", "synthetic:default", "--scenario", "outage", "--policies", "random", "--steps",
+            "600", "--seeds", "1", "--target", "avg_cost_usd=0.002", "--out", str(tmp_path / "run"), "--no-plots",
+            "--workers", "1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "reaction to outage: " in result.output
+    assert "target avg_cost_usd=0.002: realised " in result.output

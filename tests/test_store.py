@@ -62,7 +62,8 @@ def test_prepare_creates_a_wal_database_once(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"decisions", "feedback", "model_events", "checkpoints", "meta"} <= tables
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        assert version == "2" == str(SCHEMA_VERSION)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(StoreError, match="schema version"):
         SQLiteStore(path).prepare()
@@ -119,10 +120,12 @@ def test_feedback_seq_increases_and_only_one_row_per_decision_is_learned(store: 
         tx.insert_feedback([_record(d, i + 1) for i, d in enumerate(decisions)])
         tx.insert_feedback([_record(decisions[0], 4, quality=0.1, learn=False, status="late")])
         assert tx.head() == (4, 0)
-    with pytest.raises(sqlite3.IntegrityError), store.write() as tx:  # a second learned row for one decision
+    with pytest.raises(StoreError, match="UNIQUE") as error, store.write() as tx:  # a second learned row
         tx.insert_feedback([_record(decisions[0], 5, quality=0.9)])
-    with pytest.raises(sqlite3.IntegrityError), store.write() as tx:  # a seq used before
+    assert isinstance(error.value.__cause__, sqlite3.IntegrityError)  # the driver's error, wrapped
+    with pytest.raises(StoreError, match="UNIQUE") as error, store.write() as tx:  # a seq used before
         tx.insert_feedback([_record(decisions[1], 4, learn=False, status="late")])
+    assert isinstance(error.value.__cause__, sqlite3.IntegrityError)
     with store.read() as reader:
         assert reader.head() == (4, 0)
         learned = reader.learned_after(0, 10)
@@ -171,9 +174,9 @@ def test_stats_count_from_the_tables(store: SQLiteStore, router: Router) -> None
                             _record(decisions[2], 3, learn=False, status="late")])
     with store.read() as reader:
         stats = reader.stats()
-    assert sum(m["decisions"] for m in stats["models"].values()) == 4
-    assert sum(m.get("feedback", 0) for m in stats["models"].values()) == 2
-    assert stats["feedback_by_status"] == {"applied": 2, "late": 1}
+    assert sum(m.decisions for m in stats.models.values()) == 4
+    assert sum(m.feedback for m in stats.models.values()) == 2
+    assert stats.feedback_by_status == {"applied": 2, "late": 1}
 
 
 def test_a_failed_transaction_writes_nothing(store: SQLiteStore, router: Router) -> None:
@@ -240,3 +243,18 @@ def test_reward_window_walk_stops_at_the_first_open_decision(store: SQLiteStore,
         assert [i.decision_id for i in closing] == [decisions[0].decision_id, decisions[2].decision_id]
         assert position == 3 and tx.last_decision_position() == 4
         assert tx.decisions_closing(position, time.time(), 100) == ([tx.decision_info(decisions[3].decision_id)], 4)
+
+
+def test_a_version_1_database_without_shadow_pmfs_migrates(tmp_path: Path) -> None:
+    """Databases written before the migration list existed (schema version 1, no `shadow_pmfs`) get migration 2."""
+    from bandit_router.store import MIGRATIONS
+
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as conn:
+        for statement in MIGRATIONS[0].statements:
+            conn.execute(statement)
+        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+    SQLiteStore(path).prepare()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shadow_pmfs'").fetchone() is not None

@@ -1,5 +1,9 @@
 """`BudgetPacer`: holds cost, share and latency targets while the router maximises quality, per tenant.
 
+Why one module of ~700 lines: most of it is this docstring's derivation and the five small control classes
+(`_AvgCostControl`, `_SpendControl`, `_ShareControl`, `_LatencyControl` on `_Control`) that `BudgetPacer` drives
+through one per-scope loop; the math and the code that implements it are kept side by side.
+
 The problem is  max E[quality]  subject to the targets. Its Lagrangian gives each decision the score
 
     q̂_m − λ·ĉ_m − Σ_k μ_k·1[m ∈ S_k] − Σ_j ν_j·P̂(latency_m > L_j)
@@ -385,8 +389,9 @@ class _SpendControl(_CostControl):
             "holds": self.spend_usd <= self.limit(),
             "limit_usd": self.limit(),
             "multiplier": self.cost_weight(),
-            "period_start": start,
-            "period_end": start + self.target.period_s,
+            # before the first request there is no period yet (not one that started in 1970)
+            "period_start": None if self.period is None else start,
+            "period_end": None if self.period is None else start + self.target.period_s,
             "plan_usd": min(plan_usd, self.limit()),
             "exhausted": self.exhausted(),
         }
@@ -706,11 +711,11 @@ class BudgetPacer:
             limit = config.guard_max_usd_per_mtok
             cheap = allowed & np.array([max(m.input_usd_per_mtok, m.output_usd_per_mtok) <= limit for m in models])
             if cheap.any():
-                return cheap
+                return np.asarray(cheap)
         if config.fallback_model is not None:
             fallback = allowed & np.array([m.name == config.fallback_model for m in models])
             if fallback.any():
-                return fallback
+                return np.asarray(fallback)
         costs = np.where(allowed, expected_cost, np.inf)
         only = np.zeros(len(models), dtype=bool)
         only[int(np.argmin(costs))] = True

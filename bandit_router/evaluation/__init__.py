@@ -6,7 +6,8 @@ log          LoggedRecord (a Decision + its Outcome) → LogArrays (aligned arra
 candidates   "vw-squarecb:gamma_scale=50@lambda=40", "logged", "shadow:NAME" → Candidate
 replay       a candidate's pmf on every logged decision (learning, frozen or Li et al. replay)
 overlap      effective sample size and support diagnostics, with warnings
-evaluate     evaluate_log(records, candidates, models=…) → Evaluation (one record per candidate × estimator)
+evaluate     evaluate_log(records, candidates, models=…, config=EvaluationConfig(…)) → Evaluation (one record
+             per candidate × estimator)
 report       write_evaluation(out_dir, evaluation): evaluation.json, evaluation.md, evaluation.png
 dsjson       export_dsjson(records, fp): Vowpal Wabbit decision-service JSON
 synthetic    logs with exactly known policy values, for tests and experiments
@@ -27,11 +28,27 @@ from .estimators import (
     importance_weights,
     make_estimator,
 )
-from .evaluate import DEFAULT_ESTIMATORS, EstimateRecord, Evaluation, PromotionCheck, evaluate_log, promotion_check
+from .evaluate import (
+    DEFAULT_ESTIMATORS,
+    EstimateRecord,
+    Evaluation,
+    EvaluationConfig,
+    PromotionCheck,
+    evaluate_log,
+    promotion_check,
+)
 from .log import LogArrays, LoggedRecord, log_arrays, realised_cost
 from .overlap import Overlap, OverlapThresholds, overlap
 from .replay import MODES, ReplayResult, replay
-from .report import format_markdown, format_table, plot_evaluation, write_evaluation
+from .report import (
+    best_trusted,
+    format_best,
+    format_markdown,
+    format_table,
+    plot_evaluation,
+    ranked_candidates,
+    write_evaluation,
+)
 from .reward_models import RewardFit, RewardModel, RidgeRewardModel, fit_rewards
 
 __all__ = [
@@ -48,6 +65,7 @@ __all__ = [
     "EstimateRecord",
     "Estimator",
     "Evaluation",
+    "EvaluationConfig",
     "LogArrays",
     "LoggedRecord",
     "Overlap",
@@ -58,10 +76,12 @@ __all__ = [
     "RewardModel",
     "RidgeRewardModel",
     "baseline_candidates",
+    "best_trusted",
     "effective_sample_size",
     "evaluate_log",
     "export_dsjson",
     "fit_rewards",
+    "format_best",
     "format_markdown",
     "format_table",
     "importance_weights",
@@ -71,6 +91,7 @@ __all__ = [
     "parse_candidate",
     "plot_evaluation",
     "promotion_check",
+    "ranked_candidates",
     "realised_cost",
     "replay",
     "to_dsjson",

@@ -3,6 +3,7 @@ database (the decisions the service stored, joined with the feedback it learned)
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -78,7 +79,7 @@ def evaluate(
     seed: Annotated[int, typer.Option(help="Seed of the replays, bootstraps and cross-fitting.")] = 0,
 ) -> None:
     from .evaluate import evaluate_log
-    from .report import format_table, write_evaluation
+    from .report import format_best, format_table, write_evaluation
 
     specs_given = [*(candidates or []), *(more or [])]
     lam: float | str = reward_lambda
@@ -120,6 +121,7 @@ def evaluate(
         f"models: {', '.join(evaluation.models)}"
     )
     typer.echo(format_table(evaluation))
+    typer.echo(format_best(evaluation))
     for warning in evaluation.warnings:
         typer.echo(f"warning: {warning}", err=True)
     poor = sorted({r.candidate for r in evaluation.records if r.warnings})
@@ -151,9 +153,14 @@ def export(
             specs = model_specs(store, catalog)
             records = iter_log(store)
             if out is None:
-                written = export_dsjson(
-                    records, sys.stdout, specs=specs, label=label, include_unlabeled=include_unlabeled
-                )
+                try:
+                    written = export_dsjson(
+                        records, sys.stdout, specs=specs, label=label, include_unlabeled=include_unlabeled
+                    )
+                    sys.stdout.flush()
+                except BrokenPipeError:  # `export | head`: the reader has what it wanted; end quietly
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+                    raise typer.Exit(0) from None
             else:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with out.open("w", encoding="utf-8") as fp:

@@ -3,7 +3,8 @@
 For every candidate (and, by default, the baselines: the logged policy, uniform random and each fixed model)
 it replays the candidate on the log (`replay`, in `learning`, `frozen` or `replay` mode), then runs every
 estimator on three outcomes of the same rounds: reward, quality and cost. One `EstimateRecord` per
-(candidate, estimator), with intervals, the effective sample size and the overlap warnings.
+(candidate, estimator), with intervals, the effective sample size and the overlap warnings. How it evaluates is
+an `EvaluationConfig`.
 
 Which λ measures the reward (`reward_lambda`):
 - `"logged"` (default): each request's own logged λ, the trade-off the service was asked to make. Every
@@ -27,7 +28,7 @@ from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from .candidates import Candidate, baseline_candidates, parse_candidate
 from .estimators import ClippedIPS, Estimate, Estimator, make_estimator, normal_interval
-from .log import DEFAULT_FEATURE_DIM, LoggedRecord, log_arrays
+from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
 from .overlap import Overlap, OverlapThresholds, overlap
 from .replay import MODES, ReplayResult, replay
 from .reward_models import RewardFit, RidgeRewardModel, fit_rewards
@@ -160,68 +161,136 @@ def _replay_estimate(values: np.ndarray, confidence: float) -> Estimate:
     return Estimate("replay", value, ci[0], ci[1], se, float(n), n, confidence, "normal", ci)
 
 
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How `evaluate_log` evaluates; checks itself when built.
+
+    `estimators`: which off-policy estimators (`make_estimator` names). `mode`: how candidates are replayed
+    (`learning`, `frozen`: trained on the first `train_fraction` of the log, or `replay`: the rejection-sampling
+    replay method, which takes its own path). `baselines` adds `logged`, `random` and `fixed:<model>` for each
+    model. `reward_lambda`: see the module docstring; `latency_weight`: μ of the reward. `confidence`, `interval`
+    (`normal` or `bootstrap`: which interval is primary), `n_bootstrap` (replicates of the bootstrap intervals),
+    `dm_bootstrap` (refits behind DM's standard error). `max_weight`: clipped IPS's M. `ridge`, `folds`,
+    `feature_dim`: the reward model of DM/DR (ridge per model on `dense_vector` features, cross-fitted).
+    `thresholds`: when overlap warnings are raised. `seed`: every random choice of the evaluation.
+    """
+
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS
+    mode: str = "learning"
+    train_fraction: float = 0.5
+    baselines: bool = True
+    reward_lambda: float | str = "logged"
+    latency_weight: float = 0.0
+    confidence: float = 0.95
+    interval: str = "normal"
+    n_bootstrap: int = 200
+    dm_bootstrap: int = 100
+    max_weight: float = 20.0
+    ridge: float = 1.0
+    folds: int = 5
+    feature_dim: int = DEFAULT_FEATURE_DIM
+    thresholds: OverlapThresholds = field(default_factory=OverlapThresholds)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.thresholds is None:  # `thresholds=None`: the defaults
+            object.__setattr__(self, "thresholds", OverlapThresholds())
+        if self.mode not in MODES:
+            raise InvalidInput(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+        lam = self.reward_lambda
+        if isinstance(lam, str) and lam not in ("logged", "candidate"):
+            raise InvalidInput("reward_lambda must be 'logged', 'candidate' or a number")
+        if not isinstance(lam, str) and not (math.isfinite(lam) and lam >= 0):
+            raise InvalidInput("reward_lambda must be a finite number >= 0")
+        for name in self.estimators:
+            make_estimator(name)  # fail early on an unknown name
+
+    def lam_of(self, candidate: Candidate) -> float | None:
+        """The λ `candidate`'s reward is measured with (None: each request's logged λ)."""
+        if self.reward_lambda == "candidate":
+            return candidate.cost_weight
+        return None if self.reward_lambda == "logged" else float(self.reward_lambda)
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as `evaluation.json` records them."""
+        out = dataclasses.asdict(self)
+        out.pop("mode")
+        out.pop("baselines")
+        out["estimators"] = list(self.estimators)
+        return {key: out[key] for key in _SETTINGS_ORDER}
+
+    def estimator(self, name: str) -> Estimator:
+        """The estimator `name` with this configuration's settings."""
+        settings: dict[str, Any] = {"confidence": self.confidence, "seed": self.seed}
+        if name == "dm":
+            settings.update(n_bootstrap=self.dm_bootstrap, folds=self.folds, reward_model=RidgeRewardModel(self.ridge))
+            settings["interval"] = self.interval if self.dm_bootstrap >= 2 else "normal"
+        else:
+            settings.update(n_bootstrap=self.n_bootstrap, interval=self.interval if self.n_bootstrap >= 2 else "normal")
+        if name == "dr":
+            settings.update(folds=self.folds, reward_model=RidgeRewardModel(self.ridge))
+        if name == "clipped-ips":
+            settings["max_weight"] = self.max_weight
+        return make_estimator(name, **settings)
+
+
+_SETTINGS_ORDER = (
+    "estimators", "train_fraction", "reward_lambda", "latency_weight", "confidence", "interval", "n_bootstrap",
+    "dm_bootstrap", "max_weight", "ridge", "folds", "feature_dim", "seed", "thresholds",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
+class _Prepared:
+    """What both paths start from: the log (all decisions, those with feedback, as arrays), the candidates and
+    their replays, and the warnings so far."""
+
+    every: list[LoggedRecord]
+    logged: list[LoggedRecord]
+    arrays: LogArrays
+    wanted: list[Candidate]
+    replays: dict[str, ReplayResult]
+    warnings: list[str]
+
+
 def evaluate_log(
     records: Iterable[LoggedRecord],
     candidates: Sequence[str | Candidate],
     *,
     models: Iterable[ModelSpec] | Mapping[str, ModelSpec],
-    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
-    mode: str = "learning",
-    train_fraction: float = 0.5,
-    baselines: bool = True,
-    reward_lambda: float | str = "logged",
-    latency_weight: float = 0.0,
-    confidence: float = 0.95,
-    interval: str = "normal",
-    n_bootstrap: int = 200,
-    dm_bootstrap: int = 100,
-    max_weight: float = 20.0,
-    ridge: float = 1.0,
-    folds: int = 5,
-    feature_dim: int = DEFAULT_FEATURE_DIM,
-    thresholds: OverlapThresholds | None = None,
-    seed: int = 0,
+    config: EvaluationConfig | None = None,
+    **settings: Any,
 ) -> Evaluation:
     """Estimate each candidate's reward, quality and cost on `records` (in decision order).
 
     `models`: catalog entries of every model in the log (the candidates' routers need them; outcomes without a
-    cost are priced with them). `baselines` adds `logged`, `random` and `fixed:<model>` for each model.
-    `n_bootstrap`: replicates of the bootstrap intervals; `dm_bootstrap`: refits behind DM's standard error;
-    `interval`: which interval is primary (`normal` or `bootstrap`). `max_weight`: clipped IPS's M. `ridge`,
-    `folds`, `feature_dim`: the reward model of DM/DR (ridge per model on `dense_vector` features, cross-fitted).
-    Decisions without feedback are left out (and counted in a warning).
+    cost are priced with them). `config` (or its fields as keywords, e.g. `estimators=("dr",)`, `seed=3`): see
+    `EvaluationConfig`. Decisions without feedback are left out (and counted in a warning).
+
+    Two paths: `mode="replay"` scores each candidate on the rounds where it agrees with the log
+    (`_by_replay`); the other modes run the off-policy estimators on every round (`_by_estimators`).
     """
-    if mode not in MODES:
-        raise InvalidInput(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
-    if isinstance(reward_lambda, str) and reward_lambda not in ("logged", "candidate"):
-        raise InvalidInput("reward_lambda must be 'logged', 'candidate' or a number")
-    if not isinstance(reward_lambda, str) and not (math.isfinite(reward_lambda) and reward_lambda >= 0):
-        raise InvalidInput("reward_lambda must be a finite number >= 0")
-    for name in estimators:
-        make_estimator(name)  # fail early on an unknown name
-    t = thresholds or OverlapThresholds()
-    settings: dict[str, Any] = {
-        "estimators": list(estimators),
-        "train_fraction": train_fraction,
-        "reward_lambda": reward_lambda,
-        "latency_weight": latency_weight,
-        "confidence": confidence,
-        "interval": interval,
-        "n_bootstrap": n_bootstrap,
-        "dm_bootstrap": dm_bootstrap,
-        "max_weight": max_weight,
-        "ridge": ridge,
-        "folds": folds,
-        "feature_dim": feature_dim,
-        "seed": seed,
-        "thresholds": dataclasses.asdict(t),
-    }
-    specs = _specs(models)
+    config = config or EvaluationConfig()
+    if settings:
+        config = dataclasses.replace(config, **settings)
+    prepared = _prepare(records, candidates, _specs(models), config)
+    path = _by_replay if config.mode == "replay" else _by_estimators
+    out, n_eval = path(prepared, config)
+    return Evaluation(
+        tuple(out), prepared.arrays.models, config.mode, len(prepared.every), len(prepared.logged), n_eval,
+        tuple(prepared.warnings), config.to_json(), prepared.replays,
+    )
+
+
+def _prepare(
+    records: Iterable[LoggedRecord], candidates: Sequence[str | Candidate], specs: dict[str, ModelSpec],
+    config: EvaluationConfig,
+) -> _Prepared:
     every = list(records)
     logged = [r for r in every if r.outcome is not None]
-    arrays = log_arrays(logged, specs, feature_dim=feature_dim)
+    arrays = log_arrays(logged, specs, feature_dim=config.feature_dim)
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
-    if baselines:
+    if config.baselines:
         parsed = [*(parse_candidate(b) for b in baseline_candidates(arrays.models)), *parsed]
     unique: dict[str, Candidate] = {}
     for c in parsed:
@@ -229,16 +298,15 @@ def evaluate_log(
     wanted = list(unique.values())
     if not wanted:
         raise InvalidInput("no candidates to evaluate")
-
     replays = {
         c.label: replay(
             logged,
             c,
             specs=specs,
-            mode=mode,
-            train_fraction=train_fraction,
-            seed=seed,
-            latency_weight=latency_weight,
+            mode=config.mode,
+            train_fraction=config.train_fraction,
+            seed=config.seed,
+            latency_weight=config.latency_weight,
             models=arrays.models,
         )
         for c in wanted
@@ -250,52 +318,52 @@ def evaluate_log(
             f"{dropped} of {len(every)} decisions have no feedback and were left out; if feedback is missing more "
             f"often for some models than others, every estimate is biased"
         )
+    return _Prepared(every, logged, arrays, wanted, replays, warnings)
 
-    def lam_of(c: Candidate) -> float | None:
-        if reward_lambda == "candidate":
-            return c.cost_weight
-        return None if reward_lambda == "logged" else float(reward_lambda)
 
+def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRecord], int]:
+    """The replay method: each candidate's mean outcome on the rounds it accepted."""
+    arrays, t = p.arrays, config.thresholds
     out: list[EstimateRecord] = []
-    if mode == "replay":
-        for c in wanted:
-            res = replays[c.label]
-            rows = res.evaluated
-            sub = arrays.subset(rows)
-            ov = overlap(arrays.actions, arrays.logged_probability, arrays.logged_pmf, res.target_pmf, t)
-            notes = list(ov.warnings)
-            if res.bound_exceeded:
-                notes.append(
-                    f"replay: π/μ exceeded the bound M = {res.acceptance_bound:.3g} on {res.bound_exceeded} rounds"
-                )
-            if int(rows.sum()) < t.min_ess:
-                notes.append(f"replay: only {int(rows.sum())} of {len(rows)} rounds accepted")
-            ov = dataclasses.replace(ov, warnings=tuple(notes))
-            lam = lam_of(c)
-            out.append(
-                EstimateRecord(
-                    c.label,
-                    "replay",
-                    mode,
-                    _replay_estimate(sub.rewards(lam, latency_weight), confidence),
-                    _replay_estimate(sub.quality, confidence),
-                    _replay_estimate(sub.cost_usd, confidence),
-                    ov,
-                    lam,
-                )
+    for c in p.wanted:
+        res = p.replays[c.label]
+        rows = res.evaluated
+        sub = arrays.subset(rows)
+        ov = overlap(arrays.actions, arrays.logged_probability, arrays.logged_pmf, res.target_pmf, t)
+        notes = list(ov.warnings)
+        if res.bound_exceeded:
+            notes.append(
+                f"replay: π/μ exceeded the bound M = {res.acceptance_bound:.3g} on {res.bound_exceeded} rounds"
             )
-        n_eval = int(max((r.evaluated.sum() for r in replays.values()), default=0))
-        return Evaluation(
-            tuple(out), arrays.models, mode, len(every), len(logged), n_eval, tuple(warnings), settings, replays
+        if int(rows.sum()) < t.min_ess:
+            notes.append(f"replay: only {int(rows.sum())} of {len(rows)} rounds accepted")
+        ov = dataclasses.replace(ov, warnings=tuple(notes))
+        lam = config.lam_of(c)
+        out.append(
+            EstimateRecord(
+                c.label,
+                "replay",
+                config.mode,
+                _replay_estimate(sub.rewards(lam, config.latency_weight), config.confidence),
+                _replay_estimate(sub.quality, config.confidence),
+                _replay_estimate(sub.cost_usd, config.confidence),
+                ov,
+                lam,
+            )
         )
+    return out, int(max((r.evaluated.sum() for r in p.replays.values()), default=0))
 
-    rows = next(iter(replays.values())).evaluated
-    sub = arrays.subset(rows)
+
+def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRecord], int]:
+    """Every estimator on reward, quality and cost, for every candidate, on the same evaluated rounds."""
+    rows = next(iter(p.replays.values())).evaluated
+    sub = p.arrays.subset(rows)
     n_eval = len(sub)
+    t, estimators = config.thresholds, config.estimators
     if n_eval == 0:
         raise InvalidInput("no logged decision with feedback to evaluate on")
     if n_eval < t.min_ess:
-        warnings.append(f"only {n_eval} rounds to evaluate on: every interval is rough")
+        p.warnings.append(f"only {n_eval} rounds to evaluate on: every interval is rough")
     needs_model = any(e in ("dm", "dr") for e in estimators)
     fits: dict[tuple[str, float | None], RewardFit] = {}
 
@@ -304,8 +372,8 @@ def evaluate_log(
             return sub.quality, ("quality", None)
         if name == "cost":
             return sub.cost_usd, ("cost", None)
-        lam = lam_of(c)
-        return sub.rewards(lam, latency_weight), ("reward", lam)
+        lam = config.lam_of(c)
+        return sub.rewards(lam, config.latency_weight), ("reward", lam)
 
     def fit_for(key: tuple[str, float | None], values: np.ndarray) -> RewardFit | None:
         if not needs_model:
@@ -315,27 +383,27 @@ def evaluate_log(
                 sub.features,
                 sub.actions,
                 values,
-                len(arrays.models),
-                model=RidgeRewardModel(ridge),
-                folds=folds,
-                seed=seed,
-                n_bootstrap=dm_bootstrap if "dm" in estimators else 0,
+                len(p.arrays.models),
+                model=RidgeRewardModel(config.ridge),
+                folds=config.folds,
+                seed=config.seed,
+                n_bootstrap=config.dm_bootstrap if "dm" in estimators else 0,
             )
         return fits[key]
 
     bounds = {"quality": (0.0, 1.0), "cost": (0.0, float(sub.cost_usd.max()))}
     results: dict[tuple[str, str, str], Estimate] = {}
     overlaps: dict[str, Overlap] = {}
-    for c in wanted:
-        target = replays[c.label].target_pmf[rows]
+    for c in p.wanted:
+        target = p.replays[c.label].target_pmf[rows]
         overlaps[c.label] = overlap(sub.actions, sub.logged_probability, sub.logged_pmf, target, t)
     for name in METRICS:  # one metric at a time, so one set of reward-model replicates lives in memory
-        for c in wanted:
+        for c in p.wanted:
             values, key = metric(c, name)
             fit = fit_for(key, values)
-            target = replays[c.label].target_pmf[rows]
+            target = p.replays[c.label].target_pmf[rows]
             for e in estimators:
-                est = _estimator(e, confidence, interval, n_bootstrap, dm_bootstrap, max_weight, folds, seed, ridge)
+                est = config.estimator(e)
                 if isinstance(est, ClippedIPS):
                     est = dataclasses.replace(est, reward_range=bounds.get(name))
                 results[(c.label, e, name)] = est.estimate(
@@ -347,47 +415,21 @@ def evaluate_log(
                     reward_fit=fit,
                 )
         fits.clear()
-    for c in wanted:
-        for e in estimators:
-            out.append(
-                EstimateRecord(
-                    c.label,
-                    e,
-                    mode,
-                    results[(c.label, e, "reward")],
-                    results[(c.label, e, "quality")],
-                    results[(c.label, e, "cost")],
-                    overlaps[c.label],
-                    lam_of(c),
-                )
-            )
-    return Evaluation(
-        tuple(out), arrays.models, mode, len(every), len(logged), n_eval, tuple(warnings), settings, replays
-    )
-
-
-def _estimator(
-    name: str,
-    confidence: float,
-    interval: str,
-    n_bootstrap: int,
-    dm_bootstrap: int,
-    max_weight: float,
-    folds: int,
-    seed: int,
-    ridge: float,
-) -> Estimator:
-    settings: dict[str, Any] = {"confidence": confidence, "seed": seed}
-    if name == "dm":
-        settings.update(n_bootstrap=dm_bootstrap, folds=folds, reward_model=RidgeRewardModel(ridge))
-        settings["interval"] = interval if dm_bootstrap >= 2 else "normal"
-    else:
-        settings.update(n_bootstrap=n_bootstrap, interval=interval if n_bootstrap >= 2 else "normal")
-    if name == "dr":
-        settings.update(folds=folds, reward_model=RidgeRewardModel(ridge))
-    if name == "clipped-ips":
-        settings["max_weight"] = max_weight
-    return make_estimator(name, **settings)
+    out = [
+        EstimateRecord(
+            c.label,
+            e,
+            config.mode,
+            results[(c.label, e, "reward")],
+            results[(c.label, e, "quality")],
+            results[(c.label, e, "cost")],
+            overlaps[c.label],
+            config.lam_of(c),
+        )
+        for c in p.wanted
+        for e in estimators
+    ]
+    return out, n_eval
 
 
 @dataclass(frozen=True)

@@ -24,15 +24,68 @@ def _interval(lo: float, hi: float, digits: int = 3) -> str:
     return f"[{_num(lo, digits)}, {_num(hi, digits)}]"
 
 
+PREFERRED = ("dr", "snips", "clipped-ips", "ips", "dm", "replay")
+"""The estimator that ranks candidates: the first of these the evaluation has (DR: lowest variance of the
+unbiased ones when the reward model helps, still unbiased when it does not)."""
+
+
+def ranking_estimator(evaluation: Evaluation) -> str:
+    """The estimator candidates are ranked by (`PREFERRED`)."""
+    have = {r.estimator for r in evaluation.records}
+    return next((e for e in PREFERRED if e in have), evaluation.records[0].estimator if evaluation.records else "")
+
+
+def ranked_candidates(evaluation: Evaluation) -> list[str]:
+    """Candidates by their `ranking_estimator` value, best first (non-finite values last)."""
+    by = ranking_estimator(evaluation)
+    value = {r.candidate: r.value for r in evaluation.records if r.estimator == by}
+    return sorted(
+        evaluation.candidates, key=lambda c: -value[c] if math.isfinite(value.get(c, math.nan)) else math.inf
+    )
+
+
+def best_trusted(evaluation: Evaluation) -> EstimateRecord | None:
+    """The candidate to believe in: under the ranking estimator, among the estimates whose overlap raised no
+    warning and whose interval is finite, the one with the highest lower bound. None when none qualifies."""
+    by = ranking_estimator(evaluation)
+    trusted = [
+        r for r in evaluation.records
+        if r.estimator == by and not r.warnings and math.isfinite(r.ci_low) and math.isfinite(r.value)
+    ]
+    return max(trusted, key=lambda r: (r.ci_low, r.value), default=None)
+
+
+def format_best(evaluation: Evaluation) -> str:
+    """One sentence: the best candidate whose interval is trusted, and how it compares with the logged policy."""
+    best = best_trusted(evaluation)
+    if best is None:
+        return "No candidate's estimate can be trusted (every one has an overlap warning): log more, or explore more."
+    text = (
+        f"Best candidate with a trusted interval ({best.estimator}): {best.candidate}, reward {_num(best.value)} "
+        f"{_interval(best.ci_low, best.ci_high)}"
+    )
+    try:
+        logged = evaluation.record("logged", best.estimator)
+    except KeyError:
+        return text + "."
+    if best.candidate == "logged":
+        return text + ": the logged policy itself."
+    if best.ci_low > logged.value:
+        return text + f": its lower bound beats the logged policy's {_num(logged.value)}."
+    return text + f": not yet distinguishable from the logged policy's {_num(logged.value)}."
+
+
 def format_table(evaluation: Evaluation, *, estimators: Sequence[str] | None = None) -> str:
-    """A Markdown table: one row per (candidate, estimator); cost in USD per 1000 requests; ⚠ marks warnings."""
+    """A Markdown table: one row per (candidate, estimator), candidates best first (`ranked_candidates`); cost in
+    USD per 1000 requests; ⚠ marks warnings."""
     keep = set(estimators) if estimators is not None else None
+    order = {c: i for i, c in enumerate(ranked_candidates(evaluation))}
     conf = round(100 * float(evaluation.settings.get("confidence", 0.95)))
     lines = [
         f"| candidate | estimator | reward | {conf}% interval | quality | cost $/1k req | ESS | n | |",
         "|---|---|---:|---|---:|---:|---:|---:|---|",
     ]
-    for r in evaluation.records:
+    for r in sorted(evaluation.records, key=lambda r: order[r.candidate]):  # stable: estimators keep their order
         if keep is not None and r.estimator not in keep:
             continue
         lines.append(
@@ -69,6 +122,8 @@ def format_markdown(evaluation: Evaluation, *, title: str = "Offline evaluation"
         f"Reward = quality − λ·cost with {lam_text}. Estimators: {', '.join(s.get('estimators', []))}.",
         "",
         format_table(evaluation),
+        "",
+        format_best(evaluation),
         "",
     ]
     warnings = _warnings(evaluation)

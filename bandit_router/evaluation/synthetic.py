@@ -45,7 +45,7 @@ class BanditLog:
 
     def target(self, pool_pmf: np.ndarray) -> np.ndarray:
         """A pool policy (M, K) evaluated on the logged contexts: shape (n, K)."""
-        return np.asarray(pool_pmf)[self.context_index]
+        return np.asarray(np.asarray(pool_pmf)[self.context_index])
 
 
 @dataclass(frozen=True, eq=False)

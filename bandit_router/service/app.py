@@ -186,11 +186,12 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service for `settings` (default: `load_settings()`: ./bandit-router.toml and the environment)."""
-    settings = settings if settings is not None else load_settings()
+    settings = settings.check() if settings is not None else load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = SQLiteStore(settings.db, synchronous=settings.synchronous, wal_max_bytes=settings.wal_max_bytes)
+        store = SQLiteStore(settings.storage.db, synchronous=settings.storage.synchronous,
+                            wal_max_bytes=settings.storage.wal_max_bytes)
         await asyncio.to_thread(store.prepare)
         metrics = Metrics()
         engine = Engine(settings, store, observer=metrics)
@@ -201,12 +202,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.engine = engine
         app.state.metrics = metrics
-        app.state.services = Services(engine, metrics, Authenticator(settings.api_keys, settings.admin_keys))
+        app.state.services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys))
         engine.start()
         log.info(
             "bandit-router: db=%s synchronous=%s policy=%s models=%d auth=%s store_prompts=%s",
-            settings.db, settings.synchronous, settings.policy, len(engine.router.models),
-            "on" if settings.auth_enabled else "off", settings.store_prompts,
+            settings.storage.db, settings.storage.synchronous, settings.routing.policy, len(engine.router.models),
+            "on" if settings.auth_enabled else "off", settings.storage.store_prompts,
         )
         try:
             yield
@@ -221,10 +222,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
         # FastAPI's native OpenTelemetry asks the global providers on every request; off unless configured.
-        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
+        telemetry=None if settings.server.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
-    hosts = HostPolicy(settings.allowed_hosts) if is_loopback(settings.host) else None
-    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, hosts=hosts)
+    server = settings.server
+    hosts = HostPolicy(server.allowed_hosts) if is_loopback(server.host) else None
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.limits.max_body_bytes, hosts=hosts)
     redact.install()
     errors.install(app)
     app.include_router(router)

@@ -56,13 +56,16 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() or None
 
 
-def authorize(auth: Authenticator, authorization: str | None, *, admin: bool = False) -> None:
+def authorize(
+    auth: Authenticator, authorization: str | None, *, admin: bool = False, action: str = "changing the models"
+) -> None:
     """Raise `Unauthorized` (401) without a valid key, `Forbidden` (403) for a client key where `admin` is
-    needed. Without configured keys everything is allowed (bind to 127.0.0.1)."""
+    needed (the message names the refused `action`). Without configured keys everything is allowed (bind to
+    127.0.0.1)."""
     if not auth.enabled:
         return
     role = auth.role(bearer_token(authorization))
     if role is None:
         raise Unauthorized("missing or invalid API key: send Authorization: Bearer <key>")
     if admin and role is not Role.ADMIN:
-        raise Forbidden("changing the models needs an admin key")
+        raise Forbidden(f"{action} needs an admin key; this is a client key")

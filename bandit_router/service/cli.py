@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..config import ConfigError, load_settings
+from ..config import KEYS, ConfigError, Settings, load_settings
 from ..store import SQLiteStore, StoreError
 from .protocol import LIMITS_VARIABLE, Limits
 
@@ -25,17 +25,20 @@ With no settings at all: 127.0.0.1:8000, database ./bandit-router.db, the shippe
 """
 
 
+def _help(name: str) -> str:
+    """An option's help: the setting's own help text and default (`bandit_router.config.sections`)."""
+    return f"{KEYS[name].help} (setting `{name}`, default {getattr(Settings(), name)})."
+
+
 def serve(
     config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="TOML settings file (see README, Configuration).")
+        Path | None, typer.Option("--config", "-c", help="TOML settings file (see the docs: service → configuration).")
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port (default 8000).")] = None,
-    db: Annotated[Path | None, typer.Option(help="SQLite database file (default ./bandit-router.db).")] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Processes sharing the database; each follows the feedback log.")
-    ] = None,
-    log_level: Annotated[str | None, typer.Option(help="critical, error, warning, info or debug.")] = None,
+    host: Annotated[str | None, typer.Option(help=_help("host"))] = None,
+    port: Annotated[int | None, typer.Option(help=_help("port"))] = None,
+    db: Annotated[Path | None, typer.Option(help=_help("db"))] = None,
+    workers: Annotated[int | None, typer.Option(help=_help("workers"))] = None,
+    log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
 ) -> None:
     import uvicorn
 
@@ -46,34 +49,37 @@ def serve(
     }
     try:
         settings = load_settings(config, overrides=overrides)
-        SQLiteStore(settings.db, synchronous=settings.synchronous).prepare()  # the schema, once, before workers
+        storage = settings.storage
+        SQLiteStore(storage.db, synchronous=storage.synchronous).prepare()  # the schema, once, before workers
     except (ConfigError, StoreError) as exc:
         typer.echo(f"bandit-router serve: {exc}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_enabled:
+    server = settings.server
+    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if server.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_enabled:
         logging.getLogger("bandit_router.service").warning(
-            "binding %s without API keys: anyone who can reach this port can route and send feedback", settings.host
+            "binding %s without API keys: anyone who can reach this port can route and send feedback", server.host
         )
-    limits = Limits(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections)
+    server = settings.server
+    limits = Limits(server.header_timeout_s, server.body_timeout_s, server.max_connections)
     os.environ[LIMITS_VARIABLE] = limits.to_environment()  # read by the protocol, in this process and the workers
     common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
+        "host": settings.server.host,
+        "port": settings.server.port,
         "loop": "uvloop",
         "http": "bandit_router.service.protocol:GuardedHttpToolsProtocol",  # httptools + header/body deadlines
-        "timeout_keep_alive": settings.timeout_keep_alive_s,
+        "timeout_keep_alive": settings.server.timeout_keep_alive_s,
         # uvicorn answers 503 once its connections reach this (counting the asking one): the protocol's cap
         # refuses connection max_connections + 1, so every connection it accepts can be served
-        "limit_concurrency": settings.max_connections + 1,
-        "access_log": settings.access_log,
-        "log_level": settings.log_level,
+        "limit_concurrency": settings.server.max_connections + 1,
+        "access_log": settings.server.access_log,
+        "log_level": settings.server.log_level,
         "timeout_graceful_shutdown": 10,
         "backlog": 2048,
         "proxy_headers": False,  # bound to loopback by default: trust no X-Forwarded-* header
         "server_header": False,
     }
-    if settings.workers == 1:
+    if settings.server.workers == 1:
         from .app import create_app, tune_process
 
         app = create_app(settings)
@@ -85,7 +91,7 @@ def serve(
     hand_off = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
     os.environ[SERVE_ARGS] = json.dumps({"config": None if config is None else str(config), "overrides": hand_off})
     sys.stdout.flush()
-    uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=settings.workers, **common)
+    uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers, **common)
 
 
 CHECK_HELP = """Check a database file: SQLite's integrity check, and every stored checkpoint against its checksum.
@@ -105,7 +111,7 @@ def check(
 
     if db is None:
         try:
-            db = load_settings(config).db
+            db = load_settings(config).storage.db
         except ConfigError as exc:
             typer.echo(f"bandit-router check: {exc}", err=True)
             raise typer.Exit(2) from None

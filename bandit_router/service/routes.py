@@ -23,11 +23,12 @@ from pydantic import BaseModel, ValidationError
 from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
+from ..ids import new_decision_id
 from ..names import name_problem
 from ..types import Decision, Message, Outcome
 from ..types import Request as CoreRequest
 from .auth import Authenticator, authorize
-from .engine import Engine, new_decision_id
+from .engine import Engine
 from .errors import ERROR_RESPONSES, error_response, json_response
 from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
@@ -69,7 +70,8 @@ def _services(request: Request, *, client: bool = True, admin: bool = False) -> 
     """The app's services, after checking the API key (`client`: any key; `admin`: an admin key)."""
     services: Services = request.app.state.services
     if (client or admin) and services.auth.enabled:
-        authorize(services.auth, request.headers.get("authorization"), admin=admin)
+        action = f"{request.method} {request.url.path}"
+        authorize(services.auth, request.headers.get("authorization"), admin=admin, action=action)
     return services
 
 
@@ -167,7 +169,7 @@ async def route(request: Request) -> Response:
     started = time.perf_counter()
     services = _services(request)
     body = await _parse(request, RouteIn)
-    decision = await services.engine.route(core_request(body, services.engine.settings.max_prompt_chars))
+    decision = await services.engine.route(core_request(body, services.engine.settings.limits.max_prompt_chars))
     response = json_response(route_reply(decision), headers={"x-decision-id": decision.decision_id})
     services.metrics.route_latency.observe(time.perf_counter() - started)
     return response

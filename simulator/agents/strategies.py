@@ -28,21 +28,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bandit_router.catalog import ModelSpec
 from bandit_router.errors import InvalidInput
-from bandit_router.features import FeatureExtractor
-from bandit_router.policies import SupervisedPolicy
-from bandit_router.policies.base import BasePolicy
-from bandit_router.policies.supervised import SupervisedParams
-from bandit_router.types import Context
 
-from .agents import Agent, PacerFactory, RouterAgent, Trace, trace_of
-from .environments.base import Environment, Episode
-from .metrics import column_means, oracle_choice, take
-from .specs import parse_spec
-
-CLASSIFIER_SALT = 707
-STRATEGY_SALT = 808
+from ..environments.base import Environment, Episode
+from ..metrics import column_means, oracle_choice, take
+from ..specs import parse_spec
+from .base import STRATEGY_SALT, Agent, Trace, trace_of
 
 
 class OracleAgent:
@@ -194,76 +185,3 @@ def make_strategy(text: str, env: Environment) -> Agent:
             latency_s=spec.float("latency_s", 0.5),
         )
     raise InvalidInput(f"unknown strategy {spec.name!r}")
-
-
-# -- the classifier-based router -------------------------------------------------------------------------
-class CrossFitPolicy(BasePolicy):
-    """Routes each prompt with the `SupervisedPolicy` fitted on the folds that do not contain it."""
-
-    def __init__(self, fits: Sequence[SupervisedPolicy], fold_of: dict[int, int]) -> None:
-        self.name = "classifier"
-        self.fits, self.fold_of = list(fits), fold_of
-        self.current = fits[0]
-
-    def set_row(self, row: int) -> None:
-        self.current = self.fits[self.fold_of.get(row, 0)]
-
-    def pmf(
-        self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray, rng: np.random.Generator
-    ) -> np.ndarray:
-        return self.current.pmf(context, models, penalty, rng)
-
-
-def classifier_agent(
-    text: str,
-    env: Environment,
-    *,
-    extractor: FeatureExtractor | None = None,
-    pacer_factory: PacerFactory | None = None,
-) -> RouterAgent:
-    """A `RouterAgent` whose policy is the classifier fitted on the training part, or cross-fitted."""
-    spec = parse_spec(text)
-    spec.check({"dim", "ridge", "folds"})
-    params = SupervisedParams(dim=int(spec.float("dim", 256)), ridge=spec.float("ridge", 1.0))
-    folds = int(spec.float("folds", 5))
-    if folds < 2:
-        raise InvalidInput(f"{text}: folds must be >= 2")
-    extractor = extractor or FeatureExtractor()
-    cache: dict[int, SupervisedPolicy | CrossFitPolicy] = {}
-    holder: dict[str, CrossFitPolicy] = {}
-
-    def fitted(seed: int) -> SupervisedPolicy | CrossFitPolicy:
-        if len(env.train_rows):
-            key = 0  # one fit: the training part does not depend on the run
-            if key not in cache:
-                rows = env.train_rows
-                labels = env.labels(rows, seed)
-                cache[key] = SupervisedPolicy(params).fit(env.contexts(rows, extractor), env.model_names, labels)
-            return cache[key]
-        if seed not in cache:
-            rows = env.eval_rows
-            fold = np.random.default_rng([seed, CLASSIFIER_SALT]).permutation(len(rows)) % folds
-            contexts = env.contexts(rows, extractor)
-            labels = env.labels(rows, seed)
-            fits = []
-            for f in range(folds):
-                train = np.flatnonzero(fold != f)
-                fits.append(SupervisedPolicy(params).fit([contexts[i] for i in train], env.model_names, labels[train]))
-            cache[seed] = CrossFitPolicy(fits, dict(zip(rows.tolist(), fold.tolist(), strict=True)))
-        crossfit = cache[seed]
-        assert isinstance(crossfit, CrossFitPolicy)
-        holder["current"] = crossfit
-        return crossfit
-
-    def on_row(row: int) -> None:
-        policy = holder.get("current")
-        if policy is not None:
-            policy.set_row(row)
-
-    return RouterAgent(
-        spec.text,
-        fitted,
-        extractor=extractor,
-        pacer_factory=pacer_factory,
-        on_row=None if len(env.train_rows) else on_row,
-    )

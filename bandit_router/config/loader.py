@@ -1,0 +1,302 @@
+"""The layered loader: defaults → a TOML file → `BANDIT_ROUTER_*` environment variables → command-line flags.
+
+`layered()` and `read_toml()` are shared with `bandit-router simulate`; `load_settings()` builds the service's
+`Settings` with them. Paths written in a file are relative to the file's folder; paths from the environment or
+the command line to the working directory. A value is parsed by its field's type (`PARSERS`); every problem
+raises `ConfigError` naming the key and the file or variable it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..budgets import BudgetConfig
+from ..catalog import ModelSpec
+from ..errors import CatalogError, ConfigError, InvalidInput
+from .sections import Secrets
+from .settings import KEYS, SECTIONS, Key, Settings
+
+log = logging.getLogger("bandit_router.config")
+
+ENV_PREFIX = "BANDIT_ROUTER_"
+DEFAULT_FILE = "bandit-router.toml"
+_ENV_NOT_KEYS = {"CONFIG", "API_KEYS", "ADMIN_KEYS", "SERVE_ARGS"}
+"""`BANDIT_ROUTER_*` variables that are not settings keys (the config file, the secrets, serve's hand-off)."""
+
+
+# -- shared with the simulator ------------------------------------------------------------------------------------
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; `ConfigError` when it is missing or not TOML."""
+    file = Path(path)
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such configuration file") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+
+
+def layered(*layers: Mapping[str, Any] | None, none_is_unset: bool = True) -> dict[str, Any]:
+    """Merge layers, lowest precedence first. With `none_is_unset`, a value of None in a layer means "not given
+    there" (a flag left out); without, it sets the key to None (`BANDIT_ROUTER_SEED=""`)."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        out.update({k: v for k, v in (layer or {}).items() if v is not None or not none_is_unset})
+    return out
+
+
+# -- parsing a value by its type ------------------------------------------------------------------------------------
+class _Bad(Exception):
+    """A value that does not fit its key (the message is the problem)."""
+
+
+def _int(value: Any, from_env: bool) -> int:
+    if from_env:
+        try:
+            return int(value)
+        except ValueError:
+            raise _Bad(f"must be an integer, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f"must be an integer, got {value!r}")
+    return value
+
+
+def _float(value: Any, from_env: bool) -> float:
+    if from_env:
+        try:
+            value = float(value)
+        except ValueError:
+            raise _Bad(f"must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _Bad(f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _bool(value: Any, from_env: bool) -> bool:
+    if from_env:
+        lowered = value.strip().lower()
+        if lowered not in ("1", "0", "true", "false", "yes", "no"):
+            raise _Bad(f"must be true or false, got {value!r}")
+        return lowered in ("1", "true", "yes")
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, got {value!r}")
+    return value
+
+
+def _str(value: Any, from_env: bool) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, got {value!r}")
+    return value
+
+
+def _path(value: Any, from_env: bool) -> Path:
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"must be a path, got {value!r}")
+    return Path(value).expanduser()
+
+
+def _json(value: Any, from_env: bool, example: str) -> Any:
+    if not from_env:
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        raise _Bad(f"must be {example}") from None
+
+
+def _strs(value: Any, from_env: bool) -> tuple[str, ...]:
+    value = _json(value, from_env, 'a JSON list of strings, e.g. ["linucb:alpha=0.5"]')
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Bad(f"must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _table(value: Any, from_env: bool) -> dict[str, Any]:
+    value = _json(value, from_env, "a JSON object")
+    if not isinstance(value, dict):
+        raise _Bad(f"must be a table, got {value!r}")
+    return dict(value)
+
+
+def _budgets(value: Any, from_env: bool) -> BudgetConfig:
+    try:
+        return BudgetConfig.from_mapping(_json(value, from_env, "a JSON object"))
+    except InvalidInput as exc:
+        raise _Bad(str(exc)) from exc
+
+
+def _models(value: Any, from_env: bool) -> tuple[ModelSpec, ...]:
+    if not isinstance(value, list) or not value:
+        raise _Bad("must be a non-empty list of [[models]] tables")
+    try:
+        return tuple(ModelSpec.from_json(m) for m in value)
+    except CatalogError as exc:
+        raise _Bad(str(exc)) from exc
+
+
+PARSERS: dict[Any, Callable[[Any, bool], Any]] = {
+    int: _int,
+    float: _float,
+    bool: _bool,
+    str: _str,
+    Path: _path,
+    tuple[str, ...]: _strs,
+    Mapping[str, Any]: _table,
+    BudgetConfig: _budgets,
+    tuple[ModelSpec, ...]: _models,
+}
+"""A field's type (without `| None`) → how to read it from TOML (`from_env` False) or from a string."""
+
+
+def _parse(name: str, value: Any, where: str, base: Path | None) -> Any:
+    """A TOML value (or a string from the environment, `base` None) → the key's type."""
+    key: Key = KEYS[name]
+    from_env = isinstance(value, str) and base is None
+    kind, optional = key.type, False
+    if getattr(kind, "__args__", None) and type(None) in kind.__args__ and getattr(kind, "__origin__", None) is None:
+        (kind,) = [a for a in kind.__args__ if a is not type(None)]
+        optional = True
+    if optional and from_env and value.strip().lower() in ("", "none"):
+        return None
+    try:
+        parsed = PARSERS[kind](value, from_env)
+    except _Bad as exc:
+        raise ConfigError(f"{where}: {name}: {exc}") from None
+    if key.lower:
+        parsed = parsed.strip().lower()
+    if kind is Path and base is not None and not parsed.is_absolute():
+        parsed = base / parsed
+    return parsed
+
+
+# -- the service's settings -------------------------------------------------------------------------------------
+def read_keys(path: Path, name: str) -> tuple[str, ...]:
+    """Keys from a key file: one per line; blank lines and `#` comments are skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    try:
+        if path.stat().st_mode & 0o077:
+            log.warning("%s %s is readable by other users; chmod 600 it", name, path)
+    except OSError:
+        pass
+    keys = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    if not keys:
+        raise ConfigError(f"{name}: {path} holds no key")
+    return keys
+
+
+def _file_layer(file: Path) -> dict[str, Any]:
+    data = read_toml(file)
+    for secret in ("api_keys", "admin_keys"):
+        if secret in data:
+            raise ConfigError(
+                f"{file}: {secret}: keys do not belong in the configuration file; use "
+                f"{ENV_PREFIX}{secret.upper()} or {secret}_file"
+            )
+    flat: dict[str, Any] = {}
+    for name, value in data.items():  # `[server]`, `[storage]`, … tables hold their section's keys
+        if name in SECTIONS and name != "budgets" and isinstance(value, dict):
+            for key, inner in value.items():
+                if KEYS.get(key, Key("", None, "")).section != name:
+                    raise ConfigError(f"{file}: [{name}] has no key {key!r}")
+                flat[key] = inner
+        else:
+            flat[name] = value
+    unknown = sorted(set(flat) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{file}: unknown keys {unknown}; known keys: {', '.join(KEYS)}")
+    base = file.resolve().parent
+    values = {name: _parse(name, value, str(file), base) for name, value in flat.items()}
+    if "catalog" in values and "models" in values:
+        raise ConfigError(f"{file}: give either `catalog` or [[models]], not both")
+    return values
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for variable, raw in env.items():
+        if not variable.startswith(ENV_PREFIX):
+            continue
+        name = variable[len(ENV_PREFIX) :].lower()
+        if name.upper() in _ENV_NOT_KEYS:
+            continue
+        if name not in KEYS or name == "models":
+            log.warning("ignoring unknown environment variable %s", variable)
+            continue
+        values[name] = _parse(name, raw, variable, None)
+    return values
+
+
+def _env_keys(env: Mapping[str, str], variable: str) -> tuple[str, ...]:
+    raw = env.get(ENV_PREFIX + variable, "")
+    return tuple(k.strip() for k in raw.split(",") if k.strip())
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read and check the settings: `path` (or `$BANDIT_ROUTER_CONFIG`, or `./bandit-router.toml` when it
+    exists), then the environment, then `overrides` (the command line's options, already typed)."""
+    env = os.environ if env is None else env
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = env[ENV_PREFIX + "CONFIG"]
+    if path is None and Path(DEFAULT_FILE).is_file():
+        path = DEFAULT_FILE
+    flags: dict[str, Any] = {}
+    for name, value in (overrides or {}).items():
+        if name not in KEYS:
+            raise ConfigError(f"unknown setting {name!r}")
+        flags[name] = Path(value) if KEYS[name].type in (Path, Path | None) and value is not None else value
+    file_values = _file_layer(Path(path)) if path is not None else {}
+    env_values = _env_layer(env)
+    values = layered(file_values, env_values, flags, none_is_unset=False)
+    if values.get("catalog") is not None:
+        values.pop("models", None)  # a catalog given later (environment, command line) replaces inline models
+    api = list(_env_keys(env, "API_KEYS"))
+    admin = list(_env_keys(env, "ADMIN_KEYS"))
+    if values.get("api_keys_file") is not None:
+        api += read_keys(values["api_keys_file"], "api_keys_file")
+    if values.get("admin_keys_file") is not None:
+        admin += read_keys(values["admin_keys_file"], "admin_keys_file")
+    return Settings(**values, api_keys=Secrets(tuple(api)), admin_keys=Secrets(tuple(admin))).check()
+
+
+def describe_keys() -> str:
+    """The settings keys as a Markdown table (key, default, meaning), section by section: the docs' configuration
+    page is generated from it and checked against it."""
+    defaults = Settings()
+    rows = ["| key | section | default | meaning |", "|---|---|---|---|"]
+    for name, key in KEYS.items():
+        value = getattr(defaults, name)
+        if name in ("catalog", "models"):
+            shown = "shipped catalog"
+        elif name == "budgets":
+            shown = "none"
+        elif value is None:
+            shown = "unset"
+        elif isinstance(value, bool):
+            shown = f"`{str(value).lower()}`"
+        elif isinstance(value, str | Path):
+            shown = f'`"{value}"`'
+        elif isinstance(value, Mapping):
+            shown = "`{}`"
+        elif isinstance(value, tuple) and not value:
+            shown = "`[]`"
+        else:
+            shown = f"`{value}`"
+        rows.append(f"| `{name}` | {key.section} | {shown} | {key.help} |")
+    return "\n".join(rows)

@@ -1,0 +1,223 @@
+"""The settings' sections: one frozen dataclass per idea, each field with its default and its help text.
+
+The help text is what `bandit-router serve --help`, `describe_keys()` and the docs' configuration page show.
+A section checks its own fields when it is built (cheap: no file is read, no policy is built); `Settings.check()`
+does the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..catalog import ModelSpec
+from ..errors import ConfigError
+
+SYNCHRONOUS = ("normal", "full", "extra")
+AGGREGATIONS = ("reject", "earliest", "average")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+MIN_KEY_LENGTH = 16
+
+
+def setting(default: Any = None, *, help: str, lower: bool = False, factory: Any = None) -> Any:
+    """A settings field: its default, its help text, and whether its value is lower-cased when read."""
+    metadata = {"help": help, "lower": lower}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _check(ok: bool, name: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {problem}")
+
+
+class Secrets:
+    """A set of API keys. Never printed: `repr` and `str` show only how many keys there are."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: tuple[str, ...] = ()) -> None:
+        self._keys = tuple(keys)
+
+    def reveal(self) -> tuple[str, ...]:
+        """The keys themselves (for the authenticator only)."""
+        return self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secrets) and set(self._keys) == set(other._keys)
+
+    def __hash__(self) -> int:
+        return hash(len(self._keys))
+
+    def __repr__(self) -> str:
+        return f"Secrets(<{len(self._keys)} keys>)"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The HTTP server."""
+
+    host: str = setting("127.0.0.1", help="address to bind; keep 127.0.0.1 unless API keys are set and a proxy "
+                        "terminates TLS")
+    port: int = setting(8000, help="TCP port")
+    workers: int = setting(1, help="server processes sharing the database (each follows the feedback log)")
+    log_level: str = setting("info", help="critical, error, warning, info or debug", lower=True)
+    access_log: bool = setting(False, help="log every request line (costs about a third of a cheap endpoint's "
+                               "throughput)")
+    opentelemetry: bool = setting(False, help="let FastAPI's OpenTelemetry instrumentation report to the global "
+                                  "providers")
+    allowed_hosts: tuple[str, ...] = setting((), help="Host header names accepted besides loopback ones when bound "
+                                             "to a loopback address (421 otherwise), e.g. [\"router.internal\", "
+                                             "\"*.example.com\"], or [\"*\"] for any; environment: a JSON list")
+    timeout_keep_alive_s: float = setting(5.0, help="seconds an idle keep-alive connection stays open after a "
+                                          "reply")
+    header_timeout_s: float = setting(10.0, help="seconds a connection has to send a complete request line and "
+                                      "headers (from its opening or its previous reply); then it is closed")
+    body_timeout_s: float = setting(30.0, help="seconds a request has to send its whole body once its headers are "
+                                    "in; then the connection is closed")
+    max_connections: int = setting(1000, help="open connections per process; one more gets 503 and is closed")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.host) and " " not in self.host, "host", "must be a host name or address")
+        for name in ("timeout_keep_alive_s", "header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and 0 < value <= 3600, name, f"must be in (0, 3600] seconds, got {value}")
+        _check(1 <= self.max_connections <= 1_000_000, "max_connections", "must be in 1..1000000")
+        for host in self.allowed_hosts:
+            _check(isinstance(host, str) and bool(host) and host.isascii() and " " not in host and "/" not in host,
+                   "allowed_hosts", f"must be host names, got {host!r}")
+        _check(1 <= self.port <= 65535, "port", f"must be in 1..65535, got {self.port}")
+        _check(1 <= self.workers <= 64, "workers", f"must be in 1..64, got {self.workers}")
+        _check(self.log_level in LOG_LEVELS, "log_level", f"unknown {self.log_level!r}")
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """The database and the checkpoints of the learned state."""
+
+    db: Path = setting(Path("bandit-router.db"), help="SQLite database file (created on first start)")
+    synchronous: str = setting("normal", help="SQLite synchronous: normal (survives an application crash) or "
+                               "full/extra (also power loss)", lower=True)
+    store_prompts: bool = setting(False, help="store the prompt text with each decision (the hashed features "
+                                  "always are)")
+    checkpoint_interval: int = setting(1000, help="learned feedbacks between two checkpoints of the learned state")
+    checkpoints_kept: int = setting(3, help="how many checkpoints to keep")
+    wal_max_bytes: int = setting(64 * 1024 * 1024, help="past this size of the SQLite WAL the writer copies it into "
+                                 "the database and truncates it (0: never; SQLite's passive checkpoints alone let "
+                                 "it grow without bound)")
+    retention_days: float | None = setting(help="delete decisions and feedback older than this many days once the "
+                                           "newest checkpoint holds them (unset: keep everything; see Durability)")
+
+    def __post_init__(self) -> None:
+        _check(self.wal_max_bytes >= 0, "wal_max_bytes", "must be >= 0 (0: never truncate)")
+        if self.retention_days is not None:
+            _check(math.isfinite(self.retention_days) and self.retention_days > 0, "retention_days",
+                   "must be > 0 days")
+        _check(self.synchronous in SYNCHRONOUS, "synchronous", f"must be one of {', '.join(SYNCHRONOUS)}")
+        _check(self.checkpoint_interval >= 1, "checkpoint_interval", "must be >= 1")
+        _check(self.checkpoints_kept >= 1, "checkpoints_kept", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """The catalog, the policy and the reward's weights."""
+
+    catalog: Path | None = setting(help="model catalog TOML file (default: the catalog shipped with the package)")
+    models: tuple[ModelSpec, ...] = setting((), help="inline catalog: [[models]] tables (instead of `catalog`)")
+    policy: str = setting("default", help="policy spec, e.g. default, vw-squarecb or linucb:alpha=0.5 "
+                          "(`bandit-router policies`)")
+    policy_settings: Mapping[str, Any] = setting(factory=dict, help="policy hyper-parameters, e.g. "
+                                                 "{gamma_scale = 20}")
+    shadow_policies: tuple[str, ...] = setting((), help="policy specs run next to the live one (they learn, their "
+                                               "pmfs are logged, they never choose), e.g. [\"linucb:alpha=0.5\"]; "
+                                               "environment: a JSON list")
+    seed: int | None = setting(help="seed of the router's sampler (random when unset)")
+    cold_start_rounds: int = setting(20, help="feedbacks before a model loses its exploration floor (policies "
+                                     "other than `default`, which sizes the floor by uncertainty)")
+    cost_weight: float = setting(20.0, help="default λ: quality points worth 1 USD (a request may override it)")
+    latency_weight: float = setting(0.0, help="μ: quality points per second of latency")
+
+    def __post_init__(self) -> None:
+        _check(not (self.catalog is not None and self.models), "catalog",
+               "give either `catalog` or [[models]], not both")
+        for name in ("cost_weight", "latency_weight"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value >= 0, name, f"must be a finite number >= 0, got {value}")
+        _check(self.cold_start_rounds >= 0, "cold_start_rounds", "must be >= 0")
+        if self.seed is not None:
+            _check(0 <= self.seed < 2**63, "seed", "must be a non-negative integer")
+        shadows = self.shadow_policies
+        _check(len(set(shadows)) == len(shadows), "shadow_policies", "names a policy twice")
+        _check(self.policy not in shadows, "shadow_policies", f"{self.policy!r} is already the live policy")
+        for spec in shadows:
+            _check(isinstance(spec, str) and bool(spec), "shadow_policies", f"must be policy specs, got {spec!r}")
+
+
+@dataclass(frozen=True)
+class FeedbackSettings:
+    """What the service does with feedback: reward windows and a second feedback for one decision."""
+
+    reward_window_s: float | None = setting(help="seconds after a decision during which its feedback is learned")
+    default_reward: float | None = setting(help="quality learned for a decision without feedback when its window "
+                                           "closes")
+    aggregation: str = setting("reject", help="a second, different feedback: reject (409), earliest (kept, not "
+                               "learned) or average (learned as the mean when the window closes)", lower=True)
+
+    def __post_init__(self) -> None:
+        if self.reward_window_s is not None:
+            _check(math.isfinite(self.reward_window_s) and self.reward_window_s > 0, "reward_window_s", "must be > 0")
+        if self.default_reward is not None:
+            _check(self.reward_window_s is not None, "default_reward", "needs reward_window_s (when does it apply?)")
+            _check(0.0 <= self.default_reward <= 1.0, "default_reward", "is a quality: must be in [0, 1]")
+        _check(self.aggregation in AGGREGATIONS, "aggregation", f"must be one of {', '.join(AGGREGATIONS)}")
+        if self.aggregation == "average":
+            _check(self.reward_window_s is not None, "aggregation", "average needs reward_window_s")
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """Sizes beyond which a request is refused with 413."""
+
+    max_body_bytes: int = setting(1_048_576, help="largest request body (413 beyond)")
+    max_prompt_chars: int = setting(200_000, help="largest prompt or sum of message contents, in characters "
+                                    "(413 beyond)")
+    max_models: int = setting(128, help="most active models (the catalog, and POST /v1/models: 409 beyond)")
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_models <= 100_000, "max_models", "must be in 1..100000")
+        _check(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
+        _check(self.max_prompt_chars >= 1, "max_prompt_chars", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """API keys. The keys themselves never live in the file: `BANDIT_ROUTER_API_KEYS` / `BANDIT_ROUTER_ADMIN_KEYS`
+    (comma-separated) or the key files."""
+
+    api_keys_file: Path | None = setting(help="file with client API keys, one per line")
+    admin_keys_file: Path | None = setting(help="file with admin API keys (model changes), one per line")
+    api_keys: Secrets = setting(factory=Secrets, help="client API keys (environment only)")
+    admin_keys: Secrets = setting(factory=Secrets, help="admin API keys (environment only)")
+
+    def __post_init__(self) -> None:
+        for keys, name in ((self.api_keys, "api_keys"), (self.admin_keys, "admin_keys")):
+            for key in keys.reveal():
+                _check(len(key) >= MIN_KEY_LENGTH, name, f"every key needs at least {MIN_KEY_LENGTH} characters")
+                _check(key.isascii() and key.isprintable() and " " not in key, name,
+                       "keys must be printable ASCII without spaces")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys) or bool(self.admin_keys)

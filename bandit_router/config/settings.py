@@ -1,0 +1,179 @@
+"""`Settings`: the service's configuration as nested, typed sections.
+
+    settings.server     ServerSettings    host, port, workers, logging
+    settings.storage    StorageSettings   database file, durability, checkpoints
+    settings.routing    RoutingSettings   catalog, policy, shadows, λ and μ
+    settings.feedback   FeedbackSettings  reward windows, a second feedback
+    settings.budgets    BudgetConfig      budget targets (`bandit_router.budgets`)
+    settings.limits     LimitsSettings    body and prompt sizes
+    settings.auth       AuthSettings      API keys
+
+The configuration file and the environment name every key flatly (`port`, `BANDIT_ROUTER_DB`); so do
+`Settings(port=9000, db=...)` and `settings.port`, which reach into the section that owns the key (`KEYS`).
+Building is cheap and checks each field; `check()` does what costs: builds the policies and reads the catalog.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+from ..budgets import BudgetConfig
+from ..catalog import Catalog, default_catalog, load_catalog
+from ..errors import CatalogError, ConfigError, InvalidInput
+from ..policies import make_policy
+from ..reward import RewardConfig
+from .sections import (
+    AuthSettings,
+    FeedbackSettings,
+    LimitsSettings,
+    RoutingSettings,
+    ServerSettings,
+    StorageSettings,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One settings key: the section that owns it, its type, its help text."""
+
+    section: str
+    type: Any
+    help: str
+    lower: bool = False
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "storage": StorageSettings,
+    "routing": RoutingSettings,
+    "feedback": FeedbackSettings,
+    "budgets": BudgetConfig,
+    "limits": LimitsSettings,
+    "auth": AuthSettings,
+}
+"""Section name → its class, in the order the docs show them."""
+
+
+def _keys() -> dict[str, Key]:
+    keys: dict[str, Key] = {}
+    for section, cls in SECTIONS.items():
+        if cls is BudgetConfig:  # one key, a table: `[budgets]`
+            keys["budgets"] = Key("budgets", BudgetConfig, "budget targets, e.g. {avg_cost_usd = 0.0005, tenants = "
+                                  "{acme = {spend_usd = \"50/1d\"}}} (see docs: budgets); PUT /v1/budgets changes "
+                                  "them at run time")
+            continue
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in ("api_keys", "admin_keys"):  # secrets: from the environment only, never a file key
+                continue
+            keys[f.name] = Key(section, hints[f.name], f.metadata["help"], f.metadata.get("lower", False))
+    return keys
+
+
+KEYS: dict[str, Key] = _keys()
+"""Every key of the configuration file, in the order of the sections."""
+_SECRETS = ("api_keys", "admin_keys")
+
+
+@dataclass(frozen=True, init=False)
+class Settings:
+    """Everything the service needs; build with `load_settings` (or directly, in tests: flat keys or sections)."""
+
+    server: ServerSettings
+    storage: StorageSettings
+    routing: RoutingSettings
+    feedback: FeedbackSettings
+    budgets: BudgetConfig
+    limits: LimitsSettings
+    auth: AuthSettings
+
+    def __init__(self, **values: Any) -> None:
+        """`Settings(port=9000, db=Path("x.db"))` or `Settings(server=ServerSettings(...))`, or both (flat keys
+        then change the sections given)."""
+        flat: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        sections: dict[str, Any] = {}
+        for name, value in values.items():
+            if name in SECTIONS:
+                if value is not None:
+                    sections[name] = value
+            elif name in KEYS:
+                flat[KEYS[name].section][name] = value
+            elif name in _SECRETS:
+                flat["auth"][name] = value
+            else:
+                raise TypeError(f"Settings got an unknown key {name!r}")
+        for name, cls in SECTIONS.items():
+            if name == "budgets":
+                built = sections.get("budgets") or BudgetConfig()
+            else:
+                base = sections.get(name)
+                built = cls(**flat[name]) if base is None else dataclasses.replace(base, **flat[name])
+            object.__setattr__(self, name, built)
+
+    def __getattr__(self, name: str) -> Any:
+        """A key by its flat name (`settings.port` is `settings.server.port`)."""
+        key = KEYS.get(name)
+        section = key.section if key is not None else ("auth" if name in _SECRETS else None)
+        if section is None or section == "budgets":
+            raise AttributeError(name)
+        return getattr(object.__getattribute__(self, section), name)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes` (flat keys or sections) applied (checked again, cheaply)."""
+        return Settings(**{name: getattr(self, name) for name in SECTIONS}, **changes)
+
+    def check(self) -> Settings:
+        """The checks that cost: build the policy and every shadow, read the catalog file, find the budgets'
+        fallback model in the catalog. Raises `ConfigError` naming the key; returns `self`."""
+        routing = self.routing
+        try:
+            make_policy(routing.policy, **dict(routing.policy_settings))
+        except InvalidInput as exc:
+            raise ConfigError(f"policy: {exc}") from exc
+        for spec in routing.shadow_policies:
+            try:
+                make_policy(spec)
+            except InvalidInput as exc:
+                raise ConfigError(f"shadow_policies: {exc}") from exc
+        catalog = self.load_catalog()  # a missing or malformed catalog file fails now, not at the first request
+        if len(catalog) > self.limits.max_models:
+            raise ConfigError(f"max_models: the catalog has {len(catalog)} models; max_models is "
+                              f"{self.limits.max_models}")
+        fallback = self.budgets.fallback_model
+        if fallback is not None and fallback not in catalog.names:
+            raise ConfigError(f"budgets: fallback_model {fallback!r} is not in the catalog")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth.enabled
+
+    def load_catalog(self) -> Catalog:
+        """The initial model catalog: the file `catalog`, the inline `models`, or the shipped default."""
+        routing = self.routing
+        if routing.catalog is not None:
+            try:
+                return load_catalog(routing.catalog)
+            except CatalogError as exc:
+                raise ConfigError(f"catalog: {exc}") from exc
+        if routing.models:
+            return Catalog(routing.models, source="inline [[models]]")
+        return default_catalog()
+
+    def reward_config(self) -> RewardConfig:
+        return RewardConfig(cost_weight=self.routing.cost_weight, latency_weight=self.routing.latency_weight)
+
+    def fingerprint_source(self) -> dict[str, Any]:
+        """What the learned state depends on: a checkpoint taken under other values is not restored."""
+        return {
+            "policy": self.routing.policy,
+            "policy_settings": dict(sorted(self.routing.policy_settings.items())),
+            "catalog": [m.to_json() for m in self.load_catalog()],
+        }
+
+    def flat(self) -> Mapping[str, Any]:
+        """Every key by its flat name."""
+        return {name: getattr(self, name) for name in KEYS}

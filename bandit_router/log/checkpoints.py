@@ -1,0 +1,99 @@
+"""Checkpoints: the policy set's snapshot at a log position, stored with its sha256, so that a start loads the
+newest valid one and replays only the log after it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from ..dbguard import RateLimitedLog
+from ..store import Checkpoint, Store, StoreError
+from .follower import LogFollower
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+log = logging.getLogger("bandit_router.log")
+
+
+def fingerprint(settings: Settings) -> str:
+    """What checkpoints are keyed by: a hash of the policy, its settings and the initial catalog."""
+    raw = settings.fingerprint_source()
+    if settings.routing.shadow_policies:  # checkpoints then hold every policy's state (a bundle)
+        raw = {**raw, "shadow_policies": list(settings.routing.shadow_policies)}
+    source = json.dumps(raw, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
+
+
+class Checkpointer:
+    """Stores `follower.policies` every `interval` learned feedbacks (or when due), keeping the newest `keep`."""
+
+    def __init__(self, store: Store, settings: Settings, follower: LogFollower) -> None:
+        self.store = store
+        self.follower = follower
+        self.fingerprint = fingerprint(settings)
+        self.interval = settings.storage.checkpoint_interval
+        self.keep = settings.storage.checkpoints_kept
+        self.version = 0
+        """The live policy's version at the last checkpoint."""
+        self.position = (0, 0)
+        """The log position of the last checkpoint."""
+        self._say = RateLimitedLog(log)
+
+    def restore_newest(self) -> Checkpoint | None:
+        """Load the newest checkpoint that passes its checksum and restores; the follower then stands at its
+        position. None (nothing changed) when there is none."""
+        with self.store.read() as reader:
+            checkpoints = reader.checkpoints(self.fingerprint)
+        for ck in checkpoints:
+            with self.store.read() as reader:
+                state = reader.checkpoint_state(ck.id)
+            if hashlib.sha256(state).hexdigest() != ck.sha256:
+                log.warning("checkpoint %d fails its checksum; trying an older one", ck.id)
+                continue
+            try:
+                self.follower.policies.restore(state)
+            except Exception as exc:  # a bad snapshot must not stop the service: replay more instead
+                log.warning("checkpoint %d cannot be restored (%s); trying an older one", ck.id, exc)
+                continue
+            self.follower.applied_seq, self.follower.applied_event = ck.seq, ck.event_id
+            self.version, self.position = self.follower.policies.live.version, (ck.seq, ck.event_id)
+            return ck
+        return None
+
+    def maybe_checkpoint(self, *, force: bool = False) -> bool:
+        """Store a checkpoint when `interval` feedbacks were learned since the last one, a promotion happened, or
+        `force`; True when one was stored (or another process had stored this position already)."""
+        live = self.follower.policies.live
+        position = self.follower.position
+        if position == self.position:
+            return False
+        if not force and not self.follower.promoted and live.version - self.version < self.interval:
+            return False
+        with self.store.read() as reader:  # another worker may have stored this position already
+            latest = reader.checkpoints(self.fingerprint)[:1]
+        if latest and (latest[0].seq, latest[0].event_id) >= position:
+            self.version, self.position = live.version, position
+            self.follower.promoted = False
+            return False
+        state = self.follower.policies.snapshot()
+        try:
+            with self.store.write() as tx:
+                tx.insert_checkpoint(
+                    fingerprint=self.fingerprint,
+                    seq=position[0],
+                    event_id=position[1],
+                    version=live.version,
+                    sha256=hashlib.sha256(state).hexdigest(),
+                    state=state,
+                    keep=self.keep,
+                )
+        except StoreError as exc:
+            self._say("checkpoint", logging.ERROR, "checkpoint failed (the log still has everything): %s", exc)
+            return False
+        self.version, self.position = live.version, position
+        self.follower.promoted = False
+        log.debug("checkpoint at seq %d, policy version %d", position[0], live.version)
+        return True

@@ -1,0 +1,138 @@
+"""The live-and-shadow policy set: the router that decides, and the shadow routers that learn the same log and
+log their pmfs without ever choosing. A promotion swaps one shadow with the live router."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from ..errors import BanditRouterError, InvalidInput, UnknownModel
+from ..policies import make_policy
+from ..router import Router
+from ..store import ModelAction, ModelEvent
+from ..types import Decision, Outcome
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+log = logging.getLogger("bandit_router.log")
+
+BUNDLE_MAGIC = b"BRBUNDLE1\n"
+"""Snapshot of a set with shadow policies: this, a JSON header line, then each router's snapshot."""
+
+
+def build_router(settings: Settings, *, seed: int | None = None, policy: str | None = None) -> Router:
+    """A router that has learned nothing, as `settings` describe it (with the policy spec `policy` instead of the
+    configured policy and its settings, for a shadow)."""
+    routing = settings.routing
+    return Router(
+        settings.load_catalog(),
+        make_policy(routing.policy, **dict(routing.policy_settings)) if policy is None else make_policy(policy),
+        reward_config=settings.reward_config(),
+        seed=seed,
+        cold_start_rounds=routing.cold_start_rounds,
+    )
+
+
+class PolicySet:
+    """`live` (named `live_name`: the configured policy, or the shadow promoted last) and `shadows` by spec."""
+
+    def __init__(self, settings: Settings, *, seed: int | None = None) -> None:
+        self.settings = settings
+        self.seed = seed
+        self.live = self.fresh(settings.routing.policy)
+        self.live_name = settings.routing.policy
+        self.shadows: dict[str, Router] = {spec: self.fresh(spec) for spec in settings.routing.shadow_policies}
+
+    def fresh(self, name: str) -> Router:
+        """A router that has learned nothing for the policy `name` (the configured live policy or a shadow)."""
+        if name == self.settings.routing.policy:
+            return build_router(self.settings, seed=self.seed)
+        return build_router(self.settings, seed=self.seed, policy=name)
+
+    # -- the log -------------------------------------------------------------------------------------------------
+    def learn(self, decision: Decision, outcome: Outcome, seq: int) -> None:
+        """Every router learns feedback `seq` (a model one of them no longer has is skipped, with a warning)."""
+        try:
+            self.live.learn(decision, outcome)
+        except (UnknownModel, InvalidInput) as exc:
+            log.warning("feedback seq %d not learned: %s", seq, exc)
+        for name, shadow in self.shadows.items():
+            try:
+                shadow.learn(decision, outcome)
+            except (UnknownModel, InvalidInput) as exc:
+                log.warning("feedback seq %d not learned by shadow %s: %s", seq, name, exc)
+
+    def apply(self, event: ModelEvent) -> bool:
+        """Apply a model event to every router; True when it swapped the live policy (a promotion)."""
+        if event.action == ModelAction.PROMOTE:
+            return self.promote(event.name)
+        for router in (self.live, *self.shadows.values()):
+            try:
+                if event.action == ModelAction.ADD:
+                    assert event.spec is not None
+                    router.add_model(event.spec)
+                else:
+                    router.retire_model(event.name)
+            except InvalidInput as exc:
+                log.warning("model event %d (%s %s) not applied: %s", event.id, event.action, event.name, exc)
+        return False
+
+    def promote(self, name: str) -> bool:
+        """The shadow `name` decides from now on; the live policy becomes a shadow (and hands over its pacer)."""
+        shadow = self.shadows.pop(name, None)
+        if shadow is None:
+            log.warning("promote %s: no such shadow policy here; not applied", name)
+            return False
+        shadow.pacer, self.live.pacer = self.live.pacer, None
+        self.shadows[self.live_name] = self.live
+        self.live, self.live_name = shadow, name
+        log.info("policy %s promoted to live", name)
+        return True
+
+    # -- shadows' pmfs -------------------------------------------------------------------------------------------
+    def shadow_pmfs(self, decision: Decision) -> str:
+        """Each shadow policy's pmf over the decision's models on its context and λ (JSON); they never choose."""
+        out: dict[str, list[float]] = {}
+        for name, router in list(self.shadows.items()):
+            try:
+                mine = router.decide(decision.context, models=decision.models, cost_weight=decision.cost_weight)
+            except BanditRouterError as exc:
+                log.warning("shadow %s could not decide: %s", name, exc)
+                continue
+            by_model = dict(zip(mine.models, mine.pmf, strict=True))
+            out[name] = [float(by_model.get(m, 0.0)) for m in decision.models]
+        return json.dumps(out, separators=(",", ":"))
+
+    # -- snapshots -----------------------------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """The live router's snapshot; with shadow policies a bundle of every router, naming the live one."""
+        if not self.shadows and self.live_name == self.settings.routing.policy:
+            return self.live.snapshot()
+        routers = {self.live_name: self.live, **self.shadows}
+        states = {name: router.snapshot() for name, router in routers.items()}
+        header = {"live": self.live_name, "sizes": [[name, len(state)] for name, state in states.items()]}
+        return BUNDLE_MAGIC + json.dumps(header).encode("utf-8") + b"\n" + b"".join(states.values())
+
+    def restore(self, state: bytes) -> None:
+        """Replace every router with the ones in `snapshot()` bytes (nothing changes when they do not load)."""
+        if not state.startswith(BUNDLE_MAGIC):
+            router = self.fresh(self.settings.routing.policy)
+            router.restore(state)
+            shadows = {spec: self.fresh(spec) for spec in self.settings.routing.shadow_policies}
+            self.live, self.live_name, self.shadows = router, self.settings.routing.policy, shadows
+            return
+        line, _, body = state[len(BUNDLE_MAGIC) :].partition(b"\n")
+        header = json.loads(line)
+        routers: dict[str, Router] = {}
+        offset = 0
+        for name, size in header["sizes"]:
+            router = self.fresh(name)
+            router.restore(body[offset : offset + size])
+            routers[name] = router
+            offset += size
+        if offset != len(body) or header["live"] not in routers:
+            raise ValueError("malformed checkpoint bundle")
+        live = routers.pop(header["live"])
+        self.live, self.live_name, self.shadows = live, header["live"], routers

@@ -1,0 +1,515 @@
+"""The writer: one thread per process that runs every operation that writes, in group-committed transactions.
+
+The requests of one event-loop iteration reach the writer together, and the writer runs everything it finds
+queued in one write transaction:
+
+    BEGIN IMMEDIATE                  the database's single write lock (shared by every worker process)
+      insert the decisions           one statement for all of them
+      catch up with the log          (unless the batch holds only decisions) rows and model events that other
+                                     processes committed, in order
+      run each operation             checks (404, duplicate, 409, late); feedback is numbered seq = head + 1, …
+      insert the feedback            one statement for all of it
+    COMMIT                           now the rows are durable (as far as `synchronous` promises)
+    learn                            the rows this batch committed, in seq order (`LogFollower.apply`)
+    acknowledge                      resolve each caller's future
+
+Few statements per batch matter: the sqlite3 module releases the GIL around each, and the writer must wait for
+the busy event loop to give it back every time (see `app.tune_process`).
+
+The operations (one small class each) live here with the writer because each runs inside its transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..budgets import BudgetConfig
+from ..catalog import ModelSpec
+from ..dbguard import RateLimitedLog
+from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision
+from ..log import BudgetState, FeedbackRules, LogEntry, LogFollower, Verdict, close_window, feedback_record, judge
+from ..store import FeedbackRecord, ModelAction, Store, StoredDecision, StoreError, WriteTx
+from ..types import Decision, Outcome
+from .exceptions import Conflict, NotFound, Unavailable
+
+log = logging.getLogger("bandit_router.service")
+
+MAX_BATCH = 512
+FLUSH_AT = 32
+"""Hand a loop iteration's operations to the writer in slices of this many, so that it commits the first ones
+while the loop still decides the rest, rather than the loop waiting idle for one commit of the whole iteration."""
+IDLE_POLL_S = 0.1
+SWEEP_EVERY_S = 0.25
+SWEEP_GRACE_S = 0.25
+SWEEP_LIMIT = 2000
+SWEPT = "swept_decisions"
+"""Meta key: the storage position up to which reward windows were closed."""
+
+
+class Observer(Protocol):
+    """Told about what the writer stored (metrics); called on the writer thread."""
+
+    def decision_stored(self, decision: Decision) -> None: ...
+
+    def feedback_stored(self, model: str, status: str, reward: float, cost_usd: float, learned: bool) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    decision_id: str
+    status: str
+    reward: float
+    seq: int
+    learned: bool
+
+
+@dataclass(slots=True)
+class Batch:
+    """What the operations of one transaction share: the entries to apply after the commit, the active models as
+    they will be, and the decisions and feedback that the batch's feedback refers to (read with one query each,
+    then kept up to date as the batch adds feedback)."""
+
+    writer: Writer
+    tx: WriteTx
+    entries: list[LogEntry] = field(default_factory=list)
+    active: set[str] = field(default_factory=set)
+    after_commit: list[Decision] = field(default_factory=list)
+    decisions: dict[str, StoredDecision] = field(default_factory=dict)
+    feedback: dict[str, list[FeedbackRecord]] = field(default_factory=dict)
+    next_seq: int = 1
+    pending: list[FeedbackRecord] = field(default_factory=list)
+
+    def number(self, record: FeedbackRecord) -> FeedbackRecord:
+        """`record` with the next seq, queued for `flush`."""
+        numbered = dataclasses.replace(record, seq=self.next_seq)
+        self.next_seq += 1
+        self.pending.append(numbered)
+        return numbered
+
+    def flush(self) -> None:
+        """Write the queued feedback rows (one statement for all of them)."""
+        if self.pending:
+            self.tx.insert_feedback(self.pending)
+            self.pending = []
+
+    def log_feedback(self, record: FeedbackRecord, decision: Decision | None) -> None:
+        """Number and queue `record`, and apply it after the commit."""
+        self.entries.append(LogEntry(seq=record.seq, record=record, decision=decision))
+        observer = self.writer.observer
+        if observer is not None:
+            observer.feedback_stored(record.model, record.status, record.reward, record.realised_cost_usd, record.learn)
+
+    def log_event(self, action: ModelAction, name: str, spec: ModelSpec | None = None) -> None:
+        self.flush()  # the event goes after the feedback before it
+        self.entries.append(LogEntry(event=self.tx.insert_model_event(action, name, spec)))
+
+
+class Op:
+    """An operation for the writer. `run` may raise a `BanditRouterError` only before it writes anything."""
+
+    __slots__ = ("error", "future", "loop", "result")
+
+    def __init__(self) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.future: asyncio.Future[Any] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self, batch: Batch) -> Any:
+        raise NotImplementedError
+
+
+class InsertDecision(Op):
+    """Store a decision. A batch's decisions are written together, first (`Writer._transact`)."""
+
+    __slots__ = ("decision", "prompt", "shadow_pmfs", "tenant")
+
+    def __init__(
+        self, decision: Decision, prompt: str | None, tenant: str | None, shadow_pmfs: str | None = None
+    ) -> None:
+        super().__init__()
+        self.decision, self.prompt, self.tenant, self.shadow_pmfs = decision, prompt, tenant, shadow_pmfs
+
+
+class Feedback(Op):
+    """Judge a feedback by the rules (`log.judge`), then store it numbered (or answer a duplicate)."""
+
+    __slots__ = ("decision_id", "outcome", "received_at", "source")
+
+    def __init__(self, decision_id: str, outcome: Outcome, source: str | None, received_at: float) -> None:
+        super().__init__()
+        self.decision_id, self.outcome, self.source, self.received_at = decision_id, outcome, source, received_at
+
+    def run(self, batch: Batch) -> FeedbackResult:
+        stored = batch.decisions.get(self.decision_id)
+        if stored is None:
+            raise UnknownDecision(f"no decision {self.decision_id!r}")
+        decision, o = stored.decision, self.outcome
+        report = (o.quality, o.cost_usd, o.input_tokens, o.output_tokens, o.latency_s, self.source)
+        existing = batch.feedback.get(self.decision_id, [])
+        ruling = judge(existing, report, self.received_at, decision.created_at, batch.writer.rules)
+        if ruling.verdict == Verdict.DUPLICATE:
+            rec = ruling.earlier
+            assert rec is not None
+            if batch.writer.observer is not None:
+                batch.writer.observer.feedback_stored(decision.model, "duplicate", rec.reward, rec.realised_cost_usd,
+                                                      False)
+            return FeedbackResult(self.decision_id, "duplicate", rec.reward, rec.seq, False)
+        if ruling.verdict == Verdict.CONFLICT:
+            assert ruling.earlier is not None
+            raise ConflictingFeedback(
+                f"decision {self.decision_id!r} already has a different feedback (seq {ruling.earlier.seq}); "
+                "aggregation = reject"
+            )
+        router = batch.writer.follower.policies.live
+        record = batch.number(
+            feedback_record(router, decision, stored.tenant, o, received_at=self.received_at, source=self.source,
+                            status=ruling.verdict.status)
+        )
+        batch.feedback.setdefault(self.decision_id, []).append(record)
+        batch.log_feedback(record, decision)
+        return FeedbackResult(self.decision_id, str(record.status), record.reward, record.seq, record.learn)
+
+
+class AddModel(Op):
+    __slots__ = ("max_models", "spec")
+
+    def __init__(self, spec: ModelSpec, max_models: int | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.max_models = max_models
+
+    def run(self, batch: Batch) -> ModelSpec:
+        if self.spec.name in batch.active:
+            raise Conflict(f"model {self.spec.name!r} is already in the catalog")
+        limit = self.max_models
+        if limit is not None and len(batch.active) >= limit:
+            raise Conflict(f"there are {len(batch.active)} active models; max_models is {limit} (retire one first)")
+        batch.log_event(ModelAction.ADD, self.spec.name, self.spec)
+        batch.active.add(self.spec.name)
+        return self.spec
+
+
+class RetireModel(Op):
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def run(self, batch: Batch) -> str:
+        if self.name not in batch.active:
+            raise NotFound(f"model {self.name!r} is not an active model")
+        if len(batch.active) == 1:
+            raise Conflict("cannot retire the last model")
+        batch.log_event(ModelAction.RETIRE, self.name)
+        batch.active.discard(self.name)
+        return self.name
+
+
+class SetBudgets(Op):
+    __slots__ = ("config",)
+
+    def __init__(self, config: BudgetConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def run(self, batch: Batch) -> BudgetConfig:
+        fallback = self.config.fallback_model
+        if fallback is not None and fallback not in batch.active:
+            raise InvalidInput(f"budgets: fallback_model {fallback!r} is not an active model")
+        batch.writer.budgets.configure(batch.tx, self.config)
+        return self.config
+
+
+class Promote(Op):
+    """Make a shadow policy the live one: a `promote` event in the log, applied in log order by every process
+    (and by a replay), so the swap is as durable as the feedback around it."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def run(self, batch: Batch) -> str:
+        if self.name not in batch.writer.follower.policies.shadows:
+            raise NotFound(f"no shadow policy {self.name!r}")
+        batch.log_event(ModelAction.PROMOTE, self.name)
+        return self.name
+
+
+class Writer:
+    """The writer thread: `start(prepare)` runs `prepare` (recovery) on the thread, then serves `submit`ted
+    operations until `stop`. Between batches it follows the log, and calls `between_batches` (checkpoints,
+    budget housekeeping); `on_stop` runs last on the thread."""
+
+    def __init__(
+        self, store: Store, follower: LogFollower, budgets: BudgetState, rules: FeedbackRules, *,
+        observer: Observer | None = None,
+    ) -> None:
+        self.store = store
+        self.follower = follower
+        self.budgets = budgets
+        self.rules = rules
+        self.observer = observer
+        self._sweeps = rules.sweeps
+        self._queue: queue.SimpleQueue[list[Op] | None] = queue.SimpleQueue()
+        self._pending: dict[asyncio.AbstractEventLoop, list[Op]] = {}
+        self._thread: threading.Thread | None = None
+        self._next_sweep = 0.0
+        self._last_follow = 0.0
+        self._say = RateLimitedLog(log)
+        """Recurring failures (a write, following the log) are logged at most once a minute each."""
+        self.accepting = False
+
+    # -- life cycle -------------------------------------------------------------------------------------------
+    def start(self, prepare: Callable[[], None], between_batches: Callable[[], None],
+              on_stop: Callable[[], None]) -> None:
+        self.accepting = True
+        self._thread = threading.Thread(
+            target=self._run, args=(prepare, between_batches, on_stop), name="bandit-router-writer", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """Stop accepting; finish every queued operation; fail what is left."""
+        self.accepting = False
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        self.fail_queued(Unavailable("the service is stopping"))
+
+    # -- from an event loop -----------------------------------------------------------------------------------
+    async def submit(self, op: Op) -> Any:
+        """Hand `op` to the writer and wait for its result. Operations submitted during one iteration of the event
+        loop reach the writer together (one queue item), so the writer wakes once per batch, not per request."""
+        loop = asyncio.get_running_loop()
+        op.loop = loop
+        op.future = loop.create_future()
+        pending = self._pending.get(loop)
+        if pending is None:
+            pending = self._pending[loop] = []
+            loop.call_soon(self._flush, loop)
+        pending.append(op)
+        if len(pending) >= FLUSH_AT:
+            self._pending[loop] = []  # hand over now: the writer commits these while the loop decides the next
+            self._queue.put(pending)
+        return await op.future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        ops = self._pending.pop(loop, None)
+        if not ops:
+            return
+        if self.accepting:
+            self._queue.put(ops)
+            return
+        for op in ops:  # stopped meanwhile: the writer is gone
+            op.error = Unavailable("the service is stopping")
+        _settle_all(ops)
+
+    # -- the thread -------------------------------------------------------------------------------------------
+    def _run(self, prepare: Callable[[], None], between_batches: Callable[[], None],
+             on_stop: Callable[[], None]) -> None:
+        try:
+            prepare()
+        except BaseException as exc:
+            self.fail_queued(Unavailable(f"recovery failed: {exc}"))
+            return
+        stopping = False
+        while not stopping:
+            try:
+                first = self._queue.get(timeout=IDLE_POLL_S)
+            except queue.Empty:
+                first = _IDLE
+            ops: list[Op] = []
+            item = first
+            while True:
+                if item is None:
+                    stopping = True
+                elif item is not _IDLE:
+                    ops.extend(item)
+                if len(ops) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            sweep = self._sweeps and time.monotonic() >= self._next_sweep
+            try:
+                if ops or sweep:
+                    self._transact(ops, sweep)
+                if time.monotonic() - self._last_follow >= IDLE_POLL_S:
+                    self._follow()  # also under a stream of decisions only: learn what other workers committed
+            finally:
+                self._resolve(ops)
+            between_batches()
+        on_stop()
+
+    def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
+        follower = self.follower
+        # Decisions are not part of the log: a batch of decisions alone neither reads nor numbers it (three
+        # statements: BEGIN, one INSERT, COMMIT). Anything else first catches up with the log, under the lock.
+        touches_log = sweep or any(not isinstance(op, InsertDecision) for op in ops)
+        try:
+            with self.store.write() as tx:
+                batch = Batch(self, tx, active={m.name for m in follower.policies.live.models})
+                if touches_log:
+                    head = tx.head()
+                    if head != follower.position:
+                        follower.catch_up(tx, head)
+                        batch.active = {m.name for m in follower.policies.live.models}
+                    batch.next_seq = head[0] + 1
+                    self._last_follow = time.monotonic()
+                inserts = [op for op in ops if isinstance(op, InsertDecision)]
+                if inserts:
+                    self._insert_decisions(batch, inserts)
+                asked = [op.decision_id for op in ops if isinstance(op, Feedback)]
+                if asked:
+                    batch.decisions = tx.decisions(asked)
+                    batch.feedback = tx.feedback_for_many(asked)
+                for op in ops:
+                    if isinstance(op, InsertDecision):
+                        continue
+                    try:
+                        op.result = op.run(batch)
+                    except BanditRouterError as exc:
+                        op.error = exc
+                if sweep:
+                    self._sweep(batch)
+                batch.flush()
+        except Exception as exc:  # rolled back: nothing of this batch is stored
+            if isinstance(exc, StoreError):
+                if getattr(self.store, "fault", None) is None:  # a fault was logged once by the store
+                    self._say("write", logging.ERROR, "write transaction failed: %s", exc)
+                error = Unavailable(f"the database is unavailable: {exc}")
+            else:
+                self._say("write", logging.ERROR, "write transaction failed", exc_info=exc)
+                error = Unavailable("internal error while storing; nothing was stored")
+            for op in ops:
+                op.result, op.error = None, error
+            return
+        try:
+            if self.observer is not None:
+                for decision in batch.after_commit:
+                    self.observer.decision_stored(decision)
+            follower.apply(batch.entries)
+        except Exception:  # committed, so acknowledged; a restart replays the log
+            log.exception("applying committed entries failed")
+
+    @staticmethod
+    def _insert_decisions(batch: Batch, inserts: Sequence[InsertDecision]) -> None:
+        stored = batch.tx.insert_decisions([(i.decision, i.prompt, i.tenant) for i in inserts])
+        for insert, ok in zip(inserts, stored, strict=True):
+            if ok:
+                batch.after_commit.append(insert.decision)
+            else:
+                insert.error = Conflict(f"decision_id {insert.decision.decision_id!r} is already used")
+        shadow_rows = [
+            (i.decision.decision_id, i.shadow_pmfs)
+            for i, ok in zip(inserts, stored, strict=True)
+            if ok and i.shadow_pmfs is not None
+        ]
+        if shadow_rows:
+            batch.tx.insert_shadow_pmfs(shadow_rows)
+
+    def _follow(self) -> None:
+        """Between batches: learn what other processes committed."""
+        self._last_follow = time.monotonic()
+        try:
+            with self.store.read() as reader:
+                self.follower.catch_up(reader)
+        except StoreError as exc:
+            self._say("follow", logging.WARNING, "following the log failed (will retry): %s", exc)
+
+    def init_sweeps(self) -> None:
+        """The first start with a reward window closes windows of decisions made from now on."""
+        if self._sweeps:
+            with self.store.write() as tx:
+                if tx.get_meta(SWEPT) is None:
+                    tx.set_meta(SWEPT, str(tx.last_decision_position()))
+
+    def _sweep(self, batch: Batch) -> None:
+        """Close reward windows: learn the default reward, or the average of the feedback, once per decision."""
+        window = self.rules.reward_window_s
+        assert window is not None
+        tx = batch.tx
+        batch.flush()  # the walk below must see this batch's feedback
+        self._next_sweep = time.monotonic() + SWEEP_EVERY_S
+        until = time.time() - window - SWEEP_GRACE_S
+        mark = tx.get_meta(SWEPT)
+        after = int(mark) if mark is not None else tx.last_decision_position()
+        infos, position = tx.decisions_closing(after, until, SWEEP_LIMIT)
+        if position - after >= SWEEP_LIMIT:
+            self._next_sweep = 0.0  # more to close: again right after the next batch
+        now = time.time()
+        router = self.follower.policies.live
+        for info in infos:
+            closing = close_window(tx.feedback_for(info.decision_id), self.rules)
+            if closing is None:
+                continue
+            stored = tx.decision(info.decision_id)
+            if stored is None:  # cannot happen: `info` came from the decisions table in this transaction
+                log.error("decision %s vanished while closing its reward window", info.decision_id)
+                continue
+            outcome, status = closing
+            record = batch.number(
+                feedback_record(router, stored.decision, stored.tenant, outcome, received_at=now, source=status.value,
+                                status=status)
+            )
+            batch.log_feedback(record, stored.decision)
+        tx.set_meta(SWEPT, str(position))
+
+    # -- acknowledging ----------------------------------------------------------------------------------------
+    def _resolve(self, ops: Sequence[Op]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[Op]] = {}
+        for op in ops:
+            if op.loop is not None:
+                by_loop.setdefault(op.loop, []).append(op)
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these any more
+                loop.call_soon_threadsafe(_settle_all, items)
+
+    def fail_queued(self, error: BaseException) -> None:
+        pending: list[Op] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                for op in item:
+                    op.error = error
+                pending.extend(item)
+        for loop, ops in list(self._pending.items()):
+            self._pending.pop(loop, None)
+            for op in ops:
+                op.error = error
+            pending.extend(ops)
+        self._resolve(pending)
+
+
+_IDLE: Any = object()
+
+def _settle(op: Op) -> None:
+    future = op.future
+    if future is None or future.done():
+        return
+    if op.error is not None:
+        future.set_exception(op.error)
+    else:
+        future.set_result(op.result)
+
+
+def _settle_all(ops: Sequence[Op]) -> None:
+    for op in ops:
+        _settle(op)

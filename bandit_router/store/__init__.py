@@ -1,0 +1,55 @@
+"""The durable log of the service: decisions, feedback, model changes and checkpoints of the learned state.
+
+    records.py     the typed values that cross the interface, `FeedbackStatus`, `StoreStats`, `StoreError`
+    interface.py   `Store`, `Reader`, `WriteTx`: what any database must implement (SQLite now, PostgreSQL next)
+    codec.py       features ⇄ bytes, JSON columns, text SQLite can hold
+    migrations.py  the schema as one numbered list of migrations
+    sqlite.py      `SQLiteStore`, the embedded implementation
+
+The log, feedback rows with `learn = 1` in `seq` order interleaved with model events (an event goes after every
+row with `seq <= after_seq`), is the source of truth: a checkpoint plus the log after it rebuilds the policy
+(`bandit_router.log`).
+"""
+
+from .codec import decode_features, encode_features, safe_text
+from .interface import Reader, Store, WriteTx
+from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
+from .records import (
+    SYSTEM_STATUSES,
+    Checkpoint,
+    DecisionInfo,
+    FeedbackRecord,
+    FeedbackStatus,
+    ModelAction,
+    ModelEvent,
+    ModelStats,
+    StoredDecision,
+    StoreError,
+    StoreStats,
+)
+from .sqlite import WAL_MAX_BYTES, SQLiteStore
+
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SYSTEM_STATUSES",
+    "WAL_MAX_BYTES",
+    "Checkpoint",
+    "DecisionInfo",
+    "FeedbackRecord",
+    "FeedbackStatus",
+    "Migration",
+    "ModelAction",
+    "ModelEvent",
+    "ModelStats",
+    "Reader",
+    "SQLiteStore",
+    "Store",
+    "StoreError",
+    "StoreStats",
+    "StoredDecision",
+    "WriteTx",
+    "decode_features",
+    "encode_features",
+    "safe_text",
+]

@@ -1,0 +1,117 @@
+"""The store's interface: what the service and the log need from a database, whatever the database.
+
+`SQLiteStore` (`store/sqlite.py`) is the embedded implementation. A server database (PostgreSQL: `BIGSERIAL` for
+seq, `SELECT … FOR UPDATE` or an advisory lock for the writer) takes its place by implementing these protocols.
+Every method raises `StoreError` (never a driver's own exception) when the database cannot answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from ..catalog import ModelSpec
+from ..types import Decision
+from .records import Checkpoint, DecisionInfo, FeedbackRecord, ModelEvent, StoredDecision, StoreStats
+
+
+class Reader(Protocol):
+    """Queries; every method sees one consistent snapshot of the database."""
+
+    def decision(self, decision_id: str) -> StoredDecision | None: ...
+
+    def decision_info(self, decision_id: str) -> DecisionInfo | None: ...
+
+    def decisions(self, decision_ids: Sequence[str]) -> dict[str, StoredDecision]:
+        """The stored decisions among `decision_ids` (one query)."""
+        ...
+
+    def feedback_for(self, decision_id: str) -> list[FeedbackRecord]: ...
+
+    def feedback_for_many(self, decision_ids: Sequence[str]) -> dict[str, list[FeedbackRecord]]:
+        """Every stored feedback of each of `decision_ids`, in seq order (one query)."""
+        ...
+
+    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision]]:
+        """Feedback rows with learn = 1 and `seq` greater than `seq`, in seq order, with their decisions."""
+        ...
+
+    def shadow_pmfs_for_many(self, decision_ids: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+        """The shadow policies' pmfs logged with each of `decision_ids` (those that have any)."""
+        ...
+
+    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
+        """Up to `limit` decisions stored after storage position `position`, in storage order, each with its
+        position (pass the last one back to page on). For reading the whole log (evaluation, export)."""
+        ...
+
+    def model_events_after(self, event_id: int) -> list[ModelEvent]: ...
+
+    def head(self) -> tuple[int, int]:
+        """(largest feedback seq ever used, largest model event id), 0 when none."""
+        ...
+
+    def checkpoints(self, fingerprint: str) -> list[Checkpoint]:
+        """Checkpoints taken under `fingerprint`, newest first."""
+        ...
+
+    def checkpoint_state(self, checkpoint_id: int) -> bytes: ...
+
+    def stats(self) -> StoreStats: ...
+
+    def get_meta(self, key: str) -> str | None: ...
+
+
+class WriteTx(Reader, Protocol):
+    """Writes, inside one transaction that holds the database's single write lock."""
+
+    def insert_decisions(self, items: Sequence[tuple[Decision, str | None, str | None]]) -> list[bool]:
+        """Store (decision, prompt, tenant) items; False for an item whose id another decision already has (not
+        written; within `items`, the first use of an id wins)."""
+        ...
+
+    def insert_feedback(self, records: Sequence[FeedbackRecord]) -> None:
+        """Store `records`, numbered by the caller: `seq` = `head()[0]` + 1, + 2, … within this transaction."""
+        ...
+
+    def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent: ...
+
+    def insert_shadow_pmfs(self, rows: Sequence[tuple[str, str]]) -> None:
+        """(decision_id, JSON object {shadow name: pmf}) rows, next to their decisions."""
+        ...
+
+    def insert_checkpoint(
+        self, *, fingerprint: str, seq: int, event_id: int, version: int, sha256: str, state: bytes, keep: int
+    ) -> bool:
+        """Store a checkpoint (False when one for the same position exists) and keep the newest `keep`."""
+        ...
+
+    def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
+        """Walk the decisions stored after position `after` in storage order, up to the first one created after
+        `until` (at most `limit`): those without a learned feedback, and the position to continue from."""
+        ...
+
+    def last_decision_position(self) -> int:
+        """The storage position of the newest decision (0 when none)."""
+        ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+
+class Store(Protocol):
+    """The service's storage. One writer per process (a thread) uses `write()`; any thread may `read()`."""
+
+    def prepare(self) -> None:
+        """Create or migrate the schema. Call once before worker processes start."""
+        ...
+
+    def write(self) -> AbstractContextManager[WriteTx]: ...
+
+    def read(self) -> AbstractContextManager[Reader]: ...
+
+    def maintain(self) -> None:
+        """Housekeeping that must not run on the writer's commit path (SQLite: copy the WAL into the database)."""
+        ...
+
+    def close(self) -> None: ...

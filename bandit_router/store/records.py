@@ -1,0 +1,165 @@
+"""The values that cross the store's interface: typed records, the feedback statuses, the stats record, and
+`StoreError`, the one exception a store raises for anything its database driver reports."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..catalog import ModelSpec
+from ..errors import BanditRouterError
+from ..types import Decision, Outcome
+
+
+class StoreError(BanditRouterError):
+    """The database cannot be used (locked for too long, full, corrupt, or of a newer schema)."""
+
+
+class FeedbackStatus(enum.StrEnum):
+    """What became of a stored feedback (the `status` column; a `str`, so it compares and serialises as one)."""
+
+    APPLIED = "applied"
+    """The policy learns it (the first feedback of its decision)."""
+    DUPLICATE = "duplicate"
+    """The same report again: answered, never stored twice."""
+    IGNORED = "ignored"
+    """A different feedback after one was learned, where the aggregation allows it: stored, not learned."""
+    LATE = "late"
+    """Received after the decision's reward window closed: stored, not learned."""
+    PENDING = "pending"
+    """Waiting for its reward window to close (`aggregation = "average"`)."""
+    DEFAULT = "default"
+    """Written by the service: the default reward of a decision whose window closed without feedback."""
+    AGGREGATE = "aggregate"
+    """Written by the service: the average of a decision's pending feedbacks when its window closed."""
+
+
+SYSTEM_STATUSES = frozenset({FeedbackStatus.DEFAULT, FeedbackStatus.AGGREGATE})
+"""Feedback rows the service writes itself when a reward window closes."""
+
+
+class ModelAction(enum.StrEnum):
+    """The `action` of a model event."""
+
+    ADD = "add"
+    RETIRE = "retire"
+    PROMOTE = "promote"
+    """The shadow policy `name` becomes the live one (the live one becomes a shadow)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionInfo:
+    """The columns of a decision that feedback handling needs (no features)."""
+
+    decision_id: str
+    model: str
+    created_at: float
+    input_tokens: int
+    cost_weight: float
+    tenant: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    """One stored feedback. `cost_usd` is as reported (None when missing); `realised_cost_usd` is what the reward
+    used (reported, or tokens × price). `seq` is 0 until stored."""
+
+    decision_id: str
+    received_at: float
+    quality: float
+    cost_usd: float | None
+    input_tokens: int | None
+    output_tokens: int | None
+    latency_s: float | None
+    source: str | None
+    status: str
+    learn: bool
+    reward: float
+    realised_cost_usd: float
+    model: str
+    tenant: str | None
+    seq: int = 0
+
+    def outcome(self) -> Outcome:
+        return Outcome(
+            quality=self.quality,
+            cost_usd=self.cost_usd,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            latency_s=self.latency_s,
+        )
+
+    def report(self) -> tuple[Any, ...]:
+        """What the caller reported: two feedbacks with equal reports are the same feedback."""
+        return (self.quality, self.cost_usd, self.input_tokens, self.output_tokens, self.latency_s, self.source)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "received_at": self.received_at,
+            "quality": self.quality,
+            "cost_usd": self.cost_usd,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "latency_ms": None if self.latency_s is None else self.latency_s * 1000.0,
+            "source": self.source,
+            "status": str(self.status),
+            "learned": self.learn,
+            "reward": self.reward,
+            "realised_cost_usd": self.realised_cost_usd,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEvent:
+    """A model added (`spec` set) or retired at run time, or a promotion, applied after feedback `after_seq`."""
+
+    id: int
+    after_seq: int
+    action: str
+    name: str
+    spec: ModelSpec | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A stored snapshot's metadata; its bytes come from `Reader.checkpoint_state`."""
+
+    id: int
+    fingerprint: str
+    seq: int
+    event_id: int
+    version: int
+    sha256: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    decision: Decision
+    prompt: str | None
+    tenant: str | None
+
+
+@dataclass(slots=True)
+class ModelStats:
+    """One model's counts: decisions; learned feedbacks and their mean quality, mean reward and spend."""
+
+    decisions: int = 0
+    feedback: int = 0
+    mean_quality: float | None = None
+    mean_reward: float | None = None
+    spend_usd: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class StoreStats:
+    """`Reader.stats()`: per model counts, and feedback rows per status."""
+
+    models: dict[str, ModelStats] = field(default_factory=dict)
+    feedback_by_status: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,675 @@
+"""`SQLiteStore`: the embedded `Store`, on one SQLite file in WAL mode.
+
+Tables (schema: `store/migrations.py`; hot-path statements on the raw `sqlite3` connection):
+
+    decisions     one row per routed request: chosen model, probability, the pmf over the allowed models and
+                  their expected costs (JSON), policy and version, λ, tenant (`context["tenant"]`), the context's
+                  scalars and caller attributes (JSON), its hashed features (BLOB, `encode_features`), and the
+                  prompt only when `store_prompts = true`
+    feedback      `seq` INTEGER PRIMARY KEY AUTOINCREMENT (increasing in commit order, never reused), the
+                  reported outcome, its status, its reward, and `learn` (1: the policy learns this row). A unique
+                  partial index allows at most one `learn = 1` row per decision
+    model_events  models added or retired at run time (and promotions), each placed after feedback `after_seq`
+    checkpoints   the learned state after feedback `seq` and model event `event_id`, with its sha256
+    shadow_pmfs   the shadow policies' pmfs per decision
+    meta          schema version and the reward-window sweep position
+
+Rows are read by column name (`sqlite3.Row`); every `sqlite3.Error` leaves this module as a `StoreError`.
+
+Why one module of ~550 lines: it is one implementation of `store.interface`, one short method per query with the
+row decoders next to them; split, a query and the columns it reads would live apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ..catalog import ModelSpec
+from ..dbguard import FileGuard, is_integrity_error, wal_bytes
+from ..types import Context, Decision
+from .codec import decode_features, encode_features, floats_json, safe_text, to_json
+from .interface import Reader, WriteTx
+from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .records import (
+    Checkpoint,
+    DecisionInfo,
+    FeedbackRecord,
+    FeedbackStatus,
+    ModelEvent,
+    ModelStats,
+    StoredDecision,
+    StoreError,
+    StoreStats,
+)
+
+log = logging.getLogger("bandit_router.store")
+
+WAL_MAX_BYTES = 64 * 1024 * 1024
+"""Default `wal_max_bytes`: past it the writer truncates the WAL (`SQLiteStore.bound_wal`)."""
+TRUNCATE_WAIT_MS = 200
+"""How long a truncating checkpoint waits for readers before giving up until the next try."""
+JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""SQLite's `journal_size_limit`: a WAL that was reset is truncated back to at most this size."""
+
+DECISION_COLUMNS = (
+    "decision_id", "created_at", "model", "arm", "probability", "models", "pmf", "expected_cost_usd", "policy",
+    "policy_version", "cost_weight", "tenant", "input_tokens", "n_chars", "turns", "markers", "attributes",
+    "features", "prompt",
+)  # fmt: skip
+FEEDBACK_COLUMNS = (
+    "seq", "decision_id", "received_at", "quality", "cost_usd", "input_tokens", "output_tokens", "latency_s",
+    "source", "status", "learn", "reward", "realised_cost_usd", "model", "tenant",
+)  # fmt: skip
+_CHUNK = 200
+_DECISIONS = ", ".join(DECISION_COLUMNS)
+_FEEDBACK = ", ".join(FEEDBACK_COLUMNS)
+_INSERT_DECISIONS = f"INSERT OR IGNORE INTO decisions ({_DECISIONS}) VALUES "
+_DECISION_PLACEHOLDERS = f"({', '.join('?' * len(DECISION_COLUMNS))})"
+_INSERT_FEEDBACK = f"INSERT INTO feedback ({_FEEDBACK}) VALUES "
+_FEEDBACK_PLACEHOLDERS = f"({', '.join('?' * len(FEEDBACK_COLUMNS))})"
+_JOINED = ", ".join([*(f"f.{c}" for c in FEEDBACK_COLUMNS), *(f"d.{c}" for c in DECISION_COLUMNS)])
+# The hot queries (every decision and feedback row the log replays) select exactly `DECISION_COLUMNS` /
+# `FEEDBACK_COLUMNS` and are decoded by name through these positions: `sqlite3.Row` finds a name by a linear,
+# case-insensitive scan, which made reading the log about 10% slower.
+_DI = {name: i for i, name in enumerate(DECISION_COLUMNS)}
+_FI = {name: i for i, name in enumerate(FEEDBACK_COLUMNS)}
+
+
+class SQLiteStore:
+    """`Store` on one SQLite file in WAL mode. `synchronous` is `normal`, `full` or `extra` (see the docs:
+    service → durability)."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "normal", busy_timeout_s: float = 10.0,
+                 wal_max_bytes: int = WAL_MAX_BYTES) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_s = busy_timeout_s
+        self.wal_max_bytes = wal_max_bytes
+        """Past this WAL size the writer runs a truncating checkpoint (`bound_wal`); 0: never."""
+        self.guard = FileGuard(self.path)
+        self.fault: str | None = None
+        """Why this store refuses to write (the file was deleted, replaced, or is corrupt); None when healthy."""
+        self.truncations = 0
+        self.truncate_busy = False
+        """The last truncating checkpoint found readers in the way (the writer tries again a second later)."""
+        self._writer: sqlite3.Connection | None = None
+        self._maintenance: sqlite3.Connection | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._models_json: dict[tuple[str, ...], str] = {}
+
+    # -- connections ------------------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=512,
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")  # a reset WAL shrinks back
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        if self.guard.identity is None:
+            self.guard.arm()
+        return conn
+
+    # -- faults: a deleted, replaced or corrupt file (bandit_router.dbguard) ------------------------------------
+    def _set_fault(self, problem: str) -> None:
+        if self.fault is None:
+            self.fault = problem
+            log.error("%s: the service stops acknowledging writes (503, /readyz 503) until it is restarted on a "
+                      "good database; see `bandit-router check` and the docs (service → durability)", problem)
+
+    def _note(self, exc: BaseException) -> None:
+        """Turn an integrity error into the store's fault (logged once)."""
+        if is_integrity_error(exc):
+            self._set_fault(f"the database {self.path} is corrupt ({exc})")
+
+    def check_file(self) -> str | None:
+        """The store's fault, after looking whether its file is still the one it opened."""
+        if self.fault is None:
+            problem = self.guard.problem()
+            if problem is not None:
+                self._set_fault(problem)
+        return self.fault
+
+    def prepare(self) -> None:
+        """Switch to WAL and run the migrations this database has not run yet (`store/migrations.py`)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = wal")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._migrate(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot prepare the database: {exc}") from exc
+        finally:
+            conn.close()
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = 0
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}; this bandit-router knows {SCHEMA_VERSION}")
+        if version == SCHEMA_VERSION:
+            return
+        for migration in MIGRATIONS:
+            if migration.version > version:
+                for statement in migration.statements:  # not executescript: it would commit the transaction
+                    conn.execute(statement)
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?), ('created_at', "
+            "COALESCE((SELECT value FROM meta WHERE key = 'created_at'), ?))",
+            (str(SCHEMA_VERSION), str(time.time())),
+        )
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        if self._writer is None:
+            self._writer = self._connect()
+            self._writer.execute("PRAGMA wal_autocheckpoint = 0")  # `maintain` does it, off the commit path
+        return self._writer
+
+    def _reader_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def write(self) -> Iterator[WriteTx]:
+        """A write transaction. Refused while the store has a fault; a commit that went to a file no longer at
+        `path` raises `StoreError` (the rows are not where the next start will look: not acknowledged)."""
+        if self.check_file() is not None:
+            raise StoreError(f"the database is unusable: {self.fault}")
+        try:
+            conn = self._writer_conn()
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._note(exc)
+            raise StoreError(f"cannot start a write transaction: {exc}") from exc
+        try:
+            yield _SQLiteTx(conn, self._models_json)
+        except BaseException as exc:
+            self._note(exc)
+            with contextlib.suppress(StoreError):
+                _rollback(conn)
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(str(exc)) from exc
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._note(exc)
+            _rollback(conn)
+            raise StoreError(f"commit failed: {exc}") from exc
+        if self.check_file() is not None:
+            raise StoreError(f"the database is unusable: {self.fault}")
+
+    def delete_old(self, cutoff: float, limit: int) -> int:
+        """`retention_days`: delete (in one transaction, at most `limit` rows of each table) the feedback received
+        before `cutoff` (Unix time) whose seq the newest checkpoint holds, then the decisions made before `cutoff`
+        that no feedback row refers to any more (with their shadow pmfs). Returns how many rows were deleted.
+        Feedback seqs are never reused (`sqlite_sequence` keeps the largest)."""
+        with self.write() as tx:
+            conn = tx.conn  # type: ignore[attr-defined]
+            row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
+            checkpoint_seq = int(row[0])
+            deleted = conn.execute(
+                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback WHERE seq <= ? AND received_at < ? "
+                "ORDER BY seq LIMIT ?)", (checkpoint_seq, cutoff, limit),
+            ).rowcount
+            old = (
+                "SELECT decision_id FROM decisions d WHERE created_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY rowid LIMIT ?"
+            )
+            ids = [r[0] for r in conn.execute(old, (cutoff, limit)).fetchall()]
+            if ids:
+                marks = ",".join("?" * len(ids))
+                conn.execute(f"DELETE FROM shadow_pmfs WHERE decision_id IN ({marks})", ids)
+                deleted += conn.execute(f"DELETE FROM decisions WHERE decision_id IN ({marks})", ids).rowcount
+        return int(deleted)
+
+    def bound_wal(self) -> bool:
+        """When the WAL has grown past `wal_max_bytes`, copy it into the database and truncate it to zero bytes
+        (`wal_checkpoint(TRUNCATE)` on the writer's connection: it waits for readers, up to `TRUNCATE_WAIT_MS`,
+        and holds the write lock meanwhile). Passive checkpoints alone never restart a WAL that writers keep
+        appending to (measured: 694 MiB after 60 s at full load). True when it truncated."""
+        if self.wal_max_bytes <= 0 or self.fault is not None or wal_bytes(self.path) <= self.wal_max_bytes:
+            return False
+        conn = self._writer_conn()
+        try:  # a long reader (an evaluation, a backup) must not stall the writer: wait for it briefly, retry later
+            conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            self._note(exc)
+            raise StoreError(f"WAL checkpoint failed: {exc}") from exc
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        self.truncations += not busy
+        self.truncate_busy = bool(busy)
+        return not busy
+
+    @contextmanager
+    def read(self) -> Iterator[Reader]:
+        try:
+            conn = self._reader_conn()
+            conn.execute("BEGIN")
+        except sqlite3.Error as exc:
+            self._note(exc)
+            raise StoreError(f"cannot read the database: {exc}") from exc
+        try:
+            yield _SQLiteTx(conn, self._models_json)
+        except sqlite3.Error as exc:
+            self._note(exc)
+            raise StoreError(str(exc) if self.fault is None else f"the database is unusable: {self.fault}") from exc
+        finally:
+            if conn.in_transaction:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    raise StoreError(str(exc)) from exc
+
+    def maintain(self) -> None:
+        """A PASSIVE WAL checkpoint on its own connection: it never blocks the writer or the readers. The writer
+        connection does not checkpoint itself (`wal_autocheckpoint = 0`), so that no commit, and so no reply,
+        waits for the database file to be written and synced."""
+        if self.check_file() is not None:
+            return
+        if 0 < self.wal_max_bytes < wal_bytes(self.path):
+            return  # the writer truncates it next (`bound_wal`); a passive checkpoint now would only be in its way
+        try:
+            if self._maintenance is None:
+                self._maintenance = self._connect()
+            self._maintenance.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as exc:
+            self._note(exc)
+            raise StoreError(f"maintenance failed: {exc}") from exc
+
+    def close(self) -> None:
+        for conn in (self._writer, self._maintenance):
+            if conn is not None:
+                conn.close()
+        self._writer = self._maintenance = None
+        with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._local = threading.local()
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"rollback failed: {exc}") from exc
+
+
+class _SQLiteTx:
+    """`WriteTx` (and `Reader`) on one connection inside one transaction."""
+
+    _markers_json: dict[frozenset[str], str] = {}  # noqa: RUF012  (a cache shared by every transaction)
+
+    def __init__(self, conn: sqlite3.Connection, models_json: dict[tuple[str, ...], str]) -> None:
+        self.conn = conn
+        self._models_json = models_json
+
+    def _in_chunks(self, sql: str, ids: Sequence[str], *, plain: bool = False) -> Iterator[Any]:
+        """Rows of `sql` (with `{marks}` for the placeholders) for `ids`, deduplicated, `_CHUNK` ids a query
+        (`plain`: tuples, for the decoders below; else `sqlite3.Row`)."""
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start : start + _CHUNK]
+            yield from self._execute(sql.format(marks=",".join("?" * len(chunk))), chunk, plain=plain)
+
+    def _execute(self, sql: str, params: Sequence[Any], *, plain: bool = False) -> sqlite3.Cursor:
+        cursor = self.conn.cursor()
+        if plain:
+            cursor.row_factory = None
+        return cursor.execute(sql, params)
+
+    # -- writes -----------------------------------------------------------------------------------------------
+    def insert_decisions(self, items: Sequence[tuple[Decision, str | None, str | None]]) -> list[bool]:
+        # One statement per chunk, not one per row: the sqlite3 module releases the GIL around every statement,
+        # and while the event loop is busy every release costs the writer thread a wait to get it back.
+        stored: list[bool] = []
+        rows: list[tuple[Any, ...]] = []
+        seen: set[str] = set()
+        for decision, prompt, tenant in items:
+            fresh = decision.decision_id not in seen
+            seen.add(decision.decision_id)
+            stored.append(fresh)
+            if fresh:
+                rows.append(self._decision_row(decision, prompt, tenant))
+        before = self.conn.total_changes
+        for start in range(0, len(rows), _CHUNK):
+            chunk_rows = rows[start : start + _CHUNK]
+            sql = _INSERT_DECISIONS + ",".join([_DECISION_PLACEHOLDERS] * len(chunk_rows))
+            self.conn.execute(sql, list(itertools.chain.from_iterable(chunk_rows)))
+        if self.conn.total_changes - before == len(rows):
+            return stored
+        # Some ids were taken before this batch (rare: callers choose ids): ours are those with our timestamps.
+        created = {row[0]: row[1] for row in rows}
+        mine = {
+            row["decision_id"]
+            for row in self._in_chunks(
+                "SELECT decision_id, created_at FROM decisions WHERE decision_id IN ({marks})", list(created)
+            )
+            if row["created_at"] == created[row["decision_id"]]
+        }
+        return [ok and d.decision_id in mine for ok, (d, _, _) in zip(stored, items, strict=True)]
+
+    def _decision_row(self, decision: Decision, prompt: str | None, tenant: str | None) -> tuple[Any, ...]:
+        """The values of `DECISION_COLUMNS`, in that order."""
+        ctx = decision.context
+        models = self._models_json.get(decision.models)
+        if models is None:
+            models = self._models_json.setdefault(decision.models, to_json(list(decision.models)))
+        attributes = "{}" if not ctx.attributes else json.dumps(dict(ctx.attributes))
+        markers = self._markers_json.get(ctx.markers)
+        if markers is None:
+            markers = self._markers_json.setdefault(ctx.markers, to_json(sorted(ctx.markers)))
+        return (
+            decision.decision_id,
+            decision.created_at,
+            decision.model,
+            decision.arm,
+            decision.probability,
+            models,
+            floats_json(decision.pmf),
+            floats_json(decision.expected_cost_usd),
+            decision.policy,
+            decision.policy_version,
+            decision.cost_weight,
+            None if tenant is None else safe_text(tenant),
+            ctx.input_tokens,
+            ctx.n_chars,
+            ctx.turns,
+            markers,
+            attributes,
+            encode_features(ctx.features),
+            None if prompt is None else safe_text(prompt),
+        )
+
+    def insert_feedback(self, records: Sequence[FeedbackRecord]) -> None:
+        for start in range(0, len(records), _CHUNK):
+            chunk = records[start : start + _CHUNK]
+            values = [
+                value
+                for r in chunk
+                for value in (
+                    r.seq,
+                    r.decision_id,
+                    r.received_at,
+                    r.quality,
+                    r.cost_usd,
+                    r.input_tokens,
+                    r.output_tokens,
+                    r.latency_s,
+                    r.source,
+                    str(r.status),
+                    int(r.learn),
+                    r.reward,
+                    r.realised_cost_usd,
+                    r.model,
+                    r.tenant,
+                )
+            ]
+            self.conn.execute(_INSERT_FEEDBACK + ",".join([_FEEDBACK_PLACEHOLDERS] * len(chunk)), values)
+
+    def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent:
+        after_seq = self.head()[0]
+        now = time.time()
+        cursor = self.conn.execute(
+            "INSERT INTO model_events (after_seq, created_at, action, name, spec) VALUES (?, ?, ?, ?, ?)",
+            (after_seq, now, str(action), name, None if spec is None else to_json(spec.to_json())),
+        )
+        assert cursor.lastrowid is not None
+        return ModelEvent(int(cursor.lastrowid), after_seq, action, name, spec, now)
+
+    def insert_checkpoint(
+        self, *, fingerprint: str, seq: int, event_id: int, version: int, sha256: str, state: bytes, keep: int
+    ) -> bool:
+        cursor = self.conn.execute(
+            "INSERT OR IGNORE INTO checkpoints (created_at, fingerprint, seq, event_id, version, sha256, state) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), fingerprint, seq, event_id, version, sha256, state),
+        )
+        self.conn.execute(
+            "DELETE FROM checkpoints WHERE fingerprint = ? AND id NOT IN "
+            "(SELECT id FROM checkpoints WHERE fingerprint = ? ORDER BY seq DESC, event_id DESC, id DESC LIMIT ?)",
+            (fingerprint, fingerprint, keep),
+        )
+        return cursor.rowcount == 1
+
+    def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
+        # By rowid (insertion order), not by an index on created_at: one index fewer on the hot insert path.
+        rows = self.conn.execute(
+            "SELECT rowid AS position, decision_id, model, created_at, input_tokens, cost_weight, tenant, EXISTS "
+            "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id AND f.learn = 1) AS learned "
+            "FROM decisions d WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        out: list[DecisionInfo] = []
+        position = after
+        for row in rows:
+            if row["created_at"] > until:
+                break
+            position = int(row["position"])
+            if not row["learned"]:
+                out.append(_info_from_row(row))
+        return out, position
+
+    def last_decision_position(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM decisions").fetchone()[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def insert_shadow_pmfs(self, rows: Sequence[tuple[str, str]]) -> None:
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            self.conn.execute(
+                "INSERT OR IGNORE INTO shadow_pmfs (decision_id, pmfs) VALUES " + ",".join(["(?, ?)"] * len(chunk)),
+                list(itertools.chain.from_iterable(chunk)),
+            )
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def decision_info(self, decision_id: str) -> DecisionInfo | None:
+        row = self.conn.execute(
+            "SELECT decision_id, model, created_at, input_tokens, cost_weight, tenant FROM decisions "
+            "WHERE decision_id = ?",
+            (decision_id,),
+        ).fetchone()
+        return None if row is None else _info_from_row(row)
+
+    def decision(self, decision_id: str) -> StoredDecision | None:
+        sql = f"SELECT {_DECISIONS} FROM decisions WHERE decision_id = ?"
+        row = self._execute(sql, (decision_id,), plain=True).fetchone()
+        return None if row is None else _stored_from_row(row)
+
+    def decisions(self, decision_ids: Sequence[str]) -> dict[str, StoredDecision]:
+        sql = f"SELECT {_DECISIONS} FROM decisions WHERE decision_id IN ({{marks}})"
+        rows = self._in_chunks(sql, decision_ids, plain=True)
+        return {row[_DI["decision_id"]]: _stored_from_row(row) for row in rows}
+
+    def feedback_for_many(self, decision_ids: Sequence[str]) -> dict[str, list[FeedbackRecord]]:
+        out: dict[str, list[FeedbackRecord]] = {}
+        sql = f"SELECT {_FEEDBACK} FROM feedback WHERE decision_id IN ({{marks}}) ORDER BY seq"
+        for row in self._in_chunks(sql, decision_ids, plain=True):
+            out.setdefault(row[_FI["decision_id"]], []).append(_feedback_from_row(row))
+        return out
+
+    def feedback_for(self, decision_id: str) -> list[FeedbackRecord]:
+        sql = f"SELECT {_FEEDBACK} FROM feedback WHERE decision_id = ? ORDER BY seq"
+        return [_feedback_from_row(row) for row in self._execute(sql, (decision_id,), plain=True)]
+
+    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision]]:
+        rows = self._execute(
+            f"SELECT {_JOINED} FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
+            "WHERE f.seq > ? AND f.learn = 1 ORDER BY f.seq LIMIT ?",
+            (seq, limit),
+            plain=True,
+        ).fetchall()
+        after = len(FEEDBACK_COLUMNS)  # the decision's columns follow the feedback's
+        return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
+
+    def shadow_pmfs_for_many(self, decision_ids: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shadow_pmfs'").fetchone() is None:
+            return {}  # a database no service with this version prepared yet
+        sql = "SELECT decision_id, pmfs FROM shadow_pmfs WHERE decision_id IN ({marks})"
+        return {row["decision_id"]: json.loads(row["pmfs"]) for row in self._in_chunks(sql, decision_ids)}
+
+    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
+        rows = self._execute(
+            f"SELECT {_DECISIONS}, rowid FROM decisions WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (position, limit),
+            plain=True,
+        ).fetchall()
+        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+
+    def model_events_after(self, event_id: int) -> list[ModelEvent]:
+        rows = self.conn.execute(
+            "SELECT id, after_seq, action, name, spec, created_at FROM model_events WHERE id > ? ORDER BY id",
+            (event_id,),
+        ).fetchall()
+        return [
+            ModelEvent(
+                id=r["id"],
+                after_seq=r["after_seq"],
+                action=r["action"],
+                name=r["name"],
+                spec=None if r["spec"] is None else ModelSpec.from_json(json.loads(r["spec"])),
+                created_at=r["created_at"],
+            )
+            for r in rows
+        ]
+
+    def head(self) -> tuple[int, int]:
+        # sqlite_sequence holds the largest seq ever used, even if rows at the end were deleted.
+        row = self.conn.execute(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'feedback'), 0) AS seq, "
+            "(SELECT COALESCE(MAX(id), 0) FROM model_events) AS event_id"
+        ).fetchone()
+        return int(row["seq"]), int(row["event_id"])
+
+    def checkpoints(self, fingerprint: str) -> list[Checkpoint]:
+        rows = self.conn.execute(
+            "SELECT id, fingerprint, seq, event_id, version, sha256, created_at FROM checkpoints "
+            "WHERE fingerprint = ? ORDER BY seq DESC, event_id DESC, id DESC",
+            (fingerprint,),
+        ).fetchall()
+        return [Checkpoint(**{key: row[key] for key in row.keys()}) for row in rows]  # noqa: SIM118
+
+    def checkpoint_state(self, checkpoint_id: int) -> bytes:
+        row = self.conn.execute("SELECT state FROM checkpoints WHERE id = ?", (checkpoint_id,)).fetchone()
+        return b"" if row is None else bytes(row["state"])
+
+    def stats(self) -> StoreStats:
+        """Per model: decisions, learned feedbacks, mean quality and reward, spend (of learned feedback); and
+        feedback rows per status."""
+        stats = StoreStats()
+        for row in self.conn.execute("SELECT model, COUNT(*) AS n FROM decisions GROUP BY model"):
+            stats.models[row["model"]] = ModelStats(decisions=row["n"])
+        for row in self.conn.execute(
+            "SELECT model, COUNT(*) AS n, AVG(quality) AS quality, AVG(reward) AS reward, "
+            "SUM(realised_cost_usd) AS spend FROM feedback WHERE learn = 1 GROUP BY model"
+        ):
+            entry = stats.models.setdefault(row["model"], ModelStats())
+            entry.feedback, entry.mean_quality, entry.mean_reward = row["n"], row["quality"], row["reward"]
+            entry.spend_usd = row["spend"]
+        for row in self.conn.execute("SELECT status, COUNT(*) AS n FROM feedback GROUP BY status"):
+            stats.feedback_by_status[row["status"]] = row["n"]
+        return stats
+
+
+def _info_from_row(row: sqlite3.Row) -> DecisionInfo:
+    return DecisionInfo(
+        decision_id=row["decision_id"],
+        model=row["model"],
+        created_at=row["created_at"],
+        input_tokens=row["input_tokens"],
+        cost_weight=row["cost_weight"],
+        tenant=row["tenant"],
+    )
+
+
+def _stored_from_row(row: Sequence[Any]) -> StoredDecision:
+    """A stored decision from a row whose first values are `DECISION_COLUMNS`."""
+    return StoredDecision(_decision_from_row(row), prompt=row[_DI["prompt"]], tenant=row[_DI["tenant"]])
+
+
+def _decision_from_row(row: Sequence[Any], at: int = 0) -> Decision:
+    """A `Decision` from the values of `DECISION_COLUMNS` starting at position `at` of `row`."""
+
+    def col(name: str) -> Any:
+        return row[at + _DI[name]]
+
+    context = Context(
+        features=decode_features(bytes(col("features"))),
+        input_tokens=int(col("input_tokens")),
+        n_chars=int(col("n_chars") or 0),
+        turns=int(col("turns") or 1),
+        markers=frozenset(json.loads(col("markers") or "[]")),
+        attributes=MappingProxyType(json.loads(col("attributes") or "{}")),
+    )
+    arm = col("arm")
+    return Decision(
+        decision_id=col("decision_id"),
+        model=col("model"),
+        arm=int(arm if arm is not None else -1),
+        models=tuple(json.loads(col("models"))),
+        pmf=tuple(float(p) for p in json.loads(col("pmf"))),
+        probability=float(col("probability")),
+        policy=col("policy"),
+        policy_version=int(col("policy_version")),
+        cost_weight=float(col("cost_weight")),
+        context=context,
+        expected_cost_usd=tuple(float(c) for c in json.loads(col("expected_cost_usd") or "[]")),
+        created_at=float(col("created_at")),
+    )
+
+
+_STATUS = {s.value: s for s in FeedbackStatus}
+
+
+def _feedback_from_row(row: Sequence[Any]) -> FeedbackRecord:
+    """A `FeedbackRecord` from a row whose first values are `FEEDBACK_COLUMNS`."""
+    values = dict(zip(FEEDBACK_COLUMNS, row, strict=False))
+    values["status"] = _STATUS.get(values["status"], values["status"])
+    values["learn"] = bool(values["learn"])
+    return FeedbackRecord(**values)

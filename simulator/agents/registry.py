@@ -1,0 +1,99 @@
+"""The agents by name, like the policies' registry: `make_agent(spec, env)` looks the spec's name up in `AGENTS`
+(the simulator's own strategies) and otherwise builds a `RouterAgent` for a policy of `bandit_router`'s registry
+(`vw-squarecb`, `linucb`, `fixed:<model>`, `random`, `rules`, …). Adding an agent = a module + one line here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bandit_router.errors import InvalidInput
+from bandit_router.features import FeatureExtractor
+from bandit_router.policies import REGISTRY, Policy, make_policy
+
+from ..environments.base import Environment
+from .base import Agent, PacerFactory
+from .classifier import classifier_agent
+from .router_agent import RouterAgent
+from .strategies import make_strategy
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOptions:
+    """What every run of a plan shares (see `RouterAgent` for each)."""
+
+    warmup: str = "none"
+    pacer_factory: PacerFactory | None = None
+    extractor: FeatureExtractor | None = None
+    cache_features: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEntry:
+    build: Callable[[str, Environment, AgentOptions], Agent]
+    summary: str
+
+
+def _strategy(spec: str, env: Environment, options: AgentOptions) -> Agent:
+    return make_strategy(spec, env)
+
+
+def _classifier(spec: str, env: Environment, options: AgentOptions) -> Agent:
+    return classifier_agent(spec, env, extractor=options.extractor, pacer_factory=options.pacer_factory)
+
+
+def _router_agent(spec: str, factory: Callable[[int], Policy], options: AgentOptions) -> RouterAgent:
+    return RouterAgent(
+        spec,
+        factory,
+        warmup=options.warmup,
+        pacer_factory=options.pacer_factory,
+        extractor=options.extractor,
+        cache_features=options.cache_features,
+    )
+
+
+def _mabwiser(spec: str, env: Environment, options: AgentOptions) -> Agent:
+    from ..peers import mabwiser_factory  # MABWiser is a dev dependency: imported only when asked for
+
+    return _router_agent(spec, mabwiser_factory(spec), options)
+
+
+AGENTS: dict[str, AgentEntry] = {
+    "oracle": AgentEntry(_strategy, "per prompt, the best available model at the run's λ (an upper bound)"),
+    "cascade": AgentEntry(_strategy, "cheapest model first; escalate while an imperfect judge rejects the answer"),
+    "llm-router": AgentEntry(_strategy, "an LLM names the model; right with probability `accuracy`, paid for"),
+    "classifier": AgentEntry(_classifier, "the classifier-based router (fitted offline, or cross-fitted)"),
+    "mabwiser-linucb": AgentEntry(_mabwiser, "MABWiser's LinUCB as a peer"),
+    "mabwiser-lints": AgentEntry(_mabwiser, "MABWiser's LinTS as a peer"),
+}
+"""The simulator's own agents; every other name is a policy of `bandit_router.policies.REGISTRY`."""
+
+SIMULATOR_STRATEGIES = tuple(AGENTS)
+
+
+def known_names() -> set[str]:
+    return set(REGISTRY) | set(AGENTS)
+
+
+def make_agent(
+    spec: str,
+    env: Environment,
+    *,
+    warmup: str = "none",
+    pacer_factory: PacerFactory | None = None,
+    extractor: FeatureExtractor | None = None,
+    cache_features: bool = True,
+) -> Agent:
+    """The agent for a policy or strategy spec (see the module docstring)."""
+    options = AgentOptions(warmup, pacer_factory, extractor or FeatureExtractor(), cache_features)
+    name = spec.partition(":")[0]
+    entry = AGENTS.get(name)
+    if entry is not None:
+        return entry.build(spec, env, options)
+    if name not in REGISTRY:
+        raise InvalidInput(f"unknown policy {name!r}; known: {', '.join(sorted(known_names()))}")
+    make_policy(spec)  # fail early on a bad spec
+    if name == "fixed" and spec.partition(":")[2] not in env.model_names:
+        raise InvalidInput(f"{spec}: unknown model; this environment has {list(env.model_names)}")
+    return _router_agent(spec, lambda seed: make_policy(spec), options)

@@ -1,0 +1,76 @@
+"""The documentation: the site builds strictly, every page is reachable, every Python snippet runs as written,
+and the README stays a short front page that links into the site."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+
+def _snippets() -> list[tuple[str, int, str]]:
+    out = []
+    for name in ["README.md", *(f"docs/{p}" for p in PAGES)]:
+        for i, block in enumerate(FENCE.findall((ROOT / name).read_text(encoding="utf-8"))):
+            out.append((name, i, block))
+    return out
+
+
+SNIPPETS = _snippets()
+
+
+def test_there_are_snippets_to_run() -> None:
+    assert len(SNIPPETS) >= 5
+
+
+@pytest.mark.parametrize(("page", "index", "code"), SNIPPETS, ids=[f"{p}#{i}" for p, i, _ in SNIPPETS])
+def test_every_python_snippet_runs_as_written(page: str, index: int, code: str, tmp_path: Path) -> None:
+    script = tmp_path / "snippet.py"
+    script.write_text(code, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, f"{page}, snippet {index}:\n{done.stderr[-3000:]}"
+
+
+def test_the_docs_build_strictly(tmp_path: Path) -> None:
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "site" / "service" / "configuration" / "index.html").is_file()
+
+
+def test_every_page_is_in_the_navigation() -> None:
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    for name in PAGES:
+        assert f" {name}" in nav, f"docs/{name} is not in mkdocs.yml's nav"
+
+
+def test_the_readme_is_a_short_front_page_that_links_into_the_docs() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 170
+    for command in ("make run", "make test"):
+        assert command in readme
+    links = re.findall(r"\]\((docs/[^)#]+)", readme)
+    assert len(links) >= 8
+    for link in links:
+        assert (ROOT / link).is_file(), link
+
+
+def test_the_learning_page_keeps_its_name() -> None:
+    """Other work links to docs/learning.md (the policies and their results)."""
+    text = (DOCS / "learning.md").read_text(encoding="utf-8")
+    assert "## Policies" in text and "## How a decision is made" in text
