@@ -288,16 +288,31 @@ def curves(result: SimulationResult) -> dict[str, Any]:
     return _clean({"model_names": list(result.model_names), "runs": out})
 
 
+NOISE = 1e-12
+"""Below this a number is floating-point noise (a CI half-width of 9.7e-17 is 0)."""
+
+
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
+        if abs(value) < NOISE:
+            return f"{0.0:.{digits}f}"
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
     return str(value)
 
 
+def _steps(mean: Any, half: Any) -> str:
+    """A count of steps: whole numbers (`1,234 ± 56`)."""
+    if mean is None:
+        return "–"
+    return f"{mean:,.0f}" + ("" if half is None else f" ± {half:,.0f}")
+
+
 def _pm(mean: Any, half: Any, digits: int = 4) -> str:
-    return _fmt(mean, digits) + ("" if half is None else f" ± {_fmt(half, digits if half >= 1e-3 else 2)}")
+    if half is None or abs(half) < NOISE:
+        return _fmt(mean, digits) + ("" if half is None else f" ± {_fmt(0.0, digits)}")
+    return _fmt(mean, digits) + f" ± {_fmt(half, digits if half >= 1e-3 else 2)}"
 
 
 def break_even_text(record: dict[str, Any]) -> str:
@@ -329,6 +344,11 @@ def markdown(data: dict[str, Any]) -> str:
                 for s in data["scenarios"]
             )
         )
+    if any(r["policy"].startswith("cascade") for r in data["results"]):
+        lines += [
+            "- `cascade` is a simulator strategy: its judge sees each answer's true quality (plus its `error` "
+            "noise), which no live cascade has; read it as an upper reference for cascades."
+        ]
     lines += [
         "",
         "Means over seeds ± 95% CI half-width. Reward = quality − λ·cost (USD). Regret is against the best fixed "
@@ -390,6 +410,10 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             data["aiq"]["normalisation"] + f"; c_max = {data['aiq']['c_max']:.3g} USD.",
             "",
+            "The area starts at each policy's own cheapest point and depends on which costs its λ grid reaches, "
+            "so the oracle, optimal at every λ, can still rank below a policy whose points span more of the "
+            "cost axis.",
+            "",
             "| policy | AIQ |",
             "|---|---|",
         ]
@@ -415,7 +439,7 @@ def markdown(data: dict[str, Any]) -> str:
             for k in keys:
                 v, f = r["reaction"][k], r["reaction"].get(f"{k}_final_share", {})
                 never = f" ({v['n_missing']} never)" if v["n_missing"] else ""
-                cells += [_pm(v["mean"], v["ci95"], 4) + never, _fmt(f.get("mean"), 3)]
+                cells += [_steps(v["mean"], v["ci95"]) + never, _fmt(f.get("mean"), 3)]
             lines.append(f"| {r['policy']} | {r['cost_weight']:g} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

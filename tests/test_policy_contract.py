@@ -103,6 +103,12 @@ def test_learn_returns_the_reward(name: str) -> None:
         ("linucb:alpha", "key=value"),
         ("fixed", "needs a model"),
         ("egreedy:epsilon=2", "epsilon"),
+        ("vw-greedy:temperature=5", r"does not use the setting \['temperature'\]"),
+        ("vw-squarecb:exploration=softmax", "does not use the setting"),
+        ("linucb:v=0.1", r"does not use the setting \['v'\]; it uses \['alpha'"),
+        ("lints:alpha=0.3", "does not use the setting"),
+        ("ucb1:epsilon=0.2", "does not use the setting"),
+        ("thompson:c=2", "does not use the setting"),
     ],
 )
 def test_bad_specs_raise_clear_errors(spec: str, message: str) -> None:

@@ -188,3 +188,12 @@ def test_terminal_report_shows_reaction_times_and_targets(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert "reaction to outage: " in result.output
     assert "target avg_cost_usd=0.002: realised " in result.output
+
+
+def test_summary_numbers_are_rounded_to_meaningful_digits() -> None:
+    from simulator.report import _pm, _steps
+
+    assert _pm(0.5, 9.7e-17) == "0.5000 ± 0.0000"
+    assert _pm(0.81234, 0.01234) == "0.8123 ± 0.0123"
+    assert _steps(42.0, 13.4019) == "42 ± 13"
+    assert _steps(1234.4, None) == "1,234"

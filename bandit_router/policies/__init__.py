@@ -38,6 +38,16 @@ class Entry:
     summary: str
     positional: str = ""
     """The setting a bare value after the colon fills (`fixed:gpt-4o` → model=gpt-4o)."""
+    ignores: frozenset[str] = frozenset()
+    """Fields of `params` this entry does not use (another exploration's settings, or its preset): giving one
+    is an error, not a silent no-op (`vw-greedy:temperature=5`)."""
+
+
+def _ignoring(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+_VW_EXPLORATION = ("exploration", "epsilon", "temperature", "gamma_scale", "gamma_exponent")
 
 
 REGISTRY: dict[str, Entry] = {
@@ -47,15 +57,61 @@ REGISTRY: dict[str, Entry] = {
         {},
         "Thompson sampling on per-model quality, refined by shrunk prompt corrections (sample-efficient)",
     ),
-    "vw-greedy": Entry(VWPolicy, VWParams, {"exploration": "greedy"}, "VW cb_adf, greedy on q̂ − λĉ"),
-    "vw-egreedy": Entry(VWPolicy, VWParams, {"exploration": "egreedy"}, "VW cb_adf, ε-greedy"),
-    "vw-softmax": Entry(VWPolicy, VWParams, {"exploration": "softmax"}, "VW cb_adf, softmax (Boltzmann)"),
-    "vw-squarecb": Entry(VWPolicy, VWParams, {"exploration": "squarecb"}, "VW cb_adf, SquareCB"),
-    "linucb": Entry(LinearPolicy, LinearParams, {}, "linear UCB, one ridge regression per model"),
-    "lints": Entry(LinearPolicy, LinearParams, {}, "linear Thompson sampling, one ridge per model"),
-    "egreedy": Entry(ContextFreePolicy, ContextFreeParams, {}, "context-free ε-greedy"),
-    "ucb1": Entry(ContextFreePolicy, ContextFreeParams, {}, "context-free UCB1"),
-    "thompson": Entry(ContextFreePolicy, ContextFreeParams, {}, "context-free Thompson (Beta or Gaussian)"),
+    "vw-greedy": Entry(
+        VWPolicy,
+        VWParams,
+        {"exploration": "greedy"},
+        "VW cb_adf, greedy on q̂ − λĉ",
+        ignores=_ignoring(*_VW_EXPLORATION),
+    ),
+    "vw-egreedy": Entry(
+        VWPolicy,
+        VWParams,
+        {"exploration": "egreedy"},
+        "VW cb_adf, ε-greedy",
+        ignores=_ignoring("exploration", "temperature", "gamma_scale", "gamma_exponent"),
+    ),
+    "vw-softmax": Entry(
+        VWPolicy,
+        VWParams,
+        {"exploration": "softmax"},
+        "VW cb_adf, softmax (Boltzmann)",
+        ignores=_ignoring("exploration", "epsilon", "gamma_scale", "gamma_exponent"),
+    ),
+    "vw-squarecb": Entry(
+        VWPolicy,
+        VWParams,
+        {"exploration": "squarecb"},
+        "VW cb_adf, SquareCB",
+        ignores=_ignoring("exploration", "epsilon", "temperature"),
+    ),
+    "linucb": Entry(
+        LinearPolicy, LinearParams, {}, "linear UCB, one ridge regression per model", ignores=_ignoring("v", "n_draws")
+    ),
+    "lints": Entry(
+        LinearPolicy, LinearParams, {}, "linear Thompson sampling, one ridge per model", ignores=_ignoring("alpha")
+    ),
+    "egreedy": Entry(
+        ContextFreePolicy,
+        ContextFreeParams,
+        {},
+        "context-free ε-greedy",
+        ignores=_ignoring("c", "dist", "sigma", "n_draws"),
+    ),
+    "ucb1": Entry(
+        ContextFreePolicy,
+        ContextFreeParams,
+        {},
+        "context-free UCB1",
+        ignores=_ignoring("epsilon", "dist", "sigma", "n_draws"),
+    ),
+    "thompson": Entry(
+        ContextFreePolicy,
+        ContextFreeParams,
+        {},
+        "context-free Thompson (Beta or Gaussian)",
+        ignores=_ignoring("epsilon", "c"),
+    ),
     "fixed": Entry(FixedPolicy, FixedParams, {}, "always one model", positional="model"),
     "random": Entry(RandomPolicy, NoParams, {}, "uniform over the allowed models"),
     "rules": Entry(RulesPolicy, RulesParams, {}, "ordered rules → model (rule-based strategy)", "file"),
@@ -118,9 +174,13 @@ def _convert(field: dataclasses.Field[Any], value: Any) -> Any:
 def make_params(name: str, settings: Mapping[str, Any]) -> Any:
     entry = REGISTRY[name]
     fields = {f.name: f for f in dataclasses.fields(entry.params)}
+    used = sorted(set(fields) - entry.ignores)
     unknown = set(settings) - set(fields)
     if unknown:
-        raise UnknownPolicy(f"policy {name!r} has no setting {sorted(unknown)}; it has {sorted(fields)}")
+        raise UnknownPolicy(f"policy {name!r} has no setting {sorted(unknown)}; it has {used}")
+    ignored = set(settings) & entry.ignores
+    if ignored:
+        raise UnknownPolicy(f"policy {name!r} does not use the setting {sorted(ignored)}; it uses {used}")
     values = {**entry.preset, **{k: _convert(fields[k], v) for k, v in settings.items()}}
     try:
         return entry.params(**values)
