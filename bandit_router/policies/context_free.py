@@ -75,7 +75,7 @@ class ContextFreePolicy(BasePolicy):
         if self.kind == "ucb1":
             untried = n == 0
             if untried.any():
-                return untried / untried.sum()
+                return np.asarray(untried / untried.sum())
             total = n.sum()
             bonus = p.c * np.sqrt(2.0 * math.log(max(total, 1.0)) / n)
             return exploration.greedy(s / n + bonus - penalty)
@@ -83,12 +83,12 @@ class ContextFreePolicy(BasePolicy):
             alpha, beta = 1.0 + s, 1.0 + np.maximum(n - s, 0.0)
 
             def draw(k: int) -> np.ndarray:
-                return rng.beta(alpha, beta, size=(k, len(models))) - penalty
+                return np.asarray(rng.beta(alpha, beta, size=(k, len(models))) - penalty)
         else:
             mean, std = (s + PRIOR_QUALITY) / (n + 1), p.sigma / np.sqrt(n + 1)
 
             def draw(k: int) -> np.ndarray:
-                return mean + std * rng.standard_normal((k, len(models))) - penalty
+                return np.asarray(mean + std * rng.standard_normal((k, len(models))) - penalty)
 
         return exploration.monte_carlo_pmf(draw, p.n_draws)
 

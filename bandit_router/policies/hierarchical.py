@@ -238,7 +238,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         nu = self.params.noise_strength
         arms = self._arms
         bound = np.clip(mean * (1.0 - mean), MIN_VARIANCE, MAX_VARIANCE)
-        return (nu * bound + arms.squares()) / (nu + arms.n)
+        return np.asarray((nu * bound + arms.squares()) / (nu + arms.n))
 
     def _phi(self, context: Context) -> np.ndarray:
         """φ = dense_vector(context); the last one is kept, since `update` usually follows `pmf` on it."""

@@ -211,7 +211,7 @@ class LinearPolicy(BasePolicy):
         scale = self.params.v * width
 
         def draw(n: int) -> np.ndarray:
-            return mean - penalty + scale * rng.standard_normal((n, len(models)))
+            return np.asarray(mean - penalty + scale * rng.standard_normal((n, len(models))))
 
         return exploration.monte_carlo_pmf(draw, self.params.n_draws)
 

@@ -144,7 +144,7 @@ class VWPolicy(BasePolicy):
         return np.array(q)
 
     def gamma(self) -> float:
-        return self.params.gamma_scale * (self._updates + 1) ** self.params.gamma_exponent
+        return float(self.params.gamma_scale * (self._updates + 1) ** self.params.gamma_exponent)
 
     def pmf(
         self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray, rng: np.random.Generator
