@@ -113,7 +113,7 @@ def record(runs: Sequence[RunResult]) -> dict[str, Any]:
     out["best_fixed"] = Counter(r.best_fixed for r in runs).most_common(1)[0][0]
     for name in ("regret_per_request", "regret_per_request_second_half"):
         out[name], out[f"ci95_{name}"] = ci(name)
-    steps = sorted(math.inf if r.break_even_step is None else r.break_even_step for r in runs)
+    steps = [math.inf if r.break_even_step is None else r.break_even_step for r in runs]
     median = float(np.median(steps))
     out["break_even_step"] = median if math.isfinite(median) else None
     out["break_even_never"] = sum(1 for r in runs if r.break_even_step is None)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 with warnings.catch_warnings():  # Starlette 1.10 asks for `httpx2`; the plain httpx of the dev extras still works
     warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
@@ -23,3 +26,17 @@ def start_client(settings: Settings, base_url: str = "http://testserver") -> Tes
         assert time.monotonic() < deadline, "the service did not become ready"
         time.sleep(0.01)
     return client
+
+
+def client_factory(db: Path, seed: int) -> Iterator[Callable[..., TestClient]]:
+    """A fixture body: `make(base_url=…, **settings)` starts a client on `db`; all are closed at the end."""
+    clients: list[TestClient] = []
+
+    def make(base_url: str = "http://testserver", **changes: Any) -> TestClient:
+        client = start_client(Settings(db=db, seed=seed, **changes), base_url)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

@@ -18,10 +18,10 @@ with warnings.catch_warnings():  # Starlette 1.10 asks for `httpx2`; the plain h
     warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
     from fastapi.testclient import TestClient
 
-from service_client import start_client
+from service_client import client_factory
 
 from bandit_router.catalog import ModelSpec
-from bandit_router.config import Secrets, Settings
+from bandit_router.config import Secrets
 
 CLIENT_KEY = "client-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -30,17 +30,7 @@ SECRET_PROMPT = "my secret prompt: the launch code is 0000"
 
 @pytest.fixture
 def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
-    clients: list[TestClient] = []
-
-    def make(**changes: Any) -> TestClient:
-        settings = Settings(db=tmp_path / "api.db", seed=7, **changes)
-        client = start_client(settings)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    yield from client_factory(tmp_path / "api.db", seed=7)
 
 
 @pytest.fixture

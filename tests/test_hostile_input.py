@@ -8,7 +8,6 @@ import json
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -16,7 +15,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
     from fastapi.testclient import TestClient
 
-from service_client import start_client
+from service_client import client_factory, start_client
 
 from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
@@ -34,16 +33,7 @@ SPEC = {"name": SLASHED, "input_usd_per_mtok": 0.18, "output_usd_per_mtok": 0.18
 
 @pytest.fixture
 def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
-    clients: list[TestClient] = []
-
-    def make(base_url: str = "http://testserver", **changes: Any) -> TestClient:
-        client = start_client(Settings(db=tmp_path / "hostile.db", seed=3, **changes), base_url)
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    yield from client_factory(tmp_path / "hostile.db", seed=3)
 
 
 @pytest.fixture

@@ -218,14 +218,20 @@ class HierarchicalThompsonPolicy(BasePolicy):
             self._cached = None
         return np.fromiter((row[m.name] for m in models), dtype=np.intp, count=len(models))
 
+    def _peer_matrices(self) -> np.ndarray:
+        """`_peer_matrices` of the current models, rebuilt only when a model was added."""
+        arms = self._arms
+        if self._peers is None or len(self._peers[0]) != len(arms.n):
+            self._peers = _peer_matrices(arms.family, arms.tier)
+        return self._peers
+
     def _refresh_priors(self) -> None:
         """μ₀ of every model: its catalog prior, else the mean quality that the other models of its family
         (else its tier, else all other models) have shown; 0.5 before any of them has feedback."""
         arms = self._arms
-        if self._peers is None or len(self._peers[0]) != len(arms.n):
-            self._peers = _peer_matrices(arms.family, arms.tier)
-        others_n = self._peers @ arms.n  # (3 levels, K): data of the other models of the same group
-        others_s = self._peers @ arms.sum_q
+        peers = self._peer_matrices()
+        others_n = peers @ arms.n  # (3 levels, K): data of the other models of the same group
+        others_s = peers @ arms.sum_q
         has = others_n > 0
         level = np.argmax(has, axis=0)  # the first level with data
         k = np.arange(len(arms.n))
@@ -251,12 +257,10 @@ class HierarchicalThompsonPolicy(BasePolicy):
         takes only this path (never the cache, and sums that do not depend on the order of the rows), so a replay
         of the same feedback gives the same state bit for bit, whenever routes came and whichever models they saw."""
         arms = self._arms
-        if self._peers is None or len(self._peers[0]) != len(arms.n):
-            self._peers = _peer_matrices(arms.family, arms.tier)
         prior = float(arms.catalog_prior[row])
         if math.isnan(prior):
             prior = UNINFORMED_QUALITY
-            for peers in self._peers[:, row]:
+            for peers in self._peer_matrices()[:, row]:
                 n = math.fsum(peers * arms.n)  # exactly rounded: the same whatever the order of the rows
                 if n > 0:
                     prior = math.fsum(peers * arms.sum_q) / n
