@@ -7,6 +7,8 @@
     settings.budgets    BudgetConfig      budget targets (`bandit_router.budgets`)
     settings.limits     LimitsSettings    body and prompt sizes
     settings.auth       AuthSettings      API keys
+    settings.gateway    GatewaySettings   the OpenAI-compatible gateway: upstreams, tries, limits
+    settings.judge      JudgeSettings     the LLM judge that scores a sample of the gateway's answers
 
 The configuration file and the environment name every key flatly (`port`, `BANDIT_ROUTER_DB`); so do
 `Settings(port=9000, db=...)` and `settings.port`, which reach into the section that owns the key (`KEYS`).
@@ -28,6 +30,8 @@ from ..reward import RewardConfig
 from .sections import (
     AuthSettings,
     FeedbackSettings,
+    GatewaySettings,
+    JudgeSettings,
     LimitsSettings,
     RoutingSettings,
     ServerSettings,
@@ -53,6 +57,8 @@ SECTIONS: dict[str, type] = {
     "budgets": BudgetConfig,
     "limits": LimitsSettings,
     "auth": AuthSettings,
+    "gateway": GatewaySettings,
+    "judge": JudgeSettings,
 }
 """Section name → its class, in the order the docs show them."""
 
@@ -89,6 +95,8 @@ class Settings:
     budgets: BudgetConfig
     limits: LimitsSettings
     auth: AuthSettings
+    gateway: GatewaySettings
+    judge: JudgeSettings
 
     def __init__(self, **values: Any) -> None:
         """`Settings(port=9000, db=Path("x.db"))` or `Settings(server=ServerSettings(...))`, or both (flat keys
@@ -145,6 +153,11 @@ class Settings:
         fallback = self.budgets.fallback_model
         if fallback is not None and fallback not in catalog.names:
             raise ConfigError(f"budgets: fallback_model {fallback!r} is not in the catalog")
+        judge = self.judge.judge_model
+        if judge is not None and judge not in catalog.names:
+            raise ConfigError(f"judge_model: {judge!r} is not in the catalog")
+        if self.gateway.router_alias in catalog.names:
+            raise ConfigError(f"router_alias: {self.gateway.router_alias!r} is also a catalog model's name")
         return self
 
     @property
@@ -171,7 +184,7 @@ class Settings:
         return {
             "policy": self.routing.policy,
             "policy_settings": dict(sorted(self.routing.policy_settings.items())),
-            "catalog": [m.to_json() for m in self.load_catalog()],
+            "catalog": [m.learning_json() for m in self.load_catalog()],
         }
 
     def flat(self) -> Mapping[str, Any]:

@@ -36,8 +36,19 @@ from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision
-from ..log import BudgetState, FeedbackRules, LogEntry, LogFollower, Verdict, close_window, feedback_record, judge
-from ..store import FeedbackRecord, ModelAction, Store, StoredDecision, StoreError, WriteTx
+from ..log import (
+    CALLER_POLICY,
+    BudgetState,
+    FeedbackRules,
+    LogEntry,
+    LogFollower,
+    Verdict,
+    close_window,
+    feedback_record,
+    judge,
+    with_call,
+)
+from ..store import CallRecord, FeedbackRecord, FeedbackStatus, ModelAction, Store, StoredDecision, StoreError, WriteTx
 from ..types import Decision, Outcome
 from .exceptions import Conflict, NotFound, Unavailable
 
@@ -85,6 +96,8 @@ class Batch:
     after_commit: list[Decision] = field(default_factory=list)
     decisions: dict[str, StoredDecision] = field(default_factory=dict)
     feedback: dict[str, list[FeedbackRecord]] = field(default_factory=dict)
+    calls: dict[str, CallRecord] = field(default_factory=dict)
+    """The gateway's call records of the decisions the batch's feedback refers to."""
     next_seq: int = 1
     pending: list[FeedbackRecord] = field(default_factory=list)
 
@@ -140,8 +153,24 @@ class InsertDecision(Op):
         self.decision, self.prompt, self.tenant, self.shadow_pmfs = decision, prompt, tenant, shadow_pmfs
 
 
+class RecordCall(Op):
+    """Store the gateway's record of one upstream call (usage, cost, latency, status) next to its decision."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: CallRecord) -> None:
+        super().__init__()
+        self.record = record
+
+    def run(self, batch: Batch) -> None:
+        batch.tx.insert_calls([self.record])
+        batch.calls[self.record.decision_id] = self.record
+
+
 class Feedback(Op):
-    """Judge a feedback by the rules (`log.judge`), then store it numbered (or answer a duplicate)."""
+    """Judge a feedback by the rules (`log.judge`), then store it numbered (or answer a duplicate). What the
+    caller left out (tokens, cost, latency) comes from the gateway's call record (`log.with_call`); feedback for
+    a decision whose model the caller named is stored as `unrouted`, never learned."""
 
     __slots__ = ("decision_id", "outcome", "received_at", "source")
 
@@ -153,7 +182,7 @@ class Feedback(Op):
         stored = batch.decisions.get(self.decision_id)
         if stored is None:
             raise UnknownDecision(f"no decision {self.decision_id!r}")
-        decision, o = stored.decision, self.outcome
+        decision, o = stored.decision, with_call(self.outcome, batch.calls.get(self.decision_id))
         report = (o.quality, o.cost_usd, o.input_tokens, o.output_tokens, o.latency_s, self.source)
         existing = batch.feedback.get(self.decision_id, [])
         ruling = judge(existing, report, self.received_at, decision.created_at, batch.writer.rules)
@@ -171,9 +200,12 @@ class Feedback(Op):
                 "aggregation = reject"
             )
         router = batch.writer.follower.policies.live
+        status = ruling.verdict.status
+        if decision.policy == CALLER_POLICY and status in (FeedbackStatus.APPLIED, FeedbackStatus.PENDING):
+            status = FeedbackStatus.UNROUTED
         record = batch.number(
             feedback_record(router, decision, stored.tenant, o, received_at=self.received_at, source=self.source,
-                            status=ruling.verdict.status)
+                            status=status)
         )
         batch.feedback.setdefault(self.decision_id, []).append(record)
         batch.log_feedback(record, decision)
@@ -377,6 +409,7 @@ class Writer:
                 if asked:
                     batch.decisions = tx.decisions(asked)
                     batch.feedback = tx.feedback_for_many(asked)
+                    batch.calls = tx.calls_for_many(asked)
                 for op in ops:
                     if isinstance(op, InsertDecision):
                         continue
@@ -460,6 +493,8 @@ class Writer:
             stored = tx.decision(info.decision_id)
             if stored is None:  # cannot happen: `info` came from the decisions table in this transaction
                 log.error("decision %s vanished while closing its reward window", info.decision_id)
+                continue
+            if stored.decision.policy == CALLER_POLICY:  # the caller named its model: nothing to learn
                 continue
             outcome, status = closing
             record = batch.number(
