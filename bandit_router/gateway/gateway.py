@@ -336,7 +336,7 @@ class Gateway:
                 return b""
             chunk = {k: v for k, v in chunk.items() if k != "usage"}
         chunk["model"] = model
-        return b"data: " + json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n\n"
+        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
     def finish_stream(self, answer: StreamAnswer, status: CallStatus, error: str) -> None:
         """Record a stream that ended (answered, failed mid-stream, or closed by the caller)."""

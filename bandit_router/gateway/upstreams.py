@@ -166,7 +166,7 @@ class Upstreams:
         body["model"] = endpoint.upstream_model
         client = self._clients[endpoint.base_url]
         timeout = httpx.Timeout(endpoint.timeout_s, connect=endpoint.connect_timeout_s)
-        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        content = json.dumps(body, separators=(",", ":")).encode("utf-8")
         return endpoint, client.build_request("POST", endpoint.url, content=content, headers=headers,
                                               timeout=timeout)
 

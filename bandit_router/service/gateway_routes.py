@@ -208,7 +208,7 @@ async def chat_completions(request: Request) -> Any:
             return EventStream(answer, _headers(answer.decision.decision_id, answer.decision.model,
                                                 answer.attempts))
         reply = await gateway.complete(chat)
-        return Response(json.dumps(reply.body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
+        return Response(json.dumps(reply.body, separators=(",", ":")).encode("utf-8"),
                         media_type="application/json",
                         headers=_headers(reply.decision.decision_id, reply.decision.model, reply.attempts))
     except (BanditRouterError, GatewayFailed, Rejected) as exc:
