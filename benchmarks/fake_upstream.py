@@ -82,6 +82,7 @@ class FakeUpstream:
     behaviour: dict[str, Behaviour] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
     authorizations: list[str] = field(default_factory=list)
+    closing: bool = False
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -132,8 +133,10 @@ class FakeUpstream:
             return
         self.calls[model] += 1
         behaviour = self.behaviour.get(model, Behaviour())
-        if behaviour.mode == "hang":
-            await asyncio.sleep(3600)
+        if behaviour.mode == "hang":  # until told otherwise (or closing): never answers meanwhile
+            while self.behaviour.get(model, Behaviour()).mode == "hang" and not self.closing:
+                await asyncio.sleep(0.05)
+            return
         if behaviour.mode == "fail":
             await _json(send, 500, {"error": {"message": "the model is overloaded", "type": "server_error"}})
             return

@@ -39,6 +39,7 @@ def fake() -> Iterator[FakeUpstream]:
     try:
         yield upstream
     finally:
+        upstream.closing = True  # ends the requests a `hang` holds
         server.stop()
 
 

@@ -16,7 +16,8 @@ queued in one write transaction:
 Few statements per batch matter: the sqlite3 module releases the GIL around each, and the writer must wait for
 the busy event loop to give it back every time (see `app.tune_process`).
 
-The operations (one small class each) live here with the writer because each runs inside its transaction.
+Why one module: the operations (one small class each) live here with the writer because each runs inside its
+transaction and shares its `Batch`.
 """
 
 from __future__ import annotations
@@ -36,18 +37,8 @@ from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision
-from ..log import (
-    CALLER_POLICY,
-    BudgetState,
-    FeedbackRules,
-    LogEntry,
-    LogFollower,
-    Verdict,
-    close_window,
-    feedback_record,
-    judge,
-    with_call,
-)
+from ..log import BudgetState, FeedbackRules, LogEntry, LogFollower, Verdict, close_window, feedback_record, judge
+from ..log.feedback import CALLER_POLICY, with_call
 from ..store import CallRecord, FeedbackRecord, FeedbackStatus, ModelAction, Store, StoredDecision, StoreError, WriteTx
 from ..types import Decision, Outcome
 from .exceptions import Conflict, NotFound, Unavailable
