@@ -145,17 +145,14 @@ class InsertDecision(Op):
 
 
 class RecordCall(Op):
-    """Store the gateway's record of one upstream call (usage, cost, latency, status) next to its decision."""
+    """Store the gateway's record of one upstream call (usage, cost, latency, status) next to its decision. A
+    batch's records are written together, after its decisions and before its feedback (`Writer._transact`)."""
 
     __slots__ = ("record",)
 
     def __init__(self, record: CallRecord) -> None:
         super().__init__()
         self.record = record
-
-    def run(self, batch: Batch) -> None:
-        batch.tx.insert_calls([self.record])
-        batch.calls[self.record.decision_id] = self.record
 
 
 class Feedback(Op):
@@ -380,9 +377,9 @@ class Writer:
 
     def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
         follower = self.follower
-        # Decisions are not part of the log: a batch of decisions alone neither reads nor numbers it (three
-        # statements: BEGIN, one INSERT, COMMIT). Anything else first catches up with the log, under the lock.
-        touches_log = sweep or any(not isinstance(op, InsertDecision) for op in ops)
+        # Decisions and call records are not part of the log: a batch of them alone neither reads nor numbers it
+        # (BEGIN, one INSERT each, COMMIT). Anything else first catches up with the log, under the lock.
+        touches_log = sweep or any(not isinstance(op, InsertDecision | RecordCall) for op in ops)
         try:
             with self.store.write() as tx:
                 batch = Batch(self, tx, active={m.name for m in follower.policies.live.models})
@@ -396,13 +393,16 @@ class Writer:
                 inserts = [op for op in ops if isinstance(op, InsertDecision)]
                 if inserts:
                     self._insert_decisions(batch, inserts)
+                calls = [op.record for op in ops if isinstance(op, RecordCall)]
+                if calls:  # before the feedback below reads them
+                    tx.insert_calls(calls)
                 asked = [op.decision_id for op in ops if isinstance(op, Feedback)]
                 if asked:
                     batch.decisions = tx.decisions(asked)
                     batch.feedback = tx.feedback_for_many(asked)
                     batch.calls = tx.calls_for_many(asked)
                 for op in ops:
-                    if isinstance(op, InsertDecision):
+                    if isinstance(op, InsertDecision | RecordCall):
                         continue
                     try:
                         op.result = op.run(batch)
