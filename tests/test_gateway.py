@@ -121,7 +121,8 @@ def test_a_routed_call_answers_in_openai_shape_and_feedback_needs_only_quality(
     price_in, price_out = PRICES[completion.model]
     usage = completion.usage
     assert row["input_tokens"] == usage.prompt_tokens and row["output_tokens"] == usage.completion_tokens
-    assert row["cost_usd"] == pytest.approx((usage.prompt_tokens * price_in + usage.completion_tokens * price_out) / 1e6)
+    expected = (usage.prompt_tokens * price_in + usage.completion_tokens * price_out) / 1e6
+    assert row["cost_usd"] == pytest.approx(expected)
     assert row["latency_ms"] is not None and row["latency_ms"] > 0
     assert row["reward"] == pytest.approx(0.8 - 5 * row["cost_usd"])
 
@@ -201,7 +202,8 @@ def test_knobs_ride_in_headers_too_and_the_body_wins(gateway: Callable[..., str]
     assert stored["model"] == "fake-small" and stored["cost_weight"] == 3.0 and stored["tenant"] == "acme"
     raw = client(url).chat.completions.with_raw_response.create(
         model="router", messages=[{"role": "user", "content": CODE}],
-        extra_headers={"x-bandit-router-models": "fake-small"}, extra_body={"bandit_router": {"models": ["fake-coder"]}},
+        extra_headers={"x-bandit-router-models": "fake-small"},
+        extra_body={"bandit_router": {"models": ["fake-coder"]}},
     )
     assert raw.parse().model == "fake-coder"
 
@@ -424,7 +426,7 @@ def test_the_judge_scores_sampled_answers_and_the_callers_feedback_takes_precede
                                                           extra_body={"bandit_router": {"models": list(MODELS)}})
         ids.append((raw.headers["x-decision-id"], quality_in(raw.parse().choices[0].message.content)))
     # the caller answers the first one before the judge: the caller's feedback is learned, the judge's dropped
-    first_id, first_q = ids[0]
+    first_id = ids[0][0]
     assert feedback(url, first_id, 0.05)["status"] == "applied"
     for decision_id, shown in ids[1:]:
         rows = settle(url, decision_id)
