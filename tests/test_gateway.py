@@ -441,3 +441,28 @@ def test_the_judge_scores_sampled_answers_and_the_callers_feedback_takes_precede
     judge = httpx.get(url + "/v1/stats").json()["judge"]
     assert judge["model"] == JUDGE and judge["scored"] == 5 and judge["overridden"] == 1
     assert judge["spend_usd"] > 0 and judge["input_tokens"] > 0
+
+
+def test_counterfactual_evaluation_reads_first_tries_and_leaves_fallbacks_out(
+    gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path
+) -> None:
+    from bandit_router.evaluation.store_log import iter_log
+    from bandit_router.store import SQLiteStore
+
+    url = gateway(max_attempts=3)
+    fake.set("fake-coder", "fail")
+    answered = []
+    for _ in range(15):
+        raw = client(url).chat.completions.with_raw_response.create(
+            model="router", messages=[{"role": "user", "content": CODE}])
+        answered.append((raw.headers["x-decision-id"], int(raw.headers["x-bandit-router-attempts"])))
+        feedback(url, raw.headers["x-decision-id"], 0.5)
+    time.sleep(0.3)
+    fallbacks = {d for d, attempts in answered if attempts > 1}
+    assert fallbacks  # fake-coder was tried first at least once
+    store = SQLiteStore(tmp_path / "gw0.db")
+    first_tries = [r.decision.decision_id for r in iter_log(store)]
+    everything = [r.decision.decision_id for r in iter_log(store, fallbacks=True)]
+    store.close()
+    assert len(everything) == 15 + len(fallbacks) and len(first_tries) == 15
+    assert not fallbacks & set(first_tries) and fallbacks <= set(everything)

@@ -519,6 +519,8 @@ class _SQLiteTx:
     def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:
         if not decision_ids:
             return {}
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'calls'").fetchone() is None:
+            return {}  # a database no service with this version prepared yet
         sql = f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE decision_id IN ({{marks}})"
         return {row[0]: _call_from_row(row) for row in self._in_chunks(sql, decision_ids, plain=True)}
 
