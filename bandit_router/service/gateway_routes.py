@@ -123,8 +123,8 @@ class EventStream(Response):
         async def relay() -> None:
             await send({"type": "http.response.start", "status": 200, "headers": raw})
             async for data in events:
-                await asyncio.wait_for(send({"type": "http.response.body", "body": data, "more_body": True}),
-                                       STREAM_WRITE_TIMEOUT_S)
+                async with asyncio.timeout(STREAM_WRITE_TIMEOUT_S):  # no task per event, unlike wait_for
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
         async def disconnected() -> None:
