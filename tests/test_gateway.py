@@ -350,6 +350,19 @@ def test_not_json_is_a_415_and_a_huge_body_a_413(gateway: Callable[..., str]) ->
                       headers={"content-type": "application/json"}).status_code == 413
 
 
+def test_the_services_own_api_keys_guard_the_gateway(gateway: Callable[..., str]) -> None:
+    from bandit_router.config import Secrets
+
+    service_key = "client-key-0123456789abcdef"
+    url = gateway(api_keys=Secrets((service_key,)))
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}])
+    assert caught.value.status_code == 401 and caught.value.body["type"] == "authentication_error"  # type: ignore[index]
+    keyed = openai.OpenAI(base_url=url + "/v1", api_key=service_key, max_retries=0)
+    assert keyed.chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}]).model in MODELS
+    assert keyed.models.list().data[0].id == "router"
+
+
 # -- secrets ------------------------------------------------------------------------------------------------------
 def test_the_upstream_key_never_reaches_logs_replies_metrics_or_the_database(
     gateway: Callable[..., str], fake: FakeUpstream, caplog: pytest.LogCaptureFixture, tmp_path: Path

@@ -125,6 +125,13 @@ class StreamAnswer:
     def decision(self) -> Decision:
         return self.attempt.decision
 
+    async def abandon(self) -> None:
+        """Close and record a stream whose relay never ran to its end (the caller left before it started)."""
+        if not self.finished:
+            self.finished = True
+            await self.stream.close()
+            self.gateway.finish_stream(self, CallStatus.CANCELLED, "the caller left before the stream started")
+
     async def relay(self) -> AsyncGenerator[bytes, None]:
         """The SSE events for the caller: each upstream chunk with `model` set to the catalog name (the usage-only
         chunk only when the caller asked for usage), then `[DONE]`; a failure mid-stream ends the stream with

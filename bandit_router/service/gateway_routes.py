@@ -140,6 +140,7 @@ class EventStream(Response):
                 task.cancel()
             await asyncio.gather(sending, watching, return_exceptions=True)
             await events.aclose()
+            await self.answer.abandon()  # the relay's own `finally` did this, unless it never started
 
 
 CHAT_SCHEMA: dict[str, Any] = {
