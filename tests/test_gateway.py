@@ -479,3 +479,20 @@ def test_counterfactual_evaluation_reads_first_tries_and_leaves_fallbacks_out(
     store.close()
     assert len(everything) == 15 + len(fallbacks) and len(first_tries) == 15
     assert not fallbacks & set(first_tries) and fallbacks <= set(everything)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_with_several_workers_the_reply_waits_for_its_call_record(
+    gateway: Callable[..., str], stream: bool
+) -> None:
+    """With `workers > 1` the feedback may reach another process: the reply is sent only once the call record is
+    committed, so a feedback right after it (read from the database) finds the tokens and the cost."""
+    url = gateway(workers=2)
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": PROSE}], stream=stream)
+    body = raw.parse()
+    if stream:
+        list(body)  # type: ignore[call-overload]
+    feedback(url, raw.headers["x-decision-id"], 0.6)
+    row = decision(url, raw.headers["x-decision-id"])["feedback"][0]
+    assert row["output_tokens"] is not None and row["cost_usd"] is not None

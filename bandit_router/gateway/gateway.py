@@ -148,17 +148,25 @@ class StreamAnswer:
                     out = gw.chunk_bytes(chunk, model, self.chat.include_usage)
                     if out:
                         yield out
-            status, error = CallStatus.OK, ""
+            await self._finish(CallStatus.OK, "")  # recorded before the caller sees the end
             yield b"data: [DONE]\n\n"
         except UpstreamFailure as exc:
-            status, error = exc.status, str(exc)
+            await self._finish(exc.status, str(exc))
             body = {"error": {"message": f"the stream broke: {exc}", "type": "upstream_error", "param": None,
                               "code": str(exc.status)}}
             yield b"data: " + json.dumps(body).encode() + b"\n\n"
         finally:
-            self.finished = True
-            await self.stream.close()
-            gw.finish_stream(self, status, error)
+            if not self.finished:  # the caller left
+                self.finished = True
+                await self.stream.close()
+                gw.finish_stream(self, status, error)
+
+    async def _finish(self, status: CallStatus, error: str) -> None:
+        self.finished = True
+        await self.stream.close()
+        recorded = self.gateway.finish_stream(self, status, error)
+        if self.gateway.await_records:
+            await asyncio.wait([recorded])
 
 
 class Gateway:
@@ -173,6 +181,8 @@ class Gateway:
         self.on_answer: Callable[[Decision, Sequence[Mapping[str, Any]], str], None] | None = None
         """Called with each routed answer (the judge samples from these)."""
         self.judge: Judge | None = None
+        self.await_records = settings.server.workers > 1
+        """Whether a reply waits until its call record is committed (several workers: see `_record`)."""
 
     @classmethod
     def build(cls, settings: Settings, engine: DecisionLog) -> Gateway:
@@ -314,8 +324,10 @@ class Gateway:
         usage = reply.usage or estimated(chat.messages, answer)
         cost = usage.cost_usd(self.engine.router.spec(decision.model))
         body["model"] = decision.model
-        self._record(attempt, CallStatus.OK, None, usage=usage, cost=cost, latency=reply.latency_s,
-                     ttft=reply.latency_s)
+        recorded = self._record(attempt, CallStatus.OK, None, usage=usage, cost=cost, latency=reply.latency_s,
+                                ttft=reply.latency_s)
+        if self.await_records:
+            await asyncio.wait([recorded])  # neither raises nor cancels the record
         if chat.routed and self.on_answer is not None:
             self.on_answer(decision, chat.messages, answer)
         return Answer(body, decision, attempt.number, usage, cost)
@@ -345,25 +357,27 @@ class Gateway:
         chunk["model"] = model
         return b"data: " + json.dumps(chunk, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
-    def finish_stream(self, answer: StreamAnswer, status: CallStatus, error: str) -> None:
+    def finish_stream(self, answer: StreamAnswer, status: CallStatus, error: str) -> asyncio.Future[Any]:
         """Record a stream that ended (answered, failed mid-stream, or closed by the caller)."""
         stream = answer.stream
         text = "".join(stream.text)
         usage = stream.usage or estimated(answer.chat.messages, text)
         decision = answer.decision
         cost = usage.cost_usd(self.engine.router.spec(decision.model))
-        self._record(answer.attempt, status, None, usage=usage, cost=cost, latency=stream.latency_s,
-                     ttft=stream.ttft_s, error=error or None)
+        recorded = self._record(answer.attempt, status, None, usage=usage, cost=cost, latency=stream.latency_s,
+                                ttft=stream.ttft_s, error=error or None)
         if status == CallStatus.OK and answer.chat.routed and self.on_answer is not None:
             self.on_answer(decision, answer.chat.messages, text)
+        return recorded
 
     # -- recording --------------------------------------------------------------------------------------------
     def _record(self, attempt: Attempt, status: CallStatus, started: float | None, *, usage: Usage | None = None,
                 cost: float | None = None, latency: float | None = None, ttft: float | None = None,
-                error: str | None = None, http_status: int | None = None) -> None:
+                error: str | None = None, http_status: int | None = None) -> asyncio.Future[Any]:
         """Store the call record (and, for a failure, the failure as feedback) without delaying the reply: the
-        writer runs operations in the order they were submitted, so a feedback the caller sends after this reply
-        finds the record."""
+        writer runs operations in the order they were submitted, so a feedback the caller sends to this process
+        after this reply finds the record. With several workers a feedback may reach another one first, so
+        there the reply waits for the commit (`await_records`)."""
         if latency is None and started is not None:
             latency = time.perf_counter() - started
         decision = attempt.decision
@@ -380,12 +394,13 @@ class Gateway:
         if status.is_failure:
             failure = Outcome(quality=self.config.failure_quality, cost_usd=0.0, input_tokens=0, output_tokens=0,
                               latency_s=latency)
-        self._spawn(self.engine.record_call(record, failure, FAILURE_SOURCE if failure is not None else None))
+        return self._spawn(self.engine.record_call(record, failure, FAILURE_SOURCE if failure is not None else None))
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
