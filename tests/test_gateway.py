@@ -208,6 +208,22 @@ def test_knobs_ride_in_headers_too_and_the_body_wins(gateway: Callable[..., str]
     assert raw.parse().model == "fake-coder"
 
 
+def test_upstream_calls_are_counted_in_the_metrics(gateway: Callable[..., str], fake: FakeUpstream) -> None:
+    url = gateway(models=("fake-coder", "fake-writer"))
+    client(url).chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": PROSE}])
+    list(client(url).chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": PROSE}],
+                                             stream=True))
+    fake.set("fake-coder", "fail")
+    with pytest.raises(openai.APIStatusError):
+        client(url).chat.completions.create(model="fake-coder", messages=[{"role": "user", "content": PROSE}])
+    metrics = httpx.get(url + "/metrics").text
+    assert 'bandit_router_upstream_calls_total{model="fake-writer",status="ok"} 2.0' in metrics
+    assert 'bandit_router_upstream_calls_total{model="fake-coder",status="server_error"} 1.0' in metrics
+    assert 'bandit_router_upstream_seconds_count{model="fake-writer"} 2.0' in metrics
+    assert 'bandit_router_upstream_ttft_seconds_count{model="fake-writer"} 1.0' in metrics
+    assert 'bandit_router_upstream_cost_usd_total{model="fake-writer"}' in metrics
+
+
 # -- failures ---------------------------------------------------------------------------------------------------
 def test_a_failing_model_is_answered_by_a_fallback_and_then_avoided(
     gateway: Callable[..., str], fake: FakeUpstream
@@ -454,6 +470,8 @@ def test_the_judge_scores_sampled_answers_and_the_callers_feedback_takes_precede
     judge = httpx.get(url + "/v1/stats").json()["judge"]
     assert judge["model"] == JUDGE and judge["scored"] == 5 and judge["overridden"] == 1
     assert judge["spend_usd"] > 0 and judge["input_tokens"] > 0
+    metrics = httpx.get(url + "/metrics").text
+    assert 'bandit_router_judge_jobs{state="scored"} 5.0' in metrics and "bandit_router_judge_spend_usd" in metrics
 
 
 def test_counterfactual_evaluation_reads_first_tries_and_leaves_fallbacks_out(

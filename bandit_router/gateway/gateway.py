@@ -181,6 +181,8 @@ class Gateway:
         self.on_answer: Callable[[Decision, Sequence[Mapping[str, Any]], str], None] | None = None
         """Called with each routed answer (the judge samples from these)."""
         self.judge: Judge | None = None
+        self.observer: Callable[[CallRecord], None] | None = None
+        """Told about every call record (the service's metrics)."""
         self.await_records = settings.server.workers > 1
         """Whether a reply waits until its call record is committed (several workers: see `_record`)."""
 
@@ -390,6 +392,8 @@ class Gateway:
             usage=None if usage is None else usage.source, cost_usd=cost, ttft_s=ttft, latency_s=latency,
             error=None if error is None else error[:500], created_at=time.time(),
         )
+        if self.observer is not None:
+            self.observer(record)
         failure = None
         if status.is_failure:
             failure = Outcome(quality=self.config.failure_quality, cost_usd=0.0, input_tokens=0, output_tokens=0,

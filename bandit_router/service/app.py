@@ -208,6 +208,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys))
         engine.start()
         gateway = await start_gateway(settings, engine)
+        gateway.observer = metrics.call_recorded
+        if gateway.judge is not None:
+            metrics.bind_judge(gateway.judge.report)
         app.state.gateway = gateway
         log.info(
             "bandit-router: db=%s synchronous=%s policy=%s models=%d auth=%s store_prompts=%s",
