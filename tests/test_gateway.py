@@ -318,6 +318,45 @@ def test_an_upstream_4xx_is_passed_through_and_not_blamed_on_the_model(
     assert httpx.get(url + "/v1/stats").json()["policy_version"] == 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reply_that_is_not_a_chat_completion_is_the_models_failure(
+    gateway: Callable[..., str], fake: FakeUpstream, stream: bool
+) -> None:
+    """An HTML page for a JSON call, or a stream without a single event: `invalid_response`, a 502 for a named
+    model, a fallback for a routed call."""
+    url = gateway(models=("fake-coder", "fake-writer"))
+    fake.set("fake-coder", "garbage")
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(url).chat.completions.create(model="fake-coder", messages=[{"role": "user", "content": CODE}],
+                                            stream=stream)
+    assert caught.value.status_code == 502 and "invalid_response" in str(caught.value.body)
+    for _ in range(6):
+        answer = client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                                     stream=stream)
+        models = {c.model for c in answer} if stream else {answer.model}  # type: ignore[union-attr]
+        assert models == {"fake-writer"}
+
+
+def test_the_call_record_keeps_latency_and_time_to_first_token(gateway: Callable[..., str],
+                                                               fake: FakeUpstream) -> None:
+    url = gateway(models=("fake-small",))
+    fake.set("fake-small", "slow", delay_s=0.2)
+    ids = []
+    for stream in (False, True):
+        raw = client(url).chat.completions.with_raw_response.create(
+            model="router", messages=[{"role": "user", "content": PROSE}], stream=stream)
+        if stream:
+            list(raw.parse())  # type: ignore[call-overload]
+        ids.append(raw.headers["x-decision-id"])
+    time.sleep(0.2)
+    plain, streamed = (decision(url, i)["call"] for i in ids)
+    assert plain["status"] == "ok" and plain["latency_s"] >= 0.2 and plain["usage"] == "upstream"
+    assert streamed["stream"] and 0.2 <= streamed["ttft_s"] <= streamed["latency_s"]
+    assert streamed["attempt"] == 1 and streamed["request_id"] == ids[1] and streamed["input_tokens"] > 0
+    assert decision(url, ids[0])["call"]["cost_usd"] == pytest.approx(
+        (plain["input_tokens"] * 0.5 + plain["output_tokens"] * 1.0) / 1e6)
+
+
 # -- hostile input ------------------------------------------------------------------------------------------------
 BAD_BODIES: list[tuple[Any, int]] = [
     (b"{not json", 400),

@@ -116,7 +116,7 @@ class StreamAnswer:
     gateway: Gateway
     attempt: Attempt
     stream: Stream
-    first: dict[str, Any] | None
+    first: dict[str, Any]
     chat: ChatRequest
     attempts: int
     finished: bool = field(default=False)
@@ -139,15 +139,13 @@ class StreamAnswer:
         gw, model = self.gateway, self.decision.model
         status, error = CallStatus.CANCELLED, "the caller closed the stream"
         try:
-            chunk = self.first
-            if chunk is not None:
+            out = gw.chunk_bytes(self.first, model, self.chat.include_usage)
+            if out:
+                yield out
+            async for chunk in self.stream.rest():
                 out = gw.chunk_bytes(chunk, model, self.chat.include_usage)
                 if out:
                     yield out
-                async for chunk in self.stream.rest():
-                    out = gw.chunk_bytes(chunk, model, self.chat.include_usage)
-                    if out:
-                        yield out
             await self._finish(CallStatus.OK, "")  # recorded before the caller sees the end
             yield b"data: [DONE]\n\n"
         except UpstreamFailure as exc:
@@ -338,7 +336,7 @@ class Gateway:
         """A stream whose first chunk has arrived (failures before it fall back like a non-streamed call)."""
         payload = chat.upstream_payload()
 
-        async def call(attempt: Attempt, deadline: float) -> tuple[Stream, dict[str, Any] | None]:
+        async def call(attempt: Attempt, deadline: float) -> tuple[Stream, dict[str, Any]]:
             stream = await self.upstreams.stream(attempt.decision.model, payload, deadline)
             try:
                 return stream, await stream.first(deadline)

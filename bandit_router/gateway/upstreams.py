@@ -302,7 +302,7 @@ class Stream:
                     self.text.append(content)
             return chunk
 
-    async def first(self, deadline: float) -> dict[str, Any] | None:
+    async def first(self, deadline: float) -> dict[str, Any]:
         """The first chunk, within `deadline`; sets `ttft_s`."""
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
@@ -310,6 +310,8 @@ class Stream:
         except TimeoutError:
             raise UpstreamFailure(self.model, CallStatus.TIMEOUT, "no first chunk before the request's deadline") \
                 from None
+        if chunk is None:
+            raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE, "the stream ended before its first chunk")
         self.ttft_s = time.perf_counter() - self.started
         return chunk
 
