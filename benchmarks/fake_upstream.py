@@ -84,6 +84,8 @@ class FakeUpstream:
     calls: Counter[str] = field(default_factory=Counter)
     authorizations: list[str] = field(default_factory=list)
     closing: bool = False
+    url: str = ""
+    """Where it is served (set by whoever serves it), for building catalogs."""
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)

@@ -35,7 +35,7 @@ PROSE = "Write a short poem about the sea at dawn"
 def fake() -> Iterator[FakeUpstream]:
     upstream = FakeUpstream(seed=3)
     server = ServerThread(upstream)
-    upstream.url = server.url  # type: ignore[attr-defined]
+    upstream.url = server.url
     try:
         yield upstream
     finally:
@@ -53,8 +53,7 @@ def gateway(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     def start(models: tuple[str, ...] = MODELS, **changes: Any) -> str:
         specs = tuple(
-            ModelSpec(name, *PRICES[name], tags={"family": "fake"}, base_url=fake.url + "/v1",  # type: ignore[attr-defined]
-                      api_key_env=KEY_ENV)
+            ModelSpec(name, *PRICES[name], tags={"family": "fake"}, base_url=fake.url + "/v1", api_key_env=KEY_ENV)
             for name in models
         )
         changes.setdefault("seed", 7)
@@ -222,6 +221,49 @@ def test_upstream_calls_are_counted_in_the_metrics(gateway: Callable[..., str], 
     assert 'bandit_router_upstream_seconds_count{model="fake-writer"} 2.0' in metrics
     assert 'bandit_router_upstream_ttft_seconds_count{model="fake-writer"} 1.0' in metrics
     assert 'bandit_router_upstream_cost_usd_total{model="fake-writer"}' in metrics
+
+
+def test_upstream_model_names_the_providers_id_and_default_base_url_serves_the_rest(
+    gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path
+) -> None:
+    models = (
+        ModelSpec("house-coder", 1.0, 2.0, base_url=fake.url + "/v1", upstream_model="fake-coder"),
+        ModelSpec("fake-writer", 1.0, 2.0),  # no base_url: default_base_url
+    )
+    server = ServerThread(create_app(Settings(db=tmp_path / "named.db", models=models, seed=1,
+                                              default_base_url=fake.url + "/v1")))
+    try:
+        c = client(server.url)
+        before = fake.calls["fake-coder"]
+        assert c.chat.completions.create(model="house-coder", messages=[{"role": "user", "content": CODE}]
+                                         ).model == "house-coder"
+        assert fake.calls["fake-coder"] == before + 1  # the provider's id went upstream
+        assert c.chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": CODE}]
+                                         ).model == "fake-writer"
+        # a model added at run time is called through default_base_url too
+        added = httpx.post(server.url + "/v1/models", json={"name": "fake-small", "input_usd_per_mtok": 0.5,
+                                                            "output_usd_per_mtok": 1.0})
+        assert added.status_code == 201, added.text
+        assert c.chat.completions.create(model="fake-small", messages=[{"role": "user", "content": CODE}]
+                                         ).model == "fake-small"
+        assert "fake-small" in [m.id for m in c.models.list().data]
+    finally:
+        server.stop()
+
+
+def test_a_hanging_judge_never_delays_a_reply_and_its_queue_is_bounded(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    url = gateway(models=(*MODELS, JUDGE), judge_model=JUDGE, judge_sample_rate=1.0, judge_queue=2,
+                  judge_concurrency=1)
+    fake.set(JUDGE, "hang")
+    c = client(url).with_options(timeout=5)
+    for _ in range(8):
+        c.chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                  extra_body={"bandit_router": {"models": list(MODELS)}})
+    judge = httpx.get(url + "/v1/stats").json()["judge"]
+    assert judge["sampled"] == 8 and judge["scored"] == 0
+    assert judge["queued"] <= 2 and judge["dropped"] >= 5  # one in the judge's hands, at most 2 waiting
 
 
 # -- failures ---------------------------------------------------------------------------------------------------
