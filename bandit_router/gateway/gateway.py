@@ -249,8 +249,8 @@ class Gateway:
         else:
             if chat.model not in [m.name for m in self.engine.router.models] or chat.model not in \
                     self.callable_models():
-                raise NoUpstream(f"model: {chat.model!r} is neither {self.config.router_alias!r} nor a catalog "
-                                 "model with an upstream")
+                raise NoUpstream(f"model: {chat.model[:200]!r} is neither {self.config.router_alias!r} nor a "
+                                 "catalog model with an upstream")
             request = chat.core_request()
             decision = self.caller_decision(request, chat.model)
             await self.engine.store_decision(decision, request)

@@ -295,7 +295,8 @@ class Stream:
             usage = usage_of(chunk)
             if usage is not None:
                 self.usage = usage
-            for choice in chunk.get("choices") or ():
+            choices = chunk.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
                 delta = choice.get("delta") if isinstance(choice, dict) else None
                 content = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(content, str):
