@@ -399,6 +399,22 @@ def test_the_call_record_keeps_latency_and_time_to_first_token(gateway: Callable
         (plain["input_tokens"] * 0.5 + plain["output_tokens"] * 1.0) / 1e6)
 
 
+def test_a_caller_that_leaves_a_stream_is_recorded_as_cancelled_and_not_blamed(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    url = gateway(models=("fake-small",))
+    fake.set("fake-small", "slow", delay_s=0.3)
+    body = {"model": "router", "stream": True, "messages": [{"role": "user", "content": PROSE}]}
+    with httpx.Client(timeout=5) as c, c.stream("POST", url + "/v1/chat/completions", json=body) as reply:
+        decision_id = reply.headers["x-decision-id"]
+    # the connection is closed before a single event was read
+    deadline = time.monotonic() + 10
+    while (call := decision(url, decision_id)["call"]) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert call is not None and call["status"] in ("cancelled", "ok")  # "ok" when the stream fit the buffers
+    assert decision(url, decision_id)["feedback"] == []  # never learned as the model's failure
+
+
 # -- hostile input ------------------------------------------------------------------------------------------------
 BAD_BODIES: list[tuple[Any, int]] = [
     (b"{not json", 400),
