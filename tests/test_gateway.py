@@ -266,6 +266,23 @@ def test_a_hanging_judge_never_delays_a_reply_and_its_queue_is_bounded(
     assert judge["queued"] <= 2 and judge["dropped"] >= 5  # one in the judge's hands, at most 2 waiting
 
 
+def test_the_shipped_catalog_says_which_key_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default catalog names each provider's endpoint and key variable; with none of them set nothing is
+    called, and the reply says which variables to set."""
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "TOGETHER_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    server = ServerThread(create_app(Settings(db=tmp_path / "default.db", seed=1)))
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            client(server.url).chat.completions.create(model="router", messages=[{"role": "user", "content": "hi"}])
+        assert caught.value.status_code == 503
+        assert "OPENAI_API_KEY" in caught.value.message and "ANTHROPIC_API_KEY" in caught.value.message
+        with pytest.raises(openai.NotFoundError, match="OPENAI_API_KEY"):
+            client(server.url).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        server.stop()
+
+
 # -- failures ---------------------------------------------------------------------------------------------------
 def test_a_failing_model_is_answered_by_a_fallback_and_then_avoided(
     gateway: Callable[..., str], fake: FakeUpstream

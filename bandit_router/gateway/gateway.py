@@ -201,6 +201,14 @@ class Gateway:
                            timeout_s=g.upstream_timeout_s, connect_timeout_s=g.upstream_connect_timeout_s,
                            max_concurrency=g.upstream_max_concurrency)
 
+    def _no_upstream(self) -> str:
+        keyless = self.upstreams.keyless
+        if keyless:
+            needed = sorted(set(keyless.values()))
+            return (f"no catalog model can be called: set {' or '.join(needed)} (the api_key_env of "
+                    f"{', '.join(keyless)}), or give models a base_url")
+        return "no catalog model has an upstream: give models a base_url, or set default_base_url"
+
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -212,7 +220,8 @@ class Gateway:
         `default_base_url` when it is first needed)."""
         out = []
         for spec in self.engine.router.models:
-            if not self.upstreams.has(spec.name) and self.config.default_base_url is not None:
+            if (not self.upstreams.has(spec.name) and spec.name not in self.upstreams.keyless
+                    and self.config.default_base_url is not None):
                 endpoint = self._endpoint(self.settings, spec)
                 if endpoint is not None:
                     self.upstreams.add(endpoint)
@@ -227,7 +236,7 @@ class Gateway:
         active = [m.name for m in self.engine.router.models]
         if chat.models is None:
             if not callable_:
-                raise NoUpstream("no catalog model has an upstream: give models a base_url, or set default_base_url")
+                raise NoUpstream(self._no_upstream())
             return None if len(callable_) == len(active) else tuple(callable_)
         unknown = [m for m in chat.models if m not in active]
         if unknown:
@@ -247,6 +256,9 @@ class Gateway:
                                   cost_weight=request.cost_weight)
             decision = await self.engine.route(request)
         else:
+            if chat.model in self.upstreams.keyless:
+                raise NoUpstream(f"model: {chat.model!r} is called with the key in "
+                                 f"{self.upstreams.keyless[chat.model]}, which is not set")
             if chat.model not in [m.name for m in self.engine.router.models] or chat.model not in \
                     self.callable_models():
                 raise NoUpstream(f"model: {chat.model[:200]!r} is neither {self.config.router_alias!r} nor a "
