@@ -36,7 +36,8 @@ def _traffic(n: int, seed: int) -> tuple[list[Decision], list[FeedbackRecord]]:
     rng = np.random.default_rng(seed)
     decisions, records = [], []
     for i in range(n):
-        d = router.route(Request(prompt=f"question {i % 7}: explain topic {i % 3}", cost_weight=float(rng.integers(1, 50))))
+        lam = float(rng.integers(1, 50))
+        d = router.route(Request(prompt=f"question {i % 7}: explain topic {i % 3}", cost_weight=lam))
         d = dataclasses.replace(d, created_at=T0 + float(rng.uniform(0, 600)))
         decisions.append(d)
         if rng.random() < 0.7:
