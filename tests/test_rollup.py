@@ -112,18 +112,21 @@ def test_the_rollup_equals_the_raw_tables(store: SQLiteStore) -> None:
     assert sum(r.decisions for r in got) == 400
 
 
-def test_buckets_sum_the_minutes_and_the_range_is_half_open(store: SQLiteStore) -> None:
+@pytest.mark.parametrize("step", [5, 15, 30, 60, 120])
+def test_buckets_sum_the_minutes_and_the_range_is_half_open(store: SQLiteStore, step: int) -> None:
+    """Steps of 15 and 60 minutes read the longer spans (30 and 120 too): the same sums as the minutes."""
     decisions, records = _traffic(300, seed=2)
     _store_all(store, decisions, records)
     first = minute_of(T0)
+    lo, hi = first - first % 120 - 120, first - first % 120 + 240
     with store.read() as reader:
-        minutes = reader.minute_stats(first - 20, first + 40, 1)
-        buckets = reader.minute_stats(first - 20, first + 40, 5)
+        minutes = reader.minute_stats(lo, hi, 1)
+        buckets = reader.minute_stats(lo, hi, step)
         window = reader.minute_stats(first + 2, first + 4, 1)
-    assert all(b.minute % 5 == 0 for b in buckets)
+    assert all(b.minute % step == 0 for b in buckets)
     summed: dict[tuple[int, str], MinuteStats] = {}
     for m in minutes:
-        key = (m.minute - m.minute % 5, m.model)
+        key = (m.minute - m.minute % step, m.model)
         summed.setdefault(key, MinuteStats(*key)).add(m)
     _assert_equal(buckets, summed)
     assert {r.minute for r in window} <= {first + 2, first + 3}
@@ -182,5 +185,11 @@ def test_a_database_from_before_the_rollup_is_filled_by_the_migration(tmp_path: 
     store.prepare()
     with store.read() as reader:
         got = reader.minute_stats(minute_of(T0) - 10, minute_of(T0) + 30, 1)
+        hours = reader.minute_stats(0, 2**40, 60)
     store.close()
     _assert_equal(got, _expected(decisions, records))
+    hourly: dict[tuple[int, str], MinuteStats] = {}
+    for m in _expected(decisions, records).values():
+        key = (m.minute - m.minute % 60, m.model)
+        hourly.setdefault(key, MinuteStats(*key)).add(m)
+    _assert_equal(hours, hourly)

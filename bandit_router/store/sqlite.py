@@ -393,10 +393,11 @@ class _SQLiteTx:
 
     def _add_to_rollup(self, increments: Sequence[rollup.MinuteStats]) -> None:
         """Add to the per-minute rollup (`store/rollup.py`), in this transaction."""
-        for start in range(0, len(increments), _CHUNK):
-            chunk = increments[start : start + _CHUNK]
+        rows = rollup.upsert_rows(increments)
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
             sql = rollup.UPSERT.format(values=",".join([rollup.ROW_PLACEHOLDERS] * len(chunk)))
-            self.conn.execute(sql, list(itertools.chain.from_iterable(row.values() for row in chunk)))
+            self.conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
 
     def _decision_row(self, decision: Decision, prompt: str | None, tenant: str | None) -> tuple[Any, ...]:
         """The values of `DECISION_COLUMNS`, in that order."""
@@ -589,7 +590,7 @@ class _SQLiteTx:
     def minute_stats(self, first: int, end: int, step: int) -> list[rollup.MinuteStats]:
         if step < 1:
             raise ValueError("step must be at least one minute")
-        rows = self._execute(rollup.SELECT, (step, step, first, end, step, step), plain=True).fetchall()
+        rows = self._execute(rollup.SELECT, rollup.select_parameters(first, end, step), plain=True).fetchall()
         return [rollup.MinuteStats(*row) for row in rows]
 
     def model_events_after(self, event_id: int) -> list[ModelEvent]:
