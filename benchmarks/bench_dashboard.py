@@ -6,6 +6,9 @@ rows: the per-minute rollup is kept in the same transactions, as the service kee
 serve` process then serves it on 127.0.0.1, and one client asks `GET /v1/stats/timeseries` for the last hour,
 day and week, `REQUESTS` times each, sequentially: p50/p99 of the client-side latency.
 
+The rollup's cost on the write path: one transaction of 32 decisions and 32 feedbacks (a writer batch under
+load), with the rollup and with it switched off, in alternating blocks of the same run.
+
 Baselines measured in the same run:
 
 - `GET /healthz` over the same connection: the floor of any request (ratio = timeseries p50 ÷ healthz p50);
@@ -83,6 +86,47 @@ def build(db: Path, n: int, seed: int = 0) -> dict[str, float]:
     return {"build_s": time.perf_counter() - started, "feedback": float(seq)}
 
 
+def write_overhead(folder: Path, batches: int = 300, size: int = 32, seed: int = 1) -> dict[str, float]:
+    """Seconds per write transaction of `size` decisions and `size` feedbacks (the writer's batch under load),
+    with the rollup and with it switched off (the same rows, the same run, alternating blocks of 20 batches)."""
+    from bandit_router.store import sqlite as sqlite_store
+
+    router = Router(seed=seed)
+    templates = [router.route(Request(prompt=f"overhead prompt {i}")) for i in range(16)]
+    timings: dict[bool, list[float]] = {True: [], False: []}
+    stores = {on: SQLiteStore(folder / f"overhead-{on}.db") for on in (True, False)}
+    for store in stores.values():
+        store.prepare()
+    original = sqlite_store._SQLiteTx._add_to_rollup
+    seqs = {True: 0, False: 0}
+    try:
+        for block in range(batches // 20):
+            for on in (True, False) if block % 2 else (False, True):
+                sqlite_store._SQLiteTx._add_to_rollup = original if on else (lambda self, rows: None)  # type: ignore
+                for _ in range(20):
+                    now = time.time()
+                    decisions = [dataclasses.replace(templates[i % 16], decision_id=new_decision_id(),
+                                                     created_at=now) for i in range(size)]
+                    records = []
+                    for d in decisions:
+                        seqs[on] += 1
+                        records.append(FeedbackRecord(
+                            decision_id=d.decision_id, received_at=now, quality=0.7, cost_usd=0.001,
+                            input_tokens=None, output_tokens=None, latency_s=None, source=None, status="applied",
+                            learn=True, reward=0.69, realised_cost_usd=0.001, model=d.model, tenant=None,
+                            seq=seqs[on]))
+                    started = time.perf_counter()
+                    with stores[on].write() as tx:
+                        tx.insert_decisions([(d, None, None) for d in decisions])
+                        tx.insert_feedback(records)
+                    timings[on].append(time.perf_counter() - started)
+    finally:
+        sqlite_store._SQLiteTx._add_to_rollup = original  # type: ignore[method-assign]
+        for store in stores.values():
+            store.close()
+    return {"with": statistics.median(timings[True]), "without": statistics.median(timings[False])}
+
+
 def raw_week(db: Path) -> float:
     """Seconds to compute the week's per-hour, per-model series from the raw tables (no rollup)."""
     since = time.time() - DAYS * 86400
@@ -118,6 +162,13 @@ def run(n: int = DECISIONS, requests: int = REQUESTS) -> list[dict[str, Any]]:
                      "unit": "s", "note": f"{n:,} decisions + {int(built['feedback']):,} feedbacks via the store's "
                      f"bulk insert (rollup included), {size_mib:,.0f} MiB"})
         raw = [raw_week(db) for _ in range(RAW_REPEATS)]
+        overhead = write_overhead(folder)
+        rows.append({"benchmark": "dashboard rollup write cost", "metric": "ms per batch",
+                     "value": round(overhead["with"] * 1000, 3), "unit": "ms",
+                     "note": "one transaction of 32 decisions + 32 feedbacks, with the rollup (median of 300)"})
+        rows.append({"benchmark": "dashboard rollup write cost", "metric": "with / without", "unit": "×",
+                     "value": round(overhead["with"] / overhead["without"], 2),
+                     "note": f"without the rollup {overhead['without'] * 1000:.3f} ms, same rows, same run"})
         server = Server(folder, db, env={"BANDIT_ROUTER_SHADOW_POLICIES": "[]", "BANDIT_ROUTER_BUDGETS": "{}"})
         try:
             server.wait_ready(timeout=600)

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..budgets import BudgetPacer
 from ..catalog import ModelSpec
+from ..errors import BanditRouterError
 from ..store import Store
 from .policies import PolicySet
 from .timeseries import Window, timeseries
@@ -112,7 +113,12 @@ class Monitor:
             cached = self._shadow_cache
             if cached is not None and now - cached[0] < SHADOW_TTL_S:
                 return cached[1]
-            result = {"computed_at": now, **self._evaluate_shadows()}
+            try:
+                found = self._evaluate_shadows()
+            except BanditRouterError as exc:  # e.g. a logged model no catalog knows any more
+                found = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr", "n": 0,
+                         "estimates": [], "reason": f"the shadows could not be evaluated: {exc}"}
+            result = {"computed_at": now, **found}
             self._shadow_cache = (now, result)
             return result
 

@@ -34,6 +34,8 @@ MAX_BUCKETS = 2000
 """A request for more buckets than this is refused (ask for a larger step)."""
 MIN_BEST_FIXED = 30
 """Learned feedbacks a model needs in the range before its fixed-model estimate is shown."""
+MAX_TIME = 1e11
+"""The largest Unix time accepted (the year 5138): minutes stay far inside a 64-bit integer."""
 RANGES: dict[str, tuple[int, int]] = {"hour": (3600, 60), "day": (86400, 900), "week": (7 * 86400, 3600)}
 """The dashboard's ranges: name → (seconds, step in seconds)."""
 
@@ -49,8 +51,8 @@ class Window:
     @classmethod
     def of(cls, since: float, until: float, step: int) -> Window:
         """Checked: `step` a positive multiple of 60, since < until, at most `MAX_BUCKETS` buckets."""
-        if not (math.isfinite(since) and math.isfinite(until)):
-            raise InvalidInput("since and until must be finite Unix times in seconds")
+        if not (0 <= since <= MAX_TIME and 0 <= until <= MAX_TIME):
+            raise InvalidInput(f"since and until must be Unix times in seconds, from 0 to {MAX_TIME:.0f}")
         if step < 60 or step % 60:
             raise InvalidInput(f"step must be a positive multiple of 60 seconds (got {step})")
         if since >= until:
