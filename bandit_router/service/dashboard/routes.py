@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import time
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, Response
 
 from ...log import RANGES, Monitor, Window
+from ...log.timeseries import MAX_TIME
 from ..auth import Role, authorize, bearer_token
 from ..errors import ERROR_RESPONSES, json_response
 from ..exceptions import InvalidField
@@ -48,14 +49,14 @@ def window(
 ) -> Window:
     """The buckets a request asks for: a named `range` (hour, day, week: up to now), or `since` (Unix seconds;
     negative: seconds before now) to `until` (default now) in buckets of `step` seconds (default: the smallest of
-    `STEPS` that gives at most `DEFAULT_BUCKETS` buckets)."""
+    `STEPS` that gives at most `DEFAULT_BUCKETS` buckets); neither: the last hour."""
     if range_ is not None:
         if range_ not in RANGES:
             raise InvalidField("range", f"one of {', '.join(RANGES)} (got {range_[:20]!r})")
         seconds, default_step = RANGES[range_]
         return _checked(now - seconds, now, step or default_step)
     if since is None:
-        raise InvalidField("since", "give `range` or `since` (Unix seconds, or negative: seconds before now)")
+        return window(now, "hour", None, None, step)
     end = now if until is None else until
     start = now + since if since < 0 else since
     if step is None and math.isfinite(start) and math.isfinite(end):
@@ -89,13 +90,18 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 )
 async def stats_timeseries(
     request: Request,
-    range_: Annotated[str | None, Query(alias="range", description="hour, day or week (up to now)")] = None,
-    since: Annotated[float | None, Query(description="Unix seconds; negative: seconds before now")] = None,
-    until: Annotated[float | None, Query(description="Unix seconds (default: now)")] = None,
-    step: Annotated[int | None, Query(ge=60, le=7 * 86400, description="bucket width, a multiple of 60 s")] = None,
+    range_: Annotated[Literal["hour", "day", "week"] | None,
+                      Query(alias="range", description="the last hour, day or week (default: hour)")] = None,
+    since: Annotated[float | None, Query(ge=-MAX_TIME, le=MAX_TIME,
+                                         description="Unix seconds; negative: seconds before now")] = None,
+    until: Annotated[float | None, Query(ge=0, le=MAX_TIME, description="Unix seconds (default: now)")] = None,
+    step: Annotated[int | None, Query(ge=60, le=7 * 86400, multiple_of=60,
+                                      description="bucket width in seconds, a multiple of 60")] = None,
 ) -> Response:
     """Traffic, shares, quality, cost, reward, exploration and feedback per time bucket, with per-model totals
-    and the best fixed model's estimated level, from the per-minute rollup (bounded: at most 2,000 buckets)."""
+    and the best fixed model's estimated level, from the per-minute rollup. Either `range` or `since` (with
+    `until` and `step`); neither: the last hour. 422 when `since` is not before `until` or the range holds
+    more than 2,000 buckets of `step`."""
     monitor = _monitor(request)
     chosen = window(time.time(), range_, since, until, step)
     return json_response(await run_in_threadpool(monitor.timeseries, chosen))
