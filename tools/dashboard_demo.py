@@ -196,6 +196,7 @@ class Traffic:
 @contextlib.contextmanager
 def running(folder: Path, *, env: dict[str, str] | None = None, history: int = 3000) -> Iterator[Server]:
     """A ready server over a database with `history` decisions of the past hour."""
+    folder = folder.resolve()  # the server runs in `folder`: a relative path would name another file there
     folder.mkdir(parents=True, exist_ok=True)
     db = folder / "dashboard.db"
     if history:

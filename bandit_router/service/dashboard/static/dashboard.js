@@ -337,7 +337,9 @@
     if (e.reason) {
       var why = document.createElement("div");
       why.className = "note";
-      why.textContent = (e.promotable ? "would pass: " : "would be refused: ") + e.reason;
+      var reason = e.reason.length > 90 ? e.reason.slice(0, 88) + "…" : e.reason;
+      why.textContent = (e.promotable ? "would pass: " : "would be refused: ") + reason;
+      why.title = e.reason;
       td.appendChild(why);
     }
   }
