@@ -199,6 +199,8 @@ def running(folder: Path, *, env: dict[str, str] | None = None, history: int = 3
     folder = folder.resolve()  # the server runs in `folder`: a relative path would name another file there
     folder.mkdir(parents=True, exist_ok=True)
     db = folder / "dashboard.db"
+    for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        stale.unlink(missing_ok=True)  # a fresh database each run
     if history:
         write_history(db, n=history)
     server = Server(folder, db, env)
