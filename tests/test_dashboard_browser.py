@@ -226,3 +226,17 @@ def test_a_client_key_opens_the_dashboard_and_only_an_admin_key_may_promote(lock
             w.shot("client-key")
         # the failed unauthenticated first load is the only error the console may show
         assert all("401" in e for e in w.errors), w.errors
+
+
+def test_swagger_ui_renders_offline(live: tuple[Server, Traffic], watched: Any) -> None:
+    """`/docs` renders the API from the vendored Swagger UI: nothing requested from another origin."""
+    server, _ = live
+    w = watched(viewport={"width": 1200, "height": 900})
+    w.page.goto(server.url + "/docs")
+    w.page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+    w.page.wait_for_selector('[data-path="/v1/stats/timeseries"]', timeout=30_000)
+    assert "bandit-router" in w.page.inner_text(".swagger-ui .info .title")
+    w.shot("swagger")
+    foreign = [u for u in w.requests if not u.startswith(server.url)]
+    assert foreign == []
+    assert w.errors == []
