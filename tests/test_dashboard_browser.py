@@ -8,6 +8,7 @@ skip with the reason, except under CI (`CI=true`), where `.ci/run` installs it a
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,3 +241,19 @@ def test_swagger_ui_renders_offline(live: tuple[Server, Traffic], watched: Any) 
     foreign = [u for u in w.requests if not u.startswith(server.url)]
     assert foreign == []
     assert w.errors == []
+
+
+def test_a_prompt_is_shown_as_text_never_as_markup(live: tuple[Server, Traffic], watched: Any) -> None:
+    server, _ = live
+    hostile = '<img src=x id="injected" onerror="window.pwned = 1"> what is 2 + 2?'
+    w = watched(viewport={"width": 1200, "height": 900})
+    w.page.goto(server.url + "/dashboard")
+    _all_panels_ready(w)
+    shown = "() => document.getElementById('recent-table').innerText.includes('onerror')"
+    for _ in range(100):  # the traffic keeps pushing it out of the newest 25: send it until a render shows it
+        assert httpx.post(server.url + "/v1/route", json={"prompt": hostile}).status_code == 200
+        time.sleep(0.3)
+        if w.page.evaluate(shown):
+            break
+    assert w.page.evaluate(shown)
+    assert w.state("document.getElementById('injected') === null && window.pwned === undefined")
