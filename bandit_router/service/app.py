@@ -24,7 +24,7 @@ from ..config import Settings, load_settings
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
 from ..store import SQLiteStore
-from . import errors, redact
+from . import dashboard, errors, redact
 from .auth import Authenticator
 from .engine import Engine
 from .exceptions import PayloadTooLarge
@@ -228,7 +228,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by `dashboard.install` from vendored assets (no CDN)
         redoc_url=None,
         # FastAPI's native OpenTelemetry asks the global providers on every request; off unless configured.
         telemetry=None if settings.server.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
@@ -240,6 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(router)
     app.include_router(gateway_router)
+    dashboard.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 
