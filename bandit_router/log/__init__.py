@@ -53,6 +53,6 @@ __all__ = [
     "judge",
     "priced",
     "rebuild_router",
-    "with_call",
     "timeseries",
+    "with_call",
 ]
