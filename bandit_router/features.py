@@ -119,7 +119,8 @@ def _has_digit(text: str) -> bool:
 
 
 def _contains_any(text: str, snippets: tuple[str, ...]) -> bool:
-    for snippet in snippets:
+    """`any(s in text for s in snippets)` without a generator (a few µs per request on the hot path)."""
+    for snippet in snippets:  # noqa: SIM110
         if snippet in text:
             return True
     return False
@@ -248,7 +249,7 @@ class FeatureExtractor:
         features["m"] = self._shared(("m", *markers.items()), self._marker_features, markers)
         features["t"] = self._shared(("t", turns), _turn_features, turns)
         attrs = dict(attributes or {})
-        key = ("c", *[(k, type(v), v) for k, v in attrs.items()])  # type: True and 1 are equal keys
+        key = ("c", *[(k, type(v), v) for k, v in attrs.items()])  # with the type: True == 1
         features["c"] = self._shared(key, self._context_features, attrs)
         return Context(
             features=features,
