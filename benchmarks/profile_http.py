@@ -51,6 +51,11 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 markers decides (rules are tried in order for each frame, innermost first)."""
 
 
+_ROOTS = ("<frozen runpy>", "typer/", "bandit_router/cli.py", "service/cli.py", "uvicorn/main.py",
+          "uvicorn/server.py", "uvicorn/_compat.py", "asyncio/runners.py", "threading.py")
+"""Frames every sample of a thread passes through: left out of the inclusive table."""
+
+
 def _frames(stack: str) -> list[str]:
     return [f for f in stack.split(";") if f]
 
@@ -78,19 +83,27 @@ def summarize(raw: str, cpu_us_per_request: float, top: int = 25) -> list[str]:
     components: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
+    by_component: dict[str, Counter[str]] = {}
     for frames, n in samples:
         writer = any("Writer._run" in f for f in frames)
-        components[_component(frames, writer)] += n
+        component = _component(frames, writer)
+        components[component] += n
         for frame in set(frames):
-            inclusive[frame] += n
+            if not any(root in frame for root in _ROOTS):
+                inclusive[frame] += n
         if frames:
             own[frames[-1]] += n
+            ours = [f for f in frames if "bandit_router/" in f and not any(root in f for root in _ROOTS)]
+            by_component.setdefault(component, Counter())[ours[-1] if ours else frames[-1]] += n
 
     def us(n: int) -> str:
         return f"{n / total * cpu_us_per_request:8.1f} µs {100 * n / total:5.1f}%"
 
-    lines = [f"samples: {total}", "", "by component (CPU per request, share of samples):"]
-    lines += [f"  {us(n)}  {name}" for name, n in components.most_common()]
+    lines = [f"samples: {total}", "", "by component (CPU per request, share of samples), each with its heaviest "
+             "frames (the innermost bandit_router frame of the sample, else the innermost frame):"]
+    for name, n in components.most_common():
+        lines.append(f"  {us(n)}  {name}")
+        lines += [f"      {us(k)}    {frame}" for frame, k in by_component[name].most_common(4)]
     lines += ["", f"top {top} frames, inclusive:"]
     lines += [f"  {us(n)}  {frame}" for frame, n in inclusive.most_common(top) if n < total]
     lines += ["", f"top {top} frames, self:"]
