@@ -111,6 +111,18 @@ def summarize(raw: str, cpu_us_per_request: float, top: int = 25) -> list[str]:
     return lines
 
 
+def _thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each thread of `pid` (Linux /proc)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def profile(label: str, out: Path, duration: int, connections: int) -> Path:
     wrk = bench_http.wrk_path()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -140,7 +152,12 @@ def profile(label: str, out: Path, duration: int, connections: int) -> Path:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             time.sleep(0.5)
+            threads = _thread_cpu(server.pid)
             m = bench_http.load(wrk, server, name, connections, duration, *args)
+            after = _thread_cpu(server.pid)
+            main_us = (after.get(server.pid, 0.0) - threads.get(server.pid, 0.0)) / max(m["requests"], 1) * 1e6
+            others_us = sum(v - threads.get(t, 0.0) for t, v in after.items() if t != server.pid)
+            others_us = others_us / max(m["requests"], 1) * 1e6
             route_rps = m["rps"] if name == "route" else route_rps
             spy.wait(60)
             raw = raw_path.read_text() if raw_path.exists() else ""
@@ -149,6 +166,7 @@ def profile(label: str, out: Path, duration: int, connections: int) -> Path:
                 "",
                 f"requests/s {m['rps']:,.0f}, p50 {m['p50_us'] / 1000:.1f} ms, p99 {m['p99_us'] / 1000:.1f} ms, "
                 f"server CPU {m['cpu_us']:.1f} µs per request (wrk {m['load_cpu_us']:.1f} µs), errors {m['errors']}",
+                f"by thread (/proc): event loop {main_us:.1f} µs, other threads (writer, …) {others_us:.1f} µs",
                 "",
                 "```",
                 *summarize(raw, m["cpu_us"]),
