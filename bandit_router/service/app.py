@@ -80,12 +80,18 @@ class HostPolicy:
         self.any = "*" in allowed_hosts
         self.exact = frozenset(h.lower().rstrip(".") for h in allowed_hosts if not h.startswith("*"))
         self.suffixes = tuple(h[1:].lower() for h in allowed_hosts if h.startswith("*."))
+        self._seen: dict[bytes, bool] = {}
 
     def allows(self, value: bytes) -> bool:
         if self.any:
             return True
-        name = _host_name(value).rstrip(".")
-        return is_loopback(name) or name in self.exact or name.endswith(self.suffixes)
+        known = self._seen.get(value)
+        if known is None:  # a server sees few distinct Host values: each is judged once (bounded)
+            if len(self._seen) >= 256:
+                self._seen.clear()
+            name = _host_name(value).rstrip(".")
+            known = self._seen[value] = is_loopback(name) or name in self.exact or name.endswith(self.suffixes)
+        return known
 
 
 def _on_loopback(scope: Scope) -> bool:
