@@ -351,9 +351,10 @@ class HierarchicalThompsonPolicy(BasePolicy):
     ) -> np.ndarray | None:
         """`floor·u_m` for models added at run time while u_m = √(n₀/(n₀ + n)) > `floor_until` and the model is
         not confidently dominated; 0 otherwise."""
-        fresh = np.array([m.name in self._added for m in models])
-        if not fresh.any():
+        added = self._added
+        if not added or not any(m.name in added for m in models):
             return np.zeros(len(models))
+        fresh = np.array([m.name in added for m in models])
         p = self.params
         arms = self._arms
         rows = self._rows(models)
