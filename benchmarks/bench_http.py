@@ -162,7 +162,7 @@ def _cpu_seconds(pid: int) -> float:
 class Server:
     """A running `bandit-router serve` (the `default` policy, shipped catalog) on a free loopback port."""
 
-    def __init__(self, folder: Path, workers: int = 1) -> None:
+    def __init__(self, folder: Path, workers: int = 1, code: Path | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.scripts = _scripts(folder)
@@ -173,6 +173,8 @@ class Server:
         env = {**os.environ, "BANDIT_ROUTER_SEED": "1", "BANDIT_ROUTER_LOG_LEVEL": "warning"}
         for key in ("BANDIT_ROUTER_API_KEYS", "BANDIT_ROUTER_ADMIN_KEYS", "BANDIT_ROUTER_POLICY"):
             env.pop(key, None)
+        if code is not None:  # serve the package of another checkout (a profile of an earlier commit)
+            env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
         command = [sys.executable, "-m", "bandit_router.cli", "serve", "--port", self.url.rsplit(":", 1)[1],
                    "--db", str(self.db), "--workers", str(workers)]
         self.process = subprocess.Popen(command, env=env, cwd=folder, stdout=subprocess.DEVNULL,
@@ -226,8 +228,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def serving(folder: Path, workers: int = 1) -> Iterator[Server]:
-    server = Server(folder, workers)
+def serving(folder: Path, workers: int = 1, code: Path | None = None) -> Iterator[Server]:
+    server = Server(folder, workers, code)
     try:
         server.wait_ready()
         yield server

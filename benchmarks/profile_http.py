@@ -123,23 +123,25 @@ def _thread_cpu(pid: int) -> dict[int, float]:
     return out
 
 
-def profile(label: str, out: Path, duration: int, connections: int) -> Path:
+def profile(label: str, out: Path, duration: int, connections: int, code: Path | None = None) -> Path:
     wrk = bench_http.wrk_path()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if wrk is None or not Path(py_spy).exists():
         raise SystemExit("needs wrk and py-spy (pip install py-spy)")
+    served = git_commit(code) if code is not None else git_commit(HERE)
     report = [
         f"# Server CPU profile: {label}",
         "",
-        f"commit {git_commit(HERE)}, {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, "
+        f"server code at commit {served} (profiler at {git_commit(HERE)}), "
+        f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, "
         f"{platform.machine()}, {os.cpu_count()} cores (shared with other work), Python {platform.python_version()}",
         f"command: python -m benchmarks.profile_http --label {label} --duration {duration} "
-        f"--connections {connections}",
+        f"--connections {connections}" + (f" --code <checkout of {served}>" if code is not None else ""),
         f"server: bandit-router serve, 1 worker, default policy, shipped catalog; load: wrk -t1 -c{connections} "
         f"-d{duration}s; py-spy record --nonblocking --rate {RATE_HZ}",
         "",
     ]
-    with tempfile.TemporaryDirectory(prefix="profile-http-") as tmp, bench_http.serving(Path(tmp)) as server:
+    with tempfile.TemporaryDirectory(prefix="profile-http-") as tmp, bench_http.serving(Path(tmp), code=code) as server:
         folder = Path(tmp)
         bench_http.warm_up(server)
         route_rps = 0.0
@@ -185,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per endpoint")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--code", type=Path, default=None,
+                        help="serve bandit_router from this checkout of another commit (for a before profile)")
     args = parser.parse_args(argv)
-    print(profile(args.label, Path(args.out), args.duration, args.connections))
+    print(profile(args.label, Path(args.out), args.duration, args.connections, args.code))
     return 0
 
 
