@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 DURATION_S = int(os.environ.get("BENCH_HTTP_DURATION", "4"))
-ROUNDS = int(os.environ.get("BENCH_HTTP_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("BENCH_HTTP_ROUNDS", "3"))
 CONNECTIONS = (8, 64)
 SCALING_CONNECTIONS = 64
 
