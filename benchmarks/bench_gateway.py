@@ -32,7 +32,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_http import _SUMMARY, _free_port, _load, _lua_string, _wrk
+from benchmarks.bench_http import wrk_path as _wrk
+from benchmarks.fake_upstream import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DURATION_S = int(os.environ.get("BENCH_GATEWAY_DURATION", "4"))
@@ -46,6 +47,29 @@ PROMPTS = ["Fix the bug in this Python function: def mean(xs): return sum(xs) / 
            "Write a short poem about the sea at dawn",
            "Solve the equation 3x + 7 = 22 and show each step",
            "Write a friendly note thanking a colleague for their help"]
+
+
+_SUMMARY = r"""
+done = function(summary, latency, requests)
+  io.write(string.format('\n{"requests": %d, "duration_us": %d, "status_errors": %d, "socket_errors": %d, ' ..
+    '"p50_us": %d, "p99_us": %d}\n', summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _load(wrk: str, url: str, script: Path, path: str, connections: int, duration: int) -> dict[str, Any]:
+    """One `wrk -t1` run: requests, errors, p50/p99 (µs) and requests/s."""
+    command = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script), url + path]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    summary: dict[str, Any] = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    summary["rps"] = summary["requests"] / (summary["duration_us"] / 1e6)
+    return summary
 
 
 def _script(folder: Path, name: str, model: str, stream: bool, key: str | None) -> Path:
