@@ -1,0 +1,234 @@
+"""Accept or escalate: the rule a cascade applies after each answer but the last.
+
+`ThresholdEscalation` is the field's rule: escalate when the confidence is missing or below a threshold.
+`LearnedEscalation` is a contextual bandit over the two actions {accept, escalate}. For the answer of chain
+step k, with prompt vector x (`features.dense_vector`) and confidence s ∈ [0, 1] (None when the signal gave
+none), its state is
+
+    z = [x, s·x, 1{s missing}, s, s², onehot(bin₅(s)), onehot(k)]
+
+and, per action a, a Bayesian ridge regression (`policies.linear.RidgeRegression`) learns the *final quality*
+of the chain from z: for `accept`, the quality of the answer accepted at this step; for `escalate`, the
+quality the chain ended with after escalating here. Cost is priced, not learned blind ("learn what is
+unknown, price what is known"): escalating costs ĉ_k = r_k·c_next, the next model's expected cost times a
+learned ratio r_k (mean realised extra cost / c_next at step k, prior 1: later escalations add to it). The
+cost already spent is sunk and common to both actions. Thompson sampling on the two scores gives
+
+    P(escalate) = Φ((μ_e − λ·ĉ_k − μ_a) / (v·√(w_a² + w_e²))),   μ = θᵀz, w² = zᵀA⁻¹z
+
+mixed with a floor f so that both actions keep a logged probability ≥ f for offline evaluation:
+p = f + (1 − 2f)·P. The chain's reward is the final quality − λ·(total cost of the chain), the quantity both
+actions' scores estimate up to the common sunk cost. The probability of the action taken is logged with every
+step (`EscalationStep.probability`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..features import dense_vector
+from ..policies.linear import RidgeRegression
+from ..types import Context
+
+BINS = 5
+MAX_STEPS = 4
+"""Chain positions with their own feature (a longer chain shares the last one)."""
+
+
+@dataclass(frozen=True)
+class EscalationStep:
+    """One accept/escalate decision of a chain: where, on what confidence, what was done and with what probability.
+
+    `probability` is the propensity of the action taken (1.0 for a fixed threshold); `p_escalate` the probability
+    escalation had. `expected_extra_cost_usd` is what escalating was expected to add (ĉ_k).
+    """
+
+    step: int
+    model: str
+    confidence: float | None
+    escalate: bool
+    p_escalate: float
+    expected_extra_cost_usd: float
+    next_cost_usd: float = 0.0
+    state: np.ndarray | None = None
+
+    @property
+    def probability(self) -> float:
+        return self.p_escalate if self.escalate else 1.0 - self.p_escalate
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model,
+            "confidence": self.confidence,
+            "action": "escalate" if self.escalate else "accept",
+            "probability": self.probability,
+            "p_escalate": self.p_escalate,
+            "expected_extra_cost_usd": self.expected_extra_cost_usd,
+            "next_cost_usd": self.next_cost_usd,
+        }
+
+
+class Escalation(Protocol):
+    """What a cascade asks after each answer but the last, and tells once the chain's final quality is known."""
+
+    name: str
+
+    def decide(
+        self,
+        context: Context,
+        step: int,
+        model: str,
+        confidence: float | None,
+        next_cost_usd: float,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> EscalationStep: ...
+
+    def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
+        """`extra_costs[i]`: what the chain paid after `steps[i]` (0 for the accepting step)."""
+        ...
+
+
+class ThresholdEscalation:
+    """Escalate when the confidence is missing or below `threshold` (deterministic: probability 1)."""
+
+    def __init__(self, threshold: float) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError("threshold must be in [0, 1]")
+        self.threshold = threshold
+        self.name = f"threshold:{threshold:g}"
+
+    def decide(
+        self,
+        context: Context,
+        step: int,
+        model: str,
+        confidence: float | None,
+        next_cost_usd: float,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> EscalationStep:
+        escalate = confidence is None or confidence < self.threshold
+        p = 1.0 if escalate else 0.0
+        return EscalationStep(step, model, confidence, escalate, p, next_cost_usd, next_cost_usd)
+
+    def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class EscalationParams:
+    """Settings of `LearnedEscalation`: prompt projection size, ridge strength, Thompson scale, propensity floor."""
+
+    dim: int = 64
+    ridge: float = 1.0
+    v: float = 0.1
+    floor: float = 0.003
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.dim <= 1024:
+            raise ValueError("dim must be in [32, 1024]")
+        if self.ridge <= 0 or self.v < 0:
+            raise ValueError("ridge must be > 0 and v >= 0")
+        if not 0.0 <= self.floor < 0.5:
+            raise ValueError("floor must be in [0, 0.5)")
+
+
+def confidence_features(confidence: float | None, step: int) -> np.ndarray:
+    """[1{missing}, s, s², onehot(bin₅(s)), onehot(step)], shape (3 + BINS + MAX_STEPS,)."""
+    out = np.zeros(3 + BINS + MAX_STEPS)
+    if confidence is None:
+        out[0] = 1.0
+    else:
+        s = min(max(confidence, 0.0), 1.0)
+        out[1], out[2] = s, s * s
+        out[3 + min(int(s * BINS), BINS - 1)] = 1.0
+    out[3 + BINS + min(step, MAX_STEPS - 1)] = 1.0
+    return out
+
+
+class LearnedEscalation:
+    """A contextual bandit over {accept, escalate} (see the module docstring for the model and the propensity)."""
+
+    def __init__(self, params: EscalationParams | None = None) -> None:
+        self.params = params or EscalationParams()
+        p = self.params
+        self.name = f"learned:v={p.v:g},floor={p.floor:g}"
+        self.size = 2 * p.dim + 3 + BINS + MAX_STEPS
+        self.accept = RidgeRegression(self.size, p.ridge)
+        self.escalate = RidgeRegression(self.size, p.ridge)
+        self.cost_ratio = np.ones(MAX_STEPS)
+        self.cost_count = np.zeros(MAX_STEPS)
+        self.updates = 0
+
+    def state_vector(self, context: Context, step: int, confidence: float | None) -> np.ndarray:
+        x = dense_vector(context, self.params.dim)
+        s = 0.0 if confidence is None else min(max(confidence, 0.0), 1.0)
+        return np.concatenate([x, s * x, confidence_features(confidence, step)])
+
+    def p_escalate(self, z: np.ndarray, step: int, next_cost_usd: float, cost_weight: float) -> tuple[float, float]:
+        """(P(escalate), ĉ_k) for state z (see the module docstring)."""
+        extra = float(self.cost_ratio[min(step, MAX_STEPS - 1)]) * next_cost_usd
+        mean_a, mean_e = float(self.accept.theta @ z), float(self.escalate.theta @ z)
+        var = max(float(z @ self.accept.a_inv @ z), 0.0) + max(float(z @ self.escalate.a_inv @ z), 0.0)
+        gap = mean_e - cost_weight * extra - mean_a
+        scale = self.params.v * math.sqrt(var)
+        if scale <= 0:
+            p = 1.0 if gap > 0 else (0.0 if gap < 0 else 0.5)
+        else:
+            p = 0.5 * math.erfc(-gap / (scale * math.sqrt(2.0)))
+        f = self.params.floor
+        return f + (1.0 - 2.0 * f) * p, extra
+
+    def decide(
+        self,
+        context: Context,
+        step: int,
+        model: str,
+        confidence: float | None,
+        next_cost_usd: float,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> EscalationStep:
+        z = self.state_vector(context, step, confidence)
+        p, extra = self.p_escalate(z, step, next_cost_usd, cost_weight)
+        return EscalationStep(step, model, confidence, bool(rng.random() < p), p, extra, next_cost_usd, z)
+
+    def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
+        q = float(final_quality)
+        p = self.params
+        for step, extra in zip(steps, extra_costs, strict=True):
+            if step.state is None:
+                continue
+            arm = self.escalate if step.escalate else self.accept
+            arm.update(step.state, q, p.ridge, 1.0)
+            if step.escalate and step.next_cost_usd > 0:
+                k = min(step.step, MAX_STEPS - 1)
+                ratio = extra / step.next_cost_usd
+                self.cost_count[k] += 1
+                self.cost_ratio[k] += (ratio - self.cost_ratio[k]) / (self.cost_count[k] + 1)  # prior: 1 at weight 1
+        self.updates += 1
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "accept": {"a": self.accept.a, "a_inv": self.accept.a_inv, "b": self.accept.b},
+            "escalate": {"a": self.escalate.a, "a_inv": self.escalate.a_inv, "b": self.escalate.b},
+            "cost_ratio": self.cost_ratio,
+            "cost_count": self.cost_count,
+            "updates": self.updates,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        for name in ("accept", "escalate"):
+            arm = getattr(self, name)
+            arm.a, arm.a_inv, arm.b = (np.array(state[name][k], dtype=np.float64) for k in ("a", "a_inv", "b"))
+            arm.theta = arm.a_inv @ arm.b
+        self.cost_ratio = np.array(state["cost_ratio"], dtype=np.float64)
+        self.cost_count = np.array(state["cost_count"], dtype=np.float64)
+        self.updates = int(state["updates"])
