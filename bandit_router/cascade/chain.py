@@ -173,17 +173,16 @@ class CascadeRun:
         """True when the model to call now is the chain's last (its answer is returned without a judge)."""
         return self.position >= len(self.models) - 1
 
-    def record(self, call: ChainCall) -> None:
-        """A paid call that is not an answer (a judge's score)."""
-        self.calls.append(call)
-
     def failed(self, model: str, error: str, cost_usd: float = 0.0, latency_s: float = 0.0) -> None:
         """The current model's call failed: record it and move on to the next model."""
         self.calls.append(ChainCall(model, "answer", cost_usd, latency_s, error=error))
         self.position += 1
 
-    def answered(self, answer: ModelAnswer, confidence: float | None) -> EscalationStep | None:
-        """Record the current model's answer with its confidence; ask the escalation rule unless it is the last."""
+    def answered(
+        self, answer: ModelAnswer, confidence: float | None, judge: ChainCall | None = None
+    ) -> EscalationStep | None:
+        """Record the current model's answer with its confidence (and the judge's call that gave it); ask the
+        escalation rule unless it is the last model."""
         self.calls.append(
             ChainCall(
                 answer.model,
@@ -195,6 +194,8 @@ class CascadeRun:
                 output_tokens=answer.output_tokens,
             )
         )
+        if judge is not None:
+            self.calls.append(judge)
         self.answer = answer
         if self.is_last:
             self.done = True
@@ -271,10 +272,8 @@ async def run_cascade(
         except CallFailed as exc:
             run.failed(model, str(exc)[:200])
             continue
-        confidence = None
+        confidence, judge_call = None, None
         if not run.is_last:
             confidence, judge_call = await signal.measure(call, request, answer)
-            if judge_call is not None:
-                run.record(judge_call)
-        run.answered(answer, confidence)
+        run.answered(answer, confidence, judge_call)
     return run.result()

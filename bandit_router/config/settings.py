@@ -7,6 +7,7 @@
     settings.budgets    BudgetConfig      budget targets (`bandit_router.budgets`)
     settings.limits     LimitsSettings    body and prompt sizes
     settings.auth       AuthSettings      API keys
+    settings.named_routers  RoutersSettings  `[[routers]]`: cascades, learned cascades, LLM routers
 
 The configuration file and the environment name every key flatly (`port`, `BANDIT_ROUTER_DB`); so do
 `Settings(port=9000, db=...)` and `settings.port`, which reach into the section that owns the key (`KEYS`).
@@ -25,6 +26,7 @@ from ..catalog import Catalog, default_catalog, load_catalog
 from ..errors import CatalogError, ConfigError, InvalidInput
 from ..policies import make_policy
 from ..reward import RewardConfig
+from .routers import RoutersSettings, check_routers
 from .sections import (
     AuthSettings,
     FeedbackSettings,
@@ -53,6 +55,7 @@ SECTIONS: dict[str, type] = {
     "budgets": BudgetConfig,
     "limits": LimitsSettings,
     "auth": AuthSettings,
+    "named_routers": RoutersSettings,
 }
 """Section name → its class, in the order the docs show them."""
 
@@ -89,6 +92,7 @@ class Settings:
     budgets: BudgetConfig
     limits: LimitsSettings
     auth: AuthSettings
+    named_routers: RoutersSettings
 
     def __init__(self, **values: Any) -> None:
         """`Settings(port=9000, db=Path("x.db"))` or `Settings(server=ServerSettings(...))`, or both (flat keys
@@ -142,6 +146,8 @@ class Settings:
         if len(catalog) > self.limits.max_models:
             raise ConfigError(f"max_models: the catalog has {len(catalog)} models; max_models is "
                               f"{self.limits.max_models}")
+        bandit_alias = getattr(getattr(self, "gateway", None), "router_alias", "router")
+        check_routers(self.named_routers.routers, catalog.names, bandit_alias)
         fallback = self.budgets.fallback_model
         if fallback is not None and fallback not in catalog.names:
             raise ConfigError(f"budgets: fallback_model {fallback!r} is not in the catalog")

@@ -10,10 +10,11 @@
 **The simulated judge** answers like the live one: a rubric score from 1 to 10 as text, parsed by the service's
 `parse_judge_score`. Its score is round(1 + 9·clip(q + noise·z, 0, 1)) with z ~ N(0, 1), q the answer's true
 quality; with probability `error` it is reversed (11 − score: a judge that got it backwards). `judge=a` sets
-the noise from an accuracy instead (and `error` defaults to 0 then): for 0/1 qualities the judge is on the right side of 0.5 with probability
-a, i.e. noise = 0.5/Φ⁻¹(a). Each judged answer costs `judge_price` USD per 1M tokens × (the prompt's
-estimated tokens + 250 answer tokens) (default 0: free, as in RouterBench's cascade). The last model's answer
-is never judged (as live). For 0/1 qualities with noise 0 any threshold in (0, 1] is RouterBench's rule.
+the noise from an accuracy instead (and `error` defaults to 0 then): for 0/1 qualities the judge is on the
+right side of 0.5 with probability a, i.e. noise = 0.5/Φ⁻¹(a). Each judged answer costs `judge_price` USD per
+1M tokens × (the prompt's estimated tokens + 250 answer tokens) (default 0: free, as in RouterBench's
+cascade). The last model's answer is never judged (as live). For 0/1 qualities with noise 0 any threshold in
+(0, 1] is RouterBench's rule.
 
 **The simulated routing LLM** names the best model at the request's λ (the oracle's choice) with probability
 `accuracy`, else a uniformly random other available model; with probability `garble` its reply names no
@@ -195,12 +196,12 @@ class CascadeAgent:
             spent, budget = spent + c, budget - c
             lat_t += 0.0 if latency is None else float(latency[k])
             reply = self.judge.reply(float(quality[k]), rng)  # drawn for every answer: one random stream
-            confidence = None
+            confidence, judge = None, None
             if not run.is_last:
                 confidence = parse_judge_score(reply)
                 judged += 1
-                run.record(ChainCall("judge", "judge", self.judge.cost(tokens), confidence=confidence))
-            run.answered(ModelAnswer(model, "", c, 0.0), confidence)
+                judge = ChainCall("judge", "judge", self.judge.cost(tokens), confidence=confidence)
+            run.answered(ModelAnswer(model, "", c, 0.0), confidence, judge)
         result = run.result()
         k_final = index[result.answer.model] if result.answer is not None else -1
         if learned and k_final >= 0:
