@@ -5,9 +5,12 @@
 step k, with prompt vector x (`features.dense_vector`) and confidence s ∈ [0, 1] (None when the signal gave
 none), its state is
 
-    z = [x, s·x, 1{s missing}, s, s², onehot(bin₅(s)), onehot(k)]
+    z = [x, s·x, c_k(s)],   c_k(s) = [1{s missing}, s, s², onehot(bin₁₀(s))] in the block of position k
 
-and, per action a, a Bayesian ridge regression (`policies.linear.RidgeRegression`) learns the *final quality*
+(one block per chain position: a score means something else for each model; ten bins, one per rubric score)
+
+and, per action a, a Bayesian ridge regression (`policies.linear.RidgeRegression`; prior precision `ridge` on
+the prompt blocks, `confidence_ridge` on the confidence blocks) learns the *final quality*
 of the chain from z: for `accept`, the quality of the answer accepted at this step; for `escalate`, the
 quality the chain ended with after escalating here. Cost is priced, not learned blind ("learn what is
 unknown, price what is known"): escalating costs ĉ_k = r_k·c_next, the next model's expected cost times a
@@ -35,7 +38,8 @@ from ..features import dense_vector
 from ..policies.linear import RidgeRegression
 from ..types import Context
 
-BINS = 5
+BINS = 10
+"""Confidence bins: one per score of the judge's 1–10 rubric ((score − 1)/9 falls in bin score − 1)."""
 MAX_STEPS = 4
 """Chain positions with their own feature (a longer chain shares the last one)."""
 
@@ -124,33 +128,49 @@ class ThresholdEscalation:
 
 @dataclass(frozen=True)
 class EscalationParams:
-    """Settings of `LearnedEscalation`: prompt projection size, ridge strength, Thompson scale, propensity floor."""
+    """Settings of `LearnedEscalation`: prompt projection size, the ridge strength (prior precision) of the prompt
+    features and of the confidence features, the Thompson scale, the propensity floor (chosen on tuning seeds:
+    `experiments/cascade`)."""
 
     dim: int = 64
-    ridge: float = 1.0
+    ridge: float = 5.0
+    confidence_ridge: float = 5.0
     v: float = 0.1
     floor: float = 0.003
 
     def __post_init__(self) -> None:
         if not 32 <= self.dim <= 1024:
             raise ValueError("dim must be in [32, 1024]")
-        if self.ridge <= 0 or self.v < 0:
-            raise ValueError("ridge must be > 0 and v >= 0")
+        if self.ridge <= 0 or self.confidence_ridge <= 0 or self.v < 0:
+            raise ValueError("ridge and confidence_ridge must be > 0 and v >= 0")
         if not 0.0 <= self.floor < 0.5:
             raise ValueError("floor must be in [0, 0.5)")
 
 
+CONFIDENCE_FEATURES = 3 + BINS
+"""Per chain position: 1{missing}, s, s², onehot(bin(s))."""
+
+
 def confidence_features(confidence: float | None, step: int) -> np.ndarray:
-    """[1{missing}, s, s², onehot(bin₅(s)), onehot(step)], shape (3 + BINS + MAX_STEPS,)."""
-    out = np.zeros(3 + BINS + MAX_STEPS)
+    """[1{missing}, s, s², onehot(bin(s))] in the block of chain position `step` (each position has its own, since
+    a score means something else for each model), shape (MAX_STEPS · (3 + BINS),)."""
+    out = np.zeros(MAX_STEPS * CONFIDENCE_FEATURES)
+    base = min(step, MAX_STEPS - 1) * CONFIDENCE_FEATURES
     if confidence is None:
-        out[0] = 1.0
+        out[base] = 1.0
     else:
         s = min(max(confidence, 0.0), 1.0)
-        out[1], out[2] = s, s * s
-        out[3 + min(int(s * BINS), BINS - 1)] = 1.0
-    out[3 + BINS + min(step, MAX_STEPS - 1)] = 1.0
+        out[base + 1], out[base + 2] = s, s * s
+        out[base + 3 + min(int(s * BINS + 1e-9), BINS - 1)] = 1.0
     return out
+
+
+def _ridge(precision: np.ndarray) -> RidgeRegression:
+    """A ridge regression with prior precision `precision` per feature (A₀ = diag(precision), θ₀ = 0)."""
+    reg = RidgeRegression(len(precision), 1.0)
+    reg.a = np.diag(precision)
+    reg.a_inv = np.diag(1.0 / precision)
+    return reg
 
 
 class LearnedEscalation:
@@ -160,9 +180,12 @@ class LearnedEscalation:
         self.params = params or EscalationParams()
         p = self.params
         self.name = f"learned:v={p.v:g},floor={p.floor:g}"
-        self.size = 2 * p.dim + 3 + BINS + MAX_STEPS
-        self.accept = RidgeRegression(self.size, p.ridge)
-        self.escalate = RidgeRegression(self.size, p.ridge)
+        self.size = 2 * p.dim + MAX_STEPS * CONFIDENCE_FEATURES
+        precision = np.concatenate(
+            [np.full(2 * p.dim, p.ridge), np.full(MAX_STEPS * CONFIDENCE_FEATURES, p.confidence_ridge)]
+        )
+        self.accept = _ridge(precision)
+        self.escalate = _ridge(precision)
         self.cost_ratio = np.ones(MAX_STEPS)
         self.cost_count = np.zeros(MAX_STEPS)
         self.updates = 0
@@ -202,17 +225,26 @@ class LearnedEscalation:
 
     def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
         q = float(final_quality)
-        p = self.params
         for step, extra in zip(steps, extra_costs, strict=True):
             if step.state is None:
                 continue
             arm = self.escalate if step.escalate else self.accept
-            arm.update(step.state, q, p.ridge, 1.0)
+            arm.update(step.state, q, 1.0, 1.0)
             if step.escalate and step.next_cost_usd > 0:
                 k = min(step.step, MAX_STEPS - 1)
                 ratio = extra / step.next_cost_usd
                 self.cost_count[k] += 1
                 self.cost_ratio[k] += (ratio - self.cost_ratio[k]) / (self.cost_count[k] + 1)  # prior: 1 at weight 1
+        self.updates += 1
+
+    def learn_both(self, step: EscalationStep, accept_quality: float, escalate_quality: float) -> None:
+        """Full-information update, for a warm start on labelled outcomes (every model's quality known offline):
+        both arms learn from `step`'s state, `accept` the quality of its answer, `escalate` the final quality the
+        chain reaches from the next model on."""
+        if step.state is None:
+            return
+        self.accept.update(step.state, float(accept_quality), 1.0, 1.0)
+        self.escalate.update(step.state, float(escalate_quality), 1.0, 1.0)
         self.updates += 1
 
     def state(self) -> dict[str, Any]:

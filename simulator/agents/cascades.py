@@ -2,9 +2,11 @@
 
 - `cascade[:threshold=0.5,judge=…,error=0.1,noise=0,judge_price=0,max_cost=inf,models=a>b>c]` (RouterBench
   §5.3): a `CascadeRun` with a `ThresholdEscalation`; models from the cheapest (mean cost) up, or `models`.
-- `learned-cascade[:judge=…,v=0.1,floor=0.003,dim=64,ridge=1,…]`: the same chain with `LearnedEscalation`,
+- `learned-cascade[:judge=…,v=0.1,floor=0.003,dim=64,ridge=5,confidence_ridge=5,…]`: the same chain with
+  `LearnedEscalation`,
   which learns online from the final answer's quality only (bandit feedback), as the service does. With the
-  plan's `warmup` other than `none` it first streams the training part once, learning from its own choices.
+  plan's `warmup` it first streams the training part once: `bandit` learning from its own choices, `full` from
+  every model's labelled outcome (both actions at every step: an offline warm start, as the bandits' `full`).
 - `llm-router[:accuracy=0.8,garble=0,price_in=0.15,price_out=0.6,out_tokens=20,latency_s=0.5]`: below.
 
 **The simulated judge** answers like the live one: a rubric score from 1 to 10 as text, parsed by the service's
@@ -152,13 +154,43 @@ class CascadeAgent:
         )
 
     def _warm_up(self, escalation: Escalation, env: Environment, cost_weight: float, seed: int) -> None:
-        """Stream the training part once, learning from the chain's own choices (bandit feedback)."""
+        """Stream the training part once: `bandit` learns from the chain's own choices (the final answer's
+        quality only); `full` learns both actions at every step from the table's labels (`_full_information`)."""
         rng = np.random.default_rng([seed, WARMUP_SALT, 1])
         rows = rng.permutation(env.train_rows)
         available = env.available
         for row in rows.tolist():
+            if self.warmup == "full" and isinstance(escalation, LearnedEscalation):
+                chain = [k for k in self.chain if available[row, k]]
+                if chain:
+                    self._full_information(escalation, env, row, chain, 0, cost_weight, rng)
+                continue
             self._chain(escalation, env, row, env.quality[row], env.cost_usd[row], available[row], None,
                         cost_weight, rng)  # fmt: skip
+
+    def _full_information(
+        self,
+        learner: LearnedEscalation,
+        env: Environment,
+        row: int,
+        chain: list[int],
+        position: int,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> float:
+        """The final quality the learner's chain reaches from `chain[position]` on, teaching it at every step what
+        accepting and what escalating would have given (both known from the training labels)."""
+        k = chain[position]
+        quality = float(env.quality[row, k])
+        if position == len(chain) - 1:
+            return quality
+        confidence = parse_judge_score(self.judge.reply(quality, rng))
+        expected = float(self.expected_cost[chain[position + 1]]) if self.expected_cost is not None else 0.0
+        context = env.context(row, self.extractor)
+        step = learner.decide(context, position, env.model_names[k], confidence, expected, cost_weight, rng)
+        escalated = self._full_information(learner, env, row, chain, position + 1, cost_weight, rng)
+        learner.learn_both(step, quality, escalated)
+        return escalated if step.escalate else quality
 
     def _chain(
         self,
@@ -288,7 +320,9 @@ def make_cascade(
     """`cascade[:…]` or `learned-cascade[:…]` for `env` (see the module docstring)."""
     spec = parse_spec(text)
     learned = spec.name == "learned-cascade"
-    spec.check(_JUDGE_KEYS - {"threshold"} | {"v", "floor", "dim", "ridge"} if learned else _JUDGE_KEYS)
+    spec.check(
+        _JUDGE_KEYS - {"threshold"} | {"v", "floor", "dim", "ridge", "confidence_ridge"} if learned else _JUDGE_KEYS
+    )
     noise, error = spec.float("noise", 0.0), spec.float("error", 0.1)
     if spec.get("judge") is not None:  # a judge given by its accuracy: noisy, never reversed unless told
         if spec.get("noise") is not None:
@@ -298,8 +332,8 @@ def make_cascade(
     if learned:
         try:
             params = EscalationParams(
-                dim=int(spec.float("dim", 64)), ridge=spec.float("ridge", 1.0), v=spec.float("v", 0.1),
-                floor=spec.float("floor", 0.003),
+                dim=int(spec.float("dim", 64)), ridge=spec.float("ridge", 5.0), v=spec.float("v", 0.1),
+                confidence_ridge=spec.float("confidence_ridge", 5.0), floor=spec.float("floor", 0.003),
             )  # fmt: skip
         except ValueError as exc:
             raise InvalidInput(f"{text}: {exc}") from exc
