@@ -7,6 +7,8 @@
     settings.budgets    BudgetConfig      budget targets (`bandit_router.budgets`)
     settings.limits     LimitsSettings    body and prompt sizes
     settings.auth       AuthSettings      API keys
+    settings.gateway    GatewaySettings   the OpenAI-compatible gateway: upstreams, tries, limits
+    settings.judge      JudgeSettings     the LLM judge that scores a sample of the gateway's answers
     settings.named_routers  RoutersSettings  `[[routers]]`: cascades, learned cascades, LLM routers
 
 The configuration file and the environment name every key flatly (`port`, `BANDIT_ROUTER_DB`); so do
@@ -30,6 +32,8 @@ from .routers import RoutersSettings, check_routers
 from .sections import (
     AuthSettings,
     FeedbackSettings,
+    GatewaySettings,
+    JudgeSettings,
     LimitsSettings,
     RoutingSettings,
     ServerSettings,
@@ -55,6 +59,8 @@ SECTIONS: dict[str, type] = {
     "budgets": BudgetConfig,
     "limits": LimitsSettings,
     "auth": AuthSettings,
+    "gateway": GatewaySettings,
+    "judge": JudgeSettings,
     "named_routers": RoutersSettings,
 }
 """Section name → its class, in the order the docs show them."""
@@ -92,6 +98,8 @@ class Settings:
     budgets: BudgetConfig
     limits: LimitsSettings
     auth: AuthSettings
+    gateway: GatewaySettings
+    judge: JudgeSettings
     named_routers: RoutersSettings
 
     def __init__(self, **values: Any) -> None:
@@ -146,11 +154,15 @@ class Settings:
         if len(catalog) > self.limits.max_models:
             raise ConfigError(f"max_models: the catalog has {len(catalog)} models; max_models is "
                               f"{self.limits.max_models}")
-        bandit_alias = getattr(getattr(self, "gateway", None), "router_alias", "router")
-        check_routers(self.named_routers.routers, catalog.names, bandit_alias)
+        check_routers(self.named_routers.routers, catalog.names, self.gateway.router_alias)
         fallback = self.budgets.fallback_model
         if fallback is not None and fallback not in catalog.names:
             raise ConfigError(f"budgets: fallback_model {fallback!r} is not in the catalog")
+        judge = self.judge.judge_model
+        if judge is not None and judge not in catalog.names:
+            raise ConfigError(f"judge_model: {judge!r} is not in the catalog")
+        if self.gateway.router_alias in catalog.names:
+            raise ConfigError(f"router_alias: {self.gateway.router_alias!r} is also a catalog model's name")
         return self
 
     @property
@@ -177,7 +189,7 @@ class Settings:
         return {
             "policy": self.routing.policy,
             "policy_settings": dict(sorted(self.routing.policy_settings.items())),
-            "catalog": [m.to_json() for m in self.load_catalog()],
+            "catalog": [m.learning_json() for m in self.load_catalog()],
         }
 
     def flat(self) -> Mapping[str, Any]:

@@ -12,9 +12,13 @@ from .log import LoggedRecord
 PAGE = 2000
 
 
-def iter_log(store: Store, *, page: int = PAGE) -> Iterator[LoggedRecord]:
+def iter_log(store: Store, *, page: int = PAGE, fallbacks: bool = False) -> Iterator[LoggedRecord]:
     """Every stored decision in storage order with its learned feedback (the outcome the policy learned, its
-    realised cost, when it arrived) and its shadow pmfs; `outcome` is None while no feedback was learned."""
+    realised cost, when it arrived) and its shadow pmfs; `outcome` is None while no feedback was learned.
+
+    The gateway's fallbacks (a try after a failed one: a decision over the models not yet tried) are left out
+    unless `fallbacks`: they exist only because their request's first choice failed, and that first choice is
+    already in the log with the failure as its outcome (docs: the gateway, "How fallbacks are logged")."""
     position = 0
     while True:
         with store.read() as reader:
@@ -24,9 +28,13 @@ def iter_log(store: Store, *, page: int = PAGE) -> Iterator[LoggedRecord]:
             ids = [stored.decision.decision_id for _, stored in rows]
             feedback = reader.feedback_for_many(ids)
             shadows = reader.shadow_pmfs_for_many(ids)
+            calls = {} if fallbacks else reader.calls_for_many(ids)
         position = rows[-1][0]
         for _, stored in rows:
             decision = stored.decision
+            call = calls.get(decision.decision_id)
+            if call is not None and call.attempt > 1:
+                continue
             k = len(decision.models)
             shadow = {name: tuple(p) for name, p in shadows.get(decision.decision_id, {}).items() if len(p) == k}
             learned = [f for f in feedback.get(decision.decision_id, []) if f.learn]

@@ -11,12 +11,24 @@ The service (`bandit_router.service`) adds only the writer thread and HTTP.
 
 from .budget_state import BudgetState
 from .checkpoints import Checkpointer, fingerprint
-from .feedback import FeedbackRules, Ruling, Verdict, average, close_window, feedback_record, judge, priced
+from .feedback import (
+    CALLER_POLICY,
+    FeedbackRules,
+    Ruling,
+    Verdict,
+    average,
+    close_window,
+    feedback_record,
+    judge,
+    priced,
+    with_call,
+)
 from .follower import REPLAY_PAGE, LogEntry, LogFollower, rebuild_router
 from .policies import BUNDLE_MAGIC, PolicySet, build_router
 
 __all__ = [
     "BUNDLE_MAGIC",
+    "CALLER_POLICY",
     "REPLAY_PAGE",
     "BudgetState",
     "Checkpointer",
@@ -34,4 +46,5 @@ __all__ = [
     "judge",
     "priced",
     "rebuild_router",
+    "with_call",
 ]

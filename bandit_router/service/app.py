@@ -21,11 +21,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from ..config import Settings, load_settings
+from ..errors import ConfigError
+from ..gateway import Gateway, Judge
 from ..store import SQLiteStore
 from . import errors, redact
 from .auth import Authenticator
 from .engine import Engine
 from .exceptions import PayloadTooLarge
+from .gateway_routes import router as gateway_router
 from .metrics import Metrics
 from .routes import BODY_MODELS, Services, router
 from .schemas import BUDGET_SCHEMAS, ErrorOut
@@ -204,6 +207,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = metrics
         app.state.services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys))
         engine.start()
+        gateway = await start_gateway(settings, engine)
+        app.state.gateway = gateway
         log.info(
             "bandit-router: db=%s synchronous=%s policy=%s models=%d auth=%s store_prompts=%s",
             settings.storage.db, settings.storage.synchronous, settings.routing.policy, len(engine.router.models),
@@ -212,6 +217,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await stop_gateway(gateway)
             await asyncio.to_thread(engine.stop)
 
     app = FastAPI(
@@ -230,8 +236,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     redact.install()
     errors.install(app)
     app.include_router(router)
+    app.include_router(gateway_router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
+    """The gateway (`POST /v1/chat/completions`) and, with `judge_model`, its judge loop."""
+    gateway = Gateway.build(settings, engine)
+    judge_model = settings.judge.judge_model
+    if judge_model is not None and settings.judge.judge_sample_rate > 0:
+        if not gateway.upstreams.has(judge_model):
+            raise ConfigError(f"judge_model: {judge_model!r} has no upstream (base_url)")
+        judge = Judge(settings, engine.router.spec(judge_model), gateway.upstreams, engine.feedback,
+                      seed=settings.routing.seed)
+        judge.start()
+        gateway.judge = judge
+        gateway.on_answer = judge.offer
+        engine.extra_stats["judge"] = judge.report
+    return gateway
+
+
+async def stop_gateway(gateway: Gateway) -> None:
+    if gateway.judge is not None:
+        await gateway.judge.stop()
+    await gateway.close()
 
 
 def _version() -> str:

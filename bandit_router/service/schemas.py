@@ -224,7 +224,19 @@ class ModelOut(BaseModel):
     feedback: int = 0
 
 
+class OpenAIModel(BaseModel):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str
+
+
 class ModelsOut(BaseModel):
+    """The router's own listing (`models`, `retired`) and OpenAI's list shape (`object`, `data`) in one reply: an
+    OpenAI client reads `data` (the router alias first, then every active model with an upstream or not)."""
+
+    object: str = "list"
+    data: list[OpenAIModel] = Field(default_factory=list)
     models: list[ModelOut]
     retired: list[str]
 
