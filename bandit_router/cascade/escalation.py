@@ -10,7 +10,8 @@ none), its state is
 (one block per chain position: a score means something else for each model; ten bins, one per rubric score)
 
 and, per action a, a Bayesian ridge regression (`policies.linear.RidgeRegression`; prior precision `ridge` on
-the prompt blocks, `confidence_ridge` on the confidence blocks) learns the *final quality*
+the prompt blocks, `confidence_ridge` on the confidence blocks; prior mean: q̂ = `prior_quality` for every state,
+for both actions) learns the *final quality*
 of the chain from z: for `accept`, the quality of the answer accepted at this step; for `escalate`, the
 quality the chain ended with after escalating here. Cost is priced, not learned blind ("learn what is
 unknown, price what is known"): escalating costs ĉ_k = r_k·c_next, the next model's expected cost times a
@@ -135,6 +136,9 @@ class EscalationParams:
     dim: int = 64
     ridge: float = 5.0
     confidence_ridge: float = 5.0
+    prior_quality: float = 0.5
+    """Both actions' prior mean quality: neither is favoured before data (a prior of 0 would make an action
+    never tried look worse than any tried one)."""
     v: float = 0.1
     floor: float = 0.003
 
@@ -143,6 +147,8 @@ class EscalationParams:
             raise ValueError("dim must be in [32, 1024]")
         if self.ridge <= 0 or self.confidence_ridge <= 0 or self.v < 0:
             raise ValueError("ridge and confidence_ridge must be > 0 and v >= 0")
+        if not 0.0 <= self.prior_quality <= 1.0:
+            raise ValueError("prior_quality must be in [0, 1]")
         if not 0.0 <= self.floor < 0.5:
             raise ValueError("floor must be in [0, 0.5)")
 
@@ -165,12 +171,26 @@ def confidence_features(confidence: float | None, step: int) -> np.ndarray:
     return out
 
 
-def _ridge(precision: np.ndarray) -> RidgeRegression:
-    """A ridge regression with prior precision `precision` per feature (A₀ = diag(precision), θ₀ = 0)."""
+def _ridge(precision: np.ndarray, prior: np.ndarray) -> RidgeRegression:
+    """A ridge regression with prior precision `precision` and prior mean `prior` per feature
+    (A₀ = diag(precision), b₀ = precision ⊙ θ₀)."""
     reg = RidgeRegression(len(precision), 1.0)
     reg.a = np.diag(precision)
     reg.a_inv = np.diag(1.0 / precision)
+    reg.prior = prior.copy()
+    reg.b = precision * prior
+    reg.theta = prior.copy()
     return reg
+
+
+def prior_mean(dim: int, quality: float) -> np.ndarray:
+    """θ₀ with q̂ = `quality` for every state: in each position's block exactly one of {1{missing}, bin(s)} is 1."""
+    theta = np.zeros(2 * dim + MAX_STEPS * CONFIDENCE_FEATURES)
+    for k in range(MAX_STEPS):
+        base = 2 * dim + k * CONFIDENCE_FEATURES
+        theta[base] = quality
+        theta[base + 3 : base + 3 + BINS] = quality
+    return theta
 
 
 class LearnedEscalation:
@@ -184,8 +204,9 @@ class LearnedEscalation:
         precision = np.concatenate(
             [np.full(2 * p.dim, p.ridge), np.full(MAX_STEPS * CONFIDENCE_FEATURES, p.confidence_ridge)]
         )
-        self.accept = _ridge(precision)
-        self.escalate = _ridge(precision)
+        prior = prior_mean(p.dim, p.prior_quality)
+        self.accept = _ridge(precision, prior)
+        self.escalate = _ridge(precision, prior)
         self.cost_ratio = np.ones(MAX_STEPS)
         self.cost_count = np.zeros(MAX_STEPS)
         self.updates = 0

@@ -13,6 +13,7 @@ from .budget_state import BudgetState
 from .checkpoints import Checkpointer, fingerprint
 from .feedback import (
     CALLER_POLICY,
+    NAMED_ROUTER_POLICIES,
     FeedbackRules,
     Ruling,
     Verdict,
@@ -21,6 +22,7 @@ from .feedback import (
     feedback_record,
     judge,
     priced,
+    unrouted,
     with_call,
 )
 from .follower import REPLAY_PAGE, LogEntry, LogFollower, rebuild_router
@@ -29,6 +31,7 @@ from .policies import BUNDLE_MAGIC, PolicySet, build_router
 __all__ = [
     "BUNDLE_MAGIC",
     "CALLER_POLICY",
+    "NAMED_ROUTER_POLICIES",
     "REPLAY_PAGE",
     "BudgetState",
     "Checkpointer",
@@ -46,5 +49,6 @@ __all__ = [
     "judge",
     "priced",
     "rebuild_router",
+    "unrouted",
     "with_call",
 ]
