@@ -335,3 +335,22 @@ def test_two_routers_may_not_share_a_name(tmp_path: Path) -> None:
     one = '\n[[routers]]\nname = "c"\nstrategy = "cascade"\nmodels = ["small", "big"]\njudge = "grader"\n'
     with pytest.raises(ConfigError, match="same name"):
         load_settings(_config(tmp_path, one + one), env={})
+
+
+def test_catalog_entries_may_be_unroutable_and_carry_a_description() -> None:
+    from bandit_router.catalog import CatalogError
+    from bandit_router.errors import UnknownModel
+    from bandit_router.router import Router
+
+    judge = ModelSpec.from_json({"name": "grader", "input_usd_per_mtok": 0.15, "output_usd_per_mtok": 0.6,
+                                 "route": False, "description": "grades answers"})
+    assert judge.to_json()["route"] is False and ModelSpec.from_json(judge.to_json()) == judge
+    assert "description" not in judge.learning_json()  # not what the policy learns from
+    router = Router([ModelSpec("a", 0.1, 0.2), ModelSpec("b", 1.0, 2.0), judge], seed=0)
+    ctx = EXTRACTOR.extract("hello")
+    assert {router.decide(ctx).model for _ in range(50)} <= {"a", "b"}
+    assert router.decide(ctx, models=["a", "grader"]).model == "a"
+    with pytest.raises(UnknownModel, match="routable"):
+        router.decide(ctx, models=["grader"])
+    with pytest.raises(CatalogError, match="route"):
+        ModelSpec("x", 0.0, 0.0, route="no")  # type: ignore[arg-type]

@@ -67,8 +67,8 @@ def gateway(fake: Fake, tmp_path: Path) -> Iterator[Callable[..., str]]:
     fake.behaviour.clear()
 
     def start(**changes: Any) -> str:
-        specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=fake.url + "/v1")  # type: ignore[attr-defined]
-                      for n in PRICES)
+        specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=fake.url + "/v1",  # type: ignore[attr-defined]
+                                route=n in ("cheap", "strong")) for n in PRICES)  # judge, chooser: never routed
         settings = Settings(db=tmp_path / f"n{len(servers)}.db", models=specs, routers=ROUTERS, seed=11, **changes)
         server = ServerThread(create_app(settings))
         servers.append(server)
@@ -90,7 +90,7 @@ def ask(url: str, model: str, prompt: str, **extra: Any) -> tuple[Any, dict[str,
         model=model, messages=[{"role": "user", "content": prompt}], **extra
     )
     completion = raw.parse()
-    return completion, completion.model_extra["bandit_router"], raw.headers["x-decision-id"]
+    return completion, (completion.model_extra or {}).get("bandit_router", {}), raw.headers["x-decision-id"]
 
 
 def stored(url: str, decision_id: str, feedbacks: int = 0) -> dict[str, Any]:
@@ -228,3 +228,12 @@ def test_the_llm_router_picks_per_its_judgement_and_falls_back_to_the_policy(
     assert info["named"] is None and info["calls"][0]["error"]
     stats = httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]
     assert stats["parsed"] == 2 and stats["fallbacks"] == 2 and stats["router_calls"] == 4
+
+
+def test_judge_and_router_models_with_route_false_are_never_routed_to(gateway: Callable[..., str]) -> None:
+    url = gateway()
+    answered = {ask(url, "router", f"{PROSE} #{i}")[0].model for i in range(30)}
+    assert answered <= {"cheap", "strong"}
+    reply = httpx.post(url + "/v1/chat/completions", json={
+        "model": "router", "messages": [{"role": "user", "content": PROSE}], "bandit_router": {"models": [JUDGE]}})
+    assert reply.status_code == 400 and "routable" in reply.json()["error"]["message"]

@@ -196,7 +196,8 @@ class NamedRouters:
         router = self.engine.router
         policy = router.decide(context, models=models, cost_weight=cost_weight)  # the fallback (not yet stored)
         specs = [router.spec(m) for m in models]
-        prompt = router_prompt(request.text, specs, dict(alias.descriptions))
+        descriptions = {s.name: s.description for s in specs if s.description} | dict(alias.descriptions)
+        prompt = router_prompt(request.text, specs, descriptions)
         calls: list[ChainCall] = []
         assert alias.router_model is not None
         counts = self.counts[alias.name]
