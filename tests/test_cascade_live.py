@@ -237,3 +237,10 @@ def test_judge_and_router_models_with_route_false_are_never_routed_to(gateway: C
     reply = httpx.post(url + "/v1/chat/completions", json={
         "model": "router", "messages": [{"role": "user", "content": PROSE}], "bandit_router": {"models": [JUDGE]}})
     assert reply.status_code == 400 and "routable" in reply.json()["error"]["message"]
+
+
+def test_openai_clients_see_the_named_routers_as_models(gateway: Callable[..., str]) -> None:
+    url = gateway()
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    ids = [m.id for m in client.models.list()]
+    assert ids[:5] == ["router", "cascade", "confident", "learned", "auto"] and "cheap" in ids
