@@ -11,7 +11,8 @@ Three targets, one fake OpenAI-compatible upstream (`benchmarks.fake_upstream`, 
   no database), `model = "router"`: a model group of the same 3 deployments (its simple-shuffle routing).
 
 Each is loaded by `wrk -t1` at 1 and 64 connections, non-streamed and streamed (a stream's latency is until its
-last byte), for `BENCH_GATEWAY_DURATION` seconds (default 5) after a warm-up. Added latency = the target's p50
+last byte), for `BENCH_GATEWAY_DURATION` seconds (default 5) after a warm-up; and the time to the first content
+chunk of a stream, one client, 300 streams each. Added latency = the target's p50
 (p99) − the direct p50 (p99) of the same setting. Target (issue 14): less added latency than LiteLLM's proxy at
 both concurrencies. All processes share the machine's cores with wrk.
 """
@@ -32,6 +33,7 @@ from benchmarks.bench_http import _SUMMARY, _free_port, _load, _lua_string, _wrk
 
 ROOT = Path(__file__).resolve().parents[1]
 DURATION_S = int(os.environ.get("BENCH_GATEWAY_DURATION", "5"))
+TTFT_REQUESTS = 300
 CONNECTIONS = (1, 64)
 MODELS = ("fake-coder", "fake-writer", "fake-small")
 LITELLM_VENV = ROOT / ".venv-litellm"
@@ -131,6 +133,28 @@ general_settings:
     return path
 
 
+def _ttft(url: str, model: str, key: str | None, n: int = TTFT_REQUESTS) -> dict[str, float]:
+    """p50/p99 time to the first content chunk of a stream, one client, `n` requests (ms)."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    times: list[float] = []
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
+        for i in range(n + 10):
+            body = {"model": model, "stream": True, "max_tokens": 64,
+                    "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]}
+            started = time.perf_counter()
+            first = None
+            with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+                for line in reply.iter_lines():
+                    if first is None and '"content"' in line and '"content":""' not in line.replace(" ", ""):
+                        first = time.perf_counter() - started
+            if i >= 10 and first is not None:  # the first 10 warm up
+                times.append(first * 1000)
+    times.sort()
+    return {"p50": times[len(times) // 2], "p99": times[min(len(times) - 1, int(0.99 * len(times)))]}
+
+
 def run() -> list[dict[str, Any]]:
     wrk = _wrk()
     if wrk is None:
@@ -168,6 +192,7 @@ def run() -> list[dict[str, Any]]:
                 processes.append(proxy)
                 _wait(urls["litellm"] + "/health/readiness", proxy)
                 targets["litellm"] = ("router", MASTER_KEY)
+            ttft = {name: _ttft(urls[name], model, key) for name, (model, key) in targets.items()}
             for stream in (False, True):
                 for name, (model, key) in targets.items():
                     script = _script(folder, f"{name}-{stream}", model, stream, key)
@@ -178,11 +203,25 @@ def run() -> list[dict[str, Any]]:
         finally:
             for process in reversed(processes):
                 _stop(process)
-    return _rows(measured, litellm is not None)
+    return _rows(measured, ttft, litellm is not None)
 
 
-def _rows(measured: dict[tuple[str, bool, int], dict[str, Any]], with_litellm: bool) -> list[dict[str, Any]]:
+def _rows(measured: dict[tuple[str, bool, int], dict[str, Any]], ttft: dict[str, dict[str, float]],
+          with_litellm: bool) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    for q in ("p50", "p99"):
+        ours = ttft["bandit-router"][q] - ttft["direct"][q]
+        row: dict[str, Any] = {"benchmark": "gateway added time to first token c=1", "metric": f"bandit_router_{q}_ms",
+                               "value": round(ours, 2), "unit": "ms",
+                               "note": f"{TTFT_REQUESTS} streams, one httpx client; direct {ttft['direct'][q]:.2f} ms"}
+        if with_litellm:
+            theirs = ttft["litellm"][q] - ttft["direct"][q]
+            row.update(target=f"< litellm {theirs:.2f}", ok=ours < theirs)
+            rows.append(row)
+            rows.append({"benchmark": "gateway added time to first token c=1", "metric": f"litellm_{q}_ms",
+                         "value": round(theirs, 2), "unit": "ms"})
+        else:
+            rows.append(row)
     note = "wrk -t1, loopback, fake upstream with 3 models; latency of a stream is until its last byte"
     for (name, stream, connections), m in measured.items():
         bench = f"gateway {name} {'stream' if stream else 'json'} c={connections}"

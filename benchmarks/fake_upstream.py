@@ -6,7 +6,8 @@ text (`[q=0.83]`), the way a grader would find it, so a test can give feedback w
 fake's judge model (`JUDGE`) grades an answer by reading it (with `judge_noise`, noisily). A non-streamed
 request with `logprobs: true` gets token log-probabilities whose geometric mean is the answer's quality. Per
 model it can be told (`mode`) to be `slow` (`delay_s` before the reply or first chunk), to `fail` (HTTP 500), to
-`hang` (never answer), or to `omit_usage`;
+`hang` (never answer), to `omit_usage`, or to answer `garbage` (200 with an HTML page, or a stream without a
+single event);
 a `temperature` above 2 gets OpenAI's 400. `POST /_control {"model", "mode", "delay_s"}` changes a model from
 another process; `calls` and `authorizations` record what arrived.
 
@@ -44,7 +45,7 @@ QUALITY: dict[str, dict[str, float]] = {
 }
 """Mean answer quality per model and prompt kind (each answer adds ±`NOISE`)."""
 NOISE = 0.1
-MODES = ("ok", "slow", "fail", "hang", "omit_usage")
+MODES = ("ok", "slow", "fail", "hang", "omit_usage", "garbage")
 ANSWER_WORDS = 24
 
 
@@ -88,6 +89,8 @@ class FakeUpstream:
     closing: bool = False
     judge_noise: float = 0.0
     """The judge's score is round(10·(q + u)), u uniform on ±`judge_noise` (0: it reads the quality exactly)."""
+    url: str = ""
+    """Where it is served (set by whoever serves it), for building catalogs."""
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -147,6 +150,12 @@ class FakeUpstream:
             return
         if behaviour.delay_s:
             await asyncio.sleep(behaviour.delay_s)
+        if behaviour.mode == "garbage":
+            kind = b"text/event-stream" if request.get("stream") else b"text/html"
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]})
+            await send({"type": "http.response.body", "body": b": nothing\n\n" if request.get("stream") else
+                        b"<html>upstream maintenance</html>"})
+            return
         messages = request.get("messages") or []
         prompt = "\n".join(str(m.get("content") or "") for m in messages)
         content = self.answer(model, messages, prompt)

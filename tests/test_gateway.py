@@ -35,7 +35,7 @@ PROSE = "Write a short poem about the sea at dawn"
 def fake() -> Iterator[FakeUpstream]:
     upstream = FakeUpstream(seed=3)
     server = ServerThread(upstream)
-    upstream.url = server.url  # type: ignore[attr-defined]
+    upstream.url = server.url
     try:
         yield upstream
     finally:
@@ -53,8 +53,7 @@ def gateway(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     def start(models: tuple[str, ...] = MODELS, **changes: Any) -> str:
         specs = tuple(
-            ModelSpec(name, *PRICES[name], tags={"family": "fake"}, base_url=fake.url + "/v1",  # type: ignore[attr-defined]
-                      api_key_env=KEY_ENV)
+            ModelSpec(name, *PRICES[name], tags={"family": "fake"}, base_url=fake.url + "/v1", api_key_env=KEY_ENV)
             for name in models
         )
         changes.setdefault("seed", 7)
@@ -208,6 +207,82 @@ def test_knobs_ride_in_headers_too_and_the_body_wins(gateway: Callable[..., str]
     assert raw.parse().model == "fake-coder"
 
 
+def test_upstream_calls_are_counted_in_the_metrics(gateway: Callable[..., str], fake: FakeUpstream) -> None:
+    url = gateway(models=("fake-coder", "fake-writer"))
+    client(url).chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": PROSE}])
+    list(client(url).chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": PROSE}],
+                                             stream=True))
+    fake.set("fake-coder", "fail")
+    with pytest.raises(openai.APIStatusError):
+        client(url).chat.completions.create(model="fake-coder", messages=[{"role": "user", "content": PROSE}])
+    metrics = httpx.get(url + "/metrics").text
+    assert 'bandit_router_upstream_calls_total{model="fake-writer",status="ok"} 2.0' in metrics
+    assert 'bandit_router_upstream_calls_total{model="fake-coder",status="server_error"} 1.0' in metrics
+    assert 'bandit_router_upstream_seconds_count{model="fake-writer"} 2.0' in metrics
+    assert 'bandit_router_upstream_ttft_seconds_count{model="fake-writer"} 1.0' in metrics
+    assert 'bandit_router_upstream_cost_usd_total{model="fake-writer"}' in metrics
+
+
+def test_upstream_model_names_the_providers_id_and_default_base_url_serves_the_rest(
+    gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path
+) -> None:
+    models = (
+        ModelSpec("house-coder", 1.0, 2.0, base_url=fake.url + "/v1", upstream_model="fake-coder"),
+        ModelSpec("fake-writer", 1.0, 2.0),  # no base_url: default_base_url
+    )
+    server = ServerThread(create_app(Settings(db=tmp_path / "named.db", models=models, seed=1,
+                                              default_base_url=fake.url + "/v1")))
+    try:
+        c = client(server.url)
+        before = fake.calls["fake-coder"]
+        assert c.chat.completions.create(model="house-coder", messages=[{"role": "user", "content": CODE}]
+                                         ).model == "house-coder"
+        assert fake.calls["fake-coder"] == before + 1  # the provider's id went upstream
+        assert c.chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": CODE}]
+                                         ).model == "fake-writer"
+        # a model added at run time is called through default_base_url too
+        added = httpx.post(server.url + "/v1/models", json={"name": "fake-small", "input_usd_per_mtok": 0.5,
+                                                            "output_usd_per_mtok": 1.0})
+        assert added.status_code == 201, added.text
+        assert c.chat.completions.create(model="fake-small", messages=[{"role": "user", "content": CODE}]
+                                         ).model == "fake-small"
+        assert "fake-small" in [m.id for m in c.models.list().data]
+    finally:
+        server.stop()
+
+
+def test_a_hanging_judge_never_delays_a_reply_and_its_queue_is_bounded(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    url = gateway(models=(*MODELS, JUDGE), judge_model=JUDGE, judge_sample_rate=1.0, judge_queue=2,
+                  judge_concurrency=1)
+    fake.set(JUDGE, "hang")
+    c = client(url).with_options(timeout=5)
+    for _ in range(8):
+        c.chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                  extra_body={"bandit_router": {"models": list(MODELS)}})
+    judge = httpx.get(url + "/v1/stats").json()["judge"]
+    assert judge["sampled"] == 8 and judge["scored"] == 0
+    assert judge["queued"] <= 2 and judge["dropped"] >= 5  # one in the judge's hands, at most 2 waiting
+
+
+def test_the_shipped_catalog_says_which_key_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default catalog names each provider's endpoint and key variable; with none of them set nothing is
+    called, and the reply says which variables to set."""
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "TOGETHER_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    server = ServerThread(create_app(Settings(db=tmp_path / "default.db", seed=1)))
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            client(server.url).chat.completions.create(model="router", messages=[{"role": "user", "content": "hi"}])
+        assert caught.value.status_code == 503
+        assert "OPENAI_API_KEY" in caught.value.message and "ANTHROPIC_API_KEY" in caught.value.message
+        with pytest.raises(openai.NotFoundError, match="OPENAI_API_KEY"):
+            client(server.url).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        server.stop()
+
+
 # -- failures ---------------------------------------------------------------------------------------------------
 def test_a_failing_model_is_answered_by_a_fallback_and_then_avoided(
     gateway: Callable[..., str], fake: FakeUpstream
@@ -302,6 +377,61 @@ def test_an_upstream_4xx_is_passed_through_and_not_blamed_on_the_model(
     assert httpx.get(url + "/v1/stats").json()["policy_version"] == 0
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reply_that_is_not_a_chat_completion_is_the_models_failure(
+    gateway: Callable[..., str], fake: FakeUpstream, stream: bool
+) -> None:
+    """An HTML page for a JSON call, or a stream without a single event: `invalid_response`, a 502 for a named
+    model, a fallback for a routed call."""
+    url = gateway(models=("fake-coder", "fake-writer"))
+    fake.set("fake-coder", "garbage")
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(url).chat.completions.create(model="fake-coder", messages=[{"role": "user", "content": CODE}],
+                                            stream=stream)
+    assert caught.value.status_code == 502 and "invalid_response" in str(caught.value.body)
+    for _ in range(6):
+        answer = client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                                     stream=stream)
+        models = {c.model for c in answer} if stream else {answer.model}  # type: ignore[union-attr]
+        assert models == {"fake-writer"}
+
+
+def test_the_call_record_keeps_latency_and_time_to_first_token(gateway: Callable[..., str],
+                                                               fake: FakeUpstream) -> None:
+    url = gateway(models=("fake-small",))
+    fake.set("fake-small", "slow", delay_s=0.2)
+    ids = []
+    for stream in (False, True):
+        raw = client(url).chat.completions.with_raw_response.create(
+            model="router", messages=[{"role": "user", "content": PROSE}], stream=stream)
+        if stream:
+            list(raw.parse())  # type: ignore[call-overload]
+        ids.append(raw.headers["x-decision-id"])
+    time.sleep(0.2)
+    plain, streamed = (decision(url, i)["call"] for i in ids)
+    assert plain["status"] == "ok" and plain["latency_s"] >= 0.2 and plain["usage"] == "upstream"
+    assert streamed["stream"] and 0.2 <= streamed["ttft_s"] <= streamed["latency_s"]
+    assert streamed["attempt"] == 1 and streamed["request_id"] == ids[1] and streamed["input_tokens"] > 0
+    assert decision(url, ids[0])["call"]["cost_usd"] == pytest.approx(
+        (plain["input_tokens"] * 0.5 + plain["output_tokens"] * 1.0) / 1e6)
+
+
+def test_a_caller_that_leaves_a_stream_is_recorded_as_cancelled_and_not_blamed(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    url = gateway(models=("fake-small",))
+    fake.set("fake-small", "slow", delay_s=0.3)
+    body = {"model": "router", "stream": True, "messages": [{"role": "user", "content": PROSE}]}
+    with httpx.Client(timeout=5) as c, c.stream("POST", url + "/v1/chat/completions", json=body) as reply:
+        decision_id = reply.headers["x-decision-id"]
+    # the connection is closed before a single event was read
+    deadline = time.monotonic() + 10
+    while (call := decision(url, decision_id)["call"]) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert call is not None and call["status"] in ("cancelled", "ok")  # "ok" when the stream fit the buffers
+    assert decision(url, decision_id)["feedback"] == []  # never learned as the model's failure
+
+
 # -- hostile input ------------------------------------------------------------------------------------------------
 BAD_BODIES: list[tuple[Any, int]] = [
     (b"{not json", 400),
@@ -348,6 +478,19 @@ def test_not_json_is_a_415_and_a_huge_body_a_413(gateway: Callable[..., str]) ->
                       ).status_code == 415
     assert httpx.post(url + "/v1/chat/completions", content=b"x" * 2_000_000,
                       headers={"content-type": "application/json"}).status_code == 413
+
+
+def test_the_services_own_api_keys_guard_the_gateway(gateway: Callable[..., str]) -> None:
+    from bandit_router.config import Secrets
+
+    service_key = "client-key-0123456789abcdef"
+    url = gateway(api_keys=Secrets((service_key,)))
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}])
+    assert caught.value.status_code == 401 and caught.value.body["type"] == "authentication_error"  # type: ignore[index]
+    keyed = openai.OpenAI(base_url=url + "/v1", api_key=service_key, max_retries=0)
+    assert keyed.chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}]).model in MODELS
+    assert keyed.models.list().data[0].id == "router"
 
 
 # -- secrets ------------------------------------------------------------------------------------------------------
@@ -441,6 +584,8 @@ def test_the_judge_scores_sampled_answers_and_the_callers_feedback_takes_precede
     judge = httpx.get(url + "/v1/stats").json()["judge"]
     assert judge["model"] == JUDGE and judge["scored"] == 5 and judge["overridden"] == 1
     assert judge["spend_usd"] > 0 and judge["input_tokens"] > 0
+    metrics = httpx.get(url + "/metrics").text
+    assert 'bandit_router_judge_jobs{state="scored"} 5.0' in metrics and "bandit_router_judge_spend_usd" in metrics
 
 
 def test_counterfactual_evaluation_reads_first_tries_and_leaves_fallbacks_out(
@@ -466,3 +611,20 @@ def test_counterfactual_evaluation_reads_first_tries_and_leaves_fallbacks_out(
     store.close()
     assert len(everything) == 15 + len(fallbacks) and len(first_tries) == 15
     assert not fallbacks & set(first_tries) and fallbacks <= set(everything)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_with_several_workers_the_reply_waits_for_its_call_record(
+    gateway: Callable[..., str], stream: bool
+) -> None:
+    """With `workers > 1` the feedback may reach another process: the reply is sent only once the call record is
+    committed, so a feedback right after it (read from the database) finds the tokens and the cost."""
+    url = gateway(workers=2)
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": PROSE}], stream=stream)
+    body = raw.parse()
+    if stream:
+        list(body)  # type: ignore[call-overload]
+    feedback(url, raw.headers["x-decision-id"], 0.6)
+    row = decision(url, raw.headers["x-decision-id"])["feedback"][0]
+    assert row["output_tokens"] is not None and row["cost_usd"] is not None

@@ -3,10 +3,10 @@ for it and the shadow policies' pmfs logged next to it (`LoggedRecord`s), and th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from ..catalog import ModelSpec
-from ..store import Store
+from ..store import Reader, Store, StoredDecision
 from .log import LoggedRecord
 
 PAGE = 2000
@@ -25,30 +25,48 @@ def iter_log(store: Store, *, page: int = PAGE, fallbacks: bool = False) -> Iter
             rows = reader.decisions_after(position, page)
             if not rows:
                 return
-            ids = [stored.decision.decision_id for _, stored in rows]
-            feedback = reader.feedback_for_many(ids)
-            shadows = reader.shadow_pmfs_for_many(ids)
-            calls = {} if fallbacks else reader.calls_for_many(ids)
+            stored_rows = [stored for _, stored in rows]
+            records = logged_records(reader, stored_rows if fallbacks else first_tries(reader, stored_rows))
         position = rows[-1][0]
-        for _, stored in rows:
-            decision = stored.decision
-            call = calls.get(decision.decision_id)
-            if call is not None and call.attempt > 1:
-                continue
-            k = len(decision.models)
-            shadow = {name: tuple(p) for name, p in shadows.get(decision.decision_id, {}).items() if len(p) == k}
-            learned = [f for f in feedback.get(decision.decision_id, []) if f.learn]
-            if not learned:
-                yield LoggedRecord(decision, shadow_pmfs=shadow)
-                continue
-            last = learned[-1]
-            yield LoggedRecord(
-                decision,
-                last.outcome(),
-                cost_usd=last.realised_cost_usd,
-                feedback_at=last.received_at,
-                shadow_pmfs=shadow,
-            )
+        yield from records
+
+
+def recent_log(store: Store, limit: int) -> list[LoggedRecord]:
+    """The newest `limit` stored decisions as `LoggedRecord`s, oldest first (one read: bounded work)."""
+    with store.read() as reader:
+        rows = reader.recent_decisions(limit)
+        return logged_records(reader, first_tries(reader, [stored for _, stored in reversed(rows)]))
+
+
+def first_tries(reader: Reader, rows: Sequence[StoredDecision]) -> list[StoredDecision]:
+    """`rows` without the gateway's fallbacks (decisions whose call record says `attempt` > 1)."""
+    calls = reader.calls_for_many([stored.decision.decision_id for stored in rows])
+    return [s for s in rows if (c := calls.get(s.decision.decision_id)) is None or c.attempt == 1]
+
+
+def logged_records(reader: Reader, rows: Sequence[StoredDecision]) -> list[LoggedRecord]:
+    """`rows` joined with their learned feedback and shadow pmfs (two queries)."""
+    ids = [stored.decision.decision_id for stored in rows]
+    feedback = reader.feedback_for_many(ids)
+    shadows = reader.shadow_pmfs_for_many(ids)
+    out: list[LoggedRecord] = []
+    for stored in rows:
+        decision = stored.decision
+        k = len(decision.models)
+        shadow = {name: tuple(p) for name, p in shadows.get(decision.decision_id, {}).items() if len(p) == k}
+        learned = [f for f in feedback.get(decision.decision_id, []) if f.learn]
+        if not learned:
+            out.append(LoggedRecord(decision, shadow_pmfs=shadow))
+            continue
+        last = learned[-1]
+        out.append(LoggedRecord(
+            decision,
+            last.outcome(),
+            cost_usd=last.realised_cost_usd,
+            feedback_at=last.received_at,
+            shadow_pmfs=shadow,
+        ))
+    return out
 
 
 def model_specs(store: Store, catalog: Iterable[ModelSpec]) -> dict[str, ModelSpec]:

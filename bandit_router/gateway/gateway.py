@@ -116,7 +116,7 @@ class StreamAnswer:
     gateway: Gateway
     attempt: Attempt
     stream: Stream
-    first: dict[str, Any] | None
+    first: dict[str, Any]
     chat: ChatRequest
     attempts: int
     finished: bool = field(default=False)
@@ -125,6 +125,13 @@ class StreamAnswer:
     def decision(self) -> Decision:
         return self.attempt.decision
 
+    async def abandon(self) -> None:
+        """Close and record a stream whose relay never ran to its end (the caller left before it started)."""
+        if not self.finished:
+            self.finished = True
+            await self.stream.close()
+            self.gateway.finish_stream(self, CallStatus.CANCELLED, "the caller left before the stream started")
+
     async def relay(self) -> AsyncGenerator[bytes, None]:
         """The SSE events for the caller: each upstream chunk with `model` set to the catalog name (the usage-only
         chunk only when the caller asked for usage), then `[DONE]`; a failure mid-stream ends the stream with
@@ -132,26 +139,32 @@ class StreamAnswer:
         gw, model = self.gateway, self.decision.model
         status, error = CallStatus.CANCELLED, "the caller closed the stream"
         try:
-            chunk = self.first
-            if chunk is not None:
+            out = gw.chunk_bytes(self.first, model, self.chat.include_usage)
+            if out:
+                yield out
+            async for chunk in self.stream.rest():
                 out = gw.chunk_bytes(chunk, model, self.chat.include_usage)
                 if out:
                     yield out
-                async for chunk in self.stream.rest():
-                    out = gw.chunk_bytes(chunk, model, self.chat.include_usage)
-                    if out:
-                        yield out
-            status, error = CallStatus.OK, ""
+            await self._finish(CallStatus.OK, "")  # recorded before the caller sees the end
             yield b"data: [DONE]\n\n"
         except UpstreamFailure as exc:
-            status, error = exc.status, str(exc)
+            await self._finish(exc.status, str(exc))
             body = {"error": {"message": f"the stream broke: {exc}", "type": "upstream_error", "param": None,
                               "code": str(exc.status)}}
             yield b"data: " + json.dumps(body).encode() + b"\n\n"
         finally:
-            self.finished = True
-            await self.stream.close()
-            gw.finish_stream(self, status, error)
+            if not self.finished:  # the caller left
+                self.finished = True
+                await self.stream.close()
+                gw.finish_stream(self, status, error)
+
+    async def _finish(self, status: CallStatus, error: str) -> None:
+        self.finished = True
+        await self.stream.close()
+        recorded = self.gateway.finish_stream(self, status, error)
+        if self.gateway.await_records:
+            await asyncio.wait([recorded])
 
 
 class Gateway:
@@ -166,6 +179,10 @@ class Gateway:
         self.on_answer: Callable[[Decision, Sequence[Mapping[str, Any]], str], None] | None = None
         """Called with each routed answer (the judge samples from these)."""
         self.judge: Judge | None = None
+        self.observer: Callable[[CallRecord], None] | None = None
+        """Told about every call record (the service's metrics)."""
+        self.await_records = settings.server.workers > 1
+        """Whether a reply waits until its call record is committed (several workers: see `_record`)."""
 
     @classmethod
     def build(cls, settings: Settings, engine: DecisionLog) -> Gateway:
@@ -184,6 +201,14 @@ class Gateway:
                            timeout_s=g.upstream_timeout_s, connect_timeout_s=g.upstream_connect_timeout_s,
                            max_concurrency=g.upstream_max_concurrency)
 
+    def _no_upstream(self) -> str:
+        keyless = self.upstreams.keyless
+        if keyless:
+            needed = sorted(set(keyless.values()))
+            return (f"no catalog model can be called: set {' or '.join(needed)} (the api_key_env of "
+                    f"{', '.join(keyless)}), or give models a base_url")
+        return "no catalog model has an upstream: give models a base_url, or set default_base_url"
+
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -195,7 +220,8 @@ class Gateway:
         `default_base_url` when it is first needed)."""
         out = []
         for spec in self.engine.router.models:
-            if not self.upstreams.has(spec.name) and self.config.default_base_url is not None:
+            if (not self.upstreams.has(spec.name) and spec.name not in self.upstreams.keyless
+                    and self.config.default_base_url is not None):
                 endpoint = self._endpoint(self.settings, spec)
                 if endpoint is not None:
                     self.upstreams.add(endpoint)
@@ -210,7 +236,7 @@ class Gateway:
         active = [m.name for m in self.engine.router.models]
         if chat.models is None:
             if not callable_:
-                raise NoUpstream("no catalog model has an upstream: give models a base_url, or set default_base_url")
+                raise NoUpstream(self._no_upstream())
             return None if len(callable_) == len(active) else tuple(callable_)
         unknown = [m for m in chat.models if m not in active]
         if unknown:
@@ -230,10 +256,13 @@ class Gateway:
                                   cost_weight=request.cost_weight)
             decision = await self.engine.route(request)
         else:
+            if chat.model in self.upstreams.keyless:
+                raise NoUpstream(f"model: {chat.model!r} is called with the key in "
+                                 f"{self.upstreams.keyless[chat.model]}, which is not set")
             if chat.model not in [m.name for m in self.engine.router.models] or chat.model not in \
                     self.callable_models():
-                raise NoUpstream(f"model: {chat.model!r} is neither {self.config.router_alias!r} nor a catalog "
-                                 "model with an upstream")
+                raise NoUpstream(f"model: {chat.model[:200]!r} is neither {self.config.router_alias!r} nor a "
+                                 "catalog model with an upstream")
             request = chat.core_request()
             decision = self.caller_decision(request, chat.model)
             await self.engine.store_decision(decision, request)
@@ -307,8 +336,10 @@ class Gateway:
         usage = reply.usage or estimated(chat.messages, answer)
         cost = usage.cost_usd(self.engine.router.spec(decision.model))
         body["model"] = decision.model
-        self._record(attempt, CallStatus.OK, None, usage=usage, cost=cost, latency=reply.latency_s,
-                     ttft=reply.latency_s)
+        recorded = self._record(attempt, CallStatus.OK, None, usage=usage, cost=cost, latency=reply.latency_s,
+                                ttft=reply.latency_s)
+        if self.await_records:
+            await asyncio.wait([recorded])  # neither raises nor cancels the record
         if chat.routed and self.on_answer is not None:
             self.on_answer(decision, chat.messages, answer)
         return Answer(body, decision, attempt.number, usage, cost)
@@ -317,7 +348,7 @@ class Gateway:
         """A stream whose first chunk has arrived (failures before it fall back like a non-streamed call)."""
         payload = chat.upstream_payload()
 
-        async def call(attempt: Attempt, deadline: float) -> tuple[Stream, dict[str, Any] | None]:
+        async def call(attempt: Attempt, deadline: float) -> tuple[Stream, dict[str, Any]]:
             stream = await self.upstreams.stream(attempt.decision.model, payload, deadline)
             try:
                 return stream, await stream.first(deadline)
@@ -338,25 +369,27 @@ class Gateway:
         chunk["model"] = model
         return b"data: " + json.dumps(chunk, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
-    def finish_stream(self, answer: StreamAnswer, status: CallStatus, error: str) -> None:
+    def finish_stream(self, answer: StreamAnswer, status: CallStatus, error: str) -> asyncio.Future[Any]:
         """Record a stream that ended (answered, failed mid-stream, or closed by the caller)."""
         stream = answer.stream
         text = "".join(stream.text)
         usage = stream.usage or estimated(answer.chat.messages, text)
         decision = answer.decision
         cost = usage.cost_usd(self.engine.router.spec(decision.model))
-        self._record(answer.attempt, status, None, usage=usage, cost=cost, latency=stream.latency_s,
-                     ttft=stream.ttft_s, error=error or None)
+        recorded = self._record(answer.attempt, status, None, usage=usage, cost=cost, latency=stream.latency_s,
+                                ttft=stream.ttft_s, error=error or None)
         if status == CallStatus.OK and answer.chat.routed and self.on_answer is not None:
             self.on_answer(decision, answer.chat.messages, text)
+        return recorded
 
     # -- recording --------------------------------------------------------------------------------------------
     def _record(self, attempt: Attempt, status: CallStatus, started: float | None, *, usage: Usage | None = None,
                 cost: float | None = None, latency: float | None = None, ttft: float | None = None,
-                error: str | None = None, http_status: int | None = None) -> None:
+                error: str | None = None, http_status: int | None = None) -> asyncio.Future[Any]:
         """Store the call record (and, for a failure, the failure as feedback) without delaying the reply: the
-        writer runs operations in the order they were submitted, so a feedback the caller sends after this reply
-        finds the record."""
+        writer runs operations in the order they were submitted, so a feedback the caller sends to this process
+        after this reply finds the record. With several workers a feedback may reach another one first, so
+        there the reply waits for the commit (`await_records`)."""
         if latency is None and started is not None:
             latency = time.perf_counter() - started
         decision = attempt.decision
@@ -369,16 +402,19 @@ class Gateway:
             usage=None if usage is None else usage.source, cost_usd=cost, ttft_s=ttft, latency_s=latency,
             error=None if error is None else error[:500], created_at=time.time(),
         )
+        if self.observer is not None:
+            self.observer(record)
         failure = None
         if status.is_failure:
             failure = Outcome(quality=self.config.failure_quality, cost_usd=0.0, input_tokens=0, output_tokens=0,
                               latency_s=latency)
-        self._spawn(self.engine.record_call(record, failure, FAILURE_SOURCE if failure is not None else None))
+        return self._spawn(self.engine.record_call(record, failure, FAILURE_SOURCE if failure is not None else None))
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

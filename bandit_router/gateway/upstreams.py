@@ -112,18 +112,22 @@ class Upstreams:
     def __init__(self, endpoints: Iterable[Endpoint], *, max_response_bytes: int,
                  environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
-        self.endpoints: dict[str, Endpoint] = {e.model: e for e in endpoints}
+        self.endpoints: dict[str, Endpoint] = {}
+        self.keyless: dict[str, str] = {}
+        """Models left out because the variable their `api_key_env` names is not set: model → variable."""
         self.max_response_bytes = max_response_bytes
         self._keys: dict[str, str] = {}
-        for e in self.endpoints.values():
-            if e.api_key_env is None:
+        for e in endpoints:
+            value = env.get(e.api_key_env) if e.api_key_env is not None else None
+            if e.api_key_env is not None and not value:
+                self.keyless[e.model] = e.api_key_env
                 continue
-            value = env.get(e.api_key_env)
+            self.endpoints[e.model] = e
             if value:
                 self._keys[e.model] = value
-            else:
-                log.warning("model %s: the environment variable %s is not set; calls go without a key",
-                            e.model, e.api_key_env)
+        if self.keyless:
+            log.warning("not called by the gateway until their key variables are set: %s",
+                        ", ".join(f"{m} ({v})" for m, v in self.keyless.items()))
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._slots = {e.model: asyncio.Semaphore(e.max_concurrency) for e in self.endpoints.values()}
         for e in self.endpoints.values():
@@ -143,10 +147,14 @@ class Upstreams:
     def add(self, endpoint: Endpoint, environ: Mapping[str, str] | None = None) -> None:
         """Call `endpoint.model` from now on (a model added at run time)."""
         env = os.environ if environ is None else environ
+        key = env.get(endpoint.api_key_env) if endpoint.api_key_env is not None else None
+        if endpoint.api_key_env is not None and not key:
+            self.keyless[endpoint.model] = endpoint.api_key_env
+            return
         self.endpoints[endpoint.model] = endpoint
         self._slots[endpoint.model] = asyncio.Semaphore(endpoint.max_concurrency)
-        if endpoint.api_key_env is not None and env.get(endpoint.api_key_env):
-            self._keys[endpoint.model] = env[endpoint.api_key_env]
+        if key:
+            self._keys[endpoint.model] = key
         if endpoint.base_url not in self._clients:
             self._clients[endpoint.base_url] = httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=endpoint.max_concurrency), follow_redirects=False, trust_env=False
@@ -295,14 +303,15 @@ class Stream:
             usage = usage_of(chunk)
             if usage is not None:
                 self.usage = usage
-            for choice in chunk.get("choices") or ():
+            choices = chunk.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
                 delta = choice.get("delta") if isinstance(choice, dict) else None
                 content = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(content, str):
                     self.text.append(content)
             return chunk
 
-    async def first(self, deadline: float) -> dict[str, Any] | None:
+    async def first(self, deadline: float) -> dict[str, Any]:
         """The first chunk, within `deadline`; sets `ttft_s`."""
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
@@ -310,6 +319,8 @@ class Stream:
         except TimeoutError:
             raise UpstreamFailure(self.model, CallStatus.TIMEOUT, "no first chunk before the request's deadline") \
                 from None
+        if chunk is None:
+            raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE, "the stream ended before its first chunk")
         self.ttft_s = time.perf_counter() - self.started
         return chunk
 

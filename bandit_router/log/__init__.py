@@ -5,6 +5,8 @@
     follower.py      `LogFollower`: applies the log in order (writer, recovery, `rebuild_router`)
     checkpoints.py   `Checkpointer`: snapshots at log positions, and loading the newest valid one
     budget_state.py  the budget pacer's durable state
+    timeseries.py    time series from the per-minute rollup (the dashboard's charts)
+    monitor.py       `Monitor`: the dashboard's bounded reads (series, recent decisions, live view, shadows)
 
 The service (`bandit_router.service`) adds only the writer thread and HTTP.
 """
@@ -26,21 +28,26 @@ from .feedback import (
     with_call,
 )
 from .follower import REPLAY_PAGE, LogEntry, LogFollower, rebuild_router
+from .monitor import Monitor
 from .policies import BUNDLE_MAGIC, PolicySet, build_router
+from .timeseries import RANGES, Window, timeseries
 
 __all__ = [
     "BUNDLE_MAGIC",
     "CALLER_POLICY",
     "NAMED_ROUTER_POLICIES",
+    "RANGES",
     "REPLAY_PAGE",
     "BudgetState",
     "Checkpointer",
     "FeedbackRules",
     "LogEntry",
     "LogFollower",
+    "Monitor",
     "PolicySet",
     "Ruling",
     "Verdict",
+    "Window",
     "average",
     "build_router",
     "close_window",
@@ -49,6 +56,7 @@ __all__ = [
     "judge",
     "priced",
     "rebuild_router",
+    "timeseries",
     "unrouted",
     "with_call",
 ]

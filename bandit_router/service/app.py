@@ -25,7 +25,7 @@ from ..config import Settings, load_settings
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
 from ..store import SQLiteStore
-from . import errors, redact
+from . import dashboard, errors, redact
 from .auth import Authenticator
 from .engine import Engine
 from .exceptions import PayloadTooLarge
@@ -209,6 +209,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys))
         engine.start()
         gateway = await start_gateway(settings, engine)
+        gateway.observer = metrics.call_recorded
+        if gateway.judge is not None:
+            metrics.bind_judge(gateway.judge.report)
         app.state.gateway = gateway
         app.state.named_routers = named = start_named_routers(settings, engine, gateway)
         log.info(
@@ -228,7 +231,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by `dashboard.install` from vendored assets (no CDN)
         redoc_url=None,
         # FastAPI's native OpenTelemetry asks the global providers on every request; off unless configured.
         telemetry=None if settings.server.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
@@ -240,6 +243,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(router)
     app.include_router(gateway_router)
+    dashboard.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -365,12 +365,13 @@ class Engine:
             "n": len(records),
         }
 
-    def decision(self, decision_id: str) -> tuple[StoredDecision, list[FeedbackRecord]]:
+    def decision(self, decision_id: str) -> tuple[StoredDecision, list[FeedbackRecord], CallRecord | None]:
+        """A stored decision, its feedback, and the gateway's call record (None for a `/v1/route` decision)."""
         with _readable(), self.store.read() as reader:
             stored = reader.decision(decision_id)
             if stored is None:
                 raise UnknownDecision(f"no decision {decision_id!r}")
-            return stored, reader.feedback_for(decision_id)
+            return stored, reader.feedback_for(decision_id), reader.calls_for_many([decision_id]).get(decision_id)
 
     def stats(self) -> dict[str, Any]:
         """Counts from the database; the policy version and applied seq of this process (`pid`)."""

@@ -142,11 +142,15 @@ class EventStream(Response):
         watching = asyncio.ensure_future(disconnected())
         try:
             await asyncio.wait((sending, watching), return_when=asyncio.FIRST_COMPLETED)
+            failed = sending.exception() if sending.done() and not sending.cancelled() else None
+            if failed is not None and not isinstance(failed, TimeoutError | OSError):
+                log.error("relaying a stream failed: %s", type(failed).__name__, exc_info=failed)
         finally:
             for task in (sending, watching):
                 task.cancel()
             await asyncio.gather(sending, watching, return_exceptions=True)
             await events.aclose()
+            await self.answer.abandon()  # the relay's own `finally` did this, unless it never started
 
 
 CHAT_SCHEMA: dict[str, Any] = {

@@ -213,9 +213,11 @@ async def feedback(request: Request) -> Response:
 async def get_decision(
     request: Request, decision_id: Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
 ) -> Response:
-    """A stored decision joined with its feedback (the prompt only when `store_prompts = true`)."""
+    """A stored decision joined with its feedback (the prompt only when `store_prompts = true`), and the gateway's
+    record of its upstream call (`call`: tokens, cost, time to first token, latency, status, try; null for a
+    decision made by `/v1/route`)."""
     engine = _services(request).engine
-    stored, feedback_rows = await run_in_threadpool(engine.decision, decision_id)
+    stored, feedback_rows, call = await run_in_threadpool(engine.decision, decision_id)
     d = stored.decision
     ctx = d.context
     return json_response(
@@ -240,6 +242,7 @@ async def get_decision(
             },
             "prompt": stored.prompt,
             "feedback": [r.to_json() for r in feedback_rows],
+            "call": None if call is None else call.to_json(),
         }
     )
 

@@ -291,6 +291,9 @@ class DecisionOut(BaseModel):
     context: dict[str, Any]
     prompt: str | None
     feedback: list[dict[str, Any]]
+    call: dict[str, Any] | None = Field(
+        default=None, description="the gateway's upstream call for this decision (null for /v1/route decisions)"
+    )
 
 
 def _budget_scope_schema(*, settings: bool) -> dict[str, Any]:

@@ -5,6 +5,7 @@ learned state.
     interface.py   `Store`, `Reader`, `WriteTx`: what any database must implement (SQLite now, PostgreSQL next)
     codec.py       features ⇄ bytes, JSON columns, text SQLite can hold
     migrations.py  the schema as one numbered list of migrations
+    rollup.py      the per-minute rollup (`minute_stats`) kept in the write transaction, for time series
     sqlite.py      `SQLiteStore`, the embedded implementation
 
 The log, feedback rows with `learn = 1` in `seq` order interleaved with model events (an event goes after every
@@ -30,6 +31,7 @@ from .records import (
     StoreError,
     StoreStats,
 )
+from .rollup import MinuteStats
 from .sqlite import WAL_MAX_BYTES, SQLiteStore
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "FeedbackRecord",
     "FeedbackStatus",
     "Migration",
+    "MinuteStats",
     "ModelAction",
     "ModelEvent",
     "ModelStats",

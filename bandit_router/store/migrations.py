@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import rollup
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -95,6 +97,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         3,
+        "the per-minute rollup `minute_stats` (store/rollup.py), filled from the rows already stored",
+        (rollup.TABLE, *rollup.BACKFILL),
+    ),
+    Migration(
+        4,
         "the gateway's upstream calls: one row per decision it called a model for (usage, cost, latency, status)",
         (
             """CREATE TABLE IF NOT EXISTS calls (
