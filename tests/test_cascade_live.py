@@ -139,6 +139,8 @@ def test_the_cascade_answers_easy_kinds_with_one_call_and_escalates_hard_ones(ga
     stats = httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]
     assert stats["requests"] == 2 and stats["escalations"] == 1 and stats["judge_calls"] == 2
     assert stats["answered_by"] == {"cheap": 1, "strong": 1} and stats["spend_usd"] > 0
+    live = httpx.get(url + "/v1/stats/live").json()["named_routers"]  # what the dashboard's panel shows
+    assert live["cascade"]["escalations"] == 1 and live["learned"]["requests"] == 0
 
 
 def test_a_streaming_client_gets_the_accepted_answer(gateway: Callable[..., str]) -> None:
