@@ -127,6 +127,7 @@ class SQLiteStore:
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")  # a reset WAL shrinks back
         except sqlite3.Error as exc:
+            self._note(exc)  # a corrupt file met while opening a connection is the store's fault too
             raise StoreError(f"{self.path}: {exc}") from exc
         if self.guard.identity is None:
             self.guard.arm()
