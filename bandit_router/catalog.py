@@ -11,6 +11,8 @@ A catalog is a TOML file with one `[[models]]` table per model::
     output_tokens = 250           # optional prior mean output tokens
     prior_quality = 0.82          # optional prior mean quality in [0, 1] (e.g. a public benchmark score)
     prior_strength = 2            # optional: how many observations that prior is worth (default 2)
+    route = false                 # optional: never routed to (a judge or routing LLM of [[routers]] only)
+    description = "fast, cheap"   # optional: one line for an LLM router's prompt
     base_url = "https://api.openai.com/v1"   # optional: an OpenAI-compatible endpoint (the gateway calls it)
     api_key_env = "OPENAI_API_KEY"           # optional: the environment variable that holds its key
     upstream_model = "gpt-4o-mini"           # optional: the provider's model id (default: `name`)
@@ -70,6 +72,10 @@ class ModelSpec:
     timeout_s: float | None = None
     connect_timeout_s: float | None = None
     max_concurrency: int | None = None
+    route: bool = True
+    """False: never routed to (a judge or a routing LLM of `[[routers]]` only)."""
+    description: str | None = None
+    """One line for an LLM router's prompt (what the model is good at)."""
 
     def __post_init__(self) -> None:
         problem = name_problem(self.name, MAX_NAME_LENGTH)  # one grammar for every name (bandit_router.names)
@@ -111,6 +117,11 @@ class ModelSpec:
                     raise CatalogError(f"model {self.name!r}: {what} {safe_text(text)[:80]!r} {problem}")
         object.__setattr__(self, "tags", MappingProxyType(dict(self.tags)))
         self._check_upstream()
+        if not isinstance(self.route, bool):
+            raise CatalogError(f"model {self.name!r}: route must be true or false")
+        about = self.description
+        if about is not None and (not isinstance(about, str) or len(about) > 1000):
+            raise CatalogError(f"model {self.name!r}: description must be a string of at most 1000 characters")
 
     def _check_upstream(self) -> None:
         """The upstream keys: an http(s) URL without credentials or query, a variable name, finite timeouts."""
@@ -163,14 +174,16 @@ class ModelSpec:
         }
         if self.latency_s is not None:
             out["latency_s"] = self.latency_s
-        for key in ("output_tokens", "prior_quality", "prior_strength", *UPSTREAM_KEYS):
+        for key in ("output_tokens", "prior_quality", "prior_strength", *UPSTREAM_KEYS, "description"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if not self.route:
+            out["route"] = False
         return out
 
     def learning_json(self) -> dict[str, Any]:
-        """`to_json()` without the upstream keys: what the learned state depends on."""
-        return {k: v for k, v in self.to_json().items() if k not in UPSTREAM_KEYS}
+        """`to_json()` without the upstream keys and the description: what the learned state depends on."""
+        return {k: v for k, v in self.to_json().items() if k not in UPSTREAM_KEYS and k != "description"}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelSpec:
@@ -179,7 +192,7 @@ class ModelSpec:
             raise CatalogError("each model must be a table")
         known = {
             "name", "input_usd_per_mtok", "output_usd_per_mtok", "tags", "latency_s", "output_tokens",
-            "prior_quality", "prior_strength", *UPSTREAM_KEYS,
+            "prior_quality", "prior_strength", *UPSTREAM_KEYS, "route", "description",
         }  # fmt: skip
         unknown = set(data) - known
         if unknown:
@@ -196,7 +209,7 @@ class ModelSpec:
             output_tokens=data.get("output_tokens"),
             prior_quality=data.get("prior_quality"),
             prior_strength=data.get("prior_strength"),
-            **{key: data[key] for key in UPSTREAM_KEYS if key in data},
+            **{key: data[key] for key in (*UPSTREAM_KEYS, "route", "description") if key in data},
         )
 
 

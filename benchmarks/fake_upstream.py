@@ -3,9 +3,11 @@
 It serves `POST /v1/chat/completions` for several "models" whose answer quality depends on the prompt's kind
 (`kind_of`: code, math or prose), streamed or not, with OpenAI's shapes. Each answer states its quality in its
 text (`[q=0.83]`), the way a grader would find it, so a test can give feedback without knowing the table, and the
-fake's judge model (`JUDGE`) grades an answer by reading it. Per model it can be told (`mode`) to be `slow`
-(`delay_s` before the reply or first chunk), to `fail` (HTTP 500), to `hang` (never answer), to `omit_usage`, or
-to answer `garbage` (200 with an HTML page, or a stream without a single event);
+fake's judge model (`JUDGE`) grades an answer by reading it (with `judge_noise`, noisily). A non-streamed
+request with `logprobs: true` gets token log-probabilities whose geometric mean is the answer's quality. Per
+model it can be told (`mode`) to be `slow` (`delay_s` before the reply or first chunk), to `fail` (HTTP 500), to
+`hang` (never answer), to `omit_usage`, or to answer `garbage` (200 with an HTML page, or a stream without a
+single event);
 a `temperature` above 2 gets OpenAI's 400. `POST /_control {"model", "mode", "delay_s"}` changes a model from
 another process; `calls` and `authorizations` record what arrived.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import random
 import socket
 import threading
@@ -84,6 +87,8 @@ class FakeUpstream:
     calls: Counter[str] = field(default_factory=Counter)
     authorizations: list[str] = field(default_factory=list)
     closing: bool = False
+    judge_noise: float = 0.0
+    """The judge's score is round(10·(q + u)), u uniform on ±`judge_noise` (0: it reads the quality exactly)."""
     url: str = ""
     """Where it is served (set by whoever serves it), for building catalogs."""
 
@@ -165,6 +170,11 @@ class FakeUpstream:
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "finish_reason": "stop"}],
             }
+            if request.get("logprobs") is True:  # each token as likely as the answer is good: exp(mean) = q
+                shown = quality_in(content)
+                lp = math.log(max(shown if shown is not None else 0.5, 1e-3))
+                reply["choices"][0]["logprobs"] = {"content": [{"token": w, "logprob": lp, "top_logprobs": []}
+                                                               for w in content.split(" ")]}
             if usage is not None:
                 reply["usage"] = usage
             await _json(send, 200, reply)
@@ -187,7 +197,10 @@ class FakeUpstream:
     def answer(self, model: str, messages: list[dict[str, Any]], prompt: str) -> str:
         if model == JUDGE:
             shown = quality_in(prompt)
-            return "5" if shown is None else str(round(10 * shown))
+            if shown is None:
+                return "5"
+            noisy = shown + self._rng.uniform(-self.judge_noise, self.judge_noise) if self.judge_noise else shown
+            return str(round(10 * min(1.0, max(0.0, noisy))))
         kind = kind_of(prompt)
         q = min(1.0, max(0.0, self.quality[model][kind] + self._rng.uniform(-NOISE, NOISE)))
         filler = " ".join(["word"] * ANSWER_WORDS)

@@ -9,6 +9,7 @@
     settings.auth       AuthSettings      API keys
     settings.gateway    GatewaySettings   the OpenAI-compatible gateway: upstreams, tries, limits
     settings.judge      JudgeSettings     the LLM judge that scores a sample of the gateway's answers
+    settings.named_routers  RoutersSettings  `[[routers]]`: cascades, learned cascades, LLM routers
 
 The configuration file and the environment name every key flatly (`port`, `BANDIT_ROUTER_DB`); so do
 `Settings(port=9000, db=...)` and `settings.port`, which reach into the section that owns the key (`KEYS`).
@@ -27,6 +28,7 @@ from ..catalog import Catalog, default_catalog, load_catalog
 from ..errors import CatalogError, ConfigError, InvalidInput
 from ..policies import make_policy
 from ..reward import RewardConfig
+from .routers import RoutersSettings, check_routers
 from .sections import (
     AuthSettings,
     FeedbackSettings,
@@ -59,6 +61,7 @@ SECTIONS: dict[str, type] = {
     "auth": AuthSettings,
     "gateway": GatewaySettings,
     "judge": JudgeSettings,
+    "named_routers": RoutersSettings,
 }
 """Section name → its class, in the order the docs show them."""
 
@@ -97,6 +100,7 @@ class Settings:
     auth: AuthSettings
     gateway: GatewaySettings
     judge: JudgeSettings
+    named_routers: RoutersSettings
 
     def __init__(self, **values: Any) -> None:
         """`Settings(port=9000, db=Path("x.db"))` or `Settings(server=ServerSettings(...))`, or both (flat keys
@@ -150,6 +154,7 @@ class Settings:
         if len(catalog) > self.limits.max_models:
             raise ConfigError(f"max_models: the catalog has {len(catalog)} models; max_models is "
                               f"{self.limits.max_models}")
+        check_routers(self.named_routers.routers, catalog.names, self.gateway.router_alias)
         fallback = self.budgets.fallback_model
         if fallback is not None and fallback not in catalog.names:
             raise ConfigError(f"budgets: fallback_model {fallback!r} is not in the catalog")

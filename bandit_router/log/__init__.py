@@ -15,6 +15,7 @@ from .budget_state import BudgetState
 from .checkpoints import Checkpointer, fingerprint
 from .feedback import (
     CALLER_POLICY,
+    NAMED_ROUTER_POLICIES,
     FeedbackRules,
     Ruling,
     Verdict,
@@ -23,6 +24,7 @@ from .feedback import (
     feedback_record,
     judge,
     priced,
+    unrouted,
     with_call,
 )
 from .follower import REPLAY_PAGE, LogEntry, LogFollower, rebuild_router
@@ -33,6 +35,7 @@ from .timeseries import RANGES, Window, timeseries
 __all__ = [
     "BUNDLE_MAGIC",
     "CALLER_POLICY",
+    "NAMED_ROUTER_POLICIES",
     "RANGES",
     "REPLAY_PAGE",
     "BudgetState",
@@ -54,5 +57,6 @@ __all__ = [
     "priced",
     "rebuild_router",
     "timeseries",
+    "unrouted",
     "with_call",
 ]

@@ -21,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from ..cascade.live import NamedRouters
 from ..config import Settings, load_settings
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
@@ -226,6 +227,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if gateway.judge is not None:
             metrics.bind_judge(gateway.judge.report)
         app.state.gateway = gateway
+        app.state.named_routers = named = start_named_routers(settings, engine, gateway)
         log.info(
             "bandit-router: db=%s synchronous=%s policy=%s models=%d auth=%s store_prompts=%s",
             settings.storage.db, settings.storage.synchronous, settings.routing.policy, len(engine.router.models),
@@ -234,6 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await named.close()
             await stop_gateway(gateway)
             await asyncio.to_thread(engine.stop)
 
@@ -275,6 +278,15 @@ async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
         gateway.on_answer = judge.offer
         engine.extra_stats["judge"] = judge.report
     return gateway
+
+
+def start_named_routers(settings: Settings, engine: Engine, gateway: Gateway) -> NamedRouters:
+    """The `[[routers]]` aliases (cascades, learned cascades, LLM routers); every model they call needs an upstream."""
+    for alias in settings.named_routers.routers:
+        missing = [m for m in alias.called_models if not gateway.upstreams.has(m)]
+        if missing:
+            raise ConfigError(f"routers: {alias.name!r}: no upstream (base_url) for {missing}")
+    return NamedRouters(settings.named_routers.routers, engine, gateway, seed=settings.routing.seed)
 
 
 async def stop_gateway(gateway: Gateway) -> None:

@@ -99,6 +99,8 @@ class Engine:
         self._next_retention = 0.0
         self.extra_stats: dict[str, Callable[[], Any]] = {}
         """More sections of `stats()` (the gateway's judge adds `judge`)."""
+        self.feedback_listeners: list[Callable[[str, Outcome, FeedbackResult], None]] = []
+        """Told about every feedback this process stored (the named routers' learned escalation learns from them)."""
 
     # -- what the routes and tests read -------------------------------------------------------------------------
     @property
@@ -302,6 +304,8 @@ class Engine:
 
     async def feedback(self, decision_id: str, outcome: Outcome, source: str | None = None) -> FeedbackResult:
         result: FeedbackResult = await self._submit(Feedback(decision_id, outcome, source, time.time()))
+        for listener in self.feedback_listeners:
+            listener(decision_id, outcome, result)
         return result
 
     async def set_budgets(self, config: BudgetConfig) -> BudgetConfig:

@@ -31,6 +31,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from ..cascade.live import NamedRouterFailed, NamedRouters, sse_events
 from ..errors import BanditRouterError, InvalidInput, UnknownModel
 from ..gateway import (
     BadChatRequest,
@@ -42,6 +43,7 @@ from ..gateway import (
     StreamAnswer,
     parse_chat,
 )
+from ..gateway.upstreams import UpstreamRejected
 from .errors import status_of
 from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
 from .routes import SECURITY, _require_json, _services
@@ -67,6 +69,11 @@ def _error(exc: BaseException) -> Response:
         status = 504 if exc.timed_out else 502
         code = str(exc.failures[-1].status) if exc.failures else None
         return openai_error(status, str(exc), code=code)
+    if isinstance(exc, NamedRouterFailed):
+        status = 504 if exc.timed_out else 502
+        return openai_error(status, str(exc), code=str(exc.failures[-1].status) if exc.failures else None)
+    if isinstance(exc, UpstreamRejected):  # a named router's upstream refused the request (4xx): passed through
+        return openai_error(exc.http_status or 400, str(exc), code="upstream_rejected")
     if isinstance(exc, Rejected):
         error = exc.error
         assert error.http_status is not None
@@ -207,6 +214,15 @@ async def chat_completions(request: Request) -> Any:
             raise BadChatRequest("body", f"not valid JSON ({type(exc).__name__})") from None
         chat = parse_chat(body, request.headers, alias=gateway.config.router_alias,
                           max_prompt_chars=services.engine.settings.limits.max_prompt_chars)
+        named: NamedRouters | None = getattr(request.app.state, "named_routers", None)
+        if named is not None and named.handles(chat.model):  # a [[routers]] alias: its answer, buffered
+            done = await named.complete(chat)
+            headers = _headers(done.decision.decision_id, done.decision.model, done.calls)
+            if chat.stream:
+                return Response(sse_events(done.body, chat.include_usage), media_type="text/event-stream",
+                                headers=headers)
+            return Response(json.dumps(done.body, separators=(",", ":")).encode("utf-8"),
+                            media_type="application/json", headers=headers)
         if chat.stream:
             answer = await gateway.open_stream(chat)
             return EventStream(answer, _headers(answer.decision.decision_id, answer.decision.model,
@@ -215,5 +231,5 @@ async def chat_completions(request: Request) -> Any:
         return Response(json.dumps(reply.body, separators=(",", ":")).encode("utf-8"),
                         media_type="application/json",
                         headers=_headers(reply.decision.decision_id, reply.decision.model, reply.attempts))
-    except (BanditRouterError, GatewayFailed, Rejected) as exc:
+    except (BanditRouterError, GatewayFailed, Rejected, NamedRouterFailed) as exc:
         return _error(exc)

@@ -38,7 +38,7 @@ from ..catalog import ModelSpec
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision
 from ..log import BudgetState, FeedbackRules, LogEntry, LogFollower, Verdict, close_window, feedback_record, judge
-from ..log.feedback import CALLER_POLICY, with_call
+from ..log.feedback import unrouted, with_call
 from ..store import CallRecord, FeedbackRecord, FeedbackStatus, ModelAction, Store, StoredDecision, StoreError, WriteTx
 from ..types import Decision, Outcome
 from .exceptions import Conflict, NotFound, Unavailable
@@ -189,7 +189,7 @@ class Feedback(Op):
             )
         router = batch.writer.follower.policies.live
         status = ruling.verdict.status
-        if decision.policy == CALLER_POLICY and status in (FeedbackStatus.APPLIED, FeedbackStatus.PENDING):
+        if unrouted(decision.policy) and status in (FeedbackStatus.APPLIED, FeedbackStatus.PENDING):
             status = FeedbackStatus.UNROUTED
         record = batch.number(
             feedback_record(router, decision, stored.tenant, o, received_at=self.received_at, source=self.source,
@@ -485,7 +485,7 @@ class Writer:
             if stored is None:  # cannot happen: `info` came from the decisions table in this transaction
                 log.error("decision %s vanished while closing its reward window", info.decision_id)
                 continue
-            if stored.decision.policy == CALLER_POLICY:  # the caller named its model: nothing to learn
+            if unrouted(stored.decision.policy):  # the bandit did not choose its model: nothing to learn
                 continue
             outcome, status = closing
             record = batch.number(
