@@ -455,6 +455,31 @@ BAD_BODIES: list[tuple[Any, int]] = [
     ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"context": [1]}}, 400),
     ({"model": "router", "messages": [{"role": "user", "content": "x"}],
       "bandit_router": {"context": {"a": {"b": 1}}}}, 400),
+    # the knobs follow /v1/route's rules: λ ≤ 1e9; ≤ 64 model names; ≤ 32 context keys of ≤ 64 characters, values
+    # within ±2^53 or strings of ≤ 256 characters
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"cost_weight": 10**400}},
+     400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"cost_weight": 1.7e308}},
+     400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"cost_weight": 1e9 + 1}},
+     400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"cost_weight": True}}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}],
+      "bandit_router": {"models": ["fake-small"] * 65}}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}],
+      "bandit_router": {"models": ["fake-small", "../x"]}}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"context": {"": 1}}}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}],
+      "bandit_router": {"context": {"k" * 100_000: 1}}}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}],
+      "bandit_router": {"context": {"k": "v" * 100_000}}}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}],
+      "bandit_router": {"context": {f"k{i}": i for i in range(33)}}}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"context": {"n": 10**200}}},
+     400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"context": {"n": 2**53}}},
+     200),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"cost_weight": 1e9}}, 200),
     ({"model": "gpt-nope", "messages": [{"role": "user", "content": "x"}]}, 404),
     ({"model": "router", "messages": [{"role": "user", "content": "\ud800" * 3}]}, 200),
     ({"model": "router", "messages": [{"role": "user", "content": "x" * 300_000}]}, 413),
@@ -470,6 +495,27 @@ def test_no_malformed_body_gets_a_500(gateway: Callable[..., str], body: Any, st
     if status != 200:
         error = reply.json()["error"]
         assert isinstance(error, dict) and error["message"] and error["type"]
+
+
+def test_an_unexpected_error_is_a_logged_500_in_openais_shape(
+    gateway: Callable[..., str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug anywhere below the route (here: the gateway's `complete` raises a RuntimeError) still answers in
+    OpenAI's error shape, without the exception's text, and the traceback goes to the log."""
+    from bandit_router.gateway import Gateway
+
+    async def broken(self: Gateway, chat: Any) -> Any:
+        raise RuntimeError("secret detail of a bug")
+
+    url = gateway()
+    monkeypatch.setattr(Gateway, "complete", broken)
+    with caplog.at_level(logging.ERROR, logger="bandit_router.service"):
+        reply = httpx.post(url + "/v1/chat/completions",
+                           json={"model": "router", "messages": [{"role": "user", "content": CODE}]})
+    assert reply.status_code == 500
+    assert reply.json() == {"error": {"message": "internal error", "type": "api_error", "param": None,
+                                      "code": "internal"}}
+    assert "unexpected error in the gateway" in caplog.text and "secret detail of a bug" in caplog.text
 
 
 def test_not_json_is_a_415_and_a_huge_body_a_413(gateway: Callable[..., str]) -> None:

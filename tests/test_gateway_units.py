@@ -1,7 +1,10 @@
 """The gateway's pieces without a server: catalog upstream keys, settings, the feedback rules it relies on,
-pricing and the chat-request parser."""
+pricing, the chat-request parser and the time series' arithmetic."""
 
 from __future__ import annotations
+
+import json
+import math
 
 import pytest
 
@@ -11,7 +14,8 @@ from bandit_router.errors import CatalogError
 from bandit_router.gateway import BadChatRequest, PromptTooLarge, parse_chat
 from bandit_router.gateway.pricing import Usage, estimate_input, estimated, usage_of
 from bandit_router.log import FeedbackRules, Verdict, judge, with_call
-from bandit_router.store import CallRecord, FeedbackRecord
+from bandit_router.log.timeseries import Window, timeseries
+from bandit_router.store import CallRecord, FeedbackRecord, MinuteStats
 from bandit_router.types import Outcome
 
 BASE = {"name": "m", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
@@ -129,3 +133,49 @@ def test_the_gateway_benchmark_compares_added_latency_with_litellms() -> None:
     ours = rows["gateway added latency json c=64", "bandit_router_p50_ms"]
     assert ours["value"] == 2.0 and ours["ok"] and ours["target"] == "< litellm 10.00"  # the median round: 3 ms
     assert rows["gateway added time to first token c=1", "bandit_router_p99_ms"]["value"] == 2.0
+
+
+@pytest.mark.parametrize(("extension", "headers", "field"), [
+    ({"cost_weight": 10**400}, {}, "bandit_router.cost_weight"),
+    ({"cost_weight": 1.7e308}, {}, "bandit_router.cost_weight"),
+    ({}, {"x-bandit-router-cost-weight": "1e400"}, "x-bandit-router-cost-weight"),
+    ({}, {"x-bandit-router-cost-weight": "2e9"}, "x-bandit-router-cost-weight"),
+    ({"models": ["a", "b c"]}, {}, "bandit_router.models[1]"),
+    ({}, {"x-bandit-router-models": ",".join(f"m{i}" for i in range(65))}, "x-bandit-router-models"),
+    ({"context": {"n": 10**200}}, {}, "bandit_router.context.n"),
+    ({}, {"x-bandit-router-context": json.dumps({"n": 2**53 + 1})}, "x-bandit-router-context.n"),
+    ({"context": {"k": "v" * 257}}, {}, "bandit_router.context.k"),
+    ({"context": {"k" * 65: 1}}, {}, "bandit_router.context." + "k" * 65),
+])
+def test_the_knobs_follow_the_rules_of_v1_route(extension: dict[str, object], headers: dict[str, str],
+                                                 field: str) -> None:
+    """λ in [0, 10⁹]; at most 64 model names; context: at most 32 keys that are names of at most 64 characters,
+    strings of at most 256 characters, numbers within ±2⁵³ (`service/schemas.py`); the error names the field."""
+    body = {"model": "router", "messages": [{"role": "user", "content": "hi"}], "bandit_router": extension}
+    with pytest.raises(BadChatRequest) as caught:
+        parse_chat(body, headers, alias="router", max_prompt_chars=100)
+    assert caught.value.field == field
+
+
+def test_knobs_at_the_limits_are_accepted() -> None:
+    edge = {"cost_weight": 1e9, "models": [f"m{i}" for i in range(64)],
+            "context": {"n": 2**53, "s": "v" * 256, **{f"k{i}": i for i in range(30)}}}
+    body = {"model": "router", "messages": [{"role": "user", "content": "hi"}], "bandit_router": edge}
+    chat = parse_chat(body, {}, alias="router", max_prompt_chars=100)
+    assert chat.cost_weight == 1e9 and len(chat.models or ()) == 64 and chat.context["n"] == 2**53
+    assert len(chat.context) == 32 and chat.core_request().cost_weight == 1e9
+
+
+def test_a_rollup_sum_that_overflowed_reads_as_none() -> None:
+    """A non-finite sum in the per-minute rollup (a λ of 1e308, accepted before the gateway capped it) makes its
+    means None instead of a reply JSON cannot carry (a 500 for every range covering that minute)."""
+
+    class Rollup:
+        def minute_stats(self, first: int, end: int, step: int) -> list[MinuteStats]:
+            return [MinuteStats(first, "m", decisions=2, learned=2, cost_weight_sum=math.inf, quality_sum=1.0,
+                                reward_sum=-math.inf, ips_weight_sum=2.0, ips_reward_sum=math.nan)]
+
+    series = timeseries(Rollup(), Window.of(600.0, 660.0, 60))  # type: ignore[arg-type]
+    json.dumps(series, allow_nan=False)
+    assert series["cost_weight"][0] is None and series["reward"][0] is None and series["quality"][0] == 0.5
+    assert series["models"][0]["fixed_reward"] is None

@@ -8,26 +8,31 @@ knobs ride in the body's extension field (what the OpenAI client sends with `ext
 
 or in headers (`extra_headers`): `x-bandit-router-cost-weight: 40`, `x-bandit-router-models: a,b`,
 `x-bandit-router-context: {"tenant": "acme"}` (JSON). A knob in the body wins over the same knob in a header.
-Everything else in the body (temperature, tools, max_tokens, …) goes to the upstream unchanged.
+The knobs are checked by the same rules as `/v1/route`'s fields (`service/schemas.py`: `CostWeight`,
+`AllowedModels`, `Context`). Everything else in the body (temperature, tools, max_tokens, …) goes to the upstream
+unchanged.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from ..errors import InvalidInput
+from ..service.schemas import AllowedModels, Context, CostWeight
 from ..types import Message, Request
 from .pricing import message_text
 
 EXTENSION = "bandit_router"
 HEADER_PREFIX = "x-bandit-router-"
 KNOBS = ("cost_weight", "models", "context")
-MAX_MODELS = 1000
-MAX_CONTEXT_KEYS = 64
+KNOB_RULES: dict[str, TypeAdapter[Any]] = {
+    "cost_weight": TypeAdapter(CostWeight), "models": TypeAdapter(AllowedModels), "context": TypeAdapter(Context)
+}
 
 
 class BadChatRequest(InvalidInput):
@@ -130,25 +135,16 @@ def _knobs(extension: Any, headers: Mapping[str, str]) -> dict[str, Any]:
             if extension.get(knob) is not None:
                 raw[knob] = (f"{EXTENSION}.{knob}", extension[knob])
     out: dict[str, Any] = {}
-    if "cost_weight" in raw:
-        where, value = raw["cost_weight"]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise BadChatRequest(where, "must be a finite number >= 0")
-        out["cost_weight"] = float(value)
-    if "models" in raw:
-        where, value = raw["models"]
-        if (not isinstance(value, list) or not value or len(value) > MAX_MODELS
-                or not all(isinstance(v, str) and v for v in value)):
-            raise BadChatRequest(where, "must be a non-empty list of model names")
-        out["models"] = tuple(value)
-    if "context" in raw:
-        where, value = raw["context"]
-        if not isinstance(value, dict) or len(value) > MAX_CONTEXT_KEYS:
-            raise BadChatRequest(where, f"must be an object of at most {MAX_CONTEXT_KEYS} keys")
-        for key, item in value.items():
-            if not isinstance(item, str | int | float | bool) or (isinstance(item, float) and not math.isfinite(item)):
-                raise BadChatRequest(f"{where}.{key}"[:200], "must be a string, a finite number or a boolean")
-        out["context"] = dict(value)
+    for knob, (where, value) in raw.items():
+        try:
+            out[knob] = KNOB_RULES[knob].validate_python(value, strict=True)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            at = error["loc"][0] if error["loc"] else None
+            field = where if at is None else f"{where}[{at}]" if isinstance(at, int) else f"{where}.{at}"
+            raise BadChatRequest(field[:200], error["msg"]) from None
+    if "models" in out:
+        out["models"] = tuple(out["models"])
     return out
 
 

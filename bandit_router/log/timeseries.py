@@ -172,4 +172,9 @@ def _explored(row: MinuteStats) -> float | None:
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator else None
+    """numerator ÷ denominator; None when there is nothing to divide by or the quotient is not finite (a sum that
+    overflowed: JSON has no infinities)."""
+    if not denominator:
+        return None
+    value = numerator / denominator
+    return value if math.isfinite(value) else None

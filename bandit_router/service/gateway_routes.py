@@ -30,9 +30,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from ..cascade.live import NamedRouterFailed, NamedRouters, sse_events
-from ..errors import BanditRouterError, InvalidInput, UnknownModel
+from ..errors import InvalidInput, UnknownModel
 from ..gateway import (
     BadChatRequest,
     Gateway,
@@ -43,6 +44,7 @@ from ..gateway import (
     StreamAnswer,
     parse_chat,
 )
+from ..gateway.chat import KNOB_RULES
 from ..gateway.upstreams import UpstreamRejected
 from .errors import status_of
 from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
@@ -169,13 +171,8 @@ CHAT_SCHEMA: dict[str, Any] = {
         "bandit_router": {
             "type": "object", "additionalProperties": False,
             "description": "routing knobs (the OpenAI client's `extra_body`); also as x-bandit-router-* headers",
-            "properties": {
-                "cost_weight": {"type": ["number", "null"], "minimum": 0},
-                "models": {"type": ["array", "null"], "minItems": 1, "maxItems": 1000,
-                           "items": {"type": "string", "minLength": 1}},
-                "context": {"type": ["object", "null"], "maxProperties": 64,
-                            "additionalProperties": {"type": ["string", "number", "boolean"]}},
-            },
+            "properties": {knob: {"anyOf": [rule.json_schema(), {"type": "null"}]}
+                           for knob, rule in KNOB_RULES.items()},  # /v1/route's rules
         },
     },
     "description": "OpenAI's chat-completion request; other fields go to the upstream unchanged",
@@ -231,5 +228,7 @@ async def chat_completions(request: Request) -> Any:
         return Response(json.dumps(reply.body, separators=(",", ":")).encode("utf-8"),
                         media_type="application/json",
                         headers=_headers(reply.decision.decision_id, reply.decision.model, reply.attempts))
-    except (BanditRouterError, GatewayFailed, Rejected, NamedRouterFailed) as exc:
+    except ClientDisconnect:
+        raise  # the client left while sending its body: nobody reads a reply (the app's handler)
+    except Exception as exc:  # every error in OpenAI's shape; an unexpected one is logged, a 500
         return _error(exc)

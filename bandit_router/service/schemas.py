@@ -80,6 +80,19 @@ ContextValue = Annotated[
                               {"type": "number", "minimum": -MAX_CONTEXT_NUMBER, "maximum": MAX_CONTEXT_NUMBER}]}),
 ]
 ContextKey = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN), Name]
+Context = Annotated[
+    dict[ContextKey, ContextValue],
+    Field(max_length=MAX_CONTEXT_ITEMS),
+    WithJsonSchema({"type": "object", "maxProperties": MAX_CONTEXT_ITEMS,
+                    "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
+                    "additionalProperties": ContextValue.__metadata__[1].json_schema}),
+]
+"""Caller attributes of a request (`/v1/route`'s `context`, the gateway's `bandit_router.context`)."""
+MAX_COST_WEIGHT = 1e9
+CostWeight = Annotated[float, Field(ge=0, le=MAX_COST_WEIGHT, allow_inf_nan=False)]
+"""λ for one request: finite, in [0, 10⁹] (sums of it in the rollup stay finite)."""
+AllowedModels = Annotated[list[ModelName], Field(min_length=1, max_length=64)]
+"""A request's allowed subset of the active models."""
 
 
 class _Strict(BaseModel):
@@ -97,19 +110,13 @@ class RouteIn(_Strict):
     prompt: str | None = None
     messages: Annotated[list[MessageIn], Field(min_length=1, max_length=1000)] | None = None
     decision_id: DecisionId | None = Field(None, description="caller-chosen id for the feedback to use")
-    models: Annotated[list[ModelName], Field(min_length=1, max_length=64)] | None = Field(
+    models: AllowedModels | None = Field(
         None, description="allowed subset of the active models"
     )
-    cost_weight: Annotated[float, Field(ge=0, le=1e9, allow_inf_nan=False)] | None = Field(
+    cost_weight: CostWeight | None = Field(
         None, description="λ: quality points worth 1 USD, for this request"
     )
-    context: Annotated[
-        dict[ContextKey, ContextValue],
-        Field(max_length=MAX_CONTEXT_ITEMS),
-        WithJsonSchema({"type": "object", "maxProperties": MAX_CONTEXT_ITEMS,
-                        "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
-                        "additionalProperties": ContextValue.__metadata__[1].json_schema}),
-    ] | None = Field(
+    context: Context | None = Field(
         None, description='caller attributes, e.g. {"tenant": "acme", "task": "support"}'
     )
 
