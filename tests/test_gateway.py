@@ -45,15 +45,17 @@ def fake() -> Iterator[FakeUpstream]:
 
 @pytest.fixture
 def gateway(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
-    """`start(**settings)` serves a fresh gateway (its own database) whose catalog calls the fake upstream;
-    returns its base URL. Every fake model starts healthy."""
+    """`start(models, not_routed, **settings)` serves a fresh gateway (its own database) whose catalog calls the
+    fake upstream (`not_routed`: catalog models with `route = false`); returns its base URL. Every fake model starts
+    healthy."""
     monkeypatch.setenv(KEY_ENV, KEY)
     servers: list[ServerThread] = []
     fake.behaviour.clear()
 
-    def start(models: tuple[str, ...] = MODELS, **changes: Any) -> str:
+    def start(models: tuple[str, ...] = MODELS, not_routed: tuple[str, ...] = (), **changes: Any) -> str:
         specs = tuple(
-            ModelSpec(name, *PRICES[name], tags={"family": "fake"}, base_url=fake.url + "/v1", api_key_env=KEY_ENV)
+            ModelSpec(name, *PRICES[name], tags={"family": "fake"}, base_url=fake.url + "/v1", api_key_env=KEY_ENV,
+                      route=name not in not_routed)
             for name in models
         )
         changes.setdefault("seed", 7)
@@ -351,7 +353,10 @@ def test_a_hanging_model_times_out_into_a_fallback_and_all_hanging_is_a_504(
 def test_when_every_model_fails_the_client_gets_a_502_naming_them(
     gateway: Callable[..., str], fake: FakeUpstream, stream: bool
 ) -> None:
-    url = gateway(models=("fake-coder", "fake-writer"))
+    """The judge model (`route = false`, with an upstream) is left after both routable models failed: it is never a
+    fallback, so the third try does not happen and the caller gets the 502, not a 400 about `models`."""
+    url = gateway(models=("fake-coder", "fake-writer", JUDGE), not_routed=(JUDGE,), max_attempts=3)
+    judged = fake.calls[JUDGE]
     fake.set("fake-coder", "fail")
     fake.set("fake-writer", "fail")
     with pytest.raises(openai.APIStatusError) as caught:
@@ -360,7 +365,8 @@ def test_when_every_model_fails_the_client_gets_a_502_naming_them(
     error = caught.value
     assert error.status_code == 502
     assert isinstance(error.body, dict) and error.body["type"] == "upstream_error"
-    assert "fake-coder" in error.message and "fake-writer" in error.message
+    assert "fake-coder" in error.message and "fake-writer" in error.message and "2 tried" in error.message
+    assert fake.calls[JUDGE] == judged
 
 
 def test_an_upstream_4xx_is_passed_through_and_not_blamed_on_the_model(

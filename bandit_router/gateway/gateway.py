@@ -283,15 +283,16 @@ class Gateway:
         )
 
     async def _next(self, attempt: Attempt, request: Request, tried: list[str]) -> Attempt | None:
-        """The fallback after `attempt` failed: a new decision over the allowed models not yet tried."""
+        """The fallback after `attempt` failed: a new decision over the allowed routable models not yet tried
+        (None when there is none: a judge or router model, `route = false`, is never a fallback)."""
         if not attempt.routed:
             return None
         pool = request.models if request.models is not None else tuple(self.callable_models())
-        remaining = [m for m in pool if m not in tried and self.upstreams.has(m)]
+        router = self.engine.router
+        remaining = [m for m in pool if m not in tried and self.upstreams.has(m) and router.spec(m).route]
         if not remaining:
             return None
-        decision = self.engine.router.decide(attempt.decision.context, models=remaining,
-                                             cost_weight=request.cost_weight)
+        decision = router.decide(attempt.decision.context, models=remaining, cost_weight=request.cost_weight)
         await self.engine.store_decision(decision, request)
         return Attempt(decision, attempt.request_id, attempt.number + 1, True, attempt.stream)
 
