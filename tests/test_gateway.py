@@ -383,6 +383,25 @@ def test_an_upstream_4xx_is_passed_through_and_not_blamed_on_the_model(
     assert httpx.get(url + "/v1/stats").json()["policy_version"] == 0
 
 
+def test_a_rejected_call_never_learns_the_default_reward(gateway: Callable[..., str]) -> None:
+    """With `default_reward`, a decision whose reward window closes without feedback learns it; one whose upstream
+    refused the request (4xx: the request's fault) never does. The refused call is made first, so its window
+    has closed by the time the silent answer's has."""
+    url = gateway(reward_window_s=0.3, default_reward=0.25)
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                            temperature=3)
+    rejected = caught.value.response.headers["x-decision-id"]
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": CODE}])
+    silent = raw.headers["x-decision-id"]
+    rows = settle(url, silent)
+    assert [(r["source"], r["quality"]) for r in rows] == [("default", 0.25)]
+    assert decision(url, rejected)["call"]["status"] == "rejected"
+    assert decision(url, rejected)["feedback"] == []
+    assert httpx.get(url + "/v1/stats").json()["policy_version"] == 1
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_reply_that_is_not_a_chat_completion_is_the_models_failure(
     gateway: Callable[..., str], fake: FakeUpstream, stream: bool

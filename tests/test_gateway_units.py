@@ -1,10 +1,13 @@
 """The gateway's pieces without a server: catalog upstream keys, settings, the feedback rules it relies on,
-pricing, the chat-request parser and the time series' arithmetic."""
+pricing, the chat-request parser, the reward-window sweep of its calls and the time series' arithmetic."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +18,9 @@ from bandit_router.gateway import BadChatRequest, PromptTooLarge, parse_chat
 from bandit_router.gateway.pricing import Usage, estimate_input, estimated, usage_of
 from bandit_router.log import FeedbackRules, Verdict, judge, with_call
 from bandit_router.log.timeseries import Window, timeseries
-from bandit_router.store import CallRecord, FeedbackRecord, MinuteStats
-from bandit_router.types import Outcome
+from bandit_router.service.engine import Engine
+from bandit_router.store import CallRecord, CallStatus, FeedbackRecord, MinuteStats, SQLiteStore
+from bandit_router.types import Outcome, Request
 
 BASE = {"name": "m", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
 
@@ -179,3 +183,40 @@ def test_a_rollup_sum_that_overflowed_reads_as_none() -> None:
     json.dumps(series, allow_nan=False)
     assert series["cost_weight"][0] is None and series["reward"][0] is None and series["quality"][0] == 0.5
     assert series["models"][0]["fixed_reward"] is None
+
+
+def test_calls_without_an_answer_never_learn_the_default_reward(tmp_path: Path) -> None:
+    """With `default_reward`, a routed decision whose window closes without feedback learns it, unless its gateway
+    call was refused by the upstream (4xx, `rejected`) or left by the caller (`cancelled`)."""
+    settings = Settings(db=tmp_path / "window.db", models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0)),
+                        seed=1, reward_window_s=0.2, default_reward=0.25)
+    store = SQLiteStore(settings.storage.db)
+    store.prepare()
+    engine = Engine(settings, store)
+    engine.start()
+    try:
+        assert engine.wait_ready(10)
+
+        async def calls() -> dict[str, str]:
+            ids = {}
+            for status in (CallStatus.REJECTED, CallStatus.CANCELLED, CallStatus.OK):
+                d = await engine.route(Request(prompt="hi"))
+                await engine.record_call(CallRecord(
+                    decision_id=d.decision_id, request_id=d.decision_id, attempt=1, model=d.model, routed=True,
+                    stream=status == CallStatus.CANCELLED, status=str(status),
+                    http_status=400 if status == CallStatus.REJECTED else 200, input_tokens=None,
+                    output_tokens=None, usage=None, cost_usd=None, ttft_s=None, latency_s=0.1, error=None,
+                    created_at=time.time()))
+                ids[status] = d.decision_id
+            return ids
+
+        ids = asyncio.run(calls())
+        deadline = time.monotonic() + 10
+        while not engine.decision(ids[CallStatus.OK])[1] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answered = engine.decision(ids[CallStatus.OK])[1]
+        assert [(r.status, r.quality, r.learn) for r in answered] == [("default", 0.25, True)]
+        for unanswered in (CallStatus.REJECTED, CallStatus.CANCELLED):
+            assert engine.decision(ids[unanswered])[1] == []
+    finally:
+        engine.stop()

@@ -39,7 +39,17 @@ from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision
 from ..log import BudgetState, FeedbackRules, LogEntry, LogFollower, Verdict, close_window, feedback_record, judge
 from ..log.feedback import unrouted, with_call
-from ..store import CallRecord, FeedbackRecord, FeedbackStatus, ModelAction, Store, StoredDecision, StoreError, WriteTx
+from ..store import (
+    CallRecord,
+    CallStatus,
+    FeedbackRecord,
+    FeedbackStatus,
+    ModelAction,
+    Store,
+    StoredDecision,
+    StoreError,
+    WriteTx,
+)
 from ..types import Decision, Outcome
 from .exceptions import Conflict, NotFound, Unavailable
 
@@ -53,6 +63,8 @@ IDLE_POLL_S = 0.1
 SWEEP_EVERY_S = 0.25
 SWEEP_GRACE_S = 0.25
 SWEEP_LIMIT = 2000
+NO_DEFAULT_REWARD = frozenset({CallStatus.REJECTED, CallStatus.CANCELLED})
+"""Gateway calls whose decision never learns `default_reward` (neither the model's answer nor its failure)."""
 SWEPT = "swept_decisions"
 """Meta key: the storage position up to which reward windows were closed."""
 
@@ -477,10 +489,14 @@ class Writer:
             self._next_sweep = 0.0  # more to close: again right after the next batch
         now = time.time()
         router = self.follower.policies.live
+        calls = tx.calls_for_many([info.decision_id for info in infos])
         for info in infos:
             closing = close_window(tx.feedback_for(info.decision_id), self.rules)
             if closing is None:
                 continue
+            call = calls.get(info.decision_id)
+            if closing[1] == FeedbackStatus.DEFAULT and call is not None and call.status in NO_DEFAULT_REWARD:
+                continue  # no answer to reward: the upstream refused the request, or the caller left
             stored = tx.decision(info.decision_id)
             if stored is None:  # cannot happen: `info` came from the decisions table in this transaction
                 log.error("decision %s vanished while closing its reward window", info.decision_id)
