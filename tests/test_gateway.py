@@ -6,6 +6,7 @@ from logs, and no 500 for any malformed body."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -419,6 +420,43 @@ def test_a_reply_that_is_not_a_chat_completion_is_the_models_failure(
                                                      stream=stream)
         models = {c.model for c in answer} if stream else {answer.model}  # type: ignore[union-attr]
         assert models == {"fake-writer"}
+
+
+def test_a_stream_cancelled_while_it_connects_gives_its_call_slot_back(fake: FakeUpstream) -> None:
+    """A model with one call slot: a stream cancelled while its upstream has not answered yet (the caller left,
+    the server stops) releases the slot, so the next call gets it instead of "no free call slot"."""
+    from bandit_router.gateway import Endpoint, UpstreamFailure, Upstreams
+
+    spec = ModelSpec("fake-small", *PRICES["fake-small"], base_url=fake.url + "/v1", max_concurrency=1)
+    endpoint = Endpoint.of(spec, default_base_url=None, default_api_key_env=None, timeout_s=10,
+                           connect_timeout_s=5, max_concurrency=1)
+    assert endpoint is not None
+    payload = {"messages": [{"role": "user", "content": PROSE}], "stream": True}
+
+    async def scenario() -> None:
+        upstreams = Upstreams([endpoint], max_response_bytes=1_000_000)
+        try:
+            fake.set("fake-small", "hang")
+            before = fake.calls["fake-small"]
+            opening = asyncio.ensure_future(upstreams.stream("fake-small", payload, time.monotonic() + 30))
+            while fake.calls["fake-small"] == before:  # until the request is at the upstream: inside send()
+                await asyncio.sleep(0.01)
+            opening.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await opening
+            fake.set("fake-small", "ok")
+            stream = await upstreams.stream("fake-small", payload, time.monotonic() + 0.5)
+            try:
+                assert (await stream.first(time.monotonic() + 5))["model"] == "fake-small"
+            finally:
+                await stream.close()
+        except UpstreamFailure as exc:
+            pytest.fail(f"the slot was not given back: {exc}")
+        finally:
+            fake.behaviour.clear()
+            await upstreams.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_the_call_record_keeps_latency_and_time_to_first_token(gateway: Callable[..., str],

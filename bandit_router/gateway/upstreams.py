@@ -222,18 +222,20 @@ class Upstreams:
         await self._acquire(model, deadline)
         started = time.perf_counter()
         client = self._clients[endpoint.base_url]
-        try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                response = await client.send(request, stream=True)
-        except TimeoutError:
+        try:  # the slot goes with the stream once it is open; released on any failure before (a cancellation too)
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    response = await client.send(request, stream=True)
+            except TimeoutError:
+                raise UpstreamFailure(model, CallStatus.TIMEOUT, "no answer before the request's deadline") from None
+            except httpx.TimeoutException:
+                raise UpstreamFailure(model, CallStatus.TIMEOUT,
+                                      f"no answer within {endpoint.timeout_s:g} s") from None
+            except httpx.HTTPError as exc:
+                raise UpstreamFailure(model, CallStatus.CONNECTION_ERROR, _transport(exc)) from None
+        except BaseException:
             self._slots[model].release()
-            raise UpstreamFailure(model, CallStatus.TIMEOUT, "no answer before the request's deadline") from None
-        except httpx.TimeoutException:
-            self._slots[model].release()
-            raise UpstreamFailure(model, CallStatus.TIMEOUT, f"no answer within {endpoint.timeout_s:g} s") from None
-        except httpx.HTTPError as exc:
-            self._slots[model].release()
-            raise UpstreamFailure(model, CallStatus.CONNECTION_ERROR, _transport(exc)) from None
+            raise
         if response.status_code != 200:
             try:
                 raw = await _read_bounded(response, self.max_response_bytes, model)
