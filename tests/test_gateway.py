@@ -286,6 +286,37 @@ def test_the_shipped_catalog_says_which_key_to_set(tmp_path: Path, monkeypatch: 
         server.stop()
 
 
+def test_a_failed_start_stops_the_judge_the_upstream_clients_and_the_engine(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `[[routers]]` alias naming a model that cannot be called (its key variable is unset) stops the start-up
+    with a ConfigError after the gateway and its judge started: they and the engine are stopped like at a
+    shutdown (no judge task left running, every upstream client closed, the writer stopped)."""
+    from bandit_router.config import ConfigError, RouterAlias
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.delenv("BANDIT_ROUTER_TEST_UNSET_KEY", raising=False)
+    specs = (
+        ModelSpec("fake-coder", *PRICES["fake-coder"], base_url=fake.url + "/v1", api_key_env=KEY_ENV),
+        ModelSpec("fake-writer", *PRICES["fake-writer"], base_url=fake.url + "/v1",
+                  api_key_env="BANDIT_ROUTER_TEST_UNSET_KEY"),
+        ModelSpec(JUDGE, *PRICES[JUDGE], base_url=fake.url + "/v1", api_key_env=KEY_ENV, route=False),
+    )
+    settings = Settings(db=tmp_path / "failed.db", models=specs, seed=1, judge_model=JUDGE, judge_sample_rate=1.0,
+                        routers=(RouterAlias("pair", "cascade", ("fake-coder", "fake-writer"), signal="logprob"),))
+    app = create_app(settings)
+
+    async def start() -> list[asyncio.Task[Any]]:
+        with pytest.raises(ConfigError, match="fake-writer"):
+            async with app.router.lifespan_context(app):
+                pass
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    assert asyncio.run(start()) == []
+    assert app.state.engine.state == "stopped"
+    assert all(c.is_closed for c in app.state.gateway.upstreams._clients.values())
+
+
 # -- failures ---------------------------------------------------------------------------------------------------
 def test_a_failing_model_is_answered_by_a_fallback_and_then_avoided(
     gateway: Callable[..., str], fake: FakeUpstream

@@ -222,22 +222,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = metrics
         app.state.services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys))
         engine.start()
-        gateway = await start_gateway(settings, engine)
-        gateway.observer = metrics.call_recorded
-        if gateway.judge is not None:
-            metrics.bind_judge(gateway.judge.report)
-        app.state.gateway = gateway
-        app.state.named_routers = named = start_named_routers(settings, engine, gateway)
-        log.info(
-            "bandit-router: db=%s synchronous=%s policy=%s models=%d auth=%s store_prompts=%s",
-            settings.storage.db, settings.storage.synchronous, settings.routing.policy, len(engine.router.models),
-            "on" if settings.auth_enabled else "off", settings.storage.store_prompts,
-        )
-        try:
+        gateway: Gateway | None = None
+        named: NamedRouters | None = None
+        try:  # a start-up failure (a ConfigError) stops what has started, like a shutdown
+            gateway = await start_gateway(settings, engine)
+            gateway.observer = metrics.call_recorded
+            if gateway.judge is not None:
+                metrics.bind_judge(gateway.judge.report)
+            app.state.gateway = gateway
+            app.state.named_routers = named = start_named_routers(settings, engine, gateway)
+            log.info(
+                "bandit-router: db=%s synchronous=%s policy=%s models=%d auth=%s store_prompts=%s",
+                settings.storage.db, settings.storage.synchronous, settings.routing.policy,
+                len(engine.router.models), "on" if settings.auth_enabled else "off", settings.storage.store_prompts,
+            )
             yield
         finally:
-            await named.close()
-            await stop_gateway(gateway)
+            if named is not None:
+                await named.close()
+            if gateway is not None:
+                await stop_gateway(gateway)
             await asyncio.to_thread(engine.stop)
 
     app = FastAPI(
@@ -270,6 +274,7 @@ async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
     judge_model = settings.judge.judge_model
     if judge_model is not None and settings.judge.judge_sample_rate > 0:
         if not gateway.upstreams.has(judge_model):
+            await gateway.close()
             raise ConfigError(f"judge_model: {judge_model!r} has no upstream (base_url)")
         judge = Judge(settings, engine.router.spec(judge_model), gateway.upstreams, engine.feedback,
                       seed=settings.routing.seed)
