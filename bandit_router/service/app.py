@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from ..config import Settings, load_settings
-from ..store import SQLiteStore
+from ..store.location import open_store
 from . import errors, redact
 from .auth import Authenticator
 from .engine import Engine
@@ -190,8 +190,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = SQLiteStore(settings.storage.db, synchronous=settings.storage.synchronous,
-                            wal_max_bytes=settings.storage.wal_max_bytes)
+        store = open_store(settings.storage.db, synchronous=settings.storage.synchronous,
+                           wal_max_bytes=settings.storage.wal_max_bytes)
         await asyncio.to_thread(store.prepare)
         metrics = Metrics()
         engine = Engine(settings, store, observer=metrics)

@@ -33,7 +33,8 @@ from ..errors import BanditRouterError, UnknownDecision
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
 from ..router import Router
-from ..store import FeedbackRecord, SQLiteStore, Store, StoredDecision, StoreError
+from ..store import FeedbackRecord, Store, StoredDecision, StoreError
+from ..store.location import open_store
 from ..types import Decision, Outcome, Request
 from .exceptions import Conflict, NotFound, Unavailable
 from .writer import (
@@ -69,7 +70,7 @@ class Engine:
 
     def __init__(self, settings: Settings, store: Store | None = None, *, observer: Observer | None = None) -> None:
         self.settings = settings
-        self.store: Store = store or SQLiteStore(
+        self.store: Store = store or open_store(
             settings.storage.db, synchronous=settings.storage.synchronous,
             wal_max_bytes=settings.storage.wal_max_bytes,
         )
