@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 
 from bandit_router.catalog import Catalog, default_catalog
+from tools.pg_server import PgServer, binaries
 
 
 @pytest.fixture
 def catalog() -> Catalog:
     return default_catalog()
+
+
+# -- PostgreSQL: one real server on 127.0.0.1 for the session (tools/pg_server.py) ------------------------------
+_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL server in a temporary folder, stopped at the end. Without PostgreSQL installed the tests that
+    need it are skipped, except on CI (`CI=true`, where `.ci/run` installs it): there they fail."""
+    if binaries() is None:
+        reason = "PostgreSQL is not installed (apt-get install postgresql): PostgreSQL tests skipped"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI: {reason}")
+        pytest.skip(reason)
+    server = PgServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL of a new, empty database on the session's server."""
+    return pg_server.create_database(f"test_{os.getpid()}_{next(_databases)}")

@@ -120,7 +120,7 @@ class PostgresStore:
     def _connect(self) -> psycopg.Connection[Any]:
         try:
             return psycopg.Connection.connect(self.url.reveal(), **self._connect_options)
-        except psycopg.Error as exc:
+        except psycopg.Error as exc:  # not chained: a driver's message about a connection string may quote it
             raise self._error(exc, "cannot connect: ") from None
 
     def _writer_conn(self) -> psycopg.Connection[Any]:
@@ -171,7 +171,7 @@ class PostgresStore:
                 )
             conn.execute("COMMIT")
         except psycopg.Error as exc:
-            raise self._error(exc, "cannot prepare the database: ") from None
+            raise self._error(exc, "cannot prepare the database: ") from exc
         finally:
             conn.close()
 
@@ -191,13 +191,13 @@ class PostgresStore:
             except BaseException as exc:
                 self._abort(conn)
                 if isinstance(exc, psycopg.Error):
-                    raise self._error(exc) from None
+                    raise self._error(exc) from exc
                 raise
             try:
                 conn.execute("COMMIT")
             except psycopg.Error as exc:
                 self._abort(conn)
-                raise self._error(exc, "commit failed: ") from None
+                raise self._error(exc, "commit failed: ") from exc
 
     def _begin_write(self) -> psycopg.Connection[Any]:
         begin = f"BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK})"
@@ -210,7 +210,7 @@ class PostgresStore:
                 broken = conn.broken or conn.closed
                 self._abort(conn)
                 if not broken or attempt == 2:  # a stale connection (server restarted): once more, fresh
-                    raise self._error(exc, "cannot start a write transaction: ") from None
+                    raise self._error(exc, "cannot start a write transaction: ") from exc
         raise AssertionError("unreachable")
 
     def _abort(self, conn: psycopg.Connection[Any]) -> None:
@@ -229,7 +229,7 @@ class PostgresStore:
             cm = self._readers().connection()
             conn = cm.__enter__()
         except psycopg.Error as exc:
-            raise self._error(exc, "cannot read the database: ") from None
+            raise self._error(exc, "cannot read the database: ") from exc
         failure: BaseException | None = None
         try:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -237,7 +237,7 @@ class PostgresStore:
             conn.execute("COMMIT")
         except psycopg.Error as exc:
             failure = exc
-            raise self._error(exc) from None
+            raise self._error(exc) from exc
         except BaseException as exc:
             failure = exc
             raise
