@@ -29,7 +29,7 @@ def pg_server() -> Iterator[PgServer]:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"CI: {reason}")
         pytest.skip(reason)
-    server = PgServer.start()
+    server = PgServer.start(fsync=False)
     yield server
     server.stop()
 

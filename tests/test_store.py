@@ -142,10 +142,10 @@ def test_feedback_seq_increases_and_only_one_row_per_decision_is_learned(store: 
         tx.insert_feedback([_record(decisions[0], 4, quality=0.1, learn=False, status="late")])
         assert tx.head() == (4, 0)
     integrity = (sqlite3.IntegrityError, psycopg.IntegrityError)
-    with pytest.raises(StoreError, match="(?i)unique") as error, store.write() as tx:  # a second learned row
+    with pytest.raises(StoreError, match=r"(?i)unique") as error, store.write() as tx:  # a second learned row
         tx.insert_feedback([_record(decisions[0], 5, quality=0.9)])
     assert isinstance(error.value.__cause__, integrity)  # the driver's error, wrapped
-    with pytest.raises(StoreError, match="(?i)unique|duplicate key") as error, store.write() as tx:  # a seq again
+    with pytest.raises(StoreError, match=r"(?i)unique|duplicate key") as error, store.write() as tx:  # a seq again
         tx.insert_feedback([_record(decisions[1], 4, learn=False, status="late")])
     assert isinstance(error.value.__cause__, integrity)
     with store.read() as reader:
@@ -313,7 +313,7 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
     def prepare(s: PostgresStore) -> None:
         try:
             s.prepare()
-        except BaseException as exc:  # noqa: BLE001  (collected and asserted below)
+        except BaseException as exc:  # collected and asserted below
             errors.append(exc)
 
     threads = [threading.Thread(target=prepare, args=(s,)) for s in stores]

@@ -4,7 +4,8 @@
 PostgreSQL refuses to run as root (CI runs as root): then every server command runs as an unprivileged user
 (`postgres` when the Debian package created it, else `bandit-pg`, created with `useradd`) through `runuser`, and
 the temporary folder belongs to that user. The server trusts local connections (it listens on loopback only) and
-is started with `fsync` on, as a production server would be.
+is started with `fsync` on, as a production server would be (the benchmarks), or off (the tests: a clean
+restart still writes everything; only a crash of the machine would lose data, and no test crashes it).
 
     server = PgServer.start()
     url = server.create_database("t1")      # postgresql://bandit:…@127.0.0.1:PORT/t1
@@ -79,7 +80,7 @@ class PgServer:
                        stderr=subprocess.PIPE, cwd=self.folder)
 
     @classmethod
-    def start(cls) -> PgServer:
+    def start(cls, *, fsync: bool = True) -> PgServer:
         bin_dir = binaries()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql)")
@@ -97,7 +98,8 @@ class PgServer:
         pwfile.unlink()
         with (server.data / "postgresql.conf").open("a") as conf:
             conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {server.port}\n"
-                       f"unix_socket_directories = '{folder}'\nmax_connections = 200\nshared_buffers = 64MB\n")
+                       f"unix_socket_directories = '{folder}'\nmax_connections = 200\nshared_buffers = 64MB\n"
+                       f"fsync = {'on' if fsync else 'off'}\n")
         server._start()
         return server
 

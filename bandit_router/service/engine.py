@@ -82,7 +82,9 @@ class Engine:
         self.checkpointer = Checkpointer(self.store, settings, self.follower)
         self.pacer = BudgetPacer(settings.budgets)
         """The budget targets (`/v1/budgets`); attached to the router once the log is replayed."""
-        self.budgets = BudgetState(self.store, self.pacer)
+        shared = settings.server.workers > 1 or bool(getattr(self.store, "shared", False))
+        self.budgets = BudgetState(self.store, self.pacer, shared=shared)
+        """With other processes on the same log (workers, replicas) the pacer books their decisions too."""
         self.writer = Writer(self.store, self.follower, self.budgets, FeedbackRules.from_settings(settings),
                              observer=observer)
         self.recovery: dict[str, Any] = {}
@@ -209,6 +211,9 @@ class Engine:
             "policy_version": self.router.version,
             "budgets": self.budgets.recover(self.router),
         }
+        if self.budgets.shared:
+            with self.store.write() as tx:
+                self.budgets.start_following(tx)
         log.info(
             "recovered: checkpoint at seq %s, %d feedbacks replayed in %.2f s, policy version %d",
             self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
@@ -278,6 +283,7 @@ class Engine:
         tenant = request.context.get("tenant")
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows else None
+        self.budgets.mine(decision.decision_id)
         await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
         return decision
 

@@ -90,6 +90,8 @@ class PostgresStore:
         self.url = url
         self.fault: str | None = None
         """Always None: a server that is down is a transient `StoreError` (503), not a fault of the store."""
+        self.shared = True
+        """Other processes (replicas) write to this database too."""
         self.timeout_s = timeout_s
         self._secret = url.password
         self._connect_options: dict[str, Any] = {
