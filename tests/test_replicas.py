@@ -186,14 +186,15 @@ def test_three_replicas_one_log_through_kill_9_and_a_database_restart(
 
 
 def test_a_spend_target_holds_across_three_replicas(replicas: Callable[..., Server], pg_url: str) -> None:
-    """Requests at a steady rate, spread at random over three replicas; the plan is half-way between always the
-    cheap and always the dear model. Each replica books every replica's decisions, so the total spend follows
-    the plan (±5%); a replica that counted only its own would let the three spend about three times the plan."""
+    """Requests at a steady rate, spread at random over three replicas. Unpaced, the router sends half the requests
+    to the dear model (it is the better one for poems); the plan allows a quarter of the way from always-cheap to
+    always-dear. Each replica books every replica's decisions, so the total spend follows the plan (±5%); replicas
+    that counted only their own decisions would each see a third of the spend, never bind, and overspend by ~60%."""
     rate = 45.0  # requests per second, all replicas together
     period_s = 3600.0
     probe = build_router(Settings(seed=SEED)).route(Request(prompt=POEMS[0], models=PAIR))
     cheap, dear = sorted(probe.expected_cost_usd)
-    budget = rate * period_s * (cheap + dear) / 2
+    budget = rate * period_s * (cheap + 0.25 * (dear - cheap))
     env = {"BANDIT_ROUTER_BUDGETS": json.dumps({"spend_usd": f"{budget:.6f}/{int(period_s)}"})}
     servers = [replicas(**env) for _ in range(3)]
     for s in servers:
@@ -250,7 +251,7 @@ def test_a_spend_target_holds_across_three_replicas(replicas: Callable[..., Serv
     assert spend == pytest.approx(plan, rel=0.05), (spend, plan, len(decisions))
     dear_model = PAIR[int(np.argmax(probe.expected_cost_usd))]
     share = sum(d.model == dear_model for d in decisions) / len(decisions)
-    assert 0.2 < share < 0.8  # the target binds: both models are used
+    assert 0.1 < share < 0.4  # the target binds (unpaced: about half), and both models are used
     reports = [httpx.get(u + "/v1/budgets", timeout=10).json() for u in urls]
     booked = [r["report"]["global"]["spend_usd"] for r in reports]
     assert max(booked) == pytest.approx(min(booked), rel=0.02)  # one number, wherever the requests landed
