@@ -118,11 +118,18 @@ class PgServer:
             conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
         return self.url(name)
 
-    def restart(self, down_s: float = 0.0) -> None:
-        """Stop (fast: sessions are cut), stay down `down_s` seconds, start again."""
+    def down(self) -> None:
+        """Stop (fast: sessions are cut); `up()` starts it again."""
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
-        time.sleep(down_s)
+
+    def up(self) -> None:
         self._start()
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop, stay down `down_s` seconds, start again."""
+        self.down()
+        time.sleep(down_s)
+        self.up()
 
     def stop(self) -> None:
         try:

@@ -152,6 +152,9 @@ class Engine:
     def start(self) -> None:
         """Start the writer thread; it recovers the learned state first (`ready` turns true when done)."""
         self.writer.start(self._prepare, self._between_batches, self._on_stop)
+        listen = getattr(self.store, "listen", None)
+        if listen is not None:  # PostgreSQL: wake the writer when another replica commits to the log
+            listen(self.writer.wake)
         self._maintainer = threading.Thread(target=self._maintain, name="bandit-router-maintenance", daemon=True)
         self._maintainer.start()
 

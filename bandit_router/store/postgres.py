@@ -16,6 +16,10 @@ a prefix of the log: writers commit one after the other, so a snapshot that sees
 committed before it. Decisions get their storage `position` (an identity) under the same lock, so positions
 also become visible in order (the reward-window sweep and the budget tail walk them).
 
+Followers are told: a transaction that wrote to the log ends with `NOTIFY bandit_router_log`, and every process
+`listen()`s on its own connection, so a replica learns another's rows milliseconds after their commit instead
+of at its next poll (the poll stays, every 100 ms, in case a notification is missed while reconnecting).
+
 Connections: the writer owns one connection (reopened after a failure; a failure before anything was sent, as
 after a server restart, is retried once on a fresh connection); readers borrow from a `psycopg_pool` pool that
 checks a connection before lending it. Every driver error leaves as `StoreError`, with any password masked.
@@ -28,7 +32,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -66,6 +70,8 @@ from .sqlite import (
 
 log = logging.getLogger("bandit_router.store")
 
+CHANNEL = "bandit_router_log"
+"""The NOTIFY channel of log writes."""
 LOG_LOCK = 0x62616E6469740001
 """The advisory lock key of the log's single writer (per database)."""
 MIGRATE_LOCK = 0x62616E6469740002
@@ -107,7 +113,11 @@ class PostgresStore:
         )
         self._pool_open = False
         self._writer: psycopg.Connection[Any] | None = None
+        self._writer_pid = 0
+        """The server process of the writer's connection: its own notifications are not news to this process."""
         self._write_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._listener: threading.Thread | None = None
         self._lock = threading.Lock()
         self._models_json: dict[tuple[str, ...], str] = {}
 
@@ -128,6 +138,7 @@ class PostgresStore:
     def _writer_conn(self) -> psycopg.Connection[Any]:
         if self._writer is None or self._writer.closed:
             self._writer = self._connect()
+            self._writer_pid = self._writer.info.backend_pid
         return self._writer
 
     def _drop_writer(self) -> None:
@@ -188,15 +199,16 @@ class PostgresStore:
         """A write transaction holding the log's advisory lock (`LOG_LOCK`) until it commits or rolls back."""
         with self._write_lock:
             conn = self._begin_write()
+            tx = _PostgresTx(conn, self._models_json)
             try:
-                yield _PostgresTx(conn, self._models_json)
+                yield tx
             except BaseException as exc:
                 self._abort(conn)
                 if isinstance(exc, psycopg.Error):
                     raise self._error(exc) from exc
                 raise
             try:
-                conn.execute("COMMIT")
+                conn.execute(f"NOTIFY {CHANNEL}; COMMIT" if tx.logged else "COMMIT")
             except psycopg.Error as exc:
                 self._abort(conn)
                 raise self._error(exc, "commit failed: ") from exc
@@ -272,7 +284,32 @@ class PostgresStore:
     def maintain(self) -> None:
         """Nothing to do: PostgreSQL vacuums and checkpoints itself."""
 
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from a thread of this store's) whenever another process commits to the log, and once
+        after every (re)connection of the listener, for what may have been missed meanwhile."""
+        self._listener = threading.Thread(target=self._listen, args=(callback,), name="bandit-router-listen",
+                                          daemon=True)
+        self._listener.start()
+
+    def _listen(self, callback: Callable[[], None]) -> None:
+        while not self._closing.is_set():
+            try:
+                with psycopg.Connection.connect(self.url.reveal(), **self._connect_options) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    callback()
+                    while not self._closing.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            if note.pid != self._writer_pid:
+                                callback()
+            except psycopg.Error as exc:
+                log.debug("log listener: %s", redact_urls(str(exc), self._secret))
+                self._closing.wait(0.5)
+
     def close(self) -> None:
+        self._closing.set()
+        if self._listener is not None:
+            self._listener.join(2.0)
+            self._listener = None
         with self._write_lock:
             self._drop_writer()
         if self._pool_open:
@@ -290,6 +327,8 @@ class _PostgresTx(_SQLiteTx):
     def __init__(self, conn: psycopg.Connection[Any], models_json: dict[tuple[str, ...], str]) -> None:
         self.conn = conn
         self._models_json = models_json
+        self.logged = False
+        """This transaction wrote to the log (feedback, a model event): its commit notifies the followers."""
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
@@ -318,6 +357,7 @@ class _PostgresTx(_SQLiteTx):
         return [ok and d.decision_id in written for ok, (d, _, _) in zip(fresh, items, strict=True)]
 
     def insert_feedback(self, records: Sequence[FeedbackRecord]) -> None:
+        self.logged = self.logged or bool(records)
         for start in range(0, len(records), _CHUNK):
             chunk = records[start : start + _CHUNK]
             values: list[Any] = [max(r.seq for r in chunk)]
@@ -328,6 +368,7 @@ class _PostgresTx(_SQLiteTx):
             self.conn.execute(_INSERT_FEEDBACK + ",".join([_FEEDBACK_PLACEHOLDERS] * len(chunk)), values)
 
     def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent:
+        self.logged = True
         after_seq = self.head()[0]
         now = time.time()
         row = self._one(
