@@ -77,13 +77,21 @@ class BudgetState:
             self._position = tx.last_decision_position()
 
     def follow_decisions(self) -> int:
-        """Book the decisions other processes stored since the last call; returns how many."""
+        """Book the decisions other processes stored since the last call; returns how many. Without targets
+        nothing is read (the tail starts again from the newest decision when targets are set)."""
         now = time.monotonic()
-        if self._position is None or now < self._next_decisions:
+        if not self.shared or now < self._next_decisions:
             return 0
         self._next_decisions = now + DECISIONS_EVERY_S
+        if not self.pacer.config.describe():
+            self._position = None
+            return 0
         booked = 0
         try:
+            if self._position is None:
+                with self.store.write() as tx:
+                    self.start_following(tx)
+            assert self._position is not None
             while True:
                 with self.store.read() as reader:
                     rows = reader.decisions_after(self._position, DECISIONS_PAGE)
