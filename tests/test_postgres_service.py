@@ -1,6 +1,6 @@
 """The service on PostgreSQL, in process: two replicas (two apps, two engines, one database) answer as one
 service; a database outage is a 503, never a 500, and the service carries on by itself; the password is never
-shown; `migrate`, `evaluate` and `export` take the URL."""
+shown; `migrate`, `evaluate` and `export` take the URL (`check`, for SQLite files, refuses it clearly)."""
 
 from __future__ import annotations
 
@@ -154,6 +154,8 @@ def test_migrate_evaluate_and_export_take_the_url(replicas: Callable[..., TestCl
     migrated = runner.invoke(cli_app, ["migrate", "--db", pg_url])
     assert migrated.exit_code == 0, migrated.output
     assert "schema version" in migrated.output and PASSWORD not in migrated.output
+    checked = runner.invoke(cli_app, ["check", "--db", pg_url])
+    assert checked.exit_code == 2 and "is PostgreSQL" in checked.output and PASSWORD not in checked.output
     client = replicas(policy="random")
     rng = np.random.default_rng(1)
     for i in range(40):

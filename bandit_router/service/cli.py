@@ -108,24 +108,23 @@ Exit status 0 when the file is intact, 1 when it is not (restore a backup: see t
 
 
 def check(
-    db: Annotated[Path | None, typer.Option(help="Database file (default: the configured `db`).")] = None,
+    db: Annotated[str | None, typer.Option(help="Database file (default: the configured `db`).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     from ..dbguard import check_database
 
-    if db is None:
-        try:
-            configured = load_settings(config).storage.db
-        except ConfigError as exc:
-            typer.echo(f"bandit-router check: {exc}", err=True)
-            raise typer.Exit(2) from None
-        if isinstance(configured, DatabaseURL):
-            typer.echo(f"bandit-router check: {configured} is PostgreSQL; check is for SQLite files (PostgreSQL "
-                       "checks its own pages: see amcheck)", err=True)
-            raise typer.Exit(2)
-        db = configured
-    report = check_database(db)
+    try:
+        location = load_settings(config).storage.db if db is None else parse_database(db)
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"bandit-router check: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if isinstance(location, DatabaseURL):
+        typer.echo(f"bandit-router check: {location} is PostgreSQL; check is for SQLite files (PostgreSQL "
+                   "checks its own pages: see its amcheck module)", err=True)
+        raise typer.Exit(2)
+    db_path = location
+    report = check_database(db_path)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:

@@ -268,8 +268,6 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._next_sweep = 0.0
         self._last_follow = 0.0
-        self._woken = False
-        """Another process committed to the log (`wake`): follow it now, and before the next write's lock."""
         self._say = RateLimitedLog(log)
         """Recurring failures (a write, following the log) are logged at most once a minute each."""
         self.accepting = False
@@ -350,7 +348,7 @@ class Writer:
             try:
                 if ops or sweep:
                     self._transact(ops, sweep)
-                if self._woken or time.monotonic() - self._last_follow >= IDLE_POLL_S:
+                if time.monotonic() - self._last_follow >= IDLE_POLL_S:
                     self._follow()  # also under a stream of decisions only: learn what other workers committed
             finally:
                 self._resolve(ops)
@@ -362,8 +360,6 @@ class Writer:
         # Decisions are not part of the log: a batch of decisions alone neither reads nor numbers it (three
         # statements: BEGIN, one INSERT, COMMIT). Anything else first catches up with the log, under the lock.
         touches_log = sweep or any(not isinstance(op, InsertDecision) for op in ops)
-        if touches_log and self._woken:
-            self._follow()  # learn what others committed before taking the lock, not while holding it
         try:
             with self.store.write() as tx:
                 batch = Batch(self, tx, active={m.name for m in follower.policies.live.models})
@@ -427,14 +423,12 @@ class Writer:
             batch.tx.insert_shadow_pmfs(shadow_rows)
 
     def wake(self) -> None:
-        """Another process committed to the log (PostgreSQL's NOTIFY): follow it at once. Any thread."""
-        if not self._woken:
-            self._woken = True
-            self._queue.put([])
+        """Another process committed to the log (PostgreSQL's NOTIFY): follow it after this batch. Any thread."""
+        self._last_follow = 0.0
+        self._queue.put([])
 
     def _follow(self) -> None:
         """Between batches: learn what other processes committed."""
-        self._woken = False
         self._last_follow = time.monotonic()
         try:
             with self.store.read() as reader:

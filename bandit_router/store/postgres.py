@@ -23,6 +23,9 @@ of at its next poll (the poll stays, every 100 ms, in case a notification is mis
 Connections: the writer owns one connection (reopened after a failure; a failure before anything was sent, as
 after a server restart, is retried once on a fresh connection); readers borrow from a `psycopg_pool` pool that
 checks a connection before lending it. Every driver error leaves as `StoreError`, with any password masked.
+
+Why one module of ~530 lines: like `sqlite.py`, it is one implementation of `store.interface`, one short method
+per query; the connection handling (writer, pool, listener) is the rest, and each query sits next to its decoder.
 """
 
 from __future__ import annotations
