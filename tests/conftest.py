@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 
@@ -20,15 +20,21 @@ def catalog() -> Catalog:
 _databases = iter(range(1, 1_000_000))
 
 
+def require_postgres(installed: bool, env: Mapping[str, str]) -> None:
+    """Skip (a developer's machine) or fail (CI, `CI=true`) when PostgreSQL is not installed."""
+    if installed:
+        return
+    reason = "PostgreSQL is not installed (apt-get install postgresql): PostgreSQL tests skipped"
+    if env.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """A PostgreSQL server in a temporary folder, stopped at the end. Without PostgreSQL installed the tests that
     need it are skipped, except on CI (`CI=true`, where `.ci/run` installs it): there they fail."""
-    if binaries() is None:
-        reason = "PostgreSQL is not installed (apt-get install postgresql): PostgreSQL tests skipped"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI: {reason}")
-        pytest.skip(reason)
+    require_postgres(binaries() is not None, os.environ)
     server = PgServer.start(fsync=False)
     yield server
     server.stop()

@@ -407,3 +407,13 @@ def test_postgres_restart_is_a_store_error_then_recovers_by_itself(pg_server: An
     with s.read() as reader:
         assert reader.head() == (1, 0)
     s.close()
+
+
+def test_without_postgres_a_developer_skips_and_ci_fails() -> None:
+    from conftest import require_postgres
+
+    require_postgres(True, {"CI": "true"})  # installed: nothing to say
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        require_postgres(False, {})
+    with pytest.raises(pytest.fail.Exception, match="CI: PostgreSQL is not installed"):
+        require_postgres(False, {"CI": "true"})
