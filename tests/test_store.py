@@ -84,7 +84,7 @@ def test_prepare_creates_a_wal_database_once(tmp_path: Path) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"decisions", "feedback", "model_events", "checkpoints", "meta"} <= tables
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        assert version == "2" == str(SCHEMA_VERSION)
+        assert version == "3" == str(SCHEMA_VERSION)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(StoreError, match="schema version"):
         SQLiteStore(path).prepare()
@@ -277,7 +277,7 @@ def test_a_version_1_database_without_shadow_pmfs_migrates(tmp_path: Path) -> No
         conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
     SQLiteStore(path).prepare()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
         assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shadow_pmfs'").fetchone() is not None
 
 

@@ -3,10 +3,10 @@ for it and the shadow policies' pmfs logged next to it (`LoggedRecord`s), and th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from ..catalog import ModelSpec
-from ..store import Store
+from ..store import Reader, Store, StoredDecision
 from .log import LoggedRecord
 
 PAGE = 2000
@@ -21,26 +21,41 @@ def iter_log(store: Store, *, page: int = PAGE) -> Iterator[LoggedRecord]:
             rows = reader.decisions_after(position, page)
             if not rows:
                 return
-            ids = [stored.decision.decision_id for _, stored in rows]
-            feedback = reader.feedback_for_many(ids)
-            shadows = reader.shadow_pmfs_for_many(ids)
+            records = logged_records(reader, [stored for _, stored in rows])
         position = rows[-1][0]
-        for _, stored in rows:
-            decision = stored.decision
-            k = len(decision.models)
-            shadow = {name: tuple(p) for name, p in shadows.get(decision.decision_id, {}).items() if len(p) == k}
-            learned = [f for f in feedback.get(decision.decision_id, []) if f.learn]
-            if not learned:
-                yield LoggedRecord(decision, shadow_pmfs=shadow)
-                continue
-            last = learned[-1]
-            yield LoggedRecord(
-                decision,
-                last.outcome(),
-                cost_usd=last.realised_cost_usd,
-                feedback_at=last.received_at,
-                shadow_pmfs=shadow,
-            )
+        yield from records
+
+
+def recent_log(store: Store, limit: int) -> list[LoggedRecord]:
+    """The newest `limit` stored decisions as `LoggedRecord`s, oldest first (one read: bounded work)."""
+    with store.read() as reader:
+        rows = reader.recent_decisions(limit)
+        return logged_records(reader, [stored for _, stored in reversed(rows)])
+
+
+def logged_records(reader: Reader, rows: Sequence[StoredDecision]) -> list[LoggedRecord]:
+    """`rows` joined with their learned feedback and shadow pmfs (two queries)."""
+    ids = [stored.decision.decision_id for stored in rows]
+    feedback = reader.feedback_for_many(ids)
+    shadows = reader.shadow_pmfs_for_many(ids)
+    out: list[LoggedRecord] = []
+    for stored in rows:
+        decision = stored.decision
+        k = len(decision.models)
+        shadow = {name: tuple(p) for name, p in shadows.get(decision.decision_id, {}).items() if len(p) == k}
+        learned = [f for f in feedback.get(decision.decision_id, []) if f.learn]
+        if not learned:
+            out.append(LoggedRecord(decision, shadow_pmfs=shadow))
+            continue
+        last = learned[-1]
+        out.append(LoggedRecord(
+            decision,
+            last.outcome(),
+            cost_usd=last.realised_cost_usd,
+            feedback_at=last.received_at,
+            shadow_pmfs=shadow,
+        ))
+    return out
 
 
 def model_specs(store: Store, catalog: Iterable[ModelSpec]) -> dict[str, ModelSpec]:

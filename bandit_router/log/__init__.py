@@ -5,6 +5,8 @@
     follower.py      `LogFollower`: applies the log in order (writer, recovery, `rebuild_router`)
     checkpoints.py   `Checkpointer`: snapshots at log positions, and loading the newest valid one
     budget_state.py  the budget pacer's durable state
+    timeseries.py    time series from the per-minute rollup (the dashboard's charts)
+    monitor.py       `Monitor`: the dashboard's bounded reads (series, recent decisions, live view, shadows)
 
 The service (`bandit_router.service`) adds only the writer thread and HTTP.
 """
@@ -13,19 +15,24 @@ from .budget_state import BudgetState
 from .checkpoints import Checkpointer, fingerprint
 from .feedback import FeedbackRules, Ruling, Verdict, average, close_window, feedback_record, judge, priced
 from .follower import REPLAY_PAGE, LogEntry, LogFollower, rebuild_router
+from .monitor import Monitor
 from .policies import BUNDLE_MAGIC, PolicySet, build_router
+from .timeseries import RANGES, Window, timeseries
 
 __all__ = [
     "BUNDLE_MAGIC",
+    "RANGES",
     "REPLAY_PAGE",
     "BudgetState",
     "Checkpointer",
     "FeedbackRules",
     "LogEntry",
     "LogFollower",
+    "Monitor",
     "PolicySet",
     "Ruling",
     "Verdict",
+    "Window",
     "average",
     "build_router",
     "close_window",
@@ -34,4 +41,5 @@ __all__ = [
     "judge",
     "priced",
     "rebuild_router",
+    "timeseries",
 ]

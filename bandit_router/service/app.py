@@ -22,7 +22,7 @@ from pydantic.json_schema import models_json_schema
 
 from ..config import Settings, load_settings
 from ..store.location import open_store
-from . import errors, redact
+from . import dashboard, errors, redact
 from .auth import Authenticator
 from .engine import Engine
 from .exceptions import PayloadTooLarge
@@ -219,7 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by `dashboard.install` from vendored assets (no CDN)
         redoc_url=None,
         # FastAPI's native OpenTelemetry asks the global providers on every request; off unless configured.
         telemetry=None if settings.server.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
@@ -230,6 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     redact.install()
     errors.install(app)
     app.include_router(router)
+    dashboard.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 

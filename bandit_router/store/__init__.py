@@ -4,6 +4,7 @@
     interface.py   `Store`, `Reader`, `WriteTx`: what any database must implement
     codec.py       features ⇄ bytes, JSON columns, text SQLite can hold
     migrations.py  the schema as one numbered list of migrations, for both backends
+    rollup.py      the per-minute rollup (`minute_stats`) kept in the write transaction, for time series
     sqlite.py      `SQLiteStore`, the embedded implementation
     postgres.py    `PostgresStore`, for replicas sharing one PostgreSQL database (imported when used)
     location.py    `db`: a path (SQLite) or a `postgresql://` URL (`DatabaseURL`, shown without its password)
@@ -30,6 +31,7 @@ from .records import (
     StoreError,
     StoreStats,
 )
+from .rollup import MinuteStats
 from .sqlite import WAL_MAX_BYTES, SQLiteStore
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "FeedbackRecord",
     "FeedbackStatus",
     "Migration",
+    "MinuteStats",
     "ModelAction",
     "ModelEvent",
     "ModelStats",

@@ -14,6 +14,7 @@ from typing import Protocol
 from ..catalog import ModelSpec
 from ..types import Decision
 from .records import Checkpoint, DecisionInfo, FeedbackRecord, ModelEvent, StoredDecision, StoreStats
+from .rollup import MinuteStats
 
 
 class Reader(Protocol):
@@ -46,6 +47,18 @@ class Reader(Protocol):
         position (pass the last one back to page on). For reading the whole log (evaluation, export)."""
         ...
 
+    def recent_decisions(self, limit: int) -> list[tuple[int, StoredDecision]]:
+        """The newest `limit` decisions, newest first, each with its storage position (the dashboard's recent
+        decisions, the mean pmf of recent traffic, the tail a shadow policy is evaluated on)."""
+        ...
+
+    def minute_stats(self, first: int, end: int, step: int) -> list[MinuteStats]:
+        """The per-minute rollup (`store/rollup.py`) for the minutes `first` ≤ m < `end` (m = ⌊unix time / 60⌋),
+        summed per model into buckets of `step` minutes aligned on multiples of `step` (each row's `minute` is its
+        bucket's first minute); ordered by bucket, then model. Reads at most (end − first) × models rows of the
+        rollup, whatever the number of decisions."""
+        ...
+
     def model_events_after(self, event_id: int) -> list[ModelEvent]: ...
 
     def head(self) -> tuple[int, int]:
@@ -68,11 +81,13 @@ class WriteTx(Reader, Protocol):
 
     def insert_decisions(self, items: Sequence[tuple[Decision, str | None, str | None]]) -> list[bool]:
         """Store (decision, prompt, tenant) items; False for an item whose id another decision already has (not
-        written; within `items`, the first use of an id wins)."""
+        written; within `items`, the first use of an id wins). Adds the stored ones to the per-minute rollup
+        (`store/rollup.py`: `decision_increments`) in the same transaction."""
         ...
 
     def insert_feedback(self, records: Sequence[FeedbackRecord]) -> None:
-        """Store `records`, numbered by the caller: `seq` = `head()[0]` + 1, + 2, … within this transaction."""
+        """Store `records`, numbered by the caller: `seq` = `head()[0]` + 1, + 2, … within this transaction; add
+        them to the per-minute rollup (`rollup.feedback_increments`) in the same transaction."""
         ...
 
     def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent: ...

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import rollup
+
 
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -175,6 +177,12 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE IF NOT EXISTS shadow_pmfs (decision_id TEXT PRIMARY KEY REFERENCES decisions(decision_id), "
             "pmfs TEXT NOT NULL)",
         ),
+    ),
+    Migration(
+        3,
+        "the per-minute rollup `minute_stats` (store/rollup.py), filled from the rows already stored",
+        (rollup.TABLE, *rollup.BACKFILL),
+        (rollup.TABLE_POSTGRES, *rollup.BACKFILL_POSTGRES),
     ),
 )
 

@@ -44,6 +44,7 @@ from psycopg_pool import ConnectionPool
 
 from ..catalog import ModelSpec
 from ..types import Decision
+from . import rollup
 from .interface import Reader, WriteTx
 from .location import DatabaseURL, redact_urls
 from .migrations import MIGRATIONS, SCHEMA_VERSION
@@ -357,7 +358,17 @@ class _PostgresTx(_SQLiteTx):
                    + " ON CONFLICT (decision_id) DO NOTHING RETURNING decision_id")
             values = [v for row in chunk for v in row]
             written.update(r[0] for r in self._rows(sql, values))
-        return [ok and d.decision_id in written for ok, (d, _, _) in zip(fresh, items, strict=True)]
+        stored = [ok and d.decision_id in written for ok, (d, _, _) in zip(fresh, items, strict=True)]
+        self._add_to_rollup(rollup.decision_increments(d for ok, (d, _, _) in zip(stored, items, strict=True) if ok))
+        return stored
+
+    def _add_to_rollup(self, increments: Sequence[rollup.MinuteStats]) -> None:
+        """Add to the per-minute rollup (`store/rollup.py`), in this transaction."""
+        rows = rollup.upsert_rows(increments)
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            sql = rollup.UPSERT.format(values=",".join([rollup.ROW_PLACEHOLDERS_POSTGRES] * len(chunk)))
+            self.conn.execute(sql, [v for row in chunk for v in row])
 
     def insert_feedback(self, records: Sequence[FeedbackRecord]) -> None:
         self.logged = self.logged or bool(records)
@@ -369,6 +380,13 @@ class _PostgresTx(_SQLiteTx):
                            r.output_tokens, r.latency_s, r.source, str(r.status), int(r.learn), r.reward,
                            r.realised_cost_usd, r.model, r.tenant)
             self.conn.execute(_INSERT_FEEDBACK + ",".join([_FEEDBACK_PLACEHOLDERS] * len(chunk)), values)
+        learned = [r.decision_id for r in records if rollup.counts_as_learned(r)]
+        decided = {
+            row[0]: (float(row[1]), float(row[2]))
+            for row in self._rows("SELECT decision_id, created_at, probability FROM decisions "
+                                  "WHERE decision_id = ANY(%s)", (learned,))
+        } if learned else {}
+        self._add_to_rollup(rollup.feedback_increments(records, decided))
 
     def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent:
         self.logged = True
@@ -487,6 +505,16 @@ class _PostgresTx(_SQLiteTx):
             (position, limit),
         )
         return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+
+    def recent_decisions(self, limit: int) -> list[tuple[int, StoredDecision]]:
+        rows = self._rows(f"SELECT {_DECISIONS}, position FROM decisions ORDER BY position DESC LIMIT %s", (limit,))
+        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+
+    def minute_stats(self, first: int, end: int, step: int) -> list[rollup.MinuteStats]:
+        if step < 1:
+            raise ValueError("step must be at least one minute")
+        rows = self._rows(rollup.SELECT_POSTGRES, rollup.select_parameters(first, end, step)[:5])
+        return [rollup.from_row(row) for row in rows]
 
     def model_events_after(self, event_id: int) -> list[ModelEvent]:
         rows = self._rows(

@@ -38,6 +38,7 @@ from typing import Any
 from ..catalog import ModelSpec
 from ..dbguard import FileGuard, is_integrity_error, wal_bytes
 from ..types import Context, Decision
+from . import rollup
 from .codec import decode_features, encode_features, floats_json, safe_text, to_json
 from .interface import Reader, WriteTx
 from .migrations import MIGRATIONS, SCHEMA_VERSION
@@ -376,18 +377,27 @@ class _SQLiteTx:
             chunk_rows = rows[start : start + _CHUNK]
             sql = _INSERT_DECISIONS + ",".join([_DECISION_PLACEHOLDERS] * len(chunk_rows))
             self.conn.execute(sql, list(itertools.chain.from_iterable(chunk_rows)))
-        if self.conn.total_changes - before == len(rows):
-            return stored
-        # Some ids were taken before this batch (rare: callers choose ids): ours are those with our timestamps.
-        created = {row[0]: row[1] for row in rows}
-        mine = {
-            row["decision_id"]
-            for row in self._in_chunks(
-                "SELECT decision_id, created_at FROM decisions WHERE decision_id IN ({marks})", list(created)
-            )
-            if row["created_at"] == created[row["decision_id"]]
-        }
-        return [ok and d.decision_id in mine for ok, (d, _, _) in zip(stored, items, strict=True)]
+        if self.conn.total_changes - before != len(rows):
+            # Some ids were taken before this batch (rare: callers choose ids): ours are those with our timestamps.
+            created = {row[0]: row[1] for row in rows}
+            mine = {
+                row["decision_id"]
+                for row in self._in_chunks(
+                    "SELECT decision_id, created_at FROM decisions WHERE decision_id IN ({marks})", list(created)
+                )
+                if row["created_at"] == created[row["decision_id"]]
+            }
+            stored = [ok and d.decision_id in mine for ok, (d, _, _) in zip(stored, items, strict=True)]
+        self._add_to_rollup(rollup.decision_increments(d for ok, (d, _, _) in zip(stored, items, strict=True) if ok))
+        return stored
+
+    def _add_to_rollup(self, increments: Sequence[rollup.MinuteStats]) -> None:
+        """Add to the per-minute rollup (`store/rollup.py`), in this transaction."""
+        rows = rollup.upsert_rows(increments)
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            sql = rollup.UPSERT.format(values=",".join([rollup.ROW_PLACEHOLDERS] * len(chunk)))
+            self.conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
 
     def _decision_row(self, decision: Decision, prompt: str | None, tenant: str | None) -> tuple[Any, ...]:
         """The values of `DECISION_COLUMNS`, in that order."""
@@ -446,6 +456,15 @@ class _SQLiteTx:
                 )
             ]
             self.conn.execute(_INSERT_FEEDBACK + ",".join([_FEEDBACK_PLACEHOLDERS] * len(chunk)), values)
+        learned = [r.decision_id for r in records if rollup.counts_as_learned(r)]
+        decided = {
+            row[0]: (float(row[1]), float(row[2]))
+            for row in self._in_chunks(
+                "SELECT decision_id, created_at, probability FROM decisions WHERE decision_id IN ({marks})",
+                learned, plain=True,
+            )
+        }
+        self._add_to_rollup(rollup.feedback_increments(records, decided))
 
     def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent:
         after_seq = self.head()[0]
@@ -561,6 +580,18 @@ class _SQLiteTx:
             plain=True,
         ).fetchall()
         return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+
+    def recent_decisions(self, limit: int) -> list[tuple[int, StoredDecision]]:
+        rows = self._execute(
+            f"SELECT {_DECISIONS}, rowid FROM decisions ORDER BY rowid DESC LIMIT ?", (limit,), plain=True
+        ).fetchall()
+        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+
+    def minute_stats(self, first: int, end: int, step: int) -> list[rollup.MinuteStats]:
+        if step < 1:
+            raise ValueError("step must be at least one minute")
+        rows = self._execute(rollup.SELECT, rollup.select_parameters(first, end, step), plain=True).fetchall()
+        return [rollup.MinuteStats(*row) for row in rows]
 
     def model_events_after(self, event_id: int) -> list[ModelEvent]:
         rows = self.conn.execute(

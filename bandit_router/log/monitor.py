@@ -1,0 +1,171 @@
+"""`Monitor`: what the dashboard shows about a running router, read from the store with bounded queries.
+
+- `timeseries(window)`: `log.timeseries` over the per-minute rollup.
+- `recent(limit)`: the newest decisions with their learned quality (the prompt only when it was stored).
+- `live()`: the live policy and its version, the probability the live policy gave each model, averaged over the
+  newest `TYPICAL_DECISIONS` decisions ("a typical request now": real traffic, no extra routing, nothing
+  mutated), and the budget pacer's report (each target against its realised value, per tenant).
+- `shadows()`: each shadow policy's doubly robust estimate (with its confidence interval) against the live
+  policy's, on the newest `SHADOW_DECISIONS` decisions that logged every shadow's pmf, and whether that evidence
+  would allow a promotion (`evaluation.promotion_check`). Recomputed at most every `SHADOW_TTL_S` seconds.
+
+Every method blocks (a database read, maybe an evaluation): call it from a thread pool.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..budgets import BudgetPacer
+from ..catalog import ModelSpec
+from ..errors import BanditRouterError
+from ..store import Store
+from .policies import PolicySet
+from .timeseries import Window, timeseries
+
+TYPICAL_DECISIONS = 200
+SHADOW_DECISIONS = 2000
+SHADOW_TTL_S = 15.0
+MAX_RECENT = 500
+
+
+class Monitor:
+    """Bounded reads of the log for the dashboard; `catalog` gives the configured models (for pricing)."""
+
+    def __init__(
+        self, store: Store, policies: PolicySet, pacer: BudgetPacer, catalog: Callable[[], Iterable[ModelSpec]],
+        *, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.policies = policies
+        self.pacer = pacer
+        self.catalog = catalog
+        self.clock = clock
+        self._shadow_lock = threading.Lock()
+        self._shadow_cache: tuple[float, dict[str, Any]] | None = None
+
+    def timeseries(self, window: Window) -> dict[str, Any]:
+        with self.store.read() as reader:
+            return timeseries(reader, window)
+
+    def recent(self, limit: int, *, prompts: bool) -> list[dict[str, Any]]:
+        """The newest `limit` (≤ `MAX_RECENT`) decisions, newest first; `prompts`: include stored prompts."""
+        with self.store.read() as reader:
+            rows = reader.recent_decisions(min(limit, MAX_RECENT))
+            feedback = reader.feedback_for_many([s.decision.decision_id for _, s in rows])
+        out = []
+        for _, stored in rows:
+            d = stored.decision
+            learned = [f for f in feedback.get(d.decision_id, []) if f.learn]
+            last = learned[-1] if learned else None
+            item: dict[str, Any] = {
+                "decision_id": d.decision_id,
+                "time": d.created_at,
+                "model": d.model,
+                "probability": d.probability,
+                "cost_weight": d.cost_weight,
+                "policy_version": d.policy_version,
+                "tenant": stored.tenant,
+                "quality": None if last is None else last.quality,
+                "reward": None if last is None else last.reward,
+                "feedback_status": None if last is None else str(last.status),
+            }
+            if prompts:
+                item["prompt"] = stored.prompt
+            out.append(item)
+        return out
+
+    def live(self) -> dict[str, Any]:
+        """The live policy now, the typical pmf of recent traffic, the budgets."""
+        with self.store.read() as reader:
+            rows = reader.recent_decisions(TYPICAL_DECISIONS)
+            head = reader.head()
+        live = self.policies.live
+        totals = {m.name: 0.0 for m in live.models}
+        for _, stored in rows:
+            d = stored.decision
+            for name, p in zip(d.models, d.pmf, strict=False):
+                totals[name] = totals.get(name, 0.0) + p
+        n = len(rows)
+        return {
+            "time": self.clock(),
+            "policy": self.policies.live_name,
+            "policy_version": live.version,
+            "feedback_seq": head[0],
+            "models": [m.name for m in live.models],
+            "shadows": list(self.policies.shadows),
+            "typical": {
+                "decisions": n,
+                "since": rows[-1][1].decision.created_at if rows else None,
+                "probabilities": {name: (p / n if n else None) for name, p in sorted(totals.items())},
+            },
+            "budgets": self.pacer.report(),
+        }
+
+    def shadows(self) -> dict[str, Any]:
+        """Off-policy estimates of the shadows against the live policy (cached for `SHADOW_TTL_S`)."""
+        with self._shadow_lock:
+            now = self.clock()
+            cached = self._shadow_cache
+            if cached is not None and now - cached[0] < SHADOW_TTL_S:
+                return cached[1]
+            try:
+                found = self._evaluate_shadows()
+            except BanditRouterError as exc:  # e.g. a logged model no catalog knows any more
+                found = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr", "n": 0,
+                         "estimates": [], "reason": f"the shadows could not be evaluated: {exc}"}
+            result = {"computed_at": now, **found}
+            self._shadow_cache = (now, result)
+            return result
+
+    def _evaluate_shadows(self) -> dict[str, Any]:
+        from ..evaluation import evaluate_log, promotion_check
+        from ..evaluation.store_log import recent_log
+
+        names = list(self.policies.shadows)
+        out: dict[str, Any] = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr"}
+        if not names:
+            return {**out, "n": 0, "estimates": [], "reason": "no shadow policies are configured"}
+        records = [
+            r for r in recent_log(self.store, SHADOW_DECISIONS)
+            if r.outcome is not None and all(name in r.shadow_pmfs for name in names)
+        ]
+        out["n"] = len(records)
+        if len(records) < 20:
+            return {**out, "estimates": [], "reason": f"{len(records)} recent decisions with feedback logged every "
+                    "shadow's pmf; at least 20 are needed"}
+        specs = {s.name: s for s in self.catalog()}
+        for logged in records:
+            for name in logged.decision.models:
+                if name not in specs:
+                    specs[name] = self.policies.live.spec(name)
+        candidates = ["logged", *(f"shadow:{name}" for name in names)]
+        evaluation = evaluate_log(records, candidates, models=specs, estimators=("dr",), baselines=False, seed=0)
+        estimates = []
+        for candidate in candidates:
+            estimate = evaluation.record(candidate, "dr")
+            entry = {
+                "name": self.policies.live_name if candidate == "logged" else candidate.removeprefix("shadow:"),
+                "role": "live" if candidate == "logged" else "shadow",
+                "value": _finite(estimate.value),
+                "ci_low": _finite(estimate.ci_low),
+                "ci_high": _finite(estimate.ci_high),
+                "quality": _finite(estimate.quality.value),
+                "cost_usd": _finite(estimate.cost.value),
+                "ess": _finite(estimate.ess),
+                "warnings": list(estimate.warnings),
+            }
+            if candidate != "logged":
+                check = promotion_check(evaluation, candidate, estimator="dr", live="logged")
+                entry["promotable"] = check.ok
+                entry["reason"] = check.reason
+            estimates.append(entry)
+        return {**out, "estimates": estimates}
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None

@@ -1,0 +1,125 @@
+"""Reply models of the dashboard's JSON endpoints, for the OpenAPI document (the handlers return the monitor's
+dicts as they are; `tests/test_dashboard_api.py` validates replies against these models)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class RangeSummary(BaseModel):
+    decisions: int
+    feedback: int = Field(description="feedback rows callers sent in the range (receipt time)")
+    learned: int = Field(description="learned feedbacks with an observed quality, of the range's decisions")
+    coverage: float | None = Field(description="learned ÷ decisions")
+    lag_s: float | None = Field(description="mean seconds from a decision to its learned feedback")
+    exploration: float | None = Field(description="share of decisions whose model was not the most probable one")
+    mean_probability: float | None
+    quality: float | None
+    cost_usd: float | None
+    reward: float | None
+    policy_version: int | None
+
+
+class ModelSummary(RangeSummary):
+    model: str
+    share: float | None
+    fixed_quality: float | None = Field(description="SNIPS estimate of quality if every request went to this model")
+    fixed_cost_usd: float | None
+    fixed_reward: float | None
+
+
+class BestFixed(BaseModel):
+    model: str | None
+    estimator: str
+    reason: str | None = None
+    n: int | None = None
+    fixed_quality: float | None = None
+    fixed_cost_usd: float | None = None
+    fixed_reward: float | None = None
+
+
+class TimeseriesOut(BaseModel):
+    """Buckets of `step` seconds; every list has one value per bucket (`time`: the bucket's start, Unix s)."""
+
+    since: float
+    until: float
+    step: int
+    time: list[int]
+    decisions: list[int]
+    decisions_per_minute: list[float]
+    feedback_per_minute: list[float]
+    coverage: list[float | None]
+    lag_s: list[float | None]
+    exploration: list[float | None]
+    quality: list[float | None]
+    cost_usd: list[float | None]
+    reward: list[float | None]
+    cost_weight: list[float | None]
+    policy_version: list[int | None]
+    shares: dict[str, list[float]] = Field(description="model → its share of each bucket's decisions")
+    overall: RangeSummary
+    models: list[ModelSummary]
+    best_fixed: BestFixed
+
+
+class Typical(BaseModel):
+    decisions: int = Field(description="how many of the newest decisions were averaged")
+    since: float | None
+    probabilities: dict[str, float | None] = Field(description="model → mean probability the live policy gave it")
+
+
+class LiveOut(BaseModel):
+    time: float
+    policy: str
+    policy_version: int
+    feedback_seq: int
+    models: list[str]
+    shadows: list[str]
+    typical: Typical
+    budgets: dict[str, Any] = Field(description="the budget pacer's report (`GET /v1/budgets`' `report`)")
+    can_promote: bool = Field(description="the caller's key may promote a shadow (an admin key, or no keys)")
+    store_prompts: bool
+
+
+class RecentDecision(BaseModel):
+    decision_id: str
+    time: float
+    model: str
+    probability: float
+    cost_weight: float
+    policy_version: int
+    tenant: str | None
+    quality: float | None
+    reward: float | None
+    feedback_status: str | None
+    prompt: str | None = Field(None, description="only when `store_prompts = true`")
+
+
+class RecentOut(BaseModel):
+    decisions: list[RecentDecision]
+
+
+class ShadowEstimate(BaseModel):
+    name: str
+    role: str = Field(description="`live` or `shadow`")
+    value: float | None = Field(description="doubly robust estimate of the mean reward")
+    ci_low: float | None
+    ci_high: float | None
+    quality: float | None
+    cost_usd: float | None
+    ess: float | None
+    warnings: list[str]
+    promotable: bool | None = None
+    reason: str | None = None
+
+
+class ShadowsOut(BaseModel):
+    computed_at: float
+    live: str
+    window: int = Field(description="the newest decisions looked at")
+    estimator: str
+    n: int = Field(description="decisions with feedback that logged every shadow's pmf")
+    estimates: list[ShadowEstimate]
+    reason: str | None = None

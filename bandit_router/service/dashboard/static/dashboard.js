@@ -1,0 +1,442 @@
+/* bandit-router dashboard: polls the JSON endpoints every 2 s and draws them with uPlot (vendored).
+ * No build step, no framework, nothing from another origin. Text from the server is only ever set with
+ * textContent (a tenant name or a prompt is data, never markup). */
+(function () {
+  "use strict";
+
+  var POLL_MS = 2000;
+  var SHADOW_MS = 15000;
+  var KEY = "bandit-router-api-key";
+  var COLORS = ["#2f6fde", "#e8702a", "#1a9c6b", "#c4302b", "#8e5cd9", "#b08400", "#0f8fa8", "#d6458f", "#5b6b7d",
+                "#7fa32b", "#a0522d", "#444c9e"];
+
+  var state = {
+    range: "hour", charts: {}, renders: 0, last: null, live: null, shadowsAt: 0, timer: null, busy: false,
+    shareModels: "", errors: 0
+  };
+  window.banditDashboard = state; // for the browser tests and for a curious person's console
+
+  function $(id) { return document.getElementById(id); }
+
+  function AuthError(message) { this.message = message; }
+
+  function apiKey() { return window.sessionStorage.getItem(KEY); }
+
+  function request(path, options) {
+    options = options || {};
+    var headers = options.headers || {};
+    var key = apiKey();
+    if (key) { headers.Authorization = "Bearer " + key; }
+    options.headers = headers;
+    options.cache = "no-store";
+    return window.fetch(path, options).then(function (reply) {
+      if (reply.status === 401) { throw new AuthError("the key was refused"); }
+      return reply.json().then(function (body) {
+        if (!reply.ok) { throw new Error(body && body.message ? body.message : "HTTP " + reply.status); }
+        return body;
+      });
+    });
+  }
+
+  // -- formatting ------------------------------------------------------------------------------------------
+  function num(v, digits) { return v === null || v === undefined ? "–" : Number(v).toFixed(digits); }
+  function pct(v) { return v === null || v === undefined ? "–" : (100 * v).toFixed(1) + "%"; }
+  function usd(v) {
+    if (v === null || v === undefined) { return "–"; }
+    return "$" + (Math.abs(v) >= 0.01 ? v.toFixed(4) : v.toPrecision(3));
+  }
+  function seconds(v) {
+    if (v === null || v === undefined) { return "–"; }
+    return v < 120 ? v.toFixed(1) + " s" : (v / 60).toFixed(1) + " min";
+  }
+  function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
+  function lastValue(values) {
+    for (var i = values.length - 1; i >= 0; i--) { if (values[i] !== null && values[i] !== undefined) { return values[i]; } }
+    return null;
+  }
+  function recentMean(values, n) {
+    var sum = 0, count = 0;
+    for (var i = Math.max(0, values.length - n); i < values.length; i++) {
+      if (values[i] !== null) { sum += values[i]; count++; }
+    }
+    return count ? sum / count : null;
+  }
+
+  // -- DOM helpers -----------------------------------------------------------------------------------------
+  function cell(row, text, className) {
+    var td = document.createElement("td");
+    td.textContent = text;
+    if (className) { td.className = className; }
+    row.appendChild(td);
+    return td;
+  }
+  function fill(tbody, items, build) {
+    tbody.textContent = "";
+    items.forEach(function (item) {
+      var tr = document.createElement("tr");
+      build(tr, item);
+      tbody.appendChild(tr);
+    });
+  }
+  function ready(panel, count) {
+    var el = document.querySelector('[data-panel="' + panel + '"]');
+    el.dataset.ready = count > 0 ? "1" : "0";
+    el.dataset.count = String(count);
+  }
+
+  // -- charts ----------------------------------------------------------------------------------------------
+  function chartWidth(el) { return Math.max(260, el.clientWidth || el.parentNode.clientWidth - 24); }
+
+  function makeChart(id, series, axes, data, height) {
+    var el = $(id);
+    el.textContent = "";
+    var opts = {
+      width: chartWidth(el), height: height || 170, series: [{}].concat(series),
+      axes: [{}].concat(axes), scales: { x: { time: true } }, legend: { live: true },
+      cursor: { drag: { x: false, y: false } }
+    };
+    var scaleNames = {};
+    series.forEach(function (s) { if (s.scale) { scaleNames[s.scale] = true; } });
+    Object.keys(scaleNames).forEach(function (name) {
+      if (name === "share") { opts.scales[name] = { range: [0, 1] }; }
+    });
+    var chart = new window.uPlot(opts, data, el);
+    state.charts[id] = chart;
+    return chart;
+  }
+
+  function line(label, color, scale, format, dashed) {
+    var s = { label: label, stroke: color, width: 2, spanGaps: true, scale: scale || "y",
+              value: function (u, v) { return format ? format(v) : num(v, 2); } };
+    if (dashed) { s.dash = [6, 4]; s.width = 1.5; s.points = { show: false }; }
+    return s;
+  }
+  function axis(scale, format, side) {
+    var a = { scale: scale, size: 64 };
+    if (format) { a.values = function (u, ticks) { return ticks.map(format); }; }
+    if (side) { a.side = side; a.grid = { show: false }; }
+    return a;
+  }
+
+  function updateOrMake(id, build, data) {
+    var chart = state.charts[id];
+    if (chart && chart.series.length === data.length) { chart.setData(data); return chart; }
+    if (chart) { chart.destroy(); }
+    return build(data);
+  }
+
+  function constant(level, n) {
+    var out = [];
+    for (var i = 0; i < n; i++) { out.push(level === null || level === undefined ? null : level); }
+    return out;
+  }
+
+  function drawCharts(ts) {
+    var t = ts.time;
+    updateOrMake("chart-traffic", function (d) {
+      return makeChart("chart-traffic", [line("decisions/min", COLORS[0]), line("feedbacks/min", COLORS[2])],
+                       [axis("y")], d);
+    }, [t, ts.decisions_per_minute, ts.feedback_per_minute]);
+    updateOrMake("chart-coverage", function (d) {
+      return makeChart("chart-coverage", [line("coverage", COLORS[1], "share", pct), line("lag", COLORS[4], "s", seconds)],
+                       [axis("share", pct), axis("s", seconds, 1)], d);
+    }, [t, ts.coverage, ts.lag_s]);
+
+    // Stacked shares: cumulative sums, the largest drawn first and each filled down to zero.
+    var models = Object.keys(ts.shares);
+    var key = models.join("|");
+    var cumulative = [], running = t.map(function () { return 0; });
+    models.forEach(function (m) {
+      running = running.map(function (v, i) { return v + (ts.shares[m][i] || 0); });
+      cumulative.push(running.slice());
+    });
+    var stacked = [t].concat(cumulative.slice().reverse());
+    var rawShares = ts.shares;
+    if (state.shareModels !== key && state.charts["chart-shares"]) {
+      state.charts["chart-shares"].destroy();
+      delete state.charts["chart-shares"];
+    }
+    state.shareModels = key;
+    updateOrMake("chart-shares", function (d) {
+      var series = models.slice().reverse().map(function (m) {
+        var color = COLORS[models.indexOf(m) % COLORS.length];
+        return { label: m, stroke: color, fill: color + "cc", width: 1, scale: "share", points: { show: false },
+                 value: function (u, v, si, i) { return i === null || i === undefined ? "–" : pct(rawShares[m][i]); } };
+      });
+      return makeChart("chart-shares", series, [axis("share", pct)], d, 220);
+    }, stacked);
+    // keep the legend's raw values current after setData
+    state.charts["chart-shares"].series.forEach(function (s, si) {
+      if (si > 0) {
+        var m = s.label;
+        s.value = function (u, v, sIdx, i) { return i === null || i === undefined ? "–" : pct(ts.shares[m] ? ts.shares[m][i] : null); };
+      }
+    });
+
+    var best = ts.best_fixed || {};
+    var n = t.length;
+    [["chart-quality", "quality", ts.quality, best.fixed_quality, function (v) { return num(v, 3); }],
+     ["chart-cost", "cost / request", ts.cost_usd, best.fixed_cost_usd, usd],
+     ["chart-reward", "reward", ts.reward, best.fixed_reward, function (v) { return num(v, 3); }]
+    ].forEach(function (spec) {
+      var label = best.model ? "always " + best.model : "best fixed model (not estimable yet)";
+      updateOrMake(spec[0], function (d) {
+        return makeChart(spec[0], [line(spec[1], COLORS[0], "y", spec[4]), line(label, COLORS[3], "y", spec[4], true)],
+                         [axis("y", spec[4])], d, 150);
+      }, [t, spec[2], constant(spec[3], n)]);
+      state.charts[spec[0]].series[2].label = label;
+    });
+    updateOrMake("chart-exploration", function (d) {
+      return makeChart("chart-exploration", [line("non-greedy share", COLORS[1], "share", pct),
+                                             line("policy version", COLORS[4], "v", function (v) { return num(v, 0); })],
+                       [axis("share", pct), axis("v", function (v) { return num(v, 0); }, 1)], d);
+    }, [t, ts.exploration, ts.policy_version]);
+  }
+
+  // -- panels ----------------------------------------------------------------------------------------------
+  function drawTraffic(ts) {
+    var o = ts.overall;
+    $("kpi-decisions").textContent = num(recentMean(ts.decisions_per_minute, Math.max(1, Math.round(300 / ts.step))), 1);
+    $("kpi-feedback").textContent = num(recentMean(ts.feedback_per_minute, Math.max(1, Math.round(300 / ts.step))), 1);
+    $("kpi-coverage").textContent = pct(o.coverage);
+    $("kpi-lag").textContent = seconds(o.lag_s);
+    ready("traffic", o.decisions);
+    ready("shares", Object.keys(ts.shares).length);
+    var best = ts.best_fixed;
+    $("best-fixed").textContent = best.model
+      ? "Dashed: always " + best.model + " (SNIPS estimate over the range, " + best.n + " feedbacks): quality " +
+        num(best.fixed_quality, 3) + ", cost " + usd(best.fixed_cost_usd) + ", reward " + num(best.fixed_reward, 3) + "."
+      : "Best fixed model: " + best.reason + ".";
+    ready("quality", o.learned);
+    $("kpi-exploration").textContent = pct(o.exploration);
+    ready("exploration", o.decisions);
+  }
+
+  function drawModels(ts, live) {
+    var rows = ts.models.slice();
+    var seen = {};
+    rows.forEach(function (r) { seen[r.model] = true; });
+    live.models.forEach(function (m) { if (!seen[m]) { rows.push({ model: m, decisions: 0 }); } });
+    rows.sort(function (a, b) { return (b.decisions || 0) - (a.decisions || 0); });
+    fill(document.querySelector("#models-table tbody"), rows, function (tr, r) {
+      cell(tr, r.model);
+      cell(tr, String(r.decisions || 0));
+      cell(tr, pct(r.share));
+      cell(tr, num(r.quality, 3));
+      cell(tr, usd(r.cost_usd));
+      cell(tr, num(r.reward, 3));
+      cell(tr, num(r.fixed_reward, 3));
+      cell(tr, pct(live.typical.probabilities[r.model]));
+    });
+    ready("models", rows.length);
+  }
+
+  function drawLive(live) {
+    $("policy").textContent = "live policy " + live.policy + " · version " + live.policy_version;
+    $("kpi-version").textContent = String(live.policy_version);
+    var scopes = [["all traffic", live.budgets.global]];
+    Object.keys(live.budgets.tenants).sort().forEach(function (name) {
+      scopes.push(["tenant " + name, live.budgets.tenants[name]]);
+    });
+    var rows = [];
+    scopes.forEach(function (s) {
+      s[1].targets.forEach(function (target) { rows.push({ scope: s[0], lam: s[1].cost_weight, target: target }); });
+    });
+    var tbody = document.querySelector("#budgets-table tbody");
+    if (!rows.length) {
+      fill(tbody, [null], function (tr) {
+        var td = cell(tr, "No budget targets are set (PUT /v1/budgets or [budgets] in the configuration).");
+        td.colSpan = 6;
+      });
+      ready("budgets", 1);
+      return;
+    }
+    fill(tbody, rows, function (tr, r) {
+      var t = r.target;
+      cell(tr, r.scope);
+      cell(tr, t.target);
+      cell(tr, t.kind === "share" ? pct(t.value) : num(t.value, 6));
+      cell(tr, t.realized === null ? "–" : t.kind === "share" ? pct(t.realized) : num(t.realized, 6));
+      cell(tr, t.holds === null ? "–" : t.holds ? "yes" : "no", t.holds === false ? "holds-no" : "holds-yes");
+      cell(tr, num(t.multiplier, 2));
+    });
+    ready("budgets", rows.length);
+  }
+
+  function drawRecent(decisions, prompts) {
+    document.querySelectorAll(".prompt-col").forEach(function (el) { el.hidden = !prompts; });
+    fill(document.querySelector("#recent-table tbody"), decisions, function (tr, d) {
+      cell(tr, clock(d.time));
+      cell(tr, d.model);
+      cell(tr, num(d.probability, 3));
+      cell(tr, num(d.cost_weight, 1));
+      cell(tr, d.tenant === null ? "–" : d.tenant);
+      cell(tr, d.quality === null ? "pending" : num(d.quality, 2));
+      if (prompts) { cell(tr, d.prompt === null || d.prompt === undefined ? "–" : d.prompt, "prompt-col"); }
+    });
+    ready("recent", decisions.length);
+  }
+
+  function drawShadows(sh, live) {
+    var note = sh.reason ? sh.reason + "." :
+      "Doubly robust estimates on the newest " + sh.n + " decisions with feedback (of " + sh.window +
+      " looked at), computed " + clock(sh.computed_at) + ".";
+    $("shadows-note").textContent = note;
+    var tbody = document.querySelector("#shadows-table tbody");
+    if (!sh.estimates.length) {
+      var rows = [{ name: live.policy, role: "live" }].concat(live.shadows.map(function (s) { return { name: s, role: "shadow" }; }));
+      fill(tbody, rows, function (tr, r) {
+        cell(tr, r.name + (r.role === "live" ? " (live)" : ""));
+        cell(tr, "–"); cell(tr, "–"); cell(tr, "");
+        promoteCell(tr, r, live);
+      });
+      ready("shadows", 1);
+      return;
+    }
+    var lows = sh.estimates.map(function (e) { return e.ci_low; }).filter(function (v) { return v !== null; });
+    var highs = sh.estimates.map(function (e) { return e.ci_high; }).filter(function (v) { return v !== null; });
+    var lo = Math.min.apply(null, lows), hi = Math.max.apply(null, highs);
+    var span = hi > lo ? hi - lo : 1;
+    fill(tbody, sh.estimates, function (tr, e) {
+      cell(tr, e.name + (e.role === "live" ? " (live)" : ""));
+      cell(tr, num(e.value, 4));
+      cell(tr, "[" + num(e.ci_low, 4) + ", " + num(e.ci_high, 4) + "]");
+      var td = cell(tr, "");
+      var bar = document.createElement("div");
+      bar.className = "interval";
+      if (e.ci_low !== null && e.ci_high !== null) {
+        var range = document.createElement("span");
+        range.style.left = (100 * (e.ci_low - lo) / span) + "%";
+        range.style.width = Math.max(1, 100 * (e.ci_high - e.ci_low) / span) + "%";
+        bar.appendChild(range);
+      }
+      if (e.value !== null) {
+        var mark = document.createElement("i");
+        mark.style.left = (100 * (e.value - lo) / span) + "%";
+        bar.appendChild(mark);
+      }
+      td.appendChild(bar);
+      promoteCell(tr, e, live);
+    });
+    ready("shadows", sh.estimates.length);
+  }
+
+  function promoteCell(tr, e, live) {
+    var td = cell(tr, "", "promote");
+    if (e.role === "live") { td.textContent = "live"; return; }
+    var button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "Promote";
+    button.dataset.shadow = e.name;
+    button.disabled = !live.can_promote;
+    button.title = live.can_promote
+      ? (e.reason || "ask the service to promote; it checks the evidence on the whole log")
+      : "needs an admin key";
+    button.addEventListener("click", function () { promote(e.name, button); });
+    td.appendChild(button);
+    if (e.reason) {
+      var why = document.createElement("div");
+      why.className = "note";
+      var reason = e.reason.length > 90 ? e.reason.slice(0, 88) + "…" : e.reason;
+      why.textContent = (e.promotable ? "would pass: " : "would be refused: ") + reason;
+      why.title = e.reason;
+      td.appendChild(why);
+    }
+  }
+
+  function promote(name, button) {
+    button.disabled = true;
+    request("/v1/policies/promote", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ shadow: name })
+    }).then(function (reply) {
+      $("shadows-note").textContent = "Promoted " + reply.promoted + " (was " + reply.previous + ").";
+      state.shadowsAt = 0;
+    }).catch(function (err) {
+      $("shadows-note").textContent = "Not promoted: " + err.message;
+      button.disabled = false;
+    });
+  }
+
+  // -- the loop --------------------------------------------------------------------------------------------
+  function refresh() {
+    if (state.busy) { return Promise.resolve(); }
+    state.busy = true;
+    var wantShadows = Date.now() - state.shadowsAt > SHADOW_MS;
+    var calls = [request("/v1/stats/timeseries?range=" + state.range), request("/v1/stats/live"),
+                 request("/v1/stats/recent?limit=25"), wantShadows ? request("/v1/stats/shadows") : Promise.resolve(null)];
+    return Promise.all(calls).then(function (replies) {
+      var ts = replies[0], live = replies[1];
+      state.last = ts;
+      state.live = live;
+      showDashboard();
+      drawLive(live);
+      drawTraffic(ts);
+      drawCharts(ts);
+      drawModels(ts, live);
+      drawRecent(replies[2].decisions, live.store_prompts);
+      if (replies[3]) { state.shadowsAt = Date.now(); drawShadows(replies[3], live); }
+      state.renders++;
+      state.errors = 0;
+      $("status").textContent = "updated " + new Date().toLocaleTimeString() + " · every " + POLL_MS / 1000 + " s";
+    }).catch(function (err) {
+      if (err instanceof AuthError) { showLogin(apiKey() ? "The key was refused." : ""); return; }
+      state.errors++;
+      $("status").textContent = "cannot reach the service (" + err.message + "); retrying";
+    }).then(function () { state.busy = false; });
+  }
+
+  function schedule() {
+    if (state.timer) { window.clearInterval(state.timer); }
+    state.timer = window.setInterval(refresh, POLL_MS);
+  }
+
+  function showDashboard() {
+    $("login").hidden = true;
+    $("dashboard").hidden = false;
+    $("ranges").hidden = false;
+    $("logout").hidden = !apiKey();
+  }
+
+  function showLogin(message) {
+    if (state.timer) { window.clearInterval(state.timer); state.timer = null; }
+    window.sessionStorage.removeItem(KEY);
+    $("dashboard").hidden = true;
+    $("ranges").hidden = true;
+    $("logout").hidden = true;
+    $("policy").textContent = "";
+    $("status").textContent = "";
+    $("login").hidden = false;
+    $("login-error").textContent = message || "";
+    $("key").focus();
+  }
+
+  function setRange(range) {
+    state.range = range;
+    document.querySelectorAll("#ranges button").forEach(function (b) {
+      b.setAttribute("aria-pressed", String(b.dataset.range === range));
+    });
+    refresh();
+  }
+
+  function start() {
+    document.querySelectorAll("#ranges button").forEach(function (b) {
+      b.addEventListener("click", function () { setRange(b.dataset.range); });
+    });
+    $("login-form").addEventListener("submit", function (event) {
+      event.preventDefault();
+      window.sessionStorage.setItem(KEY, $("key").value);
+      $("key").value = "";
+      refresh().then(function () { if (apiKey()) { schedule(); } });
+    });
+    $("logout").addEventListener("click", function () { showLogin(""); });
+    window.addEventListener("resize", function () {
+      Object.keys(state.charts).forEach(function (id) {
+        var el = $(id);
+        state.charts[id].setSize({ width: chartWidth(el), height: state.charts[id].height });
+      });
+    });
+    refresh().then(function () { if (!$("dashboard").hidden) { schedule(); } });
+  }
+
+  document.addEventListener("DOMContentLoaded", start);
+})();

@@ -1,0 +1,203 @@
+"""The dashboard's JSON endpoints, page and offline Swagger UI, in process (`TestClient(create_app(...))`):
+replies match their documented models, bad parameters get a 422 that names them, keys are required when
+configured, and every asset ships in the package."""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+from service_client import client_factory
+
+from bandit_router.config import Secrets
+from bandit_router.service.dashboard.schemas import LiveOut, RecentOut, ShadowsOut, TimeseriesOut
+
+ROOT = Path(__file__).resolve().parents[1]
+CLIENT_KEY = "client-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-0123456789abcdef"
+ENDPOINTS = ("/v1/stats/timeseries?range=hour", "/v1/stats/live", "/v1/stats/recent", "/v1/stats/shadows")
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    yield from client_factory(tmp_path / "router.db", seed=3)
+
+
+def _traffic(client: Any, n: int, *, headers: dict[str, str] | None = None, feedback_every: int = 2) -> None:
+    for i in range(n):
+        reply = client.post("/v1/route", json={"prompt": f"Explain recursion to a child (#{i})",
+                                               "context": {"tenant": "acme" if i % 2 else "globex"}},
+                            headers=headers or {})
+        assert reply.status_code == 200, reply.text
+        if i % feedback_every == 0:
+            client.post("/v1/feedback", json={"decision_id": reply.json()["decision_id"], "quality": 0.8,
+                                              "input_tokens": 20, "output_tokens": 100}, headers=headers or {})
+
+
+def test_timeseries_counts_this_hours_traffic(make: Callable[..., Any]) -> None:
+    client = make()
+    _traffic(client, 40)
+    body = client.get("/v1/stats/timeseries?range=hour").json()
+    TimeseriesOut.model_validate(body)
+    assert body["step"] == 60 and 60 <= len(body["time"]) <= 61
+    assert all(len(body[k]) == len(body["time"]) for k in ("decisions", "coverage", "quality", "exploration"))
+    assert body["overall"]["decisions"] == sum(body["decisions"]) == 40
+    assert body["overall"]["learned"] == 20 and body["overall"]["coverage"] == pytest.approx(0.5)
+    assert body["overall"]["quality"] == pytest.approx(0.8)
+    assert sum(m["decisions"] for m in body["models"]) == 40
+    for share in zip(*body["shares"].values(), strict=True):
+        assert sum(share) == pytest.approx(1.0) or sum(share) == 0.0
+
+
+def test_since_until_and_the_default_step(make: Callable[..., Any]) -> None:
+    client = make()
+    _traffic(client, 5)
+    now = time.time()
+    body = client.get(f"/v1/stats/timeseries?since={now - 86400}&until={now}").json()
+    assert body["step"] == 300  # the smallest step with at most 400 buckets over a day
+    relative = client.get("/v1/stats/timeseries?since=-600&step=120").json()
+    assert relative["step"] == 120 and relative["overall"]["decisions"] == 5
+    assert client.get("/v1/stats/timeseries").json()["step"] == 60  # neither range nor since: the last hour
+    past = client.get(f"/v1/stats/timeseries?since={now - 7200}&until={now - 3600}").json()
+    assert past["overall"]["decisions"] == 0 and set(past["quality"]) == {None}
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("range=month", "range"),
+        ("since=-3600&step=90", "step"),
+        ("since=-3600&step=30", "step"),
+        ("since=0&step=60", "step"),  # 29 million buckets
+        ("since=nan", "since"),
+        ("since=inf", "since"),
+        ("since=100&until=50", "since"),
+        ("since=abc", "since"),
+        ("since=5e20&until=5.1e20", "since"),  # minutes past a 64-bit integer
+        ("since=-1e12", "since"),
+    ],
+)
+def test_bad_parameters_get_a_422_naming_them(make: Callable[..., Any], query: str, field: str) -> None:
+    reply = make().get(f"/v1/stats/timeseries?{query}")
+    assert reply.status_code == 422, reply.text
+    assert field in reply.text
+
+
+def test_recent_decisions_show_prompts_only_when_stored(make: Callable[..., Any]) -> None:
+    plain = make()
+    _traffic(plain, 6)
+    body = plain.get("/v1/stats/recent?limit=4").json()
+    RecentOut.model_validate(body)
+    assert len(body["decisions"]) == 4 and all("prompt" not in d for d in body["decisions"])
+    assert [d["time"] for d in body["decisions"]] == sorted((d["time"] for d in body["decisions"]), reverse=True)
+    assert body["decisions"][0]["quality"] is None and body["decisions"][1]["quality"] == 0.8  # i=5 none, i=4 some
+    assert plain.get("/v1/stats/recent?limit=0").status_code == 422
+    assert plain.get("/v1/stats/recent?limit=501").status_code == 422
+
+
+def test_recent_decisions_with_store_prompts(tmp_path: Path) -> None:
+    for make in client_factory(tmp_path / "prompts.db", seed=1):
+        client = make(store_prompts=True)
+        _traffic(client, 2)
+        newest = client.get("/v1/stats/recent").json()["decisions"][0]
+        assert newest["prompt"] == "Explain recursion to a child (#1)"
+        assert client.get("/v1/stats/live").json()["store_prompts"] is True
+
+
+def test_live_shows_the_typical_pmf_and_the_budgets(make: Callable[..., Any]) -> None:
+    client = make()
+    _traffic(client, 10)
+    body = client.get("/v1/stats/live").json()
+    LiveOut.model_validate(body)
+    typical = body["typical"]
+    assert typical["decisions"] == 10
+    assert sum(p for p in typical["probabilities"].values() if p is not None) == pytest.approx(1.0)
+    assert body["can_promote"] is True  # no keys configured
+    assert body["budgets"]["global"]["targets"] == []
+
+
+def test_shadows_without_enough_evidence_say_why(make: Callable[..., Any]) -> None:
+    client = make(shadow_policies=("linucb",))
+    _traffic(client, 6)
+    body = client.get("/v1/stats/shadows").json()
+    ShadowsOut.model_validate(body)
+    assert body["estimates"] == [] and "at least 20" in body["reason"]
+
+
+def test_shadows_are_estimated_with_intervals(make: Callable[..., Any]) -> None:
+    client = make(shadow_policies=("linucb",))
+    _traffic(client, 80, feedback_every=1)
+    body = client.get("/v1/stats/shadows").json()
+    ShadowsOut.model_validate(body)
+    assert body["n"] == 80
+    live, shadow = body["estimates"]
+    assert live["role"] == "live" and shadow["name"] == "linucb"
+    for e in (live, shadow):
+        assert e["ci_low"] <= e["value"] <= e["ci_high"]
+    assert isinstance(shadow["promotable"], bool) and shadow["reason"]
+
+
+def test_keys_guard_every_endpoint_and_only_admins_may_promote(make: Callable[..., Any]) -> None:
+    client = make(api_keys=Secrets((CLIENT_KEY,)), admin_keys=Secrets((ADMIN_KEY,)))
+    _traffic(client, 4, headers={"authorization": f"Bearer {CLIENT_KEY}"})
+    for path in ENDPOINTS:
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers={"authorization": "Bearer wrong-key-0123456789"}).status_code == 401
+        assert client.get(path, headers={"authorization": f"Bearer {CLIENT_KEY}"}).status_code == 200, path
+    as_client = client.get("/v1/stats/live", headers={"authorization": f"Bearer {CLIENT_KEY}"}).json()
+    as_admin = client.get("/v1/stats/live", headers={"authorization": f"Bearer {ADMIN_KEY}"}).json()
+    assert (as_client["can_promote"], as_admin["can_promote"]) == (False, True)
+    page = client.get("/dashboard")  # the page itself carries no data: it asks for a key
+    assert page.status_code == 200 and "acme" not in page.text and "gpt-4o" not in page.text
+
+
+def test_the_endpoints_are_in_the_openapi_document(make: Callable[..., Any]) -> None:
+    paths = make().get("/openapi.json").json()["paths"]
+    for path in ("/v1/stats/timeseries", "/v1/stats/live", "/v1/stats/recent", "/v1/stats/shadows"):
+        assert path in paths and paths[path]["get"]["security"] == [{"bearer": []}]
+        assert "200" in paths[path]["get"]["responses"] and "401" in paths[path]["get"]["responses"]
+    params = {p["name"] for p in paths["/v1/stats/timeseries"]["get"]["parameters"]}
+    assert params == {"range", "since", "until", "step"}
+    assert "/dashboard" not in paths
+
+
+def test_the_page_loads_only_its_own_assets(make: Callable[..., Any]) -> None:
+    client = make()
+    page = client.get("/dashboard")
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    assets = [part.split('"')[0] for part in page.text.split('="/dashboard/static/')[1:]]
+    assert {"vendor/uplot/uPlot.iife.min.js", "dashboard.js", "dashboard.css"} <= set(assets)
+    for asset in assets:
+        assert client.get(f"/dashboard/static/{asset}").status_code == 200, asset
+    assert "http://" not in page.text and "https://" not in page.text
+
+
+def test_swagger_ui_is_served_from_the_package(make: Callable[..., Any]) -> None:
+    client = make()
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "cdn." not in docs.text and "https://" not in docs.text
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png"):
+        assert f"/dashboard/static/vendor/swagger-ui/{asset}" in docs.text
+        assert client.get(f"/dashboard/static/vendor/swagger-ui/{asset}").status_code == 200
+
+
+def test_every_static_file_is_package_data_with_its_licence() -> None:
+    """The wheel (and an editable install) carries every file under static/: each matches a package-data glob."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = config["tool"]["setuptools"]["package-data"]["bandit_router"]
+    static = resources.files("bandit_router.service.dashboard") / "static"
+    base = ROOT / "bandit_router"
+    files = [p for p in Path(str(static)).rglob("*") if p.is_file()]
+    assert len(files) >= 10
+    for path in files:
+        relative = path.relative_to(base).as_posix()
+        assert any(fnmatch.fnmatch(relative, g) and relative.count("/") == g.count("/") for g in globs), relative
+    for vendored in ("uplot", "swagger-ui"):
+        assert (Path(str(static)) / "vendor" / vendored / "LICENSE").is_file()

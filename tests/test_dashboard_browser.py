@@ -1,0 +1,259 @@
+"""The dashboard in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright, against a real
+`bandit-router serve` on 127.0.0.1 with seeded traffic flowing (`tools/dashboard_demo.py`).
+
+Screenshots go to `tmp/artifacts/dashboard/` (git-ignored) for a person to look at. Without Chromium these tests
+skip with the reason, except under CI (`CI=true`), where `.ci/run` installs it and a skip would hide a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tools.dashboard_demo import CHROMIUM, CHROMIUM_ARGS, Server, Traffic, chromium_available, running, wait_until
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "tmp" / "artifacts" / "dashboard"
+PANELS = ("traffic", "shares", "models", "quality", "exploration", "budgets", "shadows", "recent")
+CLIENT_KEY = "client-key-0123456789abcdef"
+ADMIN_KEY = "admin-key-0123456789abcdef"
+
+
+def _require_browser() -> Any:
+    """Playwright's sync API, or a skip (a failure under CI) naming what is missing."""
+    problem = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:  # pragma: no cover (a dev dependency)
+        problem = f"the Python package playwright is not installed ({exc}); `make install` installs it"
+    if problem is None and not chromium_available():
+        problem = f"no Chromium at {CHROMIUM}: install Debian's package (`apt-get install -y chromium`)"
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the browser tests: {problem}")
+        pytest.skip(problem)
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_playwright = _require_browser()
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[tuple[Server, Traffic]]:
+    """A server without keys over an hour of history, with traffic flowing at about 20 decisions a second."""
+    with running(tmp_path_factory.mktemp("dashboard"), history=800,
+                 env={"BANDIT_ROUTER_STORE_PROMPTS": "true"}) as server:
+        traffic = Traffic(server.url, rate=20, limit=5000).start()
+        try:
+            yield server, traffic
+        finally:
+            traffic.stop()
+        assert not traffic.errors, traffic.errors[:3]
+
+
+class Watched:
+    """A page with its console errors, uncaught exceptions and every URL it requested."""
+
+    def __init__(self, browser: Any, **context: Any) -> None:
+        self.context = browser.new_context(**context)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.page.on("response", lambda r: self.errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+    def state(self, expression: str) -> Any:
+        return self.page.evaluate(f"() => {expression}")
+
+    def shot(self, name: str) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def watched(browser: Any) -> Iterator[Any]:
+    pages: list[Watched] = []
+
+    def make(**context: Any) -> Watched:
+        page = Watched(browser, **context)
+        pages.append(page)
+        return page
+
+    yield make
+    for page in pages:
+        page.close()
+
+
+def _all_panels_ready(w: Watched) -> None:
+    panels = ", ".join(f"'{p}'" for p in PANELS)
+    wait_until(w.page, f"() => [{panels}].every(p => document.querySelector(`[data-panel=\"${{p}}\"]`)"
+                       ".dataset.ready === '1')")
+
+
+def test_the_page_loads_offline_without_errors_and_every_panel_has_data(live: tuple[Server, Traffic],
+                                                                         watched: Any) -> None:
+    server, _ = live
+    w = watched(viewport={"width": 1400, "height": 1800})
+    w.page.goto(server.url + "/dashboard")
+    _all_panels_ready(w)
+    assert w.page.is_hidden("#login")
+    assert w.state("window.banditDashboard.last.overall.decisions") > 800  # the history and the live traffic
+    rows = w.page.locator("#models-table tbody tr")
+    assert rows.count() >= 3
+    assert w.page.locator("#recent-table tbody tr").count() == 25
+    assert w.page.is_visible("#recent-table th.prompt-col")  # store_prompts = true: the prompts are shown
+    assert "(#" in w.page.locator("#recent-table tbody tr").first.inner_text()
+    assert w.page.locator("#budgets-table tbody tr").count() == 3  # the global target and two tenants'
+    assert w.page.locator("#shadows-table tbody tr").count() == 2  # live and the linucb shadow
+    assert w.page.locator("#shadows-table button[data-shadow=linucb]").is_enabled()  # no keys: anyone may
+    for chart in ("chart-traffic", "chart-coverage", "chart-shares", "chart-quality", "chart-cost", "chart-reward",
+                  "chart-exploration"):
+        assert w.page.locator(f"#{chart} canvas").count() == 1, chart
+    w.shot("desktop")
+    assert w.errors == []
+    foreign = [u for u in w.requests if not u.startswith(server.url)]
+    assert foreign == [], "everything the page loads comes from the service itself"
+
+
+def test_the_charts_update_when_new_decisions_arrive(live: tuple[Server, Traffic], watched: Any) -> None:
+    server, traffic = live
+    w = watched(viewport={"width": 1200, "height": 900})
+    w.page.goto(server.url + "/dashboard")
+    _all_panels_ready(w)
+    before = w.state("window.banditDashboard.charts['chart-traffic'].data[1].reduce((a, b) => a + b, 0)")
+    decisions = w.state("window.banditDashboard.last.overall.decisions")
+    renders = w.state("window.banditDashboard.renders")
+    traffic.burst(40)
+    wait_until(w.page, f"() => window.banditDashboard.last.overall.decisions >= {decisions + 40}", timeout=20)
+    after = w.state("window.banditDashboard.charts['chart-traffic'].data[1].reduce((a, b) => a + b, 0)")
+    assert after > before
+    assert w.state("window.banditDashboard.renders") > renders
+    newest = w.page.locator("#recent-table tbody tr").first.inner_text()
+    assert "(#" in newest
+    assert w.errors == []
+
+
+def test_the_time_range_switch_changes_the_buckets(live: tuple[Server, Traffic], watched: Any) -> None:
+    server, _ = live
+    w = watched(viewport={"width": 1200, "height": 900})
+    w.page.goto(server.url + "/dashboard")
+    _all_panels_ready(w)
+    assert w.state("window.banditDashboard.last.step") == 60
+    for name, step, buckets in (("Day", 900, 96), ("Week", 3600, 168), ("Hour", 60, 60)):
+        w.page.get_by_role("button", name=name).click()
+        wait_until(w.page, f"() => window.banditDashboard.last.step === {step}", timeout=20)
+        points = w.state("window.banditDashboard.charts['chart-traffic'].data[0].length")
+        assert buckets <= points <= buckets + 1, (name, points)
+        assert w.page.get_by_role("button", name=name).get_attribute("aria-pressed") == "true"
+        if name == "Day":
+            w.shot("day")
+    assert w.errors == []
+
+
+def test_a_phone_sees_one_column_without_sideways_scrolling(live: tuple[Server, Traffic], watched: Any) -> None:
+    server, _ = live
+    w = watched(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    w.page.goto(server.url + "/dashboard")
+    _all_panels_ready(w)
+    assert w.state("document.documentElement.scrollWidth") <= 390
+    widths = w.state("[...document.querySelectorAll('.panel')].map(p => p.getBoundingClientRect().width)")
+    assert all(width <= 390 for width in widths)
+    lefts = w.state("new Set([...document.querySelectorAll('.panel')].map(p => p.getBoundingClientRect().left)).size")
+    assert lefts == 1, "one column"
+    w.shot("phone")
+    assert w.errors == []
+
+
+@pytest.fixture(scope="module")
+def locked(tmp_path_factory: pytest.TempPathFactory, browser: Any) -> Iterator[Server]:
+    """A server with client and admin keys, and some traffic already stored."""
+    env = {"BANDIT_ROUTER_API_KEYS": CLIENT_KEY, "BANDIT_ROUTER_ADMIN_KEYS": ADMIN_KEY}
+    with running(tmp_path_factory.mktemp("locked"), history=300, env=env) as server:
+        Traffic(server.url, key=CLIENT_KEY).burst(30)
+        yield server
+
+
+def test_without_a_key_the_browser_sees_the_login_and_nothing_else(locked: Server, watched: Any) -> None:
+    w = watched(viewport={"width": 1200, "height": 800})
+    w.page.goto(locked.url + "/dashboard")
+    w.page.wait_for_selector("#login", state="visible")
+    assert w.page.is_hidden("#dashboard")
+    text = w.page.inner_text("body")
+    assert "gpt-4o" not in text and "tenant" not in text and "version" not in text
+    w.shot("login")
+    for path in ("/v1/stats/timeseries?range=hour", "/v1/stats/live", "/v1/stats/recent", "/v1/stats/shadows"):
+        assert httpx.get(locked.url + path).status_code == 401, path
+
+    w.page.fill("#key", "not-the-key-0123456789")
+    w.page.click("button[type=submit]")
+    wait_until(w.page, "() => document.getElementById('login-error').textContent.length > 0", timeout=20)
+    assert w.page.is_hidden("#dashboard")
+    assert "refused" in w.page.inner_text("#login-error")
+
+
+def test_a_client_key_opens_the_dashboard_and_only_an_admin_key_may_promote(locked: Server, watched: Any) -> None:
+    for key, may_promote in ((CLIENT_KEY, False), (ADMIN_KEY, True)):
+        w = watched(viewport={"width": 1200, "height": 1400})
+        w.page.goto(locked.url + "/dashboard")
+        w.page.wait_for_selector("#login", state="visible")
+        w.page.fill("#key", key)
+        w.page.click("button[type=submit]")
+        _all_panels_ready(w)
+        assert w.page.is_hidden("#login")
+        assert w.state(f"sessionStorage.getItem('bandit-router-api-key') === '{key}'")
+        button = w.page.locator("#shadows-table button[data-shadow=linucb]")
+        assert button.is_enabled() is may_promote
+        if not may_promote:
+            assert button.get_attribute("title") == "needs an admin key"
+            w.shot("client-key")
+        # the failed unauthenticated first load is the only error the console may show
+        assert all("401" in e for e in w.errors), w.errors
+
+
+def test_swagger_ui_renders_offline(live: tuple[Server, Traffic], watched: Any) -> None:
+    """`/docs` renders the API from the vendored Swagger UI: nothing requested from another origin."""
+    server, _ = live
+    w = watched(viewport={"width": 1200, "height": 900})
+    w.page.goto(server.url + "/docs")
+    w.page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+    w.page.wait_for_selector('[data-path="/v1/stats/timeseries"]', timeout=30_000)
+    assert "bandit-router" in w.page.inner_text(".swagger-ui .info .title")
+    w.shot("swagger")
+    foreign = [u for u in w.requests if not u.startswith(server.url)]
+    assert foreign == []
+    assert w.errors == []
+
+
+def test_a_prompt_is_shown_as_text_never_as_markup(live: tuple[Server, Traffic], watched: Any) -> None:
+    server, _ = live
+    hostile = '<img src=x id="injected" onerror="window.pwned = 1"> what is 2 + 2?'
+    w = watched(viewport={"width": 1200, "height": 900})
+    w.page.goto(server.url + "/dashboard")
+    _all_panels_ready(w)
+    shown = "() => document.getElementById('recent-table').innerText.includes('onerror')"
+    for _ in range(100):  # the traffic keeps pushing it out of the newest 25: send it until a render shows it
+        assert httpx.post(server.url + "/v1/route", json={"prompt": hostile}).status_code == 200
+        time.sleep(0.3)
+        if w.page.evaluate(shown):
+            break
+    assert w.page.evaluate(shown)
+    assert w.state("document.getElementById('injected') === null && window.pwned === undefined")
