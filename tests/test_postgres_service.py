@@ -172,3 +172,22 @@ def test_migrate_evaluate_and_export_take_the_url(replicas: Callable[..., TestCl
         conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
     refused = runner.invoke(cli_app, ["migrate", "--db", pg_url])
     assert refused.exit_code == 2 and "schema version 999" in refused.output and PASSWORD not in refused.output
+
+
+def test_the_dashboard_counts_every_replicas_traffic(replicas: Callable[..., TestClient]) -> None:
+    a, b = replicas(), replicas()
+    for i in range(40):
+        client = a if i % 2 else b
+        decision = _route(client, f"Explain recursion to a child (#{i})")
+        if i % 4 < 2:
+            reply = (b if i % 2 else a).post("/v1/feedback", json={"decision_id": decision["decision_id"],
+                                                                    "quality": 0.8})
+            assert reply.status_code == 200
+    for client in (a, b):  # the rollup is in the database: both replicas show the same numbers
+        body = client.get("/v1/stats/timeseries?range=hour").json()
+        assert body["overall"]["decisions"] == 40 and body["overall"]["learned"] == 20
+        assert body["overall"]["quality"] == pytest.approx(0.8)
+        recent = client.get("/v1/stats/recent")
+        assert recent.status_code == 200, recent.text
+        for path in ("/v1/stats/live", "/v1/stats/shadows"):
+            assert client.get(path).status_code == 200
