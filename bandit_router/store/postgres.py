@@ -83,6 +83,12 @@ MIGRATE_LOCK = 0x62616E6469740002
 CONNECT_TIMEOUT_S = 3
 POOL_TIMEOUT_S = 5.0
 STATEMENT_TIMEOUT_MS = 60_000
+LOCK_TIMEOUT_MS = 10_000
+"""A writer waits at most this long for the log's lock (then 503): a replica cut off from the network while it
+holds the lock must not stall the others for longer."""
+IDLE_IN_TRANSACTION_MS = 10_000
+"""PostgreSQL ends a session idle this long inside a transaction (releasing the lock a lost replica held); the
+service's transactions never pause between statements for more than milliseconds."""
 _CHUNK = 200
 _INSERT_DECISIONS = f"INSERT INTO decisions ({_DECISIONS}) VALUES "
 _DECISION_PLACEHOLDERS = f"({', '.join(['%s'] * len(DECISION_COLUMNS))})"
@@ -108,7 +114,9 @@ class PostgresStore:
             "autocommit": True,
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": "bandit-router",
-            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} "
+                       f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
         }
         self._pool = ConnectionPool(
             url.reveal(), min_size=1, max_size=pool_size, kwargs=self._connect_options, open=False,
@@ -164,6 +172,7 @@ class PostgresStore:
         migrate once); refuse a database whose schema is newer than this code's."""
         conn = self._connect()
         try:
+            conn.execute("SET lock_timeout = 0; SET statement_timeout = 0")  # a backfill may take its time
             conn.execute("BEGIN")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
             version = 0
