@@ -417,3 +417,25 @@ def test_without_postgres_a_developer_skips_and_ci_fails() -> None:
         require_postgres(False, {})
     with pytest.raises(pytest.fail.Exception, match="CI: PostgreSQL is not installed"):
         require_postgres(False, {"CI": "true"})
+
+
+def test_a_replica_lost_while_holding_the_lock_stalls_the_others_only_briefly(pg_url: str, router: Router) -> None:
+    """(Timeouts shortened from 10 s.) A writer waits `lock_timeout` at most, then gets a StoreError (503); the
+    holder, idle in its transaction past `idle_in_transaction_session_timeout`, is cut off by PostgreSQL, its
+    transaction rolled back (never acknowledged), and the others write again."""
+    lost = PostgresStore(DatabaseURL(pg_url), idle_timeout_ms=1500)
+    other = PostgresStore(DatabaseURL(pg_url), lock_timeout_ms=300)
+    lost.prepare()
+    d = _decision(router, "held by a lost replica")
+    with pytest.raises(StoreError), lost.write() as tx:
+        tx.insert_decisions([(d, None, None)])
+        with pytest.raises(StoreError, match="lock"), other.write():
+            pass  # waits 0.3 s for the lock, then gives up
+        time.sleep(2.0)  # the lost replica stays silent inside its transaction
+    with other.write() as tx:
+        assert tx.decision(d.decision_id) is None  # rolled back
+        tx.insert_decisions([(d, None, None)])
+    with lost.write() as tx:  # the cut-off replica reconnects by itself
+        assert tx.decision(d.decision_id) is not None
+    lost.close()
+    other.close()

@@ -102,7 +102,8 @@ _FEEDBACK_PLACEHOLDERS = f"({', '.join(['%s'] * len(FEEDBACK_COLUMNS))})"
 class PostgresStore:
     """`Store` on PostgreSQL at `url`. `pool_size`: the most reader connections this process opens."""
 
-    def __init__(self, url: DatabaseURL, *, pool_size: int = 6, timeout_s: float = POOL_TIMEOUT_S) -> None:
+    def __init__(self, url: DatabaseURL, *, pool_size: int = 6, timeout_s: float = POOL_TIMEOUT_S,
+                 lock_timeout_ms: int = LOCK_TIMEOUT_MS, idle_timeout_ms: int = IDLE_IN_TRANSACTION_MS) -> None:
         self.url = url
         self.fault: str | None = None
         """Always None: a server that is down is a transient `StoreError` (503), not a fault of the store."""
@@ -114,8 +115,8 @@ class PostgresStore:
             "autocommit": True,
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": "bandit-router",
-            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} "
-                       f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={lock_timeout_ms} "
+                       f"-c idle_in_transaction_session_timeout={idle_timeout_ms}",
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
         }
         self._pool = ConnectionPool(
