@@ -23,7 +23,7 @@ from bandit_router.config import Settings
 from bandit_router.log import build_router, rebuild_router
 from bandit_router.store.location import DatabaseURL
 from bandit_router.store.postgres import PostgresStore
-from bandit_router.types import Request
+from bandit_router.types import Decision, Request
 from tools.pg_server import PASSWORD, PgServer
 
 pytestmark = pytest.mark.slow
@@ -188,8 +188,9 @@ def test_three_replicas_one_log_through_kill_9_and_a_database_restart(
 def test_a_spend_target_holds_across_three_replicas(replicas: Callable[..., Server], pg_url: str) -> None:
     """Requests at a steady rate, spread at random over three replicas. Unpaced, the router sends half the requests
     to the dear model (it is the better one for poems); the plan allows a quarter of the way from always-cheap to
-    always-dear. Each replica books every replica's decisions, so the total spend follows the plan (±5%); replicas
-    that counted only their own decisions would each see a third of the spend, never bind, and overspend by ~60%."""
+    always-dear. Each replica books every replica's decisions, so the spend follows the plan (±5% once λ has
+    settled, over the second half; ±10% including the start); replicas that counted only their own decisions
+    would each see a third of the spend, never bind, and overspend by ~60%."""
     rate = 45.0  # requests per second, all replicas together
     period_s = 3600.0
     probe = build_router(Settings(seed=SEED)).route(Request(prompt=POEMS[0], models=PAIR))
@@ -241,14 +242,18 @@ def test_a_spend_target_holds_across_three_replicas(replicas: Callable[..., Serv
             feedback = {r.decision_id: r for r, _ in reader.learned_after(0, 1_000_000)}
     finally:
         store.close()
-    spend = sum(
-        feedback[d.decision_id].realised_cost_usd if d.decision_id in feedback
-        else d.expected_cost_usd[d.models.index(d.model)]
-        for d in decisions
-    )
+    def spent(d: Decision) -> float:
+        record = feedback.get(d.decision_id)
+        return record.realised_cost_usd if record is not None else d.expected_cost_usd[d.models.index(d.model)]
+
     first, last = min(d.created_at for d in decisions), max(d.created_at for d in decisions)
-    plan = budget * (last - first) / period_s
-    assert spend == pytest.approx(plan, rel=0.05), (spend, plan, len(decisions))
+    middle = (first + last) / 2
+    # Held: over the second half, after λ has moved from the router's default to the price that meets the plan.
+    held = sum(spent(d) for d in decisions if d.created_at >= middle)
+    assert held == pytest.approx(budget * (last - middle) / period_s, rel=0.05), (held, len(decisions))
+    # Over the whole run the start's transient is included (it is paid once: S − plan = ρ̄·log(λ/λ₀)/η).
+    spend = sum(spent(d) for d in decisions)
+    assert spend == pytest.approx(budget * (last - first) / period_s, rel=0.10), (spend, len(decisions))
     dear_model = PAIR[int(np.argmax(probe.expected_cost_usd))]
     share = sum(d.model == dear_model for d in decisions) / len(decisions)
     assert 0.1 < share < 0.4  # the target binds (unpaced: about half), and both models are used
