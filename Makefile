@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint docs bench clean browser
+.PHONY: install run test lint docs bench profile clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ WAL_DURATION ?= 600
 
 bench: $(STAMP)  # WAL_DURATION=60 make bench: a shorter sustained-write run (bench_wal)
 	$(BIN)/python -m benchmarks.run --out benchmarks/results --wal-duration $(WAL_DURATION)
+
+PROFILE_LABEL ?= after
+
+profile: $(STAMP)  # where the server's CPU goes per request (py-spy under wrk) → benchmarks/results/profiles/
+	$(BIN)/python -m benchmarks.profile_http --label $(PROFILE_LABEL)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -85,19 +85,34 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     dominated: probability 0, and they drop out of the products. Exact ties of (mean, sd) get equal probability.
     The router samples from this pmf and logs its value, so the logged propensity is exact for what was done.
     """
-    top = float(np.max(mean - dominance * sd))
-    alive = np.flatnonzero(mean + dominance * sd >= top - TIE_TOLERANCE)
-    out = np.zeros(len(mean))
+    means, sds = mean.tolist(), sd.tolist()  # K is small: Python floats, IEEE arithmetic as numpy's
+    lows = [m - dominance * s for m, s in zip(means, sds, strict=True)]
+    top = max(lows)
+    if any(x != x for x in lows):  # NaN: as np.max, which propagates it (then nothing is alive)
+        top = math.nan
+    alive = [a for a, (m, s) in enumerate(zip(means, sds, strict=True)) if m + dominance * s >= top - TIE_TOLERANCE]
+    out = np.zeros(len(means))
     if len(alive) == 1:
         out[alive[0]] = 1.0
         return out
     u = _hermite(nodes)
-    m, s = mean[alive], sd[alive]
-    t = np.sort((m[:, None] + s[:, None] * u[None, :]).ravel())  # (G,)
-    z = (t[None, :] - m[:, None]) / s[:, None]  # (arm, G)
+    if len(alive) == len(means):  # (arm, 1) columns
+        m, s = np.array(means)[:, None], np.array(sds)[:, None]
+    else:
+        m, s = np.array([means[a] for a in alive])[:, None], np.array([sds[a] for a in alive])[:, None]
+    t = np.sort((m + s * u).ravel())  # (G,)
+    z = t - m
+    z /= s  # (arm, G)
     log_cdf = log_ndtr(z)
-    integrand = np.exp(log_cdf.sum(axis=0) - log_cdf - 0.5 * z * z) / s[:, None]  # f_a · Π_{b≠a} F_b (× √2π)
-    p = ((integrand[:, 1:] + integrand[:, :-1]) * np.diff(t)[None, :]).sum(axis=1)
+    integrand = log_cdf.sum(axis=0) - log_cdf
+    half_square = z * 0.5
+    half_square *= z
+    integrand -= half_square
+    np.exp(integrand, out=integrand)
+    integrand /= s  # f_a · Π_{b≠a} F_b (× √2π)
+    trapezoids = integrand[:, 1:] + integrand[:, :-1]
+    trapezoids *= t[1:] - t[:-1]
+    p = trapezoids.sum(axis=1)
     total = p.sum()
     out[alive] = p / total if total > 0 else 1.0 / len(alive)
     return out

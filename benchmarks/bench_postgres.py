@@ -29,13 +29,39 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_http import _free_port, _load, _scripts, _wait_ready, _wrk
+from benchmarks.bench_http import _free_port, _scripts, wrk_path
 
 DURATION_S = int(os.environ.get("BENCH_PG_DURATION", "5"))
 ROUNDS = int(os.environ.get("BENCH_PG_ROUNDS", "3"))
 CONNECTIONS = 24
 LAG_SAMPLES = 200
 REPLICAS = (1, 2, 3)
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the server did not become ready")
+
+
+def _load(wrk: str, url: str, script: Path, path: str, connections: int, duration: int, *args: str) -> dict[str, Any]:
+    """One `wrk -t1` run (the Lua scripts of `bench_http`): its summary and requests/s."""
+    command = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "-s", str(script), url + path]
+    if args:
+        command += ["--", *args]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    summary: dict[str, Any] = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    summary["rps"] = summary["requests"] / (summary["duration_us"] / 1e6)
+    return summary
 
 
 def _serve(db: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -168,7 +194,7 @@ def _percentile(values: list[float], q: float) -> float:
 def run() -> list[dict[str, Any]]:
     from tools.pg_server import PgServer, binaries
 
-    wrk = _wrk()
+    wrk = wrk_path()
     if wrk is None or binaries() is None:
         return [{"benchmark": "postgres", "metric": "skipped", "value": 0, "unit": "",
                  "note": "needs wrk and PostgreSQL (apt-get install wrk postgresql)"}]

@@ -44,7 +44,10 @@ def _markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         value = r["value"]
-        shown = f"{value:,.1f}" if isinstance(value, float) else str(value)
+        if isinstance(value, float):
+            shown = f"{value:,.2f}" if r.get("unit") == "×" else f"{value:,.1f}"
+        else:
+            shown = str(value)
         ok = {True: "yes", False: "**no**", None: ""}[r.get("ok")]
         lines.append(
             f"| {r['benchmark']} | {r['metric']} | {shown} | {r.get('unit', '')} | {r.get('target') or ''} "

@@ -72,6 +72,8 @@ MAX_VARIANCE = 0.25
 MIN_VARIANCE = 0.01
 """The least noise variance assumed a priori (a model whose quality looks constant is still checked)."""
 UNINFORMED_QUALITY = 0.5
+MAX_MODEL_LISTS = 64
+"""Model lists (requests' `models` subsets) whose posterior rows are kept between two updates."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         self._added: set[str] = set()
         self._peers: np.ndarray | None = None
         self._cached: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._by_models: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._phi_of: tuple[Context | None, np.ndarray] = (None, np.zeros(0))
 
     # -- posteriors -----------------------------------------------------------------------------------------
@@ -283,15 +286,30 @@ class HierarchicalThompsonPolicy(BasePolicy):
             weights = np.exp(logits - logits.max(axis=1, keepdims=True))
             omega = weights[:, 1:] / weights.sum(axis=1, keepdims=True)
             self._cached = (mean, variance, np.sqrt(variance / (arms.prior_n + arms.n)), omega)
+            self._by_models = {}
         return self._cached
+
+    def _posterior_of(self, models: Sequence[ModelSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`_summary`'s (μ̂, sd, ω) and the corrections w for the rows of `models`, in their order: what a route
+        needs that depends only on the posterior, gathered once per update and model list (not per request)."""
+        key = tuple(m.name for m in models)
+        found = self._by_models.get(key) if self._cached is not None else None
+        if found is None:
+            rows = self._rows(models)
+            base, _, sd, omega = self._summary()
+            if len(self._by_models) >= MAX_MODEL_LISTS:
+                self._by_models.clear()
+            found = (base[rows], sd[rows], omega[rows], self._arms.w[rows])
+            for array in found:
+                array.setflags(write=False)  # shared by every route until the next update
+            self._by_models[key] = found
+        return found
 
     def predict(self, context: Context, models: Sequence[ModelSpec]) -> tuple[np.ndarray, np.ndarray]:
         """q̂_m(φ) and the posterior sd of the model's mean quality, each shape (len(models),)."""
-        rows = self._rows(models)
-        base, _, sd, omega = self._summary()
-        phi = self._phi(context)
-        mean = base[rows] + np.einsum("kl,kl->k", omega[rows], self._arms.w[rows] @ phi)
-        return mean, sd[rows]
+        base, sd, omega, w = self._posterior_of(models)
+        mean = base + np.einsum("kl,kl->k", omega, w @ self._phi(context))
+        return mean, sd
 
     # -- the policy protocol --------------------------------------------------------------------------------
     def pmf(
@@ -333,9 +351,10 @@ class HierarchicalThompsonPolicy(BasePolicy):
     ) -> np.ndarray | None:
         """`floor·u_m` for models added at run time while u_m = √(n₀/(n₀ + n)) > `floor_until` and the model is
         not confidently dominated; 0 otherwise."""
-        fresh = np.array([m.name in self._added for m in models])
-        if not fresh.any():
+        added = self._added
+        if not added or not any(m.name in added for m in models):
             return np.zeros(len(models))
+        fresh = np.array([m.name in added for m in models])
         p = self.params
         arms = self._arms
         rows = self._rows(models)

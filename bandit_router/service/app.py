@@ -4,6 +4,7 @@ store (schema), the engine (router, writer thread, recovery), the metrics and th
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import importlib.metadata
 import ipaddress
@@ -26,6 +27,7 @@ from . import dashboard, errors, redact
 from .auth import Authenticator
 from .engine import Engine
 from .exceptions import PayloadTooLarge
+from .hotpaths import HotPaths
 from .metrics import Metrics
 from .routes import BODY_MODELS, Services, router
 from .schemas import BUDGET_SCHEMAS, ErrorOut
@@ -78,19 +80,31 @@ class HostPolicy:
         self.any = "*" in allowed_hosts
         self.exact = frozenset(h.lower().rstrip(".") for h in allowed_hosts if not h.startswith("*"))
         self.suffixes = tuple(h[1:].lower() for h in allowed_hosts if h.startswith("*."))
+        self._seen: dict[bytes, bool] = {}
 
     def allows(self, value: bytes) -> bool:
         if self.any:
             return True
-        name = _host_name(value).rstrip(".")
-        return is_loopback(name) or name in self.exact or name.endswith(self.suffixes)
+        known = self._seen.get(value)
+        if known is None:  # a server sees few distinct Host values: each is judged once (bounded)
+            if len(self._seen) >= 256:
+                self._seen.clear()
+            name = _host_name(value).rstrip(".")
+            known = self._seen[value] = is_loopback(name) or name in self.exact or name.endswith(self.suffixes)
+        return known
 
 
 def _on_loopback(scope: Scope) -> bool:
     """True when the connection arrived on a loopback address (uvicorn puts the socket's own address in
     `server`; an in-process test client puts its base URL's host name there)."""
     server = scope.get("server")
-    return server is not None and isinstance(server[0], str) and is_loopback(server[0])
+    return server is not None and isinstance(server[0], str) and _is_loopback_cached(server[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _is_loopback_cached(host: str) -> bool:
+    """`is_loopback` for the server's own addresses (a handful): parsed once, not on every request."""
+    return is_loopback(host)
 
 
 class ServiceMiddleware:
@@ -226,6 +240,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     server = settings.server
     hosts = HostPolicy(server.allowed_hosts) if is_loopback(server.host) else None
+    if not settings.server.opentelemetry:  # with tracing on, every request goes through FastAPI's telemetry
+        app.add_middleware(HotPaths)  # inside ServiceMiddleware: Host check, body limits, metrics still apply
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.limits.max_body_bytes, hosts=hosts)
     redact.install()
     errors.install(app)

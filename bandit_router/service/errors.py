@@ -81,9 +81,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once: json.dumps(…, **options) is slow
 
 
+def encode_json(payload: Any) -> bytes:
+    """Compact JSON, no NaN or infinities."""
+    return _ENCODER.encode(payload).encode("utf-8")
+
+
 def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(_ENCODER.encode(payload).encode("utf-8"), status_code=status, media_type="application/json",
-                    headers=headers)
+    return Response(encode_json(payload), status_code=status, media_type="application/json", headers=headers)
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None) -> Response:

@@ -29,7 +29,7 @@ from ..types import Decision, Message, Outcome
 from ..types import Request as CoreRequest
 from .auth import Authenticator, authorize
 from .engine import Engine
-from .errors import ERROR_RESPONSES, error_response, json_response
+from .errors import ERROR_RESPONSES, encode_json, error_response, json_response
 from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
 from .schemas import (
@@ -70,9 +70,14 @@ def _services(request: Request, *, client: bool = True, admin: bool = False) -> 
     """The app's services, after checking the API key (`client`: any key; `admin`: an admin key)."""
     services: Services = request.app.state.services
     if (client or admin) and services.auth.enabled:
-        action = f"{request.method} {request.url.path}"
-        authorize(services.auth, request.headers.get("authorization"), admin=admin, action=action)
+        check_key(services, request.headers.get("authorization"), f"{request.method} {request.url.path}", admin=admin)
     return services
+
+
+def check_key(services: Services, authorization: str | None, action: str, *, admin: bool = False) -> None:
+    """401 without a valid key (403 for a client key where `admin`); a no-op when no keys are configured."""
+    if services.auth.enabled:
+        authorize(services.auth, authorization, admin=admin, action=action)
 
 
 def _body(model: type[BaseModel] | str | None = None) -> dict[str, Any]:
@@ -98,9 +103,12 @@ def _responses(*statuses: int, body: bool = False) -> dict[int | str, dict[str, 
 
 
 def _require_json(request: Request) -> None:
+    require_json(request.headers.get("content-type"))
+
+
+def require_json(content_type: str | None) -> None:
     """415 unless the body is declared JSON (`application/json`, or `application/<x>+json`), with or without
     parameters: a web page can post `text/plain` to any address without a CORS preflight, never JSON."""
-    content_type = request.headers.get("content-type")
     media = (content_type or "").split(";", 1)[0].strip().lower()
     if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
         return
@@ -109,10 +117,13 @@ def _require_json(request: Request) -> None:
 
 
 async def _parse(request: Request, model: type[Body]) -> Body:
+    _require_json(request)
+    return validate(await request.body(), model)
+
+
+def validate(raw: bytes, model: type[Body]) -> Body:
     """The body as `model`. pydantic's own JSON parser first (fast); when it calls the body invalid JSON, Python's
     `json` decides, so that `NaN` or a lone surrogate escape is judged by the field it is in."""
-    _require_json(request)
-    raw = await request.body()
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -168,11 +179,20 @@ async def route(request: Request) -> Response:
     `decision_id` (also in the `x-decision-id` header) is what feedback refers to."""
     started = time.perf_counter()
     services = _services(request)
-    body = await _parse(request, RouteIn)
-    decision = await services.engine.route(core_request(body, services.engine.settings.limits.max_prompt_chars))
-    response = json_response(route_reply(decision), headers={"x-decision-id": decision.decision_id})
+    _require_json(request)
+    reply, decision_id = await route_call(services, await request.body())
+    response = Response(reply, media_type="application/json", headers={"x-decision-id": decision_id})
     services.metrics.route_latency.observe(time.perf_counter() - started)
     return response
+
+
+async def route_call(services: Services, raw: bytes) -> tuple[bytes, str]:
+    """`POST /v1/route` after the key and media type checks: the JSON reply and the decision id (shared with the
+    plain-ASGI lane, `hotpaths.py`)."""
+    engine = services.engine
+    body = validate(raw, RouteIn)
+    decision = await engine.route(core_request(body, engine.settings.limits.max_prompt_chars))
+    return encode_json(route_reply(decision)), decision.decision_id
 
 
 @router.post(
@@ -188,8 +208,14 @@ async def feedback(request: Request) -> Response:
     `status`: `applied` (learned), `duplicate` (the same feedback again: learned once), `late` (after the reward
     window: stored, not learned), `ignored` (a different second feedback under `aggregation = earliest`),
     `pending` (`aggregation = average`: learned as the mean when the window closes)."""
-    engine = _services(request).engine
-    body = await _parse(request, FeedbackIn)
+    services = _services(request)
+    _require_json(request)
+    return Response(await feedback_call(services, await request.body()), media_type="application/json")
+
+
+async def feedback_call(services: Services, raw: bytes) -> bytes:
+    """`POST /v1/feedback` after the key and media type checks: the JSON reply (shared with `hotpaths.py`)."""
+    body = validate(raw, FeedbackIn)
     outcome = Outcome(
         quality=body.quality,
         cost_usd=body.cost_usd,
@@ -197,8 +223,8 @@ async def feedback(request: Request) -> Response:
         output_tokens=body.output_tokens,
         latency_s=None if body.latency_ms is None else body.latency_ms / 1000.0,
     )
-    result = await engine.feedback(body.decision_id, outcome, body.source)
-    return json_response(
+    result = await services.engine.feedback(body.decision_id, outcome, body.source)
+    return encode_json(
         {"decision_id": result.decision_id, "status": result.status, "reward": result.reward, "seq": result.seq}
     )
 
