@@ -26,7 +26,7 @@ Connections: the writer owns one connection (reopened after a failure; a failure
 after a server restart, is retried once on a fresh connection); readers borrow from a `psycopg_pool` pool that
 checks a connection before lending it. Every driver error leaves as `StoreError`, with any password masked.
 
-Why one module of ~530 lines: like `sqlite.py`, it is one implementation of `store.interface`, one short method
+Why one module of ~590 lines: like `sqlite.py`, it is one implementation of `store.interface`, one short method
 per query; the connection handling (writer, pool, listener) is the rest, and each query sits next to its decoder.
 """
 
