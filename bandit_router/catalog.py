@@ -11,14 +11,25 @@ A catalog is a TOML file with one `[[models]]` table per model::
     output_tokens = 250           # optional prior mean output tokens
     prior_quality = 0.82          # optional prior mean quality in [0, 1] (e.g. a public benchmark score)
     prior_strength = 2            # optional: how many observations that prior is worth (default 2)
+    route = false                 # optional: never routed to (a judge or routing LLM of [[routers]] only)
+    description = "fast, cheap"   # optional: one line for an LLM router's prompt
+    base_url = "https://api.openai.com/v1"   # optional: an OpenAI-compatible endpoint (the gateway calls it)
+    api_key_env = "OPENAI_API_KEY"           # optional: the environment variable that holds its key
+    upstream_model = "gpt-4o-mini"           # optional: the provider's model id (default: `name`)
+    timeout_s = 60                           # optional: seconds one call may take (default: [gateway])
+    connect_timeout_s = 5                    # optional: seconds to connect (default: [gateway])
+    max_concurrency = 64                     # optional: concurrent calls to this model (default: [gateway])
 
 The tags become action features: a new model with `family = "openai", tier = "small"` starts from what the
-policy learned about similar models.
+policy learned about similar models. The upstream keys (`UPSTREAM_KEYS`) only tell the gateway
+(`bandit_router.gateway`) where and how to call the model; they are not part of what the policy learns, so a
+checkpoint survives a change of them. A key itself never lives in a file: only the name of its variable.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +40,11 @@ from typing import Any
 
 from .errors import CatalogError
 from .names import MAX_NAME_LENGTH, name_problem, safe_text
+
+UPSTREAM_KEYS = ("base_url", "api_key_env", "upstream_model", "timeout_s", "connect_timeout_s", "max_concurrency")
+"""Catalog keys that say how the gateway calls a model (not what the policy learns)."""
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_URL = re.compile(r"https?://[^\s/?#@]+(/[^\s?#]*)?")
 
 DEFAULT_OUTPUT_TOKENS = 250.0
 """Prior mean of output tokens when a catalog entry gives none (ShareGPT's median first reply is 239)."""
@@ -50,6 +66,16 @@ class ModelSpec:
     output_tokens: float | None = None
     prior_quality: float | None = None
     prior_strength: float | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    upstream_model: str | None = None
+    timeout_s: float | None = None
+    connect_timeout_s: float | None = None
+    max_concurrency: int | None = None
+    route: bool = True
+    """False: never routed to (a judge or a routing LLM of `[[routers]]` only)."""
+    description: str | None = None
+    """One line for an LLM router's prompt (what the model is good at)."""
 
     def __post_init__(self) -> None:
         problem = name_problem(self.name, MAX_NAME_LENGTH)  # one grammar for every name (bandit_router.names)
@@ -90,6 +116,42 @@ class ModelSpec:
                 if problem is not None:
                     raise CatalogError(f"model {self.name!r}: {what} {safe_text(text)[:80]!r} {problem}")
         object.__setattr__(self, "tags", MappingProxyType(dict(self.tags)))
+        self._check_upstream()
+        if not isinstance(self.route, bool):
+            raise CatalogError(f"model {self.name!r}: route must be true or false")
+        about = self.description
+        if about is not None and (not isinstance(about, str) or len(about) > 1000):
+            raise CatalogError(f"model {self.name!r}: description must be a string of at most 1000 characters")
+
+    def _check_upstream(self) -> None:
+        """The upstream keys: an http(s) URL without credentials or query, a variable name, finite timeouts."""
+        url = self.base_url
+        if url is not None and (not isinstance(url, str) or _URL.fullmatch(url) is None or len(url) > 2048):
+            raise CatalogError(f"model {self.name!r}: base_url must be an http:// or https:// URL without "
+                               "credentials, query or fragment")
+        env = self.api_key_env
+        if env is not None and (not isinstance(env, str) or _ENV_NAME.fullmatch(env) is None):
+            raise CatalogError(f"model {self.name!r}: api_key_env must be the NAME of an environment variable "
+                               "(letters, digits, _), never the key itself")
+        model = self.upstream_model
+        if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 256
+                                  or not model.isprintable()):
+            raise CatalogError(f"model {self.name!r}: upstream_model must be 1 to 256 printable characters")
+        for key in ("timeout_s", "connect_timeout_s"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise CatalogError(f"model {self.name!r}: {key} must be a finite number > 0")
+            object.__setattr__(self, key, float(value))
+        limit = self.max_concurrency
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise CatalogError(f"model {self.name!r}: max_concurrency must be an integer >= 1")
+
+    @property
+    def upstream_name(self) -> str:
+        """The model id sent to the upstream: `upstream_model`, else `name`."""
+        return self.upstream_model or self.name
 
     @property
     def family(self) -> str:
@@ -112,10 +174,16 @@ class ModelSpec:
         }
         if self.latency_s is not None:
             out["latency_s"] = self.latency_s
-        for key in ("output_tokens", "prior_quality", "prior_strength"):
+        for key in ("output_tokens", "prior_quality", "prior_strength", *UPSTREAM_KEYS, "description"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if not self.route:
+            out["route"] = False
         return out
+
+    def learning_json(self) -> dict[str, Any]:
+        """`to_json()` without the upstream keys and the description: what the learned state depends on."""
+        return {k: v for k, v in self.to_json().items() if k not in UPSTREAM_KEYS and k != "description"}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelSpec:
@@ -124,7 +192,7 @@ class ModelSpec:
             raise CatalogError("each model must be a table")
         known = {
             "name", "input_usd_per_mtok", "output_usd_per_mtok", "tags", "latency_s", "output_tokens",
-            "prior_quality", "prior_strength",
+            "prior_quality", "prior_strength", *UPSTREAM_KEYS, "route", "description",
         }  # fmt: skip
         unknown = set(data) - known
         if unknown:
@@ -141,6 +209,7 @@ class ModelSpec:
             output_tokens=data.get("output_tokens"),
             prior_quality=data.get("prior_quality"),
             prior_strength=data.get("prior_strength"),
+            **{key: data[key] for key in (*UPSTREAM_KEYS, "route", "description") if key in data},
         )
 
 

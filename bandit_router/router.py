@@ -141,16 +141,21 @@ class Router:
             return spec
 
     def _allowed(self, names: Sequence[str] | None) -> list[ModelSpec]:
+        """The models a decision may choose: `names` (or all active ones) less those with `route = false`."""
         if names is None:
-            return list(self._models)
-        active = {m.name: m for m in self._models}
-        unknown = [n for n in names if n not in active]
-        if unknown:
-            raise UnknownModel(f"unknown or retired models: {unknown}")
-        seen: dict[str, ModelSpec] = {}
-        for n in names:
-            seen.setdefault(n, active[n])
-        return list(seen.values())
+            routable = [m for m in self._models if m.route]
+        else:
+            active = {m.name: m for m in self._models}
+            unknown = [n for n in names if n not in active]
+            if unknown:
+                raise UnknownModel(f"unknown or retired models: {unknown}")
+            seen: dict[str, ModelSpec] = {}
+            for n in names:
+                seen.setdefault(n, active[n])
+            routable = [m for m in seen.values() if m.route]
+        if not routable:
+            raise UnknownModel("no routable model among these (route = false: a judge or router model only)")
+        return routable
 
     # -- deciding ---------------------------------------------------------------------------------------
     def featurize(self, request: Request) -> Context:

@@ -344,10 +344,11 @@ def markdown(data: dict[str, Any]) -> str:
                 for s in data["scenarios"]
             )
         )
-    if any(r["policy"].startswith("cascade") for r in data["results"]):
+    if any(r["policy"].startswith(("cascade", "learned-cascade")) for r in data["results"]):
         lines += [
-            "- `cascade` is a simulator strategy: its judge sees each answer's true quality (plus its `error` "
-            "noise), which no live cascade has; read it as an upper reference for cascades."
+            "- `cascade` / `learned-cascade` use a simulated judge: its 1–10 score is each answer's true quality plus "
+            "Gaussian noise (`judge=` its accuracy on 0/1 answers, `noise=`) and reversed with probability `error`; "
+            "with no noise and no error it knows more than any live judge: read that as an upper reference."
         ]
     lines += [
         "",

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 SERVICE_PAGES = ("index.md", "api.md", "configuration.md", "durability.md", "security.md", "workers.md",
-                 "performance.md")
+                 "performance.md", "gateway.md")
 
 
 def page(root: Path, name: str) -> str:

@@ -3,6 +3,7 @@ round trips, the feedback log's invariants, checkpoints. SQLite-only and Postgre
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 import time
@@ -20,6 +21,7 @@ from bandit_router.catalog import ModelSpec
 from bandit_router.router import Router
 from bandit_router.store import (
     SCHEMA_VERSION,
+    CallRecord,
     FeedbackRecord,
     SQLiteStore,
     Store,
@@ -82,9 +84,9 @@ def test_prepare_creates_a_wal_database_once(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"decisions", "feedback", "model_events", "checkpoints", "meta"} <= tables
+        assert {"decisions", "feedback", "model_events", "checkpoints", "meta", "calls"} <= tables
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        assert version == "3" == str(SCHEMA_VERSION)
+        assert version == "4" == str(SCHEMA_VERSION)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(StoreError, match="schema version"):
         SQLiteStore(path).prepare()
@@ -439,3 +441,23 @@ def test_a_replica_lost_while_holding_the_lock_stalls_the_others_only_briefly(pg
         assert tx.decision(d.decision_id) is not None
     lost.close()
     other.close()
+
+
+def test_call_records_round_trip_and_a_second_replaces_the_first(store: Store, router: Router) -> None:
+    decision = _decision(router, "call me", n=0)
+    with store.write() as tx:
+        tx.insert_decisions([(decision, None, None)])
+    record = CallRecord(
+        decision_id=decision.decision_id, request_id=decision.decision_id, attempt=1, model=decision.model,
+        routed=True, stream=False, status="timeout", http_status=None, input_tokens=None, output_tokens=None,
+        usage=None, cost_usd=None, ttft_s=None, latency_s=2.5, error="m: no answer within 2.5 s", created_at=1.0,
+    )
+    with store.write() as tx:
+        tx.insert_calls([record])
+    answered = dataclasses.replace(record, status="ok", input_tokens=12, output_tokens=30, usage="upstream",
+                                   cost_usd=1e-5, ttft_s=0.1, latency_s=0.4, error=None, stream=True)
+    with store.write() as tx:
+        tx.insert_calls([answered])
+    with store.read() as reader:
+        assert reader.calls_for_many([decision.decision_id, "other"]) == {decision.decision_id: answered}
+        assert reader.calls_for_many([]) == {}

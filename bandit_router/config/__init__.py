@@ -3,6 +3,7 @@
     sections.py  one frozen dataclass per section (server, storage, routing, feedback, limits, auth), each field
                  with its default and help text; `Secrets`
     settings.py  `Settings` (the sections, flat access by key name, `check()`), `KEYS`
+    routers.py   `[[routers]]`: named routers (cascade, learned-cascade, llm-router), `RoutersSettings`
     loader.py    `load_settings`: defaults → TOML file → `BANDIT_ROUTER_*` environment → command-line flags;
                  `read_toml` and `layered`, shared with `bandit-router simulate`
 
@@ -13,6 +14,7 @@ They are kept as `Secrets`, whose `repr` shows only how many there are.
 
 from ..errors import ConfigError
 from .loader import DEFAULT_FILE, ENV_PREFIX, PARSERS, describe_keys, layered, load_settings, read_keys, read_toml
+from .routers import STRATEGIES, RouterAlias, RoutersSettings, check_routers, parse_routers
 from .sections import (
     AGGREGATIONS,
     MIN_KEY_LENGTH,
@@ -35,20 +37,25 @@ __all__ = [
     "MIN_KEY_LENGTH",
     "PARSERS",
     "SECTIONS",
+    "STRATEGIES",
     "SYNCHRONOUS",
     "AuthSettings",
     "ConfigError",
     "FeedbackSettings",
     "Key",
     "LimitsSettings",
+    "RouterAlias",
+    "RoutersSettings",
     "RoutingSettings",
     "Secrets",
     "ServerSettings",
     "Settings",
     "StorageSettings",
+    "check_routers",
     "describe_keys",
     "layered",
     "load_settings",
+    "parse_routers",
     "read_keys",
     "read_toml",
 ]

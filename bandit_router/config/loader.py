@@ -21,6 +21,7 @@ from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
 from ..errors import CatalogError, ConfigError, InvalidInput
 from ..store.location import Database, DatabaseURL, parse_database
+from .routers import RouterAlias, parse_routers
 from .sections import Secrets
 from .settings import KEYS, SECTIONS, Key, Settings
 
@@ -153,6 +154,14 @@ def _models(value: Any, from_env: bool) -> tuple[ModelSpec, ...]:
         raise _Bad(str(exc)) from exc
 
 
+def _routers(value: Any, from_env: bool) -> tuple[RouterAlias, ...]:
+    value = _json(value, from_env, 'a JSON list of objects, e.g. [{"name": "cascade", "strategy": "cascade", …}]')
+    try:
+        return parse_routers(value)
+    except ConfigError as exc:
+        raise _Bad(str(exc).removeprefix("routers: ")) from exc
+
+
 PARSERS: dict[Any, Callable[[Any, bool], Any]] = {
     int: _int,
     float: _float,
@@ -164,6 +173,7 @@ PARSERS: dict[Any, Callable[[Any, bool], Any]] = {
     Mapping[str, Any]: _table,
     BudgetConfig: _budgets,
     tuple[ModelSpec, ...]: _models,
+    tuple[RouterAlias, ...]: _routers,
 }
 """A field's type (without `| None`) → how to read it from TOML (`from_env` False) or from a string."""
 

@@ -228,3 +228,75 @@ class AuthSettings:
     @property
     def enabled(self) -> bool:
         return bool(self.api_keys) or bool(self.admin_keys)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The OpenAI-compatible gateway (`POST /v1/chat/completions`): where models are called, tries, limits."""
+
+    router_alias: str = setting("router", help="the `model` value that means \"route it\" (any catalog name means "
+                                "\"send it there\")")
+    default_base_url: str | None = setting(help="OpenAI-compatible base URL for catalog models without their own "
+                                           "`base_url`")
+    default_api_key_env: str | None = setting(help="environment variable holding the key for `default_base_url`")
+    max_attempts: int = setting(3, help="models tried per request: the first choice and up to N-1 fallbacks")
+    deadline_s: float = setting(120.0, help="seconds a request may take over all its tries (504 beyond)")
+    upstream_timeout_s: float = setting(60.0, help="seconds one upstream call may take, or wait between two "
+                                        "streamed chunks (a model's `timeout_s` overrides)")
+    upstream_connect_timeout_s: float = setting(5.0, help="seconds to connect to an upstream (a model's "
+                                                "`connect_timeout_s` overrides)")
+    upstream_max_concurrency: int = setting(64, help="concurrent calls per model (a model's `max_concurrency` "
+                                            "overrides); more wait for a slot within the deadline")
+    max_upstream_response_bytes: int = setting(8 * 1024 * 1024, help="largest upstream reply, or streamed "
+                                               "reply in total (a larger one is that model's failure)")
+    failure_quality: float = setting(0.0, help="quality learned for a model whose call failed (timeout, "
+                                     "connection error, 5xx): the worst answer, since the caller got none")
+
+    def __post_init__(self) -> None:
+        from ..catalog import ModelSpec  # the same checks as a catalog entry's upstream keys
+
+        _check(bool(self.router_alias) and len(self.router_alias) <= 128 and self.router_alias.isprintable(),
+               "router_alias", "must be 1 to 128 printable characters")
+        try:
+            ModelSpec("x", 0.0, 0.0, base_url=self.default_base_url, api_key_env=self.default_api_key_env)
+        except Exception as exc:
+            raise ConfigError(f"default_base_url / default_api_key_env: {str(exc).split(': ', 1)[-1]}") from None
+        _check(1 <= self.max_attempts <= 16, "max_attempts", "must be in 1..16")
+        for name in ("deadline_s", "upstream_timeout_s", "upstream_connect_timeout_s"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value > 0, name, "must be a finite number > 0")
+        _check(self.upstream_max_concurrency >= 1, "upstream_max_concurrency", "must be >= 1")
+        _check(self.max_upstream_response_bytes >= 1024, "max_upstream_response_bytes", "must be >= 1024")
+        _check(0.0 <= self.failure_quality <= 1.0, "failure_quality", "is a quality: must be in [0, 1]")
+
+
+DEFAULT_RUBRIC = (
+    "You grade an assistant's answer. Reply with one number from 0 to 10 and nothing else: 10 for a correct, "
+    "complete and helpful answer, 0 for a wrong or useless one."
+)
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Feedback without a human: a catalog model scores a sample of the gateway's answers off the request path."""
+
+    judge_model: str | None = setting(help="catalog model that scores answers (unset: no judge)")
+    judge_rubric: str = setting(DEFAULT_RUBRIC, help="the judge's system prompt; its reply's first number, "
+                                "divided by `judge_scale`, is the quality")
+    judge_scale: float = setting(10.0, help="the largest score the rubric asks for (quality = score / scale)")
+    judge_sample_rate: float = setting(0.0, help="share of routed answers the judge scores (0..1)")
+    judge_queue: int = setting(1000, help="answers waiting for the judge at most (more are not judged: counted "
+                                          "as dropped)")
+    judge_delay_s: float = setting(0.0, help="seconds after the reply before the judge's score is posted: the "
+                                   "caller's own feedback within this time wins")
+    judge_concurrency: int = setting(4, help="judge calls in flight at most")
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.judge_sample_rate <= 1.0, "judge_sample_rate", "must be in [0, 1]")
+        _check(math.isfinite(self.judge_scale) and self.judge_scale > 0, "judge_scale", "must be > 0")
+        _check(1 <= self.judge_queue <= 1_000_000, "judge_queue", "must be in 1..1000000")
+        _check(math.isfinite(self.judge_delay_s) and self.judge_delay_s >= 0, "judge_delay_s", "must be >= 0")
+        _check(1 <= self.judge_concurrency <= 256, "judge_concurrency", "must be in 1..256")
+        _check(bool(self.judge_rubric.strip()), "judge_rubric", "must not be empty")
+        if self.judge_sample_rate > 0:
+            _check(self.judge_model is not None, "judge_sample_rate", "needs judge_model")

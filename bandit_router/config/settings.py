@@ -7,6 +7,9 @@
     settings.budgets    BudgetConfig      budget targets (`bandit_router.budgets`)
     settings.limits     LimitsSettings    body and prompt sizes
     settings.auth       AuthSettings      API keys
+    settings.gateway    GatewaySettings   the OpenAI-compatible gateway: upstreams, tries, limits
+    settings.judge      JudgeSettings     the LLM judge that scores a sample of the gateway's answers
+    settings.named_routers  RoutersSettings  `[[routers]]`: cascades, learned cascades, LLM routers
 
 The configuration file and the environment name every key flatly (`port`, `BANDIT_ROUTER_DB`); so do
 `Settings(port=9000, db=...)` and `settings.port`, which reach into the section that owns the key (`KEYS`).
@@ -25,9 +28,12 @@ from ..catalog import Catalog, default_catalog, load_catalog
 from ..errors import CatalogError, ConfigError, InvalidInput
 from ..policies import make_policy
 from ..reward import RewardConfig
+from .routers import RoutersSettings, check_routers
 from .sections import (
     AuthSettings,
     FeedbackSettings,
+    GatewaySettings,
+    JudgeSettings,
     LimitsSettings,
     RoutingSettings,
     ServerSettings,
@@ -53,6 +59,9 @@ SECTIONS: dict[str, type] = {
     "budgets": BudgetConfig,
     "limits": LimitsSettings,
     "auth": AuthSettings,
+    "gateway": GatewaySettings,
+    "judge": JudgeSettings,
+    "named_routers": RoutersSettings,
 }
 """Section name → its class, in the order the docs show them."""
 
@@ -89,6 +98,9 @@ class Settings:
     budgets: BudgetConfig
     limits: LimitsSettings
     auth: AuthSettings
+    gateway: GatewaySettings
+    judge: JudgeSettings
+    named_routers: RoutersSettings
 
     def __init__(self, **values: Any) -> None:
         """`Settings(port=9000, db=Path("x.db"))` or `Settings(server=ServerSettings(...))`, or both (flat keys
@@ -142,9 +154,15 @@ class Settings:
         if len(catalog) > self.limits.max_models:
             raise ConfigError(f"max_models: the catalog has {len(catalog)} models; max_models is "
                               f"{self.limits.max_models}")
+        check_routers(self.named_routers.routers, catalog.names, self.gateway.router_alias)
         fallback = self.budgets.fallback_model
         if fallback is not None and fallback not in catalog.names:
             raise ConfigError(f"budgets: fallback_model {fallback!r} is not in the catalog")
+        judge = self.judge.judge_model
+        if judge is not None and judge not in catalog.names:
+            raise ConfigError(f"judge_model: {judge!r} is not in the catalog")
+        if self.gateway.router_alias in catalog.names:
+            raise ConfigError(f"router_alias: {self.gateway.router_alias!r} is also a catalog model's name")
         return self
 
     @property
@@ -171,7 +189,7 @@ class Settings:
         return {
             "policy": self.routing.policy,
             "policy_settings": dict(sorted(self.routing.policy_settings.items())),
-            "catalog": [m.to_json() for m in self.load_catalog()],
+            "catalog": [m.learning_json() for m in self.load_catalog()],
         }
 
     def flat(self) -> Mapping[str, Any]:

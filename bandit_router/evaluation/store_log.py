@@ -12,16 +12,21 @@ from .log import LoggedRecord
 PAGE = 2000
 
 
-def iter_log(store: Store, *, page: int = PAGE) -> Iterator[LoggedRecord]:
+def iter_log(store: Store, *, page: int = PAGE, fallbacks: bool = False) -> Iterator[LoggedRecord]:
     """Every stored decision in storage order with its learned feedback (the outcome the policy learned, its
-    realised cost, when it arrived) and its shadow pmfs; `outcome` is None while no feedback was learned."""
+    realised cost, when it arrived) and its shadow pmfs; `outcome` is None while no feedback was learned.
+
+    The gateway's fallbacks (a try after a failed one: a decision over the models not yet tried) are left out
+    unless `fallbacks`: they exist only because their request's first choice failed, and that first choice is
+    already in the log with the failure as its outcome (docs: the gateway, "How fallbacks are logged")."""
     position = 0
     while True:
         with store.read() as reader:
             rows = reader.decisions_after(position, page)
             if not rows:
                 return
-            records = logged_records(reader, [stored for _, stored in rows])
+            stored_rows = [stored for _, stored in rows]
+            records = logged_records(reader, stored_rows if fallbacks else first_tries(reader, stored_rows))
         position = rows[-1][0]
         yield from records
 
@@ -30,7 +35,13 @@ def recent_log(store: Store, limit: int) -> list[LoggedRecord]:
     """The newest `limit` stored decisions as `LoggedRecord`s, oldest first (one read: bounded work)."""
     with store.read() as reader:
         rows = reader.recent_decisions(limit)
-        return logged_records(reader, [stored for _, stored in reversed(rows)])
+        return logged_records(reader, first_tries(reader, [stored for _, stored in reversed(rows)]))
+
+
+def first_tries(reader: Reader, rows: Sequence[StoredDecision]) -> list[StoredDecision]:
+    """`rows` without the gateway's fallbacks (decisions whose call record says `attempt` > 1)."""
+    calls = reader.calls_for_many([stored.decision.decision_id for stored in rows])
+    return [s for s in rows if (c := calls.get(s.decision.decision_id)) is None or c.attempt == 1]
 
 
 def logged_records(reader: Reader, rows: Sequence[StoredDecision]) -> list[LoggedRecord]:

@@ -13,7 +13,20 @@ The service (`bandit_router.service`) adds only the writer thread and HTTP.
 
 from .budget_state import BudgetState
 from .checkpoints import Checkpointer, fingerprint
-from .feedback import FeedbackRules, Ruling, Verdict, average, close_window, feedback_record, judge, priced
+from .feedback import (
+    CALLER_POLICY,
+    NAMED_ROUTER_POLICIES,
+    FeedbackRules,
+    Ruling,
+    Verdict,
+    average,
+    close_window,
+    feedback_record,
+    judge,
+    priced,
+    unrouted,
+    with_call,
+)
 from .follower import REPLAY_PAGE, LogEntry, LogFollower, rebuild_router
 from .monitor import Monitor
 from .policies import BUNDLE_MAGIC, PolicySet, build_router
@@ -21,6 +34,8 @@ from .timeseries import RANGES, Window, timeseries
 
 __all__ = [
     "BUNDLE_MAGIC",
+    "CALLER_POLICY",
+    "NAMED_ROUTER_POLICIES",
     "RANGES",
     "REPLAY_PAGE",
     "BudgetState",
@@ -42,4 +57,6 @@ __all__ = [
     "priced",
     "rebuild_router",
     "timeseries",
+    "unrouted",
+    "with_call",
 ]

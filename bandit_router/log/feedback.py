@@ -10,12 +10,47 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownModel
-from ..store import SYSTEM_STATUSES, FeedbackRecord, FeedbackStatus
+from ..store import SYSTEM_STATUSES, CallRecord, CallStatus, FeedbackRecord, FeedbackStatus
 from ..types import Decision, Outcome
 
 if TYPE_CHECKING:
     from ..config import Settings
     from ..router import Router
+
+
+CALLER_POLICY = "caller"
+"""The `policy` of a decision whose model the caller named (the gateway's `model = "<catalog name>"`): stored so
+its call and feedback are on record, never learned as a routed decision (its feedback is `unrouted`)."""
+NAMED_ROUTER_POLICIES = ("cascade:", "learned-cascade:", "llm-router:")
+"""Policy prefixes of the decisions of named routers (`[[routers]]`, `bandit_router.cascade.live`): the bandit did
+not choose their model, so their feedback is `unrouted` too (a learned cascade learns it itself)."""
+
+
+def unrouted(policy: str) -> bool:
+    """Whether a decision's feedback is kept out of the bandit's learning: a model the caller named, or a named
+    router's choice."""
+    return policy == CALLER_POLICY or policy.startswith(NAMED_ROUTER_POLICIES)
+
+
+def with_call(outcome: Outcome, call: CallRecord | None) -> Outcome:
+    """`outcome` completed from the gateway's record of the call (tokens, cost, latency), for the fields the caller
+    left out; the caller's own values win. Only a call that answered (`ok`) completes anything. When the caller
+    reports tokens but no cost, the cost is priced from the caller's tokens, not from the call's."""
+    if call is None or call.status != CallStatus.OK:
+        return outcome
+    tokens_given = outcome.input_tokens is not None or outcome.output_tokens is not None
+    return Outcome(
+        quality=outcome.quality,
+        cost_usd=outcome.cost_usd if outcome.cost_usd is not None or tokens_given else call.cost_usd,
+        input_tokens=outcome.input_tokens if outcome.input_tokens is not None else call.input_tokens,
+        output_tokens=outcome.output_tokens if outcome.output_tokens is not None else call.output_tokens,
+        latency_s=outcome.latency_s if outcome.latency_s is not None else call.latency_s,
+    )
+
+
+JUDGE_SOURCE = "judge"
+"""The `source` of the LLM judge's feedback (`bandit_router.gateway.judge`). A caller's own feedback after the
+judge's is never a conflict: stored (`ignored` once the judge's was learned), answered 200."""
 
 
 class Verdict(enum.StrEnum):
@@ -71,7 +106,8 @@ def judge(
     for rec in from_callers:
         if rec.report() == report:
             return Ruling(Verdict.DUPLICATE, rec)
-    if from_callers and rules.aggregation == "reject":
+    after_judge = report[-1] != JUDGE_SOURCE and all(r.source == JUDGE_SOURCE for r in from_callers)
+    if from_callers and rules.aggregation == "reject" and not after_judge:
         return Ruling(Verdict.CONFLICT, from_callers[0])
     if rules.reward_window_s is not None and received_at > created_at + rules.reward_window_s:
         return Ruling(Verdict.LATE)

@@ -88,6 +88,10 @@ class _Ridge:
         self.theta = self.a_inv @ self.b
 
 
+RidgeRegression = _Ridge
+"""One Bayesian ridge regression (A⁻¹, b, θ; Sherman–Morrison updates), for other learners (cascade escalation)."""
+
+
 def _groups(spec: ModelSpec) -> list[str]:
     return [f"model={spec.name}"] + [f"{k}={v}" for k, v in sorted(spec.tags.items())]
 

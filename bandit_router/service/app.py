@@ -21,12 +21,16 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from ..cascade.live import NamedRouters
 from ..config import Settings, load_settings
+from ..errors import ConfigError
+from ..gateway import Gateway, Judge
 from ..store.location import open_store
 from . import dashboard, errors, redact
 from .auth import Authenticator
 from .engine import Engine
 from .exceptions import PayloadTooLarge
+from .gateway_routes import router as gateway_router
 from .hotpaths import HotPaths
 from .metrics import Metrics
 from .routes import BODY_MODELS, Services, router
@@ -218,6 +222,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.metrics = metrics
         app.state.services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys))
         engine.start()
+        gateway = await start_gateway(settings, engine)
+        gateway.observer = metrics.call_recorded
+        if gateway.judge is not None:
+            metrics.bind_judge(gateway.judge.report)
+        app.state.gateway = gateway
+        app.state.named_routers = named = start_named_routers(settings, engine, gateway)
         log.info(
             "bandit-router: db=%s synchronous=%s policy=%s models=%d auth=%s store_prompts=%s",
             settings.storage.db, settings.storage.synchronous, settings.routing.policy, len(engine.router.models),
@@ -226,6 +236,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await named.close()
+            await stop_gateway(gateway)
             await asyncio.to_thread(engine.stop)
 
     app = FastAPI(
@@ -246,9 +258,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     redact.install()
     errors.install(app)
     app.include_router(router)
+    app.include_router(gateway_router)
     dashboard.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
+    """The gateway (`POST /v1/chat/completions`) and, with `judge_model`, its judge loop."""
+    gateway = Gateway.build(settings, engine)
+    judge_model = settings.judge.judge_model
+    if judge_model is not None and settings.judge.judge_sample_rate > 0:
+        if not gateway.upstreams.has(judge_model):
+            raise ConfigError(f"judge_model: {judge_model!r} has no upstream (base_url)")
+        judge = Judge(settings, engine.router.spec(judge_model), gateway.upstreams, engine.feedback,
+                      seed=settings.routing.seed)
+        judge.start()
+        gateway.judge = judge
+        gateway.on_answer = judge.offer
+        engine.extra_stats["judge"] = judge.report
+    return gateway
+
+
+def start_named_routers(settings: Settings, engine: Engine, gateway: Gateway) -> NamedRouters:
+    """The `[[routers]]` aliases (cascades, learned cascades, LLM routers); every model they call needs an upstream."""
+    for alias in settings.named_routers.routers:
+        missing = [m for m in alias.called_models if not gateway.upstreams.has(m)]
+        if missing:
+            raise ConfigError(f"routers: {alias.name!r}: no upstream (base_url) for {missing}")
+    return NamedRouters(settings.named_routers.routers, engine, gateway, seed=settings.routing.seed)
+
+
+async def stop_gateway(gateway: Gateway) -> None:
+    if gateway.judge is not None:
+        await gateway.judge.stop()
+    await gateway.close()
 
 
 def _version() -> str:

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..budgets import BudgetConfig, BudgetPacer
@@ -33,7 +33,7 @@ from ..errors import BanditRouterError, UnknownDecision
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
 from ..router import Router
-from ..store import FeedbackRecord, Store, StoredDecision, StoreError
+from ..store import CallRecord, FeedbackRecord, Store, StoredDecision, StoreError
 from ..store.location import open_store
 from ..types import Decision, Outcome, Request
 from .exceptions import Conflict, NotFound, Unavailable
@@ -45,6 +45,7 @@ from .writer import (
     Observer,
     Op,
     Promote,
+    RecordCall,
     RetireModel,
     SetBudgets,
     Writer,
@@ -99,6 +100,10 @@ class Engine:
         """Recurring failures (a checkpoint, the WAL, retention) are logged at most once a minute each."""
         self._next_wal_check = 0.0
         self._next_retention = 0.0
+        self.extra_stats: dict[str, Callable[[], Any]] = {}
+        """More sections of `stats()` (the gateway's judge adds `judge`)."""
+        self.feedback_listeners: list[Callable[[str, Outcome, FeedbackResult], None]] = []
+        """Told about every feedback this process stored (the named routers' learned escalation learns from them)."""
 
     # -- what the routes and tests read -------------------------------------------------------------------------
     @property
@@ -290,8 +295,27 @@ class Engine:
         await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
         return decision
 
+    async def store_decision(self, decision: Decision, request: Request) -> Decision:
+        """Store a decision made outside `route` (the gateway's fallbacks and caller-named models)."""
+        self._require_ready()
+        tenant = request.context.get("tenant")
+        prompt = request.text if self.settings.storage.store_prompts else None
+        shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
+        await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
+        return decision
+
+    async def record_call(self, record: CallRecord, failure: Outcome | None = None, source: str | None = None) -> None:
+        """Store the gateway's record of a call; with `failure`, also the failure as the decision's feedback
+        (learned like any feedback). Both reach the writer in one batch, the record first."""
+        ops: list[Any] = [self._submit(RecordCall(record))]
+        if failure is not None:
+            ops.append(self._submit(Feedback(record.decision_id, failure, source, time.time())))
+        await asyncio.gather(*ops)
+
     async def feedback(self, decision_id: str, outcome: Outcome, source: str | None = None) -> FeedbackResult:
         result: FeedbackResult = await self._submit(Feedback(decision_id, outcome, source, time.time()))
+        for listener in self.feedback_listeners:
+            listener(decision_id, outcome, result)
         return result
 
     async def set_budgets(self, config: BudgetConfig) -> BudgetConfig:
@@ -351,12 +375,13 @@ class Engine:
             "n": len(records),
         }
 
-    def decision(self, decision_id: str) -> tuple[StoredDecision, list[FeedbackRecord]]:
+    def decision(self, decision_id: str) -> tuple[StoredDecision, list[FeedbackRecord], CallRecord | None]:
+        """A stored decision, its feedback, and the gateway's call record (None for a `/v1/route` decision)."""
         with _readable(), self.store.read() as reader:
             stored = reader.decision(decision_id)
             if stored is None:
                 raise UnknownDecision(f"no decision {decision_id!r}")
-            return stored, reader.feedback_for(decision_id)
+            return stored, reader.feedback_for(decision_id), reader.calls_for_many([decision_id]).get(decision_id)
 
     def stats(self) -> dict[str, Any]:
         """Counts from the database; the policy version and applied seq of this process (`pid`)."""
@@ -386,6 +411,7 @@ class Engine:
             "feedback_by_status": raw.feedback_by_status,
             "models": models,
             "budgets": self.pacer.report(),
+            **{name: report() for name, report in self.extra_stats.items()},
         }
 
 

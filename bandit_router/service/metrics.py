@@ -21,10 +21,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from ..names import safe_text
+from ..store import CallRecord
 from ..types import Decision
 
 log = logging.getLogger("bandit_router.service")
 ROUTE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -58,6 +60,22 @@ class Metrics:
         self.policy_version = Gauge("bandit_router_policy_version", "Feedbacks learned by this process", registry=r)
         self.applied_seq = Gauge("bandit_router_applied_seq", "Last feedback seq applied by this process", registry=r)
         self.ready = Gauge("bandit_router_ready", "1 when the service is ready", registry=r)
+        self.upstream_calls = Counter(
+            "bandit_router_upstream_calls", "The gateway's upstream calls, by model and how they ended (ok, timeout, "
+            "connection_error, server_error, invalid_response, rejected, cancelled)", ["model", "status"], registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "bandit_router_upstream_seconds", "Duration of the gateway's answered upstream calls, by model",
+            ["model"], buckets=UPSTREAM_BUCKETS, registry=r,
+        )
+        self.upstream_ttft = Histogram(
+            "bandit_router_upstream_ttft_seconds", "Time to the first streamed chunk of answered calls, by model",
+            ["model"], buckets=UPSTREAM_BUCKETS, registry=r,
+        )
+        self.upstream_cost = Counter(
+            "bandit_router_upstream_cost_usd", "Cost (USD, usage × catalog prices) of the gateway's calls, by model",
+            ["model"], registry=r,
+        )
         self._children: dict[tuple[str, ...], object] = {}
 
     def bind(self, policy_version: Callable[[], float], applied_seq: Callable[[], float],
@@ -85,6 +103,21 @@ class Metrics:
         if learned:
             self.reward_sum.labels(model).inc(reward)
             self.cost_sum.labels(model).inc(cost_usd)
+
+    def call_recorded(self, record: CallRecord) -> None:
+        """One upstream call of the gateway ended (called on the event loop)."""
+        model = safe_text(record.model)
+        self.upstream_calls.labels(model, safe_text(record.status)).inc()
+        if record.status == "ok" and record.latency_s is not None:
+            self.upstream_seconds.labels(model).observe(record.latency_s)
+            if record.stream and record.ttft_s is not None:
+                self.upstream_ttft.labels(model).observe(record.ttft_s)
+        if record.cost_usd:
+            self.upstream_cost.labels(model).inc(record.cost_usd)
+
+    def bind_judge(self, report: Callable[[], Mapping[str, Any]]) -> None:
+        """Export the judge's counters and spend at scrape time."""
+        self.registry.register(_JudgeCollector(report))
 
     def request(self, route: str, code: int) -> None:
         key = (route, str(code))
@@ -134,6 +167,26 @@ class _BudgetCollector(Collector):
                 if t["realized"] is not None:
                     realized.add_metric([tenant, label], float(t["realized"]))
         yield from (spend, lam, target, realized)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class _JudgeCollector(Collector):
+    FIELDS = ("sampled", "dropped", "scored", "overridden", "failed", "unreadable", "queued")
+
+    def __init__(self, report: Callable[[], Mapping[str, Any]]) -> None:
+        self._report = report
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        report = self._report()
+        jobs = GaugeMetricFamily("bandit_router_judge_jobs", "The judge's jobs by what became of them (and queued)",
+                                 labels=["state"])
+        for name in self.FIELDS:
+            jobs.add_metric([name], float(report[name]))
+        spend = GaugeMetricFamily("bandit_router_judge_spend_usd", "Cost of the judge's calls (USD)")
+        spend.add_metric([], float(report["spend_usd"]))
+        yield from (jobs, spend)
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())

@@ -239,9 +239,11 @@ async def feedback_call(services: Services, raw: bytes) -> bytes:
 async def get_decision(
     request: Request, decision_id: Annotated[str, Path(max_length=64, pattern=ID_PATTERN)]
 ) -> Response:
-    """A stored decision joined with its feedback (the prompt only when `store_prompts = true`)."""
+    """A stored decision joined with its feedback (the prompt only when `store_prompts = true`), and the gateway's
+    record of its upstream call (`call`: tokens, cost, time to first token, latency, status, try; null for a
+    decision made by `/v1/route`)."""
     engine = _services(request).engine
-    stored, feedback_rows = await run_in_threadpool(engine.decision, decision_id)
+    stored, feedback_rows, call = await run_in_threadpool(engine.decision, decision_id)
     d = stored.decision
     ctx = d.context
     return json_response(
@@ -266,21 +268,30 @@ async def get_decision(
             },
             "prompt": stored.prompt,
             "feedback": [r.to_json() for r in feedback_rows],
+            "call": None if call is None else call.to_json(),
         }
     )
 
 
 def _model_json(spec: ModelSpec, feedback_count: int) -> dict[str, Any]:
-    return {**spec.to_json(), "feedback": feedback_count}
+    return {**spec.learning_json(), "feedback": feedback_count}
 
 
 @router.get("/v1/models", response_model=ModelsOut, responses=_responses(), openapi_extra=_body(), tags=["v1"])
 async def list_models(request: Request) -> Response:
-    """The active models (in arm order) with their learned feedback counts, and the retired ones."""
+    """The active models (in arm order) with their learned feedback counts, and the retired ones; also in OpenAI's
+    list shape (`object`, `data`: the gateway's router alias first, then the named routers), for OpenAI clients."""
     engine = _services(request).engine
     counts = engine.router.feedback_counts()
+    alias = engine.settings.gateway.router_alias
     return json_response(
         {
+            "object": "list",
+            "data": [{"id": alias, "object": "model", "created": 0, "owned_by": "bandit-router"}]
+            + [{"id": r.name, "object": "model", "created": 0, "owned_by": "bandit-router"}
+               for r in engine.settings.named_routers.routers]
+            + [{"id": m.name, "object": "model", "created": 0, "owned_by": m.family or "bandit-router"}
+               for m in engine.router.models],
             "models": [_model_json(m, counts.get(m.name, 0)) for m in engine.router.models],
             "retired": engine.retired_models(),
         }

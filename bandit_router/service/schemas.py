@@ -224,7 +224,19 @@ class ModelOut(BaseModel):
     feedback: int = 0
 
 
+class OpenAIModel(BaseModel):
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str
+
+
 class ModelsOut(BaseModel):
+    """The router's own listing (`models`, `retired`) and OpenAI's list shape (`object`, `data`) in one reply: an
+    OpenAI client reads `data` (the router alias first, then every active model with an upstream or not)."""
+
+    object: str = "list"
+    data: list[OpenAIModel] = Field(default_factory=list)
     models: list[ModelOut]
     retired: list[str]
 
@@ -279,6 +291,9 @@ class DecisionOut(BaseModel):
     context: dict[str, Any]
     prompt: str | None
     feedback: list[dict[str, Any]]
+    call: dict[str, Any] | None = Field(
+        default=None, description="the gateway's upstream call for this decision (null for /v1/route decisions)"
+    )
 
 
 def _budget_scope_schema(*, settings: bool) -> dict[str, Any]:

@@ -16,7 +16,8 @@ queued in one write transaction:
 Few statements per batch matter: the sqlite3 module releases the GIL around each, and the writer must wait for
 the busy event loop to give it back every time (see `app.tune_process`).
 
-The operations (one small class each) live here with the writer because each runs inside its transaction.
+Why one module: the operations (one small class each) live here with the writer because each runs inside its
+transaction and shares its `Batch`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from ..catalog import ModelSpec
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision
 from ..log import BudgetState, FeedbackRules, LogEntry, LogFollower, Verdict, close_window, feedback_record, judge
-from ..store import FeedbackRecord, ModelAction, Store, StoredDecision, StoreError, WriteTx
+from ..log.feedback import unrouted, with_call
+from ..store import CallRecord, FeedbackRecord, FeedbackStatus, ModelAction, Store, StoredDecision, StoreError, WriteTx
 from ..types import Decision, Outcome
 from .exceptions import Conflict, NotFound, Unavailable
 
@@ -85,6 +87,8 @@ class Batch:
     after_commit: list[Decision] = field(default_factory=list)
     decisions: dict[str, StoredDecision] = field(default_factory=dict)
     feedback: dict[str, list[FeedbackRecord]] = field(default_factory=dict)
+    calls: dict[str, CallRecord] = field(default_factory=dict)
+    """The gateway's call records of the decisions the batch's feedback refers to."""
     next_seq: int = 1
     pending: list[FeedbackRecord] = field(default_factory=list)
 
@@ -140,8 +144,21 @@ class InsertDecision(Op):
         self.decision, self.prompt, self.tenant, self.shadow_pmfs = decision, prompt, tenant, shadow_pmfs
 
 
+class RecordCall(Op):
+    """Store the gateway's record of one upstream call (usage, cost, latency, status) next to its decision. A
+    batch's records are written together, after its decisions and before its feedback (`Writer._transact`)."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: CallRecord) -> None:
+        super().__init__()
+        self.record = record
+
+
 class Feedback(Op):
-    """Judge a feedback by the rules (`log.judge`), then store it numbered (or answer a duplicate)."""
+    """Judge a feedback by the rules (`log.judge`), then store it numbered (or answer a duplicate). What the
+    caller left out (tokens, cost, latency) comes from the gateway's call record (`log.with_call`); feedback for
+    a decision whose model the caller named is stored as `unrouted`, never learned."""
 
     __slots__ = ("decision_id", "outcome", "received_at", "source")
 
@@ -153,7 +170,7 @@ class Feedback(Op):
         stored = batch.decisions.get(self.decision_id)
         if stored is None:
             raise UnknownDecision(f"no decision {self.decision_id!r}")
-        decision, o = stored.decision, self.outcome
+        decision, o = stored.decision, with_call(self.outcome, batch.calls.get(self.decision_id))
         report = (o.quality, o.cost_usd, o.input_tokens, o.output_tokens, o.latency_s, self.source)
         existing = batch.feedback.get(self.decision_id, [])
         ruling = judge(existing, report, self.received_at, decision.created_at, batch.writer.rules)
@@ -171,9 +188,12 @@ class Feedback(Op):
                 "aggregation = reject"
             )
         router = batch.writer.follower.policies.live
+        status = ruling.verdict.status
+        if unrouted(decision.policy) and status in (FeedbackStatus.APPLIED, FeedbackStatus.PENDING):
+            status = FeedbackStatus.UNROUTED
         record = batch.number(
             feedback_record(router, decision, stored.tenant, o, received_at=self.received_at, source=self.source,
-                            status=ruling.verdict.status)
+                            status=status)
         )
         batch.feedback.setdefault(self.decision_id, []).append(record)
         batch.log_feedback(record, decision)
@@ -357,9 +377,9 @@ class Writer:
 
     def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
         follower = self.follower
-        # Decisions are not part of the log: a batch of decisions alone neither reads nor numbers it (three
-        # statements: BEGIN, one INSERT, COMMIT). Anything else first catches up with the log, under the lock.
-        touches_log = sweep or any(not isinstance(op, InsertDecision) for op in ops)
+        # Decisions and call records are not part of the log: a batch of them alone neither reads nor numbers it
+        # (BEGIN, one INSERT each, COMMIT). Anything else first catches up with the log, under the lock.
+        touches_log = sweep or any(not isinstance(op, InsertDecision | RecordCall) for op in ops)
         try:
             with self.store.write() as tx:
                 batch = Batch(self, tx, active={m.name for m in follower.policies.live.models})
@@ -373,12 +393,16 @@ class Writer:
                 inserts = [op for op in ops if isinstance(op, InsertDecision)]
                 if inserts:
                     self._insert_decisions(batch, inserts)
+                calls = [op.record for op in ops if isinstance(op, RecordCall)]
+                if calls:  # before the feedback below reads them
+                    tx.insert_calls(calls)
                 asked = [op.decision_id for op in ops if isinstance(op, Feedback)]
                 if asked:
                     batch.decisions = tx.decisions(asked)
                     batch.feedback = tx.feedback_for_many(asked)
+                    batch.calls = tx.calls_for_many(asked)
                 for op in ops:
-                    if isinstance(op, InsertDecision):
+                    if isinstance(op, InsertDecision | RecordCall):
                         continue
                     try:
                         op.result = op.run(batch)
@@ -465,6 +489,8 @@ class Writer:
             stored = tx.decision(info.decision_id)
             if stored is None:  # cannot happen: `info` came from the decisions table in this transaction
                 log.error("decision %s vanished while closing its reward window", info.decision_id)
+                continue
+            if unrouted(stored.decision.policy):  # the bandit did not choose its model: nothing to learn
                 continue
             outcome, status = closing
             record = batch.number(

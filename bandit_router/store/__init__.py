@@ -1,4 +1,5 @@
-"""The durable log of the service: decisions, feedback, model changes and checkpoints of the learned state.
+"""The durable log of the service: decisions, feedback, the gateway's calls, model changes and checkpoints of the
+learned state.
 
     records.py     the typed values that cross the interface, `FeedbackStatus`, `StoreStats`, `StoreError`
     interface.py   `Store`, `Reader`, `WriteTx`: what any database must implement
@@ -20,6 +21,8 @@ from .location import DatabaseURL, open_store
 from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from .records import (
     SYSTEM_STATUSES,
+    CallRecord,
+    CallStatus,
     Checkpoint,
     DecisionInfo,
     FeedbackRecord,
@@ -39,6 +42,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "SYSTEM_STATUSES",
     "WAL_MAX_BYTES",
+    "CallRecord",
+    "CallStatus",
     "Checkpoint",
     "DatabaseURL",
     "DecisionInfo",

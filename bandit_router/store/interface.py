@@ -13,7 +13,7 @@ from typing import Protocol
 
 from ..catalog import ModelSpec
 from ..types import Decision
-from .records import Checkpoint, DecisionInfo, FeedbackRecord, ModelEvent, StoredDecision, StoreStats
+from .records import CallRecord, Checkpoint, DecisionInfo, FeedbackRecord, ModelEvent, StoredDecision, StoreStats
 from .rollup import MinuteStats
 
 
@@ -73,6 +73,10 @@ class Reader(Protocol):
 
     def stats(self) -> StoreStats: ...
 
+    def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:
+        """The gateway's call record of each of `decision_ids` that has one (one query)."""
+        ...
+
     def get_meta(self, key: str) -> str | None: ...
 
 
@@ -94,6 +98,10 @@ class WriteTx(Reader, Protocol):
 
     def insert_shadow_pmfs(self, rows: Sequence[tuple[str, str]]) -> None:
         """(decision_id, JSON object {shadow name: pmf}) rows, next to their decisions."""
+        ...
+
+    def insert_calls(self, records: Sequence[CallRecord]) -> None:
+        """Store the gateway's call records (a decision has at most one: a second one replaces it)."""
         ...
 
     def insert_checkpoint(

@@ -184,6 +184,52 @@ MIGRATIONS: tuple[Migration, ...] = (
         (rollup.TABLE, *rollup.BACKFILL),
         (rollup.TABLE_POSTGRES, *rollup.BACKFILL_POSTGRES),
     ),
+    Migration(
+        4,
+        "the gateway's upstream calls: one row per decision it called a model for (usage, cost, latency, status)",
+        (
+            """CREATE TABLE IF NOT EXISTS calls (
+                decision_id TEXT PRIMARY KEY REFERENCES decisions(decision_id),
+                request_id TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                model TEXT NOT NULL,
+                routed INTEGER NOT NULL,
+                stream INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                http_status INTEGER,
+                input_tokens INTEGER,
+                output_tokens INTEGER,
+                usage TEXT,
+                cost_usd REAL,
+                ttft_s REAL,
+                latency_s REAL,
+                error TEXT,
+                created_at REAL NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS calls_request ON calls (request_id)",
+        ),
+        (
+            """CREATE TABLE IF NOT EXISTS calls (
+                decision_id TEXT PRIMARY KEY REFERENCES decisions(decision_id),
+                request_id TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                model TEXT NOT NULL,
+                routed SMALLINT NOT NULL,
+                stream SMALLINT NOT NULL,
+                status TEXT NOT NULL,
+                http_status INTEGER,
+                input_tokens BIGINT,
+                output_tokens BIGINT,
+                usage TEXT,
+                cost_usd DOUBLE PRECISION,
+                ttft_s DOUBLE PRECISION,
+                latency_s DOUBLE PRECISION,
+                error TEXT,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS calls_request ON calls (request_id)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -51,6 +51,7 @@ from .interface import Reader, WriteTx
 from .location import DatabaseURL, redact_urls
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .records import (
+    CallRecord,
     Checkpoint,
     DecisionInfo,
     FeedbackRecord,
@@ -66,8 +67,11 @@ from .sqlite import (
     _FEEDBACK,
     _FI,
     _JOINED,
+    CALL_COLUMNS,
     DECISION_COLUMNS,
     FEEDBACK_COLUMNS,
+    _call_from_row,
+    _call_value,
     _decision_from_row,
     _feedback_from_row,
     _SQLiteTx,
@@ -300,6 +304,7 @@ class PostgresStore:
             ).fetchall()]
             if ids:
                 conn.execute("DELETE FROM shadow_pmfs WHERE decision_id = ANY(%s)", (ids,))
+                conn.execute("DELETE FROM calls WHERE decision_id = ANY(%s)", (ids,))
                 deleted += conn.execute("DELETE FROM decisions WHERE decision_id = ANY(%s)", (ids,)).rowcount
         return int(deleted)
 
@@ -475,7 +480,25 @@ class _PostgresTx(_SQLiteTx):
                 [v for row in chunk for v in row],
             )
 
+    def insert_calls(self, records: Sequence[CallRecord]) -> None:
+        columns = ", ".join(CALL_COLUMNS)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in CALL_COLUMNS[1:])
+        for start in range(0, len(records), _CHUNK):
+            chunk = records[start : start + _CHUNK]
+            marks = ",".join(["(" + ", ".join(["%s"] * len(CALL_COLUMNS)) + ")"] * len(chunk))
+            self.conn.execute(
+                f"INSERT INTO calls ({columns}) VALUES {marks} ON CONFLICT (decision_id) DO UPDATE SET {updates}",
+                [_call_value(getattr(r, c)) for r in chunk for c in CALL_COLUMNS],
+            )
+
     # -- reads ------------------------------------------------------------------------------------------------
+    def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:
+        if not decision_ids:
+            return {}
+        rows = self._rows(f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE decision_id = ANY(%s)",
+                          (list(decision_ids),))
+        return {row[0]: _call_from_row(row) for row in rows}
+
     def get_meta(self, key: str) -> str | None:
         row = self._one("SELECT value FROM meta WHERE key = %s", (key,))
         return None if row is None else str(row[0])

@@ -33,6 +33,8 @@ class FeedbackStatus(enum.StrEnum):
     """Written by the service: the default reward of a decision whose window closed without feedback."""
     AGGREGATE = "aggregate"
     """Written by the service: the average of a decision's pending feedbacks when its window closed."""
+    UNROUTED = "unrouted"
+    """Feedback for a call to a model the caller named (the policy did not choose it): stored, never learned."""
 
 
 SYSTEM_STATUSES = frozenset({FeedbackStatus.DEFAULT, FeedbackStatus.AGGREGATE})
@@ -109,6 +111,57 @@ class FeedbackRecord:
             "reward": self.reward,
             "realised_cost_usd": self.realised_cost_usd,
         }
+
+
+class CallStatus(enum.StrEnum):
+    """How one upstream call of the gateway ended (the `status` of a `CallRecord`)."""
+
+    OK = "ok"
+    TIMEOUT = "timeout"
+    """No answer (or no next streamed chunk) within the timeout or the request's deadline."""
+    CONNECTION_ERROR = "connection_error"
+    SERVER_ERROR = "server_error"
+    """The upstream answered 5xx (or 429 rate limited: the model could not answer now)."""
+    INVALID_RESPONSE = "invalid_response"
+    """Not an OpenAI chat completion, or larger than `max_upstream_response_bytes`."""
+    REJECTED = "rejected"
+    """The upstream answered 4xx: the request's fault, passed through to the caller, not the model's failure."""
+    CANCELLED = "cancelled"
+    """The caller went away (a stream closed early); not the model's failure."""
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether the model is blamed (learned as a failure, and the request falls back)."""
+        return self in (CallStatus.TIMEOUT, CallStatus.CONNECTION_ERROR, CallStatus.SERVER_ERROR,
+                        CallStatus.INVALID_RESPONSE)
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One upstream call the gateway made for a decision: what it cost and how long it took, so that a later
+    feedback with only a quality needs nothing else. `request_id` is the decision id of the request's first try
+    (`attempt` 1); a fallback is a decision of its own, `attempt` 2, 3, … with the same `request_id`.
+    `usage` says where the token counts came from: `upstream` (its `usage`) or `estimated` (counted here)."""
+
+    decision_id: str
+    request_id: str
+    attempt: int
+    model: str
+    routed: bool
+    stream: bool
+    status: str
+    http_status: int | None
+    input_tokens: int | None
+    output_tokens: int | None
+    usage: str | None
+    cost_usd: float | None
+    ttft_s: float | None
+    latency_s: float | None
+    error: str | None
+    created_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from .codec import decode_features, encode_features, floats_json, safe_text, to_
 from .interface import Reader, WriteTx
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .records import (
+    CallRecord,
     Checkpoint,
     DecisionInfo,
     FeedbackRecord,
@@ -126,6 +127,7 @@ class SQLiteStore:
             conn.execute("PRAGMA temp_store = MEMORY")
             conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")  # a reset WAL shrinks back
         except sqlite3.Error as exc:
+            self._note(exc)  # a corrupt file met while opening a connection is the store's fault too
             raise StoreError(f"{self.path}: {exc}") from exc
         if self.guard.identity is None:
             self.guard.arm()
@@ -256,6 +258,7 @@ class SQLiteStore:
             if ids:
                 marks = ",".join("?" * len(ids))
                 conn.execute(f"DELETE FROM shadow_pmfs WHERE decision_id IN ({marks})", ids)
+                conn.execute(f"DELETE FROM calls WHERE decision_id IN ({marks})", ids)
                 deleted += conn.execute(f"DELETE FROM decisions WHERE decision_id IN ({marks})", ids).rowcount
         return int(deleted)
 
@@ -523,7 +526,24 @@ class _SQLiteTx:
                 list(itertools.chain.from_iterable(chunk)),
             )
 
+    def insert_calls(self, records: Sequence[CallRecord]) -> None:
+        for start in range(0, len(records), _CHUNK):
+            chunk = records[start : start + _CHUNK]
+            marks = ",".join([f"({','.join('?' * len(CALL_COLUMNS))})"] * len(chunk))
+            self.conn.execute(
+                f"INSERT OR REPLACE INTO calls ({', '.join(CALL_COLUMNS)}) VALUES {marks}",
+                [_call_value(getattr(r, c)) for r in chunk for c in CALL_COLUMNS],
+            )
+
     # -- reads ------------------------------------------------------------------------------------------------
+    def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:
+        if not decision_ids:
+            return {}
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'calls'").fetchone() is None:
+            return {}  # a database no service with this version prepared yet
+        sql = f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE decision_id IN ({{marks}})"
+        return {row[0]: _call_from_row(row) for row in self._in_chunks(sql, decision_ids, plain=True)}
+
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row["value"])
@@ -646,6 +666,22 @@ class _SQLiteTx:
         for row in self.conn.execute("SELECT status, COUNT(*) AS n FROM feedback GROUP BY status"):
             stats.feedback_by_status[row["status"]] = row["n"]
         return stats
+
+
+CALL_COLUMNS = (
+    "decision_id", "request_id", "attempt", "model", "routed", "stream", "status", "http_status", "input_tokens",
+    "output_tokens", "usage", "cost_usd", "ttft_s", "latency_s", "error", "created_at",
+)  # fmt: skip
+
+
+def _call_value(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
+
+
+def _call_from_row(row: Sequence[Any]) -> CallRecord:
+    values = dict(zip(CALL_COLUMNS, row, strict=True))
+    values["routed"], values["stream"] = bool(values["routed"]), bool(values["stream"])
+    return CallRecord(**values)
 
 
 def _info_from_row(row: sqlite3.Row) -> DecisionInfo:

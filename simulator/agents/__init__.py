@@ -3,18 +3,21 @@ model whose answer was returned, its true quality, everything paid), so every st
 
     base.py          `Agent`, `Trace`, `trace_of`, the seeds of a run's streams
     router_agent.py  `RouterAgent`: a real `bandit_router.Router` with any registered policy, bandit feedback
-    strategies.py    oracle, cascade, LLM-as-router: strategies that need the ground truth
+    strategies.py    the oracle: a strategy that needs the ground truth
+    cascades.py      cascade, learned cascade, LLM-as-router: the service's `bandit_router.cascade` driven by
+                     simulated judges and routing LLMs
     classifier.py    the classifier-based router (a `RouterAgent` whose policy is fitted offline)
     registry.py      `AGENTS` and `make_agent(spec, env)`
 
-Imports go one way: registry → (router_agent, strategies, classifier) → base.
+Imports go one way: registry → (router_agent, cascades → strategies, classifier) → base.
 """
 
 from .base import FEEDBACK_SALT, ROUTER_SALT, WARMUP_SALT, Agent, PacerFactory, Trace, derived_seed, trace_of
+from .cascades import CascadeAgent, LLMRouterAgent, SimulatedJudge, make_cascade, make_llm_router
 from .classifier import CrossFitPolicy, classifier_agent
 from .registry import AGENTS, SIMULATOR_STRATEGIES, AgentEntry, AgentOptions, known_names, make_agent
 from .router_agent import WARMUPS, RouterAgent
-from .strategies import CascadeAgent, LLMRouterAgent, OracleAgent, make_strategy, mean_costs
+from .strategies import OracleAgent, make_strategy, mean_costs
 
 __all__ = [
     "AGENTS",
@@ -32,11 +35,14 @@ __all__ = [
     "OracleAgent",
     "PacerFactory",
     "RouterAgent",
+    "SimulatedJudge",
     "Trace",
     "classifier_agent",
     "derived_seed",
     "known_names",
     "make_agent",
+    "make_cascade",
+    "make_llm_router",
     "make_strategy",
     "mean_costs",
     "trace_of",

@@ -13,6 +13,7 @@ from bandit_router.policies import REGISTRY, Policy, make_policy
 
 from ..environments.base import Environment
 from .base import Agent, PacerFactory
+from .cascades import make_cascade, make_llm_router
 from .classifier import classifier_agent
 from .router_agent import RouterAgent
 from .strategies import make_strategy
@@ -38,6 +39,14 @@ def _strategy(spec: str, env: Environment, options: AgentOptions) -> Agent:
     return make_strategy(spec, env)
 
 
+def _cascade(spec: str, env: Environment, options: AgentOptions) -> Agent:
+    return make_cascade(spec, env, extractor=options.extractor, warmup=options.warmup)
+
+
+def _llm_router(spec: str, env: Environment, options: AgentOptions) -> Agent:
+    return make_llm_router(spec, env)
+
+
 def _classifier(spec: str, env: Environment, options: AgentOptions) -> Agent:
     return classifier_agent(spec, env, extractor=options.extractor, pacer_factory=options.pacer_factory)
 
@@ -61,8 +70,13 @@ def _mabwiser(spec: str, env: Environment, options: AgentOptions) -> Agent:
 
 AGENTS: dict[str, AgentEntry] = {
     "oracle": AgentEntry(_strategy, "per prompt, the best available model at the run's λ (an upper bound)"),
-    "cascade": AgentEntry(_strategy, "cheapest model first; escalate while an imperfect judge rejects the answer"),
-    "llm-router": AgentEntry(_strategy, "an LLM names the model; right with probability `accuracy`, paid for"),
+    "cascade": AgentEntry(
+        _cascade, "cheapest model first; escalate while an imperfect judge's score is below a threshold"
+    ),
+    "learned-cascade": AgentEntry(
+        _cascade, "a cascade whose accept/escalate step is a contextual bandit, learned online"
+    ),
+    "llm-router": AgentEntry(_llm_router, "an LLM names the model; right with probability `accuracy`, paid for"),
     "classifier": AgentEntry(_classifier, "the classifier-based router (fitted offline, or cross-fitted)"),
     "mabwiser-linucb": AgentEntry(_mabwiser, "MABWiser's LinUCB as a peer"),
     "mabwiser-lints": AgentEntry(_mabwiser, "MABWiser's LinTS as a peer"),

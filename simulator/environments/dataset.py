@@ -7,7 +7,8 @@ Table format: `prompt_id, prompt, task, quality_<model>, cost_<model>` (USD per 
   falls back to the cheapest available one, as `fixed:<model>` does in the router). Nothing crashes; the
   number of missing cells is reported (`missing_cells`, per model in `missing_by_model`). Prompts with no
   available model at all are dropped and counted (`dropped_prompts`).
-- **Split.** `split="split_routerdc"` separates the training part (`train_value`, for offline-trained
+- **Split.** `split="random:0.5"` makes a seeded random half the training part (tables without a split column);
+  `split="split_routerdc"` separates the training part (`train_value`, for offline-trained
   baselines and optional bandit warm-up) from the evaluated part (`eval_value`); `split="task"` splits by
   task. Rows with any other value are left out. Without a split, every kept prompt is evaluated.
 - **Prices.** Tables have real per-request costs but no price table. The router prices a decision as
@@ -112,6 +113,22 @@ def dataset_models(
     return tuple(specs)
 
 
+def random_split(n: int, spec: str) -> tuple[np.ndarray, np.ndarray]:
+    """`random:<share>[:<seed>]`: a seeded random `share` of the rows is the training part, the rest evaluated
+    (for tables without a split column; the seed defaults to 0 and is independent of the runs' seeds)."""
+    parts = spec.split(":")
+    try:
+        share = float(parts[1])
+        seed = int(parts[2]) if len(parts) > 2 else 0
+    except (IndexError, ValueError):
+        raise InvalidInput(f"split {spec!r}: expected random:<share>[:<seed>], e.g. random:0.5") from None
+    if not 0.0 < share < 1.0 or len(parts) > 3:
+        raise InvalidInput(f"split {spec!r}: the training share must be in (0, 1)")
+    order = np.random.default_rng([seed, 0x5A17]).permutation(n)
+    cut = round(share * n)
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
 def load_dataset(
     path: str | Path,
     *,
@@ -148,7 +165,9 @@ def load_dataset(
     for column in context_columns:
         if column != "task" and column not in table.columns:
             raise InvalidInput(f"{path}: no column {column!r} for the context")
-    if split:
+    if split and split.startswith("random:"):
+        train_rows, eval_rows = random_split(len(table), split)
+    elif split:
         if split != "task" and split not in table.columns:
             raise InvalidInput(f"{path}: no split column {split!r}; columns: {sorted(table.columns)}")
         values = np.array(table.tasks if split == "task" else table.columns[split])

@@ -111,13 +111,16 @@ async def stats_timeseries(
             tags=["dashboard"])
 async def stats_live(request: Request) -> Response:
     """The live policy and its version, the mean probability it gave each model over the newest 200 decisions,
-    the budgets (each target against its realised value, per tenant), and whether this key may promote."""
+    the budgets (each target against its realised value, per tenant), the named routers' counts (escalations),
+    and whether this key may promote."""
     monitor = _monitor(request)
     services = request.app.state.services
     reply = await run_in_threadpool(monitor.live)
     role = services.auth.role(bearer_token(request.headers.get("authorization")))
     reply["can_promote"] = (not services.auth.enabled) or role is Role.ADMIN
     reply["store_prompts"] = services.engine.settings.storage.store_prompts
+    named = getattr(request.app.state, "named_routers", None)
+    reply["named_routers"] = named.report() if named is not None else {}
     return json_response(reply)
 
 

@@ -81,6 +81,8 @@ class LiveOut(BaseModel):
     budgets: dict[str, Any] = Field(description="the budget pacer's report (`GET /v1/budgets`' `report`)")
     can_promote: bool = Field(description="the caller's key may promote a shadow (an admin key, or no keys)")
     store_prompts: bool
+    named_routers: dict[str, Any] = Field(default_factory=dict, description="per `[[routers]]` alias: requests, "
+                                          "escalations, calls, failures, spend (as in `GET /v1/stats`)")
 
 
 class RecentDecision(BaseModel):

@@ -231,9 +231,35 @@
     ready("models", rows.length);
   }
 
+  function drawRouters(routers) {
+    var names = Object.keys(routers).sort();
+    var tbody = document.querySelector("#routers-table tbody");
+    if (!names.length) {
+      fill(tbody, [null], function (tr) {
+        var td = cell(tr, "No named routers ([[routers]] in the configuration).");
+        td.colSpan = 7;
+      });
+      ready("routers", 1);
+      return;
+    }
+    fill(tbody, names, function (tr, name) {
+      var r = routers[name];
+      var calls = r.answer_calls + r.judge_calls + r.router_calls;
+      cell(tr, name);
+      cell(tr, r.strategy);
+      cell(tr, String(r.requests));
+      cell(tr, String(r.escalations) + " (" + pct(r.escalation_rate) + ")");
+      cell(tr, r.requests ? num(calls / r.requests, 2) : "–");
+      cell(tr, String(r.failed_requests));
+      cell(tr, num(r.spend_usd, 6));
+    });
+    ready("routers", names.length);
+  }
+
   function drawLive(live) {
     $("policy").textContent = "live policy " + live.policy + " · version " + live.policy_version;
     $("kpi-version").textContent = String(live.policy_version);
+    drawRouters(live.named_routers || {});
     var scopes = [["all traffic", live.budgets.global]];
     Object.keys(live.budgets.tenants).sort().forEach(function (name) {
       scopes.push(["tenant " + name, live.budgets.tenants[name]]);

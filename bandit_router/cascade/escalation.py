@@ -1,0 +1,287 @@
+"""Accept or escalate: the rule a cascade applies after each answer but the last.
+
+`ThresholdEscalation` is the field's rule: escalate when the confidence is missing or below a threshold.
+`LearnedEscalation` is a contextual bandit over the two actions {accept, escalate}. For the answer of chain
+step k, with prompt vector x (`features.dense_vector`) and confidence s ∈ [0, 1] (None when the signal gave
+none), its state is
+
+    z = [x, s·x, c_k(s)],   c_k(s) = [1{s missing}, s, s², onehot(bin₁₀(s))] in the block of position k
+
+(one block per chain position: a score means something else for each model; ten bins, one per rubric score)
+
+and, per action a, a Bayesian ridge regression (`policies.linear.RidgeRegression`; prior precision `ridge` on
+the prompt blocks, `confidence_ridge` on the confidence blocks; prior mean: q̂ = `prior_quality` for every state,
+for both actions) learns the *final quality*
+of the chain from z: for `accept`, the quality of the answer accepted at this step; for `escalate`, the
+quality the chain ended with after escalating here. Cost is priced, not learned blind ("learn what is
+unknown, price what is known"): escalating costs ĉ_k = r_k·c_next, the next model's expected cost times a
+learned ratio r_k (mean realised extra cost / c_next at step k, prior 1: later escalations add to it). The
+cost already spent is sunk and common to both actions. Thompson sampling on the two scores gives
+
+    P(escalate) = Φ((μ_e − λ·ĉ_k − μ_a) / (v·√(w_a² + w_e²))),   μ = θᵀz, w² = zᵀA⁻¹z
+
+mixed with a floor f so that both actions keep a logged probability ≥ f for offline evaluation:
+p = f + (1 − 2f)·P. The chain's reward is the final quality − λ·(total cost of the chain), the quantity both
+actions' scores estimate up to the common sunk cost. The probability of the action taken is logged with every
+step (`EscalationStep.probability`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..features import dense_vector
+from ..policies.linear import RidgeRegression
+from ..types import Context
+
+BINS = 10
+"""Confidence bins: one per score of the judge's 1–10 rubric ((score − 1)/9 falls in bin score − 1)."""
+MAX_STEPS = 4
+"""Chain positions with their own feature (a longer chain shares the last one)."""
+
+
+@dataclass(frozen=True)
+class EscalationStep:
+    """One accept/escalate decision of a chain: where, on what confidence, what was done and with what probability.
+
+    `probability` is the propensity of the action taken (1.0 for a fixed threshold); `p_escalate` the probability
+    escalation had. `expected_extra_cost_usd` is what escalating was expected to add (ĉ_k).
+    """
+
+    step: int
+    model: str
+    confidence: float | None
+    escalate: bool
+    p_escalate: float
+    expected_extra_cost_usd: float
+    next_cost_usd: float = 0.0
+    state: np.ndarray | None = None
+
+    @property
+    def probability(self) -> float:
+        return self.p_escalate if self.escalate else 1.0 - self.p_escalate
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model,
+            "confidence": self.confidence,
+            "action": "escalate" if self.escalate else "accept",
+            "probability": self.probability,
+            "p_escalate": self.p_escalate,
+            "expected_extra_cost_usd": self.expected_extra_cost_usd,
+            "next_cost_usd": self.next_cost_usd,
+        }
+
+
+class Escalation(Protocol):
+    """What a cascade asks after each answer but the last, and tells once the chain's final quality is known."""
+
+    name: str
+
+    def decide(
+        self,
+        context: Context,
+        step: int,
+        model: str,
+        confidence: float | None,
+        next_cost_usd: float,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> EscalationStep: ...
+
+    def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
+        """`extra_costs[i]`: what the chain paid after `steps[i]` (0 for the accepting step)."""
+        ...
+
+
+class ThresholdEscalation:
+    """Escalate when the confidence is missing or below `threshold` (deterministic: probability 1)."""
+
+    def __init__(self, threshold: float) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError("threshold must be in [0, 1]")
+        self.threshold = threshold
+        self.name = f"threshold:{threshold:g}"
+
+    def decide(
+        self,
+        context: Context,
+        step: int,
+        model: str,
+        confidence: float | None,
+        next_cost_usd: float,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> EscalationStep:
+        escalate = confidence is None or confidence < self.threshold
+        p = 1.0 if escalate else 0.0
+        return EscalationStep(step, model, confidence, escalate, p, next_cost_usd, next_cost_usd)
+
+    def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class EscalationParams:
+    """Settings of `LearnedEscalation`: prompt projection size, the ridge strength (prior precision) of the prompt
+    features and of the confidence features, the Thompson scale, the propensity floor (chosen on tuning seeds:
+    `experiments/cascade`)."""
+
+    dim: int = 64
+    ridge: float = 5.0
+    confidence_ridge: float = 5.0
+    prior_quality: float = 0.5
+    """Both actions' prior mean quality: neither is favoured before data (a prior of 0 would make an action
+    never tried look worse than any tried one)."""
+    v: float = 0.1
+    floor: float = 0.003
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.dim <= 1024:
+            raise ValueError("dim must be in [32, 1024]")
+        if self.ridge <= 0 or self.confidence_ridge <= 0 or self.v < 0:
+            raise ValueError("ridge and confidence_ridge must be > 0 and v >= 0")
+        if not 0.0 <= self.prior_quality <= 1.0:
+            raise ValueError("prior_quality must be in [0, 1]")
+        if not 0.0 <= self.floor < 0.5:
+            raise ValueError("floor must be in [0, 0.5)")
+
+
+CONFIDENCE_FEATURES = 3 + BINS
+"""Per chain position: 1{missing}, s, s², onehot(bin(s))."""
+
+
+def confidence_features(confidence: float | None, step: int) -> np.ndarray:
+    """[1{missing}, s, s², onehot(bin(s))] in the block of chain position `step` (each position has its own, since
+    a score means something else for each model), shape (MAX_STEPS · (3 + BINS),)."""
+    out = np.zeros(MAX_STEPS * CONFIDENCE_FEATURES)
+    base = min(step, MAX_STEPS - 1) * CONFIDENCE_FEATURES
+    if confidence is None:
+        out[base] = 1.0
+    else:
+        s = min(max(confidence, 0.0), 1.0)
+        out[base + 1], out[base + 2] = s, s * s
+        out[base + 3 + min(int(s * BINS + 1e-9), BINS - 1)] = 1.0
+    return out
+
+
+def _ridge(precision: np.ndarray, prior: np.ndarray) -> RidgeRegression:
+    """A ridge regression with prior precision `precision` and prior mean `prior` per feature
+    (A₀ = diag(precision), b₀ = precision ⊙ θ₀)."""
+    reg = RidgeRegression(len(precision), 1.0)
+    reg.a = np.diag(precision)
+    reg.a_inv = np.diag(1.0 / precision)
+    reg.prior = prior.copy()
+    reg.b = precision * prior
+    reg.theta = prior.copy()
+    return reg
+
+
+def prior_mean(dim: int, quality: float) -> np.ndarray:
+    """θ₀ with q̂ = `quality` for every state: in each position's block exactly one of {1{missing}, bin(s)} is 1."""
+    theta = np.zeros(2 * dim + MAX_STEPS * CONFIDENCE_FEATURES)
+    for k in range(MAX_STEPS):
+        base = 2 * dim + k * CONFIDENCE_FEATURES
+        theta[base] = quality
+        theta[base + 3 : base + 3 + BINS] = quality
+    return theta
+
+
+class LearnedEscalation:
+    """A contextual bandit over {accept, escalate} (see the module docstring for the model and the propensity)."""
+
+    def __init__(self, params: EscalationParams | None = None) -> None:
+        self.params = params or EscalationParams()
+        p = self.params
+        self.name = f"learned:v={p.v:g},floor={p.floor:g}"
+        self.size = 2 * p.dim + MAX_STEPS * CONFIDENCE_FEATURES
+        precision = np.concatenate(
+            [np.full(2 * p.dim, p.ridge), np.full(MAX_STEPS * CONFIDENCE_FEATURES, p.confidence_ridge)]
+        )
+        prior = prior_mean(p.dim, p.prior_quality)
+        self.accept = _ridge(precision, prior)
+        self.escalate = _ridge(precision, prior)
+        self.cost_ratio = np.ones(MAX_STEPS)
+        self.cost_count = np.zeros(MAX_STEPS)
+        self.updates = 0
+
+    def state_vector(self, context: Context, step: int, confidence: float | None) -> np.ndarray:
+        x = dense_vector(context, self.params.dim)
+        s = 0.0 if confidence is None else min(max(confidence, 0.0), 1.0)
+        return np.concatenate([x, s * x, confidence_features(confidence, step)])
+
+    def p_escalate(self, z: np.ndarray, step: int, next_cost_usd: float, cost_weight: float) -> tuple[float, float]:
+        """(P(escalate), ĉ_k) for state z (see the module docstring)."""
+        extra = float(self.cost_ratio[min(step, MAX_STEPS - 1)]) * next_cost_usd
+        mean_a, mean_e = float(self.accept.theta @ z), float(self.escalate.theta @ z)
+        var = max(float(z @ self.accept.a_inv @ z), 0.0) + max(float(z @ self.escalate.a_inv @ z), 0.0)
+        gap = mean_e - cost_weight * extra - mean_a
+        scale = self.params.v * math.sqrt(var)
+        if scale <= 0:
+            p = 1.0 if gap > 0 else (0.0 if gap < 0 else 0.5)
+        else:
+            p = 0.5 * math.erfc(-gap / (scale * math.sqrt(2.0)))
+        f = self.params.floor
+        return f + (1.0 - 2.0 * f) * p, extra
+
+    def decide(
+        self,
+        context: Context,
+        step: int,
+        model: str,
+        confidence: float | None,
+        next_cost_usd: float,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> EscalationStep:
+        z = self.state_vector(context, step, confidence)
+        p, extra = self.p_escalate(z, step, next_cost_usd, cost_weight)
+        return EscalationStep(step, model, confidence, bool(rng.random() < p), p, extra, next_cost_usd, z)
+
+    def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
+        q = float(final_quality)
+        for step, extra in zip(steps, extra_costs, strict=True):
+            if step.state is None:
+                continue
+            arm = self.escalate if step.escalate else self.accept
+            arm.update(step.state, q, 1.0, 1.0)
+            if step.escalate and step.next_cost_usd > 0:
+                k = min(step.step, MAX_STEPS - 1)
+                ratio = extra / step.next_cost_usd
+                self.cost_count[k] += 1
+                self.cost_ratio[k] += (ratio - self.cost_ratio[k]) / (self.cost_count[k] + 1)  # prior: 1 at weight 1
+        self.updates += 1
+
+    def learn_both(self, step: EscalationStep, accept_quality: float, escalate_quality: float) -> None:
+        """Full-information update, for a warm start on labelled outcomes (every model's quality known offline):
+        both arms learn from `step`'s state, `accept` the quality of its answer, `escalate` the final quality the
+        chain reaches from the next model on."""
+        if step.state is None:
+            return
+        self.accept.update(step.state, float(accept_quality), 1.0, 1.0)
+        self.escalate.update(step.state, float(escalate_quality), 1.0, 1.0)
+        self.updates += 1
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "accept": {"a": self.accept.a, "a_inv": self.accept.a_inv, "b": self.accept.b},
+            "escalate": {"a": self.escalate.a, "a_inv": self.escalate.a_inv, "b": self.escalate.b},
+            "cost_ratio": self.cost_ratio,
+            "cost_count": self.cost_count,
+            "updates": self.updates,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        for name in ("accept", "escalate"):
+            arm = getattr(self, name)
+            arm.a, arm.a_inv, arm.b = (np.array(state[name][k], dtype=np.float64) for k in ("a", "a_inv", "b"))
+            arm.theta = arm.a_inv @ arm.b
+        self.cost_ratio = np.array(state["cost_ratio"], dtype=np.float64)
+        self.cost_count = np.array(state["cost_count"], dtype=np.float64)
+        self.updates = int(state["updates"])

@@ -1,0 +1,409 @@
+"""Named routers in the gateway: a client sends a `[[routers]]` alias as `model` and gets a cascade's accepted
+answer, or the model an LLM chose. HTTP stays in `service/gateway_routes.py`; the chain's rules in `chain.py`.
+
+Every call is made through the gateway's pooled upstream clients (`gateway.upstreams`) and priced from its usage
+(counted when the upstream gives none). One decision is stored per request, before the reply, with one call
+record whose cost and latency are the *whole* chain's (every answer, the judge's or the routing LLM's calls), so
+feedback on `x-decision-id` prices the reward as final quality − λ·(total cost of the chain). The answer's
+`bandit_router` field lists every call (model, role, cost, latency, confidence, error) and every accept/escalate
+step with its probability.
+
+**Logged probabilities.** A cascade's decision is logged over its models: `pmf[m]` is the probability that the
+chain returned `m`'s answer *given the confidences it observed* (the product of the steps' action probabilities
+along the path); the mass of escalating past the last model reached is put on the next one. For a fixed threshold
+this is 1 on the answering model. An LLM router's parsed choice is logged with probability 1 (asked at
+temperature 0, its choice is a function of the request; see `llm_router.py`); when its reply names no candidate
+the policy's own decision (its pmf, its probability) is used and learned by the bandit as usual. A named router's
+own decisions are `unrouted` for the bandit (`log.feedback.unrouted`); a learned cascade learns them itself.
+
+**Learned escalation** learns in this process from feedback stored here (`Engine.feedback_listeners`); its state
+lives in memory (not checkpointed: a restart starts it afresh) and pending chains are kept for at most
+`MAX_PENDING` decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config import RouterAlias
+from ..gateway.pricing import answer_text, estimated
+from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected
+from ..ids import new_decision_id
+from ..log.feedback import unrouted
+from ..store import CallRecord, CallStatus
+from ..types import Context, Decision, Outcome, Request
+from .chain import CallFailed, CascadeRun, ChainCall, ChainResult, ModelAnswer, Signal, run_cascade
+from .escalation import Escalation, LearnedEscalation, ThresholdEscalation
+from .llm_router import parse_choice, router_prompt
+
+if TYPE_CHECKING:
+    from ..gateway import ChatRequest, Gateway
+    from ..service.engine import Engine
+    from ..service.writer import FeedbackResult
+
+MAX_PENDING = 100_000
+OWN_MAX_TOKENS = 20
+"""`max_tokens` of a judge's or the routing LLM's call (a score, a model name)."""
+
+
+class NamedRouterFailed(Exception):
+    """No model of a named router answered: `failures` are the upstream errors (502, or 504 on a timeout)."""
+
+    def __init__(self, alias: str, failures: Sequence[UpstreamError]) -> None:
+        tried = "; ".join(str(f) for f in failures) or "no model could be called"
+        super().__init__(f"{alias}: no model answered: {tried}")
+        self.failures = list(failures)
+        self.timed_out = bool(failures) and failures[-1].status == CallStatus.TIMEOUT
+
+
+@dataclass(slots=True)
+class NamedAnswer:
+    """The reply body (OpenAI's shape, `model` = the model that answered), its decision, and the calls made."""
+
+    body: dict[str, Any]
+    decision: Decision
+    calls: int
+
+
+class NamedRouters:
+    """The `[[routers]]` of the settings, answering through `gateway`'s upstreams and storing through `engine`."""
+
+    def __init__(self, routers: Sequence[RouterAlias], engine: Engine, gateway: Gateway, seed: int | None = None):
+        self.routers = {r.name: r for r in routers}
+        self.engine, self.gateway = engine, gateway
+        self.learners: dict[str, LearnedEscalation] = {
+            r.name: LearnedEscalation(r.escalation_params()) for r in routers if r.strategy == "learned-cascade"
+        }
+        self.pending: OrderedDict[str, tuple[str, ChainResult]] = OrderedDict()
+        self.counts: dict[str, Counter[str]] = {r.name: Counter() for r in routers}
+        self.rng = np.random.default_rng(seed)
+        self._tasks: set[asyncio.Future[Any]] = set()
+        engine.extra_stats["named_routers"] = self.report
+        engine.feedback_listeners.append(self.on_feedback)
+
+    def handles(self, model: str) -> bool:
+        return model in self.routers
+
+    # -- calling a model ------------------------------------------------------------------------------------------
+    def _call(self, chat: ChatRequest, deadline: float, failures: list[UpstreamError]) -> Any:
+        """The chain's `call(model, messages, want_logprobs)` over the gateway's upstreams (`CallFailed` on a
+        failure; a 4xx that blames the request is re-raised for the caller)."""
+        router = self.engine.router
+
+        async def call(model: str, messages: Sequence[Mapping[str, str]], logprobs: bool) -> ModelAnswer:
+            own = messages is not chat.messages  # a judge's or the routing LLM's own prompt
+            payload: dict[str, Any] = dict(chat.payload) if not own else {"messages": list(messages)}
+            payload.pop("stream", None)
+            payload.pop("stream_options", None)
+            if own:  # the judge's score or the routing LLM's choice: short, and as deterministic as it gets
+                payload.update(temperature=0, max_tokens=OWN_MAX_TOKENS)
+            if logprobs:
+                payload["logprobs"] = True
+            if not self.gateway.upstreams.has(model):
+                failure = UpstreamFailure(model, CallStatus.CONNECTION_ERROR, "no upstream (base_url)")
+                failures.append(failure)
+                raise CallFailed(str(failure))
+            try:
+                reply = await self.gateway.upstreams.complete(model, payload, deadline)
+            except UpstreamRejected as exc:
+                if exc.blame_request and not own:
+                    raise
+                failures.append(exc)
+                raise CallFailed(str(exc)) from None
+            except UpstreamFailure as exc:
+                failures.append(exc)
+                raise CallFailed(str(exc)) from None
+            text = answer_text(reply.body)
+            usage = reply.usage or estimated(messages, text)
+            return ModelAnswer(
+                model, text, usage.cost_usd(router.spec(model)), reply.latency_s, usage.input_tokens,
+                usage.output_tokens, _logprobs(reply.body), payload=(reply.body, usage.source),
+            )  # fmt: skip
+
+        return call
+
+    # -- answering --------------------------------------------------------------------------------------------------
+    async def complete(self, chat: ChatRequest) -> NamedAnswer:
+        """Answer `chat` (whose `model` is a named router) and store its decision."""
+        alias = self.routers[chat.model]
+        started = time.monotonic()
+        deadline = started + self.gateway.config.deadline_s
+        request = chat.core_request()
+        router = self.engine.router
+        active = {m.name for m in router.models}
+        models = [m for m in alias.models if m in active]
+        if not models:
+            raise NamedRouterFailed(alias.name, [])
+        context = router.featurize(request)
+        cost_weight = chat.cost_weight if chat.cost_weight is not None else router.reward_config.cost_weight
+        failures: list[UpstreamError] = []
+        call = self._call(chat, deadline, failures)
+        counts = self.counts[alias.name]
+        counts["requests"] += 1
+        if alias.strategy == "llm-router":
+            return await self._llm_router(alias, chat, request, context, models, cost_weight, call, failures)
+        escalation: Escalation = self.learners.get(alias.name) or ThresholdEscalation(alias.threshold)
+        signal = Signal(alias.signal, alias.judge, alias.rubric)
+
+        def next_cost(model: str) -> float:
+            """The next model priced for this prompt: the answer just given tells how long an answer is."""
+            spec, last = router.spec(model), run.answer
+            inp = last.input_tokens if last is not None and last.input_tokens else context.input_tokens
+            out = last.output_tokens if last is not None and last.output_tokens else spec.output_tokens or 250.0
+            return spec.cost_usd(inp, out)
+
+        run = CascadeRun(models, escalation, context, cost_weight, self.rng, next_cost)
+        result = await run_cascade(run, chat.messages, request.text, call, signal)
+        counts["answer_calls"] += result.answer_calls
+        counts["judge_calls"] += sum(1 for c in result.calls if c.role == "judge")
+        counts["failed_calls"] += sum(1 for c in result.calls if c.error is not None)
+        counts["escalations"] += result.escalations
+        if result.answer is None:
+            counts["failed"] += 1
+            raise NamedRouterFailed(alias.name, failures)
+        pmf = chain_pmf(models, result)
+        decision = self._decision(alias, models, pmf, result.answer.model, context, cost_weight)
+        await self.engine.store_decision(decision, request)
+        self._record(decision, result.answer, result.cost_usd, result.latency_s, result.answer_calls)
+        counts[f"answered_by:{result.answer.model}"] += 1
+        counts["cost_usd_micros"] += round(result.cost_usd * 1e6)
+        if alias.name in self.learners:
+            self.pending[decision.decision_id] = (alias.name, result)
+            while len(self.pending) > MAX_PENDING:
+                self.pending.popitem(last=False)
+        extension = {"router": alias.name, "strategy": alias.strategy, **result.to_json()}
+        return NamedAnswer(_body(result.answer, extension), decision, result.answer_calls)
+
+    async def _llm_router(
+        self,
+        alias: RouterAlias,
+        chat: ChatRequest,
+        request: Request,
+        context: Context,
+        models: list[str],
+        cost_weight: float,
+        call: Any,
+        failures: list[UpstreamError],
+    ) -> NamedAnswer:
+        router = self.engine.router
+        policy = router.decide(context, models=models, cost_weight=cost_weight)  # the fallback (not yet stored)
+        specs = [router.spec(m) for m in models]
+        descriptions = {s.name: s.description for s in specs if s.description} | dict(alias.descriptions)
+        prompt = router_prompt(request.text, specs, descriptions)
+        calls: list[ChainCall] = []
+        assert alias.router_model is not None
+        counts = self.counts[alias.name]
+        try:
+            routing = await call(alias.router_model, [{"role": "user", "content": prompt}], False)
+            calls.append(
+                ChainCall(
+                    routing.model,
+                    "router",
+                    routing.cost_usd,
+                    routing.latency_s,
+                    input_tokens=routing.input_tokens,
+                    output_tokens=routing.output_tokens,
+                )
+            )
+            named, reply = parse_choice(routing.text, models), routing.text
+        except CallFailed as exc:
+            calls.append(ChainCall(alias.router_model, "router", error=str(exc)[:200]))
+            named, reply = None, ""
+        counts["router_calls"] += 1
+        counts["parsed" if named is not None else "fallbacks"] += 1
+        order = [named if named is not None else policy.model]  # then the others, by the policy's preference
+        order += [m for m in sorted(models, key=lambda m: -policy.probabilities[m]) if m not in order]
+        answer = None
+        for model in order:
+            try:
+                answer = await call(model, chat.messages, False)
+            except CallFailed as exc:
+                calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
+                counts["failed_calls"] += 1
+                continue
+            calls.append(
+                ChainCall(
+                    model,
+                    "answer",
+                    answer.cost_usd,
+                    answer.latency_s,
+                    input_tokens=answer.input_tokens,
+                    output_tokens=answer.output_tokens,
+                )
+            )
+            break
+        if answer is None:
+            counts["failed"] += 1
+            raise NamedRouterFailed(alias.name, failures)
+        if named is not None and answer.model == named:
+            decision = self._decision(
+                alias, models, [1.0 if m == named else 0.0 for m in models], named, context, cost_weight
+            )
+        elif answer.model == policy.model:
+            decision = policy  # the policy's own choice, with its own pmf: the bandit learns it as usual
+        else:  # both the named and the policy's model failed: the first that answered, by the policy's preference
+            decision = self._decision(
+                alias, models, [1.0 if m == answer.model else 0.0 for m in models], answer.model, context, cost_weight
+            )
+        await self.engine.store_decision(decision, request)
+        total_cost = sum(c.cost_usd for c in calls)
+        total_latency = sum(c.latency_s for c in calls)
+        self._record(decision, answer, total_cost, total_latency, sum(1 for c in calls if c.role == "answer"))
+        counts[f"answered_by:{answer.model}"] += 1
+        counts["cost_usd_micros"] += round(total_cost * 1e6)
+        extension = {
+            "router": alias.name,
+            "strategy": alias.strategy,
+            "named": named,
+            "reply": reply[:200],
+            "calls": [c.to_json() for c in calls],
+            "cost_usd": total_cost,
+            "latency_s": total_latency,
+        }
+        return NamedAnswer(_body(answer, extension), decision, sum(1 for c in calls if c.role == "answer"))
+
+    # -- recording --------------------------------------------------------------------------------------------------
+    def _decision(
+        self,
+        alias: RouterAlias,
+        models: Sequence[str],
+        pmf: Sequence[float],
+        model: str,
+        context: Context,
+        cost_weight: float,
+    ) -> Decision:
+        router = self.engine.router
+        names = [m.name for m in router.models]
+        costs = tuple(
+            router.spec(m).cost_usd(context.input_tokens, router.spec(m).output_tokens or 250.0) for m in models
+        )
+        return Decision(
+            decision_id=new_decision_id(), model=model, arm=names.index(model), models=tuple(models),
+            pmf=tuple(float(p) for p in pmf), probability=float(pmf[list(models).index(model)]),
+            policy=f"{alias.strategy}:{alias.name}", policy_version=router.version, cost_weight=cost_weight,
+            context=context, expected_cost_usd=costs, created_at=time.time(),
+        )  # fmt: skip
+
+    def _record(self, decision: Decision, answer: ModelAnswer, cost: float, latency: float, attempts: int) -> None:
+        """One call record for the request: the answering model, and the whole chain's cost and latency."""
+        usage_source = answer.payload[1] if isinstance(answer.payload, tuple) else None
+        record = CallRecord(
+            decision_id=decision.decision_id, request_id=decision.decision_id, attempt=max(1, attempts),
+            model=answer.model, routed=not unrouted(decision.policy),
+            stream=False, status=str(CallStatus.OK), http_status=200, input_tokens=answer.input_tokens,
+            output_tokens=answer.output_tokens, usage=usage_source, cost_usd=cost, ttft_s=latency, latency_s=latency,
+            error=None, created_at=time.time(),
+        )  # fmt: skip
+        task = asyncio.ensure_future(self.engine.record_call(record))  # never delays the reply (writer order)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Wait for the call records still being written."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- learning and stats ----------------------------------------------------------------------------------------
+    def on_feedback(self, decision_id: str, outcome: Outcome, result: FeedbackResult) -> None:
+        """A stored feedback: a learned cascade's chain learns the final answer's quality, once."""
+        if result.status in ("duplicate", "late") or decision_id not in self.pending:
+            return
+        alias, chain = self.pending.pop(decision_id)
+        chain.learn(self.learners[alias], outcome.quality)
+        self.counts[alias]["learned"] += 1
+
+    def report(self) -> dict[str, Any]:
+        """Per named router: requests, calls, escalations, failures, spend, who answered (for `GET /v1/stats`)."""
+        out: dict[str, Any] = {}
+        for name, counts in self.counts.items():
+            alias = self.routers[name]
+            requests = counts["requests"]
+            answered = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("answered_by:")}
+            entry: dict[str, Any] = {
+                "strategy": alias.strategy,
+                "requests": requests,
+                "answered_by": answered,
+                "escalations": counts["escalations"],
+                "escalation_rate": counts["escalations"] / requests if requests else 0.0,
+                "answer_calls": counts["answer_calls"],
+                "judge_calls": counts["judge_calls"],
+                "router_calls": counts["router_calls"],
+                "failed_calls": counts["failed_calls"],
+                "failed_requests": counts["failed"],
+                "spend_usd": counts["cost_usd_micros"] / 1e6,
+            }
+            if alias.strategy == "llm-router":
+                entry["parsed"], entry["fallbacks"] = counts["parsed"], counts["fallbacks"]
+            if alias.strategy == "learned-cascade":
+                entry["learned_chains"] = counts["learned"]
+            out[name] = entry
+        return out
+
+
+def chain_pmf(models: Sequence[str], result: ChainResult) -> list[float]:
+    """The logged pmf of a chain over `models` (see the module docstring): the product of the steps' action
+    probabilities along the path to each model whose answer it could have returned, the rest on the next model."""
+    pmf = dict.fromkeys(models, 0.0)
+    mass = 1.0
+    for step in result.steps:
+        pmf[step.model] += mass * (1.0 - step.p_escalate)  # accepted here
+        mass *= step.p_escalate
+        if not step.escalate:  # escalating would have gone to the next model
+            later = models[models.index(step.model) + 1 :]
+            pmf[later[0] if later else step.model] += mass
+            mass = 0.0
+            break
+    if mass > 0 and result.answer is not None:  # escalated at every step: the answer returned (the last, or the
+        pmf[result.answer.model] += mass  # last that answered when later models failed)
+    total = sum(pmf.values())
+    return [pmf[m] / total for m in models]
+
+
+def _logprobs(body: Mapping[str, Any]) -> tuple[float, ...] | None:
+    """The first choice's token log-probabilities (`choices[0].logprobs.content[*].logprob`), None when absent."""
+    try:
+        content = body["choices"][0]["logprobs"]["content"]
+        values = tuple(float(t["logprob"]) for t in content)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return values or None
+
+
+def _body(answer: ModelAnswer, extension: dict[str, Any]) -> dict[str, Any]:
+    body = dict(answer.payload[0]) if isinstance(answer.payload, tuple) else {}
+    body["model"] = answer.model
+    body["bandit_router"] = extension
+    return body
+
+
+def sse_events(body: Mapping[str, Any], include_usage: bool) -> bytes:
+    """A buffered answer as OpenAI's stream: one chunk with the whole content, the finish chunk, the usage chunk when
+    the caller asked for it, `[DONE]` (a cascade streams only the answer it accepted)."""
+    base = {k: body[k] for k in ("id", "created") if k in body}
+    base.update(object="chat.completion.chunk", model=body.get("model"))
+    choice = body.get("choices", [{}])[0] if isinstance(body.get("choices"), list) and body["choices"] else {}
+    message = choice.get("message", {}) if isinstance(choice, Mapping) else {}
+    content = message.get("content", "") if isinstance(message, Mapping) else ""
+    finish = choice.get("finish_reason", "stop") if isinstance(choice, Mapping) else "stop"
+    chunks: list[dict[str, Any]] = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": None}]},
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+            "bandit_router": body.get("bandit_router"),
+        },
+    ]
+    if include_usage and isinstance(body.get("usage"), Mapping):
+        chunks.append({**base, "choices": [], "usage": body["usage"]})
+    events = [
+        b"data: " + json.dumps(c, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n\n" for c in chunks
+    ]
+    return b"".join(events) + b"data: [DONE]\n\n"

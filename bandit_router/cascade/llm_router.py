@@ -1,0 +1,88 @@
+"""An LLM as the router: the prompt that shows it the request and the candidates, and the parsing of its reply.
+
+The routing model reads the request and one line per candidate (name, tags, prices, the catalog's optional
+description) and is asked to reply with one name. `parse_choice` matches the reply against the candidate
+names: the candidate whose name occurs *first* in the reply wins (at one position the longest name wins, so
+`gpt-4o-mini` is not read as `gpt-4o`); a name glued to more of a name (letters, digits, or `-._/:` then
+one) does not count, so `gpt-4o-mini` in a reply is never read as the candidate `gpt-4o`. A reply that
+names no candidate returns None, and the caller falls back to its policy's choice.
+
+Logged probability: the routing model is asked at temperature 0, so its choice is (up to the provider's own
+nondeterminism) a function of the request: the decision is logged with the probability the *router* had of
+taking that path — 1 for the named model when the reply parsed, the policy's own pmf when it fell back — and
+with `llm_router` details (the reply's excerpt, whether it parsed) so that offline evaluation can tell the two
+apart. No counterfactual probability for the other candidates is claimed: IPS estimates for a policy that
+would have chosen differently have no support on parsed rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..catalog import ModelSpec
+
+ROUTER_INSTRUCTIONS = (
+    "You route a user's request to the language model that will answer it well at the lowest cost.\n"
+    "Candidates (USD per 1M input / output tokens):\n{candidates}\n\n"
+    "Pick a cheap model when it is likely good enough and a strong one when the request is hard.\n"
+    "Reply with exactly one candidate name and nothing else.\n\n[Request]\n{request}\n"
+)
+MAX_REQUEST_CHARS = 8_000
+_NAME_CHAR = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_JOINERS = frozenset("-._/:")
+
+
+def _glued(text: str, i: int, direction: int) -> bool:
+    """True when position `i` continues a longer name: a letter or digit, or a joiner (`-._/:`) then one."""
+    if not 0 <= i < len(text):
+        return False
+    if text[i] in _NAME_CHAR:
+        return True
+    j = i + direction
+    return text[i] in _JOINERS and 0 <= j < len(text) and text[j] in _NAME_CHAR
+
+
+def describe_candidate(spec: ModelSpec, description: str = "") -> str:
+    """One line: `- name (tags): $in / $out per 1M tokens; description`."""
+    tags = ", ".join(f"{k}={v}" for k, v in sorted(spec.tags.items()))
+    line = f"- {spec.name}"
+    if tags:
+        line += f" ({tags})"
+    line += f": ${spec.input_usd_per_mtok:g} / ${spec.output_usd_per_mtok:g}"
+    if description:
+        line += f"; {' '.join(description.split())[:300]}"
+    return line
+
+
+def router_prompt(request: str, candidates: Sequence[ModelSpec], descriptions: dict[str, str] | None = None) -> str:
+    """The routing model's user message."""
+    lines = "\n".join(describe_candidate(m, (descriptions or {}).get(m.name, "")) for m in candidates)
+    text = request[:MAX_REQUEST_CHARS]
+    return ROUTER_INSTRUCTIONS.replace("{candidates}", lines).replace("{request}", text)
+
+
+def parse_choice(reply: str | None, candidates: Sequence[str]) -> str | None:
+    """The candidate named first in `reply` (case-insensitive; longest at a tie), or None.
+
+    >>> parse_choice("I would use **gpt-4o-mini** here.", ["gpt-4o", "gpt-4o-mini"])
+    'gpt-4o-mini'
+    >>> parse_choice("Either llama-3.1-8b or gpt-4o", ["gpt-4o", "llama-3.1-8b"]), parse_choice("none", ["a1"])
+    ('llama-3.1-8b', None)
+    """
+    if not reply:
+        return None
+    text = reply.lower()
+    best: tuple[int, int, str] | None = None
+    for name in candidates:
+        needle = name.lower()
+        start = text.find(needle)
+        while start >= 0:
+            end = start + len(needle)
+            glued = _glued(text, start - 1, -1) or _glued(text, end, 1)
+            if not glued:
+                key = (start, -len(needle), name)
+                if best is None or key < best:
+                    best = key
+                break
+            start = text.find(needle, start + 1)
+    return None if best is None else best[2]

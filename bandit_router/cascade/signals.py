@@ -1,0 +1,65 @@
+"""Confidence signals: how sure a cascade is of an answer, as a number in [0, 1] or None ("not confident").
+
+- **judge**: a catalog model reads the question and the answer with a rubric (`JUDGE_RUBRIC`) and replies with
+  a score from 1 to 10. The first number in its reply is the score (`parse_judge_score`), clipped to [1, 10]
+  and scaled to [0, 1] as (score − 1)/9; a reply without a number gives None, which a threshold treats as
+  "not confident" (escalate).
+- **logprob**: the answering model's own token log-probabilities (when its upstream returns them):
+  `mean` → exp(mean log p) (the geometric mean of the token probabilities), `min` → exp(min log p) (the least
+  likely token). No log-probs → None.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+JUDGE_RUBRIC = (
+    "You grade an AI assistant's answer to a user's request.\n"
+    "Score it from 1 to 10: 10 = fully correct, complete and helpful; 5 = partly correct or incomplete; "
+    "1 = wrong, harmful or off-topic.\n"
+    "Reply with the score as a number first, then at most one short sentence.\n\n"
+    "[Request]\n{request}\n\n[Answer]\n{answer}\n"
+)
+"""The default rubric; `{request}` and `{answer}` are filled in (each cut to `MAX_JUDGE_CHARS`)."""
+
+MAX_JUDGE_CHARS = 12_000
+SIGNALS = ("judge", "logprob", "logprob-min")
+"""`logprob` is the mean over the answer's tokens, `logprob-min` the least likely token."""
+
+_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)")
+
+
+def judge_prompt(request: str, answer: str, rubric: str = JUDGE_RUBRIC) -> str:
+    """The judge's user message for one (request, answer)."""
+    return rubric.replace("{request}", request[:MAX_JUDGE_CHARS]).replace("{answer}", answer[:MAX_JUDGE_CHARS])
+
+
+def parse_judge_score(reply: str | None) -> float | None:
+    """The first number of `reply`, clipped to [1, 10] and scaled to [0, 1]; None when there is none.
+
+    >>> parse_judge_score("8/10: correct"), parse_judge_score("Score: 10"), parse_judge_score("no idea")
+    (0.7777777777777778, 1.0, None)
+    """
+    if not reply:
+        return None
+    match = _NUMBER.search(reply)
+    if match is None:
+        return None
+    try:
+        score = float(match.group(1))
+    except ValueError:  # pragma: no cover - the pattern only matches numbers
+        return None
+    if not math.isfinite(score):
+        return None
+    return (min(max(score, 1.0), 10.0) - 1.0) / 9.0
+
+
+def logprob_confidence(logprobs: Sequence[float] | None, kind: str = "logprob") -> float | None:
+    """exp(mean) (`logprob`) or exp(min) (`logprob-min`) of the answer's token log-probabilities; None if none."""
+    values = [float(v) for v in logprobs or () if math.isfinite(float(v))]
+    if not values:
+        return None
+    value = min(values) if kind == "logprob-min" else sum(values) / len(values)
+    return min(1.0, math.exp(min(value, 0.0)))

@@ -1,0 +1,167 @@
+"""An OpenAI chat-completion request as the gateway reads it: the body to forward, and the routing knobs.
+
+`model` is the router alias (`router` by default: "route it") or a catalog model's name ("send it there"). The
+knobs ride in the body's extension field (what the OpenAI client sends with `extra_body`)::
+
+    {"model": "router", "messages": [...], "bandit_router": {"cost_weight": 40, "models": ["a", "b"],
+     "context": {"tenant": "acme"}}}
+
+or in headers (`extra_headers`): `x-bandit-router-cost-weight: 40`, `x-bandit-router-models: a,b`,
+`x-bandit-router-context: {"tenant": "acme"}` (JSON). A knob in the body wins over the same knob in a header.
+Everything else in the body (temperature, tools, max_tokens, …) goes to the upstream unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidInput
+from ..types import Message, Request
+from .pricing import message_text
+
+EXTENSION = "bandit_router"
+HEADER_PREFIX = "x-bandit-router-"
+KNOBS = ("cost_weight", "models", "context")
+MAX_MODELS = 1000
+MAX_CONTEXT_KEYS = 64
+
+
+class BadChatRequest(InvalidInput):
+    """A chat-completion body the gateway cannot forward; `field` names the offending field (OpenAI's `param`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class PromptTooLarge(InvalidInput):
+    """The messages are longer than `max_prompt_chars`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A parsed chat-completion request."""
+
+    model: str
+    routed: bool
+    stream: bool
+    include_usage: bool
+    """Whether the caller asked for usage in the stream (the gateway always asks the upstream for it)."""
+    messages: tuple[Mapping[str, Any], ...]
+    payload: dict[str, Any]
+    """The body to send upstream (without the extension field; `model` is set per upstream)."""
+    cost_weight: float | None
+    models: tuple[str, ...] | None
+    context: dict[str, str | int | float | bool]
+
+    def core_request(self) -> Request:
+        """The router's `Request` for these messages and knobs."""
+        messages = tuple(Message(str(m["role"]), message_text(m.get("content"))) for m in self.messages)
+        return Request(messages=messages, context=self.context, models=self.models, cost_weight=self.cost_weight)
+
+    def upstream_payload(self) -> dict[str, Any]:
+        """The body for an upstream; a stream asks for usage (`stream_options.include_usage`)."""
+        if not self.stream:
+            return self.payload
+        payload = dict(self.payload)
+        options = payload.get("stream_options")
+        payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        return payload
+
+
+def parse_chat(body: Any, headers: Mapping[str, str], *, alias: str, max_prompt_chars: int) -> ChatRequest:
+    """Validate `body` (parsed JSON) and the knob headers; raises `BadChatRequest` or `PromptTooLarge`."""
+    if not isinstance(body, dict):
+        raise BadChatRequest("body", "must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadChatRequest("model", f"must be a model name or {alias!r} (route it)")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadChatRequest("messages", "must be a non-empty list of messages")
+    size = 0
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadChatRequest(f"messages[{i}]", "must be an object")
+        if not isinstance(m.get("role"), str) or not m["role"]:
+            raise BadChatRequest(f"messages[{i}].role", "must be a non-empty string")
+        content = m.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise BadChatRequest(f"messages[{i}].content", "must be a string, a list of content parts, or null")
+        size += len(message_text(content))
+    if size > max_prompt_chars:
+        raise PromptTooLarge(f"the messages have {size} characters; the limit is {max_prompt_chars} "
+                             "(max_prompt_chars)")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise BadChatRequest("stream", "must be true or false")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise BadChatRequest("stream_options", "must be an object")
+    include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
+    knobs = _knobs(body.get(EXTENSION), headers)
+    payload = {k: v for k, v in body.items() if k != EXTENSION}
+    return ChatRequest(
+        model=model, routed=model == alias, stream=stream, include_usage=include_usage,
+        messages=tuple(messages), payload=payload, cost_weight=knobs.get("cost_weight"),
+        models=knobs.get("models"), context=knobs.get("context") or {},
+    )
+
+
+def _knobs(extension: Any, headers: Mapping[str, str]) -> dict[str, Any]:
+    raw: dict[str, tuple[str, Any]] = {}
+    for knob in KNOBS:
+        value = headers.get(HEADER_PREFIX + knob.replace("_", "-"))
+        if value is not None:
+            raw[knob] = (HEADER_PREFIX + knob.replace("_", "-"), _header_value(knob, value))
+    if extension is not None:
+        if not isinstance(extension, dict):
+            raise BadChatRequest(EXTENSION, "must be an object with cost_weight, models, context")
+        unknown = sorted(set(extension) - set(KNOBS))
+        if unknown:
+            raise BadChatRequest(EXTENSION, f"unknown keys {unknown[:5]}; known: {', '.join(KNOBS)}")
+        for knob in KNOBS:
+            if extension.get(knob) is not None:
+                raw[knob] = (f"{EXTENSION}.{knob}", extension[knob])
+    out: dict[str, Any] = {}
+    if "cost_weight" in raw:
+        where, value = raw["cost_weight"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise BadChatRequest(where, "must be a finite number >= 0")
+        out["cost_weight"] = float(value)
+    if "models" in raw:
+        where, value = raw["models"]
+        if (not isinstance(value, list) or not value or len(value) > MAX_MODELS
+                or not all(isinstance(v, str) and v for v in value)):
+            raise BadChatRequest(where, "must be a non-empty list of model names")
+        out["models"] = tuple(value)
+    if "context" in raw:
+        where, value = raw["context"]
+        if not isinstance(value, dict) or len(value) > MAX_CONTEXT_KEYS:
+            raise BadChatRequest(where, f"must be an object of at most {MAX_CONTEXT_KEYS} keys")
+        for key, item in value.items():
+            if not isinstance(item, str | int | float | bool) or (isinstance(item, float) and not math.isfinite(item)):
+                raise BadChatRequest(f"{where}.{key}"[:200], "must be a string, a finite number or a boolean")
+        out["context"] = dict(value)
+    return out
+
+
+def _header_value(knob: str, value: str) -> Any:
+    where = HEADER_PREFIX + knob.replace("_", "-")
+    if knob == "cost_weight":
+        try:
+            return float(value)
+        except ValueError:
+            raise BadChatRequest(where, "must be a number") from None
+    if knob == "models":
+        return [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError):
+        raise BadChatRequest(where, "must be a JSON object") from None

@@ -1,0 +1,422 @@
+"""The gateway's request logic: route (or take the caller's model), store the decision, call the upstream, fall
+back on failure, and record usage, cost and latency with each decision. HTTP lives in
+`service/gateway_routes.py`; calling upstreams in `upstreams.py`.
+
+One request, routed (`model = "router"`):
+
+    decision₁ = route(request)            stored before the call (the writer commits it)
+    call model₁ ──ok──► answer; the call record (tokens, cost, TTFT, latency) stored with decision₁
+        │ failure (timeout, connection error, 5xx/429, invalid reply)
+        ▼
+    stored: call record (status) + feedback for decision₁: quality = failure_quality (0), source "gateway"
+    decision₂ = route(same context, models = the allowed models not yet tried)   its own pmf and probability
+    call model₂ …   up to `max_attempts` tries within `deadline_s`, then 502 (or 504 when time ran out)
+
+Every try is a decision sampled from the pmf it logs, so each logged probability is the true probability of its
+choice given its allowed set: the failed first choice is an ordinary bandit sample whose reward is the failure's,
+and a fallback is a sample over the models not yet tried (linked by `calls.request_id`, `attempt` ≥ 2). A 4xx
+from the upstream is the request's fault: passed through, recorded as `rejected`, never learned. A model named by
+the caller (`model = "<catalog name>"`) is stored as a decision of policy `caller` (probability 1), never learned,
+and gets no fallback (the caller asked for that model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..catalog import ModelSpec
+from ..config import Settings
+from ..errors import InvalidInput
+from ..ids import new_decision_id
+from ..log import CALLER_POLICY
+from ..router import Router
+from ..store import CallRecord, CallStatus
+from ..types import Decision, Outcome, Request
+from .chat import ChatRequest
+from .judge import Judge
+from .pricing import Usage, answer_text, estimated
+from .upstreams import Endpoint, Reply, Stream, UpstreamError, UpstreamFailure, UpstreamRejected, Upstreams
+
+log = logging.getLogger("bandit_router.gateway")
+
+FAILURE_SOURCE = "gateway"
+"""The `source` of the feedback the gateway stores for a failed call."""
+
+
+class DecisionLog(Protocol):
+    """What the gateway needs from the service's engine (`service.engine.Engine`)."""
+
+    settings: Settings
+
+    @property
+    def router(self) -> Router: ...
+
+    async def route(self, request: Request) -> Decision: ...
+
+    async def store_decision(self, decision: Decision, request: Request) -> Decision: ...
+
+    async def record_call(self, record: CallRecord, failure: Outcome | None = None,
+                          source: str | None = None) -> None: ...
+
+
+class NoUpstream(InvalidInput):
+    """No allowed model has an upstream (`base_url` in the catalog, or `default_base_url`)."""
+
+
+class GatewayFailed(Exception):
+    """Every try failed: 504 when the deadline passed or the last try timed out, else 502."""
+
+    def __init__(self, failures: Sequence[UpstreamError], *, out_of_time: bool) -> None:
+        tried = "; ".join(str(f) for f in failures) or "no model was tried"
+        super().__init__(f"no model answered ({len(failures)} tried): {tried}")
+        self.failures = list(failures)
+        self.timed_out = out_of_time or (bool(failures) and failures[-1].status == CallStatus.TIMEOUT)
+
+
+class Rejected(Exception):
+    """The upstream refused the request (4xx): `error` is what the caller gets back."""
+
+    def __init__(self, error: UpstreamRejected, decision: Decision) -> None:
+        super().__init__(str(error))
+        self.error, self.decision = error, decision
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try: its decision, when it started, and the request it belongs to."""
+
+    decision: Decision
+    request_id: str
+    number: int
+    routed: bool
+    stream: bool
+
+
+@dataclass(slots=True)
+class Answer:
+    """A non-streamed answer: the body to return (its `model` is the catalog name that answered)."""
+
+    body: dict[str, Any]
+    decision: Decision
+    attempts: int
+    usage: Usage
+    cost_usd: float
+
+
+@dataclass(slots=True)
+class StreamAnswer:
+    """An open stream whose first chunk arrived: `relay()` yields the SSE bytes and records the call at the end."""
+
+    gateway: Gateway
+    attempt: Attempt
+    stream: Stream
+    first: dict[str, Any]
+    chat: ChatRequest
+    attempts: int
+    finished: bool = field(default=False)
+
+    @property
+    def decision(self) -> Decision:
+        return self.attempt.decision
+
+    async def abandon(self) -> None:
+        """Close and record a stream whose relay never ran to its end (the caller left before it started)."""
+        if not self.finished:
+            self.finished = True
+            await self.stream.close()
+            self.gateway.finish_stream(self, CallStatus.CANCELLED, "the caller left before the stream started")
+
+    async def relay(self) -> AsyncGenerator[bytes, None]:
+        """The SSE events for the caller: each upstream chunk with `model` set to the catalog name (the usage-only
+        chunk only when the caller asked for usage), then `[DONE]`; a failure mid-stream ends the stream with
+        an OpenAI error event and is recorded as the model's failure."""
+        gw, model = self.gateway, self.decision.model
+        status, error = CallStatus.CANCELLED, "the caller closed the stream"
+        try:
+            out = gw.chunk_bytes(self.first, model, self.chat.include_usage)
+            if out:
+                yield out
+            async for chunk in self.stream.rest():
+                out = gw.chunk_bytes(chunk, model, self.chat.include_usage)
+                if out:
+                    yield out
+            await self._finish(CallStatus.OK, "")  # recorded before the caller sees the end
+            yield b"data: [DONE]\n\n"
+        except UpstreamFailure as exc:
+            await self._finish(exc.status, str(exc))
+            body = {"error": {"message": f"the stream broke: {exc}", "type": "upstream_error", "param": None,
+                              "code": str(exc.status)}}
+            yield b"data: " + json.dumps(body).encode() + b"\n\n"
+        finally:
+            if not self.finished:  # the caller left
+                self.finished = True
+                await self.stream.close()
+                gw.finish_stream(self, status, error)
+
+    async def _finish(self, status: CallStatus, error: str) -> None:
+        self.finished = True
+        await self.stream.close()
+        recorded = self.gateway.finish_stream(self, status, error)
+        if self.gateway.await_records:
+            await asyncio.wait([recorded])
+
+
+class Gateway:
+    """Route, call, fall back, record. Build with `Gateway.build(settings, engine)`; `close()` at shutdown."""
+
+    def __init__(self, engine: DecisionLog, settings: Settings, upstreams: Upstreams) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.config = settings.gateway
+        self.upstreams = upstreams
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.on_answer: Callable[[Decision, Sequence[Mapping[str, Any]], str], None] | None = None
+        """Called with each routed answer (the judge samples from these)."""
+        self.judge: Judge | None = None
+        self.observer: Callable[[CallRecord], None] | None = None
+        """Told about every call record (the service's metrics)."""
+        self.await_records = settings.server.workers > 1
+        """Whether a reply waits until its call record is committed (several workers: see `_record`)."""
+
+    @classmethod
+    def build(cls, settings: Settings, engine: DecisionLog) -> Gateway:
+        """Endpoints for every catalog model (the settings' catalog: the upstream keys of today's file, not of a
+        checkpoint) and for models added at run time (with `default_base_url`)."""
+        specs: dict[str, ModelSpec] = {m.name: m for m in engine.router.models}
+        specs.update({m.name: m for m in settings.load_catalog()})
+        endpoints = [e for e in (cls._endpoint(settings, s) for s in specs.values()) if e is not None]
+        limit = settings.gateway.max_upstream_response_bytes
+        return cls(engine, settings, Upstreams(endpoints, max_response_bytes=limit))
+
+    @staticmethod
+    def _endpoint(settings: Settings, spec: ModelSpec) -> Endpoint | None:
+        g = settings.gateway
+        return Endpoint.of(spec, default_base_url=g.default_base_url, default_api_key_env=g.default_api_key_env,
+                           timeout_s=g.upstream_timeout_s, connect_timeout_s=g.upstream_connect_timeout_s,
+                           max_concurrency=g.upstream_max_concurrency)
+
+    def _no_upstream(self) -> str:
+        keyless = self.upstreams.keyless
+        if keyless:
+            needed = sorted(set(keyless.values()))
+            return (f"no catalog model can be called: set {' or '.join(needed)} (the api_key_env of "
+                    f"{', '.join(keyless)}), or give models a base_url")
+        return "no catalog model has an upstream: give models a base_url, or set default_base_url"
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.upstreams.aclose()
+
+    # -- which models can be called ---------------------------------------------------------------------------
+    def callable_models(self) -> list[str]:
+        """The active models with an upstream, in arm order (a model added at run time gets one from
+        `default_base_url` when it is first needed)."""
+        out = []
+        for spec in self.engine.router.models:
+            if (not self.upstreams.has(spec.name) and spec.name not in self.upstreams.keyless
+                    and self.config.default_base_url is not None):
+                endpoint = self._endpoint(self.settings, spec)
+                if endpoint is not None:
+                    self.upstreams.add(endpoint)
+            if self.upstreams.has(spec.name):
+                out.append(spec.name)
+        return out
+
+    def _allowed(self, chat: ChatRequest) -> tuple[str, ...] | None:
+        """The models a routed request may go to: its `models` knob (or all), less those without an upstream;
+        None when that is every active model (the router's own default)."""
+        callable_ = self.callable_models()
+        active = [m.name for m in self.engine.router.models]
+        if chat.models is None:
+            if not callable_:
+                raise NoUpstream(self._no_upstream())
+            return None if len(callable_) == len(active) else tuple(callable_)
+        unknown = [m for m in chat.models if m not in active]
+        if unknown:
+            raise NoUpstream(f"models: unknown or retired models {unknown[:5]}")
+        allowed = tuple(m for m in chat.models if m in callable_)
+        if not allowed:
+            raise NoUpstream("models: none of these models has an upstream (base_url)")
+        return allowed
+
+    # -- the first decision -----------------------------------------------------------------------------------
+    async def _first(self, chat: ChatRequest) -> tuple[Attempt, Request]:
+        if chat.routed:
+            request = chat.core_request()
+            allowed = self._allowed(chat)
+            if allowed is not None:
+                request = Request(messages=request.messages, context=request.context, models=allowed,
+                                  cost_weight=request.cost_weight)
+            decision = await self.engine.route(request)
+        else:
+            if chat.model in self.upstreams.keyless:
+                raise NoUpstream(f"model: {chat.model!r} is called with the key in "
+                                 f"{self.upstreams.keyless[chat.model]}, which is not set")
+            if chat.model not in [m.name for m in self.engine.router.models] or chat.model not in \
+                    self.callable_models():
+                raise NoUpstream(f"model: {chat.model[:200]!r} is neither {self.config.router_alias!r} nor a "
+                                 "catalog model with an upstream")
+            request = chat.core_request()
+            decision = self.caller_decision(request, chat.model)
+            await self.engine.store_decision(decision, request)
+        return Attempt(decision, decision.decision_id, 1, chat.routed, chat.stream), request
+
+    def caller_decision(self, request: Request, model: str) -> Decision:
+        """The stored record of a call to a model the caller named: probability 1, policy `caller`."""
+        router = self.engine.router
+        spec = router.spec(model)
+        context = router.featurize(request)
+        arm = [m.name for m in router.models].index(model)
+        cost = spec.cost_usd(context.input_tokens, spec.output_tokens or 250.0)
+        return Decision(
+            decision_id=new_decision_id(), model=model, arm=arm, models=(model,), pmf=(1.0,), probability=1.0,
+            policy=CALLER_POLICY, policy_version=router.version,
+            cost_weight=request.cost_weight if request.cost_weight is not None else router.reward_config.cost_weight,
+            context=context, expected_cost_usd=(cost,), created_at=time.time(),
+        )
+
+    async def _next(self, attempt: Attempt, request: Request, tried: list[str]) -> Attempt | None:
+        """The fallback after `attempt` failed: a new decision over the allowed models not yet tried."""
+        if not attempt.routed:
+            return None
+        pool = request.models if request.models is not None else tuple(self.callable_models())
+        remaining = [m for m in pool if m not in tried and self.upstreams.has(m)]
+        if not remaining:
+            return None
+        decision = self.engine.router.decide(attempt.decision.context, models=remaining,
+                                             cost_weight=request.cost_weight)
+        await self.engine.store_decision(decision, request)
+        return Attempt(decision, attempt.request_id, attempt.number + 1, True, attempt.stream)
+
+    # -- tries ------------------------------------------------------------------------------------------------
+    async def _tries(
+        self, chat: ChatRequest, call: Callable[[Attempt, float], Coroutine[Any, Any, Any]]
+    ) -> tuple[Attempt, Any]:
+        deadline = time.monotonic() + self.config.deadline_s
+        attempt: Attempt | None
+        attempt, request = await self._first(chat)
+        failures: list[UpstreamError] = []
+        tried: list[str] = []
+        while attempt is not None:
+            started = time.perf_counter()
+            try:
+                return attempt, await call(attempt, deadline)
+            except UpstreamRejected as exc:
+                self._record(attempt, exc.status, started, error=str(exc), http_status=exc.http_status)
+                if exc.blame_request:
+                    raise Rejected(exc, attempt.decision) from None
+                log.warning("%s (check the model's api_key_env)", exc)
+                failures.append(exc)
+            except UpstreamFailure as exc:
+                self._record(attempt, exc.status, started, error=str(exc), http_status=exc.http_status)
+                failures.append(exc)
+            tried.append(attempt.decision.model)
+            if attempt.number >= self.config.max_attempts or time.monotonic() >= deadline:
+                break
+            attempt = await self._next(attempt, request, tried)
+        raise GatewayFailed(failures, out_of_time=time.monotonic() >= deadline)
+
+    async def complete(self, chat: ChatRequest) -> Answer:
+        """A non-streamed answer (raises `GatewayFailed`, `Rejected`, `NoUpstream`)."""
+
+        async def call(attempt: Attempt, deadline: float) -> Reply:
+            return await self.upstreams.complete(attempt.decision.model, chat.payload, deadline)
+
+        attempt, reply = await self._tries(chat, call)
+        decision = attempt.decision
+        body = reply.body
+        answer = answer_text(body)
+        usage = reply.usage or estimated(chat.messages, answer)
+        cost = usage.cost_usd(self.engine.router.spec(decision.model))
+        body["model"] = decision.model
+        recorded = self._record(attempt, CallStatus.OK, None, usage=usage, cost=cost, latency=reply.latency_s,
+                                ttft=reply.latency_s)
+        if self.await_records:
+            await asyncio.wait([recorded])  # neither raises nor cancels the record
+        if chat.routed and self.on_answer is not None:
+            self.on_answer(decision, chat.messages, answer)
+        return Answer(body, decision, attempt.number, usage, cost)
+
+    async def open_stream(self, chat: ChatRequest) -> StreamAnswer:
+        """A stream whose first chunk has arrived (failures before it fall back like a non-streamed call)."""
+        payload = chat.upstream_payload()
+
+        async def call(attempt: Attempt, deadline: float) -> tuple[Stream, dict[str, Any]]:
+            stream = await self.upstreams.stream(attempt.decision.model, payload, deadline)
+            try:
+                return stream, await stream.first(deadline)
+            except BaseException:
+                await stream.close()
+                raise
+
+        attempt, (stream, first) = await self._tries(chat, call)
+        return StreamAnswer(self, attempt, stream, first, chat, attempt.number)
+
+    @staticmethod
+    def chunk_bytes(chunk: dict[str, Any], model: str, include_usage: bool) -> bytes:
+        """One SSE event for the caller; b"" for the usage-only chunk the caller did not ask for."""
+        if not include_usage and "usage" in chunk:
+            if not chunk.get("choices"):
+                return b""
+            chunk = {k: v for k, v in chunk.items() if k != "usage"}
+        chunk["model"] = model
+        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode("utf-8") + b"\n\n"
+
+    def finish_stream(self, answer: StreamAnswer, status: CallStatus, error: str) -> asyncio.Future[Any]:
+        """Record a stream that ended (answered, failed mid-stream, or closed by the caller)."""
+        stream = answer.stream
+        text = "".join(stream.text)
+        usage = stream.usage or estimated(answer.chat.messages, text)
+        decision = answer.decision
+        cost = usage.cost_usd(self.engine.router.spec(decision.model))
+        recorded = self._record(answer.attempt, status, None, usage=usage, cost=cost, latency=stream.latency_s,
+                                ttft=stream.ttft_s, error=error or None)
+        if status == CallStatus.OK and answer.chat.routed and self.on_answer is not None:
+            self.on_answer(decision, answer.chat.messages, text)
+        return recorded
+
+    # -- recording --------------------------------------------------------------------------------------------
+    def _record(self, attempt: Attempt, status: CallStatus, started: float | None, *, usage: Usage | None = None,
+                cost: float | None = None, latency: float | None = None, ttft: float | None = None,
+                error: str | None = None, http_status: int | None = None) -> asyncio.Future[Any]:
+        """Store the call record (and, for a failure, the failure as feedback) without delaying the reply: the
+        writer runs operations in the order they were submitted, so a feedback the caller sends to this process
+        after this reply finds the record. With several workers a feedback may reach another one first, so
+        there the reply waits for the commit (`await_records`)."""
+        if latency is None and started is not None:
+            latency = time.perf_counter() - started
+        decision = attempt.decision
+        record = CallRecord(
+            decision_id=decision.decision_id, request_id=attempt.request_id, attempt=attempt.number,
+            model=decision.model, routed=attempt.routed, stream=attempt.stream, status=str(status),
+            http_status=http_status if http_status is not None else (200 if status == CallStatus.OK else None),
+            input_tokens=None if usage is None else usage.input_tokens,
+            output_tokens=None if usage is None else usage.output_tokens,
+            usage=None if usage is None else usage.source, cost_usd=cost, ttft_s=ttft, latency_s=latency,
+            error=None if error is None else error[:500], created_at=time.time(),
+        )
+        if self.observer is not None:
+            self.observer(record)
+        failure = None
+        if status.is_failure:
+            failure = Outcome(quality=self.config.failure_quality, cost_usd=0.0, input_tokens=0, output_tokens=0,
+                              latency_s=latency)
+        return self._spawn(self.engine.record_call(record, failure, FAILURE_SOURCE if failure is not None else None))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("recording a call failed: %s", task.exception())

@@ -1,0 +1,165 @@
+"""Feedback without a human: a catalog model scores a sample of the gateway's routed answers, off the request path.
+
+    answer ──(sampled at judge_sample_rate, seeded)──► bounded queue ──► judge_concurrency workers
+        worker: wait until judge_delay_s after the answer, ask the judge model (rubric as the system message, the
+        conversation and the answer as the user message), read the first number of its reply,
+        quality = min(1, number / judge_scale), post it as feedback with source = "judge".
+
+Never delays a reply: `offer()` only puts a job in the queue (a full queue drops it: counted in `dropped`).
+Precedence: the caller's own feedback wins. A caller's feedback that arrives before the judge's makes the judge's
+a conflict, which the judge drops (`overridden`); one that arrives after the judge's is stored and answered
+(status `ignored`: the judge's was already learned; no 409), so set `judge_delay_s` to the time callers usually
+take. The judge's calls go through the same `Upstreams` (its model's limits and timeouts) and are priced with the
+catalog: `stats()` reports them (calls, failures, tokens, spend).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..catalog import ModelSpec
+from ..config import Settings
+from ..errors import BanditRouterError
+from ..log.feedback import JUDGE_SOURCE
+from ..types import Decision, Outcome
+from .pricing import answer_text, estimated, message_text
+from .upstreams import UpstreamError, Upstreams
+
+log = logging.getLogger("bandit_router.gateway")
+
+MAX_SHOWN_CHARS = 20_000
+"""Characters of the conversation and of the answer shown to the judge (each)."""
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+PostFeedback = Callable[[str, Outcome, str], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class JudgeStats:
+    sampled: int = 0
+    dropped: int = 0
+    scored: int = 0
+    overridden: int = 0
+    failed: int = 0
+    unreadable: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    spend_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    decision_id: str
+    messages: tuple[Mapping[str, Any], ...]
+    answer: str
+    ready_at: float
+
+
+@dataclass
+class Judge:
+    """The judge loop. `start()` in the app's lifespan, `offer()` per answer, `stop()` at shutdown."""
+
+    settings: Settings
+    spec: ModelSpec
+    upstreams: Upstreams
+    post: PostFeedback
+    seed: int | None = None
+    stats: JudgeStats = field(default_factory=JudgeStats)
+
+    def __post_init__(self) -> None:
+        config = self.settings.judge
+        self.rate = config.judge_sample_rate
+        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=config.judge_queue)
+        self._rng = random.Random(self.seed)
+        self._workers: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._workers = [asyncio.ensure_future(self._work()) for _ in range(self.settings.judge.judge_concurrency)]
+
+    async def stop(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    def offer(self, decision: Decision, messages: Sequence[Mapping[str, Any]], answer: str) -> None:
+        """Maybe queue `answer` for scoring (never blocks)."""
+        if self.rate <= 0 or self._rng.random() >= self.rate:
+            return
+        self.stats.sampled += 1
+        job = Job(decision.decision_id, tuple(messages), answer,
+                  time.monotonic() + self.settings.judge.judge_delay_s)
+        try:
+            self.queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.stats.dropped += 1
+
+    def prompt(self, job: Job) -> list[dict[str, str]]:
+        """The judge's messages: the rubric, then the conversation and the answer to grade."""
+        conversation = "\n".join(f"{m.get('role')}: {message_text(m.get('content'))}" for m in job.messages)
+        return [
+            {"role": "system", "content": self.settings.judge.judge_rubric},
+            {"role": "user", "content": f"Conversation:\n{conversation[-MAX_SHOWN_CHARS:]}\n\n"
+                                        f"Answer to grade:\n{job.answer[:MAX_SHOWN_CHARS]}"},
+        ]
+
+    def quality(self, reply: str) -> float | None:
+        """The first number of the judge's reply over `judge_scale`, clipped to [0, 1]; None without a number."""
+        match = _NUMBER.search(reply)
+        if match is None:
+            return None
+        return min(1.0, max(0.0, float(match.group()) / self.settings.judge.judge_scale))
+
+    async def score(self, job: Job) -> float | None:
+        messages = self.prompt(job)
+        deadline = time.monotonic() + self.settings.gateway.deadline_s
+        try:
+            reply = await self.upstreams.complete(self.spec.name, {"messages": messages, "temperature": 0},
+                                                  deadline)
+        except UpstreamError as exc:
+            self.stats.failed += 1
+            log.info("judge call failed: %s", exc)
+            return None
+        text = answer_text(reply.body)
+        usage = reply.usage or estimated(messages, text)
+        self.stats.input_tokens += usage.input_tokens
+        self.stats.output_tokens += usage.output_tokens
+        self.stats.spend_usd += usage.cost_usd(self.spec)
+        quality = self.quality(text)
+        if quality is None:
+            self.stats.unreadable += 1
+        return quality
+
+    async def _work(self) -> None:
+        while True:
+            job = await self.queue.get()
+            try:
+                wait = job.ready_at - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                quality = await self.score(job)
+                if quality is None:
+                    continue
+                try:
+                    await self.post(job.decision_id, Outcome(quality=quality), JUDGE_SOURCE)
+                    self.stats.scored += 1
+                except BanditRouterError as exc:  # the caller's feedback came first (409), or a late window
+                    self.stats.overridden += 1
+                    log.debug("judge feedback for %s not stored: %s", job.decision_id, exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.stats.failed += 1
+                log.exception("judge job failed")
+            finally:
+                self.queue.task_done()
+
+    def report(self) -> dict[str, Any]:
+        return {"model": self.spec.name, "sample_rate": self.rate, "queued": self.queue.qsize(),
+                **{k: getattr(self.stats, k) for k in JudgeStats.__dataclass_fields__}}

@@ -1,0 +1,383 @@
+"""Calling OpenAI-compatible upstreams: one pooled `httpx.AsyncClient` per base URL, per-model concurrency
+limits, bounded replies, and every way a call can end sorted into a `CallStatus`.
+
+    Upstreams.complete(model, payload, deadline)  → Reply            (a non-streamed chat completion)
+    Upstreams.stream(model, payload, deadline)    → Stream           (open it, then `first()`, then `rest()`)
+
+Failures raise `UpstreamFailure` (timeout, connection error, 5xx/429, a reply that is not a chat completion or is
+too large: the model's failure) or `UpstreamRejected` (4xx: the request's fault, passed through to the caller;
+401/403: the gateway's credentials, never the model's). An API key is read from the environment variable the
+catalog names, sent only in the `Authorization` header, and never appears in a message, a log line or a repr.
+This module knows nothing of routing or storage: the cascade and the judge call models through it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from ..catalog import ModelSpec
+from ..errors import BanditRouterError
+from ..store import CallStatus
+from .pricing import Usage, usage_of
+
+log = logging.getLogger("bandit_router.gateway")
+
+_PASSED_THROUGH_HEADERS = ("retry-after",)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where and how one catalog model is called."""
+
+    model: str
+    """The catalog name."""
+    url: str
+    """`base_url` + `/chat/completions`."""
+    upstream_model: str
+    api_key_env: str | None
+    timeout_s: float
+    connect_timeout_s: float
+    max_concurrency: int
+
+    @classmethod
+    def of(cls, spec: ModelSpec, *, default_base_url: str | None, default_api_key_env: str | None,
+           timeout_s: float, connect_timeout_s: float, max_concurrency: int) -> Endpoint | None:
+        """The endpoint of `spec` (its own upstream keys, else the defaults); None without any base URL."""
+        base = spec.base_url or default_base_url
+        if base is None:
+            return None
+        return cls(
+            model=spec.name,
+            url=base.rstrip("/") + "/chat/completions",
+            upstream_model=spec.upstream_name,
+            api_key_env=spec.api_key_env if spec.base_url else (spec.api_key_env or default_api_key_env),
+            timeout_s=spec.timeout_s or timeout_s,
+            connect_timeout_s=spec.connect_timeout_s or connect_timeout_s,
+            max_concurrency=spec.max_concurrency or max_concurrency,
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self.url.removesuffix("/chat/completions")
+
+
+class UpstreamError(BanditRouterError):
+    """A call did not produce an answer. The message names the model and what happened, never a key or URL."""
+
+    def __init__(self, model: str, status: CallStatus, message: str, http_status: int | None = None) -> None:
+        super().__init__(f"{model}: {message}")
+        self.model, self.status, self.http_status = model, status, http_status
+
+
+class UpstreamFailure(UpstreamError):
+    """The model failed (timeout, connection error, 5xx or 429, an invalid or too large reply): learned as its
+    failure, and the request falls back to another model."""
+
+
+class UpstreamRejected(UpstreamError):
+    """The upstream refused the request with a 4xx: `body` (its JSON error, bounded) goes back to the caller.
+    `blame_request` is False for 401/403 (the gateway's credentials): then the request falls back instead."""
+
+    def __init__(self, model: str, http_status: int, body: bytes, headers: Mapping[str, str]) -> None:
+        super().__init__(model, CallStatus.REJECTED, f"the upstream refused the request ({http_status})", http_status)
+        self.body, self.headers = body, dict(headers)
+
+    @property
+    def blame_request(self) -> bool:
+        return self.http_status not in (401, 403)
+
+
+@dataclass(slots=True)
+class Reply:
+    """A non-streamed answer: the upstream's JSON body, its usage (None when it gave none), and timings."""
+
+    body: dict[str, Any]
+    usage: Usage | None
+    latency_s: float
+    http_status: int = 200
+
+
+class Upstreams:
+    """The gateway's HTTP clients: one pooled `httpx.AsyncClient` per base URL, a semaphore per model."""
+
+    def __init__(self, endpoints: Iterable[Endpoint], *, max_response_bytes: int,
+                 environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.endpoints: dict[str, Endpoint] = {}
+        self.keyless: dict[str, str] = {}
+        """Models left out because the variable their `api_key_env` names is not set: model → variable."""
+        self.max_response_bytes = max_response_bytes
+        self._keys: dict[str, str] = {}
+        for e in endpoints:
+            value = env.get(e.api_key_env) if e.api_key_env is not None else None
+            if e.api_key_env is not None and not value:
+                self.keyless[e.model] = e.api_key_env
+                continue
+            self.endpoints[e.model] = e
+            if value:
+                self._keys[e.model] = value
+        if self.keyless:
+            log.warning("not called by the gateway until their key variables are set: %s",
+                        ", ".join(f"{m} ({v})" for m, v in self.keyless.items()))
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._slots = {e.model: asyncio.Semaphore(e.max_concurrency) for e in self.endpoints.values()}
+        for e in self.endpoints.values():
+            if e.base_url not in self._clients:
+                limit = sum(x.max_concurrency for x in self.endpoints.values() if x.base_url == e.base_url)
+                self._clients[e.base_url] = httpx.AsyncClient(
+                    limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+                    follow_redirects=False, trust_env=False,
+                )
+
+    def __repr__(self) -> str:  # never the keys
+        return f"Upstreams(<{len(self.endpoints)} models, {len(self._clients)} base URLs>)"
+
+    def has(self, model: str) -> bool:
+        return model in self.endpoints
+
+    def add(self, endpoint: Endpoint, environ: Mapping[str, str] | None = None) -> None:
+        """Call `endpoint.model` from now on (a model added at run time)."""
+        env = os.environ if environ is None else environ
+        key = env.get(endpoint.api_key_env) if endpoint.api_key_env is not None else None
+        if endpoint.api_key_env is not None and not key:
+            self.keyless[endpoint.model] = endpoint.api_key_env
+            return
+        self.endpoints[endpoint.model] = endpoint
+        self._slots[endpoint.model] = asyncio.Semaphore(endpoint.max_concurrency)
+        if key:
+            self._keys[endpoint.model] = key
+        if endpoint.base_url not in self._clients:
+            self._clients[endpoint.base_url] = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=endpoint.max_concurrency), follow_redirects=False, trust_env=False
+            )
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+
+    def _request(self, model: str, payload: Mapping[str, Any], stream: bool) -> tuple[Endpoint, httpx.Request]:
+        endpoint = self.endpoints[model]
+        headers = {"content-type": "application/json", "accept": "text/event-stream" if stream else "application/json"}
+        key = self._keys.get(model)
+        if key is not None:
+            headers["authorization"] = "Bearer " + key
+        body = dict(payload)
+        body["model"] = endpoint.upstream_model
+        client = self._clients[endpoint.base_url]
+        timeout = httpx.Timeout(endpoint.timeout_s, connect=endpoint.connect_timeout_s)
+        content = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        return endpoint, client.build_request("POST", endpoint.url, content=content, headers=headers,
+                                              timeout=timeout)
+
+    async def _acquire(self, model: str, deadline: float) -> None:
+        try:
+            await asyncio.wait_for(self._slots[model].acquire(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise UpstreamFailure(model, CallStatus.TIMEOUT, "no free call slot before the deadline "
+                                  "(max_concurrency)") from None
+
+    async def complete(self, model: str, payload: Mapping[str, Any], deadline: float) -> Reply:
+        """One non-streamed call, within `deadline` (a `time.monotonic()` instant)."""
+        endpoint, request = self._request(model, payload, stream=False)
+        await self._acquire(model, deadline)
+        started = time.perf_counter()
+        client = self._clients[endpoint.base_url]
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                response = await client.send(request, stream=True)
+                try:
+                    raw = await _read_bounded(response, self.max_response_bytes, model)
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise UpstreamFailure(model, CallStatus.TIMEOUT, "no answer before the request's deadline") from None
+        except httpx.TimeoutException:
+            raise UpstreamFailure(model, CallStatus.TIMEOUT, f"no answer within {endpoint.timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamFailure(model, CallStatus.CONNECTION_ERROR, _transport(exc)) from None
+        finally:
+            self._slots[model].release()
+        latency = time.perf_counter() - started
+        _check_status(model, response, raw)
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, "the reply is not JSON", 200) from None
+        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+            raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, "the reply is not a chat completion", 200)
+        return Reply(body, usage_of(body), latency, response.status_code)
+
+    async def stream(self, model: str, payload: Mapping[str, Any], deadline: float) -> Stream:
+        """Open a streamed call: the status is checked (failures raise here); read it with `first()`/`rest()`."""
+        endpoint, request = self._request(model, payload, stream=True)
+        await self._acquire(model, deadline)
+        started = time.perf_counter()
+        client = self._clients[endpoint.base_url]
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                response = await client.send(request, stream=True)
+        except TimeoutError:
+            self._slots[model].release()
+            raise UpstreamFailure(model, CallStatus.TIMEOUT, "no answer before the request's deadline") from None
+        except httpx.TimeoutException:
+            self._slots[model].release()
+            raise UpstreamFailure(model, CallStatus.TIMEOUT, f"no answer within {endpoint.timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            self._slots[model].release()
+            raise UpstreamFailure(model, CallStatus.CONNECTION_ERROR, _transport(exc)) from None
+        if response.status_code != 200:
+            try:
+                raw = await _read_bounded(response, self.max_response_bytes, model)
+            except (httpx.HTTPError, UpstreamError):
+                raw = b""
+            finally:
+                await response.aclose()
+                self._slots[model].release()
+            _check_status(model, response, raw)
+            raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, f"status {response.status_code}",
+                                  response.status_code)
+        return Stream(self, model, response, started, endpoint.timeout_s)
+
+
+class Stream:
+    """An open streamed call. `first()` waits for the first chunk (a failure there still allows a fallback);
+    `rest()` yields the following chunks; `close()` releases the connection and the model's slot (always call
+    it). Each chunk is the parsed JSON of one `data:` event; `[DONE]` ends the stream."""
+
+    def __init__(self, owner: Upstreams, model: str, response: httpx.Response, started: float,
+                 timeout_s: float) -> None:
+        self._owner, self.model, self._response = owner, model, response
+        self.started = started
+        self.ttft_s: float | None = None
+        self.latency_s: float | None = None
+        self.usage: Usage | None = None
+        self.text: list[str] = []
+        """The streamed content, for counting tokens when the upstream gives no usage (and for the judge)."""
+        self._lines = response.aiter_lines()
+        self._size = 0
+        self._timeout_s = timeout_s
+        self._closed = False
+        self.done = False
+
+    async def _next(self) -> dict[str, Any] | None:
+        """The next `data:` event's JSON; None at the end."""
+        limit = self._owner.max_response_bytes
+        while True:
+            try:
+                line = await anext(self._lines)
+            except StopAsyncIteration:
+                self.done = True
+                return None
+            except httpx.TimeoutException:
+                raise UpstreamFailure(self.model, CallStatus.TIMEOUT,
+                                      f"no chunk within {self._timeout_s:g} s") from None
+            except httpx.HTTPError as exc:
+                raise UpstreamFailure(self.model, CallStatus.CONNECTION_ERROR, _transport(exc)) from None
+            self._size += len(line) + 1
+            if self._size > limit:
+                raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE,
+                                      f"the stream is larger than {limit} bytes")
+            if not line.startswith("data:"):
+                continue  # blank separators, comments, `event:` lines
+            data = line[5:].strip()
+            if data == "[DONE]":
+                self.done = True
+                return None
+            try:
+                chunk = json.loads(data)
+            except (ValueError, RecursionError):
+                raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE, "a streamed chunk is not JSON") from None
+            if not isinstance(chunk, dict):
+                raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE, "a streamed chunk is not an object")
+            if "error" in chunk:
+                raise UpstreamFailure(self.model, CallStatus.SERVER_ERROR, "the upstream sent an error mid-stream")
+            usage = usage_of(chunk)
+            if usage is not None:
+                self.usage = usage
+            choices = chunk.get("choices")
+            for choice in choices if isinstance(choices, list) else ():
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                content = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(content, str):
+                    self.text.append(content)
+            return chunk
+
+    async def first(self, deadline: float) -> dict[str, Any]:
+        """The first chunk, within `deadline`; sets `ttft_s`."""
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                chunk = await self._next()
+        except TimeoutError:
+            raise UpstreamFailure(self.model, CallStatus.TIMEOUT, "no first chunk before the request's deadline") \
+                from None
+        if chunk is None:
+            raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE, "the stream ended before its first chunk")
+        self.ttft_s = time.perf_counter() - self.started
+        return chunk
+
+    async def rest(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            chunk = await self._next()
+            if chunk is None:
+                self.latency_s = time.perf_counter() - self.started
+                return
+            yield chunk
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.latency_s is None:
+            self.latency_s = time.perf_counter() - self.started
+        try:
+            await self._response.aclose()
+        finally:
+            self._owner._slots[self.model].release()
+
+
+@dataclass(slots=True)
+class _Sink:
+    parts: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+async def _read_bounded(response: httpx.Response, limit: int, model: str) -> bytes:
+    sink = _Sink()
+    async for part in response.aiter_bytes():
+        sink.size += len(part)
+        if sink.size > limit:
+            raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, f"the reply is larger than {limit} bytes",
+                                  response.status_code)
+        sink.parts.append(part)
+    return b"".join(sink.parts)
+
+
+def _check_status(model: str, response: httpx.Response, raw: bytes) -> None:
+    status = response.status_code
+    if status == 200:
+        return
+    if status in (408, 504):
+        raise UpstreamFailure(model, CallStatus.TIMEOUT, f"the upstream timed out ({status})", status)
+    if status == 429 or status >= 500:
+        raise UpstreamFailure(model, CallStatus.SERVER_ERROR, f"the upstream failed ({status})", status)
+    if 400 <= status < 500:
+        headers = {k: v for k in _PASSED_THROUGH_HEADERS if (v := response.headers.get(k)) is not None}
+        raise UpstreamRejected(model, status, raw[:65536], headers)
+    raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, f"unexpected status {status}", status)
+
+
+def _transport(exc: httpx.HTTPError) -> str:
+    """What went wrong on the wire, by kind only (an httpx message may hold the URL)."""
+    kind = type(exc).__name__
+    return {"ConnectError": "cannot connect", "RemoteProtocolError": "the connection broke",
+            "ReadError": "the connection broke while reading", "WriteError": "the connection broke while sending"}.get(
+        kind, f"transport error ({kind})")

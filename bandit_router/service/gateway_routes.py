@@ -1,0 +1,235 @@
+"""HTTP of the OpenAI-compatible gateway: `POST /v1/chat/completions` ⇄ `bandit_router.gateway.Gateway`.
+
+Only translation: the body is parsed (`gateway.parse_chat`), the gateway answers, and every error becomes OpenAI's
+error shape, `{"error": {"message", "type", "param", "code"}}`:
+
+| what                                                       | status | type / code                          |
+|------------------------------------------------------------|--------|--------------------------------------|
+| malformed body, a bad knob, an unknown model in `models`   | 400    | invalid_request_error                |
+| a `model` that is neither the alias nor a catalog model    | 404    | invalid_request_error / model_not_found |
+| missing or wrong API key                                   | 401    | authentication_error                 |
+| body or messages too large                                 | 413    | invalid_request_error                |
+| not sent as JSON                                           | 415    | invalid_request_error                |
+| the upstream refused the request (4xx)                     | same   | the upstream's own error body        |
+| no model answered (failures, or out of tries)              | 502    | upstream_error / the last failure    |
+| the deadline passed, or the last try timed out             | 504    | upstream_error / timeout             |
+| not ready, database unavailable, no model has an upstream  | 503    | service_unavailable                  |
+
+A stream answers with `text/event-stream`; its headers carry `x-decision-id` like a plain reply. Writing one event
+to a caller that stopped reading may take `STREAM_WRITE_TIMEOUT_S`; then the stream ends and the call is recorded
+as `cancelled`, so a slow reader holds no more than its own connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..cascade.live import NamedRouterFailed, NamedRouters, sse_events
+from ..errors import BanditRouterError, InvalidInput, UnknownModel
+from ..gateway import (
+    BadChatRequest,
+    Gateway,
+    GatewayFailed,
+    NoUpstream,
+    PromptTooLarge,
+    Rejected,
+    StreamAnswer,
+    parse_chat,
+)
+from ..gateway.upstreams import UpstreamRejected
+from .errors import status_of
+from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
+from .routes import SECURITY, _require_json, _services
+
+log = logging.getLogger("bandit_router.service")
+router = APIRouter()
+STREAM_WRITE_TIMEOUT_S = 30.0
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+          422: "invalid_request_error", 502: "upstream_error", 503: "service_unavailable", 504: "upstream_error"}
+
+
+def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> Response:
+    body = {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": param, "code": code}}
+    return Response(json.dumps(body).encode(), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(exc: BaseException) -> Response:
+    """Any error of a chat request → OpenAI's error shape."""
+    if isinstance(exc, GatewayFailed):
+        status = 504 if exc.timed_out else 502
+        code = str(exc.failures[-1].status) if exc.failures else None
+        return openai_error(status, str(exc), code=code)
+    if isinstance(exc, NamedRouterFailed):
+        status = 504 if exc.timed_out else 502
+        return openai_error(status, str(exc), code=str(exc.failures[-1].status) if exc.failures else None)
+    if isinstance(exc, UpstreamRejected):  # a named router's upstream refused the request (4xx): passed through
+        return openai_error(exc.http_status or 400, str(exc), code="upstream_rejected")
+    if isinstance(exc, Rejected):
+        error = exc.error
+        assert error.http_status is not None
+        headers = {**error.headers, "x-decision-id": exc.decision.decision_id}
+        try:
+            upstream = json.loads(error.body)
+        except (ValueError, RecursionError):
+            upstream = None
+        if isinstance(upstream, dict) and isinstance(upstream.get("error"), dict):
+            return Response(json.dumps(upstream).encode(), status_code=error.http_status,
+                            media_type="application/json", headers=headers)
+        return openai_error(error.http_status, str(error), code="upstream_rejected", headers=headers)
+    if isinstance(exc, NoUpstream):
+        if str(exc).startswith("model:"):
+            return openai_error(404, str(exc), param="model", code="model_not_found")
+        if str(exc).startswith("models:"):
+            return openai_error(400, str(exc), param="bandit_router.models")
+        return openai_error(503, str(exc), code="no_upstream")
+    if isinstance(exc, BadChatRequest | InvalidField):
+        return openai_error(400, str(exc), param=exc.field)
+    if isinstance(exc, PromptTooLarge | PayloadTooLarge):
+        return openai_error(413, str(exc), code="payload_too_large")
+    if isinstance(exc, UnsupportedMediaType):
+        return openai_error(415, str(exc))
+    if isinstance(exc, UnknownModel):
+        return openai_error(400, str(exc), param="bandit_router.models")
+    if isinstance(exc, InvalidInput):
+        return openai_error(400, str(exc))
+    status, code = status_of(exc)
+    if status == 500:
+        log.error("unexpected error in the gateway: %s", type(exc).__name__, exc_info=exc)
+        return openai_error(500, "internal error", code="internal")
+    headers = {"www-authenticate": "Bearer"} if status == 401 else {"retry-after": "1"} if status == 503 else {}
+    return openai_error(status, str(exc), code=code, headers=headers)
+
+
+def _headers(decision_id: str, model: str, attempts: int) -> dict[str, str]:
+    return {"x-decision-id": decision_id, "x-bandit-router-model": model, "x-bandit-router-attempts": str(attempts)}
+
+
+class EventStream(Response):
+    """An ASGI reply that relays a `StreamAnswer` as server-sent events, ends it when the caller leaves or stops
+    reading for `STREAM_WRITE_TIMEOUT_S`, and always closes the upstream stream."""
+
+    def __init__(self, answer: StreamAnswer, headers: Mapping[str, str]) -> None:
+        super().__init__(status_code=200, media_type="text/event-stream")
+        self.answer, self.extra = answer, dict(headers)
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        raw = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               *((k.encode(), v.encode()) for k, v in self.extra.items())]
+        events = self.answer.relay()
+
+        async def relay() -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": raw})
+            async for data in events:
+                async with asyncio.timeout(STREAM_WRITE_TIMEOUT_S):  # no task per event, unlike wait_for
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        sending = asyncio.ensure_future(relay())
+        watching = asyncio.ensure_future(disconnected())
+        try:
+            await asyncio.wait((sending, watching), return_when=asyncio.FIRST_COMPLETED)
+            failed = sending.exception() if sending.done() and not sending.cancelled() else None
+            if failed is not None and not isinstance(failed, TimeoutError | OSError):
+                log.error("relaying a stream failed: %s", type(failed).__name__, exc_info=failed)
+        finally:
+            for task in (sending, watching):
+                task.cancel()
+            await asyncio.gather(sending, watching, return_exceptions=True)
+            await events.aclose()
+            await self.answer.abandon()  # the relay's own `finally` did this, unless it never started
+
+
+CHAT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1,
+                  "description": "`router` (the alias: route it) or a catalog model's name (send it there)"},
+        "messages": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["role"],
+            "properties": {"role": {"type": "string", "minLength": 1},
+                           "content": {"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]}},
+        }},
+        "stream": {"type": ["boolean", "null"]},
+        "stream_options": {"type": ["object", "null"]},
+        "bandit_router": {
+            "type": "object", "additionalProperties": False,
+            "description": "routing knobs (the OpenAI client's `extra_body`); also as x-bandit-router-* headers",
+            "properties": {
+                "cost_weight": {"type": ["number", "null"], "minimum": 0},
+                "models": {"type": ["array", "null"], "minItems": 1, "maxItems": 1000,
+                           "items": {"type": "string", "minLength": 1}},
+                "context": {"type": ["object", "null"], "maxProperties": 64,
+                            "additionalProperties": {"type": ["string", "number", "boolean"]}},
+            },
+        },
+    },
+    "description": "OpenAI's chat-completion request; other fields go to the upstream unchanged",
+}
+_OPENAI_ERROR = {"application/json": {"schema": {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "object", "required": ["message", "type"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}}}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "a chat completion (JSON), or server-sent events when `stream` is true",
+          "content": {"application/json": {"schema": {"type": "object"}},
+                      "text/event-stream": {"schema": {"type": "string"}}}},
+    **{s: {"description": d, "content": _OPENAI_ERROR} for s, d in (
+        (400, "invalid request"), (401, "missing or wrong API key"), (404, "unknown model"),
+        (413, "body or messages too large"), (415, "not sent as JSON"), (422, "the upstream refused the request"),
+        (502, "no model answered"), (503, "not ready, or no model has an upstream"), (504, "out of time"))},
+}
+
+
+@router.post(
+    "/v1/chat/completions", tags=["gateway"], responses=_RESPONSES,
+    openapi_extra={"security": SECURITY, "requestBody": {"required": True, "content": {
+        "application/json": {"schema": CHAT_SCHEMA}}}},
+)
+async def chat_completions(request: Request) -> Any:
+    """OpenAI's chat completions: `model = "router"` routes (and learns from feedback on `x-decision-id`), a
+    catalog model's name sends it there. The answer's `model` is the model that answered."""
+    try:
+        services = _services(request)
+        gateway: Gateway = request.app.state.gateway
+        _require_json(request)
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise BadChatRequest("body", f"not valid JSON ({type(exc).__name__})") from None
+        chat = parse_chat(body, request.headers, alias=gateway.config.router_alias,
+                          max_prompt_chars=services.engine.settings.limits.max_prompt_chars)
+        named: NamedRouters | None = getattr(request.app.state, "named_routers", None)
+        if named is not None and named.handles(chat.model):  # a [[routers]] alias: its answer, buffered
+            done = await named.complete(chat)
+            headers = _headers(done.decision.decision_id, done.decision.model, done.calls)
+            if chat.stream:
+                return Response(sse_events(done.body, chat.include_usage), media_type="text/event-stream",
+                                headers=headers)
+            return Response(json.dumps(done.body, separators=(",", ":")).encode("utf-8"),
+                            media_type="application/json", headers=headers)
+        if chat.stream:
+            answer = await gateway.open_stream(chat)
+            return EventStream(answer, _headers(answer.decision.decision_id, answer.decision.model,
+                                                answer.attempts))
+        reply = await gateway.complete(chat)
+        return Response(json.dumps(reply.body, separators=(",", ":")).encode("utf-8"),
+                        media_type="application/json",
+                        headers=_headers(reply.decision.decision_id, reply.decision.model, reply.attempts))
+    except (BanditRouterError, GatewayFailed, Rejected, NamedRouterFailed) as exc:
+        return _error(exc)

@@ -1,0 +1,261 @@
+"""A fake OpenAI-compatible upstream: a real HTTP server on 127.0.0.1 for the gateway's tests and benchmarks.
+
+It serves `POST /v1/chat/completions` for several "models" whose answer quality depends on the prompt's kind
+(`kind_of`: code, math or prose), streamed or not, with OpenAI's shapes. Each answer states its quality in its
+text (`[q=0.83]`), the way a grader would find it, so a test can give feedback without knowing the table, and the
+fake's judge model (`JUDGE`) grades an answer by reading it (with `judge_noise`, noisily). A non-streamed
+request with `logprobs: true` gets token log-probabilities whose geometric mean is the answer's quality. Per
+model it can be told (`mode`) to be `slow` (`delay_s` before the reply or first chunk), to `fail` (HTTP 500), to
+`hang` (never answer), to `omit_usage`, or to answer `garbage` (200 with an HTML page, or a stream without a
+single event);
+a `temperature` above 2 gets OpenAI's 400. `POST /_control {"model", "mode", "delay_s"}` changes a model from
+another process; `calls` and `authorizations` record what arrived.
+
+    python -m benchmarks.fake_upstream --port 9100     # serve until killed (benchmarks run it like this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+KINDS = ("code", "math", "prose")
+JUDGE = "fake-judge"
+QUALITY: dict[str, dict[str, float]] = {
+    "fake-coder": {"code": 0.9, "math": 0.5, "prose": 0.3},
+    "fake-writer": {"code": 0.3, "math": 0.5, "prose": 0.9},
+    "fake-small": {"code": 0.5, "math": 0.6, "prose": 0.5},
+    JUDGE: {"code": 0.5, "math": 0.5, "prose": 0.5},
+}
+"""Mean answer quality per model and prompt kind (each answer adds ±`NOISE`)."""
+NOISE = 0.1
+MODES = ("ok", "slow", "fail", "hang", "omit_usage", "garbage")
+ANSWER_WORDS = 24
+
+
+def kind_of(text: str) -> str:
+    """The prompt's kind, as the fake sees it: code words, math words, else prose."""
+    lowered = text.lower()
+    if any(w in lowered for w in ("python", "function", "sql", "code", "bug", "compile")):
+        return "code"
+    if any(w in lowered for w in ("solve", "integral", "equation", "prove", "sum of")):
+        return "math"
+    return "prose"
+
+
+def quality_in(text: str) -> float | None:
+    """The quality an answer states (`[q=0.83]`), None when it states none."""
+    start = text.rfind("[q=")
+    end = text.find("]", start)
+    if start < 0 or end < 0:
+        return None
+    try:
+        return float(text[start + 3 : end])
+    except ValueError:
+        return None
+
+
+@dataclass
+class Behaviour:
+    mode: str = "ok"
+    delay_s: float = 0.0
+
+
+@dataclass
+class FakeUpstream:
+    """The ASGI app. `quality` maps model → kind → mean quality; unknown models get 404 like OpenAI."""
+
+    quality: Mapping[str, Mapping[str, float]] = field(default_factory=lambda: QUALITY)
+    seed: int = 0
+    behaviour: dict[str, Behaviour] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+    authorizations: list[str] = field(default_factory=list)
+    closing: bool = False
+    judge_noise: float = 0.0
+    """The judge's score is round(10·(q + u)), u uniform on ±`judge_noise` (0: it reads the quality exactly)."""
+    url: str = ""
+    """Where it is served (set by whoever serves it), for building catalogs."""
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def set(self, model: str, mode: str = "ok", delay_s: float = 0.0) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        self.behaviour[model] = Behaviour(mode, delay_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        if path == "/_control":
+            data = json.loads(body)
+            self.set(data["model"], data.get("mode", "ok"), float(data.get("delay_s", 0.0)))
+            await _json(send, 200, {"ok": True})
+            return
+        if path != "/v1/chat/completions":
+            await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+            return
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                self.authorizations.append(value.decode("latin-1"))
+        request = json.loads(body)
+        await self.complete(request, send)
+
+    async def complete(self, request: dict[str, Any], send: Send) -> None:
+        model = request.get("model", "")
+        if model not in self.quality:
+            await _json(send, 404, {"error": {"message": f"The model `{model}` does not exist",
+                                              "type": "invalid_request_error", "param": "model",
+                                              "code": "model_not_found"}})
+            return
+        if float(request.get("temperature") or 0) > 2:
+            await _json(send, 400, {"error": {"message": "temperature must be at most 2",
+                                              "type": "invalid_request_error", "param": "temperature",
+                                              "code": None}})
+            return
+        self.calls[model] += 1
+        behaviour = self.behaviour.get(model, Behaviour())
+        if behaviour.mode == "hang":  # until told otherwise (or closing): never answers meanwhile
+            while self.behaviour.get(model, Behaviour()).mode == "hang" and not self.closing:
+                await asyncio.sleep(0.05)
+            return
+        if behaviour.mode == "fail":
+            await _json(send, 500, {"error": {"message": "the model is overloaded", "type": "server_error"}})
+            return
+        if behaviour.delay_s:
+            await asyncio.sleep(behaviour.delay_s)
+        if behaviour.mode == "garbage":
+            kind = b"text/event-stream" if request.get("stream") else b"text/html"
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]})
+            await send({"type": "http.response.body", "body": b": nothing\n\n" if request.get("stream") else
+                        b"<html>upstream maintenance</html>"})
+            return
+        messages = request.get("messages") or []
+        prompt = "\n".join(str(m.get("content") or "") for m in messages)
+        content = self.answer(model, messages, prompt)
+        usage = None if behaviour.mode == "omit_usage" else {
+            "prompt_tokens": max(1, len(prompt) // 4), "completion_tokens": len(content.split()),
+            "total_tokens": max(1, len(prompt) // 4) + len(content.split())}
+        created = int(time.time())
+        ident = f"chatcmpl-{self._rng.getrandbits(48):012x}"
+        if not request.get("stream"):
+            reply: dict[str, Any] = {
+                "id": ident, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                             "finish_reason": "stop"}],
+            }
+            if request.get("logprobs") is True:  # each token as likely as the answer is good: exp(mean) = q
+                shown = quality_in(content)
+                lp = math.log(max(shown if shown is not None else 0.5, 1e-3))
+                reply["choices"][0]["logprobs"] = {"content": [{"token": w, "logprob": lp, "top_logprobs": []}
+                                                               for w in content.split(" ")]}
+            if usage is not None:
+                reply["usage"] = usage
+            await _json(send, 200, reply)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        words = content.split(" ")
+        base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+        pieces = [{"role": "assistant", "content": ""}] + [{"content": w + " "} for w in words[:-1]] + \
+            [{"content": words[-1]}]
+        for delta in pieces:
+            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            await _event(send, chunk)
+        await _event(send, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        options = request.get("stream_options") or {}
+        if usage is not None and options.get("include_usage"):
+            await _event(send, {**base, "choices": [], "usage": usage})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    def answer(self, model: str, messages: list[dict[str, Any]], prompt: str) -> str:
+        if model == JUDGE:
+            shown = quality_in(prompt)
+            if shown is None:
+                return "5"
+            noisy = shown + self._rng.uniform(-self.judge_noise, self.judge_noise) if self.judge_noise else shown
+            return str(round(10 * min(1.0, max(0.0, noisy))))
+        kind = kind_of(prompt)
+        q = min(1.0, max(0.0, self.quality[model][kind] + self._rng.uniform(-NOISE, NOISE)))
+        filler = " ".join(["word"] * ANSWER_WORDS)
+        return f"{model} answers a {kind} prompt: {filler} [q={q:.3f}]"
+
+
+async def _json(send: Send, status: int, payload: Any) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _event(send: Send, chunk: dict[str, Any]) -> None:
+    await send({"type": "http.response.body", "body": b"data: " + json.dumps(chunk).encode() + b"\n\n",
+                "more_body": True})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a thread of this process (tests); `stop()` ends it."""
+
+    def __init__(self, app: Any, port: int | None = None, **options: Any) -> None:
+        self.port = port or free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                **options)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.01)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    uvicorn.run(FakeUpstream(), host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

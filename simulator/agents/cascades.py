@@ -1,0 +1,372 @@
+"""Cascades and an LLM as the router in the simulator, driving the service's own code (`bandit_router.cascade`).
+
+- `cascade[:threshold=0.5,judge=…,error=0.1,noise=0,judge_price=0,max_cost=inf,models=a>b>c]` (RouterBench
+  §5.3): a `CascadeRun` with a `ThresholdEscalation`; models from the cheapest (mean cost) up, or `models`.
+- `learned-cascade[:judge=…,v=0.1,floor=0.003,dim=64,ridge=5,confidence_ridge=5,…]`: the same chain with
+  `LearnedEscalation`,
+  which learns online from the final answer's quality only (bandit feedback), as the service does. With the
+  plan's `warmup` it first streams the training part once: `bandit` learning from its own choices, `full` from
+  every model's labelled outcome (both actions at every step: an offline warm start, as the bandits' `full`).
+- `llm-router[:accuracy=0.8,garble=0,price_in=0.15,price_out=0.6,out_tokens=20,latency_s=0.5]`: below.
+
+**The simulated judge** answers like the live one: a rubric score from 1 to 10 as text, parsed by the service's
+`parse_judge_score`. Its score is round(1 + 9·clip(q + noise·z, 0, 1)) with z ~ N(0, 1), q the answer's true
+quality; with probability `error` it is reversed (11 − score: a judge that got it backwards). `judge=a` sets
+the noise from an accuracy instead (and `error` defaults to 0 then): for 0/1 qualities the judge is on the
+right side of 0.5 with probability a, i.e. noise = 0.5/Φ⁻¹(a). Each judged answer costs `judge_price` USD per
+1M tokens × (the prompt's estimated tokens + 250 answer tokens) (default 0: free, as in RouterBench's
+cascade). The last model's answer is never judged (as live). For 0/1 qualities with noise 0 any threshold in
+(0, 1] is RouterBench's rule.
+
+**The simulated routing LLM** names the best model at the request's λ (the oracle's choice) with probability
+`accuracy`, else a uniformly random other available model; with probability `garble` its reply names no
+candidate. The reply is parsed by the service's `parse_choice`; an unparsed reply falls back to the policy's
+choice, here the cheapest available model. Its own call costs input tokens × price_in + out_tokens × price_out
+(USD per 1M tokens; default gpt-4o-mini's list prices) and adds `latency_s`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from statistics import NormalDist
+
+import numpy as np
+
+from bandit_router.cascade import (
+    CascadeRun,
+    ChainCall,
+    Escalation,
+    EscalationParams,
+    LearnedEscalation,
+    ModelAnswer,
+    ThresholdEscalation,
+    parse_choice,
+    parse_judge_score,
+)
+from bandit_router.errors import InvalidInput
+from bandit_router.features import FeatureExtractor, estimate_tokens
+
+from ..environments.base import Environment, Episode
+from ..metrics import oracle_choice, take
+from ..specs import Spec, parse_spec
+from .base import STRATEGY_SALT, WARMUP_SALT, Trace, trace_of
+from .strategies import mean_costs
+
+JUDGE_ANSWER_TOKENS = 250.0
+
+
+class SimulatedJudge:
+    """A rubric judge whose score tracks the true quality with noise (see the module docstring)."""
+
+    def __init__(self, *, noise: float = 0.0, error: float = 0.1, price: float = 0.0) -> None:
+        if not 0 <= error <= 1 or noise < 0 or price < 0:
+            raise InvalidInput("judge: error must be in [0, 1], noise >= 0, judge_price >= 0")
+        self.noise, self.error, self.price = noise, error, price
+
+    @staticmethod
+    def noise_for(accuracy: float) -> float:
+        """The noise at which the judge is on the right side of 0.5 for a 0/1 quality with probability `accuracy`."""
+        if not 0.5 < accuracy <= 1.0:
+            raise InvalidInput("judge accuracy must be in (0.5, 1]")
+        return 0.0 if accuracy >= 1.0 else 0.5 / NormalDist().inv_cdf(accuracy)
+
+    def reply(self, quality: float, rng: np.random.Generator) -> str:
+        """The judge's reply text: a score from 1 to 10."""
+        z = rng.standard_normal()
+        flip = rng.random() < self.error
+        s = min(max(quality + self.noise * z, 0.0), 1.0)
+        score = round(1 + 9 * s)
+        return str(11 - score if flip else score)
+
+    def cost(self, prompt_tokens: float) -> float:
+        return self.price * (prompt_tokens + JUDGE_ANSWER_TOKENS) / 1e6
+
+
+class CascadeAgent:
+    """Cheapest model first; after each answer but the last, the escalation rule accepts or escalates."""
+
+    def __init__(
+        self,
+        spec: str,
+        chain: Sequence[int],
+        *,
+        threshold: float = 0.5,
+        error: float = 0.1,
+        noise: float = 0.0,
+        max_cost: float = math.inf,
+        judge_price: float = 0.0,
+        expected_cost: np.ndarray | None = None,
+        prompt_tokens: np.ndarray | None = None,
+        learned: EscalationParams | None = None,
+        extractor: FeatureExtractor | None = None,
+        warmup: str = "none",
+    ) -> None:
+        if max_cost <= 0:
+            raise InvalidInput(f"{spec}: max_cost must be > 0")
+        if not 0 <= threshold <= 1:
+            raise InvalidInput(f"{spec}: threshold must be in [0, 1]")
+        self.spec, self.chain = spec, list(chain)
+        self.threshold, self.max_cost = threshold, max_cost
+        self.judge = SimulatedJudge(noise=noise, error=error, price=judge_price)
+        self.expected_cost = expected_cost
+        self.prompt_tokens = prompt_tokens
+        self.learned = learned
+        self.extractor = extractor or FeatureExtractor()
+        self.warmup = warmup
+
+    def escalation(self) -> Escalation:
+        """A fresh escalation rule for one run."""
+        return LearnedEscalation(self.learned) if self.learned is not None else ThresholdEscalation(self.threshold)
+
+    def run(self, episode: Episode, env: Environment, cost_weight: float, seed: int) -> Trace:
+        started = time.process_time()
+        escalation = self.escalation()
+        if self.learned is not None and self.warmup != "none" and len(env.train_rows):
+            self._warm_up(escalation, env, cost_weight, seed)
+        rng = np.random.default_rng([seed, STRATEGY_SALT, 1])
+        n = episode.n_steps
+        chosen = np.full(n, -1, dtype=np.int64)
+        paid, latency, calls, judged, escalations = np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)
+        lat = episode.latency_s
+        for t in range(n):
+            row = int(episode.rows[t])
+            k, spent, lat_t, n_calls, n_judged, n_esc = self._chain(
+                escalation, env, row, episode.quality[t], episode.cost_usd[t], episode.available[t],
+                None if lat is None else lat[t], cost_weight, rng,
+            )  # fmt: skip
+            chosen[t], paid[t], latency[t] = k, spent, lat_t
+            calls[t], judged[t], escalations[t] = n_calls, n_judged, n_esc
+        served = chosen >= 0
+        extra = {
+            "calls_per_request": float(calls[served].mean()) if served.any() else 0.0,
+            "judge_calls_per_request": float(judged[served].mean()) if served.any() else 0.0,
+            "escalations_per_request": float(escalations[served].mean()) if served.any() else 0.0,
+        }
+        return Trace(
+            chosen=chosen,
+            quality=take(episode.quality, chosen),
+            cost_usd=np.where(served, paid, np.nan),
+            latency_s=None if lat is None else np.where(served, latency, np.nan),
+            seconds=time.process_time() - started,
+            extra=extra,
+        )
+
+    def _warm_up(self, escalation: Escalation, env: Environment, cost_weight: float, seed: int) -> None:
+        """Stream the training part once: `bandit` learns from the chain's own choices (the final answer's
+        quality only); `full` learns both actions at every step from the table's labels (`_full_information`)."""
+        rng = np.random.default_rng([seed, WARMUP_SALT, 1])
+        rows = rng.permutation(env.train_rows)
+        available = env.available
+        for row in rows.tolist():
+            if self.warmup == "full" and isinstance(escalation, LearnedEscalation):
+                chain = [k for k in self.chain if available[row, k]]
+                if chain:
+                    self._full_information(escalation, env, row, chain, 0, cost_weight, rng)
+                continue
+            self._chain(escalation, env, row, env.quality[row], env.cost_usd[row], available[row], None,
+                        cost_weight, rng)  # fmt: skip
+
+    def _full_information(
+        self,
+        learner: LearnedEscalation,
+        env: Environment,
+        row: int,
+        chain: list[int],
+        position: int,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> float:
+        """The final quality the learner's chain reaches from `chain[position]` on, teaching it at every step what
+        accepting and what escalating would have given (both known from the training labels)."""
+        k = chain[position]
+        quality = float(env.quality[row, k])
+        if position == len(chain) - 1:
+            return quality
+        confidence = parse_judge_score(self.judge.reply(quality, rng))
+        expected = float(self.expected_cost[chain[position + 1]]) if self.expected_cost is not None else 0.0
+        context = env.context(row, self.extractor)
+        step = learner.decide(context, position, env.model_names[k], confidence, expected, cost_weight, rng)
+        escalated = self._full_information(learner, env, row, chain, position + 1, cost_weight, rng)
+        learner.learn_both(step, quality, escalated)
+        return escalated if step.escalate else quality
+
+    def _chain(
+        self,
+        escalation: Escalation,
+        env: Environment,
+        row: int,
+        quality: np.ndarray,
+        cost: np.ndarray,
+        available: np.ndarray,
+        latency: np.ndarray | None,
+        cost_weight: float,
+        rng: np.random.Generator,
+    ) -> tuple[int, float, float, int, int, int]:
+        """One request through the chain: (model returned, paid, latency, answer calls, judge calls, escalations)."""
+        chain = [k for k in self.chain if available[k]]
+        if not chain:
+            return -1, 0.0, 0.0, 0, 0, 0
+        names = env.model_names
+        learned = self.learned is not None
+        context = env.context(row, self.extractor) if learned else _NO_CONTEXT
+        expected = self.expected_cost
+        index = {names[k]: k for k in chain}
+
+        def next_cost(model: str) -> float:
+            return float(expected[index[model]]) if expected is not None else 0.0
+
+        run = CascadeRun([names[k] for k in chain], escalation, context, cost_weight, rng, next_cost)
+        budget, spent, lat_t, judged = self.max_cost, 0.0, 0.0, 0
+        tokens = float(self.prompt_tokens[row]) if self.prompt_tokens is not None else 0.0
+        while (model := run.next_model()) is not None:
+            k = index[model]
+            c = float(cost[k])
+            if spent > 0 and c >= budget:
+                break
+            spent, budget = spent + c, budget - c
+            lat_t += 0.0 if latency is None else float(latency[k])
+            reply = self.judge.reply(float(quality[k]), rng)  # drawn for every answer: one random stream
+            confidence, judge = None, None
+            if not run.is_last:
+                confidence = parse_judge_score(reply)
+                judged += 1
+                judge = ChainCall("judge", "judge", self.judge.cost(tokens), confidence=confidence)
+            run.answered(ModelAnswer(model, "", c, 0.0), confidence, judge)
+        result = run.result()
+        k_final = index[result.answer.model] if result.answer is not None else -1
+        if learned and k_final >= 0:
+            result.learn(escalation, float(quality[k_final]))
+        return k_final, result.cost_usd, lat_t, result.answer_calls, judged, result.escalations
+
+
+_NO_CONTEXT = FeatureExtractor().extract("")
+"""Threshold cascades do not read the prompt."""
+
+
+class LLMRouterAgent:
+    """An LLM as the router: right with probability `accuracy`, parsed like the live one, and paid for."""
+
+    def __init__(
+        self,
+        spec: str,
+        input_tokens: np.ndarray,
+        *,
+        accuracy: float = 0.8,
+        garble: float = 0.0,
+        price_in: float = 0.15,
+        price_out: float = 0.6,
+        out_tokens: float = 20.0,
+        latency_s: float = 0.5,
+        fallback: np.ndarray | None = None,
+    ) -> None:
+        if not 0 <= accuracy <= 1 or not 0 <= garble <= 1 or min(price_in, price_out, out_tokens, latency_s) < 0:
+            raise InvalidInput(f"{spec}: accuracy and garble must be in [0, 1] and prices, tokens, latency >= 0")
+        self.spec, self.input_tokens, self.accuracy, self.garble = spec, input_tokens, accuracy, garble
+        self.price_in, self.price_out, self.out_tokens, self.latency = price_in, price_out, out_tokens, latency_s
+        self.fallback = fallback
+
+    def run(self, episode: Episode, env: Environment, cost_weight: float, seed: int) -> Trace:
+        started = time.process_time()
+        rng = np.random.default_rng([seed, STRATEGY_SALT, 2])
+        garbler = np.random.default_rng([seed, STRATEGY_SALT, 3])
+        best = oracle_choice(episode.truth, episode.cost_usd, episode.available, cost_weight)
+        named = best.copy()
+        wrong = (rng.random(episode.n_steps) >= self.accuracy) & (best >= 0)
+        for t in np.flatnonzero(wrong).tolist():
+            others = [k for k in np.flatnonzero(episode.available[t]).tolist() if k != best[t]]
+            if others:
+                named[t] = others[int(rng.integers(len(others)))]
+        garbled = garbler.random(episode.n_steps) < self.garble
+        names = episode.model_names
+        order = self.fallback if self.fallback is not None else np.arange(len(names))
+        chosen = np.full(episode.n_steps, -1, dtype=np.int64)
+        for t in range(episode.n_steps):
+            if named[t] < 0:
+                continue
+            candidates = [names[k] for k in np.flatnonzero(episode.available[t]).tolist()]
+            reply = "I am not sure." if garbled[t] else f"{names[named[t]]}"
+            pick = parse_choice(reply, candidates)
+            if pick is None:  # the policy's choice: the cheapest available model
+                pick = next(names[k] for k in order.tolist() if episode.available[t, k])
+            chosen[t] = names.index(pick)
+        trace = trace_of(episode, chosen, 0.0)
+        own = (self.input_tokens[episode.rows] * self.price_in + self.out_tokens * self.price_out) / 1e6
+        trace.cost_usd = trace.cost_usd + own
+        if trace.latency_s is not None:
+            trace.latency_s = trace.latency_s + self.latency
+        trace.extra = {"router_cost_usd": float(own.mean()), "router_fallbacks": float(garbled.mean())}
+        trace.seconds = time.process_time() - started
+        return trace
+
+
+def _chain_of(spec: Spec, env: Environment) -> list[int]:
+    if spec.get("models"):
+        names = [m.strip() for m in str(spec.get("models")).split(">") if m.strip()]
+        unknown = set(names) - set(env.model_names)
+        if unknown:
+            raise InvalidInput(f"{spec.text}: unknown models {sorted(unknown)}")
+        return [env.model_names.index(m) for m in names]
+    return np.argsort(mean_costs(env), kind="stable").tolist()
+
+
+_JUDGE_KEYS = {"threshold", "error", "noise", "judge", "judge_price", "max_cost", "models"}
+
+
+def make_cascade(
+    text: str, env: Environment, *, extractor: FeatureExtractor | None = None, warmup: str = "none"
+) -> CascadeAgent:
+    """`cascade[:…]` or `learned-cascade[:…]` for `env` (see the module docstring)."""
+    spec = parse_spec(text)
+    learned = spec.name == "learned-cascade"
+    spec.check(
+        _JUDGE_KEYS - {"threshold"} | {"v", "floor", "dim", "ridge", "confidence_ridge"} if learned else _JUDGE_KEYS
+    )
+    noise, error = spec.float("noise", 0.0), spec.float("error", 0.1)
+    if spec.get("judge") is not None:  # a judge given by its accuracy: noisy, never reversed unless told
+        if spec.get("noise") is not None:
+            raise InvalidInput(f"{text}: give the judge's accuracy (judge=) or its noise, not both")
+        noise, error = SimulatedJudge.noise_for(spec.float("judge", 0.8)), spec.float("error", 0.0)
+    params = None
+    if learned:
+        try:
+            params = EscalationParams(
+                dim=int(spec.float("dim", 64)), ridge=spec.float("ridge", 5.0), v=spec.float("v", 0.1),
+                confidence_ridge=spec.float("confidence_ridge", 5.0), floor=spec.float("floor", 0.003),
+            )  # fmt: skip
+        except ValueError as exc:
+            raise InvalidInput(f"{text}: {exc}") from exc
+    tokens = np.array([estimate_tokens(p) for p in env.prompts], dtype=np.float64)
+    return CascadeAgent(
+        spec.text,
+        _chain_of(spec, env),
+        threshold=spec.float("threshold", 0.5),
+        error=error,
+        noise=noise,
+        max_cost=float(spec.get("max_cost", "inf") or "inf"),
+        judge_price=spec.float("judge_price", 0.0),
+        expected_cost=np.nan_to_num(mean_costs(env), posinf=0.0),
+        prompt_tokens=tokens,
+        learned=params,
+        extractor=extractor,
+        warmup=warmup,
+    )
+
+
+def make_llm_router(text: str, env: Environment) -> LLMRouterAgent:
+    """`llm-router[:…]` for `env`."""
+    spec = parse_spec(text)
+    spec.check({"accuracy", "garble", "price_in", "price_out", "out_tokens", "latency_s"})
+    tokens = np.array([estimate_tokens(p) for p in env.prompts], dtype=np.float64)
+    return LLMRouterAgent(
+        spec.text,
+        tokens,
+        accuracy=spec.float("accuracy", 0.8),
+        garble=spec.float("garble", 0.0),
+        price_in=spec.float("price_in", 0.15),
+        price_out=spec.float("price_out", 0.6),
+        out_tokens=spec.float("out_tokens", 20.0),
+        latency_s=spec.float("latency_s", 0.5),
+        fallback=np.argsort(mean_costs(env), kind="stable"),
+    )

@@ -1,0 +1,248 @@
+"""Named routers live, end to end through the gateway (`/v1/chat/completions`, the `openai` client) against the fake
+OpenAI-compatible upstream on 127.0.0.1: a cheap model good on prose and math and bad on code, a strong expensive
+one, a judge whose scores track the answer's quality with noise, log-probs on request, and a routing LLM."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from bandit_router.catalog import ModelSpec
+from bandit_router.config import RouterAlias, Settings
+from bandit_router.service import create_app
+from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread, kind_of, quality_in
+
+QUALITY = {
+    "cheap": {"code": 0.15, "math": 0.85, "prose": 0.9},
+    "strong": {"code": 0.95, "math": 0.95, "prose": 0.95},
+    JUDGE: {"code": 0.5, "math": 0.5, "prose": 0.5},
+    "chooser": {"code": 0.5, "math": 0.5, "prose": 0.5},
+}
+PRICES = {"cheap": (0.1, 0.2), "strong": (5.0, 15.0), JUDGE: (0.15, 0.6), "chooser": (0.15, 0.6)}
+CODE = "Fix the bug in this Python function: def mean(xs): return sum(xs) / len(x)"
+PROSE = "Write a short poem about the sea at dawn"
+MATH = "Solve the equation x^2 - 5x + 6 = 0"
+ROUTERS = (
+    RouterAlias("cascade", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=0.7),
+    RouterAlias("confident", "cascade", ("cheap", "strong"), signal="logprob", threshold=0.7),
+    RouterAlias("learned", "learned-cascade", ("cheap", "strong"), judge=JUDGE),
+    RouterAlias("auto", "llm-router", ("cheap", "strong"), router_model="chooser",
+                descriptions={"strong": "best at code"}),
+)
+
+
+class Fake(FakeUpstream):
+    """The fake upstream plus a routing LLM (`chooser`): strong for code, cheap for prose, no name for math."""
+
+    def answer(self, model: str, messages: list[dict[str, Any]], prompt: str) -> str:
+        if model == "chooser":
+            request = prompt.split("[Request]", 1)[-1]
+            kind = kind_of(request)
+            return {"code": "I would use **strong**.", "prose": "cheap"}.get(kind, "Hard to say.")
+        return super().answer(model, messages, prompt)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[Fake]:
+    upstream = Fake(quality=QUALITY, seed=5, judge_noise=0.1)
+    server = ServerThread(upstream)
+    upstream.url = server.url  # type: ignore[attr-defined]
+    try:
+        yield upstream
+    finally:
+        upstream.closing = True
+        server.stop()
+
+
+@pytest.fixture
+def gateway(fake: Fake, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """`start()` serves a fresh gateway with the named routers; returns its base URL. Every model starts healthy."""
+    servers: list[ServerThread] = []
+    fake.behaviour.clear()
+
+    def start(**changes: Any) -> str:
+        specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=fake.url + "/v1",  # type: ignore[attr-defined]
+                                route=n in ("cheap", "strong")) for n in PRICES)  # judge, chooser: never routed
+        settings = Settings(db=tmp_path / f"n{len(servers)}.db", models=specs, routers=ROUTERS, seed=11, **changes)
+        server = ServerThread(create_app(settings))
+        servers.append(server)
+        deadline = time.monotonic() + 10
+        while httpx.get(server.url + "/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        return server.url
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def ask(url: str, model: str, prompt: str, **extra: Any) -> tuple[Any, dict[str, Any], str]:
+    """(the completion, its `bandit_router` field, its decision id) through the openai client."""
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": prompt}], **extra
+    )
+    completion = raw.parse()
+    return completion, (completion.model_extra or {}).get("bandit_router", {}), raw.headers["x-decision-id"]
+
+
+def stored(url: str, decision_id: str, feedbacks: int = 0) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        reply = httpx.get(f"{url}/v1/decisions/{decision_id}")
+        if reply.status_code == 200 and len(reply.json()["feedback"]) >= feedbacks:
+            return dict(reply.json())
+        assert time.monotonic() < deadline, reply.text
+        time.sleep(0.02)
+
+
+def feedback(url: str, decision_id: str, quality: float) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:  # the call record is written off the reply path: feedback finds it once it is stored
+        reply = httpx.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": quality})
+        if reply.status_code == 200:
+            return dict(reply.json())
+        assert reply.status_code == 404 and time.monotonic() < deadline, reply.text
+        time.sleep(0.02)
+
+
+# -- a fixed-threshold cascade --------------------------------------------------------------------------------------
+def test_the_cascade_answers_easy_kinds_with_one_call_and_escalates_hard_ones(gateway: Callable[..., str]) -> None:
+    url = gateway()
+    completion, chain, _ = ask(url, "cascade", PROSE)
+    assert completion.model == "cheap" and completion.choices[0].message.content.startswith("cheap answers")
+    assert [(c["model"], c["role"]) for c in chain["calls"]] == [("cheap", "answer"), (JUDGE, "judge")]
+    assert chain["calls"][1]["confidence"] >= 0.7 and chain["steps"][0]["action"] == "accept"
+    assert chain["escalations"] == 0
+
+    completion, chain, code_id = ask(url, "cascade", CODE)
+    assert completion.model == "strong"
+    assert [(c["model"], c["role"]) for c in chain["calls"]] == [("cheap", "answer"), (JUDGE, "judge"),
+                                                                ("strong", "answer")]  # the last is not judged
+    assert chain["steps"][0]["action"] == "escalate" and chain["calls"][1]["confidence"] < 0.7
+    assert chain["cost_usd"] == pytest.approx(sum(c["cost_usd"] for c in chain["calls"]))
+
+    decision = stored(url, code_id)
+    assert decision["model"] == "strong" and decision["policy"] == "cascade:cascade"
+    assert decision["probability"] == 1.0 and decision["probabilities"] == {"cheap": 0.0, "strong": 1.0}
+    result = feedback(url, code_id, 0.9)
+    assert result["status"] == "unrouted"  # on record, never learned by the bandit
+    row = stored(url, code_id, 1)["feedback"][0]
+    assert row["cost_usd"] == pytest.approx(chain["cost_usd"])  # the whole chain is paid for and priced in
+    stats = httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]
+    assert stats["requests"] == 2 and stats["escalations"] == 1 and stats["judge_calls"] == 2
+    assert stats["answered_by"] == {"cheap": 1, "strong": 1} and stats["spend_usd"] > 0
+    live = httpx.get(url + "/v1/stats/live").json()["named_routers"]  # what the dashboard's panel shows
+    assert live["cascade"]["escalations"] == 1 and live["learned"]["requests"] == 0
+
+
+def test_a_streaming_client_gets_the_accepted_answer(gateway: Callable[..., str]) -> None:
+    url = gateway()
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    with client.chat.completions.with_streaming_response.create(
+        model="cascade", messages=[{"role": "user", "content": CODE}], stream=True,
+        stream_options={"include_usage": True},
+    ) as raw:
+        assert raw.headers["content-type"].startswith("text/event-stream") and raw.headers["x-decision-id"]
+        chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("strong answers a code prompt") and {c.model for c in chunks} == {"strong"}
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_the_logprob_signal_needs_no_judge(gateway: Callable[..., str], fake: Fake) -> None:
+    url = gateway()
+    before = fake.calls[JUDGE]
+    completion, chain, _ = ask(url, "confident", PROSE)
+    assert completion.model == "cheap" and chain["steps"][0]["confidence"] == pytest.approx(
+        quality_in(completion.choices[0].message.content), abs=1e-3)
+    completion, chain, _ = ask(url, "confident", CODE)
+    assert completion.model == "strong" and chain["escalations"] == 1
+    assert fake.calls[JUDGE] == before
+
+
+# -- failures ---------------------------------------------------------------------------------------------------
+def test_an_upstream_failure_mid_chain_falls_back_without_a_500(gateway: Callable[..., str], fake: Fake) -> None:
+    url = gateway()
+    fake.set("strong", "fail")
+    completion, chain, decision_id = ask(url, "cascade", CODE)  # escalated to a failing model: cheap's answer
+    assert completion.model == "cheap" and chain["escalations"] == 1
+    assert chain["calls"][-1]["model"] == "strong" and "(500)" in chain["calls"][-1]["error"]
+    assert stored(url, decision_id)["model"] == "cheap"
+    fake.set(JUDGE, "fail")
+    fake.set("strong")
+    completion, chain, _ = ask(url, "cascade", PROSE)  # no score: not confident, escalate
+    assert completion.model == "strong" and chain["calls"][1]["error"] and chain["steps"][0]["confidence"] is None
+    fake.set("cheap", "fail")
+    fake.set("strong", "fail")
+    reply = httpx.post(url + "/v1/chat/completions",
+                       json={"model": "cascade", "messages": [{"role": "user", "content": PROSE}]})
+    assert reply.status_code == 502 and reply.json()["error"]["type"] == "upstream_error"
+    assert httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]["failed_requests"] == 1
+
+
+# -- learned escalation -----------------------------------------------------------------------------------------
+def test_learned_escalation_learns_which_kinds_to_escalate(gateway: Callable[..., str]) -> None:
+    """λ = 400: escalating costs ≈ 0.2 quality points (the strong model's ≈ 0.0005 USD), so the best is to accept
+    the cheap prose answers (0.9 vs ≈ 0.75) and to escalate the code ones (0.15 vs ≈ 0.75). After 140 requests
+    with feedback (the answer's quality), the last 60 escalate ≥ 80% of code and ≤ 20% of prose prompts."""
+    url = gateway()
+    escalated: dict[str, list[bool]] = {"code": [], "prose": []}
+    for i in range(200):
+        kind, prompt = ("code", f"{CODE} #{i}") if i % 2 else ("prose", f"{PROSE} #{i}")
+        completion, chain, decision_id = ask(url, "learned", prompt, extra_body={"bandit_router": {"cost_weight": 400}})
+        step = chain["steps"][0]
+        assert 0 < step["probability"] <= 1 and 0 < step["p_escalate"] < 1  # propensities logged
+        escalated[kind].append(step["action"] == "escalate")
+        assert feedback(url, decision_id, quality_in(completion.choices[0].message.content) or 0.0)["status"] == (
+            "unrouted")
+    assert sum(escalated["code"][-30:]) >= 24 and sum(escalated["prose"][-30:]) <= 6, escalated
+    stats = httpx.get(url + "/v1/stats").json()["named_routers"]["learned"]
+    assert stats["learned_chains"] == 200
+
+
+# -- an LLM as the router ---------------------------------------------------------------------------------------
+def test_the_llm_router_picks_per_its_judgement_and_falls_back_to_the_policy(
+    gateway: Callable[..., str], fake: Fake
+) -> None:
+    url = gateway()
+    completion, info, decision_id = ask(url, "auto", CODE)
+    assert completion.model == "strong" and info["named"] == "strong"
+    decision = stored(url, decision_id)
+    assert decision["policy"] == "llm-router:auto" and decision["probability"] == 1.0
+    assert info["calls"][0]["role"] == "router" and info["cost_usd"] == pytest.approx(
+        sum(c["cost_usd"] for c in info["calls"]))  # the routing LLM's call is paid and recorded
+    completion, info, _ = ask(url, "auto", PROSE)
+    assert completion.model == "cheap" and info["named"] == "cheap"
+    completion, info, decision_id = ask(url, "auto", MATH)  # "Hard to say.": the policy's choice
+    assert info["named"] is None and completion.model in ("cheap", "strong")
+    decision = stored(url, decision_id)
+    assert not decision["policy"].startswith("llm-router") and decision["model"] == completion.model
+    fake.set("chooser", "fail")
+    completion, info, _ = ask(url, "auto", CODE)  # the routing LLM is down: the policy's choice, no 500
+    assert info["named"] is None and info["calls"][0]["error"]
+    stats = httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]
+    assert stats["parsed"] == 2 and stats["fallbacks"] == 2 and stats["router_calls"] == 4
+
+
+def test_judge_and_router_models_with_route_false_are_never_routed_to(gateway: Callable[..., str]) -> None:
+    url = gateway()
+    answered = {ask(url, "router", f"{PROSE} #{i}")[0].model for i in range(30)}
+    assert answered <= {"cheap", "strong"}
+    reply = httpx.post(url + "/v1/chat/completions", json={
+        "model": "router", "messages": [{"role": "user", "content": PROSE}], "bandit_router": {"models": [JUDGE]}})
+    assert reply.status_code == 400 and "routable" in reply.json()["error"]["message"]
+
+
+def test_openai_clients_see_the_named_routers_as_models(gateway: Callable[..., str]) -> None:
+    url = gateway()
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    ids = [m.id for m in client.models.list()]
+    assert ids[:5] == ["router", "cascade", "confident", "learned", "auto"] and "cheap" in ids

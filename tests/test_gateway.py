@@ -1,0 +1,630 @@
+"""The OpenAI-compatible gateway end to end: the official `openai` client → `POST /v1/chat/completions` on a real
+uvicorn server on 127.0.0.1 → a fake OpenAI-compatible upstream, itself a real HTTP server on 127.0.0.1
+(`benchmarks.fake_upstream`): routed calls with and without streaming, usage and cost recorded with the decision,
+caller-named models never learned, fallbacks, failures learned, 4xx passed through, the judge loop, keys absent
+from logs, and no 500 for any malformed body."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from bandit_router.catalog import ModelSpec
+from bandit_router.config import Settings
+from bandit_router.service import create_app
+from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread, quality_in
+
+KEY_ENV = "BANDIT_ROUTER_TEST_UPSTREAM_KEY"
+KEY = "sk-upstream-secret-0123456789abcdef"
+MODELS = ("fake-coder", "fake-writer", "fake-small")
+PRICES = {"fake-coder": (2.0, 8.0), "fake-writer": (1.0, 4.0), "fake-small": (0.5, 1.0), JUDGE: (0.1, 0.2)}
+CODE = "Fix the bug in this Python function: def mean(xs): return sum(xs) / len(x)"
+PROSE = "Write a short poem about the sea at dawn"
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeUpstream]:
+    upstream = FakeUpstream(seed=3)
+    server = ServerThread(upstream)
+    upstream.url = server.url
+    try:
+        yield upstream
+    finally:
+        upstream.closing = True  # ends the requests a `hang` holds
+        server.stop()
+
+
+@pytest.fixture
+def gateway(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
+    """`start(**settings)` serves a fresh gateway (its own database) whose catalog calls the fake upstream;
+    returns its base URL. Every fake model starts healthy."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    servers: list[ServerThread] = []
+    fake.behaviour.clear()
+
+    def start(models: tuple[str, ...] = MODELS, **changes: Any) -> str:
+        specs = tuple(
+            ModelSpec(name, *PRICES[name], tags={"family": "fake"}, base_url=fake.url + "/v1", api_key_env=KEY_ENV)
+            for name in models
+        )
+        changes.setdefault("seed", 7)
+        settings = Settings(db=tmp_path / f"gw{len(servers)}.db", models=specs, **changes)
+        server = ServerThread(create_app(settings))
+        servers.append(server)
+        deadline = time.monotonic() + 10
+        while httpx.get(server.url + "/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        return server.url
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+def decision(url: str, decision_id: str) -> dict[str, Any]:
+    reply = httpx.get(f"{url}/v1/decisions/{decision_id}")
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def settle(url: str, decision_id: str, n: int = 1) -> list[dict[str, Any]]:
+    """The decision's feedback rows once there are `n` (the gateway records calls off the reply path)."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = decision(url, decision_id)["feedback"]
+        if len(rows) >= n or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.02)
+
+
+def feedback(url: str, decision_id: str, quality: float, **extra: Any) -> dict[str, Any]:
+    reply = httpx.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": quality, **extra})
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+# -- routed calls ----------------------------------------------------------------------------------------------
+def test_a_routed_call_answers_in_openai_shape_and_feedback_needs_only_quality(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    url = gateway()
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": CODE}], extra_body={"bandit_router": {"cost_weight": 5}}
+    )
+    completion = raw.parse()
+    decision_id = raw.headers["x-decision-id"]
+    assert completion.model in MODELS and completion.model == raw.headers["x-bandit-router-model"]
+    assert completion.choices[0].message.content.startswith(f"{completion.model} answers a code prompt")
+    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    stored = decision(url, decision_id)
+    assert stored["model"] == completion.model and stored["cost_weight"] == 5.0 and 0 < stored["probability"] <= 1
+    assert fake.authorizations[-1] == f"Bearer {KEY}"  # the key went to the upstream, in its header
+
+    result = feedback(url, decision_id, 0.8)
+    assert result["status"] == "applied"
+    row = decision(url, decision_id)["feedback"][0]
+    price_in, price_out = PRICES[completion.model]
+    usage = completion.usage
+    assert row["input_tokens"] == usage.prompt_tokens and row["output_tokens"] == usage.completion_tokens
+    expected = (usage.prompt_tokens * price_in + usage.completion_tokens * price_out) / 1e6
+    assert row["cost_usd"] == pytest.approx(expected)
+    assert row["latency_ms"] is not None and row["latency_ms"] > 0
+    assert row["reward"] == pytest.approx(0.8 - 5 * row["cost_usd"])
+
+
+def test_a_routed_stream_carries_the_decision_in_its_headers_and_records_usage(gateway: Callable[..., str]) -> None:
+    url = gateway()
+    with client(url).chat.completions.with_streaming_response.create(
+        model="router", messages=[{"role": "user", "content": PROSE}], stream=True
+    ) as raw:
+        decision_id = raw.headers["x-decision-id"]
+        assert raw.headers["content-type"].startswith("text/event-stream")
+        chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    models = {c.model for c in chunks}
+    assert len(models) == 1 and models <= set(MODELS)
+    assert all(c.choices for c in chunks)  # usage was not asked for: no usage-only chunk reaches the caller
+    assert quality_in(text) is not None
+    feedback(url, decision_id, 0.7)
+    row = decision(url, decision_id)["feedback"][0]
+    assert row["output_tokens"] == len(text.split())  # the upstream's usage (asked for with include_usage)
+    assert row["latency_ms"] > 0
+
+    stream = client(url).chat.completions.create(
+        model="router", messages=[{"role": "user", "content": PROSE}], stream=True,
+        stream_options={"include_usage": True},
+    )
+    last = list(stream)[-1]
+    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_upstream_without_usage_is_counted_here(gateway: Callable[..., str], fake: FakeUpstream,
+                                                   stream: bool) -> None:
+    url = gateway(models=("fake-small",))
+    fake.set("fake-small", "omit_usage")
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": PROSE}], stream=stream)
+    decision_id = raw.headers["x-decision-id"]
+    body = raw.parse()
+    if stream:
+        list(body)  # type: ignore[call-overload]
+    feedback(url, decision_id, 0.5)
+    row = decision(url, decision_id)["feedback"][0]
+    assert row["input_tokens"] > 0 and row["output_tokens"] > 10 and row["cost_usd"] > 0
+
+
+def test_a_named_model_is_called_and_stored_but_never_learned(gateway: Callable[..., str]) -> None:
+    url = gateway()
+    before = httpx.get(url + "/v1/stats").json()["policy_version"]
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="fake-writer", messages=[{"role": "user", "content": CODE}])
+    assert raw.parse().model == "fake-writer"
+    decision_id = raw.headers["x-decision-id"]
+    stored = decision(url, decision_id)
+    assert stored["policy"] == "caller" and stored["probability"] == 1.0
+    assert feedback(url, decision_id, 0.9)["status"] == "unrouted"
+    assert httpx.get(url + "/v1/stats").json()["policy_version"] == before
+
+
+def test_models_are_listed_in_openai_shape_and_in_the_routers_own(gateway: Callable[..., str]) -> None:
+    url = gateway()
+    ids = [m.id for m in client(url).models.list().data]
+    assert ids == ["router", *MODELS]
+    own = httpx.get(url + "/v1/models").json()
+    assert [m["name"] for m in own["models"]] == list(MODELS) and own["retired"] == []
+    assert "base_url" not in own["models"][0]
+
+
+def test_knobs_ride_in_headers_too_and_the_body_wins(gateway: Callable[..., str]) -> None:
+    url = gateway()
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": CODE}],
+        extra_headers={"x-bandit-router-models": "fake-small", "x-bandit-router-cost-weight": "3",
+                       "x-bandit-router-context": json.dumps({"tenant": "acme"})},
+    )
+    stored = decision(url, raw.headers["x-decision-id"])
+    assert stored["model"] == "fake-small" and stored["cost_weight"] == 3.0 and stored["tenant"] == "acme"
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": CODE}],
+        extra_headers={"x-bandit-router-models": "fake-small"},
+        extra_body={"bandit_router": {"models": ["fake-coder"]}},
+    )
+    assert raw.parse().model == "fake-coder"
+
+
+def test_upstream_calls_are_counted_in_the_metrics(gateway: Callable[..., str], fake: FakeUpstream) -> None:
+    url = gateway(models=("fake-coder", "fake-writer"))
+    client(url).chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": PROSE}])
+    list(client(url).chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": PROSE}],
+                                             stream=True))
+    fake.set("fake-coder", "fail")
+    with pytest.raises(openai.APIStatusError):
+        client(url).chat.completions.create(model="fake-coder", messages=[{"role": "user", "content": PROSE}])
+    metrics = httpx.get(url + "/metrics").text
+    assert 'bandit_router_upstream_calls_total{model="fake-writer",status="ok"} 2.0' in metrics
+    assert 'bandit_router_upstream_calls_total{model="fake-coder",status="server_error"} 1.0' in metrics
+    assert 'bandit_router_upstream_seconds_count{model="fake-writer"} 2.0' in metrics
+    assert 'bandit_router_upstream_ttft_seconds_count{model="fake-writer"} 1.0' in metrics
+    assert 'bandit_router_upstream_cost_usd_total{model="fake-writer"}' in metrics
+
+
+def test_upstream_model_names_the_providers_id_and_default_base_url_serves_the_rest(
+    gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path
+) -> None:
+    models = (
+        ModelSpec("house-coder", 1.0, 2.0, base_url=fake.url + "/v1", upstream_model="fake-coder"),
+        ModelSpec("fake-writer", 1.0, 2.0),  # no base_url: default_base_url
+    )
+    server = ServerThread(create_app(Settings(db=tmp_path / "named.db", models=models, seed=1,
+                                              default_base_url=fake.url + "/v1")))
+    try:
+        c = client(server.url)
+        before = fake.calls["fake-coder"]
+        assert c.chat.completions.create(model="house-coder", messages=[{"role": "user", "content": CODE}]
+                                         ).model == "house-coder"
+        assert fake.calls["fake-coder"] == before + 1  # the provider's id went upstream
+        assert c.chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": CODE}]
+                                         ).model == "fake-writer"
+        # a model added at run time is called through default_base_url too
+        added = httpx.post(server.url + "/v1/models", json={"name": "fake-small", "input_usd_per_mtok": 0.5,
+                                                            "output_usd_per_mtok": 1.0})
+        assert added.status_code == 201, added.text
+        assert c.chat.completions.create(model="fake-small", messages=[{"role": "user", "content": CODE}]
+                                         ).model == "fake-small"
+        assert "fake-small" in [m.id for m in c.models.list().data]
+    finally:
+        server.stop()
+
+
+def test_a_hanging_judge_never_delays_a_reply_and_its_queue_is_bounded(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    url = gateway(models=(*MODELS, JUDGE), judge_model=JUDGE, judge_sample_rate=1.0, judge_queue=2,
+                  judge_concurrency=1)
+    fake.set(JUDGE, "hang")
+    c = client(url).with_options(timeout=5)
+    for _ in range(8):
+        c.chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                  extra_body={"bandit_router": {"models": list(MODELS)}})
+    judge = httpx.get(url + "/v1/stats").json()["judge"]
+    assert judge["sampled"] == 8 and judge["scored"] == 0
+    assert judge["queued"] <= 2 and judge["dropped"] >= 5  # one in the judge's hands, at most 2 waiting
+
+
+def test_the_shipped_catalog_says_which_key_to_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default catalog names each provider's endpoint and key variable; with none of them set nothing is
+    called, and the reply says which variables to set."""
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "TOGETHER_API_KEY"):
+        monkeypatch.delenv(variable, raising=False)
+    server = ServerThread(create_app(Settings(db=tmp_path / "default.db", seed=1)))
+    try:
+        with pytest.raises(openai.APIStatusError) as caught:
+            client(server.url).chat.completions.create(model="router", messages=[{"role": "user", "content": "hi"}])
+        assert caught.value.status_code == 503
+        assert "OPENAI_API_KEY" in caught.value.message and "ANTHROPIC_API_KEY" in caught.value.message
+        with pytest.raises(openai.NotFoundError, match="OPENAI_API_KEY"):
+            client(server.url).chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        server.stop()
+
+
+# -- failures ---------------------------------------------------------------------------------------------------
+def test_a_failing_model_is_answered_by_a_fallback_and_then_avoided(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    """fake-coder, the best model for code, fails with 500 on every call: every request is still answered (by
+    a fallback), each failure is learned as quality 0, and within 60 requests the router stops choosing it
+    first: over the last 20, at most 3 first choices (it started at ≈ 1/3 or more)."""
+    url = gateway(max_attempts=3)
+    fake.set("fake-coder", "fail")
+    openai_client = client(url)
+    first_choices: list[str] = []
+    for _ in range(60):
+        raw = openai_client.chat.completions.with_raw_response.create(
+            model="router", messages=[{"role": "user", "content": CODE}])
+        answer = raw.parse()
+        assert answer.model in ("fake-writer", "fake-small")
+        attempts = int(raw.headers["x-bandit-router-attempts"])
+        first_choices.append("fake-coder" if attempts > 1 else answer.model)
+        feedback(url, raw.headers["x-decision-id"], quality_in(answer.choices[0].message.content) or 0.0)
+    assert first_choices.count("fake-coder") >= 3  # it was tried
+    assert first_choices[-20:].count("fake-coder") <= 3
+    stats = httpx.get(url + "/v1/stats").json()
+    coder = next(m for m in stats["models"] if m["model"] == "fake-coder")
+    assert coder["feedback"] == first_choices.count("fake-coder") and coder["mean_quality"] == 0.0
+
+
+def test_a_fallback_is_its_own_logged_decision_over_the_models_not_yet_tried(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    """Each try is a decision sampled from the pmf it logs: the answering decision of a request that took k tries
+    logged a pmf over the 3 − (k − 1) models not yet tried (with probability 1 when one was left)."""
+    url = gateway(max_attempts=3)
+    fake.set("fake-coder", "fail")
+    fake.set("fake-writer", "fail")
+    tries = Counter()
+    for _ in range(12):
+        raw = client(url).chat.completions.with_raw_response.create(
+            model="router", messages=[{"role": "user", "content": CODE}],
+            extra_body={"bandit_router": {"models": ["fake-coder", "fake-writer", "fake-small"]}})
+        assert raw.parse().model == "fake-small"
+        attempts = int(raw.headers["x-bandit-router-attempts"])
+        tries[attempts] += 1
+        last = decision(url, raw.headers["x-decision-id"])
+        assert "fake-small" in last["probabilities"] and len(last["probabilities"]) == 4 - attempts
+        if attempts == 3:
+            assert last["probability"] == 1.0
+    assert tries[1] + tries[2] + tries[3] == 12 and tries[1] < 12
+
+
+def test_a_hanging_model_times_out_into_a_fallback_and_all_hanging_is_a_504(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    url = gateway(models=("fake-coder", "fake-writer"), upstream_timeout_s=0.3, max_attempts=2, deadline_s=5)
+    fake.set("fake-coder", "hang")
+    for _ in range(5):
+        answer = client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}])
+        assert answer.model == "fake-writer"
+    fake.set("fake-writer", "hang")
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}])
+    assert caught.value.status_code == 504
+    assert "timeout" in str(caught.value.body) or "no answer" in caught.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_when_every_model_fails_the_client_gets_a_502_naming_them(
+    gateway: Callable[..., str], fake: FakeUpstream, stream: bool
+) -> None:
+    url = gateway(models=("fake-coder", "fake-writer"))
+    fake.set("fake-coder", "fail")
+    fake.set("fake-writer", "fail")
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                            stream=stream)
+    error = caught.value
+    assert error.status_code == 502
+    assert isinstance(error.body, dict) and error.body["type"] == "upstream_error"
+    assert "fake-coder" in error.message and "fake-writer" in error.message
+
+
+def test_an_upstream_4xx_is_passed_through_and_not_blamed_on_the_model(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    url = gateway()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                            temperature=3)
+    assert "temperature must be at most 2" in caught.value.message
+    decision_id = caught.value.response.headers["x-decision-id"]
+    time.sleep(0.2)
+    assert decision(url, decision_id)["feedback"] == []
+    assert httpx.get(url + "/v1/stats").json()["policy_version"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reply_that_is_not_a_chat_completion_is_the_models_failure(
+    gateway: Callable[..., str], fake: FakeUpstream, stream: bool
+) -> None:
+    """An HTML page for a JSON call, or a stream without a single event: `invalid_response`, a 502 for a named
+    model, a fallback for a routed call."""
+    url = gateway(models=("fake-coder", "fake-writer"))
+    fake.set("fake-coder", "garbage")
+    with pytest.raises(openai.APIStatusError) as caught:
+        client(url).chat.completions.create(model="fake-coder", messages=[{"role": "user", "content": CODE}],
+                                            stream=stream)
+    assert caught.value.status_code == 502 and "invalid_response" in str(caught.value.body)
+    for _ in range(6):
+        answer = client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                                     stream=stream)
+        models = {c.model for c in answer} if stream else {answer.model}  # type: ignore[union-attr]
+        assert models == {"fake-writer"}
+
+
+def test_the_call_record_keeps_latency_and_time_to_first_token(gateway: Callable[..., str],
+                                                               fake: FakeUpstream) -> None:
+    url = gateway(models=("fake-small",))
+    fake.set("fake-small", "slow", delay_s=0.2)
+    ids = []
+    for stream in (False, True):
+        raw = client(url).chat.completions.with_raw_response.create(
+            model="router", messages=[{"role": "user", "content": PROSE}], stream=stream)
+        if stream:
+            list(raw.parse())  # type: ignore[call-overload]
+        ids.append(raw.headers["x-decision-id"])
+    time.sleep(0.2)
+    plain, streamed = (decision(url, i)["call"] for i in ids)
+    assert plain["status"] == "ok" and plain["latency_s"] >= 0.2 and plain["usage"] == "upstream"
+    assert streamed["stream"] and 0.2 <= streamed["ttft_s"] <= streamed["latency_s"]
+    assert streamed["attempt"] == 1 and streamed["request_id"] == ids[1] and streamed["input_tokens"] > 0
+    assert decision(url, ids[0])["call"]["cost_usd"] == pytest.approx(
+        (plain["input_tokens"] * 0.5 + plain["output_tokens"] * 1.0) / 1e6)
+
+
+def test_a_caller_that_leaves_a_stream_is_recorded_as_cancelled_and_not_blamed(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    url = gateway(models=("fake-small",))
+    fake.set("fake-small", "slow", delay_s=0.3)
+    body = {"model": "router", "stream": True, "messages": [{"role": "user", "content": PROSE}]}
+    with httpx.Client(timeout=5) as c, c.stream("POST", url + "/v1/chat/completions", json=body) as reply:
+        decision_id = reply.headers["x-decision-id"]
+    # the connection is closed before a single event was read
+    deadline = time.monotonic() + 10
+    while (call := decision(url, decision_id)["call"]) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert call is not None and call["status"] in ("cancelled", "ok")  # "ok" when the stream fit the buffers
+    assert decision(url, decision_id)["feedback"] == []  # never learned as the model's failure
+
+
+# -- hostile input ------------------------------------------------------------------------------------------------
+BAD_BODIES: list[tuple[Any, int]] = [
+    (b"{not json", 400),
+    (b"NaN", 400),
+    (b"[1, 2]", 400),
+    (b"{}", 400),
+    ({"model": "router"}, 400),
+    ({"model": "router", "messages": []}, 400),
+    ({"model": "router", "messages": "hi"}, 400),
+    ({"model": "router", "messages": [1]}, 400),
+    ({"model": "router", "messages": [{"content": "x"}]}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": 5}]}, 400),
+    ({"model": 5, "messages": [{"role": "user", "content": "x"}]}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": 3}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"x": 1}}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"cost_weight": -1}}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"models": []}}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"models": ["nope"]}},
+     400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"context": [1]}}, 400),
+    ({"model": "router", "messages": [{"role": "user", "content": "x"}],
+      "bandit_router": {"context": {"a": {"b": 1}}}}, 400),
+    ({"model": "gpt-nope", "messages": [{"role": "user", "content": "x"}]}, 404),
+    ({"model": "router", "messages": [{"role": "user", "content": "\ud800" * 3}]}, 200),
+    ({"model": "router", "messages": [{"role": "user", "content": "x" * 300_000}]}, 413),
+]
+
+
+@pytest.mark.parametrize(("body", "status"), BAD_BODIES)
+def test_no_malformed_body_gets_a_500(gateway: Callable[..., str], body: Any, status: int) -> None:
+    url = gateway()
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    reply = httpx.post(url + "/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+    assert reply.status_code == status, reply.text
+    if status != 200:
+        error = reply.json()["error"]
+        assert isinstance(error, dict) and error["message"] and error["type"]
+
+
+def test_not_json_is_a_415_and_a_huge_body_a_413(gateway: Callable[..., str]) -> None:
+    url = gateway()
+    assert httpx.post(url + "/v1/chat/completions", content=b"x", headers={"content-type": "text/plain"}
+                      ).status_code == 415
+    assert httpx.post(url + "/v1/chat/completions", content=b"x" * 2_000_000,
+                      headers={"content-type": "application/json"}).status_code == 413
+
+
+def test_the_services_own_api_keys_guard_the_gateway(gateway: Callable[..., str]) -> None:
+    from bandit_router.config import Secrets
+
+    service_key = "client-key-0123456789abcdef"
+    url = gateway(api_keys=Secrets((service_key,)))
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}])
+    assert caught.value.status_code == 401 and caught.value.body["type"] == "authentication_error"  # type: ignore[index]
+    keyed = openai.OpenAI(base_url=url + "/v1", api_key=service_key, max_retries=0)
+    assert keyed.chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}]).model in MODELS
+    assert keyed.models.list().data[0].id == "router"
+
+
+# -- secrets ------------------------------------------------------------------------------------------------------
+def test_the_upstream_key_never_reaches_logs_replies_metrics_or_the_database(
+    gateway: Callable[..., str], fake: FakeUpstream, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = gateway(access_log=True, log_level="debug")
+    texts: list[str] = []
+    c = client(url)
+    c.chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}])
+    list(c.chat.completions.create(model="router", messages=[{"role": "user", "content": PROSE}], stream=True))
+    fake.set("fake-coder", "fail")
+    fake.set("fake-writer", "hang")
+    fake.set("fake-small", "fail")
+    for model in ("fake-coder", "router"):
+        with pytest.raises(openai.APIStatusError) as caught:
+            client(url).with_options(timeout=10).chat.completions.create(
+                model=model, messages=[{"role": "user", "content": CODE}],
+                extra_body={"bandit_router": {"models": ["fake-coder", "fake-small"]}} if model == "router" else None)
+        texts.append(caught.value.response.text)
+    with pytest.raises(openai.BadRequestError) as rejected:
+        c.chat.completions.create(model="fake-coder", messages=[{"role": "user", "content": CODE}], temperature=3)
+    texts.append(rejected.value.response.text)
+    for path in ("/v1/stats", "/v1/models", "/metrics", "/openapi.json"):
+        texts.append(httpx.get(url + path).text)
+    assert f"Bearer {KEY}" in fake.authorizations
+    assert KEY not in caplog.text and all(KEY not in t for t in texts)
+    time.sleep(0.3)
+    for file in tmp_path.glob("gw*.db*"):
+        assert KEY.encode() not in file.read_bytes()
+
+
+# -- learning -----------------------------------------------------------------------------------------------------
+def test_feedback_through_the_gateway_teaches_the_better_model_per_prompt_kind(
+    gateway: Callable[..., str],
+) -> None:
+    """2,400 routed calls through the `openai` client, half code and half prose prompts, each answered by the fake
+    upstream (fake-coder: code 0.9, prose 0.3; fake-writer: the reverse; fake-small 0.5 on both; ±0.1 noise) and
+    fed back with the quality the answer states. Over the last 600 calls the better model of each kind takes at
+    least 75% of that kind's traffic (seed 7; a router that had not learned the kinds apart would give each model
+    about a third)."""
+    url = gateway(cost_weight=0.0)
+    c = client(url)
+    codes = ["Fix the bug in this Python function: def f(x): return x +",
+             "Write a SQL query that lists the ten largest orders",
+             "Why does this code not compile: int main() { return 0 }",
+             "Refactor this Python function to remove the global variable"]
+    proses = ["Write a short poem about the sea at dawn", "Describe an autumn morning in a small village",
+              "Write a friendly note thanking a colleague for their help", "Tell a story about a lighthouse keeper"]
+    chosen: list[tuple[str, str]] = []
+    for i in range(2400):
+        kind = "code" if i % 2 == 0 else "prose"
+        prompt = (codes if kind == "code" else proses)[(i // 2) % 4]
+        raw = c.chat.completions.with_raw_response.create(model="router",
+                                                          messages=[{"role": "user", "content": prompt}])
+        answer = raw.parse()
+        chosen.append((kind, answer.model))
+        feedback(url, raw.headers["x-decision-id"], quality_in(answer.choices[0].message.content) or 0.0)
+    last = chosen[-600:]
+    code = Counter(m for k, m in last if k == "code")
+    prose = Counter(m for k, m in last if k == "prose")
+    assert code["fake-coder"] / code.total() >= 0.75, code
+    assert prose["fake-writer"] / prose.total() >= 0.75, prose
+
+
+# -- the judge ----------------------------------------------------------------------------------------------------
+def test_the_judge_scores_sampled_answers_and_the_callers_feedback_takes_precedence(
+    gateway: Callable[..., str],
+) -> None:
+    url = gateway(models=(*MODELS, JUDGE), judge_model=JUDGE, judge_sample_rate=1.0, judge_delay_s=0.3)
+    c = client(url)
+    ids = []
+    for _ in range(6):
+        raw = c.chat.completions.with_raw_response.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                                          extra_body={"bandit_router": {"models": list(MODELS)}})
+        ids.append((raw.headers["x-decision-id"], quality_in(raw.parse().choices[0].message.content)))
+    # the caller answers the first one before the judge: the caller's feedback is learned, the judge's dropped
+    first_id = ids[0][0]
+    assert feedback(url, first_id, 0.05)["status"] == "applied"
+    for decision_id, shown in ids[1:]:
+        rows = settle(url, decision_id)
+        assert rows and rows[0]["source"] == "judge" and rows[0]["learned"]
+        assert rows[0]["quality"] == pytest.approx(round(10 * shown) / 10)  # type: ignore[operator]
+        assert rows[0]["cost_usd"] is not None  # completed from the call record
+    # a caller after the judge: accepted (stored, not learned), never a 409
+    late = feedback(url, ids[1][0], 0.99)
+    assert late["status"] == "ignored"
+    time.sleep(0.5)
+    assert [r["source"] for r in decision(url, first_id)["feedback"]] == [None]
+    judge = httpx.get(url + "/v1/stats").json()["judge"]
+    assert judge["model"] == JUDGE and judge["scored"] == 5 and judge["overridden"] == 1
+    assert judge["spend_usd"] > 0 and judge["input_tokens"] > 0
+    metrics = httpx.get(url + "/metrics").text
+    assert 'bandit_router_judge_jobs{state="scored"} 5.0' in metrics and "bandit_router_judge_spend_usd" in metrics
+
+
+def test_counterfactual_evaluation_reads_first_tries_and_leaves_fallbacks_out(
+    gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path
+) -> None:
+    from bandit_router.evaluation.store_log import iter_log
+    from bandit_router.store import SQLiteStore
+
+    url = gateway(max_attempts=3)
+    fake.set("fake-coder", "fail")
+    answered = []
+    for _ in range(15):
+        raw = client(url).chat.completions.with_raw_response.create(
+            model="router", messages=[{"role": "user", "content": CODE}])
+        answered.append((raw.headers["x-decision-id"], int(raw.headers["x-bandit-router-attempts"])))
+        feedback(url, raw.headers["x-decision-id"], 0.5)
+    time.sleep(0.3)
+    fallbacks = {d for d, attempts in answered if attempts > 1}
+    assert fallbacks  # fake-coder was tried first at least once
+    store = SQLiteStore(tmp_path / "gw0.db")
+    first_tries = [r.decision.decision_id for r in iter_log(store)]
+    everything = [r.decision.decision_id for r in iter_log(store, fallbacks=True)]
+    store.close()
+    assert len(everything) == 15 + len(fallbacks) and len(first_tries) == 15
+    assert not fallbacks & set(first_tries) and fallbacks <= set(everything)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_with_several_workers_the_reply_waits_for_its_call_record(
+    gateway: Callable[..., str], stream: bool
+) -> None:
+    """With `workers > 1` the feedback may reach another process: the reply is sent only once the call record is
+    committed, so a feedback right after it (read from the database) finds the tokens and the cost."""
+    url = gateway(workers=2)
+    raw = client(url).chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": PROSE}], stream=stream)
+    body = raw.parse()
+    if stream:
+        list(body)  # type: ignore[call-overload]
+    feedback(url, raw.headers["x-decision-id"], 0.6)
+    row = decision(url, raw.headers["x-decision-id"])["feedback"][0]
+    assert row["output_tokens"] is not None and row["cost_usd"] is not None
