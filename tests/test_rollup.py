@@ -1,5 +1,6 @@
 """The per-minute rollup (`store/rollup.py`): kept in the write transaction, equal to what the raw tables say,
-summed into buckets, filled by the migration for a database that existed before it."""
+summed into buckets, filled by the migration for a database that existed before it; on SQLite and on a real
+PostgreSQL server (`store` is parametrized)."""
 
 from __future__ import annotations
 
@@ -10,21 +11,37 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psycopg
 import pytest
 
 from bandit_router.router import Router
-from bandit_router.store import CallRecord, FeedbackRecord, MinuteStats, SQLiteStore, StoreError
+from bandit_router.store import (
+    CallRecord,
+    DatabaseURL,
+    FeedbackRecord,
+    MinuteStats,
+    SQLiteStore,
+    Store,
+    StoreError,
+    rollup,
+)
 from bandit_router.store.migrations import MIGRATIONS
-from bandit_router.store import rollup
+from bandit_router.store.postgres import PostgresStore
 from bandit_router.store.rollup import SUMS, minute_of
 from bandit_router.types import Decision, Request
 
 T0 = 1_700_000_000.0  # a fixed Unix time, 20 s into a minute
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "store.db")
+def _open(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if backend == "sqlite":
+        return SQLiteStore(tmp_path / "store.db")
+    return PostgresStore(DatabaseURL(request.getfixturevalue("pg_url")))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s = _open(request.param, request, tmp_path)
     s.prepare()
     yield s
     s.close()
@@ -65,7 +82,7 @@ def _traffic(n: int, seed: int) -> tuple[list[Decision], list[FeedbackRecord], l
 
 
 def _store_all(
-    store: SQLiteStore, decisions: list[Decision], records: list[FeedbackRecord], calls: list[CallRecord]
+    store: Store, decisions: list[Decision], records: list[FeedbackRecord], calls: list[CallRecord]
 ) -> None:
     for start in range(0, len(decisions), 50):  # several transactions, as the writer's batches
         with store.write() as tx:
@@ -128,7 +145,7 @@ def _assert_equal(got: list[MinuteStats], want: dict[tuple[int, str], MinuteStat
             assert math.isclose(getattr(r, name), getattr(w, name), rel_tol=1e-9, abs_tol=1e-9), (r, name)
 
 
-def test_the_rollup_equals_the_raw_tables(store: SQLiteStore) -> None:
+def test_the_rollup_equals_the_raw_tables(store: Store) -> None:
     decisions, records, calls = _traffic(400, seed=1)
     _store_all(store, decisions, records, calls)
     with store.read() as reader:
@@ -138,7 +155,7 @@ def test_the_rollup_equals_the_raw_tables(store: SQLiteStore) -> None:
 
 
 @pytest.mark.parametrize("step", [5, 15, 30, 60, 120])
-def test_buckets_sum_the_minutes_and_the_range_is_half_open(store: SQLiteStore, step: int) -> None:
+def test_buckets_sum_the_minutes_and_the_range_is_half_open(store: Store, step: int) -> None:
     """Steps of 15 and 60 minutes read the longer spans (30 and 120 too): the same sums as the minutes."""
     decisions, records, calls = _traffic(300, seed=2)
     _store_all(store, decisions, records, calls)
@@ -159,7 +176,7 @@ def test_buckets_sum_the_minutes_and_the_range_is_half_open(store: SQLiteStore, 
                                                                                                         first + 3))
 
 
-def test_a_rolled_back_transaction_leaves_the_rollup_alone(store: SQLiteStore) -> None:
+def test_a_rolled_back_transaction_leaves_the_rollup_alone(store: Store) -> None:
     decisions, _, _ = _traffic(20, seed=3)
     with pytest.raises(RuntimeError), store.write() as tx:
         tx.insert_decisions([(d, None, None) for d in decisions])
@@ -168,7 +185,7 @@ def test_a_rolled_back_transaction_leaves_the_rollup_alone(store: SQLiteStore) -
         assert reader.minute_stats(0, 2**40, 60 * 24) == []
 
 
-def test_a_taken_id_is_not_counted_twice(store: SQLiteStore) -> None:
+def test_a_taken_id_is_not_counted_twice(store: Store) -> None:
     decisions, _, _ = _traffic(10, seed=4)
     with store.write() as tx:
         tx.insert_decisions([(d, None, None) for d in decisions])
@@ -179,7 +196,7 @@ def test_a_taken_id_is_not_counted_twice(store: SQLiteStore) -> None:
         assert sum(r.decisions for r in reader.minute_stats(0, 2**40, 60 * 24)) == 10
 
 
-def test_recent_decisions_are_newest_first(store: SQLiteStore) -> None:
+def test_recent_decisions_are_newest_first(store: Store) -> None:
     decisions, _, _ = _traffic(30, seed=5)
     _store_all(store, decisions, [], [])
     with store.read() as reader:
@@ -188,25 +205,34 @@ def test_recent_decisions_are_newest_first(store: SQLiteStore) -> None:
     assert [p for p, _ in recent] == sorted((p for p, _ in recent), reverse=True)
 
 
-def test_a_step_below_one_minute_is_refused(store: SQLiteStore) -> None:
+def test_a_step_below_one_minute_is_refused(store: Store) -> None:
     with pytest.raises((ValueError, StoreError)), store.read() as reader:
         reader.minute_stats(0, 10, 0)
 
 
-def test_a_database_from_before_the_rollup_is_filled_by_the_migration(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_database_from_before_the_rollup_is_filled_by_the_migration(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     decisions, records, calls = _traffic(200, seed=6)
-    store = SQLiteStore(path)
+    store = _open(backend, request, tmp_path)
     store.prepare()
     _store_all(store, decisions, records, calls)
     store.close()
-    conn = sqlite3.connect(path)  # as version 2 of the schema left it: no rollup
-    conn.execute("DROP TABLE minute_stats")
-    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-    conn.commit()
-    conn.close()
+    drop = ("DROP TABLE minute_stats", "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    if isinstance(store, SQLiteStore):  # as version 2 of the schema left it: no rollup
+        conn = sqlite3.connect(store.path)
+        for sql in drop:
+            conn.execute(sql)
+        conn.commit()
+        conn.close()
+    else:
+        assert isinstance(store, PostgresStore)
+        with psycopg.connect(store.url.reveal(), autocommit=True) as pg:
+            for sql in drop:
+                pg.execute(sql)  # type: ignore[arg-type]
     assert MIGRATIONS[-1].version >= 3
-    store = SQLiteStore(path)
+    store = _open(backend, request, tmp_path)
     store.prepare()
     with store.read() as reader:
         got = reader.minute_stats(minute_of(T0) - 10, minute_of(T0) + 30, 1)
@@ -220,25 +246,36 @@ def test_a_database_from_before_the_rollup_is_filled_by_the_migration(tmp_path: 
     _assert_equal(hours, hourly)
 
 
-def test_a_rollup_that_counted_every_decision_as_routed_is_rebuilt_by_the_migration(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_rollup_that_counted_every_decision_as_routed_is_rebuilt_by_the_migration(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     """A database at schema 4 has the rollup of migration 3 (no `routed`; exploration and probability over every
     decision, fallbacks and models callers named included): migration 5 rebuilds it from the rows."""
-    path = tmp_path / "v4.db"
     decisions, records, calls = _traffic(200, seed=7)
-    store = SQLiteStore(path)
+    store = _open(backend, request, tmp_path)
     store.prepare()
     _store_all(store, decisions, records, calls)
     store.close()
-    conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE minute_stats")
-    for statement in (rollup.TABLE, *rollup.BACKFILL_V3):  # as migration 3 filled it
-        conn.execute(statement)
-    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
-    conn.commit()
-    old = conn.execute("SELECT SUM(probability_sum) FROM minute_stats WHERE span = 1").fetchone()[0]
-    conn.close()
+    old_sum = "SELECT SUM(probability_sum) FROM minute_stats WHERE span = 1"
+    version = "UPDATE meta SET value = '4' WHERE key = 'schema_version'"
+    if isinstance(store, SQLiteStore):
+        conn = sqlite3.connect(store.path)
+        for sql in ("DROP TABLE minute_stats", rollup.TABLE, *rollup.BACKFILL_V3, version):  # as migration 3 left it
+            conn.execute(sql)
+        conn.commit()
+        old = conn.execute(old_sum).fetchone()[0]
+        conn.close()
+    else:
+        assert isinstance(store, PostgresStore)
+        with psycopg.connect(store.url.reveal(), autocommit=True) as pg:
+            for sql in ("DROP TABLE minute_stats", rollup.TABLE_POSTGRES, *rollup.BACKFILL_POSTGRES_V3, version):
+                pg.execute(sql)  # type: ignore[arg-type]
+            row = pg.execute(old_sum).fetchone()  # type: ignore[arg-type]
+            assert row is not None
+            old = row[0]
     assert old == pytest.approx(sum(d.probability for d in decisions))  # every decision, as it was
-    store = SQLiteStore(path)
+    store = _open(backend, request, tmp_path)
     store.prepare()
     with store.read() as reader:
         got = reader.minute_stats(minute_of(T0) - 10, minute_of(T0) + 30, 1)

@@ -1,14 +1,18 @@
-"""The SQLite store: schema, round trips, the feedback log's invariants, checkpoints."""
+"""The store contract on both backends (SQLite and a real PostgreSQL server, `store` is parametrized): schema,
+round trips, the feedback log's invariants, checkpoints. SQLite-only and PostgreSQL-only tests follow."""
 
 from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,20 +24,37 @@ from bandit_router.store import (
     CallRecord,
     FeedbackRecord,
     SQLiteStore,
+    Store,
     StoreError,
     decode_features,
     encode_features,
     safe_text,
 )
+from bandit_router.store.location import DatabaseURL
+from bandit_router.store.postgres import PostgresStore
 from bandit_router.types import Decision, Request
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "store.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s: Store = SQLiteStore(tmp_path / "store.db")
+    else:
+        s = PostgresStore(DatabaseURL(request.getfixturevalue("pg_url")))
     s.prepare()
     yield s
     s.close()
+
+
+def _raw(store: Store, sql: str) -> None:
+    """Run `sql` on the store's database behind its back (as an operator or another program would)."""
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as conn:
+            conn.execute(sql)
+    else:
+        assert isinstance(store, PostgresStore)
+        with psycopg.connect(store.url.reveal(), autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +99,7 @@ def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
         SQLiteStore(path).prepare()
 
 
-def test_decisions_round_trip(store: SQLiteStore, router: Router) -> None:
+def test_decisions_round_trip(store: Store, router: Router) -> None:
     decisions = [_decision(router, f"prompt {i} with some words", tenant="acme", n=i) for i in range(5)]
     with store.write() as tx:
         assert tx.insert_decisions([(d, "the prompt" if i == 0 else None, "acme") for i, d in enumerate(decisions)])
@@ -96,7 +117,7 @@ def test_decisions_round_trip(store: SQLiteStore, router: Router) -> None:
     assert info is not None and info.model == decisions[1].model and info.input_tokens > 0
 
 
-def test_taken_ids_are_not_written(store: SQLiteStore, router: Router) -> None:
+def test_taken_ids_are_not_written(store: Store, router: Router) -> None:
     a = router.route(Request(prompt="a", decision_id="same"))
     b = router.route(Request(prompt="b", decision_id="same"))
     c = router.route(Request(prompt="c", decision_id="other"))
@@ -114,7 +135,7 @@ def test_taken_ids_are_not_written(store: SQLiteStore, router: Router) -> None:
     assert other is not None and other.decision.created_at == c.created_at
 
 
-def test_feedback_seq_increases_and_only_one_row_per_decision_is_learned(store: SQLiteStore, router: Router) -> None:
+def test_feedback_seq_increases_and_only_one_row_per_decision_is_learned(store: Store, router: Router) -> None:
     decisions = [_decision(router, f"q{i}") for i in range(3)]
     with store.write() as tx:
         tx.insert_decisions([(d, None, None) for d in decisions])
@@ -122,12 +143,13 @@ def test_feedback_seq_increases_and_only_one_row_per_decision_is_learned(store: 
         tx.insert_feedback([_record(d, i + 1) for i, d in enumerate(decisions)])
         tx.insert_feedback([_record(decisions[0], 4, quality=0.1, learn=False, status="late")])
         assert tx.head() == (4, 0)
-    with pytest.raises(StoreError, match="UNIQUE") as error, store.write() as tx:  # a second learned row
+    integrity = (sqlite3.IntegrityError, psycopg.IntegrityError)
+    with pytest.raises(StoreError, match=r"(?i)unique") as error, store.write() as tx:  # a second learned row
         tx.insert_feedback([_record(decisions[0], 5, quality=0.9)])
-    assert isinstance(error.value.__cause__, sqlite3.IntegrityError)  # the driver's error, wrapped
-    with pytest.raises(StoreError, match="UNIQUE") as error, store.write() as tx:  # a seq used before
+    assert isinstance(error.value.__cause__, integrity)  # the driver's error, wrapped
+    with pytest.raises(StoreError, match=r"(?i)unique|duplicate key") as error, store.write() as tx:  # a seq again
         tx.insert_feedback([_record(decisions[1], 4, learn=False, status="late")])
-    assert isinstance(error.value.__cause__, sqlite3.IntegrityError)
+    assert isinstance(error.value.__cause__, integrity)
     with store.read() as reader:
         assert reader.head() == (4, 0)
         learned = reader.learned_after(0, 10)
@@ -139,7 +161,7 @@ def test_feedback_seq_increases_and_only_one_row_per_decision_is_learned(store: 
         assert reader.feedback_for(decisions[2].decision_id)[0].outcome().output_tokens == 120
 
 
-def test_model_events_are_placed_after_the_feedback_before_them(store: SQLiteStore, router: Router) -> None:
+def test_model_events_are_placed_after_the_feedback_before_them(store: Store, router: Router) -> None:
     d = _decision(router)
     spec = ModelSpec("added", 0.1, 0.2, tags={"tier": "small"})
     with store.write() as tx:
@@ -153,7 +175,7 @@ def test_model_events_are_placed_after_the_feedback_before_them(store: SQLiteSto
     assert [(e.action, e.spec) for e in events] == [("add", spec), ("retire", None)]
 
 
-def test_checkpoints_are_kept_newest_first_and_pruned(store: SQLiteStore) -> None:
+def test_checkpoints_are_kept_newest_first_and_pruned(store: Store) -> None:
     with store.write() as tx:
         for seq in (10, 20, 30, 40):
             assert tx.insert_checkpoint(fingerprint="f", seq=seq, event_id=0, version=seq, sha256="x",
@@ -168,7 +190,7 @@ def test_checkpoints_are_kept_newest_first_and_pruned(store: SQLiteStore) -> Non
         assert [c.seq for c in reader.checkpoints("other")] == [5]
 
 
-def test_stats_count_from_the_tables(store: SQLiteStore, router: Router) -> None:
+def test_stats_count_from_the_tables(store: Store, router: Router) -> None:
     decisions = [_decision(router, f"s{i}") for i in range(4)]
     with store.write() as tx:
         tx.insert_decisions([(d, None, None) for d in decisions])
@@ -181,7 +203,7 @@ def test_stats_count_from_the_tables(store: SQLiteStore, router: Router) -> None
     assert stats.feedback_by_status == {"applied": 2, "late": 1}
 
 
-def test_a_failed_transaction_writes_nothing(store: SQLiteStore, router: Router) -> None:
+def test_a_failed_transaction_writes_nothing(store: Store, router: Router) -> None:
     d = _decision(router)
     with pytest.raises(RuntimeError), store.write() as tx:
         tx.insert_decisions([(d, None, None)])
@@ -190,7 +212,7 @@ def test_a_failed_transaction_writes_nothing(store: SQLiteStore, router: Router)
         assert reader.decision(d.decision_id) is None
 
 
-def test_maintain_checkpoints_the_wal(store: SQLiteStore, router: Router) -> None:
+def test_maintain_checkpoints_the_wal(store: Store, router: Router) -> None:
     with store.write() as tx:
         tx.insert_decisions([(_decision(router, f"w{i}"), None, None) for i in range(50)])
     store.maintain()
@@ -225,18 +247,17 @@ def test_any_text_can_be_stored(text: str) -> None:
         assert cleaned == text
 
 
-def test_head_remembers_seqs_of_deleted_rows(store: SQLiteStore, router: Router) -> None:
+def test_head_remembers_seqs_of_deleted_rows(store: Store, router: Router) -> None:
     d = _decision(router)
     with store.write() as tx:
         tx.insert_decisions([(d, None, None)])
         tx.insert_feedback([_record(d, 1), _record(d, 2, learn=False, status="late")])
-    with sqlite3.connect(store.path) as conn:
-        conn.execute("DELETE FROM feedback WHERE seq = 2")
+    _raw(store, "DELETE FROM feedback WHERE seq = 2")
     with store.read() as reader:
         assert reader.head() == (2, 0)  # a new row gets 3: a seq is never reused
 
 
-def test_reward_window_walk_stops_at_the_first_open_decision(store: SQLiteStore, router: Router) -> None:
+def test_reward_window_walk_stops_at_the_first_open_decision(store: Store, router: Router) -> None:
     decisions = [_decision(router, f"walk {i}") for i in range(4)]
     with store.write() as tx:
         tx.insert_decisions([(d, None, None) for d in decisions])
@@ -262,7 +283,167 @@ def test_a_version_1_database_without_shadow_pmfs_migrates(tmp_path: Path) -> No
         assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shadow_pmfs'").fetchone() is not None
 
 
-def test_call_records_round_trip_and_a_second_replaces_the_first(store: SQLiteStore, router: Router) -> None:
+def test_a_newer_schema_is_refused(store: Store) -> None:
+    _raw(store, f"UPDATE meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="schema version"):
+        store.prepare()
+
+
+# -- PostgreSQL only -------------------------------------------------------------------------------------------
+def _pg(pg_url: str) -> PostgresStore:
+    s = PostgresStore(DatabaseURL(pg_url))
+    s.prepare()
+    return s
+
+
+def test_postgres_records_its_migrations(pg_url: str) -> None:
+    s = _pg(pg_url)
+    try:
+        s.prepare()  # idempotent
+        assert s.schema_version() == SCHEMA_VERSION
+        with psycopg.connect(pg_url) as conn:
+            tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"decisions", "feedback", "model_events", "checkpoints", "meta", "shadow_pmfs", "log_head"} <= tables
+    finally:
+        s.close()
+
+
+def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
+    stores = [PostgresStore(DatabaseURL(pg_url)) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def prepare(s: PostgresStore) -> None:
+        try:
+            s.prepare()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=prepare, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert all(s.schema_version() == SCHEMA_VERSION for s in stores)
+    for s in stores:
+        s.close()
+
+
+def test_two_writers_number_one_log_and_a_rollback_leaves_no_gap(pg_url: str, router: Router) -> None:
+    """Two stores (two replicas) on one database: the second writer waits for the first's lock; a transaction that
+    rolls back gives its seqs to the next writer, and no reader ever sees a later seq before an earlier one."""
+    a, b, reader_store = _pg(pg_url), _pg(pg_url), _pg(pg_url)
+    decisions = [_decision(router, f"two writers {i}") for i in range(3)]
+    with a.write() as tx:
+        tx.insert_decisions([(d, None, None) for d in decisions])
+    holding, release = threading.Event(), threading.Event()
+    seen_by_b: list[int] = []
+
+    def slow_writer_that_rolls_back() -> None:
+        with pytest.raises(RuntimeError), a.write() as tx:
+            head = tx.head()[0]
+            tx.insert_feedback([_record(decisions[0], head + 1)])
+            holding.set()
+            release.wait(10)
+            raise RuntimeError("rolled back")
+
+    def second_writer() -> None:
+        with b.write() as tx:
+            head = tx.head()[0]
+            seen_by_b.append(head)
+            tx.insert_feedback([_record(decisions[1], head + 1)])
+
+    slow = threading.Thread(target=slow_writer_that_rolls_back)
+    slow.start()
+    assert holding.wait(10)
+    second = threading.Thread(target=second_writer)
+    second.start()
+    time.sleep(0.3)
+    assert seen_by_b == []  # waiting for the lock
+    with reader_store.read() as reader:
+        assert reader.head() == (0, 0) and reader.learned_after(0, 10) == []
+    release.set()
+    slow.join(10)
+    second.join(10)
+    assert seen_by_b == [0]  # the rolled-back seq 1 is reused: no gap
+    with b.write() as tx:
+        tx.insert_feedback([_record(decisions[2], tx.head()[0] + 1)])
+    with reader_store.read() as reader:
+        learned = reader.learned_after(0, 10)
+        assert [r.seq for r, _ in learned] == [1, 2]
+        assert [d.decision_id for _, d in learned] == [decisions[1].decision_id, decisions[2].decision_id]
+    for s in (a, b, reader_store):
+        s.close()
+
+
+def test_postgres_errors_are_store_errors_without_the_password(pg_server: Any) -> None:
+    from tools.pg_server import PASSWORD
+
+    wrong_port = pg_server.url("postgres").replace(f":{pg_server.port}/", ":1/")
+    s = PostgresStore(DatabaseURL(wrong_port), timeout_s=1.0)
+    with pytest.raises(StoreError) as error:
+        s.prepare()
+    assert PASSWORD not in str(error.value) and "***" in str(error.value)
+    with pytest.raises(StoreError) as error, s.read() as reader:
+        reader.head()
+    assert PASSWORD not in str(error.value)
+    with pytest.raises(StoreError) as error, s.write() as tx:
+        tx.head()
+    assert PASSWORD not in str(error.value)
+    s.close()
+    assert PASSWORD not in str(s) and PASSWORD not in repr(DatabaseURL(wrong_port))
+
+
+def test_postgres_restart_is_a_store_error_then_recovers_by_itself(pg_server: Any, pg_url: str,
+                                                                    router: Router) -> None:
+    s = _pg(pg_url)
+    d = _decision(router, "survives a restart")
+    with s.write() as tx:
+        tx.insert_decisions([(d, None, None)])
+    with s.read() as reader:  # a pooled reader connection exists
+        assert reader.decision(d.decision_id) is not None
+    pg_server.restart()
+    # the stale connections are replaced without an error reaching the caller
+    with s.write() as tx:
+        tx.insert_feedback([_record(d, tx.head()[0] + 1)])
+    with s.read() as reader:
+        assert reader.head() == (1, 0)
+    s.close()
+
+
+def test_without_postgres_a_developer_skips_and_ci_fails() -> None:
+    from conftest import require_postgres
+
+    require_postgres(True, {"CI": "true"})  # installed: nothing to say
+    with pytest.raises(pytest.skip.Exception, match="not installed"):
+        require_postgres(False, {})
+    with pytest.raises(pytest.fail.Exception, match="CI: PostgreSQL is not installed"):
+        require_postgres(False, {"CI": "true"})
+
+
+def test_a_replica_lost_while_holding_the_lock_stalls_the_others_only_briefly(pg_url: str, router: Router) -> None:
+    """(Timeouts shortened from 10 s.) A writer waits `lock_timeout` at most, then gets a StoreError (503); the
+    holder, idle in its transaction past `idle_in_transaction_session_timeout`, is cut off by PostgreSQL, its
+    transaction rolled back (never acknowledged), and the others write again."""
+    lost = PostgresStore(DatabaseURL(pg_url), idle_timeout_ms=1500)
+    other = PostgresStore(DatabaseURL(pg_url), lock_timeout_ms=300)
+    lost.prepare()
+    d = _decision(router, "held by a lost replica")
+    with pytest.raises(StoreError), lost.write() as tx:
+        tx.insert_decisions([(d, None, None)])
+        with pytest.raises(StoreError, match="lock"), other.write():
+            pass  # waits 0.3 s for the lock, then gives up
+        time.sleep(2.0)  # the lost replica stays silent inside its transaction
+    with other.write() as tx:
+        assert tx.decision(d.decision_id) is None  # rolled back
+        tx.insert_decisions([(d, None, None)])
+    with lost.write() as tx:  # the cut-off replica reconnects by itself
+        assert tx.decision(d.decision_id) is not None
+    lost.close()
+    other.close()
+
+
+def test_call_records_round_trip_and_a_second_replaces_the_first(store: Store, router: Router) -> None:
     decision = _decision(router, "call me", n=0)
     with store.write() as tx:
         tx.insert_decisions([(decision, None, None)])

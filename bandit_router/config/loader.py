@@ -20,6 +20,7 @@ from typing import Any
 from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
 from ..errors import CatalogError, ConfigError, InvalidInput
+from ..store.location import Database, DatabaseURL, parse_database
 from .routers import RouterAlias, parse_routers
 from .sections import Secrets
 from .settings import KEYS, SECTIONS, Key, Settings
@@ -105,6 +106,15 @@ def _path(value: Any, from_env: bool) -> Path:
     return Path(value).expanduser()
 
 
+def _database(value: Any, from_env: bool) -> Database:
+    if not isinstance(value, str) or not value:
+        raise _Bad("must be a file path or a postgresql:// URL")
+    try:
+        return parse_database(value)
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+
+
 def _json(value: Any, from_env: bool, example: str) -> Any:
     if not from_env:
         return value
@@ -158,6 +168,7 @@ PARSERS: dict[Any, Callable[[Any, bool], Any]] = {
     bool: _bool,
     str: _str,
     Path: _path,
+    Database: _database,
     tuple[str, ...]: _strs,
     Mapping[str, Any]: _table,
     BudgetConfig: _budgets,
@@ -183,7 +194,7 @@ def _parse(name: str, value: Any, where: str, base: Path | None) -> Any:
         raise ConfigError(f"{where}: {name}: {exc}") from None
     if key.lower:
         parsed = parsed.strip().lower()
-    if kind is Path and base is not None and not parsed.is_absolute():
+    if kind in (Path, Database) and isinstance(parsed, Path) and base is not None and not parsed.is_absolute():
         parsed = base / parsed
     return parsed
 
@@ -270,6 +281,12 @@ def load_settings(
     for name, value in (overrides or {}).items():
         if name not in KEYS:
             raise ConfigError(f"unknown setting {name!r}")
+        if KEYS[name].type == Database and value is not None:
+            try:
+                flags[name] = parse_database(value)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+            continue
         flags[name] = Path(value) if KEYS[name].type in (Path, Path | None) and value is not None else value
     file_values = _file_layer(Path(path)) if path is not None else {}
     env_values = _env_layer(env)
@@ -300,7 +317,7 @@ def describe_keys() -> str:
             shown = "unset"
         elif isinstance(value, bool):
             shown = f"`{str(value).lower()}`"
-        elif isinstance(value, str | Path):
+        elif isinstance(value, str | Path | DatabaseURL):
             shown = f'`"{value}"`'
         elif isinstance(value, Mapping):
             shown = "`{}`"

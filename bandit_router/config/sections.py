@@ -15,6 +15,7 @@ from typing import Any
 
 from ..catalog import ModelSpec
 from ..errors import ConfigError
+from ..store.location import Database, parse_database
 
 SYNCHRONOUS = ("normal", "full", "extra")
 AGGREGATIONS = ("reject", "earliest", "average")
@@ -107,7 +108,8 @@ class ServerSettings:
 class StorageSettings:
     """The database and the checkpoints of the learned state."""
 
-    db: Path = setting(Path("bandit-router.db"), help="SQLite database file (created on first start)")
+    db: Database = setting(Path("bandit-router.db"), help="SQLite database file (created on first start), or a "
+                           "PostgreSQL URL postgresql://user:password@host:port/dbname shared by every replica")
     synchronous: str = setting("normal", help="SQLite synchronous: normal (survives an application crash) or "
                                "full/extra (also power loss)", lower=True)
     store_prompts: bool = setting(False, help="store the prompt text with each decision (the hashed features "
@@ -121,6 +123,11 @@ class StorageSettings:
                                            "newest checkpoint holds them (unset: keep everything; see Durability)")
 
     def __post_init__(self) -> None:
+        if isinstance(self.db, str):  # `Settings(db="postgresql://…")`
+            try:
+                object.__setattr__(self, "db", parse_database(self.db))
+            except ValueError as exc:
+                raise ConfigError(f"db: {exc}") from None
         _check(self.wal_max_bytes >= 0, "wal_max_bytes", "must be >= 0 (0: never truncate)")
         if self.retention_days is not None:
             _check(math.isfinite(self.retention_days) and self.retention_days > 0, "retention_days",

@@ -13,7 +13,9 @@ import typer
 from ..catalog import ModelSpec
 from ..config import ConfigError, load_settings
 from ..errors import BanditRouterError
-from ..store import SQLiteStore, StoreError
+from ..store import Store, StoreError
+from ..store.location import DatabaseURL, parse_database, redact_urls
+from ..store.location import open_store as open_location
 from .store_log import iter_log, model_specs, shadow_names
 
 EVALUATE_HELP = """Estimate, from a service database alone, what other policies would have earned on its traffic.
@@ -43,11 +45,16 @@ def _fail(command: str, message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def open_store(db: Path) -> SQLiteStore:
-    """The service database at `db`; it must exist (evaluation never creates one)."""
-    if not db.is_file():
-        raise StoreError(f"no database at {db}")
-    return SQLiteStore(db)
+def open_store(db: str | Path) -> Store:
+    """The service database at `db` (a SQLite file, which must exist: evaluation never creates one, or a
+    PostgreSQL URL)."""
+    try:
+        location = parse_database(str(db))
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    if not isinstance(location, DatabaseURL) and not location.is_file():
+        raise StoreError(f"no database at {location}")
+    return open_location(location)
 
 
 def _catalog(config: Path | None) -> list[ModelSpec]:
@@ -55,7 +62,7 @@ def _catalog(config: Path | None) -> list[ModelSpec]:
 
 
 def evaluate(
-    db: Annotated[Path, typer.Option("--db", help="The service's SQLite database.")],
+    db: Annotated[str, typer.Option("--db", help="The service's SQLite file or postgresql:// URL.")],
     candidates: Annotated[
         list[str] | None,
         typer.Option("--candidates", "-C", help="Candidate policy (repeatable; more may follow as arguments)."),
@@ -98,7 +105,8 @@ def evaluate(
         finally:
             store.close()
         if not any(r.outcome is not None for r in records):
-            raise _fail("evaluate", f"{db} holds no decision with learned feedback: nothing to evaluate", 1)
+            message = f"{redact_urls(db)} holds no decision with learned feedback: nothing to evaluate"
+            raise _fail("evaluate", message, 1)
         shadows, partial = shadow_names(records)
         for name in partial:
             typer.echo(f"warning: shadow {name!r} was not logged with every decision; not evaluated", err=True)
@@ -133,7 +141,7 @@ def evaluate(
 
 
 def export(
-    db: Annotated[Path, typer.Option("--db", help="The service's SQLite database.")],
+    db: Annotated[str, typer.Option("--db", help="The service's SQLite file or postgresql:// URL.")],
     format: Annotated[str, typer.Option("--format", help="Output format (dsjson).")] = "dsjson",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: standard output).")] = None,
     config: Annotated[

@@ -1,5 +1,13 @@
 """The budget pacer's durable state: its targets and spend, kept in the store's `meta` table, so that a restart
-continues the same budget period and every worker follows targets set through any of them."""
+continues the same budget period and every worker follows targets set through any of them.
+
+Global budgets. When several processes share one log (worker processes on one SQLite file, replicas on one
+PostgreSQL database) each process books the decisions the others made too: between batches it reads the
+decisions stored after the last one it saw (`Reader.decisions_after`, in storage order) and books every one it
+did not make itself (`BudgetPacer.observe(decision, None)`). Real costs need nothing extra: every process learns
+every feedback from the log, and learning corrects the booking. So a spend or share target counts every
+process's decisions, and a tenant's spend is one number wherever its requests land.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +31,26 @@ BUDGETS_CONFIG = "budgets_config"
 `FOLLOW_EVERY_S`."""
 SAVE_EVERY_S = 5.0
 FOLLOW_EVERY_S = 1.0
+DECISIONS_EVERY_S = 0.05
+"""How often a process sharing the log books the other processes' decisions."""
+DECISIONS_PAGE = 2000
+OWN_FORGET_S = 120.0
+"""A decision id this process routed is forgotten after this long if it never appeared in the store (its insert
+failed)."""
 
 
 class BudgetState:
     """Saves and loads `pacer` through `store`; every method runs on the writer thread."""
 
-    def __init__(self, store: Store, pacer: BudgetPacer) -> None:
+    def __init__(self, store: Store, pacer: BudgetPacer, *, shared: bool = False) -> None:
         self.store = store
         self.pacer = pacer
+        self.shared = shared
+        """Other processes write to the same log: book their decisions too (`follow_decisions`)."""
+        self._own: dict[str, float] = {}
+        self._position: int | None = None
+        self._next_decisions = 0.0
+        self._next_forget = 0.0
         self._stored = bool(pacer.config.describe())
         self._config_json: str | None = None
         self._next_save = 0.0
@@ -46,8 +66,55 @@ class BudgetState:
         self._config_json = config_json
         self._stored = True
 
+    def mine(self, decision_id: str) -> None:
+        """This process made `decision_id` (its pacer booked it already): call before the decision is stored."""
+        if self.shared:
+            self._own[decision_id] = time.monotonic()
+
+    def start_following(self, tx: WriteTx) -> None:
+        """Book other processes' decisions stored from now on (the stored state holds the ones before)."""
+        if self.shared:
+            self._position = tx.last_decision_position()
+
+    def follow_decisions(self) -> int:
+        """Book the decisions other processes stored since the last call; returns how many. Without targets
+        nothing is read (the tail starts again from the newest decision when targets are set)."""
+        now = time.monotonic()
+        if not self.shared or now < self._next_decisions:
+            return 0
+        self._next_decisions = now + DECISIONS_EVERY_S
+        if not self.pacer.config.describe():
+            self._position = None
+            return 0
+        booked = 0
+        try:
+            if self._position is None:
+                with self.store.write() as tx:
+                    self.start_following(tx)
+            assert self._position is not None
+            while True:
+                with self.store.read() as reader:
+                    rows = reader.decisions_after(self._position, DECISIONS_PAGE)
+                for position, stored in rows:
+                    if self._own.pop(stored.decision.decision_id, None) is None:
+                        self.pacer.observe(stored.decision, None)
+                        booked += 1
+                    self._position = position
+                if len(rows) < DECISIONS_PAGE:
+                    break
+        except StoreError as exc:
+            self._say("decisions", logging.WARNING, "reading other processes' decisions failed: %s", exc)
+        if now >= self._next_forget:
+            self._next_forget = now + OWN_FORGET_S / 4
+            for decision_id, made in list(self._own.items()):
+                if now - made > OWN_FORGET_S:
+                    self._own.pop(decision_id, None)
+        return booked
+
     def housekeeping(self) -> None:
-        """Between batches: pick up targets another worker stored; save the pacer's state."""
+        """Between batches: book other processes' decisions; pick up targets another worker stored; save the
+        pacer's state."""
+        self.follow_decisions()
         now = time.monotonic()
         if now >= self._next_follow:
             self._next_follow = now + FOLLOW_EVERY_S

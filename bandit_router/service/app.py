@@ -25,7 +25,7 @@ from ..cascade.live import NamedRouters
 from ..config import Settings, load_settings
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
-from ..store import SQLiteStore
+from ..store.location import open_store
 from . import dashboard, errors, redact
 from .auth import Authenticator
 from .engine import Engine
@@ -208,8 +208,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = SQLiteStore(settings.storage.db, synchronous=settings.storage.synchronous,
-                            wal_max_bytes=settings.storage.wal_max_bytes)
+        store = open_store(settings.storage.db, synchronous=settings.storage.synchronous,
+                           wal_max_bytes=settings.storage.wal_max_bytes)
         await asyncio.to_thread(store.prepare)
         metrics = Metrics()
         engine = Engine(settings, store, observer=metrics)

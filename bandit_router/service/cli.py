@@ -13,7 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from ..config import KEYS, ConfigError, Settings, load_settings
-from ..store import SQLiteStore, StoreError
+from ..store import StoreError
+from ..store.location import DatabaseURL, open_store, parse_database
 from .protocol import LIMITS_VARIABLE, Limits
 
 SERVE_HELP = """Serve the routing API (POST /v1/route, POST /v1/feedback, ...; OpenAPI at /docs).
@@ -36,7 +37,7 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help=_help("host"))] = None,
     port: Annotated[int | None, typer.Option(help=_help("port"))] = None,
-    db: Annotated[Path | None, typer.Option(help=_help("db"))] = None,
+    db: Annotated[str | None, typer.Option(help=_help("db"))] = None,
     workers: Annotated[int | None, typer.Option(help=_help("workers"))] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
 ) -> None:
@@ -50,7 +51,11 @@ def serve(
     try:
         settings = load_settings(config, overrides=overrides)
         storage = settings.storage
-        SQLiteStore(storage.db, synchronous=storage.synchronous).prepare()  # the schema, once, before workers
+        store = open_store(storage.db, synchronous=storage.synchronous)
+        try:
+            store.prepare()  # the schema, once, before workers
+        finally:
+            store.close()
     except (ConfigError, StoreError) as exc:
         typer.echo(f"bandit-router serve: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -88,7 +93,7 @@ def serve(
         return
     from .app import SERVE_ARGS
 
-    hand_off = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}
+    hand_off = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}  # `db` stays a str
     os.environ[SERVE_ARGS] = json.dumps({"config": None if config is None else str(config), "overrides": hand_off})
     sys.stdout.flush()
     uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers, **common)
@@ -103,19 +108,23 @@ Exit status 0 when the file is intact, 1 when it is not (restore a backup: see t
 
 
 def check(
-    db: Annotated[Path | None, typer.Option(help="Database file (default: the configured `db`).")] = None,
+    db: Annotated[str | None, typer.Option(help="Database file (default: the configured `db`).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     from ..dbguard import check_database
 
-    if db is None:
-        try:
-            db = load_settings(config).storage.db
-        except ConfigError as exc:
-            typer.echo(f"bandit-router check: {exc}", err=True)
-            raise typer.Exit(2) from None
-    report = check_database(db)
+    try:
+        location = load_settings(config).storage.db if db is None else parse_database(db)
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"bandit-router check: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if isinstance(location, DatabaseURL):
+        typer.echo(f"bandit-router check: {location} is PostgreSQL; check is for SQLite files (PostgreSQL "
+                   "checks its own pages: see its amcheck module)", err=True)
+        raise typer.Exit(2)
+    db_path = location
+    report = check_database(db_path)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -141,7 +150,35 @@ def check(
     raise typer.Exit(0 if report.ok else 1)
 
 
+MIGRATE_HELP = """Create or migrate the database's schema to this version's, then exit (`serve` does it too, on start).
+
+Migrations are numbered and recorded in the database; a database whose schema is newer than this \
+bandit-router's is refused (exit status 2). Works on a SQLite file and on a postgresql:// URL.
+"""
+
+
+def migrate(
+    db: Annotated[str | None, typer.Option(help="SQLite file or postgresql:// URL (default: the configured `db`).")]
+    = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")] = None,
+) -> None:
+    from ..store import SCHEMA_VERSION
+
+    try:
+        location = load_settings(config).storage.db if db is None else parse_database(db)
+        store = open_store(location)
+        try:
+            store.prepare()
+        finally:
+            store.close()
+    except (ConfigError, StoreError, ValueError) as exc:
+        typer.echo(f"bandit-router migrate: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{location}: schema version {SCHEMA_VERSION}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add `serve` and `check` to the `bandit-router` command."""
+    """Add `serve`, `check` and `migrate` to the `bandit-router` command."""
     app.command("serve", help=SERVE_HELP)(serve)
     app.command("check", help=CHECK_HELP)(check)
+    app.command("migrate", help=MIGRATE_HELP)(migrate)

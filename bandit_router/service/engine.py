@@ -33,7 +33,8 @@ from ..errors import BanditRouterError, UnknownDecision
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
 from ..router import Router
-from ..store import CallRecord, FeedbackRecord, SQLiteStore, Store, StoredDecision, StoreError
+from ..store import CallRecord, FeedbackRecord, Store, StoredDecision, StoreError
+from ..store.location import open_store
 from ..types import Decision, Outcome, Request
 from .exceptions import Conflict, NotFound, Unavailable
 from .writer import (
@@ -70,7 +71,7 @@ class Engine:
 
     def __init__(self, settings: Settings, store: Store | None = None, *, observer: Observer | None = None) -> None:
         self.settings = settings
-        self.store: Store = store or SQLiteStore(
+        self.store: Store = store or open_store(
             settings.storage.db, synchronous=settings.storage.synchronous,
             wal_max_bytes=settings.storage.wal_max_bytes,
         )
@@ -82,7 +83,9 @@ class Engine:
         self.checkpointer = Checkpointer(self.store, settings, self.follower)
         self.pacer = BudgetPacer(settings.budgets)
         """The budget targets (`/v1/budgets`); attached to the router once the log is replayed."""
-        self.budgets = BudgetState(self.store, self.pacer)
+        shared = settings.server.workers > 1 or bool(getattr(self.store, "shared", False))
+        self.budgets = BudgetState(self.store, self.pacer, shared=shared)
+        """With other processes on the same log (workers, replicas) the pacer books their decisions too."""
         self.writer = Writer(self.store, self.follower, self.budgets, FeedbackRules.from_settings(settings),
                              observer=observer)
         self.recovery: dict[str, Any] = {}
@@ -154,6 +157,9 @@ class Engine:
     def start(self) -> None:
         """Start the writer thread; it recovers the learned state first (`ready` turns true when done)."""
         self.writer.start(self._prepare, self._between_batches, self._on_stop)
+        listen = getattr(self.store, "listen", None)
+        if listen is not None:  # PostgreSQL: wake the writer when another replica commits to the log
+            listen(self.writer.wake)
         self._maintainer = threading.Thread(target=self._maintain, name="bandit-router-maintenance", daemon=True)
         self._maintainer.start()
 
@@ -213,6 +219,9 @@ class Engine:
             "policy_version": self.router.version,
             "budgets": self.budgets.recover(self.router),
         }
+        if self.budgets.shared:
+            with self.store.write() as tx:
+                self.budgets.start_following(tx)
         log.info(
             "recovered: checkpoint at seq %s, %d feedbacks replayed in %.2f s, policy version %d",
             self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
@@ -282,6 +291,7 @@ class Engine:
         tenant = request.context.get("tenant")
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows else None
+        self.budgets.mine(decision.decision_id)
         await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
         return decision
 

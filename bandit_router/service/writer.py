@@ -446,6 +446,11 @@ class Writer:
         if shadow_rows:
             batch.tx.insert_shadow_pmfs(shadow_rows)
 
+    def wake(self) -> None:
+        """Another process committed to the log (PostgreSQL's NOTIFY): follow it after this batch. Any thread."""
+        self._last_follow = 0.0
+        self._queue.put([])
+
     def _follow(self) -> None:
         """Between batches: learn what other processes committed."""
         self._last_follow = time.monotonic()

@@ -2,11 +2,13 @@
 learned state.
 
     records.py     the typed values that cross the interface, `FeedbackStatus`, `StoreStats`, `StoreError`
-    interface.py   `Store`, `Reader`, `WriteTx`: what any database must implement (SQLite now, PostgreSQL next)
+    interface.py   `Store`, `Reader`, `WriteTx`: what any database must implement
     codec.py       features ⇄ bytes, JSON columns, text SQLite can hold
-    migrations.py  the schema as one numbered list of migrations
+    migrations.py  the schema as one numbered list of migrations, for both backends
     rollup.py      the per-minute rollup (`minute_stats`) kept in the write transaction, for time series
     sqlite.py      `SQLiteStore`, the embedded implementation
+    postgres.py    `PostgresStore`, for replicas sharing one PostgreSQL database (imported when used)
+    location.py    `db`: a path (SQLite) or a `postgresql://` URL (`DatabaseURL`, shown without its password)
 
 The log, feedback rows with `learn = 1` in `seq` order interleaved with model events (an event goes after every
 row with `seq <= after_seq`), is the source of truth: a checkpoint plus the log after it rebuilds the policy
@@ -15,6 +17,7 @@ row with `seq <= after_seq`), is the source of truth: a checkpoint plus the log 
 
 from .codec import decode_features, encode_features, safe_text
 from .interface import Reader, Store, WriteTx
+from .location import DatabaseURL, open_store
 from .migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from .records import (
     SYSTEM_STATUSES,
@@ -42,6 +45,7 @@ __all__ = [
     "CallRecord",
     "CallStatus",
     "Checkpoint",
+    "DatabaseURL",
     "DecisionInfo",
     "FeedbackRecord",
     "FeedbackStatus",
@@ -59,5 +63,6 @@ __all__ = [
     "WriteTx",
     "decode_features",
     "encode_features",
+    "open_store",
     "safe_text",
 ]

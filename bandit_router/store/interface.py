@@ -1,7 +1,7 @@
 """The store's interface: what the service and the log need from a database, whatever the database.
 
-`SQLiteStore` (`store/sqlite.py`) is the embedded implementation. A server database (PostgreSQL: `BIGSERIAL` for
-seq, `SELECT … FOR UPDATE` or an advisory lock for the writer) takes its place by implementing these protocols.
+`SQLiteStore` (`store/sqlite.py`) is the embedded implementation; `PostgresStore` (`store/postgres.py`) serves
+replicas sharing one database: its write transactions hold an advisory lock, as SQLite's hold its write lock.
 Every method raises `StoreError` (never a driver's own exception) when the database cannot answer.
 """
 

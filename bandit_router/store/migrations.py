@@ -1,5 +1,12 @@
-"""The schema, as one numbered list of migrations. A database records the number of the last one it ran
-(`meta.schema_version`); `prepare()` runs the ones after it, in one transaction.
+"""The schema, as one numbered list of migrations for both backends. A database records the number of the last
+one it ran (`meta.schema_version`); `prepare()` (or `bandit-router migrate`) runs the ones after it, in one
+transaction, and refuses a database whose number is larger than this code's.
+
+Each migration holds its SQLite statements (`statements`) and its PostgreSQL statements (`postgres`): the same
+tables and columns in each dialect. PostgreSQL differences: `BIGINT`/`DOUBLE PRECISION`/`BYTEA`; decisions get a
+`position` identity column where SQLite uses its `rowid`; feedback `seq` is numbered by the writer (under the
+store's write lock, like SQLite) and the largest seq ever used lives in the single-row table `log_head`, updated
+in the transaction that inserts the rows (what `sqlite_sequence` does on SQLite).
 
 To change the schema, append a migration; never edit one that shipped. Statements use `IF NOT EXISTS`, so a
 database created before this list existed (by version 1 of the code, with or without `shadow_pmfs`) migrates.
@@ -17,6 +24,11 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    postgres: tuple[str, ...] = ()
+
+    def for_dialect(self, dialect: str) -> tuple[str, ...]:
+        """The statements for `sqlite` or `postgres`."""
+        return self.postgres if dialect == "postgres" else self.statements
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -86,10 +98,81 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE UNIQUE INDEX IF NOT EXISTS checkpoints_position ON checkpoints (fingerprint, seq, event_id)",
         ),
+        (
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
+            """CREATE TABLE IF NOT EXISTS decisions (
+                position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                decision_id TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                model TEXT NOT NULL,
+                arm INTEGER,
+                probability DOUBLE PRECISION NOT NULL,
+                models TEXT NOT NULL,
+                pmf TEXT NOT NULL,
+                expected_cost_usd TEXT,
+                policy TEXT NOT NULL,
+                policy_version BIGINT NOT NULL,
+                cost_weight DOUBLE PRECISION NOT NULL,
+                tenant TEXT,
+                input_tokens BIGINT NOT NULL,
+                n_chars BIGINT,
+                turns INTEGER,
+                markers TEXT,
+                attributes TEXT,
+                features BYTEA NOT NULL,
+                prompt TEXT
+            )""",
+            "CREATE UNIQUE INDEX IF NOT EXISTS decisions_id ON decisions (decision_id)",
+            """CREATE TABLE IF NOT EXISTS feedback (
+                seq BIGINT PRIMARY KEY,
+                decision_id TEXT NOT NULL REFERENCES decisions(decision_id),
+                received_at DOUBLE PRECISION NOT NULL,
+                quality DOUBLE PRECISION NOT NULL,
+                cost_usd DOUBLE PRECISION,
+                input_tokens BIGINT,
+                output_tokens BIGINT,
+                latency_s DOUBLE PRECISION,
+                source TEXT,
+                status TEXT NOT NULL,
+                learn SMALLINT NOT NULL,
+                reward DOUBLE PRECISION NOT NULL,
+                realised_cost_usd DOUBLE PRECISION NOT NULL,
+                model TEXT NOT NULL,
+                tenant TEXT
+            )""",
+            "CREATE INDEX IF NOT EXISTS feedback_decision ON feedback(decision_id)",
+            "CREATE UNIQUE INDEX IF NOT EXISTS feedback_learned_once ON feedback(decision_id) WHERE learn = 1",
+            "CREATE TABLE IF NOT EXISTS log_head (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), "
+            "seq BIGINT NOT NULL)",
+            "INSERT INTO log_head (one, seq) VALUES (TRUE, 0) ON CONFLICT DO NOTHING",
+            """CREATE TABLE IF NOT EXISTS model_events (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                after_seq BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                action TEXT NOT NULL,
+                name TEXT NOT NULL,
+                spec TEXT
+            )""",
+            """CREATE TABLE IF NOT EXISTS checkpoints (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                created_at DOUBLE PRECISION,
+                fingerprint TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                event_id BIGINT NOT NULL,
+                version BIGINT NOT NULL,
+                sha256 TEXT NOT NULL,
+                state BYTEA NOT NULL
+            )""",
+            "CREATE UNIQUE INDEX IF NOT EXISTS checkpoints_position ON checkpoints (fingerprint, seq, event_id)",
+        ),
     ),
     Migration(
         2,
         "shadow policies' pmfs per decision: a JSON object {shadow name: [p over the decision's models]}",
+        (
+            "CREATE TABLE IF NOT EXISTS shadow_pmfs (decision_id TEXT PRIMARY KEY REFERENCES decisions(decision_id), "
+            "pmfs TEXT NOT NULL)",
+        ),
         (
             "CREATE TABLE IF NOT EXISTS shadow_pmfs (decision_id TEXT PRIMARY KEY REFERENCES decisions(decision_id), "
             "pmfs TEXT NOT NULL)",
@@ -99,6 +182,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "the per-minute rollup `minute_stats` (store/rollup.py), filled from the rows already stored",
         (rollup.TABLE, *rollup.BACKFILL_V3),
+        (rollup.TABLE_POSTGRES, *rollup.BACKFILL_POSTGRES_V3),
     ),
     Migration(
         4,
@@ -124,12 +208,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX IF NOT EXISTS calls_request ON calls (request_id)",
         ),
+        (
+            """CREATE TABLE IF NOT EXISTS calls (
+                decision_id TEXT PRIMARY KEY REFERENCES decisions(decision_id),
+                request_id TEXT NOT NULL,
+                attempt INTEGER NOT NULL,
+                model TEXT NOT NULL,
+                routed SMALLINT NOT NULL,
+                stream SMALLINT NOT NULL,
+                status TEXT NOT NULL,
+                http_status INTEGER,
+                input_tokens BIGINT,
+                output_tokens BIGINT,
+                usage TEXT,
+                cost_usd DOUBLE PRECISION,
+                ttft_s DOUBLE PRECISION,
+                latency_s DOUBLE PRECISION,
+                error TEXT,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS calls_request ON calls (request_id)",
+        ),
     ),
     Migration(
         5,
         "the rollup's `routed` count: exploration and mean probability over the bandit's own first tries only "
         "(not models callers named, named routers' choices or the gateway's fallbacks); rebuilt from the rows",
         (rollup.ADD_ROUTED, "DELETE FROM minute_stats", *rollup.BACKFILL),
+        (rollup.ADD_ROUTED, "DELETE FROM minute_stats", *rollup.BACKFILL_POSTGRES),
     ),
 )
 
@@ -137,3 +243,4 @@ SCHEMA_VERSION = MIGRATIONS[-1].version
 """The schema this code writes and reads: the last migration's number."""
 
 assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1)), "migrations are numbered 1, 2, …"
+assert all(m.postgres for m in MIGRATIONS), "every migration has its PostgreSQL statements"

@@ -339,7 +339,8 @@ BACKFILL_V3 = (
     + ", ".join(f"{c} = minute_stats.{c} + excluded.{c}" for c in _V3_SUMS[5:]),
     # The longer spans, from the minutes.
     *(
-        f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) SELECT {span}, (minute / {span}) * {span}, model, "
+        f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) SELECT {span}, (minute / {span}) * {span}, "
+        "model, "
         + ", ".join(f"SUM({c})" for c in _V3_SUMS)
         + ", MAX(policy_version) FROM minute_stats WHERE span = 1 GROUP BY 2, 3 "
         "ON CONFLICT (span, minute, model) DO NOTHING"
@@ -348,3 +349,66 @@ BACKFILL_V3 = (
 )
 """SQLite statements that filled the rollup from the rows of a database created before it (migration 3; kept as
 shipped: its columns are those of migration 3, `routed` came with migration 5)."""
+
+# -- PostgreSQL (`store/postgres.py`): the same table, upsert and read in its dialect ---------------------------
+TABLE_POSTGRES = (
+    TABLE.replace(") WITHOUT ROWID", ")").replace(" REAL ", " DOUBLE PRECISION ")
+    .replace("policy_version INTEGER", "policy_version BIGINT")
+)
+"""`TABLE` for PostgreSQL: no WITHOUT ROWID (its primary-key index serves the range scan) and DOUBLE PRECISION
+sums (PostgreSQL's REAL is 4 bytes)."""
+ROW_PLACEHOLDERS_POSTGRES = "(" + ", ".join(["%s"] * (len(COLUMNS) + 1)) + ")"
+SELECT_POSTGRES = SELECT.replace("GROUP BY (minute / ?) * ?, model", "GROUP BY 1, 2").replace("?", "%s")
+"""`SELECT` for PostgreSQL, which does not see two parameters of the same value as the same GROUP BY
+expression: grouped by output position, with the first five parameters of `select_parameters`."""
+_MINUTE_PG = "FLOOR({t} / 60)::INTEGER"
+BACKFILL_POSTGRES_V3 = (
+    f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) "
+    f"SELECT 1, {_MINUTE_PG.format(t='created_at')}, model, COUNT(*), "
+    "SUM(CASE WHEN probability >= (SELECT MAX(v::DOUBLE PRECISION) FROM json_array_elements_text(pmf::json) v) "
+    f"- {GREEDY_TOLERANCE} THEN 1 ELSE 0 END), SUM(probability), SUM(cost_weight), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
+    "MAX(policy_version) FROM decisions GROUP BY 2, 3 ON CONFLICT (span, minute, model) DO NOTHING",
+    f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) "
+    f"SELECT 1, {_MINUTE_PG.format(t='received_at')}, model, 0, 0, 0, 0, COUNT(*), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 "
+    "FROM feedback WHERE status NOT IN ('default', 'aggregate') GROUP BY 2, 3 "
+    "ON CONFLICT (span, minute, model) DO UPDATE SET feedback = minute_stats.feedback + excluded.feedback",
+    f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) "
+    f"SELECT 1, {_MINUTE_PG.format(t='d.created_at')}, f.model, 0, 0, 0, 0, 0, COUNT(*), SUM(f.quality), "
+    "SUM(f.realised_cost_usd), SUM(f.reward), SUM(GREATEST(0.0, f.received_at - d.created_at)), "
+    "SUM(1.0 / d.probability), SUM(f.quality / d.probability), SUM(f.realised_cost_usd / d.probability), "
+    "SUM(f.reward / d.probability), 0 "
+    "FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
+    "WHERE f.learn = 1 AND f.status != 'default' AND d.probability > 0 GROUP BY 2, 3 "
+    "ON CONFLICT (span, minute, model) DO UPDATE SET "
+    + ", ".join(f"{c} = minute_stats.{c} + excluded.{c}" for c in _V3_SUMS[5:]),
+    *BACKFILL_V3[3:],  # the longer spans from the minutes: the same SQL
+)
+"""`BACKFILL_V3` for PostgreSQL (a database prepared at schema version 2 by a PostgreSQL store; migration 3, kept
+as shipped)."""
+
+
+def _postgres(sql: str) -> str:
+    """A `BACKFILL` statement in PostgreSQL's dialect (minutes, the pmf's JSON array, the larger of two values)."""
+    for sqlite, postgres in (
+        ("CAST(d.created_at / 60 AS INTEGER)", _MINUTE_PG.format(t="d.created_at")),
+        ("CAST(received_at / 60 AS INTEGER)", _MINUTE_PG.format(t="received_at")),
+        ("(SELECT MAX(CAST(value AS REAL)) FROM json_each(d.pmf))",
+         "(SELECT MAX(v::DOUBLE PRECISION) FROM json_array_elements_text(d.pmf::json) v)"),
+        ("SUM(MAX(0.0, ", "SUM(GREATEST(0.0, "),
+    ):  # fmt: skip
+        sql = sql.replace(sqlite, postgres)
+    return sql
+
+
+BACKFILL_POSTGRES = tuple(_postgres(sql) for sql in BACKFILL)
+"""`BACKFILL` for PostgreSQL (migration 5)."""
+
+
+def from_row(row: Sequence[object]) -> MinuteStats:
+    """A `SELECT` row as `MinuteStats`, with Python ints and floats whatever the driver returned."""
+    values = dict(zip(COLUMNS, row, strict=True))
+    out = MinuteStats(int(values["minute"]), str(values["model"]))  # type: ignore[call-overload]
+    for name in (*SUMS, "policy_version"):
+        kind = type(getattr(out, name))
+        setattr(out, name, kind(values[name]))
+    return out

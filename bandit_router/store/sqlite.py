@@ -184,7 +184,7 @@ class SQLiteStore:
             return
         for migration in MIGRATIONS:
             if migration.version > version:
-                for statement in migration.statements:  # not executescript: it would commit the transaction
+                for statement in migration.for_dialect("sqlite"):  # not executescript: it would commit the transaction
                     conn.execute(statement)
         conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?), ('created_at', "

@@ -1,0 +1,94 @@
+"""Where the store lives: a file path (SQLite, the embedded default) or a `postgresql://` URL (PostgreSQL), and
+how a URL is shown without its password.
+
+    >>> url = DatabaseURL("postgresql://router:s3cret@db.internal:5432/routing")
+    >>> str(url)
+    'postgresql://router:***@db.internal:5432/routing'
+    >>> redact_urls("connection to postgresql://router:s3cret@db/x failed")
+    'connection to postgresql://router:***@db/x failed'
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from .interface import Store
+
+SCHEMES = ("postgresql://", "postgres://")
+MASK = "***"
+_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+class DatabaseURL:
+    """A PostgreSQL connection URL. `str()` and `repr()` never show the password; `reveal()` gives the URL to the
+    driver (and nothing else calls it)."""
+
+    __slots__ = ("_url",)
+
+    def __init__(self, url: str) -> None:
+        if not is_url(url):
+            raise ValueError(f"not a PostgreSQL URL (postgresql://…): {redact_urls(url)!r}")
+        parts = urlsplit(url)
+        if not parts.hostname and "host=" not in (parts.query or ""):
+            raise ValueError(f"a PostgreSQL URL needs a host: {redact_urls(url)!r}")
+        self._url = url
+
+    def reveal(self) -> str:
+        return self._url
+
+    @property
+    def password(self) -> str | None:
+        return urlsplit(self._url).password
+
+    def __str__(self) -> str:
+        return redact_urls(self._url)
+
+    def __repr__(self) -> str:
+        return f"DatabaseURL({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DatabaseURL) and other._url == self._url
+
+    def __hash__(self) -> int:
+        return hash(self._url)
+
+
+Database = Path | DatabaseURL
+"""The `db` setting's type."""
+
+
+def is_url(value: str) -> bool:
+    return value.lower().startswith(SCHEMES)
+
+
+def parse_database(value: str | Path | DatabaseURL) -> Database:
+    """A `db` value: a `postgresql://` (or `postgres://`) URL, else a SQLite file path."""
+    if isinstance(value, DatabaseURL | Path):
+        return value
+    return DatabaseURL(value) if is_url(value) else Path(value).expanduser()
+
+
+def redact_urls(text: str, secret: str | None = None) -> str:
+    """`text` with the password of every PostgreSQL URL, every `password=…` keyword, and `secret` masked."""
+    if secret:
+        text = text.replace(secret, MASK)
+    text = _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + m.group(3), text)
+    return _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + MASK, text)
+
+
+def open_store(db: str | Path | DatabaseURL, **sqlite_options: Any) -> Store:
+    """The store for `db`: `PostgresStore` for a URL, else `SQLiteStore` (with `sqlite_options`: synchronous,
+    wal_max_bytes, …)."""
+    location = parse_database(db)
+    if isinstance(location, DatabaseURL):
+        from .postgres import PostgresStore  # psycopg is imported only when PostgreSQL is used
+
+        return PostgresStore(location)
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(location, **sqlite_options)

@@ -1,0 +1,629 @@
+"""`PostgresStore`: the `Store` on a PostgreSQL server, for any number of service replicas sharing one log.
+
+The same tables as SQLite (`store/migrations.py`, PostgreSQL dialect) and the same row decoders
+(`store/sqlite.py`). What makes one log out of many processes:
+
+    write()     BEGIN; SELECT pg_advisory_xact_lock(LOG_LOCK)      the database's single write lock, held until
+                                                                   COMMIT/ROLLBACK, as SQLite's BEGIN IMMEDIATE
+    head()      log_head.seq (largest feedback seq ever used), MAX(model_events.id)
+    insert_feedback()   rows numbered head + 1, + 2, … by the writer, and log_head moved in the same statement
+
+Under the lock every writer reads the head its predecessor committed (READ COMMITTED: each statement sees what
+committed before it started, and the lock is granted only after the previous holder's commit is visible), so
+seqs are allocated in commit order with no gap that a later row could overtake: a transaction that rolls back
+leaves log_head where it was, and the next writer reuses its numbers. A reader (`read()`, REPEATABLE READ) sees
+a prefix of the log: writers commit one after the other, so a snapshot that sees a transaction sees every one
+committed before it. Decisions get their storage `position` (an identity) under the same lock, so positions
+also become visible in order (the reward-window sweep and the budget tail walk them).
+
+Followers are told: a transaction that wrote to the log ends with `NOTIFY bandit_router_log`, and every process
+`listen()`s on its own connection, so a replica learns another's rows milliseconds after their commit instead
+of at its next poll (the poll stays, every 100 ms, in case a notification is missed while reconnecting). Under
+load a writer catches up under the lock before every log write anyway, so notifications are passed on only once
+it has not done so for `NOTIFY_QUIET_S` (a follow per notification cost ~30% of the feedback throughput).
+
+Connections: the writer owns one connection (reopened after a failure; a failure before anything was sent, as
+after a server restart, is retried once on a fresh connection); readers borrow from a `psycopg_pool` pool that
+checks a connection before lending it. Every driver error leaves as `StoreError`, with any password masked.
+
+Why one module of ~590 lines: like `sqlite.py`, it is one implementation of `store.interface`, one short method
+per query; the connection handling (writer, pool, listener) is the rest, and each query sits next to its decoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ..catalog import ModelSpec
+from ..types import Decision
+from . import rollup
+from .interface import Reader, WriteTx
+from .location import DatabaseURL, redact_urls
+from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .records import (
+    CallRecord,
+    Checkpoint,
+    DecisionInfo,
+    FeedbackRecord,
+    ModelEvent,
+    ModelStats,
+    StoredDecision,
+    StoreError,
+    StoreStats,
+    unrouted,
+)
+from .sqlite import (
+    _DECISIONS,
+    _DI,
+    _FEEDBACK,
+    _FI,
+    _JOINED,
+    CALL_COLUMNS,
+    DECISION_COLUMNS,
+    FEEDBACK_COLUMNS,
+    _call_from_row,
+    _call_value,
+    _decision_from_row,
+    _feedback_from_row,
+    _SQLiteTx,
+    _stored_from_row,
+)
+
+log = logging.getLogger("bandit_router.store")
+
+CHANNEL = "bandit_router_log"
+"""The NOTIFY channel of log writes."""
+NOTIFY_QUIET_S = 0.01
+"""Notifications are passed on once this process's writer has not caught up under the lock for this long."""
+LOG_LOCK = 0x62616E6469740001
+"""The advisory lock key of the log's single writer (per database)."""
+MIGRATE_LOCK = 0x62616E6469740002
+"""The advisory lock key under which `prepare()` migrates (replicas starting together migrate once)."""
+CONNECT_TIMEOUT_S = 3
+POOL_TIMEOUT_S = 5.0
+STATEMENT_TIMEOUT_MS = 60_000
+LOCK_TIMEOUT_MS = 10_000
+"""A writer waits at most this long for the log's lock (then 503): a replica cut off from the network while it
+holds the lock must not stall the others for longer."""
+IDLE_IN_TRANSACTION_MS = 10_000
+"""PostgreSQL ends a session idle this long inside a transaction (releasing the lock a lost replica held); the
+service's transactions never pause between statements for more than milliseconds."""
+_CHUNK = 200
+_INSERT_DECISIONS = f"INSERT INTO decisions ({_DECISIONS}) VALUES "
+_DECISION_PLACEHOLDERS = f"({', '.join(['%s'] * len(DECISION_COLUMNS))})"
+_INSERT_FEEDBACK = (
+    "WITH moved AS (UPDATE log_head SET seq = GREATEST(seq, %s)) "
+    f"INSERT INTO feedback ({_FEEDBACK}) VALUES "
+)
+_FEEDBACK_PLACEHOLDERS = f"({', '.join(['%s'] * len(FEEDBACK_COLUMNS))})"
+
+
+class PostgresStore:
+    """`Store` on PostgreSQL at `url`. `pool_size`: the most reader connections this process opens."""
+
+    def __init__(self, url: DatabaseURL, *, pool_size: int = 6, timeout_s: float = POOL_TIMEOUT_S,
+                 lock_timeout_ms: int = LOCK_TIMEOUT_MS, idle_timeout_ms: int = IDLE_IN_TRANSACTION_MS) -> None:
+        self.url = url
+        self.fault: str | None = None
+        """Always None: a server that is down is a transient `StoreError` (503), not a fault of the store."""
+        self.shared = True
+        """Other processes (replicas) write to this database too."""
+        self.timeout_s = timeout_s
+        self._secret = url.password
+        self._connect_options: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": "bandit-router",
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={lock_timeout_ms} "
+                       f"-c idle_in_transaction_session_timeout={idle_timeout_ms}",
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+        }
+        self._pool = ConnectionPool(
+            url.reveal(), min_size=1, max_size=pool_size, kwargs=self._connect_options, open=False,
+            timeout=timeout_s, check=ConnectionPool.check_connection, name="bandit-router",
+            reconnect_timeout=24 * 3600.0,
+        )
+        self._pool_open = False
+        self._writer: psycopg.Connection[Any] | None = None
+        self._writer_pid = 0
+        """The server process of the writer's connection: its own notifications are not news to this process."""
+        self._write_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._listener: threading.Thread | None = None
+        self._head_read_at = 0.0
+        """When this process's writer last committed a transaction that read the head (and caught up there)."""
+        self._lock = threading.Lock()
+        self._models_json: dict[tuple[str, ...], str] = {}
+
+    def __str__(self) -> str:
+        return str(self.url)
+
+    def _error(self, exc: BaseException, what: str = "") -> StoreError:
+        text = redact_urls(str(exc).strip(), self._secret)
+        return StoreError(f"PostgreSQL {str(self.url)!r}: {what}{text}")
+
+    # -- connections ----------------------------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.Connection.connect(self.url.reveal(), **self._connect_options)
+        except psycopg.Error as exc:  # not chained: a driver's message about a connection string may quote it
+            raise self._error(exc, "cannot connect: ") from None
+
+    def _writer_conn(self) -> psycopg.Connection[Any]:
+        if self._writer is None or self._writer.closed:
+            self._writer = self._connect()
+            self._writer_pid = self._writer.info.backend_pid
+        return self._writer
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        self._writer = None
+
+    def _readers(self) -> ConnectionPool:
+        if not self._pool_open:
+            with self._lock:
+                if not self._pool_open:
+                    self._pool.open(wait=False)
+                    self._pool_open = True
+        return self._pool
+
+    def prepare(self) -> None:
+        """Run the migrations this database has not run yet, under an advisory lock (replicas that start together
+        migrate once); refuse a database whose schema is newer than this code's."""
+        conn = self._connect()
+        try:
+            conn.execute("SET lock_timeout = 0; SET statement_timeout = 0")  # a backfill may take its time
+            conn.execute("BEGIN")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+            version = 0
+            row = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
+            if row is not None and row[0]:
+                found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                version = int(found[0]) if found else 0
+            if version > SCHEMA_VERSION:
+                conn.execute("ROLLBACK")
+                raise StoreError(f"{self.url} has schema version {version}; this bandit-router knows {SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION:
+                for migration in MIGRATIONS:
+                    if migration.version > version:
+                        for statement in migration.for_dialect("postgres"):
+                            conn.execute(statement)
+                        log.info("%s: migration %d applied (%s)", self.url, migration.version, migration.description)
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', %s), ('created_at', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = CASE WHEN meta.key = 'created_at' THEN meta.value "
+                    "ELSE EXCLUDED.value END",
+                    (str(SCHEMA_VERSION), str(time.time())),
+                )
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            raise self._error(exc, "cannot prepare the database: ") from exc
+        finally:
+            conn.close()
+
+    def schema_version(self) -> int:
+        """The schema version the database records (0: not prepared)."""
+        with self.read() as reader:
+            value = reader.get_meta("schema_version")
+        return int(value) if value is not None else 0
+
+    @contextmanager
+    def write(self) -> Iterator[WriteTx]:
+        """A write transaction holding the log's advisory lock (`LOG_LOCK`) until it commits or rolls back."""
+        with self._write_lock:
+            conn = self._begin_write()
+            tx = _PostgresTx(conn, self._models_json)
+            try:
+                yield tx
+            except BaseException as exc:
+                self._abort(conn)
+                if isinstance(exc, psycopg.Error):
+                    raise self._error(exc) from exc
+                raise
+            try:
+                conn.execute(f"NOTIFY {CHANNEL}; COMMIT" if tx.logged else "COMMIT")
+                if tx.read_head:
+                    self._head_read_at = time.monotonic()
+            except psycopg.Error as exc:
+                self._abort(conn)
+                raise self._error(exc, "commit failed: ") from exc
+
+    def _begin_write(self) -> psycopg.Connection[Any]:
+        begin = f"BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK})"
+        for attempt in (1, 2):
+            conn = self._writer_conn()
+            try:
+                conn.execute(begin)
+                return conn
+            except psycopg.Error as exc:
+                broken = conn.broken or conn.closed
+                self._abort(conn)
+                if not broken or attempt == 2:  # a stale connection (server restarted): once more, fresh
+                    raise self._error(exc, "cannot start a write transaction: ") from exc
+        raise AssertionError("unreachable")
+
+    def _abort(self, conn: psycopg.Connection[Any]) -> None:
+        if conn.broken or conn.closed:
+            self._drop_writer()
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except psycopg.Error:
+            self._drop_writer()
+
+    @contextmanager
+    def read(self) -> Iterator[Reader]:
+        """A REPEATABLE READ, READ ONLY transaction on a pooled connection: one snapshot for every query."""
+        try:
+            cm = self._readers().connection()
+            conn = cm.__enter__()
+        except psycopg.Error as exc:
+            raise self._error(exc, "cannot read the database: ") from exc
+        failure: BaseException | None = None
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield _PostgresTx(conn, self._models_json)
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            failure = exc
+            raise self._error(exc) from exc
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            if failure is not None and not conn.closed and not conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+            cm.__exit__(None, None, None)
+
+    def delete_old(self, cutoff: float, limit: int) -> int:
+        """`retention_days`, as `SQLiteStore.delete_old`: feedback the newest checkpoint holds, received before
+        `cutoff`, then decisions before `cutoff` no feedback refers to. Seqs are never reused (`log_head`)."""
+        with self.write() as tx:
+            conn = tx.conn  # type: ignore[attr-defined]
+            checkpoint_seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()[0])
+            deleted = conn.execute(
+                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback WHERE seq <= %s AND received_at < %s "
+                "ORDER BY seq LIMIT %s)", (checkpoint_seq, cutoff, limit),
+            ).rowcount
+            ids = [r[0] for r in conn.execute(
+                "SELECT decision_id FROM decisions d WHERE created_at < %s AND NOT EXISTS "
+                "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY position LIMIT %s",
+                (cutoff, limit),
+            ).fetchall()]
+            if ids:
+                conn.execute("DELETE FROM shadow_pmfs WHERE decision_id = ANY(%s)", (ids,))
+                conn.execute("DELETE FROM calls WHERE decision_id = ANY(%s)", (ids,))
+                deleted += conn.execute("DELETE FROM decisions WHERE decision_id = ANY(%s)", (ids,)).rowcount
+        return int(deleted)
+
+    def maintain(self) -> None:
+        """Nothing to do: PostgreSQL vacuums and checkpoints itself."""
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from a thread of this store's) whenever another process commits to the log, and once
+        after every (re)connection of the listener, for what may have been missed meanwhile."""
+        self._listener = threading.Thread(target=self._listen, args=(callback,), name="bandit-router-listen",
+                                          daemon=True)
+        self._listener.start()
+
+    def _listen(self, callback: Callable[[], None]) -> None:
+        while not self._closing.is_set():
+            try:
+                with psycopg.Connection.connect(self.url.reveal(), **self._connect_options) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    callback()
+                    pending = False
+                    while not self._closing.is_set():
+                        for note in conn.notifies(timeout=NOTIFY_QUIET_S):
+                            pending = pending or note.pid != self._writer_pid
+                        # While this process's writer keeps reading the head under the lock, it catches up there
+                        # anyway: a follow per notification would only add work under load.
+                        if pending and time.monotonic() - self._head_read_at >= NOTIFY_QUIET_S:
+                            pending = False
+                            callback()
+            except psycopg.Error as exc:
+                log.debug("log listener: %s", redact_urls(str(exc), self._secret))
+                self._closing.wait(0.5)
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._listener is not None:
+            self._listener.join(2.0)
+            self._listener = None
+        with self._write_lock:
+            self._drop_writer()
+        if self._pool_open:
+            with contextlib.suppress(Exception):
+                self._pool.close(timeout=2.0)
+            self._pool_open = False
+
+
+class _PostgresTx(_SQLiteTx):
+    """`WriteTx` (and `Reader`) on one PostgreSQL connection inside one transaction. The row decoders and the
+    decision row builder are SQLite's (`_SQLiteTx`); every query is rewritten for PostgreSQL here."""
+
+    conn: Any
+
+    def __init__(self, conn: psycopg.Connection[Any], models_json: dict[tuple[str, ...], str]) -> None:
+        self.conn = conn
+        self._models_json = models_json
+        self.logged = False
+        self.read_head = False
+        """This transaction wrote to the log (feedback, a model event): its commit notifies the followers."""
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        return self.conn.execute(sql, params).fetchone()  # type: ignore[no-any-return]
+
+    # -- writes -----------------------------------------------------------------------------------------------
+    def insert_decisions(self, items: Sequence[tuple[Decision, str | None, str | None]]) -> list[bool]:
+        fresh: list[bool] = []
+        rows: list[tuple[Any, ...]] = []
+        seen: set[str] = set()
+        for decision, prompt, tenant in items:
+            first = decision.decision_id not in seen
+            seen.add(decision.decision_id)
+            fresh.append(first)
+            if first:
+                rows.append(self._decision_row(decision, prompt, tenant))
+        written: set[str] = set()
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            sql = (_INSERT_DECISIONS + ",".join([_DECISION_PLACEHOLDERS] * len(chunk))
+                   + " ON CONFLICT (decision_id) DO NOTHING RETURNING decision_id")
+            values = [v for row in chunk for v in row]
+            written.update(r[0] for r in self._rows(sql, values))
+        stored = [ok and d.decision_id in written for ok, (d, _, _) in zip(fresh, items, strict=True)]
+        self._add_to_rollup(rollup.decision_increments(d for ok, (d, _, _) in zip(stored, items, strict=True) if ok))
+        return stored
+
+    def _add_to_rollup(self, increments: Sequence[rollup.MinuteStats]) -> None:
+        """Add to the per-minute rollup (`store/rollup.py`), in this transaction."""
+        rows = rollup.upsert_rows(increments)
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            sql = rollup.UPSERT.format(values=",".join([rollup.ROW_PLACEHOLDERS_POSTGRES] * len(chunk)))
+            self.conn.execute(sql, [v for row in chunk for v in row])
+
+    def insert_feedback(self, records: Sequence[FeedbackRecord]) -> None:
+        self.logged = self.logged or bool(records)
+        for start in range(0, len(records), _CHUNK):
+            chunk = records[start : start + _CHUNK]
+            values: list[Any] = [max(r.seq for r in chunk)]
+            for r in chunk:
+                values += (r.seq, r.decision_id, r.received_at, r.quality, r.cost_usd, r.input_tokens,
+                           r.output_tokens, r.latency_s, r.source, str(r.status), int(r.learn), r.reward,
+                           r.realised_cost_usd, r.model, r.tenant)
+            self.conn.execute(_INSERT_FEEDBACK + ",".join([_FEEDBACK_PLACEHOLDERS] * len(chunk)), values)
+        learned = [r.decision_id for r in records if rollup.counts_as_learned(r)]
+        decided = {
+            row[0]: (float(row[1]), float(row[2]))
+            for row in self._rows("SELECT decision_id, created_at, probability FROM decisions "
+                                  "WHERE decision_id = ANY(%s)", (learned,))
+        } if learned else {}
+        self._add_to_rollup(rollup.feedback_increments(records, decided))
+
+    def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent:
+        self.logged = True
+        after_seq = self.head()[0]
+        now = time.time()
+        row = self._one(
+            "INSERT INTO model_events (after_seq, created_at, action, name, spec) VALUES (%s, %s, %s, %s, %s) "
+            "RETURNING id",
+            (after_seq, now, str(action), name, None if spec is None else json.dumps(spec.to_json())),
+        )
+        assert row is not None
+        return ModelEvent(int(row[0]), after_seq, action, name, spec, now)
+
+    def insert_checkpoint(
+        self, *, fingerprint: str, seq: int, event_id: int, version: int, sha256: str, state: bytes, keep: int
+    ) -> bool:
+        inserted = self._rows(
+            "INSERT INTO checkpoints (created_at, fingerprint, seq, event_id, version, sha256, state) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
+            (time.time(), fingerprint, seq, event_id, version, sha256, state),
+        )
+        self.conn.execute(
+            "DELETE FROM checkpoints WHERE fingerprint = %s AND id NOT IN (SELECT id FROM checkpoints "
+            "WHERE fingerprint = %s ORDER BY seq DESC, event_id DESC, id DESC LIMIT %s)",
+            (fingerprint, fingerprint, keep),
+        )
+        return len(inserted) == 1
+
+    def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
+        rows = self._rows(
+            "SELECT position, decision_id, model, created_at, input_tokens, cost_weight, tenant, EXISTS "
+            "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id AND f.learn = 1) "
+            "FROM decisions d WHERE position > %s ORDER BY position LIMIT %s",
+            (after, limit),
+        )
+        out: list[DecisionInfo] = []
+        position = after
+        for row in rows:
+            if row[3] > until:
+                break
+            position = int(row[0])
+            if not row[7]:
+                out.append(_info(row[1:7]))
+        return out, position
+
+    def last_decision_position(self) -> int:
+        row = self._one("SELECT COALESCE(MAX(position), 0) FROM decisions")
+        return int(row[0]) if row else 0
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (key, value),
+        )
+
+    def insert_shadow_pmfs(self, rows: Sequence[tuple[str, str]]) -> None:
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            self.conn.execute(
+                "INSERT INTO shadow_pmfs (decision_id, pmfs) VALUES " + ",".join(["(%s, %s)"] * len(chunk))
+                + " ON CONFLICT DO NOTHING",
+                [v for row in chunk for v in row],
+            )
+
+    def insert_calls(self, records: Sequence[CallRecord]) -> None:
+        fallbacks = list(dict.fromkeys(r.decision_id for r in records if rollup.is_fallback(r)))
+        decided: dict[str, tuple[float, str, float, bool]] = {}
+        if fallbacks:  # the rollup's routed figures lose each fallback's decision, once (see `rollup`)
+            known = {row[0] for row in self._rows("SELECT decision_id FROM calls WHERE decision_id = ANY(%s)",
+                                                  (fallbacks,))}
+            rows = self._rows("SELECT decision_id, created_at, model, probability, pmf, policy FROM decisions "
+                              "WHERE decision_id = ANY(%s)", ([d for d in fallbacks if d not in known],))
+            decided = {
+                str(row[0]): (float(row[1]), str(row[2]), float(row[3]),
+                              rollup.is_greedy(float(row[3]), json.loads(row[4])))
+                for row in rows if not unrouted(str(row[5]))
+            }  # fmt: skip
+        columns = ", ".join(CALL_COLUMNS)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in CALL_COLUMNS[1:])
+        for start in range(0, len(records), _CHUNK):
+            chunk = records[start : start + _CHUNK]
+            marks = ",".join(["(" + ", ".join(["%s"] * len(CALL_COLUMNS)) + ")"] * len(chunk))
+            self.conn.execute(
+                f"INSERT INTO calls ({columns}) VALUES {marks} ON CONFLICT (decision_id) DO UPDATE SET {updates}",
+                [_call_value(getattr(r, c)) for r in chunk for c in CALL_COLUMNS],
+            )
+        self._add_to_rollup(rollup.fallback_increments(records, decided))
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:
+        if not decision_ids:
+            return {}
+        rows = self._rows(f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE decision_id = ANY(%s)",
+                          (list(decision_ids),))
+        return {row[0]: _call_from_row(row) for row in rows}
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = %s", (key,))
+        return None if row is None else str(row[0])
+
+    def decision_info(self, decision_id: str) -> DecisionInfo | None:
+        row = self._one(
+            "SELECT decision_id, model, created_at, input_tokens, cost_weight, tenant FROM decisions "
+            "WHERE decision_id = %s",
+            (decision_id,),
+        )
+        return None if row is None else _info(row)
+
+    def decision(self, decision_id: str) -> StoredDecision | None:
+        row = self._one(f"SELECT {_DECISIONS} FROM decisions WHERE decision_id = %s", (decision_id,))
+        return None if row is None else _stored_from_row(row)
+
+    def decisions(self, decision_ids: Sequence[str]) -> dict[str, StoredDecision]:
+        rows = self._rows(f"SELECT {_DECISIONS} FROM decisions WHERE decision_id = ANY(%s)", (list(decision_ids),))
+        return {row[_DI["decision_id"]]: _stored_from_row(row) for row in rows}
+
+    def feedback_for_many(self, decision_ids: Sequence[str]) -> dict[str, list[FeedbackRecord]]:
+        out: dict[str, list[FeedbackRecord]] = {}
+        rows = self._rows(
+            f"SELECT {_FEEDBACK} FROM feedback WHERE decision_id = ANY(%s) ORDER BY seq", (list(decision_ids),)
+        )
+        for row in rows:
+            out.setdefault(row[_FI["decision_id"]], []).append(_feedback_from_row(row))
+        return out
+
+    def feedback_for(self, decision_id: str) -> list[FeedbackRecord]:
+        rows = self._rows(f"SELECT {_FEEDBACK} FROM feedback WHERE decision_id = %s ORDER BY seq", (decision_id,))
+        return [_feedback_from_row(row) for row in rows]
+
+    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision]]:
+        rows = self._rows(
+            f"SELECT {_JOINED} FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
+            "WHERE f.seq > %s AND f.learn = 1 ORDER BY f.seq LIMIT %s",
+            (seq, limit),
+        )
+        after = len(FEEDBACK_COLUMNS)
+        return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
+
+    def shadow_pmfs_for_many(self, decision_ids: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+        rows = self._rows("SELECT decision_id, pmfs FROM shadow_pmfs WHERE decision_id = ANY(%s)",
+                          (list(decision_ids),))
+        return {row[0]: json.loads(row[1]) for row in rows}
+
+    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
+        rows = self._rows(
+            f"SELECT {_DECISIONS}, position FROM decisions WHERE position > %s ORDER BY position LIMIT %s",
+            (position, limit),
+        )
+        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+
+    def recent_decisions(self, limit: int) -> list[tuple[int, StoredDecision]]:
+        rows = self._rows(f"SELECT {_DECISIONS}, position FROM decisions ORDER BY position DESC LIMIT %s", (limit,))
+        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+
+    def minute_stats(self, first: int, end: int, step: int) -> list[rollup.MinuteStats]:
+        if step < 1:
+            raise ValueError("step must be at least one minute")
+        rows = self._rows(rollup.SELECT_POSTGRES, rollup.select_parameters(first, end, step)[:5])
+        return [rollup.from_row(row) for row in rows]
+
+    def model_events_after(self, event_id: int) -> list[ModelEvent]:
+        rows = self._rows(
+            "SELECT id, after_seq, action, name, spec, created_at FROM model_events WHERE id > %s ORDER BY id",
+            (event_id,),
+        )
+        return [
+            ModelEvent(
+                id=int(r[0]), after_seq=int(r[1]), action=r[2], name=r[3],
+                spec=None if r[4] is None else ModelSpec.from_json(json.loads(r[4])), created_at=float(r[5]),
+            )
+            for r in rows
+        ]
+
+    def head(self) -> tuple[int, int]:
+        self.read_head = True
+        row = self._one("SELECT (SELECT seq FROM log_head), (SELECT COALESCE(MAX(id), 0) FROM model_events)")
+        assert row is not None
+        return int(row[0] or 0), int(row[1])
+
+    def checkpoints(self, fingerprint: str) -> list[Checkpoint]:
+        rows = self._rows(
+            "SELECT id, fingerprint, seq, event_id, version, sha256, created_at FROM checkpoints "
+            "WHERE fingerprint = %s ORDER BY seq DESC, event_id DESC, id DESC",
+            (fingerprint,),
+        )
+        return [Checkpoint(int(r[0]), r[1], int(r[2]), int(r[3]), int(r[4]), r[5], float(r[6])) for r in rows]
+
+    def checkpoint_state(self, checkpoint_id: int) -> bytes:
+        row = self._one("SELECT state FROM checkpoints WHERE id = %s", (checkpoint_id,))
+        return b"" if row is None else bytes(row[0])
+
+    def stats(self) -> StoreStats:
+        stats = StoreStats()
+        for model, n in self._rows("SELECT model, COUNT(*) FROM decisions GROUP BY model"):
+            stats.models[model] = ModelStats(decisions=int(n))
+        for model, n, quality, reward, spend in self._rows(
+            "SELECT model, COUNT(*), AVG(quality), AVG(reward), SUM(realised_cost_usd) FROM feedback "
+            "WHERE learn = 1 GROUP BY model"
+        ):
+            entry = stats.models.setdefault(model, ModelStats())
+            entry.feedback, entry.mean_quality, entry.mean_reward, entry.spend_usd = int(n), quality, reward, spend
+        for status, n in self._rows("SELECT status, COUNT(*) FROM feedback GROUP BY status"):
+            stats.feedback_by_status[status] = int(n)
+        return stats
+
+
+def _info(row: Sequence[Any]) -> DecisionInfo:
+    """(decision_id, model, created_at, input_tokens, cost_weight, tenant) → `DecisionInfo`."""
+    return DecisionInfo(decision_id=row[0], model=row[1], created_at=float(row[2]), input_tokens=int(row[3]),
+                        cost_weight=float(row[4]), tenant=row[5])

@@ -1,0 +1,193 @@
+"""The service on PostgreSQL, in process: two replicas (two apps, two engines, one database) answer as one
+service; a database outage is a 503, never a 500, and the service carries on by itself; the password is never
+shown; `migrate`, `evaluate` and `export` take the URL (`check`, for SQLite files, refuses it clearly)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from service_client import TestClient, start_client
+from typer.testing import CliRunner
+
+from bandit_router.cli import app as cli_app
+from bandit_router.config import Settings
+from bandit_router.log import rebuild_router
+from bandit_router.store.location import DatabaseURL
+from bandit_router.store.postgres import PostgresStore
+from tools.pg_server import PASSWORD, PgServer
+
+PAIR = ["gpt-4o-mini", "claude-haiku-4-5"]
+
+
+@pytest.fixture
+def replicas(pg_url: str) -> Iterator[Callable[..., TestClient]]:
+    clients: list[TestClient] = []
+
+    def make(**changes: Any) -> TestClient:
+        client = start_client(Settings(db=DatabaseURL(pg_url), seed=7, **changes))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _route(client: TestClient, prompt: str = "Sort a list in Python", **body: Any) -> dict[str, Any]:
+    reply = client.post("/v1/route", json={"prompt": prompt, "models": PAIR, **body})
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json())
+
+
+def _engine(client: TestClient) -> Any:
+    return client.app.state.engine  # type: ignore[attr-defined]
+
+
+def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()  # type: ignore[arg-type]
+
+
+def test_a_decision_made_on_one_replica_takes_its_feedback_on_another(replicas: Callable[..., TestClient],
+                                                                      pg_url: str) -> None:
+    a, b = replicas(), replicas()
+    decision = _route(a)
+    first = b.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.8})
+    assert first.status_code == 200 and first.json()["status"] == "applied"
+    again = a.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.8})
+    assert again.json()["status"] == "duplicate" and again.json()["seq"] == first.json()["seq"]
+    conflict = a.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.1})
+    assert conflict.status_code == 409
+    assert b.post("/v1/feedback", json={"decision_id": "nope", "quality": 0.5}).status_code == 404
+    _wait(lambda: all(c.get("/v1/stats").json()["policy_version"] == 1 for c in (a, b)))
+    assert b.get(f"/v1/decisions/{decision['decision_id']}").status_code == 200
+    assert _rows(pg_url, "SELECT seq, status FROM feedback") == [(1, "applied")]
+
+
+def test_model_changes_and_promotions_reach_every_replica_at_the_same_place(
+    replicas: Callable[..., TestClient], pg_url: str
+) -> None:
+    a, b = replicas(shadow_policies=("linucb",)), replicas(shadow_policies=("linucb",))
+    rng = np.random.default_rng(3)
+    spec = {"name": "house-model", "input_usd_per_mtok": 0.2, "output_usd_per_mtok": 0.4}
+    for i in range(60):
+        if i == 20:
+            assert a.post("/v1/models", json=spec).status_code == 201
+            # b routes to it once it has followed the log (≤ 100 ms idle; at once when it writes)
+            _wait(lambda: _engine(b).follower.applied_event >= 1)
+        if i == 40:
+            promoted = b.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
+            assert promoted.status_code == 200, promoted.text
+        route_on, rate_on = (a, b) if rng.random() < 0.5 else (b, a)
+        models = [*PAIR, "house-model"] if i > 20 else PAIR
+        decision = route_on.post("/v1/route", json={"prompt": f"question {i}", "models": models}).json()
+        reply = rate_on.post("/v1/feedback", json={"decision_id": decision["decision_id"],
+                                                   "quality": float(rng.random())})
+        assert reply.status_code == 200, reply.text
+    _wait(lambda: all(_engine(c).applied_seq == 60 for c in (a, b)))
+    assert all(c.get("/v1/stats").json()["live_policy"] == "linucb" for c in (a, b))
+    assert all("house-model" in [m["name"] for m in c.get("/v1/models").json()["models"]] for c in (a, b))
+    events = _rows(pg_url, "SELECT action, name, after_seq FROM model_events ORDER BY id")
+    assert events == [("add", "house-model", 20), ("promote", "linucb", 40)]
+    settings = Settings(db=DatabaseURL(pg_url), seed=7, shadow_policies=("linucb",))
+    store = PostgresStore(DatabaseURL(pg_url))
+    try:
+        replay = rebuild_router(settings, store)
+    finally:
+        store.close()
+    for client in (a, b):
+        assert np.array_equal(_engine(client).router.weights(), replay.weights())
+
+
+def test_reward_windows_close_once_across_replicas(replicas: Callable[..., TestClient], pg_url: str) -> None:
+    a, b = (replicas(reward_window_s=0.3, default_reward=0.25) for _ in range(2))
+    silent = [_route(c, f"silent {i}")["decision_id"] for i, c in enumerate([a, b] * 5)]
+    _wait(lambda: len(_rows(pg_url, "SELECT 1 FROM feedback WHERE status = 'default'")) == 10)
+    time.sleep(0.6)  # both writers sweep again meanwhile: nothing is closed twice
+    rows = _rows(pg_url, "SELECT decision_id, status, quality FROM feedback ORDER BY seq")
+    assert sorted(r[0] for r in rows) == sorted(silent) and {(r[1], r[2]) for r in rows} == {("default", 0.25)}
+    _wait(lambda: all(_engine(c).applied_seq == 10 for c in (a, b)))
+
+
+def test_a_database_outage_is_503_then_the_service_carries_on(
+    replicas: Callable[..., TestClient], pg_server: PgServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = replicas()
+    before = _route(client)
+    pg_server.down()
+    try:
+        route = client.post("/v1/route", json={"prompt": "while the database is down", "models": PAIR})
+        feedback = client.post("/v1/feedback", json={"decision_id": before["decision_id"], "quality": 0.5})
+        stats = client.get("/v1/stats")
+    finally:
+        pg_server.up()
+    for reply in (route, feedback, stats):
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["message"] and PASSWORD not in reply.text
+    _wait(lambda: client.post("/v1/route", json={"prompt": "back", "models": PAIR}).status_code == 200)
+    reply = client.post("/v1/feedback", json={"decision_id": before["decision_id"], "quality": 0.5})
+    assert reply.status_code == 200 and reply.json()["status"] == "applied"
+    for path in ("/v1/stats", "/metrics", "/readyz", "/v1/budgets"):
+        assert PASSWORD not in client.get(path).text
+    assert PASSWORD not in caplog.text
+    assert "***" in caplog.text  # the start-up line names the database, masked
+
+
+def test_migrate_evaluate_and_export_take_the_url(replicas: Callable[..., TestClient], pg_url: str,
+                                                  tmp_path: Path) -> None:
+    runner = CliRunner()
+    migrated = runner.invoke(cli_app, ["migrate", "--db", pg_url])
+    assert migrated.exit_code == 0, migrated.output
+    assert "schema version" in migrated.output and PASSWORD not in migrated.output
+    checked = runner.invoke(cli_app, ["check", "--db", pg_url])
+    assert checked.exit_code == 2 and "is PostgreSQL" in checked.output and PASSWORD not in checked.output
+    client = replicas(policy="random")
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        decision = _route(client, f"evaluate me {i}")
+        client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": float(rng.random())})
+    out = tmp_path / "log.dsjson"
+    exported = runner.invoke(cli_app, ["export", "--db", pg_url, "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert len(out.read_text().splitlines()) == 40
+    evaluated = runner.invoke(cli_app, ["evaluate", "--db", pg_url, "-C", "fixed:gpt-4o-mini"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "40 decisions with feedback evaluated" in evaluated.output
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+    refused = runner.invoke(cli_app, ["migrate", "--db", pg_url])
+    assert refused.exit_code == 2 and "schema version 999" in refused.output and PASSWORD not in refused.output
+
+
+def test_the_dashboard_counts_every_replicas_traffic(replicas: Callable[..., TestClient]) -> None:
+    a, b = replicas(), replicas()
+    for i in range(40):
+        client = a if i % 2 else b
+        decision = _route(client, f"Explain recursion to a child (#{i})")
+        if i % 4 < 2:
+            reply = (b if i % 2 else a).post("/v1/feedback", json={"decision_id": decision["decision_id"],
+                                                                    "quality": 0.8})
+            assert reply.status_code == 200
+    for client in (a, b):  # the rollup is in the database: both replicas show the same numbers
+        body = client.get("/v1/stats/timeseries?range=hour").json()
+        assert body["overall"]["decisions"] == 40 and body["overall"]["learned"] == 20
+        assert body["overall"]["quality"] == pytest.approx(0.8)
+        recent = client.get("/v1/stats/recent")
+        assert recent.status_code == 200, recent.text
+        for path in ("/v1/stats/live", "/v1/stats/shadows"):
+            assert client.get(path).status_code == 200
