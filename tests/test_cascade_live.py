@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import RouterAlias, Settings
 from bandit_router.evaluation.store_log import recent_log
@@ -317,3 +318,16 @@ def test_with_several_workers_the_reply_waits_for_the_call_record(gateway: Calla
             call = reader.calls_for_many([decision_id]).get(decision_id)
         assert call is not None and call.cost_usd == pytest.approx(chain["cost_usd"])
     store.close()
+
+
+def test_an_llm_router_answers_when_a_budget_removes_one_of_its_models(gateway: Callable[..., str]) -> None:
+    """`share:strong = 0` takes `strong` out of the policy's choice: the LLM router still answers (no 500), the
+    bandit's decision never picks `strong`, and the routing LLM's own choice of `strong` is still honoured."""
+    url = gateway(budgets=BudgetConfig.from_mapping({"share": {"strong": 0}}))
+    for i in range(5):
+        completion, info, decision_id = ask(url, "auto", f"{MATH} #{i}")  # no name: the bandit decides
+        assert info["named"] is None and completion.model == "cheap"
+        decision = stored(url, decision_id)
+        assert decision["policy"] == "default" and decision["probabilities"].get("strong", 0.0) == 0.0
+    completion, info, _ = ask(url, "auto", CODE)
+    assert info["named"] == "strong" and completion.model == "strong"
