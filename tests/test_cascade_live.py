@@ -302,6 +302,10 @@ def test_named_routers_calls_are_in_the_metrics_and_escalated_chains_in_the_eval
     assert call is not None and call.attempt == 1 and not call.routed
     assert decision_id in {r.decision.decision_id for r in recent_log(store, 50)}
     store.close()
+    typical = httpx.get(url + "/v1/stats/live").json()["typical"]  # the bandit chose nothing yet
+    assert typical["decisions"] == 0 and set(typical["probabilities"].values()) == {None}
+    overall = httpx.get(url + "/v1/stats/timeseries?range=hour").json()["overall"]
+    assert overall["decisions"] == 1 and overall["routed"] == 0 and overall["exploration"] is None
     metrics = httpx.get(url + "/metrics").text
     for model in ("cheap", JUDGE, "strong"):
         assert f'bandit_router_upstream_calls_total{{model="{model}",status="ok"}} 1.0' in metrics, model
