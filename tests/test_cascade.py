@@ -331,6 +331,21 @@ def test_bad_routers_are_refused_with_a_message_naming_them(tmp_path: Path, text
         load_settings(_config(tmp_path, "\n[[routers]]\n" + text + "\n"), env={})
 
 
+@pytest.mark.parametrize("strategy", ["llm-router", "cascade"])
+def test_a_router_answering_with_a_route_false_model_is_refused_at_load(tmp_path: Path, strategy: str) -> None:
+    """A `route = false` model only judges or routes: the policy never gives it a probability, so a router that
+    answers with it is refused when the settings load (not a 500 at its first request)."""
+    catalog = CATALOG.replace('name = "grader"\n', 'name = "grader"\nroute = false\n')
+    extra = 'router_model = "grader"' if strategy == "llm-router" else 'signal = "logprob"'
+    bad = f'\n[[routers]]\nname = "c"\nstrategy = "{strategy}"\nmodels = ["small", "grader"]\n{extra}\n'
+    path = tmp_path / "bandit-router.toml"
+    path.write_text(catalog + bad, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"'c'.*route = false models \['grader'\]"):
+        load_settings(path, env={})
+    path.write_text(catalog + bad.replace('"grader"]', '"big"]'), encoding="utf-8")
+    assert load_settings(path, env={}).routers[0].models == ("small", "big")  # grader may still route or judge
+
+
 def test_two_routers_may_not_share_a_name(tmp_path: Path) -> None:
     one = '\n[[routers]]\nname = "c"\nstrategy = "cascade"\nmodels = ["small", "big"]\njudge = "grader"\n'
     with pytest.raises(ConfigError, match="same name"):

@@ -13,9 +13,12 @@ import httpx
 import openai
 import pytest
 
+from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import RouterAlias, Settings
+from bandit_router.evaluation.store_log import recent_log
 from bandit_router.service import create_app
+from bandit_router.store import SQLiteStore
 from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread, kind_of, quality_in
 
 QUALITY = {
@@ -246,3 +249,89 @@ def test_openai_clients_see_the_named_routers_as_models(gateway: Callable[..., s
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
     ids = [m.id for m in client.models.list()]
     assert ids[:5] == ["router", "cascade", "confident", "learned", "auto"] and "cheap" in ids
+
+
+# -- what a named router stores and reports -------------------------------------------------------------------------
+def test_an_llm_router_whose_named_model_fails_stores_the_model_that_answered_with_probability_1(
+    gateway: Callable[..., str], fake: Fake
+) -> None:
+    """The routing LLM names `cheap` (prose), `cheap` fails, `strong` answers: the decision is the LLM router's,
+    probability 1 on `strong`, never the policy's (whose pmf did not choose it); feedback on it is `unrouted`."""
+    url = gateway()
+    fake.set("cheap", "fail")
+    for i in range(8):
+        completion, info, decision_id = ask(url, "auto", f"{PROSE} #{i}")
+        assert completion.model == "strong" and info["named"] == "cheap"
+        decision = stored(url, decision_id)
+        assert decision["policy"] == "llm-router:auto" and decision["model"] == "strong"
+        assert decision["probability"] == 1.0 and decision["probabilities"] == {"cheap": 0.0, "strong": 1.0}
+        assert feedback(url, decision_id, 0.5)["status"] == "unrouted"
+
+
+def test_the_policys_own_llm_router_decision_is_priced_by_its_answer_alone(gateway: Callable[..., str]) -> None:
+    """No name in the routing LLM's reply: the policy decides and the bandit learns its choice, priced like a
+    gateway call to that model (the routing LLM's tokens are not the chosen model's cost)."""
+    url = gateway()
+    completion, info, decision_id = ask(url, "auto", MATH)
+    assert info["named"] is None
+    answer = [c for c in info["calls"] if c["role"] == "answer"]
+    assert len(answer) == 1 and answer[0]["model"] == completion.model
+    assert info["calls"][0]["role"] == "router" and info["calls"][0]["cost_usd"] > 0
+    assert feedback(url, decision_id, 0.8)["status"] == "applied"
+    row = stored(url, decision_id, 1)["feedback"][0]
+    assert row["cost_usd"] == pytest.approx(answer[0]["cost_usd"]) and row["cost_usd"] < info["cost_usd"]
+
+
+def test_named_routers_calls_are_in_the_metrics_and_escalated_chains_in_the_evaluation_log(
+    gateway: Callable[..., str], tmp_path: Path
+) -> None:
+    """Every call a named router makes (answers, judge) is counted in `/metrics`; an escalated chain's decision
+    is one request (`attempt` 1), so the evaluation's recent log (shadows, replay) keeps it."""
+    url = gateway()
+    _, chain, decision_id = ask(url, "cascade", CODE)
+    assert chain["escalations"] == 1
+    stored(url, decision_id)
+    store = SQLiteStore(tmp_path / "n0.db")
+    deadline = time.monotonic() + 10
+    while True:
+        with store.read() as reader:
+            call = reader.calls_for_many([decision_id]).get(decision_id)
+        if call is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert call is not None and call.attempt == 1 and not call.routed
+    assert decision_id in {r.decision.decision_id for r in recent_log(store, 50)}
+    store.close()
+    typical = httpx.get(url + "/v1/stats/live").json()["typical"]  # the bandit chose nothing yet
+    assert typical["decisions"] == 0 and set(typical["probabilities"].values()) == {None}
+    overall = httpx.get(url + "/v1/stats/timeseries?range=hour").json()["overall"]
+    assert overall["decisions"] == 1 and overall["routed"] == 0 and overall["exploration"] is None
+    metrics = httpx.get(url + "/metrics").text
+    for model in ("cheap", JUDGE, "strong"):
+        assert f'bandit_router_upstream_calls_total{{model="{model}",status="ok"}} 1.0' in metrics, model
+
+
+def test_with_several_workers_the_reply_waits_for_the_call_record(gateway: Callable[..., str], tmp_path: Path) -> None:
+    """With several workers feedback may reach another one first: the chain's call record (its cost) is stored
+    before the reply, as the gateway's are."""
+    url = gateway(workers=2)
+    store = SQLiteStore(tmp_path / "n0.db")
+    for i in range(5):
+        _, chain, decision_id = ask(url, "cascade", f"{CODE} #{i}")
+        with store.read() as reader:
+            call = reader.calls_for_many([decision_id]).get(decision_id)
+        assert call is not None and call.cost_usd == pytest.approx(chain["cost_usd"])
+    store.close()
+
+
+def test_an_llm_router_answers_when_a_budget_removes_one_of_its_models(gateway: Callable[..., str]) -> None:
+    """`share:strong = 0` takes `strong` out of the policy's choice: the LLM router still answers (no 500), the
+    bandit's decision never picks `strong`, and the routing LLM's own choice of `strong` is still honoured."""
+    url = gateway(budgets=BudgetConfig.from_mapping({"share": {"strong": 0}}))
+    for i in range(5):
+        completion, info, decision_id = ask(url, "auto", f"{MATH} #{i}")  # no name: the bandit decides
+        assert info["named"] is None and completion.model == "cheap"
+        decision = stored(url, decision_id)
+        assert decision["policy"] == "default" and decision["probabilities"].get("strong", 0.0) == 0.0
+    completion, info, _ = ask(url, "auto", CODE)
+    assert info["named"] == "strong" and completion.model == "strong"

@@ -15,7 +15,16 @@ import psycopg
 import pytest
 
 from bandit_router.router import Router
-from bandit_router.store import DatabaseURL, FeedbackRecord, MinuteStats, SQLiteStore, Store, StoreError
+from bandit_router.store import (
+    CallRecord,
+    DatabaseURL,
+    FeedbackRecord,
+    MinuteStats,
+    SQLiteStore,
+    Store,
+    StoreError,
+    rollup,
+)
 from bandit_router.store.migrations import MIGRATIONS
 from bandit_router.store.postgres import PostgresStore
 from bandit_router.store.rollup import SUMS, minute_of
@@ -38,16 +47,27 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def _traffic(n: int, seed: int) -> tuple[list[Decision], list[FeedbackRecord]]:
+def _traffic(n: int, seed: int) -> tuple[list[Decision], list[FeedbackRecord], list[CallRecord]]:
     """`n` decisions spread over 10 minutes from T0, and feedback for about 70% of them (some arriving minutes
-    later, some late or defaulted), from a seeded router."""
+    later, some late or defaulted), from a seeded router; a tenth are models callers named, a tenth named routers'
+    choices, a tenth the gateway's fallbacks (call records with `attempt` 2) and a tenth first tries with a call."""
     router = Router(seed=seed)
     rng = np.random.default_rng(seed)
-    decisions, records = [], []
+    decisions, records, calls = [], [], []
     for i in range(n):
         lam = float(rng.integers(1, 50))
         d = router.route(Request(prompt=f"question {i % 7}: explain topic {i % 3}", cost_weight=lam))
         d = dataclasses.replace(d, created_at=T0 + float(rng.uniform(0, 600)))
+        if i % 10 in (0, 1):  # not the bandit's choice: probability 1 on the model named
+            d = dataclasses.replace(d, policy="caller" if i % 10 == 0 else "llm-router:auto", models=(d.model,),
+                                    pmf=(1.0,), probability=1.0)
+        if i % 10 in (0, 1, 2, 3):
+            calls.append(CallRecord(
+                decision_id=d.decision_id, request_id=d.decision_id, attempt=2 if i % 10 == 2 else 1, model=d.model,
+                routed=i % 10 in (2, 3), stream=False, status="ok", http_status=200, input_tokens=10,
+                output_tokens=20, usage="upstream", cost_usd=1e-5, ttft_s=0.1, latency_s=0.2, error=None,
+                created_at=d.created_at,
+            ))
         decisions.append(d)
         if rng.random() < 0.7:
             status = str(rng.choice(["applied", "applied", "applied", "late", "default"]))
@@ -58,22 +78,33 @@ def _traffic(n: int, seed: int) -> tuple[list[Decision], list[FeedbackRecord]]:
                 learn=status != "late", reward=quality - 0.01, realised_cost_usd=float(rng.uniform(0, 0.01)),
                 model=d.model, tenant=None,
             ))
-    return decisions, records
+    return decisions, records, calls
 
 
-def _store_all(store: Store, decisions: list[Decision], records: list[FeedbackRecord]) -> None:
+def _store_all(
+    store: Store, decisions: list[Decision], records: list[FeedbackRecord], calls: list[CallRecord]
+) -> None:
     for start in range(0, len(decisions), 50):  # several transactions, as the writer's batches
         with store.write() as tx:
             tx.insert_decisions([(d, None, None) for d in decisions[start : start + 50]])
+    for start in range(0, len(calls), 30):  # in later transactions, and one of them twice (a replaced record)
+        with store.write() as tx:
+            tx.insert_calls(calls[start : start + 30])
+    if calls:
+        with store.write() as tx:
+            tx.insert_calls(calls[:5])
     with store.write() as tx:
         seq = tx.head()[0]
         tx.insert_feedback([dataclasses.replace(r, seq=seq + i + 1) for i, r in enumerate(records)])
 
 
-def _expected(decisions: list[Decision], records: list[FeedbackRecord]) -> dict[tuple[int, str], MinuteStats]:
+def _expected(
+    decisions: list[Decision], records: list[FeedbackRecord], calls: list[CallRecord]
+) -> dict[tuple[int, str], MinuteStats]:
     """The rollup computed from scratch, the slow way."""
     out: dict[tuple[int, str], MinuteStats] = {}
     by_id = {d.decision_id: d for d in decisions}
+    attempts = {c.decision_id: c.attempt for c in calls}
 
     def row(t: float, model: str) -> MinuteStats:
         return out.setdefault((minute_of(t), model), MinuteStats(minute_of(t), model))
@@ -81,9 +112,11 @@ def _expected(decisions: list[Decision], records: list[FeedbackRecord]) -> dict[
     for d in decisions:
         r = row(d.created_at, d.model)
         r.decisions += 1
-        r.greedy += int(d.probability == max(d.pmf))
-        r.probability_sum += d.probability
         r.cost_weight_sum += d.cost_weight
+        if d.policy not in ("caller", "llm-router:auto") and attempts.get(d.decision_id, 1) == 1:
+            r.routed += 1
+            r.greedy += int(d.probability == max(d.pmf))
+            r.probability_sum += d.probability
         r.policy_version = max(r.policy_version, d.policy_version)
     for f in records:
         if f.status not in ("default", "aggregate"):
@@ -113,19 +146,19 @@ def _assert_equal(got: list[MinuteStats], want: dict[tuple[int, str], MinuteStat
 
 
 def test_the_rollup_equals_the_raw_tables(store: Store) -> None:
-    decisions, records = _traffic(400, seed=1)
-    _store_all(store, decisions, records)
+    decisions, records, calls = _traffic(400, seed=1)
+    _store_all(store, decisions, records, calls)
     with store.read() as reader:
         got = reader.minute_stats(minute_of(T0) - 10, minute_of(T0) + 30, 1)
-    _assert_equal(got, _expected(decisions, records))
+    _assert_equal(got, _expected(decisions, records, calls))
     assert sum(r.decisions for r in got) == 400
 
 
 @pytest.mark.parametrize("step", [5, 15, 30, 60, 120])
 def test_buckets_sum_the_minutes_and_the_range_is_half_open(store: Store, step: int) -> None:
     """Steps of 15 and 60 minutes read the longer spans (30 and 120 too): the same sums as the minutes."""
-    decisions, records = _traffic(300, seed=2)
-    _store_all(store, decisions, records)
+    decisions, records, calls = _traffic(300, seed=2)
+    _store_all(store, decisions, records, calls)
     first = minute_of(T0)
     lo, hi = first - first % 120 - 120, first - first % 120 + 240
     with store.read() as reader:
@@ -144,7 +177,7 @@ def test_buckets_sum_the_minutes_and_the_range_is_half_open(store: Store, step: 
 
 
 def test_a_rolled_back_transaction_leaves_the_rollup_alone(store: Store) -> None:
-    decisions, _ = _traffic(20, seed=3)
+    decisions, _, _ = _traffic(20, seed=3)
     with pytest.raises(RuntimeError), store.write() as tx:
         tx.insert_decisions([(d, None, None) for d in decisions])
         raise RuntimeError("the batch fails after inserting")
@@ -153,7 +186,7 @@ def test_a_rolled_back_transaction_leaves_the_rollup_alone(store: Store) -> None
 
 
 def test_a_taken_id_is_not_counted_twice(store: Store) -> None:
-    decisions, _ = _traffic(10, seed=4)
+    decisions, _, _ = _traffic(10, seed=4)
     with store.write() as tx:
         tx.insert_decisions([(d, None, None) for d in decisions])
     with store.write() as tx:
@@ -164,8 +197,8 @@ def test_a_taken_id_is_not_counted_twice(store: Store) -> None:
 
 
 def test_recent_decisions_are_newest_first(store: Store) -> None:
-    decisions, _ = _traffic(30, seed=5)
-    _store_all(store, decisions, [])
+    decisions, _, _ = _traffic(30, seed=5)
+    _store_all(store, decisions, [], [])
     with store.read() as reader:
         recent = reader.recent_decisions(5)
     assert [s.decision.decision_id for _, s in recent] == [d.decision_id for d in decisions[::-1][:5]]
@@ -181,10 +214,10 @@ def test_a_step_below_one_minute_is_refused(store: Store) -> None:
 def test_a_database_from_before_the_rollup_is_filled_by_the_migration(
     backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    decisions, records = _traffic(200, seed=6)
+    decisions, records, calls = _traffic(200, seed=6)
     store = _open(backend, request, tmp_path)
     store.prepare()
-    _store_all(store, decisions, records)
+    _store_all(store, decisions, records, calls)
     store.close()
     drop = ("DROP TABLE minute_stats", "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     if isinstance(store, SQLiteStore):  # as version 2 of the schema left it: no rollup
@@ -205,9 +238,54 @@ def test_a_database_from_before_the_rollup_is_filled_by_the_migration(
         got = reader.minute_stats(minute_of(T0) - 10, minute_of(T0) + 30, 1)
         hours = reader.minute_stats(0, 2**40, 60)
     store.close()
-    _assert_equal(got, _expected(decisions, records))
+    _assert_equal(got, _expected(decisions, records, calls))
     hourly: dict[tuple[int, str], MinuteStats] = {}
-    for m in _expected(decisions, records).values():
+    for m in _expected(decisions, records, calls).values():
+        key = (m.minute - m.minute % 60, m.model)
+        hourly.setdefault(key, MinuteStats(*key)).add(m)
+    _assert_equal(hours, hourly)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_rollup_that_counted_every_decision_as_routed_is_rebuilt_by_the_migration(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A database at schema 4 has the rollup of migration 3 (no `routed`; exploration and probability over every
+    decision, fallbacks and models callers named included): migration 5 rebuilds it from the rows."""
+    decisions, records, calls = _traffic(200, seed=7)
+    store = _open(backend, request, tmp_path)
+    store.prepare()
+    _store_all(store, decisions, records, calls)
+    store.close()
+    old_sum = "SELECT SUM(probability_sum) FROM minute_stats WHERE span = 1"
+    version = "UPDATE meta SET value = '4' WHERE key = 'schema_version'"
+    if isinstance(store, SQLiteStore):
+        conn = sqlite3.connect(store.path)
+        for sql in ("DROP TABLE minute_stats", rollup.TABLE, *rollup.BACKFILL_V3, version):  # as migration 3 left it
+            conn.execute(sql)
+        conn.commit()
+        old = conn.execute(old_sum).fetchone()[0]
+        conn.close()
+    else:
+        assert isinstance(store, PostgresStore)
+        with psycopg.connect(store.url.reveal(), autocommit=True) as pg:
+            for sql in ("DROP TABLE minute_stats", rollup.TABLE_POSTGRES, *rollup.BACKFILL_POSTGRES_V3, version):
+                pg.execute(sql)  # type: ignore[arg-type]
+            row = pg.execute(old_sum).fetchone()  # type: ignore[arg-type]
+            assert row is not None
+            old = row[0]
+    assert old == pytest.approx(sum(d.probability for d in decisions))  # every decision, as it was
+    store = _open(backend, request, tmp_path)
+    store.prepare()
+    with store.read() as reader:
+        got = reader.minute_stats(minute_of(T0) - 10, minute_of(T0) + 30, 1)
+        hours = reader.minute_stats(0, 2**40, 60)
+    store.close()
+    want = _expected(decisions, records, calls)
+    _assert_equal(got, want)
+    assert sum(r.routed for r in got) == 140 and sum(r.decisions for r in got) == 200
+    hourly: dict[tuple[int, str], MinuteStats] = {}
+    for m in want.values():
         key = (m.minute - m.minute % 60, m.model)
         hourly.setdefault(key, MinuteStats(*key)).add(m)
     _assert_equal(hours, hourly)

@@ -12,9 +12,12 @@ step with its probability.
 chain returned `m`'s answer *given the confidences it observed* (the product of the steps' action probabilities
 along the path); the mass of escalating past the last model reached is put on the next one. For a fixed threshold
 this is 1 on the answering model. An LLM router's parsed choice is logged with probability 1 (asked at
-temperature 0, its choice is a function of the request; see `llm_router.py`); when its reply names no candidate
-the policy's own decision (its pmf, its probability) is used and learned by the bandit as usual. A named router's
-own decisions are `unrouted` for the bandit (`log.feedback.unrouted`); a learned cascade learns them itself.
+temperature 0, its choice is a function of the request; see `llm_router.py`), and so is the model that answered
+after it failed. Only when the reply names no candidate does the policy decide (so the budget pacer sees only
+decisions that are used); if the policy's model answers, its decision (its pmf, its probability) is stored and
+learned by the bandit as usual, with the answer's own cost and latency on its call record (as for the gateway's
+routed call); if it fails, the model that answered is logged with probability 1. A named router's own decisions
+are `unrouted` for the bandit (`log.feedback.unrouted`); a learned cascade learns them itself.
 
 **Learned escalation** learns in this process from feedback stored here (`Engine.feedback_listeners`); its state
 lives in memory (not checkpointed: a restart starts it afresh) and pending chains are kept for at most
@@ -111,24 +114,39 @@ class NamedRouters:
                 failure = UpstreamFailure(model, CallStatus.CONNECTION_ERROR, "no upstream (base_url)")
                 failures.append(failure)
                 raise CallFailed(str(failure))
+            started = time.perf_counter()
             try:
                 reply = await self.gateway.upstreams.complete(model, payload, deadline)
             except UpstreamRejected as exc:
+                self._observe(model, exc.status, time.perf_counter() - started)
                 if exc.blame_request and not own:
                     raise
                 failures.append(exc)
                 raise CallFailed(str(exc)) from None
             except UpstreamFailure as exc:
+                self._observe(model, exc.status, time.perf_counter() - started)
                 failures.append(exc)
                 raise CallFailed(str(exc)) from None
             text = answer_text(reply.body)
             usage = reply.usage or estimated(messages, text)
+            cost = usage.cost_usd(router.spec(model))
+            self._observe(model, CallStatus.OK, reply.latency_s, cost)
             return ModelAnswer(
-                model, text, usage.cost_usd(router.spec(model)), reply.latency_s, usage.input_tokens,
+                model, text, cost, reply.latency_s, usage.input_tokens,
                 usage.output_tokens, _logprobs(reply.body), payload=(reply.body, usage.source),
             )  # fmt: skip
 
         return call
+
+    def _observe(self, model: str, status: CallStatus, latency: float, cost: float | None = None) -> None:
+        """Count one upstream call (an answer, a judge's score, the routing LLM's choice) in the gateway's
+        `/metrics`, like the gateway's own calls (not stored: the request's call record is `_record`'s)."""
+        if self.gateway.observer is not None:
+            self.gateway.observer(CallRecord(
+                decision_id="", request_id="", attempt=1, model=model, routed=False, stream=False,
+                status=str(status), http_status=None, input_tokens=None, output_tokens=None, usage=None,
+                cost_usd=cost, ttft_s=None, latency_s=latency, error=None, created_at=time.time(),
+            ))  # fmt: skip
 
     # -- answering --------------------------------------------------------------------------------------------------
     async def complete(self, chat: ChatRequest) -> NamedAnswer:
@@ -172,7 +190,7 @@ class NamedRouters:
         pmf = chain_pmf(models, result)
         decision = self._decision(alias, models, pmf, result.answer.model, context, cost_weight)
         await self.engine.store_decision(decision, request)
-        self._record(decision, result.answer, result.cost_usd, result.latency_s, result.answer_calls)
+        await self._record(decision, result.answer, result.cost_usd, result.latency_s)
         counts[f"answered_by:{result.answer.model}"] += 1
         counts["cost_usd_micros"] += round(result.cost_usd * 1e6)
         if alias.name in self.learners:
@@ -194,7 +212,6 @@ class NamedRouters:
         failures: list[UpstreamError],
     ) -> NamedAnswer:
         router = self.engine.router
-        policy = router.decide(context, models=models, cost_weight=cost_weight)  # the fallback (not yet stored)
         specs = [router.spec(m) for m in models]
         descriptions = {s.name: s.description for s in specs if s.description} | dict(alias.descriptions)
         prompt = router_prompt(request.text, specs, descriptions)
@@ -219,8 +236,15 @@ class NamedRouters:
             named, reply = None, ""
         counts["router_calls"] += 1
         counts["parsed" if named is not None else "fallbacks"] += 1
-        order = [named if named is not None else policy.model]  # then the others, by the policy's preference
-        order += [m for m in sorted(models, key=lambda m: -policy.probabilities[m]) if m not in order]
+        # The policy decides only when the routing LLM named no candidate (so the budget pacer sees only decisions
+        # that are used); a model the policy excluded (a budget) has probability 0 and comes last.
+        policy = router.decide(context, models=models, cost_weight=cost_weight) if named is None else None
+        if policy is not None:
+            p = policy.probabilities
+            order = [policy.model, *sorted((m for m in models if m != policy.model), key=lambda m: -p.get(m, 0.0))]
+        else:
+            order = [m for m in (named, *models) if m is not None]
+            order = list(dict.fromkeys(order))  # the named model, then the others in the alias's order
         answer = None
         for model in order:
             try:
@@ -243,20 +267,18 @@ class NamedRouters:
         if answer is None:
             counts["failed"] += 1
             raise NamedRouterFailed(alias.name, failures)
-        if named is not None and answer.model == named:
-            decision = self._decision(
-                alias, models, [1.0 if m == named else 0.0 for m in models], named, context, cost_weight
-            )
-        elif answer.model == policy.model:
-            decision = policy  # the policy's own choice, with its own pmf: the bandit learns it as usual
-        else:  # both the named and the policy's model failed: the first that answered, by the policy's preference
-            decision = self._decision(
-                alias, models, [1.0 if m == answer.model else 0.0 for m in models], answer.model, context, cost_weight
-            )
-        await self.engine.store_decision(decision, request)
         total_cost = sum(c.cost_usd for c in calls)
         total_latency = sum(c.latency_s for c in calls)
-        self._record(decision, answer, total_cost, total_latency, sum(1 for c in calls if c.role == "answer"))
+        if policy is not None and answer.model == policy.model:
+            # The policy's own choice, with its own pmf: the bandit learns it as usual, priced like the gateway's
+            # routed call (the answer's cost, not the routing LLM's failed or unparsed reply).
+            decision, cost, latency = policy, answer.cost_usd, answer.latency_s
+        else:  # the named model, or the first that answered after it (or after the policy's pick) failed
+            pmf = [1.0 if m == answer.model else 0.0 for m in models]
+            decision = self._decision(alias, models, pmf, answer.model, context, cost_weight)
+            cost, latency = total_cost, total_latency
+        await self.engine.store_decision(decision, request)
+        await self._record(decision, answer, cost, latency)
         counts[f"answered_by:{answer.model}"] += 1
         counts["cost_usd_micros"] += round(total_cost * 1e6)
         extension = {
@@ -292,19 +314,23 @@ class NamedRouters:
             context=context, expected_cost_usd=costs, created_at=time.time(),
         )  # fmt: skip
 
-    def _record(self, decision: Decision, answer: ModelAnswer, cost: float, latency: float, attempts: int) -> None:
-        """One call record for the request: the answering model, and the whole chain's cost and latency."""
+    async def _record(self, decision: Decision, answer: ModelAnswer, cost: float, latency: float) -> None:
+        """One call record for the request (`attempt` 1: a chain is one request, not a gateway fallback): the
+        answering model and the cost and latency given. With several workers the reply waits for it
+        (`Gateway.await_records`, as the gateway's): feedback may reach another worker first."""
         usage_source = answer.payload[1] if isinstance(answer.payload, tuple) else None
         record = CallRecord(
-            decision_id=decision.decision_id, request_id=decision.decision_id, attempt=max(1, attempts),
+            decision_id=decision.decision_id, request_id=decision.decision_id, attempt=1,
             model=answer.model, routed=not unrouted(decision.policy),
             stream=False, status=str(CallStatus.OK), http_status=200, input_tokens=answer.input_tokens,
             output_tokens=answer.output_tokens, usage=usage_source, cost_usd=cost, ttft_s=latency, latency_s=latency,
             error=None, created_at=time.time(),
         )  # fmt: skip
-        task = asyncio.ensure_future(self.engine.record_call(record))  # never delays the reply (writer order)
+        task = asyncio.ensure_future(self.engine.record_call(record))  # by default never delays the reply
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self.gateway.await_records:
+            await task
 
     async def close(self) -> None:
         """Wait for the call records still being written."""

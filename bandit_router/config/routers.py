@@ -20,7 +20,7 @@ bandit's alias (at start-up, in `Settings.check`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,9 +152,12 @@ def parse_routers(value: Any) -> tuple[RouterAlias, ...]:
     return routers
 
 
-def check_routers(routers: Sequence[RouterAlias], catalog_names: Sequence[str], bandit_alias: str) -> None:
+def check_routers(
+    routers: Sequence[RouterAlias], catalog_names: Sequence[str], bandit_alias: str, unroutable: Collection[str] = ()
+) -> None:
     """Each alias differs from every catalog name and from the bandit's alias; every model it calls is in the
-    catalog. Raises `ConfigError` naming the router."""
+    catalog; every model it answers with is routable (`unroutable`: the catalog's `route = false` models, which
+    only judge or route). Raises `ConfigError` naming the router."""
     known = set(catalog_names)
     for r in routers:
         if r.name == bandit_alias:
@@ -164,6 +167,10 @@ def check_routers(routers: Sequence[RouterAlias], catalog_names: Sequence[str], 
         missing = [m for m in r.called_models if m not in known]
         if missing:
             raise ConfigError(f"routers: {r.name!r}: not in the catalog: {missing}")
+        judges_only = [m for m in r.models if m in unroutable]
+        if judges_only:
+            raise ConfigError(f"routers: {r.name!r}: models has route = false models {judges_only} (they may only "
+                              "be a judge or router_model); set route = true in the catalog or remove them")
         stray = sorted(set(r.descriptions) - set(r.models))
         if stray:
             raise ConfigError(f"routers: {r.name!r}: descriptions for models it does not route to: {stray}")

@@ -154,7 +154,8 @@ class Settings:
         if len(catalog) > self.limits.max_models:
             raise ConfigError(f"max_models: the catalog has {len(catalog)} models; max_models is "
                               f"{self.limits.max_models}")
-        check_routers(self.named_routers.routers, catalog.names, self.gateway.router_alias)
+        check_routers(self.named_routers.routers, catalog.names, self.gateway.router_alias,
+                      [s.name for s in catalog if not s.route])
         fallback = self.budgets.fallback_model
         if fallback is not None and fallback not in catalog.names:
             raise ConfigError(f"budgets: fallback_model {fallback!r} is not in the catalog")

@@ -11,25 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UnknownModel
 from ..store import SYSTEM_STATUSES, CallRecord, CallStatus, FeedbackRecord, FeedbackStatus
+from ..store.records import CALLER_POLICY as CALLER_POLICY  # re-exported: the policies of unrouted decisions
+from ..store.records import NAMED_ROUTER_POLICIES as NAMED_ROUTER_POLICIES
+from ..store.records import unrouted as unrouted
 from ..types import Decision, Outcome
 
 if TYPE_CHECKING:
     from ..config import Settings
     from ..router import Router
-
-
-CALLER_POLICY = "caller"
-"""The `policy` of a decision whose model the caller named (the gateway's `model = "<catalog name>"`): stored so
-its call and feedback are on record, never learned as a routed decision (its feedback is `unrouted`)."""
-NAMED_ROUTER_POLICIES = ("cascade:", "learned-cascade:", "llm-router:")
-"""Policy prefixes of the decisions of named routers (`[[routers]]`, `bandit_router.cascade.live`): the bandit did
-not choose their model, so their feedback is `unrouted` too (a learned cascade learns it itself)."""
-
-
-def unrouted(policy: str) -> bool:
-    """Whether a decision's feedback is kept out of the bandit's learning: a model the caller named, or a named
-    router's choice."""
-    return policy == CALLER_POLICY or policy.startswith(NAMED_ROUTER_POLICIES)
 
 
 def with_call(outcome: Outcome, call: CallRecord | None) -> Outcome:

@@ -3,8 +3,9 @@
 - `timeseries(window)`: `log.timeseries` over the per-minute rollup.
 - `recent(limit)`: the newest decisions with their learned quality (the prompt only when it was stored).
 - `live()`: the live policy and its version, the probability the live policy gave each model, averaged over the
-  newest `TYPICAL_DECISIONS` decisions ("a typical request now": real traffic, no extra routing, nothing
-  mutated), and the budget pacer's report (each target against its realised value, per tenant).
+  bandit's own first tries among the newest `TYPICAL_DECISIONS` decisions ("a typical request now": real
+  traffic, no extra routing, nothing mutated; not models callers named, named routers' choices or the gateway's
+  fallbacks), and the budget pacer's report (each target against its realised value, per tenant).
 - `shadows()`: each shadow policy's doubly robust estimate (with its confidence interval) against the live
   policy's, on the newest `SHADOW_DECISIONS` decisions that logged every shadow's pmf, and whether that evidence
   would allow a promotion (`evaluation.promotion_check`). Recomputed at most every `SHADOW_TTL_S` seconds.
@@ -24,6 +25,8 @@ from ..budgets import BudgetPacer
 from ..catalog import ModelSpec
 from ..errors import BanditRouterError
 from ..store import Store
+from ..store.records import unrouted
+from ..store.rollup import is_fallback
 from .policies import PolicySet
 from .timeseries import Window, timeseries
 
@@ -82,8 +85,14 @@ class Monitor:
     def live(self) -> dict[str, Any]:
         """The live policy now, the typical pmf of recent traffic, the budgets."""
         with self.store.read() as reader:
-            rows = reader.recent_decisions(TYPICAL_DECISIONS)
+            recent = reader.recent_decisions(TYPICAL_DECISIONS)
+            calls = reader.calls_for_many([s.decision.decision_id for _, s in recent])
             head = reader.head()
+        rows = [
+            (seq, stored) for seq, stored in recent
+            if not unrouted(stored.decision.policy)
+            and not ((c := calls.get(stored.decision.decision_id)) is not None and is_fallback(c))
+        ]  # fmt: skip
         live = self.policies.live
         totals = {m.name: 0.0 for m in live.models}
         for _, stored in rows:

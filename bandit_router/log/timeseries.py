@@ -10,7 +10,10 @@ where a mean has nothing to average):
     coverage        learned ÷ decisions of the decisions made in the bucket (recent buckets rise as feedback
                     arrives); learned = learned feedback with an observed quality (`rollup.counts_as_learned`)
     lag_s           mean seconds from decision to its learned feedback
-    exploration     1 − greedy ÷ decisions: the share of decisions whose model was not the most probable one
+    decisions       every stored decision (traffic: also models callers named, named routers' choices and the
+                    gateway's fallbacks); routed: the bandit's own choices for a request's first try
+    exploration     1 − greedy ÷ routed: the share of routed decisions whose model was not the most probable one
+                    (and `mean_probability`, Σ p ÷ routed: both describe only what the bandit chose)
     quality, cost_usd, reward     means over the learned feedback of the bucket's decisions
     shares[model]   the model's decisions ÷ all decisions
 
@@ -108,6 +111,7 @@ def timeseries(reader: Reader, window: Window) -> dict[str, Any]:
         "step": window.step,
         "time": [m * 60 for m in starts],
         "decisions": [t.decisions for t in total],
+        "routed": [t.routed for t in total],
         "decisions_per_minute": [t.decisions / span for t, span in zip(total, minutes, strict=True)],
         "feedback_per_minute": [t.feedback / span for t, span in zip(total, minutes, strict=True)],
         "coverage": [_ratio(t.learned, t.decisions) for t in total],
@@ -154,12 +158,13 @@ def _fixed(row: MinuteStats) -> dict[str, float | None]:
 def _summary(row: MinuteStats) -> dict[str, Any]:
     return {
         "decisions": row.decisions,
+        "routed": row.routed,
         "feedback": row.feedback,
         "learned": row.learned,
         "coverage": _ratio(row.learned, row.decisions),
         "lag_s": _ratio(row.lag_sum, row.learned),
         "exploration": _explored(row),
-        "mean_probability": _ratio(row.probability_sum, row.decisions),
+        "mean_probability": _ratio(row.probability_sum, row.routed),
         "quality": _ratio(row.quality_sum, row.learned),
         "cost_usd": _ratio(row.cost_sum, row.learned),
         "reward": _ratio(row.reward_sum, row.learned),
@@ -168,7 +173,7 @@ def _summary(row: MinuteStats) -> dict[str, Any]:
 
 
 def _explored(row: MinuteStats) -> float | None:
-    return None if not row.decisions else 1.0 - row.greedy / row.decisions
+    return None if not row.routed else 1.0 - row.greedy / row.routed
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:

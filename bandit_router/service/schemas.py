@@ -164,7 +164,7 @@ class FeedbackIn(_Strict):
 
 class FeedbackOut(BaseModel):
     decision_id: str
-    status: str = Field(description="applied | duplicate | late | ignored | pending")
+    status: str = Field(description="applied | duplicate | late | ignored | pending | unrouted")
     reward: float
     seq: int
 

@@ -181,8 +181,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         3,
         "the per-minute rollup `minute_stats` (store/rollup.py), filled from the rows already stored",
-        (rollup.TABLE, *rollup.BACKFILL),
-        (rollup.TABLE_POSTGRES, *rollup.BACKFILL_POSTGRES),
+        (rollup.TABLE, *rollup.BACKFILL_V3),
+        (rollup.TABLE_POSTGRES, *rollup.BACKFILL_POSTGRES_V3),
     ),
     Migration(
         4,
@@ -229,6 +229,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
             "CREATE INDEX IF NOT EXISTS calls_request ON calls (request_id)",
         ),
+    ),
+    Migration(
+        5,
+        "the rollup's `routed` count: exploration and mean probability over the bandit's own first tries only "
+        "(not models callers named, named routers' choices or the gateway's fallbacks); rebuilt from the rows",
+        (rollup.ADD_ROUTED, "DELETE FROM minute_stats", *rollup.BACKFILL),
+        (rollup.ADD_ROUTED, "DELETE FROM minute_stats", *rollup.BACKFILL_POSTGRES),
     ),
 )
 

@@ -60,6 +60,7 @@ from .records import (
     StoredDecision,
     StoreError,
     StoreStats,
+    unrouted,
 )
 from .sqlite import (
     _DECISIONS,
@@ -481,6 +482,18 @@ class _PostgresTx(_SQLiteTx):
             )
 
     def insert_calls(self, records: Sequence[CallRecord]) -> None:
+        fallbacks = list(dict.fromkeys(r.decision_id for r in records if rollup.is_fallback(r)))
+        decided: dict[str, tuple[float, str, float, bool]] = {}
+        if fallbacks:  # the rollup's routed figures lose each fallback's decision, once (see `rollup`)
+            known = {row[0] for row in self._rows("SELECT decision_id FROM calls WHERE decision_id = ANY(%s)",
+                                                  (fallbacks,))}
+            rows = self._rows("SELECT decision_id, created_at, model, probability, pmf, policy FROM decisions "
+                              "WHERE decision_id = ANY(%s)", ([d for d in fallbacks if d not in known],))
+            decided = {
+                str(row[0]): (float(row[1]), str(row[2]), float(row[3]),
+                              rollup.is_greedy(float(row[3]), json.loads(row[4])))
+                for row in rows if not unrouted(str(row[5]))
+            }  # fmt: skip
         columns = ", ".join(CALL_COLUMNS)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in CALL_COLUMNS[1:])
         for start in range(0, len(records), _CHUNK):
@@ -490,6 +503,7 @@ class _PostgresTx(_SQLiteTx):
                 f"INSERT INTO calls ({columns}) VALUES {marks} ON CONFLICT (decision_id) DO UPDATE SET {updates}",
                 [_call_value(getattr(r, c)) for r in chunk for c in CALL_COLUMNS],
             )
+        self._add_to_rollup(rollup.fallback_increments(records, decided))
 
     # -- reads ------------------------------------------------------------------------------------------------
     def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:

@@ -41,6 +41,20 @@ SYSTEM_STATUSES = frozenset({FeedbackStatus.DEFAULT, FeedbackStatus.AGGREGATE})
 """Feedback rows the service writes itself when a reward window closes."""
 
 
+CALLER_POLICY = "caller"
+"""The `policy` of a decision whose model the caller named (the gateway's `model = "<catalog name>"`): stored so
+its call and feedback are on record, never learned as a routed decision (its feedback is `unrouted`)."""
+NAMED_ROUTER_POLICIES = ("cascade:", "learned-cascade:", "llm-router:")
+"""Policy prefixes of the decisions of named routers (`[[routers]]`, `bandit_router.cascade.live`): the bandit did
+not choose their model, so their feedback is `unrouted` too (a learned cascade learns it itself)."""
+
+
+def unrouted(policy: str) -> bool:
+    """Whether a decision's feedback is kept out of the bandit's learning: a model the caller named, or a named
+    router's choice."""
+    return policy == CALLER_POLICY or policy.startswith(NAMED_ROUTER_POLICIES)
+
+
 class ModelAction(enum.StrEnum):
     """The `action` of a model event."""
 

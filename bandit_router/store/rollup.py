@@ -8,11 +8,14 @@ models (measured: `benchmarks/bench_dashboard.py`).
 
 What a row of `minute_stats` adds up over its span (minute = ⌊unix time / 60⌋):
 
-    decisions          decisions made in the minute whose chosen model is `model`
-    greedy             of those, the ones whose chosen model had the largest probability of its pmf (the rest
-                       are exploration)
-    probability_sum    Σ p(chosen) of those decisions
-    cost_weight_sum    Σ λ of those decisions
+    decisions          decisions stored in the minute whose chosen model is `model`: all traffic, including
+                       models callers named, named routers' choices and the gateway's fallbacks
+    routed             of those, the bandit's own choices for a request's first try (not `unrouted`, not a
+                       fallback: a fallback's call record, `attempt` ≥ 2, takes it back out when it is stored)
+    greedy             of the routed ones, those whose chosen model had the largest probability of its pmf (the
+                       rest are exploration)
+    probability_sum    Σ p(chosen) of the routed decisions
+    cost_weight_sum    Σ λ of all the decisions
     policy_version     the largest policy version among them
     feedback           feedback rows that callers sent in the minute for decisions of `model` (receipt time;
                        the rows the service writes itself when a reward window closes are not counted)
@@ -35,14 +38,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 from ..types import Decision
-from .records import FeedbackRecord, FeedbackStatus
+from .records import CALLER_POLICY, NAMED_ROUTER_POLICIES, CallRecord, FeedbackRecord, FeedbackStatus, unrouted
 
 GREEDY_TOLERANCE = 1e-9
 """A chosen model whose probability is within this of the pmf's largest is the greedy choice."""
 
 SUMS = (
-    "decisions", "greedy", "probability_sum", "cost_weight_sum", "feedback", "learned", "quality_sum", "cost_sum",
-    "reward_sum", "lag_sum", "ips_weight_sum", "ips_quality_sum", "ips_cost_sum", "ips_reward_sum",
+    "decisions", "routed", "greedy", "probability_sum", "cost_weight_sum", "feedback", "learned", "quality_sum",
+    "cost_sum", "reward_sum", "lag_sum", "ips_weight_sum", "ips_quality_sum", "ips_cost_sum", "ips_reward_sum",
 )  # fmt: skip
 """The columns that increments add to (`policy_version` keeps its largest value instead)."""
 COLUMNS = ("minute", "model", *SUMS, "policy_version")
@@ -73,6 +76,10 @@ TABLE = """CREATE TABLE IF NOT EXISTS minute_stats (
 """SQLite: WITHOUT ROWID stores the rows in primary-key order, so a range of one span is read from contiguous
 pages (with a rowid table the spans' rows interleave and a week's read touched a page per row). PostgreSQL:
 drop the clause (its primary-key index serves the same range scan)."""
+
+ADD_ROUTED = "ALTER TABLE minute_stats ADD COLUMN routed INTEGER NOT NULL DEFAULT 0"
+"""`TABLE` is the table as migration 3 created it; migration 5 adds `routed` (after `policy_version`: every
+statement here names its columns)."""
 
 UPSERT = (
     f"INSERT INTO minute_stats (span, {', '.join(COLUMNS)}) VALUES {{values}} ON CONFLICT (span, minute, model) "
@@ -131,6 +138,7 @@ class MinuteStats:
     minute: int
     model: str
     decisions: int = 0
+    routed: int = 0
     greedy: int = 0
     probability_sum: float = 0.0
     cost_weight_sum: float = 0.0
@@ -174,11 +182,47 @@ def decision_increments(decisions: Iterable[Decision]) -> list[MinuteStats]:
         if row is None:
             row = out[key] = MinuteStats(*key)
         row.decisions += 1
-        row.greedy += d.probability >= max(d.pmf) - GREEDY_TOLERANCE
-        row.probability_sum += d.probability
         row.cost_weight_sum += d.cost_weight
+        if not unrouted(d.policy):
+            row.routed += 1
+            row.greedy += is_greedy(d.probability, d.pmf)
+            row.probability_sum += d.probability
         row.policy_version = max(row.policy_version, d.policy_version)
     return list(out.values())
+
+
+def is_greedy(probability: float, pmf: Sequence[float]) -> bool:
+    """Whether the chosen model had the pmf's largest probability (within `GREEDY_TOLERANCE`)."""
+    return probability >= max(pmf) - GREEDY_TOLERANCE
+
+
+def fallback_increments(
+    records: Iterable[CallRecord], decided: Mapping[str, tuple[float, str, float, bool]]
+) -> list[MinuteStats]:
+    """What storing the call records `records` takes back out of the routed figures: each gateway fallback's
+    decision (a routed call with `attempt` ≥ 2) was counted as routed when it was stored. `decided` maps the
+    decision id of each such record, stored for the first time, to its decision's (created_at, model,
+    probability, greedy) — only decisions that `decision_increments` counted as routed."""
+    out: dict[tuple[int, str], MinuteStats] = {}
+    seen: set[str] = set()
+    for r in records:
+        if not is_fallback(r) or r.decision_id not in decided or r.decision_id in seen:
+            continue
+        seen.add(r.decision_id)
+        created_at, model, probability, greedy = decided[r.decision_id]
+        key = (minute_of(created_at), model)
+        row = out.get(key)
+        if row is None:
+            row = out[key] = MinuteStats(*key)
+        row.routed -= 1
+        row.greedy -= greedy
+        row.probability_sum -= probability
+    return list(out.values())
+
+
+def is_fallback(record: CallRecord) -> bool:
+    """A routed call after its request's first try failed (the gateway's fallback decision)."""
+    return record.routed and record.attempt > 1
 
 
 def counts_as_learned(record: FeedbackRecord) -> bool:
@@ -221,28 +265,38 @@ def feedback_increments(
 
 _SYSTEM = frozenset({FeedbackStatus.DEFAULT.value, FeedbackStatus.AGGREGATE.value})
 
+_ROUTED_FIRST_TRY = " AND ".join(
+    [f"d.policy != '{CALLER_POLICY}'", *(f"substr(d.policy, 1, {len(p)}) != '{p}'" for p in NAMED_ROUTER_POLICIES),
+     "NOT (COALESCE(c.routed, 0) = 1 AND c.attempt > 1)"]
+)
+"""SQL: the decision `d` (with its call record `c`, if any) is the bandit's first try (`unrouted`, `is_fallback`)."""
+
 BACKFILL = (
-    # Decisions stored before the rollup existed (pmf is a JSON array: its largest value via json_each).
+    # Every decision stored (pmf is a JSON array: its largest value via json_each), the routed ones apart.
     f"INSERT INTO minute_stats (span, {', '.join(COLUMNS)}) "
-    "SELECT 1, CAST(created_at / 60 AS INTEGER), model, COUNT(*), "
-    f"SUM(CASE WHEN probability >= (SELECT MAX(CAST(value AS REAL)) FROM json_each(pmf)) - {GREEDY_TOLERANCE} "
-    "THEN 1 ELSE 0 END), SUM(probability), SUM(cost_weight), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MAX(policy_version) "
-    "FROM decisions WHERE true GROUP BY 2, 3 ON CONFLICT (span, minute, model) DO NOTHING",
+    f"SELECT 1, CAST(d.created_at / 60 AS INTEGER), d.model, COUNT(*), "
+    f"SUM(CASE WHEN {_ROUTED_FIRST_TRY} THEN 1 ELSE 0 END), "
+    f"SUM(CASE WHEN {_ROUTED_FIRST_TRY} AND d.probability >= "
+    f"(SELECT MAX(CAST(value AS REAL)) FROM json_each(d.pmf)) - {GREEDY_TOLERANCE} THEN 1 ELSE 0 END), "
+    f"SUM(CASE WHEN {_ROUTED_FIRST_TRY} THEN d.probability ELSE 0 END), SUM(d.cost_weight), "
+    "0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MAX(d.policy_version) "
+    "FROM decisions d LEFT JOIN calls c ON c.decision_id = d.decision_id WHERE true GROUP BY 2, 3 "
+    "ON CONFLICT (span, minute, model) DO NOTHING",
     # Feedback callers sent, by minute received.
     f"INSERT INTO minute_stats (span, {', '.join(COLUMNS)}) "
-    "SELECT 1, CAST(received_at / 60 AS INTEGER), model, 0, 0, 0, 0, COUNT(*), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 "
+    "SELECT 1, CAST(received_at / 60 AS INTEGER), model, 0, 0, 0, 0, 0, COUNT(*), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 "
     "FROM feedback WHERE status NOT IN ('default', 'aggregate') GROUP BY 2, 3 "
     "ON CONFLICT (span, minute, model) DO UPDATE SET feedback = minute_stats.feedback + excluded.feedback",
     # Learned feedback with an observed quality, by the minute its decision was made.
     f"INSERT INTO minute_stats (span, {', '.join(COLUMNS)}) "
-    "SELECT 1, CAST(d.created_at / 60 AS INTEGER), f.model, 0, 0, 0, 0, 0, COUNT(*), SUM(f.quality), "
+    "SELECT 1, CAST(d.created_at / 60 AS INTEGER), f.model, 0, 0, 0, 0, 0, 0, COUNT(*), SUM(f.quality), "
     "SUM(f.realised_cost_usd), SUM(f.reward), SUM(MAX(0.0, f.received_at - d.created_at)), "
     "SUM(1.0 / d.probability), SUM(f.quality / d.probability), SUM(f.realised_cost_usd / d.probability), "
     "SUM(f.reward / d.probability), 0 "
     "FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
     "WHERE f.learn = 1 AND f.status != 'default' AND d.probability > 0 GROUP BY 2, 3 "
     "ON CONFLICT (span, minute, model) DO UPDATE SET "
-    + ", ".join(f"{c} = minute_stats.{c} + excluded.{c}" for c in SUMS[5:]),
+    + ", ".join(f"{c} = minute_stats.{c} + excluded.{c}" for c in SUMS[SUMS.index("learned") :]),
     # The longer spans, from the minutes.
     *(
         f"INSERT INTO minute_stats (span, {', '.join(COLUMNS)}) SELECT {span}, (minute / {span}) * {span}, model, "
@@ -252,7 +306,49 @@ BACKFILL = (
         for span in SPANS[1:]
     ),
 )
-"""SQLite statements that fill the rollup from the rows of a database created before it (migration 3)."""
+"""SQLite statements that fill the rollup from the stored rows (an empty `minute_stats`; migration 5 rebuilds it
+with `routed`, so that a database migrated from before counts only the bandit's own first tries as routed)."""
+
+_V3_SUMS = (
+    "decisions", "greedy", "probability_sum", "cost_weight_sum", "feedback", "learned", "quality_sum", "cost_sum",
+    "reward_sum", "lag_sum", "ips_weight_sum", "ips_quality_sum", "ips_cost_sum", "ips_reward_sum",
+)  # fmt: skip
+_V3_COLUMNS = ("minute", "model", *_V3_SUMS, "policy_version")
+
+BACKFILL_V3 = (
+    # Decisions stored before the rollup existed (pmf is a JSON array: its largest value via json_each).
+    f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) "
+    "SELECT 1, CAST(created_at / 60 AS INTEGER), model, COUNT(*), "
+    f"SUM(CASE WHEN probability >= (SELECT MAX(CAST(value AS REAL)) FROM json_each(pmf)) - {GREEDY_TOLERANCE} "
+    "THEN 1 ELSE 0 END), SUM(probability), SUM(cost_weight), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, MAX(policy_version) "
+    "FROM decisions WHERE true GROUP BY 2, 3 ON CONFLICT (span, minute, model) DO NOTHING",
+    # Feedback callers sent, by minute received.
+    f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) "
+    "SELECT 1, CAST(received_at / 60 AS INTEGER), model, 0, 0, 0, 0, COUNT(*), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 "
+    "FROM feedback WHERE status NOT IN ('default', 'aggregate') GROUP BY 2, 3 "
+    "ON CONFLICT (span, minute, model) DO UPDATE SET feedback = minute_stats.feedback + excluded.feedback",
+    # Learned feedback with an observed quality, by the minute its decision was made.
+    f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) "
+    "SELECT 1, CAST(d.created_at / 60 AS INTEGER), f.model, 0, 0, 0, 0, 0, COUNT(*), SUM(f.quality), "
+    "SUM(f.realised_cost_usd), SUM(f.reward), SUM(MAX(0.0, f.received_at - d.created_at)), "
+    "SUM(1.0 / d.probability), SUM(f.quality / d.probability), SUM(f.realised_cost_usd / d.probability), "
+    "SUM(f.reward / d.probability), 0 "
+    "FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
+    "WHERE f.learn = 1 AND f.status != 'default' AND d.probability > 0 GROUP BY 2, 3 "
+    "ON CONFLICT (span, minute, model) DO UPDATE SET "
+    + ", ".join(f"{c} = minute_stats.{c} + excluded.{c}" for c in _V3_SUMS[5:]),
+    # The longer spans, from the minutes.
+    *(
+        f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) SELECT {span}, (minute / {span}) * {span}, "
+        "model, "
+        + ", ".join(f"SUM({c})" for c in _V3_SUMS)
+        + ", MAX(policy_version) FROM minute_stats WHERE span = 1 GROUP BY 2, 3 "
+        "ON CONFLICT (span, minute, model) DO NOTHING"
+        for span in SPANS[1:]
+    ),
+)
+"""SQLite statements that filled the rollup from the rows of a database created before it (migration 3; kept as
+shipped: its columns are those of migration 3, `routed` came with migration 5)."""
 
 # -- PostgreSQL (`store/postgres.py`): the same table, upsert and read in its dialect ---------------------------
 TABLE_POSTGRES = (
@@ -266,17 +362,17 @@ SELECT_POSTGRES = SELECT.replace("GROUP BY (minute / ?) * ?, model", "GROUP BY 1
 """`SELECT` for PostgreSQL, which does not see two parameters of the same value as the same GROUP BY
 expression: grouped by output position, with the first five parameters of `select_parameters`."""
 _MINUTE_PG = "FLOOR({t} / 60)::INTEGER"
-BACKFILL_POSTGRES = (
-    f"INSERT INTO minute_stats (span, {', '.join(COLUMNS)}) "
+BACKFILL_POSTGRES_V3 = (
+    f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) "
     f"SELECT 1, {_MINUTE_PG.format(t='created_at')}, model, COUNT(*), "
     "SUM(CASE WHEN probability >= (SELECT MAX(v::DOUBLE PRECISION) FROM json_array_elements_text(pmf::json) v) "
     f"- {GREEDY_TOLERANCE} THEN 1 ELSE 0 END), SUM(probability), SUM(cost_weight), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, "
     "MAX(policy_version) FROM decisions GROUP BY 2, 3 ON CONFLICT (span, minute, model) DO NOTHING",
-    f"INSERT INTO minute_stats (span, {', '.join(COLUMNS)}) "
+    f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) "
     f"SELECT 1, {_MINUTE_PG.format(t='received_at')}, model, 0, 0, 0, 0, COUNT(*), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 "
     "FROM feedback WHERE status NOT IN ('default', 'aggregate') GROUP BY 2, 3 "
     "ON CONFLICT (span, minute, model) DO UPDATE SET feedback = minute_stats.feedback + excluded.feedback",
-    f"INSERT INTO minute_stats (span, {', '.join(COLUMNS)}) "
+    f"INSERT INTO minute_stats (span, {', '.join(_V3_COLUMNS)}) "
     f"SELECT 1, {_MINUTE_PG.format(t='d.created_at')}, f.model, 0, 0, 0, 0, 0, COUNT(*), SUM(f.quality), "
     "SUM(f.realised_cost_usd), SUM(f.reward), SUM(GREATEST(0.0, f.received_at - d.created_at)), "
     "SUM(1.0 / d.probability), SUM(f.quality / d.probability), SUM(f.realised_cost_usd / d.probability), "
@@ -284,10 +380,28 @@ BACKFILL_POSTGRES = (
     "FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
     "WHERE f.learn = 1 AND f.status != 'default' AND d.probability > 0 GROUP BY 2, 3 "
     "ON CONFLICT (span, minute, model) DO UPDATE SET "
-    + ", ".join(f"{c} = minute_stats.{c} + excluded.{c}" for c in SUMS[5:]),
-    *BACKFILL[3:],  # the longer spans from the minutes: the same SQL
+    + ", ".join(f"{c} = minute_stats.{c} + excluded.{c}" for c in _V3_SUMS[5:]),
+    *BACKFILL_V3[3:],  # the longer spans from the minutes: the same SQL
 )
-"""`BACKFILL` for PostgreSQL (a database prepared at schema version 2 by a PostgreSQL store)."""
+"""`BACKFILL_V3` for PostgreSQL (a database prepared at schema version 2 by a PostgreSQL store; migration 3, kept
+as shipped)."""
+
+
+def _postgres(sql: str) -> str:
+    """A `BACKFILL` statement in PostgreSQL's dialect (minutes, the pmf's JSON array, the larger of two values)."""
+    for sqlite, postgres in (
+        ("CAST(d.created_at / 60 AS INTEGER)", _MINUTE_PG.format(t="d.created_at")),
+        ("CAST(received_at / 60 AS INTEGER)", _MINUTE_PG.format(t="received_at")),
+        ("(SELECT MAX(CAST(value AS REAL)) FROM json_each(d.pmf))",
+         "(SELECT MAX(v::DOUBLE PRECISION) FROM json_array_elements_text(d.pmf::json) v)"),
+        ("SUM(MAX(0.0, ", "SUM(GREATEST(0.0, "),
+    ):  # fmt: skip
+        sql = sql.replace(sqlite, postgres)
+    return sql
+
+
+BACKFILL_POSTGRES = tuple(_postgres(sql) for sql in BACKFILL)
+"""`BACKFILL` for PostgreSQL (migration 5)."""
 
 
 def from_row(row: Sequence[object]) -> MinuteStats:

@@ -53,6 +53,7 @@ from .records import (
     StoredDecision,
     StoreError,
     StoreStats,
+    unrouted,
 )
 
 log = logging.getLogger("bandit_router.store")
@@ -527,6 +528,17 @@ class _SQLiteTx:
             )
 
     def insert_calls(self, records: Sequence[CallRecord]) -> None:
+        fallbacks = [r.decision_id for r in records if rollup.is_fallback(r)]
+        known = {row[0] for row in self._in_chunks(
+            "SELECT decision_id FROM calls WHERE decision_id IN ({marks})", fallbacks, plain=True)}
+        decided = {
+            row[0]: (float(row[1]), str(row[2]), float(row[3]), rollup.is_greedy(float(row[3]), json.loads(row[4])))
+            for row in self._in_chunks(
+                "SELECT decision_id, created_at, model, probability, pmf, policy FROM decisions "
+                "WHERE decision_id IN ({marks})", [d for d in fallbacks if d not in known], plain=True,
+            )
+            if not unrouted(str(row[5]))
+        }
         for start in range(0, len(records), _CHUNK):
             chunk = records[start : start + _CHUNK]
             marks = ",".join([f"({','.join('?' * len(CALL_COLUMNS))})"] * len(chunk))
@@ -534,6 +546,7 @@ class _SQLiteTx:
                 f"INSERT OR REPLACE INTO calls ({', '.join(CALL_COLUMNS)}) VALUES {marks}",
                 [_call_value(getattr(r, c)) for r in chunk for c in CALL_COLUMNS],
             )
+        self._add_to_rollup(rollup.fallback_increments(records, decided))
 
     # -- reads ------------------------------------------------------------------------------------------------
     def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:

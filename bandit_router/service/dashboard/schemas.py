@@ -9,13 +9,17 @@ from pydantic import BaseModel, Field
 
 
 class RangeSummary(BaseModel):
-    decisions: int
+    decisions: int = Field(description="all decisions stored: also models callers named, named routers' choices "
+                           "and the gateway's fallbacks")
+    routed: int = Field(description="the bandit's own choices for a request's first try (exploration and "
+                        "mean_probability are over these)")
     feedback: int = Field(description="feedback rows callers sent in the range (receipt time)")
     learned: int = Field(description="learned feedbacks with an observed quality, of the range's decisions")
     coverage: float | None = Field(description="learned ÷ decisions")
     lag_s: float | None = Field(description="mean seconds from a decision to its learned feedback")
-    exploration: float | None = Field(description="share of decisions whose model was not the most probable one")
-    mean_probability: float | None
+    exploration: float | None = Field(description="share of routed decisions whose model was not the most "
+                                      "probable one")
+    mean_probability: float | None = Field(description="mean probability of the chosen model, over routed decisions")
     quality: float | None
     cost_usd: float | None
     reward: float | None
@@ -48,6 +52,7 @@ class TimeseriesOut(BaseModel):
     step: int
     time: list[int]
     decisions: list[int]
+    routed: list[int]
     decisions_per_minute: list[float]
     feedback_per_minute: list[float]
     coverage: list[float | None]
@@ -65,7 +70,8 @@ class TimeseriesOut(BaseModel):
 
 
 class Typical(BaseModel):
-    decisions: int = Field(description="how many of the newest decisions were averaged")
+    decisions: int = Field(description="how many of the newest decisions were averaged (the bandit's own first "
+                           "tries among them)")
     since: float | None
     probabilities: dict[str, float | None] = Field(description="model → mean probability the live policy gave it")
 
