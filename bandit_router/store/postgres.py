@@ -60,7 +60,6 @@ from .records import (
     StoredDecision,
     StoreError,
     StoreStats,
-    unrouted,
 )
 from .sqlite import (
     _DECISIONS,
@@ -487,13 +486,10 @@ class _PostgresTx(_SQLiteTx):
         if fallbacks:  # the rollup's routed figures lose each fallback's decision, once (see `rollup`)
             known = {row[0] for row in self._rows("SELECT decision_id FROM calls WHERE decision_id = ANY(%s)",
                                                   (fallbacks,))}
-            rows = self._rows("SELECT decision_id, created_at, model, probability, pmf, policy FROM decisions "
-                              "WHERE decision_id = ANY(%s)", ([d for d in fallbacks if d not in known],))
-            decided = {
-                str(row[0]): (float(row[1]), str(row[2]), float(row[3]),
-                              rollup.is_greedy(float(row[3]), json.loads(row[4])))
-                for row in rows if not unrouted(str(row[5]))
-            }  # fmt: skip
+            fresh = [d for d in fallbacks if d not in known]
+            decided = rollup.routed_decisions(
+                self._rows(rollup.FALLBACK_DECISIONS_SQL + " WHERE decision_id = ANY(%s)", (fresh,))
+            )
         columns = ", ".join(CALL_COLUMNS)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in CALL_COLUMNS[1:])
         for start in range(0, len(records), _CHUNK):

@@ -33,9 +33,11 @@ The functions here turn a transaction's rows into increments (pure Python); `UPS
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 from ..types import Decision
 from .records import CALLER_POLICY, NAMED_ROUTER_POLICIES, CallRecord, FeedbackRecord, FeedbackStatus, unrouted
@@ -218,6 +220,20 @@ def fallback_increments(
         row.greedy -= greedy
         row.probability_sum -= probability
     return list(out.values())
+
+
+FALLBACK_DECISIONS_SQL = "SELECT decision_id, created_at, model, probability, pmf, policy FROM decisions"
+"""The columns `routed_decisions` reads, for each backend's `WHERE decision_id IN …`."""
+
+
+def routed_decisions(rows: Iterable[Sequence[Any]]) -> dict[str, tuple[float, str, float, bool]]:
+    """`fallback_increments`' `decided` from rows of `FALLBACK_DECISIONS_SQL`: per routed decision id its
+    (created_at, model, probability, greedy); unrouted decisions (never counted as routed) left out."""
+    return {
+        str(row[0]): (float(row[1]), str(row[2]), float(row[3]), is_greedy(float(row[3]), json.loads(row[4])))
+        for row in rows
+        if not unrouted(str(row[5]))
+    }
 
 
 def is_fallback(record: CallRecord) -> bool:

@@ -53,7 +53,6 @@ from .records import (
     StoredDecision,
     StoreError,
     StoreStats,
-    unrouted,
 )
 
 log = logging.getLogger("bandit_router.store")
@@ -531,14 +530,10 @@ class _SQLiteTx:
         fallbacks = [r.decision_id for r in records if rollup.is_fallback(r)]
         known = {row[0] for row in self._in_chunks(
             "SELECT decision_id FROM calls WHERE decision_id IN ({marks})", fallbacks, plain=True)}
-        decided = {
-            row[0]: (float(row[1]), str(row[2]), float(row[3]), rollup.is_greedy(float(row[3]), json.loads(row[4])))
-            for row in self._in_chunks(
-                "SELECT decision_id, created_at, model, probability, pmf, policy FROM decisions "
-                "WHERE decision_id IN ({marks})", [d for d in fallbacks if d not in known], plain=True,
-            )
-            if not unrouted(str(row[5]))
-        }
+        decided = rollup.routed_decisions(self._in_chunks(
+            rollup.FALLBACK_DECISIONS_SQL + " WHERE decision_id IN ({marks})", [d for d in fallbacks if d not in known],
+            plain=True,
+        ))  # fmt: skip
         for start in range(0, len(records), _CHUNK):
             chunk = records[start : start + _CHUNK]
             marks = ",".join([f"({','.join('?' * len(CALL_COLUMNS))})"] * len(chunk))
