@@ -129,17 +129,22 @@ def test_a_database_outage_is_503_then_the_service_carries_on(
     caplog.set_level(logging.DEBUG)
     client = replicas()
     before = _route(client)
+    assert client.get("/readyz").status_code == 200
     pg_server.down()
     try:
         route = client.post("/v1/route", json={"prompt": "while the database is down", "models": PAIR})
         feedback = client.post("/v1/feedback", json={"decision_id": before["decision_id"], "quality": 0.5})
         stats = client.get("/v1/stats")
+        _wait(lambda: client.get("/readyz").status_code == 503)  # a load balancer stops sending here
+        ready = client.get("/readyz")
     finally:
         pg_server.up()
-    for reply in (route, feedback, stats):
+    for reply in (route, feedback, stats, ready):
         assert reply.status_code == 503, reply.text
         assert reply.json()["message"] and PASSWORD not in reply.text
+    assert "database unreachable" in ready.json()["message"]
     _wait(lambda: client.post("/v1/route", json={"prompt": "back", "models": PAIR}).status_code == 200)
+    _wait(lambda: client.get("/readyz").status_code == 200)
     reply = client.post("/v1/feedback", json={"decision_id": before["decision_id"], "quality": 0.5})
     assert reply.status_code == 200 and reply.json()["status"] == "applied"
     for path in ("/v1/stats", "/metrics", "/readyz", "/v1/budgets"):

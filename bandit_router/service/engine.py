@@ -90,6 +90,8 @@ class Engine:
                              observer=observer)
         self.recovery: dict[str, Any] = {}
         self._maintainer: threading.Thread | None = None
+        self._unreachable: str | None = None
+        """Why a server database cannot be reached now (`_maintain` probes it), else None."""
         self._stopped = threading.Event()
         self._ready = threading.Event()
         self._failed: BaseException | None = None
@@ -136,7 +138,7 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self._serving and self.fault is None
+        return self._serving and self.fault is None and self._unreachable is None
 
     @property
     def fault(self) -> str | None:
@@ -149,6 +151,8 @@ class Engine:
             return f"failed: {self._failed}"
         if self.fault is not None:
             return f"database unusable: {self.fault}"
+        if self._unreachable is not None:
+            return f"database unreachable: {self._unreachable}"
         if not self.writer.accepting:
             return "stopped"
         return "ready" if self._ready.is_set() else "recovering"
@@ -178,12 +182,20 @@ class Engine:
         self.store.close()
 
     def _maintain(self) -> None:
-        """Store housekeeping twice a second (SQLite: WAL checkpoints), off the writer thread."""
+        """Store housekeeping twice a second (SQLite: WAL checkpoints), off the writer thread; a server database is
+        probed as well (`PostgresStore.probe`): while it cannot be reached the process is not ready."""
+        probe = getattr(self.store, "probe", None)
         while not self._stopped.wait(MAINTAIN_EVERY_S):
             try:
                 self.store.maintain()
             except StoreError as exc:
                 log.debug("maintenance skipped: %s", exc)
+            if probe is not None:
+                try:
+                    probe()
+                    self._unreachable = None
+                except StoreError as exc:
+                    self._unreachable = str(exc)
 
     # -- on the writer thread -----------------------------------------------------------------------------------
     def _prepare(self) -> None:

@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..catalog import ModelSpec
 from ..types import Decision
@@ -90,6 +90,8 @@ MIGRATE_LOCK = 0x62616E6469740002
 """The advisory lock key under which `prepare()` migrates (replicas starting together migrate once)."""
 CONNECT_TIMEOUT_S = 3
 POOL_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 2.0
+"""`probe` (readiness) waits at most this long for a pooled connection."""
 STATEMENT_TIMEOUT_MS = 60_000
 LOCK_TIMEOUT_MS = 10_000
 """A writer waits at most this long for the log's lock (then 503): a replica cut off from the network while it
@@ -310,6 +312,15 @@ class PostgresStore:
 
     def maintain(self) -> None:
         """Nothing to do: PostgreSQL vacuums and checkpoints itself."""
+
+    def probe(self) -> None:
+        """`SELECT 1` on a pooled connection, waiting at most `PROBE_TIMEOUT_S` for one: `StoreError` while the
+        server cannot be reached (the engine's readiness follows it; route and feedback answer 503 meanwhile)."""
+        try:
+            with self._readers().connection(timeout=PROBE_TIMEOUT_S) as conn:
+                conn.execute("SELECT 1")
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise self._error(exc, "cannot reach the database: ") from None
 
     def listen(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from a thread of this store's) whenever another process commits to the log, and once
