@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import uvicorn
 
 Scope = MutableMapping[str, Any]
@@ -244,6 +245,15 @@ class ServerThread:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 10.0) -> str:
+        """Wait until a bandit-router app's `/readyz` answers 200 (its learned state recovered); its URL."""
+        deadline = time.monotonic() + timeout
+        while httpx.get(self.url + "/readyz").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not become ready")
+            time.sleep(0.01)
+        return self.url
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -75,11 +75,7 @@ def gateway(fake: Fake, tmp_path: Path) -> Iterator[Callable[..., str]]:
         settings = Settings(db=tmp_path / f"n{len(servers)}.db", models=specs, routers=ROUTERS, seed=11, **changes)
         server = ServerThread(create_app(settings))
         servers.append(server)
-        deadline = time.monotonic() + 10
-        while httpx.get(server.url + "/readyz").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        return server.url
+        return server.wait_ready()
 
     yield start
     for server in servers:

@@ -63,11 +63,7 @@ def gateway(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         settings = Settings(db=tmp_path / f"gw{len(servers)}.db", models=specs, **changes)
         server = ServerThread(create_app(settings))
         servers.append(server)
-        deadline = time.monotonic() + 10
-        while httpx.get(server.url + "/readyz").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        return server.url
+        return server.wait_ready()
 
     yield start
     for server in servers:
