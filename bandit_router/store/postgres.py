@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from ..catalog import ModelSpec
 from ..types import Decision
@@ -90,8 +90,6 @@ MIGRATE_LOCK = 0x62616E6469740002
 """The advisory lock key under which `prepare()` migrates (replicas starting together migrate once)."""
 CONNECT_TIMEOUT_S = 3
 POOL_TIMEOUT_S = 5.0
-PROBE_TIMEOUT_S = 2.0
-"""`probe` (readiness) waits at most this long for a pooled connection."""
 STATEMENT_TIMEOUT_MS = 60_000
 LOCK_TIMEOUT_MS = 10_000
 """A writer waits at most this long for the log's lock (then 503): a replica cut off from the network while it
@@ -135,6 +133,7 @@ class PostgresStore:
             reconnect_timeout=24 * 3600.0,
         )
         self._pool_open = False
+        self._probe: psycopg.Connection[Any] | None = None
         self._writer: psycopg.Connection[Any] | None = None
         self._writer_pid = 0
         """The server process of the writer's connection: its own notifications are not news to this process."""
@@ -314,13 +313,25 @@ class PostgresStore:
         """Nothing to do: PostgreSQL vacuums and checkpoints itself."""
 
     def probe(self) -> None:
-        """`SELECT 1` on a pooled connection, waiting at most `PROBE_TIMEOUT_S` for one: `StoreError` while the
-        server cannot be reached (the engine's readiness follows it; route and feedback answer 503 meanwhile)."""
+        """`SELECT 1` on a connection of its own (so the pool's reconnection back-off does not delay it), opened
+        again after a failure: `StoreError` while the server cannot be reached (the engine's readiness follows
+        it; route and feedback answer 503 meanwhile). Called from one thread (the engine's maintenance)."""
         try:
-            with self._readers().connection(timeout=PROBE_TIMEOUT_S) as conn:
-                conn.execute("SELECT 1")
-        except (psycopg.Error, PoolTimeout) as exc:
+            if self._probe is None or self._probe.closed or self._probe.broken:
+                self._probe = self._connect()
+            self._probe.execute("SELECT 1")
+        except psycopg.Error as exc:
+            self._close_probe()
             raise self._error(exc, "cannot reach the database: ") from None
+        except StoreError:
+            self._close_probe()
+            raise
+
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._probe.close()
+            self._probe = None
 
     def listen(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from a thread of this store's) whenever another process commits to the log, and once
@@ -355,6 +366,7 @@ class PostgresStore:
             self._listener = None
         with self._write_lock:
             self._drop_writer()
+        self._close_probe()
         if self._pool_open:
             with contextlib.suppress(Exception):
                 self._pool.close(timeout=2.0)
