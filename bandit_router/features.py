@@ -29,6 +29,7 @@ import numpy as np
 from .types import Context, Request, Scalar
 
 _PUNCTUATION_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
+_PUNCTUATION_TO_SPACE_BYTES = bytes.maketrans(string.punctuation.encode("ascii"), b" " * len(string.punctuation))
 _CODE_WORDS = frozenset(
     [
         "def",
@@ -187,7 +188,10 @@ class FeatureExtractor:
 
     def tokens(self, text: str) -> list[str]:
         """Lower-cased words of `text[:max_chars]`, split on white space and ASCII punctuation."""
-        return text[: self.max_chars].lower().translate(_PUNCTUATION_TO_SPACE).split()
+        head = text[: self.max_chars]
+        if head.isascii():  # the same words through bytes: a 256-byte table instead of a dict lookup per character
+            return head.encode("ascii").lower().translate(_PUNCTUATION_TO_SPACE_BYTES).decode("ascii").split()
+        return head.lower().translate(_PUNCTUATION_TO_SPACE).split()
 
     def _words(self, tokens: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Hashed unigrams (+ bigrams) of lower-cased `text` split on white space and ASCII punctuation.
