@@ -140,11 +140,11 @@ def _hermite(nodes: int) -> np.ndarray:
 
 def with_floors(pmf: np.ndarray, floors: np.ndarray) -> np.ndarray:
     """Give arm a at least `floors[a]` probability by mixing: p' = (1 − Σf)·p + f, with Σf scaled to ≤ 0.5."""
-    total = float(floors.sum())
+    total = float(_add(floors))
     if total <= 0:
         return pmf
     f = floors * min(1.0, 0.5 / total)
-    return (1.0 - float(f.sum())) * pmf + f
+    return (1.0 - float(_add(f))) * pmf + f
 
 
 def with_floor(pmf: np.ndarray, mask: list[bool], floor: float) -> np.ndarray:
