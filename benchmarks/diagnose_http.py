@@ -109,22 +109,28 @@ _SITECUSTOMIZE = textwrap.dedent('''
         router.Router.route = route
     elif MODE == "lock":
         from bandit_router.store import sqlite as store_sqlite
-        from bandit_router.store import writelock
         original_conn = store_sqlite.SQLiteStore._writer_conn
-        original_acquire = writelock.WriteLock.acquire
-        def acquire(self):
-            started = time.perf_counter_ns()
-            try:
-                return original_acquire(self)
-            finally:
-                stats["_lock_started"] = started
-        writelock.WriteLock.acquire = acquire
+        try:
+            from bandit_router.store import writelock
+        except ImportError:  # a checkout from before the write lock (`--code`): BEGIN IMMEDIATE's wait alone
+            writelock = None
+        if writelock is not None:
+            original_acquire = writelock.WriteLock.acquire
+            def acquire(self):
+                started = time.perf_counter_ns()
+                try:
+                    return original_acquire(self)
+                finally:
+                    stats["_lock_started"] = started
+            writelock.WriteLock.acquire = acquire
         class Probe:
             def __init__(self, conn, timeout_ms):
                 self.conn, self.timeout_ms = conn, timeout_ms
             def execute(self, sql, *args):
                 if sql != "BEGIN IMMEDIATE":
                     return self.conn.execute(sql, *args)
+                if writelock is None:
+                    stats["_lock_started"] = time.perf_counter_ns()
                 self.conn.execute("PRAGMA busy_timeout = 0")
                 try:
                     result = self.conn.execute(sql, *args)
@@ -163,7 +169,7 @@ def _delta(before: dict[int, dict[str, float]], after: dict[int, dict[str, float
 
 
 @contextlib.contextmanager
-def _served(mode: str, workers: int, folder: Path) -> Iterator[tuple[Any, Path]]:
+def _served(mode: str, workers: int, folder: Path, code: Path | None) -> Iterator[tuple[Any, Path]]:
     """A `bench_http` server whose processes import the instrumentation (`DIAG_MODE`), and its stats folder."""
     site = folder / "site"
     site.mkdir(parents=True, exist_ok=True)
@@ -174,7 +180,7 @@ def _served(mode: str, workers: int, folder: Path) -> Iterator[tuple[Any, Path]]
     os.environ["DIAG_OUT"], os.environ["DIAG_MODE"] = str(stats), mode
     os.environ["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [saved["PYTHONPATH"]])])
     try:
-        context = bench_http.serving(folder / "server", workers)
+        context = bench_http.serving(folder / "server", workers, code)
         server = context.__enter__()
     finally:
         for key, value in saved.items():
@@ -195,54 +201,71 @@ def _load(wrk: str, server: Any, stats: Path, name: str, connections: int, durat
     return m, _delta(before, _totals(stats))
 
 
-def diagnose(label: str, out: Path, duration: int) -> Path:
+def _inside(wrk: str, folder: Path, duration: int, code: Path | None) -> list[str]:
+    lines = ["## 1. Router.route in the server (event-loop thread CPU per call)", ""]
+    with _served("inside", 1, folder, code) as (server, stats):
+        bench_http.warm_up(server)
+        for c in (64, 8):
+            m, d = _load(wrk, server, stats, "route", c, duration)
+            s = next(iter(d.values()), {})
+            n = max(s.get("routes", 0), 1)
+            us = {k: s.get(f"{k}_ns", 0) / n / 1e3 for k in ("route", "features", "pmf", "quadrature", "pacer")}
+            lines.append(
+                f"c={c}: {m['rps']:,.0f} req/s, server CPU {m['cpu_us']:.0f} µs per request; Router.route "
+                f"{us['route']:.1f} µs: features {us['features']:.1f}, policy pmf {us['pmf']:.1f} (its quadrature "
+                f"{us['quadrature']:.1f}), budget pacer adjust + observe {us['pacer']:.1f}; "
+                f"{s.get('routes', 0) / max(s.get('iterations', 0), 1):.1f} route requests per event-loop iteration"
+            )
+    return [*lines, ""]
+
+
+def _stub(wrk: str, folder: Path, duration: int, code: Path | None) -> list[str]:
+    lines = ["## 2. /v1/route with a stored copy of one decision instead of Router.route (diagnostic)", ""]
+    with _served("stub", 1, folder, code) as (server, stats):
+        bench_http.warm_up(server)
+        for _ in range(2):
+            for name in ("healthz", "route"):
+                m, _ = _load(wrk, server, stats, name, 64, duration)
+                lines.append(f"{name} c=64: {m['rps']:,.0f} req/s, server CPU {m['cpu_us']:.0f} µs per request")
+    return [*lines, ""]
+
+
+def _lock(wrk: str, folder: Path, duration: int, code: Path | None) -> list[str]:
+    lines = ["## 3. Two workers on one SQLite file: the write lock", ""]
+    with _served("lock", 2, folder, code) as (server, stats):
+        bench_http.warm_up(server)
+        m, d = _load(wrk, server, stats, "route", 64, duration)
+        lines.append(f"route c=64, 2 workers: {m['rps']:,.0f} req/s, server CPU {m['cpu_us']:.0f} µs per request")
+        for pid, s in sorted(d.items()):
+            if s.get("transactions"):
+                lines.append(
+                    f"worker {pid}: {s['transactions']:.0f} write transactions, BEGIN IMMEDIATE found SQLite's "
+                    f"lock taken {s.get('busy', 0):.0f} times, lock + BEGIN waits over 1 ms: "
+                    f"{s.get('wait_over_1ms', 0):.0f}, longest {s.get('wait_max_ms', 0):.1f} ms"
+                )
+    return [*lines, ""]
+
+
+def diagnose(label: str, out: Path, duration: int, code: Path | None = None, only: str | None = None) -> Path:
     wrk = bench_http.wrk_path()
     if wrk is None:
         raise SystemExit("needs wrk")
     lines = [
         f"# Inside the server: {label}",
         "",
-        f"commit {git_commit(HERE)}, {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {platform.machine()}, "
+        f"server code at commit {git_commit(code or HERE)} (tool at {git_commit(HERE)}), "
+        f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {platform.machine()}, "
         f"{os.cpu_count()} cores (shared with other work), Python {platform.python_version()}",
-        f"command: python -m benchmarks.diagnose_http --label {label} --duration {duration}",
+        f"command: python -m benchmarks.diagnose_http --label {label} --duration {duration}"
+        + (f" --only {only}" if only else "") + (" --code <checkout>" if code else ""),
         "server: bandit-router serve (default policy, shipped 8-model catalog, durable SQLite), wrk -t1, "
         f"{duration} s per measurement; see the module docstring for what is instrumented",
         "",
     ]
     with tempfile.TemporaryDirectory(prefix="diagnose-http-") as tmp:
-        with _served("inside", 1, Path(tmp) / "inside") as (server, stats):
-            bench_http.warm_up(server)
-            lines += ["## 1. Router.route in the server (event-loop thread CPU per call)", ""]
-            for c in (64, 8):
-                m, d = _load(wrk, server, stats, "route", c, duration)
-                s = next(iter(d.values()), {})
-                n = max(s.get("routes", 0), 1)
-                us = {k: s.get(f"{k}_ns", 0) / n / 1e3 for k in ("route", "features", "pmf", "quadrature", "pacer")}
-                lines.append(
-                    f"c={c}: {m['rps']:,.0f} req/s, server CPU {m['cpu_us']:.0f} µs per request; Router.route "
-                    f"{us['route']:.1f} µs: features {us['features']:.1f}, policy pmf {us['pmf']:.1f} (its quadrature "
-                    f"{us['quadrature']:.1f}), budget pacer adjust + observe {us['pacer']:.1f}; "
-                    f"{s.get('routes', 0) / max(s.get('iterations', 0), 1):.1f} route requests per event-loop iteration"
-                )
-        lines += ["", "## 2. /v1/route with a stored copy of one decision instead of Router.route (diagnostic)", ""]
-        with _served("stub", 1, Path(tmp) / "stub") as (server, stats):
-            bench_http.warm_up(server)
-            for _ in range(2):
-                for name in ("healthz", "route"):
-                    m, _ = _load(wrk, server, stats, name, 64, duration)
-                    lines.append(f"{name} c=64: {m['rps']:,.0f} req/s, server CPU {m['cpu_us']:.0f} µs per request")
-        lines += ["", "## 3. Two workers on one SQLite file: the write lock", ""]
-        with _served("lock", 2, Path(tmp) / "lock") as (server, stats):
-            bench_http.warm_up(server)
-            m, d = _load(wrk, server, stats, "route", 64, duration)
-            lines.append(f"route c=64, 2 workers: {m['rps']:,.0f} req/s, server CPU {m['cpu_us']:.0f} µs per request")
-            for pid, s in sorted(d.items()):
-                if s.get("transactions"):
-                    lines.append(
-                        f"worker {pid}: {s['transactions']:.0f} write transactions, BEGIN IMMEDIATE found SQLite's "
-                        f"lock taken {s.get('busy', 0):.0f} times, lock + BEGIN waits over 1 ms: "
-                        f"{s.get('wait_over_1ms', 0):.0f}, longest {s.get('wait_max_ms', 0):.1f} ms"
-                    )
+        for name, part in (("inside", _inside), ("stub", _stub), ("lock", _lock)):
+            if only in (None, name):
+                lines += part(wrk, Path(tmp) / name, duration, code)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"diagnose-{label}.txt"
     path.write_text("\n".join(lines) + "\n")
@@ -254,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", required=True, help="names the output file: diagnose-LABEL.txt")
     parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
     parser.add_argument("--duration", type=int, default=6, help="seconds of load per measurement")
+    parser.add_argument("--code", type=Path, default=None, help="serve bandit_router from this checkout")
+    parser.add_argument("--only", choices=("inside", "stub", "lock"), default=None, help="one of the three")
     args = parser.parse_args(argv)
-    print(diagnose(args.label, Path(args.out), args.duration))
+    print(diagnose(args.label, Path(args.out), args.duration, args.code, args.only))
     return 0
 
 
