@@ -168,6 +168,8 @@ _MARKER_IDS = {name: hash_name("m=" + name) for name in ("code", "math", "list",
 _LEN_CHARS = hash_name("l=chars")
 _LEN_TOKENS = hash_name("l=tokens")
 _TURNS = hash_name("t=turns")
+_LENGTH_INDICES = np.array([_LEN_CHARS, _LEN_TOKENS], dtype=np.uint32)
+_LENGTH_INDICES.setflags(write=False)
 
 
 class FeatureExtractor:
@@ -227,7 +229,9 @@ class FeatureExtractor:
             bigrams ^= hashes[1:] + _GOLDEN
             bigrams &= _MASK32
             idx[n:] = bigrams
-        return idx, np.full(len(idx), 1.0 / math.sqrt(len(idx)), dtype=np.float32)
+        values = np.empty(len(idx), dtype=np.float32)
+        values.fill(1.0 / math.sqrt(len(idx)))  # as np.full, without its Python wrapper
+        return idx, values
 
     def extract(self, text: str, *, turns: int = 1, attributes: Mapping[str, Scalar] | None = None) -> Context:
         """Featurize raw text (what `__call__` does for a request)."""
@@ -237,8 +241,9 @@ class FeatureExtractor:
         tokens = self.tokens(head)
         features: dict[str, tuple[np.ndarray, np.ndarray]] = {"w": self._words(tokens)}
         vocabulary = set(tokens)
-        features["l"] = _sparse(
-            [_LEN_CHARS, _LEN_TOKENS], [_scaled_log(n_chars, 100_000), _scaled_log(n_tokens, 25_000)]
+        features["l"] = (  # the indices are always these two: one read-only array, shared
+            _LENGTH_INDICES,
+            np.array([_scaled_log(n_chars, 100_000), _scaled_log(n_tokens, 25_000)], dtype=np.float32),
         )
         markers: dict[str, float] = {}
         if not _CODE_WORDS.isdisjoint(vocabulary) or _contains_any(head, _CODE_SNIPPETS):
