@@ -92,8 +92,8 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
         top = math.nan
     cut = top - TIE_TOLERANCE
     alive = [a for a, (m, s) in enumerate(zip(means, sds, strict=True)) if m + dominance * s >= cut]
-    out = np.zeros(len(means))
     if len(alive) == 1:
+        out = np.zeros(len(means))
         out[alive[0]] = 1.0
         return out
     u = _hermite(nodes)
@@ -120,6 +120,10 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     trapezoids *= t[1:] - t[:-1]
     p = _add(trapezoids, axis=1)
     total = _add(p)
+    if len(alive) == len(means) and total > 0:
+        p /= total
+        return p
+    out = np.zeros(len(means))
     out[alive] = p / total if total > 0 else 1.0 / len(alive)
     return out
 
