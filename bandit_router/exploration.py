@@ -118,7 +118,7 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     integrand /= s  # f_a · Π_{b≠a} F_b (× √2π)
     trapezoids = integrand[:, 1:] + integrand[:, :-1]
     trapezoids *= t[1:] - t[:-1]
-    p = _add(trapezoids, axis=1)
+    p: np.ndarray = _add(trapezoids, axis=1)
     total = _add(p)
     if len(alive) == len(means) and total > 0:
         p /= total
