@@ -3,9 +3,8 @@
 SQLite lets one connection write at a time. A connection that finds the write lock taken waits in SQLite's busy
 handler, which *sleeps* between tries: 1, 2, 5, 10, 15, 20, 25 … ms (`sqliteDefaultBusyCallback`), however soon
 the other writer commits. With `--workers 2` each worker's writer commits a batch every millisecond or so, and
-10–50% of them found the lock taken (measured on `BEGIN IMMEDIATE` under `wrk`): the batch then slept a few
-milliseconds after the other had long committed, with every reply in it waiting too. Two workers served 0.9–1.7×
-what one did, and the tail latencies were those sleeps.
+about 7% of them found the lock taken (`benchmarks/diagnose_http.py` under `wrk`): the batch then slept
+milliseconds after the other had long committed, with every reply in it waiting too (the longest wait: 179 ms).
 
 `WriteLock` queues the writers of every process in the kernel instead: an exclusive `flock` on a file beside the
 database (`<db>-lock`), taken before `BEGIN IMMEDIATE` and released after `COMMIT` or `ROLLBACK`. A waiting
