@@ -234,9 +234,10 @@ THRESHOLDS = tuple(k / 10 for k in range(11))
 
 def cascade_world(kinds: bool) -> Environment:
     """Two models, gpt-4o-mini → gpt-4o (catalog prices: escalating costs ≈ 0.0029 USD), 0/1 qualities, 3,000
-    generated prompts. `kinds=False`: one kind of prompt, the cheap model right 60% of the time, the strong one
-    95%: whether to escalate depends on the judge's score alone, and a step threshold on it is the best rule.
-    `kinds=True`: math (cheap model right 30%, strong 93%) and chat (both 86%): escalating pays on math whatever
+    generated prompts. `kinds=False`: one kind of prompt, the cheap model right 62% of the time, the strong one
+    95%: a step threshold on the judge's score is the best rule that reads the score alone (the generated text
+    hints a little at a prompt's difficulty).
+    `kinds=True`: math (cheap model right 28%, strong 95%) and chat (both 87%): escalating pays on math whatever
     the score and never on chat, which no threshold on the score can tell apart."""
     if kinds:
         domains = [{"name": "math", "weight": 0.5}, {"name": "chat", "weight": 0.5}]

@@ -2,11 +2,12 @@
 
 - `cascade[:threshold=0.5,judge=…,error=0.1,noise=0,judge_price=0,max_cost=inf,models=a>b>c]` (RouterBench
   §5.3): a `CascadeRun` with a `ThresholdEscalation`; models from the cheapest (mean cost) up, or `models`.
-- `learned-cascade[:judge=…,v=0.1,floor=0.003,dim=64,ridge=5,confidence_ridge=5,…]`: the same chain with
-  `LearnedEscalation`,
-  which learns online from the final answer's quality only (bandit feedback), as the service does. With the
-  plan's `warmup` it first streams the training part once: `bandit` learning from its own choices, `full` from
-  every model's labelled outcome (both actions at every step: an offline warm start, as the bandits' `full`).
+- `learned-cascade[:judge=…,v=0.05,floor=0.001,ridge=100,…]` (any field of `EscalationParams`): the same chain
+  with `LearnedEscalation`, which learns online from the final answer's quality only (bandit feedback), as the
+  service does; the next model is priced for the prompt as the service prices it (catalog prices × the prompt's
+  tokens). With the plan's `warmup` it first streams the training part once: `bandit` learning from its own
+  choices, `full` from every model's labelled outcome (both actions at every step: an offline warm start from
+  labels, as the bandits' `full`; the scored part is always learned from the taken branch only).
 - `llm-router[:accuracy=0.8,garble=0,price_in=0.15,price_out=0.6,out_tokens=20,latency_s=0.5]`: below.
 
 **The simulated judge** answers like the live one: a rubric score from 1 to 10 as text, parsed by the service's
@@ -16,7 +17,8 @@ the noise from an accuracy instead (and `error` defaults to 0 then): for 0/1 qua
 right side of 0.5 with probability a, i.e. noise = 0.5/Φ⁻¹(a). Each judged answer costs `judge_price` USD per
 1M tokens × (the prompt's estimated tokens + 250 answer tokens) (default 0: free, as in RouterBench's
 cascade). The last model's answer is never judged (as live). For 0/1 qualities with noise 0 any threshold in
-(0, 1] is RouterBench's rule.
+(0, 1] is RouterBench's rule. The judge's random draws are fixed per (seed, prompt, model): every strategy run
+on a seed gets the same score for the same answer (common random numbers), whatever it asked before.
 
 **The simulated routing LLM** names the best model at the request's λ (the oracle's choice) with probability
 `accuracy`, else a uniformly random other available model; with probability `garble` its reply names no
