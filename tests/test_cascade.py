@@ -24,6 +24,7 @@ from bandit_router.cascade import (
     router_prompt,
     run_cascade,
 )
+from bandit_router.cascade.escalation import MAX_STEPS
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import ConfigError, Settings, load_settings
 from bandit_router.errors import InvalidInput
@@ -206,6 +207,20 @@ def test_learned_escalation_reads_the_confidence_signal() -> None:
     high = np.mean([learner.decide(ctx, 0, "cheap", 0.9, 0.002, 100.0, rng).escalate for _ in range(200)])
     low = np.mean([learner.decide(ctx, 0, "cheap", 0.1, 0.002, 100.0, rng).escalate for _ in range(200)])
     assert high <= 0.1 and low >= 0.9, (high, low)
+
+
+def test_a_learner_state_of_another_layout_is_refused_not_misread() -> None:
+    """`load` takes a state of its own layout only: another `dim`, or a state saved before the confidence block
+    had its smooth part (13 features per chain position), is a ValueError naming the sizes."""
+    small, large = LearnedEscalation(EscalationParams(dim=32)), LearnedEscalation(EscalationParams(dim=64))
+    with pytest.raises(ValueError, match="features"):
+        large.load(small.state())
+    old = {k: v for k, v in large.state().items()}
+    size = large.size - MAX_STEPS
+    old["accept"] = {k: np.eye(size) if k != "b" else np.zeros(size) for k in ("a", "a_inv", "b")}
+    with pytest.raises(ValueError, match=f"{size} features"):
+        large.load(old)
+    large.load(large.state())  # its own round-trips
 
 
 @pytest.mark.parametrize(("settings", "match"), [({"floor": 0.5}, "floor"), ({"dim": 8}, "dim"), ({"v": -1}, "v")])

@@ -133,9 +133,9 @@ class ThresholdEscalation:
 
 @dataclass(frozen=True)
 class EscalationParams:
-    """Settings of `LearnedEscalation`: prompt projection size, the ridge strength (prior precision) of the prompt
-    features and of the confidence features, the Thompson scale, the propensity floor (chosen on tuning seeds:
-    `experiments/cascade`)."""
+    """Settings of `LearnedEscalation`: prompt projection size, the ridge strengths (prior precisions) of the prompt
+    features, of the smooth confidence curve and of the per-score levels, the prior means, the Thompson scale, the
+    propensity floor (chosen on tuning seeds 100–102 of `experiments/cascade`)."""
 
     dim: int = 64
     ridge: float = 100.0
