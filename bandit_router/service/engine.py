@@ -104,8 +104,6 @@ class Engine:
         self._next_retention = 0.0
         self.extra_stats: dict[str, Callable[[], Any]] = {}
         """More sections of `stats()` (the gateway's judge adds `judge`)."""
-        self.feedback_listeners: list[Callable[[str, Outcome, FeedbackResult], None]] = []
-        """Told about every feedback this process stored (the named routers' learned escalation learns from them)."""
 
     # -- what the routes and tests read -------------------------------------------------------------------------
     @property
@@ -307,13 +305,14 @@ class Engine:
         await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
         return decision
 
-    async def store_decision(self, decision: Decision, request: Request) -> Decision:
-        """Store a decision made outside `route` (the gateway's fallbacks and caller-named models)."""
+    async def store_decision(self, decision: Decision, request: Request, call: CallRecord | None = None) -> Decision:
+        """Store a decision made outside `route` (the gateway's fallbacks and caller-named models; a named
+        router's, with its call record and chain in the same transaction)."""
         self._require_ready()
         tenant = request.context.get("tenant")
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
-        await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
+        await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow, call))
         return decision
 
     async def record_call(self, record: CallRecord, failure: Outcome | None = None, source: str | None = None) -> None:
@@ -326,8 +325,6 @@ class Engine:
 
     async def feedback(self, decision_id: str, outcome: Outcome, source: str | None = None) -> FeedbackResult:
         result: FeedbackResult = await self._submit(Feedback(decision_id, outcome, source, time.time()))
-        for listener in self.feedback_listeners:
-            listener(decision_id, outcome, result)
         return result
 
     async def set_budgets(self, config: BudgetConfig) -> BudgetConfig:
