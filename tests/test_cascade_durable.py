@@ -5,6 +5,7 @@ sweep of fixed thresholds on the same stream of requests. SQLite and PostgreSQL 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
 from bandit_router.log import rebuild_policies
 from bandit_router.service import create_app
@@ -21,6 +24,7 @@ from bandit_router.store import open_store
 from benchmarks.fake_upstream import FakeUpstream, ServerThread
 from experiments.cascade.live_sweep import (
     JUDGE_NOISE,
+    LAMBDA,
     PROMPTS,
     QUALITY,
     ask,
@@ -152,6 +156,38 @@ def test_bad_feedback_on_a_chain_is_a_4xx_and_stores_nothing(served: Served, db:
     reply = httpx.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": 0.1})
     assert reply.status_code == 409  # a different report: the chain was learned once, with the first
     assert app.state.engine.policies.escalations.learned("learned") == 1
+
+
+def test_export_writes_every_learned_escalation_step_with_its_propensity(
+    served: Served, db: str, tmp_path: Path
+) -> None:
+    """`bandit-router export --escalations`: one DSJSON event per accept/escalate step of each learned chain,
+    with the probability it was logged with and −(final quality − λ·chain cost) as its cost; decisions without
+    feedback, and fixed thresholds' chains, are not in it."""
+    url, _ = served.start(db)
+    chains = {}
+    for i, (_, prompt) in enumerate(stream(20, seed=4)):
+        body, decision_id = ask(url, "learned", prompt)
+        if i % 4:  # every fourth gets no feedback
+            give_feedback(url, decision_id, quality(body))
+            chains[decision_id] = (body["bandit_router"], quality(body))
+    ask(url, "fixed-50", PROMPTS["code"])
+    out = tmp_path / "escalations.dsjson"
+    result = CliRunner().invoke(cli_app, ["export", "--db", db, "--escalations", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(events) == len(chains) == 15
+    for event in events:
+        decision_id, step = event["EventId"].split("/")
+        chain, q = chains[decision_id]
+        logged = chain["steps"][int(step)]
+        assert event["_label_probability"] == pytest.approx(logged["probability"])
+        assert event["_labelIndex"] == ("accept", "escalate").index(logged["action"])
+        assert sum(event["p"]) == pytest.approx(1.0) and event["p"][0] == event["_label_probability"]
+        assert event["_label_cost"] == pytest.approx(-(q - LAMBDA * chain["cost_usd"]))
+        assert event["c"]["s_w"] and event["c"]["s_k"]["step"] == int(step)
+    bad = CliRunner().invoke(cli_app, ["export", "--db", str(tmp_path / "missing.db"), "--escalations"])
+    assert bad.exit_code == 2 and "no database" in bad.output
 
 
 # -- durable and shared ----------------------------------------------------------------------------------------------

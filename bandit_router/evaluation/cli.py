@@ -36,6 +36,9 @@ One line per decision with learned feedback: _label_cost = −reward, the logged
 their logged probabilities, the stored hashed context features. Train or evaluate with VW, e.g.
 `vw --cb_explore_adf --dsjson -q sa -d log.dsjson`.
 
+With --escalations: the learned cascades' accept/escalate steps instead, one line per step, over the two actions
+accept and escalate with the probabilities they were logged with, −(final quality − λ·chain cost) as the cost.
+
 Example: bandit-router export --db bandit-router.db --format dsjson --out log.dsjson
 """
 
@@ -149,11 +152,17 @@ def export(
     ] = None,
     label: Annotated[str, typer.Option(help="What the cost label is: reward or quality.")] = "reward",
     include_unlabeled: Annotated[bool, typer.Option(help="Also export decisions without feedback.")] = False,
+    escalations: Annotated[
+        bool, typer.Option(help="Export the learned cascades' accept/escalate steps (with their propensities).")
+    ] = False,
 ) -> None:
     from .dsjson import export_dsjson
 
     if format != "dsjson":
         raise _fail("export", f"--format: only 'dsjson' is supported, not {format!r}")
+    if escalations:
+        _export_escalations(db, out, label)
+        return
     try:
         catalog = _catalog(config)
         store = open_store(db)
@@ -179,6 +188,30 @@ def export(
         raise _fail("export", str(exc)) from None
     if out is not None:
         typer.echo(f"wrote {written} events to {out}", err=True)
+
+
+def _export_escalations(db: str, out: Path | None, label: str) -> None:
+    from .escalations import export_escalations
+
+    try:
+        store = open_store(db)
+        try:
+            if out is None:
+                try:
+                    export_escalations(store, sys.stdout, label=label)
+                    sys.stdout.flush()
+                except BrokenPipeError:
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                    raise typer.Exit(0) from None
+                return
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("w", encoding="utf-8") as fp:
+                written = export_escalations(store, fp, label=label)
+        finally:
+            store.close()
+    except (StoreError, BanditRouterError, OSError) as exc:
+        raise _fail("export", str(exc)) from None
+    typer.echo(f"wrote {written} escalation steps to {out}", err=True)
 
 
 def register(app: typer.Typer) -> None:
