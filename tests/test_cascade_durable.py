@@ -5,6 +5,7 @@ sweep of fixed thresholds on the same stream of requests. SQLite and PostgreSQL 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -18,9 +19,11 @@ from typer.testing import CliRunner
 
 from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
-from bandit_router.log import rebuild_policies
+from bandit_router.log import EscalationLearners, rebuild_policies
+from bandit_router.router import Router
 from bandit_router.service import create_app
 from bandit_router.store import open_store
+from bandit_router.types import Request
 from benchmarks.fake_upstream import FakeUpstream, ServerThread
 from experiments.cascade.live_sweep import (
     JUDGE_NOISE,
@@ -255,3 +258,26 @@ def test_learned_escalation_does_no_worse_than_the_best_fixed_threshold_live(
     assert means["learned"] >= best - 0.02, means
     assert result.escalated["code"] >= 0.8 and result.escalated["math"] >= 0.6 and result.escalated["prose"] <= 0.3, (
         result.escalated)
+
+
+def test_a_stored_chain_that_cannot_be_learned_is_skipped_not_fatal(tmp_path: Path) -> None:
+    """A chain that does not decode (or lacks a step's fields), or a decision of a router no longer configured:
+    not learned, logged, and the learner is unchanged; the learners' snapshot round-trips."""
+    learners = EscalationLearners(settings("http://127.0.0.1:9", str(tmp_path / "x.db")))
+    decision = dataclasses.replace(Router(seed=1).route(Request(prompt=PROMPTS["code"])),
+                                   policy="learned-cascade:learned")
+    before = learners.learners["learned"].state()
+    assert not learners.learn(decision, "not json", 0.5, 1)
+    assert not learners.learn(decision, '{"steps": [{"step": 0}], "extra_costs": [0.0]}', 0.5, 2)
+    assert not learners.learn(dataclasses.replace(decision, policy="learned-cascade:gone"), "{}", 0.5, 3)
+    assert learners.learned("learned") == 0
+    assert_same_state(learners.learners["learned"].state(), before)
+    good = ('{"steps": [{"step": 0, "model": "cheap", "confidence": 0.2, "action": "escalate", "p_escalate": 0.6,'
+            ' "expected_extra_cost_usd": 0.001, "next_cost_usd": 0.001}], "extra_costs": [0.0012]}')
+    assert learners.learn(decision, good, 0.9, 4) and learners.learned("learned") == 1
+    copy = EscalationLearners(settings("http://127.0.0.1:9", str(tmp_path / "x.db")))
+    copy.restore(learners.snapshot())
+    assert_same_state(copy.learners["learned"].state(), learners.learners["learned"].state())
+    with pytest.raises(ValueError):
+        copy.restore(b"garbage")
+    assert copy.learned("learned") == 1  # unchanged by the failed restore
