@@ -5,6 +5,7 @@ sweep of fixed thresholds on the same stream of requests. SQLite and PostgreSQL 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -96,7 +97,7 @@ def give_feedback(url: str, decision_id: str, q: float) -> dict[str, Any]:
 
 
 def learner_state(app: Any) -> dict[str, Any]:
-    return dict(app.state.engine.policies.escalations.learners["learned"].state())
+    return copy.deepcopy(dict(app.state.engine.policies.escalations.learners["learned"].state()))
 
 
 def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
@@ -266,7 +267,7 @@ def test_a_stored_chain_that_cannot_be_learned_is_skipped_not_fatal(tmp_path: Pa
     learners = EscalationLearners(settings("http://127.0.0.1:9", str(tmp_path / "x.db")))
     decision = dataclasses.replace(Router(seed=1).route(Request(prompt=PROMPTS["code"])),
                                    policy="learned-cascade:learned")
-    before = learners.learners["learned"].state()
+    before = copy.deepcopy(learners.learners["learned"].state())
     assert not learners.learn(decision, "not json", 0.5, 1)
     assert not learners.learn(decision, '{"steps": [{"step": 0}], "extra_costs": [0.0]}', 0.5, 2)
     assert not learners.learn(dataclasses.replace(decision, policy="learned-cascade:gone"), "{}", 0.5, 3)
@@ -275,9 +276,9 @@ def test_a_stored_chain_that_cannot_be_learned_is_skipped_not_fatal(tmp_path: Pa
     good = ('{"steps": [{"step": 0, "model": "cheap", "confidence": 0.2, "action": "escalate", "p_escalate": 0.6,'
             ' "expected_extra_cost_usd": 0.001, "next_cost_usd": 0.001}], "extra_costs": [0.0012]}')
     assert learners.learn(decision, good, 0.9, 4) and learners.learned("learned") == 1
-    copy = EscalationLearners(settings("http://127.0.0.1:9", str(tmp_path / "x.db")))
-    copy.restore(learners.snapshot())
-    assert_same_state(copy.learners["learned"].state(), learners.learners["learned"].state())
+    restored = EscalationLearners(settings("http://127.0.0.1:9", str(tmp_path / "x.db")))
+    restored.restore(learners.snapshot())
+    assert_same_state(restored.learners["learned"].state(), learners.learners["learned"].state())
     with pytest.raises(ValueError):
-        copy.restore(b"garbage")
-    assert copy.learned("learned") == 1  # unchanged by the failed restore
+        restored.restore(b"garbage")
+    assert restored.learned("learned") == 1  # unchanged by the failed restore
