@@ -11,7 +11,9 @@ valid snapshot is loaded and the log after it replayed, while `/readyz` answers 
 Shadow policies (`shadow_policies`) are routers beside the live one (`log.PolicySet`): on each route their pmfs
 are computed on the decision's context and stored with it (`shadow_pmfs`, same transaction); they learn every
 learned feedback in the same order. A promotion is a `promote` model event, so every process and every replay
-swaps at the same place in the log; with shadows, a checkpoint is a bundle of every router's snapshot.
+swaps at the same place in the log; with shadows, a checkpoint is a bundle of every router's snapshot. Learned
+cascades' escalation learners (`log.escalations`) are part of the policy set too: they follow the same log and
+checkpoints, from the chains stored with named routers' decisions (`store_decision(..., call)`).
 """
 
 from __future__ import annotations
