@@ -332,6 +332,11 @@ class HierarchicalThompsonPolicy(BasePolicy):
         t = total / math.sqrt(squares) if squares > 0 else 0.0
         return min(max(float(ndtr(t - self.params.margin)), MIN_SHARE), 1.0 - MIN_SHARE)
 
+    @property
+    def gate_evidence(self) -> tuple[float, float]:
+        """(S, V) = (Σδ, Σδ²) of the gate's doubly robust estimates so far (0, 0 without the gate)."""
+        return float(self._gate[0]), float(self._gate[1])
+
     def _exact_posterior(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(μ̂, sd of μ̂) of `rows` as `_before_update` gives them (exactly rounded sums: the same bits whatever
         the order of the rows and whichever models without feedback the policy has seen), vectorised."""
