@@ -764,3 +764,46 @@ def test_with_several_workers_the_reply_waits_for_its_call_record(
     feedback(url, raw.headers["x-decision-id"], 0.6)
     row = decision(url, raw.headers["x-decision-id"])["feedback"][0]
     assert row["output_tokens"] is not None and row["cost_usd"] is not None
+
+
+def test_call_slots_are_all_given_back_when_waits_time_out_as_slots_free_up() -> None:
+    """Many callers wait for one model's two call slots with deadlines that expire while holders release theirs
+    (a timeout racing a wake-up must not keep the slot): every caller either gets a slot or a TIMEOUT failure,
+    and afterwards both slots are free again."""
+    from bandit_router.gateway import Endpoint, UpstreamFailure, Upstreams
+    from bandit_router.gateway.upstreams import CallStatus
+
+    spec = ModelSpec("fake-small", *PRICES["fake-small"], base_url="http://127.0.0.1:9/v1", max_concurrency=2)
+    endpoint = Endpoint.of(spec, default_base_url=None, default_api_key_env=None, timeout_s=10,
+                           connect_timeout_s=5, max_concurrency=2)
+    assert endpoint is not None
+
+    async def scenario() -> tuple[int, int]:
+        upstreams = Upstreams([endpoint], max_response_bytes=1_000)
+        got = timed_out = 0
+
+        async def caller(i: int) -> None:
+            nonlocal got, timed_out
+            await asyncio.sleep((i % 7) * 0.0005)
+            try:
+                await upstreams._acquire("fake-small", time.monotonic() + (i % 5) * 0.001)
+            except UpstreamFailure as exc:
+                assert exc.status is CallStatus.TIMEOUT
+                timed_out += 1
+                return
+            got += 1
+            await asyncio.sleep(0.001)
+            upstreams._slots["fake-small"].release()
+
+        try:
+            await asyncio.gather(*(caller(i) for i in range(400)))
+            for _ in range(2):  # both slots free: two immediate acquisitions succeed
+                await upstreams._acquire("fake-small", time.monotonic() + 0.01)
+            with pytest.raises(UpstreamFailure):
+                await upstreams._acquire("fake-small", time.monotonic() + 0.01)
+        finally:
+            await upstreams.aclose()
+        return got, timed_out
+
+    got, timed_out = asyncio.run(scenario())
+    assert got + timed_out == 400 and got > 0 and timed_out > 0

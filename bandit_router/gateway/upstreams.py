@@ -190,8 +190,10 @@ class Upstreams:
         return endpoint, client.build_request("POST", endpoint.url, content=content, headers=headers, timeout=timeout)
 
     async def _acquire(self, model: str, deadline: float) -> None:
+        # A timed-out `Semaphore.acquire` hands a wake-up it already received on to the next waiter (tested).
         try:
-            await asyncio.wait_for(self._slots[model].acquire(), max(0.0, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._slots[model].acquire()
         except TimeoutError:
             raise UpstreamFailure(
                 model, CallStatus.TIMEOUT, "no free call slot before the deadline (max_concurrency)"
