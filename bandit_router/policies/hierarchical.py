@@ -49,7 +49,9 @@ Each request is decided by the mixture
 
 where S = Σ_t δ_t, V = Σ_t δ_t² over the logged decisions so far and δ_t is the doubly robust estimate
 (Dudík et al. 2011) of the value of π_c over π₀ on decision t (allowed models, penalties pen, logged pmf p,
-chosen model a, quality q), with the per-model means as reward model, r̂_m = μ̂_m − pen_m:
+chosen model a, quality q; pen_m = λ·ĉ_m from the decision's cost weight and expected costs, since a pacer's
+extra penalties and the latency term are not logged), with the per-model means as reward model,
+r̂_m = μ̂_m − pen_m:
 
     δ = Σ_m (π_c(m) − π₀(m))·r̂_m + (π_c(a) − π₀(a))/p_a·(q − μ̂_a)        (the penalties cancel in r − r̂)
 
