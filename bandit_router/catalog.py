@@ -127,18 +127,15 @@ class ModelSpec:
         """The upstream keys: an http(s) URL without credentials or query, a variable name, finite timeouts."""
         url = self.base_url
         if url is not None and (not isinstance(url, str) or _URL.fullmatch(url) is None or len(url) > 2048):
-            raise CatalogError(
-                f"model {self.name!r}: base_url must be an http:// or https:// URL without "
-                "credentials, query or fragment"
-            )
+            raise CatalogError(f"model {self.name!r}: base_url must be an http:// or https:// URL without "
+                               "credentials, query or fragment")
         env = self.api_key_env
         if env is not None and (not isinstance(env, str) or _ENV_NAME.fullmatch(env) is None):
-            raise CatalogError(
-                f"model {self.name!r}: api_key_env must be the NAME of an environment variable "
-                "(letters, digits, _), never the key itself"
-            )
+            raise CatalogError(f"model {self.name!r}: api_key_env must be the NAME of an environment variable "
+                               "(letters, digits, _), never the key itself")
         model = self.upstream_model
-        if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 256 or not model.isprintable()):
+        if model is not None and (not isinstance(model, str) or not 0 < len(model) <= 256
+                                  or not model.isprintable()):
             raise CatalogError(f"model {self.name!r}: upstream_model must be 1 to 256 printable characters")
         for key in ("timeout_s", "connect_timeout_s"):
             value = getattr(self, key)

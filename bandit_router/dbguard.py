@@ -113,15 +113,9 @@ class CheckReport:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "ok": self.ok,
-            "integrity": self.integrity,
-            "counts": self.counts,
-            "last_good_checkpoint": self.last_good_checkpoint,
-            "checkpoints": self.checkpoints,
-            "error": self.error,
-        }
+        return {"path": self.path, "ok": self.ok, "integrity": self.integrity, "counts": self.counts,
+                "last_good_checkpoint": self.last_good_checkpoint, "checkpoints": self.checkpoints,
+                "error": self.error}
 
 
 def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
@@ -157,18 +151,11 @@ def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
             try:
                 row = conn.execute(
                     "SELECT created_at, fingerprint, seq, event_id, version, sha256, state FROM checkpoints "
-                    "WHERE id = ?",
-                    (checkpoint_id,),
+                    "WHERE id = ?", (checkpoint_id,),
                 ).fetchone()
                 created_at, fingerprint, seq, event_id, version, sha256, state = row
-                entry.update(
-                    created_at=created_at,
-                    fingerprint=fingerprint,
-                    seq=seq,
-                    event_id=event_id,
-                    version=version,
-                    good=hashlib.sha256(state).hexdigest() == sha256,
-                )
+                entry.update(created_at=created_at, fingerprint=fingerprint, seq=seq, event_id=event_id,
+                             version=version, good=hashlib.sha256(state).hexdigest() == sha256)
             except (sqlite3.Error, TypeError, ValueError) as exc:
                 entry.update(good=False, error=str(exc))
             report.checkpoints.append(entry)

@@ -44,10 +44,8 @@ def name_problem(value: Any, max_length: int = MAX_NAME_LENGTH) -> str | None:
         return f"has {len(value)} characters; at most {max_length} are allowed"
     for ch in value:
         if ch == "\\" or unicodedata.category(ch) in _REFUSED_CATEGORIES:
-            return (
-                f"holds the character U+{ord(ch):04X}: a name has no spaces, no control, format or surrogate "
-                "characters and no `\\`"
-            )
+            return (f"holds the character U+{ord(ch):04X}: a name has no spaces, no control, format or surrogate "
+                    "characters and no `\\`")
     if "/" in value:
         for segment in value.split("/"):
             if segment in ("", ".", ".."):

@@ -725,3 +725,5 @@ class BudgetPacer:
         for threshold, stats in self._exceedance.items():
             n, over = stats.get(model, (0.0, 0.0))
             stats[model] = [EXCEEDANCE_DECAY * n + 1.0, EXCEEDANCE_DECAY * over + (latency_s > threshold)]
+
+

@@ -438,4 +438,6 @@ class BudgetConfig:
 
     def describe(self) -> list[str]:
         """Every target in the text grammar (`@tenant:` prefixed for tenants)."""
-        return [str(t) for t in self.targets] + [f"@{name}:{t}" for name, ts in self.tenants.items() for t in ts]
+        return [str(t) for t in self.targets] + [
+            f"@{name}:{t}" for name, ts in self.tenants.items() for t in ts
+        ]

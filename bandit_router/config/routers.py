@@ -72,9 +72,9 @@ class RouterAlias:
         if self.signal not in SIGNALS:
             raise ConfigError(f"{where}: signal must be one of {', '.join(SIGNALS)}, not {self.signal!r}")
         if self.signal == "judge" and self.judge is None:
-            raise ConfigError(f'{where}: give judge = "<catalog model>" or signal = "logprob"')
+            raise ConfigError(f"{where}: give judge = \"<catalog model>\" or signal = \"logprob\"")
         if self.signal != "judge" and self.judge is not None:
-            raise ConfigError(f'{where}: judge is only used with signal = "judge"')
+            raise ConfigError(f"{where}: judge is only used with signal = \"judge\"")
         if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
             raise ConfigError(f"{where}: threshold must be in [0, 1] (the confidence scaled to [0, 1])")
         if self.rubric is not None and ("{request}" not in self.rubric or "{answer}" not in self.rubric):
@@ -110,9 +110,8 @@ class RouterAlias:
             raise ConfigError(f"routers: {name!r}: strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
         unknown = sorted(set(data) - allowed)
         if unknown:
-            raise ConfigError(
-                f"routers: {name!r}: unknown keys {unknown} for strategy {strategy!r}; known: {sorted(allowed)}"
-            )
+            raise ConfigError(f"routers: {name!r}: unknown keys {unknown} for strategy {strategy!r}; known: "
+                              f"{sorted(allowed)}")
         models = data.get("models")
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise ConfigError(f"routers: {name!r}: models must be a list of catalog model names")
@@ -170,10 +169,8 @@ def check_routers(
             raise ConfigError(f"routers: {r.name!r}: not in the catalog: {missing}")
         judges_only = [m for m in r.models if m in unroutable]
         if judges_only:
-            raise ConfigError(
-                f"routers: {r.name!r}: models has route = false models {judges_only} (they may only "
-                "be a judge or router_model); set route = true in the catalog or remove them"
-            )
+            raise ConfigError(f"routers: {r.name!r}: models has route = false models {judges_only} (they may only "
+                              "be a judge or router_model); set route = true in the catalog or remove them")
         stray = sorted(set(r.descriptions) - set(r.models))
         if stray:
             raise ConfigError(f"routers: {r.name!r}: descriptions for models it does not route to: {stray}")
@@ -183,13 +180,10 @@ def check_routers(
 class RoutersSettings:
     """Named routers besides the bandit: cascades, learned cascades and LLM routers (`[[routers]]` tables)."""
 
-    routers: tuple[RouterAlias, ...] = setting(
-        (),
-        help="named routers a client sends as `model`: [[routers]] "
-        "tables with name, strategy (cascade, learned-cascade, llm-router), "
-        "models and judge/signal/threshold or router_model (see docs: "
-        "cascades); environment: a JSON list of objects",
-    )
+    routers: tuple[RouterAlias, ...] = setting((), help="named routers a client sends as `model`: [[routers]] "
+                                               "tables with name, strategy (cascade, learned-cascade, llm-router), "
+                                               "models and judge/signal/threshold or router_model (see docs: "
+                                               "cascades); environment: a JSON list of objects")
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.routers]

@@ -70,33 +70,24 @@ class Secrets:
 class ServerSettings:
     """The HTTP server."""
 
-    host: str = setting(
-        "127.0.0.1", help="address to bind; keep 127.0.0.1 unless API keys are set and a proxy terminates TLS"
-    )
+    host: str = setting("127.0.0.1", help="address to bind; keep 127.0.0.1 unless API keys are set and a proxy "
+                        "terminates TLS")
     port: int = setting(8000, help="TCP port")
     workers: int = setting(1, help="server processes sharing the database (each follows the feedback log)")
     log_level: str = setting("info", help="critical, error, warning, info or debug", lower=True)
-    access_log: bool = setting(
-        False, help="log every request line (costs about a third of a cheap endpoint's throughput)"
-    )
-    opentelemetry: bool = setting(
-        False, help="let FastAPI's OpenTelemetry instrumentation report to the global providers"
-    )
-    allowed_hosts: tuple[str, ...] = setting(
-        (),
-        help="Host header names accepted besides loopback ones when bound "
-        'to a loopback address (421 otherwise), e.g. ["router.internal", '
-        '"*.example.com"], or ["*"] for any; environment: a JSON list',
-    )
-    timeout_keep_alive_s: float = setting(5.0, help="seconds an idle keep-alive connection stays open after a reply")
-    header_timeout_s: float = setting(
-        10.0,
-        help="seconds a connection has to send a complete request line and "
-        "headers (from its opening or its previous reply); then it is closed",
-    )
-    body_timeout_s: float = setting(
-        30.0, help="seconds a request has to send its whole body once its headers are in; then the connection is closed"
-    )
+    access_log: bool = setting(False, help="log every request line (costs about a third of a cheap endpoint's "
+                               "throughput)")
+    opentelemetry: bool = setting(False, help="let FastAPI's OpenTelemetry instrumentation report to the global "
+                                  "providers")
+    allowed_hosts: tuple[str, ...] = setting((), help="Host header names accepted besides loopback ones when bound "
+                                             "to a loopback address (421 otherwise), e.g. [\"router.internal\", "
+                                             "\"*.example.com\"], or [\"*\"] for any; environment: a JSON list")
+    timeout_keep_alive_s: float = setting(5.0, help="seconds an idle keep-alive connection stays open after a "
+                                          "reply")
+    header_timeout_s: float = setting(10.0, help="seconds a connection has to send a complete request line and "
+                                      "headers (from its opening or its previous reply); then it is closed")
+    body_timeout_s: float = setting(30.0, help="seconds a request has to send its whole body once its headers are "
+                                    "in; then the connection is closed")
     max_connections: int = setting(1000, help="open connections per process; one more gets 503 and is closed")
 
     def __post_init__(self) -> None:
@@ -106,11 +97,8 @@ class ServerSettings:
             _check(math.isfinite(value) and 0 < value <= 3600, name, f"must be in (0, 3600] seconds, got {value}")
         _check(1 <= self.max_connections <= 1_000_000, "max_connections", "must be in 1..1000000")
         for host in self.allowed_hosts:
-            _check(
-                isinstance(host, str) and bool(host) and host.isascii() and " " not in host and "/" not in host,
-                "allowed_hosts",
-                f"must be host names, got {host!r}",
-            )
+            _check(isinstance(host, str) and bool(host) and host.isascii() and " " not in host and "/" not in host,
+                   "allowed_hosts", f"must be host names, got {host!r}")
         _check(1 <= self.port <= 65535, "port", f"must be in 1..65535, got {self.port}")
         _check(1 <= self.workers <= 64, "workers", f"must be in 1..64, got {self.workers}")
         _check(self.log_level in LOG_LEVELS, "log_level", f"unknown {self.log_level!r}")
@@ -120,31 +108,19 @@ class ServerSettings:
 class StorageSettings:
     """The database and the checkpoints of the learned state."""
 
-    db: Database = setting(
-        Path("bandit-router.db"),
-        help="SQLite database file (created on first start), or a "
-        "PostgreSQL URL postgresql://user:password@host:port/dbname shared by every replica",
-    )
-    synchronous: str = setting(
-        "normal",
-        help="SQLite synchronous: normal (survives an application crash) or full/extra (also power loss)",
-        lower=True,
-    )
-    store_prompts: bool = setting(
-        False, help="store the prompt text with each decision (the hashed features always are)"
-    )
+    db: Database = setting(Path("bandit-router.db"), help="SQLite database file (created on first start), or a "
+                           "PostgreSQL URL postgresql://user:password@host:port/dbname shared by every replica")
+    synchronous: str = setting("normal", help="SQLite synchronous: normal (survives an application crash) or "
+                               "full/extra (also power loss)", lower=True)
+    store_prompts: bool = setting(False, help="store the prompt text with each decision (the hashed features "
+                                  "always are)")
     checkpoint_interval: int = setting(1000, help="learned feedbacks between two checkpoints of the learned state")
     checkpoints_kept: int = setting(3, help="how many checkpoints to keep")
-    wal_max_bytes: int = setting(
-        64 * 1024 * 1024,
-        help="past this size of the SQLite WAL the writer copies it into "
-        "the database and truncates it (0: never; SQLite's passive checkpoints alone let "
-        "it grow without bound)",
-    )
-    retention_days: float | None = setting(
-        help="delete decisions and feedback older than this many days once the "
-        "newest checkpoint holds them (unset: keep everything; see Durability)"
-    )
+    wal_max_bytes: int = setting(64 * 1024 * 1024, help="past this size of the SQLite WAL the writer copies it into "
+                                 "the database and truncates it (0: never; SQLite's passive checkpoints alone let "
+                                 "it grow without bound)")
+    retention_days: float | None = setting(help="delete decisions and feedback older than this many days once the "
+                                           "newest checkpoint holds them (unset: keep everything; see Durability)")
 
     def __post_init__(self) -> None:
         if isinstance(self.db, str):  # `Settings(db="postgresql://…")`
@@ -154,7 +130,8 @@ class StorageSettings:
                 raise ConfigError(f"db: {exc}") from None
         _check(self.wal_max_bytes >= 0, "wal_max_bytes", "must be >= 0 (0: never truncate)")
         if self.retention_days is not None:
-            _check(math.isfinite(self.retention_days) and self.retention_days > 0, "retention_days", "must be > 0 days")
+            _check(math.isfinite(self.retention_days) and self.retention_days > 0, "retention_days",
+                   "must be > 0 days")
         _check(self.synchronous in SYNCHRONOUS, "synchronous", f"must be one of {', '.join(SYNCHRONOUS)}")
         _check(self.checkpoint_interval >= 1, "checkpoint_interval", "must be >= 1")
         _check(self.checkpoints_kept >= 1, "checkpoints_kept", "must be >= 1")
@@ -166,29 +143,22 @@ class RoutingSettings:
 
     catalog: Path | None = setting(help="model catalog TOML file (default: the catalog shipped with the package)")
     models: tuple[ModelSpec, ...] = setting((), help="inline catalog: [[models]] tables (instead of `catalog`)")
-    policy: str = setting(
-        "default", help="policy spec, e.g. default, vw-squarecb or linucb:alpha=0.5 (`bandit-router policies`)"
-    )
-    policy_settings: Mapping[str, Any] = setting(factory=dict, help="policy hyper-parameters, e.g. {gamma_scale = 20}")
-    shadow_policies: tuple[str, ...] = setting(
-        (),
-        help="policy specs run next to the live one (they learn, their "
-        'pmfs are logged, they never choose), e.g. ["linucb:alpha=0.5"]; '
-        "environment: a JSON list",
-    )
+    policy: str = setting("default", help="policy spec, e.g. default, vw-squarecb or linucb:alpha=0.5 "
+                          "(`bandit-router policies`)")
+    policy_settings: Mapping[str, Any] = setting(factory=dict, help="policy hyper-parameters, e.g. "
+                                                 "{gamma_scale = 20}")
+    shadow_policies: tuple[str, ...] = setting((), help="policy specs run next to the live one (they learn, their "
+                                               "pmfs are logged, they never choose), e.g. [\"linucb:alpha=0.5\"]; "
+                                               "environment: a JSON list")
     seed: int | None = setting(help="seed of the router's sampler (random when unset)")
-    cold_start_rounds: int = setting(
-        20,
-        help="feedbacks before a model loses its exploration floor (policies "
-        "other than `default`, which sizes the floor by uncertainty)",
-    )
+    cold_start_rounds: int = setting(20, help="feedbacks before a model loses its exploration floor (policies "
+                                     "other than `default`, which sizes the floor by uncertainty)")
     cost_weight: float = setting(20.0, help="default λ: quality points worth 1 USD (a request may override it)")
     latency_weight: float = setting(0.0, help="μ: quality points per second of latency")
 
     def __post_init__(self) -> None:
-        _check(
-            not (self.catalog is not None and self.models), "catalog", "give either `catalog` or [[models]], not both"
-        )
+        _check(not (self.catalog is not None and self.models), "catalog",
+               "give either `catalog` or [[models]], not both")
         for name in ("cost_weight", "latency_weight"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value >= 0, name, f"must be a finite number >= 0, got {value}")
@@ -207,15 +177,10 @@ class FeedbackSettings:
     """What the service does with feedback: reward windows and a second feedback for one decision."""
 
     reward_window_s: float | None = setting(help="seconds after a decision during which its feedback is learned")
-    default_reward: float | None = setting(
-        help="quality learned for a decision without feedback when its window closes"
-    )
-    aggregation: str = setting(
-        "reject",
-        help="a second, different feedback: reject (409), earliest (kept, not "
-        "learned) or average (learned as the mean when the window closes)",
-        lower=True,
-    )
+    default_reward: float | None = setting(help="quality learned for a decision without feedback when its window "
+                                           "closes")
+    aggregation: str = setting("reject", help="a second, different feedback: reject (409), earliest (kept, not "
+                               "learned) or average (learned as the mean when the window closes)", lower=True)
 
     def __post_init__(self) -> None:
         if self.reward_window_s is not None:
@@ -233,9 +198,8 @@ class LimitsSettings:
     """Sizes beyond which a request is refused with 413."""
 
     max_body_bytes: int = setting(1_048_576, help="largest request body (413 beyond)")
-    max_prompt_chars: int = setting(
-        200_000, help="largest prompt or sum of message contents, in characters (413 beyond)"
-    )
+    max_prompt_chars: int = setting(200_000, help="largest prompt or sum of message contents, in characters "
+                                    "(413 beyond)")
     max_models: int = setting(128, help="most active models (the catalog, and POST /v1/models: 409 beyond)")
 
     def __post_init__(self) -> None:
@@ -258,11 +222,8 @@ class AuthSettings:
         for keys, name in ((self.api_keys, "api_keys"), (self.admin_keys, "admin_keys")):
             for key in keys.reveal():
                 _check(len(key) >= MIN_KEY_LENGTH, name, f"every key needs at least {MIN_KEY_LENGTH} characters")
-                _check(
-                    key.isascii() and key.isprintable() and " " not in key,
-                    name,
-                    "keys must be printable ASCII without spaces",
-                )
+                _check(key.isascii() and key.isprintable() and " " not in key, name,
+                       "keys must be printable ASCII without spaces")
 
     @property
     def enabled(self) -> bool:
@@ -273,46 +234,29 @@ class AuthSettings:
 class GatewaySettings:
     """The OpenAI-compatible gateway (`POST /v1/chat/completions`): where models are called, tries, limits."""
 
-    router_alias: str = setting(
-        "router", help='the `model` value that means "route it" (any catalog name means "send it there")'
-    )
-    default_base_url: str | None = setting(
-        help="OpenAI-compatible base URL for catalog models without their own `base_url`"
-    )
+    router_alias: str = setting("router", help="the `model` value that means \"route it\" (any catalog name means "
+                                "\"send it there\")")
+    default_base_url: str | None = setting(help="OpenAI-compatible base URL for catalog models without their own "
+                                           "`base_url`")
     default_api_key_env: str | None = setting(help="environment variable holding the key for `default_base_url`")
     max_attempts: int = setting(3, help="models tried per request: the first choice and up to N-1 fallbacks")
     deadline_s: float = setting(120.0, help="seconds a request may take over all its tries (504 beyond)")
-    upstream_timeout_s: float = setting(
-        60.0,
-        help="seconds one upstream call may take, or wait between two "
-        "streamed chunks (a model's `timeout_s` overrides)",
-    )
-    upstream_connect_timeout_s: float = setting(
-        5.0, help="seconds to connect to an upstream (a model's `connect_timeout_s` overrides)"
-    )
-    upstream_max_concurrency: int = setting(
-        64,
-        help="concurrent calls per model (a model's `max_concurrency` "
-        "overrides); more wait for a slot within the deadline",
-    )
-    max_upstream_response_bytes: int = setting(
-        8 * 1024 * 1024,
-        help="largest upstream reply, or streamed reply in total (a larger one is that model's failure)",
-    )
-    failure_quality: float = setting(
-        0.0,
-        help="quality learned for a model whose call failed (timeout, "
-        "connection error, 5xx): the worst answer, since the caller got none",
-    )
+    upstream_timeout_s: float = setting(60.0, help="seconds one upstream call may take, or wait between two "
+                                        "streamed chunks (a model's `timeout_s` overrides)")
+    upstream_connect_timeout_s: float = setting(5.0, help="seconds to connect to an upstream (a model's "
+                                                "`connect_timeout_s` overrides)")
+    upstream_max_concurrency: int = setting(64, help="concurrent calls per model (a model's `max_concurrency` "
+                                            "overrides); more wait for a slot within the deadline")
+    max_upstream_response_bytes: int = setting(8 * 1024 * 1024, help="largest upstream reply, or streamed "
+                                               "reply in total (a larger one is that model's failure)")
+    failure_quality: float = setting(0.0, help="quality learned for a model whose call failed (timeout, "
+                                     "connection error, 5xx): the worst answer, since the caller got none")
 
     def __post_init__(self) -> None:
         from ..catalog import ModelSpec  # the same checks as a catalog entry's upstream keys
 
-        _check(
-            bool(self.router_alias) and len(self.router_alias) <= 128 and self.router_alias.isprintable(),
-            "router_alias",
-            "must be 1 to 128 printable characters",
-        )
+        _check(bool(self.router_alias) and len(self.router_alias) <= 128 and self.router_alias.isprintable(),
+               "router_alias", "must be 1 to 128 printable characters")
         try:
             ModelSpec("x", 0.0, 0.0, base_url=self.default_base_url, api_key_env=self.default_api_key_env)
         except Exception as exc:
@@ -337,20 +281,14 @@ class JudgeSettings:
     """Feedback without a human: a catalog model scores a sample of the gateway's answers off the request path."""
 
     judge_model: str | None = setting(help="catalog model that scores answers (unset: no judge)")
-    judge_rubric: str = setting(
-        DEFAULT_RUBRIC,
-        help="the judge's system prompt; its reply's first number, divided by `judge_scale`, is the quality",
-    )
+    judge_rubric: str = setting(DEFAULT_RUBRIC, help="the judge's system prompt; its reply's first number, "
+                                "divided by `judge_scale`, is the quality")
     judge_scale: float = setting(10.0, help="the largest score the rubric asks for (quality = score / scale)")
     judge_sample_rate: float = setting(0.0, help="share of routed answers the judge scores (0..1)")
-    judge_queue: int = setting(
-        1000, help="answers waiting for the judge at most (more are not judged: counted as dropped)"
-    )
-    judge_delay_s: float = setting(
-        0.0,
-        help="seconds after the reply before the judge's score is posted: the "
-        "caller's own feedback within this time wins",
-    )
+    judge_queue: int = setting(1000, help="answers waiting for the judge at most (more are not judged: counted "
+                                          "as dropped)")
+    judge_delay_s: float = setting(0.0, help="seconds after the reply before the judge's score is posted: the "
+                                   "caller's own feedback within this time wins")
     judge_concurrency: int = setting(4, help="judge calls in flight at most")
 
     def __post_init__(self) -> None:

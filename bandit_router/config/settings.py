@@ -70,13 +70,9 @@ def _keys() -> dict[str, Key]:
     keys: dict[str, Key] = {}
     for section, cls in SECTIONS.items():
         if cls is BudgetConfig:  # one key, a table: `[budgets]`
-            keys["budgets"] = Key(
-                "budgets",
-                BudgetConfig,
-                "budget targets, e.g. {avg_cost_usd = 0.0005, tenants = "
-                '{acme = {spend_usd = "50/1d"}}} (see docs: budgets); PUT /v1/budgets changes '
-                "them at run time",
-            )
+            keys["budgets"] = Key("budgets", BudgetConfig, "budget targets, e.g. {avg_cost_usd = 0.0005, tenants = "
+                                  "{acme = {spend_usd = \"50/1d\"}}} (see docs: budgets); PUT /v1/budgets changes "
+                                  "them at run time")
             continue
         hints = get_type_hints(cls)
         for f in dataclasses.fields(cls):
@@ -156,15 +152,10 @@ class Settings:
                 raise ConfigError(f"shadow_policies: {exc}") from exc
         catalog = self.load_catalog()  # a missing or malformed catalog file fails now, not at the first request
         if len(catalog) > self.limits.max_models:
-            raise ConfigError(
-                f"max_models: the catalog has {len(catalog)} models; max_models is {self.limits.max_models}"
-            )
-        check_routers(
-            self.named_routers.routers,
-            catalog.names,
-            self.gateway.router_alias,
-            [s.name for s in catalog if not s.route],
-        )
+            raise ConfigError(f"max_models: the catalog has {len(catalog)} models; max_models is "
+                              f"{self.limits.max_models}")
+        check_routers(self.named_routers.routers, catalog.names, self.gateway.router_alias,
+                      [s.name for s in catalog if not s.route])
         fallback = self.budgets.fallback_model
         if fallback is not None and fallback not in catalog.names:
             raise ConfigError(f"budgets: fallback_model {fallback!r} is not in the catalog")

@@ -277,22 +277,13 @@ def evaluate_log(
     path = _by_replay if config.mode == "replay" else _by_estimators
     out, n_eval = path(prepared, config)
     return Evaluation(
-        tuple(out),
-        prepared.arrays.models,
-        config.mode,
-        len(prepared.every),
-        len(prepared.logged),
-        n_eval,
-        tuple(prepared.warnings),
-        config.to_json(),
-        prepared.replays,
+        tuple(out), prepared.arrays.models, config.mode, len(prepared.every), len(prepared.logged), n_eval,
+        tuple(prepared.warnings), config.to_json(), prepared.replays,
     )
 
 
 def _prepare(
-    records: Iterable[LoggedRecord],
-    candidates: Sequence[str | Candidate],
-    specs: dict[str, ModelSpec],
+    records: Iterable[LoggedRecord], candidates: Sequence[str | Candidate], specs: dict[str, ModelSpec],
     config: EvaluationConfig,
 ) -> _Prepared:
     every = list(records)

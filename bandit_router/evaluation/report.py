@@ -39,7 +39,9 @@ def ranked_candidates(evaluation: Evaluation) -> list[str]:
     """Candidates by their `ranking_estimator` value, best first (non-finite values last)."""
     by = ranking_estimator(evaluation)
     value = {r.candidate: r.value for r in evaluation.records if r.estimator == by}
-    return sorted(evaluation.candidates, key=lambda c: -value[c] if math.isfinite(value.get(c, math.nan)) else math.inf)
+    return sorted(
+        evaluation.candidates, key=lambda c: -value[c] if math.isfinite(value.get(c, math.nan)) else math.inf
+    )
 
 
 def best_trusted(evaluation: Evaluation) -> EstimateRecord | None:
@@ -47,8 +49,7 @@ def best_trusted(evaluation: Evaluation) -> EstimateRecord | None:
     warning and whose interval is finite, the one with the highest lower bound. None when none qualifies."""
     by = ranking_estimator(evaluation)
     trusted = [
-        r
-        for r in evaluation.records
+        r for r in evaluation.records
         if r.estimator == by and not r.warnings and math.isfinite(r.ci_low) and math.isfinite(r.value)
     ]
     return max(trusted, key=lambda r: (r.ci_low, r.value), default=None)

@@ -59,15 +59,13 @@ def logged_records(reader: Reader, rows: Sequence[StoredDecision]) -> list[Logge
             out.append(LoggedRecord(decision, shadow_pmfs=shadow))
             continue
         last = learned[-1]
-        out.append(
-            LoggedRecord(
-                decision,
-                last.outcome(),
-                cost_usd=last.realised_cost_usd,
-                feedback_at=last.received_at,
-                shadow_pmfs=shadow,
-            )
-        )
+        out.append(LoggedRecord(
+            decision,
+            last.outcome(),
+            cost_usd=last.realised_cost_usd,
+            feedback_at=last.received_at,
+            shadow_pmfs=shadow,
+        ))
     return out
 
 

@@ -31,9 +31,7 @@ EXTENSION = "bandit_router"
 HEADER_PREFIX = "x-bandit-router-"
 KNOBS = ("cost_weight", "models", "context")
 KNOB_RULES: dict[str, TypeAdapter[Any]] = {
-    "cost_weight": TypeAdapter(CostWeight),
-    "models": TypeAdapter(AllowedModels),
-    "context": TypeAdapter(Context),
+    "cost_weight": TypeAdapter(CostWeight), "models": TypeAdapter(AllowedModels), "context": TypeAdapter(Context)
 }
 
 
@@ -101,7 +99,8 @@ def parse_chat(body: Any, headers: Mapping[str, str], *, alias: str, max_prompt_
             raise BadChatRequest(f"messages[{i}].content", "must be a string, a list of content parts, or null")
         size += len(message_text(content))
     if size > max_prompt_chars:
-        raise PromptTooLarge(f"the messages have {size} characters; the limit is {max_prompt_chars} (max_prompt_chars)")
+        raise PromptTooLarge(f"the messages have {size} characters; the limit is {max_prompt_chars} "
+                             "(max_prompt_chars)")
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -114,15 +113,9 @@ def parse_chat(body: Any, headers: Mapping[str, str], *, alias: str, max_prompt_
     knobs = _knobs(body.get(EXTENSION), headers)
     payload = {k: v for k, v in body.items() if k != EXTENSION}
     return ChatRequest(
-        model=model,
-        routed=model == alias,
-        stream=stream,
-        include_usage=include_usage,
-        messages=tuple(messages),
-        payload=payload,
-        cost_weight=knobs.get("cost_weight"),
-        models=knobs.get("models"),
-        context=knobs.get("context") or {},
+        model=model, routed=model == alias, stream=stream, include_usage=include_usage,
+        messages=tuple(messages), payload=payload, cost_weight=knobs.get("cost_weight"),
+        models=knobs.get("models"), context=knobs.get("context") or {},
     )
 
 

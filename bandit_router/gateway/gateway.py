@@ -61,9 +61,8 @@ class DecisionLog(Protocol):
 
     async def store_decision(self, decision: Decision, request: Request) -> Decision: ...
 
-    async def record_call(
-        self, record: CallRecord, failure: Outcome | None = None, source: str | None = None
-    ) -> None: ...
+    async def record_call(self, record: CallRecord, failure: Outcome | None = None,
+                          source: str | None = None) -> None: ...
 
 
 class NoUpstream(InvalidInput):
@@ -151,14 +150,8 @@ class StreamAnswer:
             yield b"data: [DONE]\n\n"
         except UpstreamFailure as exc:
             await self._finish(exc.status, str(exc))
-            body = {
-                "error": {
-                    "message": f"the stream broke: {exc}",
-                    "type": "upstream_error",
-                    "param": None,
-                    "code": str(exc.status),
-                }
-            }
+            body = {"error": {"message": f"the stream broke: {exc}", "type": "upstream_error", "param": None,
+                              "code": str(exc.status)}}
             yield b"data: " + json.dumps(body).encode() + b"\n\n"
         finally:
             if not self.finished:  # the caller left
@@ -204,23 +197,16 @@ class Gateway:
     @staticmethod
     def _endpoint(settings: Settings, spec: ModelSpec) -> Endpoint | None:
         g = settings.gateway
-        return Endpoint.of(
-            spec,
-            default_base_url=g.default_base_url,
-            default_api_key_env=g.default_api_key_env,
-            timeout_s=g.upstream_timeout_s,
-            connect_timeout_s=g.upstream_connect_timeout_s,
-            max_concurrency=g.upstream_max_concurrency,
-        )
+        return Endpoint.of(spec, default_base_url=g.default_base_url, default_api_key_env=g.default_api_key_env,
+                           timeout_s=g.upstream_timeout_s, connect_timeout_s=g.upstream_connect_timeout_s,
+                           max_concurrency=g.upstream_max_concurrency)
 
     def _no_upstream(self) -> str:
         keyless = self.upstreams.keyless
         if keyless:
             needed = sorted(set(keyless.values()))
-            return (
-                f"no catalog model can be called: set {' or '.join(needed)} (the api_key_env of "
-                f"{', '.join(keyless)}), or give models a base_url"
-            )
+            return (f"no catalog model can be called: set {' or '.join(needed)} (the api_key_env of "
+                    f"{', '.join(keyless)}), or give models a base_url")
         return "no catalog model has an upstream: give models a base_url, or set default_base_url"
 
     async def close(self) -> None:
@@ -234,11 +220,8 @@ class Gateway:
         `default_base_url` when it is first needed)."""
         out = []
         for spec in self.engine.router.models:
-            if (
-                not self.upstreams.has(spec.name)
-                and spec.name not in self.upstreams.keyless
-                and self.config.default_base_url is not None
-            ):
+            if (not self.upstreams.has(spec.name) and spec.name not in self.upstreams.keyless
+                    and self.config.default_base_url is not None):
                 endpoint = self._endpoint(self.settings, spec)
                 if endpoint is not None:
                     self.upstreams.add(endpoint)
@@ -269,24 +252,17 @@ class Gateway:
             request = chat.core_request()
             allowed = self._allowed(chat)
             if allowed is not None:
-                request = Request(
-                    messages=request.messages, context=request.context, models=allowed, cost_weight=request.cost_weight
-                )
+                request = Request(messages=request.messages, context=request.context, models=allowed,
+                                  cost_weight=request.cost_weight)
             decision = await self.engine.route(request)
         else:
             if chat.model in self.upstreams.keyless:
-                raise NoUpstream(
-                    f"model: {chat.model!r} is called with the key in "
-                    f"{self.upstreams.keyless[chat.model]}, which is not set"
-                )
-            if (
-                chat.model not in [m.name for m in self.engine.router.models]
-                or chat.model not in self.callable_models()
-            ):
-                raise NoUpstream(
-                    f"model: {chat.model[:200]!r} is neither {self.config.router_alias!r} nor a "
-                    "catalog model with an upstream"
-                )
+                raise NoUpstream(f"model: {chat.model!r} is called with the key in "
+                                 f"{self.upstreams.keyless[chat.model]}, which is not set")
+            if chat.model not in [m.name for m in self.engine.router.models] or chat.model not in \
+                    self.callable_models():
+                raise NoUpstream(f"model: {chat.model[:200]!r} is neither {self.config.router_alias!r} nor a "
+                                 "catalog model with an upstream")
             request = chat.core_request()
             decision = self.caller_decision(request, chat.model)
             await self.engine.store_decision(decision, request)
@@ -300,18 +276,10 @@ class Gateway:
         arm = [m.name for m in router.models].index(model)
         cost = spec.cost_usd(context.input_tokens, spec.output_tokens or 250.0)
         return Decision(
-            decision_id=new_decision_id(),
-            model=model,
-            arm=arm,
-            models=(model,),
-            pmf=(1.0,),
-            probability=1.0,
-            policy=CALLER_POLICY,
-            policy_version=router.version,
+            decision_id=new_decision_id(), model=model, arm=arm, models=(model,), pmf=(1.0,), probability=1.0,
+            policy=CALLER_POLICY, policy_version=router.version,
             cost_weight=request.cost_weight if request.cost_weight is not None else router.reward_config.cost_weight,
-            context=context,
-            expected_cost_usd=(cost,),
-            created_at=time.time(),
+            context=context, expected_cost_usd=(cost,), created_at=time.time(),
         )
 
     async def _next(self, attempt: Attempt, request: Request, tried: list[str]) -> Attempt | None:
@@ -369,9 +337,8 @@ class Gateway:
         usage = reply.usage or estimated(chat.messages, answer)
         cost = usage.cost_usd(self.engine.router.spec(decision.model))
         body["model"] = decision.model
-        recorded = self._record(
-            attempt, CallStatus.OK, None, usage=usage, cost=cost, latency=reply.latency_s, ttft=reply.latency_s
-        )
+        recorded = self._record(attempt, CallStatus.OK, None, usage=usage, cost=cost, latency=reply.latency_s,
+                                ttft=reply.latency_s)
         if self.await_records:
             await asyncio.wait([recorded])  # neither raises nor cancels the record
         if chat.routed and self.on_answer is not None:
@@ -410,34 +377,16 @@ class Gateway:
         usage = stream.usage or estimated(answer.chat.messages, text)
         decision = answer.decision
         cost = usage.cost_usd(self.engine.router.spec(decision.model))
-        recorded = self._record(
-            answer.attempt,
-            status,
-            None,
-            usage=usage,
-            cost=cost,
-            latency=stream.latency_s,
-            ttft=stream.ttft_s,
-            error=error or None,
-        )
+        recorded = self._record(answer.attempt, status, None, usage=usage, cost=cost, latency=stream.latency_s,
+                                ttft=stream.ttft_s, error=error or None)
         if status == CallStatus.OK and answer.chat.routed and self.on_answer is not None:
             self.on_answer(decision, answer.chat.messages, text)
         return recorded
 
     # -- recording --------------------------------------------------------------------------------------------
-    def _record(
-        self,
-        attempt: Attempt,
-        status: CallStatus,
-        started: float | None,
-        *,
-        usage: Usage | None = None,
-        cost: float | None = None,
-        latency: float | None = None,
-        ttft: float | None = None,
-        error: str | None = None,
-        http_status: int | None = None,
-    ) -> asyncio.Future[Any]:
+    def _record(self, attempt: Attempt, status: CallStatus, started: float | None, *, usage: Usage | None = None,
+                cost: float | None = None, latency: float | None = None, ttft: float | None = None,
+                error: str | None = None, http_status: int | None = None) -> asyncio.Future[Any]:
         """Store the call record (and, for a failure, the failure as feedback) without delaying the reply: the
         writer runs operations in the order they were submitted, so a feedback the caller sends to this process
         after this reply finds the record. With several workers a feedback may reach another one first, so
@@ -446,30 +395,20 @@ class Gateway:
             latency = time.perf_counter() - started
         decision = attempt.decision
         record = CallRecord(
-            decision_id=decision.decision_id,
-            request_id=attempt.request_id,
-            attempt=attempt.number,
-            model=decision.model,
-            routed=attempt.routed,
-            stream=attempt.stream,
-            status=str(status),
+            decision_id=decision.decision_id, request_id=attempt.request_id, attempt=attempt.number,
+            model=decision.model, routed=attempt.routed, stream=attempt.stream, status=str(status),
             http_status=http_status if http_status is not None else (200 if status == CallStatus.OK else None),
             input_tokens=None if usage is None else usage.input_tokens,
             output_tokens=None if usage is None else usage.output_tokens,
-            usage=None if usage is None else usage.source,
-            cost_usd=cost,
-            ttft_s=ttft,
-            latency_s=latency,
-            error=None if error is None else error[:500],
-            created_at=time.time(),
+            usage=None if usage is None else usage.source, cost_usd=cost, ttft_s=ttft, latency_s=latency,
+            error=None if error is None else error[:500], created_at=time.time(),
         )
         if self.observer is not None:
             self.observer(record)
         failure = None
         if status.is_failure:
-            failure = Outcome(
-                quality=self.config.failure_quality, cost_usd=0.0, input_tokens=0, output_tokens=0, latency_s=latency
-            )
+            failure = Outcome(quality=self.config.failure_quality, cost_usd=0.0, input_tokens=0, output_tokens=0,
+                              latency_s=latency)
         return self._spawn(self.engine.record_call(record, failure, FAILURE_SOURCE if failure is not None else None))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:

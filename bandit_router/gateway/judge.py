@@ -93,7 +93,8 @@ class Judge:
         if self.rate <= 0 or self._rng.random() >= self.rate:
             return
         self.stats.sampled += 1
-        job = Job(decision.decision_id, tuple(messages), answer, time.monotonic() + self.settings.judge.judge_delay_s)
+        job = Job(decision.decision_id, tuple(messages), answer,
+                  time.monotonic() + self.settings.judge.judge_delay_s)
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -104,11 +105,8 @@ class Judge:
         conversation = "\n".join(f"{m.get('role')}: {message_text(m.get('content'))}" for m in job.messages)
         return [
             {"role": "system", "content": self.settings.judge.judge_rubric},
-            {
-                "role": "user",
-                "content": f"Conversation:\n{conversation[-MAX_SHOWN_CHARS:]}\n\n"
-                f"Answer to grade:\n{job.answer[:MAX_SHOWN_CHARS]}",
-            },
+            {"role": "user", "content": f"Conversation:\n{conversation[-MAX_SHOWN_CHARS:]}\n\n"
+                                        f"Answer to grade:\n{job.answer[:MAX_SHOWN_CHARS]}"},
         ]
 
     def quality(self, reply: str) -> float | None:
@@ -122,7 +120,8 @@ class Judge:
         messages = self.prompt(job)
         deadline = time.monotonic() + self.settings.gateway.deadline_s
         try:
-            reply = await self.upstreams.complete(self.spec.name, {"messages": messages, "temperature": 0}, deadline)
+            reply = await self.upstreams.complete(self.spec.name, {"messages": messages, "temperature": 0},
+                                                  deadline)
         except UpstreamError as exc:
             self.stats.failed += 1
             log.info("judge call failed: %s", exc)
@@ -162,9 +161,5 @@ class Judge:
                 self.queue.task_done()
 
     def report(self) -> dict[str, Any]:
-        return {
-            "model": self.spec.name,
-            "sample_rate": self.rate,
-            "queued": self.queue.qsize(),
-            **{k: getattr(self.stats, k) for k in JudgeStats.__dataclass_fields__},
-        }
+        return {"model": self.spec.name, "sample_rate": self.rate, "queued": self.queue.qsize(),
+                **{k: getattr(self.stats, k) for k in JudgeStats.__dataclass_fields__}}

@@ -49,16 +49,8 @@ class Endpoint:
     max_concurrency: int
 
     @classmethod
-    def of(
-        cls,
-        spec: ModelSpec,
-        *,
-        default_base_url: str | None,
-        default_api_key_env: str | None,
-        timeout_s: float,
-        connect_timeout_s: float,
-        max_concurrency: int,
-    ) -> Endpoint | None:
+    def of(cls, spec: ModelSpec, *, default_base_url: str | None, default_api_key_env: str | None,
+           timeout_s: float, connect_timeout_s: float, max_concurrency: int) -> Endpoint | None:
         """The endpoint of `spec` (its own upstream keys, else the defaults); None without any base URL."""
         base = spec.base_url or default_base_url
         if base is None:
@@ -117,9 +109,8 @@ class Reply:
 class Upstreams:
     """The gateway's HTTP clients: one pooled `httpx.AsyncClient` per base URL, a semaphore per model."""
 
-    def __init__(
-        self, endpoints: Iterable[Endpoint], *, max_response_bytes: int, environ: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, endpoints: Iterable[Endpoint], *, max_response_bytes: int,
+                 environ: Mapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
         self.endpoints: dict[str, Endpoint] = {}
         self.keyless: dict[str, str] = {}
@@ -135,10 +126,8 @@ class Upstreams:
             if value:
                 self._keys[e.model] = value
         if self.keyless:
-            log.warning(
-                "not called by the gateway until their key variables are set: %s",
-                ", ".join(f"{m} ({v})" for m, v in self.keyless.items()),
-            )
+            log.warning("not called by the gateway until their key variables are set: %s",
+                        ", ".join(f"{m} ({v})" for m, v in self.keyless.items()))
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._slots = {e.model: asyncio.Semaphore(e.max_concurrency) for e in self.endpoints.values()}
         for e in self.endpoints.values():
@@ -146,8 +135,7 @@ class Upstreams:
                 limit = sum(x.max_concurrency for x in self.endpoints.values() if x.base_url == e.base_url)
                 self._clients[e.base_url] = httpx.AsyncClient(
                     limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-                    follow_redirects=False,
-                    trust_env=False,
+                    follow_redirects=False, trust_env=False,
                 )
 
     def __repr__(self) -> str:  # never the keys
@@ -187,7 +175,8 @@ class Upstreams:
         client = self._clients[endpoint.base_url]
         timeout = httpx.Timeout(endpoint.timeout_s, connect=endpoint.connect_timeout_s)
         content = json.dumps(body, separators=(",", ":")).encode("utf-8")
-        return endpoint, client.build_request("POST", endpoint.url, content=content, headers=headers, timeout=timeout)
+        return endpoint, client.build_request("POST", endpoint.url, content=content, headers=headers,
+                                              timeout=timeout)
 
     async def _acquire(self, model: str, deadline: float) -> None:
         # A timed-out `Semaphore.acquire` hands a wake-up it already received on to the next waiter (tested).
@@ -195,9 +184,8 @@ class Upstreams:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 await self._slots[model].acquire()
         except TimeoutError:
-            raise UpstreamFailure(
-                model, CallStatus.TIMEOUT, "no free call slot before the deadline (max_concurrency)"
-            ) from None
+            raise UpstreamFailure(model, CallStatus.TIMEOUT, "no free call slot before the deadline "
+                                  "(max_concurrency)") from None
 
     async def complete(self, model: str, payload: Mapping[str, Any], deadline: float) -> Reply:
         """One non-streamed call, within `deadline` (a `time.monotonic()` instant)."""
@@ -243,7 +231,8 @@ class Upstreams:
             except TimeoutError:
                 raise UpstreamFailure(model, CallStatus.TIMEOUT, "no answer before the request's deadline") from None
             except httpx.TimeoutException:
-                raise UpstreamFailure(model, CallStatus.TIMEOUT, f"no answer within {endpoint.timeout_s:g} s") from None
+                raise UpstreamFailure(model, CallStatus.TIMEOUT,
+                                      f"no answer within {endpoint.timeout_s:g} s") from None
             except httpx.HTTPError as exc:
                 raise UpstreamFailure(model, CallStatus.CONNECTION_ERROR, _transport(exc)) from None
         except BaseException:
@@ -258,9 +247,8 @@ class Upstreams:
                 await response.aclose()
                 self._slots[model].release()
             _check_status(model, response, raw)
-            raise UpstreamFailure(
-                model, CallStatus.INVALID_RESPONSE, f"status {response.status_code}", response.status_code
-            )
+            raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, f"status {response.status_code}",
+                                  response.status_code)
         return Stream(self, model, response, started, endpoint.timeout_s)
 
 
@@ -269,9 +257,8 @@ class Stream:
     `rest()` yields the following chunks; `close()` releases the connection and the model's slot (always call
     it). Each chunk is the parsed JSON of one `data:` event; `[DONE]` ends the stream."""
 
-    def __init__(
-        self, owner: Upstreams, model: str, response: httpx.Response, started: float, timeout_s: float
-    ) -> None:
+    def __init__(self, owner: Upstreams, model: str, response: httpx.Response, started: float,
+                 timeout_s: float) -> None:
         self._owner, self.model, self._response = owner, model, response
         self.started = started
         self.ttft_s: float | None = None
@@ -295,16 +282,14 @@ class Stream:
                 self.done = True
                 return None
             except httpx.TimeoutException:
-                raise UpstreamFailure(
-                    self.model, CallStatus.TIMEOUT, f"no chunk within {self._timeout_s:g} s"
-                ) from None
+                raise UpstreamFailure(self.model, CallStatus.TIMEOUT,
+                                      f"no chunk within {self._timeout_s:g} s") from None
             except httpx.HTTPError as exc:
                 raise UpstreamFailure(self.model, CallStatus.CONNECTION_ERROR, _transport(exc)) from None
             self._size += len(line) + 1
             if self._size > limit:
-                raise UpstreamFailure(
-                    self.model, CallStatus.INVALID_RESPONSE, f"the stream is larger than {limit} bytes"
-                )
+                raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE,
+                                      f"the stream is larger than {limit} bytes")
             if not line.startswith("data:"):
                 continue  # blank separators, comments, `event:` lines
             data = line[5:].strip()
@@ -336,9 +321,8 @@ class Stream:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 chunk = await self._next()
         except TimeoutError:
-            raise UpstreamFailure(
-                self.model, CallStatus.TIMEOUT, "no first chunk before the request's deadline"
-            ) from None
+            raise UpstreamFailure(self.model, CallStatus.TIMEOUT, "no first chunk before the request's deadline") \
+                from None
         if chunk is None:
             raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE, "the stream ended before its first chunk")
         self.ttft_s = time.perf_counter() - self.started
@@ -375,9 +359,8 @@ async def _read_bounded(response: httpx.Response, limit: int, model: str) -> byt
     async for part in response.aiter_bytes():
         sink.size += len(part)
         if sink.size > limit:
-            raise UpstreamFailure(
-                model, CallStatus.INVALID_RESPONSE, f"the reply is larger than {limit} bytes", response.status_code
-            )
+            raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, f"the reply is larger than {limit} bytes",
+                                  response.status_code)
         sink.parts.append(part)
     return b"".join(sink.parts)
 
@@ -399,9 +382,6 @@ def _check_status(model: str, response: httpx.Response, raw: bytes) -> None:
 def _transport(exc: httpx.HTTPError) -> str:
     """What went wrong on the wire, by kind only (an httpx message may hold the URL)."""
     kind = type(exc).__name__
-    return {
-        "ConnectError": "cannot connect",
-        "RemoteProtocolError": "the connection broke",
-        "ReadError": "the connection broke while reading",
-        "WriteError": "the connection broke while sending",
-    }.get(kind, f"transport error ({kind})")
+    return {"ConnectError": "cannot connect", "RemoteProtocolError": "the connection broke",
+            "ReadError": "the connection broke while reading", "WriteError": "the connection broke while sending"}.get(
+        kind, f"transport error ({kind})")

@@ -86,10 +86,7 @@ class Ruling:
 
 
 def judge(
-    existing: Sequence[FeedbackRecord],
-    report: tuple[Any, ...],
-    received_at: float,
-    created_at: float,
+    existing: Sequence[FeedbackRecord], report: tuple[Any, ...], received_at: float, created_at: float,
     rules: FeedbackRules,
 ) -> Ruling:
     """The verdict on a feedback reporting `report` (`FeedbackRecord.report()`), received at `received_at` for a
@@ -152,14 +149,8 @@ def priced(router: Router, decision: Decision, outcome: Outcome) -> tuple[float,
 
 
 def feedback_record(
-    router: Router,
-    decision: Decision,
-    tenant: str | None,
-    outcome: Outcome,
-    *,
-    received_at: float,
-    source: str | None,
-    status: FeedbackStatus,
+    router: Router, decision: Decision, tenant: str | None, outcome: Outcome, *, received_at: float,
+    source: str | None, status: FeedbackStatus,
 ) -> FeedbackRecord:
     """A feedback row for `decision`, with its reward and realised cost (not yet numbered: `seq` 0)."""
     value, cost = priced(router, decision, outcome)

@@ -40,13 +40,8 @@ class Monitor:
     """Bounded reads of the log for the dashboard; `catalog` gives the configured models (for pricing)."""
 
     def __init__(
-        self,
-        store: Store,
-        policies: PolicySet,
-        pacer: BudgetPacer,
-        catalog: Callable[[], Iterable[ModelSpec]],
-        *,
-        clock: Callable[[], float] = time.time,
+        self, store: Store, policies: PolicySet, pacer: BudgetPacer, catalog: Callable[[], Iterable[ModelSpec]],
+        *, clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.policies = policies
@@ -130,14 +125,8 @@ class Monitor:
             try:
                 found = self._evaluate_shadows()
             except BanditRouterError as exc:  # e.g. a logged model no catalog knows any more
-                found = {
-                    "live": self.policies.live_name,
-                    "window": SHADOW_DECISIONS,
-                    "estimator": "dr",
-                    "n": 0,
-                    "estimates": [],
-                    "reason": f"the shadows could not be evaluated: {exc}",
-                }
+                found = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr", "n": 0,
+                         "estimates": [], "reason": f"the shadows could not be evaluated: {exc}"}
             result = {"computed_at": now, **found}
             self._shadow_cache = (now, result)
             return result
@@ -151,18 +140,13 @@ class Monitor:
         if not names:
             return {**out, "n": 0, "estimates": [], "reason": "no shadow policies are configured"}
         records = [
-            r
-            for r in recent_log(self.store, SHADOW_DECISIONS)
+            r for r in recent_log(self.store, SHADOW_DECISIONS)
             if r.outcome is not None and all(name in r.shadow_pmfs for name in names)
         ]
         out["n"] = len(records)
         if len(records) < 20:
-            return {
-                **out,
-                "estimates": [],
-                "reason": f"{len(records)} recent decisions with feedback logged every "
-                "shadow's pmf; at least 20 are needed",
-            }
+            return {**out, "estimates": [], "reason": f"{len(records)} recent decisions with feedback logged every "
+                    "shadow's pmf; at least 20 are needed"}
         specs = {s.name: s for s in self.catalog()}
         for logged in records:
             for name in logged.decision.models:

@@ -140,11 +140,8 @@ def best_fixed(rows: list[MinuteStats]) -> dict[str, Any]:
     `MIN_BEST_FIXED` learned feedbacks; `model` None (with `reason`) when none qualifies."""
     eligible = [r for r in rows if r.learned >= MIN_BEST_FIXED and r.ips_weight_sum > 0]
     if not eligible:
-        return {
-            "model": None,
-            "reason": f"no model has {MIN_BEST_FIXED} learned feedbacks in this range",
-            "estimator": "snips",
-        }
+        return {"model": None, "reason": f"no model has {MIN_BEST_FIXED} learned feedbacks in this range",
+                "estimator": "snips"}
     best = max(eligible, key=lambda r: r.ips_reward_sum / r.ips_weight_sum)
     return {"model": best.model, "estimator": "snips", "n": best.learned, **_fixed(best)}
 

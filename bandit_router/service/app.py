@@ -144,8 +144,7 @@ class ServiceMiddleware:
             if self.hosts is not None and host is not None and _on_loopback(scope) and not self.hosts.allows(host):
                 shown = host.decode("latin-1")[:100]
                 response = errors.error_response(
-                    421,
-                    "misdirected_request",
+                    421, "misdirected_request",
                     f"Host {shown!r} is not served here: this service is bound to a loopback address and accepts "
                     "loopback host names only; add the name to `allowed_hosts` to serve it",
                 )
@@ -209,9 +208,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(
-            settings.storage.db, synchronous=settings.storage.synchronous, wal_max_bytes=settings.storage.wal_max_bytes
-        )
+        store = open_store(settings.storage.db, synchronous=settings.storage.synchronous,
+                           wal_max_bytes=settings.storage.wal_max_bytes)
         await asyncio.to_thread(store.prepare)
         metrics = Metrics()
         engine = Engine(settings, store, observer=metrics)
@@ -235,12 +233,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.named_routers = named = start_named_routers(settings, engine, gateway)
             log.info(
                 "bandit-router: db=%s synchronous=%s policy=%s models=%d auth=%s store_prompts=%s",
-                settings.storage.db,
-                settings.storage.synchronous,
-                settings.routing.policy,
-                len(engine.router.models),
-                "on" if settings.auth_enabled else "off",
-                settings.storage.store_prompts,
+                settings.storage.db, settings.storage.synchronous, settings.routing.policy,
+                len(engine.router.models), "on" if settings.auth_enabled else "off", settings.storage.store_prompts,
             )
             yield
         finally:
@@ -282,9 +276,8 @@ async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
         if not gateway.upstreams.has(judge_model):
             await gateway.close()
             raise ConfigError(f"judge_model: {judge_model!r} has no upstream (base_url)")
-        judge = Judge(
-            settings, engine.router.spec(judge_model), gateway.upstreams, engine.feedback, seed=settings.routing.seed
-        )
+        judge = Judge(settings, engine.router.spec(judge_model), gateway.upstreams, engine.feedback,
+                      seed=settings.routing.seed)
         judge.start()
         gateway.judge = judge
         gateway.on_answer = judge.offer

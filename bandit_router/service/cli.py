@@ -120,11 +120,8 @@ def check(
         typer.echo(f"bandit-router check: {exc}", err=True)
         raise typer.Exit(2) from None
     if isinstance(location, DatabaseURL):
-        typer.echo(
-            f"bandit-router check: {location} is PostgreSQL; check is for SQLite files (PostgreSQL "
-            "checks its own pages: see its amcheck module)",
-            err=True,
-        )
+        typer.echo(f"bandit-router check: {location} is PostgreSQL; check is for SQLite files (PostgreSQL "
+                   "checks its own pages: see its amcheck module)", err=True)
         raise typer.Exit(2)
     db_path = location
     report = check_database(db_path)
@@ -142,10 +139,8 @@ def check(
         if good is None:
             typer.echo("last good checkpoint: none (a restart relearns from the whole feedback log)")
         else:
-            typer.echo(
-                f"last good checkpoint: id {good['id']}, feedback seq {good['seq']}, policy version "
-                f"{good['version']}, taken at {good['created_at']:.0f} (Unix time)"
-            )
+            typer.echo(f"last good checkpoint: id {good['id']}, feedback seq {good['seq']}, policy version "
+                       f"{good['version']}, taken at {good['created_at']:.0f} (Unix time)")
         bad = [c for c in report.checkpoints if not c.get("good")]
         if bad:
             typer.echo(f"checkpoints failing their checksum: {[c['id'] for c in bad]}")
@@ -163,9 +158,8 @@ bandit-router's is refused (exit status 2). Works on a SQLite file and on a post
 
 
 def migrate(
-    db: Annotated[
-        str | None, typer.Option(help="SQLite file or postgresql:// URL (default: the configured `db`).")
-    ] = None,
+    db: Annotated[str | None, typer.Option(help="SQLite file or postgresql:// URL (default: the configured `db`).")]
+    = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML settings file.")] = None,
 ) -> None:
     from ..store import SCHEMA_VERSION

@@ -72,8 +72,7 @@ class Engine:
     def __init__(self, settings: Settings, store: Store | None = None, *, observer: Observer | None = None) -> None:
         self.settings = settings
         self.store: Store = store or open_store(
-            settings.storage.db,
-            synchronous=settings.storage.synchronous,
+            settings.storage.db, synchronous=settings.storage.synchronous,
             wal_max_bytes=settings.storage.wal_max_bytes,
         )
         seed = settings.routing.seed
@@ -87,9 +86,8 @@ class Engine:
         shared = settings.server.workers > 1 or bool(getattr(self.store, "shared", False))
         self.budgets = BudgetState(self.store, self.pacer, shared=shared)
         """With other processes on the same log (workers, replicas) the pacer books their decisions too."""
-        self.writer = Writer(
-            self.store, self.follower, self.budgets, FeedbackRules.from_settings(settings), observer=observer
-        )
+        self.writer = Writer(self.store, self.follower, self.budgets, FeedbackRules.from_settings(settings),
+                             observer=observer)
         self.recovery: dict[str, Any] = {}
         self._maintainer: threading.Thread | None = None
         self._unreachable: str | None = None
@@ -238,10 +236,7 @@ class Engine:
                 self.budgets.start_following(tx)
         log.info(
             "recovered: checkpoint at seq %s, %d feedbacks replayed in %.2f s, policy version %d",
-            self.recovery["checkpoint_seq"],
-            replayed,
-            self.recovery["seconds"],
-            self.router.version,
+            self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
         )
 
     def _between_batches(self) -> None:
@@ -376,10 +371,8 @@ class Engine:
             records = [r for r in iter_log(self.store) if r.outcome is not None and name in r.shadow_pmfs]
             specs = model_specs(self.store, list(self.settings.load_catalog()))
         if len(records) < MIN_PROMOTION_EVIDENCE:
-            reason = (
-                f"only {len(records)} decisions with feedback logged the shadow's pmf "
-                f"(at least {MIN_PROMOTION_EVIDENCE} needed)"
-            )
+            reason = (f"only {len(records)} decisions with feedback logged the shadow's pmf "
+                      f"(at least {MIN_PROMOTION_EVIDENCE} needed)")
             return {"ok": False, "reason": reason, "n": len(records)}
         evaluation = evaluate_log(
             records, ["logged", f"shadow:{name}"], models=specs, estimators=("dr",), baselines=False, seed=0

@@ -54,28 +54,13 @@ log = logging.getLogger("bandit_router.service")
 router = APIRouter()
 STREAM_WRITE_TIMEOUT_S = 30.0
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    422: "invalid_request_error",
-    502: "upstream_error",
-    503: "service_unavailable",
-    504: "upstream_error",
-}
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+          404: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+          422: "invalid_request_error", 502: "upstream_error", 503: "service_unavailable", 504: "upstream_error"}
 
 
-def openai_error(
-    status: int,
-    message: str,
-    *,
-    param: str | None = None,
-    code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> Response:
+def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> Response:
     body = {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": param, "code": code}}
     return Response(json.dumps(body).encode(), status_code=status, media_type="application/json", headers=headers)
 
@@ -100,12 +85,8 @@ def _error(exc: BaseException) -> Response:
         except (ValueError, RecursionError):
             upstream = None
         if isinstance(upstream, dict) and isinstance(upstream.get("error"), dict):
-            return Response(
-                json.dumps(upstream).encode(),
-                status_code=error.http_status,
-                media_type="application/json",
-                headers=headers,
-            )
+            return Response(json.dumps(upstream).encode(), status_code=error.http_status,
+                            media_type="application/json", headers=headers)
         return openai_error(error.http_status, str(error), code="upstream_rejected", headers=headers)
     if isinstance(exc, NoUpstream):
         if str(exc).startswith("model:"):
@@ -144,11 +125,8 @@ class EventStream(Response):
         self.answer, self.extra = answer, dict(headers)
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-        raw = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            *((k.encode(), v.encode()) for k, v in self.extra.items()),
-        ]
+        raw = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               *((k.encode(), v.encode()) for k, v in self.extra.items())]
         events = self.answer.relay()
 
         async def relay() -> None:
@@ -181,89 +159,43 @@ CHAT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["model", "messages"],
     "properties": {
-        "model": {
-            "type": "string",
-            "minLength": 1,
-            "description": "`router` (the alias: route it) or a catalog model's name (send it there)",
-        },
-        "messages": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["role"],
-                "properties": {
-                    "role": {"type": "string", "minLength": 1},
-                    "content": {"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]},
-                },
-            },
-        },
+        "model": {"type": "string", "minLength": 1,
+                  "description": "`router` (the alias: route it) or a catalog model's name (send it there)"},
+        "messages": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["role"],
+            "properties": {"role": {"type": "string", "minLength": 1},
+                           "content": {"anyOf": [{"type": "string"}, {"type": "array"}, {"type": "null"}]}},
+        }},
         "stream": {"type": ["boolean", "null"]},
         "stream_options": {"type": ["object", "null"]},
         "bandit_router": {
-            "type": "object",
-            "additionalProperties": False,
+            "type": "object", "additionalProperties": False,
             "description": "routing knobs (the OpenAI client's `extra_body`); also as x-bandit-router-* headers",
-            "properties": {
-                knob: {"anyOf": [rule.json_schema(), {"type": "null"}]} for knob, rule in KNOB_RULES.items()
-            },  # /v1/route's rules
+            "properties": {knob: {"anyOf": [rule.json_schema(), {"type": "null"}]}
+                           for knob, rule in KNOB_RULES.items()},  # /v1/route's rules
         },
     },
     "description": "OpenAI's chat-completion request; other fields go to the upstream unchanged",
 }
-_OPENAI_ERROR = {
-    "application/json": {
-        "schema": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["message", "type"],
-                    "properties": {
-                        "message": {"type": "string"},
-                        "type": {"type": "string"},
-                        "param": {"type": ["string", "null"]},
-                        "code": {"type": ["string", "null"]},
-                    },
-                }
-            },
-        }
-    }
-}
+_OPENAI_ERROR = {"application/json": {"schema": {"type": "object", "required": ["error"], "properties": {
+    "error": {"type": "object", "required": ["message", "type"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}}}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "a chat completion (JSON), or server-sent events when `stream` is true",
-        "content": {
-            "application/json": {"schema": {"type": "object"}},
-            "text/event-stream": {"schema": {"type": "string"}},
-        },
-    },
-    **{
-        s: {"description": d, "content": _OPENAI_ERROR}
-        for s, d in (
-            (400, "invalid request"),
-            (401, "missing or wrong API key"),
-            (404, "unknown model"),
-            (413, "body or messages too large"),
-            (415, "not sent as JSON"),
-            (422, "the upstream refused the request"),
-            (502, "no model answered"),
-            (503, "not ready, or no model has an upstream"),
-            (504, "out of time"),
-        )
-    },
+    200: {"description": "a chat completion (JSON), or server-sent events when `stream` is true",
+          "content": {"application/json": {"schema": {"type": "object"}},
+                      "text/event-stream": {"schema": {"type": "string"}}}},
+    **{s: {"description": d, "content": _OPENAI_ERROR} for s, d in (
+        (400, "invalid request"), (401, "missing or wrong API key"), (404, "unknown model"),
+        (413, "body or messages too large"), (415, "not sent as JSON"), (422, "the upstream refused the request"),
+        (502, "no model answered"), (503, "not ready, or no model has an upstream"), (504, "out of time"))},
 }
 
 
 @router.post(
-    "/v1/chat/completions",
-    tags=["gateway"],
-    responses=_RESPONSES,
-    openapi_extra={
-        "security": SECURITY,
-        "requestBody": {"required": True, "content": {"application/json": {"schema": CHAT_SCHEMA}}},
-    },
+    "/v1/chat/completions", tags=["gateway"], responses=_RESPONSES,
+    openapi_extra={"security": SECURITY, "requestBody": {"required": True, "content": {
+        "application/json": {"schema": CHAT_SCHEMA}}}},
 )
 async def chat_completions(request: Request) -> Any:
     """OpenAI's chat completions: `model = "router"` routes (and learns from feedback on `x-decision-id`), a
@@ -277,34 +209,25 @@ async def chat_completions(request: Request) -> Any:
             body = json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise BadChatRequest("body", f"not valid JSON ({type(exc).__name__})") from None
-        chat = parse_chat(
-            body,
-            request.headers,
-            alias=gateway.config.router_alias,
-            max_prompt_chars=services.engine.settings.limits.max_prompt_chars,
-        )
+        chat = parse_chat(body, request.headers, alias=gateway.config.router_alias,
+                          max_prompt_chars=services.engine.settings.limits.max_prompt_chars)
         named: NamedRouters | None = getattr(request.app.state, "named_routers", None)
         if named is not None and named.handles(chat.model):  # a [[routers]] alias: its answer, buffered
             done = await named.complete(chat)
             headers = _headers(done.decision.decision_id, done.decision.model, done.calls)
             if chat.stream:
-                return Response(
-                    sse_events(done.body, chat.include_usage), media_type="text/event-stream", headers=headers
-                )
-            return Response(
-                json.dumps(done.body, separators=(",", ":")).encode("utf-8"),
-                media_type="application/json",
-                headers=headers,
-            )
+                return Response(sse_events(done.body, chat.include_usage), media_type="text/event-stream",
+                                headers=headers)
+            return Response(json.dumps(done.body, separators=(",", ":")).encode("utf-8"),
+                            media_type="application/json", headers=headers)
         if chat.stream:
             answer = await gateway.open_stream(chat)
-            return EventStream(answer, _headers(answer.decision.decision_id, answer.decision.model, answer.attempts))
+            return EventStream(answer, _headers(answer.decision.decision_id, answer.decision.model,
+                                                answer.attempts))
         reply = await gateway.complete(chat)
-        return Response(
-            json.dumps(reply.body, separators=(",", ":")).encode("utf-8"),
-            media_type="application/json",
-            headers=_headers(reply.decision.decision_id, reply.decision.model, reply.attempts),
-        )
+        return Response(json.dumps(reply.body, separators=(",", ":")).encode("utf-8"),
+                        media_type="application/json",
+                        headers=_headers(reply.decision.decision_id, reply.decision.model, reply.attempts))
     except ClientDisconnect:
         raise  # the client left while sending its body: nobody reads a reply (the app's handler)
     except Exception as exc:  # every error in OpenAI's shape; an unexpected one is logged, a 500

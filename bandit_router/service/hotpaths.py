@@ -65,11 +65,8 @@ class HotPaths:
             raw = await _read_body(receive)
             if path == ROUTE:
                 reply, decision_id = await route_call(services, raw)
-                headers = [
-                    (b"content-length", str(len(reply)).encode()),
-                    _JSON,
-                    (b"x-decision-id", decision_id.encode()),
-                ]
+                headers = [(b"content-length", str(len(reply)).encode()), _JSON,
+                           (b"x-decision-id", decision_id.encode())]
             else:
                 reply = await feedback_call(services, raw)
                 headers = [(b"content-length", str(len(reply)).encode()), _JSON]

@@ -39,28 +39,20 @@ class Metrics:
         r = self.registry
         self.decisions = Counter("bandit_router_decisions", "Decisions stored, by chosen model", ["model"], registry=r)
         self.feedback = Counter(
-            "bandit_router_feedback",
-            "Feedback stored (or recognised as duplicate), by model and status",
-            ["model", "status"],
-            registry=r,
+            "bandit_router_feedback", "Feedback stored (or recognised as duplicate), by model and status",
+            ["model", "status"], registry=r,
         )
         self.reward_sum = Gauge(
-            "bandit_router_learned_reward_sum",
-            "Sum of the rewards of learned feedback, by model",
-            ["model"],
+            "bandit_router_learned_reward_sum", "Sum of the rewards of learned feedback, by model", ["model"],
             registry=r,
         )
         self.cost_sum = Counter(
-            "bandit_router_learned_cost_usd",
-            "Sum of the realised cost (USD) of learned feedback, by model",
-            ["model"],
+            "bandit_router_learned_cost_usd", "Sum of the realised cost (USD) of learned feedback, by model", ["model"],
             registry=r,
         )
         self.route_latency = Histogram(
-            "bandit_router_route_latency_seconds",
-            "Time to answer POST /v1/route (decide + durable log)",
-            buckets=ROUTE_BUCKETS,
-            registry=r,
+            "bandit_router_route_latency_seconds", "Time to answer POST /v1/route (decide + durable log)",
+            buckets=ROUTE_BUCKETS, registry=r,
         )
         self.requests = Counter(
             "bandit_router_http_requests", "HTTP replies by route and status code", ["route", "code"], registry=r
@@ -69,37 +61,25 @@ class Metrics:
         self.applied_seq = Gauge("bandit_router_applied_seq", "Last feedback seq applied by this process", registry=r)
         self.ready = Gauge("bandit_router_ready", "1 when the service is ready", registry=r)
         self.upstream_calls = Counter(
-            "bandit_router_upstream_calls",
-            "The gateway's upstream calls, by model and how they ended (ok, timeout, "
-            "connection_error, server_error, invalid_response, rejected, cancelled)",
-            ["model", "status"],
-            registry=r,
+            "bandit_router_upstream_calls", "The gateway's upstream calls, by model and how they ended (ok, timeout, "
+            "connection_error, server_error, invalid_response, rejected, cancelled)", ["model", "status"], registry=r,
         )
         self.upstream_seconds = Histogram(
-            "bandit_router_upstream_seconds",
-            "Duration of the gateway's answered upstream calls, by model",
-            ["model"],
-            buckets=UPSTREAM_BUCKETS,
-            registry=r,
+            "bandit_router_upstream_seconds", "Duration of the gateway's answered upstream calls, by model",
+            ["model"], buckets=UPSTREAM_BUCKETS, registry=r,
         )
         self.upstream_ttft = Histogram(
-            "bandit_router_upstream_ttft_seconds",
-            "Time to the first streamed chunk of answered calls, by model",
-            ["model"],
-            buckets=UPSTREAM_BUCKETS,
-            registry=r,
+            "bandit_router_upstream_ttft_seconds", "Time to the first streamed chunk of answered calls, by model",
+            ["model"], buckets=UPSTREAM_BUCKETS, registry=r,
         )
         self.upstream_cost = Counter(
-            "bandit_router_upstream_cost_usd",
-            "Cost (USD, usage × catalog prices) of the gateway's calls, by model",
-            ["model"],
-            registry=r,
+            "bandit_router_upstream_cost_usd", "Cost (USD, usage × catalog prices) of the gateway's calls, by model",
+            ["model"], registry=r,
         )
         self._children: dict[tuple[str, ...], object] = {}
 
-    def bind(
-        self, policy_version: Callable[[], float], applied_seq: Callable[[], float], ready: Callable[[], float]
-    ) -> None:
+    def bind(self, policy_version: Callable[[], float], applied_seq: Callable[[], float],
+             ready: Callable[[], float]) -> None:
         """Read the gauges from the engine at scrape time."""
         self.policy_version.set_function(policy_version)
         self.applied_seq.set_function(applied_seq)
@@ -160,21 +140,18 @@ class _BudgetCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         spend = GaugeMetricFamily(
-            "bandit_router_budget_spend_usd",
-            "Spend booked by the budget pacer (expected, corrected by feedback)",
+            "bandit_router_budget_spend_usd", "Spend booked by the budget pacer (expected, corrected by feedback)",
             labels=["tenant"],
         )
         lam = GaugeMetricFamily(
-            "bandit_router_budget_cost_weight",
-            "λ (quality points per USD) the pacer gives the next request",
+            "bandit_router_budget_cost_weight", "λ (quality points per USD) the pacer gives the next request",
             labels=["tenant"],
         )
         target = GaugeMetricFamily(
             "bandit_router_budget_target", "A budget target's value", labels=["tenant", "target"]
         )
         realized = GaugeMetricFamily(
-            "bandit_router_budget_realized",
-            "A budget target's realised value (spend targets: this period)",
+            "bandit_router_budget_realized", "A budget target's realised value (spend targets: this period)",
             labels=["tenant", "target"],
         )
         report = self._report()
@@ -203,9 +180,8 @@ class _JudgeCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         report = self._report()
-        jobs = GaugeMetricFamily(
-            "bandit_router_judge_jobs", "The judge's jobs by what became of them (and queued)", labels=["state"]
-        )
+        jobs = GaugeMetricFamily("bandit_router_judge_jobs", "The judge's jobs by what became of them (and queued)",
+                                 labels=["state"])
         for name in self.FIELDS:
             jobs.add_metric([name], float(report[name]))
         spend = GaugeMetricFamily("bandit_router_judge_spend_usd", "Cost of the judge's calls (USD)")

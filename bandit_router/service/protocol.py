@@ -49,22 +49,15 @@ class Limits:
 def _reply(status: bytes, code: str, message: str, *extra: bytes) -> bytes:
     """A complete HTTP/1.1 reply with a JSON error body, closing the connection."""
     body = json.dumps({"error": code, "message": message}).encode()
-    head = [
-        b"HTTP/1.1 " + status,
-        b"content-type: application/json",
-        b"connection: close",
-        *extra,
-        b"content-length: " + str(len(body)).encode(),
-    ]
+    head = [b"HTTP/1.1 " + status, b"content-type: application/json", b"connection: close", *extra,
+            b"content-length: " + str(len(body)).encode()]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
-REPLY_408 = _reply(
-    b"408 Request Timeout", "request_timeout", "the request headers did not arrive in time (header_timeout_s)"
-)
-REPLY_503 = _reply(
-    b"503 Service Unavailable", "unavailable", "too many open connections (max_connections)", b"retry-after: 1"
-)
+REPLY_408 = _reply(b"408 Request Timeout", "request_timeout", "the request headers did not arrive in time "
+                   "(header_timeout_s)")
+REPLY_503 = _reply(b"503 Service Unavailable", "unavailable", "too many open connections (max_connections)",
+                   b"retry-after: 1")
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):

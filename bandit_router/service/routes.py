@@ -171,10 +171,7 @@ def route_reply(decision: Decision) -> dict[str, Any]:
 
 
 @router.post(
-    "/v1/route",
-    response_model=RouteOut,
-    responses=_responses(409, body=True),
-    openapi_extra=_body(RouteIn),
+    "/v1/route", response_model=RouteOut, responses=_responses(409, body=True), openapi_extra=_body(RouteIn),
     tags=["v1"],
 )
 async def route(request: Request) -> Response:
@@ -291,14 +288,10 @@ async def list_models(request: Request) -> Response:
         {
             "object": "list",
             "data": [{"id": alias, "object": "model", "created": 0, "owned_by": "bandit-router"}]
-            + [
-                {"id": r.name, "object": "model", "created": 0, "owned_by": "bandit-router"}
-                for r in engine.settings.named_routers.routers
-            ]
-            + [
-                {"id": m.name, "object": "model", "created": 0, "owned_by": m.family or "bandit-router"}
-                for m in engine.router.models
-            ],
+            + [{"id": r.name, "object": "model", "created": 0, "owned_by": "bandit-router"}
+               for r in engine.settings.named_routers.routers]
+            + [{"id": m.name, "object": "model", "created": 0, "owned_by": m.family or "bandit-router"}
+               for m in engine.router.models],
             "models": [_model_json(m, counts.get(m.name, 0)) for m in engine.router.models],
             "retired": engine.retired_models(),
         }
@@ -356,11 +349,8 @@ async def stats(request: Request) -> Response:
 
 
 def _budgets_reply(engine: Engine) -> dict[str, Any]:
-    return {
-        "budgets": engine.pacer.config.to_mapping(),
-        "targets": engine.pacer.config.describe(),
-        "report": engine.pacer.report(),
-    }
+    return {"budgets": engine.pacer.config.to_mapping(), "targets": engine.pacer.config.describe(),
+            "report": engine.pacer.report()}
 
 
 @router.get("/v1/budgets", responses=_responses(), openapi_extra=_body(), tags=["v1"])
@@ -410,12 +400,8 @@ async def readyz(request: Request) -> Response:
     "/metrics",
     tags=["ops"],
     response_class=Response,
-    responses={
-        200: {
-            "description": "Prometheus text exposition format",
-            "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
-        }
-    },
+    responses={200: {"description": "Prometheus text exposition format",
+                     "content": {CONTENT_TYPE: {"schema": {"type": "string"}}}}},
 )
 async def metrics_text(request: Request) -> Response:
     """Prometheus text format."""

@@ -21,6 +21,7 @@ MAX_TOKENS = 10**9
 MAX_CONTEXT_ITEMS = 32
 
 
+
 def _name(value: str) -> str:
     """The grammar of `bandit_router.names` (no `.`/`..` or empty segments between `/`)."""
     problem = name_problem(value)
@@ -46,9 +47,8 @@ def _tokens(value: Any) -> int:
     return value
 
 
-Tokens = Annotated[
-    int, PlainValidator(_tokens), WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_TOKENS})
-]
+Tokens = Annotated[int, PlainValidator(_tokens),
+                   WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_TOKENS})]
 
 
 MAX_CONTEXT_NUMBER = 2**53
@@ -76,28 +76,16 @@ def _context_value(value: Any) -> str | bool | int | float:
 ContextValue = Annotated[
     str | bool | int | float,
     PlainValidator(_context_value),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "maxLength": 256},
-                {"type": "boolean"},
-                {"type": "number", "minimum": -MAX_CONTEXT_NUMBER, "maximum": MAX_CONTEXT_NUMBER},
-            ]
-        }
-    ),
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 256}, {"type": "boolean"},
+                              {"type": "number", "minimum": -MAX_CONTEXT_NUMBER, "maximum": MAX_CONTEXT_NUMBER}]}),
 ]
 ContextKey = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN), Name]
 Context = Annotated[
     dict[ContextKey, ContextValue],
     Field(max_length=MAX_CONTEXT_ITEMS),
-    WithJsonSchema(
-        {
-            "type": "object",
-            "maxProperties": MAX_CONTEXT_ITEMS,
-            "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
-            "additionalProperties": ContextValue.__metadata__[1].json_schema,
-        }
-    ),
+    WithJsonSchema({"type": "object", "maxProperties": MAX_CONTEXT_ITEMS,
+                    "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
+                    "additionalProperties": ContextValue.__metadata__[1].json_schema}),
 ]
 """Caller attributes of a request (`/v1/route`'s `context`, the gateway's `bandit_router.context`)."""
 MAX_COST_WEIGHT = 1e9
@@ -122,9 +110,15 @@ class RouteIn(_Strict):
     prompt: str | None = None
     messages: Annotated[list[MessageIn], Field(min_length=1, max_length=1000)] | None = None
     decision_id: DecisionId | None = Field(None, description="caller-chosen id for the feedback to use")
-    models: AllowedModels | None = Field(None, description="allowed subset of the active models")
-    cost_weight: CostWeight | None = Field(None, description="λ: quality points worth 1 USD, for this request")
-    context: Context | None = Field(None, description='caller attributes, e.g. {"tenant": "acme", "task": "support"}')
+    models: AllowedModels | None = Field(
+        None, description="allowed subset of the active models"
+    )
+    cost_weight: CostWeight | None = Field(
+        None, description="λ: quality points worth 1 USD, for this request"
+    )
+    context: Context | None = Field(
+        None, description='caller attributes, e.g. {"tenant": "acme", "task": "support"}'
+    )
 
     model_config = ConfigDict(
         extra="forbid",
@@ -163,16 +157,8 @@ class FeedbackIn(_Strict):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={
-            "examples": [
-                {
-                    "decision_id": "0194c1d2e3f4a5b6c7d8e9f0a1b2c3d4",
-                    "quality": 0.8,
-                    "output_tokens": 143,
-                    "latency_ms": 930,
-                }
-            ]
-        },
+        json_schema_extra={"examples": [{"decision_id": "0194c1d2e3f4a5b6c7d8e9f0a1b2c3d4", "quality": 0.8,
+                                         "output_tokens": 143, "latency_ms": 930}]},
     )
 
 
@@ -204,19 +190,13 @@ class ModelIn(_Strict):
     input_usd_per_mtok: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
     output_usd_per_mtok: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
     tags: Annotated[
-        dict[
-            Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN), Name],
-            Annotated[str, Field(min_length=1, max_length=128, pattern=NAME_PATTERN), Name],
-        ],
+        dict[Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN), Name],
+             Annotated[str, Field(min_length=1, max_length=128, pattern=NAME_PATTERN), Name]],
         Field(max_length=32),
-        WithJsonSchema(
-            {
-                "type": "object",
-                "maxProperties": 32,
-                "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
-                "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": NAME_PATTERN},
-            }
-        ),
+        WithJsonSchema({"type": "object", "maxProperties": 32,
+                        "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
+                        "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 128,
+                                                 "pattern": NAME_PATTERN}}),
     ] = Field(default_factory=dict)
     latency_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] | None = None
     output_tokens: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False)] | None = None
@@ -337,11 +317,9 @@ def _budget_scope_schema(*, settings: bool) -> dict[str, Any]:
             "description": 'spend ≤ USD per period, e.g. "200/1d" (period: seconds, or a number with s|m|h|d|w)',
         },
         "share": {
-            "type": "object",
-            "additionalProperties": share_value,
-            "maxProperties": 256,
+            "type": "object", "additionalProperties": share_value, "maxProperties": 256,
             "description": 'at most this share of the decisions per selector (a model or "tag:key=value"), e.g. '
-            '{"gpt-4o": 0.3, "tag:tier=large": "30%"}',
+                           '{"gpt-4o": 0.3, "tag:tier=large": "30%"}',
         },
     }
     pattern_properties: dict[str, Any] = {
@@ -350,29 +328,17 @@ def _budget_scope_schema(*, settings: bool) -> dict[str, Any]:
     }
     if settings:
         step = {"type": "number", "minimum": 0, "maximum": 10}
-        properties.update(
-            {
-                "fallback_model": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": 128,
-                    "description": "an active model, used when a spend budget is exhausted",
-                },
-                "guard_max_usd_per_mtok": {"type": "number", "minimum": 0},
-                "cost_step": step,
-                "share_step": step,
-                "latency_step": step,
-                "negligible_penalty": step,
-                "min_cost_weight": {"type": "number", "exclusiveMinimum": 0},
-                "max_cost_weight": {"type": "number", "exclusiveMinimum": 0},
-                "tenants": {
-                    "type": "object",
-                    "maxProperties": 1024,
-                    "additionalProperties": {"$ref": "#/components/schemas/BudgetScopeIn"},
-                    "description": "per tenant (the request context's `tenant`), its own targets",
-                },
-            }
-        )
+        properties.update({
+            "fallback_model": {"type": "string", "minLength": 1, "maxLength": 128,
+                               "description": "an active model, used when a spend budget is exhausted"},
+            "guard_max_usd_per_mtok": {"type": "number", "minimum": 0},
+            "cost_step": step, "share_step": step, "latency_step": step, "negligible_penalty": step,
+            "min_cost_weight": {"type": "number", "exclusiveMinimum": 0},
+            "max_cost_weight": {"type": "number", "exclusiveMinimum": 0},
+            "tenants": {"type": "object", "maxProperties": 1024,
+                        "additionalProperties": {"$ref": "#/components/schemas/BudgetScopeIn"},
+                        "description": "per tenant (the request context's `tenant`), its own targets"},
+        })
     return {
         "title": "BudgetsIn" if settings else "BudgetScopeIn",
         "type": "object",

@@ -190,9 +190,8 @@ class Feedback(Op):
             rec = ruling.earlier
             assert rec is not None
             if batch.writer.observer is not None:
-                batch.writer.observer.feedback_stored(
-                    decision.model, "duplicate", rec.reward, rec.realised_cost_usd, False
-                )
+                batch.writer.observer.feedback_stored(decision.model, "duplicate", rec.reward, rec.realised_cost_usd,
+                                                      False)
             return FeedbackResult(self.decision_id, "duplicate", rec.reward, rec.seq, False)
         if ruling.verdict == Verdict.CONFLICT:
             assert ruling.earlier is not None
@@ -205,9 +204,8 @@ class Feedback(Op):
         if unrouted(decision.policy) and status in (FeedbackStatus.APPLIED, FeedbackStatus.PENDING):
             status = FeedbackStatus.UNROUTED
         record = batch.number(
-            feedback_record(
-                router, decision, stored.tenant, o, received_at=self.received_at, source=self.source, status=status
-            )
+            feedback_record(router, decision, stored.tenant, o, received_at=self.received_at, source=self.source,
+                            status=status)
         )
         batch.feedback.setdefault(self.decision_id, []).append(record)
         batch.log_feedback(record, decision)
@@ -288,12 +286,7 @@ class Writer:
     budget housekeeping); `on_stop` runs last on the thread."""
 
     def __init__(
-        self,
-        store: Store,
-        follower: LogFollower,
-        budgets: BudgetState,
-        rules: FeedbackRules,
-        *,
+        self, store: Store, follower: LogFollower, budgets: BudgetState, rules: FeedbackRules, *,
         observer: Observer | None = None,
     ) -> None:
         self.store = store
@@ -312,9 +305,8 @@ class Writer:
         self.accepting = False
 
     # -- life cycle -------------------------------------------------------------------------------------------
-    def start(
-        self, prepare: Callable[[], None], between_batches: Callable[[], None], on_stop: Callable[[], None]
-    ) -> None:
+    def start(self, prepare: Callable[[], None], between_batches: Callable[[], None],
+              on_stop: Callable[[], None]) -> None:
         self.accepting = True
         self._thread = threading.Thread(
             target=self._run, args=(prepare, between_batches, on_stop), name="bandit-router-writer", daemon=True
@@ -358,9 +350,8 @@ class Writer:
         _settle_all(ops)
 
     # -- the thread -------------------------------------------------------------------------------------------
-    def _run(
-        self, prepare: Callable[[], None], between_batches: Callable[[], None], on_stop: Callable[[], None]
-    ) -> None:
+    def _run(self, prepare: Callable[[], None], between_batches: Callable[[], None],
+             on_stop: Callable[[], None]) -> None:
         try:
             prepare()
         except BaseException as exc:
@@ -519,9 +510,8 @@ class Writer:
                 continue
             outcome, status = closing
             record = batch.number(
-                feedback_record(
-                    router, stored.decision, stored.tenant, outcome, received_at=now, source=status.value, status=status
-                )
+                feedback_record(router, stored.decision, stored.tenant, outcome, received_at=now, source=status.value,
+                                status=status)
             )
             batch.log_feedback(record, stored.decision)
         tx.set_meta(SWEPT, str(position))
@@ -556,7 +546,6 @@ class Writer:
 
 
 _IDLE: Any = object()
-
 
 def _settle(op: Op) -> None:
     future = op.future

@@ -101,7 +101,8 @@ _CHUNK = 200
 _INSERT_DECISIONS = f"INSERT INTO decisions ({_DECISIONS}) VALUES "
 _DECISION_PLACEHOLDERS = f"({', '.join(['%s'] * len(DECISION_COLUMNS))})"
 _INSERT_FEEDBACK = (
-    f"WITH moved AS (UPDATE log_head SET seq = GREATEST(seq, %s)) INSERT INTO feedback ({_FEEDBACK}) VALUES "
+    "WITH moved AS (UPDATE log_head SET seq = GREATEST(seq, %s)) "
+    f"INSERT INTO feedback ({_FEEDBACK}) VALUES "
 )
 _FEEDBACK_PLACEHOLDERS = f"({', '.join(['%s'] * len(FEEDBACK_COLUMNS))})"
 
@@ -109,15 +110,8 @@ _FEEDBACK_PLACEHOLDERS = f"({', '.join(['%s'] * len(FEEDBACK_COLUMNS))})"
 class PostgresStore:
     """`Store` on PostgreSQL at `url`. `pool_size`: the most reader connections this process opens."""
 
-    def __init__(
-        self,
-        url: DatabaseURL,
-        *,
-        pool_size: int = 6,
-        timeout_s: float = POOL_TIMEOUT_S,
-        lock_timeout_ms: int = LOCK_TIMEOUT_MS,
-        idle_timeout_ms: int = IDLE_IN_TRANSACTION_MS,
-    ) -> None:
+    def __init__(self, url: DatabaseURL, *, pool_size: int = 6, timeout_s: float = POOL_TIMEOUT_S,
+                 lock_timeout_ms: int = LOCK_TIMEOUT_MS, idle_timeout_ms: int = IDLE_IN_TRANSACTION_MS) -> None:
         self.url = url
         self.fault: str | None = None
         """Always None: a server that is down is a transient `StoreError` (503), not a fault of the store."""
@@ -130,21 +124,12 @@ class PostgresStore:
             "connect_timeout": CONNECT_TIMEOUT_S,
             "application_name": "bandit-router",
             "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={lock_timeout_ms} "
-            f"-c idle_in_transaction_session_timeout={idle_timeout_ms}",
-            "keepalives": 1,
-            "keepalives_idle": 10,
-            "keepalives_interval": 5,
-            "keepalives_count": 3,
+                       f"-c idle_in_transaction_session_timeout={idle_timeout_ms}",
+            "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
         }
         self._pool = ConnectionPool(
-            url.reveal(),
-            min_size=1,
-            max_size=pool_size,
-            kwargs=self._connect_options,
-            open=False,
-            timeout=timeout_s,
-            check=ConnectionPool.check_connection,
-            name="bandit-router",
+            url.reveal(), min_size=1, max_size=pool_size, kwargs=self._connect_options, open=False,
+            timeout=timeout_s, check=ConnectionPool.check_connection, name="bandit-router",
             reconnect_timeout=24 * 3600.0,
         )
         self._pool_open = False
@@ -311,17 +296,13 @@ class PostgresStore:
             checkpoint_seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()[0])
             deleted = conn.execute(
                 "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback WHERE seq <= %s AND received_at < %s "
-                "ORDER BY seq LIMIT %s)",
-                (checkpoint_seq, cutoff, limit),
+                "ORDER BY seq LIMIT %s)", (checkpoint_seq, cutoff, limit),
             ).rowcount
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT decision_id FROM decisions d WHERE created_at < %s AND NOT EXISTS "
-                    "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY position LIMIT %s",
-                    (cutoff, limit),
-                ).fetchall()
-            ]
+            ids = [r[0] for r in conn.execute(
+                "SELECT decision_id FROM decisions d WHERE created_at < %s AND NOT EXISTS "
+                "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY position LIMIT %s",
+                (cutoff, limit),
+            ).fetchall()]
             if ids:
                 conn.execute("DELETE FROM shadow_pmfs WHERE decision_id = ANY(%s)", (ids,))
                 conn.execute("DELETE FROM calls WHERE decision_id = ANY(%s)", (ids,))
@@ -355,9 +336,8 @@ class PostgresStore:
     def listen(self, callback: Callable[[], None]) -> None:
         """Call `callback` (from a thread of this store's) whenever another process commits to the log, and once
         after every (re)connection of the listener, for what may have been missed meanwhile."""
-        self._listener = threading.Thread(
-            target=self._listen, args=(callback,), name="bandit-router-listen", daemon=True
-        )
+        self._listener = threading.Thread(target=self._listen, args=(callback,), name="bandit-router-listen",
+                                          daemon=True)
         self._listener.start()
 
     def _listen(self, callback: Callable[[], None]) -> None:
@@ -426,11 +406,8 @@ class _PostgresTx(_SQLiteTx):
         written: set[str] = set()
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
-            sql = (
-                _INSERT_DECISIONS
-                + ",".join([_DECISION_PLACEHOLDERS] * len(chunk))
-                + " ON CONFLICT (decision_id) DO NOTHING RETURNING decision_id"
-            )
+            sql = (_INSERT_DECISIONS + ",".join([_DECISION_PLACEHOLDERS] * len(chunk))
+                   + " ON CONFLICT (decision_id) DO NOTHING RETURNING decision_id")
             values = [v for row in chunk for v in row]
             written.update(r[0] for r in self._rows(sql, values))
         stored = [ok and d.decision_id in written for ok, (d, _, _) in zip(fresh, items, strict=True)]
@@ -451,35 +428,16 @@ class _PostgresTx(_SQLiteTx):
             chunk = records[start : start + _CHUNK]
             values: list[Any] = [max(r.seq for r in chunk)]
             for r in chunk:
-                values += (
-                    r.seq,
-                    r.decision_id,
-                    r.received_at,
-                    r.quality,
-                    r.cost_usd,
-                    r.input_tokens,
-                    r.output_tokens,
-                    r.latency_s,
-                    r.source,
-                    str(r.status),
-                    int(r.learn),
-                    r.reward,
-                    r.realised_cost_usd,
-                    r.model,
-                    r.tenant,
-                )
+                values += (r.seq, r.decision_id, r.received_at, r.quality, r.cost_usd, r.input_tokens,
+                           r.output_tokens, r.latency_s, r.source, str(r.status), int(r.learn), r.reward,
+                           r.realised_cost_usd, r.model, r.tenant)
             self.conn.execute(_INSERT_FEEDBACK + ",".join([_FEEDBACK_PLACEHOLDERS] * len(chunk)), values)
         learned = [r.decision_id for r in records if rollup.counts_as_learned(r)]
-        decided = (
-            {
-                row[0]: (float(row[1]), float(row[2]))
-                for row in self._rows(
-                    "SELECT decision_id, created_at, probability FROM decisions WHERE decision_id = ANY(%s)", (learned,)
-                )
-            }
-            if learned
-            else {}
-        )
+        decided = {
+            row[0]: (float(row[1]), float(row[2]))
+            for row in self._rows("SELECT decision_id, created_at, probability FROM decisions "
+                                  "WHERE decision_id = ANY(%s)", (learned,))
+        } if learned else {}
         self._add_to_rollup(rollup.feedback_increments(records, decided))
 
     def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent:
@@ -540,8 +498,7 @@ class _PostgresTx(_SQLiteTx):
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             self.conn.execute(
-                "INSERT INTO shadow_pmfs (decision_id, pmfs) VALUES "
-                + ",".join(["(%s, %s)"] * len(chunk))
+                "INSERT INTO shadow_pmfs (decision_id, pmfs) VALUES " + ",".join(["(%s, %s)"] * len(chunk))
                 + " ON CONFLICT DO NOTHING",
                 [v for row in chunk for v in row],
             )
@@ -550,9 +507,8 @@ class _PostgresTx(_SQLiteTx):
         fallbacks = list(dict.fromkeys(r.decision_id for r in records if rollup.is_fallback(r)))
         decided: dict[str, tuple[float, str, float, bool]] = {}
         if fallbacks:  # the rollup's routed figures lose each fallback's decision, once (see `rollup`)
-            known = {
-                row[0] for row in self._rows("SELECT decision_id FROM calls WHERE decision_id = ANY(%s)", (fallbacks,))
-            }
+            known = {row[0] for row in self._rows("SELECT decision_id FROM calls WHERE decision_id = ANY(%s)",
+                                                  (fallbacks,))}
             fresh = [d for d in fallbacks if d not in known]
             decided = rollup.routed_decisions(
                 self._rows(rollup.FALLBACK_DECISIONS_SQL + " WHERE decision_id = ANY(%s)", (fresh,))
@@ -572,9 +528,8 @@ class _PostgresTx(_SQLiteTx):
     def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:
         if not decision_ids:
             return {}
-        rows = self._rows(
-            f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE decision_id = ANY(%s)", (list(decision_ids),)
-        )
+        rows = self._rows(f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE decision_id = ANY(%s)",
+                          (list(decision_ids),))
         return {row[0]: _call_from_row(row) for row in rows}
 
     def get_meta(self, key: str) -> str | None:
@@ -620,9 +575,8 @@ class _PostgresTx(_SQLiteTx):
         return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
 
     def shadow_pmfs_for_many(self, decision_ids: Sequence[str]) -> dict[str, dict[str, list[float]]]:
-        rows = self._rows(
-            "SELECT decision_id, pmfs FROM shadow_pmfs WHERE decision_id = ANY(%s)", (list(decision_ids),)
-        )
+        rows = self._rows("SELECT decision_id, pmfs FROM shadow_pmfs WHERE decision_id = ANY(%s)",
+                          (list(decision_ids),))
         return {row[0]: json.loads(row[1]) for row in rows}
 
     def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
@@ -649,12 +603,8 @@ class _PostgresTx(_SQLiteTx):
         )
         return [
             ModelEvent(
-                id=int(r[0]),
-                after_seq=int(r[1]),
-                action=r[2],
-                name=r[3],
-                spec=None if r[4] is None else ModelSpec.from_json(json.loads(r[4])),
-                created_at=float(r[5]),
+                id=int(r[0]), after_seq=int(r[1]), action=r[2], name=r[3],
+                spec=None if r[4] is None else ModelSpec.from_json(json.loads(r[4])), created_at=float(r[5]),
             )
             for r in rows
         ]
@@ -694,11 +644,5 @@ class _PostgresTx(_SQLiteTx):
 
 def _info(row: Sequence[Any]) -> DecisionInfo:
     """(decision_id, model, created_at, input_tokens, cost_weight, tenant) → `DecisionInfo`."""
-    return DecisionInfo(
-        decision_id=row[0],
-        model=row[1],
-        created_at=float(row[2]),
-        input_tokens=int(row[3]),
-        cost_weight=float(row[4]),
-        tenant=row[5],
-    )
+    return DecisionInfo(decision_id=row[0], model=row[1], created_at=float(row[2]), input_tokens=int(row[3]),
+                        cost_weight=float(row[4]), tenant=row[5])

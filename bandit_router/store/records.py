@@ -146,12 +146,8 @@ class CallStatus(enum.StrEnum):
     @property
     def is_failure(self) -> bool:
         """Whether the model is blamed (learned as a failure, and the request falls back)."""
-        return self in (
-            CallStatus.TIMEOUT,
-            CallStatus.CONNECTION_ERROR,
-            CallStatus.SERVER_ERROR,
-            CallStatus.INVALID_RESPONSE,
-        )
+        return self in (CallStatus.TIMEOUT, CallStatus.CONNECTION_ERROR, CallStatus.SERVER_ERROR,
+                        CallStatus.INVALID_RESPONSE)
 
 
 @dataclass(frozen=True, slots=True)

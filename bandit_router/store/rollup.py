@@ -282,11 +282,8 @@ def feedback_increments(
 _SYSTEM = frozenset({FeedbackStatus.DEFAULT.value, FeedbackStatus.AGGREGATE.value})
 
 _ROUTED_FIRST_TRY = " AND ".join(
-    [
-        f"d.policy != '{CALLER_POLICY}'",
-        *(f"substr(d.policy, 1, {len(p)}) != '{p}'" for p in NAMED_ROUTER_POLICIES),
-        "NOT (COALESCE(c.routed, 0) = 1 AND c.attempt > 1)",
-    ]
+    [f"d.policy != '{CALLER_POLICY}'", *(f"substr(d.policy, 1, {len(p)}) != '{p}'" for p in NAMED_ROUTER_POLICIES),
+     "NOT (COALESCE(c.routed, 0) = 1 AND c.attempt > 1)"]
 )
 """SQL: the decision `d` (with its call record `c`, if any) is the bandit's first try (`unrouted`, `is_fallback`)."""
 
@@ -371,8 +368,7 @@ shipped: its columns are those of migration 3, `routed` came with migration 5)."
 
 # -- PostgreSQL (`store/postgres.py`): the same table, upsert and read in its dialect ---------------------------
 TABLE_POSTGRES = (
-    TABLE.replace(") WITHOUT ROWID", ")")
-    .replace(" REAL ", " DOUBLE PRECISION ")
+    TABLE.replace(") WITHOUT ROWID", ")").replace(" REAL ", " DOUBLE PRECISION ")
     .replace("policy_version INTEGER", "policy_version BIGINT")
 )
 """`TABLE` for PostgreSQL: no WITHOUT ROWID (its primary-key index serves the range scan) and DOUBLE PRECISION

@@ -92,14 +92,8 @@ class SQLiteStore:
     """`Store` on one SQLite file in WAL mode. `synchronous` is `normal`, `full` or `extra` (see the docs:
     service → durability)."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        synchronous: str = "normal",
-        busy_timeout_s: float = 10.0,
-        wal_max_bytes: int = WAL_MAX_BYTES,
-    ) -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "normal", busy_timeout_s: float = 10.0,
+                 wal_max_bytes: int = WAL_MAX_BYTES) -> None:
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self.busy_timeout_s = busy_timeout_s
@@ -143,11 +137,8 @@ class SQLiteStore:
     def _set_fault(self, problem: str) -> None:
         if self.fault is None:
             self.fault = problem
-            log.error(
-                "%s: the service stops acknowledging writes (503, /readyz 503) until it is restarted on a "
-                "good database; see `bandit-router check` and the docs (service → durability)",
-                problem,
-            )
+            log.error("%s: the service stops acknowledging writes (503, /readyz 503) until it is restarted on a "
+                      "good database; see `bandit-router check` and the docs (service → durability)", problem)
 
     def _note(self, exc: BaseException) -> None:
         """Turn an integrity error into the store's fault (logged once)."""
@@ -257,8 +248,7 @@ class SQLiteStore:
             checkpoint_seq = int(row[0])
             deleted = conn.execute(
                 "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback WHERE seq <= ? AND received_at < ? "
-                "ORDER BY seq LIMIT ?)",
-                (checkpoint_seq, cutoff, limit),
+                "ORDER BY seq LIMIT ?)", (checkpoint_seq, cutoff, limit),
             ).rowcount
             old = (
                 "SELECT decision_id FROM decisions d WHERE created_at < ? AND NOT EXISTS "
@@ -474,8 +464,7 @@ class _SQLiteTx:
             row[0]: (float(row[1]), float(row[2]))
             for row in self._in_chunks(
                 "SELECT decision_id, created_at, probability FROM decisions WHERE decision_id IN ({marks})",
-                learned,
-                plain=True,
+                learned, plain=True,
             )
         }
         self._add_to_rollup(rollup.feedback_increments(records, decided))
@@ -539,12 +528,8 @@ class _SQLiteTx:
 
     def insert_calls(self, records: Sequence[CallRecord]) -> None:
         fallbacks = [r.decision_id for r in records if rollup.is_fallback(r)]
-        known = {
-            row[0]
-            for row in self._in_chunks(
-                "SELECT decision_id FROM calls WHERE decision_id IN ({marks})", fallbacks, plain=True
-            )
-        }
+        known = {row[0] for row in self._in_chunks(
+            "SELECT decision_id FROM calls WHERE decision_id IN ({marks})", fallbacks, plain=True)}
         decided = rollup.routed_decisions(self._in_chunks(
             rollup.FALLBACK_DECISIONS_SQL + " WHERE decision_id IN ({marks})", [d for d in fallbacks if d not in known],
             plain=True,

@@ -90,14 +90,8 @@ _SPACES: dict[str, Workspace] = {}
 
 def _plan(world: str) -> Plan:
     w = WORLDS[world]
-    return Plan(
-        env=EnvSpec.parse(w["env"], **w["options"]),
-        policies=(POLICY,),
-        seeds=SEEDS,
-        scenarios=w["scenarios"],
-        steps=STEPS,
-        warmup=w["warmup"],
-    )
+    return Plan(env=EnvSpec.parse(w["env"], **w["options"]), policies=(POLICY,), seeds=SEEDS,
+                scenarios=w["scenarios"], steps=STEPS, warmup=w["warmup"])
 
 
 def _workspace(world: str) -> Workspace:
@@ -208,17 +202,9 @@ def main() -> None:
         results = list(pool.map(run_job, jobs))
     commit = git_commit(ROOT)
     fixed_models = {world: {str(seed): rows for seed, rows in _fixed_models(world).items()} for world in WORLDS}
-    raw = {
-        "commit": commit.strip(),
-        "seeds": SEEDS,
-        "steps": STEPS,
-        "grid": GRID,
-        "start_lambda": START_LAMBDA,
-        "targets": targets,
-        "fixed_models": fixed_models,
-        "runs": results,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+    raw = {"commit": commit.strip(), "seeds": SEEDS, "steps": STEPS, "grid": GRID, "start_lambda": START_LAMBDA,
+           "targets": targets, "fixed_models": fixed_models, "runs": results,
+           "seconds": round(time.perf_counter() - started, 1)}
     raw = _compact(raw)
     (OUT / "runs.json").write_text(json.dumps(raw))
     table = summarize(raw)
@@ -253,15 +239,10 @@ def _compact(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def summarize(raw: dict[str, Any]) -> str:
-    lines = [
-        f"commit {raw['commit']}, seeds {list(raw['seeds'])}, {raw['steps']} steps, policy {POLICY}, "
-        f"start λ {raw['start_lambda']}",
-        "",
-    ]
-    lines.append(
-        "| world | target (USD/step) | run | realized / target | worst tenth / target | tenths within ±15% "
-        "| quality | hindsight fixed-λ quality at target | paced − hindsight | hard cap quality |"
-    )
+    lines = [f"commit {raw['commit']}, seeds {list(raw['seeds'])}, {raw['steps']} steps, policy {POLICY}, "
+             f"start λ {raw['start_lambda']}", ""]
+    lines.append("| world | target (USD/step) | run | realized / target | worst tenth / target | tenths within ±15% "
+                 "| quality | hindsight fixed-λ quality at target | paced − hindsight | hard cap quality |")
     lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for world, tgts in raw["targets"].items():
         for name, rate in tgts.items():
@@ -281,17 +262,13 @@ def summarize(raw: dict[str, Any]) -> str:
                     f"{(paced['quality'] - hindsight) / hindsight:+.1%} | {cap['quality']:.4f} "
                     f"(spend {cap['spend_per_step'] / rate:.2f}×) |"
                 )
-    lines += [
-        "",
-        "Over the seeds (mean; min–max). A target binds when the unconstrained policy (fixed λ = 0) spends "
-        "more than it. Best fixed model within budget: the single model with the highest quality among those "
-        "whose mean cost per request is at most the target.",
-        "",
-        "| world | target | fixed λ=0 spend / target | realized / target | tenths within ±15% | paced quality "
-        "| hindsight | paced − hindsight | best fixed model within budget | paced − it | hard cap quality "
-        "| hard cap spend / target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines += ["", "Over the seeds (mean; min–max). A target binds when the unconstrained policy (fixed λ = 0) spends "
+              "more than it. Best fixed model within budget: the single model with the highest quality among those "
+              "whose mean cost per request is at most the target.", "",
+              "| world | target | fixed λ=0 spend / target | realized / target | tenths within ±15% | paced quality "
+              "| hindsight | paced − hindsight | best fixed model within budget | paced − it | hard cap quality "
+              "| hard cap spend / target |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for world, tgts in raw["targets"].items():
         for name, rate in tgts.items():
             target = _text(raw, world, rate)
@@ -307,31 +284,18 @@ def summarize(raw: dict[str, Any]) -> str:
                 within = int(np.sum(np.abs(np.array(paced["tenths"]) / rate - 1) <= 0.15))
                 model, best_q = _best_fixed_within(raw["fixed_models"][world][str(seed)], rate)
                 names.append(model)
-                rows.append(
-                    (
-                        free["spend_per_step"] / rate,
-                        paced["spend_per_step"] / rate,
-                        within,
-                        paced["quality"],
-                        hindsight,
-                        (paced["quality"] - hindsight) / hindsight,
-                        cap["quality"],
-                        cap["spend_per_step"] / rate,
-                        best_q,
-                        paced["quality"] - best_q,
-                    )
-                )
+                rows.append((free["spend_per_step"] / rate, paced["spend_per_step"] / rate, within, paced["quality"],
+                             hindsight, (paced["quality"] - hindsight) / hindsight, cap["quality"],
+                             cap["spend_per_step"] / rate, best_q, paced["quality"] - best_q))
             a = np.array(rows)
 
             def cell(i: int, fmt: str, arr: np.ndarray = a) -> str:
                 return f"{arr[:, i].mean():{fmt}} ({arr[:, i].min():{fmt}}–{arr[:, i].max():{fmt}})"
 
-            lines.append(
-                f"| {world} | {name}: {rate:.6f} | {cell(0, '.2f')} | {cell(1, '.3f')} | "
-                f"{cell(2, '.0f')}/10 | {cell(3, '.4f')} | {cell(4, '.4f')} | {cell(5, '+.1%')} | "
-                f"{'/'.join(sorted(set(names)))} {cell(8, '.4f')} | {cell(9, '+.4f')} | "
-                f"{cell(6, '.4f')} | {cell(7, '.2f')} |"
-            )
+            lines.append(f"| {world} | {name}: {rate:.6f} | {cell(0, '.2f')} | {cell(1, '.3f')} | "
+                         f"{cell(2, '.0f')}/10 | {cell(3, '.4f')} | {cell(4, '.4f')} | {cell(5, '+.1%')} | "
+                         f"{'/'.join(sorted(set(names)))} {cell(8, '.4f')} | {cell(9, '+.4f')} | "
+                         f"{cell(6, '.4f')} | {cell(7, '.2f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -51,15 +51,8 @@ def log_through_service(world, db: Path) -> np.ndarray:  # type: ignore[no-untyp
     db.unlink(missing_ok=True)
     for suffix in ("-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
-    settings = Settings(
-        db=db,
-        seed=SERVICE_SEED,
-        policy=LOGGER,
-        models=tuple(world.models),
-        cost_weight=LAMBDA,
-        shadow_policies=(SHADOW,),
-        checkpoint_interval=10_000,
-    )
+    settings = Settings(db=db, seed=SERVICE_SEED, policy=LOGGER, models=tuple(world.models), cost_weight=LAMBDA,
+                        shadow_policies=(SHADOW,), checkpoint_interval=10_000)
     rng = np.random.default_rng(FEEDBACK_SEED)
     names = world.model_names
     index = np.empty(N, dtype=np.intp)
@@ -69,17 +62,13 @@ def log_through_service(world, db: Path) -> np.ndarray:  # type: ignore[no-untyp
         for t in range(N):
             j = int(rng.integers(len(world.prompts)))
             index[t] = j
-            reply = client.post(
-                "/v1/route",
-                json={"prompt": world.prompts[j], "context": {"task": world.tasks[j]}, "cost_weight": LAMBDA},
-            )
+            reply = client.post("/v1/route", json={"prompt": world.prompts[j], "context": {"task": world.tasks[j]},
+                                                  "cost_weight": LAMBDA})
             reply.raise_for_status()
             decision = reply.json()
             outcome = world.outcome(j, names.index(decision["model"]), rng)
-            fb = client.post(
-                "/v1/feedback",
-                json={"decision_id": decision["decision_id"], "quality": outcome.quality, "cost_usd": outcome.cost_usd},
-            )
+            fb = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": outcome.quality,
+                                                   "cost_usd": outcome.cost_usd})
             fb.raise_for_status()
     return index
 
@@ -110,20 +99,9 @@ def main() -> None:
     logged_at = time.perf_counter() - started
 
     script = Path(sys.executable).with_name("bandit-router")
-    command = [
-        str(script),
-        "evaluate",
-        "--db",
-        str(db.relative_to(HERE.parents[1])),
-        "--out",
-        str((RESULTS / "evaluation").relative_to(HERE.parents[1])),
-        "--estimators",
-        ",".join(ESTIMATORS),
-        "--seed",
-        "0",
-        "--candidates",
-        *CANDIDATES,
-    ]
+    command = [str(script), "evaluate", "--db", str(db.relative_to(HERE.parents[1])), "--out",
+               str((RESULTS / "evaluation").relative_to(HERE.parents[1])), "--estimators", ",".join(ESTIMATORS),
+               "--seed", "0", "--candidates", *CANDIDATES]
     done = subprocess.run(command, cwd=HERE.parents[1], capture_output=True, text=True, check=True)
     print(done.stdout)
     evaluation = json.loads((RESULTS / "evaluation" / "evaluation.json").read_text())
@@ -145,9 +123,8 @@ def main() -> None:
             online_kind[candidate] = "exact"
             continue
         sim = simulate_log(world, candidate, N, seed=ONLINE_SEED, cost_weight=LAMBDA)
-        pmfs = np.array(
-            [[dict(zip(r.decision.models, r.decision.pmf, strict=True))[m] for m in names] for r in sim.records]
-        )
+        pmfs = np.array([[dict(zip(r.decision.models, r.decision.pmf, strict=True))[m] for m in names]
+                         for r in sim.records])
         truth[candidate] = float((pmfs * reward[sim.context_index]).sum(axis=1).mean())
         online_kind[candidate] = f"online, {N} steps"
 
@@ -160,40 +137,25 @@ def main() -> None:
         rows.append(row)
     summary = {
         "question": "do offline estimates from a service database match online values in the same world?",
-        "n": N,
-        "lambda": LAMBDA,
-        "logger": LOGGER,
-        "shadow": SHADOW,
-        "seeds": {
-            "world": WORLD_SEED,
-            "service": SERVICE_SEED,
-            "feedback": FEEDBACK_SEED,
-            "online": ONLINE_SEED,
-            "evaluate": 0,
-        },
+        "n": N, "lambda": LAMBDA, "logger": LOGGER, "shadow": SHADOW,
+        "seeds": {"world": WORLD_SEED, "service": SERVICE_SEED, "feedback": FEEDBACK_SEED, "online": ONLINE_SEED,
+                  "evaluate": 0},
         "command": " ".join(["bandit-router", *command[1:]]),
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-        ).stdout.strip(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=HERE).stdout.strip(),
         "rows": rows,
         "seconds": {"logging": round(logged_at, 1), "total": round(time.perf_counter() - started, 1)},
     }
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
 
-    lines = [
-        "| candidate | true value | truth from | IPS [95% CI] | SNIPS [95% CI] | DR [95% CI] | ESS (DR) | "
-        "truth in DR CI |",
-        "|---|---:|---|---|---|---|---:|---|",
-    ]
+    lines = ["| candidate | true value | truth from | IPS [95% CI] | SNIPS [95% CI] | DR [95% CI] | ESS (DR) | "
+             "truth in DR CI |", "|---|---:|---|---|---|---|---:|---|"]
     for row in rows:
         cells = [f"{row[e]['value']:.3f} [{row[e]['ci_low']:.3f}, {row[e]['ci_high']:.3f}]" for e in ESTIMATORS]
         inside = row["dr"]["ci_low"] <= row["true_value"] <= row["dr"]["ci_high"]
         warn = " ⚠" if row["dr"]["warnings"] else ""
-        lines.append(
-            f"| {row['candidate']} | {row['true_value']:.3f} | {row['truth']} | "
-            + " | ".join(cells)
-            + f" | {row['dr']['ess']:.0f}{warn} | {'yes' if inside else 'no'} |"
-        )
+        lines.append(f"| {row['candidate']} | {row['true_value']:.3f} | {row['truth']} | " + " | ".join(cells)
+                     + f" | {row['dr']['ess']:.0f}{warn} | {'yes' if inside else 'no'} |")
     table = "\n".join(lines)
     (RESULTS / "table.md").write_text(table + "\n")
     print(table)

@@ -44,7 +44,9 @@ def _monitor(request: Request) -> Monitor:
     return monitor
 
 
-def window(now: float, range_: str | None, since: float | None, until: float | None, step: int | None) -> Window:
+def window(
+    now: float, range_: str | None, since: float | None, until: float | None, step: int | None
+) -> Window:
     """The buckets a request asks for: a named `range` (hour, day, week: up to now), or `since` (Unix seconds;
     negative: seconds before now) to `until` (default now) in buckets of `step` seconds (default: the smallest of
     `STEPS` that gives at most `DEFAULT_BUCKETS` buckets); neither: the last hour."""
@@ -72,44 +74,29 @@ def _checked(since: float, until: float, step: int) -> Window:
 @router.get("/dashboard", include_in_schema=False)
 async def page() -> HTMLResponse:
     """The dashboard page (no data in it: it fetches the JSON endpoints below with the key it was given)."""
-    return HTMLResponse(
-        (STATIC / "index.html").read_text(encoding="utf-8"),
-        headers={
-            "cache-control": "no-cache",
-            "x-frame-options": "DENY",
-            "content-security-policy": CSP,
-            "referrer-policy": "no-referrer",
-        },
-    )
+    return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"),
+                        headers={"cache-control": "no-cache", "x-frame-options": "DENY",
+                                 "content-security-policy": CSP, "referrer-policy": "no-referrer"})
 
 
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 """Everything the page loads comes from this service (no CDN, no inline script)."""
 
 
 @router.get(
-    "/v1/stats/timeseries",
-    response_model=TimeseriesOut,
-    responses=RESPONSES,
-    openapi_extra={"security": SECURITY},
+    "/v1/stats/timeseries", response_model=TimeseriesOut, responses=RESPONSES, openapi_extra={"security": SECURITY},
     tags=["dashboard"],
 )
 async def stats_timeseries(
     request: Request,
-    range_: Annotated[
-        Literal["hour", "day", "week"] | None,
-        Query(alias="range", description="the last hour, day or week (default: hour)"),
-    ] = None,
-    since: Annotated[
-        float | None, Query(ge=-MAX_TIME, le=MAX_TIME, description="Unix seconds; negative: seconds before now")
-    ] = None,
+    range_: Annotated[Literal["hour", "day", "week"] | None,
+                      Query(alias="range", description="the last hour, day or week (default: hour)")] = None,
+    since: Annotated[float | None, Query(ge=-MAX_TIME, le=MAX_TIME,
+                                         description="Unix seconds; negative: seconds before now")] = None,
     until: Annotated[float | None, Query(ge=0, le=MAX_TIME, description="Unix seconds (default: now)")] = None,
-    step: Annotated[
-        int | None, Query(ge=60, le=7 * 86400, multiple_of=60, description="bucket width in seconds, a multiple of 60")
-    ] = None,
+    step: Annotated[int | None, Query(ge=60, le=7 * 86400, multiple_of=60,
+                                      description="bucket width in seconds, a multiple of 60")] = None,
 ) -> Response:
     """Traffic, shares, quality, cost, reward, exploration and feedback per time bucket, with per-model totals
     and the best fixed model's estimated level, from the per-minute rollup. Either `range` or `since` (with
@@ -120,13 +107,8 @@ async def stats_timeseries(
     return json_response(await run_in_threadpool(monitor.timeseries, chosen))
 
 
-@router.get(
-    "/v1/stats/live",
-    response_model=LiveOut,
-    responses=RESPONSES,
-    openapi_extra={"security": SECURITY},
-    tags=["dashboard"],
-)
+@router.get("/v1/stats/live", response_model=LiveOut, responses=RESPONSES, openapi_extra={"security": SECURITY},
+            tags=["dashboard"])
 async def stats_live(request: Request) -> Response:
     """The live policy and its version, the mean probability it gave each model over the newest 200 decisions,
     the budgets (each target against its realised value, per tenant), the named routers' counts (escalations),
@@ -142,13 +124,8 @@ async def stats_live(request: Request) -> Response:
     return json_response(reply)
 
 
-@router.get(
-    "/v1/stats/recent",
-    response_model=RecentOut,
-    responses=RESPONSES,
-    openapi_extra={"security": SECURITY},
-    tags=["dashboard"],
-)
+@router.get("/v1/stats/recent", response_model=RecentOut, responses=RESPONSES, openapi_extra={"security": SECURITY},
+            tags=["dashboard"])
 async def stats_recent(
     request: Request, limit: Annotated[int, Query(ge=1, le=500, description="how many, newest first")] = 50
 ) -> Response:
@@ -159,13 +136,8 @@ async def stats_recent(
     return json_response({"decisions": await run_in_threadpool(monitor.recent, limit, prompts=prompts)})
 
 
-@router.get(
-    "/v1/stats/shadows",
-    response_model=ShadowsOut,
-    responses=RESPONSES,
-    openapi_extra={"security": SECURITY},
-    tags=["dashboard"],
-)
+@router.get("/v1/stats/shadows", response_model=ShadowsOut, responses=RESPONSES, openapi_extra={"security": SECURITY},
+            tags=["dashboard"])
 async def stats_shadows(request: Request) -> Response:
     """Each shadow policy's doubly robust estimate with its 95% interval against the live policy's, on the newest
     2,000 decisions that logged its pmf, and whether that evidence would allow a promotion (recomputed at most

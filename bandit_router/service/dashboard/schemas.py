@@ -9,19 +9,16 @@ from pydantic import BaseModel, Field
 
 
 class RangeSummary(BaseModel):
-    decisions: int = Field(
-        description="all decisions stored: also models callers named, named routers' choices "
-        "and the gateway's fallbacks"
-    )
-    routed: int = Field(
-        description="the bandit's own choices for a request's first try (exploration and "
-        "mean_probability are over these)"
-    )
+    decisions: int = Field(description="all decisions stored: also models callers named, named routers' choices "
+                           "and the gateway's fallbacks")
+    routed: int = Field(description="the bandit's own choices for a request's first try (exploration and "
+                        "mean_probability are over these)")
     feedback: int = Field(description="feedback rows callers sent in the range (receipt time)")
     learned: int = Field(description="learned feedbacks with an observed quality, of the range's decisions")
     coverage: float | None = Field(description="learned ÷ decisions")
     lag_s: float | None = Field(description="mean seconds from a decision to its learned feedback")
-    exploration: float | None = Field(description="share of routed decisions whose model was not the most probable one")
+    exploration: float | None = Field(description="share of routed decisions whose model was not the most "
+                                      "probable one")
     mean_probability: float | None = Field(description="mean probability of the chosen model, over routed decisions")
     quality: float | None
     cost_usd: float | None
@@ -73,9 +70,8 @@ class TimeseriesOut(BaseModel):
 
 
 class Typical(BaseModel):
-    decisions: int = Field(
-        description="how many of the newest decisions were averaged (the bandit's own first tries among them)"
-    )
+    decisions: int = Field(description="how many of the newest decisions were averaged (the bandit's own first "
+                           "tries among them)")
     since: float | None
     probabilities: dict[str, float | None] = Field(description="model → mean probability the live policy gave it")
 
@@ -91,10 +87,8 @@ class LiveOut(BaseModel):
     budgets: dict[str, Any] = Field(description="the budget pacer's report (`GET /v1/budgets`' `report`)")
     can_promote: bool = Field(description="the caller's key may promote a shadow (an admin key, or no keys)")
     store_prompts: bool
-    named_routers: dict[str, Any] = Field(
-        default_factory=dict,
-        description="per `[[routers]]` alias: requests, escalations, calls, failures, spend (as in `GET /v1/stats`)",
-    )
+    named_routers: dict[str, Any] = Field(default_factory=dict, description="per `[[routers]]` alias: requests, "
+                                          "escalations, calls, failures, spend (as in `GET /v1/stats`)")
 
 
 class RecentDecision(BaseModel):
