@@ -78,6 +78,16 @@ class EscalationStep:
             "next_cost_usd": self.next_cost_usd,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any], state: np.ndarray | None = None) -> EscalationStep:
+        """A step from `to_json()` (as stored with its decision's chain), with its state vector `state`."""
+        confidence = data.get("confidence")
+        return cls(
+            int(data["step"]), str(data["model"]), None if confidence is None else float(confidence),
+            data["action"] == "escalate", float(data["p_escalate"]), float(data["expected_extra_cost_usd"]),
+            float(data.get("next_cost_usd", 0.0)), state,
+        )  # fmt: skip
+
 
 class Escalation(Protocol):
     """What a cascade asks after each answer but the last, and tells once the chain's final quality is known."""
