@@ -255,18 +255,12 @@ class Router:
             cost = self.cost_model.realised_cost(spec, outcome, decision.context.input_tokens)
             value = self.reward_of(decision, outcome, cost)
             self.cost_model.observe(spec.name, outcome)
-            self.policy.update_logged(decision, spec, float(outcome.quality), self._logged_specs(decision))
+            self.policy.update(decision.context, spec, float(outcome.quality), decision.probability)
             self._counts[spec.name] = self._counts.get(spec.name, 0) + 1
             self._version += 1
         if self.pacer is not None:
             self.pacer.observe(decision, cost, outcome.latency_s)
         return value
-
-    def _logged_specs(self, decision: Decision) -> list[ModelSpec]:
-        """The specs of `decision.models`, in order; empty when one is no longer known (nor retired)."""
-        known = {m.name: m for m in self._models}
-        specs = [known.get(n) or self._retired.get(n) for n in decision.models]
-        return [s for s in specs if s is not None] if all(specs) else []
 
     # -- state ------------------------------------------------------------------------------------------
     def snapshot(self) -> bytes:

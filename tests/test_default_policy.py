@@ -15,14 +15,11 @@ against the best fixed model in hindsight on the same stream. Stated margins:
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 
 from bandit_router import exploration
 from bandit_router.catalog import ModelSpec
-from bandit_router.policies import make_policy
 from bandit_router.router import Router
 from bandit_router.types import Outcome, Request
 
@@ -110,67 +107,6 @@ def test_many_models_three_specialists_beats_best_fixed_early() -> None:
         behind = np.flatnonzero(cumulative > 0)
         break_even = 0 if behind.size == 0 else int(behind[-1]) + 1
         assert break_even <= 800, break_even
-
-
-@pytest.mark.slow
-def test_the_gate_lets_the_corrections_decide_where_they_win() -> None:
-    """The opt-in gate (`gate=true`) with three specialists: the contextual sampler earns more, so its share of
-    the decisions reaches ≥ 0.9 within 1,000 requests in every seed (measured 0.95, its cap, from request 500
-    on in all three) and the policy beats the best fixed model by ≥ 0.05 per request in each (measured 0.21,
-    0.16, 0.09)."""
-    quality = three_specialists()
-    for seed in range(3):
-        world = World(quality, seed)
-        router = Router([spec(m) for m in quality], "default:gate=true", seed=seed)
-        got, kinds, shares = [], [], []
-        for _ in range(1500):
-            kind, request = world.request()
-            decision = router.route(request)
-            got.append(quality[decision.model][kind])
-            kinds.append(kind)
-            router.learn(decision, world.outcome(kind, decision.model))
-            shares.append(router.policy.gate_weight())  # type: ignore[attr-defined]
-        fixed = max(np.mean([q[k] for k in kinds]) for q in quality.values())
-        assert max(shares[:1000]) >= 0.9, (seed, shares[999])
-        assert fixed - np.mean(got) <= -0.05, seed
-
-
-def test_the_gates_estimate_is_unbiased_for_the_value_difference() -> None:
-    """δ, the gate's doubly robust estimate of V(π_c) − V(π₀) per logged decision, averaged over 3,000 decisions
-    from one frozen state (three specialists, after 300 requests), is within 3.5 standard errors of the exact
-    difference Σ_m (π_c(m) − π₀(m))·quality_m on the same requests (measured: 0.0031 vs 0.0022, standard error
-    0.0047); π_c is the ungated policy's pmf on that state, π₀ = (p − g·π_c)/(1 − g) from the logged mixture p.
-    Not vacuous: the two samplers differ by a total variation of ≥ 0.1 per request on average (measured 0.17)."""
-    quality = three_specialists()
-    world = World(quality, 5)
-    specs = [spec(m) for m in quality]
-    router = Router(specs, "default:gate=true", seed=5)
-    for _ in range(300):
-        kind, request = world.request()
-        decision = router.route(request)
-        router.learn(decision, world.outcome(kind, decision.model))
-    frozen = copy.deepcopy(router.policy.state())
-    contextual = make_policy("default")
-    contextual.load(copy.deepcopy(frozen))
-    gated = router.policy
-    g = gated.gate_weight()  # type: ignore[attr-defined]
-    assert 0.05 <= g <= 0.95
-    estimates, exact, apart = [], [], []
-    rng = np.random.default_rng(0)
-    for _ in range(3000):
-        kind, request = world.request()
-        decision = router.route(request)
-        pi_c = contextual.pmf(decision.context, specs, np.zeros(len(specs)), rng)
-        pi_0 = (np.array(decision.pmf) - g * pi_c) / (1.0 - g)
-        exact.append(float((pi_c - pi_0) @ np.array([quality[m.name][kind] for m in specs])))
-        apart.append(0.5 * float(np.abs(pi_c - pi_0).sum()))
-        before = gated.gate_evidence[0]  # type: ignore[attr-defined]
-        router.learn(decision, world.outcome(kind, decision.model))
-        estimates.append(gated.gate_evidence[0] - before)  # type: ignore[attr-defined]
-        gated.load(copy.deepcopy(frozen))
-    error = np.std(estimates) / np.sqrt(len(estimates))
-    assert abs(np.mean(estimates) - np.mean(exact)) <= 3.5 * error, (np.mean(estimates), np.mean(exact), error)
-    assert np.mean(apart) >= 0.1, np.mean(apart)
 
 
 def run_with_new_model(new_quality: float, seed: int = 0) -> tuple[list[str], int]:

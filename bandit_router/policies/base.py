@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from ..catalog import ModelSpec
-from ..types import Context, Decision
+from ..types import Context
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,6 @@ class Policy(Protocol):
 
     def update(self, context: Context, model: ModelSpec, quality: float, probability: float) -> None:
         """Learn from the quality observed for the chosen model, chosen with `probability`."""
-        ...
-
-    def update_logged(self, decision: Decision, model: ModelSpec, quality: float, models: Sequence[ModelSpec]) -> None:
-        """`update` for a logged decision: `model` is the chosen one's spec and `models` the specs of
-        `decision.models` in order (empty when one of them is no longer known), so a policy can also judge,
-        off-policy from `decision.pmf`, the choices it could have made. `BasePolicy`'s version is `update`."""
         ...
 
     def cold_start_floors(
@@ -100,9 +94,6 @@ class BasePolicy:
 
     def update(self, context: Context, model: ModelSpec, quality: float, probability: float) -> None:
         return None
-
-    def update_logged(self, decision: Decision, model: ModelSpec, quality: float, models: Sequence[ModelSpec]) -> None:
-        self.update(decision.context, model, quality, decision.probability)
 
     def state(self) -> dict[str, Any]:
         return {}

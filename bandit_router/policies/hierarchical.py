@@ -36,33 +36,6 @@ feedback they had not seen (the prequential principle; Dawid 1984), then the cor
 the data support. Corrections are not explored: hashed word features make every prompt new, and
 exploring their uncertainty explores forever.
 
-**Decision-level check of the corrections (the gate).** That the corrections predict each model better does
-not make the choices they cause better: with one model best on every prompt, a mediocre model's real
-task-to-task variation switches its corrections on, and every draw that follows them is regret; and a
-dominant model under-estimated on one kind of prompt is no longer sent those prompts, so its corrections never
-learn otherwise. So the policy keeps two Thompson samplers over the same posteriors and chooses between them
-by what they earn (model selection between a context-free and a contextual learner; Agarwal et al. 2017,
-Pacchiano et al. 2020): π₀, the draws on the per-model means μ̂_m, and π_c, the draws on the corrected q̂_m(φ).
-Each request is decided by the mixture
-
-    p = (1 − g)·π₀ + g·π_c,   g = clip(Φ(S/√V − z), g_min, 1 − g_min),   z = `margin`, g_min = `MIN_SHARE`
-
-where S = Σ_t δ_t, V = Σ_t δ_t² over the logged decisions so far and δ_t is the doubly robust estimate
-(Dudík et al. 2011) of the value of π_c over π₀ on decision t (allowed models, penalties pen, logged pmf p,
-chosen model a, quality q; pen_m = λ·ĉ_m from the decision's cost weight and expected costs, since a pacer's
-extra penalties and the latency term are not logged), with the per-model means as reward model,
-r̂_m = μ̂_m − pen_m:
-
-    δ = Σ_m (π_c(m) − π₀(m))·r̂_m + (π_c(a) − π₀(a))/p_a·(q − μ̂_a)        (the penalties cancel in r − r̂)
-
-Unbiased given the logged p (the policy's own pmf at decision time, which it knows), and bounded:
-p_a ≥ g_min·max(π₀(a), π_c(a)), so the importance ratio is at most 1/g_min (2/g_min under cold-start floors).
-S minus the sum of the true value differences is a martingale, so when π_c earns no more than π₀ the
-self-normalised S/√V is at most about N(0, 1) (de la Peña et al. 2009): g is the confidence that the contextual
-choices earn more, shifted by z standard errors; both samplers decide at least g_min of the requests, so the
-check never runs out of data. g = Φ(−z) before any evidence. Without the gate (`gate=false`, the default: it
-did not pay on the tuning sets, see experiments/learning-efficiency) π₀ is dropped (g = 1).
-
 **Choice.** Thompson sampling (Thompson 1933; Russo et al. 2018) on the score q̃_m − penalty_m with
 q̃_m ~ N(q̂_m(φ), (s·sd_m)²), s = `exploration`. The pmf of the argmax is computed by quadrature
 (`exploration.gaussian_argmax_pmf`), not from a handful of draws, so small probabilities are logged
@@ -84,12 +57,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtr
 
 from .. import exploration
 from ..catalog import ModelSpec
 from ..features import dense_vector
-from ..types import Context, Decision
+from ..types import Context
 from .base import BasePolicy
 
 LEVELS = 3
@@ -100,8 +72,6 @@ MAX_VARIANCE = 0.25
 MIN_VARIANCE = 0.01
 """The least noise variance assumed a priori (a model whose quality looks constant is still checked)."""
 UNINFORMED_QUALITY = 0.5
-MIN_SHARE = 0.05
-"""g_min: each of the gate's two samplers decides at least this share of requests (bounds its weights by 1/g_min)."""
 MAX_MODEL_LISTS = 64
 """Model lists (requests' `models` subsets) whose posterior rows are kept between two updates."""
 
@@ -131,11 +101,6 @@ class HierarchicalParams:
     """The floor ends once the model's posterior sd falls below this share of its prior sd."""
     nodes: int = 16
     """Gauss–Hermite nodes per model of the argmax pmf's integration grid (`exploration.gaussian_argmax_pmf`)."""
-    gate: bool = False
-    """Decide with the corrections only as far as their choices have earned more (module docstring, the gate).
-    Off by default: on the tuning sets it did not beat the ungated policy (experiments/learning-efficiency)."""
-    margin: float = 0.0
-    """z: how many standard errors the contextual sampler's estimated gain must exceed 0 by for a share of ½."""
 
     def __post_init__(self) -> None:
         if not 32 <= self.dim <= 1024:
@@ -244,7 +209,6 @@ class HierarchicalThompsonPolicy(BasePolicy):
         self._cached: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._by_models: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._phi_of: tuple[Context | None, np.ndarray] = (None, np.zeros(0))
-        self._gate = np.zeros(2)  # S = Σδ, V = Σδ² of the decision-level check (module docstring)
 
     # -- posteriors -----------------------------------------------------------------------------------------
     def _rows(self, models: Sequence[ModelSpec]) -> np.ndarray:
@@ -325,77 +289,6 @@ class HierarchicalThompsonPolicy(BasePolicy):
             self._by_models = {}
         return self._cached
 
-    def gate_weight(self) -> float:
-        """g = clip(Φ(S/√V − z), g_min, 1 − g_min): the contextual sampler's share of the decisions (1 without
-        the gate)."""
-        if not self.params.gate:
-            return 1.0
-        total, squares = float(self._gate[0]), float(self._gate[1])
-        t = total / math.sqrt(squares) if squares > 0 else 0.0
-        return min(max(float(ndtr(t - self.params.margin)), MIN_SHARE), 1.0 - MIN_SHARE)
-
-    @property
-    def gate_evidence(self) -> tuple[float, float]:
-        """(S, V) = (Σδ, Σδ²) of the gate's doubly robust estimates so far (0, 0 without the gate)."""
-        return float(self._gate[0]), float(self._gate[1])
-
-    def _exact_posterior(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(μ̂, sd of μ̂) of `rows` as `_before_update` gives them (exactly rounded sums: the same bits whatever
-        the order of the rows and whichever models without feedback the policy has seen), vectorised."""
-        arms = self._arms
-        n, s = arms.n, arms.sum_q
-        prior = np.full(len(rows), np.nan)
-        for ids in (arms.family, arms.tier, None):
-            if ids is None:
-                found_n = math.fsum(n.tolist()) - n[rows]
-                found_s = math.fsum(s.tolist()) - s[rows]
-            else:
-                found_n, found_s = np.zeros(len(rows)), np.zeros(len(rows))
-                for group in set(ids[rows].tolist()) - {-1}:
-                    mine, members = ids[rows] == group, ids == group
-                    found_n[mine] = math.fsum(n[members].tolist()) - n[rows][mine]
-                    found_s[mine] = math.fsum(s[members].tolist()) - s[rows][mine]
-            take = np.isnan(prior) & (found_n > 0)
-            prior[take] = found_s[take] / found_n[take]
-        prior = np.where(np.isnan(prior), UNINFORMED_QUALITY, prior)
-        prior = np.where(np.isnan(arms.catalog_prior[rows]), prior, arms.catalog_prior[rows])
-        n0, nr = arms.prior_n[rows], n[rows]
-        mean = (n0 * prior + s[rows]) / (n0 + nr)
-        nu = self.params.noise_strength
-        variance = (nu * np.clip(mean * (1.0 - mean), MIN_VARIANCE, MAX_VARIANCE) + arms.squares()[rows]) / (nu + nr)
-        return mean, np.sqrt(variance / (n0 + nr))
-
-    def _samplers(
-        self, base: np.ndarray, correction: np.ndarray, sd: np.ndarray, penalty: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(π₀, π_c): the Thompson pmfs on the per-model means and on the corrected ones."""
-        p = self.params
-        scale = p.exploration * sd
-        contextual = exploration.gaussian_argmax_pmf(base + correction - penalty, scale, p.dominance, p.nodes)
-        if not p.gate:
-            return contextual, contextual
-        return exploration.gaussian_argmax_pmf(base - penalty, scale, p.dominance, p.nodes), contextual
-
-    def _judge_samplers(self, decision: Decision, models: Sequence[ModelSpec], quality: float) -> None:
-        """Add the doubly robust δ of the logged decision to the gate's S and V (module docstring)."""
-        if len(models) != len(decision.models) or len(decision.expected_cost_usd) != len(models):
-            return
-        rows = self._rows(models)
-        arms = self._arms
-        phi = self._phi(decision.context)
-        base, sd = self._exact_posterior(rows)
-        logits = np.concatenate([np.full((len(rows), 1), self.params.evidence), arms.evidence[rows]], axis=1)
-        weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-        omega = weights[:, 1:] / weights.sum(axis=1, keepdims=True)
-        correction = np.array([float(omega[i] @ (arms.w[row] @ phi)) for i, row in enumerate(rows.tolist())])
-        penalty = decision.cost_weight * np.asarray(decision.expected_cost_usd)
-        per_model, contextual = self._samplers(base, correction, sd, penalty)
-        difference = contextual - per_model
-        a = decision.models.index(decision.model)
-        delta = float(difference @ (base - penalty)) + difference[a] / decision.probability * (quality - base[a])
-        if delta != 0.0:
-            self._gate += (delta, delta * delta)
-
     def _posterior_of(self, models: Sequence[ModelSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """`_summary`'s (μ̂, sd, ω) and the corrections w for the rows of `models`, in their order: what a route
         needs that depends only on the posterior, gathered once per update and model list (not per request)."""
@@ -422,11 +315,9 @@ class HierarchicalThompsonPolicy(BasePolicy):
     def pmf(
         self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray, rng: np.random.Generator
     ) -> np.ndarray:
-        base, sd, omega, w = self._posterior_of(models)
-        correction = np.einsum("kl,kl->k", omega, w @ self._phi(context))
-        per_model, contextual = self._samplers(base, correction, sd, penalty)
-        g = self.gate_weight()
-        return contextual if g == 1.0 else (1.0 - g) * per_model + g * contextual
+        mean, sd = self.predict(context, models)
+        p = self.params
+        return exploration.gaussian_argmax_pmf(mean - penalty, p.exploration * sd, p.dominance, p.nodes)
 
     def update(self, context: Context, model: ModelSpec, quality: float, probability: float) -> None:
         arms = self._arms
@@ -449,12 +340,6 @@ class HierarchicalThompsonPolicy(BasePolicy):
         arms.sum_q[row] += q
         arms.sum_q2[row] += q * q
         self._cached = None
-
-    def update_logged(self, decision: Decision, model: ModelSpec, quality: float, models: Sequence[ModelSpec]) -> None:
-        """`update`, after the gate has judged the decision's contextual choice against its per-model one."""
-        if self.params.gate:
-            self._judge_samplers(decision, models, float(quality))
-        self.update(decision.context, model, quality, decision.probability)
 
     def add_model(self, spec: ModelSpec, similar: Sequence[ModelSpec]) -> None:
         if spec.name not in self._arms.row:
@@ -480,7 +365,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         return np.where(fresh & (u > p.floor_until) & ~dominated, p.floor * u, 0.0)
 
     def state(self) -> dict[str, Any]:
-        return {"arms": self._arms.state(), "added": sorted(self._added), "gate": self._gate}
+        return {"arms": self._arms.state(), "added": sorted(self._added)}
 
     def load(self, state: dict[str, Any]) -> None:
         self._arms = _Arms(self.params.dim)
@@ -489,7 +374,6 @@ class HierarchicalThompsonPolicy(BasePolicy):
         self._cached = None
         self._phi_of = (None, np.zeros(0))
         self._added = {str(n) for n in state["added"]}
-        self._gate = np.array(state.get("gate", np.zeros(2)), dtype=np.float64).reshape(2)
 
     def weights(self) -> np.ndarray:
         """Per model with feedback (sorted by name): μ̂, the evidences L_ml and the corrections w_ml, flat. Models
@@ -497,4 +381,4 @@ class HierarchicalThompsonPolicy(BasePolicy):
         arms = self._arms
         rows = [arms.row[name] for name in sorted(arms.row) if arms.n[arms.row[name]] > 0]
         parts = [np.concatenate([[self._before_update(r)[0]], arms.evidence[r], arms.w[r].ravel()]) for r in rows]
-        return np.concatenate([*parts, self._gate]) if parts else np.zeros(0)
+        return np.concatenate(parts) if parts else np.zeros(0)
