@@ -216,6 +216,8 @@ def test_the_llm_router_picks_per_its_judgement_and_falls_back_to_the_policy(
     assert completion.model == "strong" and info["named"] == "strong"
     decision = stored(url, decision_id)
     assert decision["policy"] == "llm-router:auto" and decision["probability"] == 1.0
+    assert decision["chain"]["calls"] == info["calls"] and decision["chain"]["named"] == "strong"  # stored
+    assert "reply" not in decision["chain"]  # the routing LLM's text is not stored
     assert info["calls"][0]["role"] == "router" and info["cost_usd"] == pytest.approx(
         sum(c["cost_usd"] for c in info["calls"]))  # the routing LLM's call is paid and recorded
     completion, info, _ = ask(url, "auto", PROSE)

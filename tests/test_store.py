@@ -4,6 +4,7 @@ round trips, the feedback log's invariants, checkpoints. SQLite-only and Postgre
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import subprocess
 import sys
@@ -88,7 +89,7 @@ def test_prepare_creates_a_wal_database_once(tmp_path: Path) -> None:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"decisions", "feedback", "model_events", "checkpoints", "meta", "calls"} <= tables
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        assert version == "5" == str(SCHEMA_VERSION)
+        assert version == "6" == str(SCHEMA_VERSION)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(StoreError, match="schema version"):
         SQLiteStore(path).prepare()
@@ -503,3 +504,43 @@ def test_call_records_round_trip_and_a_second_replaces_the_first(store: Store, r
     with store.read() as reader:
         assert reader.calls_for_many([decision.decision_id, "other"]) == {decision.decision_id: answered}
         assert reader.calls_for_many([]) == {}
+
+
+def test_chains_are_stored_beside_their_call_and_learned_once_per_decision(store: Store, router: Router) -> None:
+    """A named router's chain is stored with its call record (`calls_for_many` returns it); `chains_after` lists,
+    in seq order within (seq, until], the first `unrouted` feedback of each `learned-cascade:` decision that has a
+    chain: not a second one, not a fixed cascade's or an LLM router's, not a late one."""
+    def named(prompt: str, policy: str) -> Decision:
+        return dataclasses.replace(_decision(router, prompt), policy=policy)
+
+    learned = [named(f"chain {i}", "learned-cascade:learned") for i in range(3)]
+    fixed, llm = named("fixed", "cascade:fixed"), named("llm", "llm-router:auto")
+    no_chain = named("no chain", "learned-cascade:learned")
+    everything = [*learned, fixed, llm, no_chain]
+
+    def call(d: Decision, chain: str | None) -> CallRecord:
+        return CallRecord(
+            decision_id=d.decision_id, request_id=d.decision_id, attempt=1, model=d.model, routed=False,
+            stream=False, status="ok", http_status=200, input_tokens=10, output_tokens=20, usage="upstream",
+            cost_usd=1e-4, ttft_s=0.5, latency_s=0.5, error=None, created_at=1.0, chain=chain,
+        )  # fmt: skip
+
+    chains = {d.decision_id: json.dumps({"steps": [], "extra_costs": [], "n": i}) for i, d in enumerate(everything)}
+    with store.write() as tx:
+        tx.insert_decisions([(d, None, None) for d in everything])
+        tx.insert_calls([call(d, None if d is no_chain else chains[d.decision_id]) for d in everything])
+        order = [learned[0], fixed, learned[1], learned[0], llm, no_chain, learned[2]]
+        tx.insert_feedback([_record(d, seq, learn=False, status="unrouted") for seq, d in enumerate(order, 1)])
+        tx.insert_feedback([_record(learned[2], 8, learn=False, status="late")])
+    with store.read() as reader:
+        calls = reader.calls_for_many([d.decision_id for d in everything])
+        assert calls[learned[1].decision_id].chain == chains[learned[1].decision_id]
+        assert calls[no_chain.decision_id].chain is None
+        assert calls[learned[1].decision_id].chain_json() == {"steps": [], "extra_costs": [], "n": 1}
+        got = reader.chains_after(0, 8, 100)
+        assert [(c.record.seq, c.decision.decision_id) for c in got] == [
+            (1, learned[0].decision_id), (3, learned[1].decision_id), (7, learned[2].decision_id)]
+        assert got[0].chain == chains[learned[0].decision_id] and got[0].decision.policy == "learned-cascade:learned"
+        assert [c.record.seq for c in reader.chains_after(1, 8, 1)] == [3]
+        assert [c.record.seq for c in reader.chains_after(1, 6, 100)] == [3]
+        assert reader.chains_after(7, 8, 100) == []

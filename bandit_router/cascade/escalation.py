@@ -5,18 +5,22 @@
 step k, with prompt vector x (`features.dense_vector`) and confidence s ∈ [0, 1] (None when the signal gave
 none), its state is
 
-    z = [x, s·x, c_k(s)],   c_k(s) = [1{s missing}, s, s², onehot(bin₁₀(s))] in the block of position k
+    z = [x, s·x, c_k(s)],   c_k(s) = [1{s missing}, 1{s given}, s, s², onehot(bin₁₀(s))] in the block of position k
 
-(one block per chain position: a score means something else for each model; ten bins, one per rubric score)
+(one block per chain position: a score means something else for each model; ten bins, one per rubric score).
+The confidence part is a smooth curve in s plus one free level per score: the bins contain every step function
+of the score, so every fixed threshold is a special case of the model, and their deviations from the curve are
+shrunk towards it (prior precision `bin_ridge`) so that scores seen rarely borrow from their neighbours.
 
-and, per action a, a Bayesian ridge regression (`policies.linear.RidgeRegression`; prior precision `ridge` on
-the prompt blocks, `confidence_ridge` on the confidence blocks; prior mean: q̂ = `prior_quality` for every state,
-for both actions) learns the *final quality*
+Per action a, a Bayesian ridge regression (`policies.linear.RidgeRegression`; prior precision `ridge` on the
+prompt blocks, `confidence_ridge` on the smooth part, `bin_ridge` on the bins) learns the *final quality*
 of the chain from z: for `accept`, the quality of the answer accepted at this step; for `escalate`, the
-quality the chain ended with after escalating here. Cost is priced, not learned blind ("learn what is
-unknown, price what is known"): escalating costs ĉ_k = r_k·c_next, the next model's expected cost times a
-learned ratio r_k (mean realised extra cost / c_next at step k, prior 1: later escalations add to it). The
-cost already spent is sunk and common to both actions. Thompson sampling on the two scores gives
+quality the chain ended with after escalating here. Prior means: an accepted answer's quality is
+(1 − calibration)·prior_quality + calibration·s (the score read as a calibrated estimate), an escalation's
+`escalate_prior`, either without a score `prior_quality`. Cost is priced, not learned blind ("learn what is
+unknown, price what is known"): escalating costs ĉ_k = r_k·c_next, the next model's expected cost for this
+prompt times a learned ratio r_k (mean realised extra cost / c_next at step k, prior 1: later escalations add
+to it). The cost already spent is sunk and common to both actions. Thompson sampling on the two scores gives
 
     P(escalate) = Φ((μ_e − λ·ĉ_k − μ_a) / (v·√(w_a² + w_e²))),   μ = θᵀz, w² = zᵀA⁻¹z
 
@@ -78,6 +82,16 @@ class EscalationStep:
             "next_cost_usd": self.next_cost_usd,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any], state: np.ndarray | None = None) -> EscalationStep:
+        """A step from `to_json()` (as stored with its decision's chain), with its state vector `state`."""
+        confidence = data.get("confidence")
+        return cls(
+            int(data["step"]), str(data["model"]), None if confidence is None else float(confidence),
+            data["action"] == "escalate", float(data["p_escalate"]), float(data["expected_extra_cost_usd"]),
+            float(data.get("next_cost_usd", 0.0)), state,
+        )  # fmt: skip
+
 
 class Escalation(Protocol):
     """What a cascade asks after each answer but the last, and tells once the chain's final quality is known."""
@@ -129,45 +143,55 @@ class ThresholdEscalation:
 
 @dataclass(frozen=True)
 class EscalationParams:
-    """Settings of `LearnedEscalation`: prompt projection size, the ridge strength (prior precision) of the prompt
-    features and of the confidence features, the Thompson scale, the propensity floor (chosen on tuning seeds:
-    `experiments/cascade`)."""
+    """Settings of `LearnedEscalation`: prompt projection size, the ridge strengths (prior precisions) of the prompt
+    features, of the smooth confidence curve and of the per-score levels, the prior means, the Thompson scale, the
+    propensity floor (chosen on tuning seeds 100–102 of `experiments/cascade`)."""
 
     dim: int = 64
-    ridge: float = 5.0
+    ridge: float = 100.0
     confidence_ridge: float = 5.0
+    bin_ridge: float = 5.0
+    """Prior precision of the per-score deviations (the one-hot bins) from the smooth curve in s."""
     prior_quality: float = 0.5
-    """Both actions' prior mean quality: neither is favoured before data (a prior of 0 would make an action
-    never tried look worse than any tried one)."""
-    v: float = 0.1
-    floor: float = 0.003
+    """The prior mean quality of an answer without a confidence, for both actions (a prior of 0 would make an
+    action never tried look worse than any tried one)."""
+    escalate_prior: float = 0.5
+    """The prior mean final quality after escalating on a score (the next model is asked because it is expected
+    to be better: a high prior tries escalation early, and its own outcomes correct it)."""
+    calibration: float = 1.0
+    """How much the prior trusts the score: an accepted answer's prior mean quality is
+    (1 − calibration)·prior_quality + calibration·s (1: the judge is calibrated; 0: the score says nothing)."""
+    v: float = 0.05
+    floor: float = 0.001
 
     def __post_init__(self) -> None:
         if not 32 <= self.dim <= 1024:
             raise ValueError("dim must be in [32, 1024]")
-        if self.ridge <= 0 or self.confidence_ridge <= 0 or self.v < 0:
-            raise ValueError("ridge and confidence_ridge must be > 0 and v >= 0")
-        if not 0.0 <= self.prior_quality <= 1.0:
-            raise ValueError("prior_quality must be in [0, 1]")
+        if self.ridge <= 0 or self.confidence_ridge <= 0 or self.bin_ridge <= 0 or self.v < 0:
+            raise ValueError("ridge, confidence_ridge and bin_ridge must be > 0 and v >= 0")
+        if not all(0.0 <= x <= 1.0 for x in (self.prior_quality, self.escalate_prior, self.calibration)):
+            raise ValueError("prior_quality, escalate_prior and calibration must be in [0, 1]")
         if not 0.0 <= self.floor < 0.5:
             raise ValueError("floor must be in [0, 0.5)")
 
 
-CONFIDENCE_FEATURES = 3 + BINS
-"""Per chain position: 1{missing}, s, s², onehot(bin(s))."""
+CONFIDENCE_FEATURES = 4 + BINS
+"""Per chain position: 1{missing}, 1{present}, s, s², onehot(bin(s))."""
+SMOOTH = 4
+"""The first four of them: the smooth part (a quadratic in s, or the missing signal's own level)."""
 
 
 def confidence_features(confidence: float | None, step: int) -> np.ndarray:
-    """[1{missing}, s, s², onehot(bin(s))] in the block of chain position `step` (each position has its own, since
-    a score means something else for each model), shape (MAX_STEPS · (3 + BINS),)."""
+    """[1{missing}, 1{present}, s, s², onehot(bin(s))] in the block of chain position `step` (each position has
+    its own, since a score means something else for each model), shape (MAX_STEPS · (4 + BINS),)."""
     out = np.zeros(MAX_STEPS * CONFIDENCE_FEATURES)
     base = min(step, MAX_STEPS - 1) * CONFIDENCE_FEATURES
     if confidence is None:
         out[base] = 1.0
     else:
         s = min(max(confidence, 0.0), 1.0)
-        out[base + 1], out[base + 2] = s, s * s
-        out[base + 3 + min(int(s * BINS + 1e-9), BINS - 1)] = 1.0
+        out[base + 1], out[base + 2], out[base + 3] = 1.0, s, s * s
+        out[base + SMOOTH + min(int(s * BINS + 1e-9), BINS - 1)] = 1.0
     return out
 
 
@@ -183,14 +207,22 @@ def _ridge(precision: np.ndarray, prior: np.ndarray) -> RidgeRegression:
     return reg
 
 
-def prior_mean(dim: int, quality: float) -> np.ndarray:
-    """θ₀ with q̂ = `quality` for every state: in each position's block exactly one of {1{missing}, bin(s)} is 1."""
+def prior_mean(dim: int, missing: float, level: float, calibration: float = 0.0) -> np.ndarray:
+    """θ₀ with q̂ = `missing` for a missing confidence and q̂ = (1 − calibration)·level + calibration·s for a score
+    s (the prompt's features and the per-score deviations start at 0)."""
     theta = np.zeros(2 * dim + MAX_STEPS * CONFIDENCE_FEATURES)
     for k in range(MAX_STEPS):
         base = 2 * dim + k * CONFIDENCE_FEATURES
-        theta[base] = quality
-        theta[base + 3 : base + 3 + BINS] = quality
+        theta[base] = missing
+        theta[base + 1] = (1.0 - calibration) * level
+        theta[base + 2] = calibration
     return theta
+
+
+def prior_precision(params: EscalationParams) -> np.ndarray:
+    """diag(A₀): `ridge` on the prompt blocks, `confidence_ridge` on the smooth part, `bin_ridge` on the bins."""
+    block = np.concatenate([np.full(SMOOTH, params.confidence_ridge), np.full(BINS, params.bin_ridge)])
+    return np.concatenate([np.full(2 * params.dim, params.ridge), np.tile(block, MAX_STEPS)])
 
 
 class LearnedEscalation:
@@ -201,12 +233,9 @@ class LearnedEscalation:
         p = self.params
         self.name = f"learned:v={p.v:g},floor={p.floor:g}"
         self.size = 2 * p.dim + MAX_STEPS * CONFIDENCE_FEATURES
-        precision = np.concatenate(
-            [np.full(2 * p.dim, p.ridge), np.full(MAX_STEPS * CONFIDENCE_FEATURES, p.confidence_ridge)]
-        )
-        prior = prior_mean(p.dim, p.prior_quality)
-        self.accept = _ridge(precision, prior)
-        self.escalate = _ridge(precision, prior)
+        precision = prior_precision(p)
+        self.accept = _ridge(precision, prior_mean(p.dim, p.prior_quality, p.prior_quality, p.calibration))
+        self.escalate = _ridge(precision, prior_mean(p.dim, p.prior_quality, p.escalate_prior))
         self.cost_ratio = np.ones(MAX_STEPS)
         self.cost_count = np.zeros(MAX_STEPS)
         self.updates = 0
@@ -278,9 +307,20 @@ class LearnedEscalation:
         }
 
     def load(self, state: dict[str, Any]) -> None:
+        """Restore `state()`. A state of another layout (another `dim`, or saved before the confidence basis had
+        its smooth part: 13 features per chain position, now 14) is refused with a ValueError, not misread."""
+        arms = {}
         for name in ("accept", "escalate"):
+            a, a_inv, b = (np.array(state[name][k], dtype=np.float64) for k in ("a", "a_inv", "b"))
+            if a.shape != (self.size, self.size) or a_inv.shape != a.shape or b.shape != (self.size,):
+                raise ValueError(
+                    f"escalation state has {b.shape[0]} features where this learner has {self.size} "
+                    f"(dim = {self.params.dim}, {CONFIDENCE_FEATURES} confidence features per chain position)"
+                )
+            arms[name] = (a, a_inv, b)
+        for name, (a, a_inv, b) in arms.items():
             arm = getattr(self, name)
-            arm.a, arm.a_inv, arm.b = (np.array(state[name][k], dtype=np.float64) for k in ("a", "a_inv", "b"))
+            arm.a, arm.a_inv, arm.b = a, a_inv, b
             arm.theta = arm.a_inv @ arm.b
         self.cost_ratio = np.array(state["cost_ratio"], dtype=np.float64)
         self.cost_count = np.array(state["cost_count"], dtype=np.float64)

@@ -19,17 +19,21 @@ learned by the bandit as usual, with the answer's own cost and latency on its ca
 routed call); if it fails, the model that answered is logged with probability 1. A named router's own decisions
 are `unrouted` for the bandit (`log.feedback.unrouted`); a learned cascade learns them itself.
 
-**Learned escalation** learns in this process from feedback stored here (`Engine.feedback_listeners`); its state
-lives in memory (not checkpointed: a restart starts it afresh) and pending chains are kept for at most
-`MAX_PENDING` decisions.
+**The chain is stored.** The call record carries the whole chain (`CallRecord.chain`: every call with its model,
+role, cost, latency, confidence or error, every accept/escalate step with its propensity, what the chain paid
+after each step; no answer text) and is written in the transaction that stores the decision, so any process that
+sees the decision sees its chain (`GET /v1/decisions/{id}` shows it).
+
+**Learned escalation** learns from the log, not from this process's memory: the first `unrouted` feedback of a
+learned cascade's decision, with its stored chain, in feedback `seq` order (`log.escalations`), in every worker
+and replica alike; its learners are part of the policy set's checkpoints, so a restart restores them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,19 +44,18 @@ from ..config import RouterAlias
 from ..gateway.pricing import answer_text, estimated
 from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected
 from ..ids import new_decision_id
+from ..log.escalations import chain_document
 from ..log.feedback import unrouted
 from ..store import CallRecord, CallStatus
-from ..types import Context, Decision, Outcome, Request
+from ..types import Context, Decision, Request
 from .chain import CallFailed, CascadeRun, ChainCall, ChainResult, ModelAnswer, Signal, run_cascade
-from .escalation import Escalation, LearnedEscalation, ThresholdEscalation
+from .escalation import Escalation, ThresholdEscalation
 from .llm_router import parse_choice, router_prompt
 
 if TYPE_CHECKING:
     from ..gateway import ChatRequest, Gateway
     from ..service.engine import Engine
-    from ..service.writer import FeedbackResult
 
-MAX_PENDING = 100_000
 OWN_MAX_TOKENS = 20
 """`max_tokens` of a judge's or the routing LLM's call (a score, a model name)."""
 
@@ -82,15 +85,9 @@ class NamedRouters:
     def __init__(self, routers: Sequence[RouterAlias], engine: Engine, gateway: Gateway, seed: int | None = None):
         self.routers = {r.name: r for r in routers}
         self.engine, self.gateway = engine, gateway
-        self.learners: dict[str, LearnedEscalation] = {
-            r.name: LearnedEscalation(r.escalation_params()) for r in routers if r.strategy == "learned-cascade"
-        }
-        self.pending: OrderedDict[str, tuple[str, ChainResult]] = OrderedDict()
         self.counts: dict[str, Counter[str]] = {r.name: Counter() for r in routers}
         self.rng = np.random.default_rng(seed)
-        self._tasks: set[asyncio.Future[Any]] = set()
         engine.extra_stats["named_routers"] = self.report
-        engine.feedback_listeners.append(self.on_feedback)
 
     def handles(self, model: str) -> bool:
         return model in self.routers
@@ -168,7 +165,10 @@ class NamedRouters:
         counts["requests"] += 1
         if alias.strategy == "llm-router":
             return await self._llm_router(alias, chat, request, context, models, cost_weight, call, failures)
-        escalation: Escalation = self.learners.get(alias.name) or ThresholdEscalation(alias.threshold)
+        escalation: Escalation = (
+            self.engine.policies.escalations.rule(alias.name) if alias.strategy == "learned-cascade"
+            else ThresholdEscalation(alias.threshold)
+        )
         signal = Signal(alias.signal, alias.judge, alias.rubric)
 
         def next_cost(model: str) -> float:
@@ -189,15 +189,12 @@ class NamedRouters:
             raise NamedRouterFailed(alias.name, failures)
         pmf = chain_pmf(models, result)
         decision = self._decision(alias, models, pmf, result.answer.model, context, cost_weight)
-        await self.engine.store_decision(decision, request)
-        await self._record(decision, result.answer, result.cost_usd, result.latency_s)
+        extension = {"router": alias.name, "strategy": alias.strategy, **result.to_json()}
+        chain = chain_document(extension, result.extra_costs())
+        record = self._call_record(decision, result.answer, result.cost_usd, result.latency_s, chain)
+        await self.engine.store_decision(decision, request, record)
         counts[f"answered_by:{result.answer.model}"] += 1
         counts["cost_usd_micros"] += round(result.cost_usd * 1e6)
-        if alias.name in self.learners:
-            self.pending[decision.decision_id] = (alias.name, result)
-            while len(self.pending) > MAX_PENDING:
-                self.pending.popitem(last=False)
-        extension = {"router": alias.name, "strategy": alias.strategy, **result.to_json()}
         return NamedAnswer(_body(result.answer, extension), decision, result.answer_calls)
 
     async def _llm_router(
@@ -277,8 +274,18 @@ class NamedRouters:
             pmf = [1.0 if m == answer.model else 0.0 for m in models]
             decision = self._decision(alias, models, pmf, answer.model, context, cost_weight)
             cost, latency = total_cost, total_latency
-        await self.engine.store_decision(decision, request)
-        await self._record(decision, answer, cost, latency)
+        stored = {
+            "router": alias.name,
+            "strategy": alias.strategy,
+            "named": named,
+            "calls": [c.to_json() for c in calls],
+            "steps": [],
+            "answered_by": answer.model,
+            "cost_usd": total_cost,
+            "latency_s": total_latency,
+        }  # the routing LLM's reply text is not stored (it is model output, like an answer)
+        record = self._call_record(decision, answer, cost, latency, chain_document(stored, []))
+        await self.engine.store_decision(decision, request, record)
         counts[f"answered_by:{answer.model}"] += 1
         counts["cost_usd_micros"] += round(total_cost * 1e6)
         extension = {
@@ -314,38 +321,22 @@ class NamedRouters:
             context=context, expected_cost_usd=costs, created_at=time.time(),
         )  # fmt: skip
 
-    async def _record(self, decision: Decision, answer: ModelAnswer, cost: float, latency: float) -> None:
-        """One call record for the request (`attempt` 1: a chain is one request, not a gateway fallback): the
-        answering model and the cost and latency given. With several workers the reply waits for it
-        (`Gateway.await_records`, as the gateway's): feedback may reach another worker first."""
+    def _call_record(
+        self, decision: Decision, answer: ModelAnswer, cost: float, latency: float, chain: str
+    ) -> CallRecord:
+        """The request's one call record (`attempt` 1: a chain is one request, not a gateway fallback): the
+        answering model, the cost and latency given, and the chain. It is stored with the decision, in one
+        transaction (`Engine.store_decision`), before the reply: feedback on any worker finds both."""
         usage_source = answer.payload[1] if isinstance(answer.payload, tuple) else None
-        record = CallRecord(
+        return CallRecord(
             decision_id=decision.decision_id, request_id=decision.decision_id, attempt=1,
             model=answer.model, routed=not unrouted(decision.policy),
             stream=False, status=str(CallStatus.OK), http_status=200, input_tokens=answer.input_tokens,
             output_tokens=answer.output_tokens, usage=usage_source, cost_usd=cost, ttft_s=latency, latency_s=latency,
-            error=None, created_at=time.time(),
+            error=None, created_at=time.time(), chain=chain,
         )  # fmt: skip
-        task = asyncio.ensure_future(self.engine.record_call(record))  # by default never delays the reply
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        if self.gateway.await_records:
-            await task
-
-    async def close(self) -> None:
-        """Wait for the call records still being written."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- learning and stats ----------------------------------------------------------------------------------------
-    def on_feedback(self, decision_id: str, outcome: Outcome, result: FeedbackResult) -> None:
-        """A stored feedback: a learned cascade's chain learns the final answer's quality, once."""
-        if result.status in ("duplicate", "late") or decision_id not in self.pending:
-            return
-        alias, chain = self.pending.pop(decision_id)
-        chain.learn(self.learners[alias], outcome.quality)
-        self.counts[alias]["learned"] += 1
-
     def report(self) -> dict[str, Any]:
         """Per named router: requests, calls, escalations, failures, spend, who answered (for `GET /v1/stats`)."""
         out: dict[str, Any] = {}
@@ -368,8 +359,8 @@ class NamedRouters:
             }
             if alias.strategy == "llm-router":
                 entry["parsed"], entry["fallbacks"] = counts["parsed"], counts["fallbacks"]
-            if alias.strategy == "learned-cascade":
-                entry["learned_chains"] = counts["learned"]
+            if alias.strategy == "learned-cascade":  # from the log: the same in every worker and replica
+                entry["learned_chains"] = self.engine.policies.escalations.learned(name)
             out[name] = entry
         return out
 

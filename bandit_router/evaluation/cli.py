@@ -27,6 +27,10 @@ always reported too. A ⚠ marks an estimate whose overlap with the log is too p
 
 CANDIDATE := logged | shadow:NAME | POLICY\\[@lambda=λ,seed=N,…]   e.g. linucb:alpha=0.5  vw-greedy@lambda=40
 
+With --escalations: the learned cascades' escalation instead (the chains learned from the log, their logged
+propensities): IPS and SNIPS of each escalation rule's reward per request, final quality − λ·chain cost.
+RULE := logged | accept | escalate | threshold:T (default: logged, accept, escalate, threshold:0.1 … 0.9).
+
 Example: bandit-router evaluate --db bandit-router.db --candidates linucb:alpha=0.5 fixed:gpt-4o --out eval/
 """
 
@@ -35,6 +39,9 @@ EXPORT_HELP = """Export a service database's decisions with feedback as Vowpal W
 One line per decision with learned feedback: _label_cost = −reward, the logged probability, the actions with
 their logged probabilities, the stored hashed context features. Train or evaluate with VW, e.g.
 `vw --cb_explore_adf --dsjson -q sa -d log.dsjson`.
+
+With --escalations: the learned cascades' accept/escalate steps instead, one line per step, over the two actions
+accept and escalate with the probabilities they were logged with, −(final quality − λ·chain cost) as the cost.
 
 Example: bandit-router export --db bandit-router.db --format dsjson --out log.dsjson
 """
@@ -84,11 +91,17 @@ def evaluate(
     baselines: Annotated[bool, typer.Option(help="Also report logged, random and fixed:<model>.")] = True,
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Seed of the replays, bootstraps and cross-fitting.")] = 0,
+    escalations: Annotated[
+        bool, typer.Option(help="Evaluate escalation rules on the learned cascades' chains instead.")
+    ] = False,
 ) -> None:
     from .evaluate import evaluate_log
     from .report import format_best, format_table, write_evaluation
 
     specs_given = [*(candidates or []), *(more or [])]
+    if escalations:
+        _evaluate_escalations(db, specs_given, confidence, out)
+        return
     lam: float | str = reward_lambda
     if reward_lambda not in ("logged", "candidate"):
         try:
@@ -149,11 +162,17 @@ def export(
     ] = None,
     label: Annotated[str, typer.Option(help="What the cost label is: reward or quality.")] = "reward",
     include_unlabeled: Annotated[bool, typer.Option(help="Also export decisions without feedback.")] = False,
+    escalations: Annotated[
+        bool, typer.Option(help="Export the learned cascades' accept/escalate steps (with their propensities).")
+    ] = False,
 ) -> None:
     from .dsjson import export_dsjson
 
     if format != "dsjson":
         raise _fail("export", f"--format: only 'dsjson' is supported, not {format!r}")
+    if escalations:
+        _export_escalations(db, out, label)
+        return
     try:
         catalog = _catalog(config)
         store = open_store(db)
@@ -179,6 +198,57 @@ def export(
         raise _fail("export", str(exc)) from None
     if out is not None:
         typer.echo(f"wrote {written} events to {out}", err=True)
+
+
+DEFAULT_RULES = ("logged", "accept", "escalate", *(f"threshold:{t / 10:g}" for t in range(1, 10)))
+
+
+def _evaluate_escalations(db: str, rules: list[str], confidence: float, out: Path | None) -> None:
+    import json
+
+    from .escalations import evaluate_escalations, format_rule_estimates, iter_chains
+
+    try:
+        store = open_store(db)
+        try:
+            chains = list(iter_chains(store))
+        finally:
+            store.close()
+        if not chains:
+            raise _fail("evaluate", f"{redact_urls(db)} holds no learned chain with feedback: nothing to evaluate", 1)
+        results = evaluate_escalations(chains, rules or list(DEFAULT_RULES), confidence=confidence)
+    except (StoreError, BanditRouterError) as exc:
+        raise _fail("evaluate", str(exc)) from None
+    typer.echo(f"{len(chains)} learned chains evaluated (reward per request: final quality − λ·chain cost)")
+    typer.echo(format_rule_estimates(results))
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "escalations.json").write_text(json.dumps([r.to_json() for r in results], indent=1))
+        typer.echo(f"wrote {out / 'escalations.json'}")
+
+
+def _export_escalations(db: str, out: Path | None, label: str) -> None:
+    from .escalations import export_escalations
+
+    try:
+        store = open_store(db)
+        try:
+            if out is None:
+                try:
+                    export_escalations(store, sys.stdout, label=label)
+                    sys.stdout.flush()
+                except BrokenPipeError:
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                    raise typer.Exit(0) from None
+                return
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.open("w", encoding="utf-8") as fp:
+                written = export_escalations(store, fp, label=label)
+        finally:
+            store.close()
+    except (StoreError, BanditRouterError, OSError) as exc:
+        raise _fail("export", str(exc)) from None
+    typer.echo(f"wrote {written} escalation steps to {out}", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
     feedback.py      feedback rules as pure functions (`judge` → `Verdict`), reward windows, pricing
     policies.py      `PolicySet`: the live policy and its shadows; snapshots
     follower.py      `LogFollower`: applies the log in order (writer, recovery, `rebuild_router`)
+    escalations.py   learned cascades' escalation learners, learned from the chains stored in the log
     checkpoints.py   `Checkpointer`: snapshots at log positions, and loading the newest valid one
     budget_state.py  the budget pacer's durable state
     timeseries.py    time series from the per-minute rollup (the dashboard's charts)
@@ -13,6 +14,7 @@ The service (`bandit_router.service`) adds only the writer thread and HTTP.
 
 from .budget_state import BudgetState
 from .checkpoints import Checkpointer, fingerprint
+from .escalations import EscalationLearners, learns_chain
 from .feedback import (
     CALLER_POLICY,
     NAMED_ROUTER_POLICIES,
@@ -27,7 +29,7 @@ from .feedback import (
     unrouted,
     with_call,
 )
-from .follower import REPLAY_PAGE, LogEntry, LogFollower, rebuild_router
+from .follower import REPLAY_PAGE, LogEntry, LogFollower, rebuild_policies, rebuild_router
 from .monitor import Monitor
 from .policies import BUNDLE_MAGIC, PolicySet, build_router
 from .timeseries import RANGES, Window, timeseries
@@ -40,6 +42,7 @@ __all__ = [
     "REPLAY_PAGE",
     "BudgetState",
     "Checkpointer",
+    "EscalationLearners",
     "FeedbackRules",
     "LogEntry",
     "LogFollower",
@@ -54,7 +57,9 @@ __all__ = [
     "feedback_record",
     "fingerprint",
     "judge",
+    "learns_chain",
     "priced",
+    "rebuild_policies",
     "rebuild_router",
     "timeseries",
     "unrouted",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..dbguard import RateLimitedLog
 from ..store import Checkpoint, Store, StoreError
+from .escalations import EscalationLearners
 from .follower import LogFollower
 
 if TYPE_CHECKING:
@@ -23,6 +24,9 @@ def fingerprint(settings: Settings) -> str:
     raw = settings.fingerprint_source()
     if settings.routing.shadow_policies:  # checkpoints then hold every policy's state (a bundle)
         raw = {**raw, "shadow_policies": list(settings.routing.shadow_policies)}
+    learned = EscalationLearners(settings).fingerprint_source()
+    if learned:  # checkpoints then hold the learned cascades' escalation learners too
+        raw = {**raw, "learned_cascades": learned}
     source = json.dumps(raw, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
 
@@ -59,6 +63,7 @@ class Checkpointer:
                 log.warning("checkpoint %d cannot be restored (%s); trying an older one", ck.id, exc)
                 continue
             self.follower.applied_seq, self.follower.applied_event = ck.seq, ck.event_id
+            self.follower.chain_seq = ck.seq
             self.version, self.position = self.follower.policies.live.version, (ck.seq, ck.event_id)
             return ck
         return None
@@ -68,8 +73,8 @@ class Checkpointer:
         `force`; True when one was stored (or another process had stored this position already)."""
         live = self.follower.policies.live
         position = self.follower.position
-        if position == self.position:
-            return False
+        if position == self.position or self.follower.chain_seq != position[0]:
+            return False  # nothing new, or the escalation learners are not at this position (a failed catch-up)
         if not force and not self.follower.promoted and live.version - self.version < self.interval:
             return False
         with self.store.read() as reader:  # another worker may have stored this position already

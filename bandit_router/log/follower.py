@@ -31,6 +31,8 @@ class LogEntry:
     record: FeedbackRecord | None = None
     decision: Decision | None = None
     event: ModelEvent | None = None
+    chain: str | None = None
+    """The stored chain a learned cascade's escalation learns from this feedback (`escalations.learns_chain`)."""
 
 
 class LogFollower:
@@ -40,6 +42,9 @@ class LogFollower:
         self.policies = policies
         self.applied_seq = 0
         self.applied_event = 0
+        self.chain_seq = 0
+        """The feedback seq up to which the learned cascades' escalation learners have learned (`applied_seq`
+        once a catch-up is complete)."""
         self.promoted = False
         """Set when a promotion was applied (a checkpoint is due); the caller clears it."""
         self._retired: dict[str, None] = {}
@@ -80,15 +85,27 @@ class LogFollower:
             assert entry.record is not None
             if entry.record.learn:
                 self.learn(entry.record, entry.decision)
+            if entry.chain is not None and entry.decision is not None and entry.seq > self.chain_seq:
+                self.policies.learn_chain(entry.decision, entry.chain, entry.record.quality, entry.seq)
             self.applied_seq = max(self.applied_seq, entry.seq)
+            self.chain_seq = max(self.chain_seq, entry.seq)
 
     def catch_up(self, reader: Reader, head: tuple[int, int] | None = None) -> int:
         """Apply the log between this position and `head` (default: the reader's head), rows and events in log
         order; returns the number of feedback rows learned."""
         if head is None:
             head = reader.head()
-        if head == self.position:
+        if head == self.position and self.chain_seq >= head[0]:
             return 0
+        if self.policies.escalations:  # the learned cascades' chains first (they share nothing with the policies)
+            while self.chain_seq < head[0]:
+                chains = reader.chains_after(self.chain_seq, head[0], REPLAY_PAGE)
+                for item in chains:
+                    self.policies.learn_chain(item.decision, item.chain, item.record.quality, item.record.seq)
+                    self.chain_seq = item.record.seq
+                if len(chains) < REPLAY_PAGE:
+                    break
+        self.chain_seq = max(self.chain_seq, head[0])
         events = [e for e in reader.model_events_after(self.applied_event) if e.id <= head[1]]
         applied = 0
         while True:
@@ -105,6 +122,14 @@ class LogFollower:
             self.apply_event(event)
         self.applied_seq, self.applied_event = max(self.applied_seq, head[0]), max(self.applied_event, head[1])
         return applied
+
+
+def rebuild_policies(settings: Settings, store: Store, *, seed: int | None = None) -> PolicySet:
+    """A fresh policy set (live router, shadows, escalation learners) that learned the whole stored log."""
+    follower = LogFollower(PolicySet(settings, seed=seed))
+    with store.read() as reader:
+        follower.catch_up(reader)
+    return follower.policies
 
 
 def rebuild_router(settings: Settings, store: Store, *, seed: int | None = None) -> Router:

@@ -1,5 +1,6 @@
 """The live-and-shadow policy set: the router that decides, and the shadow routers that learn the same log and
-log their pmfs without ever choosing. A promotion swaps one shadow with the live router."""
+log their pmfs without ever choosing. A promotion swaps one shadow with the live router. The learned cascades'
+escalation learners (`escalations.py`) follow the same log and are part of the set's snapshots."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..policies import make_policy
 from ..router import Router
 from ..store import ModelAction, ModelEvent
 from ..types import Decision, Outcome
+from .escalations import EscalationLearners
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -19,7 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("bandit_router.log")
 
 BUNDLE_MAGIC = b"BRBUNDLE1\n"
-"""Snapshot of a set with shadow policies: this, a JSON header line, then each router's snapshot."""
+"""Snapshot of a set with shadow policies or learned cascades: this, a JSON header line, then each router's
+snapshot, then the escalation learners' (`escalations`: its size in the header)."""
 
 
 def build_router(settings: Settings, *, seed: int | None = None, policy: str | None = None) -> Router:
@@ -44,6 +47,7 @@ class PolicySet:
         self.live = self.fresh(settings.routing.policy)
         self.live_name = settings.routing.policy
         self.shadows: dict[str, Router] = {spec: self.fresh(spec) for spec in settings.routing.shadow_policies}
+        self.escalations = EscalationLearners(settings)
 
     def fresh(self, name: str) -> Router:
         """A router that has learned nothing for the policy `name` (the configured live policy or a shadow)."""
@@ -63,6 +67,10 @@ class PolicySet:
                 shadow.learn(decision, outcome)
             except (UnknownModel, InvalidInput) as exc:
                 log.warning("feedback seq %d not learned by shadow %s: %s", seq, name, exc)
+
+    def learn_chain(self, decision: Decision, chain: str, quality: float, seq: int) -> None:
+        """A learned cascade's escalation learns feedback `seq` on its stored chain (`escalations.py`)."""
+        self.escalations.learn(decision, chain, quality, seq)
 
     def apply(self, event: ModelEvent) -> bool:
         """Apply a model event to every router; True when it swapped the live policy (a promotion)."""
@@ -107,13 +115,19 @@ class PolicySet:
 
     # -- snapshots -----------------------------------------------------------------------------------------------
     def snapshot(self) -> bytes:
-        """The live router's snapshot; with shadow policies a bundle of every router, naming the live one."""
-        if not self.shadows and self.live_name == self.settings.routing.policy:
+        """The live router's snapshot; with shadow policies or learned cascades a bundle of every router, naming
+        the live one, and the escalation learners."""
+        if not self.shadows and self.live_name == self.settings.routing.policy and not self.escalations:
             return self.live.snapshot()
         routers = {self.live_name: self.live, **self.shadows}
         states = {name: router.snapshot() for name, router in routers.items()}
-        header = {"live": self.live_name, "sizes": [[name, len(state)] for name, state in states.items()]}
-        return BUNDLE_MAGIC + json.dumps(header).encode("utf-8") + b"\n" + b"".join(states.values())
+        header: dict[str, object] = {
+            "live": self.live_name, "sizes": [[name, len(state)] for name, state in states.items()],
+        }
+        escalations = self.escalations.snapshot() if self.escalations else b""
+        if escalations:
+            header["escalations"] = len(escalations)
+        return BUNDLE_MAGIC + json.dumps(header).encode("utf-8") + b"\n" + b"".join(states.values()) + escalations
 
     def restore(self, state: bytes) -> None:
         """Replace every router with the ones in `snapshot()` bytes (nothing changes when they do not load)."""
@@ -121,6 +135,7 @@ class PolicySet:
             router = self.fresh(self.settings.routing.policy)
             router.restore(state)
             shadows = {spec: self.fresh(spec) for spec in self.settings.routing.shadow_policies}
+            self.escalations.restore(None)
             self.live, self.live_name, self.shadows = router, self.settings.routing.policy, shadows
             return
         line, _, body = state[len(BUNDLE_MAGIC) :].partition(b"\n")
@@ -132,7 +147,9 @@ class PolicySet:
             router.restore(body[offset : offset + size])
             routers[name] = router
             offset += size
-        if offset != len(body) or header["live"] not in routers:
+        escalations = int(header.get("escalations", 0))
+        if offset + escalations != len(body) or header["live"] not in routers:
             raise ValueError("malformed checkpoint bundle")
+        self.escalations.restore(body[offset:] if escalations else None)
         live = routers.pop(header["live"])
         self.live, self.live_name, self.shadows = live, header["live"], routers

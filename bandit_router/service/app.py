@@ -223,14 +223,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys))
         engine.start()
         gateway: Gateway | None = None
-        named: NamedRouters | None = None
         try:  # a start-up failure (a ConfigError) stops what has started, like a shutdown
             gateway = await start_gateway(settings, engine)
             gateway.observer = metrics.call_recorded
             if gateway.judge is not None:
                 metrics.bind_judge(gateway.judge.report)
             app.state.gateway = gateway
-            app.state.named_routers = named = start_named_routers(settings, engine, gateway)
+            app.state.named_routers = start_named_routers(settings, engine, gateway)
             log.info(
                 "bandit-router: db=%s synchronous=%s policy=%s models=%d auth=%s store_prompts=%s",
                 settings.storage.db, settings.storage.synchronous, settings.routing.policy,
@@ -238,8 +237,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             yield
         finally:
-            if named is not None:
-                await named.close()
             if gateway is not None:
                 await stop_gateway(gateway)
             await asyncio.to_thread(engine.stop)

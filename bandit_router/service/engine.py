@@ -11,7 +11,9 @@ valid snapshot is loaded and the log after it replayed, while `/readyz` answers 
 Shadow policies (`shadow_policies`) are routers beside the live one (`log.PolicySet`): on each route their pmfs
 are computed on the decision's context and stored with it (`shadow_pmfs`, same transaction); they learn every
 learned feedback in the same order. A promotion is a `promote` model event, so every process and every replay
-swaps at the same place in the log; with shadows, a checkpoint is a bundle of every router's snapshot.
+swaps at the same place in the log; with shadows, a checkpoint is a bundle of every router's snapshot. Learned
+cascades' escalation learners (`log.escalations`) are part of the policy set too: they follow the same log and
+checkpoints, from the chains stored with named routers' decisions (`store_decision(..., call)`).
 """
 
 from __future__ import annotations
@@ -104,8 +106,6 @@ class Engine:
         self._next_retention = 0.0
         self.extra_stats: dict[str, Callable[[], Any]] = {}
         """More sections of `stats()` (the gateway's judge adds `judge`)."""
-        self.feedback_listeners: list[Callable[[str, Outcome, FeedbackResult], None]] = []
-        """Told about every feedback this process stored (the named routers' learned escalation learns from them)."""
 
     # -- what the routes and tests read -------------------------------------------------------------------------
     @property
@@ -307,13 +307,14 @@ class Engine:
         await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
         return decision
 
-    async def store_decision(self, decision: Decision, request: Request) -> Decision:
-        """Store a decision made outside `route` (the gateway's fallbacks and caller-named models)."""
+    async def store_decision(self, decision: Decision, request: Request, call: CallRecord | None = None) -> Decision:
+        """Store a decision made outside `route` (the gateway's fallbacks and caller-named models; a named
+        router's, with its call record and chain in the same transaction)."""
         self._require_ready()
         tenant = request.context.get("tenant")
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
-        await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
+        await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow, call))
         return decision
 
     async def record_call(self, record: CallRecord, failure: Outcome | None = None, source: str | None = None) -> None:
@@ -326,8 +327,6 @@ class Engine:
 
     async def feedback(self, decision_id: str, outcome: Outcome, source: str | None = None) -> FeedbackResult:
         result: FeedbackResult = await self._submit(Feedback(decision_id, outcome, source, time.time()))
-        for listener in self.feedback_listeners:
-            listener(decision_id, outcome, result)
         return result
 
     async def set_budgets(self, config: BudgetConfig) -> BudgetConfig:

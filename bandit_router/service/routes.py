@@ -241,7 +241,8 @@ async def get_decision(
 ) -> Response:
     """A stored decision joined with its feedback (the prompt only when `store_prompts = true`), and the gateway's
     record of its upstream call (`call`: tokens, cost, time to first token, latency, status, try; null for a
-    decision made by `/v1/route`)."""
+    decision made by `/v1/route`); for a named router's decision its whole chain (`chain`: every call, every
+    accept/escalate step with its confidence and propensity, what the chain paid after each step)."""
     engine = _services(request).engine
     stored, feedback_rows, call = await run_in_threadpool(engine.decision, decision_id)
     d = stored.decision
@@ -269,6 +270,7 @@ async def get_decision(
             "prompt": stored.prompt,
             "feedback": [r.to_json() for r in feedback_rows],
             "call": None if call is None else call.to_json(),
+            "chain": None if call is None else call.chain_json(),
         }
     )
 

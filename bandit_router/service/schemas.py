@@ -301,6 +301,12 @@ class DecisionOut(BaseModel):
     call: dict[str, Any] | None = Field(
         default=None, description="the gateway's upstream call for this decision (null for /v1/route decisions)"
     )
+    chain: dict[str, Any] | None = Field(
+        default=None,
+        description="a named router's chain: its calls (model, role, cost, latency, confidence, error), its "
+        "accept/escalate steps (confidence, action, probability, p_escalate), extra_costs (what the chain paid "
+        "after each step); null for other decisions",
+    )
 
 
 def _budget_scope_schema(*, settings: bool) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from ..catalog import ModelSpec
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision
 from ..log import BudgetState, FeedbackRules, LogEntry, LogFollower, Verdict, close_window, feedback_record, judge
+from ..log.escalations import learns_chain
 from ..log.feedback import unrouted, with_call
 from ..store import (
     CallRecord,
@@ -117,9 +118,9 @@ class Batch:
             self.tx.insert_feedback(self.pending)
             self.pending = []
 
-    def log_feedback(self, record: FeedbackRecord, decision: Decision | None) -> None:
-        """Number and queue `record`, and apply it after the commit."""
-        self.entries.append(LogEntry(seq=record.seq, record=record, decision=decision))
+    def log_feedback(self, record: FeedbackRecord, decision: Decision | None, chain: str | None = None) -> None:
+        """Apply the numbered `record` after the commit (with the chain a learned cascade learns from it)."""
+        self.entries.append(LogEntry(seq=record.seq, record=record, decision=decision, chain=chain))
         observer = self.writer.observer
         if observer is not None:
             observer.feedback_stored(record.model, record.status, record.reward, record.realised_cost_usd, record.learn)
@@ -145,15 +146,18 @@ class Op:
 
 
 class InsertDecision(Op):
-    """Store a decision. A batch's decisions are written together, first (`Writer._transact`)."""
+    """Store a decision (with `call`, its call record, in the same transaction: a named router's, which carries
+    its chain). A batch's decisions are written together, first (`Writer._transact`)."""
 
-    __slots__ = ("decision", "prompt", "shadow_pmfs", "tenant")
+    __slots__ = ("call", "decision", "prompt", "shadow_pmfs", "tenant")
 
     def __init__(
-        self, decision: Decision, prompt: str | None, tenant: str | None, shadow_pmfs: str | None = None
+        self, decision: Decision, prompt: str | None, tenant: str | None, shadow_pmfs: str | None = None,
+        call: CallRecord | None = None,
     ) -> None:
         super().__init__()
         self.decision, self.prompt, self.tenant, self.shadow_pmfs = decision, prompt, tenant, shadow_pmfs
+        self.call = call
 
 
 class RecordCall(Op):
@@ -207,8 +211,12 @@ class Feedback(Op):
             feedback_record(router, decision, stored.tenant, o, received_at=self.received_at, source=self.source,
                             status=status)
         )
+        chain = None
+        if learns_chain(decision, existing, record.status):
+            call = batch.calls.get(self.decision_id)
+            chain = None if call is None else call.chain
         batch.feedback.setdefault(self.decision_id, []).append(record)
-        batch.log_feedback(record, decision)
+        batch.log_feedback(record, decision, chain)
         return FeedbackResult(self.decision_id, str(record.status), record.reward, record.seq, record.learn)
 
 
@@ -457,6 +465,9 @@ class Writer:
         ]
         if shadow_rows:
             batch.tx.insert_shadow_pmfs(shadow_rows)
+        calls = [i.call for i, ok in zip(inserts, stored, strict=True) if ok and i.call is not None]
+        if calls:
+            batch.tx.insert_calls(calls)
 
     def wake(self) -> None:
         """Another process committed to the log (PostgreSQL's NOTIFY): follow it after this batch. Any thread."""

@@ -13,7 +13,16 @@ from typing import Protocol
 
 from ..catalog import ModelSpec
 from ..types import Decision
-from .records import CallRecord, Checkpoint, DecisionInfo, FeedbackRecord, ModelEvent, StoredDecision, StoreStats
+from .records import (
+    CallRecord,
+    ChainFeedback,
+    Checkpoint,
+    DecisionInfo,
+    FeedbackRecord,
+    ModelEvent,
+    StoredDecision,
+    StoreStats,
+)
 from .rollup import MinuteStats
 
 
@@ -36,6 +45,12 @@ class Reader(Protocol):
 
     def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision]]:
         """Feedback rows with learn = 1 and `seq` greater than `seq`, in seq order, with their decisions."""
+        ...
+
+    def chains_after(self, seq: int, until: int, limit: int) -> list[ChainFeedback]:
+        """What learned cascades' escalation learns, in seq order: for `seq` < f.seq ≤ `until`, each feedback
+        that is the first `unrouted` one of a `learned-cascade:` decision whose call record has a chain, with its
+        decision and chain (at most `limit`)."""
         ...
 
     def shadow_pmfs_for_many(self, decision_ids: Sequence[str]) -> dict[str, dict[str, list[float]]]:

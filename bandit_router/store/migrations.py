@@ -237,6 +237,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         (rollup.ADD_ROUTED, "DELETE FROM minute_stats", *rollup.BACKFILL),
         (rollup.ADD_ROUTED, "DELETE FROM minute_stats", *rollup.BACKFILL_POSTGRES),
     ),
+    Migration(
+        6,
+        "named routers' chains: one JSON document per decision next to its call record (`chains`: every call, every "
+        "accept/escalate step with its propensity, what the chain paid after each step), and an index of the "
+        "`unrouted` feedback a learned cascade's escalation learns from",
+        (
+            "CREATE TABLE IF NOT EXISTS chains (decision_id TEXT PRIMARY KEY REFERENCES decisions(decision_id), "
+            "chain TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS feedback_unrouted ON feedback (seq) WHERE status = 'unrouted'",
+        ),
+        (
+            "CREATE TABLE IF NOT EXISTS chains (decision_id TEXT PRIMARY KEY REFERENCES decisions(decision_id), "
+            "chain TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS feedback_unrouted ON feedback (seq) WHERE status = 'unrouted'",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -52,6 +52,7 @@ from .location import DatabaseURL, redact_urls
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .records import (
     CallRecord,
+    ChainFeedback,
     Checkpoint,
     DecisionInfo,
     FeedbackRecord,
@@ -68,10 +69,13 @@ from .sqlite import (
     _FI,
     _JOINED,
     CALL_COLUMNS,
+    CALLS_WITH_CHAINS,
+    CHAINS_SQL,
     DECISION_COLUMNS,
     FEEDBACK_COLUMNS,
     _call_from_row,
     _call_value,
+    _chains_from_rows,
     _decision_from_row,
     _feedback_from_row,
     _SQLiteTx,
@@ -306,6 +310,7 @@ class PostgresStore:
             if ids:
                 conn.execute("DELETE FROM shadow_pmfs WHERE decision_id = ANY(%s)", (ids,))
                 conn.execute("DELETE FROM calls WHERE decision_id = ANY(%s)", (ids,))
+                conn.execute("DELETE FROM chains WHERE decision_id = ANY(%s)", (ids,))
                 deleted += conn.execute("DELETE FROM decisions WHERE decision_id = ANY(%s)", (ids,)).rowcount
         return int(deleted)
 
@@ -522,14 +527,21 @@ class _PostgresTx(_SQLiteTx):
                 f"INSERT INTO calls ({columns}) VALUES {marks} ON CONFLICT (decision_id) DO UPDATE SET {updates}",
                 [_call_value(getattr(r, c)) for r in chunk for c in CALL_COLUMNS],
             )
+        chains = [(r.decision_id, r.chain) for r in records if r.chain is not None]
+        for start in range(0, len(chains), _CHUNK):
+            pairs = chains[start : start + _CHUNK]
+            self.conn.execute(
+                "INSERT INTO chains (decision_id, chain) VALUES " + ",".join(["(%s, %s)"] * len(pairs))
+                + " ON CONFLICT (decision_id) DO UPDATE SET chain = EXCLUDED.chain",
+                [value for pair in pairs for value in pair],
+            )
         self._add_to_rollup(rollup.fallback_increments(records, decided))
 
     # -- reads ------------------------------------------------------------------------------------------------
     def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:
         if not decision_ids:
             return {}
-        rows = self._rows(f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE decision_id = ANY(%s)",
-                          (list(decision_ids),))
+        rows = self._rows(CALLS_WITH_CHAINS + " WHERE c.decision_id = ANY(%s)", (list(decision_ids),))
         return {row[0]: _call_from_row(row) for row in rows}
 
     def get_meta(self, key: str) -> str | None:
@@ -573,6 +585,9 @@ class _PostgresTx(_SQLiteTx):
         )
         after = len(FEEDBACK_COLUMNS)
         return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
+
+    def chains_after(self, seq: int, until: int, limit: int) -> list[ChainFeedback]:
+        return _chains_from_rows(self._rows(CHAINS_SQL.format(mark="%s"), (seq, until, limit)))
 
     def shadow_pmfs_for_many(self, decision_ids: Sequence[str]) -> dict[str, dict[str, list[float]]]:
         rows = self._rows("SELECT decision_id, pmfs FROM shadow_pmfs WHERE decision_id = ANY(%s)",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -173,9 +174,35 @@ class CallRecord:
     latency_s: float | None
     error: str | None
     created_at: float
+    chain: str | None = None
+    """A named router's whole chain (JSON: every call, every accept/escalate step with its propensity, what the
+    chain paid after each step; `bandit_router.cascade.live`), None for the gateway's own calls."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record without its chain (`chain_json()` decodes that)."""
+        out = asdict(self)
+        out.pop("chain", None)
+        return out
+
+    def chain_json(self) -> dict[str, Any] | None:
+        """The stored chain, decoded (None when there is none or it does not decode)."""
+        if self.chain is None:
+            return None
+        try:
+            value = json.loads(self.chain)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainFeedback:
+    """A learned cascade's chain with the feedback its escalation learns (`Reader.chains_after`): the first
+    `unrouted` feedback of a `learned-cascade:` decision, its decision, and the chain stored with its call."""
+
+    record: FeedbackRecord
+    decision: Decision
+    chain: str
 
 
 @dataclass(frozen=True, slots=True)

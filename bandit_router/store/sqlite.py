@@ -12,6 +12,8 @@ Tables (schema: `store/migrations.py`; hot-path statements on the raw `sqlite3` 
     model_events  models added or retired at run time (and promotions), each placed after feedback `after_seq`
     checkpoints   the learned state after feedback `seq` and model event `event_id`, with its sha256
     shadow_pmfs   the shadow policies' pmfs per decision
+    calls         the gateway's record of a decision's upstream call(s)
+    chains        a named router's chain per decision (JSON, beside its call record)
     meta          schema version and the reward-window sweep position
 
 Rows are read by column name (`sqlite3.Row`); every `sqlite3.Error` leaves this module as a `StoreError`.
@@ -44,6 +46,7 @@ from .interface import Reader, WriteTx
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .records import (
     CallRecord,
+    ChainFeedback,
     Checkpoint,
     DecisionInfo,
     FeedbackRecord,
@@ -248,8 +251,8 @@ class SQLiteStore:
     def delete_old(self, cutoff: float, limit: int) -> int:
         """`retention_days`: delete (in one transaction, at most `limit` rows of each table) the feedback received
         before `cutoff` (Unix time) whose seq the newest checkpoint holds, then the decisions made before `cutoff`
-        that no feedback row refers to any more (with their shadow pmfs). Returns how many rows were deleted.
-        Feedback seqs are never reused (`sqlite_sequence` keeps the largest)."""
+        that no feedback row refers to any more (with their shadow pmfs, call records and chains). Returns how many
+        rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps the largest)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
@@ -267,6 +270,7 @@ class SQLiteStore:
                 marks = ",".join("?" * len(ids))
                 conn.execute(f"DELETE FROM shadow_pmfs WHERE decision_id IN ({marks})", ids)
                 conn.execute(f"DELETE FROM calls WHERE decision_id IN ({marks})", ids)
+                conn.execute(f"DELETE FROM chains WHERE decision_id IN ({marks})", ids)
                 deleted += conn.execute(f"DELETE FROM decisions WHERE decision_id IN ({marks})", ids).rowcount
         return int(deleted)
 
@@ -389,9 +393,9 @@ class _SQLiteTx:
                 rows.append(self._decision_row(decision, prompt, tenant))
         before = self.conn.total_changes
         for start in range(0, len(rows), _CHUNK):
-            chunk_rows = rows[start : start + _CHUNK]
-            sql = _INSERT_DECISIONS + ",".join([_DECISION_PLACEHOLDERS] * len(chunk_rows))
-            self.conn.execute(sql, list(itertools.chain.from_iterable(chunk_rows)))
+            pairsrows = rows[start : start + _CHUNK]
+            sql = _INSERT_DECISIONS + ",".join([_DECISION_PLACEHOLDERS] * len(pairsrows))
+            self.conn.execute(sql, list(itertools.chain.from_iterable(pairsrows)))
         if self.conn.total_changes - before != len(rows):
             # Some ids were taken before this batch (rare: callers choose ids): ours are those with our timestamps.
             created = {row[0]: row[1] for row in rows}
@@ -553,15 +557,25 @@ class _SQLiteTx:
                 f"INSERT OR REPLACE INTO calls ({', '.join(CALL_COLUMNS)}) VALUES {marks}",
                 [_call_value(getattr(r, c)) for r in chunk for c in CALL_COLUMNS],
             )
+        chains = [(r.decision_id, r.chain) for r in records if r.chain is not None]
+        for start in range(0, len(chains), _CHUNK):
+            pairs = chains[start : start + _CHUNK]
+            self.conn.execute(
+                "INSERT OR REPLACE INTO chains (decision_id, chain) VALUES " + ",".join(["(?, ?)"] * len(pairs)),
+                list(itertools.chain.from_iterable(pairs)),
+            )
         self._add_to_rollup(rollup.fallback_increments(records, decided))
 
     # -- reads ------------------------------------------------------------------------------------------------
     def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:
         if not decision_ids:
             return {}
-        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'calls'").fetchone() is None:
+        tables = {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE name IN ('calls', 'chains')").fetchall()}
+        if "calls" not in tables:
             return {}  # a database no service with this version prepared yet
-        sql = f"SELECT {', '.join(CALL_COLUMNS)} FROM calls WHERE decision_id IN ({{marks}})"
+        sql = (CALLS_WITH_CHAINS if "chains" in tables else
+               f"SELECT {', '.join(CALL_COLUMNS)}, NULL FROM calls c") + " WHERE c.decision_id IN ({marks})"
         return {row[0]: _call_from_row(row) for row in self._in_chunks(sql, decision_ids, plain=True)}
 
     def get_meta(self, key: str) -> str | None:
@@ -606,6 +620,10 @@ class _SQLiteTx:
         ).fetchall()
         after = len(FEEDBACK_COLUMNS)  # the decision's columns follow the feedback's
         return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
+
+    def chains_after(self, seq: int, until: int, limit: int) -> list[ChainFeedback]:
+        rows = self._execute(CHAINS_SQL.format(mark="?"), (seq, until, limit), plain=True).fetchall()
+        return _chains_from_rows(rows)
 
     def shadow_pmfs_for_many(self, decision_ids: Sequence[str]) -> dict[str, dict[str, list[float]]]:
         if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'shadow_pmfs'").fetchone() is None:
@@ -692,6 +710,28 @@ CALL_COLUMNS = (
     "decision_id", "request_id", "attempt", "model", "routed", "stream", "status", "http_status", "input_tokens",
     "output_tokens", "usage", "cost_usd", "ttft_s", "latency_s", "error", "created_at",
 )  # fmt: skip
+CALLS_WITH_CHAINS = (
+    f"SELECT {', '.join('c.' + c for c in CALL_COLUMNS)}, h.chain FROM calls c "
+    "LEFT JOIN chains h ON h.decision_id = c.decision_id"
+)
+"""A call record with its chain (the `chains` table: one JSON document per named router's decision, beside its
+call record as `shadow_pmfs` is beside its decision: a chain is read whole, by the decision view and the
+escalation learners, and its steps' shape belongs to `bandit_router.cascade`, not to the schema)."""
+CHAINS_SQL = (
+    f"SELECT {_JOINED}, c.chain FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
+    "JOIN chains c ON c.decision_id = f.decision_id "
+    "WHERE f.seq > {mark} AND f.seq <= {mark} AND f.status = 'unrouted' "
+    "AND substr(d.policy, 1, 16) = 'learned-cascade:' "
+    "AND NOT EXISTS (SELECT 1 FROM feedback e WHERE e.decision_id = f.decision_id AND e.status = 'unrouted' "
+    "AND e.seq < f.seq) ORDER BY f.seq LIMIT {mark}"
+)
+"""`Reader.chains_after` for both dialects (`mark`: the driver's placeholder); one learned per decision: its
+first `unrouted` feedback (the rule `log.escalations.learns_chain` applies in the writer)."""
+
+
+def _chains_from_rows(rows: Sequence[Sequence[Any]]) -> list[ChainFeedback]:
+    after = len(FEEDBACK_COLUMNS)
+    return [ChainFeedback(_feedback_from_row(row), _decision_from_row(row, after), str(row[-1])) for row in rows]
 
 
 def _call_value(value: Any) -> Any:
@@ -699,7 +739,8 @@ def _call_value(value: Any) -> Any:
 
 
 def _call_from_row(row: Sequence[Any]) -> CallRecord:
-    values = dict(zip(CALL_COLUMNS, row, strict=True))
+    """A call record from `CALLS_WITH_CHAINS`'s row (its columns, then its chain)."""
+    values = dict(zip((*CALL_COLUMNS, "chain"), row, strict=True))
     values["routed"], values["stream"] = bool(values["routed"]), bool(values["stream"])
     return CallRecord(**values)
 

@@ -5,8 +5,9 @@ bandit policy, with simulated judges of several accuracies. Writes results/<env>
     .venv/bin/python experiments/cascade/run.py --seeds 100,101,102 --out /tmp/tuning   # the tuning seeds
 
 Every strategy is run through `bandit-router simulate`'s runner (`simulator.runner.simulate`) on the same streams
-(common random numbers per seed). The learned escalation's settings (the defaults of `EscalationParams`) were
-chosen with seeds 100–102 (RouterBench; RouteLLM's split for the prompt-feature ridge), not the seeds reported.
+(common random numbers per seed: the same stream, and the same judge's score for the same answer, for every
+strategy). The learned escalation's settings (the defaults of `EscalationParams`) were chosen with seeds 100–102
+on the three setups, not on the seeds reported.
 """
 
 from __future__ import annotations

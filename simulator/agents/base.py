@@ -19,6 +19,7 @@ FEEDBACK_SALT = 505
 WARMUP_SALT = 606
 CLASSIFIER_SALT = 707
 STRATEGY_SALT = 808
+JUDGE_SALT = 909
 
 PacerFactory = Callable[[Sequence[ModelSpec], float], Pacer]
 """Builds a budget pacer for one run from its initial models and λ (see `bandit_router.router.Pacer`)."""

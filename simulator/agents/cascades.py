@@ -2,11 +2,12 @@
 
 - `cascade[:threshold=0.5,judge=…,error=0.1,noise=0,judge_price=0,max_cost=inf,models=a>b>c]` (RouterBench
   §5.3): a `CascadeRun` with a `ThresholdEscalation`; models from the cheapest (mean cost) up, or `models`.
-- `learned-cascade[:judge=…,v=0.1,floor=0.003,dim=64,ridge=5,confidence_ridge=5,…]`: the same chain with
-  `LearnedEscalation`,
-  which learns online from the final answer's quality only (bandit feedback), as the service does. With the
-  plan's `warmup` it first streams the training part once: `bandit` learning from its own choices, `full` from
-  every model's labelled outcome (both actions at every step: an offline warm start, as the bandits' `full`).
+- `learned-cascade[:judge=…,v=0.05,floor=0.001,ridge=100,…]` (any field of `EscalationParams`): the same chain
+  with `LearnedEscalation`, which learns online from the final answer's quality only (bandit feedback), as the
+  service does; the next model is priced for the prompt as the service prices it (catalog prices × the prompt's
+  tokens). With the plan's `warmup` it first streams the training part once: `bandit` learning from its own
+  choices, `full` from every model's labelled outcome (both actions at every step: an offline warm start from
+  labels, as the bandits' `full`; the scored part is always learned from the taken branch only).
 - `llm-router[:accuracy=0.8,garble=0,price_in=0.15,price_out=0.6,out_tokens=20,latency_s=0.5]`: below.
 
 **The simulated judge** answers like the live one: a rubric score from 1 to 10 as text, parsed by the service's
@@ -16,7 +17,8 @@ the noise from an accuracy instead (and `error` defaults to 0 then): for 0/1 qua
 right side of 0.5 with probability a, i.e. noise = 0.5/Φ⁻¹(a). Each judged answer costs `judge_price` USD per
 1M tokens × (the prompt's estimated tokens + 250 answer tokens) (default 0: free, as in RouterBench's
 cascade). The last model's answer is never judged (as live). For 0/1 qualities with noise 0 any threshold in
-(0, 1] is RouterBench's rule.
+(0, 1] is RouterBench's rule. The judge's random draws are fixed per (seed, prompt, model): every strategy run
+on a seed gets the same score for the same answer (common random numbers), whatever it asked before.
 
 **The simulated routing LLM** names the best model at the request's λ (the oracle's choice) with probability
 `accuracy`, else a uniformly random other available model; with probability `garble` its reply names no
@@ -27,6 +29,7 @@ choice, here the cheapest available model. Its own call costs input tokens × pr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -47,11 +50,12 @@ from bandit_router.cascade import (
 )
 from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor, estimate_tokens
+from bandit_router.types import Context
 
 from ..environments.base import Environment, Episode
 from ..metrics import oracle_choice, take
 from ..specs import Spec, parse_spec
-from .base import STRATEGY_SALT, WARMUP_SALT, Trace, trace_of
+from .base import JUDGE_SALT, STRATEGY_SALT, WARMUP_SALT, Trace, trace_of
 from .strategies import mean_costs
 
 JUDGE_ANSWER_TOKENS = 250.0
@@ -74,11 +78,20 @@ class SimulatedJudge:
 
     def reply(self, quality: float, rng: np.random.Generator) -> str:
         """The judge's reply text: a score from 1 to 10."""
-        z = rng.standard_normal()
-        flip = rng.random() < self.error
+        return self.reply_to(quality, float(rng.standard_normal()), float(rng.random()))
+
+    def reply_to(self, quality: float, z: float, u: float) -> str:
+        """The reply for the standard normal draw `z` and the uniform draw `u` (reversed when u < error)."""
         s = min(max(quality + self.noise * z, 0.0), 1.0)
         score = round(1 + 9 * s)
-        return str(11 - score if flip else score)
+        return str(11 - score if u < self.error else score)
+
+    @staticmethod
+    def draws(n_rows: int, n_models: int, seed: int) -> np.ndarray:
+        """One (z, u) per (row, model) of a table for a seed, shape (n_rows, n_models, 2): every strategy's judge
+        scores the same answer alike (common random numbers), whatever the strategy asked before."""
+        rng = np.random.default_rng([seed, JUDGE_SALT])
+        return np.stack([rng.standard_normal((n_rows, n_models)), rng.random((n_rows, n_models))], axis=-1)
 
     def cost(self, prompt_tokens: float) -> float:
         return self.price * (prompt_tokens + JUDGE_ANSWER_TOKENS) / 1e6
@@ -123,8 +136,9 @@ class CascadeAgent:
     def run(self, episode: Episode, env: Environment, cost_weight: float, seed: int) -> Trace:
         started = time.process_time()
         escalation = self.escalation()
+        draws = SimulatedJudge.draws(len(env.quality), len(env.model_names), seed)
         if self.learned is not None and self.warmup != "none" and len(env.train_rows):
-            self._warm_up(escalation, env, cost_weight, seed)
+            self._warm_up(escalation, env, cost_weight, seed, draws)
         rng = np.random.default_rng([seed, STRATEGY_SALT, 1])
         n = episode.n_steps
         chosen = np.full(n, -1, dtype=np.int64)
@@ -134,7 +148,7 @@ class CascadeAgent:
             row = int(episode.rows[t])
             k, spent, lat_t, n_calls, n_judged, n_esc = self._chain(
                 escalation, env, row, episode.quality[t], episode.cost_usd[t], episode.available[t],
-                None if lat is None else lat[t], cost_weight, rng,
+                None if lat is None else lat[t], cost_weight, rng, draws[row],
             )  # fmt: skip
             chosen[t], paid[t], latency[t] = k, spent, lat_t
             calls[t], judged[t], escalations[t] = n_calls, n_judged, n_esc
@@ -153,7 +167,9 @@ class CascadeAgent:
             extra=extra,
         )
 
-    def _warm_up(self, escalation: Escalation, env: Environment, cost_weight: float, seed: int) -> None:
+    def _warm_up(
+        self, escalation: Escalation, env: Environment, cost_weight: float, seed: int, draws: np.ndarray
+    ) -> None:
         """Stream the training part once: `bandit` learns from the chain's own choices (the final answer's
         quality only); `full` learns both actions at every step from the table's labels (`_full_information`)."""
         rng = np.random.default_rng([seed, WARMUP_SALT, 1])
@@ -163,10 +179,10 @@ class CascadeAgent:
             if self.warmup == "full" and isinstance(escalation, LearnedEscalation):
                 chain = [k for k in self.chain if available[row, k]]
                 if chain:
-                    self._full_information(escalation, env, row, chain, 0, cost_weight, rng)
+                    self._full_information(escalation, env, row, chain, 0, cost_weight, rng, draws[row])
                 continue
             self._chain(escalation, env, row, env.quality[row], env.cost_usd[row], available[row], None,
-                        cost_weight, rng)  # fmt: skip
+                        cost_weight, rng, draws[row])  # fmt: skip
 
     def _full_information(
         self,
@@ -177,6 +193,7 @@ class CascadeAgent:
         position: int,
         cost_weight: float,
         rng: np.random.Generator,
+        draws: np.ndarray,
     ) -> float:
         """The final quality the learner's chain reaches from `chain[position]` on, teaching it at every step what
         accepting and what escalating would have given (both known from the training labels)."""
@@ -184,13 +201,22 @@ class CascadeAgent:
         quality = float(env.quality[row, k])
         if position == len(chain) - 1:
             return quality
-        confidence = parse_judge_score(self.judge.reply(quality, rng))
-        expected = float(self.expected_cost[chain[position + 1]]) if self.expected_cost is not None else 0.0
+        confidence = parse_judge_score(self.judge.reply_to(quality, *draws[k]))
         context = env.context(row, self.extractor)
+        expected = self._price(env, chain[position + 1], context)
         step = learner.decide(context, position, env.model_names[k], confidence, expected, cost_weight, rng)
-        escalated = self._full_information(learner, env, row, chain, position + 1, cost_weight, rng)
+        escalated = self._full_information(learner, env, row, chain, position + 1, cost_weight, rng, draws)
         learner.learn_both(step, quality, escalated)
         return escalated if step.escalate else quality
+
+    def _price(self, env: Environment, k: int, context: Context) -> float:
+        """Model k's expected cost for this prompt, priced as the service prices the next model of a chain
+        (`live.NamedRouters`: its catalog prices × the prompt's tokens and its expected answer length); the mean
+        cost over the training part when the prices are unknown."""
+        spec = env.models[k]
+        if spec.input_usd_per_mtok or spec.output_usd_per_mtok:
+            return spec.cost_usd(context.input_tokens, spec.output_tokens or 250.0)
+        return float(self.expected_cost[k]) if self.expected_cost is not None else 0.0
 
     def _chain(
         self,
@@ -203,19 +229,20 @@ class CascadeAgent:
         latency: np.ndarray | None,
         cost_weight: float,
         rng: np.random.Generator,
+        draws: np.ndarray,
     ) -> tuple[int, float, float, int, int, int]:
-        """One request through the chain: (model returned, paid, latency, answer calls, judge calls, escalations)."""
+        """One request through the chain: (model returned, paid, latency, answer calls, judge calls, escalations).
+        `draws[k]`: the judge's random draws for model k's answer to this row (`SimulatedJudge.draws`)."""
         chain = [k for k in self.chain if available[k]]
         if not chain:
             return -1, 0.0, 0.0, 0, 0, 0
         names = env.model_names
         learned = self.learned is not None
         context = env.context(row, self.extractor) if learned else _NO_CONTEXT
-        expected = self.expected_cost
         index = {names[k]: k for k in chain}
 
         def next_cost(model: str) -> float:
-            return float(expected[index[model]]) if expected is not None else 0.0
+            return self._price(env, index[model], context) if learned else 0.0
 
         run = CascadeRun([names[k] for k in chain], escalation, context, cost_weight, rng, next_cost)
         budget, spent, lat_t, judged = self.max_cost, 0.0, 0.0, 0
@@ -227,10 +254,9 @@ class CascadeAgent:
                 break
             spent, budget = spent + c, budget - c
             lat_t += 0.0 if latency is None else float(latency[k])
-            reply = self.judge.reply(float(quality[k]), rng)  # drawn for every answer: one random stream
             confidence, judge = None, None
             if not run.is_last:
-                confidence = parse_judge_score(reply)
+                confidence = parse_judge_score(self.judge.reply_to(float(quality[k]), *draws[k]))
                 judged += 1
                 judge = ChainCall("judge", "judge", self.judge.cost(tokens), confidence=confidence)
             run.answered(ModelAnswer(model, "", c, 0.0), confidence, judge)
@@ -311,6 +337,8 @@ def _chain_of(spec: Spec, env: Environment) -> list[int]:
     return np.argsort(mean_costs(env), kind="stable").tolist()
 
 
+LEARNED_KEYS = {f.name for f in dataclasses.fields(EscalationParams)}
+"""`learned-cascade`'s own settings: the fields of `EscalationParams`."""
 _JUDGE_KEYS = {"threshold", "error", "noise", "judge", "judge_price", "max_cost", "models"}
 
 
@@ -320,9 +348,7 @@ def make_cascade(
     """`cascade[:…]` or `learned-cascade[:…]` for `env` (see the module docstring)."""
     spec = parse_spec(text)
     learned = spec.name == "learned-cascade"
-    spec.check(
-        _JUDGE_KEYS - {"threshold"} | {"v", "floor", "dim", "ridge", "confidence_ridge"} if learned else _JUDGE_KEYS
-    )
+    spec.check(_JUDGE_KEYS - {"threshold"} | LEARNED_KEYS if learned else _JUDGE_KEYS)
     noise, error = spec.float("noise", 0.0), spec.float("error", 0.1)
     if spec.get("judge") is not None:  # a judge given by its accuracy: noisy, never reversed unless told
         if spec.get("noise") is not None:
@@ -331,10 +357,10 @@ def make_cascade(
     params = None
     if learned:
         try:
-            params = EscalationParams(
-                dim=int(spec.float("dim", 64)), ridge=spec.float("ridge", 5.0), v=spec.float("v", 0.1),
-                confidence_ridge=spec.float("confidence_ridge", 5.0), floor=spec.float("floor", 0.003),
-            )  # fmt: skip
+            defaults = EscalationParams()
+            params = EscalationParams(**{
+                key: type(getattr(defaults, key))(spec.float(key, getattr(defaults, key))) for key in LEARNED_KEYS
+            })  # fmt: skip
         except ValueError as exc:
             raise InvalidInput(f"{text}: {exc}") from exc
     tokens = np.array([estimate_tokens(p) for p in env.prompts], dtype=np.float64)

@@ -1,0 +1,153 @@
+"""Learned cascades' escalation, learned from the stored log like the policies: durable, and the same in every
+process.
+
+A `learned-cascade` router's decision is stored with its call record, and the record carries the whole chain
+(`calls.chain`, JSON: the calls, each accept/escalate step with its confidence and propensity, and what the chain
+paid after each step), in the transaction that stores the decision. Feedback on such a decision is `unrouted`
+for the bandit; its *first* `unrouted` feedback is what the router's `LearnedEscalation` learns (`learns_chain`,
+and `store.sqlite.CHAINS_SQL` for the rows other processes committed):
+
+    steps  = the stored steps, each with its state z recomputed from the *stored* decision's context
+             (`LearnedEscalation.state_vector(context, step, confidence)`: the live z came from the same features)
+    learn(steps, final quality, extra costs)
+
+in feedback `seq` order, by `LogFollower` (the rows a process commits itself right after its commit, the others'
+when it follows the log). So every worker and replica holds the same learners, a replay of the log rebuilds them
+(`rebuild_policies`), and they are part of the policy set's checkpoints (`PolicySet.snapshot`): a restart loads
+the newest checkpoint and replays the chains after it.
+
+`EscalationLearners` holds one learner per `learned-cascade` router, behind one lock: the event loop decides
+(`rule(alias).decide`) while the writer thread learns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..cascade.escalation import EscalationParams, EscalationStep, LearnedEscalation
+from ..state import pack, unpack
+from ..store import FeedbackRecord, FeedbackStatus
+from ..types import Context, Decision
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+log = logging.getLogger("bandit_router.log")
+
+LEARNED_CASCADE = "learned-cascade:"
+"""The policy prefix of a learned cascade's decisions (`learned-cascade:<alias>`)."""
+
+
+def learns_chain(decision: Decision, earlier: Sequence[FeedbackRecord], status: str) -> bool:
+    """Whether a feedback with `status`, after the feedback `earlier` of its decision, is the one a learned
+    cascade's escalation learns: the first `unrouted` feedback of a `learned-cascade:` decision (the rule
+    `Reader.chains_after` applies in SQL)."""
+    return (
+        status == FeedbackStatus.UNROUTED
+        and decision.policy.startswith(LEARNED_CASCADE)
+        and not any(r.status == FeedbackStatus.UNROUTED for r in earlier)
+    )
+
+
+def chain_document(result_json: dict[str, Any], extra_costs: Sequence[float]) -> str:
+    """The JSON stored in `calls.chain`: a chain's `to_json()` with what it paid after each step."""
+    return json.dumps({**result_json, "extra_costs": [float(c) for c in extra_costs]}, separators=(",", ":"))
+
+
+class GuardedEscalation:
+    """A `LearnedEscalation` used under its set's lock (the `Escalation` a live cascade runs with)."""
+
+    def __init__(self, learner: LearnedEscalation, lock: threading.RLock) -> None:
+        self.learner, self.lock = learner, lock
+        self.name = learner.name
+
+    def decide(
+        self, context: Context, step: int, model: str, confidence: float | None, next_cost_usd: float,
+        cost_weight: float, rng: np.random.Generator,
+    ) -> EscalationStep:
+        with self.lock:
+            return self.learner.decide(context, step, model, confidence, next_cost_usd, cost_weight, rng)
+
+    def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
+        """Live chains are learned from the log (`EscalationLearners.learn`), never from here."""
+        return None
+
+
+class EscalationLearners:
+    """One `LearnedEscalation` per `learned-cascade` router of `settings`, learned from the log."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.params: dict[str, EscalationParams] = {
+            r.name: r.escalation_params() for r in settings.named_routers.routers if r.strategy == "learned-cascade"
+        }
+        self.learners = {name: LearnedEscalation(p) for name, p in self.params.items()}
+        self.lock = threading.RLock()
+
+    def __bool__(self) -> bool:
+        return bool(self.learners)
+
+    def fingerprint_source(self) -> dict[str, Any]:
+        """What the learners' state depends on (part of the checkpoints' fingerprint)."""
+        return {name: asdict(p) for name, p in sorted(self.params.items())}
+
+    def rule(self, alias: str) -> GuardedEscalation:
+        return GuardedEscalation(self.learners[alias], self.lock)
+
+    def learned(self, alias: str) -> int:
+        """Chains the learner of `alias` has learned."""
+        with self.lock:
+            return int(self.learners[alias].updates)
+
+    def learn(self, decision: Decision, chain: str, quality: float, seq: int) -> bool:
+        """Learn feedback `seq` (final quality `quality`) on `decision`'s stored `chain`; False when it is not a
+        learner's (an alias no longer configured) or the chain does not decode (logged)."""
+        if not decision.policy.startswith(LEARNED_CASCADE):
+            return False
+        learner = self.learners.get(decision.policy[len(LEARNED_CASCADE) :])
+        if learner is None:
+            return False
+        try:
+            data = json.loads(chain)
+            extra = [float(c) for c in data["extra_costs"]]
+            with self.lock:
+                steps = [
+                    EscalationStep.from_json(
+                        s, learner.state_vector(decision.context, int(s["step"]), s.get("confidence"))
+                    )
+                    for s in data["steps"]
+                ]
+                if steps:
+                    learner.learn(steps, float(quality), extra)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("feedback seq %d: the chain of %s cannot be learned (%s)", seq, decision.decision_id, exc)
+            return False
+        return True
+
+    # -- snapshots ------------------------------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        with self.lock:
+            return pack({name: learner.state() for name, learner in self.learners.items()})
+
+    def restore(self, data: bytes | None) -> None:
+        """Load `snapshot()` bytes (None: start afresh); a learner missing from them starts afresh. Nothing
+        changes when they do not load (raises ValueError)."""
+        fresh = {name: LearnedEscalation(p) for name, p in self.params.items()}
+        if data is not None:
+            states = unpack(data)
+            if not isinstance(states, dict):
+                raise ValueError("malformed escalation state")
+            for name, state in states.items():
+                if name in fresh:
+                    try:
+                        fresh[name].load(state)
+                    except (KeyError, TypeError, ValueError) as exc:
+                        raise ValueError(f"escalation state of {name!r}: {exc}") from exc
+        with self.lock:
+            self.learners = fresh
