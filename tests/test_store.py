@@ -502,3 +502,28 @@ def test_chains_are_stored_beside_their_call_and_learned_once_per_decision(store
         assert [c.record.seq for c in reader.chains_after(1, 8, 1)] == [3]
         assert [c.record.seq for c in reader.chains_after(1, 6, 100)] == [3]
         assert reader.chains_after(7, 8, 100) == []
+
+
+def test_a_database_not_yet_at_schema_6_is_read_without_chains(store: Store, router: Router) -> None:
+    """`bandit-router export` or `evaluate` may read a database an older service wrote and no service of this
+    version has migrated yet (schema 5: no `chains` table): its call records read with no chain, and there is no
+    learned chain, on PostgreSQL as on SQLite (not "relation chains does not exist")."""
+    decision = dataclasses.replace(_decision(router, "before chains"), policy="learned-cascade:learned")
+    with store.write() as tx:
+        tx.insert_decisions([(decision, None, None)])
+        tx.insert_calls([CallRecord(
+            decision_id=decision.decision_id, request_id=decision.decision_id, attempt=1, model=decision.model,
+            routed=False, stream=False, status="ok", http_status=200, input_tokens=10, output_tokens=20, usage=None,
+            cost_usd=1e-4, ttft_s=0.5, latency_s=0.5, error=None, created_at=1.0,
+        )])  # fmt: skip
+        tx.insert_feedback([_record(decision, 1, learn=False, status="unrouted")])
+    _raw(store, "DROP TABLE chains")
+    _raw(store, "UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    reopened = SQLiteStore(store.path) if isinstance(store, SQLiteStore) else PostgresStore(store.url)  # a new process
+    try:
+        with reopened.read() as reader:
+            call = reader.calls_for_many([decision.decision_id])[decision.decision_id]
+            assert call.chain is None and call.cost_usd == 1e-4
+            assert reader.chains_after(0, 1, 100) == []
+    finally:
+        reopened.close()

@@ -562,8 +562,7 @@ class _SQLiteTx:
             "SELECT name FROM sqlite_master WHERE name IN ('calls', 'chains')").fetchall()}
         if "calls" not in tables:
             return {}  # a database no service with this version prepared yet
-        sql = (CALLS_WITH_CHAINS if "chains" in tables else
-               f"SELECT {', '.join(CALL_COLUMNS)}, NULL FROM calls c") + " WHERE c.decision_id IN ({marks})"
+        sql = (CALLS_WITH_CHAINS if "chains" in tables else CALLS_WITHOUT_CHAINS) + " WHERE c.decision_id IN ({marks})"
         return {row[0]: _call_from_row(row) for row in self._in_chunks(sql, decision_ids, plain=True)}
 
     def get_meta(self, key: str) -> str | None:
@@ -610,6 +609,8 @@ class _SQLiteTx:
         return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
 
     def chains_after(self, seq: int, until: int, limit: int) -> list[ChainFeedback]:
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chains'").fetchone() is None:
+            return []  # a database no service with this version prepared yet: no chain stored
         rows = self._execute(CHAINS_SQL.format(mark="?"), (seq, until, limit), plain=True).fetchall()
         return _chains_from_rows(rows)
 
@@ -705,6 +706,8 @@ CALLS_WITH_CHAINS = (
 """A call record with its chain (the `chains` table: one JSON document per named router's decision, beside its
 call record as `shadow_pmfs` is beside its decision: a chain is read whole, by the decision view and the
 escalation learners, and its steps' shape belongs to `bandit_router.cascade`, not to the schema)."""
+CALLS_WITHOUT_CHAINS = f"SELECT {', '.join(CALL_COLUMNS)}, NULL FROM calls c"
+"""`CALLS_WITH_CHAINS` on a database that has no `chains` table yet (schema 5: not yet migrated)."""
 CHAINS_SQL = (
     f"SELECT {_JOINED}, c.chain FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
     "JOIN chains c ON c.decision_id = f.decision_id "
