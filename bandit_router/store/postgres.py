@@ -68,6 +68,7 @@ from .sqlite import (
     _FEEDBACK,
     _FI,
     _JOINED,
+    _NO_FEEDBACK_KEPT,
     CALL_COLUMNS,
     CALLS_WITH_CHAINS,
     CALLS_WITHOUT_CHAINS,
@@ -297,13 +298,15 @@ class PostgresStore:
 
     def delete_old(self, cutoff: float, limit: int) -> int:
         """`retention_days`, as `SQLiteStore.delete_old`: feedback the newest checkpoint holds, received before
-        `cutoff`, then decisions before `cutoff` no feedback refers to. Seqs are never reused (`log_head`)."""
+        `cutoff` (a decision's together), then decisions before `cutoff` no feedback refers to. Seqs are never
+        reused (`log_head`)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             checkpoint_seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()[0])
             deleted = conn.execute(
-                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback WHERE seq <= %s AND received_at < %s "
-                "ORDER BY seq LIMIT %s)", (checkpoint_seq, cutoff, limit),
+                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback f WHERE seq <= %s AND received_at < %s "
+                f"AND {_NO_FEEDBACK_KEPT.format(mark='%s')} ORDER BY seq LIMIT %s)",
+                (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit),
             ).rowcount
             ids = [r[0] for r in conn.execute(
                 "SELECT decision_id FROM decisions d WHERE created_at < %s AND NOT EXISTS "

@@ -243,15 +243,17 @@ class SQLiteStore:
     def delete_old(self, cutoff: float, limit: int) -> int:
         """`retention_days`: delete (in one transaction, at most `limit` rows of each table) the feedback received
         before `cutoff` (Unix time) whose seq the newest checkpoint holds, then the decisions made before `cutoff`
-        that no feedback row refers to any more (with their shadow pmfs, call records and chains). Returns how many
-        rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps the largest)."""
+        that no feedback row refers to any more (with their shadow pmfs, call records and chains). A decision's
+        feedback goes together (`_NO_FEEDBACK_KEPT`). Returns how many rows were deleted. Feedback seqs are never
+        reused (`sqlite_sequence` keeps the largest)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
             checkpoint_seq = int(row[0])
             deleted = conn.execute(
-                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback WHERE seq <= ? AND received_at < ? "
-                "ORDER BY seq LIMIT ?)", (checkpoint_seq, cutoff, limit),
+                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback f WHERE seq <= ? AND received_at < ? "
+                f"AND {_NO_FEEDBACK_KEPT.format(mark='?')} ORDER BY seq LIMIT ?)",
+                (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit),
             ).rowcount
             old = (
                 "SELECT decision_id FROM decisions d WHERE created_at < ? AND NOT EXISTS "
@@ -695,6 +697,14 @@ class _SQLiteTx:
         return stats
 
 
+_NO_FEEDBACK_KEPT = (
+    "NOT EXISTS (SELECT 1 FROM feedback g WHERE g.decision_id = f.decision_id AND (g.seq > {mark} "
+    "OR g.received_at >= {mark}))"
+)
+"""Retention deletes feedback row f only when every feedback of its decision goes too (held by the checkpoint,
+received before the cutoff): the rules that read a decision's earlier feedback (learned once: `judge`; a learned
+cascade's chain learned at its first `unrouted` one: `CHAINS_SQL`) must still see it beside a later one, or a
+third feedback, or a replay from the checkpoint, would learn the decision again."""
 CALL_COLUMNS = (
     "decision_id", "request_id", "attempt", "model", "routed", "stream", "status", "http_status", "input_tokens",
     "output_tokens", "usage", "cost_usd", "ttft_s", "latency_s", "error", "created_at",
