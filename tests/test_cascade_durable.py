@@ -299,6 +299,10 @@ def test_a_stored_chain_that_cannot_be_learned_is_skipped_not_fatal(tmp_path: Pa
     assert not learners.learn(decision, "not json", 0.5, 1)
     assert not learners.learn(decision, '{"steps": [{"step": 0}], "extra_costs": [0.0]}', 0.5, 2)
     assert not learners.learn(dataclasses.replace(decision, policy="learned-cascade:gone"), "{}", 0.5, 3)
+    two_steps = ('{"steps": [' + ", ".join(
+        f'{{"step": {k}, "model": "cheap", "confidence": 0.2, "action": "escalate", "p_escalate": 0.6,'
+        ' "expected_extra_cost_usd": 0.001, "next_cost_usd": 0.001}' for k in (0, 1)) + '], "extra_costs": [0.001]}')
+    assert not learners.learn(decision, two_steps, 0.5, 5)  # one extra cost for two steps: not half-learned
     assert learners.learned("learned") == 0
     assert_same_state(learners.learners["learned"].state(), before)
     good = ('{"steps": [{"step": 0, "model": "cheap", "confidence": 0.2, "action": "escalate", "p_escalate": 0.6,'

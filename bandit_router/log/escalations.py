@@ -116,6 +116,8 @@ class EscalationLearners:
         try:
             data = json.loads(chain)
             extra = [float(c) for c in data["extra_costs"]]
+            if len(extra) != len(data["steps"]):  # checked first: `learn` would stop half-way through the steps
+                raise ValueError(f"{len(data['steps'])} steps but {len(extra)} extra costs")
             with self.lock:
                 steps = [
                     EscalationStep.from_json(
