@@ -383,9 +383,9 @@ class _SQLiteTx:
                 rows.append(self._decision_row(decision, prompt, tenant))
         before = self.conn.total_changes
         for start in range(0, len(rows), _CHUNK):
-            pairsrows = rows[start : start + _CHUNK]
-            sql = _INSERT_DECISIONS + ",".join([_DECISION_PLACEHOLDERS] * len(pairsrows))
-            self.conn.execute(sql, list(itertools.chain.from_iterable(pairsrows)))
+            chunk_rows = rows[start : start + _CHUNK]
+            sql = _INSERT_DECISIONS + ",".join([_DECISION_PLACEHOLDERS] * len(chunk_rows))
+            self.conn.execute(sql, list(itertools.chain.from_iterable(chunk_rows)))
         if self.conn.total_changes - before != len(rows):
             # Some ids were taken before this batch (rare: callers choose ids): ours are those with our timestamps.
             created = {row[0]: row[1] for row in rows}
