@@ -1,6 +1,7 @@
 """Choose the `default` policy's settings on the tuning sets only (never on what the experiment reports).
 
     .venv/bin/python experiments/learning-efficiency/tune.py > experiments/learning-efficiency/results/tuning.md
+    .venv/bin/python experiments/learning-efficiency/tune.py [--seeds N] SPEC … > …   (given settings only)
 
 Tuning sets: RouterBench's RouterDC *train* split (2,205 prompts; the experiment reports the test split, and
 the whole table only for comparison with the issue's figures) and the synthetic `worlds/tuning.toml`
@@ -11,6 +12,7 @@ positive part of the second-half regret (a setting that is behind at the end is 
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
 from pathlib import Path
@@ -34,14 +36,19 @@ GRID = {"exploration": (0.55, 0.7, 0.85, 1.0), "evidence": (2.0, 5.0), "shrinkag
 
 
 def main() -> None:
-    specs = [
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("specs", nargs="*", help="policy specs to compare (default: the grid of GRID)")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="use the first N tuning seeds")
+    args = parser.parse_args()
+    seeds = SEEDS[: args.seeds]
+    specs = args.specs or [
         "default:" + ",".join(f"{k}={v:g}" for k, v in zip(GRID, values, strict=True))
         for values in itertools.product(*GRID.values())
     ]
     scores: dict[str, list[float]] = {s: [] for s in specs}
     table: dict[tuple[str, str], str] = {}
     for name, env in SETS.items():
-        result = simulate(Plan(env=env, policies=tuple(specs), cost_weights=COST_WEIGHTS, seeds=SEEDS), workers=2)
+        result = simulate(Plan(env=env, policies=tuple(specs), cost_weights=COST_WEIGHTS, seeds=seeds), workers=2)
         for spec in specs:
             cells = []
             for lam in COST_WEIGHTS:
@@ -53,7 +60,8 @@ def main() -> None:
             table[(spec, name)] = " | ".join(cells)
     print("# Tuning the default policy (tuning sets only)\n")
     print(
-        f"Command: `.venv/bin/python experiments/learning-efficiency/tune.py`; seeds {list(SEEDS)}; "
+        f"Command: `.venv/bin/python experiments/learning-efficiency/tune.py {' '.join(sys.argv[1:])}`; "
+        f"seeds {list(seeds)}; "
         f"commit `{git_commit()}`.\n"
     )
     print(
