@@ -504,10 +504,11 @@ def test_chains_are_stored_beside_their_call_and_learned_once_per_decision(store
         assert reader.chains_after(7, 8, 100) == []
 
 
-def test_a_database_not_yet_at_schema_6_is_read_without_chains(store: Store, router: Router) -> None:
+def test_a_database_at_schema_5_is_read_without_chains_then_migrates(store: Store, router: Router) -> None:
     """`bandit-router export` or `evaluate` may read a database an older service wrote and no service of this
     version has migrated yet (schema 5: no `chains` table): its call records read with no chain, and there is no
-    learned chain, on PostgreSQL as on SQLite (not "relation chains does not exist")."""
+    learned chain, on PostgreSQL as on SQLite (not "relation chains does not exist"). Then migration 6 runs on it
+    (twice: the second is a no-op), its rows are intact, and a chain is stored beside a new call record."""
     decision = dataclasses.replace(_decision(router, "before chains"), policy="learned-cascade:learned")
     with store.write() as tx:
         tx.insert_decisions([(decision, None, None)])
@@ -518,6 +519,7 @@ def test_a_database_not_yet_at_schema_6_is_read_without_chains(store: Store, rou
         )])  # fmt: skip
         tx.insert_feedback([_record(decision, 1, learn=False, status="unrouted")])
     _raw(store, "DROP TABLE chains")
+    _raw(store, "DROP INDEX feedback_unrouted")
     _raw(store, "UPDATE meta SET value = '5' WHERE key = 'schema_version'")
     reopened = SQLiteStore(store.path) if isinstance(store, SQLiteStore) else PostgresStore(store.url)  # a new process
     try:
@@ -525,6 +527,19 @@ def test_a_database_not_yet_at_schema_6_is_read_without_chains(store: Store, rou
             call = reader.calls_for_many([decision.decision_id])[decision.decision_id]
             assert call.chain is None and call.cost_usd == 1e-4
             assert reader.chains_after(0, 1, 100) == []
+        reopened.prepare()
+        reopened.prepare()
+        later = dataclasses.replace(_decision(router, "after chains"), policy="learned-cascade:learned")
+        with reopened.write() as tx:
+            assert tx.get_meta("schema_version") == "6"
+            tx.insert_decisions([(later, None, None)])
+            tx.insert_calls([dataclasses.replace(call, decision_id=later.decision_id, chain='{"steps": []}')])
+            tx.insert_feedback([_record(later, 2, learn=False, status="unrouted")])
+        with reopened.read() as reader:
+            calls = reader.calls_for_many([decision.decision_id, later.decision_id])
+            assert calls[decision.decision_id] == call and calls[later.decision_id].chain == '{"steps": []}'
+            assert [r.seq for r in reader.feedback_for(decision.decision_id)] == [1]
+            assert [c.decision.decision_id for c in reader.chains_after(0, 2, 100)] == [later.decision_id]
     finally:
         reopened.close()
 
