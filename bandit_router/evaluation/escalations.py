@@ -48,13 +48,15 @@ ACTIONS = ("accept", "escalate")
 
 def decodes(item: ChainFeedback) -> bool:
     """Whether `item`'s stored chain is one the estimators can read: JSON with well-formed steps (an action, its
-    probability in (0, 1], p_escalate in [0, 1]) and a finite cost. The learners skip one that does not decode."""
+    probability in (0, 1], p_escalate in [0, 1], a number or null as confidence) and a finite cost. The learners
+    skip one that does not decode."""
     try:
         chain = json.loads(item.chain)
         steps = chain["steps"]
         return isinstance(steps, list) and math.isfinite(float(chain.get("cost_usd", 0.0))) and all(
             s["action"] in ACTIONS and 0.0 < float(s["probability"]) <= 1.0 and 0.0 <= float(s["p_escalate"]) <= 1.0
             and isinstance(s["model"], str) and isinstance(s["step"], int)
+            and (s.get("confidence") is None or math.isfinite(float(s["confidence"])))
             for s in steps
         )
     except (ValueError, KeyError, TypeError, AttributeError):
