@@ -299,6 +299,10 @@ def test_a_stored_chain_that_cannot_be_learned_is_skipped_not_fatal(tmp_path: Pa
     assert not learners.learn(decision, "not json", 0.5, 1)
     assert not learners.learn(decision, '{"steps": [{"step": 0}], "extra_costs": [0.0]}', 0.5, 2)
     assert not learners.learn(dataclasses.replace(decision, policy="learned-cascade:gone"), "{}", 0.5, 3)
+    two_steps = ('{"steps": [' + ", ".join(
+        f'{{"step": {k}, "model": "cheap", "confidence": 0.2, "action": "escalate", "p_escalate": 0.6,'
+        ' "expected_extra_cost_usd": 0.001, "next_cost_usd": 0.001}' for k in (0, 1)) + '], "extra_costs": [0.001]}')
+    assert not learners.learn(decision, two_steps, 0.5, 5)  # one extra cost for two steps: not half-learned
     assert learners.learned("learned") == 0
     assert_same_state(learners.learners["learned"].state(), before)
     good = ('{"steps": [{"step": 0, "model": "cheap", "confidence": 0.2, "action": "escalate", "p_escalate": 0.6,'
@@ -310,3 +314,46 @@ def test_a_stored_chain_that_cannot_be_learned_is_skipped_not_fatal(tmp_path: Pa
     with pytest.raises(ValueError):
         restored.restore(b"garbage")
     assert restored.learned("learned") == 1  # unchanged by the failed restore
+
+
+def test_escalation_cli_skips_a_stored_chain_that_does_not_decode_and_refuses_a_bad_out(tmp_path: Path) -> None:
+    """`evaluate --escalations` and `export --escalations` on a log with one good chain and three that do not decode
+    (not JSON; a step without its probability; a confidence that is text): they are skipped with a warning, as the
+    learners skip them, not a traceback; `--out` naming a file (not a folder) is a clear error (exit 2)."""
+    from bandit_router.store import CallRecord, FeedbackRecord
+
+    good = ('{"steps": [{"step": 0, "model": "cheap", "confidence": 0.2, "action": "escalate", "probability": 0.6,'
+            ' "p_escalate": 0.6, "expected_extra_cost_usd": 0.001, "next_cost_usd": 0.001}], "extra_costs": [0.001],'
+            ' "cost_usd": 0.0012}')
+    no_probability = good.replace('"probability": 0.6, ', "")
+    text_confidence = good.replace('"confidence": 0.2', '"confidence": "high"')
+    db = tmp_path / "chains.db"
+    store = open_store(db)
+    store.prepare()
+    router = Router(seed=1)
+    with store.write() as tx:
+        for seq, chain in enumerate((good, "not json", no_probability, text_confidence), 1):
+            d = dataclasses.replace(router.route(Request(prompt=f"{PROMPTS['code']} {seq}")),
+                                    policy="learned-cascade:learned")
+            tx.insert_decisions([(d, None, None)])
+            tx.insert_calls([CallRecord(
+                decision_id=d.decision_id, request_id=d.decision_id, attempt=1, model=d.model, routed=False,
+                stream=False, status="ok", http_status=200, input_tokens=10, output_tokens=20, usage=None,
+                cost_usd=0.0012, ttft_s=0.1, latency_s=0.1, error=None, created_at=time.time(), chain=chain,
+            )])  # fmt: skip
+            tx.insert_feedback([FeedbackRecord(
+                decision_id=d.decision_id, received_at=time.time(), quality=0.9, cost_usd=None, input_tokens=None,
+                output_tokens=None, latency_s=None, source=None, status="unrouted", learn=False, reward=0.9,
+                realised_cost_usd=0.0012, model=d.model, tenant=None, seq=seq,
+            )])  # fmt: skip
+    store.close()
+    runner = CliRunner()
+    evaluated = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--escalations", "-C", "escalate"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "1 learned chains evaluated" in evaluated.output and "3 stored chains do not decode" in evaluated.output
+    out = tmp_path / "steps.dsjson"
+    exported = runner.invoke(cli_app, ["export", "--db", str(db), "--escalations", "--out", str(out)])
+    assert exported.exit_code == 0, exported.output
+    assert len(out.read_text().splitlines()) == 1 and "3 stored chains do not decode" in exported.output
+    refused = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--escalations", "--out", str(out)])
+    assert refused.exit_code == 2 and "--out" in refused.output, refused.output

@@ -544,3 +544,83 @@ def test_chains_are_stored_beside_their_call_and_learned_once_per_decision(store
         assert [c.record.seq for c in reader.chains_after(1, 8, 1)] == [3]
         assert [c.record.seq for c in reader.chains_after(1, 6, 100)] == [3]
         assert reader.chains_after(7, 8, 100) == []
+
+
+def test_a_database_at_schema_5_is_read_without_chains_then_migrates(store: Store, router: Router) -> None:
+    """`bandit-router export` or `evaluate` may read a database an older service wrote and no service of this
+    version has migrated yet (schema 5: no `chains` table): its call records read with no chain, and there is no
+    learned chain, on PostgreSQL as on SQLite (not "relation chains does not exist"). Then migration 6 runs on it
+    (twice: the second is a no-op), its rows are intact, and a chain is stored beside a new call record."""
+    decision = dataclasses.replace(_decision(router, "before chains"), policy="learned-cascade:learned")
+    with store.write() as tx:
+        tx.insert_decisions([(decision, None, None)])
+        tx.insert_calls([CallRecord(
+            decision_id=decision.decision_id, request_id=decision.decision_id, attempt=1, model=decision.model,
+            routed=False, stream=False, status="ok", http_status=200, input_tokens=10, output_tokens=20, usage=None,
+            cost_usd=1e-4, ttft_s=0.5, latency_s=0.5, error=None, created_at=1.0,
+        )])  # fmt: skip
+        tx.insert_feedback([_record(decision, 1, learn=False, status="unrouted")])
+    _raw(store, "DROP TABLE chains")
+    _raw(store, "DROP INDEX feedback_unrouted")
+    _raw(store, "UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    reopened = SQLiteStore(store.path) if isinstance(store, SQLiteStore) else PostgresStore(store.url)  # a new process
+    try:
+        with reopened.read() as reader:
+            call = reader.calls_for_many([decision.decision_id])[decision.decision_id]
+            assert call.chain is None and call.cost_usd == 1e-4
+            assert reader.chains_after(0, 1, 100) == []
+        reopened.prepare()
+        reopened.prepare()
+        later = dataclasses.replace(_decision(router, "after chains"), policy="learned-cascade:learned")
+        with reopened.write() as tx:
+            assert tx.get_meta("schema_version") == "6"
+            tx.insert_decisions([(later, None, None)])
+            tx.insert_calls([dataclasses.replace(call, decision_id=later.decision_id, chain='{"steps": []}')])
+            tx.insert_feedback([_record(later, 2, learn=False, status="unrouted")])
+        with reopened.read() as reader:
+            calls = reader.calls_for_many([decision.decision_id, later.decision_id])
+            assert calls[decision.decision_id] == call and calls[later.decision_id].chain == '{"steps": []}'
+            assert [r.seq for r in reader.feedback_for(decision.decision_id)] == [1]
+            assert [c.decision.decision_id for c in reader.chains_after(0, 2, 100)] == [later.decision_id]
+    finally:
+        reopened.close()
+
+
+def test_retention_keeps_a_decisions_feedback_together(store: Store, router: Router) -> None:
+    """`delete_old` deletes a decision's feedback only when none of it is kept: a learned cascade's decision whose
+    first `unrouted` feedback (learned, 40 days old, held by the checkpoint) is followed by a second (today, after
+    the checkpoint) keeps both, else `chains_after` would offer the second as the first and a restore from that
+    checkpoint would learn the chain twice; a routed decision's learned feedback likewise stays beside an ignored
+    one, so a third is not learned again. A decision whose feedback is all old goes, with its chain."""
+    old, now = time.time() - 40 * 86400, time.time()
+
+    def named(prompt: str) -> Decision:
+        return dataclasses.replace(_decision(router, prompt), policy="learned-cascade:learned")
+
+    def at(record: FeedbackRecord, received_at: float) -> FeedbackRecord:
+        return dataclasses.replace(record, received_at=received_at)
+
+    cascade, routed, gone = named("two feedbacks"), _decision(router, "routed twice"), named("all old")
+    with store.write() as tx:
+        tx.insert_decisions([(dataclasses.replace(d, created_at=old), None, None) for d in (cascade, routed, gone)])
+        tx.insert_calls([CallRecord(
+            decision_id=d.decision_id, request_id=d.decision_id, attempt=1, model=d.model, routed=False,
+            stream=False, status="ok", http_status=200, input_tokens=10, output_tokens=20, usage=None,
+            cost_usd=1e-4, ttft_s=0.5, latency_s=0.5, error=None, created_at=old, chain='{"steps": []}',
+        ) for d in (cascade, gone)])  # fmt: skip
+        tx.insert_feedback([
+            at(_record(cascade, 1, learn=False, status="unrouted"), old),
+            at(_record(routed, 2, learn=True, status="applied"), old),
+            at(_record(gone, 3, learn=False, status="unrouted"), old),
+        ])
+        tx.insert_checkpoint(fingerprint="f", seq=3, event_id=0, version=1, sha256="x", state=b"", keep=3)
+        tx.insert_feedback([
+            at(_record(cascade, 4, quality=0.9, learn=False, status="unrouted"), now),
+            at(_record(routed, 5, quality=0.9, learn=False, status="ignored"), now),
+        ])
+    store.delete_old(now - 30 * 86400, 1000)  # type: ignore[attr-defined]
+    with store.read() as reader:
+        assert reader.chains_after(3, 5, 100) == []  # the checkpoint at seq 3 learned the cascade's chain
+        assert [r.seq for r in reader.feedback_for(cascade.decision_id)] == [1, 4]
+        assert [r.seq for r in reader.feedback_for(routed.decision_id)] == [2, 5]
+        assert reader.decision(gone.decision_id) is None and reader.calls_for_many([gone.decision_id]) == {}

@@ -13,7 +13,7 @@ import typer
 from ..catalog import ModelSpec
 from ..config import ConfigError, load_settings
 from ..errors import BanditRouterError
-from ..store import Store, StoreError
+from ..store import ChainFeedback, Store, StoreError
 from ..store.location import DatabaseURL, parse_database, redact_urls
 from ..store.location import open_store as open_location
 from .store_log import iter_log, model_specs, shadow_names
@@ -208,12 +208,14 @@ def _evaluate_escalations(db: str, rules: list[str], confidence: float, out: Pat
 
     from .escalations import evaluate_escalations, format_rule_estimates, iter_chains
 
+    skipped: list[ChainFeedback] = []
     try:
         store = open_store(db)
         try:
-            chains = list(iter_chains(store))
+            chains = list(iter_chains(store, skipped=skipped))
         finally:
             store.close()
+        _warn_skipped(skipped)
         if not chains:
             raise _fail("evaluate", f"{redact_urls(db)} holds no learned chain with feedback: nothing to evaluate", 1)
         results = evaluate_escalations(chains, rules or list(DEFAULT_RULES), confidence=confidence)
@@ -222,32 +224,45 @@ def _evaluate_escalations(db: str, rules: list[str], confidence: float, out: Pat
     typer.echo(f"{len(chains)} learned chains evaluated (reward per request: final quality − λ·chain cost)")
     typer.echo(format_rule_estimates(results))
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "escalations.json").write_text(json.dumps([r.to_json() for r in results], indent=1))
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "escalations.json").write_text(json.dumps([r.to_json() for r in results], indent=1))
+        except OSError as exc:
+            raise _fail("evaluate", f"--out {out}: {exc.strerror or exc}") from None
         typer.echo(f"wrote {out / 'escalations.json'}")
+
+
+def _warn_skipped(skipped: list[ChainFeedback]) -> None:
+    if skipped:
+        seqs = ", ".join(str(item.record.seq) for item in skipped[:5]) + (", …" if len(skipped) > 5 else "")
+        typer.echo(f"warning: {len(skipped)} stored chains do not decode (feedback seq {seqs}); left out, as the "
+                   "escalation learners leave them out", err=True)
 
 
 def _export_escalations(db: str, out: Path | None, label: str) -> None:
     from .escalations import export_escalations
 
+    skipped: list[ChainFeedback] = []
     try:
         store = open_store(db)
         try:
             if out is None:
                 try:
-                    export_escalations(store, sys.stdout, label=label)
+                    export_escalations(store, sys.stdout, label=label, skipped=skipped)
                     sys.stdout.flush()
+                    _warn_skipped(skipped)
                 except BrokenPipeError:
                     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                     raise typer.Exit(0) from None
                 return
             out.parent.mkdir(parents=True, exist_ok=True)
             with out.open("w", encoding="utf-8") as fp:
-                written = export_escalations(store, fp, label=label)
+                written = export_escalations(store, fp, label=label, skipped=skipped)
         finally:
             store.close()
     except (StoreError, BanditRouterError, OSError) as exc:
         raise _fail("export", str(exc)) from None
+    _warn_skipped(skipped)
     typer.echo(f"wrote {written} escalation steps to {out}", err=True)
 
 

@@ -46,8 +46,27 @@ PAGE = 2000
 ACTIONS = ("accept", "escalate")
 
 
-def iter_chains(store: Store, *, page: int = PAGE) -> Iterator[ChainFeedback]:
-    """Every learned chain in the store, in feedback order (what the escalation learners learned)."""
+def decodes(item: ChainFeedback) -> bool:
+    """Whether `item`'s stored chain is one the estimators can read: JSON with well-formed steps (an action, its
+    probability in (0, 1], p_escalate in [0, 1], a number or null as confidence) and a finite cost. The learners
+    skip one that does not decode."""
+    try:
+        chain = json.loads(item.chain)
+        steps = chain["steps"]
+        return isinstance(steps, list) and math.isfinite(float(chain.get("cost_usd", 0.0))) and all(
+            s["action"] in ACTIONS and 0.0 < float(s["probability"]) <= 1.0 and 0.0 <= float(s["p_escalate"]) <= 1.0
+            and isinstance(s["model"], str) and isinstance(s["step"], int)
+            and (s.get("confidence") is None or math.isfinite(float(s["confidence"])))
+            for s in steps
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def iter_chains(store: Store, *, page: int = PAGE, skipped: list[ChainFeedback] | None = None
+                ) -> Iterator[ChainFeedback]:
+    """Every learned chain in the store, in feedback order (what the escalation learners learned); a chain that
+    does not decode (`decodes`) is left out, and added to `skipped` when given."""
     seq = 0
     while True:
         with store.read() as reader:
@@ -55,7 +74,11 @@ def iter_chains(store: Store, *, page: int = PAGE) -> Iterator[ChainFeedback]:
             rows = reader.chains_after(seq, head, page)
         if not rows:
             return
-        yield from rows
+        for item in rows:
+            if decodes(item):
+                yield item
+            elif skipped is not None:
+                skipped.append(item)
         seq = rows[-1].record.seq
 
 
@@ -113,10 +136,13 @@ def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dic
     return events
 
 
-def export_escalations(store: Store, fp: TextIO, *, label: str = "reward") -> int:
-    """Write every learned chain's steps to `fp` as DSJSON lines; returns the number of lines written."""
+def export_escalations(
+    store: Store, fp: TextIO, *, label: str = "reward", skipped: list[ChainFeedback] | None = None
+) -> int:
+    """Write every learned chain's steps to `fp` as DSJSON lines (the chains that do not decode go to `skipped`);
+    returns the number of lines written."""
     written = 0
-    for item in iter_chains(store):
+    for item in iter_chains(store, skipped=skipped):
         for event in escalation_events(item, label=label):
             fp.write(json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n")
             written += 1

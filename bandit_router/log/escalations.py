@@ -2,7 +2,7 @@
 process.
 
 A `learned-cascade` router's decision is stored with its call record, and the record carries the whole chain
-(`calls.chain`, JSON: the calls, each accept/escalate step with its confidence and propensity, and what the chain
+(table `chains`, JSON: the calls, each accept/escalate step with its confidence and propensity, and what the chain
 paid after each step), in the transaction that stores the decision. Feedback on such a decision is `unrouted`
 for the bandit; its *first* `unrouted` feedback is what the router's `LearnedEscalation` learns (`learns_chain`,
 and `store.sqlite.CHAINS_SQL` for the rows other processes committed):
@@ -57,7 +57,7 @@ def learns_chain(decision: Decision, earlier: Sequence[FeedbackRecord], status: 
 
 
 def chain_document(result_json: dict[str, Any], extra_costs: Sequence[float]) -> str:
-    """The JSON stored in `calls.chain`: a chain's `to_json()` with what it paid after each step."""
+    """The JSON stored in `chains.chain`: a chain's `to_json()` with what it paid after each step."""
     return json.dumps({**result_json, "extra_costs": [float(c) for c in extra_costs]}, separators=(",", ":"))
 
 
@@ -116,6 +116,8 @@ class EscalationLearners:
         try:
             data = json.loads(chain)
             extra = [float(c) for c in data["extra_costs"]]
+            if len(extra) != len(data["steps"]):  # checked first: `learn` would stop half-way through the steps
+                raise ValueError(f"{len(data['steps'])} steps but {len(extra)} extra costs")
             with self.lock:
                 steps = [
                     EscalationStep.from_json(

@@ -68,8 +68,10 @@ from .sqlite import (
     _FEEDBACK,
     _FI,
     _JOINED,
+    _NO_FEEDBACK_KEPT,
     CALL_COLUMNS,
     CALLS_WITH_CHAINS,
+    CALLS_WITHOUT_CHAINS,
     CHAINS_SQL,
     DECISION_COLUMNS,
     FEEDBACK_COLUMNS,
@@ -148,6 +150,8 @@ class PostgresStore:
         """When this process's writer last committed a transaction that read the head (and caught up there)."""
         self._lock = threading.Lock()
         self._models_json: dict[tuple[str, ...], str] = {}
+        self._tables: set[str] = set()
+        """Tables a later migration added that this process has seen exist (`_PostgresTx.has_table`)."""
 
     def __str__(self) -> str:
         return str(self.url)
@@ -228,7 +232,7 @@ class PostgresStore:
         """A write transaction holding the log's advisory lock (`LOG_LOCK`) until it commits or rolls back."""
         with self._write_lock:
             conn = self._begin_write()
-            tx = _PostgresTx(conn, self._models_json)
+            tx = _PostgresTx(conn, self._models_json, self._tables)
             try:
                 yield tx
             except BaseException as exc:
@@ -278,7 +282,7 @@ class PostgresStore:
         failure: BaseException | None = None
         try:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            yield _PostgresTx(conn, self._models_json)
+            yield _PostgresTx(conn, self._models_json, self._tables)
             conn.execute("COMMIT")
         except psycopg.Error as exc:
             failure = exc
@@ -294,13 +298,15 @@ class PostgresStore:
 
     def delete_old(self, cutoff: float, limit: int) -> int:
         """`retention_days`, as `SQLiteStore.delete_old`: feedback the newest checkpoint holds, received before
-        `cutoff`, then decisions before `cutoff` no feedback refers to. Seqs are never reused (`log_head`)."""
+        `cutoff` (a decision's together), then decisions before `cutoff` no feedback refers to. Seqs are never
+        reused (`log_head`)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             checkpoint_seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()[0])
             deleted = conn.execute(
-                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback WHERE seq <= %s AND received_at < %s "
-                "ORDER BY seq LIMIT %s)", (checkpoint_seq, cutoff, limit),
+                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback f WHERE seq <= %s AND received_at < %s "
+                f"AND {_NO_FEEDBACK_KEPT.format(mark='%s')} ORDER BY seq LIMIT %s)",
+                (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit),
             ).rowcount
             ids = [r[0] for r in conn.execute(
                 "SELECT decision_id FROM decisions d WHERE created_at < %s AND NOT EXISTS "
@@ -384,15 +390,27 @@ class _PostgresTx(_SQLiteTx):
 
     conn: Any
 
-    def __init__(self, conn: psycopg.Connection[Any], models_json: dict[tuple[str, ...], str]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], models_json: dict[tuple[str, ...], str],
+                 tables: set[str] | None = None) -> None:
         self.conn = conn
         self._models_json = models_json
+        self._tables = set() if tables is None else tables
         self.logged = False
         self.read_head = False
         """This transaction wrote to the log (feedback, a model event): its commit notifies the followers."""
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+
+    def has_table(self, name: str) -> bool:
+        """Whether table `name` exists: False in a database no service with this version prepared yet (which
+        `export` and `evaluate` may read). Asked once per process when it does (tables are never dropped)."""
+        if name not in self._tables:
+            row = self._one("SELECT to_regclass(%s) IS NOT NULL", (name,))
+            if row is None or not row[0]:
+                return False
+            self._tables.add(name)
+        return True
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         return self.conn.execute(sql, params).fetchone()  # type: ignore[no-any-return]
@@ -541,7 +559,8 @@ class _PostgresTx(_SQLiteTx):
     def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:
         if not decision_ids:
             return {}
-        rows = self._rows(CALLS_WITH_CHAINS + " WHERE c.decision_id = ANY(%s)", (list(decision_ids),))
+        select = CALLS_WITH_CHAINS if self.has_table("chains") else CALLS_WITHOUT_CHAINS
+        rows = self._rows(select + " WHERE c.decision_id = ANY(%s)", (list(decision_ids),))
         return {row[0]: _call_from_row(row) for row in rows}
 
     def get_meta(self, key: str) -> str | None:
@@ -587,6 +606,8 @@ class _PostgresTx(_SQLiteTx):
         return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
 
     def chains_after(self, seq: int, until: int, limit: int) -> list[ChainFeedback]:
+        if not self.has_table("chains"):
+            return []
         return _chains_from_rows(self._rows(CHAINS_SQL.format(mark="%s"), (seq, until, limit)))
 
     def shadow_pmfs_for_many(self, decision_ids: Sequence[str]) -> dict[str, dict[str, list[float]]]:

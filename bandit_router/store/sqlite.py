@@ -251,15 +251,17 @@ class SQLiteStore:
     def delete_old(self, cutoff: float, limit: int) -> int:
         """`retention_days`: delete (in one transaction, at most `limit` rows of each table) the feedback received
         before `cutoff` (Unix time) whose seq the newest checkpoint holds, then the decisions made before `cutoff`
-        that no feedback row refers to any more (with their shadow pmfs, call records and chains). Returns how many
-        rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps the largest)."""
+        that no feedback row refers to any more (with their shadow pmfs, call records and chains). A decision's
+        feedback goes together (`_NO_FEEDBACK_KEPT`). Returns how many rows were deleted. Feedback seqs are never
+        reused (`sqlite_sequence` keeps the largest)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
             checkpoint_seq = int(row[0])
             deleted = conn.execute(
-                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback WHERE seq <= ? AND received_at < ? "
-                "ORDER BY seq LIMIT ?)", (checkpoint_seq, cutoff, limit),
+                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback f WHERE seq <= ? AND received_at < ? "
+                f"AND {_NO_FEEDBACK_KEPT.format(mark='?')} ORDER BY seq LIMIT ?)",
+                (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit),
             ).rowcount
             old = (
                 "SELECT decision_id FROM decisions d WHERE created_at < ? AND NOT EXISTS "
@@ -393,9 +395,9 @@ class _SQLiteTx:
                 rows.append(self._decision_row(decision, prompt, tenant))
         before = self.conn.total_changes
         for start in range(0, len(rows), _CHUNK):
-            pairsrows = rows[start : start + _CHUNK]
-            sql = _INSERT_DECISIONS + ",".join([_DECISION_PLACEHOLDERS] * len(pairsrows))
-            self.conn.execute(sql, list(itertools.chain.from_iterable(pairsrows)))
+            chunk_rows = rows[start : start + _CHUNK]
+            sql = _INSERT_DECISIONS + ",".join([_DECISION_PLACEHOLDERS] * len(chunk_rows))
+            self.conn.execute(sql, list(itertools.chain.from_iterable(chunk_rows)))
         if self.conn.total_changes - before != len(rows):
             # Some ids were taken before this batch (rare: callers choose ids): ours are those with our timestamps.
             created = {row[0]: row[1] for row in rows}
@@ -574,8 +576,7 @@ class _SQLiteTx:
             "SELECT name FROM sqlite_master WHERE name IN ('calls', 'chains')").fetchall()}
         if "calls" not in tables:
             return {}  # a database no service with this version prepared yet
-        sql = (CALLS_WITH_CHAINS if "chains" in tables else
-               f"SELECT {', '.join(CALL_COLUMNS)}, NULL FROM calls c") + " WHERE c.decision_id IN ({marks})"
+        sql = (CALLS_WITH_CHAINS if "chains" in tables else CALLS_WITHOUT_CHAINS) + " WHERE c.decision_id IN ({marks})"
         return {row[0]: _call_from_row(row) for row in self._in_chunks(sql, decision_ids, plain=True)}
 
     def get_meta(self, key: str) -> str | None:
@@ -622,6 +623,8 @@ class _SQLiteTx:
         return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
 
     def chains_after(self, seq: int, until: int, limit: int) -> list[ChainFeedback]:
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chains'").fetchone() is None:
+            return []  # a database no service with this version prepared yet: no chain stored
         rows = self._execute(CHAINS_SQL.format(mark="?"), (seq, until, limit), plain=True).fetchall()
         return _chains_from_rows(rows)
 
@@ -706,6 +709,14 @@ class _SQLiteTx:
         return stats
 
 
+_NO_FEEDBACK_KEPT = (
+    "NOT EXISTS (SELECT 1 FROM feedback g WHERE g.decision_id = f.decision_id AND (g.seq > {mark} "
+    "OR g.received_at >= {mark}))"
+)
+"""Retention deletes feedback row f only when every feedback of its decision goes too (held by the checkpoint,
+received before the cutoff): the rules that read a decision's earlier feedback (learned once: `judge`; a learned
+cascade's chain learned at its first `unrouted` one: `CHAINS_SQL`) must still see it beside a later one, or a
+third feedback, or a replay from the checkpoint, would learn the decision again."""
 CALL_COLUMNS = (
     "decision_id", "request_id", "attempt", "model", "routed", "stream", "status", "http_status", "input_tokens",
     "output_tokens", "usage", "cost_usd", "ttft_s", "latency_s", "error", "created_at",
@@ -717,6 +728,8 @@ CALLS_WITH_CHAINS = (
 """A call record with its chain (the `chains` table: one JSON document per named router's decision, beside its
 call record as `shadow_pmfs` is beside its decision: a chain is read whole, by the decision view and the
 escalation learners, and its steps' shape belongs to `bandit_router.cascade`, not to the schema)."""
+CALLS_WITHOUT_CHAINS = f"SELECT {', '.join(CALL_COLUMNS)}, NULL FROM calls c"
+"""`CALLS_WITH_CHAINS` on a database that has no `chains` table yet (schema 5: not yet migrated)."""
 CHAINS_SQL = (
     f"SELECT {_JOINED}, c.chain FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
     "JOIN chains c ON c.decision_id = f.decision_id "
