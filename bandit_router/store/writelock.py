@@ -11,6 +11,9 @@ database (`<db>-lock`), taken before `BEGIN IMMEDIATE` and released after `COMMI
 process is woken the moment the holder releases it. SQLite's own lock still decides who writes (a connection that
 does not take this lock, the `sqlite3` shell say, is waited for by the busy timeout as before), so the lock adds no
 state to lose: a process that dies holding it releases it with its file descriptors (`kill -9` included).
+One difference remains: the wait for another process has no timeout (`flock` has none), so a worker that is
+stopped (not killed) inside a write transaction holds the others' writers until it goes on or dies, where
+SQLite's busy timeout had failed their transactions (503) after `busy_timeout_s`.
 
 Within one process, stores opened on the same file (tests, tools) first take a thread lock per file, with the
 store's busy timeout, so that a thread never waits in the kernel for a lock its own process holds; past that
