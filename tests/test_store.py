@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -219,6 +221,46 @@ def test_maintain_checkpoints_the_wal(store: Store, router: Router) -> None:
     store.maintain()
     with store.read() as reader:
         assert reader.head() == (0, 0)
+
+
+_WRITER_PROCESS = """
+import sys, time
+from pathlib import Path
+from bandit_router.store import SQLiteStore, StoreError
+path, name, start = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+store = SQLiteStore(path, busy_timeout_s=0.0)  # SQLite's busy handler never waits: a taken lock is an error
+failed = 0
+while time.time() < start:
+    time.sleep(0.001)
+for i in range(200):
+    try:
+        with store.write() as tx:
+            tx.set_meta(name, str(i))
+            time.sleep(0.0005)  # hold the lock a little, so that the two processes' transactions overlap
+    except StoreError:
+        failed += 1
+store.close()
+print(failed)
+"""
+
+
+def test_writers_of_two_processes_queue_for_the_write_lock(tmp_path: Path) -> None:
+    """The writers of two processes take turns (`store/writelock.py`): with SQLite's busy timeout at 0, a
+    transaction that found SQLite's write lock taken would fail at once; queued on the lock file, none does."""
+    db = tmp_path / "shared.db"
+    SQLiteStore(db).prepare()
+    start = time.time() + 1.0
+    children = [
+        subprocess.Popen([sys.executable, "-c", _WRITER_PROCESS, str(db), name, str(start)], stdout=subprocess.PIPE,
+                         text=True)
+        for name in ("a", "b")
+    ]
+    failed = [int(child.communicate(timeout=120)[0]) for child in children]
+    assert [child.returncode for child in children] == [0, 0]
+    assert failed == [0, 0]
+    with sqlite3.connect(db) as conn:
+        assert dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('a', 'b')").fetchall()) == {
+            "a": "199", "b": "199"}
 
 
 _ARRAYS = st.lists(st.tuples(st.integers(0, 2**32 - 1), st.floats(-1e6, 1e6, width=32)), max_size=50)

@@ -209,6 +209,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         self._cached: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._by_models: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
         self._phi_of: tuple[Context | None, np.ndarray] = (None, np.zeros(0))
+        self._scaled_sd: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0))
 
     # -- posteriors -----------------------------------------------------------------------------------------
     def _rows(self, models: Sequence[ModelSpec]) -> np.ndarray:
@@ -317,7 +318,10 @@ class HierarchicalThompsonPolicy(BasePolicy):
     ) -> np.ndarray:
         mean, sd = self.predict(context, models)
         p = self.params
-        return exploration.gaussian_argmax_pmf(mean - penalty, p.exploration * sd, p.dominance, p.nodes)
+        scaled = self._scaled_sd
+        if scaled[0] is not sd:  # s·sd changes with the posterior only (`_posterior_of` caches sd per update)
+            scaled = self._scaled_sd = (sd, p.exploration * sd)
+        return exploration.gaussian_argmax_pmf(mean - penalty, scaled[1], p.dominance, p.nodes)
 
     def update(self, context: Context, model: ModelSpec, quality: float, probability: float) -> None:
         arms = self._arms

@@ -57,6 +57,7 @@ from .records import (
     StoreError,
     StoreStats,
 )
+from .writelock import WriteLock
 
 log = logging.getLogger("bandit_router.store")
 
@@ -114,6 +115,8 @@ class SQLiteStore:
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._models_json: dict[tuple[str, ...], str] = {}
+        self._turn = WriteLock(self.path, busy_timeout_s)
+        """Writers of every process queue here, woken as the holder commits (`store/writelock.py`)."""
 
     # -- connections ------------------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -216,27 +219,32 @@ class SQLiteStore:
         `path` raises `StoreError` (the rows are not where the next start will look: not acknowledged)."""
         if self.check_file() is not None:
             raise StoreError(f"the database is unusable: {self.fault}")
+        held = self._turn.acquire()
         try:
-            conn = self._writer_conn()
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            self._note(exc)
-            raise StoreError(f"cannot start a write transaction: {exc}") from exc
-        try:
-            yield _SQLiteTx(conn, self._models_json)
-        except BaseException as exc:
-            self._note(exc)
-            with contextlib.suppress(StoreError):
+            try:
+                conn = self._writer_conn()
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self._note(exc)
+                raise StoreError(f"cannot start a write transaction: {exc}") from exc
+            try:
+                yield _SQLiteTx(conn, self._models_json)
+            except BaseException as exc:
+                self._note(exc)
+                with contextlib.suppress(StoreError):
+                    _rollback(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(str(exc)) from exc
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._note(exc)
                 _rollback(conn)
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(str(exc)) from exc
-            raise
-        try:
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._note(exc)
-            _rollback(conn)
-            raise StoreError(f"commit failed: {exc}") from exc
+                raise StoreError(f"commit failed: {exc}") from exc
+        finally:
+            if held:
+                self._turn.release()
         if self.check_file() is not None:
             raise StoreError(f"the database is unusable: {self.fault}")
 
@@ -276,6 +284,7 @@ class SQLiteStore:
         if self.wal_max_bytes <= 0 or self.fault is not None or wal_bytes(self.path) <= self.wal_max_bytes:
             return False
         conn = self._writer_conn()
+        held = self._turn.acquire()  # it holds SQLite's write lock while it waits for readers
         try:  # a long reader (an evaluation, a backup) must not stall the writer: wait for it briefly, retry later
             conn.execute(f"PRAGMA busy_timeout = {TRUNCATE_WAIT_MS}")
             busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -285,6 +294,8 @@ class SQLiteStore:
         finally:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            if held:
+                self._turn.release()
         self.truncations += not busy
         self.truncate_busy = bool(busy)
         return not busy
@@ -330,6 +341,7 @@ class SQLiteStore:
             if conn is not None:
                 conn.close()
         self._writer = self._maintenance = None
+        self._turn.close()
         with self._lock:
             for conn in self._readers:
                 conn.close()
