@@ -517,14 +517,17 @@ class _PostgresTx(_SQLiteTx):
             (key, value),
         )
 
-    def insert_shadow_pmfs(self, rows: Sequence[tuple[str, str]]) -> None:
+    def _insert_pairs(self, into: str, rows: Sequence[tuple[str, str]], on_conflict: str) -> None:
+        """`INSERT INTO {into} VALUES (%s, %s), … {on_conflict}`, `_CHUNK` rows per statement."""
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
             self.conn.execute(
-                "INSERT INTO shadow_pmfs (decision_id, pmfs) VALUES " + ",".join(["(%s, %s)"] * len(chunk))
-                + " ON CONFLICT DO NOTHING",
+                f"INSERT INTO {into} VALUES " + ",".join(["(%s, %s)"] * len(chunk)) + f" {on_conflict}",
                 [v for row in chunk for v in row],
             )
+
+    def insert_shadow_pmfs(self, rows: Sequence[tuple[str, str]]) -> None:
+        self._insert_pairs("shadow_pmfs (decision_id, pmfs)", rows, "ON CONFLICT DO NOTHING")
 
     def insert_calls(self, records: Sequence[CallRecord]) -> None:
         fallbacks = list(dict.fromkeys(r.decision_id for r in records if rollup.is_fallback(r)))
@@ -546,13 +549,8 @@ class _PostgresTx(_SQLiteTx):
                 [_call_value(getattr(r, c)) for r in chunk for c in CALL_COLUMNS],
             )
         chains = [(r.decision_id, r.chain) for r in records if r.chain is not None]
-        for start in range(0, len(chains), _CHUNK):
-            pairs = chains[start : start + _CHUNK]
-            self.conn.execute(
-                "INSERT INTO chains (decision_id, chain) VALUES " + ",".join(["(%s, %s)"] * len(pairs))
-                + " ON CONFLICT (decision_id) DO UPDATE SET chain = EXCLUDED.chain",
-                [value for pair in pairs for value in pair],
-            )
+        self._insert_pairs("chains (decision_id, chain)", chains,
+                           "ON CONFLICT (decision_id) DO UPDATE SET chain = EXCLUDED.chain")
         self._add_to_rollup(rollup.fallback_increments(records, decided))
 
     # -- reads ------------------------------------------------------------------------------------------------
