@@ -97,7 +97,7 @@ class SQLiteStore:
     service → durability)."""
 
     def __init__(self, path: str | Path, *, synchronous: str = "normal", busy_timeout_s: float = 10.0,
-                 wal_max_bytes: int = WAL_MAX_BYTES, turn_timeout_s: float | None = None) -> None:
+                 wal_max_bytes: int = WAL_MAX_BYTES) -> None:
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self.busy_timeout_s = busy_timeout_s
@@ -115,9 +115,8 @@ class SQLiteStore:
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._models_json: dict[tuple[str, ...], str] = {}
-        self._turn = WriteLock(self.path, busy_timeout_s if turn_timeout_s is None else turn_timeout_s)
-        """Writers of every process queue here for up to `turn_timeout_s` (default: `busy_timeout_s`), then wait in
-        SQLite's busy handler for up to `busy_timeout_s` (`store/writelock.py`)."""
+        self._turn = WriteLock(self.path, busy_timeout_s)
+        """Writers of every process queue here, woken as the holder commits (`store/writelock.py`)."""
 
     # -- connections ------------------------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:

@@ -1,4 +1,4 @@
-"""The turn to write an SQLite database, handed from process to process within a fraction of a millisecond.
+"""The turn to write an SQLite database, handed from process to process without sleeping.
 
 SQLite lets one connection write at a time. A connection that finds the write lock taken waits in SQLite's busy
 handler, which *sleeps* between tries: 1, 2, 5, 10, 15, 20, 25 … ms (`sqliteDefaultBusyCallback`), however soon
@@ -11,11 +11,9 @@ database (`<db>-lock`), taken before `BEGIN IMMEDIATE` and released after `COMMI
 process is woken the moment the holder releases it. SQLite's own lock still decides who writes (a connection that
 does not take this lock, the `sqlite3` shell say, is waited for by the busy timeout as before), so the lock adds no
 state to lose: a process that dies holding it releases it with its file descriptors (`kill -9` included).
-The wait is bounded: `flock` itself has no timeout, so a waiter asks without blocking (`LOCK_NB`) and sleeps
-between tries, 50 µs at first, doubling up to 1 ms (a 1 ms SQLite transaction is waited for within about a
-tenth of a millisecond of its commit, where SQLite's handler sleeps 1–25 ms). Past `timeout_s` (a worker stopped,
-not killed, inside a write transaction, say) it goes on under SQLite's lock alone, whose busy timeout fails the
-transaction (503) as it did before this lock existed.
+One difference remains: the wait for another process has no timeout (`flock` has none), so a worker that is
+stopped (not killed) inside a write transaction holds the others' writers until it goes on or dies, where
+SQLite's busy timeout had failed their transactions (503) after `busy_timeout_s`.
 
 Within one process, stores opened on the same file (tests, tools) first take a thread lock per file, with the
 store's busy timeout, so that a thread never waits in the kernel for a lock its own process holds; past that
@@ -28,7 +26,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 
 try:
@@ -66,33 +63,14 @@ class WriteLock:
         try:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-            if self._wait_for_turn():
-                return True
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # the GIL is released while it waits
         except OSError as exc:
             self._unusable = True
             self._thread_lock.release()
             log.warning("cannot use the write lock file %s (%s): writers of other processes wait in SQLite's "
                         "busy handler instead", self.path, exc)
             return False
-        self._thread_lock.release()
-        log.warning("waited %.1f s for another process's write transaction on %s: going on under SQLite's busy "
-                    "handler", self.timeout_s, self.path)
-        return False
-
-    def _wait_for_turn(self) -> bool:
-        """Take the `flock` within `timeout_s`: tries without blocking, sleeping 50 µs … 1 ms between them."""
-        assert self._fd is not None
-        deadline = time.monotonic() + self.timeout_s
-        pause = 50e-6
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(pause)
-                pause = min(2 * pause, 1e-3)
+        return True
 
     def release(self) -> None:
         assert self._fd is not None and self._thread_lock is not None
