@@ -216,8 +216,11 @@ class SQLiteStore:
     @contextmanager
     def write(self) -> Iterator[WriteTx]:
         """A write transaction. Refused while the store has a fault; a commit that went to a file no longer at
-        `path` raises `StoreError` (the rows are not where the next start will look: not acknowledged)."""
-        if self.check_file() is not None:
+        `path` raises `StoreError` (the rows are not where the next start will look: not acknowledged). The file is
+        looked at after the commit only (the check that decides; one `stat` per transaction, not two: each is a
+        trip through the GIL for the writer thread): a transaction that starts on a file already gone writes to
+        the file it had open all along, and fails there."""
+        if self.fault is not None:
             raise StoreError(f"the database is unusable: {self.fault}")
         held = self._turn.acquire()
         try:

@@ -15,6 +15,13 @@ One difference remains: the wait for another process has no timeout (`flock` has
 stopped (not killed) inside a write transaction holds the others' writers until it goes on or dies, where
 SQLite's busy timeout had failed their transactions (503) after `busy_timeout_s`.
 
+Taking and releasing the lock costs the writer no trip through the GIL when nobody else holds it: the first try
+(`LOCK_EX | LOCK_NB`) and the release are plain `flock` calls made through `ctypes.PyDLL`, which keeps the GIL
+(`fcntl.flock` releases it around every call, and on a busy event loop each release costs the writer a wait for
+the GIL and both threads a futex wake-up); only when the lock is taken does the writer wait in the blocking
+`fcntl.flock`, GIL released, queued in the kernel as before. One try before blocking is how any lock's fast path
+works: a writer never polls, so the order in which waiters get the lock is the blocking `flock`'s.
+
 Within one process, stores opened on the same file (tests, tools) first take a thread lock per file, with the
 store's busy timeout, so that a thread never waits in the kernel for a lock its own process holds; past that
 timeout, or where the lock file cannot be opened (a read-only directory, a platform without `flock`), the
@@ -23,9 +30,12 @@ transaction goes on under SQLite's lock alone, as it did before this lock existe
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 try:
@@ -34,6 +44,22 @@ except ImportError:  # not POSIX: SQLite's own lock alone
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("bandit_router.store")
+
+
+def _flock_keeping_the_gil() -> Callable[[int, int], int] | None:
+    """libc's `flock` called with the GIL held (`ctypes.PyDLL`): returns 0, or −1 with `ctypes.get_errno()`."""
+    if fcntl is None:
+        return None
+    try:
+        call = ctypes.PyDLL(None, use_errno=True).flock
+    except (OSError, AttributeError, TypeError):  # no C library symbols to find (some platforms)
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int)
+    call.restype = ctypes.c_int
+    return call  # type: ignore[no-any-return]
+
+
+_FLOCK = _flock_keeping_the_gil()
 
 _IN_PROCESS: dict[str, threading.Lock] = {}
 _IN_PROCESS_GUARD = threading.Lock()
@@ -63,7 +89,8 @@ class WriteLock:
         try:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)  # the GIL is released while it waits
+            if not self._try_lock(self._fd):
+                fcntl.flock(self._fd, fcntl.LOCK_EX)  # taken: wait for it, the GIL released meanwhile
         except OSError as exc:
             self._unusable = True
             self._thread_lock.release()
@@ -72,10 +99,23 @@ class WriteLock:
             return False
         return True
 
+    @staticmethod
+    def _try_lock(fd: int) -> bool:
+        """One try without waiting and without releasing the GIL: True when the lock is now held."""
+        if _FLOCK is None:
+            return False
+        if _FLOCK(fd, fcntl.LOCK_EX | fcntl.LOCK_NB) == 0:
+            return True
+        code = ctypes.get_errno()
+        if code in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
+            return False
+        raise OSError(code, os.strerror(code))
+
     def release(self) -> None:
         assert self._fd is not None and self._thread_lock is not None
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            if _FLOCK is None or _FLOCK(self._fd, fcntl.LOCK_UN) != 0:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)  # (raises what the first call failed with)
         finally:
             self._thread_lock.release()
 

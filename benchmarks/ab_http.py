@@ -1,0 +1,155 @@
+"""Before/after on one machine in one run: two `bandit-router serve` processes, one serving the package of another
+checkout (`--base`), one this checkout's, loaded in interleaved rounds so that a neighbour's load weighs on both.
+
+    git worktree add /tmp/base <commit>   # or: git archive <commit> bandit_router | tar -x -C /tmp/base
+    python -m benchmarks.ab_http --base /tmp/base --label issue-12-hotpath3
+
+For each connection count, each round runs `GET /healthz` and `POST /v1/route` on the base server, then on this
+checkout's (the order alternates between rounds), with `bench_http`'s scripts and `wrk -t1`. Reported per
+server: requests/s, the server's CPU µs per request (from /proc: robust to a busy machine), the event-loop and
+writer threads' share of it, and the route ÷ healthz ratios of requests/s and of CPU. `--workers 2` compares
+two-worker servers instead, and adds each one's `/v1/route` with one worker for the scaling ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks import bench_http
+from simulator.report import git_commit
+
+HERE = Path(__file__).resolve().parent
+
+
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread role of the server (and its workers): `loop` (each process's main thread) and
+    `other` (the writer, the maintenance thread)."""
+    out = {"loop": 0.0, "other": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in bench_http._process_tree(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                    out["loop" if int(task.name) == p else "other"] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _measure(wrk: str, server: bench_http.Server, name: str, connections: int, duration: int) -> dict[str, Any]:
+    before = _thread_cpu(server.pid)
+    m = bench_http.load(wrk, server, name, connections, duration)
+    after = _thread_cpu(server.pid)
+    n = max(m["requests"], 1)
+    m["loop_us"] = (after["loop"] - before["loop"]) / n * 1e6
+    m["other_us"] = (after["other"] - before["other"]) / n * 1e6
+    return m
+
+
+def _total(runs: list[dict[str, Any]]) -> dict[str, float]:
+    n = sum(r["requests"] for r in runs)
+    seconds = sum(r["duration_us"] for r in runs) / 1e6
+    return {
+        "rps": n / seconds,
+        "cpu_us": sum(r["cpu_us"] * r["requests"] for r in runs) / n,
+        "loop_us": sum(r["loop_us"] * r["requests"] for r in runs) / n,
+        "other_us": sum(r["other_us"] * r["requests"] for r in runs) / n,
+        "p50_ms": max(r["p50_us"] for r in runs) / 1000,
+        "p99_ms": max(r["p99_us"] for r in runs) / 1000,
+        "errors": sum(r["errors"] for r in runs),
+    }
+
+
+def compare(base: Path, connections: list[int], rounds: int, duration: int, workers: int) -> list[str]:
+    wrk = bench_http.wrk_path()
+    if wrk is None:
+        raise SystemExit("needs wrk")
+    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    names = ["healthz", "route"]
+    with tempfile.TemporaryDirectory(prefix="ab-http-") as tmp, contextlib.ExitStack() as stack:
+        servers = {
+            "base": stack.enter_context(bench_http.serving(Path(tmp) / "base", workers, base)),
+            "this": stack.enter_context(bench_http.serving(Path(tmp) / "this", workers, HERE.parent)),
+        }
+        singles = {}
+        if workers > 1:
+            singles = {
+                "base": stack.enter_context(bench_http.serving(Path(tmp) / "base1", 1, base)),
+                "this": stack.enter_context(bench_http.serving(Path(tmp) / "this1", 1, HERE.parent)),
+            }
+        for server in [*servers.values(), *singles.values()]:
+            bench_http.warm_up(server)
+        for i in range(rounds):
+            order = ["base", "this"] if i % 2 == 0 else ["this", "base"]
+            for c in connections:
+                for side in order:
+                    for name in names:
+                        runs.setdefault((side, name, c), []).append(_measure(wrk, servers[side], name, c, duration))
+                    if singles:
+                        runs.setdefault((side, "route-1", c), []).append(
+                            _measure(wrk, singles[side], "route", c, duration))
+    lines = [
+        "| server | connections | endpoint | req/s | p50 ms | p99 ms | server CPU µs/req | event loop | other threads "
+        "| errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ratios = ["", "| server | connections | route ÷ healthz req/s | CPU ratio (healthz ÷ route) |", "|---|---|---|---|"]
+    for c in connections:
+        for side in ("base", "this"):
+            totals = {name: _total(runs[side, name, c]) for name in [*names, *(["route-1"] if singles else [])]}
+            for name, t in totals.items():
+                lines.append(
+                    f"| {side} | {c} | {name} | {t['rps']:,.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.1f} | "
+                    f"{t['cpu_us']:.0f} | {t['loop_us']:.0f} | {t['other_us']:.0f} | {t['errors']} |"
+                )
+            h, r = totals["healthz"], totals["route"]
+            row = f"| {side} | {c} | {r['rps'] / h['rps']:.2f} | {h['cpu_us'] / r['cpu_us']:.2f} |"
+            if singles:
+                row += f" {workers} workers ÷ 1 on route: {r['rps'] / totals['route-1']['rps']:.2f} |"
+            ratios.append(row)
+    return lines + ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, required=True, help="a checkout whose bandit_router is the baseline")
+    parser.add_argument("--base-commit", default=None, help="the base's commit, when --base is not a git checkout")
+    parser.add_argument("--label", required=True, help="names the output file: ab-LABEL.md")
+    parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
+    parser.add_argument("--connections", default="8,64")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    load = os.getloadavg()
+    table = compare(args.base, [int(c) for c in args.connections.split(",")], args.rounds, args.duration,
+                    args.workers)
+    after = os.getloadavg()
+    header = [
+        f"# Before/after: {args.label}",
+        "",
+        f"base: bandit_router at commit {args.base_commit or git_commit(args.base)}; this: {git_commit(HERE)}; "
+        f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {platform.machine()}, {os.cpu_count()} cores "
+        f"(shared with other work), Python {platform.python_version()}; load average {load[0]:.2f} at the start, "
+        f"{after[0]:.2f} at the end",
+        f"command: python -m benchmarks.ab_http --base <checkout of the base> --label {args.label} --connections "
+        f"{args.connections} --rounds {args.rounds} --duration {args.duration} --workers {args.workers}",
+        "",
+    ]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"ab-{args.label}.md"
+    path.write_text("\n".join(header + table) + "\n")
+    print("\n".join(header + table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
