@@ -21,11 +21,22 @@ def encode_features(features: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> by
     n indices (u32 LE), n values (f32 LE)."""
     parts = [_FEATURES_MAGIC]
     for ns, (idx, val) in features.items():
-        name = ns.encode("utf-8")
-        parts.append(struct.pack("<B", len(name)) + name + struct.pack("<I", len(idx)))
-        parts.append(np.asarray(idx, dtype="<u4").tobytes())
-        parts.append(np.asarray(val, dtype="<f4").tobytes())
+        name = _NAMES.get(ns)
+        if name is None:
+            name = ns.encode("utf-8")
+            name = struct.pack("<B", len(name)) + name
+            if len(_NAMES) < 64:  # the extractor's few namespaces
+                _NAMES[ns] = name
+        parts.append(name + struct.pack("<I", len(idx)))
+        # the extractor's arrays already have these types (on a little-endian machine): no conversion call
+        parts.append(idx.tobytes() if getattr(idx, "dtype", None) == _U4 else np.asarray(idx, dtype=_U4).tobytes())
+        parts.append(val.tobytes() if getattr(val, "dtype", None) == _F4 else np.asarray(val, dtype=_F4).tobytes())
     return b"".join(parts)
+
+
+_NAMES: dict[str, bytes] = {}
+"""A namespace's encoded name with its length byte, per namespace."""
+_U4, _F4 = np.dtype("<u4"), np.dtype("<f4")
 
 
 def decode_features(blob: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
