@@ -117,6 +117,7 @@ _SMALL_CACHE_LIMIT = 4096
 
 
 _DIGITS = re.compile(r"[0-9]")
+_DIGIT_BYTES = b"0123456789"
 
 
 def _has_digit(text: str) -> bool:
@@ -211,10 +212,16 @@ class FeatureExtractor:
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
         cached = list(map(cache.get, tokens))
-        if None in cached:
+        n = len(cached)
+        hashes: np.ndarray | None = None
+        if self.bigrams and n > _PYTHON_BIGRAMS:
+            try:  # a word not seen yet (None) fails the conversion: cheaper than looking for None first
+                hashes = np.array(cached, dtype=np.uint64)
+            except TypeError:
+                pass
+        if hashes is None and None in cached:
             cached = [h if h is not None else self._word_hash(t) for h, t in zip(cached, tokens, strict=True)]
         found: list[int] = cached  # type: ignore[assignment]  # no None left
-        n = len(found)
         if not self.bigrams or n == 1:
             idx = np.array(found, dtype=np.uint32)
         elif n <= _PYTHON_BIGRAMS:  # the same bigrams on Python ints: fewer numpy calls for a short prompt
@@ -222,7 +229,8 @@ class FeatureExtractor:
             pairs = [(a * fnv ^ (b + golden)) & 0xFFFFFFFF for a, b in pairwise(found)]
             idx = np.array(found + pairs, dtype=np.uint32)
         else:  # unigrams, then bigrams: (h_i·FNV ⊕ (h_{i+1} + φ)) mod 2³², written into one array
-            hashes = np.array(found, dtype=np.uint64)
+            if hashes is None:
+                hashes = np.array(found, dtype=np.uint64)
             idx = np.empty(2 * n - 1, dtype=np.uint32)
             idx[:n] = hashes
             bigrams = hashes[:-1] * _FNV_PRIME
@@ -238,7 +246,13 @@ class FeatureExtractor:
         n_chars = len(text)
         n_tokens = estimate_tokens(text)
         head = text[: self.max_chars]
-        tokens = self.tokens(head)
+        if head.isascii():  # as `tokens`, keeping the bytes: they also answer "any digit?" (no regex)
+            raw = head.encode("ascii")
+            tokens = raw.lower().translate(_PUNCTUATION_TO_SPACE_BYTES).decode("ascii").split()
+            has_digit = len(raw.translate(None, _DIGIT_BYTES)) != len(raw)
+        else:
+            tokens = head.lower().translate(_PUNCTUATION_TO_SPACE).split()
+            has_digit = _has_digit(head)
         features: dict[str, tuple[np.ndarray, np.ndarray]] = {"w": self._words(tokens)}
         vocabulary = set(tokens)
         features["l"] = (  # the indices are always these two: one read-only array, shared
@@ -251,7 +265,7 @@ class FeatureExtractor:
         if (
             not _MATH_WORDS.isdisjoint(vocabulary)
             or _contains_any(head, _MATH_SNIPPETS)
-            or (_has_digit(head) and _MATH.search(head))
+            or (has_digit and _MATH.search(head))
         ):
             markers["math"] = 1.0
         if ("\n" in head or head.lstrip()[:1] in _LIST_STARTS) and _LIST.search(head):

@@ -80,6 +80,8 @@ class Router:
         if len(set(names)) != len(names):
             raise InvalidInput("model names must be unique")
         self._models: list[ModelSpec] = specs
+        self._routable: tuple[tuple[ModelSpec, ...], tuple[str, ...], dict[str, int]] | None = None
+        """`_allowed(None)`, its names and each active model's arm: computed once per change of the model list."""
         self._retired: dict[str, ModelSpec] = {}
         self.policy: Policy = make_policy(policy) if isinstance(policy, str) else policy
         self.reward_config = reward_config or RewardConfig()
@@ -126,6 +128,7 @@ class Router:
             self.policy.add_model(spec, similar)
             self._retired.pop(spec.name, None)
             self._models.append(spec)
+            self._routable = None
 
     def retire_model(self, name: str) -> ModelSpec:
         """Stop routing to `name`. Feedback for its past decisions is still learned."""
@@ -136,6 +139,7 @@ class Router:
             if len(self._models) == 1:
                 raise InvalidInput("cannot retire the last model")
             self._models = [m for m in self._models if m.name != name]
+            self._routable = None
             self._retired[name] = spec
             self.policy.remove_model(name)
             return spec
@@ -180,7 +184,18 @@ class Router:
         if decision_id is not None and not 0 < len(decision_id) <= MAX_DECISION_ID_LENGTH:
             raise InvalidInput(f"decision_id must have 1 to {MAX_DECISION_ID_LENGTH} characters")
         with self._lock:
-            specs = self._allowed(models)
+            if models is None:
+                routable = self._routable
+                if routable is None:
+                    found = tuple(self._allowed(None))
+                    arms_of = {s.name: i for i, s in reversed(list(enumerate(self._models)))}
+                    routable = self._routable = (found, tuple(s.name for s in found), arms_of)
+                specs: Sequence[ModelSpec] = routable[0]
+                names: tuple[str, ...] = routable[1]
+                arms: dict[str, int] | None = routable[2]
+            else:
+                specs = self._allowed(models)
+                names, arms = tuple(s.name for s in specs), None
             costs = self.cost_model.expected_costs(specs, context.input_tokens)
             lam = self.reward_config.cost_weight if cost_weight is None else float(cost_weight)
             allowed = None
@@ -195,6 +210,7 @@ class Router:
                 penalty = penalty + self.reward_config.latency_weight * self.cost_model.expected_latencies(specs)
             if allowed is not None and not allowed.all():
                 specs = [s for s, ok in zip(specs, allowed, strict=True) if ok]
+                names = tuple(s.name for s in specs)
                 costs, penalty = costs[allowed], penalty[allowed]
             pmf = self.policy.pmf(context, specs, penalty, self._rng)
             if self.policy.explores:
@@ -204,17 +220,19 @@ class Router:
                 elif self.cold_start_rounds > 0:
                     cold = [self._counts.get(s.name, 0) < self.cold_start_rounds for s in specs]
                     pmf = exploration.with_floor(pmf, cold, self.cold_start_floor)
-            pmf = _clean(pmf)
-            arm = sample(pmf, self._rng)
+            p = _clean(pmf)
+            arm = _draw(p, self._rng)
             version = self._version
             name = self.policy.name
+            model = names[arm]
+            arm_of = self._arm_of(model) if arms is None else arms[model]
         decision = Decision(
             decision_id=decision_id or new_decision_id(),
-            model=specs[arm].name,
-            arm=self._arm_of(specs[arm].name),
-            models=tuple(s.name for s in specs),
-            pmf=tuple(pmf.tolist()),
-            probability=float(pmf[arm]),
+            model=model,
+            arm=arm_of,
+            models=names,
+            pmf=tuple(p),
+            probability=p[arm],
             policy=name,
             policy_version=version,
             cost_weight=lam,
@@ -291,6 +309,7 @@ class Router:
             self._counts = {str(k): int(v) for k, v in tree["counts"].items()}
             self._version = int(tree["version"])
             self._models = [ModelSpec.from_json(m) for m in tree["models"]]
+            self._routable = None
             self._retired = {m["name"]: ModelSpec.from_json(m) for m in tree["retired"]}
             self._rng.bit_generator.state = _rng_from_json(tree["rng"])
 
@@ -306,10 +325,15 @@ class Router:
 
 def sample(pmf: np.ndarray, rng: np.random.Generator) -> int:
     """Draw an index from `pmf` with one uniform number (inverse CDF); much faster than `rng.choice`."""
+    return _draw(pmf.tolist(), rng)
+
+
+def _draw(pmf: list[float], rng: np.random.Generator) -> int:
+    """`sample` on the pmf as a list of floats."""
     u = rng.random()
     total = 0.0
     last = 0
-    for i, p in enumerate(pmf.tolist()):
+    for i, p in enumerate(pmf):
         if p > 0:
             total += p
             last = i
@@ -318,13 +342,14 @@ def sample(pmf: np.ndarray, rng: np.random.Generator) -> int:
     return last  # u fell in the rounding gap at the top end
 
 
-def _clean(pmf: np.ndarray) -> np.ndarray:
-    """Clip rounding noise and renormalise, so the pmf sums to 1 and has no negative entries."""
+def _clean(pmf: np.ndarray) -> list[float]:
+    """Clip rounding noise and renormalise, so the pmf sums to 1 and has no negative entries (a list of floats:
+    what the draw and the `Decision` take)."""
     p = [x if x > 0 else 0.0 for x in np.asarray(pmf, dtype=np.float64).tolist()]
     total = sum(p)
     if not math.isfinite(total) or total <= 0:
-        return np.full(len(p), 1.0 / len(p))
-    return np.array([x / total for x in p])
+        return [1.0 / len(p)] * len(p)
+    return [x / total for x in p]
 
 
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
