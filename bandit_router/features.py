@@ -215,7 +215,7 @@ class FeatureExtractor:
         n = len(cached)
         hashes: np.ndarray | None = None
         if self.bigrams and n > _PYTHON_BIGRAMS:
-            try:  # a word not seen yet (None) fails the conversion: cheaper than looking for None first
+            try:  # noqa: SIM105  (a with-statement costs more here) a word not seen yet (None) fails the conversion
                 hashes = np.array(cached, dtype=np.uint64)
             except TypeError:
                 pass

@@ -56,7 +56,7 @@ def _flock_keeping_the_gil() -> Callable[[int, int], int] | None:
         return None
     call.argtypes = (ctypes.c_int, ctypes.c_int)
     call.restype = ctypes.c_int
-    return call  # type: ignore[no-any-return]
+    return call
 
 
 _FLOCK = _flock_keeping_the_gil()
