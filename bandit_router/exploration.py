@@ -7,7 +7,7 @@ K is small (a handful of models), so the arithmetic runs on Python floats: faste
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.special import log_ndtr
@@ -86,12 +86,7 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     The router samples from this pmf and logs its value, so the logged propensity is exact for what was done.
     """
     means, sds = mean.tolist(), sd.tolist()  # K is small: Python floats, IEEE arithmetic as numpy's
-    lows = [m - dominance * s for m, s in zip(means, sds, strict=True)]
-    top = max(lows)
-    if any(map(math.isnan, lows)):  # NaN: as np.max, which propagates it (then nothing is alive)
-        top = math.nan
-    cut = top - TIE_TOLERANCE
-    alive = [a for a, (m, s) in enumerate(zip(means, sds, strict=True)) if m + dominance * s >= cut]
+    alive = _in_play(means, sds, dominance)
     if len(alive) == 1:
         out = np.zeros(len(means))
         out[alive[0]] = 1.0
@@ -126,6 +121,70 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     out = np.zeros(len(means))
     out[alive] = p / total if total > 0 else 1.0 / len(alive)
     return out
+
+
+def _in_play(means: list[float], sds: list[float], dominance: float) -> list[int]:
+    """The arms that are not confidently dominated (`gaussian_argmax_pmf`)."""
+    lows = [m - dominance * s for m, s in zip(means, sds, strict=True)]
+    top = max(lows)
+    if any(map(math.isnan, lows)):  # NaN: as np.max, which propagates it (then nothing is alive)
+        top = math.nan
+    cut = top - TIE_TOLERANCE
+    return [a for a, (m, s) in enumerate(zip(means, sds, strict=True)) if m + dominance * s >= cut]
+
+
+def gaussian_argmax_pmfs(
+    means: Sequence[np.ndarray], sds: Sequence[np.ndarray], dominance: float = 3.0, nodes: int = 16
+) -> list[np.ndarray]:
+    """`gaussian_argmax_pmf` of each (means[i], sds[i]), the same values bit for bit, with fewer numpy calls: the
+    pmfs with every arm in play and the same number of arms are evaluated together, as arrays of shape
+    (pmfs, K, G) going through the same elementwise steps and the same per-row reductions (the sort, the sums
+    over arms and over the grid) as one pmf's (K, G); the others, and any whose integral is not positive, one by
+    one. With ≈ 20 routes per event-loop iteration of a loaded server this takes about a third off the
+    quadrature's cost (`benchmarks/pmf_stacked.py`)."""
+    out: list[np.ndarray | None] = [None] * len(means)
+    groups: dict[int, list[int]] = {}
+    for i, (mean, sd) in enumerate(zip(means, sds, strict=True)):
+        k = len(mean)
+        if k > 1 and len(_in_play(mean.tolist(), sd.tolist(), dominance)) == k:
+            groups.setdefault(k, []).append(i)
+        else:
+            out[i] = gaussian_argmax_pmf(mean, sd, dominance, nodes)
+    u = _hermite(nodes)
+    for rows in groups.values():
+        if len(rows) == 1:
+            i = rows[0]
+            out[i] = gaussian_argmax_pmf(means[i], sds[i], dominance, nodes)
+            continue
+        m = np.array([means[i] for i in rows], dtype=np.float64)[:, :, None]  # (R, K, 1)
+        s = np.array([sds[i] for i in rows], dtype=np.float64)[:, :, None]
+        t = s * u
+        t += m  # m + s·u, (R, K, nodes)
+        t = t.reshape(len(rows), -1)  # (R, G)
+        t.sort(axis=1)
+        z = t[:, None, :] - m
+        z /= s  # (R, K, G)
+        integrand = log_ndtr(z)
+        np.subtract(_add(integrand, axis=1)[:, None, :], integrand, out=integrand)
+        half_square = z * 0.5
+        half_square *= z
+        integrand -= half_square
+        np.exp(integrand, out=integrand)
+        integrand /= s
+        trapezoids = integrand[:, :, 1:] + integrand[:, :, :-1]
+        trapezoids *= (t[:, 1:] - t[:, :-1])[:, None, :]
+        p = _add(trapezoids, axis=2)  # (R, K)
+        totals = _add(p, axis=1)
+        positive = (totals > 0).tolist()
+        every = all(positive)
+        if every:
+            p /= totals[:, None]
+        for row, i in enumerate(rows):
+            if not positive[row]:  # as the single evaluation does it (uniform over the arms in play)
+                out[i] = gaussian_argmax_pmf(means[i], sds[i], dominance, nodes)
+            else:
+                out[i] = p[row] if every else p[row] / totals[row]
+    return out  # type: ignore[return-value]  # every entry set above
 
 
 _add = np.add.reduce

@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -181,63 +181,107 @@ class Router:
         decision_id: str | None = None,
     ) -> Decision:
         """`route` for an already featurized request (the simulator's and the evaluator's entry point)."""
-        if decision_id is not None and not 0 < len(decision_id) <= MAX_DECISION_ID_LENGTH:
-            raise InvalidInput(f"decision_id must have 1 to {MAX_DECISION_ID_LENGTH} characters")
+        _check_id(decision_id)
         with self._lock:
-            if models is None:
-                routable = self._routable
-                if routable is None:
-                    found = tuple(self._allowed(None))
-                    arms_of = {s.name: i for i, s in reversed(list(enumerate(self._models)))}
-                    routable = self._routable = (found, tuple(s.name for s in found), arms_of)
-                specs: Sequence[ModelSpec] = routable[0]
-                names: tuple[str, ...] = routable[1]
-                arms: dict[str, int] | None = routable[2]
-            else:
-                specs = self._allowed(models)
-                names, arms = tuple(s.name for s in specs), None
-            costs = self.cost_model.expected_costs(specs, context.input_tokens)
-            lam = self.reward_config.cost_weight if cost_weight is None else float(cost_weight)
-            allowed = None
-            if self.pacer is None:
-                penalty = lam * costs
-            else:
-                lam, extra, allowed = self.pacer.adjust(
-                    context, specs, costs, cost_weight, self.reward_config.cost_weight
-                )
-                penalty = lam * costs + extra
-            if self.reward_config.latency_weight:
-                penalty = penalty + self.reward_config.latency_weight * self.cost_model.expected_latencies(specs)
-            if allowed is not None and not allowed.all():
-                specs = [s for s, ok in zip(specs, allowed, strict=True) if ok]
-                names = tuple(s.name for s in specs)
-                costs, penalty = costs[allowed], penalty[allowed]
-            pmf = self.policy.pmf(context, specs, penalty, self._rng)
-            if self.policy.explores:
-                floors = self.policy.cold_start_floors(context, specs, penalty)
-                if floors is not None:
-                    pmf = exploration.with_floors(pmf, floors)
-                elif self.cold_start_rounds > 0:
-                    cold = [self._counts.get(s.name, 0) < self.cold_start_rounds for s in specs]
-                    pmf = exploration.with_floor(pmf, cold, self.cold_start_floor)
-            p = _clean(pmf)
-            arm = _draw(p, self._rng)
-            version = self._version
-            name = self.policy.name
-            model = names[arm]
-            arm_of = self._arm_of(model) if arms is None else arms[model]
+            priced = self._price(context, models, cost_weight)
+            pmf = self.policy.pmf(context, priced.specs, priced.penalty, self._rng)
+            made = self._choose(context, priced, pmf)
+        return self._decision(context, priced, made, decision_id)
+
+    def route_many(self, requests: Sequence[Request]) -> list[Decision | Exception]:
+        """`route` for each of `requests`, in order: the same decisions as that many `route` calls one after the
+        other with nothing learned in between (the same pmfs, and the draws in the same order), or the error that
+        call would raise. When the policy prices several requests at once (`pmfs`, the `default` policy's
+        stacked quadrature) and the pacer's prices do not depend on the decisions before (`passive`: no budget
+        targets), the pmfs are computed together; otherwise this is one `route` after another."""
+        stacks = getattr(self.policy, "pmfs", None)
+        passive = self.pacer is None or getattr(self.pacer, "passive", False)
+        if stacks is None or len(requests) < 2 or not passive:
+            return [_attempt(self.route, r) for r in requests]
+        contexts = [self.featurize(r) for r in requests]
+        out: list[Decision | Exception] = []
+        with self._lock:
+            priced: list[_Priced | Exception] = []
+            for request, context in zip(requests, contexts, strict=True):
+                try:
+                    _check_id(request.decision_id)
+                    priced.append(self._price(context, request.models, request.cost_weight))
+                except Exception as exc:
+                    priced.append(exc)
+            ready = [(c, p) for c, p in zip(contexts, priced, strict=True) if isinstance(p, _Priced)]
+            pmfs = iter(stacks([(c, p.specs, p.penalty) for c, p in ready]))
+            chosen: list[_Choice | Exception] = []
+            for context, p in zip(contexts, priced, strict=True):
+                chosen.append(p if isinstance(p, Exception) else self._choose(context, p, next(pmfs)))
+        for request, context, p, made in zip(requests, contexts, priced, chosen, strict=True):
+            if isinstance(made, Exception):
+                out.append(made)
+            elif isinstance(p, _Priced):
+                out.append(_attempt(self._decision, context, p, made, request.decision_id))
+        return out
+
+    def _price(self, context: Context, models: Sequence[str] | None, cost_weight: float | None) -> _Priced:
+        """The allowed models, their expected costs, λ and the penalty per model (under the lock)."""
+        if models is None:
+            routable = self._routable
+            if routable is None:
+                found = tuple(self._allowed(None))
+                arms_of = {s.name: i for i, s in reversed(list(enumerate(self._models)))}
+                routable = self._routable = (found, tuple(s.name for s in found), arms_of)
+            specs: Sequence[ModelSpec] = routable[0]
+            names: tuple[str, ...] = routable[1]
+            arms: dict[str, int] | None = routable[2]
+        else:
+            specs = self._allowed(models)
+            names, arms = tuple(s.name for s in specs), None
+        costs = self.cost_model.expected_costs(specs, context.input_tokens)
+        lam = self.reward_config.cost_weight if cost_weight is None else float(cost_weight)
+        allowed = None
+        if self.pacer is None:
+            penalty = lam * costs
+        else:
+            lam, extra, allowed = self.pacer.adjust(context, specs, costs, cost_weight, self.reward_config.cost_weight)
+            penalty = lam * costs + extra
+        if self.reward_config.latency_weight:
+            penalty = penalty + self.reward_config.latency_weight * self.cost_model.expected_latencies(specs)
+        if allowed is not None and not allowed.all():
+            specs = [s for s, ok in zip(specs, allowed, strict=True) if ok]
+            names = tuple(s.name for s in specs)
+            costs, penalty = costs[allowed], penalty[allowed]
+        return _Priced(specs, names, arms, costs, lam, penalty)
+
+    def _choose(self, context: Context, priced: _Priced, pmf: np.ndarray) -> _Choice:
+        """The policy's `pmf` with the cold-start floors, cleaned, and one draw from it (under the lock)."""
+        specs, penalty = priced.specs, priced.penalty
+        if self.policy.explores:
+            floors = self.policy.cold_start_floors(context, specs, penalty)
+            if floors is not None:
+                pmf = exploration.with_floors(pmf, floors)
+            elif self.cold_start_rounds > 0:
+                cold = [self._counts.get(s.name, 0) < self.cold_start_rounds for s in specs]
+                pmf = exploration.with_floor(pmf, cold, self.cold_start_floor)
+        p = _clean(pmf)
+        arm = _draw(p, self._rng)
+        model = priced.names[arm]
+        arm_of = self._arm_of(model) if priced.arms is None else priced.arms[model]
+        return _Choice(arm, arm_of, p, model, self._version, self.policy.name)
+
+    def _decision(
+        self, context: Context, priced: _Priced, made: _Choice, decision_id: str | None
+    ) -> Decision:
+        arm, arm_of, p, model, version, name = made
         decision = Decision(
             decision_id=decision_id or new_decision_id(),
             model=model,
             arm=arm_of,
-            models=names,
+            models=priced.names,
             pmf=tuple(p),
             probability=p[arm],
             policy=name,
             policy_version=version,
-            cost_weight=lam,
+            cost_weight=priced.lam,
             context=context,
-            expected_cost_usd=tuple(costs.tolist()),
+            expected_cost_usd=tuple(priced.costs.tolist()),
             created_at=time.time(),
         )
         if self.pacer is not None:
@@ -321,6 +365,42 @@ class Router:
     def feedback_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+
+class _Priced(NamedTuple):
+    """What a decision's pmf is computed from (`Router._price`)."""
+
+    specs: Sequence[ModelSpec]
+    names: tuple[str, ...]
+    arms: dict[str, int] | None
+    """Each active model's arm (the routable models of the whole catalog), or None: look it up."""
+    costs: np.ndarray
+    lam: float
+    penalty: np.ndarray
+
+
+class _Choice(NamedTuple):
+    """The draw (`Router._choose`): its index among the allowed models and among the active ones, the pmf."""
+
+    arm: int
+    arm_of: int
+    pmf: list[float]
+    model: str
+    version: int
+    policy: str
+
+
+def _check_id(decision_id: str | None) -> None:
+    if decision_id is not None and not 0 < len(decision_id) <= MAX_DECISION_ID_LENGTH:
+        raise InvalidInput(f"decision_id must have 1 to {MAX_DECISION_ID_LENGTH} characters")
+
+
+def _attempt(call: Callable[..., Decision], *args: Any) -> Decision | Exception:
+    """`call(*args)`, or the exception it raised."""
+    try:
+        return call(*args)
+    except Exception as exc:
+        return exc
 
 
 def sample(pmf: np.ndarray, rng: np.random.Generator) -> int:

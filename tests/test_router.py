@@ -167,3 +167,87 @@ def test_thompson_pmf_splits_exact_ties_evenly(spec: str) -> None:
     router = Router(MODELS, spec, seed=0, cold_start_rounds=0)
     decision = router.route(Request(prompt="hello", cost_weight=0.0, models=("coder", "writer")))
     assert decision.pmf == pytest.approx((0.5, 0.5))
+
+
+@pytest.mark.parametrize("policy", ["default", "linucb", "thompson"])
+@pytest.mark.parametrize("targets", [None, [], ["avg_cost_usd=0.0005"]])
+def test_route_many_decides_as_route_one_after_the_other(policy: str, targets: list[str] | None) -> None:
+    """`route_many` (the service decides an event-loop iteration's requests with it) gives the decisions, pmfs bit
+    for bit, and the errors of one `route` per request in order, and leaves the router in the same state; the
+    `default` policy with no or target-less budgets takes the stacked quadrature, the others one route each."""
+    from bandit_router.budgets import BudgetConfig, BudgetPacer
+
+    def make() -> Router:
+        pacer = None if targets is None else BudgetPacer(BudgetConfig.from_strings(targets), clock=lambda: 1.7e9)
+        return Router(MODELS, policy, seed=5, pacer=pacer)
+
+    batched, one_by_one = make(), make()
+    world = ToyWorld(seed=3)
+    rng = np.random.default_rng(0)
+    compared = errors = 0
+    for step in range(40):
+        if step == 20:  # a model added at run time: the default policy's cold-start floors apply
+            for router in (batched, one_by_one):
+                router.add_model(ModelSpec(name="newcomer", input_usd_per_mtok=1.0, output_usd_per_mtok=2.0))
+        requests = []
+        for i in range(int(rng.integers(1, 12))):
+            _, request = world.request()
+            if i % 5 == 1:
+                request = Request(prompt=request.prompt, models=[MODELS[0].name, MODELS[2].name], cost_weight=3.0)
+            elif i % 7 == 2:
+                request = Request(prompt="x", models=["no-such-model"])
+            elif i % 11 == 3:
+                request = Request(prompt="x", decision_id="d" * 65)
+            requests.append(request)
+        made = []
+        for request, got in zip(requests, batched.route_many(requests), strict=True):
+            try:
+                expected = one_by_one.route(request)
+            except (InvalidInput, UnknownModel) as exc:
+                assert type(got) is type(exc) and str(got) == str(exc)
+                errors += 1
+                continue
+            assert not isinstance(got, Exception)
+            assert (got.model, got.arm, got.models, got.pmf, got.probability, got.cost_weight, got.policy_version,
+                    got.expected_cost_usd) == (expected.model, expected.arm, expected.models, expected.pmf,
+                                               expected.probability, expected.cost_weight, expected.policy_version,
+                                               expected.expected_cost_usd)
+            made.append((got, expected))
+            compared += 1
+        for got, expected in made[::2]:  # learned between batches, in the same order
+            outcome = Outcome(quality=float(rng.random()), output_tokens=int(rng.integers(10, 400)))
+            batched.learn(got, outcome)
+            one_by_one.learn(expected, outcome)
+    assert compared > 100 and errors > 5
+    assert batched.snapshot() == one_by_one.snapshot()
+
+
+def test_stacked_quadrature_equals_one_evaluation_per_pmf() -> None:
+    """`gaussian_argmax_pmfs` returns each `gaussian_argmax_pmf` bit for bit: every model in play (stacked), some
+    dominated, exact ties, zero and infinite sds, one model, several sizes and node counts."""
+    from bandit_router.exploration import gaussian_argmax_pmf, gaussian_argmax_pmfs
+
+    rng = np.random.default_rng(1)
+    compared = 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for _ in range(300):
+            nodes, dominance = int(rng.choice([3, 5, 16])), float(rng.choice([1.0, 3.0]))
+            means, sds = [], []
+            for _ in range(int(rng.integers(1, 20))):
+                k = int(rng.choice([1, 2, 3, 5, 8]))
+                mean, sd = rng.uniform(0.2, 0.6, k), rng.uniform(0.0, 0.4, k)
+                case = rng.random()
+                if case < 0.1:
+                    sd[rng.integers(k)] = 0.0
+                elif case < 0.15:
+                    sd[rng.integers(k)] = np.inf
+                elif case < 0.3:
+                    mean[:], sd[:] = mean[0], sd[0]
+                elif case < 0.4:
+                    mean[rng.integers(k)] += 2.0
+                means.append(mean)
+                sds.append(sd)
+            for mean, sd, got in zip(means, sds, gaussian_argmax_pmfs(means, sds, dominance, nodes), strict=True):
+                assert got.tobytes() == gaussian_argmax_pmf(mean, sd, dominance, nodes).tobytes()
+                compared += 1
+    assert compared > 2000

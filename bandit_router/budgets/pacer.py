@@ -543,6 +543,13 @@ class BudgetPacer:
         parsed = [parse_target(t) if isinstance(t, str) else t for t in targets]
         self.configure(self._config.with_targets(parsed, tenant))
 
+    @property
+    def passive(self) -> bool:
+        """No scope has a target: `adjust` then gives every request the same prices whatever was decided before
+        (the requested or default λ, no extra penalty, every model allowed), so decisions can be priced
+        together (`Router.route_many`)."""
+        return not any(scope.controls for scope in self._scopes_all())
+
     # -- the Pacer protocol -----------------------------------------------------------------------------
     def adjust(
         self,

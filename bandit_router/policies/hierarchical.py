@@ -323,6 +323,20 @@ class HierarchicalThompsonPolicy(BasePolicy):
             scaled = self._scaled_sd = (sd, p.exploration * sd)
         return exploration.gaussian_argmax_pmf(mean - penalty, scaled[1], p.dominance, p.nodes)
 
+    def pmfs(self, requests: Sequence[tuple[Context, Sequence[ModelSpec], np.ndarray]]) -> list[np.ndarray]:
+        """`pmf` of each (context, models, penalty), the same values bit for bit, the quadratures evaluated
+        together (`exploration.gaussian_argmax_pmfs`; `Router.route_many`)."""
+        p = self.params
+        means, sds = [], []
+        for context, models, penalty in requests:
+            mean, sd = self.predict(context, models)
+            scaled = self._scaled_sd
+            if scaled[0] is not sd:
+                scaled = self._scaled_sd = (sd, p.exploration * sd)
+            means.append(mean - penalty)
+            sds.append(scaled[1])
+        return exploration.gaussian_argmax_pmfs(means, sds, p.dominance, p.nodes)
+
     def update(self, context: Context, model: ModelSpec, quality: float, probability: float) -> None:
         arms = self._arms
         row = int(self._rows([model])[0])

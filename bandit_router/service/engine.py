@@ -104,6 +104,8 @@ class Engine:
         """Recurring failures (a checkpoint, the WAL, retention) are logged at most once a minute each."""
         self._next_wal_check = 0.0
         self._next_retention = 0.0
+        self._routes: dict[asyncio.AbstractEventLoop, list[tuple[Request, asyncio.Future[Decision]]]] = {}
+        """Route requests waiting for this event-loop iteration's `Router.route_many` (`_decide`)."""
         self.extra_stats: dict[str, Callable[[], Any]] = {}
         """More sections of `stats()` (the gateway's judge adds `judge`)."""
 
@@ -299,13 +301,41 @@ class Engine:
     async def route(self, request: Request) -> Decision:
         """Decide, store the decision (with the prompt only when `store_prompts`), then return it."""
         self._require_ready()
-        decision = self.router.route(request)
+        decision = await self._decide(request)
         tenant = request.context.get("tenant")
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows else None
         self.budgets.mine(decision.decision_id)
         await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
         return decision
+
+    def _decide(self, request: Request) -> asyncio.Future[Decision]:
+        """The live router's decision for `request`, made together with the other route requests that get here
+        in the same iteration of the event loop: one `Router.route_many` call right after it (the same decisions
+        as one `route` each in that order; the `default` policy evaluates their quadratures together)."""
+        loop = asyncio.get_running_loop()
+        pending = self._routes.get(loop)
+        if pending is None:
+            pending = self._routes[loop] = []
+            loop.call_soon(self._decide_pending, loop)
+        future: asyncio.Future[Decision] = loop.create_future()
+        pending.append((request, future))
+        return future
+
+    def _decide_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending = self._routes.pop(loop, [])
+        results: list[Decision | Exception]
+        try:
+            results = self.router.route_many([request for request, _ in pending])
+        except Exception as exc:  # not one request's error (those come back in `results`): fail them all
+            results = [exc] * len(pending)
+        for (_, future), result in zip(pending, results, strict=True):
+            if future.done():  # the caller left
+                continue
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def store_decision(self, decision: Decision, request: Request, call: CallRecord | None = None) -> Decision:
         """Store a decision made outside `route` (the gateway's fallbacks and caller-named models; a named
