@@ -67,7 +67,8 @@ def _total(runs: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def compare(base: Path, connections: list[int], rounds: int, duration: int, workers: int) -> list[str]:
+def compare(base: Path, connections: list[int], rounds: int, duration: int, workers: int,
+            this: Path = HERE.parent) -> list[str]:
     wrk = bench_http.wrk_path()
     if wrk is None:
         raise SystemExit("needs wrk")
@@ -76,13 +77,13 @@ def compare(base: Path, connections: list[int], rounds: int, duration: int, work
     with tempfile.TemporaryDirectory(prefix="ab-http-") as tmp, contextlib.ExitStack() as stack:
         servers = {
             "base": stack.enter_context(bench_http.serving(Path(tmp) / "base", workers, base)),
-            "this": stack.enter_context(bench_http.serving(Path(tmp) / "this", workers, HERE.parent)),
+            "this": stack.enter_context(bench_http.serving(Path(tmp) / "this", workers, this)),
         }
         singles = {}
         if workers > 1:
             singles = {
                 "base": stack.enter_context(bench_http.serving(Path(tmp) / "base1", 1, base)),
-                "this": stack.enter_context(bench_http.serving(Path(tmp) / "this1", 1, HERE.parent)),
+                "this": stack.enter_context(bench_http.serving(Path(tmp) / "this1", 1, this)),
             }
         for server in [*servers.values(), *singles.values()]:
             bench_http.warm_up(server)
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, required=True, help="a checkout whose bandit_router is the baseline")
     parser.add_argument("--base-commit", default=None, help="the base's commit, when --base is not a git checkout")
+    parser.add_argument("--this", type=Path, default=HERE.parent, help="the checkout compared with the base")
     parser.add_argument("--label", required=True, help="names the output file: ab-LABEL.md")
     parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
     parser.add_argument("--connections", default="8,64")
@@ -130,12 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     load = os.getloadavg()
     table = compare(args.base, [int(c) for c in args.connections.split(",")], args.rounds, args.duration,
-                    args.workers)
+                    args.workers, args.this)
     after = os.getloadavg()
     header = [
         f"# Before/after: {args.label}",
         "",
-        f"base: bandit_router at commit {args.base_commit or git_commit(args.base)}; this: {git_commit(HERE)}; "
+        f"base: bandit_router at commit {args.base_commit or git_commit(args.base)}; this: {git_commit(args.this)}; "
         f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {platform.machine()}, {os.cpu_count()} cores "
         f"(shared with other work), Python {platform.python_version()}; load average {load[0]:.2f} at the start, "
         f"{after[0]:.2f} at the end",

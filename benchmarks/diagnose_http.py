@@ -7,10 +7,13 @@ futex is sometimes sampled as running), so this measures with the servers' own c
 real `bandit-router serve` processes loaded by `wrk -t1` (`bench_http`'s scripts); a `sitecustomize` module put on
 their `PYTHONPATH` instruments them (this tool only; nothing of it is in the package):
 
-1. **Router.route in the server**: per call, the event-loop thread's CPU time (`time.thread_time`) in
-   `Router.route`, its features, the policy's pmf (its quadrature), the budget pacer's `adjust` + `observe`;
-   and how many route requests one iteration of the event loop starts (requests of one iteration decide
-   together, and their decisions reach the writer together).
+1. **Router.route in the server**: per route request, the event-loop thread's CPU time (`time.thread_time`) in
+   `Router.route_many` (the service decides a loop iteration's requests with it; `Router.route` in a checkout
+   from before it), its features, the policy's pmf (its quadrature), the budget pacer's `adjust` + `observe`;
+   how many route requests one iteration of the event loop starts (requests of one iteration decide
+   together, and their decisions reach the writer together); and the writer's transactions: how many, of how
+   many operations, and its thread's CPU time in each (the batch's fixed cost shows as the difference between
+   8 and 64 connections).
 2. **Everything but the decision**: the server CPU per request of `/v1/route` when `Router.route` returns a copy
    of one decision made earlier (a new id, stored and committed as usual) next to `/healthz`, same server: what
    parsing, validation, the durable group commit and the reply cost without the routing decision itself.
@@ -71,19 +74,41 @@ _SITECUSTOMIZE = textwrap.dedent('''
         from bandit_router.budgets import pacer
         from bandit_router.policies import hierarchical
         from bandit_router.service import engine
-        timed(router.Router, "route", "route_ns")
+        # the service decides a loop iteration's routes with Router.route_many (which calls route when it
+        # decides one by one); a checkout from before it (`--code`) calls route
+        timed(router.Router, "route_many" if hasattr(router.Router, "route_many") else "route", "route_ns")
         timed(router.Router, "featurize", "features_ns")
         timed(hierarchical.HierarchicalThompsonPolicy, "pmf", "pmf_ns")
+        if hasattr(hierarchical.HierarchicalThompsonPolicy, "pmfs"):
+            timed(hierarchical.HierarchicalThompsonPolicy, "pmfs", "pmf_ns")
         timed(pacer.BudgetPacer, "adjust", "pacer_ns")
         timed(pacer.BudgetPacer, "observe", "pacer_ns", main_only=True)
-        original_quadrature = exploration.gaussian_argmax_pmf
-        def quadrature(*args):
+        depth = {"in": 0}
+        def quadrature_of(original):
+            def quadrature(*args):
+                depth["in"] += 1
+                started = time.thread_time_ns()
+                try:
+                    return original(*args)
+                finally:
+                    depth["in"] -= 1
+                    if depth["in"] == 0:  # the stacked one calls the single one for some pmfs: counted once
+                        add("quadrature_ns", time.thread_time_ns() - started)
+            return quadrature
+        exploration.gaussian_argmax_pmf = quadrature_of(exploration.gaussian_argmax_pmf)
+        if hasattr(exploration, "gaussian_argmax_pmfs"):
+            exploration.gaussian_argmax_pmfs = quadrature_of(exploration.gaussian_argmax_pmfs)
+        from bandit_router.service import writer
+        original_transact = writer.Writer._transact
+        def transact(self, ops, sweep):
             started = time.thread_time_ns()
             try:
-                return original_quadrature(*args)
+                return original_transact(self, ops, sweep)
             finally:
-                add("quadrature_ns", time.thread_time_ns() - started)
-        exploration.gaussian_argmax_pmf = quadrature
+                add("batches")
+                add("batched_ops", len(ops))
+                add("batch_ns", time.thread_time_ns() - started)
+        writer.Writer._transact = transact
         original_route = engine.Engine.route
         group = {"open": False}
         def close_group():
@@ -107,6 +132,7 @@ _SITECUSTOMIZE = textwrap.dedent('''
                 decision = made[id(self)] = original_route(self, request)
             return dataclasses.replace(decision, decision_id=request.decision_id or new_decision_id())
         router.Router.route = route
+        router.Router.route_many = lambda self, requests: [route(self, r) for r in requests]
     elif MODE == "lock":
         from bandit_router.store import sqlite as store_sqlite
         original_conn = store_sqlite.SQLiteStore._writer_conn
@@ -214,7 +240,10 @@ def _inside(wrk: str, folder: Path, duration: int, code: Path | None) -> list[st
                 f"c={c}: {m['rps']:,.0f} req/s, server CPU {m['cpu_us']:.0f} µs per request; Router.route "
                 f"{us['route']:.1f} µs: features {us['features']:.1f}, policy pmf {us['pmf']:.1f} (its quadrature "
                 f"{us['quadrature']:.1f}), budget pacer adjust + observe {us['pacer']:.1f}; "
-                f"{s.get('routes', 0) / max(s.get('iterations', 0), 1):.1f} route requests per event-loop iteration"
+                f"{s.get('routes', 0) / max(s.get('iterations', 0), 1):.1f} route requests per event-loop iteration; "
+                f"the writer: {s.get('batches', 0):.0f} write transactions of "
+                f"{s.get('batched_ops', 0) / max(s.get('batches', 0), 1):.1f} operations, "
+                f"{s.get('batch_ns', 0) / max(s.get('batches', 0), 1) / 1e3:.0f} µs of its thread's CPU each"
             )
     return [*lines, ""]
 

@@ -1,6 +1,7 @@
 """The service's state behind HTTP: a `PolicySet` kept at the stored log's position, a `Store`, and the writer.
 
-Route: the router decides on the caller's thread (the event loop: a few hundred µs of CPU, no I/O); the decision
+Route: the router decides on the caller's thread (the event loop: a few hundred µs of CPU, no I/O), for the route
+requests of one loop iteration together (`Router.route_many`: the same decisions as one at a time); each decision
 goes to the writer (`writer.py`), and the caller is answered once the transaction holding it has committed.
 
 A feedback is committed before it is acknowledged and before it is learned, and every process learns the same
