@@ -176,8 +176,11 @@ class Server:
         env = {**os.environ, "BANDIT_ROUTER_SEED": "1", "BANDIT_ROUTER_LOG_LEVEL": "warning"}
         for key in ("BANDIT_ROUTER_API_KEYS", "BANDIT_ROUTER_ADMIN_KEYS", "BANDIT_ROUTER_POLICY"):
             env.pop(key, None)
-        if code is not None:  # serve the package of another checkout (a profile of an earlier commit)
-            env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
+        # Serve this checkout's package (or another's: a profile of an earlier commit), whatever the interpreter's
+        # environment would import: a virtual environment shared by several worktrees imports the one it was
+        # installed from, and the servers would silently run that code.
+        code = code if code is not None else Path(__file__).resolve().parent.parent
+        env["PYTHONPATH"] = os.pathsep.join([str(code), *filter(None, [env.get("PYTHONPATH")])])
         command = [sys.executable, "-m", "bandit_router.cli", "serve", "--port", self.url.rsplit(":", 1)[1],
                    "--db", str(self.db), "--workers", str(workers)]
         self.process = subprocess.Popen(command, env=env, cwd=folder, stdout=subprocess.DEVNULL,
