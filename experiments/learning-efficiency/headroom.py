@@ -50,8 +50,11 @@ def headroom(quality: np.ndarray, cost: np.ndarray, kinds: np.ndarray, lam: floa
     order = np.argsort(-means)
     best = int(order[0])
     by_kind = sum(reward[kinds == k].mean(axis=0).max() * np.sum(kinds == k) for k in np.unique(kinds))
-    return best, float(means[best] - means[order[1]]), float(by_kind / len(reward) - means[best]), float(
-        reward.max(axis=1).mean() - means[best]
+    return (
+        best,
+        float(means[best] - means[order[1]]),
+        float(by_kind / len(reward) - means[best]),
+        float(reward.max(axis=1).mean() - means[best]),
     )
 
 
