@@ -297,5 +297,38 @@ def test_migration_7_counts_the_chains_a_schema_6_database_stored(
     assert named_stats(url)["cascade"]["requests"] == expected["cascade"]["requests"] + 1 == 7
 
 
+def test_migration_7_leaves_out_what_is_not_a_named_routers_chain(db: str) -> None:
+    """Chains no service wrote (not JSON, not an object, no router; elements that are not objects, a cost that is
+    not a number) neither fail the migration, which would keep the service from starting, nor count."""
+    store = _open(db)
+    store.prepare()
+    router = Router(seed=3)
+    good = ('{"router": "cascade", "strategy": "cascade", "answered_by": "strong", "steps": [{"action": "escalate"}, '
+            '7], "calls": [{"role": "answer", "cost_usd": 0.5}, "junk", {"role": "judge", "cost_usd": "free"}]}')
+    try:
+        with store.write() as tx:
+            for i, chain in enumerate((good, "not json", "[1, 2]", '{"steps": []}', '{"router": 5}', '"text"')):
+                decision = dataclasses.replace(router.route(Request(prompt=f"chain {i}")), policy="cascade:cascade")
+                tx.insert_decisions([(decision, None, None)])
+                tx.insert_calls([CallRecord(
+                    decision_id=decision.decision_id, request_id=decision.decision_id, attempt=1,
+                    model=decision.model, routed=False, stream=False, status="ok", http_status=200, input_tokens=1,
+                    output_tokens=1, usage=None, cost_usd=0.5, ttft_s=0.1, latency_s=0.1, error=None,
+                    created_at=86400.0 * 20_000, chain=chain,
+                )])  # fmt: skip
+    finally:
+        store.close()
+    _as_schema_6(db)
+    store = _open(db)
+    try:
+        store.prepare()
+        with store.read() as reader:
+            assert reader.router_counts() == [RouterCounts(
+                "cascade", -1, "strong", requests=1, escalations=1, escalated_requests=1, answer_calls=1,
+                judge_calls=1, spend_usd=0.5)]
+    finally:
+        store.close()
+
+
 def test_a_day_is_the_utc_day_of_the_request() -> None:
     assert day_of(0.0) == 0 and day_of(86399.9) == 0 and day_of(86400.0) == 1 and day_of(-1.0) == -1

@@ -258,7 +258,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "named routers' counts per (router, day, answering model) (`router_stats`, store/router_stats.py), kept in "
         "the transaction that stores each request's decision and chain; filled from the chains already stored",
         (router_stats.TABLE, router_stats.BACKFILL),
-        (router_stats.TABLE_POSTGRES, router_stats.BACKFILL_POSTGRES),
+        (router_stats.TABLE_POSTGRES, *router_stats.BACKFILL_POSTGRES),
     ),
 )
 

@@ -150,25 +150,24 @@ def from_row(row: Sequence[object]) -> RouterCounts:
 
 
 # -- filling the table from the stored chains (migration 7) -----------------------------------------------------
-def _backfill(chain: str, each: str, text: str, day: str, number: str, where: str) -> str:
-    """`BACKFILL` in a dialect: `chain` the document as JSON, `each(path)` its array's elements (`e.value`),
-    `text(doc, key)` a member as text, `day` the call's day, `number(x)` a JSON number as a float, `where` the
-    filter."""
+def _backfill(source: str, each: str, field: str, element: str, number: str, day: str, where: str) -> str:
+    """`BACKFILL` in a dialect: `source` the chains with their call records (`c.created_at`, `c.model`), `each`
+    the elements of the chain's array `{path}` (as `e`), `field` the chain's member `{key}` as text, `element` an
+    element's member `{key}` as text (NULL when the element is not an object), `number` an element's member as a
+    float (0 when not a number), `day` the call's day, `where` the filter."""
     calls, steps = each.format(path="calls"), each.format(path="steps")
-    role = text.format(doc="e.value", key="role")
-    cost = number.format(x=text.format(doc="e.value", key="cost_usd"))
     per_chain = (
-        f"SELECT {text.format(doc=chain, key='router')} AS router, {day} AS day, "
-        f"COALESCE({text.format(doc=chain, key='answered_by')}, c.model) AS model, "
-        f"(SELECT COUNT(*) FROM {steps} WHERE {text.format(doc='e.value', key='action')} = 'escalate') AS escalations, "
-        f"(SELECT COUNT(*) FROM {calls} WHERE {role} = 'answer') AS answer_calls, "
-        f"(SELECT COUNT(*) FROM {calls} WHERE {role} = 'judge') AS judge_calls, "
-        f"(SELECT COUNT(*) FROM {calls} WHERE {role} = 'router') AS router_calls, "
-        f"(SELECT COUNT(*) FROM {calls} WHERE {text.format(doc='e.value', key='error')} IS NOT NULL) AS failed_calls, "
-        f"CASE WHEN {text.format(doc=chain, key='strategy')} = 'llm-router' THEN 1 ELSE 0 END AS llm_router, "
-        f"CASE WHEN {text.format(doc=chain, key='named')} IS NULL THEN 0 ELSE 1 END AS named, "
-        f"(SELECT COALESCE(SUM({cost}), 0) FROM {calls}) AS spend "
-        f"FROM chains h JOIN calls c ON c.decision_id = h.decision_id WHERE {where}"
+        f"SELECT {field.format(key='router')} AS router, {day} AS day, "
+        f"COALESCE({field.format(key='answered_by')}, c.model) AS model, "
+        f"(SELECT COUNT(*) FROM {steps} WHERE {element.format(key='action')} = 'escalate') AS escalations, "
+        f"(SELECT COUNT(*) FROM {calls} WHERE {element.format(key='role')} = 'answer') AS answer_calls, "
+        f"(SELECT COUNT(*) FROM {calls} WHERE {element.format(key='role')} = 'judge') AS judge_calls, "
+        f"(SELECT COUNT(*) FROM {calls} WHERE {element.format(key='role')} = 'router') AS router_calls, "
+        f"(SELECT COUNT(*) FROM {calls} WHERE {element.format(key='error')} IS NOT NULL) AS failed_calls, "
+        f"CASE WHEN {field.format(key='strategy')} = 'llm-router' THEN 1 ELSE 0 END AS llm_router, "
+        f"CASE WHEN {field.format(key='named')} IS NULL THEN 0 ELSE 1 END AS named, "
+        f"(SELECT COALESCE(SUM({number.format(key='cost_usd')}), 0) FROM {calls}) AS spend "
+        f"FROM {source} WHERE {where}"
     )
     return (
         f"INSERT INTO router_stats ({', '.join(COLUMNS)}) SELECT router, day, model, COUNT(*), 0, SUM(escalations), "
@@ -180,22 +179,36 @@ def _backfill(chain: str, each: str, text: str, day: str, number: str, where: st
 
 
 BACKFILL = _backfill(
-    chain="h.chain",
+    source="chains h JOIN calls c ON c.decision_id = h.decision_id",
     each="json_each(h.chain, '$.{path}') AS e",
-    text="json_extract({doc}, '$.{key}')",
+    field="json_extract(h.chain, '$.{key}')",
+    element="json_extract(h.chain, e.fullkey || '.{key}')",  # by path: NULL, not an error, for a non-object
+    number="CASE WHEN json_type(h.chain, e.fullkey || '.{key}') IN ('integer', 'real') "
+           "THEN json_extract(h.chain, e.fullkey || '.{key}') ELSE 0 END",
     day=f"CAST(c.created_at / {SECONDS_PER_DAY} AS INTEGER)",
-    number="COALESCE(CAST({x} AS REAL), 0)",
-    where="json_valid(h.chain) AND json_type(h.chain, '$.router') = 'text'",
+    where="CASE WHEN json_valid(h.chain) THEN json_type(h.chain) = 'object' AND json_type(h.chain, '$.router') = "
+          "'text' ELSE 0 END",
 )
 """SQLite: the counts of every stored chain (`of_chain` in SQL), into an empty `router_stats`. A chain that is not
-JSON or names no router (none the service wrote) is left out."""
-BACKFILL_POSTGRES = _backfill(
-    chain="h.chain::json",
-    each="json_array_elements(CASE WHEN json_typeof(h.chain::json -> '{path}') = 'array' "
-         "THEN h.chain::json -> '{path}' END) AS e(value)",
-    text="({doc} ->> '{key}')",
-    day=f"FLOOR(c.created_at / {SECONDS_PER_DAY})::INTEGER",
-    number="COALESCE(({x})::DOUBLE PRECISION, 0)",
-    where="json_typeof(h.chain::json -> 'router') = 'string'",
+a JSON object naming its router (none the service wrote) is left out."""
+JSON_OR_NULL = "bandit_router_json_or_null"
+"""A function that migration 7 creates for its backfill on PostgreSQL, and drops: text → json, NULL when not JSON
+(PostgreSQL 15 has no `IS JSON`; a plain cast would fail the migration, and the service's start, on one bad row)."""
+BACKFILL_POSTGRES = (
+    f"CREATE OR REPLACE FUNCTION {JSON_OR_NULL}(doc TEXT) RETURNS json LANGUAGE plpgsql AS "
+    "$$ BEGIN RETURN doc::json; EXCEPTION WHEN invalid_text_representation THEN RETURN NULL; END $$",
+    _backfill(
+        source=f"(SELECT c.created_at, c.model, {JSON_OR_NULL}(h.chain) AS doc FROM chains h "
+               "JOIN calls c ON c.decision_id = h.decision_id OFFSET 0) AS c",  # OFFSET 0: parsed once per row
+        each="json_array_elements(CASE WHEN json_typeof(c.doc -> '{path}') = 'array' THEN c.doc -> '{path}' END) "
+             "AS e(value)",
+        field="(c.doc ->> '{key}')",
+        element="CASE WHEN json_typeof(e.value) = 'object' THEN e.value ->> '{key}' END",
+        number="CASE WHEN json_typeof(e.value) = 'object' AND json_typeof(e.value -> '{key}') = 'number' "
+               "THEN (e.value ->> '{key}')::DOUBLE PRECISION ELSE 0 END",
+        day=f"FLOOR(c.created_at / {SECONDS_PER_DAY})::INTEGER",
+        where="json_typeof(c.doc) = 'object' AND json_typeof(c.doc -> 'router') = 'string'",
+    ),
+    f"DROP FUNCTION {JSON_OR_NULL}(TEXT)",
 )
-"""`BACKFILL` for PostgreSQL (every chain the service wrote is a JSON object: `json.dumps`)."""
+"""`BACKFILL` for PostgreSQL, with its helper function created before and dropped after."""
