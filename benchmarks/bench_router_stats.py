@@ -12,6 +12,8 @@ the service writes it: decisions, call records with their chains, and the counts
   under load), with the counts' upsert and without it (the same rows, alternating blocks of 20 in one run);
   ratio = with ÷ without; and what counting one chain (`of_chain`) costs. A plain `/v1/route` batch has no named
   router's request, so no upsert at all.
+- **Migration 7** on a schema-6 database of `MIGRATED` stored chains (SQLite; PostgreSQL too when its binaries
+  are installed, `tools/pg_server.py`): seconds, and whether the backfilled totals equal the counts written live.
 
     python -m benchmarks.bench_router_stats [CHAINS]     # or: python -m benchmarks.run --only bench_router_stats
 """
@@ -25,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +35,10 @@ import numpy as np
 
 from bandit_router.ids import new_decision_id
 from bandit_router.router import Router
-from bandit_router.store import CallRecord, SQLiteStore
+from bandit_router.store import CallRecord, SQLiteStore, Store
 from bandit_router.store import router_stats as rs
+from bandit_router.store.location import DatabaseURL
+from bandit_router.store.postgres import PostgresStore
 from bandit_router.types import Decision, Request
 
 CHAINS = 200_000
@@ -41,6 +46,7 @@ DAYS = 90.0
 BATCH = 1000
 READS = 200
 AGGREGATES = 3
+MIGRATED = 100_000
 
 
 def _chain(router: str, rng: np.random.Generator) -> dict[str, Any]:
@@ -110,6 +116,67 @@ def aggregate_from_chains(db: Path) -> tuple[float, int]:
     elapsed = time.perf_counter() - started
     conn.close()
     return elapsed, len(rows)
+
+
+def migration_seconds(store: Store, n: int, reopen: Callable[[], Store], seed: int = 3) -> tuple[float, bool]:
+    """Write `n` named-router requests into `store` (prepared), make it a schema-6 database (no `router_stats`),
+    and time migration 7 on it; whether the backfilled totals equal the counts written live."""
+    rng = np.random.default_rng(seed)
+    template = Router(seed=seed).route(Request(prompt="a named router's request"))
+    for start in range(0, n, BATCH):
+        times = time.time() - rng.uniform(0, DAYS * 86400, min(n, start + BATCH) - start)
+        rows = [_rows(template, ("cascade", "learned", "auto")[i % 3], float(t), rng) for i, t in enumerate(times)]
+        with store.write() as tx:
+            tx.insert_decisions([(d, None, None) for d, _, _ in rows])
+            tx.insert_calls([r for _, r, _ in rows])
+            tx.add_router_counts([c for _, _, c in rows])
+    with store.write() as tx:
+        live = tx.router_counts()
+        tx.conn.execute("DROP TABLE router_stats")  # type: ignore[attr-defined]
+        tx.conn.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")  # type: ignore[attr-defined]
+    store.close()
+    store = reopen()
+    try:
+        started = time.perf_counter()
+        store.prepare()
+        elapsed = time.perf_counter() - started
+        with store.read() as reader:
+            backfilled = reader.router_counts()
+    finally:
+        store.close()
+
+    def key(rows: list[rs.RouterCounts]) -> list[tuple[Any, ...]]:
+        return [(*r.values()[:-1], round(r.spend_usd, 9)) for r in rows]
+
+    return elapsed, key(live) == key(backfilled)
+
+
+def migrations(folder: Path, n: int) -> list[dict[str, Any]]:
+    """Migration 7 on a schema-6 database of `n` chains: SQLite, and PostgreSQL when its binaries are installed."""
+    rows: list[dict[str, Any]] = []
+    path = folder / "schema6.db"
+    first = SQLiteStore(path)
+    first.prepare()
+    seconds, same = migration_seconds(first, n, lambda: SQLiteStore(path))
+    rows.append({"benchmark": "router stats migration 7 (SQLite)", "metric": "seconds", "value": round(seconds, 2),
+                 "unit": "s", "note": f"{n:,} stored chains counted; backfilled totals equal the live counts: {same}"})
+    from tools.pg_server import PgServer, binaries
+
+    if binaries() is None:
+        return rows
+    server = PgServer.start(fsync=False)
+    try:
+        url = DatabaseURL(server.create_database("router_stats_bench"))
+        store = PostgresStore(url)
+        store.prepare()
+        seconds, same = migration_seconds(store, n, lambda: PostgresStore(url))
+        rows.append({"benchmark": "router stats migration 7 (PostgreSQL)", "metric": "seconds",
+                     "value": round(seconds, 2), "unit": "s",
+                     "note": f"{n:,} stored chains counted (fsync off); backfilled totals equal the live counts: "
+                             f"{same}"})
+    finally:
+        server.stop()
+    return rows
 
 
 def write_cost(folder: Path, batches: int = 400, size: int = 32, seed: int = 1) -> dict[str, float]:
@@ -189,6 +256,7 @@ def run(n: int = CHAINS) -> list[dict[str, Any]]:
         rows.append({"benchmark": "router stats write cost", "metric": "with / without", "unit": "×",
                      "value": round(cost["with"] / cost["without"], 3),
                      "note": f"without the upsert {cost['without'] * 1000:.3f} ms, same rows, same run"})
+        rows.extend(migrations(folder, MIGRATED))
     return rows
 
 
