@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -251,3 +252,50 @@ def test_stacked_quadrature_equals_one_evaluation_per_pmf() -> None:
                 assert got.tobytes() == gaussian_argmax_pmf(mean, sd, dominance, nodes).tobytes()
                 compared += 1
     assert compared > 2000
+
+
+def test_the_service_decides_requests_that_arrive_together_as_one_by_one(tmp_path: Path) -> None:
+    """Route requests that reach the engine in one event-loop iteration are decided together
+    (`Engine._decide` → `Router.route_many`): each gets the decision that routing them one at a time, in the
+    order they arrived, gives on an identical service (same seed, same models), a request with unknown models
+    its own error and no other's, and every acknowledged decision is stored."""
+    import asyncio
+
+    from bandit_router.config import Settings
+    from bandit_router.errors import BanditRouterError
+    from bandit_router.service.engine import Engine
+    from bandit_router.store import SQLiteStore
+
+    prompts = [f"question {i}: " + "why is the sky blue " * (i % 7) for i in range(24)]
+    requests = [Request(prompt=p, decision_id=f"d-{i}", models=["no-such-model"] if i == 5 else None)
+                for i, p in enumerate(prompts)]
+
+    def serve(name: str, together: bool) -> list[tuple[str, tuple[float, ...]] | str]:
+        settings = Settings(db=tmp_path / f"{name}.db", models=MODELS, seed=7)
+        store = SQLiteStore(settings.storage.db)
+        store.prepare()
+        engine = Engine(settings, store)
+        engine.start()
+        try:
+            assert engine.wait_ready(10)
+
+            async def route(request: Request) -> tuple[str, tuple[float, ...]] | str:
+                try:
+                    d = await engine.route(request)
+                except BanditRouterError as exc:
+                    return type(exc).__name__
+                assert engine.decision(d.decision_id)[0].decision.pmf == d.pmf  # stored before the reply
+                return d.model, d.pmf
+
+            async def all_of_them() -> list[tuple[str, tuple[float, ...]] | str]:
+                if together:
+                    return list(await asyncio.gather(*(route(r) for r in requests)))
+                return [await route(r) for r in requests]
+
+            return asyncio.run(all_of_them())
+        finally:
+            engine.stop()
+
+    together, one_by_one = serve("together", True), serve("one-by-one", False)
+    assert together == one_by_one
+    assert together[5] == "UnknownModel" and len({m for m in together if isinstance(m, tuple)}) > 1
