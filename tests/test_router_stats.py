@@ -332,3 +332,20 @@ def test_migration_7_leaves_out_what_is_not_a_named_routers_chain(db: str) -> No
 
 def test_a_day_is_the_utc_day_of_the_request() -> None:
     assert day_of(0.0) == 0 and day_of(86399.9) == 0 and day_of(86400.0) == 1 and day_of(-1.0) == -1
+
+
+def test_a_request_whose_router_has_no_active_model_is_counted_as_failed(
+    serve: Callable[..., tuple[str, ServerThread]], db: str
+) -> None:
+    """Every model of a router retired at run time: its requests are 502s that no model answered, so they count
+    as requests and failed requests (the documented `failed_requests`), on any process."""
+    url, _ = serve(db)
+    added = httpx.post(url + "/v1/models", json={"name": "other", "input_usd_per_mtok": 1.0,
+                                                "output_usd_per_mtok": 2.0})
+    assert added.status_code in (200, 201), added.text
+    for name in ("cheap", "strong"):
+        assert httpx.delete(url + f"/v1/models/{name}").status_code == 200
+    reply = ask(url, "cascade", PROSE)
+    assert reply.status_code == 502, reply.text
+    stats = named_stats(url)["cascade"]
+    assert (stats["requests"], stats["failed_requests"], stats["answer_calls"], stats["spend_usd"]) == (1, 1, 0, 0)

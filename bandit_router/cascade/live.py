@@ -163,7 +163,9 @@ class NamedRouters:
         router = self.engine.router
         active = {m.name for m in router.models}
         models = [m for m in alias.models if m in active]
-        if not models:
+        if not models:  # every model of the router retired: a request no model answered, counted as such
+            await self._count_failed({"router": alias.name, "strategy": alias.strategy, "calls": [], "steps": [],
+                                      "answered_by": None})
             raise NamedRouterFailed(alias.name, [])
         context = router.featurize(request)
         cost_weight = chat.cost_weight if chat.cost_weight is not None else router.reward_config.cost_weight
