@@ -338,7 +338,7 @@ def test_a_request_whose_router_has_no_active_model_is_counted_as_failed(
     serve: Callable[..., tuple[str, ServerThread]], db: str
 ) -> None:
     """Every model of a router retired at run time: its requests are 502s that no model answered, so they count
-    as requests and failed requests (the documented `failed_requests`), on any process."""
+    as requests and failed requests (the documented `failed_requests`)."""
     url, _ = serve(db)
     added = httpx.post(url + "/v1/models", json={"name": "other", "input_usd_per_mtok": 1.0,
                                                 "output_usd_per_mtok": 2.0})
