@@ -72,6 +72,7 @@ MAX_VARIANCE = 0.25
 MIN_VARIANCE = 0.01
 """The least noise variance assumed a priori (a model whose quality looks constant is still checked)."""
 UNINFORMED_QUALITY = 0.5
+SAMPLERS = ("thompson", "ids", "ids-sampled")
 MAX_MODEL_LISTS = 64
 """Model lists (requests' `models` subsets) whose posterior rows are kept between two updates."""
 
@@ -101,6 +102,15 @@ class HierarchicalParams:
     """The floor ends once the model's posterior sd falls below this share of its prior sd."""
     nodes: int = 16
     """Gauss–Hermite nodes per model of the argmax pmf's integration grid (`exploration.gaussian_argmax_pmf`)."""
+    sampler: str = "thompson"
+    """How the scores' posterior becomes a pmf: `thompson` (the argmax's pmf), `ids` (variance-based
+    information-directed sampling, `exploration.gaussian_ids_pmf`, on the same integration grid) or `ids-sampled`
+    (the same from `draws` posterior draws of the router's rng, `exploration.sampled_ids_pmf`)."""
+    draws: int = 256
+    """`ids-sampled` only: posterior draws per request."""
+    mix: float = 0.02
+    """`ids` only: share of the pmf spread evenly over the models not confidently dominated (so that off-policy
+    estimates can weigh every model that may still be best)."""
 
     def __post_init__(self) -> None:
         if not 32 <= self.dim <= 1024:
@@ -111,6 +121,10 @@ class HierarchicalParams:
             raise ValueError("floor must be in [0, 0.5] and floor_until in (0, 1]")
         if not 4 <= self.nodes <= 128:
             raise ValueError("nodes must be in [4, 128]")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}")
+        if not 0.0 <= self.mix <= 0.5 or not 16 <= self.draws <= 65536:
+            raise ValueError("mix must be in [0, 0.5] and draws in [16, 65536]")
 
 
 class _Arms:
@@ -321,6 +335,10 @@ class HierarchicalThompsonPolicy(BasePolicy):
         scaled = self._scaled_sd
         if scaled[0] is not sd:  # s·sd changes with the posterior only (`_posterior_of` caches sd per update)
             scaled = self._scaled_sd = (sd, p.exploration * sd)
+        if p.sampler == "ids":
+            return exploration.gaussian_ids_pmf(mean - penalty, scaled[1], p.dominance, p.nodes, p.mix)
+        if p.sampler == "ids-sampled":
+            return exploration.sampled_ids_pmf(mean - penalty, scaled[1], rng, p.draws, p.dominance, p.mix)
         return exploration.gaussian_argmax_pmf(mean - penalty, scaled[1], p.dominance, p.nodes)
 
     def update(self, context: Context, model: ModelSpec, quality: float, probability: float) -> None:
