@@ -136,93 +136,7 @@ def _alive(means: list[float], sds: list[float], dominance: float) -> list[int]:
     return [a for a, (m, s) in enumerate(zip(means, sds, strict=True)) if m + dominance * s >= cut]
 
 
-def gaussian_ids_pmf(
-    mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0, nodes: int = 16, mix: float = 0.02
-) -> np.ndarray:
-    """Variance-based information-directed sampling (Russo & Van Roy 2018, "Learning to optimize via
-    information-directed sampling", section 6) when score_a ~ N(μ_a, σ_a²) independently. Per arm
-
-        Δ_a = E[max_b θ_b] − μ_a                                     (expected regret of playing a)
-        g_a = Σ_{a*} P(A* = a*)·(E[θ_a | A* = a*] − μ_a)²             (what playing a tells about A*)
-
-    and π minimises the information ratio (πᵀΔ)² / (πᵀg); a minimiser is supported on at most two arms
-    (`_two_arm_minimum`). Every expectation is an integral over t = the best score, by the trapezoid rule on the
-    grid of `gaussian_argmax_pmf`, with w_a(t) = f_a(t)·Π_{b≠a} F_b(t) (so p_a = P(A* = a) = ∫ w_a):
-
-        p_a·(E[θ_a | A* = a] − μ_a) = ∫ (t − μ_a)·w_a(t) dt,
-        p_{a*}·(E[θ_a | A* = a*] − μ_a) = −σ_a ∫ w_{a*}(t)·φ(z_a)/Φ(z_a) dt   (a ≠ a*, z_a = (t − μ_a)/σ_a),
-
-    the second from E[θ_a·1{θ_a < t}] = μ_a·Φ(z_a) − σ_a·φ(z_a); E[max] = Σ_a ∫ t·w_a(t) dt. No draws: the pmf is
-    a deterministic function of the posterior. Then p = (1 − `mix`)·π + `mix`·uniform over the arms not
-    confidently dominated (mean + β·sd ≥ the best mean − β·sd, β = `dominance`; the others get 0), so that every
-    model that may still be best keeps a probability an off-policy estimate can divide by. The router samples
-    from the returned pmf and logs its value: the exact probability of what was done.
-    """
-    means, sds = mean.tolist(), sd.tolist()
-    alive = _alive(means, sds, dominance)
-    out = np.zeros(len(means))
-    if len(alive) <= 1:  # none: a NaN score, nothing to go by
-        out[alive or slice(None)] = 1.0 / max(len(alive), len(means))
-        return out
-    m = np.array([means[a] for a in alive])
-    s = np.array([sds[a] for a in alive])
-    k = len(alive)
-    terms = _information_terms(m, s, nodes)
-    if terms is None:
-        out[alive] = 1.0 / k
-        return out
-    (a, b), q = _two_arm_minimum(*terms)
-    pi = np.zeros(k)
-    pi[a] += q
-    pi[b] += 1.0 - q
-    out[alive] = (1.0 - mix) * pi + mix / k
-    return out
-
-
-def _information_terms(mean: np.ndarray, sd: np.ndarray, nodes: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(Δ, g) of `gaussian_ids_pmf` by quadrature; None when the integrals vanish (degenerate scores)."""
-    m, s = mean[:, None], sd[:, None]
-    t = (s * _hermite(nodes) + m).ravel()
-    t.sort()
-    step = t[1:] - t[:-1]
-    tau = np.empty_like(t)  # trapezoid weights (× 2)
-    tau[:-1] = step
-    tau[1:] += step
-    tau[-1] = step[-1]
-    z = t - m
-    z /= s  # (arm, G)
-    log_cdf = log_ndtr(z)
-    half_square = z * z
-    half_square *= 0.5
-    log_w = _add(log_cdf, axis=0) - log_cdf
-    log_w -= half_square
-    log_w -= np.log(s)
-    w = np.exp(log_w)  # w_a(t)·√2π
-    w *= tau
-    total = float(_add(w, axis=None))
-    if not total > 0:
-        return None
-    w /= total  # Σ_t w[a, t] = p_a
-    p = _add(w, axis=1)
-    half_square += _LOG_SQRT_2PI
-    half_square += log_cdf
-    mills = np.exp(-half_square)  # φ(z)/Φ(z)
-    deviation = w @ mills.T
-    deviation *= -sd  # [a*, a] = p_{a*}·(E[θ_a | A* = a*] − μ_a), a ≠ a*
-    own = w @ t - p * mean  # p_a·(E[θ_a | A* = a] − μ_a)
-    diagonal = np.arange(len(mean))
-    deviation[diagonal, diagonal] = own
-    occurs = p > 0.0
-    deviation *= deviation
-    gain = (1.0 / p[occurs]) @ deviation[occurs] if not occurs.all() else (1.0 / p) @ deviation
-    delta = np.maximum(float(_add(own + p * mean)) - mean, 0.0)
-    return delta, gain
-
-
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-def sampled_ids_pmf(
+def ids_pmf(
     mean: np.ndarray,
     sd: np.ndarray,
     rng: np.random.Generator,
@@ -230,11 +144,23 @@ def sampled_ids_pmf(
     dominance: float = 3.0,
     mix: float = 0.02,
 ) -> np.ndarray:
-    """`gaussian_ids_pmf` with Δ and g estimated from M = `draws` joint draws θ⁽ⁱ⁾ ~ N(μ, diag σ²) of `rng`
-    (Russo & Van Roy's own recipe) instead of by quadrature: every expectation is the sample mean over the
-    draws, P(A* = a*) the share of draws whose argmax is a*; arms never best in a draw are left out of the
-    search (their g is ≈ 0). The returned pmf is random through the draws; the router samples from it and logs
-    its value, the exact probability of what was done given the draws. Kept to compare with the quadrature."""
+    """Variance-based information-directed sampling (Russo & Van Roy 2018, "Learning to optimize via
+    information-directed sampling", section 6) when score_a ~ N(mean_a, sd_a²) independently.
+
+    From M = `draws` joint draws θ⁽ⁱ⁾ of the scores from `rng` (A*⁽ⁱ⁾ = argmax_a θ⁽ⁱ⁾_a), per arm
+
+        Δ_a = E[max_b θ_b] − E[θ_a]                                  (expected regret of playing a)
+        g_a = Σ_{a*} P(A* = a*)·(E[θ_a | A* = a*] − E[θ_a])²          (what playing a tells about A*)
+
+    with every expectation the mean over the draws and P(A* = a*) the share of draws whose best arm is a*
+    (so Δ_a ≥ 0 exactly); arms best in no draw are left out (P(A* = a) ≈ 0 and g_a ≈ 0). The pmf π minimises
+    the information ratio (πᵀΔ)² / (πᵀg); a minimiser is supported on at most two arms (`_two_arm_minimum`).
+    Then p = (1 − `mix`)·π + `mix`·uniform over the arms not confidently dominated (mean + β·sd ≥ the best
+    mean − β·sd, β = `dominance`; the others get 0), so that every model that may still be best keeps a
+    probability an off-policy estimate can divide by. The draws come from `rng`, so a seeded run is
+    reproducible; the pmf is random through them, and the router samples from the returned pmf and logs its
+    value: the exact probability of what was done given the draws.
+    """
     means, sds = mean.tolist(), sd.tolist()
     alive = _alive(means, sds, dominance)
     out = np.zeros(len(means))
@@ -243,23 +169,28 @@ def sampled_ids_pmf(
         return out
     k = len(alive)
     theta = rng.standard_normal((draws, k))
-    theta *= np.array([sds[a] for a in alive])
-    theta += np.array([means[a] for a in alive])
+    if k == len(means):
+        theta *= sd
+        theta += mean
+    else:
+        theta *= np.array([sds[a] for a in alive])
+        theta += np.array([means[a] for a in alive])
     star = np.argmax(theta, axis=1)
     counts = np.bincount(star, minlength=k)
     pi = np.zeros(k)
-    seen = np.flatnonzero(counts)
+    seen = counts.nonzero()[0]
     if len(seen) == 1:  # one arm best in every draw: Δ = 0 there, nothing left to learn about A*
         pi[seen[0]] = 1.0
     else:
-        theta = theta[:, seen]
-        average = _add(theta, axis=0) / draws
-        hit = star[:, None] == seen[None, :]  # (M, S): draw i's best arm is seen[j]
-        delta = np.maximum(float(_add(theta[hit])) / draws - average, 0.0)
-        conditional = (hit.T @ theta) / counts[seen, None]  # E[θ_a | A* = a*], row a*
-        conditional -= average
-        conditional *= conditional
-        gain = (counts[seen] / draws) @ conditional
+        sums = (star[:, None] == seen).T @ theta  # [a*, a] = Σ θ_a over the draws whose best arm is a*
+        average = _add(sums, axis=0)[seen] / draws  # every draw has its best arm in `seen`
+        sums = sums[:, seen]
+        delta = np.maximum(float(sums.trace()) / draws - average, 0.0)  # E[max] − E[θ_a]
+        n = counts[seen]
+        sums /= n[:, None]  # E[θ_a | A* = a*]
+        sums -= average
+        sums *= sums
+        gain = n @ sums / draws
         (a, b), q = _two_arm_minimum(delta, gain)
         pi[seen[a]] += q
         pi[seen[b]] += 1.0 - q

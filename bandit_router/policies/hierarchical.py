@@ -36,19 +36,13 @@ feedback they had not seen (the prequential principle; Dawid 1984), then the cor
 the data support. Corrections are not explored: hashed word features make every prompt new, and
 exploring their uncertainty explores forever.
 
-**Shared correction** (`common`, off by default). Many prompts are easy or hard for every model; a model's
-corrections should count only for what is its own. With `common`, a ridge regression c(φ) = w_cᵀφ learns the
-residual r = q − ā_m of every feedback, whichever model gave it, where ā_m and μ̂_m are the model's means of
-q − c(φ) (difficulty-adjusted, as in item response theory: a strong model sent only hard prompts is not judged
-by their raw mean; c as it was at each feedback); each model's corrections learn r − c(φ) and their evidence
-compares (q − μ̂_m − c(φ))² with (q − μ̂_m − c(φ) − w_mlᵀφ)², so they switch on only where the model differs
-from what all models share: q̂_m(φ) = μ̂_m + c(φ) + Σ_l ω_ml·w_mlᵀφ.
-
 **Choice.** Thompson sampling (Thompson 1933; Russo et al. 2018) on the score q̃_m − penalty_m with
 q̃_m ~ N(q̂_m(φ), (s·sd_m)²), s = `exploration`. The pmf of the argmax is computed by quadrature
 (`exploration.gaussian_argmax_pmf`), not from a handful of draws, so small probabilities are logged
 exactly. A model whose optimistic score (mean + β·sd) is below another's pessimistic score (mean − β·sd)
-at this request's λ is confidently dominated and gets probability 0 (β = `dominance`).
+at this request's λ is confidently dominated and gets probability 0 (β = `dominance`). With `sampler=ids` the
+same posterior goes through information-directed sampling instead (`exploration.ids_pmf`): explore a model
+only as far as what its outcome would tell about which model is best is worth its expected regret.
 
 **Cold start.** No fixed forced-exploration count: an untried model's wide prior makes it likely to be
 drawn a few times, and a model that looks poor after those is left alone. A model added at run time gets
@@ -80,7 +74,7 @@ MAX_VARIANCE = 0.25
 MIN_VARIANCE = 0.01
 """The least noise variance assumed a priori (a model whose quality looks constant is still checked)."""
 UNINFORMED_QUALITY = 0.5
-SAMPLERS = ("thompson", "ids", "ids-sampled")
+SAMPLERS = ("thompson", "ids")
 MAX_MODEL_LISTS = 64
 """Model lists (requests' `models` subsets) whose posterior rows are kept between two updates."""
 
@@ -111,14 +105,11 @@ class HierarchicalParams:
     nodes: int = 16
     """Gauss–Hermite nodes per model of the argmax pmf's integration grid (`exploration.gaussian_argmax_pmf`)."""
     sampler: str = "thompson"
-    """How the scores' posterior becomes a pmf: `thompson` (the argmax's pmf), `ids` (variance-based
-    information-directed sampling, `exploration.gaussian_ids_pmf`, on the same integration grid) or `ids-sampled`
-    (the same from `draws` posterior draws of the router's rng, `exploration.sampled_ids_pmf`)."""
+    """How the scores' posterior becomes a pmf: `thompson` (the argmax's pmf) or `ids` (variance-based
+    information-directed sampling from `draws` posterior draws of the router's rng, `exploration.ids_pmf`; tried
+    as the default and not adopted: experiments/learning-efficiency/README.md)."""
     draws: int = 256
-    """`ids-sampled` only: posterior draws per request."""
-    common: bool = False
-    """Learn a correction c(φ) shared by every model (what makes a prompt easy or hard for all of them) and fit the
-    per-model corrections, and score their evidence, on what is left (module docstring, "Shared correction")."""
+    """`ids` only: posterior draws per request."""
     mix: float = 0.02
     """`ids` only: share of the pmf spread evenly over the models not confidently dominated (so that off-policy
     estimates can weigh every model that may still be best)."""
@@ -210,44 +201,6 @@ class _Arms:
         self.evidence = self.evidence.reshape(k, LEVELS)
 
 
-class _Common:
-    """The shared correction: one ridge regression c(φ) = wᵀφ, w = (κI + Σφφᵀ)⁻¹ Σ rφ, of every model's residual
-    r = q − ā_m (recursive least squares, as the per-model corrections), and per model row the sum of c(φ) over
-    its feedbacks (`offset`, c as it was then), so that ā_m = (S_m − offset_m)/n_m is its difficulty-adjusted mean."""
-
-    def __init__(self, dim: int, kappa: float) -> None:
-        self.a_inv = np.eye(dim) / kappa
-        self.b = np.zeros(dim)
-        self.w = np.zeros(dim)
-        self.offset = np.zeros(0)
-
-    def offsets(self, k: int) -> np.ndarray:
-        """`offset` for k rows (rows added since are 0)."""
-        if len(self.offset) < k:
-            self.offset = np.concatenate([self.offset, np.zeros(k - len(self.offset))])
-        return self.offset
-
-    def predict(self, phi: np.ndarray) -> float:
-        return float(self.w @ phi)
-
-    def update(self, phi: np.ndarray, residual: float, predicted: float) -> None:
-        v = self.a_inv @ phi
-        gain = v / (1.0 + float(v @ phi))
-        self.a_inv -= np.outer(gain, v)
-        self.b += residual * phi
-        self.w += gain * (residual - predicted)
-
-    def state(self) -> dict[str, Any]:
-        return {"a_inv": self.a_inv, "b": self.b, "w": self.w, "offset": self.offset}
-
-    def load(self, state: dict[str, Any]) -> None:
-        dim = len(self.w)
-        self.offset = np.array(state["offset"], dtype=np.float64).ravel()
-        self.a_inv = np.array(state["a_inv"], dtype=np.float64).reshape(dim, dim)
-        self.b = np.array(state["b"], dtype=np.float64).reshape(dim)
-        self.w = np.array(state["w"], dtype=np.float64).reshape(dim)
-
-
 def _peer_matrices(family: np.ndarray, tier: np.ndarray) -> np.ndarray:
     """(3, K, K): [level, m, m'] = 1 when m' ≠ m shares m's family (level 0), tier (1), or is any model (2)."""
     k = len(family)
@@ -267,7 +220,6 @@ class HierarchicalThompsonPolicy(BasePolicy):
         self.params = params or HierarchicalParams()
         self.name = name
         self._arms = _Arms(self.params.dim)
-        self._common = _Common(self.params.dim, self.params.shrinkage * LEVEL_SCALE ** (LEVELS - 1))
         self._added: set[str] = set()
         self._peers: np.ndarray | None = None
         self._cached: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -334,8 +286,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
                     prior = math.fsum(peers * arms.sum_q) / n
                     break
         n0, n = float(arms.prior_n[row]), float(arms.n[row])
-        offset = float(self._common.offsets(len(arms.n))[row]) if self.params.common else 0.0
-        mean = (n0 * prior + float(arms.sum_q[row]) - offset) / (n0 + n)
+        mean = (n0 * prior + float(arms.sum_q[row])) / (n0 + n)
         nu = self.params.noise_strength
         bound = min(max(mean * (1.0 - mean), MIN_VARIANCE), MAX_VARIANCE)
         return mean, (nu * bound + float(arms.squares()[row])) / (nu + n)
@@ -347,8 +298,6 @@ class HierarchicalThompsonPolicy(BasePolicy):
             self._refresh_priors()
             arms = self._arms
             mean = arms.mean()
-            if self.params.common:  # the difficulty-adjusted mean: (n₀μ₀ + S − Σc)/(n₀ + n)
-                mean = mean - self._common.offsets(len(arms.n)) / (arms.prior_n + arms.n)
             variance = self._noise_variance(mean)
             logits = np.concatenate([np.full((len(arms.n), 1), self.params.evidence), arms.evidence], axis=1)
             weights = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -376,10 +325,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
     def predict(self, context: Context, models: Sequence[ModelSpec]) -> tuple[np.ndarray, np.ndarray]:
         """q̂_m(φ) and the posterior sd of the model's mean quality, each shape (len(models),)."""
         base, sd, omega, w = self._posterior_of(models)
-        phi = self._phi(context)
-        mean = base + np.einsum("kl,kl->k", omega, w @ phi)
-        if self.params.common:
-            mean += float(self._common.w @ phi)
+        mean = base + np.einsum("kl,kl->k", omega, w @ self._phi(context))
         return mean, sd
 
     # -- the policy protocol --------------------------------------------------------------------------------
@@ -392,9 +338,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         if scaled[0] is not sd:  # s·sd changes with the posterior only (`_posterior_of` caches sd per update)
             scaled = self._scaled_sd = (sd, p.exploration * sd)
         if p.sampler == "ids":
-            return exploration.gaussian_ids_pmf(mean - penalty, scaled[1], p.dominance, p.nodes, p.mix)
-        if p.sampler == "ids-sampled":
-            return exploration.sampled_ids_pmf(mean - penalty, scaled[1], rng, p.draws, p.dominance, p.mix)
+            return exploration.ids_pmf(mean - penalty, scaled[1], rng, p.draws, p.dominance, p.mix)
         return exploration.gaussian_argmax_pmf(mean - penalty, scaled[1], p.dominance, p.nodes)
 
     def update(self, context: Context, model: ModelSpec, quality: float, probability: float) -> None:
@@ -403,25 +347,17 @@ class HierarchicalThompsonPolicy(BasePolicy):
         phi = self._phi(context)
         q = float(quality)
         mean, variance = self._before_update(row)
-        shared = self._common.predict(phi) if self.params.common else 0.0
         correction = arms.w[row] @ phi  # (L,)
-        base = q - mean - shared
-        arms.evidence[row] += (base**2 - (base - correction) ** 2) / (2.0 * variance)
+        arms.evidence[row] += ((q - mean) ** 2 - (q - mean - correction) ** 2) / (2.0 * variance)
         n = float(arms.n[row])
         if n > 0:  # the corrections learn the deviation from the model's own mean so far (none before it has one)
             residual = q - float(arms.sum_q[row]) / n
-            if self.params.common:  # the deviation from the adjusted mean; the model's own part is what c leaves
-                residual += float(self._common.offsets(len(arms.n))[row]) / n
-                self._common.update(phi, residual, shared)
-                residual -= shared
             a_inv = arms.a_inv[row]  # (L, d, d), updated in place
             v = a_inv @ phi
             gain = v / (1.0 + v @ phi)[:, None]  # A_new⁻¹φ
             np.subtract(a_inv, gain[:, :, None] * v[:, None, :], out=a_inv)  # Sherman–Morrison
             arms.b[row] += residual * phi
             arms.w[row] += gain * (residual - correction)[:, None]  # recursive least squares: w = A⁻¹b
-        if self.params.common:
-            self._common.offsets(len(arms.n))[row] += shared
         arms.n[row] += 1.0
         arms.sum_q[row] += q
         arms.sum_q2[row] += q * q
@@ -451,17 +387,11 @@ class HierarchicalThompsonPolicy(BasePolicy):
         return np.where(fresh & (u > p.floor_until) & ~dominated, p.floor * u, 0.0)
 
     def state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"arms": self._arms.state(), "added": sorted(self._added)}
-        if self.params.common:
-            state["common"] = self._common.state()
-        return state
+        return {"arms": self._arms.state(), "added": sorted(self._added)}
 
     def load(self, state: dict[str, Any]) -> None:
         self._arms = _Arms(self.params.dim)
         self._arms.load(state["arms"])
-        self._common = _Common(self.params.dim, self.params.shrinkage * LEVEL_SCALE ** (LEVELS - 1))
-        if "common" in state:
-            self._common.load(state["common"])
         self._peers = None
         self._cached = None
         self._phi_of = (None, np.zeros(0))
@@ -473,6 +403,4 @@ class HierarchicalThompsonPolicy(BasePolicy):
         arms = self._arms
         rows = [arms.row[name] for name in sorted(arms.row) if arms.n[arms.row[name]] > 0]
         parts = [np.concatenate([[self._before_update(r)[0]], arms.evidence[r], arms.w[r].ravel()]) for r in rows]
-        if self.params.common and parts:
-            parts.append(self._common.w)
         return np.concatenate(parts) if parts else np.zeros(0)
