@@ -106,8 +106,9 @@ class HierarchicalParams:
     """Gauss–Hermite nodes per model of the argmax pmf's integration grid (`exploration.gaussian_argmax_pmf`)."""
     sampler: str = "thompson"
     """How the scores' posterior becomes a pmf: `thompson` (the argmax's pmf) or `ids` (variance-based
-    information-directed sampling from `draws` posterior draws of the router's rng, `exploration.ids_pmf`; tried
-    as the default and not adopted: experiments/learning-efficiency/README.md)."""
+    information-directed sampling from `draws` posterior draws of the router's rng, `exploration.ids_pmf`; best
+    on the tuning sets with `exploration=1.2`; tried as the default and not adopted, its route costs ≈ 40 µs
+    more: experiments/learning-efficiency/README.md)."""
     draws: int = 256
     """`ids` only: posterior draws per request."""
     mix: float = 0.02
