@@ -257,3 +257,60 @@ def test_a_prompt_is_shown_as_text_never_as_markup(live: tuple[Server, Traffic],
             break
     assert w.page.evaluate(shown)
     assert w.state("document.getElementById('injected') === null && window.pwned === undefined")
+
+
+def test_the_named_routers_panel_shows_the_deployments_counts_after_a_restart(watched: Any, tmp_path: Path) -> None:
+    """Two processes on one database (workers) answer a judged cascade's requests against the fake upstream on
+    127.0.0.1 (prose accepted, code escalated), then stop; the dashboard of a new process shows all of them on
+    the *Named routers* panel: requests, escalations and their rate, calls per request, spend (the stored counts,
+    not one process's memory)."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import RouterAlias, Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread
+
+    quality = {"cheap": {"code": 0.15, "prose": 0.9}, "strong": {"code": 0.95, "prose": 0.95},
+               JUDGE: {"code": 0.5, "prose": 0.5}}
+    upstream = FakeUpstream(quality=quality, seed=5, judge_noise=0.1)
+    fake = ServerThread(upstream)
+    upstream.url = fake.url
+    prices = {"cheap": (0.1, 0.2), "strong": (5.0, 15.0), JUDGE: (0.15, 0.6)}
+    settings = Settings(
+        db=tmp_path / "routers.db", workers=2, seed=11,
+        models=tuple(ModelSpec(n, *p, base_url=fake.url + "/v1", route=n != JUDGE) for n, p in prices.items()),
+        routers=(RouterAlias("cascade", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=0.7),),
+    )  # fmt: skip
+    servers = [ServerThread(create_app(settings)), ServerThread(create_app(settings))]
+    try:
+        urls = [s.wait_ready(30) for s in servers]
+        prompts = ["Write a short poem about the sea at dawn", "Fix this Python function: def f(x): return x +"]
+        spend = 0.0
+        for i in range(5):
+            reply = httpx.post(urls[i % 2] + "/v1/chat/completions", timeout=30, json={
+                "model": "cascade", "messages": [{"role": "user", "content": f"{prompts[i % 2]} #{i}"}]})
+            assert reply.status_code == 200, reply.text
+            spend += reply.json()["bandit_router"]["cost_usd"]
+        for server in servers:
+            server.stop()
+        servers.append(ServerThread(create_app(settings)))
+        url = servers[-1].wait_ready(30)
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"routers\"]').dataset.ready === '1'")
+        cells = w.page.locator("#routers-table tbody tr").first.locator("td").all_inner_texts()
+        # alias, strategy, requests, escalations (rate), calls / request (3 prose: answer + judge, 2 code: + strong),
+        # failed, spend
+        assert cells[:6] == ["cascade", "cascade", "5", "2 (40.0%)", f"{(3 * 2 + 2 * 3) / 5:.2f}", "0"], cells
+        assert float(cells[6]) == pytest.approx(spend, abs=1e-6)  # shown with 6 decimals
+        w.page.locator('[data-panel="routers"]').screenshot(path=str(_artifact("named-routers.png")))
+        assert w.errors == []
+    finally:
+        for server in servers:
+            server.stop()
+        upstream.closing = True
+        fake.stop()
+
+
+def _artifact(name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS / name

@@ -87,9 +87,10 @@ def test_prepare_creates_a_wal_database_once(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"decisions", "feedback", "model_events", "checkpoints", "meta", "calls"} <= tables
+        assert {"decisions", "feedback", "model_events", "checkpoints", "meta", "calls", "chains",
+                "router_stats"} <= tables
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        assert version == "6" == str(SCHEMA_VERSION)
+        assert version == "7" == str(SCHEMA_VERSION)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(StoreError, match="schema version"):
         SQLiteStore(path).prepare()
@@ -573,7 +574,7 @@ def test_a_database_at_schema_5_is_read_without_chains_then_migrates(store: Stor
         reopened.prepare()
         later = dataclasses.replace(_decision(router, "after chains"), policy="learned-cascade:learned")
         with reopened.write() as tx:
-            assert tx.get_meta("schema_version") == "6"
+            assert tx.get_meta("schema_version") == str(SCHEMA_VERSION)
             tx.insert_decisions([(later, None, None)])
             tx.insert_calls([dataclasses.replace(call, decision_id=later.decision_id, chain='{"steps": []}')])
             tx.insert_feedback([_record(later, 2, learn=False, status="unrouted")])

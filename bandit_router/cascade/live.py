@@ -24,6 +24,11 @@ role, cost, latency, confidence or error, every accept/escalate step with its pr
 after each step; no answer text) and is written in the transaction that stores the decision, so any process that
 sees the decision sees its chain (`GET /v1/decisions/{id}` shows it).
 
+**Counts** (`GET /v1/stats`, the dashboard): what each request adds to its router's counts (requests, escalations,
+calls, failures, spend: `store.router_stats.of_chain` of its chain) is written in the transaction that stores its
+decision and chain; a request no model answered stores only its count. They are read from the database: the
+deployment's totals, the same from every worker and replica, kept across restarts.
+
 **Learned escalation** learns from the log, not from this process's memory: the first `unrouted` feedback of a
 learned cascade's decision, with its stored chain, in feedback `seq` order (`log.escalations`), in every worker
 and replica alike; its learners are part of the policy set's checkpoints, so a restart restores them.
@@ -32,8 +37,8 @@ and replica alike; its learners are part of the policy set's checkpoints, so a r
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,12 +46,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import RouterAlias
+from ..errors import BanditRouterError
 from ..gateway.pricing import answer_text, estimated
 from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected
 from ..ids import new_decision_id
 from ..log.escalations import chain_document
 from ..log.feedback import unrouted
-from ..store import CallRecord, CallStatus
+from ..store import CallRecord, CallStatus, RouterCounts
+from ..store.router_stats import FAILED, of_chain
 from ..types import Context, Decision, Request
 from .chain import CallFailed, CascadeRun, ChainCall, ChainResult, ModelAnswer, Signal, run_cascade
 from .escalation import Escalation, ThresholdEscalation
@@ -55,6 +62,8 @@ from .llm_router import parse_choice, router_prompt
 if TYPE_CHECKING:
     from ..gateway import ChatRequest, Gateway
     from ..service.engine import Engine
+
+log = logging.getLogger("bandit_router.gateway")
 
 OWN_MAX_TOKENS = 20
 """`max_tokens` of a judge's or the routing LLM's call (a score, a model name)."""
@@ -85,7 +94,6 @@ class NamedRouters:
     def __init__(self, routers: Sequence[RouterAlias], engine: Engine, gateway: Gateway, seed: int | None = None):
         self.routers = {r.name: r for r in routers}
         self.engine, self.gateway = engine, gateway
-        self.counts: dict[str, Counter[str]] = {r.name: Counter() for r in routers}
         self.rng = np.random.default_rng(seed)
         engine.extra_stats["named_routers"] = self.report
 
@@ -161,8 +169,6 @@ class NamedRouters:
         cost_weight = chat.cost_weight if chat.cost_weight is not None else router.reward_config.cost_weight
         failures: list[UpstreamError] = []
         call = self._call(chat, deadline, failures)
-        counts = self.counts[alias.name]
-        counts["requests"] += 1
         if alias.strategy == "llm-router":
             return await self._llm_router(alias, chat, request, context, models, cost_weight, call, failures)
         escalation: Escalation = (
@@ -180,21 +186,15 @@ class NamedRouters:
 
         run = CascadeRun(models, escalation, context, cost_weight, self.rng, next_cost)
         result = await run_cascade(run, chat.messages, request.text, call, signal)
-        counts["answer_calls"] += result.answer_calls
-        counts["judge_calls"] += sum(1 for c in result.calls if c.role == "judge")
-        counts["failed_calls"] += sum(1 for c in result.calls if c.error is not None)
-        counts["escalations"] += result.escalations
+        extension = {"router": alias.name, "strategy": alias.strategy, **result.to_json()}
         if result.answer is None:
-            counts["failed"] += 1
+            await self._count_failed(extension)
             raise NamedRouterFailed(alias.name, failures)
         pmf = chain_pmf(models, result)
         decision = self._decision(alias, models, pmf, result.answer.model, context, cost_weight)
-        extension = {"router": alias.name, "strategy": alias.strategy, **result.to_json()}
         chain = chain_document(extension, result.extra_costs())
         record = self._call_record(decision, result.answer, result.cost_usd, result.latency_s, chain)
-        await self.engine.store_decision(decision, request, record)
-        counts[f"answered_by:{result.answer.model}"] += 1
-        counts["cost_usd_micros"] += round(result.cost_usd * 1e6)
+        await self.engine.store_decision(decision, request, record, of_chain(extension, record.created_at))
         return NamedAnswer(_body(result.answer, extension), decision, result.answer_calls)
 
     async def _llm_router(
@@ -214,7 +214,6 @@ class NamedRouters:
         prompt = router_prompt(request.text, specs, descriptions)
         calls: list[ChainCall] = []
         assert alias.router_model is not None
-        counts = self.counts[alias.name]
         try:
             routing = await call(alias.router_model, [{"role": "user", "content": prompt}], False)
             calls.append(
@@ -231,8 +230,6 @@ class NamedRouters:
         except CallFailed as exc:
             calls.append(ChainCall(alias.router_model, "router", error=str(exc)[:200]))
             named, reply = None, ""
-        counts["router_calls"] += 1
-        counts["parsed" if named is not None else "fallbacks"] += 1
         # The policy decides only when the routing LLM named no candidate (so the budget pacer sees only decisions
         # that are used); a model the policy excluded (a budget) has probability 0 and comes last.
         policy = router.decide(context, models=models, cost_weight=cost_weight) if named is None else None
@@ -248,7 +245,6 @@ class NamedRouters:
                 answer = await call(model, chat.messages, False)
             except CallFailed as exc:
                 calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
-                counts["failed_calls"] += 1
                 continue
             calls.append(
                 ChainCall(
@@ -262,7 +258,8 @@ class NamedRouters:
             )
             break
         if answer is None:
-            counts["failed"] += 1
+            await self._count_failed({"router": alias.name, "strategy": alias.strategy, "named": named,
+                                      "calls": [c.to_json() for c in calls], "steps": [], "answered_by": None})
             raise NamedRouterFailed(alias.name, failures)
         total_cost = sum(c.cost_usd for c in calls)
         total_latency = sum(c.latency_s for c in calls)
@@ -285,9 +282,7 @@ class NamedRouters:
             "latency_s": total_latency,
         }  # the routing LLM's reply text is not stored (it is model output, like an answer)
         record = self._call_record(decision, answer, cost, latency, chain_document(stored, []))
-        await self.engine.store_decision(decision, request, record)
-        counts[f"answered_by:{answer.model}"] += 1
-        counts["cost_usd_micros"] += round(total_cost * 1e6)
+        await self.engine.store_decision(decision, request, record, of_chain(stored, record.created_at))
         extension = {
             "router": alias.name,
             "strategy": alias.strategy,
@@ -336,29 +331,45 @@ class NamedRouters:
             error=None, created_at=time.time(), chain=chain,
         )  # fmt: skip
 
-    # -- learning and stats ----------------------------------------------------------------------------------------
+    # -- counting -------------------------------------------------------------------------------------------------
+    async def _count_failed(self, chain: dict[str, Any]) -> None:
+        """Count a request that no model answered (no decision is stored for it); a database that cannot take the
+        count leaves the reply a 502 (the count is lost, logged)."""
+        try:
+            await self.engine.count_router(of_chain(chain, time.time()))
+        except BanditRouterError as exc:
+            log.warning("%s: a failed request was not counted: %s", chain["router"], exc)
+
     def report(self) -> dict[str, Any]:
-        """Per named router: requests, calls, escalations, failures, spend, who answered (for `GET /v1/stats`)."""
+        """Per named router: requests, who answered, escalations, calls, failures, spend (for `GET /v1/stats` and
+        the dashboard), from the database (`store.router_stats`): the deployment's totals, the same from every
+        worker and replica, kept across restarts and retention. Blocking: call it from a thread pool."""
+        totals = {name: RouterCounts(name, -1, FAILED) for name in self.routers}
+        answered: dict[str, dict[str, int]] = {name: {} for name in self.routers}
+        for row in self.engine.router_counts():
+            if row.router in totals:  # not a router configured before and removed since
+                totals[row.router].add(row)
+                if row.model != FAILED:
+                    answered[row.router][row.model] = row.requests
         out: dict[str, Any] = {}
-        for name, counts in self.counts.items():
-            alias = self.routers[name]
-            requests = counts["requests"]
-            answered = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("answered_by:")}
+        for name, alias in self.routers.items():
+            t = totals[name]
             entry: dict[str, Any] = {
                 "strategy": alias.strategy,
-                "requests": requests,
-                "answered_by": answered,
-                "escalations": counts["escalations"],
-                "escalation_rate": counts["escalations"] / requests if requests else 0.0,
-                "answer_calls": counts["answer_calls"],
-                "judge_calls": counts["judge_calls"],
-                "router_calls": counts["router_calls"],
-                "failed_calls": counts["failed_calls"],
-                "failed_requests": counts["failed"],
-                "spend_usd": counts["cost_usd_micros"] / 1e6,
+                "requests": t.requests,
+                "answered_by": answered[name],
+                "escalations": t.escalations,
+                "escalated_requests": t.escalated_requests,
+                "escalation_rate": t.escalated_requests / t.requests if t.requests else 0.0,
+                "answer_calls": t.answer_calls,
+                "judge_calls": t.judge_calls,
+                "router_calls": t.router_calls,
+                "failed_calls": t.failed_calls,
+                "failed_requests": t.failed_requests,
+                "spend_usd": t.spend_usd,
             }
             if alias.strategy == "llm-router":
-                entry["parsed"], entry["fallbacks"] = counts["parsed"], counts["fallbacks"]
+                entry["parsed"], entry["fallbacks"] = t.parsed, t.fallbacks
             if alias.strategy == "learned-cascade":  # from the log: the same in every worker and replica
                 entry["learned_chains"] = self.engine.policies.escalations.learned(name)
             out[name] = entry

@@ -35,12 +35,13 @@ from ..errors import BanditRouterError, UnknownDecision
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
 from ..router import Router
-from ..store import CallRecord, FeedbackRecord, Store, StoredDecision, StoreError
+from ..store import CallRecord, FeedbackRecord, RouterCounts, Store, StoredDecision, StoreError
 from ..store.location import open_store
 from ..types import Decision, Outcome, Request
 from .exceptions import Conflict, NotFound, Unavailable
 from .writer import (
     AddModel,
+    CountRouter,
     Feedback,
     FeedbackResult,
     InsertDecision,
@@ -307,15 +308,23 @@ class Engine:
         await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
         return decision
 
-    async def store_decision(self, decision: Decision, request: Request, call: CallRecord | None = None) -> Decision:
+    async def store_decision(
+        self, decision: Decision, request: Request, call: CallRecord | None = None, counts: RouterCounts | None = None
+    ) -> Decision:
         """Store a decision made outside `route` (the gateway's fallbacks and caller-named models; a named
-        router's, with its call record and chain in the same transaction)."""
+        router's, with its call record, chain and what it adds to the router's counts in the same transaction)."""
         self._require_ready()
         tenant = request.context.get("tenant")
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
-        await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow, call))
+        await self._submit(
+            InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow, call, counts)
+        )
         return decision
+
+    async def count_router(self, counts: RouterCounts) -> None:
+        """Add a named router's request that stored no decision (no model answered) to the router's counts."""
+        await self._submit(CountRouter(counts))
 
     async def record_call(self, record: CallRecord, failure: Outcome | None = None, source: str | None = None) -> None:
         """Store the gateway's record of a call; with `failure`, also the failure as the decision's feedback
@@ -393,6 +402,11 @@ class Engine:
             if stored is None:
                 raise UnknownDecision(f"no decision {decision_id!r}")
             return stored, reader.feedback_for(decision_id), reader.calls_for_many([decision_id]).get(decision_id)
+
+    def router_counts(self) -> list[RouterCounts]:
+        """Named routers' counts from the database (`store.router_stats`): the deployment's, whatever the process."""
+        with _readable(), self.store.read() as reader:
+            return reader.router_counts()
 
     def stats(self) -> dict[str, Any]:
         """Counts from the database; the policy version and applied seq of this process (`pid`)."""

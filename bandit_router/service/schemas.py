@@ -282,6 +282,12 @@ class StatsOut(BaseModel):
     budgets: dict[str, Any] | None = Field(
         default=None, description="the budget pacer: per scope (global, tenants) spend, λ and every target"
     )
+    named_routers: dict[str, Any] | None = Field(
+        default=None, description="with `[[routers]]`: per alias its requests, who answered, escalations, escalated "
+        "requests and their rate, answer/judge/router calls, failed calls and requests, spend (every call's cost), "
+        "parsed/fallbacks (LLM routers), learned chains (learned cascades): the deployment's totals, from the "
+        "database (the same from every worker and replica, kept across restarts)",
+    )
 
 
 class DecisionOut(BaseModel):

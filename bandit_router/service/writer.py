@@ -4,7 +4,8 @@ The requests of one event-loop iteration reach the writer together, and the writ
 queued in one write transaction:
 
     BEGIN IMMEDIATE                  the database's single write lock (shared by every worker process)
-      insert the decisions           one statement for all of them
+      insert the decisions           one statement for all of them (named routers': with their call records,
+                                     chains and one upsert of their routers' counts)
       catch up with the log          (unless the batch holds only decisions) rows and model events that other
                                      processes committed, in order
       run each operation             checks (404, duplicate, 409, late); feedback is numbered seq = head + 1, …
@@ -46,6 +47,7 @@ from ..store import (
     FeedbackRecord,
     FeedbackStatus,
     ModelAction,
+    RouterCounts,
     Store,
     StoredDecision,
     StoreError,
@@ -147,17 +149,28 @@ class Op:
 
 class InsertDecision(Op):
     """Store a decision (with `call`, its call record, in the same transaction: a named router's, which carries
-    its chain). A batch's decisions are written together, first (`Writer._transact`)."""
+    its chain, and `counts`, what the request adds to its router's counts). A batch's decisions are written
+    together, first (`Writer._transact`)."""
 
-    __slots__ = ("call", "decision", "prompt", "shadow_pmfs", "tenant")
+    __slots__ = ("call", "counts", "decision", "prompt", "shadow_pmfs", "tenant")
 
     def __init__(
         self, decision: Decision, prompt: str | None, tenant: str | None, shadow_pmfs: str | None = None,
-        call: CallRecord | None = None,
+        call: CallRecord | None = None, counts: RouterCounts | None = None,
     ) -> None:
         super().__init__()
         self.decision, self.prompt, self.tenant, self.shadow_pmfs = decision, prompt, tenant, shadow_pmfs
-        self.call = call
+        self.call, self.counts = call, counts
+
+
+class CountRouter(Op):
+    """Add a named router's request that stored no decision (no model answered) to its counts."""
+
+    __slots__ = ("counts",)
+
+    def __init__(self, counts: RouterCounts) -> None:
+        super().__init__()
+        self.counts = counts
 
 
 class RecordCall(Op):
@@ -399,7 +412,7 @@ class Writer:
         follower = self.follower
         # Decisions and call records are not part of the log: a batch of them alone neither reads nor numbers it
         # (BEGIN, one INSERT each, COMMIT). Anything else first catches up with the log, under the lock.
-        touches_log = sweep or any(not isinstance(op, InsertDecision | RecordCall) for op in ops)
+        touches_log = sweep or any(not isinstance(op, InsertDecision | RecordCall | CountRouter) for op in ops)
         try:
             with self.store.write() as tx:
                 batch = Batch(self, tx, active={m.name for m in follower.policies.live.models})
@@ -416,13 +429,16 @@ class Writer:
                 calls = [op.record for op in ops if isinstance(op, RecordCall)]
                 if calls:  # before the feedback below reads them
                     tx.insert_calls(calls)
+                failed = [op.counts for op in ops if isinstance(op, CountRouter)]
+                if failed:
+                    tx.add_router_counts(failed)
                 asked = [op.decision_id for op in ops if isinstance(op, Feedback)]
                 if asked:
                     batch.decisions = tx.decisions(asked)
                     batch.feedback = tx.feedback_for_many(asked)
                     batch.calls = tx.calls_for_many(asked)
                 for op in ops:
-                    if isinstance(op, InsertDecision | RecordCall):
+                    if isinstance(op, InsertDecision | RecordCall | CountRouter):
                         continue
                     try:
                         op.result = op.run(batch)
@@ -468,6 +484,9 @@ class Writer:
         calls = [i.call for i, ok in zip(inserts, stored, strict=True) if ok and i.call is not None]
         if calls:
             batch.tx.insert_calls(calls)
+        counts = [i.counts for i, ok in zip(inserts, stored, strict=True) if ok and i.counts is not None]
+        if counts:  # named routers' requests only: a plain route's batch adds no statement
+            batch.tx.add_router_counts(counts)
 
     def wake(self) -> None:
         """Another process committed to the log (PostgreSQL's NOTIFY): follow it after this batch. Any thread."""

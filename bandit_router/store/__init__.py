@@ -6,6 +6,7 @@ learned state.
     codec.py       features ⇄ bytes, JSON columns, text SQLite can hold
     migrations.py  the schema as one numbered list of migrations, for both backends
     rollup.py      the per-minute rollup (`minute_stats`) kept in the write transaction, for time series
+    router_stats.py  named routers' counts (`router_stats`) kept in the write transaction, for `/v1/stats`
     sqlite.py      `SQLiteStore`, the embedded implementation
     postgres.py    `PostgresStore`, for replicas sharing one PostgreSQL database (imported when used)
     location.py    `db`: a path (SQLite) or a `postgresql://` URL (`DatabaseURL`, shown without its password)
@@ -36,6 +37,7 @@ from .records import (
     StoreStats,
 )
 from .rollup import MinuteStats
+from .router_stats import RouterCounts
 from .sqlite import WAL_MAX_BYTES, SQLiteStore
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "ModelEvent",
     "ModelStats",
     "Reader",
+    "RouterCounts",
     "SQLiteStore",
     "Store",
     "StoreError",

@@ -24,6 +24,7 @@ from .records import (
     StoreStats,
 )
 from .rollup import MinuteStats
+from .router_stats import RouterCounts
 
 
 class Reader(Protocol):
@@ -74,6 +75,11 @@ class Reader(Protocol):
         rollup, whatever the number of decisions."""
         ...
 
+    def router_counts(self) -> list[RouterCounts]:
+        """Named routers' counts (`store/router_stats.py`) summed over every day: one total per (router, answering
+        model, '' for requests no model answered), ordered by router, then model."""
+        ...
+
     def model_events_after(self, event_id: int) -> list[ModelEvent]: ...
 
     def head(self) -> tuple[int, int]:
@@ -110,6 +116,11 @@ class WriteTx(Reader, Protocol):
         ...
 
     def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent: ...
+
+    def add_router_counts(self, increments: Sequence[RouterCounts]) -> None:
+        """Add named routers' per-request counts (`router_stats.of_chain`) to `router_stats`, in this transaction
+        (the one that stores the requests' decisions and chains)."""
+        ...
 
     def insert_shadow_pmfs(self, rows: Sequence[tuple[str, str]]) -> None:
         """(decision_id, JSON object {shadow name: pmf}) rows, next to their decisions."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import rollup
+from . import rollup, router_stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +252,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "chain TEXT NOT NULL)",
             "CREATE INDEX IF NOT EXISTS feedback_unrouted ON feedback (seq) WHERE status = 'unrouted'",
         ),
+    ),
+    Migration(
+        7,
+        "named routers' counts per (router, day, answering model) (`router_stats`, store/router_stats.py), kept in "
+        "the transaction that stores each request's decision and chain; filled from the chains already stored",
+        (router_stats.TABLE, router_stats.BACKFILL),
+        (router_stats.TABLE_POSTGRES, *router_stats.BACKFILL_POSTGRES),
     ),
 )
 

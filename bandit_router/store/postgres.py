@@ -46,7 +46,7 @@ from psycopg_pool import ConnectionPool
 
 from ..catalog import ModelSpec
 from ..types import Decision
-from . import rollup
+from . import rollup, router_stats
 from .interface import Reader, WriteTx
 from .location import DatabaseURL, redact_urls
 from .migrations import MIGRATIONS, SCHEMA_VERSION
@@ -445,6 +445,13 @@ class _PostgresTx(_SQLiteTx):
             sql = rollup.UPSERT.format(values=",".join([rollup.ROW_PLACEHOLDERS_POSTGRES] * len(chunk)))
             self.conn.execute(sql, [v for row in chunk for v in row])
 
+    def add_router_counts(self, increments: Sequence[router_stats.RouterCounts]) -> None:
+        rows = router_stats.upsert_rows(increments)
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            sql = router_stats.UPSERT.format(values=",".join([router_stats.ROW_PLACEHOLDERS_POSTGRES] * len(chunk)))
+            self.conn.execute(sql, [v for row in chunk for v in row])
+
     def insert_feedback(self, records: Sequence[FeedbackRecord]) -> None:
         self.logged = self.logged or bool(records)
         for start in range(0, len(records), _CHUNK):
@@ -629,6 +636,9 @@ class _PostgresTx(_SQLiteTx):
             raise ValueError("step must be at least one minute")
         rows = self._rows(rollup.SELECT_POSTGRES, rollup.select_parameters(first, end, step)[:5])
         return [rollup.from_row(row) for row in rows]
+
+    def router_counts(self) -> list[router_stats.RouterCounts]:
+        return [router_stats.from_row(row) for row in self._rows(router_stats.SELECT)]
 
     def model_events_after(self, event_id: int) -> list[ModelEvent]:
         rows = self._rows(

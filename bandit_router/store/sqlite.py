@@ -14,6 +14,8 @@ Tables (schema: `store/migrations.py`; hot-path statements on the raw `sqlite3` 
     shadow_pmfs   the shadow policies' pmfs per decision
     calls         the gateway's record of a decision's upstream call(s)
     chains        a named router's chain per decision (JSON, beside its call record)
+    minute_stats  the per-minute rollup (`store/rollup.py`)
+    router_stats  named routers' counts per (router, day, answering model) (`store/router_stats.py`)
     meta          schema version and the reward-window sweep position
 
 Rows are read by column name (`sqlite3.Row`); every `sqlite3.Error` leaves this module as a `StoreError`.
@@ -40,7 +42,7 @@ from typing import Any
 from ..catalog import ModelSpec
 from ..dbguard import FileGuard, is_integrity_error, wal_bytes
 from ..types import Context, Decision
-from . import rollup
+from . import rollup, router_stats
 from .codec import decode_features, encode_features, floats_json, safe_text, to_json
 from .interface import Reader, WriteTx
 from .migrations import MIGRATIONS, SCHEMA_VERSION
@@ -420,6 +422,13 @@ class _SQLiteTx:
             sql = rollup.UPSERT.format(values=",".join([rollup.ROW_PLACEHOLDERS] * len(chunk)))
             self.conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
 
+    def add_router_counts(self, increments: Sequence[router_stats.RouterCounts]) -> None:
+        rows = router_stats.upsert_rows(increments)
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            sql = router_stats.UPSERT.format(values=",".join([router_stats.ROW_PLACEHOLDERS] * len(chunk)))
+            self.conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
+
     def _decision_row(self, decision: Decision, prompt: str | None, tenant: str | None) -> tuple[Any, ...]:
         """The values of `DECISION_COLUMNS`, in that order."""
         ctx = decision.context
@@ -653,6 +662,10 @@ class _SQLiteTx:
             raise ValueError("step must be at least one minute")
         rows = self._execute(rollup.SELECT, rollup.select_parameters(first, end, step), plain=True).fetchall()
         return [rollup.MinuteStats(*row) for row in rows]
+
+    def router_counts(self) -> list[router_stats.RouterCounts]:
+        rows = self._execute(router_stats.SELECT, (), plain=True).fetchall()
+        return [router_stats.from_row(row) for row in rows]
 
     def model_events_after(self, event_id: int) -> list[ModelEvent]:
         rows = self.conn.execute(

@@ -120,7 +120,7 @@ async def stats_live(request: Request) -> Response:
     reply["can_promote"] = (not services.auth.enabled) or role is Role.ADMIN
     reply["store_prompts"] = services.engine.settings.storage.store_prompts
     named = getattr(request.app.state, "named_routers", None)
-    reply["named_routers"] = named.report() if named is not None else {}
+    reply["named_routers"] = await run_in_threadpool(named.report) if named is not None else {}
     return json_response(reply)
 
 

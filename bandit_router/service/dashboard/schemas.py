@@ -88,7 +88,8 @@ class LiveOut(BaseModel):
     can_promote: bool = Field(description="the caller's key may promote a shadow (an admin key, or no keys)")
     store_prompts: bool
     named_routers: dict[str, Any] = Field(default_factory=dict, description="per `[[routers]]` alias: requests, "
-                                          "escalations, calls, failures, spend (as in `GET /v1/stats`)")
+                                          "escalations, calls, failures, spend (as in `GET /v1/stats`: the "
+                                          "deployment's totals, from the database)")
 
 
 class RecentDecision(BaseModel):
