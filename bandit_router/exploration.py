@@ -86,7 +86,7 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     The router samples from this pmf and logs its value, so the logged propensity is exact for what was done.
     """
     means, sds = mean.tolist(), sd.tolist()  # K is small: Python floats, IEEE arithmetic as numpy's
-    alive = _in_play(means, sds, dominance)
+    alive = _alive(means, sds, dominance)
     if len(alive) == 1:
         out = np.zeros(len(means))
         out[alive[0]] = 1.0
@@ -123,12 +123,10 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     return out
 
 
-def _in_play(means: list[float], sds: list[float], dominance: float) -> list[int]:
-    """The arms that are not confidently dominated (`gaussian_argmax_pmf`)."""
+def _alive(means: list[float], sds: list[float], dominance: float) -> list[int]:
+    """The arms not confidently dominated: mean + β·sd ≥ max(mean − β·sd) (NaN: none)."""
     lows = [m - dominance * s for m, s in zip(means, sds, strict=True)]
-    top = max(lows)
-    if any(map(math.isnan, lows)):  # NaN: as np.max, which propagates it (then nothing is alive)
-        top = math.nan
+    top = math.nan if any(map(math.isnan, lows)) else max(lows)
     cut = top - TIE_TOLERANCE
     return [a for a, (m, s) in enumerate(zip(means, sds, strict=True)) if m + dominance * s >= cut]
 
@@ -146,7 +144,7 @@ def gaussian_argmax_pmfs(
     groups: dict[int, list[int]] = {}
     for i, (mean, sd) in enumerate(zip(means, sds, strict=True)):
         k = len(mean)
-        if k > 1 and len(_in_play(mean.tolist(), sd.tolist(), dominance)) == k:
+        if k > 1 and len(_alive(mean.tolist(), sd.tolist(), dominance)) == k:
             groups.setdefault(k, []).append(i)
         else:
             out[i] = gaussian_argmax_pmf(mean, sd, dominance, nodes)
@@ -185,6 +183,94 @@ def gaussian_argmax_pmfs(
             else:
                 out[i] = p[row] if every else p[row] / totals[row]
     return out  # type: ignore[return-value]  # every entry set above
+
+
+def ids_pmf(
+    mean: np.ndarray,
+    sd: np.ndarray,
+    rng: np.random.Generator,
+    draws: int = 256,
+    dominance: float = 3.0,
+    mix: float = 0.02,
+) -> np.ndarray:
+    """Variance-based information-directed sampling (Russo & Van Roy 2018, "Learning to optimize via
+    information-directed sampling", section 6) when score_a ~ N(mean_a, sd_a²) independently.
+
+    From M = `draws` joint draws θ⁽ⁱ⁾ of the scores from `rng` (A*⁽ⁱ⁾ = argmax_a θ⁽ⁱ⁾_a), per arm
+
+        Δ_a = E[max_b θ_b] − E[θ_a]                                  (expected regret of playing a)
+        g_a = Σ_{a*} P(A* = a*)·(E[θ_a | A* = a*] − E[θ_a])²          (what playing a tells about A*)
+
+    with every expectation the mean over the draws and P(A* = a*) the share of draws whose best arm is a*
+    (so Δ_a ≥ 0 exactly); arms best in no draw are left out (P(A* = a) ≈ 0 and g_a ≈ 0). The pmf π minimises
+    the information ratio (πᵀΔ)² / (πᵀg); a minimiser is supported on at most two arms (`_two_arm_minimum`).
+    Then p = (1 − `mix`)·π + `mix`·uniform over the arms not confidently dominated (mean + β·sd ≥ the best
+    mean − β·sd, β = `dominance`; the others get 0), so that every model that may still be best keeps a
+    probability an off-policy estimate can divide by. The draws come from `rng`, so a seeded run is
+    reproducible; the pmf is random through them, and the router samples from the returned pmf and logs its
+    value: the exact probability of what was done given the draws.
+    """
+    means, sds = mean.tolist(), sd.tolist()
+    alive = _alive(means, sds, dominance)
+    out = np.zeros(len(means))
+    if len(alive) <= 1:
+        out[alive or slice(None)] = 1.0 / max(len(alive), len(means))
+        return out
+    k = len(alive)
+    theta = rng.standard_normal((draws, k))
+    if k == len(means):
+        theta *= sd
+        theta += mean
+    else:
+        theta *= np.array([sds[a] for a in alive])
+        theta += np.array([means[a] for a in alive])
+    star = np.argmax(theta, axis=1)
+    counts = np.bincount(star, minlength=k)
+    pi = np.zeros(k)
+    seen = counts.nonzero()[0]
+    if len(seen) == 1:  # one arm best in every draw: Δ = 0 there, nothing left to learn about A*
+        pi[seen[0]] = 1.0
+    else:
+        sums = (star[:, None] == seen).T @ theta  # [a*, a] = Σ θ_a over the draws whose best arm is a*
+        average = _add(sums, axis=0)[seen] / draws  # every draw has its best arm in `seen`
+        sums = sums[:, seen]
+        delta = np.maximum(float(sums.trace()) / draws - average, 0.0)  # E[max] − E[θ_a]
+        n = counts[seen]
+        sums /= n[:, None]  # E[θ_a | A* = a*]
+        sums -= average
+        sums *= sums
+        gain = n @ sums / draws
+        (a, b), q = _two_arm_minimum(delta, gain)
+        pi[seen[a]] += q
+        pi[seen[b]] += 1.0 - q
+    out[alive] = (1.0 - mix) * pi + mix / k
+    return out
+
+
+def _two_arm_minimum(delta: np.ndarray, gain: np.ndarray) -> tuple[tuple[int, int], float]:
+    """argmin over pairs (a, b) and q ∈ [0, 1] of f(q) = (qΔ_a + (1 − q)Δ_b)² / (q·g_a + (1 − q)·g_b): the pair
+    and q. Candidates: every single arm (q = 1; a ratio 0/0 counts as 0, x/0 as +∞) and every pair's stationary
+    point when it lies inside (0, 1): with D = Δ_a − Δ_b, G = g_a − g_b, f′(q) = 0 at
+
+        q* = Δ_b/D − 2·g_b/G,   where   f(q*) = 4·D·(Δ_b·g_a − Δ_a·g_b) / G².
+
+    The first minimum wins (deterministic)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        single = np.where(delta > 0.0, delta * delta / gain, 0.0)
+        d = np.subtract.outer(delta, delta)  # D, row a, column b
+        g = np.subtract.outer(gain, gain)
+        q = delta / d
+        q -= 2.0 * gain / g
+        cross = np.multiply.outer(gain, delta)
+        cross -= cross.T  # Δ_b·g_a − Δ_a·g_b
+        pair = 4.0 * d * cross / (g * g)
+    pair[~((q > 0.0) & (q < 1.0))] = np.inf
+    best = int(np.argmin(single))
+    flat = int(np.argmin(pair))
+    if pair.flat[flat] < single[best]:
+        a, b = divmod(flat, len(delta))
+        return (a, b), float(q.flat[flat])
+    return (best, best), 1.0
 
 
 _add = np.add.reduce

@@ -191,10 +191,10 @@ class Router:
     def route_many(self, requests: Sequence[Request]) -> list[Decision | Exception]:
         """`route` for each of `requests`, in order: the same decisions as that many `route` calls one after the
         other with nothing learned in between (the same pmfs, and the draws in the same order), or the error that
-        call would raise. When the policy prices several requests at once (`pmfs`, the `default` policy's
-        stacked quadrature) and the pacer's prices do not depend on the decisions before (`passive`: no budget
+        call would raise. When the policy prices several requests at once (`stacks_pmfs` and `pmfs`, the `default`
+        policy's stacked quadrature) and the pacer's prices do not depend on the decisions before (`passive`: no budget
         targets), the pmfs are computed together; otherwise this is one `route` after another."""
-        stacks = getattr(self.policy, "pmfs", None)
+        stacks = getattr(self.policy, "pmfs", None) if getattr(self.policy, "stacks_pmfs", False) else None
         passive = self.pacer is None or getattr(self.pacer, "passive", False)
         if stacks is None or len(requests) < 2 or not passive:
             return [_attempt(self.route, r) for r in requests]

@@ -46,7 +46,8 @@ QUALITY: dict[str, dict[str, float]] = {
 }
 """Mean answer quality per model and prompt kind (each answer adds ±`NOISE`)."""
 NOISE = 0.1
-MODES = ("ok", "slow", "fail", "hang", "omit_usage", "garbage")
+MODES = ("ok", "slow", "fail", "hang", "omit_usage", "garbage", "reject")
+"""`reject`: a 400 that blames the request, as a model whose context window is too small answers."""
 ANSWER_WORDS = 24
 
 
@@ -145,6 +146,11 @@ class FakeUpstream:
         if behaviour.mode == "hang":  # until told otherwise (or closing): never answers meanwhile
             while self.behaviour.get(model, Behaviour()).mode == "hang" and not self.closing:
                 await asyncio.sleep(0.05)
+            return
+        if behaviour.mode == "reject":
+            await _json(send, 400, {"error": {"message": f"This model's maximum context length is exceeded ({model})",
+                                              "type": "invalid_request_error", "param": "messages",
+                                              "code": "context_length_exceeded"}})
             return
         if behaviour.mode == "fail":
             await _json(send, 500, {"error": {"message": "the model is overloaded", "type": "server_error"}})

@@ -187,6 +187,24 @@ def test_an_upstream_failure_mid_chain_falls_back_without_a_500(gateway: Callabl
     assert httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]["failed_requests"] == 1
 
 
+def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_before_any_answer_is_the_clients(
+    gateway: Callable[..., str], fake: Fake
+) -> None:
+    url = gateway()
+    fake.set("strong", "reject")  # a 400 that blames the request: e.g. the prompt is too long for this model
+    completion, chain, decision_id = ask(url, "cascade", CODE)  # escalated, refused: cheap's answer, not a 400
+    assert completion.model == "cheap" and chain["escalations"] == 1
+    assert "(400)" in chain["calls"][-1]["error"]
+    assert stored(url, decision_id)["model"] == "cheap"
+    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]
+    assert counts["requests"] == 1 and counts["failed_calls"] == 1 and counts["spend_usd"] > 0
+    fake.set("strong")
+    fake.set("cheap", "reject")  # the first model refuses: nothing answered, the client's 400 goes back to it
+    reply = httpx.post(url + "/v1/chat/completions",
+                       json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
+    assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
+
+
 # -- learned escalation -----------------------------------------------------------------------------------------
 def test_learned_escalation_learns_which_kinds_to_escalate(gateway: Callable[..., str]) -> None:
     """λ = 400: escalating costs ≈ 0.2 quality points (the strong model's ≈ 0.0005 USD), so the best is to accept

@@ -170,12 +170,13 @@ def test_thompson_pmf_splits_exact_ties_evenly(spec: str) -> None:
     assert decision.pmf == pytest.approx((0.5, 0.5))
 
 
-@pytest.mark.parametrize("policy", ["default", "linucb", "thompson"])
+@pytest.mark.parametrize("policy", ["default", "default:sampler=ids", "linucb", "thompson"])
 @pytest.mark.parametrize("targets", [None, [], ["avg_cost_usd=0.0005"]])
 def test_route_many_decides_as_route_one_after_the_other(policy: str, targets: list[str] | None) -> None:
     """`route_many` (the service decides an event-loop iteration's requests with it) gives the decisions, pmfs bit
     for bit, and the errors of one `route` per request in order, and leaves the router in the same state; the
-    `default` policy with no or target-less budgets takes the stacked quadrature, the others one route each."""
+    `default` policy with no or target-less budgets takes the stacked quadrature, the others (and its `ids`
+    sampler, whose pmf draws from the router's generator) one route each."""
     from bandit_router.budgets import BudgetConfig, BudgetPacer
 
     def make() -> Router:

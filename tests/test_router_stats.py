@@ -332,3 +332,55 @@ def test_migration_7_leaves_out_what_is_not_a_named_routers_chain(db: str) -> No
 
 def test_a_day_is_the_utc_day_of_the_request() -> None:
     assert day_of(0.0) == 0 and day_of(86399.9) == 0 and day_of(86400.0) == 1 and day_of(-1.0) == -1
+
+
+def test_a_request_whose_router_has_no_active_model_is_counted_as_failed(
+    serve: Callable[..., tuple[str, ServerThread]], db: str
+) -> None:
+    """Every model of a router retired at run time: its requests are 502s that no model answered, so they count
+    as requests and failed requests (the documented `failed_requests`)."""
+    url, _ = serve(db)
+    added = httpx.post(url + "/v1/models", json={"name": "other", "input_usd_per_mtok": 1.0,
+                                                "output_usd_per_mtok": 2.0})
+    assert added.status_code in (200, 201), added.text
+    for name in ("cheap", "strong"):
+        assert httpx.delete(url + f"/v1/models/{name}").status_code == 200
+    reply = ask(url, "cascade", PROSE)
+    assert reply.status_code == 502, reply.text
+    stats = named_stats(url)["cascade"]
+    assert (stats["requests"], stats["failed_requests"], stats["answer_calls"], stats["spend_usd"]) == (1, 1, 0, 0)
+
+
+def test_migration_7_survives_chains_that_parse_as_json_but_cannot_be_read(db: str) -> None:
+    """Chains no service wrote that PostgreSQL's `json` accepts but cannot read as text (a `\\u0000`, a lone
+    surrogate), nested deeper than its parser's stack, or with a cost beyond a float's range: the migration, and
+    with it the service's start, does not fail on them; they are left out (no router) or their cost counts 0
+    (the totals stay finite, so `/v1/stats` can say them)."""
+    store = _open(db)
+    store.prepare()
+    router = Router(seed=3)
+    huge = ('{"router": "cascade", "strategy": "cascade", "answered_by": "strong", "steps": [], '
+            '"calls": [{"role": "answer", "cost_usd": 1e400}, {"role": "judge", "cost_usd": 0.25}]}')
+    odd = ('{"note": "a\\u0000b"}', '{"note": "\\ud800"}', '{"note": ' + "[" * 100_000 + "]" * 100_000 + "}", huge)
+    try:
+        with store.write() as tx:
+            for i, chain in enumerate(odd):
+                decision = dataclasses.replace(router.route(Request(prompt=f"odd {i}")), policy="cascade:cascade")
+                tx.insert_decisions([(decision, None, None)])
+                tx.insert_calls([CallRecord(
+                    decision_id=decision.decision_id, request_id=decision.decision_id, attempt=1,
+                    model=decision.model, routed=False, stream=False, status="ok", http_status=200, input_tokens=1,
+                    output_tokens=1, usage=None, cost_usd=0.5, ttft_s=0.1, latency_s=0.1, error=None,
+                    created_at=86400.0 * 20_000, chain=chain,
+                )])  # fmt: skip
+    finally:
+        store.close()
+    _as_schema_6(db)
+    store = _open(db)
+    try:
+        store.prepare()
+        with store.read() as reader:
+            assert reader.router_counts() == [RouterCounts(
+                "cascade", -1, "strong", requests=1, answer_calls=1, judge_calls=1, spend_usd=0.25)]
+    finally:
+        store.close()

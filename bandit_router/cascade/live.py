@@ -103,10 +103,14 @@ class NamedRouters:
     # -- calling a model ------------------------------------------------------------------------------------------
     def _call(self, chat: ChatRequest, deadline: float, failures: list[UpstreamError]) -> Any:
         """The chain's `call(model, messages, want_logprobs)` over the gateway's upstreams (`CallFailed` on a
-        failure; a 4xx that blames the request is re-raised for the caller)."""
+        failure). A 4xx that blames the request is re-raised for the caller while no model has answered; after an
+        answer it is that model's failure (its context window, a parameter it does not take), and the chain keeps
+        the answer it has paid for."""
         router = self.engine.router
+        answered = False
 
         async def call(model: str, messages: Sequence[Mapping[str, str]], logprobs: bool) -> ModelAnswer:
+            nonlocal answered
             own = messages is not chat.messages  # a judge's or the routing LLM's own prompt
             payload: dict[str, Any] = dict(chat.payload) if not own else {"messages": list(messages)}
             payload.pop("stream", None)
@@ -124,7 +128,7 @@ class NamedRouters:
                 reply = await self.gateway.upstreams.complete(model, payload, deadline)
             except UpstreamRejected as exc:
                 self._observe(model, exc.status, time.perf_counter() - started)
-                if exc.blame_request and not own:
+                if exc.blame_request and not own and not answered:
                     raise
                 failures.append(exc)
                 raise CallFailed(str(exc)) from None
@@ -136,6 +140,7 @@ class NamedRouters:
             usage = reply.usage or estimated(messages, text)
             cost = usage.cost_usd(router.spec(model))
             self._observe(model, CallStatus.OK, reply.latency_s, cost)
+            answered = answered or not own
             return ModelAnswer(
                 model, text, cost, reply.latency_s, usage.input_tokens,
                 usage.output_tokens, _logprobs(reply.body), payload=(reply.body, usage.source),
@@ -163,7 +168,9 @@ class NamedRouters:
         router = self.engine.router
         active = {m.name for m in router.models}
         models = [m for m in alias.models if m in active]
-        if not models:
+        if not models:  # every model of the router retired: a request no model answered, counted as such
+            await self._count_failed({"router": alias.name, "strategy": alias.strategy, "calls": [], "steps": [],
+                                      "answered_by": None})
             raise NamedRouterFailed(alias.name, [])
         context = router.featurize(request)
         cost_weight = chat.cost_weight if chat.cost_weight is not None else router.reward_config.cost_weight

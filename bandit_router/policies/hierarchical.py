@@ -40,7 +40,9 @@ exploring their uncertainty explores forever.
 q̃_m ~ N(q̂_m(φ), (s·sd_m)²), s = `exploration`. The pmf of the argmax is computed by quadrature
 (`exploration.gaussian_argmax_pmf`), not from a handful of draws, so small probabilities are logged
 exactly. A model whose optimistic score (mean + β·sd) is below another's pessimistic score (mean − β·sd)
-at this request's λ is confidently dominated and gets probability 0 (β = `dominance`).
+at this request's λ is confidently dominated and gets probability 0 (β = `dominance`). With `sampler=ids` the
+same posterior goes through information-directed sampling instead (`exploration.ids_pmf`): explore a model
+only as far as what its outcome would tell about which model is best is worth its expected regret.
 
 **Cold start.** No fixed forced-exploration count: an untried model's wide prior makes it likely to be
 drawn a few times, and a model that looks poor after those is left alone. A model added at run time gets
@@ -72,6 +74,7 @@ MAX_VARIANCE = 0.25
 MIN_VARIANCE = 0.01
 """The least noise variance assumed a priori (a model whose quality looks constant is still checked)."""
 UNINFORMED_QUALITY = 0.5
+SAMPLERS = ("thompson", "ids")
 MAX_MODEL_LISTS = 64
 """Model lists (requests' `models` subsets) whose posterior rows are kept between two updates."""
 
@@ -101,6 +104,16 @@ class HierarchicalParams:
     """The floor ends once the model's posterior sd falls below this share of its prior sd."""
     nodes: int = 16
     """Gauss–Hermite nodes per model of the argmax pmf's integration grid (`exploration.gaussian_argmax_pmf`)."""
+    sampler: str = "thompson"
+    """How the scores' posterior becomes a pmf: `thompson` (the argmax's pmf) or `ids` (variance-based
+    information-directed sampling from `draws` posterior draws of the router's rng, `exploration.ids_pmf`; best
+    on the tuning sets with `exploration=1.2`; tried as the default and not adopted, its route costs ≈ 40 µs
+    more: experiments/learning-efficiency/README.md)."""
+    draws: int = 256
+    """`ids` only: posterior draws per request."""
+    mix: float = 0.02
+    """`ids` only: share of the pmf spread evenly over the models not confidently dominated (so that off-policy
+    estimates can weigh every model that may still be best)."""
 
     def __post_init__(self) -> None:
         if not 32 <= self.dim <= 1024:
@@ -111,6 +124,10 @@ class HierarchicalParams:
             raise ValueError("floor must be in [0, 0.5] and floor_until in (0, 1]")
         if not 4 <= self.nodes <= 128:
             raise ValueError("nodes must be in [4, 128]")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}")
+        if not 0.0 <= self.mix <= 0.5 or not 16 <= self.draws <= 65536:
+            raise ValueError("mix must be in [0, 0.5] and draws in [16, 65536]")
 
 
 class _Arms:
@@ -321,12 +338,22 @@ class HierarchicalThompsonPolicy(BasePolicy):
         scaled = self._scaled_sd
         if scaled[0] is not sd:  # s·sd changes with the posterior only (`_posterior_of` caches sd per update)
             scaled = self._scaled_sd = (sd, p.exploration * sd)
+        if p.sampler == "ids":
+            return exploration.ids_pmf(mean - penalty, scaled[1], rng, p.draws, p.dominance, p.mix)
         return exploration.gaussian_argmax_pmf(mean - penalty, scaled[1], p.dominance, p.nodes)
+
+    @property
+    def stacks_pmfs(self) -> bool:
+        """Whether `pmfs` may stand for one `pmf` per request: with the Thompson quadrature (no generator), not
+        with `sampler=ids`, whose pmf draws from the router's generator between the router's own draws."""
+        return self.params.sampler == "thompson"
 
     def pmfs(self, requests: Sequence[tuple[Context, Sequence[ModelSpec], np.ndarray]]) -> list[np.ndarray]:
         """`pmf` of each (context, models, penalty), the same values bit for bit, the quadratures evaluated
-        together (`exploration.gaussian_argmax_pmfs`; `Router.route_many`)."""
+        together (`exploration.gaussian_argmax_pmfs`; `Router.route_many`; only while `stacks_pmfs`)."""
         p = self.params
+        if not self.stacks_pmfs:
+            raise ValueError("pmfs: the ids sampler draws from the router's generator; use pmf per request")
         means, sds = [], []
         for context, models, penalty in requests:
             mean, sd = self.predict(context, models)

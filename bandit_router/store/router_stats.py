@@ -150,11 +150,16 @@ def from_row(row: Sequence[object]) -> RouterCounts:
 
 
 # -- filling the table from the stored chains (migration 7) -----------------------------------------------------
+MAX_COST = "1e300"
+"""The largest call cost (USD) the backfill adds: a larger one, or one beyond a float's range, is no cost the
+service wrote (it counts 0), and the totals stay finite (`/v1/stats` refuses to say an infinity)."""
+
+
 def _backfill(source: str, each: str, field: str, element: str, number: str, day: str, where: str) -> str:
     """`BACKFILL` in a dialect: `source` the chains with their call records (`c.created_at`, `c.model`), `each`
     the elements of the chain's array `{path}` (as `e`), `field` the chain's member `{key}` as text, `element` an
     element's member `{key}` as text (NULL when the element is not an object), `number` an element's member as a
-    float (0 when not a number), `day` the call's day, `where` the filter."""
+    float (0 when not a number, or above `MAX_COST`), `day` the call's day, `where` the filter."""
     calls, steps = each.format(path="calls"), each.format(path="steps")
     per_chain = (
         f"SELECT {field.format(key='router')} AS router, {day} AS day, "
@@ -183,7 +188,8 @@ BACKFILL = _backfill(
     each="json_each(h.chain, '$.{path}') AS e",
     field="json_extract(h.chain, '$.{key}')",
     element="json_extract(h.chain, e.fullkey || '.{key}')",  # by path: NULL, not an error, for a non-object
-    number="CASE WHEN json_type(h.chain, e.fullkey || '.{key}') IN ('integer', 'real') "
+    number=f"CASE WHEN json_type(h.chain, e.fullkey || '.{{key}}') IN ('integer', 'real') AND "
+           f"abs(json_extract(h.chain, e.fullkey || '.{{key}}')) <= {MAX_COST} "
            "THEN json_extract(h.chain, e.fullkey || '.{key}') ELSE 0 END",
     day=f"CAST(c.created_at / {SECONDS_PER_DAY} AS INTEGER)",
     where="CASE WHEN json_valid(h.chain) THEN json_type(h.chain) = 'object' AND json_type(h.chain, '$.router') = "
@@ -192,22 +198,25 @@ BACKFILL = _backfill(
 """SQLite: the counts of every stored chain (`of_chain` in SQL), into an empty `router_stats`. A chain that is not
 a JSON object naming its router (none the service wrote) is left out."""
 JSON_OR_NULL = "bandit_router_json_or_null"
-"""A function that migration 7 creates for its backfill on PostgreSQL, and drops: text → json, NULL when not JSON
-(PostgreSQL 15 has no `IS JSON`; a plain cast would fail the migration, and the service's start, on one bad row)."""
+"""A function that migration 7 creates for its backfill on PostgreSQL, and drops: text → jsonb, NULL when it cannot
+be read (not JSON; or JSON that `json` accepts but no operator can read: a `\\u0000` or a lone surrogate in a
+string, a nesting deeper than the parser's stack). PostgreSQL 15 has no `IS JSON`; a plain cast, or `->` on a
+`json` value, would fail the migration, and the service's start, on one bad row."""
 BACKFILL_POSTGRES = (
-    f"CREATE OR REPLACE FUNCTION {JSON_OR_NULL}(doc TEXT) RETURNS json LANGUAGE plpgsql AS "
-    "$$ BEGIN RETURN doc::json; EXCEPTION WHEN invalid_text_representation THEN RETURN NULL; END $$",
+    f"CREATE OR REPLACE FUNCTION {JSON_OR_NULL}(doc TEXT) RETURNS jsonb LANGUAGE plpgsql AS "
+    "$$ BEGIN RETURN doc::jsonb; EXCEPTION WHEN OTHERS THEN RETURN NULL; END $$",
     _backfill(
         source=f"(SELECT c.created_at, c.model, {JSON_OR_NULL}(h.chain) AS doc FROM chains h "
                "JOIN calls c ON c.decision_id = h.decision_id OFFSET 0) AS c",  # OFFSET 0: parsed once per row
-        each="json_array_elements(CASE WHEN json_typeof(c.doc -> '{path}') = 'array' THEN c.doc -> '{path}' END) "
+        each="jsonb_array_elements(CASE WHEN jsonb_typeof(c.doc -> '{path}') = 'array' THEN c.doc -> '{path}' END) "
              "AS e(value)",
         field="(c.doc ->> '{key}')",
-        element="CASE WHEN json_typeof(e.value) = 'object' THEN e.value ->> '{key}' END",
-        number="CASE WHEN json_typeof(e.value) = 'object' AND json_typeof(e.value -> '{key}') = 'number' "
-               "THEN (e.value ->> '{key}')::DOUBLE PRECISION ELSE 0 END",
+        element="CASE WHEN jsonb_typeof(e.value) = 'object' THEN e.value ->> '{key}' END",
+        number="CASE WHEN jsonb_typeof(e.value) = 'object' AND jsonb_typeof(e.value -> '{key}') = 'number' "
+               f"THEN CASE WHEN abs((e.value ->> '{{key}}')::NUMERIC) <= {MAX_COST} "
+               "THEN (e.value ->> '{key}')::DOUBLE PRECISION ELSE 0 END ELSE 0 END",
         day=f"FLOOR(c.created_at / {SECONDS_PER_DAY})::INTEGER",
-        where="json_typeof(c.doc) = 'object' AND json_typeof(c.doc -> 'router') = 'string'",
+        where="jsonb_typeof(c.doc) = 'object' AND jsonb_typeof(c.doc -> 'router') = 'string'",
     ),
     f"DROP FUNCTION {JSON_OR_NULL}(TEXT)",
 )

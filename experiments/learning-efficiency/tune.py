@@ -6,8 +6,14 @@
 Tuning sets: RouterBench's RouterDC *train* split (2,205 prompts; the experiment reports the test split, and
 the whole table only for comparison with the issue's figures) and the synthetic `worlds/tuning.toml`
 (16 models, another structure and seed than the reported 24-model world). Seeds 100–107 (the experiment uses
-0–4). Criterion: the mean over sets and λ of the whole-stream regret per request, plus the mean of the
-positive part of the second-half regret (a setting that is behind at the end is penalised).
+0–4; `--first-seed 108 --seeds 16` draws further tuning seeds, to check a choice made on 100–107). Criterion:
+the mean over sets and λ of the whole-stream regret per request, plus the mean of the positive part of the
+second-half regret (a setting that is behind at the end is penalised).
+
+Seed noise: per seed, the same criterion on that seed's runs alone (whole + positive part of the second half,
+averaged over sets and λ); the table below the main one gives each setting's difference from the first
+setting given, seed by seed (common random numbers: every setting sees the same streams), as mean ± standard
+error over seeds, so that a difference within ~2 standard errors is read as noise.
 """
 
 from __future__ import annotations
@@ -38,14 +44,24 @@ GRID = {"exploration": (0.55, 0.7, 0.85, 1.0), "evidence": (2.0, 5.0), "shrinkag
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("specs", nargs="*", help="policy specs to compare (default: the grid of GRID)")
-    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="use the first N tuning seeds")
+    parser.add_argument("--seeds", type=int, default=len(SEEDS), help="use N tuning seeds (default 8)")
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=SEEDS[0],
+        help="first tuning seed (default 100; ≥ 100: a second draw of tuning seeds to check a choice made on 100–107)",
+    )
     args = parser.parse_args()
-    seeds = SEEDS[: args.seeds]
+    if args.first_seed < SEEDS[0]:
+        parser.error("tuning seeds start at 100 (the experiment reports seeds 0–4)")
+    seeds = tuple(range(args.first_seed, args.first_seed + args.seeds))
     specs = args.specs or [
         "default:" + ",".join(f"{k}={v:g}" for k, v in zip(GRID, values, strict=True))
         for values in itertools.product(*GRID.values())
     ]
     scores: dict[str, list[float]] = {s: [] for s in specs}
+    per_seed: dict[str, np.ndarray] = {s: np.zeros(len(seeds)) for s in specs}
+    cells_per_seed = len(SETS) * len(COST_WEIGHTS)
     table: dict[tuple[str, str], str] = {}
     for name, env in SETS.items():
         result = simulate(Plan(env=env, policies=tuple(specs), cost_weights=COST_WEIGHTS, seeds=seeds), workers=2)
@@ -56,6 +72,10 @@ def main() -> None:
                 whole = float(np.mean([r.regret_per_request for r in runs]))
                 half = float(np.mean([r.regret_per_request_second_half for r in runs]))
                 scores[spec].append(whole + max(half, 0.0))
+                for i, seed in enumerate(seeds):
+                    (run,) = [r for r in runs if r.seed == seed]
+                    value = run.regret_per_request + max(run.regret_per_request_second_half, 0.0)
+                    per_seed[spec][i] += value / cells_per_seed
                 cells.append(f"{whole:+.4f} / {half:+.4f}")
             table[(spec, name)] = " | ".join(cells)
     print("# Tuning the default policy (tuning sets only)\n")
@@ -74,8 +94,20 @@ def main() -> None:
     for spec in sorted(specs, key=lambda s: float(np.mean(scores[s]))):
         for name in SETS:
             print(f"| {spec} | {np.mean(scores[spec]):+.4f} | {name} | {table[(spec, name)]} |")
+    first = specs[0]
+    print(f"\nPer-seed criterion, and its difference from `{first}` seed by seed (mean ± standard error):\n")
+    print("| setting | per-seed criterion | difference from the first |")
+    print("|---|---|---|")
+    for spec in specs:
+        diff = per_seed[spec] - per_seed[first]
+        print(f"| {spec} | {_mean_se(per_seed[spec])} | {_mean_se(diff) if spec != first else '—'} |")
     best = min(specs, key=lambda s: float(np.mean(scores[s])))
     print(f"\nSelected: `{best}`")
+
+
+def _mean_se(values: np.ndarray) -> str:
+    se = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return f"{float(np.mean(values)):+.4f} ± {se:.4f}"
 
 
 if __name__ == "__main__":
