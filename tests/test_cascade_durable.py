@@ -38,19 +38,14 @@ from experiments.cascade.live_sweep import (
     stream,
     sweep,
 )
+from tests.named_fakes import serving
 
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeUpstream]:
     """`cheap` is bad at code, middling at math, good at prose; the judge reads the quality with ±0.25 noise."""
-    upstream = FakeUpstream(quality=QUALITY, seed=5, judge_noise=JUDGE_NOISE)
-    server = ServerThread(upstream)
-    upstream.url = server.url
-    try:
+    with serving(FakeUpstream(quality=QUALITY, seed=5, judge_noise=JUDGE_NOISE)) as upstream:
         yield upstream
-    finally:
-        upstream.closing = True
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

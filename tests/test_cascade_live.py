@@ -19,18 +19,9 @@ from bandit_router.config import RouterAlias, Settings
 from bandit_router.evaluation.store_log import recent_log
 from bandit_router.service import create_app
 from bandit_router.store import SQLiteStore
-from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread, kind_of, quality_in
+from benchmarks.fake_upstream import JUDGE, ServerThread, quality_in
+from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ChooserFake, serving
 
-QUALITY = {
-    "cheap": {"code": 0.15, "math": 0.85, "prose": 0.9},
-    "strong": {"code": 0.95, "math": 0.95, "prose": 0.95},
-    JUDGE: {"code": 0.5, "math": 0.5, "prose": 0.5},
-    "chooser": {"code": 0.5, "math": 0.5, "prose": 0.5},
-}
-PRICES = {"cheap": (0.1, 0.2), "strong": (5.0, 15.0), JUDGE: (0.15, 0.6), "chooser": (0.15, 0.6)}
-CODE = "Fix the bug in this Python function: def mean(xs): return sum(xs) / len(x)"
-PROSE = "Write a short poem about the sea at dawn"
-MATH = "Solve the equation x^2 - 5x + 6 = 0"
 ROUTERS = (
     RouterAlias("cascade", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=0.7),
     RouterAlias("confident", "cascade", ("cheap", "strong"), signal="logprob", threshold=0.7),
@@ -40,31 +31,14 @@ ROUTERS = (
 )
 
 
-class Fake(FakeUpstream):
-    """The fake upstream plus a routing LLM (`chooser`): strong for code, cheap for prose, no name for math."""
-
-    def answer(self, model: str, messages: list[dict[str, Any]], prompt: str) -> str:
-        if model == "chooser":
-            request = prompt.split("[Request]", 1)[-1]
-            kind = kind_of(request)
-            return {"code": "I would use **strong**.", "prose": "cheap"}.get(kind, "Hard to say.")
-        return super().answer(model, messages, prompt)
-
-
 @pytest.fixture(scope="module")
-def fake() -> Iterator[Fake]:
-    upstream = Fake(quality=QUALITY, seed=5, judge_noise=0.1)
-    server = ServerThread(upstream)
-    upstream.url = server.url  # type: ignore[attr-defined]
-    try:
+def fake() -> Iterator[ChooserFake]:
+    with serving(ChooserFake(quality=QUALITY, seed=5, judge_noise=0.1)) as upstream:
         yield upstream
-    finally:
-        upstream.closing = True
-        server.stop()
 
 
 @pytest.fixture
-def gateway(fake: Fake, tmp_path: Path) -> Iterator[Callable[..., str]]:
+def gateway(fake: ChooserFake, tmp_path: Path) -> Iterator[Callable[..., str]]:
     """`start()` serves a fresh gateway with the named routers; returns its base URL. Every model starts healthy."""
     servers: list[ServerThread] = []
     fake.behaviour.clear()
@@ -156,7 +130,7 @@ def test_a_streaming_client_gets_the_accepted_answer(gateway: Callable[..., str]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
-def test_the_logprob_signal_needs_no_judge(gateway: Callable[..., str], fake: Fake) -> None:
+def test_the_logprob_signal_needs_no_judge(gateway: Callable[..., str], fake: ChooserFake) -> None:
     url = gateway()
     before = fake.calls[JUDGE]
     completion, chain, _ = ask(url, "confident", PROSE)
@@ -168,7 +142,7 @@ def test_the_logprob_signal_needs_no_judge(gateway: Callable[..., str], fake: Fa
 
 
 # -- failures ---------------------------------------------------------------------------------------------------
-def test_an_upstream_failure_mid_chain_falls_back_without_a_500(gateway: Callable[..., str], fake: Fake) -> None:
+def test_an_upstream_failure_mid_chain_falls_back_without_a_500(gateway: Callable[..., str], fake: ChooserFake) -> None:
     url = gateway()
     fake.set("strong", "fail")
     completion, chain, decision_id = ask(url, "cascade", CODE)  # escalated to a failing model: cheap's answer
@@ -188,7 +162,7 @@ def test_an_upstream_failure_mid_chain_falls_back_without_a_500(gateway: Callabl
 
 
 def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_before_any_answer_is_the_clients(
-    gateway: Callable[..., str], fake: Fake
+    gateway: Callable[..., str], fake: ChooserFake
 ) -> None:
     url = gateway()
     fake.set("strong", "reject")  # a 400 that blames the request: e.g. the prompt is too long for this model
@@ -227,7 +201,7 @@ def test_learned_escalation_learns_which_kinds_to_escalate(gateway: Callable[...
 
 # -- an LLM as the router ---------------------------------------------------------------------------------------
 def test_the_llm_router_picks_per_its_judgement_and_falls_back_to_the_policy(
-    gateway: Callable[..., str], fake: Fake
+    gateway: Callable[..., str], fake: ChooserFake
 ) -> None:
     url = gateway()
     completion, info, decision_id = ask(url, "auto", CODE)
@@ -269,7 +243,7 @@ def test_openai_clients_see_the_named_routers_as_models(gateway: Callable[..., s
 
 # -- what a named router stores and reports -------------------------------------------------------------------------
 def test_an_llm_router_whose_named_model_fails_stores_the_model_that_answered_with_probability_1(
-    gateway: Callable[..., str], fake: Fake
+    gateway: Callable[..., str], fake: ChooserFake
 ) -> None:
     """The routing LLM names `cheap` (prose), `cheap` fails, `strong` answers: the decision is the LLM router's,
     probability 1 on `strong`, never the policy's (whose pmf did not choose it); feedback on it is `unrouted`."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,44 +25,19 @@ from bandit_router.store.location import DatabaseURL
 from bandit_router.store.postgres import PostgresStore
 from bandit_router.store.router_stats import day_of, of_chain
 from bandit_router.types import Request
-from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread, kind_of
+from benchmarks.fake_upstream import JUDGE, ServerThread
+from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ChooserFake, serving
 
-QUALITY = {
-    "cheap": {"code": 0.15, "math": 0.85, "prose": 0.9},
-    "strong": {"code": 0.95, "math": 0.95, "prose": 0.95},
-    JUDGE: {"code": 0.5, "math": 0.5, "prose": 0.5},
-    "chooser": {"code": 0.5, "math": 0.5, "prose": 0.5},
-}
-PRICES = {"cheap": (0.1, 0.2), "strong": (5.0, 15.0), JUDGE: (0.15, 0.6), "chooser": (0.15, 0.6)}
-CODE = "Fix the bug in this Python function: def mean(xs): return sum(xs) / len(x)"
-PROSE = "Write a short poem about the sea at dawn"
-MATH = "Solve the equation x^2 - 5x + 6 = 0"
 ROUTERS = (
     RouterAlias("cascade", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=0.7),
     RouterAlias("auto", "llm-router", ("cheap", "strong"), router_model="chooser"),
 )
 
 
-class Fake(FakeUpstream):
-    """The fake upstream plus a routing LLM (`chooser`): strong for code, cheap for prose, no name for math."""
-
-    def answer(self, model: str, messages: list[dict[str, Any]], prompt: str) -> str:
-        if model == "chooser":
-            kind = kind_of(prompt.split("[Request]", 1)[-1])
-            return {"code": "strong", "prose": "cheap"}.get(kind, "Hard to say.")
-        return super().answer(model, messages, prompt)
-
-
 @pytest.fixture(scope="module")
-def fake() -> Iterator[Fake]:
-    upstream = Fake(quality=QUALITY, seed=5, judge_noise=0.1)
-    server = ServerThread(upstream)
-    upstream.url = server.url
-    try:
+def fake() -> Iterator[ChooserFake]:
+    with serving(ChooserFake(quality=QUALITY, seed=5, judge_noise=0.1)) as upstream:
         yield upstream
-    finally:
-        upstream.closing = True
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -70,14 +45,14 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(tmp_path / "router.db") if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
 
 
-def settings(fake: Fake, db: str, **changes: Any) -> Settings:
+def settings(fake: ChooserFake, db: str, **changes: Any) -> Settings:
     specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=fake.url + "/v1",
                             route=n in ("cheap", "strong")) for n in PRICES)
     return Settings(db=db, models=specs, routers=ROUTERS, seed=11, **changes)
 
 
 @pytest.fixture
-def serve(fake: Fake) -> Iterator[Callable[..., tuple[str, ServerThread]]]:
+def serve(fake: ChooserFake) -> Iterator[Callable[..., tuple[str, ServerThread]]]:
     """`serve(db, **settings)`: a bandit-router app on 127.0.0.1 over `db` (its URL and server); all stopped at the
     end. Every fake model starts healthy."""
     fake.behaviour.clear()
@@ -104,7 +79,7 @@ def named_stats(url: str) -> dict[str, Any]:
     return dict(reply.json()["named_routers"])
 
 
-def traffic(urls: list[str], fake: Fake) -> dict[str, dict[str, Any]]:
+def traffic(urls: list[str], fake: ChooserFake) -> dict[str, dict[str, Any]]:
     """Requests to both routers, alternating between `urls`, and one that no model answers; what the replies say
     each router should count (requests, escalations, calls, spend, who answered)."""
     expected: dict[str, dict[str, Any]] = {
@@ -224,7 +199,7 @@ def test_two_stores_on_one_database_add_to_the_same_counts_which_retention_keeps
 
 # -- the service: two processes, a restart -------------------------------------------------------------------------
 def test_two_processes_show_the_deployments_counts_and_a_restart_keeps_them(
-    serve: Callable[..., tuple[str, ServerThread]], fake: Fake, db: str
+    serve: Callable[..., tuple[str, ServerThread]], fake: ChooserFake, db: str
 ) -> None:
     """Two bandit-router processes on one database (SQLite workers, PostgreSQL replicas) answer the named routers'
     requests in turn: `/v1/stats` of either shows every request of both (requests, escalations, calls, failures,
@@ -262,7 +237,7 @@ def _as_schema_6(db: str) -> None:
 
 
 def test_migration_7_counts_the_chains_a_schema_6_database_stored(
-    serve: Callable[..., tuple[str, ServerThread]], fake: Fake, db: str
+    serve: Callable[..., tuple[str, ServerThread]], fake: ChooserFake, db: str
 ) -> None:
     """A database at schema 6 with named routers' traffic (its chains stored) upgrades: migration 7 counts every
     stored chain as the service counts it live (the same totals, except the request no model answered, of which
@@ -297,17 +272,14 @@ def test_migration_7_counts_the_chains_a_schema_6_database_stored(
     assert named_stats(url)["cascade"]["requests"] == expected["cascade"]["requests"] + 1 == 7
 
 
-def test_migration_7_leaves_out_what_is_not_a_named_routers_chain(db: str) -> None:
-    """Chains no service wrote (not JSON, not an object, no router; elements that are not objects, a cost that is
-    not a number) neither fail the migration, which would keep the service from starting, nor count."""
+def _schema_6_with_chains(db: str, chains: Sequence[str]) -> None:
+    """A schema-6 database holding one named-router decision per stored `chains` text (as written, unchecked)."""
     store = _open(db)
     store.prepare()
     router = Router(seed=3)
-    good = ('{"router": "cascade", "strategy": "cascade", "answered_by": "strong", "steps": [{"action": "escalate"}, '
-            '7], "calls": [{"role": "answer", "cost_usd": 0.5}, "junk", {"role": "judge", "cost_usd": "free"}]}')
     try:
         with store.write() as tx:
-            for i, chain in enumerate((good, "not json", "[1, 2]", '{"steps": []}', '{"router": 5}', '"text"')):
+            for i, chain in enumerate(chains):
                 decision = dataclasses.replace(router.route(Request(prompt=f"chain {i}")), policy="cascade:cascade")
                 tx.insert_decisions([(decision, None, None)])
                 tx.insert_calls([CallRecord(
@@ -319,6 +291,14 @@ def test_migration_7_leaves_out_what_is_not_a_named_routers_chain(db: str) -> No
     finally:
         store.close()
     _as_schema_6(db)
+
+
+def test_migration_7_leaves_out_what_is_not_a_named_routers_chain(db: str) -> None:
+    """Chains no service wrote (not JSON, not an object, no router; elements that are not objects, a cost that is
+    not a number) neither fail the migration, which would keep the service from starting, nor count."""
+    good = ('{"router": "cascade", "strategy": "cascade", "answered_by": "strong", "steps": [{"action": "escalate"}, '
+            '7], "calls": [{"role": "answer", "cost_usd": 0.5}, "junk", {"role": "judge", "cost_usd": "free"}]}')
+    _schema_6_with_chains(db, (good, "not json", "[1, 2]", '{"steps": []}', '{"router": 5}', '"text"'))
     store = _open(db)
     try:
         store.prepare()
@@ -356,26 +336,10 @@ def test_migration_7_survives_chains_that_parse_as_json_but_cannot_be_read(db: s
     surrogate), nested deeper than its parser's stack, or with a cost beyond a float's range: the migration, and
     with it the service's start, does not fail on them; they are left out (no router) or their cost counts 0
     (the totals stay finite, so `/v1/stats` can say them)."""
-    store = _open(db)
-    store.prepare()
-    router = Router(seed=3)
     huge = ('{"router": "cascade", "strategy": "cascade", "answered_by": "strong", "steps": [], '
             '"calls": [{"role": "answer", "cost_usd": 1e400}, {"role": "judge", "cost_usd": 0.25}]}')
     odd = ('{"note": "a\\u0000b"}', '{"note": "\\ud800"}', '{"note": ' + "[" * 100_000 + "]" * 100_000 + "}", huge)
-    try:
-        with store.write() as tx:
-            for i, chain in enumerate(odd):
-                decision = dataclasses.replace(router.route(Request(prompt=f"odd {i}")), policy="cascade:cascade")
-                tx.insert_decisions([(decision, None, None)])
-                tx.insert_calls([CallRecord(
-                    decision_id=decision.decision_id, request_id=decision.decision_id, attempt=1,
-                    model=decision.model, routed=False, stream=False, status="ok", http_status=200, input_tokens=1,
-                    output_tokens=1, usage=None, cost_usd=0.5, ttft_s=0.1, latency_s=0.1, error=None,
-                    created_at=86400.0 * 20_000, chain=chain,
-                )])  # fmt: skip
-    finally:
-        store.close()
-    _as_schema_6(db)
+    _schema_6_with_chains(db, odd)
     store = _open(db)
     try:
         store.prepare()

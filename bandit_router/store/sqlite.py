@@ -419,17 +419,16 @@ class _SQLiteTx:
 
     def _add_to_rollup(self, increments: Sequence[rollup.MinuteStats]) -> None:
         """Add to the per-minute rollup (`store/rollup.py`), in this transaction."""
-        rows = rollup.upsert_rows(increments)
-        for start in range(0, len(rows), _CHUNK):
-            chunk = rows[start : start + _CHUNK]
-            sql = rollup.UPSERT.format(values=",".join([rollup.ROW_PLACEHOLDERS] * len(chunk)))
-            self.conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
+        self._upsert(rollup.UPSERT, rollup.ROW_PLACEHOLDERS, rollup.upsert_rows(increments))
 
     def add_router_counts(self, increments: Sequence[router_stats.RouterCounts]) -> None:
-        rows = router_stats.upsert_rows(increments)
+        self._upsert(router_stats.UPSERT, router_stats.ROW_PLACEHOLDERS, router_stats.upsert_rows(increments))
+
+    def _upsert(self, template: str, placeholders: str, rows: Sequence[Sequence[Any]]) -> None:
+        """`template` (an upsert with `{values}`) for `rows`, `_CHUNK` rows per statement."""
         for start in range(0, len(rows), _CHUNK):
             chunk = rows[start : start + _CHUNK]
-            sql = router_stats.UPSERT.format(values=",".join([router_stats.ROW_PLACEHOLDERS] * len(chunk)))
+            sql = template.format(values=",".join([placeholders] * len(chunk)))
             self.conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
 
     def _decision_row(self, decision: Decision, prompt: str | None, tenant: str | None) -> tuple[Any, ...]:
