@@ -111,9 +111,6 @@ class HierarchicalParams:
     more: experiments/learning-efficiency/README.md)."""
     draws: int = 256
     """`ids` only: posterior draws per request."""
-    ips: float = 0.0
-    """Experiment: > 0 estimates each model's mean quality over all prompts with self-normalised importance
-    weights min(1/p, `ips`) (p: the logged probability of the choice), n_eff = (Σw)²/Σw²; 0: the plain mean."""
     mix: float = 0.02
     """`ids` only: share of the pmf spread evenly over the models not confidently dominated (so that off-policy
     estimates can weigh every model that may still be best)."""
@@ -144,7 +141,7 @@ class _Arms:
 
     ARRAYS = (
         "n", "sum_q", "sum_q2", "prior_n", "prior_mean", "catalog_prior", "family", "tier",
-        "a_inv", "b", "w", "evidence", "sw", "swq", "sw2",
+        "a_inv", "b", "w", "evidence",
     )  # fmt: skip
     INTEGER = ("family", "tier")
 
@@ -160,16 +157,6 @@ class _Arms:
         self.b = np.zeros((0, LEVELS, dim))
         self.w = np.zeros((0, LEVELS, dim))
         self.evidence = np.zeros((0, LEVELS))
-        self.sw, self.swq, self.sw2 = np.zeros(0), np.zeros(0), np.zeros(0)
-        self.ips = False
-
-    def data(self) -> tuple[np.ndarray, np.ndarray]:
-        """(n, Σq) per row, or with importance weights (n_eff, n_eff·q̄_w)."""
-        if not self.ips:
-            return self.n, self.sum_q
-        n_eff = np.where(self.sw2 > 0, self.sw**2 / np.where(self.sw2 > 0, self.sw2, 1.0), 0.0)
-        mean_w = np.where(self.sw > 0, self.swq / np.where(self.sw > 0, self.sw, 1.0), 0.0)
-        return n_eff, n_eff * mean_w
 
     def _group(self, key: str, value: str) -> int:
         return self.groups.setdefault(f"{key}={value}", len(self.groups)) if value else -1
@@ -180,9 +167,6 @@ class _Arms:
         self.n = np.append(self.n, 0.0)
         self.sum_q = np.append(self.sum_q, 0.0)
         self.sum_q2 = np.append(self.sum_q2, 0.0)
-        self.sw = np.append(self.sw, 0.0)
-        self.swq = np.append(self.swq, 0.0)
-        self.sw2 = np.append(self.sw2, 0.0)
         self.prior_n = np.append(self.prior_n, prior_n)
         self.prior_mean = np.append(self.prior_mean, UNINFORMED_QUALITY)
         self.catalog_prior = np.append(self.catalog_prior, prior)
@@ -197,8 +181,7 @@ class _Arms:
 
     def mean(self) -> np.ndarray:
         """μ̂ per row."""
-        n, s = self.data()
-        return (self.prior_n * self.prior_mean + s) / (self.prior_n + n)
+        return (self.prior_n * self.prior_mean + self.sum_q) / (self.prior_n + self.n)
 
     def squares(self) -> np.ndarray:
         """SS_m = Σ (q − q̄_m)² per row."""
@@ -238,7 +221,6 @@ class HierarchicalThompsonPolicy(BasePolicy):
         self.params = params or HierarchicalParams()
         self.name = name
         self._arms = _Arms(self.params.dim)
-        self._arms.ips = self.params.ips > 0
         self._added: set[str] = set()
         self._peers: np.ndarray | None = None
         self._cached: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -304,12 +286,11 @@ class HierarchicalThompsonPolicy(BasePolicy):
                 if n > 0:
                     prior = math.fsum(peers * arms.sum_q) / n
                     break
-        n_all, s_all = arms.data()
-        n0, n = float(arms.prior_n[row]), float(n_all[row])
-        mean = (n0 * prior + float(s_all[row])) / (n0 + n)
+        n0, n = float(arms.prior_n[row]), float(arms.n[row])
+        mean = (n0 * prior + float(arms.sum_q[row])) / (n0 + n)
         nu = self.params.noise_strength
         bound = min(max(mean * (1.0 - mean), MIN_VARIANCE), MAX_VARIANCE)
-        return mean, (nu * bound + float(arms.squares()[row])) / (nu + float(arms.n[row]))
+        return mean, (nu * bound + float(arms.squares()[row])) / (nu + n)
 
     def _summary(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Per model, what does not depend on the prompt: (μ̂, σ², sd of μ̂, ω of shape (K, LEVELS)); computed
@@ -322,7 +303,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
             logits = np.concatenate([np.full((len(arms.n), 1), self.params.evidence), arms.evidence], axis=1)
             weights = np.exp(logits - logits.max(axis=1, keepdims=True))
             omega = weights[:, 1:] / weights.sum(axis=1, keepdims=True)
-            self._cached = (mean, variance, np.sqrt(variance / (arms.prior_n + arms.data()[0])), omega)
+            self._cached = (mean, variance, np.sqrt(variance / (arms.prior_n + arms.n)), omega)
             self._by_models = {}
         return self._cached
 
@@ -393,8 +374,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         arms.evidence[row] += ((q - mean) ** 2 - (q - mean - correction) ** 2) / (2.0 * variance)
         n = float(arms.n[row])
         if n > 0:  # the corrections learn the deviation from the model's own mean so far (none before it has one)
-            n_all, s_all = arms.data()
-            residual = q - float(s_all[row]) / float(n_all[row])
+            residual = q - float(arms.sum_q[row]) / n
             a_inv = arms.a_inv[row]  # (L, d, d), updated in place
             v = a_inv @ phi
             gain = v / (1.0 + v @ phi)[:, None]  # A_new⁻¹φ
@@ -404,11 +384,6 @@ class HierarchicalThompsonPolicy(BasePolicy):
         arms.n[row] += 1.0
         arms.sum_q[row] += q
         arms.sum_q2[row] += q * q
-        if self.params.ips > 0:
-            weight = min(1.0 / max(float(probability), 1e-12), self.params.ips)
-            arms.sw[row] += weight
-            arms.swq[row] += weight * q
-            arms.sw2[row] += weight * weight
         self._cached = None
 
     def add_model(self, spec: ModelSpec, similar: Sequence[ModelSpec]) -> None:
@@ -439,7 +414,6 @@ class HierarchicalThompsonPolicy(BasePolicy):
 
     def load(self, state: dict[str, Any]) -> None:
         self._arms = _Arms(self.params.dim)
-        self._arms.ips = self.params.ips > 0
         self._arms.load(state["arms"])
         self._peers = None
         self._cached = None
