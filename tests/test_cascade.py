@@ -24,7 +24,7 @@ from bandit_router.cascade import (
     router_prompt,
     run_cascade,
 )
-from bandit_router.cascade.escalation import MAX_STEPS
+from bandit_router.cascade.escalation import MAX_STEPS, antitonic
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import ConfigError, Settings, load_settings
 from bandit_router.errors import InvalidInput
@@ -207,6 +207,33 @@ def test_learned_escalation_reads_the_confidence_signal() -> None:
     high = np.mean([learner.decide(ctx, 0, "cheap", 0.9, 0.002, 100.0, rng).escalate for _ in range(200)])
     low = np.mean([learner.decide(ctx, 0, "cheap", 0.1, 0.002, 100.0, rng).escalate for _ in range(200)])
     assert high <= 0.1 and low >= 0.9, (high, low)
+
+
+def test_antitonic_is_the_non_increasing_least_squares_fit() -> None:
+    """Pool adjacent violators: a rising run becomes its weighted mean; a non-increasing input is returned as is."""
+    assert antitonic(np.array([5.0, 3.0, 4.0, 1.0, 2.0, 0.0]), np.ones(6)).tolist() == [5, 3.5, 3.5, 1.5, 1.5, 0]
+    assert antitonic(np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0, 10.0])).tolist() == [2.75] * 3
+    assert antitonic(np.array([3.0, 2.0, 2.0]), np.ones(3)).tolist() == [3, 2, 2]
+
+
+def test_a_score_level_with_a_few_unlucky_outcomes_follows_its_well_known_neighbours() -> None:
+    """Scores 4/9 and 6/9: the cheap answer is right 40% of the time, the strong one 95%, escalating costs 0.2, so
+    escalating gains 0.35 there (400 labelled chains each, `learn_both`). Score 5/9 was seen 3 times, each time
+    the cheap answer right and the strong one wrong. Its own level then says "accept"; every threshold rule, and
+    the learner with `monotone` (the gain made non-increasing in the score, pooled with its neighbours by their
+    precision), escalates it: P(escalate) ≥ 0.9 with `monotone`, ≤ 0.1 without (200 decisions each)."""
+    rng = np.random.default_rng(11)
+    ctx = EXTRACTOR.extract("what is the capital of France")
+    learners = {m: LearnedEscalation(EscalationParams(monotone=m)) for m in (True, False)}
+    for learner in learners.values():
+        for score in [4 / 9, 6 / 9] * 400:
+            step = learner.decide(ctx, 0, "cheap", score, 0.002, 100.0, rng)
+            learner.learn_both(step, float(rng.random() < 0.4), float(rng.random() < 0.95))
+        for _ in range(3):
+            learner.learn_both(learner.decide(ctx, 0, "cheap", 5 / 9, 0.002, 100.0, rng), 1.0, 0.0)
+    rates = {m: np.mean([lr.decide(ctx, 0, "cheap", 5 / 9, 0.002, 100.0, rng).escalate for _ in range(200)])
+             for m, lr in learners.items()}  # fmt: skip
+    assert rates[True] >= 0.9 and rates[False] <= 0.1, rates
 
 
 def test_a_learner_state_of_another_layout_is_refused_not_misread() -> None:

@@ -24,9 +24,13 @@ to it). The cost already spent is sunk and common to both actions. Thompson samp
 
     P(escalate) = Φ((μ_e − λ·ĉ_k − μ_a) / (v·√(w_a² + w_e²))),   μ = θᵀz, w² = zᵀA⁻¹z
 
-mixed with a floor f so that both actions keep a logged probability ≥ f for offline evaluation:
-p = f + (1 − 2f)·P. The chain's reward is the final quality − λ·(total cost of the chain), the quantity both
-actions' scores estimate up to the common sunk cost. The probability of the action taken is logged with every
+where, with `monotone` (the default), the gap μ_e − λ·ĉ_k − μ_a is first made non-increasing in the score:
+it is computed for the same prompt at every score level (`score_grid`), fitted by weighted antitonic
+regression (`antitonic`, weights 1/w²: well-measured levels dominate) and read at this score. Every threshold
+rule has this shape by construction; a level whose escalation was rarely tried, or that was unlucky, follows its
+neighbours instead of staying stuck. P is mixed with a floor f so that both actions keep a logged probability
+≥ f for offline evaluation: p = f + (1 − 2f)·P. The chain's reward is the final quality − λ·(total cost of
+the chain), the quantity both actions' scores estimate up to the common sunk cost. The probability of the action taken is logged with every
 step (`EscalationStep.probability`).
 """
 
@@ -163,6 +167,14 @@ class EscalationParams:
     (1 − calibration)·prior_quality + calibration·s (1: the judge is calibrated; 0: the score says nothing)."""
     v: float = 0.05
     floor: float = 0.001
+    min_floor: float = 0.001
+    """The floor where the posterior has decided: with m = min(min_floor, floor), the floor used is
+    m + (floor − m)·2Φ(−|gap|/σ)
+    (σ the unscaled posterior spread of the gap), `floor` where the two actions are close, `min_floor` (> 0: the
+    log still supports offline evaluation, with importance weights up to 1/min_floor) where one is clearly better."""
+    monotone: bool = True
+    """Decide on the gain of escalating made non-increasing in the score (`antitonic`): what every threshold rule
+    is by construction, so that a score level whose escalation was never tried borrows from its neighbours."""
 
     def __post_init__(self) -> None:
         if not 32 <= self.dim <= 1024:
@@ -173,6 +185,8 @@ class EscalationParams:
             raise ValueError("prior_quality, escalate_prior and calibration must be in [0, 1]")
         if not 0.0 <= self.floor < 0.5:
             raise ValueError("floor must be in [0, 0.5)")
+        if not 0.0 <= self.min_floor < 0.5:
+            raise ValueError("min_floor must be in [0, 0.5)")
 
 
 CONFIDENCE_FEATURES = 4 + BINS
@@ -193,6 +207,36 @@ def confidence_features(confidence: float | None, step: int) -> np.ndarray:
         out[base + 1], out[base + 2], out[base + 3] = 1.0, s, s * s
         out[base + SMOOTH + min(int(s * BINS + 1e-9), BINS - 1)] = 1.0
     return out
+
+
+def score_grid(z: np.ndarray, step: int, dim: int) -> tuple[np.ndarray | None, int]:
+    """State z = [x, s·x, c_k(s)] at every score level: row b is the state of the same prompt with the score b/9
+    (the rubric score b + 1, in bin b), except row bin(s), which is z itself; and bin(s). (None, 0) when the
+    confidence is missing (no order to respect)."""
+    base = 2 * dim + min(step, MAX_STEPS - 1) * CONFIDENCE_FEATURES
+    if z[base + 1] != 1.0:
+        return None, 0
+    own = int(np.argmax(z[base + SMOOTH : base + SMOOTH + BINS]))
+    scores = np.arange(BINS) / (BINS - 1)
+    scores[own] = z[base + 2]
+    grid = np.repeat(z[None, :], BINS, axis=0)
+    grid[:, dim : 2 * dim] = scores[:, None] * z[None, :dim]
+    grid[:, base + 2], grid[:, base + 3] = scores, scores * scores
+    grid[:, base + SMOOTH : base + SMOOTH + BINS] = np.eye(BINS)
+    return grid, own
+
+
+def antitonic(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The weighted least-squares fit to `values` that is non-increasing in the index (pool adjacent violators:
+    a run that rises is replaced by its weighted mean)."""
+    blocks: list[list[float]] = []  # [weighted mean, weight, length]
+    for value, weight in zip(values.tolist(), weights.tolist(), strict=True):
+        blocks.append([value, weight, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            m2, w2, n2 = blocks.pop()
+            m1, w1, n1 = blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.concatenate([np.full(int(n), m) for m, _, n in blocks])
 
 
 def _ridge(precision: np.ndarray, prior: np.ndarray) -> RidgeRegression:
@@ -248,15 +292,25 @@ class LearnedEscalation:
     def p_escalate(self, z: np.ndarray, step: int, next_cost_usd: float, cost_weight: float) -> tuple[float, float]:
         """(P(escalate), ĉ_k) for state z (see the module docstring)."""
         extra = float(self.cost_ratio[min(step, MAX_STEPS - 1)]) * next_cost_usd
-        mean_a, mean_e = float(self.accept.theta @ z), float(self.escalate.theta @ z)
-        var = max(float(z @ self.accept.a_inv @ z), 0.0) + max(float(z @ self.escalate.a_inv @ z), 0.0)
-        gap = mean_e - cost_weight * extra - mean_a
+        grid, own = score_grid(z, step, self.params.dim) if self.params.monotone else (None, 0)
+        states = z[None, :] if grid is None else grid
+        mean_a, mean_e = states @ self.accept.theta, states @ self.escalate.theta
+        variances = np.maximum(((states @ self.accept.a_inv) * states).sum(axis=1), 0.0) + np.maximum(
+            ((states @ self.escalate.a_inv) * states).sum(axis=1), 0.0
+        )
+        gaps = mean_e - cost_weight * extra - mean_a
+        gap = float(antitonic(gaps, 1.0 / np.maximum(variances, 1e-12))[own]) if grid is not None else float(gaps[0])
+        var = float(variances[own])
         scale = self.params.v * math.sqrt(var)
         if scale <= 0:
             p = 1.0 if gap > 0 else (0.0 if gap < 0 else 0.5)
         else:
             p = 0.5 * math.erfc(-gap / (scale * math.sqrt(2.0)))
         f = self.params.floor
+        low = min(self.params.min_floor, f)
+        if low < f:  # the floor shrinks where the posterior has decided (see `min_floor`)
+            doubt = math.erfc(abs(gap) / math.sqrt(2.0 * var)) if var > 0 else 0.0  # 2Φ(−|gap|/σ)
+            f = low + (f - low) * doubt
         return f + (1.0 - 2.0 * f) * p, extra
 
     def decide(
