@@ -30,8 +30,8 @@ regression (`antitonic`, weights 1/w²: well-measured levels dominate) and read 
 rule has this shape by construction; a level whose escalation was rarely tried, or that was unlucky, follows its
 neighbours instead of staying stuck. P is mixed with a floor f so that both actions keep a logged probability
 ≥ f for offline evaluation: p = f + (1 − 2f)·P. The chain's reward is the final quality − λ·(total cost of
-the chain), the quantity both actions' scores estimate up to the common sunk cost. The probability of the action taken is logged with every
-step (`EscalationStep.probability`).
+the chain), the quantity both actions' scores estimate up to the common sunk cost. The probability of the
+action taken is logged with every step (`EscalationStep.probability`).
 """
 
 from __future__ import annotations
