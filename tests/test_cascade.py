@@ -174,7 +174,7 @@ def test_learned_escalation_learns_which_kinds_of_prompt_to_escalate() -> None:
             quality = float(rng.random() < 0.95)
         result = run.result()
         step = result.steps[0]
-        floor = learner.params.floor  # keeps both actions possible (offline evaluation)
+        floor = learner.params.floor * learner.params.decided_floor  # both actions stay possible (offline evaluation)
         assert floor <= step.probability <= 1.0 - floor
         result.learn(learner, quality)
     rates = {}
@@ -207,6 +207,31 @@ def test_learned_escalation_reads_the_confidence_signal() -> None:
     high = np.mean([learner.decide(ctx, 0, "cheap", 0.9, 0.002, 100.0, rng).escalate for _ in range(200)])
     low = np.mean([learner.decide(ctx, 0, "cheap", 0.1, 0.002, 100.0, rng).escalate for _ in range(200)])
     assert high <= 0.1 and low >= 0.9, (high, low)
+
+
+def test_the_floor_shrinks_where_the_learner_has_decided_and_stays_where_it_has_not() -> None:
+    """Scores 0.1 and 0.9 (400 labelled chains each): the cheap answer right 10% / 90% of the time, the strong one
+    95%, escalating costs 0.2: the gain of escalating is +0.65 at 0.1 and −0.15 at 0.9, ≥ 2 posterior spreads
+    from 0, so the wrong action keeps between decided_floor·floor and twice that (1.0–1.4× on seeds 1, 2, 3, 5).
+    At score 0.5, never seen, the gain's spread is wide: the floor there stays above half of `floor`. Every logged
+    probability stays ≥ decided_floor·floor > 0 (offline evaluation), and with decided_floor = 1 it is `floor`."""
+    rng = np.random.default_rng(5)
+    ctx = EXTRACTOR.extract("what is the capital of France")
+    learners = {d: LearnedEscalation(EscalationParams(decided_floor=d)) for d in (0.1, 1.0)}
+    for learner in learners.values():
+        for score in [0.1, 0.9] * 400:
+            step = learner.decide(ctx, 0, "cheap", score, 0.002, 100.0, rng)
+            learner.learn_both(step, float(rng.random() < score), float(rng.random() < 0.95))
+    shrinking, fixed = learners[0.1], learners[1.0]
+    floor = shrinking.params.floor
+    for score, wrong in ((0.1, "accept"), (0.9, "escalate")):
+        p = shrinking.p_escalate(shrinking.state_vector(ctx, 0, score), 0, 0.002, 100.0)[0]
+        p_wrong = 1.0 - p if wrong == "accept" else p
+        assert 0.0999 * floor <= p_wrong <= 0.2 * floor, (score, p_wrong)
+        p = fixed.p_escalate(fixed.state_vector(ctx, 0, score), 0, 0.002, 100.0)[0]
+        assert (1.0 - p if wrong == "accept" else p) == pytest.approx(floor, rel=1e-6)
+    p = shrinking.p_escalate(shrinking.state_vector(ctx, 0, 0.5), 0, 0.002, 100.0)[0]
+    assert min(p, 1.0 - p) >= 0.5 * floor, p
 
 
 def test_antitonic_is_the_non_increasing_least_squares_fit() -> None:

@@ -29,9 +29,10 @@ it is computed for the same prompt at every score level (`score_grid`), fitted b
 regression (`antitonic`, weights 1/w²: well-measured levels dominate) and read at this score. Every threshold
 rule has this shape by construction; a level whose escalation was rarely tried, or that was unlucky, follows its
 neighbours instead of staying stuck. P is mixed with a floor f so that both actions keep a logged probability
-≥ f for offline evaluation: p = f + (1 − 2f)·P. The chain's reward is the final quality − λ·(total cost of
-the chain), the quantity both actions' scores estimate up to the common sunk cost. The probability of the
-action taken is logged with every step (`EscalationStep.probability`).
+≥ f for offline evaluation: p = f + (1 − 2f)·P, f = floor·(d + (1 − d)·2Φ(−|gap|/w)) (`decided_floor` d: the
+floor shrinks to d·floor where the posterior has decided which action is better). The chain's reward is the
+final quality − λ·(total cost of the chain), the quantity both actions' scores estimate up to the common sunk
+cost. The probability of the action taken is logged with every step (`EscalationStep.probability`).
 """
 
 from __future__ import annotations
@@ -167,11 +168,12 @@ class EscalationParams:
     (1 − calibration)·prior_quality + calibration·s (1: the judge is calibrated; 0: the score says nothing)."""
     v: float = 0.05
     floor: float = 0.001
-    min_floor: float = 0.001
-    """The floor where the posterior has decided: with m = min(min_floor, floor), the floor used is
-    m + (floor − m)·2Φ(−|gap|/σ)
-    (σ the unscaled posterior spread of the gap), `floor` where the two actions are close, `min_floor` (> 0: the
-    log still supports offline evaluation, with importance weights up to 1/min_floor) where one is clearly better."""
+    decided_floor: float = 0.1
+    """The share of `floor` kept where the posterior has decided: the floor used is
+    f·(d + (1 − d)·2Φ(−|gap|/σ)) (σ the unscaled posterior spread of the gap, d = `decided_floor`): `floor` where
+    the two actions are close, d·floor where one is clearly better (> 0: the log still supports offline
+    evaluation, with importance weights up to 1/(d·floor); 1 keeps the fixed floor, e.g. for a log meant to
+    evaluate other rules)."""
     monotone: bool = True
     """Decide on the gain of escalating made non-increasing in the score (`antitonic`): what every threshold rule
     is by construction, so that a score level whose escalation was never tried borrows from its neighbours."""
@@ -185,8 +187,8 @@ class EscalationParams:
             raise ValueError("prior_quality, escalate_prior and calibration must be in [0, 1]")
         if not 0.0 <= self.floor < 0.5:
             raise ValueError("floor must be in [0, 0.5)")
-        if not 0.0 <= self.min_floor < 0.5:
-            raise ValueError("min_floor must be in [0, 0.5)")
+        if not 0.0 <= self.decided_floor <= 1.0:
+            raise ValueError("decided_floor must be in [0, 1]")
 
 
 CONFIDENCE_FEATURES = 4 + BINS
@@ -307,10 +309,10 @@ class LearnedEscalation:
         else:
             p = 0.5 * math.erfc(-gap / (scale * math.sqrt(2.0)))
         f = self.params.floor
-        low = min(self.params.min_floor, f)
-        if low < f:  # the floor shrinks where the posterior has decided (see `min_floor`)
+        d = self.params.decided_floor
+        if d < 1.0:  # the floor shrinks where the posterior has decided (see `decided_floor`)
             doubt = math.erfc(abs(gap) / math.sqrt(2.0 * var)) if var > 0 else 0.0  # 2Φ(−|gap|/σ)
-            f = low + (f - low) * doubt
+            f *= d + (1.0 - d) * doubt
         return f + (1.0 - 2.0 * f) * p, extra
 
     def decide(

@@ -55,7 +55,7 @@ THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 FIXED = tuple(RouterAlias(f"fixed-{round(t * 100)}", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=t)
               for t in THRESHOLDS)
 EXPLORER = RouterAlias("explorer", "learned-cascade", ("cheap", "strong"), judge=JUDGE,
-                       escalation={"floor": 0.3})
+                       escalation={"floor": 0.3, "decided_floor": 1.0})
 """A learned cascade that keeps each action's probability ≥ 0.3: a log other rules can be evaluated on offline."""
 ROUTERS = (RouterAlias("learned", "learned-cascade", ("cheap", "strong"), judge=JUDGE), *FIXED, EXPLORER)
 LAMBDA = 400.0
