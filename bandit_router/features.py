@@ -61,6 +61,17 @@ _CODE_WORDS = frozenset(
 )
 _CODE_SNIPPETS = ("```", "=>", "{\n", ";\n", "</", "#!/", "()")
 _MATH = re.compile(r"\d\s*[-+*/^=×÷]\s*\d")
+_ASCII = [chr(c) for c in range(128)]
+_MATH_DIGITS = "".join(c for c in _ASCII if re.fullmatch(r"\d", c))
+_MATH_OPERATORS = "".join(c for c in _ASCII if re.fullmatch(r"[-+*/^=×÷]", c))
+_MATH_SPACES = "".join(c for c in _ASCII if re.fullmatch(r"\s", c)).encode("ascii")
+_MATH_CLASSES = bytes.maketrans(
+    (_MATH_DIGITS + _MATH_OPERATORS).encode("ascii"),
+    ("0" * len(_MATH_DIGITS) + "+" * len(_MATH_OPERATORS)).encode("ascii"),
+)
+r"""`_MATH` on ASCII text without the regex (one translation, one substring search): delete the white space (what
+`\s` matches), map the digits (`\d`) to `0` and the operators to `+`; `_MATH` matches iff `0+0` occurs then (every
+other byte stays as it is, and none of them is a `0` or a `+`)."""
 _MATH_WORDS = frozenset(
     [
         "solve",
@@ -106,18 +117,17 @@ _NON_LATIN = re.compile(
 
 _SEED_WORD = 0x5EED
 _SEED_OTHER = 0xC0FFEE
-_FNV_PRIME = np.uint64(0x01000193)
-_MASK32 = np.uint64(0xFFFFFFFF)
-_GOLDEN = np.uint64(0x9E3779B9)
+_FNV_PRIME = np.uint32(0x01000193)
+_GOLDEN = np.uint32(0x9E3779B9)
 _FNV_INT, _GOLDEN_INT = int(_FNV_PRIME), int(_GOLDEN)
 _PYTHON_BIGRAMS = 16
 """Up to this many words the bigram hashes are computed on Python ints (the low 32 bits are the same)."""
+_HASH_BYTES = np.dtype("<u4")
 _CACHE_LIMIT = 200_000
 _SMALL_CACHE_LIMIT = 4096
 
 
 _DIGITS = re.compile(r"[0-9]")
-_DIGIT_BYTES = b"0123456789"
 
 
 def _has_digit(text: str) -> bool:
@@ -179,14 +189,18 @@ class FeatureExtractor:
     def __init__(self, *, bigrams: bool = True, max_chars: int = 20_000) -> None:
         self.bigrams = bigrams
         self.max_chars = max_chars
-        self._cache: dict[str, int] = {}
+        self._cache: dict[str, bytes] = {}
+        """Word → its hash as 4 little-endian bytes (bounded)."""
+        self._names: dict[str, int] = {}
+        """The caller's context's feature names → their hashes (bounded)."""
         self._small: dict[tuple[Any, ...], _Sparse] = {}
 
     def __call__(self, request: Request) -> Context:
         return self.extract(request.text, turns=request.turns, attributes=request.context)
 
-    def _word_hash(self, word: str) -> int:
-        h = int(mmh3.hash(word.encode("utf-8", "surrogatepass"), _SEED_WORD, signed=False))
+    def _word_hash(self, word: str) -> bytes:
+        """The word's 32-bit hash as 4 little-endian bytes (how the word cache keeps it)."""
+        h = int(mmh3.hash(word.encode("utf-8", "surrogatepass"), _SEED_WORD, signed=False)).to_bytes(4, "little")
         self._cache[word] = h
         return h
 
@@ -212,31 +226,25 @@ class FeatureExtractor:
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
         cached = list(map(cache.get, tokens))
-        n = len(cached)
-        hashes: np.ndarray | None = None
-        if self.bigrams and n > _PYTHON_BIGRAMS:
-            try:  # noqa: SIM105  (a with-statement costs more here) a word not seen yet (None) fails the conversion
-                hashes = np.array(cached, dtype=np.uint64)
-            except TypeError:
-                pass
-        if hashes is None and None in cached:
-            cached = [h if h is not None else self._word_hash(t) for h, t in zip(cached, tokens, strict=True)]
-        found: list[int] = cached  # type: ignore[assignment]  # no None left
+        try:  # each cached hash is its 4 bytes: one join and one array instead of a Python int per word
+            packed = b"".join(cached)  # type: ignore[arg-type]  # a word not seen yet (None) fails the join
+        except TypeError:
+            packed = b"".join([h if h is not None else self._word_hash(t) for h, t in zip(cached, tokens, strict=True)])
+        hashes = np.frombuffer(packed, dtype=_HASH_BYTES)
+        n = len(tokens)
         if not self.bigrams or n == 1:
-            idx = np.array(found, dtype=np.uint32)
+            idx = hashes.astype(np.uint32)
         elif n <= _PYTHON_BIGRAMS:  # the same bigrams on Python ints: fewer numpy calls for a short prompt
+            found: list[int] = hashes.tolist()
             fnv, golden = _FNV_INT, _GOLDEN_INT
             pairs = [(a * fnv ^ (b + golden)) & 0xFFFFFFFF for a, b in pairwise(found)]
             idx = np.array(found + pairs, dtype=np.uint32)
-        else:  # unigrams, then bigrams: (h_i·FNV ⊕ (h_{i+1} + φ)) mod 2³², written into one array
-            if hashes is None:
-                hashes = np.array(found, dtype=np.uint64)
+        else:  # unigrams, then bigrams: (h_i·FNV ⊕ (h_{i+1} + φ)) mod 2³², in uint32 (it wraps mod 2³²)
             idx = np.empty(2 * n - 1, dtype=np.uint32)
             idx[:n] = hashes
-            bigrams = hashes[:-1] * _FNV_PRIME
-            bigrams ^= hashes[1:] + _GOLDEN
-            bigrams &= _MASK32
-            idx[n:] = bigrams
+            bigrams = idx[n:]
+            np.multiply(idx[: n - 1], _FNV_PRIME, out=bigrams)
+            bigrams ^= idx[1:n] + _GOLDEN
         values = np.empty(len(idx), dtype=np.float32)
         values.fill(1.0 / math.sqrt(len(idx)))  # as np.full, without its Python wrapper
         return idx, values
@@ -246,13 +254,12 @@ class FeatureExtractor:
         n_chars = len(text)
         n_tokens = estimate_tokens(text)
         head = text[: self.max_chars]
-        if head.isascii():  # as `tokens`, keeping the bytes: they also answer "any digit?" (no regex)
+        raw: bytes | None = None
+        if head.isascii():  # as `tokens`, keeping the bytes: they also answer `_MATH` (no regex)
             raw = head.encode("ascii")
             tokens = raw.lower().translate(_PUNCTUATION_TO_SPACE_BYTES).decode("ascii").split()
-            has_digit = len(raw.translate(None, _DIGIT_BYTES)) != len(raw)
         else:
             tokens = head.lower().translate(_PUNCTUATION_TO_SPACE).split()
-            has_digit = _has_digit(head)
         features: dict[str, tuple[np.ndarray, np.ndarray]] = {"w": self._words(tokens)}
         vocabulary = set(tokens)
         features["l"] = (  # the indices are always these two: one read-only array, shared
@@ -265,7 +272,11 @@ class FeatureExtractor:
         if (
             not _MATH_WORDS.isdisjoint(vocabulary)
             or _contains_any(head, _MATH_SNIPPETS)
-            or (has_digit and _MATH.search(head))
+            or (
+                b"0+0" in raw.translate(_MATH_CLASSES, _MATH_SPACES)
+                if raw is not None
+                else _has_digit(head) and _MATH.search(head) is not None
+            )
         ):
             markers["math"] = 1.0
         if ("\n" in head or head.lstrip()[:1] in _LIST_STARTS) and _LIST.search(head):
@@ -311,9 +322,12 @@ class FeatureExtractor:
         return _sparse([_MARKER_IDS[m] for m in markers], list(markers.values()))
 
     def _name_hash(self, name: str) -> int:
-        h = self._cache.get(name)
+        names = self._names
+        h = names.get(name)
         if h is None:
-            h = self._cache[name] = hash_name(name)
+            if len(names) >= _CACHE_LIMIT:
+                names.clear()
+            h = names[name] = hash_name(name)
         return h
 
     def _context_features(self, attrs: Mapping[str, Scalar]) -> tuple[np.ndarray, np.ndarray]:

@@ -201,6 +201,27 @@ def test_markers(text: str, markers: set[str]) -> None:
     assert FeatureExtractor().extract(text).markers == markers
 
 
+def test_math_marker_on_ascii_text_is_the_regex() -> None:
+    """On ASCII text the `math` marker's "digit, operator, digit" comes from one byte translation
+    (`features._MATH_CLASSES`), on other text from the regex `features._MATH`: on random text of digits, operators,
+    every ASCII white space and a few other characters, the two agree, and so do the markers of the same text with
+    and without a non-ASCII word after it."""
+    from bandit_router import features
+
+    rng = np.random.default_rng(3)
+    alphabet = [*"0123456789+-*/^=x.,(_", *(chr(c) for c in range(128) if chr(c).isspace()), "\x00", "\x7f"]
+    fx = FeatureExtractor()
+    found = 0
+    for i in range(20_000):
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 12))))
+        expected = features._MATH.search(text) is not None
+        assert (b"0+0" in text.encode("ascii").translate(features._MATH_CLASSES, features._MATH_SPACES)) == expected
+        if i % 10 == 0:
+            assert ("math" in fx.extract(text).markers) == expected == ("math" in fx.extract(text + " é").markers)
+        found += expected
+    assert 2_000 < found < 18_000
+
+
 def test_caller_context_becomes_features() -> None:
     fx = FeatureExtractor()
     a = fx(Request(prompt="hi", context={"tenant": "acme"}))
