@@ -171,7 +171,7 @@ def estimate_tokens(text: str) -> int:
     n = len(text)
     if n == 0:
         return 0
-    n_ascii = len(text.encode("ascii", "ignore")) if n < 1_000_000 else n
+    n_ascii = n if n >= 1_000_000 or text.isascii() else len(text.encode("ascii", "ignore"))
     return max(1, math.ceil(n_ascii / 4 + (n - n_ascii) / 1.5))
 
 
@@ -196,7 +196,8 @@ class FeatureExtractor:
         self._small: dict[tuple[Any, ...], _Sparse] = {}
 
     def __call__(self, request: Request) -> Context:
-        return self.extract(request.text, turns=request.turns, attributes=request.context)
+        # A request's context is already a read-only view of its own copy (`types.Request`): shared, not copied.
+        return self._extract(request.text, request.turns, request.context)
 
     def _word_hash(self, word: str) -> bytes:
         """The word's 32-bit hash as 4 little-endian bytes (how the word cache keeps it)."""
@@ -251,6 +252,10 @@ class FeatureExtractor:
 
     def extract(self, text: str, *, turns: int = 1, attributes: Mapping[str, Scalar] | None = None) -> Context:
         """Featurize raw text (what `__call__` does for a request)."""
+        return self._extract(text, turns, MappingProxyType(dict(attributes or {})))
+
+    def _extract(self, text: str, turns: int, attrs: Mapping[str, Scalar]) -> Context:
+        """`extract` with the caller's context as a mapping nobody changes (the `Context` keeps it)."""
         n_chars = len(text)
         n_tokens = estimate_tokens(text)
         head = text[: self.max_chars]
@@ -291,7 +296,6 @@ class FeatureExtractor:
                 markers["non_latin"] = min(1.0, 4.0 * non_latin / len(head))
         features["m"] = self._shared(("m", *markers.items()), self._marker_features, markers)
         features["t"] = self._shared(("t", turns), _turn_features, turns)
-        attrs = dict(attributes or {})
         key = ("c", *[(k, type(v), v) for k, v in attrs.items()])  # with the type: True == 1
         features["c"] = self._shared(key, self._context_features, attrs)
         return Context(
@@ -300,7 +304,7 @@ class FeatureExtractor:
             n_chars=n_chars,
             turns=max(1, turns),
             markers=frozenset(markers),
-            attributes=MappingProxyType(attrs),
+            attributes=attrs,
             text=text,
         )
 
@@ -368,7 +372,7 @@ def dense_vector(context: Context, dim: int) -> np.ndarray:
         if len(idx) == 0:
             continue
         if ns == "w":
-            words = np.bincount((idx % n_words).astype(np.intp), val.astype(np.float64), minlength=n_words)
+            words = np.bincount(idx % n_words, val, minlength=n_words)  # the weights are summed as float64
         else:
             for i, v in zip(idx.tolist(), val.tolist(), strict=True):
                 small[1 + i % 15] += v
