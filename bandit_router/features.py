@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import re
 import string
+import struct
 from collections.abc import Callable, Mapping
-from itertools import pairwise
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -117,12 +117,9 @@ _NON_LATIN = re.compile(
 
 _SEED_WORD = 0x5EED
 _SEED_OTHER = 0xC0FFEE
-_FNV_PRIME = np.uint32(0x01000193)
-_GOLDEN = np.uint32(0x9E3779B9)
-_FNV_INT, _GOLDEN_INT = int(_FNV_PRIME), int(_GOLDEN)
-_PYTHON_BIGRAMS = 16
-"""Up to this many words the bigram hashes are computed on Python ints (the low 32 bits are the same)."""
-_HASH_BYTES = np.dtype("<u4")
+_FNV_INT, _GOLDEN_INT = 0x01000193, 0x9E3779B9
+_WORD_RECORD = struct.Struct("<3I")
+_WORD_RECORDS = np.dtype(("<u4", (3,)))
 _CACHE_LIMIT = 200_000
 _SMALL_CACHE_LIMIT = 4096
 
@@ -190,7 +187,7 @@ class FeatureExtractor:
         self.bigrams = bigrams
         self.max_chars = max_chars
         self._cache: dict[str, bytes] = {}
-        """Word → its hash as 4 little-endian bytes (bounded)."""
+        """Word → its hash h, h·FNV and h + φ (mod 2³²), as 12 little-endian bytes (`_word_hash`; bounded)."""
         self._names: dict[str, int] = {}
         """The caller's context's feature names → their hashes (bounded)."""
         self._small: dict[tuple[Any, ...], _Sparse] = {}
@@ -200,10 +197,12 @@ class FeatureExtractor:
         return self._extract(request.text, request.turns, request.context)
 
     def _word_hash(self, word: str) -> bytes:
-        """The word's 32-bit hash as 4 little-endian bytes (how the word cache keeps it)."""
-        h = int(mmh3.hash(word.encode("utf-8", "surrogatepass"), _SEED_WORD, signed=False)).to_bytes(4, "little")
-        self._cache[word] = h
-        return h
+        """The word's 32-bit hash h and its two halves of the bigram mix, h·FNV and h + φ (mod 2³²), as three
+        little-endian uint32 (how the word cache keeps them: a prompt's bigrams are then one XOR)."""
+        h = int(mmh3.hash(word.encode("utf-8", "surrogatepass"), _SEED_WORD, signed=False))
+        packed = _WORD_RECORD.pack(h, h * _FNV_INT & 0xFFFFFFFF, (h + _GOLDEN_INT) & 0xFFFFFFFF)
+        self._cache[word] = packed
+        return packed
 
     def words(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         return self._words(self.tokens(text))
@@ -227,25 +226,18 @@ class FeatureExtractor:
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
         cached = list(map(cache.get, tokens))
-        try:  # each cached hash is its 4 bytes: one join and one array instead of a Python int per word
+        try:  # each word's cached record: one join and one array instead of Python ints per word
             packed = b"".join(cached)  # type: ignore[arg-type]  # a word not seen yet (None) fails the join
         except TypeError:
             packed = b"".join([h if h is not None else self._word_hash(t) for h, t in zip(cached, tokens, strict=True)])
-        hashes = np.frombuffer(packed, dtype=_HASH_BYTES)
+        records = np.frombuffer(packed, dtype=_WORD_RECORDS)  # (n, 3): h, h·FNV, h + φ
         n = len(tokens)
         if not self.bigrams or n == 1:
-            idx = hashes.astype(np.uint32)
-        elif n <= _PYTHON_BIGRAMS:  # the same bigrams on Python ints: fewer numpy calls for a short prompt
-            found: list[int] = hashes.tolist()
-            fnv, golden = _FNV_INT, _GOLDEN_INT
-            pairs = [(a * fnv ^ (b + golden)) & 0xFFFFFFFF for a, b in pairwise(found)]
-            idx = np.array(found + pairs, dtype=np.uint32)
-        else:  # unigrams, then bigrams: (h_i·FNV ⊕ (h_{i+1} + φ)) mod 2³², in uint32 (it wraps mod 2³²)
+            idx = records[:, 0].astype(np.uint32)
+        else:  # unigrams, then bigrams: (h_i·FNV mod 2³²) ⊕ (h_{i+1} + φ mod 2³²)
             idx = np.empty(2 * n - 1, dtype=np.uint32)
-            idx[:n] = hashes
-            bigrams = idx[n:]
-            np.multiply(idx[: n - 1], _FNV_PRIME, out=bigrams)
-            bigrams ^= idx[1:n] + _GOLDEN
+            idx[:n] = records[:, 0]
+            np.bitwise_xor(records[:-1, 1], records[1:, 2], out=idx[n:])
         values = np.empty(len(idx), dtype=np.float32)
         values.fill(1.0 / math.sqrt(len(idx)))  # as np.full, without its Python wrapper
         return idx, values
