@@ -73,7 +73,8 @@ def main() -> None:
         raw = Path(folder) / "route.raw"
         command = [sys.executable, "-c", LOOP.replace("CALLS", str(args.calls))]
         spy = [str(Path(sys.executable).with_name("py-spy")), "record", "--native", "-r", "1000", "-f", "raw"]
-        subprocess.run([*spy, "-o", str(raw), "--", *command], env=env, check=True, capture_output=True)
+        # run in the temporary folder: `python -c` puts its working directory first on sys.path
+        subprocess.run([*spy, "-o", str(raw), "--", *command], env=env, cwd=folder, check=True, capture_output=True)
         report = shares(raw.read_text())
     header = f"python -m benchmarks.profile_route --source {args.source} --calls {args.calls}\n"
     print(header + report)
