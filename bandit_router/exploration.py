@@ -91,9 +91,11 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
         out = np.zeros(len(means))
         out[alive[0]] = 1.0
         return out
-    u = _hermite(nodes)
-    if len(alive) == len(means):  # (arm, 1) columns
-        m, s = np.asarray(mean, dtype=np.float64).reshape(-1, 1), np.asarray(sd, dtype=np.float64).reshape(-1, 1)
+    u = _HERMITE.get(nodes)
+    if u is None:
+        u = _hermite(nodes)
+    if len(alive) == len(means):  # (arm, 1) columns: views
+        m, s = np.asarray(mean, dtype=np.float64)[:, None], np.asarray(sd, dtype=np.float64)[:, None]
     else:
         m, s = np.array([means[a] for a in alive])[:, None], np.array([sds[a] for a in alive])[:, None]
     # Each step below is one numpy call on preallocated or reused buffers, with the same IEEE operations in the
@@ -125,10 +127,14 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
 
 def _alive(means: list[float], sds: list[float], dominance: float) -> list[int]:
     """The arms not confidently dominated: mean + β·sd ≥ max(mean − β·sd) (NaN: none)."""
-    lows = [m - dominance * s for m, s in zip(means, sds, strict=True)]
+    lows, highs = [], []
+    for m, s in zip(means, sds, strict=True):  # one loop (a few µs of list comprehensions saved per route)
+        spread = dominance * s
+        lows.append(m - spread)
+        highs.append(m + spread)
     top = math.nan if any(map(math.isnan, lows)) else max(lows)
     cut = top - TIE_TOLERANCE
-    return [a for a, (m, s) in enumerate(zip(means, sds, strict=True)) if m + dominance * s >= cut]
+    return [a for a, high in enumerate(highs) if high >= cut]
 
 
 def gaussian_argmax_pmfs(
@@ -289,6 +295,8 @@ def _hermite(nodes: int) -> np.ndarray:
 
 def with_floors(pmf: np.ndarray, floors: np.ndarray) -> np.ndarray:
     """Give arm a at least `floors[a]` probability by mixing: p' = (1 − Σf)·p + f, with Σf scaled to ≤ 0.5."""
+    if not any(floors.tolist()):  # every floor 0 (the usual case): as Σf = 0 below, without a numpy reduction
+        return pmf
     total = float(_add(floors))
     if total <= 0:
         return pmf

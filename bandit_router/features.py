@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 import re
 import string
+import struct
 from collections.abc import Callable, Mapping
-from itertools import pairwise
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -61,6 +61,17 @@ _CODE_WORDS = frozenset(
 )
 _CODE_SNIPPETS = ("```", "=>", "{\n", ";\n", "</", "#!/", "()")
 _MATH = re.compile(r"\d\s*[-+*/^=×÷]\s*\d")
+_ASCII = [chr(c) for c in range(128)]
+_MATH_DIGITS = "".join(c for c in _ASCII if re.fullmatch(r"\d", c))
+_MATH_OPERATORS = "".join(c for c in _ASCII if re.fullmatch(r"[-+*/^=×÷]", c))
+_MATH_SPACES = "".join(c for c in _ASCII if re.fullmatch(r"\s", c)).encode("ascii")
+_MATH_CLASSES = bytes.maketrans(
+    (_MATH_DIGITS + _MATH_OPERATORS).encode("ascii"),
+    ("0" * len(_MATH_DIGITS) + "+" * len(_MATH_OPERATORS)).encode("ascii"),
+)
+r"""`_MATH` on ASCII text without the regex (one translation, one substring search): delete the white space (what
+`\s` matches), map the digits (`\d`) to `0` and the operators to `+`; `_MATH` matches iff `0+0` occurs then (every
+other byte stays as it is, and none of them is a `0` or a `+`)."""
 _MATH_WORDS = frozenset(
     [
         "solve",
@@ -106,18 +117,14 @@ _NON_LATIN = re.compile(
 
 _SEED_WORD = 0x5EED
 _SEED_OTHER = 0xC0FFEE
-_FNV_PRIME = np.uint64(0x01000193)
-_MASK32 = np.uint64(0xFFFFFFFF)
-_GOLDEN = np.uint64(0x9E3779B9)
-_FNV_INT, _GOLDEN_INT = int(_FNV_PRIME), int(_GOLDEN)
-_PYTHON_BIGRAMS = 16
-"""Up to this many words the bigram hashes are computed on Python ints (the low 32 bits are the same)."""
+_FNV_INT, _GOLDEN_INT = 0x01000193, 0x9E3779B9
+_WORD_RECORD = struct.Struct("<3I")
+_WORD_RECORDS = np.dtype(("<u4", (3,)))
 _CACHE_LIMIT = 200_000
 _SMALL_CACHE_LIMIT = 4096
 
 
 _DIGITS = re.compile(r"[0-9]")
-_DIGIT_BYTES = b"0123456789"
 
 
 def _has_digit(text: str) -> bool:
@@ -161,7 +168,7 @@ def estimate_tokens(text: str) -> int:
     n = len(text)
     if n == 0:
         return 0
-    n_ascii = len(text.encode("ascii", "ignore")) if n < 1_000_000 else n
+    n_ascii = n if n >= 1_000_000 or text.isascii() else len(text.encode("ascii", "ignore"))
     return max(1, math.ceil(n_ascii / 4 + (n - n_ascii) / 1.5))
 
 
@@ -179,16 +186,23 @@ class FeatureExtractor:
     def __init__(self, *, bigrams: bool = True, max_chars: int = 20_000) -> None:
         self.bigrams = bigrams
         self.max_chars = max_chars
-        self._cache: dict[str, int] = {}
+        self._cache: dict[str, bytes] = {}
+        """Word → its hash h, h·FNV and h + φ (mod 2³²), as 12 little-endian bytes (`_word_hash`; bounded)."""
+        self._names: dict[str, int] = {}
+        """The caller's context's feature names → their hashes (bounded)."""
         self._small: dict[tuple[Any, ...], _Sparse] = {}
 
     def __call__(self, request: Request) -> Context:
-        return self.extract(request.text, turns=request.turns, attributes=request.context)
+        # A request's context is already a read-only view of its own copy (`types.Request`): shared, not copied.
+        return self._extract(request.text, request.turns, request.context)
 
-    def _word_hash(self, word: str) -> int:
+    def _word_hash(self, word: str) -> bytes:
+        """The word's 32-bit hash h and its two halves of the bigram mix, h·FNV and h + φ (mod 2³²), as three
+        little-endian uint32 (how the word cache keeps them: a prompt's bigrams are then one XOR)."""
         h = int(mmh3.hash(word.encode("utf-8", "surrogatepass"), _SEED_WORD, signed=False))
-        self._cache[word] = h
-        return h
+        packed = _WORD_RECORD.pack(h, h * _FNV_INT & 0xFFFFFFFF, (h + _GOLDEN_INT) & 0xFFFFFFFF)
+        self._cache[word] = packed
+        return packed
 
     def words(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         return self._words(self.tokens(text))
@@ -212,47 +226,37 @@ class FeatureExtractor:
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
         cached = list(map(cache.get, tokens))
-        n = len(cached)
-        hashes: np.ndarray | None = None
-        if self.bigrams and n > _PYTHON_BIGRAMS:
-            try:  # noqa: SIM105  (a with-statement costs more here) a word not seen yet (None) fails the conversion
-                hashes = np.array(cached, dtype=np.uint64)
-            except TypeError:
-                pass
-        if hashes is None and None in cached:
-            cached = [h if h is not None else self._word_hash(t) for h, t in zip(cached, tokens, strict=True)]
-        found: list[int] = cached  # type: ignore[assignment]  # no None left
+        try:  # each word's cached record: one join and one array instead of Python ints per word
+            packed = b"".join(cached)  # type: ignore[arg-type]  # a word not seen yet (None) fails the join
+        except TypeError:
+            packed = b"".join([h if h is not None else self._word_hash(t) for h, t in zip(cached, tokens, strict=True)])
+        records = np.frombuffer(packed, dtype=_WORD_RECORDS)  # (n, 3): h, h·FNV, h + φ
+        n = len(tokens)
         if not self.bigrams or n == 1:
-            idx = np.array(found, dtype=np.uint32)
-        elif n <= _PYTHON_BIGRAMS:  # the same bigrams on Python ints: fewer numpy calls for a short prompt
-            fnv, golden = _FNV_INT, _GOLDEN_INT
-            pairs = [(a * fnv ^ (b + golden)) & 0xFFFFFFFF for a, b in pairwise(found)]
-            idx = np.array(found + pairs, dtype=np.uint32)
-        else:  # unigrams, then bigrams: (h_i·FNV ⊕ (h_{i+1} + φ)) mod 2³², written into one array
-            if hashes is None:
-                hashes = np.array(found, dtype=np.uint64)
+            idx = records[:, 0].astype(np.uint32)
+        else:  # unigrams, then bigrams: (h_i·FNV mod 2³²) ⊕ (h_{i+1} + φ mod 2³²)
             idx = np.empty(2 * n - 1, dtype=np.uint32)
-            idx[:n] = hashes
-            bigrams = hashes[:-1] * _FNV_PRIME
-            bigrams ^= hashes[1:] + _GOLDEN
-            bigrams &= _MASK32
-            idx[n:] = bigrams
+            idx[:n] = records[:, 0]
+            np.bitwise_xor(records[:-1, 1], records[1:, 2], out=idx[n:])
         values = np.empty(len(idx), dtype=np.float32)
         values.fill(1.0 / math.sqrt(len(idx)))  # as np.full, without its Python wrapper
         return idx, values
 
     def extract(self, text: str, *, turns: int = 1, attributes: Mapping[str, Scalar] | None = None) -> Context:
         """Featurize raw text (what `__call__` does for a request)."""
+        return self._extract(text, turns, MappingProxyType(dict(attributes or {})))
+
+    def _extract(self, text: str, turns: int, attrs: Mapping[str, Scalar]) -> Context:
+        """`extract` with the caller's context as a mapping nobody changes (the `Context` keeps it)."""
         n_chars = len(text)
         n_tokens = estimate_tokens(text)
         head = text[: self.max_chars]
-        if head.isascii():  # as `tokens`, keeping the bytes: they also answer "any digit?" (no regex)
+        raw: bytes | None = None
+        if head.isascii():  # as `tokens`, keeping the bytes: they also answer `_MATH` (no regex)
             raw = head.encode("ascii")
             tokens = raw.lower().translate(_PUNCTUATION_TO_SPACE_BYTES).decode("ascii").split()
-            has_digit = len(raw.translate(None, _DIGIT_BYTES)) != len(raw)
         else:
             tokens = head.lower().translate(_PUNCTUATION_TO_SPACE).split()
-            has_digit = _has_digit(head)
         features: dict[str, tuple[np.ndarray, np.ndarray]] = {"w": self._words(tokens)}
         vocabulary = set(tokens)
         features["l"] = (  # the indices are always these two: one read-only array, shared
@@ -265,7 +269,11 @@ class FeatureExtractor:
         if (
             not _MATH_WORDS.isdisjoint(vocabulary)
             or _contains_any(head, _MATH_SNIPPETS)
-            or (has_digit and _MATH.search(head))
+            or (
+                b"0+0" in raw.translate(_MATH_CLASSES, _MATH_SPACES)
+                if raw is not None
+                else _has_digit(head) and _MATH.search(head) is not None
+            )
         ):
             markers["math"] = 1.0
         if ("\n" in head or head.lstrip()[:1] in _LIST_STARTS) and _LIST.search(head):
@@ -280,7 +288,6 @@ class FeatureExtractor:
                 markers["non_latin"] = min(1.0, 4.0 * non_latin / len(head))
         features["m"] = self._shared(("m", *markers.items()), self._marker_features, markers)
         features["t"] = self._shared(("t", turns), _turn_features, turns)
-        attrs = dict(attributes or {})
         key = ("c", *[(k, type(v), v) for k, v in attrs.items()])  # with the type: True == 1
         features["c"] = self._shared(key, self._context_features, attrs)
         return Context(
@@ -289,7 +296,7 @@ class FeatureExtractor:
             n_chars=n_chars,
             turns=max(1, turns),
             markers=frozenset(markers),
-            attributes=MappingProxyType(attrs),
+            attributes=attrs,
             text=text,
         )
 
@@ -311,9 +318,12 @@ class FeatureExtractor:
         return _sparse([_MARKER_IDS[m] for m in markers], list(markers.values()))
 
     def _name_hash(self, name: str) -> int:
-        h = self._cache.get(name)
+        names = self._names
+        h = names.get(name)
         if h is None:
-            h = self._cache[name] = hash_name(name)
+            if len(names) >= _CACHE_LIMIT:
+                names.clear()
+            h = names[name] = hash_name(name)
         return h
 
     def _context_features(self, attrs: Mapping[str, Scalar]) -> tuple[np.ndarray, np.ndarray]:
@@ -354,7 +364,7 @@ def dense_vector(context: Context, dim: int) -> np.ndarray:
         if len(idx) == 0:
             continue
         if ns == "w":
-            words = np.bincount((idx % n_words).astype(np.intp), val.astype(np.float64), minlength=n_words)
+            words = np.bincount(idx % n_words, val, minlength=n_words)  # the weights are summed as float64
         else:
             for i, v in zip(idx.tolist(), val.tolist(), strict=True):
                 small[1 + i % 15] += v

@@ -10,21 +10,22 @@ import time
 class _IdSource:
     """Time-ordered decision ids (UUIDv7 layout: 48-bit milliseconds, then 80 random bits, 32 hex digits), drawing
     the random bits from a buffered `os.urandom`: one system call per 1,024 ids instead of one per id, which
-    matters on the event loop thread, where every GIL release can wait for the writer."""
+    matters on the event loop thread, where every GIL release can wait for the writer. The buffer is kept as hex
+    digits, 20 per id."""
 
     def __init__(self) -> None:
-        self._pool = b""
+        self._pool = ""
         self._next = 0
         self._lock = threading.Lock()
 
     def __call__(self) -> str:
         with self._lock:
             start = self._next
-            if start + 10 > len(self._pool):
-                self._pool, start = os.urandom(10 * 1024), 0
-            self._next = start + 10
-            chunk = self._pool[start : start + 10]
-        return f"{time.time_ns() // 1_000_000:012x}{chunk.hex()}"
+            if start + 20 > len(self._pool):
+                self._pool, start = os.urandom(10 * 1024).hex(), 0
+            self._next = start + 20
+            chunk = self._pool[start : start + 20]
+        return f"{time.time_ns() // 1_000_000:012x}{chunk}"
 
 
 new_decision_id = _IdSource()

@@ -110,7 +110,8 @@ class CostModel:
 
     def expected_costs(self, specs: Sequence[ModelSpec], input_tokens: int) -> np.ndarray:
         """ĉ per model, shape (n_models,)."""
-        return np.array([s.cost_usd(input_tokens, self.output_tokens.estimate(s)) for s in specs])
+        estimate = self.output_tokens.estimate
+        return np.array([s.cost_usd(input_tokens, estimate(s)) for s in specs])
 
     def expected_latencies(self, specs: Sequence[ModelSpec]) -> np.ndarray:
         """Expected latency in seconds per model, shape (n_models,)."""

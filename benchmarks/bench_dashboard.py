@@ -81,7 +81,7 @@ def build(db: Path, n: int, seed: int = 0) -> dict[str, float]:
         with store.write() as tx:
             tx.insert_decisions(decisions)
             tx.insert_feedback(records)
-        store.bound_wal()  # as the service's writer does between batches (past 64 MiB: copy and truncate)
+        store.bound_wal()  # as the service's writer does between batches (before 64 MiB: copy and restart)
     store.close()
     return {"build_s": time.perf_counter() - started, "feedback": float(seq)}
 

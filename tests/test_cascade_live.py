@@ -177,6 +177,26 @@ def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_bef
     reply = httpx.post(url + "/v1/chat/completions",
                        json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
     assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
+    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]
+    assert counts["requests"] == 2 and counts["failed_requests"] == 1 and counts["failed_calls"] == 2  # counted
+
+
+def test_a_refusal_of_the_llm_routers_named_model_is_the_clients_and_the_routing_call_is_counted(
+    gateway: Callable[..., str], fake: ChooserFake
+) -> None:
+    """The routing LLM names `strong` for code; `strong` refuses the request itself (a 400): the client gets the
+    400, and the request counts as failed with the routing call it paid for."""
+    url = gateway()
+    fake.set("strong", "reject")
+    reply = httpx.post(url + "/v1/chat/completions",
+                       json={"model": "auto", "messages": [{"role": "user", "content": CODE}]})
+    assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
+    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]
+    assert counts["requests"] == 1 and counts["failed_requests"] == 1 and counts["router_calls"] == 1
+    assert counts["answer_calls"] == 1 and counts["failed_calls"] == 1 and counts["spend_usd"] > 0
+    fake.set("strong")
+    completion, info, _ = ask(url, "auto", CODE)  # the same request, accepted: answered, nothing else changed
+    assert completion.model == "strong" and info["named"] == "strong"
 
 
 # -- learned escalation -----------------------------------------------------------------------------------------

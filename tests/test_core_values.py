@@ -73,6 +73,41 @@ def test_outcome_rejects_bad_values(kwargs: dict, message: str) -> None:
         Outcome(**kwargs)
 
 
+@pytest.mark.parametrize("cls", ["Context", "Decision"])
+def test_hand_written_initialisers_are_the_dataclass_ones(cls: str) -> None:
+    """`Context` and `Decision` write their `__init__` by hand (one dict update, not one `object.__setattr__` per
+    field): it takes every init field of the dataclass in order with its default, sets exactly those (and `_flat`),
+    and the instances stay frozen, `dataclasses.replace` and the checks of `Decision` included."""
+    import dataclasses
+    import inspect
+
+    from bandit_router import types
+
+    kind = getattr(types, cls)
+    fields = [f for f in dataclasses.fields(kind) if f.init]
+    parameters = list(inspect.signature(kind.__init__).parameters.values())[1:]
+    assert [p.name for p in parameters] == [f.name for f in fields]
+    assert [p.default for p in parameters] == [
+        inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default for f in fields
+    ]
+    context = FeatureExtractor().extract("hello", attributes={"tenant": "acme"})
+    if cls == "Context":
+        made = Context(context.features, 2, 5, 1, frozenset({"code"}), context.attributes, text="hello")
+        expected = {"features": context.features, "input_tokens": 2, "n_chars": 5, "turns": 1,
+                    "markers": frozenset({"code"}), "attributes": context.attributes, "text": "hello", "_flat": None}
+    else:
+        made = types.Decision("d", "b", 1, ("a", "b"), (0.25, 0.75), 0.75, "p", 3, 20.0, context, (1.0, 2.0), 9.0)
+        expected = {"decision_id": "d", "model": "b", "arm": 1, "models": ("a", "b"), "pmf": (0.25, 0.75),
+                    "probability": 0.75, "policy": "p", "policy_version": 3, "cost_weight": 20.0, "context": context,
+                    "expected_cost_usd": (1.0, 2.0), "created_at": 9.0}
+        with pytest.raises(ValueError, match="pmf entry"):
+            dataclasses.replace(made, probability=0.25)
+    assert vars(made) == expected
+    assert vars(dataclasses.replace(made)) == expected
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.turns = 3  # type: ignore[misc,union-attr]
+
+
 def test_context_json_round_trip() -> None:
     context = FeatureExtractor()(Request(prompt="def f(x): return x  # why?", context={"tenant": "a", "n": 3}))
     again = Context.from_json(context.to_json())
@@ -199,6 +234,27 @@ def test_features_are_the_same_in_another_process() -> None:
 )
 def test_markers(text: str, markers: set[str]) -> None:
     assert FeatureExtractor().extract(text).markers == markers
+
+
+def test_math_marker_on_ascii_text_is_the_regex() -> None:
+    """On ASCII text the `math` marker's "digit, operator, digit" comes from one byte translation
+    (`features._MATH_CLASSES`), on other text from the regex `features._MATH`: on random text of digits, operators,
+    every ASCII white space and a few other characters, the two agree, and so do the markers of the same text with
+    and without a non-ASCII word after it."""
+    from bandit_router import features
+
+    rng = np.random.default_rng(3)
+    alphabet = [*"0123456789+-*/^=x.,(_", *(chr(c) for c in range(128) if chr(c).isspace()), "\x00", "\x7f"]
+    fx = FeatureExtractor()
+    found = 0
+    for i in range(20_000):
+        text = "".join(rng.choice(alphabet, size=int(rng.integers(0, 12))))
+        expected = features._MATH.search(text) is not None
+        assert (b"0+0" in text.encode("ascii").translate(features._MATH_CLASSES, features._MATH_SPACES)) == expected
+        if i % 10 == 0:
+            assert ("math" in fx.extract(text).markers) == expected == ("math" in fx.extract(text + " é").markers)
+        found += expected
+    assert 2_000 < found < 18_000
 
 
 def test_caller_context_becomes_features() -> None:

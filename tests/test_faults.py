@@ -230,11 +230,45 @@ def test_the_wal_stays_under_its_bound_under_sustained_writes(tmp_path: Path) ->
             largest, batches = _sustained_writes(store, 2.0, bound=bound)
         finally:
             store.close()
-        grown[bound] = (largest, batches, store.truncations)
+        grown[bound] = (largest, batches, store.wal_restarts)
     assert grown[False][0] > 4 * limit, grown  # passive checkpoints alone: the WAL keeps growing
-    largest, batches, truncations = grown[True]
-    assert batches > 100 and truncations >= 1, grown
-    assert largest <= 2 * limit, grown  # the bound, plus what arrives while readers delay a truncation
+    largest, batches, restarts = grown[True]
+    assert batches > 100 and restarts >= 1, grown
+    assert largest <= 2 * limit, grown  # the bound, plus what arrives while readers delay a restart
+
+
+def test_the_wal_is_restarted_before_it_passes_its_bound_and_its_file_reused(tmp_path: Path) -> None:
+    """`maintain` sees the WAL's bytes in use u and their growth g since its last look; when u + g would pass the
+    bound, the writer's next `bound_wal` restarts the WAL although the file is still under it, and the next
+    transaction writes the same file from its start (no truncation while the writer waits)."""
+    limit = 1 << 20
+    store = SQLiteStore(tmp_path / "restart.db", wal_max_bytes=limit)
+    store.prepare()
+    router = Router(seed=1)
+    written = 0
+    try:
+        store.maintain()  # nothing in use yet
+        while wal_bytes(store.path) < 0.6 * limit:
+            with store.write() as tx:
+                tx.insert_decisions([(router.route(Request(prompt=f"grow {i} " * 30)), None, None) for i in range(8)])
+            written += 8
+        assert store.bound_wal() is False  # under the bound, and nobody has looked at its growth yet
+        store.maintain()  # u ≈ 0.6 MiB, g ≈ 0.6 MiB: it would pass 1 MiB before the next look
+        size = wal_bytes(store.path)
+        assert size < limit
+        assert store.bound_wal() is True and store.wal_restarts == 1
+        with store.write() as tx:
+            tx.insert_decisions([(router.route(Request(prompt="after the restart")), None, None)])
+        written += 1
+        assert wal_bytes(store.path) == size  # the file is reused from its start, not truncated
+        store.maintain()
+        assert store.bound_wal() is False  # a few frames in use: nothing due
+    finally:
+        store.close()
+    import sqlite3
+
+    with sqlite3.connect(store.path) as conn:  # every decision written before and after the restart is there
+        assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == written
 
 
 # -- growth: max_models, retention_days -----------------------------------------------------------------------------

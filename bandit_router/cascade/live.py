@@ -192,7 +192,11 @@ class NamedRouters:
             return spec.cost_usd(inp, out)
 
         run = CascadeRun(models, escalation, context, cost_weight, self.rng, next_cost)
-        result = await run_cascade(run, chat.messages, request.text, call, signal)
+        try:
+            result = await run_cascade(run, chat.messages, request.text, call, signal)
+        except UpstreamRejected as exc:  # the first model refused the request itself: the client's 4xx, counted
+            await self._count_refused(alias, [ChainCall(exc.model, "answer", error=str(exc)[:200])])
+            raise
         extension = {"router": alias.name, "strategy": alias.strategy, **result.to_json()}
         if result.answer is None:
             await self._count_failed(extension)
@@ -253,6 +257,10 @@ class NamedRouters:
             except CallFailed as exc:
                 calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
                 continue
+            except UpstreamRejected as exc:  # the request's own fault: the client's 4xx, the routing call counted
+                calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
+                await self._count_refused(alias, calls, named)
+                raise
             calls.append(
                 ChainCall(
                     model,
@@ -346,6 +354,16 @@ class NamedRouters:
             await self.engine.count_router(of_chain(chain, time.time()))
         except BanditRouterError as exc:
             log.warning("%s: a failed request was not counted: %s", chain["router"], exc)
+
+    async def _count_refused(self, alias: RouterAlias, calls: Sequence[ChainCall], named: str | None = None) -> None:
+        """Count a request that an upstream refused as the request's own fault (a 4xx) before any model answered:
+        the client gets the 4xx, and the request counts as failed with the calls it paid for (an LLM router's
+        routing call)."""
+        chain: dict[str, Any] = {"router": alias.name, "strategy": alias.strategy,
+                                 "calls": [c.to_json() for c in calls], "steps": [], "answered_by": None}
+        if alias.strategy == "llm-router":
+            chain["named"] = named
+        await self._count_failed(chain)
 
     def report(self) -> dict[str, Any]:
         """Per named router: requests, who answered, escalations, calls, failures, spend (for `GET /v1/stats` and

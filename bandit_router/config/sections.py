@@ -116,9 +116,8 @@ class StorageSettings:
                                   "always are)")
     checkpoint_interval: int = setting(1000, help="learned feedbacks between two checkpoints of the learned state")
     checkpoints_kept: int = setting(3, help="how many checkpoints to keep")
-    wal_max_bytes: int = setting(64 * 1024 * 1024, help="past this size of the SQLite WAL the writer copies it into "
-                                 "the database and truncates it (0: never; SQLite's passive checkpoints alone let "
-                                 "it grow without bound)")
+    wal_max_bytes: int = setting(64 * 1024 * 1024, help="the writer restarts the SQLite WAL before it grows past this "
+                                 "size (0: never; SQLite's passive checkpoints alone let it grow without bound)")
     retention_days: float | None = setting(help="delete decisions and feedback older than this many days once the "
                                            "newest checkpoint holds them (unset: keep everything; see Durability)")
 
@@ -128,7 +127,7 @@ class StorageSettings:
                 object.__setattr__(self, "db", parse_database(self.db))
             except ValueError as exc:
                 raise ConfigError(f"db: {exc}") from None
-        _check(self.wal_max_bytes >= 0, "wal_max_bytes", "must be >= 0 (0: never truncate)")
+        _check(self.wal_max_bytes >= 0, "wal_max_bytes", "must be >= 0 (0: never restart the WAL)")
         if self.retention_days is not None:
             _check(math.isfinite(self.retention_days) and self.retention_days > 0, "retention_days",
                    "must be > 0 days")

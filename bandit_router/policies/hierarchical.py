@@ -66,6 +66,11 @@ from ..features import dense_vector
 from ..types import Context
 from .base import BasePolicy
 
+try:  # what `np.einsum` runs when it does not optimise, without its Python wrapper (≈ 1 µs of each route)
+    from numpy._core.multiarray import c_einsum
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import c_einsum  # type: ignore[no-redef,attr-defined,unused-ignore]
+
 LEVELS = 3
 """Shrinkage levels of the corrections: κ·LEVEL_SCALE^l, l = 0 … LEVELS − 1."""
 LEVEL_SCALE = 4.0
@@ -210,6 +215,18 @@ def _peer_matrices(family: np.ndarray, tier: np.ndarray) -> np.ndarray:
     return np.stack([same[0] * others, same[1] * others, others])
 
 
+_NO_FLOORS: dict[int, np.ndarray] = {}
+
+
+def _no_floors(k: int) -> np.ndarray:
+    """Zeros of shape (k,), read-only and shared (the floors while no model was added at run time)."""
+    zeros = _NO_FLOORS.get(k)
+    if zeros is None:
+        zeros = _NO_FLOORS[k] = np.zeros(k)
+        zeros.setflags(write=False)
+    return zeros
+
+
 class HierarchicalThompsonPolicy(BasePolicy):
     """Thompson sampling on per-model mean quality, refined by prompt-level corrections once they have
     predicted better (`default`)."""
@@ -225,6 +242,8 @@ class HierarchicalThompsonPolicy(BasePolicy):
         self._peers: np.ndarray | None = None
         self._cached: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._by_models: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._last_models: tuple[tuple[ModelSpec, ...] | None, tuple[np.ndarray, ...]] = (None, ())
+        """The last model tuple `_posterior_of` saw and its entry (the router passes the same tuple every route)."""
         self._phi_of: tuple[Context | None, np.ndarray] = (None, np.zeros(0))
         self._scaled_sd: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0))
 
@@ -305,11 +324,16 @@ class HierarchicalThompsonPolicy(BasePolicy):
             omega = weights[:, 1:] / weights.sum(axis=1, keepdims=True)
             self._cached = (mean, variance, np.sqrt(variance / (arms.prior_n + arms.n)), omega)
             self._by_models = {}
+            self._last_models = (None, ())
         return self._cached
 
     def _posterior_of(self, models: Sequence[ModelSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """`_summary`'s (μ̂, sd, ω) and the corrections w for the rows of `models`, in their order: what a route
         needs that depends only on the posterior, gathered once per update and model list (not per request)."""
+        last = self._last_models
+        if last[0] is models and self._cached is not None:  # the same (immutable) tuple as the last route
+            base, sd, omega, w = last[1]
+            return base, sd, omega, w
         key = tuple(m.name for m in models)
         found = self._by_models.get(key) if self._cached is not None else None
         if found is None:
@@ -321,12 +345,14 @@ class HierarchicalThompsonPolicy(BasePolicy):
             for array in found:
                 array.setflags(write=False)  # shared by every route until the next update
             self._by_models[key] = found
+        if type(models) is tuple:
+            self._last_models = (models, found)
         return found
 
     def predict(self, context: Context, models: Sequence[ModelSpec]) -> tuple[np.ndarray, np.ndarray]:
         """q̂_m(φ) and the posterior sd of the model's mean quality, each shape (len(models),)."""
         base, sd, omega, w = self._posterior_of(models)
-        mean = base + np.einsum("kl,kl->k", omega, w @ self._phi(context))
+        mean = base + c_einsum("kl,kl->k", omega, w @ self._phi(context))
         return mean, sd
 
     # -- the policy protocol --------------------------------------------------------------------------------
@@ -398,7 +424,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         not confidently dominated; 0 otherwise."""
         added = self._added
         if not added or not any(m.name in added for m in models):
-            return np.zeros(len(models))
+            return _no_floors(len(models))
         fresh = np.array([m.name in added for m in models])
         p = self.params
         arms = self._arms

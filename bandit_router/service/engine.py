@@ -254,7 +254,7 @@ class Engine:
         self._housekeeping()
 
     def _housekeeping(self) -> None:
-        """Keep the WAL bounded (`SQLiteStore.bound_wal`: a truncating checkpoint once it passes
+        """Keep the WAL bounded (`SQLiteStore.bound_wal`: a restarting checkpoint before it passes
         `wal_max_bytes`; looked at every `WAL_CHECK_EVERY_S`) and delete what `retention_days` no longer keeps."""
         now = time.monotonic()
         bound_wal = getattr(self.store, "bound_wal", None)
@@ -262,10 +262,10 @@ class Engine:
             self._next_wal_check = now + WAL_CHECK_EVERY_S
             try:
                 bound_wal()
-                if getattr(self.store, "truncate_busy", False) and time.monotonic() - now > WAL_CHECK_EVERY_S:
+                if getattr(self.store, "restart_busy", False) and time.monotonic() - now > WAL_CHECK_EVERY_S:
                     self._next_wal_check = now + WAL_RETRY_BUSY_S  # a long reader: do not stall every batch
             except StoreError as exc:
-                self._say("wal", logging.WARNING, "truncating the WAL failed (will retry): %s", exc)
+                self._say("wal", logging.WARNING, "restarting the WAL failed (will retry): %s", exc)
         days = self.settings.storage.retention_days
         delete_old = getattr(self.store, "delete_old", None)
         if days is not None and delete_old is not None and now >= self._next_retention and self.fault is None:
