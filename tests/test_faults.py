@@ -27,7 +27,7 @@ from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
 from bandit_router.dbguard import RateLimitedLog, check_database, wal_bytes
 from bandit_router.router import Router
-from bandit_router.store import SQLiteStore
+from bandit_router.store import WAL_MAX_BYTES, SQLiteStore
 from bandit_router.types import Request
 
 SPEC = {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.1}
@@ -303,6 +303,22 @@ def test_a_restarted_wal_is_not_restarted_again_until_something_is_written(tmp_p
                 tx.insert_decisions([(router.route(Request(prompt="after")), None, None)])
             store.maintain()
             assert store.bound_wal() is False and wal_bytes(store.path) <= limit and store.wal_restarts == 1
+        finally:
+            store.close()
+
+
+def test_a_wal_that_sqlite_restarts_itself_shrinks_back_also_without_the_bound(tmp_path: Path) -> None:
+    """`wal_max_bytes = 0` only stops the writer's restarts: when SQLite restarts the WAL itself (the passive
+    checkpoints caught up), the file still shrinks back to the default bound at the next commit
+    (`journal_size_limit`), as it did before the bound's restarts existed; with a bound, to the bound."""
+    for bound, limit in ((0, WAL_MAX_BYTES), (1 << 20, 1 << 20)):
+        store = SQLiteStore(tmp_path / f"limit-{bound}.db", wal_max_bytes=bound)
+        store.prepare()
+        try:
+            with store.read() as reader:
+                assert reader.conn.execute("PRAGMA journal_size_limit").fetchone()[0] == limit  # type: ignore[attr-defined]
+            with store.write() as tx:
+                assert tx.conn.execute("PRAGMA journal_size_limit").fetchone()[0] == limit  # type: ignore[attr-defined]
         finally:
             store.close()
 

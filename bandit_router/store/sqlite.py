@@ -145,8 +145,9 @@ class SQLiteStore:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA temp_store = MEMORY")
-            if self.wal_max_bytes > 0:  # a restarted WAL that grew past the bound (a long reader) shrinks back
-                conn.execute(f"PRAGMA journal_size_limit = {self.wal_max_bytes}")
+            # A restarted WAL that grew past the bound (a long reader) shrinks back; without a bound, one that SQLite
+            # restarted itself (the passive checkpoints caught up) shrinks back to the default bound.
+            conn.execute(f"PRAGMA journal_size_limit = {self.wal_max_bytes or WAL_MAX_BYTES}")
         except sqlite3.Error as exc:
             self._note(exc)  # a corrupt file met while opening a connection is the store's fault too
             raise StoreError(f"{self.path}: {exc}") from exc
