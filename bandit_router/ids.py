@@ -11,12 +11,18 @@ class _IdSource:
     """Time-ordered decision ids (UUIDv7 layout: 48-bit milliseconds, then 80 random bits, 32 hex digits), drawing
     the random bits from a buffered `os.urandom`: one system call per 1,024 ids instead of one per id, which
     matters on the event loop thread, where every GIL release can wait for the writer. The buffer is kept as hex
-    digits, 20 per id."""
+    digits, 20 per id. A forked process starts with an empty buffer (it would otherwise draw its parent's next
+    digits: equal ids within a millisecond)."""
 
     def __init__(self) -> None:
+        self._empty()
+        if hasattr(os, "register_at_fork"):  # POSIX
+            os.register_at_fork(after_in_child=self._empty)
+
+    def _empty(self) -> None:
         self._pool = ""
         self._next = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # a new one: another thread may have held it at the fork
 
     def __call__(self) -> str:
         with self._lock:

@@ -181,6 +181,22 @@ def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_bef
     assert counts["requests"] == 2 and counts["failed_requests"] == 1 and counts["failed_calls"] == 2  # counted
 
 
+def test_a_refusal_after_a_failed_call_is_the_clients_and_both_calls_are_counted(
+    gateway: Callable[..., str], fake: ChooserFake
+) -> None:
+    """The cascade's first model fails (a 500), the next refuses the request itself (a 400) before any model
+    answered: the client gets the 400, and the request counts as failed with both of its calls."""
+    url = gateway()
+    fake.set("cheap", "fail")
+    fake.set("strong", "reject")
+    reply = httpx.post(url + "/v1/chat/completions",
+                       json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
+    assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
+    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]
+    assert counts["requests"] == 1 and counts["failed_requests"] == 1
+    assert counts["answer_calls"] == 2 and counts["failed_calls"] == 2
+
+
 def test_a_refusal_of_the_llm_routers_named_model_is_the_clients_and_the_routing_call_is_counted(
     gateway: Callable[..., str], fake: ChooserFake
 ) -> None:

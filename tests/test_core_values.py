@@ -108,6 +108,42 @@ def test_hand_written_initialisers_are_the_dataclass_ones(cls: str) -> None:
         made.turns = 3  # type: ignore[misc,union-attr]
 
 
+def test_decision_ids_are_unique_across_threads_and_forked_processes() -> None:
+    """Ids come from a pool of random hex digits: threads share it under a lock, and a process forked after the pool
+    was filled (gunicorn's or multiprocessing's fork, a library user's worker pool) must not draw the parent's next
+    random digits (ids made in the same millisecond by both would be equal)."""
+    import os
+    import threading
+
+    from bandit_router.ids import new_decision_id
+
+    made: list[list[str]] = [[] for _ in range(4)]
+    threads = [threading.Thread(target=lambda out=out: out.extend(new_decision_id() for _ in range(3000)))
+               for out in made]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [i for out in made for i in out]
+    assert len(set(every)) == len(every) == 12_000 and all(len(i) == 32 for i in every)
+
+    new_decision_id()  # the pool is filled before the fork
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        try:
+            os.write(write, " ".join(new_decision_id() for _ in range(100)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        child = pipe.read().decode().split()
+    os.waitpid(pid, 0)
+    parent = [new_decision_id() for _ in range(100)]
+    assert len(child) == 100
+    assert not {i[12:] for i in child} & {i[12:] for i in parent}  # the random digits after the milliseconds
+
+
 def test_context_json_round_trip() -> None:
     context = FeatureExtractor()(Request(prompt="def f(x): return x  # why?", context={"tenant": "a", "n": 3}))
     again = Context.from_json(context.to_json())

@@ -27,7 +27,7 @@ from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
 from bandit_router.dbguard import RateLimitedLog, check_database, wal_bytes
 from bandit_router.router import Router
-from bandit_router.store import SQLiteStore
+from bandit_router.store import WAL_MAX_BYTES, SQLiteStore
 from bandit_router.types import Request
 
 SPEC = {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.1}
@@ -269,6 +269,138 @@ def test_the_wal_is_restarted_before_it_passes_its_bound_and_its_file_reused(tmp
 
     with sqlite3.connect(store.path) as conn:  # every decision written before and after the restart is there
         assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == written
+
+
+def _grow(store: SQLiteStore, router: Router, until: float) -> None:
+    """Commit batches of decisions until the WAL file has `until` bytes."""
+    while wal_bytes(store.path) < until:
+        with store.write() as tx:
+            tx.insert_decisions([(router.route(Request(prompt=f"grow {i} " * 30)), None, None) for i in range(8)])
+
+
+def test_a_restarted_wal_is_not_restarted_again_until_something_is_written(tmp_path: Path) -> None:
+    """SQLite rewrites the WAL's header only with the first transaction after a restart: until then a passive
+    checkpoint still counts the old frames and the file keeps its size. An idle writer must not restart the WAL again
+    and again (each restart takes the write lock and waits for readers), whether the restart was predicted by
+    `maintain` or forced by a file already past the bound (a long reader held it off; no maintenance thread)."""
+    limit = 1 << 20
+    router = Router(seed=1)
+    for case in ("predicted", "past the bound"):
+        store = SQLiteStore(tmp_path / f"idle-{case[0]}.db", wal_max_bytes=limit)
+        store.prepare()
+        try:
+            store.maintain()
+            _grow(store, router, (0.6 if case == "predicted" else 1.5) * limit)
+            if case == "predicted":
+                store.maintain()  # u ≈ g ≈ 0.6 MiB: due
+            assert store.bound_wal() is True and store.wal_restarts == 1
+            for _ in range(3):  # idle: the maintenance thread looks, the writer's housekeeping asks
+                if case == "predicted":
+                    store.maintain()
+                assert store.bound_wal() is False, case
+            assert store.wal_restarts == 1
+            with store.write() as tx:  # written again: the WAL starts over (and shrinks to the bound)
+                tx.insert_decisions([(router.route(Request(prompt="after")), None, None)])
+            store.maintain()
+            assert store.bound_wal() is False and wal_bytes(store.path) <= limit and store.wal_restarts == 1
+        finally:
+            store.close()
+
+
+def test_a_wal_that_sqlite_restarts_itself_shrinks_back_also_without_the_bound(tmp_path: Path) -> None:
+    """`wal_max_bytes = 0` only stops the writer's restarts: when SQLite restarts the WAL itself (the passive
+    checkpoints caught up), the file still shrinks back to the default bound at the next commit
+    (`journal_size_limit`), as it did before the bound's restarts existed; with a bound, to the bound."""
+    for bound, limit in ((0, WAL_MAX_BYTES), (1 << 20, 1 << 20)):
+        store = SQLiteStore(tmp_path / f"limit-{bound}.db", wal_max_bytes=bound)
+        store.prepare()
+        try:
+            with store.read() as reader:
+                assert reader.conn.execute("PRAGMA journal_size_limit").fetchone()[0] == limit  # type: ignore[attr-defined]
+            with store.write() as tx:
+                assert tx.conn.execute("PRAGMA journal_size_limit").fetchone()[0] == limit  # type: ignore[attr-defined]
+        finally:
+            store.close()
+
+
+class _RestartDuringLook:
+    """The maintenance connection, with the writer committing a batch and restarting the WAL (`bound_wal`) right after
+    its passive checkpoint: a look at the WAL that straddles a restart (the two threads interleaved this way,
+    deterministically)."""
+
+    def __init__(self, store: SQLiteStore, router: Router) -> None:
+        self.store, self.router, self.conn = store, router, store._maintenance
+
+    def execute(self, sql: str) -> Any:
+        cursor = self.conn.execute(sql)  # type: ignore[union-attr]
+        if "wal_checkpoint" in sql:
+            row = cursor.fetchone()
+            with self.store.write() as tx:
+                tx.insert_decisions([(self.router.route(Request(prompt="meanwhile")), None, None)])
+            assert self.store.bound_wal() is True
+            return _Row(row)
+        return cursor
+
+
+class _Row:
+    def __init__(self, row: Any) -> None:
+        self.row = row
+
+    def fetchone(self) -> Any:
+        return self.row
+
+
+def test_a_look_at_the_wal_during_a_checkpoint_or_a_restart_does_not_make_a_restart_due(tmp_path: Path) -> None:
+    """A passive checkpoint while another checkpoint runs (another worker's, or the writer's restart) measures
+    nothing (SQLite answers -1 frames): it must not be taken for an empty WAL, whose next look would then count the
+    whole WAL as growth. And a look that straddles the writer's restart saw the frames of before it."""
+    import sqlite3
+
+    limit = 1 << 20
+    router = Router(seed=1)
+    store = SQLiteStore(tmp_path / "look.db", wal_max_bytes=limit)
+    store.prepare()
+    try:
+        store.maintain()
+        _grow(store, router, 0.4 * limit)
+        store.maintain()  # u ≈ g ≈ 0.4 MiB: not due
+        _grow(store, router, 0.45 * limit)  # frames past the last copy: a reader now pins a snapshot in the WAL
+        reader = sqlite3.connect(store.path, isolation_level=None)
+        other = sqlite3.connect(store.path, isolation_level=None, timeout=0.6, check_same_thread=False)
+        probe = sqlite3.connect(store.path, isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM decisions").fetchone()
+        done = threading.Event()
+
+        def checkpoint_elsewhere() -> None:  # another checkpoint, waiting for the reader (and giving up), again
+            while not done.is_set():
+                other.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+
+        waiting = threading.Thread(target=checkpoint_elsewhere)
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1] != -1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        store.maintain()  # measures nothing
+        done.set()
+        waiting.join()
+        reader.execute("COMMIT")
+        for conn in (reader, other, probe):
+            conn.close()
+        _grow(store, router, 0.55 * limit)
+        store.maintain()  # u ≈ 0.55 MiB, g ≈ 0.15 MiB since the last measured look: not due
+        assert store.bound_wal() is False and store.wal_restarts == 0
+
+        _grow(store, router, 0.9 * limit)
+        store.maintain()  # u ≈ 0.9 MiB, g ≈ 0.35 MiB: due
+        store._maintenance = _RestartDuringLook(store, router)  # type: ignore[assignment]
+        store.maintain()  # the restart happens between this look's checkpoint and its reading of it
+        store._maintenance = store._maintenance.conn  # type: ignore[attr-defined]
+        assert store.wal_restarts == 1
+        assert store.bound_wal() is False and store.wal_restarts == 1
+    finally:
+        store.close()
 
 
 # -- growth: max_models, retention_days -----------------------------------------------------------------------------

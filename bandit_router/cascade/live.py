@@ -194,8 +194,8 @@ class NamedRouters:
         run = CascadeRun(models, escalation, context, cost_weight, self.rng, next_cost)
         try:
             result = await run_cascade(run, chat.messages, request.text, call, signal)
-        except UpstreamRejected as exc:  # the first model refused the request itself: the client's 4xx, counted
-            await self._count_refused(alias, [ChainCall(exc.model, "answer", error=str(exc)[:200])])
+        except UpstreamRejected as exc:  # refused before any model answered: the client's 4xx, every call counted
+            await self._count_refused(alias, [*run.calls, ChainCall(exc.model, "answer", error=str(exc)[:200])])
             raise
         extension = {"router": alias.name, "strategy": alias.strategy, **result.to_json()}
         if result.answer is None:

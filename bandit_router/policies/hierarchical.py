@@ -67,9 +67,9 @@ from ..types import Context
 from .base import BasePolicy
 
 try:  # what `np.einsum` runs when it does not optimise, without its Python wrapper (≈ 1 µs of each route)
-    from numpy._core.multiarray import c_einsum
-except ImportError:  # numpy < 2
-    from numpy.core.multiarray import c_einsum  # type: ignore[no-redef,attr-defined,unused-ignore]
+    from numpy._core.multiarray import c_einsum  # private: a numpy that moves it falls back to `np.einsum`
+except ImportError:
+    c_einsum = np.einsum
 
 LEVELS = 3
 """Shrinkage levels of the corrections: κ·LEVEL_SCALE^l, l = 0 … LEVELS − 1."""

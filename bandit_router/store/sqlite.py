@@ -114,6 +114,14 @@ class SQLiteStore:
         self._restart_due = False
         self._wal_in_use = 0
         """Bytes of the WAL in use (frames since its last restart) at the last passive checkpoint."""
+        self._frames_at_restart = -1
+        self._size_at_restart = -1
+        """The WAL's frames and file size when the writer last restarted it: SQLite rewrites the WAL's header with
+        the next transaction only, so until then a passive checkpoint still counts those frames, and the file
+        keeps its size, though none of it is in use."""
+        self._wal_state = threading.Lock()
+        """`maintain` (the maintenance thread) measures the WAL, `bound_wal` (the writer) restarts it: each reads
+        and changes the attributes above, and `wal_restarts`, under this lock."""
         self._writer: sqlite3.Connection | None = None
         self._maintenance: sqlite3.Connection | None = None
         self._local = threading.local()
@@ -137,8 +145,9 @@ class SQLiteStore:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA temp_store = MEMORY")
-            if self.wal_max_bytes > 0:  # a restarted WAL that grew past the bound (a long reader) shrinks back
-                conn.execute(f"PRAGMA journal_size_limit = {self.wal_max_bytes}")
+            # A restarted WAL that grew past the bound (a long reader) shrinks back; without a bound, one that SQLite
+            # restarted itself (the passive checkpoints caught up) shrinks back to the default bound.
+            conn.execute(f"PRAGMA journal_size_limit = {self.wal_max_bytes or WAL_MAX_BYTES}")
         except sqlite3.Error as exc:
             self._note(exc)  # a corrupt file met while opening a connection is the store's fault too
             raise StoreError(f"{self.path}: {exc}") from exc
@@ -297,13 +306,15 @@ class SQLiteStore:
         full load). True when it restarted."""
         if self.wal_max_bytes <= 0 or self.fault is not None:
             return False
-        if not self._restart_due and wal_bytes(self.path) <= self.wal_max_bytes:
-            return False
+        if not self._restart_due:
+            size = wal_bytes(self.path)
+            if size <= self.wal_max_bytes or size == self._size_at_restart:
+                return False  # under the bound, or nothing written since the last restart (it shrinks at the next)
         conn = self._writer_conn()
         held = self._turn.acquire()  # it holds SQLite's write lock while it waits for readers
         try:  # a long reader (an evaluation, a backup) must not stall the writer: wait for it briefly, retry later
             conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
-            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         except sqlite3.Error as exc:
             self._note(exc)
             raise StoreError(f"WAL checkpoint failed: {exc}") from exc
@@ -312,11 +323,13 @@ class SQLiteStore:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
             if held:
                 self._turn.release()
-        if not busy:
-            self._restart_due = False
-            self._wal_in_use = 0
-            self.wal_restarts += 1
-        self.restart_busy = bool(busy)
+        with self._wal_state:
+            if not busy:
+                self._restart_due = False
+                self._wal_in_use = 0
+                self._frames_at_restart, self._size_at_restart = int(frames), wal_bytes(self.path)
+                self.wal_restarts += 1
+            self.restart_busy = bool(busy)
         return not busy
 
     @contextmanager
@@ -346,9 +359,14 @@ class SQLiteStore:
         commit, and so no reply, waits for the database file to be written and synced.
 
         With u the WAL's bytes in use now and g their growth since the last call, the restart is due when
-        u + g > `wal_max_bytes`: at the current write rate the WAL would pass its bound before the next call."""
+        u + g > `wal_max_bytes`: at the current write rate the WAL would pass its bound before the next call. A look
+        while another checkpoint runs (SQLite answers -1 frames) or across one of the writer's restarts measures
+        nothing; after a restart u is 0 until a transaction writes the WAL again (SQLite still reports the old
+        frames until then)."""
         if self.check_file() is not None:
             return
+        with self._wal_state:
+            restarts = self.wal_restarts
         try:
             if self._maintenance is None:
                 self._maintenance = self._connect()
@@ -357,11 +375,19 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             self._note(exc)
             raise StoreError(f"maintenance failed: {exc}") from exc
-        in_use = max(int(frames), 0) * (self._page_bytes + WAL_FRAME_HEADER)
-        growth = max(in_use - self._wal_in_use, 0)
-        self._wal_in_use = in_use
-        if 0 < self.wal_max_bytes < in_use + growth:
-            self._restart_due = True
+        frames = int(frames)
+        with self._wal_state:
+            if frames < 0 or self.wal_restarts != restarts:
+                return  # another checkpoint held the WAL (nothing measured), or the writer restarted it meanwhile
+            if frames == self._frames_at_restart:
+                frames = 0  # nothing written since the writer restarted it: the next transaction starts it over
+            else:
+                self._frames_at_restart = -1
+            in_use = frames * (self._page_bytes + WAL_FRAME_HEADER)
+            growth = max(in_use - self._wal_in_use, 0)
+            self._wal_in_use = in_use
+            if 0 < self.wal_max_bytes < in_use + growth:
+                self._restart_due = True
 
     def close(self) -> None:
         for conn in (self._writer, self._maintenance):
