@@ -452,6 +452,10 @@ descriptions = {big = "strong at proofs"}
          "unknown keys"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
          "escalation = {floor = 0.9}", "floor"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         'escalation = {monotone = "false"}', "monotone must be true or false"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {decided_floor = true}", "decided_floor must be a number"),
         ('name = "c"\nstrategy = "llm-router"\nmodels = ["small", "big"]', "router_model"),
         ('name = "c"\nstrategy = "cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\njudge = "grader"',
          "only used"),
