@@ -187,8 +187,12 @@ class EscalationParams:
             raise ValueError("prior_quality, escalate_prior and calibration must be in [0, 1]")
         if not 0.0 <= self.floor < 0.5:
             raise ValueError("floor must be in [0, 0.5)")
+        if isinstance(self.decided_floor, bool) or not isinstance(self.decided_floor, int | float):
+            raise ValueError("decided_floor must be a number in [0, 1]")
         if not 0.0 <= self.decided_floor <= 1.0:
             raise ValueError("decided_floor must be in [0, 1]")
+        if not isinstance(self.monotone, bool):  # a TOML string "false" would otherwise turn it on
+            raise ValueError(f"monotone must be true or false, not {self.monotone!r}")
 
 
 CONFIDENCE_FEATURES = 4 + BINS
