@@ -4,6 +4,7 @@ learner (seeded, statistical), the simulator's agents and the `[[routers]]` conf
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from bandit_router.cascade import (
 from bandit_router.cascade.escalation import MAX_STEPS, antitonic
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import ConfigError, Settings, load_settings
+from bandit_router.config.routers import RouterAlias, RoutersSettings
 from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor
+from bandit_router.log.checkpoints import fingerprint
 from simulator import EnvSpec, Plan, simulate
 from simulator.agents import Agent, SimulatedJudge, make_agent
 from simulator.environments import Environment, build_world, load_dataset
@@ -506,3 +509,20 @@ def test_catalog_entries_may_be_unroutable_and_carry_a_description() -> None:
         router.decide(ctx, models=["grader"])
     with pytest.raises(CatalogError, match="route"):
         ModelSpec("x", 0.0, 0.0, route="no")  # type: ignore[arg-type]
+
+
+def test_decision_only_escalation_settings_keep_the_checkpoints() -> None:
+    """`decided_floor` and `monotone` change how the learner decides, not what it learns from the log: a router
+    whose settings differ only in them has the checkpoints' fingerprint of before they existed (checked against
+    7c7aef41 for escalation = {v = 0.2}: 54e584fb…), so an upgrade or a change of them restores the newest
+    checkpoint instead of replaying the whole log. A learning setting (`ridge`) still changes it."""
+    models = (ModelSpec("small", 1.0, 2.0), ModelSpec("big", 5.0, 10.0))
+
+    def print_of(escalation: Mapping[str, float]) -> str:
+        alias = RouterAlias("learned", "learned-cascade", ("small", "big"), signal="logprob", escalation=escalation)
+        return fingerprint(dataclasses.replace(Settings(models=models), named_routers=RoutersSettings((alias,))))
+
+    base = print_of({"v": 0.2})
+    assert base == "54e584fb3c4cf319dd5beaa1e42ce533"
+    assert print_of({"v": 0.2, "decided_floor": 1.0, "monotone": False}) == base
+    assert print_of({"v": 0.2, "ridge": 50.0}) != base
