@@ -61,6 +61,10 @@ def chain_document(result_json: dict[str, Any], extra_costs: Sequence[float]) ->
     return json.dumps({**result_json, "extra_costs": [float(c) for c in extra_costs]}, separators=(",", ":"))
 
 
+DECISION_ONLY = ("decided_floor", "monotone")
+"""`EscalationParams` fields that the learned state does not depend on, left out of the checkpoints' fingerprint."""
+
+
 class GuardedEscalation:
     """A `LearnedEscalation` used under its set's lock (the `Escalation` a live cascade runs with)."""
 
@@ -94,8 +98,10 @@ class EscalationLearners:
         return bool(self.learners)
 
     def fingerprint_source(self) -> dict[str, Any]:
-        """What the learners' state depends on (part of the checkpoints' fingerprint)."""
-        return {name: asdict(p) for name, p in sorted(self.params.items())}
+        """What the learners' state depends on (part of the checkpoints' fingerprint): not `decided_floor` and
+        `monotone`, which change only the decisions (so the fingerprint is the one from before they existed)."""
+        return {name: {k: v for k, v in asdict(p).items() if k not in DECISION_ONLY}
+                for name, p in sorted(self.params.items())}
 
     def rule(self, alias: str) -> GuardedEscalation:
         return GuardedEscalation(self.learners[alias], self.lock)
