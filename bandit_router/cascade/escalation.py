@@ -24,15 +24,15 @@ to it). The cost already spent is sunk and common to both actions. Thompson samp
 
     P(escalate) = Φ((μ_e − λ·ĉ_k − μ_a) / (v·√(w_a² + w_e²))),   μ = θᵀz, w² = zᵀA⁻¹z
 
-where, with `monotone` (the default), the gap μ_e − λ·ĉ_k − μ_a is first made non-increasing in the score:
-it is computed for the same prompt at every score level (`score_grid`), fitted by weighted antitonic
-regression (`antitonic`, weights 1/w²: well-measured levels dominate) and read at this score. Every threshold
-rule has this shape by construction; a level whose escalation was rarely tried, or that was unlucky, follows its
-neighbours instead of staying stuck. P is mixed with a floor f so that both actions keep a logged probability
-≥ f for offline evaluation: p = f + (1 − 2f)·P, f = floor·(d + (1 − d)·2Φ(−|gap|/w)) (`decided_floor` d: the
-floor shrinks to d·floor where the posterior has decided which action is better). The chain's reward is the
-final quality − λ·(total cost of the chain), the quantity both actions' scores estimate up to the common sunk
-cost. The probability of the action taken is logged with every step (`EscalationStep.probability`).
+where, with `monotone` (the default), the gap μ_e − λ·ĉ_k − μ_a is first made non-increasing in the score: it is
+computed for the same prompt at every score level (`score_grid`), fitted by weighted antitonic regression
+(`antitonic`, weights 1/σ², σ² = w_a² + w_e²: well-measured levels dominate) and read at this score. Every
+threshold rule has this shape by construction; a level whose escalation was rarely tried, or that was unlucky,
+follows its neighbours instead of staying stuck. P is mixed with a floor f so that both actions keep a logged
+probability ≥ f for offline evaluation: p = f + (1 − 2f)·P, f = floor·(d + (1 − d)·2Φ(−|gap|/σ)) (`decided_floor`
+d: the floor shrinks to d·floor where the posterior has decided which action is better). The chain's reward is the
+final quality − λ·(total cost of the chain), the quantity both actions' scores estimate up to the common sunk cost.
+The probability of the action taken is logged with every step (`EscalationStep.probability`).
 """
 
 from __future__ import annotations
