@@ -237,6 +237,22 @@ def test_the_floor_shrinks_where_the_learner_has_decided_and_stays_where_it_has_
     assert min(p, 1.0 - p) >= 0.5 * floor, p
 
 
+def test_with_a_floor_the_logged_probability_stays_inside_0_1_however_decided() -> None:
+    """floor > 0: both actions keep a positive probability however decided the posterior (scores 0.1 and 0.9 after
+    300 labelled chains each, λ up to 1e6), at the smallest decided_floor allowed too (0 is refused: its floor
+    vanished where the posterior had decided, p_escalate was exactly 0 or 1 on these states)."""
+    rng = np.random.default_rng(2)
+    ctx = EXTRACTOR.extract("what is the capital of France")
+    learner = LearnedEscalation(EscalationParams(decided_floor=1e-6))
+    for score in [0.1, 0.9] * 300:
+        step = learner.decide(ctx, 0, "cheap", score, 0.002, 100.0, rng)
+        learner.learn_both(step, float(rng.random() < score), float(rng.random() < 0.95))
+    for score in (0.1, 0.5, 0.9):
+        for lam in (100.0, 1e6):
+            p = learner.p_escalate(learner.state_vector(ctx, 0, score), 0, 0.002, lam)[0]
+            assert 0.0 < p < 1.0 and min(p, 1.0 - p) >= 1e-6 * learner.params.floor * 0.999, (score, lam, p)
+
+
 def test_antitonic_is_the_non_increasing_least_squares_fit() -> None:
     """Pool adjacent violators: a rising run becomes its weighted mean; a non-increasing input is returned as is."""
     assert antitonic(np.array([5.0, 3.0, 4.0, 1.0, 2.0, 0.0]), np.ones(6)).tolist() == [5, 3.5, 3.5, 1.5, 1.5, 0]
@@ -278,7 +294,8 @@ def test_a_learner_state_of_another_layout_is_refused_not_misread() -> None:
     large.load(large.state())  # its own round-trips
 
 
-@pytest.mark.parametrize(("settings", "match"), [({"floor": 0.5}, "floor"), ({"dim": 8}, "dim"), ({"v": -1}, "v")])
+@pytest.mark.parametrize(("settings", "match"), [({"floor": 0.5}, "floor"), ({"dim": 8}, "dim"), ({"v": -1}, "v"),
+                                                ({"decided_floor": 0.0}, "decided_floor")])
 def test_bad_escalation_settings_are_refused(settings: dict[str, float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         EscalationParams(**settings)  # type: ignore[arg-type]
