@@ -171,7 +171,7 @@ class EscalationParams:
     decided_floor: float = 0.1
     """The share of `floor` kept where the posterior has decided: the floor used is
     f·(d + (1 − d)·2Φ(−|gap|/σ)) (σ the unscaled posterior spread of the gap, d = `decided_floor`): `floor` where
-    the two actions are close, d·floor where one is clearly better (> 0: the log still supports offline
+    the two actions are close, d·floor where one is clearly better (d > 0: the log still supports offline
     evaluation, with importance weights up to 1/(d·floor); 1 keeps the fixed floor, e.g. for a log meant to
     evaluate other rules)."""
     monotone: bool = True
@@ -188,9 +188,9 @@ class EscalationParams:
         if not 0.0 <= self.floor < 0.5:
             raise ValueError("floor must be in [0, 0.5)")
         if isinstance(self.decided_floor, bool) or not isinstance(self.decided_floor, int | float):
-            raise ValueError("decided_floor must be a number in [0, 1]")
-        if not 0.0 <= self.decided_floor <= 1.0:
-            raise ValueError("decided_floor must be in [0, 1]")
+            raise ValueError("decided_floor must be a number in (0, 1]")
+        if not 0.0 < self.decided_floor <= 1.0:  # 0: a decided action's probability would reach exactly 0
+            raise ValueError("decided_floor must be in (0, 1] (floor = 0 for no floor at all)")
         if not isinstance(self.monotone, bool):  # a TOML string "false" would otherwise turn it on
             raise ValueError(f"monotone must be true or false, not {self.monotone!r}")
 
