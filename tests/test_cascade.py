@@ -239,7 +239,7 @@ def test_the_floor_shrinks_where_the_learner_has_decided_and_stays_where_it_has_
 
 def test_with_a_floor_the_logged_probability_stays_inside_0_1_however_decided() -> None:
     """floor > 0: both actions keep a positive probability however decided the posterior (scores 0.1 and 0.9 after
-    300 labelled chains each, λ up to 1e6), at the smallest decided_floor allowed too (0 is refused: its floor
+    300 labelled chains each, λ up to 1e6), with a tiny decided_floor (1e-6) too (0 is refused: its floor
     vanished where the posterior had decided, p_escalate was exactly 0 or 1 on these states)."""
     rng = np.random.default_rng(2)
     ctx = EXTRACTOR.extract("what is the capital of France")
