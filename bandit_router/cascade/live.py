@@ -169,8 +169,7 @@ class NamedRouters:
         active = {m.name for m in router.models}
         models = [m for m in alias.models if m in active]
         if not models:  # every model of the router retired: a request no model answered, counted as such
-            await self._count_failed({"router": alias.name, "strategy": alias.strategy, "calls": [], "steps": [],
-                                      "answered_by": None})
+            await self._count_unanswered(alias, [])
             raise NamedRouterFailed(alias.name, [])
         context = router.featurize(request)
         cost_weight = chat.cost_weight if chat.cost_weight is not None else router.reward_config.cost_weight
@@ -195,7 +194,7 @@ class NamedRouters:
         try:
             result = await run_cascade(run, chat.messages, request.text, call, signal)
         except UpstreamRejected as exc:  # refused before any model answered: the client's 4xx, every call counted
-            await self._count_refused(alias, [*run.calls, ChainCall(exc.model, "answer", error=str(exc)[:200])])
+            await self._count_unanswered(alias, [*run.calls, ChainCall(exc.model, "answer", error=str(exc)[:200])])
             raise
         extension = {"router": alias.name, "strategy": alias.strategy, **result.to_json()}
         if result.answer is None:
@@ -259,7 +258,7 @@ class NamedRouters:
                 continue
             except UpstreamRejected as exc:  # the request's own fault: the client's 4xx, the routing call counted
                 calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
-                await self._count_refused(alias, calls, named)
+                await self._count_unanswered(alias, calls, named)
                 raise
             calls.append(
                 ChainCall(
@@ -273,8 +272,7 @@ class NamedRouters:
             )
             break
         if answer is None:
-            await self._count_failed({"router": alias.name, "strategy": alias.strategy, "named": named,
-                                      "calls": [c.to_json() for c in calls], "steps": [], "answered_by": None})
+            await self._count_unanswered(alias, calls, named)
             raise NamedRouterFailed(alias.name, failures)
         total_cost = sum(c.cost_usd for c in calls)
         total_latency = sum(c.latency_s for c in calls)
@@ -355,10 +353,10 @@ class NamedRouters:
         except BanditRouterError as exc:
             log.warning("%s: a failed request was not counted: %s", chain["router"], exc)
 
-    async def _count_refused(self, alias: RouterAlias, calls: Sequence[ChainCall], named: str | None = None) -> None:
-        """Count a request that an upstream refused as the request's own fault (a 4xx) before any model answered:
-        the client gets the 4xx, and the request counts as failed with the calls it paid for (an LLM router's
-        routing call)."""
+    async def _count_unanswered(self, alias: RouterAlias, calls: Sequence[ChainCall], named: str | None = None) -> None:
+        """Count a request no model answered, with the calls it made (paid or failed): every model failed or was
+        retired, or an upstream refused the request as its own fault (a 4xx: the client gets it). `named`: an LLM
+        router's choice."""
         chain: dict[str, Any] = {"router": alias.name, "strategy": alias.strategy,
                                  "calls": [c.to_json() for c in calls], "steps": [], "answered_by": None}
         if alias.strategy == "llm-router":
