@@ -1,0 +1,217 @@
+"""Budgets count what named routers pay: through the gateway against the fake upstream of the named-router tests,
+with targets configured, every call a cascade, a learned cascade or an LLM router pays for (the answers, the
+judge's scores, the routing LLM's choice) reaches the budget pacer once, at its real cost, whether or not
+feedback arrives; a request no model answered counts what it paid; a restart keeps it; and a process sharing the
+log books another process's named-router requests at the same amounts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bandit_router.budgets import BudgetConfig
+from bandit_router.catalog import ModelSpec
+from bandit_router.config import RouterAlias, Settings
+from bandit_router.service import create_app
+from benchmarks.fake_upstream import JUDGE, ServerThread
+from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ChooserFake, serving
+from tests.test_cascade_live import ask, feedback, stored
+
+ROUTERS = (
+    RouterAlias("cascade", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=0.7),
+    RouterAlias("learned", "learned-cascade", ("cheap", "strong"), judge=JUDGE),
+    RouterAlias("auto", "llm-router", ("cheap", "strong"), router_model="chooser"),
+)
+BUDGETS = {"spend_usd": "100/1d", "tenants": {"acme": {"avg_cost_usd": 0.01}}}
+"""Targets that never bind here (the tests read what the pacer booked, not what it decided)."""
+ACME = {"bandit_router": {"context": {"tenant": "acme"}}}
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[ChooserFake]:
+    with serving(ChooserFake(quality=QUALITY, seed=5, judge_noise=0.1)) as upstream:
+        yield upstream
+
+
+class Gateways:
+    """Gateways with the named routers and `BUDGETS` (`start`), served in this process, stopped at the end."""
+
+    def __init__(self, fake: ChooserFake, folder: Path) -> None:
+        self.fake, self.folder = fake, folder
+        self.servers: dict[str, ServerThread] = {}
+
+    def start(self, db: str = "router.db", budgets: dict[str, Any] | None = None, **changes: Any) -> str:
+        specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=self.fake.url + "/v1",  # type: ignore[attr-defined]
+                                route=n in ("cheap", "strong")) for n in PRICES)
+        settings = Settings(db=self.folder / db, models=specs, routers=ROUTERS, seed=11,
+                            budgets=BudgetConfig.from_mapping(budgets or BUDGETS), **changes)
+        server = ServerThread(create_app(settings))
+        url = server.wait_ready(30)
+        self.servers[url] = server
+        return url
+
+    def stop(self, url: str) -> None:
+        self.servers.pop(url).stop()
+
+
+@pytest.fixture
+def gateways(fake: ChooserFake, tmp_path: Path) -> Iterator[Gateways]:
+    fake.behaviour.clear()
+    g = Gateways(fake, tmp_path)
+    yield g
+    for server in g.servers.values():
+        server.stop()
+
+
+def report(url: str) -> dict[str, Any]:
+    reply = httpx.get(url + "/v1/budgets")
+    assert reply.status_code == 200, reply.text
+    return dict(reply.json()["report"])
+
+
+def spent(url: str, tenant: str | None = None) -> float:
+    scope = report(url)["global"] if tenant is None else report(url)["tenants"][tenant]
+    return float(scope["spend_usd"])
+
+
+def post(url: str, model: str, prompt: str) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", timeout=30,
+                      json={"model": model, "messages": [{"role": "user", "content": prompt}]})
+
+
+def expected_cost(url: str, decision_id: str) -> float:
+    """The expected cost the router booked for a decision it made (its chosen model's)."""
+    decision = stored(url, decision_id)
+    return float(decision["expected_cost_usd"][decision["model"]])
+
+
+# -- cascades ----------------------------------------------------------------------------------------------------
+def test_every_paid_call_of_a_cascade_is_booked_once_at_its_real_cost(gateways: Gateways) -> None:
+    """A prose prompt pays the cheap answer and the judge; a code prompt also the escalation to the strong model.
+    The pacer books each request's whole chain when it is answered; feedback (only quality for a named router)
+    changes nothing; a tenant's targets see its own requests; a learned cascade is booked the same way."""
+    url = gateways.start()
+    total, ids = 0.0, []
+    for prompt in (PROSE, CODE):
+        _, chain, decision_id = ask(url, "cascade", prompt)
+        assert [c["role"] for c in chain["calls"]][:2] == ["answer", "judge"]
+        total += chain["cost_usd"]
+        ids.append(decision_id)
+    assert chain["escalations"] == 1 and len(chain["calls"]) == 3  # the code prompt: cheap, judge, strong
+    scope = report(url)["global"]
+    assert scope["requests"] == 2 and scope["spend_usd"] == pytest.approx(total, rel=1e-9)
+    for decision_id in ids:
+        assert feedback(url, decision_id, 0.8)["status"] == "unrouted"
+    assert spent(url) == pytest.approx(total, rel=1e-9)  # no second booking when feedback arrives
+
+    _, chain, _ = ask(url, "learned", CODE, extra_body=ACME)
+    assert spent(url, "acme") == pytest.approx(chain["cost_usd"], rel=1e-9)
+    assert spent(url) == pytest.approx(total + chain["cost_usd"], rel=1e-9)
+    acme = report(url)["tenants"]["acme"]
+    assert acme["requests"] == 1 and acme["targets"][0]["realized"] == pytest.approx(chain["cost_usd"], rel=1e-9)
+
+
+def test_a_cascade_request_no_model_answered_books_what_it_paid(gateways: Gateways, fake: ChooserFake) -> None:
+    """Failed calls cost nothing: a cascade whose every model fails (502) or refuses (400) books nothing; the
+    answer it paid for before an escalation failed is booked."""
+    url = gateways.start()
+    fake.set("strong", "fail")
+    _, chain, _ = ask(url, "cascade", CODE)  # cheap answered, judge, strong failed: cheap's answer
+    assert chain["calls"][-1]["error"] and chain["cost_usd"] > 0
+    assert spent(url) == pytest.approx(chain["cost_usd"], rel=1e-9)
+    fake.set("cheap", "fail")
+    assert post(url, "cascade", CODE).status_code == 502
+    fake.set("cheap", "reject")
+    assert post(url, "cascade", CODE).status_code == 400
+    assert spent(url) == pytest.approx(chain["cost_usd"], rel=1e-9)
+
+
+# -- LLM routers ---------------------------------------------------------------------------------------------------
+def test_an_llm_routers_routing_call_and_answer_are_booked(gateways: Gateways) -> None:
+    """The routing LLM names a model: its call and the answer are booked at once (the LLM router's decision).
+    It names nobody: the policy decides and its decision is booked like any routed one (expected cost, corrected
+    to the answer's real cost by the learned feedback); the routing call is booked at once beside it."""
+    url = gateways.start()
+    _, info, _ = ask(url, "auto", CODE)
+    assert info["named"] == "strong" and info["calls"][0]["role"] == "router"
+    named_cost = info["cost_usd"]
+    assert spent(url) == pytest.approx(named_cost, rel=1e-9)
+
+    _, info, decision_id = ask(url, "auto", MATH)  # "Hard to say.": the policy's choice
+    assert info["named"] is None
+    routing = info["calls"][0]["cost_usd"]
+    assert routing > 0
+    assert spent(url) == pytest.approx(named_cost + routing + expected_cost(url, decision_id), rel=1e-9)
+    assert feedback(url, decision_id, 0.8)["status"] == "applied"
+    assert spent(url) == pytest.approx(named_cost + info["cost_usd"], rel=1e-9)  # now the answer's real cost
+    assert report(url)["global"]["requests"] == 2
+
+
+def test_an_llm_router_books_what_it_paid_when_the_policys_model_fails_or_nobody_answers(
+    gateways: Gateways, fake: ChooserFake
+) -> None:
+    """`share:strong = 0` makes the policy pick `cheap`, which fails: `strong` answers, and the request is booked at
+    the routing call plus `strong`'s answer, not at the policy's expected cost of `cheap`. When every model fails
+    (502) or the named one refuses the request (400), only the routing call was paid, and only it is booked."""
+    url = gateways.start(budgets={"share": {"strong": 0}, "spend_usd": "100/1d"})
+    fake.set("cheap", "fail")
+    _, info, _ = ask(url, "auto", MATH)
+    assert info["named"] is None and [c["model"] for c in info["calls"]] == ["chooser", "cheap", "strong"]
+    paid = info["cost_usd"]
+    assert spent(url) == pytest.approx(paid, rel=1e-9)
+
+    fake.set("strong", "fail")
+    reply = post(url, "auto", MATH)
+    assert reply.status_code == 502
+    routing = float(httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]["spend_usd"]) - paid
+    assert routing > 0
+    assert spent(url) == pytest.approx(paid + routing, rel=1e-9)
+
+    fake.set("strong", "reject")
+    assert post(url, "auto", CODE).status_code == 400  # the routing LLM named strong, which refused
+    routing_total = float(httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]["spend_usd"])
+    assert spent(url) == pytest.approx(routing_total, rel=1e-9)
+
+
+# -- durability and processes sharing the log ---------------------------------------------------------------------
+def test_named_routers_spend_survives_a_restart(gateways: Gateways) -> None:
+    url = gateways.start()
+    total = sum(ask(url, "cascade", f"{CODE} #{i}")[1]["cost_usd"] for i in range(3))
+    total += ask(url, "auto", CODE)[1]["cost_usd"]
+    assert spent(url) == pytest.approx(total, rel=1e-9)
+    gateways.stop(url)
+    url = gateways.start()
+    assert httpx.get(url + "/readyz").json()["recovery"]["budgets"] == "stored"
+    assert spent(url) == pytest.approx(total, rel=1e-9)
+    assert report(url)["global"]["requests"] == 4
+
+
+def test_processes_sharing_the_log_book_each_others_named_router_requests_once(gateways: Gateways) -> None:
+    """Two processes on one log (SQLite workers): each books its own requests when it makes them and the other's
+    from the log, at the same amounts (a chain at its whole cost; the policy's LLM-router decision at its expected
+    cost plus the routing call), and neither books its own twice."""
+    a = gateways.start(workers=2)
+    b = gateways.start(workers=2)
+    total = 0.0
+    for i, url in enumerate((a, b, a, b)):
+        total += ask(url, "cascade", f"{CODE} #{i}")[1]["cost_usd"]
+    _, info, decision_id = ask(a, "auto", MATH)  # the policy decides
+    assert info["named"] is None
+    total += info["calls"][0]["cost_usd"] + expected_cost(a, decision_id)
+
+    def both_booked() -> bool:
+        return all(report(u)["global"]["requests"] >= 5 for u in (a, b))
+
+    deadline = time.monotonic() + 15
+    while not both_booked():
+        assert time.monotonic() < deadline, [report(u)["global"] for u in (a, b)]
+        time.sleep(0.05)
+    time.sleep(0.3)  # a second booking of anything would have happened by now (the log is read every 50 ms)
+    for url in (a, b):
+        scope = report(url)["global"]
+        assert scope["requests"] == 5 and scope["spend_usd"] == pytest.approx(total, rel=1e-9), url
