@@ -7,7 +7,7 @@ log books another process's named-router requests at the same amounts."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +215,39 @@ def test_processes_sharing_the_log_book_each_others_named_router_requests_once(g
     for url in (a, b):
         scope = report(url)["global"]
         assert scope["requests"] == 5 and scope["spend_usd"] == pytest.approx(total, rel=1e-9), url
+
+
+def test_a_gateway_fallback_is_booked_once_by_a_process_sharing_the_log(gateways: Gateways, fake: ChooserFake) -> None:
+    """The routed gateway's fallback decision (`Router.decide` after a failed call) is booked when it is made; the
+    process that made it does not book it again when it reads it back from the shared log."""
+    url = gateways.start(workers=2)
+    fake.set("cheap", "fail")
+    for i in range(6):
+        assert ask(url, "router", f"{PROSE} #{i}")[0].model == "strong"
+    decisions = int(httpx.get(url + "/v1/stats").json()["decisions"])
+    assert decisions > 6  # some first tries went to `cheap` and fell back
+    time.sleep(0.3)  # the log is read every 50 ms
+    assert report(url)["global"]["requests"] == decisions
+
+
+# -- the pacer's side ---------------------------------------------------------------------------------------------
+def test_the_pacer_books_a_known_cost_and_spends_beside_its_bookings() -> None:
+    """`book` counts a decision at a known cost (a request, in the shares); `spend` adds money without a request;
+    both are part of the saved state."""
+    from bandit_router import BudgetPacer, Request, Router
+    from bandit_router.catalog import default_catalog
+
+    clock = [1000.0]
+    pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=0.001", "share:gpt-4o=0.5", "@acme:spend_usd=1/1d"]),
+                        clock=lambda: clock[0])
+    router = Router(default_catalog(), "default", seed=0)
+    decision = router.route(Request(prompt="Sort a list", context={"tenant": "acme"}, models=("gpt-4o",)))
+    pacer.book(decision, 0.004)
+    pacer.spend(0.002, "acme")
+    pacer.spend(0.001)
+    report = pacer.report()
+    assert report["global"]["requests"] == 1 and report["global"]["spend_usd"] == pytest.approx(0.007)
+    assert report["tenants"]["acme"]["spend_usd"] == pytest.approx(0.006)
+    share = next(t for t in report["global"]["targets"] if t["kind"] == "share")
+    assert share["realized"] == 1.0
+    assert BudgetPacer.from_state(pacer.state(), clock=lambda: clock[0]).report() == report

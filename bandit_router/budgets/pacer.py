@@ -24,7 +24,9 @@ every price scale (λ spans 1 … 10⁵ quality points per USD across catalogs):
                                                                    traffic; τ̂: EWMA (β = 1/32) of the gaps
 
 The cost c of a decision is booked when it is made (the chosen model's expected cost ĉ) and corrected by
-c_real − ĉ when its real cost arrives, so pacing reacts at once even when feedback is late or missing.
+c_real − ĉ when its real cost arrives, so pacing reacts at once even when feedback is late or missing. A decision
+whose calls were all paid before it is booked (a named router's chain) is booked at its real cost (`book`), and
+money paid beside a booking (an LLM router's routing call) is added as a correction (`spend`).
 
 Why this holds the target. Summing the steps (while λ stays inside its bounds),
 
@@ -593,25 +595,49 @@ class BudgetPacer:
             scopes = self._scopes(decision.context.attributes.get("tenant"))
             booked = _booked(decision)
             if cost_usd is None:
-                tags = self._tags.get(decision.model, {})
-                for scope in scopes:
-                    scope.arrive(now)
-                    scope.spend_usd += booked
-                    for control in scope.controls.values():
-                        control.roll(now)
-                        control.on_decision(scope, now, decision, booked, tags)
+                self._decided(scopes, now, decision, booked)
             else:
-                delta = float(cost_usd) - booked
-                for scope in scopes:
-                    scope.spend_usd += delta
-                    for control in scope.controls.values():
-                        control.roll(now)
-                        control.on_cost(scope, delta)
+                self._corrected(scopes, now, float(cost_usd) - booked)
             if latency_s is not None:
                 self._observe_latency(decision.model, float(latency_s))
                 for scope in scopes:
                     for control in scope.controls.values():
                         control.on_latency(float(latency_s))
+
+    def book(self, decision: Decision, cost_usd: float) -> None:
+        """A decision whose real cost is known when it is booked and is never corrected: every call it stands for
+        was made and paid before (a named router's chain: its answers, the judge's scores, the routing LLM's
+        choice), and its feedback never reaches `Router.learn`. Counted like `observe(decision, None)` (a request,
+        its model in the shares), booked at `cost_usd` instead of the expected cost."""
+        with self._lock:
+            scopes = self._scopes(decision.context.attributes.get("tenant"))
+            self._decided(scopes, self._clock(), decision, float(cost_usd))
+
+    def spend(self, cost_usd: float, tenant: Any = None) -> None:
+        """Money paid that belongs to no booking: calls a request made beside the decision it booked (an LLM
+        router's routing call when the policy decided), or for a request that booked none (no model answered).
+        Added to the spend like a correction of `cost_usd` (it moves λ; it is not a request, nor in the shares)."""
+        if cost_usd == 0.0:
+            return
+        with self._lock:
+            self._corrected(self._scopes(tenant), self._clock(), float(cost_usd))
+
+    def _decided(self, scopes: Sequence[_Scope], now: float, decision: Decision, booked: float) -> None:
+        tags = self._tags.get(decision.model, {})
+        for scope in scopes:
+            scope.arrive(now)
+            scope.spend_usd += booked
+            for control in scope.controls.values():
+                control.roll(now)
+                control.on_decision(scope, now, decision, booked, tags)
+
+    @staticmethod
+    def _corrected(scopes: Sequence[_Scope], now: float, delta: float) -> None:
+        for scope in scopes:
+            scope.spend_usd += delta
+            for control in scope.controls.values():
+                control.roll(now)
+                control.on_cost(scope, delta)
 
     # -- reading ----------------------------------------------------------------------------------------
     def cost_weight(self, tenant: str | None = None) -> float | None:

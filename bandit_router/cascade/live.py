@@ -13,11 +13,18 @@ chain returned `m`'s answer *given the confidences it observed* (the product of 
 along the path); the mass of escalating past the last model reached is put on the next one. For a fixed threshold
 this is 1 on the answering model. An LLM router's parsed choice is logged with probability 1 (asked at
 temperature 0, its choice is a function of the request; see `llm_router.py`), and so is the model that answered
-after it failed. Only when the reply names no candidate does the policy decide (so the budget pacer sees only
-decisions that are used); if the policy's model answers, its decision (its pmf, its probability) is stored and
-learned by the bandit as usual, with the answer's own cost and latency on its call record (as for the gateway's
-routed call); if it fails, the model that answered is logged with probability 1. A named router's own decisions
-are `unrouted` for the bandit (`log.feedback.unrouted`); a learned cascade learns them itself.
+after it failed. Only when the reply names no candidate does the policy decide; if the policy's model answers,
+its decision (its pmf, its probability) is stored and learned by the bandit as usual, with the answer's own cost
+and latency on its call record (as for the gateway's routed call); if it fails, the model that answered is logged
+with probability 1. A named router's own decisions are `unrouted` for the bandit (`log.feedback.unrouted`); a
+learned cascade learns them itself.
+
+**Budgets.** Every call is paid before the decision is stored, so the budget pacer books a request at once at
+what its chain paid (`Engine.store_decision` → `log.BudgetState.book_chain`): a named router's own decision at the
+chain's whole cost (its `unrouted` feedback never corrects it); the policy's decision an LLM router used like any
+routed decision (its expected cost, corrected by its learned feedback) plus the routing call beside it. The
+policy's decision whose model did not answer is corrected to 0 (`Engine.unanswered`), and a request no model
+answered spends what its calls paid (`Engine.count_router`).
 
 **The chain is stored.** The call record carries the whole chain (`CallRecord.chain`: every call with its model,
 role, cost, latency, confidence or error, every accept/escalate step with its propensity, what the chain paid
@@ -169,7 +176,7 @@ class NamedRouters:
         active = {m.name for m in router.models}
         models = [m for m in alias.models if m in active]
         if not models:  # every model of the router retired: a request no model answered, counted as such
-            await self._count_unanswered(alias, [])
+            await self._count_unanswered(alias, request, [])
             raise NamedRouterFailed(alias.name, [])
         context = router.featurize(request)
         cost_weight = chat.cost_weight if chat.cost_weight is not None else router.reward_config.cost_weight
@@ -194,11 +201,13 @@ class NamedRouters:
         try:
             result = await run_cascade(run, chat.messages, request.text, call, signal)
         except UpstreamRejected as exc:  # refused before any model answered: the client's 4xx, every call counted
-            await self._count_unanswered(alias, [*run.calls, ChainCall(exc.model, "answer", error=str(exc)[:200])])
+            await self._count_unanswered(
+                alias, request, [*run.calls, ChainCall(exc.model, "answer", error=str(exc)[:200])]
+            )
             raise
         extension = {"router": alias.name, "strategy": alias.strategy, **result.to_json()}
         if result.answer is None:
-            await self._count_failed(extension)
+            await self._count_failed(extension, request)
             raise NamedRouterFailed(alias.name, failures)
         pmf = chain_pmf(models, result)
         decision = self._decision(alias, models, pmf, result.answer.model, context, cost_weight)
@@ -240,8 +249,9 @@ class NamedRouters:
         except CallFailed as exc:
             calls.append(ChainCall(alias.router_model, "router", error=str(exc)[:200]))
             named, reply = None, ""
-        # The policy decides only when the routing LLM named no candidate (so the budget pacer sees only decisions
-        # that are used); a model the policy excluded (a budget) has probability 0 and comes last.
+        # The policy decides only when the routing LLM named no candidate (the pacer books its decision now, and
+        # is told below if its model does not answer); a model the policy excluded (a budget) has probability 0 and
+        # comes last.
         policy = router.decide(context, models=models, cost_weight=cost_weight) if named is None else None
         if policy is not None:
             p = policy.probabilities
@@ -258,7 +268,9 @@ class NamedRouters:
                 continue
             except UpstreamRejected as exc:  # the request's own fault: the client's 4xx, the routing call counted
                 calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
-                await self._count_unanswered(alias, calls, named)
+                if policy is not None:
+                    self.engine.unanswered(policy)
+                await self._count_unanswered(alias, request, calls, named)
                 raise
             calls.append(
                 ChainCall(
@@ -271,8 +283,10 @@ class NamedRouters:
                 )
             )
             break
+        if policy is not None and (answer is None or answer.model != policy.model):
+            self.engine.unanswered(policy)  # its model failed: the decision is not used, and its call cost nothing
         if answer is None:
-            await self._count_unanswered(alias, calls, named)
+            await self._count_unanswered(alias, request, calls, named)
             raise NamedRouterFailed(alias.name, failures)
         total_cost = sum(c.cost_usd for c in calls)
         total_latency = sum(c.latency_s for c in calls)
@@ -345,15 +359,17 @@ class NamedRouters:
         )  # fmt: skip
 
     # -- counting -------------------------------------------------------------------------------------------------
-    async def _count_failed(self, chain: dict[str, Any]) -> None:
-        """Count a request that no model answered (no decision is stored for it); a database that cannot take the
-        count leaves the reply a 502 (the count is lost, logged)."""
+    async def _count_failed(self, chain: dict[str, Any], request: Request) -> None:
+        """Count a request that no model answered (no decision is stored for it; what it paid is spent in the
+        budget pacer); a database that cannot take the count leaves the reply a 502 (the count is lost, logged)."""
         try:
-            await self.engine.count_router(of_chain(chain, time.time()))
+            await self.engine.count_router(of_chain(chain, time.time()), request)
         except BanditRouterError as exc:
             log.warning("%s: a failed request was not counted: %s", chain["router"], exc)
 
-    async def _count_unanswered(self, alias: RouterAlias, calls: Sequence[ChainCall], named: str | None = None) -> None:
+    async def _count_unanswered(
+        self, alias: RouterAlias, request: Request, calls: Sequence[ChainCall], named: str | None = None
+    ) -> None:
         """Count a request no model answered, with the calls it made (paid or failed): every model failed or was
         retired, or an upstream refused the request as its own fault (a 4xx: the client gets it). `named`: an LLM
         router's choice."""
@@ -361,7 +377,7 @@ class NamedRouters:
                                  "calls": [c.to_json() for c in calls], "steps": [], "answered_by": None}
         if alias.strategy == "llm-router":
             chain["named"] = named
-        await self._count_failed(chain)
+        await self._count_failed(chain, request)
 
     def report(self) -> dict[str, Any]:
         """Per named router: requests, who answered, escalations, calls, failures, spend (for `GET /v1/stats` and

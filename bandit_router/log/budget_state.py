@@ -7,6 +7,12 @@ decisions stored after the last one it saw (`Reader.decisions_after`, in storage
 did not make itself (`BudgetPacer.observe(decision, None)`). Real costs need nothing extra: every process learns
 every feedback from the log, and learning corrects the booking. So a spend or share target counts every
 process's decisions, and a tenant's spend is one number wherever its requests land.
+
+Named routers (`[[routers]]`: cascades, LLM routers) pay for all their calls before their decision is stored, with
+the decision's call record and chain (`cascade/live.py`), and their feedback is `unrouted`: `Router.learn`, which
+corrects a booking, never runs for them. So such a request is booked at once at what its chain paid (`book_chain`,
+one rule for the process that served it and for every process that reads it from the log): Σ the chain's calls
+(`store.router_stats.of_chain`: answers, the judge's scores, the routing LLM's choice).
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ from ..budgets import BudgetConfig, BudgetPacer
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput
 from ..router import Router
-from ..store import Store, StoreError, WriteTx
+from ..store import CallRecord, Store, StoreError, WriteTx
+from ..store.records import unrouted
+from ..store.router_stats import of_chain
+from ..types import Decision
 
 log = logging.getLogger("bandit_router.log")
 
@@ -71,6 +80,22 @@ class BudgetState:
         if self.shared:
             self._own[decision_id] = time.monotonic()
 
+    def book_chain(self, decision: Decision, call: CallRecord, spend_usd: float, *, decided: bool) -> None:
+        """Book a named router's request stored as `decision` with `call` (its call record, carrying the chain),
+        which paid `spend_usd` in all, every call of it made before the decision was stored:
+
+        - the named router's own decision (`unrouted`: feedback never corrects it) is booked at `spend_usd`;
+        - the policy's decision an LLM router used (a routed decision) is booked like any routed one, at its
+          expected cost (by `Router.decide` when this process `decided`, else here) and corrected by its learned
+          feedback; the rest of the chain, `spend_usd` − the answer's cost (`call.cost_usd`: the routing call), is
+          spent at once beside it."""
+        if unrouted(decision.policy):
+            self.pacer.book(decision, spend_usd)
+            return
+        if not decided:
+            self.pacer.observe(decision, None)
+        self.pacer.spend(spend_usd - (call.cost_usd or 0.0), decision.context.attributes.get("tenant"))
+
     def start_following(self, tx: WriteTx) -> None:
         """Book other processes' decisions stored from now on (the stored state holds the ones before)."""
         if self.shared:
@@ -95,9 +120,11 @@ class BudgetState:
             while True:
                 with self.store.read() as reader:
                     rows = reader.decisions_after(self._position, DECISIONS_PAGE)
+                    theirs = [s.decision.decision_id for _, s in rows if s.decision.decision_id not in self._own]
+                    calls = reader.calls_for_many(theirs) if theirs else {}
                 for position, stored in rows:
                     if self._own.pop(stored.decision.decision_id, None) is None:
-                        self.pacer.observe(stored.decision, None)
+                        self._book_theirs(stored.decision, calls.get(stored.decision.decision_id))
                         booked += 1
                     self._position = position
                 if len(rows) < DECISIONS_PAGE:
@@ -110,6 +137,15 @@ class BudgetState:
                 if now - made > OWN_FORGET_S:
                     self._own.pop(decision_id, None)
         return booked
+
+    def _book_theirs(self, decision: Decision, call: CallRecord | None) -> None:
+        """Book a decision another process stored: a named router's (its call record carries a chain) as that
+        process did (`book_chain`), any other at its expected cost."""
+        spend = chain_spend(call)
+        if call is None or spend is None:
+            self.pacer.observe(decision, None)
+        else:
+            self.book_chain(decision, call, spend, decided=False)
 
     def housekeeping(self) -> None:
         """Between batches: book other processes' decisions; pick up targets another worker stored; save the
@@ -166,3 +202,15 @@ class BudgetState:
                 log.warning("stored budget targets not loaded: %s", exc)
         router.pacer = self.pacer
         return source
+
+
+def chain_spend(call: CallRecord | None) -> float | None:
+    """What a named router's request paid in all, from the chain stored with its call record (Σ its calls'
+    costs, `of_chain`); None for a call record without a chain (or one that does not decode: then its cost)."""
+    if call is None or call.chain is None:
+        return None
+    try:
+        return of_chain(json.loads(call.chain), call.created_at).spend_usd
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        log.warning("decision %s: stored chain not read (%s); booked at its call's cost", call.decision_id, exc)
+        return call.cost_usd or 0.0

@@ -35,6 +35,7 @@ from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, UnknownDecision
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
+from ..log.feedback import unrouted
 from ..router import Router
 from ..store import CallRecord, FeedbackRecord, RouterCounts, Store, StoredDecision, StoreError
 from ..store.location import open_store
@@ -343,19 +344,33 @@ class Engine:
         self, decision: Decision, request: Request, call: CallRecord | None = None, counts: RouterCounts | None = None
     ) -> Decision:
         """Store a decision made outside `route` (the gateway's fallbacks and caller-named models; a named
-        router's, with its call record, chain and what it adds to the router's counts in the same transaction)."""
+        router's, with its call record, chain and what it adds to the router's counts in the same transaction).
+        A named router's request is booked by the budget pacer at once, at what its chain paid (`counts.spend_usd`,
+        `BudgetState.book_chain`): those calls are made, whether or not the decision is stored or gets feedback."""
+        if call is not None and counts is not None:
+            self.budgets.book_chain(decision, call, counts.spend_usd, decided=True)
         self._require_ready()
         tenant = request.context.get("tenant")
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
+        if counts is not None or not unrouted(decision.policy):  # booked here (above, or by `Router.decide`)
+            self.budgets.mine(decision.decision_id)
         await self._submit(
             InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow, call, counts)
         )
         return decision
 
-    async def count_router(self, counts: RouterCounts) -> None:
-        """Add a named router's request that stored no decision (no model answered) to the router's counts."""
+    async def count_router(self, counts: RouterCounts, request: Request) -> None:
+        """Add a named router's request that stored no decision (no model answered) to the router's counts; what
+        its calls paid (`counts.spend_usd`: a routing LLM's choice) is spent in the budget pacer at once."""
+        self.pacer.spend(counts.spend_usd, request.context.get("tenant"))
         await self._submit(CountRouter(counts))
+
+    def unanswered(self, decision: Decision) -> None:
+        """A decision the live router made (`Router.decide`: booked by the pacer at its expected cost) that is not
+        stored because its model did not answer (an LLM router's fallback to the policy): its booking is corrected
+        to the nothing it paid, as a failed gateway call's feedback corrects a stored one's."""
+        self.pacer.observe(decision, 0.0)
 
     async def record_call(self, record: CallRecord, failure: Outcome | None = None, source: str | None = None) -> None:
         """Store the gateway's record of a call; with `failure`, also the failure as the decision's feedback
