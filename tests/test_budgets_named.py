@@ -46,9 +46,11 @@ class Gateways:
         self.servers: dict[str, ServerThread] = {}
 
     def start(self, db: str = "router.db", budgets: dict[str, Any] | None = None, **changes: Any) -> str:
+        """A gateway on `db` (a file name in the test's folder, or a PostgreSQL URL)."""
         specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=self.fake.url + "/v1",  # type: ignore[attr-defined]
                                 route=n in ("cheap", "strong")) for n in PRICES)
-        settings = Settings(db=self.folder / db, models=specs, routers=ROUTERS, seed=11,
+        location = db if "://" in db else str(self.folder / db)
+        settings = Settings(db=location, models=specs, routers=ROUTERS, seed=11,
                             budgets=BudgetConfig.from_mapping(budgets or BUDGETS), **changes)
         server = ServerThread(create_app(settings))
         url = server.wait_ready(30)
@@ -191,12 +193,17 @@ def test_named_routers_spend_survives_a_restart(gateways: Gateways) -> None:
     assert report(url)["global"]["requests"] == 4
 
 
-def test_processes_sharing_the_log_book_each_others_named_router_requests_once(gateways: Gateways) -> None:
-    """Two processes on one log (SQLite workers): each books its own requests when it makes them and the other's
-    from the log, at the same amounts (a chain at its whole cost; the policy's LLM-router decision at its expected
-    cost plus the routing call), and neither books its own twice."""
-    a = gateways.start(workers=2)
-    b = gateways.start(workers=2)
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest) -> str:
+    return "shared.db" if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
+
+
+def test_processes_sharing_the_log_book_each_others_named_router_requests_once(gateways: Gateways, db: str) -> None:
+    """Two processes on one log (SQLite workers, PostgreSQL replicas): each books its own requests when it makes
+    them and the other's from the log, at the same amounts (a chain at its whole cost; the policy's LLM-router
+    decision at its expected cost plus the routing call), and neither books its own twice."""
+    a = gateways.start(db, workers=2)
+    b = gateways.start(db, workers=2)
     total = 0.0
     for i, url in enumerate((a, b, a, b)):
         total += ask(url, "cascade", f"{CODE} #{i}")[1]["cost_usd"]
