@@ -258,3 +258,20 @@ def test_the_pacer_books_a_known_cost_and_spends_beside_its_bookings() -> None:
     share = next(t for t in report["global"]["targets"] if t["kind"] == "share")
     assert share["realized"] == 1.0
     assert BudgetPacer.from_state(pacer.state(), clock=lambda: clock[0]).report() == report
+
+
+def test_an_llm_routers_fallback_to_the_policy_is_priced_at_the_pacers_lambda(gateways: Gateways) -> None:
+    """When the routing LLM names nobody the policy decides with the λ the pacer sets (a request's own
+    `cost_weight` replaces it, as for any routed request), not with the configured default."""
+    url = gateways.start(budgets={"avg_cost_usd": 0.00001})
+    ask(url, "router", PROSE)  # the target starts at the default λ
+    for i in range(3):  # cascades paying far more than the target: λ rises
+        ask(url, "cascade", f"{CODE} #{i}")
+    lam = report(url)["global"]["cost_weight"]
+    default = Settings().routing.cost_weight
+    assert lam > 2 * default
+    _, info, decision_id = ask(url, "auto", MATH)
+    assert info["named"] is None
+    assert stored(url, decision_id)["cost_weight"] == pytest.approx(lam)
+    _, info, decision_id = ask(url, "auto", f"{MATH} again", extra_body={"bandit_router": {"cost_weight": 3.0}})
+    assert info["named"] is None and stored(url, decision_id)["cost_weight"] == pytest.approx(3.0)

@@ -249,10 +249,10 @@ class NamedRouters:
         except CallFailed as exc:
             calls.append(ChainCall(alias.router_model, "router", error=str(exc)[:200]))
             named, reply = None, ""
-        # The policy decides only when the routing LLM named no candidate (the pacer books its decision now, and
-        # is told below if its model does not answer); a model the policy excluded (a budget) has probability 0 and
-        # comes last.
-        policy = router.decide(context, models=models, cost_weight=cost_weight) if named is None else None
+        # The policy decides only when the routing LLM named no candidate, as a routed request would: with the
+        # request's own `cost_weight`, else the budget pacer's λ (which books its decision now, and is told below
+        # if its model does not answer); a model the policy excluded (a budget) has probability 0 and comes last.
+        policy = router.decide(context, models=models, cost_weight=chat.cost_weight) if named is None else None
         if policy is not None:
             p = policy.probabilities
             order = [policy.model, *sorted((m for m in models if m != policy.model), key=lambda m: -p.get(m, 0.0))]
