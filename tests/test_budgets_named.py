@@ -166,6 +166,7 @@ def test_an_llm_router_books_what_it_paid_when_the_policys_model_fails_or_nobody
     assert info["named"] is None and [c["model"] for c in info["calls"]] == ["chooser", "cheap", "strong"]
     paid = info["cost_usd"]
     assert spent(url) == pytest.approx(paid, rel=1e-9)
+    assert report(url)["global"]["requests"] == 1  # the stored decision; the policy's unused one is not a request
 
     fake.set("strong", "fail")
     reply = post(url, "auto", MATH)
@@ -173,6 +174,7 @@ def test_an_llm_router_books_what_it_paid_when_the_policys_model_fails_or_nobody
     routing = float(httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]["spend_usd"]) - paid
     assert routing > 0
     assert spent(url) == pytest.approx(paid + routing, rel=1e-9)
+    assert report(url)["global"]["requests"] == 1
 
     fake.set("strong", "reject")
     assert post(url, "auto", CODE).status_code == 400  # the routing LLM named strong, which refused
@@ -275,3 +277,27 @@ def test_an_llm_routers_fallback_to_the_policy_is_priced_at_the_pacers_lambda(ga
     assert stored(url, decision_id)["cost_weight"] == pytest.approx(lam)
     _, info, decision_id = ask(url, "auto", f"{MATH} again", extra_body={"bandit_router": {"cost_weight": 3.0}})
     assert info["named"] is None and stored(url, decision_id)["cost_weight"] == pytest.approx(3.0)
+
+
+def test_an_llm_routers_unused_policy_decision_is_booked_by_no_process(gateways: Gateways, fake: ChooserFake) -> None:
+    """The policy's decision whose model failed is not stored (the model that answered is, with probability 1): no
+    process books it, the one that served the request included, so every process sharing the log counts the same
+    requests, shares and spend (one request, at what it paid)."""
+    budgets = {"share": {"strong": 0}, "spend_usd": "100/1d"}
+    a = gateways.start("shared.db", budgets=budgets, workers=2)
+    b = gateways.start("shared.db", budgets=budgets, workers=2)
+    fake.set("cheap", "fail")
+    _, info, _ = ask(a, "auto", MATH)  # the policy picks cheap (strong is excluded), which fails: strong answers
+    assert info["named"] is None and [c["model"] for c in info["calls"]] == ["chooser", "cheap", "strong"]
+
+    def booked(url: str) -> tuple[int, float, list[Any]]:
+        scope = report(url)["global"]
+        return scope["requests"], scope["spend_usd"], [(t["requests"], t["realized"]) for t in scope["targets"]
+                                                       if t["kind"] == "share"]
+
+    deadline = time.monotonic() + 15
+    while report(b)["global"]["requests"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert booked(a) == booked(b) == (1, pytest.approx(info["cost_usd"], rel=1e-9), [(1, 1.0)])
