@@ -179,14 +179,17 @@ class Router:
         models: Sequence[str] | None = None,
         cost_weight: float | None = None,
         decision_id: str | None = None,
+        book: bool = True,
     ) -> Decision:
-        """`route` for an already featurized request (the simulator's and the evaluator's entry point)."""
+        """`route` for an already featurized request (the simulator's and the evaluator's entry point). `book`:
+        tell the pacer about the decision now (False: the caller books it, `pacer.observe(decision, None)`, only
+        if it is used: an LLM router's fallback to the policy, whose model may not answer)."""
         _check_id(decision_id)
         with self._lock:
             priced = self._price(context, models, cost_weight)
             pmf = self.policy.pmf(context, priced.specs, priced.penalty, self._rng)
             made = self._choose(context, priced, pmf)
-        return self._decision(context, priced, made, decision_id)
+        return self._decision(context, priced, made, decision_id, book=book)
 
     def route_many(self, requests: Sequence[Request]) -> list[Decision | Exception]:
         """`route` for each of `requests`, in order: the same decisions as that many `route` calls one after the
@@ -267,7 +270,7 @@ class Router:
         return _Choice(arm, arm_of, p, model, self._version, self.policy.name)
 
     def _decision(
-        self, context: Context, priced: _Priced, made: _Choice, decision_id: str | None
+        self, context: Context, priced: _Priced, made: _Choice, decision_id: str | None, *, book: bool = True
     ) -> Decision:
         arm, arm_of, p, model, version, name = made
         decision = Decision(
@@ -284,7 +287,7 @@ class Router:
             expected_cost_usd=tuple(priced.costs.tolist()),
             created_at=time.time(),
         )
-        if self.pacer is not None:
+        if book and self.pacer is not None:
             self.pacer.observe(decision, None)
         return decision
 

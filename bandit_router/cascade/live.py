@@ -23,8 +23,8 @@ learned cascade learns them itself.
 what its chain paid (`Engine.store_decision` → `log.BudgetState.book_chain`): a named router's own decision at the
 chain's whole cost (its `unrouted` feedback never corrects it); the policy's decision an LLM router used like any
 routed decision (its expected cost, corrected by its learned feedback) plus the routing call beside it. The
-policy's decision whose model did not answer is corrected to 0 (`Engine.unanswered`), and a request no model
-answered spends what its calls paid (`Engine.count_router`).
+policy's decision whose model did not answer is not stored, so no process books it (`Router.decide(...,
+book=False)`), and a request no model answered spends what its calls paid (`Engine.count_router`).
 
 **The chain is stored.** The call record carries the whole chain (`CallRecord.chain`: every call with its model,
 role, cost, latency, confidence or error, every accept/escalate step with its propensity, what the chain paid
@@ -250,9 +250,12 @@ class NamedRouters:
             calls.append(ChainCall(alias.router_model, "router", error=str(exc)[:200]))
             named, reply = None, ""
         # The policy decides only when the routing LLM named no candidate, as a routed request would: with the
-        # request's own `cost_weight`, else the budget pacer's λ (which books its decision now, and is told below
-        # if its model does not answer); a model the policy excluded (a budget) has probability 0 and comes last.
-        policy = router.decide(context, models=models, cost_weight=chat.cost_weight) if named is None else None
+        # request's own `cost_weight`, else the budget pacer's λ; the pacer books its decision only if it is stored
+        # (its model answered: `Engine.store_decision`). A model the policy excluded (a budget) has probability 0
+        # and comes last.
+        policy = (
+            router.decide(context, models=models, cost_weight=chat.cost_weight, book=False) if named is None else None
+        )
         if policy is not None:
             p = policy.probabilities
             order = [policy.model, *sorted((m for m in models if m != policy.model), key=lambda m: -p.get(m, 0.0))]
@@ -268,8 +271,6 @@ class NamedRouters:
                 continue
             except UpstreamRejected as exc:  # the request's own fault: the client's 4xx, the routing call counted
                 calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
-                if policy is not None:
-                    self.engine.unanswered(policy)
                 await self._count_unanswered(alias, request, calls, named)
                 raise
             calls.append(
@@ -283,8 +284,6 @@ class NamedRouters:
                 )
             )
             break
-        if policy is not None and (answer is None or answer.model != policy.model):
-            self.engine.unanswered(policy)  # its model failed: the decision is not used, and its call cost nothing
         if answer is None:
             await self._count_unanswered(alias, request, calls, named)
             raise NamedRouterFailed(alias.name, failures)

@@ -80,20 +80,19 @@ class BudgetState:
         if self.shared:
             self._own[decision_id] = time.monotonic()
 
-    def book_chain(self, decision: Decision, call: CallRecord, spend_usd: float, *, decided: bool) -> None:
+    def book_chain(self, decision: Decision, call: CallRecord, spend_usd: float) -> None:
         """Book a named router's request stored as `decision` with `call` (its call record, carrying the chain),
         which paid `spend_usd` in all, every call of it made before the decision was stored:
 
         - the named router's own decision (`unrouted`: feedback never corrects it) is booked at `spend_usd`;
-        - the policy's decision an LLM router used (a routed decision) is booked like any routed one, at its
-          expected cost (by `Router.decide` when this process `decided`, else here) and corrected by its learned
-          feedback; the rest of the chain, `spend_usd` − the answer's cost (`call.cost_usd`: the routing call), is
-          spent at once beside it."""
+        - the policy's decision an LLM router used (a routed decision, made with `Router.decide(..., book=False)`:
+          booked here, only once it is stored) is booked like any routed one, at its expected cost, corrected by
+          its learned feedback; the rest of the chain, `spend_usd` − the answer's cost (`call.cost_usd`: the
+          routing call), is spent at once beside it."""
         if unrouted(decision.policy):
             self.pacer.book(decision, spend_usd)
             return
-        if not decided:
-            self.pacer.observe(decision, None)
+        self.pacer.observe(decision, None)
         self.pacer.spend(spend_usd - (call.cost_usd or 0.0), decision.context.attributes.get("tenant"))
 
     def start_following(self, tx: WriteTx) -> None:
@@ -145,7 +144,7 @@ class BudgetState:
         if call is None or spend is None:
             self.pacer.observe(decision, None)
         else:
-            self.book_chain(decision, call, spend, decided=False)
+            self.book_chain(decision, call, spend)
 
     def housekeeping(self) -> None:
         """Between batches: book other processes' decisions; pick up targets another worker stored; save the

@@ -348,7 +348,7 @@ class Engine:
         A named router's request is booked by the budget pacer at once, at what its chain paid (`counts.spend_usd`,
         `BudgetState.book_chain`): those calls are made, whether or not the decision is stored or gets feedback."""
         if call is not None and counts is not None:
-            self.budgets.book_chain(decision, call, counts.spend_usd, decided=True)
+            self.budgets.book_chain(decision, call, counts.spend_usd)
         self._require_ready()
         tenant = request.context.get("tenant")
         prompt = request.text if self.settings.storage.store_prompts else None
@@ -365,12 +365,6 @@ class Engine:
         its calls paid (`counts.spend_usd`: a routing LLM's choice) is spent in the budget pacer at once."""
         self.pacer.spend(counts.spend_usd, request.context.get("tenant"))
         await self._submit(CountRouter(counts))
-
-    def unanswered(self, decision: Decision) -> None:
-        """A decision the live router made (`Router.decide`: booked by the pacer at its expected cost) that is not
-        stored because its model did not answer (an LLM router's fallback to the policy): its booking is corrected
-        to the nothing it paid, as a failed gateway call's feedback corrects a stored one's."""
-        self.pacer.observe(decision, 0.0)
 
     async def record_call(self, record: CallRecord, failure: Outcome | None = None, source: str | None = None) -> None:
         """Store the gateway's record of a call; with `failure`, also the failure as the decision's feedback
