@@ -301,3 +301,79 @@ def test_an_llm_routers_unused_policy_decision_is_booked_by_no_process(gateways:
         time.sleep(0.05)
     time.sleep(0.3)
     assert booked(a) == booked(b) == (1, pytest.approx(info["cost_usd"], rel=1e-9), [(1, 1.0)])
+
+
+# -- models the caller names ----------------------------------------------------------------------------------------
+def call_cost(url: str, decision_id: str) -> float:
+    """The cost on a decision's call record (0 for a call that failed or was refused), once it is stored."""
+    deadline = time.monotonic() + 10
+    while (call := stored(url, decision_id)["call"]) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return float(call["cost_usd"] or 0.0)
+
+
+def caller(url: str, model: str, prompt: str, *, stream: bool = False, tenant: str | None = None) -> httpx.Response:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}
+    if tenant is not None:
+        body["bandit_router"] = {"context": {"tenant": tenant}}
+    return httpx.post(url + "/v1/chat/completions", timeout=30, json=body)
+
+
+def test_a_model_the_caller_names_is_booked_once_at_what_its_call_cost(gateways: Gateways, fake: ChooserFake) -> None:
+    """`model = "<catalog name>"`: the request is booked when its decision is stored (the expected cost) and
+    corrected to its call's cost once the call is recorded (its feedback is `unrouted`: learning never corrects
+    it); a call that failed (502) or was refused (400) cost nothing; a stream costs what it streamed; a tenant's
+    targets see its own calls; feedback changes nothing."""
+    url = gateways.start()
+    reply = caller(url, "strong", CODE)
+    assert reply.status_code == 200, reply.text
+    first = reply.headers["x-decision-id"]
+    cost = call_cost(url, first)
+    assert cost > 0 and cost != pytest.approx(expected_cost(url, first), rel=0.05)  # the fake answers briefly
+    assert spent(url) == pytest.approx(cost, rel=1e-9)
+    assert feedback(url, first, 0.9)["status"] == "unrouted"
+    assert spent(url) == pytest.approx(cost, rel=1e-9)
+
+    reply = caller(url, "strong", PROSE, stream=True, tenant="acme")
+    assert reply.status_code == 200 and b"[DONE]" in reply.content
+    streamed = call_cost(url, reply.headers["x-decision-id"])
+    assert streamed > 0
+    assert spent(url, "acme") == pytest.approx(streamed, rel=1e-9)
+    fake.set("strong", "fail")
+    failed = caller(url, "strong", CODE)
+    assert failed.status_code == 502
+    fake.set("strong", "reject")
+    refused = caller(url, "strong", CODE)
+    assert refused.status_code == 400
+    assert call_cost(url, refused.headers["x-decision-id"]) == 0.0
+    deadline = time.monotonic() + 10  # the failed call's record is stored off the reply path (no decision id in a 502)
+    while spent(url) != pytest.approx(cost + streamed, rel=1e-9):
+        assert time.monotonic() < deadline, report(url)["global"]
+        time.sleep(0.02)
+    time.sleep(0.2)
+    assert report(url)["global"]["requests"] == 4  # one per stored decision
+    assert spent(url) == pytest.approx(cost + streamed, rel=1e-9)
+
+
+def test_processes_sharing_the_log_book_each_others_caller_named_calls_once(gateways: Gateways, db: str) -> None:
+    """Every process books every caller-named call once, at its call record's cost: the one that served it and
+    the others, which find the call record after the decision in the log."""
+    a = gateways.start(db, workers=2)
+    b = gateways.start(db, workers=2)
+    total = 0.0
+    for i, url in enumerate((a, b, a, b)):
+        reply = caller(url, "strong" if i % 2 else "cheap", f"{CODE} #{i}")
+        assert reply.status_code == 200, reply.text
+        total += call_cost(url, reply.headers["x-decision-id"])
+
+    def booked(url: str) -> tuple[int, float]:
+        scope = report(url)["global"]
+        return scope["requests"], scope["spend_usd"]
+
+    deadline = time.monotonic() + 15
+    while not all(booked(u) == (4, pytest.approx(total, rel=1e-9)) for u in (a, b)):
+        assert time.monotonic() < deadline, [booked(u) for u in (a, b)]
+        time.sleep(0.05)
+    time.sleep(0.3)  # a second booking or correction of anything would have happened by now
+    assert booked(a) == booked(b) == (4, pytest.approx(total, rel=1e-9))
