@@ -62,7 +62,7 @@ class DecisionLog(Protocol):
     async def store_decision(self, decision: Decision, request: Request) -> Decision: ...
 
     async def record_call(self, record: CallRecord, failure: Outcome | None = None,
-                          source: str | None = None) -> None: ...
+                          source: str | None = None, decision: Decision | None = None) -> None: ...
 
 
 class NoUpstream(InvalidInput):
@@ -409,7 +409,8 @@ class Gateway:
         if status.is_failure:
             failure = Outcome(quality=self.config.failure_quality, cost_usd=0.0, input_tokens=0, output_tokens=0,
                               latency_s=latency)
-        return self._spawn(self.engine.record_call(record, failure, FAILURE_SOURCE if failure is not None else None))
+        source = FAILURE_SOURCE if failure is not None else None
+        return self._spawn(self.engine.record_call(record, failure, source, decision))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coroutine)

@@ -13,6 +13,13 @@ the decision's call record and chain (`cascade/live.py`), and their feedback is 
 corrects a booking, never runs for them. So such a request is booked at once at what its chain paid (`book_chain`,
 one rule for the process that served it and for every process that reads it from the log): Σ the chain's calls
 (`store.router_stats.of_chain`: answers, the judge's scores, the routing LLM's choice).
+
+Models the caller names (the gateway's `model = "<catalog name>"`, policy `caller`) are stored before their call
+and their feedback is `unrouted` too, so their call record corrects the booking instead of learning: booked at the
+expected cost ĉ when stored, corrected by c_call − ĉ when the call is recorded (`book_call`: the record's cost, 0
+for a call that failed or was refused). The process that served it does both as they happen; a process reading
+the log books the decision when it sees it and corrects it when it finds its call record (it looks for the records
+of the caller decisions it booked every time it reads the log, for up to `CALL_WAIT_S`).
 """
 
 from __future__ import annotations
@@ -25,8 +32,8 @@ from ..budgets import BudgetConfig, BudgetPacer
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput
 from ..router import Router
-from ..store import CallRecord, Store, StoreError, WriteTx
-from ..store.records import unrouted
+from ..store import CallRecord, CallStatus, Store, StoreError, WriteTx
+from ..store.records import CALLER_POLICY, unrouted
 from ..store.router_stats import of_chain
 from ..types import Decision
 
@@ -46,10 +53,17 @@ DECISIONS_PAGE = 2000
 OWN_FORGET_S = 120.0
 """A decision id this process routed is forgotten after this long if it never appeared in the store (its insert
 failed)."""
+ANSWERABLE = frozenset(str(s) for s in CallStatus if s == CallStatus.OK or s.is_failure)
+"""Call statuses whose latency is the model's (not a refusal's, nor a stream the caller closed)."""
+CALL_WAIT_S = 900.0
+"""How long a process looks for the call record of another process's caller-named decision (a stream lasts as long
+as it streams); one never recorded (its process died mid-call) stays booked at its expected cost."""
 
 
 class BudgetState:
-    """Saves and loads `pacer` through `store`; every method runs on the writer thread."""
+    """Saves and loads `pacer` through `store`. Every method runs on the writer thread, except `mine`, `book_chain`
+    and `book_call`, which the engine calls on the event loop (they touch only the pacer, which has its own lock, and
+    `_own`, one dict operation at a time)."""
 
     def __init__(self, store: Store, pacer: BudgetPacer, *, shared: bool = False) -> None:
         self.store = store
@@ -57,6 +71,8 @@ class BudgetState:
         self.shared = shared
         """Other processes write to the same log: book their decisions too (`follow_decisions`)."""
         self._own: dict[str, float] = {}
+        self._awaiting: dict[str, tuple[Decision, float]] = {}
+        """Other processes' caller-named decisions booked at their expected cost, whose call record is not read yet."""
         self._position: int | None = None
         self._next_decisions = 0.0
         self._next_forget = 0.0
@@ -95,6 +111,16 @@ class BudgetState:
         self.pacer.observe(decision, None)
         self.pacer.spend(spend_usd - (call.cost_usd or 0.0), decision.context.attributes.get("tenant"))
 
+    def book_call(self, decision: Decision, call: CallRecord) -> None:
+        """`call`, the call record of `decision`, is stored: a caller-named decision's booking (its expected cost ĉ)
+        is corrected by c_call − ĉ, c_call = the record's cost (0 when the call failed or was refused), with the
+        call's latency when the model is answerable for it (an answer or a failure), as learning would for a routed
+        one. Any other decision: nothing (learning corrects a routed one; a named router's is booked at its cost)."""
+        if decision.policy != CALLER_POLICY:
+            return
+        latency = call.latency_s if call.status in ANSWERABLE else None
+        self.pacer.observe(decision, call.cost_usd or 0.0, latency)
+
     def start_following(self, tx: WriteTx) -> None:
         """Book other processes' decisions stored from now on (the stored state holds the ones before)."""
         if self.shared:
@@ -109,6 +135,7 @@ class BudgetState:
         self._next_decisions = now + DECISIONS_EVERY_S
         if not self.pacer.config.describe():
             self._position = None
+            self._awaiting.clear()
             return 0
         booked = 0
         try:
@@ -128,6 +155,11 @@ class BudgetState:
                     self._position = position
                 if len(rows) < DECISIONS_PAGE:
                     break
+            if self._awaiting:
+                with self.store.read() as reader:
+                    found = reader.calls_for_many(list(self._awaiting))
+                for decision_id, call in found.items():
+                    self.book_call(self._awaiting.pop(decision_id)[0], call)
         except StoreError as exc:
             self._say("decisions", logging.WARNING, "reading other processes' decisions failed: %s", exc)
         if now >= self._next_forget:
@@ -135,16 +167,25 @@ class BudgetState:
             for decision_id, made in list(self._own.items()):
                 if now - made > OWN_FORGET_S:
                     self._own.pop(decision_id, None)
+            for decision_id, (_, seen) in list(self._awaiting.items()):
+                if now - seen > CALL_WAIT_S:
+                    del self._awaiting[decision_id]
         return booked
 
     def _book_theirs(self, decision: Decision, call: CallRecord | None) -> None:
-        """Book a decision another process stored: a named router's (its call record carries a chain) as that
-        process did (`book_chain`), any other at its expected cost."""
+        """Book a decision another process stored as that process did: a named router's (its call record carries a
+        chain) by `book_chain`, any other at its expected cost; a caller-named one is corrected by its call record
+        (`book_call`) now if it is stored, else when it is found."""
         spend = chain_spend(call)
-        if call is None or spend is None:
-            self.pacer.observe(decision, None)
-        else:
+        if call is not None and spend is not None:
             self.book_chain(decision, call, spend)
+            return
+        self.pacer.observe(decision, None)
+        if decision.policy == CALLER_POLICY:
+            if call is not None:
+                self.book_call(decision, call)
+            else:
+                self._awaiting[decision.decision_id] = (decision, time.monotonic())
 
     def housekeeping(self) -> None:
         """Between batches: book other processes' decisions; pick up targets another worker stored; save the

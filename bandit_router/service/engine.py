@@ -35,7 +35,7 @@ from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, UnknownDecision
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
-from ..log.feedback import unrouted
+from ..log.feedback import CALLER_POLICY
 from ..router import Router
 from ..store import CallRecord, FeedbackRecord, RouterCounts, Store, StoredDecision, StoreError
 from ..store.location import open_store
@@ -345,19 +345,22 @@ class Engine:
     ) -> Decision:
         """Store a decision made outside `route` (the gateway's fallbacks and caller-named models; a named
         router's, with its call record, chain and what it adds to the router's counts in the same transaction).
-        A named router's request is booked by the budget pacer at once, at what its chain paid (`counts.spend_usd`,
-        `BudgetState.book_chain`): those calls are made, whether or not the decision is stored or gets feedback."""
+        Each is booked by this process's budget pacer once (`BudgetState`): a gateway fallback by `Router.decide`;
+        a named router's request at once, at what its chain paid (`counts.spend_usd`, `book_chain`: those calls
+        are made, whether or not the decision is stored or gets feedback); a caller-named model's, once stored, at
+        its expected cost, corrected by its call record (`record_call`)."""
         if call is not None and counts is not None:
             self.budgets.book_chain(decision, call, counts.spend_usd)
         self._require_ready()
         tenant = request.context.get("tenant")
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
-        if counts is not None or not unrouted(decision.policy):  # booked here (above, or by `Router.decide`)
-            self.budgets.mine(decision.decision_id)
+        self.budgets.mine(decision.decision_id)
         await self._submit(
             InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow, call, counts)
         )
+        if decision.policy == CALLER_POLICY:
+            self.pacer.observe(decision, None)
         return decision
 
     async def count_router(self, counts: RouterCounts, request: Request) -> None:
@@ -366,9 +369,15 @@ class Engine:
         self.pacer.spend(counts.spend_usd, request.context.get("tenant"))
         await self._submit(CountRouter(counts))
 
-    async def record_call(self, record: CallRecord, failure: Outcome | None = None, source: str | None = None) -> None:
+    async def record_call(
+        self, record: CallRecord, failure: Outcome | None = None, source: str | None = None,
+        decision: Decision | None = None,
+    ) -> None:
         """Store the gateway's record of a call; with `failure`, also the failure as the decision's feedback
-        (learned like any feedback). Both reach the writer in one batch, the record first."""
+        (learned like any feedback). Both reach the writer in one batch, the record first. With `decision` (the
+        call's), the budget pacer is told what the call cost (`BudgetState.book_call`: a caller-named model's)."""
+        if decision is not None:
+            self.budgets.book_call(decision, record)
         ops: list[Any] = [self._submit(RecordCall(record))]
         if failure is not None:
             ops.append(self._submit(Feedback(record.decision_id, failure, source, time.time())))
