@@ -32,7 +32,7 @@ from ..budgets import BudgetConfig, BudgetPacer
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput
 from ..router import Router
-from ..store import CallRecord, CallStatus, Store, StoreError, WriteTx
+from ..store import CallRecord, Store, StoreError, WriteTx
 from ..store.records import CALLER_POLICY, unrouted
 from ..store.router_stats import of_chain
 from ..types import Decision
@@ -53,8 +53,6 @@ DECISIONS_PAGE = 2000
 OWN_FORGET_S = 120.0
 """A decision id this process routed is forgotten after this long if it never appeared in the store (its insert
 failed)."""
-ANSWERABLE = frozenset(str(s) for s in CallStatus if s == CallStatus.OK or s.is_failure)
-"""Call statuses whose latency is the model's (not a refusal's, nor a stream the caller closed)."""
 CALL_WAIT_S = 900.0
 """How long a process looks for the call record of another process's caller-named decision (a stream lasts as long
 as it streams); one never recorded (its process died mid-call) stays booked at its expected cost."""
@@ -113,13 +111,11 @@ class BudgetState:
 
     def book_call(self, decision: Decision, call: CallRecord) -> None:
         """`call`, the call record of `decision`, is stored: a caller-named decision's booking (its expected cost ĉ)
-        is corrected by c_call − ĉ, c_call = the record's cost (0 when the call failed or was refused), with the
-        call's latency when the model is answerable for it (an answer or a failure), as learning would for a routed
-        one. Any other decision: nothing (learning corrects a routed one; a named router's is booked at its cost)."""
-        if decision.policy != CALLER_POLICY:
-            return
-        latency = call.latency_s if call.status in ANSWERABLE else None
-        self.pacer.observe(decision, call.cost_usd or 0.0, latency)
+        is corrected by c_call − ĉ, c_call = the record's cost (0 when the call failed or was refused). Only money:
+        latency targets see learned outcomes' latencies, as for named routers. Any other decision: nothing
+        (learning corrects a routed one; a named router's is booked at its cost)."""
+        if decision.policy == CALLER_POLICY:
+            self.pacer.observe(decision, call.cost_usd or 0.0)
 
     def start_following(self, tx: WriteTx) -> None:
         """Book other processes' decisions stored from now on (the stored state holds the ones before)."""
