@@ -377,3 +377,28 @@ def test_processes_sharing_the_log_book_each_others_caller_named_calls_once(gate
         time.sleep(0.05)
     time.sleep(0.3)  # a second booking or correction of anything would have happened by now
     assert booked(a) == booked(b) == (4, pytest.approx(total, rel=1e-9))
+
+
+def test_a_process_sharing_the_log_forgets_its_own_decision_ids_without_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process sharing the log notes every decision it books (`mine`) so as not to book it again from the log.
+    Without targets it reads no log, so nothing removes them as they appear: they are forgotten after
+    `OWN_FORGET_S` all the same (a deployment without budgets kept every request's id in memory)."""
+    from bandit_router.budgets import BudgetPacer
+    from bandit_router.log import budget_state
+    from bandit_router.store.location import open_store
+
+    clock = [1000.0]
+    monkeypatch.setattr(budget_state.time, "monotonic", lambda: clock[0])
+    store = open_store(tmp_path / "shared.db")
+    try:
+        state = budget_state.BudgetState(store, BudgetPacer(), shared=True)
+        for i in range(100):
+            state.mine(f"d{i}")
+        clock[0] += budget_state.OWN_FORGET_S + 1
+        state.mine("recent")
+        state.follow_decisions()
+        assert list(state._own) == ["recent"]
+    finally:
+        store.close()
