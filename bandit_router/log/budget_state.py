@@ -51,8 +51,8 @@ DECISIONS_EVERY_S = 0.05
 """How often a process sharing the log books the other processes' decisions."""
 DECISIONS_PAGE = 2000
 OWN_FORGET_S = 120.0
-"""A decision id this process routed is forgotten after this long if it never appeared in the store (its insert
-failed)."""
+"""A decision id this process booked (`mine`) is forgotten after this long if it was not seen in the log (its insert
+failed, or no targets are set, so the log is not read)."""
 CALL_WAIT_S = 900.0
 """How long a process looks for the call record of another process's caller-named decision (a stream lasts as long
 as it streams); one never recorded (its process died mid-call) stays booked at its expected cost."""
@@ -129,7 +129,8 @@ class BudgetState:
         if not self.shared or now < self._next_decisions:
             return 0
         self._next_decisions = now + DECISIONS_EVERY_S
-        if not self.pacer.config.describe():
+        self._forget(now)
+        if not self.pacer.config.describe():  # nothing to book: `mine`'s ids are only forgotten
             self._position = None
             self._awaiting.clear()
             return 0
@@ -158,15 +159,21 @@ class BudgetState:
                     self.book_call(self._awaiting.pop(decision_id)[0], call)
         except StoreError as exc:
             self._say("decisions", logging.WARNING, "reading other processes' decisions failed: %s", exc)
-        if now >= self._next_forget:
-            self._next_forget = now + OWN_FORGET_S / 4
-            for decision_id, made in list(self._own.items()):
-                if now - made > OWN_FORGET_S:
-                    self._own.pop(decision_id, None)
-            for decision_id, (_, seen) in list(self._awaiting.items()):
-                if now - seen > CALL_WAIT_S:
-                    del self._awaiting[decision_id]
         return booked
+
+    def _forget(self, now: float) -> None:
+        """Drop this process's decision ids not seen in the log after `OWN_FORGET_S` (their insert failed, or no
+        targets were set to read the log), and other processes' caller-named decisions whose call record did not
+        appear within `CALL_WAIT_S`."""
+        if now < self._next_forget:
+            return
+        self._next_forget = now + OWN_FORGET_S / 4
+        for decision_id, made in list(self._own.items()):
+            if now - made > OWN_FORGET_S:
+                self._own.pop(decision_id, None)
+        for decision_id, (_, seen) in list(self._awaiting.items()):
+            if now - seen > CALL_WAIT_S:
+                del self._awaiting[decision_id]
 
     def _book_theirs(self, decision: Decision, call: CallRecord | None) -> None:
         """Book a decision another process stored as that process did: a named router's (its call record carries a
