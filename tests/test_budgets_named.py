@@ -362,22 +362,24 @@ def test_processes_sharing_the_log_book_each_others_caller_named_calls_once(gate
     the others, which find the call record after the decision in the log."""
     a = gateways.start(db, workers=2)
     b = gateways.start(db, workers=2)
-    total = 0.0
+    total = acme = 0.0
     for i, url in enumerate((a, b, a, b)):
-        reply = caller(url, "strong" if i % 2 else "cheap", f"{CODE} #{i}")
+        reply = caller(url, "strong" if i % 2 else "cheap", f"{CODE} #{i}", tenant="acme" if i == 1 else None)
         assert reply.status_code == 200, reply.text
-        total += call_cost(url, reply.headers["x-decision-id"])
+        cost = call_cost(url, reply.headers["x-decision-id"])
+        total, acme = total + cost, acme + (cost if i == 1 else 0.0)
 
-    def booked(url: str) -> tuple[int, float]:
-        scope = report(url)["global"]
-        return scope["requests"], scope["spend_usd"]
+    def booked(url: str) -> tuple[int, float, float]:
+        scopes = report(url)
+        return scopes["global"]["requests"], scopes["global"]["spend_usd"], scopes["tenants"]["acme"]["spend_usd"]
 
+    expected = (4, pytest.approx(total, rel=1e-9), pytest.approx(acme, rel=1e-9))
     deadline = time.monotonic() + 15
-    while not all(booked(u) == (4, pytest.approx(total, rel=1e-9)) for u in (a, b)):
+    while not all(booked(u) == expected for u in (a, b)):
         assert time.monotonic() < deadline, [booked(u) for u in (a, b)]
         time.sleep(0.05)
     time.sleep(0.3)  # a second booking or correction of anything would have happened by now
-    assert booked(a) == booked(b) == (4, pytest.approx(total, rel=1e-9))
+    assert booked(a) == booked(b) == expected
 
 
 def test_a_process_sharing_the_log_forgets_its_own_decision_ids_without_targets(
