@@ -163,6 +163,26 @@ def test_without_a_prior_a_model_starts_from_its_family() -> None:
     assert pmf["big-2"] > 0.8
 
 
+def test_a_model_without_feedback_is_tried_however_poor_its_family() -> None:
+    """Its prior mean comes from its family (here 0: the peer failed every time), but one peer's mean is no
+    certainty about it: a model nobody has tried keeps a real chance (measured 2.9%; with a prior that borrowed the
+    noise of its own mean, 0.1 sd around 0, it had probability 0 and was never tried)."""
+    models = [
+        ModelSpec("poor-1", 1.0, 1.0, tags={"family": "f"}),
+        ModelSpec("untried", 1.0, 1.0, tags={"family": "f"}),
+        ModelSpec("good", 1.0, 1.0),
+    ]
+    router = Router(models, "default", seed=0)
+    for _ in range(5):
+        for name, q in (("poor-1", 0.0), ("good", 1.0)):
+            decision = router.decide(router.featurize(Request(prompt="x")), models=[name], cost_weight=0.0)
+            router.learn(decision, Outcome(quality=q))
+    decision = router.route(Request(prompt="x", cost_weight=0.0))
+    pmf = dict(zip(decision.models, decision.pmf, strict=True))
+    assert pmf["untried"] >= 0.005, pmf
+    assert pmf["poor-1"] < pmf["untried"] < 0.1, pmf
+
+
 def test_thompson_pmf_by_integration_matches_monte_carlo() -> None:
     rng = np.random.default_rng(0)
     mean = np.array([0.50, 0.55, 0.30, 0.52, 0.54])

@@ -5,9 +5,14 @@ Built to pay little while it learns from nothing (the regret a team sees in its 
 and then to use the prompt where the data show it matters.
 
 **Per-model mean (explored).** For model m with n_m feedbacks of total S_m, a Gaussian posterior on its mean
-quality with prior N(μ₀_m, σ_m²/n₀_m):
+quality; the prior μ₀_m counts as n₀_m observations in the mean, and in its uncertainty as n₀_m observations of
+the largest variance a quality in [0, 1] can have (v₀ = `prior_variance`, ¼):
 
-    μ̂_m = (n₀_m μ₀_m + S_m)/(n₀_m + n_m),   sd_m = σ_m / √(n₀_m + n_m)
+    μ̂_m = (n₀_m μ₀_m + S_m)/(n₀_m + n_m),   sd_m = 1 / √(n₀_m/v₀ + n_m/σ_m²)
+
+so a model without feedback is never confidently dominated, whatever its similar models have shown (a prior
+that borrowed the noise of its own mean made a model whose family started with a few zeros look certain to be
+poor: μ₀ = 0, sd 0.1, never tried).
 
 σ_m² = (ν₀·v_m + SS_m)/(ν₀ + n_m) is the model's own variance of quality (SS_m = Σ (q − q̄_m)²) shrunk toward
 v_m = μ̂_m(1 − μ̂_m), the largest variance a quality in [0, 1] with that mean can have (clipped to
@@ -46,7 +51,7 @@ only as far as what its outcome would tell about which model is best is worth it
 
 **Cold start.** No fixed forced-exploration count: an untried model's wide prior makes it likely to be
 drawn a few times, and a model that looks poor after those is left alone. A model added at run time gets
-the floor `floor·u_m` (`cold_start_floors`), u_m = sd of μ_m ÷ its prior sd = √(n₀/(n₀ + n)), while
+the floor `floor·u_m` (`cold_start_floors`), u_m = sd of μ_m ÷ its prior sd = sd_m·√(n₀/v₀), while
 u_m > `floor_until` and it is not confidently dominated: tried at once, less as it becomes known, and not
 at all once it is known to be poor.
 """
@@ -116,6 +121,10 @@ class HierarchicalParams:
     more: experiments/learning-efficiency/README.md)."""
     draws: int = 256
     """`ids` only: posterior draws per request."""
+    prior_variance: float = MAX_VARIANCE
+    """v₀: the variance of each of the prior's n₀ pseudo-observations in the posterior sd of a model's mean (module
+    docstring). ¼, the largest a quality in [0, 1] can have: the prior is never more certain than that many
+    feedbacks could make it. Chosen on the tuning sets (experiments/learning-efficiency/results/tuning-prior.md)."""
     mix: float = 0.02
     """`ids` only: share of the pmf spread evenly over the models not confidently dominated (so that off-policy
     estimates can weigh every model that may still be best)."""
@@ -131,6 +140,8 @@ class HierarchicalParams:
             raise ValueError("nodes must be in [4, 128]")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}")
+        if not 0.0 < self.prior_variance <= 1.0:
+            raise ValueError("prior_variance must be in (0, 1]")
         if not 0.0 <= self.mix <= 0.5 or not 16 <= self.draws <= 65536:
             raise ValueError("mix must be in [0, 0.5] and draws in [16, 65536]")
 
@@ -322,7 +333,8 @@ class HierarchicalThompsonPolicy(BasePolicy):
             logits = np.concatenate([np.full((len(arms.n), 1), self.params.evidence), arms.evidence], axis=1)
             weights = np.exp(logits - logits.max(axis=1, keepdims=True))
             omega = weights[:, 1:] / weights.sum(axis=1, keepdims=True)
-            self._cached = (mean, variance, np.sqrt(variance / (arms.prior_n + arms.n)), omega)
+            sd = 1.0 / np.sqrt(arms.prior_n / self.params.prior_variance + arms.n / variance)
+            self._cached = (mean, variance, sd, omega)
             self._by_models = {}
             self._last_models = (None, ())
         return self._cached
@@ -420,8 +432,8 @@ class HierarchicalThompsonPolicy(BasePolicy):
     def cold_start_floors(
         self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray
     ) -> np.ndarray | None:
-        """`floor·u_m` for models added at run time while u_m = √(n₀/(n₀ + n)) > `floor_until` and the model is
-        not confidently dominated; 0 otherwise."""
+        """`floor·u_m` for models added at run time while u_m = sd_m·√(n₀/v₀) (its sd ÷ its prior sd) > `floor_until`
+        and the model is not confidently dominated; 0 otherwise."""
         added = self._added
         if not added or not any(m.name in added for m in models):
             return _no_floors(len(models))
@@ -429,8 +441,8 @@ class HierarchicalThompsonPolicy(BasePolicy):
         p = self.params
         arms = self._arms
         rows = self._rows(models)
-        u = np.sqrt(arms.prior_n[rows] / (arms.prior_n[rows] + arms.n[rows]))
         mean, sd = self.predict(context, models)
+        u = sd * np.sqrt(arms.prior_n[rows] / p.prior_variance)
         score = mean - penalty
         dominated = score + p.dominance * sd < np.max(score - p.dominance * sd)
         return np.where(fresh & (u > p.floor_until) & ~dominated, p.floor * u, 0.0)
