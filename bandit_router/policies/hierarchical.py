@@ -130,6 +130,10 @@ class HierarchicalParams:
     """v₀: the variance of each of the prior's n₀ pseudo-observations in the posterior sd of a model's mean (module
     docstring). ¼, the largest a quality in [0, 1] can have: the prior is never more certain than that many
     feedbacks could make it. Checked on the tuning sets (experiments/learning-efficiency/results/tuning-prior.md)."""
+    noise_prior: float = 0.0
+    """What σ_m²'s ν₀ pseudo-observations have as their variance: 0 = μ̂(1 − μ̂), the largest a quality with the
+    model's current mean can have (clipped to [0.01, ¼]); > 0 this fixed value (¼: the largest of any quality), so
+    that an extreme mean after a few feedbacks (one success: μ̂ = 1) does not make the model look noiseless."""
     mix: float = 0.02
     """`ids` only: share of the pmf spread evenly over the models not confidently dominated (so that off-policy
     estimates can weigh every model that may still be best)."""
@@ -145,6 +149,8 @@ class HierarchicalParams:
             raise ValueError("nodes must be in [4, 128]")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}")
+        if not 0.0 <= self.noise_prior <= MAX_VARIANCE:
+            raise ValueError("noise_prior must be in [0, 0.25]")
         if not 0.0 < self.prior_variance <= 1.0:
             raise ValueError("prior_variance must be in (0, 1]")
         if not 0.0 <= self.mix <= 0.5 or not 16 <= self.draws <= 65536:
@@ -299,7 +305,10 @@ class HierarchicalThompsonPolicy(BasePolicy):
         """σ_m² per row (module docstring), given μ̂ per row."""
         nu = self.params.noise_strength
         arms = self._arms
-        bound = np.clip(mean * (1.0 - mean), MIN_VARIANCE, MAX_VARIANCE)
+        if self.params.noise_prior > 0:
+            bound = np.full_like(mean, self.params.noise_prior)
+        else:
+            bound = np.clip(mean * (1.0 - mean), MIN_VARIANCE, MAX_VARIANCE)
         return np.asarray((nu * bound + arms.squares()) / (nu + arms.n))
 
     def _phi(self, context: Context) -> np.ndarray:
@@ -324,7 +333,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         n0, n = float(arms.prior_n[row]), float(arms.n[row])
         mean = (n0 * prior + float(arms.sum_q[row])) / (n0 + n)
         nu = self.params.noise_strength
-        bound = min(max(mean * (1.0 - mean), MIN_VARIANCE), MAX_VARIANCE)
+        bound = self.params.noise_prior or min(max(mean * (1.0 - mean), MIN_VARIANCE), MAX_VARIANCE)
         return mean, (nu * bound + float(arms.squares()[row])) / (nu + n)
 
     def _summary(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
