@@ -17,10 +17,13 @@ poor: μ₀ = 0, sd 0.1, never tried). The two are not one conjugate posterior: 
 and noise σ_m² the sd is this one, but the mean would weigh the prior as n₀_m·σ_m²/v₀ ≤ n₀_m observations; the
 pseudo-count mean (as before the sd changed) pulls a little harder toward μ₀_m over a model's first feedbacks.
 
-σ_m² = (ν₀·v_m + SS_m)/(ν₀ + n_m) is the model's own variance of quality (SS_m = Σ (q − q̄_m)²) shrunk toward
-v_m = μ̂_m(1 − μ̂_m), the largest variance a quality in [0, 1] with that mean can have (clipped to
-[0.01, ¼]); a model's noise is not borrowed from the others, whose means differ. So exploration
-is scaled to the noise actually seen: 0/1 qualities near 0.9 need fewer trials than those near 0.5.
+σ_m² = (ν₀·v + SS_m)/(ν₀ + n_m) is the model's own variance of quality (SS_m = Σ (q − q̄_m)²) shrunk toward
+v = ¼ (`noise_prior`), the largest variance a quality in [0, 1] can have, worth ν₀ = `noise_strength`
+observations; a model's noise is not borrowed from the others, whose means differ. So exploration is scaled
+to the noise actually seen once there is data to see it (0/1 qualities near 0.9 need fewer trials than those
+near 0.5), and not before: shrunk toward μ̂_m(1 − μ̂_m) instead (`noise_prior = 0`, the first version), one
+success (μ̂ = 1) made a model look noiseless (sd 0.094 after one feedback) and one early failure of the best
+model could leave it untried for thousands of requests.
 
 **Priors** (μ₀_m, n₀_m): the catalog's `prior_quality` / `prior_strength` when given; otherwise the mean
 quality the other models of its family (else tier, else all models) have shown, worth `similar_strength`
@@ -130,10 +133,11 @@ class HierarchicalParams:
     """v₀: the variance of each of the prior's n₀ pseudo-observations in the posterior sd of a model's mean (module
     docstring). ¼, the largest a quality in [0, 1] can have: the prior is never more certain than that many
     feedbacks could make it. Checked on the tuning sets (experiments/learning-efficiency/results/tuning-prior.md)."""
-    noise_prior: float = 0.0
-    """What σ_m²'s ν₀ pseudo-observations have as their variance: 0 = μ̂(1 − μ̂), the largest a quality with the
-    model's current mean can have (clipped to [0.01, ¼]); > 0 this fixed value (¼: the largest of any quality), so
-    that an extreme mean after a few feedbacks (one success: μ̂ = 1) does not make the model look noiseless."""
+    noise_prior: float = MAX_VARIANCE
+    """v: the variance σ_m²'s ν₀ pseudo-observations have (¼, the largest of any quality in [0, 1]), so that an
+    extreme mean after a few feedbacks (one success: μ̂ = 1) does not make a model look noiseless; 0 = μ̂(1 − μ̂),
+    the largest a quality with the model's current mean can have (clipped to [0.01, ¼]; the first version).
+    Chosen on the tuning sets (experiments/learning-efficiency/results/tuning-noise.md)."""
     mix: float = 0.02
     """`ids` only: share of the pmf spread evenly over the models not confidently dominated (so that off-policy
     estimates can weigh every model that may still be best)."""
