@@ -183,17 +183,21 @@ def test_an_llm_router_books_what_it_paid_when_the_policys_model_fails_or_nobody
 
 
 # -- durability and processes sharing the log ---------------------------------------------------------------------
-def test_named_routers_spend_survives_a_restart(gateways: Gateways) -> None:
-    url = gateways.start()
+def test_named_routers_and_the_judges_spend_survive_a_restart(gateways: Gateways) -> None:
+    url = gateways.start(**JUDGED)
     total = sum(ask(url, "cascade", f"{CODE} #{i}")[1]["cost_usd"] for i in range(3))
     total += ask(url, "auto", CODE)[1]["cost_usd"]
     total += call_cost(url, caller(url, "strong", CODE).headers["x-decision-id"])  # a model the caller names
+    acme = routed(url, PROSE, tenant="acme") + judged(url, 1)  # a routed answer, and the judge's call scoring it
+    total += acme
     assert spent(url) == pytest.approx(total, rel=1e-9)
+    assert spent(url, "acme") == pytest.approx(acme, rel=1e-9)
     gateways.stop(url)
-    url = gateways.start()
+    url = gateways.start(**JUDGED)
     assert httpx.get(url + "/readyz").json()["recovery"]["budgets"] == "stored"
     assert spent(url) == pytest.approx(total, rel=1e-9)
-    assert report(url)["global"]["requests"] == 5
+    assert spent(url, "acme") == pytest.approx(acme, rel=1e-9)
+    assert report(url)["global"]["requests"] == 6
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -379,6 +383,78 @@ def test_processes_sharing_the_log_book_each_others_caller_named_calls_once(gate
         assert time.monotonic() < deadline, [booked(u) for u in (a, b)]
         time.sleep(0.05)
     time.sleep(0.3)  # a second booking or correction of anything would have happened by now
+    assert booked(a) == booked(b) == expected
+
+
+# -- the gateway's feedback judge ----------------------------------------------------------------------------------
+JUDGED = {"judge_model": JUDGE, "judge_sample_rate": 1.0, "judge_delay_s": 0.1}
+"""The feedback judge scores every routed answer (after its call record is stored)."""
+
+
+def judge_stats(url: str) -> dict[str, Any]:
+    return dict(httpx.get(url + "/v1/stats").json()["judge"])
+
+
+def judged(url: str, answers: int) -> float:
+    """Wait until this process's judge scored `answers` answers; what its calls cost (`/v1/stats`, per process)."""
+    deadline = time.monotonic() + 15
+    while (stats := judge_stats(url))["scored"] < answers:
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.02)
+    assert stats["failed"] == stats["unreadable"] == stats["overridden"] == 0, stats
+    return float(stats["spend_usd"])
+
+
+def routed(url: str, prompt: str, tenant: str | None = None) -> float:
+    """A routed request (the policy chooses; the judge scores its answer); what its answer's call cost."""
+    reply = caller(url, "router", prompt, tenant=tenant)
+    assert reply.status_code == 200, reply.text
+    return call_cost(url, reply.headers["x-decision-id"])
+
+
+def test_the_feedback_judges_calls_are_booked_once_in_the_tenant_of_the_answer_they_score(
+    gateways: Gateways,
+) -> None:
+    """The judge's score is the routed decision's feedback, so learning corrects the decision's booking to its
+    answer's cost; the judge's own call is money spent beside it, in the scopes of the request it scored (the
+    global one and its tenant's): booked once, not a request."""
+    url = gateways.start(**JUDGED)
+    acme = sum(routed(url, f"{PROSE} #{i}", tenant="acme") for i in range(2))
+    judge_acme = judged(url, 2)
+    assert judge_acme > 0
+    others = sum(routed(url, f"{CODE} #{i}") for i in range(3))
+    judge_all = judged(url, 5)
+    assert judge_all > judge_acme
+    time.sleep(0.2)
+    scopes = report(url)
+    assert scopes["global"]["requests"] == 5 and scopes["tenants"]["acme"]["requests"] == 2
+    assert scopes["global"]["spend_usd"] == pytest.approx(acme + others + judge_all, rel=1e-9)
+    assert scopes["tenants"]["acme"]["spend_usd"] == pytest.approx(acme + judge_acme, rel=1e-9)
+
+
+def test_processes_sharing_the_log_book_each_others_judge_calls_once(gateways: Gateways, db: str) -> None:
+    """Each process's judge scores the answers it served; every process books every judge call once, in the
+    scored request's tenant: its own when the call is made, the others' from the log."""
+    a = gateways.start(db, workers=2, **JUDGED)
+    b = gateways.start(db, workers=2, **JUDGED)
+    total = acme = 0.0
+    judges = {a: 0.0, b: 0.0}
+    for i, url in enumerate((a, b, a, b)):
+        cost = routed(url, f"{CODE} #{i}", tenant="acme" if i == 1 else None)
+        so_far = judged(url, i // 2 + 1)  # this answer's judge call: what the serving process's judge paid since
+        cost, judges[url] = cost + so_far - judges[url], so_far
+        total, acme = total + cost, acme + (cost if i == 1 else 0.0)
+
+    def booked(url: str) -> tuple[int, float, float]:
+        scopes = report(url)
+        return scopes["global"]["requests"], scopes["global"]["spend_usd"], scopes["tenants"]["acme"]["spend_usd"]
+
+    expected = (4, pytest.approx(total, rel=1e-9), pytest.approx(acme, rel=1e-9))
+    deadline = time.monotonic() + 15
+    while not all(booked(u) == expected for u in (a, b)):
+        assert time.monotonic() < deadline, [booked(u) for u in (a, b)]
+        time.sleep(0.05)
+    time.sleep(0.3)  # a second booking of anything would have happened by now (the log is read every 50 ms)
     assert booked(a) == booked(b) == expected
 
 
