@@ -6,18 +6,21 @@ log books another process's named-router requests at the same amounts."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import RouterAlias, Settings
 from bandit_router.service import create_app
+from bandit_router.store.location import DatabaseURL
 from benchmarks.fake_upstream import JUDGE, ServerThread
 from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ChooserFake, serving
 from tests.test_cascade_live import ask, feedback, stored
@@ -456,6 +459,40 @@ def test_processes_sharing_the_log_book_each_others_judge_calls_once(gateways: G
         time.sleep(0.05)
     time.sleep(0.3)  # a second booking of anything would have happened by now (the log is read every 50 ms)
     assert booked(a) == expected and booked(b) == expected  # (summed in different orders: equal within rounding)
+
+
+def _as_schema_7(location: str) -> None:
+    """Make the database at `location` what the previous version left: no `judge_calls`, schema version 7."""
+    statements = ("DROP TABLE judge_calls", "UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    if location.startswith("postgresql"):
+        with psycopg.connect(DatabaseURL(location).reveal(), autocommit=True) as pg:
+            for sql in statements:
+                pg.execute(sql)  # type: ignore[arg-type]
+    else:
+        with sqlite3.connect(location) as conn:
+            for sql in statements:
+                conn.execute(sql)
+
+
+def test_migration_8_gives_a_schema_7_database_the_judge_calls(gateways: Gateways, db: str) -> None:
+    """A schema-7 database (budget state stored, no `judge_calls`) upgrades when the service starts: the stored
+    spend is kept, and from then on every process sharing the log books every judge call once."""
+    url = gateways.start(db, **JUDGED)
+    before = routed(url, PROSE) + judged(url, 1)
+    assert spent(url) == pytest.approx(before, rel=1e-9)
+    gateways.stop(url)
+    _as_schema_7(db if "://" in db else str(gateways.folder / db))
+    a = gateways.start(db, workers=2, **JUDGED)
+    b = gateways.start(db, workers=2)
+    for url in (a, b):
+        assert spent(url) == pytest.approx(before, rel=1e-9)
+    after = before + routed(a, CODE) + judged(a, 1)
+    deadline = time.monotonic() + 15
+    while not all(spent(u) == pytest.approx(after, rel=1e-9) for u in (a, b)):
+        assert time.monotonic() < deadline, [spent(u) for u in (a, b)]
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert spent(a) == pytest.approx(after, rel=1e-9) and spent(b) == pytest.approx(after, rel=1e-9)
 
 
 def test_a_process_sharing_the_log_forgets_its_own_decision_ids_without_targets(tmp_path: Path) -> None:
