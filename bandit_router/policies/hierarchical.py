@@ -124,7 +124,7 @@ class HierarchicalParams:
     prior_variance: float = MAX_VARIANCE
     """v₀: the variance of each of the prior's n₀ pseudo-observations in the posterior sd of a model's mean (module
     docstring). ¼, the largest a quality in [0, 1] can have: the prior is never more certain than that many
-    feedbacks could make it. Chosen on the tuning sets (experiments/learning-efficiency/results/tuning-prior.md)."""
+    feedbacks could make it. Checked on the tuning sets (experiments/learning-efficiency/results/tuning-prior.md)."""
     mix: float = 0.02
     """`ids` only: share of the pmf spread evenly over the models not confidently dominated (so that off-policy
     estimates can weigh every model that may still be best)."""
