@@ -20,6 +20,7 @@ from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import RouterAlias, Settings
 from bandit_router.service import create_app
+from bandit_router.store import JudgeCall
 from bandit_router.store.location import DatabaseURL
 from benchmarks.fake_upstream import JUDGE, ServerThread
 from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ChooserFake, serving
@@ -496,8 +497,8 @@ def test_migration_8_gives_a_schema_7_database_the_judge_calls(gateways: Gateway
 
 
 def test_a_process_sharing_the_log_forgets_its_own_decision_ids_without_targets(tmp_path: Path) -> None:
-    """A process sharing the log notes every decision it books (`mine`) so as not to book it again from the log.
-    Without targets it reads no log, so nothing removes them as they appear: they are forgotten after
+    """A process sharing the log notes every decision (and judge call) it books (`mine`) so as not to book it again
+    from the log. Without targets it reads no log, so nothing removes them as they appear: they are forgotten after
     `OWN_FORGET_S` all the same (a deployment without budgets kept every request's id in memory)."""
     from bandit_router.budgets import BudgetPacer
     from bandit_router.log import budget_state
@@ -508,10 +509,12 @@ def test_a_process_sharing_the_log_forgets_its_own_decision_ids_without_targets(
         state = budget_state.BudgetState(store, BudgetPacer(), shared=True)
         for i in range(100):
             state.mine(f"d{i}")
-        for decision_id in state._own:  # as if noted that long ago (the process's monotonic clock is left alone)
-            state._own[decision_id] -= budget_state.OWN_FORGET_S + 1
+            state.book_judge_call(JudgeCall(f"d{i}", None, JUDGE, 10, 2, 1e-6, 0.0), mine=True)
+        for own in (state._own, state._own_judged):  # as if noted that long ago (the monotonic clock is left alone)
+            for decision_id in own:
+                own[decision_id] -= budget_state.OWN_FORGET_S + 1
         state.mine("recent")
         state.follow_decisions()
-        assert list(state._own) == ["recent"]
+        assert list(state._own) == ["recent"] and not state._own_judged
     finally:
         store.close()
