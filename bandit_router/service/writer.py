@@ -426,8 +426,8 @@ class Writer:
 
     def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
         follower = self.follower
-        # Decisions and call records are not part of the log: a batch of them alone neither reads nor numbers it
-        # (BEGIN, one INSERT each, COMMIT). Anything else first catches up with the log, under the lock.
+        # Decisions, call records and judge calls are not part of the log: a batch of them alone neither reads nor
+        # numbers it (BEGIN, one INSERT each, COMMIT). Anything else first catches up with the log, under the lock.
         touches_log = sweep or any(not isinstance(op, _OUTSIDE_THE_LOG) for op in ops)
         try:
             with self.store.write() as tx:
