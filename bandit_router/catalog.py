@@ -10,7 +10,7 @@ A catalog is a TOML file with one `[[models]]` table per model::
     latency_s = 1.0               # optional prior mean latency
     output_tokens = 250           # optional prior mean output tokens
     prior_quality = 0.82          # optional prior mean quality in [0, 1] (e.g. a public benchmark score)
-    prior_strength = 2            # optional: how many observations that prior is worth (default 2)
+    prior_strength = 2            # optional: how many observations that prior is worth (default 2, at most 1e6)
     route = false                 # optional: never routed to (a judge or routing LLM of [[routers]] only)
     description = "fast, cheap"   # optional: one line for an LLM router's prompt
     base_url = "https://api.openai.com/v1"   # optional: an OpenAI-compatible endpoint (the gateway calls it)
@@ -52,6 +52,9 @@ DEFAULT_OUTPUT_TOKENS = 250.0
 DEFAULT_PRIOR_STRENGTH = 2.0
 """Pseudo-observations a catalog `prior_quality` is worth when the entry gives no `prior_strength`: a public
 benchmark score says little about quality on one team's own traffic, so it is soon outweighed by feedback."""
+MAX_PRIOR_STRENGTH = 1e6
+"""The most pseudo-observations a prior may be worth (as `POST /v1/models` accepts): the `default` policy's prior sd
+is 0.5/√n₀, and priors of ≈ 1e19 and more drive it below 1e-10, where its argmax quadrature goes wrong."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class ModelSpec:
             raise CatalogError(f"model {self.name!r}: prior_quality must be in [0, 1] (got {self.prior_quality})")
         if self.prior_strength is not None and self.prior_strength <= 0:
             raise CatalogError(f"model {self.name!r}: prior_strength must be > 0 (got {self.prior_strength})")
+        if self.prior_strength is not None and self.prior_strength > MAX_PRIOR_STRENGTH:
+            raise CatalogError(f"model {self.name!r}: prior_strength must be at most 1e6 (got {self.prior_strength})")
         if self.prior_strength is not None and self.prior_quality is None:
             raise CatalogError(f"model {self.name!r}: prior_strength needs a prior_quality")
         if self.prior_quality is not None and self.prior_strength is None:

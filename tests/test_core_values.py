@@ -185,6 +185,7 @@ GOOD = '[[models]]\nname = "a"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\
         (GOOD + "prior_quality = 1.5\n", "prior_quality must be in"),
         (GOOD + "prior_quality = -0.1\n", "must not be negative"),
         (GOOD + "prior_quality = 0.8\nprior_strength = 0\n", "prior_strength must be > 0"),
+        (GOOD + "prior_quality = 0.8\nprior_strength = 1e300\n", "prior_strength must be at most 1e6"),
         (GOOD + "prior_strength = 3\n", "prior_strength needs a prior_quality"),
     ],
 )

@@ -10,9 +10,12 @@ the largest variance a quality in [0, 1] can have (v₀ = `prior_variance`, ¼):
 
     μ̂_m = (n₀_m μ₀_m + S_m)/(n₀_m + n_m),   sd_m = 1 / √(n₀_m/v₀ + n_m/σ_m²)
 
-so a model without feedback is never confidently dominated, whatever its similar models have shown (a prior
+so a model without feedback is never confidently dominated on quality while n₀_m ≤ 2 (sd ≥ 0.35, β = 3; only
+its price can rule it out), whatever its similar models have shown (a prior
 that borrowed the noise of its own mean made a model whose family started with a few zeros look certain to be
-poor: μ₀ = 0, sd 0.1, never tried).
+poor: μ₀ = 0, sd 0.1, never tried). The two are not one conjugate posterior: with the prior N(μ₀_m, v₀/n₀_m)
+and noise σ_m² the sd is this one, but the mean would weigh the prior as n₀_m·σ_m²/v₀ ≤ n₀_m observations; the
+pseudo-count mean (as before the sd changed) pulls a little harder toward μ₀_m over a model's first feedbacks.
 
 σ_m² = (ν₀·v_m + SS_m)/(ν₀ + n_m) is the model's own variance of quality (SS_m = Σ (q − q̄_m)²) shrunk toward
 v_m = μ̂_m(1 − μ̂_m), the largest variance a quality in [0, 1] with that mean can have (clipped to
@@ -51,9 +54,11 @@ only as far as what its outcome would tell about which model is best is worth it
 
 **Cold start.** No fixed forced-exploration count: an untried model's wide prior makes it likely to be
 drawn a few times, and a model that looks poor after those is left alone. A model added at run time gets
-the floor `floor·u_m` (`cold_start_floors`), u_m = sd of μ_m ÷ its prior sd = sd_m·√(n₀/v₀), while
-u_m > `floor_until` and it is not confidently dominated: tried at once, less as it becomes known, and not
-at all once it is known to be poor.
+the floor `floor·u_m` (`cold_start_floors`), u_m = sd of μ_m ÷ its prior sd = sd_m·√(n₀/v₀)
+= 1/√(1 + n_m·v₀/(n₀·σ_m²)), while u_m > `floor_until` and it is not confidently dominated: tried at once
+(u = 1), less as it becomes known, and not at all once it is known to be poor. A model whose answers look
+steady (small σ_m²) is known after fewer feedbacks; a surprise that raises σ_m² can raise u_m again. A strong
+catalog prior (large n₀) keeps u_m near 1 for ≈ 10·n₀·σ_m²/v₀ feedbacks unless the model is dominated.
 """
 
 from __future__ import annotations
@@ -125,6 +130,10 @@ class HierarchicalParams:
     """v₀: the variance of each of the prior's n₀ pseudo-observations in the posterior sd of a model's mean (module
     docstring). ¼, the largest a quality in [0, 1] can have: the prior is never more certain than that many
     feedbacks could make it. Checked on the tuning sets (experiments/learning-efficiency/results/tuning-prior.md)."""
+    noise_prior: float = 0.0
+    """What σ_m²'s ν₀ pseudo-observations have as their variance: 0 = μ̂(1 − μ̂), the largest a quality with the
+    model's current mean can have (clipped to [0.01, ¼]); > 0 this fixed value (¼: the largest of any quality), so
+    that an extreme mean after a few feedbacks (one success: μ̂ = 1) does not make the model look noiseless."""
     mix: float = 0.02
     """`ids` only: share of the pmf spread evenly over the models not confidently dominated (so that off-policy
     estimates can weigh every model that may still be best)."""
@@ -140,6 +149,8 @@ class HierarchicalParams:
             raise ValueError("nodes must be in [4, 128]")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}")
+        if not 0.0 <= self.noise_prior <= MAX_VARIANCE:
+            raise ValueError("noise_prior must be in [0, 0.25]")
         if not 0.0 < self.prior_variance <= 1.0:
             raise ValueError("prior_variance must be in (0, 1]")
         if not 0.0 <= self.mix <= 0.5 or not 16 <= self.draws <= 65536:
@@ -294,7 +305,10 @@ class HierarchicalThompsonPolicy(BasePolicy):
         """σ_m² per row (module docstring), given μ̂ per row."""
         nu = self.params.noise_strength
         arms = self._arms
-        bound = np.clip(mean * (1.0 - mean), MIN_VARIANCE, MAX_VARIANCE)
+        if self.params.noise_prior > 0:
+            bound = np.full_like(mean, self.params.noise_prior)
+        else:
+            bound = np.clip(mean * (1.0 - mean), MIN_VARIANCE, MAX_VARIANCE)
         return np.asarray((nu * bound + arms.squares()) / (nu + arms.n))
 
     def _phi(self, context: Context) -> np.ndarray:
@@ -319,7 +333,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         n0, n = float(arms.prior_n[row]), float(arms.n[row])
         mean = (n0 * prior + float(arms.sum_q[row])) / (n0 + n)
         nu = self.params.noise_strength
-        bound = min(max(mean * (1.0 - mean), MIN_VARIANCE), MAX_VARIANCE)
+        bound = self.params.noise_prior or min(max(mean * (1.0 - mean), MIN_VARIANCE), MAX_VARIANCE)
         return mean, (nu * bound + float(arms.squares()[row])) / (nu + n)
 
     def _summary(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

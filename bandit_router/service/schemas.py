@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
+from ..catalog import MAX_PRIOR_STRENGTH
 from ..names import name_problem
 from ..router import MAX_DECISION_ID_LENGTH
 
@@ -203,7 +204,7 @@ class ModelIn(_Strict):
     prior_quality: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
         None, description="prior mean quality in [0, 1] (the `default` policy starts the model from it)"
     )
-    prior_strength: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] | None = Field(
+    prior_strength: Annotated[float, Field(gt=0, le=MAX_PRIOR_STRENGTH, allow_inf_nan=False)] | None = Field(
         None, description="how many feedbacks the prior is worth (default 2; needs prior_quality)"
     )
 
