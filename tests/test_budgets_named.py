@@ -6,18 +6,22 @@ log books another process's named-router requests at the same amounts."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import RouterAlias, Settings
 from bandit_router.service import create_app
+from bandit_router.store import JudgeCall
+from bandit_router.store.location import DatabaseURL
 from benchmarks.fake_upstream import JUDGE, ServerThread
 from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ChooserFake, serving
 from tests.test_cascade_live import ask, feedback, stored
@@ -183,17 +187,21 @@ def test_an_llm_router_books_what_it_paid_when_the_policys_model_fails_or_nobody
 
 
 # -- durability and processes sharing the log ---------------------------------------------------------------------
-def test_named_routers_spend_survives_a_restart(gateways: Gateways) -> None:
-    url = gateways.start()
+def test_named_routers_and_the_judges_spend_survive_a_restart(gateways: Gateways) -> None:
+    url = gateways.start(**JUDGED)
     total = sum(ask(url, "cascade", f"{CODE} #{i}")[1]["cost_usd"] for i in range(3))
     total += ask(url, "auto", CODE)[1]["cost_usd"]
     total += call_cost(url, caller(url, "strong", CODE).headers["x-decision-id"])  # a model the caller names
+    acme = routed(url, PROSE, tenant="acme") + judged(url, 1)  # a routed answer, and the judge's call scoring it
+    total += acme
     assert spent(url) == pytest.approx(total, rel=1e-9)
+    assert spent(url, "acme") == pytest.approx(acme, rel=1e-9)
     gateways.stop(url)
-    url = gateways.start()
+    url = gateways.start(**JUDGED)
     assert httpx.get(url + "/readyz").json()["recovery"]["budgets"] == "stored"
     assert spent(url) == pytest.approx(total, rel=1e-9)
-    assert report(url)["global"]["requests"] == 5
+    assert spent(url, "acme") == pytest.approx(acme, rel=1e-9)
+    assert report(url)["global"]["requests"] == 6
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -382,9 +390,115 @@ def test_processes_sharing_the_log_book_each_others_caller_named_calls_once(gate
     assert booked(a) == booked(b) == expected
 
 
+# -- the gateway's feedback judge ----------------------------------------------------------------------------------
+JUDGED = {"judge_model": JUDGE, "judge_sample_rate": 1.0, "judge_delay_s": 0.1}
+"""The feedback judge scores every routed answer (after its call record is stored)."""
+
+
+def judge_stats(url: str) -> dict[str, Any]:
+    return dict(httpx.get(url + "/v1/stats").json()["judge"])
+
+
+def judged(url: str, answers: int) -> float:
+    """Wait until this process's judge scored `answers` answers; what its calls cost (`/v1/stats`, per process)."""
+    deadline = time.monotonic() + 15
+    while (stats := judge_stats(url))["scored"] < answers:
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.02)
+    assert stats["failed"] == stats["unreadable"] == stats["overridden"] == 0, stats
+    return float(stats["spend_usd"])
+
+
+def routed(url: str, prompt: str, tenant: str | None = None) -> float:
+    """A routed request (the policy chooses; the judge scores its answer); what its answer's call cost."""
+    reply = caller(url, "router", prompt, tenant=tenant)
+    assert reply.status_code == 200, reply.text
+    return call_cost(url, reply.headers["x-decision-id"])
+
+
+def test_the_feedback_judges_calls_are_booked_once_in_the_tenant_of_the_answer_they_score(
+    gateways: Gateways,
+) -> None:
+    """The judge's score is the routed decision's feedback, so learning corrects the decision's booking to its
+    answer's cost; the judge's own call is money spent beside it, in the scopes of the request it scored (the
+    global one and its tenant's): booked once, not a request."""
+    url = gateways.start(**JUDGED)
+    acme = sum(routed(url, f"{PROSE} #{i}", tenant="acme") for i in range(2))
+    judge_acme = judged(url, 2)
+    assert judge_acme > 0
+    others = sum(routed(url, f"{CODE} #{i}") for i in range(3))
+    judge_all = judged(url, 5)
+    assert judge_all > judge_acme
+    time.sleep(0.2)
+    scopes = report(url)
+    assert scopes["global"]["requests"] == 5 and scopes["tenants"]["acme"]["requests"] == 2
+    assert scopes["global"]["spend_usd"] == pytest.approx(acme + others + judge_all, rel=1e-9)
+    assert scopes["tenants"]["acme"]["spend_usd"] == pytest.approx(acme + judge_acme, rel=1e-9)
+
+
+def test_processes_sharing_the_log_book_each_others_judge_calls_once(gateways: Gateways, db: str) -> None:
+    """Each process's judge scores the answers it served; every process books every judge call once, in the
+    scored request's tenant: its own when the call is made, the others' from the log."""
+    a = gateways.start(db, workers=2, **JUDGED)
+    b = gateways.start(db, workers=2, **JUDGED)
+    total = acme = 0.0
+    judges = {a: 0.0, b: 0.0}
+    for i, url in enumerate((a, b, a, b)):
+        cost = routed(url, f"{CODE} #{i}", tenant="acme" if i == 1 else None)
+        so_far = judged(url, i // 2 + 1)  # this answer's judge call: what the serving process's judge paid since
+        cost, judges[url] = cost + so_far - judges[url], so_far
+        total, acme = total + cost, acme + (cost if i == 1 else 0.0)
+
+    def booked(url: str) -> tuple[int, float, float]:
+        scopes = report(url)
+        return scopes["global"]["requests"], scopes["global"]["spend_usd"], scopes["tenants"]["acme"]["spend_usd"]
+
+    expected = (4, pytest.approx(total, rel=1e-9), pytest.approx(acme, rel=1e-9))
+    deadline = time.monotonic() + 15
+    while not all(booked(u) == expected for u in (a, b)):
+        assert time.monotonic() < deadline, [booked(u) for u in (a, b)]
+        time.sleep(0.05)
+    time.sleep(0.3)  # a second booking of anything would have happened by now (the log is read every 50 ms)
+    assert booked(a) == expected and booked(b) == expected  # (summed in different orders: equal within rounding)
+
+
+def _as_schema_7(location: str) -> None:
+    """Make the database at `location` what the previous version left: no `judge_calls`, schema version 7."""
+    statements = ("DROP TABLE judge_calls", "UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    if location.startswith("postgresql"):
+        with psycopg.connect(DatabaseURL(location).reveal(), autocommit=True) as pg:
+            for sql in statements:
+                pg.execute(sql)  # type: ignore[arg-type]
+    else:
+        with sqlite3.connect(location) as conn:
+            for sql in statements:
+                conn.execute(sql)
+
+
+def test_migration_8_gives_a_schema_7_database_the_judge_calls(gateways: Gateways, db: str) -> None:
+    """A schema-7 database (budget state stored, no `judge_calls`) upgrades when the service starts: the stored
+    spend is kept, and from then on every process sharing the log books every judge call once."""
+    url = gateways.start(db, **JUDGED)
+    before = routed(url, PROSE) + judged(url, 1)
+    assert spent(url) == pytest.approx(before, rel=1e-9)
+    gateways.stop(url)
+    _as_schema_7(db if "://" in db else str(gateways.folder / db))
+    a = gateways.start(db, workers=2, **JUDGED)
+    b = gateways.start(db, workers=2)
+    for url in (a, b):
+        assert spent(url) == pytest.approx(before, rel=1e-9)
+    after = before + routed(a, CODE) + judged(a, 1)
+    deadline = time.monotonic() + 15
+    while not all(spent(u) == pytest.approx(after, rel=1e-9) for u in (a, b)):
+        assert time.monotonic() < deadline, [spent(u) for u in (a, b)]
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert spent(a) == pytest.approx(after, rel=1e-9) and spent(b) == pytest.approx(after, rel=1e-9)
+
+
 def test_a_process_sharing_the_log_forgets_its_own_decision_ids_without_targets(tmp_path: Path) -> None:
-    """A process sharing the log notes every decision it books (`mine`) so as not to book it again from the log.
-    Without targets it reads no log, so nothing removes them as they appear: they are forgotten after
+    """A process sharing the log notes every decision (and judge call) it books (`mine`) so as not to book it again
+    from the log. Without targets it reads no log, so nothing removes them as they appear: they are forgotten after
     `OWN_FORGET_S` all the same (a deployment without budgets kept every request's id in memory)."""
     from bandit_router.budgets import BudgetPacer
     from bandit_router.log import budget_state
@@ -395,10 +509,12 @@ def test_a_process_sharing_the_log_forgets_its_own_decision_ids_without_targets(
         state = budget_state.BudgetState(store, BudgetPacer(), shared=True)
         for i in range(100):
             state.mine(f"d{i}")
-        for decision_id in state._own:  # as if noted that long ago (the process's monotonic clock is left alone)
-            state._own[decision_id] -= budget_state.OWN_FORGET_S + 1
+            state.book_judge_call(JudgeCall(f"d{i}", None, JUDGE, 10, 2, 1e-6, 0.0), mine=True)
+        for own in (state._own, state._own_judged):  # as if noted that long ago (the monotonic clock is left alone)
+            for decision_id in own:
+                own[decision_id] -= budget_state.OWN_FORGET_S + 1
         state.mine("recent")
         state.follow_decisions()
-        assert list(state._own) == ["recent"]
+        assert list(state._own) == ["recent"] and not state._own_judged
     finally:
         store.close()

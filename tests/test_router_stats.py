@@ -256,7 +256,7 @@ def test_migration_7_counts_the_chains_a_schema_6_database_stored(
         store.prepare()
         store.prepare()
         with store.read() as reader:
-            assert reader.get_meta("schema_version") == str(SCHEMA_VERSION) == "7"
+            assert reader.get_meta("schema_version") == str(SCHEMA_VERSION)  # 7, and the ones after it
             counts = reader.router_counts()
             assert sum(m.decisions for m in reader.stats().models.values()) == decisions
         assert sum(c.requests for c in counts) == 12 and {c.router for c in counts} == {"cascade", "auto"}

@@ -88,9 +88,9 @@ def test_prepare_creates_a_wal_database_once(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"decisions", "feedback", "model_events", "checkpoints", "meta", "calls", "chains",
-                "router_stats"} <= tables
+                "router_stats", "judge_calls"} <= tables
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        assert version == "7" == str(SCHEMA_VERSION)
+        assert version == "8" == str(SCHEMA_VERSION)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(StoreError, match="schema version"):
         SQLiteStore(path).prepare()

@@ -26,7 +26,8 @@ every price scale (λ spans 1 … 10⁵ quality points per USD across catalogs):
 The cost c of a decision is booked when it is made (the chosen model's expected cost ĉ) and corrected by
 c_real − ĉ when its real cost arrives, so pacing reacts at once even when feedback is late or missing. A decision
 whose calls were all paid before it is booked (a named router's chain) is booked at its real cost (`book`), and
-money paid beside a booking (an LLM router's routing call) is added as a correction (`spend`).
+money paid beside a booking (an LLM router's routing call, the feedback judge's call) is added as a correction
+(`spend`).
 
 Why this holds the target. Summing the steps (while λ stays inside its bounds),
 
@@ -615,7 +616,8 @@ class BudgetPacer:
 
     def spend(self, cost_usd: float, tenant: Any = None) -> None:
         """Money paid that belongs to no booking: calls a request made beside the decision it booked (an LLM
-        router's routing call when the policy decided), or for a request that booked none (no model answered).
+        router's routing call when the policy decided; the feedback judge's call scoring a routed answer), or for a
+        request that booked none (no model answered).
         Added to the spend like a correction of `cost_usd` (it moves λ; it is not a request, nor in the shares)."""
         if cost_usd == 0.0:
             return

@@ -10,7 +10,9 @@ Precedence: the caller's own feedback wins. A caller's feedback that arrives bef
 a conflict, which the judge drops (`overridden`); one that arrives after the judge's is stored and answered
 (status `ignored`: the judge's was already learned; no 409), so set `judge_delay_s` to the time callers usually
 take. The judge's calls go through the same `Upstreams` (its model's limits and timeouts) and are priced with the
-catalog: `stats()` reports them (calls, failures, tokens, spend).
+catalog: `stats()` reports them (calls, failures, tokens, spend). Each call the judge model answered is handed to
+`record` (a `JudgeCall`: the scored decision, its tenant, tokens, cost), which the service books in the budgets
+and stores, whatever becomes of the score; a failed call costs nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..catalog import ModelSpec
 from ..config import Settings
 from ..errors import BanditRouterError
 from ..log.feedback import JUDGE_SOURCE
+from ..store import JudgeCall
 from ..types import Decision, Outcome
 from .pricing import answer_text, estimated, message_text
 from .upstreams import UpstreamError, Upstreams
@@ -39,6 +42,7 @@ MAX_SHOWN_CHARS = 20_000
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 PostFeedback = Callable[[str, Outcome, str], Awaitable[Any]]
+RecordJudgeCall = Callable[[JudgeCall], Awaitable[Any]]
 
 
 @dataclass(slots=True)
@@ -60,6 +64,7 @@ class Job:
     messages: tuple[Mapping[str, Any], ...]
     answer: str
     ready_at: float
+    tenant: str | None = None
 
 
 @dataclass
@@ -70,6 +75,8 @@ class Judge:
     spec: ModelSpec
     upstreams: Upstreams
     post: PostFeedback
+    record: RecordJudgeCall | None = None
+    """Told of every call the judge model answered (the service: budgets and the `judge_calls` table)."""
     seed: int | None = None
     stats: JudgeStats = field(default_factory=JudgeStats)
 
@@ -93,8 +100,9 @@ class Judge:
         if self.rate <= 0 or self._rng.random() >= self.rate:
             return
         self.stats.sampled += 1
+        tenant = decision.context.attributes.get("tenant")
         job = Job(decision.decision_id, tuple(messages), answer,
-                  time.monotonic() + self.settings.judge.judge_delay_s)
+                  time.monotonic() + self.settings.judge.judge_delay_s, None if tenant is None else str(tenant))
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -128,9 +136,16 @@ class Judge:
             return None
         text = answer_text(reply.body)
         usage = reply.usage or estimated(messages, text)
+        cost = usage.cost_usd(self.spec)
         self.stats.input_tokens += usage.input_tokens
         self.stats.output_tokens += usage.output_tokens
-        self.stats.spend_usd += usage.cost_usd(self.spec)
+        self.stats.spend_usd += cost
+        if self.record is not None:
+            try:
+                await self.record(JudgeCall(job.decision_id, job.tenant, self.spec.name, usage.input_tokens,
+                                            usage.output_tokens, cost, time.time()))
+            except BanditRouterError as exc:  # the database is unavailable: booked here, not stored
+                log.warning("judge call for %s not stored: %s", job.decision_id, exc)
         quality = self.quality(text)
         if quality is None:
             self.stats.unreadable += 1

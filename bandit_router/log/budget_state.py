@@ -20,6 +20,12 @@ expected cost ĉ when stored, corrected by c_call − ĉ when the call is record
 for a call that failed or was refused). The process that served it does both as they happen; a process reading
 the log books the decision when it sees it and corrects it when it finds its call record (it looks for the records
 of the caller decisions it booked every time it reads the log, for up to `CALL_WAIT_S`).
+
+The gateway's feedback judge (`gateway/judge.py`) pays for a call to score a routed answer: money spent beside
+that decision's booking, not a request (its score is the decision's feedback, which corrects the booking to the
+answer's cost as any feedback does). The process whose judge made the call spends its cost at once, in the scored
+decision's tenant (`book_judge_call`), and stores it (`judge_calls`, `store.JudgeCall`); the others spend it when
+they read it there, after the decisions (`Reader.judge_calls_after`, in storage order, skipping their own).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from ..budgets import BudgetConfig, BudgetPacer
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput
 from ..router import Router
-from ..store import CallRecord, Store, StoreError, WriteTx
+from ..store import CallRecord, JudgeCall, Store, StoreError, WriteTx
 from ..store.records import CALLER_POLICY, unrouted
 from ..store.router_stats import of_chain
 from ..types import Decision
@@ -69,9 +75,12 @@ class BudgetState:
         self.shared = shared
         """Other processes write to the same log: book their decisions too (`follow_decisions`)."""
         self._own: dict[str, float] = {}
+        self._own_judged: dict[str, float] = {}
+        """The decisions whose judge call this process booked (`book_judge_call`), not yet read back from the log."""
         self._awaiting: dict[str, tuple[Decision, float]] = {}
         """Other processes' caller-named decisions booked at their expected cost, whose call record is not read yet."""
         self._position: int | None = None
+        self._judge_position = 0
         self._next_decisions = 0.0
         self._next_forget = 0.0
         self._stored = bool(pacer.config.describe())
@@ -117,10 +126,20 @@ class BudgetState:
         if decision.policy == CALLER_POLICY:
             self.pacer.observe(decision, call.cost_usd or 0.0)
 
+    def book_judge_call(self, call: JudgeCall, *, mine: bool) -> None:
+        """The feedback judge paid `call.cost_usd` to score `call.decision_id`: spent in the global scope and the
+        scored decision's tenant (not a request, nor in the shares). `mine`: this process's judge made the call
+        (call before it is stored); else another process's, read from the log."""
+        if mine and self.shared:
+            self._own_judged[call.decision_id] = time.monotonic()
+        self.pacer.spend(call.cost_usd, call.tenant)
+
     def start_following(self, tx: WriteTx) -> None:
-        """Book other processes' decisions stored from now on (the stored state holds the ones before)."""
+        """Book other processes' decisions and judge calls stored from now on (the stored state holds the ones
+        before)."""
         if self.shared:
             self._position = tx.last_decision_position()
+            self._judge_position = tx.last_judge_call_position()
 
     def follow_decisions(self) -> int:
         """Book the decisions other processes stored since the last call; returns how many. Without targets
@@ -157,9 +176,22 @@ class BudgetState:
                     found = reader.calls_for_many(list(self._awaiting))
                 for decision_id, call in found.items():
                     self.book_call(self._awaiting.pop(decision_id)[0], call)
+            self._follow_judge_calls()
         except StoreError as exc:
             self._say("decisions", logging.WARNING, "reading other processes' decisions failed: %s", exc)
         return booked
+
+    def _follow_judge_calls(self) -> None:
+        """Spend the judge calls other processes stored since the last read (this process's own: skipped)."""
+        while True:
+            with self.store.read() as reader:
+                rows = reader.judge_calls_after(self._judge_position, DECISIONS_PAGE)
+            for position, call in rows:
+                if self._own_judged.pop(call.decision_id, None) is None:
+                    self.book_judge_call(call, mine=False)
+                self._judge_position = position
+            if len(rows) < DECISIONS_PAGE:
+                return
 
     def _forget(self, now: float) -> None:
         """Drop this process's decision ids not seen in the log after `OWN_FORGET_S` (their insert failed, or no
@@ -168,9 +200,10 @@ class BudgetState:
         if now < self._next_forget:
             return
         self._next_forget = now + OWN_FORGET_S / 4
-        for decision_id, made in list(self._own.items()):
-            if now - made > OWN_FORGET_S:
-                self._own.pop(decision_id, None)
+        for own in (self._own, self._own_judged):
+            for decision_id, made in list(own.items()):
+                if now - made > OWN_FORGET_S:
+                    own.pop(decision_id, None)
         for decision_id, (_, seen) in list(self._awaiting.items()):
             if now - seen > CALL_WAIT_S:
                 del self._awaiting[decision_id]

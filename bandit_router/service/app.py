@@ -274,7 +274,7 @@ async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
             await gateway.close()
             raise ConfigError(f"judge_model: {judge_model!r} has no upstream (base_url)")
         judge = Judge(settings, engine.router.spec(judge_model), gateway.upstreams, engine.feedback,
-                      seed=settings.routing.seed)
+                      engine.record_judge_call, seed=settings.routing.seed)
         judge.start()
         gateway.judge = judge
         gateway.on_answer = judge.offer

@@ -37,7 +37,7 @@ from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
 from ..log.feedback import CALLER_POLICY
 from ..router import Router
-from ..store import CallRecord, FeedbackRecord, RouterCounts, Store, StoredDecision, StoreError
+from ..store import CallRecord, FeedbackRecord, JudgeCall, RouterCounts, Store, StoredDecision, StoreError
 from ..store.location import open_store
 from ..types import Decision, Outcome, Request
 from .exceptions import Conflict, NotFound, Unavailable
@@ -51,6 +51,7 @@ from .writer import (
     Op,
     Promote,
     RecordCall,
+    RecordJudgeCall,
     RetireModel,
     SetBudgets,
     Writer,
@@ -382,6 +383,13 @@ class Engine:
         if failure is not None:
             ops.append(self._submit(Feedback(record.decision_id, failure, source, time.time())))
         await asyncio.gather(*ops)
+
+    async def record_judge_call(self, record: JudgeCall) -> None:
+        """The feedback judge paid `record.cost_usd` to score a decision: spent in the budget pacer at once, in the
+        scored decision's tenant (`BudgetState.book_judge_call`), then stored, so that every process sharing the
+        log books it too."""
+        self.budgets.book_judge_call(record, mine=True)
+        await self._submit(RecordJudgeCall(record))
 
     async def feedback(self, decision_id: str, outcome: Outcome, source: str | None = None) -> FeedbackResult:
         result: FeedbackResult = await self._submit(Feedback(decision_id, outcome, source, time.time()))

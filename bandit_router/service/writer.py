@@ -46,6 +46,7 @@ from ..store import (
     CallStatus,
     FeedbackRecord,
     FeedbackStatus,
+    JudgeCall,
     ModelAction,
     RouterCounts,
     Store,
@@ -184,6 +185,17 @@ class RecordCall(Op):
         self.record = record
 
 
+class RecordJudgeCall(Op):
+    """Store one call of the feedback judge (what it cost, for every process's budgets). Not part of the log:
+    written with the batch's call records."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: JudgeCall) -> None:
+        super().__init__()
+        self.record = record
+
+
 class Feedback(Op):
     """Judge a feedback by the rules (`log.judge`), then store it numbered (or answer a duplicate). What the
     caller left out (tokens, cost, latency) comes from the gateway's call record (`log.with_call`); feedback for
@@ -301,6 +313,10 @@ class Promote(Op):
         return self.name
 
 
+_OUTSIDE_THE_LOG = (InsertDecision, RecordCall, RecordJudgeCall, CountRouter)
+"""Operations that write rows outside the log: a batch of them alone neither reads nor numbers it."""
+
+
 class Writer:
     """The writer thread: `start(prepare)` runs `prepare` (recovery) on the thread, then serves `submit`ted
     operations until `stop`. Between batches it follows the log, and calls `between_batches` (checkpoints,
@@ -410,9 +426,9 @@ class Writer:
 
     def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
         follower = self.follower
-        # Decisions and call records are not part of the log: a batch of them alone neither reads nor numbers it
-        # (BEGIN, one INSERT each, COMMIT). Anything else first catches up with the log, under the lock.
-        touches_log = sweep or any(not isinstance(op, InsertDecision | RecordCall | CountRouter) for op in ops)
+        # Decisions, call records and judge calls are not part of the log: a batch of them alone neither reads nor
+        # numbers it (BEGIN, one INSERT each, COMMIT). Anything else first catches up with the log, under the lock.
+        touches_log = sweep or any(not isinstance(op, _OUTSIDE_THE_LOG) for op in ops)
         try:
             with self.store.write() as tx:
                 batch = Batch(self, tx, active={m.name for m in follower.policies.live.models})
@@ -429,6 +445,9 @@ class Writer:
                 calls = [op.record for op in ops if isinstance(op, RecordCall)]
                 if calls:  # before the feedback below reads them
                     tx.insert_calls(calls)
+                judged = [op.record for op in ops if isinstance(op, RecordJudgeCall)]
+                if judged:
+                    tx.insert_judge_calls(judged)
                 failed = [op.counts for op in ops if isinstance(op, CountRouter)]
                 if failed:
                     tx.add_router_counts(failed)
@@ -438,7 +457,7 @@ class Writer:
                     batch.feedback = tx.feedback_for_many(asked)
                     batch.calls = tx.calls_for_many(asked)
                 for op in ops:
-                    if isinstance(op, InsertDecision | RecordCall | CountRouter):
+                    if isinstance(op, _OUTSIDE_THE_LOG):
                         continue
                     try:
                         op.result = op.run(batch)

@@ -19,6 +19,7 @@ from .records import (
     Checkpoint,
     DecisionInfo,
     FeedbackRecord,
+    JudgeCall,
     ModelEvent,
     StoredDecision,
     StoreStats,
@@ -98,6 +99,11 @@ class Reader(Protocol):
         """The gateway's call record of each of `decision_ids` that has one (one query)."""
         ...
 
+    def judge_calls_after(self, position: int, limit: int) -> list[tuple[int, JudgeCall]]:
+        """Up to `limit` of the feedback judge's calls stored after storage position `position`, in storage order,
+        each with its position (pass the last one back to page on)."""
+        ...
+
     def get_meta(self, key: str) -> str | None: ...
 
 
@@ -130,6 +136,10 @@ class WriteTx(Reader, Protocol):
         """Store the gateway's call records (a decision has at most one: a second one replaces it)."""
         ...
 
+    def insert_judge_calls(self, records: Sequence[JudgeCall]) -> None:
+        """Store the feedback judge's calls, each at the next storage position."""
+        ...
+
     def insert_checkpoint(
         self, *, fingerprint: str, seq: int, event_id: int, version: int, sha256: str, state: bytes, keep: int
     ) -> bool:
@@ -143,6 +153,10 @@ class WriteTx(Reader, Protocol):
 
     def last_decision_position(self) -> int:
         """The storage position of the newest decision (0 when none)."""
+        ...
+
+    def last_judge_call_position(self) -> int:
+        """The storage position of the feedback judge's newest call (0 when none)."""
         ...
 
     def set_meta(self, key: str, value: str) -> None: ...

@@ -260,6 +260,37 @@ MIGRATIONS: tuple[Migration, ...] = (
         (router_stats.TABLE, router_stats.BACKFILL),
         (router_stats.TABLE_POSTGRES, *router_stats.BACKFILL_POSTGRES),
     ),
+    Migration(
+        8,
+        "the feedback judge's calls (`judge_calls`: the scored decision, its tenant, tokens, cost), in storage "
+        "order, so that every process sharing the log books them in its budgets",
+        (
+            """CREATE TABLE IF NOT EXISTS judge_calls (
+                position INTEGER PRIMARY KEY AUTOINCREMENT,
+                decision_id TEXT NOT NULL,
+                tenant TEXT,
+                model TEXT NOT NULL,
+                input_tokens INTEGER NOT NULL,
+                output_tokens INTEGER NOT NULL,
+                cost_usd REAL NOT NULL,
+                created_at REAL NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS judge_calls_decision ON judge_calls (decision_id)",
+        ),
+        (
+            """CREATE TABLE IF NOT EXISTS judge_calls (
+                position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                decision_id TEXT NOT NULL,
+                tenant TEXT,
+                model TEXT NOT NULL,
+                input_tokens BIGINT NOT NULL,
+                output_tokens BIGINT NOT NULL,
+                cost_usd DOUBLE PRECISION NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX IF NOT EXISTS judge_calls_decision ON judge_calls (decision_id)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

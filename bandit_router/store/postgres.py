@@ -56,6 +56,7 @@ from .records import (
     Checkpoint,
     DecisionInfo,
     FeedbackRecord,
+    JudgeCall,
     ModelEvent,
     ModelStats,
     StoredDecision,
@@ -75,6 +76,8 @@ from .sqlite import (
     CHAINS_SQL,
     DECISION_COLUMNS,
     FEEDBACK_COLUMNS,
+    JUDGE_CALL_COLUMNS,
+    JUDGE_CALLS_AFTER,
     _call_from_row,
     _call_value,
     _chains_from_rows,
@@ -317,6 +320,7 @@ class PostgresStore:
                 conn.execute("DELETE FROM shadow_pmfs WHERE decision_id = ANY(%s)", (ids,))
                 conn.execute("DELETE FROM calls WHERE decision_id = ANY(%s)", (ids,))
                 conn.execute("DELETE FROM chains WHERE decision_id = ANY(%s)", (ids,))
+                conn.execute("DELETE FROM judge_calls WHERE decision_id = ANY(%s)", (ids,))
                 deleted += conn.execute("DELETE FROM decisions WHERE decision_id = ANY(%s)", (ids,)).rowcount
         return int(deleted)
 
@@ -517,6 +521,19 @@ class _PostgresTx(_SQLiteTx):
         row = self._one("SELECT COALESCE(MAX(position), 0) FROM decisions")
         return int(row[0]) if row else 0
 
+    def last_judge_call_position(self) -> int:
+        row = self._one("SELECT COALESCE(MAX(position), 0) FROM judge_calls")
+        return int(row[0]) if row else 0
+
+    def insert_judge_calls(self, records: Sequence[JudgeCall]) -> None:
+        for start in range(0, len(records), _CHUNK):
+            chunk = records[start : start + _CHUNK]
+            marks = ",".join(["(" + ", ".join(["%s"] * len(JUDGE_CALL_COLUMNS)) + ")"] * len(chunk))
+            self.conn.execute(
+                f"INSERT INTO judge_calls ({', '.join(JUDGE_CALL_COLUMNS)}) VALUES {marks}",
+                [getattr(r, c) for r in chunk for c in JUDGE_CALL_COLUMNS],
+            )
+
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -618,6 +635,10 @@ class _PostgresTx(_SQLiteTx):
         rows = self._rows("SELECT decision_id, pmfs FROM shadow_pmfs WHERE decision_id = ANY(%s)",
                           (list(decision_ids),))
         return {row[0]: json.loads(row[1]) for row in rows}
+
+    def judge_calls_after(self, position: int, limit: int) -> list[tuple[int, JudgeCall]]:
+        rows = self._rows(JUDGE_CALLS_AFTER.format(mark="%s"), (position, limit))
+        return [(int(row[0]), JudgeCall(*row[1:])) for row in rows]
 
     def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
         rows = self._rows(

@@ -195,6 +195,21 @@ class CallRecord:
         return value if isinstance(value, dict) else None
 
 
+
+@dataclass(frozen=True, slots=True)
+class JudgeCall:
+    """One call of the gateway's feedback judge (`bandit_router.gateway.judge`) that the judge model answered:
+    what it cost, for the budget pacer of every process sharing the log. `decision_id` is the answer it scored,
+    `tenant` that decision's tenant (the scope its cost counts in). A failed call costs nothing and is not stored."""
+
+    decision_id: str
+    tenant: str | None
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    created_at: float
+
 @dataclass(frozen=True, slots=True)
 class ChainFeedback:
     """A learned cascade's chain with the feedback its escalation learns (`Reader.chains_after`): the first

@@ -53,6 +53,7 @@ from .records import (
     DecisionInfo,
     FeedbackRecord,
     FeedbackStatus,
+    JudgeCall,
     ModelEvent,
     ModelStats,
     StoredDecision,
@@ -292,6 +293,7 @@ class SQLiteStore:
                 conn.execute(f"DELETE FROM shadow_pmfs WHERE decision_id IN ({marks})", ids)
                 conn.execute(f"DELETE FROM calls WHERE decision_id IN ({marks})", ids)
                 conn.execute(f"DELETE FROM chains WHERE decision_id IN ({marks})", ids)
+                conn.execute(f"DELETE FROM judge_calls WHERE decision_id IN ({marks})", ids)
                 deleted += conn.execute(f"DELETE FROM decisions WHERE decision_id IN ({marks})", ids).rowcount
         return int(deleted)
 
@@ -592,6 +594,18 @@ class _SQLiteTx:
     def last_decision_position(self) -> int:
         return int(self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM decisions").fetchone()[0])
 
+    def last_judge_call_position(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(position), 0) FROM judge_calls").fetchone()[0])
+
+    def insert_judge_calls(self, records: Sequence[JudgeCall]) -> None:
+        for start in range(0, len(records), _CHUNK):
+            chunk = records[start : start + _CHUNK]
+            marks = ",".join([f"({','.join('?' * len(JUDGE_CALL_COLUMNS))})"] * len(chunk))
+            self.conn.execute(
+                f"INSERT INTO judge_calls ({', '.join(JUDGE_CALL_COLUMNS)}) VALUES {marks}",
+                [getattr(r, c) for r in chunk for c in JUDGE_CALL_COLUMNS],
+            )
+
     def set_meta(self, key: str, value: str) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
@@ -693,6 +707,12 @@ class _SQLiteTx:
         sql = "SELECT decision_id, pmfs FROM shadow_pmfs WHERE decision_id IN ({marks})"
         return {row["decision_id"]: json.loads(row["pmfs"]) for row in self._in_chunks(sql, decision_ids)}
 
+    def judge_calls_after(self, position: int, limit: int) -> list[tuple[int, JudgeCall]]:
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'judge_calls'").fetchone() is None:
+            return []  # a database no service with this version prepared yet
+        rows = self._execute(JUDGE_CALLS_AFTER.format(mark="?"), (position, limit), plain=True).fetchall()
+        return [(int(row[0]), JudgeCall(*row[1:])) for row in rows]
+
     def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
         rows = self._execute(
             f"SELECT {_DECISIONS}, rowid FROM decisions WHERE rowid > ? ORDER BY rowid LIMIT ?",
@@ -791,6 +811,13 @@ CALLS_WITH_CHAINS = (
 """A call record with its chain (the `chains` table: one JSON document per named router's decision, beside its
 call record as `shadow_pmfs` is beside its decision: a chain is read whole, by the decision view and the
 escalation learners, and its steps' shape belongs to `bandit_router.cascade`, not to the schema)."""
+JUDGE_CALL_COLUMNS = ("decision_id", "tenant", "model", "input_tokens", "output_tokens", "cost_usd", "created_at")
+"""The columns of `judge_calls` besides its storage position, in `JudgeCall`'s order."""
+JUDGE_CALLS_AFTER = (
+    f"SELECT position, {', '.join(JUDGE_CALL_COLUMNS)} FROM judge_calls WHERE position > {{mark}} "
+    "ORDER BY position LIMIT {mark}"
+)
+"""`Reader.judge_calls_after` for both dialects (`mark`: the driver's placeholder)."""
 CALLS_WITHOUT_CHAINS = f"SELECT {', '.join(CALL_COLUMNS)}, NULL FROM calls c"
 """`CALLS_WITH_CHAINS` on a database that has no `chains` table yet (schema 5: not yet migrated)."""
 CHAINS_SQL = (
