@@ -1,0 +1,63 @@
+"""How often a policy locks in on RouterBench's tuning split: per-seed regret and the best fixed model's share.
+
+    .venv/bin/python experiments/learning-efficiency/lockin.py SPEC … > experiments/learning-efficiency/results/X.md
+
+RouterBench's RouterDC *train* split (a tuning set; never what the experiment reports), λ = 0 and 10, seeds
+100–131. Per policy and λ: regret per request against the best fixed model (whole stream / second half) as mean ±
+standard error over seeds, and the runs that locked in: whole-stream regret above 0.1 per request, with the
+share of traffic the best fixed model got in them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from simulator.environments import EnvSpec
+from simulator.report import git_commit
+from simulator.runner import Plan, simulate
+
+ENV = EnvSpec.parse(
+    "dataset:../shared/data/routerbench_subset/routerbench_subset.csv.gz",
+    split="split_routerdc",
+    train_value="test",
+    eval_value="train",
+)
+SEEDS = tuple(range(100, 132))
+COST_WEIGHTS = (0.0, 10.0)
+LOCKED_IN = 0.1
+
+
+def main() -> None:
+    specs = tuple(sys.argv[1:]) or ("default",)
+    result = simulate(Plan(env=ENV, policies=specs, cost_weights=COST_WEIGHTS, seeds=SEEDS), workers=2)
+    print("# Lock-in on RouterBench's tuning split\n")
+    print(
+        f"Command: `.venv/bin/python experiments/learning-efficiency/lockin.py {' '.join(specs)}`; "
+        f"seeds {SEEDS[0]}–{SEEDS[-1]}; commit `{git_commit()}`.\n"
+    )
+    print("| policy | λ | whole stream | second half | runs > 0.1 per request (best fixed model's share) |")
+    print("|---|---|---|---|---|")
+    for spec in specs:
+        for lam in COST_WEIGHTS:
+            runs = [r for r in result.runs if r.policy == spec and r.cost_weight == lam]
+            whole = np.array([r.regret_per_request for r in runs])
+            half = np.array([r.regret_per_request_second_half for r in runs])
+            locked = [r for r in runs if r.regret_per_request > LOCKED_IN]
+            shares = ", ".join(f"seed {r.seed}: {r.model_shares.get(r.best_fixed, 0.0):.2f}" for r in locked)
+            print(
+                f"| {spec} | {lam:g} | {_mean_se(whole)} | {_mean_se(half)} | "
+                f"{len(locked)} of {len(runs)}{' (' + shares + ')' if locked else ''} |"
+            )
+
+
+def _mean_se(values: np.ndarray) -> str:
+    return f"{values.mean():+.4f} ± {values.std(ddof=1) / np.sqrt(len(values)):.4f}"
+
+
+if __name__ == "__main__":
+    main()
