@@ -51,11 +51,25 @@ class Gateways:
 
     def start(self, db: str = "router.db", budgets: dict[str, Any] | None = None, **changes: Any) -> str:
         """A gateway on `db` (a file name in the test's folder, or a PostgreSQL URL)."""
-        specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=self.fake.url + "/v1",  # type: ignore[attr-defined]
-                                route=n in ("cheap", "strong")) for n in PRICES)
+        specs = tuple(
+            ModelSpec(
+                n,
+                *PRICES[n],
+                tags={"family": "fake"},
+                base_url=self.fake.url + "/v1",  # type: ignore[attr-defined]
+                route=n in ("cheap", "strong"),
+            )
+            for n in PRICES
+        )
         location = db if "://" in db else str(self.folder / db)
-        settings = Settings(db=location, models=specs, routers=ROUTERS, seed=11,
-                            budgets=BudgetConfig.from_mapping(budgets or BUDGETS), **changes)
+        settings = Settings(
+            db=location,
+            models=specs,
+            routers=ROUTERS,
+            seed=11,
+            budgets=BudgetConfig.from_mapping(budgets or BUDGETS),
+            **changes,
+        )
         server = ServerThread(create_app(settings))
         url = server.wait_ready(30)
         self.servers[url] = server
@@ -86,8 +100,11 @@ def spent(url: str, tenant: str | None = None) -> float:
 
 
 def post(url: str, model: str, prompt: str) -> httpx.Response:
-    return httpx.post(url + "/v1/chat/completions", timeout=30,
-                      json={"model": model, "messages": [{"role": "user", "content": prompt}]})
+    return httpx.post(
+        url + "/v1/chat/completions",
+        timeout=30,
+        json={"model": model, "messages": [{"role": "user", "content": prompt}]},
+    )
 
 
 def expected_cost(url: str, decision_id: str) -> float:
@@ -256,8 +273,10 @@ def test_the_pacer_books_a_known_cost_and_spends_beside_its_bookings() -> None:
     from bandit_router.catalog import default_catalog
 
     clock = [1000.0]
-    pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=0.001", "share:gpt-4o=0.5", "@acme:spend_usd=1/1d"]),
-                        clock=lambda: clock[0])
+    pacer = BudgetPacer(
+        BudgetConfig.from_strings(["avg_cost_usd=0.001", "share:gpt-4o=0.5", "@acme:spend_usd=1/1d"]),
+        clock=lambda: clock[0],
+    )
     router = Router(default_catalog(), "default", seed=0)
     decision = router.route(Request(prompt="Sort a list", context={"tenant": "acme"}, models=("gpt-4o",)))
     pacer.book(decision, 0.004)
@@ -301,8 +320,11 @@ def test_an_llm_routers_unused_policy_decision_is_booked_by_no_process(gateways:
 
     def booked(url: str) -> tuple[int, float, list[Any]]:
         scope = report(url)["global"]
-        return scope["requests"], scope["spend_usd"], [(t["requests"], t["realized"]) for t in scope["targets"]
-                                                       if t["kind"] == "share"]
+        return (
+            scope["requests"],
+            scope["spend_usd"],
+            [(t["requests"], t["realized"]) for t in scope["targets"] if t["kind"] == "share"],
+        )
 
     deadline = time.monotonic() + 15
     while report(b)["global"]["requests"] < 1:
@@ -377,17 +399,7 @@ def test_processes_sharing_the_log_book_each_others_caller_named_calls_once(gate
         cost = call_cost(url, reply.headers["x-decision-id"])
         total, acme = total + cost, acme + (cost if i == 1 else 0.0)
 
-    def booked(url: str) -> tuple[int, float, float]:
-        scopes = report(url)
-        return scopes["global"]["requests"], scopes["global"]["spend_usd"], scopes["tenants"]["acme"]["spend_usd"]
-
-    expected = (4, pytest.approx(total, rel=1e-9), pytest.approx(acme, rel=1e-9))
-    deadline = time.monotonic() + 15
-    while not all(booked(u) == expected for u in (a, b)):
-        assert time.monotonic() < deadline, [booked(u) for u in (a, b)]
-        time.sleep(0.05)
-    time.sleep(0.3)  # a second booking or correction of anything would have happened by now
-    assert booked(a) == booked(b) == expected
+    _every_process_books((a, b), requests=4, spend=total, acme=acme)
 
 
 # -- the gateway's feedback judge ----------------------------------------------------------------------------------
@@ -449,17 +461,24 @@ def test_processes_sharing_the_log_book_each_others_judge_calls_once(gateways: G
         cost, judges[url] = cost + so_far - judges[url], so_far
         total, acme = total + cost, acme + (cost if i == 1 else 0.0)
 
+    _every_process_books((a, b), requests=4, spend=total, acme=acme)
+
+
+def _every_process_books(urls: tuple[str, ...], *, requests: int, spend: float, acme: float) -> None:
+    """Wait (≤ 15 s) until every process reports these global requests and spend and acme's spend, then check
+    that 0.3 s later (the log is read every 50 ms) none has booked or corrected anything twice."""
+
     def booked(url: str) -> tuple[int, float, float]:
         scopes = report(url)
         return scopes["global"]["requests"], scopes["global"]["spend_usd"], scopes["tenants"]["acme"]["spend_usd"]
 
-    expected = (4, pytest.approx(total, rel=1e-9), pytest.approx(acme, rel=1e-9))
+    expected = (requests, pytest.approx(spend, rel=1e-9), pytest.approx(acme, rel=1e-9))
     deadline = time.monotonic() + 15
-    while not all(booked(u) == expected for u in (a, b)):
-        assert time.monotonic() < deadline, [booked(u) for u in (a, b)]
+    while not all(booked(u) == expected for u in urls):
+        assert time.monotonic() < deadline, [booked(u) for u in urls]
         time.sleep(0.05)
-    time.sleep(0.3)  # a second booking of anything would have happened by now (the log is read every 50 ms)
-    assert booked(a) == expected and booked(b) == expected  # (summed in different orders: equal within rounding)
+    time.sleep(0.3)
+    assert all(booked(u) == expected for u in urls), [booked(u) for u in urls]  # summed in different orders
 
 
 def _as_schema_7(location: str) -> None:

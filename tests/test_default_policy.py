@@ -242,3 +242,19 @@ def test_thompson_pmf_by_integration_matches_monte_carlo() -> None:
 def test_thompson_pmf_splits_exact_ties_evenly() -> None:
     pmf = exploration.gaussian_argmax_pmf(np.array([0.5, 0.5, 0.5]), np.array([0.1, 0.1, 0.1]))
     assert np.allclose(pmf, 1 / 3)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"noise_prior": 0.001},
+        {"noise_prior": 0.3},
+        {"noise_prior": -0.1},
+        {"prior_variance": 0.0},
+        {"prior_variance": 1.5},
+    ],
+)
+def test_the_priors_variances_are_checked(setting: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match=r"noise_prior|prior_variance"):
+        HierarchicalParams(**setting)
+    assert HierarchicalParams(noise_prior=0.0).noise_prior == 0.0  # the first version's rule, still accepted

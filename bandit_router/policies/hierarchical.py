@@ -153,8 +153,8 @@ class HierarchicalParams:
             raise ValueError("nodes must be in [4, 128]")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}")
-        if not 0.0 <= self.noise_prior <= MAX_VARIANCE:
-            raise ValueError("noise_prior must be in [0, 0.25]")
+        if self.noise_prior != 0.0 and not MIN_VARIANCE <= self.noise_prior <= MAX_VARIANCE:
+            raise ValueError("noise_prior must be 0 (μ̂(1 − μ̂)) or in [0.01, 0.25]")
         if not 0.0 < self.prior_variance <= 1.0:
             raise ValueError("prior_variance must be in (0, 1]")
         if not 0.0 <= self.mix <= 0.5 or not 16 <= self.draws <= 65536:
