@@ -6,14 +6,12 @@ log books another process's named-router requests at the same amounts."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from bandit_router.budgets import BudgetConfig
@@ -21,9 +19,9 @@ from bandit_router.catalog import ModelSpec
 from bandit_router.config import RouterAlias, Settings
 from bandit_router.service import create_app
 from bandit_router.store import JudgeCall
-from bandit_router.store.location import DatabaseURL
 from benchmarks.fake_upstream import JUDGE, ServerThread
 from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ChooserFake, serving
+from tests.old_schema import as_previous_schema
 from tests.test_cascade_live import ask, feedback, stored
 
 ROUTERS = (
@@ -481,19 +479,6 @@ def _every_process_books(urls: tuple[str, ...], *, requests: int, spend: float, 
     assert all(booked(u) == expected for u in urls), [booked(u) for u in urls]  # summed in different orders
 
 
-def _as_schema_7(location: str) -> None:
-    """Make the database at `location` what the previous version left: no `judge_calls`, schema version 7."""
-    statements = ("DROP TABLE judge_calls", "UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-    if location.startswith("postgresql"):
-        with psycopg.connect(DatabaseURL(location).reveal(), autocommit=True) as pg:
-            for sql in statements:
-                pg.execute(sql)  # type: ignore[arg-type]
-    else:
-        with sqlite3.connect(location) as conn:
-            for sql in statements:
-                conn.execute(sql)
-
-
 def test_migration_8_gives_a_schema_7_database_the_judge_calls(gateways: Gateways, db: str) -> None:
     """A schema-7 database (budget state stored, no `judge_calls`) upgrades when the service starts: the stored
     spend is kept, and from then on every process sharing the log books every judge call once."""
@@ -501,7 +486,7 @@ def test_migration_8_gives_a_schema_7_database_the_judge_calls(gateways: Gateway
     before = routed(url, PROSE) + judged(url, 1)
     assert spent(url) == pytest.approx(before, rel=1e-9)
     gateways.stop(url)
-    _as_schema_7(db if "://" in db else str(gateways.folder / db))
+    as_previous_schema(db if "://" in db else str(gateways.folder / db), "judge_calls", 7)
     a = gateways.start(db, workers=2, **JUDGED)
     b = gateways.start(db, workers=2)
     for url in (a, b):

@@ -6,14 +6,12 @@ gateway against the fake upstream on 127.0.0.1, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from bandit_router.catalog import ModelSpec
@@ -27,6 +25,7 @@ from bandit_router.store.router_stats import day_of, of_chain
 from bandit_router.types import Request
 from benchmarks.fake_upstream import JUDGE, ServerThread
 from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ChooserFake, serving
+from tests.old_schema import as_previous_schema
 
 ROUTERS = (
     RouterAlias("cascade", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=0.7),
@@ -223,19 +222,6 @@ def test_two_processes_show_the_deployments_counts_and_a_restart_keeps_them(
 
 
 # -- migration 7 --------------------------------------------------------------------------------------------------
-def _as_schema_6(db: str) -> None:
-    """Make `db` what the previous version left: no `router_stats`, schema version 6 (its chains as they are)."""
-    statements = ("DROP TABLE router_stats", "UPDATE meta SET value = '6' WHERE key = 'schema_version'")
-    if db.startswith("postgresql"):
-        with psycopg.connect(DatabaseURL(db).reveal(), autocommit=True) as pg:
-            for sql in statements:
-                pg.execute(sql)  # type: ignore[arg-type]
-    else:
-        with sqlite3.connect(db) as conn:
-            for sql in statements:
-                conn.execute(sql)
-
-
 def test_migration_7_counts_the_chains_a_schema_6_database_stored(
     serve: Callable[..., tuple[str, ServerThread]], fake: ChooserFake, db: str
 ) -> None:
@@ -247,7 +233,7 @@ def test_migration_7_counts_the_chains_a_schema_6_database_stored(
     live = named_stats(url)
     decisions = httpx.get(url + "/v1/stats").json()["decisions"]
     server.stop()
-    _as_schema_6(db)
+    as_previous_schema(db, "router_stats", 6)
     expected["cascade"]["requests"] -= 1
     expected["cascade"]["failed_requests"] = 0
     expected["cascade"]["answer_calls"] -= 2
@@ -290,7 +276,7 @@ def _schema_6_with_chains(db: str, chains: Sequence[str]) -> None:
                 )])  # fmt: skip
     finally:
         store.close()
-    _as_schema_6(db)
+    as_previous_schema(db, "router_stats", 6)
 
 
 def test_migration_7_leaves_out_what_is_not_a_named_routers_chain(db: str) -> None:
