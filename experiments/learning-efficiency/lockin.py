@@ -16,17 +16,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tune.py: the tuning split, mean ± SE
 
-from simulator.environments import EnvSpec
+from tune import SETS, mean_se
+
 from simulator.report import git_commit
 from simulator.runner import Plan, simulate
 
-ENV = EnvSpec.parse(
-    "dataset:../shared/data/routerbench_subset/routerbench_subset.csv.gz",
-    split="split_routerdc",
-    train_value="test",
-    eval_value="train",
-)
+ENV = SETS["routerbench-train"]
 SEEDS = tuple(range(100, 132))
 COST_WEIGHTS = (0.0, 10.0)
 LOCKED_IN = 0.1
@@ -50,13 +47,10 @@ def main() -> None:
             locked = [r for r in runs if r.regret_per_request > LOCKED_IN]
             shares = ", ".join(f"seed {r.seed}: {r.model_shares.get(r.best_fixed, 0.0):.2f}" for r in locked)
             print(
-                f"| {spec} | {lam:g} | {_mean_se(whole)} | {_mean_se(half)} | "
+                f"| {spec} | {lam:g} | {mean_se(whole)} | {mean_se(half)} | "
                 f"{len(locked)} of {len(runs)}{' (' + shares + ')' if locked else ''} |"
             )
 
-
-def _mean_se(values: np.ndarray) -> str:
-    return f"{values.mean():+.4f} ± {values.std(ddof=1) / np.sqrt(len(values)):.4f}"
 
 
 if __name__ == "__main__":

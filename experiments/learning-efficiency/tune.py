@@ -100,12 +100,13 @@ def main() -> None:
     print("|---|---|---|")
     for spec in specs:
         diff = per_seed[spec] - per_seed[first]
-        print(f"| {spec} | {_mean_se(per_seed[spec])} | {_mean_se(diff) if spec != first else '—'} |")
+        print(f"| {spec} | {mean_se(per_seed[spec])} | {mean_se(diff) if spec != first else '—'} |")
     best = min(specs, key=lambda s: float(np.mean(scores[s])))
     print(f"\nSelected: `{best}`")
 
 
-def _mean_se(values: np.ndarray) -> str:
+def mean_se(values: np.ndarray) -> str:
+    """`mean ± standard error` over seeds (also `lockin.py`'s cells)."""
     se = float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
     return f"{float(np.mean(values)):+.4f} ± {se:.4f}"
 
