@@ -65,9 +65,9 @@ as it streams); one never recorded (its process died mid-call) stays booked at i
 
 
 class BudgetState:
-    """Saves and loads `pacer` through `store`. Every method runs on the writer thread, except `mine`, `book_chain`
-    and `book_call`, which the engine calls on the event loop (they touch only the pacer, which has its own lock, and
-    `_own`, one dict operation at a time)."""
+    """Saves and loads `pacer` through `store`. Every method runs on the writer thread, except `mine`, `book_chain`,
+    `book_stored`, `book_call` and `book_judge_call(mine=True)`, which the engine calls on the event loop (they touch
+    only the pacer, which has its own lock, and `_own` / `_own_judged`, one dict operation at a time)."""
 
     def __init__(self, store: Store, pacer: BudgetPacer, *, shared: bool = False) -> None:
         self.store = store
@@ -117,6 +117,13 @@ class BudgetState:
             return
         self.pacer.observe(decision, None)
         self.pacer.spend(spend_usd - (call.cost_usd or 0.0), decision.context.attributes.get("tenant"))
+
+    def book_stored(self, decision: Decision) -> None:
+        """`decision`, made outside `Router.route` by this process, is stored: a caller-named model's is booked now at
+        its expected cost (corrected by `book_call` when its call is recorded). Any other: nothing (a gateway
+        fallback was booked by `Router.decide`; a named router's by `book_chain`)."""
+        if decision.policy == CALLER_POLICY:
+            self.pacer.observe(decision, None)
 
     def book_call(self, decision: Decision, call: CallRecord) -> None:
         """`call`, the call record of `decision`, is stored: a caller-named decision's booking (its expected cost ĉ)

@@ -35,7 +35,6 @@ from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, UnknownDecision
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
-from ..log.feedback import CALLER_POLICY
 from ..router import Router
 from ..store import CallRecord, FeedbackRecord, JudgeCall, RouterCounts, Store, StoredDecision, StoreError
 from ..store.location import open_store
@@ -360,8 +359,7 @@ class Engine:
         await self._submit(
             InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow, call, counts)
         )
-        if decision.policy == CALLER_POLICY:
-            self.pacer.observe(decision, None)
+        self.budgets.book_stored(decision)
         return decision
 
     async def count_router(self, counts: RouterCounts, request: Request) -> None:
