@@ -124,6 +124,8 @@ _BAD_FILES = [
     ("catalog = 'missing.toml'\n", "catalog"),
     ("catalog = 'x.toml'\n[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n", "not both"),
     ("[[models]]\nname = 'm'\ninput_usd_per_mtok = -1\noutput_usd_per_mtok = 1\n", "models"),
+    ("[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n" * 2,
+     "models: duplicate model name 'm'"),
     ("port = \n", "not valid TOML"),
 ]
 
