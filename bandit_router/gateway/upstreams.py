@@ -70,6 +70,16 @@ class Endpoint:
         return self.url.removesuffix("/chat/completions")
 
 
+def unreachable(endpoint: Endpoint | None, environ: Mapping[str, str]) -> str | None:
+    """Why the gateway cannot call a model whose endpoint is `endpoint` (None: it can), as the end of a sentence
+    that starts with the model's name."""
+    if endpoint is None:
+        return "has no upstream: give it a base_url, or set default_base_url"
+    if endpoint.api_key_env is not None and not environ.get(endpoint.api_key_env):
+        return f"is called with the key in {endpoint.api_key_env}, which is not set"
+    return None
+
+
 class UpstreamError(BanditRouterError):
     """A call did not produce an answer. The message names the model and what happened, never a key or URL."""
 
@@ -143,6 +153,14 @@ class Upstreams:
 
     def has(self, model: str) -> bool:
         return model in self.endpoints
+
+    def unreachable(self, model: str) -> str | None:
+        """Why `model` is not called (see the module function `unreachable`); None when it is."""
+        if model in self.endpoints:
+            return None
+        if model in self.keyless:
+            return f"is called with the key in {self.keyless[model]}, which is not set"
+        return unreachable(None, {})
 
     def add(self, endpoint: Endpoint, environ: Mapping[str, str] | None = None) -> None:
         """Call `endpoint.model` from now on (a model added at run time)."""

@@ -50,6 +50,9 @@ def serve(
     }
     try:
         settings = load_settings(config, overrides=overrides)
+        from .app import check_upstreams
+
+        check_upstreams(settings)  # the judge's and named routers' models: a message now, not a traceback later
         storage = settings.storage
         store = open_store(storage.db, synchronous=storage.synchronous)
         try:
