@@ -43,6 +43,37 @@ def test_every_python_snippet_runs_as_written(page: str, index: int, code: str, 
     assert done.returncode == 0, f"{page}, snippet {index}:\n{done.stderr[-3000:]}"
 
 
+TOML_FENCE = re.compile(r"^```toml\n(.*?)^```", re.S | re.M)
+TOML_BLOCKS = [
+    (name, i, block)
+    for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
+    for i, block in enumerate(TOML_FENCE.findall((ROOT / name).read_text(encoding="utf-8")))
+]
+
+
+@pytest.mark.parametrize(("page", "index", "text"), TOML_BLOCKS, ids=[f"{p}#{i}" for p, i, _ in TOML_BLOCKS])
+def test_every_toml_example_is_a_settings_file_serve_accepts(
+    page: str, index: int, text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each TOML block of the docs, saved as bandit-router.toml, loads and passes every check `serve` makes before
+    it starts: its keys and tables, and what refers to what (a router's models in the catalog with an upstream,
+    no `route = false` model routed to, a judge that can be called). The files an example names beside it are
+    there: `catalog.toml` (the shipped catalog), the key files; the providers' key variables are set."""
+    from bandit_router.config import load_settings
+    from bandit_router.service.app import check_upstreams
+
+    assert len(TOML_BLOCKS) >= 8
+    (tmp_path / "catalog.toml").write_bytes((ROOT / "bandit_router" / "default_catalog.toml").read_bytes())
+    for name in ("client-keys", "admin-keys"):
+        (tmp_path / name).write_text(f"{name}-0123456789abcdef\n", encoding="utf-8")
+        (tmp_path / name).chmod(0o600)
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "TOGETHER_API_KEY"):
+        monkeypatch.setenv(variable, "sk-test")
+    config = tmp_path / "bandit-router.toml"
+    config.write_text(text, encoding="utf-8")
+    check_upstreams(load_settings(config, env={}))
+
+
 def test_the_docs_build_strictly(tmp_path: Path) -> None:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run(
