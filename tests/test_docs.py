@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,44 @@ def test_every_toml_example_is_a_settings_file_serve_accepts(
     config = tmp_path / "bandit-router.toml"
     config.write_text(text, encoding="utf-8")
     check_upstreams(load_settings(config, env={}))
+
+
+SH_FENCE = re.compile(r"^```(?:sh|bash)\n(.*?)^```", re.S | re.M)
+SIMULATE_COMMANDS = [
+    (name, line.strip())
+    for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
+    for block in SH_FENCE.findall((ROOT / name).read_text(encoding="utf-8"))
+    for line in block.replace("\\\n", " ").splitlines()
+    if line.strip().startswith("bandit-router simulate ")
+]
+
+
+@pytest.mark.parametrize(("page", "command"), SIMULATE_COMMANDS,
+                         ids=[f"{p}#{i}" for i, (p, _) in enumerate(SIMULATE_COMMANDS)])
+def test_every_documented_simulate_command_runs_as_written(
+    page: str, command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each `bandit-router simulate` command of the docs runs from the repository root as written, shortened
+    (one seed, 40 steps, one worker, no plots) and writing into a temporary folder instead of its `--out`. The
+    research datasets it names are read from ../shared/data; a command whose dataset is not there is skipped."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app
+
+    assert len(SIMULATE_COMMANDS) >= 4
+    args = shlex.split(command, comments=True)[1:]
+    for arg in args:
+        if arg.startswith("dataset:") and not (ROOT / arg.removeprefix("dataset:")).is_file():
+            pytest.skip(f"{arg.removeprefix('dataset:')} is not here (../shared/data beside the repository)")
+    assert "--out" in args or "--config" in args, f"{page}: `{command}` has no --out (simulate requires one)"
+    if "--out" in args:
+        args[args.index("--out") + 1] = str(tmp_path / "out")
+    monkeypatch.chdir(ROOT)
+    shortened = ["--seeds", "1", "--steps", "40", "--workers", "1", "--quiet", "--no-plots",
+                 "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, *shortened])
+    assert result.exit_code == 0, f"{page}: `{command}`\n{result.output}"
+    assert (tmp_path / "out" / "summary.json").is_file()
 
 
 def test_the_docs_build_strictly(tmp_path: Path) -> None:
