@@ -128,6 +128,9 @@ def check(
         raise typer.Exit(2)
     db_path = location
     report = check_database(db_path)
+    if report.error and not report.counts and not as_json:  # nothing opened (a typo'd path): no verdict on it
+        typer.echo(f"bandit-router check: {report.error}", err=True)
+        raise typer.Exit(2)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:
