@@ -140,6 +140,19 @@ def test_the_readme_is_a_short_front_page_that_links_into_the_docs() -> None:
         assert (ROOT / link).is_file(), link
 
 
+def test_every_repository_path_the_docs_name_exists() -> None:
+    """A path into the repository written in the README or the docs (`experiments/scenarios/run.sh`,
+    `benchmarks/results/…`) names a file or folder that is there; globs and placeholders are left alone."""
+    token = re.compile(r"(?<![\w./-])(?:experiments|benchmarks|bandit_router|simulator|tools|tests|docs)/[\w./*<>…-]*")
+    missing = [
+        (name, path)
+        for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
+        for found in token.findall((ROOT / name).read_text(encoding="utf-8"))
+        if not any(c in found for c in "*<>…") and not (ROOT / (path := found.rstrip(".-"))).exists()
+    ]
+    assert missing == []
+
+
 def test_the_learning_page_keeps_its_name() -> None:
     """Other work links to docs/learning.md (the policies and their results)."""
     text = (DOCS / "learning.md").read_text(encoding="utf-8")
