@@ -153,6 +153,17 @@ def test_every_repository_path_the_docs_name_exists() -> None:
     assert missing == []
 
 
+def test_the_api_page_names_every_field_the_api_accepts() -> None:
+    """docs/service/api.md names each field of each request body (`POST /v1/route`, `/v1/feedback`, `/v1/models`,
+    `/v1/policies/promote`): a field the service accepts is documented where a user looks for it."""
+    from bandit_router.service.schemas import FeedbackIn, ModelIn, PromoteIn, RouteIn
+
+    text = (DOCS / "service" / "api.md").read_text(encoding="utf-8")
+    for schema in (RouteIn, FeedbackIn, ModelIn, PromoteIn):
+        missing = [f for f in schema.model_fields if f"`{f}`" not in text and f'"{f}"' not in text]
+        assert missing == [], (schema.__name__, missing)
+
+
 def test_the_learning_page_keeps_its_name() -> None:
     """Other work links to docs/learning.md (the policies and their results)."""
     text = (DOCS / "learning.md").read_text(encoding="utf-8")
