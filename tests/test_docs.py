@@ -164,6 +164,15 @@ def test_the_api_page_names_every_field_the_api_accepts() -> None:
         assert missing == [], (schema.__name__, missing)
 
 
+def test_the_simulator_page_names_every_policy_and_strategy() -> None:
+    """docs/simulator.md names every registered policy and every simulator strategy `--policies` takes."""
+    from bandit_router.policies import REGISTRY
+    from simulator.agents.registry import AGENTS
+
+    text = (DOCS / "simulator.md").read_text(encoding="utf-8")
+    assert [name for name in [*REGISTRY, *AGENTS] if not re.search(rf"`{re.escape(name)}[`:\[]", text)] == []
+
+
 def test_the_learning_page_keeps_its_name() -> None:
     """Other work links to docs/learning.md (the policies and their results)."""
     text = (DOCS / "learning.md").read_text(encoding="utf-8")
