@@ -173,6 +173,27 @@ def test_the_simulator_page_names_every_policy_and_strategy() -> None:
     assert [name for name in [*REGISTRY, *AGENTS] if not re.search(rf"`{re.escape(name)}[`:\[]", text)] == []
 
 
+ENV_EXAMPLE = re.compile(r"\b(BANDIT_ROUTER_[A-Z_]+)=(?:([^\s`'\"]+)|'([^']*)')")
+ENV_EXAMPLES = sorted({
+    (name, m.group(1), m.group(3) if m.group(3) is not None else m.group(2))
+    for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
+    for m in ENV_EXAMPLE.finditer((ROOT / name).read_text(encoding="utf-8"))
+})
+
+
+@pytest.mark.parametrize(("page", "variable", "value"), ENV_EXAMPLES, ids=[f"{p}:{v}" for p, v, _ in ENV_EXAMPLES])
+def test_every_environment_example_is_a_setting_serve_accepts(
+    page: str, variable: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`BANDIT_ROUTER_X=value` as the docs write it, alone in the environment, loads and passes `serve`'s checks
+    (with the default policy and catalog)."""
+    from bandit_router.config import load_settings
+
+    assert len(ENV_EXAMPLES) >= 4
+    monkeypatch.chdir(tmp_path)  # no ./bandit-router.toml
+    load_settings(env={variable: value})
+
+
 def test_the_learning_page_keeps_its_name() -> None:
     """Other work links to docs/learning.md (the policies and their results)."""
     text = (DOCS / "learning.md").read_text(encoding="utf-8")
