@@ -138,6 +138,10 @@ def test_the_readme_is_a_short_front_page_that_links_into_the_docs() -> None:
     assert len(links) >= 8
     for link in links:
         assert (ROOT / link).is_file(), link
+    for link, anchor in re.findall(r"\]\((docs/[^)#]+)#([^)]+)\)", readme):  # the site's anchors: its headings' slugs
+        headings = re.findall(r"^#+ (.+)$", (ROOT / link).read_text(encoding="utf-8"), re.M)
+        slugs = {re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", h.strip().lower())) for h in headings}
+        assert anchor in slugs, (link, anchor)
 
 
 def test_every_repository_path_the_docs_name_exists() -> None:
