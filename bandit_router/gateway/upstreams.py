@@ -70,13 +70,20 @@ class Endpoint:
         return self.url.removesuffix("/chat/completions")
 
 
+NO_UPSTREAM = "has no upstream: give it a base_url, or set default_base_url"
+
+
+def key_not_set(variable: str) -> str:
+    return f"is called with the key in {variable}, which is not set"
+
+
 def unreachable(endpoint: Endpoint | None, environ: Mapping[str, str]) -> str | None:
     """Why the gateway cannot call a model whose endpoint is `endpoint` (None: it can), as the end of a sentence
     that starts with the model's name."""
     if endpoint is None:
-        return "has no upstream: give it a base_url, or set default_base_url"
+        return NO_UPSTREAM
     if endpoint.api_key_env is not None and not environ.get(endpoint.api_key_env):
-        return f"is called with the key in {endpoint.api_key_env}, which is not set"
+        return key_not_set(endpoint.api_key_env)
     return None
 
 
@@ -158,9 +165,7 @@ class Upstreams:
         """Why `model` is not called (see the module function `unreachable`); None when it is."""
         if model in self.endpoints:
             return None
-        if model in self.keyless:
-            return f"is called with the key in {self.keyless[model]}, which is not set"
-        return unreachable(None, {})
+        return key_not_set(self.keyless[model]) if model in self.keyless else NO_UPSTREAM
 
     def add(self, endpoint: Endpoint, environ: Mapping[str, str] | None = None) -> None:
         """Call `endpoint.model` from now on (a model added at run time)."""
