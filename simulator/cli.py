@@ -208,7 +208,8 @@ def simulate(
             raise typer.BadParameter(str(exc), param_hint="--config") from exc
         unknown = set(from_file) - CONFIG_KEYS
         if unknown:
-            raise typer.BadParameter(f"{config}: unknown keys {sorted(unknown)}", param_hint="--config")
+            known = ", ".join(sorted(CONFIG_KEYS))
+            raise typer.BadParameter(f"{config}: unknown keys {sorted(unknown)}; known: {known}", param_hint="--config")
     given = {
         "env": env,
         "scenarios": scenario or None,
@@ -234,11 +235,14 @@ def simulate(
     settings = layered(DEFAULTS, from_file, given)  # the same layering as the service's settings (flags win)
     if "env" not in settings or "out" not in settings:
         raise typer.BadParameter("--env and --out are required (on the command line or in --config)")
+    for key in _INTEGER_KEYS:  # a config file's values arrive as written: "x" is a message, not a traceback
+        if settings.get(key) is not None:
+            settings[key] = _integer(key, settings[key])
     policy_list = settings["policies"]
     policy_specs = split_specs(policy_list) if isinstance(policy_list, str) else _listify(policy_list)
     weights = settings["cost_weights"]
-    n_seeds = int(settings["seeds"])
-    start = int(settings["first_seed"])
+    n_seeds = settings["seeds"]
+    start = settings["first_seed"]
     keys = ("split", "train_value", "eval_value", "drop_flag", "prices")
     options: dict[str, Any] = {k: settings[k] for k in keys if k in settings}
     if "tasks" in settings:
@@ -254,10 +258,10 @@ def simulate(
             cost_weights=parse_floats(weights if isinstance(weights, str) else list(weights)),
             seeds=tuple(range(start, start + n_seeds)),
             scenarios=tuple(_listify(settings.get("scenarios"))),
-            steps=int(settings["steps"]) if "steps" in settings else None,
-            passes=int(settings["passes"]),
+            steps=settings.get("steps"),
+            passes=settings["passes"],
             warmup=str(settings["warmup"]),
-            window=int(settings["window"]),
+            window=settings["window"],
             pacer_factory=pacers,
         )
         show = _progress_bar() if sys.stderr.isatty() and not quiet else None
@@ -283,6 +287,18 @@ def simulate(
             )
             for line in _details(r):
                 typer.echo(f"      {line}")
+
+
+_INTEGER_KEYS = ("seeds", "first_seed", "steps", "passes", "window", "workers")
+
+
+def _integer(key: str, value: Any) -> int:
+    """`value` of the option `key` as an integer (a command-line value is one already; a config file's may not be)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise typer.BadParameter(f"{key} must be an integer, got {value!r}", param_hint="--config")
 
 
 def _details(record: dict[str, Any]) -> list[str]:

@@ -468,3 +468,16 @@ def test_health_readiness_and_unavailable(client: TestClient) -> None:
     assert not_ready.status_code == 503 and not_ready.headers["retry-after"] == "1"
     route = client.post("/v1/route", json={"prompt": "x"})
     assert route.status_code == 503 and route.json()["error"] == "unavailable"
+
+
+def test_a_fixed_policy_naming_no_active_model_is_warned_about_at_start(
+    make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`policy = "fixed:gpt-5"` (no such model) still serves, but says at start that every request goes to the
+    cheapest allowed model; a fixed policy on an active model says nothing."""
+    caplog.set_level(logging.WARNING, logger="bandit_router.service")
+    make_client(policy="fixed:gpt-4o", shadow_policies=("fixed:gpt-4o-mini",)).__exit__(None, None, None)
+    assert "is not an active model" not in caplog.text
+    client = make_client(policy="fixed:gpt-5")
+    assert "policy 'fixed:gpt-5': 'gpt-5' is not an active model, so it chooses the cheapest" in caplog.text
+    assert _route(client, prompt="hi")["model"] == "llama-3.1-8b-instruct"

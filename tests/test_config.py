@@ -124,7 +124,10 @@ _BAD_FILES = [
     ("catalog = 'missing.toml'\n", "catalog"),
     ("catalog = 'x.toml'\n[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n", "not both"),
     ("[[models]]\nname = 'm'\ninput_usd_per_mtok = -1\noutput_usd_per_mtok = 1\n", "models"),
+    ("[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n" * 2,
+     "models: duplicate model name 'm'"),
     ("port = \n", "not valid TOML"),
+    ("[budgets]\nspend_usd = '5/1x'\n", r"toml: budgets: target 'spend_usd=5/1x': period '1x' must be a number"),
 ]
 
 

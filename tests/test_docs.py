@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,75 @@ def test_every_python_snippet_runs_as_written(page: str, index: int, code: str, 
     assert done.returncode == 0, f"{page}, snippet {index}:\n{done.stderr[-3000:]}"
 
 
+TOML_FENCE = re.compile(r"^```toml\n(.*?)^```", re.S | re.M)
+TOML_BLOCKS = [
+    (name, i, block)
+    for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
+    for i, block in enumerate(TOML_FENCE.findall((ROOT / name).read_text(encoding="utf-8")))
+]
+
+
+@pytest.mark.parametrize(("page", "index", "text"), TOML_BLOCKS, ids=[f"{p}#{i}" for p, i, _ in TOML_BLOCKS])
+def test_every_toml_example_is_a_settings_file_serve_accepts(
+    page: str, index: int, text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each TOML block of the docs, saved as bandit-router.toml, loads and passes every check `serve` makes before
+    it starts: its keys and tables, and what refers to what (a router's models in the catalog with an upstream,
+    no `route = false` model routed to, a judge that can be called). The files an example names beside it are
+    there: `catalog.toml` (the shipped catalog), the key files; the providers' key variables are set."""
+    from bandit_router.config import load_settings
+    from bandit_router.service.app import check_upstreams
+
+    assert len(TOML_BLOCKS) >= 8
+    (tmp_path / "catalog.toml").write_bytes((ROOT / "bandit_router" / "default_catalog.toml").read_bytes())
+    for name in ("client-keys", "admin-keys"):
+        (tmp_path / name).write_text(f"{name}-0123456789abcdef\n", encoding="utf-8")
+        (tmp_path / name).chmod(0o600)
+    for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "TOGETHER_API_KEY"):
+        monkeypatch.setenv(variable, "sk-test")
+    config = tmp_path / "bandit-router.toml"
+    config.write_text(text, encoding="utf-8")
+    check_upstreams(load_settings(config, env={}))
+
+
+SH_FENCE = re.compile(r"^```(?:sh|bash)\n(.*?)^```", re.S | re.M)
+SIMULATE_COMMANDS = [
+    (name, line.strip())
+    for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
+    for block in SH_FENCE.findall((ROOT / name).read_text(encoding="utf-8"))
+    for line in block.replace("\\\n", " ").splitlines()
+    if line.strip().startswith("bandit-router simulate ")
+]
+
+
+@pytest.mark.parametrize(("page", "command"), SIMULATE_COMMANDS,
+                         ids=[f"{p}#{i}" for i, (p, _) in enumerate(SIMULATE_COMMANDS)])
+def test_every_documented_simulate_command_runs_as_written(
+    page: str, command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each `bandit-router simulate` command of the docs runs from the repository root as written, shortened
+    (one seed, 40 steps, one worker, no plots) and writing into a temporary folder instead of its `--out`. The
+    research datasets it names are read from ../shared/data; a command whose dataset is not there is skipped."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app
+
+    assert len(SIMULATE_COMMANDS) >= 4
+    args = shlex.split(command, comments=True)[1:]
+    for arg in args:
+        if arg.startswith("dataset:") and not (ROOT / arg.removeprefix("dataset:")).is_file():
+            pytest.skip(f"{arg.removeprefix('dataset:')} is not here (../shared/data beside the repository)")
+    assert "--out" in args or "--config" in args, f"{page}: `{command}` has no --out (simulate requires one)"
+    if "--out" in args:
+        args[args.index("--out") + 1] = str(tmp_path / "out")
+    monkeypatch.chdir(ROOT)
+    shortened = ["--seeds", "1", "--steps", "40", "--workers", "1", "--quiet", "--no-plots",
+                 "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, *shortened])
+    assert result.exit_code == 0, f"{page}: `{command}`\n{result.output}"
+    assert (tmp_path / "out" / "summary.json").is_file()
+
+
 def test_the_docs_build_strictly(tmp_path: Path) -> None:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run(
@@ -68,6 +138,64 @@ def test_the_readme_is_a_short_front_page_that_links_into_the_docs() -> None:
     assert len(links) >= 8
     for link in links:
         assert (ROOT / link).is_file(), link
+    for link, anchor in re.findall(r"\]\((docs/[^)#]+)#([^)]+)\)", readme):  # the site's anchors: its headings' slugs
+        headings = re.findall(r"^#+ (.+)$", (ROOT / link).read_text(encoding="utf-8"), re.M)
+        slugs = {re.sub(r"[\s]+", "-", re.sub(r"[^\w\s-]", "", h.strip().lower())) for h in headings}
+        assert anchor in slugs, (link, anchor)
+
+
+def test_every_repository_path_the_docs_name_exists() -> None:
+    """A path into the repository written in the README or the docs (`experiments/scenarios/run.sh`,
+    `benchmarks/results/…`) names a file or folder that is there; globs and placeholders are left alone."""
+    token = re.compile(r"(?<![\w./-])(?:experiments|benchmarks|bandit_router|simulator|tools|tests|docs)/[\w./*<>…-]*")
+    missing = [
+        (name, path)
+        for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
+        for found in token.findall((ROOT / name).read_text(encoding="utf-8"))
+        if not any(c in found for c in "*<>…") and not (ROOT / (path := found.rstrip(".-"))).exists()
+    ]
+    assert missing == []
+
+
+def test_the_api_page_names_every_field_the_api_accepts() -> None:
+    """docs/service/api.md names each field of each request body (`POST /v1/route`, `/v1/feedback`, `/v1/models`,
+    `/v1/policies/promote`): a field the service accepts is documented where a user looks for it."""
+    from bandit_router.service.schemas import FeedbackIn, ModelIn, PromoteIn, RouteIn
+
+    text = (DOCS / "service" / "api.md").read_text(encoding="utf-8")
+    for schema in (RouteIn, FeedbackIn, ModelIn, PromoteIn):
+        missing = [f for f in schema.model_fields if f"`{f}`" not in text and f'"{f}"' not in text]
+        assert missing == [], (schema.__name__, missing)
+
+
+def test_the_simulator_page_names_every_policy_and_strategy() -> None:
+    """docs/simulator.md names every registered policy and every simulator strategy `--policies` takes."""
+    from bandit_router.policies import REGISTRY
+    from simulator.agents.registry import AGENTS
+
+    text = (DOCS / "simulator.md").read_text(encoding="utf-8")
+    assert [name for name in [*REGISTRY, *AGENTS] if not re.search(rf"`{re.escape(name)}[`:\[]", text)] == []
+
+
+ENV_EXAMPLE = re.compile(r"\b(BANDIT_ROUTER_[A-Z_]+)=(?:([^\s`'\"]+)|'([^']*)')")
+ENV_EXAMPLES = sorted({
+    (name, m.group(1), m.group(3) if m.group(3) is not None else m.group(2))
+    for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
+    for m in ENV_EXAMPLE.finditer((ROOT / name).read_text(encoding="utf-8"))
+})
+
+
+@pytest.mark.parametrize(("page", "variable", "value"), ENV_EXAMPLES, ids=[f"{p}:{v}" for p, v, _ in ENV_EXAMPLES])
+def test_every_environment_example_is_a_setting_serve_accepts(
+    page: str, variable: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`BANDIT_ROUTER_X=value` as the docs write it, alone in the environment, loads and passes `serve`'s checks
+    (with the default policy and catalog)."""
+    from bandit_router.config import load_settings
+
+    assert len(ENV_EXAMPLES) >= 4
+    monkeypatch.chdir(tmp_path)  # no ./bandit-router.toml
+    load_settings(env={variable: value})
 
 
 def test_the_learning_page_keeps_its_name() -> None:

@@ -127,6 +127,16 @@ def test_evaluate_and_export_errors(tmp_path: Path) -> None:
     assert runner.invoke(cli_app, ["export", "--db", str(db), "--format", "csv"]).exit_code == 2
 
 
+def test_a_fixed_candidate_must_name_a_model_of_the_log(logged_db: tuple[Path, Any]) -> None:
+    """`-C fixed:gpt-5` (no such model in the log) is refused with the log's models, not evaluated as the cheapest
+    model under the name gpt-5."""
+    db, _ = logged_db
+    typo = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "-C", "fixed:gpt-5"])
+    assert typo.exit_code == 2
+    assert "candidate 'fixed:gpt-5': 'gpt-5' is not a model of the log; its models: gpt-4o-mini, gpt-4o" in typo.output
+    assert "| fixed:gpt-5 |" not in typo.output
+
+
 def test_export_dsjson(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
     db, rounds = logged_db
     out = tmp_path / "log.dsjson"

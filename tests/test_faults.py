@@ -179,6 +179,7 @@ def test_check_reports_integrity_and_the_last_good_checkpoint(make_client: Calla
     assert "NOT intact" in result.output
     missing = runner.invoke(cli_app, ["check", "--db", str(tmp_path / "nope.db")])
     assert missing.exit_code == 2
+    assert missing.output.strip() == f"bandit-router check: {tmp_path / 'nope.db'}: no such file"  # no verdict
 
 
 # -- defect 3: the WAL stays bounded under sustained writes --------------------------------------------------------

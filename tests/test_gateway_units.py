@@ -220,3 +220,39 @@ def test_calls_without_an_answer_never_learn_the_default_reward(tmp_path: Path) 
             assert engine.decision(ids[unanswered])[1] == []
     finally:
         engine.stop()
+
+
+_UNCALLABLE = {
+    "judge": ('[judge]\njudge_model = "keyed"\njudge_sample_rate = 0.5\n',
+              "judge_model: 'keyed' is called with the key in BR_TEST_UNSET_KEY, which is not set"),
+    "router": ('[[routers]]\nname = "pair"\nstrategy = "cascade"\nmodels = ["keyed", "local"]\nsignal = "logprob"\n',
+               "routers: 'pair': 'keyed' is called with the key in BR_TEST_UNSET_KEY, which is not set; "
+               "'local' has no upstream: give it a base_url, or set default_base_url"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_UNCALLABLE))
+def test_serve_names_a_model_the_judge_or_a_router_cannot_call_before_it_starts(tmp_path: Path, case: str) -> None:
+    """`bandit-router serve` with a judge or a named router whose model cannot be called (its key variable is
+    unset, or it has no base_url) stops with exit status 2 and a message naming the model and what to set, not
+    with a traceback of the application's start-up."""
+    import os
+    import subprocess
+    import sys
+
+    table, message = _UNCALLABLE[case]
+    catalog = ('[[models]]\nname = "keyed"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n'
+               'base_url = "http://127.0.0.1:9/v1"\napi_key_env = "BR_TEST_UNSET_KEY"\n'
+               '[[models]]\nname = "local"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n')
+    config = tmp_path / "bandit-router.toml"
+    config.write_text(catalog + table, encoding="utf-8")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_ROUTER_") and k != "BR_TEST_UNSET_KEY"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bandit_router.cli", "serve", "--config", str(config), "--port", "9",
+         "--db", str(tmp_path / "router.db")],
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip() == f"bandit-router serve: {message}"
+    assert not (tmp_path / "router.db").exists()  # stopped before anything was created

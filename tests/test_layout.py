@@ -99,3 +99,27 @@ def test_long_modules_say_why_at_their_top() -> None:
             if "why one module" not in head:
                 long.append(f"{name}: {len(lines)} lines")
     assert not long, long
+
+
+def test_make_says_which_python_it_needs_before_it_installs(tmp_path: Path) -> None:
+    """`make install` (and so `make run`, `make test`) with a Python other than 3.11 or 3.12 stops at once with
+    what it needs and how to give it, instead of a pip failure deep in vowpal-wabbit-next's build."""
+    import shutil
+    import subprocess
+    import sys
+
+    import pytest
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    fake = tmp_path / "python3.13"  # this interpreter, reporting itself as 3.13 to the check
+    fake.write_text("#!/bin/sh\nexec " + sys.executable + " -c 'import sys; sys.version_info = (3, 13, 0, \"final\", "
+                    "0); exec(sys.argv[1])' \"$2\"\n")
+    fake.chmod(0o755)
+    venv = tmp_path / "venv"
+    done = subprocess.run(["make", "-C", str(ROOT), f"VENV={venv}", f"PYTHON={fake}", "install"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert f"bandit-router needs CPython 3.11 or 3.12 (vowpal-wabbit-next 0.7.0 ships wheels for those only); {fake} " \
+           "is 3.13: run make PYTHON=/path/to/python3.12" in done.stderr
+    assert not venv.exists()

@@ -4,6 +4,7 @@ in the middle of a feedback stream, several workers, and the docs' curl round tr
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from docs_pages import service_section
+from docs_pages import page, service_section
 
 from bandit_router.config import Settings
 from bandit_router.log import build_router, fingerprint, rebuild_router
@@ -331,3 +332,25 @@ def test_docs_examples_work_as_written(servers: Callable[..., Server], tmp_path:
         for backup in backups:
             with sqlite3.connect(backup) as conn:
                 assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 2
+
+
+def test_the_budgets_examples_work_as_written(servers: Callable[..., Server], tmp_path: Path) -> None:
+    """docs/budgets.md's curl block against a live server with keys: read the targets with the client key, set
+    them with the admin key, remove them again; every reply is JSON without an error."""
+    client_key, admin_key = "client-key-0123456789", "admin-key-0123456789"
+    block = re.search(r"<!-- tested: budgets.*?-->\s*```bash\n(.*?)```", page(ROOT, "budgets.md"), re.S)
+    assert block is not None
+    server = servers(env={"BANDIT_ROUTER_API_KEYS": client_key, "BANDIT_ROUTER_ADMIN_KEYS": admin_key})
+    server.wait_ready()
+    script = "set -euo pipefail\n" + block.group(1).replace("localhost:8000", f"localhost:{server.port}")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "CLIENT_KEY": client_key, "ADMIN_KEY": admin_key})
+    assert done.returncode == 0, done.stderr
+    replies, text, decoder = [], done.stdout.strip(), json.JSONDecoder()
+    while text:  # the replies follow each other without newlines (curl -s)
+        reply, end = decoder.raw_decode(text)
+        replies.append(reply)
+        text = text[end:].lstrip()
+    assert [r.get("error") for r in replies] == [None, None, None], replies
+    assert [r["targets"] for r in replies] == [
+        [], ["avg_cost_usd=0.0005", "@acme:spend_usd=50/1d", "@acme:share:gpt-4o=0.3"], []]

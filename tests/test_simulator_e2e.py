@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from bandit_router.cli import app
@@ -147,6 +148,20 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "unknown scenario" in result.output
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('steps = "x"', "steps must be an integer, got 'x'"),
+    ("seeds = 1.5", "seeds must be an integer, got 1.5"),
+    ('policy = "linucb"', "unknown keys ['policy']; known: context_columns, cost_weights"),
+])
+def test_a_bad_config_file_is_a_message_naming_the_key(tmp_path: Path, line: str, message: str) -> None:
+    config = tmp_path / "sim.toml"
+    config.write_text(f'env = "dataset:{SAMPLE}"\nout = "{tmp_path / "out"}"\n{line}\n')
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--quiet", "--no-plots"])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.replace("│", " ").split())
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 if __name__ == "__main__":

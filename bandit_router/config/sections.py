@@ -144,8 +144,9 @@ class RoutingSettings:
     models: tuple[ModelSpec, ...] = setting((), help="inline catalog: [[models]] tables (instead of `catalog`)")
     policy: str = setting("default", help="policy spec, e.g. default, vw-squarecb or linucb:alpha=0.5 "
                           "(`bandit-router policies`)")
-    policy_settings: Mapping[str, Any] = setting(factory=dict, help="policy hyper-parameters, e.g. "
-                                                 "{gamma_scale = 20}")
+    policy_settings: Mapping[str, Any] = setting(factory=dict, help="the policy's settings, e.g. {floor = 0.05} for "
+                                                 "`default`, {gamma_scale = 20} for vw-squarecb "
+                                                 "(`bandit-router policies` lists each one's)")
     shadow_policies: tuple[str, ...] = setting((), help="policy specs run next to the live one (they learn, their "
                                                "pmfs are logged, they never choose), e.g. [\"linucb:alpha=0.5\"]; "
                                                "environment: a JSON list")

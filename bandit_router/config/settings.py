@@ -179,7 +179,10 @@ class Settings:
             except CatalogError as exc:
                 raise ConfigError(f"catalog: {exc}") from exc
         if routing.models:
-            return Catalog(routing.models, source="inline [[models]]")
+            try:
+                return Catalog(routing.models, source="inline [[models]]")
+            except CatalogError as exc:  # e.g. two [[models]] tables with one name
+                raise ConfigError(f"models: {exc}") from exc
         return default_catalog()
 
     def reward_config(self) -> RewardConfig:

@@ -18,7 +18,7 @@ service logged next to each decision.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import InvalidInput, UnknownPolicy
@@ -93,6 +93,18 @@ def parse_candidate(spec: str) -> Candidate:
     if rounds < 0 or not 0.0 <= floor <= 0.5:
         raise InvalidInput(f"candidate {label!r}: cold_start_rounds must be >= 0 and cold_start_floor in [0, 0.5]")
     return Candidate(label, "policy", policy, cost_weight, seed, rounds, floor)
+
+
+def check_models(candidates: Iterable[Candidate], models: Sequence[str]) -> None:
+    """A `fixed:<model>` candidate must name a model of the log: the policy would otherwise send every request to
+    the cheapest model and be reported under the name it was given (a typo evaluated as another model)."""
+    for c in candidates:
+        if c.kind != "policy":
+            continue
+        name, settings = parse_spec(c.policy)
+        if name == "fixed" and settings.get("model") not in models:
+            raise InvalidInput(f"candidate {c.label!r}: {settings.get('model')!r} is not a model of the log; "
+                               f"its models: {', '.join(models)}")
 
 
 def baseline_candidates(models: Iterable[str]) -> list[str]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
-from .candidates import Candidate, baseline_candidates, parse_candidate
+from .candidates import Candidate, baseline_candidates, check_models, parse_candidate
 from .estimators import ClippedIPS, Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
 from .overlap import Overlap, OverlapThresholds, overlap
@@ -290,6 +290,7 @@ def _prepare(
     logged = [r for r in every if r.outcome is not None]
     arrays = log_arrays(logged, specs, feature_dim=config.feature_dim)
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
+    check_models(parsed, arrays.models)
     if config.baselines:
         parsed = [*(parse_candidate(b) for b in baseline_candidates(arrays.models)), *parsed]
     unique: dict[str, Candidate] = {}

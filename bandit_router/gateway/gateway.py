@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +42,16 @@ from ..types import Decision, Outcome, Request
 from .chat import ChatRequest
 from .judge import Judge
 from .pricing import Usage, answer_text, estimated
-from .upstreams import Endpoint, Reply, Stream, UpstreamError, UpstreamFailure, UpstreamRejected, Upstreams
+from .upstreams import (
+    Endpoint,
+    Reply,
+    Stream,
+    UpstreamError,
+    UpstreamFailure,
+    UpstreamRejected,
+    Upstreams,
+    unreachable,
+)
 
 log = logging.getLogger("bandit_router.gateway")
 
@@ -200,6 +210,12 @@ class Gateway:
         return Endpoint.of(spec, default_base_url=g.default_base_url, default_api_key_env=g.default_api_key_env,
                            timeout_s=g.upstream_timeout_s, connect_timeout_s=g.upstream_connect_timeout_s,
                            max_concurrency=g.upstream_max_concurrency)
+
+    @classmethod
+    def unreachable(cls, settings: Settings, spec: ModelSpec, environ: Mapping[str, str] | None = None) -> str | None:
+        """Why a gateway built with `settings` in this environment would not call `spec` (None: it would),
+        known before it is built: `bandit-router serve` checks the judge's and named routers' models with it."""
+        return unreachable(cls._endpoint(settings, spec), os.environ if environ is None else environ)
 
     def _no_upstream(self) -> str:
         keyless = self.upstreams.keyless

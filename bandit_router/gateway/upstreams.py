@@ -70,6 +70,23 @@ class Endpoint:
         return self.url.removesuffix("/chat/completions")
 
 
+NO_UPSTREAM = "has no upstream: give it a base_url, or set default_base_url"
+
+
+def key_not_set(variable: str) -> str:
+    return f"is called with the key in {variable}, which is not set"
+
+
+def unreachable(endpoint: Endpoint | None, environ: Mapping[str, str]) -> str | None:
+    """Why the gateway cannot call a model whose endpoint is `endpoint` (None: it can), as the end of a sentence
+    that starts with the model's name."""
+    if endpoint is None:
+        return NO_UPSTREAM
+    if endpoint.api_key_env is not None and not environ.get(endpoint.api_key_env):
+        return key_not_set(endpoint.api_key_env)
+    return None
+
+
 class UpstreamError(BanditRouterError):
     """A call did not produce an answer. The message names the model and what happened, never a key or URL."""
 
@@ -143,6 +160,12 @@ class Upstreams:
 
     def has(self, model: str) -> bool:
         return model in self.endpoints
+
+    def unreachable(self, model: str) -> str | None:
+        """Why `model` is not called (see the module function `unreachable`); None when it is."""
+        if model in self.endpoints:
+            return None
+        return key_not_set(self.keyless[model]) if model in self.keyless else NO_UPSTREAM
 
     def add(self, endpoint: Endpoint, environ: Mapping[str, str] | None = None) -> None:
         """Call `endpoint.model` from now on (a model added at run time)."""

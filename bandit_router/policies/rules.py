@@ -1,7 +1,8 @@
 """The rule-based strategy: ordered rules on length, regexes, markers and context values → model.
 
 The first rule whose conditions all hold, and whose model is allowed, decides; else `default` (or the
-cheapest allowed model). In a TOML file (`rules:file=rules.toml`) or the config's `[policy]` table::
+cheapest allowed model). In a TOML file (`rules:file=rules.toml`, a path from the working directory) or,
+with `policy = "rules"`, the config's `[policy_settings]` table (`[[policy_settings.rules]]`)::
 
     default = "gpt-4o-mini"
     [[rules]]

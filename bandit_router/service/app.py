@@ -265,14 +265,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def check_upstreams(settings: Settings, unreachable: Callable[[str], str | None] | None = None, *,
+                    judge: bool = True, routers: bool = True) -> None:
+    """The feedback judge's model and every model a named router calls must be callable by the gateway: a
+    `ConfigError` naming the first that is not, and why. `unreachable(model)` says why a model is not callable
+    (default: from the settings' catalog and the environment, so that `serve` says it before the server starts,
+    not as a traceback of the application's start-up)."""
+    reason = unreachable if unreachable is not None else _unreachable_in_catalog(settings)
+    judge_model = settings.judge.judge_model
+    if judge and judge_model is not None and settings.judge.judge_sample_rate > 0:
+        why = reason(judge_model)
+        if why is not None:
+            raise ConfigError(f"judge_model: {judge_model!r} {why}")
+    for alias in settings.named_routers.routers if routers else ():
+        missing = [f"{m!r} {why}" for m in alias.called_models if (why := reason(m)) is not None]
+        if missing:
+            raise ConfigError(f"routers: {alias.name!r}: {'; '.join(missing)}")
+
+
+def _unreachable_in_catalog(settings: Settings) -> Callable[[str], str | None]:
+    catalog = {spec.name: spec for spec in settings.load_catalog()}
+
+    def reason(model: str) -> str | None:  # a name outside the catalog: Settings.check refuses it
+        return Gateway.unreachable(settings, catalog[model]) if model in catalog else None
+
+    return reason
+
+
 async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
     """The gateway (`POST /v1/chat/completions`) and, with `judge_model`, its judge loop."""
     gateway = Gateway.build(settings, engine)
     judge_model = settings.judge.judge_model
     if judge_model is not None and settings.judge.judge_sample_rate > 0:
-        if not gateway.upstreams.has(judge_model):
+        try:
+            check_upstreams(settings, gateway.upstreams.unreachable, routers=False)
+        except ConfigError:
             await gateway.close()
-            raise ConfigError(f"judge_model: {judge_model!r} has no upstream (base_url)")
+            raise
         judge = Judge(settings, engine.router.spec(judge_model), gateway.upstreams, engine.feedback,
                       engine.record_judge_call, seed=settings.routing.seed)
         judge.start()
@@ -284,10 +313,7 @@ async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
 
 def start_named_routers(settings: Settings, engine: Engine, gateway: Gateway) -> NamedRouters:
     """The `[[routers]]` aliases (cascades, learned cascades, LLM routers); every model they call needs an upstream."""
-    for alias in settings.named_routers.routers:
-        missing = [m for m in alias.called_models if not gateway.upstreams.has(m)]
-        if missing:
-            raise ConfigError(f"routers: {alias.name!r}: no upstream (base_url) for {missing}")
+    check_upstreams(settings, gateway.upstreams.unreachable, judge=False)
     return NamedRouters(settings.named_routers.routers, engine, gateway, seed=settings.routing.seed)
 
 

@@ -50,6 +50,9 @@ def serve(
     }
     try:
         settings = load_settings(config, overrides=overrides)
+        from .app import check_upstreams
+
+        check_upstreams(settings)  # the judge's and named routers' models: a message now, not a traceback later
         storage = settings.storage
         store = open_store(storage.db, synchronous=storage.synchronous)
         try:
@@ -125,6 +128,9 @@ def check(
         raise typer.Exit(2)
     db_path = location
     report = check_database(db_path)
+    if report.error and not report.counts and not as_json:  # nothing opened (a typo'd path): no verdict on it
+        typer.echo(f"bandit-router check: {report.error}", err=True)
+        raise typer.Exit(2)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
     else:

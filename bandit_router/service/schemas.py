@@ -181,7 +181,8 @@ class PromoteOut(BaseModel):
     promoted: str
     previous: str = Field(description="the policy that was live; it keeps running as a shadow")
     forced: bool = Field(description="true when promoted by `force` against the evidence")
-    check: dict[str, Any] = Field(description="promotion_check: ok, reason, shadow_ci_low, live_value, n")
+    check: dict[str, Any] = Field(description="promotion_check: ok, reason, estimator, shadow_ci_low, "
+                                                "live_value, n (only ok, reason, n with fewer than 10 decisions)")
 
 
 class ModelIn(_Strict):
