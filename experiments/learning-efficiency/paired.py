@@ -82,9 +82,10 @@ def main() -> None:
             for name, source in (("new", ROOT), ("base", base))
         }
     print(f"# `{args.policy}` at `{commit}` against `{args.base}`, seed by seed\n")
+    policy = "" if args.policy == "default" else f" --policy {args.policy}"
     print(
         f"Command: `.venv/bin/python experiments/learning-efficiency/paired.py --base {args.base} --seeds "
-        f"{args.seeds}{'' if args.policy == 'default' else f' --policy {args.policy}'} {args.config}`; seeds 0–{args.seeds - 1}, every λ of the config, one run per seed.\n"
+        f"{args.seeds}{policy} {args.config}`; seeds 0–{args.seeds - 1}, every λ of the config, one run per seed.\n"
     )
     print(
         "Regret per request against the best fixed model in hindsight. Difference = this commit − base, seed by "
