@@ -37,7 +37,16 @@ from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
 from ..policies import parse_spec
 from ..router import Router
-from ..store import CallRecord, FeedbackRecord, JudgeCall, RouterCounts, Store, StoredDecision, StoreError
+from ..store import (
+    CallRecord,
+    FeedbackRecord,
+    JudgeCall,
+    RouterCounts,
+    SQLiteStore,
+    Store,
+    StoredDecision,
+    StoreError,
+)
 from ..store.location import open_store
 from ..types import Decision, Outcome, Request
 from .exceptions import Conflict, NotFound, Unavailable
@@ -71,6 +80,12 @@ MIN_PROMOTION_EVIDENCE = 10
 """Decisions with feedback and the shadow's pmf below which a promotion is refused without evaluating."""
 
 
+def _stop_acknowledging(problem: str) -> None:
+    """What the store's fault means for the service (logged once, when the store finds it)."""
+    log.error("%s: the service stops acknowledging writes (503, /readyz 503) until it is restarted on a good "
+              "database; see `bandit-router check` and the docs (service → durability)", problem)
+
+
 class Engine:
     """Policies + store + writer thread. `start()`, then `route`/`feedback`/`add_model`/`retire_model` from an
     event loop; `stop()` drains the queue and writes a final checkpoint."""
@@ -81,6 +96,8 @@ class Engine:
             settings.storage.db, synchronous=settings.storage.synchronous,
             wal_max_bytes=settings.storage.wal_max_bytes,
         )
+        if isinstance(self.store, SQLiteStore):  # SQLite: a file deleted, replaced or corrupt under the service
+            self.store.on_fault = _stop_acknowledging
         seed = settings.routing.seed
         if seed is not None and settings.server.workers > 1:  # each worker samples with its own stream
             seed = (seed * 1_000_003 + os.getpid()) % 2**63
