@@ -35,19 +35,10 @@ from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, UnknownDecision
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
-from ..policies import parse_spec
 from ..router import Router
-from ..store import (
-    CallRecord,
-    FeedbackRecord,
-    JudgeCall,
-    RouterCounts,
-    SQLiteStore,
-    Store,
-    StoredDecision,
-    StoreError,
-)
+from ..store import CallRecord, FeedbackRecord, JudgeCall, RouterCounts, Store, StoredDecision, StoreError
 from ..store.location import open_store
+from ..store.sqlite import SQLiteStore
 from ..types import Decision, Outcome, Request
 from .exceptions import Conflict, NotFound, Unavailable
 from .writer import (
@@ -261,17 +252,7 @@ class Engine:
             "recovered: checkpoint at seq %s, %d feedbacks replayed in %.2f s, policy version %d",
             self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
         )
-        self._warn_about_fixed_models()
-
-    def _warn_about_fixed_models(self) -> None:
-        """A live or shadow `fixed:<model>` policy whose model is not active sends every request to the cheapest
-        allowed model (`FixedPolicy`); said at start, since a misspelt name would otherwise pass unnoticed."""
-        active = {m.name for m in self.router.models}
-        for spec in (self.settings.routing.policy, *self.settings.routing.shadow_policies):
-            name, values = parse_spec(spec)
-            if name == "fixed" and values.get("model") not in active:
-                log.warning("policy %r: %r is not an active model, so it chooses the cheapest allowed model for "
-                            "every request; active: %s", spec, values.get("model"), ", ".join(sorted(active)))
+        self.policies.warn_about_missing_fixed_models()
 
     def _between_batches(self) -> None:
         if self.fault is None:  # nothing more is written to a file that is gone or corrupt
