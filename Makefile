@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 .PHONY: install run test lint docs bench profile clean browser postgres
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v in ((3, 11), (3, 12)) else "bandit-router needs CPython 3.11 or 3.12 (vowpal-wabbit-next 0.7.0 ships wheels for those only); $(PYTHON) is %d.%d: run make PYTHON=/path/to/python3.12 ..." % v)'
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v in ((3, 11), (3, 12)) else "bandit-router needs CPython 3.11 or 3.12 (the code needs 3.11, and vowpal-wabbit-next 0.7.0 has no wheels past 3.12); $(PYTHON) is %d.%d: run make PYTHON=/path/to/python3.12 ..." % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'

@@ -5,6 +5,7 @@ Heavy imports (VW, matplotlib) happen inside the command, so `bandit-router --he
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 import time
@@ -296,8 +297,9 @@ def _integer(key: str, value: Any) -> int:
     """`value` of the option `key` as an integer (a command-line value is one already; a config file's may not be)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):  # "--5", "²": not integers, though str.isdigit says yes to "²"
+            return int(value)
     raise typer.BadParameter(f"{key} must be an integer, got {value!r}", param_hint="--config")
 
 

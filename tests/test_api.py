@@ -474,10 +474,16 @@ def test_a_fixed_policy_naming_no_active_model_is_warned_about_at_start(
     make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     """`policy = "fixed:gpt-5"` (no such model) still serves, but says at start that every request goes to the
-    cheapest allowed model; a fixed policy on an active model says nothing."""
-    caplog.set_level(logging.WARNING, logger="bandit_router.service")
+    cheapest allowed model until a model of that name is added; a fixed policy on an active model says nothing,
+    whether the model is in the spec or in `policy_settings`."""
+    caplog.set_level(logging.WARNING)
     make_client(policy="fixed:gpt-4o", shadow_policies=("fixed:gpt-4o-mini",)).__exit__(None, None, None)
+    make_client(policy="fixed", policy_settings={"model": "gpt-4o"}).__exit__(None, None, None)
     assert "is not an active model" not in caplog.text
     client = make_client(policy="fixed:gpt-5")
-    assert "policy 'fixed:gpt-5': 'gpt-5' is not an active model, so it chooses the cheapest" in caplog.text
+    assert "policy 'fixed:gpt-5': 'gpt-5' is not an active model, so it chooses the cheapest allowed model for " \
+           "every request until a model of that name is added (POST /v1/models)" in caplog.text
     assert _route(client, prompt="hi")["model"] == "llama-3.1-8b-instruct"
+    added = client.post("/v1/models", json={"name": "gpt-5", "input_usd_per_mtok": 1.25, "output_usd_per_mtok": 10})
+    assert added.status_code == 201, added.text
+    assert _route(client, prompt="hi")["model"] == "gpt-5"

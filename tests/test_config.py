@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -170,6 +171,21 @@ def test_environment_parses_every_kind(tmp_path: Path) -> None:
     assert settings.reward_window_s == 30.0 and settings.default_reward == 0.1
     assert settings.policy_settings == {"gamma_scale": 50} and settings.synchronous == "full"
     assert settings.db == tmp_path / "e.db"
+
+
+def test_serves_hand_off_to_its_workers_is_not_an_unknown_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`serve --workers 2` hands its options and connection limits to the workers in two `BANDIT_ROUTER_*`
+    variables: each worker's settings skip them without 'ignoring unknown environment variable'."""
+    from bandit_router.service.app import SERVE_ARGS
+    from bandit_router.service.protocol import LIMITS_VARIABLE, Limits
+
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.WARNING)
+    hand_off = {SERVE_ARGS: "{}", LIMITS_VARIABLE: Limits(5, 30, 1000).to_environment()}
+    load_settings(env={**hand_off, "BANDIT_ROUTER_NOT_A_KEY": "x"})
+    assert [r.getMessage() for r in caplog.records] == ["ignoring unknown environment variable BANDIT_ROUTER_NOT_A_KEY"]
 
 
 def test_settings_validate_when_built_directly() -> None:

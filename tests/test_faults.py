@@ -79,7 +79,9 @@ def test_a_deleted_database_file_stops_acknowledgements_within_a_second(
     assert ready.status_code == 503 and "deleted" in ready.json()["message"]
     for _ in range(20):
         assert _route(client).status_code == 503
-    assert len(_fault_records(caplog, "was deleted")) == 1  # logged once
+    faults = _fault_records(caplog, "was deleted")
+    assert len(faults) == 1  # logged once, saying what it means for the service
+    assert "the service stops acknowledging writes (503, /readyz 503)" in faults[0].getMessage()
 
 
 def test_a_deleted_file_is_noticed_within_a_second_without_traffic(
@@ -142,7 +144,8 @@ def test_a_corrupt_database_stops_acknowledgements_and_logs_once(
     assert all(s == 503 for s in statuses[first + 1 :]), statuses
     ready = client.get("/readyz")
     assert ready.status_code == 503 and "corrupt" in ready.json()["message"]
-    assert len(_fault_records(caplog, "is corrupt")) == 1
+    faults = _fault_records(caplog, "is corrupt")
+    assert len(faults) == 1 and "the service stops acknowledging writes" in faults[0].getMessage()
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) <= 2, [r.getMessage() for r in tracebacks]
 
@@ -180,6 +183,24 @@ def test_check_reports_integrity_and_the_last_good_checkpoint(make_client: Calla
     missing = runner.invoke(cli_app, ["check", "--db", str(tmp_path / "nope.db")])
     assert missing.exit_code == 2
     assert missing.output.strip() == f"bandit-router check: {tmp_path / 'nope.db'}: no such file"  # no verdict
+
+
+@pytest.mark.parametrize("command", ["evaluate", "serve"])
+def test_a_command_on_a_file_that_is_not_a_database_says_so_once_and_no_service_is_mentioned(
+    command: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`evaluate --db garbage.db` and `serve --db garbage.db` (which stops before it starts): the command's one
+    line says what is wrong (exit 2); no log line says that a service stops acknowledging writes, since none runs."""
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(random.Random(3).randbytes(8192))
+    monkeypatch.chdir(tmp_path)  # no ./bandit-router.toml
+    caplog.set_level(logging.DEBUG)
+    port = ["--port", "9"] if command == "serve" else []
+    result = CliRunner().invoke(cli_app, [command, "--db", str(garbage), *port])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"bandit-router {command}: {garbage}: file is not a database"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "acknowledging" not in caplog.text
 
 
 # -- defect 3: the WAL stays bounded under sustained writes --------------------------------------------------------

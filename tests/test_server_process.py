@@ -342,7 +342,7 @@ def test_the_budgets_examples_work_as_written(servers: Callable[..., Server], tm
     assert block is not None
     server = servers(env={"BANDIT_ROUTER_API_KEYS": client_key, "BANDIT_ROUTER_ADMIN_KEYS": admin_key})
     server.wait_ready()
-    script = "set -euo pipefail\n" + block.group(1).replace("localhost:8000", f"localhost:{server.port}")
+    script = "set -euo pipefail\n" + block.group(1).replace("localhost:8000", f"127.0.0.1:{server.port}")
     done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path,
                           env={**os.environ, "CLIENT_KEY": client_key, "ADMIN_KEY": admin_key})
     assert done.returncode == 0, done.stderr

@@ -153,6 +153,8 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("line", "message"), [
     ('steps = "x"', "steps must be an integer, got 'x'"),
     ("seeds = 1.5", "seeds must be an integer, got 1.5"),
+    ('steps = "--5"', "steps must be an integer, got '--5'"),
+    ('window = "²"', "window must be an integer, got '²'"),
     ('policy = "linucb"', "unknown keys ['policy']; known: context_columns, cost_weights"),
 ])
 def test_a_bad_config_file_is_a_message_naming_the_key(tmp_path: Path, line: str, message: str) -> None:

@@ -29,8 +29,9 @@ log = logging.getLogger("bandit_router.config")
 
 ENV_PREFIX = "BANDIT_ROUTER_"
 DEFAULT_FILE = "bandit-router.toml"
-_ENV_NOT_KEYS = {"CONFIG", "API_KEYS", "ADMIN_KEYS", "SERVE_ARGS"}
-"""`BANDIT_ROUTER_*` variables that are not settings keys (the config file, the secrets, serve's hand-off)."""
+_ENV_NOT_KEYS = {"CONFIG", "API_KEYS", "ADMIN_KEYS", "SERVE_ARGS", "SERVE_LIMITS"}
+"""`BANDIT_ROUTER_*` variables that are not settings keys (the config file, the secrets, serve's hand-off to its
+workers: `service.app.SERVE_ARGS`, `service.protocol.LIMITS_VARIABLE`)."""
 
 
 # -- shared with the simulator ------------------------------------------------------------------------------------

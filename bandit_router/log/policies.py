@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import BanditRouterError, InvalidInput, UnknownModel
 from ..policies import make_policy
+from ..policies.baselines import FixedPolicy
 from ..router import Router
 from ..store import ModelAction, ModelEvent
 from ..types import Decision, Outcome
@@ -98,6 +99,17 @@ class PolicySet:
         self.live, self.live_name = shadow, name
         log.info("policy %s promoted to live", name)
         return True
+
+    def warn_about_missing_fixed_models(self) -> None:
+        """A live or shadow fixed policy (`fixed:<model>`, or `fixed` with `policy_settings = {model = …}`) whose
+        model is not active sends every request to the cheapest allowed model (`FixedPolicy`) until a model of that
+        name is added: said at start, since a misspelt name would otherwise pass unnoticed."""
+        for router in (self.live, *self.shadows.values()):
+            policy, active = router.policy, sorted(m.name for m in router.models)
+            if isinstance(policy, FixedPolicy) and policy.params.model not in active:
+                log.warning("policy %r: %r is not an active model, so it chooses the cheapest allowed model for "
+                            "every request until a model of that name is added (POST /v1/models); active: %s",
+                            policy.name, policy.params.model, ", ".join(active))
 
     # -- shadows' pmfs -------------------------------------------------------------------------------------------
     def shadow_pmfs(self, decision: Decision) -> str:

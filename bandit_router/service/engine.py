@@ -35,10 +35,10 @@ from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, UnknownDecision
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
-from ..policies import parse_spec
 from ..router import Router
 from ..store import CallRecord, FeedbackRecord, JudgeCall, RouterCounts, Store, StoredDecision, StoreError
 from ..store.location import open_store
+from ..store.sqlite import SQLiteStore
 from ..types import Decision, Outcome, Request
 from .exceptions import Conflict, NotFound, Unavailable
 from .writer import (
@@ -71,6 +71,12 @@ MIN_PROMOTION_EVIDENCE = 10
 """Decisions with feedback and the shadow's pmf below which a promotion is refused without evaluating."""
 
 
+def _stop_acknowledging(problem: str) -> None:
+    """What the store's fault means for the service (logged once, when the store finds it)."""
+    log.error("%s: the service stops acknowledging writes (503, /readyz 503) until it is restarted on a good "
+              "database; see `bandit-router check` and the docs (service → durability)", problem)
+
+
 class Engine:
     """Policies + store + writer thread. `start()`, then `route`/`feedback`/`add_model`/`retire_model` from an
     event loop; `stop()` drains the queue and writes a final checkpoint."""
@@ -81,6 +87,8 @@ class Engine:
             settings.storage.db, synchronous=settings.storage.synchronous,
             wal_max_bytes=settings.storage.wal_max_bytes,
         )
+        if isinstance(self.store, SQLiteStore):  # SQLite: a file deleted, replaced or corrupt under the service
+            self.store.on_fault = _stop_acknowledging
         seed = settings.routing.seed
         if seed is not None and settings.server.workers > 1:  # each worker samples with its own stream
             seed = (seed * 1_000_003 + os.getpid()) % 2**63
@@ -244,17 +252,7 @@ class Engine:
             "recovered: checkpoint at seq %s, %d feedbacks replayed in %.2f s, policy version %d",
             self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
         )
-        self._warn_about_fixed_models()
-
-    def _warn_about_fixed_models(self) -> None:
-        """A live or shadow `fixed:<model>` policy whose model is not active sends every request to the cheapest
-        allowed model (`FixedPolicy`); said at start, since a misspelt name would otherwise pass unnoticed."""
-        active = {m.name for m in self.router.models}
-        for spec in (self.settings.routing.policy, *self.settings.routing.shadow_policies):
-            name, values = parse_spec(spec)
-            if name == "fixed" and values.get("model") not in active:
-                log.warning("policy %r: %r is not an active model, so it chooses the cheapest allowed model for "
-                            "every request; active: %s", spec, values.get("model"), ", ".join(sorted(active)))
+        self.policies.warn_about_missing_fixed_models()
 
     def _between_batches(self) -> None:
         if self.fault is None:  # nothing more is written to a file that is gone or corrupt

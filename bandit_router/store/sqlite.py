@@ -33,7 +33,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
@@ -109,6 +109,9 @@ class SQLiteStore:
         self.guard = FileGuard(self.path)
         self.fault: str | None = None
         """Why this store refuses to write (the file was deleted, replaced, or is corrupt); None when healthy."""
+        self.on_fault: Callable[[str], None] | None = None
+        """Told the fault once, when it is found (the service says it stops acknowledging writes); without a
+        listener the fault is logged at debug level only: every call that meets it raises `StoreError` with it."""
         self.wal_restarts = 0
         self.restart_busy = False
         """The last restarting checkpoint found readers in the way (the writer tries again a second later)."""
@@ -160,8 +163,10 @@ class SQLiteStore:
     def _set_fault(self, problem: str) -> None:
         if self.fault is None:
             self.fault = problem
-            log.error("%s: the service stops acknowledging writes (503, /readyz 503) until it is restarted on a "
-                      "good database; see `bandit-router check` and the docs (service → durability)", problem)
+            if self.on_fault is not None:
+                self.on_fault(problem)
+            else:  # a command (`evaluate`, `serve` before it starts) says it once, from the StoreError
+                log.debug("%s: this store refuses every write from now on", problem)
 
     def _note(self, exc: BaseException) -> None:
         """Turn an integrity error into the store's fault (logged once)."""
