@@ -20,7 +20,7 @@ from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
 from bandit_router.log import rebuild_router
 from bandit_router.store.location import DatabaseURL
-from bandit_router.store.postgres import PostgresStore
+from bandit_router.store.postgres import POOL_TIMEOUT_S, PostgresStore
 from tools.pg_server import PASSWORD, PgServer
 
 PAIR = ["gpt-4o-mini", "claude-haiku-4-5"]
@@ -196,3 +196,36 @@ def test_the_dashboard_counts_every_replicas_traffic(replicas: Callable[..., Tes
         assert recent.status_code == 200, recent.text
         for path in ("/v1/stats/live", "/v1/stats/shadows"):
             assert client.get(path).status_code == 200
+
+
+def test_while_the_database_refuses_connections_requests_answer_503_at_once_and_recover_at_once(
+    replicas: Callable[..., TestClient], pg_server: PgServer
+) -> None:
+    """Drill: PostgreSQL stopped under a replica for 8 s, then started. While it is down every route, feedback and
+    read answers 503 without waiting for a pooled connection (`POOL_TIMEOUT_S`, 5 s): before, the writer thread sat
+    in that wait while following the log and reading the budget targets, so requests queued behind it got their
+    503 after 5-15 s (a client with the documented 5 s timeout saw timeouts instead). Once it is back, reads work
+    again at once: before, the pool's reconnection delays kept doubling through the outage (1, 2, 4, 8 s …), so
+    readers stayed without a connection for about as long again."""
+    client = replicas()
+    before = _route(client)
+    pg_server.down()
+    waits: list[tuple[str, int, float]] = []
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 8.0:  # many of the writer's follow rounds (every 100 ms)
+            for method, path, body in (("POST", "/v1/route", {"prompt": "down", "models": PAIR}),
+                                       ("POST", "/v1/feedback", {"decision_id": before["decision_id"], "quality": 0.5}),
+                                       ("GET", "/v1/stats", None)):
+                sent = time.monotonic()
+                reply = client.request(method, path, json=body)
+                waits.append((path, reply.status_code, time.monotonic() - sent))
+            time.sleep(0.05)
+    finally:
+        pg_server.up()
+    assert {status for _, status, _ in waits} == {503}, waits
+    slowest = max(waits, key=lambda w: w[2])
+    assert slowest[2] < POOL_TIMEOUT_S / 2, slowest  # refused connections: milliseconds, not the pool's wait
+    _wait(lambda: client.get("/v1/stats").status_code == 200, timeout=POOL_TIMEOUT_S - 1)
+    reply = client.post("/v1/feedback", json={"decision_id": before["decision_id"], "quality": 0.5})
+    assert reply.status_code == 200 and reply.json()["status"] == "applied"
