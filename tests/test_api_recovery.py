@@ -3,6 +3,7 @@ replay of the stored feedback builds; concurrent calls neither lose nor double-l
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -215,3 +216,28 @@ def _parallel_each(calls: list[Any]) -> list[Any]:
     if errors:
         raise errors[0]
     return out
+
+
+def test_a_model_removed_from_the_catalog_is_warned_about_once_not_once_per_stored_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Drill: a model taken out of the catalog file, then a restart. The full replay skips its stored feedback (the
+    model is gone) with one warning, not one per row (a model with 100,000 rated decisions logged 100,000 lines at
+    every start that replayed the log); the other models' feedback is learned as before."""
+    from bandit_router.catalog import default_catalog
+
+    specs = {spec.name: spec for spec in default_catalog()}
+    three = (specs["gpt-4o-mini"], specs["claude-haiku-4-5"], specs["gpt-4o"])
+    first = Settings(db=tmp_path / "r.db", seed=3, models=three, shadow_policies=("linucb",))
+    service = Service(first)
+    for i in range(12):
+        service.round(i, models=["gpt-4o"] if i % 2 else ["gpt-4o-mini", "claude-haiku-4-5"])
+    service.close()
+    caplog.set_level(logging.WARNING, logger="bandit_router.log")
+    second = Settings(db=tmp_path / "r.db", seed=3, models=three[:2], shadow_policies=("linucb",))
+    service = Service(second)  # another catalog: no checkpoint fits, the whole log is replayed
+    skipped = [r.getMessage() for r in caplog.records if "not learned" in r.getMessage()]
+    assert len(skipped) == 2, skipped  # the live policy once, the shadow once
+    assert all("'gpt-4o'" in message for message in skipped)
+    assert service.engine.router.version == 6  # the six rows of the models that stayed
+    service.close()
