@@ -474,3 +474,30 @@ def test_retention_deletes_old_rows_the_checkpoint_holds(make_client: Callable[.
     reply = client.post("/v1/feedback", json={"decision_id": fresh, "quality": 0.9})
     assert reply.status_code == 200 and reply.json()["seq"] == 21  # seqs are never reused
     assert engine.router.version >= 1
+
+
+def test_a_database_migrated_by_a_newer_version_under_a_running_service_stops_its_writes(
+    make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Drill (rolling upgrade): a newer bandit-router migrated the database while this one still serves (an old
+    replica left running beside the new ones). A process refuses such a database at start; now it also stops
+    acknowledging once it sees one under it (503 naming the reason, /readyz 503, logged once), instead of going on
+    writing rows that miss what the newer schema keeps beside them (drill 5: an old replica's decisions never
+    reached the new dashboard's rollup)."""
+    import sqlite3
+
+    from bandit_router.store.migrations import SCHEMA_VERSION
+
+    caplog.set_level(logging.ERROR)
+    client = make_client()
+    decision = _route(client).json()
+    with sqlite3.connect(tmp_path / "faults.db") as conn:  # what the newer version's migration leaves
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    _until(lambda: _route(client).status_code == 503, timeout=5.0)
+    reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5})
+    assert reply.status_code == 503 and f"schema {SCHEMA_VERSION + 1}" in reply.json()["message"], reply.text
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "newer bandit-router" in ready.json()["message"]
+    assert len(_fault_records(caplog, "newer bandit-router")) == 1
+    with sqlite3.connect(tmp_path / "faults.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 0

@@ -38,6 +38,7 @@ from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicyS
 from ..router import Router
 from ..store import CallRecord, FeedbackRecord, JudgeCall, RouterCounts, Store, StoredDecision, StoreError
 from ..store.location import open_store
+from ..store.migrations import SCHEMA_VERSION
 from ..store.sqlite import SQLiteStore
 from ..types import Decision, Outcome, Request
 from .exceptions import Conflict, NotFound, Unavailable
@@ -106,6 +107,9 @@ class Engine:
         self._maintainer: threading.Thread | None = None
         self._unreachable: str | None = None
         """Why a server database cannot be reached now (`_maintain` probes it), else None."""
+        self._migrated: str | None = None
+        """Set once a newer bandit-router migrated the database under this process (`_check_schema`): from then on
+        it acknowledges nothing, as it would refuse that database at start."""
         self._stopped = threading.Event()
         self._ready = threading.Event()
         self._failed: BaseException | None = None
@@ -152,7 +156,7 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self._serving and self.fault is None and self._unreachable is None
+        return self._serving and self.fault is None and self._unreachable is None and self._migrated is None
 
     @property
     def fault(self) -> str | None:
@@ -165,6 +169,8 @@ class Engine:
             return f"failed: {self._failed}"
         if self.fault is not None:
             return f"database unusable: {self.fault}"
+        if self._migrated is not None:
+            return self._migrated
         if self._unreachable is not None:
             return f"database unreachable: {self._unreachable}"
         if not self.writer.accepting:
@@ -210,6 +216,24 @@ class Engine:
                     self._unreachable = None
                 except StoreError as exc:
                     self._unreachable = str(exc)
+            self._check_schema()
+
+    def _check_schema(self) -> None:
+        """A newer bandit-router migrated the database (an old replica left running beside new ones during an
+        upgrade): stop acknowledging, as a start on that database would refuse it, rather than go on writing rows
+        without what the newer schema keeps beside them. Twice a second, off the request path."""
+        if self._migrated is not None or not self._serving:
+            return
+        try:
+            with self.store.read() as reader:
+                value = reader.get_meta("schema_version")
+        except StoreError:
+            return
+        if value is not None and value.isdigit() and int(value) > SCHEMA_VERSION:
+            self._migrated = (f"database migrated to schema {value} by a newer bandit-router (this one knows "
+                              f"{SCHEMA_VERSION}): restart this process with the newer version")
+            self.writer.halted = self._migrated
+            _stop_acknowledging(self._migrated)
 
     # -- on the writer thread -----------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -255,7 +279,7 @@ class Engine:
         self.policies.warn_about_missing_fixed_models()
 
     def _between_batches(self) -> None:
-        if self.fault is None:  # nothing more is written to a file that is gone or corrupt
+        if self.fault is None and self._migrated is None:  # nothing more to a file gone, corrupt or migrated
             try:
                 if self.checkpointer.maybe_checkpoint():
                     self.budgets.save(force=True)
@@ -279,7 +303,8 @@ class Engine:
                 self._say("wal", logging.WARNING, "restarting the WAL failed (will retry): %s", exc)
         days = self.settings.storage.retention_days
         delete_old = getattr(self.store, "delete_old", None)
-        if days is not None and delete_old is not None and now >= self._next_retention and self.fault is None:
+        if (days is not None and delete_old is not None and now >= self._next_retention and self.fault is None
+                and self._migrated is None):
             self._next_retention = now + RETENTION_EVERY_S
             try:
                 deleted = delete_old(time.time() - days * 86400.0, RETENTION_BATCH)
@@ -292,7 +317,7 @@ class Engine:
                 log.info("retention: deleted %d rows older than %s days", deleted, days)
 
     def _on_stop(self) -> None:
-        if self.fault is not None:
+        if self.fault is not None or self._migrated is not None:
             return
         self.budgets.save(force=True)
         if self._checkpoint_on_stop:
@@ -304,7 +329,7 @@ class Engine:
 
     # -- requests (from an event loop) --------------------------------------------------------------------------
     def _require_ready(self) -> None:
-        if not self._serving or self.fault is not None:
+        if not self._serving or self.fault is not None or self._migrated is not None:
             raise Unavailable(f"the service is not ready ({self.state})")
 
     async def _submit(self, op: Op) -> Any:

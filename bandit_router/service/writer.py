@@ -340,6 +340,9 @@ class Writer:
         self._say = RateLimitedLog(log)
         """Recurring failures (a write, following the log) are logged at most once a minute each."""
         self.accepting = False
+        self.halted: str | None = None
+        """Why this process must write nothing more (a newer version migrated the database), else None: every
+        operation then fails with it and no reward window is closed."""
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def start(self, prepare: Callable[[], None], between_batches: Callable[[], None],
@@ -425,6 +428,10 @@ class Writer:
         on_stop()
 
     def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
+        if self.halted is not None:
+            for op in ops:
+                op.result, op.error = None, Unavailable(f"the service is not ready ({self.halted})")
+            return
         follower = self.follower
         # Decisions, call records and judge calls are not part of the log: a batch of them alone neither reads nor
         # numbers it (BEGIN, one INSERT each, COMMIT). Anything else first catches up with the log, under the lock.
