@@ -3,10 +3,12 @@ the WAL growing without bound, rows kept forever, models without limit; and `ban
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import shutil
+import subprocess
 import threading
 import time
 import warnings
@@ -501,3 +503,37 @@ def test_a_database_migrated_by_a_newer_version_under_a_running_service_stops_it
     assert len(_fault_records(caplog, "newer bandit-router")) == 1
     with sqlite3.connect(tmp_path / "faults.db") as conn:
         assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 0
+
+
+@contextlib.contextmanager
+def _read_only_folder(folder: Path) -> Iterator[Path]:
+    """`folder` made read-only: a read-only tmpfs mounted there as root (root writes through file modes), else
+    mode 0555. Skipped where neither is possible."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs as root here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("where", ["router.db", "sub/router.db"])
+def test_a_database_in_a_read_only_directory_is_refused_with_the_reason(tmp_path: Path, where: str) -> None:
+    """Drill: `serve --db` where the directory is read-only (a wrong owner of /var/lib/bandit-router, a read-only
+    volume). SQLite says only "unable to open database file"; the message now says that the directory is not
+    writable; and a directory that cannot be created was an `OSError` traceback, not a message."""
+    with _read_only_folder(tmp_path / "ro") as folder:
+        db = folder / where
+        result = CliRunner().invoke(cli_app, ["serve", "--db", str(db), "--port", "1"])
+    assert result.exit_code == 2, result.output  # a message and exit status 2, not a traceback
+    expected = "not writable by this process" if where == "router.db" else "cannot create its directory"
+    assert str(db) in result.output and expected in result.output, result.output
