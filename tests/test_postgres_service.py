@@ -229,3 +229,51 @@ def test_while_the_database_refuses_connections_requests_answer_503_at_once_and_
     _wait(lambda: client.get("/v1/stats").status_code == 200, timeout=POOL_TIMEOUT_S - 1)
     reply = client.post("/v1/feedback", json={"decision_id": before["decision_id"], "quality": 0.5})
     assert reply.status_code == 200 and reply.json()["status"] == "applied"
+
+
+def test_the_documented_backup_restores_a_database_that_serves_and_learns(
+    replicas: Callable[..., TestClient], pg_server: PgServer, pg_url: str, tmp_path: Path
+) -> None:
+    """Drill: docs/service/replicas.md's backup block, run as written (pg_dump while a replica serves, pg_restore
+    into an empty database); a replica on the restored database has the same policy as a replay of the backup's
+    log, numbers new feedback after the backup's last seq and learns it; feedback acknowledged after the dump is not
+    in it, and a decision made after it is unknown there."""
+    import os
+    import re
+    import subprocess
+
+    block = re.search(r"<!-- tested: pg-backup.*?-->\s*```sh\n(.*?)```",
+                      (Path(__file__).parents[1] / "docs/service/replicas.md").read_text(), re.S)
+    assert block is not None
+    live = replicas()
+    rated = [_route(live, f"Sort a list in Python #{i}") for i in range(12)]
+    for i, decision in enumerate(rated):
+        assert live.post("/v1/feedback", json={"decision_id": decision["decision_id"],
+                                               "quality": (i % 5) / 5}).status_code == 200
+    restored_url = pg_server.create_database(f"restored_{os.getpid()}")
+    env = {**os.environ, "PATH": f"{pg_server.bin}:{os.environ['PATH']}", "BANDIT_ROUTER_DB": pg_url,
+           "RESTORED_DB": restored_url}
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block.group(1)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    later = _route(live, "made after the backup")
+    assert live.post("/v1/feedback", json={"decision_id": later["decision_id"], "quality": 0.9}).status_code == 200
+
+    restored = start_client(Settings(db=DatabaseURL(restored_url), seed=7))
+    try:
+        stats = restored.get("/v1/stats").json()
+        assert stats["feedback_seq"] == 12 and stats["policy_version"] == 12
+        store = PostgresStore(DatabaseURL(restored_url))
+        try:
+            replay = rebuild_router(Settings(db=DatabaseURL(restored_url), seed=7), store)
+        finally:
+            store.close()
+        assert np.array_equal(_engine(restored).router.weights(), replay.weights())
+        gone = restored.post("/v1/feedback", json={"decision_id": later["decision_id"], "quality": 0.9})
+        assert gone.status_code == 404
+        fresh = _route(restored, "after the restore")
+        reply = restored.post("/v1/feedback", json={"decision_id": fresh["decision_id"], "quality": 0.7})
+        assert reply.status_code == 200 and reply.json()["seq"] == 13 and reply.json()["status"] == "applied"
+        assert restored.get("/v1/stats").json()["policy_version"] == 13
+    finally:
+        restored.__exit__(None, None, None)
