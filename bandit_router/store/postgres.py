@@ -315,14 +315,20 @@ class PostgresStore:
 
     def _borrow(self) -> psycopg.Connection[Any]:
         """A pooled connection: waited for up to `timeout_s` while the server is reachable, but no longer than the
-        current `POOL_SLICE_S` once this process knows it is down (a refused connection is news within
-        milliseconds; the pool, retrying with back-off, would hold the caller for the whole `timeout_s`)."""
+        current `POOL_SLICE_S` once this process knows it is down, from its own connections or from a failed
+        attempt of the pool's meanwhile (a refused connection is news within milliseconds; the pool, retrying with
+        back-off, would hold the caller for the whole `timeout_s`)."""
         pool = self._readers()
         deadline = time.monotonic() + self.timeout_s
+        failed = pool.get_stats().get("connections_errors", 0)
         while True:
             try:
-                return pool.getconn(timeout=max(0.0, min(POOL_SLICE_S, deadline - time.monotonic())))
+                conn = pool.getconn(timeout=max(0.0, min(POOL_SLICE_S, deadline - time.monotonic())))
+                self.down = False
+                return conn
             except PoolTimeout:
+                if pool.get_stats().get("connections_errors", 0) > failed:  # the pool's own attempt failed meanwhile
+                    self.down = True
                 if self.down or time.monotonic() >= deadline:
                     raise
 
