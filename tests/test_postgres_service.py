@@ -277,3 +277,40 @@ def test_the_documented_backup_restores_a_database_that_serves_and_learns(
         assert restored.get("/v1/stats").json()["policy_version"] == 13
     finally:
         restored.__exit__(None, None, None)
+
+
+def test_a_database_that_hangs_is_a_503_at_once_not_a_request_that_waits_as_long(
+    replicas: Callable[..., TestClient], pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drill: every PostgreSQL process frozen (SIGSTOP: a hung server, a stalled disk; connections stay open and
+    nothing answers, so no timeout of the driver or the server fires). Before, every route and feedback queued
+    behind the writer's transaction for as long as the hang lasted (20 s in the drill) and `/readyz` said ready
+    throughout. Now, once the writer has had no answer for `STALL_S`, new writes are refused at once with a 503
+    (nothing stored) and `/readyz` is 503; the request caught in the hang completes when the server thaws."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bandit_router.service import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "STALL_S", 1.0)
+    client = replicas()
+    before = _route(client)
+    pg_server.pause()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            caught = pool.submit(client.post, "/v1/feedback", json={"decision_id": before["decision_id"],
+                                                                    "quality": 0.5})
+            _wait(lambda: client.get("/readyz").status_code == 503, timeout=5.0)
+            assert "not answered" in client.get("/readyz").json()["message"]
+            for _ in range(3):
+                sent = time.monotonic()
+                reply = client.post("/v1/route", json={"prompt": "while it hangs", "models": PAIR})
+                assert reply.status_code == 503 and "not answered" in reply.json()["message"], reply.text
+                assert time.monotonic() - sent < 1.0  # refused at once, not queued behind the hang
+            assert client.get("/v1/stats").status_code == 503
+            assert not caught.done()
+            pg_server.resume()
+            assert caught.result(timeout=30).json()["status"] == "applied"
+    finally:
+        pg_server.resume()
+    _wait(lambda: client.get("/readyz").status_code == 200)
+    assert client.post("/v1/route", json={"prompt": "thawed", "models": PAIR}).status_code == 200

@@ -68,6 +68,11 @@ WAL_RETRY_BUSY_S = 1.0
 RETENTION_EVERY_S = 60.0
 RETENTION_BATCH = 1000
 RETENTION_AGAIN_S = 0.2
+STALL_S = 5.0
+"""A writer round (a transaction, following the log, a checkpoint) without an answer for this long means the
+database hangs (a frozen server, a stalled disk or network: nothing that a driver's or the server's timeout ends):
+new writes and reads are then refused at once (503, nothing stored) and `/readyz` is 503, instead of queueing
+behind the hang for as long as it lasts. Rounds take milliseconds; a lock wait ends at `lock_timeout` (10 s)."""
 MIN_PROMOTION_EVIDENCE = 10
 """Decisions with feedback and the shadow's pmf below which a promotion is refused without evaluating."""
 
@@ -156,7 +161,17 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self._serving and self.fault is None and self._unreachable is None and self._migrated is None
+        return (self._serving and self.fault is None and self._unreachable is None and self._migrated is None
+                and self.stalled is None)
+
+    @property
+    def stalled(self) -> str | None:
+        """Why the database is taken not to answer (the writer's round has waited more than `STALL_S`), else None."""
+        since = self.writer.busy_since
+        if since is None:
+            return None
+        waited = time.monotonic() - since
+        return f"the database has not answered for {waited:.0f} s" if waited > STALL_S else None
 
     @property
     def fault(self) -> str | None:
@@ -173,6 +188,8 @@ class Engine:
             return self._migrated
         if self._unreachable is not None:
             return f"database unreachable: {self._unreachable}"
+        if (stalled := self.stalled) is not None:
+            return f"database not answering: {stalled}"
         if not self.writer.accepting:
             return "stopped"
         return "ready" if self._ready.is_set() else "recovering"
@@ -329,7 +346,7 @@ class Engine:
 
     # -- requests (from an event loop) --------------------------------------------------------------------------
     def _require_ready(self) -> None:
-        if not self._serving or self.fault is not None or self._migrated is not None:
+        if not self._serving or self.fault is not None or self._migrated is not None or self.stalled is not None:
             raise Unavailable(f"the service is not ready ({self.state})")
 
     async def _submit(self, op: Op) -> Any:
@@ -465,7 +482,7 @@ class Engine:
         from ..evaluation import evaluate_log, promotion_check
         from ..evaluation.store_log import iter_log, model_specs
 
-        with _readable():
+        with _readable(self):
             records = [r for r in iter_log(self.store) if r.outcome is not None and name in r.shadow_pmfs]
             specs = model_specs(self.store, list(self.settings.load_catalog()))
         if len(records) < MIN_PROMOTION_EVIDENCE:
@@ -487,7 +504,7 @@ class Engine:
 
     def decision(self, decision_id: str) -> tuple[StoredDecision, list[FeedbackRecord], CallRecord | None]:
         """A stored decision, its feedback, and the gateway's call record (None for a `/v1/route` decision)."""
-        with _readable(), self.store.read() as reader:
+        with _readable(self), self.store.read() as reader:
             stored = reader.decision(decision_id)
             if stored is None:
                 raise UnknownDecision(f"no decision {decision_id!r}")
@@ -495,12 +512,12 @@ class Engine:
 
     def router_counts(self) -> list[RouterCounts]:
         """Named routers' counts from the database (`store.router_stats`): the deployment's, whatever the process."""
-        with _readable(), self.store.read() as reader:
+        with _readable(self), self.store.read() as reader:
             return reader.router_counts()
 
     def stats(self) -> dict[str, Any]:
         """Counts from the database; the policy version and applied seq of this process (`pid`)."""
-        with _readable(), self.store.read() as reader:
+        with _readable(self), self.store.read() as reader:
             raw = reader.stats()
             head = reader.head()
         total = sum(m.decisions for m in raw.models.values())
@@ -531,8 +548,10 @@ class Engine:
 
 
 @contextlib.contextmanager
-def _readable() -> Iterator[None]:
-    """Database errors of a read → `Unavailable` (503)."""
+def _readable(engine: Engine | None = None) -> Iterator[None]:
+    """Database errors of a read → `Unavailable` (503); with `engine`, refused at once while it is stalled."""
+    if engine is not None and (stalled := engine.stalled) is not None:
+        raise Unavailable(f"the database is unavailable: {stalled}")
     try:
         yield
     except StoreError as exc:

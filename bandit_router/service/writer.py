@@ -341,6 +341,9 @@ class Writer:
         """Recurring failures (a write, following the log) are logged at most once a minute each."""
         self.accepting = False
         self.halted: str | None = None
+        self.busy_since: float | None = None
+        """`time.monotonic()` when the current round (a transaction, following the log, the work between batches)
+        began, None while the writer waits for work: the engine reads it to tell a database that does not answer."""
         """Why this process must write nothing more (a newer version migrated the database), else None: every
         operation then fails with it and no reward window is closed."""
 
@@ -417,6 +420,7 @@ class Writer:
                 except queue.Empty:
                     break
             sweep = self._sweeps and time.monotonic() >= self._next_sweep
+            self.busy_since = time.monotonic()
             try:
                 if ops or sweep:
                     self._transact(ops, sweep)
@@ -425,6 +429,7 @@ class Writer:
             finally:
                 self._resolve(ops)
             between_batches()
+            self.busy_since = None
         on_stop()
 
     def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
