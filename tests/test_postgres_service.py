@@ -286,7 +286,8 @@ def test_a_database_that_hangs_is_a_503_at_once_not_a_request_that_waits_as_long
     nothing answers, so no timeout of the driver or the server fires). Before, every route and feedback queued
     behind the writer's transaction for as long as the hang lasted (20 s in the drill) and `/readyz` said ready
     throughout. Now, once the writer has had no answer for `STALL_S`, new writes are refused at once with a 503
-    (nothing stored) and `/readyz` is 503; the request caught in the hang completes when the server thaws."""
+    (nothing stored) and `/readyz` is 503; the request caught in the hang is answered 503 too, saying it may still
+    be stored: it is, once the server thaws, and sent again it is a `duplicate`."""
     from concurrent.futures import ThreadPoolExecutor
 
     from bandit_router.service import engine as engine_module
@@ -307,10 +308,11 @@ def test_a_database_that_hangs_is_a_503_at_once_not_a_request_that_waits_as_long
                 assert reply.status_code == 503 and "not answered" in reply.json()["message"], reply.text
                 assert time.monotonic() - sent < 1.0  # refused at once, not queued behind the hang
             assert client.get("/v1/stats").status_code == 503
-            assert not caught.done()
-            pg_server.resume()
-            assert caught.result(timeout=30).json()["status"] == "applied"
+            answered = caught.result(timeout=5)  # while the server is still frozen
+            assert answered.status_code == 503 and "may still be stored" in answered.json()["message"]
     finally:
         pg_server.resume()
     _wait(lambda: client.get("/readyz").status_code == 200)
+    again = client.post("/v1/feedback", json={"decision_id": before["decision_id"], "quality": 0.5})
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"  # the caught one was stored
     assert client.post("/v1/route", json={"prompt": "thawed", "models": PAIR}).status_code == 200

@@ -110,6 +110,7 @@ class Engine:
                              observer=observer)
         self.recovery: dict[str, Any] = {}
         self._maintainer: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
         self._unreachable: str | None = None
         """Why a server database cannot be reached now (`_maintain` probes it), else None."""
         self._migrated: str | None = None
@@ -203,6 +204,8 @@ class Engine:
             listen(self.writer.wake)
         self._maintainer = threading.Thread(target=self._maintain, name="bandit-router-maintenance", daemon=True)
         self._maintainer.start()
+        self._watchdog = threading.Thread(target=self._watch, name="bandit-router-watchdog", daemon=True)
+        self._watchdog.start()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         self._ready.wait(timeout)
@@ -216,6 +219,8 @@ class Engine:
         self._stopped.set()
         if self._maintainer is not None:
             self._maintainer.join(timeout)
+        if self._watchdog is not None:
+            self._watchdog.join(timeout)
         self.store.close()
 
     def _maintain(self) -> None:
@@ -234,6 +239,18 @@ class Engine:
                 except StoreError as exc:
                     self._unreachable = str(exc)
             self._check_schema()
+
+    def _watch(self) -> None:
+        """Twice a second, with no I/O of its own (the maintenance thread's probe may hang with the database): while
+        the database does not answer (`stalled`), answer the requests waiting for the writer with a 503 now."""
+        while not self._stopped.wait(MAINTAIN_EVERY_S):
+            stalled = self.stalled
+            if stalled is not None:
+                self.writer.abandon(
+                    Unavailable(f"the database is unavailable: {stalled}; this request may still be stored when it "
+                                "answers (a feedback sent again is answered `duplicate`)"),
+                    Unavailable(f"the database is unavailable: {stalled}; nothing of this request was stored"),
+                )
 
     def _check_schema(self) -> None:
         """A newer bandit-router migrated the database (an old replica left running beside new ones during an

@@ -344,6 +344,8 @@ class Writer:
         self.busy_since: float | None = None
         """`time.monotonic()` when the current round (a transaction, following the log, the work between batches)
         began, None while the writer waits for work: the engine reads it to tell a database that does not answer."""
+        self._current: Sequence[Op] = ()
+        """The operations of the round in progress (`abandon` answers them when the database hangs)."""
         """Why this process must write nothing more (a newer version migrated the database), else None: every
         operation then fails with it and no reward window is closed."""
 
@@ -420,6 +422,7 @@ class Writer:
                 except queue.Empty:
                     break
             sweep = self._sweeps and time.monotonic() >= self._next_sweep
+            self._current = ops
             self.busy_since = time.monotonic()
             try:
                 if ops or sweep:
@@ -430,6 +433,7 @@ class Writer:
                 self._resolve(ops)
             between_batches()
             self.busy_since = None
+            self._current = ()
         on_stop()
 
     def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
@@ -587,6 +591,27 @@ class Writer:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these any more
                 loop.call_soon_threadsafe(_settle_all, items)
 
+    def abandon(self, in_flight: BaseException, queued: BaseException) -> None:
+        """The database hangs: answer the callers now instead of when (if ever) it answers. Operations still queued
+        are taken off the queue and fail with `queued` (they will not be written); those of the round in progress
+        fail with `in_flight` (their transaction may still commit). Any thread; the round in progress, when it ends,
+        settles nothing twice (`_settle` skips answered futures)."""
+        taken: list[Op] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:  # a stop request: put it back for the writer
+                self._queue.put(None)
+                break
+            taken.extend(item)
+        for ops, error in ((list(self._current), in_flight), (taken, queued)):
+            for op in ops:
+                if op.loop is not None and op.future is not None:
+                    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                        op.loop.call_soon_threadsafe(_fail, op.future, error)
+
     def fail_queued(self, error: BaseException) -> None:
         pending: list[Op] = []
         while True:
@@ -616,6 +641,11 @@ def _settle(op: Op) -> None:
         future.set_exception(op.error)
     else:
         future.set_result(op.result)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def _settle_all(ops: Sequence[Op]) -> None:
