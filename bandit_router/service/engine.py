@@ -15,6 +15,10 @@ learned feedback in the same order. A promotion is a `promote` model event, so e
 swaps at the same place in the log; with shadows, a checkpoint is a bundle of every router's snapshot. Learned
 cascades' escalation learners (`log.escalations`) are part of the policy set too: they follow the same log and
 checkpoints, from the chains stored with named routers' decisions (`store_decision(..., call)`).
+
+Why one module of ~580 lines: the engine is the one facade the routes call, and its parts share one state (the
+policy set, the writer, the readiness: recovering, a fault, an unreachable, hanging or newer-migrated database);
+the work itself lives in `writer.py`, `log/` and `store/`.
 """
 
 from __future__ import annotations
