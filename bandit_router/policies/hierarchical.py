@@ -138,10 +138,6 @@ class HierarchicalParams:
     extreme mean after a few feedbacks (one success: μ̂ = 1) does not make a model look noiseless; 0 = μ̂(1 − μ̂),
     the largest a quality with the model's current mean can have (clipped to [0.01, ¼]; the first version).
     Chosen on the tuning sets (experiments/learning-efficiency/results/tuning-noise.md)."""
-    novelty: float = 0.0
-    """c: widen each model's Thompson sd at this prompt by its corrections' posterior variance there,
-    sd_m(φ)² = sd_m² + c²·σ_m²·φᵀA_m⁻¹φ (A_m at the strongest shrinkage): a model whose data came from other kinds
-    of prompt is uncertain here, however many feedbacks it has (0: off)."""
     mix: float = 0.02
     """`ids` only: share of the pmf spread evenly over the models not confidently dominated (so that off-policy
     estimates can weigh every model that may still be best)."""
@@ -386,14 +382,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
     def predict(self, context: Context, models: Sequence[ModelSpec]) -> tuple[np.ndarray, np.ndarray]:
         """q̂_m(φ) and the posterior sd of the model's mean quality, each shape (len(models),)."""
         base, sd, omega, w = self._posterior_of(models)
-        phi = self._phi(context)
-        mean = base + c_einsum("kl,kl->k", omega, w @ phi)
-        c = self.params.novelty
-        if c > 0:
-            rows = self._rows(models)
-            variance = self._summary()[1][rows]
-            spread = np.einsum("kij,i,j->k", self._arms.a_inv[rows, LEVELS - 1], phi, phi)
-            sd = np.sqrt(sd * sd + c * c * variance * np.maximum(spread, 0.0))
+        mean = base + c_einsum("kl,kl->k", omega, w @ self._phi(context))
         return mean, sd
 
     # -- the policy protocol --------------------------------------------------------------------------------
