@@ -341,13 +341,13 @@ class Writer:
         """Recurring failures (a write, following the log) are logged at most once a minute each."""
         self.accepting = False
         self.halted: str | None = None
+        """Why this process must write nothing more (a newer version migrated the database), else None: every
+        operation then fails with it and no reward window is closed."""
         self.busy_since: float | None = None
         """`time.monotonic()` when the current round (a transaction, following the log, the work between batches)
         began, None while the writer waits for work: the engine reads it to tell a database that does not answer."""
         self._current: Sequence[Op] = ()
         """The operations of the round in progress (`abandon` answers them when the database hangs)."""
-        """Why this process must write nothing more (a newer version migrated the database), else None: every
-        operation then fails with it and no reward window is closed."""
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def start(self, prepare: Callable[[], None], between_batches: Callable[[], None],

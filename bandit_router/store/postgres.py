@@ -101,13 +101,13 @@ CONNECT_TIMEOUT_S = 3
 POOL_TIMEOUT_S = 5.0
 """How long a reader waits for a pooled connection while the server is reachable (all of them busy)."""
 POOL_SLICE_S = 0.1
+"""A reader waits for a pooled connection in slices of this length, and gives up after a slice that ended while this
+process knew the server to be down (`PostgresStore.down`): a request answers 503 then, not after `POOL_TIMEOUT_S`."""
 POOL_RECONNECT_S = 2.0
 """The pool retries a failed connection with doubling delays for at most this long, then leaves the next reader's
 demand to start again from a prompt attempt: with a long give-up (it was 24 h) the delays kept doubling through an
 outage, and readers (following the log, `/v1/stats`) stayed without connections for about as long again after
 the server was back."""
-"""A reader waits for a pooled connection in slices of this length, and gives up after a slice that ended while this
-process knew the server to be down (`PostgresStore.down`): a request answers 503 then, not after `POOL_TIMEOUT_S`."""
 STATEMENT_TIMEOUT_MS = 60_000
 LOCK_TIMEOUT_MS = 10_000
 """A writer waits at most this long for the log's lock (then 503): a replica cut off from the network while it
