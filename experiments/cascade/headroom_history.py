@@ -13,7 +13,9 @@ the best threshold is; more cells fit more noise):
   history block can represent);
 - *+ s₀ ≥ 5 at step 1*: step 1 per (s₁, whether Mistral's score was at least 5/10) — the history block's kind of
   information, coarsely;
-- *+ s₀ at step 1*: step 1 per (s₀, s₁), 100 cells.
+- *+ s₀ at step 1*: step 1 per (s₀, s₁), 100 cells;
+- *placebo*: step 1 per (a random label 0…9 drawn like s₀ but independent of the prompt, s₁), 100 cells: what
+  fitting that many cells in hindsight adds by chance alone.
 
 Also, per s₁ and whether s₀ < 5, on RouterDC's training split (what the warm start learns from): how often Yi's
 answer is right and what escalating it to GPT-4 adds to quality (before its cost).
@@ -66,8 +68,9 @@ def main() -> None:
         "the mean over seeds): mean reward per request of the best fixed threshold in hindsight, and what each richer",
         "rule chosen in hindsight adds to it (`experiments/cascade/headroom_history.py`).",
         "",
-        "| judge | λ | best threshold | any rule per step on its own score | + s₀ ≥ 5 at step 1 | + s₀ at step 1 |",
-        "|---|---|---|---|---|---|",
+        "| judge | λ | best threshold | any rule per step on its own score | + s₀ ≥ 5 at step 1 | + s₀ at step 1 "
+        "| placebo |",
+        "|---|---|---|---|---|---|---|",
     ]
     rows = env.eval_rows
     tokens = np.array([env.context(int(r), extractor).input_tokens for r in rows], dtype=np.float64)
@@ -92,8 +95,9 @@ def main() -> None:
                                        (env.quality[train, g] - env.quality[train, y])[cell].sum()]  # fmt: skip
         cells[accuracy] = counts
         for lam in setup["cost_weights"]:
-            results = np.zeros(4)
-            for s0, s1 in by_seed:
+            results = np.zeros(5)
+            for seed, (s0, s1) in zip(SEEDS, by_seed, strict=True):
+                placebo = np.random.default_rng([seed, 7]).permutation(s0)  # s₀'s distribution, no prompt's
                 mistral = q[:, m] - lam * (c[:, m] + judge_cost)
                 yi = q[:, y] - lam * (c[:, m] + c[:, y] + 2 * judge_cost)
                 gpt4 = q[:, g] - lam * (c[:, m] + c[:, y] + c[:, g] + 2 * judge_cost)
@@ -104,9 +108,12 @@ def main() -> None:
 
                 results += [best, value(best_per_cell(s1, yi, gpt4)) - best,
                             value(best_per_cell(10 * (s0 >= 4.5) + s1, yi, gpt4)) - best,
-                            value(best_per_cell(10 * s0 + s1, yi, gpt4)) - best]  # fmt: skip
+                            value(best_per_cell(10 * s0 + s1, yi, gpt4)) - best,
+                            value(best_per_cell(10 * placebo + s1, yi, gpt4)) - best]  # fmt: skip
             r = np.round(results / len(SEEDS), 4) + 0.0
-            lines.append(f"| {accuracy} | {lam:g} | {r[0]:.4f} | {r[1]:+.4f} | {r[2]:+.4f} | {r[3]:+.4f} |")
+            lines.append(
+                f"| {accuracy} | {lam:g} | {r[0]:.4f} | {r[1]:+.4f} | {r[2]:+.4f} | {r[3]:+.4f} | {r[4]:+.4f} |"
+            )
     lines += [
         "",
         "RouterDC's training split (the warm start's prompts), the same seeds pooled: per Yi-34B score s₁ (1–10) and",
