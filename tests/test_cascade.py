@@ -427,7 +427,8 @@ def test_the_chain_hands_each_step_the_earlier_confidences_and_the_grid_keeps_th
 def test_a_stored_chain_is_learned_with_its_earlier_confidences_as_it_was_decided() -> None:
     """The log's learner (`EscalationLearners.learn`) recomputes each stored step's state from the decision's context
     and the stored steps before it: with `history` it holds exactly the state of a learner that learned the live
-    chains' own steps (same A and b), over chains that reached the second step after various first scores."""
+    chains' own steps (same A and b), over chains that reached the second step after various first scores. Its
+    snapshot is refused by a router without `history`, with a message naming the setting."""
     models = tuple(ModelSpec(name, 1.0, 2.0) for name in HISTORY_COSTS)
     alias = RouterAlias("learned", "learned-cascade", tuple(HISTORY_COSTS), signal="logprob",
                         escalation={"history": True})  # fmt: skip
@@ -454,6 +455,12 @@ def test_a_stored_chain_is_learned_with_its_earlier_confidences_as_it_was_decide
     for arm in ("accept", "escalate"):
         for key in ("a", "b"):
             assert np.allclose(stored[arm][key], live.state()[arm][key], rtol=0, atol=1e-12), (arm, key)
+    # a checkpoint of these learners does not restore into a router without `history` (a checkpoint's restore
+    # failing makes the service try an older one, then replay the log): the message says why
+    plain = dataclasses.replace(alias, escalation={})
+    without = EscalationLearners(dataclasses.replace(Settings(models=models), named_routers=RoutersSettings((plain,))))
+    with pytest.raises(ValueError, match=r"escalation state of 'learned': .* a state saved with history = true"):
+        without.restore(learners.snapshot())
 
 
 @pytest.mark.parametrize(("settings", "match"), [({"floor": 0.5}, "floor"), ({"dim": 8}, "dim"), ({"v": -1}, "v"),
