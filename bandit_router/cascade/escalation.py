@@ -18,8 +18,8 @@ shrunk towards it (prior precision `bin_ridge`) so that scores seen rarely borro
 
 Per action a, a Bayesian ridge regression (`policies.linear.RidgeRegression`; prior precision `ridge` on the
 prompt blocks, `confidence_ridge` on the smooth part, `bin_ridge` on the bins, `history_ridge` on h) learns the
-*final quality* of the chain from z: for `accept`, the quality of the answer accepted at this step; for `escalate`, the
-quality the chain ended with after escalating here. Prior means: an accepted answer's quality is
+*final quality* of the chain from z: for `accept`, the quality of the answer accepted at this step; for
+`escalate`, the quality the chain ended with after escalating here. Prior means: an accepted answer's quality is
 (1 − calibration)·prior_quality + calibration·s (the score read as a calibrated estimate), an escalation's
 `escalate_prior`, either without a score `prior_quality`. Cost is priced, not learned blind ("learn what is
 unknown, price what is known"): escalating costs ĉ_k = r_k·c_next, the next model's expected cost for this
@@ -30,14 +30,13 @@ to it). The cost already spent is sunk and common to both actions. Thompson samp
 
 where, with `monotone` (the default), the gap μ_e − λ·ĉ_k − μ_a is first made non-increasing in the score: it is
 computed for the same prompt (and earlier scores) at every score level of this step (`score_grid`), fitted by
-weighted antitonic regression (`antitonic`, weights 1/σ², σ² = w_a² + w_e²: well-measured levels dominate) and
-read at this score. Every
-threshold rule has this shape by construction; a level whose escalation was rarely tried, or that was unlucky,
-follows its neighbours instead of staying stuck. P is mixed with a floor f so that both actions keep a logged
-probability ≥ f for offline evaluation: p = f + (1 − 2f)·P, f = floor·(d + (1 − d)·2Φ(−|gap|/σ)) (`decided_floor`
-d: the floor shrinks to d·floor where the posterior has decided which action is better). The chain's reward is the
-final quality − λ·(total cost of the chain), the quantity both actions' scores estimate up to the common sunk cost.
-The probability of the action taken is logged with every step (`EscalationStep.probability`).
+weighted antitonic regression (`antitonic`, weights 1/σ², σ² = w_a² + w_e²: well-measured levels dominate) and read
+at this score. Every threshold rule has this shape by construction; a level whose escalation was rarely tried, or
+that was unlucky, follows its neighbours instead of staying stuck. P is mixed with a floor f so that both actions
+keep a logged probability ≥ f for offline evaluation: p = f + (1 − 2f)·P, f = floor·(d + (1 − d)·2Φ(−|gap|/σ))
+(`decided_floor` d: the floor shrinks to d·floor where the posterior has decided which action is better). The
+chain's reward is the final quality − λ·(total cost of the chain), the quantity both actions' scores estimate up to
+the common sunk cost. The probability of the action taken is logged with every step (`EscalationStep.probability`).
 """
 
 from __future__ import annotations
