@@ -203,6 +203,7 @@ class CascadeRun:
         step = self.escalation.decide(
             self.context, len(self.steps), answer.model, confidence,
             self.next_cost(self.models[self.position + 1]), self.cost_weight, self.rng,
+            earlier=[s.confidence for s in self.steps],
         )  # fmt: skip
         self.steps.append(step)
         self.paid_before.append(len(self.calls))

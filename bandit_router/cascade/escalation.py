@@ -8,14 +8,18 @@ none), its state is
     z = [x, s·x, c_k(s)],   c_k(s) = [1{s missing}, 1{s given}, s, s², onehot(bin₁₀(s))] in the block of position k
 
 (one block per chain position: a score means something else for each model; ten bins, one per rubric score).
+With `history` (off by default) the state of a step k ≥ 1 also has h_k = [1{p missing}, p, p·s] in the block of
+position k, p the previous step's score (`decide`'s `earlier`: the chain passes its earlier steps' confidences),
+prior mean 0, precision `history_ridge`: an earlier model's low score says the prompt is hard, which may change
+what this answer's score is worth and what escalating gains — what no threshold on this step's score can read.
 The confidence part is a smooth curve in s plus one free level per score: the bins contain every step function
 of the score, so every fixed threshold is a special case of the model, and their deviations from the curve are
 shrunk towards it (prior precision `bin_ridge`) so that scores seen rarely borrow from their neighbours.
 
 Per action a, a Bayesian ridge regression (`policies.linear.RidgeRegression`; prior precision `ridge` on the
-prompt blocks, `confidence_ridge` on the smooth part, `bin_ridge` on the bins) learns the *final quality*
-of the chain from z: for `accept`, the quality of the answer accepted at this step; for `escalate`, the
-quality the chain ended with after escalating here. Prior means: an accepted answer's quality is
+prompt blocks, `confidence_ridge` on the smooth part, `bin_ridge` on the bins, `history_ridge` on h) learns the
+*final quality* of the chain from z: for `accept`, the quality of the answer accepted at this step; for
+`escalate`, the quality the chain ended with after escalating here. Prior means: an accepted answer's quality is
 (1 − calibration)·prior_quality + calibration·s (the score read as a calibrated estimate), an escalation's
 `escalate_prior`, either without a score `prior_quality`. Cost is priced, not learned blind ("learn what is
 unknown, price what is known"): escalating costs ĉ_k = r_k·c_next, the next model's expected cost for this
@@ -25,14 +29,14 @@ to it). The cost already spent is sunk and common to both actions. Thompson samp
     P(escalate) = Φ((μ_e − λ·ĉ_k − μ_a) / (v·√(w_a² + w_e²))),   μ = θᵀz, w² = zᵀA⁻¹z
 
 where, with `monotone` (the default), the gap μ_e − λ·ĉ_k − μ_a is first made non-increasing in the score: it is
-computed for the same prompt at every score level (`score_grid`), fitted by weighted antitonic regression
-(`antitonic`, weights 1/σ², σ² = w_a² + w_e²: well-measured levels dominate) and read at this score. Every
-threshold rule has this shape by construction; a level whose escalation was rarely tried, or that was unlucky,
-follows its neighbours instead of staying stuck. P is mixed with a floor f so that both actions keep a logged
-probability ≥ f for offline evaluation: p = f + (1 − 2f)·P, f = floor·(d + (1 − d)·2Φ(−|gap|/σ)) (`decided_floor`
-d: the floor shrinks to d·floor where the posterior has decided which action is better). The chain's reward is the
-final quality − λ·(total cost of the chain), the quantity both actions' scores estimate up to the common sunk cost.
-The probability of the action taken is logged with every step (`EscalationStep.probability`).
+computed for the same prompt (and earlier scores) at every score level of this step (`score_grid`), fitted by
+weighted antitonic regression (`antitonic`, weights 1/σ², σ² = w_a² + w_e²: well-measured levels dominate) and read
+at this score. Every threshold rule has this shape by construction; a level whose escalation was rarely tried, or
+that was unlucky, follows its neighbours instead of staying stuck. P is mixed with a floor f so that both actions
+keep a logged probability ≥ f for offline evaluation: p = f + (1 − 2f)·P, f = floor·(d + (1 − d)·2Φ(−|gap|/σ))
+(`decided_floor` d: the floor shrinks to d·floor where the posterior has decided which action is better). The
+chain's reward is the final quality − λ·(total cost of the chain), the quantity both actions' scores estimate up to
+the common sunk cost. The probability of the action taken is logged with every step (`EscalationStep.probability`).
 """
 
 from __future__ import annotations
@@ -112,7 +116,11 @@ class Escalation(Protocol):
         next_cost_usd: float,
         cost_weight: float,
         rng: np.random.Generator,
-    ) -> EscalationStep: ...
+        earlier: Sequence[float | None] = (),
+    ) -> EscalationStep:
+        """Accept or escalate `model`'s answer at chain step `step` (0 for the first decision), whose confidence is
+        `confidence`; `earlier` are the confidences of the chain's earlier steps, in order (len(earlier) = step)."""
+        ...
 
     def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
         """`extra_costs[i]`: what the chain paid after `steps[i]` (0 for the accepting step)."""
@@ -137,6 +145,7 @@ class ThresholdEscalation:
         next_cost_usd: float,
         cost_weight: float,
         rng: np.random.Generator,
+        earlier: Sequence[float | None] = (),
     ) -> EscalationStep:
         escalate = confidence is None or confidence < self.threshold
         p = 1.0 if escalate else 0.0
@@ -174,6 +183,11 @@ class EscalationParams:
     the two actions are close, d·floor where one is clearly better (d > 0: the log still supports offline
     evaluation, with importance weights up to 1/(d·floor); 1 keeps the fixed floor, e.g. for a log meant to
     evaluate other rules)."""
+    history: bool = False
+    """Give the state of steps ≥ 1 the previous answer's score (`history_features`): an earlier model's low score
+    says the prompt is hard, which changes what this answer's score is worth and what escalating gains."""
+    history_ridge: float = 5.0
+    """Prior precision of the history block (prior mean 0: the earlier score changes nothing until outcomes say)."""
     monotone: bool = True
     """Decide on the gain of escalating made non-increasing in the score (`antitonic`): what every threshold rule
     is by construction, so that a score level whose escalation was never tried borrows from its neighbours."""
@@ -181,8 +195,8 @@ class EscalationParams:
     def __post_init__(self) -> None:
         if not 32 <= self.dim <= 1024:
             raise ValueError("dim must be in [32, 1024]")
-        if self.ridge <= 0 or self.confidence_ridge <= 0 or self.bin_ridge <= 0 or self.v < 0:
-            raise ValueError("ridge, confidence_ridge and bin_ridge must be > 0 and v >= 0")
+        if min(self.ridge, self.confidence_ridge, self.bin_ridge, self.history_ridge) <= 0 or self.v < 0:
+            raise ValueError("ridge, confidence_ridge, bin_ridge and history_ridge must be > 0 and v >= 0")
         if not all(0.0 <= x <= 1.0 for x in (self.prior_quality, self.escalate_prior, self.calibration)):
             raise ValueError("prior_quality, escalate_prior and calibration must be in [0, 1]")
         if not 0.0 <= self.floor < 0.5:
@@ -191,8 +205,9 @@ class EscalationParams:
             raise ValueError("decided_floor must be a number in (0, 1]")
         if not 0.0 < self.decided_floor <= 1.0:  # 0: a decided action's probability would reach exactly 0
             raise ValueError("decided_floor must be in (0, 1] (floor = 0 for no floor at all)")
-        if not isinstance(self.monotone, bool):  # a TOML string "false" would otherwise turn it on
-            raise ValueError(f"monotone must be true or false, not {self.monotone!r}")
+        for flag in ("monotone", "history"):  # a TOML string "false" would otherwise turn it on
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be true or false, not {getattr(self, flag)!r}")
 
 
 CONFIDENCE_FEATURES = 4 + BINS
@@ -215,10 +230,33 @@ def confidence_features(confidence: float | None, step: int) -> np.ndarray:
     return out
 
 
-def score_grid(z: np.ndarray, step: int, dim: int) -> tuple[np.ndarray | None, int]:
-    """State z = [x, s·x, c_k(s)] at every score level: row b is the state of the same prompt with the score b/9
-    (the rubric score b + 1, in bin b), except row bin(s), which is z itself; and bin(s). (None, 0) when the
-    confidence is missing (no order to respect)."""
+HISTORY = 3
+"""Per chain position k ≥ 1 (with `EscalationParams.history`): 1{previous score missing}, p, p·s."""
+HISTORY_START = MAX_STEPS * CONFIDENCE_FEATURES
+"""Where the history blocks start after the prompt blocks [x, s·x]."""
+
+
+def history_features(earlier: Sequence[float | None], confidence: float | None, step: int) -> np.ndarray:
+    """[1{p missing}, p, p·s] in the block of chain position `step` ≥ 1, p the previous step's score (`earlier[-1]`)
+    and s this step's (0 when missing), shape ((MAX_STEPS − 1) · HISTORY,); all 0 at step 0 (nothing before it)."""
+    out = np.zeros((MAX_STEPS - 1) * HISTORY)
+    if step == 0:
+        return out
+    base = (min(step, MAX_STEPS - 1) - 1) * HISTORY
+    previous = earlier[-1]
+    if previous is None:
+        out[base] = 1.0
+    else:
+        p = min(max(float(previous), 0.0), 1.0)
+        s = 0.0 if confidence is None else min(max(confidence, 0.0), 1.0)
+        out[base + 1], out[base + 2] = p, p * s
+    return out
+
+
+def score_grid(z: np.ndarray, step: int, dim: int, history: bool = False) -> tuple[np.ndarray | None, int]:
+    """State z = [x, s·x, c_k(s), h_k(p, s)] at every score level: row b is the state of the same prompt with the
+    score b/9 (the rubric score b + 1, in bin b) and the same earlier scores, except row bin(s), which is z itself;
+    and bin(s). (None, 0) when the confidence is missing (no order to respect)."""
     base = 2 * dim + min(step, MAX_STEPS - 1) * CONFIDENCE_FEATURES
     if z[base + 1] != 1.0:
         return None, 0
@@ -229,6 +267,9 @@ def score_grid(z: np.ndarray, step: int, dim: int) -> tuple[np.ndarray | None, i
     grid[:, dim : 2 * dim] = scores[:, None] * z[None, :dim]
     grid[:, base + 2], grid[:, base + 3] = scores, scores * scores
     grid[:, base + SMOOTH : base + SMOOTH + BINS] = np.eye(BINS)
+    if history and step > 0:  # p·s follows s; p (an earlier step's score) stays as it is
+        h = 2 * dim + HISTORY_START + (min(step, MAX_STEPS - 1) - 1) * HISTORY
+        grid[:, h + 2] = z[h + 1] * scores
     return grid, own
 
 
@@ -257,10 +298,12 @@ def _ridge(precision: np.ndarray, prior: np.ndarray) -> RidgeRegression:
     return reg
 
 
-def prior_mean(dim: int, missing: float, level: float, calibration: float = 0.0) -> np.ndarray:
+def prior_mean(
+    dim: int, missing: float, level: float, calibration: float = 0.0, history: bool = False
+) -> np.ndarray:
     """θ₀ with q̂ = `missing` for a missing confidence and q̂ = (1 − calibration)·level + calibration·s for a score
-    s (the prompt's features and the per-score deviations start at 0)."""
-    theta = np.zeros(2 * dim + MAX_STEPS * CONFIDENCE_FEATURES)
+    s (the prompt's features, the per-score deviations and the history block start at 0)."""
+    theta = np.zeros(state_size(dim, history))
     for k in range(MAX_STEPS):
         base = 2 * dim + k * CONFIDENCE_FEATURES
         theta[base] = missing
@@ -269,10 +312,19 @@ def prior_mean(dim: int, missing: float, level: float, calibration: float = 0.0)
     return theta
 
 
+def state_size(dim: int, history: bool) -> int:
+    """The length of z: the prompt blocks, the confidence blocks, and the history blocks when `history`."""
+    return 2 * dim + HISTORY_START + ((MAX_STEPS - 1) * HISTORY if history else 0)
+
+
 def prior_precision(params: EscalationParams) -> np.ndarray:
-    """diag(A₀): `ridge` on the prompt blocks, `confidence_ridge` on the smooth part, `bin_ridge` on the bins."""
+    """diag(A₀): `ridge` on the prompt blocks, `confidence_ridge` on the smooth part, `bin_ridge` on the bins,
+    `history_ridge` on the history blocks."""
     block = np.concatenate([np.full(SMOOTH, params.confidence_ridge), np.full(BINS, params.bin_ridge)])
-    return np.concatenate([np.full(2 * params.dim, params.ridge), np.tile(block, MAX_STEPS)])
+    parts = [np.full(2 * params.dim, params.ridge), np.tile(block, MAX_STEPS)]
+    if params.history:
+        parts.append(np.full((MAX_STEPS - 1) * HISTORY, params.history_ridge))
+    return np.concatenate(parts)
 
 
 class LearnedEscalation:
@@ -282,23 +334,35 @@ class LearnedEscalation:
         self.params = params or EscalationParams()
         p = self.params
         self.name = f"learned:v={p.v:g},floor={p.floor:g}"
-        self.size = 2 * p.dim + MAX_STEPS * CONFIDENCE_FEATURES
+        self.size = state_size(p.dim, p.history)
         precision = prior_precision(p)
-        self.accept = _ridge(precision, prior_mean(p.dim, p.prior_quality, p.prior_quality, p.calibration))
-        self.escalate = _ridge(precision, prior_mean(p.dim, p.prior_quality, p.escalate_prior))
+        self.accept = _ridge(
+            precision, prior_mean(p.dim, p.prior_quality, p.prior_quality, p.calibration, p.history)
+        )
+        self.escalate = _ridge(precision, prior_mean(p.dim, p.prior_quality, p.escalate_prior, history=p.history))
         self.cost_ratio = np.ones(MAX_STEPS)
         self.cost_count = np.zeros(MAX_STEPS)
         self.updates = 0
 
-    def state_vector(self, context: Context, step: int, confidence: float | None) -> np.ndarray:
+    def state_vector(
+        self, context: Context, step: int, confidence: float | None, earlier: Sequence[float | None] = ()
+    ) -> np.ndarray:
+        """z for the answer of chain step `step` with `confidence`, after the earlier steps' confidences `earlier`
+        (read only with `history`; then len(earlier) must be `step`)."""
         x = dense_vector(context, self.params.dim)
         s = 0.0 if confidence is None else min(max(confidence, 0.0), 1.0)
-        return np.concatenate([x, s * x, confidence_features(confidence, step)])
+        parts = [x, s * x, confidence_features(confidence, step)]
+        if self.params.history:
+            if len(earlier) != step:
+                raise ValueError(f"step {step} needs the {step} earlier steps' confidences, not {len(earlier)}")
+            parts.append(history_features(earlier, confidence, step))
+        return np.concatenate(parts)
 
     def p_escalate(self, z: np.ndarray, step: int, next_cost_usd: float, cost_weight: float) -> tuple[float, float]:
         """(P(escalate), ĉ_k) for state z (see the module docstring)."""
         extra = float(self.cost_ratio[min(step, MAX_STEPS - 1)]) * next_cost_usd
-        grid, own = score_grid(z, step, self.params.dim) if self.params.monotone else (None, 0)
+        params = self.params
+        grid, own = score_grid(z, step, params.dim, params.history) if params.monotone else (None, 0)
         states = z[None, :] if grid is None else grid
         mean_a, mean_e = states @ self.accept.theta, states @ self.escalate.theta
         variances = np.maximum(((states @ self.accept.a_inv) * states).sum(axis=1), 0.0) + np.maximum(
@@ -328,8 +392,9 @@ class LearnedEscalation:
         next_cost_usd: float,
         cost_weight: float,
         rng: np.random.Generator,
+        earlier: Sequence[float | None] = (),
     ) -> EscalationStep:
-        z = self.state_vector(context, step, confidence)
+        z = self.state_vector(context, step, confidence, earlier)
         p, extra = self.p_escalate(z, step, next_cost_usd, cost_weight)
         return EscalationStep(step, model, confidence, bool(rng.random() < p), p, extra, next_cost_usd, z)
 
@@ -367,15 +432,20 @@ class LearnedEscalation:
         }
 
     def load(self, state: dict[str, Any]) -> None:
-        """Restore `state()`. A state of another layout (another `dim`, or saved before the confidence basis had
-        its smooth part: 13 features per chain position, now 14) is refused with a ValueError, not misread."""
+        """Restore `state()`. A state of another layout (another `dim`, saved before the confidence basis had its
+        smooth part: 13 features per chain position, now 14, or with `history` the other way) is refused with a
+        ValueError, not misread."""
+        p = self.params
         arms = {}
         for name in ("accept", "escalate"):
             a, a_inv, b = (np.array(state[name][k], dtype=np.float64) for k in ("a", "a_inv", "b"))
             if a.shape != (self.size, self.size) or a_inv.shape != a.shape or b.shape != (self.size,):
+                history = f"{HISTORY} history features per position after the first" if p.history else "no history"
+                other = b.shape == (state_size(p.dim, not p.history),)
                 raise ValueError(
-                    f"escalation state has {b.shape[0]} features where this learner has {self.size} "
-                    f"(dim = {self.params.dim}, {CONFIDENCE_FEATURES} confidence features per chain position)"
+                    f"escalation state has {b.shape[0] if b.ndim else 0} features where this learner has {self.size} "
+                    f"(dim = {p.dim}, {CONFIDENCE_FEATURES} confidence features per chain position, {history})"
+                    + (f": a state saved with history = {str(not p.history).lower()}" if other else "")
                 )
             arms[name] = (a, a_inv, b)
         for name, (a, a_inv, b) in arms.items():

@@ -7,8 +7,9 @@ paid after each step), in the transaction that stores the decision. Feedback on 
 for the bandit; its *first* `unrouted` feedback is what the router's `LearnedEscalation` learns (`learns_chain`,
 and `store.sqlite.CHAINS_SQL` for the rows other processes committed):
 
-    steps  = the stored steps, each with its state z recomputed from the *stored* decision's context
-             (`LearnedEscalation.state_vector(context, step, confidence)`: the live z came from the same features)
+    steps  = the stored steps, each with its state z recomputed from the *stored* decision's context and the
+             stored confidences (`LearnedEscalation.state_vector(context, step, confidence, earlier)`, `earlier`
+             the confidences of the steps stored before it: the live z came from the same features)
     learn(steps, final quality, extra costs)
 
 in feedback `seq` order, by `LogFollower` (the rows a process commits itself right after its commit, the others'
@@ -65,6 +66,16 @@ DECISION_ONLY = ("decided_floor", "monotone")
 """`EscalationParams` fields that the learned state does not depend on, left out of the checkpoints' fingerprint."""
 
 
+HISTORY_SETTINGS = ("history", "history_ridge")
+"""`EscalationParams` fields of the history block: part of the fingerprint only when `history` is on."""
+
+
+def learned_settings(params: EscalationParams) -> dict[str, Any]:
+    """The settings a learner's state depends on (see `EscalationLearners.fingerprint_source`)."""
+    left_out = DECISION_ONLY + (() if params.history else HISTORY_SETTINGS)
+    return {k: v for k, v in asdict(params).items() if k not in left_out}
+
+
 class GuardedEscalation:
     """A `LearnedEscalation` used under its set's lock (the `Escalation` a live cascade runs with)."""
 
@@ -74,10 +85,10 @@ class GuardedEscalation:
 
     def decide(
         self, context: Context, step: int, model: str, confidence: float | None, next_cost_usd: float,
-        cost_weight: float, rng: np.random.Generator,
+        cost_weight: float, rng: np.random.Generator, earlier: Sequence[float | None] = (),
     ) -> EscalationStep:
         with self.lock:
-            return self.learner.decide(context, step, model, confidence, next_cost_usd, cost_weight, rng)
+            return self.learner.decide(context, step, model, confidence, next_cost_usd, cost_weight, rng, earlier)
 
     def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
         """Live chains are learned from the log (`EscalationLearners.learn`), never from here."""
@@ -99,9 +110,9 @@ class EscalationLearners:
 
     def fingerprint_source(self) -> dict[str, Any]:
         """What the learners' state depends on (part of the checkpoints' fingerprint): not `decided_floor` and
-        `monotone`, which change only the decisions (so the fingerprint is the one from before they existed)."""
-        return {name: {k: v for k, v in asdict(p).items() if k not in DECISION_ONLY}
-                for name, p in sorted(self.params.items())}
+        `monotone`, which change only the decisions, nor `history_ridge` without `history`, whose state has the
+        layout of before it existed (so such a router keeps the fingerprint from before these settings)."""
+        return {name: learned_settings(p) for name, p in sorted(self.params.items())}
 
     def rule(self, alias: str) -> GuardedEscalation:
         return GuardedEscalation(self.learners[alias], self.lock)
@@ -124,12 +135,13 @@ class EscalationLearners:
             extra = [float(c) for c in data["extra_costs"]]
             if len(extra) != len(data["steps"]):  # checked first: `learn` would stop half-way through the steps
                 raise ValueError(f"{len(data['steps'])} steps but {len(extra)} extra costs")
+            confidences = [s.get("confidence") for s in data["steps"]]
             with self.lock:
-                steps = [
+                steps = [  # step i's state after the stored steps before it (their confidences: `history`)
                     EscalationStep.from_json(
-                        s, learner.state_vector(decision.context, int(s["step"]), s.get("confidence"))
+                        s, learner.state_vector(decision.context, int(s["step"]), s.get("confidence"), confidences[:i])
                     )
-                    for s in data["steps"]
+                    for i, s in enumerate(data["steps"])
                 ]
                 if steps:
                     learner.learn(steps, float(quality), extra)

@@ -2,7 +2,7 @@
 judges, on the tuning seeds (never the reported ones).
 
     nice .venv/bin/python experiments/cascade/tune.py --envs routellm-online --lams 3,30 --judges 0.8 \
-        --variants "base=;v2=v=0.2"
+        --variants "base=;v2=v=0.2" [--per-seed]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--judges", default="0.7,0.8,0.9")
     parser.add_argument("--variants", default="base=")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--per-seed", action="store_true", help="also each seed's gap (same best threshold)")
     args = parser.parse_args()
     seeds = tuple(int(s) for s in args.seeds.split(","))
     judges = [float(j) for j in args.judges.split(",")]
@@ -50,7 +51,7 @@ def main() -> None:
         plan = Plan(env=setup["env"], policies=tuple(pols), cost_weights=lams, seeds=seeds, warmup=setup["warmup"])
         result = simulate(plan, workers=args.workers)
         reward: dict[tuple[float, float, str], list[float]] = defaultdict(list)
-        for r in result.runs:
+        for r in sorted(result.runs, key=lambda r: r.seed):  # per-seed lists in seed order
             judge, label = labels[r.policy]
             reward[(r.cost_weight, judge, label)].append(r.mean_reward)
         print(f"## {name} seeds {list(seeds)}: learned − best threshold (per seed mean)")
@@ -64,6 +65,9 @@ def main() -> None:
                     gap = float(np.mean(reward[(lam, judge, label)])) - best
                     totals[label].append(gap)
                     row.append(f"{label} {gap:+.4f}")
+                    if args.per_seed:  # each seed's learned − the same threshold on that seed
+                        seeds_gap = np.subtract(reward[(lam, judge, label)], reward[(lam, judge, f"t{best_t}")])
+                        row[-1] += " [" + " ".join(f"{g:+.4f}" for g in seeds_gap) + "]"
                 print(f"λ={lam:g} judge={judge} best t={best_t}: " + "  ".join(row), flush=True)
         print(
             "mean gap: "

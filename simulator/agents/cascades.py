@@ -179,7 +179,7 @@ class CascadeAgent:
             if self.warmup == "full" and isinstance(escalation, LearnedEscalation):
                 chain = [k for k in self.chain if available[row, k]]
                 if chain:
-                    self._full_information(escalation, env, row, chain, 0, cost_weight, rng, draws[row])
+                    self._full_information(escalation, env, row, chain, 0, cost_weight, rng, draws[row], ())
                 continue
             self._chain(escalation, env, row, env.quality[row], env.cost_usd[row], available[row], None,
                         cost_weight, rng, draws[row])  # fmt: skip
@@ -194,9 +194,11 @@ class CascadeAgent:
         cost_weight: float,
         rng: np.random.Generator,
         draws: np.ndarray,
+        earlier: tuple[float | None, ...],
     ) -> float:
         """The final quality the learner's chain reaches from `chain[position]` on, teaching it at every step what
-        accepting and what escalating would have given (both known from the training labels)."""
+        accepting and what escalating would have given (both known from the training labels); `earlier`: the
+        confidences of the steps before `position`."""
         k = chain[position]
         quality = float(env.quality[row, k])
         if position == len(chain) - 1:
@@ -204,8 +206,10 @@ class CascadeAgent:
         confidence = parse_judge_score(self.judge.reply_to(quality, *draws[k]))
         context = env.context(row, self.extractor)
         expected = self._price(env, chain[position + 1], context)
-        step = learner.decide(context, position, env.model_names[k], confidence, expected, cost_weight, rng)
-        escalated = self._full_information(learner, env, row, chain, position + 1, cost_weight, rng, draws)
+        step = learner.decide(context, position, env.model_names[k], confidence, expected, cost_weight, rng, earlier)
+        escalated = self._full_information(
+            learner, env, row, chain, position + 1, cost_weight, rng, draws, (*earlier, confidence)
+        )
         learner.learn_both(step, quality, escalated)
         return escalated if step.escalate else quality
 

@@ -1,0 +1,82 @@
+"""What the default policy believes about each model on each prompt kind, against the truth, during a run.
+
+    .venv/bin/python experiments/learning-efficiency/estimates.py [SPEC] [λ] > results/X.md
+
+RouterBench's RouterDC *train* split (a tuning set), seeds 100–102, one pass from nothing. At a quarter, half and
+the end of each run: per prompt kind, the four models with the highest mean estimate q̂_m(φ) over the kind's last 200
+prompts seen (the policy's `predict`), with the kind's true mean reward; then GPT-4's feedback count, its per-model
+mean μ̂, the sd of μ̂ and its corrections' weights ω (one per shrinkage level), and every other model's summed ω and
+feedback count. Shows whether a model is judged on the kinds it was sent (a selection-biased μ̂ whose corrections
+have not earned their place) rather than on the kind at hand.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tune.py: the tuning split
+
+from tune import SETS
+
+from simulator.agents.router_agent import _Run
+from simulator.report import git_commit
+from simulator.runner import Plan, Workspace
+
+SEEDS = (100, 101, 102)
+WATCHED = "gpt-4-1106-preview"
+
+
+def main() -> None:
+    spec = sys.argv[1] if len(sys.argv) > 1 else "default"
+    lam = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    plan = Plan(env=SETS["routerbench-train"], policies=(spec,), cost_weights=(lam,), seeds=SEEDS)
+    ws = Workspace(plan)
+    ws.prepare()
+    print(f"# What `{spec}` believes per prompt kind, λ = {lam:g}\n")
+    print(
+        f"Command: `.venv/bin/python experiments/learning-efficiency/estimates.py {spec} {lam:g}`; "
+        f"seeds {', '.join(map(str, SEEDS))}; commit `{git_commit()}`.\n"
+    )
+    for seed in SEEDS:
+        episode, agent = ws.episode(seed), ws.agent(spec)
+        router = agent.make_router(episode, lam, seed)
+        run = _Run(agent, router, episode, ws.env, lam, seed)
+        steps = episode.n_steps
+        reward = episode.quality - lam * episode.cost_usd
+        for t in range(steps):
+            run.step(t)
+            if t + 1 not in (steps // 4, steps // 2, steps):
+                continue
+            policy = router.policy
+            models = tuple(router.models)
+            names = [m.name for m in models]
+            print(f"\n## Seed {seed}, after {t + 1} requests\n")
+            print("| kind | the policy's top four: estimate (true mean reward of the kind) |")
+            print("|---|---|")
+            for d, kind in enumerate(episode.domain_names):
+                rows = [int(episode.rows[i]) for i in range(t + 1) if episode.domains[i] == d][-200:]
+                estimate = np.mean([policy.predict(ws.env.context(r, ws.extractor), models)[0] for r in rows], axis=0)
+                true = reward[episode.domains == d].mean(axis=0)
+                top = np.argsort(-estimate)[:4]
+                cells = ", ".join(
+                    f"{names[k]} {estimate[k]:.3f} ({true[episode.model_names.index(names[k])]:.3f})" for k in top
+                )
+                print(f"| {kind} | {cells} |")
+            base, sd, omega, _ = policy._posterior_of(models)
+            arms = policy._arms
+            k = names.index(WATCHED)
+            others = ", ".join(
+                f"{n}: {omega[i].sum():.2f} ({arms.n[arms.row[n]]:.0f})" for i, n in enumerate(names) if i != k
+            )
+            print(
+                f"\n{WATCHED}: {arms.n[arms.row[WATCHED]]:.0f} feedbacks, μ̂ = {base[k]:.3f}, sd {sd[k]:.3f}, "
+                f"ω = {np.round(omega[k], 2).tolist()}. Others' Σω (feedbacks): {others}."
+            )
+
+
+if __name__ == "__main__":
+    main()
