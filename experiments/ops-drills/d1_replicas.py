@@ -1,10 +1,11 @@
 """Drill 1: two replicas on one PostgreSQL under load (route + feedback from 6 client threads, each sent to a random
 replica). In turn: `kill -9` of one replica and a new one in its place; PostgreSQL stopped for DOWN_S seconds and
 started again (`pg_ctl stop -m fast` / `start`); every PostgreSQL process frozen for HANG_S seconds (SIGSTOP), then
-thawed. The replicas are never restarted for the database's faults. Then the database against what clients were
-told (acknowledged rows exactly once, seqs without a gap) and each replica's policy against a replay of the log.
+thawed; the log's write lock held by another session for LOCK_S seconds. The replicas are never restarted for
+the database's faults. Then the database against what clients were told (acknowledged rows exactly once, seqs
+without a gap) and each replica's policy against a replay of the log.
 
-    .venv/bin/python experiments/ops-drills/d1_replicas.py      # DOWN_S=15 HANG_S=20 by default; ~2 min
+    .venv/bin/python experiments/ops-drills/d1_replicas.py      # DOWN_S=15 HANG_S=20 LOCK_S=12 by default; ~2 min
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 from drills import Load, Serve, check_postgres_log, wait
 
+from bandit_router.store.postgres import LOG_LOCK
 from tools.pg_server import PgServer
 
 DOWN_S = float(os.environ.get("DOWN_S", "15"))
 HANG_S = float(os.environ.get("HANG_S", "20"))
+LOCK_S = float(os.environ.get("LOCK_S", "12"))
 SEED = 5
 
 
@@ -77,6 +81,21 @@ def main() -> None:
         hang_longest = {k: v for k, v in load.longest.items() if v != longest.get(k)}
         print(f"PostgreSQL frozen {HANG_S:.0f} s: {phase(load, before)}; /readyz while frozen {ready}; longest "
               f"waits that grew {hang_longest}; first acknowledgement {first:.2f} s after the thaw", flush=True)
+
+        before, longest = dict(load.codes), dict(load.longest)
+        with psycopg.connect(url) as conn:  # another session holds the log's write lock (a replica cut off with it)
+            conn.execute("BEGIN")
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
+            time.sleep(LOCK_S / 2)
+            ready = [httpx.get(u + "/readyz", timeout=10).status_code for u in urls]
+            time.sleep(LOCK_S / 2)
+            conn.execute("ROLLBACK")
+        rated = len(load.rated)
+        first = wait(lambda: len(load.rated) > rated, 60, "an acknowledgement after the lock's release")
+        lock_longest = {k: v for k, v in load.longest.items() if v != longest.get(k)}
+        print(f"the log's lock held by another session {LOCK_S:.0f} s: {phase(load, before)}; /readyz meanwhile "
+              f"{ready}; longest waits that grew {lock_longest}; first acknowledgement {first:.2f} s after the release",
+              flush=True)
 
         rated = len(load.rated)
         wait(lambda: len(load.rated) >= rated + 500, 120, "traffic after the faults")
