@@ -451,7 +451,7 @@ class Writer:
                 if touches_log:
                     head = tx.head()
                     if head != follower.position:
-                        follower.catch_up(tx, head)
+                        follower.catch_up(tx, head, progress=self._progress)
                         batch.active = {m.name for m in follower.policies.live.models}
                     batch.next_seq = head[0] + 1
                     self._last_follow = time.monotonic()
@@ -533,9 +533,14 @@ class Writer:
         self._last_follow = time.monotonic()
         try:
             with self.store.read() as reader:
-                self.follower.catch_up(reader)
+                self.follower.catch_up(reader, progress=self._progress)
         except StoreError as exc:
             self._say("follow", logging.WARNING, "following the log failed (will retry): %s", exc)
+
+    def _progress(self) -> None:
+        """A page of the log learned: the round is working, not waiting for the database (`busy_since`)."""
+        if self.busy_since is not None:
+            self.busy_since = time.monotonic()
 
     def init_sweeps(self) -> None:
         """The first start with a reward window closes windows of decisions made from now on."""
