@@ -294,6 +294,8 @@ def test_a_stored_chain_that_cannot_be_learned_is_skipped_not_fatal(tmp_path: Pa
     assert not learners.learn(decision, "not json", 0.5, 1)
     assert not learners.learn(decision, '{"steps": [{"step": 0}], "extra_costs": [0.0]}', 0.5, 2)
     assert not learners.learn(dataclasses.replace(decision, policy="learned-cascade:gone"), "{}", 0.5, 3)
+    for steps in ('["x"]', "[1]", '{"a": 1}'):  # steps that are not objects: refused like the others, not raised
+        assert not learners.learn(decision, f'{{"steps": {steps}, "extra_costs": [0.0]}}', 0.5, 4)
     two_steps = ('{"steps": [' + ", ".join(
         f'{{"step": {k}, "model": "cheap", "confidence": 0.2, "action": "escalate", "p_escalate": 0.6,'
         ' "expected_extra_cost_usd": 0.001, "next_cost_usd": 0.001}' for k in (0, 1)) + '], "extra_costs": [0.001]}')
