@@ -647,6 +647,20 @@ descriptions = {big = "strong at proofs"}
          'escalation = {monotone = "false"}', "monotone must be true or false"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
          "escalation = {decided_floor = true}", "decided_floor must be a number"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         'escalation = {history = "yes"}', r"'c': escalation: history must be true or false, not 'yes'"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {history = true, history_ridge = 0}", "history_ridge must be a finite number > 0, not 0"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         'escalation = {history_ridge = "x"}', "history_ridge must be a finite number > 0, not 'x'"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {history_ridge = nan}", "history_ridge must be a finite number > 0, not nan"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {ridge = inf}", "ridge must be a finite number > 0, not inf"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {v = nan}", "v must be a finite number >= 0, not nan"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {histroy = true}", r"'c': escalation: unknown settings \['histroy'\]; known: .*'history'"),
         ('name = "c"\nstrategy = "llm-router"\nmodels = ["small", "big"]', "router_model"),
         ('name = "c"\nstrategy = "cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\njudge = "grader"',
          "only used"),
