@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from bandit_router.cli import app as cli_app
 from bandit_router.cascade import EscalationStep, LearnedEscalation
+from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings, load_settings
 from bandit_router.log import EscalationLearners, rebuild_policies
 from bandit_router.router import Router

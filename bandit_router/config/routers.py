@@ -85,9 +85,10 @@ class RouterAlias:
         """`LearnedEscalation`'s settings from `escalation` (defaults for the others)."""
         try:
             settings: dict[str, Any] = dict(self.escalation)
-            unknown = sorted(set(settings) - {f.name for f in fields(EscalationParams)})
+            known = sorted(f.name for f in fields(EscalationParams))
+            unknown = sorted(set(settings) - set(known))
             if unknown:
-                raise ValueError(f"unknown settings {unknown}; known: {sorted(f.name for f in fields(EscalationParams))}")
+                raise ValueError(f"unknown settings {unknown}; known: {known}")
             if "dim" in settings:
                 settings["dim"] = int(settings["dim"])
             return EscalationParams(**settings)
