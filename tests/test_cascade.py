@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from bandit_router.cascade import (
     CascadeRun,
     Escalation,
     EscalationParams,
+    EscalationStep,
     LearnedEscalation,
     ModelAnswer,
     Signal,
@@ -422,6 +424,42 @@ def test_the_chain_hands_each_step_the_earlier_confidences_and_the_grid_keeps_th
     assert plain.size == learner.size - (MAX_STEPS - 1) * HISTORY  # off: the layout of before
     without = plain.state_vector(HISTORY_CONTEXT, 1, 0.5)
     assert np.array_equal(plain.state_vector(HISTORY_CONTEXT, 1, 0.5, [0.1]), without)
+
+
+def test_a_rule_whose_decide_does_not_take_earlier_still_runs_in_a_chain() -> None:
+    """A user's escalation rule written before `decide` had `earlier` (or one that has no use for it) runs in a
+    chain as before, through `CascadeRun` and `run_cascade`: `earlier` is passed only to a `decide` that takes it,
+    by name or as `**kwargs`."""
+    seen: list[tuple[str, int, tuple[float | None, ...] | None]] = []
+
+    class Old:
+        name = "old"
+
+        def decide(self, context: Any, step: int, model: str, confidence: float | None, next_cost_usd: float,
+                   cost_weight: float, rng: np.random.Generator) -> EscalationStep:  # fmt: skip
+            seen.append(("old", step, None))
+            return EscalationStep(step, model, confidence, True, 1.0, next_cost_usd, next_cost_usd)
+
+        def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
+            return None
+
+    class Keywords(Old):
+        def decide(self, *args: Any, **kwargs: Any) -> EscalationStep:  # type: ignore[override]
+            seen.append(("kwargs", args[1], tuple(kwargs["earlier"])))
+            return super().decide(*args)
+
+    async def call(model: str, messages: Any, logprobs: bool) -> ModelAnswer:
+        if model == "judge":
+            return ModelAnswer("judge", "4", 0.0, 0.0)
+        return ModelAnswer(model, "an answer", 0.001, 0.0)
+
+    for rule in (Old(), Keywords()):
+        run = CascadeRun(["a", "b", "c"], rule, HISTORY_CONTEXT, 1.0, np.random.default_rng(0),  # type: ignore[arg-type]
+                         lambda m: 0.001)  # fmt: skip
+        result = asyncio.run(run_cascade(run, [{"role": "user", "content": "x"}], "x", call, Signal("judge", "judge")))
+        assert result.model == "c" and [s.step for s in result.steps] == [0, 1]
+    assert seen == [("old", 0, None), ("old", 1, None), ("kwargs", 0, ()), ("old", 0, None),
+                    ("kwargs", 1, (1 / 3,)), ("old", 1, None)]  # fmt: skip
 
 
 def test_a_stored_chain_is_learned_with_its_earlier_confidences_as_it_was_decided() -> None:

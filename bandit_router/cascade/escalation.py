@@ -119,7 +119,9 @@ class Escalation(Protocol):
         earlier: Sequence[float | None] = (),
     ) -> EscalationStep:
         """Accept or escalate `model`'s answer at chain step `step` (0 for the first decision), whose confidence is
-        `confidence`; `earlier` are the confidences of the chain's earlier steps, in order (len(earlier) = step)."""
+        `confidence`; `earlier` are the confidences of the chain's earlier steps, in order (len(earlier) = step).
+        `CascadeRun` passes `earlier` only to a `decide` that takes it (`chain.takes_earlier`): a rule that has no
+        use for it may leave it out."""
         ...
 
     def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
