@@ -426,6 +426,35 @@ def test_the_chain_hands_each_step_the_earlier_confidences_and_the_grid_keeps_th
     assert np.array_equal(plain.state_vector(HISTORY_CONTEXT, 1, 0.5, [0.1]), without)
 
 
+def test_with_history_off_the_learner_decides_and_learns_as_before_it_existed() -> None:
+    """Golden numbers from 96f34bed (before the history block): 300 seeded chains of four models through
+    `CascadeRun` (10% failed calls, 10% missing scores, bandit feedback) with the default learner give the same
+    steps, actions, probabilities and learned weights (the same run at 96f34bed and after, compared bit for bit
+    over 13,578 decisions including the simulator's RouterBench chain, in the review of session 9)."""
+    costs = {"a": 0.0001, "b": 0.0005, "c": 0.001, "d": 0.004}
+    prompts = ["solve x^2=4", "write a poem about the sea", "fix this python bug: def f(x): return y"]
+    rng = np.random.default_rng(7)
+    learner = LearnedEscalation()
+    steps: list[EscalationStep] = []
+    for t in range(300):
+        run = CascadeRun(list(costs), learner, EXTRACTOR.extract(f"{prompts[t % 3]} #{t}"), 100.0, rng,
+                         costs.__getitem__)  # fmt: skip
+        while (model := run.next_model()) is not None:
+            if rng.random() < 0.1:
+                run.failed(model, "timeout")
+                continue
+            confidence = None if rng.random() < 0.1 else float(rng.integers(1, 11) - 1) / 9
+            step = run.answered(ModelAnswer(model, "", costs[model], 0.1), confidence)
+            steps += [] if step is None else [step]
+        result = run.result()
+        if result.answer is not None:
+            result.learn(learner, float(rng.random() < 0.6))
+    assert (len(steps), sum(s.escalate for s in steps), sum(s.step >= 1 for s in steps)) == (368, 73, 69)
+    assert sum(s.p_escalate for s in steps) == pytest.approx(74.69517537743803, rel=1e-9)
+    assert learner.escalate.theta.sum() == pytest.approx(3.81869038841318, rel=1e-9)
+    assert learner.accept.theta.sum() == pytest.approx(5.26431949938851, rel=1e-9)
+
+
 def test_a_rule_whose_decide_does_not_take_earlier_still_runs_in_a_chain() -> None:
     """A user's escalation rule written before `decide` had `earlier` (or one that has no use for it) runs in a
     chain as before, through `CascadeRun` and `run_cascade`: `earlier` is passed only to a `decide` that takes it,
