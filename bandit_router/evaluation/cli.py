@@ -197,7 +197,7 @@ def export(
     except (ConfigError, StoreError, BanditRouterError, OSError) as exc:
         raise _fail("export", str(exc)) from None
     if out is not None:
-        typer.echo(f"wrote {written} events to {out}", err=True)
+        typer.echo(f"wrote {written} event{'' if written == 1 else 's'} to {out}", err=True)
 
 
 DEFAULT_RULES = ("logged", "accept", "escalate", *(f"threshold:{t / 10:g}" for t in range(1, 10)))
@@ -263,7 +263,7 @@ def _export_escalations(db: str, out: Path | None, label: str) -> None:
     except (StoreError, BanditRouterError, OSError) as exc:
         raise _fail("export", str(exc)) from None
     _warn_skipped(skipped)
-    typer.echo(f"wrote {written} escalation steps to {out}", err=True)
+    typer.echo(f"wrote {written} escalation step{'' if written == 1 else 's'} to {out}", err=True)
 
 
 def register(app: typer.Typer) -> None:
