@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from bandit_router.cascade import (
     CascadeRun,
     Escalation,
     EscalationParams,
+    EscalationStep,
     LearnedEscalation,
     ModelAnswer,
     Signal,
@@ -424,6 +426,71 @@ def test_the_chain_hands_each_step_the_earlier_confidences_and_the_grid_keeps_th
     assert np.array_equal(plain.state_vector(HISTORY_CONTEXT, 1, 0.5, [0.1]), without)
 
 
+def test_with_history_off_the_learner_decides_and_learns_as_before_it_existed() -> None:
+    """Golden numbers from 96f34bed (before the history block): 300 seeded chains of four models through
+    `CascadeRun` (10% failed calls, 10% missing scores, bandit feedback) with the default learner give the same
+    steps, actions, probabilities and learned weights (the same run at 96f34bed and after, compared bit for bit
+    over 13,578 decisions including the simulator's RouterBench chain, in the review of session 9)."""
+    costs = {"a": 0.0001, "b": 0.0005, "c": 0.001, "d": 0.004}
+    prompts = ["solve x^2=4", "write a poem about the sea", "fix this python bug: def f(x): return y"]
+    rng = np.random.default_rng(7)
+    learner = LearnedEscalation()
+    steps: list[EscalationStep] = []
+    for t in range(300):
+        run = CascadeRun(list(costs), learner, EXTRACTOR.extract(f"{prompts[t % 3]} #{t}"), 100.0, rng,
+                         costs.__getitem__)  # fmt: skip
+        while (model := run.next_model()) is not None:
+            if rng.random() < 0.1:
+                run.failed(model, "timeout")
+                continue
+            confidence = None if rng.random() < 0.1 else float(rng.integers(1, 11) - 1) / 9
+            step = run.answered(ModelAnswer(model, "", costs[model], 0.1), confidence)
+            steps += [] if step is None else [step]
+        result = run.result()
+        if result.answer is not None:
+            result.learn(learner, float(rng.random() < 0.6))
+    assert (len(steps), sum(s.escalate for s in steps), sum(s.step >= 1 for s in steps)) == (368, 73, 69)
+    assert sum(s.p_escalate for s in steps) == pytest.approx(74.69517537743803, rel=1e-9)
+    assert learner.escalate.theta.sum() == pytest.approx(3.81869038841318, rel=1e-9)
+    assert learner.accept.theta.sum() == pytest.approx(5.26431949938851, rel=1e-9)
+
+
+def test_a_rule_whose_decide_does_not_take_earlier_still_runs_in_a_chain() -> None:
+    """A user's escalation rule written before `decide` had `earlier` (or one that has no use for it) runs in a
+    chain as before, through `CascadeRun` and `run_cascade`: `earlier` is passed only to a `decide` that takes it,
+    by name or as `**kwargs`."""
+    seen: list[tuple[str, int, tuple[float | None, ...] | None]] = []
+
+    class Old:
+        name = "old"
+
+        def decide(self, context: Any, step: int, model: str, confidence: float | None, next_cost_usd: float,
+                   cost_weight: float, rng: np.random.Generator) -> EscalationStep:  # fmt: skip
+            seen.append(("old", step, None))
+            return EscalationStep(step, model, confidence, True, 1.0, next_cost_usd, next_cost_usd)
+
+        def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
+            return None
+
+    class Keywords(Old):
+        def decide(self, *args: Any, **kwargs: Any) -> EscalationStep:  # type: ignore[override]
+            seen.append(("kwargs", args[1], tuple(kwargs["earlier"])))
+            return super().decide(*args)
+
+    async def call(model: str, messages: Any, logprobs: bool) -> ModelAnswer:
+        if model == "judge":
+            return ModelAnswer("judge", "4", 0.0, 0.0)
+        return ModelAnswer(model, "an answer", 0.001, 0.0)
+
+    for rule in (Old(), Keywords()):
+        run = CascadeRun(["a", "b", "c"], rule, HISTORY_CONTEXT, 1.0, np.random.default_rng(0),  # type: ignore[arg-type]
+                         lambda m: 0.001)  # fmt: skip
+        result = asyncio.run(run_cascade(run, [{"role": "user", "content": "x"}], "x", call, Signal("judge", "judge")))
+        assert result.model == "c" and [s.step for s in result.steps] == [0, 1]
+    assert seen == [("old", 0, None), ("old", 1, None), ("kwargs", 0, ()), ("old", 0, None),
+                    ("kwargs", 1, (1 / 3,)), ("old", 1, None)]  # fmt: skip
+
+
 def test_a_stored_chain_is_learned_with_its_earlier_confidences_as_it_was_decided() -> None:
     """The log's learner (`EscalationLearners.learn`) recomputes each stored step's state from the decision's context
     and the stored steps before it: with `history` it holds exactly the state of a learner that learned the live
@@ -647,6 +714,20 @@ descriptions = {big = "strong at proofs"}
          'escalation = {monotone = "false"}', "monotone must be true or false"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
          "escalation = {decided_floor = true}", "decided_floor must be a number"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         'escalation = {history = "yes"}', r"'c': escalation: history must be true or false, not 'yes'"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {history = true, history_ridge = 0}", "history_ridge must be a finite number > 0, not 0"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         'escalation = {history_ridge = "x"}', "history_ridge must be a finite number > 0, not 'x'"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {history_ridge = nan}", "history_ridge must be a finite number > 0, not nan"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {ridge = inf}", "ridge must be a finite number > 0, not inf"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {v = nan}", "v must be a finite number >= 0, not nan"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {histroy = true}", r"'c': escalation: unknown settings \['histroy'\]; known: .*'history'"),
         ('name = "c"\nstrategy = "llm-router"\nmodels = ["small", "big"]', "router_model"),
         ('name = "c"\nstrategy = "cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\njudge = "grader"',
          "only used"),

@@ -18,14 +18,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from bandit_router.cascade import EscalationStep, LearnedEscalation
 from bandit_router.cli import app as cli_app
-from bandit_router.config import Settings
+from bandit_router.config import Settings, load_settings
 from bandit_router.log import EscalationLearners, rebuild_policies
 from bandit_router.router import Router
 from bandit_router.service import create_app
 from bandit_router.store import open_store
 from bandit_router.types import Request
-from benchmarks.fake_upstream import FakeUpstream, ServerThread
+from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread
 from experiments.cascade.live_sweep import (
     JUDGE_NOISE,
     LAMBDA,
@@ -64,7 +65,10 @@ class Served:
         return settings(self.fake.url, db, **changes)
 
     def start(self, db: str, **changes: Any) -> tuple[str, Any]:
-        app = create_app(self.settings(db, **changes))
+        return self.start_with(self.settings(db, **changes))
+
+    def start_with(self, settings: Settings) -> tuple[str, Any]:
+        app = create_app(settings)
         server = ServerThread(app)
         self.servers.append(server)
         return server.wait_ready(30), app
@@ -294,6 +298,8 @@ def test_a_stored_chain_that_cannot_be_learned_is_skipped_not_fatal(tmp_path: Pa
     assert not learners.learn(decision, "not json", 0.5, 1)
     assert not learners.learn(decision, '{"steps": [{"step": 0}], "extra_costs": [0.0]}', 0.5, 2)
     assert not learners.learn(dataclasses.replace(decision, policy="learned-cascade:gone"), "{}", 0.5, 3)
+    for steps in ('["x"]', "[1]", '{"a": 1}'):  # steps that are not objects: refused like the others, not raised
+        assert not learners.learn(decision, f'{{"steps": {steps}, "extra_costs": [0.0]}}', 0.5, 4)
     two_steps = ('{"steps": [' + ", ".join(
         f'{{"step": {k}, "model": "cheap", "confidence": 0.2, "action": "escalate", "p_escalate": 0.6,'
         ' "expected_extra_cost_usd": 0.001, "next_cost_usd": 0.001}' for k in (0, 1)) + '], "extra_costs": [0.001]}')
@@ -352,3 +358,99 @@ def test_escalation_cli_skips_a_stored_chain_that_does_not_decode_and_refuses_a_
     assert len(out.read_text().splitlines()) == 1 and "3 stored chains do not decode" in exported.output
     refused = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--escalations", "--out", str(out)])
     assert refused.exit_code == 2 and "--out" in refused.output, refused.output
+
+
+# -- the history block, configured in the TOML, live --------------------------------------------------------------
+HISTORY_QUALITY = {
+    "cheap": {"code": 0.15, "math": 0.55, "prose": 0.9},
+    "mid": {"code": 0.3, "math": 0.7, "prose": 0.9},
+    "large": {"code": 0.6, "math": 0.85, "prose": 0.9},
+    "strong": {"code": 0.95, "math": 0.95, "prose": 0.95},
+    JUDGE: {"code": 0.5, "math": 0.5, "prose": 0.5},
+}
+HISTORY_PRICES = {"cheap": (0.1, 0.2), "mid": (0.5, 1.0), "large": (1.0, 3.0), "strong": (5.0, 15.0),
+                  JUDGE: (0.15, 0.6)}  # fmt: skip
+
+
+def history_toml(path: Path, upstream: str, db: str, escalation: str) -> Path:
+    """A service configuration file: the four fake models and the judge, one learned cascade over the four."""
+    models = "".join(
+        f'[[models]]\nname = "{name}"\ninput_usd_per_mtok = {p_in}\noutput_usd_per_mtok = {p_out}\n'
+        f'base_url = "{upstream}/v1"\n' + ("route = false\n" if name == JUDGE else "") + "\n"
+        for name, (p_in, p_out) in HISTORY_PRICES.items()
+    )
+    path.write_text(
+        f'db = "{db}"\nseed = 11\n\n{models}[[routers]]\nname = "learned"\nstrategy = "learned-cascade"\n'
+        f'models = ["cheap", "mid", "large", "strong"]\njudge = "{JUDGE}"\nescalation = {escalation}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_a_learned_cascade_with_history_in_the_toml_learns_live_as_decided_and_survives_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`escalation = {history = true}` in the TOML, four models through the gateway against the fake upstream, 45
+    chains with feedback, among them chains whose judge failed (a missing confidence, then read as the earlier one)
+    and chains whose `mid` call failed (the next model's step reads `cheap`'s score). The service's learner (learned
+    from the stored log) holds exactly the state of a learner that learned the decisions' own states (recorded
+    as the chains were decided): the log's learner rebuilt each step's earlier confidences as they were. A restart
+    restores it from the checkpoint, a start without checkpoints by replaying the log: the same state."""
+    recorded: list[EscalationStep] = []
+    decide = LearnedEscalation.decide
+
+    def recording(self: LearnedEscalation, *args: Any, **kwargs: Any) -> EscalationStep:
+        step = decide(self, *args, **kwargs)
+        recorded.append(step)
+        return step
+
+    monkeypatch.setattr(LearnedEscalation, "decide", recording)
+    with serving(FakeUpstream(quality=HISTORY_QUALITY, seed=7, judge_noise=0.25)) as fake:
+        config = history_toml(tmp_path / "bandit-router.toml", fake.url, str(tmp_path / "router.db"),
+                              "{history = true, v = 0.2}")  # fmt: skip
+        settings = load_settings(config, env={})
+        assert settings.routers[0].escalation_params().history
+        mirror = LearnedEscalation(settings.routers[0].escalation_params())
+        served = Served(fake)
+        try:
+            url, app = served.start_with(settings)
+            kinds = {"missing": 0, "failed": 0, "second": 0}
+            for i, (_, prompt) in enumerate(stream(45, seed=4)):
+                fake.set(JUDGE, "fail" if i % 5 == 1 else "ok")
+                fake.set("mid", "fail" if i % 7 == 3 else "ok")
+                del recorded[:]
+                reply = httpx.post(url + "/v1/chat/completions", timeout=30, json={
+                    "model": "learned", "messages": [{"role": "user", "content": prompt}],
+                    "bandit_router": {"cost_weight": 1.0}})  # fmt: skip
+                assert reply.status_code == 200, reply.text
+                body = reply.json()
+                steps = list(recorded)
+                kinds["second"] += len(steps) >= 2
+                kinds["missing"] += len(steps) >= 2 and steps[0].confidence is None
+                kinds["failed"] += len(steps) >= 2 and i % 7 == 3
+                give_feedback(url, reply.headers["x-decision-id"], quality(body))
+                mirror.learn(steps, quality(body), [0.0] * len(steps))  # A and b do not depend on the costs
+            fake.set(JUDGE, "ok")
+            fake.set("mid", "ok")
+            assert kinds["second"] >= 10 and kinds["missing"] >= 1 and kinds["failed"] >= 1, kinds
+            live = learner_state(app)
+            assert live["updates"] == 45 and np.asarray(live["accept"]["b"]).shape == (mirror.size,)
+            for arm in ("accept", "escalate"):
+                for key in ("a", "b"):
+                    assert np.allclose(live[arm][key], mirror.state()[arm][key], rtol=0, atol=1e-12), (arm, key)
+            served.stop(url)
+
+            url, app = served.start_with(load_settings(config, env={}))  # restart: from the checkpoint
+            assert app.state.engine.recovery["checkpoint_seq"] == 45
+            assert_same_state(learner_state(app), live)
+            served.stop(url)
+            store = open_store(str(tmp_path / "router.db"))
+            with store.write() as tx:
+                tx.conn.execute("DELETE FROM checkpoints")  # type: ignore[attr-defined]
+            store.close()
+            url, app = served.start_with(load_settings(config, env={}))  # no checkpoint: a replay of the log
+            assert app.state.engine.recovery["checkpoint_seq"] is None
+            assert_same_state(learner_state(app), live)
+        finally:
+            for server in served.servers:
+                server.stop()

@@ -18,6 +18,8 @@ once feedback arrives (`learn`), with what the chain paid after each of its step
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +137,25 @@ class ChainResult:
         }
 
 
+def takes_earlier(decide: Callable[..., EscalationStep]) -> bool:
+    """Whether an escalation rule's `decide` accepts `earlier` (by name or as `**kwargs`): a rule written before
+    `Escalation.decide` had it does not, and is called without it."""
+    function = getattr(decide, "__func__", decide)
+    try:
+        return _takes_earlier(function)
+    except TypeError:  # not hashable: read its signature every time
+        return _takes_earlier.__wrapped__(function)
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_earlier(function: Callable[..., EscalationStep]) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): pass it, as the protocol says
+        return True
+    return any(p.name == "earlier" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 class CascadeRun:
     """The state of one chain (see the module docstring). `next_cost(model)` is a model's expected cost (USD)."""
 
@@ -200,10 +221,10 @@ class CascadeRun:
         if self.is_last:
             self.done = True
             return None
+        history = {"earlier": [s.confidence for s in self.steps]} if takes_earlier(self.escalation.decide) else {}
         step = self.escalation.decide(
             self.context, len(self.steps), answer.model, confidence,
-            self.next_cost(self.models[self.position + 1]), self.cost_weight, self.rng,
-            earlier=[s.confidence for s in self.steps],
+            self.next_cost(self.models[self.position + 1]), self.cost_weight, self.rng, **history,
         )  # fmt: skip
         self.steps.append(step)
         self.paid_before.append(len(self.calls))

@@ -119,7 +119,9 @@ class Escalation(Protocol):
         earlier: Sequence[float | None] = (),
     ) -> EscalationStep:
         """Accept or escalate `model`'s answer at chain step `step` (0 for the first decision), whose confidence is
-        `confidence`; `earlier` are the confidences of the chain's earlier steps, in order (len(earlier) = step)."""
+        `confidence`; `earlier` are the confidences of the chain's earlier steps, in order (len(earlier) = step).
+        `CascadeRun` passes `earlier` only to a `decide` that takes it (`chain.takes_earlier`): a rule that has no
+        use for it may leave it out."""
         ...
 
     def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
@@ -195,8 +197,16 @@ class EscalationParams:
     def __post_init__(self) -> None:
         if not 32 <= self.dim <= 1024:
             raise ValueError("dim must be in [32, 1024]")
-        if min(self.ridge, self.confidence_ridge, self.bin_ridge, self.history_ridge) <= 0 or self.v < 0:
-            raise ValueError("ridge, confidence_ridge, bin_ridge and history_ridge must be > 0 and v >= 0")
+        for name in ("ridge", "confidence_ridge", "bin_ridge", "history_ridge", "v"):  # TOML has nan and inf
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+                or (value == 0 and name != "v")
+            ):
+                raise ValueError(f"{name} must be a finite number {'>= 0' if name == 'v' else '> 0'}, not {value!r}")
         if not all(0.0 <= x <= 1.0 for x in (self.prior_quality, self.escalate_prior, self.calibration)):
             raise ValueError("prior_quality, escalate_prior and calibration must be in [0, 1]")
         if not 0.0 <= self.floor < 0.5:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..cascade.escalation import EscalationParams
@@ -85,6 +85,10 @@ class RouterAlias:
         """`LearnedEscalation`'s settings from `escalation` (defaults for the others)."""
         try:
             settings: dict[str, Any] = dict(self.escalation)
+            known = sorted(f.name for f in fields(EscalationParams))
+            unknown = sorted(set(settings) - set(known))
+            if unknown:
+                raise ValueError(f"unknown settings {unknown}; known: {known}")
             if "dim" in settings:
                 settings["dim"] = int(settings["dim"])
             return EscalationParams(**settings)

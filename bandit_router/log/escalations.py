@@ -133,6 +133,8 @@ class EscalationLearners:
         try:
             data = json.loads(chain)
             extra = [float(c) for c in data["extra_costs"]]
+            if not isinstance(data["steps"], list) or not all(isinstance(s, dict) for s in data["steps"]):
+                raise ValueError("steps must be a list of objects")
             if len(extra) != len(data["steps"]):  # checked first: `learn` would stop half-way through the steps
                 raise ValueError(f"{len(data['steps'])} steps but {len(extra)} extra costs")
             confidences = [s.get("confidence") for s in data["steps"]]

@@ -2,22 +2,22 @@
 (100–102; never the reported 0–4): the best rules in hindsight on the scored prompts, on the same judge's scores as
 `run.py` / `tune.py`, for the question behind `EscalationParams.history`.
 
-    .venv/bin/python experiments/cascade/headroom_history.py     # writes results/headroom-history-tuning.md (1 min)
+    .venv/bin/python experiments/cascade/headroom_history.py     # writes results/headroom-history-tuning.md (seconds)
 
 Chain mistral-7b → Yi-34B → GPT-4: step 0 accepts or escalates Mistral's answer on its score s₀, step 1 Yi's on its
-score s₁. Rules, each chosen per (λ, judge, seed) on the scored prompts with their outcomes known (upper bounds, as
-the best threshold is; more cells fit more noise):
+score s₁ (rubric scores 1–10; a missing one counts as 1). Rules, each chosen per (λ, judge, seed) on the scored
+prompts with their outcomes known (upper bounds, as the best threshold is; more cells fit more noise):
 
 - *best threshold*: one t at both steps (the sweep's rule);
 - *any rule per step on its own score*: per s₀ and per s₁ cell, the better action (what the learner without the
   history block can represent);
-- *+ s₀ ≥ 5 at step 1*: step 1 per (s₁, whether Mistral's score was at least 5/10) — the history block's kind of
-  information, coarsely;
+- *+ s₀ ≥ 6 at step 1*: step 1 per (s₁, whether Mistral's score was at least 6/10) — the history block's kind of
+  information, coarsely (results/headroom-history-tuning.md at 6ebfd49f labels it "s₀ ≥ 5": the same split);
 - *+ s₀ at step 1*: step 1 per (s₀, s₁), 100 cells;
 - *placebo*: step 1 per (a random label 0…9 drawn like s₀ but independent of the prompt, s₁), 100 cells: what
   fitting that many cells in hindsight adds by chance alone.
 
-Also, per s₁ and whether s₀ < 5, on RouterDC's training split (what the warm start learns from): how often Yi's
+Also, per s₁ and whether s₀ ≤ 5, on RouterDC's training split (what the warm start learns from): how often Yi's
 answer is right and what escalating it to GPT-4 adds to quality (before its cost).
 """
 
@@ -43,7 +43,7 @@ SEEDS = (100, 101, 102)
 
 
 def scores(judge: SimulatedJudge, quality: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """The judge's rubric score − 1 (0…9) of each answer."""
+    """The judge's rubric score − 1 (0…9) of each answer: ≥ 4.5 is a score of 6 or more."""
     return np.array([round(9 * (parse_judge_score(judge.reply_to(float(q), *d)) or 0.0))
                      for q, d in zip(quality, draws, strict=True)])  # fmt: skip
 
@@ -68,7 +68,7 @@ def main() -> None:
         "the mean over seeds): mean reward per request of the best fixed threshold in hindsight, and what each richer",
         "rule chosen in hindsight adds to it (`experiments/cascade/headroom_history.py`).",
         "",
-        "| judge | λ | best threshold | any rule per step on its own score | + s₀ ≥ 5 at step 1 | + s₀ at step 1 "
+        "| judge | λ | best threshold | any rule per step on its own score | + s₀ ≥ 6 at step 1 | + s₀ at step 1 "
         "| placebo |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -81,7 +81,7 @@ def main() -> None:
     for accuracy in JUDGES:
         judge = SimulatedJudge(noise=SimulatedJudge.noise_for(accuracy), error=0.0)
         by_seed = []
-        counts = np.zeros((2, 10, 3))  # [s₀ < 5][s₁]: n, Yi right, GPT-4 − Yi
+        counts = np.zeros((2, 10, 3))  # [s₀ ≤ 5][s₁]: n, Yi right, GPT-4 − Yi
         for seed in SEEDS:
             draws = SimulatedJudge.draws(len(env.quality), len(env.model_names), seed)
             by_seed.append((scores(judge, q[:, m], draws[rows, m]), scores(judge, q[:, y], draws[rows, y])))
@@ -120,7 +120,7 @@ def main() -> None:
         "Mistral's score s₀, the prompts, how often Yi's answer is right, and GPT-4's quality − Yi's (escalating pays",
         "at λ when this exceeds λ × GPT-4's cost: ≈ 0.05 at λ = 10, 0.25 at λ = 50).",
         "",
-        "| judge | s₁ | s₀ ≥ 5: n | Yi right | GPT-4 − Yi | s₀ < 5: n | Yi right | GPT-4 − Yi |",
+        "| judge | s₁ | s₀ ≥ 6: n | Yi right | GPT-4 − Yi | s₀ ≤ 5: n | Yi right | GPT-4 − Yi |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for accuracy, counts in cells.items():

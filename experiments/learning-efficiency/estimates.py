@@ -1,13 +1,17 @@
 """What the default policy believes about each model on each prompt kind, against the truth, during a run.
 
-    .venv/bin/python experiments/learning-efficiency/estimates.py [SPEC] [λ] > results/X.md
+    .venv/bin/python experiments/learning-efficiency/estimates.py [SPEC] [λ] \
+        > experiments/learning-efficiency/results/X.md
+
+SPEC is `default` or one of its settings (`default:evidence=0`): the script reads that policy's posterior.
 
 RouterBench's RouterDC *train* split (a tuning set), seeds 100–102, one pass from nothing. At a quarter, half and
-the end of each run: per prompt kind, the four models with the highest mean estimate q̂_m(φ) over the kind's last 200
-prompts seen (the policy's `predict`), with the kind's true mean reward; then GPT-4's feedback count, its per-model
-mean μ̂, the sd of μ̂ and its corrections' weights ω (one per shrinkage level), and every other model's summed ω and
-feedback count. Shows whether a model is judged on the kinds it was sent (a selection-biased μ̂ whose corrections
-have not earned their place) rather than on the kind at hand.
+the end of each run: per prompt kind, the four models with the highest mean estimate q̂_m(φ) over the kind's last
+200 prompts seen (the policy's `predict`), with the kind's true mean quality (what q̂ estimates; the cost is priced
+apart, so at λ = 0 both are the reward); then GPT-4's feedback count, its per-model mean μ̂, the sd of μ̂ and its
+corrections' weights ω (one per shrinkage level), and every other model's summed ω and feedback count. Shows
+whether a model is judged on the kinds it was sent (a selection-biased μ̂ whose corrections have not earned their
+place) rather than on the kind at hand.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ def main() -> None:
     plan = Plan(env=SETS["routerbench-train"], policies=(spec,), cost_weights=(lam,), seeds=SEEDS)
     ws = Workspace(plan)
     ws.prepare()
+    if not hasattr(ws.agent(spec).make_router(ws.episode(SEEDS[0]), lam, SEEDS[0]).policy, "_posterior_of"):
+        sys.exit(f"estimates.py: {spec!r} is not the default policy (or one of its settings): no posterior to show")
     print(f"# What `{spec}` believes per prompt kind, λ = {lam:g}\n")
     print(
         f"Command: `.venv/bin/python experiments/learning-efficiency/estimates.py {spec} {lam:g}`; "
@@ -46,7 +52,6 @@ def main() -> None:
         router = agent.make_router(episode, lam, seed)
         run = _Run(agent, router, episode, ws.env, lam, seed)
         steps = episode.n_steps
-        reward = episode.quality - lam * episode.cost_usd
         for t in range(steps):
             run.step(t)
             if t + 1 not in (steps // 4, steps // 2, steps):
@@ -55,12 +60,12 @@ def main() -> None:
             models = tuple(router.models)
             names = [m.name for m in models]
             print(f"\n## Seed {seed}, after {t + 1} requests\n")
-            print("| kind | the policy's top four: estimate (true mean reward of the kind) |")
+            print("| kind | the policy's top four: estimate (true mean quality of the kind) |")
             print("|---|---|")
             for d, kind in enumerate(episode.domain_names):
                 rows = [int(episode.rows[i]) for i in range(t + 1) if episode.domains[i] == d][-200:]
                 estimate = np.mean([policy.predict(ws.env.context(r, ws.extractor), models)[0] for r in rows], axis=0)
-                true = reward[episode.domains == d].mean(axis=0)
+                true = episode.quality[episode.domains == d].mean(axis=0)
                 top = np.argsort(-estimate)[:4]
                 cells = ", ".join(
                     f"{names[k]} {estimate[k]:.3f} ({true[episode.model_names.index(names[k])]:.3f})" for k in top
