@@ -3,6 +3,7 @@ replay of the stored feedback builds; concurrent calls neither lose nor double-l
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -215,3 +216,72 @@ def _parallel_each(calls: list[Any]) -> list[Any]:
     if errors:
         raise errors[0]
     return out
+
+
+def test_a_model_removed_from_the_catalog_is_warned_about_once_not_once_per_stored_row(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Drill: a model taken out of the catalog file, then a restart. The full replay skips its stored feedback (the
+    model is gone) with one warning, not one per row (a model with 100,000 rated decisions logged 100,000 lines at
+    every start that replayed the log); the other models' feedback is learned as before."""
+    from bandit_router.catalog import default_catalog
+
+    specs = {spec.name: spec for spec in default_catalog()}
+    three = (specs["gpt-4o-mini"], specs["claude-haiku-4-5"], specs["gpt-4o"])
+    first = Settings(db=tmp_path / "r.db", seed=3, models=three, shadow_policies=("linucb",))
+    service = Service(first)
+    for i in range(12):
+        service.round(i, models=["gpt-4o"] if i % 2 else ["gpt-4o-mini", "claude-haiku-4-5"])
+    service.close()
+    caplog.set_level(logging.WARNING, logger="bandit_router.log")
+    second = Settings(db=tmp_path / "r.db", seed=3, models=three[:2], shadow_policies=("linucb",))
+    service = Service(second)  # another catalog: no checkpoint fits, the whole log is replayed
+    skipped = [r.getMessage() for r in caplog.records if "not learned" in r.getMessage()]
+    assert len(skipped) == 2, skipped  # the live policy once, the shadow once
+    assert all("'gpt-4o'" in message for message in skipped)
+    assert service.engine.router.version == 6  # the six rows of the models that stayed
+    service.close()
+
+
+def test_a_long_catch_up_is_work_not_a_database_that_does_not_answer(settings: Settings,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that must learn many rows another one committed (a replica back from a partition) spends one long
+    writer round on it. That round reads the database page after page, so it is not a database that hangs: before,
+    past `STALL_S` the process answered 503 "the database has not answered" until it was done. Here 120 rows
+    committed at once, learned at 10 ms a row in pages of 10: the round lasts over a second, `STALL_S` is 0.5 s."""
+    from bandit_router.log import follower as follower_module
+    from bandit_router.router import Router
+    from bandit_router.service import engine as engine_module
+    from bandit_router.store import FeedbackRecord
+    from bandit_router.types import Request
+
+    monkeypatch.setattr(engine_module, "STALL_S", 0.5)
+    monkeypatch.setattr(follower_module, "REPLAY_PAGE", 10)
+    service = Service(settings)
+    follower = service.engine.follower
+    learn = follower.learn
+
+    def slowly(record: Any, decision: Any) -> None:
+        time.sleep(0.01)
+        learn(record, decision)
+
+    monkeypatch.setattr(follower, "learn", slowly)
+    router = Router(seed=1)
+    decisions = [router.route(Request(prompt=f"Sort a list #{i}")) for i in range(120)]
+    other = SQLiteStore(settings.db)  # another process's writer: every row in one transaction
+    with other.write() as tx:
+        tx.insert_decisions([(d, None, None) for d in decisions])
+        tx.insert_feedback([FeedbackRecord(
+            decision_id=d.decision_id, received_at=time.time(), quality=0.5, cost_usd=None, input_tokens=None,
+            output_tokens=100, latency_s=None, source="test", status="applied", learn=True, reward=0.5,
+            realised_cost_usd=0.0, model=d.model, tenant=None, seq=i + 1) for i, d in enumerate(decisions)])
+    other.close()
+    stalled = []
+    deadline = time.monotonic() + 30
+    while service.engine.applied_seq < 120:
+        assert time.monotonic() < deadline
+        stalled.append(service.engine.stalled)
+        time.sleep(0.02)
+    assert set(stalled) == {None}, [s for s in stalled if s][:1]
+    assert len(stalled) > 40  # the catch-up did last longer than STALL_S
+    service.close()

@@ -3,10 +3,12 @@ the WAL growing without bound, rows kept forever, models without limit; and `ban
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import shutil
+import subprocess
 import threading
 import time
 import warnings
@@ -474,3 +476,64 @@ def test_retention_deletes_old_rows_the_checkpoint_holds(make_client: Callable[.
     reply = client.post("/v1/feedback", json={"decision_id": fresh, "quality": 0.9})
     assert reply.status_code == 200 and reply.json()["seq"] == 21  # seqs are never reused
     assert engine.router.version >= 1
+
+
+def test_a_database_migrated_by_a_newer_version_under_a_running_service_stops_its_writes(
+    make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Drill (rolling upgrade): a newer bandit-router migrated the database while this one still serves (an old
+    replica left running beside the new ones). A process refuses such a database at start; now it also stops
+    acknowledging once it sees one under it (503 naming the reason, /readyz 503, logged once), instead of going on
+    writing rows that miss what the newer schema keeps beside them (drill 5: an old replica's decisions never
+    reached the new dashboard's rollup)."""
+    import sqlite3
+
+    from bandit_router.store.migrations import SCHEMA_VERSION
+
+    caplog.set_level(logging.ERROR)
+    client = make_client()
+    decision = _route(client).json()
+    with sqlite3.connect(tmp_path / "faults.db") as conn:  # what the newer version's migration leaves
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    _until(lambda: _route(client).status_code == 503, timeout=5.0)
+    reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5})
+    assert reply.status_code == 503 and f"schema {SCHEMA_VERSION + 1}" in reply.json()["message"], reply.text
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and "newer bandit-router" in ready.json()["message"]
+    assert len(_fault_records(caplog, "newer bandit-router")) == 1
+    with sqlite3.connect(tmp_path / "faults.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 0
+
+
+@contextlib.contextmanager
+def _read_only_folder(folder: Path) -> Iterator[Path]:
+    """`folder` made read-only: a read-only tmpfs mounted there as root (root writes through file modes), else
+    mode 0555. Skipped where neither is possible."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield folder
+        finally:
+            folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs as root here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("where", ["router.db", "sub/router.db"])
+def test_a_database_in_a_read_only_directory_is_refused_with_the_reason(tmp_path: Path, where: str) -> None:
+    """Drill: `serve --db` where the directory is read-only (a wrong owner of /var/lib/bandit-router, a read-only
+    volume). SQLite says only "unable to open database file"; the message now says that the directory is not
+    writable; and a directory that cannot be created was an `OSError` traceback, not a message."""
+    with _read_only_folder(tmp_path / "ro") as folder:
+        db = folder / where
+        result = CliRunner().invoke(cli_app, ["serve", "--db", str(db), "--port", "1"])
+    assert result.exit_code == 2, result.output  # a message and exit status 2, not a traceback
+    expected = "not writable by this process" if where == "router.db" else "cannot create its directory"
+    assert str(db) in result.output and expected in result.output, result.output

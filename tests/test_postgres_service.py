@@ -20,7 +20,7 @@ from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
 from bandit_router.log import rebuild_router
 from bandit_router.store.location import DatabaseURL
-from bandit_router.store.postgres import PostgresStore
+from bandit_router.store.postgres import POOL_TIMEOUT_S, PostgresStore
 from tools.pg_server import PASSWORD, PgServer
 
 PAIR = ["gpt-4o-mini", "claude-haiku-4-5"]
@@ -196,3 +196,123 @@ def test_the_dashboard_counts_every_replicas_traffic(replicas: Callable[..., Tes
         assert recent.status_code == 200, recent.text
         for path in ("/v1/stats/live", "/v1/stats/shadows"):
             assert client.get(path).status_code == 200
+
+
+def test_while_the_database_refuses_connections_requests_answer_503_at_once_and_recover_at_once(
+    replicas: Callable[..., TestClient], pg_server: PgServer
+) -> None:
+    """Drill: PostgreSQL stopped under a replica for 8 s, then started. While it is down every route, feedback and
+    read answers 503 without waiting for a pooled connection (`POOL_TIMEOUT_S`, 5 s): before, the writer thread sat
+    in that wait while following the log and reading the budget targets, so requests queued behind it got their
+    503 after 5-15 s (a client with the documented 5 s timeout saw timeouts instead). Once it is back, reads work
+    again at once: before, the pool's reconnection delays kept doubling through the outage (1, 2, 4, 8 s …), so
+    readers stayed without a connection for about as long again."""
+    client = replicas()
+    before = _route(client)
+    pg_server.down()
+    waits: list[tuple[str, int, float]] = []
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 8.0:  # many of the writer's follow rounds (every 100 ms)
+            for method, path, body in (("POST", "/v1/route", {"prompt": "down", "models": PAIR}),
+                                       ("POST", "/v1/feedback", {"decision_id": before["decision_id"], "quality": 0.5}),
+                                       ("GET", "/v1/stats", None)):
+                sent = time.monotonic()
+                reply = client.request(method, path, json=body)
+                waits.append((path, reply.status_code, time.monotonic() - sent))
+            time.sleep(0.05)
+    finally:
+        pg_server.up()
+    assert {status for _, status, _ in waits} == {503}, waits
+    slowest = max(waits, key=lambda w: w[2])
+    assert slowest[2] < POOL_TIMEOUT_S / 2, slowest  # refused connections: milliseconds, not the pool's wait
+    _wait(lambda: client.get("/v1/stats").status_code == 200, timeout=POOL_TIMEOUT_S - 1)
+    reply = client.post("/v1/feedback", json={"decision_id": before["decision_id"], "quality": 0.5})
+    assert reply.status_code == 200 and reply.json()["status"] == "applied"
+
+
+def test_the_documented_backup_restores_a_database_that_serves_and_learns(
+    replicas: Callable[..., TestClient], pg_server: PgServer, pg_url: str, tmp_path: Path
+) -> None:
+    """Drill: docs/service/replicas.md's backup block, run as written (pg_dump while a replica serves, pg_restore
+    into an empty database); a replica on the restored database has the same policy as a replay of the backup's
+    log, numbers new feedback after the backup's last seq and learns it; feedback acknowledged after the dump is not
+    in it, and a decision made after it is unknown there."""
+    import os
+    import re
+    import subprocess
+
+    block = re.search(r"<!-- tested: pg-backup.*?-->\s*```sh\n(.*?)```",
+                      (Path(__file__).parents[1] / "docs/service/replicas.md").read_text(), re.S)
+    assert block is not None
+    live = replicas()
+    rated = [_route(live, f"Sort a list in Python #{i}") for i in range(12)]
+    for i, decision in enumerate(rated):
+        assert live.post("/v1/feedback", json={"decision_id": decision["decision_id"],
+                                               "quality": (i % 5) / 5}).status_code == 200
+    restored_url = pg_server.create_database(f"restored_{os.getpid()}")
+    env = {**os.environ, "PATH": f"{pg_server.bin}:{os.environ['PATH']}", "BANDIT_ROUTER_DB": pg_url,
+           "RESTORED_DB": restored_url}
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block.group(1)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    later = _route(live, "made after the backup")
+    assert live.post("/v1/feedback", json={"decision_id": later["decision_id"], "quality": 0.9}).status_code == 200
+
+    restored = start_client(Settings(db=DatabaseURL(restored_url), seed=7))
+    try:
+        stats = restored.get("/v1/stats").json()
+        assert stats["feedback_seq"] == 12 and stats["policy_version"] == 12
+        store = PostgresStore(DatabaseURL(restored_url))
+        try:
+            replay = rebuild_router(Settings(db=DatabaseURL(restored_url), seed=7), store)
+        finally:
+            store.close()
+        assert np.array_equal(_engine(restored).router.weights(), replay.weights())
+        gone = restored.post("/v1/feedback", json={"decision_id": later["decision_id"], "quality": 0.9})
+        assert gone.status_code == 404
+        fresh = _route(restored, "after the restore")
+        reply = restored.post("/v1/feedback", json={"decision_id": fresh["decision_id"], "quality": 0.7})
+        assert reply.status_code == 200 and reply.json()["seq"] == 13 and reply.json()["status"] == "applied"
+        assert restored.get("/v1/stats").json()["policy_version"] == 13
+    finally:
+        restored.__exit__(None, None, None)
+
+
+def test_a_database_that_hangs_is_a_503_at_once_not_a_request_that_waits_as_long(
+    replicas: Callable[..., TestClient], pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drill: every PostgreSQL process frozen (SIGSTOP: a hung server, a stalled disk; connections stay open and
+    nothing answers, so no timeout of the driver or the server fires). Before, every route and feedback queued
+    behind the writer's transaction for as long as the hang lasted (20 s in the drill) and `/readyz` said ready
+    throughout. Now, once the writer has had no answer for `STALL_S`, new writes are refused at once with a 503
+    (nothing stored) and `/readyz` is 503; the request caught in the hang is answered 503 too, saying it may still
+    be stored: it is, once the server thaws, and sent again it is a `duplicate`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bandit_router.service import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "STALL_S", 1.0)
+    client = replicas()
+    before = _route(client)
+    pg_server.pause()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            caught = pool.submit(client.post, "/v1/feedback", json={"decision_id": before["decision_id"],
+                                                                    "quality": 0.5})
+            _wait(lambda: client.get("/readyz").status_code == 503, timeout=5.0)
+            assert "not answered" in client.get("/readyz").json()["message"]
+            for _ in range(3):
+                sent = time.monotonic()
+                reply = client.post("/v1/route", json={"prompt": "while it hangs", "models": PAIR})
+                assert reply.status_code == 503 and "not answered" in reply.json()["message"], reply.text
+                assert time.monotonic() - sent < 1.0  # refused at once, not queued behind the hang
+            assert client.get("/v1/stats").status_code == 503
+            answered = caught.result(timeout=5)  # while the server is still frozen
+            assert answered.status_code == 503 and "may still be stored" in answered.json()["message"]
+    finally:
+        pg_server.resume()
+    _wait(lambda: client.get("/readyz").status_code == 200)
+    again = client.post("/v1/feedback", json={"decision_id": before["decision_id"], "quality": 0.5})
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"  # the caught one was stored
+    assert client.post("/v1/route", json={"prompt": "thawed", "models": PAIR}).status_code == 200

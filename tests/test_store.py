@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -625,3 +626,31 @@ def test_retention_keeps_a_decisions_feedback_together(store: Store, router: Rou
         assert [r.seq for r in reader.feedback_for(cascade.decision_id)] == [1, 4]
         assert [r.seq for r in reader.feedback_for(routed.decision_id)] == [2, 5]
         assert reader.decision(gone.decision_id) is None and reader.calls_for_many([gone.decision_id]) == {}
+
+
+def test_a_checkpoint_due_while_the_database_is_down_is_one_log_line(pg_server: Any, pg_url: str,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Drill (PostgreSQL restarted under load): a checkpoint fell due as the server went down; its first read
+    (has another replica stored this position?) raised, and the writer logged the StoreError with a traceback.
+    Now it is the same one line as a failed checkpoint write, and the next batch tries again."""
+    from bandit_router.config import Settings
+    from bandit_router.log import Checkpointer, LogFollower, PolicySet
+
+    settings = Settings(db=DatabaseURL(pg_url), seed=1)
+    store = _pg(pg_url)
+    follower = LogFollower(PolicySet(settings))
+    follower.applied_seq = follower.chain_seq = 3  # as if three feedbacks were learned since the last checkpoint
+    checkpointer = Checkpointer(store, settings, follower)
+    caplog.set_level(logging.ERROR)
+    pg_server.down()
+    try:
+        assert checkpointer.maybe_checkpoint(force=True) is False
+    finally:
+        pg_server.up()
+    failed = [r for r in caplog.records if "checkpoint failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info is None
+    deadline = time.monotonic() + 10
+    while not checkpointer.maybe_checkpoint(force=True):  # the server is back: stored by a later try
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    store.close()

@@ -10,6 +10,7 @@ restart still writes everything; only a crash of the machine would lose data, an
     server = PgServer.start()
     url = server.create_database("t1")      # postgresql://bandit:…@127.0.0.1:PORT/t1
     server.restart()                        # fast shutdown, then start: clients see their connections drop
+    server.pause(); server.resume()         # every server process frozen, then thawed: nothing answers meanwhile
     server.stop()
 """
 
@@ -19,6 +20,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -124,6 +126,22 @@ class PgServer:
 
     def up(self) -> None:
         self._start()
+
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (every backend, the checkpointer, …)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+        return [postmaster, *(int(pid) for pid in children)]
+
+    def pause(self) -> None:
+        """Freeze every server process (SIGSTOP): connections stay open and the kernel still accepts and
+        acknowledges, but nothing answers, as a hung server or a stalled disk would; `resume()` thaws them."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
 
     def restart(self, down_s: float = 0.0) -> None:
         """Stop, stay down `down_s` seconds, start again."""

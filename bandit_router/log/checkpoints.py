@@ -77,8 +77,12 @@ class Checkpointer:
             return False  # nothing new, or the escalation learners are not at this position (a failed catch-up)
         if not force and not self.follower.promoted and live.version - self.version < self.interval:
             return False
-        with self.store.read() as reader:  # another worker may have stored this position already
-            latest = reader.checkpoints(self.fingerprint)[:1]
+        try:
+            with self.store.read() as reader:  # another worker may have stored this position already
+                latest = reader.checkpoints(self.fingerprint)[:1]
+        except StoreError as exc:  # the database is unreachable: a line, not a traceback; the log has everything
+            self._say("checkpoint", logging.ERROR, "checkpoint failed (the log still has everything): %s", exc)
+            return False
         if latest and (latest[0].seq, latest[0].event_id) >= position:
             self.version, self.position = live.version, position
             self.follower.promoted = False

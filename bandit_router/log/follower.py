@@ -5,7 +5,7 @@ every process learns the same rows in the same order and a live policy equals a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -90,9 +90,11 @@ class LogFollower:
             self.applied_seq = max(self.applied_seq, entry.seq)
             self.chain_seq = max(self.chain_seq, entry.seq)
 
-    def catch_up(self, reader: Reader, head: tuple[int, int] | None = None) -> int:
+    def catch_up(self, reader: Reader, head: tuple[int, int] | None = None,
+                 progress: Callable[[], None] | None = None) -> int:
         """Apply the log between this position and `head` (default: the reader's head), rows and events in log
-        order; returns the number of feedback rows learned."""
+        order; returns the number of feedback rows learned. `progress` is called after each page read (a long
+        catch-up is work, not a database that does not answer: `Engine.stalled`)."""
         if head is None:
             head = reader.head()
         if head == self.position and self.chain_seq >= head[0]:
@@ -103,6 +105,8 @@ class LogFollower:
                 for item in chains:
                     self.policies.learn_chain(item.decision, item.chain, item.record.quality, item.record.seq)
                     self.chain_seq = item.record.seq
+                if progress is not None:
+                    progress()
                 if len(chains) < REPLAY_PAGE:
                     break
         self.chain_seq = max(self.chain_seq, head[0])
@@ -116,6 +120,8 @@ class LogFollower:
                 self.learn(record, decision)
                 self.applied_seq = record.seq
                 applied += 1
+            if progress is not None:
+                progress()
             if len(rows) < REPLAY_PAGE:
                 break
         for event in events:

@@ -49,6 +49,8 @@ class PolicySet:
         self.live_name = settings.routing.policy
         self.shadows: dict[str, Router] = {spec: self.fresh(spec) for spec in settings.routing.shadow_policies}
         self.escalations = EscalationLearners(settings)
+        self._warned: set[tuple[str, str]] = set()
+        """(shadow name or "", model) whose unlearnable feedback was warned about (`learn`)."""
 
     def fresh(self, name: str) -> Router:
         """A router that has learned nothing for the policy `name` (the configured live policy or a shadow)."""
@@ -58,16 +60,26 @@ class PolicySet:
 
     # -- the log -------------------------------------------------------------------------------------------------
     def learn(self, decision: Decision, outcome: Outcome, seq: int) -> None:
-        """Every router learns feedback `seq` (a model one of them no longer has is skipped, with a warning)."""
+        """Every router learns feedback `seq`. Feedback a router cannot learn (its model was removed from the
+        catalog, or is otherwise unknown to it) is skipped, with one warning per router and model: a catalog edit
+        that removes a model would otherwise log one line per stored row of that model at every full replay."""
         try:
             self.live.learn(decision, outcome)
         except (UnknownModel, InvalidInput) as exc:
-            log.warning("feedback seq %d not learned: %s", seq, exc)
+            self._skipped("", decision.model, seq, exc)
         for name, shadow in self.shadows.items():
             try:
                 shadow.learn(decision, outcome)
             except (UnknownModel, InvalidInput) as exc:
-                log.warning("feedback seq %d not learned by shadow %s: %s", seq, name, exc)
+                self._skipped(name, decision.model, seq, exc)
+
+    def _skipped(self, shadow: str, model: str, seq: int, exc: Exception) -> None:
+        if (shadow, model) in self._warned:
+            return
+        self._warned.add((shadow, model))
+        by = f" by shadow {shadow}" if shadow else ""
+        log.warning("feedback seq %d not learned%s: %s (later feedback of model %r is skipped without a message)",
+                    seq, by, exc, model)
 
     def learn_chain(self, decision: Decision, chain: str, quality: float, seq: int) -> None:
         """A learned cascade's escalation learns feedback `seq` on its stored chain (`escalations.py`)."""

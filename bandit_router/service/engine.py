@@ -15,6 +15,10 @@ learned feedback in the same order. A promotion is a `promote` model event, so e
 swaps at the same place in the log; with shadows, a checkpoint is a bundle of every router's snapshot. Learned
 cascades' escalation learners (`log.escalations`) are part of the policy set too: they follow the same log and
 checkpoints, from the chains stored with named routers' decisions (`store_decision(..., call)`).
+
+Why one module of ~580 lines: the engine is the one facade the routes call, and its parts share one state (the
+policy set, the writer, the readiness: recovering, a fault, an unreachable, hanging or newer-migrated database);
+the work itself lives in `writer.py`, `log/` and `store/`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicyS
 from ..router import Router
 from ..store import CallRecord, FeedbackRecord, JudgeCall, RouterCounts, Store, StoredDecision, StoreError
 from ..store.location import open_store
+from ..store.migrations import SCHEMA_VERSION
 from ..store.sqlite import SQLiteStore
 from ..types import Decision, Outcome, Request
 from .exceptions import Conflict, NotFound, Unavailable
@@ -67,6 +72,11 @@ WAL_RETRY_BUSY_S = 1.0
 RETENTION_EVERY_S = 60.0
 RETENTION_BATCH = 1000
 RETENTION_AGAIN_S = 0.2
+STALL_S = 5.0
+"""A writer round (a transaction, following the log, a checkpoint) without an answer for this long means the
+database hangs (a frozen server, a stalled disk or network: nothing that a driver's or the server's timeout ends):
+new writes and reads are then refused at once (503, nothing stored) and `/readyz` is 503, instead of queueing
+behind the hang for as long as it lasts. Rounds take milliseconds; a lock wait ends at `lock_timeout` (10 s)."""
 MIN_PROMOTION_EVIDENCE = 10
 """Decisions with feedback and the shadow's pmf below which a promotion is refused without evaluating."""
 
@@ -104,8 +114,12 @@ class Engine:
                              observer=observer)
         self.recovery: dict[str, Any] = {}
         self._maintainer: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
         self._unreachable: str | None = None
         """Why a server database cannot be reached now (`_maintain` probes it), else None."""
+        self._migrated: str | None = None
+        """Set once a newer bandit-router migrated the database under this process (`_check_schema`): from then on
+        it acknowledges nothing, as it would refuse that database at start."""
         self._stopped = threading.Event()
         self._ready = threading.Event()
         self._failed: BaseException | None = None
@@ -152,7 +166,17 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self._serving and self.fault is None and self._unreachable is None
+        return (self._serving and self.fault is None and self._unreachable is None and self._migrated is None
+                and self.stalled is None)
+
+    @property
+    def stalled(self) -> str | None:
+        """Why the database is taken not to answer (the writer's round has waited more than `STALL_S`), else None."""
+        since = self.writer.busy_since
+        if since is None:
+            return None
+        waited = time.monotonic() - since
+        return f"the database has not answered for {waited:.0f} s" if waited > STALL_S else None
 
     @property
     def fault(self) -> str | None:
@@ -165,8 +189,12 @@ class Engine:
             return f"failed: {self._failed}"
         if self.fault is not None:
             return f"database unusable: {self.fault}"
+        if self._migrated is not None:
+            return self._migrated
         if self._unreachable is not None:
             return f"database unreachable: {self._unreachable}"
+        if (stalled := self.stalled) is not None:
+            return f"database not answering: {stalled}"
         if not self.writer.accepting:
             return "stopped"
         return "ready" if self._ready.is_set() else "recovering"
@@ -180,6 +208,8 @@ class Engine:
             listen(self.writer.wake)
         self._maintainer = threading.Thread(target=self._maintain, name="bandit-router-maintenance", daemon=True)
         self._maintainer.start()
+        self._watchdog = threading.Thread(target=self._watch, name="bandit-router-watchdog", daemon=True)
+        self._watchdog.start()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         self._ready.wait(timeout)
@@ -193,6 +223,8 @@ class Engine:
         self._stopped.set()
         if self._maintainer is not None:
             self._maintainer.join(timeout)
+        if self._watchdog is not None:
+            self._watchdog.join(timeout)
         self.store.close()
 
     def _maintain(self) -> None:
@@ -210,6 +242,36 @@ class Engine:
                     self._unreachable = None
                 except StoreError as exc:
                     self._unreachable = str(exc)
+            self._check_schema()
+
+    def _watch(self) -> None:
+        """Twice a second, with no I/O of its own (the maintenance thread's probe may hang with the database): while
+        the database does not answer (`stalled`), answer the requests waiting for the writer with a 503 now."""
+        while not self._stopped.wait(MAINTAIN_EVERY_S):
+            stalled = self.stalled
+            if stalled is not None:
+                self.writer.abandon(
+                    Unavailable(f"the database is unavailable: {stalled}; this request may still be stored when it "
+                                "answers (a feedback sent again is answered `duplicate`)"),
+                    Unavailable(f"the database is unavailable: {stalled}; nothing of this request was stored"),
+                )
+
+    def _check_schema(self) -> None:
+        """A newer bandit-router migrated the database (an old replica left running beside new ones during an
+        upgrade): stop acknowledging, as a start on that database would refuse it, rather than go on writing rows
+        without what the newer schema keeps beside them. Twice a second, off the request path."""
+        if self._migrated is not None or not self._serving:
+            return
+        try:
+            with self.store.read() as reader:
+                value = reader.get_meta("schema_version")
+        except StoreError:
+            return
+        if value is not None and value.isdigit() and int(value) > SCHEMA_VERSION:
+            self._migrated = (f"database migrated to schema {value} by a newer bandit-router (this one knows "
+                              f"{SCHEMA_VERSION}): restart this process with the newer version")
+            self.writer.halted = self._migrated
+            _stop_acknowledging(self._migrated)
 
     # -- on the writer thread -----------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -255,7 +317,7 @@ class Engine:
         self.policies.warn_about_missing_fixed_models()
 
     def _between_batches(self) -> None:
-        if self.fault is None:  # nothing more is written to a file that is gone or corrupt
+        if self.fault is None and self._migrated is None:  # nothing more to a file gone, corrupt or migrated
             try:
                 if self.checkpointer.maybe_checkpoint():
                     self.budgets.save(force=True)
@@ -279,7 +341,8 @@ class Engine:
                 self._say("wal", logging.WARNING, "restarting the WAL failed (will retry): %s", exc)
         days = self.settings.storage.retention_days
         delete_old = getattr(self.store, "delete_old", None)
-        if days is not None and delete_old is not None and now >= self._next_retention and self.fault is None:
+        if (days is not None and delete_old is not None and now >= self._next_retention and self.fault is None
+                and self._migrated is None):
             self._next_retention = now + RETENTION_EVERY_S
             try:
                 deleted = delete_old(time.time() - days * 86400.0, RETENTION_BATCH)
@@ -292,7 +355,7 @@ class Engine:
                 log.info("retention: deleted %d rows older than %s days", deleted, days)
 
     def _on_stop(self) -> None:
-        if self.fault is not None:
+        if self.fault is not None or self._migrated is not None:
             return
         self.budgets.save(force=True)
         if self._checkpoint_on_stop:
@@ -304,7 +367,7 @@ class Engine:
 
     # -- requests (from an event loop) --------------------------------------------------------------------------
     def _require_ready(self) -> None:
-        if not self._serving or self.fault is not None:
+        if not self._serving or self.fault is not None or self._migrated is not None or self.stalled is not None:
             raise Unavailable(f"the service is not ready ({self.state})")
 
     async def _submit(self, op: Op) -> Any:
@@ -440,7 +503,7 @@ class Engine:
         from ..evaluation import evaluate_log, promotion_check
         from ..evaluation.store_log import iter_log, model_specs
 
-        with _readable():
+        with _readable(self):
             records = [r for r in iter_log(self.store) if r.outcome is not None and name in r.shadow_pmfs]
             specs = model_specs(self.store, list(self.settings.load_catalog()))
         if len(records) < MIN_PROMOTION_EVIDENCE:
@@ -462,7 +525,7 @@ class Engine:
 
     def decision(self, decision_id: str) -> tuple[StoredDecision, list[FeedbackRecord], CallRecord | None]:
         """A stored decision, its feedback, and the gateway's call record (None for a `/v1/route` decision)."""
-        with _readable(), self.store.read() as reader:
+        with _readable(self), self.store.read() as reader:
             stored = reader.decision(decision_id)
             if stored is None:
                 raise UnknownDecision(f"no decision {decision_id!r}")
@@ -470,12 +533,12 @@ class Engine:
 
     def router_counts(self) -> list[RouterCounts]:
         """Named routers' counts from the database (`store.router_stats`): the deployment's, whatever the process."""
-        with _readable(), self.store.read() as reader:
+        with _readable(self), self.store.read() as reader:
             return reader.router_counts()
 
     def stats(self) -> dict[str, Any]:
         """Counts from the database; the policy version and applied seq of this process (`pid`)."""
-        with _readable(), self.store.read() as reader:
+        with _readable(self), self.store.read() as reader:
             raw = reader.stats()
             head = reader.head()
         total = sum(m.decisions for m in raw.models.values())
@@ -506,8 +569,10 @@ class Engine:
 
 
 @contextlib.contextmanager
-def _readable() -> Iterator[None]:
-    """Database errors of a read → `Unavailable` (503)."""
+def _readable(engine: Engine | None = None) -> Iterator[None]:
+    """Database errors of a read → `Unavailable` (503); with `engine`, refused at once while it is stalled."""
+    if engine is not None and (stalled := engine.stalled) is not None:
+        raise Unavailable(f"the database is unavailable: {stalled}")
     try:
         yield
     except StoreError as exc:

@@ -340,6 +340,14 @@ class Writer:
         self._say = RateLimitedLog(log)
         """Recurring failures (a write, following the log) are logged at most once a minute each."""
         self.accepting = False
+        self.halted: str | None = None
+        """Why this process must write nothing more (a newer version migrated the database), else None: every
+        operation then fails with it and no reward window is closed."""
+        self.busy_since: float | None = None
+        """`time.monotonic()` when the current round (a transaction, following the log, the work between batches)
+        began, None while the writer waits for work: the engine reads it to tell a database that does not answer."""
+        self._current: Sequence[Op] = ()
+        """The operations of the round in progress (`abandon` answers them when the database hangs)."""
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def start(self, prepare: Callable[[], None], between_batches: Callable[[], None],
@@ -414,6 +422,8 @@ class Writer:
                 except queue.Empty:
                     break
             sweep = self._sweeps and time.monotonic() >= self._next_sweep
+            self._current = ops
+            self.busy_since = time.monotonic()
             try:
                 if ops or sweep:
                     self._transact(ops, sweep)
@@ -422,9 +432,15 @@ class Writer:
             finally:
                 self._resolve(ops)
             between_batches()
+            self.busy_since = None
+            self._current = ()
         on_stop()
 
     def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
+        if self.halted is not None:
+            for op in ops:
+                op.result, op.error = None, Unavailable(f"the service is not ready ({self.halted})")
+            return
         follower = self.follower
         # Decisions, call records and judge calls are not part of the log: a batch of them alone neither reads nor
         # numbers it (BEGIN, one INSERT each, COMMIT). Anything else first catches up with the log, under the lock.
@@ -435,7 +451,7 @@ class Writer:
                 if touches_log:
                     head = tx.head()
                     if head != follower.position:
-                        follower.catch_up(tx, head)
+                        follower.catch_up(tx, head, progress=self._progress)
                         batch.active = {m.name for m in follower.policies.live.models}
                     batch.next_seq = head[0] + 1
                     self._last_follow = time.monotonic()
@@ -517,9 +533,14 @@ class Writer:
         self._last_follow = time.monotonic()
         try:
             with self.store.read() as reader:
-                self.follower.catch_up(reader)
+                self.follower.catch_up(reader, progress=self._progress)
         except StoreError as exc:
             self._say("follow", logging.WARNING, "following the log failed (will retry): %s", exc)
+
+    def _progress(self) -> None:
+        """A page of the log learned: the round is working, not waiting for the database (`busy_since`)."""
+        if self.busy_since is not None:
+            self.busy_since = time.monotonic()
 
     def init_sweeps(self) -> None:
         """The first start with a reward window closes windows of decisions made from now on."""
@@ -575,6 +596,27 @@ class Writer:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these any more
                 loop.call_soon_threadsafe(_settle_all, items)
 
+    def abandon(self, in_flight: BaseException, queued: BaseException) -> None:
+        """The database hangs: answer the callers now instead of when (if ever) it answers. Operations still queued
+        are taken off the queue and fail with `queued` (they will not be written); those of the round in progress
+        fail with `in_flight` (their transaction may still commit). Any thread; the round in progress, when it ends,
+        settles nothing twice (`_settle` skips answered futures)."""
+        taken: list[Op] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:  # a stop request: put it back for the writer
+                self._queue.put(None)
+                break
+            taken.extend(item)
+        for ops, error in ((list(self._current), in_flight), (taken, queued)):
+            for op in ops:
+                if op.loop is not None and op.future is not None:
+                    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                        op.loop.call_soon_threadsafe(_fail, op.future, error)
+
     def fail_queued(self, error: BaseException) -> None:
         pending: list[Op] = []
         while True:
@@ -604,6 +646,11 @@ def _settle(op: Op) -> None:
         future.set_exception(op.error)
     else:
         future.set_result(op.result)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
 
 
 def _settle_all(ops: Sequence[Op]) -> None:

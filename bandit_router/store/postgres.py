@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..catalog import ModelSpec
 from ..types import Decision
@@ -99,6 +99,15 @@ MIGRATE_LOCK = 0x62616E6469740002
 """The advisory lock key under which `prepare()` migrates (replicas starting together migrate once)."""
 CONNECT_TIMEOUT_S = 3
 POOL_TIMEOUT_S = 5.0
+"""How long a reader waits for a pooled connection while the server is reachable (all of them busy)."""
+POOL_SLICE_S = 0.1
+"""A reader waits for a pooled connection in slices of this length, and gives up after a slice that ended while this
+process knew the server to be down (`PostgresStore.down`): a request answers 503 then, not after `POOL_TIMEOUT_S`."""
+POOL_RECONNECT_S = 2.0
+"""The pool retries a failed connection with doubling delays for at most this long, then leaves the next reader's
+demand to start again from a prompt attempt: with a long give-up (it was 24 h) the delays kept doubling through an
+outage, and readers (following the log, `/v1/stats`) stayed without connections for about as long again after
+the server was back."""
 STATEMENT_TIMEOUT_MS = 60_000
 LOCK_TIMEOUT_MS = 10_000
 """A writer waits at most this long for the log's lock (then 503): a replica cut off from the network while it
@@ -139,10 +148,13 @@ class PostgresStore:
         self._pool = ConnectionPool(
             url.reveal(), min_size=1, max_size=pool_size, kwargs=self._connect_options, open=False,
             timeout=timeout_s, check=ConnectionPool.check_connection, name="bandit-router",
-            reconnect_timeout=24 * 3600.0,
+            reconnect_timeout=POOL_RECONNECT_S,
         )
         self._pool_open = False
         self._probe: psycopg.Connection[Any] | None = None
+        self.down = False
+        """True from a failed connection to the server (the writer's, the probe's) until one succeeds: readers then
+        do not wait for the pool, which cannot connect either (`_borrow`)."""
         self._writer: psycopg.Connection[Any] | None = None
         self._writer_pid = 0
         """The server process of the writer's connection: its own notifications are not news to this process."""
@@ -166,9 +178,12 @@ class PostgresStore:
     # -- connections ----------------------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.Connection.connect(self.url.reveal(), **self._connect_options)
+            conn = psycopg.Connection.connect(self.url.reveal(), **self._connect_options)
         except psycopg.Error as exc:  # not chained: a driver's message about a connection string may quote it
+            self.down = True
             raise self._error(exc, "cannot connect: ") from None
+        self.down = False
+        return conn
 
     def _writer_conn(self) -> psycopg.Connection[Any]:
         if self._writer is None or self._writer.closed:
@@ -278,8 +293,7 @@ class PostgresStore:
     def read(self) -> Iterator[Reader]:
         """A REPEATABLE READ, READ ONLY transaction on a pooled connection: one snapshot for every query."""
         try:
-            cm = self._readers().connection()
-            conn = cm.__enter__()
+            conn = self._borrow()
         except psycopg.Error as exc:
             raise self._error(exc, "cannot read the database: ") from exc
         failure: BaseException | None = None
@@ -297,7 +311,26 @@ class PostgresStore:
             if failure is not None and not conn.closed and not conn.broken:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
-            cm.__exit__(None, None, None)
+            self._readers().putconn(conn)
+
+    def _borrow(self) -> psycopg.Connection[Any]:
+        """A pooled connection: waited for up to `timeout_s` while the server is reachable, but no longer than the
+        current `POOL_SLICE_S` once this process knows it is down, from its own connections or from a failed
+        attempt of the pool's meanwhile (a refused connection is news within milliseconds; the pool, retrying with
+        back-off, would hold the caller for the whole `timeout_s`)."""
+        pool = self._readers()
+        deadline = time.monotonic() + self.timeout_s
+        failed = pool.get_stats().get("connections_errors", 0)
+        while True:
+            try:
+                conn = pool.getconn(timeout=max(0.0, min(POOL_SLICE_S, deadline - time.monotonic())))
+                self.down = False
+                return conn
+            except PoolTimeout:
+                if pool.get_stats().get("connections_errors", 0) > failed:  # the pool's own attempt failed meanwhile
+                    self.down = True
+                if self.down or time.monotonic() >= deadline:
+                    raise
 
     def delete_old(self, cutoff: float, limit: int) -> int:
         """`retention_days`, as `SQLiteStore.delete_old`: feedback the newest checkpoint holds, received before
@@ -335,7 +368,9 @@ class PostgresStore:
             if self._probe is None or self._probe.closed or self._probe.broken:
                 self._probe = self._connect()
             self._probe.execute("SELECT 1")
+            self.down = False
         except psycopg.Error as exc:
+            self.down = True
             self._close_probe()
             raise self._error(exc, "cannot reach the database: ") from None
         except StoreError:

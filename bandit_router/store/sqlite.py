@@ -30,6 +30,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -154,7 +155,7 @@ class SQLiteStore:
             conn.execute(f"PRAGMA journal_size_limit = {self.wal_max_bytes or WAL_MAX_BYTES}")
         except sqlite3.Error as exc:
             self._note(exc)  # a corrupt file met while opening a connection is the store's fault too
-            raise StoreError(f"{self.path}: {exc}") from exc
+            raise StoreError(f"{self.path}: {exc}{_why_not_opened(self.path, exc)}") from exc
         if self.guard.identity is None:
             self.guard.arm()
         return conn
@@ -183,7 +184,10 @@ class SQLiteStore:
 
     def prepare(self) -> None:
         """Switch to WAL and run the migrations this database has not run yet (`store/migrations.py`)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot create its directory: {exc.strerror or exc}") from exc
         conn = self._connect()
         try:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -909,3 +913,18 @@ def _feedback_from_row(row: Sequence[Any]) -> FeedbackRecord:
     values["status"] = _STATUS.get(values["status"], values["status"])
     values["learn"] = bool(values["learn"])
     return FeedbackRecord(**values)
+
+
+def _why_not_opened(path: Path, exc: sqlite3.Error) -> str:
+    """What the file system says when SQLite could not open `path` (it says only "unable to open database file"):
+    a directory this user cannot write, where SQLite creates the database and its `-wal` and `-shm` files, or a file
+    it cannot read and write."""
+    if "unable to open" not in str(exc):
+        return ""
+    folder = path.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a read-only "
+                "file system, and SQLite creates the database and its -wal and -shm files there")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f": the file is not readable and writable by this process (uid {os.geteuid()})"
+    return ""
