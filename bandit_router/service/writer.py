@@ -601,16 +601,7 @@ class Writer:
         are taken off the queue and fail with `queued` (they will not be written); those of the round in progress
         fail with `in_flight` (their transaction may still commit). Any thread; the round in progress, when it ends,
         settles nothing twice (`_settle` skips answered futures)."""
-        taken: list[Op] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:  # a stop request: put it back for the writer
-                self._queue.put(None)
-                break
-            taken.extend(item)
+        taken = self._take_queued(keep_stop=True)
         for ops, error in ((list(self._current), in_flight), (taken, queued)):
             for op in ops:
                 if op.loop is not None and op.future is not None:
@@ -618,22 +609,32 @@ class Writer:
                         op.loop.call_soon_threadsafe(_fail, op.future, error)
 
     def fail_queued(self, error: BaseException) -> None:
-        pending: list[Op] = []
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                for op in item:
-                    op.error = error
-                pending.extend(item)
+        pending = self._take_queued(keep_stop=False)
+        for op in pending:
+            op.error = error
         for loop, ops in list(self._pending.items()):
             self._pending.pop(loop, None)
             for op in ops:
                 op.error = error
             pending.extend(ops)
         self._resolve(pending)
+
+    def _take_queued(self, keep_stop: bool) -> list[Op]:
+        """Every operation still queued, taken off the queue. A stop request met on the way is put back for the
+        writer (and the taking ends there) when `keep_stop`, else dropped."""
+        taken: list[Op] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                if keep_stop:
+                    self._queue.put(None)
+                    break
+                continue
+            taken.extend(item)
+        return taken
 
 
 _IDLE: Any = object()
