@@ -16,7 +16,7 @@ swaps at the same place in the log; with shadows, a checkpoint is a bundle of ev
 cascades' escalation learners (`log.escalations`) are part of the policy set too: they follow the same log and
 checkpoints, from the chains stored with named routers' decisions (`store_decision(..., call)`).
 
-Why one module of ~580 lines: the engine is the one facade the routes call, and its parts share one state (the
+Why one module of ~590 lines: the engine is the one facade the routes call, and its parts share one state (the
 policy set, the writer, the readiness: recovering, a fault, an unreachable, hanging or newer-migrated database);
 the work itself lives in `writer.py`, `log/` and `store/`.
 """
@@ -166,8 +166,18 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return (self._serving and self.fault is None and self._unreachable is None and self._migrated is None
-                and self.stalled is None)
+        return not self._refusing and self._unreachable is None
+
+    @property
+    def _refusing(self) -> bool:
+        """Requests are refused at once (503): not serving yet, or the database must not be written (`_sealed`) or
+        does not answer (`stalled`). An unreachable server database is tried per request, and fails on its own."""
+        return not self._serving or self._sealed or self.stalled is not None
+
+    @property
+    def _sealed(self) -> bool:
+        """Nothing more is written: the file is gone or corrupt (`fault`), or a newer version migrated it."""
+        return self.fault is not None or self._migrated is not None
 
     @property
     def stalled(self) -> str | None:
@@ -317,7 +327,7 @@ class Engine:
         self.policies.warn_about_missing_fixed_models()
 
     def _between_batches(self) -> None:
-        if self.fault is None and self._migrated is None:  # nothing more to a file gone, corrupt or migrated
+        if not self._sealed:
             try:
                 if self.checkpointer.maybe_checkpoint():
                     self.budgets.save(force=True)
@@ -341,8 +351,7 @@ class Engine:
                 self._say("wal", logging.WARNING, "restarting the WAL failed (will retry): %s", exc)
         days = self.settings.storage.retention_days
         delete_old = getattr(self.store, "delete_old", None)
-        if (days is not None and delete_old is not None and now >= self._next_retention and self.fault is None
-                and self._migrated is None):
+        if days is not None and delete_old is not None and now >= self._next_retention and not self._sealed:
             self._next_retention = now + RETENTION_EVERY_S
             try:
                 deleted = delete_old(time.time() - days * 86400.0, RETENTION_BATCH)
@@ -355,7 +364,7 @@ class Engine:
                 log.info("retention: deleted %d rows older than %s days", deleted, days)
 
     def _on_stop(self) -> None:
-        if self.fault is not None or self._migrated is not None:
+        if self._sealed:
             return
         self.budgets.save(force=True)
         if self._checkpoint_on_stop:
@@ -367,7 +376,7 @@ class Engine:
 
     # -- requests (from an event loop) --------------------------------------------------------------------------
     def _require_ready(self) -> None:
-        if not self._serving or self.fault is not None or self._migrated is not None or self.stalled is not None:
+        if self._refusing:
             raise Unavailable(f"the service is not ready ({self.state})")
 
     async def _submit(self, op: Op) -> Any:
