@@ -7,9 +7,15 @@ fake's judge model (`JUDGE`) grades an answer by reading it (with `judge_noise`,
 request with `logprobs: true` gets token log-probabilities whose geometric mean is the answer's quality. Per
 model it can be told (`mode`) to be `slow` (`delay_s` before the reply or first chunk), to `fail` (HTTP 500), to
 `hang` (never answer), to `omit_usage`, or to answer `garbage` (200 with an HTML page, or a stream without a
-single event);
+single event); the operator's drills (`experiments/gateway-drills`) add `ratelimit` (429 with `Retry-After:
+delay_s`), `cut` (the connection closed halfway through the reply or stream), `malformed` (a 200 whose JSON, or a
+chunk's, is cut short), `offshape` (a 200 JSON that is not a chat completion, or chunks without `choices`),
+`trickle` (the reply's bytes, or the stream's chunks, `delay_s` apart) and `stall` (the reply's first half, or
+the stream's first chunk, then nothing until told otherwise);
 a `temperature` above 2 gets OpenAI's 400. `POST /_control {"model", "mode", "delay_s"}` changes a model from
-another process; `calls` and `authorizations` record what arrived.
+another process; `GET /_stats` tells what arrived and how it ended (`calls` per model, `active` now, `peak`
+since it was last asked, `finished`, and `abandoned`: the caller left before the reply ended); `calls` and
+`authorizations` record what arrived.
 
     python -m benchmarks.fake_upstream --port 9100     # serve until killed (benchmarks run it like this)
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -46,7 +53,8 @@ QUALITY: dict[str, dict[str, float]] = {
 }
 """Mean answer quality per model and prompt kind (each answer adds ±`NOISE`)."""
 NOISE = 0.1
-MODES = ("ok", "slow", "fail", "hang", "omit_usage", "garbage", "reject")
+MODES = ("ok", "slow", "fail", "hang", "omit_usage", "garbage", "reject", "ratelimit", "cut", "malformed", "offshape",
+         "trickle", "stall")
 """`reject`: a 400 that blames the request, as a model whose context window is too small answers."""
 ANSWER_WORDS = 24
 
@@ -93,6 +101,15 @@ class FakeUpstream:
     """The judge's score is round(10·(q + u)), u uniform on ±`judge_noise` (0: it reads the quality exactly)."""
     url: str = ""
     """Where it is served (set by whoever serves it), for building catalogs."""
+    active: int = 0
+    """Calls being answered now."""
+    peak: int = 0
+    """The most calls answered at once since `/_stats` last told it."""
+    finished: int = 0
+    """Calls whose reply was sent to its end."""
+    abandoned: int = 0
+    """Calls whose caller left before the reply ended (it closed the connection); a reply the fake cut itself
+    (`cut`, `malformed` streams) is neither."""
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -120,6 +137,11 @@ class FakeUpstream:
             self.set(data["model"], data.get("mode", "ok"), float(data.get("delay_s", 0.0)))
             await _json(send, 200, {"ok": True})
             return
+        if path == "/_stats":
+            await _json(send, 200, {"calls": dict(self.calls), "active": self.active, "peak": self.peak,
+                                    "finished": self.finished, "abandoned": self.abandoned})
+            self.peak = self.active
+            return
         if path != "/v1/chat/completions":
             await _json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error"}})
             return
@@ -127,9 +149,28 @@ class FakeUpstream:
             if name == b"authorization":
                 self.authorizations.append(value.decode("latin-1"))
         request = json.loads(body)
-        await self.complete(request, send)
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        left = asyncio.Event()
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, left))
+        ended = False
 
-    async def complete(self, request: dict[str, Any], send: Send) -> None:
+        async def sending(message: MutableMapping[str, Any]) -> None:
+            nonlocal ended
+            await send(message)
+            ended = ended or (message["type"] == "http.response.body" and not message.get("more_body"))
+
+        try:
+            await self.complete(request, sending, left)
+        finally:
+            self.active -= 1
+            watcher.cancel()
+            if ended:
+                self.finished += 1
+            elif left.is_set():
+                self.abandoned += 1
+
+    async def complete(self, request: dict[str, Any], send: Send, left: asyncio.Event | None = None) -> None:
         model = request.get("model", "")
         if model not in self.quality:
             await _json(send, 404, {"error": {"message": f"The model `{model}` does not exist",
@@ -143,9 +184,16 @@ class FakeUpstream:
             return
         self.calls[model] += 1
         behaviour = self.behaviour.get(model, Behaviour())
-        if behaviour.mode == "hang":  # until told otherwise (or closing): never answers meanwhile
-            while self.behaviour.get(model, Behaviour()).mode == "hang" and not self.closing:
-                await asyncio.sleep(0.05)
+        left = left or asyncio.Event()
+        if behaviour.mode == "hang":  # until told otherwise (or closing, or the caller leaves): never answers
+            await self._until_changed(model, "hang", left)
+            return
+        if behaviour.mode == "ratelimit":
+            body = json.dumps({"error": {"message": "Rate limit reached", "type": "requests",
+                                         "code": "rate_limit_exceeded"}}).encode()
+            await send({"type": "http.response.start", "status": 429, "headers": [
+                (b"content-type", b"application/json"), (b"retry-after", str(int(behaviour.delay_s or 7)).encode())]})
+            await send({"type": "http.response.body", "body": body})
             return
         if behaviour.mode == "reject":
             await _json(send, 400, {"error": {"message": f"This model's maximum context length is exceeded ({model})",
@@ -155,8 +203,19 @@ class FakeUpstream:
         if behaviour.mode == "fail":
             await _json(send, 500, {"error": {"message": "the model is overloaded", "type": "server_error"}})
             return
-        if behaviour.delay_s:
-            await asyncio.sleep(behaviour.delay_s)
+        if behaviour.delay_s and behaviour.mode not in ("trickle", "stall"):
+            await _pause(behaviour.delay_s, left)
+            if left.is_set():
+                return
+        if behaviour.mode == "offshape" and not request.get("stream"):
+            await _json(send, 200, {"id": "x", "object": "text_completion", "output": "an answer, not in choices"})
+            return
+        if behaviour.mode == "malformed" and not request.get("stream"):
+            body = b'{"id": "chatcmpl-1", "object": "chat.completion", "choices": [{"index": 0, "message": {"ro'
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
         if behaviour.mode == "garbage":
             kind = b"text/event-stream" if request.get("stream") else b"text/html"
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]})
@@ -184,6 +243,9 @@ class FakeUpstream:
                                                                for w in content.split(" ")]}
             if usage is not None:
                 reply["usage"] = usage
+            if behaviour.mode in ("cut", "trickle", "stall"):
+                await self._in_pieces(model, behaviour, json.dumps(reply).encode(), send, left)
+                return
             await _json(send, 200, reply)
             return
         await send({"type": "http.response.start", "status": 200,
@@ -192,14 +254,53 @@ class FakeUpstream:
         base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
         pieces = [{"role": "assistant", "content": ""}] + [{"content": w + " "} for w in words[:-1]] + \
             [{"content": words[-1]}]
-        for delta in pieces:
+        for i, delta in enumerate(pieces):
             chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            if behaviour.mode == "offshape":
+                chunk = {"id": ident, "text": delta.get("content", "")}
+            if behaviour.mode == "malformed" and i == 2:
+                await send({"type": "http.response.body", "body": b'data: {"id": "x", "choices": [{"de\n\n',
+                            "more_body": True})
+                return
+            if behaviour.mode == "cut" and i == len(pieces) // 2:
+                return  # returning before the body's end: uvicorn closes the connection
+            if behaviour.mode == "stall" and i == 1:
+                await self._until_changed(model, "stall", left)
+                return
+            if behaviour.mode == "trickle" and i > 0:
+                await _pause(behaviour.delay_s, left)
+            if left.is_set():
+                return
             await _event(send, chunk)
         await _event(send, {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         options = request.get("stream_options") or {}
         if usage is not None and options.get("include_usage"):
             await _event(send, {**base, "choices": [], "usage": usage})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+    async def _until_changed(self, model: str, mode: str, left: asyncio.Event) -> None:
+        while self.behaviour.get(model, Behaviour()).mode == mode and not self.closing and not left.is_set():
+            await _pause(0.05, left)
+
+    async def _in_pieces(self, model: str, behaviour: Behaviour, body: bytes, send: Send,
+                         left: asyncio.Event) -> None:
+        """A 200 whose body is sent in ten pieces `delay_s` apart (`trickle`), or whose first half is followed by
+        nothing (`stall`, until told otherwise) or by the connection's end (`cut`)."""
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        if behaviour.mode in ("cut", "stall"):
+            await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+            if behaviour.mode == "stall":
+                await self._until_changed(model, "stall", left)
+            return  # returning before the body's end: uvicorn closes the connection
+        step = -(-len(body) // 10)
+        for start in range(0, len(body), step):
+            if start:
+                await _pause(behaviour.delay_s, left)
+            if left.is_set():
+                return
+            await send({"type": "http.response.body", "body": body[start : start + step],
+                        "more_body": start + step < len(body)})
 
     def answer(self, model: str, messages: list[dict[str, Any]], prompt: str) -> str:
         if model == JUDGE:
@@ -212,6 +313,18 @@ class FakeUpstream:
         q = min(1.0, max(0.0, self.quality[model][kind] + self._rng.uniform(-NOISE, NOISE)))
         filler = " ".join(["word"] * ANSWER_WORDS)
         return f"{model} answers a {kind} prompt: {filler} [q={q:.3f}]"
+
+
+async def _watch_disconnect(receive: Receive, left: asyncio.Event) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    left.set()
+
+
+async def _pause(seconds: float, left: asyncio.Event) -> None:
+    """Sleep `seconds`, or less when the caller leaves meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(left.wait(), seconds)
 
 
 async def _json(send: Send, status: int, payload: Any) -> None:

@@ -138,9 +138,7 @@ class StreamAnswer:
     async def abandon(self) -> None:
         """Close and record a stream whose relay never ran to its end (the caller left before it started)."""
         if not self.finished:
-            self.finished = True
-            await self.stream.close()
-            self.gateway.finish_stream(self, CallStatus.CANCELLED, "the caller left before the stream started")
+            await self._end(CallStatus.CANCELLED, "the caller left before the stream started")
 
     async def relay(self) -> AsyncGenerator[bytes, None]:
         """The SSE events for the caller: each upstream chunk with `model` set to the catalog name (the usage-only
@@ -165,16 +163,22 @@ class StreamAnswer:
             yield b"data: " + json.dumps(body).encode() + b"\n\n"
         finally:
             if not self.finished:  # the caller left
-                self.finished = True
-                await self.stream.close()
-                gw.finish_stream(self, status, error)
+                await self._end(status, error)
 
     async def _finish(self, status: CallStatus, error: str) -> None:
-        self.finished = True
-        await self.stream.close()
-        recorded = self.gateway.finish_stream(self, status, error)
+        recorded = await self._end(status, error)
         if self.gateway.await_records:
             await asyncio.wait([recorded])
+
+    async def _end(self, status: CallStatus, error: str) -> asyncio.Future[Any]:
+        """Record the call, then close the stream. In this order: a caller that leaves while the stream closes
+        cancels the relay there (the close itself still runs to its end, `Stream.close`), and the record is
+        already on its way."""
+        self.finished = True
+        self.stream.stop_clock()
+        recorded = self.gateway.finish_stream(self, status, error)
+        await self.stream.close()
+        return recorded
 
 
 class Gateway:

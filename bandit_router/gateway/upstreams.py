@@ -146,6 +146,7 @@ class Upstreams:
             log.warning("not called by the gateway until their key variables are set: %s",
                         ", ".join(f"{m} ({v})" for m, v in self.keyless.items()))
         self._clients: dict[str, httpx.AsyncClient] = {}
+        self._closing: set[asyncio.Future[None]] = set()
         self._slots = {e.model: asyncio.Semaphore(e.max_concurrency) for e in self.endpoints.values()}
         for e in self.endpoints.values():
             if e.base_url not in self._clients:
@@ -184,8 +185,25 @@ class Upstreams:
             )
 
     async def aclose(self) -> None:
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         for client in self._clients.values():
             await client.aclose()
+
+    async def let_go(self, response: httpx.Response, model: str) -> None:
+        """Close a streamed `response` and then free `model`'s slot, in a task that a cancellation of the caller
+        does not interrupt (the caller's await is cancelled, the close goes on)."""
+        closing = asyncio.ensure_future(response.aclose())
+        self._closing.add(closing)
+
+        def closed(task: asyncio.Future[None]) -> None:
+            self._closing.discard(task)
+            self._slots[model].release()
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("closing a stream failed: %s", type(task.exception()).__name__)
+
+        closing.add_done_callback(closed)
+        await asyncio.shield(closing)
 
     def _request(self, model: str, payload: Mapping[str, Any], stream: bool) -> tuple[Endpoint, httpx.Request]:
         endpoint = self.endpoints[model]
@@ -359,16 +377,20 @@ class Stream:
                 return
             yield chunk
 
+    def stop_clock(self) -> None:
+        """Set `latency_s` (seconds from the call's start to now) unless the stream's end already set it."""
+        if self.latency_s is None:
+            self.latency_s = time.perf_counter() - self.started
+
     async def close(self) -> None:
+        """Let the upstream connection go and free the model's slot. The close runs in a task of its own, to its
+        end even when the caller is cancelled while awaiting it (a relay whose caller left): an interrupted
+        `aclose` would keep the connection checked out of the pool for good."""
         if self._closed:
             return
         self._closed = True
-        if self.latency_s is None:
-            self.latency_s = time.perf_counter() - self.started
-        try:
-            await self._response.aclose()
-        finally:
-            self._owner._slots[self.model].release()
+        self.stop_clock()
+        await self._owner.let_go(self._response, self.model)
 
 
 @dataclass(slots=True)

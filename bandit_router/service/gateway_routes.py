@@ -130,8 +130,13 @@ class EventStream(Response):
         events = self.answer.relay()
 
         async def relay() -> None:
+            # A send to a caller that left is dropped without an error: each event checks first whether the
+            # watcher saw it leave (else a buffered upstream stream would be read to its end, and recorded `ok`,
+            # before the watcher's turn came).
             await send({"type": "http.response.start", "status": 200, "headers": raw})
             async for data in events:
+                if watching.done():
+                    return  # `events.aclose()` below records the stream as cancelled
                 async with asyncio.timeout(STREAM_WRITE_TIMEOUT_S):  # no task per event, unlike wait_for
                     await send({"type": "http.response.body", "body": data, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -140,9 +145,11 @@ class EventStream(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        sending = asyncio.ensure_future(relay())
         watching = asyncio.ensure_future(disconnected())
+        sending: asyncio.Future[None] = asyncio.ensure_future(asyncio.sleep(0))
         try:
+            await sending  # the watcher's first `receive()`: a caller already gone is seen before the relay starts
+            sending = asyncio.ensure_future(relay())
             await asyncio.wait((sending, watching), return_when=asyncio.FIRST_COMPLETED)
             failed = sending.exception() if sending.done() and not sending.cancelled() else None
             if failed is not None and not isinstance(failed, TimeoutError | OSError):

