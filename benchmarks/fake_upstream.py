@@ -10,8 +10,9 @@ model it can be told (`mode`) to be `slow` (`delay_s` before the reply or first 
 single event); the operator's drills (`experiments/gateway-drills`) add `ratelimit` (429 with `Retry-After:
 delay_s`), `cut` (the connection closed halfway through the reply or stream), `malformed` (a 200 whose JSON, or a
 chunk's, is cut short), `offshape` (a 200 JSON that is not a chat completion, or chunks without `choices`),
-`trickle` (the reply's bytes, or the stream's chunks, `delay_s` apart) and `stall` (the reply's first half, or
-the stream's first chunk, then nothing until told otherwise);
+`trickle` (the reply's bytes, or the stream's chunks, `delay_s` apart), `stall` (the reply's first half, or
+the stream's first chunk, then nothing until told otherwise) and `keepalive` (a 200 that sends a blank, or an SSE
+comment, every `delay_s` and nothing else until told otherwise, as some providers do while a model thinks);
 a `temperature` above 2 gets OpenAI's 400. `POST /_control {"model", "mode", "delay_s"}` changes a model from
 another process; `GET /_stats` tells what arrived and how it ended (`calls` per model, `active` now, `peak`
 since it was last asked, `finished`, and `abandoned`: the caller left before the reply ended); `calls` and
@@ -54,7 +55,7 @@ QUALITY: dict[str, dict[str, float]] = {
 """Mean answer quality per model and prompt kind (each answer adds ±`NOISE`)."""
 NOISE = 0.1
 MODES = ("ok", "slow", "fail", "hang", "omit_usage", "garbage", "reject", "ratelimit", "cut", "malformed", "offshape",
-         "trickle", "stall")
+         "trickle", "stall", "keepalive")
 """`reject`: a 400 that blames the request, as a model whose context window is too small answers."""
 ANSWER_WORDS = 24
 
@@ -202,6 +203,16 @@ class FakeUpstream:
             return
         if behaviour.mode == "fail":
             await _json(send, 500, {"error": {"message": "the model is overloaded", "type": "server_error"}})
+            return
+        if behaviour.mode == "keepalive":
+            stream = bool(request.get("stream"))
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"text/event-stream" if stream else b"application/json")]})
+            while self.behaviour.get(model, Behaviour()).mode == "keepalive" and not self.closing \
+                    and not left.is_set():
+                await send({"type": "http.response.body", "body": b": keep-alive\n\n" if stream else b" ",
+                            "more_body": True})
+                await _pause(behaviour.delay_s or 0.2, left)
             return
         if behaviour.delay_s and behaviour.mode not in ("trickle", "stall"):
             await _pause(behaviour.delay_s, left)

@@ -474,7 +474,7 @@ def test_a_stream_cancelled_while_it_connects_gives_its_call_slot_back(fake: Fak
             fake.set("fake-small", "ok")
             stream = await upstreams.stream("fake-small", payload, time.monotonic() + 0.5)
             try:
-                assert (await stream.first(time.monotonic() + 5))["model"] == "fake-small"
+                assert (await stream.first())["model"] == "fake-small"
             finally:
                 await stream.close()
         except UpstreamFailure as exc:

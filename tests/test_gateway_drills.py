@@ -56,3 +56,20 @@ def test_a_stream_whose_caller_left_before_its_first_chunk_is_recorded_cancelled
     fake.set("fake-writer")
     reply = chat(url, stream=True, timeout=10)
     assert reply.status_code == 200 and reply.text.rstrip().endswith("data: [DONE]")
+
+
+@pytest.mark.parametrize(("mode", "stream"), [("trickle", False), ("keepalive", False), ("keepalive", True)])
+def test_timeout_s_bounds_a_whole_call_not_each_wait_for_bytes(
+    gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path, mode: str, stream: bool  # noqa: F811
+) -> None:
+    """An upstream that sends its reply in pieces 0.3 s apart (3 s in all), or blanks / SSE comments every 0.2 s
+    and nothing else, never waits longer than httpx's read timeout between bytes: `timeout_s` (1 s) must still
+    end the call (for a stream, the wait for its first chunk), within a deadline that would allow 20 s."""
+    url = gateway(models=("fake-writer",), upstream_timeout_s=1, deadline_s=20, max_attempts=1)
+    fake.set("fake-writer", mode, 0.3 if mode == "trickle" else 0.2)  # (a streamed trickle is a healthy stream)
+    reply = chat(url, "fake-writer", stream=stream)
+    fake.set("fake-writer")
+    assert reply.status_code == 504, reply.text
+    assert reply.json()["error"]["code"] == "timeout"
+    assert "within 1 s" in reply.json()["error"]["message"]
+    assert eventually(lambda: [s for _, s, _ in calls(tmp_path / "gw0.db")] == ["timeout"])

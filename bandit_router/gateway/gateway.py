@@ -372,7 +372,7 @@ class Gateway:
         async def call(attempt: Attempt, deadline: float) -> tuple[Stream, dict[str, Any]]:
             stream = await self.upstreams.stream(attempt.decision.model, payload, deadline)
             try:
-                return stream, await stream.first(deadline)
+                return stream, await stream.first()
             except BaseException:
                 await stream.close()
                 raise

@@ -229,20 +229,23 @@ class Upstreams:
                                   "(max_concurrency)") from None
 
     async def complete(self, model: str, payload: Mapping[str, Any], deadline: float) -> Reply:
-        """One non-streamed call, within `deadline` (a `time.monotonic()` instant)."""
+        """One non-streamed call, within `timeout_s` of its start and `deadline` (a `time.monotonic()` instant).
+        httpx's own read timeout bounds each wait for bytes, not the call: an upstream that trickles its reply (or
+        keeps the connection alive with blanks, as some providers do) would take as long as it likes."""
         endpoint, request = self._request(model, payload, stream=False)
         await self._acquire(model, deadline)
         started = time.perf_counter()
+        ends = _ends(endpoint, deadline)
         client = self._clients[endpoint.base_url]
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            async with asyncio.timeout_at(_loop_time(ends)):
                 response = await client.send(request, stream=True)
                 try:
                     raw = await _read_bounded(response, self.max_response_bytes, model)
                 finally:
                     await response.aclose()
         except TimeoutError:
-            raise UpstreamFailure(model, CallStatus.TIMEOUT, "no answer before the request's deadline") from None
+            raise _out_of_time(model, endpoint, deadline, ends, "no answer") from None
         except httpx.TimeoutException:
             raise UpstreamFailure(model, CallStatus.TIMEOUT, f"no answer within {endpoint.timeout_s:g} s") from None
         except httpx.HTTPError as exc:
@@ -264,13 +267,14 @@ class Upstreams:
         endpoint, request = self._request(model, payload, stream=True)
         await self._acquire(model, deadline)
         started = time.perf_counter()
+        ends = _ends(endpoint, deadline)
         client = self._clients[endpoint.base_url]
         try:  # the slot goes with the stream once it is open; released on any failure before (a cancellation too)
             try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                async with asyncio.timeout_at(_loop_time(ends)):
                     response = await client.send(request, stream=True)
             except TimeoutError:
-                raise UpstreamFailure(model, CallStatus.TIMEOUT, "no answer before the request's deadline") from None
+                raise _out_of_time(model, endpoint, deadline, ends, "no answer") from None
             except httpx.TimeoutException:
                 raise UpstreamFailure(model, CallStatus.TIMEOUT,
                                       f"no answer within {endpoint.timeout_s:g} s") from None
@@ -290,7 +294,7 @@ class Upstreams:
             _check_status(model, response, raw)
             raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, f"status {response.status_code}",
                                   response.status_code)
-        return Stream(self, model, response, started, endpoint.timeout_s)
+        return Stream(self, endpoint, response, started, deadline, ends)
 
 
 class Stream:
@@ -298,9 +302,10 @@ class Stream:
     `rest()` yields the following chunks; `close()` releases the connection and the model's slot (always call
     it). Each chunk is the parsed JSON of one `data:` event; `[DONE]` ends the stream."""
 
-    def __init__(self, owner: Upstreams, model: str, response: httpx.Response, started: float,
-                 timeout_s: float) -> None:
-        self._owner, self.model, self._response = owner, model, response
+    def __init__(self, owner: Upstreams, endpoint: Endpoint, response: httpx.Response, started: float,
+                 deadline: float, first_by: float) -> None:
+        self._owner, self.model, self._response = owner, endpoint.model, response
+        self._endpoint, self._deadline, self._first_by = endpoint, deadline, first_by
         self.started = started
         self.ttft_s: float | None = None
         self.latency_s: float | None = None
@@ -309,7 +314,7 @@ class Stream:
         """The streamed content, for counting tokens when the upstream gives no usage (and for the judge)."""
         self._lines = response.aiter_lines()
         self._size = 0
-        self._timeout_s = timeout_s
+        self._timeout_s = endpoint.timeout_s
         self._closed = False
         self.done = False
 
@@ -356,13 +361,14 @@ class Stream:
                     self.text.append(content)
             return chunk
 
-    async def first(self, deadline: float) -> dict[str, Any]:
-        """The first chunk, within `deadline`; sets `ttft_s`."""
+    async def first(self) -> dict[str, Any]:
+        """The first chunk, within `timeout_s` of the call's start and the request's deadline (SSE comments, which
+        some providers send while a model thinks, do not count); sets `ttft_s`."""
         try:
-            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            async with asyncio.timeout_at(_loop_time(self._first_by)):
                 chunk = await self._next()
         except TimeoutError:
-            raise UpstreamFailure(self.model, CallStatus.TIMEOUT, "no first chunk before the request's deadline") \
+            raise _out_of_time(self.model, self._endpoint, self._deadline, self._first_by, "no first chunk") \
                 from None
         if chunk is None:
             raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE, "the stream ended before its first chunk")
@@ -408,6 +414,22 @@ async def _read_bounded(response: httpx.Response, limit: int, model: str) -> byt
                                   response.status_code)
         sink.parts.append(part)
     return b"".join(sink.parts)
+
+
+def _ends(endpoint: Endpoint, deadline: float) -> float:
+    """When a call started now must have answered (`time.monotonic()`): `timeout_s` on, or the request's deadline."""
+    return min(deadline, time.monotonic() + endpoint.timeout_s)
+
+
+def _loop_time(instant: float) -> float:
+    """A `time.monotonic()` instant on the running loop's clock (for `asyncio.timeout_at`)."""
+    return asyncio.get_running_loop().time() + (instant - time.monotonic())
+
+
+def _out_of_time(model: str, endpoint: Endpoint, deadline: float, ends: float, what: str) -> UpstreamFailure:
+    if ends < deadline:
+        return UpstreamFailure(model, CallStatus.TIMEOUT, f"{what} within {endpoint.timeout_s:g} s")
+    return UpstreamFailure(model, CallStatus.TIMEOUT, f"{what} before the request's deadline")
 
 
 def _check_status(model: str, response: httpx.Response, raw: bytes) -> None:

@@ -1,5 +1,6 @@
 """Drill 1: the upstream misbehaves in every way a provider does (slow, hanging, cutting the connection, 5xx, 429
-with Retry-After, malformed JSON, a 200 that is not a chat completion, trickling bytes, stalling halfway), for
+with Retry-After, malformed JSON, a 200 that is not a chat completion, trickling bytes, stalling halfway, sending
+only keep-alive blanks), for
 every kind of client: the bandit's `router` (streamed and not), a named catalog model, a judge cascade (streamed
 and not), a log-prob cascade, a learned cascade, an LLM router. Per fault and client: the status, the time, the
 error's code, and what was stored; afterwards, what the gateway still holds."""
@@ -19,7 +20,7 @@ TIMEOUT_S, DEADLINE_S = 2.0, 6.0
 ROUTABLE = ("fake-small", "fake-coder", "fake-writer")
 FAULTS: list[tuple[str, float]] = [
     ("ok", 0.0), ("slow", 1.0), ("slow", 3.0), ("hang", 0.0), ("fail", 0.0), ("ratelimit", 7.0), ("cut", 0.0),
-    ("malformed", 0.0), ("offshape", 0.0), ("garbage", 0.0), ("trickle", 0.4), ("stall", 0.0),
+    ("malformed", 0.0), ("offshape", 0.0), ("garbage", 0.0), ("trickle", 0.4), ("stall", 0.0), ("keepalive", 0.5),
 ]
 CLIENTS: list[tuple[str, bool]] = [
     ("router", False), ("router", True), ("fake-coder", False), ("fake-coder", True), ("cascade", False),
