@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
-from benchmarks.fake_upstream import FakeUpstream
+from bandit_router.config import RouterAlias
+from benchmarks.fake_upstream import JUDGE, FakeUpstream
 from tests.test_gateway import fake, gateway  # noqa: F401  (fixtures)
 
 HI = [{"role": "user", "content": "Write a short poem about the sea at dawn"}]
@@ -73,3 +75,49 @@ def test_timeout_s_bounds_a_whole_call_not_each_wait_for_bytes(
     assert reply.json()["error"]["code"] == "timeout"
     assert "within 1 s" in reply.json()["error"]["message"]
     assert eventually(lambda: [s for _, s, _ in calls(tmp_path / "gw0.db")] == ["timeout"])
+
+
+@pytest.mark.parametrize("model", ["fake-writer", "router"])
+def test_streamed_chunks_that_are_not_chat_completion_chunks_are_the_models_invalid_response(
+    gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path, model: str  # noqa: F811
+) -> None:
+    """A 200 stream of JSON events without `choices` is not an answer: before its first chunk it is the model's
+    failure like a non-streamed reply of that shape (the router falls back; a named model answers 502), instead
+    of events the caller's client cannot read, recorded `ok`."""
+    url = gateway(models=("fake-writer", "fake-coder"))
+    fake.set("fake-writer", "offshape")
+    for _ in range(6):
+        reply = chat(url, model, stream=True)
+        if model == "fake-writer":
+            assert reply.status_code == 502 and reply.json()["error"]["code"] == "invalid_response", reply.text
+        else:
+            assert reply.status_code == 200 and reply.headers["x-bandit-router-model"] == "fake-coder"
+            assert reply.text.rstrip().endswith("data: [DONE]")
+    assert eventually(lambda: len(calls(tmp_path / "gw0.db")) >= 6)
+    writer = {status for m, status, _ in calls(tmp_path / "gw0.db") if m == "fake-writer"}
+    assert writer == {"invalid_response"}
+
+
+def test_a_request_whose_every_model_is_rate_limited_answers_429_with_the_soonest_retry_after(
+    gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path  # noqa: F811
+) -> None:
+    """Every model tried answered 429: the caller gets a 429 (OpenAI's `RateLimitError`, which its client retries
+    after `Retry-After`) with the soonest time any of them gave, not a 502 it would retry at once; each 429 is still
+    the model's failure (learned, and the request falls back). One 429 beside another failure stays a 502."""
+    routers = (RouterAlias("cascade", "cascade", ("fake-small", "fake-coder"), judge=JUDGE, threshold=0.7),)
+    url = gateway(models=("fake-small", "fake-coder", JUDGE), not_routed=(JUDGE,), routers=routers)
+    fake.set("fake-small", "ratelimit", 7)
+    fake.set("fake-coder", "ratelimit", 3)
+    for model, stream in (("router", False), ("router", True), ("cascade", False), ("cascade", True)):
+        reply = chat(url, model, stream=stream)
+        assert reply.status_code == 429, (model, stream, reply.text)
+        assert reply.json()["error"]["code"] == "rate_limit_exceeded"
+        assert reply.headers["retry-after"] == "3"
+    with pytest.raises(openai.RateLimitError):
+        openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0).chat.completions.create(
+            model="fake-small", messages=HI)  # type: ignore[arg-type]
+    assert eventually(lambda: len(calls(tmp_path / "gw0.db")) == 5)  # the router's 2 × 2 tries, the named call
+    assert {status for _, status, _ in calls(tmp_path / "gw0.db")} == {"server_error"}
+    fake.set("fake-coder", "fail")
+    reply = chat(url)
+    assert reply.status_code == 502 and "retry-after" not in reply.headers

@@ -14,11 +14,13 @@ This module knows nothing of routing or storage: the cascade and the judge call 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,9 +92,12 @@ def unreachable(endpoint: Endpoint | None, environ: Mapping[str, str]) -> str | 
 class UpstreamError(BanditRouterError):
     """A call did not produce an answer. The message names the model and what happened, never a key or URL."""
 
-    def __init__(self, model: str, status: CallStatus, message: str, http_status: int | None = None) -> None:
+    def __init__(self, model: str, status: CallStatus, message: str, http_status: int | None = None,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(f"{model}: {message}")
         self.model, self.status, self.http_status = model, status, http_status
+        self.retry_after_s = retry_after_s
+        """A 429's `Retry-After`, in seconds (None when it gave none)."""
 
 
 class UpstreamFailure(UpstreamError):
@@ -258,7 +263,7 @@ class Upstreams:
             body = json.loads(raw)
         except (ValueError, RecursionError):
             raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, "the reply is not JSON", 200) from None
-        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        if not isinstance(body, dict) or not _choices(body.get("choices"), empty_ok=False):
             raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, "the reply is not a chat completion", 200)
         return Reply(body, usage_of(body), latency, response.status_code)
 
@@ -354,6 +359,9 @@ class Stream:
             if usage is not None:
                 self.usage = usage
             choices = chunk.get("choices")
+            if not _choices(choices, empty_ok=True) and not (choices is None and usage is not None):
+                raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE,
+                                      "a streamed chunk is not a chat completion chunk")
             for choice in choices if isinstance(choices, list) else ():
                 delta = choice.get("delta") if isinstance(choice, dict) else None
                 content = delta.get("content") if isinstance(delta, dict) else None
@@ -416,6 +424,12 @@ async def _read_bounded(response: httpx.Response, limit: int, model: str) -> byt
     return b"".join(sink.parts)
 
 
+def _choices(value: Any, *, empty_ok: bool) -> bool:
+    """Whether `value` is a chat completion's `choices`: a list of objects (a reply has at least one; a streamed
+    chunk may have none, the usage-only chunk)."""
+    return isinstance(value, list) and (empty_ok or bool(value)) and all(isinstance(c, dict) for c in value)
+
+
 def _ends(endpoint: Endpoint, deadline: float) -> float:
     """When a call started now must have answered (`time.monotonic()`): `timeout_s` on, or the request's deadline."""
     return min(deadline, time.monotonic() + endpoint.timeout_s)
@@ -438,12 +452,38 @@ def _check_status(model: str, response: httpx.Response, raw: bytes) -> None:
         return
     if status in (408, 504):
         raise UpstreamFailure(model, CallStatus.TIMEOUT, f"the upstream timed out ({status})", status)
-    if status == 429 or status >= 500:
+    if status == 429:
+        raise UpstreamFailure(model, CallStatus.SERVER_ERROR, "rate limited (429)", status,
+                              _retry_after(response.headers.get("retry-after")))
+    if status >= 500:
         raise UpstreamFailure(model, CallStatus.SERVER_ERROR, f"the upstream failed ({status})", status)
     if 400 <= status < 500:
         headers = {k: v for k in _PASSED_THROUGH_HEADERS if (v := response.headers.get(k)) is not None}
         raise UpstreamRejected(model, status, raw[:65536], headers)
     raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, f"unexpected status {status}", status)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """`Retry-After` in seconds from now: delta-seconds, or an HTTP date; None when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return min(max(seconds, 0.0), 86400.0) if math.isfinite(seconds) else None
+
+
+def rate_limited(failures: Sequence[UpstreamError]) -> tuple[bool, int | None]:
+    """Whether every failure of a request was a 429, and then the `Retry-After` to give its caller: the soonest
+    any of the models said it would answer again (whole seconds), None when none of them said."""
+    if not failures or any(f.http_status != 429 for f in failures):
+        return False, None
+    waits = [f.retry_after_s for f in failures if f.retry_after_s is not None]
+    return True, math.ceil(min(waits)) if waits else None
 
 
 def _transport(exc: httpx.HTTPError) -> str:

@@ -12,6 +12,7 @@ error shape, `{"error": {"message", "type", "param", "code"}}`:
 | not sent as JSON                                           | 415    | invalid_request_error                |
 | the upstream refused the request (4xx)                     | same   | the upstream's own error body        |
 | no model answered (failures, or out of tries)              | 502    | upstream_error / the last failure    |
+| every model tried answered 429 (its soonest `Retry-After`) | 429    | requests / rate_limit_exceeded       |
 | the deadline passed, or the last try timed out             | 504    | upstream_error / timeout             |
 | not ready, database unavailable, no model has an upstream  | 503    | service_unavailable                  |
 
@@ -45,7 +46,7 @@ from ..gateway import (
     parse_chat,
 )
 from ..gateway.chat import KNOB_RULES
-from ..gateway.upstreams import UpstreamRejected
+from ..gateway.upstreams import UpstreamRejected, rate_limited
 from .errors import status_of
 from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
 from .routes import SECURITY, _require_json, _services
@@ -56,7 +57,8 @@ STREAM_WRITE_TIMEOUT_S = 30.0
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-          422: "invalid_request_error", 502: "upstream_error", 503: "service_unavailable", 504: "upstream_error"}
+          422: "invalid_request_error", 429: "requests", 502: "upstream_error", 503: "service_unavailable",
+          504: "upstream_error"}
 
 
 def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None,
@@ -67,11 +69,11 @@ def openai_error(status: int, message: str, *, param: str | None = None, code: s
 
 def _error(exc: BaseException) -> Response:
     """Any error of a chat request → OpenAI's error shape."""
-    if isinstance(exc, GatewayFailed):
-        status = 504 if exc.timed_out else 502
-        code = str(exc.failures[-1].status) if exc.failures else None
-        return openai_error(status, str(exc), code=code)
-    if isinstance(exc, NamedRouterFailed):
+    if isinstance(exc, GatewayFailed | NamedRouterFailed):
+        limited, wait = rate_limited(exc.failures)
+        if limited:  # every model tried is rate limited: the caller's client backs off (OpenAI's honours it)
+            return openai_error(429, str(exc), code="rate_limit_exceeded",
+                                headers=None if wait is None else {"retry-after": str(wait)})
         status = 504 if exc.timed_out else 502
         return openai_error(status, str(exc), code=str(exc.failures[-1].status) if exc.failures else None)
     if isinstance(exc, UpstreamRejected):  # a named router's upstream refused the request (4xx): passed through
@@ -195,6 +197,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     **{s: {"description": d, "content": _OPENAI_ERROR} for s, d in (
         (400, "invalid request"), (401, "missing or wrong API key"), (404, "unknown model"),
         (413, "body or messages too large"), (415, "not sent as JSON"), (422, "the upstream refused the request"),
+        (429, "every model tried is rate limited (Retry-After: the soonest they gave)"),
         (502, "no model answered"), (503, "not ready, or no model has an upstream"), (504, "out of time"))},
 }
 
