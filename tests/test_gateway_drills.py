@@ -1,12 +1,14 @@
 """What the gateway's failure drills (`experiments/gateway-drills`) found, each as a behaviour test against real
 servers on 127.0.0.1 (the gateway and the fake upstream, as in `test_gateway.py`): a caller that leaves a stream
 before its first chunk, an upstream that trickles its reply past `timeout_s`, streamed chunks that are not chat
-completion chunks, and rate limits (429 with `Retry-After`) on every model tried."""
+completion chunks, rate limits (429 with `Retry-After`) on every model tried, and requests a shutdown cuts short."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +18,11 @@ import httpx
 import openai
 import pytest
 
-from bandit_router.config import RouterAlias
-from benchmarks.fake_upstream import JUDGE, FakeUpstream
-from tests.test_gateway import fake, gateway  # noqa: F401  (fixtures)
+from bandit_router.catalog import ModelSpec
+from bandit_router.config import RouterAlias, Settings
+from bandit_router.service import create_app
+from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread
+from tests.test_gateway import PRICES, fake, gateway  # noqa: F401  (fixtures)
 
 HI = [{"role": "user", "content": "Write a short poem about the sea at dawn"}]
 
@@ -121,3 +125,56 @@ def test_a_request_whose_every_model_is_rate_limited_answers_429_with_the_soones
     fake.set("fake-coder", "fail")
     reply = chat(url)
     assert reply.status_code == 502 and "retry-after" not in reply.headers
+
+
+def test_requests_a_shutdown_cuts_short_get_503_or_an_error_event_and_every_paid_call_is_recorded(
+    fake: FakeUpstream, tmp_path: Path  # noqa: F811
+) -> None:
+    """The server stops while requests outlast its grace (uvicorn's `timeout_graceful_shutdown`, 10 s for `serve`,
+    1 s here) and cancels them: a non-streamed caller gets a 503 in OpenAI's shape (not a bare 500 with a
+    traceback in the log), a stream ends with an error event and its proper end, each call is recorded
+    `cancelled` (no decision is left without its record), and a cascade cut short counts what it paid."""
+    fake.behaviour.clear()
+    specs = tuple(ModelSpec(name, *PRICES[name], base_url=fake.url + "/v1", route=name != JUDGE)
+                  for name in ("fake-small", "fake-coder", "fake-writer", JUDGE))
+    routers = (RouterAlias("cascade", "cascade", ("fake-small", "fake-coder"), judge=JUDGE, threshold=0.99),)
+    db = tmp_path / "stop.db"
+    server = ServerThread(create_app(Settings(db=db, models=specs, routers=routers, seed=3)),
+                          timeout_graceful_shutdown=1)
+    url = server.wait_ready()
+    fake.set("fake-coder", "hang")  # the cascade's second model too (threshold 0.99: it always escalates)
+    fake.set("fake-writer", "trickle", 0.5)  # a 16 s stream
+    replies: dict[str, httpx.Response | Exception] = {}
+
+    def ask(name: str, model: str, stream: bool) -> None:
+        try:
+            replies[name] = chat(url, model, stream=stream, timeout=30)
+        except httpx.HTTPError as exc:
+            replies[name] = exc
+
+    asks = [threading.Thread(target=ask, args=a) for a in
+            (("named", "fake-coder", False), ("stream", "fake-writer", True), ("cascade", "cascade", False))]
+    for thread in asks:
+        thread.start()
+    try:
+        assert eventually(lambda: fake.active >= 3)  # the writer's stream, the coder's two hanging calls
+    finally:
+        server.stop()
+        for thread in asks:
+            thread.join(30)
+        fake.behaviour.clear()
+    named, stream, cascade = replies["named"], replies["stream"], replies["cascade"]
+    for reply in (named, cascade):
+        assert isinstance(reply, httpx.Response) and reply.status_code == 503, reply
+        assert reply.json()["error"]["code"] == "shutting_down" and reply.headers["retry-after"] == "1"
+    assert isinstance(stream, httpx.Response) and stream.status_code == 200
+    events = [line[6:] for line in stream.text.splitlines() if line.startswith("data: ")]
+    assert json.loads(events[-1])["error"]["code"] == "shutting_down"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        unrecorded = conn.execute("SELECT count(*) FROM decisions d LEFT JOIN calls c "
+                                  "ON c.decision_id = d.decision_id WHERE c.decision_id IS NULL").fetchone()[0]
+        statuses = [r[0] for r in conn.execute("SELECT status FROM calls")]
+        counted = conn.execute("SELECT sum(requests), sum(answer_calls), sum(judge_calls) FROM router_stats "
+                               "WHERE router = 'cascade'").fetchone()
+    assert unrecorded == 0 and sorted(statuses) == ["cancelled", "cancelled"]
+    assert counted == (1, 1, 1)  # fake-small's answer and the judge's score were paid before the stop

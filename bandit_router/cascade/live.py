@@ -43,6 +43,7 @@ and replica alike; its learners are part of the policy set's checkpoints, so a r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -183,7 +184,13 @@ class NamedRouters:
         failures: list[UpstreamError] = []
         call = self._call(chat, deadline, failures)
         if alias.strategy == "llm-router":
-            return await self._llm_router(alias, chat, request, context, models, cost_weight, call, failures)
+            calls: list[ChainCall] = []
+            try:
+                return await self._llm_router(alias, chat, request, context, models, cost_weight, call, failures,
+                                              calls)
+            except asyncio.CancelledError:  # the server stops mid-request: what was paid so far is counted
+                self._count_stopped(alias, request, calls)
+                raise
         escalation: Escalation = (
             self.engine.policies.escalations.rule(alias.name) if alias.strategy == "learned-cascade"
             else ThresholdEscalation(alias.threshold)
@@ -204,6 +211,9 @@ class NamedRouters:
             await self._count_unanswered(
                 alias, request, [*run.calls, ChainCall(exc.model, "answer", error=str(exc)[:200])]
             )
+            raise
+        except asyncio.CancelledError:  # the server stops mid-chain: what was paid so far is counted
+            self._count_stopped(alias, request, run.calls)
             raise
         extension = {"router": alias.name, "strategy": alias.strategy, **result.to_json()}
         if result.answer is None:
@@ -226,12 +236,13 @@ class NamedRouters:
         cost_weight: float,
         call: Any,
         failures: list[UpstreamError],
+        calls: list[ChainCall],
     ) -> NamedAnswer:
+        """`calls`: the calls made, appended as they end (the caller counts them when a shutdown cuts this short)."""
         router = self.engine.router
         specs = [router.spec(m) for m in models]
         descriptions = {s.name: s.description for s in specs if s.description} | dict(alias.descriptions)
         prompt = router_prompt(request.text, specs, descriptions)
-        calls: list[ChainCall] = []
         assert alias.router_model is not None
         try:
             routing = await call(alias.router_model, [{"role": "user", "content": prompt}], False)
@@ -365,6 +376,11 @@ class NamedRouters:
             await self.engine.count_router(of_chain(chain, time.time()), request)
         except BanditRouterError as exc:
             log.warning("%s: a failed request was not counted: %s", chain["router"], exc)
+
+    def _count_stopped(self, alias: RouterAlias, request: Request, calls: Sequence[ChainCall]) -> None:
+        """Count a request a shutdown cut short, with the calls it made (the answers and scores already paid),
+        in a write the gateway's `close()` waits for (the engine stops after it)."""
+        self.gateway.keep(self._count_unanswered(alias, request, list(calls)))
 
     async def _count_unanswered(
         self, alias: RouterAlias, request: Request, calls: Sequence[ChainCall], named: str | None = None

@@ -57,6 +57,8 @@ log = logging.getLogger("bandit_router.gateway")
 
 FAILURE_SOURCE = "gateway"
 """The `source` of the feedback the gateway stores for a failed call."""
+SERVER_STOPPED = "the server stopped before the call ended"
+"""The error of a call cut short by a shutdown (recorded `cancelled`: not the model's failure)."""
 
 
 class DecisionLog(Protocol):
@@ -130,6 +132,8 @@ class StreamAnswer:
     chat: ChatRequest
     attempts: int
     finished: bool = field(default=False)
+    ended_by: str = "the caller closed the stream"
+    """Why a stream that did not reach its end ended (recorded as its `cancelled` call's error)."""
 
     @property
     def decision(self) -> Decision:
@@ -145,7 +149,6 @@ class StreamAnswer:
         chunk only when the caller asked for usage), then `[DONE]`; a failure mid-stream ends the stream with
         an OpenAI error event and is recorded as the model's failure."""
         gw, model = self.gateway, self.decision.model
-        status, error = CallStatus.CANCELLED, "the caller closed the stream"
         try:
             out = gw.chunk_bytes(self.first, model, self.chat.include_usage)
             if out:
@@ -162,8 +165,8 @@ class StreamAnswer:
                               "code": str(exc.status)}}
             yield b"data: " + json.dumps(body).encode() + b"\n\n"
         finally:
-            if not self.finished:  # the caller left
-                await self._end(status, error)
+            if not self.finished:  # the caller left, or the server stops
+                await self._end(CallStatus.CANCELLED, self.ended_by)
 
     async def _finish(self, status: CallStatus, error: str) -> None:
         recorded = await self._end(status, error)
@@ -230,9 +233,16 @@ class Gateway:
         return "no catalog model has an upstream: give models a base_url, or set default_base_url"
 
     async def close(self) -> None:
-        if self._tasks:
+        """Wait for every record being written (those of requests a shutdown cancelled are written as they
+        unwind, meanwhile), then close the upstream clients."""
+        await asyncio.sleep(0)
+        while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.upstreams.aclose()
+
+    def keep(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        """Run `coroutine` (a write) in a task that `close()` waits for."""
+        return self._spawn(coroutine)
 
     # -- which models can be called ---------------------------------------------------------------------------
     def callable_models(self) -> list[str]:
@@ -338,6 +348,9 @@ class Gateway:
             except UpstreamFailure as exc:
                 self._record(attempt, exc.status, started, error=str(exc), http_status=exc.http_status)
                 failures.append(exc)
+            except asyncio.CancelledError:  # the server stops: its grace for requests in flight ran out
+                self._record(attempt, CallStatus.CANCELLED, started, error=SERVER_STOPPED)
+                raise
             tried.append(attempt.decision.model)
             if attempt.number >= self.config.max_attempts or time.monotonic() >= deadline:
                 break

@@ -24,6 +24,7 @@ as `cancelled`, so a slow reader holds no more than its own connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Mapping, MutableMapping
@@ -46,6 +47,7 @@ from ..gateway import (
     parse_chat,
 )
 from ..gateway.chat import KNOB_RULES
+from ..gateway.gateway import SERVER_STOPPED
 from ..gateway.upstreams import UpstreamRejected, rate_limited
 from .errors import status_of
 from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
@@ -130,11 +132,14 @@ class EventStream(Response):
         raw = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                *((k.encode(), v.encode()) for k, v in self.extra.items())]
         events = self.answer.relay()
+        begun = False
 
         async def relay() -> None:
             # A send to a caller that left is dropped without an error: each event checks first whether the
             # watcher saw it leave (else a buffered upstream stream would be read to its end, and recorded `ok`,
             # before the watcher's turn came).
+            nonlocal begun
+            begun = True
             await send({"type": "http.response.start", "status": 200, "headers": raw})
             async for data in events:
                 if watching.done():
@@ -149,6 +154,7 @@ class EventStream(Response):
 
         watching = asyncio.ensure_future(disconnected())
         sending: asyncio.Future[None] = asyncio.ensure_future(asyncio.sleep(0))
+        stopped = False
         try:
             await sending  # the watcher's first `receive()`: a caller already gone is seen before the relay starts
             sending = asyncio.ensure_future(relay())
@@ -156,12 +162,36 @@ class EventStream(Response):
             failed = sending.exception() if sending.done() and not sending.cancelled() else None
             if failed is not None and not isinstance(failed, TimeoutError | OSError):
                 log.error("relaying a stream failed: %s", type(failed).__name__, exc_info=failed)
+        except asyncio.CancelledError:  # the server stops: its grace for requests in flight ran out
+            stopped = _stopping()
+            self.answer.ended_by = SERVER_STOPPED
         finally:
             for task in (sending, watching):
                 task.cancel()
             await asyncio.gather(sending, watching, return_exceptions=True)
             await events.aclose()
             await self.answer.abandon()  # the relay's own `finally` did this, unless it never started
+        if stopped and watching.cancelled():  # the caller is still there: an error event, and the stream's end
+            with contextlib.suppress(OSError, RuntimeError):
+                if not begun:
+                    await send({"type": "http.response.start", "status": 200, "headers": raw})
+                message = f"the stream broke: {SERVER_STOPPED} (the server is stopping)"
+                await send({"type": "http.response.body", "body": _error_event(message), "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _stopping() -> bool:
+    """A cancelled request handler finishes anyway (a shutdown's only way to end it, past its grace): True, with
+    the cancellation taken back so that the handler's remaining awaits (its reply) run."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+    return True
+
+
+def _error_event(message: str) -> bytes:
+    body = {"error": {"message": message, "type": "service_unavailable", "param": None, "code": "shutting_down"}}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
 CHAT_SCHEMA: dict[str, Any] = {
@@ -240,5 +270,9 @@ async def chat_completions(request: Request) -> Any:
                         headers=_headers(reply.decision.decision_id, reply.decision.model, reply.attempts))
     except ClientDisconnect:
         raise  # the client left while sending its body: nobody reads a reply (the app's handler)
+    except asyncio.CancelledError:  # the server stops: its grace for requests in flight ran out
+        _stopping()
+        return openai_error(503, f"{SERVER_STOPPED}: the server is stopping; send the request again",
+                            code="shutting_down", headers={"retry-after": "1"})
     except Exception as exc:  # every error in OpenAI's shape; an unexpected one is logged, a 500
         return _error(exc)

@@ -1,8 +1,8 @@
 """Drill 1: the upstream misbehaves in every way a provider does (slow, hanging, cutting the connection, 5xx, 429
 with Retry-After, malformed JSON, a 200 that is not a chat completion, trickling bytes, stalling halfway, sending
 only keep-alive blanks), for every kind of client: the bandit's `router` (streamed and not), a named catalog model,
-a judge cascade (streamed and not), a log-prob cascade, a learned cascade, an LLM router. Per fault and client: the status, the time, the
-error's code, and what was stored; afterwards, what the gateway still holds."""
+a judge cascade (streamed and not), a log-prob cascade, a learned cascade, an LLM router. Per fault and client:
+the status, the time, the error's code, and what was stored; afterwards, what the gateway still holds."""
 
 from __future__ import annotations
 
