@@ -21,6 +21,8 @@ FAULTS: list[tuple[str, float]] = [
     ("ok", 0.0), ("slow", 1.0), ("slow", 3.0), ("hang", 0.0), ("fail", 0.0), ("ratelimit", 7.0), ("cut", 0.0),
     ("malformed", 0.0), ("offshape", 0.0), ("garbage", 0.0), ("trickle", 0.4), ("stall", 0.0), ("keepalive", 0.5),
 ]
+SCOPES = {"every routable model": ROUTABLE, "fake-small only": ("fake-small",),
+          "the judge (and routing LLM) only": ("fake-judge",)}
 CLIENTS: list[tuple[str, bool]] = [
     ("router", False), ("router", True), ("fake-coder", False), ("fake-coder", True), ("cascade", False),
     ("cascade", True), ("cascade-logprob", False), ("learned", False), ("auto", False),
@@ -62,9 +64,9 @@ def main() -> None:
         baseline = gateway.held(upstream)
         show("held at start", baseline)
         for mode, delay in FAULTS:
-            for scope in ("every routable model", "fake-small only") if mode != "ok" else ("none",):
+            for scope in SCOPES if mode != "ok" else ("none",):
                 upstream.reset()
-                for model in ROUTABLE if scope == "every routable model" else ("fake-small",) if mode != "ok" else ():
+                for model in SCOPES.get(scope, ()):
                     upstream.set(model, mode, delay)
                 print(f"\n== {mode}{f' {delay:g} s' if delay else ''}, {scope}", flush=True)
                 started, since = time.monotonic(), time.time()
@@ -81,6 +83,18 @@ def main() -> None:
                         "SELECT status, count(*) FROM calls WHERE created_at >= ? GROUP BY status", since)),
                     "feedback by source": dict(gateway.rows(
                         "SELECT source, count(*) FROM feedback WHERE received_at >= ? GROUP BY source", since))})
+        print("\n== the upstream's process killed (connections refused), then started again on its port", flush=True)
+        port = upstream.port
+        upstream.stop()
+        with ThreadPoolExecutor(len(CLIENTS)) as pool:
+            results = list(pool.map(lambda c: one(gateway, *c), CLIENTS))
+        for (model, stream), result in zip(CLIENTS, results, strict=True):
+            show(f"  {model}{' stream' if stream else ''}", result)
+        upstream = Upstream(folder, port)
+        with ThreadPoolExecutor(len(CLIENTS)) as pool:
+            results = list(pool.map(lambda c: one(gateway, *c), CLIENTS))
+        show("  right after the restart", [r["status"] for r in results])
+        show("  gateway holds", gateway.held(upstream))
         show("\nservice problems (log)", gateway.problems()[:10])
     finally:
         gateway.stop()

@@ -95,8 +95,8 @@ models = ["fake-small", "fake-coder"]
 class Upstream:
     """`python -m benchmarks.fake_upstream` in its own process group on 127.0.0.1."""
 
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port()
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = (folder / f"upstream-{self.port}.log").open("wb")
         self.process = subprocess.Popen(
