@@ -182,13 +182,17 @@ class Gateway(Serve):
             return conn.execute(sql, args).fetchall()
 
     def record(self, decision_id: str) -> dict[str, Any]:
-        """What is stored for a request: its decision's policy and model, its call records (status, error), its
+        """What is stored for the request whose answer's `x-decision-id` is `decision_id` (a fallback's decision,
+        when the first try failed): the call records of all its tries (attempt, model, status), and their
         feedback (source, quality)."""
-        calls = self.rows("SELECT attempt, model, status, error FROM calls WHERE request_id = ? ORDER BY attempt",
-                          decision_id)
+        request = self.rows("SELECT request_id FROM calls WHERE decision_id = ?", decision_id)
+        if not request:
+            return {"calls": [], "feedback": []}
+        calls = self.rows("SELECT attempt, model, status FROM calls WHERE request_id = ? ORDER BY attempt",
+                          request[0][0])
         feedback = self.rows(
-            "SELECT f.source, f.quality FROM feedback f JOIN calls c ON c.decision_id = f.decision_id "
-            "WHERE c.request_id = ?", decision_id)
+            "SELECT f.source, round(f.quality, 3) FROM feedback f JOIN calls c ON c.decision_id = f.decision_id "
+            "WHERE c.request_id = ?", request[0][0])
         return {"calls": [list(c) for c in calls], "feedback": [list(f) for f in feedback]}
 
 
