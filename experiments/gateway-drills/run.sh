@@ -8,7 +8,7 @@ mkdir -p experiments/gateway-drills/results
 for drill in "${@:-g1_upstream_faults g2_disconnects g3_concurrency g4_sigterm}"; do
     for name in $drill; do
         echo "== $name"
-        { echo "# $name at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- bandit_router benchmarks experiments/gateway-drills || echo ' (modified)'), $(date -u +%FT%TZ)"
+        { echo "# $name at $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- bandit_router benchmarks experiments/gateway-drills ':!experiments/gateway-drills/results' || echo ' (modified)'), $(date -u +%FT%TZ)"
           PYTHONPATH=. timeout 900 .venv/bin/python "experiments/gateway-drills/$name.py"; } 2>&1 | tee "experiments/gateway-drills/results/$name.txt"
     done
 done
