@@ -1,5 +1,5 @@
-"""Drill 4: SIGTERM while gateway requests are in flight (`bandit-router serve` waits up to 10 s for them, then
-cancels what is left). (a) Requests that end within those 10 s: routed calls (streamed and not), cascades, a
+"""Drill 4: SIGTERM once every request is in flight at the upstream (`bandit-router serve` waits up to 10 s for
+them, then cancels what is left). (a) Requests that end within those 10 s: routed calls (streamed and not), cascades, a
 named model's stream. (b) Requests that would outlast them: a 16 s stream, a model that never answers (named and
 routed), a cascade whose second model never answers. Per request: what its caller got; then the database
 (decisions, call records, named routers' counts), the restart on the same database, and feedback for every
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from gwdrills import MESSAGES, Gateway, Upstream, show
+from gwdrills import MESSAGES, Gateway, Upstream, show, wait
 
 
 def request(gateway: Gateway, model: str, stream: bool, models: list[str] | None, out: list[dict[str, Any]]) -> None:
@@ -45,7 +45,7 @@ def request(gateway: Gateway, model: str, stream: bool, models: list[str] | None
 
 
 def phase(title: str, folder: Path, upstream: Upstream, modes: dict[str, tuple[str, float]],
-          requests: list[tuple[str, bool, list[str] | None]], term_after: float) -> None:
+          requests: list[tuple[str, bool, list[str] | None]]) -> None:
     print(f"\n== {title}", flush=True)
     gateway = Gateway(folder, upstream, timeout=20.0, deadline=30.0, name=f"gateway-{len(list(folder.iterdir()))}")
     try:
@@ -58,7 +58,7 @@ def phase(title: str, folder: Path, upstream: Upstream, modes: dict[str, tuple[s
         threads = [threading.Thread(target=request, args=(gateway, *r, results)) for r in requests]
         for thread in threads:
             thread.start()
-        time.sleep(term_after)
+        wait(lambda: upstream.stats()["active"] >= len(requests), 30, "the requests did not all reach the upstream")
         signalled = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)
         code = gateway.process.wait(60)
@@ -109,17 +109,17 @@ def main() -> None:
         quick = [("router", False, ["fake-small", "fake-coder"])] * 4 + \
             [("router", True, ["fake-small", "fake-coder"])] * 4 + [("cascade", False, None)] * 2 + \
             [("learned", True, None)] * 2 + [("fake-writer", True, None)] * 2
-        phase("(a) in flight, each ending within the 10 s grace (upstream 2 s, 3.3 s streams)",
+        phase("(a) in flight, each ending within the 10 s grace (upstream 3 s, 5 s streams)",
               Path(tempfile.mkdtemp(prefix="gw-drill4a-")), upstream,
-              {"fake-small": ("slow", 2.0), "fake-coder": ("slow", 2.0), "fake-writer": ("trickle", 0.1)},
-              quick, term_after=0.5)
+              {"fake-small": ("slow", 3.0), "fake-coder": ("slow", 3.0), "fake-writer": ("trickle", 0.15)},
+              quick)
         slow = [("fake-writer", True, None)] * 2 + [("fake-coder", False, None)] * 2 + \
             [("router", False, ["fake-coder"])] * 2 + [("cascade", False, None)] * 2 + \
             [("router", True, ["fake-writer"])] * 2
         phase("(b) in flight, outlasting the 10 s grace (16 s streams, a model that never answers)",
               Path(tempfile.mkdtemp(prefix="gw-drill4b-")), upstream,
               {"fake-writer": ("trickle", 0.5), "fake-coder": ("hang", 0.0), "fake-small": ("slow", 1.0)},
-              slow, term_after=1.0)
+              slow)
     finally:
         upstream.stop()
 
