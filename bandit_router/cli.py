@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .evaluation.cli import register as register_evaluation
-from .policies import REGISTRY
+from .policies import REGISTRY, settings_of
 from .service.cli import register as register_serve
 
 app = typer.Typer(
@@ -37,13 +37,9 @@ def _root(
 
 @app.command("policies")
 def list_policies() -> None:
-    """List the registered routing policies and their settings."""
-    import dataclasses
-
+    """List the registered routing policies and the settings each takes (`name:key=value,…`)."""
     for name, entry in REGISTRY.items():
-        fields = ", ".join(
-            f"{f.name}={f.default!r}" for f in dataclasses.fields(entry.params) if f.name != "exploration"
-        )
+        fields = ", ".join(f"{key}={default!r}" for key, default in settings_of(name).items())
         typer.echo(f"{name:<12} {entry.summary}" + (f"\n{'':<12} settings: {fields}" if fields else ""))
 
 
