@@ -128,7 +128,11 @@ _BAD_FILES = [
     ("[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n" * 2,
      "models: duplicate model name 'm'"),
     ("port = \n", "not valid TOML"),
-    ("[budgets]\nspend_usd = '5/1x'\n", r"toml: budgets: target 'spend_usd=5/1x': period '1x' must be a number"),
+    ("[budgets]\nspend_usd = '5/1x'\n",
+     r"toml: budgets: target 'spend_usd=5/1x': period '1x' must be seconds or a number with s, m, h, d or w"),
+    # a misspelt model or tag in a share target would be a target that can never bind
+    ("[budgets]\nshare = { 'gpt4o' = 0.3 }\n", "budgets: share:gpt4o=0.3: no catalog model is picked"),
+    ("[budgets.tenants.acme]\nshare = { 'tier=lage' = 0.1 }\n", "@acme:share:tag:tier=lage=0.1: no catalog model"),
 ]
 
 
