@@ -334,9 +334,18 @@ def app_from_environment() -> FastAPI:
     """The app factory a worker process calls (`uvicorn --factory`): settings from `$BANDIT_ROUTER_SERVE_ARGS`."""
     raw = os.environ.get(SERVE_ARGS)
     args: dict[str, Any] = json.loads(raw) if raw else {}
+    configure_logging(args.get("log_level") or "info")  # a worker is a fresh process: it has no handler yet
     app = create_app(load_settings(args.get("config"), overrides=args.get("overrides") or {}))
     tune_process()
     return app
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """The server's log lines (`serve` and each of its workers): time, level, logger, message, from `level` up."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
 
 
 def tune_process() -> None:
