@@ -108,7 +108,7 @@ def serve(
 CHECK_HELP = """Check a database file: SQLite's integrity check, and every stored checkpoint against its checksum.
 
 Prints what it found and the last good checkpoint (the newest one that reads back and matches its sha256). \
-Exit status 0 when the file is intact, 1 when it is not (restore a backup: see the README, Durability), \
+Exit status 0 when the file is intact, 1 when it is not (restore a backup: see the docs, service → durability), \
 2 when it cannot be opened. Read-only; safe while the service runs.
 """
 
