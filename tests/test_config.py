@@ -128,6 +128,7 @@ _BAD_FILES = [
     ("[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n" * 2,
      "models: duplicate model name 'm'"),
     ("port = \n", "not valid TOML"),
+    ("log_level = 'loud'\n", "log_level: unknown 'loud'; one of critical, error, warning, info, debug"),
     ("[budgets]\nspend_usd = '5/1x'\n",
      r"toml: budgets: target 'spend_usd=5/1x': period '1x' must be seconds or a number with s, m, h, d or w"),
     # a newcomer's slips name the key they meant
