@@ -138,11 +138,6 @@ class HierarchicalParams:
     extreme mean after a few feedbacks (one success: μ̂ = 1) does not make a model look noiseless; 0 = μ̂(1 − μ̂),
     the largest a quality with the model's current mean can have (clipped to [0.01, ¼]; the first version).
     Chosen on the tuning sets (experiments/learning-efficiency/results/tuning-noise.md)."""
-    pool: float = 0.0
-    """a ∈ [0, 1]: each model's corrections are weighed by (1 − a)·L_ml + a·L̄_l, L̄_l the mean of L_m'l over the
-    models with feedback, so that whether the prompt matters is partly decided for all models together (a model
-    whose quality varies little across prompts, judged by its plain mean, is compared with models whose
-    corrections count). 0 = each model on its own evidence."""
     mix: float = 0.02
     """`ids` only: share of the pmf spread evenly over the models not confidently dominated (so that off-policy
     estimates can weigh every model that may still be best)."""
@@ -162,8 +157,6 @@ class HierarchicalParams:
             raise ValueError("noise_prior must be 0 (μ̂(1 − μ̂)) or in [0.01, 0.25]")
         if not 0.0 < self.prior_variance <= 1.0:
             raise ValueError("prior_variance must be in (0, 1]")
-        if not 0.0 <= self.pool <= 1.0:
-            raise ValueError("pool must be in [0, 1]")
         if not 0.0 <= self.mix <= 0.5 or not 16 <= self.draws <= 65536:
             raise ValueError("mix must be in [0, 0.5] and draws in [16, 65536]")
 
@@ -355,11 +348,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
             arms = self._arms
             mean = arms.mean()
             variance = self._noise_variance(mean)
-            evidence = arms.evidence
-            if self.params.pool > 0 and np.any(arms.n > 0):
-                pooled = evidence[arms.n > 0].mean(axis=0)
-                evidence = (1.0 - self.params.pool) * evidence + self.params.pool * pooled
-            logits = np.concatenate([np.full((len(arms.n), 1), self.params.evidence), evidence], axis=1)
+            logits = np.concatenate([np.full((len(arms.n), 1), self.params.evidence), arms.evidence], axis=1)
             weights = np.exp(logits - logits.max(axis=1, keepdims=True))
             omega = weights[:, 1:] / weights.sum(axis=1, keepdims=True)
             sd = 1.0 / np.sqrt(arms.prior_n / self.params.prior_variance + arms.n / variance)
