@@ -171,10 +171,19 @@ def _convert(field: dataclasses.Field[Any], value: Any) -> Any:
     return value
 
 
+def settings_of(name: str) -> dict[str, Any]:
+    """The settings a registered policy takes (its params' fields but those it ignores), with their defaults.
+
+    Exactly what `make_params` accepts: `bandit-router policies` lists these, so every listed setting works.
+    """
+    entry = REGISTRY[name]
+    return {f.name: f.default for f in dataclasses.fields(entry.params) if f.name not in entry.ignores}
+
+
 def make_params(name: str, settings: Mapping[str, Any]) -> Any:
     entry = REGISTRY[name]
     fields = {f.name: f for f in dataclasses.fields(entry.params)}
-    used = sorted(set(fields) - entry.ignores)
+    used = sorted(settings_of(name))
     unknown = set(settings) - set(fields)
     if unknown:
         raise UnknownPolicy(f"policy {name!r} has no setting {sorted(unknown)}; it has {used}")
@@ -208,5 +217,6 @@ __all__ = [
     "make_policy",
     "parse_settings",
     "parse_spec",
+    "settings_of",
     "warm_start",
 ]
