@@ -57,6 +57,8 @@ log = logging.getLogger("bandit_router.gateway")
 
 FAILURE_SOURCE = "gateway"
 """The `source` of the feedback the gateway stores for a failed call."""
+CLOSE_WAIT_S = 5.0
+"""How long `Gateway.close()` waits for cancelled requests to unwind and record their calls."""
 SERVER_STOPPED = "the server stopped before the call ended"
 """The error of a call cut short by a shutdown (recorded `cancelled`: not the model's failure)."""
 
@@ -193,6 +195,7 @@ class Gateway:
         self.config = settings.gateway
         self.upstreams = upstreams
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._requests: set[asyncio.Task[Any]] = set()
         self.on_answer: Callable[[Decision, Sequence[Mapping[str, Any]], str], None] | None = None
         """Called with each routed answer (the judge samples from these)."""
         self.judge: Judge | None = None
@@ -233,12 +236,21 @@ class Gateway:
         return "no catalog model has an upstream: give models a base_url, or set default_base_url"
 
     async def close(self) -> None:
-        """Wait for every record being written (those of requests a shutdown cancelled are written as they
-        unwind, meanwhile), then close the upstream clients."""
-        await asyncio.sleep(0)
+        """Wait (at most `CLOSE_WAIT_S`) for the requests still in flight, which a shutdown has cancelled: they
+        record their calls as they unwind; then for every record being written; then close the upstream clients."""
+        requests = [t for t in self._requests if t is not asyncio.current_task()]
+        if requests:
+            await asyncio.wait(requests, timeout=CLOSE_WAIT_S)
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.upstreams.aclose()
+
+    def track(self) -> None:
+        """Count the current task (a chat request's) as in flight until it ends: `close()` waits for it."""
+        task = asyncio.current_task()
+        if task is not None and task not in self._requests:
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
 
     def keep(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         """Run `coroutine` (a write) in a task that `close()` waits for."""

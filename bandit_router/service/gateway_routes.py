@@ -243,6 +243,7 @@ async def chat_completions(request: Request) -> Any:
     try:
         services = _services(request)
         gateway: Gateway = request.app.state.gateway
+        gateway.track()  # a shutdown waits for its records (streams included: this task relays them)
         _require_json(request)
         raw = await request.body()
         try:
