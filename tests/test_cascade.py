@@ -715,11 +715,15 @@ descriptions = {big = "strong at proofs"}
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
          "escalation = {decided_floor = true}", "decided_floor must be a number"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
-         'escalation = {history = "yes"}', r"'c': escalation: history must be true or false, not 'yes'"),
+         'escalation = {history = "yes"}', r"'c': escalation: history must be true or false, got 'yes'"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
          "escalation = {history = true, history_ridge = 0}", "history_ridge must be a finite number > 0, not 0"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
-         'escalation = {history_ridge = "x"}', "history_ridge must be a finite number > 0, not 'x'"),
+         'escalation = {history_ridge = "x"}', "history_ridge must be a number, got 'x'"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {dim = 64.5}", r"'c': escalation: dim must be an integer, got 64.5"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         'escalation = {dim = "64"}', r"'c': escalation: dim must be an integer, got '64'"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
          "escalation = {history_ridge = nan}", "history_ridge must be a finite number > 0, not nan"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'

@@ -1,8 +1,9 @@
 """The rule-based strategy: ordered rules on length, regexes, markers and context values → model.
 
 The first rule whose conditions all hold, and whose model is allowed, decides; else `default` (or the
-cheapest allowed model). In a TOML file (`rules:file=rules.toml`, a path from the working directory) or,
-with `policy = "rules"`, the config's `[policy_settings]` table (`[[policy_settings.rules]]`)::
+cheapest allowed model). In a TOML file (`rules:file=rules.toml`; written in a configuration file, a relative
+path is read from that file's folder, elsewhere from the working directory) or, with `policy = "rules"`, the
+config's `[policy_settings]` table (`[[policy_settings.rules]]`)::
 
     default = "gpt-4o-mini"
     [[rules]]
@@ -96,7 +97,9 @@ class RulesParams:
         if self.file:
             try:
                 data = tomllib.loads(Path(self.file).read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError) as exc:
+            except OSError as exc:
+                raise ConfigError(f"rules file {self.file}: {exc.strerror or exc}") from exc
+            except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"rules file {self.file}: {exc}") from exc
             rules += tuple(Rule.from_mapping(r) for r in data.get("rules", []))
             default = default or str(data.get("default", ""))
