@@ -335,3 +335,25 @@ def test_serve_refuses_a_policy_setting_of_the_wrong_type_in_one_line(
     assert result.exit_code == 2, result.output
     assert result.output.strip() == f"bandit-router serve: {message}"
     assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ('model = "gpt-4o"\nmin_tokens = "2000"', "rule for 'gpt-4o': min_tokens must be an integer, got '2000'"),
+        ('model = "gpt-4o"\nmax_chars = 64.5', "rule for 'gpt-4o': max_chars must be an integer, got 64.5"),
+        ('model = "gpt-4o"\nmarkers = "code"', "rule for 'gpt-4o': markers must be a list of strings, got 'code'"),
+        ('model = "gpt-4o"\ncontext = { task = ["a"] }', "rule for 'gpt-4o': context must be a table of"),
+        ("model = 4", "rule for 4: model must be a string, got 4"),
+    ],
+)
+def test_a_rule_of_the_wrong_type_is_refused_at_start_not_at_its_first_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule: str, message: str
+) -> None:
+    """`min_tokens = "2000"` was accepted and failed (a 500) at the first request the rule was tried on;
+    `markers = "code"` became the markers c, o, d, e."""
+    conf = _rules_folders(tmp_path, monkeypatch)
+    _write(conf / "typed.toml", f'default = "gpt-4o-mini"\n[[rules]]\n{rule}\n')
+    for text in ('policy = "rules:file=typed.toml"\n', f'policy = "rules"\n[[policy_settings.rules]]\n{rule}\n'):
+        with pytest.raises(ConfigError, match=f"^policy: policy 'rules': {re.escape(message)}"):
+            load_settings(_write(conf / "br.toml", text), env={})

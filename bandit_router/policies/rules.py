@@ -34,6 +34,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import ConfigError
+from ..setting_values import typed_value
 from ..types import Context, Scalar
 from .base import BasePolicy
 from .baselines import cheapest
@@ -54,6 +55,22 @@ class Rule:
     pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        where = f"rule for {self.model!r}"
+        kinds = {"model": "str", "min_chars": "int", "max_chars": "int", "min_tokens": "int", "max_tokens": "int",
+                 "regex": "str"}
+        for name, kind in kinds.items():  # of the wrong type, a rule fails at the first request it is tried on
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    typed_value(kind, value)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: {name} {exc}") from None
+        if isinstance(self.markers, str) or not all(isinstance(m, str) for m in self.markers):
+            raise ConfigError(f"{where}: markers must be a list of strings, got {self.markers!r}")
+        if not isinstance(self.context, Mapping) or not all(
+            isinstance(v, str | int | float | bool) for v in self.context.values()
+        ):
+            raise ConfigError(f"{where}: context must be a table of strings, numbers or booleans, got {self.context!r}")
         if self.regex is not None:
             try:
                 object.__setattr__(self, "pattern", re.compile(self.regex))
