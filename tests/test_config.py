@@ -297,6 +297,8 @@ def test_a_rules_file_named_in_the_config_file_is_read_from_its_folder(
     env = {"BANDIT_ROUTER_POLICY": "rules:file=rules.toml", "BANDIT_ROUTER_POLICY_SETTINGS": "{}"}
     from_env = load_settings(config, env=env)
     assert build_router(from_env).route(Request(prompt="hello")).model == "gpt-4o-mini"
+    settings_from_env = load_settings(config, env={"BANDIT_ROUTER_POLICY_SETTINGS": '{"file": "rules.toml"}'})
+    assert build_router(settings_from_env).route(Request(prompt="hello")).model == "gpt-4o-mini"
 
 
 def test_a_missing_rules_file_named_in_the_config_file_is_refused_with_its_path(

@@ -178,7 +178,7 @@ class Settings:
         if spec is not None:
             return make_policy(spec, folder=routing.folders.get("shadow_policies"))
         name = parse_spec(routing.policy)[0]
-        settings = in_folder(name, routing.policy_settings, routing.folders.get("policy_settings"))
+        settings = in_folder(name, routing.policy_settings, routing.folders.get("policy_settings"))  # else cwd
         return make_policy(routing.policy, folder=routing.folders.get("policy"), **settings)
 
     @property

@@ -178,7 +178,8 @@ def make_params(
 ) -> Any:
     """`name`'s params from typed `settings` (TOML, JSON, keyword arguments) over `text` settings (a spec's
     `key=value` strings, parsed); each checked against its declared type (`setting_values.typed_value`: 64.5 is
-    not an integer). Files named by relative paths are read from `folder` (`in_folder`)."""
+    not an integer). Files the `text` settings name by relative paths are read from `folder` (`in_folder`); the
+    typed settings' from the working directory (resolve them first with `in_folder` to read them elsewhere)."""
     entry = REGISTRY[name]
     fields = {f.name: f for f in dataclasses.fields(entry.params)}
     used = sorted(set(fields) - entry.ignores)
@@ -195,14 +196,15 @@ def make_params(
             values[key] = typed_value(type_name(fields[key].type), value, text=key not in settings)
         except ValueError as exc:
             raise UnknownPolicy(f"policy {name!r}: setting {key} {exc}") from None
+    from_text = {k: v for k, v in values.items() if k in (text or {}) and k not in settings}
     try:
-        return entry.params(**in_folder(name, values, folder))
+        return entry.params(**{**values, **in_folder(name, from_text, folder)})
     except (ValueError, TypeError) as exc:
         raise UnknownPolicy(f"policy {name!r}: {exc}") from exc
 
 
 def make_policy(spec: str, *, folder: Path | None = None, **settings: Any) -> Policy:
-    """A fresh policy from a spec string; keyword settings override those in the string. A file it names by a
+    """A fresh policy from a spec string; keyword settings override those in the string. A file the spec names by a
     relative path (`rules:file=rules.toml`) is read from `folder` (None: the working directory)."""
     name, parsed = parse_spec(spec)
     params = make_params(name, settings, parsed, folder)
