@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .evaluation.cli import register as register_evaluation
-from .policies import REGISTRY
+from .policies import REGISTRY, settings_of
 from .service.cli import register as register_serve
 
 app = typer.Typer(
@@ -37,13 +37,9 @@ def _root(
 
 @app.command("policies")
 def list_policies() -> None:
-    """List the registered routing policies and their settings."""
-    import dataclasses
-
+    """List the registered routing policies and the settings each takes (`name:key=value,…`)."""
     for name, entry in REGISTRY.items():
-        fields = ", ".join(
-            f"{f.name}={f.default!r}" for f in dataclasses.fields(entry.params) if f.name != "exploration"
-        )
+        fields = ", ".join(f"{key}={default!r}" for key, default in settings_of(name).items())
         typer.echo(f"{name:<12} {entry.summary}" + (f"\n{'':<12} settings: {fields}" if fields else ""))
 
 
@@ -61,6 +57,54 @@ _add_simulate()
 
 register_serve(app)
 register_evaluation(app)
+
+
+def describe_commands() -> str:
+    """Markdown for the docs' command-line page: every command, its help and every option, read from the commands
+    themselves when the docs are built (`tools/mkdocs_hooks.py`), so the page cannot go stale."""
+    commands: dict[str, Any] = getattr(typer.main.get_command(app), "commands", {})  # in registration order
+    out: list[str] = []
+    for name, command in commands.items():
+        out += [f"## `bandit-router {name}`", ""]
+        for paragraph in (command.help or "").replace("\\[", "[").split("\n\n"):
+            out += [*_help_paragraph(paragraph.strip()), ""]
+        rows = [_option_row(param) for param in command.params if not getattr(param, "hidden", False)]
+        if rows:
+            out += ["| option | default | meaning |", "|---|---|---|", *rows, ""]
+    return "\n".join(out)
+
+
+def _help_paragraph(paragraph: str) -> list[str]:
+    """One paragraph of a command's help as Markdown: an `Example:` as a shell block, a grammar (`:=`) as text
+    as written, prose as prose (`<model>` escaped, so that it is not read as an HTML tag)."""
+    if paragraph.startswith("Example:"):
+        return ["Example:", "", "```sh", " ".join(paragraph.removeprefix("Example:").split()), "```"]
+    if ":=" in paragraph:
+        return ["```text", paragraph, "```"]
+    return [_escape(" ".join(paragraph.split()))]
+
+
+def _escape(text: str) -> str:
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _option_row(param: Any) -> str:
+    """One table row: the option's spellings, its default, its help (pipes escaped for the table)."""
+    if param.param_type_name == "argument":
+        names = f"`{param.name.upper()}…` (arguments)"
+    else:
+        names = ", ".join(f"`{opt}`" for opt in (*param.opts, *param.secondary_opts))
+    default = param.default
+    if param.required:
+        shown = "required"
+    elif default is None or default == () or (getattr(param, "is_flag", False) and default is False):
+        shown = ""
+    elif getattr(param, "is_flag", False):
+        shown = f"`{param.opts[0]}`"
+    else:
+        shown = f"`{default}`"
+    meaning = _escape(" ".join((param.help or "").split()).replace("|", "\\|"))
+    return f"| {names} | {shown} | {meaning} |"
 
 
 def main() -> None:

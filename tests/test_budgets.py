@@ -188,7 +188,7 @@ def test_parse_target(text: str, expected: object) -> None:
         ("avg_cost_usd", "expected key=value"),
         ("spend_usd=200", "expected spend_usd=<USD>/<period>"),
         ("spend_usd=200/0d", "period must be a finite number > 0"),
-        ("spend_usd=200/1y", "must be a number"),
+        ("spend_usd=200/1y", "period .1y. must be seconds or a number with s, m, h, d or w"),
         ("share:gpt-4o=1.5", r"must be in \[0, 1\]"),
         ("share:gpt-4o=150%", r"must be in \[0, 1\]"),
         ("share:=0.3", "expected share:"),

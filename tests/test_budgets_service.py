@@ -86,6 +86,22 @@ def test_get_and_put_need_keys_and_validate(make_client: Callable[..., TestClien
     assert client.get("/v1/budgets", headers=ADMIN).json()["budgets"] == put.json()["budgets"]  # unchanged
 
 
+def test_a_share_target_that_picks_no_active_model_is_a_422_naming_it(make_client: Callable[..., TestClient]) -> None:
+    """A misspelt model or tag in a share target would be a target that never binds: refused, nothing changes;
+    the message says it once (`budgets: …`, not `budgets: budgets: …`) and tells the period's units."""
+    client = make_client()
+    assert client.put("/v1/budgets", json={"share": {"gpt-4o": 0.3, "tier=large": 0.2}}).status_code == 200
+    for bad, named in (({"share": {"gpt4o": 0.3}}, "share:gpt4o=0.3"),
+                       ({"tenants": {"acme": {"share": {"tier=lage": 0.1}}}}, "@acme:share:tag:tier=lage=0.1")):
+        reply = client.put("/v1/budgets", json=bad)
+        assert reply.status_code == 422, reply.text
+        message = reply.json()["message"]
+        assert named in message and "no active model" in message and "gpt-4o-mini" in message, message
+    assert client.get("/v1/budgets").json()["targets"] == ["share:gpt-4o=0.3", "share:tag:tier=large=0.2"]
+    period = client.put("/v1/budgets", json={"spend_usd": "50/1x"}).json()["message"]
+    assert period.startswith("budgets: target 'spend_usd=50/1x': period '1x' must be seconds or a number with"), period
+
+
 def test_stats_and_metrics_show_spend_target_and_lambda(make_client: Callable[..., TestClient]) -> None:
     client = make_client(budgets=load_settings(env={"BANDIT_ROUTER_BUDGETS": '{"avg_cost_usd": 0.0002}'}).budgets)
     for _ in range(3):

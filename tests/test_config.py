@@ -129,7 +129,17 @@ _BAD_FILES = [
     ("[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n" * 2,
      "models: duplicate model name 'm'"),
     ("port = \n", "not valid TOML"),
-    ("[budgets]\nspend_usd = '5/1x'\n", r"toml: budgets: target 'spend_usd=5/1x': period '1x' must be a number"),
+    ("log_level = 'loud'\n", "log_level: unknown 'loud'; one of critical, error, warning, info, debug"),
+    ("[budgets]\nspend_usd = '5/1x'\n",
+     r"toml: budgets: target 'spend_usd=5/1x': period '1x' must be seconds or a number with s, m, h, d or w"),
+    # a newcomer's slips name the key they meant
+    ("cost_wieght = 40\n", r"unknown keys \['cost_wieght'\] \(did you mean cost_weight\?\)"),
+    ("[serverr]\nport = 1\n", r"unknown keys \['serverr'\] \(did you mean \[server\]\?\)"),
+    ("[server]\nprot = 1\n", r"\[server\] has no key 'prot' \(did you mean port\?\)"),
+    ("[server]\ndb = 'x.db'\n", r"\[server\] has no key 'db' \(it belongs in \[storage\], or at the top level\)"),
+    # a misspelt model or tag in a share target would be a target that can never bind
+    ("[budgets]\nshare = { 'gpt4o' = 0.3 }\n", "budgets: share:gpt4o=0.3: no catalog model is picked"),
+    ("[budgets.tenants.acme]\nshare = { 'tier=lage' = 0.1 }\n", "@acme:share:tag:tier=lage=0.1: no catalog model"),
 ]
 
 
@@ -185,8 +195,11 @@ def test_serves_hand_off_to_its_workers_is_not_an_unknown_setting(
     monkeypatch.chdir(tmp_path)
     caplog.set_level(logging.WARNING)
     hand_off = {SERVE_ARGS: "{}", LIMITS_VARIABLE: Limits(5, 30, 1000).to_environment()}
-    load_settings(env={**hand_off, "BANDIT_ROUTER_NOT_A_KEY": "x"})
-    assert [r.getMessage() for r in caplog.records] == ["ignoring unknown environment variable BANDIT_ROUTER_NOT_A_KEY"]
+    load_settings(env={**hand_off, "BANDIT_ROUTER_NOT_A_KEY": "x", "BANDIT_ROUTER_COST_WIEGHT": "4"})
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        "ignoring unknown environment variable BANDIT_ROUTER_COST_WIEGHT (did you mean BANDIT_ROUTER_COST_WEIGHT?)",
+        "ignoring unknown environment variable BANDIT_ROUTER_NOT_A_KEY",
+    ]
 
 
 def test_settings_validate_when_built_directly() -> None:

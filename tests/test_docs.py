@@ -123,6 +123,30 @@ def test_the_docs_build_strictly(tmp_path: Path) -> None:
     assert (tmp_path / "site" / "service" / "configuration" / "index.html").is_file()
 
 
+def test_the_command_line_page_documents_every_command_and_option() -> None:
+    """docs/cli.md is generated from the commands: each has its section, each option (both spellings of a flag)
+    and each argument its row, so a newcomer finds `--no-plots` or `-C` without reading the code."""
+    import typer
+
+    from bandit_router.cli import app
+    from tools.mkdocs_hooks import render
+
+    page = render((ROOT / "docs" / "cli.md").read_text(encoding="utf-8"))
+    assert "{{" not in page
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert {"serve", "simulate", "evaluate", "export", "check", "migrate", "policies"} <= set(commands)
+    for name, command in commands.items():
+        section = page.split(f"## `bandit-router {name}`\n", 1)[1].split("\n## ", 1)[0]
+        assert (command.help or "").split("\n")[0] in section
+        for param in command.params:
+            spellings = [*param.opts, *param.secondary_opts] if param.param_type_name == "option" else []
+            for spelling in spellings:
+                assert f"`{spelling}`" in section, (name, spelling)
+            if param.param_type_name == "argument":
+                assert f"`{param.name.upper()}…` (arguments)" in section, (name, param.name)
+    assert "| `--db` | required |" in page.split("## `bandit-router evaluate`", 1)[1]
+
+
 def test_every_page_is_in_the_navigation() -> None:
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     for name in PAGES:

@@ -201,6 +201,8 @@ def test_promotion_refused_without_evidence_then_forced(tmp_path: Path) -> None:
         refused = client.post("/v1/policies/promote", json={"shadow": "linucb"})
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"] == "conflict" and "not promoted" in refused.json()["message"]
+        message = refused.json()["message"]
+        assert "only 6 decisions with feedback logged the shadow's pmf (at least 10 needed)" in message
         assert client.post("/v1/policies/promote", json={"shadow": "nope"}).status_code == 404
         assert client.post("/v1/policies/promote", json={"shadow": "linucb", "force": "maybe"}).status_code == 422
         forced = client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})

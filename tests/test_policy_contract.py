@@ -7,7 +7,7 @@ import pytest
 from toy_world import MODELS, ToyWorld
 
 from bandit_router.errors import UnknownPolicy
-from bandit_router.policies import REGISTRY, make_policy, parse_spec
+from bandit_router.policies import REGISTRY, make_params, make_policy, parse_spec, settings_of
 from bandit_router.router import Router
 from bandit_router.types import Outcome, Request
 
@@ -170,3 +170,35 @@ def test_variants_keep_the_contract(spec: str) -> None:
     other = Router(MODELS, spec, seed=5)
     other.restore(router.snapshot())
     assert np.array_equal(router.weights(), other.weights())
+
+
+def test_bandit_router_policies_lists_exactly_the_settings_each_spec_accepts() -> None:
+    """A newcomer copies a setting from `bandit-router policies` into a spec: every listed one must work there,
+    and one the policy ignores (LinUCB's Thompson scale `v`) must not be listed (it is refused in a spec)."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app
+
+    reply = CliRunner().invoke(app, ["policies"])
+    assert reply.exit_code == 0, reply.output
+    listed: dict[str, set[str]] = {}
+    name = ""
+    for line in reply.output.splitlines():
+        if line and not line[0].isspace():
+            name = line.split()[0]
+            listed[name] = set()
+        elif "settings:" in line:
+            listed[name] = {part.split("=")[0] for part in line.split("settings:")[1].strip().split(", ")}
+    assert set(listed) == set(REGISTRY)
+    assert "v" not in listed["linucb"] and "alpha" in listed["linucb"]
+    assert "alpha" not in listed["lints"] and "v" in listed["lints"]
+    assert "exploration" in listed["default"] and "epsilon" not in listed["vw-greedy"]
+    for policy, keys in listed.items():
+        defaults = settings_of(policy)
+        assert keys == set(defaults)
+        for key, value in defaults.items():
+            if isinstance(value, (int, float)):  # as a spec's text: `linucb:alpha=0.5`, `lints:shared=False`
+                make_params(policy, {key: str(value)})
+    for policy, ignored in (("linucb", "v"), ("lints", "alpha"), ("vw-greedy", "epsilon")):
+        with pytest.raises(UnknownPolicy, match="does not use the setting"):
+            make_policy(f"{policy}:{ignored}=0.3")

@@ -151,6 +151,7 @@ def test_a_database_outage_is_503_then_the_service_carries_on(
         assert PASSWORD not in client.get(path).text
     assert PASSWORD not in caplog.text
     assert "***" in caplog.text  # the start-up line names the database, masked
+    assert "synchronous=" not in caplog.text  # SQLite's setting, which PostgreSQL does not read, is not shown
 
 
 def test_migrate_evaluate_and_export_take_the_url(replicas: Callable[..., TestClient], pg_url: str,

@@ -24,9 +24,10 @@ STATE_DEPENDENT = {"PUT /v1/budgets": None, "POST /v1/route": "unknown_model",
                    "GET /v1/stats/timeseries": "invalid_input", "POST /v1/chat/completions": None}
 """Operations where a schema-valid body can still be refused for what the schema cannot express: a model name
 that is not in the catalog (`/v1/route`'s `models`: 422 `unknown_model`); a `fallback_model` that is not an
-active model, two targets with the same key (`PUT /v1/budgets`); `since` not before `until`, or more than 2,000
-buckets (`GET /v1/stats/timeseries`: 422 `invalid_input`); a chat completion on a server whose catalog models
-cannot be called (`POST /v1/chat/completions`: 503 `no_upstream`, or 404 for a `model` that cannot be called).
+active model, a share target that picks no active model, two targets with the same key (`PUT /v1/budgets`);
+`since` not before `until`, or more than 2,000 buckets (`GET /v1/stats/timeseries`: 422 `invalid_input`); a chat
+completion on a server whose catalog models cannot be called (`POST /v1/chat/completions`: 503 `no_upstream`, or
+404 for a `model` that cannot be called).
 schemathesis' positive-acceptance check is replaced there by `accepted_unless`: every other refusal of valid data
 still fails (for the budgets and the chat completions: none is checked); every other check applies."""
 

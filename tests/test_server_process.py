@@ -263,6 +263,32 @@ def test_two_workers_share_the_log(servers: Callable[..., Server], tmp_path: Pat
         store.close()
 
 
+def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers: Callable[..., Server],
+                                                                         tmp_path: Path) -> None:
+    """With `--workers 2` each worker is a fresh process: it used to log with no handler of its own, so its start
+    line and its recovery (INFO) were lost and its warnings came out bare, unlike `serve` with one worker."""
+    server = servers(workers=2, env={"BANDIT_ROUTER_LOG_LEVEL": "info"})
+    server.wait_ready()
+    pids: set[int] = set()
+    deadline = time.monotonic() + 30
+    with httpx.Client(base_url=server.url, timeout=5, headers={"connection": "close"}) as client:
+        while len(pids) < 2 and time.monotonic() < deadline:
+            reply = client.get("/readyz")
+            if reply.status_code == 200:
+                pids.add(reply.json()["pid"])
+            time.sleep(0.02)
+    assert len(pids) == 2, "the second worker did not become ready"
+    server.terminate()
+    lines = (tmp_path / f"server-{server.port}.log").read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    recovered = [line for line in lines if re.match(stamp + r"INFO bandit_router\.service: recovered: ", line)]
+    started = [line for line in lines if re.match(stamp + r"INFO bandit_router\.service: bandit-router: db=", line)]
+    assert len(recovered) == 2 and len(started) == 2, "\n".join(lines)
+    assert all(" synchronous=normal " in line for line in started)  # SQLite's durability setting, in force
+    warned = [line for line in lines if "not called by the gateway" in line]  # no key variable is set here
+    assert warned and all(re.match(stamp + r"WARNING bandit_router\.gateway: ", line) for line in warned), warned
+
+
 def test_docs_examples_work_as_written(servers: Callable[..., Server], tmp_path: Path) -> None:
     text = service_section(ROOT)
     blocks = dict(re.findall(r"<!-- tested: ([\w-]+).*?-->\s*```sh\n(.*?)```", text, re.S))

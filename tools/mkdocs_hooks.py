@@ -1,14 +1,18 @@
 """MkDocs hooks: pages that are generated from the code, so that they cannot go stale.
 
 `{{ settings_table }}` in a page becomes `bandit_router.config.describe_keys()`: every key, its section, its
-default and its help text, read from the settings' own fields.
+default and its help text, read from the settings' own fields. `{{ cli_reference }}` becomes
+`bandit_router.cli.describe_commands()`: every command of `bandit-router`, its help and its options.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-PLACEHOLDERS = {"{{ settings_table }}": "bandit_router.config:describe_keys"}
+PLACEHOLDERS = {
+    "{{ settings_table }}": "bandit_router.config:describe_keys",
+    "{{ cli_reference }}": "bandit_router.cli:describe_commands",
+}
 
 
 def render(markdown: str) -> str:

@@ -72,7 +72,11 @@ def parse_duration(text: str) -> float:
     unit = text[-1:].lower()
     scale = DURATION_UNITS.get(unit)
     number = text[:-1] if scale is not None else text
-    seconds = _number(number, f"period {text!r}") * (scale or 1)
+    try:
+        seconds = _number(number, "period") * (scale or 1)
+    except InvalidInput:
+        raise InvalidInput(f"period {text!r} must be seconds or a number with s, m, h, d or w (86400, 24h, 1d)") \
+            from None
     return _check_positive(seconds, "period")
 
 
@@ -441,3 +445,11 @@ class BudgetConfig:
         return [str(t) for t in self.targets] + [
             f"@{name}:{t}" for name, ts in self.tenants.items() for t in ts
         ]
+
+    def shares_matching_nothing(self, specs: Iterable[ModelSpec]) -> list[str]:
+        """The share targets (text grammar) whose selector picks none of `specs`: a misspelt model or tag, which
+        would otherwise be a target that can never bind."""
+        models = list(specs)
+        scoped = [("", t) for t in self.targets] + [(f"@{n}:", t) for n, ts in self.tenants.items() for t in ts]
+        return [f"{prefix}{t}" for prefix, t in scoped
+                if isinstance(t, Share) and not any(t.matches_spec(m) for m in models)]

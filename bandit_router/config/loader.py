@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,18 @@ def read_keys(path: Path, name: str) -> tuple[str, ...]:
     return keys
 
 
+def _did_you_mean(name: str, *also: tuple[str, Iterable[str]], prefix: str = "", upper: bool = False) -> str:
+    """` (did you mean cost_weight?)` for a misspelt key (or one of `also`'s (kind, names)), else ``."""
+    import difflib
+
+    for kind, names in (("key", KEYS), *also):
+        close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.75)
+        if close:
+            found = f"{prefix}{close[0].upper() if upper else close[0]}"
+            return f" (did you mean {'[' + found + ']' if kind == 'section' else found}?)"
+    return ""
+
+
 def _file_layer(file: Path) -> dict[str, Any]:
     data = read_toml(file)
     for secret in ("api_keys", "admin_keys"):
@@ -237,13 +249,16 @@ def _file_layer(file: Path) -> dict[str, Any]:
         if name in SECTIONS and name != "budgets" and isinstance(value, dict):
             for key, inner in value.items():
                 if KEYS.get(key, Key("", None, "")).section != name:
-                    raise ConfigError(f"{file}: [{name}] has no key {key!r}")
+                    owner = KEYS[key].section if key in KEYS else ""
+                    hint = f" (it belongs in [{owner}], or at the top level)" if owner else _did_you_mean(key)
+                    raise ConfigError(f"{file}: [{name}] has no key {key!r}{hint}")
                 flat[key] = inner
         else:
             flat[name] = value
     unknown = sorted(set(flat) - set(KEYS))
     if unknown:
-        raise ConfigError(f"{file}: unknown keys {unknown}; known keys: {', '.join(KEYS)}")
+        hints = "".join(_did_you_mean(name, ("section", SECTIONS)) for name in unknown)
+        raise ConfigError(f"{file}: unknown keys {unknown}{hints}; known keys: {', '.join(KEYS)}")
     base = file.resolve().parent
     values = {name: _parse(name, value, str(file), base) for name, value in flat.items()}
     if "catalog" in values and "models" in values:
@@ -260,7 +275,8 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
         if name.upper() in _ENV_NOT_KEYS:
             continue
         if name not in KEYS or name == "models":
-            log.warning("ignoring unknown environment variable %s", variable)
+            log.warning("ignoring unknown environment variable %s%s", variable,
+                        _did_you_mean(name, prefix=ENV_PREFIX, upper=True))
             continue
         values[name] = _parse(name, raw, variable, None)
     return values

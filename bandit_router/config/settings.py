@@ -163,6 +163,9 @@ class Settings:
         fallback = self.budgets.fallback_model
         if fallback is not None and fallback not in catalog.names:
             raise ConfigError(f"budgets: fallback_model {fallback!r} is not in the catalog")
+        unmatched = self.budgets.shares_matching_nothing(catalog)
+        if unmatched:
+            raise ConfigError(f"budgets: {', '.join(unmatched)}: no catalog model is picked by that selector")
         judge = self.judge.judge_model
         if judge is not None and judge not in catalog.names:
             raise ConfigError(f"judge_model: {judge!r} is not in the catalog")

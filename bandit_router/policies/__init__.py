@@ -173,6 +173,15 @@ def in_folder(name: str, settings: Mapping[str, Any], folder: Path | None) -> di
     return out
 
 
+def settings_of(name: str) -> dict[str, Any]:
+    """The settings a registered policy takes (its params' fields but those it ignores), with their defaults.
+
+    Exactly what `make_params` accepts: `bandit-router policies` lists these, so every listed setting works.
+    """
+    entry = REGISTRY[name]
+    return {f.name: f.default for f in dataclasses.fields(entry.params) if f.name not in entry.ignores}
+
+
 def make_params(
     name: str, settings: Mapping[str, Any], text: Mapping[str, str] | None = None, folder: Path | None = None
 ) -> Any:
@@ -182,7 +191,7 @@ def make_params(
     typed settings' from the working directory (resolve them first with `in_folder` to read them elsewhere)."""
     entry = REGISTRY[name]
     fields = {f.name: f for f in dataclasses.fields(entry.params)}
-    used = sorted(set(fields) - entry.ignores)
+    used = sorted(settings_of(name))
     given = {**(text or {}), **settings}
     unknown = set(given) - set(fields)
     if unknown:
@@ -225,5 +234,6 @@ __all__ = [
     "make_policy",
     "parse_settings",
     "parse_spec",
+    "settings_of",
     "warm_start",
 ]

@@ -25,7 +25,7 @@ from ..cascade.live import NamedRouters
 from ..config import Settings, load_settings
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
-from ..store.location import open_store
+from ..store.location import DatabaseURL, open_store
 from . import dashboard, errors, redact
 from .auth import Authenticator
 from .engine import Engine
@@ -230,9 +230,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics.bind_judge(gateway.judge.report)
             app.state.gateway = gateway
             app.state.named_routers = start_named_routers(settings, engine, gateway)
+            sqlite_only = "" if isinstance(settings.storage.db, DatabaseURL) else \
+                f" synchronous={settings.storage.synchronous}"  # a SQLite setting: PostgreSQL does not read it
             log.info(
-                "bandit-router: db=%s synchronous=%s policy=%s models=%d auth=%s store_prompts=%s",
-                settings.storage.db, settings.storage.synchronous, settings.routing.policy,
+                "bandit-router: db=%s%s policy=%s models=%d auth=%s store_prompts=%s",
+                settings.storage.db, sqlite_only, settings.routing.policy,
                 len(engine.router.models), "on" if settings.auth_enabled else "off", settings.storage.store_prompts,
             )
             yield
@@ -334,9 +336,18 @@ def app_from_environment() -> FastAPI:
     """The app factory a worker process calls (`uvicorn --factory`): settings from `$BANDIT_ROUTER_SERVE_ARGS`."""
     raw = os.environ.get(SERVE_ARGS)
     args: dict[str, Any] = json.loads(raw) if raw else {}
+    configure_logging(args.get("log_level") or "info")  # a worker is a fresh process: it has no handler yet
     app = create_app(load_settings(args.get("config"), overrides=args.get("overrides") or {}))
     tune_process()
     return app
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """The server's log lines (`serve` and each of its workers): time, level, logger, message, from `level` up."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
 
 
 def tune_process() -> None:

@@ -63,7 +63,9 @@ def serve(
         typer.echo(f"bandit-router serve: {exc}", err=True)
         raise typer.Exit(2) from None
     server = settings.server
-    logging.basicConfig(level=server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .app import configure_logging
+
+    configure_logging(server.log_level)
     if server.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_enabled:
         logging.getLogger("bandit_router.service").warning(
             "binding %s without API keys: anyone who can reach this port can route and send feedback", server.host
@@ -97,7 +99,8 @@ def serve(
     from .app import SERVE_ARGS
 
     hand_off = {k: str(v) if isinstance(v, Path) else v for k, v in overrides.items()}  # `db` stays a str
-    os.environ[SERVE_ARGS] = json.dumps({"config": None if config is None else str(config), "overrides": hand_off})
+    os.environ[SERVE_ARGS] = json.dumps({"config": None if config is None else str(config), "overrides": hand_off,
+                                         "log_level": server.log_level})
     sys.stdout.flush()
     uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers, **common)
 
@@ -105,7 +108,7 @@ def serve(
 CHECK_HELP = """Check a database file: SQLite's integrity check, and every stored checkpoint against its checksum.
 
 Prints what it found and the last good checkpoint (the newest one that reads back and matches its sha256). \
-Exit status 0 when the file is intact, 1 when it is not (restore a backup: see the README, Durability), \
+Exit status 0 when the file is intact, 1 when it is not (restore a backup: see the docs, service → durability), \
 2 when it cannot be opened. Read-only; safe while the service runs.
 """
 

@@ -516,7 +516,8 @@ class Engine:
             records = [r for r in iter_log(self.store) if r.outcome is not None and name in r.shadow_pmfs]
             specs = model_specs(self.store, list(self.settings.load_catalog()))
         if len(records) < MIN_PROMOTION_EVIDENCE:
-            reason = (f"only {len(records)} decisions with feedback logged the shadow's pmf "
+            counted = f"{len(records)} decision{'' if len(records) == 1 else 's'}"
+            reason = (f"only {counted} with feedback logged the shadow's pmf "
                       f"(at least {MIN_PROMOTION_EVIDENCE} needed)")
             return {"ok": False, "reason": reason, "n": len(records)}
         evaluation = evaluate_log(

@@ -377,7 +377,7 @@ async def put_budgets(request: Request) -> Response:
     try:
         config = BudgetConfig.from_mapping(data)
     except (InvalidInput, TypeError, ValueError) as exc:
-        raise InvalidField("budgets", str(exc)) from None
+        raise InvalidField("budgets", str(exc).removeprefix("budgets: ")) from None  # the field says it once
     await engine.set_budgets(config)
     return json_response(_budgets_reply(engine))
 

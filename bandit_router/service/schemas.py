@@ -323,7 +323,8 @@ def _budget_scope_schema(*, settings: bool) -> dict[str, Any]:
     """JSON schema of one scope's `[budgets]` table (`settings`: the global one, with the guard rails, the
     controller's steps and `tenants`). Values are numbers or strings in the target grammar
     (`bandit_router.budgets.targets`); what the schema cannot say (a duplicate target, a `fallback_model` that
-    is not an active model, `min_cost_weight` ≥ `max_cost_weight`) is a 422 that names it."""
+    is not an active model, a share target that picks no active model, `min_cost_weight` ≥ `max_cost_weight`)
+    is a 422 that names it."""
     number_or_text: dict[str, Any] = {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]}
     share_value: dict[str, Any] = {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string"}]}
     properties: dict[str, Any] = {

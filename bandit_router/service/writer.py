@@ -292,6 +292,10 @@ class SetBudgets(Op):
         fallback = self.config.fallback_model
         if fallback is not None and fallback not in batch.active:
             raise InvalidInput(f"budgets: fallback_model {fallback!r} is not an active model")
+        unmatched = self.config.shares_matching_nothing(batch.writer.follower.policies.live.models)
+        if unmatched:
+            raise InvalidInput(f"budgets: {', '.join(unmatched)}: no active model is picked by that selector; "
+                               f"active models: {', '.join(sorted(batch.active))}")
         batch.writer.budgets.configure(batch.tx, self.config)
         return self.config
 
