@@ -198,7 +198,7 @@ def test_bandit_router_policies_lists_exactly_the_settings_each_spec_accepts() -
         assert keys == set(defaults)
         for key, value in defaults.items():
             if isinstance(value, (int, float)):  # as a spec's text: `linucb:alpha=0.5`, `lints:shared=False`
-                make_params(policy, {key: str(value)})
+                make_params(policy, {}, {key: str(value)})
     for policy, ignored in (("linucb", "v"), ("lints", "alpha"), ("vw-greedy", "epsilon")):
         with pytest.raises(UnknownPolicy, match="does not use the setting"):
             make_policy(f"{policy}:{ignored}=0.3")
