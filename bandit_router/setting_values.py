@@ -3,15 +3,16 @@
 
 Text (a spec's `key=value`) is parsed: `dim=64` is an integer, `dim=64.5` is not. A typed value (TOML, JSON, a
 keyword argument) must already be of its type: a float is not an integer (64.5 is refused, never truncated to 64),
-a bool is not a number, a number is not text. A type other than int, float, bool and str is left to its params
-class to check.
+a bool is not a number, a number is not text, nan and infinities are not numbers (nan passes every range check
+written as a comparison). A type other than int, float, bool and str is left to its params class to check.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+EXPECTED = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string"}
 """What each checked type is called in a message."""
 
 
@@ -34,7 +35,10 @@ def typed_value(kind: str, value: Any, *, text: bool = False) -> Any:
             if kind == "int":
                 return int(word)
             if kind == "float":
-                return float(word)
+                number = float(word)
+                if not math.isfinite(number):
+                    raise ValueError
+                return number
         except ValueError:
             raise problem from None
         if kind == "bool":
@@ -53,5 +57,7 @@ def typed_value(kind: str, value: Any, *, text: bool = False) -> Any:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise problem
     if kind == "int" and not isinstance(value, int):
+        raise problem
+    if not math.isfinite(value):  # nan passes every range check written as a comparison
         raise problem
     return value  # a number: its range (finite, > 0, …) is its params class's to check

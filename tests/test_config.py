@@ -333,7 +333,7 @@ def test_a_missing_rules_file_named_in_the_config_file_is_refused_with_its_path(
         ("policy = 'linucb'\npolicy_settings = { shared = 'yes' }\n",
          "policy: policy 'linucb': setting shared must be true or false, got 'yes'"),
         ("shadow_policies = ['linucb:alpha=high']\n",
-         "shadow_policies: policy 'linucb': setting alpha must be a number, got 'high'"),
+         "shadow_policies: policy 'linucb': setting alpha must be a finite number, got 'high'"),
     ],
 )
 def test_serve_refuses_a_policy_setting_of_the_wrong_type_in_one_line(

@@ -228,7 +228,7 @@ def test_candidate_specs_parse(spec: str, expected: Candidate) -> None:
         ("linucb@temperature=3", "unknown setting 'temperature'"),
         ("linucb@lambda=-1", "lambda must be"),
         ("linucb@lambda=nan", "lambda must be"),
-        ("linucb@lambda=x", "lambda must be a number, got 'x'"),
+        ("linucb@lambda=x", "lambda must be a finite number, got 'x'"),
         ("linucb@seed=1.5", "seed must be an integer, got '1.5'"),
         ("linucb@cold_start_rounds=2.5", "cold_start_rounds must be an integer, got '2.5'"),
         ("default:dim=64.5@lambda=3", "setting dim must be an integer, got '64.5'"),
