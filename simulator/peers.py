@@ -79,5 +79,5 @@ def mabwiser_factory(text: str) -> Callable[[int], MabwiserPolicy]:
     spec.check({"alpha", "ridge", "dim"})
     kind = spec.name.removeprefix("mabwiser-")
     alpha = spec.float("alpha", 0.5 if kind == "linucb" else 0.2)
-    ridge, dim = spec.float("ridge", 1.0), int(spec.float("dim", 64))
+    ridge, dim = spec.float("ridge", 1.0), spec.integer("dim", 64)
     return lambda seed: MabwiserPolicy(kind, alpha=alpha, ridge=ridge, dim=dim, seed=seed % 2**31)

@@ -16,6 +16,7 @@ from typing import Any
 
 from bandit_router.errors import InvalidInput
 from bandit_router.policies import parse_settings
+from bandit_router.setting_values import typed_value
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,16 @@ class Spec:
         if not math.isfinite(out):
             raise InvalidInput(f"{self.text}: {key} must be finite")
         return out
+
+    def integer(self, key: str, default: int) -> int:
+        """An integer setting: `dim=64.5` is refused, not truncated."""
+        value = self.settings.get(key)
+        if value is None:
+            return default
+        try:
+            return int(typed_value("int", value, text=True))
+        except ValueError as exc:
+            raise InvalidInput(f"{self.text}: {key} {exc}") from None
 
     def check(self, allowed: set[str]) -> None:
         """Reject settings this spec's owner does not know, naming the ones it does."""

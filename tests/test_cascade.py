@@ -713,19 +713,23 @@ descriptions = {big = "strong at proofs"}
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
          'escalation = {monotone = "false"}', "monotone must be true or false"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
-         "escalation = {decided_floor = true}", "decided_floor must be a number"),
+         "escalation = {decided_floor = true}", "decided_floor must be a finite number"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
-         'escalation = {history = "yes"}', r"'c': escalation: history must be true or false, not 'yes'"),
+         'escalation = {history = "yes"}', r"'c': escalation: history must be true or false, got 'yes'"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
          "escalation = {history = true, history_ridge = 0}", "history_ridge must be a finite number > 0, not 0"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
-         'escalation = {history_ridge = "x"}', "history_ridge must be a finite number > 0, not 'x'"),
+         'escalation = {history_ridge = "x"}', "history_ridge must be a finite number, got 'x'"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
-         "escalation = {history_ridge = nan}", "history_ridge must be a finite number > 0, not nan"),
+         "escalation = {dim = 64.5}", r"'c': escalation: dim must be an integer, got 64.5"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
-         "escalation = {ridge = inf}", "ridge must be a finite number > 0, not inf"),
+         'escalation = {dim = "64"}', r"'c': escalation: dim must be an integer, got '64'"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
-         "escalation = {v = nan}", "v must be a finite number >= 0, not nan"),
+         "escalation = {history_ridge = nan}", "history_ridge must be a finite number, got nan"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {ridge = inf}", "ridge must be a finite number, got inf"),
+        ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
+         "escalation = {v = nan}", "v must be a finite number, got nan"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
          "escalation = {histroy = true}", r"'c': escalation: unknown settings \['histroy'\]; known: .*'history'"),
         ('name = "c"\nstrategy = "llm-router"\nmodels = ["small", "big"]', "router_model"),

@@ -207,6 +207,88 @@ def test_export_writes_every_learned_escalation_step_with_its_propensity(
         assert refused.exit_code == 2 and "escalation rule" in refused.output
 
 
+THREE = {"cheap": {"code": 0.15, "math": 0.55, "prose": 0.9}, "mid": {"code": 0.5, "math": 0.8, "prose": 0.9},
+         "strong": {"code": 0.95, "math": 0.95, "prose": 0.95}, JUDGE: {"code": 0.5, "math": 0.5, "prose": 0.5}}
+
+
+def test_the_escalation_export_carries_the_earlier_scores_that_history_reads(tmp_path: Path) -> None:
+    """A three-model learned cascade with `history` (exploring: each action ≥ 0.3): every exported step after the
+    first carries the previous answer's score (`s_k.previous`, or `previous_missing`) and `earlier`, every earlier
+    step's score; a learner with `history` that learns each chain from the export's `earlier` (on the stored
+    prompts) ends equal to the one the service learned from its log. Vowpal Wabbit reads and learns every line, and
+    an export written before these fields existed (stripped of them) still parses."""
+    from bandit_router.cascade import EscalationParams
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config.routers import RouterAlias
+    from bandit_router.evaluation.escalations import iter_chains
+
+    params = {"history": True, "floor": 0.3, "decided_floor": 1.0}
+    router = RouterAlias("three", "learned-cascade", ("cheap", "mid", "strong"), judge=JUDGE, escalation=params)
+    db = str(tmp_path / "three.db")
+    prices = {"cheap": (0.1, 0.2), "mid": (1.0, 3.0), "strong": (5.0, 15.0), JUDGE: (0.15, 0.6)}
+    with serving(FakeUpstream(quality=THREE, seed=8, judge_noise=JUDGE_NOISE)) as upstream:
+        specs = tuple(ModelSpec(n, *prices[n], tags={"family": "fake"}, base_url=upstream.url + "/v1",
+                                route=n != JUDGE) for n in prices)
+        app = create_app(Settings(db=db, models=specs, routers=(router,), seed=11))
+        server = ServerThread(app)
+        try:
+            url = server.wait_ready(30)
+            chains = {}
+            for _, prompt in stream(40, seed=9):
+                body, decision_id = ask(url, "three", prompt)
+                give_feedback(url, decision_id, quality(body))
+                chains[decision_id] = body["bandit_router"]["steps"]
+            learned = copy.deepcopy(dict(app.state.engine.policies.escalations.learners["three"].state()))
+        finally:
+            server.stop()
+    out = tmp_path / "escalations.dsjson"
+    result = CliRunner().invoke(cli_app, ["export", "--db", db, "--escalations", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    later = [e for e in events if e["c"]["s_k"]["step"] >= 1]
+    assert len(later) >= 5, "too few chains reached the second decision to check anything"
+    for event in events:
+        decision_id, step = event["EventId"].split("/")
+        scores = [s["confidence"] for s in chains[decision_id]]
+        earlier, state = event["_bandit_router"]["earlier"], event["c"]["s_k"]
+        assert earlier == pytest.approx(scores[: int(step)])
+        if int(step) == 0:
+            assert "previous" not in state and "previous_missing" not in state
+        elif scores[int(step) - 1] is None:
+            assert state["previous_missing"] == 1 and "previous" not in state
+        else:
+            assert state["previous"] == pytest.approx(scores[int(step) - 1]) and "previous_missing" not in state
+
+    by_step = {e["EventId"]: e for e in events}  # learn every stored chain, in the log's order, from the export
+    learner = LearnedEscalation(EscalationParams(**params))  # type: ignore[arg-type]
+    store = open_store(db)
+    try:
+        for item in iter_chains(store):
+            chain = json.loads(item.chain)
+            steps = []
+            for stored in chain["steps"]:
+                event = by_step[f"{item.decision.decision_id}/{stored['step']}"]
+                z = learner.state_vector(item.decision.context, int(event["c"]["s_k"]["step"]),
+                                         event["_bandit_router"]["confidence"], event["_bandit_router"]["earlier"])
+                steps.append(EscalationStep.from_json(stored, z))
+            learner.learn(steps, item.record.quality, chain["extra_costs"])
+    finally:
+        store.close()
+    assert learner.updates == len(chains)
+    assert_same_state(learner.state(), learned)
+
+    import vowpal_wabbit_next as vw
+
+    workspace = vw.Workspace(["--cb_explore_adf", "--quiet", "-q", "sa"])
+    parser = vw.DSJsonFormatParser(workspace)
+    for line in out.read_text().splitlines():
+        workspace.learn_one(parser.parse_json(line))
+        old = json.loads(line)
+        old["c"]["s_k"] = {k: v for k, v in old["c"]["s_k"].items() if not k.startswith("previous")}
+        del old["_bandit_router"]["earlier"]
+        assert len(parser.parse_json(json.dumps(old))) == 3  # shared + accept + escalate
+
+
 def test_escalation_rules_are_estimated_offline_as_they_do_live(served: Served, tmp_path: Path) -> None:
     """`experiments/cascade/live_sweep.py --offline`, seed 3: an exploring learned cascade (each action's
     probability ≥ 0.3) answers 240 prompts with feedback; thresholds 0.3 and 0.7 answer the same prompts live.

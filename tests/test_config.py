@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,108 @@ def test_layers_merge_lowest_first() -> None:
 
     assert layered({"a": 1, "b": 2}, {"b": 3, "c": None}, {"c": 4}) == {"a": 1, "b": 3, "c": 4}
     assert layered({"seed": 5}, {"seed": None}, none_is_unset=False) == {"seed": None}
+
+
+def _rules_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A configuration folder with rules.toml (→ gpt-4o), and a working directory elsewhere whose rules.toml says
+    gpt-4o-mini: which one a policy read tells which folder its relative path was resolved against."""
+    conf, cwd = tmp_path / "conf", tmp_path / "cwd"
+    conf.mkdir()
+    cwd.mkdir()
+    _write(conf / "rules.toml", 'default = "gpt-4o"\n')
+    _write(cwd / "rules.toml", 'default = "gpt-4o-mini"\n')
+    monkeypatch.chdir(cwd)
+    return conf
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'policy = "rules:file=rules.toml"\n',
+        'policy = "rules"\npolicy_settings = { file = "rules.toml" }\n',
+        'policy = "rules:file=./sub/../rules.toml"\n',
+    ],
+)
+def test_a_rules_file_named_in_the_config_file_is_read_from_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    """Like `db` and `catalog`, a relative path in a policy spec written in the configuration file is relative to
+    the file's folder (it was read from the working directory); from the environment it stays relative to the
+    working directory."""
+    from bandit_router.log.policies import build_router
+    from bandit_router.types import Request
+
+    conf = _rules_folders(tmp_path, monkeypatch)
+    (conf / "sub").mkdir()
+    config = _write(conf / "br.toml", text + 'shadow_policies = ["rules:file=rules.toml,default=gpt-4o-mini"]\n')
+    settings = load_settings(config, env={})
+    assert build_router(settings).route(Request(prompt="hello")).model == "gpt-4o"
+    assert build_router(settings, policy=settings.shadow_policies[0]).policy.params.file == str(  # type: ignore[attr-defined]
+        conf / "rules.toml"
+    )
+    assert settings.build_policy().name in (settings.policy, "rules")  # its name: the spec as written
+    env = {"BANDIT_ROUTER_POLICY": "rules:file=rules.toml", "BANDIT_ROUTER_POLICY_SETTINGS": "{}"}
+    from_env = load_settings(config, env=env)
+    assert build_router(from_env).route(Request(prompt="hello")).model == "gpt-4o-mini"
+    settings_from_env = load_settings(config, env={"BANDIT_ROUTER_POLICY_SETTINGS": '{"file": "rules.toml"}'})
+    assert build_router(settings_from_env).route(Request(prompt="hello")).model == "gpt-4o-mini"
+
+
+def test_a_missing_rules_file_named_in_the_config_file_is_refused_with_its_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conf = _rules_folders(tmp_path, monkeypatch)
+    config = _write(conf / "br.toml", 'policy = "rules:file=other.toml"\n')
+    expected = f"policy: policy 'rules': rules file {conf / 'other.toml'}: No such file or directory"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        load_settings(config, env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("policy = 'default'\n[policy_settings]\ndim = 64.5\n",
+         "policy: policy 'default': setting dim must be an integer, got 64.5"),
+        ("policy = 'default:dim=64.5'\n", "policy: policy 'default': setting dim must be an integer, got '64.5'"),
+        ("policy = 'linucb'\npolicy_settings = { shared = 'yes' }\n",
+         "policy: policy 'linucb': setting shared must be true or false, got 'yes'"),
+        ("shadow_policies = ['linucb:alpha=high']\n",
+         "shadow_policies: policy 'linucb': setting alpha must be a finite number, got 'high'"),
+    ],
+)
+def test_serve_refuses_a_policy_setting_of_the_wrong_type_in_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """`default:dim=64.5` in TOML was a traceback at start (a float reached numpy); a non-integer for an integer
+    setting, or any setting of the wrong type, is now one line naming it and exit status 2."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    config = _write(tmp_path / "br.toml", text)
+    result = CliRunner().invoke(cli_app, ["serve", "--config", str(config), "--db", str(tmp_path / "r.db")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"bandit-router serve: {message}"
+    assert not (tmp_path / "r.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ('model = "gpt-4o"\nmin_tokens = "2000"', "rule for 'gpt-4o': min_tokens must be an integer, got '2000'"),
+        ('model = "gpt-4o"\nmax_chars = 64.5', "rule for 'gpt-4o': max_chars must be an integer, got 64.5"),
+        ('model = "gpt-4o"\nmarkers = "code"', "rule for 'gpt-4o': markers must be a list of strings, got 'code'"),
+        ('model = "gpt-4o"\ncontext = { task = ["a"] }', "rule for 'gpt-4o': context must be a table of"),
+        ("model = 4", "rule for 4: model must be a string, got 4"),
+    ],
+)
+def test_a_rule_of_the_wrong_type_is_refused_at_start_not_at_its_first_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule: str, message: str
+) -> None:
+    """`min_tokens = "2000"` was accepted and failed (a 500) at the first request the rule was tried on;
+    `markers = "code"` became the markers c, o, d, e."""
+    conf = _rules_folders(tmp_path, monkeypatch)
+    _write(conf / "typed.toml", f'default = "gpt-4o-mini"\n[[rules]]\n{rule}\n')
+    for text in ('policy = "rules:file=typed.toml"\n', f'policy = "rules"\n[[policy_settings.rules]]\n{rule}\n'):
+        with pytest.raises(ConfigError, match=f"^policy: policy 'rules': {re.escape(message)}"):
+            load_settings(_write(conf / "br.toml", text), env={})

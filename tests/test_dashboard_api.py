@@ -201,3 +201,33 @@ def test_every_static_file_is_package_data_with_its_licence() -> None:
         assert any(fnmatch.fnmatch(relative, g) and relative.count("/") == g.count("/") for g in globs), relative
     for vendored in ("uplot", "swagger-ui"):
         assert (Path(str(static)) / "vendor" / vendored / "LICENSE").is_file()
+
+
+def test_a_model_no_longer_in_the_catalog_is_listed_for_its_past_decisions_and_marked(
+    make: Callable[..., Any],
+) -> None:
+    """`/v1/stats` and the dashboard's model table (timeseries) count a model's past decisions after it left the
+    catalog (removed from the catalog file, then a restart; or retired at run time) and say so: `in_catalog`
+    false; it was listed like an active model."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.service.schemas import StatsOut
+
+    three = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0), ModelSpec("c", 1.0, 2.0))
+    client = make(models=three)
+    for name in ("a", "b", "c", "c"):
+        reply = client.post("/v1/route", json={"prompt": f"Say hello ({name})", "models": [name]})
+        assert reply.status_code == 200 and reply.json()["model"] == name, reply.text
+    client.__exit__(None, None, None)
+
+    client = make(models=three[:2])  # the catalog file lost `c`; the service restarts
+    assert client.delete("/v1/models/b").status_code == 200  # and `b` is retired at run time
+    stats = client.get("/v1/stats").json()
+    StatsOut.model_validate(stats)
+    listed = {m["model"]: (m["decisions"], m["in_catalog"]) for m in stats["models"]}
+    assert listed == {"a": (1, True), "b": (1, False), "c": (2, False)}
+    body = client.get("/v1/stats/timeseries?range=hour").json()
+    TimeseriesOut.model_validate(body)
+    assert {m["model"]: (m["decisions"], m["in_catalog"]) for m in body["models"]} == listed
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("ModelStats", "ModelSummary"):
+        assert "in_catalog" in schema[name]["required"] and schema[name]["properties"]["in_catalog"]["description"]

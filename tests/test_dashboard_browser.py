@@ -314,3 +314,35 @@ def test_the_named_routers_panel_shows_the_deployments_counts_after_a_restart(wa
 def _artifact(name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS / name
+
+
+def test_a_model_no_longer_in_the_catalog_is_marked_in_the_models_table(watched: Any, tmp_path: Path) -> None:
+    """A model removed from the catalog between two runs is still a row of the *Models* table (its past decisions),
+    marked "not in the catalog"; the active models are not."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    three = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0), ModelSpec("c", 1.0, 2.0))
+    first = ServerThread(create_app(Settings(db=tmp_path / "r.db", seed=3, models=three)))
+    try:
+        url = first.wait_ready(30)
+        for name in ("a", "b", "c", "c"):
+            assert httpx.post(url + "/v1/route", json={"prompt": "Say hello", "models": [name]}).status_code == 200
+    finally:
+        first.stop()
+    second = ServerThread(create_app(Settings(db=tmp_path / "r.db", seed=3, models=three[:2])))
+    try:
+        url = second.wait_ready(30)
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
+        rows = {r.split("\t")[0]: r for r in w.page.locator("#models-table tbody tr").all_inner_texts()}
+        assert set(rows) == {"a", "b", "c not in the catalog"}, rows
+        assert w.page.locator("#models-table tbody tr.retired").count() == 1
+        assert rows["c not in the catalog"].split("\t")[-1] == "–"  # "probability now": it cannot be chosen
+        w.page.locator('[data-panel="models"]').screenshot(path=str(_artifact("models-retired.png")))
+        assert w.errors == []
+    finally:
+        second.stop()

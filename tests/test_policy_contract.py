@@ -99,7 +99,12 @@ def test_learn_returns_the_reward(name: str) -> None:
         ("nope", "unknown policy"),
         ("linucb:alpha=-1", "alpha"),
         ("linucb:colour=red", "no setting"),
-        ("vw-squarecb:bits=abc", "type int"),
+        ("vw-squarecb:bits=abc", "setting bits must be an integer, got 'abc'"),
+        ("default:dim=64.5", r"^policy 'default': setting dim must be an integer, got '64.5'$"),
+        ("linucb:ridge=much", "setting ridge must be a finite number, got 'much'"),
+        ("default:exploration=nan", "setting exploration must be a finite number, got 'nan'"),
+        ("linucb:alpha=inf", "setting alpha must be a finite number, got 'inf'"),
+        ("linucb:shared=yes", "setting shared must be true or false, got 'yes'"),
         ("linucb:alpha", "key=value"),
         ("fixed", "needs a model"),
         ("egreedy:epsilon=2", "epsilon"),
@@ -114,6 +119,30 @@ def test_learn_returns_the_reward(name: str) -> None:
 def test_bad_specs_raise_clear_errors(spec: str, message: str) -> None:
     with pytest.raises(UnknownPolicy, match=message):
         make_policy(spec)
+
+
+@pytest.mark.parametrize(
+    ("name", "settings", "message"),
+    [
+        ("default", {"dim": 64.5}, r"^policy 'default': setting dim must be an integer, got 64.5$"),
+        ("default", {"dim": True}, "setting dim must be an integer, got True"),
+        ("linucb", {"dim": "64"}, "setting dim must be an integer, got '64'"),
+        ("linucb", {"alpha": "0.5"}, "setting alpha must be a finite number, got '0.5'"),
+        ("linucb", {"alpha": False}, "setting alpha must be a finite number, got False"),
+        ("default", {"exploration": float("nan")}, "setting exploration must be a finite number, got nan"),
+        ("linucb", {"alpha": float("inf")}, "setting alpha must be a finite number, got inf"),
+        ("linucb", {"shared": 1}, "setting shared must be true or false, got 1"),
+        ("fixed", {"model": 4}, "setting model must be a string, got 4"),
+    ],
+)
+def test_typed_settings_of_the_wrong_type_are_refused_not_truncated(
+    name: str, settings: dict[str, object], message: str
+) -> None:
+    """Settings from TOML or JSON (`policy_settings`) arrive typed: each must be of its declared type (a float is
+    not an integer: 64.5 was truncated to 64, or failed deep inside the policy)."""
+    with pytest.raises(UnknownPolicy, match=message):
+        make_policy(name, **settings)
+    assert make_policy("default", dim=96, exploration=1).params.dim == 96  # type: ignore[attr-defined]
 
 
 def test_spec_settings_reach_the_policy() -> None:
@@ -173,7 +202,7 @@ def test_bandit_router_policies_lists_exactly_the_settings_each_spec_accepts() -
         assert keys == set(defaults)
         for key, value in defaults.items():
             if isinstance(value, (int, float)):  # as a spec's text: `linucb:alpha=0.5`, `lints:shared=False`
-                make_params(policy, {key: str(value)})
+                make_params(policy, {}, {key: str(value)})
     for policy, ignored in (("linucb", "v"), ("lints", "alpha"), ("vw-greedy", "epsilon")):
         with pytest.raises(UnknownPolicy, match="does not use the setting"):
             make_policy(f"{policy}:{ignored}=0.3")

@@ -169,8 +169,7 @@ def test_secrets_in_query_strings_never_reach_the_access_log(server: Callable[..
     assert replies["admin key in query"].status_code == 401
     assert replies["token and password"].status_code == 200
     s.terminate()
-    s.log.flush()
-    text = (tmp_path / f"server-{s.port}.log").read_text(errors="replace")
+    text = s.logpath.read_text(errors="replace")
     assert "GET /v1/stats?api_key=[REDACTED]&model=gpt-4o" in text, text
     assert "/v1/models?access_token=[REDACTED]&PassWord=[REDACTED]" in text, text
     assert "client%5Fsecret=[REDACTED]" in text

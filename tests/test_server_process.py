@@ -3,13 +3,10 @@ in the middle of a feedback stream, several workers, and the docs' curl round tr
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +24,7 @@ from docs_pages import page, service_section
 from bandit_router.config import Settings
 from bandit_router.log import build_router, fingerprint, rebuild_router
 from bandit_router.store import SQLiteStore
+from tools.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
 
@@ -46,61 +44,18 @@ PAIR = ["gpt-4o-mini", "claude-haiku-4-5"]
 BEST = {"code": "gpt-4o-mini", "poem": "claude-haiku-4-5"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`bandit-router serve` in its own process group; always killed at the end of the test."""
+class Server(ServeProcess):
+    """`bandit-router serve` (the installed command, as `make run` uses it) with a fixed seed, in `folder`;
+    always stopped at the end of the test (`servers`)."""
 
     def __init__(self, folder: Path, db: Path, *, workers: int = 1, env: dict[str, str] | None = None,
                  default_db: bool = False) -> None:
-        self.folder, self.db, self.port = folder, db, _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        script = Path(sys.executable).with_name("bandit-router")  # the installed command, as `make run` uses it
+        script = Path(sys.executable).with_name("bandit-router")
         serve = [str(script)] if script.exists() else [sys.executable, "-m", "bandit_router.cli"]
-        command = [*serve, "serve", "--port", str(self.port)]
-        if not default_db:
-            command += ["--db", str(db)]
-        if workers > 1:
-            command += ["--workers", str(workers)]
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_ROUTER_")}
-        full_env = {**clean, "BANDIT_ROUTER_SEED": str(SEED), "BANDIT_ROUTER_LOG_LEVEL": "warning", **(env or {})}
-        self.log = open(folder / f"server-{self.port}.log", "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(command, cwd=folder, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-
-    def wait_ready(self, timeout: float = 30.0) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {(self.folder / f'server-{self.port}.log').read_text()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("the server did not become ready")
-
-    def kill9(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def terminate(self) -> None:
-        """SIGTERM: a clean shutdown (queued work finished, final checkpoint)."""
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(30)
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):  # the whole group: also the workers of a terminated parent
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
-        self.log.close()
+        args = ([] if default_db else ["--db", str(db)]) + (["--workers", str(workers)] if workers > 1 else [])
+        fixed = {"BANDIT_ROUTER_SEED": str(SEED), "BANDIT_ROUTER_LOG_LEVEL": "warning"}
+        super().__init__(folder, serve, args, env={**fixed, **(env or {})})
+        self.db = db
 
 
 @pytest.fixture

@@ -395,6 +395,19 @@ def test_results_do_not_depend_on_the_number_of_workers() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ("default:dim=64.5", "setting dim must be an integer, got '64.5'"),
+        ("classifier:dim=64.5", "classifier:dim=64.5: dim must be an integer, got '64.5'"),
+        ("classifier:folds=2.5", "folds must be an integer, got '2.5'"),
+    ],
+)
+def test_a_non_integer_for_an_integer_setting_is_refused_not_truncated(spec: str, match: str) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        make_agent(spec, load_dataset(SAMPLE))
+
+
 def test_plan_refuses_unknown_policies() -> None:
     with pytest.raises(InvalidInput, match="unknown policy"):
         Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("telepathy",))

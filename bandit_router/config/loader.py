@@ -1,8 +1,9 @@
 """The layered loader: defaults → a TOML file → `BANDIT_ROUTER_*` environment variables → command-line flags.
 
 `layered()` and `read_toml()` are shared with `bandit-router simulate`; `load_settings()` builds the service's
-`Settings` with them. Paths written in a file are relative to the file's folder; paths from the environment or
-the command line to the working directory. A value is parsed by its field's type (`PARSERS`); every problem
+`Settings` with them. Paths written in a file are relative to the file's folder (also the files its policy specs
+name: `rules:file=…`, `supervised:table=…`); paths from the environment or the command line to the working
+directory. A value is parsed by its field's type (`PARSERS`); every problem
 raises `ConfigError` naming the key and the file or variable it came from.
 """
 
@@ -200,6 +201,11 @@ def _parse(name: str, value: Any, where: str, base: Path | None) -> Any:
     return parsed
 
 
+POLICY_FILE_KEYS = ("policy", "policy_settings", "shadow_policies")
+"""Keys whose policies may name files (`rules:file=…`, `supervised:table=…`): relative ones written in a
+configuration file are read from its folder (`RoutingSettings.folders`)."""
+
+
 # -- the service's settings -------------------------------------------------------------------------------------
 def read_keys(path: Path, name: str) -> tuple[str, ...]:
     """Keys from a key file: one per line; blank lines and `#` comments are skipped."""
@@ -308,6 +314,10 @@ def load_settings(
     file_values = _file_layer(Path(path)) if path is not None else {}
     env_values = _env_layer(env)
     values = layered(file_values, env_values, flags, none_is_unset=False)
+    if path is not None:  # files named in the policy specs the file gives are read from its folder too
+        folder = Path(path).resolve().parent
+        from_file = [k for k in POLICY_FILE_KEYS if k in file_values and k not in env_values and k not in flags]
+        values["folders"] = {key: folder for key in from_file}
     if values.get("catalog") is not None:
         values.pop("models", None)  # a catalog given later (environment, command line) replaces inline models
     api = list(_env_keys(env, "API_KEYS"))

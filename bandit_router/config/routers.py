@@ -28,6 +28,7 @@ from ..cascade.escalation import EscalationParams
 from ..cascade.signals import SIGNALS
 from ..errors import ConfigError
 from ..names import name_problem
+from ..setting_values import type_name, typed_value
 from .sections import setting
 
 STRATEGIES = ("cascade", "learned-cascade", "llm-router")
@@ -84,13 +85,16 @@ class RouterAlias:
     def escalation_params(self) -> EscalationParams:
         """`LearnedEscalation`'s settings from `escalation` (defaults for the others)."""
         try:
-            settings: dict[str, Any] = dict(self.escalation)
-            known = sorted(f.name for f in fields(EscalationParams))
-            unknown = sorted(set(settings) - set(known))
+            kinds = {f.name: type_name(f.type) for f in fields(EscalationParams)}
+            unknown = sorted(set(self.escalation) - set(kinds))
             if unknown:
-                raise ValueError(f"unknown settings {unknown}; known: {known}")
-            if "dim" in settings:
-                settings["dim"] = int(settings["dim"])
+                raise ValueError(f"unknown settings {unknown}; known: {sorted(kinds)}")
+            settings: dict[str, Any] = {}
+            for key, value in self.escalation.items():
+                try:
+                    settings[key] = typed_value(kinds[key], value)
+                except ValueError as exc:
+                    raise ValueError(f"{key} {exc}") from None
             return EscalationParams(**settings)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"routers: {self.name!r}: escalation: {exc}") from None

@@ -155,6 +155,10 @@ class RoutingSettings:
                                      "other than `default`, which sizes the floor by uncertainty)")
     cost_weight: float = setting(20.0, help="default λ: quality points worth 1 USD (a request may override it)")
     latency_weight: float = setting(0.0, help="μ: quality points per second of latency")
+    folders: Mapping[str, Path] = field(default_factory=dict, metadata={"internal": True})
+    """Not a key: where a file named by a relative path in `policy`, `policy_settings` or `shadow_policies` (a
+    rules file, a supervised table) is read from, by key: the configuration file's folder for a key written in it
+    (set by the loader); the working directory for the others."""
 
     def __post_init__(self) -> None:
         _check(not (self.catalog is not None and self.models), "catalog",

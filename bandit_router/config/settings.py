@@ -26,7 +26,7 @@ from typing import Any, get_type_hints
 from ..budgets import BudgetConfig
 from ..catalog import Catalog, default_catalog, load_catalog
 from ..errors import CatalogError, ConfigError, InvalidInput
-from ..policies import make_policy
+from ..policies import Policy, in_folder, make_policy, parse_spec
 from ..reward import RewardConfig
 from .routers import RoutersSettings, check_routers
 from .sections import (
@@ -76,8 +76,8 @@ def _keys() -> dict[str, Key]:
             continue
         hints = get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in ("api_keys", "admin_keys"):  # secrets: from the environment only, never a file key
-                continue
+            if f.name in ("api_keys", "admin_keys") or f.metadata.get("internal"):  # secrets: from the environment
+                continue  # only, never a file key; internal fields: set by the loader
             keys[f.name] = Key(section, hints[f.name], f.metadata["help"], f.metadata.get("lower", False))
     return keys
 
@@ -85,6 +85,8 @@ def _keys() -> dict[str, Key]:
 KEYS: dict[str, Key] = _keys()
 """Every key of the configuration file, in the order of the sections."""
 _SECRETS = ("api_keys", "admin_keys")
+_INTERNAL = {"folders": "routing"}
+"""Fields that are not keys, set flat by the loader: name → section."""
 
 
 @dataclass(frozen=True, init=False)
@@ -115,6 +117,8 @@ class Settings:
                 flat[KEYS[name].section][name] = value
             elif name in _SECRETS:
                 flat["auth"][name] = value
+            elif name in _INTERNAL:
+                flat[_INTERNAL[name]][name] = value
             else:
                 raise TypeError(f"Settings got an unknown key {name!r}")
         for name, cls in SECTIONS.items():
@@ -142,12 +146,12 @@ class Settings:
         fallback model in the catalog. Raises `ConfigError` naming the key; returns `self`."""
         routing = self.routing
         try:
-            make_policy(routing.policy, **dict(routing.policy_settings))
+            self.build_policy()
         except InvalidInput as exc:
             raise ConfigError(f"policy: {exc}") from exc
         for spec in routing.shadow_policies:
             try:
-                make_policy(spec)
+                self.build_policy(spec)
             except InvalidInput as exc:
                 raise ConfigError(f"shadow_policies: {exc}") from exc
         catalog = self.load_catalog()  # a missing or malformed catalog file fails now, not at the first request
@@ -168,6 +172,17 @@ class Settings:
         if self.gateway.router_alias in catalog.names:
             raise ConfigError(f"router_alias: {self.gateway.router_alias!r} is also a catalog model's name")
         return self
+
+    def build_policy(self, spec: str | None = None) -> Policy:
+        """A fresh configured policy (`policy` with `policy_settings`), or the shadow `spec`; a file one names by a
+        relative path is read from the folder of the configuration file that gave it (`RoutingSettings.folders`),
+        else from the working directory."""
+        routing = self.routing
+        if spec is not None:
+            return make_policy(spec, folder=routing.folders.get("shadow_policies"))
+        name = parse_spec(routing.policy)[0]
+        settings = in_folder(name, routing.policy_settings, routing.folders.get("policy_settings"))  # else cwd
+        return make_policy(routing.policy, folder=routing.folders.get("policy"), **settings)
 
     @property
     def auth_enabled(self) -> bool:

@@ -20,9 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import InvalidInput, UnknownPolicy
 from ..policies import make_policy, parse_spec
+from ..setting_values import typed_value
 
 LOGGED = "logged"
 SHADOW_PREFIX = "shadow:"
@@ -81,13 +83,18 @@ def parse_candidate(spec: str) -> Candidate:
             if key in values:
                 raise InvalidInput(f"candidate {label!r}: {key} given twice")
             values[key] = value
-    try:
-        cost_weight = float(values["cost_weight"]) if "cost_weight" in values else None
-        seed = int(values["seed"]) if "seed" in values else None
-        rounds = int(values.get("cold_start_rounds", "20"))
-        floor = float(values.get("cold_start_floor", "0.1"))
-    except ValueError as exc:
-        raise InvalidInput(f"candidate {label!r}: {exc}") from None
+    def typed(key: str, kind: str, default: str | None) -> Any:
+        value = values.get(key, default)
+        try:
+            return None if value is None else typed_value(kind, value, text=True)
+        except ValueError as exc:
+            shown = "lambda" if key == "cost_weight" else key
+            raise InvalidInput(f"candidate {label!r}: {shown} {exc}") from None
+
+    cost_weight: float | None = typed("cost_weight", "float", None)
+    seed: int | None = typed("seed", "int", None)
+    rounds: int = typed("cold_start_rounds", "int", "20")
+    floor: float = typed("cold_start_floor", "float", "0.1")
     if cost_weight is not None and not (math.isfinite(cost_weight) and cost_weight >= 0):
         raise InvalidInput(f"candidate {label!r}: lambda must be a finite number >= 0")
     if rounds < 0 or not 0.0 <= floor <= 0.5:

@@ -41,7 +41,8 @@ their logged probabilities, the stored hashed context features. Train or evaluat
 `vw --cb_explore_adf --dsjson -q sa -d log.dsjson`.
 
 With --escalations: the learned cascades' accept/escalate steps instead, one line per step, over the two actions
-accept and escalate with the probabilities they were logged with, −(final quality − λ·chain cost) as the cost.
+accept and escalate with the probabilities they were logged with, −(final quality − λ·chain cost) as the cost,
+the step's score and, after the first step, the previous answer's score (what a learner's `history` reads).
 
 Example: bandit-router export --db bandit-router.db --format dsjson --out log.dsjson
 """

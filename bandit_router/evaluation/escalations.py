@@ -9,13 +9,19 @@ a chain, an event over two actions, `accept` and `escalate`:
     {"_label_cost": −reward, "_label_probability": p(action taken), "_label_Action": 1|2, "_labelIndex": 0|1,
      "a": [taken, other], "p": [p(taken), p(other)],
      "c": {"s_w": {…}, … the prompt's stored hashed features (as `dsjson.to_dsjson`),
-           "s_k": {"step": k, "confidence": s, "missing": 1 when the signal gave none},
+           "s_k": {"step": k, "confidence": s, "missing": 1 when the signal gave none,
+                   "previous": p, "previous_missing": 1 when that step's signal gave none},
            "_multi": [{"a": {"action": "accept"}}, {"a": {"action": "escalate"}}]},
-     "EventId": "<decision id>/<k>", "_bandit_router": {router, model, next_model, confidence, p_escalate,
+     "EventId": "<decision id>/<k>", "_bandit_router": {router, model, next_model, confidence, earlier, p_escalate,
                                                         quality, chain_cost_usd, cost_weight, reward, …}}
 
 with reward = final quality − λ·(total cost of the chain), λ the decision's `cost_weight`: the quantity the
-learner's two actions estimate (up to the sunk cost before step k, common to both actions).
+learner's two actions estimate (up to the sunk cost before step k, common to both actions). p is the previous
+step's confidence, what `EscalationParams.history` reads (`history_features`: [1{p missing}, p, p·s]): in the
+steps after the first only (`previous` or `previous_missing`; neither at step 0). `earlier` is the list of every
+earlier step's confidence, in order (null for a missing one; [] at step 0): the `earlier` the learner's
+`state_vector` takes. Exports written before these fields existed lack them (their steps after the first cannot
+feed a learner with `history`; re-export from the database).
 
 `evaluate_escalations` estimates, from the same log, what another escalation rule would have earned per request
 (`bandit-router evaluate --escalations`). A chain is one round; its logged propensity is the product of its
@@ -96,7 +102,9 @@ def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dic
     }
     models = list(d.models)
     events = []
-    for step in chain.get("steps", []):
+    steps = chain.get("steps", [])
+    confidences = [s.get("confidence") for s in steps]
+    for i, step in enumerate(steps):
         taken = ACTIONS.index(step["action"])
         p_escalate = float(step["p_escalate"])
         probabilities = (1.0 - p_escalate, p_escalate)
@@ -107,6 +115,12 @@ def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dic
             state["missing"] = 1.0
         else:
             state["confidence"] = float(confidence)
+        earlier = confidences[:i]  # as the log's learner reads them (`log.escalations`: the stored steps before)
+        if earlier:
+            if earlier[-1] is None:
+                state["previous_missing"] = 1.0
+            else:
+                state["previous"] = float(earlier[-1])
         events.append({
             "_label_cost": -reward,
             "_label_probability": probabilities[taken],
@@ -123,6 +137,7 @@ def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dic
                 "model": step["model"],
                 "next_model": models[position + 1] if position + 1 < len(models) else None,
                 "confidence": confidence,
+                "earlier": [None if c is None else float(c) for c in earlier],
                 "p_escalate": p_escalate,
                 "expected_extra_cost_usd": step.get("expected_extra_cost_usd"),
                 "answered_by": d.model,

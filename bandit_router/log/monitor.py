@@ -52,8 +52,12 @@ class Monitor:
         self._shadow_cache: tuple[float, dict[str, Any]] | None = None
 
     def timeseries(self, window: Window) -> dict[str, Any]:
+        """`timeseries` over `window`, each model marked `in_catalog` (false: no longer an active model)."""
         with self.store.read() as reader:
-            return timeseries(reader, window)
+            out = timeseries(reader, window)
+        active = {m.name for m in self.policies.live.models}
+        out["models"] = [{**row, "in_catalog": row["model"] in active} for row in out["models"]]
+        return out
 
     def recent(self, limit: int, *, prompts: bool) -> list[dict[str, Any]]:
         """The newest `limit` (≤ `MAX_RECENT`) decisions, newest first; `prompts`: include stored prompts."""

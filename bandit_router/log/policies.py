@@ -9,7 +9,6 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import BanditRouterError, InvalidInput, UnknownModel
-from ..policies import make_policy
 from ..policies.baselines import FixedPolicy
 from ..router import Router
 from ..store import ModelAction, ModelEvent
@@ -32,7 +31,7 @@ def build_router(settings: Settings, *, seed: int | None = None, policy: str | N
     routing = settings.routing
     return Router(
         settings.load_catalog(),
-        make_policy(routing.policy, **dict(routing.policy_settings)) if policy is None else make_policy(policy),
+        settings.build_policy(policy),
         reward_config=settings.reward_config(),
         seed=seed,
         cold_start_rounds=routing.cold_start_rounds,

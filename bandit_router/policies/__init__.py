@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInput, UnknownPolicy
+from ..setting_values import type_name, typed_value
 from .base import BasePolicy, NoParams, Policy
 from .baselines import FixedParams, FixedPolicy, RandomPolicy
 from .context_free import ContextFreeParams, ContextFreePolicy
@@ -41,6 +43,8 @@ class Entry:
     ignores: frozenset[str] = frozenset()
     """Fields of `params` this entry does not use (another exploration's settings, or its preset): giving one
     is an error, not a silent no-op (`vw-greedy:temperature=5`)."""
+    files: frozenset[str] = frozenset()
+    """Settings that name a file to read (`rules:file=…`): a relative one is read from `make_policy`'s `folder`."""
 
 
 def _ignoring(*names: str) -> frozenset[str]:
@@ -114,8 +118,12 @@ REGISTRY: dict[str, Entry] = {
     ),
     "fixed": Entry(FixedPolicy, FixedParams, {}, "always one model", positional="model"),
     "random": Entry(RandomPolicy, NoParams, {}, "uniform over the allowed models"),
-    "rules": Entry(RulesPolicy, RulesParams, {}, "ordered rules → model (rule-based strategy)", "file"),
-    "supervised": Entry(SupervisedPolicy, SupervisedParams, {}, "ridge per model, trained offline", "table"),
+    "rules": Entry(
+        RulesPolicy, RulesParams, {}, "ordered rules → model (rule-based strategy)", "file", files=frozenset({"file"})
+    ),
+    "supervised": Entry(
+        SupervisedPolicy, SupervisedParams, {}, "ridge per model, trained offline", "table", files=frozenset({"table"})
+    ),
 }
 
 CONTEXTUAL = ("default", "vw-greedy", "vw-egreedy", "vw-softmax", "vw-squarecb", "linucb", "lints")
@@ -153,22 +161,16 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     return name, parse_settings(spec.strip(), rest, REGISTRY[name].positional, UnknownPolicy)
 
 
-def _convert(field: dataclasses.Field[Any], value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
-    try:
-        if kind == "bool":
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1")
-        if kind == "int":
-            return int(value)
-        if kind == "float":
-            return float(value)
-    except ValueError as exc:
-        raise UnknownPolicy(f"setting {field.name}={value!r} must be of type {kind}") from exc
-    return value
+def in_folder(name: str, settings: Mapping[str, Any], folder: Path | None) -> dict[str, Any]:
+    """`settings` of policy `name` with each file it names (`Entry.files`) read from `folder` when relative (a
+    configuration file's folder; None: the working directory). `~` is the home directory."""
+    out = dict(settings)
+    for key in REGISTRY[name].files & set(out):
+        value = out[key]
+        if isinstance(value, str) and value.strip():
+            path = Path(value.strip()).expanduser()
+            out[key] = str(path if folder is None or path.is_absolute() else folder / path)
+    return out
 
 
 def settings_of(name: str) -> dict[str, Any]:
@@ -180,27 +182,41 @@ def settings_of(name: str) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(entry.params) if f.name not in entry.ignores}
 
 
-def make_params(name: str, settings: Mapping[str, Any]) -> Any:
+def make_params(
+    name: str, settings: Mapping[str, Any], text: Mapping[str, str] | None = None, folder: Path | None = None
+) -> Any:
+    """`name`'s params from typed `settings` (TOML, JSON, keyword arguments) over `text` settings (a spec's
+    `key=value` strings, parsed); each checked against its declared type (`setting_values.typed_value`: 64.5 is
+    not an integer). Files the `text` settings name by relative paths are read from `folder` (`in_folder`); the
+    typed settings' from the working directory (resolve them first with `in_folder` to read them elsewhere)."""
     entry = REGISTRY[name]
     fields = {f.name: f for f in dataclasses.fields(entry.params)}
     used = sorted(settings_of(name))
-    unknown = set(settings) - set(fields)
+    given = {**(text or {}), **settings}
+    unknown = set(given) - set(fields)
     if unknown:
         raise UnknownPolicy(f"policy {name!r} has no setting {sorted(unknown)}; it has {used}")
-    ignored = set(settings) & entry.ignores
+    ignored = set(given) & entry.ignores
     if ignored:
         raise UnknownPolicy(f"policy {name!r} does not use the setting {sorted(ignored)}; it uses {used}")
-    values = {**entry.preset, **{k: _convert(fields[k], v) for k, v in settings.items()}}
+    values = dict(entry.preset)
+    for key, value in given.items():
+        try:
+            values[key] = typed_value(type_name(fields[key].type), value, text=key not in settings)
+        except ValueError as exc:
+            raise UnknownPolicy(f"policy {name!r}: setting {key} {exc}") from None
+    from_text = {k: v for k, v in values.items() if k in (text or {}) and k not in settings}
     try:
-        return entry.params(**values)
+        return entry.params(**{**values, **in_folder(name, from_text, folder)})
     except (ValueError, TypeError) as exc:
         raise UnknownPolicy(f"policy {name!r}: {exc}") from exc
 
 
-def make_policy(spec: str, **settings: Any) -> Policy:
-    """A fresh policy from a spec string; keyword settings override those in the string."""
+def make_policy(spec: str, *, folder: Path | None = None, **settings: Any) -> Policy:
+    """A fresh policy from a spec string; keyword settings override those in the string. A file the spec names by a
+    relative path (`rules:file=rules.toml`) is read from `folder` (None: the working directory)."""
     name, parsed = parse_spec(spec)
-    params = make_params(name, {**parsed, **settings})
+    params = make_params(name, settings, parsed, folder)
     policy = REGISTRY[name].factory(params, name=name)
     if name not in ("fixed",) and (parsed or settings):
         policy.name = spec if not settings else name
@@ -213,6 +229,7 @@ __all__ = [
     "REGISTRY",
     "BasePolicy",
     "Policy",
+    "in_folder",
     "make_params",
     "make_policy",
     "parse_settings",

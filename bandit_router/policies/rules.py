@@ -1,8 +1,9 @@
 """The rule-based strategy: ordered rules on length, regexes, markers and context values → model.
 
 The first rule whose conditions all hold, and whose model is allowed, decides; else `default` (or the
-cheapest allowed model). In a TOML file (`rules:file=rules.toml`, a path from the working directory) or,
-with `policy = "rules"`, the config's `[policy_settings]` table (`[[policy_settings.rules]]`)::
+cheapest allowed model). In a TOML file (`rules:file=rules.toml`; written in a configuration file, a relative
+path is read from that file's folder, elsewhere from the working directory) or, with `policy = "rules"`, the
+config's `[policy_settings]` table (`[[policy_settings.rules]]`)::
 
     default = "gpt-4o-mini"
     [[rules]]
@@ -33,6 +34,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import ConfigError
+from ..setting_values import typed_value
 from ..types import Context, Scalar
 from .base import BasePolicy
 from .baselines import cheapest
@@ -53,6 +55,22 @@ class Rule:
     pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        where = f"rule for {self.model!r}"
+        kinds = {"model": "str", "min_chars": "int", "max_chars": "int", "min_tokens": "int", "max_tokens": "int",
+                 "regex": "str"}
+        for name, kind in kinds.items():  # of the wrong type, a rule fails at the first request it is tried on
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    typed_value(kind, value)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: {name} {exc}") from None
+        if isinstance(self.markers, str) or not all(isinstance(m, str) for m in self.markers):
+            raise ConfigError(f"{where}: markers must be a list of strings, got {self.markers!r}")
+        if not isinstance(self.context, Mapping) or not all(
+            isinstance(v, str | int | float | bool) for v in self.context.values()
+        ):
+            raise ConfigError(f"{where}: context must be a table of strings, numbers or booleans, got {self.context!r}")
         if self.regex is not None:
             try:
                 object.__setattr__(self, "pattern", re.compile(self.regex))
@@ -96,7 +114,9 @@ class RulesParams:
         if self.file:
             try:
                 data = tomllib.loads(Path(self.file).read_text(encoding="utf-8"))
-            except (OSError, tomllib.TOMLDecodeError) as exc:
+            except OSError as exc:
+                raise ConfigError(f"rules file {self.file}: {exc.strerror or exc}") from exc
+            except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"rules file {self.file}: {exc}") from exc
             rules += tuple(Rule.from_mapping(r) for r in data.get("rules", []))
             default = default or str(data.get("default", ""))

@@ -553,8 +553,9 @@ class Engine:
             head = reader.head()
         total = sum(m.decisions for m in raw.models.values())
         learned = sum(m.feedback for m in raw.models.values())
+        active = {m.name for m in self.router.models}  # past decisions of a model no longer there still count
         models = [
-            {"model": name, **m.to_json(), "share": m.decisions / total if total else 0.0}
+            {"model": name, **m.to_json(), "share": m.decisions / total if total else 0.0, "in_catalog": name in active}
             for name, m in sorted(raw.models.items())
         ]
         return {

@@ -264,6 +264,8 @@ class ModelStats(BaseModel):
     mean_quality: float | None
     mean_reward: float | None
     spend_usd: float | None
+    in_catalog: bool = Field(description="whether the model is in the catalog now; false: removed from the catalog "
+                             "file or retired at run time (`DELETE /v1/models/NAME`), listed for its past decisions")
 
 
 class StatsOut(BaseModel):

@@ -5,12 +5,7 @@ each replica's policy a replay of the log)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -24,18 +19,14 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tools.serve_process import NotReady, ServeProcess  # noqa: E402
+
 PROMPTS = ["Fix this Python function: def mean(xs): return sum(xs) / len(x)",
            "Write a SQL query joining orders and customers, grouped by month",
            "Write a short poem about the sea at dawn",
            "Compose a haiku about autumn leaves falling in the rain",
            "Summarise this contract clause in one sentence",
            "Translate 'good morning' into French and German"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait(predicate: Callable[[], Any], timeout: float, what: str) -> float:
@@ -47,55 +38,24 @@ def wait(predicate: Callable[[], Any], timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
-class Serve:
+class Serve(ServeProcess):
     """`python -m bandit_router.cli serve` in its own process group, with `code` (a checkout) first on the path."""
 
     def __init__(self, folder: Path, env: dict[str, str], name: str, *, code: Path = ROOT,
                  args: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_ROUTER_")}
-        full = {**clean, "PYTHONPATH": str(code), "BANDIT_ROUTER_LOG_LEVEL": "info", **env}
-        self.logpath = folder / f"{name}-{self.port}.log"
-        self._log = self.logpath.open("wb")
-        command = [sys.executable, "-m", "bandit_router.cli", "serve", "--port", str(self.port), *args]
-        self.process = subprocess.Popen(command, cwd=folder, env=full, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        super().__init__(folder, [sys.executable, "-m", "bandit_router.cli"], args, log_name=name,
+                         env={"PYTHONPATH": str(code), "BANDIT_ROUTER_LOG_LEVEL": "info", **env})
 
     def wait_ready(self, timeout: float = 60.0) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"exited {self.process.returncode}: {self.logpath.read_text()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("not ready: " + self.logpath.read_text()[-2000:])
+        return super().wait_ready(timeout)
 
     def outcome(self, timeout: float = 20.0) -> str:
         """'ready', or why it is not (its exit and last output)."""
         try:
             self.wait_ready(timeout)
             return "ready"
-        except RuntimeError as exc:
+        except NotReady as exc:
             return str(exc).strip()
-
-    def kill9(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(60)
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-        self._log.close()
 
     def problems(self) -> list[str]:
         """The service's own warnings, errors and tracebacks (not the gateway's note about unset keys)."""

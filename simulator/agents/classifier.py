@@ -47,8 +47,8 @@ def classifier_agent(
     """A `RouterAgent` whose policy is the classifier fitted on the training part, or cross-fitted."""
     spec = parse_spec(text)
     spec.check({"dim", "ridge", "folds"})
-    params = SupervisedParams(dim=int(spec.float("dim", 256)), ridge=spec.float("ridge", 1.0))
-    folds = int(spec.float("folds", 5))
+    params = SupervisedParams(dim=spec.integer("dim", 256), ridge=spec.float("ridge", 1.0))
+    folds = spec.integer("folds", 5)
     if folds < 2:
         raise InvalidInput(f"{text}: folds must be >= 2")
     extractor = extractor or FeatureExtractor()

@@ -28,6 +28,8 @@ class RangeSummary(BaseModel):
 
 class ModelSummary(RangeSummary):
     model: str
+    in_catalog: bool = Field(description="whether the model is in the catalog now (false: removed from the catalog "
+                             "file or retired at run time; its decisions in the range are still counted)")
     share: float | None
     fixed_quality: float | None = Field(description="SNIPS estimate of quality if every request went to this model")
     fixed_cost_usd: float | None

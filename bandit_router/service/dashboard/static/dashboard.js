@@ -216,17 +216,25 @@
     var rows = ts.models.slice();
     var seen = {};
     rows.forEach(function (r) { seen[r.model] = true; });
-    live.models.forEach(function (m) { if (!seen[m]) { rows.push({ model: m, decisions: 0 }); } });
+    live.models.forEach(function (m) { if (!seen[m]) { rows.push({ model: m, decisions: 0, in_catalog: true }); } });
     rows.sort(function (a, b) { return (b.decisions || 0) - (a.decisions || 0); });
     fill(document.querySelector("#models-table tbody"), rows, function (tr, r) {
-      cell(tr, r.model);
+      var name = cell(tr, r.model);
+      if (r.in_catalog === false) {  // removed from the catalog or retired: shown for its past decisions
+        tr.className = "retired";
+        var note = document.createElement("span");
+        note.className = "muted";
+        note.textContent = " not in the catalog";
+        name.appendChild(note);
+        name.title = "removed from the catalog or retired: listed for its past decisions";
+      }
       cell(tr, String(r.decisions || 0));
       cell(tr, pct(r.share));
       cell(tr, num(r.quality, 3));
       cell(tr, usd(r.cost_usd));
       cell(tr, num(r.reward, 3));
       cell(tr, num(r.fixed_reward, 3));
-      cell(tr, pct(live.typical.probabilities[r.model]));
+      cell(tr, r.in_catalog === false ? "–" : pct(live.typical.probabilities[r.model]));  // it cannot be chosen now
     });
     ready("models", rows.length);
   }

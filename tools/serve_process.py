@@ -1,0 +1,91 @@
+"""A `bandit-router serve` process on a free 127.0.0.1 port, in its own process group, waited for until `/readyz`
+answers 200: what the server-process tests (`tests/test_server_process.py`) and the operator's drills
+(`experiments/ops-drills/drills.py`) start, each with its own command and environment.
+
+    server = ServeProcess(folder, [sys.executable, "-m", "bandit_router.cli"], ["--db", "router.db"], log_name="a")
+    server.wait_ready()      # seconds until ready; NotReady with the log's tail if it exits or times out
+    ...
+    server.stop()            # SIGKILL to the whole group (the workers too); always call it
+
+The child's environment is this process's without any `BANDIT_ROUTER_*` variable, plus `env`; its output goes to
+`folder/<log_name>-<port>.log`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+LOG_TAIL = 2000
+"""Characters of the server's log quoted when it is not ready."""
+
+
+class NotReady(RuntimeError):
+    """The server exited, or `/readyz` did not answer 200 in time (the message quotes the log's tail)."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServeProcess:
+    """`command serve --port PORT args…` started in `folder` (see the module docstring)."""
+
+    def __init__(self, folder: Path, command: Sequence[str], args: Sequence[str] = (), *,
+                 env: Mapping[str, str] | None = None, log_name: str = "server") -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_ROUTER_")}
+        self.logpath = folder / f"{log_name}-{self.port}.log"
+        self._log = self.logpath.open("wb")
+        self.process = subprocess.Popen([*command, "serve", "--port", str(self.port), *args], cwd=folder,
+                                        env={**clean, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+
+    def log_tail(self) -> str:
+        return self.logpath.read_text(errors="replace")[-LOG_TAIL:]
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        """Seconds until `/readyz` answered 200; `NotReady` when the process exits first or `timeout` passes."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise NotReady(f"exited {self.process.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise NotReady(f"not ready after {timeout:g} s: {self.log_tail()}")
+
+    def kill9(self) -> None:
+        """SIGKILL to the whole group: a crash, nothing finished."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM: a clean shutdown (queued work finished, final checkpoint); the exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        """SIGKILL to the whole group (also the workers of a terminated parent), then close the log."""
+        with contextlib.suppress(OSError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+        self._log.close()
