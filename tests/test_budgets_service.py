@@ -4,13 +4,7 @@ real server process."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +21,7 @@ from service_client import start_client
 
 from bandit_router.config import Secrets, Settings, load_settings
 from bandit_router.errors import ConfigError
+from tools.serve_process import ServeProcess
 
 CLIENT_KEY = "client-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -159,61 +154,19 @@ def test_fallback_model_in_the_config_must_be_in_the_catalog(tmp_path: Path) -> 
 
 
 # -- a real server process ------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server:
-    def __init__(self, folder: Path, db: Path, env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        script = Path(sys.executable).with_name("bandit-router")
-        serve = [str(script)] if script.exists() else [sys.executable, "-m", "bandit_router.cli"]
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_ROUTER_")}
-        full_env = {**clean, "BANDIT_ROUTER_SEED": "5", "BANDIT_ROUTER_LOG_LEVEL": "warning", **(env or {})}
-        self.log_path = folder / f"server-{self.port}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen([*serve, "serve", "--port", str(self.port), "--db", str(db)], cwd=folder,
-                                        env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {self.log_path.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise AssertionError("the server did not become ready")
-
-    def terminate(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(30)
-
-    def kill9(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
-        self.log.close()
+def _serve_command() -> list[str]:
+    script = Path(sys.executable).with_name("bandit-router")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bandit_router.cli"]
 
 
 @pytest.mark.slow
 def test_budget_state_survives_a_restart_of_a_real_server(tmp_path: Path) -> None:
     db = tmp_path / "router.db"
-    started: list[_Server] = []
+    started: list[ServeProcess] = []
 
-    def start(env: dict[str, str] | None = None) -> _Server:
-        server = _Server(tmp_path, db, env)
+    def start(env: dict[str, str] | None = None) -> ServeProcess:
+        quiet = {"BANDIT_ROUTER_SEED": "5", "BANDIT_ROUTER_LOG_LEVEL": "warning", **(env or {})}
+        server = ServeProcess(tmp_path, _serve_command(), ["--db", str(db)], env=quiet)
         started.append(server)
         server.wait_ready()
         return server
