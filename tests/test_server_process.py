@@ -57,6 +57,19 @@ class Server(ServeProcess):
         super().__init__(folder, serve, args, env={**fixed, **(env or {})})
         self.db = db
 
+    def worker_pids(self, workers: int, timeout: float = 30.0) -> set[int]:
+        """The pids of the workers that answered `/readyz` 200 until `workers` of them had (each must have recovered,
+        not just the first to answer), or `timeout` passed."""
+        ready: set[int] = set()
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url, timeout=5, headers={"connection": "close"}) as client:
+            while len(ready) < workers and time.monotonic() < deadline:
+                reply = client.get("/readyz")
+                if reply.status_code == 200:
+                    ready.add(reply.json()["pid"])
+                time.sleep(0.02)
+        return ready
+
 
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[Callable[..., Server]]:
@@ -203,14 +216,7 @@ def test_two_workers_share_the_log(servers: Callable[..., Server], tmp_path: Pat
     db = tmp_path / "router.db"
     server = servers(workers=2)
     server.wait_ready()
-    ready: set[int] = set()  # both workers must have recovered, not just the first to answer
-    deadline = time.monotonic() + 30
-    with httpx.Client(base_url=server.url, timeout=5, headers={"connection": "close"}) as client:
-        while len(ready) < 2 and time.monotonic() < deadline:
-            reply = client.get("/readyz")
-            if reply.status_code == 200:
-                ready.add(reply.json()["pid"])
-            time.sleep(0.02)
+    ready = server.worker_pids(2)
     assert len(ready) == 2, "the second worker did not become ready"
     errors: list[str] = []
 
@@ -269,14 +275,7 @@ def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers:
     line and its recovery (INFO) were lost and its warnings came out bare, unlike `serve` with one worker."""
     server = servers(workers=2, env={"BANDIT_ROUTER_LOG_LEVEL": "info"})
     server.wait_ready()
-    pids: set[int] = set()
-    deadline = time.monotonic() + 30
-    with httpx.Client(base_url=server.url, timeout=5, headers={"connection": "close"}) as client:
-        while len(pids) < 2 and time.monotonic() < deadline:
-            reply = client.get("/readyz")
-            if reply.status_code == 200:
-                pids.add(reply.json()["pid"])
-            time.sleep(0.02)
+    pids = server.worker_pids(2)
     assert len(pids) == 2, "the second worker did not become ready"
     server.terminate()
     lines = (tmp_path / f"server-{server.port}.log").read_text().splitlines()
