@@ -1,8 +1,9 @@
 """What the gateway drills share, on top of the operator's drills' helpers (`experiments/ops-drills/drills.py`:
-`Serve`, `free_port`, `wait`): the fake upstream as its own process (`benchmarks/fake_upstream.py`, told how to
-misbehave through `/_control`), a gateway configuration with every kind of alias (the bandit's `router`, a
-judge cascade, a log-prob cascade, a learned cascade, an LLM router), what the gateway process holds (file
-descriptors, connections to the upstream, resident memory), and what the database says about a request."""
+`Serve`, `wait`; `free_port` from `tools/serve_process.py`): the fake upstream as its own process
+(`benchmarks/fake_upstream.py`, told how to misbehave through `/_control`), a gateway configuration with every
+kind of alias (the bandit's `router`, a judge cascade, a log-prob cascade, a learned cascade, an LLM router), what
+the gateway process holds (file descriptors, connections to the upstream, resident memory), and what the database
+says about a request."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "ops-drills"))
 
-from drills import ROOT, Serve, free_port, wait  # noqa: E402
+from drills import ROOT, Serve, wait  # noqa: E402
+
+from tools.serve_process import free_port  # noqa: E402  (drills put the repository's root on the path)
 
 __all__ = ["CONFIG", "MESSAGES", "ROOT", "Gateway", "Serve", "Upstream", "free_port", "wait"]
 
@@ -151,6 +154,14 @@ class Gateway(Serve):
         except httpx.HTTPError as exc:
             return -1, {}, type(exc).__name__, time.monotonic() - started
         return reply.status_code, dict(reply.headers), reply.text, time.monotonic() - started
+
+    def held_when_idle(self, upstream: Upstream) -> dict[str, int]:
+        """`held` once idle: 6 s after the upstream's counters are reset, past httpx's keep-alive expiry (5 s), and
+        one more request (which lets httpx drop the pooled connections idle past their expiry)."""
+        upstream.reset()
+        time.sleep(6)
+        self.chat("fake-writer")
+        return self.held(upstream)
 
     def held(self, upstream: Upstream) -> dict[str, int]:
         """What this process holds now: open file descriptors, TCP connections to the upstream (established
