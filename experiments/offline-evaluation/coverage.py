@@ -22,6 +22,7 @@ Run: nice .venv/bin/python experiments/offline-evaluation/coverage.py [--seeds 2
 (writes results/coverage.{md,json} and results/coverage_runs.csv.gz next to this file)
 """
 
+# ruff: noqa: E402  (BLAS threads are set before numpy is imported)
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,15 @@ import gzip
 import json
 import math
 import multiprocessing
+import os
 import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one BLAS thread per worker: the workers are the parallelism
 
 import numpy as np
 
