@@ -101,6 +101,7 @@ class EstimateRecord:
             "mode": self.mode,
             "max_weight": self.overlap.max_weight,
             "unsupported_mass": self.overlap.unsupported_mass,
+            "expected_ess": self.overlap.expected_ess,
             "warnings": list(self.overlap.warnings),
         }
 

@@ -32,7 +32,6 @@ import json
 import math
 import multiprocessing
 import os
-import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -48,6 +47,7 @@ from bandit_router.evaluation.log import log_arrays
 from bandit_router.evaluation.reward_models import RidgeRewardModel, fit_rewards
 from bandit_router.evaluation.synthetic import SyntheticWorld, make_world, simulate_log
 from bandit_router.router import Router
+from simulator.report import git_commit
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -168,16 +168,6 @@ def table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def commit() -> str:
-    """The commit these results come from, refused when the working tree has uncommitted changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE, check=True).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", str(HERE.parents[1]))
-    return head + ("+dirty" if dirty else "")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=200, help="logs per (logger, size)")
@@ -203,7 +193,8 @@ def main() -> None:
         "question": "how often does each estimator's nominal 95% interval cover the exact value?",
         "command": f"nice .venv/bin/python experiments/offline-evaluation/coverage.py --seeds {args.seeds} "
                    f"--jobs {args.jobs}",
-        "commit": commit(), "world_seed": WORLD_SEED, "lambda": LAMBDA, "loggers": LOGGERS, "sizes": list(SIZES),
+        "commit": git_commit(HERE), "world_seed": WORLD_SEED, "lambda": LAMBDA, "loggers": LOGGERS,
+        "sizes": list(SIZES),
         "log_seeds": f"0..{args.seeds - 1} (simulate_log seed; evaluate_log seed 0)", "nominal": NOMINAL,
         "seconds": round(time.perf_counter() - started, 1),
     }
