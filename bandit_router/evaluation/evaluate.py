@@ -27,11 +27,11 @@ import numpy as np
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from .candidates import Candidate, baseline_candidates, check_models, parse_candidate
-from .estimators import ClippedIPS, Estimate, Estimator, make_estimator, normal_interval
+from .estimators import ClippedIPS, DirectMethod, DoublyRobust, Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
 from .overlap import Overlap, OverlapThresholds, overlap
 from .replay import MODES, ReplayResult, replay
-from .reward_models import RewardFit, RidgeRewardModel, fit_rewards
+from .reward_models import RewardFit, RidgeRewardModel
 
 DEFAULT_ESTIMATORS = ("ips", "clipped-ips", "snips", "dm", "dr")
 METRICS = ("reward", "quality", "cost")
@@ -366,8 +366,7 @@ def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[Estimat
         raise InvalidInput("no logged decision with feedback to evaluate on")
     if n_eval < t.min_ess:
         p.warnings.append(f"only {n_eval} rounds to evaluate on: every interval is rough")
-    needs_model = any(e in ("dm", "dr") for e in estimators)
-    fits: dict[tuple[str, float | None], RewardFit] = {}
+    fits: dict[tuple[str, float | None, str], RewardFit] = {}
 
     def metric(c: Candidate, name: str) -> tuple[np.ndarray, tuple[str, float | None]]:
         if name == "quality":
@@ -377,22 +376,15 @@ def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[Estimat
         lam = config.lam_of(c)
         return sub.rewards(lam, config.latency_weight), ("reward", lam)
 
-    def fit_for(key: tuple[str, float | None], values: np.ndarray) -> RewardFit | None:
-        if not needs_model:
+    def fit_for(est: Estimator, key: tuple[str, float | None], values: np.ndarray) -> RewardFit | None:
+        """DM's and DR's reward model, one per (metric, λ) and estimator, shared by the candidates."""
+        if not isinstance(est, DirectMethod | DoublyRobust):
             return None
-        if key not in fits:
-            fits[key] = fit_rewards(
-                sub.features,
-                sub.actions,
-                values,
-                len(p.arrays.models),
-                model=RidgeRewardModel(config.ridge),
-                folds=config.folds,
-                seed=config.seed,
-                n_bootstrap=config.dm_bootstrap if "dm" in estimators else 0,
-            )
-        return fits[key]
+        if (*key, est.name) not in fits:
+            fits[(*key, est.name)] = est.fit(sub.features, sub.actions, values, sub.logged_probability, k)
+        return fits[(*key, est.name)]
 
+    k = len(p.arrays.models)
     bounds = {"quality": (0.0, 1.0), "cost": (0.0, float(sub.cost_usd.max()))}
     results: dict[tuple[str, str, str], Estimate] = {}
     overlaps: dict[str, Overlap] = {}
@@ -402,7 +394,6 @@ def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[Estimat
     for name in METRICS:  # one metric at a time, so one set of reward-model replicates lives in memory
         for c in p.wanted:
             values, key = metric(c, name)
-            fit = fit_for(key, values)
             target = p.replays[c.label].target_pmf[rows]
             for e in estimators:
                 est = config.estimator(e)
@@ -414,7 +405,7 @@ def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[Estimat
                     logged_probability=sub.logged_probability,
                     target_pmf=target,
                     features=sub.features,
-                    reward_fit=fit,
+                    reward_fit=fit_for(est, key, values),
                 )
         fits.clear()
     out = [
