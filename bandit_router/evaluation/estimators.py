@@ -378,8 +378,8 @@ def _reward_fit(
     reward_fit: RewardFit | None,
     r: np.ndarray,
     a: np.ndarray,
-    p: np.ndarray,
     k: int,
+    n_bootstrap: int,
 ) -> RewardFit:
     if reward_fit is not None:
         if reward_fit.predictions.shape != (len(r), k):
@@ -387,7 +387,16 @@ def _reward_fit(
         return reward_fit
     if features is None:
         raise InvalidInput(f"{settings.name} needs `features` (n, d) or a `reward_fit`")
-    return settings.fit(features, a, r, p, k)
+    return fit_rewards(
+        features,
+        a,
+        r,
+        k,
+        model=settings.reward_model,
+        folds=settings.folds,
+        seed=settings.seed,
+        n_bootstrap=n_bootstrap,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -398,22 +407,16 @@ class DirectMethod(_Settings):
         V̂_DM = (1/n) Σ_i Σ_a π(a|x_i) q̂(x_i, a)
 
     q̂ is `reward_model` fitted by `folds`-fold cross-fitting (each round predicted by a model that did not see
-    it), each round weighted by 1/μ_i (`importance_weighted`): a logger that learns draws a model less often
-    on a context after poor rewards there, so the plain per-model means of its log are biased low (Nie et al.
-    2018, "Why adaptively collected data have negative bias"); weighted by 1/μ_i, each context and model counts
-    as often as a uniform logger would have drawn it. (Unweighted, DM's 95% interval covered the value of
-    `random` on 58% of 200 ε-greedy logs of 3,000 rounds: `experiments/offline-evaluation/coverage.py`.)
-    Variance: lowest of all (no weights in the estimate). Bias: whatever q̂ gets wrong where π goes and μ did
-    not; no interval can see it. The standard error comes from `n_bootstrap` replicates that refit the model on
-    each resample (so it includes the model's own estimation noise, which the per-round terms do not show).
-    Pass `reward_fit` (from `DirectMethod.fit`) to share one fit between policies.
+    it). Variance: lowest of all (no weights). Bias: whatever q̂ gets wrong where π goes and μ did not; no
+    interval can see it. The standard error comes from `n_bootstrap` replicates that refit the model on each
+    resample (so it includes the model's own estimation noise, which the per-round terms do not show).
+    Pass `reward_fit` (from `fit_rewards`) to share one fit between estimators and policies.
     """
 
     name: ClassVar[str] = "dm"
     reward_model: RewardModel = field(default_factory=RidgeRewardModel)
     folds: int = 5
     n_bootstrap: int = 100
-    importance_weighted: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -433,7 +436,7 @@ class DirectMethod(_Settings):
         """V̂_DM of `target_pmf` (n, K); needs `features` (n, d) or a `reward_fit` over the same rounds."""
         r, a, p, pi = check_inputs(rewards, actions, logged_probability, target_pmf)
         n, k = pi.shape
-        fit = _reward_fit(self, features, reward_fit, r, a, p, k)
+        fit = _reward_fit(self, features, reward_fit, r, a, k, self.n_bootstrap)
         ess = effective_sample_size(importance_weights(a, p, pi))
         terms = (pi * fit.predictions).sum(axis=1)
         value = float(terms.mean())
@@ -444,15 +447,6 @@ class DirectMethod(_Settings):
         else:  # no refits: only the context-sampling noise is visible
             std_error = float(terms.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
         return self._finish(self.name, value, std_error, ess, n, replicates)
-
-    def fit(
-        self, features: np.ndarray, actions: np.ndarray, rewards: np.ndarray, logged_probability: np.ndarray, k: int
-    ) -> RewardFit:
-        """DM's reward model on these rounds: cross-fitted, weighted by 1/μ_i when `importance_weighted`, with
-        `n_bootstrap` refits (pass it as `reward_fit` to estimate several policies from one fit)."""
-        weights = 1.0 / np.asarray(logged_probability, dtype=np.float64) if self.importance_weighted else None
-        return fit_rewards(features, actions, rewards, k, model=self.reward_model, folds=self.folds, seed=self.seed,
-                           n_bootstrap=self.n_bootstrap, weights=weights)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -490,18 +484,11 @@ class DoublyRobust(_Settings):
         """V̂_DR of `target_pmf` (n, K); needs `features` (n, d) or a `reward_fit` over the same rounds."""
         r, a, p, pi = check_inputs(rewards, actions, logged_probability, target_pmf)
         n, k = pi.shape
-        fit = _reward_fit(self, features, reward_fit, r, a, p, k)
+        fit = _reward_fit(self, features, reward_fit, r, a, k, 0)
         w = importance_weights(a, p, pi)
         q = fit.predictions
         terms = (pi * q).sum(axis=1) + w * (r - q[np.arange(n), a])
         return self._ratio(self.name, terms, np.ones(n), effective_sample_size(w))
-
-    def fit(
-        self, features: np.ndarray, actions: np.ndarray, rewards: np.ndarray, logged_probability: np.ndarray, k: int
-    ) -> RewardFit:
-        """DR's reward model on these rounds: cross-fitted, unweighted (DR's correction term removes its bias; the
-        unweighted fit predicts each round's own reward with less noise), no bootstrap refits."""
-        return fit_rewards(features, actions, rewards, k, model=self.reward_model, folds=self.folds, seed=self.seed)
 
 
 ESTIMATORS: Mapping[str, Callable[..., Estimator]] = {

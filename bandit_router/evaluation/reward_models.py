@@ -135,14 +135,11 @@ def fit_rewards(
     folds: int = 5,
     seed: int = 0,
     n_bootstrap: int = 0,
-    weights: np.ndarray | None = None,
 ) -> RewardFit:
     """Cross-fit `model` (default: `RidgeRewardModel()`) on `features` (n, d), `actions` (n,), `rewards` (n,).
 
     With `folds` = 1 the model is fitted and evaluated on all rounds (in-sample). With `n_bootstrap` > 0, also
     refit it on that many seeded bootstrap resamples (as sample weights) and keep their predictions.
-    `weights` (n,), optional: each round's weight in every fit (times its bootstrap count), e.g. 1/μ_i for an
-    importance-weighted regression (`DirectMethod`).
     """
     x = np.asarray(features, dtype=np.float64)
     a = np.asarray(actions, dtype=np.intp)
@@ -154,23 +151,19 @@ def fit_rewards(
         raise InvalidInput("features must be finite")
     if folds < 1:
         raise InvalidInput("folds must be >= 1")
-    c = None if weights is None else np.asarray(weights, dtype=np.float64)
-    if c is not None and (c.shape != (n,) or not (np.isfinite(c).all() and (c >= 0).all())):
-        raise InvalidInput(f"weights must be finite, >= 0 and of shape ({n},)")
     model = model or RidgeRewardModel()
     predictions = np.empty((n, n_actions))
     if folds == 1 or n < 2 * folds:
-        predictions[:] = model.fit(x, a, r, n_actions, sample_weight=c).predict(x)
+        predictions[:] = model.fit(x, a, r, n_actions).predict(x)
     else:
         ids = fold_ids(n, folds, seed)
         for f in range(folds):
             test = ids == f
-            part = None if c is None else c[~test]
-            predictions[test] = model.fit(x[~test], a[~test], r[~test], n_actions, sample_weight=part).predict(x[test])
+            predictions[test] = model.fit(x[~test], a[~test], r[~test], n_actions).predict(x[test])
     replicates = None
     if n_bootstrap:
         replicates = np.empty((n_bootstrap, n, n_actions), dtype=np.float32)
         for b, counts in enumerate(bootstrap_counts(n, n_bootstrap, seed)):
-            fitted = model.fit(x, a, r, n_actions, sample_weight=counts if c is None else counts * c)
+            fitted = model.fit(x, a, r, n_actions, sample_weight=counts)
             replicates[b] = counts[:, None] * fitted.predict(x)
     return RewardFit(predictions, replicates)

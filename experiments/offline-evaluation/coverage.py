@@ -43,8 +43,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np
 
 from bandit_router.evaluation import Estimate, EvaluationConfig, evaluate_log
-from bandit_router.evaluation.estimators import DirectMethod
 from bandit_router.evaluation.log import log_arrays
+from bandit_router.evaluation.reward_models import RidgeRewardModel, fit_rewards
 from bandit_router.evaluation.synthetic import SyntheticWorld, make_world, simulate_log
 from bandit_router.router import Router
 from simulator.report import git_commit
@@ -93,9 +93,10 @@ def one_log(job: tuple[int, str, int]) -> list[dict[str, Any]]:
     arrays = log_arrays(list(sim.records), {m.name: m for m in world.models}, feature_dim=config.feature_dim,
                         models=evaluation.models)
     rewards = arrays.rewards(None, config.latency_weight)
+    fit = fit_rewards(arrays.features, arrays.actions, rewards, len(evaluation.models),
+                      model=RidgeRewardModel(config.ridge), folds=config.folds, seed=config.seed,
+                      n_bootstrap=config.dm_bootstrap)
     dm = config.estimator("dm")
-    assert isinstance(dm, DirectMethod)
-    fit = dm.fit(arrays.features, arrays.actions, rewards, arrays.logged_probability, len(evaluation.models))
     for candidate, replayed in evaluation.replays.items():
         est = dm.estimate(rewards=rewards, actions=arrays.actions, logged_probability=arrays.logged_probability,
                           target_pmf=replayed.target_pmf, reward_fit=fit)
