@@ -20,6 +20,10 @@ against the best fixed model in hindsight on the same stream. Stated margins:
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,6 +309,53 @@ def test_the_stacked_pmfs_agree_with_single_ones_on_degenerate_sds() -> None:
     for mean, sd, got in zip(means, sds, exploration.gaussian_argmax_pmfs(means, sds), strict=True):
         assert got.tobytes() == exploration.gaussian_argmax_pmf(mean, sd).tobytes()
     assert exploration.gaussian_argmax_pmfs(means, sds)[1][0] == pytest.approx(0.5 * 0.42074, abs=1e-4)  # ½·Φ(−0.2)
+
+
+_EINSUM_STREAM = """
+import hashlib, sys
+import numpy as np
+if "--without-c-einsum" in sys.argv:
+    import numpy._core.multiarray as multiarray
+    del multiarray.c_einsum  # as a numpy without the private name
+from bandit_router.catalog import default_catalog
+from bandit_router.policies import hierarchical
+from bandit_router.router import Router
+from bandit_router.types import Outcome, Request
+router = Router(list(default_catalog())[:5], "default", seed=3)
+rng, digest = np.random.default_rng(5), hashlib.sha256()
+words = "sort a list in python prove the theorem plan a holiday trip write a poem fix this bug".split()
+for step in range(150):
+    decision = router.route(Request(prompt=" ".join(rng.choice(words, 6)), cost_weight=float(rng.uniform(0, 50))))
+    digest.update(repr((decision.model, [float(p).hex() for p in decision.pmf])).encode())
+    router.learn(decision, Outcome(quality=float(rng.uniform())))
+print(type(hierarchical.c_einsum).__name__, digest.hexdigest())
+"""
+
+
+def _einsum_stream(*flags: str) -> tuple[str, str]:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", _EINSUM_STREAM, *flags], capture_output=True, text=True, check=True,
+                         cwd=root, env=env).stdout.split()
+    return out[0], out[1]
+
+
+def test_the_private_einsum_falls_back_to_np_einsum_with_identical_decisions() -> None:
+    """`hierarchical.c_einsum` is numpy's private `c_einsum` where it exists (the fast path) and
+    `np.einsum(optimize=False)` where it does not (simulated by deleting it before the import); a seeded stream
+    of 150 routed and learned requests makes the same decisions with the same pmfs, bit for bit, either way."""
+    import functools
+
+    from bandit_router.policies import hierarchical
+
+    assert not isinstance(hierarchical.c_einsum, functools.partial)  # this numpy has it: the fast path is taken
+    omega, v = np.random.default_rng(0).normal(size=(2, 7, 9))
+    fallback = functools.partial(np.einsum, optimize=False)
+    assert hierarchical.c_einsum("kl,kl->k", omega, v).tobytes() == fallback("kl,kl->k", omega, v).tobytes()
+    kind_private, with_private = _einsum_stream()
+    kind_fallback, with_fallback = _einsum_stream("--without-c-einsum")
+    assert (kind_private, kind_fallback) == ("builtin_function_or_method", "partial")
+    assert with_private == with_fallback
 
 
 @pytest.mark.parametrize(
