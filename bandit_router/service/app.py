@@ -309,7 +309,7 @@ async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
         judge.start()
         gateway.judge = judge
         gateway.on_answer = judge.offer
-        engine.extra_stats["judge"] = judge.report
+        engine.extra_stats["judge"] = lambda: judge.summary(engine.judge_totals())
     return gateway
 
 

@@ -323,6 +323,12 @@ class StatsOut(BaseModel):
         "parsed/fallbacks (LLM routers), learned chains (learned cascades): the deployment's totals, from the "
         "database (the same from every worker and replica, kept across restarts)",
     )
+    judge: dict[str, Any] | None = Field(
+        default=None, description="with `judge_model`: the feedback judge's model and sample rate; `calls`, "
+        "`input_tokens`, `output_tokens`, `spend_usd`: the deployment's (its stored calls, the same from every worker "
+        "and replica); this process's jobs (`queued`, `sampled`, `dropped`, `scored`, `overridden`, `failed`, "
+        "`unreadable`) and its own tokens and spend (`process`)",
+    )
 
 
 class DecisionOut(BaseModel):
