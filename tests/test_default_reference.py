@@ -115,7 +115,7 @@ def test_the_policy_is_its_documented_math(params: HierarchicalParams) -> None:
         kind, text = prompt(rng)
         attributes = {"tenant": str(rng.choice(["x", "y"])), "size": float(rng.integers(0, 9))}
         context = extractor.extract(text, attributes=attributes if rng.random() < 0.3 else None)
-        assert np.array_equal(dense(context, params.dim), dense_vector(context, params.dim))
+        assert np.allclose(dense(context, params.dim), dense_vector(context, params.dim), rtol=0, atol=1e-12)
         specs = [s for s in MODELS if rng.random() < 0.7] or [MODELS[0]]
         costs = np.array([s.cost_usd(context.input_tokens, 250.0) for s in specs])
         penalty = float(rng.choice([0.0, 10.0, 100.0])) * costs
@@ -135,8 +135,8 @@ def test_the_policy_is_its_documented_math(params: HierarchicalParams) -> None:
 
 def test_the_router_routes_and_learns_as_documented() -> None:
     """The `Router` with the default policy: expected costs and λ, model subsets, three models added at run time
-    (floors, and none for a new model its price dominates), `route` and `route_many`, output tokens learned; the
-    chosen model is the draw of the logged pmf."""
+    (floors, and none for a new model its price dominates), `route` and `route_many`, output tokens learned, a
+    snapshot restored into a new router halfway; the chosen model is the draw of the logged pmf."""
     params = HierarchicalParams()
     rng = np.random.default_rng(11)
     router = Router(MODELS[:4], HierarchicalThompsonPolicy(params), seed=3)
@@ -146,6 +146,10 @@ def test_the_router_routes_and_learns_as_documented() -> None:
     tokens: dict[str, list[float]] = {}
     floored = cut = 0
     for step in range(90):
+        if step == 50:  # what a restart does: a new router loads the snapshot (the policy's caches start empty)
+            restored = Router(MODELS[:1], HierarchicalThompsonPolicy(params), seed=0)
+            restored.restore(router.snapshot())
+            router = restored
         if step in (20, 45, 60):
             spec = LATE[(20, 45, 60).index(step)]
             router.add_model(spec)
