@@ -1,0 +1,29 @@
+"""`did you mean …?` for a misspelt name: the configuration loader, the HTTP API's 422s for unknown fields and
+the gateway's `bandit_router` extension give the same hint.
+
+Examples:
+    >>> did_you_mean("latency_s", ("quality", "latency_ms"))
+    ' (did you mean latency_ms?)'
+    >>> did_you_mean("colour", ("quality", "latency_ms"))
+    ''
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+CUTOFF = 0.75
+"""`difflib`'s similarity ratio a known name needs to be suggested (2·matches / total length)."""
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name most like `name` (ratio ≥ `CUTOFF`), else None."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=CUTOFF)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """` (did you mean <closest>?)`, or `` when no known name is close."""
+    found = closest(name, known)
+    return "" if found is None else f" (did you mean {found}?)"
