@@ -18,8 +18,16 @@ CUTOFF = 0.75
 
 
 def closest(name: str, known: Iterable[str]) -> str | None:
-    """The known name most like `name` (ratio ≥ `CUTOFF`), else None."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=CUTOFF)
+    """The known name most like `name` (ratio ≥ `CUTOFF`), else None.
+
+    A name longer than `2·len(k)/CUTOFF − len(k)` cannot reach the ratio with k (2·len(k)/(len(name) + len(k)) is
+    the most it can have), so it is not compared: difflib's cost grows with the name's length, and a client could
+    otherwise hold the event loop with megabyte-long field names."""
+    names = list(known)
+    longest = max((len(k) for k in names), default=0)
+    if len(name) > 2.0 * longest / CUTOFF - longest:
+        return None
+    close = difflib.get_close_matches(name, names, n=1, cutoff=CUTOFF)
     return close[0] if close else None
 
 

@@ -316,6 +316,19 @@ def test_an_unknown_field_gets_a_did_you_mean_hint(
     assert _count(client, "SELECT COUNT(*) FROM feedback") == 0
 
 
+def test_a_huge_unknown_field_name_gets_no_hint(client: TestClient) -> None:
+    """A field name far longer than any known one cannot be close to one: it is not compared (difflib's cost grows
+    with its length, on the event loop), and the 422 still names it."""
+    from bandit_router.hints import closest
+
+    name = "cost_weight" * 80_000  # 880 kB: within the default 1 MiB body limit
+    assert closest(name, ("cost_weight", "prompt")) is None
+    assert closest("cost_weightt", ("cost_weight", "prompt")) == "cost_weight"  # a near miss is still hinted
+    reply = client.post("/v1/route", json={"prompt": "x", name: 1})
+    assert reply.status_code == 422 and reply.json()["field"] == name
+    assert "did you mean" not in reply.json()["message"]
+
+
 def test_feedback_without_quality_is_422(client: TestClient) -> None:
     reply = client.post("/v1/feedback", json={"decision_id": "x"})
     assert reply.status_code == 422 and reply.json()["field"] == "quality"

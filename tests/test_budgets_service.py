@@ -101,6 +101,7 @@ def test_a_share_target_that_picks_no_active_model_is_a_422_naming_it(make_clien
     ({"avg_cost_usdd": 0.001}, "avg_cost_usd"),
     ({"cost_stpe": 0.1}, "cost_step"),
     ({"tenants": {"acme": {"spend_usdd": "5/1d"}}}, "spend_usd"),
+    ({"tenant": {"acme": {"spend_usd": "5/1d"}}}, "tenants"),  # a table under a misspelt key: no "must be a number"
 ])
 def test_a_misspelt_budget_key_gets_a_did_you_mean_hint(make_client: Callable[..., TestClient],
                                                          bad: dict[str, object], hint: str) -> None:

@@ -261,19 +261,21 @@ def _two_arm_exact(mean: np.ndarray, sd: np.ndarray) -> float:
 @pytest.mark.parametrize(("gap", "ratio"), [(0.0, 1.0), (0.5, 1.0), (1.0, 2.0), (-2.0, 0.5)])
 def test_thompson_pmf_is_right_for_tiny_sds(sd: float, gap: float, ratio: float) -> None:
     """Two arms with tiny sds (the second `ratio` × the first, means `gap` first-sds apart): the exact
-    Φ(Δ/√(s₀² + s₁²)); at sd 0, the point masses' comparison. To 10⁻⁵ once the sds are degenerate (below 10⁻⁹
+    Φ(Δ/√(s₀² + s₁²)); at sd 0, the point masses' comparison. To 10⁻⁵ once the sds are degenerate (below 10⁻¹³
     × the means); above, the union grid's own error for sds in ratio 2 (3.5·10⁻⁴ at any scale) is allowed."""
     mean, sds = np.array([0.5, 0.5 - gap * sd]), np.array([sd, ratio * sd])
     pmf = exploration.gaussian_argmax_pmf(mean, sds)
     assert pmf.sum() == pytest.approx(1.0, abs=1e-12)
-    assert pmf[0] == pytest.approx(_two_arm_exact(mean, sds), abs=1e-5 if sd < 5e-10 else 5e-4), pmf
+    assert pmf[0] == pytest.approx(_two_arm_exact(mean, sds), abs=1e-5 if sd < 5e-14 else 5e-4), pmf
 
 
 @pytest.mark.parametrize("tiny", [1e-9, 1e-12, 1e-16, 1e-40, 0.0])
 def test_thompson_pmf_mixes_tiny_and_ordinary_sds(tiny: float) -> None:
     """A near point mass beside ordinary arms: the limit where the narrow arm is a point at its mean,
     p_point = Π_b Φ((m − m_b)/s_b) and p_b = ∫_{t > m} f_b(t) Π_{c≠b} Φ_c(t) dt (scipy's `quad`); and two tiny
-    arms beside a wide one share the wide arm's half as their own two-arm comparison."""
+    arms beside a wide one share the wide arm's half as their own two-arm comparison. To 2·10⁻⁴: the point mass's
+    step is integrated by the trapezoid rule on the standard grid (step 0.1) with the step bracketed, whose O(h²)
+    error at the step is ≈ 10⁻⁴ here (the union grid's error on ordinary inputs is up to ≈ 10⁻²)."""
     from scipy import integrate
     from scipy.stats import norm
 
@@ -284,7 +286,7 @@ def test_thompson_pmf_mixes_tiny_and_ordinary_sds(tiny: float) -> None:
         integral = integrate.quad(lambda t, b=b, c=c: norm.pdf(t, mean[b], sd[b]) * norm.cdf(t, mean[c], sd[c]),
                                   0.5, np.inf, epsabs=1e-12)[0]
         expected.append(integral)
-    assert np.abs(pmf - np.array(expected)).max() < 1e-4, (pmf, expected)
+    assert np.abs(pmf - np.array(expected)).max() < 2e-4, (pmf, expected)
 
     mean, sd = np.array([0.5, 0.5 + 1e-12, 0.5]), np.array([tiny, 2 * tiny, 0.1])
     pmf = exploration.gaussian_argmax_pmf(mean, sd)
@@ -372,3 +374,15 @@ def test_the_priors_variances_are_checked(setting: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=r"noise_prior|prior_variance"):
         HierarchicalParams(**setting)
     assert HierarchicalParams(noise_prior=0.0).noise_prior == 0.0  # the first version's rule, still accepted
+
+
+def test_thompson_pmf_at_a_huge_price_penalty_is_the_pmf_of_the_differences() -> None:
+    """λ·cost in the millions (cost_weight may be up to 10⁹) shifts every score by the same large amount: the pmf
+    is the one of the shifted scores (the union grid resolves sds of 10⁻³ at means of 10⁶), not the slower
+    per-arm integration meant for degenerate sds."""
+    rng = np.random.default_rng(3)
+    for k in (2, 8, 20):
+        mean, sd = -6.021e6 + rng.uniform(-0.002, 0.002, k), rng.uniform(1e-3, 1.2e-3, k)
+        pmf = exploration.gaussian_argmax_pmf(mean, sd)
+        assert not exploration._degenerate(mean.tolist(), sd.tolist(), list(range(k)))
+        assert np.abs(pmf - exploration.gaussian_argmax_pmf(mean - mean.max(), sd)).max() < 1e-8

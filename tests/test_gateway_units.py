@@ -163,10 +163,10 @@ def test_the_knobs_follow_the_rules_of_v1_route(extension: dict[str, object], he
 
 @pytest.mark.parametrize(("extension", "message"), [
     ({"cost_wieght": 3},
-     "unknown keys ['cost_wieght'] (did you mean cost_weight?); known: cost_weight, models, context"),
+     "unknown keys 'cost_wieght' (did you mean cost_weight?); known: cost_weight, models, context"),
     ({"model": ["a"], "contexts": {}},
-     "unknown keys ['contexts', 'model'] (did you mean context?) (did you mean models?); known:"),
-    ({"temperature": 0.2}, "unknown keys ['temperature']; known: cost_weight, models, context"),
+     "unknown keys 'contexts' (did you mean context?), 'model' (did you mean models?); known:"),
+    ({"temperature": 0.2}, "unknown keys 'temperature'; known: cost_weight, models, context"),
 ])
 def test_an_unknown_knob_gets_a_did_you_mean_hint(extension: dict[str, object], message: str) -> None:
     body = {"model": "router", "messages": [{"role": "user", "content": "hi"}], "bandit_router": extension}

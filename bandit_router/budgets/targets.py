@@ -310,6 +310,8 @@ def _targets_from_mapping(data: Mapping[str, Any], scope: str, also: Iterable[st
         elif key == "spend_usd" and isinstance(value, list):
             texts += [f"spend_usd={_scalar(v, key)}" for v in value]
         else:
+            if not isinstance(value, str | int | float) and key not in TARGET_KEYS and not _LATENCY_KEY.fullmatch(key):
+                raise InvalidInput(f"{scope}: unknown target {key!r}{did_you_mean(key, (*TARGET_KEYS, *also))}")
             texts.append(f"{key}={_scalar(value, key)}")
     try:
         return _check_unique((parse_target(t, also=also) for t in texts), scope)

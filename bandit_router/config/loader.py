@@ -256,8 +256,8 @@ def _file_layer(file: Path) -> dict[str, Any]:
             flat[name] = value
     unknown = sorted(set(flat) - set(KEYS))
     if unknown:
-        hints = "".join(_did_you_mean(name, ("section", SECTIONS)) for name in unknown)
-        raise ConfigError(f"{file}: unknown keys {unknown}{hints}; known keys: {', '.join(KEYS)}")
+        named = ", ".join(f"{name!r}{_did_you_mean(name, ('section', SECTIONS))}" for name in unknown)
+        raise ConfigError(f"{file}: unknown keys {named}; known keys: {', '.join(KEYS)}")
     base = file.resolve().parent
     values = {name: _parse(name, value, str(file), base) for name, value in flat.items()}
     if "catalog" in values and "models" in values:
