@@ -291,20 +291,21 @@ def _analyse(name: str, connections: int, wrk: dict[str, Any], requests: list[di
             f"each (max {max(i['n'] for i in its)}); the batch decision p50 {_quantile(decide, 0.5):.2f} ms, p99 "
             f"{_quantile(decide, 0.99):.2f} ms"
         )
-    lines += ["", "| event | count | total ms | longest ms | slowest 1% overlapping | all requests overlapping |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| event | count | total ms | its thread's CPU ms | longest ms | slowest 1% overlapping | "
+              "all requests overlapping |", "|---|---|---|---|---|---|---|"]
     for kind in EVENT_KINDS:
         of_kind = [e for e in inside if e["kind"] == kind]
         if not of_kind:
-            lines.append(f"| {kind} | 0 | | | | |")
+            lines.append(f"| {kind} | 0 | | | | | |")
             continue
         lengths = [(e["end"] - e["start"]) * 1e3 for e in of_kind]
         of_kind.sort(key=lambda e: e["start"])
         share_slow = sum(_overlaps(r, of_kind) for r in slow) / len(slow)
         sample = mine[:: max(1, len(mine) // 3000)]
         share_all = sum(_overlaps(r, of_kind) for r in sample) / len(sample)
-        lines.append(f"| {kind} | {len(of_kind)} | {sum(lengths):.1f} | {max(lengths):.1f} | {share_slow:.0%} | "
-                     f"{share_all:.0%} |")
+        cpu = f"{sum(e['cpu'] for e in of_kind) * 1e3:.1f}" if "cpu" in of_kind[0] else ""
+        lines.append(f"| {kind} | {len(of_kind)} | {sum(lengths):.1f} | {cpu} | {max(lengths):.1f} | {share_slow:.0%} "
+                     f"| {share_all:.0%} |")
     return [*lines, ""]
 
 
