@@ -171,10 +171,18 @@ _SITECUSTOMIZE = textwrap.dedent('''
 
     def tick_on(loop):
         due = [now() + 0.001]
+        fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        def schedstat():  # ns on a CPU, ns runnable waiting for a CPU (Linux)
+            run, wait, _ = os.pread(fd, 100, 0).split()
+            return int(run), int(wait)
+        last = [schedstat()]
         def tick():
             t = now()
+            stat = schedstat()
             if t - due[0] > 0.003:
-                event("loop_stall", due[0], t)
+                ran, waited = (stat[0] - last[0][0]) / 1e9, (stat[1] - last[0][1]) / 1e9
+                event("loop_stall", due[0], t, ran=ran, runnable=waited)
+            last[0] = stat
             due[0] = t + 0.001
             loop.call_later(0.001, tick)
         loop.call_later(0.001, tick)
@@ -291,6 +299,20 @@ def _analyse(name: str, connections: int, wrk: dict[str, Any], requests: list[di
             f"each (max {max(i['n'] for i in its)}); the batch decision p50 {_quantile(decide, 0.5):.2f} ms, p99 "
             f"{_quantile(decide, 0.99):.2f} ms"
         )
+    stalls = [e for e in inside if e["kind"] == "loop_stall" and "ran" in e]
+    if stalls:
+        slow_stalls = [e for e in stalls if any(e["start"] < r["t1"] and e["end"] > r["t0"] for r in slow)]
+        for label, group in (("all loop stalls", stalls), ("the stalls within the slowest 1%", slow_stalls)):
+            if not group:
+                continue
+            wall = sum(e["end"] - e["start"] + 0.001 for e in group)  # since the last tick
+            ran = sum(e["ran"] for e in group)
+            runnable = sum(e["runnable"] for e in group)
+            lines.append(
+                f"{label} ({len(group)}, {wall * 1e3:.0f} ms since the tick before each): the loop thread ran "
+                f"{ran / wall:.0%} of it (long iterations), waited for a CPU {runnable / wall:.0%} (the machine), "
+                f"was blocked {max(0.0, 1 - (ran + runnable) / wall):.0%} (the GIL held by another thread)"
+            )
     lines += ["", "| event | count | total ms | its thread's CPU ms | longest ms | slowest 1% overlapping | "
               "all requests overlapping |", "|---|---|---|---|---|---|---|"]
     for kind in EVENT_KINDS:
