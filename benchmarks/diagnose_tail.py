@@ -23,8 +23,9 @@ costs the service nothing) records, with the server's own `perf_counter`:
 Reported per connection count: wrk's p50/p99 next to the server-side ones (the difference is time before the
 ASGI call: the request waiting in the socket for a busy loop, and the reply's way back); the server-side time of
 the slowest 1% split into phases (mean, and the share of their total), against the same split for the median
-request; and how often the slowest 1% overlap each kind of event, against all requests (an event that explains
-the tail overlaps the slowest far more often than it overlaps requests in general).
+request; the loop's stalls split by its thread's scheduler statistics; and the share of the slowest 1%'s time
+spent inside each kind of event, against the share of the whole run's time (an event that explains the tail
+covers far more of the slowest requests' time than of the run's).
 """
 
 from __future__ import annotations
@@ -230,8 +231,16 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _overlaps(rec: dict[str, Any], events: list[dict[str, Any]]) -> bool:
-    return any(e["start"] < rec["t1"] and e["end"] > rec["t0"] for e in events)
+def _covered(start: float, end: float, events: list[dict[str, Any]]) -> float:
+    """Seconds of [start, end] inside the union of `events` (sorted by start). A share of a request's time, not
+    whether it overlaps: a long request overlaps more events by its length alone."""
+    covered, reach = 0.0, start
+    for e in events:
+        a, b = max(e["start"], reach), min(e["end"], end)
+        if b > a:
+            covered += b - a
+            reach = b
+    return covered
 
 
 def _analyse(name: str, connections: int, wrk: dict[str, Any], requests: list[dict[str, Any]],
@@ -313,8 +322,8 @@ def _analyse(name: str, connections: int, wrk: dict[str, Any], requests: list[di
                 f"{ran / wall:.0%} of it (long iterations), waited for a CPU {runnable / wall:.0%} (the machine), "
                 f"was blocked {max(0.0, 1 - (ran + runnable) / wall):.0%} (the GIL held by another thread)"
             )
-    lines += ["", "| event | count | total ms | its thread's CPU ms | longest ms | slowest 1% overlapping | "
-              "all requests overlapping |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| event | count | total ms | its thread's CPU ms | longest ms | share of the slowest 1%'s time | "
+              "share of the run's time |", "|---|---|---|---|---|---|---|"]
     for kind in EVENT_KINDS:
         of_kind = [e for e in inside if e["kind"] == kind]
         if not of_kind:
@@ -322,9 +331,8 @@ def _analyse(name: str, connections: int, wrk: dict[str, Any], requests: list[di
             continue
         lengths = [(e["end"] - e["start"]) * 1e3 for e in of_kind]
         of_kind.sort(key=lambda e: e["start"])
-        share_slow = sum(_overlaps(r, of_kind) for r in slow) / len(slow)
-        sample = mine[:: max(1, len(mine) // 3000)]
-        share_all = sum(_overlaps(r, of_kind) for r in sample) / len(sample)
+        share_slow = sum(_covered(r["t0"], r["t1"], of_kind) for r in slow) / sum(r["t1"] - r["t0"] for r in slow)
+        share_all = _covered(window[0], window[1], of_kind) / (window[1] - window[0])
         cpu = f"{sum(e['cpu'] for e in of_kind) * 1e3:.1f}" if "cpu" in of_kind[0] else ""
         lines.append(f"| {kind} | {len(of_kind)} | {sum(lengths):.1f} | {cpu} | {max(lengths):.1f} | {share_slow:.0%} "
                      f"| {share_all:.0%} |")
