@@ -1,9 +1,9 @@
 """What a feedback costs the writer thread, in process (no event loop competing for the GIL, no HTTP).
 
-    PYTHONPATH=<checkout>:. python -m benchmarks.feedback_writer --label NAME
+    python -m benchmarks.feedback_writer --label NAME [--code CHECKOUT]
     # → benchmarks/results/profiles/feedback-writer-NAME.txt
 
-The package measured is the one `PYTHONPATH` imports (a checkout of another commit for a before/after). An
+The package measured is this checkout's, or `--code`'s (a checkout of another commit for a before/after). An
 `Engine` on a fresh SQLite file (the `default` policy, the shipped catalog, seed 1) stores decisions routed in
 batches of 40; then, on the calling thread, the writer's own transaction (`Writer._transact`, then the work
 between batches) runs batches of 1, 7 and 40 feedbacks, each on fresh decisions: thread CPU per transaction and
@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", required=True, help="names the output file: feedback-writer-LABEL.txt")
     parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--code", type=Path, default=HERE.parent, help="measure bandit_router from this checkout")
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(args.code.resolve()))
+    for name in [m for m in sys.modules if m == "bandit_router" or m.startswith("bandit_router.")]:
+        del sys.modules[name]
     import bandit_router
 
     code = Path(bandit_router.__file__).resolve().parent.parent
@@ -125,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {platform.machine()}, {os.cpu_count()} cores "
         f"(shared with other work), Python {platform.python_version()}; load average {load[0]:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end",
-        f"command: PYTHONPATH=<checkout> python -m benchmarks.feedback_writer --label {args.label} "
-        f"--rounds {args.rounds}",
+        f"command: python -m benchmarks.feedback_writer --label {args.label} --rounds {args.rounds}"
+        + ("" if code == HERE.parent else " --code <checkout>"),
         "",
     ]
     out = Path(args.out)
