@@ -81,8 +81,10 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
 
     by the trapezoid rule on one grid of t: the union of every arm's `nodes` Gauss–Hermite points, so the grid is
     dense wherever any arm's density or distribution function changes fast (a narrow arm's Φ is a near step);
-    then renormalised. Arms whose mean + β·sd is below the best mean − β·sd (β = `dominance`) are confidently
-    dominated: probability 0, and they drop out of the products. Exact ties of (mean, sd) get equal probability.
+    then renormalised (with 16 nodes within ≈ 0.01 of the exact integral, off most where a wide arm meets a narrow
+    one: `tests/test_default_reference.py`). Arms whose mean + β·sd is below the highest mean − β·sd of any arm (β =
+    `dominance`) are confidently dominated: probability 0, and they drop out of the products. Exact ties of (mean,
+    sd) get equal probability.
     The router samples from this pmf and logs its value, so the logged propensity is exact for what was done.
     """
     means, sds = mean.tolist(), sd.tolist()  # K is small: Python floats, IEEE arithmetic as numpy's

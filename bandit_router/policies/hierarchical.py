@@ -10,12 +10,14 @@ the largest variance a quality in [0, 1] can have (v₀ = `prior_variance`, ¼):
 
     μ̂_m = (n₀_m μ₀_m + S_m)/(n₀_m + n_m),   sd_m = 1 / √(n₀_m/v₀ + n_m/σ_m²)
 
-so a model without feedback is never confidently dominated on quality while n₀_m ≤ 2 (sd ≥ 0.35, β = 3; only
-its price can rule it out), whatever its similar models have shown (a prior
-that borrowed the noise of its own mean made a model whose family started with a few zeros look certain to be
-poor: μ₀ = 0, sd 0.1, never tried). The two are not one conjugate posterior: with the prior N(μ₀_m, v₀/n₀_m)
-and noise σ_m² the sd is this one, but the mean would weigh the prior as n₀_m·σ_m²/v₀ ≤ n₀_m observations; the
-pseudo-count mean (as before the sd changed) pulls a little harder toward μ₀_m over a model's first feedbacks.
+so a model without a catalog prior and without feedback (n₀_m = `similar_strength` = 1: sd 0.5, and β·s·sd =
+1.28 at the defaults, more than any gap between qualities in [0, 1]) is never confidently dominated on quality,
+only by its price, whatever its similar models have shown (with a catalog prior of strength 2, β·s·sd = 0.90:
+only a prior mean below 0.1 could be cut before the first feedback; a prior that borrowed the noise of its own
+mean made a model whose family started with a few zeros look certain to be poor: μ₀ = 0, sd 0.1, never tried).
+The two are not one conjugate posterior: with the prior N(μ₀_m, v₀/n₀_m) and noise σ_m² the sd is this one, but
+the mean would weigh the prior as n₀_m·σ_m²/v₀ ≤ n₀_m observations; the pseudo-count mean (as before the sd
+changed) pulls a little harder toward μ₀_m over a model's first feedbacks.
 
 σ_m² = (ν₀·v + SS_m)/(ν₀ + n_m) is the model's own variance of quality (SS_m = Σ (q − q̄_m)²) shrunk toward
 v = ¼ (`noise_prior`), the largest variance a quality in [0, 1] can have, worth ν₀ = `noise_strength`
@@ -32,9 +34,10 @@ observations; 0.5 before any feedback. They are refreshed as the others learn.
 **Prompt-level corrections (exploited, shrunk).** Per model and per shrinkage level κ_l ∈ κ·{1, 4, 16}
 (κ = `shrinkage`), a ridge regression of the residual r = q − q̄_m (the deviation from the model's own mean
 quality so far: unbiased, where q − μ̂_m would carry the prior's early pull into the corrections for good)
-on the dense features φ (`features.dense_vector`): w_ml = (κ_l I + Σ φφᵀ)⁻¹ Σ rφ (Sherman–Morrison, O(d²)
-per feedback). Before each update every prediction is scored one step ahead; the log Bayes factor of level
-l against "no correction" under N(·, σ_m²) accumulates
+on the dense features φ (`features.dense_vector`): w_ml = (κ_l I + Σ φφᵀ)⁻¹ Σ rφ, summed over the model's
+feedbacks after its first (there is no mean to deviate from before it; Sherman–Morrison, O(d²) per feedback).
+Before each update every prediction is scored one step ahead; the log Bayes factor of level l against "no
+correction" under N(·, σ_m²) accumulates
 
     L_ml += ((q − μ̂_m)² − (q − μ̂_m − w_mlᵀφ)²) / (2σ_m²)
 
@@ -47,21 +50,27 @@ feedback they had not seen (the prequential principle; Dawid 1984), then the cor
 the data support. Corrections are not explored: hashed word features make every prompt new, and
 exploring their uncertainty explores forever.
 
-**Choice.** Thompson sampling (Thompson 1933; Russo et al. 2018) on the score q̃_m − penalty_m with
-q̃_m ~ N(q̂_m(φ), (s·sd_m)²), s = `exploration`. The pmf of the argmax is computed by quadrature
-(`exploration.gaussian_argmax_pmf`), not from a handful of draws, so small probabilities are logged
-exactly. A model whose optimistic score (mean + β·sd) is below another's pessimistic score (mean − β·sd)
-at this request's λ is confidently dominated and gets probability 0 (β = `dominance`). With `sampler=ids` the
-same posterior goes through information-directed sampling instead (`exploration.ids_pmf`): explore a model
-only as far as what its outcome would tell about which model is best is worth its expected regret.
+**Choice.** Thompson sampling (Thompson 1933; Russo et al. 2018) on the score q̃_m − penalty_m with q̃_m ~
+N(q̂_m(φ), (s·sd_m)²), s = `exploration`. The pmf of the argmax is computed by quadrature
+(`exploration.gaussian_argmax_pmf`, `nodes` Gauss–Hermite points per model; with 16 within ≈ 0.01 of the exact
+Thompson probabilities, off most where a wide posterior meets a narrow one: `tests/test_default_reference.py`),
+not from a handful of draws, and the logged probability is exactly the one the router drew with, small ones
+included. A model whose optimistic score (q̂_m(φ) − penalty_m + β·s·sd_m, in the draws' sd) is below another's
+pessimistic score (q̂ − penalty − β·s·sd) at this request's λ is confidently dominated and gets probability 0
+(β = `dominance`; it would have beaten that other model in fewer than Φ(−β) = 0.13% of the draws). With
+`sampler=ids` the same posterior goes through information-directed sampling instead (`exploration.ids_pmf`):
+explore a model only as far as what its outcome would tell about which model is best is worth its expected regret.
 
-**Cold start.** No fixed forced-exploration count: an untried model's wide prior makes it likely to be
-drawn a few times, and a model that looks poor after those is left alone. A model added at run time gets
-the floor `floor·u_m` (`cold_start_floors`), u_m = sd of μ_m ÷ its prior sd = sd_m·√(n₀/v₀)
-= 1/√(1 + n_m·v₀/(n₀·σ_m²)), while u_m > `floor_until` and it is not confidently dominated: tried at once
-(u = 1), less as it becomes known, and not at all once it is known to be poor. A model whose answers look
-steady (small σ_m²) is known after fewer feedbacks; a surprise that raises σ_m² can raise u_m again. A strong
-catalog prior (large n₀) keeps u_m near 1 for ≈ 10·n₀·σ_m²/v₀ feedbacks unless the model is dominated.
+**Cold start.** No fixed forced-exploration count: an untried model's wide prior makes it likely to be drawn a
+few times, and a model that looks poor after those is left alone. A model added at run time gets the floor
+`floor·u_m` (`cold_start_floors`), u_m = sd of μ_m ÷ its prior sd = sd_m·√(n₀/v₀) = 1/√(1 + n_m·v₀/(n₀·σ_m²)),
+while u_m > `floor_until` and it is not confidently dominated (here in the posterior's own sd: its score +
+β·sd_m below another's score − β·sd, a looser cut than the pmf's β·s·sd_m, so a new model can keep its floor for
+a few requests after the pmf has given it 0): tried at once (u = 1), less as it becomes known, and not at all
+once it is known to be poor. A model whose answers look steady (small σ_m²) is known after fewer feedbacks; a
+surprise that raises σ_m² can raise u_m again. A strong catalog prior (large n₀) keeps the floor on for longer:
+u_m > `floor_until` while n_m < (1/floor_until² − 1)·n₀·σ_m²/v₀, ≈ 10·n₀·σ_m²/v₀ feedbacks, unless the model is
+dominated.
 """
 
 from __future__ import annotations
@@ -107,7 +116,7 @@ class HierarchicalParams:
     similar_strength: float = 1.0
     """n₀ for a model without a catalog prior: how many observations the similar models' mean is worth."""
     noise_strength: float = 10.0
-    """ν₀: how many observations the noise bound μ̂(1 − μ̂) is worth in each model's σ_m²."""
+    """ν₀: how many observations the noise prior v (`noise_prior`) is worth in each model's σ_m²."""
     dim: int = 64
     """Dense feature dimensions of the corrections (`features.dense_vector`)."""
     shrinkage: float = 1.0
@@ -115,7 +124,8 @@ class HierarchicalParams:
     evidence: float = 2.0
     """Prior log-odds against the corrections: how much better they must have predicted before they count."""
     dominance: float = 3.0
-    """β: a model whose mean + β·sd is below another's mean − β·sd gets probability 0."""
+    """β: a model whose score + β·s·sd is below another's score − β·s·sd gets probability 0 (s·sd: the Thompson
+    draws' sd; the floors of models added at run time end at β·sd)."""
     floor: float = 0.1
     """Largest exploration floor of a model added at run time."""
     floor_until: float = 0.3
@@ -451,7 +461,8 @@ class HierarchicalThompsonPolicy(BasePolicy):
         self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray
     ) -> np.ndarray | None:
         """`floor·u_m` for models added at run time while u_m = sd_m·√(n₀/v₀) (its sd ÷ its prior sd) > `floor_until`
-        and the model is not confidently dominated; 0 otherwise."""
+        and the model is not confidently dominated in its posterior sd (score + β·sd_m ≥ every score − β·sd); 0
+        otherwise."""
         added = self._added
         if not added or not any(m.name in added for m in models):
             return _no_floors(len(models))
