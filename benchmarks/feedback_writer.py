@@ -46,9 +46,7 @@ def measure(rounds: int) -> list[str]:
     settings = load_settings(None, env={}, overrides={"db": str(folder / "bench.db"), "seed": 1})
     engine = Engine(settings)
     engine.store.prepare()
-    engine.start()
-    if not engine.wait_ready(60):
-        raise SystemExit(f"the engine did not start: {engine.state}")
+    engine._prepare()  # recovery, on this thread: the writer thread is not started, this thread is the writer
     sizes = (1, 7, 40)
     blocks = {1: 200, 7: 60, 40: 12}
     needed = sum(size * blocks[size] for size in sizes) * rounds + 40 * 20 + 4000
@@ -87,7 +85,7 @@ def measure(rounds: int) -> list[str]:
             for i in range(0, len(read_ids), 40):
                 reader.decisions(read_ids[i : i + 40])
         read_s = min(timeit.repeat(read, number=1, repeat=7)) / len(read_ids)
-    engine.stop(checkpoint=False)
+    engine.store.close()
     conn = sqlite3.connect(folder / "bench.db")
     sql = f"SELECT {store_sqlite._DECISIONS} FROM decisions WHERE decision_id IN ({','.join('?' * 40)})"
     rows = [row for i in range(0, len(read_ids), 40) for row in conn.execute(sql, read_ids[i : i + 40]).fetchall()]
