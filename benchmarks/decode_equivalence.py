@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="decode-equivalence-"))
     mine = learned_hash(folder / "this.db", args.decisions)
-    code = f"import sys; sys.path.insert(0, {str(args.base.resolve())!r}); sys.path.insert(1, {str(HERE.parent)!r}); " \
-           "from benchmarks.decode_equivalence import main; sys.exit(main(sys.argv[1:]))"
+    # this tool from this checkout, then the base's bandit_router first on the path (a checkout has both)
+    code = (f"import sys; sys.path.insert(0, {str(HERE.parent)!r}); from benchmarks.decode_equivalence import main; "
+            f"sys.path.insert(0, {str(args.base.resolve())!r}); sys.exit(main(sys.argv[1:]))")
     base = subprocess.run([sys.executable, "-c", code, "--base", str(args.base), "--decisions", str(args.decisions),
                            "--hash-only", str(folder / "base.db")], capture_output=True, text=True, check=True)
     theirs = base.stdout.split()[-1]
