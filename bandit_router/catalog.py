@@ -54,7 +54,8 @@ DEFAULT_PRIOR_STRENGTH = 2.0
 benchmark score says little about quality on one team's own traffic, so it is soon outweighed by feedback."""
 MAX_PRIOR_STRENGTH = 1e6
 """The most pseudo-observations a prior may be worth (as `POST /v1/models` accepts): the `default` policy's prior sd
-is 0.5/√n₀, and priors of ≈ 1e19 and more drive it below 1e-10, where its argmax quadrature goes wrong."""
+is 0.5/√n₀ (5·10⁻⁴ at the cap). A prior worth more than a million observations is a typo rather than a belief;
+the argmax quadrature itself is right for any sd (`exploration.gaussian_argmax_pmf`)."""
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,11 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     `dominance`) are confidently dominated: probability 0, and they drop out of the products. Exact ties of (mean,
     sd) get equal probability.
     The router samples from this pmf and logs its value, so the logged propensity is exact for what was done.
+
+    That grid fails when an arm in play is degenerate (`_degenerate`: an sd of 0, or one many orders of magnitude
+    below another arm's sd or its own mean); those pmfs are integrated per arm in standard units instead
+    (`_argmax_pmf_per_arm`), which tends to the point-mass comparison as sds go to 0. Every other input keeps
+    the union grid's values bit for bit.
     """
     means, sds = mean.tolist(), sd.tolist()  # K is small: Python floats, IEEE arithmetic as numpy's
     alive = _alive(means, sds, dominance)
@@ -93,6 +98,8 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
         out = np.zeros(len(means))
         out[alive[0]] = 1.0
         return out
+    if _degenerate(means, sds, alive):
+        return _argmax_pmf_per_arm(means, sds, alive)
     u = _HERMITE.get(nodes)
     if u is None:
         u = _hermite(nodes)
@@ -139,20 +146,95 @@ def _alive(means: list[float], sds: list[float], dominance: float) -> list[int]:
     return [a for a, high in enumerate(highs) if high >= cut]
 
 
+DEGENERATE_RATIO = 1e-6
+"""An arm in play whose sd is below this × the widest one's is degenerate: on the union grid the trapezoid
+between its outermost node (density ≈ 3·10⁻¹⁰/sd) and the next arm's node adds ≈ 10⁻¹⁰ × (that gap / sd) of
+mass it does not have (0.34 instead of 0 at sd 10⁻¹² beside an sd of 0.1)."""
+DEGENERATE_PRECISION = 1e-13
+"""… or below this × the largest |mean| in play: the grid's t = mean + sd·u then resolves z = (t − mean)/sd only
+to ≈ 10⁻¹⁶·|mean|/sd, and below sd ≈ 10⁻¹⁴·|mean| the union grid's values degrade (above it they do not: at
+λ·cost in the millions and sds of 10⁻³ the union grid gives the same pmf as with the means shifted to 0)."""
+
+
+def _degenerate(means: list[float], sds: list[float], alive: list[int]) -> bool:
+    """Whether an arm in play has an sd of 0 or one below `DEGENERATE_RATIO` × the widest arm's sd or below
+    `DEGENERATE_PRECISION` × the largest |mean| in play (infinite or NaN values: never)."""
+    if len(alive) < len(sds):
+        if not alive:  # NaN means or sds
+            return False
+        means, sds = [means[a] for a in alive], [sds[a] for a in alive]
+    largest = max(max(means), -min(means))
+    return min(sds) < max(DEGENERATE_RATIO * max(sds), DEGENERATE_PRECISION * largest) < math.inf
+
+
+_STANDARD_GRID = np.linspace(-8.5, 8.5, 171)
+"""u from −8.5 to 8.5 by 0.1: the trapezoid rule on φ over it is exact to ≈ 10⁻¹⁶ (φ's mass beyond ±8.5 is
+10⁻¹⁷, and the rule's error on a Gaussian falls as exp(−2π²/h²))."""
+
+
+STEP_WIDTH = 1e-13
+"""The narrowest step `_argmax_pmf_per_arm` resolves, in standard units: a narrower one (a point mass's) is
+bracketed by nodes this far apart (≈ 5 floats at |u| = 8.5), so the trapezoid misplaces at most ≈ 10⁻¹⁴ of mass."""
+
+
+SMOOTH_WIDTH = 0.3
+"""A factor Φ((mean_a − mean_b + sd_a·u)/sd_b) steps over a width sd_b/sd_a in u; from this width up the standard
+grid's step 0.1 integrates it without refinement (the trapezoid rule's error on an analytic integrand falls
+exponentially in width/step), so only narrower arms add points: a few hundred per arm, not K × 171."""
+
+
+def _argmax_pmf_per_arm(means: list[float], sds: list[float], alive: list[int]) -> np.ndarray:
+    """`gaussian_argmax_pmf` for degenerate sds: per arm a, in its standard units u = (t − mean_a)/sd_a,
+
+        p_a = ∫ φ(u) · Π_{b≠a} Φ((mean_a − mean_b + sd_a·u) / sd_b) du
+
+    by the trapezoid rule on `_STANDARD_GRID`, refined where a factor b steps (an arm b narrower than a steps
+    around u = (mean_b − mean_a)/sd_a over a width sd_b/sd_a: the same grid scaled to that width, at least
+    `STEP_WIDTH`, is added for the arms narrower than `SMOOTH_WIDTH` × sd_a; the others' factors are smooth on
+    the standard grid), then
+    renormalised over the arms in play. Only differences of means and ratios of sds enter, so nothing is lost
+    to the size of the means; an sd of 0 is a point mass (p_a = Π_{b≠a} Φ((mean_a − mean_b)/sd_b), and two
+    point masses compare their means, ties sharing). Exact ties of (mean, sd) get equal probability.
+    """
+    m = np.array([means[a] for a in alive])
+    s = np.array([sds[a] for a in alive])
+    p = np.empty(len(alive))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for i in range(len(alive)):
+            d = m[i] - m  # (arm,)
+            u = _STANDARD_GRID
+            narrower = s < SMOOTH_WIDTH * s[i]  # the others' factors are smooth on the standard grid
+            if s[i] > 0 and narrower.any():
+                centres, widths = -d[narrower] / s[i], np.maximum(s[narrower] / s[i], STEP_WIDTH)
+                steps = (centres[:, None] + widths[:, None] * _STANDARD_GRID).ravel()
+                u = np.unique(np.concatenate([u, steps[np.abs(steps) <= _STANDARD_GRID[-1]]]))
+            z = (d[:, None] + s[i] * u) / s[:, None]  # (arm, grid); a point mass b: ±inf, or nan on a tie
+            z[np.isnan(z)] = 0.0  # Φ(0) = ½: tied point masses share
+            log_f = _add(log_ndtr(z), axis=0) - log_ndtr(z[i])  # Σ_{b≠a} log Φ_b
+            integrand = np.exp(log_f - 0.5 * u * u)
+            p[i] = _add((integrand[1:] + integrand[:-1]) * (u[1:] - u[:-1]))
+    total = _add(p)
+    out = np.zeros(len(means))
+    out[alive] = p / total if total > 0 else 1.0 / len(alive)
+    return out
+
+
 def gaussian_argmax_pmfs(
     means: Sequence[np.ndarray], sds: Sequence[np.ndarray], dominance: float = 3.0, nodes: int = 16
 ) -> list[np.ndarray]:
     """`gaussian_argmax_pmf` of each (means[i], sds[i]), the same values bit for bit, with fewer numpy calls: the
     pmfs with every arm in play and the same number of arms are evaluated together, as arrays of shape
     (pmfs, K, G) going through the same elementwise steps and the same per-row reductions (the sort, the sums
-    over arms and over the grid) as one pmf's (K, G); the others, and any whose integral is not positive, one by
-    one. With ≈ 20 routes per event-loop iteration of a loaded server this takes about a third off the
-    quadrature's cost (`benchmarks/pmf_stacked.py`)."""
+    over arms and over the grid) as one pmf's (K, G); the others (degenerate ones too, `_degenerate`), and any
+    whose integral is not positive, one by one. With ≈ 20 routes per event-loop iteration of a loaded server this
+    takes about a third off the quadrature's cost (`benchmarks/pmf_stacked.py`)."""
     out: list[np.ndarray | None] = [None] * len(means)
     groups: dict[int, list[int]] = {}
     for i, (mean, sd) in enumerate(zip(means, sds, strict=True)):
         k = len(mean)
-        if k > 1 and len(_alive(mean.tolist(), sd.tolist(), dominance)) == k:
+        listed = mean.tolist(), sd.tolist()
+        alive = _alive(*listed, dominance)
+        if k > 1 and len(alive) == k and not _degenerate(*listed, alive):
             groups.setdefault(k, []).append(i)
         else:
             out[i] = gaussian_argmax_pmf(mean, sd, dominance, nodes)

@@ -286,6 +286,49 @@ def test_feedback_rejects_bad_input_with_422_naming_the_field(client: TestClient
     assert _count(client, "SELECT COUNT(*) FROM feedback") == 0
 
 
+_TYPOS = [  # (path, body, the unknown field, the hint); `{decision}` is a routed decision's id
+    ("/v1/feedback", {"decision_id": "{decision}", "quality": 0.5, "latency_s": 3}, "latency_s", "latency_ms"),
+    ("/v1/feedback", {"decision_id": "{decision}", "quality": 0.5, "input_token": 3}, "input_token", "input_tokens"),
+    ("/v1/route", {"prompt": "x", "cost_wieght": 3}, "cost_wieght", "cost_weight"),
+    ("/v1/route", {"messages": [{"role": "user", "content": "x", "rol": "user"}]}, "messages[0].rol", "role"),
+    ("/v1/models", {"name": "m", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1, "tag": {}}, "tag", "tags"),
+    ("/v1/policies/promote", {"shadow": "greedy", "froce": True}, "froce", "force"),
+    ("/v1/feedback", {"decision_id": "{decision}", "quality": 0.5, "colour": "red"}, "colour", None),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "field", "hint"), _TYPOS, ids=[f"{p}-{f}" for p, _, f, _ in _TYPOS])
+def test_an_unknown_field_gets_a_did_you_mean_hint(
+    client: TestClient, path: str, body: dict[str, Any], field: str, hint: str | None
+) -> None:
+    """A misspelt field of any body the API refuses extra fields in (the hot lane's /v1/route and /v1/feedback,
+    FastAPI's admin routes) is a 422 naming it, with the known field it is closest to (none when none is)."""
+    if body.get("decision_id") == "{decision}":
+        body = {**body, "decision_id": _route(client)["decision_id"]}
+    reply = client.post(path, json=body)
+    assert reply.status_code == 422, reply.text
+    error = reply.json()
+    assert set(error) == {"error", "message", "field"} and error["error"] == "invalid_input"
+    assert error["field"] == field
+    expected = f"{field}: Extra inputs are not permitted" + ("" if hint is None else f" (did you mean {hint}?)")
+    assert expected in error["message"]
+    assert "did you mean" not in error["message"] or hint is not None
+    assert _count(client, "SELECT COUNT(*) FROM feedback") == 0
+
+
+def test_a_huge_unknown_field_name_gets_no_hint(client: TestClient) -> None:
+    """A field name far longer than any known one cannot be close to one: it is not compared (difflib's cost grows
+    with its length, on the event loop), and the 422 still names it."""
+    from bandit_router.hints import closest
+
+    name = "cost_weight" * 80_000  # 880 kB: within the default 1 MiB body limit
+    assert closest(name, ("cost_weight", "prompt")) is None
+    assert closest("cost_weightt", ("cost_weight", "prompt")) == "cost_weight"  # a near miss is still hinted
+    reply = client.post("/v1/route", json={"prompt": "x", name: 1})
+    assert reply.status_code == 422 and reply.json()["field"] == name
+    assert "did you mean" not in reply.json()["message"]
+
+
 def test_feedback_without_quality_is_422(client: TestClient) -> None:
     reply = client.post("/v1/feedback", json={"decision_id": "x"})
     assert reply.status_code == 422 and reply.json()["field"] == "quality"

@@ -410,13 +410,14 @@ def judge_stats(url: str) -> dict[str, Any]:
 
 
 def judged(url: str, answers: int) -> float:
-    """Wait until this process's judge scored `answers` answers; what its calls cost (`/v1/stats`, per process)."""
+    """Wait until this process's judge scored `answers` answers; what its calls cost (`/v1/stats`' `judge.process`:
+    this process's own; `judge.spend_usd` is every process's)."""
     deadline = time.monotonic() + 15
     while (stats := judge_stats(url))["scored"] < answers:
         assert time.monotonic() < deadline, stats
         time.sleep(0.02)
     assert stats["failed"] == stats["unreadable"] == stats["overridden"] == 0, stats
-    return float(stats["spend_usd"])
+    return float(stats["process"]["spend_usd"])
 
 
 def routed(url: str, prompt: str, tenant: str | None = None) -> float:
@@ -460,6 +461,13 @@ def test_processes_sharing_the_log_book_each_others_judge_calls_once(gateways: G
         total, acme = total + cost, acme + (cost if i == 1 else 0.0)
 
     _every_process_books((a, b), requests=4, spend=total, acme=acme)
+    # `/v1/stats` reports the judge's calls and spend of both processes, from either; each its own in `process`
+    summaries = [judge_stats(url) for url in (a, b)]
+    assert [s["process"]["spend_usd"] for s in summaries] == [judges[a], judges[b]]
+    for summary in summaries:
+        assert summary["calls"] == 4 and summary["scored"] == 2
+        assert summary["spend_usd"] == pytest.approx(judges[a] + judges[b], rel=1e-9)
+        assert summary["input_tokens"] == sum(s["process"]["input_tokens"] for s in summaries)
 
 
 def _every_process_books(urls: tuple[str, ...], *, requests: int, spend: float, acme: float) -> None:

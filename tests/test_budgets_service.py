@@ -97,6 +97,19 @@ def test_a_share_target_that_picks_no_active_model_is_a_422_naming_it(make_clien
     assert period.startswith("budgets: target 'spend_usd=50/1x': period '1x' must be seconds or a number with"), period
 
 
+@pytest.mark.parametrize(("bad", "hint"), [
+    ({"avg_cost_usdd": 0.001}, "avg_cost_usd"),
+    ({"cost_stpe": 0.1}, "cost_step"),
+    ({"tenants": {"acme": {"spend_usdd": "5/1d"}}}, "spend_usd"),
+    ({"tenant": {"acme": {"spend_usd": "5/1d"}}}, "tenants"),  # a table under a misspelt key: no "must be a number"
+])
+def test_a_misspelt_budget_key_gets_a_did_you_mean_hint(make_client: Callable[..., TestClient],
+                                                         bad: dict[str, object], hint: str) -> None:
+    reply = make_client().put("/v1/budgets", json=bad)
+    assert reply.status_code == 422 and reply.json()["field"] == "budgets", reply.text
+    assert f"(did you mean {hint}?)" in reply.json()["message"], reply.text
+
+
 def test_stats_and_metrics_show_spend_target_and_lambda(make_client: Callable[..., TestClient]) -> None:
     client = make_client(budgets=load_settings(env={"BANDIT_ROUTER_BUDGETS": '{"avg_cost_usd": 0.0002}'}).budgets)
     for _ in range(3):

@@ -4,6 +4,7 @@ one, a judge whose scores track the answer's quality with noise, log-probs on re
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -275,6 +276,69 @@ def test_openai_clients_see_the_named_routers_as_models(gateway: Callable[..., s
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
     ids = [m.id for m in client.models.list()]
     assert ids[:5] == ["router", "cascade", "confident", "learned", "auto"] and "cheap" in ids
+
+
+# -- x-bandit-router-attempts ---------------------------------------------------------------------------------------
+def _attempts(url: str, model: str, prompt: str, stream: bool = False) -> tuple[str, int, list[dict[str, Any]]]:
+    """(the model that answered, x-bandit-router-attempts, the reply's `bandit_router.calls` or [] for a gateway
+    call) of one request, streamed or not."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as reply:
+        assert reply.status_code == 200, reply.read()
+        text = reply.read().decode()
+        headers = reply.headers
+    if stream:
+        chunks = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+        calls = next((c["bandit_router"]["calls"] for c in chunks if "bandit_router" in c), [])
+        answered = chunks[0]["model"]
+    else:
+        completion = json.loads(text)
+        calls, answered = completion.get("bandit_router", {}).get("calls", []), completion["model"]
+    assert headers["x-bandit-router-model"] == answered
+    return answered, int(headers["x-bandit-router-attempts"]), calls
+
+
+def _answer_calls(calls: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """(model, answered) of each answer call of a chain: judge and routing calls left out."""
+    return [(c["model"], not c.get("error")) for c in calls if c["role"] == "answer"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_attempts_counts_the_models_asked_for_an_answer_for_every_strategy(
+    gateway: Callable[..., str], fake: ChooserFake, stream: bool
+) -> None:
+    """`x-bandit-router-attempts` is how many models the request asked for an answer, answered or failed: the
+    first choice and its fallbacks for the bandit's alias, 1 for a model the caller named, every model a cascade
+    (fixed or learned) reached, every model an LLM router tried; a judge's or the routing LLM's calls are not
+    attempts. `x-bandit-router-model` is the model whose answer the caller got."""
+    url = gateway()
+    assert _attempts(url, "cheap", PROSE, stream)[:2] == ("cheap", 1)  # the caller's model
+    # a fixed cascade: accepted at once (one answer and a judge's call), escalated (two answers)
+    answered, attempts, calls = _attempts(url, "cascade", PROSE, stream)
+    assert (answered, attempts) == ("cheap", 1) and [c["role"] for c in calls] == ["answer", "judge"]
+    answered, attempts, calls = _attempts(url, "cascade", CODE, stream)
+    assert (answered, attempts) == ("strong", 2) and _answer_calls(calls) == [("cheap", True), ("strong", True)]
+    for i in range(6):  # a learned cascade: whatever it chose, one attempt per model it asked
+        answered, attempts, calls = _attempts(url, "learned", f"{CODE} #{i}", stream)
+        assert attempts == len(_answer_calls(calls)) >= 1 and answered == _answer_calls(calls)[-1][0]
+    # an LLM router: its named model (the routing call is not an attempt); the policy's choice on no name
+    answered, attempts, calls = _attempts(url, "auto", CODE, stream)
+    assert (answered, attempts) == ("strong", 1) and [c["role"] for c in calls] == ["router", "answer"]
+    assert _attempts(url, "auto", MATH, stream)[1] == 1
+    # failures: each model asked counts, the one that failed too
+    fake.set("strong", "fail")
+    answered, attempts, calls = _attempts(url, "cascade", CODE, stream)  # escalated to a failing model
+    assert (answered, attempts) == ("cheap", 2) and _answer_calls(calls) == [("cheap", True), ("strong", False)]
+    answered, attempts, calls = _attempts(url, "auto", CODE, stream)  # the named model failed, the other answered
+    assert (answered, attempts) == ("cheap", 2) and _answer_calls(calls) == [("strong", False), ("cheap", True)]
+    seen = set()
+    for i in range(40):  # the bandit's alias: the first choice, then a fallback when it was the failing model
+        answered, attempts, _ = _attempts(url, "router", f"{PROSE} #{i}", stream)
+        assert answered == "cheap" and attempts in (1, 2)
+        seen.add(attempts)
+        if seen == {1, 2}:
+            break
+    assert seen == {1, 2}
 
 
 # -- what a named router stores and reports -------------------------------------------------------------------------

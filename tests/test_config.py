@@ -133,8 +133,8 @@ _BAD_FILES = [
     ("[budgets]\nspend_usd = '5/1x'\n",
      r"toml: budgets: target 'spend_usd=5/1x': period '1x' must be seconds or a number with s, m, h, d or w"),
     # a newcomer's slips name the key they meant
-    ("cost_wieght = 40\n", r"unknown keys \['cost_wieght'\] \(did you mean cost_weight\?\)"),
-    ("[serverr]\nport = 1\n", r"unknown keys \['serverr'\] \(did you mean \[server\]\?\)"),
+    ("cost_wieght = 40\n", r"unknown keys 'cost_wieght' \(did you mean cost_weight\?\)"),
+    ("[serverr]\nport = 1\n", r"unknown keys 'serverr' \(did you mean \[server\]\?\)"),
     ("[server]\nprot = 1\n", r"\[server\] has no key 'prot' \(did you mean port\?\)"),
     ("[server]\ndb = 'x.db'\n", r"\[server\] has no key 'db' \(it belongs in \[storage\], or at the top level\)"),
     # a misspelt model or tag in a share target would be a target that can never bind

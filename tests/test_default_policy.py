@@ -20,6 +20,10 @@ against the best fixed model in hindsight on the same stream. Stated margins:
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,6 +248,118 @@ def test_thompson_pmf_splits_exact_ties_evenly() -> None:
     assert np.allclose(pmf, 1 / 3)
 
 
+def _two_arm_exact(mean: np.ndarray, sd: np.ndarray) -> float:
+    """P(arm 0 beats arm 1) = Φ((m₀ − m₁)/√(s₀² + s₁²)), from the floats themselves (their difference is exact)."""
+    from scipy.special import ndtr
+
+    spread = float(np.hypot(sd[0], sd[1]))
+    gap = float(mean[0] - mean[1])
+    return float(ndtr(gap / spread)) if spread > 0 else 0.5 + 0.5 * float(np.sign(gap))
+
+
+@pytest.mark.parametrize("sd", [1e-7, 1e-9, 1e-10, 1e-12, 1e-15, 1e-17, 1e-30, 1e-200, 5e-324, 0.0])
+@pytest.mark.parametrize(("gap", "ratio"), [(0.0, 1.0), (0.5, 1.0), (1.0, 2.0), (-2.0, 0.5)])
+def test_thompson_pmf_is_right_for_tiny_sds(sd: float, gap: float, ratio: float) -> None:
+    """Two arms with tiny sds (the second `ratio` × the first, means `gap` first-sds apart): the exact
+    Φ(Δ/√(s₀² + s₁²)); at sd 0, the point masses' comparison. To 10⁻⁵ once the sds are degenerate (below 10⁻¹³
+    × the means); above, the union grid's own error for sds in ratio 2 (3.5·10⁻⁴ at any scale) is allowed."""
+    mean, sds = np.array([0.5, 0.5 - gap * sd]), np.array([sd, ratio * sd])
+    pmf = exploration.gaussian_argmax_pmf(mean, sds)
+    assert pmf.sum() == pytest.approx(1.0, abs=1e-12)
+    assert pmf[0] == pytest.approx(_two_arm_exact(mean, sds), abs=1e-5 if sd < 5e-14 else 5e-4), pmf
+
+
+@pytest.mark.parametrize("tiny", [1e-9, 1e-12, 1e-16, 1e-40, 0.0])
+def test_thompson_pmf_mixes_tiny_and_ordinary_sds(tiny: float) -> None:
+    """A near point mass beside ordinary arms: the limit where the narrow arm is a point at its mean,
+    p_point = Π_b Φ((m − m_b)/s_b) and p_b = ∫_{t > m} f_b(t) Π_{c≠b} Φ_c(t) dt (scipy's `quad`); and two tiny
+    arms beside a wide one share the wide arm's half as their own two-arm comparison. To 2·10⁻⁴: the point mass's
+    step is integrated by the trapezoid rule on the standard grid (step 0.1) with the step bracketed, whose O(h²)
+    error at the step is ≈ 10⁻⁴ here (the union grid's error on ordinary inputs is up to ≈ 10⁻²)."""
+    from scipy import integrate
+    from scipy.stats import norm
+
+    mean, sd = np.array([0.5, 0.5, 0.52]), np.array([tiny, 0.1, 0.05])
+    pmf = exploration.gaussian_argmax_pmf(mean, sd)
+    expected = [norm.cdf(0.0) * norm.cdf((0.5 - 0.52) / 0.05)]
+    for b, c in ((1, 2), (2, 1)):
+        integral = integrate.quad(lambda t, b=b, c=c: norm.pdf(t, mean[b], sd[b]) * norm.cdf(t, mean[c], sd[c]),
+                                  0.5, np.inf, epsabs=1e-12)[0]
+        expected.append(integral)
+    assert np.abs(pmf - np.array(expected)).max() < 2e-4, (pmf, expected)
+
+    mean, sd = np.array([0.5, 0.5 + 1e-12, 0.5]), np.array([tiny, 2 * tiny, 0.1])
+    pmf = exploration.gaussian_argmax_pmf(mean, sd)
+    first = _two_arm_exact(mean[:2], sd[:2])
+    assert np.abs(pmf - np.array([0.5 * first, 0.5 * (1 - first), 0.5])).max() < 1e-4, pmf
+
+
+def test_thompson_pmf_splits_ties_of_tiny_sds_and_point_masses_evenly() -> None:
+    for sd in (1e-13, 0.0):
+        pmf = exploration.gaussian_argmax_pmf(np.array([0.5, 0.5, 0.5, 0.4]), np.array([sd, sd, sd, 0.01]))
+        assert pmf[0] == pmf[1] == pmf[2] and pmf[3] == 0.0 and pmf.sum() == pytest.approx(1.0)
+        pmf = exploration.gaussian_argmax_pmf(np.array([0.5, 0.5, 0.5]), np.array([sd, sd, 0.2]))
+        assert pmf[0] == pmf[1] and pmf[0] + pmf[1] == pytest.approx(0.5, abs=1e-6)
+
+
+def test_the_stacked_pmfs_agree_with_single_ones_on_degenerate_sds() -> None:
+    """`gaussian_argmax_pmfs` gives degenerate pmfs (`exploration._degenerate`) the single evaluation's values."""
+    means = [np.array([0.5, 0.52, 0.49]), np.array([0.5, 0.5, 0.51]), np.array([0.3, 0.31, 0.32]),
+             np.array([0.5, 0.5, 0.52])]
+    sds = [np.array([0.1, 0.05, 0.2]), np.array([1e-12, 0.1, 0.05]), np.array([0.02, 0.03, 0.01]),
+           np.array([0.0, 0.1, 0.05])]
+    for mean, sd, got in zip(means, sds, exploration.gaussian_argmax_pmfs(means, sds), strict=True):
+        assert got.tobytes() == exploration.gaussian_argmax_pmf(mean, sd).tobytes()
+    assert exploration.gaussian_argmax_pmfs(means, sds)[1][0] == pytest.approx(0.5 * 0.42074, abs=1e-4)  # ½·Φ(−0.2)
+
+
+_EINSUM_STREAM = """
+import hashlib, sys
+import numpy as np
+if "--without-c-einsum" in sys.argv:
+    import numpy._core.multiarray as multiarray
+    del multiarray.c_einsum  # as a numpy without the private name
+from bandit_router.catalog import default_catalog
+from bandit_router.policies import hierarchical
+from bandit_router.router import Router
+from bandit_router.types import Outcome, Request
+router = Router(list(default_catalog())[:5], "default", seed=3)
+rng, digest = np.random.default_rng(5), hashlib.sha256()
+words = "sort a list in python prove the theorem plan a holiday trip write a poem fix this bug".split()
+for step in range(150):
+    decision = router.route(Request(prompt=" ".join(rng.choice(words, 6)), cost_weight=float(rng.uniform(0, 50))))
+    digest.update(repr((decision.model, [float(p).hex() for p in decision.pmf])).encode())
+    router.learn(decision, Outcome(quality=float(rng.uniform())))
+print(type(hierarchical.c_einsum).__name__, digest.hexdigest())
+"""
+
+
+def _einsum_stream(*flags: str) -> tuple[str, str]:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", _EINSUM_STREAM, *flags], capture_output=True, text=True, check=True,
+                         cwd=root, env=env).stdout.split()
+    return out[0], out[1]
+
+
+def test_the_private_einsum_falls_back_to_np_einsum_with_identical_decisions() -> None:
+    """`hierarchical.c_einsum` is numpy's private `c_einsum` where it exists (the fast path) and
+    `np.einsum(optimize=False)` where it does not (simulated by deleting it before the import); a seeded stream
+    of 150 routed and learned requests makes the same decisions with the same pmfs, bit for bit, either way."""
+    import functools
+
+    from bandit_router.policies import hierarchical
+
+    assert not isinstance(hierarchical.c_einsum, functools.partial)  # this numpy has it: the fast path is taken
+    omega, v = np.random.default_rng(0).normal(size=(2, 7, 9))
+    fallback = functools.partial(np.einsum, optimize=False)
+    assert hierarchical.c_einsum("kl,kl->k", omega, v).tobytes() == fallback("kl,kl->k", omega, v).tobytes()
+    kind_private, with_private = _einsum_stream()
+    kind_fallback, with_fallback = _einsum_stream("--without-c-einsum")
+    assert (kind_private, kind_fallback) == ("builtin_function_or_method", "partial")
+    assert with_private == with_fallback
+
+
 @pytest.mark.parametrize(
     "setting",
     [
@@ -258,3 +374,15 @@ def test_the_priors_variances_are_checked(setting: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=r"noise_prior|prior_variance"):
         HierarchicalParams(**setting)
     assert HierarchicalParams(noise_prior=0.0).noise_prior == 0.0  # the first version's rule, still accepted
+
+
+def test_thompson_pmf_at_a_huge_price_penalty_is_the_pmf_of_the_differences() -> None:
+    """λ·cost in the millions (cost_weight may be up to 10⁹) shifts every score by the same large amount: the pmf
+    is the one of the shifted scores (the union grid resolves sds of 10⁻³ at means of 10⁶), not the slower
+    per-arm integration meant for degenerate sds."""
+    rng = np.random.default_rng(3)
+    for k in (2, 8, 20):
+        mean, sd = -6.021e6 + rng.uniform(-0.002, 0.002, k), rng.uniform(1e-3, 1.2e-3, k)
+        pmf = exploration.gaussian_argmax_pmf(mean, sd)
+        assert not exploration._degenerate(mean.tolist(), sd.tolist(), list(range(k)))
+        assert np.abs(pmf - exploration.gaussian_argmax_pmf(mean - mean.max(), sd)).max() < 1e-8

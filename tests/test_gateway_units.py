@@ -161,6 +161,20 @@ def test_the_knobs_follow_the_rules_of_v1_route(extension: dict[str, object], he
     assert caught.value.field == field
 
 
+@pytest.mark.parametrize(("extension", "message"), [
+    ({"cost_wieght": 3},
+     "unknown keys 'cost_wieght' (did you mean cost_weight?); known: cost_weight, models, context"),
+    ({"model": ["a"], "contexts": {}},
+     "unknown keys 'contexts' (did you mean context?), 'model' (did you mean models?); known:"),
+    ({"temperature": 0.2}, "unknown keys 'temperature'; known: cost_weight, models, context"),
+])
+def test_an_unknown_knob_gets_a_did_you_mean_hint(extension: dict[str, object], message: str) -> None:
+    body = {"model": "router", "messages": [{"role": "user", "content": "hi"}], "bandit_router": extension}
+    with pytest.raises(BadChatRequest) as caught:
+        parse_chat(body, {}, alias="router", max_prompt_chars=100)
+    assert caught.value.field == "bandit_router" and message in str(caught.value)
+
+
 def test_knobs_at_the_limits_are_accepted() -> None:
     edge = {"cost_weight": 1e9, "models": [f"m{i}" for i in range(64)],
             "context": {"n": 2**53, "s": "v" * 256, **{f"k{i}": i for i in range(30)}}}

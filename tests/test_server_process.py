@@ -20,10 +20,12 @@ import httpx
 import numpy as np
 import pytest
 from docs_pages import page, service_section
+from named_fakes import serving
 
 from bandit_router.config import Settings
 from bandit_router.log import build_router, fingerprint, rebuild_router
 from bandit_router.store import SQLiteStore
+from benchmarks.fake_upstream import JUDGE, FakeUpstream
 from tools.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
@@ -267,6 +269,48 @@ def test_two_workers_share_the_log(servers: Callable[..., Server], tmp_path: Pat
         assert np.array_equal(restored.weights(), rebuild_router(settings, store).weights())
     finally:
         store.close()
+
+
+def test_two_workers_report_the_judges_calls_and_spend_of_both(servers: Callable[..., Server], tmp_path: Path) -> None:
+    """With `--workers 2` each worker's feedback judge scores the answers that worker served. `/v1/stats` from
+    either reports the judge's calls, tokens and spend of both (stored in `judge_calls`), and under `process`
+    its own, which add up to the total."""
+    with serving(FakeUpstream(seed=3)) as fake:
+        models = "".join(
+            f'[[models]]\nname = "{name}"\ninput_usd_per_mtok = {price}\noutput_usd_per_mtok = {4 * price}\n'
+            f'base_url = "{fake.url}/v1"\nroute = {"false" if name == JUDGE else "true"}\n\n'
+            for name, price in (("fake-coder", 1.0), ("fake-writer", 0.5), (JUDGE, 0.2))
+        )
+        config = tmp_path / "judged.toml"
+        config.write_text(f"{models}[judge]\njudge_model = \"{JUDGE}\"\njudge_sample_rate = 1.0\njudge_delay_s = 0\n")
+        server = servers(workers=2, env={"BANDIT_ROUTER_CONFIG": str(config)})
+        server.wait_ready()
+        assert len(server.worker_pids(2)) == 2, "the second worker did not become ready"
+        summaries: dict[int, dict[str, Any]] = {}
+        sent = 0
+        with httpx.Client(base_url=server.url, timeout=30, headers={"connection": "close"}) as client:
+            deadline = time.monotonic() + 60
+            while True:  # until both workers' judges scored some answers and every answer sent was judged
+                if sent < 40 and (len(summaries) < 2 or min(s["scored"] for s in summaries.values()) == 0):
+                    reply = client.post("/v1/chat/completions", json={
+                        "model": "router", "messages": [{"role": "user", "content": f"{POEMS[sent % 5]} #{sent}"}]})
+                    assert reply.status_code == 200, reply.text
+                    sent += 1
+                stats = client.get("/v1/stats").json()
+                summaries[stats["pid"]] = stats["judge"]
+                done = [s for s in summaries.values() if s["calls"] == sent]
+                if len(done) == 2 and sum(s["scored"] for s in done) == sent and all(s["scored"] for s in done):
+                    break
+                assert time.monotonic() < deadline, (sent, summaries)
+    first, second = summaries.values()
+    own = first["process"]["spend_usd"] + second["process"]["spend_usd"]
+    assert first["process"]["spend_usd"] > 0 and second["process"]["spend_usd"] > 0
+    for summary in (first, second):
+        assert summary["calls"] == sent and summary["spend_usd"] == pytest.approx(own, rel=1e-9)
+        assert summary["input_tokens"] == first["process"]["input_tokens"] + second["process"]["input_tokens"]
+    with sqlite3.connect(tmp_path / "router.db") as conn:
+        stored = conn.execute("SELECT COUNT(*), SUM(cost_usd) FROM judge_calls").fetchone()
+    assert stored[0] == sent and stored[1] == pytest.approx(own, rel=1e-9)
 
 
 def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers: Callable[..., Server],

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
+from ..hints import did_you_mean
 from ..names import check_name
 
 DURATION_UNITS: Mapping[str, int] = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800})
@@ -227,8 +228,13 @@ Target = AvgCost | Spend | Share | Latency
 COST_TARGETS = (AvgCost, Spend)
 
 
-def parse_target(text: str) -> Target:
-    """One target from its text form (see the module docstring); raises `InvalidInput` naming the text."""
+TARGET_KEYS = ("avg_cost_usd", "spend_usd", "share", "latency_p95_s")
+"""The target keys a misspelt one is compared with (`did you mean …?`)."""
+
+
+def parse_target(text: str, *, also: Iterable[str] = ()) -> Target:
+    """One target from its text form (see the module docstring); raises `InvalidInput` naming the text, with a
+    `did you mean` among the target keys and `also` (the other keys of a `[budgets]` table) for an unknown key."""
     if not isinstance(text, str):
         raise InvalidInput(f"a target must be a string, got {text!r}")
     text = text.strip()
@@ -252,7 +258,8 @@ def parse_target(text: str) -> Target:
         if match:
             return Latency(float(match.group(1)), _number(value, key))
         raise InvalidInput(
-            f"unknown target {key!r}; known: avg_cost_usd=, spend_usd=<USD>/<period>, share:<selector>=, "
+            f"unknown target {key!r}{did_you_mean(key, (*TARGET_KEYS, *also))}; known: avg_cost_usd=, "
+            "spend_usd=<USD>/<period>, share:<selector>=, "
             "latency_p<percentile>_s="
         )
     except InvalidInput as exc:
@@ -291,8 +298,9 @@ def _check_unique(targets: Iterable[Target], scope: str) -> tuple[Target, ...]:
     return out
 
 
-def _targets_from_mapping(data: Mapping[str, Any], scope: str) -> tuple[Target, ...]:
-    """The keys of one scope's table → targets, through `parse_target` (one grammar for both forms)."""
+def _targets_from_mapping(data: Mapping[str, Any], scope: str, also: Iterable[str] = ()) -> tuple[Target, ...]:
+    """The keys of one scope's table → targets, through `parse_target` (one grammar for both forms); `also`: the
+    table's keys that are not targets (suggested for a misspelt key)."""
     texts: list[str] = []
     for key, value in data.items():
         if key == "share":
@@ -302,9 +310,11 @@ def _targets_from_mapping(data: Mapping[str, Any], scope: str) -> tuple[Target, 
         elif key == "spend_usd" and isinstance(value, list):
             texts += [f"spend_usd={_scalar(v, key)}" for v in value]
         else:
+            if not isinstance(value, str | int | float) and key not in TARGET_KEYS and not _LATENCY_KEY.fullmatch(key):
+                raise InvalidInput(f"{scope}: unknown target {key!r}{did_you_mean(key, (*TARGET_KEYS, *also))}")
             texts.append(f"{key}={_scalar(value, key)}")
     try:
-        return _check_unique((parse_target(t) for t in texts), scope)
+        return _check_unique((parse_target(t, also=also) for t in texts), scope)
     except InvalidInput as exc:
         raise InvalidInput(f"{scope}: {exc}") from None
 
@@ -422,7 +432,8 @@ class BudgetConfig:
         tenants_data = data.get("tenants", {})
         if not isinstance(tenants_data, Mapping):
             raise InvalidInput("budgets.tenants must be a table of tenant → targets")
-        targets = _targets_from_mapping({k: v for k, v in data.items() if k not in settings | {"tenants"}}, "budgets")
+        targets = _targets_from_mapping({k: v for k, v in data.items() if k not in settings | {"tenants"}}, "budgets",
+                                        sorted(settings | {"tenants"}))
         tenants = {}
         for name, table in tenants_data.items():
             if not isinstance(table, Mapping):

@@ -21,6 +21,7 @@ from typing import Any
 from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
 from ..errors import CatalogError, ConfigError, InvalidInput
+from ..hints import closest
 from ..store.location import Database, DatabaseURL, parse_database
 from .routers import RouterAlias, parse_routers
 from .sections import Secrets
@@ -226,12 +227,10 @@ def read_keys(path: Path, name: str) -> tuple[str, ...]:
 
 def _did_you_mean(name: str, *also: tuple[str, Iterable[str]], prefix: str = "", upper: bool = False) -> str:
     """` (did you mean cost_weight?)` for a misspelt key (or one of `also`'s (kind, names)), else ``."""
-    import difflib
-
     for kind, names in (("key", KEYS), *also):
-        close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.75)
-        if close:
-            found = f"{prefix}{close[0].upper() if upper else close[0]}"
+        close = closest(name, names)
+        if close is not None:
+            found = f"{prefix}{close.upper() if upper else close}"
             return f" (did you mean {'[' + found + ']' if kind == 'section' else found}?)"
     return ""
 
@@ -257,8 +256,8 @@ def _file_layer(file: Path) -> dict[str, Any]:
             flat[name] = value
     unknown = sorted(set(flat) - set(KEYS))
     if unknown:
-        hints = "".join(_did_you_mean(name, ("section", SECTIONS)) for name in unknown)
-        raise ConfigError(f"{file}: unknown keys {unknown}{hints}; known keys: {', '.join(KEYS)}")
+        named = ", ".join(f"{name!r}{_did_you_mean(name, ('section', SECTIONS))}" for name in unknown)
+        raise ConfigError(f"{file}: unknown keys {named}; known keys: {', '.join(KEYS)}")
     base = file.resolve().parent
     values = {name: _parse(name, value, str(file), base) for name, value in flat.items()}
     if "catalog" in values and "models" in values:

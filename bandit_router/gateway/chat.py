@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from ..errors import InvalidInput
+from ..hints import did_you_mean
 from ..service.schemas import AllowedModels, Context, CostWeight
 from ..types import Message, Request
 from .pricing import message_text
@@ -130,7 +131,8 @@ def _knobs(extension: Any, headers: Mapping[str, str]) -> dict[str, Any]:
             raise BadChatRequest(EXTENSION, "must be an object with cost_weight, models, context")
         unknown = sorted(set(extension) - set(KNOBS))
         if unknown:
-            raise BadChatRequest(EXTENSION, f"unknown keys {unknown[:5]}; known: {', '.join(KNOBS)}")
+            named = ", ".join(f"{name!r}{did_you_mean(name, KNOBS)}" for name in unknown[:5])
+            raise BadChatRequest(EXTENSION, f"unknown keys {named}; known: {', '.join(KNOBS)}")
         for knob in KNOBS:
             if extension.get(knob) is not None:
                 raw[knob] = (f"{EXTENSION}.{knob}", extension[knob])

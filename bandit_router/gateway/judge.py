@@ -30,7 +30,7 @@ from ..catalog import ModelSpec
 from ..config import Settings
 from ..errors import BanditRouterError
 from ..log.feedback import JUDGE_SOURCE
-from ..store import JudgeCall
+from ..store import JudgeCall, JudgeTotals
 from ..types import Decision, Outcome
 from .pricing import answer_text, estimated, message_text
 from .upstreams import UpstreamError, Upstreams
@@ -176,5 +176,16 @@ class Judge:
                 self.queue.task_done()
 
     def report(self) -> dict[str, Any]:
+        """This process's counters since it started (and its queue): what `/metrics` exports."""
         return {"model": self.spec.name, "sample_rate": self.rate, "queued": self.queue.qsize(),
                 **{k: getattr(self.stats, k) for k in JudgeStats.__dataclass_fields__}}
+
+    def summary(self, stored: JudgeTotals) -> dict[str, Any]:
+        """`GET /v1/stats`' `judge`: `calls`, tokens and `spend_usd` are the deployment's (`stored`: the calls
+        every process and replica stored in `judge_calls`, as long as retention keeps them); the jobs (sampled,
+        dropped, scored, overridden, failed, unreadable, queued) are this process's, and so is `process` (its own
+        tokens and spend since it started)."""
+        report = self.report()
+        own = {k: report.pop(k) for k in ("input_tokens", "output_tokens", "spend_usd")}
+        return {**report, "calls": stored.calls, "input_tokens": stored.input_tokens,
+                "output_tokens": stored.output_tokens, "spend_usd": stored.spend_usd, "process": own}

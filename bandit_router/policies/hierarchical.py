@@ -75,6 +75,7 @@ dominated.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,10 +89,17 @@ from ..features import dense_vector
 from ..types import Context
 from .base import BasePolicy
 
-try:  # what `np.einsum` runs when it does not optimise, without its Python wrapper (≈ 1 µs of each route)
-    from numpy._core.multiarray import c_einsum  # private: a numpy that moves it falls back to `np.einsum`
+# Why a private numpy name: `np.einsum(..., optimize=False)` (its default) is a Python wrapper that checks its
+# arguments and then calls `numpy._core.multiarray.c_einsum` with them; calling that directly saves the wrapper,
+# ≈ 1 µs of each route (`predict` runs once per routed request). The result is the same call, so the same
+# values bit for bit. A numpy that moves or renames the private name (numpy 1.x has it elsewhere) falls back to
+# the public wrapper, pinned to `optimize=False` so that it runs that same C routine, not a contraction path of
+# matrix products that could round differently (`tests/test_default_policy.py` checks both the fallback and
+# that both give identical decisions).
+try:
+    from numpy._core.multiarray import c_einsum
 except ImportError:
-    c_einsum = np.einsum
+    c_einsum = functools.partial(np.einsum, optimize=False)
 
 LEVELS = 3
 """Shrinkage levels of the corrections: κ·LEVEL_SCALE^l, l = 0 … LEVELS − 1."""

@@ -33,8 +33,8 @@ from .exceptions import PayloadTooLarge
 from .gateway_routes import router as gateway_router
 from .hotpaths import HotPaths
 from .metrics import Metrics
-from .routes import BODY_MODELS, Services, router
-from .schemas import BUDGET_SCHEMAS, ErrorOut
+from .routes import Services, router
+from .schemas import BODY_MODELS, BUDGET_SCHEMAS, ErrorOut
 
 log = logging.getLogger("bandit_router.service")
 
@@ -187,7 +187,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     def build() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            models: list[type[BaseModel]] = [*BODY_MODELS, ErrorOut]
+            models: list[type[BaseModel]] = [*BODY_MODELS.values(), ErrorOut]
             template = "#/components/schemas/{model}"
             _, defs = models_json_schema([(m, "validation") for m in models], ref_template=template)
             components = schema.setdefault("components", {})
@@ -309,7 +309,7 @@ async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
         judge.start()
         gateway.judge = judge
         gateway.on_answer = judge.offer
-        engine.extra_stats["judge"] = judge.report
+        engine.extra_stats["judge"] = lambda: judge.summary(engine.judge_totals())
     return gateway
 
 

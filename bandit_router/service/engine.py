@@ -40,7 +40,16 @@ from ..errors import BanditRouterError, UnknownDecision
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
 from ..router import Router
-from ..store import CallRecord, FeedbackRecord, JudgeCall, RouterCounts, Store, StoredDecision, StoreError
+from ..store import (
+    CallRecord,
+    FeedbackRecord,
+    JudgeCall,
+    JudgeTotals,
+    RouterCounts,
+    Store,
+    StoredDecision,
+    StoreError,
+)
 from ..store.location import open_store
 from ..store.migrations import SCHEMA_VERSION
 from ..store.sqlite import SQLiteStore
@@ -545,6 +554,11 @@ class Engine:
         """Named routers' counts from the database (`store.router_stats`): the deployment's, whatever the process."""
         with _readable(self), self.store.read() as reader:
             return reader.router_counts()
+
+    def judge_totals(self) -> JudgeTotals:
+        """The feedback judge's stored calls summed (`store.JudgeTotals`): the deployment's, whatever the process."""
+        with _readable(self), self.store.read() as reader:
+            return reader.judge_totals()
 
     def stats(self) -> dict[str, Any]:
         """Counts from the database; the policy version and applied seq of this process (`pid`)."""

@@ -27,11 +27,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision, UnknownModel
+from ..hints import did_you_mean
 from ..store import StoreError
 from .exceptions import (
     Conflict,
@@ -43,6 +44,7 @@ from .exceptions import (
     Unavailable,
     UnsupportedMediaType,
 )
+from .schemas import BODY_MODELS, known_fields
 
 log = logging.getLogger("bandit_router.service")
 
@@ -115,16 +117,24 @@ def field_path(loc: Sequence[Any]) -> str:
     return out or "body"
 
 
-def validation_error(errors: Sequence[Mapping[str, Any]]) -> Response:
-    """A 422 for pydantic errors: the first error's field and every error's message."""
+def validation_error(errors: Sequence[Mapping[str, Any]], body: type[BaseModel] | None = None) -> Response:
+    """A 422 for pydantic errors: the first error's field and every error's message; an unknown field of the
+    request body `body` gets ` (did you mean latency_ms?)` when a known field is close to it."""
     first = field_path(errors[0].get("loc", ())) if errors else "body"
-    messages = [f"{field_path(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:5]]
+    messages = [f"{field_path(e.get('loc', ()))}: {e.get('msg', 'invalid')}{_hint(e, body)}" for e in errors[:5]]
     return error_response(422, "invalid_input", "; ".join(messages), first)
+
+
+def _hint(error: Mapping[str, Any], body: type[BaseModel] | None) -> str:
+    loc = [part for part in error.get("loc", ()) if part != "body"]
+    if body is None or error.get("type") != "extra_forbidden" or not loc or not isinstance(loc[-1], str):
+        return ""
+    return did_you_mean(loc[-1], known_fields(body, loc))
 
 
 def to_response(exc: BaseException) -> Response:
     if isinstance(exc, ValidationError):
-        return validation_error(exc.errors(include_url=False))
+        return validation_error(exc.errors(include_url=False), BODY_MODELS.get(exc.title))
     status, code = status_of(exc)
     if status == 500:
         log.error("unexpected error: %s", type(exc).__name__, exc_info=exc)

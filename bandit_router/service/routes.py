@@ -50,8 +50,6 @@ from .schemas import (
 
 Body = TypeVar("Body", bound=BaseModel)
 router = APIRouter()
-BODY_MODELS: tuple[type[BaseModel], ...] = (RouteIn, FeedbackIn, ModelIn, PromoteIn)
-"""Request bodies validated by hand; `app.py` adds their schemas to the OpenAPI document."""
 
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]

@@ -4,7 +4,8 @@ fields, bounded lengths, so that anything a client can send is either valid or a
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
@@ -250,6 +251,36 @@ class ModelsOut(BaseModel):
     retired: list[str]
 
 
+BODY_MODELS: dict[str, type[BaseModel]] = {m.__name__: m for m in (RouteIn, FeedbackIn, ModelIn, PromoteIn)}
+"""The request bodies, by name (a pydantic `ValidationError`'s `title`); `routes.py` validates them by hand."""
+
+
+def known_fields(body: type[BaseModel], loc: Sequence[str | int]) -> tuple[str, ...]:
+    """The fields of the (nested) model that holds the last part of `loc`: `RouteIn, ("messages", 0, "contnet")`
+    → `("role", "content")`; `()` when the path leaves the models."""
+    model = body
+    for part in loc[:-1]:
+        if isinstance(part, int):  # a list index: the list's item model is already `model`
+            continue
+        field = model.model_fields.get(part)
+        nested = None if field is None else _model_in(field.annotation)
+        if nested is None:
+            return ()
+        model = nested
+    return tuple(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model inside an annotation (`list[MessageIn] | None` → `MessageIn`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 class ErrorOut(BaseModel):
     error: str = Field(description="a short code, e.g. invalid_input")
     message: str
@@ -291,6 +322,12 @@ class StatsOut(BaseModel):
         "requests and their rate, answer/judge/router calls, failed calls and requests, spend (every call's cost), "
         "parsed/fallbacks (LLM routers), learned chains (learned cascades): the deployment's totals, from the "
         "database (the same from every worker and replica, kept across restarts)",
+    )
+    judge: dict[str, Any] | None = Field(
+        default=None, description="with `judge_model`: the feedback judge's model and sample rate; `calls`, "
+        "`input_tokens`, `output_tokens`, `spend_usd`: the deployment's (its stored calls, the same from every worker "
+        "and replica); this process's jobs (`queued`, `sampled`, `dropped`, `scored`, `overridden`, `failed`, "
+        "`unreadable`) and its own tokens and spend (`process`)",
     )
 
 

@@ -20,6 +20,7 @@ from .records import (
     DecisionInfo,
     FeedbackRecord,
     JudgeCall,
+    JudgeTotals,
     ModelEvent,
     StoredDecision,
     StoreStats,
@@ -102,6 +103,10 @@ class Reader(Protocol):
     def judge_calls_after(self, position: int, limit: int) -> list[tuple[int, JudgeCall]]:
         """Up to `limit` of the feedback judge's calls stored after storage position `position`, in storage order,
         each with its position (pass the last one back to page on)."""
+        ...
+
+    def judge_totals(self) -> JudgeTotals:
+        """The feedback judge's stored calls summed: count, tokens, cost (every process's, within retention)."""
         ...
 
     def get_meta(self, key: str) -> str | None: ...

@@ -57,6 +57,7 @@ from .records import (
     DecisionInfo,
     FeedbackRecord,
     JudgeCall,
+    JudgeTotals,
     ModelEvent,
     ModelStats,
     StoredDecision,
@@ -78,6 +79,7 @@ from .sqlite import (
     FEEDBACK_COLUMNS,
     JUDGE_CALL_COLUMNS,
     JUDGE_CALLS_AFTER,
+    JUDGE_TOTALS,
     _call_from_row,
     _call_value,
     _chains_from_rows,
@@ -85,6 +87,7 @@ from .sqlite import (
     _feedback_from_row,
     _SQLiteTx,
     _stored_from_row,
+    judge_totals,
 )
 
 log = logging.getLogger("bandit_router.store")
@@ -674,6 +677,11 @@ class _PostgresTx(_SQLiteTx):
     def judge_calls_after(self, position: int, limit: int) -> list[tuple[int, JudgeCall]]:
         rows = self._rows(JUDGE_CALLS_AFTER.format(mark="%s"), (position, limit))
         return [(int(row[0]), JudgeCall(*row[1:])) for row in rows]
+
+    def judge_totals(self) -> JudgeTotals:
+        if not self.has_table("judge_calls"):
+            return JudgeTotals()  # a database no service with this version prepared yet
+        return judge_totals(self._rows(JUDGE_TOTALS)[0])
 
     def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
         rows = self._rows(

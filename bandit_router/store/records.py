@@ -211,6 +211,17 @@ class JudgeCall:
     created_at: float
 
 @dataclass(frozen=True, slots=True)
+class JudgeTotals:
+    """The feedback judge's stored calls, summed (`Reader.judge_totals`): every process's and every replica's, as
+    long as retention keeps them (a judge call is deleted with the decision it scored)."""
+
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    spend_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class ChainFeedback:
     """A learned cascade's chain with the feedback its escalation learns (`Reader.chains_after`): the first
     `unrouted` feedback of a `learned-cascade:` decision, its decision, and the chain stored with its call."""

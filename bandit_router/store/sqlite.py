@@ -55,6 +55,7 @@ from .records import (
     FeedbackRecord,
     FeedbackStatus,
     JudgeCall,
+    JudgeTotals,
     ModelEvent,
     ModelStats,
     StoredDecision,
@@ -722,6 +723,11 @@ class _SQLiteTx:
         rows = self._execute(JUDGE_CALLS_AFTER.format(mark="?"), (position, limit), plain=True).fetchall()
         return [(int(row[0]), JudgeCall(*row[1:])) for row in rows]
 
+    def judge_totals(self) -> JudgeTotals:
+        if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'judge_calls'").fetchone() is None:
+            return JudgeTotals()  # a database no service with this version prepared yet
+        return judge_totals(self.conn.execute(JUDGE_TOTALS).fetchone())
+
     def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
         rows = self._execute(
             f"SELECT {_DECISIONS}, rowid FROM decisions WHERE rowid > ? ORDER BY rowid LIMIT ?",
@@ -827,6 +833,16 @@ JUDGE_CALLS_AFTER = (
     "ORDER BY position LIMIT {mark}"
 )
 """`Reader.judge_calls_after` for both dialects (`mark`: the driver's placeholder)."""
+JUDGE_TOTALS = (
+    "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0) "
+    "FROM judge_calls"
+)
+"""`Reader.judge_totals` for both dialects."""
+
+
+def judge_totals(row: Sequence[Any]) -> JudgeTotals:
+    """`JUDGE_TOTALS`' row (PostgreSQL sums integers as `numeric`)."""
+    return JudgeTotals(int(row[0]), int(row[1]), int(row[2]), float(row[3]))
 CALLS_WITHOUT_CHAINS = f"SELECT {', '.join(CALL_COLUMNS)}, NULL FROM calls c"
 """`CALLS_WITH_CHAINS` on a database that has no `chains` table yet (schema 5: not yet migrated)."""
 CHAINS_SQL = (
