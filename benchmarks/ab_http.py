@@ -8,7 +8,9 @@ For each connection count, each round runs `GET /healthz` and `POST /v1/route` o
 checkout's (the order alternates between rounds), with `bench_http`'s scripts and `wrk -t1`. Reported per
 server: requests/s, the server's CPU µs per request (from /proc: robust to a busy machine), the event-loop and
 writer threads' share of it, and the route ÷ healthz ratios of requests/s and of CPU. `--workers 2` compares
-two-worker servers instead, and adds each one's `/v1/route` with one worker for the scaling ratio.
+two-worker servers instead, and adds each one's `/v1/route` with one worker for the scaling ratio. `--feedback`
+adds `POST /v1/feedback` to each round, on decisions routed just before the run (one fresh id per request, as
+`bench_http` does).
 """
 
 from __future__ import annotations
@@ -43,9 +45,16 @@ def _thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+FEEDBACK_IDS_PER_S = 6000
+"""Fresh decision ids handed to one feedback run, per second of it (more than a server here answers)."""
+
+
 def _measure(wrk: str, server: bench_http.Server, name: str, connections: int, duration: int) -> dict[str, Any]:
+    args = []
+    if name == "feedback":  # one fresh decision per request, routed before the measured run (as bench_http)
+        args = [str(server.fresh_ids(FEEDBACK_IDS_PER_S * duration, f"ab-{server.used_ids}"))]
     before = _thread_cpu(server.pid)
-    m = bench_http.load(wrk, server, name, connections, duration)
+    m = bench_http.load(wrk, server, name, connections, duration, *args)
     after = _thread_cpu(server.pid)
     n = max(m["requests"], 1)
     m["loop_us"] = (after["loop"] - before["loop"]) / n * 1e6
@@ -68,12 +77,12 @@ def _total(runs: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def compare(base: Path, connections: list[int], rounds: int, duration: int, workers: int,
-            this: Path = HERE.parent) -> list[str]:
+            this: Path = HERE.parent, feedback: bool = False) -> list[str]:
     wrk = bench_http.wrk_path()
     if wrk is None:
         raise SystemExit("needs wrk")
     runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
-    names = ["healthz", "route"]
+    names = ["healthz", "route", *(["feedback"] if feedback else [])]
     with tempfile.TemporaryDirectory(prefix="ab-http-") as tmp, contextlib.ExitStack() as stack:
         servers = {
             "base": stack.enter_context(bench_http.serving(Path(tmp) / "base", workers, base)),
@@ -101,7 +110,9 @@ def compare(base: Path, connections: list[int], rounds: int, duration: int, work
         "| errors |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    ratios = ["", "| server | connections | route ÷ healthz req/s | CPU ratio (healthz ÷ route) |", "|---|---|---|---|"]
+    ratios = ["", "| server | connections | route ÷ healthz req/s | CPU ratio (healthz ÷ route) |"
+              + (" feedback ÷ healthz req/s | CPU ratio (healthz ÷ feedback) |" if feedback else ""),
+              "|---|---|---|---|" + ("---|---|" if feedback else "")]
     for c in connections:
         for side in ("base", "this"):
             totals = {name: _total(runs[side, name, c]) for name in [*names, *(["route-1"] if singles else [])]}
@@ -112,6 +123,9 @@ def compare(base: Path, connections: list[int], rounds: int, duration: int, work
                 )
             h, r = totals["healthz"], totals["route"]
             row = f"| {side} | {c} | {r['rps'] / h['rps']:.2f} | {h['cpu_us'] / r['cpu_us']:.2f} |"
+            if feedback:
+                f = totals["feedback"]
+                row += f" {f['rps'] / h['rps']:.2f} | {h['cpu_us'] / f['cpu_us']:.2f} |"
             if singles:
                 row += f" {workers} workers ÷ 1 on route: {r['rps'] / totals['route-1']['rps']:.2f} |"
             ratios.append(row)
@@ -129,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--feedback", action="store_true", help="also POST /v1/feedback (fresh decision ids)")
     args = parser.parse_args(argv)
     load = os.getloadavg()
     table = compare(args.base, [int(c) for c in args.connections.split(",")], args.rounds, args.duration,
-                    args.workers, args.this)
+                    args.workers, args.this, args.feedback)
     after = os.getloadavg()
     header = [
         f"# Before/after: {args.label}",
@@ -142,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         f"(shared with other work), Python {platform.python_version()}; load average {load[0]:.2f} at the start, "
         f"{after[0]:.2f} at the end",
         f"command: python -m benchmarks.ab_http --base <checkout of the base> --label {args.label} --connections "
-        f"{args.connections} --rounds {args.rounds} --duration {args.duration} --workers {args.workers}",
+        f"{args.connections} --rounds {args.rounds} --duration {args.duration} --workers {args.workers}"
+        + (" --feedback" if args.feedback else ""),
         "",
     ]
     out = Path(args.out)

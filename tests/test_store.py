@@ -654,3 +654,22 @@ def test_a_checkpoint_due_while_the_database_is_down_is_one_log_line(pg_server: 
         assert time.monotonic() < deadline
         time.sleep(0.1)
     store.close()
+
+
+def test_decoded_features_are_aligned_read_only_and_truncation_is_refused() -> None:
+    features = {
+        "w": (np.array([3, 1, 4, 1, 5], dtype=np.uint32), np.array([0.5, 1, 2, 4, 8], dtype=np.float32)),
+        "l": (np.array([], dtype=np.uint32), np.array([], dtype=np.float32)),
+        "markers": (np.array([9], dtype=np.uint32), np.array([1.0], dtype=np.float32)),
+    }
+    blob = encode_features(features)
+    back = decode_features(blob)
+    assert list(back) == list(features)
+    for ns, (idx, val) in back.items():
+        assert np.array_equal(idx, features[ns][0]) and np.array_equal(val, features[ns][1])
+        for array in (idx, val):  # views of one aligned copy each, shared like the extractor's own arrays
+            assert array.flags.aligned and array.flags.c_contiguous and not array.flags.writeable
+    with pytest.raises(StoreError, match="truncated"):
+        decode_features(blob[:-2])
+    with pytest.raises(StoreError, match="unknown"):
+        decode_features(b"XXXX" + blob[4:])

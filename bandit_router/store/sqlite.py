@@ -890,34 +890,51 @@ def _stored_from_row(row: Sequence[Any]) -> StoredDecision:
 
 
 def _decision_from_row(row: Sequence[Any], at: int = 0) -> Decision:
-    """A `Decision` from the values of `DECISION_COLUMNS` starting at position `at` of `row`."""
-
-    def col(name: str) -> Any:
-        return row[at + _DI[name]]
-
+    """A `Decision` from the values of `DECISION_COLUMNS` starting at position `at` of `row`. Every feedback reads
+    its decision back through this, so the columns that repeat from row to row (the model list, the markers, the
+    caller's context) are parsed once per distinct text (`_parsed`: immutable values, shared)."""
+    (decision_id, created_at, model, arm, probability, models, pmf, expected_cost_usd, policy, policy_version,
+     cost_weight, _tenant, input_tokens, n_chars, turns, markers, attributes, features) = row[at : at + 18]
     context = Context(
-        features=decode_features(bytes(col("features"))),
-        input_tokens=int(col("input_tokens")),
-        n_chars=int(col("n_chars") or 0),
-        turns=int(col("turns") or 1),
-        markers=frozenset(json.loads(col("markers") or "[]")),
-        attributes=MappingProxyType(json.loads(col("attributes") or "{}")),
+        features=decode_features(bytes(features)),
+        input_tokens=int(input_tokens),
+        n_chars=int(n_chars or 0),
+        turns=int(turns or 1),
+        markers=_parsed(_MARKERS, markers or "[]", frozenset),
+        attributes=_parsed(_ATTRIBUTES, attributes or "{}", MappingProxyType),
     )
-    arm = col("arm")
     return Decision(
-        decision_id=col("decision_id"),
-        model=col("model"),
+        decision_id=decision_id,
+        model=model,
         arm=int(arm if arm is not None else -1),
-        models=tuple(json.loads(col("models"))),
-        pmf=tuple(float(p) for p in json.loads(col("pmf"))),
-        probability=float(col("probability")),
-        policy=col("policy"),
-        policy_version=int(col("policy_version")),
-        cost_weight=float(col("cost_weight")),
+        models=_parsed(_MODELS, models, tuple),
+        pmf=tuple(map(float, json.loads(pmf))),
+        probability=float(probability),
+        policy=policy,
+        policy_version=int(policy_version),
+        cost_weight=float(cost_weight),
         context=context,
-        expected_cost_usd=tuple(float(c) for c in json.loads(col("expected_cost_usd") or "[]")),
-        created_at=float(col("created_at")),
+        expected_cost_usd=tuple(map(float, json.loads(expected_cost_usd or "[]"))),
+        created_at=float(created_at),
     )
+
+
+_MODELS: dict[str, Any] = {}
+_MARKERS: dict[str, Any] = {}
+_ATTRIBUTES: dict[str, Any] = {}
+_PARSED_MAX = 256
+"""Distinct texts kept per column (`_parsed`); past it the cache starts over."""
+
+
+def _parsed(cache: dict[str, Any], text: str, make: Callable[[Any], Any]) -> Any:
+    """`make(json.loads(text))`, kept per distinct `text` (the values are immutable: a tuple, a frozenset, a
+    read-only mapping of scalars)."""
+    value = cache.get(text)
+    if value is None:
+        if len(cache) >= _PARSED_MAX:
+            cache.clear()
+        value = cache[text] = make(json.loads(text))
+    return value
 
 
 _STATUS = {s.value: s for s in FeedbackStatus}
