@@ -2,10 +2,17 @@
 
 Two ways an off-policy estimate goes wrong, each with a documented threshold (`OverlapThresholds`):
 
-- **Few effective rounds.** ESS = (Σ w)² / Σ w² (Kish 1965) of the importance weights w_i = π(a_i|x_i)/μ_i.
-  When ESS/n < `min_ess_ratio` (default 0.1) or ESS < `min_ess` (default 30), a handful of rounds with large
+- **Few effective rounds.** ESS = (Σ w)² / Σ w² (Kish 1965) of the importance weights w_i = π(a_i|x_i)/μ_i,
+  and the ESS the logger's pmfs lead one to expect, whichever actions happened to be drawn:
+
+      ESS_μ = n · (mean_i E_μ[w | x_i])² / mean_i E_μ[w² | x_i],   E_μ[w² | x] = Σ_{a: μ(a|x) > 0} π(a|x)² / μ(a|x)
+
+  When either is below `min_ess_ratio`·n (default 10%) or `min_ess` (default 30), a handful of rounds with large
   weights carry the estimate: its normal interval is not to be trusted (it under-covers with heavy-tailed
-  weights) and IPS can swing far.
+  weights) and IPS can swing far. The drawn ESS alone is fooled by a lucky log: a candidate the logger
+  exploited on some contexts (w ≈ 1 on many rounds) and explored rarely on the others (w = 1/μ large, but not
+  drawn) shows a comfortable ESS while the estimate misses the rare rounds' share: such logs' intervals almost
+  never cover the truth (`experiments/offline-evaluation/coverage.py`; `tests/test_offline_replay.py`).
 - **Support violation.** The unsupported mass (1/n) Σ_i Σ_a π(a|x_i)·1[μ(a|x_i) < `support_floor`] is the share
   of the candidate's probability that sits where the logger (almost) never goes (default floor 0.001, i.e.
   once in a thousand). Above `max_unsupported_mass` (default 0.01) IPS, clipped IPS and SNIPS miss that part
@@ -14,6 +21,7 @@ Two ways an off-policy estimate goes wrong, each with a documented threshold (`O
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +57,8 @@ class Overlap:
     max_weight: float
     unsupported_mass: float
     warnings: tuple[str, ...] = ()
+    expected_ess: float = math.nan
+    """ESS_μ: the effective sample size expected from the logged pmfs (see the module docstring)."""
 
     @property
     def trusted(self) -> bool:
@@ -62,6 +72,7 @@ class Overlap:
             "ess_ratio": self.ess_ratio,
             "max_weight": self.max_weight,
             "unsupported_mass": self.unsupported_mass,
+            "expected_ess": self.expected_ess,
             "warnings": list(self.warnings),
         }
 
@@ -78,22 +89,38 @@ def overlap(
     t = thresholds or OverlapThresholds()
     n = len(actions)
     if n == 0:
-        return Overlap(0, 0.0, 0.0, 0.0, 0.0, ("no logged rounds with feedback: nothing to estimate from",))
+        return Overlap(0, 0.0, 0.0, 0.0, 0.0, ("no logged rounds with feedback: nothing to estimate from",), 0.0)
     pi = np.asarray(target_pmf, dtype=np.float64)
     mu = np.asarray(logged_pmf, dtype=np.float64)
     w = pi[np.arange(n), np.asarray(actions, dtype=np.intp)] / np.asarray(logged_probability, dtype=np.float64)
     ess = effective_sample_size(w)
     ratio = ess / n
+    expected = expected_effective_sample_size(mu, pi)
     unsupported = float((pi * (mu < t.support_floor)).sum(axis=1).mean())
     warnings = []
-    if ratio < t.min_ess_ratio or ess < t.min_ess:
+    if min(ess, expected) < max(t.min_ess_ratio * n, t.min_ess):
         warnings.append(
-            f"poor overlap: effective sample size {ess:.1f} of {n} rounds ({100 * ratio:.1f}%; warn below "
-            f"{100 * t.min_ess_ratio:.0f}% or {t.min_ess:.0f}); a few rounds carry the estimate, do not trust it"
+            f"poor overlap: effective sample size {ess:.1f} of {n} rounds ({100 * ratio:.1f}%), {expected:.1f} "
+            f"({100 * expected / n:.1f}%) expected from the logged pmfs; warn below {100 * t.min_ess_ratio:.0f}% or "
+            f"{t.min_ess:.0f}; a few rounds carry the estimate, do not trust it"
         )
     if unsupported > t.max_unsupported_mass:
         warnings.append(
             f"support violation: {100 * unsupported:.1f}% of the candidate's probability is on models the logger "
             f"chose with probability < {t.support_floor:g}; IPS/SNIPS miss that part, DM/DR extrapolate"
         )
-    return Overlap(n, ess, ratio, float(w.max()), unsupported, tuple(warnings))
+    return Overlap(n, ess, ratio, float(w.max()), unsupported, tuple(warnings), expected)
+
+
+def expected_effective_sample_size(logged_pmf: np.ndarray, target_pmf: np.ndarray) -> float:
+    """ESS_μ = n · (mean_i Σ_a π_i(a))² / mean_i Σ_a π_i(a)²/μ_i(a), sums over the actions with μ_i(a) > 0, of a
+    target `target_pmf` (n, K) under the logger's `logged_pmf` (n, K): the ESS of the importance weights in
+    expectation over the logger's draws (0 when π has no mass where μ > 0)."""
+    mu = np.asarray(logged_pmf, dtype=np.float64)
+    pi = np.asarray(target_pmf, dtype=np.float64)
+    n = len(mu)
+    seen = mu > 0
+    first = float(np.where(seen, pi, 0.0).sum(axis=1).mean())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        second = float(np.where(seen, pi * pi / np.where(seen, mu, 1.0), 0.0).sum(axis=1).mean())
+    return 0.0 if second == 0.0 else n * first * first / second

@@ -31,6 +31,7 @@ with warnings.catch_warnings():
 from bandit_router.config import Settings
 from bandit_router.evaluation.synthetic import make_world, simulate_log
 from bandit_router.service import create_app
+from simulator.report import git_commit
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -141,8 +142,7 @@ def main() -> None:
         "seeds": {"world": WORLD_SEED, "service": SERVICE_SEED, "feedback": FEEDBACK_SEED, "online": ONLINE_SEED,
                   "evaluate": 0},
         "command": " ".join(["bandit-router", *command[1:]]),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=HERE).stdout.strip(),
+        "commit": git_commit(HERE),  # +dirty when code outside the result folders is uncommitted
         "rows": rows,
         "seconds": {"logging": round(logged_at, 1), "total": round(time.perf_counter() - started, 1)},
     }
