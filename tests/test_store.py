@@ -673,3 +673,24 @@ def test_decoded_features_are_aligned_read_only_and_truncation_is_refused() -> N
         decode_features(blob[:-2])
     with pytest.raises(StoreError, match="unknown"):
         decode_features(b"XXXX" + blob[4:])
+    with pytest.raises(StoreError, match="UTF-8"):
+        decode_features(blob[:5] + b"\xff" + blob[6:])  # "w" is the first name: one byte at offset 5
+
+
+def test_every_truncated_features_blob_is_a_store_error_or_a_whole_prefix() -> None:
+    """A blob cut anywhere (an empty last namespace, as a request without context gives, included) is refused
+    with a StoreError, which the writer's log following survives, never a struct or index error, which ended
+    its thread; a cut exactly between two namespaces cannot be told from fewer namespaces and decodes to them."""
+    from bandit_router.features import FeatureExtractor
+
+    for features in (FeatureExtractor().extract("hello world").features,
+                     {"w": (np.array([7], dtype=np.uint32), np.array([1.0], dtype=np.float32)),
+                      "c": (np.array([], dtype=np.uint32), np.array([], dtype=np.float32))}):
+        blob = encode_features(features)
+        names = list(features)
+        for cut in range(4, len(blob)):
+            try:
+                back = decode_features(blob[:cut])
+            except StoreError:
+                continue
+            assert list(back) == names[: len(back)]

@@ -53,7 +53,12 @@ def decode_features(blob: bytes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     pos, end = 4, len(blob)
     while pos < end:
         size = blob[pos]
-        names.append(blob[pos + 1 : pos + 1 + size].decode("utf-8"))
+        if pos + 1 + size + 4 > end:  # cut inside a namespace's name or count
+            raise StoreError("truncated features encoding")
+        try:
+            names.append(blob[pos + 1 : pos + 1 + size].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise StoreError("corrupt features encoding: a namespace name is not UTF-8") from None
         pos += 1 + size
         (n,) = _COUNT(blob, pos)
         pos += 4

@@ -894,7 +894,7 @@ def _decision_from_row(row: Sequence[Any], at: int = 0) -> Decision:
     its decision back through this, so the columns that repeat from row to row (the model list, the markers, the
     caller's context) are parsed once per distinct text (`_parsed`: immutable values, shared)."""
     (decision_id, created_at, model, arm, probability, models, pmf, expected_cost_usd, policy, policy_version,
-     cost_weight, _tenant, input_tokens, n_chars, turns, markers, attributes, features) = row[at : at + 18]
+     cost_weight, _tenant, input_tokens, n_chars, turns, markers, attributes, features) = row[at : at + _UNPACKED]
     context = Context(
         features=decode_features(bytes(features)),
         input_tokens=int(input_tokens),
@@ -918,6 +918,13 @@ def _decision_from_row(row: Sequence[Any], at: int = 0) -> Decision:
         created_at=float(created_at),
     )
 
+
+_UNPACKED = 18
+if DECISION_COLUMNS[:_UNPACKED] != (
+    "decision_id", "created_at", "model", "arm", "probability", "models", "pmf", "expected_cost_usd", "policy",
+    "policy_version", "cost_weight", "tenant", "input_tokens", "n_chars", "turns", "markers", "attributes", "features",
+):  # fmt: skip
+    raise ImportError("DECISION_COLUMNS changed: update the positional unpack in _decision_from_row")
 
 _MODELS: dict[str, Any] = {}
 _MARKERS: dict[str, Any] = {}
