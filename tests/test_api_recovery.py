@@ -285,3 +285,48 @@ def test_a_long_catch_up_is_work_not_a_database_that_does_not_answer(settings: S
     assert set(stalled) == {None}, [s for s in stalled if s][:1]
     assert len(stalled) > 40  # the catch-up did last longer than STALL_S
     service.close()
+
+
+def test_an_unexpected_error_while_following_the_log_is_retried_not_the_end_of_the_writer(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Learning what another process committed fails once with an error that is not the database's (here a
+    RuntimeError; a corrupt stored row was a struct.error): it is logged and the next round retries, as a failed
+    write transaction is. Before, the exception ended the writer thread, and every feedback was a 503 until a
+    restart."""
+    from bandit_router.router import Router
+    from bandit_router.store import FeedbackRecord
+    from bandit_router.types import Request
+
+    service = Service(settings)
+    follower = service.engine.follower
+    learn = follower.learn
+    failed: list[str] = []
+    learned: list[str] = []
+
+    def once(record: Any, decision: Any) -> None:
+        if not failed:
+            failed.append(record.decision_id)
+            raise RuntimeError("boom")
+        learn(record, decision)
+        learned.append(record.decision_id)
+
+    monkeypatch.setattr(follower, "learn", once)
+    router = Router(seed=2)
+    decisions = [router.route(Request(prompt=f"Sort a list #{i}")) for i in range(5)]
+    other = SQLiteStore(settings.db)  # another process's writer
+    with other.write() as tx:
+        tx.insert_decisions([(d, None, None) for d in decisions])
+        tx.insert_feedback([FeedbackRecord(
+            decision_id=d.decision_id, received_at=time.time(), quality=0.5, cost_usd=None, input_tokens=None,
+            output_tokens=100, latency_s=None, source="test", status="applied", learn=True, reward=0.5,
+            realised_cost_usd=0.0, model=d.model, tenant=None, seq=i + 1) for i, d in enumerate(decisions)])
+    other.close()
+    with caplog.at_level(logging.ERROR, logger="bandit_router.service"):
+        deadline = time.monotonic() + 30
+        while service.engine.applied_seq < 5:
+            assert time.monotonic() < deadline, "the writer stopped following the log"
+            time.sleep(0.02)
+    assert failed and any("following the log failed" in r.getMessage() for r in caplog.records)
+    assert learned == [d.decision_id for d in decisions]  # the row that failed was learned on the retry, in order
+    assert service.round(0)["status"] == "applied"  # and it still stores and learns this process's feedback
+    service.close()

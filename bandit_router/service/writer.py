@@ -540,6 +540,8 @@ class Writer:
                 self.follower.catch_up(reader, progress=self._progress)
         except StoreError as exc:
             self._say("follow", logging.WARNING, "following the log failed (will retry): %s", exc)
+        except Exception as exc:  # as a write transaction's: logged, retried; the writer thread must not end
+            self._say("follow", logging.ERROR, "following the log failed (will retry)", exc_info=exc)
 
     def _progress(self) -> None:
         """A page of the log learned: the round is working, not waiting for the database (`busy_since`)."""
