@@ -250,10 +250,7 @@ def test_a_long_catch_up_is_work_not_a_database_that_does_not_answer(settings: S
     past `STALL_S` the process answered 503 "the database has not answered" until it was done. Here 120 rows
     committed at once, learned at 10 ms a row in pages of 10: the round lasts over a second, `STALL_S` is 0.5 s."""
     from bandit_router.log import follower as follower_module
-    from bandit_router.router import Router
     from bandit_router.service import engine as engine_module
-    from bandit_router.store import FeedbackRecord
-    from bandit_router.types import Request
 
     monkeypatch.setattr(engine_module, "STALL_S", 0.5)
     monkeypatch.setattr(follower_module, "REPLAY_PAGE", 10)
@@ -266,16 +263,7 @@ def test_a_long_catch_up_is_work_not_a_database_that_does_not_answer(settings: S
         learn(record, decision)
 
     monkeypatch.setattr(follower, "learn", slowly)
-    router = Router(seed=1)
-    decisions = [router.route(Request(prompt=f"Sort a list #{i}")) for i in range(120)]
-    other = SQLiteStore(settings.db)  # another process's writer: every row in one transaction
-    with other.write() as tx:
-        tx.insert_decisions([(d, None, None) for d in decisions])
-        tx.insert_feedback([FeedbackRecord(
-            decision_id=d.decision_id, received_at=time.time(), quality=0.5, cost_usd=None, input_tokens=None,
-            output_tokens=100, latency_s=None, source="test", status="applied", learn=True, reward=0.5,
-            realised_cost_usd=0.0, model=d.model, tenant=None, seq=i + 1) for i, d in enumerate(decisions)])
-    other.close()
+    _commit_from_another_process(settings, n=120, seed=1)
     stalled = []
     deadline = time.monotonic() + 30
     while service.engine.applied_seq < 120:
@@ -293,10 +281,6 @@ def test_an_unexpected_error_while_following_the_log_is_retried_not_the_end_of_t
     RuntimeError; a corrupt stored row was a struct.error): it is logged and the next round retries, as a failed
     write transaction is. Before, the exception ended the writer thread, and every feedback was a 503 until a
     restart."""
-    from bandit_router.router import Router
-    from bandit_router.store import FeedbackRecord
-    from bandit_router.types import Request
-
     service = Service(settings)
     follower = service.engine.follower
     learn = follower.learn
@@ -311,16 +295,7 @@ def test_an_unexpected_error_while_following_the_log_is_retried_not_the_end_of_t
         learned.append(record.decision_id)
 
     monkeypatch.setattr(follower, "learn", once)
-    router = Router(seed=2)
-    decisions = [router.route(Request(prompt=f"Sort a list #{i}")) for i in range(5)]
-    other = SQLiteStore(settings.db)  # another process's writer
-    with other.write() as tx:
-        tx.insert_decisions([(d, None, None) for d in decisions])
-        tx.insert_feedback([FeedbackRecord(
-            decision_id=d.decision_id, received_at=time.time(), quality=0.5, cost_usd=None, input_tokens=None,
-            output_tokens=100, latency_s=None, source="test", status="applied", learn=True, reward=0.5,
-            realised_cost_usd=0.0, model=d.model, tenant=None, seq=i + 1) for i, d in enumerate(decisions)])
-    other.close()
+    decisions = _commit_from_another_process(settings, n=5, seed=2)
     with caplog.at_level(logging.ERROR, logger="bandit_router.service"):
         deadline = time.monotonic() + 30
         while service.engine.applied_seq < 5:
@@ -330,3 +305,23 @@ def test_an_unexpected_error_while_following_the_log_is_retried_not_the_end_of_t
     assert learned == [d.decision_id for d in decisions]  # the row that failed was learned on the retry, in order
     assert service.round(0)["status"] == "applied"  # and it still stores and learns this process's feedback
     service.close()
+
+
+def _commit_from_another_process(settings: Settings, n: int, seed: int) -> list[Any]:
+    """`n` decisions and a learned feedback for each (seq 1 … n), committed in one transaction by another writer
+    on the same database, as another worker's or replica's would be; the decisions, in order."""
+    from bandit_router.router import Router
+    from bandit_router.store import FeedbackRecord
+    from bandit_router.types import Request
+
+    router = Router(seed=seed)
+    decisions = [router.route(Request(prompt=f"Sort a list #{i}")) for i in range(n)]
+    other = SQLiteStore(settings.db)
+    with other.write() as tx:
+        tx.insert_decisions([(d, None, None) for d in decisions])
+        tx.insert_feedback([FeedbackRecord(
+            decision_id=d.decision_id, received_at=time.time(), quality=0.5, cost_usd=None, input_tokens=None,
+            output_tokens=100, latency_s=None, source="test", status="applied", learn=True, reward=0.5,
+            realised_cost_usd=0.0, model=d.model, tenant=None, seq=i + 1) for i, d in enumerate(decisions)])
+    other.close()
+    return decisions
