@@ -20,6 +20,7 @@ Run from the repository root: `.venv/bin/python experiments/budgets/run.py` (wri
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -329,7 +330,9 @@ def plot(raw: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    if "--replot" in sys.argv:  # tables and plots again from results/runs.json
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replot", action="store_true", help="the tables and plots again from results/runs.json")
+    if parser.parse_args().replot:
         saved = _compact(json.loads((OUT / "runs.json").read_text()))
         (OUT / "runs.json").write_text(json.dumps(saved))
         (OUT / "table.md").write_text(summarize(saved))

@@ -23,6 +23,7 @@ answer is right and what escalating it to GPT-4 adds to quality (before its cost
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -136,4 +137,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

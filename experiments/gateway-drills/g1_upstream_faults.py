@@ -6,6 +6,7 @@ the status, the time, the error's code, and what was stored; afterwards, what th
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import tempfile
@@ -104,4 +105,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

@@ -7,6 +7,7 @@ many such callers."""
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -121,4 +122,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

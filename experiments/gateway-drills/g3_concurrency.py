@@ -6,6 +6,7 @@ requests, 48 at a time: resident memory, file descriptors and connections before
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 import threading
@@ -166,4 +167,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

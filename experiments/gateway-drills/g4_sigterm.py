@@ -7,6 +7,7 @@ decision a caller was told about."""
 
 from __future__ import annotations
 
+import argparse
 import signal
 import tempfile
 import threading
@@ -125,4 +126,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

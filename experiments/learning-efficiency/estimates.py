@@ -16,6 +16,7 @@ place) rather than on the kind at hand.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -35,8 +36,11 @@ WATCHED = "gpt-4-1106-preview"
 
 
 def main() -> None:
-    spec = sys.argv[1] if len(sys.argv) > 1 else "default"
-    lam = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", nargs="?", default="default", metavar="SPEC")
+    parser.add_argument("lam", nargs="?", type=float, default=0.0, metavar="λ")
+    args = parser.parse_args()
+    spec, lam = args.spec, args.lam
     plan = Plan(env=SETS["routerbench-train"], policies=(spec,), cost_weights=(lam,), seeds=SEEDS)
     ws = Workspace(plan)
     ws.prepare()

@@ -11,6 +11,7 @@ half that the runs whose second half lost more than 0.05 per request account for
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -32,7 +33,9 @@ HALF_LOST = 0.05
 
 
 def main() -> None:
-    specs = tuple(sys.argv[1:]) or ("default",)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("specs", nargs="*", metavar="SPEC", help="policies to screen (default: default)")
+    specs = tuple(parser.parse_args().specs) or ("default",)
     result = simulate(Plan(env=ENV, policies=specs, cost_weights=COST_WEIGHTS, seeds=SEEDS), workers=2)
     print("# Lock-in on RouterBench's tuning split\n")
     print(

@@ -10,6 +10,7 @@ RouteLLM, GPT-4 calls for 95% of GPT-4's quality no worse than the previous defa
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -110,4 +111,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

@@ -15,6 +15,7 @@ Run: .venv/bin/python experiments/offline-evaluation/run.py   (writes results/ n
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -184,4 +185,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

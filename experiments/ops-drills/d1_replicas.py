@@ -10,6 +10,7 @@ without a gap) and each replica's policy against a replay of the log.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
@@ -112,4 +113,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()

@@ -7,6 +7,7 @@ rates; PostgreSQL: `pg_dump` while two replicas do, `pg_restore` into an empty d
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -96,6 +97,7 @@ def postgres_drill() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     if shutil.which("sqlite3") is None:
         sys.exit("the sqlite3 shell is not installed (apt-get install sqlite3)")
     sqlite_drill()

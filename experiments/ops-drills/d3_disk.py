@@ -7,6 +7,7 @@ created, the disk filling up under load (then grown), the database file deleted 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -102,6 +103,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the drill mounts tmpfs file systems")
     main()

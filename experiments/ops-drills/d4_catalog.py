@@ -7,6 +7,7 @@ later edits of the file. What is learned is kept, what is new is explored, what 
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 from collections import Counter
@@ -109,6 +110,7 @@ def run_time_changes() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     file_edits()
     run_time_changes()
     print(json.dumps({"done": True}))

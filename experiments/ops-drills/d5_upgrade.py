@@ -8,6 +8,7 @@ code? And a rolling upgrade on PostgreSQL: an old replica left running while a n
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import tempfile
@@ -122,6 +123,7 @@ def rolling_upgrade_on_postgres() -> dict[str, object]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     for commit, schema in OLD.items():
         print(f"SQLite written at {commit} ({schema}):", json.dumps(sqlite_upgrade(commit), default=str), flush=True)
     print(f"PostgreSQL, an old replica ({PG_OLD}) left running beside a new one:",

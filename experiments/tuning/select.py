@@ -8,6 +8,7 @@ and seeds, of online runs from scratch on the training split. Writes `selected.j
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -52,4 +53,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()
