@@ -167,8 +167,8 @@ def test_learned_escalation_learns_which_kinds_of_prompt_to_escalate() -> None:
     costs λ·ĉ = 100 · 0.002 = 0.2 (accept: 0.9 / 0.1, escalate: 0.75). The judge's score says nothing (always
     0.5): only the prompt tells them apart. After 1,500 chains the learner escalates hard prompts and accepts easy
     ones (margins: ≥ 0.9 and ≤ 0.1 over 200 fresh prompts of each kind). A signal that says nothing leaves all
-    the learning to exploration: v = 0.5 (the default 0.1 was tuned for informative judges; with it this case
-    is learned in 9 of 12 seeds by 1,500 chains, with 0.5 in 12 of 12)."""
+    the learning to exploration: v = 0.5 (the default 0.05 was tuned for informative judges; over seeds 0–11 this
+    case is learned by 1,500 chains in 9 of 12 with 0.5, 2 of 12 with 0.05: experiments/cascade/weak_signal.py)."""
     rng = np.random.default_rng(7)
     learner = LearnedEscalation(EscalationParams(v=0.5))
     kinds = {"easy": EXTRACTOR.extract("translate this short greeting please"),
