@@ -7,7 +7,7 @@ chosen: that number is what makes counterfactual evaluation of other policies po
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -31,6 +31,8 @@ class Message:
 def _freeze_context(context: Mapping[str, Scalar] | None) -> Mapping[str, Scalar]:
     if not context:
         return MappingProxyType({})
+    if not isinstance(context, Mapping):
+        raise InvalidInput(f"context must be a mapping of names to values, got {type(context).__name__}")
     for key, value in context.items():
         if not isinstance(key, str):
             raise InvalidInput(f"context keys must be strings, got {key!r}")
@@ -39,6 +41,27 @@ def _freeze_context(context: Mapping[str, Scalar] | None) -> Mapping[str, Scalar
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInput(f"context[{key!r}] must be finite")
     return MappingProxyType(dict(context))
+
+
+def _messages(messages: object) -> tuple[Message, ...]:
+    """`Request.messages` as `Message`s: each one a `Message` or a mapping with exactly `role` and `content`,
+    both strings (anything else is an `InvalidInput` naming `messages[i]`, not a `TypeError` from deeper down)."""
+    if isinstance(messages, str | bytes | Mapping | Message) or not isinstance(messages, Iterable):
+        raise InvalidInput(f"messages must be a list of messages, got {type(messages).__name__}")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Message):
+            if not isinstance(m, Mapping):
+                raise InvalidInput(f"messages[{i}] must be a Message or a mapping with role and content, "
+                                   f"got {type(m).__name__}")
+            if set(m) != {"role", "content"}:
+                raise InvalidInput(f"messages[{i}] must have exactly the keys role and content, "
+                                   f"got {sorted(map(str, m))}")
+            m = Message(m["role"], m["content"])
+        if not (isinstance(m.role, str) and isinstance(m.content, str)):
+            raise InvalidInput(f"messages[{i}]: role and content must be strings")
+        out.append(m)
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -59,19 +82,29 @@ class Request:
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise InvalidInput("give exactly one of prompt or messages")
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise InvalidInput(f"prompt must be a string, got {type(self.prompt).__name__}")
         if self.messages is not None:
-            msgs = tuple(m if isinstance(m, Message) else Message(**m) for m in self.messages)
+            msgs = _messages(self.messages)
             if not msgs:
                 raise InvalidInput("messages must not be empty")
             object.__setattr__(self, "messages", msgs)
         if self.models is not None:
+            if isinstance(self.models, str):
+                raise InvalidInput("models must be a list of model names, not one string")
             object.__setattr__(self, "models", tuple(self.models))
             if not self.models:
                 raise InvalidInput("models must not be empty when given")
-        if self.cost_weight is not None and (
-            isinstance(self.cost_weight, bool) or not math.isfinite(self.cost_weight) or self.cost_weight < 0
-        ):
-            raise InvalidInput("cost_weight must be a finite number >= 0")
+        if self.cost_weight is not None:
+            try:
+                valid = not isinstance(self.cost_weight, bool) and math.isfinite(self.cost_weight) \
+                    and self.cost_weight >= 0
+            except TypeError:  # a string, None-like object, …
+                valid = False
+            if not valid:
+                raise InvalidInput("cost_weight must be a finite number >= 0")
+        if self.decision_id is not None and not isinstance(self.decision_id, str):
+            raise InvalidInput(f"decision_id must be a string, got {type(self.decision_id).__name__}")
         object.__setattr__(self, "context", _freeze_context(self.context))
 
     @property

@@ -22,6 +22,7 @@ from service_client import client_factory
 
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets
+from bandit_router.config.routers import RouterAlias
 
 CLIENT_KEY = "client-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -370,6 +371,21 @@ def test_models_can_be_added_and_retired(client: TestClient) -> None:
     with _db(client) as conn:
         assert conn.execute("SELECT action, name FROM model_events ORDER BY id").fetchall() == [
             ("add", "house-model"), ("retire", "house-model")]
+
+
+def test_a_model_named_like_a_gateway_alias_is_409_and_stores_nothing(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """The catalog refuses such a name at start; at run time it would be a model `model = <name>` never reaches
+    (the alias wins) and a second entry of that id in the OpenAI list."""
+    upstream = "http://127.0.0.1:9/v1"  # never called: the app only starts
+    models = (ModelSpec("a", 1.0, 2.0, base_url=upstream), ModelSpec("b", 1.0, 2.0, base_url=upstream))
+    client = make_client(models=models, routers=(RouterAlias("cheap-first", "cascade", ("a", "b"), signal="logprob"),))
+    for name, said in (("router", "router_alias"), ("cheap-first", "named router")):
+        reply = client.post("/v1/models", json={"name": name, "input_usd_per_mtok": 1, "output_usd_per_mtok": 1})
+        assert reply.status_code == 409 and said in reply.json()["message"], reply.text
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["router", "cheap-first", "a", "b"]
+    assert _count(client, "SELECT COUNT(*) FROM model_events") == 0
 
 
 @pytest.mark.parametrize(

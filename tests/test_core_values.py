@@ -35,6 +35,19 @@ from bandit_router.types import Context, Message, Outcome, Request
         ({"prompt": "a", "models": ()}, "models must not be empty"),
         ({"prompt": "a", "context": {"x": [1]}}, "context"),
         ({"prompt": "a", "context": {"x": math.nan}}, "finite"),
+        # each of these was a TypeError or an AttributeError from deeper down, not the documented InvalidInput:
+        ({"messages": ({"role": "user"},)}, r"messages\[0\] must have exactly the keys role and content"),
+        ({"messages": ({"role": "user", "content": "b", "name": "bob"},)}, r"messages\[0\].*\['content', 'name'"),
+        ({"messages": ({"role": "user", "content": 5},)}, r"messages\[0\]: role and content must be strings"),
+        ({"messages": ("hi",)}, r"messages\[0\] must be a Message or a mapping"),
+        ({"messages": "hi"}, "messages must be a list of messages"),
+        ({"messages": Message("user", "hi")}, "messages must be a list of messages"),
+        ({"prompt": 5}, "prompt must be a string"),
+        ({"prompt": b"a"}, "prompt must be a string"),
+        ({"prompt": "a", "models": "gpt-4o"}, "models must be a list of model names"),
+        ({"prompt": "a", "cost_weight": "3"}, "cost_weight"),
+        ({"prompt": "a", "decision_id": 5}, "decision_id must be a string"),
+        ({"prompt": "a", "context": [("x", 1)]}, "context must be a mapping"),
     ],
 )
 def test_request_rejects_bad_values(kwargs: dict, message: str) -> None:

@@ -490,6 +490,13 @@ class Engine:
         return done
 
     async def add_model(self, spec: ModelSpec) -> ModelSpec:
+        """Add a model at run time. A name the gateway reads as an alias (`router_alias`, a named router's) is a
+        `Conflict`, as it is in the catalog at start: `model = <that name>` would never reach the model."""
+        if spec.name == self.settings.gateway.router_alias:
+            raise Conflict(f"model {spec.name!r}: the name is the gateway's alias for routing (router_alias); "
+                           "choose another name")
+        if spec.name in {r.name for r in self.settings.named_routers.routers}:
+            raise Conflict(f"model {spec.name!r}: the name is a named router's ([[routers]]); choose another name")
         added: ModelSpec = await self._submit(AddModel(spec, self.settings.limits.max_models))
         return added
 
