@@ -90,16 +90,18 @@ class Request:
                 raise InvalidInput("messages must not be empty")
             object.__setattr__(self, "messages", msgs)
         if self.models is not None:
-            if isinstance(self.models, str):
+            if isinstance(self.models, str | bytes):
                 raise InvalidInput("models must be a list of model names, not one string")
             object.__setattr__(self, "models", tuple(self.models))
+            if not all(isinstance(m, str) for m in self.models):
+                raise InvalidInput("models must be a list of model names (strings)")
             if not self.models:
                 raise InvalidInput("models must not be empty when given")
         if self.cost_weight is not None:
             try:
                 valid = not isinstance(self.cost_weight, bool) and math.isfinite(self.cost_weight) \
                     and self.cost_weight >= 0
-            except TypeError:  # a string, None-like object, …
+            except (TypeError, OverflowError):  # a string, an int too large for a float, …
                 valid = False
             if not valid:
                 raise InvalidInput("cost_weight must be a finite number >= 0")

@@ -18,11 +18,12 @@ with warnings.catch_warnings():  # Starlette 1.10 asks for `httpx2`; the plain h
     warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
     from fastapi.testclient import TestClient
 
-from service_client import client_factory
+from service_client import client_factory, start_client
 
 from bandit_router.catalog import ModelSpec
-from bandit_router.config import Secrets
+from bandit_router.config import Secrets, Settings
 from bandit_router.config.routers import RouterAlias
+from bandit_router.service.app import create_app
 
 CLIENT_KEY = "client-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -386,6 +387,39 @@ def test_a_model_named_like_a_gateway_alias_is_409_and_stores_nothing(
         assert reply.status_code == 409 and said in reply.json()["message"], reply.text
     assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["router", "cheap-first", "a", "b"]
     assert _count(client, "SELECT COUNT(*) FROM model_events") == 0
+
+
+def test_a_model_added_before_a_router_of_its_name_was_configured_stops_recovery(tmp_path: Path) -> None:
+    """The other way round: the model was added at run time, then a `[[routers]]` entry (or `router_alias`) took
+    its name. The service does not become ready, and says why and what to do; the stored model is kept."""
+    upstream = "http://127.0.0.1:9/v1"  # never called
+    models = (ModelSpec("a", 1.0, 2.0, base_url=upstream), ModelSpec("b", 1.0, 2.0, base_url=upstream))
+    db = tmp_path / "clash.db"
+    first = start_client(Settings(db=db, seed=7, models=models))  # entered: its `__exit__` stops it
+    try:
+        added = first.post("/v1/models", json={"name": "cheap-first", "input_usd_per_mtok": 1,
+                                               "output_usd_per_mtok": 1})
+        assert added.status_code == 201, added.text
+    finally:
+        first.__exit__(None, None, None)
+    clashing = (
+        {"routers": (RouterAlias("cheap-first", "cascade", ("a", "b"), signal="logprob"),)},
+        {"router_alias": "cheap-first"},
+    )
+    for changes in clashing:
+        with TestClient(create_app(Settings(db=db, seed=7, models=models, **changes))) as client:
+            deadline = time.monotonic() + 10
+            while "failed" not in (reply := client.get("/readyz")).text:
+                assert reply.status_code == 503 and time.monotonic() < deadline, reply.text
+                time.sleep(0.01)
+            message = reply.json()["message"]
+            assert reply.status_code == 503 and "'cheap-first' (added at run time)" in message, message
+            assert "DELETE /v1/models/cheap-first" in message
+    again = start_client(Settings(db=db, seed=7, models=models))
+    try:
+        assert "cheap-first" in [m["id"] for m in again.get("/v1/models").json()["data"]]
+    finally:
+        again.__exit__(None, None, None)
 
 
 @pytest.mark.parametrize(

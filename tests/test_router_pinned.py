@@ -11,8 +11,8 @@ retired at run time, a budget pacer in one variant) is routed and learned with a
   features and the default policy's dense vector, as `float.hex`), the learned weights and the snapshot: the
   values bit for bit. A platform's numpy/scipy (SIMD `exp`, OpenBLAS kernels chosen by the CPU model), glibc's
   libm and VW's build may round a last bit differently, so the digest is checked on the platform it was recorded
-  on (`PLATFORM`: the CPU's model included, since two AVX-512 CPUs gave different LinUCB and VW digests with the
-  same packages); elsewhere the first two still hold.
+  on (`PLATFORM`: the CPU's model and features included, since two AVX-512 CPUs gave different LinUCB and VW
+  digests with the same packages); elsewhere the first two still hold.
 
 The arms and pmfs were recorded at commit 7c7aef41 (before the fourth hot-path pass), Python 3.11.7, numpy 2.4.6,
 scipy 1.17.1; the `default` entries re-recorded when that policy's prior variance and then its noise prior changed
@@ -46,17 +46,19 @@ WORDS = VOCABULARY.split()
 
 
 def _cpu_model() -> str:
-    """'vendor family model' from /proc/cpuinfo (what OpenBLAS and numpy choose their kernels by), or ''."""
+    """'vendor family model flags-digest' of the first CPU in /proc/cpuinfo (what OpenBLAS and numpy choose their
+    kernels by: a hypervisor may report one model with different features masked), or ''."""
     try:
         with open("/proc/cpuinfo") as f:
             pairs = [line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line]
     except OSError:
         return ""
     fields = {key.strip(): value.strip() for key, value in pairs}
-    return " ".join(fields.get(key, "") for key in ("vendor_id", "cpu family", "model"))
+    flags = hashlib.sha256(" ".join(sorted(fields.get("flags", "").split())).encode()).hexdigest()[:12]
+    return " ".join([*(fields.get(key, "") for key in ("vendor_id", "cpu family", "model")), flags])
 
 
-PLATFORM = ("x86_64", "GenuineIntel 6 167", "glibc 2.36", "2.4.6", "1.17.1", "0.7.0")
+PLATFORM = ("x86_64", "GenuineIntel 6 167 fc7df03f53a7", "glibc 2.36", "2.4.6", "1.17.1", "0.7.0")
 """(machine, CPU model, libc, numpy, scipy, vowpal-wabbit-next) where `DIGESTS` were recorded."""
 
 

@@ -14,7 +14,7 @@ They are kept as `Secrets`, whose `repr` shows only how many there are.
 
 from ..errors import ConfigError
 from .loader import DEFAULT_FILE, ENV_PREFIX, PARSERS, describe_keys, layered, load_settings, read_keys, read_toml
-from .routers import STRATEGIES, RouterAlias, RoutersSettings, check_routers, parse_routers
+from .routers import STRATEGIES, RouterAlias, RoutersSettings, alias_clash, check_routers, parse_routers
 from .sections import (
     AGGREGATIONS,
     MIN_KEY_LENGTH,
@@ -51,6 +51,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "StorageSettings",
+    "alias_clash",
     "check_routers",
     "describe_keys",
     "layered",

@@ -184,6 +184,16 @@ def check_routers(
             raise ConfigError(f"routers: {r.name!r}: descriptions for models it does not route to: {stray}")
 
 
+def alias_clash(name: str, bandit_alias: str, routers: Sequence[RouterAlias]) -> str | None:
+    """Why the gateway could never reach a model called `name` (a client's `model = name` means the alias, which
+    wins), or None: the name is the bandit's alias or a named router's."""
+    if name == bandit_alias:
+        return "the name is the gateway's alias for routing (router_alias)"
+    if any(r.name == name for r in routers):
+        return "the name is a named router's ([[routers]])"
+    return None
+
+
 @dataclass(frozen=True)
 class RoutersSettings:
     """Named routers besides the bandit: cascades, learned cascades and LLM routers (`[[routers]]` tables)."""

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..budgets import BudgetConfig, BudgetPacer
 from ..catalog import ModelSpec
-from ..config import Settings
+from ..config import ConfigError, Settings, alias_clash
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, UnknownDecision
 from ..ids import new_decision_id
@@ -334,6 +334,20 @@ class Engine:
             self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
         )
         self.policies.warn_about_missing_fixed_models()
+        self._refuse_alias_clashes()
+
+    def _refuse_alias_clashes(self) -> None:
+        """A model added at run time whose name a later configuration made an alias (`router_alias`, a
+        `[[routers]]` name) stops recovery, as that name in the catalog stops the start: the gateway could never
+        reach the model, and `GET /v1/models` would list the name twice."""
+        for model in self.router.models:
+            clash = alias_clash(model.name, self.settings.gateway.router_alias, self.settings.named_routers.routers)
+            if clash is not None:
+                raise ConfigError(
+                    f"model {model.name!r} (added at run time) clashes with the configuration: {clash}. Rename the "
+                    f"router (or router_alias), or start without it and retire the model (DELETE "
+                    f"/v1/models/{model.name})"
+                )
 
     def _between_batches(self) -> None:
         if not self._sealed:
@@ -492,11 +506,9 @@ class Engine:
     async def add_model(self, spec: ModelSpec) -> ModelSpec:
         """Add a model at run time. A name the gateway reads as an alias (`router_alias`, a named router's) is a
         `Conflict`, as it is in the catalog at start: `model = <that name>` would never reach the model."""
-        if spec.name == self.settings.gateway.router_alias:
-            raise Conflict(f"model {spec.name!r}: the name is the gateway's alias for routing (router_alias); "
-                           "choose another name")
-        if spec.name in {r.name for r in self.settings.named_routers.routers}:
-            raise Conflict(f"model {spec.name!r}: the name is a named router's ([[routers]]); choose another name")
+        clash = alias_clash(spec.name, self.settings.gateway.router_alias, self.settings.named_routers.routers)
+        if clash is not None:
+            raise Conflict(f"model {spec.name!r}: {clash}; choose another name")
         added: ModelSpec = await self._submit(AddModel(spec, self.settings.limits.max_models))
         return added
 
