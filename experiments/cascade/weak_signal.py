@@ -8,7 +8,7 @@ escalating costs λ·ĉ = 100 · 0.002 = 0.2 (so accept is worth 0.9 / 0.1 and e
 is always 0.5: only the prompt's features tell the kinds apart. Easy and hard prompts alternate for 1,500 chains;
 then the learner decides 200 fresh prompts of each kind. A seed counts as learned when it escalates ≥ 90% of the
 hard prompts and ≤ 10% of the easy ones (the test's margins). Seeds 0–11 (the test itself uses seed 7), v = 0.05
-(the default, tuned for informative judges), 0.1 and 0.5 (what docs/cascades.md advises for a weak signal).
+(the default, tuned for informative judges), 0.1, 0.5, 1 and 2.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from bandit_router.features import FeatureExtractor
 from simulator.report import git_commit
 
 SEEDS = tuple(range(12))
-SCALES = (0.05, 0.1, 0.5)
+SCALES = (0.05, 0.1, 0.5, 1.0, 2.0)
 CHAINS = 1500
 P_CHEAP = {"easy": 0.9, "hard": 0.1}
 EXTRACTOR = FeatureExtractor()
