@@ -166,11 +166,13 @@ def test_learned_escalation_learns_which_kinds_of_prompt_to_escalate() -> None:
     """Cheap model right on 'easy' prompts 90% of the time, on 'hard' ones 10%; the strong one 95% and escalating
     costs λ·ĉ = 100 · 0.002 = 0.2 (accept: 0.9 / 0.1, escalate: 0.75). The judge's score says nothing (always
     0.5): only the prompt tells them apart. After 1,500 chains the learner escalates hard prompts and accepts easy
-    ones (margins: ≥ 0.9 and ≤ 0.1 over 200 fresh prompts of each kind). A signal that says nothing leaves all
-    the learning to exploration: v = 0.5 (the default 0.05 was tuned for informative judges; over seeds 0–11 this
-    case is learned by 1,500 chains in 9 of 12 with 0.5, 2 of 12 with 0.05: experiments/cascade/weak_signal.py)."""
+    ones (margins: ≥ 0.9 and ≤ 0.2 of 200 fresh prompts of each kind). A signal that says nothing leaves all the
+    learning to exploration: v = 1 (the default 0.05 was tuned for informative judges). Over seeds 0–11
+    (experiments/cascade/weak_signal.py, results/weak-signal.md) v = 1 escalates 0.97–1.00 of the hard prompts and
+    0.03–0.12 of the easy ones (exploration) on every seed, while 0.5 locks in on escalating easy prompts too on 3
+    of 12 seeds and 0.05 on 10 of 12: this test does not depend on its seed's luck."""
     rng = np.random.default_rng(7)
-    learner = LearnedEscalation(EscalationParams(v=0.5))
+    learner = LearnedEscalation(EscalationParams(v=1.0))
     kinds = {"easy": EXTRACTOR.extract("translate this short greeting please"),
              "hard": EXTRACTOR.extract("prove the theorem about prime gaps rigorously")}
     p_cheap = {"easy": 0.9, "hard": 0.1}
@@ -191,8 +193,8 @@ def test_learned_escalation_learns_which_kinds_of_prompt_to_escalate() -> None:
     for kind, ctx in kinds.items():
         steps = [learner.decide(ctx, 0, "cheap", 0.5, 0.002, 100.0, rng) for _ in range(200)]
         rates[kind] = np.mean([s.escalate for s in steps])
-    assert rates["hard"] >= 0.9 and rates["easy"] <= 0.1, rates
-    clone = LearnedEscalation(EscalationParams(v=0.5))
+    assert rates["hard"] >= 0.9 and rates["easy"] <= 0.2, rates
+    clone = LearnedEscalation(EscalationParams(v=1.0))
     clone.load(learner.state())
     z = learner.state_vector(kinds["hard"], 0, 0.5)
     assert clone.p_escalate(z, 0, 0.002, 100.0) == learner.p_escalate(z, 0, 0.002, 100.0)
