@@ -3,11 +3,14 @@ expensive one, a judge whose scores track the answer's quality with noise, and a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import json
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread, kind_of
+from benchmarks.fake_upstream import JUDGE, FakeUpstream, Send, ServerThread, kind_of
 
 QUALITY = {
     "cheap": {"code": 0.15, "math": 0.85, "prose": 0.9},
@@ -29,6 +32,46 @@ class ChooserFake(FakeUpstream):
             kind = kind_of(prompt.split("[Request]", 1)[-1])
             return {"code": "I would use **strong**.", "prose": "cheap"}.get(kind, "Hard to say.")
         return super().answer(model, messages, prompt)
+
+
+Scripted = Callable[[dict[str, Any]], tuple[int, str, list[bytes]]]
+"""`script[model](request)` → (status, content type, the body's parts, each sent as it is)."""
+
+
+@dataclass
+class ScriptedFake(ChooserFake):
+    """`ChooserFake` whose models can be told to answer with exact bytes (`script`), for replies that no well-behaved
+    upstream sends: malformed log-probs, lone surrogates, a stream that ends early."""
+
+    script: dict[str, Scripted] = field(default_factory=dict)
+
+    async def complete(self, request: dict[str, Any], send: Send, left: asyncio.Event | None = None) -> None:
+        model = request.get("model", "")
+        scripted = self.script.get(model)
+        if scripted is None:
+            await super().complete(request, send, left)
+            return
+        self.calls[model] += 1
+        status, content_type, parts = scripted(request)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", content_type.encode())]})
+        for i, part in enumerate(parts or [b""]):
+            await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
+
+
+def completion(content: Any, **choice: Any) -> bytes:
+    """A chat completion's JSON with one choice whose message has `content` (and `choice`'s other fields)."""
+    return json.dumps({
+        "id": "chatcmpl-scripted", "object": "chat.completion", "created": 1, "model": "scripted",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop",
+                     **choice}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
+    }).encode()
+
+
+def replying(body: bytes, status: int = 200) -> Scripted:
+    """A script that answers every request with `body` (JSON)."""
+    return lambda request: (status, "application/json", [body])
 
 
 Upstream = TypeVar("Upstream", bound=FakeUpstream)

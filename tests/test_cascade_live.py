@@ -21,7 +21,7 @@ from bandit_router.evaluation.store_log import recent_log
 from bandit_router.service import create_app
 from bandit_router.store import SQLiteStore
 from benchmarks.fake_upstream import JUDGE, ServerThread, quality_in
-from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ChooserFake, serving
+from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ScriptedFake, completion, replying, serving
 
 ROUTERS = (
     RouterAlias("cascade", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=0.7),
@@ -33,16 +33,17 @@ ROUTERS = (
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[ChooserFake]:
-    with serving(ChooserFake(quality=QUALITY, seed=5, judge_noise=0.1)) as upstream:
+def fake() -> Iterator[ScriptedFake]:
+    with serving(ScriptedFake(quality=QUALITY, seed=5, judge_noise=0.1)) as upstream:
         yield upstream
 
 
 @pytest.fixture
-def gateway(fake: ChooserFake, tmp_path: Path) -> Iterator[Callable[..., str]]:
+def gateway(fake: ScriptedFake, tmp_path: Path) -> Iterator[Callable[..., str]]:
     """`start()` serves a fresh gateway with the named routers; returns its base URL. Every model starts healthy."""
     servers: list[ServerThread] = []
     fake.behaviour.clear()
+    fake.script.clear()
 
     def start(**changes: Any) -> str:
         specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=fake.url + "/v1",  # type: ignore[attr-defined]
@@ -131,7 +132,7 @@ def test_a_streaming_client_gets_the_accepted_answer(gateway: Callable[..., str]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
-def test_the_logprob_signal_needs_no_judge(gateway: Callable[..., str], fake: ChooserFake) -> None:
+def test_the_logprob_signal_needs_no_judge(gateway: Callable[..., str], fake: ScriptedFake) -> None:
     url = gateway()
     before = fake.calls[JUDGE]
     completion, chain, _ = ask(url, "confident", PROSE)
@@ -142,8 +143,31 @@ def test_the_logprob_signal_needs_no_judge(gateway: Callable[..., str], fake: Ch
     assert fake.calls[JUDGE] == before
 
 
+
+@pytest.mark.parametrize("logprobs", [
+    '{"content": [{"token": "a", "logprob": 1%s}]}' % ("0" * 400),  # an integer no float holds
+    "null", '{"content": null}', '{"content": "a"}', '{"content": [{"token": "a", "logprob": null}]}',
+    '{"content": [{"token": "a", "logprob": "likely"}]}', '{"content": [{"token": "a"}]}',
+], ids=["huge-int", "null", "content-null", "content-str", "logprob-null", "logprob-str", "logprob-missing"])
+def test_log_probs_that_are_not_numbers_are_not_confident_never_a_500(
+    gateway: Callable[..., str], fake: ScriptedFake, logprobs: str
+) -> None:
+    """A reply whose log-probs cannot be read is an answer without a confidence (escalate), not a 500."""
+    url = gateway()
+    field = b'"logprobs": ' + logprobs.encode() + b', "finish_reason"'
+    answer = completion("cheap's answer").replace(b'"finish_reason"', field)
+    fake.script["cheap"] = replying(answer)
+    reply = httpx.post(url + "/v1/chat/completions",
+                       json={"model": "confident", "messages": [{"role": "user", "content": PROSE}]})
+    assert reply.status_code == 200, reply.text
+    chain = reply.json()["bandit_router"]
+    assert chain["steps"][0]["confidence"] is None and chain["steps"][0]["action"] == "escalate"
+    assert reply.json()["model"] == "strong" and chain["calls"][0]["cost_usd"] > 0  # the cheap answer was paid for
+
 # -- failures ---------------------------------------------------------------------------------------------------
-def test_an_upstream_failure_mid_chain_falls_back_without_a_500(gateway: Callable[..., str], fake: ChooserFake) -> None:
+def test_an_upstream_failure_mid_chain_falls_back_without_a_500(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
     url = gateway()
     fake.set("strong", "fail")
     completion, chain, decision_id = ask(url, "cascade", CODE)  # escalated to a failing model: cheap's answer
@@ -163,7 +187,7 @@ def test_an_upstream_failure_mid_chain_falls_back_without_a_500(gateway: Callabl
 
 
 def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_before_any_answer_is_the_clients(
-    gateway: Callable[..., str], fake: ChooserFake
+    gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
     url = gateway()
     fake.set("strong", "reject")  # a 400 that blames the request: e.g. the prompt is too long for this model
@@ -183,7 +207,7 @@ def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_bef
 
 
 def test_a_refusal_after_a_failed_call_is_the_clients_and_both_calls_are_counted(
-    gateway: Callable[..., str], fake: ChooserFake
+    gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
     """The cascade's first model fails (a 500), the next refuses the request itself (a 400) before any model
     answered: the client gets the 400, and the request counts as failed with both of its calls."""
@@ -199,7 +223,7 @@ def test_a_refusal_after_a_failed_call_is_the_clients_and_both_calls_are_counted
 
 
 def test_a_refusal_of_the_llm_routers_named_model_is_the_clients_and_the_routing_call_is_counted(
-    gateway: Callable[..., str], fake: ChooserFake
+    gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
     """The routing LLM names `strong` for code; `strong` refuses the request itself (a 400): the client gets the
     400, and the request counts as failed with the routing call it paid for."""
@@ -238,7 +262,7 @@ def test_learned_escalation_learns_which_kinds_to_escalate(gateway: Callable[...
 
 # -- an LLM as the router ---------------------------------------------------------------------------------------
 def test_the_llm_router_picks_per_its_judgement_and_falls_back_to_the_policy(
-    gateway: Callable[..., str], fake: ChooserFake
+    gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
     url = gateway()
     completion, info, decision_id = ask(url, "auto", CODE)
@@ -305,7 +329,7 @@ def _answer_calls(calls: list[dict[str, Any]]) -> list[tuple[str, bool]]:
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_attempts_counts_the_models_asked_for_an_answer_for_every_strategy(
-    gateway: Callable[..., str], fake: ChooserFake, stream: bool
+    gateway: Callable[..., str], fake: ScriptedFake, stream: bool
 ) -> None:
     """`x-bandit-router-attempts` is how many models the request asked for an answer, answered or failed: the
     first choice and its fallbacks for the bandit's alias, 1 for a model the caller named, every model a cascade
@@ -343,7 +367,7 @@ def test_attempts_counts_the_models_asked_for_an_answer_for_every_strategy(
 
 # -- what a named router stores and reports -------------------------------------------------------------------------
 def test_an_llm_router_whose_named_model_fails_stores_the_model_that_answered_with_probability_1(
-    gateway: Callable[..., str], fake: ChooserFake
+    gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
     """The routing LLM names `cheap` (prose), `cheap` fails, `strong` answers: the decision is the LLM router's,
     probability 1 on `strong`, never the policy's (whose pmf did not choose it); feedback on it is `unrouted`."""

@@ -450,11 +450,12 @@ def chain_pmf(models: Sequence[str], result: ChainResult) -> list[float]:
 
 
 def _logprobs(body: Mapping[str, Any]) -> tuple[float, ...] | None:
-    """The first choice's token log-probabilities (`choices[0].logprobs.content[*].logprob`), None when absent."""
+    """The first choice's token log-probabilities (`choices[0].logprobs.content[*].logprob`), None when absent or
+    not numbers (an integer too large for a float included: the upstream's JSON is not ours to trust)."""
     try:
         content = body["choices"][0]["logprobs"]["content"]
         values = tuple(float(t["logprob"]) for t in content)
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError):
         return None
     return values or None
 
