@@ -132,6 +132,31 @@ def test_a_streaming_client_gets_the_accepted_answer(gateway: Callable[..., str]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+
+def _streamed(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The JSON events of a streamed reply (200), in order, up to `[DONE]`, which must end it."""
+    reply = httpx.post(url + "/v1/chat/completions", json={**body, "stream": True}, timeout=30)
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream"), reply.text
+    data = [line[6:] for line in reply.text.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]", data
+    return [json.loads(d) for d in data[:-1]]
+
+
+def test_a_streamed_answer_with_a_lone_surrogate_is_relayed_not_a_500(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """An upstream's JSON may escape half of a surrogate pair (`\\ud800`): valid JSON, not encodable as UTF-8. The
+    streamed cascade relays it escaped, as the JSON reply does, instead of failing to encode it (a 500)."""
+    url = gateway()
+    text = "half \ud800 a pair"
+    fake.script["cheap"] = replying(completion(text))
+    fake.script[JUDGE] = replying(completion("9"))
+    body = {"model": "cascade", "messages": [{"role": "user", "content": PROSE}]}
+    chunks = _streamed(url, body)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == text
+    reply = httpx.post(url + "/v1/chat/completions", json=body)
+    assert reply.json()["choices"][0]["message"]["content"] == text
+
 def test_the_logprob_signal_needs_no_judge(gateway: Callable[..., str], fake: ScriptedFake) -> None:
     url = gateway()
     before = fake.calls[JUDGE]

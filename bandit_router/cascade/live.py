@@ -486,7 +486,6 @@ def sse_events(body: Mapping[str, Any], include_usage: bool) -> bytes:
     ]
     if include_usage and isinstance(body.get("usage"), Mapping):
         chunks.append({**base, "choices": [], "usage": body["usage"]})
-    events = [
-        b"data: " + json.dumps(c, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n\n" for c in chunks
-    ]
+    # ASCII-escaped, as the gateway relays chunks: an upstream's JSON may hold half a surrogate pair, not UTF-8
+    events = [b"data: " + json.dumps(c, separators=(",", ":")).encode("ascii") + b"\n\n" for c in chunks]
     return b"".join(events) + b"data: [DONE]\n\n"
