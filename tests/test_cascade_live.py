@@ -157,6 +157,43 @@ def test_a_streamed_answer_with_a_lone_surrogate_is_relayed_not_a_500(
     reply = httpx.post(url + "/v1/chat/completions", json=body)
     assert reply.json()["choices"][0]["message"]["content"] == text
 
+def test_a_streamed_answer_carries_every_choice_tool_call_and_log_prob_of_the_accepted_completion(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """A streaming client gets exactly the accepted completion: with `n = 2` both choices, a tool call (the
+    OpenAI client's stream helper assembles it), the log-probs it asked for; only the first choice was streamed,
+    as text, before."""
+    url = gateway()
+    call = {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    tokens = {"content": [{"token": "Hi", "logprob": -0.1, "top_logprobs": []}]}
+    two = json.loads(completion("Hi", logprobs=tokens))
+    two["choices"].append({"index": 1, "message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                           "finish_reason": "tool_calls", "logprobs": None})
+    fake.script["cheap"] = replying(json.dumps(two).encode())
+    fake.script[JUDGE] = replying(completion("9"))
+    body = {"model": "cascade", "messages": [{"role": "user", "content": PROSE}], "n": 2, "logprobs": True}
+    accepted = httpx.post(url + "/v1/chat/completions", json=body).json()["choices"]
+    assert [c["index"] for c in accepted] == [0, 1] and accepted[1]["message"]["tool_calls"] == [call]
+    chunks = _streamed(url, body)
+    streamed: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            got = streamed.setdefault(choice["index"], {"content": "", "tool_calls": [], "logprobs": None})
+            got["content"] += choice["delta"].get("content") or ""
+            got["tool_calls"] += [{k: v for k, v in c.items() if k != "index"}
+                                  for c in choice["delta"].get("tool_calls") or []]
+            got["logprobs"] = choice.get("logprobs") or got["logprobs"]
+            got["finish_reason"] = choice.get("finish_reason") or got.get("finish_reason")
+    assert streamed == {
+        0: {"content": "Hi", "tool_calls": [], "logprobs": tokens, "finish_reason": "stop"},
+        1: {"content": "", "tool_calls": [call], "logprobs": None, "finish_reason": "tool_calls"},
+    }
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    with client.beta.chat.completions.stream(model="cascade", messages=body["messages"], n=2) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[1].message.tool_calls[0].function.arguments == call["function"]["arguments"]
+    assert final.choices[0].message.content == "Hi"
+
 def test_the_logprob_signal_needs_no_judge(gateway: Callable[..., str], fake: ScriptedFake) -> None:
     url = gateway()
     before = fake.calls[JUDGE]

@@ -468,22 +468,31 @@ def _body(answer: ModelAnswer, extension: dict[str, Any]) -> dict[str, Any]:
 
 
 def sse_events(body: Mapping[str, Any], include_usage: bool) -> bytes:
-    """A buffered answer as OpenAI's stream: one chunk with the whole content, the finish chunk, the usage chunk when
-    the caller asked for it, `[DONE]` (a cascade streams only the answer it accepted)."""
+    """A buffered completion as OpenAI's stream, every choice of it (a cascade streams only the completion it
+    accepted): per choice, one chunk whose delta is its whole message (`tool_calls` numbered by `index`, as streamed
+    tool calls are) with its `logprobs`; then the chunk with every choice's `finish_reason` and the `bandit_router`
+    field; the usage chunk when the caller asked for it; `[DONE]`."""
     base = {k: body[k] for k in ("id", "created") if k in body}
     base.update(object="chat.completion.chunk", model=body.get("model"))
-    choice = body.get("choices", [{}])[0] if isinstance(body.get("choices"), list) and body["choices"] else {}
-    message = choice.get("message", {}) if isinstance(choice, Mapping) else {}
-    content = message.get("content", "") if isinstance(message, Mapping) else ""
-    finish = choice.get("finish_reason", "stop") if isinstance(choice, Mapping) else "stop"
-    chunks: list[dict[str, Any]] = [
-        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": None}]},
-        {
-            **base,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
-            "bandit_router": body.get("bandit_router"),
-        },
-    ]
+    listed = body.get("choices")
+    choices = [c for c in listed if isinstance(c, Mapping)] if isinstance(listed, list) else []
+    chunks: list[dict[str, Any]] = []
+    finishes: list[dict[str, Any]] = []
+    for i, choice in enumerate(choices or [{}]):
+        index = choice.get("index", i)
+        message = choice.get("message")
+        message = message if isinstance(message, Mapping) else {}
+        delta = {"role": message.get("role", "assistant"), "content": message.get("content", ""),
+                 **{k: v for k, v in message.items() if k not in ("role", "content")}}
+        if isinstance(delta.get("tool_calls"), list):
+            delta["tool_calls"] = [{"index": n, **call} if isinstance(call, Mapping) else call
+                                   for n, call in enumerate(delta["tool_calls"])]
+        first: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": None}
+        if choice.get("logprobs") is not None:
+            first["logprobs"] = choice["logprobs"]
+        chunks.append({**base, "choices": [first]})
+        finishes.append({"index": index, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")})
+    chunks.append({**base, "choices": finishes, "bandit_router": body.get("bandit_router")})
     if include_usage and isinstance(body.get("usage"), Mapping):
         chunks.append({**base, "choices": [], "usage": body["usage"]})
     # ASCII-escaped, as the gateway relays chunks: an upstream's JSON may hold half a surrogate pair, not UTF-8
