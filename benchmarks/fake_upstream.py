@@ -13,6 +13,8 @@ chunk's, is cut short), `offshape` (a 200 JSON that is not a chat completion, or
 `trickle` (the reply's bytes, or the stream's chunks, `delay_s` apart), `stall` (the reply's first half, or
 the stream's first chunk, then nothing until told otherwise) and `keepalive` (a 200 that sends a blank, or an SSE
 comment, every `delay_s` and nothing else until told otherwise, as some providers do while a model thinks);
+`truncated` (a stream that ends halfway, its body ended properly but without a `finish_reason` or `[DONE]`, as a
+proxy that gave up may end it) and `nodone` (a whole stream, its `finish_reason` given, without `[DONE]`);
 a `temperature` above 2 gets OpenAI's 400. `POST /_control {"model", "mode", "delay_s"}` changes a model from
 another process; `GET /_stats` tells what arrived and how it ended (`calls` per model, `active` now, `peak`
 since it was last asked, `finished`, and `abandoned`: the caller left before the reply ended); `calls` and
@@ -55,7 +57,7 @@ QUALITY: dict[str, dict[str, float]] = {
 """Mean answer quality per model and prompt kind (each answer adds ±`NOISE`)."""
 NOISE = 0.1
 MODES = ("ok", "slow", "fail", "hang", "omit_usage", "garbage", "reject", "ratelimit", "cut", "malformed", "offshape",
-         "trickle", "stall", "keepalive")
+         "trickle", "stall", "keepalive", "truncated", "nodone")
 """`reject`: a 400 that blames the request, as a model whose context window is too small answers."""
 ANSWER_WORDS = 24
 
@@ -275,6 +277,9 @@ class FakeUpstream:
                 return
             if behaviour.mode == "cut" and i == len(pieces) // 2:
                 return  # returning before the body's end: uvicorn closes the connection
+            if behaviour.mode == "truncated" and i == len(pieces) // 2:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             if behaviour.mode == "stall" and i == 1:
                 await self._until_changed(model, "stall", left)
                 return
@@ -287,7 +292,8 @@ class FakeUpstream:
         options = request.get("stream_options") or {}
         if usage is not None and options.get("include_usage"):
             await _event(send, {**base, "choices": [], "usage": usage})
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        end = b"" if behaviour.mode == "nodone" else b"data: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": end, "more_body": False})
 
     async def _until_changed(self, model: str, mode: str, left: asyncio.Event) -> None:
         while self.behaviour.get(model, Behaviour()).mode == mode and not self.closing and not left.is_set():

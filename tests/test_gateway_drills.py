@@ -1,7 +1,8 @@
 """What the gateway's failure drills (`experiments/gateway-drills`) found, each as a behaviour test against real
 servers on 127.0.0.1 (the gateway and the fake upstream, as in `test_gateway.py`): a caller that leaves a stream
 before its first chunk, an upstream that trickles its reply past `timeout_s`, streamed chunks that are not chat
-completion chunks, rate limits (429 with `Retry-After`) on every model tried, and requests a shutdown cuts short."""
+completion chunks, a stream whose body ends before its answer, rate limits (429 with `Retry-After`) on every
+model tried, and requests a shutdown cuts short."""
 
 from __future__ import annotations
 
@@ -101,6 +102,27 @@ def test_streamed_chunks_that_are_not_chat_completion_chunks_are_the_models_inva
     writer = {status for m, status, _ in calls(tmp_path / "gw0.db") if m == "fake-writer"}
     assert writer == {"invalid_response"}
 
+
+
+@pytest.mark.parametrize("model", ["fake-writer", "router"])
+def test_a_stream_whose_body_ends_before_its_answer_did_is_cut_not_an_answer(
+    gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path, model: str  # noqa: F811
+) -> None:
+    """A stream whose body ends properly halfway through the answer (no `finish_reason`, no `[DONE]`) was cut on
+    the way: the caller gets the stream's error event, not a `[DONE]` that passes half an answer off as whole, and
+    the call is the model's `connection_error`, paid for what it streamed. A whole stream without `[DONE]` (its
+    `finish_reason` given) is an answer."""
+    url = gateway(models=("fake-writer",))
+    fake.set("fake-writer", "truncated")
+    reply = chat(url, model, stream=True)
+    assert reply.status_code == 200 and "data: [DONE]" not in reply.text
+    error = json.loads(reply.text.rstrip().rsplit("data: ", 1)[1])["error"]
+    assert error["code"] == "connection_error" and "ended before its answer" in error["message"]
+    assert eventually(lambda: [s for _, s, _ in calls(tmp_path / "gw0.db")] == ["connection_error"])
+    fake.set("fake-writer", "nodone")
+    reply = chat(url, model, stream=True)
+    assert reply.status_code == 200 and reply.text.rstrip().endswith("data: [DONE]")
+    assert eventually(lambda: [s for _, s, _ in calls(tmp_path / "gw0.db")] == ["connection_error", "ok"])
 
 def test_a_request_whose_every_model_is_rate_limited_answers_429_with_the_soonest_retry_after(
     gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path  # noqa: F811

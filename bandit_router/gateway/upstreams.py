@@ -305,7 +305,9 @@ class Upstreams:
 class Stream:
     """An open streamed call. `first()` waits for the first chunk (a failure there still allows a fallback);
     `rest()` yields the following chunks; `close()` releases the connection and the model's slot (always call
-    it). Each chunk is the parsed JSON of one `data:` event; `[DONE]` ends the stream."""
+    it). Each chunk is the parsed JSON of one `data:` event; `[DONE]` ends the stream. A body that ends after a
+    chunk without `[DONE]` or any `finish_reason` was cut on the way (a proxy that gave up, an upstream that
+    stopped): `connection_error`, never half an answer passed off as whole."""
 
     def __init__(self, owner: Upstreams, endpoint: Endpoint, response: httpx.Response, started: float,
                  deadline: float, first_by: float) -> None:
@@ -321,6 +323,9 @@ class Stream:
         self._size = 0
         self._timeout_s = endpoint.timeout_s
         self._closed = False
+        self._chunks = 0
+        self._finished = False
+        """Whether a chunk gave a `finish_reason` (the answer is whole even if `[DONE]` never comes)."""
         self.done = False
 
     async def _next(self) -> dict[str, Any] | None:
@@ -331,6 +336,9 @@ class Stream:
                 line = await anext(self._lines)
             except StopAsyncIteration:
                 self.done = True
+                if self._chunks and not self._finished:
+                    raise UpstreamFailure(self.model, CallStatus.CONNECTION_ERROR, "the stream ended before its "
+                                          "answer did (no finish_reason, no [DONE])") from None
                 return None
             except httpx.TimeoutException:
                 raise UpstreamFailure(self.model, CallStatus.TIMEOUT,
@@ -367,6 +375,8 @@ class Stream:
                 content = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(content, str):
                     self.text.append(content)
+                self._finished = self._finished or bool(choice.get("finish_reason"))
+            self._chunks += 1
             return chunk
 
     async def first(self) -> dict[str, Any]:
