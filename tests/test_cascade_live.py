@@ -226,6 +226,34 @@ def test_log_probs_that_are_not_numbers_are_not_confident_never_a_500(
     assert chain["steps"][0]["confidence"] is None and chain["steps"][0]["action"] == "escalate"
     assert reply.json()["model"] == "strong" and chain["calls"][0]["cost_usd"] > 0  # the cheap answer was paid for
 
+
+@pytest.mark.parametrize("alias", ["cascade", "learned", "auto"])
+def test_the_models_knob_is_checked_and_never_silently_ignored_by_a_named_router(
+    gateway: Callable[..., str], fake: ScriptedFake, alias: str
+) -> None:
+    """A named router calls its configured models (a chain's positions, an LLM router's candidates): `models` that
+    allows all of them is fine (a client may send it with every request), one that leaves one out cannot be
+    honoured and is a 400 naming it, an unknown name a 400 as for the bandit's alias; no model is called then."""
+    url = gateway()
+    before = sum(fake.calls.values())
+
+    def ask_with(models: list[str] | None = None, header: str | None = None) -> httpx.Response:
+        body: dict[str, Any] = {"model": alias, "messages": [{"role": "user", "content": PROSE}]}
+        if models is not None:
+            body["bandit_router"] = {"models": models}
+        headers = {} if header is None else {"x-bandit-router-models": header}
+        return httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+    for models, header in ((["nope"], None), (["cheap"], None), (None, "strong"), (["cheap", JUDGE], None)):
+        reply = ask_with(models, header)
+        assert reply.status_code == 400, (models, header, reply.text)
+        error = reply.json()["error"]
+        assert error["param"] == "bandit_router.models" and error["type"] == "invalid_request_error"
+        assert ("nope" if models == ["nope"] else "strong" if models else "cheap") in error["message"]
+    assert sum(fake.calls.values()) == before
+    assert ask_with(["strong", "cheap"]).status_code == 200
+    assert ask_with(None, "cheap,strong,fake-judge").status_code == 200
+
 # -- failures ---------------------------------------------------------------------------------------------------
 def test_an_upstream_failure_mid_chain_falls_back_without_a_500(
     gateway: Callable[..., str], fake: ScriptedFake
