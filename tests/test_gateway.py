@@ -608,12 +608,24 @@ def test_an_unexpected_error_is_a_logged_500_in_openais_shape(
     assert "unexpected error in the gateway" in caplog.text and "secret detail of a bug" in caplog.text
 
 
-def test_not_json_is_a_415_and_a_huge_body_a_413(gateway: Callable[..., str]) -> None:
+def test_not_json_is_a_415_and_a_huge_body_a_413_in_openais_shape(gateway: Callable[..., str]) -> None:
+    """Also the replies the service's middleware gives before the route runs (a body whose Content-Length is over
+    `max_body_bytes`, a Host a loopback-bound service does not serve) are in OpenAI's error shape on this path."""
     url = gateway()
-    assert httpx.post(url + "/v1/chat/completions", content=b"x", headers={"content-type": "text/plain"}
-                      ).status_code == 415
-    assert httpx.post(url + "/v1/chat/completions", content=b"x" * 2_000_000,
-                      headers={"content-type": "application/json"}).status_code == 413
+    replies = {
+        415: httpx.post(url + "/v1/chat/completions", content=b"x", headers={"content-type": "text/plain"}),
+        413: httpx.post(url + "/v1/chat/completions", content=b"x" * 2_000_000,
+                        headers={"content-type": "application/json"}),
+        421: httpx.post(url + "/v1/chat/completions", json={"model": "router", "messages": []},
+                        headers={"host": "attacker.example"}),
+    }
+    for status, reply in replies.items():
+        assert reply.status_code == status, reply.text
+        error = reply.json()["error"]
+        assert isinstance(error, dict) and error["message"] and error["type"] == "invalid_request_error", reply.text
+    assert replies[413].json()["error"]["code"] == "payload_too_large"
+    with pytest.raises(openai.APIStatusError, match="max_body_bytes"):  # the OpenAI client shows the message
+        client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": "x" * 2_000_000}])
 
 
 def test_the_services_own_api_keys_guard_the_gateway(gateway: Callable[..., str]) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
@@ -30,6 +31,7 @@ from . import dashboard, errors, redact
 from .auth import Authenticator
 from .engine import Engine
 from .exceptions import PayloadTooLarge
+from .gateway_routes import CHAT_PATH, openai_error
 from .gateway_routes import router as gateway_router
 from .hotpaths import HotPaths
 from .metrics import Metrics
@@ -143,16 +145,17 @@ class ServiceMiddleware:
         try:
             if self.hosts is not None and host is not None and _on_loopback(scope) and not self.hosts.allows(host):
                 shown = host.decode("latin-1")[:100]
-                response = errors.error_response(
-                    421, "misdirected_request",
+                response = _refusal(
+                    scope, 421, "misdirected_request",
                     f"Host {shown!r} is not served here: this service is bound to a loopback address and accepts "
                     "loopback host names only; add the name to `allowed_hosts` to serve it",
                 )
                 await response(scope, receive, counting_send)
                 return
             if length is not None and length > limit:
-                response = errors.error_response(
-                    413, "payload_too_large", f"the body has {length} bytes; the limit is {limit} (max_body_bytes)"
+                response = _refusal(
+                    scope, 413, "payload_too_large",
+                    f"the body has {length} bytes; the limit is {limit} (max_body_bytes)",
                 )
                 await response(scope, receive, counting_send)
                 return
@@ -164,6 +167,14 @@ class ServiceMiddleware:
             if metrics is not None:
                 route = scope.get("route")
                 metrics.request(getattr(route, "path", "other"), status)
+
+
+def _refusal(scope: Scope, status: int, code: str, message: str) -> Response:
+    """The middleware's error reply: in OpenAI's error shape on the gateway's path (its clients read that one),
+    the service's own elsewhere."""
+    if scope.get("path") == CHAT_PATH:
+        return openai_error(status, message, code=code)
+    return errors.error_response(status, code, message)
 
 
 def _limited(receive: Receive, limit: int) -> Receive:

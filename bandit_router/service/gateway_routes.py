@@ -10,11 +10,15 @@ error shape, `{"error": {"message", "type", "param", "code"}}`:
 | missing or wrong API key                                   | 401    | authentication_error                 |
 | body or messages too large                                 | 413    | invalid_request_error                |
 | not sent as JSON                                           | 415    | invalid_request_error                |
+| a Host a loopback-bound service does not serve             | 421    | invalid_request_error                |
 | the upstream refused the request (4xx)                     | same   | the upstream's own error body        |
 | no model answered (failures, or out of tries)              | 502    | upstream_error / the last failure    |
 | every model tried answered 429 (its soonest `Retry-After`) | 429    | requests / rate_limit_exceeded       |
 | the deadline passed, or the last try timed out             | 504    | upstream_error / timeout             |
 | not ready, database unavailable, no model has an upstream  | 503    | service_unavailable                  |
+
+The service's middleware answers a body over `max_body_bytes` (by its Content-Length) and a Host it does not serve
+before the route runs: on this path in the same shape (`app._refusal`).
 
 A stream answers with `text/event-stream`; its headers carry `x-decision-id` like a plain reply. Writing one event
 to a caller that stopped reading may take `STREAM_WRITE_TIMEOUT_S`; then the stream ends and the call is recorded
@@ -57,10 +61,12 @@ log = logging.getLogger("bandit_router.service")
 router = APIRouter()
 STREAM_WRITE_TIMEOUT_S = 30.0
 
+CHAT_PATH = "/v1/chat/completions"
+
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-          422: "invalid_request_error", 429: "requests", 502: "upstream_error", 503: "service_unavailable",
-          504: "upstream_error"}
+          421: "invalid_request_error", 422: "invalid_request_error", 429: "requests", 502: "upstream_error",
+          503: "service_unavailable", 504: "upstream_error"}
 
 
 def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None,
@@ -233,7 +239,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post(
-    "/v1/chat/completions", tags=["gateway"], responses=_RESPONSES,
+    CHAT_PATH, tags=["gateway"], responses=_RESPONSES,
     openapi_extra={"security": SECURITY, "requestBody": {"required": True, "content": {
         "application/json": {"schema": CHAT_SCHEMA}}}},
 )
