@@ -57,6 +57,10 @@ EXTRACTOR = FeatureExtractor()
         ("0 - wrong", 0.0),  # clipped to 1
         ("15", 1.0),  # clipped to 10
         ("v2 is fine: 3", 2 / 9),  # a number glued to a word is not a score
+        ("gpt-4 thinks: 7", 6 / 9),  # nor one glued to a name by a hyphen
+        ("Score: -3", 0.0),  # a negative number, clipped to 1
+        ("(+9)", 8 / 9),
+        ("1" * 400, 1.0),  # too large for a float, still clipped to 10
         ("no idea", None),
         ("", None),
         (None, None),

@@ -28,7 +28,8 @@ MAX_JUDGE_CHARS = 12_000
 SIGNALS = ("judge", "logprob", "logprob-min")
 """`logprob` is the mean over the answer's tokens, `logprob-min` the least likely token."""
 
-_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)")
+_NUMBER = re.compile(r"(?<![\w.])(?<![\w.][-+])([-+]?\d+(?:\.\d+)?)")
+"""A number, with its sign, not glued to a word or a name (`v2`, `gpt-4`, `1.5` read from `.5`)."""
 
 
 def judge_prompt(request: str, answer: str, rubric: str = JUDGE_RUBRIC) -> str:
@@ -37,7 +38,8 @@ def judge_prompt(request: str, answer: str, rubric: str = JUDGE_RUBRIC) -> str:
 
 
 def parse_judge_score(reply: str | None) -> float | None:
-    """The first number of `reply`, clipped to [1, 10] and scaled to [0, 1]; None when there is none.
+    """The first number of `reply` (signed; one glued to a word or a name, as in `gpt-4`, does not count), clipped
+    to [1, 10] (one too large for a float too) and scaled to [0, 1]; None when there is none.
 
     >>> parse_judge_score("8/10: correct"), parse_judge_score("Score: 10"), parse_judge_score("no idea")
     (0.7777777777777778, 1.0, None)
@@ -51,7 +53,7 @@ def parse_judge_score(reply: str | None) -> float | None:
         score = float(match.group(1))
     except ValueError:  # pragma: no cover - the pattern only matches numbers
         return None
-    if not math.isfinite(score):
+    if math.isnan(score):  # pragma: no cover - the pattern only matches numbers (a huge one is ±inf: clipped)
         return None
     return (min(max(score, 1.0), 10.0) - 1.0) / 9.0
 
