@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -34,16 +35,18 @@ class ChooserFake(FakeUpstream):
         return super().answer(model, messages, prompt)
 
 
-Scripted = Callable[[dict[str, Any]], tuple[int, str, list[bytes]]]
-"""`script[model](request)` → (status, content type, the body's parts, each sent as it is)."""
+Scripted = Callable[[dict[str, Any]], tuple[int, str, Iterable[bytes]]]
+"""`script[model](request)` → (status, content type, the body's parts, each sent as it is, lazily)."""
 
 
 @dataclass
 class ScriptedFake(ChooserFake):
     """`ChooserFake` whose models can be told to answer with exact bytes (`script`), for replies that no well-behaved
-    upstream sends: malformed log-probs, lone surrogates, a stream that ends early."""
+    upstream sends: malformed log-probs, lone surrogates, a stream that ends early or never ends a line. It stops
+    sending when the caller leaves; `sent` counts the bytes it sent per model."""
 
     script: dict[str, Scripted] = field(default_factory=dict)
+    sent: Counter[str] = field(default_factory=Counter)
 
     async def complete(self, request: dict[str, Any], send: Send, left: asyncio.Event | None = None) -> None:
         model = request.get("model", "")
@@ -55,8 +58,13 @@ class ScriptedFake(ChooserFake):
         status, content_type, parts = scripted(request)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", content_type.encode())]})
-        for i, part in enumerate(parts or [b""]):
-            await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
+        for part in parts:
+            await asyncio.sleep(0)  # the disconnect watcher's turn
+            if left is not None and left.is_set():
+                return
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+            self.sent[model] += len(part)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def completion(content: Any, **choice: Any) -> bytes:

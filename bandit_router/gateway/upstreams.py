@@ -30,6 +30,7 @@ from ..catalog import ModelSpec
 from ..errors import BanditRouterError
 from ..store import CallStatus
 from .pricing import Usage, usage_of
+from .sse import sse_lines
 
 log = logging.getLogger("bandit_router.gateway")
 
@@ -319,7 +320,7 @@ class Stream:
         self.usage: Usage | None = None
         self.text: list[str] = []
         """The streamed content, for counting tokens when the upstream gives no usage (and for the judge)."""
-        self._lines = response.aiter_lines()
+        self._lines = sse_lines(response.aiter_bytes())
         self._size = 0
         self._timeout_s = endpoint.timeout_s
         self._closed = False

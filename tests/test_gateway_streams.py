@@ -1,0 +1,114 @@
+"""Streams that no well-behaved upstream sends, through the gateway (a real server on 127.0.0.1) from the scripted
+fake upstream (`tests.named_fakes.ScriptedFake`, a real HTTP server too): the exact bytes of each stream are the
+test's, so that what the gateway reads from them, relays and records is checked byte for byte."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bandit_router.catalog import ModelSpec
+from bandit_router.config import Settings
+from bandit_router.gateway.sse import sse_lines
+from bandit_router.service import create_app
+from benchmarks.fake_upstream import ServerThread
+from tests.named_fakes import PRICES, PROSE, QUALITY, ScriptedFake, serving
+
+FINISH = b'data: {"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
+
+
+def event(content: str) -> bytes:
+    """One SSE event of a chunk whose delta is `content`, its JSON in UTF-8 as it is (no \\u escapes)."""
+    chunk = {"id": "s", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}}]}
+    return b"data: " + json.dumps(chunk, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+
+def streaming(parts: Callable[[], Iterable[bytes]]) -> Callable[[dict[str, Any]], tuple[int, str, Iterable[bytes]]]:
+    return lambda request: (200, "text/event-stream", parts())
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[ScriptedFake]:
+    with serving(ScriptedFake(quality=QUALITY, seed=5)) as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def gateway(fake: ScriptedFake, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """`start(**settings)` serves a fresh gateway over `cheap` and `strong`; returns its base URL."""
+    servers: list[ServerThread] = []
+    fake.script.clear()
+    fake.sent.clear()
+
+    def start(**changes: Any) -> str:
+        specs = tuple(ModelSpec(n, *PRICES[n], base_url=fake.url + "/v1") for n in ("cheap", "strong"))
+        server = ServerThread(create_app(Settings(db=tmp_path / f"s{len(servers)}.db", models=specs, seed=3,
+                                                  **changes)))
+        servers.append(server)
+        return server.wait_ready()
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def stream(url: str, model: str = "cheap") -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": PROSE}], "stream": True}
+    return httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+
+
+def recorded(db: Path, decision_id: str) -> tuple[str, str | None]:
+    """(status, error) of the decision's call record, once it is stored."""
+    deadline = time.monotonic() + 10
+    while True:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT status, error FROM calls WHERE decision_id = ?", (decision_id,)).fetchone()
+        if row is not None:
+            return row[0], row[1]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85"], ids=["U+2028", "U+2029", "U+0085"])
+def test_a_line_separator_inside_a_chunks_json_is_text_not_the_end_of_an_event(
+    gateway: Callable[..., str], fake: ScriptedFake, tmp_path: Path, separator: str
+) -> None:
+    """SSE lines end at CR, LF or CRLF only. JSON may hold U+2028, U+2029 and U+0085 unescaped (JavaScript's
+    `JSON.stringify`, Rust's serde_json send them so), and a model may write them: the chunk is read whole and
+    relayed, not split there into two halves that are not JSON (the model's `invalid_response`, a 502)."""
+    url = gateway()
+    fake.script["cheap"] = streaming(lambda: [event(f"one{separator}two"), FINISH + b"\n\n", b"data: [DONE]\n\n"])
+    reply = stream(url)
+    assert reply.status_code == 200, reply.text
+    chunks = [json.loads(line[6:]) for line in reply.text.split("\n\n") if line.startswith("data: {")]
+    assert chunks[0]["choices"][0]["delta"]["content"] == f"one{separator}two"
+    assert reply.text.rstrip().endswith("data: [DONE]")
+    assert recorded(tmp_path / "s0.db", reply.headers["x-decision-id"]) == ("ok", None)
+
+
+
+def test_sse_lines_end_at_cr_lf_or_crlf_only_wherever_the_parts_are_cut() -> None:
+    """Every way of cutting a body into parts gives the same lines (a CRLF cut in two gives one extra blank line,
+    which SSE skips like any blank line), a character cut in two is whole, and U+2028 is text."""
+    body = "data: a\u2028b\r\n\r\ndata: é\rdata: c\n\ndata: [DONE]".encode()
+
+    async def lines(cuts: list[int]) -> list[str]:
+        async def parts() -> AsyncIterator[bytes]:
+            for start, end in zip([0, *cuts], [*cuts, len(body)], strict=True):
+                yield body[start:end]
+        return [line async for line in sse_lines(parts())]
+
+    expected = ["data: a\u2028b", "", "data: é", "data: c", "", "data: [DONE]"]
+    for cut in range(1, len(body)):
+        got = asyncio.run(lines([cut]))
+        assert [line for line in got if line] == [line for line in expected if line], cut
+        assert got == expected or (body[cut - 1 : cut + 1] == b"\r\n" and len(got) == len(expected) + 1), cut
