@@ -112,3 +112,19 @@ def test_sse_lines_end_at_cr_lf_or_crlf_only_wherever_the_parts_are_cut() -> Non
         got = asyncio.run(lines([cut]))
         assert [line for line in got if line] == [line for line in expected if line], cut
         assert got == expected or (body[cut - 1 : cut + 1] == b"\r\n" and len(got) == len(expected) + 1), cut
+
+
+def test_a_stream_that_never_ends_a_line_is_cut_at_max_upstream_response_bytes(
+    gateway: Callable[..., str], fake: ScriptedFake, tmp_path: Path
+) -> None:
+    """`max_upstream_response_bytes` bounds a stream by the bytes that arrive, not by the lines read: an upstream
+    that sends 64 MB without a line break after its first chunk is cut once 1 MB has arrived (the stream's error
+    event, the model's `invalid_response`), instead of being held whole in memory until its line ends."""
+    url = gateway(max_upstream_response_bytes=1024 * 1024)
+    fake.script["cheap"] = streaming(lambda: [event("Hello"), *[b"x" * 65536] * 1024])
+    reply = stream(url)
+    assert reply.status_code == 200
+    error = json.loads(reply.text.rstrip().rsplit("data: ", 1)[1])["error"]
+    assert error["code"] == "invalid_response" and "larger than 1048576 bytes" in error["message"]
+    assert recorded(tmp_path / "s0.db", reply.headers["x-decision-id"])[0] == "invalid_response"
+    assert fake.sent["cheap"] < 16 * 1024 * 1024  # it stopped reading (and the fake sending) near the limit

@@ -320,7 +320,7 @@ class Stream:
         self.usage: Usage | None = None
         self.text: list[str] = []
         """The streamed content, for counting tokens when the upstream gives no usage (and for the judge)."""
-        self._lines = sse_lines(response.aiter_bytes())
+        self._lines = sse_lines(self._bounded(response.aiter_bytes()))
         self._size = 0
         self._timeout_s = endpoint.timeout_s
         self._closed = False
@@ -329,9 +329,19 @@ class Stream:
         """Whether a chunk gave a `finish_reason` (the answer is whole even if `[DONE]` never comes)."""
         self.done = False
 
+    async def _bounded(self, parts: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """`parts` counted as they arrive: past `max_response_bytes` the model's `invalid_response`, whether or not
+        a line has ended (a line is held whole until it does)."""
+        limit = self._owner.max_response_bytes
+        async for part in parts:
+            self._size += len(part)
+            if self._size > limit:
+                raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE,
+                                      f"the stream is larger than {limit} bytes")
+            yield part
+
     async def _next(self) -> dict[str, Any] | None:
         """The next `data:` event's JSON; None at the end."""
-        limit = self._owner.max_response_bytes
         while True:
             try:
                 line = await anext(self._lines)
@@ -346,10 +356,6 @@ class Stream:
                                       f"no chunk within {self._timeout_s:g} s") from None
             except httpx.HTTPError as exc:
                 raise UpstreamFailure(self.model, CallStatus.CONNECTION_ERROR, _transport(exc)) from None
-            self._size += len(line) + 1
-            if self._size > limit:
-                raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE,
-                                      f"the stream is larger than {limit} bytes")
             if not line.startswith("data:"):
                 continue  # blank separators, comments, `event:` lines
             data = line[5:].strip()
