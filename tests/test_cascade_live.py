@@ -330,6 +330,31 @@ def test_a_refusal_of_the_llm_routers_named_model_is_the_clients_and_the_routing
     assert completion.model == "strong" and info["named"] == "strong"
 
 
+
+def test_a_named_router_refuses_at_once_when_the_service_does_not_store_and_pays_for_no_call(
+    gateway: Callable[..., str], fake: ScriptedFake, tmp_path: Path
+) -> None:
+    """The service refuses requests (here: a newer version migrated its database under it; also while it starts or
+    while the database does not answer): a named router's request is a 503 before any call, as the bandit's alias
+    and a named model are, not after a chain it has paid for and can neither store nor count."""
+    import sqlite3
+
+    from bandit_router.store.migrations import SCHEMA_VERSION
+
+    url = gateway()
+    with sqlite3.connect(tmp_path / "n0.db") as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    deadline = time.monotonic() + 10
+    while httpx.get(url + "/readyz").status_code != 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    before = sum(fake.calls.values())
+    for model in ("router", "cheap", "cascade", "learned", "auto"):
+        reply = httpx.post(url + "/v1/chat/completions",
+                           json={"model": model, "messages": [{"role": "user", "content": CODE}]})
+        assert reply.status_code == 503 and reply.json()["error"]["type"] == "service_unavailable", (model, reply.text)
+    assert sum(fake.calls.values()) == before
+
 # -- learned escalation -----------------------------------------------------------------------------------------
 def test_learned_escalation_learns_which_kinds_to_escalate(gateway: Callable[..., str]) -> None:
     """λ = 400: escalating costs ≈ 0.2 quality points (the strong model's ≈ 0.0005 USD), so the best is to accept

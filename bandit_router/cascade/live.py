@@ -74,8 +74,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bandit_router.gateway")
 
-KNOB = f"{EXTENSION}.models"
-"""The `param` of a 400 about the request's `models` knob."""
+KNOB = f"{EXTENSION}.models"  # the `param` of a 400 about the request's `models` knob
 OWN_MAX_TOKENS = 20
 """`max_tokens` of a judge's or the routing LLM's call (a score, a model name)."""
 
@@ -171,7 +170,9 @@ class NamedRouters:
 
     # -- answering --------------------------------------------------------------------------------------------------
     async def complete(self, chat: ChatRequest) -> NamedAnswer:
-        """Answer `chat` (whose `model` is a named router) and store its decision."""
+        """Answer `chat` (whose `model` is a named router) and store its decision. A 503 before any call while the
+        service refuses requests: the chain is paid before its decision is stored, and could then be neither."""
+        self.engine.require_ready()
         alias = self.routers[chat.model]
         started = time.monotonic()
         deadline = started + self.gateway.config.deadline_s

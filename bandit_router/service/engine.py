@@ -402,6 +402,11 @@ class Engine:
         if self._refusing:
             raise Unavailable(f"the service is not ready ({self.state})")
 
+    def require_ready(self) -> None:
+        """Raise `Unavailable` (503) while requests are refused: a named router asks before it pays for any call,
+        since it stores its decision only after its chain (`route` and `store_decision` ask themselves)."""
+        self._require_ready()
+
     async def _submit(self, op: Op) -> Any:
         self._require_ready()
         return await self.writer.submit(op)
