@@ -194,6 +194,41 @@ def test_a_streamed_answer_carries_every_choice_tool_call_and_log_prob_of_the_ac
     assert final.choices[1].message.tool_calls[0].function.arguments == call["function"]["arguments"]
     assert final.choices[0].message.content == "Hi"
 
+def test_a_tool_call_is_an_answer_the_judge_reads_and_its_tokens_are_counted(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """A model that answers with a tool call (content null) has answered: the cascade's judge reads the call (here it
+    scores 9 only when it sees it, 1 for an empty answer, as a real judge would), so the cheap model's good call is
+    accepted rather than always escalated; and without `usage` from the upstream the call's own tokens are counted
+    (they were 0: the answer's text was its content only)."""
+    url = gateway()
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}
+    answer = json.loads(completion(None))
+    answer["choices"][0]["message"]["tool_calls"] = [call]
+    answer["choices"][0]["finish_reason"] = "tool_calls"
+    del answer["usage"]
+    fake.script["cheap"] = replying(json.dumps(answer).encode())
+
+    def judge(request: dict[str, Any]) -> tuple[int, str, list[bytes]]:
+        shown = request["messages"][-1]["content"]
+        return 200, "application/json", [completion("9" if 'get_weather({"city": "Paris"' in shown else "1")]
+
+    fake.script[JUDGE] = judge
+    body = {"model": "cascade", "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}
+    reply = httpx.post(url + "/v1/chat/completions", json=body).json()
+    assert reply["model"] == "cheap" and reply["choices"][0]["message"]["tool_calls"] == [call]
+    assert reply["bandit_router"]["steps"][0]["action"] == "accept"
+    assert reply["bandit_router"]["calls"][0]["output_tokens"] >= 8  # the call's name and arguments, estimated
+    reply = httpx.post(url + "/v1/chat/completions", json={**body, "model": "cheap"})  # a named model's call record
+    record = stored(url, reply.headers["x-decision-id"])["call"]
+    deadline = time.monotonic() + 10
+    while record is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+        record = stored(url, reply.headers["x-decision-id"])["call"]
+    assert record["usage"] == "estimated" and record["output_tokens"] >= 8
+
 def test_the_logprob_signal_needs_no_judge(gateway: Callable[..., str], fake: ScriptedFake) -> None:
     url = gateway()
     before = fake.calls[JUDGE]

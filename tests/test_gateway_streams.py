@@ -128,3 +128,29 @@ def test_a_stream_that_never_ends_a_line_is_cut_at_max_upstream_response_bytes(
     assert error["code"] == "invalid_response" and "larger than 1048576 bytes" in error["message"]
     assert recorded(tmp_path / "s0.db", reply.headers["x-decision-id"])[0] == "invalid_response"
     assert fake.sent["cheap"] < 16 * 1024 * 1024  # it stopped reading (and the fake sending) near the limit
+
+
+def test_a_streamed_tool_calls_tokens_are_counted_when_the_upstream_reports_no_usage(
+    gateway: Callable[..., str], fake: ScriptedFake, tmp_path: Path
+) -> None:
+    """A stream whose answer is a tool call (its deltas carry `tool_calls`, no content) and no usage: the call's
+    output tokens are estimated from the call's name and arguments, not 0 (what an empty text gave)."""
+    url = gateway()
+
+    def delta(**fields: Any) -> bytes:
+        chunk = {"id": "s", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": fields}]}
+        return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+    arguments = '{"city": "Paris", "unit": "celsius", "days": 3}'
+    calls = [delta(role="assistant", content=None, tool_calls=[
+        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}])]
+    calls += [delta(tool_calls=[{"index": 0, "function": {"arguments": arguments[i : i + 8]}}])
+              for i in range(0, len(arguments), 8)]
+    fake.script["cheap"] = streaming(lambda: [*calls, FINISH.replace(b'"stop"', b'"tool_calls"') + b"\n\n",
+                                              b"data: [DONE]\n\n"])
+    reply = stream(url)
+    assert reply.status_code == 200 and reply.text.rstrip().endswith("data: [DONE]")
+    assert recorded(tmp_path / "s0.db", reply.headers["x-decision-id"]) == ("ok", None)
+    with closing(sqlite3.connect(f"file:{tmp_path / 's0.db'}?mode=ro", uri=True)) as conn:
+        usage, tokens = conn.execute("SELECT usage, output_tokens FROM calls").fetchone()
+    assert usage == "estimated" and tokens >= 10

@@ -73,10 +73,27 @@ def estimated(messages: Iterable[Mapping[str, Any]], answer: str) -> Usage:
 
 
 def answer_text(body: Mapping[str, Any]) -> str:
-    """The first choice's message content of a chat completion ('' when there is none)."""
+    """What the first choice's message of a chat completion says: its content, then each tool call as
+    `name(arguments)` ('' when there is none). A tool call is an answer: a judge reads it, and its tokens are
+    counted when the upstream reports no usage."""
     choices = body.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
         message = choices[0].get("message")
         if isinstance(message, Mapping):
-            return message_text(message.get("content"))
+            parts = [message_text(message.get("content")), *(f"{name}({arguments})" for name, arguments in
+                                                             tool_calls(message))]
+            return "\n".join(p for p in parts if p)
     return ""
+
+
+def tool_calls(message: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name, arguments) of each tool call of a message or a streamed delta (`tool_calls`, or the older
+    `function_call`); a name or arguments that are not text count as ''."""
+    calls = message.get("tool_calls")
+    functions = [c.get("function") for c in calls if isinstance(c, Mapping)] if isinstance(calls, list) else []
+    functions.append(message.get("function_call"))
+    return [(_text(f.get("name")), _text(f.get("arguments"))) for f in functions if isinstance(f, Mapping)]
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""

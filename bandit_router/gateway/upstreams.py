@@ -29,7 +29,7 @@ import httpx
 from ..catalog import ModelSpec
 from ..errors import BanditRouterError
 from ..store import CallStatus
-from .pricing import Usage, usage_of
+from .pricing import Usage, tool_calls, usage_of
 from .sse import sse_lines
 
 log = logging.getLogger("bandit_router.gateway")
@@ -382,6 +382,8 @@ class Stream:
                 content = delta.get("content") if isinstance(delta, dict) else None
                 if isinstance(content, str):
                     self.text.append(content)
+                if isinstance(delta, dict):  # a tool call's pieces: counted as the answer's tokens too
+                    self.text.extend(name + arguments for name, arguments in tool_calls(delta))
                 self._finished = self._finished or bool(choice.get("finish_reason"))
             self._chunks += 1
             return chunk
