@@ -22,6 +22,7 @@ from bandit_router.cascade import (
     ModelAnswer,
     Signal,
     ThresholdEscalation,
+    judge_prompt,
     logprob_confidence,
     parse_choice,
     parse_judge_score,
@@ -29,6 +30,7 @@ from bandit_router.cascade import (
     run_cascade,
 )
 from bandit_router.cascade.escalation import HISTORY, HISTORY_START, MAX_STEPS, antitonic, score_grid
+from bandit_router.cascade.signals import MAX_JUDGE_CHARS
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import ConfigError, Settings, load_settings
 from bandit_router.config.routers import RouterAlias, RoutersSettings
@@ -95,6 +97,15 @@ def test_logprob_confidence_is_the_geometric_mean_or_the_least_likely_token() ->
 )
 def test_the_routing_llms_reply_is_matched_against_the_candidates(reply: str | None, expected: str | None) -> None:
     assert parse_choice(reply, ["gpt-4o", "gpt-4o-mini", "llama-3.1-8b"]) == expected
+
+
+def test_the_judges_prompt_shows_the_request_and_the_answer_as_they_are() -> None:
+    """`{answer}` or `{request}` written in the request or the answer is text, not a place to fill in; a request
+    longer than the judge is shown keeps its start and its end (the latest question)."""
+    prompt = judge_prompt("Fill in {answer} and {request}", "It is {request}: 42")
+    assert "[Request]\nFill in {answer} and {request}\n" in prompt and "[Answer]\nIt is {request}: 42\n" in prompt
+    long = judge_prompt("START " + "x" * 30_000 + " END?", "fine")
+    assert "START" in long and "END?" in long and len(long) < MAX_JUDGE_CHARS + 1_000
 
 
 def test_the_routing_prompt_shows_each_candidate_and_the_request() -> None:

@@ -289,6 +289,28 @@ def test_the_models_knob_is_checked_and_never_silently_ignored_by_a_named_router
     assert ask_with(["strong", "cheap"]).status_code == 200
     assert ask_with(None, "cheap,strong,fake-judge").status_code == 200
 
+
+def test_the_judge_and_the_routing_llm_see_the_question_after_a_long_system_prompt(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """A request longer than what the judge (12,000 characters) or the routing LLM (8,000) is shown, here a long
+    system prompt before the question: both see its end, where the question is, and not its start alone. The
+    judge scores 9 only when it sees the question; the routing LLM names `strong` for code."""
+    url = gateway()
+    question = "Fix the bug in this Python function: def mean(xs): return sum(xs) / len(x)"
+
+    def judge(request: dict[str, Any]) -> tuple[int, str, list[bytes]]:
+        return 200, "application/json", [completion("9" if question in request["messages"][-1]["content"] else "1")]
+
+    fake.script[JUDGE] = judge
+    fake.script["cheap"] = replying(completion("def mean(xs): return sum(xs) / len(xs)"))
+    system = "You are a friendly assistant who writes poems about the sea. " * 400  # 24,400 characters of prose
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    reply = httpx.post(url + "/v1/chat/completions", json={"model": "cascade", "messages": messages}).json()
+    assert reply["bandit_router"]["steps"][0]["confidence"] == pytest.approx(8 / 9) and reply["model"] == "cheap"
+    reply = httpx.post(url + "/v1/chat/completions", json={"model": "auto", "messages": messages}).json()
+    assert reply["bandit_router"]["named"] == "strong"  # it read the code question, not only the poems
+
 # -- failures ---------------------------------------------------------------------------------------------------
 def test_an_upstream_failure_mid_chain_falls_back_without_a_500(
     gateway: Callable[..., str], fake: ScriptedFake

@@ -17,9 +17,11 @@ would have chosen differently have no support on parsed rows.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from ..catalog import ModelSpec
+from .signals import excerpt
 
 ROUTER_INSTRUCTIONS = (
     "You route a user's request to the language model that will answer it well at the lowest cost.\n"
@@ -28,6 +30,7 @@ ROUTER_INSTRUCTIONS = (
     "Reply with exactly one candidate name and nothing else.\n\n[Request]\n{request}\n"
 )
 MAX_REQUEST_CHARS = 8_000
+_SLOTS = re.compile(r"\{(candidates|request)\}")
 _NAME_CHAR = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
 _JOINERS = frozenset("-._/:")
 
@@ -55,10 +58,11 @@ def describe_candidate(spec: ModelSpec, description: str = "") -> str:
 
 
 def router_prompt(request: str, candidates: Sequence[ModelSpec], descriptions: dict[str, str] | None = None) -> str:
-    """The routing model's user message."""
-    lines = "\n".join(describe_candidate(m, (descriptions or {}).get(m.name, "")) for m in candidates)
-    text = request[:MAX_REQUEST_CHARS]
-    return ROUTER_INSTRUCTIONS.replace("{candidates}", lines).replace("{request}", text)
+    """The routing model's user message: the candidates and the request (its start and its end, where the latest
+    question is, when it is longer than `MAX_REQUEST_CHARS`), filled in one pass."""
+    shown = {"candidates": "\n".join(describe_candidate(m, (descriptions or {}).get(m.name, "")) for m in candidates),
+             "request": excerpt(request, MAX_REQUEST_CHARS)}
+    return _SLOTS.sub(lambda slot: shown[slot.group(1)], ROUTER_INSTRUCTIONS)
 
 
 def parse_choice(reply: str | None, candidates: Sequence[str]) -> str | None:

@@ -22,7 +22,8 @@ JUDGE_RUBRIC = (
     "Reply with the score as a number first, then at most one short sentence.\n\n"
     "[Request]\n{request}\n\n[Answer]\n{answer}\n"
 )
-"""The default rubric; `{request}` and `{answer}` are filled in (each cut to `MAX_JUDGE_CHARS`)."""
+"""The default rubric; `{request}` and `{answer}` are filled in (each cut to `MAX_JUDGE_CHARS`: the request keeps its
+start and its end, where the latest question is; the answer its start)."""
 
 MAX_JUDGE_CHARS = 12_000
 SIGNALS = ("judge", "logprob", "logprob-min")
@@ -32,9 +33,23 @@ _NUMBER = re.compile(r"(?<![\w.])(?<![\w.][-+])([-+]?\d+(?:\.\d+)?)")
 """A number, with its sign, not glued to a word or a name (`v2`, `gpt-4`, `1.5` read from `.5`)."""
 
 
+_SLOTS = re.compile(r"\{(request|answer)\}")
+
+
 def judge_prompt(request: str, answer: str, rubric: str = JUDGE_RUBRIC) -> str:
-    """The judge's user message for one (request, answer)."""
-    return rubric.replace("{request}", request[:MAX_JUDGE_CHARS]).replace("{answer}", answer[:MAX_JUDGE_CHARS])
+    """The judge's user message for one (request, answer): the rubric's slots filled in one pass, so that a
+    `{answer}` written in the request stays text."""
+    shown = {"request": excerpt(request, MAX_JUDGE_CHARS), "answer": answer[:MAX_JUDGE_CHARS]}
+    return _SLOTS.sub(lambda slot: shown[slot.group(1)], rubric)
+
+
+def excerpt(text: str, limit: int) -> str:
+    """`text` cut to about `limit` characters keeping both ends: its first quarter (a system prompt's instructions)
+    and the rest from its end (the latest question, which the whole request leads up to)."""
+    if len(text) <= limit:
+        return text
+    head = limit // 4
+    return f"{text[:head]}\n[…]\n{text[len(text) - (limit - head):]}"
 
 
 def parse_judge_score(reply: str | None) -> float | None:
