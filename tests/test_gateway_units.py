@@ -92,6 +92,19 @@ def test_feedback_is_completed_from_the_call_record_and_the_callers_values_win()
     assert with_call(Outcome(quality=0.8), failed) == Outcome(quality=0.8)
 
 
+@pytest.mark.parametrize(("reply", "quality"), [
+    ("8", 0.8), ("7.5/10", 0.75), ("Score: 10/10", 1.0), ("12", 1.0), ("-2", 0.0), ("1" * 400, 1.0),
+    ("As a GPT-4 based grader: 8", 0.8),  # a number glued to a name is not the score, as for a cascade's judge
+    ("v2 of the answer: 6", 0.6), ("no idea", None),
+])
+def test_the_feedback_judges_quality_is_the_first_number_over_the_scale(reply: str, quality: float | None) -> None:
+    from bandit_router.gateway import Judge, Upstreams
+
+    judge = Judge(Settings(models=(ModelSpec("j", 1.0, 2.0),)), ModelSpec("j", 1.0, 2.0),
+                  Upstreams([], max_response_bytes=1024), post=lambda *args: asyncio.sleep(0))
+    assert judge.quality(reply) == (None if quality is None else pytest.approx(quality))
+
+
 def test_usage_is_read_or_counted() -> None:
     assert usage_of({"usage": {"prompt_tokens": 3, "completion_tokens": 4}}) == Usage(3, 4)
     assert usage_of({"usage": {"prompt_tokens": -1, "completion_tokens": 4}}) is None

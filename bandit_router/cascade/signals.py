@@ -59,18 +59,15 @@ def parse_judge_score(reply: str | None) -> float | None:
     >>> parse_judge_score("8/10: correct"), parse_judge_score("Score: 10"), parse_judge_score("no idea")
     (0.7777777777777778, 1.0, None)
     """
-    if not reply:
-        return None
-    match = _NUMBER.search(reply)
-    if match is None:
-        return None
-    try:
-        score = float(match.group(1))
-    except ValueError:  # pragma: no cover - the pattern only matches numbers
-        return None
-    if math.isnan(score):  # pragma: no cover - the pattern only matches numbers (a huge one is ±inf: clipped)
-        return None
-    return (min(max(score, 1.0), 10.0) - 1.0) / 9.0
+    score = first_number(reply)
+    return None if score is None else (min(max(score, 1.0), 10.0) - 1.0) / 9.0
+
+
+def first_number(reply: str | None) -> float | None:
+    """The first number of `reply`, with its sign (±inf when too large for a float), not one glued to a word or a
+    name (`v2`, `gpt-4`); None when there is none. The judges' rule: a cascade's and the feedback judge's."""
+    match = _NUMBER.search(reply or "")
+    return None if match is None else float(match.group(1))
 
 
 def logprob_confidence(logprobs: Sequence[float] | None, kind: str = "logprob") -> float | None:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..cascade.signals import first_number
 from ..catalog import ModelSpec
 from ..config import Settings
 from ..errors import BanditRouterError
@@ -39,7 +39,6 @@ log = logging.getLogger("bandit_router.gateway")
 
 MAX_SHOWN_CHARS = 20_000
 """Characters of the conversation and of the answer shown to the judge (each)."""
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 PostFeedback = Callable[[str, Outcome, str], Awaitable[Any]]
 RecordJudgeCall = Callable[[JudgeCall], Awaitable[Any]]
@@ -118,11 +117,10 @@ class Judge:
         ]
 
     def quality(self, reply: str) -> float | None:
-        """The first number of the judge's reply over `judge_scale`, clipped to [0, 1]; None without a number."""
-        match = _NUMBER.search(reply)
-        if match is None:
-            return None
-        return min(1.0, max(0.0, float(match.group()) / self.settings.judge.judge_scale))
+        """The first number of the judge's reply (signed, not one glued to a word or a name: `cascade.signals.
+        first_number`, a cascade's judge's rule) over `judge_scale`, clipped to [0, 1]; None without a number."""
+        number = first_number(reply)
+        return None if number is None else min(1.0, max(0.0, number / self.settings.judge.judge_scale))
 
     async def score(self, job: Job) -> float | None:
         messages = self.prompt(job)
