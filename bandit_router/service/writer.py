@@ -17,8 +17,8 @@ queued in one write transaction:
     acknowledge                      resolve each caller's future
 
 Few statements per batch matter: the sqlite3 module releases the GIL around each (and around each column of each
-row it fetches), and the writer must wait for the busy event loop to give it back every time (see
-`app.tune_process`).
+row it fetches), and a release that a waiting event loop takes makes the writer wait to get it back (see
+`app.tune_process`; measured rare at 8 connections: docs/service/performance.md, sixth pass).
 
 Why one module: the operations (one small class each) live here with the writer because each runs inside its
 transaction and shares its `Batch`.
