@@ -7,7 +7,9 @@ checkout (`--base`), one this checkout's, loaded in interleaved rounds so that a
 For each connection count, each round runs `GET /healthz` and `POST /v1/route` on the base server, then on this
 checkout's (the order alternates between rounds), with `bench_http`'s scripts and `wrk -t1`. Reported per
 server: requests/s, the server's CPU µs per request (from /proc: robust to a busy machine), the event-loop and
-writer threads' share of it, and the route ÷ healthz ratios of requests/s and of CPU. `--workers 2` compares
+writer threads' share of it, their voluntary context switches per request (a thread that blocks: the loop in
+epoll or waiting for the GIL, the writer waiting for work or for the GIL back after a statement), and the route ÷
+healthz ratios of requests/s and of CPU. `--workers 2` compares
 two-worker servers instead, and adds each one's `/v1/route` with one worker for the scaling ratio. `--feedback`
 adds `POST /v1/feedback` to each round, on decisions routed just before the run (one fresh id per request, as
 `bench_http` does).
@@ -33,15 +35,20 @@ HERE = Path(__file__).resolve().parent
 
 def _thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds per thread role of the server (and its workers): `loop` (each process's main thread) and
-    `other` (the writer, the maintenance thread)."""
-    out = {"loop": 0.0, "other": 0.0}
+    `other` (the writer, the maintenance thread); and their voluntary context switches (`loop_switches`,
+    `other_switches`: a thread that blocks, in epoll, on a lock, or waiting for the GIL)."""
+    out = {"loop": 0.0, "other": 0.0, "loop_switches": 0.0, "other_switches": 0.0}
     tick = os.sysconf("SC_CLK_TCK")
     for p in bench_http._process_tree(pid):
         with contextlib.suppress(OSError):
             for task in Path(f"/proc/{p}/task").iterdir():
                 with contextlib.suppress(OSError):
                     fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                    out["loop" if int(task.name) == p else "other"] += (int(fields[11]) + int(fields[12])) / tick
+                    role = "loop" if int(task.name) == p else "other"
+                    out[role] += (int(fields[11]) + int(fields[12])) / tick
+                    for line in (task / "status").read_text().splitlines():
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            out[f"{role}_switches"] += int(line.split()[1])
     return out
 
 
@@ -59,6 +66,8 @@ def _measure(wrk: str, server: bench_http.Server, name: str, connections: int, d
     n = max(m["requests"], 1)
     m["loop_us"] = (after["loop"] - before["loop"]) / n * 1e6
     m["other_us"] = (after["other"] - before["other"]) / n * 1e6
+    m["loop_switches"] = (after["loop_switches"] - before["loop_switches"]) / n
+    m["other_switches"] = (after["other_switches"] - before["other_switches"]) / n
     return m
 
 
@@ -70,6 +79,8 @@ def _total(runs: list[dict[str, Any]]) -> dict[str, float]:
         "cpu_us": sum(r["cpu_us"] * r["requests"] for r in runs) / n,
         "loop_us": sum(r["loop_us"] * r["requests"] for r in runs) / n,
         "other_us": sum(r["other_us"] * r["requests"] for r in runs) / n,
+        "loop_switches": sum(r["loop_switches"] * r["requests"] for r in runs) / n,
+        "other_switches": sum(r["other_switches"] * r["requests"] for r in runs) / n,
         "p50_ms": max(r["p50_us"] for r in runs) / 1000,
         "p99_ms": max(r["p99_us"] for r in runs) / 1000,
         "errors": sum(r["errors"] for r in runs),
@@ -107,8 +118,8 @@ def compare(base: Path, connections: list[int], rounds: int, duration: int, work
                             _measure(wrk, singles[side], "route", c, duration))
     lines = [
         "| server | connections | endpoint | req/s | p50 ms | p99 ms | server CPU µs/req | event loop | other threads "
-        "| errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| voluntary switches/req: loop, others | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ratios = ["", "| server | connections | route ÷ healthz req/s | CPU ratio (healthz ÷ route) |"
               + (" feedback ÷ healthz req/s | CPU ratio (healthz ÷ feedback) |" if feedback else ""),
@@ -119,7 +130,8 @@ def compare(base: Path, connections: list[int], rounds: int, duration: int, work
             for name, t in totals.items():
                 lines.append(
                     f"| {side} | {c} | {name} | {t['rps']:,.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.1f} | "
-                    f"{t['cpu_us']:.0f} | {t['loop_us']:.0f} | {t['other_us']:.0f} | {t['errors']} |"
+                    f"{t['cpu_us']:.0f} | {t['loop_us']:.0f} | {t['other_us']:.0f} | "
+                    f"{t['loop_switches']:.2f}, {t['other_switches']:.2f} | {t['errors']} |"
                 )
             h, r = totals["healthz"], totals["route"]
             row = f"| {side} | {c} | {r['rps'] / h['rps']:.2f} | {h['cpu_us'] / r['cpu_us']:.2f} |"

@@ -1,15 +1,22 @@
-"""What a feedback costs the writer thread, in process (no event loop competing for the GIL, no HTTP).
+"""What a feedback (and a routed decision) costs the writer thread, in process (no event loop competing for the
+GIL, no HTTP).
 
-    python -m benchmarks.feedback_writer --label NAME [--code CHECKOUT]
+    python -m benchmarks.feedback_writer --label NAME [--code CHECKOUT] [--gil]
     # → benchmarks/results/profiles/feedback-writer-NAME.txt
 
 The package measured is this checkout's, or `--code`'s (a checkout of another commit for a before/after). An
 `Engine` on a fresh SQLite file (the `default` policy, the shipped catalog, seed 1) stores decisions routed in
 batches of 40; then, on the calling thread, the writer's own transaction (`Writer._transact`, then the work
-between batches) runs batches of 1, 7 and 40 feedbacks, each on fresh decisions: thread CPU per transaction and
-per feedback, in alternating blocks, the median of the blocks. Then the parts: reading a batch's decisions back
-(`WriteTx.decisions`: the query and decoding the rows), and decoding alone (`_stored_from_row` on fetched rows),
-the best of 7 repeats.
+between batches) runs batches of 1, 7 and 40 feedbacks, each on fresh decisions, and batches of 1, 7 and 40
+decisions (routed beforehand, outside the measurement): thread CPU per transaction and per feedback or decision,
+in alternating blocks, the median of the blocks. Then what one transaction of each kind asks of SQLite: its
+statements (the writer connection's trace callback), and with `--gil` how many times the thread released the GIL
+(`perf stat` on the uprobe `probe_libpython3:PyEval_SaveThread`, which must exist: `perf probe -x
+<libpython3.11.so> PyEval_SaveThread`, as root). Every release is a chance for a busy event loop to take the GIL
+and for the writer to wait for it back; Python 3.11's sqlite3 releases it around each statement's step, reset
+and parameter count and around *every column of every row fetched*. Then the parts: reading a batch's decisions
+back (`WriteTx.decisions`: the query and decoding the rows), and decoding alone (`_stored_from_row` on fetched
+rows), the best of 7 repeats.
 """
 
 from __future__ import annotations
@@ -18,12 +25,15 @@ import argparse
 import datetime as dt
 import os
 import platform
+import signal
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import timeit
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,12 +45,28 @@ PROMPTS = [
 ]
 
 
-def measure(rounds: int) -> list[str]:
+GIL_PROBE = "probe_libpython3:PyEval_SaveThread"
+
+
+def _releases(run: Callable[[], None]) -> int | None:
+    """How many times this process released the GIL during `run()` (`perf stat` on `GIL_PROBE`), or None."""
+    perf = subprocess.Popen(["perf", "stat", "-x,", "-e", GIL_PROBE, "-p", str(os.getpid())],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # perf attaches
+    run()
+    perf.send_signal(signal.SIGINT)
+    for line in perf.communicate()[1].splitlines():
+        if GIL_PROBE in line and line.split(",")[0].isdigit():
+            return int(line.split(",")[0])
+    return None
+
+
+def measure(rounds: int, gil: bool) -> list[str]:
     from bandit_router.config.loader import load_settings
     from bandit_router.service.engine import Engine
-    from bandit_router.service.writer import Feedback, InsertDecision
+    from bandit_router.service.writer import Feedback, InsertDecision, Op
     from bandit_router.store import sqlite as store_sqlite
-    from bandit_router.types import Outcome, Request
+    from bandit_router.types import Decision, Outcome, Request
 
     folder = Path(tempfile.mkdtemp(prefix="feedback-writer-"))
     settings = load_settings(None, env={}, overrides={"db": str(folder / "bench.db"), "seed": 1})
@@ -49,36 +75,72 @@ def measure(rounds: int) -> list[str]:
     engine._prepare()  # recovery, on this thread: the writer thread is not started, this thread is the writer
     sizes = (1, 7, 40)
     blocks = {1: 200, 7: 60, 40: 12}
-    needed = sum(size * blocks[size] for size in sizes) * rounds + 40 * 20 + 4000
+    probes = 20  # transactions of each kind and size whose statements and GIL releases are counted
+    needed = sum(size * blocks[size] for size in sizes) * rounds + 40 * 20 + 4000 + probes * (7 + 40)
     ids: list[str] = []
+
+    def routed(count: int) -> list[Decision]:
+        out: list[Decision] = []
+        while len(out) < count:
+            out += engine.router.route_many(
+                [Request(prompt=PROMPTS[j % len(PROMPTS)], context={"tenant": "acme"}) for j in range(40)]
+            )
+        return out[:count]
+
     while len(ids) < needed:
-        decisions = engine.router.route_many(
-            [Request(prompt=PROMPTS[j % len(PROMPTS)], context={"tenant": "acme"}) for j in range(40)]
-        )
+        decisions = routed(40)
         engine.writer._transact([InsertDecision(d, None, "acme") for d in decisions], False)
         ids += [d.decision_id for d in decisions]
+    fresh = iter(routed(sum(size * blocks[size] for size in sizes) * rounds + 40 * 4 + probes * (7 + 40)))
     at = 0
 
-    def run(size: int, count: int) -> float:
+    def feedbacks(size: int) -> list[Feedback]:
         nonlocal at
+        ops = [Feedback(ids[k], Outcome(quality=(k % 100) / 100, output_tokens=100, latency_s=0.5), None,
+                        time.time()) for k in range(at, at + size)]
+        at += size
+        return ops
+
+    def inserts(size: int) -> list[InsertDecision]:
+        return [InsertDecision(next(fresh), None, "acme") for _ in range(size)]
+
+    def run(make: Callable[[int], Sequence[Op]], size: int, count: int) -> float:
+        batches = [make(size) for _ in range(count)]  # made (and routed) outside the measurement
         started = time.thread_time()
-        for _ in range(count):
-            ops = [Feedback(ids[k], Outcome(quality=(k % 100) / 100, output_tokens=100, latency_s=0.5), None,
-                            time.time()) for k in range(at, at + size)]
-            at += size
+        for ops in batches:
             engine.writer._transact(ops, False)
             engine._between_batches()
         return (time.thread_time() - started) / count
 
-    run(40, 20)  # warm up
-    per_tx: dict[int, list[float]] = {size: [] for size in sizes}
+    kinds: dict[str, Callable[[int], Sequence[Op]]] = {"feedbacks": feedbacks, "decisions": inserts}
+    run(feedbacks, 40, 20)  # warm up
+    run(inserts, 40, 4)
+    per_tx: dict[tuple[str, int], list[float]] = {(kind, size): [] for kind in kinds for size in sizes}
     for _ in range(rounds):
-        for size in sizes:
-            per_tx[size].append(run(size, blocks[size]))
-    lines = ["| feedbacks per transaction | writer CPU per transaction | per feedback |", "|---|---|---|"]
-    for size in sizes:
-        median = statistics.median(per_tx[size])
-        lines.append(f"| {size} | {median * 1e6:.0f} µs | {median / size * 1e6:.1f} µs |")
+        for kind, make in kinds.items():
+            for size in sizes:
+                per_tx[kind, size].append(run(make, size, blocks[size]))
+    lines = ["| per transaction | writer CPU per transaction | per feedback or decision |", "|---|---|---|"]
+    for kind, size in per_tx:
+        median = statistics.median(per_tx[kind, size])
+        lines.append(f"| {size} {kind} | {median * 1e6:.0f} µs | {median / size * 1e6:.1f} µs |")
+    lines += ["", "| per transaction | SQL statements | kinds | GIL releases (`--gil`) |", "|---|---|---|---|"]
+    conn = engine.store._writer_conn()
+    for kind, make in kinds.items():
+        for size in (7, 40):
+            batches = [make(size) for _ in range(probes)]
+            statements: list[str] = []
+            conn.set_trace_callback(statements.append)
+
+            def transact(batches: list[Sequence[Op]] = batches) -> None:
+                for ops in batches:
+                    engine.writer._transact(ops, False)
+            released = _releases(transact) if gil else (transact(), None)[1]
+            conn.set_trace_callback(None)
+            words = [" ".join(sql.split()[:2]) for sql in statements]
+            counted = ", ".join(f"{w} ×{words.count(w) / probes:g}" for w in dict.fromkeys(words))
+            lines.append(f"| {size} {kind} | {len(statements) / probes:g} | {counted} | "
+                         f"{'—' if released is None else f'{released / probes:.0f}'} |")
     read_ids = ids[-4000:]
     with engine.store.read() as reader:
         def read() -> None:
@@ -111,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--code", type=Path, default=HERE.parent, help="measure bandit_router from this checkout")
+    parser.add_argument("--gil", action="store_true", help=f"count GIL releases per transaction ({GIL_PROBE})")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.code.resolve()))
     for name in [m for m in sys.modules if m == "bandit_router" or m.startswith("bandit_router.")]:
@@ -119,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     code = Path(bandit_router.__file__).resolve().parent.parent
     load = os.getloadavg()
-    table = measure(args.rounds)
+    table = measure(args.rounds, args.gil)
     header = [
         f"# The writer's CPU per feedback: {args.label}",
         "",
@@ -128,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(shared with other work), Python {platform.python_version()}; load average {load[0]:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end",
         f"command: python -m benchmarks.feedback_writer --label {args.label} --rounds {args.rounds}"
-        + ("" if code == HERE.parent else " --code <checkout>"),
+        + ("" if code == HERE.parent else " --code <checkout>") + (" --gil" if args.gil else ""),
         "",
     ]
     out = Path(args.out)

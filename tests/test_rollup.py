@@ -154,6 +154,28 @@ def test_the_rollup_equals_the_raw_tables(store: Store) -> None:
     assert sum(r.decisions for r in got) == 400
 
 
+class _Undone(Exception):
+    """Raised to roll a write transaction back after reading inside it."""
+
+
+def test_the_decisions_given_to_insert_feedback_give_the_rollup_of_the_stored_ones(store: Store) -> None:
+    """The writer passes `insert_feedback` the (created_at, probability) of the decisions it read in the
+    transaction (no query); all of them, some of them or none (the store reads the rest) give the same rollup rows,
+    bit for bit, as reading them all."""
+    decisions, records, _ = _traffic(120, seed=6)
+    _store_all(store, decisions, [], [])
+    by_id = {d.decision_id: (d.created_at, d.probability) for d in decisions}
+    given: list[dict[str, tuple[float, float]] | None] = [None, by_id, dict(list(by_id.items())[::3]), {}]
+    seen = []
+    for decided in given:
+        with pytest.raises(_Undone), store.write() as tx:
+            tx.insert_feedback([dataclasses.replace(r, seq=i + 1) for i, r in enumerate(records)], decided)
+            seen.append(tx.minute_stats(0, 2**40, 1))
+            raise _Undone
+    assert seen[0] and sum(r.learned for r in seen[0]) > 50
+    assert all(rows == seen[0] for rows in seen[1:])
+
+
 @pytest.mark.parametrize("step", [5, 15, 30, 60, 120])
 def test_buckets_sum_the_minutes_and_the_range_is_half_open(store: Store, step: int) -> None:
     """Steps of 15 and 60 minutes read the longer spans (30 and 120 too): the same sums as the minutes."""

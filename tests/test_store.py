@@ -508,6 +508,45 @@ def test_call_records_round_trip_and_a_second_replaces_the_first(store: Store, r
         assert reader.calls_for_many([]) == {}
 
 
+def _same_stored(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two `{id: StoredDecision}` maps hold the same values (the features compared as their encoded bytes)."""
+    def flat(stored: Any) -> tuple[Any, ...]:
+        d, c = stored.decision, stored.decision.context
+        return (stored.prompt, stored.tenant, encode_features(c.features),
+                *(getattr(d, f.name) for f in dataclasses.fields(d) if f.name != "context"),
+                *(getattr(c, f.name) for f in dataclasses.fields(c) if f.name != "features"))
+    return a.keys() == b.keys() and all(flat(a[k]) == flat(b[k]) for k in a)
+
+
+def test_the_reads_of_a_feedback_batch_in_one_query_are_the_three_reads(store: Store, router: Router) -> None:
+    """`decisions_for_feedback` (the writer's read before it judges a batch of feedback: one UNION ALL on SQLite)
+    returns what `decisions`, `feedback_for_many` and `calls_for_many` return for the same ids: decisions with and
+    without feedback, several feedback rows per decision (in seq order), call records with and without a chain,
+    unknown and repeated ids, more ids than one statement takes (`_CHUNK`)."""
+    decisions = [_decision(router, f"batch {i}", n=i) for i in range(230)]
+    with store.write() as tx:
+        tx.insert_decisions([(d, f"prompt {i}" if i % 2 else None, "acme" if i % 3 else None)
+                             for i, d in enumerate(decisions)])
+        tx.insert_calls([CallRecord(
+            decision_id=d.decision_id, request_id=d.decision_id, attempt=1 + i % 2, model=d.model, routed=i % 2 == 0,
+            stream=i % 4 == 0, status="ok", http_status=200, input_tokens=i, output_tokens=20, usage=None,
+            cost_usd=1e-4 * i, ttft_s=None, latency_s=0.5, error=None, created_at=1.0 + i,
+            chain=json.dumps({"n": i}) if i % 5 == 0 else None,
+        ) for i, d in enumerate(decisions) if i % 3 == 0])  # fmt: skip
+        order = [decisions[i % 40] for i in range(70)] + decisions[200:]  # 1 or 2 rows for some, none for others
+        tx.insert_feedback([_record(d, seq, learn=False, status="late") for seq, d in enumerate(order, 1)])
+    ids = [d.decision_id for d in decisions[::-1]] + ["unknown", decisions[7].decision_id]
+    with store.write() as tx:
+        together = tx.decisions_for_feedback(ids)
+        assert _same_stored(together.decisions, tx.decisions(ids)) and len(together.decisions) == 230
+        assert together.feedback == tx.feedback_for_many(ids)
+        assert [r.seq for r in together.feedback[decisions[3].decision_id]] == [4, 44]
+        assert together.calls == tx.calls_for_many(ids) and len(together.calls) == 77
+        assert together.calls[decisions[0].decision_id].chain == '{"n": 0}'
+        empty = tx.decisions_for_feedback([])
+        assert (empty.decisions, empty.feedback, empty.calls) == ({}, {}, {})
+
+
 def test_chains_are_stored_beside_their_call_and_learned_once_per_decision(store: Store, router: Router) -> None:
     """A named router's chain is stored with its call record (`calls_for_many` returns it); `chains_after` lists,
     in seq order within (seq, until], the first `unrouted` feedback of each `learned-cascade:` decision that has a

@@ -8,14 +8,17 @@ queued in one write transaction:
                                      chains and one upsert of their routers' counts)
       catch up with the log          (unless the batch holds only decisions) rows and model events that other
                                      processes committed, in order
+      read what the feedback needs   its decisions, their earlier feedback and call records: one statement
       run each operation             checks (404, duplicate, 409, late); feedback is numbered seq = head + 1, …
-      insert the feedback            one statement for all of it
+      insert the feedback            one statement for all of it, one for the rollup (which takes the decisions'
+                                     times and probabilities from the batch, not from another query)
     COMMIT                           now the rows are durable (as far as `synchronous` promises)
     learn                            the rows this batch committed, in seq order (`LogFollower.apply`)
     acknowledge                      resolve each caller's future
 
-Few statements per batch matter: the sqlite3 module releases the GIL around each, and the writer must wait for
-the busy event loop to give it back every time (see `app.tune_process`).
+Few statements per batch matter: the sqlite3 module releases the GIL around each (and around each column of each
+row it fetches), and a release that a waiting event loop takes makes the writer wait to get it back (see
+`app.tune_process`; measured rare at 8 connections: docs/service/performance.md, sixth pass).
 
 Why one module: the operations (one small class each) live here with the writer because each runs inside its
 transaction and shares its `Batch`.
@@ -93,8 +96,8 @@ class FeedbackResult:
 @dataclass(slots=True)
 class Batch:
     """What the operations of one transaction share: the entries to apply after the commit, the active models as
-    they will be, and the decisions and feedback that the batch's feedback refers to (read with one query each,
-    then kept up to date as the batch adds feedback)."""
+    they will be, and the decisions, feedback and call records that the batch's feedback refers to (read together,
+    `WriteTx.decisions_for_feedback`, then kept up to date as the batch adds feedback)."""
 
     writer: Writer
     tx: WriteTx
@@ -107,18 +110,21 @@ class Batch:
     """The gateway's call records of the decisions the batch's feedback refers to."""
     next_seq: int = 1
     pending: list[FeedbackRecord] = field(default_factory=list)
+    decided: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """(created_at, probability) of the stored decision of each numbered record, for the rollup."""
 
-    def number(self, record: FeedbackRecord) -> FeedbackRecord:
-        """`record` with the next seq, queued for `flush`."""
+    def number(self, record: FeedbackRecord, decision: Decision) -> FeedbackRecord:
+        """`record` (feedback for `decision`, as read in this transaction) with the next seq, queued for `flush`."""
         numbered = dataclasses.replace(record, seq=self.next_seq)
         self.next_seq += 1
         self.pending.append(numbered)
+        self.decided[decision.decision_id] = (decision.created_at, decision.probability)
         return numbered
 
     def flush(self) -> None:
-        """Write the queued feedback rows (one statement for all of them)."""
+        """Write the queued feedback rows (one statement for all of them, one for the rollup)."""
         if self.pending:
-            self.tx.insert_feedback(self.pending)
+            self.tx.insert_feedback(self.pending, self.decided)
             self.pending = []
 
     def log_feedback(self, record: FeedbackRecord, decision: Decision | None, chain: str | None = None) -> None:
@@ -234,7 +240,8 @@ class Feedback(Op):
             status = FeedbackStatus.UNROUTED
         record = batch.number(
             feedback_record(router, decision, stored.tenant, o, received_at=self.received_at, source=self.source,
-                            status=status)
+                            status=status),
+            decision,
         )
         chain = None
         if learns_chain(decision, existing, record.status):
@@ -473,9 +480,8 @@ class Writer:
                     tx.add_router_counts(failed)
                 asked = [op.decision_id for op in ops if isinstance(op, Feedback)]
                 if asked:
-                    batch.decisions = tx.decisions(asked)
-                    batch.feedback = tx.feedback_for_many(asked)
-                    batch.calls = tx.calls_for_many(asked)
+                    read = tx.decisions_for_feedback(asked)
+                    batch.decisions, batch.feedback, batch.calls = read.decisions, read.feedback, read.calls
                 for op in ops:
                     if isinstance(op, _OUTSIDE_THE_LOG):
                         continue
@@ -587,7 +593,8 @@ class Writer:
             outcome, status = closing
             record = batch.number(
                 feedback_record(router, stored.decision, stored.tenant, outcome, received_at=now, source=status.value,
-                                status=status)
+                                status=status),
+                stored.decision,
             )
             batch.log_feedback(record, stored.decision)
         tx.set_meta(SWEPT, str(position))

@@ -7,7 +7,7 @@ Every method raises `StoreError` (never a driver's own exception) when the datab
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -18,6 +18,7 @@ from .records import (
     ChainFeedback,
     Checkpoint,
     DecisionInfo,
+    FeedbackContext,
     FeedbackRecord,
     JudgeCall,
     JudgeTotals,
@@ -121,9 +122,18 @@ class WriteTx(Reader, Protocol):
         (`store/rollup.py`: `decision_increments`) in the same transaction."""
         ...
 
-    def insert_feedback(self, records: Sequence[FeedbackRecord]) -> None:
+    def insert_feedback(
+        self, records: Sequence[FeedbackRecord], decided: Mapping[str, tuple[float, float]] | None = None
+    ) -> None:
         """Store `records`, numbered by the caller: `seq` = `head()[0]` + 1, + 2, … within this transaction; add
-        them to the per-minute rollup (`rollup.feedback_increments`) in the same transaction."""
+        them to the per-minute rollup (`rollup.feedback_increments`) in the same transaction. The rollup needs
+        each learned record's decision's (created_at, probability): `decided` maps decision ids to them as the
+        caller read them in this transaction, and the store reads those it does not give (all without it)."""
+        ...
+
+    def decisions_for_feedback(self, decision_ids: Sequence[str]) -> FeedbackContext:
+        """What a batch of feedback for `decision_ids` reads before it is judged: `decisions`, `feedback_for_many`
+        and `calls_for_many` of the ids, the same values (in one query where the backend can)."""
         ...
 
     def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent: ...

@@ -37,7 +37,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -55,6 +55,7 @@ from .records import (
     ChainFeedback,
     Checkpoint,
     DecisionInfo,
+    FeedbackContext,
     FeedbackRecord,
     JudgeCall,
     JudgeTotals,
@@ -493,7 +494,9 @@ class _PostgresTx(_SQLiteTx):
             sql = template.format(values=",".join([placeholders] * len(chunk)))
             self.conn.execute(sql, [v for row in chunk for v in row])
 
-    def insert_feedback(self, records: Sequence[FeedbackRecord]) -> None:
+    def insert_feedback(
+        self, records: Sequence[FeedbackRecord], decided: Mapping[str, tuple[float, float]] | None = None
+    ) -> None:
         self.logged = self.logged or bool(records)
         for start in range(0, len(records), _CHUNK):
             chunk = records[start : start + _CHUNK]
@@ -503,13 +506,15 @@ class _PostgresTx(_SQLiteTx):
                            r.output_tokens, r.latency_s, r.source, str(r.status), int(r.learn), r.reward,
                            r.realised_cost_usd, r.model, r.tenant)
             self.conn.execute(_INSERT_FEEDBACK + ",".join([_FEEDBACK_PLACEHOLDERS] * len(chunk)), values)
-        learned = [r.decision_id for r in records if rollup.counts_as_learned(r)]
-        decided = {
-            row[0]: (float(row[1]), float(row[2]))
-            for row in self._rows("SELECT decision_id, created_at, probability FROM decisions "
-                                  "WHERE decision_id = ANY(%s)", (learned,))
-        } if learned else {}
-        self._add_to_rollup(rollup.feedback_increments(records, decided))
+        known = {} if decided is None else decided
+        unknown = [r.decision_id for r in records if rollup.counts_as_learned(r) and r.decision_id not in known]
+        if unknown:  # the decisions the caller did not pass (all of them, without `decided`): one query
+            known = {**known, **{
+                row[0]: (float(row[1]), float(row[2]))
+                for row in self._rows("SELECT decision_id, created_at, probability FROM decisions "
+                                      "WHERE decision_id = ANY(%s)", (unknown,))
+            }}
+        self._add_to_rollup(rollup.feedback_increments(records, known))
 
     def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent:
         self.logged = True
@@ -621,6 +626,12 @@ class _PostgresTx(_SQLiteTx):
         select = CALLS_WITH_CHAINS if self.has_table("chains") else CALLS_WITHOUT_CHAINS
         rows = self._rows(select + " WHERE c.decision_id = ANY(%s)", (list(decision_ids),))
         return {row[0]: _call_from_row(row) for row in rows}
+
+    def decisions_for_feedback(self, decision_ids: Sequence[str]) -> FeedbackContext:
+        """The three queries, as before (one round trip each)."""
+        return FeedbackContext(
+            self.decisions(decision_ids), self.feedback_for_many(decision_ids), self.calls_for_many(decision_ids)
+        )
 
     def get_meta(self, key: str) -> str | None:
         row = self._one("SELECT value FROM meta WHERE key = %s", (key,))

@@ -263,6 +263,16 @@ class StoredDecision:
     tenant: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class FeedbackContext:
+    """What a batch of feedback reads before it is judged (`WriteTx.decisions_for_feedback`): the stored decisions
+    it refers to, their stored feedback (each decision's in seq order) and their call records, by decision id."""
+
+    decisions: dict[str, StoredDecision]
+    feedback: dict[str, list[FeedbackRecord]]
+    calls: dict[str, CallRecord]
+
+
 @dataclass(slots=True)
 class ModelStats:
     """One model's counts: decisions; learned feedbacks and their mean quality, mean reward and spend."""

@@ -30,11 +30,12 @@ import contextlib
 import itertools
 import json
 import logging
+import operator
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import MappingProxyType
@@ -52,6 +53,7 @@ from .records import (
     ChainFeedback,
     Checkpoint,
     DecisionInfo,
+    FeedbackContext,
     FeedbackRecord,
     FeedbackStatus,
     JudgeCall,
@@ -134,6 +136,8 @@ class SQLiteStore:
         self._readers: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._models_json: dict[tuple[str, ...], str] = {}
+        self._tables: set[str] = set()
+        """Tables this process has seen in the database (tables are never dropped: asked until seen)."""
         self._page_bytes = 4096
         self._turn = WriteLock(self.path, busy_timeout_s)
         """Writers of every process queue here, woken as the holder commits (`store/writelock.py`)."""
@@ -258,7 +262,7 @@ class SQLiteStore:
                 self._note(exc)
                 raise StoreError(f"cannot start a write transaction: {exc}") from exc
             try:
-                yield _SQLiteTx(conn, self._models_json)
+                yield _SQLiteTx(conn, self._models_json, self._tables)
             except BaseException as exc:
                 self._note(exc)
                 with contextlib.suppress(StoreError):
@@ -353,7 +357,7 @@ class SQLiteStore:
             self._note(exc)
             raise StoreError(f"cannot read the database: {exc}") from exc
         try:
-            yield _SQLiteTx(conn, self._models_json)
+            yield _SQLiteTx(conn, self._models_json, self._tables)
         except sqlite3.Error as exc:
             self._note(exc)
             raise StoreError(str(exc) if self.fault is None else f"the database is unusable: {self.fault}") from exc
@@ -427,9 +431,24 @@ class _SQLiteTx:
 
     _markers_json: dict[frozenset[str], str] = {}  # noqa: RUF012  (a cache shared by every transaction)
 
-    def __init__(self, conn: sqlite3.Connection, models_json: dict[tuple[str, ...], str]) -> None:
+    def __init__(self, conn: sqlite3.Connection, models_json: dict[tuple[str, ...], str],
+                 tables: set[str] | None = None) -> None:
         self.conn = conn
         self._models_json = models_json
+        self._tables = set() if tables is None else tables
+
+    def _has_tables(self, *names: str) -> bool:
+        """Whether every table of `names` exists: False in a database no service with this version prepared yet
+        (which `export` and `evaluate` may read). The database is asked until it has them, then never again in
+        this process (tables are never dropped; each question is a statement, and a trip through the GIL)."""
+        missing = [name for name in names if name not in self._tables]
+        if missing:
+            marks = ",".join("?" * len(missing))
+            found = {row[0] for row in self._execute(
+                f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({marks})", missing, plain=True)}
+            self._tables.update(found)
+            return len(found) == len(missing)
+        return True
 
     def _in_chunks(self, sql: str, ids: Sequence[str], *, plain: bool = False) -> Iterator[Any]:
         """Rows of `sql` (with `{marks}` for the placeholders) for `ids`, deduplicated, `_CHUNK` ids a query
@@ -523,7 +542,9 @@ class _SQLiteTx:
             None if prompt is None else safe_text(prompt),
         )
 
-    def insert_feedback(self, records: Sequence[FeedbackRecord]) -> None:
+    def insert_feedback(
+        self, records: Sequence[FeedbackRecord], decided: Mapping[str, tuple[float, float]] | None = None
+    ) -> None:
         for start in range(0, len(records), _CHUNK):
             chunk = records[start : start + _CHUNK]
             values = [
@@ -548,15 +569,17 @@ class _SQLiteTx:
                 )
             ]
             self.conn.execute(_INSERT_FEEDBACK + ",".join([_FEEDBACK_PLACEHOLDERS] * len(chunk)), values)
-        learned = [r.decision_id for r in records if rollup.counts_as_learned(r)]
-        decided = {
-            row[0]: (float(row[1]), float(row[2]))
-            for row in self._in_chunks(
-                "SELECT decision_id, created_at, probability FROM decisions WHERE decision_id IN ({marks})",
-                learned, plain=True,
-            )
-        }
-        self._add_to_rollup(rollup.feedback_increments(records, decided))
+        known = {} if decided is None else decided
+        unknown = [r.decision_id for r in records if rollup.counts_as_learned(r) and r.decision_id not in known]
+        if unknown:  # the decisions the caller did not pass (all of them, without `decided`): one query
+            known = {**known, **{
+                row[0]: (float(row[1]), float(row[2]))
+                for row in self._in_chunks(
+                    "SELECT decision_id, created_at, probability FROM decisions WHERE decision_id IN ({marks})",
+                    unknown, plain=True,
+                )
+            }}
+        self._add_to_rollup(rollup.feedback_increments(records, known))
 
     def insert_model_event(self, action: str, name: str, spec: ModelSpec | None) -> ModelEvent:
         after_seq = self.head()[0]
@@ -653,14 +676,39 @@ class _SQLiteTx:
 
     # -- reads ------------------------------------------------------------------------------------------------
     def calls_for_many(self, decision_ids: Sequence[str]) -> dict[str, CallRecord]:
+        if not decision_ids or not self._has_tables("calls"):
+            return {}  # none asked, or a database no service with this version prepared yet
+        select = CALLS_WITH_CHAINS if self._has_tables("chains") else CALLS_WITHOUT_CHAINS
+        return {row[0]: _call_from_row(row)
+                for row in self._in_chunks(select + " WHERE c.decision_id IN ({marks})", decision_ids, plain=True)}
+
+    def decisions_for_feedback(self, decision_ids: Sequence[str]) -> FeedbackContext:
+        """`decisions`, `feedback_for_many` and `calls_for_many` of `decision_ids` in one statement per `_CHUNK`
+        ids (`FOR_FEEDBACK_SQL`): each statement is a trip through the GIL for the writer thread, as is each
+        column of each row (the union adds none to a decision's row)."""
+        context = FeedbackContext({}, {}, {})
         if not decision_ids:
-            return {}
-        tables = {r[0] for r in self.conn.execute(
-            "SELECT name FROM sqlite_master WHERE name IN ('calls', 'chains')").fetchall()}
-        if "calls" not in tables:
-            return {}  # a database no service with this version prepared yet
-        sql = (CALLS_WITH_CHAINS if "chains" in tables else CALLS_WITHOUT_CHAINS) + " WHERE c.decision_id IN ({marks})"
-        return {row[0]: _call_from_row(row) for row in self._in_chunks(sql, decision_ids, plain=True)}
+            return context
+        calls = self._has_tables("calls")
+        sql = FOR_FEEDBACK_SQL[calls, calls and self._has_tables("chains")]
+        arms = 3 if calls else 2
+        unique = list(dict.fromkeys(decision_ids))
+        for start in range(0, len(unique), _CHUNK):
+            chunk = unique[start : start + _CHUNK]
+            for row in self._execute(sql.format(marks=",".join("?" * len(chunk))), chunk * arms, plain=True):
+                first = row[0]
+                if first is None:
+                    call = _call_from_row(row[1 : len(CALL_COLUMNS) + 2])
+                    context.calls[call.decision_id] = call
+                elif isinstance(first, str):
+                    context.decisions[first] = _stored_from_row(row)
+                else:
+                    record = _feedback_from_row(row)
+                    context.feedback.setdefault(record.decision_id, []).append(record)
+        for records in context.feedback.values():
+            if len(records) > 1:
+                records.sort(key=_SEQ)  # in seq order, as `feedback_for_many` returns them
+        return context
 
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -845,6 +893,22 @@ def judge_totals(row: Sequence[Any]) -> JudgeTotals:
     return JudgeTotals(int(row[0]), int(row[1]), int(row[2]), float(row[3]))
 CALLS_WITHOUT_CHAINS = f"SELECT {', '.join(CALL_COLUMNS)}, NULL FROM calls c"
 """`CALLS_WITH_CHAINS` on a database that has no `chains` table yet (schema 5: not yet migrated)."""
+_PAD = len(DECISION_COLUMNS)
+FOR_FEEDBACK_SQL = {
+    (calls, chains): " UNION ALL ".join([
+        f"SELECT {_DECISIONS} FROM decisions WHERE decision_id IN ({{marks}})",
+        f"SELECT {_FEEDBACK}{', NULL' * (_PAD - len(FEEDBACK_COLUMNS))} FROM feedback WHERE decision_id IN ({{marks}})",
+        *([f"SELECT NULL, {', '.join('c.' + c for c in CALL_COLUMNS)}, {'h.chain' if chains else 'NULL'}"
+           f"{', NULL' * (_PAD - len(CALL_COLUMNS) - 2)} FROM calls c"
+           + (" LEFT JOIN chains h ON h.decision_id = c.decision_id" if chains else "")
+           + " WHERE c.decision_id IN ({marks})"] if calls else []),
+    ])
+    for calls, chains in ((True, True), (True, False), (False, False))
+}
+"""`_SQLiteTx.decisions_for_feedback`, by whether the `calls` and `chains` tables exist: the decisions, their
+feedback and their call records as the arms of one UNION ALL (`{marks}`: one chunk's placeholders, bound once per
+arm), padded with NULLs to a decision row's columns and told apart by the first value: a decision's id (text), a
+feedback's seq (an integer), NULL before a call record's columns and chain."""
 CHAINS_SQL = (
     f"SELECT {_JOINED}, c.chain FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
     "JOIN chains c ON c.decision_id = f.decision_id "
@@ -871,6 +935,9 @@ def _call_from_row(row: Sequence[Any]) -> CallRecord:
     values = dict(zip((*CALL_COLUMNS, "chain"), row, strict=True))
     values["routed"], values["stream"] = bool(values["routed"]), bool(values["stream"])
     return CallRecord(**values)
+
+
+_SEQ = operator.attrgetter("seq")
 
 
 def _info_from_row(row: sqlite3.Row) -> DecisionInfo:

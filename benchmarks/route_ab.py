@@ -1,0 +1,95 @@
+"""`Router.route` (the `default` policy) from two checkouts on one machine in one run: `bench_core`'s loop (5
+models, its 500-character prompt, 500 learned feedbacks first, 10,000 timed calls, garbage collection off) run in
+turn by each checkout's package, each round in a fresh process, the order alternating between rounds.
+
+    python -m benchmarks.route_ab --base CHECKOUT --label NAME [--this CHECKOUT] [--rounds 6]
+    # → benchmarks/results/profiles/route-ab-NAME.md
+
+Reported per round and as the median of the rounds: p50 and p99 of the wall-clock µs per call, and the process's
+CPU µs per call over the loop (which a busy machine inflates less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from simulator.report import git_commit
+
+HERE = Path(__file__).resolve().parent
+
+_ROUND = """
+import json
+import numpy as np
+from bandit_router.catalog import default_catalog
+from bandit_router.router import Router
+from bandit_router.types import Outcome, Request
+from benchmarks.bench_core import PROMPT, _timed
+request = Request(prompt=PROMPT, context={"tenant": "acme"})
+router = Router(list(default_catalog())[:5], "default", seed=0)
+for i in range(500):
+    router.learn(router.route(request), Outcome(quality=float(i % 3 == 0), output_tokens=200))
+t, cpu = _timed(lambda: router.route(request), 10_000)
+print(json.dumps({"p50": float(np.percentile(t, 50)), "p99": float(np.percentile(t, 99)), "cpu": cpu}))
+"""
+
+
+def _round(checkout: Path) -> dict[str, float]:
+    """One round of the loop with `checkout`'s package (and its `benchmarks.bench_core`: the loop's code)."""
+    env = {**os.environ, "PYTHONPATH": f"{checkout}{os.pathsep}{HERE.parent}"}
+    out = subprocess.run([sys.executable, "-c", _ROUND], capture_output=True, text=True, check=True, env=env,
+                         cwd=checkout)
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, required=True, help="a checkout whose bandit_router is the baseline")
+    parser.add_argument("--this", type=Path, default=HERE.parent, help="the checkout compared with the base")
+    parser.add_argument("--label", required=True, help="names the output file: route-ab-LABEL.md")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
+    args = parser.parse_args(argv)
+    sides = {"base": args.base.resolve(), "this": args.this.resolve()}
+    load = os.getloadavg()[0]
+    runs: dict[str, list[dict[str, float]]] = {"base": [], "this": []}
+    for r in range(args.rounds):
+        for side in (("base", "this") if r % 2 == 0 else ("this", "base")):
+            runs[side].append(_round(sides[side]))
+            print(side, runs[side][-1], flush=True)
+    lines = [
+        f"# Router.route (default policy) A/B: {args.label}",
+        "",
+        f"base {sides['base']} (commit {git_commit(sides['base'])}), this {sides['this']} (commit "
+        f"{git_commit(sides['this'])}); {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {platform.machine()}, "
+        f"{os.cpu_count()} cores (shared with other work), Python {platform.python_version()}; load average "
+        f"{load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end",
+        f"command: python -m benchmarks.route_ab --base <checkout> --label {args.label} --rounds {args.rounds}",
+        "",
+        "| round | base p50 / p99 / CPU per call (µs) | this p50 / p99 / CPU per call (µs) |",
+        "|---|---|---|",
+    ]
+    for r in range(args.rounds):
+        b, t = runs["base"][r], runs["this"][r]
+        lines.append(f"| {r + 1} | {b['p50']:.1f} / {b['p99']:.1f} / {b['cpu']:.1f} | "
+                     f"{t['p50']:.1f} / {t['p99']:.1f} / {t['cpu']:.1f} |")
+    med = {side: {k: statistics.median(x[k] for x in runs[side]) for k in ("p50", "p99", "cpu")} for side in runs}
+    lines.append(f"| median | {med['base']['p50']:.1f} / {med['base']['p99']:.1f} / {med['base']['cpu']:.1f} | "
+                 f"{med['this']['p50']:.1f} / {med['this']['p99']:.1f} / {med['this']['cpu']:.1f} |")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"route-ab-{args.label}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
