@@ -20,8 +20,10 @@ from bandit_router.config import RouterAlias, Settings
 from bandit_router.evaluation.store_log import recent_log
 from bandit_router.service import create_app
 from bandit_router.store import SQLiteStore
+from bandit_router.store.location import DatabaseURL
 from benchmarks.fake_upstream import JUDGE, ServerThread, quality_in
 from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ScriptedFake, completion, replying, serving
+from tools.pg_server import PgServer
 
 ROUTERS = (
     RouterAlias("cascade", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=0.7),
@@ -411,6 +413,37 @@ def test_a_named_router_refuses_at_once_when_the_service_does_not_store_and_pays
                            json={"model": model, "messages": [{"role": "user", "content": CODE}]})
         assert reply.status_code == 503 and reply.json()["error"]["type"] == "service_unavailable", (model, reply.text)
     assert sum(fake.calls.values()) == before
+
+def test_a_named_router_refuses_at_once_while_postgresql_is_unreachable(
+    fake: ScriptedFake, pg_url: str, pg_server: PgServer
+) -> None:
+    """The outage the bandit's alias meets by failing its first write, before any call: PostgreSQL refusing
+    connections. A named router, which writes only after its chain, asks the same question first (the maintenance
+    thread's probe, twice a second) and answers 503 without paying for a call it could not store."""
+    fake.behaviour.clear()
+    fake.script.clear()
+    specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=fake.url + "/v1",  # type: ignore[attr-defined]
+                            route=n in ("cheap", "strong")) for n in PRICES)  # fmt: skip
+    server = ServerThread(create_app(Settings(db=DatabaseURL(pg_url), models=specs, routers=ROUTERS, seed=11)))
+    url = server.wait_ready()
+    try:
+        pg_server.down()
+        try:
+            deadline = time.monotonic() + 10
+            while httpx.get(url + "/readyz").status_code != 503:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            before = sum(fake.calls.values())
+            for model in ("router", "cascade", "learned", "auto"):
+                reply = httpx.post(url + "/v1/chat/completions", timeout=30,
+                                   json={"model": model, "messages": [{"role": "user", "content": CODE}]})
+                assert reply.status_code == 503, (model, reply.text)
+            assert sum(fake.calls.values()) == before
+        finally:
+            pg_server.up()
+    finally:
+        server.stop()
+
 
 # -- learned escalation -----------------------------------------------------------------------------------------
 def test_learned_escalation_learns_which_kinds_to_escalate(gateway: Callable[..., str]) -> None:
