@@ -96,22 +96,44 @@ def test_a_line_separator_inside_a_chunks_json_is_text_not_the_end_of_an_event(
 
 
 
-def test_sse_lines_end_at_cr_lf_or_crlf_only_wherever_the_parts_are_cut() -> None:
-    """Every way of cutting a body into parts gives the same lines (a CRLF cut in two gives one extra blank line,
-    which SSE skips like any blank line), a character cut in two is whole, and U+2028 is text."""
-    body = "data: a\u2028b\r\n\r\ndata: é\rdata: c\n\ndata: [DONE]".encode()
+def test_a_stream_cut_inside_a_line_is_a_cut_not_an_answer_that_is_not_json(
+    gateway: Callable[..., str], fake: ScriptedFake, tmp_path: Path
+) -> None:
+    """The connection ends inside a line: what arrived of that line is dropped, as SSE drops pending data at the
+    end of a stream. Before the answer's `finish_reason` it is the model's `connection_error`, as a cut between two
+    events is; after it (a usage chunk cut short), the answer is whole: `ok`. The cut line was read as a chunk that
+    is not JSON, the model's `invalid_response` in both cases."""
+    url = gateway()
+    fake.script["cheap"] = streaming(lambda: [event("Hello"), b'data: {"id": "s", "choices": [{"delta": {"con'])
+    reply = stream(url)
+    error = json.loads(reply.text.rstrip().rsplit("data: ", 1)[1])["error"]
+    assert error["code"] == "connection_error", reply.text
+    assert recorded(tmp_path / "s0.db", reply.headers["x-decision-id"])[0] == "connection_error"
+    fake.script["cheap"] = streaming(lambda: [event("Hello"), FINISH + b"\n\n", b'data: {"id": "s", "usage": {"pro'])
+    reply = stream(url)
+    assert reply.status_code == 200 and reply.text.rstrip().endswith("data: [DONE]"), reply.text
+    assert recorded(tmp_path / "s0.db", reply.headers["x-decision-id"]) == ("ok", None)
 
-    async def lines(cuts: list[int]) -> list[str]:
+
+def test_sse_lines_end_at_cr_lf_or_crlf_only_wherever_the_parts_are_cut() -> None:
+    """Every way of cutting a body into parts gives the same lines (a CRLF cut in two is one line end), a character
+    cut in two is whole, and U+2028 is text. A last line the body ends inside is dropped, as SSE drops pending data
+    at the end of a stream, unless it is a bare `data: [DONE]`."""
+
+    async def lines(body: bytes, cuts: list[int]) -> list[str]:
         async def parts() -> AsyncIterator[bytes]:
             for start, end in zip([0, *cuts], [*cuts, len(body)], strict=True):
                 yield body[start:end]
         return [line async for line in sse_lines(parts())]
 
+    body = "data: a\u2028b\r\n\r\ndata: é\rdata: c\n\ndata: [DONE]".encode()
     expected = ["data: a\u2028b", "", "data: é", "data: c", "", "data: [DONE]"]
     for cut in range(1, len(body)):
-        got = asyncio.run(lines([cut]))
-        assert [line for line in got if line] == [line for line in expected if line], cut
-        assert got == expected or (body[cut - 1 : cut + 1] == b"\r\n" and len(got) == len(expected) + 1), cut
+        assert asyncio.run(lines(body, [cut])) == expected, cut
+        assert asyncio.run(lines(body, [cut, min(cut + 1, len(body) - 1)])) == expected, cut
+    cut_short = b'data: {"choices": []}\n\ndata: {"choices": [{"delta": {"content": "Hel'
+    for cut in range(1, len(cut_short)):
+        assert asyncio.run(lines(cut_short, [cut])) == ['data: {"choices": []}', ""], cut
 
 
 def test_a_stream_that_never_ends_a_line_is_cut_at_max_upstream_response_bytes(
@@ -154,3 +176,51 @@ def test_a_streamed_tool_calls_tokens_are_counted_when_the_upstream_reports_no_u
     with closing(sqlite3.connect(f"file:{tmp_path / 's0.db'}?mode=ro", uri=True)) as conn:
         usage, tokens = conn.execute("SELECT usage, output_tokens FROM calls").fetchone()
     assert usage == "estimated" and tokens >= 10
+
+
+def test_a_streamed_answer_is_shown_to_a_judge_as_the_same_answer_unstreamed_is(fake: ScriptedFake) -> None:
+    """The feedback judge reads a streamed answer as `pricing.answer_text` reads it unstreamed: the first choice's
+    content, then each tool call as `name(arguments)` on its own line, the calls' pieces joined by their `index`
+    (it was every choice's content and every piece run together: 'Checking.get_weather{...}get_time{...}')."""
+    from bandit_router.gateway.pricing import answer_text
+    from bandit_router.gateway.upstreams import Endpoint, Upstreams
+
+    def chunk(index: int, **delta: Any) -> bytes:
+        body = {"id": "s", "object": "chat.completion.chunk", "choices": [{"index": index, "delta": delta}]}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    def call(i: int, name: str | None, arguments: str) -> dict[str, Any]:
+        function = {"arguments": arguments} if name is None else {"name": name, "arguments": arguments}
+        return {"index": i, "function": function}
+
+    parts = [chunk(0, role="assistant", content="Check"), chunk(1, content="other choice"), chunk(0, content="ing."),
+             chunk(0, tool_calls=[call(0, "get_weather", '{"city"')]), chunk(0, tool_calls=[call(1, "get_time", "")]),
+             chunk(0, tool_calls=[call(0, None, ': "Paris"}')]), chunk(0, tool_calls=[call(1, None, '{"tz": "CET"}')]),
+             FINISH + b"\n\n", b"data: [DONE]\n\n"]
+    fake.script["cheap"] = streaming(lambda: parts)
+    unstreamed = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Checking.", "tool_calls": [
+        {"id": "1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "2", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}}]}}]}
+
+    async def streamed() -> str:
+        spec = ModelSpec("cheap", *PRICES["cheap"], base_url=fake.url + "/v1")
+        endpoint = Endpoint.of(spec, default_base_url=None, default_api_key_env=None, timeout_s=10,
+                               connect_timeout_s=5, max_concurrency=4)
+        assert endpoint is not None
+        upstreams = Upstreams([endpoint], max_response_bytes=1 << 20)
+        try:
+            stream = await upstreams.stream("cheap", {"messages": [{"role": "user", "content": "hi"}]},
+                                            time.monotonic() + 10)
+            try:
+                await stream.first()
+                async for _ in stream.rest():
+                    pass
+                return stream.answer()
+            finally:
+                await stream.close()
+        finally:
+            await upstreams.aclose()
+
+    assert asyncio.run(streamed()) == answer_text(unstreamed) == (
+        'Checking.\nget_weather({"city": "Paris"})\nget_time({"tz": "CET"})'
+    )

@@ -96,6 +96,7 @@ def test_feedback_is_completed_from_the_call_record_and_the_callers_values_win()
     ("8", 0.8), ("7.5/10", 0.75), ("Score: 10/10", 1.0), ("12", 1.0), ("-2", 0.0), ("1" * 400, 1.0),
     ("As a GPT-4 based grader: 8", 0.8),  # a number glued to a name is not the score, as for a cascade's judge
     ("v2 of the answer: 6", 0.6), ("no idea", None),
+    ("评分8分", 0.8), ("Note : 7", 0.7),  # other scripts may touch it: only ASCII words and names glue
 ])
 def test_the_feedback_judges_quality_is_the_first_number_over_the_scale(reply: str, quality: float | None) -> None:
     from bandit_router.gateway import Judge, Upstreams

@@ -29,8 +29,9 @@ MAX_JUDGE_CHARS = 12_000
 SIGNALS = ("judge", "logprob", "logprob-min")
 """`logprob` is the mean over the answer's tokens, `logprob-min` the least likely token."""
 
-_NUMBER = re.compile(r"(?<![\w.])(?<![\w.][-+])([-+]?\d+(?:\.\d+)?)")
-"""A number, with its sign, not glued to a word or a name (`v2`, `gpt-4`, `1.5` read from `.5`)."""
+_NUMBER = re.compile(r"(?<![A-Za-z0-9_.])(?<![A-Za-z0-9_.][-+])([-+]?[0-9]+(?:\.[0-9]+)?)")
+"""A number in ASCII digits, with its sign, not glued to a Latin word or a name (`v2`, `gpt-4`, `1.5` read from
+`.5`); other scripts may touch it (`评分8分` is 8), as they did before the rule knew names."""
 
 
 _SLOTS = re.compile(r"\{(request|answer)\}")

@@ -425,7 +425,7 @@ class Gateway:
         recorded = self._record(answer.attempt, status, None, usage=usage, cost=cost, latency=stream.latency_s,
                                 ttft=stream.ttft_s, error=error or None)
         if status == CallStatus.OK and answer.chat.routed and self.on_answer is not None:
-            self.on_answer(decision, answer.chat.messages, text)
+            self.on_answer(decision, answer.chat.messages, stream.answer())
         return recorded
 
     # -- recording --------------------------------------------------------------------------------------------

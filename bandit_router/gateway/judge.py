@@ -2,8 +2,9 @@
 
     answer ──(sampled at judge_sample_rate, seeded)──► bounded queue ──► judge_concurrency workers
         worker: wait until judge_delay_s after the answer, ask the judge model (rubric as the system message, the
-        conversation and the answer as the user message), read the first number of its reply,
-        quality = min(1, number / judge_scale), post it as feedback with source = "judge".
+        conversation and the answer as the user message), read the first number of its reply (signed, not glued
+        to a word or a name: `cascade.signals.first_number`), quality = clip(number / judge_scale, 0, 1), post it
+        as feedback with source = "judge".
 
 Never delays a reply: `offer()` only puts a job in the queue (a full queue drops it: counted in `dropped`).
 Precedence: the caller's own feedback wins. A caller's feedback that arrives before the judge's makes the judge's

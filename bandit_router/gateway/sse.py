@@ -15,13 +15,25 @@ _LINE_END = re.compile(r"\r\n|\r|\n")
 """Where an SSE line ends: CR, LF or CRLF."""
 
 
+DONE_LINES = ("data: [DONE]", "data:[DONE]")
+"""A stream's last line, kept even when the body ends before its line does."""
+
+
 async def sse_lines(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:
     """The lines of an event stream's body (UTF-8, as SSE always is; an invalid byte becomes U+FFFD). A CRLF split
-    between two parts gives an extra empty line, which SSE reads as the blank line it is."""
+    between two parts is one line end. A last line the body ends inside is dropped, as SSE discards pending data at
+    the end of the stream (a connection cut mid-line is a cut, not a chunk that is not JSON), except a bare
+    `data: [DONE]`, which some upstreams send without its line end."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending: list[str] = []
+    after_cr = False
     async for part in parts:
         text = decoder.decode(part)
+        if not text:
+            continue
+        if after_cr and text[0] == "\n":  # the LF of a CRLF whose CR ended the previous part
+            text = text[1:]
+        after_cr = text.endswith("\r")
         pieces = _LINE_END.split(text)
         if len(pieces) == 1:
             pending.append(text)
@@ -31,5 +43,5 @@ async def sse_lines(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:
         for line in pieces:
             yield line
     last = "".join(pending) + decoder.decode(b"", final=True)
-    if last:
+    if last in DONE_LINES:
         yield last
