@@ -86,6 +86,34 @@ def answer_text(body: Mapping[str, Any]) -> str:
     return ""
 
 
+class StreamedAnswer:
+    """One choice of a streamed completion, put together from its deltas as `answer_text` reads it unstreamed: its
+    content, then each tool call as `name(arguments)`, one per line; a streamed call comes in pieces (its name
+    first, then its arguments a few characters at a time), joined by the call's `index`."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.tools: dict[int | str, list[str]] = {}  # index → [name, arguments]
+
+    def add(self, delta: Mapping[str, Any]) -> None:
+        content = delta.get("content")
+        if isinstance(content, str):
+            self.content.append(content)
+        calls = delta.get("tool_calls")
+        pieces = [(c.get("index", i), c.get("function")) for i, c in enumerate(calls) if isinstance(c, Mapping)] \
+            if isinstance(calls, list) else []
+        pieces.append(("function_call", delta.get("function_call")))
+        for key, function in pieces:
+            if isinstance(function, Mapping):
+                kept = self.tools.setdefault(key if isinstance(key, int | str) else repr(key), ["", ""])
+                kept[0] += _text(function.get("name"))
+                kept[1] += _text(function.get("arguments"))
+
+    def text(self) -> str:
+        parts = ["".join(self.content), *(f"{name}({arguments})" for name, arguments in self.tools.values())]
+        return "\n".join(part for part in parts if part)
+
+
 def tool_calls(message: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(name, arguments) of each tool call of a message or a streamed delta (`tool_calls`, or the older
     `function_call`); a name or arguments that are not text count as ''."""

@@ -29,7 +29,7 @@ import httpx
 from ..catalog import ModelSpec
 from ..errors import BanditRouterError
 from ..store import CallStatus
-from .pricing import Usage, tool_calls, usage_of
+from .pricing import StreamedAnswer, Usage, tool_calls, usage_of
 from .sse import sse_lines
 
 log = logging.getLogger("bandit_router.gateway")
@@ -320,9 +320,7 @@ class Stream:
         self.usage: Usage | None = None
         self.text: list[str] = []
         """Every choice's streamed content and tool-call pieces, for counting tokens when the upstream gives none."""
-        self._content: list[str] = []
-        self._tools: dict[Any, list[str]] = {}
-        """The first choice's content and tool calls (by their `index`: [name, arguments] pieces), for `answer`."""
+        self._first = StreamedAnswer()  # the first choice, for `answer`
         self._lines = sse_lines(self._bounded(response.aiter_bytes()))
         self._size = 0
         self._timeout_s = endpoint.timeout_s
@@ -388,32 +386,14 @@ class Stream:
                 if isinstance(delta, dict):  # a tool call's pieces: counted as the answer's tokens too
                     self.text.extend(name + arguments for name, arguments in tool_calls(delta))
                     if choice.get("index", 0) == 0:
-                        self._first_choice(delta, content)
+                        self._first.add(delta)
                 self._finished = self._finished or bool(choice.get("finish_reason"))
             self._chunks += 1
             return chunk
 
-    def _first_choice(self, delta: dict[str, Any], content: Any) -> None:
-        """Keep the first choice's pieces: its content, and each tool call's name and arguments by the call's
-        `index` (a streamed call comes in pieces: its name first, then its arguments a few characters at a time)."""
-        if isinstance(content, str):
-            self._content.append(content)
-        calls = delta.get("tool_calls")
-        pieces = [(c.get("index", i), c.get("function")) for i, c in enumerate(calls) if isinstance(c, dict)] \
-            if isinstance(calls, list) else []
-        pieces.append(("function_call", delta.get("function_call")))
-        for key, function in pieces:
-            if isinstance(function, dict):
-                name, arguments = function.get("name"), function.get("arguments")
-                kept = self._tools.setdefault(key if isinstance(key, int | str) else repr(key), ["", ""])
-                kept[0] += name if isinstance(name, str) else ""
-                kept[1] += arguments if isinstance(arguments, str) else ""
-
     def answer(self) -> str:
-        """What the first choice said so far, as `pricing.answer_text` reads the same answer unstreamed: its
-        content, then each tool call as `name(arguments)`, one per line (what a judge is shown)."""
-        parts = ["".join(self._content), *(f"{name}({arguments})" for name, arguments in self._tools.values())]
-        return "\n".join(part for part in parts if part)
+        """The first choice so far, as `pricing.answer_text` reads it unstreamed (what a judge is shown)."""
+        return self._first.text()
 
     async def first(self) -> dict[str, Any]:
         """The first chunk, within `timeout_s` of the call's start and the request's deadline (SSE comments, which
