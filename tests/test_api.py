@@ -531,6 +531,26 @@ def test_metrics_count_decisions_and_feedback(client: TestClient) -> None:
     assert f'bandit_router_learned_reward_sum{{model="{model}"}}' in text
 
 
+def test_metrics_count_no_feedback_of_a_transaction_that_rolled_back(client: TestClient) -> None:
+    """The database refuses the feedback row (a trigger: the write transaction rolls back, the reply is 503):
+    `/metrics` counts no feedback, learned reward or cost for it, as `/v1/stats` counts none."""
+    decision = _route(client)
+    with _db(client) as conn:
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON feedback BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5})
+    assert reply.status_code == 503
+    assert client.get("/v1/stats").json()["feedback_learned"] == 0
+    samples = [line for line in client.get("/metrics").text.splitlines() if not line.startswith("#")]
+    assert not [s for s in samples if s.startswith(("bandit_router_feedback_", "bandit_router_learned_"))]
+    with _db(client) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    for _ in range(2):  # stored, then recognised as a duplicate: counted once each
+        assert client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5}).is_success
+    text = client.get("/metrics").text
+    assert f'bandit_router_feedback_total{{model="{decision["model"]}",status="applied"}} 1.0' in text
+    assert f'bandit_router_feedback_total{{model="{decision["model"]}",status="duplicate"}} 1.0' in text
+
+
 def test_openapi_documents_the_bodies(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     route = schema["paths"]["/v1/route"]["post"]
