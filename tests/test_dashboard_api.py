@@ -81,6 +81,9 @@ def test_since_until_and_the_default_step(make: Callable[..., Any]) -> None:
         ("since=abc", "since"),
         ("since=5e20&until=5.1e20", "since"),  # minutes past a 64-bit integer
         ("since=-1e12", "since"),
+        ("until=1700000000", "until"),  # alone: it was ignored (the last hour)
+        ("range=day&since=-60", "range"),  # both: `since` was ignored
+        ("range=hour&until=1700000000", "range"),
     ],
 )
 def test_bad_parameters_get_a_422_naming_them(make: Callable[..., Any], query: str, field: str) -> None:
