@@ -249,6 +249,24 @@ def test_default_reward_is_learned_for_silent_decisions(make_client: Callable[..
     assert late.json()["status"] == "late"
 
 
+def test_stats_count_the_feedback_callers_sent_as_the_dashboard_does(make_client: Callable[..., TestClient]) -> None:
+    """A closed window's default reward is learned, but it is no feedback: `/v1/stats`' learned counts, feedback
+    rate, means and spend are those of the dashboard (`/v1/stats/timeseries`), not 100% with invented qualities."""
+    client = make_client(reward_window_s=0.3, default_reward=0.25)
+    silent = [_route(client, prompt=f"silent {i}") for i in range(3)]
+    answered = _route(client)
+    client.post("/v1/feedback", json={"decision_id": answered["decision_id"], "quality": 1.0, "cost_usd": 0.01})
+    _wait(lambda: client.get("/v1/stats").json()["feedback_by_status"].get("default") == len(silent))
+    stats = client.get("/v1/stats").json()
+    overall = client.get("/v1/stats/timeseries?range=hour").json()["overall"]
+    assert stats["policy_version"] == 4 and stats["feedback_by_status"] == {"applied": 1, "default": 3}
+    assert stats["feedback_learned"] == overall["learned"] == 1
+    assert stats["feedback_rate"] == pytest.approx(overall["coverage"]) == pytest.approx(1 / 4)
+    (row,) = [m for m in stats["models"] if m["feedback"]]
+    assert (row["model"], row["mean_quality"], row["spend_usd"]) == (answered["model"], 1.0, 0.01)
+    assert sum(m["spend_usd"] or 0 for m in stats["models"]) == pytest.approx(overall["cost_usd"]) == 0.01
+
+
 _FEEDBACK_BAD = [
     ("quality", "NaN"),
     ("quality", "Infinity"),

@@ -121,6 +121,9 @@ def test_reward_windows_close_once_across_replicas(replicas: Callable[..., TestC
     rows = _rows(pg_url, "SELECT decision_id, status, quality FROM feedback ORDER BY seq")
     assert sorted(r[0] for r in rows) == sorted(silent) and {(r[1], r[2]) for r in rows} == {("default", 0.25)}
     _wait(lambda: all(_engine(c).applied_seq == 10 for c in (a, b)))
+    stats = a.get("/v1/stats").json()  # learned by both, but no caller sent feedback (as the dashboard says)
+    assert stats["feedback_by_status"] == {"default": 10} and stats["feedback_learned"] == 0
+    assert b.get("/v1/stats/timeseries").json()["overall"]["learned"] == 0
 
 
 def test_a_database_outage_is_503_then_the_service_carries_on(
