@@ -265,6 +265,9 @@ def test_stats_count_the_feedback_callers_sent_as_the_dashboard_does(make_client
     (row,) = [m for m in stats["models"] if m["feedback"]]
     assert (row["model"], row["mean_quality"], row["spend_usd"]) == (answered["model"], 1.0, 0.01)
     assert sum(m["spend_usd"] or 0 for m in stats["models"]) == pytest.approx(overall["cost_usd"]) == 0.01
+    learned = [line.split()[-1] for line in client.get("/metrics").text.splitlines()
+               if line.startswith(("bandit_router_learned_cost_usd_total", "bandit_router_learned_reward_sum"))]
+    assert len(learned) == 2 and float(learned[1]) == 0.01  # only the answered decision's model: the caller's
 
 
 _FEEDBACK_BAD = [

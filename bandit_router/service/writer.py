@@ -57,6 +57,7 @@ from ..store import (
     StoreError,
     WriteTx,
 )
+from ..store.rollup import counts_as_learned
 from ..types import Decision, Outcome
 from .exceptions import Conflict, NotFound, Unavailable
 
@@ -133,7 +134,8 @@ class Batch:
     def log_feedback(self, record: FeedbackRecord, decision: Decision | None, chain: str | None = None) -> None:
         """Apply the numbered `record` after the commit (with the chain a learned cascade learns from it)."""
         self.entries.append(LogEntry(seq=record.seq, record=record, decision=decision, chain=chain))
-        self.feedback_seen.append((record.model, record.status, record.reward, record.realised_cost_usd, record.learn))
+        self.feedback_seen.append((record.model, record.status, record.reward, record.realised_cost_usd,
+                                   counts_as_learned(record)))  # as /v1/stats and the dashboard count
 
     def log_event(self, action: ModelAction, name: str, spec: ModelSpec | None = None) -> None:
         self.flush()  # the event goes after the feedback before it
