@@ -346,3 +346,30 @@ def test_a_model_no_longer_in_the_catalog_is_marked_in_the_models_table(watched:
         assert w.errors == []
     finally:
         second.stop()
+
+
+def test_every_active_model_is_a_row_whatever_its_name(watched: Any, tmp_path: Path) -> None:
+    """Model names are data, also those of an object's built-in properties: an active model without decisions
+    in the range (here: added at run time, never chosen) named `constructor`, `toString` or `__proto__` is a row
+    of the *Models* table like `a` (the page's set of names was a plain object, which has them all)."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    server = ServerThread(create_app(Settings(db=tmp_path / "n.db", seed=3, models=(ModelSpec("a", 1.0, 2.0),
+                                                                                     ModelSpec("b", 1.0, 2.0)))))
+    try:
+        url = server.wait_ready(30)
+        assert httpx.post(url + "/v1/route", json={"prompt": "Say hello", "models": ["b"]}).status_code == 200
+        for name in ("constructor", "toString", "__proto__"):
+            spec = {"name": name, "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
+            assert httpx.post(url + "/v1/models", json=spec).status_code == 201
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
+        rows = [r.split("\t")[0] for r in w.page.locator("#models-table tbody tr").all_inner_texts()]
+        assert sorted(rows) == sorted(["a", "b", "constructor", "toString", "__proto__"]), rows
+        assert w.errors == []
+    finally:
+        server.stop()

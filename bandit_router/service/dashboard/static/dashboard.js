@@ -214,7 +214,7 @@
 
   function drawModels(ts, live) {
     var rows = ts.models.slice();
-    var seen = {};
+    var seen = Object.create(null);  // no inherited keys: a model may be named `constructor` or `__proto__`
     rows.forEach(function (r) { seen[r.model] = true; });
     live.models.forEach(function (m) { if (!seen[m]) { rows.push({ model: m, decisions: 0, in_catalog: true }); } });
     rows.sort(function (a, b) { return (b.decisions || 0) - (a.decisions || 0); });
