@@ -596,8 +596,10 @@ def test_every_error_is_json_with_a_message(client: TestClient, method: str, pat
 def test_health_readiness_and_unavailable(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["status"] == "ready"
+    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200  # HEAD probes
     client.app.state.engine.stop()  # type: ignore[attr-defined]
-    assert client.get("/healthz").status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.head("/healthz").status_code == 200
+    assert client.head("/readyz").status_code == 503
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503 and not_ready.headers["retry-after"] == "1"
     route = client.post("/v1/route", json={"prompt": "x"})

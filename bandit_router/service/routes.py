@@ -381,15 +381,17 @@ async def put_budgets(request: Request) -> Response:
 
 
 @router.get("/healthz", tags=["ops"])
+@router.head("/healthz", include_in_schema=False)  # HEAD probes (HAProxy's `httpchk HEAD`, `curl -I`): no 405
 async def healthz() -> Response:
-    """Liveness: 200 while the process serves HTTP."""
+    """Liveness: 200 while the process serves HTTP (also to HEAD)."""
     return json_response({"status": "ok"})
 
 
 @router.get("/readyz", tags=["ops"], responses={503: ERROR_RESPONSES[503]})
+@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Response:
-    """Readiness: 200 once the learned state is recovered and the database is usable, else 503. The reply names
-    the process (`pid`) and what its recovery did."""
+    """Readiness: 200 once the learned state is recovered and the database is usable, else 503 (also to HEAD).
+    The reply names the process (`pid`) and what its recovery did."""
     engine = _services(request, client=False).engine
     if engine.ready:
         return json_response({"status": "ready", "pid": os.getpid(), "recovery": engine.recovery})
