@@ -319,6 +319,8 @@ async def retire_model(request: Request, name: Annotated[str, Path(max_length=12
     """Stop routing to a model (admin key). Feedback for its past decisions is still learned. A name with `/`
     (`meta-llama/Llama-3.1-8B`) goes in the path as is or with `%2F`."""
     engine = _services(request, admin=True).engine
+    if request.scope["path"].partition("/v1/models/")[2] != name:  # the route's `$` matched before a final \n
+        name = request.scope["path"].partition("/v1/models/")[2]
     problem = name_problem(name)
     if problem is not None:
         raise InvalidField("name", f"not a valid model name: {problem}")
