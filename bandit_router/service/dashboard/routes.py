@@ -33,9 +33,11 @@ RESPONSES: dict[int | str, dict[str, Any]] = {s: ERROR_RESPONSES[s] for s in (40
 
 
 def _monitor(request: Request) -> Monitor:
-    """The app's monitor (built on first use), after checking the API key."""
+    """The app's monitor (built on first use), after checking the API key; 503 at once while the database does
+    not answer, as the other reads (`Engine.require_readable`)."""
     services = request.app.state.services
     authorize(services.auth, request.headers.get("authorization"), action=f"{request.method} {request.url.path}")
+    services.engine.require_readable()
     monitor: Monitor | None = getattr(request.app.state, "monitor", None)
     if monitor is None:
         engine = services.engine
