@@ -413,9 +413,13 @@ class Engine:
 
     def require_readable(self) -> None:
         """Raise `Unavailable` (503) at once while the database does not answer (`stalled`): a read would wait
-        behind the hang for as long as it lasts, holding a thread of the pool (the dashboard asks every 2 s)."""
+        behind the hang for as long as it lasts, holding a thread of the pool (the dashboard asks every 2 s); or
+        once its file was deleted, replaced or found corrupt (`fault`): a read would answer from the file the
+        service opened, which is no longer the database at its path."""
         if (stalled := self.stalled) is not None:
             raise Unavailable(f"the database is unavailable: {stalled}")
+        if (fault := self.fault) is not None:
+            raise Unavailable(f"the database is unusable: {fault}")
 
     async def _submit(self, op: Op) -> Any:
         self._require_ready()
