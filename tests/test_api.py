@@ -249,6 +249,27 @@ def test_default_reward_is_learned_for_silent_decisions(make_client: Callable[..
     assert late.json()["status"] == "late"
 
 
+def test_stats_count_the_feedback_callers_sent_as_the_dashboard_does(make_client: Callable[..., TestClient]) -> None:
+    """A closed window's default reward is learned, but it is no feedback: `/v1/stats`' learned counts, feedback
+    rate, means and spend are those of the dashboard (`/v1/stats/timeseries`), not 100% with invented qualities."""
+    client = make_client(reward_window_s=0.3, default_reward=0.25)
+    silent = [_route(client, prompt=f"silent {i}") for i in range(3)]
+    answered = _route(client)
+    client.post("/v1/feedback", json={"decision_id": answered["decision_id"], "quality": 1.0, "cost_usd": 0.01})
+    _wait(lambda: client.get("/v1/stats").json()["feedback_by_status"].get("default") == len(silent))
+    stats = client.get("/v1/stats").json()
+    overall = client.get("/v1/stats/timeseries?range=hour").json()["overall"]
+    assert stats["policy_version"] == 4 and stats["feedback_by_status"] == {"applied": 1, "default": 3}
+    assert stats["feedback_learned"] == overall["learned"] == 1
+    assert stats["feedback_rate"] == pytest.approx(overall["coverage"]) == pytest.approx(1 / 4)
+    (row,) = [m for m in stats["models"] if m["feedback"]]
+    assert (row["model"], row["mean_quality"], row["spend_usd"]) == (answered["model"], 1.0, 0.01)
+    assert sum(m["spend_usd"] or 0 for m in stats["models"]) == pytest.approx(overall["cost_usd"]) == 0.01
+    learned = [line.split()[-1] for line in client.get("/metrics").text.splitlines()
+               if line.startswith(("bandit_router_learned_cost_usd_total", "bandit_router_learned_reward_sum"))]
+    assert len(learned) == 2 and float(learned[1]) == 0.01  # only the answered decision's model: the caller's
+
+
 _FEEDBACK_BAD = [
     ("quality", "NaN"),
     ("quality", "Infinity"),
@@ -531,6 +552,26 @@ def test_metrics_count_decisions_and_feedback(client: TestClient) -> None:
     assert f'bandit_router_learned_reward_sum{{model="{model}"}}' in text
 
 
+def test_metrics_count_no_feedback_of_a_transaction_that_rolled_back(client: TestClient) -> None:
+    """The database refuses the feedback row (a trigger: the write transaction rolls back, the reply is 503):
+    `/metrics` counts no feedback, learned reward or cost for it, as `/v1/stats` counts none."""
+    decision = _route(client)
+    with _db(client) as conn:
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON feedback BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5})
+    assert reply.status_code == 503
+    assert client.get("/v1/stats").json()["feedback_learned"] == 0
+    samples = [line for line in client.get("/metrics").text.splitlines() if not line.startswith("#")]
+    assert not [s for s in samples if s.startswith(("bandit_router_feedback_", "bandit_router_learned_"))]
+    with _db(client) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    for _ in range(2):  # stored, then recognised as a duplicate: counted once each
+        assert client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5}).is_success
+    text = client.get("/metrics").text
+    assert f'bandit_router_feedback_total{{model="{decision["model"]}",status="applied"}} 1.0' in text
+    assert f'bandit_router_feedback_total{{model="{decision["model"]}",status="duplicate"}} 1.0' in text
+
+
 def test_openapi_documents_the_bodies(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     route = schema["paths"]["/v1/route"]["post"]
@@ -555,8 +596,10 @@ def test_every_error_is_json_with_a_message(client: TestClient, method: str, pat
 def test_health_readiness_and_unavailable(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["status"] == "ready"
+    assert client.head("/healthz").status_code == 200 and client.head("/readyz").status_code == 200  # HEAD probes
     client.app.state.engine.stop()  # type: ignore[attr-defined]
-    assert client.get("/healthz").status_code == 200
+    assert client.get("/healthz").status_code == 200 and client.head("/healthz").status_code == 200
+    assert client.head("/readyz").status_code == 503
     not_ready = client.get("/readyz")
     assert not_ready.status_code == 503 and not_ready.headers["retry-after"] == "1"
     route = client.post("/v1/route", json={"prompt": "x"})

@@ -81,6 +81,9 @@ def test_since_until_and_the_default_step(make: Callable[..., Any]) -> None:
         ("since=abc", "since"),
         ("since=5e20&until=5.1e20", "since"),  # minutes past a 64-bit integer
         ("since=-1e12", "since"),
+        ("until=1700000000", "until"),  # alone: it was ignored (the last hour)
+        ("range=day&since=-60", "range"),  # both: `since` was ignored
+        ("range=hour&until=1700000000", "range"),
     ],
 )
 def test_bad_parameters_get_a_422_naming_them(make: Callable[..., Any], query: str, field: str) -> None:
@@ -99,6 +102,19 @@ def test_recent_decisions_show_prompts_only_when_stored(make: Callable[..., Any]
     assert body["decisions"][0]["quality"] is None and body["decisions"][1]["quality"] == 0.8  # i=5 none, i=4 some
     assert plain.get("/v1/stats/recent?limit=0").status_code == 422
     assert plain.get("/v1/stats/recent?limit=501").status_code == 422
+
+
+def test_recent_decisions_say_what_became_of_feedback_that_is_not_learned(make: Callable[..., Any]) -> None:
+    """A decision whose only feedback came after its reward window is not pending (it never will be learned):
+    its `feedback_status` is `late` (the page shows that instead of "pending"); one without feedback has none."""
+    client = make(reward_window_s=0.3)
+    late = client.post("/v1/route", json={"prompt": "late"}).json()["decision_id"]
+    time.sleep(0.35)
+    assert client.post("/v1/feedback", json={"decision_id": late, "quality": 0.9}).json()["status"] == "late"
+    fresh = client.post("/v1/route", json={"prompt": "fresh"}).json()["decision_id"]
+    shown = {d["decision_id"]: d for d in client.get("/v1/stats/recent").json()["decisions"]}
+    assert (shown[late]["quality"], shown[late]["feedback_status"]) == (None, "late")
+    assert (shown[fresh]["quality"], shown[fresh]["feedback_status"]) == (None, None)
 
 
 def test_recent_decisions_with_store_prompts(tmp_path: Path) -> None:

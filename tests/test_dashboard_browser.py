@@ -346,3 +346,57 @@ def test_a_model_no_longer_in_the_catalog_is_marked_in_the_models_table(watched:
         assert w.errors == []
     finally:
         second.stop()
+
+
+def test_every_active_model_is_a_row_whatever_its_name(watched: Any, tmp_path: Path) -> None:
+    """Model names are data, also those of an object's built-in properties: an active model without decisions
+    in the range (here: added at run time, never chosen) named `constructor`, `toString` or `__proto__` is a row
+    of the *Models* table like `a` (the page's set of names was a plain object, which has them all)."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    server = ServerThread(create_app(Settings(db=tmp_path / "n.db", seed=3, models=(ModelSpec("a", 1.0, 2.0),
+                                                                                     ModelSpec("b", 1.0, 2.0)))))
+    try:
+        url = server.wait_ready(30)
+        assert httpx.post(url + "/v1/route", json={"prompt": "Say hello", "models": ["b"]}).status_code == 200
+        for name in ("constructor", "toString", "__proto__"):
+            spec = {"name": name, "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
+            assert httpx.post(url + "/v1/models", json=spec).status_code == 201
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
+        rows = [r.split("\t")[0] for r in w.page.locator("#models-table tbody tr").all_inner_texts()]
+        assert sorted(rows) == sorted(["a", "b", "constructor", "toString", "__proto__"]), rows
+        assert w.errors == []
+    finally:
+        server.stop()
+
+
+def test_the_shares_legend_of_many_models_scrolls_inside_its_panel(watched: Any, tmp_path: Path) -> None:
+    """With 60 models that all took decisions, the *Model shares* panel stays a panel (under 600 px tall: its
+    legend scrolls), where its legend's 60 rows made it about 2,000 px tall and pushed the panels below away."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    names = [f"vendor-{i}/a-rather-long-model-name-{i}" for i in range(60)]
+    specs = tuple(ModelSpec(name, 1.0, 2.0) for name in names)
+    server = ServerThread(create_app(Settings(db=tmp_path / "m.db", seed=3, models=specs)))
+    try:
+        url = server.wait_ready(30)
+        with httpx.Client() as client:
+            for name in names:
+                assert client.post(url + "/v1/route", json={"prompt": "Say hello", "models": [name]}).is_success
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"shares\"]').dataset.ready === '1'")
+        assert w.page.locator("#chart-shares .u-legend .u-series").count() == 1 + len(names)  # every model listed
+        height = w.page.locator('[data-panel="shares"]').bounding_box()["height"]
+        assert height < 600, height
+        assert w.errors == []
+    finally:
+        server.stop()

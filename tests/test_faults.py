@@ -111,6 +111,9 @@ def test_a_replaced_database_file_stops_acknowledgements(
     assert reply.status_code == 503
     assert "replaced" in reply.json()["message"]
     assert len(_fault_records(caplog, "was replaced")) == 1
+    for read in ("/v1/stats", "/v1/stats/timeseries", "/v1/stats/live", "/v1/stats/recent"):
+        reply = client.get(read)  # not answered from the file the service still has open, as if it were the database
+        assert reply.status_code == 503 and "replaced" in reply.json()["message"], read
 
 
 # -- defect 5: a corrupt file ---------------------------------------------------------------------------------------

@@ -121,6 +121,9 @@ def test_reward_windows_close_once_across_replicas(replicas: Callable[..., TestC
     rows = _rows(pg_url, "SELECT decision_id, status, quality FROM feedback ORDER BY seq")
     assert sorted(r[0] for r in rows) == sorted(silent) and {(r[1], r[2]) for r in rows} == {("default", 0.25)}
     _wait(lambda: all(_engine(c).applied_seq == 10 for c in (a, b)))
+    stats = a.get("/v1/stats").json()  # learned by both, but no caller sent feedback (as the dashboard says)
+    assert stats["feedback_by_status"] == {"default": 10} and stats["feedback_learned"] == 0
+    assert b.get("/v1/stats/timeseries").json()["overall"]["learned"] == 0
 
 
 def test_a_database_outage_is_503_then_the_service_carries_on(
@@ -296,6 +299,7 @@ def test_a_database_that_hangs_is_a_503_at_once_not_a_request_that_waits_as_long
     monkeypatch.setattr(engine_module, "STALL_S", 1.0)
     client = replicas()
     before = _route(client)
+    reads = ThreadPoolExecutor(4)  # shut down after the thaw: a read caught in the hang ends only then
     pg_server.pause()
     try:
         with ThreadPoolExecutor(1) as pool:
@@ -309,10 +313,14 @@ def test_a_database_that_hangs_is_a_503_at_once_not_a_request_that_waits_as_long
                 assert reply.status_code == 503 and "not answered" in reply.json()["message"], reply.text
                 assert time.monotonic() - sent < 1.0  # refused at once, not queued behind the hang
             assert client.get("/v1/stats").status_code == 503
+            for path in ("/v1/stats/timeseries", "/v1/stats/live", "/v1/stats/recent", "/v1/stats/shadows"):
+                read = reads.submit(client.get, path)  # the dashboard's reads too: none waits behind the hang
+                assert read.result(timeout=1.0).status_code == 503, path
             answered = caught.result(timeout=5)  # while the server is still frozen
             assert answered.status_code == 503 and "may still be stored" in answered.json()["message"]
     finally:
         pg_server.resume()
+        reads.shutdown()
     _wait(lambda: client.get("/readyz").status_code == 200)
     again = client.post("/v1/feedback", json={"decision_id": before["decision_id"], "quality": 0.5})
     assert again.status_code == 200 and again.json()["status"] == "duplicate"  # the caught one was stored

@@ -67,8 +67,10 @@ class Monitor:
         out = []
         for _, stored in rows:
             d = stored.decision
-            learned = [f for f in feedback.get(d.decision_id, []) if f.learn]
+            rows_of = feedback.get(d.decision_id, [])
+            learned = [f for f in rows_of if f.learn]
             last = learned[-1] if learned else None
+            newest = last if last is not None else (rows_of[-1] if rows_of else None)  # late, unrouted, pending…
             item: dict[str, Any] = {
                 "decision_id": d.decision_id,
                 "time": d.created_at,
@@ -79,7 +81,7 @@ class Monitor:
                 "tenant": stored.tenant,
                 "quality": None if last is None else last.quality,
                 "reward": None if last is None else last.reward,
-                "feedback_status": None if last is None else str(last.status),
+                "feedback_status": None if newest is None else str(newest.status),
             }
             if prompts:
                 item["prompt"] = stored.prompt

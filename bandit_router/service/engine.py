@@ -411,6 +411,16 @@ class Engine:
         if self._unreachable is not None:
             raise Unavailable(f"the service is not ready ({self.state})")
 
+    def require_readable(self) -> None:
+        """Raise `Unavailable` (503) at once while the database does not answer (`stalled`): a read would wait
+        behind the hang for as long as it lasts, holding a thread of the pool (the dashboard asks every 2 s); or
+        once its file was deleted, replaced or found corrupt (`fault`): a read would answer from the file the
+        service opened, which is no longer the database at its path."""
+        if (stalled := self.stalled) is not None:
+            raise Unavailable(f"the database is unavailable: {stalled}")
+        if (fault := self.fault) is not None:
+            raise Unavailable(f"the database is unusable: {fault}")
+
     async def _submit(self, op: Op) -> Any:
         self._require_ready()
         return await self.writer.submit(op)
@@ -624,8 +634,8 @@ class Engine:
 @contextlib.contextmanager
 def _readable(engine: Engine | None = None) -> Iterator[None]:
     """Database errors of a read → `Unavailable` (503); with `engine`, refused at once while it is stalled."""
-    if engine is not None and (stalled := engine.stalled) is not None:
-        raise Unavailable(f"the database is unavailable: {stalled}")
+    if engine is not None:
+        engine.require_readable()
     try:
         yield
     except StoreError as exc:

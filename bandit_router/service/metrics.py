@@ -43,11 +43,13 @@ class Metrics:
             ["model", "status"], registry=r,
         )
         self.reward_sum = Gauge(
-            "bandit_router_learned_reward_sum", "Sum of the rewards of learned feedback, by model", ["model"],
+            "bandit_router_learned_reward_sum",
+            "Sum of the rewards of learned feedback (not a closed window's default reward), by model", ["model"],
             registry=r,
         )
         self.cost_sum = Counter(
-            "bandit_router_learned_cost_usd", "Sum of the realised cost (USD) of learned feedback, by model", ["model"],
+            "bandit_router_learned_cost_usd",
+            "Sum of the realised cost (USD) of learned feedback (not a default reward's), by model", ["model"],
             registry=r,
         )
         self.route_latency = Histogram(

@@ -319,6 +319,8 @@ async def retire_model(request: Request, name: Annotated[str, Path(max_length=12
     """Stop routing to a model (admin key). Feedback for its past decisions is still learned. A name with `/`
     (`meta-llama/Llama-3.1-8B`) goes in the path as is or with `%2F`."""
     engine = _services(request, admin=True).engine
+    if request.scope["path"].partition("/v1/models/")[2] != name:  # the route's `$` matched before a final \n
+        name = request.scope["path"].partition("/v1/models/")[2]
     problem = name_problem(name)
     if problem is not None:
         raise InvalidField("name", f"not a valid model name: {problem}")
@@ -381,15 +383,17 @@ async def put_budgets(request: Request) -> Response:
 
 
 @router.get("/healthz", tags=["ops"])
+@router.head("/healthz", include_in_schema=False)  # HEAD probes (HAProxy's `httpchk HEAD`, `curl -I`): no 405
 async def healthz() -> Response:
-    """Liveness: 200 while the process serves HTTP."""
+    """Liveness: 200 while the process serves HTTP (also to HEAD)."""
     return json_response({"status": "ok"})
 
 
 @router.get("/readyz", tags=["ops"], responses={503: ERROR_RESPONSES[503]})
+@router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Response:
-    """Readiness: 200 once the learned state is recovered and the database is usable, else 503. The reply names
-    the process (`pid`) and what its recovery did."""
+    """Readiness: 200 once the learned state is recovered and the database is usable, else 503 (also to HEAD).
+    The reply names the process (`pid`) and what its recovery did."""
     engine = _services(request, client=False).engine
     if engine.ready:
         return json_response({"status": "ready", "pid": os.getpid(), "recovery": engine.recovery})

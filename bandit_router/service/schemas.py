@@ -291,7 +291,8 @@ class ModelStats(BaseModel):
     model: str
     decisions: int
     share: float
-    feedback: int = Field(description="learned feedbacks")
+    feedback: int = Field(description="learned feedbacks that callers sent (not a closed window's default reward; "
+                          "mean_quality, mean_reward and spend_usd are over these)")
     mean_quality: float | None
     mean_reward: float | None
     spend_usd: float | None
@@ -310,8 +311,9 @@ class StatsOut(BaseModel):
     feedback_seq: int
     applied_seq: int
     decisions: int
-    feedback_learned: int
-    feedback_rate: float
+    feedback_learned: int = Field(description="learned feedbacks that callers sent (the dashboard's `learned`; a "
+                                  "closed window's default reward is learned too, counted in feedback_by_status)")
+    feedback_rate: float = Field(description="feedback_learned ÷ decisions (the dashboard's coverage)")
     feedback_by_status: dict[str, int]
     models: list[ModelStats]
     budgets: dict[str, Any] | None = Field(

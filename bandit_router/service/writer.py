@@ -57,6 +57,7 @@ from ..store import (
     StoreError,
     WriteTx,
 )
+from ..store.rollup import counts_as_learned
 from ..types import Decision, Outcome
 from .exceptions import Conflict, NotFound, Unavailable
 
@@ -104,6 +105,9 @@ class Batch:
     entries: list[LogEntry] = field(default_factory=list)
     active: set[str] = field(default_factory=set)
     after_commit: list[Decision] = field(default_factory=list)
+    feedback_seen: list[tuple[str, str, float, float, bool]] = field(default_factory=list)
+    """(model, status, reward, cost, learned) of each feedback stored or recognised, for the observer after the
+    commit (a batch rolled back stored nothing, so `/metrics` counts nothing of it)."""
     decisions: dict[str, StoredDecision] = field(default_factory=dict)
     feedback: dict[str, list[FeedbackRecord]] = field(default_factory=dict)
     calls: dict[str, CallRecord] = field(default_factory=dict)
@@ -130,9 +134,8 @@ class Batch:
     def log_feedback(self, record: FeedbackRecord, decision: Decision | None, chain: str | None = None) -> None:
         """Apply the numbered `record` after the commit (with the chain a learned cascade learns from it)."""
         self.entries.append(LogEntry(seq=record.seq, record=record, decision=decision, chain=chain))
-        observer = self.writer.observer
-        if observer is not None:
-            observer.feedback_stored(record.model, record.status, record.reward, record.realised_cost_usd, record.learn)
+        self.feedback_seen.append((record.model, record.status, record.reward, record.realised_cost_usd,
+                                   counts_as_learned(record)))  # as /v1/stats and the dashboard count
 
     def log_event(self, action: ModelAction, name: str, spec: ModelSpec | None = None) -> None:
         self.flush()  # the event goes after the feedback before it
@@ -224,9 +227,7 @@ class Feedback(Op):
         if ruling.verdict == Verdict.DUPLICATE:
             rec = ruling.earlier
             assert rec is not None
-            if batch.writer.observer is not None:
-                batch.writer.observer.feedback_stored(decision.model, "duplicate", rec.reward, rec.realised_cost_usd,
-                                                      False)
+            batch.feedback_seen.append((decision.model, "duplicate", rec.reward, rec.realised_cost_usd, False))
             return FeedbackResult(self.decision_id, "duplicate", rec.reward, rec.seq, False)
         if ruling.verdict == Verdict.CONFLICT:
             assert ruling.earlier is not None
@@ -507,6 +508,8 @@ class Writer:
             if self.observer is not None:
                 for decision in batch.after_commit:
                     self.observer.decision_stored(decision)
+                for seen in batch.feedback_seen:
+                    self.observer.feedback_stored(*seen)
             follower.apply(batch.entries)
         except Exception:  # committed, so acknowledged; a restart replays the log
             log.exception("applying committed entries failed")

@@ -751,7 +751,7 @@ class _PostgresTx(_SQLiteTx):
             stats.models[model] = ModelStats(decisions=int(n))
         for model, n, quality, reward, spend in self._rows(
             "SELECT model, COUNT(*), AVG(quality), AVG(reward), SUM(realised_cost_usd) FROM feedback "
-            "WHERE learn = 1 GROUP BY model"
+            "WHERE " + rollup.LEARNED_SQL + " GROUP BY model"
         ):
             entry = stats.models.setdefault(model, ModelStats())
             entry.feedback, entry.mean_quality, entry.mean_reward, entry.spend_usd = int(n), quality, reward, spend

@@ -275,7 +275,8 @@ class FeedbackContext:
 
 @dataclass(slots=True)
 class ModelStats:
-    """One model's counts: decisions; learned feedbacks and their mean quality, mean reward and spend."""
+    """One model's counts: decisions; learned feedbacks with an observed quality (`rollup.counts_as_learned`: not a
+    closed window's default reward) and their mean quality, mean reward and spend."""
 
     decisions: int = 0
     feedback: int = 0

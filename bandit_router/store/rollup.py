@@ -280,6 +280,11 @@ def counts_as_learned(record: FeedbackRecord) -> bool:
     return record.learn and record.status != FeedbackStatus.DEFAULT
 
 
+LEARNED_SQL = f"learn = 1 AND status <> '{FeedbackStatus.DEFAULT.value}'"
+"""`counts_as_learned` as a condition on `feedback` rows (`Reader.stats`: `/v1/stats` counts what the dashboard
+counts)."""
+
+
 def feedback_increments(
     records: Sequence[FeedbackRecord], decided: Mapping[str, tuple[float, float]]
 ) -> list[MinuteStats]:

@@ -845,7 +845,7 @@ class _SQLiteTx:
             stats.models[row["model"]] = ModelStats(decisions=row["n"])
         for row in self.conn.execute(
             "SELECT model, COUNT(*) AS n, AVG(quality) AS quality, AVG(reward) AS reward, "
-            "SUM(realised_cost_usd) AS spend FROM feedback WHERE learn = 1 GROUP BY model"
+            "SUM(realised_cost_usd) AS spend FROM feedback WHERE " + rollup.LEARNED_SQL + " GROUP BY model"
         ):
             entry = stats.models.setdefault(row["model"], ModelStats())
             entry.feedback, entry.mean_quality, entry.mean_reward = row["n"], row["quality"], row["reward"]

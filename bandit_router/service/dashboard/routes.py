@@ -33,9 +33,11 @@ RESPONSES: dict[int | str, dict[str, Any]] = {s: ERROR_RESPONSES[s] for s in (40
 
 
 def _monitor(request: Request) -> Monitor:
-    """The app's monitor (built on first use), after checking the API key."""
+    """The app's monitor (built on first use), after checking the API key; 503 at once while the database does
+    not answer, as the other reads (`Engine.require_readable`)."""
     services = request.app.state.services
     authorize(services.auth, request.headers.get("authorization"), action=f"{request.method} {request.url.path}")
+    services.engine.require_readable()
     monitor: Monitor | None = getattr(request.app.state, "monitor", None)
     if monitor is None:
         engine = services.engine
@@ -49,7 +51,12 @@ def window(
 ) -> Window:
     """The buckets a request asks for: a named `range` (hour, day, week: up to now), or `since` (Unix seconds;
     negative: seconds before now) to `until` (default now) in buckets of `step` seconds (default: the smallest of
-    `STEPS` that gives at most `DEFAULT_BUCKETS` buckets); neither: the last hour."""
+    `STEPS` that gives at most `DEFAULT_BUCKETS` buckets); neither: the last hour. `range` with `since` or
+    `until`, or `until` without `since`, is refused (422) rather than answered for another window."""
+    if range_ is not None and (since is not None or until is not None):
+        raise InvalidField("range", "give either `range` or `since` (with `until`), not both")
+    if until is not None and since is None:
+        raise InvalidField("until", "`until` needs `since` (the window's start)")
     if range_ is not None:
         if range_ not in RANGES:
             raise InvalidField("range", f"one of {', '.join(RANGES)} (got {range_[:20]!r})")
@@ -100,8 +107,8 @@ async def stats_timeseries(
 ) -> Response:
     """Traffic, shares, quality, cost, reward, exploration and feedback per time bucket, with per-model totals
     and the best fixed model's estimated level, from the per-minute rollup. Either `range` or `since` (with
-    `until` and `step`); neither: the last hour. 422 when `since` is not before `until` or the range holds
-    more than 2,000 buckets of `step`."""
+    `until` and `step`); neither: the last hour. 422 when `since` is not before `until`, the range holds
+    more than 2,000 buckets of `step`, `range` comes with `since` or `until`, or `until` without `since`."""
     monitor = _monitor(request)
     chosen = window(time.time(), range_, since, until, step)
     return json_response(await run_in_threadpool(monitor.timeseries, chosen))

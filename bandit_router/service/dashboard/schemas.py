@@ -104,7 +104,10 @@ class RecentDecision(BaseModel):
     tenant: str | None
     quality: float | None
     reward: float | None
-    feedback_status: str | None
+    feedback_status: str | None = Field(description="the learned feedback's status (`applied`, `aggregate`, "
+                                        "`default`: a closed window's default reward); with none learned, the "
+                                        "newest feedback's (`late`, `unrouted`, `ignored`, `pending`); null "
+                                        "without feedback")
     prompt: str | None = Field(None, description="only when `store_prompts = true`")
 
 

@@ -214,7 +214,7 @@
 
   function drawModels(ts, live) {
     var rows = ts.models.slice();
-    var seen = {};
+    var seen = Object.create(null);  // no inherited keys: a model may be named `constructor` or `__proto__`
     rows.forEach(function (r) { seen[r.model] = true; });
     live.models.forEach(function (m) { if (!seen[m]) { rows.push({ model: m, decisions: 0, in_catalog: true }); } });
     rows.sort(function (a, b) { return (b.decisions || 0) - (a.decisions || 0); });
@@ -305,7 +305,9 @@
       cell(tr, num(d.probability, 3));
       cell(tr, num(d.cost_weight, 1));
       cell(tr, d.tenant === null ? "–" : d.tenant);
-      cell(tr, d.quality === null ? "pending" : num(d.quality, 2));
+      // a feedback that will not be learned (late, unrouted…) says so, rather than "pending" for ever
+      cell(tr, d.quality === null ? d.feedback_status || "pending"
+        : num(d.quality, 2) + (d.feedback_status === "default" ? " (default)" : ""));
       if (prompts) { cell(tr, d.prompt === null || d.prompt === undefined ? "–" : d.prompt, "prompt-col"); }
     });
     ready("recent", decisions.length);
