@@ -56,6 +56,15 @@ MAX_PRIOR_STRENGTH = 1e6
 """The most pseudo-observations a prior may be worth (as `POST /v1/models` accepts): the `default` policy's prior sd
 is 0.5/√n₀ (5·10⁻⁴ at the cap). A prior worth more than a million observations is a typo rather than a belief;
 the argmax quadrature itself is right for any sd (`exploration.gaussian_argmax_pmf`)."""
+MAX_USD_PER_MTOK = 1e6
+"""The largest price a model may have, USD per 1M tokens (a dollar a token; `POST /v1/models` takes the same): a
+price beyond it is a typo, and one near the float range makes a call's cost infinite."""
+MAX_OUTPUT_TOKENS = 1e7
+"""The largest prior mean of output tokens (as `POST /v1/models` takes)."""
+MAX_LATENCY_S = 3600.0
+"""The largest prior mean latency in seconds (as `POST /v1/models` takes)."""
+_UPPER_BOUNDS = {"input_usd_per_mtok": MAX_USD_PER_MTOK, "output_usd_per_mtok": MAX_USD_PER_MTOK,
+                 "output_tokens": MAX_OUTPUT_TOKENS, "latency_s": MAX_LATENCY_S}
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ class ModelSpec:
                 raise CatalogError(f"model {self.name!r}: {key} must be a finite number")
             if value < 0:
                 raise CatalogError(f"model {self.name!r}: {key} must not be negative (got {value})")
+            if value > MAX_USD_PER_MTOK:
+                raise CatalogError(f"model {self.name!r}: {key} must be at most 1e6 (got {value:g})")
             object.__setattr__(self, key, float(value))
         for key in ("latency_s", "output_tokens", "prior_quality", "prior_strength"):
             value = getattr(self, key)
@@ -101,6 +112,8 @@ class ModelSpec:
                 raise CatalogError(f"model {self.name!r}: {key} must be a finite number")
             if value < 0:
                 raise CatalogError(f"model {self.name!r}: {key} must not be negative (got {value})")
+            if key in _UPPER_BOUNDS and value > _UPPER_BOUNDS[key]:
+                raise CatalogError(f"model {self.name!r}: {key} must be at most {_UPPER_BOUNDS[key]:g} (got {value:g})")
             object.__setattr__(self, key, float(value))
         if self.prior_quality is not None and self.prior_quality > 1.0:
             raise CatalogError(f"model {self.name!r}: prior_quality must be in [0, 1] (got {self.prior_quality})")
@@ -268,6 +281,8 @@ def load_catalog(path: str | Path) -> Catalog:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise CatalogError(f"{path}: no such file") from exc
+    except OSError as exc:  # a folder, a file it may not read
+        raise CatalogError(f"{path}: cannot read: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CatalogError(f"{path}: not valid TOML: {exc}") from exc
     try:
