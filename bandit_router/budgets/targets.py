@@ -41,7 +41,7 @@ from ..hints import did_you_mean
 from ..names import check_name
 
 DURATION_UNITS: Mapping[str, int] = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800})
-_LATENCY_KEY = re.compile(r"latency_p(\d+(?:\.\d+)?)_s")
+_LATENCY_KEY = re.compile(r"latency_p(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)_s")  # as `_fmt` writes it: 1e-05
 MAX_TENANT_LENGTH = 128
 MIN_PERIOD_S = 1.0
 """The shortest spend period: the pacer's clock is in seconds."""
