@@ -6,6 +6,7 @@ Heavy imports (VW, matplotlib) happen inside the command, so `bandit-router --he
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import sys
 import time
@@ -265,6 +266,7 @@ def simulate(
             window=settings["window"],
             pacer_factory=pacers,
         )
+        _prepare_out(Path(settings["out"]))  # before the runs, not after them
         show = _progress_bar() if sys.stderr.isatty() and not quiet else None
         started = time.perf_counter()
         result = run_simulation(plan, workers=settings.get("workers"), progress=show)
@@ -288,6 +290,16 @@ def simulate(
             )
             for line in _details(r):
                 typer.echo(f"      {line}")
+
+
+def _prepare_out(folder: Path) -> None:
+    """Create the output folder, or say why it cannot be written (a file there, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(f"{folder}: cannot create the folder: {exc.strerror}", param_hint="--out") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"{folder}: the folder is not writable", param_hint="--out")
 
 
 _INTEGER_KEYS = ("seeds", "first_seed", "steps", "passes", "window", "workers")

@@ -62,6 +62,8 @@ class Plan:
     def __post_init__(self) -> None:
         if not self.policies or not self.cost_weights or not self.seeds:
             raise InvalidInput("a plan needs at least one policy, one cost weight and one seed")
+        if any(seed < 0 for seed in self.seeds):  # numpy's generators take no negative seed
+            raise InvalidInput(f"seeds must be >= 0, got {min(self.seeds)}")
         known = known_names()
         for spec in self.policies:
             if spec.partition(":")[0] not in known:

@@ -150,6 +150,24 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path) -> None:
     assert "unknown scenario" in result.output
 
 
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_output_folder_that_cannot_be_written_is_named_before_the_runs(tmp_path: Path, where: str) -> None:
+    """`--out` at a file (or under one) was a FileExistsError traceback, after every run had been paid for."""
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    out = blocker if where == "file" else blocker / "run"
+    result = CliRunner().invoke(app, [*ARGS, "--out", str(out), "--no-plots"])
+    assert result.exit_code == 2, result.output
+    assert "cannot create the folder" in " ".join(result.output.replace("│", " ").split())
+    assert "runs of" not in result.output  # nothing ran
+
+
+def test_a_negative_first_seed_is_a_message(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, [*ARGS, "--first-seed", "-3", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "seeds must be >= 0, got -3" in result.output
+
+
 @pytest.mark.parametrize(("line", "message"), [
     ('steps = "x"', "steps must be an integer, got 'x'"),
     ("seeds = 1.5", "seeds must be an integer, got 1.5"),
