@@ -127,6 +127,18 @@ def test_evaluate_and_export_errors(tmp_path: Path) -> None:
     assert runner.invoke(cli_app, ["export", "--db", str(db), "--format", "csv"]).exit_code == 2
 
 
+def test_evaluate_names_an_out_folder_it_cannot_create(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
+    """`--out` at a file was a FileExistsError traceback (exit status 1) after the whole evaluation had run."""
+    db, _ = logged_db
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for out in (taken, taken / "eval"):
+        result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "-C", "random", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert f"--out {out}: cannot create the folder" in result.output
+        assert "decisions with feedback evaluated" not in result.output  # refused before the replays
+
+
 def test_a_fixed_candidate_must_name_a_model_of_the_log(logged_db: tuple[Path, Any]) -> None:
     """`-C fixed:gpt-5` (no such model in the log) is refused with the log's models, not evaluated as the cheapest
     model under the name gpt-5."""
