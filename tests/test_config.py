@@ -184,6 +184,19 @@ def test_environment_parses_every_kind(tmp_path: Path) -> None:
     assert settings.db == tmp_path / "e.db"
 
 
+def test_models_from_the_environment_is_ignored_with_a_pointer_to_catalog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BANDIT_ROUTER_MODELS was 'unknown (did you mean BANDIT_ROUTER_MODELS?)': it suggested itself."""
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.WARNING)
+    load_settings(env={"BANDIT_ROUTER_MODELS": '[{"name": "a"}]'})
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring BANDIT_ROUTER_MODELS: inline [[models]] tables belong in the configuration file; point "
+        "BANDIT_ROUTER_CATALOG at a catalog file instead"
+    ]
+
+
 def test_serves_hand_off_to_its_workers_is_not_an_unknown_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -273,7 +273,11 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
         name = variable[len(ENV_PREFIX) :].lower()
         if name.upper() in _ENV_NOT_KEYS:
             continue
-        if name not in KEYS or name == "models":
+        if name == "models":  # a key, but not one the environment can give: it would suggest itself
+            log.warning("ignoring %s: inline [[models]] tables belong in the configuration file; point "
+                        "%sCATALOG at a catalog file instead", variable, ENV_PREFIX)
+            continue
+        if name not in KEYS:
             log.warning("ignoring unknown environment variable %s%s", variable,
                         _did_you_mean(name, prefix=ENV_PREFIX, upper=True))
             continue
