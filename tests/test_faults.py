@@ -185,6 +185,9 @@ def test_check_reports_integrity_and_the_last_good_checkpoint(make_client: Calla
     missing = runner.invoke(cli_app, ["check", "--db", str(tmp_path / "nope.db")])
     assert missing.exit_code == 2
     assert missing.output.strip() == f"bandit-router check: {tmp_path / 'nope.db'}: no such file"  # no verdict
+    folder = runner.invoke(cli_app, ["check", "--db", str(tmp_path)])  # was "no such file" for a folder
+    assert folder.exit_code == 2
+    assert folder.output.strip() == f"bandit-router check: {tmp_path}: not a file"
 
 
 @pytest.mark.parametrize("command", ["evaluate", "serve"])
