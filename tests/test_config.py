@@ -223,6 +223,15 @@ def test_settings_validate_when_built_directly() -> None:
     assert Settings().replace(port=1234).port == 1234
 
 
+@pytest.mark.parametrize("key", ["cost_weight", "latency_weight"])
+def test_a_configured_weight_has_the_bound_of_a_requests_cost_weight(key: str) -> None:
+    """cost_weight = 1e308 was accepted (a request's is at most 1e9): every reward was learned as about -1e306 and
+    the rollup's sums of λ overflowed to infinity."""
+    assert getattr(Settings(**{key: 1e9}), key) == 1e9
+    with pytest.raises(ConfigError, match=rf"{key}: must be a finite number in \[0, 1e9\]"):
+        Settings(**{key: 1e308})
+
+
 def test_every_key_is_described() -> None:
     table = describe_keys()
     for name in KEYS:

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidato
 
 from ..catalog import MAX_LATENCY_S, MAX_OUTPUT_TOKENS, MAX_PRIOR_STRENGTH, MAX_USD_PER_MTOK
 from ..names import name_problem
+from ..reward import MAX_COST_WEIGHT
 from ..router import MAX_DECISION_ID_LENGTH
 
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
@@ -90,7 +91,6 @@ Context = Annotated[
                     "additionalProperties": ContextValue.__metadata__[1].json_schema}),
 ]
 """Caller attributes of a request (`/v1/route`'s `context`, the gateway's `bandit_router.context`)."""
-MAX_COST_WEIGHT = 1e9
 CostWeight = Annotated[float, Field(ge=0, le=MAX_COST_WEIGHT, allow_inf_nan=False)]
 """λ for one request: finite, in [0, 10⁹] (sums of it in the rollup stay finite)."""
 AllowedModels = Annotated[list[ModelName], Field(min_length=1, max_length=64)]
