@@ -79,11 +79,14 @@ def _progress_bar() -> Any:
     return show
 
 
-def _listify(value: Any) -> list[str]:
+def _listify(value: Any, key: str) -> list[str]:
+    """A config file's string or list (of `key`) as a list of strings; anything else is a message naming the key."""
     if value is None:
         return []
     if isinstance(value, str):
         return [value]
+    if not isinstance(value, list | tuple):
+        raise typer.BadParameter(f"{key} must be a string or a list, got {value!r}", param_hint="--config")
     return [str(v) for v in value]
 
 
@@ -241,25 +244,25 @@ def simulate(
         if settings.get(key) is not None:
             settings[key] = _integer(key, settings[key])
     policy_list = settings["policies"]
-    policy_specs = split_specs(policy_list) if isinstance(policy_list, str) else _listify(policy_list)
+    policy_specs = split_specs(policy_list) if isinstance(policy_list, str) else _listify(policy_list, "policies")
     weights = settings["cost_weights"]
     n_seeds = settings["seeds"]
     start = settings["first_seed"]
     keys = ("split", "train_value", "eval_value", "drop_flag", "prices")
     options: dict[str, Any] = {k: settings[k] for k in keys if k in settings}
     if "tasks" in settings:
-        options["tasks"] = tuple(_listify(settings["tasks"]))
+        options["tasks"] = tuple(_listify(settings["tasks"], "tasks"))
     if "context_columns" in settings:
-        options["context_columns"] = tuple(_listify(settings["context_columns"]))
+        options["context_columns"] = tuple(_listify(settings["context_columns"], "context_columns"))
     try:
-        targets = tuple(_listify(settings.get("targets")))
+        targets = tuple(_listify(settings.get("targets"), "targets"))
         pacers = TargetPacers(targets) if targets else None
         plan = Plan(
             env=EnvSpec.parse(str(settings["env"]), **options),
             policies=tuple(policy_specs),
-            cost_weights=parse_floats(weights if isinstance(weights, str) else list(weights)),
+            cost_weights=parse_floats(weights if isinstance(weights, str) else _weights(weights)),
             seeds=tuple(range(start, start + n_seeds)),
-            scenarios=tuple(_listify(settings.get("scenarios"))),
+            scenarios=tuple(_listify(settings.get("scenarios"), "scenarios")),
             steps=settings.get("steps"),
             passes=settings["passes"],
             warmup=str(settings["warmup"]),
@@ -300,6 +303,15 @@ def _prepare_out(folder: Path) -> None:
         raise typer.BadParameter(f"{folder}: cannot create the folder: {exc.strerror}", param_hint="--out") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise typer.BadParameter(f"{folder}: the folder is not writable", param_hint="--out")
+
+
+def _weights(value: Any) -> list[Any]:
+    """`cost_weights` from a config file: a list, or one number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise typer.BadParameter(f"cost_weights must be a number, a list or a string, got {value!r}", param_hint="--config")
 
 
 _INTEGER_KEYS = ("seeds", "first_seed", "steps", "passes", "window", "workers")
