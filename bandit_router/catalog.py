@@ -20,6 +20,7 @@ A catalog is a TOML file with one `[[models]]` table per model::
     connect_timeout_s = 5                    # optional: seconds to connect (default: [gateway])
     max_concurrency = 64                     # optional: concurrent calls to this model (default: [gateway])
 
+Beside the `[[models]]` tables a file may hold `prices_source` and `prices_read_on`; other top-level keys are refused.
 The tags become action features: a new model with `family = "openai", tier = "small"` starts from what the
 policy learned about similar models. The upstream keys (`UPSTREAM_KEYS`) only tell the gateway
 (`bandit_router.gateway`) where and how to call the model; they are not part of what the policy learns, so a
@@ -39,8 +40,11 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import CatalogError
+from .hints import did_you_mean
 from .names import MAX_NAME_LENGTH, name_problem, safe_text
 
+CATALOG_KEYS = ("models", "prices_source", "prices_read_on")
+"""The top-level keys of a catalog file."""
 UPSTREAM_KEYS = ("base_url", "api_key_env", "upstream_model", "timeout_s", "connect_timeout_s", "max_concurrency")
 """Catalog keys that say how the gateway calls a model (not what the policy learns)."""
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -264,6 +268,10 @@ class Catalog:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "") -> Catalog:
+        unknown = sorted(set(data) - set(CATALOG_KEYS))  # `[[modles]]`: models silently left out otherwise
+        if unknown:
+            hints = "".join(did_you_mean(key, CATALOG_KEYS) for key in unknown)
+            raise CatalogError(f"unknown keys {unknown}{hints}; known: {', '.join(CATALOG_KEYS)}")
         models = data.get("models")
         if not isinstance(models, list) or not models:
             raise CatalogError(f"{source or 'catalog'}: expected a non-empty list of [[models]] tables")

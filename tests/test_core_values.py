@@ -203,6 +203,9 @@ GOOD = '[[models]]\nname = "a"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\
         (GOOD + "prior_quality = 0.8\nprior_strength = 0\n", "prior_strength must be > 0"),
         (GOOD + "prior_quality = 0.8\nprior_strength = 1e300\n", "prior_strength must be at most 1e6"),
         (GOOD + "prior_strength = 3\n", "prior_strength needs a prior_quality"),
+        # a misspelt table was ignored, and the models in it with it
+        (GOOD + '[[modles]]\nname = "b"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n',
+         r"unknown keys \['modles'\] \(did you mean models\?\)"),
         # the bounds POST /v1/models has: a price near the float range made a call's cost inf (a 500 per route)
         (GOOD.replace("= 1", "= 1e308"), "input_usd_per_mtok must be at most 1e6"),
         (GOOD + "output_tokens = 1e308\n", "output_tokens must be at most 1e"),
