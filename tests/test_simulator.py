@@ -172,6 +172,18 @@ def test_bad_dataset_options_are_named(options: dict[str, Any], match: str) -> N
         load_dataset(SAMPLE, **options)
 
 
+def test_a_dataset_that_is_a_folder_or_a_cut_gzip_file_is_named(tmp_path: Path) -> None:
+    """A folder was an IsADirectoryError traceback; a gzip file cut short (a broken download) was EOFError, which
+    the command line shows as a bare "Aborted!"."""
+    with pytest.raises(InvalidInput, match="cannot read"):
+        load_dataset(tmp_path)
+    cut = tmp_path / "cut.csv.gz"
+    data = SAMPLE.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidInput, match=r"cut\.csv\.gz: not a whole gzip file"):
+        load_dataset(cut)
+
+
 def test_drop_flag_and_task_filter() -> None:
     env = load_dataset(SAMPLE, tasks=("gsm8k",), drop_flag="routellm_contaminated")
     assert set(env.domain_names) == {"gsm8k"}
