@@ -143,6 +143,16 @@ _BAD_FILES = [
 ]
 
 
+def test_a_key_file_that_is_not_utf8_is_named_without_its_bytes(tmp_path: Path) -> None:
+    """A key file with a byte that is not UTF-8 was a UnicodeDecodeError traceback at start."""
+    keys = tmp_path / "keys"
+    keys.write_bytes(b"\xffsecret-key-0123456789\n")
+    keys.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"api_keys_file: .*keys is not UTF-8 text") as info:
+        load_settings(_write(tmp_path / "k.toml", 'api_keys_file = "keys"\n'), env={})
+    assert "secret" not in str(info.value) and "xff" not in str(info.value)
+
+
 @pytest.mark.parametrize(("text", "message"), _BAD_FILES, ids=[t.split("\n")[0][:30] for t, _ in _BAD_FILES])
 def test_bad_files_raise_config_errors_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

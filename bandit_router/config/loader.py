@@ -214,6 +214,8 @@ def read_keys(path: Path, name: str) -> tuple[str, ...]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:  # its bytes are never shown: they may be a key
+        raise ConfigError(f"{name}: {path} is not UTF-8 text") from None
     try:
         if path.stat().st_mode & 0o077:
             log.warning("%s %s is readable by other users; chmod 600 it", name, path)
