@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bandit_router.catalog import ModelSpec
-from bandit_router.errors import InvalidInput
+from bandit_router.errors import ConfigError, InvalidInput
 from bandit_router.policies import RandomPolicy
 from bandit_router.policies.base import BasePolicy
 from bandit_router.types import Context
@@ -182,6 +182,12 @@ def test_a_dataset_that_is_a_folder_or_a_cut_gzip_file_is_named(tmp_path: Path) 
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(InvalidInput, match=r"cut\.csv\.gz: not a whole gzip file"):
         load_dataset(cut)
+
+
+def test_a_world_file_that_is_a_folder_is_named(tmp_path: Path) -> None:
+    """`--env synthetic:FOLDER` was an IsADirectoryError traceback."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        EnvSpec.parse(f"synthetic:{tmp_path}").build()
 
 
 def test_drop_flag_and_task_filter() -> None:
