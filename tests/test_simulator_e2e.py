@@ -162,10 +162,15 @@ def test_an_output_folder_that_cannot_be_written_is_named_before_the_runs(tmp_pa
     assert "runs of" not in result.output  # nothing ran
 
 
-def test_a_negative_first_seed_is_a_message(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, [*ARGS, "--first-seed", "-3", "--out", str(tmp_path / "run")])
+@pytest.mark.parametrize(("option", "message"), [
+    ("--first-seed=-3", "seeds must be >= 0, got -3"),
+    ("--window=0", "window must be >= 1, got 0"),  # ran, with every reaction time missing
+    ("--workers=-2", "workers must be >= 1 (or left out: one per core), got -2"),  # ran on one worker
+])
+def test_a_bad_number_is_a_message(tmp_path: Path, option: str, message: str) -> None:
+    result = CliRunner().invoke(app, [*ARGS, option, "--out", str(tmp_path / "run")])
     assert result.exit_code == 2, result.output
-    assert "seeds must be >= 0, got -3" in result.output
+    assert message in result.output
 
 
 def test_a_single_cost_weight_in_a_config_file_is_one_lambda(tmp_path: Path) -> None:
