@@ -299,10 +299,13 @@ class SetBudgets(Op):
         fallback = self.config.fallback_model
         if fallback is not None and fallback not in batch.active:
             raise InvalidInput(f"budgets: fallback_model {fallback!r} is not an active model")
-        unmatched = self.config.shares_matching_nothing(batch.writer.follower.policies.live.models)
+        routable = [m for m in batch.writer.follower.policies.live.models if m.route]  # what a decision can choose
+        if fallback is not None and fallback not in {m.name for m in routable}:
+            raise InvalidInput(f"budgets: fallback_model {fallback!r} has route = false: it is never chosen")
+        unmatched = self.config.shares_matching_nothing(routable)
         if unmatched:
             raise InvalidInput(f"budgets: {', '.join(unmatched)}: no active model is picked by that selector; "
-                               f"active models: {', '.join(sorted(batch.active))}")
+                               f"active models: {', '.join(sorted(m.name for m in routable))}")
         batch.writer.budgets.configure(batch.tx, self.config)
         return self.config
 
