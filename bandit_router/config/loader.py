@@ -128,7 +128,7 @@ def _json(value: Any, from_env: bool, example: str) -> Any:
 
 
 def _strs(value: Any, from_env: bool) -> tuple[str, ...]:
-    value = _json(value, from_env, 'a JSON list of strings, e.g. ["linucb:alpha=0.5"]')
+    value = _json(value, from_env, 'a JSON list of strings, e.g. ["a", "b"]')  # for shadow_policies, allowed_hosts, …
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _Bad(f"must be a list of strings, got {value!r}")
     return tuple(value)
