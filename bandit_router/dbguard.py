@@ -126,7 +126,8 @@ def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
         report.error = f"{path}: {'not a file' if path.exists() else 'no such file'}"
         return report
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        # as_uri() percent-encodes `#`, `?` and `%`: spliced in raw, `a#1.db` opened `a` (created, read-write)
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=10)
     except sqlite3.Error as exc:
         report.error = f"cannot open {path}: {exc}"
         return report
