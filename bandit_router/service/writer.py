@@ -283,6 +283,10 @@ class RetireModel(Op):
             raise NotFound(f"model {self.name!r} is not an active model")
         if len(batch.active) == 1:
             raise Conflict("cannot retire the last model")
+        # models added at run time are routable; route = false ones come only from the catalog, so live knows them
+        unroutable = {m.name for m in batch.writer.follower.policies.live.models if not m.route}
+        if self.name not in unroutable and batch.active - unroutable == {self.name}:
+            raise Conflict(f"cannot retire the last routable model (the others have route = false): {self.name!r}")
         batch.log_event(ModelAction.RETIRE, self.name)
         batch.active.discard(self.name)
         return self.name
