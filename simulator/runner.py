@@ -66,6 +66,8 @@ class Plan:
             raise InvalidInput(f"seeds must be >= 0, got {min(self.seeds)}")
         if self.window < 1:  # no reaction time can be measured over fewer than one step
             raise InvalidInput(f"window must be >= 1, got {self.window}")
+        if self.passes < 1:  # Environment.n_steps read 0 or -1 passes as one
+            raise InvalidInput(f"passes must be >= 1, got {self.passes}")
         known = known_names()
         for spec in self.policies:
             if spec.partition(":")[0] not in known:

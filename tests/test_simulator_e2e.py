@@ -166,6 +166,7 @@ def test_an_output_folder_that_cannot_be_written_is_named_before_the_runs(tmp_pa
     ("--first-seed=-3", "seeds must be >= 0, got -3"),
     ("--window=0", "window must be >= 1, got 0"),  # ran, with every reaction time missing
     ("--workers=-2", "workers must be >= 1 (or left out: one per core), got -2"),  # ran on one worker
+    ("--passes=0", "passes must be >= 1, got 0"),  # ran one pass
 ])
 def test_a_bad_number_is_a_message(tmp_path: Path, option: str, message: str) -> None:
     result = CliRunner().invoke(app, [*ARGS, option, "--out", str(tmp_path / "run")])
