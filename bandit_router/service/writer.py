@@ -303,9 +303,10 @@ class SetBudgets(Op):
         fallback = self.config.fallback_model
         if fallback is not None and fallback not in batch.active:
             raise InvalidInput(f"budgets: fallback_model {fallback!r} is not an active model")
-        routable = [m for m in batch.writer.follower.policies.live.models if m.route]  # what a decision can choose
-        if fallback is not None and fallback not in {m.name for m in routable}:
+        live = batch.writer.follower.policies.live.models  # a model another process added just now may lag here
+        if fallback is not None and any(m.name == fallback and not m.route for m in live):
             raise InvalidInput(f"budgets: fallback_model {fallback!r} has route = false: it is never chosen")
+        routable = [m for m in live if m.route]  # what a decision can choose
         unmatched = self.config.shares_matching_nothing(routable)
         if unmatched:
             raise InvalidInput(f"budgets: {', '.join(unmatched)}: no active model is picked by that selector; "
