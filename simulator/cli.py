@@ -183,8 +183,8 @@ def simulate(
             "--target",
             help="A budget target the learning routers hold (repeatable), as in the service: avg_cost_usd=0.0005, "
             "spend_usd=5/1000s (one simulated second per step), share:gpt-4o=0.3, share:tier=premium=0.2, "
-            "latency_p95_s=2, @tenant:… for a tenant's. The run's λ is the pacer's starting point. Every record "
-            "reports target:<t>:realized.",
+            "latency_p95_s=2, @tenant:… for a tenant's (with --context-column tenant). The run's λ is the pacer's "
+            "starting point. Every record reports target:<t>:realized.",
         ),
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
@@ -256,6 +256,10 @@ def simulate(
         options["context_columns"] = tuple(_listify(settings["context_columns"], "context_columns"))
     try:
         targets = tuple(_listify(settings.get("targets"), "targets"))
+        if any(t.strip().startswith("@") for t in targets) and "tenant" not in options.get("context_columns", ()):
+            raise typer.BadParameter("a tenant's target (@tenant:…) would never bind: a simulated request has a "
+                                     "tenant only from a dataset's tenant column (--context-column tenant)",
+                                     param_hint="--target")
         pacers = TargetPacers(targets) if targets else None
         plan = Plan(
             env=EnvSpec.parse(str(settings["env"]), **options),
