@@ -20,6 +20,7 @@ A catalog is a TOML file with one `[[models]]` table per model::
     connect_timeout_s = 5                    # optional: seconds to connect (default: [gateway])
     max_concurrency = 64                     # optional: concurrent calls to this model (default: [gateway])
 
+Beside the `[[models]]` tables a file may hold `prices_source` and `prices_read_on`; other top-level keys are refused.
 The tags become action features: a new model with `family = "openai", tier = "small"` starts from what the
 policy learned about similar models. The upstream keys (`UPSTREAM_KEYS`) only tell the gateway
 (`bandit_router.gateway`) where and how to call the model; they are not part of what the policy learns, so a
@@ -39,8 +40,11 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import CatalogError
+from .hints import did_you_mean
 from .names import MAX_NAME_LENGTH, name_problem, safe_text
 
+CATALOG_KEYS = ("models", "prices_source", "prices_read_on")
+"""The top-level keys of a catalog file."""
 UPSTREAM_KEYS = ("base_url", "api_key_env", "upstream_model", "timeout_s", "connect_timeout_s", "max_concurrency")
 """Catalog keys that say how the gateway calls a model (not what the policy learns)."""
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -56,6 +60,15 @@ MAX_PRIOR_STRENGTH = 1e6
 """The most pseudo-observations a prior may be worth (as `POST /v1/models` accepts): the `default` policy's prior sd
 is 0.5/√n₀ (5·10⁻⁴ at the cap). A prior worth more than a million observations is a typo rather than a belief;
 the argmax quadrature itself is right for any sd (`exploration.gaussian_argmax_pmf`)."""
+MAX_USD_PER_MTOK = 1e6
+"""The largest price a model may have, USD per 1M tokens (a dollar a token; `POST /v1/models` takes the same): a
+price beyond it is a typo, and one near the float range makes a call's cost infinite."""
+MAX_OUTPUT_TOKENS = 1e7
+"""The largest prior mean of output tokens (as `POST /v1/models` takes)."""
+MAX_LATENCY_S = 3600.0
+"""The largest prior mean latency in seconds (as `POST /v1/models` takes)."""
+_UPPER_BOUNDS = {"input_usd_per_mtok": MAX_USD_PER_MTOK, "output_usd_per_mtok": MAX_USD_PER_MTOK,
+                 "output_tokens": MAX_OUTPUT_TOKENS, "latency_s": MAX_LATENCY_S}
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,8 @@ class ModelSpec:
                 raise CatalogError(f"model {self.name!r}: {key} must be a finite number")
             if value < 0:
                 raise CatalogError(f"model {self.name!r}: {key} must not be negative (got {value})")
+            if value > MAX_USD_PER_MTOK:
+                raise CatalogError(f"model {self.name!r}: {key} must be at most 1e6 (got {value:g})")
             object.__setattr__(self, key, float(value))
         for key in ("latency_s", "output_tokens", "prior_quality", "prior_strength"):
             value = getattr(self, key)
@@ -101,6 +116,8 @@ class ModelSpec:
                 raise CatalogError(f"model {self.name!r}: {key} must be a finite number")
             if value < 0:
                 raise CatalogError(f"model {self.name!r}: {key} must not be negative (got {value})")
+            if key in _UPPER_BOUNDS and value > _UPPER_BOUNDS[key]:
+                raise CatalogError(f"model {self.name!r}: {key} must be at most {_UPPER_BOUNDS[key]:g} (got {value:g})")
             object.__setattr__(self, key, float(value))
         if self.prior_quality is not None and self.prior_quality > 1.0:
             raise CatalogError(f"model {self.name!r}: prior_quality must be in [0, 1] (got {self.prior_quality})")
@@ -251,6 +268,10 @@ class Catalog:
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "") -> Catalog:
+        unknown = sorted(set(data) - set(CATALOG_KEYS))  # `[[modles]]`: models silently left out otherwise
+        if unknown:
+            hints = "".join(did_you_mean(key, CATALOG_KEYS) for key in unknown)
+            raise CatalogError(f"unknown keys {unknown}{hints}; known: {', '.join(CATALOG_KEYS)}")
         models = data.get("models")
         if not isinstance(models, list) or not models:
             raise CatalogError(f"{source or 'catalog'}: expected a non-empty list of [[models]] tables")
@@ -268,6 +289,8 @@ def load_catalog(path: str | Path) -> Catalog:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise CatalogError(f"{path}: no such file") from exc
+    except OSError as exc:  # a folder, a file it may not read
+        raise CatalogError(f"{path}: cannot read: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise CatalogError(f"{path}: not valid TOML: {exc}") from exc
     try:

@@ -123,10 +123,11 @@ def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
     sha256, newest first: the newest one that reads back and matches is the last good checkpoint."""
     report = CheckReport(path=str(path), ok=False)
     if not path.is_file():
-        report.error = f"{path}: no such file"
+        report.error = f"{path}: {'not a file' if path.exists() else 'no such file'}"
         return report
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        # as_uri() percent-encodes `#`, `?` and `%`: spliced in raw, `a#1.db` opened `a` (created, read-write)
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=10)
     except sqlite3.Error as exc:
         report.error = f"cannot open {path}: {exc}"
         return report

@@ -15,6 +15,7 @@ import gzip
 import io
 import math
 import sys
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,9 +80,15 @@ def load_table(path: str | Path, *, models: Sequence[str] | None = None) -> Outc
     path = Path(path)
     if not path.exists():
         raise InvalidInput(f"{path}: no such file")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:  # a folder, a file it may not read
+        raise InvalidInput(f"{path}: cannot read: {exc.strerror}") from None
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:  # a truncated download: EOFError, which click calls "Aborted!"
+            raise InvalidInput(f"{path}: not a whole gzip file ({exc})") from None
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     reader = csv.DictReader(io.StringIO(raw.decode("utf-8", "replace"), newline=""))
     header = reader.fieldnames or []

@@ -22,6 +22,9 @@ import numpy as np
 from .catalog import DEFAULT_OUTPUT_TOKENS, ModelSpec
 from .types import Outcome
 
+MAX_COST_WEIGHT = 1e9
+"""The largest λ (and μ) the service takes, configured or per request: sums of it in the rollup stay finite."""
+
 
 @dataclass(frozen=True, slots=True)
 class RewardConfig:

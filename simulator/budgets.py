@@ -65,6 +65,10 @@ class TargetPacers:
         config = self.config
         if config.fallback_model is not None and config.fallback_model not in {m.name for m in models}:
             raise InvalidInput(f"fallback_model {config.fallback_model!r} is not among the models")
+        unmatched = config.shares_matching_nothing(models)  # a misspelt model or tag: a target that never binds
+        if unmatched:
+            raise InvalidInput(f"{', '.join(unmatched)}: no model of the run is picked by that selector; models: "
+                               f"{', '.join(m.name for m in models)}")
         return SimulatedPacer(config, self.seconds_per_step)
 
 

@@ -6,6 +6,7 @@ Heavy imports (VW, matplotlib) happen inside the command, so `bandit-router --he
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import sys
 import time
@@ -78,11 +79,14 @@ def _progress_bar() -> Any:
     return show
 
 
-def _listify(value: Any) -> list[str]:
+def _listify(value: Any, key: str) -> list[str]:
+    """A config file's string or list (of `key`) as a list of strings; anything else is a message naming the key."""
     if value is None:
         return []
     if isinstance(value, str):
         return [value]
+    if not isinstance(value, list | tuple):
+        raise typer.BadParameter(f"{key} must be a string or a list, got {value!r}", param_hint="--config")
     return [str(v) for v in value]
 
 
@@ -179,8 +183,8 @@ def simulate(
             "--target",
             help="A budget target the learning routers hold (repeatable), as in the service: avg_cost_usd=0.0005, "
             "spend_usd=5/1000s (one simulated second per step), share:gpt-4o=0.3, share:tier=premium=0.2, "
-            "latency_p95_s=2, @tenant:… for a tenant's. The run's λ is the pacer's starting point. Every record "
-            "reports target:<t>:realized.",
+            "latency_p95_s=2, @tenant:… for a tenant's (with --context-column tenant). The run's λ is the pacer's "
+            "starting point. Every record reports target:<t>:realized.",
         ),
     ] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
@@ -240,31 +244,36 @@ def simulate(
         if settings.get(key) is not None:
             settings[key] = _integer(key, settings[key])
     policy_list = settings["policies"]
-    policy_specs = split_specs(policy_list) if isinstance(policy_list, str) else _listify(policy_list)
+    policy_specs = split_specs(policy_list) if isinstance(policy_list, str) else _listify(policy_list, "policies")
     weights = settings["cost_weights"]
     n_seeds = settings["seeds"]
     start = settings["first_seed"]
     keys = ("split", "train_value", "eval_value", "drop_flag", "prices")
     options: dict[str, Any] = {k: settings[k] for k in keys if k in settings}
     if "tasks" in settings:
-        options["tasks"] = tuple(_listify(settings["tasks"]))
+        options["tasks"] = tuple(_listify(settings["tasks"], "tasks"))
     if "context_columns" in settings:
-        options["context_columns"] = tuple(_listify(settings["context_columns"]))
+        options["context_columns"] = tuple(_listify(settings["context_columns"], "context_columns"))
     try:
-        targets = tuple(_listify(settings.get("targets")))
+        targets = tuple(_listify(settings.get("targets"), "targets"))
+        if any(t.strip().startswith("@") for t in targets) and "tenant" not in options.get("context_columns", ()):
+            raise typer.BadParameter("a tenant's target (@tenant:…) would never bind: a simulated request has a "
+                                     "tenant only from a dataset's tenant column (--context-column tenant)",
+                                     param_hint="--target")
         pacers = TargetPacers(targets) if targets else None
         plan = Plan(
             env=EnvSpec.parse(str(settings["env"]), **options),
             policies=tuple(policy_specs),
-            cost_weights=parse_floats(weights if isinstance(weights, str) else list(weights)),
+            cost_weights=parse_floats(weights if isinstance(weights, str) else _weights(weights)),
             seeds=tuple(range(start, start + n_seeds)),
-            scenarios=tuple(_listify(settings.get("scenarios"))),
+            scenarios=tuple(_listify(settings.get("scenarios"), "scenarios")),
             steps=settings.get("steps"),
             passes=settings["passes"],
             warmup=str(settings["warmup"]),
             window=settings["window"],
             pacer_factory=pacers,
         )
+        _prepare_out(Path(settings["out"]))  # before the runs, not after them
         show = _progress_bar() if sys.stderr.isatty() and not quiet else None
         started = time.perf_counter()
         result = run_simulation(plan, workers=settings.get("workers"), progress=show)
@@ -288,6 +297,25 @@ def simulate(
             )
             for line in _details(r):
                 typer.echo(f"      {line}")
+
+
+def _prepare_out(folder: Path) -> None:
+    """Create the output folder, or say why it cannot be written (a file there, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise typer.BadParameter(f"{folder}: cannot create the folder: {exc.strerror}", param_hint="--out") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise typer.BadParameter(f"{folder}: the folder is not writable", param_hint="--out")
+
+
+def _weights(value: Any) -> list[Any]:
+    """`cost_weights` from a config file: a list, or one number."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [value]
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise typer.BadParameter(f"cost_weights must be a number, a list or a string, got {value!r}", param_hint="--config")
 
 
 _INTEGER_KEYS = ("seeds", "first_seed", "steps", "passes", "window", "workers")

@@ -62,6 +62,12 @@ class Plan:
     def __post_init__(self) -> None:
         if not self.policies or not self.cost_weights or not self.seeds:
             raise InvalidInput("a plan needs at least one policy, one cost weight and one seed")
+        if any(seed < 0 for seed in self.seeds):  # numpy's generators take no negative seed
+            raise InvalidInput(f"seeds must be >= 0, got {min(self.seeds)}")
+        if self.window < 1:  # no reaction time can be measured over fewer than one step
+            raise InvalidInput(f"window must be >= 1, got {self.window}")
+        if self.passes < 1:  # Environment.n_steps read 0 or -1 passes as one
+            raise InvalidInput(f"passes must be >= 1, got {self.passes}")
         known = known_names()
         for spec in self.policies:
             if spec.partition(":")[0] not in known:
@@ -272,6 +278,8 @@ def simulate(
 ) -> SimulationResult:
     """Run every (policy, λ, seed) of `plan`; `workers` processes (default: one per core)."""
     global _WORKSPACE
+    if workers is not None and workers < 1:
+        raise InvalidInput(f"workers must be >= 1 (or left out: one per core), got {workers}")
     workspace = Workspace(plan)
     workspace.prepare()
     for spec in plan.policies:

@@ -466,6 +466,18 @@ def test_the_last_model_cannot_be_retired(make_client: Callable[..., TestClient]
     assert last.status_code == 409 and "last model" in last.json()["message"]
 
 
+def test_the_last_routable_model_cannot_be_retired(make_client: Callable[..., TestClient]) -> None:
+    """Retiring every model but a judge's (route = false) was accepted: every POST /v1/route then answered 422
+    blaming the request's models, and so after every restart, since retirements are stored."""
+    models = (ModelSpec("cheap", 0.1, 0.4), ModelSpec("dear", 2.5, 10.0), ModelSpec("judge", 0.05, 0.1, route=False))
+    client = make_client(models=models)
+    assert client.delete("/v1/models/dear").status_code == 200
+    last = client.delete("/v1/models/cheap")
+    assert last.status_code == 409 and "last routable model" in last.json()["message"], last.text
+    assert client.post("/v1/route", json={"prompt": "hi"}).json()["model"] == "cheap"
+    assert client.delete("/v1/models/judge").status_code == 200  # a route = false model may go
+
+
 # -- auth -------------------------------------------------------------------------------------------------------
 @pytest.fixture
 def secured(make_client: Callable[..., TestClient]) -> TestClient:

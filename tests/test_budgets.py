@@ -188,6 +188,9 @@ def test_parse_target(text: str, expected: object) -> None:
         ("avg_cost_usd", "expected key=value"),
         ("spend_usd=200", "expected spend_usd=<USD>/<period>"),
         ("spend_usd=200/0d", "period must be a finite number > 0"),
+        # a period of 1e-300 s was accepted, and every request then failed: floor(t / P) overflowed
+        ("spend_usd=200/1e-300s", "period must be at least 1 s"),
+        ("spend_usd=200/0.5", "period must be at least 1 s"),
         ("spend_usd=200/1y", "period .1y. must be seconds or a number with s, m, h, d or w"),
         ("share:gpt-4o=1.5", r"must be in \[0, 1\]"),
         ("share:gpt-4o=150%", r"must be in \[0, 1\]"),
@@ -221,9 +224,9 @@ def test_durations() -> None:
 positive = st.floats(min_value=1e-9, max_value=1e9, allow_nan=False, allow_infinity=False)
 targets = st.one_of(
     st.builds(AvgCost, positive),
-    st.builds(Spend, positive, positive),
+    st.builds(Spend, positive, st.floats(min_value=1, max_value=1e9)),  # a period of at least 1 s
     st.builds(Share, st.sampled_from(["gpt-4o", "tag:tier=large", "a.b/c:d"]), st.floats(0, 1)),
-    st.builds(Latency, st.floats(0.01, 99.99), positive),
+    st.builds(Latency, st.floats(0, 100, exclude_min=True, exclude_max=True), positive),
 )
 
 
@@ -264,6 +267,16 @@ def test_config_from_toml_and_back() -> None:
     assert BudgetConfig.from_mapping(json.loads(json.dumps(config.to_mapping()))) == config
     assert sorted(BudgetConfig.from_strings(config.describe(), cost_step=0.1).describe()) == sorted(config.describe())
     assert "@acme:spend_usd=50/1d" in config.describe()
+
+
+@pytest.mark.parametrize("percentile", ["0.00001", "1e-7", "99.99999"])
+def test_a_latency_target_of_any_accepted_percentile_reads_back(percentile: str) -> None:
+    """The stored form of a config (`to_mapping`, kept by PUT /v1/budgets) reads back: a percentile below 1e-4 was
+    written `latency_p1e-05_s`, which the key's pattern refused, so a restart dropped the stored targets and state."""
+    config = BudgetConfig.from_mapping({f"latency_p{percentile}_s": 2, "avg_cost_usd": 0.001})
+    assert BudgetConfig.from_mapping(json.loads(json.dumps(config.to_mapping()))) == config
+    pacer = BudgetPacer(config)
+    assert BudgetPacer.from_state(json.loads(json.dumps(pacer.state()))).config == config
 
 
 @pytest.mark.parametrize(

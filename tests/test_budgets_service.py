@@ -19,6 +19,8 @@ with warnings.catch_warnings():
 
 from service_client import start_client
 
+from bandit_router.budgets import BudgetConfig
+from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets, Settings, load_settings
 from bandit_router.errors import ConfigError
 from tools.serve_process import ServeProcess
@@ -164,6 +166,26 @@ def test_fallback_model_in_the_config_must_be_in_the_catalog(tmp_path: Path) -> 
         load_settings(env={"BANDIT_ROUTER_BUDGETS": '{"fallback_model": "nope", "avg_cost_usd": 0.001}'})
     settings = load_settings(env={"BANDIT_ROUTER_BUDGETS": '{"fallback_model": "gpt-4o-mini", "avg_cost_usd": 1}'})
     assert settings.budgets.fallback_model == "gpt-4o-mini"
+
+
+JUDGE_ONLY = (ModelSpec("cheap", 0.1, 0.4), ModelSpec("dear", 2.5, 10.0), ModelSpec("judge", 0.05, 0.1, route=False))
+
+
+@pytest.mark.parametrize(("budgets", "message"), [
+    ({"fallback_model": "judge", "spend_usd": "5/1d"}, "fallback_model 'judge' has route = false"),
+    ({"share": {"judge": 0.1}}, "share:judge=0.1: no"),
+])
+def test_a_budget_on_a_model_that_is_never_routed_to_is_refused(make_client: Callable[..., TestClient],
+                                                                 budgets: dict[str, Any], message: str) -> None:
+    """A route = false model (a judge's, a routing LLM's) is never chosen, so a fallback or a share on it can never
+    act; both were accepted, by PUT and at start, while a share on no model at all is refused."""
+    with pytest.raises(ConfigError, match=message):
+        Settings(models=JUDGE_ONLY, budgets=BudgetConfig.from_mapping(budgets)).check()
+    client = make_client(models=JUDGE_ONLY)
+    reply = client.put("/v1/budgets", json=budgets)
+    assert reply.status_code == 422, reply.text
+    assert message in reply.json()["message"]
+    assert client.get("/v1/budgets").json()["targets"] == []
 
 
 # -- a real server process ------------------------------------------------------------------------------------

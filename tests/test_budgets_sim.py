@@ -57,3 +57,26 @@ def test_target_option_reports_realized_values(tmp_path: Path) -> None:
     assert router["target:share:gpt-4o=0.3:realized"] <= 0.3 + 0.05
     bad = CliRunner().invoke(app, ["simulate", "--env", "synthetic:default", "--out", str(out), "--target", "x=1"])
     assert bad.exit_code != 0
+
+
+def test_a_share_target_that_picks_no_model_of_the_run_is_refused(tmp_path: Path) -> None:
+    """`--target share:gpt-4o-mni=0.1` (a typo) ran to the end as a target that never binds; the service refuses such
+    a share, and so does the simulator now, naming the run's models."""
+    reply = CliRunner().invoke(app, [
+        "simulate", "--env", "synthetic:default", "--policies", "random", "--steps", "50", "--seeds", "1",
+        "--workers", "1", "--no-plots", "--quiet", "--out", str(tmp_path / "sim"), "--target", "share:gpt-4o-mni=0.1",
+    ])
+    assert reply.exit_code == 2, reply.output
+    assert "share:gpt-4o-mni=0.1: no model of the run is picked by that selector; models: " in reply.output
+
+
+def test_a_tenants_target_without_a_tenant_column_is_refused(tmp_path: Path) -> None:
+    """`--target @acme:avg_cost_usd=0.001` ran to the end as a target that never binds: simulated requests carry a
+    tenant only from a dataset's `tenant` column given as a context column."""
+    reply = CliRunner().invoke(app, [
+        "simulate", "--env", "synthetic:default", "--policies", "random", "--steps", "50", "--seeds", "1",
+        "--workers", "1", "--no-plots", "--quiet", "--out", str(tmp_path / "sim"),
+        "--target", "@acme:avg_cost_usd=0.001",
+    ])
+    assert reply.exit_code == 2, reply.output
+    assert "would never bind" in " ".join(reply.output.replace("│", " ").split())

@@ -143,6 +143,16 @@ _BAD_FILES = [
 ]
 
 
+def test_a_key_file_that_is_not_utf8_is_named_without_its_bytes(tmp_path: Path) -> None:
+    """A key file with a byte that is not UTF-8 was a UnicodeDecodeError traceback at start."""
+    keys = tmp_path / "keys"
+    keys.write_bytes(b"\xffsecret-key-0123456789\n")
+    keys.chmod(0o600)
+    with pytest.raises(ConfigError, match=r"api_keys_file: .*keys is not UTF-8 text") as info:
+        load_settings(_write(tmp_path / "k.toml", 'api_keys_file = "keys"\n'), env={})
+    assert "secret" not in str(info.value) and "xff" not in str(info.value)
+
+
 @pytest.mark.parametrize(("text", "message"), _BAD_FILES, ids=[t.split("\n")[0][:30] for t, _ in _BAD_FILES])
 def test_bad_files_raise_config_errors_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -158,6 +168,9 @@ def test_bad_files_raise_config_errors_naming_the_key(tmp_path: Path, text: str,
         ("BANDIT_ROUTER_POLICY_SETTINGS", "[1", "must be a JSON object"),
         ("BANDIT_ROUTER_API_KEYS", "short", "at least 16 characters"),
         ("BANDIT_ROUTER_ADMIN_KEYS", "has a space in the key", "printable ASCII"),
+        # the example was a policy spec's, whichever list it was
+        ("BANDIT_ROUTER_ALLOWED_HOSTS", "example.com",
+         r"^BANDIT_ROUTER_ALLOWED_HOSTS: allowed_hosts: must be a JSON list of strings, e\.g\. \[\"a\", \"b\"\]$"),
     ],
 )
 def test_bad_environment_raises_config_errors(variable: str, value: str, message: str) -> None:
@@ -184,6 +197,19 @@ def test_environment_parses_every_kind(tmp_path: Path) -> None:
     assert settings.db == tmp_path / "e.db"
 
 
+def test_models_from_the_environment_is_ignored_with_a_pointer_to_catalog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BANDIT_ROUTER_MODELS was 'unknown (did you mean BANDIT_ROUTER_MODELS?)': it suggested itself."""
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.WARNING)
+    load_settings(env={"BANDIT_ROUTER_MODELS": '[{"name": "a"}]'})
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring BANDIT_ROUTER_MODELS: inline [[models]] tables belong in the configuration file; point "
+        "BANDIT_ROUTER_CATALOG at a catalog file instead"
+    ]
+
+
 def test_serves_hand_off_to_its_workers_is_not_an_unknown_setting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -208,6 +234,15 @@ def test_settings_validate_when_built_directly() -> None:
     with pytest.raises(ConfigError, match="api_keys"):
         Settings(api_keys=Secrets(("short",)))
     assert Settings().replace(port=1234).port == 1234
+
+
+@pytest.mark.parametrize("key", ["cost_weight", "latency_weight"])
+def test_a_configured_weight_has_the_bound_of_a_requests_cost_weight(key: str) -> None:
+    """cost_weight = 1e308 was accepted (a request's is at most 1e9): every reward was learned as about -1e306 and
+    the rollup's sums of λ overflowed to infinity."""
+    assert getattr(Settings(**{key: 1e9}), key) == 1e9
+    with pytest.raises(ConfigError, match=rf"{key}: must be a finite number in \[0, 1e9\]"):
+        Settings(**{key: 1e308})
 
 
 def test_every_key_is_described() -> None:

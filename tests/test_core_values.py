@@ -203,6 +203,13 @@ GOOD = '[[models]]\nname = "a"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\
         (GOOD + "prior_quality = 0.8\nprior_strength = 0\n", "prior_strength must be > 0"),
         (GOOD + "prior_quality = 0.8\nprior_strength = 1e300\n", "prior_strength must be at most 1e6"),
         (GOOD + "prior_strength = 3\n", "prior_strength needs a prior_quality"),
+        # a misspelt table was ignored, and the models in it with it
+        (GOOD + '[[modles]]\nname = "b"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n',
+         r"unknown keys \['modles'\] \(did you mean models\?\)"),
+        # the bounds POST /v1/models has: a price near the float range made a call's cost inf (a 500 per route)
+        (GOOD.replace("= 1", "= 1e308"), "input_usd_per_mtok must be at most 1e6"),
+        (GOOD + "output_tokens = 1e308\n", "output_tokens must be at most 1e"),
+        (GOOD + "latency_s = 1e9\n", "latency_s must be at most 3600"),
     ],
 )
 def test_catalog_loader_gives_clear_errors(tmp_path: Path, text: str, message: str) -> None:
@@ -216,6 +223,11 @@ def test_catalog_loader_gives_clear_errors(tmp_path: Path, text: str, message: s
 def test_catalog_loader_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CatalogError, match="no such file"):
         load_catalog(tmp_path / "nope.toml")
+
+
+def test_catalog_loader_names_a_folder_instead_of_raising_oserror(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="cannot read"):
+        load_catalog(tmp_path)
 
 
 toml_values = st.one_of(st.integers(-5, 5), st.floats(allow_nan=True), st.text(max_size=5), st.booleans())

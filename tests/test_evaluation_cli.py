@@ -127,6 +127,33 @@ def test_evaluate_and_export_errors(tmp_path: Path) -> None:
     assert runner.invoke(cli_app, ["export", "--db", str(db), "--format", "csv"]).exit_code == 2
 
 
+def test_evaluate_names_an_out_folder_it_cannot_create(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
+    """`--out` at a file was a FileExistsError traceback (exit status 1) after the whole evaluation had run."""
+    db, _ = logged_db
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for out in (taken, taken / "eval"):
+        result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "-C", "random", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert f"--out {out}: cannot create the folder" in result.output
+        assert "decisions with feedback evaluated" not in result.output  # refused before the replays
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    (["-C", "linucb@seed=-1"], "candidate 'linucb@seed=-1': seed must be >= 0"),
+    (["--estimators", ","], "estimators: give at least one of ips"),
+])
+def test_evaluate_refuses_a_negative_seed_and_no_estimator(logged_db: tuple[Path, Any], args: list[str],
+                                                            message: str) -> None:
+    """A negative seed was numpy's ValueError traceback (exit status 1); `--estimators ,` evaluated nothing and
+    said that no estimate could be trusted (exit status 0)."""
+    db, _ = logged_db
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "-C", "random", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
 def test_a_fixed_candidate_must_name_a_model_of_the_log(logged_db: tuple[Path, Any]) -> None:
     """`-C fixed:gpt-5` (no such model in the log) is refused with the log's models, not evaluated as the cheapest
     model under the name gpt-5."""

@@ -188,6 +188,24 @@ def test_check_reports_integrity_and_the_last_good_checkpoint(make_client: Calla
     missing = runner.invoke(cli_app, ["check", "--db", str(tmp_path / "nope.db")])
     assert missing.exit_code == 2
     assert missing.output.strip() == f"bandit-router check: {tmp_path / 'nope.db'}: no such file"  # no verdict
+    folder = runner.invoke(cli_app, ["check", "--db", str(tmp_path)])  # was "no such file" for a folder
+    assert folder.exit_code == 2
+    assert folder.output.strip() == f"bandit-router check: {tmp_path}: not a file"
+
+
+@pytest.mark.parametrize("name", ["router#1.db", "router?x.db", "router%41.db", "ñ router.db"])
+def test_check_reads_a_database_whose_name_has_uri_characters(tmp_path: Path, name: str) -> None:
+    """The path was spliced into a `file:` URI raw: `router#1.db` opened `router` (`#` starts a fragment), created
+    it read-write (`?` ended the path, so `mode=ro` was lost) and called a sound database NOT intact."""
+    db = tmp_path / name
+    client = start_client(Settings(db=db, seed=5))
+    assert _route(client).status_code == 200
+    client.__exit__(None, None, None)
+    result = CliRunner().invoke(cli_app, ["check", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "verdict: intact" in result.output
+    own = {name, f"{name}-wal", f"{name}-shm", f"{name}-lock"}  # SQLite's WAL files of the database itself
+    assert {p.name for p in tmp_path.iterdir()} <= own  # no other file created
 
 
 @pytest.mark.parametrize("command", ["evaluate", "serve"])

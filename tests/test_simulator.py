@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bandit_router.catalog import ModelSpec
-from bandit_router.errors import InvalidInput
+from bandit_router.errors import ConfigError, InvalidInput
 from bandit_router.policies import RandomPolicy
 from bandit_router.policies.base import BasePolicy
 from bandit_router.types import Context
@@ -170,6 +170,24 @@ def _extractor():
 def test_bad_dataset_options_are_named(options: dict[str, Any], match: str) -> None:
     with pytest.raises(InvalidInput, match=match):
         load_dataset(SAMPLE, **options)
+
+
+def test_a_dataset_that_is_a_folder_or_a_cut_gzip_file_is_named(tmp_path: Path) -> None:
+    """A folder was an IsADirectoryError traceback; a gzip file cut short (a broken download) was EOFError, which
+    the command line shows as a bare "Aborted!"."""
+    with pytest.raises(InvalidInput, match="cannot read"):
+        load_dataset(tmp_path)
+    cut = tmp_path / "cut.csv.gz"
+    data = SAMPLE.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InvalidInput, match=r"cut\.csv\.gz: not a whole gzip file"):
+        load_dataset(cut)
+
+
+def test_a_world_file_that_is_a_folder_is_named(tmp_path: Path) -> None:
+    """`--env synthetic:FOLDER` was an IsADirectoryError traceback."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        EnvSpec.parse(f"synthetic:{tmp_path}").build()
 
 
 def test_drop_flag_and_task_filter() -> None:

@@ -150,12 +150,50 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path) -> None:
     assert "unknown scenario" in result.output
 
 
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_output_folder_that_cannot_be_written_is_named_before_the_runs(tmp_path: Path, where: str) -> None:
+    """`--out` at a file (or under one) was a FileExistsError traceback, after every run had been paid for."""
+    blocker = tmp_path / "taken"
+    blocker.write_text("not a folder")
+    out = blocker if where == "file" else blocker / "run"
+    result = CliRunner().invoke(app, [*ARGS, "--out", str(out), "--no-plots"])
+    assert result.exit_code == 2, result.output
+    assert "cannot create the folder" in " ".join(result.output.replace("│", " ").split())
+    assert "runs of" not in result.output  # nothing ran
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("--first-seed=-3", "seeds must be >= 0, got -3"),
+    ("--window=0", "window must be >= 1, got 0"),  # ran, with every reaction time missing
+    ("--workers=-2", "workers must be >= 1 (or left out: one per core), got -2"),  # ran on one worker
+    ("--passes=0", "passes must be >= 1, got 0"),  # ran one pass
+])
+def test_a_bad_number_is_a_message(tmp_path: Path, option: str, message: str) -> None:
+    result = CliRunner().invoke(app, [*ARGS, option, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+
+
+def test_a_single_cost_weight_in_a_config_file_is_one_lambda(tmp_path: Path) -> None:
+    config = tmp_path / "sim.toml"
+    config.write_text(f'env = "dataset:{SAMPLE}"\nout = "{tmp_path / "out"}"\ncost_weights = 5\npolicies = "random"\n'
+                      'seeds = 1\nworkers = 1\n')
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--quiet", "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert {r["cost_weight"] for r in json.loads((tmp_path / "out" / "summary.json").read_text())["results"]} == {5.0}
+
+
 @pytest.mark.parametrize(("line", "message"), [
     ('steps = "x"', "steps must be an integer, got 'x'"),
     ("seeds = 1.5", "seeds must be an integer, got 1.5"),
     ('steps = "--5"', "steps must be an integer, got '--5'"),
     ('window = "²"', "window must be an integer, got '²'"),
     ('policy = "linucb"', "unknown keys ['policy']; known: context_columns, cost_weights"),
+    # a value of the wrong shape was a TypeError traceback ('int' object is not iterable)
+    ("scenarios = 5", "scenarios must be a string or a list, got 5"),
+    ("tasks = 5", "tasks must be a string or a list, got 5"),
+    ("targets = { a = 1 }", "targets must be a string or a list, got {'a': 1}"),
+    ("cost_weights = true", "cost_weights must be a number, a list or a string, got True"),
 ])
 def test_a_bad_config_file_is_a_message_naming_the_key(tmp_path: Path, line: str, message: str) -> None:
     config = tmp_path / "sim.toml"

@@ -128,7 +128,7 @@ def _json(value: Any, from_env: bool, example: str) -> Any:
 
 
 def _strs(value: Any, from_env: bool) -> tuple[str, ...]:
-    value = _json(value, from_env, 'a JSON list of strings, e.g. ["linucb:alpha=0.5"]')
+    value = _json(value, from_env, 'a JSON list of strings, e.g. ["a", "b"]')  # for shadow_policies, allowed_hosts, …
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise _Bad(f"must be a list of strings, got {value!r}")
     return tuple(value)
@@ -214,6 +214,8 @@ def read_keys(path: Path, name: str) -> tuple[str, ...]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:  # its bytes are never shown: they may be a key
+        raise ConfigError(f"{name}: {path} is not UTF-8 text") from None
     try:
         if path.stat().st_mode & 0o077:
             log.warning("%s %s is readable by other users; chmod 600 it", name, path)
@@ -273,7 +275,11 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
         name = variable[len(ENV_PREFIX) :].lower()
         if name.upper() in _ENV_NOT_KEYS:
             continue
-        if name not in KEYS or name == "models":
+        if name == "models":  # a key, but not one the environment can give: it would suggest itself
+            log.warning("ignoring %s: inline [[models]] tables belong in the configuration file; point "
+                        "%sCATALOG at a catalog file instead", variable, ENV_PREFIX)
+            continue
+        if name not in KEYS:
             log.warning("ignoring unknown environment variable %s%s", variable,
                         _did_you_mean(name, prefix=ENV_PREFIX, upper=True))
             continue

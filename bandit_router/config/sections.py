@@ -15,6 +15,7 @@ from typing import Any
 
 from ..catalog import ModelSpec
 from ..errors import ConfigError
+from ..reward import MAX_COST_WEIGHT
 from ..store.location import Database, parse_database
 
 SYNCHRONOUS = ("normal", "full", "extra")
@@ -153,8 +154,9 @@ class RoutingSettings:
     seed: int | None = setting(help="seed of the router's sampler (random when unset)")
     cold_start_rounds: int = setting(20, help="feedbacks before a model loses its exploration floor (policies "
                                      "other than `default`, which sizes the floor by uncertainty)")
-    cost_weight: float = setting(20.0, help="default λ: quality points worth 1 USD (a request may override it)")
-    latency_weight: float = setting(0.0, help="μ: quality points per second of latency")
+    cost_weight: float = setting(20.0, help="default λ: quality points worth 1 USD, at most 1e9 (a request may "
+                                 "override it)")
+    latency_weight: float = setting(0.0, help="μ: quality points per second of latency, at most 1e9")
     folders: Mapping[str, Path] = field(default_factory=dict, metadata={"internal": True})
     """Not a key: where a file named by a relative path in `policy`, `policy_settings` or `shadow_policies` (a
     rules file, a supervised table) is read from, by key: the configuration file's folder for a key written in it
@@ -165,7 +167,8 @@ class RoutingSettings:
                "give either `catalog` or [[models]], not both")
         for name in ("cost_weight", "latency_weight"):
             value = getattr(self, name)
-            _check(math.isfinite(value) and value >= 0, name, f"must be a finite number >= 0, got {value}")
+            _check(math.isfinite(value) and 0 <= value <= MAX_COST_WEIGHT, name,
+                   f"must be a finite number in [0, 1e9] (as a request's cost_weight), got {value:g}")
         _check(self.cold_start_rounds >= 0, "cold_start_rounds", "must be >= 0")
         if self.seed is not None:
             _check(0 <= self.seed < 2**63, "seed", "must be a non-negative integer")

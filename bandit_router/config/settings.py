@@ -163,9 +163,13 @@ class Settings:
         fallback = self.budgets.fallback_model
         if fallback is not None and fallback not in catalog.names:
             raise ConfigError(f"budgets: fallback_model {fallback!r} is not in the catalog")
-        unmatched = self.budgets.shares_matching_nothing(catalog)
+        routable = [m for m in catalog if m.route]  # what a decision can choose: the budgets' fallback and shares
+        if fallback is not None and not catalog[fallback].route:
+            raise ConfigError(f"budgets: fallback_model {fallback!r} has route = false: it is never chosen")
+        unmatched = self.budgets.shares_matching_nothing(routable)
         if unmatched:
-            raise ConfigError(f"budgets: {', '.join(unmatched)}: no catalog model is picked by that selector")
+            raise ConfigError(f"budgets: {', '.join(unmatched)}: no catalog model is picked by that selector "
+                              "(models with route = false do not count: they are never chosen)")
         judge = self.judge.judge_model
         if judge is not None and judge not in catalog.names:
             raise ConfigError(f"judge_model: {judge!r} is not in the catalog")

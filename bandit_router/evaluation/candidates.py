@@ -97,6 +97,8 @@ def parse_candidate(spec: str) -> Candidate:
     floor: float = typed("cold_start_floor", "float", "0.1")
     if cost_weight is not None and not (math.isfinite(cost_weight) and cost_weight >= 0):
         raise InvalidInput(f"candidate {label!r}: lambda must be a finite number >= 0")
+    if seed is not None and seed < 0:  # numpy's generators take no negative seed
+        raise InvalidInput(f"candidate {label!r}: seed must be >= 0")
     if rounds < 0 or not 0.0 <= floor <= 0.5:
         raise InvalidInput(f"candidate {label!r}: cold_start_rounds must be >= 0 and cold_start_floor in [0, 0.5]")
     return Candidate(label, "policy", policy, cost_weight, seed, rounds, floor)

@@ -53,6 +53,16 @@ def _fail(command: str, message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _prepare_out(command: str, folder: Path) -> None:
+    """Create the output folder, or fail naming it (a file there, no permission)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(command, f"--out {folder}: cannot create the folder: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise _fail(command, f"--out {folder}: the folder is not writable")
+
+
 def open_store(db: str | Path) -> Store:
     """The service database at `db` (a SQLite file, which must exist: evaluation never creates one, or a
     PostgreSQL URL)."""
@@ -110,6 +120,8 @@ def evaluate(
         except ValueError:
             message = f"--reward-lambda: expected logged, candidate or a number, not {reward_lambda!r}"
             raise _fail("evaluate", message) from None
+    if out is not None:
+        _prepare_out("evaluate", out)  # before the replays, not after them
     try:
         catalog = _catalog(config)
         store = open_store(db)
@@ -150,7 +162,10 @@ def evaluate(
     if poor:
         typer.echo(f"warning: overlap too poor to trust the estimates of: {', '.join(poor)} (⚠ in the table)", err=True)
     if out is not None:
-        write_evaluation(out, evaluation)
+        try:
+            write_evaluation(out, evaluation)
+        except OSError as exc:
+            raise _fail("evaluate", f"--out {out}: {exc.strerror or exc}") from None
         typer.echo(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'}, {out / 'evaluation.png'}")
 
 
@@ -217,6 +232,8 @@ def _evaluate_escalations(db: str, rules: list[str], confidence: float, out: Pat
         finally:
             store.close()
         _warn_skipped(skipped)
+        if out is not None:
+            _prepare_out("evaluate", out)
         if not chains:
             raise _fail("evaluate", f"{redact_urls(db)} holds no learned chain with feedback: nothing to evaluate", 1)
         results = evaluate_escalations(chains, rules or list(DEFAULT_RULES), confidence=confidence)

@@ -203,8 +203,12 @@ class EvaluationConfig:
             raise InvalidInput("reward_lambda must be 'logged', 'candidate' or a number")
         if not isinstance(lam, str) and not (math.isfinite(lam) and lam >= 0):
             raise InvalidInput("reward_lambda must be a finite number >= 0")
+        if not self.estimators:
+            raise InvalidInput("estimators: give at least one of ips, clipped-ips, snips, dm, dr")
         for name in self.estimators:
             make_estimator(name)  # fail early on an unknown name
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise InvalidInput(f"seed must be an integer >= 0, got {self.seed!r}")
 
     def lam_of(self, candidate: Candidate) -> float | None:
         """The λ `candidate`'s reward is measured with (None: each request's logged λ)."""

@@ -9,8 +9,9 @@ from typing import Annotated, Any, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
-from ..catalog import MAX_PRIOR_STRENGTH
+from ..catalog import MAX_LATENCY_S, MAX_OUTPUT_TOKENS, MAX_PRIOR_STRENGTH, MAX_USD_PER_MTOK
 from ..names import name_problem
+from ..reward import MAX_COST_WEIGHT
 from ..router import MAX_DECISION_ID_LENGTH
 
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]+$"
@@ -90,7 +91,6 @@ Context = Annotated[
                     "additionalProperties": ContextValue.__metadata__[1].json_schema}),
 ]
 """Caller attributes of a request (`/v1/route`'s `context`, the gateway's `bandit_router.context`)."""
-MAX_COST_WEIGHT = 1e9
 CostWeight = Annotated[float, Field(ge=0, le=MAX_COST_WEIGHT, allow_inf_nan=False)]
 """λ for one request: finite, in [0, 10⁹] (sums of it in the rollup stay finite)."""
 AllowedModels = Annotated[list[ModelName], Field(min_length=1, max_length=64)]
@@ -190,8 +190,8 @@ class ModelIn(_Strict):
     """A model to add at run time (the fields of a catalog entry)."""
 
     name: ModelName
-    input_usd_per_mtok: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
-    output_usd_per_mtok: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+    input_usd_per_mtok: Annotated[float, Field(ge=0, le=MAX_USD_PER_MTOK, allow_inf_nan=False)]
+    output_usd_per_mtok: Annotated[float, Field(ge=0, le=MAX_USD_PER_MTOK, allow_inf_nan=False)]
     tags: Annotated[
         dict[Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN), Name],
              Annotated[str, Field(min_length=1, max_length=128, pattern=NAME_PATTERN), Name]],
@@ -201,8 +201,8 @@ class ModelIn(_Strict):
                         "additionalProperties": {"type": "string", "minLength": 1, "maxLength": 128,
                                                  "pattern": NAME_PATTERN}}),
     ] = Field(default_factory=dict)
-    latency_s: Annotated[float, Field(ge=0, le=3600, allow_inf_nan=False)] | None = None
-    output_tokens: Annotated[float, Field(ge=0, le=1e7, allow_inf_nan=False)] | None = None
+    latency_s: Annotated[float, Field(ge=0, le=MAX_LATENCY_S, allow_inf_nan=False)] | None = None
+    output_tokens: Annotated[float, Field(ge=0, le=MAX_OUTPUT_TOKENS, allow_inf_nan=False)] | None = None
     prior_quality: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
         None, description="prior mean quality in [0, 1] (the `default` policy starts the model from it)"
     )

@@ -284,6 +284,10 @@ class RetireModel(Op):
             raise NotFound(f"model {self.name!r} is not an active model")
         if len(batch.active) == 1:
             raise Conflict("cannot retire the last model")
+        # models added at run time are routable; route = false ones come only from the catalog, so live knows them
+        unroutable = {m.name for m in batch.writer.follower.policies.live.models if not m.route}
+        if self.name not in unroutable and batch.active - unroutable == {self.name}:
+            raise Conflict(f"cannot retire the last routable model (the others have route = false): {self.name!r}")
         batch.log_event(ModelAction.RETIRE, self.name)
         batch.active.discard(self.name)
         return self.name
@@ -300,10 +304,14 @@ class SetBudgets(Op):
         fallback = self.config.fallback_model
         if fallback is not None and fallback not in batch.active:
             raise InvalidInput(f"budgets: fallback_model {fallback!r} is not an active model")
-        unmatched = self.config.shares_matching_nothing(batch.writer.follower.policies.live.models)
+        live = batch.writer.follower.policies.live.models  # a model another process added just now may lag here
+        if fallback is not None and any(m.name == fallback and not m.route for m in live):
+            raise InvalidInput(f"budgets: fallback_model {fallback!r} has route = false: it is never chosen")
+        routable = [m for m in live if m.route]  # what a decision can choose
+        unmatched = self.config.shares_matching_nothing(routable)
         if unmatched:
             raise InvalidInput(f"budgets: {', '.join(unmatched)}: no active model is picked by that selector; "
-                               f"active models: {', '.join(sorted(batch.active))}")
+                               f"active models: {', '.join(sorted(m.name for m in routable))}")
         batch.writer.budgets.configure(batch.tx, self.config)
         return self.config
 

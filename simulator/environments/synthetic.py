@@ -42,7 +42,6 @@ import gzip
 import io
 import math
 import sys
-import tomllib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -51,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from bandit_router.catalog import ModelSpec, default_catalog
+from bandit_router.config import read_toml
 from bandit_router.errors import ConfigError
 from bandit_router.features import FeatureExtractor, estimate_tokens
 
@@ -262,10 +262,7 @@ def load_world(name_or_path: str, *, base_dir: Path | None = None) -> Environmen
     path = world_path(name_or_path)
     if path is None:
         raise ConfigError(f"no world file {name_or_path!r} (give a path or a packaged world name: default)")
-    try:
-        config = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    config = read_toml(path)  # a folder, an unreadable file, bad UTF-8 or TOML: a ConfigError naming the path
     return build_world(config, source=str(path), base_dir=base_dir or path.parent)
 
 
