@@ -168,10 +168,9 @@ def test_retiring_a_path_like_name_is_a_422_not_a_404(client: TestClient) -> Non
 def test_a_name_with_a_trailing_line_feed_retires_nothing(client: TestClient) -> None:
     """`/v1/models/gpt-4o%0A` is not `gpt-4o` (the path route's regex ends with `$`, which matches before a final
     line feed, so the name it read had lost it): a 422, and gpt-4o stays active."""
-    for path in ("gpt-4o%0A", "gpt-4o%0D%0A"):
-        reply = client.delete(f"/v1/models/{path}")
-        assert reply.status_code == 422, reply.text
-        assert reply.json()["field"].endswith("name")
+    reply = client.delete("/v1/models/gpt-4o%0A")
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["field"].endswith("name")
     assert "gpt-4o" in [m["name"] for m in client.get("/v1/models").json()["models"]]
 
 

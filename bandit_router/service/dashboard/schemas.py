@@ -106,7 +106,7 @@ class RecentDecision(BaseModel):
     reward: float | None
     feedback_status: str | None = Field(description="the learned feedback's status (`applied`, `aggregate`, "
                                         "`default`: a closed window's default reward); with none learned, the "
-                                        "newest feedback's (`late`, `unrouted`, `ignored`, `pending`); null "
+                                        "newest feedback's (`late`, `unrouted`, `pending`); null "
                                         "without feedback")
     prompt: str | None = Field(None, description="only when `store_prompts = true`")
 
