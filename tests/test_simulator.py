@@ -153,6 +153,21 @@ def test_prices_are_implied_from_the_table() -> None:
     assert {m.tier for m in env.models} == {"large", "small"}
 
 
+def test_a_dataset_whose_model_costs_more_than_a_dollar_a_request_is_simulated(tmp_path: Path) -> None:
+    """Agent runs cost several dollars a request: the dataset's implied price, b·10⁶ USD per 1M tokens of one
+    token, is beyond what a catalog entry may say (1e6), and still a model of the run (the catalog's bounds are for
+    prices someone types, `catalog.check_entry`)."""
+    rows = [{"prompt_id": f"p{i}", "prompt": f"task {i}", "task": "agent", "split": "test",
+             **{f"quality_{m}": float(i % 2) for m in MODELS},
+             **{f"cost_{m}": c for m, c in zip(MODELS, (2.5, 0.4, 0.01), strict=True)}} for i in range(20)]
+    env = load_dataset(write_table(tmp_path / "agent.csv", rows), prices="flat")
+    assert [round(spec.cost_usd(100, 1.0), 6) for spec in env.models] == [2.5, 0.4, 0.01]
+    plan = Plan(env=EnvSpec.parse(f"dataset:{tmp_path / 'agent.csv'}", prices="flat"), policies=("default",),
+                cost_weights=(1.0,), seeds=(0,))
+    result = simulate(plan, workers=1)
+    assert len(result.runs) == 1 and result.n_steps == 20
+
+
 def _extractor():
     from bandit_router.features import FeatureExtractor
 

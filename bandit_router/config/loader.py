@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..budgets import BudgetConfig
-from ..catalog import ModelSpec
+from ..catalog import ModelSpec, check_entry
 from ..errors import CatalogError, ConfigError, InvalidInput
 from ..hints import closest
 from ..store.location import Database, DatabaseURL, parse_database
@@ -152,7 +152,7 @@ def _models(value: Any, from_env: bool) -> tuple[ModelSpec, ...]:
     if not isinstance(value, list) or not value:
         raise _Bad("must be a non-empty list of [[models]] tables")
     try:
-        return tuple(ModelSpec.from_json(m) for m in value)
+        return tuple(check_entry(ModelSpec.from_json(m)) for m in value)
     except CatalogError as exc:
         raise _Bad(str(exc)) from exc
 
