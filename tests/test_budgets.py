@@ -189,8 +189,8 @@ def test_parse_target(text: str, expected: object) -> None:
         ("spend_usd=200", "expected spend_usd=<USD>/<period>"),
         ("spend_usd=200/0d", "period must be a finite number > 0"),
         # a period of 1e-300 s was accepted, and every request then failed: floor(t / P) overflowed
-        ("spend_usd=200/1e-300s", "period must be at least 1 s"),
-        ("spend_usd=200/0.5", "period must be at least 1 s"),
+        ("spend_usd=200/1e-300s", "period must be at least 0.001 s"),
+        ("spend_usd=200/0.0005", "period must be at least 0.001 s"),
         ("spend_usd=200/1y", "period .1y. must be seconds or a number with s, m, h, d or w"),
         ("share:gpt-4o=1.5", r"must be in \[0, 1\]"),
         ("share:gpt-4o=150%", r"must be in \[0, 1\]"),
@@ -206,6 +206,15 @@ def test_parse_target(text: str, expected: object) -> None:
 def test_parse_target_rejects(text: str, match: str) -> None:
     with pytest.raises(InvalidInput, match=match):
         parse_target(text)
+
+
+def test_a_stored_state_with_a_sub_second_spend_period_still_loads() -> None:
+    """An older version took any positive period: a state it stored with a half-second period (beside a daily one)
+    loads, its spend kept, rather than the whole state being refused and every target's spend reset."""
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=0.01/0.5s", "spend_usd=100/1d"]), clock=lambda: 1e9)
+    state = json.loads(json.dumps(pacer.state()))
+    restored = BudgetPacer.from_state(state, clock=lambda: 1e9)
+    assert restored.state() == pacer.state()
 
 
 def test_parse_scoped_target() -> None:
@@ -224,7 +233,7 @@ def test_durations() -> None:
 positive = st.floats(min_value=1e-9, max_value=1e9, allow_nan=False, allow_infinity=False)
 targets = st.one_of(
     st.builds(AvgCost, positive),
-    st.builds(Spend, positive, st.floats(min_value=1, max_value=1e9)),  # a period of at least 1 s
+    st.builds(Spend, positive, st.floats(min_value=0.001, max_value=1e9)),  # a period of at least 1 ms
     st.builds(Share, st.sampled_from(["gpt-4o", "tag:tier=large", "a.b/c:d"]), st.floats(0, 1)),
     st.builds(Latency, st.floats(0, 100, exclude_min=True, exclude_max=True), positive),
 )

@@ -68,6 +68,13 @@ def test_a_share_target_that_picks_no_model_of_the_run_is_refused(tmp_path: Path
     ])
     assert reply.exit_code == 2, reply.output
     assert "share:gpt-4o-mni=0.1: no model of the run is picked by that selector; models: " in reply.output
+    # a model a scenario brings in later is a model of the run: a share target may name it
+    later = CliRunner().invoke(app, [
+        "simulate", "--env", "synthetic:default", "--scenario", "new-model", "--policies", "default", "--steps",
+        "300", "--seeds", "1", "--workers", "1", "--no-plots", "--quiet", "--out", str(tmp_path / "later"),
+        "--target", "share:claude-haiku-4-5=0.1",
+    ])
+    assert later.exit_code == 0, later.output
 
 
 def test_a_tenants_target_without_a_tenant_column_is_refused(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ One target per string::
 
     avg_cost_usd=0.0005            mean cost per request ≤ 0.0005 USD
     spend_usd=200/1d               spend ≤ 200 USD per day (period: a number of seconds, or s|m|h|d|w)
-    spend_usd=200/86400            the same, the period in seconds (at least 1)
+    spend_usd=200/86400            the same, the period in seconds (at least 0.001)
     share:gpt-4o=0.3               at most 30 % of the decisions go to gpt-4o (also `=30%`)
     share:tag:tier=large=0.3       at most 30 % go to models tagged tier=large (`share:tier=large=0.3` too)
     latency_p95_s=3                the 95th percentile of latency ≤ 3 s (any percentile in (0, 100))
@@ -43,8 +43,9 @@ from ..names import check_name
 DURATION_UNITS: Mapping[str, int] = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800})
 _LATENCY_KEY = re.compile(r"latency_p(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)_s")  # as `_fmt` writes it: 1e-05
 MAX_TENANT_LENGTH = 128
-MIN_PERIOD_S = 1.0
-"""The shortest spend period: the pacer's clock is in seconds."""
+MIN_PERIOD_S = 0.001
+"""The shortest spend period, a millisecond: periods are numbered floor(t / P), which a tiny P overflows; an older
+version took any positive period, so a stored one of half a second still loads."""
 
 
 def _number(text: str, what: str) -> float:
@@ -131,7 +132,7 @@ class Spend:
     def __post_init__(self) -> None:
         object.__setattr__(self, "usd", _check_positive(self.usd, "spend_usd"))
         period = _check_positive(self.period_s, "spend period")
-        if period < MIN_PERIOD_S:  # periods are numbered floor(t / P): a tiny P overflows that, and means nothing
+        if period < MIN_PERIOD_S:  # periods are numbered floor(t / P): a tiny P overflows that
             raise InvalidInput(f"spend period must be at least {MIN_PERIOD_S:g} s, got {_fmt(period)} s")
         object.__setattr__(self, "period_s", period)
 

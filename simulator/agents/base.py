@@ -22,7 +22,8 @@ STRATEGY_SALT = 808
 JUDGE_SALT = 909
 
 PacerFactory = Callable[[Sequence[ModelSpec], float], Pacer]
-"""Builds a budget pacer for one run from its initial models and λ (see `bandit_router.router.Pacer`)."""
+"""Builds a budget pacer for one run from every model the run will have (those a scenario adds later included: its
+targets may name them) and λ (see `bandit_router.router.Pacer`)."""
 
 def derived_seed(seed: int, salt: int) -> int:
     """An independent seed for one purpose (stream, router, feedback) of run `seed`."""

@@ -89,7 +89,7 @@ class RouterAgent:
             self.policy_factory(seed),
             reward_config=RewardConfig(cost_weight=cost_weight),
             seed=derived_seed(seed, ROUTER_SALT),
-            pacer=self.pacer_factory(specs, cost_weight) if self.pacer_factory else None,
+            pacer=self.pacer_factory(episode.models, cost_weight) if self.pacer_factory else None,
             # a router pre-trained on every model's outcomes has seen them all: no cold-start floor
             cold_start_rounds=0 if self.warmup == "full" else 20,
         )
