@@ -27,7 +27,7 @@ import numpy as np
 
 from . import exploration
 from .catalog import Catalog, ModelSpec, default_catalog
-from .errors import InvalidInput, UnknownModel
+from .errors import BanditRouterError, InvalidInput, UnknownModel
 from .features import FeatureExtractor
 from .ids import new_decision_id
 from .policies import Policy, make_policy
@@ -344,21 +344,35 @@ class Router:
             return pack(tree)
 
     def restore(self, data: bytes) -> None:
-        """Load a `snapshot()`; the policy must be of the same kind."""
+        """Load a `snapshot()`, its model list included; the policy must be of the same kind (same spec). Bytes
+        that are not such a snapshot raise `InvalidInput` and leave the router as it was."""
         tree = unpack(data)
         with self._lock:
+            if not isinstance(tree, dict) or "policy_name" not in tree:
+                raise InvalidInput("not a router snapshot")
             if tree["policy_name"] != self.policy.name:
                 raise InvalidInput(
                     f"snapshot is of policy {tree['policy_name']!r}, this router runs {self.policy.name!r}"
                 )
-            self.policy.load(tree["policy"])
-            self.cost_model.load(tree["cost_model"])
-            self._counts = {str(k): int(v) for k, v in tree["counts"].items()}
-            self._version = int(tree["version"])
-            self._models = [ModelSpec.from_json(m) for m in tree["models"]]
-            self._routable = None
-            self._retired = {m["name"]: ModelSpec.from_json(m) for m in tree["retired"]}
-            self._rng.bit_generator.state = _rng_from_json(tree["rng"])
+            before = self.snapshot()
+            try:
+                self._load(tree)
+            except Exception as exc:
+                self._load(unpack(before))
+                if isinstance(exc, BanditRouterError):
+                    raise
+                raise InvalidInput(f"not a snapshot of a {self.policy.name!r} router: {exc!r}") from exc
+
+    def _load(self, tree: dict[str, Any]) -> None:
+        """`restore` of an unpacked snapshot (under the lock)."""
+        self.policy.load(tree["policy"])
+        self.cost_model.load(tree["cost_model"])
+        self._counts = {str(k): int(v) for k, v in tree["counts"].items()}
+        self._version = int(tree["version"])
+        self._models = [ModelSpec.from_json(m) for m in tree["models"]]
+        self._routable = None
+        self._retired = {m["name"]: ModelSpec.from_json(m) for m in tree["retired"]}
+        self._rng.bit_generator.state = _rng_from_json(tree["rng"])
 
     def weights(self) -> np.ndarray:
         """The policy's learned parameters, flat (to compare two routers)."""

@@ -13,6 +13,7 @@ from bandit_router.catalog import ModelSpec
 from bandit_router.errors import InvalidInput, UnknownModel
 from bandit_router.policies import CONTEXTUAL, make_policy
 from bandit_router.router import Router
+from bandit_router.state import pack, unpack
 from bandit_router.types import Outcome, Request
 
 
@@ -300,3 +301,31 @@ def test_the_service_decides_requests_that_arrive_together_as_one_by_one(tmp_pat
     together, one_by_one = serve("together", True), serve("one-by-one", False)
     assert together == one_by_one
     assert together[5] == "UnknownModel" and len({m for m in together if isinstance(m, tuple)}) > 1
+
+
+@pytest.mark.parametrize("policy", ["default", "linucb", "thompson"])
+def test_a_snapshot_that_does_not_load_is_refused_and_changes_nothing(policy: str) -> None:
+    """Bytes that are not a snapshot, or a snapshot whose parts are damaged, raise `InvalidInput` (they raised
+    KeyError or TypeError, and a damaged cost model left the policy restored and the counts not: half a router)."""
+    def trained(seed: int) -> Router:
+        router = Router(list(MODELS), policy=policy, seed=seed)
+        for i in range(40):
+            router.learn(router.route(Request(prompt=f"question {i}")), Outcome(quality=(i % 5) / 4))
+        return router
+
+    other = unpack(trained(2).snapshot())
+    router, twin = trained(1), trained(1)
+    damaged = [
+        b"garbage",
+        pack({"x": 1}),
+        pack({**other, "cost_model": "nonsense"}),
+        pack({**other, "rng": {"bit_generator": "PCG64"}}),
+        pack({**other, "policy": {"arms": "nonsense"}}),
+    ]
+    for data in damaged:
+        with pytest.raises(InvalidInput):
+            router.restore(data)
+    assert np.array_equal(router.weights(), twin.weights()) and router.version == twin.version
+    assert router.snapshot() == twin.snapshot()
+    prompts = [Request(prompt=f"after {i}") for i in range(20)]
+    assert [router.route(r).pmf for r in prompts] == [twin.route(r).pmf for r in prompts]
