@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from bandit_router.catalog import Catalog, ModelSpec, default_catalog, load_catalog
 from bandit_router.errors import CatalogError, InvalidInput
 from bandit_router.features import FeatureExtractor, estimate_tokens
-from bandit_router.reward import CostModel, OutputTokenEstimator, reward
+from bandit_router.reward import CostModel, OutputTokenEstimator, RewardConfig, reward
 from bandit_router.state import pack, unpack
 from bandit_router.types import Context, Message, Outcome, Request
 
@@ -342,6 +343,24 @@ def test_reward_is_monotone_in_quality_and_cost(q1: float, q2: float, c1: float,
     assert reward(hi_q, lo_c, cost_weight=lam) >= reward(lo_q, lo_c, cost_weight=lam)
     assert reward(lo_q, lo_c, cost_weight=lam) >= reward(lo_q, hi_c, cost_weight=lam)
     assert reward(q1, c1, 2.0, cost_weight=lam, latency_weight=0.1) == pytest.approx(q1 - lam * c1 - 0.2)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"cost_weight": -1.0}, "cost_weight must be a finite number >= 0, got -1.0"),
+        ({"latency_weight": math.nan}, "latency_weight must be a finite number >= 0, got nan"),
+        ({"cost_weight": "20"}, "cost_weight must be a finite number >= 0, got '20'"),
+        ({"cost_weight": None}, "cost_weight must be a finite number >= 0, got None"),
+        ({"latency_weight": True}, "latency_weight must be a finite number >= 0, got True"),
+    ],
+)
+def test_a_bad_reward_config_is_invalid_input_naming_the_setting(settings: dict[str, object], message: str) -> None:
+    """`RewardConfig` is public: a bad λ or μ is the documented `InvalidInput` (it was a bare ValueError, or a
+    TypeError from `math.isfinite` for a string)."""
+    with pytest.raises(InvalidInput, match=f"^{re.escape(message)}$"):
+        RewardConfig(**settings)  # type: ignore[arg-type]
+    assert RewardConfig(cost_weight=0, latency_weight=2).latency_weight == 2
 
 
 def test_cost_from_tokens_and_learned_output_length() -> None:
