@@ -274,13 +274,13 @@ class Decision:
 
     def __post_init__(self) -> None:
         if len(self.models) != len(self.pmf):
-            raise ValueError("pmf and models differ in length")
+            raise InvalidInput("pmf and models differ in length")
         if self.model not in self.models:
-            raise ValueError(f"chosen model {self.model!r} is not among the allowed models")
+            raise InvalidInput(f"chosen model {self.model!r} is not among the allowed models")
         if abs(self.pmf[self.models.index(self.model)] - self.probability) > 1e-12:
-            raise ValueError("probability must equal the pmf entry of the chosen model")
+            raise InvalidInput("probability must equal the pmf entry of the chosen model")
         if not 0.0 < self.probability <= 1.0:
-            raise ValueError("probability must be in (0, 1]")
+            raise InvalidInput("probability must be in (0, 1]")
 
     @property
     def probabilities(self) -> dict[str, float]:
@@ -305,6 +305,16 @@ class Decision:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Decision:
+        """The decision `to_json` made (its context without the text); `InvalidInput` for anything else."""
+        try:
+            return cls._from_json(data)
+        except InvalidInput:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidInput(f"not a decision: {exc!r}") from None
+
+    @classmethod
+    def _from_json(cls, data: Mapping[str, Any]) -> Decision:
         return cls(
             decision_id=str(data["decision_id"]),
             model=str(data["model"]),

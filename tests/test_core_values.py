@@ -18,7 +18,7 @@ from bandit_router.errors import CatalogError, InvalidInput
 from bandit_router.features import FeatureExtractor, estimate_tokens
 from bandit_router.reward import CostModel, OutputTokenEstimator, RewardConfig, reward
 from bandit_router.state import pack, unpack
-from bandit_router.types import Context, Message, Outcome, Request
+from bandit_router.types import Context, Decision, Message, Outcome, Request
 
 # -- types ------------------------------------------------------------------------------------------------
 
@@ -123,6 +123,30 @@ def test_hand_written_initialisers_are_the_dataclass_ones(cls: str) -> None:
     assert vars(dataclasses.replace(made)) == expected
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.turns = 3  # type: ignore[misc,union-attr]
+
+
+def test_a_decision_that_is_not_one_is_invalid_input() -> None:
+    """`Decision.from_json` is how a caller keeps a decision between `route` and `learn`: damaged JSON (a key
+    missing, a probability that is not the chosen model's, a context of another shape) is the documented
+    `InvalidInput`, not a KeyError, TypeError or bare ValueError."""
+    from bandit_router.router import Router
+
+    made = Router(seed=1).route(Request(prompt="hello"))
+    data = made.to_json()
+    back = Decision.from_json(data)
+    assert back.to_json() == data and back.context.same_features(made.context)
+    damaged = [
+        ({k: v for k, v in data.items() if k != "pmf"}, "not a decision: KeyError"),
+        ({**data, "probability": data["probability"] / 2}, "probability must equal the pmf entry"),
+        ({**data, "model": "nope"}, "chosen model 'nope' is not among the allowed models"),
+        ({**data, "pmf": data["pmf"][:-1]}, "pmf and models differ in length"),
+        ({**data, "context": {}}, "not a decision: KeyError"),
+        ({**data, "pmf": ["x"] * len(data["pmf"])}, "not a decision: ValueError"),
+        ([1, 2], "not a decision: TypeError"),
+    ]
+    for bad, message in damaged:
+        with pytest.raises(InvalidInput, match=message):
+            Decision.from_json(bad)  # type: ignore[arg-type]
 
 
 def test_decision_ids_are_unique_across_threads_and_forked_processes() -> None:
