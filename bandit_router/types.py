@@ -336,8 +336,16 @@ def _check_non_negative(name: str, value: float | None) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"{name} must be a number")
-    if not math.isfinite(value) or value < 0:
+    if not _finite(value) or value < 0:
         raise InvalidInput(f"{name} must be a finite number >= 0")
+
+
+def _finite(value: float) -> bool:
+    """`math.isfinite`, False for an int too large for a float (where it raises OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +363,7 @@ class Outcome:
 
     def __post_init__(self) -> None:
         q = self.quality
-        if isinstance(q, bool) or not isinstance(q, int | float) or not math.isfinite(q) or not 0.0 <= q <= 1.0:
+        if isinstance(q, bool) or not isinstance(q, int | float) or not _finite(q) or not 0.0 <= q <= 1.0:
             raise InvalidInput("quality must be a finite number in [0, 1]")
         _check_non_negative("cost_usd", self.cost_usd)
         _check_non_negative("input_tokens", self.input_tokens)

@@ -83,6 +83,9 @@ def test_request_text_and_turns_from_messages() -> None:
         ({"quality": 0.5, "cost_usd": math.inf}, "cost_usd"),
         ({"quality": 0.5, "output_tokens": -3}, "output_tokens"),
         ({"quality": 0.5, "latency_s": math.nan}, "latency_s"),
+        ({"quality": 10**400}, "quality"),
+        ({"quality": 0.5, "input_tokens": 10**400}, "input_tokens must be a finite number >= 0"),
+        ({"quality": 0.5, "cost_usd": -(10**400)}, "cost_usd must be a finite number >= 0"),
     ],
 )
 def test_outcome_rejects_bad_values(kwargs: dict, message: str) -> None:
