@@ -18,6 +18,7 @@ the same weights.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -79,6 +80,7 @@ class Router:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise InvalidInput("model names must be unique")
+        _check_settings(cold_start_rounds, cold_start_floor, seed)
         self._models: list[ModelSpec] = specs
         self._routable: tuple[tuple[ModelSpec, ...], tuple[str, ...], dict[str, int]] | None = None
         """`_allowed(None)`, its names and each active model's arm: computed once per change of the model list."""
@@ -405,6 +407,19 @@ class _Choice(NamedTuple):
     model: str
     version: int
     policy: str
+
+
+def _check_settings(cold_start_rounds: int, cold_start_floor: float, seed: int | None) -> None:
+    """A router's own settings: `InvalidInput` naming the one that is wrong (a NaN floor made every pmf NaN,
+    then uniform; a negative seed or a string reached numpy's ValueError or TypeError)."""
+    rounds = cold_start_rounds
+    if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 0:
+        raise InvalidInput(f"cold_start_rounds must be an integer >= 0, got {rounds!r}")
+    floor = cold_start_floor
+    if isinstance(floor, bool) or not isinstance(floor, numbers.Real) or not 0.0 <= float(floor) <= 0.5:
+        raise InvalidInput(f"cold_start_floor must be a number in [0, 0.5], got {floor!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise InvalidInput(f"seed must be None or an integer >= 0, got {seed!r}")
 
 
 def _check_id(decision_id: str | None) -> None:

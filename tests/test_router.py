@@ -329,3 +329,25 @@ def test_a_snapshot_that_does_not_load_is_refused_and_changes_nothing(policy: st
     assert router.snapshot() == twin.snapshot()
     prompts = [Request(prompt=f"after {i}") for i in range(20)]
     assert [router.route(r).pmf for r in prompts] == [twin.route(r).pmf for r in prompts]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"cold_start_floor": float("nan")}, "cold_start_floor must be a number in [0, 0.5], got nan"),
+        ({"cold_start_floor": 2.0}, "cold_start_floor must be a number in [0, 0.5], got 2.0"),
+        ({"cold_start_floor": -0.1}, "cold_start_floor must be a number in [0, 0.5], got -0.1"),
+        ({"cold_start_rounds": -5}, "cold_start_rounds must be an integer >= 0, got -5"),
+        ({"cold_start_rounds": 2.5}, "cold_start_rounds must be an integer >= 0, got 2.5"),
+        ({"seed": -1}, "seed must be None or an integer >= 0, got -1"),
+        ({"seed": "abc"}, "seed must be None or an integer >= 0, got 'abc'"),
+    ],
+)
+def test_a_router_refuses_bad_settings_naming_them(settings: dict[str, object], message: str) -> None:
+    """A NaN cold-start floor made every pmf NaN, which the router's clean-up silently turned uniform (linucb routed
+    at random); a floor of 2 or a negative count was taken; a negative seed was numpy's ValueError."""
+    with pytest.raises(InvalidInput) as raised:
+        Router(list(MODELS), policy="linucb", **settings)  # type: ignore[arg-type]
+    assert str(raised.value) == message
+    edges = Router(list(MODELS), "linucb", seed=np.int64(3), cold_start_rounds=np.int64(0), cold_start_floor=0.5)
+    assert sum(edges.route(Request(prompt="hello")).pmf) == pytest.approx(1.0)
