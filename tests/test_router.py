@@ -351,3 +351,21 @@ def test_a_router_refuses_bad_settings_naming_them(settings: dict[str, object], 
     assert str(raised.value) == message
     edges = Router(list(MODELS), "linucb", seed=np.int64(3), cold_start_rounds=np.int64(0), cold_start_floor=0.5)
     assert sum(edges.route(Request(prompt="hello")).pmf) == pytest.approx(1.0)
+
+
+def test_learn_keeps_no_record_of_decisions_as_documented() -> None:
+    """docs/library.md: learning one decision twice counts it twice, a decision whose model was retired since is
+    still learned, and one whose model is not in the catalog raises UnknownModel and changes nothing."""
+    router = Router(list(MODELS), policy="linucb", seed=1)
+    decision = router.route(Request(prompt="hello"))
+    router.learn(decision, Outcome(quality=1.0))
+    router.learn(decision, Outcome(quality=1.0))
+    assert router.version == 2 and router.feedback_counts() == {decision.model: 2}
+    router.retire_model(decision.model)
+    router.learn(decision, Outcome(quality=0.0))
+    assert router.version == 3 and router.feedback_counts() == {decision.model: 3}
+    stranger = Router([ModelSpec("elsewhere", 1.0, 1.0)], seed=1).route(Request(prompt="hello"))
+    before = router.snapshot()
+    with pytest.raises(UnknownModel, match="elsewhere"):
+        router.learn(stranger, Outcome(quality=1.0))
+    assert router.snapshot() == before
