@@ -258,6 +258,8 @@ class Router:
     def _choose(self, context: Context, priced: _Priced, pmf: np.ndarray) -> _Choice:
         """The policy's `pmf` with the cold-start floors, cleaned, and one draw from it (under the lock)."""
         specs, penalty = priced.specs, priced.penalty
+        if np.shape(pmf) != (len(specs),):  # a policy's bug, not the caller's: not InvalidInput (a 422)
+            raise ValueError(f"policy {self.policy.name!r} gave a pmf of shape {np.shape(pmf)} for {len(specs)} models")
         if self.policy.explores:
             floors = self.policy.cold_start_floors(context, specs, penalty)
             if floors is not None:

@@ -369,3 +369,25 @@ def test_learn_keeps_no_record_of_decisions_as_documented() -> None:
     with pytest.raises(UnknownModel, match="elsewhere"):
         router.learn(stranger, Outcome(quality=1.0))
     assert router.snapshot() == before
+
+
+@pytest.mark.parametrize(("size", "shape"), [(-1, "(2,)"), (1, "(4,)"), (0, "(3, 1)")])
+def test_a_policy_pmf_of_the_wrong_shape_is_the_policy_s_error_not_the_caller_s(size: int, shape: str) -> None:
+    """A custom policy (docs/add-a-policy.md) whose pmf has the wrong number of entries failed in `Decision` with
+    `InvalidInput` (which the service answers with 422, blaming the caller) or, 2-d, a TypeError deep in the
+    clean-up; it is a ValueError naming the policy and the shapes."""
+    from bandit_router.policies.base import BasePolicy
+
+    class Broken(BasePolicy):
+        name = "broken"
+        explores = False
+
+        def pmf(self, context: object, models: object, penalty: np.ndarray, rng: object) -> np.ndarray:
+            k = len(penalty)
+            return np.full((k, 1), 1 / k) if size == 0 else np.full(k + size, 1 / (k + size))
+
+    router = Router(list(MODELS)[:3], policy=Broken(), seed=1)
+    with pytest.raises(ValueError) as raised:
+        router.route(Request(prompt="hello"))
+    assert not isinstance(raised.value, InvalidInput)
+    assert str(raised.value) == f"policy 'broken' gave a pmf of shape {shape} for 3 models"
