@@ -273,14 +273,16 @@ class Decision:
         self.__post_init__()
 
     def __post_init__(self) -> None:
+        # ValueError, not InvalidInput: the router and the gateway build decisions, so a failure here is their bug
+        # (a 500), not the caller's; `from_json`, which reads a caller's data, turns it into InvalidInput.
         if len(self.models) != len(self.pmf):
-            raise InvalidInput("pmf and models differ in length")
+            raise ValueError("pmf and models differ in length")
         if self.model not in self.models:
-            raise InvalidInput(f"chosen model {self.model!r} is not among the allowed models")
+            raise ValueError(f"chosen model {self.model!r} is not among the allowed models")
         if abs(self.pmf[self.models.index(self.model)] - self.probability) > 1e-12:
-            raise InvalidInput("probability must equal the pmf entry of the chosen model")
+            raise ValueError("probability must equal the pmf entry of the chosen model")
         if not 0.0 < self.probability <= 1.0:
-            raise InvalidInput("probability must be in (0, 1]")
+            raise ValueError("probability must be in (0, 1]")
 
     @property
     def probabilities(self) -> dict[str, float]:
