@@ -317,16 +317,22 @@ class Decision:
 
     @classmethod
     def _from_json(cls, data: Mapping[str, Any]) -> Decision:
+        pmf = tuple(float(p) for p in data["pmf"])
+        if not all(0.0 <= p <= 1.0 for p in pmf):  # NaN fails too
+            raise InvalidInput("not a decision: every pmf entry must be in [0, 1]")
+        cost_weight = float(data["cost_weight"])
+        if not 0.0 <= cost_weight < math.inf:
+            raise InvalidInput("not a decision: cost_weight must be a finite number >= 0")
         return cls(
             decision_id=str(data["decision_id"]),
             model=str(data["model"]),
             arm=int(data["arm"]),
             models=tuple(data["models"]),
-            pmf=tuple(float(p) for p in data["pmf"]),
+            pmf=pmf,
             probability=float(data["probability"]),
             policy=str(data["policy"]),
             policy_version=int(data["policy_version"]),
-            cost_weight=float(data["cost_weight"]),
+            cost_weight=cost_weight,
             context=Context.from_json(data["context"]),
             expected_cost_usd=tuple(float(c) for c in data.get("expected_cost_usd", ())),
             created_at=float(data.get("created_at", 0.0)),

@@ -136,6 +136,7 @@ def test_a_decision_that_is_not_one_is_invalid_input() -> None:
 
     made = Router(seed=1).route(Request(prompt="hello"))
     data = made.to_json()
+    nan_pmf = (data["models"], data["pmf"])
     back = Decision.from_json(data)
     assert back.to_json() == data and back.context.same_features(made.context)
     damaged = [
@@ -146,6 +147,10 @@ def test_a_decision_that_is_not_one_is_invalid_input() -> None:
         ({**data, "context": {}}, "not a decision: KeyError"),
         ({**data, "pmf": ["x"] * len(data["pmf"])}, "not a decision: ValueError"),
         ([1, 2], "not a decision: TypeError"),
+        ({**data, "cost_weight": math.nan}, "not a decision: cost_weight must be a finite number >= 0"),
+        ({**data, "cost_weight": -1.0}, "not a decision: cost_weight must be a finite number >= 0"),
+        ({**data, "pmf": [p if m == data["model"] else math.nan for m, p in zip(*nan_pmf, strict=True)]},
+         r"not a decision: every pmf entry must be in \[0, 1\]"),
     ]
     for bad, message in damaged:
         with pytest.raises(InvalidInput, match=message):
