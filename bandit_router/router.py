@@ -77,6 +77,8 @@ class Router:
         specs = list(models) if models is not None else list(default_catalog())
         if not specs:
             raise InvalidInput("a router needs at least one model")
+        for spec in specs:
+            _check_spec(spec)
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise InvalidInput("model names must be unique")
@@ -121,6 +123,7 @@ class Router:
     def add_model(self, spec: ModelSpec) -> None:
         """Make `spec` routable now. It starts cold (explored at once) and, for policies with model features
         or priors, from what models of the same family or tier taught."""
+        _check_spec(spec)
         with self._lock:
             if any(m.name == spec.name for m in self._models):
                 raise InvalidInput(f"model {spec.name!r} is already in the catalog")
@@ -422,6 +425,15 @@ def _check_settings(cold_start_rounds: int, cold_start_floor: float, seed: int |
         raise InvalidInput(f"cold_start_floor must be a number in [0, 0.5], got {floor!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise InvalidInput(f"seed must be None or an integer >= 0, got {seed!r}")
+
+
+def _check_spec(spec: object) -> None:
+    """A model name where a `ModelSpec` belongs (`Router(["gpt-4o"])`) is refused with what to pass instead."""
+    if isinstance(spec, str):
+        raise InvalidInput(
+            "models must be ModelSpecs (default_catalog(), load_catalog(path) or ModelSpec(...)), "
+            f"not the name {spec!r}"
+        )
 
 
 def _check_id(decision_id: str | None) -> None:

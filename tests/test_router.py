@@ -391,3 +391,13 @@ def test_a_policy_pmf_of_the_wrong_shape_is_the_policy_s_error_not_the_caller_s(
         router.route(Request(prompt="hello"))
     assert not isinstance(raised.value, InvalidInput)
     assert str(raised.value) == f"policy 'broken' gave a pmf of shape {shape} for 3 models"
+
+
+def test_a_model_name_where_a_spec_belongs_is_invalid_input() -> None:
+    """`Router(["gpt-4o"])` and `add_model("gpt-4o")` failed with AttributeError ('str' has no 'name')."""
+    with pytest.raises(InvalidInput, match=r"models must be ModelSpecs .* not the name 'gpt-4o'"):
+        Router(["gpt-4o"])  # type: ignore[list-item]
+    router = Router(list(MODELS), seed=1)
+    with pytest.raises(InvalidInput, match="not the name 'gpt-4o'"):
+        router.add_model("gpt-4o")  # type: ignore[arg-type]
+    assert [m.name for m in router.models] == [m.name for m in MODELS]
