@@ -374,6 +374,9 @@ class Outcome:
         if isinstance(q, bool) or not isinstance(q, int | float) or not _finite(q) or not 0.0 <= q <= 1.0:
             raise InvalidInput("quality must be a finite number in [0, 1]")
         _check_non_negative("cost_usd", self.cost_usd)
-        _check_non_negative("input_tokens", self.input_tokens)
-        _check_non_negative("output_tokens", self.output_tokens)
+        for name in ("input_tokens", "output_tokens"):
+            tokens = getattr(self, name)
+            _check_non_negative(name, tokens)
+            if isinstance(tokens, float) and not tokens.is_integer():  # 143.0 is 143, as in the service's JSON
+                raise InvalidInput(f"{name} must be a whole number >= 0, got {tokens!r}")
         _check_non_negative("latency_s", self.latency_s)

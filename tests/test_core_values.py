@@ -86,11 +86,14 @@ def test_request_text_and_turns_from_messages() -> None:
         ({"quality": 10**400}, "quality"),
         ({"quality": 0.5, "input_tokens": 10**400}, "input_tokens must be a finite number >= 0"),
         ({"quality": 0.5, "cost_usd": -(10**400)}, "cost_usd must be a finite number >= 0"),
+        ({"quality": 0.5, "input_tokens": 1.5}, r"input_tokens must be a whole number >= 0, got 1.5"),
+        ({"quality": 0.5, "output_tokens": 0.25}, r"output_tokens must be a whole number >= 0, got 0.25"),
     ],
 )
 def test_outcome_rejects_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         Outcome(**kwargs)
+    assert Outcome(quality=0.5, input_tokens=143.0, output_tokens=7).input_tokens == 143
 
 
 @pytest.mark.parametrize("cls", ["Context", "Decision"])
