@@ -13,6 +13,7 @@ with ô_m, the model's expected output tokens, learned from feedback by `OutputT
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import DEFAULT_OUTPUT_TOKENS, ModelSpec
+from .errors import InvalidInput
 from .types import Outcome
 
 MAX_COST_WEIGHT = 1e9
@@ -36,8 +38,9 @@ class RewardConfig:
     def __post_init__(self) -> None:
         for name in ("cost_weight", "latency_weight"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0")
+            number = not isinstance(value, bool) and isinstance(value, numbers.Real)
+            if not number or not math.isfinite(value) or value < 0:
+                raise InvalidInput(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def reward(

@@ -18,6 +18,7 @@ the same weights.
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,7 +28,7 @@ import numpy as np
 
 from . import exploration
 from .catalog import Catalog, ModelSpec, default_catalog
-from .errors import InvalidInput, UnknownModel
+from .errors import BanditRouterError, InvalidInput, UnknownModel
 from .features import FeatureExtractor
 from .ids import new_decision_id
 from .policies import Policy, make_policy
@@ -76,9 +77,12 @@ class Router:
         specs = list(models) if models is not None else list(default_catalog())
         if not specs:
             raise InvalidInput("a router needs at least one model")
+        for spec in specs:
+            _check_spec(spec)
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise InvalidInput("model names must be unique")
+        _check_settings(cold_start_rounds, cold_start_floor, seed)
         self._models: list[ModelSpec] = specs
         self._routable: tuple[tuple[ModelSpec, ...], tuple[str, ...], dict[str, int]] | None = None
         """`_allowed(None)`, its names and each active model's arm: computed once per change of the model list."""
@@ -119,6 +123,7 @@ class Router:
     def add_model(self, spec: ModelSpec) -> None:
         """Make `spec` routable now. It starts cold (explored at once) and, for policies with model features
         or priors, from what models of the same family or tier taught."""
+        _check_spec(spec)
         with self._lock:
             if any(m.name == spec.name for m in self._models):
                 raise InvalidInput(f"model {spec.name!r} is already in the catalog")
@@ -256,6 +261,8 @@ class Router:
     def _choose(self, context: Context, priced: _Priced, pmf: np.ndarray) -> _Choice:
         """The policy's `pmf` with the cold-start floors, cleaned, and one draw from it (under the lock)."""
         specs, penalty = priced.specs, priced.penalty
+        if np.shape(pmf) != (len(specs),):  # a policy's bug, not the caller's: not InvalidInput (a 422)
+            raise ValueError(f"policy {self.policy.name!r} gave a pmf of shape {np.shape(pmf)} for {len(specs)} models")
         if self.policy.explores:
             floors = self.policy.cold_start_floors(context, specs, penalty)
             if floors is not None:
@@ -344,21 +351,35 @@ class Router:
             return pack(tree)
 
     def restore(self, data: bytes) -> None:
-        """Load a `snapshot()`; the policy must be of the same kind."""
+        """Load a `snapshot()`, its model list included; the policy must be of the same kind (same spec). Bytes
+        that are not such a snapshot raise `InvalidInput` and leave the router as it was."""
         tree = unpack(data)
         with self._lock:
+            if not isinstance(tree, dict) or "policy_name" not in tree:
+                raise InvalidInput("not a router snapshot")
             if tree["policy_name"] != self.policy.name:
                 raise InvalidInput(
                     f"snapshot is of policy {tree['policy_name']!r}, this router runs {self.policy.name!r}"
                 )
-            self.policy.load(tree["policy"])
-            self.cost_model.load(tree["cost_model"])
-            self._counts = {str(k): int(v) for k, v in tree["counts"].items()}
-            self._version = int(tree["version"])
-            self._models = [ModelSpec.from_json(m) for m in tree["models"]]
-            self._routable = None
-            self._retired = {m["name"]: ModelSpec.from_json(m) for m in tree["retired"]}
-            self._rng.bit_generator.state = _rng_from_json(tree["rng"])
+            before = self.snapshot()
+            try:
+                self._load(tree)
+            except Exception as exc:
+                self._load(unpack(before))
+                if isinstance(exc, BanditRouterError):
+                    raise
+                raise InvalidInput(f"not a snapshot of a {self.policy.name!r} router: {exc!r}") from exc
+
+    def _load(self, tree: dict[str, Any]) -> None:
+        """`restore` of an unpacked snapshot (under the lock)."""
+        self.policy.load(tree["policy"])
+        self.cost_model.load(tree["cost_model"])
+        self._counts = {str(k): int(v) for k, v in tree["counts"].items()}
+        self._version = int(tree["version"])
+        self._models = [ModelSpec.from_json(m) for m in tree["models"]]
+        self._routable = None
+        self._retired = {m["name"]: ModelSpec.from_json(m) for m in tree["retired"]}
+        self._rng.bit_generator.state = _rng_from_json(tree["rng"])
 
     def weights(self) -> np.ndarray:
         """The policy's learned parameters, flat (to compare two routers)."""
@@ -391,6 +412,28 @@ class _Choice(NamedTuple):
     model: str
     version: int
     policy: str
+
+
+def _check_settings(cold_start_rounds: int, cold_start_floor: float, seed: int | None) -> None:
+    """A router's own settings: `InvalidInput` naming the one that is wrong (a NaN floor made every pmf NaN,
+    then uniform; a negative seed or a string reached numpy's ValueError or TypeError)."""
+    rounds = cold_start_rounds
+    if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or rounds < 0:
+        raise InvalidInput(f"cold_start_rounds must be an integer >= 0, got {rounds!r}")
+    floor = cold_start_floor
+    if isinstance(floor, bool) or not isinstance(floor, numbers.Real) or not 0.0 <= float(floor) <= 0.5:
+        raise InvalidInput(f"cold_start_floor must be a number in [0, 0.5], got {floor!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise InvalidInput(f"seed must be None or an integer >= 0, got {seed!r}")
+
+
+def _check_spec(spec: object) -> None:
+    """A model name where a `ModelSpec` belongs (`Router(["gpt-4o"])`) is refused with what to pass instead."""
+    if isinstance(spec, str):
+        raise InvalidInput(
+            "models must be ModelSpecs (default_catalog(), load_catalog(path) or ModelSpec(...)), "
+            f"not the name {spec!r}"
+        )
 
 
 def _check_id(decision_id: str | None) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InvalidInput
+
 _FORMAT = "bandit-router-state/1"
 
 
@@ -46,14 +48,16 @@ def pack(tree: Any) -> bytes:
 
 
 def unpack(data: bytes) -> Any:
+    """The tree `pack` made; `InvalidInput` for bytes it did not make."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-    except Exception as exc:  # zipfile and numpy raise many types for corrupt data
-        raise ValueError(f"not a bandit-router state: {exc}") from exc
-    header = json.loads(arrays.pop("__header__").tobytes().decode("utf-8"))
-    if header.get("format") != _FORMAT:
-        raise ValueError(f"unknown state format {header.get('format')!r}")
+        header = json.loads(arrays.pop("__header__").tobytes().decode("utf-8"))
+        found = header.get("format")
+    except Exception as exc:  # zipfile, numpy and json raise many types for corrupt data
+        raise InvalidInput(f"not a bandit-router state: {exc!r}") from exc
+    if found != _FORMAT:
+        raise InvalidInput(f"unknown state format {found!r}")
 
     def decode(node: Any) -> Any:
         if isinstance(node, dict):

@@ -273,6 +273,8 @@ class Decision:
         self.__post_init__()
 
     def __post_init__(self) -> None:
+        # ValueError, not InvalidInput: the router and the gateway build decisions, so a failure here is their bug
+        # (a 500), not the caller's; `from_json`, which reads a caller's data, turns it into InvalidInput.
         if len(self.models) != len(self.pmf):
             raise ValueError("pmf and models differ in length")
         if self.model not in self.models:
@@ -305,16 +307,32 @@ class Decision:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Decision:
+        """The decision `to_json` made (its context without the text); `InvalidInput` for anything else."""
+        try:
+            return cls._from_json(data)
+        except InvalidInput:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidInput(f"not a decision: {exc!r}") from None
+
+    @classmethod
+    def _from_json(cls, data: Mapping[str, Any]) -> Decision:
+        pmf = tuple(float(p) for p in data["pmf"])
+        if not all(0.0 <= p <= 1.0 for p in pmf):  # NaN fails too
+            raise InvalidInput("not a decision: every pmf entry must be in [0, 1]")
+        cost_weight = float(data["cost_weight"])
+        if not 0.0 <= cost_weight < math.inf:
+            raise InvalidInput("not a decision: cost_weight must be a finite number >= 0")
         return cls(
             decision_id=str(data["decision_id"]),
             model=str(data["model"]),
             arm=int(data["arm"]),
             models=tuple(data["models"]),
-            pmf=tuple(float(p) for p in data["pmf"]),
+            pmf=pmf,
             probability=float(data["probability"]),
             policy=str(data["policy"]),
             policy_version=int(data["policy_version"]),
-            cost_weight=float(data["cost_weight"]),
+            cost_weight=cost_weight,
             context=Context.from_json(data["context"]),
             expected_cost_usd=tuple(float(c) for c in data.get("expected_cost_usd", ())),
             created_at=float(data.get("created_at", 0.0)),
@@ -326,8 +344,16 @@ def _check_non_negative(name: str, value: float | None) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidInput(f"{name} must be a number")
-    if not math.isfinite(value) or value < 0:
+    if not _finite(value) or value < 0:
         raise InvalidInput(f"{name} must be a finite number >= 0")
+
+
+def _finite(value: float) -> bool:
+    """`math.isfinite`, False for an int too large for a float (where it raises OverflowError)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,9 +371,12 @@ class Outcome:
 
     def __post_init__(self) -> None:
         q = self.quality
-        if isinstance(q, bool) or not isinstance(q, int | float) or not math.isfinite(q) or not 0.0 <= q <= 1.0:
+        if isinstance(q, bool) or not isinstance(q, int | float) or not _finite(q) or not 0.0 <= q <= 1.0:
             raise InvalidInput("quality must be a finite number in [0, 1]")
         _check_non_negative("cost_usd", self.cost_usd)
-        _check_non_negative("input_tokens", self.input_tokens)
-        _check_non_negative("output_tokens", self.output_tokens)
+        for name in ("input_tokens", "output_tokens"):
+            tokens = getattr(self, name)
+            _check_non_negative(name, tokens)
+            if isinstance(tokens, float) and not tokens.is_integer():  # 143.0 is 143, as in the service's JSON
+                raise InvalidInput(f"{name} must be a whole number >= 0, got {tokens!r}")
         _check_non_negative("latency_s", self.latency_s)

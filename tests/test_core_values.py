@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,9 @@ from hypothesis import strategies as st
 from bandit_router.catalog import Catalog, ModelSpec, default_catalog, load_catalog
 from bandit_router.errors import CatalogError, InvalidInput
 from bandit_router.features import FeatureExtractor, estimate_tokens
-from bandit_router.reward import CostModel, OutputTokenEstimator, reward
+from bandit_router.reward import CostModel, OutputTokenEstimator, RewardConfig, reward
 from bandit_router.state import pack, unpack
-from bandit_router.types import Context, Message, Outcome, Request
+from bandit_router.types import Context, Decision, Message, Outcome, Request
 
 # -- types ------------------------------------------------------------------------------------------------
 
@@ -82,11 +83,17 @@ def test_request_text_and_turns_from_messages() -> None:
         ({"quality": 0.5, "cost_usd": math.inf}, "cost_usd"),
         ({"quality": 0.5, "output_tokens": -3}, "output_tokens"),
         ({"quality": 0.5, "latency_s": math.nan}, "latency_s"),
+        ({"quality": 10**400}, "quality"),
+        ({"quality": 0.5, "input_tokens": 10**400}, "input_tokens must be a finite number >= 0"),
+        ({"quality": 0.5, "cost_usd": -(10**400)}, "cost_usd must be a finite number >= 0"),
+        ({"quality": 0.5, "input_tokens": 1.5}, r"input_tokens must be a whole number >= 0, got 1.5"),
+        ({"quality": 0.5, "output_tokens": 0.25}, r"output_tokens must be a whole number >= 0, got 0.25"),
     ],
 )
 def test_outcome_rejects_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         Outcome(**kwargs)
+    assert Outcome(quality=0.5, input_tokens=143.0, output_tokens=7).input_tokens == 143
 
 
 @pytest.mark.parametrize("cls", ["Context", "Decision"])
@@ -122,6 +129,35 @@ def test_hand_written_initialisers_are_the_dataclass_ones(cls: str) -> None:
     assert vars(dataclasses.replace(made)) == expected
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.turns = 3  # type: ignore[misc,union-attr]
+
+
+def test_a_decision_that_is_not_one_is_invalid_input() -> None:
+    """`Decision.from_json` is how a caller keeps a decision between `route` and `learn`: damaged JSON (a key
+    missing, a probability that is not the chosen model's, a context of another shape) is the documented
+    `InvalidInput`, not a KeyError, TypeError or bare ValueError."""
+    from bandit_router.router import Router
+
+    made = Router(seed=1).route(Request(prompt="hello"))
+    data = made.to_json()
+    nan_pmf = (data["models"], data["pmf"])
+    back = Decision.from_json(data)
+    assert back.to_json() == data and back.context.same_features(made.context)
+    damaged = [
+        ({k: v for k, v in data.items() if k != "pmf"}, "not a decision: KeyError"),
+        ({**data, "probability": data["probability"] / 2}, "probability must equal the pmf entry"),
+        ({**data, "model": "nope"}, "chosen model 'nope' is not among the allowed models"),
+        ({**data, "pmf": data["pmf"][:-1]}, "pmf and models differ in length"),
+        ({**data, "context": {}}, "not a decision: KeyError"),
+        ({**data, "pmf": ["x"] * len(data["pmf"])}, "not a decision: ValueError"),
+        ([1, 2], "not a decision: TypeError"),
+        ({**data, "cost_weight": math.nan}, "not a decision: cost_weight must be a finite number >= 0"),
+        ({**data, "cost_weight": -1.0}, "not a decision: cost_weight must be a finite number >= 0"),
+        ({**data, "pmf": [p if m == data["model"] else math.nan for m, p in zip(*nan_pmf, strict=True)]},
+         r"not a decision: every pmf entry must be in \[0, 1\]"),
+    ]
+    for bad, message in damaged:
+        with pytest.raises(InvalidInput, match=message):
+            Decision.from_json(bad)  # type: ignore[arg-type]
 
 
 def test_decision_ids_are_unique_across_threads_and_forked_processes() -> None:
@@ -342,6 +378,24 @@ def test_reward_is_monotone_in_quality_and_cost(q1: float, q2: float, c1: float,
     assert reward(hi_q, lo_c, cost_weight=lam) >= reward(lo_q, lo_c, cost_weight=lam)
     assert reward(lo_q, lo_c, cost_weight=lam) >= reward(lo_q, hi_c, cost_weight=lam)
     assert reward(q1, c1, 2.0, cost_weight=lam, latency_weight=0.1) == pytest.approx(q1 - lam * c1 - 0.2)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"cost_weight": -1.0}, "cost_weight must be a finite number >= 0, got -1.0"),
+        ({"latency_weight": math.nan}, "latency_weight must be a finite number >= 0, got nan"),
+        ({"cost_weight": "20"}, "cost_weight must be a finite number >= 0, got '20'"),
+        ({"cost_weight": None}, "cost_weight must be a finite number >= 0, got None"),
+        ({"latency_weight": True}, "latency_weight must be a finite number >= 0, got True"),
+    ],
+)
+def test_a_bad_reward_config_is_invalid_input_naming_the_setting(settings: dict[str, object], message: str) -> None:
+    """`RewardConfig` is public: a bad λ or μ is the documented `InvalidInput` (it was a bare ValueError, or a
+    TypeError from `math.isfinite` for a string)."""
+    with pytest.raises(InvalidInput, match=f"^{re.escape(message)}$"):
+        RewardConfig(**settings)  # type: ignore[arg-type]
+    assert RewardConfig(cost_weight=0, latency_weight=2).latency_weight == 2
 
 
 def test_cost_from_tokens_and_learned_output_length() -> None:

@@ -106,6 +106,7 @@ def test_learn_returns_the_reward(name: str) -> None:
         ("linucb:alpha=inf", "setting alpha must be a finite number, got 'inf'"),
         ("linucb:shared=yes", "setting shared must be true or false, got 'yes'"),
         ("linucb:alpha", "key=value"),
+        ("linucb:alpha=1,alpha=2", r"^linucb:alpha=1,alpha=2: setting alpha is given twice$"),
         ("fixed", "needs a model"),
         ("egreedy:epsilon=2", "epsilon"),
         ("vw-greedy:temperature=5", r"does not use the setting \['temperature'\]"),

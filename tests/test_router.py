@@ -13,6 +13,7 @@ from bandit_router.catalog import ModelSpec
 from bandit_router.errors import InvalidInput, UnknownModel
 from bandit_router.policies import CONTEXTUAL, make_policy
 from bandit_router.router import Router
+from bandit_router.state import pack, unpack
 from bandit_router.types import Outcome, Request
 
 
@@ -300,3 +301,103 @@ def test_the_service_decides_requests_that_arrive_together_as_one_by_one(tmp_pat
     together, one_by_one = serve("together", True), serve("one-by-one", False)
     assert together == one_by_one
     assert together[5] == "UnknownModel" and len({m for m in together if isinstance(m, tuple)}) > 1
+
+
+@pytest.mark.parametrize("policy", ["default", "linucb", "thompson"])
+def test_a_snapshot_that_does_not_load_is_refused_and_changes_nothing(policy: str) -> None:
+    """Bytes that are not a snapshot, or a snapshot whose parts are damaged, raise `InvalidInput` (they raised
+    KeyError or TypeError, and a damaged cost model left the policy restored and the counts not: half a router)."""
+    def trained(seed: int) -> Router:
+        router = Router(list(MODELS), policy=policy, seed=seed)
+        for i in range(40):
+            router.learn(router.route(Request(prompt=f"question {i}")), Outcome(quality=(i % 5) / 4))
+        return router
+
+    other = unpack(trained(2).snapshot())
+    router, twin = trained(1), trained(1)
+    damaged = [
+        b"garbage",
+        pack({"x": 1}),
+        pack({**other, "cost_model": "nonsense"}),
+        pack({**other, "rng": {"bit_generator": "PCG64"}}),
+        pack({**other, "policy": {"arms": "nonsense"}}),
+    ]
+    for data in damaged:
+        with pytest.raises(InvalidInput):
+            router.restore(data)
+    assert np.array_equal(router.weights(), twin.weights()) and router.version == twin.version
+    assert router.snapshot() == twin.snapshot()
+    prompts = [Request(prompt=f"after {i}") for i in range(20)]
+    assert [router.route(r).pmf for r in prompts] == [twin.route(r).pmf for r in prompts]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"cold_start_floor": float("nan")}, "cold_start_floor must be a number in [0, 0.5], got nan"),
+        ({"cold_start_floor": 2.0}, "cold_start_floor must be a number in [0, 0.5], got 2.0"),
+        ({"cold_start_floor": -0.1}, "cold_start_floor must be a number in [0, 0.5], got -0.1"),
+        ({"cold_start_rounds": -5}, "cold_start_rounds must be an integer >= 0, got -5"),
+        ({"cold_start_rounds": 2.5}, "cold_start_rounds must be an integer >= 0, got 2.5"),
+        ({"seed": -1}, "seed must be None or an integer >= 0, got -1"),
+        ({"seed": "abc"}, "seed must be None or an integer >= 0, got 'abc'"),
+    ],
+)
+def test_a_router_refuses_bad_settings_naming_them(settings: dict[str, object], message: str) -> None:
+    """A NaN cold-start floor made every pmf NaN, which the router's clean-up silently turned uniform (linucb routed
+    at random); a floor of 2 or a negative count was taken; a negative seed was numpy's ValueError."""
+    with pytest.raises(InvalidInput) as raised:
+        Router(list(MODELS), policy="linucb", **settings)  # type: ignore[arg-type]
+    assert str(raised.value) == message
+    edges = Router(list(MODELS), "linucb", seed=np.int64(3), cold_start_rounds=np.int64(0), cold_start_floor=0.5)
+    assert sum(edges.route(Request(prompt="hello")).pmf) == pytest.approx(1.0)
+
+
+def test_learn_keeps_no_record_of_decisions_as_documented() -> None:
+    """docs/library.md: learning one decision twice counts it twice, a decision whose model was retired since is
+    still learned, and one whose model is not in the catalog raises UnknownModel and changes nothing."""
+    router = Router(list(MODELS), policy="linucb", seed=1)
+    decision = router.route(Request(prompt="hello"))
+    router.learn(decision, Outcome(quality=1.0))
+    router.learn(decision, Outcome(quality=1.0))
+    assert router.version == 2 and router.feedback_counts() == {decision.model: 2}
+    router.retire_model(decision.model)
+    router.learn(decision, Outcome(quality=0.0))
+    assert router.version == 3 and router.feedback_counts() == {decision.model: 3}
+    stranger = Router([ModelSpec("elsewhere", 1.0, 1.0)], seed=1).route(Request(prompt="hello"))
+    before = router.snapshot()
+    with pytest.raises(UnknownModel, match="elsewhere"):
+        router.learn(stranger, Outcome(quality=1.0))
+    assert router.snapshot() == before
+
+
+@pytest.mark.parametrize(("size", "shape"), [(-1, "(2,)"), (1, "(4,)"), (0, "(3, 1)")])
+def test_a_policy_pmf_of_the_wrong_shape_is_the_policy_s_error_not_the_caller_s(size: int, shape: str) -> None:
+    """A custom policy (docs/add-a-policy.md) whose pmf has the wrong number of entries failed in `Decision` with
+    `InvalidInput` (which the service answers with 422, blaming the caller) or, 2-d, a TypeError deep in the
+    clean-up; it is a ValueError naming the policy and the shapes."""
+    from bandit_router.policies.base import BasePolicy
+
+    class Broken(BasePolicy):
+        name = "broken"
+        explores = False
+
+        def pmf(self, context: object, models: object, penalty: np.ndarray, rng: object) -> np.ndarray:
+            k = len(penalty)
+            return np.full((k, 1), 1 / k) if size == 0 else np.full(k + size, 1 / (k + size))
+
+    router = Router(list(MODELS)[:3], policy=Broken(), seed=1)
+    with pytest.raises(ValueError) as raised:
+        router.route(Request(prompt="hello"))
+    assert not isinstance(raised.value, InvalidInput)
+    assert str(raised.value) == f"policy 'broken' gave a pmf of shape {shape} for 3 models"
+
+
+def test_a_model_name_where_a_spec_belongs_is_invalid_input() -> None:
+    """`Router(["gpt-4o"])` and `add_model("gpt-4o")` failed with AttributeError ('str' has no 'name')."""
+    with pytest.raises(InvalidInput, match=r"models must be ModelSpecs .* not the name 'gpt-4o'"):
+        Router(["gpt-4o"])  # type: ignore[list-item]
+    router = Router(list(MODELS), seed=1)
+    with pytest.raises(InvalidInput, match="not the name 'gpt-4o'"):
+        router.add_model("gpt-4o")  # type: ignore[arg-type]
+    assert [m.name for m in router.models] == [m.name for m in MODELS]

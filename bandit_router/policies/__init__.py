@@ -133,7 +133,7 @@ CONTEXT_FREE = ("egreedy", "ucb1", "thompson")
 def parse_settings(
     spec: str, rest: str, positional: str = "", error: type[InvalidInput] = InvalidInput
 ) -> dict[str, str]:
-    """The settings after a spec's first colon: a bare `value` (fills `positional`) or `k=v,k=v`.
+    """The settings after a spec's first colon: a bare `value` (fills `positional`) or `k=v,k=v`, each key once.
 
     Shared by policy specs and the simulator's scenario and strategy specs; `error` is the exception raised.
     """
@@ -149,6 +149,8 @@ def parse_settings(
         key, eq, value = part.partition("=")
         if not eq or not key.strip():
             raise error(f"{spec}: bad setting {part!r}, expected key=value")
+        if key.strip() in settings:
+            raise error(f"{spec}: setting {key.strip()} is given twice")
         settings[key.strip()] = value.strip()
     return settings
 
