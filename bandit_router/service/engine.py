@@ -406,9 +406,8 @@ class Engine:
         """Raise `Unavailable` (503) while requests are refused, or while the server database is unreachable (the
         maintenance thread's probe, twice a second): a named router asks before it pays for any call, since it
         stores its decision only after its chain (`route` and `store_decision` ask themselves, and an unreachable
-        database fails their first write before any call is made)."""
-        self._require_ready()
-        if self._unreachable is not None:
+        database fails their first write before any call is made): `ready`, as `/readyz` reads it."""
+        if not self.ready:
             raise Unavailable(f"the service is not ready ({self.state})")
 
     def require_readable(self) -> None:
