@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_http
+from benchmarks import bench_http, provenance
 from simulator.report import git_commit
 
 HERE = Path(__file__).resolve().parent
@@ -149,11 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, required=True, help="a checkout whose bandit_router is the baseline")
     parser.add_argument("--base-commit", default=None, help="the base's commit, when --base is not a git checkout")
     parser.add_argument("--this", type=Path, default=HERE.parent, help="the checkout compared with the base")
-    parser.add_argument("--label", required=True, help="names the output file: ab-LABEL.md")
-    parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
+    provenance.add_output_arguments(parser, "ab-LABEL.md", duration=4)
     parser.add_argument("--connections", default="8,64")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--feedback", action="store_true", help="also POST /v1/feedback (fresh decision ids)")
     args = parser.parse_args(argv)
@@ -165,19 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         f"# Before/after: {args.label}",
         "",
         f"base: bandit_router at commit {args.base_commit or git_commit(args.base)}; this: {git_commit(args.this)}; "
-        f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {platform.machine()}, {os.cpu_count()} cores "
-        f"(shared with other work), Python {platform.python_version()}; load average {load[0]:.2f} at the start, "
-        f"{after[0]:.2f} at the end",
+        f"{provenance.machine()}; {provenance.load_note(load[0], after[0])}",
         f"command: python -m benchmarks.ab_http --base <checkout of the base> --label {args.label} --connections "
         f"{args.connections} --rounds {args.rounds} --duration {args.duration} --workers {args.workers}"
         + (" --feedback" if args.feedback else ""),
         "",
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"ab-{args.label}.md"
-    path.write_text("\n".join(header + table) + "\n")
-    print("\n".join(header + table))
+    provenance.write_report(args.out, f"ab-{args.label}.md", header + table)
     return 0
 
 

@@ -23,10 +23,10 @@ decisions a second (605 million decisions) has the same 10,080 minutes × 8 mode
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -214,6 +214,8 @@ def run(n: int = DECISIONS, requests: int = REQUESTS) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    size = int(sys.argv[1]) if len(sys.argv) > 1 else DECISIONS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("decisions", type=int, nargs="?", default=DECISIONS, help="decisions in the database")
+    size = parser.parse_args().decisions
     for row in run(size, requests=50 if size < DECISIONS else REQUESTS):
         print(row)

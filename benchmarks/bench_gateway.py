@@ -21,6 +21,7 @@ as root), so that other work on the machine disturbs them less.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -306,5 +307,6 @@ def _rows(measured: dict[tuple[str, bool, int], dict[str, Any]], ttft: dict[str,
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     for row in run():
         print(row)

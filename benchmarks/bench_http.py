@@ -23,6 +23,7 @@ weighs on both sides alike; a p99 is the worst round's.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -416,5 +417,6 @@ def run() -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     for row in run():
         print(row)

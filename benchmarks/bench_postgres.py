@@ -17,6 +17,7 @@ is the limit, not how it scales on separate hosts.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -244,5 +245,6 @@ def run() -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     for row in run():
         print(row)

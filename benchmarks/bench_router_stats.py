@@ -20,11 +20,11 @@ the service writes it: decisions, call records with their chains, and the counts
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -261,5 +261,7 @@ def run(n: int = CHAINS) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    for row in run(int(sys.argv[1]) if len(sys.argv) > 1 else CHAINS):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("chains", type=int, nargs="?", default=CHAINS, help="gateway chains in the database")
+    for row in run(parser.parse_args().chains):
         print(row)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -187,5 +188,6 @@ def steps_per_second_world(steps: int = 10_000) -> float:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     for row in run():
         print(row)

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
-import platform
 import sys
 import tempfile
 import textwrap
@@ -39,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_http
+from benchmarks import bench_http, provenance
 from simulator.report import git_commit
 
 HERE = Path(__file__).resolve().parent
@@ -282,9 +280,7 @@ def diagnose(label: str, out: Path, duration: int, code: Path | None = None, onl
     lines = [
         f"# Inside the server: {label}",
         "",
-        f"server code at commit {git_commit(code or HERE)} (tool at {git_commit(HERE)}), "
-        f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {platform.machine()}, "
-        f"{os.cpu_count()} cores (shared with other work), Python {platform.python_version()}",
+        f"server code at commit {git_commit(code or HERE)} (tool at {git_commit(HERE)}), {provenance.machine()}",
         f"command: python -m benchmarks.diagnose_http --label {label} --duration {duration}"
         + (f" --only {only}" if only else "") + (" --code <checkout>" if code else ""),
         "server: bandit-router serve (default policy, shipped 8-model catalog, durable SQLite), wrk -t1, "
@@ -295,17 +291,12 @@ def diagnose(label: str, out: Path, duration: int, code: Path | None = None, onl
         for name, part in (("inside", _inside), ("stub", _stub), ("lock", _lock)):
             if only in (None, name):
                 lines += part(wrk, Path(tmp) / name, duration, code)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"diagnose-{label}.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return provenance.write_report(out, f"diagnose-{label}.txt", lines, echo=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label", required=True, help="names the output file: diagnose-LABEL.txt")
-    parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
-    parser.add_argument("--duration", type=int, default=6, help="seconds of load per measurement")
+    provenance.add_output_arguments(parser, "diagnose-LABEL.txt", duration=6)
     parser.add_argument("--code", type=Path, default=None, help="serve bandit_router from this checkout")
     parser.add_argument("--only", choices=("inside", "stub", "lock"), default=None, help="one of the three")
     args = parser.parse_args(argv)

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,7 +43,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks import ab_http, bench_http
+from benchmarks import ab_http, bench_http, provenance
 from simulator.report import git_commit
 
 HERE = Path(__file__).resolve().parent
@@ -372,10 +370,8 @@ def diagnose(label: str, out: Path, duration: int, code: Path | None, feedback: 
     lines = [
         f"# What the slowest requests waited for: {label}",
         "",
-        f"server code at commit {git_commit(code or HERE)} (tool at {git_commit(HERE)}), "
-        f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {platform.machine()}, "
-        f"{os.cpu_count()} cores (shared with other work), Python {platform.python_version()}; load average "
-        f"{load[0]:.2f} at the start",
+        f"server code at commit {git_commit(code or HERE)} (tool at {git_commit(HERE)}), {provenance.machine()}; "
+        f"{provenance.load_note(load[0])}",
         f"command: python -m benchmarks.diagnose_tail --label {label} --duration {duration}"
         + (" --feedback" if feedback else "") + (" --code <checkout>" if code else ""),
         "server: bandit-router serve (default policy, shipped 8-model catalog, durable SQLite), wrk -t1, "
@@ -404,17 +400,12 @@ def diagnose(label: str, out: Path, duration: int, code: Path | None, feedback: 
     for name, connections, m, window in runs:
         lines += _analyse(name, connections, m, requests, iterations, events, window)
     lines.append(f"load average {after[0]:.2f} at the end")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"tail-{label}.txt"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return provenance.write_report(out, f"tail-{label}.txt", lines, echo=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label", required=True, help="names the output file: tail-LABEL.txt")
-    parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
-    parser.add_argument("--duration", type=int, default=6, help="seconds of load per measurement")
+    provenance.add_output_arguments(parser, "tail-LABEL.txt", duration=6)
     parser.add_argument("--code", type=Path, default=None, help="serve bandit_router from this checkout")
     parser.add_argument("--feedback", action="store_true", help="also /v1/feedback at 64 and 8 connections")
     args = parser.parse_args(argv)

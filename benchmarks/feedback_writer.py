@@ -22,9 +22,7 @@ rows), the best of 7 repeats.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import signal
 import sqlite3
 import statistics
@@ -35,6 +33,8 @@ import time
 import timeit
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from benchmarks import provenance
 
 HERE = Path(__file__).resolve().parent
 PROMPTS = [
@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     from simulator.report import git_commit
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label", required=True, help="names the output file: feedback-writer-LABEL.txt")
-    parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
+    provenance.add_output_arguments(parser, "feedback-writer-LABEL.txt")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--code", type=Path, default=HERE.parent, help="measure bandit_router from this checkout")
     parser.add_argument("--gil", action="store_true", help=f"count GIL releases per transaction ({GIL_PROBE})")
@@ -187,18 +186,12 @@ def main(argv: list[str] | None = None) -> int:
         f"# The writer's CPU per feedback: {args.label}",
         "",
         f"bandit_router from {code} (commit {git_commit(code)}), tool at {git_commit(HERE)}; "
-        f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {platform.machine()}, {os.cpu_count()} cores "
-        f"(shared with other work), Python {platform.python_version()}; load average {load[0]:.2f} at the start, "
-        f"{os.getloadavg()[0]:.2f} at the end",
+        f"{provenance.machine()}; {provenance.load_note(load[0], os.getloadavg()[0])}",
         f"command: python -m benchmarks.feedback_writer --label {args.label} --rounds {args.rounds}"
         + ("" if code == HERE.parent else " --code <checkout>") + (" --gil" if args.gil else ""),
         "",
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"feedback-writer-{args.label}.txt"
-    path.write_text("\n".join(header + table) + "\n")
-    print("\n".join(header + table))
+    provenance.write_report(args.out, f"feedback-writer-{args.label}.txt", header + table)
     return 0
 
 

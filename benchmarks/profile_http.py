@@ -18,9 +18,7 @@ py-spy (`pip install py-spy`) needs to attach to the server (root, or ptrace per
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -29,7 +27,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks import bench_http
+from benchmarks import bench_http, provenance
 from simulator.report import git_commit
 
 HERE = Path(__file__).resolve().parent
@@ -132,9 +130,7 @@ def profile(label: str, out: Path, duration: int, connections: int, code: Path |
     report = [
         f"# Server CPU profile: {label}",
         "",
-        f"server code at commit {served} (profiler at {git_commit(HERE)}), "
-        f"{dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, "
-        f"{platform.machine()}, {os.cpu_count()} cores (shared with other work), Python {platform.python_version()}",
+        f"server code at commit {served} (profiler at {git_commit(HERE)}), {provenance.machine()}",
         f"command: python -m benchmarks.profile_http --label {label} --duration {duration} "
         f"--connections {connections}" + (f" --code <checkout of {served}>" if code is not None else ""),
         f"server: bandit-router serve, 1 worker, default policy, shipped catalog; load: wrk -t1 -c{connections} "
@@ -175,17 +171,12 @@ def profile(label: str, out: Path, duration: int, connections: int, code: Path |
                 "```",
                 "",
             ]
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"http-{label}.txt"
-    path.write_text("\n".join(report))
-    return path
+    return provenance.write_report(out, f"http-{label}.txt", report, echo=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--label", required=True, help="names the output file: http-LABEL.txt")
-    parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
-    parser.add_argument("--duration", type=int, default=8, help="seconds of load per endpoint")
+    provenance.add_output_arguments(parser, "http-LABEL.txt", duration=8)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--code", type=Path, default=None,
                         help="serve bandit_router from this checkout of another commit (for a before profile)")

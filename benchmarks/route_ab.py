@@ -12,15 +12,14 @@ CPU µs per call over the loop (which a busy machine inflates less).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks import provenance
 from simulator.report import git_commit
 
 HERE = Path(__file__).resolve().parent
@@ -54,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, required=True, help="a checkout whose bandit_router is the baseline")
     parser.add_argument("--this", type=Path, default=HERE.parent, help="the checkout compared with the base")
-    parser.add_argument("--label", required=True, help="names the output file: route-ab-LABEL.md")
+    provenance.add_output_arguments(parser, "route-ab-LABEL.md")
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--out", default=str(HERE / "results" / "profiles"))
     args = parser.parse_args(argv)
     sides = {"base": args.base.resolve(), "this": args.this.resolve()}
     load = os.getloadavg()[0]
@@ -69,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# Router.route (default policy) A/B: {args.label}",
         "",
         f"base {sides['base']} (commit {git_commit(sides['base'])}), this {sides['this']} (commit "
-        f"{git_commit(sides['this'])}); {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}, {platform.machine()}, "
-        f"{os.cpu_count()} cores (shared with other work), Python {platform.python_version()}; load average "
-        f"{load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end",
+        f"{git_commit(sides['this'])}); {provenance.machine()}; {provenance.load_note(load, os.getloadavg()[0])}",
         f"command: python -m benchmarks.route_ab --base <checkout> --label {args.label} --rounds {args.rounds}",
         "",
         "| round | base p50 / p99 / CPU per call (µs) | this p50 / p99 / CPU per call (µs) |",
@@ -84,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     med = {side: {k: statistics.median(x[k] for x in runs[side]) for k in ("p50", "p99", "cpu")} for side in runs}
     lines.append(f"| median | {med['base']['p50']:.1f} / {med['base']['p99']:.1f} / {med['base']['cpu']:.1f} | "
                  f"{med['this']['p50']:.1f} / {med['this']['p99']:.1f} / {med['this']['cpu']:.1f} |")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"route-ab-{args.label}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    provenance.write_report(args.out, f"route-ab-{args.label}.md", lines)
     return 0
 
 
