@@ -68,6 +68,20 @@ def test_since_until_and_the_default_step(make: Callable[..., Any]) -> None:
     assert past["overall"]["decisions"] == 0 and set(past["quality"]) == {None}
 
 
+def test_a_step_longer_than_the_range_does_not_widen_its_totals(make: Callable[..., Any]) -> None:
+    """`overall` and `models` count the range asked for, not the bucket of `step` that holds it: five minutes
+    that ended two minutes ago hold none of the traffic just sent, though their one bucket (a day) does."""
+    client = make()
+    _traffic(client, 6)
+    now = time.time()
+    body = client.get(f"/v1/stats/timeseries?since={now - 420}&until={now - 120}&step=86400").json()
+    TimeseriesOut.model_validate(body)
+    assert body["overall"]["decisions"] == 0 and body["overall"]["learned"] == 0 and body["models"] == []
+    assert body["best_fixed"]["model"] is None
+    hour = client.get("/v1/stats/timeseries?range=hour&step=86400").json()
+    assert hour["overall"]["decisions"] == 6 and sum(m["decisions"] for m in hour["models"]) == 6
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [

@@ -1,6 +1,7 @@
 """Time series of the stored log from the per-minute rollup (`store/rollup.py`): what `GET /v1/stats/timeseries`
-returns and the dashboard draws. One bounded read (`Reader.minute_stats`: at most buckets × models rows), then
-arithmetic on a few thousand numbers; the cost does not grow with the number of decisions.
+returns and the dashboard draws. One bounded read (`Reader.minute_stats`: at most buckets × models rows), a few
+more when the buckets reach past the range (below), then arithmetic on a few thousand numbers; the cost does not
+grow with the number of decisions.
 
 Per bucket of `step` seconds (aligned on multiples of `step`; a bucket without decisions has zeros, and None
 where a mean has nothing to average):
@@ -17,6 +18,10 @@ where a mean has nothing to average):
     quality, cost_usd, reward     means over the learned feedback of the bucket's decisions
     shares[model]   the model's decisions ÷ all decisions
 
+The buckets are aligned on `step`, so the first may start before `since` and the last end after `until` (a
+`step` longer than the range: one or two buckets wider than it). The range's totals do not: `overall`, `models`
+and `best_fixed` count exactly the minutes that overlap [since, until) (`range_totals`).
+
 Over the whole range, per model: requests, share, learned, mean quality, cost and reward (on-policy: of the
 requests the policy sent it), and the self-normalised IPS estimate of what *always* routing to it would have
 given (SNIPS: Σ r/p ÷ Σ 1/p over its learned decisions; unbiased only where every request allowed it with
@@ -32,6 +37,7 @@ from typing import Any
 
 from ..errors import InvalidInput
 from ..store import MinuteStats, Reader
+from ..store.rollup import cover
 
 MAX_BUCKETS = 2000
 """A request for more buckets than this is refused (ask for a larger step)."""
@@ -83,6 +89,12 @@ class Window:
         """Each bucket's first minute."""
         return list(range(self.first_minute(), self.end_minute(), self.step_minutes))
 
+    def range_minutes(self) -> tuple[int, int]:
+        """(first, end): the minutes that overlap [since, until), whatever the buckets (the rollup's resolution
+        is one minute): what the range's totals count."""
+        first = math.floor(self.since / 60)
+        return first, max(first + 1, math.ceil(self.until / 60))
+
 
 def timeseries(reader: Reader, window: Window) -> dict[str, Any]:
     """The series and per-model totals for `window` (JSON-able; see the module docstring)."""
@@ -102,6 +114,9 @@ def timeseries(reader: Reader, window: Window) -> dict[str, Any]:
         sums.setdefault(row.model, MinuteStats(0, row.model)).add(row)
     # Per-minute rates: the bucket holding `until` has lasted only until `until` so far.
     minutes = [max(1.0, min(window.step, window.until - m * 60) / 60.0) for m in starts]
+    first, end = window.range_minutes()
+    if (first, end) != (window.first_minute(), window.end_minute()):
+        sums = range_totals(reader, first, end)  # the buckets reach past the range: its totals are read exactly
     everything = MinuteStats(0, "")
     for row in sums.values():
         everything.add(row)
@@ -133,6 +148,15 @@ def timeseries(reader: Reader, window: Window) -> dict[str, Any]:
         ],
         "best_fixed": best_fixed(list(sums.values())),
     }
+
+
+def range_totals(reader: Reader, first: int, end: int) -> dict[str, MinuteStats]:
+    """Per model, the sums over the minutes `first` ≤ m < `end` (`rollup.cover`: a few bounded reads)."""
+    out: dict[str, MinuteStats] = {}
+    for lo, hi, span in cover(first, end):
+        for row in reader.minute_stats(lo, hi, span):
+            out.setdefault(row.model, MinuteStats(0, row.model)).add(row)
+    return out
 
 
 def best_fixed(rows: list[MinuteStats]) -> dict[str, Any]:

@@ -107,7 +107,9 @@ async def stats_timeseries(
 ) -> Response:
     """Traffic, shares, quality, cost, reward, exploration and feedback per time bucket, with per-model totals
     and the best fixed model's estimated level, from the per-minute rollup. Either `range` or `since` (with
-    `until` and `step`); neither: the last hour. 422 when `since` is not before `until`, the range holds
+    `until` and `step`); neither: the last hour. Buckets are aligned on `step` (the first may start before the
+    range, and a `step` longer than the range gives one or two buckets wider than it); `overall`, `models` and
+    `best_fixed` count the range itself, to the minute. 422 when `since` is not before `until`, the range holds
     more than 2,000 buckets of `step`, `range` comes with `since` or `until`, or `until` without `since`."""
     monitor = _monitor(request)
     chosen = window(time.time(), range_, since, until, step)
