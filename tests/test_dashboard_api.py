@@ -152,6 +152,29 @@ def test_live_shows_the_typical_pmf_and_the_budgets(make: Callable[..., Any]) ->
     assert body["budgets"]["global"]["targets"] == []
 
 
+def test_a_model_added_at_run_time_has_its_exploration_floor_now_before_any_traffic(
+    make: Callable[..., Any],
+) -> None:
+    """`typical.now` is what the live policy would do now: a model added a moment ago gets its cold-start floor
+    there (the policy explores it at once), where the logged pmfs of the recent decisions (`probabilities`) could
+    not include it; every active model is priced, and the probabilities of one context sum to 1."""
+    from bandit_router.catalog import ModelSpec
+
+    client = make(models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0)))
+    _traffic(client, 12)
+    added = {"name": "c", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
+    assert client.post("/v1/models", json=added).status_code == 201
+    body = client.get("/v1/stats/live").json()
+    LiveOut.model_validate(body)
+    typical = body["typical"]
+    assert typical["probabilities"]["c"] == 0.0 and typical["decisions"] == 12
+    assert set(typical["now"]) == {"a", "b", "c"} and sum(typical["now"].values()) == pytest.approx(1.0)
+    assert typical["now"]["c"] >= 0.05  # the router's floor (0.1), or the default policy's for an added model
+    routed = [client.post("/v1/route", json={"prompt": f"Explain recursion (#{i})"}).json()["model"]
+              for i in range(60)]
+    assert "c" in routed  # and the policy does route to it (p ≥ 0.05 each: missed 60 times with p < 0.05)
+
+
 def test_shadows_without_enough_evidence_say_why(make: Callable[..., Any]) -> None:
     client = make(shadow_policies=("linucb",))
     _traffic(client, 6)

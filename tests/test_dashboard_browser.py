@@ -400,3 +400,41 @@ def test_the_shares_legend_of_many_models_scrolls_inside_its_panel(watched: Any,
         assert w.errors == []
     finally:
         server.stop()
+
+
+def test_a_model_added_at_run_time_shows_the_probability_the_policy_would_give_it_now(
+    watched: Any, tmp_path: Path
+) -> None:
+    """*Probability now* of a model added a moment ago, with no decision yet, is its exploration floor (what the
+    live policy would give it now), not the 0% of the recent decisions' logged pmfs; the row's *requests* is 0,
+    and the column's probabilities add up to 100%."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    two = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0))
+    server = ServerThread(create_app(Settings(db=tmp_path / "added.db", seed=3, models=two)))
+    try:
+        url = server.wait_ready(30)
+        with httpx.Client() as client:
+            for i in range(12):
+                assert client.post(url + "/v1/route", json={"prompt": f"Explain recursion (#{i})"}).is_success
+            spec = {"name": "c", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
+            assert client.post(url + "/v1/models", json=spec).status_code == 201
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
+        rows = {r[0]: r for r in (t.split("\t") for t in w.page.locator("#models-table tbody tr").all_inner_texts())}
+        assert set(rows) == {"a", "b", "c"}
+        assert rows["c"][1] == "0"  # no request yet
+        now = {name: float(row[-1].rstrip("%")) for name, row in rows.items()}
+        assert now["c"] >= 5.0, rows  # the floor; the logged pmfs of the 12 decisions gave it 0.0%
+        assert sum(now.values()) == pytest.approx(100.0, abs=0.2)
+        header = w.page.locator("#models-table th", has_text="probability now").get_attribute("title")
+        assert "would give it now" in header
+        w.page.locator('[data-panel="models"]').screenshot(path=str(_artifact("models-added.png")))
+        assert w.errors == []
+    finally:
+        server.stop()
+

@@ -2,10 +2,13 @@
 
 - `timeseries(window)`: `log.timeseries` over the per-minute rollup.
 - `recent(limit)`: the newest decisions with their learned quality (the prompt only when it was stored).
-- `live()`: the live policy and its version, the probability the live policy gave each model, averaged over the
-  bandit's own first tries among the newest `TYPICAL_DECISIONS` decisions ("a typical request now": real
-  traffic, no extra routing, nothing mutated; not models callers named, named routers' choices or the gateway's
-  fallbacks), and the budget pacer's report (each target against its realised value, per tenant).
+- `live()`: the live policy and its version; `typical.probabilities`: the probability the live policy gave each
+  model (as logged), averaged over the bandit's own first tries among the newest `TYPICAL_DECISIONS` decisions
+  (real traffic; not models callers named, named routers' choices or the gateway's fallbacks); `typical.now`:
+  the probability the live policy would give each model *now* (`Router.pmf_now`: its pmf with the cold-start
+  floors at today's λ, nothing drawn or booked), averaged over the contexts of the newest `NOW_DECISIONS` of
+  those decisions, so a model added a moment ago shows its exploration floor; and the budget pacer's report
+  (each target against its realised value, per tenant).
 - `shadows()`: each shadow policy's doubly robust estimate (with its confidence interval) against the live
   policy's, on the newest `SHADOW_DECISIONS` decisions that logged every shadow's pmf, and whether that evidence
   would allow a promotion (`evaluation.promotion_check`). Recomputed at most every `SHADOW_TTL_S` seconds.
@@ -24,13 +27,17 @@ from typing import Any
 from ..budgets import BudgetPacer
 from ..catalog import ModelSpec
 from ..errors import BanditRouterError
+from ..router import Router
 from ..store import Store
 from ..store.records import unrouted
 from ..store.rollup import is_fallback
+from ..types import Context
 from .policies import PolicySet
 from .timeseries import Window, timeseries
 
 TYPICAL_DECISIONS = 200
+NOW_DECISIONS = 100
+"""The newest routed decisions whose contexts `live()` prices again with the live policy ("probability now")."""
 SHADOW_DECISIONS = 2000
 SHADOW_TTL_S = 15.0
 MAX_RECENT = 500
@@ -106,6 +113,7 @@ class Monitor:
             for name, p in zip(d.models, d.pmf, strict=False):
                 totals[name] = totals.get(name, 0.0) + p
         n = len(rows)
+        now = self._pmf_now(live, [stored.decision.context for _, stored in rows[:NOW_DECISIONS]])
         return {
             "time": self.clock(),
             "policy": self.policies.live_name,
@@ -117,9 +125,26 @@ class Monitor:
                 "decisions": n,
                 "since": rows[-1][1].decision.created_at if rows else None,
                 "probabilities": {name: (p / n if n else None) for name, p in sorted(totals.items())},
+                "now": now,
             },
             "budgets": self.pacer.report(),
         }
+
+    @staticmethod
+    def _pmf_now(live: Router, contexts: list[Context]) -> dict[str, float | None]:
+        """Per active model, the mean probability `live` would give it now over `contexts` (`Router.pmf_now`;
+        None without contexts, 0 for a model it would not route to)."""
+        sums = {m.name: 0.0 for m in live.models}
+        n = 0
+        for context in contexts:
+            try:
+                pmf = live.pmf_now(context)
+            except BanditRouterError:  # e.g. no model allowed for this request's tenant now
+                continue
+            n += 1
+            for name, p in pmf.items():
+                sums[name] = sums.get(name, 0.0) + p
+        return {name: (p / n if n else None) for name, p in sorted(sums.items())}
 
     def shadows(self) -> dict[str, Any]:
         """Off-policy estimates of the shadows against the live policy (cached for `SHADOW_TTL_S`)."""

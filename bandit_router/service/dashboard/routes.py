@@ -119,9 +119,10 @@ async def stats_timeseries(
 @router.get("/v1/stats/live", response_model=LiveOut, responses=RESPONSES, openapi_extra={"security": SECURITY},
             tags=["dashboard"])
 async def stats_live(request: Request) -> Response:
-    """The live policy and its version, the mean probability it gave each model over the newest 200 decisions,
-    the budgets (each target against its realised value, per tenant), the named routers' counts (escalations),
-    and whether this key may promote."""
+    """The live policy and its version, the mean probability it gave each model over the newest 200 decisions
+    and the one it would give each model now (its current pmf on the newest 100 decisions' contexts), the
+    budgets (each target against its realised value, per tenant), the named routers' counts (escalations), and
+    whether this key may promote."""
     monitor = _monitor(request)
     services = request.app.state.services
     reply = await run_in_threadpool(monitor.live)

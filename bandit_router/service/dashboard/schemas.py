@@ -75,7 +75,13 @@ class Typical(BaseModel):
     decisions: int = Field(description="how many of the newest decisions were averaged (the bandit's own first "
                            "tries among them)")
     since: float | None
-    probabilities: dict[str, float | None] = Field(description="model → mean probability the live policy gave it")
+    probabilities: dict[str, float | None] = Field(description="model → mean probability the live policy gave it "
+                                                   "(as logged in those decisions)")
+    now: dict[str, float | None] = Field(description="model → mean probability the live policy would give it now "
+                                         "(its pmf with the cold-start floors at the current λ, over every active "
+                                         "model), on the contexts of the newest 100 of those decisions: a model "
+                                         "added at run time shows its exploration floor before any traffic; null "
+                                         "without recent decisions")
 
 
 class LiveOut(BaseModel):

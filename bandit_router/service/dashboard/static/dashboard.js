@@ -234,7 +234,8 @@
       cell(tr, usd(r.cost_usd));
       cell(tr, num(r.reward, 3));
       cell(tr, num(r.fixed_reward, 3));
-      cell(tr, r.in_catalog === false ? "–" : pct(live.typical.probabilities[r.model]));  // it cannot be chosen now
+      // what the live policy would give it now (a model just added: its exploration floor); a retired one: none
+      cell(tr, r.in_catalog === false ? "–" : pct(live.typical.now[r.model]));
     });
     ready("models", rows.length);
   }
