@@ -131,6 +131,33 @@ def test_recent_decisions_say_what_became_of_feedback_that_is_not_learned(make: 
     assert (shown[fresh]["quality"], shown[fresh]["feedback_status"]) == (None, None)
 
 
+def test_a_decision_whose_window_closed_without_feedback_is_expired_not_pending(make: Callable[..., Any]) -> None:
+    """Without `default_reward` nothing is written when a reward window closes: such a decision was shown
+    "pending" for ever. Its `feedback_status` is `expired` once its window has closed (null before: feedback may
+    still come); with `default_reward`, the default that the service learns then takes its place, with no
+    `expired` on the way (the service writes it within about half a second; `expired` waits 5 s more)."""
+    client = make(reward_window_s=0.3)
+    closed = client.post("/v1/route", json={"prompt": "nobody answers"}).json()["decision_id"]
+    time.sleep(0.35)
+    fresh = client.post("/v1/route", json={"prompt": "fresh"}).json()["decision_id"]
+    body = client.get("/v1/stats/recent").json()
+    RecentOut.model_validate(body)
+    shown = {d["decision_id"]: d for d in body["decisions"]}
+    assert (shown[closed]["quality"], shown[closed]["feedback_status"]) == (None, "expired")
+    assert (shown[fresh]["quality"], shown[fresh]["feedback_status"]) == (None, None)
+    client.__exit__(None, None, None)
+
+    client = make(reward_window_s=0.3, default_reward=0.4)
+    defaulted = client.post("/v1/route", json={"prompt": "nobody answers either"}).json()["decision_id"]
+    deadline, seen = time.monotonic() + 10, set()
+    while (d := client.get("/v1/stats/recent?limit=1").json()["decisions"][0])["feedback_status"] != "default":
+        seen.add(d["feedback_status"])
+        assert time.monotonic() < deadline, d
+        time.sleep(0.05)
+    assert (d["decision_id"], d["quality"]) == (defaulted, 0.4)
+    assert seen == {None}
+
+
 def test_recent_decisions_with_store_prompts(tmp_path: Path) -> None:
     for make in client_factory(tmp_path / "prompts.db", seed=1):
         client = make(store_prompts=True)

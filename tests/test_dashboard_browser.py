@@ -438,3 +438,88 @@ def test_a_model_added_at_run_time_shows_the_probability_the_policy_would_give_i
     finally:
         server.stop()
 
+
+_QUALITY_CELLS = """() => Object.fromEntries([...document.querySelectorAll('#recent-table tbody tr')].map(tr => {
+    const td = tr.querySelectorAll('td');
+    return [td[6].textContent, [td[5].textContent, td[5].title, td[5].className]];
+}))"""
+
+
+def test_the_recent_decisions_say_what_became_of_their_feedback(watched: Any, tmp_path: Path) -> None:
+    """What the *Recent decisions* table shows in its quality column, in a browser, as the reward windows (3 s)
+    close with `default_reward = 0.4`: a learned quality; *pending* while feedback may still come; the default
+    reward, marked *(default)*, once the window closed without feedback; *expired* for a decision that gets no
+    default (a model the caller named through the gateway) once its window closed (and 5 s more, the time the
+    service is given to write a default); *late* and *unrouted* for feedback that will never be learned. The
+    never-learned states are muted and say why on hover."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import FakeUpstream, ServerThread
+
+    upstream = FakeUpstream(quality={"a": {"code": 0.5, "prose": 0.5}, "b": {"code": 0.9, "prose": 0.9}}, seed=5)
+    fake = ServerThread(upstream)
+    upstream.url = fake.url
+    models = tuple(ModelSpec(name, 1.0, 2.0, base_url=fake.url + "/v1") for name in ("a", "b"))
+    settings = Settings(db=tmp_path / "fb.db", seed=3, models=models, reward_window_s=3.0, default_reward=0.4,
+                        store_prompts=True)
+    server = ServerThread(create_app(settings))
+    try:
+        url = server.wait_ready(30)
+        client = httpx.Client(base_url=url, timeout=30)
+
+        def route(prompt: str) -> str:
+            reply = client.post("/v1/route", json={"prompt": prompt})
+            assert reply.status_code == 200, reply.text
+            return str(reply.json()["decision_id"])
+
+        def call(model: str, prompt: str) -> str:  # the gateway, with a model the caller names
+            reply = client.post("/v1/chat/completions",
+                                json={"model": model, "messages": [{"role": "user", "content": prompt}]})
+            assert reply.status_code == 200, reply.text
+            return str(reply.headers["x-decision-id"])
+
+        def feedback(decision_id: str) -> str:
+            reply = client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.8})
+            assert reply.status_code == 200, reply.text
+            return str(reply.json()["status"])
+
+        assert feedback(route("learned")) == "applied"
+        route("defaulted")
+        assert feedback(call("a", "named, with feedback")) == "unrouted"
+        call("a", "named, without feedback")
+        late = call("b", "answered late")
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        # within the windows: nothing learned yet is pending
+        cells = wait_until(w.page, f"() => {{ const c = ({_QUALITY_CELLS})(); "
+                                   "return Object.keys(c).length === 5 && c; }", timeout=20)
+        assert cells["learned"][0] == "0.80"
+        assert cells["named, with feedback"][0] == "unrouted" and "never learned" in cells["named, with feedback"][1]
+        for prompt in ("defaulted", "named, without feedback", "answered late"):
+            assert cells[prompt][0] == "pending", cells
+            assert "may still come" in cells[prompt][1]
+        # the windows close: the default reward is learned where it applies; the rest expired
+        cells = wait_until(w.page, f"() => {{ const c = ({_QUALITY_CELLS})(); "
+                                   "return c['defaulted'][0] !== 'pending' && c; }", timeout=30)
+        assert cells["defaulted"][0] == "0.40 (default)"
+        assert cells["named, without feedback"][0] == "pending"  # no default coming, but not yet 5 s past its window
+        cells = wait_until(w.page, f"() => {{ const c = ({_QUALITY_CELLS})(); "
+                                   "return c['named, without feedback'][0] === 'expired' && c; }", timeout=30)
+        expired = cells["named, without feedback"]
+        assert "reward window closed" in expired[1] and expired[2] == "feedback-expired"
+        assert cells["answered late"][0] == "expired"
+        assert feedback(late) == "late"
+        cells = wait_until(w.page, f"() => {{ const c = ({_QUALITY_CELLS})(); "
+                                   "return c['answered late'][0] === 'late' && c; }", timeout=30)
+        assert "after the reward window closed" in cells["answered late"][1]
+        colour, muted = w.state("[document.querySelector('#recent-table td.feedback-expired'), "
+                                "document.getElementById('policy')].map(e => getComputedStyle(e).color)")
+        assert colour == muted  # the header's muted text colour
+        w.page.locator('[data-panel="recent"]').screenshot(path=str(_artifact("recent-feedback.png")))
+        assert w.errors == []
+        client.close()
+    finally:
+        server.stop()
+        upstream.closing = True
+        fake.stop()

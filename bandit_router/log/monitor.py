@@ -1,7 +1,8 @@
 """`Monitor`: what the dashboard shows about a running router, read from the store with bounded queries.
 
 - `timeseries(window)`: `log.timeseries` over the per-minute rollup.
-- `recent(limit)`: the newest decisions with their learned quality (the prompt only when it was stored).
+- `recent(limit)`: the newest decisions with their learned quality, else what became of their feedback (`late`,
+  `unrouted`, `pending`, or `expired`: none came and the reward window has closed); the prompt only when stored.
 - `live()`: the live policy and its version; `typical.probabilities`: the probability the live policy gave each
   model (as logged), averaged over the bandit's own first tries among the newest `TYPICAL_DECISIONS` decisions
   (real traffic; not models callers named, named routers' choices or the gateway's fallbacks); `typical.now`:
@@ -41,16 +42,27 @@ NOW_DECISIONS = 100
 SHADOW_DECISIONS = 2000
 SHADOW_TTL_S = 15.0
 MAX_RECENT = 500
+EXPIRED = "expired"
+"""`recent()`'s `feedback_status` of a decision without feedback whose reward window has closed: a feedback sent
+now would be `late` (never learned). With `default_reward`, only `DEFAULT_GRACE_S` later: the service writes the
+default's row (`default`) within about half a second of the window's end (`writer.SWEEP_GRACE_S` +
+`SWEEP_EVERY_S`), except for decisions that get none (a model the caller named, an upstream that refused)."""
+DEFAULT_GRACE_S = 5.0
 
 
 class Monitor:
-    """Bounded reads of the log for the dashboard; `catalog` gives the configured models (for pricing)."""
+    """Bounded reads of the log for the dashboard; `catalog` gives the configured models (for pricing),
+    `reward_window_s` the feedback's reward window (`[feedback]`; None: feedback is learned whenever it comes) and
+    `default_reward` whether a closed window without feedback learns a default."""
 
     def __init__(
         self, store: Store, policies: PolicySet, pacer: BudgetPacer, catalog: Callable[[], Iterable[ModelSpec]],
-        *, clock: Callable[[], float] = time.time,
+        *, reward_window_s: float | None = None, default_reward: bool = False, clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.expires_after_s = None if reward_window_s is None else reward_window_s + (
+            DEFAULT_GRACE_S if default_reward else 0.0)
+        """Seconds after which a decision without feedback is `EXPIRED` (None: never)."""
         self.policies = policies
         self.pacer = pacer
         self.catalog = catalog
@@ -71,6 +83,7 @@ class Monitor:
         with self.store.read() as reader:
             rows = reader.recent_decisions(min(limit, MAX_RECENT))
             feedback = reader.feedback_for_many([s.decision.decision_id for _, s in rows])
+        now, expires = self.clock(), self.expires_after_s
         out = []
         for _, stored in rows:
             d = stored.decision
@@ -78,6 +91,9 @@ class Monitor:
             learned = [f for f in rows_of if f.learn]
             last = learned[-1] if learned else None
             newest = last if last is not None else (rows_of[-1] if rows_of else None)  # late, unrouted, pending…
+            status = None if newest is None else str(newest.status)
+            if status is None and expires is not None and now > d.created_at + expires:
+                status = EXPIRED
             item: dict[str, Any] = {
                 "decision_id": d.decision_id,
                 "time": d.created_at,
@@ -88,7 +104,7 @@ class Monitor:
                 "tenant": stored.tenant,
                 "quality": None if last is None else last.quality,
                 "reward": None if last is None else last.reward,
-                "feedback_status": None if newest is None else str(newest.status),
+                "feedback_status": status,
             }
             if prompts:
                 item["prompt"] = stored.prompt

@@ -41,7 +41,9 @@ def _monitor(request: Request) -> Monitor:
     monitor: Monitor | None = getattr(request.app.state, "monitor", None)
     if monitor is None:
         engine = services.engine
-        monitor = Monitor(engine.store, engine.policies, engine.pacer, engine.settings.load_catalog)
+        monitor = Monitor(engine.store, engine.policies, engine.pacer, engine.settings.load_catalog,
+                          reward_window_s=engine.settings.feedback.reward_window_s,
+                          default_reward=engine.settings.feedback.default_reward is not None)
         request.app.state.monitor = monitor
     return monitor
 
@@ -139,8 +141,9 @@ async def stats_live(request: Request) -> Response:
 async def stats_recent(
     request: Request, limit: Annotated[int, Query(ge=1, le=500, description="how many, newest first")] = 50
 ) -> Response:
-    """The newest decisions: time, model, probability, λ, tenant, and the learned quality when it arrived (the
-    prompt only when `store_prompts = true`)."""
+    """The newest decisions: time, model, probability, λ, tenant, and the learned quality when it arrived, else
+    what became of the feedback (`expired`: none came before the reward window closed); the prompt only when
+    `store_prompts = true`."""
     monitor = _monitor(request)
     prompts = request.app.state.services.engine.settings.storage.store_prompts
     return json_response({"decisions": await run_in_threadpool(monitor.recent, limit, prompts=prompts)})

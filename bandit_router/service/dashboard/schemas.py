@@ -112,8 +112,10 @@ class RecentDecision(BaseModel):
     reward: float | None
     feedback_status: str | None = Field(description="the learned feedback's status (`applied`, `aggregate`, "
                                         "`default`: a closed window's default reward); with none learned, the "
-                                        "newest feedback's (`late`, `unrouted`, `pending`); null "
-                                        "without feedback")
+                                        "newest feedback's (`late`, `unrouted`, `pending`); without feedback, "
+                                        "`expired` once the decision's reward window (`reward_window_s`) has "
+                                        "closed (a feedback sent now would be late: never learned), else null "
+                                        "(it may still come)")
     prompt: str | None = Field(None, description="only when `store_prompts = true`")
 
 
