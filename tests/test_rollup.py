@@ -345,11 +345,12 @@ def test_the_best_fixed_model_is_estimated_by_snips_from_a_skewed_log() -> None:
     assert cheap.ips_reward_sum / cheap.ips_weight_sum == pytest.approx(0.55, abs=0.03)
 
 
-@pytest.mark.parametrize("step", [60, 900, 3600, 86400])
+@pytest.mark.parametrize("step", [60, 120, 300, 900, 3600, 86400])
 def test_the_range_totals_count_exactly_the_minutes_of_the_range_whatever_the_step(store: Store, step: int) -> None:
     """`overall` and the per-model totals of a time series count the minutes that overlap [since, until), also
     when the buckets (aligned on `step`) reach past it: with a day's step the one bucket holds all ten minutes of
-    traffic, where the range holds under five of them (the totals counted the whole bucket)."""
+    traffic, where the range holds under five of them (the totals counted the whole bucket). Steps of 2 and 5
+    minutes take buckets inside the range and minutes at one or both of its edges."""
     from bandit_router.log.timeseries import Window, timeseries
 
     decisions, records, calls = _traffic(300, seed=4)
