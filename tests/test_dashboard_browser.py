@@ -464,9 +464,9 @@ def test_the_recent_decisions_say_what_became_of_their_feedback(watched: Any, tm
     settings = Settings(db=tmp_path / "fb.db", seed=3, models=models, reward_window_s=3.0, default_reward=0.4,
                         store_prompts=True)
     server = ServerThread(create_app(settings))
+    client = httpx.Client(base_url=server.url, timeout=30)
     try:
         url = server.wait_ready(30)
-        client = httpx.Client(base_url=url, timeout=30)
 
         def route(prompt: str) -> str:
             reply = client.post("/v1/route", json={"prompt": prompt})
@@ -518,8 +518,8 @@ def test_the_recent_decisions_say_what_became_of_their_feedback(watched: Any, tm
         assert colour == muted  # the header's muted text colour
         w.page.locator('[data-panel="recent"]').screenshot(path=str(_artifact("recent-feedback.png")))
         assert w.errors == []
-        client.close()
     finally:
+        client.close()
         server.stop()
         upstream.closing = True
         fake.stop()
