@@ -258,8 +258,17 @@ class Router:
             costs, penalty = costs[allowed], penalty[allowed]
         return _Priced(specs, names, arms, costs, lam, penalty)
 
-    def _choose(self, context: Context, priced: _Priced, pmf: np.ndarray) -> _Choice:
-        """The policy's `pmf` with the cold-start floors, cleaned, and one draw from it (under the lock)."""
+    def pmf_now(self, context: Context) -> dict[str, float]:
+        """The probability `decide` would give each routable model for `context` now (every active model, λ as
+        the pacer sets it now, the cold-start floors), without drawing or booking: the router's own generator
+        and what it learned are untouched (a policy that samples draws from a throwaway generator)."""
+        with self._lock:
+            priced = self._price(context, None, None)
+            pmf = self.policy.pmf(context, priced.specs, priced.penalty, np.random.default_rng(0))
+            return dict(zip(priced.names, self._floored(context, priced, pmf), strict=True))
+
+    def _floored(self, context: Context, priced: _Priced, pmf: np.ndarray) -> list[float]:
+        """The policy's `pmf` with the cold-start floors, cleaned (under the lock)."""
         specs, penalty = priced.specs, priced.penalty
         if np.shape(pmf) != (len(specs),):  # a policy's bug, not the caller's: not InvalidInput (a 422)
             raise ValueError(f"policy {self.policy.name!r} gave a pmf of shape {np.shape(pmf)} for {len(specs)} models")
@@ -270,7 +279,11 @@ class Router:
             elif self.cold_start_rounds > 0:
                 cold = [self._counts.get(s.name, 0) < self.cold_start_rounds for s in specs]
                 pmf = exploration.with_floor(pmf, cold, self.cold_start_floor)
-        p = _clean(pmf)
+        return _clean(pmf)
+
+    def _choose(self, context: Context, priced: _Priced, pmf: np.ndarray) -> _Choice:
+        """The policy's `pmf` with the cold-start floors, cleaned, and one draw from it (under the lock)."""
+        p = self._floored(context, priced, pmf)
         arm = _draw(p, self._rng)
         model = priced.names[arm]
         arm_of = self._arm_of(model) if priced.arms is None else priced.arms[model]

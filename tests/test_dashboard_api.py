@@ -68,6 +68,20 @@ def test_since_until_and_the_default_step(make: Callable[..., Any]) -> None:
     assert past["overall"]["decisions"] == 0 and set(past["quality"]) == {None}
 
 
+def test_a_step_longer_than_the_range_does_not_widen_its_totals(make: Callable[..., Any]) -> None:
+    """`overall` and `models` count the range asked for, not the bucket of `step` that holds it: five minutes
+    that ended two minutes ago hold none of the traffic just sent, though their one bucket (a day) does."""
+    client = make()
+    _traffic(client, 6)
+    now = time.time()
+    body = client.get(f"/v1/stats/timeseries?since={now - 420}&until={now - 120}&step=86400").json()
+    TimeseriesOut.model_validate(body)
+    assert body["overall"]["decisions"] == 0 and body["overall"]["learned"] == 0 and body["models"] == []
+    assert body["best_fixed"]["model"] is None
+    hour = client.get("/v1/stats/timeseries?range=hour&step=86400").json()
+    assert hour["overall"]["decisions"] == 6 and sum(m["decisions"] for m in hour["models"]) == 6
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [
@@ -117,6 +131,33 @@ def test_recent_decisions_say_what_became_of_feedback_that_is_not_learned(make: 
     assert (shown[fresh]["quality"], shown[fresh]["feedback_status"]) == (None, None)
 
 
+def test_a_decision_whose_window_closed_without_feedback_is_expired_not_pending(make: Callable[..., Any]) -> None:
+    """Without `default_reward` nothing is written when a reward window closes: such a decision was shown
+    "pending" for ever. Its `feedback_status` is `expired` once its window has closed (null before: feedback may
+    still come); with `default_reward`, the default that the service learns then takes its place, with no
+    `expired` on the way (the service writes it within about half a second; `expired` waits 5 s more)."""
+    client = make(reward_window_s=0.3)
+    closed = client.post("/v1/route", json={"prompt": "nobody answers"}).json()["decision_id"]
+    time.sleep(0.35)
+    fresh = client.post("/v1/route", json={"prompt": "fresh"}).json()["decision_id"]
+    body = client.get("/v1/stats/recent").json()
+    RecentOut.model_validate(body)
+    shown = {d["decision_id"]: d for d in body["decisions"]}
+    assert (shown[closed]["quality"], shown[closed]["feedback_status"]) == (None, "expired")
+    assert (shown[fresh]["quality"], shown[fresh]["feedback_status"]) == (None, None)
+    client.__exit__(None, None, None)
+
+    client = make(reward_window_s=0.3, default_reward=0.4)
+    defaulted = client.post("/v1/route", json={"prompt": "nobody answers either"}).json()["decision_id"]
+    deadline, seen = time.monotonic() + 10, set()
+    while (d := client.get("/v1/stats/recent?limit=1").json()["decisions"][0])["feedback_status"] != "default":
+        seen.add(d["feedback_status"])
+        assert time.monotonic() < deadline, d
+        time.sleep(0.05)
+    assert (d["decision_id"], d["quality"]) == (defaulted, 0.4)
+    assert seen == {None}
+
+
 def test_recent_decisions_with_store_prompts(tmp_path: Path) -> None:
     for make in client_factory(tmp_path / "prompts.db", seed=1):
         client = make(store_prompts=True)
@@ -136,6 +177,29 @@ def test_live_shows_the_typical_pmf_and_the_budgets(make: Callable[..., Any]) ->
     assert sum(p for p in typical["probabilities"].values() if p is not None) == pytest.approx(1.0)
     assert body["can_promote"] is True  # no keys configured
     assert body["budgets"]["global"]["targets"] == []
+
+
+def test_a_model_added_at_run_time_has_its_exploration_floor_now_before_any_traffic(
+    make: Callable[..., Any],
+) -> None:
+    """`typical.now` is what the live policy would do now: a model added a moment ago gets its cold-start floor
+    there (the policy explores it at once), where the logged pmfs of the recent decisions (`probabilities`) could
+    not include it; every active model is priced, and the probabilities of one context sum to 1."""
+    from bandit_router.catalog import ModelSpec
+
+    client = make(models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0)))
+    _traffic(client, 12)
+    added = {"name": "c", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
+    assert client.post("/v1/models", json=added).status_code == 201
+    body = client.get("/v1/stats/live").json()
+    LiveOut.model_validate(body)
+    typical = body["typical"]
+    assert typical["probabilities"]["c"] == 0.0 and typical["decisions"] == 12
+    assert set(typical["now"]) == {"a", "b", "c"} and sum(typical["now"].values()) == pytest.approx(1.0)
+    assert typical["now"]["c"] >= 0.05  # the router's floor (0.1), or the default policy's for an added model
+    routed = [client.post("/v1/route", json={"prompt": f"Explain recursion (#{i})"}).json()["model"]
+              for i in range(60)]
+    assert "c" in routed  # and the policy does route to it (p ≥ 0.05 each: missed 60 times with p < 0.05)
 
 
 def test_shadows_without_enough_evidence_say_why(make: Callable[..., Any]) -> None:

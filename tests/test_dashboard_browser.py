@@ -400,3 +400,126 @@ def test_the_shares_legend_of_many_models_scrolls_inside_its_panel(watched: Any,
         assert w.errors == []
     finally:
         server.stop()
+
+
+def test_a_model_added_at_run_time_shows_the_probability_the_policy_would_give_it_now(
+    watched: Any, tmp_path: Path
+) -> None:
+    """*Probability now* of a model added a moment ago, with no decision yet, is its exploration floor (what the
+    live policy would give it now), not the 0% of the recent decisions' logged pmfs; the row's *requests* is 0,
+    and the column's probabilities add up to 100%."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    two = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0))
+    server = ServerThread(create_app(Settings(db=tmp_path / "added.db", seed=3, models=two)))
+    try:
+        url = server.wait_ready(30)
+        with httpx.Client() as client:
+            for i in range(12):
+                assert client.post(url + "/v1/route", json={"prompt": f"Explain recursion (#{i})"}).is_success
+            spec = {"name": "c", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
+            assert client.post(url + "/v1/models", json=spec).status_code == 201
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
+        rows = {r[0]: r for r in (t.split("\t") for t in w.page.locator("#models-table tbody tr").all_inner_texts())}
+        assert set(rows) == {"a", "b", "c"}
+        assert rows["c"][1] == "0"  # no request yet
+        now = {name: float(row[-1].rstrip("%")) for name, row in rows.items()}
+        assert now["c"] >= 5.0, rows  # the floor; the logged pmfs of the 12 decisions gave it 0.0%
+        assert sum(now.values()) == pytest.approx(100.0, abs=0.2)
+        header = w.page.locator("#models-table th", has_text="probability now").get_attribute("title")
+        assert "would give it now" in header
+        w.page.locator('[data-panel="models"]').screenshot(path=str(_artifact("models-added.png")))
+        assert w.errors == []
+    finally:
+        server.stop()
+
+
+_QUALITY_CELLS = """() => Object.fromEntries([...document.querySelectorAll('#recent-table tbody tr')].map(tr => {
+    const td = tr.querySelectorAll('td');
+    return [td[6].textContent, [td[5].textContent, td[5].title, td[5].className]];
+}))"""
+
+
+def test_the_recent_decisions_say_what_became_of_their_feedback(watched: Any, tmp_path: Path) -> None:
+    """What the *Recent decisions* table shows in its quality column, in a browser, as the reward windows (3 s)
+    close with `default_reward = 0.4`: a learned quality; *pending* while feedback may still come; the default
+    reward, marked *(default)*, once the window closed without feedback; *expired* for a decision that gets no
+    default (a model the caller named through the gateway) once its window closed (and 5 s more, the time the
+    service is given to write a default); *late* and *unrouted* for feedback that will never be learned. The
+    never-learned states are muted and say why on hover."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import FakeUpstream, ServerThread
+
+    upstream = FakeUpstream(quality={"a": {"code": 0.5, "prose": 0.5}, "b": {"code": 0.9, "prose": 0.9}}, seed=5)
+    fake = ServerThread(upstream)
+    upstream.url = fake.url
+    models = tuple(ModelSpec(name, 1.0, 2.0, base_url=fake.url + "/v1") for name in ("a", "b"))
+    settings = Settings(db=tmp_path / "fb.db", seed=3, models=models, reward_window_s=3.0, default_reward=0.4,
+                        store_prompts=True)
+    server = ServerThread(create_app(settings))
+    client = httpx.Client(base_url=server.url, timeout=30)
+    try:
+        url = server.wait_ready(30)
+
+        def route(prompt: str) -> str:
+            reply = client.post("/v1/route", json={"prompt": prompt})
+            assert reply.status_code == 200, reply.text
+            return str(reply.json()["decision_id"])
+
+        def call(model: str, prompt: str) -> str:  # the gateway, with a model the caller names
+            reply = client.post("/v1/chat/completions",
+                                json={"model": model, "messages": [{"role": "user", "content": prompt}]})
+            assert reply.status_code == 200, reply.text
+            return str(reply.headers["x-decision-id"])
+
+        def feedback(decision_id: str) -> str:
+            reply = client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.8})
+            assert reply.status_code == 200, reply.text
+            return str(reply.json()["status"])
+
+        assert feedback(route("learned")) == "applied"
+        route("defaulted")
+        assert feedback(call("a", "named, with feedback")) == "unrouted"
+        call("a", "named, without feedback")
+        late = call("b", "answered late")
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        # within the windows: nothing learned yet is pending
+        cells = wait_until(w.page, f"() => {{ const c = ({_QUALITY_CELLS})(); "
+                                   "return Object.keys(c).length === 5 && c; }", timeout=20)
+        assert cells["learned"][0] == "0.80"
+        assert cells["named, with feedback"][0] == "unrouted" and "never learned" in cells["named, with feedback"][1]
+        for prompt in ("defaulted", "named, without feedback", "answered late"):
+            assert cells[prompt][0] == "pending", cells
+            assert "may still come" in cells[prompt][1]
+        # the windows close: the default reward is learned where it applies; the rest expired
+        cells = wait_until(w.page, f"() => {{ const c = ({_QUALITY_CELLS})(); "
+                                   "return c['defaulted'][0] !== 'pending' && c; }", timeout=30)
+        assert cells["defaulted"][0] == "0.40 (default)"
+        assert cells["named, without feedback"][0] == "pending"  # no default coming, but not yet 5 s past its window
+        cells = wait_until(w.page, f"() => {{ const c = ({_QUALITY_CELLS})(); "
+                                   "return c['named, without feedback'][0] === 'expired' && c; }", timeout=30)
+        expired = cells["named, without feedback"]
+        assert "reward window closed" in expired[1] and expired[2] == "feedback-expired"
+        assert cells["answered late"][0] == "expired"
+        assert feedback(late) == "late"
+        cells = wait_until(w.page, f"() => {{ const c = ({_QUALITY_CELLS})(); "
+                                   "return c['answered late'][0] === 'late' && c; }", timeout=30)
+        assert "after the reward window closed" in cells["answered late"][1]
+        colour, muted = w.state("[document.querySelector('#recent-table td.feedback-expired'), "
+                                "document.getElementById('policy')].map(e => getComputedStyle(e).color)")
+        assert colour == muted  # the header's muted text colour
+        w.page.locator('[data-panel="recent"]').screenshot(path=str(_artifact("recent-feedback.png")))
+        assert w.errors == []
+    finally:
+        client.close()
+        server.stop()
+        upstream.closing = True
+        fake.stop()

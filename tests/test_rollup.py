@@ -343,3 +343,45 @@ def test_the_best_fixed_model_is_estimated_by_snips_from_a_skewed_log() -> None:
     assert best["fixed_reward"] == pytest.approx(0.75, abs=0.03)
     cheap = rows["cheap"]
     assert cheap.ips_reward_sum / cheap.ips_weight_sum == pytest.approx(0.55, abs=0.03)
+
+
+@pytest.mark.parametrize("step", [60, 120, 300, 900, 3600, 86400])
+def test_the_range_totals_count_exactly_the_minutes_of_the_range_whatever_the_step(store: Store, step: int) -> None:
+    """`overall` and the per-model totals of a time series count the minutes that overlap [since, until), also
+    when the buckets (aligned on `step`) reach past it: with a day's step the one bucket holds all ten minutes of
+    traffic, where the range holds under five of them (the totals counted the whole bucket). Steps of 2 and 5
+    minutes take buckets inside the range and minutes at one or both of its edges."""
+    from bandit_router.log.timeseries import Window, timeseries
+
+    decisions, records, calls = _traffic(300, seed=4)
+    _store_all(store, decisions, records, calls)
+    since, until = T0 + 130.0, T0 + 410.0  # minutes 2 to 6 of the traffic, neither edge on a minute
+    first, end = minute_of(since), minute_of(until) + 1
+    with store.read() as reader:
+        got = timeseries(reader, Window.of(since, until, step))
+        minutes = reader.minute_stats(first, end, 1)
+    want: dict[str, MinuteStats] = {}
+    for m in minutes:
+        want.setdefault(m.model, MinuteStats(0, m.model)).add(m)
+    inside = sum(1 for d in decisions if first <= minute_of(d.created_at) < end)
+    assert 0 < inside < 300 and sum(r.decisions for r in want.values()) == inside
+    overall = got["overall"]
+    assert overall["decisions"] == inside
+    assert overall["routed"] == sum(r.routed for r in want.values())
+    assert overall["learned"] == sum(r.learned for r in want.values())
+    assert overall["feedback"] == sum(r.feedback for r in want.values())
+    assert {m["model"]: m["decisions"] for m in got["models"]} == {k: r.decisions for k, r in want.items()}
+    for m in got["models"]:
+        assert m["quality"] == pytest.approx(want[m["model"]].quality_sum / want[m["model"]].learned
+                                             if want[m["model"]].learned else None)
+    if step == 86400:
+        assert sum(got["decisions"]) == 300  # the series' one bucket is the whole day, as documented
+
+
+def test_cover_reads_each_minute_once_with_the_longest_spans() -> None:
+    for first, end in [(0, 1), (7, 8), (14, 16), (59, 121), (13, 10_093), (60, 120), (100, 100), (61, 74)]:
+        parts = rollup.cover(first, end)
+        minutes = [m for lo, hi, _ in parts for m in range(lo, hi)]
+        assert minutes == list(range(first, end))
+        assert all(lo % span == 0 and hi % span == 0 and span in rollup.SPANS for lo, hi, span in parts)
+        assert sum((hi - lo) // span for lo, hi, span in parts) <= (end - first) // 60 + 2 * (3 + 14)

@@ -116,6 +116,27 @@ def test_concurrent_route_and_learn_lose_nothing(policy: str) -> None:
     assert sum(router.feedback_counts().values()) == 600
 
 
+@pytest.mark.parametrize("policy", ["default", "default:sampler=ids", "linucb", "thompson", "vw-squarecb"])
+def test_pmf_now_is_the_pmf_decide_would_draw_from_and_leaves_the_draws_alone(policy: str) -> None:
+    """`pmf_now` (the dashboard's "probability now") gives a model added a moment ago its cold-start floor, as
+    `route` does; where the policy's pmf does not sample, the very pmf `route` draws from; and asking it between
+    two routes changes no decision (the router's generator is not drawn from)."""
+    world = ToyWorld(seed=2)
+    asked, control = Router(MODELS, policy, seed=5), Router(MODELS, policy, seed=5)
+    for router in (asked, control):
+        train(router, ToyWorld(seed=2), 300)
+        router.add_model(ModelSpec("coder-2", 1.0, 4.0, {"family": "code", "tier": "medium"}))
+    for _ in range(50):
+        request = world.request()[1]
+        now = asked.pmf_now(asked.featurize(request))
+        assert set(now) == {m.name for m in asked.models} and sum(now.values()) == pytest.approx(1.0)
+        assert now["coder-2"] >= asked.cold_start_floor / 2
+        mine, theirs = asked.route(request), control.route(request)
+        assert (mine.model, mine.pmf) == (theirs.model, theirs.pmf)
+        if policy in ("default", "linucb", "vw-squarecb"):
+            assert now == pytest.approx(mine.probabilities, abs=1e-12)
+
+
 def test_router_sampling_is_seeded() -> None:
     a = Router(MODELS, "random", seed=42)
     b = Router(MODELS, "random", seed=42)

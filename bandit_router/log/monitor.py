@@ -1,11 +1,15 @@
 """`Monitor`: what the dashboard shows about a running router, read from the store with bounded queries.
 
 - `timeseries(window)`: `log.timeseries` over the per-minute rollup.
-- `recent(limit)`: the newest decisions with their learned quality (the prompt only when it was stored).
-- `live()`: the live policy and its version, the probability the live policy gave each model, averaged over the
-  bandit's own first tries among the newest `TYPICAL_DECISIONS` decisions ("a typical request now": real
-  traffic, no extra routing, nothing mutated; not models callers named, named routers' choices or the gateway's
-  fallbacks), and the budget pacer's report (each target against its realised value, per tenant).
+- `recent(limit)`: the newest decisions with their learned quality, else what became of their feedback (`late`,
+  `unrouted`, `pending`, or `expired`: none came and the reward window has closed); the prompt only when stored.
+- `live()`: the live policy and its version; `typical.probabilities`: the probability the live policy gave each
+  model (as logged), averaged over the bandit's own first tries among the newest `TYPICAL_DECISIONS` decisions
+  (real traffic; not models callers named, named routers' choices or the gateway's fallbacks); `typical.now`:
+  the probability the live policy would give each model *now* (`Router.pmf_now`: its pmf with the cold-start
+  floors at today's λ, nothing drawn or booked), averaged over the contexts of the newest `NOW_DECISIONS` of
+  those decisions, so a model added a moment ago shows its exploration floor; and the budget pacer's report
+  (each target against its realised value, per tenant).
 - `shadows()`: each shadow policy's doubly robust estimate (with its confidence interval) against the live
   policy's, on the newest `SHADOW_DECISIONS` decisions that logged every shadow's pmf, and whether that evidence
   would allow a promotion (`evaluation.promotion_check`). Recomputed at most every `SHADOW_TTL_S` seconds.
@@ -24,26 +28,41 @@ from typing import Any
 from ..budgets import BudgetPacer
 from ..catalog import ModelSpec
 from ..errors import BanditRouterError
+from ..router import Router
 from ..store import Store
 from ..store.records import unrouted
 from ..store.rollup import is_fallback
+from ..types import Context
 from .policies import PolicySet
 from .timeseries import Window, timeseries
 
 TYPICAL_DECISIONS = 200
+NOW_DECISIONS = 100
+"""The newest routed decisions whose contexts `live()` prices again with the live policy ("probability now")."""
 SHADOW_DECISIONS = 2000
 SHADOW_TTL_S = 15.0
 MAX_RECENT = 500
+EXPIRED = "expired"
+"""`recent()`'s `feedback_status` of a decision without feedback whose reward window has closed: a feedback sent
+now would be `late` (never learned). With `default_reward`, only `DEFAULT_GRACE_S` later: the service writes the
+default's row (`default`) within about half a second of the window's end (`writer.SWEEP_GRACE_S` +
+`SWEEP_EVERY_S`), except for decisions that get none (a model the caller named, an upstream that refused)."""
+DEFAULT_GRACE_S = 5.0
 
 
 class Monitor:
-    """Bounded reads of the log for the dashboard; `catalog` gives the configured models (for pricing)."""
+    """Bounded reads of the log for the dashboard; `catalog` gives the configured models (for pricing),
+    `reward_window_s` the feedback's reward window (`[feedback]`; None: feedback is learned whenever it comes) and
+    `default_reward` whether a closed window without feedback learns a default."""
 
     def __init__(
         self, store: Store, policies: PolicySet, pacer: BudgetPacer, catalog: Callable[[], Iterable[ModelSpec]],
-        *, clock: Callable[[], float] = time.time,
+        *, reward_window_s: float | None = None, default_reward: bool = False, clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.expires_after_s = None if reward_window_s is None else reward_window_s + (
+            DEFAULT_GRACE_S if default_reward else 0.0)
+        """Seconds after which a decision without feedback is `EXPIRED` (None: never)."""
         self.policies = policies
         self.pacer = pacer
         self.catalog = catalog
@@ -64,6 +83,7 @@ class Monitor:
         with self.store.read() as reader:
             rows = reader.recent_decisions(min(limit, MAX_RECENT))
             feedback = reader.feedback_for_many([s.decision.decision_id for _, s in rows])
+        now, expires = self.clock(), self.expires_after_s
         out = []
         for _, stored in rows:
             d = stored.decision
@@ -71,6 +91,9 @@ class Monitor:
             learned = [f for f in rows_of if f.learn]
             last = learned[-1] if learned else None
             newest = last if last is not None else (rows_of[-1] if rows_of else None)  # late, unrouted, pending…
+            status = None if newest is None else str(newest.status)
+            if status is None and expires is not None and now > d.created_at + expires:
+                status = EXPIRED
             item: dict[str, Any] = {
                 "decision_id": d.decision_id,
                 "time": d.created_at,
@@ -81,7 +104,7 @@ class Monitor:
                 "tenant": stored.tenant,
                 "quality": None if last is None else last.quality,
                 "reward": None if last is None else last.reward,
-                "feedback_status": None if newest is None else str(newest.status),
+                "feedback_status": status,
             }
             if prompts:
                 item["prompt"] = stored.prompt
@@ -106,6 +129,7 @@ class Monitor:
             for name, p in zip(d.models, d.pmf, strict=False):
                 totals[name] = totals.get(name, 0.0) + p
         n = len(rows)
+        now = self._pmf_now(live, [stored.decision.context for _, stored in rows[:NOW_DECISIONS]])
         return {
             "time": self.clock(),
             "policy": self.policies.live_name,
@@ -117,9 +141,26 @@ class Monitor:
                 "decisions": n,
                 "since": rows[-1][1].decision.created_at if rows else None,
                 "probabilities": {name: (p / n if n else None) for name, p in sorted(totals.items())},
+                "now": now,
             },
             "budgets": self.pacer.report(),
         }
+
+    @staticmethod
+    def _pmf_now(live: Router, contexts: list[Context]) -> dict[str, float | None]:
+        """Per active model, the mean probability `live` would give it now over `contexts` (`Router.pmf_now`;
+        None without contexts, 0 for a model it would not route to)."""
+        sums = {m.name: 0.0 for m in live.models}
+        n = 0
+        for context in contexts:
+            try:
+                pmf = live.pmf_now(context)
+            except BanditRouterError:  # e.g. no model allowed for this request's tenant now
+                continue
+            n += 1
+            for name, p in pmf.items():
+                sums[name] = sums.get(name, 0.0) + p
+        return {name: (p / n if n else None) for name, p in sorted(sums.items())}
 
     def shadows(self) -> dict[str, Any]:
         """Off-policy estimates of the shadows against the live policy (cached for `SHADOW_TTL_S`)."""

@@ -1,6 +1,7 @@
 """Time series of the stored log from the per-minute rollup (`store/rollup.py`): what `GET /v1/stats/timeseries`
-returns and the dashboard draws. One bounded read (`Reader.minute_stats`: at most buckets × models rows), then
-arithmetic on a few thousand numbers; the cost does not grow with the number of decisions.
+returns and the dashboard draws. One bounded read (`Reader.minute_stats`: at most buckets × models rows), a few
+more when the buckets reach past the range (below), then arithmetic on a few thousand numbers; the cost does not
+grow with the number of decisions.
 
 Per bucket of `step` seconds (aligned on multiples of `step`; a bucket without decisions has zeros, and None
 where a mean has nothing to average):
@@ -17,6 +18,12 @@ where a mean has nothing to average):
     quality, cost_usd, reward     means over the learned feedback of the bucket's decisions
     shares[model]   the model's decisions ÷ all decisions
 
+The buckets are aligned on `step`, so the first may start before `since` and the last end after `until` (a
+`step` longer than the range: one or two buckets wider than it). The range's totals do not: `overall`, `models`
+and `best_fixed` count exactly the minutes that overlap [since, until): the buckets inside the range, plus its
+minutes in the buckets at its edges (`range_totals`: under one bucket at each edge, read at the longest spans
+that fit).
+
 Over the whole range, per model: requests, share, learned, mean quality, cost and reward (on-policy: of the
 requests the policy sent it), and the self-normalised IPS estimate of what *always* routing to it would have
 given (SNIPS: Σ r/p ÷ Σ 1/p over its learned decisions; unbiased only where every request allowed it with
@@ -32,6 +39,7 @@ from typing import Any
 
 from ..errors import InvalidInput
 from ..store import MinuteStats, Reader
+from ..store.rollup import cover
 
 MAX_BUCKETS = 2000
 """A request for more buckets than this is refused (ask for a larger step)."""
@@ -83,6 +91,18 @@ class Window:
         """Each bucket's first minute."""
         return list(range(self.first_minute(), self.end_minute(), self.step_minutes))
 
+    def range_minutes(self) -> tuple[int, int]:
+        """(first, end): the minutes that overlap [since, until), whatever the buckets (the rollup's resolution
+        is one minute): what the range's totals count."""
+        first = math.floor(self.since / 60)
+        return first, max(first + 1, math.ceil(self.until / 60))
+
+    def inner_minutes(self) -> tuple[int, int]:
+        """(first, end) of the buckets that lie wholly inside `range_minutes` (first ≥ end: none)."""
+        first, end = self.range_minutes()
+        step = self.step_minutes
+        return -(-first // step) * step, end // step * step
+
 
 def timeseries(reader: Reader, window: Window) -> dict[str, Any]:
     """The series and per-model totals for `window` (JSON-able; see the module docstring)."""
@@ -92,6 +112,9 @@ def timeseries(reader: Reader, window: Window) -> dict[str, Any]:
     n = len(starts)
     total = [MinuteStats(m, "") for m in starts]
     per_model: dict[str, list[int]] = {}
+    # The range's totals: the buckets that lie inside it, and its minutes in the buckets at its edges.
+    first, end = window.range_minutes()
+    inner_first, inner_end = window.inner_minutes()
     sums: dict[str, MinuteStats] = {}
     for row in rows:
         i = index.get(row.minute)
@@ -99,7 +122,12 @@ def timeseries(reader: Reader, window: Window) -> dict[str, Any]:
             continue
         total[i].add(row)
         per_model.setdefault(row.model, [0] * n)[i] += row.decisions
-        sums.setdefault(row.model, MinuteStats(0, row.model)).add(row)
+        if inner_first <= row.minute < inner_end:
+            sums.setdefault(row.model, MinuteStats(0, row.model)).add(row)
+    edges = [(first, end)] if inner_first >= inner_end else [(first, inner_first), (inner_end, end)]
+    for lo, hi in edges:
+        for name, row in range_totals(reader, lo, hi).items():
+            sums.setdefault(name, MinuteStats(0, name)).add(row)
     # Per-minute rates: the bucket holding `until` has lasted only until `until` so far.
     minutes = [max(1.0, min(window.step, window.until - m * 60) / 60.0) for m in starts]
     everything = MinuteStats(0, "")
@@ -133,6 +161,16 @@ def timeseries(reader: Reader, window: Window) -> dict[str, Any]:
         ],
         "best_fixed": best_fixed(list(sums.values())),
     }
+
+
+def range_totals(reader: Reader, first: int, end: int) -> dict[str, MinuteStats]:
+    """Per model, the sums over the minutes `first` ≤ m < `end` (`rollup.cover`: a few bounded reads; none when
+    `first` ≥ `end`)."""
+    out: dict[str, MinuteStats] = {}
+    for lo, hi, span in cover(first, end):
+        for row in reader.minute_stats(lo, hi, span):
+            out.setdefault(row.model, MinuteStats(0, row.model)).add(row)
+    return out
 
 
 def best_fixed(rows: list[MinuteStats]) -> dict[str, Any]:

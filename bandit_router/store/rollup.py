@@ -114,6 +114,21 @@ def select_parameters(first: int, end: int, step: int) -> tuple[int, ...]:
     return (step, step, span_for(step), first, end, step, step)
 
 
+def cover(first: int, end: int, spans: Sequence[int] = SPANS) -> list[tuple[int, int, int]]:
+    """Reads `(first, end, span)` of one span each, aligned on it, whose minutes together are exactly
+    `first` ≤ m < `end`: the longest span in the middle, shorter ones at the edges. Read with
+    `minute_stats(lo, hi, span)`, a week is 168 hours and at most 2 × (3 + 14) edge rows per model."""
+    if first >= end:
+        return []
+    span, shorter = spans[-1], spans[:-1]
+    lo, hi = -(-first // span) * span, end // span * span
+    if not shorter:  # one minute: every range is aligned on it
+        return [(first, end, span)]
+    if lo >= hi:
+        return cover(first, end, shorter)
+    return [*cover(first, lo, shorter), (lo, hi, span), *cover(hi, end, shorter)]
+
+
 def upsert_rows(increments: Sequence[MinuteStats]) -> list[tuple[object, ...]]:
     """`increments` (per minute) as the `UPSERT` rows of every span: (span, *values), keys unique."""
     out: list[tuple[object, ...]] = []

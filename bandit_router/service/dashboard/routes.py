@@ -41,7 +41,9 @@ def _monitor(request: Request) -> Monitor:
     monitor: Monitor | None = getattr(request.app.state, "monitor", None)
     if monitor is None:
         engine = services.engine
-        monitor = Monitor(engine.store, engine.policies, engine.pacer, engine.settings.load_catalog)
+        monitor = Monitor(engine.store, engine.policies, engine.pacer, engine.settings.load_catalog,
+                          reward_window_s=engine.settings.feedback.reward_window_s,
+                          default_reward=engine.settings.feedback.default_reward is not None)
         request.app.state.monitor = monitor
     return monitor
 
@@ -107,7 +109,9 @@ async def stats_timeseries(
 ) -> Response:
     """Traffic, shares, quality, cost, reward, exploration and feedback per time bucket, with per-model totals
     and the best fixed model's estimated level, from the per-minute rollup. Either `range` or `since` (with
-    `until` and `step`); neither: the last hour. 422 when `since` is not before `until`, the range holds
+    `until` and `step`); neither: the last hour. Buckets are aligned on `step` (the first may start before the
+    range, and a `step` longer than the range gives one or two buckets wider than it); `overall`, `models` and
+    `best_fixed` count the range itself, to the minute. 422 when `since` is not before `until`, the range holds
     more than 2,000 buckets of `step`, `range` comes with `since` or `until`, or `until` without `since`."""
     monitor = _monitor(request)
     chosen = window(time.time(), range_, since, until, step)
@@ -117,9 +121,10 @@ async def stats_timeseries(
 @router.get("/v1/stats/live", response_model=LiveOut, responses=RESPONSES, openapi_extra={"security": SECURITY},
             tags=["dashboard"])
 async def stats_live(request: Request) -> Response:
-    """The live policy and its version, the mean probability it gave each model over the newest 200 decisions,
-    the budgets (each target against its realised value, per tenant), the named routers' counts (escalations),
-    and whether this key may promote."""
+    """The live policy and its version, the mean probability it gave each model over the newest 200 decisions
+    and the one it would give each model now (its current pmf on the newest 100 decisions' contexts), the
+    budgets (each target against its realised value, per tenant), the named routers' counts (escalations), and
+    whether this key may promote."""
     monitor = _monitor(request)
     services = request.app.state.services
     reply = await run_in_threadpool(monitor.live)
@@ -136,8 +141,9 @@ async def stats_live(request: Request) -> Response:
 async def stats_recent(
     request: Request, limit: Annotated[int, Query(ge=1, le=500, description="how many, newest first")] = 50
 ) -> Response:
-    """The newest decisions: time, model, probability, λ, tenant, and the learned quality when it arrived (the
-    prompt only when `store_prompts = true`)."""
+    """The newest decisions: time, model, probability, λ, tenant, and the learned quality when it arrived, else
+    what became of the feedback (`expired`: none came before the reward window closed); the prompt only when
+    `store_prompts = true`."""
     monitor = _monitor(request)
     prompts = request.app.state.services.engine.settings.storage.store_prompts
     return json_response({"decisions": await run_in_threadpool(monitor.recent, limit, prompts=prompts)})

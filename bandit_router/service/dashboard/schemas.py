@@ -75,7 +75,13 @@ class Typical(BaseModel):
     decisions: int = Field(description="how many of the newest decisions were averaged (the bandit's own first "
                            "tries among them)")
     since: float | None
-    probabilities: dict[str, float | None] = Field(description="model → mean probability the live policy gave it")
+    probabilities: dict[str, float | None] = Field(description="model → mean probability the live policy gave it "
+                                                   "(as logged in those decisions)")
+    now: dict[str, float | None] = Field(description="model → mean probability the live policy would give it now "
+                                         "(its pmf with the cold-start floors at the current λ, over every active "
+                                         "model), on the contexts of the newest 100 of those decisions: a model "
+                                         "added at run time shows its exploration floor before any traffic; null "
+                                         "without recent decisions")
 
 
 class LiveOut(BaseModel):
@@ -106,8 +112,10 @@ class RecentDecision(BaseModel):
     reward: float | None
     feedback_status: str | None = Field(description="the learned feedback's status (`applied`, `aggregate`, "
                                         "`default`: a closed window's default reward); with none learned, the "
-                                        "newest feedback's (`late`, `unrouted`, `pending`); null "
-                                        "without feedback")
+                                        "newest feedback's (`late`, `unrouted`, `pending`); without feedback, "
+                                        "`expired` once the decision's reward window (`reward_window_s`) has "
+                                        "closed (a feedback sent now would be late: never learned), else null "
+                                        "(it may still come)")
     prompt: str | None = Field(None, description="only when `store_prompts = true`")
 
 

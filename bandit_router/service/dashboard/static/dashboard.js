@@ -10,6 +10,13 @@
   var COLORS = ["#2f6fde", "#e8702a", "#1a9c6b", "#c4302b", "#8e5cd9", "#b08400", "#0f8fa8", "#d6458f", "#5b6b7d",
                 "#7fa32b", "#a0522d", "#444c9e"];
 
+  var FEEDBACK_NOTES = {  // what the recent decisions' quality column says when nothing was learned
+    pending: "no feedback learned yet: it may still come",
+    expired: "no feedback came before its reward window closed: nothing will be learned",
+    late: "its feedback came after the reward window closed: stored, never learned",
+    unrouted: "the caller named the model: its feedback is stored, never learned"
+  };
+
   var state = {
     range: "hour", charts: {}, renders: 0, last: null, live: null, shadowsAt: 0, timer: null, busy: false,
     shareModels: "", errors: 0
@@ -234,7 +241,8 @@
       cell(tr, usd(r.cost_usd));
       cell(tr, num(r.reward, 3));
       cell(tr, num(r.fixed_reward, 3));
-      cell(tr, r.in_catalog === false ? "–" : pct(live.typical.probabilities[r.model]));  // it cannot be chosen now
+      // what the live policy would give it now (a model just added: its exploration floor); a retired one: none
+      cell(tr, r.in_catalog === false ? "–" : pct(live.typical.now[r.model]));
     });
     ready("models", rows.length);
   }
@@ -305,9 +313,15 @@
       cell(tr, num(d.probability, 3));
       cell(tr, num(d.cost_weight, 1));
       cell(tr, d.tenant === null ? "–" : d.tenant);
-      // a feedback that will not be learned (late, unrouted…) says so, rather than "pending" for ever
-      cell(tr, d.quality === null ? d.feedback_status || "pending"
+      // a feedback that will not be learned (late, unrouted, none before the window closed) says so, rather than
+      // "pending" for ever
+      var status = d.quality === null ? d.feedback_status || "pending" : null;
+      var quality = cell(tr, status !== null ? status
         : num(d.quality, 2) + (d.feedback_status === "default" ? " (default)" : ""));
+      if (status !== null) {
+        quality.className = "feedback-" + status;
+        quality.title = Object.prototype.hasOwnProperty.call(FEEDBACK_NOTES, status) ? FEEDBACK_NOTES[status] : "";
+      }
       if (prompts) { cell(tr, d.prompt === null || d.prompt === undefined ? "–" : d.prompt, "prompt-col"); }
     });
     ready("recent", decisions.length);
