@@ -46,8 +46,16 @@ class RewardConfig:
 def reward(
     quality: float, cost_usd: float, latency_s: float = 0.0, *, cost_weight: float, latency_weight: float = 0.0
 ) -> float:
-    """quality − λ·cost_usd − μ·latency_s."""
-    return quality - cost_weight * cost_usd - latency_weight * latency_s
+    """quality − λ·cost_usd − μ·latency_s; `InvalidInput` when that is not a finite number (a NaN or infinite term,
+    or a product that overflows: λ = 20 × cost 1e308 USD was −inf), so that nothing learns from it."""
+    value = quality - cost_weight * cost_usd - latency_weight * latency_s
+    if not math.isfinite(value):
+        raise InvalidInput(
+            f"the reward quality − λ·cost − μ·latency = {quality!r} − {cost_weight!r}·{cost_usd!r} − "
+            f"{latency_weight!r}·{latency_s!r} is not a finite number: costs, latencies, λ, μ and their products "
+            "must be finite"
+        )
+    return value
 
 
 class OutputTokenEstimator:

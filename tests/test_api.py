@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import time
 import warnings
@@ -178,6 +179,20 @@ def test_feedback_reward_is_quality_minus_priced_cost(client: TestClient) -> Non
     assert reply.json()["reward"] == pytest.approx(0.9 - 100.0 * 0.002)
 
 
+def test_the_largest_feedback_the_api_takes_has_a_finite_reward(client: TestClient) -> None:
+    """The schema's bounds (λ ≤ 1e9, cost ≤ 1e6 USD, tokens ≤ 1e9, latency ≤ a day) keep quality − λ·cost − μ·latency
+    finite, so the reward `reward()` refuses when it is not (−inf for λ·1e308) is never met from a request."""
+    decision = _route(client, cost_weight=1e9)
+    reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 1.0, "cost_usd": 1e6,
+                                              "input_tokens": 10**9, "output_tokens": 10**9, "latency_ms": 86_400_000})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["reward"] == pytest.approx(1.0 - 1e9 * 1e6)
+    other = _route(client, cost_weight=1e9)
+    reply = client.post("/v1/feedback", json={"decision_id": other["decision_id"], "quality": 1.0,
+                                              "input_tokens": 10**9, "output_tokens": 10**9})
+    assert reply.status_code == 200 and math.isfinite(reply.json()["reward"]), reply.text
+
+
 def test_a_different_second_feedback_conflicts(client: TestClient) -> None:
     decision = _route(client)
     assert client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.8}).status_code == 200
@@ -284,6 +299,7 @@ _FEEDBACK_BAD = [
     ("cost_usd", "-0.01"),
     ("cost_usd", "NaN"),
     ("cost_usd", "1e999"),
+    ("cost_usd", "1e308"),  # finite, but above the 1e6 bound that keeps λ·cost finite
     ("cost_usd", "false"),
     ("input_tokens", "-1"),
     ("input_tokens", "12.5"),

@@ -17,6 +17,7 @@ from bandit_router.catalog import Catalog, ModelSpec, default_catalog, load_cata
 from bandit_router.errors import CatalogError, InvalidInput
 from bandit_router.features import FeatureExtractor, estimate_tokens
 from bandit_router.reward import CostModel, OutputTokenEstimator, RewardConfig, reward
+from bandit_router.router import Router
 from bandit_router.state import pack, unpack
 from bandit_router.types import Context, Decision, Message, Outcome, Request
 
@@ -378,6 +379,34 @@ def test_reward_is_monotone_in_quality_and_cost(q1: float, q2: float, c1: float,
     assert reward(hi_q, lo_c, cost_weight=lam) >= reward(lo_q, lo_c, cost_weight=lam)
     assert reward(lo_q, lo_c, cost_weight=lam) >= reward(lo_q, hi_c, cost_weight=lam)
     assert reward(q1, c1, 2.0, cost_weight=lam, latency_weight=0.1) == pytest.approx(q1 - lam * c1 - 0.2)
+
+
+@pytest.mark.parametrize(
+    ("args", "weights"),
+    [
+        ((0.5, 1e308), {"cost_weight": 20.0}),  # λ·cost overflows: was −inf
+        ((0.5, 1e300, 1e300), {"cost_weight": 0.0, "latency_weight": 1e10}),  # μ·latency overflows
+        ((0.5, math.inf), {"cost_weight": 0.0}),  # 0·inf: was NaN
+        ((0.5, math.nan), {"cost_weight": 1.0}),
+        ((0.5, 1.0), {"cost_weight": math.inf}),
+    ],
+)
+def test_a_reward_that_is_not_finite_is_invalid_input(args: tuple[float, ...], weights: dict[str, float]) -> None:
+    """quality − λ·cost − μ·latency of finite but huge values overflowed to −inf (and a NaN gave NaN), which a
+    policy then learned from; it is `InvalidInput` saying which terms must be finite."""
+    with pytest.raises(InvalidInput, match=r"is not a finite number: costs, latencies, λ, μ and their products"):
+        reward(*args, **weights)
+    assert reward(0.5, 1e300, cost_weight=1e-300) == pytest.approx(-0.5)  # huge terms whose product is fine
+
+
+def test_learning_an_outcome_whose_reward_overflows_refuses_it_and_learns_nothing() -> None:
+    router = Router(list(default_catalog())[:3], "linucb", seed=1)
+    decision = router.route(Request(prompt="sum a list"))
+    before = router.snapshot()
+    with pytest.raises(InvalidInput, match="not a finite number"):
+        router.learn(decision, Outcome(quality=0.5, cost_usd=1e308))
+    assert router.snapshot() == before and router.version == 0
+    assert router.learn(decision, Outcome(quality=0.5, cost_usd=0.01)) == pytest.approx(0.5 - 20 * 0.01)
 
 
 @pytest.mark.parametrize(
