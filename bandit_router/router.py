@@ -326,7 +326,7 @@ class Router:
             spec = self.spec(decision.model)
             cost = self.cost_model.realised_cost(spec, outcome, decision.context.input_tokens)
             value = self.reward_of(decision, outcome, cost)
-            self.cost_model.observe(spec.name, outcome)
+            self.cost_model.observe(spec, outcome)
             self.policy.update(decision.context, spec, float(outcome.quality), decision.probability)
             self._counts[spec.name] = self._counts.get(spec.name, 0) + 1
             self._version += 1

@@ -436,10 +436,25 @@ def test_cost_from_tokens_and_learned_output_length() -> None:
     assert model.realised_cost(spec, Outcome(quality=1, cost_usd=0.5), 10) == 0.5
     before = model.expected_costs([spec], 1000)[0]
     for _ in range(50):
-        model.observe("m", Outcome(quality=1, output_tokens=900))
+        model.observe(spec, Outcome(quality=1, output_tokens=900))
     after = model.expected_costs([spec], 1000)[0]
     assert after > before
     assert model.output_tokens.estimate(spec) == pytest.approx((100 + 50 * 900) / 51)
+
+
+def test_a_feedback_counts_at_most_ten_times_the_estimate_in_the_learned_means() -> None:
+    """`OutputTokenEstimator` and `LatencyEstimator` bound each feedback by `OUTLIER_FACTOR` × the estimate before
+    it (at least 1 token, 1 ms): 10¹⁵ tokens raise a fresh model's ô from 100 to (5·100 + 1000)/6, not to 1.7·10¹⁴."""
+    spec = ModelSpec("m", 2.0, 8.0, output_tokens=100, latency_s=2.0)
+    model = CostModel()
+    model.observe(spec, Outcome(quality=1, output_tokens=10**15, latency_s=1e9))
+    assert model.output_tokens.estimate(spec) == pytest.approx((5 * 100 + 10 * 100) / 6)
+    assert model.latency.estimate(spec) == pytest.approx((5 * 2.0 + 10 * 2.0) / 6)
+    model.observe(spec, Outcome(quality=1, output_tokens=300, latency_s=3.0))  # within bounds: counted whole
+    assert model.output_tokens.estimate(spec) == pytest.approx((5 * 100 + 1000 + 300) / 7)
+    silent = ModelSpec("s", 1.0, 1.0, output_tokens=0)  # an estimate of 0 still learns (from the 1-token floor)
+    model.observe(silent, Outcome(quality=1, output_tokens=50))
+    assert model.output_tokens.estimate(silent) == pytest.approx(10 / 6)
 
 
 # -- state ------------------------------------------------------------------------------------------------

@@ -402,3 +402,34 @@ def test_a_model_name_where_a_spec_belongs_is_invalid_input() -> None:
     with pytest.raises(InvalidInput, match="not the name 'gpt-4o'"):
         router.add_model("gpt-4o")  # type: ignore[arg-type]
     assert [m.name for m in router.models] == [m.name for m in MODELS]
+
+
+def test_one_absurd_output_token_count_does_not_price_a_model_out_for_good() -> None:
+    """One feedback of 10¹⁵ output tokens made the strong model's expected cost $10¹⁰ per request: it was never
+    chosen again, so the estimate was never corrected. A feedback's tokens now count at most 10× the estimate in the
+    learned mean (`reward.OUTLIER_FACTOR`): the estimate rises ≤ (w + 10)/(w + 1)-fold, the model keeps being
+    chosen, and normal answers bring the estimate back. Seeded; the margins are wide (it wins ≈ all rounds)."""
+    strong, weak = ModelSpec("strong", 2.5, 10.0), ModelSpec("weak", 0.15, 0.6)
+    quality = {"strong": 0.9, "weak": 0.4}
+    router = Router([strong, weak], "default", seed=5)
+    rng = np.random.default_rng(5)
+
+    def rounds(n: int) -> int:
+        chosen = 0
+        for _ in range(n):
+            decision = router.route(Request(prompt="Refactor this Python class"))
+            chosen += decision.model == "strong"
+            q = float(np.clip(quality[decision.model] + rng.normal(0, 0.05), 0, 1))
+            router.learn(decision, Outcome(quality=q, output_tokens=int(rng.integers(200, 300))))
+        return chosen
+
+    assert rounds(100) > 80
+    before = router.cost_model.output_tokens.estimate(strong)
+    absurd = router.route(Request(prompt="Refactor this Python class", models=("strong",)))
+    reward = router.learn(absurd, Outcome(quality=0.9, output_tokens=10**15))
+    assert reward == pytest.approx(0.9 - 20 * 10**15 * 10.0 / 1e6, rel=1e-6)  # the realised cost is what was reported
+    w = 5 + router.feedback_counts()["strong"] - 1
+    after = router.cost_model.output_tokens.estimate(strong)
+    assert before < after <= before * (w + 10) / (w + 1) * (1 + 1e-12)
+    assert rounds(200) > 160
+    assert router.cost_model.output_tokens.estimate(strong) < 1.5 * before
