@@ -31,7 +31,7 @@ from .catalog import Catalog, ModelSpec, default_catalog
 from .errors import BanditRouterError, InvalidInput, UnknownModel
 from .features import FeatureExtractor
 from .ids import new_decision_id
-from .policies import Policy, make_policy
+from .policies import Policy, check_models, make_policy
 from .reward import CostModel, RewardConfig, reward
 from .state import pack, unpack
 from .types import Context, Decision, Outcome, Request
@@ -88,6 +88,7 @@ class Router:
         """`_allowed(None)`, its names and each active model's arm: computed once per change of the model list."""
         self._retired: dict[str, ModelSpec] = {}
         self.policy: Policy = make_policy(policy) if isinstance(policy, str) else policy
+        check_models(self.policy, specs)
         self.reward_config = reward_config or RewardConfig()
         self.features = features or FeatureExtractor()
         self.cost_model = cost_model or CostModel()

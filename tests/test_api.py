@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sqlite3
 import time
 import warnings
@@ -22,7 +23,7 @@ with warnings.catch_warnings():  # Starlette 1.10 asks for `httpx2`; the plain h
 from service_client import client_factory, start_client
 
 from bandit_router.catalog import ModelSpec
-from bandit_router.config import Secrets, Settings
+from bandit_router.config import ConfigError, Secrets, Settings
 from bandit_router.config.routers import RouterAlias
 from bandit_router.service.app import create_app
 
@@ -634,20 +635,29 @@ def test_health_readiness_and_unavailable(client: TestClient) -> None:
     assert route.status_code == 503 and route.json()["error"] == "unavailable"
 
 
-def test_a_fixed_policy_naming_no_active_model_is_warned_about_at_start(
+def test_a_fixed_policy_naming_no_catalog_model_does_not_start_and_a_retired_one_is_warned_about(
     make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """`policy = "fixed:gpt-5"` (no such model) still serves, but says at start that every request goes to the
-    cheapest allowed model until a model of that name is added; a fixed policy on an active model says nothing,
-    whether the model is in the spec or in `policy_settings`."""
+    """`policy = "fixed:gpt-5"` (no such model) served, sending every request to the cheapest model with only a
+    warning in the log; it is a `ConfigError` at start naming the model and the catalog, for a shadow too. A fixed
+    model retired at run time (DELETE /v1/models) is still warned about at the next start: the cheapest allowed
+    model until a model of that name is added again. A fixed policy on an active model says nothing, whether the
+    model is in the spec or in `policy_settings`."""
     caplog.set_level(logging.WARNING)
     make_client(policy="fixed:gpt-4o", shadow_policies=("fixed:gpt-4o-mini",)).__exit__(None, None, None)
     make_client(policy="fixed", policy_settings={"model": "gpt-4o"}).__exit__(None, None, None)
     assert "is not an active model" not in caplog.text
-    client = make_client(policy="fixed:gpt-5")
-    assert "policy 'fixed:gpt-5': 'gpt-5' is not an active model, so it chooses the cheapest allowed model for " \
+    for settings in ({"policy": "fixed:gpt-5"}, {"shadow_policies": ("fixed:gpt-5",)}):
+        with pytest.raises(ConfigError, match=re.escape("policy 'fixed:gpt-5' names the model 'gpt-5', which is not "
+                                                        "in the catalog; its models: gpt-4.1-nano, gpt-4o-mini, ")):
+            make_client(**settings)
+    client = make_client(policy="fixed:gpt-4o")
+    assert client.delete("/v1/models/gpt-4o").status_code == 200
+    client.__exit__(None, None, None)
+    client = make_client(policy="fixed:gpt-4o")
+    assert "policy 'fixed:gpt-4o': 'gpt-4o' is not an active model, so it chooses the cheapest allowed model for " \
            "every request until a model of that name is added (POST /v1/models)" in caplog.text
     assert _route(client, prompt="hi")["model"] == "llama-3.1-8b-instruct"
-    added = client.post("/v1/models", json={"name": "gpt-5", "input_usd_per_mtok": 1.25, "output_usd_per_mtok": 10})
+    added = client.post("/v1/models", json={"name": "gpt-4o", "input_usd_per_mtok": 2.5, "output_usd_per_mtok": 10})
     assert added.status_code == 201, added.text
-    assert _route(client, prompt="hi")["model"] == "gpt-5"
+    assert _route(client, prompt="hi")["model"] == "gpt-4o"

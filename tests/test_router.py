@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -433,3 +434,28 @@ def test_one_absurd_output_token_count_does_not_price_a_model_out_for_good() -> 
     assert before < after <= before * (w + 10) / (w + 1) * (1 + 1e-12)
     assert rounds(200) > 160
     assert router.cost_model.output_tokens.estimate(strong) < 1.5 * before
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ("fixed:nope",
+         "policy 'fixed:nope' names the model 'nope', which is not in the catalog; its models: a, b, judge"),
+        (make_policy("fixed", model="nope"), "policy 'fixed:nope' names the model 'nope', which is not in the catalog"),
+        ("fixed:judge", "policy 'fixed:judge' names the model 'judge', which has route = false"),
+    ],
+)
+def test_a_fixed_policy_naming_no_routable_catalog_model_is_refused_where_the_router_is_built(
+    policy: object, message: str
+) -> None:
+    """`Router(models, "fixed:nope")` routed every request to the cheapest model without a word; it raises
+    (`UnknownModel`, a `ValueError`) naming the model and the catalog's models. A fixed model that a request does
+    not allow, or that was retired since, still gives the cheapest allowed model (documented)."""
+    models = [ModelSpec("a", 1.0, 1.0), ModelSpec("b", 5.0, 5.0), ModelSpec("judge", 0.1, 0.1, route=False)]
+    with pytest.raises(InvalidInput, match=f"^{re.escape(message)}"):
+        Router(models, policy)  # type: ignore[arg-type]
+    router = Router(models, "fixed:b", seed=0)
+    assert router.route(Request(prompt="x")).model == "b"
+    assert router.route(Request(prompt="x", models=("a",))).model == "a"
+    router.retire_model("b")
+    assert router.route(Request(prompt="x")).model == "a"

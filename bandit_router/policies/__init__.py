@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..catalog import ModelSpec
 from ..errors import InvalidInput, UnknownPolicy
 from ..setting_values import type_name, typed_value
 from .base import BasePolicy, NoParams, Policy
@@ -214,6 +215,14 @@ def make_params(
         raise UnknownPolicy(f"policy {name!r}: {exc}") from exc
 
 
+def check_models(policy: Policy, models: Sequence[ModelSpec]) -> None:
+    """`InvalidInput` when `policy` cannot work with the catalog `models` (its optional `check_models`: a
+    `fixed:<model>` whose model is not there, or has `route = false`); what `Router` runs when it is built."""
+    check = getattr(policy, "check_models", None)
+    if check is not None:
+        check(models)
+
+
 def make_policy(spec: str, *, folder: Path | None = None, **settings: Any) -> Policy:
     """A fresh policy from a spec string; keyword settings override those in the string. A file the spec names by a
     relative path (`rules:file=rules.toml`) is read from `folder` (None: the working directory)."""
@@ -231,6 +240,7 @@ __all__ = [
     "REGISTRY",
     "BasePolicy",
     "Policy",
+    "check_models",
     "in_folder",
     "make_params",
     "make_policy",
