@@ -459,3 +459,52 @@ def test_a_fixed_policy_naming_no_routable_catalog_model_is_refused_where_the_ro
     assert router.route(Request(prompt="x", models=("a",))).model == "a"
     router.retire_model("b")
     assert router.route(Request(prompt="x")).model == "a"
+
+
+def test_a_snapshot_records_the_policy_settings_and_refuses_other_ones() -> None:
+    """`Router(models, make_policy("linucb", alpha=3))` snapshotted under the name `linucb`, and restoring it into a
+    plain `linucb` router (alpha 0.5) succeeded silently: the restored router explored with another alpha. A
+    snapshot records the policy's settings; a router whose policy has other ones refuses it naming them, and the
+    same settings given either way (spec string or keywords) restore."""
+    models = [ModelSpec("a", 1.0, 1.0), ModelSpec("b", 5.0, 5.0)]
+    trained = Router(models, make_policy("linucb", alpha=3), seed=2)
+    for i in range(10):
+        decision = trained.route(Request(prompt=f"question {i}"))
+        trained.learn(decision, Outcome(quality=0.1 * i))
+    snapshot = trained.snapshot()
+    assert unpack(snapshot)["policy_settings"]["alpha"] == 3
+    plain = Router(models, "linucb")
+    before = plain.snapshot()
+    with pytest.raises(InvalidInput, match=re.escape(
+        "snapshot is of policy 'linucb' with alpha=3; this router's 'linucb' has alpha=0.5: build the router with "
+        "the snapshot's settings (make_policy('linucb', alpha=3))"
+    )):
+        plain.restore(snapshot)
+    assert plain.snapshot() == before
+    with pytest.raises(InvalidInput, match="this router runs 'lints'"):
+        Router(models, make_policy("lints")).restore(snapshot)
+    for same in ("linucb:alpha=3", make_policy("linucb", alpha=3.0)):
+        twin = Router(models, same)  # type: ignore[arg-type]
+        twin.restore(snapshot)
+        assert np.array_equal(twin.weights(), trained.weights()) and twin.version == 10
+
+
+def test_a_snapshot_from_before_settings_were_recorded_loads_as_before() -> None:
+    """`tests/data/egreedy_snapshot_before_settings.npz` was made at commit b25d2f1 (no `policy_settings`): it
+    restores into a router whose policy has the same name, whatever its settings, as it did, and is refused by
+    another policy."""
+    from bandit_router.catalog import default_catalog
+
+    data = (Path(__file__).parent / "data" / "egreedy_snapshot_before_settings.npz").read_bytes()
+    assert "policy_settings" not in unpack(data)
+    for policy in ("egreedy", make_policy("egreedy", epsilon=0.3)):
+        router = Router(list(default_catalog())[:1], policy)  # type: ignore[arg-type]
+        router.restore(data)
+        assert router.version == 12 and [m.name for m in router.models] == [
+            "gpt-4.1-nano", "gpt-4o-mini", "llama-3.1-8b-instruct"
+        ]
+        assert router.feedback_counts() == {"llama-3.1-8b-instruct": 8, "gpt-4.1-nano": 3, "gpt-4o-mini": 1}
+        assert router.weights().tolist() == [3.0, 0.75, 0.3125, 1.0, 0.25, 0.0625, 8.0, 3.5, 2.25]
+        assert "policy_settings" in unpack(router.snapshot())  # a new snapshot records them
+    with pytest.raises(InvalidInput, match="snapshot is of policy 'egreedy', this router runs 'ucb1'"):
+        Router(list(default_catalog())[:1], "ucb1").restore(data)
