@@ -2,6 +2,8 @@
 
 Ties at the top share the greedy mass equally, so a pmf never depends on the order of the models.
 K is small (a handful of models), so the arithmetic runs on Python floats: faster than numpy at this size.
+Scores, means and sds must be finite: a NaN or an infinity raises `ValueError` (no pmf is defined for them; a NaN
+mean made `gaussian_argmax_pmf` divide by zero, and `greedy` too).
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from scipy.special import log_ndtr
 TIE_TOLERANCE = 1e-12
 
 
-def _top(scores: list[float]) -> list[bool]:
+def _check_finite(function: str, *values: list[float]) -> None:
+    """`ValueError` when a value is NaN or infinite. One sum per list first (a NaN or an infinity makes it
+    non-finite), so finite input costs a fraction of a µs; a sum that overflowed is then checked value by value."""
+    for listed in values:
+        if not math.isfinite(sum(listed)) and not all(map(math.isfinite, listed)):
+            raise ValueError(f"{function}: scores, means and sds must be finite numbers, got {listed}")
+
+
+def _top(scores: list[float], function: str = "greedy") -> list[bool]:
+    _check_finite(function, scores)
     best = max(scores)
     return [s >= best - TIE_TOLERANCE for s in scores]
 
@@ -29,7 +40,7 @@ def greedy(scores: np.ndarray) -> np.ndarray:
 
 def epsilon_greedy(scores: np.ndarray, epsilon: float) -> np.ndarray:
     """p = (1 − ε)·greedy + ε/K."""
-    top = _top(scores.tolist())
+    top = _top(scores.tolist(), "epsilon_greedy")
     share = (1.0 - epsilon) / sum(top)
     floor = epsilon / len(top)
     return np.array([floor + share if t else floor for t in top])
@@ -38,6 +49,7 @@ def epsilon_greedy(scores: np.ndarray, epsilon: float) -> np.ndarray:
 def softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
     """p_a ∝ exp(s_a / τ). Small τ → greedy, large τ → uniform."""
     s = scores.tolist()
+    _check_finite("softmax", s)
     best = max(s)
     tau = max(temperature, 1e-12)
     w = [math.exp((x - best) / tau) for x in s]
@@ -54,6 +66,7 @@ def squarecb(scores: np.ndarray, gamma: float) -> np.ndarray:
     Exact ties at the top share the remaining mass.
     """
     s = scores.tolist()
+    _check_finite("squarecb", s)
     k = len(s)
     best = max(s)
     top = [x >= best - TIE_TOLERANCE for x in s]
@@ -69,6 +82,8 @@ def monte_carlo_pmf(draw: Callable[[int], np.ndarray], n_draws: int) -> np.ndarr
     probability is exactly the probability with which the model was chosen.
     """
     samples = draw(n_draws)
+    if not math.isfinite(float(_add(samples, axis=None))) and not np.isfinite(samples).all():
+        raise ValueError("monte_carlo_pmf: the drawn scores must be finite numbers (a NaN or an infinity was drawn)")
     top = samples >= samples.max(axis=1, keepdims=True) - TIE_TOLERANCE
     counts = (top / top.sum(axis=1, keepdims=True)).sum(axis=0)  # a tie splits that draw's vote
     return np.asarray(counts / counts.sum())
@@ -93,6 +108,7 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     the union grid's values bit for bit.
     """
     means, sds = mean.tolist(), sd.tolist()  # K is small: Python floats, IEEE arithmetic as numpy's
+    _check_finite("gaussian_argmax_pmf", means, sds)
     alive, degenerate = _in_play(means, sds, dominance)
     if len(alive) == 1:
         out = np.zeros(len(means))
@@ -254,7 +270,9 @@ def gaussian_argmax_pmfs(
     groups: dict[int, list[int]] = {}
     for i, (mean, sd) in enumerate(zip(means, sds, strict=True)):
         k = len(mean)
-        alive, degenerate = _in_play(mean.tolist(), sd.tolist(), dominance)
+        listed = mean.tolist(), sd.tolist()
+        _check_finite("gaussian_argmax_pmfs", *listed)
+        alive, degenerate = _in_play(*listed, dominance)
         if k > 1 and len(alive) == k and not degenerate:
             groups.setdefault(k, []).append(i)
         else:
@@ -322,6 +340,7 @@ def ids_pmf(
     value: the exact probability of what was done given the draws.
     """
     means, sds = mean.tolist(), sd.tolist()
+    _check_finite("ids_pmf", means, sds)
     alive = _alive(means, sds, dominance)
     out = np.zeros(len(means))
     if len(alive) <= 1:

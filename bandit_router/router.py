@@ -11,8 +11,9 @@ without relearning. A policy that learns sizes its own exploration floors (`Poli
 at once.
 
 Thread-safe: one lock around the policy and the sampler. `snapshot()`/`restore()` round-trip everything
-learned, the model list and the sampler's state; replaying the same outcomes in the same order rebuilds
-the same weights.
+learned, the model list and the sampler's state; a snapshot records the policy's settings and is restored only
+into a router whose policy has the same ones. Replaying the same outcomes in the same order rebuilds the same
+weights.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .catalog import Catalog, ModelSpec, default_catalog
 from .errors import BanditRouterError, InvalidInput, UnknownModel
 from .features import FeatureExtractor
 from .ids import new_decision_id
-from .policies import Policy, make_policy
+from .policies import Policy, check_models, make_policy, policy_settings
 from .reward import CostModel, RewardConfig, reward
 from .state import pack, unpack
 from .types import Context, Decision, Outcome, Request
@@ -88,6 +89,7 @@ class Router:
         """`_allowed(None)`, its names and each active model's arm: computed once per change of the model list."""
         self._retired: dict[str, ModelSpec] = {}
         self.policy: Policy = make_policy(policy) if isinstance(policy, str) else policy
+        check_models(self.policy, specs)
         self.reward_config = reward_config or RewardConfig()
         self.features = features or FeatureExtractor()
         self.cost_model = cost_model or CostModel()
@@ -339,7 +341,7 @@ class Router:
             spec = self.spec(decision.model)
             cost = self.cost_model.realised_cost(spec, outcome, decision.context.input_tokens)
             value = self.reward_of(decision, outcome, cost)
-            self.cost_model.observe(spec.name, outcome)
+            self.cost_model.observe(spec, outcome)
             self.policy.update(decision.context, spec, float(outcome.quality), decision.probability)
             self._counts[spec.name] = self._counts.get(spec.name, 0) + 1
             self._version += 1
@@ -353,6 +355,7 @@ class Router:
         with self._lock:
             tree: dict[str, Any] = {
                 "policy_name": self.policy.name,
+                "policy_settings": policy_settings(self.policy),
                 "policy": self.policy.state(),
                 "cost_model": self.cost_model.state(),
                 "counts": dict(self._counts),
@@ -364,16 +367,15 @@ class Router:
             return pack(tree)
 
     def restore(self, data: bytes) -> None:
-        """Load a `snapshot()`, its model list included; the policy must be of the same kind (same spec). Bytes
-        that are not such a snapshot raise `InvalidInput` and leave the router as it was."""
+        """Load a `snapshot()`, its model list included, into a router whose policy is of the same kind with the
+        same settings (however they were given: `linucb:alpha=3` or `make_policy("linucb", alpha=3)`); a snapshot
+        taken before snapshots recorded the settings needs the same policy name, as it did then. Anything else, and
+        bytes that are not such a snapshot, raise `InvalidInput` and leave the router as it was."""
         tree = unpack(data)
         with self._lock:
             if not isinstance(tree, dict) or "policy_name" not in tree:
                 raise InvalidInput("not a router snapshot")
-            if tree["policy_name"] != self.policy.name:
-                raise InvalidInput(
-                    f"snapshot is of policy {tree['policy_name']!r}, this router runs {self.policy.name!r}"
-                )
+            self._check_policy(str(tree["policy_name"]), tree.get("policy_settings"))
             before = self.snapshot()
             try:
                 self._load(tree)
@@ -382,6 +384,26 @@ class Router:
                 if isinstance(exc, BanditRouterError):
                     raise
                 raise InvalidInput(f"not a snapshot of a {self.policy.name!r} router: {exc!r}") from exc
+
+    def _check_policy(self, name: str, settings: Any) -> None:
+        """`InvalidInput` unless a snapshot of policy `name` with `settings` (None: not recorded, or a policy without
+        a params dataclass) fits this router's policy: the same kind and settings, or without settings the same name."""
+        mine = policy_settings(self.policy)
+        if not isinstance(settings, dict) or mine is None:
+            if name != self.policy.name:
+                raise InvalidInput(f"snapshot is of policy {name!r}, this router runs {self.policy.name!r}")
+            return
+        kind = name.partition(":")[0]
+        if kind != self.policy.name.partition(":")[0]:
+            raise InvalidInput(f"snapshot is of policy {name!r}, this router runs {self.policy.name!r}")
+        differ = sorted(k for k in settings.keys() | mine.keys() if settings.get(k) != mine.get(k))
+        if differ:
+            theirs = ", ".join(f"{k}={settings.get(k)!r}" for k in differ)
+            ours = ", ".join(f"{k}={mine.get(k)!r}" for k in differ)
+            raise InvalidInput(
+                f"snapshot is of policy {kind!r} with {theirs}; this router's {self.policy.name!r} has {ours}: "
+                f"build the router with the snapshot's settings (make_policy({kind!r}, {theirs}))"
+            )
 
     def _load(self, tree: dict[str, Any]) -> None:
         """`restore` of an unpacked snapshot (under the lock)."""

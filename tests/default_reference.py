@@ -213,9 +213,13 @@ def with_floors(pmf: np.ndarray, floors: np.ndarray) -> np.ndarray:
 
 
 def expected_cost(spec: ModelSpec, input_tokens: int, output_tokens_seen: Sequence[float]) -> float:
-    """ĉ = (input tokens · p_in + ô · p_out)/10⁶, ô = (5·prior + Σ tokens)/(5 + n) (`reward.OutputTokenEstimator`)."""
+    """ĉ = (input tokens · p_in + ô · p_out)/10⁶, ô = (5·prior + Σ tokens)/(5 + n), each feedback's tokens counted at
+    most 10 × the ô before it (`reward.OutputTokenEstimator`)."""
     prior = spec.output_tokens if spec.output_tokens is not None else 250.0
-    o = (5.0 * prior + sum(output_tokens_seen)) / (5.0 + len(output_tokens_seen))
+    o, total = prior, 5.0 * prior
+    for n, tokens in enumerate(output_tokens_seen, start=1):
+        total += min(tokens, 10.0 * max(o, 1.0))
+        o = total / (5.0 + n)
     return (input_tokens * spec.input_usd_per_mtok + o * spec.output_usd_per_mtok) / 1e6
 
 

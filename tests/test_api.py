@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import sqlite3
 import time
 import warnings
@@ -21,7 +23,7 @@ with warnings.catch_warnings():  # Starlette 1.10 asks for `httpx2`; the plain h
 from service_client import client_factory, start_client
 
 from bandit_router.catalog import ModelSpec
-from bandit_router.config import Secrets, Settings
+from bandit_router.config import ConfigError, Secrets, Settings
 from bandit_router.config.routers import RouterAlias
 from bandit_router.service.app import create_app
 
@@ -178,6 +180,20 @@ def test_feedback_reward_is_quality_minus_priced_cost(client: TestClient) -> Non
     assert reply.json()["reward"] == pytest.approx(0.9 - 100.0 * 0.002)
 
 
+def test_the_largest_feedback_the_api_takes_has_a_finite_reward(client: TestClient) -> None:
+    """The schema's bounds (λ ≤ 1e9, cost ≤ 1e6 USD, tokens ≤ 1e9, latency ≤ a day) keep quality − λ·cost − μ·latency
+    finite, so the reward `reward()` refuses when it is not (−inf for λ·1e308) is never met from a request."""
+    decision = _route(client, cost_weight=1e9)
+    reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 1.0, "cost_usd": 1e6,
+                                              "input_tokens": 10**9, "output_tokens": 10**9, "latency_ms": 86_400_000})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["reward"] == pytest.approx(1.0 - 1e9 * 1e6)
+    other = _route(client, cost_weight=1e9)
+    reply = client.post("/v1/feedback", json={"decision_id": other["decision_id"], "quality": 1.0,
+                                              "input_tokens": 10**9, "output_tokens": 10**9})
+    assert reply.status_code == 200 and math.isfinite(reply.json()["reward"]), reply.text
+
+
 def test_a_different_second_feedback_conflicts(client: TestClient) -> None:
     decision = _route(client)
     assert client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.8}).status_code == 200
@@ -284,6 +300,7 @@ _FEEDBACK_BAD = [
     ("cost_usd", "-0.01"),
     ("cost_usd", "NaN"),
     ("cost_usd", "1e999"),
+    ("cost_usd", "1e308"),  # finite, but above the 1e6 bound that keeps λ·cost finite
     ("cost_usd", "false"),
     ("input_tokens", "-1"),
     ("input_tokens", "12.5"),
@@ -618,20 +635,29 @@ def test_health_readiness_and_unavailable(client: TestClient) -> None:
     assert route.status_code == 503 and route.json()["error"] == "unavailable"
 
 
-def test_a_fixed_policy_naming_no_active_model_is_warned_about_at_start(
+def test_a_fixed_policy_naming_no_catalog_model_does_not_start_and_a_retired_one_is_warned_about(
     make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """`policy = "fixed:gpt-5"` (no such model) still serves, but says at start that every request goes to the
-    cheapest allowed model until a model of that name is added; a fixed policy on an active model says nothing,
-    whether the model is in the spec or in `policy_settings`."""
+    """`policy = "fixed:gpt-5"` (no such model) served, sending every request to the cheapest model with only a
+    warning in the log; it is a `ConfigError` at start naming the model and the catalog, for a shadow too. A fixed
+    model retired at run time (DELETE /v1/models) is still warned about at the next start: the cheapest allowed
+    model until a model of that name is added again. A fixed policy on an active model says nothing, whether the
+    model is in the spec or in `policy_settings`."""
     caplog.set_level(logging.WARNING)
     make_client(policy="fixed:gpt-4o", shadow_policies=("fixed:gpt-4o-mini",)).__exit__(None, None, None)
     make_client(policy="fixed", policy_settings={"model": "gpt-4o"}).__exit__(None, None, None)
     assert "is not an active model" not in caplog.text
-    client = make_client(policy="fixed:gpt-5")
-    assert "policy 'fixed:gpt-5': 'gpt-5' is not an active model, so it chooses the cheapest allowed model for " \
+    for settings in ({"policy": "fixed:gpt-5"}, {"shadow_policies": ("fixed:gpt-5",)}):
+        with pytest.raises(ConfigError, match=re.escape("policy 'fixed:gpt-5' names the model 'gpt-5', which is not "
+                                                        "in the catalog; its models: gpt-4.1-nano, gpt-4o-mini, ")):
+            make_client(**settings)
+    client = make_client(policy="fixed:gpt-4o")
+    assert client.delete("/v1/models/gpt-4o").status_code == 200
+    client.__exit__(None, None, None)
+    client = make_client(policy="fixed:gpt-4o")
+    assert "policy 'fixed:gpt-4o': 'gpt-4o' is not an active model, so it chooses the cheapest allowed model for " \
            "every request until a model of that name is added (POST /v1/models)" in caplog.text
     assert _route(client, prompt="hi")["model"] == "llama-3.1-8b-instruct"
-    added = client.post("/v1/models", json={"name": "gpt-5", "input_usd_per_mtok": 1.25, "output_usd_per_mtok": 10})
+    added = client.post("/v1/models", json={"name": "gpt-4o", "input_usd_per_mtok": 2.5, "output_usd_per_mtok": 10})
     assert added.status_code == 201, added.text
-    assert _route(client, prompt="hi")["model"] == "gpt-5"
+    assert _route(client, prompt="hi")["model"] == "gpt-4o"

@@ -387,6 +387,42 @@ def test_serve_refuses_a_policy_setting_of_the_wrong_type_in_one_line(
     assert not (tmp_path / "r.db").exists()
 
 
+CATALOG_NAMES = "gpt-4.1-nano, gpt-4o-mini, llama-3.1-8b-instruct, gemini-2.5-flash, llama-3.1-70b-instruct, " \
+    "claude-haiku-4-5, gpt-4o, claude-sonnet-4-5"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("policy = 'fixed:nope'\n", "policy: policy 'fixed:nope' names the model 'nope', which is not in the catalog; "
+         f"its models: {CATALOG_NAMES}"),
+        ("policy = 'fixed'\npolicy_settings = { model = 'nope' }\n",
+         "policy: policy 'fixed:nope' names the model 'nope', which is not in the catalog"),
+        ("shadow_policies = ['fixed:gpt-5']\n",
+         "shadow_policies: policy 'fixed:gpt-5' names the model 'gpt-5', which is not in the catalog"),
+        ("policy = 'fixed:judge'\n[[models]]\nname = 'judge'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n"
+         "route = false\n[[models]]\nname = 'm'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n",
+         "policy: policy 'fixed:judge' names the model 'judge', which has route = false"),
+    ],
+)
+def test_serve_refuses_a_fixed_policy_whose_model_is_not_in_the_catalog(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """`policy = "fixed:nope"` started and sent every request to the cheapest model (a warning in the log was the
+    only word); a fixed policy, live or shadow, must name a routable catalog model: one line and exit status 2."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    config = _write(tmp_path / "br.toml", text)
+    result = CliRunner().invoke(cli_app, ["serve", "--config", str(config), "--db", str(tmp_path / "r.db")])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith(f"bandit-router serve: {message}")
+    assert not (tmp_path / "r.db").exists()
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        load_settings(config, env={})
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [

@@ -17,6 +17,7 @@ from bandit_router.catalog import Catalog, ModelSpec, default_catalog, load_cata
 from bandit_router.errors import CatalogError, InvalidInput
 from bandit_router.features import FeatureExtractor, estimate_tokens
 from bandit_router.reward import CostModel, OutputTokenEstimator, RewardConfig, reward
+from bandit_router.router import Router
 from bandit_router.state import pack, unpack
 from bandit_router.types import Context, Decision, Message, Outcome, Request
 
@@ -381,6 +382,34 @@ def test_reward_is_monotone_in_quality_and_cost(q1: float, q2: float, c1: float,
 
 
 @pytest.mark.parametrize(
+    ("args", "weights"),
+    [
+        ((0.5, 1e308), {"cost_weight": 20.0}),  # λ·cost overflows: was −inf
+        ((0.5, 1e300, 1e300), {"cost_weight": 0.0, "latency_weight": 1e10}),  # μ·latency overflows
+        ((0.5, math.inf), {"cost_weight": 0.0}),  # 0·inf: was NaN
+        ((0.5, math.nan), {"cost_weight": 1.0}),
+        ((0.5, 1.0), {"cost_weight": math.inf}),
+    ],
+)
+def test_a_reward_that_is_not_finite_is_invalid_input(args: tuple[float, ...], weights: dict[str, float]) -> None:
+    """quality − λ·cost − μ·latency of finite but huge values overflowed to −inf (and a NaN gave NaN), which a
+    policy then learned from; it is `InvalidInput` saying which terms must be finite."""
+    with pytest.raises(InvalidInput, match=r"is not a finite number: costs, latencies, λ, μ and their products"):
+        reward(*args, **weights)
+    assert reward(0.5, 1e300, cost_weight=1e-300) == pytest.approx(-0.5)  # huge terms whose product is fine
+
+
+def test_learning_an_outcome_whose_reward_overflows_refuses_it_and_learns_nothing() -> None:
+    router = Router(list(default_catalog())[:3], "linucb", seed=1)
+    decision = router.route(Request(prompt="sum a list"))
+    before = router.snapshot()
+    with pytest.raises(InvalidInput, match="not a finite number"):
+        router.learn(decision, Outcome(quality=0.5, cost_usd=1e308))
+    assert router.snapshot() == before and router.version == 0
+    assert router.learn(decision, Outcome(quality=0.5, cost_usd=0.01)) == pytest.approx(0.5 - 20 * 0.01)
+
+
+@pytest.mark.parametrize(
     ("settings", "message"),
     [
         ({"cost_weight": -1.0}, "cost_weight must be a finite number >= 0, got -1.0"),
@@ -407,10 +436,25 @@ def test_cost_from_tokens_and_learned_output_length() -> None:
     assert model.realised_cost(spec, Outcome(quality=1, cost_usd=0.5), 10) == 0.5
     before = model.expected_costs([spec], 1000)[0]
     for _ in range(50):
-        model.observe("m", Outcome(quality=1, output_tokens=900))
+        model.observe(spec, Outcome(quality=1, output_tokens=900))
     after = model.expected_costs([spec], 1000)[0]
     assert after > before
     assert model.output_tokens.estimate(spec) == pytest.approx((100 + 50 * 900) / 51)
+
+
+def test_a_feedback_counts_at_most_ten_times_the_estimate_in_the_learned_means() -> None:
+    """`OutputTokenEstimator` and `LatencyEstimator` bound each feedback by `OUTLIER_FACTOR` × the estimate before
+    it (at least 1 token, 1 ms): 10¹⁵ tokens raise a fresh model's ô from 100 to (5·100 + 1000)/6, not to 1.7·10¹⁴."""
+    spec = ModelSpec("m", 2.0, 8.0, output_tokens=100, latency_s=2.0)
+    model = CostModel()
+    model.observe(spec, Outcome(quality=1, output_tokens=10**15, latency_s=1e9))
+    assert model.output_tokens.estimate(spec) == pytest.approx((5 * 100 + 10 * 100) / 6)
+    assert model.latency.estimate(spec) == pytest.approx((5 * 2.0 + 10 * 2.0) / 6)
+    model.observe(spec, Outcome(quality=1, output_tokens=300, latency_s=3.0))  # within bounds: counted whole
+    assert model.output_tokens.estimate(spec) == pytest.approx((5 * 100 + 1000 + 300) / 7)
+    silent = ModelSpec("s", 1.0, 1.0, output_tokens=0)  # an estimate of 0 still learns (from the 1-token floor)
+    model.observe(silent, Outcome(quality=1, output_tokens=50))
+    assert model.output_tokens.estimate(silent) == pytest.approx(10 / 6)
 
 
 # -- state ------------------------------------------------------------------------------------------------

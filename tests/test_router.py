@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -248,7 +249,8 @@ def test_route_many_decides_as_route_one_after_the_other(policy: str, targets: l
 
 def test_stacked_quadrature_equals_one_evaluation_per_pmf() -> None:
     """`gaussian_argmax_pmfs` returns each `gaussian_argmax_pmf` bit for bit: every model in play (stacked), some
-    dominated, exact ties, zero and infinite sds, one model, several sizes and node counts."""
+    dominated, exact ties, zero and huge sds (an infinite one is refused by both: `test_exploration.py`), one model,
+    several sizes and node counts."""
     from bandit_router.exploration import gaussian_argmax_pmf, gaussian_argmax_pmfs
 
     rng = np.random.default_rng(1)
@@ -264,7 +266,7 @@ def test_stacked_quadrature_equals_one_evaluation_per_pmf() -> None:
                 if case < 0.1:
                     sd[rng.integers(k)] = 0.0
                 elif case < 0.15:
-                    sd[rng.integers(k)] = np.inf
+                    sd[rng.integers(k)] = 1e300
                 elif case < 0.3:
                     mean[:], sd[:] = mean[0], sd[0]
                 elif case < 0.4:
@@ -422,3 +424,108 @@ def test_a_model_name_where_a_spec_belongs_is_invalid_input() -> None:
     with pytest.raises(InvalidInput, match="not the name 'gpt-4o'"):
         router.add_model("gpt-4o")  # type: ignore[arg-type]
     assert [m.name for m in router.models] == [m.name for m in MODELS]
+
+
+def test_one_absurd_output_token_count_does_not_price_a_model_out_for_good() -> None:
+    """One feedback of 10¹⁵ output tokens made the strong model's expected cost $10¹⁰ per request: it was never
+    chosen again, so the estimate was never corrected. A feedback's tokens now count at most 10× the estimate in the
+    learned mean (`reward.OUTLIER_FACTOR`): the estimate rises ≤ (w + 10)/(w + 1)-fold, the model keeps being
+    chosen, and normal answers bring the estimate back. Seeded; the margins are wide (it wins ≈ all rounds)."""
+    strong, weak = ModelSpec("strong", 2.5, 10.0), ModelSpec("weak", 0.15, 0.6)
+    quality = {"strong": 0.9, "weak": 0.4}
+    router = Router([strong, weak], "default", seed=5)
+    rng = np.random.default_rng(5)
+
+    def rounds(n: int) -> int:
+        chosen = 0
+        for _ in range(n):
+            decision = router.route(Request(prompt="Refactor this Python class"))
+            chosen += decision.model == "strong"
+            q = float(np.clip(quality[decision.model] + rng.normal(0, 0.05), 0, 1))
+            router.learn(decision, Outcome(quality=q, output_tokens=int(rng.integers(200, 300))))
+        return chosen
+
+    assert rounds(100) > 80
+    before = router.cost_model.output_tokens.estimate(strong)
+    absurd = router.route(Request(prompt="Refactor this Python class", models=("strong",)))
+    reward = router.learn(absurd, Outcome(quality=0.9, output_tokens=10**15))
+    assert reward == pytest.approx(0.9 - 20 * 10**15 * 10.0 / 1e6, rel=1e-6)  # the realised cost is what was reported
+    w = 5 + router.feedback_counts()["strong"] - 1
+    after = router.cost_model.output_tokens.estimate(strong)
+    assert before < after <= before * (w + 10) / (w + 1) * (1 + 1e-12)
+    assert rounds(200) > 160
+    assert router.cost_model.output_tokens.estimate(strong) < 1.5 * before
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ("fixed:nope",
+         "policy 'fixed:nope' names the model 'nope', which is not in the catalog; its models: a, b, judge"),
+        (make_policy("fixed", model="nope"), "policy 'fixed:nope' names the model 'nope', which is not in the catalog"),
+        ("fixed:judge", "policy 'fixed:judge' names the model 'judge', which has route = false"),
+    ],
+)
+def test_a_fixed_policy_naming_no_routable_catalog_model_is_refused_where_the_router_is_built(
+    policy: object, message: str
+) -> None:
+    """`Router(models, "fixed:nope")` routed every request to the cheapest model without a word; it raises
+    (`UnknownModel`, a `ValueError`) naming the model and the catalog's models. A fixed model that a request does
+    not allow, or that was retired since, still gives the cheapest allowed model (documented)."""
+    models = [ModelSpec("a", 1.0, 1.0), ModelSpec("b", 5.0, 5.0), ModelSpec("judge", 0.1, 0.1, route=False)]
+    with pytest.raises(InvalidInput, match=f"^{re.escape(message)}"):
+        Router(models, policy)  # type: ignore[arg-type]
+    router = Router(models, "fixed:b", seed=0)
+    assert router.route(Request(prompt="x")).model == "b"
+    assert router.route(Request(prompt="x", models=("a",))).model == "a"
+    router.retire_model("b")
+    assert router.route(Request(prompt="x")).model == "a"
+
+
+def test_a_snapshot_records_the_policy_settings_and_refuses_other_ones() -> None:
+    """`Router(models, make_policy("linucb", alpha=3))` snapshotted under the name `linucb`, and restoring it into a
+    plain `linucb` router (alpha 0.5) succeeded silently: the restored router explored with another alpha. A
+    snapshot records the policy's settings; a router whose policy has other ones refuses it naming them, and the
+    same settings given either way (spec string or keywords) restore."""
+    models = [ModelSpec("a", 1.0, 1.0), ModelSpec("b", 5.0, 5.0)]
+    trained = Router(models, make_policy("linucb", alpha=3), seed=2)
+    for i in range(10):
+        decision = trained.route(Request(prompt=f"question {i}"))
+        trained.learn(decision, Outcome(quality=0.1 * i))
+    snapshot = trained.snapshot()
+    assert unpack(snapshot)["policy_settings"]["alpha"] == 3
+    plain = Router(models, "linucb")
+    before = plain.snapshot()
+    with pytest.raises(InvalidInput, match=re.escape(
+        "snapshot is of policy 'linucb' with alpha=3; this router's 'linucb' has alpha=0.5: build the router with "
+        "the snapshot's settings (make_policy('linucb', alpha=3))"
+    )):
+        plain.restore(snapshot)
+    assert plain.snapshot() == before
+    with pytest.raises(InvalidInput, match="this router runs 'lints'"):
+        Router(models, make_policy("lints")).restore(snapshot)
+    for same in ("linucb:alpha=3", make_policy("linucb", alpha=3.0)):
+        twin = Router(models, same)  # type: ignore[arg-type]
+        twin.restore(snapshot)
+        assert np.array_equal(twin.weights(), trained.weights()) and twin.version == 10
+
+
+def test_a_snapshot_from_before_settings_were_recorded_loads_as_before() -> None:
+    """`tests/data/egreedy_snapshot_before_settings.npz` was made at commit b25d2f1 (no `policy_settings`): it
+    restores into a router whose policy has the same name, whatever its settings, as it did, and is refused by
+    another policy."""
+    from bandit_router.catalog import default_catalog
+
+    data = (Path(__file__).parent / "data" / "egreedy_snapshot_before_settings.npz").read_bytes()
+    assert "policy_settings" not in unpack(data)
+    for policy in ("egreedy", make_policy("egreedy", epsilon=0.3)):
+        router = Router(list(default_catalog())[:1], policy)  # type: ignore[arg-type]
+        router.restore(data)
+        assert router.version == 12 and [m.name for m in router.models] == [
+            "gpt-4.1-nano", "gpt-4o-mini", "llama-3.1-8b-instruct"
+        ]
+        assert router.feedback_counts() == {"llama-3.1-8b-instruct": 8, "gpt-4.1-nano": 3, "gpt-4o-mini": 1}
+        assert router.weights().tolist() == [3.0, 0.75, 0.3125, 1.0, 0.25, 0.0625, 8.0, 3.5, 2.25]
+        assert "policy_settings" in unpack(router.snapshot())  # a new snapshot records them
+    with pytest.raises(InvalidInput, match="snapshot is of policy 'egreedy', this router runs 'ucb1'"):
+        Router(list(default_catalog())[:1], "ucb1").restore(data)

@@ -17,7 +17,10 @@ retired at run time, a budget pacer in one variant) is routed and learned with a
 The arms and pmfs were recorded at commit 7c7aef41 (before the fourth hot-path pass), Python 3.11.7, numpy 2.4.6,
 scipy 1.17.1; the `default` entries re-recorded when that policy's prior variance and then its noise prior changed
 (changes of behaviour, not of speed). The digests were re-recorded at commit 891a752f on the platform `PLATFORM`
-names, when CI moved to it (the arms and pmfs held there; the default policy's digests were unchanged).
+names, when CI moved to it (the arms and pmfs held there; the default policy's digests were unchanged), and again
+on that platform when snapshots began to record the policy's settings (`policy_settings`): only the snapshot's
+bytes changed (the new digests without the snapshot, and with that one key removed from it, are the old ones).
+To re-record: run `run_stream(policy, budget=…)` for each variant on the `PLATFORM` machine and paste its digest.
 """
 
 from __future__ import annotations
@@ -226,10 +229,10 @@ PMFS: dict[str, dict[int, tuple[float, ...]]] = {
     },
 }
 DIGESTS = {
-    "default": "49556f8016412d3fb6e14389db742daad91af7c742afb060b2e68d3d12f29101",
-    "default+budget": "fd4589455dc28490c5c8c364a58b78586881ed8237a4142ba896c3f8b0826af2",
-    "linucb": "b2fa50dbb4079be05c771fba6e758490a43995049defd165966455580b8c176e",
-    "vw-squarecb": "2e6d27d0682e0c11ca97b778e7d7f792d2aaf0c9dc82f3d9bf96531e8a5a3c44",
+    "default": "37f135d683a918498f32b019aebd5f4ee430281d24a2879df3ff2a8ee817140c",
+    "default+budget": "0b790d8441d51de118ebcd58d459f4c9ab3987f924fdd3f148579c05ab43789a",
+    "linucb": "389f3d934017a54c6eb5e20bf4c65e5fd8d01111b761edf85342296775a859f0",
+    "vw-squarecb": "54cb578e5aab86f928afe749805922218df3879ddf40476192226713994f48e0",
 }
 
 

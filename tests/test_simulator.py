@@ -447,6 +447,9 @@ def test_plan_refuses_unknown_policies() -> None:
     env = load_dataset(SAMPLE)
     with pytest.raises(InvalidInput, match="unknown model"):
         make_agent("fixed:gpt-5", env)
+    with pytest.raises(InvalidInput, match="unknown model"):
+        make_agent("fixed:model=gpt-5", env)
+    assert make_agent(f"fixed:model={env.model_names[0]}", env) is not None  # was refused: "model=…" is no model
 
 
 @pytest.mark.parametrize("warmup", ["none", "bandit", "full"])

@@ -26,7 +26,7 @@ from typing import Any, get_type_hints
 from ..budgets import BudgetConfig
 from ..catalog import Catalog, default_catalog, load_catalog
 from ..errors import CatalogError, ConfigError, InvalidInput
-from ..policies import Policy, in_folder, make_policy, parse_spec
+from ..policies import Policy, check_models, in_folder, make_policy, parse_spec
 from ..reward import RewardConfig
 from .routers import RoutersSettings, check_routers
 from .sections import (
@@ -146,15 +146,20 @@ class Settings:
         fallback model in the catalog. Raises `ConfigError` naming the key; returns `self`."""
         routing = self.routing
         try:
-            self.build_policy()
+            policies = [("policy", self.build_policy())]
         except InvalidInput as exc:
             raise ConfigError(f"policy: {exc}") from exc
         for spec in routing.shadow_policies:
             try:
-                self.build_policy(spec)
+                policies.append(("shadow_policies", self.build_policy(spec)))
             except InvalidInput as exc:
                 raise ConfigError(f"shadow_policies: {exc}") from exc
         catalog = self.load_catalog()  # a missing or malformed catalog file fails now, not at the first request
+        for key, policy in policies:  # `fixed:<model>` names a catalog model (a router refuses to be built else)
+            try:
+                check_models(policy, list(catalog))
+            except InvalidInput as exc:
+                raise ConfigError(f"{key}: {exc}") from exc
         if len(catalog) > self.limits.max_models:
             raise ConfigError(f"max_models: the catalog has {len(catalog)} models; max_models is "
                               f"{self.limits.max_models}")

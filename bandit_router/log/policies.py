@@ -113,8 +113,9 @@ class PolicySet:
 
     def warn_about_missing_fixed_models(self) -> None:
         """A live or shadow fixed policy (`fixed:<model>`, or `fixed` with `policy_settings = {model = …}`) whose
-        model is not active sends every request to the cheapest allowed model (`FixedPolicy`) until a model of that
-        name is added: said at start, since a misspelt name would otherwise pass unnoticed."""
+        model is no longer active (retired at run time: a configuration naming a model outside the catalog does not
+        start, `Settings.check`) sends every request to the cheapest allowed model (`FixedPolicy`) until a model of
+        that name is added: said at start."""
         for router in (self.live, *self.shadows.values()):
             policy, active = router.policy, sorted(m.name for m in router.models)
             if isinstance(policy, FixedPolicy) and policy.params.model not in active:

@@ -13,11 +13,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..catalog import ModelSpec
 from ..errors import InvalidInput, UnknownPolicy
 from ..setting_values import type_name, typed_value
 from .base import BasePolicy, NoParams, Policy
@@ -214,6 +216,46 @@ def make_params(
         raise UnknownPolicy(f"policy {name!r}: {exc}") from exc
 
 
+def policy_settings(policy: Policy) -> dict[str, Any] | None:
+    """The settings `policy` was built with (its `params` dataclass), as a JSON tree: what a router snapshot records,
+    so that it is not restored into the same policy with other settings. Settings that name a file to read
+    (`Entry.files`) are left out (what was read is in the other settings, or in the learned state); None for a
+    policy without a `params` dataclass (it is then known by its name only)."""
+    params = getattr(policy, "params", None)
+    if params is None or not dataclasses.is_dataclass(params) or isinstance(params, type):
+        return None
+    files: set[str] = set()
+    for entry in REGISTRY.values():
+        if entry.params is type(params):
+            files |= entry.files
+    tree = {f.name: _json_tree(getattr(params, f.name)) for f in dataclasses.fields(params) if f.name not in files}
+    normalised: dict[str, Any] = json.loads(json.dumps(tree, sort_keys=True))  # tuples → lists, as a snapshot keeps
+    return normalised
+
+
+def _json_tree(value: Any) -> Any:
+    """A setting's value as JSON: dataclasses (a rule) by their init fields, sequences as lists, other objects
+    by their repr."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _json_tree(getattr(value, f.name)) for f in dataclasses.fields(value) if f.init}
+    if isinstance(value, Mapping):
+        return {str(k): _json_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | frozenset | set):
+        items = [_json_tree(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, frozenset | set) else items
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def check_models(policy: Policy, models: Sequence[ModelSpec]) -> None:
+    """`InvalidInput` when `policy` cannot work with the catalog `models` (its optional `check_models`: a
+    `fixed:<model>` whose model is not there, or has `route = false`); what `Router` runs when it is built."""
+    check = getattr(policy, "check_models", None)
+    if check is not None:
+        check(models)
+
+
 def make_policy(spec: str, *, folder: Path | None = None, **settings: Any) -> Policy:
     """A fresh policy from a spec string; keyword settings override those in the string. A file the spec names by a
     relative path (`rules:file=rules.toml`) is read from `folder` (None: the working directory)."""
@@ -231,11 +273,13 @@ __all__ = [
     "REGISTRY",
     "BasePolicy",
     "Policy",
+    "check_models",
     "in_folder",
     "make_params",
     "make_policy",
     "parse_settings",
     "parse_spec",
+    "policy_settings",
     "settings_of",
     "warm_start",
 ]

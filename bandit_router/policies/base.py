@@ -86,6 +86,11 @@ class BasePolicy:
     ) -> np.ndarray | None:
         return None
 
+    def check_models(self, models: Sequence[ModelSpec]) -> None:
+        """Raise `InvalidInput` when the policy cannot work with the catalog `models` (a model it names is not
+        there); called by `Router` when it is built. Optional: a policy without it is not checked."""
+        return None
+
     def add_model(self, spec: ModelSpec, similar: Sequence[ModelSpec]) -> None:
         return None
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..catalog import ModelSpec
+from ..errors import InvalidInput, UnknownModel
 from ..types import Context
 from .base import BasePolicy
 
@@ -28,13 +29,29 @@ def cheapest(models: Sequence[ModelSpec]) -> int:
 
 
 class FixedPolicy(BasePolicy):
-    """Always the same model; when a request does not allow it, the cheapest allowed model."""
+    """Always the same model; when a request does not allow it (or it was retired since), the cheapest allowed
+    model. A router is not built on a catalog without it (`check_models`): a misspelt name would otherwise send
+    every request to the cheapest model without a word."""
 
     Params = FixedParams
 
     def __init__(self, params: FixedParams, *, name: str = "fixed") -> None:
         self.params = params
         self.name = f"fixed:{params.model}"
+
+    def check_models(self, models: Sequence[ModelSpec]) -> None:
+        model = self.params.model
+        found = [m for m in models if m.name == model]
+        if not found:
+            raise UnknownModel(
+                f"policy {self.name!r} names the model {model!r}, which is not in the catalog; its models: "
+                f"{', '.join(m.name for m in models)}"
+            )
+        if not found[0].route:
+            raise InvalidInput(
+                f"policy {self.name!r} names the model {model!r}, which has route = false (a judge or router model "
+                "only): it is never chosen"
+            )
 
     def pmf(
         self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray, rng: np.random.Generator

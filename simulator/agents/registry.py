@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bandit_router.errors import InvalidInput
+from bandit_router.errors import InvalidInput, UnknownModel
 from bandit_router.features import FeatureExtractor
-from bandit_router.policies import REGISTRY, Policy, make_policy
+from bandit_router.policies import REGISTRY, Policy, check_models, make_policy
 
 from ..environments.base import Environment
 from .base import Agent, PacerFactory
@@ -107,7 +107,8 @@ def make_agent(
         return entry.build(spec, env, options)
     if name not in REGISTRY:
         raise InvalidInput(f"unknown policy {name!r}; known: {', '.join(sorted(known_names()))}")
-    make_policy(spec)  # fail early on a bad spec
-    if name == "fixed" and spec.partition(":")[2] not in env.model_names:
-        raise InvalidInput(f"{spec}: unknown model; this environment has {list(env.model_names)}")
+    try:  # fail early on a bad spec, or a fixed policy's model outside the environment (`fixed:model=gpt-4o` too)
+        check_models(make_policy(spec), env.models)
+    except UnknownModel:
+        raise InvalidInput(f"{spec}: unknown model; this environment has {list(env.model_names)}") from None
     return _router_agent(spec, lambda seed: make_policy(spec), options)
