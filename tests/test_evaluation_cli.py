@@ -229,7 +229,8 @@ def test_promotion_refused_without_evidence_then_forced(tmp_path: Path) -> None:
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"] == "conflict" and "not promoted" in refused.json()["message"]
         message = refused.json()["message"]
-        assert "only 6 decisions with feedback logged the shadow's pmf (at least 10 needed)" in message
+        assert "only 6 decisions of the live policy with feedback logged the shadow's pmf (at least 10 needed)" in (
+            message)
         assert client.post("/v1/policies/promote", json={"shadow": "nope"}).status_code == 404
         assert client.post("/v1/policies/promote", json={"shadow": "linucb", "force": "maybe"}).status_code == 422
         forced = client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
@@ -267,6 +268,41 @@ def test_promotion_with_evidence_is_durable(tmp_path: Path) -> None:
         engine = client.app.state.services.engine  # type: ignore[attr-defined]
         assert engine.recovery["checkpoint_seq"] is None and engine.recovery["replayed"] == 430
         assert np.allclose(engine.router.weights(), rebuild_router(settings, engine.store).weights())
+
+
+def test_a_promotion_is_judged_against_the_live_policy_not_the_policies_before_it(tmp_path: Path) -> None:
+    """After one promotion the log holds decisions of two live policies. The next shadow must beat the policy
+    live now, on its own decisions: before, it was judged against the whole log's logged value, a mixture with the
+    poor policy of before, and a shadow worse than the live policy was promoted."""
+    world = {("code", "gpt-4o"): 0.9, ("code", "gpt-4o-mini"): 0.2, ("poem", "gpt-4o"): 0.5,
+             ("poem", "gpt-4o-mini"): 0.7}  # random 0.575, fixed:gpt-4o 0.7, the best per kind 0.8
+
+    def rounds(post: Any, n: int, seed: int) -> list[tuple[str, str]]:
+        rng, out = np.random.default_rng(seed), []
+        for i in range(n):
+            kind = "code" if rng.random() < 0.5 else "poem"
+            body = {"prompt": PROMPTS[kind][int(rng.integers(3))] + f" #{i}", "models": PAIR, "cost_weight": 0.0}
+            decision = post("/v1/route", json=body).json()
+            quality = float(np.clip(world[kind, decision["model"]] + rng.normal(0, 0.05), 0, 1))
+            post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": quality})
+            out.append((kind, decision["model"]))
+        return out
+
+    learner = "vw-egreedy:epsilon=0.2"  # explores enough for the overlap check to pass on its decisions
+    settings = Settings(db=tmp_path / "m.db", seed=5, policy="random", shadow_policies=(learner, "fixed:gpt-4o"))
+    with TestClient(create_app(settings)) as client:
+        rounds(_ready(client).post, 600, seed=1)
+        first = client.post("/v1/policies/promote", json={"shadow": learner})
+        assert first.status_code == 200, first.text
+        served = rounds(client.post, 200, seed=2)
+        live_value = float(np.mean([world[kind, model] for kind, model in served]))
+        assert live_value > 0.73  # the learner, live now, is better than fixed:gpt-4o's 0.7
+        refused = client.post("/v1/policies/promote", json={"shadow": "fixed:gpt-4o"})
+        assert refused.status_code == 409, refused.text
+        assert "does not beat the live policy's" in refused.json()["message"]
+        assert client.get("/v1/stats").json()["live_policy"] == learner
+        check = client.post("/v1/policies/promote", json={"shadow": "random", "force": True}).json()["check"]
+        assert check["n"] == 200  # the decisions the live policy made, with the previous one's pmf as a shadow
 
 
 def live_store(client: TestClient) -> Any:
