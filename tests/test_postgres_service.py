@@ -183,6 +183,28 @@ def test_migrate_evaluate_and_export_take_the_url(replicas: Callable[..., TestCl
     assert refused.exit_code == 2 and "schema version 999" in refused.output and PASSWORD not in refused.output
 
 
+def test_a_url_is_read_and_shown_masked_however_its_scheme_is_written(pg_server: PgServer, pg_url: str) -> None:
+    """`is_url` takes the scheme in any case, which the driver does not: `POSTGRESQL://…` was a connection error
+    quoting the whole URL, and shown unmasked (the mask's pattern was for lower case). A URL with a blank (a
+    space in the password) is refused without showing it: the driver's refusal quoted the password."""
+    upper = DatabaseURL(" " + pg_url.replace("postgresql://", "POSTGRESQL://") + "\n")
+    assert PASSWORD not in str(upper) and PASSWORD not in repr(upper) and "***" in str(upper)
+    store = PostgresStore(upper)
+    try:
+        store.prepare()
+        with store.read() as reader:
+            assert reader.head() == (0, 0)
+    finally:
+        store.close()
+    migrated = CliRunner().invoke(cli_app, ["migrate", "--db", pg_url.replace("postgresql://", "Postgres://")])
+    assert migrated.exit_code == 0 and PASSWORD not in migrated.output, migrated.output
+    spaced = pg_url.replace(PASSWORD, "a secret with spaces")
+    for command in (["migrate"], ["evaluate", "-C", "random"], ["export"]):
+        refused = CliRunner().invoke(cli_app, [*command, "--db", spaced])
+        assert refused.exit_code == 2 and "percent-encode" in refused.output, refused.output
+        assert "secret with" not in refused.output
+
+
 def test_the_dashboard_counts_every_replicas_traffic(replicas: Callable[..., TestClient]) -> None:
     a, b = replicas(), replicas()
     for i in range(40):
