@@ -65,14 +65,25 @@ def _prepare_out(command: str, folder: Path) -> None:
 
 def open_store(db: str | Path) -> Store:
     """The service database at `db` (a SQLite file, which must exist: evaluation never creates one, or a
-    PostgreSQL URL)."""
+    PostgreSQL URL, connected to once here so that a server that cannot be reached, a wrong password or database
+    name is an error saying so, not a reader's timeout)."""
     try:
         location = parse_database(str(db))
     except ValueError as exc:
         raise StoreError(str(exc)) from None
-    if not isinstance(location, DatabaseURL) and not location.is_file():
-        raise StoreError(f"no database at {location}")
-    return open_location(location)
+    if not isinstance(location, DatabaseURL):
+        if not location.is_file():
+            raise StoreError(f"no database at {location}")
+        return open_location(location)
+    from ..store.postgres import PostgresStore
+
+    store = PostgresStore(location)
+    try:
+        store.probe()
+    except StoreError:
+        store.close()
+        raise
+    return store
 
 
 def _catalog(config: Path | None) -> list[ModelSpec]:
