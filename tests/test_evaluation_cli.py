@@ -198,6 +198,45 @@ def test_export_into_a_closed_pipe_ends_quietly(logged_db: tuple[Path, Any]) -> 
     assert stderr == "" and code == 0
 
 
+def test_models_the_caller_named_are_not_decisions_without_feedback(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway call to a model the caller named is stored as a decision (policy `caller`) whose feedback is
+    `unrouted`, never learned: `evaluate` took each for a decision without feedback and warned that every estimate
+    may be biased, and counted them as logged."""
+    from bandit_router.catalog import ModelSpec
+    from benchmarks.fake_upstream import FakeUpstream, ServerThread
+
+    monkeypatch.setenv("BANDIT_ROUTER_TEST_UPSTREAM_KEY", "sk-test-0123456789")
+    upstream = FakeUpstream(seed=3)
+    fake = ServerThread(upstream)
+    upstream.url = fake.url
+    names = ("fake-coder", "fake-writer")
+    specs = tuple(ModelSpec(n, 1.0, 2.0, base_url=upstream.url + "/v1", api_key_env="BANDIT_ROUTER_TEST_UPSTREAM_KEY")
+                  for n in names)
+    config = tmp_path / "catalog.toml"
+    config.write_text("".join(f'[[models]]\nname = "{n}"\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n'
+                              for n in names))
+    db = tmp_path / "gateway.db"
+    server = ServerThread(create_app(Settings(db=db, models=specs, seed=7)))
+    try:
+        url = server.wait_ready()
+        statuses = []
+        for i in range(60):
+            body = {"model": "router" if i % 2 else "fake-writer", "messages": [{"role": "user", "content": f"#{i}"}]}
+            reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+            assert reply.status_code == 200, reply.text
+            rated = {"decision_id": reply.headers["x-decision-id"], "quality": 0.4 + 0.01 * i}
+            statuses.append(httpx.post(url + "/v1/feedback", json=rated).json()["status"])
+    finally:
+        server.stop()
+        fake.stop()
+    assert statuses.count("unrouted") == 30 and statuses.count("applied") == 30
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--config", str(config), "--estimators", "dr"])
+    assert result.exit_code == 0, result.output
+    assert "30 decisions with feedback evaluated (30 logged)" in result.output
+    assert "have no feedback" not in result.output
+
+
 # -- shadow policies and promotion ---------------------------------------------------------------------------------
 def _settings(db: Path, **changes: Any) -> Settings:
     return Settings(db=db, seed=5, policy="random", shadow_policies=("linucb", "fixed:gpt-4o-mini"), **changes)
