@@ -334,6 +334,14 @@ def test_decisions_without_feedback_are_left_out_with_a_warning(world: Synthetic
     assert any("no feedback" in w for w in ev.warnings)
 
 
+@pytest.mark.parametrize("mode", ["learning", "frozen", "replay"])
+def test_a_log_without_feedback_is_refused_saying_so(world: SyntheticWorld, log: SimulatedLog, mode: str) -> None:
+    """An empty log, or one whose decisions all lack feedback, said "a router needs at least one model"."""
+    for records in ([], [LoggedRecord(r.decision) for r in log.records[:5]]):
+        with pytest.raises(InvalidInput, match=f"no logged decision with feedback.*{len(records)} decisions"):
+            evaluate_log(records, ["linucb"], models=world.models, mode=mode)
+
+
 def test_models_missing_from_the_catalog_are_refused(world: SyntheticWorld, log: SimulatedLog) -> None:
     with pytest.raises(InvalidInput, match="without a catalog entry"):
         evaluate_log(log.records, ["linucb"], models=world.models[:2])
