@@ -205,6 +205,20 @@ def test_evaluate_and_export_say_why_they_cannot_connect(pg_server: PgServer, pg
             assert not [r for r in caplog.records if "error connecting" in r.getMessage()]
 
 
+def test_evaluate_and_export_refuse_a_database_the_service_never_prepared(pg_url: str, tmp_path: Path) -> None:
+    """A URL naming another database of the server (or an empty SQLite file) failed with the query's error:
+    'relation "decisions" does not exist LINE 1: ...kers, attributes, features, prompt, position FROM ...'."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for db in (pg_url, str(empty)):
+        for command in (["evaluate", "-C", "random"], ["export"]):
+            result = CliRunner().invoke(cli_app, [*command, "--db", db])
+            assert result.exit_code == 2, result.output
+            assert "is not a bandit-router database" in result.output and "LINE 1" not in result.output
+            assert PASSWORD not in result.output
+    assert not _rows(pg_url, "SELECT 1 FROM pg_tables WHERE tablename = 'decisions'")  # nothing was created
+
+
 def test_a_url_is_read_and_shown_masked_however_its_scheme_is_written(pg_server: PgServer, pg_url: str) -> None:
     """`is_url` takes the scheme in any case, which the driver does not: `POSTGRESQL://…` was a connection error
     quoting the whole URL, and shown unmasked (the mask's pattern was for lower case). A URL with a blank (a
