@@ -237,6 +237,37 @@ def test_models_the_caller_named_are_not_decisions_without_feedback(tmp_path: Pa
     assert "have no feedback" not in result.output
 
 
+def test_evaluate_prices_each_model_as_the_service_does(tmp_path: Path) -> None:
+    """The model events applied over the catalog in log order, as the service applies them: a catalog entry wins
+    over an earlier run-time addition of its name (which evaluate's replays took instead), and a model retired and
+    added again has its new prices."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.evaluation.store_log import model_specs
+    from bandit_router.store import open_store
+
+    db = tmp_path / "priced.db"
+    first = (ModelSpec("alpha", 1.0, 2.0), ModelSpec("beta", 0.5, 1.0))
+    with TestClient(create_app(Settings(db=db, models=first, seed=1))) as client:
+        _ready(client)
+        added = {"name": "gamma", "input_usd_per_mtok": 3.0, "output_usd_per_mtok": 4.0}
+        assert client.post("/v1/models", json=added).status_code == 201
+        assert client.delete("/v1/models/alpha").status_code == 200
+        again = {"name": "alpha", "input_usd_per_mtok": 9.0, "output_usd_per_mtok": 9.0}
+        assert client.post("/v1/models", json=again).status_code == 201
+    later = (*first, ModelSpec("gamma", 5.0, 6.0))  # gamma written into the catalog, at other prices
+    with TestClient(create_app(Settings(db=db, models=later, seed=1))) as client:
+        live = client.app.state.services.engine.router  # type: ignore[attr-defined]
+        _ready(client)
+        served = {m.name: (m.input_usd_per_mtok, m.output_usd_per_mtok) for m in live.models}
+    assert served == {"alpha": (9.0, 9.0), "beta": (0.5, 1.0), "gamma": (5.0, 6.0)}
+    store = open_store(db)
+    try:
+        found = model_specs(store, later)
+    finally:
+        store.close()
+    assert {name: (m.input_usd_per_mtok, m.output_usd_per_mtok) for name, m in found.items()} == served
+
+
 # -- shadow policies and promotion ---------------------------------------------------------------------------------
 def _settings(db: Path, **changes: Any) -> Settings:
     return Settings(db=db, seed=5, policy="random", shadow_policies=("linucb", "fixed:gpt-4o-mini"), **changes)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..catalog import ModelSpec
-from ..store import Reader, Store, StoredDecision
+from ..store import ModelAction, Reader, Store, StoredDecision
 from ..store.records import unrouted
 from .log import LoggedRecord
 
@@ -76,12 +76,19 @@ def logged_records(reader: Reader, rows: Sequence[StoredDecision]) -> list[Logge
 
 
 def model_specs(store: Store, catalog: Iterable[ModelSpec]) -> dict[str, ModelSpec]:
-    """The catalog's models and every model added at run time (their specs are in the model events)."""
+    """The catalog's models and every model added at run time (their specs are in the model events), each with
+    the spec the service routes it with: the model events applied in log order over the catalog, as the service
+    applies them (an addition of a model that is active, a catalog entry among them, is not applied: the catalog's
+    prices win; one after the model was retired replaces its spec)."""
     specs = {spec.name: spec for spec in catalog}
+    active = set(specs)
     with store.read() as reader:
         for event in reader.model_events_after(0):
-            if event.action == "add" and event.spec is not None:
-                specs[event.spec.name] = event.spec
+            if event.action == ModelAction.ADD and event.spec is not None and event.name not in active:
+                specs[event.name] = event.spec
+                active.add(event.name)
+            elif event.action == ModelAction.RETIRE:
+                active.discard(event.name)
     return specs
 
 
