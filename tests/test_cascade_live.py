@@ -17,7 +17,7 @@ import pytest
 from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import RouterAlias, Settings
-from bandit_router.evaluation.store_log import recent_log
+from bandit_router.evaluation.store_log import first_tries, recent_log
 from bandit_router.service import create_app
 from bandit_router.store import SQLiteStore
 from bandit_router.store.location import DatabaseURL
@@ -601,11 +601,12 @@ def test_the_policys_own_llm_router_decision_is_priced_by_its_answer_alone(gatew
     assert row["cost_usd"] == pytest.approx(answer[0]["cost_usd"]) and row["cost_usd"] < info["cost_usd"]
 
 
-def test_named_routers_calls_are_in_the_metrics_and_escalated_chains_in_the_evaluation_log(
+def test_named_routers_calls_are_in_the_metrics_and_an_escalated_chain_is_one_request(
     gateway: Callable[..., str], tmp_path: Path
 ) -> None:
     """Every call a named router makes (answers, judge) is counted in `/metrics`; an escalated chain's decision
-    is one request (`attempt` 1), so the evaluation's recent log (shadows, replay) keeps it."""
+    is one request (`attempt` 1), not a fallback; the evaluation's log (shadows, replay) leaves it out as a named
+    router's choice, not the bandit's (its feedback is never learned)."""
     url = gateway()
     _, chain, decision_id = ask(url, "cascade", CODE)
     assert chain["escalations"] == 1
@@ -619,7 +620,10 @@ def test_named_routers_calls_are_in_the_metrics_and_escalated_chains_in_the_eval
             break
         time.sleep(0.02)
     assert call is not None and call.attempt == 1 and not call.routed
-    assert decision_id in {r.decision.decision_id for r in recent_log(store, 50)}
+    with store.read() as reader:
+        chosen = reader.decisions([decision_id])[decision_id]
+        assert first_tries(reader, [chosen]) == [chosen]  # not taken for a fallback
+    assert decision_id not in {r.decision.decision_id for r in recent_log(store, 50)}
     store.close()
     typical = httpx.get(url + "/v1/stats/live").json()["typical"]  # the bandit chose nothing yet
     assert typical["decisions"] == 0 and set(typical["probabilities"].values()) == {None}

@@ -198,6 +198,76 @@ def test_export_into_a_closed_pipe_ends_quietly(logged_db: tuple[Path, Any]) -> 
     assert stderr == "" and code == 0
 
 
+def test_models_the_caller_named_are_not_decisions_without_feedback(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway call to a model the caller named is stored as a decision (policy `caller`) whose feedback is
+    `unrouted`, never learned: `evaluate` took each for a decision without feedback and warned that every estimate
+    may be biased, and counted them as logged."""
+    from bandit_router.catalog import ModelSpec
+    from benchmarks.fake_upstream import FakeUpstream, ServerThread
+
+    monkeypatch.setenv("BANDIT_ROUTER_TEST_UPSTREAM_KEY", "sk-test-0123456789")
+    upstream = FakeUpstream(seed=3)
+    fake = ServerThread(upstream)
+    upstream.url = fake.url
+    names = ("fake-coder", "fake-writer")
+    specs = tuple(ModelSpec(n, 1.0, 2.0, base_url=upstream.url + "/v1", api_key_env="BANDIT_ROUTER_TEST_UPSTREAM_KEY")
+                  for n in names)
+    config = tmp_path / "catalog.toml"
+    config.write_text("".join(f'[[models]]\nname = "{n}"\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n'
+                              for n in names))
+    db = tmp_path / "gateway.db"
+    server = ServerThread(create_app(Settings(db=db, models=specs, seed=7)))
+    try:
+        url = server.wait_ready()
+        statuses = []
+        for i in range(60):
+            body = {"model": "router" if i % 2 else "fake-writer", "messages": [{"role": "user", "content": f"#{i}"}]}
+            reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+            assert reply.status_code == 200, reply.text
+            rated = {"decision_id": reply.headers["x-decision-id"], "quality": 0.4 + 0.01 * i}
+            statuses.append(httpx.post(url + "/v1/feedback", json=rated).json()["status"])
+    finally:
+        server.stop()
+        fake.stop()
+    assert statuses.count("unrouted") == 30 and statuses.count("applied") == 30
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--config", str(config), "--estimators", "dr"])
+    assert result.exit_code == 0, result.output
+    assert "30 decisions with feedback evaluated (30 logged)" in result.output
+    assert "have no feedback" not in result.output
+
+
+def test_evaluate_prices_each_model_as_the_service_does(tmp_path: Path) -> None:
+    """The model events applied over the catalog in log order, as the service applies them: a catalog entry wins
+    over an earlier run-time addition of its name (which evaluate's replays took instead), and a model retired and
+    added again has its new prices."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.evaluation.store_log import model_specs
+    from bandit_router.store import open_store
+
+    db = tmp_path / "priced.db"
+    first = (ModelSpec("alpha", 1.0, 2.0), ModelSpec("beta", 0.5, 1.0))
+    with TestClient(create_app(Settings(db=db, models=first, seed=1))) as client:
+        _ready(client)
+        added = {"name": "gamma", "input_usd_per_mtok": 3.0, "output_usd_per_mtok": 4.0}
+        assert client.post("/v1/models", json=added).status_code == 201
+        assert client.delete("/v1/models/alpha").status_code == 200
+        again = {"name": "alpha", "input_usd_per_mtok": 9.0, "output_usd_per_mtok": 9.0}
+        assert client.post("/v1/models", json=again).status_code == 201
+    later = (*first, ModelSpec("gamma", 5.0, 6.0))  # gamma written into the catalog, at other prices
+    with TestClient(create_app(Settings(db=db, models=later, seed=1))) as client:
+        live = client.app.state.services.engine.router  # type: ignore[attr-defined]
+        _ready(client)
+        served = {m.name: (m.input_usd_per_mtok, m.output_usd_per_mtok) for m in live.models}
+    assert served == {"alpha": (9.0, 9.0), "beta": (0.5, 1.0), "gamma": (5.0, 6.0)}
+    store = open_store(db)
+    try:
+        found = model_specs(store, later)
+    finally:
+        store.close()
+    assert {name: (m.input_usd_per_mtok, m.output_usd_per_mtok) for name, m in found.items()} == served
+
+
 # -- shadow policies and promotion ---------------------------------------------------------------------------------
 def _settings(db: Path, **changes: Any) -> Settings:
     return Settings(db=db, seed=5, policy="random", shadow_policies=("linucb", "fixed:gpt-4o-mini"), **changes)
@@ -229,7 +299,8 @@ def test_promotion_refused_without_evidence_then_forced(tmp_path: Path) -> None:
         assert refused.status_code == 409, refused.text
         assert refused.json()["error"] == "conflict" and "not promoted" in refused.json()["message"]
         message = refused.json()["message"]
-        assert "only 6 decisions with feedback logged the shadow's pmf (at least 10 needed)" in message
+        assert "only 6 decisions of the live policy with feedback logged the shadow's pmf (at least 10 needed)" in (
+            message)
         assert client.post("/v1/policies/promote", json={"shadow": "nope"}).status_code == 404
         assert client.post("/v1/policies/promote", json={"shadow": "linucb", "force": "maybe"}).status_code == 422
         forced = client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
@@ -267,6 +338,41 @@ def test_promotion_with_evidence_is_durable(tmp_path: Path) -> None:
         engine = client.app.state.services.engine  # type: ignore[attr-defined]
         assert engine.recovery["checkpoint_seq"] is None and engine.recovery["replayed"] == 430
         assert np.allclose(engine.router.weights(), rebuild_router(settings, engine.store).weights())
+
+
+def test_a_promotion_is_judged_against_the_live_policy_not_the_policies_before_it(tmp_path: Path) -> None:
+    """After one promotion the log holds decisions of two live policies. The next shadow must beat the policy
+    live now, on its own decisions: before, it was judged against the whole log's logged value, a mixture with the
+    poor policy of before, and a shadow worse than the live policy was promoted."""
+    world = {("code", "gpt-4o"): 0.9, ("code", "gpt-4o-mini"): 0.2, ("poem", "gpt-4o"): 0.5,
+             ("poem", "gpt-4o-mini"): 0.7}  # random 0.575, fixed:gpt-4o 0.7, the best per kind 0.8
+
+    def rounds(post: Any, n: int, seed: int) -> list[tuple[str, str]]:
+        rng, out = np.random.default_rng(seed), []
+        for i in range(n):
+            kind = "code" if rng.random() < 0.5 else "poem"
+            body = {"prompt": PROMPTS[kind][int(rng.integers(3))] + f" #{i}", "models": PAIR, "cost_weight": 0.0}
+            decision = post("/v1/route", json=body).json()
+            quality = float(np.clip(world[kind, decision["model"]] + rng.normal(0, 0.05), 0, 1))
+            post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": quality})
+            out.append((kind, decision["model"]))
+        return out
+
+    learner = "vw-egreedy:epsilon=0.2"  # explores enough for the overlap check to pass on its decisions
+    settings = Settings(db=tmp_path / "m.db", seed=5, policy="random", shadow_policies=(learner, "fixed:gpt-4o"))
+    with TestClient(create_app(settings)) as client:
+        rounds(_ready(client).post, 600, seed=1)
+        first = client.post("/v1/policies/promote", json={"shadow": learner})
+        assert first.status_code == 200, first.text
+        served = rounds(client.post, 200, seed=2)
+        live_value = float(np.mean([world[kind, model] for kind, model in served]))
+        assert live_value > 0.73  # the learner, live now, is better than fixed:gpt-4o's 0.7
+        refused = client.post("/v1/policies/promote", json={"shadow": "fixed:gpt-4o"})
+        assert refused.status_code == 409, refused.text
+        assert "does not beat the live policy's" in refused.json()["message"]
+        assert client.get("/v1/stats").json()["live_policy"] == learner
+        check = client.post("/v1/policies/promote", json={"shadow": "random", "force": True}).json()["check"]
+        assert check["n"] == 200  # the decisions the live policy made, with the previous one's pmf as a shadow
 
 
 def live_store(client: TestClient) -> Any:

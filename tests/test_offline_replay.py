@@ -334,6 +334,14 @@ def test_decisions_without_feedback_are_left_out_with_a_warning(world: Synthetic
     assert any("no feedback" in w for w in ev.warnings)
 
 
+@pytest.mark.parametrize("mode", ["learning", "frozen", "replay"])
+def test_a_log_without_feedback_is_refused_saying_so(world: SyntheticWorld, log: SimulatedLog, mode: str) -> None:
+    """An empty log, or one whose decisions all lack feedback, said "a router needs at least one model"."""
+    for records in ([], [LoggedRecord(r.decision) for r in log.records[:5]]):
+        with pytest.raises(InvalidInput, match=f"no logged decision with feedback.*{len(records)} decisions"):
+            evaluate_log(records, ["linucb"], models=world.models, mode=mode)
+
+
 def test_models_missing_from_the_catalog_are_refused(world: SyntheticWorld, log: SimulatedLog) -> None:
     with pytest.raises(InvalidInput, match="without a catalog entry"):
         evaluate_log(log.records, ["linucb"], models=world.models[:2])
@@ -451,3 +459,24 @@ def test_a_config_object_and_keywords_evaluate_alike(world: SyntheticWorld, log:
     )
     assert by_config.to_json() == by_keywords.to_json()
     assert by_config.settings["estimators"] == ["ips", "dr"] and by_config.settings["seed"] == 4
+
+
+def test_a_candidate_measured_with_its_own_lambda_is_not_named_the_best(world: SyntheticWorld) -> None:
+    """With `reward_lambda="candidate"` a candidate's reward is on the scale of its own λ. `random@lambda=0`
+    decides exactly as the uniform logger, yet measured without the cost it looked better: the last line named it
+    the best candidate, 'its lower bound beats the logged policy's'."""
+    from bandit_router.evaluation import format_best
+    from bandit_router.evaluation.report import best_trusted
+
+    log = simulate_log(world, "random", 600, seed=3, cost_weight=LAM)
+    cands = ["logged", "random@lambda=0"]
+    ev = evaluate_log(log.records, cands, models=world.models, estimators=("dr",), reward_lambda="candidate",
+                      baselines=False)
+    own, logged = ev.record("random@lambda=0", "dr"), ev.record("logged", "dr")
+    assert own.ci_low > logged.value and not own.warnings  # measured with λ = 0: a higher number, same policy
+    best = best_trusted(ev)
+    assert best is not None and best.candidate == "logged"
+    line = format_best(ev)
+    assert "beats" not in line and "Not compared: random@lambda=0" in line
+    same = evaluate_log(log.records, cands, models=world.models, estimators=("dr",), baselines=False)
+    assert "Not compared" not in format_best(same)  # with the logged λ every candidate is on one scale

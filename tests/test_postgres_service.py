@@ -183,6 +183,64 @@ def test_migrate_evaluate_and_export_take_the_url(replicas: Callable[..., TestCl
     assert refused.exit_code == 2 and "schema version 999" in refused.output and PASSWORD not in refused.output
 
 
+def test_evaluate_and_export_say_why_they_cannot_connect(pg_server: PgServer, pg_url: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A wrong password, database or port is the driver's reason, as `migrate` says it: it was a reader's
+    "couldn't get a connection after 0.10 sec", the reason only in the connection pool's log lines."""
+    runner = CliRunner()
+    assert runner.invoke(cli_app, ["migrate", "--db", pg_url]).exit_code == 0
+    bad = {
+        "password authentication failed": pg_url.replace(PASSWORD, "not-the-password"),
+        "does not exist": pg_server.url("no_such_database"),
+        "Connection refused": pg_url.replace(f":{pg_server.port}/", ":1/"),
+    }
+    for reason, url in bad.items():
+        for command in (["evaluate", "-C", "random"], ["export"]):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                result = runner.invoke(cli_app, [*command, "--db", url])
+            assert result.exit_code == 2, result.output
+            assert reason in result.output and "cannot connect" in result.output, result.output
+            assert "couldn't get a connection" not in result.output and PASSWORD not in result.output
+            assert not [r for r in caplog.records if "error connecting" in r.getMessage()]
+
+
+def test_evaluate_and_export_refuse_a_database_the_service_never_prepared(pg_url: str, tmp_path: Path) -> None:
+    """A URL naming another database of the server (or an empty SQLite file) failed with the query's error:
+    'relation "decisions" does not exist LINE 1: ...kers, attributes, features, prompt, position FROM ...'."""
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for db in (pg_url, str(empty)):
+        for command in (["evaluate", "-C", "random"], ["export"]):
+            result = CliRunner().invoke(cli_app, [*command, "--db", db])
+            assert result.exit_code == 2, result.output
+            assert "is not a bandit-router database" in result.output and "LINE 1" not in result.output
+            assert PASSWORD not in result.output
+    assert not _rows(pg_url, "SELECT 1 FROM pg_tables WHERE tablename = 'decisions'")  # nothing was created
+
+
+def test_a_url_is_read_and_shown_masked_however_its_scheme_is_written(pg_server: PgServer, pg_url: str) -> None:
+    """`is_url` takes the scheme in any case, which the driver does not: `POSTGRESQL://…` was a connection error
+    quoting the whole URL, and shown unmasked (the mask's pattern was for lower case). A URL with a blank (a
+    space in the password) is refused without showing it: the driver's refusal quoted the password."""
+    upper = DatabaseURL(" " + pg_url.replace("postgresql://", "POSTGRESQL://") + "\n")
+    assert PASSWORD not in str(upper) and PASSWORD not in repr(upper) and "***" in str(upper)
+    store = PostgresStore(upper)
+    try:
+        store.prepare()
+        with store.read() as reader:
+            assert reader.head() == (0, 0)
+    finally:
+        store.close()
+    migrated = CliRunner().invoke(cli_app, ["migrate", "--db", pg_url.replace("postgresql://", "Postgres://")])
+    assert migrated.exit_code == 0 and PASSWORD not in migrated.output, migrated.output
+    spaced = pg_url.replace(PASSWORD, "a secret with spaces")
+    for command in (["migrate"], ["evaluate", "-C", "random"], ["export"]):
+        refused = CliRunner().invoke(cli_app, [*command, "--db", spaced])
+        assert refused.exit_code == 2 and "percent-encode" in refused.output, refused.output
+        assert "secret with" not in refused.output
+
+
 def test_the_dashboard_counts_every_replicas_traffic(replicas: Callable[..., TestClient]) -> None:
     a, b = replicas(), replicas()
     for i in range(40):

@@ -65,14 +65,27 @@ def _prepare_out(command: str, folder: Path) -> None:
 
 def open_store(db: str | Path) -> Store:
     """The service database at `db` (a SQLite file, which must exist: evaluation never creates one, or a
-    PostgreSQL URL)."""
+    PostgreSQL URL, connected to once here so that a server that cannot be reached, a wrong password or database
+    name is an error saying so, not a reader's timeout). A database without the service's tables is refused."""
     try:
         location = parse_database(str(db))
     except ValueError as exc:
         raise StoreError(str(exc)) from None
     if not isinstance(location, DatabaseURL) and not location.is_file():
         raise StoreError(f"no database at {location}")
-    return open_location(location)
+    store = open_location(location)
+    try:
+        probe = getattr(store, "probe", None)  # PostgresStore's: one connection, the driver's reason if it fails
+        if probe is not None:
+            probe()
+        with store.read() as reader:
+            if not reader.has_table("decisions"):
+                raise StoreError(f"{location} is not a bandit-router database (it has no decisions table; "
+                                 "`bandit-router serve` or `migrate` creates them)")
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
 def _catalog(config: Path | None) -> list[ModelSpec]:

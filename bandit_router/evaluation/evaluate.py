@@ -293,6 +293,9 @@ def _prepare(
 ) -> _Prepared:
     every = list(records)
     logged = [r for r in every if r.outcome is not None]
+    if not logged:  # else the first replayed candidate's router fails: "a router needs at least one model"
+        raise InvalidInput(f"no logged decision with feedback to evaluate on ({len(every)} decisions, none with "
+                           "feedback)")
     arrays = log_arrays(logged, specs, feature_dim=config.feature_dim)
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
     check_models(parsed, arrays.models)

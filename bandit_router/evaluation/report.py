@@ -44,22 +44,41 @@ def ranked_candidates(evaluation: Evaluation) -> list[str]:
     )
 
 
-def best_trusted(evaluation: Evaluation) -> EstimateRecord | None:
-    """The candidate to believe in: under the ranking estimator, among the estimates whose overlap raised no
-    warning and whose interval is finite, the one with the highest lower bound. None when none qualifies."""
+def on_own_scale(evaluation: Evaluation, record: EstimateRecord) -> bool:
+    """Whether `record`'s reward was measured with its candidate's own λ (`reward_lambda="candidate"` and an
+    `@lambda=`): on another scale than the logged policy's, so it compares with no other candidate's reward."""
+    return evaluation.settings.get("reward_lambda") == "candidate" and record.cost_weight is not None
+
+
+def _trusted(evaluation: Evaluation) -> list[EstimateRecord]:
     by = ranking_estimator(evaluation)
-    trusted = [
+    return [
         r for r in evaluation.records
         if r.estimator == by and not r.warnings and math.isfinite(r.ci_low) and math.isfinite(r.value)
     ]
+
+
+def best_trusted(evaluation: Evaluation) -> EstimateRecord | None:
+    """The candidate to believe in: under the ranking estimator, among the estimates whose overlap raised no
+    warning and whose interval is finite, the one with the highest lower bound. A candidate whose reward was
+    measured with its own λ (`on_own_scale`) is not compared. None when none qualifies."""
+    trusted = [r for r in _trusted(evaluation) if not on_own_scale(evaluation, r)]
     return max(trusted, key=lambda r: (r.ci_low, r.value), default=None)
 
 
 def format_best(evaluation: Evaluation) -> str:
     """One sentence: the best candidate whose interval is trusted, and how it compares with the logged policy."""
     best = best_trusted(evaluation)
+    own = sorted({r.candidate for r in evaluation.records if on_own_scale(evaluation, r)})
+    note = (
+        f" Not compared: {', '.join(own)}, whose reward is measured with its own λ (another scale: compare quality "
+        "and cost)." if own else ""
+    )
     if best is None:
-        return "No candidate's estimate can be trusted (every one has an overlap warning): log more, or explore more."
+        if not _trusted(evaluation):
+            return ("No candidate's estimate can be trusted (every one has an overlap warning): log more, or explore "
+                    "more." + note)
+        return "No candidate measured with the logged λ has a trusted estimate." + note
     text = (
         f"Best candidate with a trusted interval ({best.estimator}): {best.candidate}, reward {_num(best.value)} "
         f"{_interval(best.ci_low, best.ci_high)}"
@@ -67,12 +86,12 @@ def format_best(evaluation: Evaluation) -> str:
     try:
         logged = evaluation.record("logged", best.estimator)
     except KeyError:
-        return text + "."
+        return text + "." + note
     if best.candidate == "logged":
-        return text + ": the logged policy itself."
+        return text + ": the logged policy itself." + note
     if best.ci_low > logged.value:
-        return text + f": its lower bound beats the logged policy's {_num(logged.value)}."
-    return text + f": not yet distinguishable from the logged policy's {_num(logged.value)}."
+        return text + f": its lower bound beats the logged policy's {_num(logged.value)}." + note
+    return text + f": not yet distinguishable from the logged policy's {_num(logged.value)}." + note
 
 
 def format_table(evaluation: Evaluation, *, estimators: Sequence[str] | None = None) -> str:

@@ -6,36 +6,42 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..catalog import ModelSpec
-from ..store import Reader, Store, StoredDecision
+from ..store import ModelAction, Reader, Store, StoredDecision
+from ..store.records import unrouted
 from .log import LoggedRecord
 
 PAGE = 2000
 
 
 def iter_log(store: Store, *, page: int = PAGE, fallbacks: bool = False) -> Iterator[LoggedRecord]:
-    """Every stored decision in storage order with its learned feedback (the outcome the policy learned, its
-    realised cost, when it arrived) and its shadow pmfs; `outcome` is None while no feedback was learned.
+    """Every stored decision of the bandit in storage order with its learned feedback (the outcome the policy
+    learned, its realised cost, when it arrived) and its shadow pmfs; `outcome` is None while no feedback was
+    learned.
 
-    The gateway's fallbacks (a try after a failed one: a decision over the models not yet tried) are left out
-    unless `fallbacks`: they exist only because their request's first choice failed, and that first choice is
-    already in the log with the failure as its outcome (docs: the gateway, "How fallbacks are logged")."""
+    Decisions the bandit did not make are left out: a model the caller named and a named router's choice
+    (`unrouted`: their feedback is stored, never learned, so they would count as decisions without feedback).
+    So are the gateway's fallbacks (a try after a failed one: a decision over the models not yet tried), unless
+    `fallbacks`: they exist only because their request's first choice failed, and that first choice is already in
+    the log with the failure as its outcome (docs: the gateway, "How fallbacks are logged")."""
     position = 0
     while True:
         with store.read() as reader:
             rows = reader.decisions_after(position, page)
             if not rows:
                 return
-            stored_rows = [stored for _, stored in rows]
+            stored_rows = [stored for _, stored in rows if not unrouted(stored.decision.policy)]
             records = logged_records(reader, stored_rows if fallbacks else first_tries(reader, stored_rows))
         position = rows[-1][0]
         yield from records
 
 
 def recent_log(store: Store, limit: int) -> list[LoggedRecord]:
-    """The newest `limit` stored decisions as `LoggedRecord`s, oldest first (one read: bounded work)."""
+    """The bandit's decisions among the newest `limit` stored ones as `LoggedRecord`s, oldest first (one read:
+    bounded work; see `iter_log` for what is left out)."""
     with store.read() as reader:
         rows = reader.recent_decisions(limit)
-        return logged_records(reader, first_tries(reader, [stored for _, stored in reversed(rows)]))
+        mine = [stored for _, stored in reversed(rows) if not unrouted(stored.decision.policy)]
+        return logged_records(reader, first_tries(reader, mine))
 
 
 def first_tries(reader: Reader, rows: Sequence[StoredDecision]) -> list[StoredDecision]:
@@ -70,12 +76,19 @@ def logged_records(reader: Reader, rows: Sequence[StoredDecision]) -> list[Logge
 
 
 def model_specs(store: Store, catalog: Iterable[ModelSpec]) -> dict[str, ModelSpec]:
-    """The catalog's models and every model added at run time (their specs are in the model events)."""
+    """The catalog's models and every model added at run time (their specs are in the model events), each with
+    the spec the service routes it with: the model events applied in log order over the catalog, as the service
+    applies them (an addition of a model that is active, a catalog entry among them, is not applied: the catalog's
+    prices win; one after the model was retired replaces its spec)."""
     specs = {spec.name: spec for spec in catalog}
+    active = set(specs)
     with store.read() as reader:
         for event in reader.model_events_after(0):
-            if event.action == "add" and event.spec is not None:
-                specs[event.spec.name] = event.spec
+            if event.action == ModelAction.ADD and event.spec is not None and event.name not in active:
+                specs[event.name] = event.spec
+                active.add(event.name)
+            elif event.action == ModelAction.RETIRE:
+                active.discard(event.name)
     return specs
 
 

@@ -535,8 +535,8 @@ class Engine:
         return retired
 
     async def promote(self, name: str, *, force: bool = False) -> dict[str, Any]:
-        """Make the shadow policy `name` live, if its evidence says so (`promotion_check` on the log: DR lower
-        bound of `shadow:NAME` above the logged policy's DR estimate), or anyway with `force`. Raises
+        """Make the shadow policy `name` live, if its evidence says so (`promotion_check` on the live policy's
+        decisions: DR lower bound of `shadow:NAME` above the live policy's DR estimate), or anyway with `force`. Raises
         `NotFound` for an unknown shadow and `Conflict` (with the reason) when the evidence is not there."""
         self._require_ready()
         if name not in self.shadows:
@@ -554,16 +554,20 @@ class Engine:
 
     # -- reads (blocking: call from a thread pool) ---------------------------------------------------------------
     def promotion_check(self, name: str) -> dict[str, Any]:
-        """Evaluate `shadow:NAME` against the logged policy on the decisions that logged its pmf (blocking)."""
+        """Evaluate `shadow:NAME` against the live policy on the decisions the live policy made that logged the
+        shadow's pmf (blocking). Decisions an earlier live policy made (before a promotion) are left out: their
+        logged value is that policy's, not the live one's."""
         from ..evaluation import evaluate_log, promotion_check
         from ..evaluation.store_log import iter_log, model_specs
 
+        live = self.router.policy.name  # what the live router writes into each decision's `policy`
         with _readable(self):
-            records = [r for r in iter_log(self.store) if r.outcome is not None and name in r.shadow_pmfs]
+            records = [r for r in iter_log(self.store) if r.outcome is not None and name in r.shadow_pmfs
+                       and r.decision.policy == live]
             specs = model_specs(self.store, list(self.settings.load_catalog()))
         if len(records) < MIN_PROMOTION_EVIDENCE:
             counted = f"{len(records)} decision{'' if len(records) == 1 else 's'}"
-            reason = (f"only {counted} with feedback logged the shadow's pmf "
+            reason = (f"only {counted} of the live policy with feedback logged the shadow's pmf "
                       f"(at least {MIN_PROMOTION_EVIDENCE} needed)")
             return {"ok": False, "reason": reason, "n": len(records)}
         evaluation = evaluate_log(

@@ -112,6 +112,10 @@ class Reader(Protocol):
 
     def get_meta(self, key: str) -> str | None: ...
 
+    def has_table(self, name: str) -> bool:
+        """Whether table `name` exists: False in a database no bandit-router service prepared (yet)."""
+        ...
+
 
 class WriteTx(Reader, Protocol):
     """Writes, inside one transaction that holds the database's single write lock."""

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 SCHEMES = ("postgresql://", "postgres://")
 MASK = "***"
-_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)")
+_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)", re.IGNORECASE)
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
@@ -33,6 +33,11 @@ class DatabaseURL:
     def __init__(self, url: str) -> None:
         if not is_url(url):
             raise ValueError(f"not a PostgreSQL URL (postgresql://…): {redact_urls(url)!r}")
+        scheme, _, rest = url.strip().partition("://")
+        url = scheme.lower() + "://" + rest  # the driver (libpq) reads the scheme in lower case only
+        if any(c.isspace() for c in url):  # the driver refuses them, quoting the part: the password too
+            raise ValueError("a PostgreSQL URL cannot hold spaces or other blanks: percent-encode them (a space is "
+                             "%20)")
         parts = urlsplit(url)
         if not parts.hostname and "host=" not in (parts.query or ""):
             raise ValueError(f"a PostgreSQL URL needs a host: {redact_urls(url)!r}")
@@ -63,7 +68,8 @@ Database = Path | DatabaseURL
 
 
 def is_url(value: str) -> bool:
-    return value.lower().startswith(SCHEMES)
+    """Whether `value` is a PostgreSQL URL: the scheme in any case, blanks around it (a line feed) ignored."""
+    return value.strip().lower().startswith(SCHEMES)
 
 
 def parse_database(value: str | Path | DatabaseURL) -> Database:

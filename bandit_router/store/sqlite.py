@@ -437,6 +437,9 @@ class _SQLiteTx:
         self._models_json = models_json
         self._tables = set() if tables is None else tables
 
+    def has_table(self, name: str) -> bool:
+        return self._has_tables(name)
+
     def _has_tables(self, *names: str) -> bool:
         """Whether every table of `names` exists: False in a database no service with this version prepared yet
         (which `export` and `evaluate` may read). The database is asked until it has them, then never again in
