@@ -628,6 +628,30 @@ def test_not_json_is_a_415_and_a_huge_body_a_413_in_openais_shape(gateway: Calla
         client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": "x" * 2_000_000}])
 
 
+def test_a_wrong_method_or_a_path_under_the_gateways_is_refused_in_openais_shape(gateway: Callable[..., str]) -> None:
+    """A GET on `/v1/chat/completions` (405, with `Allow: POST`) and a path under it (404) answer in OpenAI's error
+    shape, as every other error of the gateway does (the OpenAI client reads `error.message`); the service's other
+    paths keep the service's own shape."""
+    url = gateway()
+    replies = {
+        405: httpx.get(url + "/v1/chat/completions"),
+        404: httpx.post(url + "/v1/chat/completions/x", json={"model": "router", "messages": []}),
+    }
+    for status, reply in replies.items():
+        assert reply.status_code == status, reply.text
+        error = reply.json()["error"]
+        assert isinstance(error, dict) and error["message"] and error["type"] == "invalid_request_error", reply.text
+        assert set(error) == {"message", "type", "param", "code"}
+    assert replies[405].json()["error"]["code"] == "method_not_allowed" and replies[405].headers["allow"] == "POST"
+    assert replies[404].json()["error"]["code"] == "not_found"
+    with pytest.raises(openai.NotFoundError) as caught:  # the OpenAI client's own exception, with the message
+        client(url).post("/chat/completions/x", body={}, cast_to=object)
+    assert caught.value.body == replies[404].json()["error"]
+    elsewhere = httpx.get(url + "/v1/nope")
+    assert elsewhere.status_code == 404 and elsewhere.json() == {"error": "not_found", "message": "Not Found"}
+    assert httpx.get(url + "/v1/chat").json()["error"] == "not_found"  # not the gateway's path
+
+
 def test_the_services_own_api_keys_guard_the_gateway(gateway: Callable[..., str]) -> None:
     from bandit_router.config import Secrets
 
