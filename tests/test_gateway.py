@@ -206,6 +206,47 @@ def test_knobs_ride_in_headers_too_and_the_body_wins(gateway: Callable[..., str]
     assert raw.parse().model == "fake-coder"
 
 
+def test_a_named_model_outside_the_models_knob_is_refused_naming_where_the_knob_came_from(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    """The `models` knob restricts the models a request may go to, a model the caller names included: one it does not
+    list is a 400 (no call, no decision stored) whose `param` is where the knob came from (the body's
+    `bandit_router.models` or the header `x-bandit-router-models`), as for every knob error; one it lists is called.
+    The routed alias's knob errors name the header too."""
+    url = gateway()
+    before = sum(fake.calls.values())
+    decisions = httpx.get(url + "/v1/stats").json()["decisions"]
+
+    def post(model: str, body_models: list[str] | None = None, header: str | None = None) -> httpx.Response:
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": CODE}]}
+        if body_models is not None:
+            body["bandit_router"] = {"models": body_models}
+        headers = {} if header is None else {"x-bandit-router-models": header}
+        return httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+    for model, body_models, header, param, said in (
+        ("fake-writer", ["fake-small"], None, "bandit_router.models", "'fake-writer'"),
+        ("fake-writer", None, "fake-small,fake-coder", "x-bandit-router-models", "'fake-writer'"),
+        ("fake-writer", ["fake-small"], "fake-writer", "bandit_router.models", "'fake-writer'"),  # the body wins
+        ("fake-writer", None, "fake-writer,nope", "x-bandit-router-models", "nope"),
+        ("router", None, "nope", "x-bandit-router-models", "nope"),
+        ("router", ["nope"], None, "bandit_router.models", "nope"),
+    ):
+        reply = post(model, body_models, header)
+        assert reply.status_code == 400, (model, body_models, header, reply.text)
+        error = reply.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error", reply.text
+        assert said in error["message"] and error["message"].startswith(param + ":"), reply.text
+    assert sum(fake.calls.values()) == before  # nothing was called
+    assert httpx.get(url + "/v1/stats").json()["decisions"] == decisions  # nor stored
+    with pytest.raises(openai.BadRequestError, match="does not allow 'fake-writer'"):
+        client(url).chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": CODE}],
+                                            extra_headers={"x-bandit-router-models": "fake-small"})
+    for body_models, header in ((["fake-small", "fake-writer"], None), (None, "fake-writer")):
+        reply = post("fake-writer", body_models, header)
+        assert reply.status_code == 200 and reply.json()["model"] == "fake-writer", reply.text
+
+
 def test_upstream_calls_are_counted_in_the_metrics(gateway: Callable[..., str], fake: FakeUpstream) -> None:
     url = gateway(models=("fake-coder", "fake-writer"))
     client(url).chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": PROSE}])

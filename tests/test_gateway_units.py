@@ -125,6 +125,10 @@ def test_chat_requests_are_parsed_with_their_knobs() -> None:
     assert "bandit_router" not in chat.payload and chat.payload["temperature"] == 0.2
     assert chat.upstream_payload()["stream_options"] == {"include_usage": True} and not chat.include_usage
     assert chat.core_request().context == {"tenant": "acme"}
+    assert chat.models_param == "x-bandit-router-models"  # where the knob came from: a 400 about it names it
+    body["bandit_router"] = {"models": ["c"]}
+    assert parse_chat(body, {"x-bandit-router-models": "a"}, alias="router", max_prompt_chars=100).models_param == \
+        "bandit_router.models"  # the body's knob wins, and is the one named
     with pytest.raises(PromptTooLarge):
         parse_chat({**body, "messages": [{"role": "user", "content": "x" * 101}]}, {}, alias="router",
                    max_prompt_chars=100)

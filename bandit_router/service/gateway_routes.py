@@ -104,8 +104,6 @@ def _error(exc: BaseException) -> Response:
     if isinstance(exc, NoUpstream):
         if str(exc).startswith("model:"):
             return openai_error(404, str(exc), param="model", code="model_not_found")
-        if str(exc).startswith("models:"):
-            return openai_error(400, str(exc), param="bandit_router.models")
         return openai_error(503, str(exc), code="no_upstream")
     if isinstance(exc, BadChatRequest | InvalidField):
         return openai_error(400, str(exc), param=exc.field)
