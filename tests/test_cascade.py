@@ -93,10 +93,50 @@ def test_logprob_confidence_is_the_geometric_mean_or_the_least_likely_token() ->
         ("none of them", None),
         ("", None),
         (None, None),
+        # a name stands alone between boundaries: ':' and '/' (a label, a provider), quotes, brackets, markdown
+        ("model:gpt-4o", "gpt-4o"),
+        ("Model: gpt-4o-mini", "gpt-4o-mini"),
+        ("model:gpt-4o-mini", "gpt-4o-mini"),
+        ("openai/gpt-4o", "gpt-4o"),
+        ('{"model": "llama-3.1-8b"}', "llama-3.1-8b"),
+        ("'gpt-4o'", "gpt-4o"),
+        ("`gpt-4o-mini`", "gpt-4o-mini"),
+        ("(gpt-4o)", "gpt-4o"),
+        ("[gpt-4o-mini]", "gpt-4o-mini"),
+        ("**GPT-4O-MINI**", "gpt-4o-mini"),
+        ("I pick gpt-4o.", "gpt-4o"),  # a full stop, not a version
+        ("I pick gpt-4o...", "gpt-4o"),
+        ("gpt-4o, then llama-3.1-8b", "gpt-4o"),
+        ("gpt-4o\nllama-3.1-8b", "gpt-4o"),
+        ("gpt-4o!", "gpt-4o"),
+        # glued to more of a name ('-', '_' or '.' then a letter or digit, or a letter or digit): another model
+        ("gpt-4o_mini", None),
+        ("gpt-4o_mini or llama-3.1-8b", "llama-3.1-8b"),
+        ("gpt-4o.1", None),
+        ("gpt-4omni", None),
+        ("xgpt-4o", None),
+        ("my_gpt-4o", None),
+        ("v2.gpt-4o", None),
+        ("llama-3.1-8b-instruct", None),
+        ("llama-3.1-8b_q4", None),
+        ("gpt-4o--mini", None),
+        ("gpt-4o-", "gpt-4o"),  # a joiner with no more name after it
+        ("_gpt-4o_", "gpt-4o"),
+        ("gpt-4o-mini-high, else gpt-4o", "gpt-4o"),  # the first name standing alone
     ],
 )
 def test_the_routing_llms_reply_is_matched_against_the_candidates(reply: str | None, expected: str | None) -> None:
+    """The first candidate name standing alone in the reply wins, the longest at one position; a name glued to more
+    of a name is another model's (`llm_router` module docstring)."""
     assert parse_choice(reply, ["gpt-4o", "gpt-4o-mini", "llama-3.1-8b"]) == expected
+
+
+def test_at_one_position_the_longest_candidate_wins_in_any_order() -> None:
+    for candidates in (["gpt-4o", "gpt-4o-mini"], ["gpt-4o-mini", "gpt-4o"]):
+        assert parse_choice("model:gpt-4o-mini", candidates) == "gpt-4o-mini"
+        assert parse_choice("model:gpt-4o", candidates) == "gpt-4o"
+    assert parse_choice("claude-3:haiku", ["claude-3", "claude-3:haiku"]) == "claude-3:haiku"  # a name with ':'
+    assert parse_choice("openai/gpt-4o", ["gpt-4o", "openai/gpt-4o"]) == "openai/gpt-4o"
 
 
 def test_the_judges_prompt_shows_the_request_and_the_answer_as_they_are() -> None:
