@@ -6,6 +6,7 @@ error shape, `{"error": {"message", "type", "param", "code"}}`:
 | what                                                       | status | type / code                          |
 |------------------------------------------------------------|--------|--------------------------------------|
 | malformed body, a bad knob, an unknown model in `models`   | 400    | invalid_request_error                |
+| a named model that `models` does not allow (`param`: where) | 400    | invalid_request_error                |
 | a `model` that is neither the alias nor a catalog model    | 404    | invalid_request_error / model_not_found |
 | a path under this one                                      | 404    | invalid_request_error / not_found    |
 | a method other than POST (`Allow: POST`)                   | 405    | invalid_request_error / method_not_allowed |
