@@ -179,7 +179,7 @@ class NamedRouters:
         router = self.engine.router
         active = {m.name for m in router.models}
         models = [m for m in alias.models if m in active]
-        _check_allowed(alias, chat.models, chat.models_param, active, models)
+        _check_allowed(alias, chat, active, models)
         if not models:  # every model of the router retired: a request no model answered, counted as such
             await self._count_unanswered(alias, request, [])
             raise NamedRouterFailed(alias.name, [])
@@ -434,14 +434,11 @@ class NamedRouters:
         return out
 
 
-def _check_allowed(
-    alias: RouterAlias, allowed: Sequence[str] | None, param: str, active: set[str], models: Sequence[str]
-) -> None:
-    """The request's `models` knob (from `param`: the body's field or the header) against the router's (active)
-    `models`: it may not leave one out, since a named router calls its configured models (a chain's positions,
-    which a learned cascade learns per position; an LLM router's candidates), so such a request cannot be
-    honoured: a 400, as is an unknown name (as for the alias). The judge and the routing model are not
-    candidates: the deployment's, like the gateway's own judge, they are not the knob's to allow."""
+def _check_allowed(alias: RouterAlias, chat: ChatRequest, active: set[str], models: Sequence[str]) -> None:
+    """The `models` knob (`chat.models_param`: its field or header) against the router's active `models`: leaving one
+    out is a 400 (a named router calls all of its models: a chain's positions, an LLM router's candidates), as is an
+    unknown name. The judge and the routing model are the deployment's, not candidates: not the knob's to allow."""
+    allowed, param = chat.models, chat.models_param
     if allowed is None:
         return
     unknown = [m for m in allowed if m not in active]

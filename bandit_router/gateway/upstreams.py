@@ -380,10 +380,9 @@ class Stream:
                                       "a streamed chunk is not a chat completion chunk")
             for choice in choices if isinstance(choices, list) else ():
                 delta = choice.get("delta") if isinstance(choice, dict) else None
-                content = delta.get("content") if isinstance(delta, dict) else None
-                if isinstance(content, str):
-                    self.text.append(content)
-                if isinstance(delta, dict):  # a tool call's pieces: counted as the answer's tokens too
+                if isinstance(delta, dict):  # its content and tool calls' pieces count as the answer's tokens
+                    if isinstance(content := delta.get("content"), str):
+                        self.text.append(content)
                     pieces = tool_call_pieces(delta)  # read once: for the count and the first choice's answer
                     self.text.extend(name + arguments for _, name, arguments in pieces)
                     if choice.get("index", 0) == 0:
