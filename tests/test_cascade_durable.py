@@ -212,11 +212,13 @@ THREE = {"cheap": {"code": 0.15, "math": 0.55, "prose": 0.9}, "mid": {"code": 0.
 
 
 def test_the_escalation_export_carries_the_earlier_scores_that_history_reads(tmp_path: Path) -> None:
-    """A three-model learned cascade with `history` (exploring: each action ≥ 0.3): every exported step after the
-    first carries the previous answer's score (`s_k.previous`, or `previous_missing`) and `earlier`, every earlier
-    step's score; a learner with `history` that learns each chain from the export's `earlier` (on the stored
-    prompts) ends equal to the one the service learned from its log. Vowpal Wabbit reads and learns every line, and
-    an export written before these fields existed (stripped of them) still parses."""
+    """A three-model learned cascade with `history` (exploring: each action ≥ 0.3), its first model failing on every
+    sixth request: every exported step is at its model's chain position (`s_k.step`, `EventId`), and every step
+    after the first position carries the previous answer's score (`s_k.previous`, or `previous_missing` when it
+    gave none or the first model failed) and `earlier`, every earlier step's score; a learner with `history` that
+    learns each chain from the export's `earlier` (on the stored prompts) ends equal to the one the service
+    learned from its log. Vowpal Wabbit reads and learns every line, and an export written before these fields
+    existed (stripped of them) still parses."""
     from bandit_router.cascade import EscalationParams
     from bandit_router.catalog import ModelSpec
     from bandit_router.config.routers import RouterAlias
@@ -234,10 +236,12 @@ def test_the_escalation_export_carries_the_earlier_scores_that_history_reads(tmp
         try:
             url = server.wait_ready(30)
             chains = {}
-            for _, prompt in stream(40, seed=9):
+            for n, (_, prompt) in enumerate(stream(40, seed=9)):
+                upstream.set("cheap", "fail" if n % 6 == 5 else "ok")  # then mid decides first, at position 1
                 body, decision_id = ask(url, "three", prompt)
                 give_feedback(url, decision_id, quality(body))
                 chains[decision_id] = body["bandit_router"]["steps"]
+            upstream.set("cheap", "ok")
             learned = copy.deepcopy(dict(app.state.engine.policies.escalations.learners["three"].state()))
         finally:
             server.stop()
@@ -247,17 +251,22 @@ def test_the_escalation_export_carries_the_earlier_scores_that_history_reads(tmp
     events = [json.loads(line) for line in out.read_text().splitlines()]
     later = [e for e in events if e["c"]["s_k"]["step"] >= 1]
     assert len(later) >= 5, "too few chains reached the second decision to check anything"
+    first_failed = [e for e in events if e["_bandit_router"]["model"] == "mid" and not e["_bandit_router"]["earlier"]]
+    assert first_failed, "no chain whose cheap call failed decided on mid's answer"
     for event in events:
-        decision_id, step = event["EventId"].split("/")
-        scores = [s["confidence"] for s in chains[decision_id]]
+        decision_id, position = event["EventId"].split("/")
+        steps = chains[decision_id]
+        i = [s["step"] for s in steps].index(int(position))  # the chain's i-th step decided at this position
+        scores = [s["confidence"] for s in steps]
         earlier, state = event["_bandit_router"]["earlier"], event["c"]["s_k"]
-        assert earlier == pytest.approx(scores[: int(step)])
-        if int(step) == 0:
+        assert earlier == pytest.approx(scores[:i]) and state["step"] == int(position)
+        assert int(position) == ["cheap", "mid"].index(event["_bandit_router"]["model"])  # the model's position
+        if int(position) == 0:
             assert "previous" not in state and "previous_missing" not in state
-        elif scores[int(step) - 1] is None:
+        elif i == 0 or scores[i - 1] is None:  # cheap failed, or its judge gave no score: what `history` reads
             assert state["previous_missing"] == 1 and "previous" not in state
         else:
-            assert state["previous"] == pytest.approx(scores[int(step) - 1]) and "previous_missing" not in state
+            assert state["previous"] == pytest.approx(scores[i - 1]) and "previous_missing" not in state
 
     by_step = {e["EventId"]: e for e in events}  # learn every stored chain, in the log's order, from the export
     learner = LearnedEscalation(EscalationParams(**params))  # type: ignore[arg-type]
@@ -472,12 +481,13 @@ def history_toml(path: Path, upstream: str, db: str, escalation: str) -> Path:
 def test_a_learned_cascade_with_history_in_the_toml_learns_live_as_decided_and_survives_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`escalation = {history = true}` in the TOML, four models through the gateway against the fake upstream, 45
-    chains with feedback, among them chains whose judge failed (a missing confidence, then read as the earlier one)
-    and chains whose `mid` call failed (the next model's step reads `cheap`'s score). The service's learner (learned
-    from the stored log) holds exactly the state of a learner that learned the decisions' own states (recorded
-    as the chains were decided): the log's learner rebuilt each step's earlier confidences as they were. A restart
-    restores it from the checkpoint, a start without checkpoints by replaying the log: the same state."""
+    """`escalation = {history = true}` in the TOML, four models through the gateway against the fake upstream, 45 chains
+    with feedback, among them chains whose judge failed (a missing confidence, then read as the earlier one) and
+    chains whose `mid` call failed (the next model's step, at its chain position 2, reads `cheap`'s score). The
+    service's learner (learned from the stored log) holds exactly the state of a learner that learned the
+    decisions' own states (recorded as the chains were decided): the log's learner rebuilt each step's earlier
+    confidences as they were. A restart restores it from the checkpoint, a start without checkpoints by replaying
+    the log: the same state."""
     recorded: list[EscalationStep] = []
     decide = LearnedEscalation.decide
 
@@ -510,6 +520,8 @@ def test_a_learned_cascade_with_history_in_the_toml_learns_live_as_decided_and_s
                 kinds["second"] += len(steps) >= 2
                 kinds["missing"] += len(steps) >= 2 and steps[0].confidence is None
                 kinds["failed"] += len(steps) >= 2 and i % 7 == 3
+                if len(steps) >= 2 and i % 7 == 3:  # mid failed: large's answer is decided at its position, 2
+                    assert [s.step for s in steps[:2]] == [0, 2] and body["bandit_router"]["steps"][1]["step"] == 2
                 give_feedback(url, reply.headers["x-decision-id"], quality(body))
                 mirror.learn(steps, quality(body), [0.0] * len(steps))  # A and b do not depend on the costs
             fake.set(JUDGE, "ok")

@@ -270,7 +270,8 @@ def test_the_models_knob_is_checked_and_never_silently_ignored_by_a_named_router
 ) -> None:
     """A named router calls its configured models (a chain's positions, an LLM router's candidates): `models` that
     allows all of them is fine (a client may send it with every request), one that leaves one out cannot be
-    honoured and is a 400 naming it, an unknown name a 400 as for the bandit's alias; no model is called then."""
+    honoured and is a 400 naming it, an unknown name a 400 as for the bandit's alias; no model is called then. The
+    judge and the routing model are the deployment's, not candidates: a knob need not list them (documented)."""
     url = gateway()
     before = sum(fake.calls.values())
 
@@ -285,10 +286,14 @@ def test_the_models_knob_is_checked_and_never_silently_ignored_by_a_named_router
         reply = ask_with(models, header)
         assert reply.status_code == 400, (models, header, reply.text)
         error = reply.json()["error"]
-        assert error["param"] == "bandit_router.models" and error["type"] == "invalid_request_error"
+        where = "bandit_router.models" if header is None else "x-bandit-router-models"  # where the knob came from
+        assert error["param"] == where and error["type"] == "invalid_request_error"
         assert ("nope" if models == ["nope"] else "strong" if models else "cheap") in error["message"]
     assert sum(fake.calls.values()) == before
+    helper = "chooser" if alias == "auto" else JUDGE
+    asked = fake.calls[helper]
     assert ask_with(["strong", "cheap"]).status_code == 200
+    assert fake.calls[helper] > asked  # the knob is about the models that may answer: not the judge, the chooser
     assert ask_with(None, "cheap,strong,fake-judge").status_code == 200
 
 

@@ -206,6 +206,47 @@ def test_knobs_ride_in_headers_too_and_the_body_wins(gateway: Callable[..., str]
     assert raw.parse().model == "fake-coder"
 
 
+def test_a_named_model_outside_the_models_knob_is_refused_naming_where_the_knob_came_from(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    """The `models` knob restricts the models a request may go to, a model the caller names included: one it does not
+    list is a 400 (no call, no decision stored) whose `param` is where the knob came from (the body's
+    `bandit_router.models` or the header `x-bandit-router-models`), as for every knob error; one it lists is called.
+    The routed alias's knob errors name the header too."""
+    url = gateway()
+    before = sum(fake.calls.values())
+    decisions = httpx.get(url + "/v1/stats").json()["decisions"]
+
+    def post(model: str, body_models: list[str] | None = None, header: str | None = None) -> httpx.Response:
+        body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": CODE}]}
+        if body_models is not None:
+            body["bandit_router"] = {"models": body_models}
+        headers = {} if header is None else {"x-bandit-router-models": header}
+        return httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+
+    for model, body_models, header, param, said in (
+        ("fake-writer", ["fake-small"], None, "bandit_router.models", "'fake-writer'"),
+        ("fake-writer", None, "fake-small,fake-coder", "x-bandit-router-models", "'fake-writer'"),
+        ("fake-writer", ["fake-small"], "fake-writer", "bandit_router.models", "'fake-writer'"),  # the body wins
+        ("fake-writer", None, "fake-writer,nope", "x-bandit-router-models", "nope"),
+        ("router", None, "nope", "x-bandit-router-models", "nope"),
+        ("router", ["nope"], None, "bandit_router.models", "nope"),
+    ):
+        reply = post(model, body_models, header)
+        assert reply.status_code == 400, (model, body_models, header, reply.text)
+        error = reply.json()["error"]
+        assert error["param"] == param and error["type"] == "invalid_request_error", reply.text
+        assert said in error["message"] and error["message"].startswith(param + ":"), reply.text
+    assert sum(fake.calls.values()) == before  # nothing was called
+    assert httpx.get(url + "/v1/stats").json()["decisions"] == decisions  # nor stored
+    with pytest.raises(openai.BadRequestError, match="does not allow 'fake-writer'"):
+        client(url).chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": CODE}],
+                                            extra_headers={"x-bandit-router-models": "fake-small"})
+    for body_models, header in ((["fake-small", "fake-writer"], None), (None, "fake-writer")):
+        reply = post("fake-writer", body_models, header)
+        assert reply.status_code == 200 and reply.json()["model"] == "fake-writer", reply.text
+
+
 def test_upstream_calls_are_counted_in_the_metrics(gateway: Callable[..., str], fake: FakeUpstream) -> None:
     url = gateway(models=("fake-coder", "fake-writer"))
     client(url).chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": PROSE}])
@@ -626,6 +667,30 @@ def test_not_json_is_a_415_and_a_huge_body_a_413_in_openais_shape(gateway: Calla
     assert replies[413].json()["error"]["code"] == "payload_too_large"
     with pytest.raises(openai.APIStatusError, match="max_body_bytes"):  # the OpenAI client shows the message
         client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": "x" * 2_000_000}])
+
+
+def test_a_wrong_method_or_a_path_under_the_gateways_is_refused_in_openais_shape(gateway: Callable[..., str]) -> None:
+    """A GET on `/v1/chat/completions` (405, with `Allow: POST`) and a path under it (404) answer in OpenAI's error
+    shape, as every other error of the gateway does (the OpenAI client reads `error.message`); the service's other
+    paths keep the service's own shape."""
+    url = gateway()
+    replies = {
+        405: httpx.get(url + "/v1/chat/completions"),
+        404: httpx.post(url + "/v1/chat/completions/x", json={"model": "router", "messages": []}),
+    }
+    for status, reply in replies.items():
+        assert reply.status_code == status, reply.text
+        error = reply.json()["error"]
+        assert isinstance(error, dict) and error["message"] and error["type"] == "invalid_request_error", reply.text
+        assert set(error) == {"message", "type", "param", "code"}
+    assert replies[405].json()["error"]["code"] == "method_not_allowed" and replies[405].headers["allow"] == "POST"
+    assert replies[404].json()["error"]["code"] == "not_found"
+    with pytest.raises(openai.NotFoundError) as caught:  # the OpenAI client's own exception, with the message
+        client(url).post("/chat/completions/x", body={}, cast_to=object)
+    assert caught.value.body == replies[404].json()["error"]
+    elsewhere = httpx.get(url + "/v1/nope")
+    assert elsewhere.status_code == 404 and elsewhere.json() == {"error": "not_found", "message": "Not Found"}
+    assert httpx.get(url + "/v1/chat").json()["error"] == "not_found"  # not the gateway's path
 
 
 def test_the_services_own_api_keys_guard_the_gateway(gateway: Callable[..., str]) -> None:

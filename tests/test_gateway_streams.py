@@ -202,7 +202,7 @@ def test_a_streamed_answer_is_shown_to_a_judge_as_the_same_answer_unstreamed_is(
         {"id": "1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
         {"id": "2", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}}]}}]}
 
-    async def streamed() -> str:
+    async def streamed() -> tuple[str, list[str]]:
         spec = ModelSpec("cheap", *PRICES["cheap"], base_url=fake.url + "/v1")
         endpoint = Endpoint.of(spec, default_base_url=None, default_api_key_env=None, timeout_s=10,
                                connect_timeout_s=5, max_concurrency=4)
@@ -215,12 +215,14 @@ def test_a_streamed_answer_is_shown_to_a_judge_as_the_same_answer_unstreamed_is(
                 await stream.first()
                 async for _ in stream.rest():
                     pass
-                return stream.answer()
+                return stream.answer(), stream.text
             finally:
                 await stream.close()
         finally:
             await upstreams.aclose()
 
-    assert asyncio.run(streamed()) == answer_text(unstreamed) == (
-        'Checking.\nget_weather({"city": "Paris"})\nget_time({"tz": "CET"})'
-    )
+    answer, counted = asyncio.run(streamed())
+    assert answer == answer_text(unstreamed) == 'Checking.\nget_weather({"city": "Paris"})\nget_time({"tz": "CET"})'
+    # every choice's pieces, as counted for the token estimate (each delta's tool calls are read once for both)
+    assert counted == ["Check", "other choice", "ing.", 'get_weather{"city"', "get_time", ': "Paris"}',
+                       '{"tz": "CET"}']

@@ -125,6 +125,10 @@ def test_chat_requests_are_parsed_with_their_knobs() -> None:
     assert "bandit_router" not in chat.payload and chat.payload["temperature"] == 0.2
     assert chat.upstream_payload()["stream_options"] == {"include_usage": True} and not chat.include_usage
     assert chat.core_request().context == {"tenant": "acme"}
+    assert chat.models_param == "x-bandit-router-models"  # where the knob came from: a 400 about it names it
+    body["bandit_router"] = {"models": ["c"]}
+    assert parse_chat(body, {"x-bandit-router-models": "a"}, alias="router", max_prompt_chars=100).models_param == \
+        "bandit_router.models"  # the body's knob wins, and is the one named
     with pytest.raises(PromptTooLarge):
         parse_chat({**body, "messages": [{"role": "user", "content": "x" * 101}]}, {}, alias="router",
                    max_prompt_chars=100)
@@ -284,3 +288,26 @@ def test_serve_names_a_model_the_judge_or_a_router_cannot_call_before_it_starts(
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.strip() == f"bandit-router serve: {message}"
     assert not (tmp_path / "router.db").exists()  # stopped before anything was created
+
+
+def test_a_deltas_tool_call_pieces_are_what_the_answer_and_the_count_read() -> None:
+    """`tool_call_pieces` (read once per streamed delta) gives `tool_calls` with each piece's key: the `index`, else
+    the call's place, `function_call` for the older single call; non-text names count as '', entries that are not
+    calls are skipped; `StreamedAnswer` joins the same pieces whether it reads them itself or is handed them."""
+    from bandit_router.gateway.pricing import StreamedAnswer, tool_call_pieces, tool_calls
+
+    deltas = [
+        {"content": "a", "tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{"}}, "junk",
+                                        {"function": {"name": 7, "arguments": "x"}}]},
+        {"tool_calls": [{"index": 0, "function": {"arguments": "}"}}, {"index": 2, "function": None}]},
+        {"function_call": {"name": "g", "arguments": "()"}, "tool_calls": "not a list"},
+    ]
+    assert tool_call_pieces(deltas[0]) == [(0, "f", "{"), (2, "", "x")]
+    assert tool_call_pieces(deltas[1]) == [(0, "", "}")]
+    assert tool_call_pieces(deltas[2]) == [("function_call", "g", "()")]
+    reading, handed = StreamedAnswer(), StreamedAnswer()
+    for delta in deltas:
+        assert tool_calls(delta) == [(name, arguments) for _, name, arguments in tool_call_pieces(delta)]
+        reading.add(delta)
+        handed.add(delta, tool_call_pieces(delta))
+    assert reading.text() == handed.text() == "a\nf({})\n(x)\ng(())"

@@ -9,11 +9,13 @@ model" function) and the simulator (with the table's outcomes and a simulated ju
         run.answered(answer, confidence)      # asks the escalation rule unless it is the last model
     result = run.result()
 
-Rules: every call is paid and recorded (the answers, the judge's calls, the failures); the last model's
-answer is never judged (nothing to escalate to); a failed call moves on to the next model (a failure is not an
-escalation); when a later model fails, the last answer obtained is returned; when no model answered,
-`result().answer` is None and the caller reports the failure. The escalation rule is told the final quality
-once feedback arrives (`learn`), with what the chain paid after each of its steps.
+Rules: every call is paid and recorded (the answers, the judge's calls, the failures); the last model's answer is
+never judged (nothing to escalate to); a failed call moves on to the next model (a failure is not an escalation);
+each accept/escalate step is decided at the chain position of the model that answered (`step`: 1 for the second
+model, also when the first failed and this is the chain's first decision); when a later model fails, the last answer
+obtained is returned; when no model answered, `result().answer` is None and the caller reports the failure. The
+escalation rule is told the final quality once feedback arrives (`learn`), with what the chain paid after each of
+its steps.
 """
 
 from __future__ import annotations
@@ -221,9 +223,11 @@ class CascadeRun:
         if self.is_last:
             self.done = True
             return None
+        # the step is the answering model's chain position (not the number of steps before it: a model after one
+        # that failed decides as what it is, the chain's next model); `earlier`: the earlier steps' confidences
         history = {"earlier": [s.confidence for s in self.steps]} if takes_earlier(self.escalation.decide) else {}
         step = self.escalation.decide(
-            self.context, len(self.steps), answer.model, confidence,
+            self.context, self.position, answer.model, confidence,
             self.next_cost(self.models[self.position + 1]), self.cost_weight, self.rng, **history,
         )  # fmt: skip
         self.steps.append(step)

@@ -8,8 +8,10 @@ none), its state is
     z = [x, s·x, c_k(s)],   c_k(s) = [1{s missing}, 1{s given}, s, s², onehot(bin₁₀(s))] in the block of position k
 
 (one block per chain position: a score means something else for each model; ten bins, one per rubric score).
-With `history` (off by default) the state of a step k ≥ 1 also has h_k = [1{p missing}, p, p·s] in the block of
-position k, p the previous step's score (`decide`'s `earlier`: the chain passes its earlier steps' confidences),
+k is the chain position of the model whose answer is decided on (a model after one that failed decides at its own
+position, not at the number of decisions before it). With `history` (off by default) the state of a step k ≥ 1
+also has h_k = [1{p missing}, p, p·s] in the block of position k, p the previous step's score (`decide`'s
+`earlier`: the chain passes its earlier steps' confidences; missing too when no earlier model answered),
 prior mean 0, precision `history_ridge`: an earlier model's low score says the prompt is hard, which may change
 what this answer's score is worth and what escalating gains — what no threshold on this step's score can read.
 The confidence part is a smooth curve in s plus one free level per score: the bins contain every step function
@@ -118,10 +120,11 @@ class Escalation(Protocol):
         rng: np.random.Generator,
         earlier: Sequence[float | None] = (),
     ) -> EscalationStep:
-        """Accept or escalate `model`'s answer at chain step `step` (0 for the first decision), whose confidence is
-        `confidence`; `earlier` are the confidences of the chain's earlier steps, in order (len(earlier) = step).
-        `CascadeRun` passes `earlier` only to a `decide` that takes it (`chain.takes_earlier`): a rule that has no
-        use for it may leave it out."""
+        """Accept or escalate `model`'s answer, whose confidence is `confidence`, at chain position `step` (0 for
+        the first model's answer, k for the (k+1)-th model's, whichever decision of the chain it is: after a failed
+        model fewer decisions came before it); `earlier` are the confidences of the chain's earlier steps, in order
+        (len(earlier) ≤ step: one per earlier model that answered). `CascadeRun` passes `earlier` only to a
+        `decide` that takes it (`chain.takes_earlier`): a rule that has no use for it may leave it out."""
         ...
 
     def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
@@ -247,13 +250,14 @@ HISTORY_START = MAX_STEPS * CONFIDENCE_FEATURES
 
 
 def history_features(earlier: Sequence[float | None], confidence: float | None, step: int) -> np.ndarray:
-    """[1{p missing}, p, p·s] in the block of chain position `step` ≥ 1, p the previous step's score (`earlier[-1]`)
-    and s this step's (0 when missing), shape ((MAX_STEPS − 1) · HISTORY,); all 0 at step 0 (nothing before it)."""
+    """[1{p missing}, p, p·s] in the block of chain position `step` ≥ 1, p the previous step's score (`earlier[-1]`;
+    missing when there is none: every earlier model failed) and s this step's (0 when missing), shape
+    ((MAX_STEPS − 1) · HISTORY,); all 0 at step 0 (nothing before it)."""
     out = np.zeros((MAX_STEPS - 1) * HISTORY)
     if step == 0:
         return out
     base = (min(step, MAX_STEPS - 1) - 1) * HISTORY
-    previous = earlier[-1]
+    previous = earlier[-1] if earlier else None
     if previous is None:
         out[base] = 1.0
     else:
@@ -357,14 +361,14 @@ class LearnedEscalation:
     def state_vector(
         self, context: Context, step: int, confidence: float | None, earlier: Sequence[float | None] = ()
     ) -> np.ndarray:
-        """z for the answer of chain step `step` with `confidence`, after the earlier steps' confidences `earlier`
-        (read only with `history`; then len(earlier) must be `step`)."""
+        """z for the answer of chain position `step` with `confidence`, after the earlier steps' confidences
+        `earlier` (read only with `history`; then at most `step` of them: one per earlier model that answered)."""
         x = dense_vector(context, self.params.dim)
         s = 0.0 if confidence is None else min(max(confidence, 0.0), 1.0)
         parts = [x, s * x, confidence_features(confidence, step)]
         if self.params.history:
-            if len(earlier) != step:
-                raise ValueError(f"step {step} needs the {step} earlier steps' confidences, not {len(earlier)}")
+            if len(earlier) > step:
+                raise ValueError(f"position {step} has at most {step} earlier steps' confidences, not {len(earlier)}")
             parts.append(history_features(earlier, confidence, step))
         return np.concatenate(parts)
 

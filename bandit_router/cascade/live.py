@@ -55,7 +55,7 @@ import numpy as np
 
 from ..config import RouterAlias
 from ..errors import BanditRouterError
-from ..gateway.chat import EXTENSION, BadChatRequest
+from ..gateway.chat import BadChatRequest
 from ..gateway.pricing import answer_text, estimated
 from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected
 from ..ids import new_decision_id
@@ -74,7 +74,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bandit_router.gateway")
 
-KNOB = f"{EXTENSION}.models"  # the `param` of a 400 about the request's `models` knob
 OWN_MAX_TOKENS = 20
 """`max_tokens` of a judge's or the routing LLM's call (a score, a model name)."""
 
@@ -180,7 +179,7 @@ class NamedRouters:
         router = self.engine.router
         active = {m.name for m in router.models}
         models = [m for m in alias.models if m in active]
-        _check_allowed(alias, chat.models, active, models)
+        _check_allowed(alias, chat, active, models)
         if not models:  # every model of the router retired: a request no model answered, counted as such
             await self._count_unanswered(alias, request, [])
             raise NamedRouterFailed(alias.name, [])
@@ -435,18 +434,19 @@ class NamedRouters:
         return out
 
 
-def _check_allowed(alias: RouterAlias, allowed: Sequence[str] | None, active: set[str], models: Sequence[str]) -> None:
-    """The request's `models` knob against the router's (active) `models`: it may not leave one out, since a named
-    router calls its configured models (a chain's positions, which a learned cascade learns per position; an LLM
-    router's candidates), so such a request cannot be honoured: a 400, as is an unknown name (as for the alias)."""
+def _check_allowed(alias: RouterAlias, chat: ChatRequest, active: set[str], models: Sequence[str]) -> None:
+    """The `models` knob (`chat.models_param`: its field or header) against the router's active `models`: leaving one
+    out is a 400 (a named router calls all of its models: a chain's positions, an LLM router's candidates), as is an
+    unknown name. The judge and the routing model are the deployment's, not candidates: not the knob's to allow."""
+    allowed, param = chat.models, chat.models_param
     if allowed is None:
         return
     unknown = [m for m in allowed if m not in active]
     if unknown:
-        raise BadChatRequest(KNOB, f"unknown or retired models {unknown[:5]}")
+        raise BadChatRequest(param, f"unknown or retired models {unknown[:5]}")
     left_out = [m for m in models if m not in allowed]
     if left_out:
-        raise BadChatRequest(KNOB, f"leaves out {', '.join(left_out)}, which the named router {alias.name!r} calls: a "
+        raise BadChatRequest(param, f"leaves out {', '.join(left_out)}, which the named router {alias.name!r} calls: a "
                              "named router calls all of its models; route among some with the bandit's alias")
 
 

@@ -2,10 +2,12 @@
 
 The routing model reads the request and one line per candidate (name, tags, prices, the catalog's optional
 description) and is asked to reply with one name. `parse_choice` matches the reply against the candidate
-names: the candidate whose name occurs *first* in the reply wins (at one position the longest name wins, so
-`gpt-4o-mini` is not read as `gpt-4o`); a name glued to more of a name (letters, digits, or `-._/:` then
-one) does not count, so `gpt-4o-mini` in a reply is never read as the candidate `gpt-4o`. A reply that
-names no candidate returns None, and the caller falls back to its policy's choice.
+names, case-insensitively: the candidate whose name occurs *first* in the reply wins, and at one position the
+longest name (`gpt-4o-mini` over `gpt-4o`). A name counts only where it stands alone: not glued to more of a name
+on either side, that is to a letter or digit, or to `-`, `_` or `.` followed (away from the name) by one, so
+`gpt-4o-mini`, `gpt-4o_mini` and `gpt-4o.1` are never read as the candidate `gpt-4o`, while a sentence's full stop
+(`… gpt-4o.`), a colon (`model:gpt-4o`), a slash (`openai/gpt-4o`), quotes, brackets and markdown are boundaries.
+A reply that names no candidate returns None, and the caller falls back to its policy's choice.
 
 Logged probability: the routing model is asked at temperature 0, so its choice is (up to the provider's own
 nondeterminism) a function of the request: the decision is logged with the probability the *router* had of
@@ -31,18 +33,17 @@ ROUTER_INSTRUCTIONS = (
 )
 MAX_REQUEST_CHARS = 8_000
 _SLOTS = re.compile(r"\{(candidates|request)\}")
-_NAME_CHAR = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
-_JOINERS = frozenset("-._/:")
+_JOINERS = frozenset("-_.")
+"""Characters inside names (`gpt-4o-mini`, `gpt_4o`, `llama-3.1`) that glue a name to more of one only when a letter
+or digit follows them (a sentence's full stop after a name does not)."""
 
 
 def _glued(text: str, i: int, direction: int) -> bool:
-    """True when position `i` continues a longer name: a letter or digit, or a joiner (`-._/:`) then one."""
-    if not 0 <= i < len(text):
-        return False
-    if text[i] in _NAME_CHAR:
-        return True
-    j = i + direction
-    return text[i] in _JOINERS and 0 <= j < len(text) and text[j] in _NAME_CHAR
+    """True when position `i` (just past a name, walking `direction`) continues a longer name: a letter or digit,
+    or a run of joiners (`-_.`) then one."""
+    while 0 <= i < len(text) and text[i] in _JOINERS:
+        i += direction
+    return 0 <= i < len(text) and text[i].isalnum()
 
 
 def describe_candidate(spec: ModelSpec, description: str = "") -> str:

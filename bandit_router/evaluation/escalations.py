@@ -15,10 +15,14 @@ a chain, an event over two actions, `accept` and `escalate`:
      "EventId": "<decision id>/<k>", "_bandit_router": {router, model, next_model, confidence, earlier, p_escalate,
                                                         quality, chain_cost_usd, cost_weight, reward, …}}
 
-with reward = final quality − λ·(total cost of the chain), λ the decision's `cost_weight`: the quantity the
-learner's two actions estimate (up to the sunk cost before step k, common to both actions). p is the previous
-step's confidence, what `EscalationParams.history` reads (`history_features`: [1{p missing}, p, p·s]): in the
-steps after the first only (`previous` or `previous_missing`; neither at step 0). `earlier` is the list of every
+k is the step's chain position, the position of the model whose answer it decided on (`step` as stored: after a
+failed model it is more than the number of steps before it; chains stored before the step became the chain
+position hold that number instead, which differs only where a model failed before the step), so `EventId` and
+`s_k.step` name the position. The reward is final quality − λ·(total cost of the chain), λ the decision's
+`cost_weight`: the quantity the learner's two actions estimate (up to the sunk cost before step k, common to both
+actions). p is the previous step's confidence, what `EscalationParams.history` reads (`history_features`:
+[1{p missing}, p, p·s]): at positions after the first only (`previous`, or `previous_missing` when it gave none or
+no earlier model answered; neither at position 0). `earlier` is the list of every
 earlier step's confidence, in order (null for a missing one; [] at step 0): the `earlier` the learner's
 `state_vector` takes. Exports written before these fields existed lack them (their steps after the first cannot
 feed a learner with `history`; re-export from the database).
@@ -116,8 +120,8 @@ def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dic
         else:
             state["confidence"] = float(confidence)
         earlier = confidences[:i]  # as the log's learner reads them (`log.escalations`: the stored steps before)
-        if earlier:
-            if earlier[-1] is None:
+        if int(step["step"]) >= 1:  # what `history_features` reads at this position
+            if not earlier or earlier[-1] is None:
                 state["previous_missing"] = 1.0
             else:
                 state["previous"] = float(earlier[-1])

@@ -63,6 +63,9 @@ class ChatRequest:
     cost_weight: float | None
     models: tuple[str, ...] | None
     context: dict[str, str | int | float | bool]
+    models_param: str = f"{EXTENSION}.models"
+    """Where `models` came from (`bandit_router.models` or the header `x-bandit-router-models`): the `param` of a
+    400 about it."""
 
     def core_request(self) -> Request:
         """The router's `Request` for these messages and knobs."""
@@ -111,16 +114,18 @@ def parse_chat(body: Any, headers: Mapping[str, str], *, alias: str, max_prompt_
     if options is not None and not isinstance(options, dict):
         raise BadChatRequest("stream_options", "must be an object")
     include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
-    knobs = _knobs(body.get(EXTENSION), headers)
+    knobs, sources = _knobs(body.get(EXTENSION), headers)
     payload = {k: v for k, v in body.items() if k != EXTENSION}
     return ChatRequest(
         model=model, routed=model == alias, stream=stream, include_usage=include_usage,
         messages=tuple(messages), payload=payload, cost_weight=knobs.get("cost_weight"),
         models=knobs.get("models"), context=knobs.get("context") or {},
+        models_param=sources.get("models", f"{EXTENSION}.models"),
     )
 
 
-def _knobs(extension: Any, headers: Mapping[str, str]) -> dict[str, Any]:
+def _knobs(extension: Any, headers: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The knobs' values, and where each came from (the header's name, or `bandit_router.<knob>`)."""
     raw: dict[str, tuple[str, Any]] = {}
     for knob in KNOBS:
         value = headers.get(HEADER_PREFIX + knob.replace("_", "-"))
@@ -147,7 +152,7 @@ def _knobs(extension: Any, headers: Mapping[str, str]) -> dict[str, Any]:
             raise BadChatRequest(field[:200], error["msg"]) from None
     if "models" in out:
         out["models"] = tuple(out["models"])
-    return out
+    return out, {knob: where for knob, (where, _) in raw.items()}
 
 
 def _header_value(knob: str, value: str) -> Any:

@@ -17,7 +17,7 @@ choice given its allowed set: the failed first choice is an ordinary bandit samp
 and a fallback is a sample over the models not yet tried (linked by `calls.request_id`, `attempt` ≥ 2). A 4xx
 from the upstream is the request's fault: passed through, recorded as `rejected`, never learned. A model named by
 the caller (`model = "<catalog name>"`) is stored as a decision of policy `caller` (probability 1), never learned,
-and gets no fallback (the caller asked for that model).
+and gets no fallback (the caller asked for that model); a `models` knob that does not allow it refuses the request.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from typing import Any, Protocol
 
 from ..catalog import ModelSpec
 from ..config import Settings
-from ..errors import InvalidInput
+from ..errors import InvalidInput, UnknownModel
 from ..ids import new_decision_id
 from ..log import CALLER_POLICY
 from ..router import Router
 from ..store import CallRecord, CallStatus
 from ..types import Decision, Outcome, Request
-from .chat import ChatRequest
+from .chat import BadChatRequest, ChatRequest
 from .judge import Judge
 from .pricing import Usage, answer_text, estimated
 from .upstreams import (
@@ -273,20 +273,26 @@ class Gateway:
 
     def _allowed(self, chat: ChatRequest) -> tuple[str, ...] | None:
         """The models a routed request may go to: its `models` knob (or all), less those without an upstream;
-        None when that is every active model (the router's own default)."""
+        None when that is every active model (the router's own default). A knob that names an unknown model, or
+        no model with an upstream, is a `BadChatRequest` naming where the knob came from."""
         callable_ = self.callable_models()
         active = [m.name for m in self.engine.router.models]
         if chat.models is None:
             if not callable_:
                 raise NoUpstream(self._no_upstream())
             return None if len(callable_) == len(active) else tuple(callable_)
-        unknown = [m for m in chat.models if m not in active]
-        if unknown:
-            raise NoUpstream(f"models: unknown or retired models {unknown[:5]}")
+        self._check_knob(chat)
         allowed = tuple(m for m in chat.models if m in callable_)
         if not allowed:
-            raise NoUpstream("models: none of these models has an upstream (base_url)")
+            raise BadChatRequest(chat.models_param, "none of these models has an upstream (base_url)")
         return allowed
+
+    def _check_knob(self, chat: ChatRequest) -> None:
+        """The request's `models` knob names only active models (else a 400 naming where it came from)."""
+        active = {m.name for m in self.engine.router.models}
+        unknown = [m for m in chat.models or () if m not in active]
+        if unknown:
+            raise BadChatRequest(chat.models_param, f"unknown or retired models {unknown[:5]}")
 
     # -- the first decision -----------------------------------------------------------------------------------
     async def _first(self, chat: ChatRequest) -> tuple[Attempt, Request]:
@@ -296,7 +302,12 @@ class Gateway:
             if allowed is not None:
                 request = Request(messages=request.messages, context=request.context, models=allowed,
                                   cost_weight=request.cost_weight)
-            decision = await self.engine.route(request)
+            try:
+                decision = await self.engine.route(request)
+            except UnknownModel as exc:  # the knob's models are none routable (`route = false`), or just retired
+                if chat.models is None:
+                    raise
+                raise BadChatRequest(chat.models_param, str(exc)) from None
         else:
             if chat.model in self.upstreams.keyless:
                 raise NoUpstream(f"model: {chat.model!r} is called with the key in "
@@ -305,6 +316,12 @@ class Gateway:
                     self.callable_models():
                 raise NoUpstream(f"model: {chat.model[:200]!r} is neither {self.config.router_alias!r} nor a "
                                  "catalog model with an upstream")
+            if chat.models is not None:  # the knob restricts the models a request may go to: the named one too
+                self._check_knob(chat)
+                if chat.model not in chat.models:
+                    raise BadChatRequest(chat.models_param, f"does not allow {chat.model!r}, the model this request "
+                                         f"names (model); name an allowed one, or route among them with "
+                                         f"{self.config.router_alias!r}")
             request = chat.core_request()
             decision = self.caller_decision(request, chat.model)
             await self.engine.store_decision(decision, request)

@@ -95,32 +95,40 @@ class StreamedAnswer:
         self.content: list[str] = []
         self.tools: dict[int | str, list[str]] = {}  # index → [name, arguments]
 
-    def add(self, delta: Mapping[str, Any]) -> None:
+    def add(self, delta: Mapping[str, Any], pieces: list[ToolPiece] | None = None) -> None:
+        """Add a delta; `pieces`: its `tool_call_pieces` when the caller has them already (read once per delta)."""
         content = delta.get("content")
         if isinstance(content, str):
             self.content.append(content)
-        calls = delta.get("tool_calls")
-        pieces = [(c.get("index", i), c.get("function")) for i, c in enumerate(calls) if isinstance(c, Mapping)] \
-            if isinstance(calls, list) else []
-        pieces.append(("function_call", delta.get("function_call")))
-        for key, function in pieces:
-            if isinstance(function, Mapping):
-                kept = self.tools.setdefault(key if isinstance(key, int | str) else repr(key), ["", ""])
-                kept[0] += _text(function.get("name"))
-                kept[1] += _text(function.get("arguments"))
+        for key, name, arguments in tool_call_pieces(delta) if pieces is None else pieces:
+            kept = self.tools.setdefault(key, ["", ""])
+            kept[0] += name
+            kept[1] += arguments
 
     def text(self) -> str:
         parts = ["".join(self.content), *(f"{name}({arguments})" for name, arguments in self.tools.values())]
         return "\n".join(part for part in parts if part)
 
 
-def tool_calls(message: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(name, arguments) of each tool call of a message or a streamed delta (`tool_calls`, or the older
+ToolPiece = tuple[int | str, str, str]
+"""(key, name, arguments) of one tool call, or one streamed piece of it; `key` joins a call's pieces (its `index`,
+else its place in the list; `function_call` for the older single call)."""
+
+
+def tool_call_pieces(message: Mapping[str, Any]) -> list[ToolPiece]:
+    """(key, name, arguments) of each tool call of a message or a streamed delta (`tool_calls`, or the older
     `function_call`); a name or arguments that are not text count as ''."""
     calls = message.get("tool_calls")
-    functions = [c.get("function") for c in calls if isinstance(c, Mapping)] if isinstance(calls, list) else []
-    functions.append(message.get("function_call"))
-    return [(_text(f.get("name")), _text(f.get("arguments"))) for f in functions if isinstance(f, Mapping)]
+    listed = [(c.get("index", i), c.get("function")) for i, c in enumerate(calls) if isinstance(c, Mapping)] \
+        if isinstance(calls, list) else []
+    listed.append(("function_call", message.get("function_call")))
+    return [(key if isinstance(key, int | str) else repr(key), _text(f.get("name")), _text(f.get("arguments")))
+            for key, f in listed if isinstance(f, Mapping)]
+
+
+def tool_calls(message: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(name, arguments) of each tool call of a message or a streamed delta (`tool_call_pieces` without the keys)."""
+    return [(name, arguments) for _, name, arguments in tool_call_pieces(message)]
 
 
 def _text(value: Any) -> str:

@@ -29,7 +29,7 @@ import httpx
 from ..catalog import ModelSpec
 from ..errors import BanditRouterError
 from ..store import CallStatus
-from .pricing import StreamedAnswer, Usage, tool_calls, usage_of
+from .pricing import StreamedAnswer, Usage, tool_call_pieces, usage_of
 from .sse import sse_lines
 
 log = logging.getLogger("bandit_router.gateway")
@@ -380,13 +380,13 @@ class Stream:
                                       "a streamed chunk is not a chat completion chunk")
             for choice in choices if isinstance(choices, list) else ():
                 delta = choice.get("delta") if isinstance(choice, dict) else None
-                content = delta.get("content") if isinstance(delta, dict) else None
-                if isinstance(content, str):
-                    self.text.append(content)
-                if isinstance(delta, dict):  # a tool call's pieces: counted as the answer's tokens too
-                    self.text.extend(name + arguments for name, arguments in tool_calls(delta))
+                if isinstance(delta, dict):  # its content and tool calls' pieces count as the answer's tokens
+                    if isinstance(content := delta.get("content"), str):
+                        self.text.append(content)
+                    pieces = tool_call_pieces(delta)  # read once: for the count and the first choice's answer
+                    self.text.extend(name + arguments for _, name, arguments in pieces)
                     if choice.get("index", 0) == 0:
-                        self._first.add(delta)
+                        self._first.add(delta, pieces)
                 self._finished = self._finished or bool(choice.get("finish_reason"))
             self._chunks += 1
             return chunk

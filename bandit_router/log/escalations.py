@@ -8,9 +8,15 @@ for the bandit; its *first* `unrouted` feedback is what the router's `LearnedEsc
 and `store.sqlite.CHAINS_SQL` for the rows other processes committed):
 
     steps  = the stored steps, each with its state z recomputed from the *stored* decision's context and the
-             stored confidences (`LearnedEscalation.state_vector(context, step, confidence, earlier)`, `earlier`
-             the confidences of the steps stored before it: the live z came from the same features)
+             stored confidences (`LearnedEscalation.state_vector(context, step, confidence, earlier)`, `step` the
+             stored step's chain position, `earlier` the confidences of the steps stored before it: the live z
+             came from the same features)
     learn(steps, final quality, extra costs)
+
+A step's `step` is read as stored, never recomputed from the models: the state it was decided with, which its
+logged propensity belongs to. (Chains stored before the step became the chain position hold the number of
+steps before it; the two differ only in a chain where a model failed before a step, and such a chain replays
+with the state it was decided with, as every process learned it live.)
 
 in feedback `seq` order, by `LogFollower` (the rows a process commits itself right after its commit, the others'
 when it follows the log). So every worker and replica holds the same learners, a replay of the log rebuilds them

@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..cascade.live import NamedRouters
 from ..config import Settings, load_settings
@@ -169,12 +170,28 @@ class ServiceMiddleware:
                 metrics.request(getattr(route, "path", "other"), status)
 
 
+def on_gateway_path(path: str) -> bool:
+    """Whether `path` is the gateway's (`/v1/chat/completions` or under it), where OpenAI clients read errors in
+    OpenAI's shape."""
+    return path == CHAT_PATH or path.startswith(CHAT_PATH + "/")
+
+
 def _refusal(scope: Scope, status: int, code: str, message: str) -> Response:
     """The middleware's error reply: in OpenAI's error shape on the gateway's path (its clients read that one),
     the service's own elsewhere."""
-    if scope.get("path") == CHAT_PATH:
+    if on_gateway_path(scope.get("path", "")):
         return openai_error(status, message, code=code)
     return errors.error_response(status, code, message)
+
+
+async def _routing_error(request: Request, exc: Exception) -> Response:
+    """A routing error (an unknown path 404, a method a path does not take 405): in OpenAI's error shape on the
+    gateway's path, as its other errors, with the same headers (a 405's `Allow`); the service's own elsewhere."""
+    assert isinstance(exc, StarletteHTTPException)
+    if on_gateway_path(request.url.path):
+        return openai_error(exc.status_code, str(exc.detail), code=errors.http_code(exc.status_code),
+                            headers=exc.headers)
+    return errors.http_error(exc)
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
@@ -271,6 +288,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.limits.max_body_bytes, hosts=hosts)
     redact.install()
     errors.install(app)
+    app.add_exception_handler(StarletteHTTPException, _routing_error)  # the gateway's path: OpenAI's shape
     app.include_router(router)
     app.include_router(gateway_router)
     dashboard.install(app)

@@ -143,6 +143,20 @@ def to_response(exc: BaseException) -> Response:
     return error_response(status, code, str(exc), field)
 
 
+def http_code(status: int) -> str:
+    """The code of a routing error's reply (an unknown path 404, a method a path does not take 405, …)."""
+    return _HTTP_CODES.get(status, "error")
+
+
+def http_error(exc: StarletteHTTPException) -> Response:
+    """A routing error (Starlette's `HTTPException`: unknown path, method not allowed) in the service's shape,
+    with its headers (a 405's `Allow`)."""
+    response = error_response(exc.status_code, http_code(exc.status_code), str(exc.detail))
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on `app`."""
 
@@ -155,11 +169,7 @@ def install(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        code = _HTTP_CODES.get(exc.status_code, "error")
-        response = error_response(exc.status_code, code, str(exc.detail))
-        for name, value in (exc.headers or {}).items():
-            response.headers[name] = value
-        return response
+        return http_error(exc)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         return to_response(exc)

@@ -6,7 +6,10 @@ error shape, `{"error": {"message", "type", "param", "code"}}`:
 | what                                                       | status | type / code                          |
 |------------------------------------------------------------|--------|--------------------------------------|
 | malformed body, a bad knob, an unknown model in `models`   | 400    | invalid_request_error                |
+| a named model that `models` does not allow (`param`: where) | 400    | invalid_request_error                |
 | a `model` that is neither the alias nor a catalog model    | 404    | invalid_request_error / model_not_found |
+| a path under this one                                      | 404    | invalid_request_error / not_found    |
+| a method other than POST (`Allow: POST`)                   | 405    | invalid_request_error / method_not_allowed |
 | missing or wrong API key                                   | 401    | authentication_error                 |
 | body or messages too large                                 | 413    | invalid_request_error                |
 | not sent as JSON                                           | 415    | invalid_request_error                |
@@ -18,7 +21,8 @@ error shape, `{"error": {"message", "type", "param", "code"}}`:
 | not ready, database unavailable, no model has an upstream  | 503    | service_unavailable                  |
 
 The service's middleware answers a body over `max_body_bytes` (by its Content-Length) and a Host it does not serve
-before the route runs: on this path in the same shape (`app._refusal`).
+before the route runs, and FastAPI's routing a path under this one or a method but POST: on this path (and under
+it) in the same shape (`app._refusal`, `app._routing_error`).
 
 A stream answers with `text/event-stream`; its headers carry `x-decision-id` like a plain reply. Writing one event
 to a caller that stopped reading may take `STREAM_WRITE_TIMEOUT_S`; then the stream ends and the call is recorded
@@ -64,9 +68,9 @@ STREAM_WRITE_TIMEOUT_S = 30.0
 CHAT_PATH = "/v1/chat/completions"
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-          404: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-          421: "invalid_request_error", 422: "invalid_request_error", 429: "requests", 502: "upstream_error",
-          503: "service_unavailable", 504: "upstream_error"}
+          404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+          415: "invalid_request_error", 421: "invalid_request_error", 422: "invalid_request_error", 429: "requests",
+          502: "upstream_error", 503: "service_unavailable", 504: "upstream_error"}
 
 
 def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None,
@@ -101,8 +105,6 @@ def _error(exc: BaseException) -> Response:
     if isinstance(exc, NoUpstream):
         if str(exc).startswith("model:"):
             return openai_error(404, str(exc), param="model", code="model_not_found")
-        if str(exc).startswith("models:"):
-            return openai_error(400, str(exc), param="bandit_router.models")
         return openai_error(503, str(exc), code="no_upstream")
     if isinstance(exc, BadChatRequest | InvalidField):
         return openai_error(400, str(exc), param=exc.field)
