@@ -34,7 +34,7 @@ from .features import FeatureExtractor
 from .ids import new_decision_id
 from .policies import Policy, check_models, make_policy, policy_settings
 from .reward import CostModel, RewardConfig, reward
-from .state import pack, unpack
+from .state import pack, rng_from_state, rng_state, unpack
 from .types import Context, Decision, Outcome, Request
 
 MAX_DECISION_ID_LENGTH = 64
@@ -362,7 +362,7 @@ class Router:
                 "version": self._version,
                 "models": [m.to_json() for m in self._models],
                 "retired": [m.to_json() for m in self._retired.values()],
-                "rng": _rng_state(self._rng),
+                "rng": rng_state(self._rng),
             }
             return pack(tree)
 
@@ -414,7 +414,7 @@ class Router:
         self._models = [ModelSpec.from_json(m) for m in tree["models"]]
         self._routable = None
         self._retired = {m["name"]: ModelSpec.from_json(m) for m in tree["retired"]}
-        self._rng.bit_generator.state = _rng_from_json(tree["rng"])
+        self._rng.bit_generator.state = rng_from_state(tree["rng"])
 
     def weights(self) -> np.ndarray:
         """The policy's learned parameters, flat (to compare two routers)."""
@@ -512,21 +512,3 @@ def _clean(pmf: np.ndarray) -> list[float]:
         return [1.0 / len(p)] * len(p)
     return [x / total for x in p]
 
-
-def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    state = rng.bit_generator.state
-    return {
-        "bit_generator": state["bit_generator"],
-        "state": {k: str(v) for k, v in state["state"].items()},
-        "has_uint32": int(state["has_uint32"]),
-        "uinteger": int(state["uinteger"]),
-    }
-
-
-def _rng_from_json(data: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "bit_generator": data["bit_generator"],
-        "state": {k: int(v) for k, v in data["state"].items()},
-        "has_uint32": int(data["has_uint32"]),
-        "uinteger": int(data["uinteger"]),
-    }

@@ -2,7 +2,8 @@
 
 `pack(tree) -> bytes` and `unpack(bytes) -> tree` round-trip nested dicts and lists whose leaves are
 None, bool, int, float, str, bytes or numpy arrays. Loading never executes code (`allow_pickle=False`),
-so a checkpoint read from a database cannot run anything.
+so a checkpoint read from a database cannot run anything. `rng_state` / `rng_from_state` carry a numpy
+generator's state through such a tree.
 """
 
 from __future__ import annotations
@@ -71,3 +72,24 @@ def unpack(data: bytes) -> Any:
         return node
 
     return decode(header["tree"])
+
+
+def rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    """A generator's state as JSON leaves (its big integers as decimal strings), for `pack`."""
+    state = rng.bit_generator.state
+    return {
+        "bit_generator": state["bit_generator"],
+        "state": {k: str(v) for k, v in state["state"].items()},
+        "has_uint32": int(state["has_uint32"]),
+        "uinteger": int(state["uinteger"]),
+    }
+
+
+def rng_from_state(data: dict[str, Any]) -> dict[str, Any]:
+    """`rng_state`'s inverse: assign it to `generator.bit_generator.state`."""
+    return {
+        "bit_generator": data["bit_generator"],
+        "state": {k: int(v) for k, v in data["state"].items()},
+        "has_uint32": int(data["has_uint32"]),
+        "uinteger": int(data["uinteger"]),
+    }
