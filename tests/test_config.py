@@ -407,3 +407,37 @@ def test_a_rule_of_the_wrong_type_is_refused_at_start_not_at_its_first_request(
     for text in ('policy = "rules:file=typed.toml"\n', f'policy = "rules"\n[[policy_settings.rules]]\n{rule}\n'):
         with pytest.raises(ConfigError, match=f"^policy: policy 'rules': {re.escape(message)}"):
             load_settings(_write(conf / "br.toml", text), env={})
+
+
+JUDGES_ONLY = ("[[models]]\nname = 'judge'\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\nroute = false\n"
+               "[[models]]\nname = 'chooser'\ninput_usd_per_mtok = 0.1\noutput_usd_per_mtok = 0.4\nroute = false\n")
+
+
+def test_a_catalog_without_a_routable_model_is_refused_at_start(tmp_path: Path) -> None:
+    """A catalog whose every model has `route = false` started the service, and then every POST /v1/route was a
+    422 blaming the request's models; `serve` (and `migrate`, `check` and `create_app`, which read the settings)
+    refuse it, naming the models."""
+    from typer.testing import CliRunner
+
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.cli import app as cli_app
+    from bandit_router.service import create_app
+
+    message = ("every model has route = false (judge, chooser): nothing can be routed; set route = true (the "
+               "default) on at least one model")
+    judges = (ModelSpec("judge", 0.15, 0.6, route=False), ModelSpec("chooser", 0.1, 0.4, route=False))
+    with pytest.raises(ConfigError, match=re.escape(f"models: {message}")):
+        create_app(Settings(models=judges, db=tmp_path / "r.db"))
+    inline = _write(tmp_path / "inline.toml", JUDGES_ONLY)
+    _write(tmp_path / "judges.toml", JUDGES_ONLY)
+    by_file = _write(tmp_path / "file.toml", "catalog = 'judges.toml'\n")
+    for config, key in ((inline, "models"), (by_file, "catalog")):
+        for command, db in (("migrate", []), ("check", []), ("serve", ["--db", str(tmp_path / "r.db")])):
+            result = CliRunner().invoke(cli_app, [command, "--config", str(config), *db])
+            assert result.exit_code == 2, result.output
+            assert result.output.strip() == f"bandit-router {command}: {key}: {message}"
+    assert not (tmp_path / "r.db").exists()
+    one_routable = JUDGES_ONLY.replace("route = false\n", "", 1)
+    assert [m.route for m in load_settings(_write(tmp_path / "ok.toml", one_routable), env={}).load_catalog()] == [
+        True, False]
+

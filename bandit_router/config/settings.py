@@ -155,6 +155,10 @@ class Settings:
             except InvalidInput as exc:
                 raise ConfigError(f"shadow_policies: {exc}") from exc
         catalog = self.load_catalog()  # a missing or malformed catalog file fails now, not at the first request
+        if not any(m.route for m in catalog):  # every POST /v1/route would be a 422
+            key = "models" if routing.catalog is None and routing.models else "catalog"
+            raise ConfigError(f"{key}: every model has route = false ({', '.join(catalog.names)}): nothing can be "
+                              "routed; set route = true (the default) on at least one model")
         if len(catalog) > self.limits.max_models:
             raise ConfigError(f"max_models: the catalog has {len(catalog)} models; max_models is "
                               f"{self.limits.max_models}")
