@@ -345,7 +345,8 @@ def test_a_rules_file_named_in_the_config_file_is_read_from_its_folder(
     env = {"BANDIT_ROUTER_POLICY": "rules:file=rules.toml", "BANDIT_ROUTER_POLICY_SETTINGS": "{}"}
     from_env = load_settings(config, env=env)
     assert build_router(from_env).route(Request(prompt="hello")).model == "gpt-4o-mini"
-    settings_from_env = load_settings(config, env={"BANDIT_ROUTER_POLICY_SETTINGS": '{"file": "rules.toml"}'})
+    env = {"BANDIT_ROUTER_POLICY": "rules", "BANDIT_ROUTER_POLICY_SETTINGS": '{"file": "rules.toml"}'}
+    settings_from_env = load_settings(config, env=env)  # (a `file=` in the file's policy too would be refused)
     assert build_router(settings_from_env).route(Request(prompt="hello")).model == "gpt-4o-mini"
 
 
@@ -441,3 +442,31 @@ def test_a_catalog_without_a_routable_model_is_refused_at_start(tmp_path: Path) 
     assert [m.route for m in load_settings(_write(tmp_path / "ok.toml", one_routable), env={}).load_catalog()] == [
         True, False]
 
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("policy = 'default:exploration=1'\n[policy_settings]\nexploration = 2\n", {},
+         "policy_settings: exploration is also set in policy 'default:exploration=1'; set each setting in one place"),
+        ("policy = 'linucb:alpha=1,shared=true'\npolicy_settings = { shared = false, alpha = 2 }\n", {},
+         "policy_settings: alpha, shared are also set in policy 'linucb:alpha=1,shared=true'"),
+        ("[policy_settings]\nexploration = 2\n", {"BANDIT_ROUTER_POLICY": "default:exploration=1"},
+         "policy_settings: exploration is also set in policy 'default:exploration=1'"),
+        ("", {"BANDIT_ROUTER_POLICY_SETTINGS": '{"exploration": 1, "exploration": 2}'},
+         "BANDIT_ROUTER_POLICY_SETTINGS: policy_settings: gives the key 'exploration' twice"),
+        ("", {"BANDIT_ROUTER_BUDGETS": '{"tenants": {"acme": {"spend_usd": "5/1d", "spend_usd": "50/1d"}}}'},
+         "BANDIT_ROUTER_BUDGETS: budgets: gives the key 'spend_usd' twice"),
+        ("policy = 'default:exploration=1,exploration=2'\n", {},
+         "policy: default:exploration=1,exploration=2: setting exploration is given twice"),
+    ],
+)
+def test_a_policy_setting_given_twice_is_refused_naming_it(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    """`policy = "default:exploration=1"` with `policy_settings = {exploration = 2}` ran with 2, and a JSON object
+    in the environment that gave a key twice kept the last value, silently; both are refused, naming the key."""
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        load_settings(_write(tmp_path / "br.toml", text), env=env)
+    assert load_settings(_write(tmp_path / "ok.toml", "policy = 'default:exploration=1'\n[policy_settings]\n"
+                                "floor = 0.05\n"), env={}).build_policy().params.exploration == 1

@@ -146,9 +146,13 @@ class Settings:
         fallback model in the catalog. Raises `ConfigError` naming the key; returns `self`."""
         routing = self.routing
         try:
+            twice = sorted(set(parse_spec(routing.policy)[1]) & set(routing.policy_settings))
             self.build_policy()
         except InvalidInput as exc:
             raise ConfigError(f"policy: {exc}") from exc
+        if twice:  # `make_policy` would let policy_settings win, silently
+            raise ConfigError(f"policy_settings: {', '.join(twice)} {'is' if len(twice) == 1 else 'are'} also set "
+                              f"in policy {routing.policy!r}; set each setting in one place")
         for spec in routing.shadow_policies:
             try:
                 self.build_policy(spec)
