@@ -65,14 +65,25 @@ def _prepare_out(command: str, folder: Path) -> None:
 
 def open_store(db: str | Path) -> Store:
     """The service database at `db` (a SQLite file, which must exist: evaluation never creates one, or a
-    PostgreSQL URL)."""
+    PostgreSQL URL), once it is known to be a bandit-router database (it records a schema version)."""
     try:
         location = parse_database(str(db))
     except ValueError as exc:
         raise StoreError(str(exc)) from None
     if not isinstance(location, DatabaseURL) and not location.is_file():
         raise StoreError(f"no database at {location}")
-    return open_location(location)
+    store = open_location(location)
+    try:
+        version = store.schema_version()
+    except BaseException:
+        store.close()
+        raise
+    if version == 0:
+        store.close()
+        raise StoreError(f"{location} is not a bandit-router database (it records no bandit-router schema: empty, or "
+                         "another application's); expected the database that `bandit-router "
+                         "serve` writes (its `db` setting)")
+    return store
 
 
 def _catalog(config: Path | None) -> list[ModelSpec]:

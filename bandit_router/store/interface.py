@@ -188,6 +188,11 @@ class Store(Protocol):
 
     def read(self) -> AbstractContextManager[Reader]: ...
 
+    def schema_version(self) -> int:
+        """The schema version the database records; 0 when it records none (not prepared yet, or not a
+        bandit-router database). Creates nothing."""
+        ...
+
     def maintain(self) -> None:
         """Housekeeping that must not run on the writer's commit path (SQLite: copy the WAL into the database)."""
         ...

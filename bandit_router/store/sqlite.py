@@ -209,6 +209,21 @@ class SQLiteStore:
         finally:
             conn.close()
 
+    def schema_version(self) -> int:
+        """The schema version the database records (0: none: an empty file, another application's database).
+        Read-only; creates nothing. A file that is not SQLite at all raises `StoreError` ("file is not a
+        database")."""
+        conn = self._reader_conn()
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+                return 0
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.Error as exc:
+            self._note(exc)
+            raise StoreError(f"{self.path}: {exc}") from exc
+        value = None if row is None else str(row[0])
+        return int(value) if value is not None and value.isdigit() else 0
+
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = 0
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
@@ -1035,3 +1050,4 @@ def _why_not_opened(path: Path, exc: sqlite3.Error) -> str:
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
         return f": the file is not readable and writable by this process (uid {os.geteuid()})"
     return ""
+
