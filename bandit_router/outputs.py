@@ -2,8 +2,9 @@
 failed write created is removed again, never a folder or a file that was there before.
 
     out_problem(folder)     why `folder` could not be created or written (checked first, creating nothing)
+    file_problem(path)      the same for one file (`export --out log.dsjson`)
     writing(folder)         create it (and missing parents) for a block of writes; on failure remove what it made
-    writing_file(path)      the same for one file (`export --out log.dsjson`)
+    writing_file(path)      the same for one file
 """
 
 from __future__ import annotations
@@ -32,30 +33,31 @@ def out_problem(folder: Path) -> str | None:
     return None
 
 
+def file_problem(path: Path) -> str | None:
+    """Why the file `path` could not be written (a short phrase), or None when it could. Creates nothing."""
+    if path.is_dir():
+        return f"cannot write the file: {os.strerror(errno.EISDIR)}"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else "the file is not writable"
+    return out_problem(path.parent)
+
+
 @contextmanager
 def writing(folder: Path) -> Iterator[Path]:
-    """Create `folder` (and its missing parents) for the block's writes. When the block fails, remove what it
-    made: the folders created here, with everything in them, or, in a folder that was there, the entries that
-    were not (a file written over keeps what was written)."""
+    """Create `folder` (and its missing parents) for the block's writes. When the block fails, remove the folders
+    created here, with everything in them (all of it written by the block). A folder that was there is left as
+    it is: its entries cannot be told from another program's."""
     created: Path | None = None
     for path in (folder, *folder.parents):
         if path.exists():
             break
         created = path  # the top-most folder that is missing
-    before = set() if created is not None else set(os.listdir(folder))
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
     except BaseException:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
-        else:
-            for name in set(os.listdir(folder)) - before:
-                entry = folder / name
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
         raise
 
 

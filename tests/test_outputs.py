@@ -16,7 +16,7 @@ with warnings.catch_warnings():
 
 from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
-from bandit_router.outputs import out_problem, writing, writing_file
+from bandit_router.outputs import file_problem, out_problem, writing, writing_file
 from bandit_router.service import create_app
 
 
@@ -34,12 +34,7 @@ def test_a_failed_block_removes_the_folders_it_created_and_only_those(tmp_path: 
     (kept / "old.md").write_text("from an earlier run")
     with pytest.raises(RuntimeError), writing(kept / "new") as folder:
         raise RuntimeError
-    with pytest.raises(RuntimeError), writing(kept) as folder:
-        (folder / "old.md").write_text("overwritten")  # written over: kept, with what was written
-        (folder / "fresh.json").write_text("{")
-        (folder / "sub").mkdir()
-        raise RuntimeError
-    assert _tree(tmp_path) == {"kept": None, "kept/old.md": b"overwritten"}
+    assert _tree(tmp_path) == {"kept": None, "kept/old.md": b"from an earlier run"}
     with writing(tmp_path / "done") as folder:
         (folder / "r.json").write_text("{}")
     assert (tmp_path / "done" / "r.json").read_text() == "{}"
@@ -61,6 +56,9 @@ def test_out_problem_creates_nothing(tmp_path: Path) -> None:
     taken = tmp_path / "taken"
     taken.write_text("a file")
     assert out_problem(tmp_path / "new" / "deeper") is None
+    assert file_problem(tmp_path / "new" / "log.dsjson") is None and file_problem(taken) is None
+    assert file_problem(tmp_path) == f"cannot write the file: {os.strerror(21)}"
+    assert file_problem(taken / "log.dsjson") == f"cannot create the folder: {os.strerror(17)}"  # taken is a file
     assert out_problem(taken) == f"cannot create the folder: {os.strerror(17)}"
     assert out_problem(taken / "eval") == f"cannot create the folder: {os.strerror(20)}"
     if os.geteuid() != 0:  # root may write anywhere

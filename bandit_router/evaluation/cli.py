@@ -13,7 +13,7 @@ import typer
 from ..catalog import ModelSpec
 from ..config import ConfigError, load_settings
 from ..errors import BanditRouterError
-from ..outputs import out_problem, writing, writing_file
+from ..outputs import file_problem, out_problem, writing, writing_file
 from ..store import ChainFeedback, Store, StoreError
 from ..store.location import DatabaseURL, parse_database, redact_urls
 from ..store.location import open_store as open_location
@@ -54,12 +54,19 @@ def _fail(command: str, message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _check_out(command: str, folder: Path, shown: Path | None = None) -> None:
+def _check_out(command: str, folder: Path) -> None:
     """Fail now, naming `--out`, when `folder` could not be created or written (a file there, no permission);
     nothing is created before there is something to write (`outputs.writing`)."""
     problem = out_problem(folder)
     if problem is not None:
-        raise _fail(command, f"--out {shown or folder}: {problem}")
+        raise _fail(command, f"--out {folder}: {problem}")
+
+
+def _check_out_file(command: str, path: Path) -> None:
+    """Fail now, naming `--out`, when the file `path` could not be written; nothing is created yet."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise _fail(command, f"--out {path}: {problem}")
 
 
 def open_store(db: str | Path) -> Store:
@@ -198,7 +205,7 @@ def export(
     if format != "dsjson":
         raise _fail("export", f"--format: only 'dsjson' is supported, not {format!r}")
     if out is not None:
-        _check_out("export", out.parent, out)
+        _check_out_file("export", out)
     if escalations:
         _export_escalations(db, out, label)
         return
@@ -274,7 +281,7 @@ def _export_escalations(db: str, out: Path | None, label: str) -> None:
 
     skipped: list[ChainFeedback] = []
     if out is not None:
-        _check_out("export", out.parent, out)
+        _check_out_file("export", out)
     try:
         store = open_store(db)
         try:
