@@ -87,8 +87,8 @@ def open_store(db: str | Path) -> Store:
     if version == 0:
         store.close()
         raise StoreError(f"{location} is not a bandit-router database (it records no bandit-router schema: empty, or "
-                         "another application's); expected the database that `bandit-router "
-                         "serve` writes (its `db` setting)")
+                         "another application's); expected the database that `bandit-router serve` writes (its `db` "
+                         "setting)")
     return store
 
 
@@ -279,9 +279,7 @@ def _warn_skipped(skipped: list[ChainFeedback]) -> None:
 def _export_escalations(db: str, out: Path | None, label: str) -> None:
     from .escalations import export_escalations
 
-    skipped: list[ChainFeedback] = []
-    if out is not None:
-        _check_out_file("export", out)
+    skipped: list[ChainFeedback] = []  # `export` checked `out`
     try:
         store = open_store(db)
         try:
