@@ -19,6 +19,21 @@ from .errors import InvalidInput
 Scalar = str | int | float | bool
 """A value of the caller's context dict."""
 
+_EXACT = 2**53
+"""Integers up to this size are exact as floats (the service's context numbers are within it)."""
+
+
+def tenant_of(value: Any) -> str | None:
+    """The tenant a context's `tenant` value names (None: no tenant): a string as it is; a number by its decimal
+    text, an integral one without a fraction part, since JSON does not tell 5 from 5.0 (both are tenant "5",
+    as 5 always was); a boolean by Python's text ("True"), as stored before. One rule for every reader: the stored
+    `tenant` column, the budget pacer's scopes, the judge's calls."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT:
+        return str(int(value))
+    return str(value)
+
 
 @dataclass(frozen=True, slots=True)
 class Message:

@@ -6,7 +6,6 @@ Heavy imports (VW, matplotlib) happen inside the command, so `bandit-router --he
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import sys
 import time
@@ -197,6 +196,7 @@ def simulate(
     """
     from bandit_router.config import ConfigError, layered, read_toml
     from bandit_router.errors import BanditRouterError
+    from bandit_router.outputs import writing
 
     from .budgets import TargetPacers
     from .environments import EnvSpec
@@ -273,12 +273,13 @@ def simulate(
             window=settings["window"],
             pacer_factory=pacers,
         )
-        _prepare_out(Path(settings["out"]))  # before the runs, not after them
+        _check_out(Path(settings["out"]))  # before the runs, not after them; created when the report is written
         show = _progress_bar() if sys.stderr.isatty() and not quiet else None
         started = time.perf_counter()
         result = run_simulation(plan, workers=settings.get("workers"), progress=show)
         command = "bandit-router simulate " + shlex.join(sys.argv[2:] if len(sys.argv) > 1 else [])
-        data = write_report(result, settings["out"], command=command.strip(), plots=plots)
+        with writing(Path(settings["out"])):  # a report that fails half-written leaves nothing it created
+            data = write_report(result, settings["out"], command=command.strip(), plots=plots)
     except BanditRouterError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -299,14 +300,14 @@ def simulate(
                 typer.echo(f"      {line}")
 
 
-def _prepare_out(folder: Path) -> None:
-    """Create the output folder, or say why it cannot be written (a file there, no permission)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise typer.BadParameter(f"{folder}: cannot create the folder: {exc.strerror}", param_hint="--out") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise typer.BadParameter(f"{folder}: the folder is not writable", param_hint="--out")
+def _check_out(folder: Path) -> None:
+    """Say now why the output folder could not be created or written (a file there, no permission); nothing is
+    created before the report is written (`bandit_router.outputs`)."""
+    from bandit_router.outputs import out_problem
+
+    problem = out_problem(folder)
+    if problem is not None:
+        raise typer.BadParameter(f"{folder}: {problem}", param_hint="--out")
 
 
 def _weights(value: Any) -> list[Any]:

@@ -44,7 +44,7 @@ def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
         client.__exit__(None, None, None)
 
 
-def _route(client: TestClient, tenant: str | None = None, **headers: str) -> dict[str, Any]:
+def _route(client: TestClient, tenant: str | float | None = None, **headers: str) -> dict[str, Any]:
     body: dict[str, Any] = {"prompt": "Sort a list in Python"}
     if tenant is not None:
         body["context"] = {"tenant": tenant}
@@ -238,3 +238,17 @@ def test_budget_state_survives_a_restart_of_a_real_server(tmp_path: Path) -> Non
     finally:
         for server in started:
             server.stop()
+
+
+def test_tenant_5_and_5_0_are_one_tenant(make_client: Callable[..., TestClient]) -> None:
+    """A tenant was `str(value)`: tenant 5 and tenant 5.0 (one JSON number: a Python client sends 5.0) were "5" and
+    "5.0", stored apart and paced apart (5.0 escaped tenant "5"'s budget). Both are tenant "5" now, as the string
+    "5" is; 5.5 stays a tenant of its own."""
+    client = make_client()
+    assert client.put("/v1/budgets", json={"tenants": {"5": {"avg_cost_usd": 1e-9}}}).status_code == 200
+    decisions = [_route(client, tenant) for tenant in (5, 5.0, "5", -0.0, 5.5)]
+    stored = [client.get(f"/v1/decisions/{d['decision_id']}").json()["tenant"] for d in decisions]
+    assert stored == ["5", "5", "5", "0", "5.5"]
+    report = client.get("/v1/budgets").json()["report"]
+    assert report["tenants"]["5"]["requests"] == 3
+    assert report["global"]["requests"] == 5

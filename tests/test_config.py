@@ -345,7 +345,8 @@ def test_a_rules_file_named_in_the_config_file_is_read_from_its_folder(
     env = {"BANDIT_ROUTER_POLICY": "rules:file=rules.toml", "BANDIT_ROUTER_POLICY_SETTINGS": "{}"}
     from_env = load_settings(config, env=env)
     assert build_router(from_env).route(Request(prompt="hello")).model == "gpt-4o-mini"
-    settings_from_env = load_settings(config, env={"BANDIT_ROUTER_POLICY_SETTINGS": '{"file": "rules.toml"}'})
+    env = {"BANDIT_ROUTER_POLICY": "rules", "BANDIT_ROUTER_POLICY_SETTINGS": '{"file": "rules.toml"}'}
+    settings_from_env = load_settings(config, env=env)  # (a `file=` in the file's policy too would be refused)
     assert build_router(settings_from_env).route(Request(prompt="hello")).model == "gpt-4o-mini"
 
 
@@ -443,3 +444,65 @@ def test_a_rule_of_the_wrong_type_is_refused_at_start_not_at_its_first_request(
     for text in ('policy = "rules:file=typed.toml"\n', f'policy = "rules"\n[[policy_settings.rules]]\n{rule}\n'):
         with pytest.raises(ConfigError, match=f"^policy: policy 'rules': {re.escape(message)}"):
             load_settings(_write(conf / "br.toml", text), env={})
+
+
+JUDGES_ONLY = ("[[models]]\nname = 'judge'\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\nroute = false\n"
+               "[[models]]\nname = 'chooser'\ninput_usd_per_mtok = 0.1\noutput_usd_per_mtok = 0.4\nroute = false\n")
+
+
+def test_a_catalog_without_a_routable_model_is_refused_at_start(tmp_path: Path) -> None:
+    """A catalog whose every model has `route = false` started the service, and then every POST /v1/route was a
+    422 blaming the request's models; `serve` (and `migrate`, `check` and `create_app`, which read the settings)
+    refuse it, naming the models."""
+    from typer.testing import CliRunner
+
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.cli import app as cli_app
+    from bandit_router.service import create_app
+
+    message = ("every model has route = false (judge, chooser): nothing can be routed; set route = true (the "
+               "default) on at least one model")
+    judges = (ModelSpec("judge", 0.15, 0.6, route=False), ModelSpec("chooser", 0.1, 0.4, route=False))
+    with pytest.raises(ConfigError, match=re.escape(f"models: {message}")):
+        create_app(Settings(models=judges, db=tmp_path / "r.db"))
+    inline = _write(tmp_path / "inline.toml", JUDGES_ONLY)
+    _write(tmp_path / "judges.toml", JUDGES_ONLY)
+    by_file = _write(tmp_path / "file.toml", "catalog = 'judges.toml'\n")
+    for config, key in ((inline, "models"), (by_file, "catalog")):
+        for command, db in (("migrate", []), ("check", []), ("serve", ["--db", str(tmp_path / "r.db")])):
+            result = CliRunner().invoke(cli_app, [command, "--config", str(config), *db])
+            assert result.exit_code == 2, result.output
+            assert result.output.strip() == f"bandit-router {command}: {key}: {message}"
+    assert not (tmp_path / "r.db").exists()
+    one_routable = JUDGES_ONLY.replace("route = false\n", "", 1)
+    assert [m.route for m in load_settings(_write(tmp_path / "ok.toml", one_routable), env={}).load_catalog()] == [
+        True, False]
+
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ("policy = 'default:exploration=1'\n[policy_settings]\nexploration = 2\n", {},
+         "policy_settings: exploration is also set in policy 'default:exploration=1'; set each setting in one place"),
+        ("policy = 'linucb:alpha=1,shared=true'\npolicy_settings = { shared = false, alpha = 2 }\n", {},
+         "policy_settings: alpha, shared are also set in policy 'linucb:alpha=1,shared=true'"),
+        ("[policy_settings]\nexploration = 2\n", {"BANDIT_ROUTER_POLICY": "default:exploration=1"},
+         "policy_settings: exploration is also set in policy 'default:exploration=1'"),
+        ("", {"BANDIT_ROUTER_POLICY_SETTINGS": '{"exploration": 1, "exploration": 2}'},
+         "BANDIT_ROUTER_POLICY_SETTINGS: policy_settings: gives the key 'exploration' twice"),
+        ("", {"BANDIT_ROUTER_BUDGETS": '{"tenants": {"acme": {"spend_usd": "5/1d", "spend_usd": "50/1d"}}}'},
+         "BANDIT_ROUTER_BUDGETS: budgets: gives the key 'spend_usd' twice"),
+        ("policy = 'default:exploration=1,exploration=2'\n", {},
+         "policy: default:exploration=1,exploration=2: setting exploration is given twice"),
+    ],
+)
+def test_a_policy_setting_given_twice_is_refused_naming_it(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    """`policy = "default:exploration=1"` with `policy_settings = {exploration = 2}` ran with 2, and a JSON object
+    in the environment that gave a key twice kept the last value, silently; both are refused, naming the key."""
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        load_settings(_write(tmp_path / "br.toml", text), env=env)
+    assert load_settings(_write(tmp_path / "ok.toml", "policy = 'default:exploration=1'\n[policy_settings]\n"
+                                "floor = 0.05\n"), env={}).build_policy().params.exploration == 1

@@ -19,7 +19,7 @@ from bandit_router.features import FeatureExtractor, estimate_tokens
 from bandit_router.reward import CostModel, OutputTokenEstimator, RewardConfig, reward
 from bandit_router.router import Router
 from bandit_router.state import pack, unpack
-from bandit_router.types import Context, Decision, Message, Outcome, Request
+from bandit_router.types import Context, Decision, Message, Outcome, Request, tenant_of
 
 # -- types ------------------------------------------------------------------------------------------------
 
@@ -479,3 +479,13 @@ def test_catalog_priors_round_trip_with_a_default_strength(tmp_path: Path) -> No
 
 def test_default_catalog_ships_priors_for_every_model() -> None:
     assert all(m.prior_quality is not None and 0 < m.prior_quality < 1 for m in default_catalog())
+
+
+@pytest.mark.parametrize(("value", "tenant"), [
+    ("acme", "acme"), ("5.0", "5.0"), (5, "5"), (5.0, "5"), (-3.0, "-3"), (-0.0, "0"), (5.5, "5.5"),
+    (2.0**53, "9007199254740992"), (1e300, "1e+300"), (True, "True"), (None, None),
+])
+def test_one_rule_names_a_tenant(value: object, tenant: str | None) -> None:
+    """`tenant_of`: strings and integers as they were always stored (`str(value)`), an integral float as the
+    integer it is (JSON does not tell 5 from 5.0)."""
+    assert tenant_of(value) == tenant

@@ -127,6 +127,47 @@ def test_evaluate_and_export_errors(tmp_path: Path) -> None:
     assert runner.invoke(cli_app, ["export", "--db", str(db), "--format", "csv"]).exit_code == 2
 
 
+def _not_ours(tmp_path: Path, kind: str) -> Path:
+    """A file `evaluate` and `export` must refuse: empty, another application's SQLite database, or not SQLite."""
+    path = tmp_path / f"{kind}.db"
+    if kind == "empty":
+        path.touch()
+    elif kind == "other":
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE notes (body TEXT)")
+    else:
+        path.write_text("not a database at all\n")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["empty", "other", "text"])
+@pytest.mark.parametrize("command", [["evaluate", "-C", "random"], ["export"], ["evaluate", "--escalations"],
+                                     ["export", "--escalations"]], ids=" ".join)
+def test_a_file_that_is_not_a_service_database_is_named(tmp_path: Path, kind: str, command: list[str]) -> None:
+    """`evaluate` and `export` on an empty file or another application's SQLite database said `no such table:
+    decisions` (or `model_events`, `sqlite_sequence`); they say which file is not a bandit-router database and what
+    was expected, exit status 2, and leave the file as it was (a file that is not SQLite was named already)."""
+    db = _not_ours(tmp_path, kind)
+    before = db.read_bytes()
+    result = CliRunner().invoke(cli_app, [*command, "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    if kind == "text":  # not SQLite at all: SQLite's own words, as before (test_faults.py)
+        assert result.output.strip() == f"bandit-router {command[0]}: {db}: file is not a database"
+    else:
+        assert result.output.startswith(f"bandit-router {command[0]}: {db} is not a bandit-router database (")
+        assert "expected the database that `bandit-router serve` writes" in result.output
+    assert "no such table" not in result.output
+    assert isinstance(result.exception, SystemExit)  # an exit status, not a traceback
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [db.name]
+
+
+def test_an_unprepared_postgresql_database_is_named(pg_url: str) -> None:
+    """The same for a PostgreSQL database no service has prepared (it said `relation "decisions" does not exist`)."""
+    result = CliRunner().invoke(cli_app, ["export", "--db", pg_url])
+    assert result.exit_code == 2, result.output
+    assert "is not a bandit-router database (" in result.output and "does not exist" not in result.output
+
+
 def test_evaluate_names_an_out_folder_it_cannot_create(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
     """`--out` at a file was a FileExistsError traceback (exit status 1) after the whole evaluation had run."""
     db, _ = logged_db

@@ -174,6 +174,42 @@ def test_a_name_with_a_trailing_line_feed_retires_nothing(client: TestClient) ->
     assert "gpt-4o" in [m["name"] for m in client.get("/v1/models").json()["models"]]
 
 
+@pytest.mark.parametrize("path", ["/v1/models/gpt-4o%0A", "/v1/models/gpt%0A4o", "/v1/models/gpt-4o%0D%0A",
+                                  "/v1/models/%00gpt-4o", "/v1/models/gpt-4o%7F", "/v1/models/gpt-4o%C2%85",
+                                  "/v1/models/meta-llama%2F%0A", "/v1/decisions/abc%0A", "/v1/decisions/a%09b"])
+def test_a_control_character_in_a_path_parameter_is_a_422_naming_it(client: TestClient, path: str) -> None:
+    """Refused by the route class (`service/paths.py`) for every route with path parameters: a line feed inside a
+    model name matched no route (a 404), and one at its end was read off by the route's `$` (the retire handler
+    had its own fix for that one case)."""
+    reply = client.delete(path) if "/models/" in path else client.get(path)
+    assert reply.status_code == 422, reply.text
+    body = reply.json()
+    assert body["error"] == "invalid_input" and body["field"] == ("name" if "/models/" in path else "decision_id")
+    assert "holds the control character U+" in body["message"]
+    assert "gpt-4o" in [m["name"] for m in client.get("/v1/models").json()["models"]]
+
+
+def test_every_route_with_path_parameters_checks_them() -> None:
+    """The service's routers build their routes with `CheckedRoute`; a `{…:path}` parameter (whose convertor stops
+    at a line feed) is refused when the route is declared; a route without parameters is left as FastAPI builds it
+    (the hot paths do no more work)."""
+    from fastapi.routing import APIRoute
+
+    from bandit_router.service.dashboard.routes import router as dashboard_router
+    from bandit_router.service.gateway_routes import router as gateway_router
+    from bandit_router.service.paths import CheckedRoute
+    from bandit_router.service.routes import router as api_router
+
+    routes = [r for router in (api_router, gateway_router, dashboard_router) for r in router.routes]
+    with_parameters = [r for r in routes if isinstance(r, APIRoute) and r.param_convertors]
+    assert {r.path for r in with_parameters} >= {"/v1/models/{name:fullpath}", "/v1/decisions/{decision_id}"}
+    assert all(isinstance(r, CheckedRoute) for r in routes if isinstance(r, APIRoute))
+    hot = [r for r in routes if isinstance(r, APIRoute) and r.path in ("/v1/route", "/v1/feedback")]
+    assert len(hot) == 2 and all(r.get_route_handler().__name__ == "app" for r in hot)  # FastAPI's own handler
+    with pytest.raises(ValueError, match=r"fullpath"):
+        CheckedRoute("/v1/things/{name:path}", lambda name: name)
+
+
 def test_context_keys_follow_the_grammar(client: TestClient) -> None:
     reply = client.post("/v1/route", json={"prompt": "x", "context": {"..": "a"}})
     assert reply.status_code == 422

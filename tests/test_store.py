@@ -27,6 +27,7 @@ from bandit_router.store import (
     SCHEMA_VERSION,
     CallRecord,
     FeedbackRecord,
+    JudgeCall,
     SQLiteStore,
     Store,
     StoreError,
@@ -733,3 +734,41 @@ def test_every_truncated_features_blob_is_a_store_error_or_a_whole_prefix() -> N
             except StoreError:
                 continue
             assert list(back) == names[: len(back)]
+
+
+def test_batches_fit_the_999_variables_of_sqlite_before_3_32(
+    tmp_path: Path, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite before 3.32 binds at most 999 variables a statement; a batch of 200 decisions (19 columns each) was
+    one statement of 3,800, so the writer's first large batch failed there ("too many SQL variables"), and so did
+    feedback (15 columns), call records, judge calls, the reads behind a feedback batch and retention (1,000 ids).
+    Each statement now takes as many rows as the connection's limit allows: the limit is lowered here to 999 on
+    every connection, as an old SQLite has it."""
+    connect = SQLiteStore._connect
+
+    def old_sqlite(self: SQLiteStore) -> sqlite3.Connection:
+        conn = connect(self)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+        return conn
+
+    monkeypatch.setattr(SQLiteStore, "_connect", old_sqlite)
+    store = SQLiteStore(tmp_path / "old.db")
+    store.prepare()
+    decisions = [_decision(router, f"old sqlite {i}", tenant=f"t{i % 3}") for i in range(250)]
+    ids = [d.decision_id for d in decisions]
+    now = time.time()
+    calls = [CallRecord(d.decision_id, d.decision_id, 1, d.model, True, False, "ok", 200, 10, 20, "upstream", 1e-5,
+                        0.1, 0.2, None, now, chain="{}") for d in decisions]
+    with store.write() as tx:
+        assert tx.insert_decisions([(d, None, f"t{i % 3}") for i, d in enumerate(decisions)]) == [True] * 250
+        tx.insert_shadow_pmfs([(i, "{}") for i in ids])
+        tx.insert_calls(calls)
+        tx.insert_judge_calls([JudgeCall(i, "t0", "judge", 10, 2, 1e-6, now) for i in ids])
+        tx.insert_feedback([_record(d, n + 1) for n, d in enumerate(decisions)])
+    with store.read() as reader:
+        context = reader.decisions_for_feedback(ids)
+        assert len(context.decisions) == len(context.feedback) == len(context.calls) == 250
+        assert len(reader.decisions(ids)) == 250 and len(reader.calls_for_many(ids)) == 250
+    _raw(store, "DELETE FROM feedback")
+    assert store.delete_old(time.time() + 1, 1000) == 250
+    store.close()

@@ -76,7 +76,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
-from ..types import Context, Decision
+from ..types import Context, Decision, tenant_of
 from .targets import AvgCost, BudgetConfig, Latency, Share, Spend, Target, parse_target
 
 STATE_FORMAT = "bandit-router-budgets/1"
@@ -730,8 +730,9 @@ class BudgetPacer:
 
     # -- internals --------------------------------------------------------------------------------------
     def _scopes(self, tenant: Any) -> list[_Scope]:
+        """The global scope, and `tenant`'s when it has targets (`types.tenant_of`: tenant 5.0 is tenant "5")."""
         if tenant is not None:
-            scope = self._tenants.get(str(tenant))
+            scope = self._tenants.get(tenant if isinstance(tenant, str) else str(tenant_of(tenant)))
             if scope is not None:
                 return [self._global, scope]
         return [self._global]

@@ -122,9 +122,19 @@ def _json(value: Any, from_env: bool, example: str) -> Any:
     if not from_env:
         return value
     try:
-        return json.loads(value)
+        return json.loads(value, object_pairs_hook=_once_each)
     except ValueError:
         raise _Bad(f"must be {example}") from None
+
+
+def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (`json.loads` would keep the last of a key given twice, as TOML
+    does not: it refuses the file)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        twice = sorted({key for i, (key, _) in enumerate(pairs) if any(key == k for k, _ in pairs[:i])})
+        raise _Bad(f"gives the key {', '.join(map(repr, twice))} twice")
+    return out
 
 
 def _strs(value: Any, from_env: bool) -> tuple[str, ...]:

@@ -146,15 +146,23 @@ class Settings:
         fallback model in the catalog. Raises `ConfigError` naming the key; returns `self`."""
         routing = self.routing
         try:
+            twice = sorted(set(parse_spec(routing.policy)[1]) & set(routing.policy_settings))
             policies = [("policy", self.build_policy())]
         except InvalidInput as exc:
             raise ConfigError(f"policy: {exc}") from exc
+        if twice:  # `make_policy` would let policy_settings win, silently
+            raise ConfigError(f"policy_settings: {', '.join(twice)} {'is' if len(twice) == 1 else 'are'} also set "
+                              f"in policy {routing.policy!r}; set each setting in one place")
         for spec in routing.shadow_policies:
             try:
                 policies.append(("shadow_policies", self.build_policy(spec)))
             except InvalidInput as exc:
                 raise ConfigError(f"shadow_policies: {exc}") from exc
         catalog = self.load_catalog()  # a missing or malformed catalog file fails now, not at the first request
+        if not any(m.route for m in catalog):  # every POST /v1/route would be a 422
+            key = "models" if routing.catalog is None and routing.models else "catalog"
+            raise ConfigError(f"{key}: every model has route = false ({', '.join(catalog.names)}): nothing can be "
+                              "routed; set route = true (the default) on at least one model")
         for key, policy in policies:  # `fixed:<model>` names a catalog model (a router refuses to be built else)
             try:
                 check_models(policy, list(catalog))

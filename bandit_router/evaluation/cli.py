@@ -13,6 +13,7 @@ import typer
 from ..catalog import ModelSpec
 from ..config import ConfigError, load_settings
 from ..errors import BanditRouterError
+from ..outputs import file_problem, out_problem, writing, writing_file
 from ..store import ChainFeedback, Store, StoreError
 from ..store.location import DatabaseURL, parse_database, redact_urls
 from ..store.location import open_store as open_location
@@ -53,20 +54,26 @@ def _fail(command: str, message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _prepare_out(command: str, folder: Path) -> None:
-    """Create the output folder, or fail naming it (a file there, no permission)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _fail(command, f"--out {folder}: cannot create the folder: {exc.strerror}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise _fail(command, f"--out {folder}: the folder is not writable")
+def _check_out(command: str, folder: Path) -> None:
+    """Fail now, naming `--out`, when `folder` could not be created or written (a file there, no permission);
+    nothing is created before there is something to write (`outputs.writing`)."""
+    problem = out_problem(folder)
+    if problem is not None:
+        raise _fail(command, f"--out {folder}: {problem}")
+
+
+def _check_out_file(command: str, path: Path) -> None:
+    """Fail now, naming `--out`, when the file `path` could not be written; nothing is created yet."""
+    problem = file_problem(path)
+    if problem is not None:
+        raise _fail(command, f"--out {path}: {problem}")
 
 
 def open_store(db: str | Path) -> Store:
     """The service database at `db` (a SQLite file, which must exist: evaluation never creates one, or a
     PostgreSQL URL, connected to once here so that a server that cannot be reached, a wrong password or database
-    name is an error saying so, not a reader's timeout). A database without the service's tables is refused."""
+    name is an error saying so, not a reader's timeout), once it is known to be a bandit-router database (it
+    records a schema version)."""
     try:
         location = parse_database(str(db))
     except ValueError as exc:
@@ -78,13 +85,15 @@ def open_store(db: str | Path) -> Store:
         probe = getattr(store, "probe", None)  # PostgresStore's: one connection, the driver's reason if it fails
         if probe is not None:
             probe()
-        with store.read() as reader:
-            if not reader.has_table("decisions"):
-                raise StoreError(f"{location} is not a bandit-router database (it has no decisions table; "
-                                 "`bandit-router serve` or `migrate` creates them)")
+        version = store.schema_version()
     except BaseException:
         store.close()
         raise
+    if version == 0:
+        store.close()
+        raise StoreError(f"{location} is not a bandit-router database (it records no bandit-router schema: empty, or "
+                         "another application's); expected the database that `bandit-router serve` writes (its `db` "
+                         "setting)")
     return store
 
 
@@ -134,7 +143,7 @@ def evaluate(
             message = f"--reward-lambda: expected logged, candidate or a number, not {reward_lambda!r}"
             raise _fail("evaluate", message) from None
     if out is not None:
-        _prepare_out("evaluate", out)  # before the replays, not after them
+        _check_out("evaluate", out)  # before the replays, not after them
     try:
         catalog = _catalog(config)
         store = open_store(db)
@@ -176,7 +185,8 @@ def evaluate(
         typer.echo(f"warning: overlap too poor to trust the estimates of: {', '.join(poor)} (⚠ in the table)", err=True)
     if out is not None:
         try:
-            write_evaluation(out, evaluation)
+            with writing(out):
+                write_evaluation(out, evaluation)
         except OSError as exc:
             raise _fail("evaluate", f"--out {out}: {exc.strerror or exc}") from None
         typer.echo(f"wrote {out / 'evaluation.json'}, {out / 'evaluation.md'}, {out / 'evaluation.png'}")
@@ -199,6 +209,8 @@ def export(
 
     if format != "dsjson":
         raise _fail("export", f"--format: only 'dsjson' is supported, not {format!r}")
+    if out is not None:
+        _check_out_file("export", out)
     if escalations:
         _export_escalations(db, out, label)
         return
@@ -218,8 +230,7 @@ def export(
                     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
                     raise typer.Exit(0) from None
             else:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with out.open("w", encoding="utf-8") as fp:
+                with writing_file(out) as fp:
                     written = export_dsjson(records, fp, specs=specs, label=label, include_unlabeled=include_unlabeled)
         finally:
             store.close()
@@ -238,6 +249,8 @@ def _evaluate_escalations(db: str, rules: list[str], confidence: float, out: Pat
     from .escalations import evaluate_escalations, format_rule_estimates, iter_chains
 
     skipped: list[ChainFeedback] = []
+    if out is not None:
+        _check_out("evaluate", out)
     try:
         store = open_store(db)
         try:
@@ -245,8 +258,6 @@ def _evaluate_escalations(db: str, rules: list[str], confidence: float, out: Pat
         finally:
             store.close()
         _warn_skipped(skipped)
-        if out is not None:
-            _prepare_out("evaluate", out)
         if not chains:
             raise _fail("evaluate", f"{redact_urls(db)} holds no learned chain with feedback: nothing to evaluate", 1)
         results = evaluate_escalations(chains, rules or list(DEFAULT_RULES), confidence=confidence)
@@ -256,8 +267,8 @@ def _evaluate_escalations(db: str, rules: list[str], confidence: float, out: Pat
     typer.echo(format_rule_estimates(results))
     if out is not None:
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "escalations.json").write_text(json.dumps([r.to_json() for r in results], indent=1))
+            with writing(out):
+                (out / "escalations.json").write_text(json.dumps([r.to_json() for r in results], indent=1))
         except OSError as exc:
             raise _fail("evaluate", f"--out {out}: {exc.strerror or exc}") from None
         typer.echo(f"wrote {out / 'escalations.json'}")
@@ -273,7 +284,7 @@ def _warn_skipped(skipped: list[ChainFeedback]) -> None:
 def _export_escalations(db: str, out: Path | None, label: str) -> None:
     from .escalations import export_escalations
 
-    skipped: list[ChainFeedback] = []
+    skipped: list[ChainFeedback] = []  # `export` checked `out`
     try:
         store = open_store(db)
         try:
@@ -286,8 +297,7 @@ def _export_escalations(db: str, out: Path | None, label: str) -> None:
                     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                     raise typer.Exit(0) from None
                 return
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with out.open("w", encoding="utf-8") as fp:
+            with writing_file(out) as fp:
                 written = export_escalations(store, fp, label=label, skipped=skipped)
         finally:
             store.close()

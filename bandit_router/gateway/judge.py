@@ -32,7 +32,7 @@ from ..config import Settings
 from ..errors import BanditRouterError
 from ..log.feedback import JUDGE_SOURCE
 from ..store import JudgeCall, JudgeTotals
-from ..types import Decision, Outcome
+from ..types import Decision, Outcome, tenant_of
 from .pricing import answer_text, estimated, message_text
 from .upstreams import UpstreamError, Upstreams
 
@@ -100,9 +100,9 @@ class Judge:
         if self.rate <= 0 or self._rng.random() >= self.rate:
             return
         self.stats.sampled += 1
-        tenant = decision.context.attributes.get("tenant")
+        tenant = tenant_of(decision.context.attributes.get("tenant"))
         job = Job(decision.decision_id, tuple(messages), answer,
-                  time.monotonic() + self.settings.judge.judge_delay_s, None if tenant is None else str(tenant))
+                  time.monotonic() + self.settings.judge.judge_delay_s, tenant)
         try:
             self.queue.put_nowait(job)
         except asyncio.QueueFull:

@@ -53,7 +53,7 @@ from ..store import (
 from ..store.location import open_store
 from ..store.migrations import SCHEMA_VERSION
 from ..store.sqlite import SQLiteStore
-from ..types import Decision, Outcome, Request
+from ..types import Decision, Outcome, Request, tenant_of
 from .exceptions import Conflict, NotFound, Unavailable
 from .writer import (
     AddModel,
@@ -428,11 +428,11 @@ class Engine:
         """Decide, store the decision (with the prompt only when `store_prompts`), then return it."""
         self._require_ready()
         decision = await self._decide(request)
-        tenant = request.context.get("tenant")
+        tenant = tenant_of(request.context.get("tenant"))
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows else None
         self.budgets.mine(decision.decision_id)
-        await self._submit(InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow))
+        await self._submit(InsertDecision(decision, prompt, tenant, shadow))
         return decision
 
     def _decide(self, request: Request) -> asyncio.Future[Decision]:
@@ -475,13 +475,11 @@ class Engine:
         if call is not None and counts is not None:
             self.budgets.book_chain(decision, call, counts.spend_usd)
         self._require_ready()
-        tenant = request.context.get("tenant")
+        tenant = tenant_of(request.context.get("tenant"))
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
         self.budgets.mine(decision.decision_id)
-        await self._submit(
-            InsertDecision(decision, prompt, None if tenant is None else str(tenant), shadow, call, counts)
-        )
+        await self._submit(InsertDecision(decision, prompt, tenant, shadow, call, counts))
         self.budgets.book_stored(decision)
         return decision
 

@@ -59,10 +59,11 @@ from ..gateway.gateway import SERVER_STOPPED
 from ..gateway.upstreams import UpstreamRejected, rate_limited
 from .errors import status_of
 from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
+from .paths import CheckedRoute
 from .routes import SECURITY, _require_json, _services
 
 log = logging.getLogger("bandit_router.service")
-router = APIRouter()
+router = APIRouter(route_class=CheckedRoute)  # path parameters: no control characters
 STREAM_WRITE_TIMEOUT_S = 30.0
 
 CHAT_PATH = "/v1/chat/completions"

@@ -32,6 +32,7 @@ from .engine import Engine
 from .errors import ERROR_RESPONSES, encode_json, error_response, json_response
 from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
+from .paths import CheckedRoute
 from .schemas import (
     ID_PATTERN,
     NAME_PATTERN,
@@ -49,7 +50,7 @@ from .schemas import (
 )
 
 Body = TypeVar("Body", bound=BaseModel)
-router = APIRouter()
+router = APIRouter(route_class=CheckedRoute)  # path parameters: no control characters
 
 
 SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -314,14 +315,12 @@ async def add_model(request: Request) -> Response:
     return json_response(_model_json(spec, 0), status=201)
 
 
-@router.delete("/v1/models/{name:path}", responses=_responses(403, 404, 409), openapi_extra=_body(), tags=["v1"])
+@router.delete("/v1/models/{name:fullpath}", responses=_responses(403, 404, 409), openapi_extra=_body(), tags=["v1"])
 async def retire_model(request: Request, name: Annotated[str, Path(max_length=128, pattern=NAME_PATTERN)]) -> Response:
     """Stop routing to a model (admin key). Feedback for its past decisions is still learned. A name with `/`
     (`meta-llama/Llama-3.1-8B`) goes in the path as is or with `%2F`."""
     engine = _services(request, admin=True).engine
-    if request.scope["path"].partition("/v1/models/")[2] != name:  # the route's `$` matched before a final \n
-        name = request.scope["path"].partition("/v1/models/")[2]
-    problem = name_problem(name)
+    problem = name_problem(name)  # a control character was refused before (`paths.CheckedRoute`)
     if problem is not None:
         raise InvalidField("name", f"not a valid model name: {problem}")
     await engine.retire_model(name)

@@ -112,10 +112,6 @@ class Reader(Protocol):
 
     def get_meta(self, key: str) -> str | None: ...
 
-    def has_table(self, name: str) -> bool:
-        """Whether table `name` exists: False in a database no bandit-router service prepared (yet)."""
-        ...
-
 
 class WriteTx(Reader, Protocol):
     """Writes, inside one transaction that holds the database's single write lock."""
@@ -191,6 +187,11 @@ class Store(Protocol):
     def write(self) -> AbstractContextManager[WriteTx]: ...
 
     def read(self) -> AbstractContextManager[Reader]: ...
+
+    def schema_version(self) -> int:
+        """The schema version the database records; 0 when it records none (not prepared yet, or not a
+        bandit-router database). Creates nothing."""
+        ...
 
     def maintain(self) -> None:
         """Housekeeping that must not run on the writer's commit path (SQLite: copy the WAL into the database)."""

@@ -244,10 +244,11 @@ class PostgresStore:
             conn.close()
 
     def schema_version(self) -> int:
-        """The schema version the database records (0: not prepared)."""
+        """The schema version the database records (0: none: not prepared, or not a bandit-router database)."""
         with self.read() as reader:
-            value = reader.get_meta("schema_version")
-        return int(value) if value is not None else 0
+            assert isinstance(reader, _PostgresTx)
+            value = reader.get_meta("schema_version") if reader.has_table("meta") else None
+        return int(value) if value is not None and value.isdigit() else 0
 
     @contextmanager
     def write(self) -> Iterator[WriteTx]:

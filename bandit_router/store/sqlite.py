@@ -85,6 +85,7 @@ FEEDBACK_COLUMNS = (
     "source", "status", "learn", "reward", "realised_cost_usd", "model", "tenant",
 )  # fmt: skip
 _CHUNK = 200
+"""Rows (or ids) per statement, at most: fewer when SQLite's variable limit needs it (`_SQLiteTx.per_statement`)."""
 _DECISIONS = ", ".join(DECISION_COLUMNS)
 _FEEDBACK = ", ".join(FEEDBACK_COLUMNS)
 _INSERT_DECISIONS = f"INSERT OR IGNORE INTO decisions ({_DECISIONS}) VALUES "
@@ -209,6 +210,21 @@ class SQLiteStore:
         finally:
             conn.close()
 
+    def schema_version(self) -> int:
+        """The schema version the database records (0: none: an empty file, another application's database).
+        Read-only; creates nothing. A file that is not SQLite at all raises `StoreError` ("file is not a
+        database")."""
+        conn = self._reader_conn()
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+                return 0
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.Error as exc:
+            self._note(exc)
+            raise StoreError(f"{self.path}: {exc}") from exc
+        value = None if row is None else str(row[0])
+        return int(value) if value is not None and value.isdigit() else 0
+
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = 0
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone():
@@ -301,8 +317,10 @@ class SQLiteStore:
                 "SELECT decision_id FROM decisions d WHERE created_at < ? AND NOT EXISTS "
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY rowid LIMIT ?"
             )
-            ids = [r[0] for r in conn.execute(old, (cutoff, limit)).fetchall()]
-            if ids:
+            every = [r[0] for r in conn.execute(old, (cutoff, limit)).fetchall()]
+            step = tx.per_statement(1)  # type: ignore[attr-defined]
+            for start in range(0, len(every), step):
+                ids = every[start : start + step]
                 marks = ",".join("?" * len(ids))
                 conn.execute(f"DELETE FROM shadow_pmfs WHERE decision_id IN ({marks})", ids)
                 conn.execute(f"DELETE FROM calls WHERE decision_id IN ({marks})", ids)
@@ -436,9 +454,13 @@ class _SQLiteTx:
         self.conn = conn
         self._models_json = models_json
         self._tables = set() if tables is None else tables
+        self._variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        """The most `?` one statement may bind: 32766 since SQLite 3.32, 999 before (a build may set another)."""
 
-    def has_table(self, name: str) -> bool:
-        return self._has_tables(name)
+    def per_statement(self, width: int) -> int:
+        """Rows of `width` values each that one statement may bind: `_CHUNK`, or fewer under SQLite's variable
+        limit (999 before 3.32: 52 decisions of 19 columns). Read from the connection, so an old SQLite works."""
+        return max(1, min(_CHUNK, self._variables // width))
 
     def _has_tables(self, *names: str) -> bool:
         """Whether every table of `names` exists: False in a database no service with this version prepared yet
@@ -454,11 +476,12 @@ class _SQLiteTx:
         return True
 
     def _in_chunks(self, sql: str, ids: Sequence[str], *, plain: bool = False) -> Iterator[Any]:
-        """Rows of `sql` (with `{marks}` for the placeholders) for `ids`, deduplicated, `_CHUNK` ids a query
+        """Rows of `sql` (with `{marks}` for the placeholders) for `ids`, deduplicated, `per_statement(1)` ids a query
         (`plain`: tuples, for the decoders below; else `sqlite3.Row`)."""
         unique = list(dict.fromkeys(ids))
-        for start in range(0, len(unique), _CHUNK):
-            chunk = unique[start : start + _CHUNK]
+        step = self.per_statement(1)
+        for start in range(0, len(unique), step):
+            chunk = unique[start : start + step]
             yield from self._execute(sql.format(marks=",".join("?" * len(chunk))), chunk, plain=plain)
 
     def _execute(self, sql: str, params: Sequence[Any], *, plain: bool = False) -> sqlite3.Cursor:
@@ -481,8 +504,9 @@ class _SQLiteTx:
             if fresh:
                 rows.append(self._decision_row(decision, prompt, tenant))
         before = self.conn.total_changes
-        for start in range(0, len(rows), _CHUNK):
-            chunk_rows = rows[start : start + _CHUNK]
+        step = self.per_statement(len(DECISION_COLUMNS))
+        for start in range(0, len(rows), step):
+            chunk_rows = rows[start : start + step]
             sql = _INSERT_DECISIONS + ",".join([_DECISION_PLACEHOLDERS] * len(chunk_rows))
             self.conn.execute(sql, list(itertools.chain.from_iterable(chunk_rows)))
         if self.conn.total_changes - before != len(rows):
@@ -507,9 +531,10 @@ class _SQLiteTx:
         self._upsert(router_stats.UPSERT, router_stats.ROW_PLACEHOLDERS, router_stats.upsert_rows(increments))
 
     def _upsert(self, template: str, placeholders: str, rows: Sequence[Sequence[Any]]) -> None:
-        """`template` (an upsert with `{values}`) for `rows`, `_CHUNK` rows per statement."""
-        for start in range(0, len(rows), _CHUNK):
-            chunk = rows[start : start + _CHUNK]
+        """`template` (an upsert with `{values}`) for `rows`, `per_statement` rows per statement."""
+        step = self.per_statement(placeholders.count("?"))
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
             sql = template.format(values=",".join([placeholders] * len(chunk)))
             self.conn.execute(sql, list(itertools.chain.from_iterable(chunk)))
 
@@ -548,8 +573,9 @@ class _SQLiteTx:
     def insert_feedback(
         self, records: Sequence[FeedbackRecord], decided: Mapping[str, tuple[float, float]] | None = None
     ) -> None:
-        for start in range(0, len(records), _CHUNK):
-            chunk = records[start : start + _CHUNK]
+        step = self.per_statement(len(FEEDBACK_COLUMNS))
+        for start in range(0, len(records), step):
+            chunk = records[start : start + step]
             values = [
                 value
                 for r in chunk
@@ -634,8 +660,9 @@ class _SQLiteTx:
         return int(self.conn.execute("SELECT COALESCE(MAX(position), 0) FROM judge_calls").fetchone()[0])
 
     def insert_judge_calls(self, records: Sequence[JudgeCall]) -> None:
-        for start in range(0, len(records), _CHUNK):
-            chunk = records[start : start + _CHUNK]
+        step = self.per_statement(len(JUDGE_CALL_COLUMNS))
+        for start in range(0, len(records), step):
+            chunk = records[start : start + step]
             marks = ",".join([f"({','.join('?' * len(JUDGE_CALL_COLUMNS))})"] * len(chunk))
             self.conn.execute(
                 f"INSERT INTO judge_calls ({', '.join(JUDGE_CALL_COLUMNS)}) VALUES {marks}",
@@ -646,8 +673,9 @@ class _SQLiteTx:
         self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def insert_shadow_pmfs(self, rows: Sequence[tuple[str, str]]) -> None:
-        for start in range(0, len(rows), _CHUNK):
-            chunk = rows[start : start + _CHUNK]
+        step = self.per_statement(2)
+        for start in range(0, len(rows), step):
+            chunk = rows[start : start + step]
             self.conn.execute(
                 "INSERT OR IGNORE INTO shadow_pmfs (decision_id, pmfs) VALUES " + ",".join(["(?, ?)"] * len(chunk)),
                 list(itertools.chain.from_iterable(chunk)),
@@ -661,16 +689,18 @@ class _SQLiteTx:
             rollup.FALLBACK_DECISIONS_SQL + " WHERE decision_id IN ({marks})", [d for d in fallbacks if d not in known],
             plain=True,
         ))  # fmt: skip
-        for start in range(0, len(records), _CHUNK):
-            chunk = records[start : start + _CHUNK]
+        step = self.per_statement(len(CALL_COLUMNS))
+        for start in range(0, len(records), step):
+            chunk = records[start : start + step]
             marks = ",".join([f"({','.join('?' * len(CALL_COLUMNS))})"] * len(chunk))
             self.conn.execute(
                 f"INSERT OR REPLACE INTO calls ({', '.join(CALL_COLUMNS)}) VALUES {marks}",
                 [_call_value(getattr(r, c)) for r in chunk for c in CALL_COLUMNS],
             )
         chains = [(r.decision_id, r.chain) for r in records if r.chain is not None]
-        for start in range(0, len(chains), _CHUNK):
-            pairs = chains[start : start + _CHUNK]
+        step = self.per_statement(2)
+        for start in range(0, len(chains), step):
+            pairs = chains[start : start + step]
             self.conn.execute(
                 "INSERT OR REPLACE INTO chains (decision_id, chain) VALUES " + ",".join(["(?, ?)"] * len(pairs)),
                 list(itertools.chain.from_iterable(pairs)),
@@ -686,7 +716,7 @@ class _SQLiteTx:
                 for row in self._in_chunks(select + " WHERE c.decision_id IN ({marks})", decision_ids, plain=True)}
 
     def decisions_for_feedback(self, decision_ids: Sequence[str]) -> FeedbackContext:
-        """`decisions`, `feedback_for_many` and `calls_for_many` of `decision_ids` in one statement per `_CHUNK`
+        """`decisions`, `feedback_for_many` and `calls_for_many` of `decision_ids` in one statement per `per_statement`
         ids (`FOR_FEEDBACK_SQL`): each statement is a trip through the GIL for the writer thread, as is each
         column of each row (the union adds none to a decision's row)."""
         context = FeedbackContext({}, {}, {})
@@ -696,8 +726,9 @@ class _SQLiteTx:
         sql = FOR_FEEDBACK_SQL[calls, calls and self._has_tables("chains")]
         arms = 3 if calls else 2
         unique = list(dict.fromkeys(decision_ids))
-        for start in range(0, len(unique), _CHUNK):
-            chunk = unique[start : start + _CHUNK]
+        step = self.per_statement(arms)
+        for start in range(0, len(unique), step):
+            chunk = unique[start : start + step]
             for row in self._execute(sql.format(marks=",".join("?" * len(chunk))), chunk * arms, plain=True):
                 first = row[0]
                 if first is None:
@@ -1038,3 +1069,4 @@ def _why_not_opened(path: Path, exc: sqlite3.Error) -> str:
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
         return f": the file is not readable and writable by this process (uid {os.geteuid()})"
     return ""
+

@@ -21,9 +21,10 @@ from ...log.timeseries import MAX_TIME
 from ..auth import Role, authorize, bearer_token
 from ..errors import ERROR_RESPONSES, json_response
 from ..exceptions import InvalidField
+from ..paths import CheckedRoute
 from .schemas import LiveOut, RecentOut, ShadowsOut, TimeseriesOut
 
-router = APIRouter()
+router = APIRouter(route_class=CheckedRoute)  # path parameters: no control characters
 STATIC = resources.files(__package__) / "static"
 STEPS = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400)
 """Default steps (seconds): the smallest that gives at most `DEFAULT_BUCKETS` buckets."""

@@ -1,0 +1,76 @@
+"""Where a command writes what it made (`--out`): nothing is created before there is something to write, and what a
+failed write created is removed again, never a folder or a file that was there before.
+
+    out_problem(folder)     why `folder` could not be created or written (checked first, creating nothing)
+    file_problem(path)      the same for one file (`export --out log.dsjson`)
+    writing(folder)         create it (and missing parents) for a block of writes; on failure remove what it made
+    writing_file(path)      the same for one file
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TextIO
+
+
+def out_problem(folder: Path) -> str | None:
+    """Why `folder` could not be created or written to (a short phrase), or None when it could. Creates nothing:
+    a command checks this before its work, and creates the folder only when it writes."""
+    if folder.is_dir():
+        return None if os.access(folder, os.W_OK | os.X_OK) else "the folder is not writable"
+    if folder.exists() or folder.is_symlink():
+        return f"cannot create the folder: {os.strerror(errno.EEXIST)}"
+    ancestor = next(p for p in folder.absolute().parents if p.exists())  # the root exists
+    if not ancestor.is_dir():
+        return f"cannot create the folder: {os.strerror(errno.ENOTDIR)}"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot create the folder: {os.strerror(errno.EACCES)}"
+    return None
+
+
+def file_problem(path: Path) -> str | None:
+    """Why the file `path` could not be written (a short phrase), or None when it could. Creates nothing."""
+    if path.is_dir():
+        return f"cannot write the file: {os.strerror(errno.EISDIR)}"
+    if path.exists():
+        return None if os.access(path, os.W_OK) else "the file is not writable"
+    return out_problem(path.parent)
+
+
+@contextmanager
+def writing(folder: Path) -> Iterator[Path]:
+    """Create `folder` (and its missing parents) for the block's writes. When the block fails, remove the folders
+    created here, with everything in them (all of it written by the block). A folder that was there is left as
+    it is: its entries cannot be told from another program's."""
+    created: Path | None = None
+    for path in (folder, *folder.parents):
+        if path.exists():
+            break
+        created = path  # the top-most folder that is missing
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def writing_file(path: Path) -> Iterator[TextIO]:
+    """`path` opened for writing text, its missing folders created; when the block fails, the file is removed if
+    it was not there before, and the folders made for it too."""
+    existed = path.exists()
+    with writing(path.parent):
+        try:
+            with path.open("w", encoding="utf-8") as fp:
+                yield fp
+        except BaseException:
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise

@@ -1,0 +1,113 @@
+"""`--out`: a command that fails leaves nothing it created (`bandit_router.outputs`), and never removes what was
+there before; the run-time failures of `evaluate`, `export` and `simulate` are checked through the commands."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+    from fastapi.testclient import TestClient
+
+from bandit_router.cli import app as cli_app
+from bandit_router.config import Settings
+from bandit_router.outputs import file_problem, out_problem, writing, writing_file
+from bandit_router.service import create_app
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def test_a_failed_block_removes_the_folders_it_created_and_only_those(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), writing(tmp_path / "a" / "b" / "c") as folder:
+        (folder / "half.json").write_text("{")
+        raise RuntimeError("the report failed")
+    assert list(tmp_path.iterdir()) == []
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "old.md").write_text("from an earlier run")
+    with pytest.raises(RuntimeError), writing(kept / "new") as folder:
+        raise RuntimeError
+    assert _tree(tmp_path) == {"kept": None, "kept/old.md": b"from an earlier run"}
+    with writing(tmp_path / "done") as folder:
+        (folder / "r.json").write_text("{}")
+    assert (tmp_path / "done" / "r.json").read_text() == "{}"
+
+
+def test_a_failed_file_is_removed_unless_it_was_there(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), writing_file(tmp_path / "x" / "log.dsjson") as fp:
+        fp.write("{}\n")
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+    old = tmp_path / "log.dsjson"
+    old.write_text("old\n")
+    with pytest.raises(RuntimeError), writing_file(old):
+        raise RuntimeError
+    assert old.exists()
+
+
+def test_out_problem_creates_nothing(tmp_path: Path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    assert out_problem(tmp_path / "new" / "deeper") is None
+    assert file_problem(tmp_path / "new" / "log.dsjson") is None and file_problem(taken) is None
+    assert file_problem(tmp_path) == f"cannot write the file: {os.strerror(21)}"
+    assert file_problem(taken / "log.dsjson") == f"cannot create the folder: {os.strerror(17)}"  # taken is a file
+    assert out_problem(taken) == f"cannot create the folder: {os.strerror(17)}"
+    assert out_problem(taken / "eval") == f"cannot create the folder: {os.strerror(20)}"
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        assert out_problem(locked) == "the folder is not writable"
+        assert out_problem(locked / "x") == f"cannot create the folder: {os.strerror(13)}"
+    assert sorted(p.name for p in tmp_path.iterdir()) in (["taken"], ["locked", "taken"])
+
+
+@pytest.fixture(scope="module")
+def logged_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A service database with a few decisions with feedback."""
+    db = tmp_path_factory.mktemp("db") / "service.db"
+    with TestClient(create_app(Settings(db=db, seed=1))) as client:
+        while client.get("/readyz").status_code != 200:
+            pass
+        for i in range(5):
+            decision = client.post("/v1/route", json={"prompt": f"hello {i}"}).json()
+            client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5})
+    return db
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["evaluate", "-C", "fixed:gpt-5"], "'gpt-5' is not a model of the log"),
+    (["evaluate", "--escalations"], "holds no learned chain with feedback"),
+    (["export", "--label", "bogus"], "label"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_a_command_that_fails_at_run_time_leaves_no_out_folder(
+    logged_db: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    """`evaluate -C fixed:gpt-5 --out eval/` (refused once the log is read) left an empty eval/ behind, and so did
+    `evaluate --escalations` on a log without chains; `export --out a/b/log.dsjson` left a/b/ and an empty file."""
+    out = tmp_path / "a" / "b" / ("log.dsjson" if args[0] == "export" else "eval")
+    result = CliRunner().invoke(cli_app, [*args, "--db", str(logged_db), "--out", str(out)])
+    assert result.exit_code != 0, result.output
+    assert message in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_simulate_that_fails_at_run_time_leaves_no_out_folder(tmp_path: Path) -> None:
+    """`simulate --target share:gpt-4o-mni=0.1` (a typo, refused once the run's models are known) left an empty
+    `--out` folder behind; a folder that was there stays, with what was in it."""
+    args = ["simulate", "--env", "synthetic:default", "--policies", "random", "--steps", "50", "--seeds", "1",
+            "--workers", "1", "--no-plots", "--quiet", "--target", "share:gpt-4o-mni=0.1", "--out"]
+    result = CliRunner().invoke(cli_app, [*args, str(tmp_path / "runs" / "sim")])
+    assert result.exit_code == 2, result.output
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.md").write_text("keep")
+    assert CliRunner().invoke(cli_app, [*args, str(tmp_path / "mine")]).exit_code == 2
+    assert _tree(tmp_path) == {"mine": None, "mine/notes.md": b"keep"}
