@@ -261,9 +261,10 @@ class Router:
         return _Priced(specs, names, arms, costs, lam, penalty)
 
     def pmf_now(self, context: Context) -> dict[str, float]:
-        """The probability `decide` would give each routable model for `context` now (every active model, λ as
-        the pacer sets it now, the cold-start floors), without drawing or booking: the router's own generator
-        and what it learned are untouched (a policy that samples draws from a throwaway generator)."""
+        """The probability `decide` would give each routable model for `context` now, with no `models` or
+        `cost_weight` of the request's own (every active model, λ as configured or as the pacer sets it now, the
+        cold-start floors), without drawing or booking: the router's own generator and what it learned are
+        untouched (a policy that samples draws from a throwaway generator)."""
         with self._lock:
             priced = self._price(context, None, None)
             pmf = self.policy.pmf(context, priced.specs, priced.penalty, np.random.default_rng(0))
