@@ -32,7 +32,7 @@ from .catalog import Catalog, ModelSpec, default_catalog
 from .errors import BanditRouterError, InvalidInput, UnknownModel
 from .features import FeatureExtractor
 from .ids import new_decision_id
-from .policies import Policy, check_models, make_policy, policy_settings
+from .policies import Policy, check_models, make_policy, policy_settings, setting_defaults
 from .reward import CostModel, RewardConfig, reward
 from .state import pack, rng_from_state, rng_state, unpack
 from .types import Context, Decision, Outcome, Request
@@ -261,9 +261,10 @@ class Router:
         return _Priced(specs, names, arms, costs, lam, penalty)
 
     def pmf_now(self, context: Context) -> dict[str, float]:
-        """The probability `decide` would give each routable model for `context` now (every active model, λ as
-        the pacer sets it now, the cold-start floors), without drawing or booking: the router's own generator
-        and what it learned are untouched (a policy that samples draws from a throwaway generator)."""
+        """The probability `decide` would give each routable model for `context` now, with no `models` or
+        `cost_weight` of the request's own (every active model, λ as configured or as the pacer sets it now, the
+        cold-start floors), without drawing or booking: the router's own generator and what it learned are
+        untouched (a policy that samples draws from a throwaway generator)."""
         with self._lock:
             priced = self._price(context, None, None)
             pmf = self.policy.pmf(context, priced.specs, priced.penalty, np.random.default_rng(0))
@@ -387,7 +388,9 @@ class Router:
 
     def _check_policy(self, name: str, settings: Any) -> None:
         """`InvalidInput` unless a snapshot of policy `name` with `settings` (None: not recorded, or a policy without
-        a params dataclass) fits this router's policy: the same kind and settings, or without settings the same name."""
+        a params dataclass) fits this router's policy: the same kind and settings, or without settings the same name.
+        A setting the snapshot does not record (added since) counts as its default; one this policy no longer has
+        (removed since) is not compared: a new version still loads the snapshots and checkpoints of the one before."""
         mine = policy_settings(self.policy)
         if not isinstance(settings, dict) or mine is None:
             if name != self.policy.name:
@@ -396,7 +399,8 @@ class Router:
         kind = name.partition(":")[0]
         if kind != self.policy.name.partition(":")[0]:
             raise InvalidInput(f"snapshot is of policy {name!r}, this router runs {self.policy.name!r}")
-        differ = sorted(k for k in settings.keys() | mine.keys() if settings.get(k) != mine.get(k))
+        settings = {**{k: v for k, v in setting_defaults(self.policy).items() if k in mine}, **settings}
+        differ = sorted(k for k in mine if settings.get(k) != mine[k])
         if differ:
             theirs = ", ".join(f"{k}={settings.get(k)!r}" for k in differ)
             ours = ", ".join(f"{k}={mine.get(k)!r}" for k in differ)

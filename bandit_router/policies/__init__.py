@@ -233,6 +233,23 @@ def policy_settings(policy: Policy) -> dict[str, Any] | None:
     return normalised
 
 
+def setting_defaults(policy: Policy) -> dict[str, Any]:
+    """Each setting of `policy`'s `params` dataclass that has a default, that default as `policy_settings` records
+    it: what a snapshot taken before a setting existed (it does not record it) was taken with, when the setting was
+    added with a default that keeps the earlier behaviour."""
+    params = getattr(policy, "params", None)
+    if params is None or not dataclasses.is_dataclass(params) or isinstance(params, type):
+        return {}
+    tree: dict[str, Any] = {}
+    for f in dataclasses.fields(params):
+        if f.default is not dataclasses.MISSING:
+            tree[f.name] = _json_tree(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            tree[f.name] = _json_tree(f.default_factory())
+    normalised: dict[str, Any] = json.loads(json.dumps(tree, sort_keys=True))
+    return normalised
+
+
 def _json_tree(value: Any) -> Any:
     """A setting's value as JSON: dataclasses (a rule) by their init fields, sequences as lists, other objects
     by their repr."""
@@ -280,6 +297,7 @@ __all__ = [
     "parse_settings",
     "parse_spec",
     "policy_settings",
+    "setting_defaults",
     "settings_of",
     "warm_start",
 ]
