@@ -663,15 +663,16 @@ def test_a_fixed_policy_naming_no_catalog_model_does_not_start_and_a_retired_one
     assert _route(client, prompt="hi")["model"] == "gpt-4o"
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError, reason="review-a finding: Settings.check sees only the catalog "
-                   "file, not the models added at run time, which stay across restarts (docs/service/durability.md)")
-def test_a_fixed_policy_on_a_model_added_at_run_time_starts(make_client: Callable[..., TestClient]) -> None:
-    """A model added with POST /v1/models stays across restarts; a configuration that then pins traffic to it
-    (`policy = "fixed:<it>"`) started and served it at b25d2f1, and is refused at start since the fixed model is
-    checked against the catalog file alone."""
+def test_a_fixed_policy_on_a_model_added_only_at_run_time_is_refused_saying_what_to_do(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A model added with POST /v1/models stays across restarts, but a fixed policy is configuration and is checked
+    against the catalog file when the service starts, before the stored model events are read: a configuration
+    pinning traffic to a model only the API added is refused, with the fix in the message (it started and served
+    the model until the fixed model was checked; a misspelt one then sent every request to the cheapest model)."""
     client = make_client()
     added = client.post("/v1/models", json={"name": "gpt-5", "input_usd_per_mtok": 1.25, "output_usd_per_mtok": 10})
     assert added.status_code == 201, added.text
     client.__exit__(None, None, None)
-    client = make_client(policy="fixed:gpt-5")
-    assert _route(client, prompt="hi")["model"] == "gpt-5"
+    with pytest.raises(ConfigError, match=r"'gpt-5', which is not in the catalog.*must also be in the catalog file"):
+        make_client(policy="fixed:gpt-5")
