@@ -202,6 +202,39 @@ def test_a_model_added_at_run_time_has_its_exploration_floor_now_before_any_traf
     assert "c" in routed  # and the policy does route to it (p ≥ 0.05 each: missed 60 times with p < 0.05)
 
 
+def test_probability_now_is_reused_for_a_while_and_priced_again_when_the_models_change(
+    make: Callable[..., Any],
+) -> None:
+    """`typical.now` costs a policy pmf per recent context, so polls within `NOW_TTL_S` reuse it; a model added (or
+    retired) is priced at once."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.log import monitor as monitor_module
+
+    client = make(models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0)))
+    _traffic(client, 12)
+    client.get("/v1/stats/live")  # builds the app's monitor
+    monitor = client.app.state.monitor
+    monitor._now_cache = None
+    calls: list[int] = []
+    priced = monitor._pmf_now
+
+    def counting(live: Any, contexts: Any) -> Any:
+        calls.append(len(contexts))
+        return priced(live, contexts)
+
+    monitor._pmf_now = counting
+    first = client.get("/v1/stats/live").json()["typical"]["now"]
+    _traffic(client, 3)
+    assert client.get("/v1/stats/live").json()["typical"]["now"] == first and len(calls) == 1
+    assert client.post("/v1/models", json={"name": "c", "input_usd_per_mtok": 1.0,
+                                           "output_usd_per_mtok": 2.0}).status_code == 201
+    assert set(client.get("/v1/stats/live").json()["typical"]["now"]) == {"a", "b", "c"} and len(calls) == 2
+    cached = monitor._now_cache
+    monitor._now_cache = (cached[0] - monitor_module.NOW_TTL_S, *cached[1:])  # the reuse has run out
+    client.get("/v1/stats/live")
+    assert len(calls) == 3 and calls[-1] == 15
+
+
 def test_shadows_without_enough_evidence_say_why(make: Callable[..., Any]) -> None:
     client = make(shadow_policies=("linucb",))
     _traffic(client, 6)

@@ -39,6 +39,9 @@ from .timeseries import Window, timeseries
 TYPICAL_DECISIONS = 200
 NOW_DECISIONS = 100
 """The newest routed decisions whose contexts `live()` prices again with the live policy ("probability now")."""
+NOW_TTL_S = 10.0
+"""How long `live()` reuses its "probability now" (≈ 10–30 ms of policy pmfs) while the live router and its models
+stay the same: a dashboard polls every 2 s, and a model added or retired, or a promotion, shows at once."""
 SHADOW_DECISIONS = 2000
 SHADOW_TTL_S = 15.0
 MAX_RECENT = 500
@@ -69,6 +72,8 @@ class Monitor:
         self.clock = clock
         self._shadow_lock = threading.Lock()
         self._shadow_cache: tuple[float, dict[str, Any]] | None = None
+        self._now_cache: tuple[float, tuple[int, tuple[str, ...]], dict[str, float | None]] | None = None
+        """(when, (live router, its models), `typical.now`): `NOW_TTL_S`."""
 
     def timeseries(self, window: Window) -> dict[str, Any]:
         """`timeseries` over `window`, each model marked `in_catalog` (false: no longer an active model)."""
@@ -129,7 +134,13 @@ class Monitor:
             for name, p in zip(d.models, d.pmf, strict=False):
                 totals[name] = totals.get(name, 0.0) + p
         n = len(rows)
-        now = self._pmf_now(live, [stored.decision.context for _, stored in rows[:NOW_DECISIONS]])
+        key = (id(live), tuple(m.name for m in live.models))
+        cached = self._now_cache
+        if cached is not None and cached[1] == key and self.clock() - cached[0] < NOW_TTL_S:
+            now = cached[2]
+        else:
+            now = self._pmf_now(live, [stored.decision.context for _, stored in rows[:NOW_DECISIONS]])
+            self._now_cache = (self.clock(), key, now)
         return {
             "time": self.clock(),
             "policy": self.policies.live_name,
