@@ -342,6 +342,17 @@ def _pg(pg_url: str) -> PostgresStore:
     return s
 
 
+def test_a_url_with_an_unencoded_at_in_its_password_is_refused_without_showing_it() -> None:
+    """libpq ends a URL's user info at its first '@': with `p@ss` as the password it tried the host `ss@db` and
+    said so, and the mask (which stops at an '@' too) showed `u:***@ss@db`: part of the password was in the error and
+    in the URL as shown. Refused, as a blank is, with how to write it (review of 41f7cfe)."""
+    with pytest.raises(ValueError, match="percent-encode it") as refused:
+        DatabaseURL("postgresql://router:p@ss@db.internal:5432/routing")
+    assert "ss@" not in str(refused.value)
+    encoded = DatabaseURL("postgresql://router:p%40ss@db.internal:5432/routing")
+    assert str(encoded) == "postgresql://router:***@db.internal:5432/routing"
+
+
 def test_postgres_records_its_migrations(pg_url: str) -> None:
     s = _pg(pg_url)
     try:

@@ -39,6 +39,8 @@ class DatabaseURL:
             raise ValueError("a PostgreSQL URL cannot hold spaces or other blanks: percent-encode them (a space is "
                              "%20)")
         parts = urlsplit(url)
+        if parts.netloc.count("@") > 1:  # libpq ends the user info at the first, then quotes the rest as the host
+            raise ValueError("a PostgreSQL URL's user name and password cannot hold '@': percent-encode it (%40)")
         if not parts.hostname and "host=" not in (parts.query or ""):
             raise ValueError(f"a PostgreSQL URL needs a host: {redact_urls(url)!r}")
         self._url = url
