@@ -416,16 +416,15 @@ def test_a_promotion_is_judged_against_the_live_policy_not_the_policies_before_i
         assert check["n"] == 200  # the decisions the live policy made, with the previous one's pmf as a shadow
 
 
-@pytest.mark.xfail(strict=True, reason="a defect found in review: decisions are matched to the live policy by "
-                   "name, and a configured policy with policy_settings is named by its kind alone")
 def test_the_live_policys_decisions_are_not_those_of_a_policy_of_the_same_name_with_other_settings(
     tmp_path: Path,
 ) -> None:
     """The promotion check reads the decisions whose `policy` is the live router's policy name. A configured policy
-    with `policy_settings` is named by its kind alone, so after a restart with other settings (epsilon 0.9, then
+    with `policy_settings` was named by its kind alone, so after a restart with other settings (epsilon 0.9, then
     0.05) the decisions the old policy made were taken for the live one's: its logged value was the old policy's,
-    the comparison this check is meant to avoid (review of hunt-pg-eval, 4040ce2). Nothing the policy now live
-    decided has feedback yet: the check has no decision of it."""
+    the comparison this check is meant to avoid (review of hunt-pg-eval, 4040ce2). It is now named with its settings
+    as a spec string names it (`vw-egreedy:epsilon=0.05`). Nothing the policy now live decided has feedback yet:
+    the check has no decision of it."""
     def settings(epsilon: float) -> Settings:
         return Settings(db=tmp_path / "m.db", seed=5, policy="vw-egreedy", policy_settings={"epsilon": epsilon},
                         shadow_policies=("fixed:gpt-4o",))
@@ -435,6 +434,7 @@ def test_the_live_policys_decisions_are_not_those_of_a_policy_of_the_same_name_w
     with TestClient(create_app(settings(0.05))) as client:
         engine = _ready(client).app.state.services.engine  # type: ignore[attr-defined]
         check = engine.promotion_check("fixed:gpt-4o")
+        assert engine.router.policy.name == "vw-egreedy:epsilon=0.05"
     assert check["n"] == 0, check
 
 

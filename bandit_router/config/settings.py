@@ -197,9 +197,13 @@ class Settings:
         routing = self.routing
         if spec is not None:
             return make_policy(spec, folder=routing.folders.get("shadow_policies"))
-        name = parse_spec(routing.policy)[0]
+        name, in_spec = parse_spec(routing.policy)
         settings = in_folder(name, routing.policy_settings, routing.folders.get("policy_settings"))  # else cwd
-        return make_policy(routing.policy, folder=routing.folders.get("policy"), **settings)
+        policy = make_policy(routing.policy, folder=routing.folders.get("policy"), **settings)
+        if routing.policy_settings and name != "fixed":  # named with every setting as written, as a spec string
+            given = {**in_spec, **{k: str(v) for k, v in routing.policy_settings.items()}}  # names it: decisions made
+            policy.name = f"{name}:" + ",".join(f"{k}={given[k]}" for k in sorted(given))  # under others are another's
+        return policy
 
     @property
     def auth_enabled(self) -> bool:
