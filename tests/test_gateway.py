@@ -693,6 +693,21 @@ def test_a_wrong_method_or_a_path_under_the_gateways_is_refused_in_openais_shape
     assert httpx.get(url + "/v1/chat").json()["error"] == "not_found"  # not the gateway's path
 
 
+def test_behind_a_path_prefix_the_gateways_routing_errors_keep_openais_shape(tmp_path: Path) -> None:
+    """Mounted under a proxy's prefix (`root_path`), the gateway's path is still recognised for a routing error (it
+    was read from the full path, prefix included, and answered in the service's shape)."""
+    from fastapi.testclient import TestClient
+
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+
+    with TestClient(create_app(Settings(db=tmp_path / "p.db", seed=1)), root_path="/api") as prefixed:
+        reply = prefixed.get("/api/v1/chat/completions")
+        assert reply.status_code == 405 and reply.json()["error"]["code"] == "method_not_allowed", reply.text
+        elsewhere = prefixed.get("/api/v1/nope")
+        assert elsewhere.status_code == 404 and elsewhere.json()["error"] == "not_found", elsewhere.text
+
+
 def test_the_services_own_api_keys_guard_the_gateway(gateway: Callable[..., str]) -> None:
     from bandit_router.config import Secrets
 

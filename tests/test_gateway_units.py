@@ -305,9 +305,9 @@ def test_a_deltas_tool_call_pieces_are_what_the_answer_and_the_count_read() -> N
     assert tool_call_pieces(deltas[0]) == [(0, "f", "{"), (2, "", "x")]
     assert tool_call_pieces(deltas[1]) == [(0, "", "}")]
     assert tool_call_pieces(deltas[2]) == [("function_call", "g", "()")]
+    assert [tool_calls(d) for d in deltas] == [[("f", "{"), ("", "x")], [("", "}")], [("g", "()")]]
     reading, handed = StreamedAnswer(), StreamedAnswer()
     for delta in deltas:
-        assert tool_calls(delta) == [(name, arguments) for _, name, arguments in tool_call_pieces(delta)]
         reading.add(delta)
         handed.add(delta, tool_call_pieces(delta))
     assert reading.text() == handed.text() == "a\nf({})\n(x)\ng(())"

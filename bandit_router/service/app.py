@@ -176,10 +176,16 @@ def on_gateway_path(path: str) -> bool:
     return path == CHAT_PATH or path.startswith(CHAT_PATH + "/")
 
 
+def _app_path(scope: Scope) -> str:
+    """The request's path within the app: without the `root_path` it is mounted under (a proxy's prefix)."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 def _refusal(scope: Scope, status: int, code: str, message: str) -> Response:
     """The middleware's error reply: in OpenAI's error shape on the gateway's path (its clients read that one),
     the service's own elsewhere."""
-    if on_gateway_path(scope.get("path", "")):
+    if on_gateway_path(_app_path(scope)):
         return openai_error(status, message, code=code)
     return errors.error_response(status, code, message)
 
@@ -188,7 +194,7 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
     """A routing error (an unknown path 404, a method a path does not take 405): in OpenAI's error shape on the
     gateway's path, as its other errors, with the same headers (a 405's `Allow`); the service's own elsewhere."""
     assert isinstance(exc, StarletteHTTPException)
-    if on_gateway_path(request.url.path):
+    if on_gateway_path(_app_path(request.scope)):
         return openai_error(exc.status_code, str(exc.detail), code=errors.http_code(exc.status_code),
                             headers=exc.headers)
     return errors.http_error(exc)
@@ -288,7 +294,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.limits.max_body_bytes, hosts=hosts)
     redact.install()
     errors.install(app)
-    app.add_exception_handler(StarletteHTTPException, _routing_error)  # the gateway's path: OpenAI's shape
+    app.add_exception_handler(StarletteHTTPException, _routing_error)  # the service's shape; OpenAI's on the gateway's
     app.include_router(router)
     app.include_router(gateway_router)
     dashboard.install(app)

@@ -167,10 +167,6 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return validation_error(list(exc.errors()))
 
-    async def on_http(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        return http_error(exc)
-
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         return to_response(exc)
 
@@ -180,6 +176,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(BanditRouterError, on_core)
     app.add_exception_handler(ValidationError, on_core)
     app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)
