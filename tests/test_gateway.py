@@ -693,6 +693,27 @@ def test_a_wrong_method_or_a_path_under_the_gateways_is_refused_in_openais_shape
     assert httpx.get(url + "/v1/chat").json()["error"] == "not_found"  # not the gateway's path
 
 
+def test_when_only_route_false_models_have_an_upstream_a_routed_request_is_a_503_not_a_knob_error(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The routable models have no upstream and only a judge (`route = false`) has one: that is the deployment's
+    setup, a 503 `no_upstream` saying so; it was a 400 naming `bandit_router.models`, a knob the caller never sent."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    specs = (ModelSpec("unreachable", 1.0, 2.0),
+             ModelSpec(JUDGE, *PRICES[JUDGE], base_url=fake.url + "/v1", api_key_env=KEY_ENV, route=False))
+    server = ServerThread(create_app(Settings(db=tmp_path / "j.db", seed=7, models=specs)))
+    try:
+        url = server.wait_ready()
+        reply = httpx.post(url + "/v1/chat/completions",
+                           json={"model": "router", "messages": [{"role": "user", "content": "hi"}]})
+        assert reply.status_code == 503, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "no_upstream" and error["param"] is None, error
+        assert "only route = false models do: " + JUDGE in error["message"]
+    finally:
+        server.stop()
+
+
 def test_behind_a_path_prefix_the_gateways_routing_errors_keep_openais_shape(tmp_path: Path) -> None:
     """Mounted under a proxy's prefix (`root_path`), the gateway's path is still recognised for a routing error (it
     was read from the full path, prefix included, and answered in the service's shape)."""

@@ -276,11 +276,15 @@ class Gateway:
         None when that is every active model (the router's own default). A knob that names an unknown model, or
         no model with an upstream, is a `BadChatRequest` naming where the knob came from."""
         callable_ = self.callable_models()
-        active = [m.name for m in self.engine.router.models]
         if chat.models is None:
-            if not callable_:
-                raise NoUpstream(self._no_upstream())
-            return None if len(callable_) == len(active) else tuple(callable_)
+            routable = [m.name for m in self.engine.router.models if m.route]
+            reachable = [m for m in callable_ if m in routable]
+            if not reachable:  # the deployment's setup, not the request: a 503, as with no upstream at all
+                only = sorted(set(callable_) - set(reachable))
+                raise NoUpstream(self._no_upstream() if not only else
+                                 f"no routable catalog model has an upstream (only route = false models do: "
+                                 f"{', '.join(only[:5])}): give a routable model a base_url, or set default_base_url")
+            return None if len(reachable) == len(routable) else tuple(reachable)
         self._check_knob(chat)
         allowed = tuple(m for m in chat.models if m in callable_)
         if not allowed:
