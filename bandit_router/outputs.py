@@ -47,12 +47,21 @@ def writing(folder: Path) -> Iterator[Path]:
     """Create `folder` (and its missing parents) for the block's writes. When the block fails, remove the folders
     created here, with everything in them (all of it written by the block). A folder that was there is left as
     it is: its entries cannot be told from another program's."""
-    created: Path | None = None
+    missing: list[Path] = []
     for path in (folder, *folder.parents):
         if path.exists():
             break
-        created = path  # the top-most folder that is missing
-    folder.mkdir(parents=True, exist_ok=True)
+        missing.append(path)
+    created: Path | None = None  # the top-most folder this call made (not one another program made meanwhile)
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            continue
+        if created is None:
+            created = path
     try:
         yield folder
     except BaseException:
@@ -65,10 +74,17 @@ def writing(folder: Path) -> Iterator[Path]:
 def writing_file(path: Path) -> Iterator[TextIO]:
     """`path` opened for writing text, its missing folders created; when the block fails, the file is removed if
     it was not there before, and the folders made for it too."""
-    existed = path.exists()
+    existed = os.path.lexists(path)  # a symlink, even a dangling one, is the user's
     with writing(path.parent):
+        if not existed:
+            try:
+                fp = path.open("x", encoding="utf-8")  # ours only if this call made it
+            except FileExistsError:
+                existed = True
+        if existed:
+            fp = path.open("w", encoding="utf-8")
         try:
-            with path.open("w", encoding="utf-8") as fp:
+            with fp:
                 yield fp
         except BaseException:
             if not existed:
