@@ -216,8 +216,11 @@ class SQLiteStore:
         database")."""
         conn = self._reader_conn()
         try:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
-                return 0
+            tables = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('meta', 'decisions')"
+            if conn.execute(tables).fetchone()[0] != 2:
+                return 0  # empty, or another application's (a `meta` table alone is common)
+            if not {"key", "value"} <= {column[1] for column in conn.execute("PRAGMA table_info(meta)")}:
+                return 0  # another application's `meta` table
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.Error as exc:
             self._note(exc)
