@@ -21,6 +21,13 @@ from typing import TextIO
 def out_problem(folder: Path) -> str | None:
     """Why `folder` could not be created or written to (a short phrase), or None when it could. Creates nothing:
     a command checks this before its work, and creates the folder only when it writes."""
+    try:
+        return _folder_problem(folder)
+    except OSError as exc:  # a folder on the way this process may not search (EACCES), a name too long, …
+        return f"cannot create the folder: {exc.strerror or exc}"
+
+
+def _folder_problem(folder: Path) -> str | None:
     if folder.is_dir():
         return None if os.access(folder, os.W_OK | os.X_OK) else "the folder is not writable"
     if folder.exists() or folder.is_symlink():
@@ -35,10 +42,13 @@ def out_problem(folder: Path) -> str | None:
 
 def file_problem(path: Path) -> str | None:
     """Why the file `path` could not be written (a short phrase), or None when it could. Creates nothing."""
-    if path.is_dir():
-        return f"cannot write the file: {os.strerror(errno.EISDIR)}"
-    if path.exists():
-        return None if os.access(path, os.W_OK) else "the file is not writable"
+    try:
+        if path.is_dir():
+            return f"cannot write the file: {os.strerror(errno.EISDIR)}"
+        if path.exists():
+            return None if os.access(path, os.W_OK) else "the file is not writable"
+    except OSError as exc:
+        return f"cannot write the file: {exc.strerror or exc}"
     return out_problem(path.parent)
 
 

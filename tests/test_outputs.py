@@ -155,3 +155,30 @@ def test_a_folder_another_program_made_meanwhile_is_not_removed(
         raise RuntimeError
     monkeypatch.undo()
     assert (shared / "theirs.json").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "simulate"])
+def test_an_out_under_a_folder_it_may_not_search_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Review: `out_problem` asks `is_dir()`/`exists()`, which raise PermissionError (not False) under a folder this
+    process may not search (`--out /root/x` for a user): a traceback, exit status 1, where `mkdir` in a try had
+    said "cannot create the folder: Permission denied". Root searches every folder, so stat is refused here as
+    the kernel refuses it to another user."""
+    locked = tmp_path / "locked"
+    stat = Path.stat
+
+    def refused(self: Path, *args: object, **kwargs: object) -> os.stat_result:
+        if str(self).startswith(str(locked) + os.sep):
+            raise PermissionError(13, os.strerror(13), str(self))
+        return stat(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "stat", refused)
+    out = locked / ("log.dsjson" if command == "export" else "out")
+    args = {"evaluate": ["evaluate", "-C", "random", "--db", str(tmp_path / "none.db")],
+            "export": ["export", "--db", str(tmp_path / "none.db")],
+            "simulate": ["simulate", "--env", "synthetic:default", "--policies", "random", "--steps", "5",
+                         "--seeds", "1", "--workers", "1", "--no-plots", "--quiet"]}[command]
+    result = CliRunner().invoke(cli_app, [*args, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert os.strerror(13) in result.output and not isinstance(result.exception, PermissionError)
