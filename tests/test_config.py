@@ -536,3 +536,18 @@ def test_a_catalog_file_without_a_routable_model_starts_when_the_log_added_one(t
         while client.get("/readyz").status_code != 200:
             pass
         assert client.post("/v1/route", json={"prompt": "hi"}).json()["model"] == "added"
+
+
+@pytest.mark.xfail(strict=True, reason="review-c: structured policy_settings are named by their Python repr")
+def test_a_policy_named_with_inline_rules_is_a_spec_string(tmp_path: Path) -> None:
+    """Review of 6e8e33f: a configured policy with policy_settings is named "as a spec string names it", and that
+    name is stored in every decision row (`policy`); inline rules (`[[policy_settings.rules]]`, a documented form)
+    are named by the repr of their list of dicts, commas and `=` inside, which is no spec string (parse_spec
+    refuses it) and grows each decision row by the size of the rules."""
+    from bandit_router.policies import parse_spec
+
+    text = ('policy = "rules"\n[policy_settings]\ndefault = "gpt-4o-mini"\n[[policy_settings.rules]]\n'
+            'regex = "(?i)\\\\b(def|import|class)\\\\b"\nmodel = "gpt-4o"\n[[policy_settings.rules]]\n'
+            'min_chars = 2000\nmodel = "claude-sonnet-4-5"\n')
+    name = load_settings(_write(tmp_path / "br.toml", text), env={}).build_policy().name
+    assert parse_spec(name)[0] == "rules" and len(name) <= 64, name
