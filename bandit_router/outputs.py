@@ -21,6 +21,13 @@ from typing import TextIO
 def out_problem(folder: Path) -> str | None:
     """Why `folder` could not be created or written to (a short phrase), or None when it could. Creates nothing:
     a command checks this before its work, and creates the folder only when it writes."""
+    try:
+        return _folder_problem(folder)
+    except OSError as exc:  # a folder on the way this process may not search (EACCES), a name too long, …
+        return f"cannot create the folder: {exc.strerror or exc}"
+
+
+def _folder_problem(folder: Path) -> str | None:
     if folder.is_dir():
         return None if os.access(folder, os.W_OK | os.X_OK) else "the folder is not writable"
     if folder.exists() or folder.is_symlink():
@@ -35,10 +42,13 @@ def out_problem(folder: Path) -> str | None:
 
 def file_problem(path: Path) -> str | None:
     """Why the file `path` could not be written (a short phrase), or None when it could. Creates nothing."""
-    if path.is_dir():
-        return f"cannot write the file: {os.strerror(errno.EISDIR)}"
-    if path.exists():
-        return None if os.access(path, os.W_OK) else "the file is not writable"
+    try:
+        if path.is_dir():
+            return f"cannot write the file: {os.strerror(errno.EISDIR)}"
+        if path.exists():
+            return None if os.access(path, os.W_OK) else "the file is not writable"
+    except OSError as exc:
+        return f"cannot write the file: {exc.strerror or exc}"
     return out_problem(path.parent)
 
 
@@ -47,12 +57,21 @@ def writing(folder: Path) -> Iterator[Path]:
     """Create `folder` (and its missing parents) for the block's writes. When the block fails, remove the folders
     created here, with everything in them (all of it written by the block). A folder that was there is left as
     it is: its entries cannot be told from another program's."""
-    created: Path | None = None
+    missing: list[Path] = []
     for path in (folder, *folder.parents):
         if path.exists():
             break
-        created = path  # the top-most folder that is missing
-    folder.mkdir(parents=True, exist_ok=True)
+        missing.append(path)
+    created: Path | None = None  # the top-most folder this call made (not one another program made meanwhile)
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            continue
+        if created is None:
+            created = path
     try:
         yield folder
     except BaseException:
@@ -65,10 +84,17 @@ def writing(folder: Path) -> Iterator[Path]:
 def writing_file(path: Path) -> Iterator[TextIO]:
     """`path` opened for writing text, its missing folders created; when the block fails, the file is removed if
     it was not there before, and the folders made for it too."""
-    existed = path.exists()
+    existed = os.path.lexists(path)  # a symlink, even a dangling one, is the user's
     with writing(path.parent):
+        if not existed:
+            try:
+                fp = path.open("x", encoding="utf-8")  # ours only if this call made it
+            except FileExistsError:
+                existed = True
+        if existed:
+            fp = path.open("w", encoding="utf-8")
         try:
-            with path.open("w", encoding="utf-8") as fp:
+            with fp:
                 yield fp
         except BaseException:
             if not existed:

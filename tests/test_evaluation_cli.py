@@ -135,12 +135,19 @@ def _not_ours(tmp_path: Path, kind: str) -> Path:
     elif kind == "other":
         with sqlite3.connect(path) as conn:
             conn.execute("CREATE TABLE notes (body TEXT)")
+    elif kind == "other-meta":  # review: a `meta` table is common; it said `no such column: value`
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE meta (id INTEGER, name TEXT)")
+    elif kind == "other-meta-kv":  # review: it said `no such table: decisions` (or model_events, sqlite_sequence)
+        with sqlite3.connect(path) as conn:
+            conn.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+            conn.execute("INSERT INTO meta VALUES ('schema_version', '3')")
     else:
         path.write_text("not a database at all\n")
     return path
 
 
-@pytest.mark.parametrize("kind", ["empty", "other", "text"])
+@pytest.mark.parametrize("kind", ["empty", "other", "other-meta", "other-meta-kv", "text"])
 @pytest.mark.parametrize("command", [["evaluate", "-C", "random"], ["export"], ["evaluate", "--escalations"],
                                      ["export", "--escalations"]], ids=" ".join)
 def test_a_file_that_is_not_a_service_database_is_named(tmp_path: Path, kind: str, command: list[str]) -> None:

@@ -111,3 +111,74 @@ def test_simulate_that_fails_at_run_time_leaves_no_out_folder(tmp_path: Path) ->
     (tmp_path / "mine" / "notes.md").write_text("keep")
     assert CliRunner().invoke(cli_app, [*args, str(tmp_path / "mine")]).exit_code == 2
     assert _tree(tmp_path) == {"mine": None, "mine/notes.md": b"keep"}
+
+
+def test_export_that_fails_keeps_what_the_file_that_was_there_held(logged_db: Path, tmp_path: Path) -> None:
+    """Review: `export --out log.dsjson --label bogus` over an earlier export: `writing_file` opens the file with
+    "w" (truncating it) before `export_dsjson` refuses the label, so the earlier export is lost; "a file that was
+    there stays" held only for its name (the unit test above checks `exists()`, not the content)."""
+    old = tmp_path / "log.dsjson"
+    old.write_text('{"an": "earlier export"}\n')
+    result = CliRunner().invoke(cli_app, ["export", "--label", "bogus", "--db", str(logged_db), "--out", str(old)])
+    assert result.exit_code != 0, result.output
+    assert old.read_text() == '{"an": "earlier export"}\n'
+
+
+def test_a_failed_file_leaves_a_symlink_that_was_there(tmp_path: Path) -> None:
+    """Review: a dangling symlink at `--out` (a link to where exports go, not made yet) is not `exists()`, so
+    `writing_file` took the path as its own: the export was written through the link and, on failure, the user's
+    link was unlinked (while the file made at its target stayed)."""
+    link = tmp_path / "log.dsjson"
+    link.symlink_to(tmp_path / "target.dsjson")
+    with pytest.raises(RuntimeError), writing_file(link) as fp:
+        fp.write("{}\n")
+        raise RuntimeError
+    assert link.is_symlink()
+
+
+def test_a_folder_another_program_made_meanwhile_is_not_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: `writing` decides which folder it creates (`exists()`), then `mkdir(exist_ok=True)`: a folder another
+    program made in between (here: just before the mkdir) is taken for its own and removed with what is in it."""
+    shared = tmp_path / "shared"
+    mkdir = Path.mkdir
+
+    def racing(self: Path, *args: object, **kwargs: object) -> None:
+        if not shared.exists():  # the other program wins the race
+            mkdir(shared)
+            (shared / "theirs.json").write_text("{}")
+        mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", racing)
+    with pytest.raises(RuntimeError), writing(shared / "mine"):
+        raise RuntimeError
+    monkeypatch.undo()
+    assert (shared / "theirs.json").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "export", "simulate"])
+def test_an_out_under_a_folder_it_may_not_search_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Review: `out_problem` asks `is_dir()`/`exists()`, which raise PermissionError (not False) under a folder this
+    process may not search (`--out /root/x` for a user): a traceback, exit status 1, where `mkdir` in a try had
+    said "cannot create the folder: Permission denied". Root searches every folder, so stat is refused here as
+    the kernel refuses it to another user."""
+    locked = tmp_path / "locked"
+    stat = Path.stat
+
+    def refused(self: Path, *args: object, **kwargs: object) -> os.stat_result:
+        if str(self).startswith(str(locked) + os.sep):
+            raise PermissionError(13, os.strerror(13), str(self))
+        return stat(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "stat", refused)
+    out = locked / ("log.dsjson" if command == "export" else "out")
+    args = {"evaluate": ["evaluate", "-C", "random", "--db", str(tmp_path / "none.db")],
+            "export": ["export", "--db", str(tmp_path / "none.db")],
+            "simulate": ["simulate", "--env", "synthetic:default", "--policies", "random", "--steps", "5",
+                         "--seeds", "1", "--workers", "1", "--no-plots", "--quiet"]}[command]
+    result = CliRunner().invoke(cli_app, [*args, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert os.strerror(13) in result.output and not isinstance(result.exception, PermissionError)

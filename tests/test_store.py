@@ -783,3 +783,41 @@ def test_batches_fit_the_999_variables_of_sqlite_before_3_32(
     _raw(store, "DELETE FROM feedback")
     assert store.delete_old(time.time() + 1, 1000) == 250
     store.close()
+
+
+def test_retention_deletes_its_ids_in_statements_the_variable_limit_allows(
+    tmp_path: Path, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: the 999-variable test above retires 250 ids, fewer than 999, so it passes with retention's ids in one
+    statement; here the limit (100) is below the ids retired (250). On a current SQLite retention binds all its
+    ids (up to `RETENTION_BATCH`, 1,000) in one statement, as before the chunking, not 200 a statement."""
+    connect = SQLiteStore._connect
+
+    def small_limit(self: SQLiteStore) -> sqlite3.Connection:
+        conn = connect(self)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)
+        return conn
+
+    monkeypatch.setattr(SQLiteStore, "_connect", small_limit)
+    store = SQLiteStore(tmp_path / "small.db")
+    store.prepare()
+    decisions = [_decision(router, f"small limit {i}") for i in range(250)]
+    with store.write() as tx:
+        assert tx.insert_decisions([(d, None, None) for d in decisions]) == [True] * 250
+        tx.insert_shadow_pmfs([(d.decision_id, "{}") for d in decisions])
+    assert store.delete_old(time.time() + 1, 1000) == 250
+    with store.read() as reader:
+        assert reader.decisions([d.decision_id for d in decisions]) == {}
+    store.close()
+    monkeypatch.undo()
+    current = SQLiteStore(tmp_path / "current.db")
+    current.prepare()
+    with current.write() as tx:
+        tx.insert_decisions([(d, None, None) for d in decisions])
+        conn = tx.conn  # type: ignore[attr-defined]
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    assert current.delete_old(time.time() + 1, 1000) == 250
+    conn.set_trace_callback(None)
+    current.close()
+    assert len([s for s in statements if s.startswith("DELETE FROM decisions WHERE decision_id IN")]) == 1

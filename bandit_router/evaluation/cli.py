@@ -209,6 +209,8 @@ def export(
 
     if format != "dsjson":
         raise _fail("export", f"--format: only 'dsjson' is supported, not {format!r}")
+    if label not in ("reward", "quality"):  # before `--out` is opened: a file that was there keeps what it held
+        raise _fail("export", f"--label: expected reward or quality, not {label!r}")
     if out is not None:
         _check_out_file("export", out)
     if escalations:

@@ -247,7 +247,8 @@ class PostgresStore:
         """The schema version the database records (0: none: not prepared, or not a bandit-router database)."""
         with self.read() as reader:
             assert isinstance(reader, _PostgresTx)
-            value = reader.get_meta("schema_version") if reader.has_table("meta") else None
+            ours = reader.has_table("meta") and reader.has_table("decisions")  # not another application's `meta`
+            value = reader.get_meta("schema_version") if ours else None
         return int(value) if value is not None and value.isdigit() else 0
 
     @contextmanager

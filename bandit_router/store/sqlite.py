@@ -216,8 +216,11 @@ class SQLiteStore:
         database")."""
         conn = self._reader_conn()
         try:
-            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
-                return 0
+            tables = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('meta', 'decisions')"
+            if conn.execute(tables).fetchone()[0] != 2:
+                return 0  # empty, or another application's (a `meta` table alone is common)
+            if not {"key", "value"} <= {column[1] for column in conn.execute("PRAGMA table_info(meta)")}:
+                return 0  # another application's `meta` table
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.Error as exc:
             self._note(exc)
@@ -318,7 +321,8 @@ class SQLiteStore:
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY rowid LIMIT ?"
             )
             every = [r[0] for r in conn.execute(old, (cutoff, limit)).fetchall()]
-            step = tx.per_statement(1)  # type: ignore[attr-defined]
+            # all the ids in one statement on a current SQLite, as before; as many as the variable limit allows
+            step = tx.per_statement(1, max(1, limit))  # type: ignore[attr-defined]
             for start in range(0, len(every), step):
                 ids = every[start : start + step]
                 marks = ",".join("?" * len(ids))
@@ -457,10 +461,11 @@ class _SQLiteTx:
         self._variables = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         """The most `?` one statement may bind: 32766 since SQLite 3.32, 999 before (a build may set another)."""
 
-    def per_statement(self, width: int) -> int:
-        """Rows of `width` values each that one statement may bind: `_CHUNK`, or fewer under SQLite's variable
-        limit (999 before 3.32: 52 decisions of 19 columns). Read from the connection, so an old SQLite works."""
-        return max(1, min(_CHUNK, self._variables // width))
+    def per_statement(self, width: int, most: int = _CHUNK) -> int:
+        """Rows of `width` values each that one statement may bind: `most` (`_CHUNK`), or fewer under SQLite's
+        variable limit (999 before 3.32: 52 decisions of 19 columns). Read from the connection, so an old SQLite
+        works."""
+        return max(1, min(most, self._variables // width))
 
     def _has_tables(self, *names: str) -> bool:
         """Whether every table of `names` exists: False in a database no service with this version prepared yet
