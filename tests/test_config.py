@@ -538,12 +538,12 @@ def test_a_catalog_file_without_a_routable_model_starts_when_the_log_added_one(t
         assert client.post("/v1/route", json={"prompt": "hi"}).json()["model"] == "added"
 
 
-@pytest.mark.xfail(strict=True, reason="review-c: structured policy_settings are named by their Python repr")
 def test_a_policy_named_with_inline_rules_is_a_spec_string(tmp_path: Path) -> None:
-    """Review of 6e8e33f: a configured policy with policy_settings is named "as a spec string names it", and that
-    name is stored in every decision row (`policy`); inline rules (`[[policy_settings.rules]]`, a documented form)
-    are named by the repr of their list of dicts, commas and `=` inside, which is no spec string (parse_spec
-    refuses it) and grows each decision row by the size of the rules."""
+    """A configured policy with policy_settings is named as a spec string names it, and that name is stored in
+    every decision row (`policy`); inline rules (`[[policy_settings.rules]]`, a documented form) were named by the
+    repr of their list of dicts, commas and `=` inside, which is no spec string (parse_spec refused it) and grew
+    each decision row by the size of the rules (review of 6e8e33f): a structure is named by a short digest of it,
+    the same for the same rules and another for other rules."""
     from bandit_router.policies import parse_spec
 
     text = ('policy = "rules"\n[policy_settings]\ndefault = "gpt-4o-mini"\n[[policy_settings.rules]]\n'
@@ -551,3 +551,6 @@ def test_a_policy_named_with_inline_rules_is_a_spec_string(tmp_path: Path) -> No
             'min_chars = 2000\nmodel = "claude-sonnet-4-5"\n')
     name = load_settings(_write(tmp_path / "br.toml", text), env={}).build_policy().name
     assert parse_spec(name)[0] == "rules" and len(name) <= 64, name
+    assert name == load_settings(_write(tmp_path / "same.toml", text), env={}).build_policy().name
+    other = load_settings(_write(tmp_path / "other.toml", text.replace("2000", "3000")), env={}).build_policy().name
+    assert other != name and parse_spec(other)[1]["default"] == "gpt-4o-mini", (name, other)

@@ -19,6 +19,8 @@ Building is cheap and checks each field; `check()` does what costs: builds the p
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
@@ -200,9 +202,9 @@ class Settings:
         name, in_spec = parse_spec(routing.policy)
         settings = in_folder(name, routing.policy_settings, routing.folders.get("policy_settings"))  # else cwd
         policy = make_policy(routing.policy, folder=routing.folders.get("policy"), **settings)
-        if routing.policy_settings and name != "fixed":  # named with every setting as written, as a spec string
-            given = {**in_spec, **{k: str(v) for k, v in routing.policy_settings.items()}}  # names it: decisions made
-            policy.name = f"{name}:" + ",".join(f"{k}={given[k]}" for k in sorted(given))  # under others are another's
+        if routing.policy_settings and name != "fixed":  # named with every setting, as a spec string names it:
+            given = {**in_spec, **{k: _spec_value(v) for k, v in routing.policy_settings.items()}}  # decisions made
+            policy.name = f"{name}:" + ",".join(f"{k}={given[k]}" for k in sorted(given))  # under others: another's
         return policy
 
     @property
@@ -238,3 +240,13 @@ class Settings:
     def flat(self) -> Mapping[str, Any]:
         """Every key by its flat name."""
         return {name: getattr(self, name) for name in KEYS}
+
+
+def _spec_value(value: Any) -> str:
+    """A policy setting as a policy's name shows it (`Settings.build_policy`): a number, boolean or plain string as
+    written; a structure (inline rules) or a string a spec cannot hold (with `,` or `=`) by a short digest of its
+    JSON, `sha256-<12 hex>`, so that the name stays a spec string of bounded length stored in every decision."""
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and not set(value) & {",", "=", ":"}):
+        return str(value)
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return "sha256-" + hashlib.sha256(text.encode()).hexdigest()[:12]
