@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,9 +84,15 @@ def writing(folder: Path) -> Iterator[Path]:
 @contextmanager
 def writing_file(path: Path) -> Iterator[TextIO]:
     """`path` opened for writing text, its missing folders created; when the block fails, the file is removed if
-    it was not there before, and the folders made for it too."""
+    it was not there before, and the folders made for it too. A regular file that was there is replaced only when
+    the block succeeds (written beside it, then renamed over it, keeping its permissions): a failure leaves it as it
+    was. Anything else that was there (a symlink, `/dev/stdout`) is written through, as before."""
     existed = os.path.lexists(path)  # a symlink, even a dangling one, is the user's
     with writing(path.parent):
+        if existed and path.is_file() and not path.is_symlink():
+            with _replacing(path) as fp:
+                yield fp
+            return
         if not existed:
             try:
                 fp = path.open("x", encoding="utf-8")  # ours only if this call made it
@@ -100,3 +107,18 @@ def writing_file(path: Path) -> Iterator[TextIO]:
             if not existed:
                 path.unlink(missing_ok=True)
             raise
+
+
+@contextmanager
+def _replacing(path: Path) -> Iterator[TextIO]:
+    """A new file beside the regular file `path`, renamed over it when the block succeeds, removed when it fails."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    partial = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fp:
+            yield fp
+        shutil.copymode(path, partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

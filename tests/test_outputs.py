@@ -47,9 +47,16 @@ def test_a_failed_file_is_removed_unless_it_was_there(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     old = tmp_path / "log.dsjson"
     old.write_text("old\n")
-    with pytest.raises(RuntimeError), writing_file(old):
+    old.chmod(0o640)
+    with pytest.raises(RuntimeError), writing_file(old) as fp:
+        fp.write("half of a new export\n")
         raise RuntimeError
-    assert old.exists()
+    assert old.read_text() == "old\n"  # a failure after it was opened leaves it as it was, not emptied or half new
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.dsjson"]  # no partial file left beside it
+    with writing_file(old) as fp:
+        fp.write("new\n")
+    assert old.read_text() == "new\n" and old.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.dsjson"]
 
 
 def test_out_problem_creates_nothing(tmp_path: Path) -> None:
