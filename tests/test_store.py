@@ -747,6 +747,22 @@ def test_every_truncated_features_blob_is_a_store_error_or_a_whole_prefix() -> N
             assert list(back) == names[: len(back)]
 
 
+def _store_binding_at_most(variables: int, path: Path, monkeypatch: pytest.MonkeyPatch) -> SQLiteStore:
+    """A prepared SQLite store each of whose connections binds at most `variables` variables a statement (999: an
+    SQLite before 3.32)."""
+    connect = SQLiteStore._connect
+
+    def limited(self: SQLiteStore) -> sqlite3.Connection:
+        conn = connect(self)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, variables)
+        return conn
+
+    monkeypatch.setattr(SQLiteStore, "_connect", limited)
+    store = SQLiteStore(path)
+    store.prepare()
+    return store
+
+
 def test_batches_fit_the_999_variables_of_sqlite_before_3_32(
     tmp_path: Path, router: Router, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -755,16 +771,7 @@ def test_batches_fit_the_999_variables_of_sqlite_before_3_32(
     feedback (15 columns), call records, judge calls, the reads behind a feedback batch and retention (1,000 ids).
     Each statement now takes as many rows as the connection's limit allows: the limit is lowered here to 999 on
     every connection, as an old SQLite has it."""
-    connect = SQLiteStore._connect
-
-    def old_sqlite(self: SQLiteStore) -> sqlite3.Connection:
-        conn = connect(self)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
-        return conn
-
-    monkeypatch.setattr(SQLiteStore, "_connect", old_sqlite)
-    store = SQLiteStore(tmp_path / "old.db")
-    store.prepare()
+    store = _store_binding_at_most(999, tmp_path / "old.db", monkeypatch)
     decisions = [_decision(router, f"old sqlite {i}", tenant=f"t{i % 3}") for i in range(250)]
     ids = [d.decision_id for d in decisions]
     now = time.time()
@@ -791,16 +798,7 @@ def test_retention_deletes_its_ids_in_statements_the_variable_limit_allows(
     """Review: the 999-variable test above retires 250 ids, fewer than 999, so it passes with retention's ids in one
     statement; here the limit (100) is below the ids retired (250). On a current SQLite retention binds all its
     ids (up to `RETENTION_BATCH`, 1,000) in one statement, as before the chunking, not 200 a statement."""
-    connect = SQLiteStore._connect
-
-    def small_limit(self: SQLiteStore) -> sqlite3.Connection:
-        conn = connect(self)
-        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)
-        return conn
-
-    monkeypatch.setattr(SQLiteStore, "_connect", small_limit)
-    store = SQLiteStore(tmp_path / "small.db")
-    store.prepare()
+    store = _store_binding_at_most(100, tmp_path / "small.db", monkeypatch)
     decisions = [_decision(router, f"small limit {i}") for i in range(250)]
     with store.write() as tx:
         assert tx.insert_decisions([(d, None, None) for d in decisions]) == [True] * 250
