@@ -74,6 +74,7 @@ class Router:
         cold_start_rounds: int = 20,
         cold_start_floor: float = 0.1,
         pacer: Pacer | None = None,
+        policy_checked: bool = False,  # True: checked against every model it will hold (`log.build_router`)
     ) -> None:
         specs = list(models) if models is not None else list(default_catalog())
         if not specs:
@@ -89,7 +90,8 @@ class Router:
         """`_allowed(None)`, its names and each active model's arm: computed once per change of the model list."""
         self._retired: dict[str, ModelSpec] = {}
         self.policy: Policy = make_policy(policy) if isinstance(policy, str) else policy
-        check_models(self.policy, specs)
+        if not policy_checked:
+            check_models(self.policy, specs)
         self.reward_config = reward_config or RewardConfig()
         self.features = features or FeatureExtractor()
         self.cost_model = cost_model or CostModel()

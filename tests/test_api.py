@@ -663,16 +663,70 @@ def test_a_fixed_policy_naming_no_catalog_model_does_not_start_and_a_retired_one
     assert _route(client, prompt="hi")["model"] == "gpt-4o"
 
 
-def test_a_fixed_policy_on_a_model_added_only_at_run_time_is_refused_saying_what_to_do(
-    make_client: Callable[..., TestClient],
+def test_a_fixed_policy_on_a_model_added_at_run_time_starts_and_one_named_nowhere_is_refused(
+    make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A model added with POST /v1/models stays across restarts, but a fixed policy is configuration and is checked
-    against the catalog file when the service starts, before the stored model events are read: a configuration
-    pinning traffic to a model only the API added is refused, with the fix in the message (it started and served
-    the model until the fixed model was checked; a misspelt one then sent every request to the cheapest model)."""
+    """A model added with POST /v1/models stays across restarts; a configuration that then pins traffic to it
+    (`policy = "fixed:<it>"`) served it at b25d2f1, and was refused once fixed models were checked against the
+    catalog file alone. The start checks the live catalog (the file with the stored model events): it serves the
+    model, live or as a shadow's; a model named nowhere is still refused, with the live catalog's models; an added
+    model retired since starts with the warning a retired catalog model gets."""
     client = make_client()
     added = client.post("/v1/models", json={"name": "gpt-5", "input_usd_per_mtok": 1.25, "output_usd_per_mtok": 10})
     assert added.status_code == 201, added.text
     client.__exit__(None, None, None)
-    with pytest.raises(ConfigError, match=r"'gpt-5', which is not in the catalog.*must also be in the catalog file"):
-        make_client(policy="fixed:gpt-5")
+    client = make_client(policy="fixed:gpt-5")
+    assert _route(client, prompt="hi")["model"] == "gpt-5"
+    client.__exit__(None, None, None)
+    make_client(shadow_policies=("fixed:gpt-5",)).__exit__(None, None, None)
+    for settings, key in (({"policy": "fixed:gpt-6"}, "policy"), ({"shadow_policies": ("fixed:gpt-6",)},
+                                                                   "shadow_policies")):
+        with pytest.raises(ConfigError, match=f"^{key}: policy 'fixed:gpt-6' names the model 'gpt-6', which is not in "
+                           "the catalog; its models: gpt-4.1-nano, .*, claude-sonnet-4-5, gpt-5$"):
+            make_client(**settings)
+    client = make_client()
+    assert client.delete("/v1/models/gpt-5").status_code == 200
+    client.__exit__(None, None, None)
+    caplog.set_level(logging.WARNING)
+    client = make_client(policy="fixed:gpt-5")
+    assert "policy 'fixed:gpt-5': 'gpt-5' is not an active model, so it chooses the cheapest allowed model" \
+           in caplog.text
+    assert _route(client, prompt="hi")["model"] == "llama-3.1-8b-instruct"
+
+
+CODE_PROMPT = "Fix this Python function: def mean(xs): return sum(xs) / len(x)"  # markers code and math
+
+
+def test_a_rules_policy_may_name_a_model_added_at_run_time_and_skips_a_retired_one(
+    make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rule or default of a `rules` policy may name a model added at run time (the live catalog is checked at
+    start, as for a fixed policy). A rule whose model is retired at run time is skipped (the next rule decides),
+    a retired default leaves the cheapest allowed model; nothing fails, and the next start says so in the log. A
+    rule naming a model that is nowhere does not start, naming the rule."""
+    client = make_client()
+    added = client.post("/v1/models", json={"name": "gpt-5", "input_usd_per_mtok": 1.25, "output_usd_per_mtok": 10})
+    assert added.status_code == 201, added.text
+    client.__exit__(None, None, None)
+    rules = {"default": "gpt-4o-mini", "rules": [{"model": "gpt-5", "markers": ["code"]},
+                                                  {"model": "gpt-4o", "markers": ["code"]}]}
+    client = make_client(policy="rules", policy_settings=rules)
+    assert _route(client, prompt=CODE_PROMPT)["model"] == "gpt-5"
+    assert _route(client, prompt="Write a short poem about the sea")["model"] == "gpt-4o-mini"
+    for model in ("gpt-5", "gpt-4o-mini"):
+        assert client.delete(f"/v1/models/{model}").status_code == 200
+    assert _route(client, prompt=CODE_PROMPT)["model"] == "gpt-4o"
+    assert _route(client, prompt="Write a short poem about the sea")["model"] == "llama-3.1-8b-instruct"
+    client.__exit__(None, None, None)
+    caplog.set_level(logging.WARNING)
+    client = make_client(policy="rules", policy_settings=rules)
+    assert "rule 1 (markers = ['code']): 'gpt-5' is not an active model, so the rule is skipped" in caplog.text
+    assert "default: 'gpt-4o-mini' is not an active model, so a request that no rule decides gets the cheapest" \
+           in caplog.text
+    assert _route(client, prompt=CODE_PROMPT)["model"] == "gpt-4o"
+    client.__exit__(None, None, None)
+    misspelt = {"rules": [{"model": "gpt-4o", "min_chars": 10}, {"model": "gpt-4o-minii", "regex": "(?i)^translate"}]}
+    with pytest.raises(ConfigError, match=r"^policy: policy 'rules:rules=sha256-\w+': rule 2 \(regex = "
+                       r"'\(\?i\)\^translate'\) names the model 'gpt-4o-minii', which is not in the catalog; its "
+                       "models: .*gpt-5"):
+        make_client(policy="rules", policy_settings=misspelt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -423,6 +424,67 @@ def test_serve_refuses_a_fixed_policy_whose_model_is_not_in_the_catalog(
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
         load_settings(config, env={})
 
+ROUTE_FALSE_JUDGE = "[[models]]\nname = 'judge'\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\nroute = false\n" \
+    "[[models]]\nname = 'gpt-4o'\ninput_usd_per_mtok = 2.5\noutput_usd_per_mtok = 10\n"
+
+
+@pytest.mark.parametrize(
+    ("rules", "catalog", "message"),
+    [
+        ('default = "gpt-4o"\n[[rules]]\nmodel = "gpt-4o"\nmarkers = ["code"]\n[[rules]]\nmodel = "claude-sonet-4-5"\n'
+         "min_tokens = 2000\n", "",
+         "rule 2 (min_tokens = 2000) names the model 'claude-sonet-4-5', which is not in the catalog; its models: "
+         f"{CATALOG_NAMES}"),
+        ('default = "gpt-4o-minii"\n[[rules]]\nmodel = "gpt-4o"\nregex = "(?i)^translate"\n', "",
+         "default names the model 'gpt-4o-minii', which is not in the catalog"),
+        ('[[rules]]\nmodel = "judge"\ncontext = { task = "support" }\n', ROUTE_FALSE_JUDGE,
+         "rule 1 (context = {'task': 'support'}) names the model 'judge', which has route = false (a judge or router "
+         "model only): it is never chosen"),
+    ],
+)
+def test_a_rule_naming_a_model_outside_the_catalog_is_refused_at_start_naming_the_rule(
+    tmp_path: Path, rules: str, catalog: str, message: str
+) -> None:
+    """A `rules` policy's rule or default naming a model outside the catalog (a misspelt name) never routed to it
+    without a word: the rule was skipped, or the cheapest model replaced the default. As a fixed policy's model,
+    each must be a routable catalog model: `serve` (one line, exit status 2, no database created), `check --config`
+    and `load_settings` refuse it naming the rule and the model, from a rules file or from inline rules, and so
+    does a shadow policy."""
+    import tomllib
+
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    _write(tmp_path / "rules.toml", rules)
+    inline = "".join(f"{k} = {json.dumps(v)}\n" for k, v in tomllib.loads(rules).items() if k == "default")
+    inline += "".join("[[policy_settings.rules]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in rule.items())
+                      for rule in tomllib.loads(rules).get("rules", []))
+    configs = {
+        "file": (f'policy = "rules:file=rules.toml"\n{catalog}', "policy: policy 'rules:file=rules.toml': "),
+        "inline": ('policy = "rules"\n[policy_settings]\n' + inline + catalog, "policy: policy 'rules:"),
+        "shadow": (f'shadow_policies = ["rules:file=rules.toml"]\n{catalog}',
+                   "shadow_policies: policy 'rules:file=rules.toml': "),
+    }
+    for name, (text, prefix) in configs.items():
+        config = _write(tmp_path / f"{name}.toml", text)
+        with pytest.raises(ConfigError, match=f"^{re.escape(prefix)}.*{re.escape(message)}"):
+            load_settings(config, env={})
+        for command, db in (("check", []), ("serve", ["--db", str(tmp_path / "r.db")])):
+            result = CliRunner().invoke(cli_app, [command, "--config", str(config), *db])
+            assert result.exit_code == 2, result.output
+            assert result.output.startswith(f"bandit-router {command}: {prefix}"), result.output
+            assert message in result.output, result.output
+        assert not (tmp_path / "r.db").exists()
+
+
+def _toml(value: object) -> str:
+    """A TOML value for the inline-rules table of the test above (strings, integers, lists, tables)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
 
 @pytest.mark.parametrize(
     ("rule", "message"),
@@ -452,19 +514,26 @@ JUDGES_ONLY = ("[[models]]\nname = 'judge'\ninput_usd_per_mtok = 0.15\noutput_us
 
 def test_a_catalog_without_a_routable_model_is_refused_at_start(tmp_path: Path) -> None:
     """A catalog whose every model has `route = false` started the service, and then every POST /v1/route was a
-    422 blaming the request's models; `serve` (and `migrate`, `check` and `create_app`, which read the settings)
-    refuse it, naming the models."""
+    422 blaming the request's models; `serve` (and `migrate` and `check`, which read the settings) refuse it,
+    naming the models, and so does the app's start (with nothing added at run time in its database)."""
+    import warnings
+
     from typer.testing import CliRunner
 
     from bandit_router.catalog import ModelSpec
     from bandit_router.cli import app as cli_app
     from bandit_router.service import create_app
 
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+        from fastapi.testclient import TestClient
+
     message = ("every model has route = false (judge, chooser): nothing can be routed; set route = true (the "
                "default) on at least one model")
     judges = (ModelSpec("judge", 0.15, 0.6, route=False), ModelSpec("chooser", 0.1, 0.4, route=False))
-    with pytest.raises(ConfigError, match=re.escape(f"models: {message}")):
-        create_app(Settings(models=judges, db=tmp_path / "r.db"))
+    with pytest.raises(ConfigError, match=re.escape(f"models: {message}")), \
+            TestClient(create_app(Settings(models=judges, db=tmp_path / "app.db"))):
+        pass
     inline = _write(tmp_path / "inline.toml", JUDGES_ONLY)
     _write(tmp_path / "judges.toml", JUDGES_ONLY)
     by_file = _write(tmp_path / "file.toml", "catalog = 'judges.toml'\n")
@@ -508,12 +577,11 @@ def test_a_policy_setting_given_twice_is_refused_naming_it(
                                 "floor = 0.05\n"), env={}).build_policy().params.exploration == 1
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError, reason="review-c: Settings.check refuses the file alone")
 def test_a_catalog_file_without_a_routable_model_starts_when_the_log_added_one(tmp_path: Path) -> None:
     """Review: models added at run time stay across restarts whatever the file says (durability.md), so a file
     whose routable models were all retired or removed, with a routable model added by `POST /v1/models`, started
-    and routed before `Settings.check` refused a file without a routable model; it now refuses to start a service
-    that has one."""
+    and routed before `Settings.check` refused a file without a routable model, and was then refused (the file
+    alone was checked): the service's start checks the live catalog, the file with the stored model events."""
     import warnings
 
     from bandit_router.catalog import ModelSpec
@@ -536,6 +604,66 @@ def test_a_catalog_file_without_a_routable_model_starts_when_the_log_added_one(t
         while client.get("/readyz").status_code != 200:
             pass
         assert client.post("/v1/route", json={"prompt": "hi"}).json()["model"] == "added"
+    with TestClient(create_app(Settings(models=(judge,), db=db, seed=1, policy="fixed:added"))) as client:
+        while client.get("/readyz").status_code != 200:
+            pass
+        assert client.post("/v1/route", json={"prompt": "hi"}).json()["model"] == "added"
+
+
+def test_a_live_catalog_whose_routable_models_were_retired_at_run_time_says_that_they_stay_retired() -> None:
+    """A file model retired at run time stays retired whatever the file says: when the live catalog has no
+    routable model left because of that, setting `route = true` is no fix, and the message says what is."""
+    from bandit_router.catalog import ModelSpec
+
+    judge, gone = ModelSpec("judge", 0.15, 0.6, route=False), ModelSpec("gone", 0.1, 0.4)
+    settings = Settings(models=(judge, gone))
+    with pytest.raises(ConfigError, match=re.escape(
+            "models: every model has route = false (judge): nothing can be routed; set route = true (the default) "
+            "on at least one model; retired at run time, which a restart keeps whatever the file says: gone (add "
+            "another routable model to the catalog)")):
+        settings.check_catalog([judge], [gone])
+    settings.check_catalog([judge, ModelSpec("added", 0.2, 0.8)], [gone])
+
+
+def test_serve_checks_the_catalog_with_the_models_its_database_holds_and_check_config_the_file_alone(
+    tmp_path: Path,
+) -> None:
+    """`serve` checks the live catalog before it starts the server: on a database where `POST /v1/models` added a
+    model, a fixed policy naming a model that is nowhere is one line and exit status 2 listing the models of the
+    file and of the log (that it gets past the check with the added one: test_server_process); `check --config`
+    and `migrate --config` read the file alone, as documented, and refuse a file without a routable model."""
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.cli import app as cli_app
+    from bandit_router.service import create_app
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+        from fastapi.testclient import TestClient
+
+    db = tmp_path / "r.db"
+    judge, first = ModelSpec("judge", 0.15, 0.6, route=False), ModelSpec("first", 0.1, 0.4)
+    with TestClient(create_app(Settings(models=(judge, first), db=db, seed=1))) as client:
+        while client.get("/readyz").status_code != 200:
+            pass
+        added = client.post("/v1/models", json={"name": "added", "input_usd_per_mtok": 0.2,
+                                                "output_usd_per_mtok": 0.8})
+        assert added.status_code == 201, added.text
+    judge_only = "[[models]]\nname = 'judge'\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\nroute = false\n"
+    config = _write(tmp_path / "br.toml", f"policy = 'fixed:gpt-6'\n{judge_only}")
+    result = CliRunner().invoke(cli_app, ["serve", "--config", str(config), "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == ("bandit-router serve: policy: policy 'fixed:gpt-6' names the model 'gpt-6', "
+                                     "which is not in the catalog; its models: judge, added")
+    config = _write(tmp_path / "br.toml", f"db = 'r.db'\n{judge_only}")  # (with --db they do not read the file)
+    for command in ("check", "migrate"):
+        result = CliRunner().invoke(cli_app, [command, "--config", str(config)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (f"bandit-router {command}: models: every model has route = false (judge): "
+                                         "nothing can be routed; set route = true (the default) on at least one model")
 
 
 def test_a_policy_named_with_inline_rules_is_a_spec_string(tmp_path: Path) -> None:

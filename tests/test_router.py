@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from toy_world import MODELS, ToyWorld
 
 from bandit_router.catalog import ModelSpec
@@ -480,6 +484,65 @@ def test_a_fixed_policy_naming_no_routable_catalog_model_is_refused_where_the_ro
     assert router.route(Request(prompt="x", models=("a",))).model == "a"
     router.retire_model("b")
     assert router.route(Request(prompt="x")).model == "a"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"rules": ({"model": "a", "max_chars": 100}, {"model": "nope", "markers": ["code"], "min_tokens": 5})},
+         "policy 'rules': rule 2 (min_tokens = 5, markers = ['code']) names the model 'nope', which is not in the "
+         "catalog; its models: a, b, judge"),
+        ({"rules": ({"model": "judge", "context": {"task": "x"}},)},
+         "policy 'rules': rule 1 (context = {'task': 'x'}) names the model 'judge', which has route = false"),
+        ({"default": "bb"}, "policy 'rules': default names the model 'bb', which is not in the catalog"),
+        ({"default": "judge"}, "policy 'rules': default names the model 'judge', which has route = false"),
+    ],
+)
+def test_a_rules_policy_naming_no_routable_catalog_model_is_refused_where_the_router_is_built(
+    settings: dict[str, Any], message: str
+) -> None:
+    """A rule whose model is not a routable catalog model never decided (it was skipped), and a default outside
+    the catalog gave the cheapest model, without a word; `Router` raises naming the rule (its number and
+    conditions) and the model, as for a fixed policy. A rule whose model a request does not allow, or that was
+    retired since, is skipped: the next rule, then the default, then the cheapest allowed model decides."""
+    models = [ModelSpec("a", 1.0, 1.0), ModelSpec("b", 5.0, 5.0), ModelSpec("judge", 0.1, 0.1, route=False)]
+    with pytest.raises(InvalidInput, match=f"^{re.escape(message)}"):
+        Router(models, make_policy("rules", **settings))
+    rules = ({"model": "b", "markers": ["code"]}, {"model": "a", "markers": ["code"]})
+    router = Router(models, make_policy("rules", rules=rules, default="b"), seed=0)
+    code = "Fix this Python function: def mean(xs): return sum(xs) / len(x)"
+    assert [router.route(Request(prompt=p)).model for p in (code, "hi")] == ["b", "b"]
+    assert router.route(Request(prompt=code, models=("a",))).model == "a"
+    router.retire_model("b")
+    assert [router.route(Request(prompt=p)).model for p in (code, "hi")] == ["a", "a"]
+
+
+_EVENTS = st.lists(st.tuples(st.sampled_from(["add", "retire"]), st.sampled_from("abcde"), st.integers(1, 9)),
+                   max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_EVENTS)
+def test_the_live_catalog_holds_the_models_a_router_holds_after_the_same_model_events(
+    events: list[tuple[str, str, int]],
+) -> None:
+    """The service checks its configuration against `live_catalog(catalog, stored events)` before it builds its
+    routers, which start from the catalog and apply the same events (`PolicySet.apply`, an event a router refuses
+    is not applied): both must end with the same active models, in the same order with the same specs, and the
+    same retired ones."""
+    from bandit_router.log.catalog import live_catalog
+    from bandit_router.store import ModelAction, ModelEvent
+
+    catalog = [ModelSpec("a", 1.0, 1.0), ModelSpec("b", 2.0, 2.0, route=False)]
+    stored = [ModelEvent(i, 0, ModelAction(action), name, ModelSpec(name, price, price) if action == "add" else None,
+                         0.0) for i, (action, name, price) in enumerate(events, 1)]
+    router = Router(catalog, "random", seed=0)
+    for event in stored:
+        with contextlib.suppress(InvalidInput):  # not applied, as `PolicySet.apply` does not apply it
+            router.add_model(event.spec) if event.spec is not None else router.retire_model(event.name)
+    live = live_catalog(catalog, stored)
+    assert live.active == router.models
+    assert live.retired == tuple(ModelSpec.from_json(m) for m in unpack(router.snapshot())["retired"])
 
 
 def test_a_snapshot_records_the_policy_settings_and_refuses_other_ones() -> None:

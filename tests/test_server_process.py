@@ -378,3 +378,27 @@ def test_the_budgets_examples_work_as_written(servers: Callable[..., Server], tm
     assert [r.get("error") for r in replies] == [None, None, None], replies
     assert [r["targets"] for r in replies] == [
         [], ["avg_cost_usd=0.0005", "@acme:spend_usd=50/1d", "@acme:share:gpt-4o=0.3"], []]
+
+
+def test_serve_starts_on_a_catalog_file_whose_routable_models_the_log_holds(servers: Callable[..., Server],
+                                                                            tmp_path: Path) -> None:
+    """`serve` checks the live catalog (the file with the models added and retired at run time) before it starts:
+    a catalog file left with only a `route = false` model, on a database where `POST /v1/models` added the
+    routable model, serves, and so does a fixed policy on that model (both were refused at start when the file
+    alone was checked)."""
+    judge = "[[models]]\nname = 'judge'\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\nroute = false\n"
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(judge + "[[models]]\nname = 'first'\ninput_usd_per_mtok = 0.1\noutput_usd_per_mtok = 0.4\n")
+    server = servers(env={"BANDIT_ROUTER_CATALOG": str(catalog)})
+    server.wait_ready()
+    added = httpx.post(server.url + "/v1/models", json={"name": "added", "input_usd_per_mtok": 0.2,
+                                                        "output_usd_per_mtok": 0.8})
+    assert added.status_code == 201, added.text
+    server.terminate()
+    catalog.write_text(judge)  # `first` left the file
+    for policy in ("default", "fixed:added"):
+        server = servers(env={"BANDIT_ROUTER_CATALOG": str(catalog), "BANDIT_ROUTER_POLICY": policy})
+        server.wait_ready()
+        reply = httpx.post(server.url + "/v1/route", json={"prompt": "hi"})
+        assert reply.status_code == 200 and reply.json()["model"] == "added", reply.text
+        server.terminate()

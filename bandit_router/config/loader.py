@@ -307,9 +307,12 @@ def load_settings(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    stored_models: bool = False,
 ) -> Settings:
     """Read and check the settings: `path` (or `$BANDIT_ROUTER_CONFIG`, or `./bandit-router.toml` when it
-    exists), then the environment, then `overrides` (the command line's options, already typed)."""
+    exists), then the environment, then `overrides` (the command line's options, already typed).
+    `stored_models`: for the service's start, which checks the catalog's models once it has read the models
+    added and retired at run time (`Settings.check`)."""
     env = os.environ if env is None else env
     if path is None and env.get(ENV_PREFIX + "CONFIG"):
         path = env[ENV_PREFIX + "CONFIG"]
@@ -341,7 +344,8 @@ def load_settings(
         api += read_keys(values["api_keys_file"], "api_keys_file")
     if values.get("admin_keys_file") is not None:
         admin += read_keys(values["admin_keys_file"], "admin_keys_file")
-    return Settings(**values, api_keys=Secrets(tuple(api)), admin_keys=Secrets(tuple(admin))).check()
+    settings = Settings(**values, api_keys=Secrets(tuple(api)), admin_keys=Secrets(tuple(admin)))
+    return settings.check(stored_models=stored_models)
 
 
 def describe_keys() -> str:

@@ -21,12 +21,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
 from ..budgets import BudgetConfig
-from ..catalog import Catalog, default_catalog, load_catalog
+from ..catalog import Catalog, ModelSpec, default_catalog, load_catalog
 from ..errors import CatalogError, ConfigError, InvalidInput
 from ..policies import Policy, check_models, in_folder, make_policy, parse_spec
 from ..reward import RewardConfig
@@ -143,33 +143,23 @@ class Settings:
         """A copy with `changes` (flat keys or sections) applied (checked again, cheaply)."""
         return Settings(**{name: getattr(self, name) for name in SECTIONS}, **changes)
 
-    def check(self) -> Settings:
+    def check(self, *, stored_models: bool = False) -> Settings:
         """The checks that cost: build the policy and every shadow, read the catalog file, find the budgets'
-        fallback model in the catalog. Raises `ConfigError` naming the key; returns `self`."""
+        fallback model in the catalog. Raises `ConfigError` naming the key; returns `self`.
+
+        The catalog's models (a routable one, the models a fixed or rules policy names: `check_catalog`) are
+        checked against the catalog alone, unless `stored_models`: the service's start, where the models added
+        and retired at run time, stored in the log, count too (it runs `check_catalog` on the live catalog,
+        `log.catalog`, once it has read them)."""
         routing = self.routing
-        try:
-            twice = sorted(set(parse_spec(routing.policy)[1]) & set(routing.policy_settings))
-            policies = [("policy", self.build_policy())]
-        except InvalidInput as exc:
-            raise ConfigError(f"policy: {exc}") from exc
+        policies = self.build_policies()
+        twice = sorted(set(parse_spec(routing.policy)[1]) & set(routing.policy_settings))
         if twice:  # `make_policy` would let policy_settings win, silently
             raise ConfigError(f"policy_settings: {', '.join(twice)} {'is' if len(twice) == 1 else 'are'} also set "
                               f"in policy {routing.policy!r}; set each setting in one place")
-        for spec in routing.shadow_policies:
-            try:
-                policies.append(("shadow_policies", self.build_policy(spec)))
-            except InvalidInput as exc:
-                raise ConfigError(f"shadow_policies: {exc}") from exc
         catalog = self.load_catalog()  # a missing or malformed catalog file fails now, not at the first request
-        if not any(m.route for m in catalog):  # every POST /v1/route would be a 422
-            key = "models" if routing.catalog is None and routing.models else "catalog"
-            raise ConfigError(f"{key}: every model has route = false ({', '.join(catalog.names)}): nothing can be "
-                              "routed; set route = true (the default) on at least one model")
-        for key, policy in policies:  # `fixed:<model>` names a catalog model (a router refuses to be built else)
-            try:
-                check_models(policy, list(catalog))
-            except InvalidInput as exc:
-                raise ConfigError(f"{key}: {exc}") from exc
+        if not stored_models:
+            self.check_catalog(list(catalog), policies=policies)
         if len(catalog) > self.limits.max_models:
             raise ConfigError(f"max_models: the catalog has {len(catalog)} models; max_models is "
                               f"{self.limits.max_models}")
@@ -191,6 +181,42 @@ class Settings:
         if self.gateway.router_alias in catalog.names:
             raise ConfigError(f"router_alias: {self.gateway.router_alias!r} is also a catalog model's name")
         return self
+
+    def check_catalog(
+        self, active: Sequence[ModelSpec], retired: Sequence[ModelSpec] = (),
+        policies: Sequence[tuple[str, Policy]] | None = None,
+    ) -> None:
+        """The checks of the catalog's models: one is routable, and each model a policy, live or shadow, names
+        (`fixed:<model>`, a `rules` policy's rules and default) is a routable model of the catalog: `active` or,
+        then warned about at start (`PolicySet.warn_about_missing_models`), `retired` at run time. Raises
+        `ConfigError` naming the key. `check()` runs it on the catalog file; the service's start on the live
+        catalog (the catalog with the stored model events applied, `log.catalog.live_catalog`). `policies`: those
+        `build_policies` returns, when they are built already."""
+        routing = self.routing
+        key = "models" if routing.catalog is None and routing.models else "catalog"
+        if not any(m.route for m in active):  # every POST /v1/route would be a 422
+            gone = [m.name for m in retired if m.route]
+            stays = (f"; retired at run time, which a restart keeps whatever the file says: {', '.join(gone)} "
+                     "(add another routable model to the catalog)") if gone else ""
+            raise ConfigError(f"{key}: every model has route = false ({', '.join(m.name for m in active)}): nothing "
+                              f"can be routed; set route = true (the default) on at least one model{stays}")
+        for where, policy in self.build_policies() if policies is None else policies:  # a router is built
+            try:  # without this check (`build_router`): the models the log adds come later
+                check_models(policy, [*active, *retired])
+            except InvalidInput as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
+
+    def build_policies(self) -> list[tuple[str, Policy]]:
+        """The configured policy and every shadow, each with the key that gives it; `ConfigError` naming the key
+        for one that cannot be built."""
+        where = "policy"
+        try:
+            policies = [(where, self.build_policy())]
+            where = "shadow_policies"
+            policies += [(where, self.build_policy(spec)) for spec in self.routing.shadow_policies]
+        except InvalidInput as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        return policies
 
     def build_policy(self, spec: str | None = None) -> Policy:
         """A fresh configured policy (`policy` with `policy_settings`), or the shadow `spec`; a file one names by a

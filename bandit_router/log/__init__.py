@@ -2,6 +2,7 @@
 
     feedback.py      feedback rules as pure functions (`judge` → `Verdict`), reward windows, pricing
     policies.py      `PolicySet`: the live policy and its shadows; snapshots
+    catalog.py       the live catalog: the configured one with the stored model events applied (start checks)
     follower.py      `LogFollower`: applies the log in order (writer, recovery, `rebuild_router`)
     escalations.py   learned cascades' escalation learners, learned from the chains stored in the log
     checkpoints.py   `Checkpointer`: snapshots at log positions, and loading the newest valid one
@@ -13,6 +14,7 @@ The service (`bandit_router.service`) adds only the writer thread and HTTP.
 """
 
 from .budget_state import BudgetState
+from .catalog import LiveCatalog, live_catalog, stored_catalog
 from .checkpoints import Checkpointer, fingerprint
 from .escalations import EscalationLearners, learns_chain
 from .feedback import (
@@ -44,6 +46,7 @@ __all__ = [
     "Checkpointer",
     "EscalationLearners",
     "FeedbackRules",
+    "LiveCatalog",
     "LogEntry",
     "LogFollower",
     "Monitor",
@@ -58,9 +61,11 @@ __all__ = [
     "fingerprint",
     "judge",
     "learns_chain",
+    "live_catalog",
     "priced",
     "rebuild_policies",
     "rebuild_router",
+    "stored_catalog",
     "timeseries",
     "unrouted",
     "with_call",

@@ -9,7 +9,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import BanditRouterError, InvalidInput, UnknownModel
-from ..policies.baselines import FixedPolicy
+from ..policies import missing_models
 from ..router import Router
 from ..store import ModelAction, ModelEvent
 from ..types import Decision, Outcome
@@ -27,7 +27,10 @@ snapshot, then the escalation learners' (`escalations`: its size in the header).
 
 def build_router(settings: Settings, *, seed: int | None = None, policy: str | None = None) -> Router:
     """A router that has learned nothing, as `settings` describe it (with the policy spec `policy` instead of the
-    configured policy and its settings, for a shadow)."""
+    configured policy and its settings, for a shadow). It holds the catalog file's models and is not checked
+    against them: the models the log adds come later (`PolicySet.apply`), and a fixed or rules policy may name
+    one of those; the service checks the policies against the live catalog (`log.catalog`) before it builds
+    routers, `Settings.check()` against the catalog file."""
     routing = settings.routing
     return Router(
         settings.load_catalog(),
@@ -35,6 +38,7 @@ def build_router(settings: Settings, *, seed: int | None = None, policy: str | N
         reward_config=settings.reward_config(),
         seed=seed,
         cold_start_rounds=routing.cold_start_rounds,
+        policy_checked=True,
     )
 
 
@@ -111,17 +115,16 @@ class PolicySet:
         log.info("policy %s promoted to live", name)
         return True
 
-    def warn_about_missing_fixed_models(self) -> None:
-        """A live or shadow fixed policy (`fixed:<model>`, or `fixed` with `policy_settings = {model = …}`) whose
-        model is no longer active (retired at run time: a configuration naming a model outside the catalog does not
-        start, `Settings.check`) sends every request to the cheapest allowed model (`FixedPolicy`) until a model of
-        that name is added: said at start."""
+    def warn_about_missing_models(self) -> None:
+        """A live or shadow policy that names a model that is no longer active (retired at run time: one named
+        nowhere, neither in the catalog nor added at run time, does not start, `Settings.check_catalog`) routes
+        without it until a model of that name is added: a fixed policy sends every request to the cheapest
+        allowed model, a rules policy skips the rule (or its default): said at start, once per such model."""
         for router in (self.live, *self.shadows.values()):
-            policy, active = router.policy, sorted(m.name for m in router.models)
-            if isinstance(policy, FixedPolicy) and policy.params.model not in active:
-                log.warning("policy %r: %r is not an active model, so it chooses the cheapest allowed model for "
-                            "every request until a model of that name is added (POST /v1/models); active: %s",
-                            policy.name, policy.params.model, ", ".join(active))
+            active = sorted(m.name for m in router.models)
+            for missing in missing_models(router.policy, router.models):
+                log.warning("policy %r: %s until a model of that name is added (POST /v1/models); active: %s",
+                            router.policy.name, missing, ", ".join(active))
 
     # -- shadows' pmfs -------------------------------------------------------------------------------------------
     def shadow_pmfs(self, decision: Decision) -> str:

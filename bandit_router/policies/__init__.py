@@ -267,10 +267,18 @@ def _json_tree(value: Any) -> Any:
 
 def check_models(policy: Policy, models: Sequence[ModelSpec]) -> None:
     """`InvalidInput` when `policy` cannot work with the catalog `models` (its optional `check_models`: a
-    `fixed:<model>` whose model is not there, or has `route = false`); what `Router` runs when it is built."""
+    `fixed:<model>`, or a `rules` policy's rule or default, whose model is not there or has `route = false`);
+    what `Router` runs when it is built."""
     check = getattr(policy, "check_models", None)
     if check is not None:
         check(models)
+
+
+def missing_models(policy: Policy, models: Sequence[ModelSpec]) -> list[str]:
+    """What `policy` names that is not among the active `models` (retired at run time), one sentence each saying
+    what the policy does instead (its optional `missing_models`); [] for a policy that names no model."""
+    missing = getattr(policy, "missing_models", None)
+    return list(missing(models)) if missing is not None else []
 
 
 def make_policy(spec: str, *, folder: Path | None = None, **settings: Any) -> Policy:
@@ -294,6 +302,7 @@ __all__ = [
     "in_folder",
     "make_params",
     "make_policy",
+    "missing_models",
     "parse_settings",
     "parse_spec",
     "policy_settings",

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import numpy as np
 
 from ..catalog import ModelSpec
+from ..errors import InvalidInput, UnknownModel
 from ..types import Context
 
 
@@ -91,6 +92,11 @@ class BasePolicy:
         there); called by `Router` when it is built. Optional: a policy without it is not checked."""
         return None
 
+    def missing_models(self, models: Sequence[ModelSpec]) -> list[str]:
+        """For each model the policy names that is not among the active `models` (retired at run time), a
+        sentence saying so and what the policy does instead; the service logs them at start. Optional."""
+        return []
+
     def add_model(self, spec: ModelSpec, similar: Sequence[ModelSpec]) -> None:
         return None
 
@@ -108,6 +114,19 @@ class BasePolicy:
 
     def weights(self) -> np.ndarray:
         return np.zeros(0)
+
+
+def check_named_model(who: str, model: str, models: Sequence[ModelSpec]) -> None:
+    """A policy's `check_models` for one model it names (`who`: "policy 'fixed:gpt-4o'"): `UnknownModel` when
+    `model` is not among `models`, `InvalidInput` when it has `route = false` (a judge or router model: never
+    chosen, so a policy naming it would never choose it either)."""
+    found = [m for m in models if m.name == model]
+    if not found:
+        raise UnknownModel(f"{who} names the model {model!r}, which is not in the catalog; its models: "
+                           f"{', '.join(m.name for m in models)}")
+    if not found[0].route:
+        raise InvalidInput(f"{who} names the model {model!r}, which has route = false (a judge or router model "
+                           "only): it is never chosen")
 
 
 class QualityStats:

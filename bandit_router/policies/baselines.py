@@ -8,9 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..catalog import ModelSpec
-from ..errors import InvalidInput, UnknownModel
 from ..types import Context
-from .base import BasePolicy
+from .base import BasePolicy, check_named_model
 
 
 @dataclass(frozen=True)
@@ -40,19 +39,13 @@ class FixedPolicy(BasePolicy):
         self.name = f"fixed:{params.model}"
 
     def check_models(self, models: Sequence[ModelSpec]) -> None:
-        model = self.params.model
-        found = [m for m in models if m.name == model]
-        if not found:
-            raise UnknownModel(
-                f"policy {self.name!r} names the model {model!r}, which is not in the catalog; its models: "
-                f"{', '.join(m.name for m in models)} (a model added at run time, POST /v1/models, must also be in "
-                "the catalog file for a fixed policy to name it)"
-            )
-        if not found[0].route:
-            raise InvalidInput(
-                f"policy {self.name!r} names the model {model!r}, which has route = false (a judge or router model "
-                "only): it is never chosen"
-            )
+        check_named_model(f"policy {self.name!r}", self.params.model, models)
+
+    def missing_models(self, models: Sequence[ModelSpec]) -> list[str]:
+        if any(m.name == self.params.model for m in models):
+            return []
+        return [f"{self.params.model!r} is not an active model, so it chooses the cheapest allowed model for every "
+                "request"]
 
     def pmf(
         self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray, rng: np.random.Generator

@@ -1,9 +1,11 @@
 """The rule-based strategy: ordered rules on length, regexes, markers and context values → model.
 
 The first rule whose conditions all hold, and whose model is allowed, decides; else `default` (or the
-cheapest allowed model). In a TOML file (`rules:file=rules.toml`; written in a configuration file, a relative
-path is read from that file's folder, elsewhere from the working directory) or, with `policy = "rules"`, the
-config's `[policy_settings]` table (`[[policy_settings.rules]]`)::
+cheapest allowed model). Every rule's model and the default must be routable models of the catalog
+(`check_models`); a rule whose model a request does not allow, or that was retired at run time, is skipped,
+and so is a default. In a TOML file (`rules:file=rules.toml`; written in a configuration file, a relative path
+is read from that file's folder, elsewhere from the working directory) or, with `policy = "rules"`, the config's
+`[policy_settings]` table (`[[policy_settings.rules]]`)::
 
     default = "gpt-4o-mini"
     [[rules]]
@@ -36,7 +38,7 @@ from ..catalog import ModelSpec
 from ..errors import ConfigError
 from ..setting_values import typed_value
 from ..types import Context, Scalar
-from .base import BasePolicy
+from .base import BasePolicy, check_named_model
 from .baselines import cheapest
 
 LONG_PROMPT_TOKENS = 1500
@@ -85,6 +87,17 @@ class Rule:
         if unknown or "model" not in data:
             raise ConfigError(f"a rule needs `model` and may have {sorted(known - {'model'})}; got {sorted(data)}")
         return cls(**dict(data))
+
+    def conditions(self) -> str:
+        """The rule's conditions as written (`min_tokens = 2000, markers = ['code']`), to name it in a message."""
+        shown = [f"{name} = {getattr(self, name)!r}" for name in ("min_chars", "max_chars", "min_tokens",
+                                                                  "max_tokens", "regex")
+                 if getattr(self, name) is not None]
+        if self.markers:
+            shown.append(f"markers = {list(self.markers)!r}")
+        if self.context:
+            shown.append(f"context = {dict(self.context)!r}")
+        return ", ".join(shown) or "no conditions"
 
     def matches(self, context: Context) -> bool:
         if self.min_chars is not None and context.n_chars < self.min_chars:
@@ -140,6 +153,24 @@ class RulesPolicy(BasePolicy):
     def __init__(self, params: RulesParams | None = None, *, name: str = "rules") -> None:
         self.params = params or RulesParams()
         self.name = "rules"
+
+    def check_models(self, models: Sequence[ModelSpec]) -> None:
+        """Every rule's model and the default name a routable model of `models`: a misspelt one would never route
+        (its rule skipped, or the cheapest model instead of the default) without a word."""
+        for number, rule in enumerate(self.params.rules, 1):
+            check_named_model(f"policy {self.name!r}: rule {number} ({rule.conditions()})", rule.model, models)
+        if self.params.default:
+            check_named_model(f"policy {self.name!r}: default", self.params.default, models)
+
+    def missing_models(self, models: Sequence[ModelSpec]) -> list[str]:
+        names = {m.name for m in models}
+        missing = [f"rule {number} ({rule.conditions()}): {rule.model!r} is not an active model, so the rule is "
+                   "skipped (a later rule, the default or the cheapest allowed model decides)"
+                   for number, rule in enumerate(self.params.rules, 1) if rule.model not in names]
+        if self.params.default and self.params.default not in names:
+            missing.append(f"default: {self.params.default!r} is not an active model, so a request that no rule "
+                           "decides gets the cheapest allowed model")
+        return missing
 
     def choose(self, context: Context, models: Sequence[ModelSpec]) -> int:
         names = [m.name for m in models]

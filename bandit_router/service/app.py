@@ -27,6 +27,8 @@ from ..cascade.live import NamedRouters
 from ..config import Settings, load_settings
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
+from ..log.catalog import stored_catalog
+from ..store import Store
 from ..store.location import DatabaseURL, open_store
 from . import dashboard, errors, redact
 from .auth import Authenticator
@@ -238,13 +240,18 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service for `settings` (default: `load_settings()`: ./bandit-router.toml and the environment)."""
-    settings = settings.check() if settings is not None else load_settings()
+    settings = settings.check(stored_models=True) if settings is not None else load_settings(stored_models=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.storage.db, synchronous=settings.storage.synchronous,
                            wal_max_bytes=settings.storage.wal_max_bytes)
         await asyncio.to_thread(store.prepare)
+        try:  # the catalog's models as the routers will hold them, with those added and retired at run time
+            await asyncio.to_thread(check_live_catalog, settings, store)
+        except ConfigError:
+            store.close()
+            raise
         metrics = Metrics()
         engine = Engine(settings, store, observer=metrics)
         metrics.bind(
@@ -300,6 +307,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     dashboard.install(app)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def check_live_catalog(settings: Settings, store: Store) -> None:
+    """`Settings.check_catalog` on the live catalog: the catalog with the model events stored in `store` applied
+    (`log.catalog`), since a model added or retired at run time stays so across restarts whatever the file says.
+    A `ConfigError` when no model of it is routable, or a fixed or rules policy names a model that is in neither
+    the catalog nor the log."""
+    live = stored_catalog(settings.load_catalog(), store)
+    settings.check_catalog(live.active, live.retired)
 
 
 def check_upstreams(settings: Settings, unreachable: Callable[[str], str | None] | None = None, *,
@@ -372,7 +388,7 @@ def app_from_environment() -> FastAPI:
     raw = os.environ.get(SERVE_ARGS)
     args: dict[str, Any] = json.loads(raw) if raw else {}
     configure_logging(args.get("log_level") or "info")  # a worker is a fresh process: it has no handler yet
-    app = create_app(load_settings(args.get("config"), overrides=args.get("overrides") or {}))
+    app = create_app(load_settings(args.get("config"), overrides=args.get("overrides") or {}, stored_models=True))
     tune_process()
     return app
 

@@ -49,14 +49,17 @@ def serve(
         if v is not None
     }
     try:
-        settings = load_settings(config, overrides=overrides)
-        from .app import check_upstreams
+        settings = load_settings(config, overrides=overrides, stored_models=True)
+        from .app import check_live_catalog, check_upstreams
 
         check_upstreams(settings)  # the judge's and named routers' models: a message now, not a traceback later
         storage = settings.storage
+        if not isinstance(storage.db, DatabaseURL) and not Path(storage.db).exists():  # nothing stored: the
+            settings.check_catalog(list(settings.load_catalog()))  # catalog alone, before the file is created
         store = open_store(storage.db, synchronous=storage.synchronous)
         try:
             store.prepare()  # the schema, once, before workers
+            check_live_catalog(settings, store)  # with the models added and retired at run time
         finally:
             store.close()
     except (ConfigError, StoreError) as exc:

@@ -333,7 +333,7 @@ class Engine:
             "recovered: checkpoint at seq %s, %d feedbacks replayed in %.2f s, policy version %d",
             self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
         )
-        self.policies.warn_about_missing_fixed_models()
+        self.policies.warn_about_missing_models()
         self._refuse_alias_clashes()
 
     def _refuse_alias_clashes(self) -> None:
