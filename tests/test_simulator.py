@@ -452,6 +452,26 @@ def test_plan_refuses_unknown_policies() -> None:
     assert make_agent(f"fixed:model={env.model_names[0]}", env) is not None  # was refused: "model=…" is no model
 
 
+def test_a_fixed_or_rules_policy_may_name_a_model_that_joins_the_run_later(tmp_path: Path) -> None:
+    """The packaged world's dormant model joins the run at step 100 (`new-model`); a fixed policy or a rule naming
+    it was refused when the run's router was built on the initial models: a policy is checked against every model
+    of the episode, and its model is chosen once it is there. A rule naming a model outside the environment is
+    refused before any run, naming the rule (it would never route, without a word)."""
+    env = EnvSpec.parse("synthetic:default").build()
+    episode = build_episode(env, [make_scenario("new-model:at=100", env)], 0, steps=300)
+    k = env.model_names.index("claude-haiku-4-5")
+    rules = tmp_path / "rules.toml"
+    rules.write_text('default = "gpt-4o-mini"\n[[rules]]\nmodel = "claude-haiku-4-5"\n', encoding="utf-8")
+    for spec in ("fixed:claude-haiku-4-5", f"rules:file={rules}"):
+        trace = make_agent(spec, env).run(episode, env, 10.0, 0)
+        assert (trace.chosen[:100] != k).all() and (trace.chosen[100:] == k).all(), spec
+    rules.write_text('[[rules]]\nmodel = "gpt-4o"\nmin_chars = 10\n[[rules]]\nmodel = "claude-haiku-4-6"\n'
+                     'markers = ["code"]\n', encoding="utf-8")
+    with pytest.raises(InvalidInput, match=r"^rules:file=\S+: unknown model: policy 'rules:file=\S+': rule 2 "
+                       r"\(markers = \['code'\]\) names the model 'claude-haiku-4-6', which is not in the catalog"):
+        make_agent(f"rules:file={rules}", env)
+
+
 @pytest.mark.parametrize("warmup", ["none", "bandit", "full"])
 def test_warmup_uses_only_the_training_part(holey_table: Path, warmup: str) -> None:
     env = load_dataset(holey_table, split="split")

@@ -107,8 +107,8 @@ def make_agent(
         return entry.build(spec, env, options)
     if name not in REGISTRY:
         raise InvalidInput(f"unknown policy {name!r}; known: {', '.join(sorted(known_names()))}")
-    try:  # fail early on a bad spec, or a fixed policy's model outside the environment (`fixed:model=gpt-4o` too)
-        check_models(make_policy(spec), env.models)
-    except UnknownModel:
-        raise InvalidInput(f"{spec}: unknown model; this environment has {list(env.model_names)}") from None
+    try:  # fail early on a bad spec, or a model a fixed or rules policy names outside the environment
+        check_models(make_policy(spec), env.models)  # (`fixed:model=gpt-4o` too)
+    except UnknownModel as exc:
+        raise InvalidInput(f"{spec}: unknown model: {exc}") from None
     return _router_agent(spec, lambda seed: make_policy(spec), options)

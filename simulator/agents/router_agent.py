@@ -17,7 +17,7 @@ import numpy as np
 from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor
 from bandit_router.outcomes import OutcomeTable
-from bandit_router.policies import Policy, warm_start
+from bandit_router.policies import Policy, check_models, warm_start
 from bandit_router.reward import RewardConfig
 from bandit_router.router import Router
 from bandit_router.state import pack, unpack
@@ -83,10 +83,16 @@ class RouterAgent:
         return self.extractor.extract(env.prompts[row], attributes=attrs)
 
     def make_router(self, episode: Episode, cost_weight: float, seed: int) -> Router:
+        """The router starts with the episode's initial models and is told of the others as they join (a
+        `new-model` scenario): its policy is checked against every model of the episode (a `fixed:<model>` or
+        a rule may name one that joins later)."""
         specs = [m for m in episode.models if m.name in episode.initial_models]
+        policy = self.policy_factory(seed)
+        check_models(policy, episode.models)
         return Router(
             specs,
-            self.policy_factory(seed),
+            policy,
+            policy_checked=True,
             reward_config=RewardConfig(cost_weight=cost_weight),
             seed=derived_seed(seed, ROUTER_SALT),
             pacer=self.pacer_factory(episode.models, cost_weight) if self.pacer_factory else None,
