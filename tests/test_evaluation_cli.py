@@ -316,6 +316,31 @@ def test_evaluate_prices_each_model_as_the_service_does(tmp_path: Path) -> None:
     assert {name: (m.input_usd_per_mtok, m.output_usd_per_mtok) for name, m in found.items()} == served
 
 
+def test_evaluate_reads_a_configuration_the_service_starts_with_models_added_at_run_time(tmp_path: Path) -> None:
+    """`evaluate --config` read the settings as `check --config` does, the catalog file alone: a configuration
+    whose file has no routable model left (the log added one; the service starts with it) was refused. It takes the
+    configuration as the service's start does (evaluate reads the models added at run time from the database)."""
+    from bandit_router.catalog import ModelSpec
+
+    db = tmp_path / "added.db"
+    judge = ModelSpec("judge", 0.15, 0.6, route=False)
+    with TestClient(create_app(Settings(db=db, models=(judge, ModelSpec("first", 0.1, 0.4)), seed=1))) as client:
+        _ready(client)
+        added = {"name": "gamma", "input_usd_per_mtok": 3.0, "output_usd_per_mtok": 4.0}
+        assert client.post("/v1/models", json=added).status_code == 201
+        assert client.delete("/v1/models/first").status_code == 200
+        for _ in range(5):
+            decision = client.post("/v1/route", json={"prompt": "hi"}).json()
+            assert client.post("/v1/feedback", json={"decision_id": decision["decision_id"],
+                                                     "quality": 0.5}).status_code == 200
+    config = tmp_path / "br.toml"
+    config.write_text("policy = 'fixed:gamma'\n[[models]]\nname = 'judge'\ninput_usd_per_mtok = 0.15\n"
+                      "output_usd_per_mtok = 0.6\nroute = false\n", encoding="utf-8")
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--config", str(config), "--estimators", "dr"])
+    assert result.exit_code == 0, result.output
+    assert "5 decisions with feedback evaluated (5 logged)" in result.output
+
+
 # -- shadow policies and promotion ---------------------------------------------------------------------------------
 def _settings(db: Path, **changes: Any) -> Settings:
     return Settings(db=db, seed=5, policy="random", shadow_policies=("linucb", "fixed:gpt-4o-mini"), **changes)

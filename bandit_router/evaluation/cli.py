@@ -98,7 +98,9 @@ def open_store(db: str | Path) -> Store:
 
 
 def _catalog(config: Path | None) -> list[ModelSpec]:
-    return list(load_settings(config).load_catalog())
+    """The catalog of the service's settings, read as the service's start reads them (`stored_models`: the
+    models added and retired at run time count, which `store_log.model_specs` reads from the database)."""
+    return list(load_settings(config, stored_models=True).load_catalog())
 
 
 def evaluate(
