@@ -252,3 +252,19 @@ def test_tenant_5_and_5_0_are_one_tenant(make_client: Callable[..., TestClient])
     report = client.get("/v1/budgets").json()["report"]
     assert report["tenants"]["5"]["requests"] == 3
     assert report["global"]["requests"] == 5
+
+
+def test_a_target_written_for_tenant_5_0_paces_the_number_5_0(make_client: Callable[..., TestClient]) -> None:
+    """`@5.0:` (a `tenants."5.0"` table) was the string tenant "5.0" while requests with tenant 5.0 are tenant "5":
+    the target bound nobody. It is tenant "5" now, and a body that gives tenant 5 two tables is a 422 naming both."""
+    client = make_client()
+    put = client.put("/v1/budgets", json={"tenants": {"5.0": {"avg_cost_usd": 1e-9}}})
+    assert put.status_code == 200, put.text
+    assert put.json()["targets"] == ["@5:avg_cost_usd=1e-09"]
+    for tenant in (5.0, 5, "5.0"):
+        _route(client, tenant)
+    assert client.get("/v1/budgets").json()["report"]["tenants"]["5"]["requests"] == 2  # not the string "5.0"
+    both = client.put("/v1/budgets", json={"tenants": {"5": {"avg_cost_usd": 1}, "5.0": {"avg_cost_usd": 2}}})
+    assert both.status_code == 422, both.text
+    assert "'5' and '5.0' are one tenant" in both.json()["message"]
+    assert client.get("/v1/budgets").json()["targets"] == ["@5:avg_cost_usd=1e-09"]  # nothing changed

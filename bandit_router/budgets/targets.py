@@ -39,6 +39,7 @@ from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..hints import did_you_mean
 from ..names import check_name
+from ..types import tenant_named
 
 DURATION_UNITS: Mapping[str, int] = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800})
 _LATENCY_KEY = re.compile(r"latency_p(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)_s")  # as `_fmt` writes it: 1e-05
@@ -283,8 +284,22 @@ def parse_scoped_target(text: str) -> tuple[str | None, Target]:
 
 
 def _check_tenant(name: Any) -> str:
-    """A tenant name: the grammar of `bandit_router.names` (it becomes a metrics label and a stored key)."""
-    return check_name(name, "tenant", MAX_TENANT_LENGTH)
+    """A tenant name: the grammar of `bandit_router.names` (it becomes a metrics label and a stored key), as the
+    tenant it means (`types.tenant_named`: `5.0` is the number 5.0's tenant, `5`)."""
+    return tenant_named(check_name(name, "tenant", MAX_TENANT_LENGTH))
+
+
+def _tenants_once(names: Iterable[Any], where: str) -> dict[str, Any]:
+    """Each written tenant name → the tenant it means; `InvalidInput` when two name one tenant (`5` and `5.0`),
+    whose targets would otherwise replace each other."""
+    out: dict[str, Any] = {}
+    for name in names:
+        tenant = _check_tenant(name)
+        if tenant in out:
+            raise InvalidInput(f"{where}: {out[tenant]!r} and {name!r} are one tenant, {tenant!r} (a number's "
+                               "tenant is its decimal text, an integral one without a fraction): give its targets once")
+        out[tenant] = name
+    return out
 
 
 _KIND_ORDER = {"avg_cost": 0, "spend": 1, "share": 2, "latency": 3}
@@ -381,9 +396,9 @@ class BudgetConfig:
         object.__setattr__(self, "targets", _check_unique(self.targets, "global targets"))
         if not isinstance(self.tenants, Mapping):
             raise InvalidInput("tenants must map a tenant name to its targets")
-        tenants = {
-            _check_tenant(name): _check_unique(ts, f"tenant {name!r}") for name, ts in self.tenants.items() if ts
-        }
+        written = {name: ts for name, ts in self.tenants.items() if ts}
+        tenants = {tenant: _check_unique(written[name], f"tenant {name!r}")
+                   for tenant, name in _tenants_once(written, "tenants").items()}
         object.__setattr__(self, "tenants", MappingProxyType(tenants))
         if self.fallback_model is not None and (not isinstance(self.fallback_model, str) or not self.fallback_model):
             raise InvalidInput("fallback_model must be a model name")
@@ -441,10 +456,11 @@ class BudgetConfig:
         targets = _targets_from_mapping({k: v for k, v in data.items() if k not in settings | {"tenants"}}, "budgets",
                                         sorted(settings | {"tenants"}))
         tenants = {}
-        for name, table in tenants_data.items():
+        for tenant, name in _tenants_once(tenants_data, "budgets.tenants").items():
+            table = tenants_data[name]
             if not isinstance(table, Mapping):
                 raise InvalidInput(f"budgets.tenants.{name} must be a table of targets")
-            tenants[_check_tenant(name)] = _targets_from_mapping(table, f"budgets.tenants.{name}")
+            tenants[tenant] = _targets_from_mapping(table, f"budgets.tenants.{name}")
         return cls(targets=targets, tenants=tenants, **kwargs)
 
     def to_mapping(self) -> dict[str, Any]:
