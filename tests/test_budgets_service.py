@@ -268,3 +268,20 @@ def test_a_target_written_for_tenant_5_0_paces_the_number_5_0(make_client: Calla
     assert both.status_code == 422, both.text
     assert "'5' and '5.0' are one tenant" in both.json()["message"]
     assert client.get("/v1/budgets").json()["targets"] == ["@5:avg_cost_usd=1e-09"]  # nothing changed
+
+
+@pytest.mark.parametrize(("body", "key"), [
+    (b'{"avg_cost_usd": 0.001, "avg_cost_usd": 0.002}', "avg_cost_usd"),
+    (b'{"tenants": {"acme": {"spend_usd": "1/1d"}, "acme": {"spend_usd": "9/1d"}}}', "acme"),
+    (b'{"share": {"gpt-4o": 0.3, "gpt-4o": 0.9}}', "gpt-4o"),
+])
+def test_a_key_given_twice_is_a_422_naming_it(make_client: Callable[..., TestClient], body: bytes, key: str) -> None:
+    """`json.loads` kept the last of a repeated key: the PUT answered 200 with a target nobody read twice. The
+    environment's `BANDIT_ROUTER_BUDGETS` refuses that already; the PUT refuses it the same way, changing nothing."""
+    client = make_client()
+    assert client.put("/v1/budgets", json={"avg_cost_usd": 0.005}).status_code == 200
+    reply = client.put("/v1/budgets", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert reply.json() == {"error": "invalid_input", "field": "budgets",
+                            "message": f"budgets: gives the key {key!r} twice"}
+    assert client.get("/v1/budgets").json()["targets"] == ["avg_cost_usd=0.005"]
