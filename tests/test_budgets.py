@@ -201,6 +201,8 @@ def test_parse_target(text: str, expected: object) -> None:
         ("latency_p95_s=0", "must be a finite number > 0"),
         ("latency_p95=3", "unknown target"),
         ("budget=5", "unknown target 'budget'"),
+        # B/P overflowed to inf: every route then failed (NaN scores) and GET /v1/budgets could not encode λ
+        ("spend_usd=1e308/0.001", r"the rate B/P \(USD a second\) overflows a float"),
     ],
 )
 def test_parse_target_rejects(text: str, match: str) -> None:
@@ -319,6 +321,10 @@ def test_a_latency_target_of_any_accepted_percentile_reads_back(percentile: str)
         ({"min_cost_weight": 10, "max_cost_weight": 5}, "min_cost_weight must be below"),
         ({"guard_max_usd_per_mtok": -1}, "guard_max_usd_per_mtok"),
         ([1, 2], "budgets must be a table"),
+        # an integer too large for a float was an OverflowError (a 500 on PUT /v1/budgets), not a refusal
+        ({"min_cost_weight": 10**400}, "min_cost_weight must be a finite number > 0"),
+        ({"max_cost_weight": 10**400}, "max_cost_weight must be a finite number > 0"),
+        ({"guard_max_usd_per_mtok": 10**400}, "guard_max_usd_per_mtok must be a finite number"),
         # one tenant's two tables: the second replaced the first, silently
         ({"tenants": {"5": {"avg_cost_usd": 1}, "5.0": {"spend_usd": "1/1d"}}}, "'5' and '5.0' are one tenant, '5'"),
     ],

@@ -346,7 +346,7 @@ class _SpendControl(_CostControl):
         start = self.period_start()
         if self.origin is None or self.origin <= start:
             return self.target.usd
-        return self.target.usd * max(0.0, start + self.target.period_s - self.origin) / self.target.period_s
+        return self.target.usd * (max(0.0, start + self.target.period_s - self.origin) / self.target.period_s)
 
     def exhausted(self) -> bool:
         return self.spend_usd >= self.limit()

@@ -59,8 +59,18 @@ def _number(text: str, what: str) -> float:
     return value
 
 
+def _finite_number(value: Any) -> bool:
+    """A finite int or float, not a bool (an int too large for a float is not: `math.isfinite` overflows on it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_positive(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if not _finite_number(value) or value <= 0:
         raise InvalidInput(f"{what} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -135,6 +145,8 @@ class Spend:
         period = _check_positive(self.period_s, "spend period")
         if period < MIN_PERIOD_S:  # periods are numbered floor(t / P): a tiny P overflows that
             raise InvalidInput(f"spend period must be at least {MIN_PERIOD_S:g} s, got {_fmt(period)} s")
+        if not math.isfinite(self.usd / period):  # the pacer's plan runs at B/P USD a second
+            raise InvalidInput("the rate B/P (USD a second) overflows a float: a smaller amount or a longer period")
         object.__setattr__(self, "period_s", period)
 
     @property
@@ -406,7 +418,7 @@ class BudgetConfig:
             check_name(self.fallback_model, "fallback_model")
         if self.guard_max_usd_per_mtok is not None:
             price = self.guard_max_usd_per_mtok
-            if isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price) or price < 0:
+            if not _finite_number(price) or price < 0:
                 raise InvalidInput("guard_max_usd_per_mtok must be a finite number >= 0")
             object.__setattr__(self, "guard_max_usd_per_mtok", float(price))
         for name in ("cost_step", "share_step", "latency_step", "negligible_penalty"):
