@@ -20,19 +20,49 @@ Scalar = str | int | float | bool
 """A value of the caller's context dict."""
 
 _EXACT = 2**53
-"""Integers up to this size are exact as floats (the service's context numbers are within it)."""
+"""Integers up to this size are exact as floats (the service's context numbers are within it); beyond it a float
+names no one integer (the JSON texts 9007199254740993 and 9007199254740993.0 are two numbers in Python)."""
+
+
+def _inexact_tenant(value: Any) -> bool:
+    """A float tenant beyond ±2⁵³, which names no one integer."""
+    return isinstance(value, float) and abs(value) > _EXACT
+
+
+def _inexact_problem(value: Any) -> str:
+    return (f"tenant {value!r} is a float beyond ±2^53 ({_EXACT}), where a float names no one integer: "
+            "send the tenant as an integer or a string")
 
 
 def tenant_of(value: Any) -> str | None:
     """The tenant a context's `tenant` value names (None: no tenant): a string as it is; a number by its decimal
     text, an integral one without a fraction part, since JSON does not tell 5 from 5.0 (both are tenant "5",
     as 5 always was); a boolean by Python's text ("True"), as stored before. One rule for every reader: the stored
-    `tenant` column, the budget pacer's scopes, the judge's calls."""
+    `tenant` column, the budget pacer's scopes, the judge's calls. A float beyond ±2⁵³ is refused (`InvalidInput`):
+    it names no one integer, so 1e17 and 100000000000000000 could not be one tenant."""
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT:
-        return str(int(value))
+    if isinstance(value, float):
+        if _inexact_tenant(value):
+            raise InvalidInput(_inexact_problem(value))
+        if value.is_integer():
+            return str(int(value))
     return str(value)
+
+
+def tenant_named(text: str) -> str:
+    """The tenant a written tenant name means (a budget's `@5.0:`, its `[budgets.tenants."5.0"]` table): the text
+    as it is, except an integral number within ±2⁵³ written as Python writes a float (`5.0`, `-3.0`, `1e+16`:
+    how such a number's tenant was named before `tenant_of`), which names that number's tenant (`5`)."""
+    if not text[-1:].isdigit() or text[:1] not in "-0123456789":  # "acme": one look, no float()
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if repr(number) != text or not number.is_integer() or abs(number) > _EXACT:
+        return text
+    return str(int(number))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +85,8 @@ def _freeze_context(context: Mapping[str, Scalar] | None) -> Mapping[str, Scalar
             raise InvalidInput(f"context[{key!r}] must be a string, number or boolean")
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInput(f"context[{key!r}] must be finite")
+        if key == "tenant" and _inexact_tenant(value):
+            raise InvalidInput(f"context['tenant']: {_inexact_problem(value)}")  # as `tenant_of` would, sooner
     return MappingProxyType(dict(context))
 
 

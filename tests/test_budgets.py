@@ -201,6 +201,8 @@ def test_parse_target(text: str, expected: object) -> None:
         ("latency_p95_s=0", "must be a finite number > 0"),
         ("latency_p95=3", "unknown target"),
         ("budget=5", "unknown target 'budget'"),
+        # B/P overflowed to inf: every route then failed (NaN scores) and GET /v1/budgets could not encode λ
+        ("spend_usd=1e308/0.001", r"the rate B/P \(USD a second\) overflows a float"),
     ],
 )
 def test_parse_target_rejects(text: str, match: str) -> None:
@@ -223,6 +225,24 @@ def test_parse_scoped_target() -> None:
     for bad in ("@:avg_cost_usd=1", "@acme", "@acme:"):
         with pytest.raises(InvalidInput):
             parse_scoped_target(bad)
+
+
+def test_a_tenant_written_as_an_integral_float_is_that_numbers_tenant() -> None:
+    """A request's tenant 5.0 is tenant "5" (`types.tenant_of`), so `@5.0:` (how that tenant was named before)
+    must be tenant "5" too: it was the string tenant "5.0", and numeric 5.0 escaped its targets. Other texts stay
+    as they are; a saved state that calls the tenant "5.0" loads into tenant "5"."""
+    config = BudgetConfig.from_strings(["@5.0:avg_cost_usd=0.001", "@-3.0:share:large=0.1", "@05:avg_cost_usd=1",
+                                        "@5.5:avg_cost_usd=1", "@1e+16:avg_cost_usd=1"])
+    assert sorted(config.tenants) == ["-3", "05", "1e+16", "5", "5.5"]
+    assert BudgetConfig.from_mapping({"tenants": {"5.0": {"avg_cost_usd": 0.001}}}).tenants == {"5": (AvgCost(0.001),)}
+    pacer = BudgetPacer(config, clock=lambda: 1e9)
+    for tenant in (5, 5.0, "5", -3.0):
+        assert len(pacer._scopes(tenant)) == 2, tenant  # the global scope and the tenant's
+    assert len(pacer._scopes("5.0")) == 1  # a string is the tenant it spells
+    saved = pacer.state()
+    saved["config"]["tenants"] = {("5.0" if k == "5" else k): v for k, v in saved["config"]["tenants"].items()}
+    saved["tenants"] = {("5.0" if k == "5" else k): v for k, v in saved["tenants"].items()}
+    assert BudgetPacer.from_state(json.loads(json.dumps(saved)), clock=lambda: 1e9).state() == pacer.state()
 
 
 def test_durations() -> None:
@@ -301,6 +321,12 @@ def test_a_latency_target_of_any_accepted_percentile_reads_back(percentile: str)
         ({"min_cost_weight": 10, "max_cost_weight": 5}, "min_cost_weight must be below"),
         ({"guard_max_usd_per_mtok": -1}, "guard_max_usd_per_mtok"),
         ([1, 2], "budgets must be a table"),
+        # an integer too large for a float was an OverflowError (a 500 on PUT /v1/budgets), not a refusal
+        ({"min_cost_weight": 10**400}, "min_cost_weight must be a finite number > 0"),
+        ({"max_cost_weight": 10**400}, "max_cost_weight must be a finite number > 0"),
+        ({"guard_max_usd_per_mtok": 10**400}, "guard_max_usd_per_mtok must be a finite number"),
+        # one tenant's two tables: the second replaced the first, silently
+        ({"tenants": {"5": {"avg_cost_usd": 1}, "5.0": {"spend_usd": "1/1d"}}}, "'5' and '5.0' are one tenant, '5'"),
     ],
 )
 def test_config_rejects(data: Any, match: str) -> None:

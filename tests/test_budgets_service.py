@@ -252,3 +252,67 @@ def test_tenant_5_and_5_0_are_one_tenant(make_client: Callable[..., TestClient])
     report = client.get("/v1/budgets").json()["report"]
     assert report["tenants"]["5"]["requests"] == 3
     assert report["global"]["requests"] == 5
+
+
+def test_a_target_written_for_tenant_5_0_paces_the_number_5_0(make_client: Callable[..., TestClient]) -> None:
+    """`@5.0:` (a `tenants."5.0"` table) was the string tenant "5.0" while requests with tenant 5.0 are tenant "5":
+    the target bound nobody. It is tenant "5" now, and a body that gives tenant 5 two tables is a 422 naming both."""
+    client = make_client()
+    put = client.put("/v1/budgets", json={"tenants": {"5.0": {"avg_cost_usd": 1e-9}}})
+    assert put.status_code == 200, put.text
+    assert put.json()["targets"] == ["@5:avg_cost_usd=1e-09"]
+    for tenant in (5.0, 5, "5.0"):
+        _route(client, tenant)
+    assert client.get("/v1/budgets").json()["report"]["tenants"]["5"]["requests"] == 2  # not the string "5.0"
+    both = client.put("/v1/budgets", json={"tenants": {"5": {"avg_cost_usd": 1}, "5.0": {"avg_cost_usd": 2}}})
+    assert both.status_code == 422, both.text
+    assert "'5' and '5.0' are one tenant" in both.json()["message"]
+    assert client.get("/v1/budgets").json()["targets"] == ["@5:avg_cost_usd=1e-09"]  # nothing changed
+
+
+@pytest.mark.parametrize(("body", "key"), [
+    (b'{"avg_cost_usd": 0.001, "avg_cost_usd": 0.002}', "avg_cost_usd"),
+    (b'{"tenants": {"acme": {"spend_usd": "1/1d"}, "acme": {"spend_usd": "9/1d"}}}', "acme"),
+    (b'{"share": {"gpt-4o": 0.3, "gpt-4o": 0.9}}', "gpt-4o"),
+])
+def test_a_key_given_twice_is_a_422_naming_it(make_client: Callable[..., TestClient], body: bytes, key: str) -> None:
+    """`json.loads` kept the last of a repeated key: the PUT answered 200 with a target nobody read twice. The
+    environment's `BANDIT_ROUTER_BUDGETS` refuses that already; the PUT refuses it the same way, changing nothing."""
+    client = make_client()
+    assert client.put("/v1/budgets", json={"avg_cost_usd": 0.005}).status_code == 200
+    reply = client.put("/v1/budgets", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert reply.json() == {"error": "invalid_input", "field": "budgets",
+                            "message": f"budgets: gives the key {key!r} twice"}
+    assert client.get("/v1/budgets").json()["targets"] == ["avg_cost_usd=0.005"]
+
+
+@pytest.mark.parametrize("body", [
+    '{"spend_usd": "1e308/0.001"}', '{"tenants": {"acme": {"spend_usd": "1.5e308/0.5"}}}',
+    '{"min_cost_weight": 1%s}' % ("0" * 400), '{"guard_max_usd_per_mtok": 1%s}' % ("0" * 400),
+])
+def test_budgets_that_overflow_a_float_are_a_422_and_routing_goes_on(make_client: Callable[..., TestClient],
+                                                                     body: str) -> None:
+    """A spend target whose rate B/P overflows was stored and then every request was a 500 (its λ became NaN),
+    GET /v1/budgets and /v1/stats too; an integer too large for a float was a 500 on the PUT itself."""
+    client = make_client()
+    reply = client.put("/v1/budgets", content=body.encode(), headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["error"] == "invalid_input"
+    for _ in range(3):
+        _route(client, "acme")
+    assert client.get("/v1/budgets").status_code == 200 and client.get("/v1/stats").status_code == 200
+
+
+def test_a_huge_spend_target_keeps_every_read_working(make_client: Callable[..., TestClient]) -> None:
+    """A target that starts mid-period has the pro rata limit B·(rest of the period)/P, computed as B·rest first:
+    1.7e308 USD a week overflowed there, and GET /v1/budgets and /v1/stats were 500s (inf is no JSON)."""
+    client = make_client()
+    assert client.put("/v1/budgets", json={"tenants": {"acme": {"spend_usd": "1.7e308/1w"}}}).status_code == 200
+    for _ in range(3):
+        _route(client, "acme")
+    reply = client.get("/v1/budgets")
+    assert reply.status_code == 200, reply.text
+    target = reply.json()["report"]["tenants"]["acme"]["targets"][0]
+    assert 0 < target["limit_usd"] <= 1.7e308 and target["holds"]
+    assert client.get("/v1/stats").status_code == 200

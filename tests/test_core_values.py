@@ -483,9 +483,21 @@ def test_default_catalog_ships_priors_for_every_model() -> None:
 
 @pytest.mark.parametrize(("value", "tenant"), [
     ("acme", "acme"), ("5.0", "5.0"), (5, "5"), (5.0, "5"), (-3.0, "-3"), (-0.0, "0"), (5.5, "5.5"),
-    (2.0**53, "9007199254740992"), (1e300, "1e+300"), (True, "True"), (None, None),
+    (2.0**53, "9007199254740992"), (10**17, "100000000000000000"), (True, "True"), (None, None),
 ])
 def test_one_rule_names_a_tenant(value: object, tenant: str | None) -> None:
     """`tenant_of`: strings and integers as they were always stored (`str(value)`), an integral float as the
     integer it is (JSON does not tell 5 from 5.0)."""
     assert tenant_of(value) == tenant
+
+
+@pytest.mark.parametrize("value", [1e17, -1e17, 2.0**53 + 2, 1e300])
+def test_a_float_tenant_beyond_2_53_is_refused_naming_the_limit(value: float) -> None:
+    """Beyond ±2⁵³ a float names no one integer: 1e17 was tenant "1e+17" and the integer 100000000000000000 tenant
+    "100000000000000000", one number in two tenants (two budgets). Refused where a tenant is named and where a
+    request is made, naming the limit (the service's context numbers stop there already)."""
+    with pytest.raises(InvalidInput, match=r"beyond ±2\^53 \(9007199254740992\)"):
+        tenant_of(value)
+    with pytest.raises(InvalidInput, match=r"context\['tenant'\].*beyond ±2\^53"):
+        Request(prompt="x", context={"tenant": value})
+    assert Request(prompt="x", context={"n": value}).context["n"] == value  # other numbers are only features

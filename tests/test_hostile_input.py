@@ -189,6 +189,21 @@ def test_a_control_character_in_a_path_parameter_is_a_422_naming_it(client: Test
     assert "gpt-4o" in [m["name"] for m in client.get("/v1/models").json()["models"]]
 
 
+@pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/v1/route%0A"), ("POST", "/v1/feedback%0A"), ("GET", "/v1/stats%0A"), ("GET", "/healthz%0A"),
+    ("PUT", "/v1/budgets%0A"), ("GET", "/v1/models%0A"), ("POST", "/v1/chat/completions%0A"),
+    ("GET", "/openapi.json%0A"), ("GET", "/docs%0A"), ("GET", "/dashboard%0A"), ("GET", "/v1/stats%0D%0A"),
+])
+def test_a_path_without_parameters_and_a_final_line_feed_is_a_404(client: TestClient, method: str,
+                                                                   path: str) -> None:
+    """The route's `$` matched before a final line feed: `POST /v1/route%0A` routed and stored a decision,
+    `GET /v1/stats%0A` was `/v1/stats`. No route has that path: a 404, nothing stored."""
+    reply = client.request(method, path, json={"prompt": "x"} if method != "GET" else None)
+    assert reply.status_code == 404, reply.text
+    assert reply.json()["error"] == "not_found"
+    assert client.get("/v1/stats").json()["decisions"] == 0
+
+
 def test_every_route_with_path_parameters_checks_them() -> None:
     """The service's routers build their routes with `CheckedRoute`; a `{…:path}` parameter (whose convertor stops
     at a line feed) is refused when the route is declared; a route without parameters is left as FastAPI builds it

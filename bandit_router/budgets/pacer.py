@@ -76,7 +76,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
-from ..types import Context, Decision, tenant_of
+from ..types import Context, Decision, tenant_named, tenant_of
 from .targets import AvgCost, BudgetConfig, Latency, Share, Spend, Target, parse_target
 
 STATE_FORMAT = "bandit-router-budgets/1"
@@ -346,7 +346,7 @@ class _SpendControl(_CostControl):
         start = self.period_start()
         if self.origin is None or self.origin <= start:
             return self.target.usd
-        return self.target.usd * max(0.0, start + self.target.period_s - self.origin) / self.target.period_s
+        return self.target.usd * (max(0.0, start + self.target.period_s - self.origin) / self.target.period_s)
 
     def exhausted(self) -> bool:
         return self.spend_usd >= self.limit()
@@ -707,9 +707,10 @@ class BudgetPacer:
             fresh = BudgetPacer(BudgetConfig.from_mapping(state["config"]), clock=self._clock)
             fresh._global.load(state["global"])
             for name, scope_state in state["tenants"].items():
-                if name not in fresh._tenants:
+                tenant = tenant_named(name)  # a state saved before `@5.0:` meant tenant 5 calls it "5.0"
+                if tenant not in fresh._tenants:
                     raise InvalidInput(f"budget state has tenant {name!r} that its config does not")
-                fresh._tenants[name].load(scope_state)
+                fresh._tenants[tenant].load(scope_state)
             fresh._exceedance = {
                 float(t): {str(m): [float(x) for x in v] for m, v in stats.items()}
                 for t, stats in state["exceedance"].items()

@@ -39,6 +39,7 @@ from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..hints import did_you_mean
 from ..names import check_name
+from ..types import tenant_named
 
 DURATION_UNITS: Mapping[str, int] = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800})
 _LATENCY_KEY = re.compile(r"latency_p(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)_s")  # as `_fmt` writes it: 1e-05
@@ -58,8 +59,18 @@ def _number(text: str, what: str) -> float:
     return value
 
 
+def _finite_number(value: Any) -> bool:
+    """A finite int or float, not a bool (an int too large for a float is not: `math.isfinite` overflows on it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_positive(value: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if not _finite_number(value) or value <= 0:
         raise InvalidInput(f"{what} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -134,6 +145,8 @@ class Spend:
         period = _check_positive(self.period_s, "spend period")
         if period < MIN_PERIOD_S:  # periods are numbered floor(t / P): a tiny P overflows that
             raise InvalidInput(f"spend period must be at least {MIN_PERIOD_S:g} s, got {_fmt(period)} s")
+        if not math.isfinite(self.usd / period):  # the pacer's plan runs at B/P USD a second
+            raise InvalidInput("the rate B/P (USD a second) overflows a float: a smaller amount or a longer period")
         object.__setattr__(self, "period_s", period)
 
     @property
@@ -283,8 +296,22 @@ def parse_scoped_target(text: str) -> tuple[str | None, Target]:
 
 
 def _check_tenant(name: Any) -> str:
-    """A tenant name: the grammar of `bandit_router.names` (it becomes a metrics label and a stored key)."""
-    return check_name(name, "tenant", MAX_TENANT_LENGTH)
+    """A tenant name: the grammar of `bandit_router.names` (it becomes a metrics label and a stored key), as the
+    tenant it means (`types.tenant_named`: `5.0` is the number 5.0's tenant, `5`)."""
+    return tenant_named(check_name(name, "tenant", MAX_TENANT_LENGTH))
+
+
+def _tenants_once(names: Iterable[Any], where: str) -> dict[str, Any]:
+    """Each written tenant name → the tenant it means; `InvalidInput` when two name one tenant (`5` and `5.0`),
+    whose targets would otherwise replace each other."""
+    out: dict[str, Any] = {}
+    for name in names:
+        tenant = _check_tenant(name)
+        if tenant in out:
+            raise InvalidInput(f"{where}: {out[tenant]!r} and {name!r} are one tenant, {tenant!r} (a number's "
+                               "tenant is its decimal text, an integral one without a fraction): give its targets once")
+        out[tenant] = name
+    return out
 
 
 _KIND_ORDER = {"avg_cost": 0, "spend": 1, "share": 2, "latency": 3}
@@ -381,9 +408,9 @@ class BudgetConfig:
         object.__setattr__(self, "targets", _check_unique(self.targets, "global targets"))
         if not isinstance(self.tenants, Mapping):
             raise InvalidInput("tenants must map a tenant name to its targets")
-        tenants = {
-            _check_tenant(name): _check_unique(ts, f"tenant {name!r}") for name, ts in self.tenants.items() if ts
-        }
+        written = {name: ts for name, ts in self.tenants.items() if ts}
+        tenants = {tenant: _check_unique(written[name], f"tenant {name!r}")
+                   for tenant, name in _tenants_once(written, "tenants").items()}
         object.__setattr__(self, "tenants", MappingProxyType(tenants))
         if self.fallback_model is not None and (not isinstance(self.fallback_model, str) or not self.fallback_model):
             raise InvalidInput("fallback_model must be a model name")
@@ -391,7 +418,7 @@ class BudgetConfig:
             check_name(self.fallback_model, "fallback_model")
         if self.guard_max_usd_per_mtok is not None:
             price = self.guard_max_usd_per_mtok
-            if isinstance(price, bool) or not isinstance(price, int | float) or not math.isfinite(price) or price < 0:
+            if not _finite_number(price) or price < 0:
                 raise InvalidInput("guard_max_usd_per_mtok must be a finite number >= 0")
             object.__setattr__(self, "guard_max_usd_per_mtok", float(price))
         for name in ("cost_step", "share_step", "latency_step", "negligible_penalty"):
@@ -441,10 +468,11 @@ class BudgetConfig:
         targets = _targets_from_mapping({k: v for k, v in data.items() if k not in settings | {"tenants"}}, "budgets",
                                         sorted(settings | {"tenants"}))
         tenants = {}
-        for name, table in tenants_data.items():
+        for tenant, name in _tenants_once(tenants_data, "budgets.tenants").items():
+            table = tenants_data[name]
             if not isinstance(table, Mapping):
                 raise InvalidInput(f"budgets.tenants.{name} must be a table of targets")
-            tenants[_check_tenant(name)] = _targets_from_mapping(table, f"budgets.tenants.{name}")
+            tenants[tenant] = _targets_from_mapping(table, f"budgets.tenants.{name}")
         return cls(targets=targets, tenants=tenants, **kwargs)
 
     def to_mapping(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from ..budgets import BudgetConfig
 from ..catalog import ModelSpec, check_entry
 from ..errors import CatalogError, ConfigError, InvalidInput
 from ..hints import closest
+from ..jsonkeys import DuplicateKey, once_each
 from ..store.location import Database, DatabaseURL, parse_database
 from .routers import RouterAlias, parse_routers
 from .sections import Secrets
@@ -122,19 +123,11 @@ def _json(value: Any, from_env: bool, example: str) -> Any:
     if not from_env:
         return value
     try:
-        return json.loads(value, object_pairs_hook=_once_each)
+        return json.loads(value, object_pairs_hook=once_each)  # a key given twice is refused, as TOML does
+    except DuplicateKey as exc:
+        raise _Bad(str(exc)) from None
     except ValueError:
         raise _Bad(f"must be {example}") from None
-
-
-def _once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are all different (`json.loads` would keep the last of a key given twice, as TOML
-    does not: it refuses the file)."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        twice = sorted({key for i, (key, _) in enumerate(pairs) if any(key == k for k, _ in pairs[:i])})
-        raise _Bad(f"gives the key {', '.join(map(repr, twice))} twice")
-    return out
 
 
 def _strs(value: Any, from_env: bool) -> tuple[str, ...]:

@@ -38,6 +38,7 @@ from .gateway_routes import CHAT_PATH, openai_error
 from .gateway_routes import router as gateway_router
 from .hotpaths import HotPaths
 from .metrics import Metrics
+from .paths import end_exactly
 from .routes import Services, router
 from .schemas import BODY_MODELS, BUDGET_SCHEMAS, ErrorOut
 
@@ -305,6 +306,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     app.include_router(gateway_router)
     dashboard.install(app)
+    end_exactly(app.routes)  # `/openapi.json%0A`, `/docs%0A`: no route (the routers' own are `CheckedRoute`s)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 

@@ -24,6 +24,7 @@ from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..ids import new_decision_id
+from ..jsonkeys import DuplicateKey, once_each
 from ..names import name_problem
 from ..types import Decision, Message, Outcome
 from ..types import Request as CoreRequest
@@ -370,7 +371,9 @@ async def put_budgets(request: Request) -> Response:
     _require_json(request)
     raw = await request.body()
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=once_each)  # a key given twice is refused, as in the environment
+    except DuplicateKey as exc:
+        raise InvalidField("budgets", str(exc)) from None
     except (ValueError, RecursionError) as exc:
         raise InvalidField("body", f"not valid JSON ({type(exc).__name__})") from None
     try:
