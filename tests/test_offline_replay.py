@@ -281,6 +281,25 @@ def test_overlap_thresholds_are_the_documented_ones() -> None:
     assert low.ess < 10 and any("poor overlap" in w for w in low.warnings)
 
 
+@pytest.mark.parametrize("mode", ["learning", "replay"])
+def test_a_small_log_does_not_call_the_logged_policys_overlap_poor(world: SyntheticWorld, mode: str) -> None:
+    """On a log of fewer than `min_ess` (30) rounds the absolute ESS floor fired for every candidate, also for the
+    logged policy, whose importance weights are all 1 (ESS = n, the most n rounds can give). The floor is at most
+    n now: the logged policy is not flagged (the log's size has its own warning, in the replay mode too, where each
+    candidate was told "only 20 of 20 rounds accepted"), a candidate the logger rarely chose still is."""
+    small = simulate_log(world, "fixed:gpt-4o-mini", 20, seed=3, cost_weight=LAM)
+    ev = evaluate_log(small.records, [], models=world.models, estimators=("ips", "dr"), dm_bootstrap=0, mode=mode)
+    logged = ev.record("logged", "replay" if mode == "replay" else "ips")
+    assert logged.ess == pytest.approx(20) and logged.overlap.expected_ess == pytest.approx(20)
+    assert logged.warnings == ()
+    assert not ev.record("fixed:gpt-4o-mini", "replay" if mode == "replay" else "dr").warnings  # the logger itself
+    never = ev.record("fixed:claude-haiku-4-5", "replay" if mode == "replay" else "ips")
+    assert any("poor overlap" in w for w in never.warnings)
+    assert "only 20 rounds to evaluate on: every interval is rough" in ev.warnings
+    ov = overlap(np.zeros(20, dtype=int), np.full(20, 0.5), np.tile([0.5, 0.5], (20, 1)), np.tile([0.6, 0.4], (20, 1)))
+    assert ov.ess == pytest.approx(20) and ov.expected_ess < 20 and ov.warnings  # the expected ESS still counts
+
+
 def test_without_an_overlap_warning_the_interval_covers_also_on_a_lucky_log() -> None:
     """A fixed action the ε-greedy logger exploits on 7 of 20 contexts and explores (μ = ε/K) on the others: on
     some logs of the poorly explored logger (ε = 0.05) the drawn weights look fine (many rounds with w ≈ 1, no

@@ -333,6 +333,9 @@ def _prepare(
 def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRecord], int]:
     """The replay method: each candidate's mean outcome on the rounds it accepted."""
     arrays, t = p.arrays, config.thresholds
+    n = len(arrays)
+    if n < t.min_ess:
+        p.warnings.append(f"only {n} rounds to evaluate on: every interval is rough")
     out: list[EstimateRecord] = []
     for c in p.wanted:
         res = p.replays[c.label]
@@ -344,7 +347,7 @@ def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRec
             notes.append(
                 f"replay: π/μ exceeded the bound M = {res.acceptance_bound:.3g} on {res.bound_exceeded} rounds"
             )
-        if int(rows.sum()) < t.min_ess:
+        if int(rows.sum()) < min(t.min_ess, n):  # a small log is said once, above
             notes.append(f"replay: only {int(rows.sum())} of {len(rows)} rounds accepted")
         ov = dataclasses.replace(ov, warnings=tuple(notes))
         lam = config.lam_of(c)
