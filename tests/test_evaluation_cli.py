@@ -168,6 +168,29 @@ def test_a_file_that_is_not_a_service_database_is_named(tmp_path: Path, kind: st
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [db.name]
 
 
+def test_a_database_of_a_newer_schema_is_refused_untouched(logged_db: tuple[Path, Any]) -> None:
+    """`evaluate` and `export` read a database a newer bandit-router had migrated as if its tables meant what they
+    mean here (`Store.schema_version` was only asked whether it is 0); they refuse it now, naming both versions,
+    as the service's start does, and the file is left as it was."""
+    from bandit_router.store import SCHEMA_VERSION, StoreError
+
+    db, _ = logged_db
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.close()
+    before, beside = db.read_bytes(), sorted(p.name for p in db.parent.iterdir())
+    message = f"{db} has schema version {SCHEMA_VERSION + 1}; this bandit-router knows {SCHEMA_VERSION}"
+    for command in (["export"], ["evaluate", "-C", "random"], ["export", "--escalations"],
+                    ["evaluate", "--escalations"]):
+        result = CliRunner().invoke(cli_app, [*command, "--db", str(db)])
+        assert result.exit_code == 2, (command, result.output)
+        assert result.output.startswith(f"bandit-router {command[0]}: {message}")
+        assert isinstance(result.exception, SystemExit)
+    with pytest.raises(StoreError, match=message), TestClient(create_app(Settings(db=db, seed=1))):
+        pass  # the service's start (`Store.prepare`) refuses it too
+    assert db.read_bytes() == before and sorted(p.name for p in db.parent.iterdir()) == beside
+
+
 def test_an_unprepared_postgresql_database_is_named(pg_url: str) -> None:
     """The same for a PostgreSQL database no service has prepared (it said `relation "decisions" does not exist`)."""
     result = CliRunner().invoke(cli_app, ["export", "--db", pg_url])
