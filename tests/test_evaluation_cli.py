@@ -252,6 +252,36 @@ def test_export_dsjson(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
     assert stdout.exit_code == 0 and len(stdout.stdout.splitlines()) == 500
 
 
+def test_a_bogus_label_is_refused_also_with_nothing_to_export(logged_db: tuple[Path, Any]) -> None:
+    """`export_escalations` and `export_dsjson` checked the label per event written, so with no escalation step (or
+    no record) `label="bogus"` exported nothing and succeeded, where the same label with events was refused. Both
+    refuse it before anything is read; `export --escalations --label bogus` and `export --label bogus` (refused
+    before `--out` is opened since e28a018) say the same."""
+    import io
+
+    from bandit_router.errors import InvalidInput
+    from bandit_router.evaluation import export_dsjson
+    from bandit_router.evaluation.escalations import export_escalations
+    from bandit_router.store import open_store
+
+    db, _ = logged_db
+    store = open_store(db)
+    try:
+        buffer = io.StringIO()
+        assert export_escalations(store, buffer, label="quality") == 0  # this log has no escalation step
+        with pytest.raises(InvalidInput, match="label must be 'reward' or 'quality', not 'bogus'"):
+            export_escalations(store, buffer, label="bogus")
+        with pytest.raises(InvalidInput, match="label must be 'reward' or 'quality', not 'bogus'"):
+            export_dsjson([], buffer, label="bogus")
+        assert buffer.getvalue() == ""
+    finally:
+        store.close()
+    for command in (["export"], ["export", "--escalations"]):
+        result = CliRunner().invoke(cli_app, [*command, "--db", str(db), "--label", "bogus"])
+        assert result.exit_code == 2, result.output
+        assert result.output == "bandit-router export: --label: expected reward or quality, not 'bogus'\n"
+
+
 def test_export_into_a_closed_pipe_ends_quietly(logged_db: tuple[Path, Any]) -> None:
     """`bandit-router export --db … | head -n 1`: no traceback, no error message when the reader stops early."""
     import subprocess

@@ -209,11 +209,11 @@ def export(
         bool, typer.Option(help="Export the learned cascades' accept/escalate steps (with their propensities).")
     ] = False,
 ) -> None:
-    from .dsjson import export_dsjson
+    from .dsjson import LABELS, export_dsjson
 
     if format != "dsjson":
         raise _fail("export", f"--format: only 'dsjson' is supported, not {format!r}")
-    if label not in ("reward", "quality"):  # before `--out` is opened: a file that was there keeps what it held
+    if label not in LABELS:  # before `--out` is opened: a file that was there keeps what it held
         raise _fail("export", f"--label: expected reward or quality, not {label!r}")
     if out is not None:
         _check_out_file("export", out)
