@@ -338,6 +338,38 @@ def test_models_the_caller_named_are_not_decisions_without_feedback(tmp_path: Pa
     assert "have no feedback" not in result.output
 
 
+def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: Path) -> None:
+    """`evaluate --config` with a catalog file that no longer has a model of the log stopped before any estimate
+    ("the log mentions models without a catalog entry: ['gamma']"), the candidates' as well as the baselines'. It
+    evaluates now: the candidates route among the catalog's models, fixed:gamma is read from the log, and a
+    warning says so."""
+    from bandit_router.catalog import ModelSpec
+
+    db = tmp_path / "removed.db"
+    specs = (ModelSpec("alpha", 1.0, 2.0), ModelSpec("beta", 0.5, 1.0), ModelSpec("gamma", 3.0, 4.0))
+    rng = np.random.default_rng(2)
+    with TestClient(create_app(Settings(db=db, models=specs, seed=1, policy="random"))) as client:
+        _ready(client)
+        for i in range(60):
+            decision = client.post("/v1/route", json={"prompt": f"question {i}", "cost_weight": 0.0}).json()
+            reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"],
+                                                      "quality": float(rng.random())})
+            assert reply.status_code == 200, reply.text
+    config = tmp_path / "catalog.toml"
+    config.write_text("".join(f'[[models]]\nname = "{m.name}"\ninput_usd_per_mtok = {m.input_usd_per_mtok}\n'
+                              f'output_usd_per_mtok = {m.output_usd_per_mtok}\n' for m in specs[:2]))
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--config", str(config), "-C", "linucb",
+                                          "--estimators", "ips,dr", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "60 decisions with feedback evaluated (60 logged), models: alpha, beta, gamma" in result.output
+    assert "warning: models of the log without a catalog entry (removed from the catalog since?): gamma;" in (
+        result.stderr)
+    data = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    labels = {r["candidate"] for r in data["candidates"]}
+    assert labels == {"logged", "random", "fixed:alpha", "fixed:beta", "fixed:gamma", "linucb"}
+    assert all(r["n"] == 60 and r["value"] is not None for r in data["candidates"])
+
+
 def test_evaluate_prices_each_model_as_the_service_does(tmp_path: Path) -> None:
     """The model events applied over the catalog in log order, as the service applies them: a catalog entry wins
     over an earlier run-time addition of its name (which evaluate's replays took instead), and a model retired and
