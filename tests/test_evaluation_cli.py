@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -528,6 +529,67 @@ def test_the_live_policys_decisions_are_not_those_of_a_policy_of_the_same_name_w
         check = engine.promotion_check("fixed:gpt-4o")
         assert engine.router.policy.name == "vw-egreedy:epsilon=0.05"
     assert check["n"] == 0, check
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One database two replicas share: a SQLite file, or a PostgreSQL database."""
+    return str(tmp_path / "shared.db") if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
+
+
+def test_two_replicas_promoting_at_once_do_not_replace_a_policy_unchecked(shared_db: str) -> None:
+    """Replica B's promotion is checked against the live policy it knows (random) while replica A promotes another
+    shadow (linucb), inside B's follow interval (100 ms). B's promote event was written anyway: linucb, which B's
+    evidence never weighed, was replaced, and B answered 200 with previous = random; promoting linucb on B too
+    said 404 "no shadow policy". Under the log's lock, after catching up, B's promotion is a 409 saying what
+    changed, nothing is written, and both replicas keep linucb live. Two engines (writers, stores) on one
+    database; B's check is held until A's promotion is answered, so the interleaving is the race's, every time."""
+    settings = Settings(db=shared_db, seed=5, policy="random", shadow_policies=("linucb", "fixed:gpt-4o"))
+    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        _rounds(_ready(a).post, 200, seed=4)
+        engine_b = b.app.state.services.engine  # type: ignore[attr-defined]
+        _ready(b)
+        a_promoted = threading.Event()
+        checked = engine_b.promotion_check
+
+        def check_then_wait(name: str) -> dict[str, Any]:
+            result: dict[str, Any] = checked(name)
+            assert a_promoted.wait(30), "replica A's promotion did not come back"
+            return result
+
+        engine_b.promotion_check = check_then_wait
+        replies: dict[str, httpx.Response] = {}
+
+        def promote_on_b(name: str) -> None:
+            replies[name] = b.post("/v1/policies/promote", json={"shadow": name, "force": True})
+
+        racers = [threading.Thread(target=promote_on_b, args=(name,)) for name in ("fixed:gpt-4o", "linucb")]
+        for thread in racers:
+            thread.start()
+        first = a.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
+        a_promoted.set()
+        for thread in racers:
+            thread.join(60)
+        assert first.status_code == 200 and first.json()["previous"] == "random", first.text
+        other, same = replies["fixed:gpt-4o"], replies["linucb"]
+        assert other.status_code == 409, other.text
+        assert other.json()["message"] == (
+            "shadow 'fixed:gpt-4o' not promoted: the live policy changed from 'random' to 'linucb' (another process "
+            "promoted it) while the promotion was checked against 'random'; ask again to check it against 'linucb'")
+        assert same.status_code == 409, same.text
+        assert "it is live already (another process promoted it meanwhile)" in same.json()["message"]
+        _wait_for(lambda: engine_b.live_name == "linucb")
+        assert a.get("/v1/stats").json()["live_policy"] == b.get("/v1/stats").json()["live_policy"] == "linucb"
+        with live_store(a).read() as reader:
+            promotions = [e.name for e in reader.model_events_after(0) if e.action == "promote"]
+        assert promotions == ["linucb"]
+
+
+def _wait_for(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def live_store(client: TestClient) -> Any:
