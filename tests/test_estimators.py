@@ -206,6 +206,26 @@ def test_normal_interval_width_follows_the_standard_error() -> None:
     assert est.ci_high - est.ci_low == pytest.approx(2 * z * est.std_error)
 
 
+@pytest.mark.parametrize("estimator", [
+    DirectMethod(), DirectMethod(n_bootstrap=20, interval="bootstrap"), IPS(n_bootstrap=20, interval="bootstrap"),
+    SNIPS(n_bootstrap=20), ClippedIPS(n_bootstrap=20, interval="bootstrap"), DoublyRobust(n_bootstrap=20),
+], ids=lambda e: f"{e.name}-{e.interval}")
+def test_one_round_gives_no_interval(estimator: Any) -> None:
+    """From one observation no estimator claims certainty: DM's refits of one round all agreed, and every
+    bootstrap resample of one round is that round, so DM (and any bootstrap-primary interval) gave a zero-width
+    interval at n = 1. Now the standard error is ∞, the interval (−∞, ∞) (null in JSON), and no bootstrap one."""
+    est = estimator.estimate(rewards=np.array([0.7]), actions=np.array([0]), logged_probability=np.array([0.5]),
+                             target_pmf=np.array([[1.0, 0.0]]), features=np.array([[1.0, 2.0]]))
+    assert est.n == 1 and math.isfinite(est.value)
+    assert (est.ci_low, est.ci_high) == (-math.inf, math.inf) and est.std_error == math.inf
+    assert est.bootstrap_ci is None and est.interval == "normal"
+    assert est.to_json()["ci_low"] is None and est.to_json()["ci_high"] is None
+    two = estimator.estimate(rewards=np.array([0.7, 0.2]), actions=np.array([0, 1]),
+                             logged_probability=np.array([0.5, 0.5]), target_pmf=np.array([[0.5, 0.5]] * 2),
+                             features=np.array([[1.0, 2.0], [0.5, 1.0]]))
+    assert math.isfinite(two.ci_low) and math.isfinite(two.ci_high)  # from two rounds: an interval again
+
+
 def test_cross_fitted_prediction_does_not_see_its_own_reward() -> None:
     bandit = make_synthetic_bandit(seed=2)
     log = bandit.sample(300, seed=3)

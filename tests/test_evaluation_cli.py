@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -168,6 +169,29 @@ def test_a_file_that_is_not_a_service_database_is_named(tmp_path: Path, kind: st
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [db.name]
 
 
+def test_a_database_of_a_newer_schema_is_refused_untouched(logged_db: tuple[Path, Any]) -> None:
+    """`evaluate` and `export` read a database a newer bandit-router had migrated as if its tables meant what they
+    mean here (`Store.schema_version` was only asked whether it is 0); they refuse it now, naming both versions,
+    as the service's start does, and the file is left as it was."""
+    from bandit_router.store import SCHEMA_VERSION, StoreError
+
+    db, _ = logged_db
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    conn.close()
+    before, beside = db.read_bytes(), sorted(p.name for p in db.parent.iterdir())
+    message = f"{db} has schema version {SCHEMA_VERSION + 1}; this bandit-router knows {SCHEMA_VERSION}"
+    for command in (["export"], ["evaluate", "-C", "random"], ["export", "--escalations"],
+                    ["evaluate", "--escalations"]):
+        result = CliRunner().invoke(cli_app, [*command, "--db", str(db)])
+        assert result.exit_code == 2, (command, result.output)
+        assert result.output.startswith(f"bandit-router {command[0]}: {message}")
+        assert isinstance(result.exception, SystemExit)
+    with pytest.raises(StoreError, match=message), TestClient(create_app(Settings(db=db, seed=1))):
+        pass  # the service's start (`Store.prepare`) refuses it too
+    assert db.read_bytes() == before and sorted(p.name for p in db.parent.iterdir()) == beside
+
+
 def test_an_unprepared_postgresql_database_is_named(pg_url: str) -> None:
     """The same for a PostgreSQL database no service has prepared (it said `relation "decisions" does not exist`)."""
     result = CliRunner().invoke(cli_app, ["export", "--db", pg_url])
@@ -229,6 +253,36 @@ def test_export_dsjson(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
     assert stdout.exit_code == 0 and len(stdout.stdout.splitlines()) == 500
 
 
+def test_a_bogus_label_is_refused_also_with_nothing_to_export(logged_db: tuple[Path, Any]) -> None:
+    """`export_escalations` and `export_dsjson` checked the label per event written, so with no escalation step (or
+    no record) `label="bogus"` exported nothing and succeeded, where the same label with events was refused. Both
+    refuse it before anything is read; `export --escalations --label bogus` and `export --label bogus` (refused
+    before `--out` is opened since e28a018) say the same."""
+    import io
+
+    from bandit_router.errors import InvalidInput
+    from bandit_router.evaluation import export_dsjson
+    from bandit_router.evaluation.escalations import export_escalations
+    from bandit_router.store import open_store
+
+    db, _ = logged_db
+    store = open_store(db)
+    try:
+        buffer = io.StringIO()
+        assert export_escalations(store, buffer, label="quality") == 0  # this log has no escalation step
+        with pytest.raises(InvalidInput, match="label must be 'reward' or 'quality', not 'bogus'"):
+            export_escalations(store, buffer, label="bogus")
+        with pytest.raises(InvalidInput, match="label must be 'reward' or 'quality', not 'bogus'"):
+            export_dsjson([], buffer, label="bogus")
+        assert buffer.getvalue() == ""
+    finally:
+        store.close()
+    for command in (["export"], ["export", "--escalations"]):
+        result = CliRunner().invoke(cli_app, [*command, "--db", str(db), "--label", "bogus"])
+        assert result.exit_code == 2, result.output
+        assert result.output == "bandit-router export: --label: expected reward or quality, not 'bogus'\n"
+
+
 def test_export_into_a_closed_pipe_ends_quietly(logged_db: tuple[Path, Any]) -> None:
     """`bandit-router export --db … | head -n 1`: no traceback, no error message when the reader stops early."""
     import subprocess
@@ -283,6 +337,38 @@ def test_models_the_caller_named_are_not_decisions_without_feedback(tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert "30 decisions with feedback evaluated (30 logged)" in result.output
     assert "have no feedback" not in result.output
+
+
+def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: Path) -> None:
+    """`evaluate --config` with a catalog file that no longer has a model of the log stopped before any estimate
+    ("the log mentions models without a catalog entry: ['gamma']"), the candidates' as well as the baselines'. It
+    evaluates now: the candidates route among the catalog's models, fixed:gamma is read from the log, and a
+    warning says so."""
+    from bandit_router.catalog import ModelSpec
+
+    db = tmp_path / "removed.db"
+    specs = (ModelSpec("alpha", 1.0, 2.0), ModelSpec("beta", 0.5, 1.0), ModelSpec("gamma", 3.0, 4.0))
+    rng = np.random.default_rng(2)
+    with TestClient(create_app(Settings(db=db, models=specs, seed=1, policy="random"))) as client:
+        _ready(client)
+        for i in range(60):
+            decision = client.post("/v1/route", json={"prompt": f"question {i}", "cost_weight": 0.0}).json()
+            reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"],
+                                                      "quality": float(rng.random())})
+            assert reply.status_code == 200, reply.text
+    config = tmp_path / "catalog.toml"
+    config.write_text("".join(f'[[models]]\nname = "{m.name}"\ninput_usd_per_mtok = {m.input_usd_per_mtok}\n'
+                              f'output_usd_per_mtok = {m.output_usd_per_mtok}\n' for m in specs[:2]))
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--config", str(config), "-C", "linucb",
+                                          "--estimators", "ips,dr", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "60 decisions with feedback evaluated (60 logged), models: alpha, beta, gamma" in result.output
+    assert "warning: models of the log without a catalog entry (removed from the catalog since?): gamma;" in (
+        result.stderr)
+    data = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    labels = {r["candidate"] for r in data["candidates"]}
+    assert labels == {"logged", "random", "fixed:alpha", "fixed:beta", "fixed:gamma", "linucb"}
+    assert all(r["n"] == 60 and r["value"] is not None for r in data["candidates"])
 
 
 def test_evaluate_prices_each_model_as_the_service_does(tmp_path: Path) -> None:
@@ -468,6 +554,67 @@ def test_the_live_policys_decisions_are_not_those_of_a_policy_of_the_same_name_w
         check = engine.promotion_check("fixed:gpt-4o")
         assert engine.router.policy.name == "vw-egreedy:epsilon=0.05"
     assert check["n"] == 0, check
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One database two replicas share: a SQLite file, or a PostgreSQL database."""
+    return str(tmp_path / "shared.db") if request.param == "sqlite" else str(request.getfixturevalue("pg_url"))
+
+
+def test_two_replicas_promoting_at_once_do_not_replace_a_policy_unchecked(shared_db: str) -> None:
+    """Replica B's promotion is checked against the live policy it knows (random) while replica A promotes another
+    shadow (linucb), inside B's follow interval (100 ms). B's promote event was written anyway: linucb, which B's
+    evidence never weighed, was replaced, and B answered 200 with previous = random; promoting linucb on B too
+    said 404 "no shadow policy". Under the log's lock, after catching up, B's promotion is a 409 saying what
+    changed, nothing is written, and both replicas keep linucb live. Two engines (writers, stores) on one
+    database; B's check is held until A's promotion is answered, so the interleaving is the race's, every time."""
+    settings = Settings(db=shared_db, seed=5, policy="random", shadow_policies=("linucb", "fixed:gpt-4o"))
+    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        _rounds(_ready(a).post, 200, seed=4)
+        engine_b = b.app.state.services.engine  # type: ignore[attr-defined]
+        _ready(b)
+        a_promoted = threading.Event()
+        checked = engine_b.promotion_check
+
+        def check_then_wait(name: str) -> dict[str, Any]:
+            result: dict[str, Any] = checked(name)
+            assert a_promoted.wait(30), "replica A's promotion did not come back"
+            return result
+
+        engine_b.promotion_check = check_then_wait
+        replies: dict[str, httpx.Response] = {}
+
+        def promote_on_b(name: str) -> None:
+            replies[name] = b.post("/v1/policies/promote", json={"shadow": name, "force": True})
+
+        racers = [threading.Thread(target=promote_on_b, args=(name,)) for name in ("fixed:gpt-4o", "linucb")]
+        for thread in racers:
+            thread.start()
+        first = a.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
+        a_promoted.set()
+        for thread in racers:
+            thread.join(60)
+        assert first.status_code == 200 and first.json()["previous"] == "random", first.text
+        other, same = replies["fixed:gpt-4o"], replies["linucb"]
+        assert other.status_code == 409, other.text
+        assert other.json()["message"] == (
+            "shadow 'fixed:gpt-4o' not promoted: the live policy changed from 'random' to 'linucb' (another process "
+            "promoted it) while the promotion was checked against 'random'; ask again to check it against 'linucb'")
+        assert same.status_code == 409, same.text
+        assert "it is live already (another process promoted it meanwhile)" in same.json()["message"]
+        _wait_for(lambda: engine_b.live_name == "linucb")
+        assert a.get("/v1/stats").json()["live_policy"] == b.get("/v1/stats").json()["live_policy"] == "linucb"
+        with live_store(a).read() as reader:
+            promotions = [e.name for e in reader.model_events_after(0) if e.action == "promote"]
+        assert promotions == ["linucb"]
+
+
+def _wait_for(predicate: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def live_store(client: TestClient) -> Any:

@@ -281,6 +281,25 @@ def test_overlap_thresholds_are_the_documented_ones() -> None:
     assert low.ess < 10 and any("poor overlap" in w for w in low.warnings)
 
 
+@pytest.mark.parametrize("mode", ["learning", "replay"])
+def test_a_small_log_does_not_call_the_logged_policys_overlap_poor(world: SyntheticWorld, mode: str) -> None:
+    """On a log of fewer than `min_ess` (30) rounds the absolute ESS floor fired for every candidate, also for the
+    logged policy, whose importance weights are all 1 (ESS = n, the most n rounds can give). The floor is at most
+    n now: the logged policy is not flagged (the log's size has its own warning, in the replay mode too, where each
+    candidate was told "only 20 of 20 rounds accepted"), a candidate the logger rarely chose still is."""
+    small = simulate_log(world, "fixed:gpt-4o-mini", 20, seed=3, cost_weight=LAM)
+    ev = evaluate_log(small.records, [], models=world.models, estimators=("ips", "dr"), dm_bootstrap=0, mode=mode)
+    logged = ev.record("logged", "replay" if mode == "replay" else "ips")
+    assert logged.ess == pytest.approx(20) and logged.overlap.expected_ess == pytest.approx(20)
+    assert logged.warnings == ()
+    assert not ev.record("fixed:gpt-4o-mini", "replay" if mode == "replay" else "dr").warnings  # the logger itself
+    never = ev.record("fixed:claude-haiku-4-5", "replay" if mode == "replay" else "ips")
+    assert any("poor overlap" in w for w in never.warnings)
+    assert "only 20 rounds to evaluate on: every interval is rough" in ev.warnings
+    ov = overlap(np.zeros(20, dtype=int), np.full(20, 0.5), np.tile([0.5, 0.5], (20, 1)), np.tile([0.6, 0.4], (20, 1)))
+    assert ov.ess == pytest.approx(20) and ov.expected_ess < 20 and ov.warnings  # the expected ESS still counts
+
+
 def test_without_an_overlap_warning_the_interval_covers_also_on_a_lucky_log() -> None:
     """A fixed action the ε-greedy logger exploits on 7 of 20 contexts and explores (μ = ε/K) on the others: on
     some logs of the poorly explored logger (ε = 0.05) the drawn weights look fine (many rounds with w ≈ 1, no
@@ -342,9 +361,38 @@ def test_a_log_without_feedback_is_refused_saying_so(world: SyntheticWorld, log:
             evaluate_log(records, ["linucb"], models=world.models, mode=mode)
 
 
-def test_models_missing_from_the_catalog_are_refused(world: SyntheticWorld, log: SimulatedLog) -> None:
-    with pytest.raises(InvalidInput, match="without a catalog entry"):
-        evaluate_log(log.records, ["linucb"], models=world.models[:2])
+@pytest.mark.parametrize("mode", ["learning", "replay"])
+def test_a_model_removed_from_the_catalog_does_not_stop_the_evaluation(world: SyntheticWorld, log: SimulatedLog,
+                                                                        mode: str) -> None:
+    """A model of the log without a catalog entry (removed from the catalog file since) stopped the whole
+    evaluation ("the log mentions models without a catalog entry"), baselines and candidates alike. Now the
+    candidates route among the other models (as deployed with this catalog), the removed model's fixed baseline is
+    read from the log (the same estimates as with its entry), and the evaluation says so."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = log.records[:300]
+    ev = evaluate_log(records, ["linucb"], models=kept, estimators=("ips", "dr"), dm_bootstrap=0, mode=mode)
+    full = evaluate_log(records, ["linucb"], models=world.models, estimators=("ips", "dr"), dm_bootstrap=0, mode=mode)
+    assert any(f"without a catalog entry (removed from the catalog since?): {removed};" in w for w in ev.warnings)
+    assert set(ev.candidates) == set(full.candidates) == {"logged", "random", "linucb",
+                                                          *(f"fixed:{m.name}" for m in world.models)}
+    column = ev.models.index(removed)
+    for label in ("linucb", "random"):  # they never route to the removed model
+        assert not ev.replays[label].target_pmf[ev.replays[label].evaluated, column].any()
+    assert np.allclose(ev.replays["random"].target_pmf[:, [i for i in range(4) if i != column]], 1 / 3)
+    estimator = "replay" if mode == "replay" else "ips"
+    for label in (f"fixed:{removed}", "logged", f"fixed:{kept[0].name}"):
+        assert ev.record(label, estimator).value == full.record(label, estimator).value
+        assert ev.record(label, estimator).cost.value == full.record(label, estimator).cost.value
+    only_removed = dataclasses.replace(records[5].decision, models=(removed,), pmf=(1.0,), probability=1.0,
+                                       model=removed, arm=0)
+    odd = [*records[:5], LoggedRecord(only_removed, records[5].outcome, records[5].cost_usd), *records[6:]]
+    skipped = evaluate_log(odd, ["linucb"], models=kept, estimators=("ips",), mode=mode)
+    assert "linucb" not in skipped.candidates and f"fixed:{removed}" in skipped.candidates
+    assert any("candidate 'linucb' cannot decide on decision" in w and "linucb not evaluated" in w
+               for w in skipped.warnings)
+    with pytest.raises(InvalidInput, match="no candidate could be evaluated: candidate 'linucb' cannot decide"):
+        evaluate_log(odd, ["linucb"], models=kept, estimators=("ips",), baselines=False)
 
 
 @pytest.mark.parametrize(

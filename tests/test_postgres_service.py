@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
 from bandit_router.log import rebuild_router
+from bandit_router.store import SCHEMA_VERSION
 from bandit_router.store.location import DatabaseURL
 from bandit_router.store.postgres import POOL_TIMEOUT_S, PostgresStore
 from tools.pg_server import PASSWORD, PgServer
@@ -179,8 +180,20 @@ def test_migrate_evaluate_and_export_take_the_url(replicas: Callable[..., TestCl
     assert "40 decisions with feedback evaluated" in evaluated.output
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'")
+        counted = "SELECT (SELECT COUNT(*) FROM decisions), (SELECT COUNT(*) FROM feedback)"
+        rows = conn.execute(counted).fetchone()
     refused = runner.invoke(cli_app, ["migrate", "--db", pg_url])
     assert refused.exit_code == 2 and "schema version 999" in refused.output and PASSWORD not in refused.output
+    # evaluate and export read a newer schema as if it were theirs: refused now, naming both versions
+    for command in (["export"], ["evaluate", "-C", "random"], ["export", "--escalations"],
+                    ["evaluate", "--escalations"]):
+        newer = runner.invoke(cli_app, [*command, "--db", pg_url])
+        assert newer.exit_code == 2, (command, newer.output)
+        assert f"has schema version 999; this bandit-router knows {SCHEMA_VERSION}" in newer.output
+        assert PASSWORD not in newer.output and "decisions with feedback evaluated" not in newer.output
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert conn.execute(counted).fetchone() == rows
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("999",)
 
 
 def test_evaluate_and_export_say_why_they_cannot_connect(pg_server: PgServer, pg_url: str,

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +334,67 @@ def test_a_newer_schema_is_refused(store: Store) -> None:
     _raw(store, f"UPDATE meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="schema version"):
         store.prepare()
+
+
+class _PrunedAfterListing:
+    """`store`, whose readers call `meanwhile()` once, right after the first checkpoint listing: another process
+    storing a checkpoint there, while the reading transaction is open."""
+
+    def __init__(self, store: Store, meanwhile: Any) -> None:
+        self.store, self.meanwhile = store, meanwhile
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    @contextmanager
+    def read(self) -> Iterator[Any]:
+        outer = self
+
+        class Listing:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(reader, name)
+
+            def checkpoints(self, fingerprint: str) -> Any:
+                found = reader.checkpoints(fingerprint)
+                if outer.meanwhile is not None:
+                    meanwhile, outer.meanwhile = outer.meanwhile, None
+                    meanwhile()
+                return found
+
+        with self.store.read() as reader:
+            yield Listing()
+
+
+def test_a_checkpoint_pruned_by_another_process_after_listing_is_still_restored(
+        store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """With `checkpoints_kept = 1`, a start (`restore_newest`) listed the checkpoints in one read and read each one's
+    state in another: another replica storing a newer checkpoint in between pruned the listed one, whose state
+    read as empty, so the start warned that it "fails its checksum" (a false alarm of corruption) and, no older
+    one being kept, replayed the whole log. Listing and reading are one snapshot now: the listed checkpoint is
+    restored. Two stores on one database (SQLite and PostgreSQL); the other replica writes right after the
+    listing, inside the reading transaction."""
+    from bandit_router.config import Settings
+    from bandit_router.log import Checkpointer, LogFollower, PolicySet
+
+    settings = Settings(db=tmp_path / "unused.db", seed=1, checkpoints_kept=1)  # the checkpoints' fingerprint
+    other = SQLiteStore(store.path) if isinstance(store, SQLiteStore) else PostgresStore(store.url)
+    try:
+        def checkpoint_at(on: Store, seq: int) -> None:
+            follower = LogFollower(PolicySet(settings))
+            follower.applied_seq = follower.chain_seq = seq
+            assert Checkpointer(on, settings, follower).maybe_checkpoint(force=True)
+
+        checkpoint_at(store, 3)
+        starting = LogFollower(PolicySet(settings))
+        hooked = _PrunedAfterListing(store, lambda: checkpoint_at(other, 5))
+        caplog.set_level(logging.WARNING, logger="bandit_router.log")
+        restored = Checkpointer(hooked, settings, starting).restore_newest()  # type: ignore[arg-type]
+        assert restored is not None and restored.seq == 3, caplog.text
+        assert starting.applied_seq == 3 and "checksum" not in caplog.text
+        with store.read() as reader:  # the other replica's checkpoint is the one kept
+            assert [ck.seq for ck in reader.checkpoints(Checkpointer(store, settings, starting).fingerprint)] == [5]
+    finally:
+        other.close()
 
 
 # -- PostgreSQL only -------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from ..catalog import ModelSpec
 from ..config import ConfigError, load_settings
 from ..errors import BanditRouterError
 from ..outputs import file_problem, out_problem, writing, writing_file
-from ..store import ChainFeedback, Store, StoreError
+from ..store import SCHEMA_VERSION, ChainFeedback, Store, StoreError
 from ..store.location import DatabaseURL, parse_database, redact_urls
 from ..store.location import open_store as open_location
 from .store_log import iter_log, model_specs, shadow_names
@@ -73,7 +73,7 @@ def open_store(db: str | Path) -> Store:
     """The service database at `db` (a SQLite file, which must exist: evaluation never creates one, or a
     PostgreSQL URL, connected to once here so that a server that cannot be reached, a wrong password or database
     name is an error saying so, not a reader's timeout), once it is known to be a bandit-router database (it
-    records a schema version)."""
+    records a schema version) of a schema this code knows (not newer: `StoreError` naming both versions)."""
     try:
         location = parse_database(str(db))
     except ValueError as exc:
@@ -94,6 +94,10 @@ def open_store(db: str | Path) -> Store:
         raise StoreError(f"{location} is not a bandit-router database (it records no bandit-router schema: empty, or "
                          "another application's); expected the database that `bandit-router serve` writes (its `db` "
                          "setting)")
+    if version > SCHEMA_VERSION:  # its tables may mean what this code does not know: read nothing, change nothing
+        store.close()
+        raise StoreError(f"{location} has schema version {version}; this bandit-router knows {SCHEMA_VERSION}: read "
+                         "it with the newer bandit-router that migrated it")
     return store
 
 
@@ -207,11 +211,11 @@ def export(
         bool, typer.Option(help="Export the learned cascades' accept/escalate steps (with their propensities).")
     ] = False,
 ) -> None:
-    from .dsjson import export_dsjson
+    from .dsjson import LABELS, export_dsjson
 
     if format != "dsjson":
         raise _fail("export", f"--format: only 'dsjson' is supported, not {format!r}")
-    if label not in ("reward", "quality"):  # before `--out` is opened: a file that was there keeps what it held
+    if label not in LABELS:  # before `--out` is opened: a file that was there keeps what it held
         raise _fail("export", f"--label: expected reward or quality, not {label!r}")
     if out is not None:
         _check_out_file("export", out)

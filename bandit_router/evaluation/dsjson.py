@@ -71,6 +71,17 @@ def action_features(model: str, spec: ModelSpec | None) -> dict[str, Any]:
     return {ACTION_NAMESPACE: feats}
 
 
+LABELS = ("reward", "quality")
+"""What `_label_cost` can be the negative of."""
+
+
+def check_label(label: str) -> None:
+    """`InvalidInput` unless `label` is one of `LABELS`: asked before anything is written, so that a bogus label is
+    refused also when there is nothing to export."""
+    if label not in LABELS:
+        raise InvalidInput(f"label must be 'reward' or 'quality', not {label!r}")
+
+
 def to_dsjson(
     record: LoggedRecord,
     *,
@@ -79,8 +90,7 @@ def to_dsjson(
     cost_weight: float | None = None,
 ) -> dict[str, Any]:
     """One DSJSON event (a dict ready for `json.dumps`) for `record`; see the module docstring."""
-    if label not in ("reward", "quality"):
-        raise InvalidInput("label must be 'reward' or 'quality'")
+    check_label(label)
     specs = specs or {}
     d = record.decision
     chosen = d.models.index(d.model)
@@ -140,6 +150,7 @@ def export_dsjson(
     include_unlabeled: bool = False,
 ) -> int:
     """Write `records` to `fp` as DSJSON lines; returns the number of lines written."""
+    check_label(label)
     by_name = (dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in specs}) if specs else {}
     written = 0
     for record in records:

@@ -49,7 +49,7 @@ import numpy as np
 from ..errors import InvalidInput
 from ..log.escalations import LEARNED_CASCADE
 from ..store import ChainFeedback, Store
-from .dsjson import SHARED_PREFIX, _namespace, _timestamp
+from .dsjson import SHARED_PREFIX, _namespace, _timestamp, check_label
 from .estimators import IPS, SNIPS, Estimate
 
 PAGE = 2000
@@ -94,8 +94,7 @@ def iter_chains(store: Store, *, page: int = PAGE, skipped: list[ChainFeedback] 
 
 def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dict[str, Any]]:
     """The DSJSON events of one learned chain's steps (see the module docstring)."""
-    if label not in ("reward", "quality"):
-        raise InvalidInput("label must be 'reward' or 'quality'")
+    check_label(label)
     d = item.decision
     chain = json.loads(item.chain)
     quality = float(item.record.quality)
@@ -160,6 +159,7 @@ def export_escalations(
 ) -> int:
     """Write every learned chain's steps to `fp` as DSJSON lines (the chains that do not decode go to `skipped`);
     returns the number of lines written."""
+    check_label(label)
     written = 0
     for item in iter_chains(store, skipped=skipped):
         for event in escalation_events(item, label=label):

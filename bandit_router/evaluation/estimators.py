@@ -12,7 +12,7 @@ The importance weight of round i is w_i = π(a_i | x_i) / μ(a_i | x_i). Every e
 sample size of these weights, ESS = (Σ w)² / Σ w² (Kish 1965): n when π = μ, near 1 when a few rounds carry
 all the weight. Intervals are normal (from the estimator's per-round influence terms) and, with
 `n_bootstrap` > 0, a seeded percentile bootstrap over rounds; `interval` picks which one is the primary
-`ci_low`/`ci_high`.
+`ci_low`/`ci_high`. From one round there is no interval: (−∞, ∞), standard error ∞, no bootstrap.
 
 | estimator      | V̂                                                    | bias              | variance        |
 |----------------|------------------------------------------------------|-------------------|-----------------|
@@ -207,7 +207,13 @@ class _Settings:
         replicates: np.ndarray | None,
         shift: tuple[float, float] = (0.0, 0.0),
     ) -> Estimate:
-        """Assemble an `Estimate`; `shift` widens both intervals by (low, high) offsets (clipping bias)."""
+        """Assemble an `Estimate`; `shift` widens both intervals by (low, high) offsets (clipping bias).
+
+        From one round (`n` < 2) there is no interval: its spread is unknown, so the standard error is ∞ and the
+        interval (−∞, ∞), and no bootstrap interval is given (every resample of one round is that round, a
+        zero-width interval that would claim certainty)."""
+        if n < 2:
+            std_error, replicates = math.inf, None
         lo, hi = normal_interval(value, std_error, self.confidence)
         normal = (lo + shift[0], hi + shift[1])
         boot = None

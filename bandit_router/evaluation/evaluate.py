@@ -30,7 +30,7 @@ from .candidates import Candidate, baseline_candidates, check_models, parse_cand
 from .estimators import ClippedIPS, Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
 from .overlap import Overlap, OverlapThresholds, overlap
-from .replay import MODES, ReplayResult, replay
+from .replay import MODES, NotReplayable, ReplayResult, replay
 from .reward_models import RewardFit, RidgeRewardModel, fit_rewards
 
 DEFAULT_ESTIMATORS = ("ips", "clipped-ips", "snips", "dm", "dr")
@@ -307,20 +307,34 @@ def _prepare(
     wanted = list(unique.values())
     if not wanted:
         raise InvalidInput("no candidates to evaluate")
-    replays = {
-        c.label: replay(
-            logged,
-            c,
-            specs=specs,
-            mode=config.mode,
-            train_fraction=config.train_fraction,
-            seed=config.seed,
-            latency_weight=config.latency_weight,
-            models=arrays.models,
-        )
-        for c in wanted
-    }
     warnings: list[str] = []
+    removed = [m for m in arrays.models if m not in specs]
+    if removed:
+        warnings.append(
+            f"models of the log without a catalog entry (removed from the catalog since?): {', '.join(removed)}; the "
+            f"candidates route among the other models, as they would with this catalog, and learn nothing from "
+            f"those models' outcomes; fixed:<model> of such a model is read from the log"
+        )
+    replays: dict[str, ReplayResult] = {}
+    not_replayable: list[str] = []
+    for c in wanted:
+        try:
+            replays[c.label] = replay(
+                logged,
+                c,
+                specs=specs,
+                mode=config.mode,
+                train_fraction=config.train_fraction,
+                seed=config.seed,
+                latency_weight=config.latency_weight,
+                models=arrays.models,
+            )
+        except NotReplayable as exc:
+            not_replayable.append(f"{exc}; {c.label} not evaluated")
+    wanted = [c for c in wanted if c.label in replays]
+    if not wanted:
+        raise InvalidInput("no candidate could be evaluated: " + "; ".join(not_replayable))
+    warnings.extend(not_replayable)
     dropped = len(every) - len(logged)
     if dropped:
         warnings.append(
@@ -333,6 +347,9 @@ def _prepare(
 def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRecord], int]:
     """The replay method: each candidate's mean outcome on the rounds it accepted."""
     arrays, t = p.arrays, config.thresholds
+    n = len(arrays)
+    if n < t.min_ess:
+        p.warnings.append(f"only {n} rounds to evaluate on: every interval is rough")
     out: list[EstimateRecord] = []
     for c in p.wanted:
         res = p.replays[c.label]
@@ -344,7 +361,7 @@ def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRec
             notes.append(
                 f"replay: π/μ exceeded the bound M = {res.acceptance_bound:.3g} on {res.bound_exceeded} rounds"
             )
-        if int(rows.sum()) < t.min_ess:
+        if int(rows.sum()) < min(t.min_ess, n):  # a small log is said once, above
             notes.append(f"replay: only {int(rows.sum())} of {len(rows)} rounds accepted")
         ov = dataclasses.replace(ov, warnings=tuple(notes))
         lam = config.lam_of(c)

@@ -9,10 +9,13 @@ Two ways an off-policy estimate goes wrong, each with a documented threshold (`O
 
   When either is below `min_ess_ratio`·n (default 10%) or `min_ess` (default 30), a handful of rounds with large
   weights carry the estimate: its normal interval is not to be trusted (it under-covers with heavy-tailed
-  weights) and IPS can swing far. The drawn ESS alone is fooled by a lucky log: a candidate the logger
-  exploited on some contexts (w ≈ 1 on many rounds) and explored rarely on the others (w = 1/μ large, but not
-  drawn) shows a comfortable ESS while the estimate misses the rare rounds' share: such logs' intervals almost
-  never cover the truth (`experiments/offline-evaluation/coverage.py`; `tests/test_offline_replay.py`).
+  weights) and IPS can swing far. On a log of fewer than `min_ess` rounds the floor is n: a candidate whose
+  weights are all equal (ESS = n, the most n rounds give: the logged policy, whose weights are all 1) raises no
+  overlap warning; the log's small size is the evaluation's own warning ("only n rounds to evaluate on").
+  The drawn ESS alone is fooled by a lucky log: a candidate the logger exploited on some contexts (w ≈ 1 on
+  many rounds) and explored rarely on the others (w = 1/μ large, but not drawn) shows a comfortable ESS while
+  the estimate misses the rare rounds' share: such logs' intervals almost never cover the truth
+  (`experiments/offline-evaluation/coverage.py`; `tests/test_offline_replay.py`).
 - **Support violation.** The unsupported mass (1/n) Σ_i Σ_a π(a|x_i)·1[μ(a|x_i) < `support_floor`] is the share
   of the candidate's probability that sits where the logger (almost) never goes (default floor 0.001, i.e.
   once in a thousand). Above `max_unsupported_mass` (default 0.01) IPS, clipped IPS and SNIPS miss that part
@@ -29,6 +32,9 @@ import numpy as np
 
 from ..errors import InvalidInput
 from .estimators import effective_sample_size
+
+ESS_TOLERANCE = 1e-9
+"""Relative rounding allowed below a threshold: π = μ gives ESS_μ = n only up to the pmfs' rounding."""
 
 
 @dataclass(frozen=True)
@@ -98,11 +104,12 @@ def overlap(
     expected = expected_effective_sample_size(mu, pi)
     unsupported = float((pi * (mu < t.support_floor)).sum(axis=1).mean())
     warnings = []
-    if min(ess, expected) < max(t.min_ess_ratio * n, t.min_ess):
+    floor = min(t.min_ess, n)  # no candidate has more than n effective rounds: the log's size is warned of apart
+    if min(ess, expected) < max(t.min_ess_ratio * n, floor) * (1.0 - ESS_TOLERANCE):
         warnings.append(
             f"poor overlap: effective sample size {ess:.1f} of {n} rounds ({100 * ratio:.1f}%), {expected:.1f} "
             f"({100 * expected / n:.1f}%) expected from the logged pmfs; warn below {100 * t.min_ess_ratio:.0f}% or "
-            f"{t.min_ess:.0f}; a few rounds carry the estimate, do not trust it"
+            f"{floor:.0f}; a few rounds carry the estimate, do not trust it"
         )
     if unsupported > t.max_unsupported_mass:
         warnings.append(

@@ -34,6 +34,8 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
+from ..policies import parse_spec
+from ..policies.baselines import cheapest
 from ..reward import RewardConfig
 from ..router import Router
 from ..types import Decision
@@ -41,6 +43,10 @@ from .candidates import Candidate, parse_candidate
 from .log import LoggedRecord, model_list
 
 MODES = ("learning", "frozen", "replay")
+
+
+class NotReplayable(InvalidInput):
+    """A candidate that cannot decide on some logged decision: every model it allowed lacks a catalog entry."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,8 +104,13 @@ def replay(
 ) -> ReplayResult:
     """The pmfs of `candidate` on `records` (in decision order) under `mode` (see the module docstring).
 
-    `specs` must hold every model the log mentions (the candidate's router routes among them and prices their
-    outcomes). `models` fixes the column order of `target_pmf` (default: order of first appearance).
+    `specs`: the catalog entries of the log's models (the candidate's router routes among them and prices their
+    outcomes). A model of the log without one (removed from the catalog since) is one the candidate cannot
+    route to: its router has the other models, decides among those a decision allowed and learns nothing from
+    the removed model's outcomes, as it would be deployed with this catalog; `fixed:<removed model>` is read
+    from the log (1 on that model where a decision allowed it, else the cheapest allowed model, as the fixed
+    policy chooses). `NotReplayable` when a decision allowed no model with an entry. `models` fixes the column
+    order of `target_pmf` (default: order of first appearance).
     """
     if mode not in MODES:
         raise InvalidInput(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
@@ -127,17 +138,22 @@ def replay(
         return ReplayResult(cand, mode, names, target, evaluated if mode != "replay" else has_feedback)
 
     by_name = dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in specs}
-    missing = [m for m in names if m not in by_name]
-    if missing:
-        raise InvalidInput(f"the log mentions models without a catalog entry: {missing}")
-    router = candidate_router(cand, (by_name[m] for m in names), seed=seed, latency_weight=latency_weight)
+    known = [by_name[m] for m in names if m in by_name]
+    policy, settings = parse_spec(cand.policy)
+    if policy == "fixed" and settings.get("model") in names and settings.get("model") not in by_name:
+        _fixed_from_log(records, cand, str(settings["model"]), by_name, names, target)
+        if mode != "replay":
+            return ReplayResult(cand, mode, names, target, evaluated)
+        return _rejection_sample(records, cand, names, target, has_feedback, seed)
+    allowed = [_allowed(record, by_name, cand) for record in records]
+    router = candidate_router(cand, known, seed=seed, latency_weight=latency_weight)
     if mode == "replay":
-        return _rejection_replay(records, cand, router, names, target, has_feedback, seed)
+        return _rejection_replay(records, cand, router, names, target, has_feedback, seed, allowed)
 
     def decide(i: int) -> None:
         d = records[i].decision
         lam = cand.cost_weight if cand.cost_weight is not None else d.cost_weight
-        mine = router.decide(d.context, models=d.models, cost_weight=lam, decision_id=d.decision_id)
+        mine = router.decide(d.context, models=allowed[i], cost_weight=lam, decision_id=d.decision_id)
         target[i] = _row(names, mine.models, mine.pmf)
 
     pending: list[tuple[float, int]] = []
@@ -147,7 +163,8 @@ def replay(
             _, j = heapq.heappop(pending)
             outcome = records[j].outcome
             assert outcome is not None
-            router.learn(records[j].decision, outcome)
+            if records[j].decision.model in by_name:  # the removed model's outcomes teach a router without it nothing
+                router.learn(records[j].decision, outcome)
 
     for i, record in enumerate(records):
         if i >= split:
@@ -165,6 +182,67 @@ def replay(
     return ReplayResult(cand, mode, names, target, evaluated, router)
 
 
+def _allowed(record: LoggedRecord, by_name: Mapping[str, ModelSpec], cand: Candidate) -> tuple[str, ...]:
+    """The models `record`'s decision allowed that have a catalog entry (`NotReplayable` if none has)."""
+    models = record.decision.models
+    allowed = models if all(m in by_name for m in models) else tuple(m for m in models if m in by_name)
+    if not allowed:
+        raise NotReplayable(f"candidate {cand.label!r} cannot decide on decision {record.decision.decision_id!r}: "
+                            f"none of its models ({', '.join(models)}) is in the catalog")
+    return allowed
+
+
+def _fixed_from_log(
+    records: Sequence[LoggedRecord],
+    cand: Candidate,
+    model: str,
+    by_name: Mapping[str, ModelSpec],
+    names: tuple[str, ...],
+    target: np.ndarray,
+) -> None:
+    """`fixed:<model>` for a model of the log without a catalog entry into `target`: what `FixedPolicy` chooses,
+    from the log alone (the model where a decision allowed it, else the cheapest allowed model)."""
+    for i, record in enumerate(records):
+        if model in record.decision.models:
+            target[i] = _row(names, (model,), (1.0,))
+            continue
+        allowed = [by_name[m] for m in _allowed(record, by_name, cand)]
+        target[i] = _row(names, (allowed[cheapest(allowed)].name,), (1.0,))
+
+
+def _acceptance_bound(records: Sequence[LoggedRecord]) -> float:
+    """M = max_i max_a 1/μ_i(a) of the replay mode."""
+    return max((1.0 / min(p for p in r.decision.pmf if p > 0) for r in records), default=1.0)
+
+
+def _rejection_sample(
+    records: Sequence[LoggedRecord],
+    cand: Candidate,
+    names: tuple[str, ...],
+    target: np.ndarray,
+    has_feedback: np.ndarray,
+    seed: int,
+) -> ReplayResult:
+    """The replay mode's acceptance for a candidate whose pmfs `target` are known and learn nothing (the same
+    draws as `_rejection_replay`)."""
+    bound = _acceptance_bound(records)
+    rng = np.random.default_rng([seed, 11])
+    accepted = np.zeros(len(records), dtype=bool)
+    exceeded = 0
+    index = {m: k for k, m in enumerate(names)}
+    for i, record in enumerate(records):
+        d = record.decision
+        if record.outcome is None:
+            continue
+        pi = float(target[i, index[d.model]])
+        ratio = pi / d.probability
+        if ratio > bound * (1.0 + 1e-9):
+            exceeded += 1
+        if pi > 0 and rng.random() < ratio / bound:
+            accepted[i] = True
+    return ReplayResult(cand, "replay", names, target, accepted & has_feedback, None, bound, exceeded)
+
+
 def _rejection_replay(
     records: Sequence[LoggedRecord],
     cand: Candidate,
@@ -173,9 +251,10 @@ def _rejection_replay(
     target: np.ndarray,
     has_feedback: np.ndarray,
     seed: int,
+    allowed: Sequence[Sequence[str]],
 ) -> ReplayResult:
     """Li et al.'s replay with rejection sampling (see the module docstring)."""
-    bound = max((1.0 / min(p for p in r.decision.pmf if p > 0) for r in records), default=1.0)
+    bound = _acceptance_bound(records)
     rng = np.random.default_rng([seed, 11])
     accepted = np.zeros(len(records), dtype=bool)
     exceeded = 0
@@ -190,9 +269,9 @@ def _rejection_replay(
         if record.outcome is None:
             continue
         lam = cand.cost_weight if cand.cost_weight is not None else d.cost_weight
-        mine = router.decide(d.context, models=d.models, cost_weight=lam, decision_id=d.decision_id)
+        mine = router.decide(d.context, models=allowed[i], cost_weight=lam, decision_id=d.decision_id)
         target[i] = _row(names, mine.models, mine.pmf)
-        pi = mine.pmf[mine.models.index(d.model)]
+        pi = mine.pmf[mine.models.index(d.model)] if d.model in mine.models else 0.0
         ratio = pi / d.probability
         if ratio > bound * (1.0 + 1e-9):
             exceeded += 1

@@ -48,24 +48,26 @@ class Checkpointer:
 
     def restore_newest(self) -> Checkpoint | None:
         """Load the newest checkpoint that passes its checksum and restores; the follower then stands at its
-        position. None (nothing changed) when there is none."""
+        position. None (nothing changed) when there is none.
+
+        The list and the states are read in one transaction (one snapshot): another process that stores a newer
+        checkpoint meanwhile and prunes the listed ones (`checkpoints_kept`) does not take a listed state away
+        (it read as empty: a checksum failure, and with one kept, a replay of the whole log)."""
         with self.store.read() as reader:
-            checkpoints = reader.checkpoints(self.fingerprint)
-        for ck in checkpoints:
-            with self.store.read() as reader:
+            for ck in reader.checkpoints(self.fingerprint):
                 state = reader.checkpoint_state(ck.id)
-            if hashlib.sha256(state).hexdigest() != ck.sha256:
-                log.warning("checkpoint %d fails its checksum; trying an older one", ck.id)
-                continue
-            try:
-                self.follower.policies.restore(state)
-            except Exception as exc:  # a bad snapshot must not stop the service: replay more instead
-                log.warning("checkpoint %d cannot be restored (%s); trying an older one", ck.id, exc)
-                continue
-            self.follower.applied_seq, self.follower.applied_event = ck.seq, ck.event_id
-            self.follower.chain_seq = ck.seq
-            self.version, self.position = self.follower.policies.live.version, (ck.seq, ck.event_id)
-            return ck
+                if hashlib.sha256(state).hexdigest() != ck.sha256:
+                    log.warning("checkpoint %d fails its checksum; trying an older one", ck.id)
+                    continue
+                try:
+                    self.follower.policies.restore(state)
+                except Exception as exc:  # a bad snapshot must not stop the service: replay more instead
+                    log.warning("checkpoint %d cannot be restored (%s); trying an older one", ck.id, exc)
+                    continue
+                self.follower.applied_seq, self.follower.applied_event = ck.seq, ck.event_id
+                self.follower.chain_seq = ck.seq
+                self.version, self.position = self.follower.policies.live.version, (ck.seq, ck.event_id)
+                return ck
         return None
 
     def maybe_checkpoint(self, *, force: bool = False) -> bool:

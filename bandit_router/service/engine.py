@@ -547,7 +547,7 @@ class Engine:
             check = {"ok": False, "reason": str(exc)}
         if not check["ok"] and not force:
             raise Conflict(f"shadow {name!r} not promoted: {check['reason']}")
-        await self._submit(Promote(name))
+        await self._submit(Promote(name, previous))  # a Conflict if another process promoted a policy meanwhile
         return {"promoted": name, "previous": previous, "forced": bool(force and not check["ok"]), "check": check}
 
     # -- reads (blocking: call from a thread pool) ---------------------------------------------------------------

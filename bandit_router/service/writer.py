@@ -318,19 +318,33 @@ class SetBudgets(Op):
 
 class Promote(Op):
     """Make a shadow policy the live one: a `promote` event in the log, applied in log order by every process
-    (and by a replay), so the swap is as durable as the feedback around it."""
+    (and by a replay), so the swap is as durable as the feedback around it.
 
-    __slots__ = ("name",)
+    `replacing` is the live policy the promotion was checked against. The batch has caught up with the log under
+    its lock, so the live policy here is the deployment's: when another process promoted a policy since (two
+    promotions within a follow interval), this one is a `Conflict` and writes nothing, rather than replacing a
+    policy its evidence never weighed. Returns the policy it replaced."""
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("name", "replacing")
+
+    def __init__(self, name: str, replacing: str) -> None:
         super().__init__()
         self.name = name
+        self.replacing = replacing
 
     def run(self, batch: Batch) -> str:
-        if self.name not in batch.writer.follower.policies.shadows:
+        policies = batch.writer.follower.policies
+        if self.name == policies.live_name:
+            raise Conflict(f"shadow {self.name!r} not promoted: it is live already (another process promoted it "
+                           "meanwhile)")
+        if policies.live_name != self.replacing:
+            raise Conflict(f"shadow {self.name!r} not promoted: the live policy changed from {self.replacing!r} to "
+                           f"{policies.live_name!r} (another process promoted it) while the promotion was checked "
+                           f"against {self.replacing!r}; ask again to check it against {policies.live_name!r}")
+        if self.name not in policies.shadows:
             raise NotFound(f"no shadow policy {self.name!r}")
         batch.log_event(ModelAction.PROMOTE, self.name)
-        return self.name
+        return self.replacing
 
 
 _OUTSIDE_THE_LOG = (InsertDecision, RecordCall, RecordJudgeCall, CountRouter)
