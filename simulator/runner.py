@@ -74,6 +74,9 @@ class Plan:
                 raise InvalidInput(f"unknown policy {spec!r}; known: {', '.join(sorted(known))}")
         if len(set(self.policies)) != len(self.policies):
             raise InvalidInput("each policy may appear once")
+        if any(spec.partition(":")[0].strip() == "oracle" for spec in self.policies):
+            # run twice, its runs and its baseline runs were pooled: two curves in one APGR, doubled seeds
+            raise InvalidInput("the oracle is always reported (the `oracle` records): leave it out of the policies")
 
 
 @dataclass(frozen=True)

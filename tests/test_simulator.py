@@ -441,6 +441,15 @@ def test_a_non_integer_for_an_integer_setting_is_refused_not_truncated(spec: str
         make_agent(spec, load_dataset(SAMPLE))
 
 
+@pytest.mark.parametrize("policies", [("oracle", "random"), ("random", "oracle:")])
+def test_the_oracle_is_refused_as_a_policy_since_it_is_always_reported(policies: tuple[str, ...]) -> None:
+    """`--policies oracle,random` ran the oracle twice and pooled both: its two-model APGR averaged RouteLLM's optimal
+    curve with its own λ sweep (1.525 instead of 1.7 on a 5-prompt table), AIQ counted each seed twice, and
+    summary.md showed every oracle row twice."""
+    with pytest.raises(InvalidInput, match="the oracle is always reported"):
+        Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=policies)
+
+
 def test_plan_refuses_unknown_policies() -> None:
     with pytest.raises(InvalidInput, match="unknown policy"):
         Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("telepathy",))
