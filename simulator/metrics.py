@@ -28,6 +28,7 @@ i.e. the normalisation c_min = 0 of RouterBench's code (the paper writes 1/(c_ma
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -152,8 +153,12 @@ def steps_until_share(
 
 # -- two models (RouteLLM) -------------------------------------------------------------------------------
 def pgr(quality: float | np.ndarray, q_weak: float, q_strong: float) -> float | np.ndarray:
-    """Performance gap recovered: (q − q_weak) / (q_strong − q_weak)."""
-    return (quality - q_weak) / (q_strong - q_weak)
+    """Performance gap recovered: (q − q_weak) / (q_strong − q_weak); NaN when the two models are equally good
+    (there is no gap to recover)."""
+    gap = q_strong - q_weak
+    if gap == 0 or not math.isfinite(gap):
+        return np.full_like(np.asarray(quality, dtype=np.float64), np.nan)[()]
+    return (quality - q_weak) / gap
 
 
 def share_curve(
@@ -225,7 +230,10 @@ def cost_share_for_quality(
     fraction: float = 0.95,
 ) -> float | None:
     """The cost, relative to always calling the strong model, needed to reach `fraction` of its quality
-    (1 − this is the cost saving that RouteLLM's "45% cost reduction at 95% of GPT-4's quality" states)."""
+    (1 − this is the cost saving that RouteLLM's "45% cost reduction at 95% of GPT-4's quality" states).
+    None when the strong model costs nothing: there is no cost to save relative to it."""
+    if not c_strong > 0:
+        return None
     rel = np.asarray(costs, dtype=np.float64) / c_strong
     x, q = share_curve(rel, qualities, q_weak, q_strong, x_weak=c_weak / c_strong, x_strong=1.0)
     return share_at_quality(x, q, fraction * q_strong)

@@ -252,3 +252,25 @@ def test_summary_numbers_are_rounded_to_meaningful_digits() -> None:
     assert _pm(0.81234, 0.01234) == "0.8123 ± 0.0123"
     assert _steps(42.0, 13.4019) == "42 ± 13"
     assert _steps(1234.4, None) == "1,234"
+
+
+@pytest.mark.parametrize(("costs", "qualities"), [
+    ((0.0, 0.0), ((1, 0), (0, 1), (1, 1), (1, 0))),  # free models: a ZeroDivisionError traceback after every run
+    ((0.01, 0.001), ((1, 1), (0, 0), (1, 1), (1, 1))),  # equally good: numpy's divide-by-zero warnings
+])
+def test_two_free_or_equally_good_models_give_a_report_without_the_undefined_numbers(
+    tmp_path: Path, costs: tuple[float, float], qualities: tuple[tuple[int, int], ...]
+) -> None:
+    table = tmp_path / "two.csv"
+    rows = [f"{i},prompt number {i},t,{qa},{costs[0]},{qb},{costs[1]}" for i, (qa, qb) in enumerate(qualities)]
+    table.write_text("prompt_id,prompt,task,quality_a,cost_a,quality_b,cost_b\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    args = ["simulate", "--env", f"dataset:{table}", "--policies", "random", "--cost-weights", "0,10", "--seeds", "2"]
+    result = CliRunner().invoke(app, [*args, "--workers", "1", "--quiet", "--out", str(out)])  # warnings are errors
+    assert result.exit_code == 0, result.output
+    assert {"summary.json", "summary.md", "cost_quality.png", "strong_share.png"} <= {p.name for p in out.iterdir()}
+    two = json.loads((out / "summary.json").read_text())["two_model"]["policies"]
+    if costs == (0.0, 0.0):  # no cost to save relative to a free strong model
+        assert two["random"]["cost_saving_at_95"]["mean"] is None
+    else:  # no gap between the models to recover
+        assert two["random"]["apgr"]["mean"] is None and two["oracle"]["apgr_trapz"]["mean"] is None
