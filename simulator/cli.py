@@ -243,6 +243,9 @@ def simulate(
     for key in _INTEGER_KEYS:  # a config file's values arrive as written: "x" is a message, not a traceback
         if settings.get(key) is not None:
             settings[key] = _integer(key, settings[key])
+    for key in _STRING_KEYS:  # `split = 5`, `out = ["runs"]`: a message, not an AttributeError or TypeError
+        if settings.get(key) is not None and not isinstance(settings[key], str | Path):
+            raise typer.BadParameter(f"{key} must be a string, got {settings[key]!r}", param_hint="--config")
     policy_list = settings["policies"]
     policy_specs = split_specs(policy_list) if isinstance(policy_list, str) else _listify(policy_list, "policies")
     weights = settings["cost_weights"]
@@ -314,12 +317,13 @@ def _weights(value: Any) -> list[Any]:
     """`cost_weights` from a config file: a list, or one number."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return [value]
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple) and not any(isinstance(v, bool) for v in value):  # float(True) is 1.0
         return list(value)
     raise typer.BadParameter(f"cost_weights must be a number, a list or a string, got {value!r}", param_hint="--config")
 
 
 _INTEGER_KEYS = ("seeds", "first_seed", "steps", "passes", "window", "workers")
+_STRING_KEYS = ("env", "out", "split", "train_value", "eval_value", "drop_flag", "prices", "warmup")
 
 
 def _integer(key: str, value: Any) -> int:

@@ -194,6 +194,12 @@ def test_a_single_cost_weight_in_a_config_file_is_one_lambda(tmp_path: Path) -> 
     ("tasks = 5", "tasks must be a string or a list, got 5"),
     ("targets = { a = 1 }", "targets must be a string or a list, got {'a': 1}"),
     ("cost_weights = true", "cost_weights must be a number, a list or a string, got True"),
+    ("cost_weights = [true, 5]", "cost_weights must be a number, a list or a string, got [True, 5]"),  # ran at λ = 1
+    # a string option of another type was an AttributeError or TypeError traceback
+    ("split = 5", "split must be a string, got 5"),
+    ('drop_flag = ["routellm_contaminated"]', "drop_flag must be a string, got ['routellm_contaminated']"),
+    ('warmup = ["full"]', "warmup must be a string, got ['full']"),
+    ("train_value = 1", "train_value must be a string, got 1"),
 ])
 def test_a_bad_config_file_is_a_message_naming_the_key(tmp_path: Path, line: str, message: str) -> None:
     config = tmp_path / "sim.toml"
@@ -202,6 +208,16 @@ def test_a_bad_config_file_is_a_message_naming_the_key(tmp_path: Path, line: str
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.replace("│", " ").split())
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("value", ['["runs"]', "true"])
+def test_an_out_that_is_no_string_is_a_message(tmp_path: Path, value: str) -> None:
+    """`out = ["runs"]` was a TypeError traceback (`expected str, bytes or os.PathLike object, not list`)."""
+    config = tmp_path / "sim.toml"
+    config.write_text(f'env = "dataset:{SAMPLE}"\nout = {value}\n')
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--quiet", "--no-plots"])
+    assert result.exit_code == 2, result.output
+    assert "out must be a string, got" in " ".join(result.output.replace("│", " ").split())
 
 
 if __name__ == "__main__":
