@@ -353,6 +353,15 @@ def test_noisy_feedback_reaches_the_policy_but_not_the_metrics() -> None:
         ("drift:speed=3", "unknown setting"),
         ("traffic-shift:to=nowhere", "unknown domain"),
         ("delayed-feedback:lost=1.5", "lost"),
+        # numpy's ValueError ("Probabilities are not non-negative") while the episode was built
+        ("traffic-shift:share=1.5", r"traffic-shift: share must be in \[0, 1\], got 1.5"),
+        ("traffic-shift:share=-0.2", r"traffic-shift: share must be in \[0, 1\], got -0.2"),
+        # ran, the price change never announced
+        ("price-change:announce=maybe", "price-change: announce must be true or false, got 'maybe'"),
+        # a negative cost refused by the first `Router.learn` of a run (or by the model's spec), not named
+        ("outage:cost_factor=-1", "outage: cost_factor must be >= 0, got -1"),
+        ("outage:latency_s=-5", "outage: latency_s must be >= 0, got -5"),
+        ("price-change:factor=-1,announce=false", "price-change: factor must be >= 0, got -1"),
     ],
 )
 def test_bad_scenarios_are_refused(text: str, match: str) -> None:
