@@ -261,6 +261,27 @@ def test_bernoulli_world_draws_zero_one_outcomes_with_the_right_mean() -> None:
         ({"quality": "maybe"}, "quality"),
         ({"models": [{"name": "not-a-catalog-model", "skill": {}}]}, "give its prices"),
         ({"colour": "red"}, "unknown keys"),
+        # each of these was a KeyError, AttributeError, TypeError or ValueError traceback
+        ({"models": [{"skill": {}}]}, r"every entry of \[\[models\]\] needs a name"),
+        ({"domains": [{"weight": 1.0}]}, r"every entry of \[\[domains\]\] needs a name"),
+        ({"domains": {"name": "code"}}, r"domains must be a list of tables"),
+        ({"models": ["gpt-4o"]}, r"models must be a list of tables"),
+        ({"models": [{"name": "gpt-4o", "skill": 3}]}, "skill must be a table"),
+        ({"models": [{"name": "gpt-4o", "slope": "steep"}]}, "model 'gpt-4o': slope must be a number, got 'steep'"),
+        ({"domains": [{"name": "code", "weight": "x"}]}, "domain 'code': weight must be a number, got 'x'"),
+        ({"domains": [{"name": "code", "weight": math.inf}]}, "weight must be a number >= 0, got inf"),
+        ({"pool": -5}, "pool must be an integer >= 1, got -5"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"scenarios": 5}, "scenarios must be tables of settings"),
+        # each of these was built, silently wrong
+        ({"pool": 1.5}, "pool must be an integer, got 1.5"),  # a pool of one prompt
+        ({"models": [{"name": "gpt-4o", "skill": {"cdoe": 2.0}}]}, r"skill names no domain \['cdoe'\]"),  # skill 0
+        ({"models": [{"name": "gpt-4o", "skill": {"code": math.nan}}]}, "code must be a finite number, got nan"),
+        ({"models": [{"name": "gpt-4o", "dormant": "false"}]}, "dormant must be true or false, got 'false'"),  # dormant
+        ({"models": [{"name": "gpt-4o", "tokens_per_s": 0}]}, "tokens_per_s must be a number > 0, got 0"),  # inf s
+        ({"models": [{"name": "gpt-4o"}, {"name": "gpt-4o"}]}, r"\[\[models\]\] names \['gpt-4o'\] more than once"),
+        ({"domains": [{"name": "code"}, {"name": "code"}]}, r"\[\[domains\]\] names \['code'\] more than once"),
+        ({"prompts": {"path": str(SAMPLE)}, "difficulty_visible": 2}, r"difficulty_visible must be a number in \[0, 1"),
     ],
 )
 def test_bad_worlds_are_refused_with_a_clear_message(config: dict[str, Any], match: str) -> None:
