@@ -291,6 +291,17 @@ def test_bad_worlds_are_refused_with_a_clear_message(config: dict[str, Any], mat
         build_world(tiny_world(**config))
 
 
+def test_a_world_with_domains_of_its_own_generates_their_prompts() -> None:
+    """A domain outside the built-in phrase banks (code, math, writing, chat) has a generic bank with 2 fillers: a
+    prompt drawing 3 or more was numpy's ValueError (a larger sample than the population), so such a world of
+    any size could not be built."""
+    models = [{"name": "gpt-4o", "skill": {"legal": 1.0}}, {"name": "gpt-4o-mini", "skill": {"default": 0.5}}]
+    env = build_world(tiny_world(domains=[{"name": "legal"}, {"name": "medical"}], models=models, pool=2000))
+    assert {env.domain_names[d] for d in env.domains} == {"legal", "medical"}
+    assert any(p.startswith("I have a legal task:") for p in env.prompts)
+    assert max(p.count("Please be precise.") + p.count("Thanks.") for p in env.prompts) == 2  # both fillers
+
+
 def test_packaged_world_loads() -> None:
     env = EnvSpec.parse("synthetic:default").build()
     assert env.dormant == {"claude-haiku-4-5"}

@@ -218,7 +218,8 @@ def generate_prompt(domain: str, z: float, rng: np.random.Generator) -> str:
     text = " ".join(parts) + "."
     n_filler = int(rng.poisson(0.8 * math.exp(0.5 * z)))
     if n_filler:
-        text += " " + " ".join(str(f) for f in rng.choice(bank["filler"], size=min(n_filler, 4), replace=False))
+        size = min(n_filler, 4, len(bank["filler"]))  # a domain without its own bank has 2 fillers
+        text += " " + " ".join(str(f) for f in rng.choice(bank["filler"], size=size, replace=False))
     return text
 
 
