@@ -35,6 +35,8 @@ CONFIG_KEYS = {
     "window",
     "workers",
     "targets",
+    "plots",
+    "quiet",
 }
 
 
@@ -46,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "passes": 1,
     "warmup": "none",
     "window": 200,
+    "plots": True,
+    "quiet": False,
 }
 """What an option left out (on the command line and in --config) means; `--help` shows these."""
 REQUIRED = "(required: here or in --config)"
@@ -186,8 +190,12 @@ def simulate(
             "starting point. Every record reports target:<t>:realized.",
         ),
     ] = None,
-    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar, no summary table.")] = False,
+    plots: Annotated[
+        bool | None, typer.Option("--plots/--no-plots", metavar="", help="Write the PNG plots. (default: --plots)")
+    ] = None,
+    quiet: Annotated[
+        bool | None, typer.Option("--quiet", metavar="", help="No progress bar, no summary table.")
+    ] = None,
 ) -> None:
     """Simulate routing policies on a dataset or a synthetic world and report quality, cost, reward, regret.
 
@@ -236,6 +244,8 @@ def simulate(
         "window": window,
         "workers": workers,
         "targets": target or None,
+        "plots": plots,
+        "quiet": quiet,
     }
     settings = layered(DEFAULTS, from_file, given)  # the same layering as the service's settings (flags win)
     if "env" not in settings or "out" not in settings:
@@ -243,6 +253,10 @@ def simulate(
     for key in _INTEGER_KEYS:  # a config file's values arrive as written: "x" is a message, not a traceback
         if settings.get(key) is not None:
             settings[key] = _integer(key, settings[key])
+    for key in ("plots", "quiet"):
+        if not isinstance(settings[key], bool):
+            raise typer.BadParameter(f"{key} must be true or false, got {settings[key]!r}", param_hint="--config")
+    plots, quiet = settings["plots"], settings["quiet"]
     for key in _STRING_KEYS:  # `split = 5`, `out = ["runs"]`: a message, not an AttributeError or TypeError
         if settings.get(key) is not None and not isinstance(settings[key], str | Path):
             raise typer.BadParameter(f"{key} must be a string, got {settings[key]!r}", param_hint="--config")

@@ -128,11 +128,14 @@ def test_every_config_key_is_accepted(tmp_path: Path) -> None:
         "window": "20",
         "workers": "1",
         "targets": '["avg_cost_usd=0.01"]',
+        "plots": "false",  # both were refused as unknown keys, though every option was said to fit in the file
+        "quiet": "true",
     }
     assert set(settings) == CONFIG_KEYS
     config.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--quiet", "--no-plots"])
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config)])
     assert result.exit_code == 0, result.output
+    assert result.output == "" and not list((tmp_path / "out").glob("*.png"))  # quiet, no plots
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert data["seeds"] == [3] and data["n_steps"] == 100 and data["warmup"] == "bandit"
     assert (
@@ -208,6 +211,20 @@ def test_a_bad_config_file_is_a_message_naming_the_key(tmp_path: Path, line: str
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.replace("│", " ").split())
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_command_line_wins_over_plots_and_quiet_in_a_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "sim.toml"
+    config.write_text(f'env = "dataset:{SAMPLE}"\npolicies = "random"\nsteps = 20\nworkers = 1\nplots = false\n'
+                      "quiet = true\n")
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--out", str(tmp_path / "out"), "--plots"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "regret.png").exists() and "runs of 20 steps" not in result.output  # still quiet
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--out", str(tmp_path / "o2"), "--quiet"])
+    assert not (tmp_path / "o2" / "regret.png").exists()
+    config.write_text(f'env = "dataset:{SAMPLE}"\nplots = "no"\n')
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--out", str(tmp_path / "o3")])
+    assert result.exit_code == 2 and "plots must be true or false, got 'no'" in result.output
 
 
 @pytest.mark.parametrize("value", ['["runs"]', "true"])
