@@ -4,7 +4,8 @@ Per run (one policy, one λ, one seed):
 - reward_t = quality_t − λ·cost_t; mean quality, cost (USD per request), reward.
 - The per-prompt **oracle** picks argmax_m q_m − λ·c_m among the available models (ties → cheaper).
 - A **fixed** model answers every prompt (when unavailable: the cheapest available model, as `fixed:<m>` does);
-  the **best fixed** model is the one with the highest total reward in hindsight.
+  the **best fixed** model is the one with the highest total reward in hindsight, among the models that are
+  available at some step (a dormant model that never arrives is no candidate).
 - **Regret** against either: Σ_t (reward_ref,t − reward_t), as a curve over steps; **per request** over the
   whole stream, R(n)/n, and over its second half, (R(n) − R(n/2))/(n − n/2); the **break-even step**: the
   first step t with R(t') ≤ 0 for every t' ≥ t (the cumulative reward has caught up with the best fixed

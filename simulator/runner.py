@@ -199,7 +199,9 @@ def summarize_run(task: Task, episode: Episode, trace: Trace, plan: Plan, blende
     oracle_reward = M.take(R, M.oracle_choice(episode.truth, episode.cost_usd, episode.available, lam))
     order = M.fallback_order(blended)
     fixed = np.stack([M.take(R, M.fixed_choice(episode.available, k, order)) for k in range(len(episode.models))])
-    best = int(np.nanargmax(np.nansum(fixed, axis=1)))
+    # a model that never answers (dormant, never brought in) "fixed" is the cheapest one's stream under its name
+    totals = np.where(episode.available.any(axis=0), np.nansum(fixed, axis=1), -np.inf)
+    best = int(np.argmax(totals))
     regret_oracle = M.cumulative_regret(oracle_reward, reward)
     regret_fixed = M.cumulative_regret(fixed[best], reward)
     n = episode.n_steps

@@ -302,6 +302,21 @@ def test_a_world_with_domains_of_its_own_generates_their_prompts() -> None:
     assert max(p.count("Please be precise.") + p.count("Thanks.") for p in env.prompts) == 2  # both fillers
 
 
+def test_a_dormant_model_that_never_arrives_is_not_the_best_fixed_model(tmp_path: Path) -> None:
+    """Its "fixed" stream is the cheapest model's (the fallback), so where the cheapest model was the best in
+    hindsight the tie went to the dormant model listed before it: `best_fixed` named a model that never answered."""
+    (tmp_path / "world.toml").write_text(
+        'pool = 100\n[[domains]]\nname = "chat"\n'
+        '[[models]]\nname = "claude-haiku-4-5"\ndormant = true\nskill = { default = 3.0 }\n'
+        '[[models]]\nname = "gpt-4o"\nskill = { default = 2.0 }\n'
+        '[[models]]\nname = "gpt-4o-mini"\nskill = { default = 2.0 }\n'
+    )
+    plan = Plan(env=EnvSpec.parse(f"synthetic:{tmp_path / 'world.toml'}"), policies=("random",),
+                cost_weights=(1000.0,), seeds=(0, 1), steps=100)
+    result = simulate(plan, workers=1)
+    assert {r.best_fixed for r in [*result.runs, *result.baselines]} == {"gpt-4o-mini"}  # the cheapest, at λ = 1000
+
+
 def test_packaged_world_loads() -> None:
     env = EnvSpec.parse("synthetic:default").build()
     assert env.dormant == {"claude-haiku-4-5"}
