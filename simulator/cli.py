@@ -173,7 +173,7 @@ def simulate(
         typer.Option(
             help="Before the scored stream, learning policies use the training part: 'none', 'bandit' "
             "(stream it once with bandit feedback) or 'full' (pre-train on every model's outcome, as the "
-            "classifier-based router is trained). " + _default("warmup"),
+            "classifier-based router is trained); both need --split. " + _default("warmup"),
         ),
     ] = None,
     window: Annotated[

@@ -125,6 +125,10 @@ class Workspace:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.env: Environment = plan.env.build()
+        if plan.warmup != "none" and len(self.env.train_rows) == 0:
+            # it warmed up on nothing, yet ran without the cold-start floor a `full` warm-up lifts, and said `full`
+            raise InvalidInput(f"warmup {plan.warmup!r} needs a training part: a dataset with a split (--split), "
+                               f"which {plan.env} has not")
         self.scenarios: list[Scenario] = [make_scenario(s, self.env) for s in plan.scenarios]
         self.extractor = FeatureExtractor()
         self._episodes: dict[int, Episode] = {}

@@ -517,6 +517,13 @@ def test_plan_refuses_unknown_policies() -> None:
     assert make_agent(f"fixed:model={env.model_names[0]}", env) is not None  # was refused: "model=…" is no model
 
 
+@pytest.mark.parametrize(("env", "warmup"), [(f"dataset:{SAMPLE}", "full"), ("synthetic:default", "bandit")])
+def test_a_warmup_without_a_training_part_is_refused(env: str, warmup: str) -> None:
+    """It warmed up on nothing and said it had; `full` also ran without the cold-start floor."""
+    with pytest.raises(InvalidInput, match=f"warmup '{warmup}' needs a training part"):
+        simulate(Plan(env=EnvSpec.parse(env), policies=("random",), steps=20, warmup=warmup), workers=1)
+
+
 @pytest.mark.parametrize("warmup", ["none", "bandit", "full"])
 def test_warmup_uses_only_the_training_part(holey_table: Path, warmup: str) -> None:
     env = load_dataset(holey_table, split="split")
