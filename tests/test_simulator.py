@@ -187,6 +187,15 @@ def test_bad_dataset_options_are_named(options: dict[str, Any], match: str) -> N
         load_dataset(SAMPLE, **options)
 
 
+def test_a_table_scored_outside_0_1_is_named_not_an_empty_table(tmp_path: Path) -> None:
+    """A table of 1–10 judge scores has no quality in [0, 1]: every cell counted as missing, every prompt was
+    dropped, and the message was "no prompts to evaluate", as for a table without rows."""
+    scores = {f"{k}_{m}": v for m in MODELS for k, v in (("quality", 7), ("cost", 0.01))}
+    rows = [{"prompt": f"q{i}", **scores} for i in range(3)]
+    with pytest.raises(InvalidInput, match=r"none of its 3 prompt\(s\) has a model with a known quality in \[0, 1"):
+        load_dataset(write_table(tmp_path / "scores.csv", rows))
+
+
 def test_a_dataset_that_is_a_folder_or_a_cut_gzip_file_is_named(tmp_path: Path) -> None:
     """A folder was an IsADirectoryError traceback; a gzip file cut short (a broken download) was EOFError, which
     the command line shows as a bare "Aborted!"."""
