@@ -548,6 +548,21 @@ def test_warmup_uses_only_the_training_part(holey_table: Path, warmup: str) -> N
         RouterAgent("spy", lambda _seed: spy, warmup="sometimes")
 
 
+def test_a_bandit_warmup_offers_only_the_models_the_router_has_at_the_start(holey_table: Path) -> None:
+    """With a `new-model` scenario on a model of the table (not a dormant one), the warm-up offered that model to a
+    router that did not have it yet: "unknown or retired models: ['small']"."""
+    env = load_dataset(holey_table, split="split")
+    episode = build_episode(env, [make_scenario("new-model:model=small,at=0.5", env)], 0)
+    spy = SpyPolicy()
+    RouterAgent("spy", lambda _seed: spy, warmup="bandit").run(episode, env, 10.0, 0)
+    others = [k for k, m in enumerate(env.model_names) if m != "small"]
+    n_warm = int(env.available[env.train_rows][:, others].any(axis=1).sum())  # rows with only `small` are skipped
+    assert 0 < n_warm < len(env.train_rows)
+    warm = spy.offered[:n_warm]
+    assert not any("small" in offered for offered in warm)
+    assert any("small" in offered for offered in spy.offered[n_warm:])  # it still arrives
+
+
 @pytest.mark.parametrize("policy", ["linucb", "vw-squarecb", "thompson"])
 def test_full_warmup_is_the_same_whether_reloaded_or_recomputed(holey_table: Path, policy: str) -> None:
     """The pre-trained state is cached per seed; a later run must start from it unchanged by earlier runs."""
