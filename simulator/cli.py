@@ -147,7 +147,11 @@ def simulate(
     passes: Annotated[
         int | None, typer.Option(help="Passes over a dataset's evaluated prompts. " + _default("passes"))
     ] = None,
-    split: Annotated[str | None, typer.Option(help="Split column of a dataset, e.g. split_routerdc.")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split column of a dataset, e.g. split_routerdc; 'task' (by task); random:0.5 (a seeded "
+                     "random half for training)."),
+    ] = None,
     train_value: Annotated[str | None, typer.Option("--train-value", help="Split value of the training part.")] = None,
     eval_value: Annotated[str | None, typer.Option("--eval-value", help="Split value of the evaluated part.")] = None,
     task: Annotated[list[str] | None, typer.Option("--task", help="Keep only this task (repeatable).")] = None,
