@@ -74,6 +74,11 @@ class Plan:
                 raise InvalidInput(f"unknown policy {spec!r}; known: {', '.join(sorted(known))}")
         if len(set(self.policies)) != len(self.policies):
             raise InvalidInput("each policy may appear once")
+        for name, values in (("cost weight", self.cost_weights), ("seed", self.seeds)):
+            twice = sorted({v for v in values if list(values).count(v) > 1})
+            if twice:  # its runs were pooled as more seeds: n_seeds tripled for `10,10,10`, the intervals narrowed
+                listed = ", ".join(f"{v:g}" for v in twice)
+                raise InvalidInput(f"each {name} may appear once, got {listed} more than once")
         if any(spec.partition(":")[0].strip() == "oracle" for spec in self.policies):
             # run twice, its runs and its baseline runs were pooled: two curves in one APGR, doubled seeds
             raise InvalidInput("the oracle is always reported (the `oracle` records): leave it out of the policies")

@@ -515,6 +515,17 @@ def test_the_oracle_is_refused_as_a_policy_since_it_is_always_reported(policies:
         Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=policies)
 
 
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"cost_weights": (10.0, 10.0, 20.0)}, "each cost weight may appear once, got 10 more than once"),
+    ({"seeds": (0, 1, 0)}, "each seed may appear once, got 0 more than once"),
+])
+def test_a_plan_refuses_a_cost_weight_or_seed_given_twice(settings: dict[str, Any], message: str) -> None:
+    """`--cost-weights 10,10` ran every seed twice at λ = 10 and pooled the runs as if they were more seeds:
+    n_seeds 4 for 2 seeds, 95% intervals too narrow, and every λ = 10 record and section twice."""
+    with pytest.raises(InvalidInput, match=message):
+        Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), **settings)
+
+
 def test_plan_refuses_unknown_policies() -> None:
     with pytest.raises(InvalidInput, match="unknown policy"):
         Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("telepathy",))
