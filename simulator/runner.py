@@ -178,11 +178,15 @@ def reaction_times(episode: Episode, chosen: np.ndarray, cost_weight: float, win
 
     drift / new-model / price-change: until ≥ 80% of the next `window` decisions go to the model with the best
     true mean reward after the event; outage: until ≤ 5% go to the failed model (before it recovers).
-    `<kind>_final_share` is that share over the last 10% of the period after the event.
+    `<kind>_final_share` is that share over the last 10% of the period after the event. A second event of a kind
+    is `<kind> 2`, and so on.
     """
     out: dict[str, float | None] = {}
     r = np.where(episode.available, M.rewards(episode.truth, episode.cost_usd, cost_weight), np.nan)
+    seen: dict[str, int] = {}
     for mark in episode.marks:
+        seen[mark.kind] = seen.get(mark.kind, 0) + 1
+        label = mark.kind if seen[mark.kind] == 1 else f"{mark.kind} {seen[mark.kind]}"  # a second drift: `drift 2`
         end = mark.end if mark.end is not None else episode.n_steps
         if mark.kind in ("drift", "new-model", "price-change"):
             means = M.column_means(r[mark.step : end])
@@ -193,9 +197,9 @@ def reaction_times(episode: Episode, chosen: np.ndarray, cost_weight: float, win
             continue
         hit = chosen == target
         steps = M.steps_until_share(hit, mark.step, window, threshold, above=above, end=end)
-        out[mark.kind] = None if steps is None else float(steps)
+        out[label] = None if steps is None else float(steps)
         tail = hit[max(mark.step, end - max(1, (end - mark.step) // 10)) : end]
-        out[f"{mark.kind}_final_share"] = float(tail.mean()) if tail.size else None
+        out[f"{label}_final_share"] = float(tail.mean()) if tail.size else None
     return out
 
 

@@ -348,6 +348,14 @@ def test_drift_changes_only_the_model_after_the_step_and_keeps_zero_one() -> Non
     assert drifted.marks[0].kind == "drift" and drifted.marks[0].step == half
 
 
+def test_two_events_of_one_kind_each_get_their_reaction_time() -> None:
+    """Both drifts wrote their reaction time under the key `drift`: the first one's was lost."""
+    plan = Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), seeds=(0,), window=20,
+                scenarios=("drift:model=gpt-4-1106-preview,at=0.2", "drift:model=mixtral-8x7b-instruct-v0.1,at=0.6"))
+    run = simulate(plan, workers=1).runs[0]
+    assert set(run.reaction) == {"drift", "drift_final_share", "drift 2", "drift 2_final_share"}
+
+
 def test_new_model_is_unknown_then_added() -> None:
     env, _episode, trace, spy = spy_run("synthetic:default", ["new-model:at=100"], steps=300)
     k = env.model_names.index("claude-haiku-4-5")
