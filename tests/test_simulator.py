@@ -514,6 +514,16 @@ def test_a_non_integer_for_an_integer_setting_is_refused_not_truncated(spec: str
         make_agent(spec, load_dataset(SAMPLE))
 
 
+@pytest.mark.parametrize(("spec", "match"), [
+    ("classifier:dim=0", r"classifier:dim=0: dim must be in \[32, 8192\]"),
+    ("classifier:ridge=-1", "classifier:ridge=-1: ridge must be > 0"),
+])
+def test_a_classifier_setting_out_of_range_is_a_message(spec: str, match: str) -> None:
+    """Both were a ValueError traceback from the classifier's parameters on the command line."""
+    with pytest.raises(InvalidInput, match=match):
+        make_agent(spec, load_dataset(SAMPLE))
+
+
 @pytest.mark.parametrize("policies", [("oracle", "random"), ("random", "oracle:")])
 def test_the_oracle_is_refused_as_a_policy_since_it_is_always_reported(policies: tuple[str, ...]) -> None:
     """`--policies oracle,random` ran the oracle twice and pooled both: its two-model APGR averaged RouteLLM's optimal
