@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bandit_router.budgets import BudgetConfig
+from bandit_router.budgets import BudgetConfig, Latency
 from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor
 
@@ -134,6 +134,12 @@ class Workspace:
             # it warmed up on nothing, yet ran without the cold-start floor a `full` warm-up lifts, and said `full`
             raise InvalidInput(f"warmup {plan.warmup!r} needs a training part: a dataset with a split (--split), "
                                f"which {plan.env} has not")
+        config = getattr(plan.pacer_factory, "config", None)
+        if self.env.latency_s is None and isinstance(config, BudgetConfig):
+            latency = [str(t) for t in config.targets if isinstance(t, Latency)]
+            if latency:  # it ran, held nothing and reported a realised value of null
+                raise InvalidInput(f"{', '.join(latency)}: {plan.env} has no latencies, so a latency target "
+                                   "never binds (a dataset table carries none; a synthetic world does)")
         self.scenarios: list[Scenario] = [make_scenario(s, self.env) for s in plan.scenarios]
         self.extractor = FeatureExtractor()
         self._episodes: dict[int, Episode] = {}
