@@ -163,6 +163,9 @@ def _price_change(s: Scenario, ep: Episode, rng: np.random.Generator) -> Episode
     )
     events = ep.events
     if str(s.settings["announce"]).lower() in _TRUE:
+        if ep.initial_models == (old.name,):  # the router re-prices a model by retiring and re-adding it
+            raise InvalidInput(f"price-change: a router whose only model is {old.name!r} cannot be told a new price "
+                               "(it retires and re-adds the model); announce=false changes the bills only")
         events = (*events, Event(start, "update_model", new))
     return ep.replace(cost_usd=cost, events=events, marks=(*ep.marks, Mark("price-change", start, old.name)))
 

@@ -356,6 +356,17 @@ def test_two_events_of_one_kind_each_get_their_reaction_time() -> None:
     assert set(run.reaction) == {"drift", "drift_final_share", "drift 2", "drift 2_final_share"}
 
 
+def test_an_announced_price_change_of_a_routers_only_model_is_a_message(tmp_path: Path) -> None:
+    """It stopped mid-run with "cannot retire the last model", which named nothing the user had asked for."""
+    table = tmp_path / "one.csv"
+    table.write_text("prompt_id,prompt,task,quality_a,cost_a\n" + "".join(f"{i},q{i},t,1,0.01\n" for i in range(6)))
+    env = load_dataset(table)
+    with pytest.raises(InvalidInput, match="announce=false changes the bills only"):
+        build_episode(env, [make_scenario("price-change", env)], 0)
+    episode = build_episode(env, [make_scenario("price-change:announce=false", env)], 0)
+    assert episode.cost_usd[-1, 0] == pytest.approx(0.002)  # the bills change
+
+
 def test_new_model_is_unknown_then_added() -> None:
     env, _episode, trace, spy = spy_run("synthetic:default", ["new-model:at=100"], steps=300)
     k = env.model_names.index("claude-haiku-4-5")
