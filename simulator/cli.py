@@ -35,6 +35,8 @@ CONFIG_KEYS = {
     "window",
     "workers",
     "targets",
+    "plots",
+    "quiet",
 }
 
 
@@ -46,6 +48,8 @@ DEFAULTS: dict[str, Any] = {
     "passes": 1,
     "warmup": "none",
     "window": 200,
+    "plots": True,
+    "quiet": False,
 }
 """What an option left out (on the command line and in --config) means; `--help` shows these."""
 REQUIRED = "(required: here or in --config)"
@@ -143,7 +147,11 @@ def simulate(
     passes: Annotated[
         int | None, typer.Option(help="Passes over a dataset's evaluated prompts. " + _default("passes"))
     ] = None,
-    split: Annotated[str | None, typer.Option(help="Split column of a dataset, e.g. split_routerdc.")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split column of a dataset, e.g. split_routerdc; 'task' (by task); random:0.5 (a seeded "
+                     "random half for training)."),
+    ] = None,
     train_value: Annotated[str | None, typer.Option("--train-value", help="Split value of the training part.")] = None,
     eval_value: Annotated[str | None, typer.Option("--eval-value", help="Split value of the evaluated part.")] = None,
     task: Annotated[list[str] | None, typer.Option("--task", help="Keep only this task (repeatable).")] = None,
@@ -169,7 +177,7 @@ def simulate(
         typer.Option(
             help="Before the scored stream, learning policies use the training part: 'none', 'bandit' "
             "(stream it once with bandit feedback) or 'full' (pre-train on every model's outcome, as the "
-            "classifier-based router is trained). " + _default("warmup"),
+            "classifier-based router is trained); both need --split. " + _default("warmup"),
         ),
     ] = None,
     window: Annotated[
@@ -186,8 +194,12 @@ def simulate(
             "starting point. Every record reports target:<t>:realized.",
         ),
     ] = None,
-    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write the PNG plots.")] = True,
-    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar, no summary table.")] = False,
+    plots: Annotated[
+        bool | None, typer.Option("--plots/--no-plots", metavar="", help="Write the PNG plots. (default: --plots)")
+    ] = None,
+    quiet: Annotated[
+        bool | None, typer.Option("--quiet", metavar="", help="No progress bar, no summary table.")
+    ] = None,
 ) -> None:
     """Simulate routing policies on a dataset or a synthetic world and report quality, cost, reward, regret.
 
@@ -236,6 +248,8 @@ def simulate(
         "window": window,
         "workers": workers,
         "targets": target or None,
+        "plots": plots,
+        "quiet": quiet,
     }
     settings = layered(DEFAULTS, from_file, given)  # the same layering as the service's settings (flags win)
     if "env" not in settings or "out" not in settings:
@@ -243,6 +257,13 @@ def simulate(
     for key in _INTEGER_KEYS:  # a config file's values arrive as written: "x" is a message, not a traceback
         if settings.get(key) is not None:
             settings[key] = _integer(key, settings[key])
+    for key in ("plots", "quiet"):
+        if not isinstance(settings[key], bool):
+            raise typer.BadParameter(f"{key} must be true or false, got {settings[key]!r}", param_hint="--config")
+    plots, quiet = settings["plots"], settings["quiet"]
+    for key in _STRING_KEYS:  # `split = 5`, `out = ["runs"]`: a message, not an AttributeError or TypeError
+        if settings.get(key) is not None and not isinstance(settings[key], str | Path):
+            raise typer.BadParameter(f"{key} must be a string, got {settings[key]!r}", param_hint="--config")
     policy_list = settings["policies"]
     policy_specs = split_specs(policy_list) if isinstance(policy_list, str) else _listify(policy_list, "policies")
     weights = settings["cost_weights"]
@@ -314,12 +335,13 @@ def _weights(value: Any) -> list[Any]:
     """`cost_weights` from a config file: a list, or one number."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return [value]
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple) and not any(isinstance(v, bool) for v in value):  # float(True) is 1.0
         return list(value)
     raise typer.BadParameter(f"cost_weights must be a number, a list or a string, got {value!r}", param_hint="--config")
 
 
 _INTEGER_KEYS = ("seeds", "first_seed", "steps", "passes", "window", "workers")
+_STRING_KEYS = ("env", "out", "split", "train_value", "eval_value", "drop_flag", "prices", "warmup")
 
 
 def _integer(key: str, value: Any) -> int:

@@ -4,7 +4,8 @@ Per run (one policy, one λ, one seed):
 - reward_t = quality_t − λ·cost_t; mean quality, cost (USD per request), reward.
 - The per-prompt **oracle** picks argmax_m q_m − λ·c_m among the available models (ties → cheaper).
 - A **fixed** model answers every prompt (when unavailable: the cheapest available model, as `fixed:<m>` does);
-  the **best fixed** model is the one with the highest total reward in hindsight.
+  the **best fixed** model is the one with the highest total reward in hindsight, among the models that are
+  available at some step (a dormant model that never arrives is no candidate).
 - **Regret** against either: Σ_t (reward_ref,t − reward_t), as a curve over steps; **per request** over the
   whole stream, R(n)/n, and over its second half, (R(n) − R(n/2))/(n − n/2); the **break-even step**: the
   first step t with R(t') ≤ 0 for every t' ≥ t (the cumulative reward has caught up with the best fixed
@@ -28,6 +29,7 @@ i.e. the normalisation c_min = 0 of RouterBench's code (the paper writes 1/(c_ma
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -152,8 +154,12 @@ def steps_until_share(
 
 # -- two models (RouteLLM) -------------------------------------------------------------------------------
 def pgr(quality: float | np.ndarray, q_weak: float, q_strong: float) -> float | np.ndarray:
-    """Performance gap recovered: (q − q_weak) / (q_strong − q_weak)."""
-    return (quality - q_weak) / (q_strong - q_weak)
+    """Performance gap recovered: (q − q_weak) / (q_strong − q_weak); NaN when the two models are equally good
+    (there is no gap to recover)."""
+    gap = q_strong - q_weak
+    if gap == 0 or not math.isfinite(gap):
+        return np.full_like(np.asarray(quality, dtype=np.float64), np.nan)[()]
+    return (quality - q_weak) / gap
 
 
 def share_curve(
@@ -225,7 +231,10 @@ def cost_share_for_quality(
     fraction: float = 0.95,
 ) -> float | None:
     """The cost, relative to always calling the strong model, needed to reach `fraction` of its quality
-    (1 − this is the cost saving that RouteLLM's "45% cost reduction at 95% of GPT-4's quality" states)."""
+    (1 − this is the cost saving that RouteLLM's "45% cost reduction at 95% of GPT-4's quality" states).
+    None when the strong model costs nothing: there is no cost to save relative to it."""
+    if not c_strong > 0:
+        return None
     rel = np.asarray(costs, dtype=np.float64) / c_strong
     x, q = share_curve(rel, qualities, q_weak, q_strong, x_weak=c_weak / c_strong, x_strong=1.0)
     return share_at_quality(x, q, fraction * q_strong)

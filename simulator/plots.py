@@ -137,8 +137,12 @@ def plot_cost_quality(data: dict[str, Any], path: Path) -> None:
             xytext=(3, 2),
             textcoords="offset points",
         )
-    ax.set_xscale("log")
-    ax.set_xlabel("mean cost per request (USD, log scale)")
+    costs = np.array([r["mean_cost_usd"] for r in data["results"] + data["oracle"] + data["fixed"]], dtype=float)
+    if (costs[np.isfinite(costs)] > 0).all():  # a free model (cost 0) has no place on a log axis
+        ax.set_xscale("log")
+        ax.set_xlabel("mean cost per request (USD, log scale)")
+    else:
+        ax.set_xlabel("mean cost per request (USD)")
     ax.set_ylabel("mean quality")
     ax.set_title("cost–quality over λ, with non-decreasing hulls (× = single models)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))

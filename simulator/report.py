@@ -27,7 +27,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
+import shutil
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -446,18 +449,37 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+REPORT_FILES = ("summary.md", "curves.json", "regret.png", "cost_quality.png", "shares.png", "strong_share.png",
+                "summary.json")
+"""What a report writes, summary.json last: a folder's report files are all of one run."""
+
+
 def write_report(result: SimulationResult, out: str | Path, *, command: str = "", plots: bool = True) -> dict[str, Any]:
-    """Write summary.json, summary.md, curves.json (and the PNG plots) to `out`; returns the summary."""
+    """Write summary.json, summary.md, curves.json (and the PNG plots) to `out`; returns the summary.
+
+    The files are written into a hidden folder inside `out` and moved into place only when all of them are: a
+    report that fails halfway (a plot, a full disk, Ctrl-C) leaves a previous report in `out` as it was, and a
+    report replaces all of a previous one (a plot this run does not draw, `--no-plots` or no two models, is
+    removed rather than left beside numbers it does not show)."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     data = summary(result, command=command)
     data["window"] = result.plan.window
-    (folder / "summary.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    (folder / "summary.md").write_text(markdown(data) + "\n", encoding="utf-8")
-    curve_data = curves(result)
-    (folder / "curves.json").write_text(json.dumps(curve_data) + "\n", encoding="utf-8")
-    if plots:
-        from .plots import write_plots
+    staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".partial", dir=folder))
+    try:
+        (staging / "summary.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        (staging / "summary.md").write_text(markdown(data) + "\n", encoding="utf-8")
+        curve_data = curves(result)
+        (staging / "curves.json").write_text(json.dumps(curve_data) + "\n", encoding="utf-8")
+        if plots:
+            from .plots import write_plots
 
-        write_plots(data, curve_data, folder)
+            write_plots(data, curve_data, staging)
+        for name in REPORT_FILES:
+            if (staging / name).exists():
+                os.replace(staging / name, folder / name)
+            else:
+                (folder / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return data

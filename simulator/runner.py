@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from bandit_router.budgets import BudgetConfig
+from bandit_router.budgets import BudgetConfig, Latency
 from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor
 
@@ -74,6 +74,14 @@ class Plan:
                 raise InvalidInput(f"unknown policy {spec!r}; known: {', '.join(sorted(known))}")
         if len(set(self.policies)) != len(self.policies):
             raise InvalidInput("each policy may appear once")
+        for name, values in (("cost weight", self.cost_weights), ("seed", self.seeds)):
+            twice = sorted({v for v in values if list(values).count(v) > 1})
+            if twice:  # its runs were pooled as more seeds: n_seeds tripled for `10,10,10`, the intervals narrowed
+                listed = ", ".join(f"{v:g}" for v in twice)
+                raise InvalidInput(f"each {name} may appear once, got {listed} more than once")
+        if any(spec.partition(":")[0].strip() == "oracle" for spec in self.policies):
+            # run twice, its runs and its baseline runs were pooled: two curves in one APGR, doubled seeds
+            raise InvalidInput("the oracle is always reported (the `oracle` records): leave it out of the policies")
 
 
 @dataclass(frozen=True)
@@ -122,6 +130,16 @@ class Workspace:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.env: Environment = plan.env.build()
+        if plan.warmup != "none" and len(self.env.train_rows) == 0:
+            # it warmed up on nothing, yet ran without the cold-start floor a `full` warm-up lifts, and said `full`
+            raise InvalidInput(f"warmup {plan.warmup!r} needs a training part: a dataset with a split (--split), "
+                               f"which {plan.env} has not")
+        config = getattr(plan.pacer_factory, "config", None)
+        if self.env.latency_s is None and isinstance(config, BudgetConfig):
+            latency = [str(t) for t in config.targets if isinstance(t, Latency)]
+            if latency:  # it ran, held nothing and reported a realised value of null
+                raise InvalidInput(f"{', '.join(latency)}: {plan.env} has no latencies, so a latency target "
+                                   "never binds (a dataset table carries none; a synthetic world does)")
         self.scenarios: list[Scenario] = [make_scenario(s, self.env) for s in plan.scenarios]
         self.extractor = FeatureExtractor()
         self._episodes: dict[int, Episode] = {}
@@ -166,11 +184,15 @@ def reaction_times(episode: Episode, chosen: np.ndarray, cost_weight: float, win
 
     drift / new-model / price-change: until ≥ 80% of the next `window` decisions go to the model with the best
     true mean reward after the event; outage: until ≤ 5% go to the failed model (before it recovers).
-    `<kind>_final_share` is that share over the last 10% of the period after the event.
+    `<kind>_final_share` is that share over the last 10% of the period after the event. A second event of a kind
+    is `<kind> 2`, and so on.
     """
     out: dict[str, float | None] = {}
     r = np.where(episode.available, M.rewards(episode.truth, episode.cost_usd, cost_weight), np.nan)
+    seen: dict[str, int] = {}
     for mark in episode.marks:
+        seen[mark.kind] = seen.get(mark.kind, 0) + 1
+        label = mark.kind if seen[mark.kind] == 1 else f"{mark.kind} {seen[mark.kind]}"  # a second drift: `drift 2`
         end = mark.end if mark.end is not None else episode.n_steps
         if mark.kind in ("drift", "new-model", "price-change"):
             means = M.column_means(r[mark.step : end])
@@ -181,9 +203,9 @@ def reaction_times(episode: Episode, chosen: np.ndarray, cost_weight: float, win
             continue
         hit = chosen == target
         steps = M.steps_until_share(hit, mark.step, window, threshold, above=above, end=end)
-        out[mark.kind] = None if steps is None else float(steps)
+        out[label] = None if steps is None else float(steps)
         tail = hit[max(mark.step, end - max(1, (end - mark.step) // 10)) : end]
-        out[f"{mark.kind}_final_share"] = float(tail.mean()) if tail.size else None
+        out[f"{label}_final_share"] = float(tail.mean()) if tail.size else None
     return out
 
 
@@ -196,7 +218,9 @@ def summarize_run(task: Task, episode: Episode, trace: Trace, plan: Plan, blende
     oracle_reward = M.take(R, M.oracle_choice(episode.truth, episode.cost_usd, episode.available, lam))
     order = M.fallback_order(blended)
     fixed = np.stack([M.take(R, M.fixed_choice(episode.available, k, order)) for k in range(len(episode.models))])
-    best = int(np.nanargmax(np.nansum(fixed, axis=1)))
+    # a model that never answers (dormant, never brought in) "fixed" is the cheapest one's stream under its name
+    totals = np.where(episode.available.any(axis=0), np.nansum(fixed, axis=1), -np.inf)
+    best = int(np.argmax(totals))
     regret_oracle = M.cumulative_regret(oracle_reward, reward)
     regret_fixed = M.cumulative_regret(fixed[best], reward)
     n = episode.n_steps

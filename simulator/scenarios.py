@@ -27,6 +27,7 @@ An outage's failed call has quality 0, costs `cost_factor` × its normal cost an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -161,7 +162,10 @@ def _price_change(s: Scenario, ep: Episode, rng: np.random.Generator) -> Episode
         }
     )
     events = ep.events
-    if str(s.settings["announce"]).lower() in ("true", "1", "yes"):
+    if str(s.settings["announce"]).lower() in _TRUE:
+        if ep.initial_models == (old.name,):  # the router re-prices a model by retiring and re-adding it
+            raise InvalidInput(f"price-change: a router whose only model is {old.name!r} cannot be told a new price "
+                               "(it retires and re-adds the model); announce=false changes the bills only")
         events = (*events, Event(start, "update_model", new))
     return ep.replace(cost_usd=cost, events=events, marks=(*ep.marks, Mark("price-change", start, old.name)))
 
@@ -214,6 +218,9 @@ _DEFAULTS: dict[str, Callable[[Environment], dict[str, Any]]] = {
 }
 SCENARIOS: tuple[str, ...] = tuple(_APPLY)
 _NUMBERS = {"delta", "at", "until", "cost_factor", "latency_s", "factor", "share", "mean", "lost", "sd", "flip"}
+_RANGES = {"share": (0.0, 1.0), "factor": (0.0, math.inf), "cost_factor": (0.0, math.inf), "latency_s": (0.0, math.inf)}
+"""Settings that only make sense in a range (a traffic share of 1.5 was numpy's ValueError mid-run)."""
+_TRUE, _FALSE = frozenset({"true", "1", "yes"}), frozenset({"false", "0", "no"})
 
 
 def make_scenario(text: str, env: Environment) -> Scenario:
@@ -226,6 +233,12 @@ def make_scenario(text: str, env: Environment) -> Scenario:
     settings: dict[str, Any] = {**defaults, **env.scenario_defaults.get(spec.name, {}), **spec.settings}
     for key in _NUMBERS & set(settings):
         settings[key] = spec.float(key, float(settings[key])) if key in spec.settings else float(settings[key])
+        low, high = _RANGES.get(key, (-math.inf, math.inf))
+        if not low <= settings[key] <= high:
+            span = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+            raise InvalidInput(f"{spec.name}: {key} must be {span}, got {settings[key]:g}")
+    if "announce" in settings and str(settings["announce"]).lower() not in _TRUE | _FALSE:
+        raise InvalidInput(f"{spec.name}: announce must be true or false, got {settings['announce']!r}")
     if "model" in settings and settings["model"] not in env.model_names:
         raise InvalidInput(f"{spec.name}: unknown model {settings['model']!r}; models: {list(env.model_names)}")
     if "to" in settings and settings["to"] not in env.domain_names:

@@ -87,3 +87,15 @@ def test_a_tenants_target_without_a_tenant_column_is_refused(tmp_path: Path) -> 
     ])
     assert reply.exit_code == 2, reply.output
     assert "would never bind" in " ".join(reply.output.replace("│", " ").split())
+
+
+def test_a_latency_target_on_a_table_without_latencies_is_refused() -> None:
+    """A dataset carries no latencies: the target never bound, and every record reported its realised value as
+    null after the whole run."""
+    from bandit_router.errors import InvalidInput
+
+    sample = Path(__file__).parent / "data" / "routellm_sample.csv.gz"
+    plan = Plan(env=EnvSpec.parse(f"dataset:{sample}"), policies=("default",), steps=20,
+                pacer_factory=TargetPacers(("latency_p95_s=2",)))
+    with pytest.raises(InvalidInput, match=r"latency_p95_s=2: .* has no latencies, so a latency target never binds"):
+        simulate(plan, workers=1)

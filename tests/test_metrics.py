@@ -138,3 +138,8 @@ def test_regret_per_step_whole_and_second_half() -> None:
 )
 def test_break_even_step(gaps: list[float], expected: int | None) -> None:
     assert M.break_even_step(np.cumsum(gaps)) == expected
+
+
+def test_pgr_and_cost_saving_are_undefined_without_a_gap_or_a_cost() -> None:
+    assert math.isnan(M.apgr([0.5], [0.7], 0.7, 0.7))  # equally good models: no gap to recover (was 0/0)
+    assert M.cost_share_for_quality([0.0], [0.8], c_weak=0.0, c_strong=0.0, q_weak=0.6, q_strong=0.8) is None

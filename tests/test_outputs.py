@@ -120,6 +120,34 @@ def test_simulate_that_fails_at_run_time_leaves_no_out_folder(tmp_path: Path) ->
     assert _tree(tmp_path) == {"mine": None, "mine/notes.md": b"keep"}
 
 
+def test_a_simulate_report_that_fails_halfway_leaves_the_previous_report_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rerun into a folder that held a report wrote the new summary.json, summary.md and curves.json over the old
+    ones and then failed in a plot (here a full disk; Ctrl-C in the slow plots alike): the folder held the new
+    numbers beside the old run's plots. A report that succeeds replaces all of the previous one: `--no-plots`
+    left the old plots beside the new numbers."""
+    from simulator import plots
+
+    out = tmp_path / "sim"
+    sample = Path(__file__).parent / "data" / "routellm_sample.csv.gz"
+    args = ["simulate", "--env", f"dataset:{sample}", "--steps", "50", "--workers", "1", "--quiet", "--out", str(out)]
+    assert CliRunner().invoke(cli_app, [*args, "--policies", "random"]).exit_code == 0
+    before = _tree(out)
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "plot_shares", full_disk)
+    result = CliRunner().invoke(cli_app, [*args, "--policies", "linucb"])
+    assert isinstance(result.exception, OSError), result.output
+    assert _tree(out) == before  # nothing of the failed report, nothing left beside it
+    monkeypatch.undo()
+    assert CliRunner().invoke(cli_app, [*args, "--policies", "linucb", "--no-plots"]).exit_code == 0
+    assert sorted(_tree(out)) == ["curves.json", "summary.json", "summary.md"]  # strong_share.png went too
+    assert '"policy": "linucb"' in (out / "summary.json").read_text()
+
+
 def test_export_that_fails_keeps_what_the_file_that_was_there_held(logged_db: Path, tmp_path: Path) -> None:
     """Review: `export --out log.dsjson --label bogus` over an earlier export: `writing_file` opens the file with
     "w" (truncating it) before `export_dsjson` refuses the label, so the earlier export is lost; "a file that was

@@ -187,6 +187,15 @@ def test_bad_dataset_options_are_named(options: dict[str, Any], match: str) -> N
         load_dataset(SAMPLE, **options)
 
 
+def test_a_table_scored_outside_0_1_is_named_not_an_empty_table(tmp_path: Path) -> None:
+    """A table of 1–10 judge scores has no quality in [0, 1]: every cell counted as missing, every prompt was
+    dropped, and the message was "no prompts to evaluate", as for a table without rows."""
+    scores = {f"{k}_{m}": v for m in MODELS for k, v in (("quality", 7), ("cost", 0.01))}
+    rows = [{"prompt": f"q{i}", **scores} for i in range(3)]
+    with pytest.raises(InvalidInput, match=r"none of its 3 prompt\(s\) has a model with a known quality in \[0, 1"):
+        load_dataset(write_table(tmp_path / "scores.csv", rows))
+
+
 def test_a_dataset_that_is_a_folder_or_a_cut_gzip_file_is_named(tmp_path: Path) -> None:
     """A folder was an IsADirectoryError traceback; a gzip file cut short (a broken download) was EOFError, which
     the command line shows as a bare "Aborted!"."""
@@ -261,6 +270,27 @@ def test_bernoulli_world_draws_zero_one_outcomes_with_the_right_mean() -> None:
         ({"quality": "maybe"}, "quality"),
         ({"models": [{"name": "not-a-catalog-model", "skill": {}}]}, "give its prices"),
         ({"colour": "red"}, "unknown keys"),
+        # each of these was a KeyError, AttributeError, TypeError or ValueError traceback
+        ({"models": [{"skill": {}}]}, r"every entry of \[\[models\]\] needs a name"),
+        ({"domains": [{"weight": 1.0}]}, r"every entry of \[\[domains\]\] needs a name"),
+        ({"domains": {"name": "code"}}, r"domains must be a list of tables"),
+        ({"models": ["gpt-4o"]}, r"models must be a list of tables"),
+        ({"models": [{"name": "gpt-4o", "skill": 3}]}, "skill must be a table"),
+        ({"models": [{"name": "gpt-4o", "slope": "steep"}]}, "model 'gpt-4o': slope must be a number, got 'steep'"),
+        ({"domains": [{"name": "code", "weight": "x"}]}, "domain 'code': weight must be a number, got 'x'"),
+        ({"domains": [{"name": "code", "weight": math.inf}]}, "weight must be a number >= 0, got inf"),
+        ({"pool": -5}, "pool must be an integer >= 1, got -5"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"scenarios": 5}, "scenarios must be tables of settings"),
+        # each of these was built, silently wrong
+        ({"pool": 1.5}, "pool must be an integer, got 1.5"),  # a pool of one prompt
+        ({"models": [{"name": "gpt-4o", "skill": {"cdoe": 2.0}}]}, r"skill names no domain \['cdoe'\]"),  # skill 0
+        ({"models": [{"name": "gpt-4o", "skill": {"code": math.nan}}]}, "code must be a finite number, got nan"),
+        ({"models": [{"name": "gpt-4o", "dormant": "false"}]}, "dormant must be true or false, got 'false'"),  # dormant
+        ({"models": [{"name": "gpt-4o", "tokens_per_s": 0}]}, "tokens_per_s must be a number > 0, got 0"),  # inf s
+        ({"models": [{"name": "gpt-4o"}, {"name": "gpt-4o"}]}, r"\[\[models\]\] names \['gpt-4o'\] more than once"),
+        ({"domains": [{"name": "code"}, {"name": "code"}]}, r"\[\[domains\]\] names \['code'\] more than once"),
+        ({"prompts": {"path": str(SAMPLE)}, "difficulty_visible": 2}, r"difficulty_visible must be a number in \[0, 1"),
     ],
 )
 def test_bad_worlds_are_refused_with_a_clear_message(config: dict[str, Any], match: str) -> None:
@@ -268,6 +298,32 @@ def test_bad_worlds_are_refused_with_a_clear_message(config: dict[str, Any], mat
 
     with pytest.raises(ConfigError, match=match):
         build_world(tiny_world(**config))
+
+
+def test_a_world_with_domains_of_its_own_generates_their_prompts() -> None:
+    """A domain outside the built-in phrase banks (code, math, writing, chat) has a generic bank with 2 fillers: a
+    prompt drawing 3 or more was numpy's ValueError (a larger sample than the population), so such a world of
+    any size could not be built."""
+    models = [{"name": "gpt-4o", "skill": {"legal": 1.0}}, {"name": "gpt-4o-mini", "skill": {"default": 0.5}}]
+    env = build_world(tiny_world(domains=[{"name": "legal"}, {"name": "medical"}], models=models, pool=2000))
+    assert {env.domain_names[d] for d in env.domains} == {"legal", "medical"}
+    assert any(p.startswith("I have a legal task:") for p in env.prompts)
+    assert max(p.count("Please be precise.") + p.count("Thanks.") for p in env.prompts) == 2  # both fillers
+
+
+def test_a_dormant_model_that_never_arrives_is_not_the_best_fixed_model(tmp_path: Path) -> None:
+    """Its "fixed" stream is the cheapest model's (the fallback), so where the cheapest model was the best in
+    hindsight the tie went to the dormant model listed before it: `best_fixed` named a model that never answered."""
+    (tmp_path / "world.toml").write_text(
+        'pool = 100\n[[domains]]\nname = "chat"\n'
+        '[[models]]\nname = "claude-haiku-4-5"\ndormant = true\nskill = { default = 3.0 }\n'
+        '[[models]]\nname = "gpt-4o"\nskill = { default = 2.0 }\n'
+        '[[models]]\nname = "gpt-4o-mini"\nskill = { default = 2.0 }\n'
+    )
+    plan = Plan(env=EnvSpec.parse(f"synthetic:{tmp_path / 'world.toml'}"), policies=("random",),
+                cost_weights=(1000.0,), seeds=(0, 1), steps=100)
+    result = simulate(plan, workers=1)
+    assert {r.best_fixed for r in [*result.runs, *result.baselines]} == {"gpt-4o-mini"}  # the cheapest, at λ = 1000
 
 
 def test_packaged_world_loads() -> None:
@@ -290,6 +346,25 @@ def test_drift_changes_only_the_model_after_the_step_and_keeps_zero_one() -> Non
     binary = np.isin(base.quality[half:, k], (0.0, 1.0))
     assert (drifted.quality[half:, k][binary] == 0).all()  # every success of a 0/1 benchmark became a failure
     assert drifted.marks[0].kind == "drift" and drifted.marks[0].step == half
+
+
+def test_two_events_of_one_kind_each_get_their_reaction_time() -> None:
+    """Both drifts wrote their reaction time under the key `drift`: the first one's was lost."""
+    plan = Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), seeds=(0,), window=20,
+                scenarios=("drift:model=gpt-4-1106-preview,at=0.2", "drift:model=mixtral-8x7b-instruct-v0.1,at=0.6"))
+    run = simulate(plan, workers=1).runs[0]
+    assert set(run.reaction) == {"drift", "drift_final_share", "drift 2", "drift 2_final_share"}
+
+
+def test_an_announced_price_change_of_a_routers_only_model_is_a_message(tmp_path: Path) -> None:
+    """It stopped mid-run with "cannot retire the last model", which named nothing the user had asked for."""
+    table = tmp_path / "one.csv"
+    table.write_text("prompt_id,prompt,task,quality_a,cost_a\n" + "".join(f"{i},q{i},t,1,0.01\n" for i in range(6)))
+    env = load_dataset(table)
+    with pytest.raises(InvalidInput, match="announce=false changes the bills only"):
+        build_episode(env, [make_scenario("price-change", env)], 0)
+    episode = build_episode(env, [make_scenario("price-change:announce=false", env)], 0)
+    assert episode.cost_usd[-1, 0] == pytest.approx(0.002)  # the bills change
 
 
 def test_new_model_is_unknown_then_added() -> None:
@@ -353,6 +428,15 @@ def test_noisy_feedback_reaches_the_policy_but_not_the_metrics() -> None:
         ("drift:speed=3", "unknown setting"),
         ("traffic-shift:to=nowhere", "unknown domain"),
         ("delayed-feedback:lost=1.5", "lost"),
+        # numpy's ValueError ("Probabilities are not non-negative") while the episode was built
+        ("traffic-shift:share=1.5", r"traffic-shift: share must be in \[0, 1\], got 1.5"),
+        ("traffic-shift:share=-0.2", r"traffic-shift: share must be in \[0, 1\], got -0.2"),
+        # ran, the price change never announced
+        ("price-change:announce=maybe", "price-change: announce must be true or false, got 'maybe'"),
+        # a negative cost refused by the first `Router.learn` of a run (or by the model's spec), not named
+        ("outage:cost_factor=-1", "outage: cost_factor must be >= 0, got -1"),
+        ("outage:latency_s=-5", "outage: latency_s must be >= 0, got -5"),
+        ("price-change:factor=-1,announce=false", "price-change: factor must be >= 0, got -1"),
     ],
 )
 def test_bad_scenarios_are_refused(text: str, match: str) -> None:
@@ -441,6 +525,36 @@ def test_a_non_integer_for_an_integer_setting_is_refused_not_truncated(spec: str
         make_agent(spec, load_dataset(SAMPLE))
 
 
+@pytest.mark.parametrize(("spec", "match"), [
+    ("classifier:dim=0", r"classifier:dim=0: dim must be in \[32, 8192\]"),
+    ("classifier:ridge=-1", "classifier:ridge=-1: ridge must be > 0"),
+])
+def test_a_classifier_setting_out_of_range_is_a_message(spec: str, match: str) -> None:
+    """Both were a ValueError traceback from the classifier's parameters on the command line."""
+    with pytest.raises(InvalidInput, match=match):
+        make_agent(spec, load_dataset(SAMPLE))
+
+
+@pytest.mark.parametrize("policies", [("oracle", "random"), ("random", "oracle:")])
+def test_the_oracle_is_refused_as_a_policy_since_it_is_always_reported(policies: tuple[str, ...]) -> None:
+    """`--policies oracle,random` ran the oracle twice and pooled both: its two-model APGR averaged RouteLLM's optimal
+    curve with its own λ sweep (1.525 instead of 1.7 on a 5-prompt table), AIQ counted each seed twice, and
+    summary.md showed every oracle row twice."""
+    with pytest.raises(InvalidInput, match="the oracle is always reported"):
+        Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=policies)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"cost_weights": (10.0, 10.0, 20.0)}, "each cost weight may appear once, got 10 more than once"),
+    ({"seeds": (0, 1, 0)}, "each seed may appear once, got 0 more than once"),
+])
+def test_a_plan_refuses_a_cost_weight_or_seed_given_twice(settings: dict[str, Any], message: str) -> None:
+    """`--cost-weights 10,10` ran every seed twice at λ = 10 and pooled the runs as if they were more seeds:
+    n_seeds 4 for 2 seeds, 95% intervals too narrow, and every λ = 10 record and section twice."""
+    with pytest.raises(InvalidInput, match=message):
+        Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), **settings)
+
+
 def test_plan_refuses_unknown_policies() -> None:
     with pytest.raises(InvalidInput, match="unknown policy"):
         Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("telepathy",))
@@ -472,6 +586,13 @@ def test_a_fixed_or_rules_policy_may_name_a_model_that_joins_the_run_later(tmp_p
         make_agent(f"rules:file={rules}", env)
 
 
+@pytest.mark.parametrize(("env", "warmup"), [(f"dataset:{SAMPLE}", "full"), ("synthetic:default", "bandit")])
+def test_a_warmup_without_a_training_part_is_refused(env: str, warmup: str) -> None:
+    """It warmed up on nothing and said it had; `full` also ran without the cold-start floor."""
+    with pytest.raises(InvalidInput, match=f"warmup '{warmup}' needs a training part"):
+        simulate(Plan(env=EnvSpec.parse(env), policies=("random",), steps=20, warmup=warmup), workers=1)
+
+
 @pytest.mark.parametrize("warmup", ["none", "bandit", "full"])
 def test_warmup_uses_only_the_training_part(holey_table: Path, warmup: str) -> None:
     env = load_dataset(holey_table, split="split")
@@ -485,6 +606,21 @@ def test_warmup_uses_only_the_training_part(holey_table: Path, warmup: str) -> N
         assert all(p == 1.0 for _, _, p in spy.updates[:before])
     with pytest.raises(InvalidInput, match="warmup"):
         RouterAgent("spy", lambda _seed: spy, warmup="sometimes")
+
+
+def test_a_bandit_warmup_offers_only_the_models_the_router_has_at_the_start(holey_table: Path) -> None:
+    """With a `new-model` scenario on a model of the table (not a dormant one), the warm-up offered that model to a
+    router that did not have it yet: "unknown or retired models: ['small']"."""
+    env = load_dataset(holey_table, split="split")
+    episode = build_episode(env, [make_scenario("new-model:model=small,at=0.5", env)], 0)
+    spy = SpyPolicy()
+    RouterAgent("spy", lambda _seed: spy, warmup="bandit").run(episode, env, 10.0, 0)
+    others = [k for k, m in enumerate(env.model_names) if m != "small"]
+    n_warm = int(env.available[env.train_rows][:, others].any(axis=1).sum())  # rows with only `small` are skipped
+    assert 0 < n_warm < len(env.train_rows)
+    warm = spy.offered[:n_warm]
+    assert not any("small" in offered for offered in warm)
+    assert any("small" in offered for offered in spy.offered[n_warm:])  # it still arrives
 
 
 @pytest.mark.parametrize("policy", ["linucb", "vw-squarecb", "thompson"])

@@ -128,11 +128,14 @@ def test_every_config_key_is_accepted(tmp_path: Path) -> None:
         "window": "20",
         "workers": "1",
         "targets": '["avg_cost_usd=0.01"]',
+        "plots": "false",  # both were refused as unknown keys, though every option was said to fit in the file
+        "quiet": "true",
     }
     assert set(settings) == CONFIG_KEYS
     config.write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
-    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--quiet", "--no-plots"])
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config)])
     assert result.exit_code == 0, result.output
+    assert result.output == "" and not list((tmp_path / "out").glob("*.png"))  # quiet, no plots
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert data["seeds"] == [3] and data["n_steps"] == 100 and data["warmup"] == "bandit"
     assert (
@@ -194,6 +197,12 @@ def test_a_single_cost_weight_in_a_config_file_is_one_lambda(tmp_path: Path) -> 
     ("tasks = 5", "tasks must be a string or a list, got 5"),
     ("targets = { a = 1 }", "targets must be a string or a list, got {'a': 1}"),
     ("cost_weights = true", "cost_weights must be a number, a list or a string, got True"),
+    ("cost_weights = [true, 5]", "cost_weights must be a number, a list or a string, got [True, 5]"),  # ran at λ = 1
+    # a string option of another type was an AttributeError or TypeError traceback
+    ("split = 5", "split must be a string, got 5"),
+    ('drop_flag = ["routellm_contaminated"]', "drop_flag must be a string, got ['routellm_contaminated']"),
+    ('warmup = ["full"]', "warmup must be a string, got ['full']"),
+    ("train_value = 1", "train_value must be a string, got 1"),
 ])
 def test_a_bad_config_file_is_a_message_naming_the_key(tmp_path: Path, line: str, message: str) -> None:
     config = tmp_path / "sim.toml"
@@ -202,6 +211,30 @@ def test_a_bad_config_file_is_a_message_naming_the_key(tmp_path: Path, line: str
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.replace("│", " ").split())
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_the_command_line_wins_over_plots_and_quiet_in_a_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "sim.toml"
+    config.write_text(f'env = "dataset:{SAMPLE}"\npolicies = "random"\nsteps = 20\nworkers = 1\nplots = false\n'
+                      "quiet = true\n")
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--out", str(tmp_path / "out"), "--plots"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "regret.png").exists() and "runs of 20 steps" not in result.output  # still quiet
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--out", str(tmp_path / "o2"), "--quiet"])
+    assert not (tmp_path / "o2" / "regret.png").exists()
+    config.write_text(f'env = "dataset:{SAMPLE}"\nplots = "no"\n')
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--out", str(tmp_path / "o3")])
+    assert result.exit_code == 2 and "plots must be true or false, got 'no'" in result.output
+
+
+@pytest.mark.parametrize("value", ['["runs"]', "true"])
+def test_an_out_that_is_no_string_is_a_message(tmp_path: Path, value: str) -> None:
+    """`out = ["runs"]` was a TypeError traceback (`expected str, bytes or os.PathLike object, not list`)."""
+    config = tmp_path / "sim.toml"
+    config.write_text(f'env = "dataset:{SAMPLE}"\nout = {value}\n')
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--quiet", "--no-plots"])
+    assert result.exit_code == 2, result.output
+    assert "out must be a string, got" in " ".join(result.output.replace("│", " ").split())
 
 
 if __name__ == "__main__":
@@ -252,3 +285,25 @@ def test_summary_numbers_are_rounded_to_meaningful_digits() -> None:
     assert _pm(0.81234, 0.01234) == "0.8123 ± 0.0123"
     assert _steps(42.0, 13.4019) == "42 ± 13"
     assert _steps(1234.4, None) == "1,234"
+
+
+@pytest.mark.parametrize(("costs", "qualities"), [
+    ((0.0, 0.0), ((1, 0), (0, 1), (1, 1), (1, 0))),  # free models: a ZeroDivisionError traceback after every run
+    ((0.01, 0.001), ((1, 1), (0, 0), (1, 1), (1, 1))),  # equally good: numpy's divide-by-zero warnings
+])
+def test_two_free_or_equally_good_models_give_a_report_without_the_undefined_numbers(
+    tmp_path: Path, costs: tuple[float, float], qualities: tuple[tuple[int, int], ...]
+) -> None:
+    table = tmp_path / "two.csv"
+    rows = [f"{i},prompt number {i},t,{qa},{costs[0]},{qb},{costs[1]}" for i, (qa, qb) in enumerate(qualities)]
+    table.write_text("prompt_id,prompt,task,quality_a,cost_a,quality_b,cost_b\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    args = ["simulate", "--env", f"dataset:{table}", "--policies", "random", "--cost-weights", "0,10", "--seeds", "2"]
+    result = CliRunner().invoke(app, [*args, "--workers", "1", "--quiet", "--out", str(out)])  # warnings are errors
+    assert result.exit_code == 0, result.output
+    assert {"summary.json", "summary.md", "cost_quality.png", "strong_share.png"} <= {p.name for p in out.iterdir()}
+    two = json.loads((out / "summary.json").read_text())["two_model"]["policies"]
+    if costs == (0.0, 0.0):  # no cost to save relative to a free strong model
+        assert two["random"]["cost_saving_at_95"]["mean"] is None
+    else:  # no gap between the models to recover
+        assert two["random"]["apgr"]["mean"] is None and two["oracle"]["apgr_trapz"]["mean"] is None

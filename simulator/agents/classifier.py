@@ -47,7 +47,10 @@ def classifier_agent(
     """A `RouterAgent` whose policy is the classifier fitted on the training part, or cross-fitted."""
     spec = parse_spec(text)
     spec.check({"dim", "ridge", "folds"})
-    params = SupervisedParams(dim=spec.integer("dim", 256), ridge=spec.float("ridge", 1.0))
+    try:
+        params = SupervisedParams(dim=spec.integer("dim", 256), ridge=spec.float("ridge", 1.0))
+    except ValueError as exc:  # `dim=0`: SupervisedParams' own check, a traceback on the command line
+        raise InvalidInput(f"{text}: {exc}") from None
     folds = spec.integer("folds", 5)
     if folds < 2:
         raise InvalidInput(f"{text}: folds must be >= 2")

@@ -128,8 +128,9 @@ class RouterAgent:
             return
         names = env.model_names
         available = env.available
+        known = {m.name for m in router.models}  # not a dormant model, nor one a `new-model` scenario adds later
         for row in rng.permutation(env.train_rows).tolist():
-            allowed = [names[k] for k in np.flatnonzero(available[row]) if names[k] not in env.dormant]
+            allowed = [names[k] for k in np.flatnonzero(available[row]) if names[k] in known]
             if not allowed:
                 continue
             if self.on_row is not None:

@@ -160,6 +160,11 @@ def load_dataset(
         keep &= ~np.array([v.strip().lower() in _TRUE for v in table.columns[column]])
     none_available = ~table.available.any(axis=1)
     dropped = int((keep & none_available).sum())
+    if dropped and not (keep & ~none_available).any():
+        raise InvalidInput(
+            f"{path}: none of its {dropped} prompt(s) has a model with a known quality in [0, 1] and cost >= 0 "
+            "(a quality outside [0, 1], empty or not a number counts as missing; rescale a 1–10 score to [0, 1])"
+        )
     keep &= ~none_available
     table = table.subset(keep)
     for column in context_columns:

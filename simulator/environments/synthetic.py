@@ -218,7 +218,8 @@ def generate_prompt(domain: str, z: float, rng: np.random.Generator) -> str:
     text = " ".join(parts) + "."
     n_filler = int(rng.poisson(0.8 * math.exp(0.5 * z)))
     if n_filler:
-        text += " " + " ".join(str(f) for f in rng.choice(bank["filler"], size=min(n_filler, 4), replace=False))
+        size = min(n_filler, 4, len(bank["filler"]))  # a domain without its own bank has 2 fillers
+        text += " " + " ".join(str(f) for f in rng.choice(bank["filler"], size=size, replace=False))
     return text
 
 
@@ -246,6 +247,54 @@ def _check(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = set(table) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(allowed)}")
+
+
+def _entries(config: Mapping[str, Any], key: str, allowed: set[str], source: str) -> list[Mapping[str, Any]]:
+    """The `[[key]]` tables of a world, each with a unique string `name` and only `allowed` keys."""
+    entries = config.get(key) or []
+    if not isinstance(entries, list) or not all(isinstance(e, Mapping) for e in entries):
+        raise ConfigError(f"{source}: {key} must be a list of tables ([[{key}]])")
+    names = []
+    for entry in entries:
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{source}: every entry of [[{key}]] needs a name (a string), got {name!r}")
+        _check(entry, allowed, f"{source}: {key[:-1]} {name!r}")
+        names.append(name)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{source}: [[{key}]] names {twice} more than once")
+    return entries
+
+
+def _number(
+    table: Mapping[str, Any], key: str, default: float, where: str, *, low: float = -math.inf,
+    high: float = math.inf, above: bool = False, integer: bool = False,
+) -> float:
+    """`table[key]` (or `default`) as a finite number in [low, high] (above `low` with `above`), an integer with
+    `integer`; anything else is a `ConfigError` naming the key."""
+    value = table.get(key, default)
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        raise ConfigError(f"{where}: {key} must be {kind}, got {value!r}")
+    ok = math.isfinite(value) and (value > low if above else value >= low) and value <= high
+    if not ok:
+        bound = (f" > {low:g}" if above else f" >= {low:g}") if math.isfinite(low) else ""
+        bound = f" in [{low:g}, {high:g}]" if math.isfinite(high) else bound
+        raise ConfigError(f"{where}: {key} must be {'a finite number' if not bound else kind}{bound}, got {value!r}")
+    return float(value)
+
+
+def _skills(model: Mapping[str, Any], domains: Sequence[str], where: str) -> list[float]:
+    """A model's skill per domain: `skill.<domain>`, else `skill.default`, else 0."""
+    skill = model.get("skill", {})
+    if not isinstance(skill, Mapping):
+        raise ConfigError(f"{where}: skill must be a table (skill = {{ default = 1.0, code = 0.4 }}), got {skill!r}")
+    unknown = set(skill) - {*domains, "default"}
+    if unknown:
+        raise ConfigError(f"{where}: skill names no domain {sorted(unknown)}; domains: {list(domains)}")
+    fallback = _number(skill, "default", 0.0, f"{where}: skill")
+    return [_number(skill, d, fallback, f"{where}: skill") for d in domains]
 
 
 def world_path(name_or_path: str) -> Path | None:
@@ -287,24 +336,36 @@ def _model_spec(entry: Mapping[str, Any], where: str) -> ModelSpec:
 def build_world(config: Mapping[str, Any], *, source: str = "world", base_dir: Path | None = None) -> Environment:
     """Build the `Environment` a world config describes (see the module docstring)."""
     _check(config, WORLD_KEYS, source)
-    domains_cfg = config.get("domains") or []
-    models_cfg = config.get("models") or []
+    domains_cfg = _entries(config, "domains", DOMAIN_KEYS, source)
+    models_cfg = _entries(config, "models", MODEL_KEYS, source)
     if not domains_cfg or not models_cfg:
         raise ConfigError(f"{source}: a world needs [[domains]] and [[models]]")
-    for d in domains_cfg:
-        _check(d, DOMAIN_KEYS, f"{source}: domain {d.get('name')!r}")
-    for m in models_cfg:
-        _check(m, MODEL_KEYS, f"{source}: model {m.get('name')!r}")
     names = [str(d["name"]) for d in domains_cfg]
-    weights = np.array([float(d.get("weight", 1.0)) for d in domains_cfg])
-    if (weights < 0).any() or weights.sum() <= 0:
+    weights = np.array([_number(d, "weight", 1.0, f"{source}: domain {d['name']!r}", low=0) for d in domains_cfg])
+    if weights.sum() <= 0:
         raise ConfigError(f"{source}: domain weights must be >= 0 and not all 0")
     weights = weights / weights.sum()
     mode = str(config.get("quality", "bernoulli"))
     if mode not in ("bernoulli", "expected"):
         raise ConfigError(f"{source}: quality must be 'bernoulli' or 'expected'")
-    seed = int(config.get("seed", 0))
-    pool = int(config.get("pool", 20_000))
+    seed = int(_number(config, "seed", 0, source, low=0, integer=True))
+    pool = int(_number(config, "pool", 20_000, source, low=1, integer=True))
+    if "steps" in config:
+        _number(config, "steps", 1, source, low=1, integer=True)
+    scenario_defaults = config.get("scenarios", {})
+    tables = isinstance(scenario_defaults, Mapping) and all(isinstance(v, Mapping) for v in scenario_defaults.values())
+    if not tables:
+        raise ConfigError(f"{source}: scenarios must be tables of settings ([scenarios.drift] …)")
+    for m in models_cfg:
+        where = f"{source}: model {m['name']!r}"
+        for key, low, above in (("verbosity", 0.0, True), ("ttft_s", 0.0, False), ("tokens_per_s", 0.0, True)):
+            _number(m, key, 1.0, where, low=low, above=above)
+        _number(m, "slope", 1.0, where)
+        if not isinstance(m.get("dormant", False), bool):
+            raise ConfigError(f"{where}: dormant must be true or false, got {m['dormant']!r}")
+    for d in domains_cfg:
+        _number(d, "output_tokens", 250, f"{source}: domain {d['name']!r}", low=0, above=True)
+        _number(d, "output_sigma", 0.5, f"{source}: domain {d['name']!r}", low=0)
     rng = np.random.default_rng([seed, 1])
     extractor = FeatureExtractor()
     prompts_cfg = config.get("prompts", "generated")
@@ -327,7 +388,7 @@ def build_world(config: Mapping[str, Any], *, source: str = "world", base_dir: P
         rows = [records[i] for i in order if (records[i].get(column) or "").strip()]
         prompts = [r[column] for r in rows]
         domains = np.array([assign_domain(p, names, extractor) for p in prompts], dtype=np.int64)
-        visible = float(config.get("difficulty_visible", 0.7))
+        visible = _number(config, "difficulty_visible", 0.7, source, low=0, high=1)
         length = np.log1p([len(p) for p in prompts])
         z_text = (length - length.mean()) / (length.std() or 1.0)
         z = visible * z_text + math.sqrt(max(0.0, 1 - visible**2)) * rng.standard_normal(len(prompts))
@@ -336,9 +397,7 @@ def build_world(config: Mapping[str, Any], *, source: str = "world", base_dir: P
             base_tokens = np.array([float(r.get(tokens_col) or "nan") for r in rows])
     n = len(prompts)
     specs = [_model_spec(m, source) for m in models_cfg]
-    skills = np.array(
-        [[float(m.get("skill", {}).get(d, m.get("skill", {}).get("default", 0.0))) for d in names] for m in models_cfg]
-    )
+    skills = np.array([_skills(m, names, f"{source}: model {m['name']!r}") for m in models_cfg])
     slope = np.array([float(m.get("slope", 1.0)) for m in models_cfg])
     p = _sigmoid(skills[:, domains].T - z[:, None] * slope[None, :])
     out_median = np.array([float(d.get("output_tokens", 250)) for d in domains_cfg])[domains]
@@ -374,7 +433,7 @@ def build_world(config: Mapping[str, Any], *, source: str = "world", base_dir: P
         stochastic=mode == "bernoulli",
         weights=weights,
         default_steps=int(config.get("steps", n)),
-        scenario_defaults=config.get("scenarios", {}),
+        scenario_defaults=scenario_defaults,
         dormant=[str(m["name"]) for m in models_cfg if m.get("dormant", False)],
         info={
             "source": source,
