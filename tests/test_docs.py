@@ -226,3 +226,30 @@ def test_the_learning_page_keeps_its_name() -> None:
     """Other work links to docs/learning.md (the policies and their results)."""
     text = (DOCS / "learning.md").read_text(encoding="utf-8")
     assert "## Policies" in text and "## How a decision is made" in text
+
+
+REPLY_PAGES = ["README.md", "docs/service/index.md"]
+
+
+@pytest.mark.parametrize("name", REPLY_PAGES)
+def test_the_replies_the_first_round_trip_shows_are_what_a_new_service_answers(name: str) -> None:
+    """The first round trip's replies as a page shows them (`"model": …, "probability": …`, then `"reward": …`)
+    are what a service on a new database answers to the request the page sends: the shown model's probability
+    for that prompt and context under the shipped catalog's priors, and the reward of the shown feedback on that
+    model at the default λ. They showed gpt-4o-mini at 0.87, where a new service spreads 0.03–0.33."""
+    import json
+
+    from bandit_router import Outcome, Request, Router
+
+    text = (ROOT / name).read_text(encoding="utf-8")
+    request = json.loads(re.search(r"""/v1/route [^\n]*\\\n\s*-d '(\{"prompt".*?\})'""", text).group(1))
+    feedback = json.loads(re.sub(r'"decision_id": "[^"]*"', '"decision_id": "x"', re.search(
+        r"""/v1/feedback [^\n]*\\\n\s*-d ["'](\{.*?\})["']\n""", text).group(1).replace('\\"', '"')))
+    shown = re.search(r'"model": "([^"]+)", "probability": ([0-9.]+)', text)
+    reward = float(re.search(r'"status": "applied", "reward": ([0-9.]+)', text).group(1))
+    assert shown is not None
+    model, probability = shown.group(1), float(shown.group(2))
+    decision = next(d for seed in range(200) if (d := Router(seed=seed).route(Request(**request))).model == model)
+    assert round(decision.probability, 2) == probability and probability == round(max(decision.pmf), 2)
+    tokens = {k: feedback[k] for k in ("input_tokens", "output_tokens")}
+    assert round(Router(seed=0).learn(decision, Outcome(quality=feedback["quality"], **tokens)), 3) == reward
