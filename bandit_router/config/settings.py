@@ -27,7 +27,7 @@ from typing import Any, get_type_hints
 
 from ..budgets import BudgetConfig
 from ..catalog import Catalog, default_catalog, load_catalog
-from ..errors import CatalogError, ConfigError, InvalidInput
+from ..errors import CatalogError, ConfigError, InvalidInput, UnknownModel
 from ..policies import Policy, check_models, in_folder, make_policy, parse_spec
 from ..reward import RewardConfig
 from .routers import RoutersSettings, check_routers
@@ -168,6 +168,9 @@ class Settings:
         for key, policy in policies:  # `fixed:<model>` names a catalog model (a router refuses to be built else)
             try:
                 check_models(policy, list(catalog))
+            except UnknownModel as exc:  # the stored model events are not read yet: the catalog is what counts
+                raise ConfigError(f"{key}: {exc} (a model added at run time, POST /v1/models, must also be in the "
+                                  "catalog file for a fixed policy to name it)") from exc
             except InvalidInput as exc:
                 raise ConfigError(f"{key}: {exc}") from exc
         if len(catalog) > self.limits.max_models:

@@ -45,8 +45,7 @@ class FixedPolicy(BasePolicy):
         if not found:
             raise UnknownModel(
                 f"policy {self.name!r} names the model {model!r}, which is not in the catalog; its models: "
-                f"{', '.join(m.name for m in models)} (a model added at run time, POST /v1/models, must also be in "
-                "the catalog file for a fixed policy to name it)"
+                f"{', '.join(m.name for m in models)}"
             )
         if not found[0].route:
             raise InvalidInput(
