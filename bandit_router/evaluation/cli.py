@@ -173,7 +173,8 @@ def evaluate(
     except (ConfigError, StoreError, BanditRouterError) as exc:
         raise _fail("evaluate", str(exc)) from None
     typer.echo(
-        f"{evaluation.n_evaluated} decisions with feedback evaluated ({evaluation.n_logged} logged), "
+        f"{evaluation.n_evaluated} decision{'' if evaluation.n_evaluated == 1 else 's'} with feedback evaluated "
+        f"({evaluation.n_logged} logged), "
         f"models: {', '.join(evaluation.models)}"
     )
     typer.echo(format_table(evaluation))
