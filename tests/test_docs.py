@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.docs_pages import page
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
@@ -76,10 +78,17 @@ def test_every_toml_example_is_a_settings_file_serve_accepts(
 
 
 SH_FENCE = re.compile(r"^```(?:sh|bash)\n(.*?)^```", re.S | re.M)
+
+
+def _rendered(name: str) -> str:
+    """A page as the site shows it: docs/cli.md with the commands' own help and examples filled in."""
+    return page(ROOT, name.removeprefix("docs/")) if name.startswith("docs/") else (ROOT / name).read_text("utf-8")
+
+
 SIMULATE_COMMANDS = [
     (name, line.strip())
     for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
-    for block in SH_FENCE.findall((ROOT / name).read_text(encoding="utf-8"))
+    for block in SH_FENCE.findall(_rendered(name))
     for line in block.replace("\\\n", " ").splitlines()
     if line.strip().startswith("bandit-router simulate ")
 ]
@@ -111,6 +120,65 @@ def test_every_documented_simulate_command_runs_as_written(
     result = CliRunner().invoke(app, [*args, *shortened])
     assert result.exit_code == 0, f"{page}: `{command}`\n{result.output}"
     assert (tmp_path / "out" / "summary.json").is_file()
+
+
+ANY_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)  # every block, so that a closing fence opens none
+DATABASE_COMMANDS = [
+    (name, line.strip())
+    for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
+    for language, block in ANY_FENCE.findall(_rendered(name)) if language in ("", "sh", "bash", "text")
+    for line in block.replace("\\\n", " ").splitlines()
+    if line.strip().startswith(("bandit-router evaluate ", "bandit-router export ")) and "…" not in line
+]
+
+
+@pytest.fixture(scope="module")
+def served_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database the service wrote: 40 route → feedback rounds under the shipped catalog and the `default` policy,
+    with a `linucb` shadow."""
+    import warnings
+
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+        from fastapi.testclient import TestClient
+
+    db = tmp_path_factory.mktemp("served") / "bandit-router.db"
+    with TestClient(create_app(Settings(db=db, seed=0, shadow_policies=("linucb",)))) as client:
+        while client.get("/readyz").status_code != 200:
+            pass
+        for i in range(40):
+            decision = client.post("/v1/route", json={"prompt": f"Fix this SQL query #{i}"}).json()
+            sent = client.post("/v1/feedback", json={"decision_id": decision["decision_id"],
+                                                     "quality": 0.5 + i % 5 / 10, "output_tokens": 100})
+            assert sent.status_code == 200, sent.text
+    return db
+
+
+@pytest.mark.parametrize(("page_name", "command"), DATABASE_COMMANDS,
+                         ids=[f"{p}#{i}" for i, (p, _) in enumerate(DATABASE_COMMANDS)])
+def test_every_documented_evaluate_and_export_command_runs_as_written(
+    page_name: str, command: str, served_database: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each `bandit-router evaluate` and `export` command of the docs (docs/evaluation.md, the commands' own examples
+    on docs/cli.md) runs as written on a database the service wrote, its `--db` pointing there and its outputs
+    written into a temporary folder."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app
+
+    assert len(DATABASE_COMMANDS) >= 4
+    args = shlex.split(command, comments=True)[1:]
+    args[args.index("--db") + 1] = str(served_database)
+    monkeypatch.chdir(tmp_path)  # eval/, log.dsjson
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, f"{page_name}: `{command}`\n{result.output}"
+    for option in ("--out", "-o"):
+        if option in args:
+            written = tmp_path / args[args.index(option) + 1]
+            assert written.is_file() or any(written.iterdir()), command
 
 
 def test_the_docs_build_strictly(tmp_path: Path) -> None:
