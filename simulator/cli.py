@@ -161,7 +161,7 @@ def simulate(
         str | None,
         typer.Option(
             help="How the router prices a dataset's models: 'fit' (cost ≈ a·tokens + b, per prompt) or 'flat' "
-            "(each model's mean cost per request, so λ trades quality against calls).",
+            "(each model's mean cost per request, so λ trades quality against calls). (default: fit)",
         ),
     ] = None,
     warmup: Annotated[

@@ -213,6 +213,12 @@ def test_the_command_line_page_documents_every_command_and_option() -> None:
             if param.param_type_name == "argument":
                 assert f"`{param.name.upper()}…` (arguments)" in section, (name, param.name)
     assert "| `--db` | required |" in page.split("## `bandit-router evaluate`", 1)[1]
+    simulate = page.split("## `bandit-router simulate`\n", 1)[1].split("\n## ", 1)[0]
+    for row in ("| `--seeds` | `1` | Number of seeds (runs per policy and λ). |",  # `simulate`'s defaults are
+                "| `--env` | required (here or in --config) |",                  # None (for --config's layers):
+                "| `--workers` | one per core | Worker processes. |",             # the column shows those its
+                "| `--prices` | `fit` |"):                                        # help states (it was empty)
+        assert row in simulate, row
 
 
 def test_every_page_is_in_the_navigation() -> None:
