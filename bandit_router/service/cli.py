@@ -132,7 +132,8 @@ def check(
     db_path = location
     report = check_database(db_path)
     if report.error and not report.counts and not as_json:  # nothing opened (a typo'd path): no verdict on it
-        typer.echo(f"bandit-router check: {report.error}", err=True)
+        where = "" if db is not None else " (the configured `db`: give the file with --db FILE, or --config FILE)"
+        typer.echo(f"bandit-router check: {report.error}{where}", err=True)
         raise typer.Exit(2)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
@@ -153,7 +154,8 @@ def check(
         bad = [c for c in report.checkpoints if not c.get("good")]
         if bad:
             typer.echo(f"checkpoints failing their checksum: {[c['id'] for c in bad]}")
-        typer.echo("verdict: " + ("intact" if report.ok else "NOT intact: restore a backup (README, Durability)"))
+        restore = "NOT intact: restore a backup (the docs: service → durability, 'Backups while it runs')"
+        typer.echo("verdict: " + ("intact" if report.ok else restore))
     if report.error and not report.counts:
         raise typer.Exit(2)
     raise typer.Exit(0 if report.ok else 1)
