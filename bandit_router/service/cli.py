@@ -26,6 +26,25 @@ With no settings at all: 127.0.0.1:8000, database ./bandit-router.db, the shippe
 """
 
 
+def check_port_free(host: str, port: int) -> None:
+    """`ConfigError` when `host:port` cannot be listened on now (another server holds it). uvicorn finds that out
+    only after the application has started and recovered its state, and then exits with status 3 and its own
+    words; this binds a socket with uvicorn's options (`SO_REUSEADDR`) and closes it at once."""
+    import socket
+
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"host: cannot resolve {host!r}: {exc.strerror}") from None
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"port: cannot listen on {host}:{port}: {exc.strerror} (another server, a bandit-router "
+                              "serve already running? stop it, or choose another --port)") from None
+
+
 def _help(name: str) -> str:
     """An option's help: the setting's own help text and default (`bandit_router.config.sections`)."""
     return f"{KEYS[name].help} (setting `{name}`, default {getattr(Settings(), name)})."
@@ -59,6 +78,7 @@ def serve(
             store.prepare()  # the schema, once, before workers
         finally:
             store.close()
+        check_port_free(settings.server.host, settings.server.port)  # before the state is recovered, not after
     except (ConfigError, StoreError) as exc:
         typer.echo(f"bandit-router serve: {exc}", err=True)
         raise typer.Exit(2) from None
