@@ -26,6 +26,12 @@ With no settings at all: 127.0.0.1:8000, database ./bandit-router.db, the shippe
 """
 
 
+WORKER_HEALTHCHECK_S = 30
+"""Seconds a worker of `--workers N` may leave uvicorn's health check unanswered before it is killed as hung and
+another started. uvicorn's 5 s counts from the worker's spawn, and a new worker answers only once it has imported
+this package (4 s alone on 2 shared cores at load 10): its workers were killed as they started, again and again."""
+
+
 def check_port_free(host: str, port: int) -> None:
     """`ConfigError` when `host:port` cannot be listened on now (another server holds it). uvicorn finds that out
     only after the application has started and recovered its state, and then exits with status 3 and its own
@@ -122,7 +128,8 @@ def serve(
     os.environ[SERVE_ARGS] = json.dumps({"config": None if config is None else str(config), "overrides": hand_off,
                                          "log_level": server.log_level})
     sys.stdout.flush()
-    uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers, **common)
+    uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **common)
 
 
 CHECK_HELP = """Check a database file: SQLite's integrity check, and every stored checkpoint against its checksum.
