@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import typer
@@ -95,16 +96,26 @@ def _option_row(param: Any) -> str:
     else:
         names = ", ".join(f"`{opt}`" for opt in (*param.opts, *param.secondary_opts))
     default = param.default
+    help_text = " ".join((param.help or "").split())
+    stated = _STATED_DEFAULT.search(help_text)  # `simulate`'s options: None here, so that --config can layer
     if param.required:
         shown = "required"
+    elif stated is not None:
+        kind, value = stated.groups()
+        shown = f"required ({value})" if kind == "required" else f"`{value}`" if " " not in value else value
+        help_text = help_text[: stated.start()] + ("." if not help_text[: stated.start()].endswith(".") else "")
     elif default is None or default == () or (getattr(param, "is_flag", False) and default is False):
         shown = ""
     elif getattr(param, "is_flag", False):
         shown = f"`{param.opts[0]}`"
     else:
         shown = f"`{default}`"
-    meaning = _escape(" ".join((param.help or "").split()).replace("|", "\\|"))
-    return f"| {names} | {shown} | {meaning} |"
+    meaning = _escape(help_text.replace("|", "\\|"))
+    return f"| {names} | {_escape(shown)} | {meaning} |"
+
+
+_STATED_DEFAULT = re.compile(r"\s*\((default|required): ([^()]+)\)\.?$")
+"""A default (or a requirement) an option's help states in its last words, `(default: 20)`."""
 
 
 def main() -> None:

@@ -169,7 +169,7 @@ def simulate(
         str | None,
         typer.Option(
             help="How the router prices a dataset's models: 'fit' (cost ≈ a·tokens + b, per prompt) or 'flat' "
-            "(each model's mean cost per request, so λ trades quality against calls).",
+            "(each model's mean cost per request, so λ trades quality against calls). (default: fit)",
         ),
     ] = None,
     warmup: Annotated[
@@ -252,8 +252,11 @@ def simulate(
         "quiet": quiet,
     }
     settings = layered(DEFAULTS, from_file, given)  # the same layering as the service's settings (flags win)
-    if "env" not in settings or "out" not in settings:
-        raise typer.BadParameter("--env and --out are required (on the command line or in --config)")
+    missing = [f"--{key}" for key in ("env", "out") if key not in settings]
+    if missing:
+        raise typer.BadParameter(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required (on the "
+                                 "command line or in --config): --env dataset:PATH or synthetic:default, --out a "
+                                 "folder for the results")
     for key in _INTEGER_KEYS:  # a config file's values arrive as written: "x" is a message, not a traceback
         if settings.get(key) is not None:
             settings[key] = _integer(key, settings[key])

@@ -442,7 +442,8 @@ def test_escalation_cli_skips_a_stored_chain_that_does_not_decode_and_refuses_a_
     runner = CliRunner()
     evaluated = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--escalations", "-C", "escalate"])
     assert evaluated.exit_code == 0, evaluated.output
-    assert "1 learned chains evaluated" in evaluated.output and "3 stored chains do not decode" in evaluated.output
+    assert "1 learned chain evaluated" in evaluated.output and "3 stored chains do not decode" in evaluated.output
+    assert "| escalate | 1.4600 [–, –] | 0.8760 [–, –] |" in evaluated.output  # one chain: no interval ([-inf, inf])
     out = tmp_path / "steps.dsjson"
     exported = runner.invoke(cli_app, ["export", "--db", str(db), "--escalations", "--out", str(out)])
     assert exported.exit_code == 0, exported.output

@@ -486,6 +486,28 @@ def _toml(value: object) -> str:
 
 
 
+def test_serve_on_a_port_in_use_says_so_before_it_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second `make run` beside the first: the service started, recovered its state, and then uvicorn said
+    "[Errno 98] error while attempting to bind … address already in use" and exited with status 3, which the
+    command-line page does not list. `serve` tries the address first: one line that says what to do, status 2."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    monkeypatch.chdir(tmp_path)  # no ./bandit-router.toml
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", "--db", str(tmp_path / "r.db"), "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"bandit-router serve: port: cannot listen on 127.0.0.1:{port}: Address already in use (another server, a "
+        "bandit-router serve already running? stop it, or choose another --port)")
+
+
 @pytest.mark.parametrize(
     ("rule", "message"),
     [

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.docs_pages import page
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
@@ -76,10 +78,17 @@ def test_every_toml_example_is_a_settings_file_serve_accepts(
 
 
 SH_FENCE = re.compile(r"^```(?:sh|bash)\n(.*?)^```", re.S | re.M)
+
+
+def _rendered(name: str) -> str:
+    """A page as the site shows it: docs/cli.md with the commands' own help and examples filled in."""
+    return page(ROOT, name.removeprefix("docs/")) if name.startswith("docs/") else (ROOT / name).read_text("utf-8")
+
+
 SIMULATE_COMMANDS = [
     (name, line.strip())
     for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
-    for block in SH_FENCE.findall((ROOT / name).read_text(encoding="utf-8"))
+    for block in SH_FENCE.findall(_rendered(name))
     for line in block.replace("\\\n", " ").splitlines()
     if line.strip().startswith("bandit-router simulate ")
 ]
@@ -111,6 +120,65 @@ def test_every_documented_simulate_command_runs_as_written(
     result = CliRunner().invoke(app, [*args, *shortened])
     assert result.exit_code == 0, f"{page}: `{command}`\n{result.output}"
     assert (tmp_path / "out" / "summary.json").is_file()
+
+
+ANY_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)  # every block, so that a closing fence opens none
+DATABASE_COMMANDS = [
+    (name, line.strip())
+    for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
+    for language, block in ANY_FENCE.findall(_rendered(name)) if language in ("", "sh", "bash", "text")
+    for line in block.replace("\\\n", " ").splitlines()
+    if line.strip().startswith(("bandit-router evaluate ", "bandit-router export ")) and "…" not in line
+]
+
+
+@pytest.fixture(scope="module")
+def served_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database the service wrote: 40 route → feedback rounds under the shipped catalog and the `default` policy,
+    with a `linucb` shadow."""
+    import warnings
+
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+        from fastapi.testclient import TestClient
+
+    db = tmp_path_factory.mktemp("served") / "bandit-router.db"
+    with TestClient(create_app(Settings(db=db, seed=0, shadow_policies=("linucb",)))) as client:
+        while client.get("/readyz").status_code != 200:
+            pass
+        for i in range(40):
+            decision = client.post("/v1/route", json={"prompt": f"Fix this SQL query #{i}"}).json()
+            sent = client.post("/v1/feedback", json={"decision_id": decision["decision_id"],
+                                                     "quality": 0.5 + i % 5 / 10, "output_tokens": 100})
+            assert sent.status_code == 200, sent.text
+    return db
+
+
+@pytest.mark.parametrize(("page_name", "command"), DATABASE_COMMANDS,
+                         ids=[f"{p}#{i}" for i, (p, _) in enumerate(DATABASE_COMMANDS)])
+def test_every_documented_evaluate_and_export_command_runs_as_written(
+    page_name: str, command: str, served_database: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each `bandit-router evaluate` and `export` command of the docs (docs/evaluation.md, the commands' own examples
+    on docs/cli.md) runs as written on a database the service wrote, its `--db` pointing there and its outputs
+    written into a temporary folder."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app
+
+    assert len(DATABASE_COMMANDS) >= 4
+    args = shlex.split(command, comments=True)[1:]
+    args[args.index("--db") + 1] = str(served_database)
+    monkeypatch.chdir(tmp_path)  # eval/, log.dsjson
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, f"{page_name}: `{command}`\n{result.output}"
+    for option in ("--out", "-o"):
+        if option in args:
+            written = tmp_path / args[args.index(option) + 1]
+            assert written.is_file() or any(written.iterdir()), command
 
 
 def test_the_docs_build_strictly(tmp_path: Path) -> None:
@@ -145,6 +213,12 @@ def test_the_command_line_page_documents_every_command_and_option() -> None:
             if param.param_type_name == "argument":
                 assert f"`{param.name.upper()}…` (arguments)" in section, (name, param.name)
     assert "| `--db` | required |" in page.split("## `bandit-router evaluate`", 1)[1]
+    simulate = page.split("## `bandit-router simulate`\n", 1)[1].split("\n## ", 1)[0]
+    for row in ("| `--seeds` | `1` | Number of seeds (runs per policy and λ). |",  # `simulate`'s defaults are
+                "| `--env` | required (here or in --config) |",                  # None (for --config's layers):
+                "| `--workers` | one per core | Worker processes. |",             # the column shows those its
+                "| `--prices` | `fit` |"):                                        # help states (it was empty)
+        assert row in simulate, row
 
 
 def test_every_page_is_in_the_navigation() -> None:
@@ -226,3 +300,30 @@ def test_the_learning_page_keeps_its_name() -> None:
     """Other work links to docs/learning.md (the policies and their results)."""
     text = (DOCS / "learning.md").read_text(encoding="utf-8")
     assert "## Policies" in text and "## How a decision is made" in text
+
+
+REPLY_PAGES = ["README.md", "docs/service/index.md"]
+
+
+@pytest.mark.parametrize("name", REPLY_PAGES)
+def test_the_replies_the_first_round_trip_shows_are_what_a_new_service_answers(name: str) -> None:
+    """The first round trip's replies as a page shows them (`"model": …, "probability": …`, then `"reward": …`)
+    are what a service on a new database answers to the request the page sends: the shown model's probability
+    for that prompt and context under the shipped catalog's priors, and the reward of the shown feedback on that
+    model at the default λ. They showed gpt-4o-mini at 0.87, where a new service spreads 0.03–0.33."""
+    import json
+
+    from bandit_router import Outcome, Request, Router
+
+    text = (ROOT / name).read_text(encoding="utf-8")
+    request = json.loads(re.search(r"""/v1/route [^\n]*\\\n\s*-d '(\{"prompt".*?\})'""", text).group(1))
+    feedback = json.loads(re.sub(r'"decision_id": "[^"]*"', '"decision_id": "x"', re.search(
+        r"""/v1/feedback [^\n]*\\\n\s*-d ["'](\{.*?\})["']\n""", text).group(1).replace('\\"', '"')))
+    shown = re.search(r'"model": "([^"]+)", "probability": ([0-9.]+)', text)
+    reward = float(re.search(r'"status": "applied", "reward": ([0-9.]+)', text).group(1))
+    assert shown is not None
+    model, probability = shown.group(1), float(shown.group(2))
+    decision = next(d for seed in range(200) if (d := Router(seed=seed).route(Request(**request))).model == model)
+    assert round(decision.probability, 2) == probability and probability == round(max(decision.pmf), 2)
+    tokens = {k: feedback[k] for k in ("input_tokens", "output_tokens")}
+    assert round(Router(seed=0).learn(decision, Outcome(quality=feedback["quality"], **tokens)), 3) == reward

@@ -116,6 +116,18 @@ def test_evaluate_writes_the_schema_and_recovers_true_values(logged_db: tuple[Pa
     assert "Best candidate with a trusted interval (dr): " in result.output
 
 
+def test_a_log_of_one_feedback_is_counted_in_the_singular(tmp_path: Path) -> None:
+    """The newcomer's first `evaluate`, after one round trip, said "1 decisions with feedback evaluated" and "only 1
+    rounds to evaluate on"."""
+    db = tmp_path / "service.db"
+    with TestClient(create_app(Settings(db=db, seed=3))) as client:
+        _rounds(_ready(client).post, 1, seed=11)
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "-C", "random"])
+    assert result.exit_code == 0, result.output
+    assert "1 decision with feedback evaluated (1 logged)" in result.output
+    assert "only 1 round to evaluate on" in result.output
+
+
 def test_evaluate_and_export_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(cli_app, ["evaluate", "--db", str(tmp_path / "none.db"), "-C", "random"])
@@ -208,7 +220,7 @@ def test_evaluate_names_an_out_folder_it_cannot_create(logged_db: tuple[Path, An
         result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "-C", "random", "--out", str(out)])
         assert result.exit_code == 2, result.output
         assert f"--out {out}: cannot create the folder" in result.output
-        assert "decisions with feedback evaluated" not in result.output  # refused before the replays
+        assert "with feedback evaluated" not in result.output  # refused before the replays
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -166,7 +166,7 @@ def test_repeated_failures_are_rate_limited(caplog: pytest.LogCaptureFixture) ->
 
 # -- bandit-router check --------------------------------------------------------------------------------------------
 def test_check_reports_integrity_and_the_last_good_checkpoint(make_client: Callable[..., TestClient],
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client = make_client(checkpoint_interval=5)
     for i in range(12):
         decision = _route(client, f"check {i}").json()
@@ -184,13 +184,18 @@ def test_check_reports_integrity_and_the_last_good_checkpoint(make_client: Calla
     _corrupt(db)
     result = runner.invoke(cli_app, ["check", "--db", str(db)])
     assert result.exit_code == 1, result.output
-    assert "NOT intact" in result.output
+    assert "NOT intact: restore a backup (the docs: service → durability" in result.output  # was "README, Durability"
     missing = runner.invoke(cli_app, ["check", "--db", str(tmp_path / "nope.db")])
     assert missing.exit_code == 2
     assert missing.output.strip() == f"bandit-router check: {tmp_path / 'nope.db'}: no such file"  # no verdict
     folder = runner.invoke(cli_app, ["check", "--db", str(tmp_path)])  # was "no such file" for a folder
     assert folder.exit_code == 2
     assert folder.output.strip() == f"bandit-router check: {tmp_path}: not a file"
+    monkeypatch.chdir(tmp_path)  # no ./bandit-router.db, no --db: the message says where the path came from
+    configured = runner.invoke(cli_app, ["check"], env={k: None for k in os.environ if k.startswith("BANDIT_ROUTER_")})
+    assert configured.exit_code == 2
+    assert configured.output.strip() == ("bandit-router check: bandit-router.db: no such file (the configured `db`: "
+                                         "give the file with --db FILE, or --config FILE)")
 
 
 @pytest.mark.parametrize("name", ["router#1.db", "router?x.db", "router%41.db", "ñ router.db"])

@@ -332,6 +332,25 @@ def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers:
     assert warned and all(re.match(stamp + r"WARNING bandit_router\.gateway: ", line) for line in warned), warned
 
 
+def test_workers_that_start_slowly_are_not_killed_as_hung(servers: Callable[..., Server], tmp_path: Path) -> None:
+    """On a busy machine (2 shared cores at load 10) importing bandit_router alone took 4 s, and uvicorn kills a worker
+    that leaves its health check unanswered for 5 s, counted from its spawn: `--workers 2` logged "Child process
+    [...] died" and started workers again and again. Here each worker takes 7 s to start (a sitecustomize that
+    sleeps in spawned processes only); both become ready and none is killed."""
+    slow = tmp_path / "slow-start"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import sys\nimport time\n\nif '--multiprocessing-fork' in sys.argv:  # a worker uvicorn spawned\n"
+        "    time.sleep(7)\n", encoding="utf-8")
+    path = os.pathsep.join(p for p in (str(slow), os.environ.get("PYTHONPATH", "")) if p)
+    server = servers(workers=2, env={"PYTHONPATH": path, "BANDIT_ROUTER_LOG_LEVEL": "info"})
+    server.wait_ready(timeout=60)
+    assert len(server.worker_pids(2, timeout=60)) == 2, server.log_tail()
+    server.terminate()
+    log = (tmp_path / f"server-{server.port}.log").read_text()
+    assert "died" not in log, log
+
+
 def test_docs_examples_work_as_written(servers: Callable[..., Server], tmp_path: Path) -> None:
     text = service_section(ROOT)
     blocks = dict(re.findall(r"<!-- tested: ([\w-]+).*?-->\s*```sh\n(.*?)```", text, re.S))

@@ -257,6 +257,20 @@ def test_simulate_help_shows_defaults_and_required_options() -> None:
         assert shown in text, shown
 
 
+@pytest.mark.parametrize(("given", "missing"), [
+    (["--env", "synthetic:default"], "--out is required"),
+    (["--out", "runs/x"], "--env is required"),
+    ([], "--env and --out are required"),
+])
+def test_simulate_names_the_required_option_that_is_missing(given: list[str], missing: str) -> None:
+    """`simulate --env synthetic:default` said "--env and --out are required", though --env was given: the message
+    names what is missing, and what to give."""
+    result = CliRunner().invoke(app, ["simulate", *given], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())
+    assert missing in text and "--out a folder for the results" in text, text
+
+
 def test_terminal_report_gives_regret_per_request_and_break_even(tmp_path: Path) -> None:
     args = [a for a in ARGS if a != "--quiet"]
     i = args.index("--policies")

@@ -248,7 +248,8 @@ def screenshot(out: Path, folder: Path, *, width: int = 1400, height: int = 2000
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/service/img/dashboard.png")
+    parser.add_argument("--out", default="docs/service/img/dashboard.png",
+                        help="the screenshot (default: %(default)s, the docs' image: give another path to try it)")
     parser.add_argument("--folder", default="tmp/artifacts/dashboard-demo", help="database and server log")
     args = parser.parse_args(argv)
     screenshot(Path(args.out), Path(args.folder))

@@ -179,7 +179,8 @@ def evaluate(
     except (ConfigError, StoreError, BanditRouterError) as exc:
         raise _fail("evaluate", str(exc)) from None
     typer.echo(
-        f"{evaluation.n_evaluated} decisions with feedback evaluated ({evaluation.n_logged} logged), "
+        f"{evaluation.n_evaluated} decision{'' if evaluation.n_evaluated == 1 else 's'} with feedback evaluated "
+        f"({evaluation.n_logged} logged), "
         f"models: {', '.join(evaluation.models)}"
     )
     typer.echo(format_table(evaluation))
@@ -271,7 +272,8 @@ def _evaluate_escalations(db: str, rules: list[str], confidence: float, out: Pat
         results = evaluate_escalations(chains, rules or list(DEFAULT_RULES), confidence=confidence)
     except (StoreError, BanditRouterError) as exc:
         raise _fail("evaluate", str(exc)) from None
-    typer.echo(f"{len(chains)} learned chains evaluated (reward per request: final quality − λ·chain cost)")
+    typer.echo(f"{len(chains)} learned chain{'' if len(chains) == 1 else 's'} evaluated (reward per request: final "
+               "quality − λ·chain cost)")
     typer.echo(format_rule_estimates(results))
     if out is not None:
         try:
@@ -285,8 +287,9 @@ def _evaluate_escalations(db: str, rules: list[str], confidence: float, out: Pat
 def _warn_skipped(skipped: list[ChainFeedback]) -> None:
     if skipped:
         seqs = ", ".join(str(item.record.seq) for item in skipped[:5]) + (", …" if len(skipped) > 5 else "")
-        typer.echo(f"warning: {len(skipped)} stored chains do not decode (feedback seq {seqs}); left out, as the "
-                   "escalation learners leave them out", err=True)
+        chains = "stored chain does not" if len(skipped) == 1 else "stored chains do not"
+        typer.echo(f"warning: {len(skipped)} {chains} decode (feedback seq {seqs}); left out, as the escalation "
+                   "learners leave them out", err=True)
 
 
 def _export_escalations(db: str, out: Path | None, label: str) -> None:

@@ -241,12 +241,17 @@ def evaluate_escalations(
     return out
 
 
+def _number(x: float) -> str:
+    """A table's number, or `–` where there is none (an interval from one chain: ±inf), as `evaluate` shows it."""
+    return f"{x:.4f}" if math.isfinite(x) else "–"
+
+
 def format_rule_estimates(results: Sequence[RuleEstimate]) -> str:
     """A Markdown table: per rule, IPS and SNIPS with their intervals, the ESS, the chains it agrees on."""
     lines = ["| rule | IPS | SNIPS | ESS | agrees with the log |", "|---|---|---|---|---|"]
     for result in results:
         ips, snips = result.estimates
-        cells = [f"{e.value:.4f} [{e.ci_low:.4f}, {e.ci_high:.4f}]" if math.isfinite(e.value) else "—"
+        cells = [f"{_number(e.value)} [{_number(e.ci_low)}, {_number(e.ci_high)}]" if math.isfinite(e.value) else "–"
                  for e in (ips, snips)]
         lines.append(f"| {result.rule} | {cells[0]} | {cells[1]} | {ips.ess:.1f} | {result.agreeing}/{result.n} |")
     return "\n".join(lines)

@@ -389,7 +389,7 @@ def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[Estimat
     if n_eval == 0:
         raise InvalidInput("no logged decision with feedback to evaluate on")
     if n_eval < t.min_ess:
-        p.warnings.append(f"only {n_eval} rounds to evaluate on: every interval is rough")
+        p.warnings.append(f"only {n_eval} round{'' if n_eval == 1 else 's'} to evaluate on: every interval is rough")
     needs_model = any(e in ("dm", "dr") for e in estimators)
     fits: dict[tuple[str, float | None], RewardFit] = {}
 

@@ -26,6 +26,31 @@ With no settings at all: 127.0.0.1:8000, database ./bandit-router.db, the shippe
 """
 
 
+WORKER_HEALTHCHECK_S = 30
+"""Seconds a worker of `--workers N` may leave uvicorn's health check unanswered before it is killed as hung and
+another started. uvicorn's 5 s counts from the worker's spawn, and a new worker answers only once it has imported
+this package (4 s alone on 2 shared cores at load 10): its workers were killed as they started, again and again."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """`ConfigError` when `host:port` cannot be listened on now (another server holds it). uvicorn finds that out
+    only after the application has started and recovered its state, and then exits with status 3 and its own
+    words; this binds a socket with uvicorn's options (`SO_REUSEADDR`) and closes it at once."""
+    import socket
+
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"host: cannot resolve {host!r}: {exc.strerror}") from None
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"port: cannot listen on {host}:{port}: {exc.strerror} (another server, a bandit-router "
+                              "serve already running? stop it, or choose another --port)") from None
+
+
 def _help(name: str) -> str:
     """An option's help: the setting's own help text and default (`bandit_router.config.sections`)."""
     return f"{KEYS[name].help} (setting `{name}`, default {getattr(Settings(), name)})."
@@ -62,6 +87,7 @@ def serve(
             check_live_catalog(settings, store)  # with the models added and retired at run time
         finally:
             store.close()
+        check_port_free(settings.server.host, settings.server.port)  # before the state is recovered, not after
     except (ConfigError, StoreError) as exc:
         typer.echo(f"bandit-router serve: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -105,7 +131,8 @@ def serve(
     os.environ[SERVE_ARGS] = json.dumps({"config": None if config is None else str(config), "overrides": hand_off,
                                          "log_level": server.log_level})
     sys.stdout.flush()
-    uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers, **common)
+    uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **common)
 
 
 CHECK_HELP = """Check a database file: SQLite's integrity check, and every stored checkpoint against its checksum.
@@ -135,7 +162,8 @@ def check(
     db_path = location
     report = check_database(db_path)
     if report.error and not report.counts and not as_json:  # nothing opened (a typo'd path): no verdict on it
-        typer.echo(f"bandit-router check: {report.error}", err=True)
+        where = "" if db is not None else " (the configured `db`: give the file with --db FILE, or --config FILE)"
+        typer.echo(f"bandit-router check: {report.error}{where}", err=True)
         raise typer.Exit(2)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
@@ -156,7 +184,8 @@ def check(
         bad = [c for c in report.checkpoints if not c.get("good")]
         if bad:
             typer.echo(f"checkpoints failing their checksum: {[c['id'] for c in bad]}")
-        typer.echo("verdict: " + ("intact" if report.ok else "NOT intact: restore a backup (README, Durability)"))
+        restore = "NOT intact: restore a backup (the docs: service → durability, 'Backups while it runs')"
+        typer.echo("verdict: " + ("intact" if report.ok else restore))
     if report.error and not report.counts:
         raise typer.Exit(2)
     raise typer.Exit(0 if report.ok else 1)
