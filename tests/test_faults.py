@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -472,7 +473,7 @@ def test_a_catalog_larger_than_max_models_is_a_config_error() -> None:
 
 def test_retention_deletes_old_rows_the_checkpoint_holds(make_client: Callable[..., TestClient],
                                                          tmp_path: Path) -> None:
-    client = make_client(checkpoint_interval=1)
+    client = make_client(checkpoint_interval=1, checkpoints_kept=1)  # the one kept holds every feedback
     old = [_route(client, f"old {i}").json()["decision_id"] for i in range(30)]
     for decision_id in old[:20]:
         assert client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.4}).status_code == 200
@@ -482,7 +483,7 @@ def test_retention_deletes_old_rows_the_checkpoint_holds(make_client: Callable[.
     with sqlite3.connect(tmp_path / "faults.db") as conn:  # age every row by 40 days
         conn.execute("UPDATE decisions SET created_at = created_at - 40 * 86400")
         conn.execute("UPDATE feedback SET received_at = received_at - 40 * 86400")
-    client = make_client(checkpoint_interval=1, retention_days=30)
+    client = make_client(checkpoint_interval=1, checkpoints_kept=1, retention_days=30)
     fresh = _route(client, "fresh").json()["decision_id"]
     engine = client.app.state.engine  # type: ignore[attr-defined]
 
@@ -497,6 +498,38 @@ def test_retention_deletes_old_rows_the_checkpoint_holds(make_client: Callable[.
     reply = client.post("/v1/feedback", json={"decision_id": fresh, "quality": 0.9})
     assert reply.status_code == 200 and reply.json()["seq"] == 21  # seqs are never reused
     assert engine.router.version >= 1
+
+
+def test_retention_after_a_policy_change_keeps_what_a_restart_replays(make_client: Callable[..., TestClient],
+                                                                      tmp_path: Path) -> None:
+    """The old policy's checkpoints hold the old rows, the new policy's do not: retention under the new policy must
+    not delete what it learned from them before its own checkpoint holds them, or a crash loses that learning."""
+    client = make_client(checkpoint_interval=1)
+    for i in range(20):
+        decision_id = _route(client, f"old {i}").json()["decision_id"]
+        reply = client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.1 + i / 40})
+        assert reply.status_code == 200
+    client.__exit__(None, None, None)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "faults.db") as conn:  # age every row by 40 days
+        conn.execute("UPDATE decisions SET created_at = created_at - 40 * 86400")
+        conn.execute("UPDATE feedback SET received_at = received_at - 40 * 86400")
+    changed = {"policy": "linucb", "checkpoint_interval": 1000, "retention_days": 30}
+    client = make_client(**changed)
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    assert engine.recovery["checkpoint_seq"] is None and engine.router.version == 20  # relearned the whole log
+    engine._next_retention = 0.0
+    time.sleep(1.0)  # retention runs between the writer's rounds (every 0.1 s idle)
+    weights = engine.router.weights()
+    engine.stop(checkpoint=False)  # a crash: no final checkpoint
+    client.__exit__(None, None, None)
+    with sqlite3.connect(tmp_path / "faults.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 20
+    client = make_client(**changed)
+    restarted = client.app.state.engine  # type: ignore[attr-defined]
+    assert restarted.router.version == 20
+    assert np.array_equal(restarted.router.weights(), weights)
 
 
 def test_a_database_migrated_by_a_newer_version_under_a_running_service_stops_its_writes(

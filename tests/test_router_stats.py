@@ -186,7 +186,7 @@ def test_two_stores_on_one_database_add_to_the_same_counts_which_retention_keeps
             with store.read() as reader:
                 (total,) = reader.router_counts()
             assert (total.router, total.requests, total.escalations, total.spend_usd) == ("cascade", 3, 2, 0.75)
-        assert first.delete_old(time.time() - 30 * 86400, 1000) == 3  # type: ignore[attr-defined]
+        assert first.delete_old(time.time() - 30 * 86400, 1000, fingerprint="f") == 3  # type: ignore[attr-defined]
         with second.read() as reader:
             assert reader.stats().models == {}  # the decisions are gone
             (total,) = reader.router_counts()

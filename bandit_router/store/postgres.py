@@ -78,6 +78,7 @@ from .sqlite import (
     CHAINS_SQL,
     DECISION_COLUMNS,
     FEEDBACK_COLUMNS,
+    HELD_BY_CHECKPOINTS,
     JUDGE_CALL_COLUMNS,
     JUDGE_CALLS_AFTER,
     JUDGE_TOTALS,
@@ -338,13 +339,14 @@ class PostgresStore:
                 if self.down or time.monotonic() >= deadline:
                     raise
 
-    def delete_old(self, cutoff: float, limit: int) -> int:
-        """`retention_days`, as `SQLiteStore.delete_old`: feedback the newest checkpoint holds, received before
-        `cutoff` (a decision's together), then decisions before `cutoff` no feedback refers to. Seqs are never
-        reused (`log_head`)."""
+    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str) -> int:
+        """`retention_days`, as `SQLiteStore.delete_old`: feedback every kept checkpoint of the configuration
+        `fingerprint` holds (`HELD_BY_CHECKPOINTS`), received before `cutoff` (a decision's together), then
+        decisions before `cutoff` no feedback refers to. Seqs are never reused (`log_head`)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
-            checkpoint_seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()[0])
+            held = conn.execute(HELD_BY_CHECKPOINTS.format(mark="%s"), (fingerprint,)).fetchone()
+            checkpoint_seq = int(held[0])
             deleted = conn.execute(
                 "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback f WHERE seq <= %s AND received_at < %s "
                 f"AND {_NO_FEEDBACK_KEPT.format(mark='%s')} ORDER BY seq LIMIT %s)",

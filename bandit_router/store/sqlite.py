@@ -301,16 +301,16 @@ class SQLiteStore:
         if self.check_file() is not None:
             raise StoreError(f"the database is unusable: {self.fault}")
 
-    def delete_old(self, cutoff: float, limit: int) -> int:
+    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str) -> int:
         """`retention_days`: delete (in one transaction, at most `limit` rows of each table) the feedback received
-        before `cutoff` (Unix time) whose seq the newest checkpoint holds, then the decisions made before `cutoff`
-        that no feedback row refers to any more (with their shadow pmfs, call records and chains). A decision's
-        feedback goes together (`_NO_FEEDBACK_KEPT`). Returns how many rows were deleted. Feedback seqs are never
-        reused (`sqlite_sequence` keeps the largest)."""
+        before `cutoff` (Unix time) whose seq every kept checkpoint of the running configuration holds
+        (`HELD_BY_CHECKPOINTS`), then the decisions made before `cutoff` that no feedback row refers to any more
+        (with their shadow pmfs, call records and chains). A decision's feedback goes together
+        (`_NO_FEEDBACK_KEPT`). Returns how many rows were deleted. Feedback seqs are never reused
+        (`sqlite_sequence` keeps the largest)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
-            row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
-            checkpoint_seq = int(row[0])
+            checkpoint_seq = int(conn.execute(HELD_BY_CHECKPOINTS.format(mark="?"), (fingerprint,)).fetchone()[0])
             deleted = conn.execute(
                 "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback f WHERE seq <= ? AND received_at < ? "
                 f"AND {_NO_FEEDBACK_KEPT.format(mark='?')} ORDER BY seq LIMIT ?)",
@@ -893,6 +893,13 @@ class _SQLiteTx:
             stats.feedback_by_status[row["status"]] = row["n"]
         return stats
 
+
+HELD_BY_CHECKPOINTS = "SELECT COALESCE(MIN(seq), 0) FROM checkpoints WHERE fingerprint = {mark}"
+"""The feedback seq up to which retention may delete: what the oldest kept checkpoint of the running configuration
+(`fingerprint`) holds. Not another configuration's (a policy or catalog changed since: the running one relearned
+the log, and until its own checkpoint holds a row a restart replays that row), and not only the newest one's: a
+start that finds the newest failing its checksum, or not loading, restores an older one and replays the log after
+it, which must still be there."""
 
 _NO_FEEDBACK_KEPT = (
     "NOT EXISTS (SELECT 1 FROM feedback g WHERE g.decision_id = f.decision_id AND (g.seq > {mark} "
