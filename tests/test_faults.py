@@ -532,6 +532,41 @@ def test_retention_after_a_policy_change_keeps_what_a_restart_replays(make_clien
     assert np.array_equal(restarted.router.weights(), weights)
 
 
+def test_decisions_after_retention_emptied_the_table_still_close_their_reward_windows(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """A service idle for longer than `retention_days`: retention deleted every decision. SQLite numbers a new row
+    max(rowid) + 1, so had it deleted the newest too, the next decisions would get the rowids of the deleted ones,
+    behind the position up to which reward windows were closed, and never learn their default reward."""
+    windows = {"checkpoint_interval": 1, "checkpoints_kept": 1, "reward_window_s": 0.3, "default_reward": 0.3}
+    client = make_client(**windows)
+    old = [_route(client, f"old {i}").json()["decision_id"] for i in range(5)]
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    _until(lambda: engine.router.version == 5, timeout=5)  # each learned its default reward
+    client.__exit__(None, None, None)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "faults.db") as conn:  # age every row by 40 days
+        conn.execute("UPDATE decisions SET created_at = created_at - 40 * 86400")
+        conn.execute("UPDATE feedback SET received_at = received_at - 40 * 86400")
+    client = make_client(**windows, retention_days=30)
+
+    def stored() -> list[str]:
+        with sqlite3.connect(tmp_path / "faults.db") as conn:
+            return [row[0] for row in conn.execute("SELECT decision_id FROM decisions ORDER BY rowid")]
+
+    _until(lambda: len(stored()) <= 1, timeout=5)
+    fresh = [_route(client, f"fresh {i}").json()["decision_id"] for i in range(3)]
+
+    def statuses() -> list[list[str]]:
+        return [[f["status"] for f in client.get(f"/v1/decisions/{i}").json()["feedback"]] for i in fresh]
+
+    _until(lambda: statuses() == [["default"]] * 3, timeout=5)
+    assert client.app.state.engine.router.version == 8  # type: ignore[attr-defined]
+    assert stored() == [old[-1], *fresh]  # the newest old one stayed, with its feedback: its rowid was not reused
+    assert [f["status"] for f in client.get(f"/v1/decisions/{old[-1]}").json()["feedback"]] == ["default"]
+
+
 def test_a_database_migrated_by_a_newer_version_under_a_running_service_stops_its_writes(
     make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -679,6 +679,7 @@ def test_retention_keeps_a_decisions_feedback_together(store: Store, router: Rou
     cascade, routed, gone = named("two feedbacks"), _decision(router, "routed twice"), named("all old")
     with store.write() as tx:
         tx.insert_decisions([(dataclasses.replace(d, created_at=old), None, None) for d in (cascade, routed, gone)])
+        tx.insert_decisions([(_decision(router, "today"), None, None)])  # the newest decision always stays
         tx.insert_calls([CallRecord(
             decision_id=d.decision_id, request_id=d.decision_id, attempt=1, model=d.model, routed=False,
             stream=False, status="ok", http_status=200, input_tokens=10, output_tokens=20, usage=None,
@@ -811,6 +812,8 @@ def test_batches_fit_the_999_variables_of_sqlite_before_3_32(
         assert len(context.decisions) == len(context.feedback) == len(context.calls) == 250
         assert len(reader.decisions(ids)) == 250 and len(reader.calls_for_many(ids)) == 250
     _raw(store, "DELETE FROM feedback")
+    with store.write() as tx:
+        tx.insert_decisions([(_decision(router, "newest"), None, None)])  # the newest always stays
     assert store.delete_old(time.time() + 1, 1000, fingerprint="f") == 250
     store.close()
 
@@ -823,8 +826,9 @@ def test_retention_deletes_its_ids_in_statements_the_variable_limit_allows(
     ids (up to `RETENTION_BATCH`, 1,000) in one statement, as before the chunking, not 200 a statement."""
     store = _store_binding_at_most(100, tmp_path / "small.db", monkeypatch)
     decisions = [_decision(router, f"small limit {i}") for i in range(250)]
+    newest = _decision(router, "newest")  # always stays
     with store.write() as tx:
-        assert tx.insert_decisions([(d, None, None) for d in decisions]) == [True] * 250
+        assert tx.insert_decisions([(d, None, None) for d in [*decisions, newest]]) == [True] * 251
         tx.insert_shadow_pmfs([(d.decision_id, "{}") for d in decisions])
     assert store.delete_old(time.time() + 1, 1000, fingerprint="f") == 250
     with store.read() as reader:
@@ -834,7 +838,7 @@ def test_retention_deletes_its_ids_in_statements_the_variable_limit_allows(
     current = SQLiteStore(tmp_path / "current.db")
     current.prepare()
     with current.write() as tx:
-        tx.insert_decisions([(d, None, None) for d in decisions])
+        tx.insert_decisions([(d, None, None) for d in [*decisions, newest]])
         conn = tx.conn  # type: ignore[attr-defined]
     statements: list[str] = []
     conn.set_trace_callback(statements.append)

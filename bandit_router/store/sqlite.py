@@ -306,21 +306,27 @@ class SQLiteStore:
         before `cutoff` (Unix time) whose seq every kept checkpoint of the running configuration holds
         (`HELD_BY_CHECKPOINTS`), then the decisions made before `cutoff` that no feedback row refers to any more
         (with their shadow pmfs, call records and chains). A decision's feedback goes together
-        (`_NO_FEEDBACK_KEPT`). Returns how many rows were deleted. Feedback seqs are never reused
-        (`sqlite_sequence` keeps the largest)."""
+        (`_NO_FEEDBACK_KEPT`). The newest decision stays, with its feedback: SQLite numbers a new row
+        max(rowid) + 1, so deleting the newest would hand its rowid, and those of the rows before it, to the next
+        decisions, behind the positions that reward windows (`swept_decisions`), other workers' budget booking
+        and the dashboard have read up to (a service idle for `retention_days` would never close the windows of its
+        next decisions). Returns how many rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps
+        the largest)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             checkpoint_seq = int(conn.execute(HELD_BY_CHECKPOINTS.format(mark="?"), (fingerprint,)).fetchone()[0])
+            newest = conn.execute("SELECT rowid, decision_id FROM decisions ORDER BY rowid DESC LIMIT 1").fetchone()
+            newest_rowid, newest_id = (int(newest[0]), str(newest[1])) if newest is not None else (0, "")
             deleted = conn.execute(
                 "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback f WHERE seq <= ? AND received_at < ? "
-                f"AND {_NO_FEEDBACK_KEPT.format(mark='?')} ORDER BY seq LIMIT ?)",
-                (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit),
+                f"AND decision_id != ? AND {_NO_FEEDBACK_KEPT.format(mark='?')} ORDER BY seq LIMIT ?)",
+                (checkpoint_seq, cutoff, newest_id, checkpoint_seq, cutoff, limit),
             ).rowcount
             old = (
-                "SELECT decision_id FROM decisions d WHERE created_at < ? AND NOT EXISTS "
+                "SELECT decision_id FROM decisions d WHERE created_at < ? AND rowid < ? AND NOT EXISTS "
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY rowid LIMIT ?"
             )
-            every = [r[0] for r in conn.execute(old, (cutoff, limit)).fetchall()]
+            every = [r[0] for r in conn.execute(old, (cutoff, newest_rowid, limit)).fetchall()]
             # all the ids in one statement on a current SQLite, as before; as many as the variable limit allows
             step = tx.per_statement(1, max(1, limit))  # type: ignore[attr-defined]
             for start in range(0, len(every), step):
