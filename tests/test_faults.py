@@ -31,6 +31,7 @@ from bandit_router.config import Settings
 from bandit_router.dbguard import RateLimitedLog, check_database, wal_bytes
 from bandit_router.router import Router
 from bandit_router.store import WAL_MAX_BYTES, SQLiteStore
+from bandit_router.store.migrations import SCHEMA_VERSION
 from bandit_router.types import Request
 
 SPEC = {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.1}
@@ -613,6 +614,37 @@ def _read_only_folder(folder: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_database_on_a_full_file_system_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """Drill: `serve` on a database whose file system filled up while the service was down. SQLite cannot even read a
+    WAL database there (it must size the `-shm` file first) and says only "disk I/O error"; the message now says
+    that the file system is full. Nothing of the database is lost: once there is room it opens as before."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs as root here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        db = folder / "router.db"
+        store = SQLiteStore(db)
+        store.prepare()
+        store.close()
+        with (folder / "filler").open("wb") as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        result = CliRunner().invoke(cli_app, ["serve", "--db", str(db), "--port", "1"])
+        assert result.exit_code == 2, result.output  # a message and exit status 2, not a traceback
+        assert str(db) in result.output and f"the file system holding {folder} is full" in result.output, result.output
+        (folder / "filler").unlink()
+        store = SQLiteStore(db)
+        assert store.schema_version() == SCHEMA_VERSION
+        store.close()
+    finally:  # lazily: the failed start's store (in this process) may still hold the file open
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
 @pytest.mark.parametrize("where", ["router.db", "sub/router.db"])

@@ -32,6 +32,7 @@ import json
 import logging
 import operator
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -161,7 +162,7 @@ class SQLiteStore:
             conn.execute(f"PRAGMA journal_size_limit = {self.wal_max_bytes or WAL_MAX_BYTES}")
         except sqlite3.Error as exc:
             self._note(exc)  # a corrupt file met while opening a connection is the store's fault too
-            raise StoreError(f"{self.path}: {exc}{_why_not_opened(self.path, exc)}") from exc
+            raise StoreError(f"{self.path}: {exc}{_file_system_reason(self.path, exc)}") from exc
         if self.guard.identity is None:
             self.guard.arm()
         return conn
@@ -206,7 +207,8 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot prepare the database: {exc}") from exc
+            reason = _file_system_reason(self.path, exc)
+            raise StoreError(f"{self.path}: cannot prepare the database: {exc}{reason}") from exc
         finally:
             conn.close()
 
@@ -224,7 +226,7 @@ class SQLiteStore:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.Error as exc:
             self._note(exc)
-            raise StoreError(f"{self.path}: {exc}") from exc
+            raise StoreError(f"{self.path}: {exc}{_file_system_reason(self.path, exc)}") from exc
         value = None if row is None else str(row[0])
         return int(value) if value is not None and value.isdigit() else 0
 
@@ -1074,12 +1076,33 @@ def _feedback_from_row(row: Sequence[Any]) -> FeedbackRecord:
     return FeedbackRecord(**values)
 
 
-def _why_not_opened(path: Path, exc: sqlite3.Error) -> str:
-    """What the file system says when SQLite could not open `path` (it says only "unable to open database file"):
-    a directory this user cannot write, where SQLite creates the database and its `-wal` and `-shm` files, or a file
-    it cannot read and write."""
+FULL_BELOW_BYTES = 1 << 20
+"""Free bytes under which an I/O error of SQLite is put down to a full file system (`_file_system_reason`)."""
+
+
+def _file_system_reason(path: Path, exc: sqlite3.Error) -> str:
+    """What the file system says when SQLite could not open or use `path`, where SQLite's own words do not say it:
+    "unable to open database file" for a directory this user cannot write, where SQLite creates the database and its
+    `-wal` and `-shm` files, or a file it cannot read and write; "disk I/O error" for a full file system (a WAL
+    database cannot even be read there: SQLite must first size its `-shm` file, `SQLITE_IOERR_SHMSIZE`)."""
+    folder = path.parent
+    if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR"):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return ""
+        if free < FULL_BELOW_BYTES:
+            return (f": the file system holding {folder} is full ({free} bytes free), and SQLite needs room for the "
+                    "database's -wal and -shm files even to read it; free some space and start again")
+        return ""
     if "unable to open" not in str(exc):
         return ""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a read-only "
+                "file system, and SQLite creates the database and its -wal and -shm files there")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f": the file is not readable and writable by this process (uid {os.geteuid()})"
+    return ""
     folder = path.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         return (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a read-only "
