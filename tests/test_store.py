@@ -662,6 +662,34 @@ def test_retention_keeps_what_every_checkpoint_of_the_running_configuration_need
         assert reader.decision(decisions[0].decision_id) is None
 
 
+def test_retention_takes_a_decision_with_all_its_feedback_in_one_transaction(store: Store, router: Router) -> None:
+    """Each retention transaction deletes whole decisions: all of a decision's feedback and the decision itself. It
+    limited feedback rows and decisions separately, so a decision could lose only some of its feedback rows (the
+    limit fell among them), or all of them while the decision stayed (the decisions' limit went to older ones that
+    never had feedback): a feedback arriving then was judged against what was left, and learned a second time."""
+    old = time.time() - 40 * 86400
+    never = [_decision(router, f"never fed {i}") for i in range(3)]
+    fed = _decision(router, "fed three times")
+    newest = _decision(router, "today")
+    with store.write() as tx:
+        tx.insert_decisions([(dataclasses.replace(d, created_at=old), None, None) for d in (*never, fed)])
+        tx.insert_decisions([(newest, None, None)])
+        tx.insert_feedback([
+            dataclasses.replace(_record(fed, 1), received_at=old),
+            dataclasses.replace(_record(fed, 2, quality=0.7, learn=False, status="ignored"), received_at=old),
+            dataclasses.replace(_record(fed, 3, quality=0.9, learn=False, status="ignored"), received_at=old),
+        ])
+        tx.insert_checkpoint(fingerprint="f", seq=3, event_id=0, version=1, sha256="x", state=b"", keep=3)
+    rounds = 0
+    while store.delete_old(time.time() - 30 * 86400, 2, fingerprint="f"):  # type: ignore[attr-defined]
+        rounds += 1
+        with store.read() as reader:
+            left = [r.seq for r in reader.feedback_for(fed.decision_id)]
+            assert (reader.decision(fed.decision_id) is None and left == []) or left == [1, 2, 3], (rounds, left)
+    with store.read() as reader:
+        assert [d.decision_id for d in (*never, fed, newest) if reader.decision(d.decision_id)] == [newest.decision_id]
+
+
 def test_retention_keeps_a_decisions_feedback_together(store: Store, router: Router) -> None:
     """`delete_old` deletes a decision's feedback only when none of it is kept: a learned cascade's decision whose
     first `unrouted` feedback (learned, 40 days old, held by the checkpoint) is followed by a second (today, after

@@ -340,22 +340,24 @@ class PostgresStore:
                     raise
 
     def delete_old(self, cutoff: float, limit: int, *, fingerprint: str) -> int:
-        """`retention_days`, as `SQLiteStore.delete_old`: feedback every kept checkpoint of the configuration
-        `fingerprint` holds (`HELD_BY_CHECKPOINTS`), received before `cutoff` (a decision's together), then
-        decisions before `cutoff` no feedback refers to. Seqs are never reused (`log_head`)."""
+        """`retention_days`, as `SQLiteStore.delete_old`: at most `limit` decisions before `cutoff` with all their
+        feedback, when every kept checkpoint of the configuration `fingerprint` holds it (`HELD_BY_CHECKPOINTS`) and
+        it was all received before `cutoff`, then (up to `limit` decisions in all) decisions before `cutoff` that
+        never had feedback. Decision positions and seqs are never reused (an identity, `log_head`)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             held = conn.execute(HELD_BY_CHECKPOINTS.format(mark="%s"), (fingerprint,)).fetchone()
             checkpoint_seq = int(held[0])
-            deleted = conn.execute(
-                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback f WHERE seq <= %s AND received_at < %s "
-                f"AND {_NO_FEEDBACK_KEPT.format(mark='%s')} ORDER BY seq LIMIT %s)",
+            fed = [r[0] for r in conn.execute(
+                "SELECT decision_id FROM feedback f WHERE seq <= %s AND received_at < %s "
+                f"AND {_NO_FEEDBACK_KEPT.format(mark='%s')} GROUP BY decision_id ORDER BY MIN(seq) LIMIT %s",
                 (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit),
-            ).rowcount
-            ids = [r[0] for r in conn.execute(
+            ).fetchall()]
+            deleted = conn.execute("DELETE FROM feedback WHERE decision_id = ANY(%s)", (fed,)).rowcount if fed else 0
+            ids = fed + [r[0] for r in conn.execute(
                 "SELECT decision_id FROM decisions d WHERE created_at < %s AND NOT EXISTS "
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY position LIMIT %s",
-                (cutoff, limit),
+                (cutoff, limit - len(fed)),
             ).fetchall()]
             if ids:
                 conn.execute("DELETE FROM shadow_pmfs WHERE decision_id = ANY(%s)", (ids,))

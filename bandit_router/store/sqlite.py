@@ -304,33 +304,40 @@ class SQLiteStore:
             raise StoreError(f"the database is unusable: {self.fault}")
 
     def delete_old(self, cutoff: float, limit: int, *, fingerprint: str) -> int:
-        """`retention_days`: delete (in one transaction, at most `limit` rows of each table) the feedback received
-        before `cutoff` (Unix time) whose seq every kept checkpoint of the running configuration holds
-        (`HELD_BY_CHECKPOINTS`), then the decisions made before `cutoff` that no feedback row refers to any more
-        (with their shadow pmfs, call records and chains). A decision's feedback goes together
-        (`_NO_FEEDBACK_KEPT`). The newest decision stays, with its feedback: SQLite numbers a new row
-        max(rowid) + 1, so deleting the newest would hand its rowid, and those of the rows before it, to the next
-        decisions, behind the positions that reward windows (`swept_decisions`), other workers' budget booking
-        and the dashboard have read up to (a service idle for `retention_days` would never close the windows of its
-        next decisions). Returns how many rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps
-        the largest)."""
+        """`retention_days`: delete (in one transaction) at most `limit` decisions made before `cutoff` (Unix time)
+        with all their feedback, when every row of it was received before `cutoff` and every kept checkpoint of the
+        running configuration holds it (`HELD_BY_CHECKPOINTS`), oldest feedback first; then, up to `limit`
+        decisions in all, the decisions made before `cutoff` that never had feedback. Their shadow pmfs, call
+        records and chains go with them. A decision and its feedback go together (`_NO_FEEDBACK_KEPT`): a decision
+        left without its learned feedback, or with only some of its rows, would learn a later feedback again. The
+        newest decision stays, with its feedback: SQLite numbers a new row max(rowid) + 1, so deleting the newest
+        would hand its rowid, and those of the rows before it, to the next decisions, behind the positions that
+        reward windows (`swept_decisions`), other workers' budget booking and the dashboard have read up to (a
+        service idle for `retention_days` would never close the windows of its next decisions). Returns how many
+        rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps the largest)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             checkpoint_seq = int(conn.execute(HELD_BY_CHECKPOINTS.format(mark="?"), (fingerprint,)).fetchone()[0])
             newest = conn.execute("SELECT rowid, decision_id FROM decisions ORDER BY rowid DESC LIMIT 1").fetchone()
             newest_rowid, newest_id = (int(newest[0]), str(newest[1])) if newest is not None else (0, "")
-            deleted = conn.execute(
-                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback f WHERE seq <= ? AND received_at < ? "
-                f"AND decision_id != ? AND {_NO_FEEDBACK_KEPT.format(mark='?')} ORDER BY seq LIMIT ?)",
+            fed = [r[0] for r in conn.execute(
+                "SELECT decision_id FROM feedback f WHERE seq <= ? AND received_at < ? AND decision_id != ? "
+                f"AND {_NO_FEEDBACK_KEPT.format(mark='?')} GROUP BY decision_id ORDER BY MIN(seq) LIMIT ?",
                 (checkpoint_seq, cutoff, newest_id, checkpoint_seq, cutoff, limit),
-            ).rowcount
-            old = (
+            ).fetchall()]
+            never_fed = (
                 "SELECT decision_id FROM decisions d WHERE created_at < ? AND rowid < ? AND NOT EXISTS "
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY rowid LIMIT ?"
             )
-            every = [r[0] for r in conn.execute(old, (cutoff, newest_rowid, limit)).fetchall()]
             # all the ids in one statement on a current SQLite, as before; as many as the variable limit allows
             step = tx.per_statement(1, max(1, limit))  # type: ignore[attr-defined]
+            deleted = 0
+            for start in range(0, len(fed), step):
+                ids = fed[start : start + step]
+                marks = ",".join("?" * len(ids))
+                deleted += conn.execute(f"DELETE FROM feedback WHERE decision_id IN ({marks})", ids).rowcount
+            room = limit - len(fed)
+            every = fed + [r[0] for r in conn.execute(never_fed, (cutoff, newest_rowid, room)).fetchall()]
             for start in range(0, len(every), step):
                 ids = every[start : start + step]
                 marks = ",".join("?" * len(ids))
