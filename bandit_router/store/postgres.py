@@ -85,11 +85,11 @@ from .sqlite import (
     _call_from_row,
     _call_value,
     _chains_from_rows,
-    _decision_from_row,
     _feedback_from_row,
     _SQLiteTx,
     _stored_from_row,
     judge_totals,
+    learned_from_rows,
 )
 
 log = logging.getLogger("bandit_router.store")
@@ -672,14 +672,13 @@ class _PostgresTx(_SQLiteTx):
         rows = self._rows(f"SELECT {_FEEDBACK} FROM feedback WHERE decision_id = %s ORDER BY seq", (decision_id,))
         return [_feedback_from_row(row) for row in rows]
 
-    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision]]:
+    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision | None]]:
         rows = self._rows(
             f"SELECT {_JOINED} FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
             "WHERE f.seq > %s AND f.learn = 1 ORDER BY f.seq LIMIT %s",
             (seq, limit),
         )
-        after = len(FEEDBACK_COLUMNS)
-        return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
+        return learned_from_rows(rows)
 
     def chains_after(self, seq: int, until: int, limit: int) -> list[ChainFeedback]:
         if not self.has_table("chains"):

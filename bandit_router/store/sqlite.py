@@ -797,15 +797,14 @@ class _SQLiteTx:
         sql = f"SELECT {_FEEDBACK} FROM feedback WHERE decision_id = ? ORDER BY seq"
         return [_feedback_from_row(row) for row in self._execute(sql, (decision_id,), plain=True)]
 
-    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision]]:
+    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision | None]]:
         rows = self._execute(
             f"SELECT {_JOINED} FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
             "WHERE f.seq > ? AND f.learn = 1 ORDER BY f.seq LIMIT ?",
             (seq, limit),
             plain=True,
         ).fetchall()
-        after = len(FEEDBACK_COLUMNS)  # the decision's columns follow the feedback's
-        return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
+        return learned_from_rows(rows)
 
     def chains_after(self, seq: int, until: int, limit: int) -> list[ChainFeedback]:
         if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chains'").fetchone() is None:
@@ -1045,6 +1044,24 @@ def _decision_from_row(row: Sequence[Any], at: int = 0) -> Decision:
         expected_cost_usd=tuple(map(float, json.loads(expected_cost_usd or "[]"))),
         created_at=float(created_at),
     )
+
+
+def learned_from_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[FeedbackRecord, Decision | None]]:
+    """`learned_after`'s rows (the feedback's columns, then its decision's) decoded. A decision whose stored values
+    do not decode (a value corrupted on disk, which SQLite's integrity check does not look at, or edited by hand)
+    is None, logged with the reason: the log follower skips that feedback, as every process and every replay does,
+    where the exception ended every replay, so that the service never became ready again."""
+    after = len(FEEDBACK_COLUMNS)  # the decision's columns follow the feedback's
+    out: list[tuple[FeedbackRecord, Decision | None]] = []
+    for row in rows:
+        record = _feedback_from_row(row)
+        try:
+            decision: Decision | None = _decision_from_row(row, after)
+        except (StoreError, ValueError, TypeError, KeyError) as exc:
+            log.error("feedback seq %d: its decision %r cannot be read (%s)", record.seq, record.decision_id, exc)
+            decision = None
+        out.append((record, decision))
+    return out
 
 
 _UNPACKED = 18
