@@ -3,6 +3,7 @@ the WAL growing without bound, rows kept forever, models without limit; and `ban
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -30,9 +31,10 @@ from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
 from bandit_router.dbguard import RateLimitedLog, check_database, wal_bytes
 from bandit_router.router import Router
+from bandit_router.service.exceptions import Unavailable
 from bandit_router.store import WAL_MAX_BYTES, SQLiteStore
 from bandit_router.store.migrations import SCHEMA_VERSION
-from bandit_router.types import Request
+from bandit_router.types import Outcome, Request
 
 SPEC = {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.1}
 
@@ -448,6 +450,37 @@ def test_a_look_at_the_wal_during_a_checkpoint_or_a_restart_does_not_make_a_rest
         assert store.bound_wal() is False and store.wal_restarts == 1
     finally:
         store.close()
+
+
+def test_a_decision_that_does_not_decode_fails_its_own_feedback_not_its_batch_nor_the_reward_windows(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """One decision's stored values corrupted (its features blob): a feedback for it raised inside the batch's
+    transaction, so every request committed with it was answered 503 too, and the reward-window sweep that met it
+    failed its transaction every time, so no window closed again. Now that feedback alone is refused (503, with
+    the reason), and the other decisions' windows close."""
+    client = make_client(reward_window_s=3.0, default_reward=0.2)  # the feedback below comes well within it
+    ids = [_route(client, f"decode {i}").json()["decision_id"] for i in range(4)]
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "faults.db") as conn:
+        conn.execute("UPDATE decisions SET features = X'0102' WHERE decision_id = ?", (ids[0],))
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+
+    async def together() -> list[Any]:  # submitted in one iteration of the loop: one batch, one transaction
+        return await asyncio.gather(engine.feedback(ids[0], Outcome(quality=0.5)),
+                                    engine.feedback(ids[1], Outcome(quality=0.5)), return_exceptions=True)
+
+    bad, good = asyncio.run(together())
+    assert isinstance(bad, Unavailable) and "cannot be read" in str(bad), bad
+    assert not isinstance(good, BaseException) and good.status == "applied", good
+    reply = client.post("/v1/feedback", json={"decision_id": ids[0], "quality": 0.5})
+    assert reply.status_code == 503 and ids[0] in reply.json()["message"], reply.text
+
+    def statuses() -> list[list[str]]:
+        return [[f["status"] for f in client.get(f"/v1/decisions/{i}").json()["feedback"]] for i in ids[1:]]
+
+    _until(lambda: statuses() == [["applied"], ["default"], ["default"]], timeout=10)
 
 
 # -- growth: max_models, retention_days -----------------------------------------------------------------------------

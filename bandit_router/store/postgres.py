@@ -64,6 +64,7 @@ from .records import (
     StoredDecision,
     StoreError,
     StoreStats,
+    UnreadableDecision,
 )
 from .sqlite import (
     _DECISIONS,
@@ -635,9 +636,14 @@ class _PostgresTx(_SQLiteTx):
 
     def decisions_for_feedback(self, decision_ids: Sequence[str]) -> FeedbackContext:
         """The three queries, as before (one round trip each)."""
-        return FeedbackContext(
-            self.decisions(decision_ids), self.feedback_for_many(decision_ids), self.calls_for_many(decision_ids)
-        )
+        context = FeedbackContext({}, self.feedback_for_many(decision_ids), self.calls_for_many(decision_ids))
+        rows = self._rows(f"SELECT {_DECISIONS} FROM decisions WHERE decision_id = ANY(%s)", (list(decision_ids),))
+        for row in rows:
+            try:
+                context.decisions[row[_DI["decision_id"]]] = _stored_from_row(row)
+            except UnreadableDecision as exc:
+                context.unreadable[row[_DI["decision_id"]]] = str(exc)
+        return context
 
     def get_meta(self, key: str) -> str | None:
         row = self._one("SELECT value FROM meta WHERE key = %s", (key,))

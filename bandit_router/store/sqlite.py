@@ -64,6 +64,7 @@ from .records import (
     StoredDecision,
     StoreError,
     StoreStats,
+    UnreadableDecision,
 )
 from .writelock import WriteLock
 
@@ -755,7 +756,10 @@ class _SQLiteTx:
                     call = _call_from_row(row[1 : len(CALL_COLUMNS) + 2])
                     context.calls[call.decision_id] = call
                 elif isinstance(first, str):
-                    context.decisions[first] = _stored_from_row(row)
+                    try:
+                        context.decisions[first] = _stored_from_row(row)
+                    except UnreadableDecision as exc:
+                        context.unreadable[first] = str(exc)
                 else:
                     record = _feedback_from_row(row)
                     context.feedback.setdefault(record.decision_id, []).append(record)
@@ -1017,9 +1021,18 @@ def _stored_from_row(row: Sequence[Any]) -> StoredDecision:
 
 
 def _decision_from_row(row: Sequence[Any], at: int = 0) -> Decision:
-    """A `Decision` from the values of `DECISION_COLUMNS` starting at position `at` of `row`. Every feedback reads
-    its decision back through this, so the columns that repeat from row to row (the model list, the markers, the
-    caller's context) are parsed once per distinct text (`_parsed`: immutable values, shared)."""
+    """A `Decision` from the values of `DECISION_COLUMNS` starting at position `at` of `row`; `UnreadableDecision`
+    when they do not decode."""
+    try:
+        return _decode_decision(row, at)
+    except (StoreError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise UnreadableDecision(f"decision {row[at]!r} cannot be read: {exc}") from exc
+
+
+def _decode_decision(row: Sequence[Any], at: int = 0) -> Decision:
+    """`_decision_from_row`'s work. Every feedback reads its decision back through this, so the columns that repeat
+    from row to row (the model list, the markers, the caller's context) are parsed once per distinct text (`_parsed`:
+    immutable values, shared)."""
     (decision_id, created_at, model, arm, probability, models, pmf, expected_cost_usd, policy, policy_version,
      cost_weight, _tenant, input_tokens, n_chars, turns, markers, attributes, features) = row[at : at + _UNPACKED]
     context = Context(
@@ -1057,8 +1070,8 @@ def learned_from_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[FeedbackRecor
         record = _feedback_from_row(row)
         try:
             decision: Decision | None = _decision_from_row(row, after)
-        except (StoreError, ValueError, TypeError, KeyError) as exc:
-            log.error("feedback seq %d: its decision %r cannot be read (%s)", record.seq, record.decision_id, exc)
+        except UnreadableDecision as exc:
+            log.error("feedback seq %d: %s", record.seq, exc)
             decision = None
         out.append((record, decision))
     return out
