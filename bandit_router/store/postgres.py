@@ -72,7 +72,6 @@ from .sqlite import (
     _FEEDBACK,
     _FI,
     _JOINED,
-    _NO_FEEDBACK_KEPT,
     CALL_COLUMNS,
     CALLS_WITH_CHAINS,
     CALLS_WITHOUT_CHAINS,
@@ -83,6 +82,7 @@ from .sqlite import (
     JUDGE_CALL_COLUMNS,
     JUDGE_CALLS_AFTER,
     JUDGE_TOTALS,
+    RETIRED_WITH_FEEDBACK,
     _call_from_row,
     _call_value,
     _chains_from_rows,
@@ -349,11 +349,8 @@ class PostgresStore:
             conn = tx.conn  # type: ignore[attr-defined]
             held = conn.execute(HELD_BY_CHECKPOINTS.format(mark="%s"), (fingerprint,)).fetchone()
             checkpoint_seq = int(held[0])
-            fed = [r[0] for r in conn.execute(
-                "SELECT decision_id FROM feedback f WHERE seq <= %s AND received_at < %s "
-                f"AND {_NO_FEEDBACK_KEPT.format(mark='%s')} GROUP BY decision_id ORDER BY MIN(seq) LIMIT %s",
-                (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit),
-            ).fetchall()]
+            fed = [r[0] for r in conn.execute(RETIRED_WITH_FEEDBACK.format(mark="%s", newest=""),
+                                              (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit))]
             deleted = conn.execute("DELETE FROM feedback WHERE decision_id = ANY(%s)", (fed,)).rowcount if fed else 0
             ids = fed + [r[0] for r in conn.execute(
                 "SELECT decision_id FROM decisions d WHERE created_at < %s AND NOT EXISTS "

@@ -321,11 +321,8 @@ class SQLiteStore:
             checkpoint_seq = int(conn.execute(HELD_BY_CHECKPOINTS.format(mark="?"), (fingerprint,)).fetchone()[0])
             newest = conn.execute("SELECT rowid, decision_id FROM decisions ORDER BY rowid DESC LIMIT 1").fetchone()
             newest_rowid, newest_id = (int(newest[0]), str(newest[1])) if newest is not None else (0, "")
-            fed = [r[0] for r in conn.execute(
-                "SELECT decision_id FROM feedback f WHERE seq <= ? AND received_at < ? AND decision_id != ? "
-                f"AND {_NO_FEEDBACK_KEPT.format(mark='?')} GROUP BY decision_id ORDER BY MIN(seq) LIMIT ?",
-                (checkpoint_seq, cutoff, newest_id, checkpoint_seq, cutoff, limit),
-            ).fetchall()]
+            fed = [r[0] for r in conn.execute(RETIRED_WITH_FEEDBACK.format(mark="?", newest="AND decision_id != ? "),
+                                              (checkpoint_seq, cutoff, newest_id, checkpoint_seq, cutoff, limit))]
             never_fed = (
                 "SELECT decision_id FROM decisions d WHERE created_at < ? AND rowid < ? AND NOT EXISTS "
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY rowid LIMIT ?"
@@ -927,6 +924,14 @@ _NO_FEEDBACK_KEPT = (
 received before the cutoff): the rules that read a decision's earlier feedback (learned once: `judge`; a learned
 cascade's chain learned at its first `unrouted` one: `CHAINS_SQL`) must still see it beside a later one, or a
 third feedback, or a replay from the checkpoint, would learn the decision again."""
+
+RETIRED_WITH_FEEDBACK = (
+    "SELECT DISTINCT decision_id FROM (SELECT decision_id FROM feedback f WHERE seq <= {mark} AND received_at < {mark} "
+    "{newest}AND " + _NO_FEEDBACK_KEPT + " ORDER BY seq LIMIT {mark}) AS oldest"
+)
+"""The decisions whose feedback retention deletes next: those of the oldest `limit` feedback rows it may delete (a
+walk of the seq index that stops there, not an aggregate of every old row); all their rows go (`_NO_FEEDBACK_KEPT`:
+one row of a decision may go only when every row of it may)."""
 CALL_COLUMNS = (
     "decision_id", "request_id", "attempt", "model", "routed", "stream", "status", "http_status", "input_tokens",
     "output_tokens", "usage", "cost_usd", "ttft_s", "latency_s", "error", "created_at",
