@@ -138,6 +138,28 @@ def test_a_corrupt_checkpoint_is_skipped(settings: Settings) -> None:
     restarted.close()
 
 
+def test_a_decision_whose_stored_values_do_not_decode_is_skipped_by_the_replay_not_the_end_of_it(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value corrupted on disk (SQLite's integrity check looks at pages, not at values) or edited by hand: one
+    decision's hashed features no longer decode, another's pmf is no JSON. The replay raised at the first, so the
+    service never became ready again; it now skips their feedback, saying which, as a rebuild of the log does."""
+    service = Service(settings.replace(checkpoint_interval=1000))
+    decisions = [service.round(i)["decision_id"] for i in range(10)]
+    service.crash()
+    with sqlite3.connect(settings.db) as conn:
+        conn.execute("UPDATE decisions SET features = X'0102' WHERE decision_id = ?", (decisions[3],))
+        conn.execute("UPDATE decisions SET pmf = 'not json' WHERE decision_id = ?", (decisions[5],))
+    with caplog.at_level(logging.ERROR, logger="bandit_router"):
+        restarted = Service(settings.replace(checkpoint_interval=1000))
+    assert restarted.engine.recovery["replayed"] == 10 and restarted.engine.router.version == 8
+    said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert [m.split(":")[0] for m in said] == ["feedback seq 4", "feedback seq 6"] and decisions[3] in said[0]
+    assert np.array_equal(restarted.engine.router.weights(), _replayed(settings))
+    assert restarted.round(10)["status"] == "applied"
+    restarted.close()
+
+
 def test_other_policy_settings_replay_the_whole_log(settings: Settings) -> None:
     service = Service(settings)
     for i in range(20):

@@ -704,3 +704,11 @@ def test_a_policy_named_with_inline_rules_is_a_spec_string(tmp_path: Path) -> No
     assert name == load_settings(_write(tmp_path / "same.toml", text), env={}).build_policy().name
     other = load_settings(_write(tmp_path / "other.toml", text.replace("2000", "3000")), env={}).build_policy().name
     assert other != name and parse_spec(other)[1]["default"] == "gpt-4o-mini", (name, other)
+
+
+def test_retention_shorter_than_the_reward_window_is_refused() -> None:
+    """Retention deleted decisions whose reward window was still open (measured: with retention_days = 2 s and a 4 s
+    window, two of three decisions were gone before their default reward was learned)."""
+    with pytest.raises(ConfigError, match=r"retention_days: .* reward_window_s \(86400 s\)"):
+        Settings(retention_days=1, reward_window_s=86400, default_reward=0.5).check()
+    assert Settings(retention_days=2, reward_window_s=86400, default_reward=0.5).check()

@@ -3,6 +3,7 @@ the WAL growing without bound, rows kept forever, models without limit; and `ban
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -29,8 +31,10 @@ from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
 from bandit_router.dbguard import RateLimitedLog, check_database, wal_bytes
 from bandit_router.router import Router
+from bandit_router.service.exceptions import Unavailable
 from bandit_router.store import WAL_MAX_BYTES, SQLiteStore
-from bandit_router.types import Request
+from bandit_router.store.migrations import SCHEMA_VERSION
+from bandit_router.types import Outcome, Request
 
 SPEC = {"input_usd_per_mtok": 0.1, "output_usd_per_mtok": 0.1}
 
@@ -453,6 +457,37 @@ def test_a_look_at_the_wal_during_a_checkpoint_or_a_restart_does_not_make_a_rest
         store.close()
 
 
+def test_a_decision_that_does_not_decode_fails_its_own_feedback_not_its_batch_nor_the_reward_windows(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """One decision's stored values corrupted (its features blob): a feedback for it raised inside the batch's
+    transaction, so every request committed with it was answered 503 too, and the reward-window sweep that met it
+    failed its transaction every time, so no window closed again. Now that feedback alone is refused (503, with
+    the reason), and the other decisions' windows close."""
+    client = make_client(reward_window_s=3.0, default_reward=0.2)  # the feedback below comes well within it
+    ids = [_route(client, f"decode {i}").json()["decision_id"] for i in range(4)]
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "faults.db") as conn:
+        conn.execute("UPDATE decisions SET features = X'0102' WHERE decision_id = ?", (ids[0],))
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+
+    async def together() -> list[Any]:  # submitted in one iteration of the loop: one batch, one transaction
+        return await asyncio.gather(engine.feedback(ids[0], Outcome(quality=0.5)),
+                                    engine.feedback(ids[1], Outcome(quality=0.5)), return_exceptions=True)
+
+    bad, good = asyncio.run(together())
+    assert isinstance(bad, Unavailable) and "cannot be read" in str(bad), bad
+    assert not isinstance(good, BaseException) and good.status == "applied", good
+    reply = client.post("/v1/feedback", json={"decision_id": ids[0], "quality": 0.5})
+    assert reply.status_code == 503 and ids[0] in reply.json()["message"], reply.text
+
+    def statuses() -> list[list[str]]:
+        return [[f["status"] for f in client.get(f"/v1/decisions/{i}").json()["feedback"]] for i in ids[1:]]
+
+    _until(lambda: statuses() == [["applied"], ["default"], ["default"]], timeout=10)
+
+
 # -- growth: max_models, retention_days -----------------------------------------------------------------------------
 def test_max_models_refuses_one_more_model(make_client: Callable[..., TestClient]) -> None:
     client = make_client(max_models=14)
@@ -477,7 +512,7 @@ def test_a_catalog_larger_than_max_models_is_a_config_error() -> None:
 
 def test_retention_deletes_old_rows_the_checkpoint_holds(make_client: Callable[..., TestClient],
                                                          tmp_path: Path) -> None:
-    client = make_client(checkpoint_interval=1)
+    client = make_client(checkpoint_interval=1, checkpoints_kept=1)  # the one kept holds every feedback
     old = [_route(client, f"old {i}").json()["decision_id"] for i in range(30)]
     for decision_id in old[:20]:
         assert client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.4}).status_code == 200
@@ -487,7 +522,7 @@ def test_retention_deletes_old_rows_the_checkpoint_holds(make_client: Callable[.
     with sqlite3.connect(tmp_path / "faults.db") as conn:  # age every row by 40 days
         conn.execute("UPDATE decisions SET created_at = created_at - 40 * 86400")
         conn.execute("UPDATE feedback SET received_at = received_at - 40 * 86400")
-    client = make_client(checkpoint_interval=1, retention_days=30)
+    client = make_client(checkpoint_interval=1, checkpoints_kept=1, retention_days=30)
     fresh = _route(client, "fresh").json()["decision_id"]
     engine = client.app.state.engine  # type: ignore[attr-defined]
 
@@ -502,6 +537,73 @@ def test_retention_deletes_old_rows_the_checkpoint_holds(make_client: Callable[.
     reply = client.post("/v1/feedback", json={"decision_id": fresh, "quality": 0.9})
     assert reply.status_code == 200 and reply.json()["seq"] == 21  # seqs are never reused
     assert engine.router.version >= 1
+
+
+def test_retention_after_a_policy_change_keeps_what_a_restart_replays(make_client: Callable[..., TestClient],
+                                                                      tmp_path: Path) -> None:
+    """The old policy's checkpoints hold the old rows, the new policy's do not: retention under the new policy must
+    not delete what it learned from them before its own checkpoint holds them, or a crash loses that learning."""
+    client = make_client(checkpoint_interval=1)
+    for i in range(20):
+        decision_id = _route(client, f"old {i}").json()["decision_id"]
+        reply = client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.1 + i / 40})
+        assert reply.status_code == 200
+    client.__exit__(None, None, None)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "faults.db") as conn:  # age every row by 40 days
+        conn.execute("UPDATE decisions SET created_at = created_at - 40 * 86400")
+        conn.execute("UPDATE feedback SET received_at = received_at - 40 * 86400")
+    changed = {"policy": "linucb", "checkpoint_interval": 1000, "retention_days": 30}
+    client = make_client(**changed)
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    assert engine.recovery["checkpoint_seq"] is None and engine.router.version == 20  # relearned the whole log
+    engine._next_retention = 0.0
+    time.sleep(1.0)  # retention runs between the writer's rounds (every 0.1 s idle)
+    weights = engine.router.weights()
+    engine.stop(checkpoint=False)  # a crash: no final checkpoint
+    client.__exit__(None, None, None)
+    with sqlite3.connect(tmp_path / "faults.db") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 20
+    client = make_client(**changed)
+    restarted = client.app.state.engine  # type: ignore[attr-defined]
+    assert restarted.router.version == 20
+    assert np.array_equal(restarted.router.weights(), weights)
+
+
+def test_decisions_after_retention_emptied_the_table_still_close_their_reward_windows(
+    make_client: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """A service idle for longer than `retention_days`: retention deleted every decision. SQLite numbers a new row
+    max(rowid) + 1, so had it deleted the newest too, the next decisions would get the rowids of the deleted ones,
+    behind the position up to which reward windows were closed, and never learn their default reward."""
+    windows = {"checkpoint_interval": 1, "checkpoints_kept": 1, "reward_window_s": 0.3, "default_reward": 0.3}
+    client = make_client(**windows)
+    old = [_route(client, f"old {i}").json()["decision_id"] for i in range(5)]
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    _until(lambda: engine.router.version == 5, timeout=5)  # each learned its default reward
+    client.__exit__(None, None, None)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "faults.db") as conn:  # age every row by 40 days
+        conn.execute("UPDATE decisions SET created_at = created_at - 40 * 86400")
+        conn.execute("UPDATE feedback SET received_at = received_at - 40 * 86400")
+    client = make_client(**windows, retention_days=30)
+
+    def stored() -> list[str]:
+        with sqlite3.connect(tmp_path / "faults.db") as conn:
+            return [row[0] for row in conn.execute("SELECT decision_id FROM decisions ORDER BY rowid")]
+
+    _until(lambda: len(stored()) <= 1, timeout=5)
+    fresh = [_route(client, f"fresh {i}").json()["decision_id"] for i in range(3)]
+
+    def statuses() -> list[list[str]]:
+        return [[f["status"] for f in client.get(f"/v1/decisions/{i}").json()["feedback"]] for i in fresh]
+
+    _until(lambda: statuses() == [["default"]] * 3, timeout=5)
+    assert client.app.state.engine.router.version == 8  # type: ignore[attr-defined]
+    assert stored() == [old[-1], *fresh]  # the newest old one stayed, with its feedback: its rowid was not reused
+    assert [f["status"] for f in client.get(f"/v1/decisions/{old[-1]}").json()["feedback"]] == ["default"]
 
 
 def test_a_database_migrated_by_a_newer_version_under_a_running_service_stops_its_writes(
@@ -550,6 +652,37 @@ def _read_only_folder(folder: Path) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_database_on_a_full_file_system_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """Drill: `serve` on a database whose file system filled up while the service was down. SQLite cannot even read a
+    WAL database there (it must size the `-shm` file first) and says only "disk I/O error"; the message now says
+    that the file system is full. Nothing of the database is lost: once there is room it opens as before."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs as root here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        db = folder / "router.db"
+        store = SQLiteStore(db)
+        store.prepare()
+        store.close()
+        with (folder / "filler").open("wb") as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
+        result = CliRunner().invoke(cli_app, ["serve", "--db", str(db), "--port", "1"])
+        assert result.exit_code == 2, result.output  # a message and exit status 2, not a traceback
+        assert str(db) in result.output and f"the file system holding {folder} is full" in result.output, result.output
+        (folder / "filler").unlink()
+        store = SQLiteStore(db)
+        assert store.schema_version() == SCHEMA_VERSION
+        store.close()
+    finally:  # lazily: the failed start's store (in this process) may still hold the file open
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
 @pytest.mark.parametrize("where", ["router.db", "sub/router.db"])

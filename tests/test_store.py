@@ -701,6 +701,57 @@ def test_a_database_at_schema_5_is_read_without_chains_then_migrates(store: Stor
         reopened.close()
 
 
+def test_retention_keeps_what_every_checkpoint_of_the_running_configuration_needs(store: Store, router: Router) -> None:
+    """Retention deletes old feedback only up to the oldest kept checkpoint of the configuration it is given: another
+    configuration's checkpoint (a policy changed since; the running one relearned the log and has no checkpoint
+    holding those rows yet) holds nothing for it, and a start whose newest checkpoint fails its checksum restores an
+    older one and replays the log after it."""
+    old = time.time() - 40 * 86400
+    decisions = [_decision(router, f"retained {i}") for i in range(6)]
+    with store.write() as tx:
+        tx.insert_decisions([(dataclasses.replace(d, created_at=old), None, None) for d in decisions])
+        tx.insert_feedback([dataclasses.replace(_record(d, n + 1), received_at=old) for n, d in enumerate(decisions)])
+        tx.insert_checkpoint(fingerprint="before", seq=6, event_id=0, version=6, sha256="x", state=b"", keep=3)
+    store.delete_old(time.time() - 30 * 86400, 1000, fingerprint="running")  # type: ignore[attr-defined]
+    with store.read() as reader:
+        assert [r.seq for r, _ in reader.learned_after(0, 100)] == [1, 2, 3, 4, 5, 6]
+    with store.write() as tx:
+        for seq in (2, 4):
+            tx.insert_checkpoint(fingerprint="running", seq=seq, event_id=0, version=seq, sha256="x", state=b"", keep=3)
+    store.delete_old(time.time() - 30 * 86400, 1000, fingerprint="running")  # type: ignore[attr-defined]
+    with store.read() as reader:
+        assert [r.seq for r, _ in reader.learned_after(0, 100)] == [3, 4, 5, 6]
+        assert reader.decision(decisions[0].decision_id) is None
+
+
+def test_retention_takes_a_decision_with_all_its_feedback_in_one_transaction(store: Store, router: Router) -> None:
+    """Each retention transaction deletes whole decisions: all of a decision's feedback and the decision itself. It
+    limited feedback rows and decisions separately, so a decision could lose only some of its feedback rows (the
+    limit fell among them), or all of them while the decision stayed (the decisions' limit went to older ones that
+    never had feedback): a feedback arriving then was judged against what was left, and learned a second time."""
+    old = time.time() - 40 * 86400
+    never = [_decision(router, f"never fed {i}") for i in range(3)]
+    fed = _decision(router, "fed three times")
+    newest = _decision(router, "today")
+    with store.write() as tx:
+        tx.insert_decisions([(dataclasses.replace(d, created_at=old), None, None) for d in (*never, fed)])
+        tx.insert_decisions([(newest, None, None)])
+        tx.insert_feedback([
+            dataclasses.replace(_record(fed, 1), received_at=old),
+            dataclasses.replace(_record(fed, 2, quality=0.7, learn=False, status="ignored"), received_at=old),
+            dataclasses.replace(_record(fed, 3, quality=0.9, learn=False, status="ignored"), received_at=old),
+        ])
+        tx.insert_checkpoint(fingerprint="f", seq=3, event_id=0, version=1, sha256="x", state=b"", keep=3)
+    rounds = 0
+    while store.delete_old(time.time() - 30 * 86400, 2, fingerprint="f"):  # type: ignore[attr-defined]
+        rounds += 1
+        with store.read() as reader:
+            left = [r.seq for r in reader.feedback_for(fed.decision_id)]
+            assert (reader.decision(fed.decision_id) is None and left == []) or left == [1, 2, 3], (rounds, left)
+    with store.read() as reader:
+        assert [d.decision_id for d in (*never, fed, newest) if reader.decision(d.decision_id)] == [newest.decision_id]
+
+
 def test_retention_keeps_a_decisions_feedback_together(store: Store, router: Router) -> None:
     """`delete_old` deletes a decision's feedback only when none of it is kept: a learned cascade's decision whose
     first `unrouted` feedback (learned, 40 days old, held by the checkpoint) is followed by a second (today, after
@@ -718,6 +769,7 @@ def test_retention_keeps_a_decisions_feedback_together(store: Store, router: Rou
     cascade, routed, gone = named("two feedbacks"), _decision(router, "routed twice"), named("all old")
     with store.write() as tx:
         tx.insert_decisions([(dataclasses.replace(d, created_at=old), None, None) for d in (cascade, routed, gone)])
+        tx.insert_decisions([(_decision(router, "today"), None, None)])  # the newest decision always stays
         tx.insert_calls([CallRecord(
             decision_id=d.decision_id, request_id=d.decision_id, attempt=1, model=d.model, routed=False,
             stream=False, status="ok", http_status=200, input_tokens=10, output_tokens=20, usage=None,
@@ -733,7 +785,7 @@ def test_retention_keeps_a_decisions_feedback_together(store: Store, router: Rou
             at(_record(cascade, 4, quality=0.9, learn=False, status="unrouted"), now),
             at(_record(routed, 5, quality=0.9, learn=False, status="ignored"), now),
         ])
-    store.delete_old(now - 30 * 86400, 1000)  # type: ignore[attr-defined]
+    store.delete_old(now - 30 * 86400, 1000, fingerprint="f")  # type: ignore[attr-defined]
     with store.read() as reader:
         assert reader.chains_after(3, 5, 100) == []  # the checkpoint at seq 3 learned the cascade's chain
         assert [r.seq for r in reader.feedback_for(cascade.decision_id)] == [1, 4]
@@ -850,7 +902,9 @@ def test_batches_fit_the_999_variables_of_sqlite_before_3_32(
         assert len(context.decisions) == len(context.feedback) == len(context.calls) == 250
         assert len(reader.decisions(ids)) == 250 and len(reader.calls_for_many(ids)) == 250
     _raw(store, "DELETE FROM feedback")
-    assert store.delete_old(time.time() + 1, 1000) == 250
+    with store.write() as tx:
+        tx.insert_decisions([(_decision(router, "newest"), None, None)])  # the newest always stays
+    assert store.delete_old(time.time() + 1, 1000, fingerprint="f") == 250
     store.close()
 
 
@@ -862,10 +916,11 @@ def test_retention_deletes_its_ids_in_statements_the_variable_limit_allows(
     ids (up to `RETENTION_BATCH`, 1,000) in one statement, as before the chunking, not 200 a statement."""
     store = _store_binding_at_most(100, tmp_path / "small.db", monkeypatch)
     decisions = [_decision(router, f"small limit {i}") for i in range(250)]
+    newest = _decision(router, "newest")  # always stays
     with store.write() as tx:
-        assert tx.insert_decisions([(d, None, None) for d in decisions]) == [True] * 250
+        assert tx.insert_decisions([(d, None, None) for d in [*decisions, newest]]) == [True] * 251
         tx.insert_shadow_pmfs([(d.decision_id, "{}") for d in decisions])
-    assert store.delete_old(time.time() + 1, 1000) == 250
+    assert store.delete_old(time.time() + 1, 1000, fingerprint="f") == 250
     with store.read() as reader:
         assert reader.decisions([d.decision_id for d in decisions]) == {}
     store.close()
@@ -873,11 +928,11 @@ def test_retention_deletes_its_ids_in_statements_the_variable_limit_allows(
     current = SQLiteStore(tmp_path / "current.db")
     current.prepare()
     with current.write() as tx:
-        tx.insert_decisions([(d, None, None) for d in decisions])
+        tx.insert_decisions([(d, None, None) for d in [*decisions, newest]])
         conn = tx.conn  # type: ignore[attr-defined]
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
-    assert current.delete_old(time.time() + 1, 1000) == 250
+    assert current.delete_old(time.time() + 1, 1000, fingerprint="f") == 250
     conn.set_trace_callback(None)
     current.close()
     assert len([s for s in statements if s.startswith("DELETE FROM decisions WHERE decision_id IN")]) == 1

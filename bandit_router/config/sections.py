@@ -120,7 +120,7 @@ class StorageSettings:
     wal_max_bytes: int = setting(64 * 1024 * 1024, help="the writer restarts the SQLite WAL before it grows past this "
                                  "size (0: never; SQLite's passive checkpoints alone let it grow without bound)")
     retention_days: float | None = setting(help="delete decisions and feedback older than this many days once the "
-                                           "newest checkpoint holds them (unset: keep everything; see Durability)")
+                                           "checkpoints hold them (unset: keep everything; see Durability)")
 
     def __post_init__(self) -> None:
         if isinstance(self.db, str):  # `Settings(db="postgresql://…")`

@@ -180,6 +180,11 @@ class Settings:
             raise ConfigError(f"judge_model: {judge!r} is not in the catalog")
         if self.gateway.router_alias in catalog.names:
             raise ConfigError(f"router_alias: {self.gateway.router_alias!r} is also a catalog model's name")
+        days, window = self.storage.retention_days, self.feedback.reward_window_s
+        if days is not None and window is not None and days * 86400.0 <= window:
+            raise ConfigError(f"retention_days: {days:g} days is not longer than reward_window_s ({window:g} s): "
+                              "decisions would be deleted before their reward window closes (no default reward, no "
+                              "average learned, later feedback a 404)")
         return self
 
     def check_catalog(

@@ -72,7 +72,7 @@ class LogFollower:
 
     def learn(self, record: FeedbackRecord, decision: Decision | None) -> None:
         if decision is None:
-            log.error("feedback seq %d has no decision; skipped", record.seq)
+            log.error("feedback seq %d has no readable decision; skipped", record.seq)
         else:
             self.policies.learn(decision, record.outcome(), record.seq)
 

@@ -377,7 +377,7 @@ class Engine:
         if days is not None and delete_old is not None and now >= self._next_retention and not self._sealed:
             self._next_retention = now + RETENTION_EVERY_S
             try:
-                deleted = delete_old(time.time() - days * 86400.0, RETENTION_BATCH)
+                deleted = delete_old(time.time() - days * 86400.0, RETENTION_BATCH, fingerprint=self.fingerprint)
             except StoreError as exc:
                 self._say("retention", logging.WARNING, "deleting old rows failed (will retry): %s", exc)
                 return

@@ -55,6 +55,7 @@ from ..store import (
     Store,
     StoredDecision,
     StoreError,
+    UnreadableDecision,
     WriteTx,
 )
 from ..store.rollup import counts_as_learned
@@ -112,6 +113,8 @@ class Batch:
     feedback: dict[str, list[FeedbackRecord]] = field(default_factory=dict)
     calls: dict[str, CallRecord] = field(default_factory=dict)
     """The gateway's call records of the decisions the batch's feedback refers to."""
+    unreadable: dict[str, str] = field(default_factory=dict)
+    """Decisions the batch's feedback refers to that are stored but do not decode, with the reason."""
     next_seq: int = 1
     pending: list[FeedbackRecord] = field(default_factory=list)
     decided: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -219,6 +222,9 @@ class Feedback(Op):
     def run(self, batch: Batch) -> FeedbackResult:
         stored = batch.decisions.get(self.decision_id)
         if stored is None:
+            if self.decision_id in batch.unreadable:  # this feedback fails, the rest of the batch goes on
+                raise Unavailable(f"{batch.unreadable[self.decision_id]}; this feedback was not stored (see "
+                                  "`bandit-router check` and the docs: service → durability)")
             raise UnknownDecision(f"no decision {self.decision_id!r}")
         decision, o = stored.decision, with_call(self.outcome, batch.calls.get(self.decision_id))
         report = (o.quality, o.cost_usd, o.input_tokens, o.output_tokens, o.latency_s, self.source)
@@ -505,6 +511,7 @@ class Writer:
                 if asked:
                     read = tx.decisions_for_feedback(asked)
                     batch.decisions, batch.feedback, batch.calls = read.decisions, read.feedback, read.calls
+                    batch.unreadable = read.unreadable
                 for op in ops:
                     if isinstance(op, _OUTSIDE_THE_LOG):
                         continue
@@ -609,7 +616,11 @@ class Writer:
             call = calls.get(info.decision_id)
             if closing[1] == FeedbackStatus.DEFAULT and call is not None and call.status in NO_DEFAULT_REWARD:
                 continue  # no answer to reward: the upstream refused the request, or the caller left
-            stored = tx.decision(info.decision_id)
+            try:
+                stored = tx.decision(info.decision_id)
+            except UnreadableDecision as exc:  # its window cannot close; the others' do
+                self._say(f"unreadable {info.decision_id}", logging.ERROR, "reward window not closed: %s", exc)
+                continue
             if stored is None:  # cannot happen: `info` came from the decisions table in this transaction
                 log.error("decision %s vanished while closing its reward window", info.decision_id)
                 continue

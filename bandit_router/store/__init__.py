@@ -37,6 +37,7 @@ from .records import (
     StoredDecision,
     StoreError,
     StoreStats,
+    UnreadableDecision,
 )
 from .rollup import MinuteStats
 from .router_stats import RouterCounts
@@ -69,6 +70,7 @@ __all__ = [
     "StoreError",
     "StoreStats",
     "StoredDecision",
+    "UnreadableDecision",
     "WriteTx",
     "decode_features",
     "encode_features",

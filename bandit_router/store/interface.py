@@ -47,8 +47,9 @@ class Reader(Protocol):
         """Every stored feedback of each of `decision_ids`, in seq order (one query)."""
         ...
 
-    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision]]:
-        """Feedback rows with learn = 1 and `seq` greater than `seq`, in seq order, with their decisions."""
+    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision | None]]:
+        """Feedback rows with learn = 1 and `seq` greater than `seq`, in seq order, with their decisions (None, logged,
+        for a decision whose stored values cannot be decoded)."""
         ...
 
     def chains_after(self, seq: int, until: int, limit: int) -> list[ChainFeedback]:

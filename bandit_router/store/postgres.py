@@ -64,6 +64,7 @@ from .records import (
     StoredDecision,
     StoreError,
     StoreStats,
+    UnreadableDecision,
 )
 from .sqlite import (
     _DECISIONS,
@@ -71,24 +72,25 @@ from .sqlite import (
     _FEEDBACK,
     _FI,
     _JOINED,
-    _NO_FEEDBACK_KEPT,
     CALL_COLUMNS,
     CALLS_WITH_CHAINS,
     CALLS_WITHOUT_CHAINS,
     CHAINS_SQL,
     DECISION_COLUMNS,
     FEEDBACK_COLUMNS,
+    HELD_BY_CHECKPOINTS,
     JUDGE_CALL_COLUMNS,
     JUDGE_CALLS_AFTER,
     JUDGE_TOTALS,
+    RETIRED_WITH_FEEDBACK,
     _call_from_row,
     _call_value,
     _chains_from_rows,
-    _decision_from_row,
     _feedback_from_row,
     _SQLiteTx,
     _stored_from_row,
     judge_totals,
+    learned_from_rows,
 )
 
 log = logging.getLogger("bandit_router.store")
@@ -338,22 +340,22 @@ class PostgresStore:
                 if self.down or time.monotonic() >= deadline:
                     raise
 
-    def delete_old(self, cutoff: float, limit: int) -> int:
-        """`retention_days`, as `SQLiteStore.delete_old`: feedback the newest checkpoint holds, received before
-        `cutoff` (a decision's together), then decisions before `cutoff` no feedback refers to. Seqs are never
-        reused (`log_head`)."""
+    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str) -> int:
+        """`retention_days`, as `SQLiteStore.delete_old`: at most `limit` decisions before `cutoff` with all their
+        feedback, when every kept checkpoint of the configuration `fingerprint` holds it (`HELD_BY_CHECKPOINTS`) and
+        it was all received before `cutoff`, then (up to `limit` decisions in all) decisions before `cutoff` that
+        never had feedback. Decision positions and seqs are never reused (an identity, `log_head`)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
-            checkpoint_seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()[0])
-            deleted = conn.execute(
-                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback f WHERE seq <= %s AND received_at < %s "
-                f"AND {_NO_FEEDBACK_KEPT.format(mark='%s')} ORDER BY seq LIMIT %s)",
-                (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit),
-            ).rowcount
-            ids = [r[0] for r in conn.execute(
+            held = conn.execute(HELD_BY_CHECKPOINTS.format(mark="%s"), (fingerprint,)).fetchone()
+            checkpoint_seq = int(held[0])
+            fed = [r[0] for r in conn.execute(RETIRED_WITH_FEEDBACK.format(mark="%s", newest=""),
+                                              (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit))]
+            deleted = conn.execute("DELETE FROM feedback WHERE decision_id = ANY(%s)", (fed,)).rowcount if fed else 0
+            ids = fed + [r[0] for r in conn.execute(
                 "SELECT decision_id FROM decisions d WHERE created_at < %s AND NOT EXISTS "
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY position LIMIT %s",
-                (cutoff, limit),
+                (cutoff, limit - len(fed)),
             ).fetchall()]
             if ids:
                 conn.execute("DELETE FROM shadow_pmfs WHERE decision_id = ANY(%s)", (ids,))
@@ -631,9 +633,14 @@ class _PostgresTx(_SQLiteTx):
 
     def decisions_for_feedback(self, decision_ids: Sequence[str]) -> FeedbackContext:
         """The three queries, as before (one round trip each)."""
-        return FeedbackContext(
-            self.decisions(decision_ids), self.feedback_for_many(decision_ids), self.calls_for_many(decision_ids)
-        )
+        context = FeedbackContext({}, self.feedback_for_many(decision_ids), self.calls_for_many(decision_ids))
+        rows = self._rows(f"SELECT {_DECISIONS} FROM decisions WHERE decision_id = ANY(%s)", (list(decision_ids),))
+        for row in rows:
+            try:
+                context.decisions[row[_DI["decision_id"]]] = _stored_from_row(row)
+            except UnreadableDecision as exc:
+                context.unreadable[row[_DI["decision_id"]]] = str(exc)
+        return context
 
     def get_meta(self, key: str) -> str | None:
         row = self._one("SELECT value FROM meta WHERE key = %s", (key,))
@@ -668,14 +675,13 @@ class _PostgresTx(_SQLiteTx):
         rows = self._rows(f"SELECT {_FEEDBACK} FROM feedback WHERE decision_id = %s ORDER BY seq", (decision_id,))
         return [_feedback_from_row(row) for row in rows]
 
-    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision]]:
+    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision | None]]:
         rows = self._rows(
             f"SELECT {_JOINED} FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
             "WHERE f.seq > %s AND f.learn = 1 ORDER BY f.seq LIMIT %s",
             (seq, limit),
         )
-        after = len(FEEDBACK_COLUMNS)
-        return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
+        return learned_from_rows(rows)
 
     def chains_after(self, seq: int, until: int, limit: int) -> list[ChainFeedback]:
         if not self.has_table("chains"):

@@ -17,6 +17,11 @@ class StoreError(BanditRouterError):
     """The database cannot be used (locked for too long, full, corrupt, or of a newer schema)."""
 
 
+class UnreadableDecision(StoreError):
+    """A stored decision whose values do not decode (a value corrupted on disk, which SQLite's integrity check does
+    not look at, or edited by hand): that decision cannot be used, the rest of the database can."""
+
+
 class FeedbackStatus(enum.StrEnum):
     """What became of a stored feedback (the `status` column; a `str`, so it compares and serialises as one)."""
 
@@ -271,6 +276,8 @@ class FeedbackContext:
     decisions: dict[str, StoredDecision]
     feedback: dict[str, list[FeedbackRecord]]
     calls: dict[str, CallRecord]
+    unreadable: dict[str, str] = field(default_factory=dict)
+    """Decisions stored but not decodable (`UnreadableDecision`), with the reason: their feedback is refused alone."""
 
 
 @dataclass(slots=True)

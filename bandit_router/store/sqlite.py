@@ -32,6 +32,7 @@ import json
 import logging
 import operator
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -63,6 +64,7 @@ from .records import (
     StoredDecision,
     StoreError,
     StoreStats,
+    UnreadableDecision,
 )
 from .writelock import WriteLock
 
@@ -161,7 +163,7 @@ class SQLiteStore:
             conn.execute(f"PRAGMA journal_size_limit = {self.wal_max_bytes or WAL_MAX_BYTES}")
         except sqlite3.Error as exc:
             self._note(exc)  # a corrupt file met while opening a connection is the store's fault too
-            raise StoreError(f"{self.path}: {exc}{_why_not_opened(self.path, exc)}") from exc
+            raise StoreError(f"{self.path}: {exc}{_file_system_reason(self.path, exc)}") from exc
         if self.guard.identity is None:
             self.guard.arm()
         return conn
@@ -206,7 +208,8 @@ class SQLiteStore:
                 conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot prepare the database: {exc}") from exc
+            reason = _file_system_reason(self.path, exc)
+            raise StoreError(f"{self.path}: cannot prepare the database: {exc}{reason}") from exc
         finally:
             conn.close()
 
@@ -224,7 +227,7 @@ class SQLiteStore:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         except sqlite3.Error as exc:
             self._note(exc)
-            raise StoreError(f"{self.path}: {exc}") from exc
+            raise StoreError(f"{self.path}: {exc}{_file_system_reason(self.path, exc)}") from exc
         value = None if row is None else str(row[0])
         return int(value) if value is not None and value.isdigit() else 0
 
@@ -301,28 +304,38 @@ class SQLiteStore:
         if self.check_file() is not None:
             raise StoreError(f"the database is unusable: {self.fault}")
 
-    def delete_old(self, cutoff: float, limit: int) -> int:
-        """`retention_days`: delete (in one transaction, at most `limit` rows of each table) the feedback received
-        before `cutoff` (Unix time) whose seq the newest checkpoint holds, then the decisions made before `cutoff`
-        that no feedback row refers to any more (with their shadow pmfs, call records and chains). A decision's
-        feedback goes together (`_NO_FEEDBACK_KEPT`). Returns how many rows were deleted. Feedback seqs are never
-        reused (`sqlite_sequence` keeps the largest)."""
+    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str) -> int:
+        """`retention_days`: delete (in one transaction) at most `limit` decisions made before `cutoff` (Unix time)
+        with all their feedback, when every row of it was received before `cutoff` and every kept checkpoint of the
+        running configuration holds it (`HELD_BY_CHECKPOINTS`), oldest feedback first; then, up to `limit`
+        decisions in all, the decisions made before `cutoff` that never had feedback. Their shadow pmfs, call
+        records and chains go with them. A decision and its feedback go together (`_NO_FEEDBACK_KEPT`): a decision
+        left without its learned feedback, or with only some of its rows, would learn a later feedback again. The
+        newest decision stays, with its feedback: SQLite numbers a new row max(rowid) + 1, so deleting the newest
+        would hand its rowid, and those of the rows before it, to the next decisions, behind the positions that
+        reward windows (`swept_decisions`), other workers' budget booking and the dashboard have read up to (a
+        service idle for `retention_days` would never close the windows of its next decisions). Returns how many
+        rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps the largest)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
-            row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM checkpoints").fetchone()
-            checkpoint_seq = int(row[0])
-            deleted = conn.execute(
-                "DELETE FROM feedback WHERE seq IN (SELECT seq FROM feedback f WHERE seq <= ? AND received_at < ? "
-                f"AND {_NO_FEEDBACK_KEPT.format(mark='?')} ORDER BY seq LIMIT ?)",
-                (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit),
-            ).rowcount
-            old = (
-                "SELECT decision_id FROM decisions d WHERE created_at < ? AND NOT EXISTS "
+            checkpoint_seq = int(conn.execute(HELD_BY_CHECKPOINTS.format(mark="?"), (fingerprint,)).fetchone()[0])
+            newest = conn.execute("SELECT rowid, decision_id FROM decisions ORDER BY rowid DESC LIMIT 1").fetchone()
+            newest_rowid, newest_id = (int(newest[0]), str(newest[1])) if newest is not None else (0, "")
+            fed = [r[0] for r in conn.execute(RETIRED_WITH_FEEDBACK.format(mark="?", newest="AND decision_id != ? "),
+                                              (checkpoint_seq, cutoff, newest_id, checkpoint_seq, cutoff, limit))]
+            never_fed = (
+                "SELECT decision_id FROM decisions d WHERE created_at < ? AND rowid < ? AND NOT EXISTS "
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY rowid LIMIT ?"
             )
-            every = [r[0] for r in conn.execute(old, (cutoff, limit)).fetchall()]
             # all the ids in one statement on a current SQLite, as before; as many as the variable limit allows
             step = tx.per_statement(1, max(1, limit))  # type: ignore[attr-defined]
+            deleted = 0
+            for start in range(0, len(fed), step):
+                ids = fed[start : start + step]
+                marks = ",".join("?" * len(ids))
+                deleted += conn.execute(f"DELETE FROM feedback WHERE decision_id IN ({marks})", ids).rowcount
+            room = limit - len(fed)
+            every = fed + [r[0] for r in conn.execute(never_fed, (cutoff, newest_rowid, room)).fetchall()]
             for start in range(0, len(every), step):
                 ids = every[start : start + step]
                 marks = ",".join("?" * len(ids))
@@ -740,7 +753,10 @@ class _SQLiteTx:
                     call = _call_from_row(row[1 : len(CALL_COLUMNS) + 2])
                     context.calls[call.decision_id] = call
                 elif isinstance(first, str):
-                    context.decisions[first] = _stored_from_row(row)
+                    try:
+                        context.decisions[first] = _stored_from_row(row)
+                    except UnreadableDecision as exc:
+                        context.unreadable[first] = str(exc)
                 else:
                     record = _feedback_from_row(row)
                     context.feedback.setdefault(record.decision_id, []).append(record)
@@ -782,15 +798,14 @@ class _SQLiteTx:
         sql = f"SELECT {_FEEDBACK} FROM feedback WHERE decision_id = ? ORDER BY seq"
         return [_feedback_from_row(row) for row in self._execute(sql, (decision_id,), plain=True)]
 
-    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision]]:
+    def learned_after(self, seq: int, limit: int) -> list[tuple[FeedbackRecord, Decision | None]]:
         rows = self._execute(
             f"SELECT {_JOINED} FROM feedback f JOIN decisions d ON d.decision_id = f.decision_id "
             "WHERE f.seq > ? AND f.learn = 1 ORDER BY f.seq LIMIT ?",
             (seq, limit),
             plain=True,
         ).fetchall()
-        after = len(FEEDBACK_COLUMNS)  # the decision's columns follow the feedback's
-        return [(_feedback_from_row(row), _decision_from_row(row, after)) for row in rows]
+        return learned_from_rows(rows)
 
     def chains_after(self, seq: int, until: int, limit: int) -> list[ChainFeedback]:
         if self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'chains'").fetchone() is None:
@@ -894,6 +909,13 @@ class _SQLiteTx:
         return stats
 
 
+HELD_BY_CHECKPOINTS = "SELECT COALESCE(MIN(seq), 0) FROM checkpoints WHERE fingerprint = {mark}"
+"""The feedback seq up to which retention may delete: what the oldest kept checkpoint of the running configuration
+(`fingerprint`) holds. Not another configuration's (a policy or catalog changed since: the running one relearned
+the log, and until its own checkpoint holds a row a restart replays that row), and not only the newest one's: a
+start that finds the newest failing its checksum, or not loading, restores an older one and replays the log after
+it, which must still be there."""
+
 _NO_FEEDBACK_KEPT = (
     "NOT EXISTS (SELECT 1 FROM feedback g WHERE g.decision_id = f.decision_id AND (g.seq > {mark} "
     "OR g.received_at >= {mark}))"
@@ -902,6 +924,14 @@ _NO_FEEDBACK_KEPT = (
 received before the cutoff): the rules that read a decision's earlier feedback (learned once: `judge`; a learned
 cascade's chain learned at its first `unrouted` one: `CHAINS_SQL`) must still see it beside a later one, or a
 third feedback, or a replay from the checkpoint, would learn the decision again."""
+
+RETIRED_WITH_FEEDBACK = (
+    "SELECT DISTINCT decision_id FROM (SELECT decision_id FROM feedback f WHERE seq <= {mark} AND received_at < {mark} "
+    "{newest}AND " + _NO_FEEDBACK_KEPT + " ORDER BY seq LIMIT {mark}) AS oldest"
+)
+"""The decisions whose feedback retention deletes next: those of the oldest `limit` feedback rows it may delete (a
+walk of the seq index that stops there, not an aggregate of every old row); all their rows go (`_NO_FEEDBACK_KEPT`:
+one row of a decision may go only when every row of it may)."""
 CALL_COLUMNS = (
     "decision_id", "request_id", "attempt", "model", "routed", "stream", "status", "http_status", "input_tokens",
     "output_tokens", "usage", "cost_usd", "ttft_s", "latency_s", "error", "created_at",
@@ -996,9 +1026,18 @@ def _stored_from_row(row: Sequence[Any]) -> StoredDecision:
 
 
 def _decision_from_row(row: Sequence[Any], at: int = 0) -> Decision:
-    """A `Decision` from the values of `DECISION_COLUMNS` starting at position `at` of `row`. Every feedback reads
-    its decision back through this, so the columns that repeat from row to row (the model list, the markers, the
-    caller's context) are parsed once per distinct text (`_parsed`: immutable values, shared)."""
+    """A `Decision` from the values of `DECISION_COLUMNS` starting at position `at` of `row`; `UnreadableDecision`
+    when they do not decode."""
+    try:
+        return _decode_decision(row, at)
+    except (StoreError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise UnreadableDecision(f"decision {row[at]!r} cannot be read: {exc}") from exc
+
+
+def _decode_decision(row: Sequence[Any], at: int = 0) -> Decision:
+    """`_decision_from_row`'s work. Every feedback reads its decision back through this, so the columns that repeat
+    from row to row (the model list, the markers, the caller's context) are parsed once per distinct text (`_parsed`:
+    immutable values, shared)."""
     (decision_id, created_at, model, arm, probability, models, pmf, expected_cost_usd, policy, policy_version,
      cost_weight, _tenant, input_tokens, n_chars, turns, markers, attributes, features) = row[at : at + _UNPACKED]
     context = Context(
@@ -1023,6 +1062,24 @@ def _decision_from_row(row: Sequence[Any], at: int = 0) -> Decision:
         expected_cost_usd=tuple(map(float, json.loads(expected_cost_usd or "[]"))),
         created_at=float(created_at),
     )
+
+
+def learned_from_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[FeedbackRecord, Decision | None]]:
+    """`learned_after`'s rows (the feedback's columns, then its decision's) decoded. A decision whose stored values
+    do not decode (a value corrupted on disk, which SQLite's integrity check does not look at, or edited by hand)
+    is None, logged with the reason: the log follower skips that feedback, as every process and every replay does,
+    where the exception ended every replay, so that the service never became ready again."""
+    after = len(FEEDBACK_COLUMNS)  # the decision's columns follow the feedback's
+    out: list[tuple[FeedbackRecord, Decision | None]] = []
+    for row in rows:
+        record = _feedback_from_row(row)
+        try:
+            decision: Decision | None = _decision_from_row(row, after)
+        except UnreadableDecision as exc:
+            log.error("feedback seq %d: %s", record.seq, exc)
+            decision = None
+        out.append((record, decision))
+    return out
 
 
 _UNPACKED = 18
@@ -1061,12 +1118,33 @@ def _feedback_from_row(row: Sequence[Any]) -> FeedbackRecord:
     return FeedbackRecord(**values)
 
 
-def _why_not_opened(path: Path, exc: sqlite3.Error) -> str:
-    """What the file system says when SQLite could not open `path` (it says only "unable to open database file"):
-    a directory this user cannot write, where SQLite creates the database and its `-wal` and `-shm` files, or a file
-    it cannot read and write."""
+FULL_BELOW_BYTES = 1 << 20
+"""Free bytes under which an I/O error of SQLite is put down to a full file system (`_file_system_reason`)."""
+
+
+def _file_system_reason(path: Path, exc: sqlite3.Error) -> str:
+    """What the file system says when SQLite could not open or use `path`, where SQLite's own words do not say it:
+    "unable to open database file" for a directory this user cannot write, where SQLite creates the database and its
+    `-wal` and `-shm` files, or a file it cannot read and write; "disk I/O error" for a full file system (a WAL
+    database cannot even be read there: SQLite must first size its `-shm` file, `SQLITE_IOERR_SHMSIZE`)."""
+    folder = path.parent
+    if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR"):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return ""
+        if free < FULL_BELOW_BYTES:
+            return (f": the file system holding {folder} is full ({free} bytes free), and SQLite needs room for the "
+                    "database's -wal and -shm files even to read it; free some space and start again")
+        return ""
     if "unable to open" not in str(exc):
         return ""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a read-only "
+                "file system, and SQLite creates the database and its -wal and -shm files there")
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f": the file is not readable and writable by this process (uid {os.geteuid()})"
+    return ""
     folder = path.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         return (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a read-only "
