@@ -146,6 +146,34 @@ def test_at_one_position_the_longest_candidate_wins_in_any_order() -> None:
     assert parse_choice("openai/gpt-4o", ["gpt-4o", "openai/gpt-4o"]) == "openai/gpt-4o"
 
 
+@pytest.mark.parametrize(
+    ("reply", "candidates", "expected"),
+    [  # after a name, ':' or '/' then a letter or digit is a tag or a variant: another model than the candidate
+        ("llama3:70b", ["llama3"], None),
+        ("claude-3:sonnet", ["claude-3"], None),
+        ("mistral/7b-instruct", ["mistral"], None),
+        ("ollama/llama3:70b", ["llama3"], None),
+        ("llama3:70b, else gpt-4o", ["llama3", "gpt-4o"], "gpt-4o"),
+        ("llama3:70b", ["llama3", "llama3:70b"], "llama3:70b"),  # listed itself: read
+        # before a name they are a label or a provider's prefix; after it, with no name following, a boundary
+        ("model: llama3", ["llama3"], "llama3"),
+        ("model:llama3", ["llama3"], "llama3"),
+        ("Model: claude-3", ["claude-3"], "claude-3"),
+        ("meta/llama3", ["llama3"], "llama3"),
+        ("llama3: it is cheap and good enough", ["llama3"], "llama3"),
+        ("llama3:", ["llama3"], "llama3"),
+        ("llama3/ (the cheap one)", ["llama3"], "llama3"),
+        ("llama3:\ngpt-4o", ["llama3", "gpt-4o"], "llama3"),
+    ],
+)
+def test_a_colon_or_slash_after_a_name_continues_it_before_one_it_does_not(
+    reply: str, candidates: list[str], expected: str | None
+) -> None:
+    """`llama3:70b` and `claude-3:sonnet` name other models than the candidates `llama3` and `claude-3` (they were read
+    as them), while `model: llama3` and `openai/`-style prefixes still read the candidate (`llm_router` docstring)."""
+    assert parse_choice(reply, candidates) == expected
+
+
 def test_the_judges_prompt_shows_the_request_and_the_answer_as_they_are() -> None:
     """`{answer}` or `{request}` written in the request or the answer is text, not a place to fill in; a request
     longer than the judge is shown keeps its start and its end (the latest question)."""
