@@ -59,6 +59,10 @@ class Pacer(Protocol):
         ...
 
 
+NOW_STATE = np.random.PCG64(0).state
+"""The state of `np.random.default_rng(0)`'s bit generator: where `Router.pmf_now`'s draws start each time."""
+
+
 class Router:
     """Route requests to models with a policy, log the probability, learn from outcomes."""
 
@@ -100,6 +104,8 @@ class Router:
         self.pacer = pacer
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        self._now_rng = np.random.Generator(np.random.PCG64(0))
+        """`pmf_now`'s generator, reset to `NOW_STATE` before each use (never the router's own `_rng`)."""
         self._counts: dict[str, int] = {}
         self._version = 0
         self._lock = threading.RLock()
@@ -266,10 +272,12 @@ class Router:
         """The probability `decide` would give each routable model for `context` now, with no `models` or
         `cost_weight` of the request's own (every active model, λ as configured or as the pacer sets it now, the
         cold-start floors), without drawing or booking: the router's own generator and what it learned are
-        untouched (a policy that samples draws from a throwaway generator)."""
+        untouched (a policy that samples draws from a generator of its own, reset to seed 0's state each time: the
+        draws of `np.random.default_rng(0)`, so the same context gives the same pmf until something is learned)."""
         with self._lock:
             priced = self._price(context, None, None)
-            pmf = self.policy.pmf(context, priced.specs, priced.penalty, np.random.default_rng(0))
+            self._now_rng.bit_generator.state = NOW_STATE  # ≈ 1.5 µs, against ≈ 15 µs for a new generator
+            pmf = self.policy.pmf(context, priced.specs, priced.penalty, self._now_rng)
             return dict(zip(priced.names, self._floored(context, priced, pmf), strict=True))
 
     def _floored(self, context: Context, priced: _Priced, pmf: np.ndarray) -> list[float]:
