@@ -180,6 +180,30 @@ def test_a_named_model_is_called_and_stored_but_never_learned(gateway: Callable[
     assert httpx.get(url + "/v1/stats").json()["policy_version"] == before
 
 
+def test_a_route_false_model_named_directly_is_a_404_and_not_listed_for_openai_clients(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    """A `route = false` model (a judge or routing LLM only) is the deployment's helper, not a model a request may
+    answer with: named as `model` it is a 404 `model_not_found` in OpenAI's shape (`param` "model", a message
+    saying why), with the `models` knob listing it or not, streamed or not; nothing is called or stored; OpenAI's
+    model list leaves it out (the router's own listing still shows it). It was called and stored as a `caller`
+    decision."""
+    url = gateway(models=(*MODELS, JUDGE), not_routed=(JUDGE,))
+    before, decisions = sum(fake.calls.values()), httpx.get(url + "/v1/stats").json()["decisions"]
+    for extra in ({}, {"stream": True}, {"bandit_router": {"models": [JUDGE]}}):
+        reply = httpx.post(url + "/v1/chat/completions", timeout=30,
+                           json={"model": JUDGE, "messages": [{"role": "user", "content": CODE}], **extra})
+        assert reply.status_code == 404, (extra, reply.text)
+        error = reply.json()["error"]
+        assert error["code"] == "model_not_found" and error["param"] == "model", error
+        assert "route = false" in error["message"] and JUDGE in error["message"], error
+    with pytest.raises(openai.NotFoundError, match="route = false"):
+        client(url).chat.completions.create(model=JUDGE, messages=[{"role": "user", "content": CODE}])
+    assert sum(fake.calls.values()) == before and httpx.get(url + "/v1/stats").json()["decisions"] == decisions
+    assert [m.id for m in client(url).models.list().data] == ["router", *MODELS]
+    assert JUDGE in [m["name"] for m in httpx.get(url + "/v1/models").json()["models"]]
+
+
 def test_models_are_listed_in_openai_shape_and_in_the_routers_own(gateway: Callable[..., str]) -> None:
     url = gateway()
     ids = [m.id for m in client(url).models.list().data]

@@ -17,7 +17,8 @@ choice given its allowed set: the failed first choice is an ordinary bandit samp
 and a fallback is a sample over the models not yet tried (linked by `calls.request_id`, `attempt` ≥ 2). A 4xx
 from the upstream is the request's fault: passed through, recorded as `rejected`, never learned. A model named by
 the caller (`model = "<catalog name>"`) is stored as a decision of policy `caller` (probability 1), never learned,
-and gets no fallback (the caller asked for that model); a `models` knob that does not allow it refuses the request.
+and gets no fallback (the caller asked for that model); a `models` knob that does not allow it refuses the request,
+and so does a `route = false` model (`ModelNotFound`: a judge's or routing LLM's, never an answer to a request).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ class DecisionLog(Protocol):
 
 class NoUpstream(InvalidInput):
     """No allowed model has an upstream (`base_url` in the catalog, or `default_base_url`)."""
+
+
+class ModelNotFound(InvalidInput):
+    """The model a request names is not one it may name: neither an alias nor a catalog model with an upstream, or a
+    `route = false` model (a judge's or a routing LLM's, the deployment's helpers, never an answer to a request)."""
 
 
 class GatewayFailed(Exception):
@@ -318,8 +324,12 @@ class Gateway:
                                  f"{self.upstreams.keyless[chat.model]}, which is not set")
             if chat.model not in [m.name for m in self.engine.router.models] or chat.model not in \
                     self.callable_models():
-                raise NoUpstream(f"model: {chat.model[:200]!r} is neither {self.config.router_alias!r} nor a "
-                                 "catalog model with an upstream")
+                raise ModelNotFound(f"model: {chat.model[:200]!r} is neither {self.config.router_alias!r} nor a "
+                                    "catalog model with an upstream")
+            if not self.engine.router.spec(chat.model).route:  # what `route = false` means: never an answer
+                raise ModelNotFound(f"model: {chat.model!r} has route = false in the catalog (a judge or routing "
+                                    "model of this deployment only): requests cannot name it; name a routable model "
+                                    f"or {self.config.router_alias!r}")
             if chat.models is not None:  # the knob restricts the models a request may go to: the named one too
                 self._check_knob(chat)
                 if chat.model not in chat.models:
