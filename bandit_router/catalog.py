@@ -11,7 +11,7 @@ A catalog is a TOML file with one `[[models]]` table per model::
     output_tokens = 250           # optional prior mean output tokens
     prior_quality = 0.82          # optional prior mean quality in [0, 1] (e.g. a public benchmark score)
     prior_strength = 2            # optional: how many observations that prior is worth (default 2, at most 1e6)
-    route = false                 # optional: never routed to (a judge or routing LLM of [[routers]] only)
+    route = false                 # optional: never routed to nor named (a judge or routing LLM of [[routers]] only)
     description = "fast, cheap"   # optional: one line for an LLM router's prompt
     base_url = "https://api.openai.com/v1"   # optional: an OpenAI-compatible endpoint (the gateway calls it)
     api_key_env = "OPENAI_API_KEY"           # optional: the environment variable that holds its key
@@ -102,7 +102,7 @@ class ModelSpec:
     connect_timeout_s: float | None = None
     max_concurrency: int | None = None
     route: bool = True
-    """False: never routed to (a judge or a routing LLM of `[[routers]]` only)."""
+    """False: never routed to, nor called for a request naming it (a judge or a routing LLM of `[[routers]]` only)."""
     description: str | None = None
     """One line for an LLM router's prompt (what the model is good at)."""
 

@@ -34,7 +34,7 @@ from .features import FeatureExtractor
 from .ids import new_decision_id
 from .policies import Policy, check_models, make_policy, policy_settings, setting_defaults
 from .reward import CostModel, RewardConfig, reward
-from .state import pack, rng_from_state, rng_state, unpack
+from .state import SeededDraws, pack, rng_from_state, rng_state, unpack
 from .types import Context, Decision, Outcome, Request
 
 MAX_DECISION_ID_LENGTH = 64
@@ -99,7 +99,7 @@ class Router:
         self.cold_start_floor = cold_start_floor
         self.pacer = pacer
         self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self._rng, self._now = np.random.default_rng(seed), SeededDraws(0)  # `pmf_now` draws from `_now`
         self._counts: dict[str, int] = {}
         self._version = 0
         self._lock = threading.RLock()
@@ -265,11 +265,11 @@ class Router:
     def pmf_now(self, context: Context) -> dict[str, float]:
         """The probability `decide` would give each routable model for `context` now, with no `models` or
         `cost_weight` of the request's own (every active model, λ as configured or as the pacer sets it now, the
-        cold-start floors), without drawing or booking: the router's own generator and what it learned are
-        untouched (a policy that samples draws from a throwaway generator)."""
+        cold-start floors), without drawing or booking: the router's own generator and what it learned are untouched
+        (a policy that samples draws what a new `default_rng(0)` would, from a generator kept for it, `SeededDraws`)."""
         with self._lock:
             priced = self._price(context, None, None)
-            pmf = self.policy.pmf(context, priced.specs, priced.penalty, np.random.default_rng(0))
+            pmf = self.policy.pmf(context, priced.specs, priced.penalty, self._now.fresh())
             return dict(zip(priced.names, self._floored(context, priced, pmf), strict=True))
 
     def _floored(self, context: Context, priced: _Priced, pmf: np.ndarray) -> list[float]:

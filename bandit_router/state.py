@@ -3,7 +3,7 @@
 `pack(tree) -> bytes` and `unpack(bytes) -> tree` round-trip nested dicts and lists whose leaves are
 None, bool, int, float, str, bytes or numpy arrays. Loading never executes code (`allow_pickle=False`),
 so a checkpoint read from a database cannot run anything. `rng_state` / `rng_from_state` carry a numpy
-generator's state through such a tree.
+generator's state through such a tree; `SeededDraws` restores one to its seed's state instead of making a new one.
 """
 
 from __future__ import annotations
@@ -93,3 +93,16 @@ def rng_from_state(data: dict[str, Any]) -> dict[str, Any]:
         "has_uint32": int(data["has_uint32"]),
         "uinteger": int(data["uinteger"]),
     }
+
+
+class SeededDraws:
+    """One generator that, after each `fresh()`, draws what a new `np.random.default_rng(seed)` would: its saved
+    start state is restored (≈ 1.5 µs) instead of a generator being made (≈ 15 µs). One user at a time (a lock's)."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = np.random.default_rng(seed)
+        self.start = self.generator.bit_generator.state
+
+    def fresh(self) -> np.random.Generator:
+        self.generator.bit_generator.state = self.start
+        return self.generator

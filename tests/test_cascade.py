@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor
 from bandit_router.log import EscalationLearners
 from bandit_router.log.checkpoints import fingerprint
-from bandit_router.log.escalations import chain_document
+from bandit_router.log.escalations import CHAIN_VERSION, chain_document, stored_earlier
 from bandit_router.router import Router
 from bandit_router.types import Request
 from simulator import EnvSpec, Plan, simulate
@@ -144,6 +145,34 @@ def test_at_one_position_the_longest_candidate_wins_in_any_order() -> None:
         assert parse_choice("model:gpt-4o", candidates) == "gpt-4o"
     assert parse_choice("claude-3:haiku", ["claude-3", "claude-3:haiku"]) == "claude-3:haiku"  # a name with ':'
     assert parse_choice("openai/gpt-4o", ["gpt-4o", "openai/gpt-4o"]) == "openai/gpt-4o"
+
+
+@pytest.mark.parametrize(
+    ("reply", "candidates", "expected"),
+    [  # after a name, ':' or '/' then a letter or digit is a tag or a variant: another model than the candidate
+        ("llama3:70b", ["llama3"], None),
+        ("claude-3:sonnet", ["claude-3"], None),
+        ("mistral/7b-instruct", ["mistral"], None),
+        ("ollama/llama3:70b", ["llama3"], None),
+        ("llama3:70b, else gpt-4o", ["llama3", "gpt-4o"], "gpt-4o"),
+        ("llama3:70b", ["llama3", "llama3:70b"], "llama3:70b"),  # listed itself: read
+        # before a name they are a label or a provider's prefix; after it, with no name following, a boundary
+        ("model: llama3", ["llama3"], "llama3"),
+        ("model:llama3", ["llama3"], "llama3"),
+        ("Model: claude-3", ["claude-3"], "claude-3"),
+        ("meta/llama3", ["llama3"], "llama3"),
+        ("llama3: it is cheap and good enough", ["llama3"], "llama3"),
+        ("llama3:", ["llama3"], "llama3"),
+        ("llama3/ (the cheap one)", ["llama3"], "llama3"),
+        ("llama3:\ngpt-4o", ["llama3", "gpt-4o"], "llama3"),
+    ],
+)
+def test_a_colon_or_slash_after_a_name_continues_it_before_one_it_does_not(
+    reply: str, candidates: list[str], expected: str | None
+) -> None:
+    """`llama3:70b` and `claude-3:sonnet` name other models than the candidates `llama3` and `claude-3` (they were read
+    as them), while `model: llama3` and `openai/`-style prefixes still read the candidate (`llm_router` docstring)."""
+    assert parse_choice(reply, candidates) == expected
 
 
 def test_the_judges_prompt_shows_the_request_and_the_answer_as_they_are() -> None:
@@ -452,10 +481,11 @@ def test_with_history_an_earlier_low_score_teaches_the_learner_to_escalate_what_
 
 
 def test_the_chain_hands_each_step_the_earlier_confidences_and_the_grid_keeps_them() -> None:
-    """`CascadeRun` calls `decide` at the answering model's chain position with the confidences of the chain's
-    earlier steps (a failed model adds none; a missing confidence is None); with `history` the state of position 1
-    holds [1{p missing}, p, p·s] (p missing too when no earlier model answered) and the monotone decision's score
-    grid varies this step's score only (p·s follows it, p stays). A state for position k takes at most k earlier
+    """`CascadeRun` calls `decide` at the answering model's chain position with one score per earlier position (a
+    failed model's None, as a missing confidence's: `earlier[-1]` is always the previous model's; it was the last
+    answered step's, an older model's after a failure); with `history` the state of position 1 holds
+    [1{p missing}, p, p·s] (p missing too when the previous model failed) and the monotone decision's score grid
+    varies this step's score only (p·s follows it, p stays). A state for position k takes at most k earlier
     confidences."""
     seen: list[tuple[int, list[float | None]]] = []
 
@@ -469,13 +499,13 @@ def test_the_chain_hands_each_step_the_earlier_confidences_and_the_grid_keeps_th
     run.answered(ModelAnswer("a", "", 0.0, 0.0), 0.3)
     run.failed("b", "timeout")
     run.answered(ModelAnswer("c", "", 0.0, 0.0), None)
-    assert seen == [(0, []), (2, [0.3])] and run.next_model() == "d"  # c is the chain's third model
+    assert seen == [(0, []), (2, [0.3, None])] and run.next_model() == "d"  # c is the chain's third model
     del seen[:]
     run = CascadeRun(["a", "b", "c"], Recording(0.9), HISTORY_CONTEXT, 1.0, np.random.default_rng(0),
                      lambda m: 0.001)  # fmt: skip
     run.failed("a", "timeout")
     step = run.answered(ModelAnswer("b", "", 0.0, 0.0), 0.5)
-    assert seen == [(1, [])] and step is not None and step.step == 1 and step.to_json()["step"] == 1
+    assert seen == [(1, [None])] and step is not None and step.step == 1 and step.to_json()["step"] == 1
 
     learner = LearnedEscalation(EscalationParams(history=True))
     dim = learner.params.dim
@@ -635,6 +665,48 @@ def test_a_stored_chain_is_learned_with_its_earlier_confidences_as_it_was_decide
     without = EscalationLearners(dataclasses.replace(Settings(models=models), named_routers=RoutersSettings((plain,))))
     with pytest.raises(ValueError, match=r"escalation state of 'learned': .* a state saved with history = true"):
         without.restore(learners.snapshot())
+
+
+def test_a_chain_stored_before_earlier_was_by_position_replays_as_it_was_decided() -> None:
+    """A chain whose second model failed, its steps at positions 0 and 2: stored now (`"version": 2`), the step at
+    position 2 was decided with `earlier` = [s₀, None] (p missing: the previous model failed) and replays so; stored
+    without a version (before the fix), it was decided with [s₀] (the older model's score as p) and replays so. The
+    two give different learners: the version is what keeps the old chain's replay equal to what was learned live."""
+    models = tuple(ModelSpec(name, 1.0, 2.0) for name in HISTORY_COSTS)
+    alias = RouterAlias("learned", "learned-cascade", tuple(HISTORY_COSTS), signal="logprob",
+                        escalation={"history": True})  # fmt: skip
+    settings = dataclasses.replace(Settings(models=models), named_routers=RoutersSettings((alias,)))
+    decision = dataclasses.replace(Router(seed=1).route(Request(prompt="solve this problem")),
+                                   policy="learned-cascade:learned")  # fmt: skip
+    deciding, rng = LearnedEscalation(EscalationParams(history=True, floor=0.49)), np.random.default_rng(3)
+    while True:  # until cheap's answer is escalated (floor 0.49: about every other try)
+        run = CascadeRun(["cheap", "mid", "strong", "top"], deciding, decision.context, 1.0, rng, lambda m: 0.001)
+        if run.answered(ModelAnswer("cheap", "", 0.0001, 0.1), 0.2) is not None and run.next_model() == "mid":
+            break
+    run.failed("mid", "timeout")
+    run.answered(ModelAnswer("strong", "", 0.001, 0.1), 0.8)
+    result = run.result()
+    assert [s.step for s in result.steps] == [0, 2]
+    document = json.loads(chain_document(result.to_json(), result.extra_costs()))
+    assert document["version"] == CHAIN_VERSION == 2
+    assert stored_earlier(document, 1) == [0.2, None]
+    old = {k: v for k, v in document.items() if k != "version"}
+    assert stored_earlier(old, 1) == [0.2]
+    states = {}
+    for name, chain, earlier in (("now", document, [0.2, None]), ("before", old, [0.2])):
+        learners = EscalationLearners(settings)
+        assert learners.learn(decision, json.dumps(chain), 0.7, 1)
+        mirror = LearnedEscalation(EscalationParams(history=True))
+        z0, z2 = mirror.state_vector(decision.context, 0, 0.2), mirror.state_vector(decision.context, 2, 0.8, earlier)
+        steps = [dataclasses.replace(result.steps[0], state=z0), dataclasses.replace(result.steps[1], state=z2)]
+        mirror.learn(steps, 0.7, result.extra_costs())
+        states[name] = learners.learners["learned"].state()
+        for arm in ("accept", "escalate"):
+            assert np.array_equal(states[name][arm]["b"], mirror.state()[arm]["b"]), (name, arm)
+    assert not np.array_equal(states["now"]["escalate"]["b"], states["before"]["escalate"]["b"]) or not np.array_equal(
+        states["now"]["accept"]["b"], states["before"]["accept"]["b"])
+    h = 2 * LearnedEscalation(EscalationParams(history=True)).params.dim + HISTORY_START + HISTORY  # position 2's
+    assert result.steps[1].state is not None and result.steps[1].state[h : h + HISTORY].tolist() == [1.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize(("settings", "match"), [({"floor": 0.5}, "floor"), ({"dim": 8}, "dim"), ({"v": -1}, "v"),

@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bandit_router.cascade import EscalationStep, LearnedEscalation
+from bandit_router.cascade.escalation import HISTORY, HISTORY_START
 from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings, load_settings
 from bandit_router.log import EscalationLearners, rebuild_policies
@@ -214,8 +215,9 @@ THREE = {"cheap": {"code": 0.15, "math": 0.55, "prose": 0.9}, "mid": {"code": 0.
 def test_the_escalation_export_carries_the_earlier_scores_that_history_reads(tmp_path: Path) -> None:
     """A three-model learned cascade with `history` (exploring: each action ≥ 0.3), its first model failing on every
     sixth request: every exported step is at its model's chain position (`s_k.step`, `EventId`), and every step
-    after the first position carries the previous answer's score (`s_k.previous`, or `previous_missing` when it
-    gave none or the first model failed) and `earlier`, every earlier step's score; a learner with `history` that
+    after the first position carries the previous position's score (`s_k.previous`, or `previous_missing` when its
+    signal gave none or the first model failed) and `earlier`, one score per earlier position (null for a failed
+    model); a learner with `history` that
     learns each chain from the export's `earlier` (on the stored prompts) ends equal to the one the service
     learned from its log. Vowpal Wabbit reads and learns every line, and an export written before these fields
     existed (stripped of them) still parses."""
@@ -251,22 +253,23 @@ def test_the_escalation_export_carries_the_earlier_scores_that_history_reads(tmp
     events = [json.loads(line) for line in out.read_text().splitlines()]
     later = [e for e in events if e["c"]["s_k"]["step"] >= 1]
     assert len(later) >= 5, "too few chains reached the second decision to check anything"
-    first_failed = [e for e in events if e["_bandit_router"]["model"] == "mid" and not e["_bandit_router"]["earlier"]]
+    first_failed = [e for e in events if e["_bandit_router"]["model"] == "mid" and
+                    e["EventId"].split("/")[0] in chains and len(chains[e["EventId"].split("/")[0]]) == 1 and
+                    e["_bandit_router"]["earlier"] == [None]]  # fmt: skip
     assert first_failed, "no chain whose cheap call failed decided on mid's answer"
     for event in events:
         decision_id, position = event["EventId"].split("/")
-        steps = chains[decision_id]
-        i = [s["step"] for s in steps].index(int(position))  # the chain's i-th step decided at this position
-        scores = [s["confidence"] for s in steps]
+        by_position = {s["step"]: s["confidence"] for s in chains[decision_id]}
+        expected = [by_position.get(j) for j in range(int(position))]  # None: cheap failed, or gave no score
         earlier, state = event["_bandit_router"]["earlier"], event["c"]["s_k"]
-        assert earlier == pytest.approx(scores[:i]) and state["step"] == int(position)
+        assert earlier == pytest.approx(expected) and state["step"] == int(position)
         assert int(position) == ["cheap", "mid"].index(event["_bandit_router"]["model"])  # the model's position
         if int(position) == 0:
             assert "previous" not in state and "previous_missing" not in state
-        elif i == 0 or scores[i - 1] is None:  # cheap failed, or its judge gave no score: what `history` reads
+        elif expected[-1] is None:  # cheap failed, or its judge gave no score: what `history` reads
             assert state["previous_missing"] == 1 and "previous" not in state
         else:
-            assert state["previous"] == pytest.approx(scores[i - 1]) and "previous_missing" not in state
+            assert state["previous"] == pytest.approx(expected[-1]) and "previous_missing" not in state
 
     by_step = {e["EventId"]: e for e in events}  # learn every stored chain, in the log's order, from the export
     learner = LearnedEscalation(EscalationParams(**params))  # type: ignore[arg-type]
@@ -484,7 +487,8 @@ def test_a_learned_cascade_with_history_in_the_toml_learns_live_as_decided_and_s
 ) -> None:
     """`escalation = {history = true}` in the TOML, four models through the gateway against the fake upstream, 45 chains
     with feedback, among them chains whose judge failed (a missing confidence, then read as the earlier one) and
-    chains whose `mid` call failed (the next model's step, at its chain position 2, reads `cheap`'s score). The
+    chains whose `mid` call failed (the next model's step, at its chain position 2, reads `mid`'s score as missing:
+    it read `cheap`'s, an older model's, as the previous one's). The
     service's learner (learned from the stored log) holds exactly the state of a learner that learned the
     decisions' own states (recorded as the chains were decided): the log's learner rebuilt each step's earlier
     confidences as they were. A restart restores it from the checkpoint, a start without checkpoints by replaying
@@ -523,6 +527,8 @@ def test_a_learned_cascade_with_history_in_the_toml_learns_live_as_decided_and_s
                 kinds["failed"] += len(steps) >= 2 and i % 7 == 3
                 if len(steps) >= 2 and i % 7 == 3:  # mid failed: large's answer is decided at its position, 2
                     assert [s.step for s in steps[:2]] == [0, 2] and body["bandit_router"]["steps"][1]["step"] == 2
+                    h = 2 * mirror.params.dim + HISTORY_START + HISTORY  # position 2's history block: p missing
+                    assert steps[1].state is not None and steps[1].state[h : h + HISTORY].tolist() == [1.0, 0.0, 0.0]
                 give_feedback(url, reply.headers["x-decision-id"], quality(body))
                 mirror.learn(steps, quality(body), [0.0] * len(steps))  # A and b do not depend on the costs
             fake.set(JUDGE, "ok")

@@ -592,6 +592,25 @@ def test_an_llm_router_whose_named_model_fails_stores_the_model_that_answered_wi
         assert feedback(url, decision_id, 0.5)["status"] == "unrouted"
 
 
+def test_a_routing_reply_naming_a_longer_model_is_not_read_as_the_shorter_candidate(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """The routing LLM answers `strong:70b` or `cheap/8b`, models that are not candidates: the reply names none, so
+    the policy decides (both were read as the candidates `strong` and `cheap` and logged with probability 1 as
+    the LLM router's choice); `model: strong` and `openai/cheap` still name the candidates."""
+    url = gateway()
+    for reply, named in (("strong:70b", None), ("cheap/8b-instruct", None), ("model: strong", "strong"),
+                         ("openai/cheap", "cheap")):
+        fake.script["chooser"] = replying(completion(reply))
+        answer, info, decision_id = ask(url, "auto", PROSE)
+        assert info["named"] == named, (reply, info)
+        decision = stored(url, decision_id)
+        if named is None:  # the policy's own decision, learned by the bandit
+            assert not decision["policy"].startswith("llm-router") and decision["model"] == answer.model, reply
+        else:
+            assert decision["policy"] == "llm-router:auto" and answer.model == named and decision["probability"] == 1
+
+
 def test_the_policys_own_llm_router_decision_is_priced_by_its_answer_alone(gateway: Callable[..., str]) -> None:
     """No name in the routing LLM's reply: the policy decides and the bandit learns its choice, priced like a
     gateway call to that model (the routing LLM's tokens are not the chosen model's cost)."""

@@ -180,6 +180,30 @@ def test_a_named_model_is_called_and_stored_but_never_learned(gateway: Callable[
     assert httpx.get(url + "/v1/stats").json()["policy_version"] == before
 
 
+def test_a_route_false_model_named_directly_is_a_404_and_not_listed_for_openai_clients(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    """A `route = false` model (a judge or routing LLM only) is the deployment's helper, not a model a request may
+    answer with: named as `model` it is a 404 `model_not_found` in OpenAI's shape (`param` "model", a message
+    saying why), with the `models` knob listing it or not, streamed or not; nothing is called or stored; OpenAI's
+    model list leaves it out (the router's own listing still shows it). It was called and stored as a `caller`
+    decision."""
+    url = gateway(models=(*MODELS, JUDGE), not_routed=(JUDGE,))
+    before, decisions = sum(fake.calls.values()), httpx.get(url + "/v1/stats").json()["decisions"]
+    for extra in ({}, {"stream": True}, {"bandit_router": {"models": [JUDGE]}}):
+        reply = httpx.post(url + "/v1/chat/completions", timeout=30,
+                           json={"model": JUDGE, "messages": [{"role": "user", "content": CODE}], **extra})
+        assert reply.status_code == 404, (extra, reply.text)
+        error = reply.json()["error"]
+        assert error["code"] == "model_not_found" and error["param"] == "model", error
+        assert "route = false" in error["message"] and JUDGE in error["message"], error
+    with pytest.raises(openai.NotFoundError, match="route = false"):
+        client(url).chat.completions.create(model=JUDGE, messages=[{"role": "user", "content": CODE}])
+    assert sum(fake.calls.values()) == before and httpx.get(url + "/v1/stats").json()["decisions"] == decisions
+    assert [m.id for m in client(url).models.list().data] == ["router", *MODELS]
+    assert JUDGE in [m["name"] for m in httpx.get(url + "/v1/models").json()["models"]]
+
+
 def test_models_are_listed_in_openai_shape_and_in_the_routers_own(gateway: Callable[..., str]) -> None:
     url = gateway()
     ids = [m.id for m in client(url).models.list().data]
@@ -712,6 +736,53 @@ def test_when_only_route_false_models_have_an_upstream_a_routed_request_is_a_503
         assert "only route = false models do: " + JUDGE in error["message"]
     finally:
         server.stop()
+
+
+def test_a_model_retired_while_a_request_is_routed_is_left_out_never_blamed_on_a_knob(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retirement (`DELETE /v1/models/{name}`, stored through the engine) lands after the gateway listed a
+    request's models and before the router decides (routing waits for the event loop's next turn), or before a
+    fallback: the request routes among the models still active and answers. Without a knob it was a 400 naming
+    `bandit_router.models`, a knob the caller never sent (`offline` has no upstream, so the gateway passes the
+    callable models as the allowed set); with a knob, a 400 blaming it for a model that was active when the request
+    arrived, also after a failed first try had been stored."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    names = ("fake-coder", "fake-writer", "fake-small")
+    specs = (*(ModelSpec(n, *PRICES[n], base_url=fake.url + "/v1", api_key_env=KEY_ENV) for n in names),
+             ModelSpec("offline", 1.0, 2.0))  # fmt: skip
+    body: dict[str, Any] = {"model": "router", "messages": [{"role": "user", "content": CODE}]}
+    knob = {**body, "bandit_router": {"models": list(names)}}
+    for n, (request, when) in enumerate(((body, "before"), (knob, "before"), (knob, "after"))):
+        app = create_app(Settings(db=tmp_path / f"r{n}.db", seed=7, models=specs))
+        server = ServerThread(app)
+        try:
+            url = server.wait_ready()
+            engine = app.state.engine
+            route, retired = engine.route, []
+
+            async def retire_then_route(routed: Any, when: str = when, engine: Any = engine, route: Any = route,
+                                        retired: list[str] = retired) -> Any:  # fmt: skip
+                if when == "before" and not retired:  # stored between the gateway's listing and the router's decision
+                    retired.append("fake-writer")
+                    await engine.retire_model("fake-writer")
+                decision = await route(routed)
+                if when == "after" and not retired:  # the first choice fails; another is retired before the fallback
+                    fake.set(decision.model, "fail")
+                    retired.append(next(m for m in names if m != decision.model))
+                    await engine.retire_model(retired[0])
+                return decision
+
+            monkeypatch.setattr(engine, "route", retire_then_route)
+            reply = httpx.post(url + "/v1/chat/completions", json=request, timeout=30)
+            assert reply.status_code == 200, (n, reply.text)
+            answered = reply.json()["model"]
+            assert answered in names and answered not in retired, (n, answered, retired)
+            assert retired and retired[0] in httpx.get(url + "/v1/models").json()["retired"]
+            assert reply.headers["x-bandit-router-attempts"] == ("2" if when == "after" else "1")
+        finally:
+            fake.behaviour.clear()
+            server.stop()
 
 
 def test_behind_a_path_prefix_the_gateways_routing_errors_keep_openais_shape(tmp_path: Path) -> None:

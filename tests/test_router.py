@@ -121,6 +121,32 @@ def test_concurrent_route_and_learn_lose_nothing(policy: str) -> None:
     assert sum(router.feedback_counts().values()) == 600
 
 
+@pytest.mark.parametrize("policy", ["thompson", "default:sampler=ids"])
+def test_pmf_now_draws_as_a_fresh_seed_0_generator_would_without_making_one_per_call(
+    policy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A policy whose pmf samples gets, on every `pmf_now`, the draws of `np.random.default_rng(0)` (the same
+    context, the same pmf, asked twice or after other contexts), from one generator the router keeps: no
+    generator is made per call (it was, one per context of every dashboard poll)."""
+    world = ToyWorld(seed=3)
+    router = Router(MODELS, policy, seed=5)
+    train(router, ToyWorld(seed=3), 200)
+    contexts = [router.featurize(world.request()[1]) for _ in range(5)]
+    with router._lock:  # what pmf_now gave before: the policy's pmf on a fresh default_rng(0), floored
+        expected = []
+        for context in contexts:
+            priced = router._price(context, None, None)
+            pmf = router.policy.pmf(context, priced.specs, priced.penalty, np.random.default_rng(0))
+            expected.append(dict(zip(priced.names, router._floored(context, priced, pmf), strict=True)))
+    made = []
+    generator = np.random.Generator
+    monkeypatch.setattr(np.random, "Generator", lambda *a: made.append(a) or generator(*a))
+    monkeypatch.setattr(np.random, "default_rng", lambda *a: made.append(a) or generator(np.random.PCG64(*a)))
+    for _ in range(2):
+        assert [router.pmf_now(c) for c in contexts] == expected
+    assert made == []
+
+
 @pytest.mark.parametrize("policy", ["default", "default:sampler=ids", "linucb", "thompson", "vw-squarecb"])
 def test_pmf_now_is_the_pmf_decide_would_draw_from_and_leaves_the_draws_alone(policy: str) -> None:
     """`pmf_now` (the dashboard's "probability now") gives a model added a moment ago its cold-start floor, as

@@ -12,7 +12,9 @@ model" function) and the simulator (with the table's outcomes and a simulated ju
 Rules: every call is paid and recorded (the answers, the judge's calls, the failures); the last model's answer is
 never judged (nothing to escalate to); a failed call moves on to the next model (a failure is not an escalation);
 each accept/escalate step is decided at the chain position of the model that answered (`step`: 1 for the second
-model, also when the first failed and this is the chain's first decision); when a later model fails, the last answer
+model, also when the first failed and this is the chain's first decision), told the scores of the earlier positions
+(`earlier`, one per position: None where that model failed or its signal gave none); when a later model fails, the
+last answer
 obtained is returned; when no model answered, `result().answer` is None and the caller reports the failure. The
 escalation rule is told the final quality once feedback arrives (`learn`), with what the chain paid after each of
 its steps.
@@ -184,6 +186,8 @@ class CascadeRun:
         self.steps: list[EscalationStep] = []
         self.paid_before: list[int] = []
         self.answer: ModelAnswer | None = None
+        self.scores: list[float | None] = []
+        """Per chain position passed, its answer's confidence (None: the model failed, or its signal gave none)."""
 
     def next_model(self) -> str | None:
         """The model to call now, or None when the chain is over."""
@@ -199,6 +203,7 @@ class CascadeRun:
     def failed(self, model: str, error: str, cost_usd: float = 0.0, latency_s: float = 0.0) -> None:
         """The current model's call failed: record it and move on to the next model."""
         self.calls.append(ChainCall(model, "answer", cost_usd, latency_s, error=error))
+        self.scores.append(None)
         self.position += 1
 
     def answered(
@@ -224,14 +229,16 @@ class CascadeRun:
             self.done = True
             return None
         # the step is the answering model's chain position (not the number of steps before it: a model after one
-        # that failed decides as what it is, the chain's next model); `earlier`: the earlier steps' confidences
-        history = {"earlier": [s.confidence for s in self.steps]} if takes_earlier(self.escalation.decide) else {}
+        # that failed decides as what it is, the chain's next model); `earlier`: the earlier positions' scores (a
+        # failed model's None, so that `earlier[-1]` is always the previous model's)
+        history = {"earlier": list(self.scores)} if takes_earlier(self.escalation.decide) else {}
         step = self.escalation.decide(
             self.context, self.position, answer.model, confidence,
             self.next_cost(self.models[self.position + 1]), self.cost_weight, self.rng, **history,
         )  # fmt: skip
         self.steps.append(step)
         self.paid_before.append(len(self.calls))
+        self.scores.append(confidence)
         if step.escalate:
             self.position += 1
         else:

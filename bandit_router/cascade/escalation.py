@@ -10,8 +10,9 @@ none), its state is
 (one block per chain position: a score means something else for each model; ten bins, one per rubric score).
 k is the chain position of the model whose answer is decided on (a model after one that failed decides at its own
 position, not at the number of decisions before it). With `history` (off by default) the state of a step k ≥ 1
-also has h_k = [1{p missing}, p, p·s] in the block of position k, p the previous step's score (`decide`'s
-`earlier`: the chain passes its earlier steps' confidences; missing too when no earlier model answered),
+also has h_k = [1{p missing}, p, p·s] in the block of position k, p the score of position k − 1's answer
+(`decide`'s `earlier[-1]`: the chain passes one score per earlier position; missing when that model failed or its
+signal gave none, so that each block is about one model: never an older model's score after a failed one),
 prior mean 0, precision `history_ridge`: an earlier model's low score says the prompt is hard, which may change
 what this answer's score is worth and what escalating gains — what no threshold on this step's score can read.
 The confidence part is a smooth curve in s plus one free level per score: the bins contain every step function
@@ -122,9 +123,11 @@ class Escalation(Protocol):
     ) -> EscalationStep:
         """Accept or escalate `model`'s answer, whose confidence is `confidence`, at chain position `step` (0 for
         the first model's answer, k for the (k+1)-th model's, whichever decision of the chain it is: after a failed
-        model fewer decisions came before it); `earlier` are the confidences of the chain's earlier steps, in order
-        (len(earlier) ≤ step: one per earlier model that answered). `CascadeRun` passes `earlier` only to a
-        `decide` that takes it (`chain.takes_earlier`): a rule that has no use for it may leave it out."""
+        model fewer decisions came before it); `earlier[j]` is the confidence of position j's answer, for every
+        earlier position (len(earlier) = step; None where model j failed or its signal gave none). `CascadeRun`
+        passes `earlier` only to a `decide` that takes it (`chain.takes_earlier`): a rule that has no use for it may
+        leave it out. (A chain stored before `earlier` was by position is replayed with its answered steps'
+        confidences instead, as it was decided: `log.escalations.stored_earlier`.)"""
         ...
 
     def learn(self, steps: Sequence[EscalationStep], final_quality: float, extra_costs: Sequence[float]) -> None:
@@ -189,7 +192,7 @@ class EscalationParams:
     evaluation, with importance weights up to 1/(d·floor); 1 keeps the fixed floor, e.g. for a log meant to
     evaluate other rules)."""
     history: bool = False
-    """Give the state of steps ≥ 1 the previous answer's score (`history_features`): an earlier model's low score
+    """Give the state of steps ≥ 1 the previous model's score (`history_features`): an earlier model's low score
     says the prompt is hard, which changes what this answer's score is worth and what escalating gains."""
     history_ridge: float = 5.0
     """Prior precision of the history block (prior mean 0: the earlier score changes nothing until outcomes say)."""
@@ -244,14 +247,14 @@ def confidence_features(confidence: float | None, step: int) -> np.ndarray:
 
 
 HISTORY = 3
-"""Per chain position k ≥ 1 (with `EscalationParams.history`): 1{previous score missing}, p, p·s."""
+"""Per chain position k ≥ 1 (with `EscalationParams.history`): 1{position k − 1's score missing}, p, p·s."""
 HISTORY_START = MAX_STEPS * CONFIDENCE_FEATURES
 """Where the history blocks start after the prompt blocks [x, s·x]."""
 
 
 def history_features(earlier: Sequence[float | None], confidence: float | None, step: int) -> np.ndarray:
-    """[1{p missing}, p, p·s] in the block of chain position `step` ≥ 1, p the previous step's score (`earlier[-1]`;
-    missing when there is none: every earlier model failed) and s this step's (0 when missing), shape
+    """[1{p missing}, p, p·s] in the block of chain position `step` ≥ 1, p = `earlier[-1]`, position `step` − 1's
+    score (missing when None: that model failed, or its signal gave none) and s this step's (0 when missing), shape
     ((MAX_STEPS − 1) · HISTORY,); all 0 at step 0 (nothing before it)."""
     out = np.zeros((MAX_STEPS - 1) * HISTORY)
     if step == 0:
@@ -361,14 +364,14 @@ class LearnedEscalation:
     def state_vector(
         self, context: Context, step: int, confidence: float | None, earlier: Sequence[float | None] = ()
     ) -> np.ndarray:
-        """z for the answer of chain position `step` with `confidence`, after the earlier steps' confidences
-        `earlier` (read only with `history`; then at most `step` of them: one per earlier model that answered)."""
+        """z for the answer of chain position `step` with `confidence`, after the earlier positions' scores
+        `earlier` (`Escalation.decide`; read only with `history`, then at most `step` of them)."""
         x = dense_vector(context, self.params.dim)
         s = 0.0 if confidence is None else min(max(confidence, 0.0), 1.0)
         parts = [x, s * x, confidence_features(confidence, step)]
         if self.params.history:
             if len(earlier) > step:
-                raise ValueError(f"position {step} has at most {step} earlier steps' confidences, not {len(earlier)}")
+                raise ValueError(f"position {step} has at most {step} earlier positions' scores, not {len(earlier)}")
             parts.append(history_features(earlier, confidence, step))
         return np.concatenate(parts)
 

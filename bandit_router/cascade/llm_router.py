@@ -6,7 +6,10 @@ names, case-insensitively: the candidate whose name occurs *first* in the reply 
 longest name (`gpt-4o-mini` over `gpt-4o`). A name counts only where it stands alone: not glued to more of a name
 on either side, that is to a letter or digit, or to `-`, `_` or `.` followed (away from the name) by one, so
 `gpt-4o-mini`, `gpt-4o_mini` and `gpt-4o.1` are never read as the candidate `gpt-4o`, while a sentence's full stop
-(`… gpt-4o.`), a colon (`model:gpt-4o`), a slash (`openai/gpt-4o`), quotes, brackets and markdown are boundaries.
+(`… gpt-4o.`), quotes, brackets and markdown are boundaries. A colon or a slash is a boundary *before* a name (a
+label or a provider's prefix: `model:gpt-4o`, `model: gpt-4o`, `openai/gpt-4o` read `gpt-4o`) but continues the name
+*after* it when a letter or digit follows (a tag or a variant: `llama3:70b`, `claude-3:sonnet`, `mistral/7b` are other
+models than `llama3`, `claude-3`, `mistral`; `llama3: it is cheap` and `… llama3/` still read `llama3`).
 A reply that names no candidate returns None, and the caller falls back to its policy's choice.
 
 Logged probability: the routing model is asked at temperature 0, so its choice is (up to the provider's own
@@ -36,12 +39,16 @@ _SLOTS = re.compile(r"\{(candidates|request)\}")
 _JOINERS = frozenset("-_.")
 """Characters inside names (`gpt-4o-mini`, `gpt_4o`, `llama-3.1`) that glue a name to more of one only when a letter
 or digit follows them (a sentence's full stop after a name does not)."""
+_SUFFIX_JOINERS = _JOINERS | frozenset(":/")
+"""After a name, a colon or a slash joins too (a tag, `llama3:70b`; a variant, `mistral/7b`); before one they are a
+label's or a provider's prefix (`model:gpt-4o`, `openai/gpt-4o`), a boundary."""
 
 
 def _glued(text: str, i: int, direction: int) -> bool:
     """True when position `i` (just past a name, walking `direction`) continues a longer name: a letter or digit,
-    or a run of joiners (`-_.`) then one."""
-    while 0 <= i < len(text) and text[i] in _JOINERS:
+    or a run of joiners then one (`-_.` on either side; after the name, `:` and `/` too)."""
+    joiners = _SUFFIX_JOINERS if direction > 0 else _JOINERS
+    while 0 <= i < len(text) and text[i] in joiners:
         i += direction
     return 0 <= i < len(text) and text[i].isalnum()
 

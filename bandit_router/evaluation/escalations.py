@@ -20,12 +20,13 @@ failed model it is more than the number of steps before it; chains stored before
 position hold that number instead, which differs only where a model failed before the step), so `EventId` and
 `s_k.step` name the position. The reward is final quality − λ·(total cost of the chain), λ the decision's
 `cost_weight`: the quantity the learner's two actions estimate (up to the sunk cost before step k, common to both
-actions). p is the previous step's confidence, what `EscalationParams.history` reads (`history_features`:
-[1{p missing}, p, p·s]): at positions after the first only (`previous`, or `previous_missing` when it gave none or
-no earlier model answered; neither at position 0). `earlier` is the list of every
-earlier step's confidence, in order (null for a missing one; [] at step 0): the `earlier` the learner's
-`state_vector` takes. Exports written before these fields existed lack them (their steps after the first cannot
-feed a learner with `history`; re-export from the database).
+actions). p is the previous position's score, what `EscalationParams.history` reads (`history_features`:
+[1{p missing}, p, p·s]): at positions after the first only (`previous`, or `previous_missing` when that model's
+signal gave none or it failed; neither at position 0). `earlier` is the `earlier` the step was decided with and the
+learner's `state_vector` takes (`log.escalations.stored_earlier`): one score per earlier chain position (null where
+the signal gave none or the model failed; [] at step 0), or, for a chain stored before that (no `version`), the
+confidences of the steps before it. Exports written before these fields existed lack them (their steps after the
+first cannot feed a learner with `history`; re-export from the database).
 
 `evaluate_escalations` estimates, from the same log, what another escalation rule would have earned per request
 (`bandit-router evaluate --escalations`). A chain is one round; its logged propensity is the product of its
@@ -47,7 +48,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..errors import InvalidInput
-from ..log.escalations import LEARNED_CASCADE
+from ..log.escalations import LEARNED_CASCADE, stored_earlier
 from ..store import ChainFeedback, Store
 from .dsjson import SHARED_PREFIX, _namespace, _timestamp, check_label
 from .estimators import IPS, SNIPS, Estimate
@@ -106,7 +107,6 @@ def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dic
     models = list(d.models)
     events = []
     steps = chain.get("steps", [])
-    confidences = [s.get("confidence") for s in steps]
     for i, step in enumerate(steps):
         taken = ACTIONS.index(step["action"])
         p_escalate = float(step["p_escalate"])
@@ -118,7 +118,7 @@ def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dic
             state["missing"] = 1.0
         else:
             state["confidence"] = float(confidence)
-        earlier = confidences[:i]  # as the log's learner reads them (`log.escalations`: the stored steps before)
+        earlier = stored_earlier(chain, i)  # as the step was decided, and as the log's learner reads them
         if int(step["step"]) >= 1:  # what `history_features` reads at this position
             if not earlier or earlier[-1] is None:
                 state["previous_missing"] = 1.0

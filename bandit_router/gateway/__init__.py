@@ -11,7 +11,7 @@ HTTP translation lives in `bandit_router.service.gateway_routes`.
 """
 
 from .chat import BadChatRequest, ChatRequest, PromptTooLarge, parse_chat
-from .gateway import Answer, Gateway, GatewayFailed, NoUpstream, Rejected, StreamAnswer
+from .gateway import Answer, Gateway, GatewayFailed, ModelNotFound, NoUpstream, Rejected, StreamAnswer
 from .judge import Judge
 from .pricing import Usage, estimated, usage_of
 from .upstreams import Endpoint, Reply, Stream, UpstreamError, UpstreamFailure, UpstreamRejected, Upstreams
@@ -24,6 +24,7 @@ __all__ = [
     "Gateway",
     "GatewayFailed",
     "Judge",
+    "ModelNotFound",
     "NoUpstream",
     "PromptTooLarge",
     "Rejected",

@@ -17,7 +17,8 @@ choice given its allowed set: the failed first choice is an ordinary bandit samp
 and a fallback is a sample over the models not yet tried (linked by `calls.request_id`, `attempt` ≥ 2). A 4xx
 from the upstream is the request's fault: passed through, recorded as `rejected`, never learned. A model named by
 the caller (`model = "<catalog name>"`) is stored as a decision of policy `caller` (probability 1), never learned,
-and gets no fallback (the caller asked for that model); a `models` knob that does not allow it refuses the request.
+and gets no fallback (the caller asked for that model); a `models` knob that does not allow it refuses the request,
+and so does a `route = false` model (`ModelNotFound`: a judge's or routing LLM's, never an answer to a request).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ class DecisionLog(Protocol):
 
 class NoUpstream(InvalidInput):
     """No allowed model has an upstream (`base_url` in the catalog, or `default_base_url`)."""
+
+
+class ModelNotFound(InvalidInput):
+    """The model a request names is not one it may name: neither an alias nor a catalog model with an upstream, or a
+    `route = false` model (a judge's or a routing LLM's, the deployment's helpers, never an answer to a request)."""
 
 
 class GatewayFailed(Exception):
@@ -306,20 +312,19 @@ class Gateway:
             if allowed is not None:
                 request = Request(messages=request.messages, context=request.context, models=allowed,
                                   cost_weight=request.cost_weight)
-            try:
-                decision = await self.engine.route(request)
-            except UnknownModel as exc:  # the knob's models are none routable (`route = false`), or just retired
-                if chat.models is None:
-                    raise
-                raise BadChatRequest(chat.models_param, str(exc)) from None
+            decision = await self._route(chat, request)
         else:
             if chat.model in self.upstreams.keyless:
                 raise NoUpstream(f"model: {chat.model!r} is called with the key in "
                                  f"{self.upstreams.keyless[chat.model]}, which is not set")
             if chat.model not in [m.name for m in self.engine.router.models] or chat.model not in \
                     self.callable_models():
-                raise NoUpstream(f"model: {chat.model[:200]!r} is neither {self.config.router_alias!r} nor a "
-                                 "catalog model with an upstream")
+                raise ModelNotFound(f"model: {chat.model[:200]!r} is neither {self.config.router_alias!r} nor a "
+                                    "catalog model with an upstream")
+            if not self.engine.router.spec(chat.model).route:  # what `route = false` means: never an answer
+                raise ModelNotFound(f"model: {chat.model!r} has route = false in the catalog (a judge or routing "
+                                    "model of this deployment only): requests cannot name it; name a routable model "
+                                    f"or {self.config.router_alias!r}")
             if chat.models is not None:  # the knob restricts the models a request may go to: the named one too
                 self._check_knob(chat)
                 if chat.model not in chat.models:
@@ -330,6 +335,30 @@ class Gateway:
             decision = self.caller_decision(request, chat.model)
             await self.engine.store_decision(decision, request)
         return Attempt(decision, decision.decision_id, 1, chat.routed, chat.stream), request
+
+    async def _route(self, chat: ChatRequest, request: Request) -> Decision:
+        """The first decision for a routed request whose allowed models `_allowed` listed. The router decides a moment
+        later (`Engine.route` batches a loop iteration's requests), so a model retired in between is left out and
+        the request routed again among the rest, as if it had come after the retirement minus that model: never
+        a 400 blaming a knob the caller did not send, or one that named only active models when it arrived. A knob
+        whose models are none routable (`route = false`), or were all retired, is the knob's 400."""
+        while True:
+            try:
+                return await self.engine.route(request)
+            except UnknownModel as exc:
+                active = {m.name for m in self.engine.router.models}
+                if request.models is None or all(m in active for m in request.models):  # not a retirement
+                    if chat.models is None:
+                        raise
+                    raise BadChatRequest(chat.models_param, str(exc)) from None
+                if chat.models is None:  # the gateway's own list (the models with an upstream): list them again
+                    allowed = self._allowed(chat)
+                else:
+                    allowed = tuple(m for m in request.models if m in active)
+                    if not allowed:
+                        raise BadChatRequest(chat.models_param, f"every model it allows was retired: {exc}") from None
+                request = Request(messages=request.messages, context=request.context, models=allowed,
+                                  cost_weight=request.cost_weight)
 
     def caller_decision(self, request: Request, model: str) -> Decision:
         """The stored record of a call to a model the caller named: probability 1, policy `caller`."""
@@ -346,13 +375,14 @@ class Gateway:
         )
 
     async def _next(self, attempt: Attempt, request: Request, tried: list[str]) -> Attempt | None:
-        """The fallback after `attempt` failed: a new decision over the allowed routable models not yet tried
-        (None when there is none: a judge or router model, `route = false`, is never a fallback)."""
+        """The fallback after `attempt` failed: a new decision over the allowed routable models not yet tried and
+        still active (None when there is none: a judge or router model, `route = false`, is never a fallback)."""
         if not attempt.routed:
             return None
         pool = request.models if request.models is not None else tuple(self.callable_models())
         router = self.engine.router
-        remaining = [m for m in pool if m not in tried and self.upstreams.has(m) and router.spec(m).route]
+        active = {m.name: m for m in router.models}  # not one retired since the request was routed
+        remaining = [m for m in pool if m not in tried and self.upstreams.has(m) and m in active and active[m].route]
         if not remaining:
             return None
         decision = router.decide(attempt.decision.context, models=remaining, cost_weight=request.cost_weight)

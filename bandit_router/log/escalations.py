@@ -9,14 +9,17 @@ and `store.sqlite.CHAINS_SQL` for the rows other processes committed):
 
     steps  = the stored steps, each with its state z recomputed from the *stored* decision's context and the
              stored confidences (`LearnedEscalation.state_vector(context, step, confidence, earlier)`, `step` the
-             stored step's chain position, `earlier` the confidences of the steps stored before it: the live z
-             came from the same features)
+             stored step's chain position, `earlier` as the chain passed it, `stored_earlier`: the live z came from
+             the same features)
     learn(steps, final quality, extra costs)
 
 A step's `step` is read as stored, never recomputed from the models: the state it was decided with, which its
 logged propensity belongs to. (Chains stored before the step became the chain position hold the number of
 steps before it; the two differ only in a chain where a model failed before a step, and such a chain replays
-with the state it was decided with, as every process learned it live.)
+with the state it was decided with, as every process learned it live.) Likewise `earlier`: a chain stored with
+`"version": 2` (`CHAIN_VERSION`) was decided with one score per earlier chain position (None where the model failed),
+one stored without a version with the confidences of the steps before it, whatever their positions (so after a
+failed model the next step read an older model's score as the previous one's); each replays as it was decided.
 
 in feedback `seq` order, by `LogFollower` (the rows a process commits itself right after its commit, the others'
 when it follows the log). So every worker and replica holds the same learners, a replay of the log rebuilds them
@@ -63,9 +66,30 @@ def learns_chain(decision: Decision, earlier: Sequence[FeedbackRecord], status: 
     )
 
 
+CHAIN_VERSION = 2
+"""The version of a stored chain (`"version"` in `chains.chain`; absent: 1): 2 when its steps were decided with
+`earlier` by chain position (`stored_earlier`)."""
+
+
 def chain_document(result_json: dict[str, Any], extra_costs: Sequence[float]) -> str:
-    """The JSON stored in `chains.chain`: a chain's `to_json()` with what it paid after each step."""
-    return json.dumps({**result_json, "extra_costs": [float(c) for c in extra_costs]}, separators=(",", ":"))
+    """The JSON stored in `chains.chain`: a chain's `to_json()` with what it paid after each step, and its
+    `version`."""
+    document = {**result_json, "extra_costs": [float(c) for c in extra_costs], "version": CHAIN_VERSION}
+    return json.dumps(document, separators=(",", ":"))
+
+
+def stored_earlier(chain: dict[str, Any], i: int) -> list[float | None]:
+    """The `earlier` that step `i` of a stored `chain` (decoded `chains.chain`) was decided with: with version 2, per
+    chain position before the step's, the confidence of the step stored at it (None where none was: the model
+    failed; or its signal gave none); before it, the confidences of the steps stored before step `i`."""
+    steps, version = chain["steps"], chain.get("version", 1)
+    if not isinstance(version, int) or version < 2:
+        return [s.get("confidence") for s in steps[:i]]
+    out: list[float | None] = [None] * int(steps[i]["step"])
+    for step in steps[:i]:
+        if 0 <= int(step["step"]) < len(out):
+            out[int(step["step"])] = step.get("confidence")
+    return out
 
 
 DECISION_ONLY = ("decided_floor", "monotone")
@@ -143,11 +167,11 @@ class EscalationLearners:
                 raise ValueError("steps must be a list of objects")
             if len(extra) != len(data["steps"]):  # checked first: `learn` would stop half-way through the steps
                 raise ValueError(f"{len(data['steps'])} steps but {len(extra)} extra costs")
-            confidences = [s.get("confidence") for s in data["steps"]]
             with self.lock:
-                steps = [  # step i's state after the stored steps before it (their confidences: `history`)
+                steps = [  # step i's state with the earlier scores it was decided with (`history`)
                     EscalationStep.from_json(
-                        s, learner.state_vector(decision.context, int(s["step"]), s.get("confidence"), confidences[:i])
+                        s, learner.state_vector(decision.context, int(s["step"]), s.get("confidence"),
+                                                stored_earlier(data, i))
                     )
                     for i, s in enumerate(data["steps"])
                 ]

@@ -48,6 +48,7 @@ from ..gateway import (
     BadChatRequest,
     Gateway,
     GatewayFailed,
+    ModelNotFound,
     NoUpstream,
     PromptTooLarge,
     Rejected,
@@ -103,6 +104,8 @@ def _error(exc: BaseException) -> Response:
             return Response(json.dumps(upstream).encode(), status_code=error.http_status,
                             media_type="application/json", headers=headers)
         return openai_error(error.http_status, str(error), code="upstream_rejected", headers=headers)
+    if isinstance(exc, ModelNotFound):
+        return openai_error(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, NoUpstream):
         if str(exc).startswith("model:"):
             return openai_error(404, str(exc), param="model", code="model_not_found")

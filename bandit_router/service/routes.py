@@ -282,7 +282,8 @@ def _model_json(spec: ModelSpec, feedback_count: int) -> dict[str, Any]:
 @router.get("/v1/models", response_model=ModelsOut, responses=_responses(), openapi_extra=_body(), tags=["v1"])
 async def list_models(request: Request) -> Response:
     """The active models (in arm order) with their learned feedback counts, and the retired ones; also in OpenAI's
-    list shape (`object`, `data`: the gateway's router alias first, then the named routers), for OpenAI clients."""
+    list shape (`object`, `data`: the gateway's router alias first, then the named routers, then the active models a
+    request may name: not the `route = false` ones, a judge's or routing LLM's), for OpenAI clients."""
     engine = _services(request).engine
     counts = engine.router.feedback_counts()
     alias = engine.settings.gateway.router_alias
@@ -293,7 +294,7 @@ async def list_models(request: Request) -> Response:
             + [{"id": r.name, "object": "model", "created": 0, "owned_by": "bandit-router"}
                for r in engine.settings.named_routers.routers]
             + [{"id": m.name, "object": "model", "created": 0, "owned_by": m.family or "bandit-router"}
-               for m in engine.router.models],
+               for m in engine.router.models if m.route],
             "models": [_model_json(m, counts.get(m.name, 0)) for m in engine.router.models],
             "retired": engine.retired_models(),
         }
