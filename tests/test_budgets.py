@@ -245,6 +245,27 @@ def test_a_tenant_written_as_an_integral_float_is_that_numbers_tenant() -> None:
     assert BudgetPacer.from_state(json.loads(json.dumps(saved)), clock=lambda: 1e9).state() == pacer.state()
 
 
+def test_a_state_saved_with_tenants_5_and_5_0_apart_loads_tenant_5_and_everything_else() -> None:
+    """Before `@5.0:` meant tenant 5, a config could hold tenants "5" and "5.0" and its state was saved so. Loading
+    it refused the whole state (they are one tenant now), losing the global and every other tenant's targets and
+    spend. Stored data loads: tenant "5" keeps its own targets and state, "5.0"'s are dropped; new input (no
+    `stored`) is still refused."""
+    config = BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "tenants": {
+        "5": {"avg_cost_usd": 0.001}, "was-5.0": {"avg_cost_usd": 0.002}, "acme": {"spend_usd": "50/1d"}}})
+    pacer = BudgetPacer(config, clock=lambda: 1e9)
+    pacer.spend(3.0, "acme")
+    saved = json.loads(json.dumps(pacer.state()).replace('"was-5.0"', '"5.0"'))  # as the code before wrote it
+    with pytest.raises(InvalidInput, match=r"'5' and '5\.0' are one tenant"):
+        BudgetConfig.from_mapping(saved["config"])
+    loaded = BudgetPacer.from_state(saved, clock=lambda: 1e9)
+    assert loaded.config.describe() == ["avg_cost_usd=0.004", "@5:avg_cost_usd=0.001", "@acme:spend_usd=50/1d"]
+    assert loaded.report()["tenants"]["acme"]["spend_usd"] == pytest.approx(3.0)
+    assert loaded.state()["tenants"]["5"] == pacer.state()["tenants"]["5"]
+    config_reversed = {**saved["config"], "tenants": dict(reversed(saved["config"]["tenants"].items()))}
+    reversed_order = {**saved, "config": config_reversed, "tenants": dict(reversed(saved["tenants"].items()))}
+    assert BudgetPacer.from_state(reversed_order, clock=lambda: 1e9).state() == loaded.state()
+
+
 def test_durations() -> None:
     assert [parse_duration(t) for t in ("90", "90s", "1.5m", "24h", "1d", "2w")] == [90, 90, 90, 86400, 86400, 1209600]
     assert [format_duration(s) for s in (86400, 3600 * 36, 90, 0.5, 604800)] == ["1d", "36h", "90s", "0.5s", "1w"]

@@ -4,6 +4,7 @@ real server process."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets, Settings, load_settings
 from bandit_router.errors import ConfigError
+from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_STATE
+from bandit_router.store import open_store
 from tools.serve_process import ServeProcess
 
 CLIENT_KEY = "client-key-0123456789abcdef"
@@ -268,6 +271,45 @@ def test_a_target_written_for_tenant_5_0_paces_the_number_5_0(make_client: Calla
     assert both.status_code == 422, both.text
     assert "'5' and '5.0' are one tenant" in both.json()["message"]
     assert client.get("/v1/budgets").json()["targets"] == ["@5:avg_cost_usd=1e-09"]  # nothing changed
+
+
+def test_a_state_stored_with_tenants_5_and_5_0_apart_loads_keeping_the_rest(
+        make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before tenant 5.0 was tenant "5", `{"tenants": {"5": …, "5.0": …}}` was two tenants and a PUT stored it. The
+    strict refusal of such a body (a 422 now) refused the stored state at the next start, which fell back to the
+    configuration: the global target, acme's spend target and acme's spend were lost. The stored state loads: tenant
+    "5" keeps its own targets, "5.0"'s are dropped with a warning naming both, and nothing else changes."""
+    first = make_client()
+    body = {"avg_cost_usd": 0.004, "tenants": {"5": {"avg_cost_usd": 0.001}, "was-5.0": {"avg_cost_usd": 0.002},
+                                               "acme": {"spend_usd": "50/1d"}}}
+    assert first.put("/v1/budgets", json=body).status_code == 200
+    for i in range(4):
+        decision = first.post("/v1/route", json={"prompt": f"Sort list {i}", "context": {"tenant": "acme"}}).json()
+        first.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.7, "cost_usd": 0.5})
+    before = first.get("/v1/budgets").json()["report"]["tenants"]["acme"]
+    assert before["spend_usd"] == pytest.approx(2.0)
+    first.__exit__(None, None, None)  # saves the state on stop
+
+    # what the code before 0.1.0's tenant rule stored: the same rows, the second tenant named "5.0"
+    store = open_store(tmp_path / "budgets.db")
+    try:
+        with store.read() as reader:
+            rows = {key: reader.get_meta(key) for key in (BUDGETS_STATE, BUDGETS_CONFIG)}
+        with store.write() as tx:
+            for key, value in rows.items():
+                assert value is not None and '"was-5.0"' in value
+                tx.set_meta(key, value.replace('"was-5.0"', '"5.0"'))
+    finally:
+        store.close()
+
+    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+        second = make_client()
+    got = second.get("/v1/budgets").json()
+    assert got["targets"] == ["avg_cost_usd=0.004", "@5:avg_cost_usd=0.001", "@acme:spend_usd=50/1d"]
+    assert got["report"]["tenants"]["acme"]["spend_usd"] == pytest.approx(before["spend_usd"])
+    assert got["report"]["tenants"]["acme"]["requests"] == before["requests"] == 4
+    assert second.get("/readyz").json()["recovery"]["budgets"] == "stored"
+    assert "'5' and '5.0' were stored as two tenants" in caplog.text and "dropped those of '5.0'" in caplog.text
 
 
 @pytest.mark.parametrize(("body", "key"), [

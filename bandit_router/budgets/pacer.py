@@ -700,14 +700,17 @@ class BudgetPacer:
 
     def load(self, state: Mapping[str, Any]) -> None:
         """Replace the config and everything learned by a `state()` (a restart continues where it stopped).
-        All or nothing: a state that does not load leaves the pacer as it was."""
+        All or nothing: a state that does not load leaves the pacer as it was. A state saved with tenants "5"
+        and "5.0" apart (before they were one tenant) loads tenant "5" as saved and drops "5.0", with a warning."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise InvalidInput(f"not a budget pacer state (expected format {STATE_FORMAT!r})")
         try:
-            fresh = BudgetPacer(BudgetConfig.from_mapping(state["config"]), clock=self._clock)
+            fresh = BudgetPacer(BudgetConfig.from_mapping(state["config"], stored=True), clock=self._clock)
             fresh._global.load(state["global"])
             for name, scope_state in state["tenants"].items():
                 tenant = tenant_named(name)  # a state saved before `@5.0:` meant tenant 5 calls it "5.0"
+                if tenant != name and tenant in state["tenants"]:
+                    continue  # saved with "5" and "5.0" apart: "5" won (`BudgetConfig.from_mapping(stored=True)`)
                 if tenant not in fresh._tenants:
                     raise InvalidInput(f"budget state has tenant {name!r} that its config does not")
                 fresh._tenants[tenant].load(scope_state)
