@@ -203,6 +203,9 @@ def test_parse_target(text: str, expected: object) -> None:
         ("budget=5", "unknown target 'budget'"),
         # B/P overflowed to inf: every route then failed (NaN scores) and GET /v1/budgets could not encode λ
         ("spend_usd=1e308/0.001", r"the rate B/P \(USD a second\) overflows a float"),
+        # B/P or B·10⁻⁶ underflowed to 0: the pacer's request scale max(r·τ̂, B·10⁻⁶) was 0, a ZeroDivisionError
+        ("spend_usd=1e-320/1d", r"spend_usd=1e-320 is too small for a float"),
+        ("spend_usd=5e-324/1s", r"spend_usd=5e-324 is too small for a float"),
     ],
 )
 def test_parse_target_rejects(text: str, match: str) -> None:

@@ -379,6 +379,20 @@ def test_budgets_that_overflow_a_float_are_a_422_and_routing_goes_on(make_client
     assert client.get("/v1/budgets").status_code == 200 and client.get("/v1/stats").status_code == 200
 
 
+@pytest.mark.parametrize("body", ['{"spend_usd": "1e-320/1d"}', '{"tenants": {"acme": {"spend_usd": "5e-324/1s"}}}'])
+def test_a_spend_target_too_small_for_a_float_is_a_422_and_routing_goes_on(make_client: Callable[..., TestClient],
+                                                                           body: str) -> None:
+    """A spend amount whose rate B/P (or B·10⁻⁶) underflows to 0 was stored, and the next request was a 500: the
+    pacer divided by its request scale max(r·τ̂, B·10⁻⁶), which was 0."""
+    client = make_client()
+    reply = client.put("/v1/budgets", content=body.encode(), headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert "too small for a float" in reply.json()["message"]
+    assert client.get("/v1/budgets").json()["targets"] == []
+    for _ in range(3):
+        _route(client, "acme")
+
+
 def test_a_huge_spend_target_keeps_every_read_working(make_client: Callable[..., TestClient]) -> None:
     """A target that starts mid-period has the pro rata limit B·(rest of the period)/P, computed as B·rest first:
     1.7e308 USD a week overflowed there, and GET /v1/budgets and /v1/stats were 500s (inf is no JSON)."""

@@ -150,6 +150,9 @@ class Spend:
             raise InvalidInput(f"spend period must be at least {MIN_PERIOD_S:g} s, got {_fmt(period)} s")
         if not math.isfinite(self.usd / period):  # the pacer's plan runs at B/P USD a second
             raise InvalidInput("the rate B/P (USD a second) overflows a float: a smaller amount or a longer period")
+        if self.usd / period == 0.0 or self.usd * 1e-6 == 0.0:  # the pacer divides by B·10⁻⁶ and by B/P·gap
+            raise InvalidInput(f"spend_usd={_fmt(self.usd)} is too small for a float: its rate B/P or B·10⁻⁶ "
+                               "underflows to 0 (a larger amount or a shorter period)")
         object.__setattr__(self, "period_s", period)
 
     @property
