@@ -17,9 +17,13 @@ class DuplicateKey(InvalidInput):
 
 
 def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """The object of `pairs`; `DuplicateKey` ("gives the key 'x' twice") when a key comes more than once."""
+    """The object of `pairs`; `DuplicateKey` ("gives the key 'x' twice") when a key comes more than once.
+    One pass over the pairs (a set of the keys seen), so a body of n keys costs O(n), repeated or not."""
     out = dict(pairs)
     if len(out) != len(pairs):
-        twice = sorted({key for i, (key, _) in enumerate(pairs) if any(key == k for k, _ in pairs[:i])})
-        raise DuplicateKey(f"gives the key {', '.join(map(repr, twice))} twice")
+        seen: set[str] = set()
+        twice: set[str] = set()
+        for key, _ in pairs:
+            (twice if key in seen else seen).add(key)
+        raise DuplicateKey(f"gives the key {', '.join(map(repr, sorted(twice)))} twice")
     return out

@@ -52,8 +52,9 @@ def tenant_of(value: Any) -> str | None:
 
 def tenant_named(text: str) -> str:
     """The tenant a written tenant name means (a budget's `@5.0:`, its `[budgets.tenants."5.0"]` table): the text
-    as it is, except an integral number within ±2⁵³ written as Python writes a float (`5.0`, `-3.0`, `1e+16`:
-    how such a number's tenant was named before `tenant_of`), which names that number's tenant (`5`)."""
+    as it is, except an integral number within ±2⁵³ written as Python writes a float (`5.0`, `-3.0`,
+    `9007199254740992.0`: how such a number's tenant was named before `tenant_of`), which names that number's tenant
+    (`5`). Python writes a float from 1e16 on with an exponent (`1e+16`), beyond 2⁵³: such a text stays as it is."""
     if not text[-1:].isdigit() or text[:1] not in "-0123456789":  # "acme": one look, no float()
         return text
     try:

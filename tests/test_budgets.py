@@ -203,6 +203,9 @@ def test_parse_target(text: str, expected: object) -> None:
         ("budget=5", "unknown target 'budget'"),
         # B/P overflowed to inf: every route then failed (NaN scores) and GET /v1/budgets could not encode λ
         ("spend_usd=1e308/0.001", r"the rate B/P \(USD a second\) overflows a float"),
+        # B/P or B·10⁻⁶ underflowed to 0: the pacer's request scale max(r·τ̂, B·10⁻⁶) was 0, a ZeroDivisionError
+        ("spend_usd=1e-320/1d", r"spend_usd=1e-320 is too small for a float"),
+        ("spend_usd=5e-324/1s", r"spend_usd=5e-324 is too small for a float"),
     ],
 )
 def test_parse_target_rejects(text: str, match: str) -> None:
@@ -243,6 +246,27 @@ def test_a_tenant_written_as_an_integral_float_is_that_numbers_tenant() -> None:
     saved["config"]["tenants"] = {("5.0" if k == "5" else k): v for k, v in saved["config"]["tenants"].items()}
     saved["tenants"] = {("5.0" if k == "5" else k): v for k, v in saved["tenants"].items()}
     assert BudgetPacer.from_state(json.loads(json.dumps(saved)), clock=lambda: 1e9).state() == pacer.state()
+
+
+def test_a_state_saved_with_tenants_5_and_5_0_apart_loads_tenant_5_and_everything_else() -> None:
+    """Before `@5.0:` meant tenant 5, a config could hold tenants "5" and "5.0" and its state was saved so. Loading
+    it refused the whole state (they are one tenant now), losing the global and every other tenant's targets and
+    spend. Stored data loads: tenant "5" keeps its own targets and state, "5.0"'s are dropped; new input (no
+    `stored`) is still refused."""
+    config = BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "tenants": {
+        "5": {"avg_cost_usd": 0.001}, "was-5.0": {"avg_cost_usd": 0.002}, "acme": {"spend_usd": "50/1d"}}})
+    pacer = BudgetPacer(config, clock=lambda: 1e9)
+    pacer.spend(3.0, "acme")
+    saved = json.loads(json.dumps(pacer.state()).replace('"was-5.0"', '"5.0"'))  # as the code before wrote it
+    with pytest.raises(InvalidInput, match=r"'5' and '5\.0' are one tenant"):
+        BudgetConfig.from_mapping(saved["config"])
+    loaded = BudgetPacer.from_state(saved, clock=lambda: 1e9)
+    assert loaded.config.describe() == ["avg_cost_usd=0.004", "@5:avg_cost_usd=0.001", "@acme:spend_usd=50/1d"]
+    assert loaded.report()["tenants"]["acme"]["spend_usd"] == pytest.approx(3.0)
+    assert loaded.state()["tenants"]["5"] == pacer.state()["tenants"]["5"]
+    config_reversed = {**saved["config"], "tenants": dict(reversed(saved["config"]["tenants"].items()))}
+    reversed_order = {**saved, "config": config_reversed, "tenants": dict(reversed(saved["tenants"].items()))}
+    assert BudgetPacer.from_state(reversed_order, clock=lambda: 1e9).state() == loaded.state()
 
 
 def test_durations() -> None:

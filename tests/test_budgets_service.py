@@ -4,6 +4,7 @@ real server process."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -23,6 +24,9 @@ from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets, Settings, load_settings
 from bandit_router.errors import ConfigError
+from bandit_router.jsonkeys import DuplicateKey, once_each
+from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_STATE
+from bandit_router.store import open_store
 from tools.serve_process import ServeProcess
 
 CLIENT_KEY = "client-key-0123456789abcdef"
@@ -270,6 +274,45 @@ def test_a_target_written_for_tenant_5_0_paces_the_number_5_0(make_client: Calla
     assert client.get("/v1/budgets").json()["targets"] == ["@5:avg_cost_usd=1e-09"]  # nothing changed
 
 
+def test_a_state_stored_with_tenants_5_and_5_0_apart_loads_keeping_the_rest(
+        make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Before tenant 5.0 was tenant "5", `{"tenants": {"5": …, "5.0": …}}` was two tenants and a PUT stored it. The
+    strict refusal of such a body (a 422 now) refused the stored state at the next start, which fell back to the
+    configuration: the global target, acme's spend target and acme's spend were lost. The stored state loads: tenant
+    "5" keeps its own targets, "5.0"'s are dropped with a warning naming both, and nothing else changes."""
+    first = make_client()
+    body = {"avg_cost_usd": 0.004, "tenants": {"5": {"avg_cost_usd": 0.001}, "was-5.0": {"avg_cost_usd": 0.002},
+                                               "acme": {"spend_usd": "50/1d"}}}
+    assert first.put("/v1/budgets", json=body).status_code == 200
+    for i in range(4):
+        decision = first.post("/v1/route", json={"prompt": f"Sort list {i}", "context": {"tenant": "acme"}}).json()
+        first.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.7, "cost_usd": 0.5})
+    before = first.get("/v1/budgets").json()["report"]["tenants"]["acme"]
+    assert before["spend_usd"] == pytest.approx(2.0)
+    first.__exit__(None, None, None)  # saves the state on stop
+
+    # what the code before 0.1.0's tenant rule stored: the same rows, the second tenant named "5.0"
+    store = open_store(tmp_path / "budgets.db")
+    try:
+        with store.read() as reader:
+            rows = {key: reader.get_meta(key) for key in (BUDGETS_STATE, BUDGETS_CONFIG)}
+        with store.write() as tx:
+            for key, value in rows.items():
+                assert value is not None and '"was-5.0"' in value
+                tx.set_meta(key, value.replace('"was-5.0"', '"5.0"'))
+    finally:
+        store.close()
+
+    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+        second = make_client()
+    got = second.get("/v1/budgets").json()
+    assert got["targets"] == ["avg_cost_usd=0.004", "@5:avg_cost_usd=0.001", "@acme:spend_usd=50/1d"]
+    assert got["report"]["tenants"]["acme"]["spend_usd"] == pytest.approx(before["spend_usd"])
+    assert got["report"]["tenants"]["acme"]["requests"] == before["requests"] == 4
+    assert second.get("/readyz").json()["recovery"]["budgets"] == "stored"
+    assert "'5' and '5.0' were stored as two tenants" in caplog.text and "dropped those of '5.0'" in caplog.text
+
+
 @pytest.mark.parametrize(("body", "key"), [
     (b'{"avg_cost_usd": 0.001, "avg_cost_usd": 0.002}', "avg_cost_usd"),
     (b'{"tenants": {"acme": {"spend_usd": "1/1d"}, "acme": {"spend_usd": "9/1d"}}}', "acme"),
@@ -287,6 +330,38 @@ def test_a_key_given_twice_is_a_422_naming_it(make_client: Callable[..., TestCli
     assert client.get("/v1/budgets").json()["targets"] == ["avg_cost_usd=0.005"]
 
 
+def test_a_large_body_with_a_key_given_twice_is_a_422_naming_it(make_client: Callable[..., TestClient]) -> None:
+    """The message naming the repeated key was built comparing each key with every key before it, O(n²) on the
+    event loop: 20,000 tenants with one given twice held every request for about 40 s. It is one pass now."""
+    client = make_client()
+    tables = ", ".join(f'"t{i}": {{"avg_cost_usd": 1}}' for i in range(20_000))
+    body = '{"tenants": {' + tables + ', "t123": {"avg_cost_usd": 2}}}'
+    reply = client.put("/v1/budgets", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["message"] == "budgets: gives the key 't123' twice"
+    assert client.get("/v1/budgets").json()["targets"] == []
+
+
+def test_naming_a_repeated_key_compares_each_key_a_bounded_number_of_times() -> None:
+    """The work `once_each` does, counted as key comparisons rather than timed: with n keys it is a few times n
+    (one pass with a set), where comparing each key with every key before it was n²/2."""
+    comparisons = [0]
+
+    class Key(str):
+        def __eq__(self, other: object) -> bool:
+            comparisons[0] += 1
+            return str.__eq__(self, other)
+
+        __hash__ = str.__hash__
+
+    n = 2000
+    pairs = [(Key(f"k{i}"), i) for i in range(n)] + [(Key("k7"), -1), (Key("k1999"), -2)]
+    comparisons[0] = 0
+    with pytest.raises(DuplicateKey, match=r"^gives the key 'k1999', 'k7' twice$"):
+        once_each(pairs)
+    assert comparisons[0] <= 10 * n, comparisons[0]
+
+
 @pytest.mark.parametrize("body", [
     '{"spend_usd": "1e308/0.001"}', '{"tenants": {"acme": {"spend_usd": "1.5e308/0.5"}}}',
     '{"min_cost_weight": 1%s}' % ("0" * 400), '{"guard_max_usd_per_mtok": 1%s}' % ("0" * 400),
@@ -302,6 +377,20 @@ def test_budgets_that_overflow_a_float_are_a_422_and_routing_goes_on(make_client
     for _ in range(3):
         _route(client, "acme")
     assert client.get("/v1/budgets").status_code == 200 and client.get("/v1/stats").status_code == 200
+
+
+@pytest.mark.parametrize("body", ['{"spend_usd": "1e-320/1d"}', '{"tenants": {"acme": {"spend_usd": "5e-324/1s"}}}'])
+def test_a_spend_target_too_small_for_a_float_is_a_422_and_routing_goes_on(make_client: Callable[..., TestClient],
+                                                                           body: str) -> None:
+    """A spend amount whose rate B/P (or B·10⁻⁶) underflows to 0 was stored, and the next request was a 500: the
+    pacer divided by its request scale max(r·τ̂, B·10⁻⁶), which was 0."""
+    client = make_client()
+    reply = client.put("/v1/budgets", content=body.encode(), headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert "too small for a float" in reply.json()["message"]
+    assert client.get("/v1/budgets").json()["targets"] == []
+    for _ in range(3):
+        _route(client, "acme")
 
 
 def test_a_huge_spend_target_keeps_every_read_working(make_client: Callable[..., TestClient]) -> None:

@@ -192,12 +192,14 @@ def test_a_control_character_in_a_path_parameter_is_a_422_naming_it(client: Test
 @pytest.mark.parametrize(("method", "path"), [
     ("POST", "/v1/route%0A"), ("POST", "/v1/feedback%0A"), ("GET", "/v1/stats%0A"), ("GET", "/healthz%0A"),
     ("PUT", "/v1/budgets%0A"), ("GET", "/v1/models%0A"), ("POST", "/v1/chat/completions%0A"),
-    ("GET", "/openapi.json%0A"), ("GET", "/docs%0A"), ("GET", "/dashboard%0A"), ("GET", "/v1/stats%0D%0A"),
+    ("GET", "/openapi.json%0A"), ("GET", "/docs%0A"), ("GET", "/dashboard%0A"),
+    pytest.param("GET", "/v1/stats%0D%0A", id="guard-crlf-was-a-404-before-too"),
 ])
 def test_a_path_without_parameters_and_a_final_line_feed_is_a_404(client: TestClient, method: str,
                                                                    path: str) -> None:
     """The route's `$` matched before a final line feed: `POST /v1/route%0A` routed and stored a decision,
-    `GET /v1/stats%0A` was `/v1/stats`. No route has that path: a 404, nothing stored."""
+    `GET /v1/stats%0A` was `/v1/stats`. No route has that path: a 404, nothing stored. The CR LF case is a guard,
+    not the regression: `$` does not match before `\r\n`, so it was a 404 before the fix too, and stays one."""
     reply = client.request(method, path, json={"prompt": "x"} if method != "GET" else None)
     assert reply.status_code == 404, reply.text
     assert reply.json()["error"] == "not_found"
@@ -206,8 +208,8 @@ def test_a_path_without_parameters_and_a_final_line_feed_is_a_404(client: TestCl
 
 def test_every_route_with_path_parameters_checks_them() -> None:
     """The service's routers build their routes with `CheckedRoute`; a `{…:path}` parameter (whose convertor stops
-    at a line feed) is refused when the route is declared; a route without parameters is left as FastAPI builds it
-    (the hot paths do no more work)."""
+    at a line feed) is refused when the route is declared; a route without parameters keeps FastAPI's handler
+    (the hot paths do no more work), only its match refuses a final line feed."""
     from fastapi.routing import APIRoute
 
     from bandit_router.service.dashboard.routes import router as dashboard_router

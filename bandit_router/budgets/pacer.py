@@ -238,8 +238,8 @@ class _CostControl(_Control):
     def _bounds(self) -> tuple[float, float]:
         """[floor, max_cost_weight] in linear space (no spread floor while λ is frozen: `cost_step` = 0)."""
         low, high = self.config.min_cost_weight, self.config.max_cost_weight
-        if self.log_floor is not None and self.config.cost_step > 0.0:
-            low = min(max(low, math.exp(self.log_floor)), high)
+        if self.log_floor is not None and self.config.cost_step > 0.0:  # exp(log high) cannot overflow
+            low = min(max(low, math.exp(min(self.log_floor, math.log(high)))), high)
         return low, high
 
     def _project(self, lam: float) -> float:
@@ -257,13 +257,14 @@ class _CostControl(_Control):
         """Track the floor from the spread of the decision's expected costs."""
         costs = decision.expected_cost_usd
         spread = max(costs) - min(costs) if costs else 0.0
-        if spread > 0.0 and self.config.negligible_penalty > 0.0:
-            x = math.log(self.config.negligible_penalty / spread)
+        ratio = self.config.negligible_penalty / spread if spread > 0.0 else 0.0
+        if 0.0 < ratio < math.inf:  # a spread that overflows or underflows the ratio moves no floor
+            x = math.log(ratio)
             self.log_floor = x if self.log_floor is None else self.log_floor + GAP_SMOOTHING * (x - self.log_floor)
 
     def step(self, gradient: float) -> None:
-        """log λ ← clip(log λ + η·g)."""
-        if self.lam is None or self.config.cost_step == 0.0:
+        """log λ ← clip(log λ + η·g); g = ±inf (a tiny scale) clips to a bound, NaN (inf − inf) moves nothing."""
+        if self.lam is None or self.config.cost_step == 0.0 or math.isnan(gradient):
             return
         low, high = self._bounds()
         x = math.log(self.lam) + self.config.cost_step * gradient
@@ -352,10 +353,12 @@ class _SpendControl(_CostControl):
         return self.spend_usd >= self.limit()
 
     def _scale(self, scope: _Scope) -> float | None:
-        """ρ̄ = r·τ̂, the budget of one request at the current traffic (floored at B·10⁻⁶ for a frozen clock)."""
+        """ρ̄ = r·τ̂, the budget of one request at the current traffic (floored at B·10⁻⁶ for a frozen clock);
+        None (no step) unless it is a positive finite number (`Spend` refuses a B whose B·10⁻⁶ underflows)."""
         if scope.gap_s is None:
             return None
-        return max(self.target.rate * scope.gap_s, self.target.usd * 1e-6)
+        scale = max(self.target.rate * scope.gap_s, self.target.usd * 1e-6)
+        return scale if 0.0 < scale < math.inf else None
 
     def on_decision(self, scope: _Scope, now: float, decision: Decision, booked: float, tags: Tags) -> None:
         self.see_costs(decision)
@@ -700,14 +703,17 @@ class BudgetPacer:
 
     def load(self, state: Mapping[str, Any]) -> None:
         """Replace the config and everything learned by a `state()` (a restart continues where it stopped).
-        All or nothing: a state that does not load leaves the pacer as it was."""
+        All or nothing: a state that does not load leaves the pacer as it was. A state saved with tenants "5"
+        and "5.0" apart (before they were one tenant) loads tenant "5" as saved and drops "5.0", with a warning."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise InvalidInput(f"not a budget pacer state (expected format {STATE_FORMAT!r})")
         try:
-            fresh = BudgetPacer(BudgetConfig.from_mapping(state["config"]), clock=self._clock)
+            fresh = BudgetPacer(BudgetConfig.from_mapping(state["config"], stored=True), clock=self._clock)
             fresh._global.load(state["global"])
             for name, scope_state in state["tenants"].items():
                 tenant = tenant_named(name)  # a state saved before `@5.0:` meant tenant 5 calls it "5.0"
+                if tenant != name and tenant in state["tenants"]:
+                    continue  # saved with "5" and "5.0" apart: "5" won (`BudgetConfig.from_mapping(stored=True)`)
                 if tenant not in fresh._tenants:
                     raise InvalidInput(f"budget state has tenant {name!r} that its config does not")
                 fresh._tenants[tenant].load(scope_state)

@@ -28,6 +28,7 @@ In a TOML table or a JSON body (see `BudgetConfig.from_mapping`) the same gramma
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,8 @@ from ..errors import InvalidInput
 from ..hints import did_you_mean
 from ..names import check_name
 from ..types import tenant_named
+
+log = logging.getLogger("bandit_router.budgets")
 
 DURATION_UNITS: Mapping[str, int] = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800})
 _LATENCY_KEY = re.compile(r"latency_p(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)_s")  # as `_fmt` writes it: 1e-05
@@ -147,6 +150,9 @@ class Spend:
             raise InvalidInput(f"spend period must be at least {MIN_PERIOD_S:g} s, got {_fmt(period)} s")
         if not math.isfinite(self.usd / period):  # the pacer's plan runs at B/P USD a second
             raise InvalidInput("the rate B/P (USD a second) overflows a float: a smaller amount or a longer period")
+        if self.usd / period == 0.0 or self.usd * 1e-6 == 0.0:  # the pacer divides by B·10⁻⁶ and by B/P·gap
+            raise InvalidInput(f"spend_usd={_fmt(self.usd)} is too small for a float: its rate B/P or B·10⁻⁶ "
+                               "underflows to 0 (a larger amount or a shorter period)")
         object.__setattr__(self, "period_s", period)
 
     @property
@@ -301,15 +307,25 @@ def _check_tenant(name: Any) -> str:
     return tenant_named(check_name(name, "tenant", MAX_TENANT_LENGTH))
 
 
-def _tenants_once(names: Iterable[Any], where: str) -> dict[str, Any]:
+def tenants_once(names: Iterable[Any], where: str, *, stored: bool = False) -> dict[str, Any]:
     """Each written tenant name → the tenant it means; `InvalidInput` when two name one tenant (`5` and `5.0`),
-    whose targets would otherwise replace each other."""
+    whose targets would otherwise replace each other.
+
+    `stored`: the names come from stored data (a pacer state, the service's stored targets), which a version
+    before `tenant_named` wrote with `5` and `5.0` as two tenants. Refusing it would lose every other target
+    with it, so the name written as the tenant's own (`5`) wins and the other is dropped, with a warning."""
     out: dict[str, Any] = {}
     for name in names:
         tenant = _check_tenant(name)
         if tenant in out:
-            raise InvalidInput(f"{where}: {out[tenant]!r} and {name!r} are one tenant, {tenant!r} (a number's "
-                               "tenant is its decimal text, an integral one without a fraction): give its targets once")
+            if not stored:
+                raise InvalidInput(f"{where}: {out[tenant]!r} and {name!r} are one tenant, {tenant!r} (a number's "
+                                   "tenant is its decimal text, an integral one without a fraction): give its targets "
+                                   "once")
+            kept, dropped = (name, out[tenant]) if name == tenant else (out[tenant], name)
+            log.warning("%s: %r and %r were stored as two tenants and are one now, %r: kept the targets of %r, "
+                        "dropped those of %r", where, out[tenant], name, tenant, kept, dropped)
+            name = kept
         out[tenant] = name
     return out
 
@@ -410,7 +426,7 @@ class BudgetConfig:
             raise InvalidInput("tenants must map a tenant name to its targets")
         written = {name: ts for name, ts in self.tenants.items() if ts}
         tenants = {tenant: _check_unique(written[name], f"tenant {name!r}")
-                   for tenant, name in _tenants_once(written, "tenants").items()}
+                   for tenant, name in tenants_once(written, "tenants").items()}
         object.__setattr__(self, "tenants", MappingProxyType(tenants))
         if self.fallback_model is not None and (not isinstance(self.fallback_model, str) or not self.fallback_model):
             raise InvalidInput("fallback_model must be a model name")
@@ -456,8 +472,11 @@ class BudgetConfig:
         return cls(targets=tuple(scoped.get(None, ())), tenants=tenants, **settings)
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> BudgetConfig:
-        """From a `[budgets]` TOML table or a JSON body (the inverse of `to_mapping`); unknown keys raise."""
+    def from_mapping(cls, data: Mapping[str, Any], *, stored: bool = False) -> BudgetConfig:
+        """From a `[budgets]` TOML table or a JSON body (the inverse of `to_mapping`); unknown keys raise.
+        `stored`: `data` is what `to_mapping` stored, maybe before tenant names followed `tenant_of`: two tables of
+        one tenant (`5` and `5.0`) keep the one named `5`, with a warning, instead of refusing it all
+        (`tenants_once`)."""
         if not isinstance(data, Mapping):
             raise InvalidInput("budgets must be a table")
         settings = {f.name for f in fields(cls)} - {"targets", "tenants"}
@@ -468,7 +487,7 @@ class BudgetConfig:
         targets = _targets_from_mapping({k: v for k, v in data.items() if k not in settings | {"tenants"}}, "budgets",
                                         sorted(settings | {"tenants"}))
         tenants = {}
-        for tenant, name in _tenants_once(tenants_data, "budgets.tenants").items():
+        for tenant, name in tenants_once(tenants_data, "budgets.tenants", stored=stored).items():
             table = tenants_data[name]
             if not isinstance(table, Mapping):
                 raise InvalidInput(f"budgets.tenants.{name} must be a table of targets")

@@ -241,7 +241,7 @@ class BudgetState:
                 with self.store.read() as reader:
                     stored = reader.get_meta(BUDGETS_CONFIG)
                 if stored is not None and stored != self._config_json:
-                    self.pacer.configure(BudgetConfig.from_mapping(json.loads(stored)))
+                    self.pacer.configure(BudgetConfig.from_mapping(json.loads(stored), stored=True))
                     self._config_json = stored
                     self._stored = True
             except (StoreError, InvalidInput, ValueError) as exc:
@@ -278,7 +278,7 @@ class BudgetState:
         if config is not None:
             try:
                 if json.loads(config) != self.pacer.config.to_mapping():  # a PUT after the last state save
-                    self.pacer.configure(BudgetConfig.from_mapping(json.loads(config)))
+                    self.pacer.configure(BudgetConfig.from_mapping(json.loads(config), stored=True))
                 self._config_json = config
                 source = "stored"
             except (InvalidInput, ValueError) as exc:

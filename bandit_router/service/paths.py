@@ -58,7 +58,8 @@ def control_problem(value: str) -> str | None:
 
 class CheckedRoute(APIRoute):
     """An `APIRoute` whose path parameters are refused (422, naming the parameter) when one holds a control
-    character; a route without path parameters is a plain `APIRoute`."""
+    character, and which matches no path ending in a line feed that no parameter took (`matches`, every route);
+    a route without path parameters keeps FastAPI's handler (`get_route_handler` adds no check)."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         if re.search(r"\{[^}]*:path\}", path):
