@@ -111,11 +111,6 @@ class Router:
         return tuple(self._models)
 
     @property
-    def retired(self) -> tuple[ModelSpec, ...]:
-        """The models retired at run time and not added back."""
-        return tuple(self._retired.values())
-
-    @property
     def version(self) -> int:
         """Number of outcomes learned so far (the policy version)."""
         return self._version

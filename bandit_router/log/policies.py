@@ -122,7 +122,7 @@ class PolicySet:
         applied (`rebuild_policies`, the service's recovery)."""
         for router in (self.live, *self.shadows.values()):
             try:
-                check_models(router.policy, [*router.models, *router.retired])
+                check_models(router.policy, [*router.models, *router._retired.values()])  # retired at run time
             except InvalidInput as exc:
                 where = "policy" if router is self.live else "shadow_policies"
                 raise ConfigError(f"{where}: {exc}") from exc
