@@ -443,7 +443,7 @@ ROUTE_FALSE_JUDGE = "[[models]]\nname = 'judge'\ninput_usd_per_mtok = 1\noutput_
     ],
 )
 def test_a_rule_naming_a_model_outside_the_catalog_is_refused_at_start_naming_the_rule(
-    tmp_path: Path, rules: str, catalog: str, message: str
+    tmp_path: Path, rules: str, catalog: str, message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A `rules` policy's rule or default naming a model outside the catalog (a misspelt name) never routed to it
     without a word: the rule was skipped, or the cheapest model replaced the default. As a fixed policy's model,
@@ -456,6 +456,7 @@ def test_a_rule_naming_a_model_outside_the_catalog_is_refused_at_start_naming_th
 
     from bandit_router.cli import app as cli_app
 
+    _serve_never_starts(monkeypatch)
     _write(tmp_path / "rules.toml", rules)
     inline = "".join(f"{k} = {json.dumps(v)}\n" for k, v in tomllib.loads(rules).items() if k == "default")
     inline += "".join("[[policy_settings.rules]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in rule.items())
@@ -647,13 +648,25 @@ def test_a_live_catalog_whose_routable_models_were_retired_at_run_time_says_that
     settings.check_catalog([judge, ModelSpec("added", 0.2, 0.8)], [gone])
 
 
-def test_serve_checks_the_catalog_with_the_models_its_database_holds_and_check_config_the_file_alone(
-    tmp_path: Path,
+def _serve_never_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` fails the test if it gets past its checks, rather than serve on 127.0.0.1:8000 until killed."""
+    import uvicorn
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serve started")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+
+
+def test_serve_check_and_migrate_config_check_the_catalog_with_the_models_its_database_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`serve` checks the live catalog before it starts the server: on a database where `POST /v1/models` added a
     model, a fixed policy naming a model that is nowhere is one line and exit status 2 listing the models of the
-    file and of the log (that it gets past the check with the added one: test_server_process); `check --config`
-    and `migrate --config` read the file alone, as documented, and refuse a file without a routable model."""
+    file and of the log (that it gets past the check with the added one: test_server_process). `check --config`
+    and `migrate --config` check as `serve` does: a file whose only model has route = false, beside that database,
+    is what `serve` serves (they checked the file alone and refused it); without the database, the file alone is
+    checked (and refused: nothing is created)."""
     import warnings
 
     from typer.testing import CliRunner
@@ -666,6 +679,7 @@ def test_serve_checks_the_catalog_with_the_models_its_database_holds_and_check_c
         warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
         from fastapi.testclient import TestClient
 
+    _serve_never_starts(monkeypatch)
     db = tmp_path / "r.db"
     judge, first = ModelSpec("judge", 0.15, 0.6, route=False), ModelSpec("first", 0.1, 0.4)
     with TestClient(create_app(Settings(models=(judge, first), db=db, seed=1))) as client:
@@ -681,11 +695,22 @@ def test_serve_checks_the_catalog_with_the_models_its_database_holds_and_check_c
     assert result.output.strip() == ("bandit-router serve: policy: policy 'fixed:gpt-6' names the model 'gpt-6', "
                                      "which is not in the catalog; its models: judge, added")
     config = _write(tmp_path / "br.toml", f"db = 'r.db'\n{judge_only}")  # (with --db they do not read the file)
+    for command, says in (("check", "verdict: intact"), ("migrate", "schema version")):
+        result = CliRunner().invoke(cli_app, [command, "--config", str(config)])
+        assert result.exit_code == 0 and says in result.output, result.output
+    config = _write(tmp_path / "br.toml", f"db = 'r.db'\npolicy = 'fixed:gpt-6'\n{judge_only}")
+    for command in ("check", "migrate"):
+        result = CliRunner().invoke(cli_app, [command, "--config", str(config)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (f"bandit-router {command}: policy: policy 'fixed:gpt-6' names the model "
+                                         "'gpt-6', which is not in the catalog; its models: judge, added")
+    config = _write(tmp_path / "br.toml", f"db = 'new.db'\n{judge_only}")
     for command in ("check", "migrate"):
         result = CliRunner().invoke(cli_app, [command, "--config", str(config)])
         assert result.exit_code == 2, result.output
         assert result.output.strip() == (f"bandit-router {command}: models: every model has route = false (judge): "
                                          "nothing can be routed; set route = true (the default) on at least one model")
+        assert not (tmp_path / "new.db").exists()
 
 
 def test_a_policy_named_with_inline_rules_is_a_spec_string(tmp_path: Path) -> None:
@@ -712,3 +737,98 @@ def test_retention_shorter_than_the_reward_window_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"retention_days: .* reward_window_s \(86400 s\)"):
         Settings(retention_days=1, reward_window_s=86400, default_reward=0.5).check()
     assert Settings(retention_days=2, reward_window_s=86400, default_reward=0.5).check()
+
+
+def test_a_refused_start_creates_and_migrates_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start checks the catalog's models before it creates or migrates the database (review of eac77b2: it
+    prepared the schema first): `serve` and the app refusing a fixed policy on a model that is nowhere leave a
+    missing file missing, an empty file empty, and a database of the previous schema at that schema (a one-way
+    migration by a start that never ran), whose model events it reads as they are (the model `POST /v1/models`
+    added is listed, and a policy on it starts, migrating then)."""
+    import sqlite3
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+    from bandit_router.service import create_app
+    from bandit_router.store import SCHEMA_VERSION
+    from tests.old_schema import as_previous_schema
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+        from fastapi.testclient import TestClient
+
+    _serve_never_starts(monkeypatch)
+    refusal = "policy: policy 'fixed:nope' names the model 'nope', which is not in the catalog; its models: "
+
+    def refused(db: Path) -> str:
+        app = create_app(Settings(policy="fixed:nope", db=db, seed=1))  # raises at startup, not here
+        with pytest.raises(ConfigError, match=f"^{re.escape(refusal)}"), TestClient(app):
+            pass
+        config = _write(tmp_path / "br.toml", "policy = 'fixed:nope'\n")
+        result = CliRunner().invoke(cli_app, ["serve", "--config", str(config), "--db", str(db)])
+        assert result.exit_code == 2 and result.output.startswith(f"bandit-router serve: {refusal}"), result.output
+        return result.output
+
+    missing, empty, old = tmp_path / "missing.db", tmp_path / "empty.db", tmp_path / "old.db"
+    refused(missing)
+    assert not missing.exists()
+    empty.touch()
+    refused(empty)
+    assert empty.stat().st_size == 0
+    with TestClient(create_app(Settings(db=old, seed=1))) as client:
+        while client.get("/readyz").status_code != 200:
+            pass
+        added = client.post("/v1/models", json={"name": "added", "input_usd_per_mtok": 0.2,
+                                                "output_usd_per_mtok": 0.8})
+        assert added.status_code == 201, added.text
+    as_previous_schema(str(old), "judge_calls", SCHEMA_VERSION - 1)
+
+    def version() -> str:
+        with sqlite3.connect(old) as conn:
+            return str(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+
+    assert refused(old).strip().endswith(", added")
+    assert version() == str(SCHEMA_VERSION - 1)
+    with TestClient(create_app(Settings(policy="fixed:added", db=old, seed=1))) as client:
+        while client.get("/readyz").status_code != 200:
+            pass
+        assert client.post("/v1/route", json={"prompt": "hi"}).json()["model"] == "added"
+    assert version() == str(SCHEMA_VERSION)
+
+
+def test_a_rebuilt_policy_set_checks_its_policies_against_the_catalog_and_the_log(tmp_path: Path) -> None:
+    """The routers are built without checking their policy against the catalog file (the log may add the model a
+    fixed or rules policy names), so `rebuild_router`, `rebuild_policies` and the service's recovery check it once
+    the log is applied: a fixed policy on a model that is nowhere is a `ConfigError` (it routed every request to
+    the cheapest model, without a word: review of eac77b2), one on a model the log added or retired is not."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.log import rebuild_policies, rebuild_router
+    from bandit_router.service.engine import Engine
+    from bandit_router.store import ModelAction
+    from bandit_router.store.location import open_store
+
+    db = tmp_path / "z.db"
+    store = open_store(db)
+    store.prepare()
+    models = (ModelSpec("a", 0.1, 0.4), ModelSpec("b", 1.0, 2.0))
+    with store.write() as tx:
+        tx.insert_model_event(ModelAction.ADD, "added", ModelSpec("added", 0.2, 0.8))
+        tx.insert_model_event(ModelAction.RETIRE, "b", None)
+    try:
+        for policy in ("fixed:added", "fixed:b"):
+            settings = Settings(policy=policy, models=models, db=db, seed=1)
+            assert rebuild_router(settings, store).policy.name == policy
+        settings = Settings(policy="fixed:nope", models=models, db=db, seed=1)
+        message = "policy 'fixed:nope' names the model 'nope', which is not in the catalog; its models: "
+        with pytest.raises(ConfigError, match=f"^policy: {re.escape(message)}a, added, b$"):
+            rebuild_router(settings, store)
+        shadow = Settings(shadow_policies=("fixed:nope",), models=models, db=db, seed=1)
+        with pytest.raises(ConfigError, match=f"^shadow_policies: {re.escape(message)}"):
+            rebuild_policies(shadow, store)
+        engine = Engine(settings, store)
+        with pytest.raises(ConfigError, match=f"^policy: {re.escape(message)}"):
+            engine._recover()
+    finally:
+        store.close()

@@ -396,3 +396,26 @@ def test_a_database_that_hangs_is_a_503_at_once_not_a_request_that_waits_as_long
     again = client.post("/v1/feedback", json={"decision_id": before["decision_id"], "quality": 0.5})
     assert again.status_code == 200 and again.json()["status"] == "duplicate"  # the caught one was stored
     assert client.post("/v1/route", json={"prompt": "thawed", "models": PAIR}).status_code == 200
+
+
+def test_a_refused_start_leaves_a_new_database_empty(pg_url: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start checks the catalog's models before it creates the schema (review of eac77b2: a start refused for
+    `policy = 'fixed:nope'` left a new database with every table): `serve` and the app refuse it and the database
+    stays empty."""
+    import uvicorn
+
+    from bandit_router.config import ConfigError
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serve started")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    config = tmp_path / "br.toml"
+    config.write_text("policy = 'fixed:nope'\n", encoding="utf-8")
+    refusal = "policy: policy 'fixed:nope' names the model 'nope', which is not in the catalog"
+    result = CliRunner().invoke(cli_app, ["serve", "--config", str(config), "--db", pg_url])
+    assert result.exit_code == 2 and result.output.startswith(f"bandit-router serve: {refusal}"), result.output
+    with pytest.raises(ConfigError, match=refusal):
+        start_client(Settings(policy="fixed:nope", db=DatabaseURL(pg_url), seed=1))
+    assert _rows(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'") == []

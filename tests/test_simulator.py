@@ -581,8 +581,8 @@ def test_a_fixed_or_rules_policy_may_name_a_model_that_joins_the_run_later(tmp_p
         assert (trace.chosen[:100] != k).all() and (trace.chosen[100:] == k).all(), spec
     rules.write_text('[[rules]]\nmodel = "gpt-4o"\nmin_chars = 10\n[[rules]]\nmodel = "claude-haiku-4-6"\n'
                      'markers = ["code"]\n', encoding="utf-8")
-    with pytest.raises(InvalidInput, match=r"^rules:file=\S+: unknown model: policy 'rules:file=\S+': rule 2 "
-                       r"\(markers = \['code'\]\) names the model 'claude-haiku-4-6', which is not in the catalog"):
+    with pytest.raises(InvalidInput, match=r"^unknown model: policy 'rules:file=\S+': rule 2 \(markers = \['code'\]\) "
+                       r"names the model 'claude-haiku-4-6', which is not one of the environment's models: gpt-4o"):
         make_agent(f"rules:file={rules}", env)
 
 

@@ -185,6 +185,7 @@ class Settings:
             raise ConfigError(f"retention_days: {days:g} days is not longer than reward_window_s ({window:g} s): "
                               "decisions would be deleted before their reward window closes (no default reward, no "
                               "average learned, later feedback a 404)")
+        object.__setattr__(self, "_checked_policies", policies)  # `check_catalog` at the start: built once
         return self
 
     def check_catalog(
@@ -196,7 +197,7 @@ class Settings:
         then warned about at start (`PolicySet.warn_about_missing_models`), `retired` at run time. Raises
         `ConfigError` naming the key. `check()` runs it on the catalog file; the service's start on the live
         catalog (the catalog with the stored model events applied, `log.catalog.live_catalog`). `policies`: those
-        `build_policies` returns, when they are built already."""
+        `build_policies` returns; by default those `check()` built (only read here: each router builds its own)."""
         routing = self.routing
         key = "models" if routing.catalog is None and routing.models else "catalog"
         if not any(m.route for m in active):  # every POST /v1/route would be a 422
@@ -205,11 +206,18 @@ class Settings:
                      "(add another routable model to the catalog)") if gone else ""
             raise ConfigError(f"{key}: every model has route = false ({', '.join(m.name for m in active)}): nothing "
                               f"can be routed; set route = true (the default) on at least one model{stays}")
-        for where, policy in self.build_policies() if policies is None else policies:  # a router is built
+        if policies is None:
+            policies = self.__dict__.get("_checked_policies") or self.build_policies()
+        for where, policy in policies:  # a router is built
             try:  # without this check (`build_router`): the models the log adds come later
                 check_models(policy, [*active, *retired])
             except InvalidInput as exc:
                 raise ConfigError(f"{where}: {exc}") from exc
+
+    @property
+    def checked(self) -> bool:
+        """`check()` has run on these settings (`load_settings` runs it)."""
+        return "_checked_policies" in self.__dict__
 
     def build_policies(self) -> list[tuple[str, Policy]]:
         """The configured policy and every shadow, each with the key that gives it; `ConfigError` naming the key

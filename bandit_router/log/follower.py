@@ -131,18 +131,18 @@ class LogFollower:
 
 
 def rebuild_policies(settings: Settings, store: Store, *, seed: int | None = None) -> PolicySet:
-    """A fresh policy set (live router, shadows, escalation learners) that learned the whole stored log."""
+    """A fresh policy set (live router, shadows, escalation learners) that learned the whole stored log. A
+    `ConfigError` when a policy names a model that neither the catalog nor the log holds (`PolicySet.check_models`)."""
     follower = LogFollower(PolicySet(settings, seed=seed))
     with store.read() as reader:
         follower.catch_up(reader)
+    follower.policies.check_models()
     return follower.policies
 
 
 def rebuild_router(settings: Settings, store: Store, *, seed: int | None = None) -> Router:
     """A fresh router that learned the whole stored log, from scratch: every learned feedback in seq order, with
     the model events in their places. What a restored or live policy must equal (compare `weights()`). With shadow
-    policies every one learns too, and a `promote` event makes that shadow the one returned."""
-    follower = LogFollower(PolicySet(settings, seed=seed))
-    with store.read() as reader:
-        follower.catch_up(reader)
-    return follower.policies.live
+    policies every one learns too, and a `promote` event makes that shadow the one returned. A `ConfigError` as
+    `rebuild_policies` raises it."""
+    return rebuild_policies(settings, store, seed=seed).live

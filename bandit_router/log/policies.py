@@ -8,8 +8,8 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from ..errors import BanditRouterError, InvalidInput, UnknownModel
-from ..policies import missing_models
+from ..errors import BanditRouterError, ConfigError, InvalidInput, UnknownModel
+from ..policies import check_models, missing_models
 from ..router import Router
 from ..store import ModelAction, ModelEvent
 from ..types import Decision, Outcome
@@ -30,7 +30,7 @@ def build_router(settings: Settings, *, seed: int | None = None, policy: str | N
     configured policy and its settings, for a shadow). It holds the catalog file's models and is not checked
     against them: the models the log adds come later (`PolicySet.apply`), and a fixed or rules policy may name
     one of those; the service checks the policies against the live catalog (`log.catalog`) before it builds
-    routers, `Settings.check()` against the catalog file."""
+    routers, `Settings.check()` against the catalog file, and `PolicySet.check_models` once the log is applied."""
     routing = settings.routing
     return Router(
         settings.load_catalog(),
@@ -114,6 +114,18 @@ class PolicySet:
         self.live, self.live_name = shadow, name
         log.info("policy %s promoted to live", name)
         return True
+
+    def check_models(self) -> None:
+        """`ConfigError` when a live or shadow policy names a model (`fixed:<model>`, a `rules` policy's rule or
+        default) that its router holds neither as an active model nor as one retired at run time: the routers are
+        built unchecked (`build_router`), since the log may add that model, so this runs once the log has been
+        applied (`rebuild_policies`, the service's recovery)."""
+        for router in (self.live, *self.shadows.values()):
+            try:
+                check_models(router.policy, [*router.models, *router._retired.values()])  # retired at run time
+            except InvalidInput as exc:
+                where = "policy" if router is self.live else "shadow_policies"
+                raise ConfigError(f"{where}: {exc}") from exc
 
     def warn_about_missing_models(self) -> None:
         """A live or shadow policy that names a model that is no longer active (retired at run time: one named

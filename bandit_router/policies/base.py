@@ -116,14 +116,17 @@ class BasePolicy:
         return np.zeros(0)
 
 
+NOT_IN_CATALOG = "which is not in the catalog; its models:"
+"""What `check_named_model` says of a model outside the catalog, before the catalog's models."""
+
+
 def check_named_model(who: str, model: str, models: Sequence[ModelSpec]) -> None:
     """A policy's `check_models` for one model it names (`who`: "policy 'fixed:gpt-4o'"): `UnknownModel` when
     `model` is not among `models`, `InvalidInput` when it has `route = false` (a judge or router model: never
     chosen, so a policy naming it would never choose it either)."""
     found = [m for m in models if m.name == model]
     if not found:
-        raise UnknownModel(f"{who} names the model {model!r}, which is not in the catalog; its models: "
-                           f"{', '.join(m.name for m in models)}")
+        raise UnknownModel(f"{who} names the model {model!r}, {NOT_IN_CATALOG} {', '.join(m.name for m in models)}")
     if not found[0].route:
         raise InvalidInput(f"{who} names the model {model!r}, which has route = false (a judge or router model "
                            "only): it is never chosen")

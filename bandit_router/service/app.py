@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -27,8 +28,8 @@ from ..cascade.live import NamedRouters
 from ..config import Settings, load_settings
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
-from ..log.catalog import stored_catalog
-from ..store import Store
+from ..log.catalog import LiveCatalog, stored_catalog
+from ..store import SCHEMA_VERSION
 from ..store.location import DatabaseURL, open_store
 from . import dashboard, errors, redact
 from .auth import Authenticator
@@ -241,18 +242,19 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service for `settings` (default: `load_settings()`: ./bandit-router.toml and the environment)."""
-    settings = settings.check(stored_models=True) if settings is not None else load_settings(stored_models=True)
+    if settings is None:
+        settings = load_settings(stored_models=True)
+    elif not settings.checked:
+        settings = settings.check(stored_models=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # the catalog's models as the routers will hold them, with those added and retired at run time: before
+        # the database is created or migrated, so that a refused start leaves it as it was
+        await asyncio.to_thread(check_live_catalog, settings)
         store = open_store(settings.storage.db, synchronous=settings.storage.synchronous,
                            wal_max_bytes=settings.storage.wal_max_bytes)
         await asyncio.to_thread(store.prepare)
-        try:  # the catalog's models as the routers will hold them, with those added and retired at run time
-            await asyncio.to_thread(check_live_catalog, settings, store)
-        except ConfigError:
-            store.close()
-            raise
         metrics = Metrics()
         engine = Engine(settings, store, observer=metrics)
         metrics.bind(
@@ -311,12 +313,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def check_live_catalog(settings: Settings, store: Store) -> None:
-    """`Settings.check_catalog` on the live catalog: the catalog with the model events stored in `store` applied
-    (`log.catalog`), since a model added or retired at run time stays so across restarts whatever the file says.
-    A `ConfigError` when no model of it is routable, or a fixed or rules policy names a model that is in neither
-    the catalog nor the log."""
-    live = stored_catalog(settings.load_catalog(), store)
+def check_live_catalog(settings: Settings) -> None:
+    """`Settings.check_catalog` on the live catalog: the catalog with the model events stored in the database
+    applied (`log.catalog`), since a model added or retired at run time stays so across restarts whatever the file
+    says. A `ConfigError` when no model of it is routable, or a fixed or rules policy names a model that is in
+    neither the catalog nor the log. Creates and migrates nothing (run it before `Store.prepare`): a SQLite file
+    that does not exist, and a database that records no schema, hold no model event (the catalog file alone is
+    checked); a schema of any earlier version is read as it is (the model events' table is schema 1's); a newer
+    one is not read (`prepare` refuses it). `StoreError` when the database cannot be read."""
+    storage = settings.storage
+    catalog = list(settings.load_catalog())
+    if not isinstance(storage.db, DatabaseURL) and not Path(storage.db).exists():
+        settings.check_catalog(catalog)  # opening the store would create the file
+        return
+    store = open_store(storage.db, synchronous=storage.synchronous)
+    try:
+        version = store.schema_version()
+        live = stored_catalog(catalog, store) if 0 < version <= SCHEMA_VERSION else LiveCatalog(tuple(catalog))
+    finally:
+        store.close()
     settings.check_catalog(live.active, live.retired)
 
 

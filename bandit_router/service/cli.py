@@ -78,13 +78,11 @@ def serve(
         from .app import check_live_catalog, check_upstreams
 
         check_upstreams(settings)  # the judge's and named routers' models: a message now, not a traceback later
-        storage = settings.storage
-        if not isinstance(storage.db, DatabaseURL) and not Path(storage.db).exists():  # nothing stored: the
-            settings.check_catalog(list(settings.load_catalog()))  # catalog alone, before the file is created
+        check_live_catalog(settings)  # with the models added and retired at run time; before the schema, so
+        storage = settings.storage  # that a refused start creates and migrates nothing
         store = open_store(storage.db, synchronous=storage.synchronous)
         try:
             store.prepare()  # the schema, once, before workers
-            check_live_catalog(settings, store)  # with the models added and retired at run time
         finally:
             store.close()
         check_port_free(settings.server.host, settings.server.port)  # before the state is recovered, not after
@@ -151,7 +149,7 @@ def check(
     from ..dbguard import check_database
 
     try:
-        location = load_settings(config).storage.db if db is None else parse_database(db)
+        location = _checked_settings(config, read_errors=False).storage.db if db is None else parse_database(db)
     except (ConfigError, ValueError) as exc:
         typer.echo(f"bandit-router check: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -194,7 +192,9 @@ def check(
 MIGRATE_HELP = """Create or migrate the database's schema to this version's, then exit (`serve` does it too, on start).
 
 Migrations are numbered and recorded in the database; a database whose schema is newer than this \
-bandit-router's is refused (exit status 2). Works on a SQLite file and on a postgresql:// URL.
+bandit-router's is refused (exit status 2). Works on a SQLite file and on a postgresql:// URL. Without --db it \
+first checks the settings as `serve` does (with the models the database holds), and migrates nothing when they \
+are refused.
 """
 
 
@@ -206,7 +206,7 @@ def migrate(
     from ..store import SCHEMA_VERSION
 
     try:
-        location = load_settings(config).storage.db if db is None else parse_database(db)
+        location = _checked_settings(config).storage.db if db is None else parse_database(db)  # before migrating
         store = open_store(location)
         try:
             store.prepare()
@@ -216,6 +216,21 @@ def migrate(
         typer.echo(f"bandit-router migrate: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{location}: schema version {SCHEMA_VERSION}")
+
+
+def _checked_settings(config: Path | None, *, read_errors: bool = True) -> Settings:
+    """The settings as `serve` checks them: the catalog's models against the live catalog (`check_live_catalog`:
+    with the models its database holds, added and retired at run time, when it exists; the catalog file alone
+    otherwise). `read_errors=False`: a database that cannot be read is not checked against (`check` says why)."""
+    from .app import check_live_catalog
+
+    settings = load_settings(config, stored_models=True)
+    try:
+        check_live_catalog(settings)
+    except StoreError:
+        if read_errors:
+            raise
+    return settings
 
 
 def register(app: typer.Typer) -> None:

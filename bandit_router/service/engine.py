@@ -333,6 +333,7 @@ class Engine:
             "recovered: checkpoint at seq %s, %d feedbacks replayed in %.2f s, policy version %d",
             self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
         )
+        self.policies.check_models()  # a policy naming a model neither the catalog nor the log holds
         self.policies.warn_about_missing_models()
         self._refuse_alias_clashes()
 

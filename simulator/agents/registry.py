@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from bandit_router.errors import InvalidInput, UnknownModel
 from bandit_router.features import FeatureExtractor
 from bandit_router.policies import REGISTRY, Policy, check_models, make_policy
+from bandit_router.policies.base import NOT_IN_CATALOG
 
 from ..environments.base import Environment
 from .base import Agent, PacerFactory
@@ -109,6 +110,7 @@ def make_agent(
         raise InvalidInput(f"unknown policy {name!r}; known: {', '.join(sorted(known_names()))}")
     try:  # fail early on a bad spec, or a model a fixed or rules policy names outside the environment
         check_models(make_policy(spec), env.models)  # (`fixed:model=gpt-4o` too)
-    except UnknownModel as exc:
-        raise InvalidInput(f"{spec}: unknown model: {exc}") from None
+    except UnknownModel as exc:  # the message names the spec already; the models are the environment's
+        message = str(exc).replace(NOT_IN_CATALOG, "which is not one of the environment's models:")
+        raise InvalidInput(f"unknown model: {message}") from None
     return _router_agent(spec, lambda seed: make_policy(spec), options)
