@@ -218,6 +218,32 @@ def test_evaluate_and_export_say_why_they_cannot_connect(pg_server: PgServer, pg
             assert not [r for r in caplog.records if "error connecting" in r.getMessage()]
 
 
+def test_serve_and_migrate_config_say_why_they_cannot_connect(pg_server: PgServer, pg_url: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start's first read (the live catalog's check, before the schema) went through the connection pool, so
+    a missing database or a refused connection was only "couldn't get a connection after 0.10 sec" (review of the
+    start checks): the driver's reason, as `migrate --db` gives it."""
+    import uvicorn
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serve started")
+
+    monkeypatch.setattr(uvicorn, "run", never)
+    runner = CliRunner()
+    bad = {
+        "does not exist": pg_server.url("no_such_database"),
+        "Connection refused": pg_url.replace(f":{pg_server.port}/", ":1/"),
+    }
+    for reason, url in bad.items():
+        config = tmp_path / "bandit-router.toml"
+        config.write_text(f"db = {url!r}\n", encoding="utf-8")
+        for command in (["serve", "--db", url], ["migrate", "--config", str(config)]):
+            result = runner.invoke(cli_app, command)
+            assert result.exit_code == 2, result.output
+            assert reason in result.output and "couldn't get a connection" not in result.output, result.output
+            assert PASSWORD not in result.output
+
+
 def test_evaluate_and_export_refuse_a_database_the_service_never_prepared(pg_url: str, tmp_path: Path) -> None:
     """A URL naming another database of the server (or an empty SQLite file) failed with the query's error:
     'relation "decisions" does not exist LINE 1: ...kers, attributes, features, prompt, position FROM ...'."""

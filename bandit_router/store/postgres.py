@@ -246,11 +246,20 @@ class PostgresStore:
             conn.close()
 
     def schema_version(self) -> int:
-        """The schema version the database records (0: none: not prepared, or not a bandit-router database)."""
-        with self.read() as reader:
-            assert isinstance(reader, _PostgresTx)
+        """The schema version the database records (0: none: not prepared, or not a bandit-router database). On a
+        connection of its own, not the pool's: this is the first read of a start (`check_live_catalog`), and a
+        refused connection should say why (the pool only says it got none in time)."""
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN READ ONLY")
+            reader = _PostgresTx(conn, self._models_json, self._tables)
             ours = reader.has_table("meta") and reader.has_table("decisions")  # not another application's `meta`
             value = reader.get_meta("schema_version") if ours else None
+            conn.execute("COMMIT")
+        except psycopg.Error as exc:
+            raise self._error(exc) from exc
+        finally:
+            conn.close()
         return int(value) if value is not None and value.isdigit() else 0
 
     @contextmanager
