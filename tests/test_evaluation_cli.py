@@ -3,6 +3,7 @@ their promotion (`POST /v1/policies/promote`), and the whole loop on a real `ban
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -30,6 +31,8 @@ from bandit_router.cli import app as cli_app
 from bandit_router.config import Secrets, Settings
 from bandit_router.log import rebuild_router
 from bandit_router.service import create_app
+from bandit_router.service.exceptions import Conflict
+from bandit_router.service.writer import Promote
 
 PAIR = ["gpt-4o-mini", "gpt-4o"]
 QUALITY = {("code", "gpt-4o"): 0.8, ("code", "gpt-4o-mini"): 0.4, ("poem", "gpt-4o"): 0.5, ("poem", "gpt-4o-mini"): 0.6}
@@ -611,15 +614,44 @@ def test_two_replicas_promoting_at_once_do_not_replace_a_policy_unchecked(shared
         other, same = replies["fixed:gpt-4o"], replies["linucb"]
         assert other.status_code == 409, other.text
         assert other.json()["message"] == (
-            "shadow 'fixed:gpt-4o' not promoted: the live policy changed from 'random' to 'linucb' (another process "
-            "promoted it) while the promotion was checked against 'random'; ask again to check it against 'linucb'")
+            "shadow 'fixed:gpt-4o' not promoted: the live policy changed from 'random' to 'linucb' (another promotion "
+            "was written) while the promotion was checked against 'random'; ask again to check it against 'linucb'")
         assert same.status_code == 409, same.text
-        assert "it is live already (another process promoted it meanwhile)" in same.json()["message"]
+        assert "it is live already (another promotion of it was written while this one was checked)" in (
+            same.json()["message"])
         _wait_for(lambda: engine_b.live_name == "linucb")
         assert a.get("/v1/stats").json()["live_policy"] == b.get("/v1/stats").json()["live_policy"] == "linucb"
         with live_store(a).read() as reader:
             promotions = [e.name for e in reader.model_events_after(0) if e.action == "promote"]
         assert promotions == ["linucb"]
+
+
+def test_two_promotions_in_one_writer_batch_do_not_both_pass(tmp_path: Path) -> None:
+    """Two promotions of one worker that reach the writer together run in one transaction, whose events are applied
+    to the live policy only after the commit: both were checked against random, both events written, and the second
+    replaced the first unchecked, answering 200 too. The batch now knows what it promoted: the second is a Conflict
+    (409) and writes nothing; promoting the promoted policy again afterwards is still a 404 "no shadow policy"."""
+    settings = Settings(db=tmp_path / "a.db", seed=5, policy="random", shadow_policies=("linucb", "fixed:gpt-4o"))
+    with TestClient(create_app(settings)) as client:
+        _rounds(_ready(client).post, 50, seed=4)
+        engine = client.app.state.services.engine  # type: ignore[attr-defined]
+
+        async def both() -> list[Any]:  # submitted in one event-loop turn: one writer batch
+            return list(await asyncio.gather(engine.writer.submit(Promote("linucb", "random")),
+                                             engine.writer.submit(Promote("fixed:gpt-4o", "random")),
+                                             return_exceptions=True))
+
+        first, second = client.portal.call(both)  # type: ignore[union-attr]
+        assert first == "random"
+        assert isinstance(second, Conflict), second
+        assert str(second) == (
+            "shadow 'fixed:gpt-4o' not promoted: the live policy changed from 'random' to 'linucb' (another promotion "
+            "was written) while the promotion was checked against 'random'; ask again to check it against 'linucb'")
+        with live_store(client).read() as reader:
+            assert [e.name for e in reader.model_events_after(0) if e.action == "promote"] == ["linucb"]
+        assert client.get("/v1/stats").json()["live_policy"] == "linucb"
+        again = client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
+        assert again.status_code == 404 and "no shadow policy 'linucb'" in again.json()["message"], again.text
 
 
 def _wait_for(predicate: Any, timeout: float = 30.0) -> None:
