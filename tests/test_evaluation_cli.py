@@ -354,11 +354,9 @@ def test_models_the_caller_named_are_not_decisions_without_feedback(tmp_path: Pa
     assert "have no feedback" not in result.output
 
 
-def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: Path) -> None:
-    """`evaluate --config` with a catalog file that no longer has a model of the log stopped before any estimate
-    ("the log mentions models without a catalog entry: ['gamma']"), the candidates' as well as the baselines'. It
-    evaluates now: the candidates route among the catalog's models, fixed:gamma is read from the log, and a
-    warning says so."""
+def _log_then_remove_gamma(tmp_path: Path, n: int, pinned: int = 0) -> tuple[Path, Path]:
+    """A service database of `n` rated decisions on alpha, beta and gamma (the first `pinned` allowing gamma only),
+    and a catalog file without gamma."""
     from bandit_router.catalog import ModelSpec
 
     db = tmp_path / "removed.db"
@@ -366,14 +364,26 @@ def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: 
     rng = np.random.default_rng(2)
     with TestClient(create_app(Settings(db=db, models=specs, seed=1, policy="random"))) as client:
         _ready(client)
-        for i in range(60):
-            decision = client.post("/v1/route", json={"prompt": f"question {i}", "cost_weight": 0.0}).json()
+        for i in range(n):
+            body: dict[str, Any] = {"prompt": f"question {i}", "cost_weight": 0.0}
+            if i < pinned:
+                body["models"] = ["gamma"]
+            decision = client.post("/v1/route", json=body).json()
             reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"],
                                                       "quality": float(rng.random())})
             assert reply.status_code == 200, reply.text
     config = tmp_path / "catalog.toml"
     config.write_text("".join(f'[[models]]\nname = "{m.name}"\ninput_usd_per_mtok = {m.input_usd_per_mtok}\n'
                               f'output_usd_per_mtok = {m.output_usd_per_mtok}\n' for m in specs[:2]))
+    return db, config
+
+
+def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: Path) -> None:
+    """`evaluate --config` with a catalog file that no longer has a model of the log stopped before any estimate
+    ("the log mentions models without a catalog entry: ['gamma']"), the candidates' as well as the baselines'. It
+    evaluates now: the candidates route among the catalog's models, fixed:gamma is read from the log, and a
+    warning says so."""
+    db, config = _log_then_remove_gamma(tmp_path, 60)
     result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--config", str(config), "-C", "linucb",
                                           "--estimators", "ips,dr", "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
@@ -384,6 +394,25 @@ def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: 
     labels = {r["candidate"] for r in data["candidates"]}
     assert labels == {"logged", "random", "fixed:alpha", "fixed:beta", "fixed:gamma", "linucb"}
     assert all(r["n"] == 60 and r["value"] is not None for r in data["candidates"])
+
+
+def test_a_decision_pinned_to_a_removed_model_leaves_no_candidate_out(tmp_path: Path) -> None:
+    """One decision whose client allowed only gamma (`"models": ["gamma"]`), gamma then removed from the catalog
+    file: random, fixed:alpha, fixed:beta and linucb were left out ("cannot decide on decision …"), exit 0, and the
+    logged policy was named the best candidate. That decision is left out for every candidate now, with one
+    warning, and all six are evaluated on the other 199."""
+    db, config = _log_then_remove_gamma(tmp_path, 200, pinned=1)
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--config", str(config), "-C", "linucb",
+                                          "--estimators", "ips,dr", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "199 decisions with feedback evaluated (200 logged)" in result.output
+    assert ("warning: 1 of the 200 decisions with feedback to evaluate on allowed only models without a catalog entry "
+            "(gamma; a client named them)") in result.stderr
+    assert "cannot decide" not in result.stderr
+    data = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert {r["candidate"] for r in data["candidates"]} == {"logged", "random", "fixed:alpha", "fixed:beta",
+                                                            "fixed:gamma", "linucb"}
+    assert all(r["n"] == 199 for r in data["candidates"])
 
 
 def test_evaluate_prices_each_model_as_the_service_does(tmp_path: Path) -> None:

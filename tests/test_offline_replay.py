@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -384,15 +385,65 @@ def test_a_model_removed_from_the_catalog_does_not_stop_the_evaluation(world: Sy
     for label in (f"fixed:{removed}", "logged", f"fixed:{kept[0].name}"):
         assert ev.record(label, estimator).value == full.record(label, estimator).value
         assert ev.record(label, estimator).cost.value == full.record(label, estimator).cost.value
-    only_removed = dataclasses.replace(records[5].decision, models=(removed,), pmf=(1.0,), probability=1.0,
-                                       model=removed, arm=0)
-    odd = [*records[:5], LoggedRecord(only_removed, records[5].outcome, records[5].cost_usd), *records[6:]]
-    skipped = evaluate_log(odd, ["linucb"], models=kept, estimators=("ips",), mode=mode)
-    assert "linucb" not in skipped.candidates and f"fixed:{removed}" in skipped.candidates
-    assert any("candidate 'linucb' cannot decide on decision" in w and "linucb not evaluated" in w
-               for w in skipped.warnings)
-    with pytest.raises(InvalidInput, match="no candidate could be evaluated: candidate 'linucb' cannot decide"):
-        evaluate_log(odd, ["linucb"], models=kept, estimators=("ips",), baselines=False)
+
+
+def _pinned_to(record: LoggedRecord, model: str) -> LoggedRecord:
+    """`record` as if its client had allowed `model` only (and got it)."""
+    decision = dataclasses.replace(record.decision, models=(model,), pmf=(1.0,), probability=1.0, model=model, arm=0)
+    return LoggedRecord(decision, record.outcome, record.cost_usd, record.feedback_at)
+
+
+@pytest.mark.parametrize("mode", ["learning", "replay"])
+def test_a_decision_allowing_only_removed_models_is_left_out_for_every_candidate(
+    world: SyntheticWorld, log: SimulatedLog, mode: str
+) -> None:
+    """One decision whose client allowed only the removed model left out every candidate that routes (random,
+    every fixed:<kept model>, linucb) with a warning each, while logged and fixed:<removed> were still evaluated
+    on every round: the table lacked the candidates and named the logged policy best. Such decisions are left out
+    for every candidate now, logged and fixed:<removed> too (paired: all on the same rounds), with one warning
+    giving the count: each estimate is exactly the one of the log without those decisions."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = log.records[:300]
+    odd = [_pinned_to(r, removed) if i in (5, 77) else r for i, r in enumerate(records)]
+    settings: dict[str, Any] = {"estimators": ("ips", "dr"), "dm_bootstrap": 0, "n_bootstrap": 0, "mode": mode}
+    ev = evaluate_log(odd, ["linucb"], models=kept, **settings)
+    without = evaluate_log([r for i, r in enumerate(odd) if i not in (5, 77)], ["linucb"], models=kept, **settings)
+    assert set(ev.candidates) == {"logged", "random", "linucb", *(f"fixed:{m.name}" for m in world.models)}
+    said = [w for w in ev.warnings if "allowed only models without a catalog entry" in w]
+    assert said == [f"2 of the 300 decisions with feedback to evaluate on allowed only models without a catalog "
+                    f"entry ({removed}; a client named them): no candidate can decide them with this catalog, so every "
+                    f"candidate is evaluated without them, logged and fixed:<model> of those models too, all on the "
+                    f"same rounds; the estimates are about the other decisions"]
+    for label in ev.candidates:
+        for estimator in ("replay",) if mode == "replay" else ("ips", "dr"):
+            mine, theirs = ev.record(label, estimator), without.record(label, estimator)
+            assert (mine.n, mine.value, mine.cost.value) == (theirs.n, theirs.value, theirs.cost.value), label
+    if mode == "learning":
+        assert ev.n_evaluated == 298
+    with pytest.raises(InvalidInput, match=f"nothing to evaluate on: 2 of the 2 decisions .*\\({removed}; a client"):
+        evaluate_log([odd[5], odd[77]], ["linucb"], models=kept, mode=mode)
+
+
+def test_in_frozen_mode_only_the_held_out_decisions_allowing_only_removed_models_are_left_out(
+    world: SyntheticWorld, log: SimulatedLog
+) -> None:
+    """The frozen candidate decides only on the held-out half: a training decision that allowed only the removed
+    model left linucb out ("cannot decide") though it never decides there. Now it is trained on as before (it
+    teaches a router without that model nothing) and nothing is left out; a held-out one is left out."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = log.records[:300]
+    settings: dict[str, Any] = {"estimators": ("ips",), "n_bootstrap": 0, "mode": "frozen"}
+    training = evaluate_log([_pinned_to(r, removed) if i == 5 else r for i, r in enumerate(records)], ["linucb"],
+                            models=kept, **settings)
+    assert "linucb" in training.candidates and training.n_evaluated == 150
+    assert not any("allowed only models" in w for w in training.warnings)
+    held_out = evaluate_log([_pinned_to(r, removed) if i == 200 else r for i, r in enumerate(records)], ["linucb"],
+                            models=kept, **settings)
+    assert "linucb" in held_out.candidates and held_out.n_evaluated == 149
+    assert any(w.startswith("1 of the 150 decisions with feedback to evaluate on allowed only") for w in
+               held_out.warnings)
 
 
 @pytest.mark.parametrize(

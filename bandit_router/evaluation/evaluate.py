@@ -30,7 +30,7 @@ from .candidates import Candidate, baseline_candidates, check_models, parse_cand
 from .estimators import ClippedIPS, Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
 from .overlap import Overlap, OverlapThresholds, overlap
-from .replay import MODES, NotReplayable, ReplayResult, replay
+from .replay import MODES, ReplayResult, left_out_rows, replay
 from .reward_models import RewardFit, RidgeRewardModel, fit_rewards
 
 DEFAULT_ESTIMATORS = ("ips", "clipped-ips", "snips", "dm", "dr")
@@ -315,26 +315,20 @@ def _prepare(
             f"candidates route among the other models, as they would with this catalog, and learn nothing from "
             f"those models' outcomes; fixed:<model> of such a model is read from the log"
         )
-    replays: dict[str, ReplayResult] = {}
-    not_replayable: list[str] = []
-    for c in wanted:
-        try:
-            replays[c.label] = replay(
-                logged,
-                c,
-                specs=specs,
-                mode=config.mode,
-                train_fraction=config.train_fraction,
-                seed=config.seed,
-                latency_weight=config.latency_weight,
-                models=arrays.models,
-            )
-        except NotReplayable as exc:
-            not_replayable.append(f"{exc}; {c.label} not evaluated")
-    wanted = [c for c in wanted if c.label in replays]
-    if not wanted:
-        raise InvalidInput("no candidate could be evaluated: " + "; ".join(not_replayable))
-    warnings.extend(not_replayable)
+    warnings.extend(_left_out_warning(logged, specs, config))
+    replays = {
+        c.label: replay(
+            logged,
+            c,
+            specs=specs,
+            mode=config.mode,
+            train_fraction=config.train_fraction,
+            seed=config.seed,
+            latency_weight=config.latency_weight,
+            models=arrays.models,
+        )
+        for c in wanted
+    }
     dropped = len(every) - len(logged)
     if dropped:
         warnings.append(
@@ -344,18 +338,40 @@ def _prepare(
     return _Prepared(every, logged, arrays, wanted, replays, warnings)
 
 
+def _left_out_warning(logged: list[LoggedRecord], specs: dict[str, ModelSpec], config: EvaluationConfig) -> list[str]:
+    """The warning for the decisions to evaluate on that allowed only models without a catalog entry
+    (`left_out_rows`), or `InvalidInput` when that leaves none."""
+    left_out = left_out_rows(logged, specs, mode=config.mode, train_fraction=config.train_fraction)
+    k = int(left_out.sum())
+    if not k:
+        return []
+    total = len(logged) - (math.floor(config.train_fraction * len(logged)) if config.mode == "frozen" else 0)
+    names = sorted({m for r, out in zip(logged, left_out, strict=True) if out for m in r.decision.models})
+    said = (f"{k} of the {total} decision{'' if total == 1 else 's'} with feedback to evaluate on allowed only "
+            f"models without a catalog entry ({', '.join(names)}; a client named them)")
+    if k == total:
+        raise InvalidInput(f"nothing to evaluate on: {said}, and no candidate can decide such a decision with this "
+                           "catalog")
+    return [f"{said}: no candidate can decide them with this catalog, so every candidate is evaluated without them, "
+            "logged and fixed:<model> of those models too, all on the same rounds; the estimates are about the other "
+            "decisions"]
+
+
 def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRecord], int]:
     """The replay method: each candidate's mean outcome on the rounds it accepted."""
-    arrays, t = p.arrays, config.thresholds
+    t = config.thresholds
+    first = next(iter(p.replays.values())).left_out
+    kept = ~first if first is not None else np.ones(len(p.arrays), dtype=bool)  # the same rows for every candidate
+    arrays = p.arrays.subset(kept)
     n = len(arrays)
     if n < t.min_ess:
-        p.warnings.append(f"only {n} rounds to evaluate on: every interval is rough")
+        p.warnings.append(f"only {n} round{'' if n == 1 else 's'} to evaluate on: every interval is rough")
     out: list[EstimateRecord] = []
     for c in p.wanted:
         res = p.replays[c.label]
-        rows = res.evaluated
+        rows = res.evaluated[kept]
         sub = arrays.subset(rows)
-        ov = overlap(arrays.actions, arrays.logged_probability, arrays.logged_pmf, res.target_pmf, t)
+        ov = overlap(arrays.actions, arrays.logged_probability, arrays.logged_pmf, res.target_pmf[kept], t)
         notes = list(ov.warnings)
         if res.bound_exceeded:
             notes.append(
