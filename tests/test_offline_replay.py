@@ -425,6 +425,30 @@ def test_a_decision_allowing_only_removed_models_is_left_out_for_every_candidate
         evaluate_log([odd[5], odd[77]], ["linucb"], models=kept, mode=mode)
 
 
+def test_a_rules_candidate_naming_a_removed_model_is_left_out_saying_why(world: SyntheticWorld,
+                                                                         log: SimulatedLog) -> None:
+    """`rules:default=<removed model>` stopped the whole evaluation with the router's UnknownModel, though
+    fixed:<removed model> is evaluated; it is left out with a warning now. A rules candidate naming a catalog
+    model the log does not have was told that model "is not in the catalog" (its router is built on the log's
+    models): it is refused saying the log does not have it, as fixed:<such a model> is."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = log.records[:200]
+    ev = evaluate_log(records, ["linucb", f"rules:default={removed}"], models=kept, estimators=("ips",))
+    assert f"rules:default={removed}" not in ev.candidates and {"linucb", f"fixed:{removed}"} <= set(ev.candidates)
+    assert (f"candidate 'rules:default={removed}' not evaluated: its policy names '{removed}', a model of the log "
+            "without a catalog entry, so it cannot be deployed with this catalog") in ev.warnings
+    with pytest.raises(InvalidInput, match=f"no candidate to evaluate: candidate 'rules:default={removed}' not"):
+        evaluate_log(records, [f"rules:default={removed}"], models=kept, baselines=False)
+    unlogged = (*world.models, ModelSpec("never-logged", 1.0, 2.0))
+    with pytest.raises(InvalidInput, match="'rules:default=never-logged': its policy names a model of the catalog "
+                                           "that the log does not have"):
+        evaluate_log(records, ["rules:default=never-logged"], models=unlogged)
+    with pytest.raises(InvalidInput, match="names the model 'nowhere', which is not in the catalog; its models: "
+                                           f"{world.models[0].name}.*never-logged$"):
+        evaluate_log(records, ["rules:default=nowhere"], models=unlogged)
+
+
 def test_in_frozen_mode_only_the_held_out_decisions_allowing_only_removed_models_are_left_out(
     world: SyntheticWorld, log: SimulatedLog
 ) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
-from .candidates import Candidate, baseline_candidates, check_models, parse_candidate
+from .candidates import Candidate, baseline_candidates, check_models, parse_candidate, removed_models_named
 from .estimators import ClippedIPS, Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
 from .overlap import Overlap, OverlapThresholds, overlap
@@ -315,6 +315,14 @@ def _prepare(
             f"candidates route among the other models, as they would with this catalog, and learn nothing from "
             f"those models' outcomes; fixed:<model> of such a model is read from the log"
         )
+    undeployable = {c.label: removed_models_named(c, specs, arrays.models) for c in wanted}
+    not_evaluated = [f"candidate {label!r} not evaluated: its policy names {', '.join(map(repr, named))}, "
+                     f"{'a model' if len(named) == 1 else 'models'} of the log without a catalog entry, so it cannot "
+                     "be deployed with this catalog" for label, named in undeployable.items() if named]
+    wanted = [c for c in wanted if not undeployable[c.label]]
+    if not wanted:
+        raise InvalidInput("no candidate to evaluate: " + "; ".join(not_evaluated))
+    warnings.extend(not_evaluated)
     warnings.extend(_left_out_warning(logged, specs, config))
     replays = {
         c.label: replay(
