@@ -26,6 +26,7 @@ from bandit_router.evaluation import (
 )
 from bandit_router.evaluation.estimators import IPS, DoublyRobust
 from bandit_router.evaluation.evaluate import lower_bound_beats
+from bandit_router.evaluation.log import realised_cost
 from bandit_router.evaluation.overlap import expected_effective_sample_size
 from bandit_router.evaluation.replay import candidate_router
 from bandit_router.evaluation.reward_models import fit_rewards
@@ -447,6 +448,33 @@ def test_a_rules_candidate_naming_a_removed_model_is_left_out_saying_why(world: 
     with pytest.raises(InvalidInput, match="names the model 'nowhere', which is not in the catalog; its models: "
                                            f"{world.models[0].name}.*never-logged$"):
         evaluate_log(records, ["rules:default=nowhere"], models=unlogged)
+
+
+def test_rounds_of_a_removed_model_without_a_cost_are_refused_not_priced_at_zero(world: SyntheticWorld,
+                                                                                   log: SimulatedLog) -> None:
+    """A removed model's rounds with no stored or reported cost were priced at $0 (no catalog entry to price
+    their tokens), so logged and fixed:<removed model> looked cheaper and better than they were. They are refused
+    naming the model and the count; with the rounds' costs stored the log evaluates; a round left out (it allowed
+    only the removed model) is not asked."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = log.records[:200]
+    unpriced = [LoggedRecord(r.decision, dataclasses.replace(r.outcome, cost_usd=None, input_tokens=1000,
+                                                             output_tokens=500), None, r.feedback_at)
+                for r in records if r.outcome is not None]
+    count = sum(r.decision.model == removed for r in unpriced)
+    assert count > 0
+    with pytest.raises(InvalidInput, match=f"^no cost \\(stored or reported\\) for {count} rounds of '{removed}', a "
+                                           "model without a catalog entry to price its tokens"):
+        evaluate_log(unpriced, [], models=kept, estimators=("ips",))
+    full = evaluate_log(unpriced, [], models=world.models, estimators=("ips",), n_bootstrap=0)
+    stored = [dataclasses.replace(r, cost_usd=realised_cost(r, world.models[-1])) if r.decision.model == removed
+              else r for r in unpriced]
+    ev = evaluate_log(stored, [], models=kept, estimators=("ips",), n_bootstrap=0)
+    for label in ("logged", f"fixed:{removed}"):
+        assert ev.record(label, "ips").cost.value == full.record(label, "ips").cost.value
+    pinned = [_pinned_to(r, removed) if r.decision.model == removed else r for r in unpriced]
+    assert evaluate_log(pinned, [], models=kept, estimators=("ips",), n_bootstrap=0).n_evaluated == len(pinned) - count
 
 
 def test_in_frozen_mode_only_the_held_out_decisions_allowing_only_removed_models_are_left_out(

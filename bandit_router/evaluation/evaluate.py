@@ -296,6 +296,7 @@ def _prepare(
     if not logged:  # else the first replayed candidate's router fails: "a router needs at least one model"
         raise InvalidInput(f"no logged decision with feedback to evaluate on ({len(every)} decisions, none with "
                            "feedback)")
+    _check_priced(logged, specs, left_out_rows(logged, specs, mode=config.mode, train_fraction=config.train_fraction))
     arrays = log_arrays(logged, specs, feature_dim=config.feature_dim)
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
     check_models(parsed, arrays.models)
@@ -344,6 +345,23 @@ def _prepare(
             f"often for some models than others, every estimate is biased"
         )
     return _Prepared(every, logged, arrays, wanted, replays, warnings)
+
+
+def _check_priced(logged: list[LoggedRecord], specs: dict[str, ModelSpec], left_out: np.ndarray) -> None:
+    """`InvalidInput` when rounds of a model without a catalog entry carry no cost (stored or reported): nothing
+    prices their tokens, and a cost of 0 would flatter `logged` and `fixed:<that model>`. Rounds left out of the
+    evaluation (`left_out_rows`) are not asked."""
+    unpriced: dict[str, int] = {}
+    for record, out in zip(logged, left_out, strict=True):
+        model = record.decision.model
+        if out or model in specs or record.cost_usd is not None:
+            continue
+        if record.outcome is not None and record.outcome.cost_usd is None:
+            unpriced[model] = unpriced.get(model, 0) + 1
+    if unpriced:
+        said = ", ".join(f"{k} round{'' if k == 1 else 's'} of {m!r}" for m, k in sorted(unpriced.items()))
+        raise InvalidInput(f"no cost (stored or reported) for {said}, a model without a catalog entry to price its "
+                           "tokens: give its catalog entry, or the rounds' costs, to evaluate this log")
 
 
 def _left_out_warning(logged: list[LoggedRecord], specs: dict[str, ModelSpec], config: EvaluationConfig) -> list[str]:
