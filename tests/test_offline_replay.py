@@ -300,6 +300,19 @@ def test_a_small_log_does_not_call_the_logged_policys_overlap_poor(world: Synthe
     assert "only 20 rounds to evaluate on: every interval is rough" in ev.warnings
     ov = overlap(np.zeros(20, dtype=int), np.full(20, 0.5), np.tile([0.5, 0.5], (20, 1)), np.tile([0.6, 0.4], (20, 1)))
     assert ov.ess == pytest.approx(20) and ov.expected_ess < 20 and ov.warnings  # the expected ESS still counts
+    assert ov.warnings == (  # it was told "a few rounds carry the estimate", of 19.2 effective rounds in 20
+        "poor overlap on a small log: effective sample size 20.0 of 20 rounds (100.0%), 19.2 (96.2%) expected from "
+        "the logged pmfs; under 30 rounds every round the weights discount is warned of: the estimate rests on fewer "
+        "rounds than the 20 the log has, do not trust it",)
+    assert "a few rounds carry the estimate" in never.warnings[0]  # ESS below 10% of the log: a few rounds do
+
+
+def test_a_one_round_log_is_counted_in_the_singular_in_the_replay_mode(world: SyntheticWorld,
+                                                                        log: SimulatedLog) -> None:
+    """The replay path said "only 1 rounds to evaluate on" (the estimators' path already said "1 round")."""
+    for mode in ("replay", "learning"):
+        ev = evaluate_log(log.records[:1], [], models=world.models, estimators=("ips",), n_bootstrap=0, mode=mode)
+        assert "only 1 round to evaluate on: every interval is rough" in ev.warnings
 
 
 def test_without_an_overlap_warning_the_interval_covers_also_on_a_lucky_log() -> None:
