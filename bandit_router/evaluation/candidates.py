@@ -18,13 +18,11 @@ service logged next to each decision.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..catalog import ModelSpec
-from ..errors import InvalidInput, UnknownModel, UnknownPolicy
-from ..policies import check_models as check_policy_models
+from ..errors import InvalidInput, UnknownPolicy
 from ..policies import make_policy, parse_spec
 from ..setting_values import typed_value
 
@@ -116,37 +114,6 @@ def check_models(candidates: Iterable[Candidate], models: Sequence[str]) -> None
         if name == "fixed" and settings.get("model") not in models:
             raise InvalidInput(f"candidate {c.label!r}: {settings.get('model')!r} is not a model of the log; "
                                f"its models: {', '.join(models)}")
-
-
-def removed_models_named(candidate: Candidate, specs: Mapping[str, ModelSpec], models: Sequence[str]) -> list[str]:
-    """The models of the log without a catalog entry (`specs`) that a `policy` candidate other than `fixed` names
-    (a `rules` policy's rule or default): its router is built on the log's models with an entry, so it cannot be
-    deployed with this catalog, and is left out. `InvalidInput` when it names a model the log does not have (a
-    catalog model never logged: no round tells what it would get; or no model of the catalog at all), as
-    `check_models` refuses such a `fixed:<model>`. `fixed:<removed model>` is read from the log instead."""
-    if candidate.kind != "policy" or parse_spec(candidate.policy)[0] == "fixed":
-        return []
-    policy = make_policy(candidate.policy)
-    known = [specs[m] for m in models if m in specs]
-    removed = [ModelSpec(m, 0.0, 0.0) for m in models if m not in specs]  # stand-ins: only their names are asked
-
-    def works(with_models: list[ModelSpec]) -> bool:
-        try:
-            check_policy_models(policy, with_models)
-        except UnknownModel:
-            return False
-        return True
-
-    if works(known):
-        return []
-    if works(known + removed):
-        return [r.name for r in removed if not works(known + [o for o in removed if o is not r])]
-    try:
-        check_policy_models(policy, list(specs.values()))
-    except UnknownModel as exc:
-        raise InvalidInput(f"candidate {candidate.label!r}: {exc}") from None
-    raise InvalidInput(f"candidate {candidate.label!r}: its policy names a model of the catalog that the log does not "
-                       f"have, so no logged round tells what it would get; the log's models: {', '.join(models)}")
 
 
 def baseline_candidates(models: Iterable[str]) -> list[str]:

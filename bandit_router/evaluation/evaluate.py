@@ -26,11 +26,12 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
-from .candidates import Candidate, baseline_candidates, check_models, parse_candidate, removed_models_named
+from .candidates import Candidate, baseline_candidates, check_models, parse_candidate
 from .estimators import ClippedIPS, Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
 from .overlap import Overlap, OverlapThresholds, overlap
-from .replay import MODES, ReplayResult, left_out_rows, replay
+from .removed import check_priced, removed_model_warnings
+from .replay import MODES, ReplayResult, replay
 from .reward_models import RewardFit, RidgeRewardModel, fit_rewards
 
 DEFAULT_ESTIMATORS = ("ips", "clipped-ips", "snips", "dm", "dr")
@@ -296,7 +297,7 @@ def _prepare(
     if not logged:  # else the first replayed candidate's router fails: "a router needs at least one model"
         raise InvalidInput(f"no logged decision with feedback to evaluate on ({len(every)} decisions, none with "
                            "feedback)")
-    _check_priced(logged, specs, left_out_rows(logged, specs, mode=config.mode, train_fraction=config.train_fraction))
+    check_priced(logged, specs, mode=config.mode, train_fraction=config.train_fraction)
     arrays = log_arrays(logged, specs, feature_dim=config.feature_dim)
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
     check_models(parsed, arrays.models)
@@ -308,23 +309,8 @@ def _prepare(
     wanted = list(unique.values())
     if not wanted:
         raise InvalidInput("no candidates to evaluate")
-    warnings: list[str] = []
-    removed = [m for m in arrays.models if m not in specs]
-    if removed:
-        warnings.append(
-            f"models of the log without a catalog entry (removed from the catalog since?): {', '.join(removed)}; the "
-            f"candidates route among the other models, as they would with this catalog, and learn nothing from "
-            f"those models' outcomes; fixed:<model> of such a model is read from the log"
-        )
-    undeployable = {c.label: removed_models_named(c, specs, arrays.models) for c in wanted}
-    not_evaluated = [f"candidate {label!r} not evaluated: its policy names {', '.join(map(repr, named))}, "
-                     f"{'a model' if len(named) == 1 else 'models'} of the log without a catalog entry, so it cannot "
-                     "be deployed with this catalog" for label, named in undeployable.items() if named]
-    wanted = [c for c in wanted if not undeployable[c.label]]
-    if not wanted:
-        raise InvalidInput("no candidate to evaluate: " + "; ".join(not_evaluated))
-    warnings.extend(not_evaluated)
-    warnings.extend(_left_out_warning(logged, specs, config))
+    wanted, warnings = removed_model_warnings(logged, specs, arrays.models, wanted, mode=config.mode,
+                                              train_fraction=config.train_fraction)
     replays = {
         c.label: replay(
             logged,
@@ -345,42 +331,6 @@ def _prepare(
             f"often for some models than others, every estimate is biased"
         )
     return _Prepared(every, logged, arrays, wanted, replays, warnings)
-
-
-def _check_priced(logged: list[LoggedRecord], specs: dict[str, ModelSpec], left_out: np.ndarray) -> None:
-    """`InvalidInput` when rounds of a model without a catalog entry carry no cost (stored or reported): nothing
-    prices their tokens, and a cost of 0 would flatter `logged` and `fixed:<that model>`. Rounds left out of the
-    evaluation (`left_out_rows`) are not asked."""
-    unpriced: dict[str, int] = {}
-    for record, out in zip(logged, left_out, strict=True):
-        model = record.decision.model
-        if out or model in specs or record.cost_usd is not None:
-            continue
-        if record.outcome is not None and record.outcome.cost_usd is None:
-            unpriced[model] = unpriced.get(model, 0) + 1
-    if unpriced:
-        said = ", ".join(f"{k} round{'' if k == 1 else 's'} of {m!r}" for m, k in sorted(unpriced.items()))
-        raise InvalidInput(f"no cost (stored or reported) for {said}, a model without a catalog entry to price its "
-                           "tokens: give its catalog entry, or the rounds' costs, to evaluate this log")
-
-
-def _left_out_warning(logged: list[LoggedRecord], specs: dict[str, ModelSpec], config: EvaluationConfig) -> list[str]:
-    """The warning for the decisions to evaluate on that allowed only models without a catalog entry
-    (`left_out_rows`), or `InvalidInput` when that leaves none."""
-    left_out = left_out_rows(logged, specs, mode=config.mode, train_fraction=config.train_fraction)
-    k = int(left_out.sum())
-    if not k:
-        return []
-    total = len(logged) - (math.floor(config.train_fraction * len(logged)) if config.mode == "frozen" else 0)
-    names = sorted({m for r, out in zip(logged, left_out, strict=True) if out for m in r.decision.models})
-    said = (f"{k} of the {total} decision{'' if total == 1 else 's'} with feedback to evaluate on allowed only "
-            f"models without a catalog entry ({', '.join(names)}; a client named them)")
-    if k == total:
-        raise InvalidInput(f"nothing to evaluate on: {said}, and no candidate can decide such a decision with this "
-                           "catalog")
-    return [f"{said}: no candidate can decide them with this catalog, so every candidate is evaluated without them, "
-            "logged and fixed:<model> of those models too, all on the same rounds; the estimates are about the other "
-            "decisions"]
 
 
 def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRecord], int]:
