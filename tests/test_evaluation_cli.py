@@ -3,6 +3,7 @@ their promotion (`POST /v1/policies/promote`), and the whole loop on a real `ban
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -30,6 +31,8 @@ from bandit_router.cli import app as cli_app
 from bandit_router.config import Secrets, Settings
 from bandit_router.log import rebuild_router
 from bandit_router.service import create_app
+from bandit_router.service.exceptions import Conflict
+from bandit_router.service.writer import Promote
 
 PAIR = ["gpt-4o-mini", "gpt-4o"]
 QUALITY = {("code", "gpt-4o"): 0.8, ("code", "gpt-4o-mini"): 0.4, ("poem", "gpt-4o"): 0.5, ("poem", "gpt-4o-mini"): 0.6}
@@ -351,11 +354,9 @@ def test_models_the_caller_named_are_not_decisions_without_feedback(tmp_path: Pa
     assert "have no feedback" not in result.output
 
 
-def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: Path) -> None:
-    """`evaluate --config` with a catalog file that no longer has a model of the log stopped before any estimate
-    ("the log mentions models without a catalog entry: ['gamma']"), the candidates' as well as the baselines'. It
-    evaluates now: the candidates route among the catalog's models, fixed:gamma is read from the log, and a
-    warning says so."""
+def _log_then_remove_gamma(tmp_path: Path, n: int, pinned: int = 0) -> tuple[Path, Path]:
+    """A service database of `n` rated decisions on alpha, beta and gamma (the first `pinned` allowing gamma only),
+    and a catalog file without gamma."""
     from bandit_router.catalog import ModelSpec
 
     db = tmp_path / "removed.db"
@@ -363,14 +364,26 @@ def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: 
     rng = np.random.default_rng(2)
     with TestClient(create_app(Settings(db=db, models=specs, seed=1, policy="random"))) as client:
         _ready(client)
-        for i in range(60):
-            decision = client.post("/v1/route", json={"prompt": f"question {i}", "cost_weight": 0.0}).json()
+        for i in range(n):
+            body: dict[str, Any] = {"prompt": f"question {i}", "cost_weight": 0.0}
+            if i < pinned:
+                body["models"] = ["gamma"]
+            decision = client.post("/v1/route", json=body).json()
             reply = client.post("/v1/feedback", json={"decision_id": decision["decision_id"],
                                                       "quality": float(rng.random())})
             assert reply.status_code == 200, reply.text
     config = tmp_path / "catalog.toml"
     config.write_text("".join(f'[[models]]\nname = "{m.name}"\ninput_usd_per_mtok = {m.input_usd_per_mtok}\n'
                               f'output_usd_per_mtok = {m.output_usd_per_mtok}\n' for m in specs[:2]))
+    return db, config
+
+
+def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: Path) -> None:
+    """`evaluate --config` with a catalog file that no longer has a model of the log stopped before any estimate
+    ("the log mentions models without a catalog entry: ['gamma']"), the candidates' as well as the baselines'. It
+    evaluates now: the candidates route among the catalog's models, fixed:gamma is read from the log, and a
+    warning says so."""
+    db, config = _log_then_remove_gamma(tmp_path, 60)
     result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--config", str(config), "-C", "linucb",
                                           "--estimators", "ips,dr", "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
@@ -381,6 +394,25 @@ def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: 
     labels = {r["candidate"] for r in data["candidates"]}
     assert labels == {"logged", "random", "fixed:alpha", "fixed:beta", "fixed:gamma", "linucb"}
     assert all(r["n"] == 60 and r["value"] is not None for r in data["candidates"])
+
+
+def test_a_decision_pinned_to_a_removed_model_leaves_no_candidate_out(tmp_path: Path) -> None:
+    """One decision whose client allowed only gamma (`"models": ["gamma"]`), gamma then removed from the catalog
+    file: random, fixed:alpha, fixed:beta and linucb were left out ("cannot decide on decision …"), exit 0, and the
+    logged policy was named the best candidate. That decision is left out for every candidate now, with one
+    warning, and all six are evaluated on the other 199."""
+    db, config = _log_then_remove_gamma(tmp_path, 200, pinned=1)
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--config", str(config), "-C", "linucb",
+                                          "--estimators", "ips,dr", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    assert "199 decisions with feedback evaluated (200 logged)" in result.output
+    assert ("warning: 1 of the 200 decisions with feedback to evaluate on allowed only models without a catalog entry "
+            "(gamma; a client named them)") in result.stderr
+    assert "cannot decide" not in result.stderr
+    data = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert {r["candidate"] for r in data["candidates"]} == {"logged", "random", "fixed:alpha", "fixed:beta",
+                                                            "fixed:gamma", "linucb"}
+    assert all(r["n"] == 199 for r in data["candidates"])
 
 
 def test_evaluate_prices_each_model_as_the_service_does(tmp_path: Path) -> None:
@@ -611,15 +643,44 @@ def test_two_replicas_promoting_at_once_do_not_replace_a_policy_unchecked(shared
         other, same = replies["fixed:gpt-4o"], replies["linucb"]
         assert other.status_code == 409, other.text
         assert other.json()["message"] == (
-            "shadow 'fixed:gpt-4o' not promoted: the live policy changed from 'random' to 'linucb' (another process "
-            "promoted it) while the promotion was checked against 'random'; ask again to check it against 'linucb'")
+            "shadow 'fixed:gpt-4o' not promoted: the live policy changed from 'random' to 'linucb' (another promotion "
+            "was written) while the promotion was checked against 'random'; ask again to check it against 'linucb'")
         assert same.status_code == 409, same.text
-        assert "it is live already (another process promoted it meanwhile)" in same.json()["message"]
+        assert "it is live already (another promotion of it was written while this one was checked)" in (
+            same.json()["message"])
         _wait_for(lambda: engine_b.live_name == "linucb")
         assert a.get("/v1/stats").json()["live_policy"] == b.get("/v1/stats").json()["live_policy"] == "linucb"
         with live_store(a).read() as reader:
             promotions = [e.name for e in reader.model_events_after(0) if e.action == "promote"]
         assert promotions == ["linucb"]
+
+
+def test_two_promotions_in_one_writer_batch_do_not_both_pass(tmp_path: Path) -> None:
+    """Two promotions of one worker that reach the writer together run in one transaction, whose events are applied
+    to the live policy only after the commit: both were checked against random, both events written, and the second
+    replaced the first unchecked, answering 200 too. The batch now knows what it promoted: the second is a Conflict
+    (409) and writes nothing; promoting the promoted policy again afterwards is still a 404 "no shadow policy"."""
+    settings = Settings(db=tmp_path / "a.db", seed=5, policy="random", shadow_policies=("linucb", "fixed:gpt-4o"))
+    with TestClient(create_app(settings)) as client:
+        _rounds(_ready(client).post, 50, seed=4)
+        engine = client.app.state.services.engine  # type: ignore[attr-defined]
+
+        async def both() -> list[Any]:  # submitted in one event-loop turn: one writer batch
+            return list(await asyncio.gather(engine.writer.submit(Promote("linucb", "random")),
+                                             engine.writer.submit(Promote("fixed:gpt-4o", "random")),
+                                             return_exceptions=True))
+
+        first, second = client.portal.call(both)  # type: ignore[union-attr]
+        assert first == "random"
+        assert isinstance(second, Conflict), second
+        assert str(second) == (
+            "shadow 'fixed:gpt-4o' not promoted: the live policy changed from 'random' to 'linucb' (another promotion "
+            "was written) while the promotion was checked against 'random'; ask again to check it against 'linucb'")
+        with live_store(client).read() as reader:
+            assert [e.name for e in reader.model_events_after(0) if e.action == "promote"] == ["linucb"]
+        assert client.get("/v1/stats").json()["live_policy"] == "linucb"
+        again = client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
+        assert again.status_code == 404 and "no shadow policy 'linucb'" in again.json()["message"], again.text
 
 
 def _wait_for(predicate: Any, timeout: float = 30.0) -> None:

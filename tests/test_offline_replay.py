@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from bandit_router.evaluation import (
 )
 from bandit_router.evaluation.estimators import IPS, DoublyRobust
 from bandit_router.evaluation.evaluate import lower_bound_beats
+from bandit_router.evaluation.log import realised_cost
 from bandit_router.evaluation.overlap import expected_effective_sample_size
 from bandit_router.evaluation.replay import candidate_router
 from bandit_router.evaluation.reward_models import fit_rewards
@@ -298,6 +300,19 @@ def test_a_small_log_does_not_call_the_logged_policys_overlap_poor(world: Synthe
     assert "only 20 rounds to evaluate on: every interval is rough" in ev.warnings
     ov = overlap(np.zeros(20, dtype=int), np.full(20, 0.5), np.tile([0.5, 0.5], (20, 1)), np.tile([0.6, 0.4], (20, 1)))
     assert ov.ess == pytest.approx(20) and ov.expected_ess < 20 and ov.warnings  # the expected ESS still counts
+    assert ov.warnings == (  # it was told "a few rounds carry the estimate", of 19.2 effective rounds in 20
+        "poor overlap on a small log: effective sample size 20.0 of 20 rounds (100.0%), 19.2 (96.2%) expected from "
+        "the logged pmfs; under 30 rounds every round the weights discount is warned of: the estimate rests on fewer "
+        "rounds than the 20 the log has, do not trust it",)
+    assert "a few rounds carry the estimate" in never.warnings[0]  # ESS below 10% of the log: a few rounds do
+
+
+def test_a_one_round_log_is_counted_in_the_singular_in_the_replay_mode(world: SyntheticWorld,
+                                                                        log: SimulatedLog) -> None:
+    """The replay path said "only 1 rounds to evaluate on" (the estimators' path already said "1 round")."""
+    for mode in ("replay", "learning"):
+        ev = evaluate_log(log.records[:1], [], models=world.models, estimators=("ips",), n_bootstrap=0, mode=mode)
+        assert "only 1 round to evaluate on: every interval is rough" in ev.warnings
 
 
 def test_without_an_overlap_warning_the_interval_covers_also_on_a_lucky_log() -> None:
@@ -384,15 +399,116 @@ def test_a_model_removed_from_the_catalog_does_not_stop_the_evaluation(world: Sy
     for label in (f"fixed:{removed}", "logged", f"fixed:{kept[0].name}"):
         assert ev.record(label, estimator).value == full.record(label, estimator).value
         assert ev.record(label, estimator).cost.value == full.record(label, estimator).cost.value
-    only_removed = dataclasses.replace(records[5].decision, models=(removed,), pmf=(1.0,), probability=1.0,
-                                       model=removed, arm=0)
-    odd = [*records[:5], LoggedRecord(only_removed, records[5].outcome, records[5].cost_usd), *records[6:]]
-    skipped = evaluate_log(odd, ["linucb"], models=kept, estimators=("ips",), mode=mode)
-    assert "linucb" not in skipped.candidates and f"fixed:{removed}" in skipped.candidates
-    assert any("candidate 'linucb' cannot decide on decision" in w and "linucb not evaluated" in w
-               for w in skipped.warnings)
-    with pytest.raises(InvalidInput, match="no candidate could be evaluated: candidate 'linucb' cannot decide"):
-        evaluate_log(odd, ["linucb"], models=kept, estimators=("ips",), baselines=False)
+
+
+def _pinned_to(record: LoggedRecord, model: str) -> LoggedRecord:
+    """`record` as if its client had allowed `model` only (and got it)."""
+    decision = dataclasses.replace(record.decision, models=(model,), pmf=(1.0,), probability=1.0, model=model, arm=0)
+    return LoggedRecord(decision, record.outcome, record.cost_usd, record.feedback_at)
+
+
+@pytest.mark.parametrize("mode", ["learning", "replay"])
+def test_a_decision_allowing_only_removed_models_is_left_out_for_every_candidate(
+    world: SyntheticWorld, log: SimulatedLog, mode: str
+) -> None:
+    """One decision whose client allowed only the removed model left out every candidate that routes (random,
+    every fixed:<kept model>, linucb) with a warning each, while logged and fixed:<removed> were still evaluated
+    on every round: the table lacked the candidates and named the logged policy best. Such decisions are left out
+    for every candidate now, logged and fixed:<removed> too (paired: all on the same rounds), with one warning
+    giving the count: each estimate is exactly the one of the log without those decisions."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = log.records[:300]
+    odd = [_pinned_to(r, removed) if i in (5, 77) else r for i, r in enumerate(records)]
+    settings: dict[str, Any] = {"estimators": ("ips", "dr"), "dm_bootstrap": 0, "n_bootstrap": 0, "mode": mode}
+    ev = evaluate_log(odd, ["linucb"], models=kept, **settings)
+    without = evaluate_log([r for i, r in enumerate(odd) if i not in (5, 77)], ["linucb"], models=kept, **settings)
+    assert set(ev.candidates) == {"logged", "random", "linucb", *(f"fixed:{m.name}" for m in world.models)}
+    said = [w for w in ev.warnings if "allowed only models without a catalog entry" in w]
+    assert said == [f"2 of the 300 decisions with feedback to evaluate on allowed only models without a catalog "
+                    f"entry ({removed}; a client named them): no candidate can decide them with this catalog, so every "
+                    f"candidate is evaluated without them, logged and fixed:<model> of those models too, all on the "
+                    f"same rounds; the estimates are about the other decisions"]
+    for label in ev.candidates:
+        for estimator in ("replay",) if mode == "replay" else ("ips", "dr"):
+            mine, theirs = ev.record(label, estimator), without.record(label, estimator)
+            assert (mine.n, mine.value, mine.cost.value) == (theirs.n, theirs.value, theirs.cost.value), label
+    if mode == "learning":
+        assert ev.n_evaluated == 298
+    with pytest.raises(InvalidInput, match=f"nothing to evaluate on: 2 of the 2 decisions .*\\({removed}; a client"):
+        evaluate_log([odd[5], odd[77]], ["linucb"], models=kept, mode=mode)
+
+
+def test_a_rules_candidate_naming_a_removed_model_is_left_out_saying_why(world: SyntheticWorld,
+                                                                         log: SimulatedLog) -> None:
+    """`rules:default=<removed model>` stopped the whole evaluation with the router's UnknownModel, though
+    fixed:<removed model> is evaluated; it is left out with a warning now. A rules candidate naming a catalog
+    model the log does not have was told that model "is not in the catalog" (its router is built on the log's
+    models): it is refused saying the log does not have it, as fixed:<such a model> is."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = log.records[:200]
+    ev = evaluate_log(records, ["linucb", f"rules:default={removed}"], models=kept, estimators=("ips",))
+    assert f"rules:default={removed}" not in ev.candidates and {"linucb", f"fixed:{removed}"} <= set(ev.candidates)
+    assert (f"candidate 'rules:default={removed}' not evaluated: its policy names '{removed}', a model of the log "
+            "without a catalog entry, so it cannot be deployed with this catalog") in ev.warnings
+    with pytest.raises(InvalidInput, match=f"no candidate to evaluate: candidate 'rules:default={removed}' not"):
+        evaluate_log(records, [f"rules:default={removed}"], models=kept, baselines=False)
+    unlogged = (*world.models, ModelSpec("never-logged", 1.0, 2.0))
+    with pytest.raises(InvalidInput, match="'rules:default=never-logged': its policy names a model of the catalog "
+                                           "that the log does not have"):
+        evaluate_log(records, ["rules:default=never-logged"], models=unlogged)
+    with pytest.raises(InvalidInput, match="names the model 'nowhere', which is not in the catalog; its models: "
+                                           f"{world.models[0].name}.*never-logged$"):
+        evaluate_log(records, ["rules:default=nowhere"], models=unlogged)
+
+
+def test_rounds_of_a_removed_model_without_a_cost_are_refused_not_priced_at_zero(world: SyntheticWorld,
+                                                                                   log: SimulatedLog) -> None:
+    """A removed model's rounds with no stored or reported cost were priced at $0 (no catalog entry to price
+    their tokens), so logged and fixed:<removed model> looked cheaper and better than they were. They are refused
+    naming the model and the count; with the rounds' costs stored the log evaluates; a round left out (it allowed
+    only the removed model) is not asked."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = log.records[:200]
+    unpriced = [LoggedRecord(r.decision, dataclasses.replace(r.outcome, cost_usd=None, input_tokens=1000,
+                                                             output_tokens=500), None, r.feedback_at)
+                for r in records if r.outcome is not None]
+    count = sum(r.decision.model == removed for r in unpriced)
+    assert count > 0
+    with pytest.raises(InvalidInput, match=f"^no cost \\(stored or reported\\) for {count} rounds of '{removed}', a "
+                                           "model without a catalog entry to price its tokens"):
+        evaluate_log(unpriced, [], models=kept, estimators=("ips",))
+    full = evaluate_log(unpriced, [], models=world.models, estimators=("ips",), n_bootstrap=0)
+    stored = [dataclasses.replace(r, cost_usd=realised_cost(r, world.models[-1])) if r.decision.model == removed
+              else r for r in unpriced]
+    ev = evaluate_log(stored, [], models=kept, estimators=("ips",), n_bootstrap=0)
+    for label in ("logged", f"fixed:{removed}"):
+        assert ev.record(label, "ips").cost.value == full.record(label, "ips").cost.value
+    pinned = [_pinned_to(r, removed) if r.decision.model == removed else r for r in unpriced]
+    assert evaluate_log(pinned, [], models=kept, estimators=("ips",), n_bootstrap=0).n_evaluated == len(pinned) - count
+
+
+def test_in_frozen_mode_only_the_held_out_decisions_allowing_only_removed_models_are_left_out(
+    world: SyntheticWorld, log: SimulatedLog
+) -> None:
+    """The frozen candidate decides only on the held-out half: a training decision that allowed only the removed
+    model left linucb out ("cannot decide") though it never decides there. Now it is trained on as before (it
+    teaches a router without that model nothing) and nothing is left out; a held-out one is left out."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = log.records[:300]
+    settings: dict[str, Any] = {"estimators": ("ips",), "n_bootstrap": 0, "mode": "frozen"}
+    training = evaluate_log([_pinned_to(r, removed) if i == 5 else r for i, r in enumerate(records)], ["linucb"],
+                            models=kept, **settings)
+    assert "linucb" in training.candidates and training.n_evaluated == 150
+    assert not any("allowed only models" in w for w in training.warnings)
+    held_out = evaluate_log([_pinned_to(r, removed) if i == 200 else r for i, r in enumerate(records)], ["linucb"],
+                            models=kept, **settings)
+    assert "linucb" in held_out.candidates and held_out.n_evaluated == 149
+    assert any(w.startswith("1 of the 150 decisions with feedback to evaluate on allowed only") for w in
+               held_out.warnings)
 
 
 @pytest.mark.parametrize(

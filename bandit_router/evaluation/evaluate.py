@@ -30,7 +30,8 @@ from .candidates import Candidate, baseline_candidates, check_models, parse_cand
 from .estimators import ClippedIPS, Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
 from .overlap import Overlap, OverlapThresholds, overlap
-from .replay import MODES, NotReplayable, ReplayResult, replay
+from .removed import check_priced, removed_model_warnings
+from .replay import MODES, ReplayResult, replay
 from .reward_models import RewardFit, RidgeRewardModel, fit_rewards
 
 DEFAULT_ESTIMATORS = ("ips", "clipped-ips", "snips", "dm", "dr")
@@ -296,6 +297,7 @@ def _prepare(
     if not logged:  # else the first replayed candidate's router fails: "a router needs at least one model"
         raise InvalidInput(f"no logged decision with feedback to evaluate on ({len(every)} decisions, none with "
                            "feedback)")
+    check_priced(logged, specs, mode=config.mode, train_fraction=config.train_fraction)
     arrays = log_arrays(logged, specs, feature_dim=config.feature_dim)
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
     check_models(parsed, arrays.models)
@@ -307,34 +309,21 @@ def _prepare(
     wanted = list(unique.values())
     if not wanted:
         raise InvalidInput("no candidates to evaluate")
-    warnings: list[str] = []
-    removed = [m for m in arrays.models if m not in specs]
-    if removed:
-        warnings.append(
-            f"models of the log without a catalog entry (removed from the catalog since?): {', '.join(removed)}; the "
-            f"candidates route among the other models, as they would with this catalog, and learn nothing from "
-            f"those models' outcomes; fixed:<model> of such a model is read from the log"
+    wanted, warnings = removed_model_warnings(logged, specs, arrays.models, wanted, mode=config.mode,
+                                              train_fraction=config.train_fraction)
+    replays = {
+        c.label: replay(
+            logged,
+            c,
+            specs=specs,
+            mode=config.mode,
+            train_fraction=config.train_fraction,
+            seed=config.seed,
+            latency_weight=config.latency_weight,
+            models=arrays.models,
         )
-    replays: dict[str, ReplayResult] = {}
-    not_replayable: list[str] = []
-    for c in wanted:
-        try:
-            replays[c.label] = replay(
-                logged,
-                c,
-                specs=specs,
-                mode=config.mode,
-                train_fraction=config.train_fraction,
-                seed=config.seed,
-                latency_weight=config.latency_weight,
-                models=arrays.models,
-            )
-        except NotReplayable as exc:
-            not_replayable.append(f"{exc}; {c.label} not evaluated")
-    wanted = [c for c in wanted if c.label in replays]
-    if not wanted:
-        raise InvalidInput("no candidate could be evaluated: " + "; ".join(not_replayable))
-    warnings.extend(not_replayable)
+        for c in wanted
+    }
     dropped = len(every) - len(logged)
     if dropped:
         warnings.append(
@@ -346,16 +335,19 @@ def _prepare(
 
 def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRecord], int]:
     """The replay method: each candidate's mean outcome on the rounds it accepted."""
-    arrays, t = p.arrays, config.thresholds
+    t = config.thresholds
+    first = next(iter(p.replays.values())).left_out
+    kept = ~first if first is not None else np.ones(len(p.arrays), dtype=bool)  # the same rows for every candidate
+    arrays = p.arrays.subset(kept)
     n = len(arrays)
     if n < t.min_ess:
-        p.warnings.append(f"only {n} rounds to evaluate on: every interval is rough")
+        p.warnings.append(f"only {n} round{'' if n == 1 else 's'} to evaluate on: every interval is rough")
     out: list[EstimateRecord] = []
     for c in p.wanted:
         res = p.replays[c.label]
-        rows = res.evaluated
+        rows = res.evaluated[kept]
         sub = arrays.subset(rows)
-        ov = overlap(arrays.actions, arrays.logged_probability, arrays.logged_pmf, res.target_pmf, t)
+        ov = overlap(arrays.actions, arrays.logged_probability, arrays.logged_pmf, res.target_pmf[kept], t)
         notes = list(ov.warnings)
         if res.bound_exceeded:
             notes.append(

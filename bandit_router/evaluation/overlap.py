@@ -105,12 +105,20 @@ def overlap(
     unsupported = float((pi * (mu < t.support_floor)).sum(axis=1).mean())
     warnings = []
     floor = min(t.min_ess, n)  # no candidate has more than n effective rounds: the log's size is warned of apart
-    if min(ess, expected) < max(t.min_ess_ratio * n, floor) * (1.0 - ESS_TOLERANCE):
-        warnings.append(
-            f"poor overlap: effective sample size {ess:.1f} of {n} rounds ({100 * ratio:.1f}%), {expected:.1f} "
-            f"({100 * expected / n:.1f}%) expected from the logged pmfs; warn below {100 * t.min_ess_ratio:.0f}% or "
-            f"{floor:.0f}; a few rounds carry the estimate, do not trust it"
-        )
+    least = min(ess, expected)
+    if least < max(t.min_ess_ratio * n, floor) * (1.0 - ESS_TOLERANCE):
+        seen = (f"effective sample size {ess:.1f} of {n} rounds ({100 * ratio:.1f}%), {expected:.1f} "
+                f"({100 * expected / n:.1f}%) expected from the logged pmfs")
+        if n < t.min_ess and least >= t.min_ess_ratio * n * (1.0 - ESS_TOLERANCE):  # only the small log's floor
+            warnings.append(
+                f"poor overlap on a small log: {seen}; under {t.min_ess:.0f} rounds every round the weights discount "
+                f"is warned of: the estimate rests on fewer rounds than the {n} the log has, do not trust it"
+            )
+        else:
+            warnings.append(
+                f"poor overlap: {seen}; warn below {100 * t.min_ess_ratio:.0f}% or {floor:.0f}; a few rounds carry "
+                "the estimate, do not trust it"
+            )
     if unsupported > t.max_unsupported_mass:
         warnings.append(
             f"support violation: {100 * unsupported:.1f}% of the candidate's probability is on models the logger "

@@ -45,10 +45,6 @@ from .log import LoggedRecord, model_list
 MODES = ("learning", "frozen", "replay")
 
 
-class NotReplayable(InvalidInput):
-    """A candidate that cannot decide on some logged decision: every model it allowed lacks a catalog entry."""
-
-
 @dataclass(frozen=True, eq=False)
 class ReplayResult:
     """A candidate's pmfs on a log.
@@ -57,6 +53,7 @@ class ReplayResult:
     `evaluated` (n,) bool: rows the estimates use (with feedback; frozen: the held-out part; replay: accepted).
     `router`: the candidate's router after the replay (frozen: as trained), None for logged/shadow.
     `acceptance_bound`: M of the `replay` mode; `bound_exceeded`: rounds where π/μ > M (then biased).
+    `left_out` (n,) bool: rows that would be evaluated but are left out for every candidate (`left_out_rows`).
     """
 
     candidate: Candidate
@@ -67,6 +64,7 @@ class ReplayResult:
     router: Router | None = None
     acceptance_bound: float = math.nan
     bound_exceeded: int = 0
+    left_out: np.ndarray | None = None
 
 
 def _row(models: tuple[str, ...], allowed: Sequence[str], pmf: Sequence[float]) -> np.ndarray:
@@ -75,6 +73,22 @@ def _row(models: tuple[str, ...], allowed: Sequence[str], pmf: Sequence[float]) 
     for m, p in zip(allowed, pmf, strict=True):
         row[index[m]] += p
     return row
+
+
+def left_out_rows(
+    records: Sequence[LoggedRecord], specs: Iterable[ModelSpec] | Mapping[str, ModelSpec], *, mode: str = "learning",
+    train_fraction: float = 0.5,
+) -> np.ndarray:
+    """The rows of `records` with feedback that `mode` would evaluate (frozen: the held-out part) whose decision
+    allowed only models without a catalog entry (a client named removed models): no candidate routing with this
+    catalog could decide them, so every candidate, `logged` and `fixed:<removed model>` too, is evaluated without
+    them, on the same rounds."""
+    by_name = dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in specs}
+    out = np.array([r.outcome is not None and not any(m in by_name for m in r.decision.models) for r in records],
+                   dtype=bool)
+    if mode == "frozen":
+        out[: math.floor(train_fraction * len(records))] = False  # the candidate never decides there
+    return out
 
 
 def candidate_router(
@@ -109,8 +123,9 @@ def replay(
     route to: its router has the other models, decides among those a decision allowed and learns nothing from
     the removed model's outcomes, as it would be deployed with this catalog; `fixed:<removed model>` is read
     from the log (1 on that model where a decision allowed it, else the cheapest allowed model, as the fixed
-    policy chooses). `NotReplayable` when a decision allowed no model with an entry. `models` fixes the column
-    order of `target_pmf` (default: order of first appearance).
+    policy chooses). A decision that allowed no model with an entry is left out of the evaluated rows
+    (`left_out_rows`), whatever the candidate. `models` fixes the column order of `target_pmf` (default: order of
+    first appearance).
     """
     if mode not in MODES:
         raise InvalidInput(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
@@ -124,36 +139,39 @@ def replay(
     for i, record in enumerate(records):
         target[i] = _row(names, record.decision.models, record.decision.pmf)
     split = math.floor(train_fraction * n) if mode == "frozen" else 0
+    by_name = dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in specs}
+    left_out = left_out_rows(records, by_name, mode=mode, train_fraction=train_fraction)
+    has_feedback &= ~left_out  # from here on: the rows a candidate may be evaluated on
     evaluated = has_feedback.copy()
     evaluated[:split] = False
 
     if cand.kind == "logged":
-        return ReplayResult(cand, mode, names, target, evaluated if mode != "replay" else has_feedback)
+        return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
     if cand.kind == "shadow":
         for i, record in enumerate(records):
             pmf = record.shadow_pmfs.get(cand.shadow)
             if pmf is None:
                 raise InvalidInput(f"decision {record.decision.decision_id!r} has no pmf of shadow {cand.shadow!r}")
             target[i] = _row(names, record.decision.models, pmf)
-        return ReplayResult(cand, mode, names, target, evaluated if mode != "replay" else has_feedback)
+        return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
 
-    by_name = dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in specs}
     known = [by_name[m] for m in names if m in by_name]
     policy, settings = parse_spec(cand.policy)
     if policy == "fixed" and settings.get("model") in names and settings.get("model") not in by_name:
-        _fixed_from_log(records, cand, str(settings["model"]), by_name, names, target)
+        _fixed_from_log(records, str(settings["model"]), by_name, names, target)
         if mode != "replay":
-            return ReplayResult(cand, mode, names, target, evaluated)
-        return _rejection_sample(records, cand, names, target, has_feedback, seed)
-    allowed = [_allowed(record, by_name, cand) for record in records]
+            return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
+        return _rejection_sample(records, cand, names, target, has_feedback, seed, left_out)
     router = candidate_router(cand, known, seed=seed, latency_weight=latency_weight)
     if mode == "replay":
-        return _rejection_replay(records, cand, router, names, target, has_feedback, seed, allowed)
+        return _rejection_replay(records, cand, router, names, target, has_feedback, seed, by_name, left_out)
 
     def decide(i: int) -> None:
+        if left_out[i]:
+            return  # no model it allowed has an entry: the row is evaluated for no candidate
         d = records[i].decision
         lam = cand.cost_weight if cand.cost_weight is not None else d.cost_weight
-        mine = router.decide(d.context, models=allowed[i], cost_weight=lam, decision_id=d.decision_id)
+        mine = router.decide(d.context, models=_allowed(d, by_name), cost_weight=lam, decision_id=d.decision_id)
         target[i] = _row(names, mine.models, mine.pmf)
 
     pending: list[tuple[float, int]] = []
@@ -179,40 +197,38 @@ def replay(
             heapq.heappush(pending, (record.arrival, i))
     if mode == "learning":
         learn_until(math.inf)
-    return ReplayResult(cand, mode, names, target, evaluated, router)
+    return ReplayResult(cand, mode, names, target, evaluated, router, left_out=left_out)
 
 
-def _allowed(record: LoggedRecord, by_name: Mapping[str, ModelSpec], cand: Candidate) -> tuple[str, ...]:
-    """The models `record`'s decision allowed that have a catalog entry (`NotReplayable` if none has)."""
-    models = record.decision.models
-    allowed = models if all(m in by_name for m in models) else tuple(m for m in models if m in by_name)
-    if not allowed:
-        raise NotReplayable(f"candidate {cand.label!r} cannot decide on decision {record.decision.decision_id!r}: "
-                            f"none of its models ({', '.join(models)}) is in the catalog")
-    return allowed
+def _allowed(decision: Decision, by_name: Mapping[str, ModelSpec]) -> tuple[str, ...]:
+    """The models `decision` allowed that have a catalog entry (some: the others are `left_out_rows`)."""
+    models = decision.models
+    return models if all(m in by_name for m in models) else tuple(m for m in models if m in by_name)
 
 
 def _fixed_from_log(
     records: Sequence[LoggedRecord],
-    cand: Candidate,
     model: str,
     by_name: Mapping[str, ModelSpec],
     names: tuple[str, ...],
     target: np.ndarray,
 ) -> None:
     """`fixed:<model>` for a model of the log without a catalog entry into `target`: what `FixedPolicy` chooses,
-    from the log alone (the model where a decision allowed it, else the cheapest allowed model)."""
+    from the log alone (the model where a decision allowed it, else the cheapest allowed model; a decision that
+    allowed neither keeps its logged row, which is never evaluated)."""
     for i, record in enumerate(records):
         if model in record.decision.models:
             target[i] = _row(names, (model,), (1.0,))
             continue
-        allowed = [by_name[m] for m in _allowed(record, by_name, cand)]
-        target[i] = _row(names, (allowed[cheapest(allowed)].name,), (1.0,))
+        allowed = [by_name[m] for m in _allowed(record.decision, by_name)]
+        if allowed:
+            target[i] = _row(names, (allowed[cheapest(allowed)].name,), (1.0,))
 
 
-def _acceptance_bound(records: Sequence[LoggedRecord]) -> float:
-    """M = max_i max_a 1/μ_i(a) of the replay mode."""
-    return max((1.0 / min(p for p in r.decision.pmf if p > 0) for r in records), default=1.0)
+def _acceptance_bound(records: Sequence[LoggedRecord], left_out: np.ndarray) -> float:
+    """M = max_i max_a 1/μ_i(a) of the replay mode, over the rows not left out."""
+    return max((1.0 / min(p for p in r.decision.pmf if p > 0) for r, out in zip(records, left_out, strict=True)
+                if not out), default=1.0)
 
 
 def _rejection_sample(
@@ -222,17 +238,18 @@ def _rejection_sample(
     target: np.ndarray,
     has_feedback: np.ndarray,
     seed: int,
+    left_out: np.ndarray,
 ) -> ReplayResult:
     """The replay mode's acceptance for a candidate whose pmfs `target` are known and learn nothing (the same
     draws as `_rejection_replay`)."""
-    bound = _acceptance_bound(records)
+    bound = _acceptance_bound(records, left_out)
     rng = np.random.default_rng([seed, 11])
     accepted = np.zeros(len(records), dtype=bool)
     exceeded = 0
     index = {m: k for k, m in enumerate(names)}
     for i, record in enumerate(records):
         d = record.decision
-        if record.outcome is None:
+        if not has_feedback[i]:
             continue
         pi = float(target[i, index[d.model]])
         ratio = pi / d.probability
@@ -240,7 +257,7 @@ def _rejection_sample(
             exceeded += 1
         if pi > 0 and rng.random() < ratio / bound:
             accepted[i] = True
-    return ReplayResult(cand, "replay", names, target, accepted & has_feedback, None, bound, exceeded)
+    return ReplayResult(cand, "replay", names, target, accepted & has_feedback, None, bound, exceeded, left_out)
 
 
 def _rejection_replay(
@@ -251,10 +268,11 @@ def _rejection_replay(
     target: np.ndarray,
     has_feedback: np.ndarray,
     seed: int,
-    allowed: Sequence[Sequence[str]],
+    by_name: Mapping[str, ModelSpec],
+    left_out: np.ndarray,
 ) -> ReplayResult:
     """Li et al.'s replay with rejection sampling (see the module docstring)."""
-    bound = _acceptance_bound(records)
+    bound = _acceptance_bound(records, left_out)
     rng = np.random.default_rng([seed, 11])
     accepted = np.zeros(len(records), dtype=bool)
     exceeded = 0
@@ -266,10 +284,10 @@ def _rejection_replay(
             outcome = records[j].outcome
             assert outcome is not None
             router.learn(mine_j, outcome)
-        if record.outcome is None:
+        if not has_feedback[i]:  # no feedback, or left out
             continue
         lam = cand.cost_weight if cand.cost_weight is not None else d.cost_weight
-        mine = router.decide(d.context, models=allowed[i], cost_weight=lam, decision_id=d.decision_id)
+        mine = router.decide(d.context, models=_allowed(d, by_name), cost_weight=lam, decision_id=d.decision_id)
         target[i] = _row(names, mine.models, mine.pmf)
         pi = mine.pmf[mine.models.index(d.model)] if d.model in mine.models else 0.0
         ratio = pi / d.probability
@@ -280,4 +298,4 @@ def _rejection_replay(
             # The candidate chose d.model itself (with its own probability π): learn it that way.
             chosen = dataclasses.replace(mine, model=d.model, arm=d.arm, probability=pi)
             heapq.heappush(pending, (record.arrival, i, chosen))
-    return ReplayResult(cand, "replay", names, target, accepted & has_feedback, router, bound, exceeded)
+    return ReplayResult(cand, "replay", names, target, accepted & has_feedback, router, bound, exceeded, left_out)

@@ -119,6 +119,9 @@ class Batch:
     pending: list[FeedbackRecord] = field(default_factory=list)
     decided: dict[str, tuple[float, float]] = field(default_factory=dict)
     """(created_at, probability) of the stored decision of each numbered record, for the rollup."""
+    promoted: list[str] = field(default_factory=list)
+    """The policies this batch's promotions made live: their events are applied only after the commit, so a later
+    promotion in the batch weighs these, not the follower's live policy."""
 
     def number(self, record: FeedbackRecord, decision: Decision) -> FeedbackRecord:
         """`record` (feedback for `decision`, as read in this transaction) with the next seq, queued for `flush`."""
@@ -327,8 +330,9 @@ class Promote(Op):
     (and by a replay), so the swap is as durable as the feedback around it.
 
     `replacing` is the live policy the promotion was checked against. The batch has caught up with the log under
-    its lock, so the live policy here is the deployment's: when another process promoted a policy since (two
-    promotions within a follow interval), this one is a `Conflict` and writes nothing, rather than replacing a
+    its lock, so the live policy here is the deployment's, or the one an earlier promotion of this batch made live
+    (its event is applied only after the commit): when another promotion, of another process or of this one, was
+    written since (two promotions at once), this one is a `Conflict` and writes nothing, rather than replacing a
     policy its evidence never weighed. Returns the policy it replaced."""
 
     __slots__ = ("name", "replacing")
@@ -340,16 +344,18 @@ class Promote(Op):
 
     def run(self, batch: Batch) -> str:
         policies = batch.writer.follower.policies
-        if self.name == policies.live_name:
-            raise Conflict(f"shadow {self.name!r} not promoted: it is live already (another process promoted it "
-                           "meanwhile)")
-        if policies.live_name != self.replacing:
+        live = batch.promoted[-1] if batch.promoted else policies.live_name
+        if self.name == live:
+            raise Conflict(f"shadow {self.name!r} not promoted: it is live already (another promotion of it was "
+                           "written while this one was checked)")
+        if live != self.replacing:
             raise Conflict(f"shadow {self.name!r} not promoted: the live policy changed from {self.replacing!r} to "
-                           f"{policies.live_name!r} (another process promoted it) while the promotion was checked "
-                           f"against {self.replacing!r}; ask again to check it against {policies.live_name!r}")
+                           f"{live!r} (another promotion was written) while the promotion was checked against "
+                           f"{self.replacing!r}; ask again to check it against {live!r}")
         if self.name not in policies.shadows:
             raise NotFound(f"no shadow policy {self.name!r}")
         batch.log_event(ModelAction.PROMOTE, self.name)
+        batch.promoted.append(self.name)
         return self.replacing
 
 

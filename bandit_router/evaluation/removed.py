@@ -1,0 +1,118 @@
+"""Models of the log without a catalog entry (removed from the catalog file since): what an evaluation says
+about them, leaves out and refuses.
+
+The candidates route among the models that have an entry, as they would be deployed with this catalog
+(`replay`); here: the warning naming the removed models; a candidate whose policy names one (a `rules` rule or
+default) cannot be deployed with this catalog and is left out (`removed_models_named`); the decisions that allowed
+only removed models are left out for every candidate (`replay.left_out_rows`), with one warning; and rounds of a
+removed model that carry no cost are refused (`check_priced`), since nothing prices their tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from ..catalog import ModelSpec
+from ..errors import InvalidInput, UnknownModel
+from ..policies import check_models as check_policy_models
+from ..policies import make_policy, parse_spec
+from .candidates import Candidate
+from .log import LoggedRecord
+from .replay import left_out_rows
+
+
+def removed_model_warnings(
+    logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], models: Sequence[str], wanted: list[Candidate],
+    *, mode: str, train_fraction: float,
+) -> tuple[list[Candidate], list[str]]:
+    """The candidates left to evaluate (`wanted` without those naming a removed model) and the warnings about the
+    removed models among the log's `models`; `InvalidInput` when no candidate, or no decision, is left."""
+    warnings: list[str] = []
+    removed = [m for m in models if m not in specs]
+    if removed:
+        warnings.append(
+            f"models of the log without a catalog entry (removed from the catalog since?): {', '.join(removed)}; the "
+            f"candidates route among the other models, as they would with this catalog, and learn nothing from "
+            f"those models' outcomes; fixed:<model> of such a model is read from the log"
+        )
+    undeployable = {c.label: removed_models_named(c, specs, models) for c in wanted}
+    not_evaluated = [f"candidate {label!r} not evaluated: its policy names {', '.join(map(repr, named))}, "
+                     f"{'a model' if len(named) == 1 else 'models'} of the log without a catalog entry, so it cannot "
+                     "be deployed with this catalog" for label, named in undeployable.items() if named]
+    wanted = [c for c in wanted if not undeployable[c.label]]
+    if not wanted:
+        raise InvalidInput("no candidate to evaluate: " + "; ".join(not_evaluated))
+    warnings.extend(not_evaluated)
+    warnings.extend(_left_out_warning(logged, specs, mode=mode, train_fraction=train_fraction))
+    return wanted, warnings
+
+
+def removed_models_named(candidate: Candidate, specs: Mapping[str, ModelSpec], models: Sequence[str]) -> list[str]:
+    """The models of the log without a catalog entry (`specs`) that a `policy` candidate other than `fixed` names
+    (a `rules` policy's rule or default): its router is built on the log's models with an entry, so it cannot be
+    deployed with this catalog, and is left out. `InvalidInput` when it names a model the log does not have (a
+    catalog model never logged: no round tells what it would get; or no model of the catalog at all), as
+    `check_models` refuses such a `fixed:<model>`. `fixed:<removed model>` is read from the log instead."""
+    if candidate.kind != "policy" or parse_spec(candidate.policy)[0] == "fixed":
+        return []
+    policy = make_policy(candidate.policy)
+    known = [specs[m] for m in models if m in specs]
+    removed = [ModelSpec(m, 0.0, 0.0) for m in models if m not in specs]  # stand-ins: only their names are asked
+
+    def works(with_models: list[ModelSpec]) -> bool:
+        try:
+            check_policy_models(policy, with_models)
+        except UnknownModel:
+            return False
+        return True
+
+    if works(known):
+        return []
+    if works(known + removed):
+        return [r.name for r in removed if not works(known + [o for o in removed if o is not r])]
+    try:
+        check_policy_models(policy, list(specs.values()))
+    except UnknownModel as exc:
+        raise InvalidInput(f"candidate {candidate.label!r}: {exc}") from None
+    raise InvalidInput(f"candidate {candidate.label!r}: its policy names a model of the catalog that the log does not "
+                       f"have, so no logged round tells what it would get; the log's models: {', '.join(models)}")
+
+
+def check_priced(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], *, mode: str,
+                 train_fraction: float) -> None:
+    """`InvalidInput` when rounds of a model without a catalog entry carry no cost (stored or reported): nothing
+    prices their tokens, and a cost of 0 would flatter `logged` and `fixed:<that model>`. Rounds left out of the
+    evaluation (`left_out_rows`) are not asked."""
+    left_out = left_out_rows(logged, specs, mode=mode, train_fraction=train_fraction)
+    unpriced: dict[str, int] = {}
+    for record, out in zip(logged, left_out, strict=True):
+        model = record.decision.model
+        if out or model in specs or record.cost_usd is not None:
+            continue
+        if record.outcome is not None and record.outcome.cost_usd is None:
+            unpriced[model] = unpriced.get(model, 0) + 1
+    if unpriced:
+        said = ", ".join(f"{k} round{'' if k == 1 else 's'} of {m!r}" for m, k in sorted(unpriced.items()))
+        raise InvalidInput(f"no cost (stored or reported) for {said}, a model without a catalog entry to price its "
+                           "tokens: give its catalog entry, or the rounds' costs, to evaluate this log")
+
+
+def _left_out_warning(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], *, mode: str,
+                      train_fraction: float) -> list[str]:
+    """The warning for the decisions to evaluate on that allowed only models without a catalog entry
+    (`left_out_rows`), or `InvalidInput` when that leaves none."""
+    left_out = left_out_rows(logged, specs, mode=mode, train_fraction=train_fraction)
+    k = int(left_out.sum())
+    if not k:
+        return []
+    total = len(logged) - (math.floor(train_fraction * len(logged)) if mode == "frozen" else 0)
+    names = sorted({m for r, out in zip(logged, left_out, strict=True) if out for m in r.decision.models})
+    said = (f"{k} of the {total} decision{'' if total == 1 else 's'} with feedback to evaluate on allowed only "
+            f"models without a catalog entry ({', '.join(names)}; a client named them)")
+    if k == total:
+        raise InvalidInput(f"nothing to evaluate on: {said}, and no candidate can decide such a decision with this "
+                           "catalog")
+    return [f"{said}: no candidate can decide them with this catalog, so every candidate is evaluated without them, "
+            "logged and fixed:<model> of those models too, all on the same rounds; the estimates are about the other "
+            "decisions"]
