@@ -544,6 +544,7 @@ def test_retention_after_a_policy_change_keeps_what_a_restart_replays(make_clien
     """The old policy's checkpoints hold the old rows, the new policy's do not: retention under the new policy must
     not delete what it learned from them before its own checkpoint holds them, or a crash loses that learning."""
     client = make_client(checkpoint_interval=1)
+    unfed = _route(client, "old, never fed").json()["decision_id"]  # its deletion shows that retention ran
     for i in range(20):
         decision_id = _route(client, f"old {i}").json()["decision_id"]
         reply = client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.1 + i / 40})
@@ -559,7 +560,7 @@ def test_retention_after_a_policy_change_keeps_what_a_restart_replays(make_clien
     engine = client.app.state.engine  # type: ignore[attr-defined]
     assert engine.recovery["checkpoint_seq"] is None and engine.router.version == 20  # relearned the whole log
     engine._next_retention = 0.0
-    time.sleep(1.0)  # retention runs between the writer's rounds (every 0.1 s idle)
+    _until(lambda: client.get(f"/v1/decisions/{unfed}").status_code == 404, timeout=5)  # retention ran
     weights = engine.router.weights()
     engine.stop(checkpoint=False)  # a crash: no final checkpoint
     client.__exit__(None, None, None)

@@ -752,6 +752,38 @@ def test_retention_takes_a_decision_with_all_its_feedback_in_one_transaction(sto
         assert [d.decision_id for d in (*never, fed, newest) if reader.decision(d.decision_id)] == [newest.decision_id]
 
 
+def test_retention_with_reward_windows_keeps_the_decisions_the_sweep_has_not_reached(store: Store,
+                                                                                      router: Router) -> None:
+    """With reward windows on, retention deletes only decisions at or before the sweep's mark (`swept`: the meta
+    key of the position windows were closed up to), fed or not: it deleted old decisions past it, which then never
+    learned their default reward (a restart after downtime with more closed windows than one sweep takes). Without
+    the mark set (windows on, nothing swept yet) nothing goes; without windows (`swept=None`) the mark is not read."""
+    old = time.time() - 40 * 86400
+    decisions = [_decision(router, f"swept {i}") for i in range(6)]
+    with store.write() as tx:
+        tx.insert_decisions([(dataclasses.replace(d, created_at=old), None, None) for d in decisions])
+        tx.insert_decisions([(_decision(router, "today"), None, None)])  # the newest decision always stays
+        tx.insert_feedback([dataclasses.replace(_record(d, n + 1), received_at=old)
+                            for n, d in enumerate(decisions[::2])])  # 0, 2 and 4 fed
+        tx.insert_checkpoint(fingerprint="f", seq=3, event_id=0, version=3, sha256="x", state=b"", keep=3)
+        positions = [tx.last_decision_position() - 6 + n for n in range(6)]
+    cutoff = time.time() - 30 * 86400
+
+    def kept() -> list[int]:
+        with store.read() as reader:
+            return [n for n, d in enumerate(decisions) if reader.decision(d.decision_id) is not None]
+
+    assert store.delete_old(cutoff, 1000, fingerprint="f", swept="swept") == 0  # type: ignore[attr-defined]
+    with store.write() as tx:
+        tx.set_meta("swept", str(positions[2]))  # 0, 1 and 2 swept
+    store.delete_old(cutoff, 1000, fingerprint="f", swept="swept")  # type: ignore[attr-defined]
+    assert kept() == [3, 4, 5]
+    with store.read() as reader:
+        assert [r.seq for r in reader.feedback_for(decisions[4].decision_id)] == [3]
+    store.delete_old(cutoff, 1000, fingerprint="f")  # type: ignore[attr-defined]
+    assert kept() == []
+
+
 def test_retention_keeps_a_decisions_feedback_together(store: Store, router: Router) -> None:
     """`delete_old` deletes a decision's feedback only when none of it is kept: a learned cascade's decision whose
     first `unrouted` feedback (learned, 40 days old, held by the checkpoint) is followed by a second (today, after

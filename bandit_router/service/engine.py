@@ -56,6 +56,7 @@ from ..store.sqlite import SQLiteStore
 from ..types import Decision, Outcome, Request, tenant_of
 from .exceptions import Conflict, NotFound, Unavailable
 from .writer import (
+    SWEPT,
     AddModel,
     CountRouter,
     Feedback,
@@ -377,7 +378,8 @@ class Engine:
         if days is not None and delete_old is not None and now >= self._next_retention and not self._sealed:
             self._next_retention = now + RETENTION_EVERY_S
             try:
-                deleted = delete_old(time.time() - days * 86400.0, RETENTION_BATCH, fingerprint=self.fingerprint)
+                deleted = delete_old(time.time() - days * 86400.0, RETENTION_BATCH, fingerprint=self.fingerprint,
+                                     swept=SWEPT if self.writer.rules.sweeps else None)
             except StoreError as exc:
                 self._say("retention", logging.WARNING, "deleting old rows failed (will retry): %s", exc)
                 return

@@ -91,6 +91,7 @@ from .sqlite import (
     _stored_from_row,
     judge_totals,
     learned_from_rows,
+    swept_limit,
 )
 
 log = logging.getLogger("bandit_router.store")
@@ -340,22 +341,28 @@ class PostgresStore:
                 if self.down or time.monotonic() >= deadline:
                     raise
 
-    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str) -> int:
+    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str, swept: str | None = None) -> int:
         """`retention_days`, as `SQLiteStore.delete_old`: at most `limit` decisions before `cutoff` with all their
         feedback, when every kept checkpoint of the configuration `fingerprint` holds it (`HELD_BY_CHECKPOINTS`) and
         it was all received before `cutoff`, then (up to `limit` decisions in all) decisions before `cutoff` that
-        never had feedback. Decision positions and seqs are never reused (an identity, `log_head`)."""
+        never had feedback. Decision positions and seqs are never reused (an identity, `log_head`). `swept`: as
+        `SQLiteStore.delete_old`'s (only decisions the reward windows' sweep has reached go)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             held = conn.execute(HELD_BY_CHECKPOINTS.format(mark="%s"), (fingerprint,)).fetchone()
             checkpoint_seq = int(held[0])
+            below = swept_limit(tx, swept)
             fed = [r[0] for r in conn.execute(RETIRED_WITH_FEEDBACK.format(mark="%s", newest=""),
                                               (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit))]
+            if swept is not None and fed:  # feedback of decisions the sweep has not reached stays, as they do
+                unswept = {r[0] for r in conn.execute(
+                    "SELECT decision_id FROM decisions WHERE position >= %s AND decision_id = ANY(%s)", (below, fed))}
+                fed = [i for i in fed if i not in unswept]
             deleted = conn.execute("DELETE FROM feedback WHERE decision_id = ANY(%s)", (fed,)).rowcount if fed else 0
             ids = fed + [r[0] for r in conn.execute(
-                "SELECT decision_id FROM decisions d WHERE created_at < %s AND NOT EXISTS "
+                "SELECT decision_id FROM decisions d WHERE created_at < %s AND position < %s AND NOT EXISTS "
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY position LIMIT %s",
-                (cutoff, limit - len(fed)),
+                (cutoff, below, limit - len(fed)),
             ).fetchall()]
             if ids:
                 conn.execute("DELETE FROM shadow_pmfs WHERE decision_id = ANY(%s)", (ids,))

@@ -304,7 +304,7 @@ class SQLiteStore:
         if self.check_file() is not None:
             raise StoreError(f"the database is unusable: {self.fault}")
 
-    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str) -> int:
+    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str, swept: str | None = None) -> int:
         """`retention_days`: delete (in one transaction) at most `limit` decisions made before `cutoff` (Unix time)
         with all their feedback, when every row of it was received before `cutoff` and every kept checkpoint of the
         running configuration holds it (`HELD_BY_CHECKPOINTS`), oldest feedback first; then, up to `limit`
@@ -315,12 +315,15 @@ class SQLiteStore:
         would hand its rowid, and those of the rows before it, to the next decisions, behind the positions that
         reward windows (`swept_decisions`), other workers' budget booking and the dashboard have read up to (a
         service idle for `retention_days` would never close the windows of its next decisions). Returns how many
-        rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps the largest)."""
+        rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps the largest). `swept`: the meta
+        key of the position reward windows were closed up to (`swept_decisions`), when they are on: only decisions
+        at or before it go (`swept_limit`), so that every decision learns its default reward first."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             checkpoint_seq = int(conn.execute(HELD_BY_CHECKPOINTS.format(mark="?"), (fingerprint,)).fetchone()[0])
             newest = conn.execute("SELECT rowid, decision_id FROM decisions ORDER BY rowid DESC LIMIT 1").fetchone()
             newest_rowid, newest_id = (int(newest[0]), str(newest[1])) if newest is not None else (0, "")
+            below = min(newest_rowid, swept_limit(tx, swept))  # rowid < below: never the newest, never unswept
             fed = [r[0] for r in conn.execute(RETIRED_WITH_FEEDBACK.format(mark="?", newest="AND decision_id != ? "),
                                               (checkpoint_seq, cutoff, newest_id, checkpoint_seq, cutoff, limit))]
             never_fed = (
@@ -329,13 +332,21 @@ class SQLiteStore:
             )
             # all the ids in one statement on a current SQLite, as before; as many as the variable limit allows
             step = tx.per_statement(1, max(1, limit))  # type: ignore[attr-defined]
+            if swept is not None:  # feedback of decisions the sweep has not reached stays, as they do
+                unswept: set[str] = set()
+                for start in range(0, len(fed), step):
+                    ids = fed[start : start + step]
+                    marks = ",".join("?" * len(ids))
+                    late = f"SELECT decision_id FROM decisions WHERE rowid >= ? AND decision_id IN ({marks})"
+                    unswept.update(r[0] for r in conn.execute(late, (below, *ids)))
+                fed = [i for i in fed if i not in unswept]
             deleted = 0
             for start in range(0, len(fed), step):
                 ids = fed[start : start + step]
                 marks = ",".join("?" * len(ids))
                 deleted += conn.execute(f"DELETE FROM feedback WHERE decision_id IN ({marks})", ids).rowcount
             room = limit - len(fed)
-            every = fed + [r[0] for r in conn.execute(never_fed, (cutoff, newest_rowid, room)).fetchall()]
+            every = fed + [r[0] for r in conn.execute(never_fed, (cutoff, below, room)).fetchall()]
             for start in range(0, len(every), step):
                 ids = every[start : start + step]
                 marks = ",".join("?" * len(ids))
@@ -957,6 +968,19 @@ JUDGE_TOTALS = (
 """`Reader.judge_totals` for both dialects."""
 
 
+UNLIMITED = 2**62
+"""`swept_limit` without reward windows: no storage position reaches it."""
+
+
+def swept_limit(tx: Any, swept: str | None) -> int:
+    """The storage position retention stops below: past the reward windows' sweep mark (meta key `swept`, a
+    position closed up to) when windows are on (0 while it is unset: nothing goes), else `UNLIMITED`."""
+    if swept is None:
+        return UNLIMITED
+    mark = tx.get_meta(swept)
+    return int(mark) + 1 if mark is not None else 0
+
+
 def judge_totals(row: Sequence[Any]) -> JudgeTotals:
     """`JUDGE_TOTALS`' row (PostgreSQL sums integers as `numeric`)."""
     return JudgeTotals(int(row[0]), int(row[1]), int(row[2]), float(row[3]))
@@ -1139,13 +1163,6 @@ def _file_system_reason(path: Path, exc: sqlite3.Error) -> str:
         return ""
     if "unable to open" not in str(exc):
         return ""
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a read-only "
-                "file system, and SQLite creates the database and its -wal and -shm files there")
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        return f": the file is not readable and writable by this process (uid {os.geteuid()})"
-    return ""
-    folder = path.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         return (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a read-only "
                 "file system, and SQLite creates the database and its -wal and -shm files there")
