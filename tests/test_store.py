@@ -752,6 +752,39 @@ def test_retention_takes_a_decision_with_all_its_feedback_in_one_transaction(sto
         assert [d.decision_id for d in (*never, fed, newest) if reader.decision(d.decision_id)] == [newest.decision_id]
 
 
+def test_only_the_decoding_of_a_stored_decision_is_unreadable_not_a_bug_beside_it(
+    store: Store, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decision whose values do not decode is `UnreadableDecision` (its feedback skipped, counted); an error of
+    the code that builds it from good values is raised as it is: the KeyError, IndexError and TypeError of any
+    step were all turned into "cannot be read", so a bug would have skipped every feedback, quietly."""
+    import bandit_router.store.sqlite as sqlite_module
+    from bandit_router.store import UnreadableDecision
+
+    decision = _decision(router, "decoded")
+    with store.write() as tx:
+        tx.insert_decisions([(decision, None, None)])
+        tx.insert_feedback([_record(decision, 1)])
+    with store.read() as reader:
+        assert reader.decision(decision.decision_id) is not None
+
+    def broken(**values: Any) -> Decision:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(sqlite_module, "Decision", broken)
+    with store.read() as reader, pytest.raises(TypeError, match="a bug"):
+        reader.decision(decision.decision_id)
+    with store.read() as reader, pytest.raises(TypeError, match="a bug"):
+        reader.learned_after(0, 10)
+    monkeypatch.undo()
+    with store.write() as tx:
+        tx.conn.execute("UPDATE decisions SET pmf = 'not json'")  # type: ignore[attr-defined]
+    with store.read() as reader, pytest.raises(UnreadableDecision, match="cannot be read"):
+        reader.decision(decision.decision_id)
+    with store.read() as reader:
+        assert [d for _, d in reader.learned_after(0, 10)] == [None]
+
+
 def test_retention_with_reward_windows_keeps_the_decisions_the_sweep_has_not_reached(store: Store,
                                                                                       router: Router) -> None:
     """With reward windows on, retention deletes only decisions at or before the sweep's mark (`swept`: the meta

@@ -325,6 +325,7 @@ class Engine:
             "replayed": replayed,
             "seconds": round(time.perf_counter() - started, 3),
             "policy_version": self.router.version,
+            "unreadable": self.follower.unreadable_report(),
             "budgets": self.budgets.recover(self.router),
         }
         if self.budgets.shared:
@@ -334,6 +335,10 @@ class Engine:
             "recovered: checkpoint at seq %s, %d feedbacks replayed in %.2f s, policy version %d",
             self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
         )
+        if self.follower.unreadable:
+            log.error("recovery skipped %d learned feedback rows whose decisions cannot be read (first seqs %s): "
+                      "the learned state lacks them; run `bandit-router check`", self.follower.unreadable,
+                      self.follower.unreadable_seqs)
         self.policies.warn_about_missing_models()
         self._refuse_alias_clashes()
 
@@ -628,6 +633,7 @@ class Engine:
             "feedback_learned": learned,
             "feedback_rate": learned / total if total else 0.0,
             "feedback_by_status": raw.feedback_by_status,
+            "unreadable": self.follower.unreadable_report(),
             "models": models,
             "budgets": self.pacer.report(),
             **{name: report() for name, report in self.extra_stats.items()},

@@ -1051,41 +1051,34 @@ def _stored_from_row(row: Sequence[Any]) -> StoredDecision:
 
 def _decision_from_row(row: Sequence[Any], at: int = 0) -> Decision:
     """A `Decision` from the values of `DECISION_COLUMNS` starting at position `at` of `row`; `UnreadableDecision`
-    when they do not decode."""
-    try:
-        return _decode_decision(row, at)
-    except (StoreError, ValueError, TypeError, KeyError, IndexError) as exc:
-        raise UnreadableDecision(f"decision {row[at]!r} cannot be read: {exc}") from exc
-
-
-def _decode_decision(row: Sequence[Any], at: int = 0) -> Decision:
-    """`_decision_from_row`'s work. Every feedback reads its decision back through this, so the columns that repeat
-    from row to row (the model list, the markers, the caller's context) are parsed once per distinct text (`_parsed`:
-    immutable values, shared)."""
+    when they do not decode. Every feedback reads its decision back through this, so the columns that repeat from
+    row to row (the model list, the markers, the caller's context) are parsed once per distinct text (`_parsed`:
+    immutable values, shared). Only the decoding of the stored values and the decision's own checks of them are
+    `UnreadableDecision`: any other error is a bug, raised as it is."""
     (decision_id, created_at, model, arm, probability, models, pmf, expected_cost_usd, policy, policy_version,
      cost_weight, _tenant, input_tokens, n_chars, turns, markers, attributes, features) = row[at : at + _UNPACKED]
-    context = Context(
-        features=decode_features(bytes(features)),
-        input_tokens=int(input_tokens),
-        n_chars=int(n_chars or 0),
-        turns=int(turns or 1),
-        markers=_parsed(_MARKERS, markers or "[]", frozenset),
-        attributes=_parsed(_ATTRIBUTES, attributes or "{}", MappingProxyType),
-    )
-    return Decision(
-        decision_id=decision_id,
-        model=model,
-        arm=int(arm if arm is not None else -1),
-        models=_parsed(_MODELS, models, tuple),
-        pmf=tuple(map(float, json.loads(pmf))),
-        probability=float(probability),
-        policy=policy,
-        policy_version=int(policy_version),
-        cost_weight=float(cost_weight),
-        context=context,
-        expected_cost_usd=tuple(map(float, json.loads(expected_cost_usd or "[]"))),
-        created_at=float(created_at),
-    )
+    try:  # the stored values: the features codec's errors, a number's or a JSON text's
+        context = Context(
+            features=decode_features(bytes(features)),
+            input_tokens=int(input_tokens),
+            n_chars=int(n_chars or 0),
+            turns=int(turns or 1),
+            markers=_parsed(_MARKERS, markers or "[]", frozenset),
+            attributes=_parsed(_ATTRIBUTES, attributes or "{}", MappingProxyType),
+        )
+        numbers = (int(arm if arm is not None else -1), _parsed(_MODELS, models, tuple),
+                   tuple(map(float, json.loads(pmf))), float(probability), int(policy_version), float(cost_weight),
+                   tuple(map(float, json.loads(expected_cost_usd or "[]"))), float(created_at))
+    except (StoreError, ValueError, TypeError) as exc:
+        raise UnreadableDecision(f"decision {decision_id!r} cannot be read: {exc}") from exc
+    arm, models, pmf, probability, policy_version, cost_weight, expected_cost_usd, created_at = numbers
+    try:  # its own checks of them (ValueError: the chosen model among the models, the pmf as long)
+        return Decision(decision_id=decision_id, model=model, arm=arm, models=models, pmf=pmf,
+                        probability=probability, policy=policy, policy_version=policy_version,
+                        cost_weight=cost_weight, context=context, expected_cost_usd=expected_cost_usd,
+                        created_at=created_at)
+    except ValueError as exc:
+        raise UnreadableDecision(f"decision {decision_id!r} cannot be read: {exc}") from exc
 
 
 def learned_from_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[FeedbackRecord, Decision | None]]:
