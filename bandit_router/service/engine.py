@@ -49,12 +49,13 @@ from ..store import (
     Store,
     StoredDecision,
     StoreError,
+    UnreadableDecision,
 )
 from ..store.location import open_store
 from ..store.migrations import SCHEMA_VERSION
 from ..store.sqlite import SQLiteStore
 from ..types import Decision, Outcome, Request, tenant_of
-from .exceptions import Conflict, NotFound, Unavailable
+from .exceptions import Conflict, Gone, NotFound, Unavailable
 from .writer import (
     SWEPT,
     AddModel,
@@ -642,11 +643,14 @@ class Engine:
 
 @contextlib.contextmanager
 def _readable(engine: Engine | None = None) -> Iterator[None]:
-    """Database errors of a read → `Unavailable` (503); with `engine`, refused at once while it is stalled."""
+    """Database errors of a read → `Unavailable` (503), a decision that cannot be read → `Gone` (410); with
+    `engine`, refused at once while it is stalled."""
     if engine is not None:
         engine.require_readable()
     try:
         yield
+    except UnreadableDecision as exc:  # that decision, for good: not a database to wait for
+        raise Gone(f"{exc} (see `bandit-router check` and the docs: service → durability)") from exc
     except StoreError as exc:
         raise Unavailable(f"the database is unavailable: {exc}") from exc
 

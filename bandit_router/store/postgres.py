@@ -91,6 +91,7 @@ from .sqlite import (
     _stored_from_row,
     judge_totals,
     learned_from_rows,
+    stored_or_none,
     swept_limit,
 )
 
@@ -709,16 +710,16 @@ class _PostgresTx(_SQLiteTx):
             return JudgeTotals()  # a database no service with this version prepared yet
         return judge_totals(self._rows(JUDGE_TOTALS)[0])
 
-    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
+    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision | None]]:
         rows = self._rows(
             f"SELECT {_DECISIONS}, position FROM decisions WHERE position > %s ORDER BY position LIMIT %s",
             (position, limit),
         )
-        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+        return [(int(row[-1]), stored_or_none(row)) for row in rows]
 
     def recent_decisions(self, limit: int) -> list[tuple[int, StoredDecision]]:
         rows = self._rows(f"SELECT {_DECISIONS}, position FROM decisions ORDER BY position DESC LIMIT %s", (limit,))
-        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+        return [(int(row[-1]), stored) for row in rows if (stored := stored_or_none(row)) is not None]
 
     def minute_stats(self, first: int, end: int, step: int) -> list[rollup.MinuteStats]:
         if step < 1:

@@ -841,19 +841,19 @@ class _SQLiteTx:
             return JudgeTotals()  # a database no service with this version prepared yet
         return judge_totals(self.conn.execute(JUDGE_TOTALS).fetchone())
 
-    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
+    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision | None]]:
         rows = self._execute(
             f"SELECT {_DECISIONS}, rowid FROM decisions WHERE rowid > ? ORDER BY rowid LIMIT ?",
             (position, limit),
             plain=True,
         ).fetchall()
-        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+        return [(int(row[-1]), stored_or_none(row)) for row in rows]
 
     def recent_decisions(self, limit: int) -> list[tuple[int, StoredDecision]]:
         rows = self._execute(
             f"SELECT {_DECISIONS}, rowid FROM decisions ORDER BY rowid DESC LIMIT ?", (limit,), plain=True
         ).fetchall()
-        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+        return [(int(row[-1]), stored) for row in rows if (stored := stored_or_none(row)) is not None]
 
     def minute_stats(self, first: int, end: int, step: int) -> list[rollup.MinuteStats]:
         if step < 1:
@@ -1047,6 +1047,29 @@ def _info_from_row(row: sqlite3.Row) -> DecisionInfo:
 def _stored_from_row(row: Sequence[Any]) -> StoredDecision:
     """A stored decision from a row whose first values are `DECISION_COLUMNS`."""
     return StoredDecision(_decision_from_row(row), prompt=row[_DI["prompt"]], tenant=row[_DI["tenant"]])
+
+
+_SAID_UNREADABLE: dict[str, None] = {}
+_SAID_LOCK = threading.Lock()
+"""Decisions `stored_or_none` has logged as unreadable (this process; the oldest forgotten past `_PARSED_MAX`)."""
+
+
+def stored_or_none(row: Sequence[Any]) -> StoredDecision | None:
+    """`_stored_from_row`, or None (logged once per decision) when its values do not decode: the readers of many
+    decisions (`decisions_after`, `recent_decisions`) pass it by, where one such row made every read fail."""
+    try:
+        return _stored_from_row(row)
+    except UnreadableDecision as exc:
+        decision_id = str(row[0])
+        with _SAID_LOCK:
+            said = decision_id in _SAID_UNREADABLE
+            if not said:
+                if len(_SAID_UNREADABLE) >= _PARSED_MAX:
+                    del _SAID_UNREADABLE[next(iter(_SAID_UNREADABLE))]
+                _SAID_UNREADABLE[decision_id] = None
+        if not said:
+            log.error("%s; passed by (see `bandit-router check`)", exc)
+        return None
 
 
 def _decision_from_row(row: Sequence[Any], at: int = 0) -> Decision:
