@@ -89,6 +89,7 @@ from .sqlite import (
     _feedback_from_row,
     _SQLiteTx,
     _stored_from_row,
+    first_at_or_after,
     judge_totals,
     learned_from_rows,
     stored_or_none,
@@ -352,9 +353,11 @@ class PostgresStore:
             conn = tx.conn  # type: ignore[attr-defined]
             held = conn.execute(HELD_BY_CHECKPOINTS.format(mark="%s"), (fingerprint,)).fetchone()
             checkpoint_seq = int(held[0])
-            below = swept_limit(tx, swept)
+            below = min(swept_limit(tx, swept),
+                        first_at_or_after(conn, "decisions", "position", "created_at", cutoff, "%s"))
+            walked = min(checkpoint_seq, first_at_or_after(conn, "feedback", "seq", "received_at", cutoff, "%s") - 1)
             fed = [r[0] for r in conn.execute(RETIRED_WITH_FEEDBACK.format(mark="%s", newest=""),
-                                              (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit))]
+                                              (walked, cutoff, checkpoint_seq, cutoff, limit))]
             if swept is not None and fed:  # feedback of decisions the sweep has not reached stays, as they do
                 unswept = {r[0] for r in conn.execute(
                     "SELECT decision_id FROM decisions WHERE position >= %s AND decision_id = ANY(%s)", (below, fed))}

@@ -324,8 +324,10 @@ class SQLiteStore:
             newest = conn.execute("SELECT rowid, decision_id FROM decisions ORDER BY rowid DESC LIMIT 1").fetchone()
             newest_rowid, newest_id = (int(newest[0]), str(newest[1])) if newest is not None else (0, "")
             below = min(newest_rowid, swept_limit(tx, swept))  # rowid < below: never the newest, never unswept
+            below = min(below, first_at_or_after(conn, "decisions", "rowid", "created_at", cutoff, "?"))
+            walked = min(checkpoint_seq, first_at_or_after(conn, "feedback", "seq", "received_at", cutoff, "?") - 1)
             fed = [r[0] for r in conn.execute(RETIRED_WITH_FEEDBACK.format(mark="?", newest="AND decision_id != ? "),
-                                              (checkpoint_seq, cutoff, newest_id, checkpoint_seq, cutoff, limit))]
+                                              (walked, cutoff, newest_id, checkpoint_seq, cutoff, limit))]
             never_fed = (
                 "SELECT decision_id FROM decisions d WHERE created_at < ? AND rowid < ? AND NOT EXISTS "
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY rowid LIMIT ?"
@@ -966,6 +968,28 @@ JUDGE_TOTALS = (
     "FROM judge_calls"
 )
 """`Reader.judge_totals` for both dialects."""
+
+
+def first_at_or_after(conn: Any, table: str, key: str, column: str, cutoff: float, mark: str) -> int:
+    """Where retention's walks of `table` in `key` order stop: the smallest x such that the first row with key ≥ x
+    has `column` ≥ `cutoff` (or there is none), by binary search (≈ log2(rows) lookups of the key's index), so that
+    a walk of the rows made before `cutoff` does not go on through every younger row (0.16–0.5 s at 0.3–1.5 M
+    rows, under the write lock, at every look when nothing is old). `column` (a time) grows with `key` (the
+    storage order) up to clock steps; a row out of that order past x is deleted by a later walk, and a walk
+    bounded by x never deletes more than the whole walk would: the bound only shortens it."""
+    first = conn.execute(f"SELECT MIN({key}) FROM {table}").fetchone()[0]  # one each: MIN and MAX together scan
+    if first is None:
+        return 0
+    lo, hi = int(first), int(conn.execute(f"SELECT MAX({key}) FROM {table}").fetchone()[0]) + 1
+    step = f"SELECT {column} FROM {table} WHERE {key} >= {mark} ORDER BY {key} LIMIT 1"
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(step, (mid,)).fetchone()
+        if row is None or float(row[0]) >= cutoff:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 UNLIMITED = 2**62
