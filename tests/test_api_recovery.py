@@ -152,12 +152,58 @@ def test_a_decision_whose_stored_values_do_not_decode_is_skipped_by_the_replay_n
         conn.execute("UPDATE decisions SET pmf = 'not json' WHERE decision_id = ?", (decisions[5],))
     with caplog.at_level(logging.ERROR, logger="bandit_router"):
         restarted = Service(settings.replace(checkpoint_interval=1000))
-    assert restarted.engine.recovery["replayed"] == 10 and restarted.engine.router.version == 8
-    said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert restarted.engine.recovery["replayed"] == 8 and restarted.engine.router.version == 8
+    assert restarted.engine.recovery["unreadable"] == {"skipped": 2, "first_seqs": [4, 6]}
+    said = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage() and "feedback seq" in
+            r.getMessage()]
     assert [m.split(":")[0] for m in said] == ["feedback seq 4", "feedback seq 6"] and decisions[3] in said[0]
     assert np.array_equal(restarted.engine.router.weights(), _replayed(settings))
     assert restarted.round(10)["status"] == "applied"
     restarted.close()
+
+
+def test_skipped_unreadable_feedback_is_counted_checked_and_never_made_permanent_by_a_checkpoint(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every decision's stored values corrupted (mass corruption, or a decoder regression): the service became
+    ready with nothing learned, `/readyz` said "replayed: 10", `/v1/stats` and `bandit-router check` said nothing
+    (exit 0, "integrity: ok"), and the checkpoint of the clean stop held the empty state, so repairing the rows
+    relearned nothing. Now the skips are counted in both, `check` decodes the decisions and exits 1 naming them,
+    no checkpoint is stored while rows are skipped (said once), and a start after the repair learns them all."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    quiet = settings.replace(checkpoint_interval=1000)
+    service = Service(quiet)
+    decisions = [service.round(i)["decision_id"] for i in range(10)]
+    weights = service.engine.router.weights()
+    service.crash()
+    with sqlite3.connect(settings.db) as conn:
+        saved = conn.execute("SELECT features, decision_id FROM decisions").fetchall()
+        conn.execute("UPDATE decisions SET features = X'0102'")
+    with caplog.at_level(logging.ERROR, logger="bandit_router"):
+        restarted = Service(quiet)
+        ready = restarted.client.get("/readyz").json()["recovery"]
+        skipped = {"skipped": 10, "first_seqs": list(range(1, 11))}
+        assert ready["replayed"] == 0 and ready["policy_version"] == 0 and ready["unreadable"] == skipped
+        assert restarted.client.get("/v1/stats").json()["unreadable"] == skipped
+        check = CliRunner().invoke(cli_app, ["check", "--db", str(settings.db)])
+        assert check.exit_code == 1, check.output
+        assert "decisions with feedback: 10 of 10 decoded (the newest), 10 cannot be read" in check.output
+        assert decisions[0] in check.output and "integrity: ok" in check.output
+        restarted.close()  # a clean stop: its checkpoint would make the skip permanent
+    with sqlite3.connect(settings.db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
+        conn.executemany("UPDATE decisions SET features = ? WHERE decision_id = ?", saved)  # repaired
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("cannot be read" in m and "feedback seq" in m for m in messages) == 10  # once per row
+    assert sum(m.startswith("no checkpoints while") for m in messages) == 1
+    repaired = Service(quiet)
+    assert repaired.engine.recovery["replayed"] == 10 and repaired.engine.recovery["unreadable"]["skipped"] == 0
+    assert np.array_equal(repaired.engine.router.weights(), weights)
+    assert CliRunner().invoke(cli_app, ["check", "--db", str(settings.db)]).exit_code == 0
+    repaired.close()
 
 
 def test_other_policy_settings_replay_the_whole_log(settings: Settings) -> None:

@@ -31,7 +31,7 @@ from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
 from bandit_router.dbguard import RateLimitedLog, check_database, wal_bytes
 from bandit_router.router import Router
-from bandit_router.service.exceptions import Unavailable
+from bandit_router.service.exceptions import Gone
 from bandit_router.store import WAL_MAX_BYTES, SQLiteStore
 from bandit_router.store.migrations import SCHEMA_VERSION
 from bandit_router.types import Outcome, Request
@@ -462,8 +462,9 @@ def test_a_decision_that_does_not_decode_fails_its_own_feedback_not_its_batch_no
 ) -> None:
     """One decision's stored values corrupted (its features blob): a feedback for it raised inside the batch's
     transaction, so every request committed with it was answered 503 too, and the reward-window sweep that met it
-    failed its transaction every time, so no window closed again. Now that feedback alone is refused (503, with
-    the reason), and the other decisions' windows close."""
+    failed its transaction every time, so no window closed again. Now that feedback alone is refused (410 Gone,
+    with the reason: a 503 told clients to retry what can never succeed), and the other decisions' windows close;
+    reading the decision is 410 too (it was a 503 "database unavailable")."""
     client = make_client(reward_window_s=3.0, default_reward=0.2)  # the feedback below comes well within it
     ids = [_route(client, f"decode {i}").json()["decision_id"] for i in range(4)]
     import sqlite3
@@ -477,15 +478,50 @@ def test_a_decision_that_does_not_decode_fails_its_own_feedback_not_its_batch_no
                                     engine.feedback(ids[1], Outcome(quality=0.5)), return_exceptions=True)
 
     bad, good = asyncio.run(together())
-    assert isinstance(bad, Unavailable) and "cannot be read" in str(bad), bad
+    assert isinstance(bad, Gone) and "cannot be read" in str(bad), bad
     assert not isinstance(good, BaseException) and good.status == "applied", good
     reply = client.post("/v1/feedback", json={"decision_id": ids[0], "quality": 0.5})
-    assert reply.status_code == 503 and ids[0] in reply.json()["message"], reply.text
+    assert reply.status_code == 410 and ids[0] in reply.json()["message"], reply.text
+    assert reply.json()["error"] == "gone" and "retry-after" not in reply.headers
+    read = client.get(f"/v1/decisions/{ids[0]}")
+    assert read.status_code == 410 and "cannot be read" in read.json()["message"], read.text
+    recent = client.get("/v1/stats/recent")  # both were 503 while the bad decision was among the newest
+    assert recent.status_code == 200 and [d["decision_id"] for d in recent.json()["decisions"]] == ids[:0:-1]
+    assert client.get("/v1/stats/live").status_code == 200
 
     def statuses() -> list[list[str]]:
         return [[f["status"] for f in client.get(f"/v1/decisions/{i}").json()["feedback"]] for i in ids[1:]]
 
     _until(lambda: statuses() == [["applied"], ["default"], ["default"]], timeout=10)
+
+
+def test_a_decision_that_does_not_decode_does_not_stop_booking_other_processes_decisions(
+    make_client: Callable[..., TestClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process sharing the log books the decisions other processes stored (`decisions_after`, in storage order).
+    One that did not decode raised there, and the position never moved past it: no later decision of another
+    process was booked again. It is passed by now, and the position moves on."""
+    from bandit_router.budgets import BudgetPacer
+    from bandit_router.budgets.targets import BudgetConfig
+    from bandit_router.log.budget_state import BudgetState
+
+    client = make_client()
+    ids = [_route(client, f"budget {i}").json()["decision_id"] for i in range(6)]
+    client.__exit__(None, None, None)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "faults.db") as conn:
+        conn.execute("UPDATE decisions SET features = X'0102' WHERE decision_id = ?", (ids[2],))
+        positions = [r[0] for r in conn.execute("SELECT rowid FROM decisions ORDER BY rowid")]
+    monkeypatch.setattr(BudgetConfig, "describe", lambda self: {"any": "target"})  # something to book
+    store = SQLiteStore(tmp_path / "faults.db")
+    try:
+        state = BudgetState(store, BudgetPacer(), shared=True)
+        state._position = 0  # a worker that started before these decisions
+        assert state.follow_decisions() == 5
+        assert state._position == positions[-1]
+    finally:
+        store.close()
 
 
 # -- growth: max_models, retention_days -----------------------------------------------------------------------------
@@ -544,6 +580,7 @@ def test_retention_after_a_policy_change_keeps_what_a_restart_replays(make_clien
     """The old policy's checkpoints hold the old rows, the new policy's do not: retention under the new policy must
     not delete what it learned from them before its own checkpoint holds them, or a crash loses that learning."""
     client = make_client(checkpoint_interval=1)
+    unfed = _route(client, "old, never fed").json()["decision_id"]  # its deletion shows that retention ran
     for i in range(20):
         decision_id = _route(client, f"old {i}").json()["decision_id"]
         reply = client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.1 + i / 40})
@@ -559,7 +596,7 @@ def test_retention_after_a_policy_change_keeps_what_a_restart_replays(make_clien
     engine = client.app.state.engine  # type: ignore[attr-defined]
     assert engine.recovery["checkpoint_seq"] is None and engine.router.version == 20  # relearned the whole log
     engine._next_retention = 0.0
-    time.sleep(1.0)  # retention runs between the writer's rounds (every 0.1 s idle)
+    _until(lambda: client.get(f"/v1/decisions/{unfed}").status_code == 404, timeout=5)  # retention ran
     weights = engine.router.weights()
     engine.stop(checkpoint=False)  # a crash: no final checkpoint
     client.__exit__(None, None, None)

@@ -243,7 +243,7 @@ def test_a_spend_target_holds_across_three_replicas(replicas: Callable[..., Serv
     store = PostgresStore(DatabaseURL(pg_url))
     try:
         with store.read() as reader:
-            decisions = [d.decision for _, d in reader.decisions_after(0, 1_000_000)]
+            decisions = [d.decision for _, d in reader.decisions_after(0, 1_000_000) if d is not None]
             feedback = {r.decision_id: r for r, _ in reader.learned_after(0, 1_000_000)}
     finally:
         store.close()

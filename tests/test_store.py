@@ -752,6 +752,89 @@ def test_retention_takes_a_decision_with_all_its_feedback_in_one_transaction(sto
         assert [d.decision_id for d in (*never, fed, newest) if reader.decision(d.decision_id)] == [newest.decision_id]
 
 
+def test_only_the_decoding_of_a_stored_decision_is_unreadable_not_a_bug_beside_it(
+    store: Store, router: Router, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decision whose values do not decode is `UnreadableDecision` (its feedback skipped, counted); an error of
+    the code that builds it from good values is raised as it is: the KeyError, IndexError and TypeError of any
+    step were all turned into "cannot be read", so a bug would have skipped every feedback, quietly."""
+    import bandit_router.store.sqlite as sqlite_module
+    from bandit_router.store import UnreadableDecision
+
+    decision = _decision(router, "decoded")
+    with store.write() as tx:
+        tx.insert_decisions([(decision, None, None)])
+        tx.insert_feedback([_record(decision, 1)])
+    with store.read() as reader:
+        assert reader.decision(decision.decision_id) is not None
+
+    def broken(**values: Any) -> Decision:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(sqlite_module, "Decision", broken)
+    with store.read() as reader, pytest.raises(TypeError, match="a bug"):
+        reader.decision(decision.decision_id)
+    with store.read() as reader, pytest.raises(TypeError, match="a bug"):
+        reader.learned_after(0, 10)
+    monkeypatch.undo()
+    with store.write() as tx:
+        tx.conn.execute("UPDATE decisions SET pmf = 'not json'")  # type: ignore[attr-defined]
+    with store.read() as reader, pytest.raises(UnreadableDecision, match="cannot be read"):
+        reader.decision(decision.decision_id)
+    with store.read() as reader:
+        assert [d for _, d in reader.learned_after(0, 10)] == [None]
+
+
+def test_retention_with_reward_windows_keeps_the_decisions_the_sweep_has_not_reached(store: Store,
+                                                                                      router: Router) -> None:
+    """With reward windows on, retention deletes only decisions at or before the sweep's mark (`swept`: the meta
+    key of the position windows were closed up to), fed or not: it deleted old decisions past it, which then never
+    learned their default reward (a restart after downtime with more closed windows than one sweep takes). Without
+    the mark set (windows on, nothing swept yet) nothing goes; without windows (`swept=None`) the mark is not read."""
+    old = time.time() - 40 * 86400
+    decisions = [_decision(router, f"swept {i}") for i in range(6)]
+    with store.write() as tx:
+        tx.insert_decisions([(dataclasses.replace(d, created_at=old), None, None) for d in decisions])
+        tx.insert_decisions([(_decision(router, "today"), None, None)])  # the newest decision always stays
+        tx.insert_feedback([dataclasses.replace(_record(d, n + 1), received_at=old)
+                            for n, d in enumerate(decisions[::2])])  # 0, 2 and 4 fed
+        tx.insert_checkpoint(fingerprint="f", seq=3, event_id=0, version=3, sha256="x", state=b"", keep=3)
+        positions = [tx.last_decision_position() - 6 + n for n in range(6)]
+    cutoff = time.time() - 30 * 86400
+
+    def kept() -> list[int]:
+        with store.read() as reader:
+            return [n for n, d in enumerate(decisions) if reader.decision(d.decision_id) is not None]
+
+    assert store.delete_old(cutoff, 1000, fingerprint="f", swept="swept") == 0  # type: ignore[attr-defined]
+    with store.write() as tx:
+        tx.set_meta("swept", str(positions[2]))  # 0, 1 and 2 swept
+    store.delete_old(cutoff, 1000, fingerprint="f", swept="swept")  # type: ignore[attr-defined]
+    assert kept() == [3, 4, 5]
+    with store.read() as reader:
+        assert [r.seq for r in reader.feedback_for(decisions[4].decision_id)] == [3]
+    store.delete_old(cutoff, 1000, fingerprint="f")  # type: ignore[attr-defined]
+    assert kept() == []
+
+
+def test_retention_walks_stop_where_the_rows_reach_the_cutoff() -> None:
+    """`first_at_or_after`, where retention's walks of the old rows stop (they went on through every younger row,
+    0.16–0.5 s per look under the write lock at 0.3–1.5 M rows, with nothing to delete): the first key whose row is
+    key x whose first row at or after it is at or after the cutoff, across gaps of deleted rows (so keys below x
+    hold every older row); 0 for an empty table, one past the last when all are old."""
+    from bandit_router.store.sqlite import first_at_or_after
+
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, at REAL)")
+    assert first_at_or_after(conn, "t", "k", "at", 5.0, "?") == 0
+    # every 7th key deleted (49 and 70 among them)
+    conn.executemany("INSERT INTO t VALUES (?, ?)", [(k, k / 10) for k in range(3, 1000) if k % 7])
+    for cutoff, first in [(0.0, 3), (5.0, 49), (5.05, 51), (7.0, 70), (50.0, 500), (500.0, 1000)]:
+        bound = first_at_or_after(conn, "t", "k", "at", cutoff, "?")
+        assert bound == first, cutoff
+        assert conn.execute("SELECT COUNT(*) FROM t WHERE k >= ? AND at < ?", (bound, cutoff)).fetchone()[0] == 0
+
+
 def test_retention_keeps_a_decisions_feedback_together(store: Store, router: Router) -> None:
     """`delete_old` deletes a decision's feedback only when none of it is kept: a learned cascade's decision whose
     first `unrouted` feedback (learned, 40 days old, held by the checkpoint) is followed by a second (today, after

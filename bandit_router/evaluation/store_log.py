@@ -29,7 +29,7 @@ def iter_log(store: Store, *, page: int = PAGE, fallbacks: bool = False) -> Iter
             rows = reader.decisions_after(position, page)
             if not rows:
                 return
-            stored_rows = [stored for _, stored in rows if not unrouted(stored.decision.policy)]
+            stored_rows = [stored for _, stored in rows if stored is not None and not unrouted(stored.decision.policy)]
             records = logged_records(reader, stored_rows if fallbacks else first_tries(reader, stored_rows))
         position = rows[-1][0]
         yield from records

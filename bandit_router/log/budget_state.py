@@ -169,9 +169,13 @@ class BudgetState:
             while True:
                 with self.store.read() as reader:
                     rows = reader.decisions_after(self._position, DECISIONS_PAGE)
-                    theirs = [s.decision.decision_id for _, s in rows if s.decision.decision_id not in self._own]
+                    theirs = [s.decision.decision_id for _, s in rows
+                              if s is not None and s.decision.decision_id not in self._own]
                     calls = reader.calls_for_many(theirs) if theirs else {}
                 for position, stored in rows:
+                    if stored is None:  # cannot be read (logged by the store): nothing to book; pass it by
+                        self._position = position
+                        continue
                     if self._own.pop(stored.decision.decision_id, None) is None:
                         self._book_theirs(stored.decision, calls.get(stored.decision.decision_id))
                         booked += 1

@@ -45,6 +45,7 @@ class Checkpointer:
         self.position = (0, 0)
         """The log position of the last checkpoint."""
         self._say = RateLimitedLog(log)
+        self._said_unreadable = False
 
     def restore_newest(self) -> Checkpoint | None:
         """Load the newest checkpoint that passes its checksum and restores; the follower then stands at its
@@ -72,12 +73,22 @@ class Checkpointer:
 
     def maybe_checkpoint(self, *, force: bool = False) -> bool:
         """Store a checkpoint when `interval` feedbacks were learned since the last one, a promotion happened, or
-        `force`; True when one was stored (or another process had stored this position already)."""
+        `force`; True when one was stored (or another process had stored this position already). Never while the
+        follower skipped a learned feedback whose decision cannot be read (`LogFollower.unreadable`): the state
+        lacks it, and a checkpoint would keep it lacking after the row is repaired."""
         live = self.follower.policies.live
         position = self.follower.position
         if position == self.position or self.follower.chain_seq != position[0]:
             return False  # nothing new, or the escalation learners are not at this position (a failed catch-up)
         if not force and not self.follower.promoted and live.version - self.version < self.interval:
+            return False
+        if self.follower.unreadable:  # a checkpoint would make the skip permanent: a start must replay those rows
+            if not self._said_unreadable:
+                self._said_unreadable = True
+                log.error("no checkpoints while learned feedback rows are skipped because their decisions cannot be "
+                          "read (%d so far, first seqs %s): repair those rows, or delete those decisions to accept "
+                          "the loss, and restart; until then every start replays the log from the last checkpoint",
+                          self.follower.unreadable, self.follower.unreadable_seqs)
             return False
         try:
             with self.store.read() as reader:  # another worker may have stored this position already

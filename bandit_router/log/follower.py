@@ -21,6 +21,8 @@ log = logging.getLogger("bandit_router.log")
 
 REPLAY_PAGE = 2000
 """Learned feedback rows read per query while catching up."""
+UNREADABLE_NAMED = 10
+"""Seqs of skipped feedback rows kept to name (`LogFollower.unreadable_seqs`); the count goes on."""
 
 
 @dataclass(slots=True)
@@ -47,6 +49,12 @@ class LogFollower:
         once a catch-up is complete)."""
         self.promoted = False
         """Set when a promotion was applied (a checkpoint is due); the caller clears it."""
+        self.unreadable = 0
+        """Learned feedback rows skipped since this follower started (their decision does not decode): the policies
+        lack them, so no checkpoint may hold this state (`Checkpointer.maybe_checkpoint`) until a start replays
+        them, repaired, from an earlier one."""
+        self.unreadable_seqs: list[int] = []
+        """The first `UNREADABLE_NAMED` of them."""
         self._retired: dict[str, None] = {}
 
     @property
@@ -71,10 +79,18 @@ class LogFollower:
         self.applied_event = max(self.applied_event, event.id)
 
     def learn(self, record: FeedbackRecord, decision: Decision | None) -> None:
+        """Learn one feedback; counted in `unreadable` instead when its decision does not decode (None: the store
+        logged why, naming the seq)."""
         if decision is None:
-            log.error("feedback seq %d has no readable decision; skipped", record.seq)
+            self.unreadable += 1
+            if len(self.unreadable_seqs) < UNREADABLE_NAMED:
+                self.unreadable_seqs.append(record.seq)
         else:
             self.policies.learn(decision, record.outcome(), record.seq)
+
+    def unreadable_report(self) -> dict[str, object]:
+        """`unreadable`, for `/readyz` and `/v1/stats`: how many learned feedback rows were skipped, the first seqs."""
+        return {"skipped": self.unreadable, "first_seqs": list(self.unreadable_seqs)}
 
     def apply(self, entries: Sequence[LogEntry]) -> None:
         """Apply entries this process committed itself, in log order."""
@@ -93,8 +109,8 @@ class LogFollower:
     def catch_up(self, reader: Reader, head: tuple[int, int] | None = None,
                  progress: Callable[[], None] | None = None) -> int:
         """Apply the log between this position and `head` (default: the reader's head), rows and events in log
-        order; returns the number of feedback rows learned. `progress` is called after each page read (a long
-        catch-up is work, not a database that does not answer: `Engine.stalled`)."""
+        order; returns the number of feedback rows learned (not those skipped: `unreadable`). `progress` is called
+        after each page read (a long catch-up is work, not a database that does not answer: `Engine.stalled`)."""
         if head is None:
             head = reader.head()
         if head == self.position and self.chain_seq >= head[0]:
@@ -119,7 +135,7 @@ class LogFollower:
                     self.apply_event(events.pop(0))
                 self.learn(record, decision)
                 self.applied_seq = record.seq
-                applied += 1
+                applied += decision is not None
             if progress is not None:
                 progress()
             if len(rows) < REPLAY_PAGE:

@@ -133,7 +133,8 @@ def serve(
                 timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **common)
 
 
-CHECK_HELP = """Check a database file: SQLite's integrity check, and every stored checkpoint against its checksum.
+CHECK_HELP = """Check a database file: SQLite's integrity check, the decisions with feedback (do they decode, as a \
+replay reads them: the newest 200,000), and every stored checkpoint against its checksum.
 
 Prints what it found and the last good checkpoint (the newest one that reads back and matches its sha256). \
 Exit status 0 when the file is intact, 1 when it is not (restore a backup: see the docs, service → durability), \
@@ -173,6 +174,12 @@ def check(
         for line in report.integrity if report.integrity != ["ok"] else []:
             typer.echo(f"  {line}")
         typer.echo("rows: " + ", ".join(f"{k}={'unreadable' if v is None else v}" for k, v in report.counts.items()))
+        decoded = report.decisions
+        if decoded:
+            typer.echo(f"decisions with feedback: {decoded['checked']} of {decoded['with_feedback']} decoded (the "
+                       f"newest), {decoded['unreadable']} cannot be read")
+            for item in decoded["first_unreadable"]:
+                typer.echo(f"  {item['reason']}")
         good = report.last_good_checkpoint
         if good is None:
             typer.echo("last good checkpoint: none (a restart relearns from the whole feedback log)")
@@ -183,6 +190,9 @@ def check(
         if bad:
             typer.echo(f"checkpoints failing their checksum: {[c['id'] for c in bad]}")
         restore = "NOT intact: restore a backup (the docs: service → durability, 'Backups while it runs')"
+        if report.integrity == ["ok"] and not report.error and decoded.get("unreadable"):
+            restore = ("NOT intact: decisions whose feedback the replay skips: restore a backup, or delete those "
+                       "decisions to accept the loss (the docs: service → durability)")
         typer.echo("verdict: " + ("intact" if report.ok else restore))
     if report.error and not report.counts:
         raise typer.Exit(2)

@@ -49,13 +49,15 @@ from ..store import (
     Store,
     StoredDecision,
     StoreError,
+    UnreadableDecision,
 )
 from ..store.location import open_store
 from ..store.migrations import SCHEMA_VERSION
 from ..store.sqlite import SQLiteStore
 from ..types import Decision, Outcome, Request, tenant_of
-from .exceptions import Conflict, NotFound, Unavailable
+from .exceptions import Conflict, Gone, NotFound, Unavailable
 from .writer import (
+    SWEPT,
     AddModel,
     CountRouter,
     Feedback,
@@ -324,6 +326,7 @@ class Engine:
             "replayed": replayed,
             "seconds": round(time.perf_counter() - started, 3),
             "policy_version": self.router.version,
+            "unreadable": self.follower.unreadable_report(),
             "budgets": self.budgets.recover(self.router),
         }
         if self.budgets.shared:
@@ -334,6 +337,10 @@ class Engine:
             self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
         )
         self.policies.check_models()  # a policy naming a model neither the catalog nor the log holds
+        if self.follower.unreadable:
+            log.error("recovery skipped %d learned feedback rows whose decisions cannot be read (first seqs %s): "
+                      "the learned state lacks them; run `bandit-router check`", self.follower.unreadable,
+                      self.follower.unreadable_seqs)
         self.policies.warn_about_missing_models()
         self._refuse_alias_clashes()
 
@@ -378,7 +385,8 @@ class Engine:
         if days is not None and delete_old is not None and now >= self._next_retention and not self._sealed:
             self._next_retention = now + RETENTION_EVERY_S
             try:
-                deleted = delete_old(time.time() - days * 86400.0, RETENTION_BATCH, fingerprint=self.fingerprint)
+                deleted = delete_old(time.time() - days * 86400.0, RETENTION_BATCH, fingerprint=self.fingerprint,
+                                     swept=SWEPT if self.writer.rules.sweeps else None)
             except StoreError as exc:
                 self._say("retention", logging.WARNING, "deleting old rows failed (will retry): %s", exc)
                 return
@@ -627,6 +635,7 @@ class Engine:
             "feedback_learned": learned,
             "feedback_rate": learned / total if total else 0.0,
             "feedback_by_status": raw.feedback_by_status,
+            "unreadable": self.follower.unreadable_report(),
             "models": models,
             "budgets": self.pacer.report(),
             **{name: report() for name, report in self.extra_stats.items()},
@@ -635,11 +644,14 @@ class Engine:
 
 @contextlib.contextmanager
 def _readable(engine: Engine | None = None) -> Iterator[None]:
-    """Database errors of a read → `Unavailable` (503); with `engine`, refused at once while it is stalled."""
+    """Database errors of a read → `Unavailable` (503), a decision that cannot be read → `Gone` (410); with
+    `engine`, refused at once while it is stalled."""
     if engine is not None:
         engine.require_readable()
     try:
         yield
+    except UnreadableDecision as exc:  # that decision, for good: not a database to wait for
+        raise Gone(f"{exc} (see `bandit-router check` and the docs: service → durability)") from exc
     except StoreError as exc:
         raise Unavailable(f"the database is unavailable: {exc}") from exc
 

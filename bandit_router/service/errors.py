@@ -12,6 +12,7 @@
 | `ConflictingFeedback`, `Conflict`                | 409    | conflict              |
 | `Unauthorized`                                   | 401    | unauthorized          |
 | `Forbidden`                                      | 403    | forbidden             |
+| `Gone` (a stored decision that cannot be read)   | 410    | gone                  |
 | `Unavailable`, `StoreError`, `sqlite3.Error`     | 503    | unavailable           |
 | anything else                                    | 500    | internal (logged)     |
 """
@@ -37,6 +38,7 @@ from ..store import StoreError
 from .exceptions import (
     Conflict,
     Forbidden,
+    Gone,
     InvalidField,
     NotFound,
     PayloadTooLarge,
@@ -59,6 +61,7 @@ _MAPPING: tuple[tuple[type[BaseException], int, str], ...] = (
     (Conflict, 409, "conflict"),
     (Unauthorized, 401, "unauthorized"),
     (Forbidden, 403, "forbidden"),
+    (Gone, 410, "gone"),
     (Unavailable, 503, "unavailable"),
     (StoreError, 503, "unavailable"),
     (sqlite3.Error, 503, "unavailable"),  # a read that met a locked, full or corrupt database

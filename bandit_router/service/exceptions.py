@@ -9,6 +9,7 @@ BanditRouterError
  ├── Conflict                decision id already used, model already active, last model   → 409
  ├── Unauthorized            missing or wrong API key                                     → 401
  ├── Forbidden               a client key on an admin route                               → 403
+ ├── Gone                    a stored decision that cannot be read (do not retry)         → 410
  └── Unavailable             starting, recovering, stopping, or the database is unusable  → 503
 """
 
@@ -47,6 +48,11 @@ class Unauthorized(BanditRouterError):
 
 class Forbidden(BanditRouterError):
     """The API key is valid but may not do this."""
+
+
+class Gone(BanditRouterError):
+    """The stored decision named cannot be read (`UnreadableDecision`: a value corrupted on disk or edited by hand):
+    a lasting condition, not one a retry outlives, so not `Unavailable`."""
 
 
 class Unavailable(BanditRouterError):

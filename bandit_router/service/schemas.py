@@ -315,6 +315,11 @@ class StatsOut(BaseModel):
                                   "closed window's default reward is learned too, counted in feedback_by_status)")
     feedback_rate: float = Field(description="feedback_learned ÷ decisions (the dashboard's coverage)")
     feedback_by_status: dict[str, int]
+    unreadable: dict[str, Any] = Field(
+        default_factory=dict, description="learned feedback rows this process skipped because their decision cannot "
+        "be read (a value corrupted on disk or edited by hand): `skipped`, and the `first_seqs`; while any is "
+        "skipped it stores no checkpoint (a start replays them once repaired)",
+    )
     models: list[ModelStats]
     budgets: dict[str, Any] | None = Field(
         default=None, description="the budget pacer: per scope (global, tenants) spend, λ and every target"

@@ -60,7 +60,7 @@ from ..store import (
 )
 from ..store.rollup import counts_as_learned
 from ..types import Decision, Outcome
-from .exceptions import Conflict, NotFound, Unavailable
+from .exceptions import Conflict, Gone, NotFound, Unavailable
 
 log = logging.getLogger("bandit_router.service")
 
@@ -226,8 +226,8 @@ class Feedback(Op):
         stored = batch.decisions.get(self.decision_id)
         if stored is None:
             if self.decision_id in batch.unreadable:  # this feedback fails, the rest of the batch goes on
-                raise Unavailable(f"{batch.unreadable[self.decision_id]}; this feedback was not stored (see "
-                                  "`bandit-router check` and the docs: service → durability)")
+                raise Gone(f"{batch.unreadable[self.decision_id]}; this feedback was not stored (a retry meets "
+                           "the same: see `bandit-router check` and the docs: service → durability)")
             raise UnknownDecision(f"no decision {self.decision_id!r}")
         decision, o = stored.decision, with_call(self.outcome, batch.calls.get(self.decision_id))
         report = (o.quality, o.cost_usd, o.input_tokens, o.output_tokens, o.latency_s, self.source)

@@ -62,14 +62,17 @@ class Reader(Protocol):
         """The shadow policies' pmfs logged with each of `decision_ids` (those that have any)."""
         ...
 
-    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
+    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision | None]]:
         """Up to `limit` decisions stored after storage position `position`, in storage order, each with its
-        position (pass the last one back to page on). For reading the whole log (evaluation, export)."""
+        position (pass the last one back to page on). For reading the whole log (evaluation, export, other
+        workers' budget booking). None for a decision that cannot be read (`UnreadableDecision`, logged once per
+        process): its position still moves the reader on."""
         ...
 
     def recent_decisions(self, limit: int) -> list[tuple[int, StoredDecision]]:
         """The newest `limit` decisions, newest first, each with its storage position (the dashboard's recent
-        decisions, the mean pmf of recent traffic, the tail a shadow policy is evaluated on)."""
+        decisions, the mean pmf of recent traffic, the tail a shadow policy is evaluated on); without those that
+        cannot be read (logged once per process)."""
         ...
 
     def minute_stats(self, first: int, end: int, step: int) -> list[MinuteStats]:

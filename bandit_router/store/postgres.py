@@ -89,8 +89,11 @@ from .sqlite import (
     _feedback_from_row,
     _SQLiteTx,
     _stored_from_row,
+    first_at_or_after,
     judge_totals,
     learned_from_rows,
+    stored_or_none,
+    swept_limit,
 )
 
 log = logging.getLogger("bandit_router.store")
@@ -349,22 +352,30 @@ class PostgresStore:
                 if self.down or time.monotonic() >= deadline:
                     raise
 
-    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str) -> int:
+    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str, swept: str | None = None) -> int:
         """`retention_days`, as `SQLiteStore.delete_old`: at most `limit` decisions before `cutoff` with all their
         feedback, when every kept checkpoint of the configuration `fingerprint` holds it (`HELD_BY_CHECKPOINTS`) and
         it was all received before `cutoff`, then (up to `limit` decisions in all) decisions before `cutoff` that
-        never had feedback. Decision positions and seqs are never reused (an identity, `log_head`)."""
+        never had feedback. Decision positions and seqs are never reused (an identity, `log_head`). `swept`: as
+        `SQLiteStore.delete_old`'s (only decisions the reward windows' sweep has reached go)."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             held = conn.execute(HELD_BY_CHECKPOINTS.format(mark="%s"), (fingerprint,)).fetchone()
             checkpoint_seq = int(held[0])
+            below = min(swept_limit(tx, swept),
+                        first_at_or_after(conn, "decisions", "position", "created_at", cutoff, "%s"))
+            walked = min(checkpoint_seq, first_at_or_after(conn, "feedback", "seq", "received_at", cutoff, "%s") - 1)
             fed = [r[0] for r in conn.execute(RETIRED_WITH_FEEDBACK.format(mark="%s", newest=""),
-                                              (checkpoint_seq, cutoff, checkpoint_seq, cutoff, limit))]
+                                              (walked, cutoff, checkpoint_seq, cutoff, limit))]
+            if swept is not None and fed:  # feedback of decisions the sweep has not reached stays, as they do
+                unswept = {r[0] for r in conn.execute(
+                    "SELECT decision_id FROM decisions WHERE position >= %s AND decision_id = ANY(%s)", (below, fed))}
+                fed = [i for i in fed if i not in unswept]
             deleted = conn.execute("DELETE FROM feedback WHERE decision_id = ANY(%s)", (fed,)).rowcount if fed else 0
             ids = fed + [r[0] for r in conn.execute(
-                "SELECT decision_id FROM decisions d WHERE created_at < %s AND NOT EXISTS "
+                "SELECT decision_id FROM decisions d WHERE created_at < %s AND position < %s AND NOT EXISTS "
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY position LIMIT %s",
-                (cutoff, limit - len(fed)),
+                (cutoff, below, limit - len(fed)),
             ).fetchall()]
             if ids:
                 conn.execute("DELETE FROM shadow_pmfs WHERE decision_id = ANY(%s)", (ids,))
@@ -711,16 +722,16 @@ class _PostgresTx(_SQLiteTx):
             return JudgeTotals()  # a database no service with this version prepared yet
         return judge_totals(self._rows(JUDGE_TOTALS)[0])
 
-    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
+    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision | None]]:
         rows = self._rows(
             f"SELECT {_DECISIONS}, position FROM decisions WHERE position > %s ORDER BY position LIMIT %s",
             (position, limit),
         )
-        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+        return [(int(row[-1]), stored_or_none(row)) for row in rows]
 
     def recent_decisions(self, limit: int) -> list[tuple[int, StoredDecision]]:
         rows = self._rows(f"SELECT {_DECISIONS}, position FROM decisions ORDER BY position DESC LIMIT %s", (limit,))
-        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+        return [(int(row[-1]), stored) for row in rows if (stored := stored_or_none(row)) is not None]
 
     def minute_stats(self, first: int, end: int, step: int) -> list[rollup.MinuteStats]:
         if step < 1:

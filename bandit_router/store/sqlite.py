@@ -304,7 +304,7 @@ class SQLiteStore:
         if self.check_file() is not None:
             raise StoreError(f"the database is unusable: {self.fault}")
 
-    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str) -> int:
+    def delete_old(self, cutoff: float, limit: int, *, fingerprint: str, swept: str | None = None) -> int:
         """`retention_days`: delete (in one transaction) at most `limit` decisions made before `cutoff` (Unix time)
         with all their feedback, when every row of it was received before `cutoff` and every kept checkpoint of the
         running configuration holds it (`HELD_BY_CHECKPOINTS`), oldest feedback first; then, up to `limit`
@@ -315,27 +315,40 @@ class SQLiteStore:
         would hand its rowid, and those of the rows before it, to the next decisions, behind the positions that
         reward windows (`swept_decisions`), other workers' budget booking and the dashboard have read up to (a
         service idle for `retention_days` would never close the windows of its next decisions). Returns how many
-        rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps the largest)."""
+        rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps the largest). `swept`: the meta
+        key of the position reward windows were closed up to (`swept_decisions`), when they are on: only decisions
+        at or before it go (`swept_limit`), so that every decision learns its default reward first."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             checkpoint_seq = int(conn.execute(HELD_BY_CHECKPOINTS.format(mark="?"), (fingerprint,)).fetchone()[0])
             newest = conn.execute("SELECT rowid, decision_id FROM decisions ORDER BY rowid DESC LIMIT 1").fetchone()
             newest_rowid, newest_id = (int(newest[0]), str(newest[1])) if newest is not None else (0, "")
+            below = min(newest_rowid, swept_limit(tx, swept))  # rowid < below: never the newest, never unswept
+            below = min(below, first_at_or_after(conn, "decisions", "rowid", "created_at", cutoff, "?"))
+            walked = min(checkpoint_seq, first_at_or_after(conn, "feedback", "seq", "received_at", cutoff, "?") - 1)
             fed = [r[0] for r in conn.execute(RETIRED_WITH_FEEDBACK.format(mark="?", newest="AND decision_id != ? "),
-                                              (checkpoint_seq, cutoff, newest_id, checkpoint_seq, cutoff, limit))]
+                                              (walked, cutoff, newest_id, checkpoint_seq, cutoff, limit))]
             never_fed = (
                 "SELECT decision_id FROM decisions d WHERE created_at < ? AND rowid < ? AND NOT EXISTS "
                 "(SELECT 1 FROM feedback f WHERE f.decision_id = d.decision_id) ORDER BY rowid LIMIT ?"
             )
             # all the ids in one statement on a current SQLite, as before; as many as the variable limit allows
             step = tx.per_statement(1, max(1, limit))  # type: ignore[attr-defined]
+            if swept is not None:  # feedback of decisions the sweep has not reached stays, as they do
+                unswept: set[str] = set()
+                for start in range(0, len(fed), step):
+                    ids = fed[start : start + step]
+                    marks = ",".join("?" * len(ids))
+                    late = f"SELECT decision_id FROM decisions WHERE rowid >= ? AND decision_id IN ({marks})"
+                    unswept.update(r[0] for r in conn.execute(late, (below, *ids)))
+                fed = [i for i in fed if i not in unswept]
             deleted = 0
             for start in range(0, len(fed), step):
                 ids = fed[start : start + step]
                 marks = ",".join("?" * len(ids))
                 deleted += conn.execute(f"DELETE FROM feedback WHERE decision_id IN ({marks})", ids).rowcount
             room = limit - len(fed)
-            every = fed + [r[0] for r in conn.execute(never_fed, (cutoff, newest_rowid, room)).fetchall()]
+            every = fed + [r[0] for r in conn.execute(never_fed, (cutoff, below, room)).fetchall()]
             for start in range(0, len(every), step):
                 ids = every[start : start + step]
                 marks = ",".join("?" * len(ids))
@@ -830,19 +843,19 @@ class _SQLiteTx:
             return JudgeTotals()  # a database no service with this version prepared yet
         return judge_totals(self.conn.execute(JUDGE_TOTALS).fetchone())
 
-    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision]]:
+    def decisions_after(self, position: int, limit: int) -> list[tuple[int, StoredDecision | None]]:
         rows = self._execute(
             f"SELECT {_DECISIONS}, rowid FROM decisions WHERE rowid > ? ORDER BY rowid LIMIT ?",
             (position, limit),
             plain=True,
         ).fetchall()
-        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+        return [(int(row[-1]), stored_or_none(row)) for row in rows]
 
     def recent_decisions(self, limit: int) -> list[tuple[int, StoredDecision]]:
         rows = self._execute(
             f"SELECT {_DECISIONS}, rowid FROM decisions ORDER BY rowid DESC LIMIT ?", (limit,), plain=True
         ).fetchall()
-        return [(int(row[-1]), _stored_from_row(row)) for row in rows]
+        return [(int(row[-1]), stored) for row in rows if (stored := stored_or_none(row)) is not None]
 
     def minute_stats(self, first: int, end: int, step: int) -> list[rollup.MinuteStats]:
         if step < 1:
@@ -957,6 +970,41 @@ JUDGE_TOTALS = (
 """`Reader.judge_totals` for both dialects."""
 
 
+def first_at_or_after(conn: Any, table: str, key: str, column: str, cutoff: float, mark: str) -> int:
+    """Where retention's walks of `table` in `key` order stop: the smallest x such that the first row with key ≥ x
+    has `column` ≥ `cutoff` (or there is none), by binary search (≈ log2(rows) lookups of the key's index), so that
+    a walk of the rows made before `cutoff` does not go on through every younger row (0.16–0.5 s at 0.3–1.5 M
+    rows, under the write lock, at every look when nothing is old). `column` (a time) grows with `key` (the
+    storage order) up to clock steps; a row out of that order past x is deleted by a later walk, and a walk
+    bounded by x never deletes more than the whole walk would: the bound only shortens it."""
+    first = conn.execute(f"SELECT MIN({key}) FROM {table}").fetchone()[0]  # one each: MIN and MAX together scan
+    if first is None:
+        return 0
+    lo, hi = int(first), int(conn.execute(f"SELECT MAX({key}) FROM {table}").fetchone()[0]) + 1
+    step = f"SELECT {column} FROM {table} WHERE {key} >= {mark} ORDER BY {key} LIMIT 1"
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(step, (mid,)).fetchone()
+        if row is None or float(row[0]) >= cutoff:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+UNLIMITED = 2**62
+"""`swept_limit` without reward windows: no storage position reaches it."""
+
+
+def swept_limit(tx: Any, swept: str | None) -> int:
+    """The storage position retention stops below: past the reward windows' sweep mark (meta key `swept`, a
+    position closed up to) when windows are on (0 while it is unset: nothing goes), else `UNLIMITED`."""
+    if swept is None:
+        return UNLIMITED
+    mark = tx.get_meta(swept)
+    return int(mark) + 1 if mark is not None else 0
+
+
 def judge_totals(row: Sequence[Any]) -> JudgeTotals:
     """`JUDGE_TOTALS`' row (PostgreSQL sums integers as `numeric`)."""
     return JudgeTotals(int(row[0]), int(row[1]), int(row[2]), float(row[3]))
@@ -1025,43 +1073,59 @@ def _stored_from_row(row: Sequence[Any]) -> StoredDecision:
     return StoredDecision(_decision_from_row(row), prompt=row[_DI["prompt"]], tenant=row[_DI["tenant"]])
 
 
+_SAID_UNREADABLE: dict[str, None] = {}
+_SAID_LOCK = threading.Lock()
+"""Decisions `stored_or_none` has logged as unreadable (this process; the oldest forgotten past `_PARSED_MAX`)."""
+
+
+def stored_or_none(row: Sequence[Any]) -> StoredDecision | None:
+    """`_stored_from_row`, or None (logged once per decision) when its values do not decode: the readers of many
+    decisions (`decisions_after`, `recent_decisions`) pass it by, where one such row made every read fail."""
+    try:
+        return _stored_from_row(row)
+    except UnreadableDecision as exc:
+        decision_id = str(row[0])
+        with _SAID_LOCK:
+            said = decision_id in _SAID_UNREADABLE
+            if not said:
+                if len(_SAID_UNREADABLE) >= _PARSED_MAX:
+                    del _SAID_UNREADABLE[next(iter(_SAID_UNREADABLE))]
+                _SAID_UNREADABLE[decision_id] = None
+        if not said:
+            log.error("%s; passed by (see `bandit-router check`)", exc)
+        return None
+
+
 def _decision_from_row(row: Sequence[Any], at: int = 0) -> Decision:
     """A `Decision` from the values of `DECISION_COLUMNS` starting at position `at` of `row`; `UnreadableDecision`
-    when they do not decode."""
-    try:
-        return _decode_decision(row, at)
-    except (StoreError, ValueError, TypeError, KeyError, IndexError) as exc:
-        raise UnreadableDecision(f"decision {row[at]!r} cannot be read: {exc}") from exc
-
-
-def _decode_decision(row: Sequence[Any], at: int = 0) -> Decision:
-    """`_decision_from_row`'s work. Every feedback reads its decision back through this, so the columns that repeat
-    from row to row (the model list, the markers, the caller's context) are parsed once per distinct text (`_parsed`:
-    immutable values, shared)."""
+    when they do not decode. Every feedback reads its decision back through this, so the columns that repeat from
+    row to row (the model list, the markers, the caller's context) are parsed once per distinct text (`_parsed`:
+    immutable values, shared). Only the decoding of the stored values and the decision's own checks of them are
+    `UnreadableDecision`: any other error is a bug, raised as it is."""
     (decision_id, created_at, model, arm, probability, models, pmf, expected_cost_usd, policy, policy_version,
      cost_weight, _tenant, input_tokens, n_chars, turns, markers, attributes, features) = row[at : at + _UNPACKED]
-    context = Context(
-        features=decode_features(bytes(features)),
-        input_tokens=int(input_tokens),
-        n_chars=int(n_chars or 0),
-        turns=int(turns or 1),
-        markers=_parsed(_MARKERS, markers or "[]", frozenset),
-        attributes=_parsed(_ATTRIBUTES, attributes or "{}", MappingProxyType),
-    )
-    return Decision(
-        decision_id=decision_id,
-        model=model,
-        arm=int(arm if arm is not None else -1),
-        models=_parsed(_MODELS, models, tuple),
-        pmf=tuple(map(float, json.loads(pmf))),
-        probability=float(probability),
-        policy=policy,
-        policy_version=int(policy_version),
-        cost_weight=float(cost_weight),
-        context=context,
-        expected_cost_usd=tuple(map(float, json.loads(expected_cost_usd or "[]"))),
-        created_at=float(created_at),
-    )
+    try:  # the stored values: the features codec's errors, a number's or a JSON text's
+        context = Context(
+            features=decode_features(bytes(features)),
+            input_tokens=int(input_tokens),
+            n_chars=int(n_chars or 0),
+            turns=int(turns or 1),
+            markers=_parsed(_MARKERS, markers or "[]", frozenset),
+            attributes=_parsed(_ATTRIBUTES, attributes or "{}", MappingProxyType),
+        )
+        numbers = (int(arm if arm is not None else -1), _parsed(_MODELS, models, tuple),
+                   tuple(map(float, json.loads(pmf))), float(probability), int(policy_version), float(cost_weight),
+                   tuple(map(float, json.loads(expected_cost_usd or "[]"))), float(created_at))
+    except (StoreError, ValueError, TypeError) as exc:
+        raise UnreadableDecision(f"decision {decision_id!r} cannot be read: {exc}") from exc
+    arm, models, pmf, probability, policy_version, cost_weight, expected_cost_usd, created_at = numbers
+    try:  # its own checks of them (ValueError: the chosen model among the models, the pmf as long)
+        return Decision(decision_id=decision_id, model=model, arm=arm, models=models, pmf=pmf,
+                        probability=probability, policy=policy, policy_version=policy_version,
+                        cost_weight=cost_weight, context=context, expected_cost_usd=expected_cost_usd,
+                        created_at=created_at)
+    except ValueError as exc:
+        raise UnreadableDecision(f"decision {decision_id!r} cannot be read: {exc}") from exc
 
 
 def learned_from_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[FeedbackRecord, Decision | None]]:
@@ -1139,13 +1203,6 @@ def _file_system_reason(path: Path, exc: sqlite3.Error) -> str:
         return ""
     if "unable to open" not in str(exc):
         return ""
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a read-only "
-                "file system, and SQLite creates the database and its -wal and -shm files there")
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        return f": the file is not readable and writable by this process (uid {os.geteuid()})"
-    return ""
-    folder = path.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         return (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a read-only "
                 "file system, and SQLite creates the database and its -wal and -shm files there")
