@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 import shutil
 import subprocess
 import tempfile
@@ -454,6 +455,9 @@ REPORT_FILES = ("summary.md", "curves.json", "regret.png", "cost_quality.png", "
                 "summary.json")
 """What a report writes, summary.json last: a folder's report files are all of one run."""
 
+STAGING = re.compile(r"\.report-[a-z0-9_]{8}\.partial")
+"""The hidden folder a report is written into (`tempfile.mkdtemp`'s names), removed when the report is in place."""
+
 
 def write_report(result: SimulationResult, out: str | Path, *, command: str = "", plots: bool = True) -> dict[str, Any]:
     """Write summary.json, summary.md, curves.json (and the PNG plots) to `out`; returns the summary.
@@ -468,6 +472,9 @@ def write_report(result: SimulationResult, out: str | Path, *, command: str = ""
     data = summary(result, command=command)
     data["window"] = result.plan.window
     previous = _files_of_the_previous_report(folder)
+    for stale in folder.iterdir():  # a report killed while writing (SIGKILL, a power cut) left its staging folder
+        if STAGING.fullmatch(stale.name) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".partial", dir=folder))
     try:
         (staging / "summary.md").write_text(markdown(data) + "\n", encoding="utf-8")

@@ -187,6 +187,42 @@ def test_a_simulate_report_writes_through_a_symlink_and_keeps_a_file_s_permissio
     assert (out / "summary.md").read_text().startswith("#")
 
 
+def test_a_simulate_report_stopped_by_sigterm_leaves_the_previous_report_and_no_staging_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: a report killed by SIGTERM (`kill`, a CI timeout) while writing left its hidden `.report-*.partial`
+    folder in `--out` for good: the clean-ups ran on exceptions only. SIGTERM is an exit (status 143) that runs them,
+    and a report removes the staging folders a report killed outright (SIGKILL) left, and no other folder."""
+    import signal
+    import time
+
+    from simulator import plots
+
+    out = tmp_path / "sim"
+    args = [*SIMULATE_RANDOM, "--out", str(out)]
+    assert CliRunner().invoke(cli_app, args).exit_code == 0
+    before = _tree(out)
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))  # not pytest's death
+    try:
+        def terminated(*args: object, **kwargs: object) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here
+
+        monkeypatch.setattr(plots, "plot_shares", terminated)
+        result = CliRunner().invoke(cli_app, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (result.exit_code, received) == (143, []), result.output
+    assert _tree(out) == before
+    monkeypatch.undo()
+    (out / ".report-k1ll3d_0.partial").mkdir()  # as SIGKILL leaves it
+    (out / ".report-k1ll3d_0.partial" / "summary.md").write_text("half")
+    (out / ".report-notes").mkdir()
+    assert CliRunner().invoke(cli_app, [*args, "--no-plots"]).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == [".report-notes", "curves.json", "summary.json", "summary.md"]
+
+
 def test_export_that_fails_keeps_what_the_file_that_was_there_held(logged_db: Path, tmp_path: Path) -> None:
     """Review: `export --out log.dsjson --label bogus` over an earlier export: `writing_file` opens the file with
     "w" (truncating it) before `export_dsjson` refuses the label, so the earlier export is lost; "a file that was
