@@ -200,7 +200,8 @@ def simulate(
         bool | None, typer.Option("--plots/--no-plots", metavar="", help="Write the PNG plots. (default: --plots)")
     ] = None,
     quiet: Annotated[
-        bool | None, typer.Option("--quiet", metavar="", help="No progress bar, no summary table.")
+        bool | None,
+        typer.Option("--quiet/--no-quiet", metavar="", help="No progress bar, no summary table. (default: --no-quiet)"),
     ] = None,
 ) -> None:
     """Simulate routing policies on a dataset or a synthetic world and report quality, cost, reward, regret.
