@@ -5,6 +5,7 @@ failed write created is removed again, never a folder or a file that was there b
     file_problem(path)      the same for one file (`export --out log.dsjson`)
     writing(folder)         create it (and missing parents) for a block of writes; on failure remove what it made
     writing_file(path)      the same for one file
+    put_file(finished, path) a file written elsewhere (a staging folder) put at `path` as `writing_file` writes it
 """
 
 from __future__ import annotations
@@ -117,8 +118,26 @@ def _replacing(path: Path) -> Iterator[TextIO]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fp:
             yield fp
-        shutil.copymode(path, partial)
-        os.replace(partial, path)
+        _rename_over(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+
+
+def _rename_over(new: Path, path: Path) -> None:
+    """Rename `new` to `path`, with the permissions of the regular file `path` when there is one (a 0600 file
+    stays 0600)."""
+    if path.is_file() and not path.is_symlink():
+        shutil.copymode(path, new)
+    os.replace(new, path)
+
+
+def put_file(finished: Path, path: Path) -> None:
+    """Put the finished file `finished` at `path` as `writing_file` writes one: renamed over a regular file (keeping
+    its permissions) or to a new name; anything else that was there (a symlink, even a dangling one) is written
+    through, and `finished` removed."""
+    if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+        shutil.copyfile(finished, path)
+        finished.unlink()
+        return
+    _rename_over(finished, path)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -198,7 +200,8 @@ def simulate(
         bool | None, typer.Option("--plots/--no-plots", metavar="", help="Write the PNG plots. (default: --plots)")
     ] = None,
     quiet: Annotated[
-        bool | None, typer.Option("--quiet", metavar="", help="No progress bar, no summary table.")
+        bool | None,
+        typer.Option("--quiet/--no-quiet", metavar="", help="No progress bar, no summary table. (default: --no-quiet)"),
     ] = None,
 ) -> None:
     """Simulate routing policies on a dataset or a synthetic world and report quality, cost, reward, regret.
@@ -302,7 +305,8 @@ def simulate(
         started = time.perf_counter()
         result = run_simulation(plan, workers=settings.get("workers"), progress=show)
         command = "bandit-router simulate " + shlex.join(sys.argv[2:] if len(sys.argv) > 1 else [])
-        with writing(Path(settings["out"])):  # a report that fails half-written leaves nothing it created
+        with _sigterm_as_exit(), writing(Path(settings["out"])):  # a report that fails half-written (an error,
+            # Ctrl-C, `kill`) leaves nothing it created: its staging folder, a folder made for it
             data = write_report(result, settings["out"], command=command.strip(), plots=plots)
     except BanditRouterError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -322,6 +326,26 @@ def simulate(
             )
             for line in _details(r):
                 typer.echo(f"      {line}")
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM (`kill`, a CI job's timeout) raises SystemExit(143) in the block, as Ctrl-C raises KeyboardInterrupt,
+    so that its clean-ups run: the signal's default action ended the process without them."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_out(folder: Path) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
+
+from bandit_router.outputs import put_file
 
 from . import metrics as M
 from .runner import RunResult, SimulationResult
@@ -453,21 +455,28 @@ REPORT_FILES = ("summary.md", "curves.json", "regret.png", "cost_quality.png", "
                 "summary.json")
 """What a report writes, summary.json last: a folder's report files are all of one run."""
 
+STAGING = re.compile(r"\.report-[a-z0-9_]{8}\.partial")
+"""The hidden folder a report is written into (`tempfile.mkdtemp`'s names), removed when the report is in place."""
+
 
 def write_report(result: SimulationResult, out: str | Path, *, command: str = "", plots: bool = True) -> dict[str, Any]:
     """Write summary.json, summary.md, curves.json (and the PNG plots) to `out`; returns the summary.
 
     The files are written into a hidden folder inside `out` and moved into place only when all of them are: a
-    report that fails halfway (a plot, a full disk, Ctrl-C) leaves a previous report in `out` as it was, and a
-    report replaces all of a previous one (a plot this run does not draw, `--no-plots` or no two models, is
-    removed rather than left beside numbers it does not show)."""
+    report that fails halfway (a plot, a full disk, Ctrl-C) leaves a previous report in `out` as it was. summary.json
+    lists the files its report wrote (`files`); a rerun removes those of the previous report's files that it does
+    not write itself (a plot it does not draw, `--no-plots` or no two models), and no other file. A file is put in
+    place as `bandit_router.outputs.writing_file` writes one (a symlink written through, permissions kept)."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     data = summary(result, command=command)
     data["window"] = result.plan.window
+    previous = _files_of_the_previous_report(folder)
+    for stale in folder.iterdir():  # a report killed while writing (SIGKILL, a power cut) left its staging folder
+        if STAGING.fullmatch(stale.name) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".partial", dir=folder))
     try:
-        (staging / "summary.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         (staging / "summary.md").write_text(markdown(data) + "\n", encoding="utf-8")
         curve_data = curves(result)
         (staging / "curves.json").write_text(json.dumps(curve_data) + "\n", encoding="utf-8")
@@ -475,11 +484,23 @@ def write_report(result: SimulationResult, out: str | Path, *, command: str = ""
             from .plots import write_plots
 
             write_plots(data, curve_data, staging)
-        for name in REPORT_FILES:
-            if (staging / name).exists():
-                os.replace(staging / name, folder / name)
-            else:
-                (folder / name).unlink(missing_ok=True)
+        data["files"] = [name for name in REPORT_FILES if name == "summary.json" or (staging / name).exists()]
+        (staging / "summary.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        for name in data["files"]:
+            put_file(staging / name, folder / name)
+        for name in previous - set(data["files"]):
+            (folder / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return data
+
+
+def _files_of_the_previous_report(folder: Path) -> set[str]:
+    """The report files the summary.json in `folder` says its run wrote (none when there is no such summary, or
+    one from before summary.json listed them): a file of one of these names that no report wrote is the user's."""
+    try:
+        previous = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    files = previous.get("files") if isinstance(previous, dict) else None
+    return {name for name in files if name in REPORT_FILES} if isinstance(files, list) else set()

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from docs_pages import service_section
@@ -507,6 +508,73 @@ def test_serve_on_a_port_in_use_says_so_before_it_recovers(tmp_path: Path, monke
     assert result.output.strip() == (
         f"bandit-router serve: port: cannot listen on 127.0.0.1:{port}: Address already in use (another server, a "
         "bandit-router serve already running? stop it, or choose another --port)")
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_probes_the_addresses_uvicorn_listens_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    """Review: the probe bound only the first address `host` resolves to. Where localhost is ::1 first (many
+    distributions), it found [::1] free while uvicorn listens on 127.0.0.1 too (one process: every address) or only
+    (workers: IPv4 unless the host has a ':'), held by another server: exit status 3 after the recovery."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    resolve = socket.getaddrinfo
+
+    def ipv6_first(host: object, port: object, *args: object, **kwargs: object) -> list[Any]:
+        found = resolve(host, port, *args, **kwargs)  # type: ignore[arg-type]
+        if host != "localhost":
+            return found
+        v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))
+        return [v6, *(f for f in found if f[0] != socket.AF_INET6)]
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(socket, "getaddrinfo", ipv6_first)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", "--db", str(tmp_path / "r.db"), "--host", "localhost",
+                                              "--port", str(port), "--workers", workers])
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on localhost:{port}: Address already in use (another server" in result.output
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "refusal", "message"),
+    [
+        ("10.1.2.3", "8000", None, "cannot listen on 10.1.2.3:8000: Cannot assign requested address (no network "
+         "interface of this machine has that address: --host 127.0.0.1 for this machine only, 0.0.0.0 for all"),
+        ("127.0.0.1", "80", OSError(13, "Permission denied"), "cannot listen on 127.0.0.1:80: Permission denied "
+         "(ports below 1024 need privileges: choose a --port of 1024 or more, e.g. 8000)"),
+    ],
+)
+def test_serve_that_cannot_listen_says_why_in_its_own_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str, port: str, refusal: OSError | None, message: str
+) -> None:
+    """Review: every failed bind got the hint "another server, a bandit-router serve already running?": an address
+    no interface has (`--host 10.1.2.3`) and a privileged port (here the kernel's refusal, since tests may run as
+    root) say what to do about them instead."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    if refusal is not None:
+        def refuse(self: socket.socket, address: object) -> None:
+            raise refusal
+
+        monkeypatch.setattr(socket.socket, "bind", refuse)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli_app, ["serve", "--db", str(tmp_path / "r.db"), "--host", host, "--port", port])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert message in text and "another server" not in text
 
 
 @pytest.mark.parametrize(

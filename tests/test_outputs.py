@@ -3,6 +3,7 @@ there before; the run-time failures of `evaluate`, `export` and `simulate` are c
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -146,6 +147,80 @@ def test_a_simulate_report_that_fails_halfway_leaves_the_previous_report_as_it_w
     assert CliRunner().invoke(cli_app, [*args, "--policies", "linucb", "--no-plots"]).exit_code == 0
     assert sorted(_tree(out)) == ["curves.json", "summary.json", "summary.md"]  # strong_share.png went too
     assert '"policy": "linucb"' in (out / "summary.json").read_text()
+
+
+SIMULATE_RANDOM = ["simulate", "--env", "synthetic:default", "--steps", "50", "--seeds", "1", "--policies", "random",
+                   "--cost-weights", "20", "--workers", "1", "--quiet"]
+
+
+def test_a_simulate_report_removes_only_the_files_a_previous_report_wrote(tmp_path: Path) -> None:
+    """Review: a report that drew no plots (`--no-plots`, fewer than two models) removed every file in `--out` named
+    like a plot, the user's own regret.png too; it removes only those the previous report's summary.json lists."""
+    out = tmp_path / "sim"
+    out.mkdir()
+    (out / "regret.png").write_bytes(b"the user's own plot")
+    (out / "notes.md").write_text("keep")
+    result = CliRunner().invoke(cli_app, [*SIMULATE_RANDOM, "--out", str(out), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert (out / "regret.png").read_bytes() == b"the user's own plot"
+    assert json.loads((out / "summary.json").read_text())["files"] == ["summary.md", "curves.json", "summary.json"]
+    assert CliRunner().invoke(cli_app, [*SIMULATE_RANDOM, "--out", str(out)]).exit_code == 0
+    drawn = json.loads((out / "summary.json").read_text())["files"]
+    assert {"regret.png", "shares.png"} <= set(drawn) and (out / "shares.png").exists()
+    assert CliRunner().invoke(cli_app, [*SIMULATE_RANDOM, "--out", str(out), "--no-plots"]).exit_code == 0
+    assert sorted(_tree(out)) == ["curves.json", "notes.md", "summary.json", "summary.md"]  # its plots went
+
+
+def test_a_simulate_report_writes_through_a_symlink_and_keeps_a_file_s_permissions(tmp_path: Path) -> None:
+    """Review: a rerun replaced a symlinked summary.json by a plain file and made a 0600 summary.md 0644, where
+    `writing_file` writes through a symlink and keeps the permissions of the file it replaces."""
+    out = tmp_path / "sim"
+    out.mkdir()
+    kept = tmp_path / "kept.json"
+    (out / "summary.json").symlink_to(kept)
+    (out / "summary.md").write_text("private")
+    (out / "summary.md").chmod(0o600)
+    assert CliRunner().invoke(cli_app, [*SIMULATE_RANDOM, "--out", str(out), "--no-plots"]).exit_code == 0
+    assert (out / "summary.json").is_symlink()
+    assert json.loads(kept.read_text())["files"][-1] == "summary.json"
+    assert (out / "summary.md").stat().st_mode & 0o777 == 0o600
+    assert (out / "summary.md").read_text().startswith("#")
+
+
+def test_a_simulate_report_stopped_by_sigterm_leaves_the_previous_report_and_no_staging_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: a report killed by SIGTERM (`kill`, a CI timeout) while writing left its hidden `.report-*.partial`
+    folder in `--out` for good: the clean-ups ran on exceptions only. SIGTERM is an exit (status 143) that runs them,
+    and a report removes the staging folders a report killed outright (SIGKILL) left, and no other folder."""
+    import signal
+    import time
+
+    from simulator import plots
+
+    out = tmp_path / "sim"
+    args = [*SIMULATE_RANDOM, "--out", str(out)]
+    assert CliRunner().invoke(cli_app, args).exit_code == 0
+    before = _tree(out)
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))  # not pytest's death
+    try:
+        def terminated(*args: object, **kwargs: object) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)  # the handler runs here
+
+        monkeypatch.setattr(plots, "plot_shares", terminated)
+        result = CliRunner().invoke(cli_app, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (result.exit_code, received) == (143, []), result.output
+    assert _tree(out) == before
+    monkeypatch.undo()
+    (out / ".report-k1ll3d_0.partial").mkdir()  # as SIGKILL leaves it
+    (out / ".report-k1ll3d_0.partial" / "summary.md").write_text("half")
+    (out / ".report-notes").mkdir()
+    assert CliRunner().invoke(cli_app, [*args, "--no-plots"]).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == [".report-notes", "curves.json", "summary.json", "summary.md"]
 
 
 def test_export_that_fails_keeps_what_the_file_that_was_there_held(logged_db: Path, tmp_path: Path) -> None:

@@ -222,6 +222,8 @@ def test_the_command_line_wins_over_plots_and_quiet_in_a_config_file(tmp_path: P
     assert (tmp_path / "out" / "regret.png").exists() and "runs of 20 steps" not in result.output  # still quiet
     result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--out", str(tmp_path / "o2"), "--quiet"])
     assert not (tmp_path / "o2" / "regret.png").exists()
+    result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--out", str(tmp_path / "o4"), "--no-quiet"])
+    assert result.exit_code == 0 and "runs of 20 steps" in result.output  # `quiet = true` undone (review)
     config.write_text(f'env = "dataset:{SAMPLE}"\nplots = "no"\n')
     result = CliRunner().invoke(app, ["simulate", "--config", str(config), "--out", str(tmp_path / "o3")])
     assert result.exit_code == 2 and "plots must be true or false, got 'no'" in result.output

@@ -3,6 +3,8 @@ connection deadlines and a connection cap (`protocol.py`)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -32,23 +34,50 @@ another started. uvicorn's 5 s counts from the worker's spawn, and a new worker 
 this package (4 s alone on 2 shared cores at load 10): its workers were killed as they started, again and again."""
 
 
-def check_port_free(host: str, port: int) -> None:
-    """`ConfigError` when `host:port` cannot be listened on now (another server holds it). uvicorn finds that out
-    only after the application has started and recovered its state, and then exits with status 3 and its own
-    words; this binds a socket with uvicorn's options (`SO_REUSEADDR`) and closes it at once."""
+def check_port_free(host: str, port: int, workers: int = 1) -> None:
+    """`ConfigError` when uvicorn could not listen on `host:port` now (another server holds it, no interface has
+    that address, a port below 1024 without privileges). uvicorn finds that out only after the application has
+    started and recovered its state, and then exits with status 3 and its own words; this binds the sockets uvicorn
+    would bind, with its options, and closes them at once."""
     import socket
 
-    try:
-        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except socket.gaierror as exc:
-        raise ConfigError(f"host: cannot resolve {host!r}: {exc.strerror}") from None
-    with socket.socket(family, kind) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with contextlib.ExitStack() as probes:
         try:
-            probe.bind(address)
+            for family, address in _listening_addresses(host, port, workers):
+                probe = probes.enter_context(socket.socket(family, socket.SOCK_STREAM))
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                probe.bind(address)
+        except socket.gaierror as exc:
+            raise ConfigError(f"host: cannot resolve {host!r}: {exc.strerror}") from None
         except OSError as exc:
-            raise ConfigError(f"port: cannot listen on {host}:{port}: {exc.strerror} (another server, a bandit-router "
-                              "serve already running? stop it, or choose another --port)") from None
+            raise ConfigError(f"port: cannot listen on {host}:{port}: {exc.strerror}{_bind_hint(exc.errno, port)}") \
+                from None
+
+
+def _listening_addresses(host: str, port: int, workers: int) -> list[tuple[int, Any]]:
+    """The (family, address) pairs uvicorn listens on: with workers, one socket, IPv6 only when `host` has a ':'
+    (`uvicorn.Config.bind_socket`); in one process, every address `host` resolves to (the event loop's
+    `create_server`, as asyncio's)."""
+    import socket
+
+    if workers > 1:
+        return [(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))]
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return list(dict.fromkeys((family, address) for family, _, _, _, address in found))
+
+
+def _bind_hint(error: int | None, port: int) -> str:
+    """What to do about a failed bind, for the errors a user can fix here."""
+    if error == errno.EADDRINUSE:
+        return " (another server, a bandit-router serve already running? stop it, or choose another --port)"
+    if error == errno.EADDRNOTAVAIL:
+        return (" (no network interface of this machine has that address: --host 127.0.0.1 for this machine only, "
+                "0.0.0.0 for all of its interfaces)")
+    if error == errno.EACCES and port < 1024:
+        return " (ports below 1024 need privileges: choose a --port of 1024 or more, e.g. 8000)"
+    return ""
 
 
 def _help(name: str) -> str:
@@ -85,7 +114,8 @@ def serve(
             store.prepare()  # the schema, once, before workers
         finally:
             store.close()
-        check_port_free(settings.server.host, settings.server.port)  # before the state is recovered, not after
+        server = settings.server
+        check_port_free(server.host, server.port, server.workers)  # before the state is recovered, not after
     except (ConfigError, StoreError) as exc:
         typer.echo(f"bandit-router serve: {exc}", err=True)
         raise typer.Exit(2) from None
