@@ -1,6 +1,9 @@
 """Named routers in the gateway: a client sends a `[[routers]]` alias as `model` and gets a cascade's accepted
 answer, or the model an LLM chose. HTTP stays in `service/gateway_routes.py`; the chain's rules in `chain.py`.
 
+Why one module: answering a named request, recording its decision and counting what it paid share one snapshot of
+the request (its models, their arms, the calls made so far); split, each part would take that state as arguments.
+
 Every call is made through the gateway's pooled upstream clients (`gateway.upstreams`) and priced from its usage
 (counted when the upstream gives none). One decision is stored per request, before the reply, with one call
 record whose cost and latency are the *whole* chain's (every answer, the judge's or the routing LLM's calls), so

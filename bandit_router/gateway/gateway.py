@@ -2,6 +2,9 @@
 back on failure, and record usage, cost and latency with each decision. HTTP lives in
 `service/gateway_routes.py`; calling upstreams in `upstreams.py`.
 
+Why one module: routing, the fallbacks and the recording of one request share its attempts and what they stored;
+split, each step would pass that state across modules.
+
 One request, routed (`model = "router"`):
 
     decision₁ = route(request)            stored before the call (the writer commits it)
