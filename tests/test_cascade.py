@@ -8,7 +8,7 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -43,12 +43,14 @@ from bandit_router.catalog import ModelSpec
 from bandit_router.config import ConfigError, Settings, load_settings
 from bandit_router.config.routers import RouterAlias, RoutersSettings
 from bandit_router.errors import InvalidInput
+from bandit_router.evaluation.escalations import decodes
 from bandit_router.features import FeatureExtractor
 from bandit_router.log import EscalationLearners
 from bandit_router.log.checkpoints import fingerprint
 from bandit_router.log.escalations import CHAIN_VERSION, chain_document, stored_earlier
 from bandit_router.router import Router
-from bandit_router.types import Request
+from bandit_router.store.records import ChainFeedback
+from bandit_router.types import Decision, Request
 from simulator import EnvSpec, Plan, simulate
 from simulator.agents import Agent, SimulatedJudge, make_agent
 from simulator.environments import Environment, build_world, load_dataset
@@ -982,3 +984,53 @@ def test_decision_only_escalation_settings_keep_the_checkpoints() -> None:
     assert print_of({"v": 0.2, "history": False, "history_ridge": 50.0}) == base
     assert print_of({"v": 0.2, "history": True}) != base
     assert print_of({"v": 0.2, "history": True, "history_ridge": 50.0}) != print_of({"v": 0.2, "history": True})
+
+
+@pytest.mark.parametrize("version", [3, "2", 2.0, True, None, 0])
+def test_a_chain_version_this_release_does_not_write_is_refused_not_read_as_another(version: Any) -> None:
+    """Only an int from 1 to `CHAIN_VERSION` (absent: 1) is a version: a newer chain (3) is not read as 2, nor
+    "2", 2.0, True or null as 1 (their `earlier` would not be what the step was decided with). The learners log and
+    skip such a chain, and the estimators' `decodes` leaves it out."""
+    steps = [{"step": 0, "confidence": 0.3}, {"step": 2, "confidence": 0.6}]
+    chain = {"calls": [{}] * 3, "steps": steps}
+    assert stored_earlier(chain, 1) == [0.3] and stored_earlier({**chain, "version": 1}, 1) == [0.3]
+    assert stored_earlier({**chain, "version": 2}, 1) == [0.3, None]
+    with pytest.raises(ValueError, match=r"chain version .* is not one of 1\.\.2"):
+        stored_earlier({**chain, "version": version}, 1)
+    learners, decision, document = _corrupt_chain_fixture()
+    document["version"] = version
+    assert not learners.learn(decision, json.dumps(document), 0.5, 1)
+    assert not decodes(ChainFeedback(cast(Any, None), decision, json.dumps(document)))
+
+
+@pytest.mark.parametrize("step", [10**12, 3, -1, True, 1.0, "1"])
+def test_a_version_2_step_outside_its_chain_is_refused_and_replay_goes_on(step: Any) -> None:
+    """A corrupt version-2 row whose step is not a position of its chain (0 <= step < its calls, an int): a
+    ValueError the learners log and skip (a step of 10**12 was a MemoryError that stopped the log's replay for
+    good), and one the estimators' `decodes` leaves out; the next chain is learned."""
+    learners, decision, document = _corrupt_chain_fixture()
+    assert decodes(ChainFeedback(cast(Any, None), decision, json.dumps(document)))
+    bad = {**document, "steps": [document["steps"][0], {**document["steps"][1], "step": step}]}
+    with pytest.raises(ValueError, match="is not a position of a chain of 3 calls"):
+        stored_earlier(bad, 1)
+    assert not learners.learn(decision, json.dumps(bad), 0.5, 1)
+    assert not decodes(ChainFeedback(cast(Any, None), decision, json.dumps(bad)))
+    assert learners.learn(decision, json.dumps(document), 0.5, 2)
+
+
+def _corrupt_chain_fixture() -> tuple[EscalationLearners, Decision, dict[str, Any]]:
+    """Learners of one learned cascade, a decision of it, and a well-formed version-2 chain of three calls whose
+    steps are at positions 0 and 1."""
+    models = tuple(ModelSpec(n, 1.0, 2.0) for n in ("cheap", "mid", "strong"))
+    alias = RouterAlias("learned", "learned-cascade", ("cheap", "mid", "strong"), signal="logprob")
+    learners = EscalationLearners(dataclasses.replace(Settings(models=models), named_routers=RoutersSettings((alias,))))
+    decision = dataclasses.replace(Router(seed=1).route(Request(prompt="x")), policy="learned-cascade:learned")
+
+    def step(k: int, model: str) -> dict[str, Any]:
+        return {"step": k, "model": model, "confidence": 0.5, "action": "escalate", "probability": 0.5,
+                "p_escalate": 0.5, "escalate": True, "expected_extra_cost_usd": 0.1}  # fmt: skip
+
+    calls = [{"model": m, "role": "answer", "cost_usd": 0.1, "latency_s": 0.1} for m in ("cheap", "mid", "strong")]
+    document = {"calls": calls, "steps": [step(0, "cheap"), step(1, "mid")], "extra_costs": [0.1, 0.1],
+                "cost_usd": 0.3, "version": CHAIN_VERSION}  # fmt: skip
+    return learners, decision, document

@@ -23,6 +23,7 @@ from bandit_router.cascade.escalation import HISTORY, HISTORY_START
 from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings, load_settings
 from bandit_router.log import EscalationLearners, rebuild_policies
+from bandit_router.log.escalations import CHAIN_VERSION
 from bandit_router.router import Router
 from bandit_router.service import create_app
 from bandit_router.store import open_store
@@ -263,6 +264,7 @@ def test_the_escalation_export_carries_the_earlier_scores_that_history_reads(tmp
         expected = [by_position.get(j) for j in range(int(position))]  # None: cheap failed, or gave no score
         earlier, state = event["_bandit_router"]["earlier"], event["c"]["s_k"]
         assert earlier == pytest.approx(expected) and state["step"] == int(position)
+        assert event["_bandit_router"]["chain_version"] == CHAIN_VERSION  # which `earlier` it is
         assert int(position) == ["cheap", "mid"].index(event["_bandit_router"]["model"])  # the model's position
         if int(position) == 0:
             assert "previous" not in state and "previous_missing" not in state

@@ -682,3 +682,56 @@ def test_an_llm_router_answers_when_a_budget_removes_one_of_its_models(gateway: 
         assert decision["policy"] == "default" and decision["probabilities"].get("strong", 0.0) == 0.0
     completion, info, _ = ask(url, "auto", CODE)
     assert info["named"] == "strong" and completion.model == "strong"
+
+
+def _retiring(url: str, model: str, body: bytes) -> Callable[[Any], tuple[int, str, list[bytes]]]:
+    """A script that retires `model` (`DELETE /v1/models/…`) while the gateway waits for this call, then replies."""
+
+    def script(request: Any) -> tuple[int, str, list[bytes]]:
+        reply = httpx.delete(f"{url}/v1/models/{model}", timeout=10)
+        assert reply.status_code == 200, reply.text
+        return 200, "application/json", [body]
+
+    return script
+
+
+def test_a_cascades_model_retired_while_it_answers_still_answers_and_its_chain_is_stored_and_counted(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """Code escalates from `cheap` to `strong`; `strong` is retired while its call is in flight: its answer is the
+    reply (not a 500), the decision is stored (`strong`'s arm as the request found it), and the three paid calls
+    (cheap, the judge, strong) are in the router's counts and spend."""
+    url = gateway()
+    fake.script["strong"] = _retiring(url, "strong", completion("strong answers"))
+    reply = httpx.post(url + "/v1/chat/completions", timeout=30,
+                       json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["model"] == "strong" and reply.json()["bandit_router"]["answered_by"] == "strong"
+    decision = stored(url, reply.headers["x-decision-id"])
+    assert decision["model"] == "strong" and decision["probability"] == 1.0
+    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]
+    assert counts["requests"] == 1 and counts["answered_by"] == {"strong": 1} and counts["escalations"] == 1
+    assert counts["judge_calls"] == 1 and counts["spend_usd"] > 0
+
+
+@pytest.mark.parametrize("choice", ["Hard to say.", "cheap"])
+def test_an_llm_routers_candidate_retired_while_the_routing_llm_answers_is_left_out_of_the_policys_choice(
+    gateway: Callable[..., str], fake: ScriptedFake, choice: str
+) -> None:
+    """`cheap` is retired while the routing LLM answers. Naming no candidate, the policy chooses among those still
+    active (`strong`), not a 400 blaming the client's `bandit_router.models`; naming `cheap`, the active `strong`
+    is asked first. Either way the routing call is counted with the request."""
+    url = gateway()
+    fake.script["chooser"] = _retiring(url, "cheap", completion(choice))
+    asked = fake.calls["cheap"]
+    reply = httpx.post(url + "/v1/chat/completions", timeout=30,
+                       json={"model": "auto", "messages": [{"role": "user", "content": MATH}]})
+    assert reply.status_code == 200, reply.text
+    named = None if choice.startswith("Hard") else "cheap"
+    assert reply.json()["model"] == "strong" and reply.json()["bandit_router"]["named"] == named
+    decision = stored(url, reply.headers["x-decision-id"])
+    assert decision["model"] == "strong" and decision["probability"] == 1.0
+    assert fake.calls["cheap"] == asked  # the retired candidate was never asked
+    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]
+    assert counts["requests"] == 1 and counts["router_calls"] == 1 and counts["fallbacks"] == (named is None)
+    assert counts["spend_usd"] > 0

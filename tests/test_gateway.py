@@ -991,3 +991,49 @@ def test_call_slots_are_all_given_back_when_waits_time_out_as_slots_free_up() ->
 
     got, timed_out = asyncio.run(scenario())
     assert got + timed_out == 400 and got > 0 and timed_out > 0
+
+
+def test_a_retirement_landing_between_a_fallbacks_listing_and_its_decision_is_listed_again_not_a_400(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first choice fails and is stored; the writer thread applies a retirement (`Router.retire_model`, what
+    it does for `DELETE /v1/models/{name}`) after the gateway listed the fallback's remaining models and before
+    the router decided among them: the gateway lists them again and falls back to a model still active. It was a
+    400 (`UnknownModel`) after the failed first try had been stored."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    names = ("fake-coder", "fake-writer", "fake-small")
+    specs = tuple(ModelSpec(n, *PRICES[n], base_url=fake.url + "/v1", api_key_env=KEY_ENV) for n in names)
+    body: dict[str, Any] = {"model": "router", "messages": [{"role": "user", "content": CODE}],
+                            "bandit_router": {"models": list(names)}}  # fmt: skip
+    app = create_app(Settings(db=tmp_path / "r.db", seed=7, models=specs))
+    server = ServerThread(app)
+    try:
+        url = server.wait_ready()
+        engine = app.state.engine
+        router, route, decide = engine.router, engine.route, engine.router.decide
+        failed: list[str] = []
+        retired: list[str] = []
+
+        async def route_then_fail(routed: Any) -> Any:
+            decision = await route(routed)
+            fake.set(decision.model, "fail")  # the first choice fails: a fallback is decided
+            failed.append(decision.model)
+            return decision
+
+        def retire_then_decide(context: Any, **kwargs: Any) -> Any:
+            if failed and not retired:  # the fallback's: applied on the writer thread after the gateway listed them
+                retired.append(kwargs["models"][0])
+                router.retire_model(retired[0])
+            return decide(context, **kwargs)
+
+        monkeypatch.setattr(engine, "route", route_then_fail)
+        monkeypatch.setattr(router, "decide", retire_then_decide)
+        reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["x-bandit-router-attempts"] == "2"
+        answered = reply.json()["model"]
+        assert answered in names and answered not in (*failed, *retired), (answered, failed, retired)
+        assert retired and retired[0] != failed[0]
+    finally:
+        fake.behaviour.clear()
+        server.stop()

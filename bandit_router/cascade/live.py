@@ -1,6 +1,9 @@
 """Named routers in the gateway: a client sends a `[[routers]]` alias as `model` and gets a cascade's accepted
 answer, or the model an LLM chose. HTTP stays in `service/gateway_routes.py`; the chain's rules in `chain.py`.
 
+Why one module: answering a named request, recording its decision and counting what it paid share one snapshot of
+the request (its models, their arms, the calls made so far); split, each part would take that state as arguments.
+
 Every call is made through the gateway's pooled upstream clients (`gateway.upstreams`) and priced from its usage
 (counted when the upstream gives none). One decision is stored per request, before the reply, with one call
 record whose cost and latency are the *whole* chain's (every answer, the judge's or the routing LLM's calls), so
@@ -54,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config import RouterAlias
-from ..errors import BanditRouterError
+from ..errors import BanditRouterError, UnknownModel
 from ..gateway.chat import BadChatRequest
 from ..gateway.pricing import answer_text, estimated
 from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected
@@ -177,7 +180,8 @@ class NamedRouters:
         deadline = started + self.gateway.config.deadline_s
         request = chat.core_request()
         router = self.engine.router
-        active = {m.name for m in router.models}
+        arms = {m.name: i for i, m in enumerate(router.models)}  # each arm as of now: a model may retire mid-chain
+        active = set(arms)
         models = [m for m in alias.models if m in active]
         _check_allowed(alias, chat, active, models)
         if not models:  # every model of the router retired: a request no model answered, counted as such
@@ -190,8 +194,8 @@ class NamedRouters:
         if alias.strategy == "llm-router":
             calls: list[ChainCall] = []
             try:
-                return await self._llm_router(alias, chat, request, context, models, cost_weight, call, failures,
-                                              calls)
+                return await self._llm_router(alias, chat, request, context, models, arms, cost_weight, call,
+                                              failures, calls)
             except asyncio.CancelledError:  # the server stops mid-request: what was paid so far is counted
                 self._count_stopped(alias, request, calls)
                 raise
@@ -224,7 +228,7 @@ class NamedRouters:
             await self._count_failed(extension, request)
             raise NamedRouterFailed(alias.name, failures)
         pmf = chain_pmf(models, result)
-        decision = self._decision(alias, models, pmf, result.answer.model, context, cost_weight)
+        decision = self._decision(alias, models, arms, pmf, result.answer.model, context, cost_weight)
         chain = chain_document(extension, result.extra_costs())
         record = self._call_record(decision, result.answer, result.cost_usd, result.latency_s, chain)
         await self.engine.store_decision(decision, request, record, of_chain(extension, record.created_at))
@@ -237,6 +241,7 @@ class NamedRouters:
         request: Request,
         context: Context,
         models: list[str],
+        arms: Mapping[str, int],
         cost_weight: float,
         call: Any,
         failures: list[UpstreamError],
@@ -267,16 +272,17 @@ class NamedRouters:
         # The policy decides only when the routing LLM named no candidate, as a routed request would: with the
         # request's own `cost_weight`, else the budget pacer's λ; the pacer books its decision only if it is stored
         # (its model answered: `Engine.store_decision`). A model the policy excluded (a budget) has probability 0
-        # and comes last.
-        policy = (
-            router.decide(context, models=models, cost_weight=chat.cost_weight, book=False) if named is None else None
-        )
+        # and comes last. A candidate may retire while the routing LLM answers: the policy chooses among those still
+        # active (none left: the alias's order), and a retired one is tried only after every active one.
+        policy = self._policy_choice(context, models, chat.cost_weight) if named is None else None
         if policy is not None:
             p = policy.probabilities
             order = [policy.model, *sorted((m for m in models if m != policy.model), key=lambda m: -p.get(m, 0.0))]
         else:
             order = [m for m in (named, *models) if m is not None]
             order = list(dict.fromkeys(order))  # the named model, then the others in the alias's order
+        active = {m.name for m in router.models}
+        order.sort(key=lambda m: m not in active)  # stable: the active ones first, in their order
         answer = None
         for model in order:
             try:
@@ -310,7 +316,7 @@ class NamedRouters:
             decision, cost, latency = policy, answer.cost_usd, answer.latency_s
         else:  # the named model, or the first that answered after it (or after the policy's pick) failed
             pmf = [1.0 if m == answer.model else 0.0 for m in models]
-            decision = self._decision(alias, models, pmf, answer.model, context, cost_weight)
+            decision = self._decision(alias, models, arms, pmf, answer.model, context, cost_weight)
             cost, latency = total_cost, total_latency
         stored = {
             "router": alias.name,
@@ -335,23 +341,40 @@ class NamedRouters:
         }
         return NamedAnswer(_body(answer, extension), decision, sum(1 for c in calls if c.role == "answer"))
 
+    def _policy_choice(self, context: Context, models: Sequence[str], cost_weight: float | None) -> Decision | None:
+        """The policy's decision over those of `models` still active (a retirement on the writer thread may land
+        between listing and deciding: list them again), or None when none is left."""
+        router = self.engine.router
+        while True:
+            active = {m.name for m in router.models}
+            live = [m for m in models if m in active]
+            if not live:
+                return None
+            try:
+                return router.decide(context, models=live, cost_weight=cost_weight, book=False)
+            except UnknownModel:
+                if all(m in {s.name for s in router.models} for m in live):  # not a retirement: no model routable
+                    return None
+
     # -- recording --------------------------------------------------------------------------------------------------
     def _decision(
         self,
         alias: RouterAlias,
         models: Sequence[str],
+        arms: Mapping[str, int],
         pmf: Sequence[float],
         model: str,
         context: Context,
         cost_weight: float,
     ) -> Decision:
+        """The chain's decision: `model` answered with probability `pmf` over `models`. Its arm is the one it had
+        when the request came (`arms`): a model retired while its call was in flight still answered and is stored."""
         router = self.engine.router
-        names = [m.name for m in router.models]
         costs = tuple(
             router.spec(m).cost_usd(context.input_tokens, router.spec(m).output_tokens or 250.0) for m in models
         )
         return Decision(
-            decision_id=new_decision_id(), model=model, arm=names.index(model), models=tuple(models),
+            decision_id=new_decision_id(), model=model, arm=arms.get(model, -1), models=tuple(models),
             pmf=tuple(float(p) for p in pmf), probability=float(pmf[list(models).index(model)]),
             policy=f"{alias.strategy}:{alias.name}", policy_version=router.version, cost_weight=cost_weight,
             context=context, expected_cost_usd=costs, created_at=time.time(),

@@ -13,7 +13,8 @@ a chain, an event over two actions, `accept` and `escalate`:
                    "previous": p, "previous_missing": 1 when that step's signal gave none},
            "_multi": [{"a": {"action": "accept"}}, {"a": {"action": "escalate"}}]},
      "EventId": "<decision id>/<k>", "_bandit_router": {router, model, next_model, confidence, earlier, p_escalate,
-                                                        quality, chain_cost_usd, cost_weight, reward, …}}
+                                                        quality, chain_cost_usd, cost_weight, reward,
+                                                        chain_version, …}}
 
 k is the step's chain position, the position of the model whose answer it decided on (`step` as stored: after a
 failed model it is more than the number of steps before it; chains stored before the step became the chain
@@ -25,8 +26,11 @@ actions). p is the previous position's score, what `EscalationParams.history` re
 signal gave none or it failed; neither at position 0). `earlier` is the `earlier` the step was decided with and the
 learner's `state_vector` takes (`log.escalations.stored_earlier`): one score per earlier chain position (null where
 the signal gave none or the model failed; [] at step 0), or, for a chain stored before that (no `version`), the
-confidences of the steps before it. Exports written before these fields existed lack them (their steps after the
-first cannot feed a learner with `history`; re-export from the database).
+confidences of the steps before it; `chain_version` is the stored chain's version (1 or 2: which of the two
+`earlier` is). A chain this release cannot read (a version other than an int from 1 to `CHAIN_VERSION`, a
+version-2 step that is not a position of its chain) is not exported (`decodes`). Exports written before these
+fields existed lack them (their steps after the first cannot feed a learner with `history`; re-export from the
+database).
 
 `evaluate_escalations` estimates, from the same log, what another escalation rule would have earned per request
 (`bandit-router evaluate --escalations`). A chain is one round; its logged propensity is the product of its
@@ -48,7 +52,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..errors import InvalidInput
-from ..log.escalations import LEARNED_CASCADE, stored_earlier
+from ..log.escalations import LEARNED_CASCADE, chain_version, stored_earlier
 from ..store import ChainFeedback, Store
 from .dsjson import SHARED_PREFIX, _namespace, _timestamp, check_label
 from .estimators import IPS, SNIPS, Estimate
@@ -59,8 +63,9 @@ ACTIONS = ("accept", "escalate")
 
 def decodes(item: ChainFeedback) -> bool:
     """Whether `item`'s stored chain is one the estimators can read: JSON with well-formed steps (an action, its
-    probability in (0, 1], p_escalate in [0, 1], a number or null as confidence) and a finite cost. The learners
-    skip one that does not decode."""
+    probability in (0, 1], p_escalate in [0, 1], a number or null as confidence), a finite cost, a version this
+    release reads and, from version 2, each step at a position of the chain (`log.escalations.stored_earlier`).
+    The learners skip one that does not decode."""
     try:
         chain = json.loads(item.chain)
         steps = chain["steps"]
@@ -69,7 +74,7 @@ def decodes(item: ChainFeedback) -> bool:
             and isinstance(s["model"], str) and isinstance(s["step"], int)
             and (s.get("confidence") is None or math.isfinite(float(s["confidence"])))
             for s in steps
-        )
+        ) and all(stored_earlier(chain, i) is not None for i in range(len(steps)))  # its version and positions
     except (ValueError, KeyError, TypeError, AttributeError):
         return False
 
@@ -106,7 +111,7 @@ def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dic
     }
     models = list(d.models)
     events = []
-    steps = chain.get("steps", [])
+    steps, version = chain.get("steps", []), chain_version(chain)
     for i, step in enumerate(steps):
         taken = ACTIONS.index(step["action"])
         p_escalate = float(step["p_escalate"])
@@ -149,6 +154,7 @@ def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dic
                 "cost_weight": d.cost_weight,
                 "reward": reward,
                 "feedback_seq": item.record.seq,
+                "chain_version": version,
             },
         })  # fmt: skip
     return events

@@ -2,6 +2,9 @@
 back on failure, and record usage, cost and latency with each decision. HTTP lives in
 `service/gateway_routes.py`; calling upstreams in `upstreams.py`.
 
+Why one module: routing, the fallbacks and the recording of one request share its attempts and what they stored;
+split, each step would pass that state across modules.
+
 One request, routed (`model = "router"`):
 
     decision₁ = route(request)            stored before the call (the writer commits it)
@@ -381,11 +384,19 @@ class Gateway:
             return None
         pool = request.models if request.models is not None else tuple(self.callable_models())
         router = self.engine.router
-        active = {m.name: m for m in router.models}  # not one retired since the request was routed
-        remaining = [m for m in pool if m not in tried and self.upstreams.has(m) and m in active and active[m].route]
-        if not remaining:
-            return None
-        decision = router.decide(attempt.decision.context, models=remaining, cost_weight=request.cost_weight)
+        while True:  # a retirement on the writer thread may land between listing and deciding: list them again
+            active = {m.name: m for m in router.models}  # not one retired since the request was routed
+            remaining = [
+                m for m in pool if m not in tried and self.upstreams.has(m) and m in active and active[m].route
+            ]
+            if not remaining:
+                return None
+            try:
+                decision = router.decide(attempt.decision.context, models=remaining, cost_weight=request.cost_weight)
+                break
+            except UnknownModel:
+                if all(m in {s.name for s in router.models} for m in remaining):  # not a retirement
+                    raise
         await self.engine.store_decision(decision, request)
         return Attempt(decision, attempt.request_id, attempt.number + 1, True, attempt.stream)
 

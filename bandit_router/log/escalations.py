@@ -78,17 +78,40 @@ def chain_document(result_json: dict[str, Any], extra_costs: Sequence[float]) ->
     return json.dumps(document, separators=(",", ":"))
 
 
+def chain_version(chain: dict[str, Any]) -> int:
+    """The `version` of a stored `chain` (decoded `chains.chain`): an int from 1 to `CHAIN_VERSION` (absent: 1). A
+    chain from a newer release, or one whose version is not such an int, raises ValueError: it is not read as another
+    version."""
+    version = chain.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= CHAIN_VERSION:
+        raise ValueError(f"chain version {version!r} is not one of 1..{CHAIN_VERSION}")
+    return version
+
+
+def chain_position(chain: dict[str, Any], step: dict[str, Any]) -> int:
+    """The chain position of a stored `step` of `chain`: an int k with 0 <= k < len(calls) (a chain has no more
+    positions than it made calls; each position was asked for an answer), else ValueError."""
+    k, calls = step["step"], chain["calls"]
+    if not isinstance(calls, list):
+        raise ValueError("calls must be a list")
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(calls):
+        raise ValueError(f"step {k!r} is not a position of a chain of {len(calls)} calls")
+    return k
+
+
 def stored_earlier(chain: dict[str, Any], i: int) -> list[float | None]:
     """The `earlier` that step `i` of a stored `chain` (decoded `chains.chain`) was decided with: with version 2, per
     chain position before the step's, the confidence of the step stored at it (None where none was: the model
-    failed; or its signal gave none); before it, the confidences of the steps stored before step `i`."""
-    steps, version = chain["steps"], chain.get("version", 1)
-    if not isinstance(version, int) or version < 2:
+    failed; or its signal gave none); before it, the confidences of the steps stored before step `i`. A version or
+    a version-2 position that cannot be (`chain_version`, `chain_position`) raises ValueError."""
+    steps = chain["steps"]
+    if chain_version(chain) < 2:
         return [s.get("confidence") for s in steps[:i]]
-    out: list[float | None] = [None] * int(steps[i]["step"])
+    out: list[float | None] = [None] * chain_position(chain, steps[i])
     for step in steps[:i]:
-        if 0 <= int(step["step"]) < len(out):
-            out[int(step["step"])] = step.get("confidence")
+        k = chain_position(chain, step)
+        if k < len(out):
+            out[k] = step.get("confidence")
     return out
 
 

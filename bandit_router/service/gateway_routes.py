@@ -8,6 +8,7 @@ error shape, `{"error": {"message", "type", "param", "code"}}`:
 | malformed body, a bad knob, an unknown model in `models`   | 400    | invalid_request_error                |
 | a named model that `models` does not allow (`param`: where) | 400    | invalid_request_error                |
 | a `model` that is neither the alias nor a catalog model    | 404    | invalid_request_error / model_not_found |
+| a `model` with `route = false` (a judge or routing LLM)    | 404    | invalid_request_error / model_not_found |
 | a path under this one                                      | 404    | invalid_request_error / not_found    |
 | a method other than POST (`Allow: POST`)                   | 405    | invalid_request_error / method_not_allowed |
 | missing or wrong API key                                   | 401    | authentication_error                 |

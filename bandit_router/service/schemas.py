@@ -243,7 +243,8 @@ class OpenAIModel(BaseModel):
 
 class ModelsOut(BaseModel):
     """The router's own listing (`models`, `retired`) and OpenAI's list shape (`object`, `data`) in one reply: an
-    OpenAI client reads `data` (the router alias first, then every active model with an upstream or not)."""
+    OpenAI client reads `data` (the router alias first, then the named routers, then the active models a request
+    may name, with an upstream or not: not those with `route = false`, a judge or routing LLM only)."""
 
     object: str = "list"
     data: list[OpenAIModel] = Field(default_factory=list)
@@ -359,7 +360,8 @@ class DecisionOut(BaseModel):
         default=None,
         description="a named router's chain: its calls (model, role, cost, latency, confidence, error), its "
         "accept/escalate steps (confidence, action, probability, p_escalate), extra_costs (what the chain paid "
-        "after each step); null for other decisions",
+        "after each step) and version (2: a learned cascade's `earlier` is one score per chain position; absent in "
+        "chains stored before, 1); null for other decisions",
     )
 
 
