@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from docs_pages import service_section
 
+from bandit_router.catalog import ModelSpec
 from bandit_router.config import KEYS, ConfigError, Secrets, Settings, describe_keys, load_settings
 
 KEY_A = "a" * 20
@@ -668,21 +669,17 @@ def test_a_policy_setting_given_twice_is_refused_naming_it(
                                 "floor = 0.05\n"), env={}).build_policy().params.exploration == 1
 
 
-def test_a_catalog_file_without_a_routable_model_starts_when_the_log_added_one(tmp_path: Path) -> None:
-    """Review: models added at run time stay across restarts whatever the file says (durability.md), so a file
-    whose routable models were all retired or removed, with a routable model added by `POST /v1/models`, started
-    and routed before `Settings.check` refused a file without a routable model, and was then refused (the file
-    alone was checked): the service's start checks the live catalog, the file with the stored model events."""
+def _database_with_an_added_model(db: Path, retire: str | None = None) -> tuple[ModelSpec, ModelSpec]:
+    """A service's database on the catalog (judge: route = false; first), where `POST /v1/models` added the
+    routable model `added` (and `DELETE /v1/models/{retire}` retired one); returns (judge, first)."""
     import warnings
 
-    from bandit_router.catalog import ModelSpec
     from bandit_router.service import create_app
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
         from fastapi.testclient import TestClient
 
-    db = tmp_path / "r.db"
     judge, first = ModelSpec("judge", 0.15, 0.6, route=False), ModelSpec("first", 0.1, 0.4)
     with TestClient(create_app(Settings(models=(judge, first), db=db, seed=1))) as client:
         while client.get("/readyz").status_code != 200:
@@ -690,7 +687,26 @@ def test_a_catalog_file_without_a_routable_model_starts_when_the_log_added_one(t
         added = client.post("/v1/models", json={"name": "added", "input_usd_per_mtok": 0.2,
                                                 "output_usd_per_mtok": 0.8})
         assert added.status_code == 201, added.text
-        assert client.delete("/v1/models/first").status_code == 200
+        if retire is not None:
+            assert client.delete(f"/v1/models/{retire}").status_code == 200
+    return judge, first
+
+
+def test_a_catalog_file_without_a_routable_model_starts_when_the_log_added_one(tmp_path: Path) -> None:
+    """Review: models added at run time stay across restarts whatever the file says (durability.md), so a file
+    whose routable models were all retired or removed, with a routable model added by `POST /v1/models`, started
+    and routed before `Settings.check` refused a file without a routable model, and was then refused (the file
+    alone was checked): the service's start checks the live catalog, the file with the stored model events."""
+    import warnings
+
+    from bandit_router.service import create_app
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+        from fastapi.testclient import TestClient
+
+    db = tmp_path / "r.db"
+    judge, _ = _database_with_an_added_model(db, retire="first")
     with TestClient(create_app(Settings(models=(judge,), db=db, seed=1))) as client:  # `first` left the file
         while client.get("/readyz").status_code != 200:
             pass
@@ -735,27 +751,13 @@ def test_serve_check_and_migrate_config_check_the_catalog_with_the_models_its_da
     and `migrate --config` check as `serve` does: a file whose only model has route = false, beside that database,
     is what `serve` serves (they checked the file alone and refused it); without the database, the file alone is
     checked (and refused: nothing is created)."""
-    import warnings
-
     from typer.testing import CliRunner
 
-    from bandit_router.catalog import ModelSpec
     from bandit_router.cli import app as cli_app
-    from bandit_router.service import create_app
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
-        from fastapi.testclient import TestClient
 
     _serve_never_starts(monkeypatch)
     db = tmp_path / "r.db"
-    judge, first = ModelSpec("judge", 0.15, 0.6, route=False), ModelSpec("first", 0.1, 0.4)
-    with TestClient(create_app(Settings(models=(judge, first), db=db, seed=1))) as client:
-        while client.get("/readyz").status_code != 200:
-            pass
-        added = client.post("/v1/models", json={"name": "added", "input_usd_per_mtok": 0.2,
-                                                "output_usd_per_mtok": 0.8})
-        assert added.status_code == 201, added.text
+    _database_with_an_added_model(db)
     judge_only = "[[models]]\nname = 'judge'\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\nroute = false\n"
     config = _write(tmp_path / "br.toml", f"policy = 'fixed:gpt-6'\n{judge_only}")
     result = CliRunner().invoke(cli_app, ["serve", "--config", str(config), "--db", str(db)])
