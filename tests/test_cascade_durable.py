@@ -347,6 +347,37 @@ def test_learned_escalation_is_a_replay_of_the_log_and_survives_a_restart(served
     assert learner_state(app)["updates"] == 61
 
 
+def test_a_learned_chain_whose_decision_does_not_decode_is_counted_not_the_end_of_every_replay(
+    served: Served, tmp_path: Path
+) -> None:
+    """A learned cascade's decision whose stored values no longer decode made `chains_after` raise, so every replay
+    failed and a start never became ready ("not ready: failed: decision … cannot be read"; review of the hunt's
+    fix, which passed such rows by for the policies' feedback only): the chain is passed by, counted in the
+    recovery's `unreadable` (so no checkpoint holds the state that lacks it), and the others are learned."""
+    import sqlite3
+
+    db = str(tmp_path / "router.db")
+    url, _ = served.start(db)
+    ids = []
+    for _ in range(3):
+        _, decision_id = ask(url, "learned", PROMPTS["code"])
+        give_feedback(url, decision_id, 0.7)
+        ids.append(decision_id)
+    served.stop(url)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE decisions SET features = X'0102' WHERE decision_id = ?", (ids[1],))
+        conn.execute("DELETE FROM checkpoints")  # as if the process had been killed before any checkpoint
+    store = open_store(db)
+    try:
+        assert rebuild_policies(served.settings(db), store).escalations.learned("learned") == 2
+    finally:
+        store.close()
+    url, app = served.start(db)
+    assert app.state.engine.recovery["unreadable"]["skipped"] == 1
+    assert learner_state(app)["updates"] == 2
+    served.stop(url)
+
+
 def test_feedback_on_one_process_reaches_the_others_escalation_learner(served: Served, db: str) -> None:
     """Two processes on one log (SQLite workers, PostgreSQL replicas): chains decided on either, feedback sent to
     the other; both learners learn every chain, in the log's order, and end equal (and equal to a replay)."""

@@ -485,6 +485,9 @@ def test_a_decision_that_does_not_decode_fails_its_own_feedback_not_its_batch_no
     assert reply.json()["error"] == "gone" and "retry-after" not in reply.headers
     read = client.get(f"/v1/decisions/{ids[0]}")
     assert read.status_code == 410 and "cannot be read" in read.json()["message"], read.text
+    paths = client.get("/openapi.json").json()["paths"]  # the contract lists it (review: it did not)
+    assert "410" in paths["/v1/feedback"]["post"]["responses"]
+    assert "410" in paths["/v1/decisions/{decision_id}"]["get"]["responses"]
     recent = client.get("/v1/stats/recent")  # both were 503 while the bad decision was among the newest
     assert recent.status_code == 200 and [d["decision_id"] for d in recent.json()["decisions"]] == ids[:0:-1]
     assert client.get("/v1/stats/live").status_code == 200

@@ -66,6 +66,8 @@ def decodes(item: ChainFeedback) -> bool:
     probability in (0, 1], p_escalate in [0, 1], a number or null as confidence), a finite cost, a version this
     release reads and, from version 2, each step at a position of the chain (`log.escalations.stored_earlier`).
     The learners skip one that does not decode."""
+    if item.decision is None:  # its decision's stored values do not decode
+        return False
     try:
         chain = json.loads(item.chain)
         steps = chain["steps"]
@@ -102,6 +104,8 @@ def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dic
     """The DSJSON events of one learned chain's steps (see the module docstring)."""
     check_label(label)
     d = item.decision
+    if d is None:
+        raise InvalidInput(f"feedback seq {item.record.seq}: its learned chain's decision cannot be read")
     chain = json.loads(item.chain)
     quality = float(item.record.quality)
     cost = float(chain.get("cost_usd", 0.0))
@@ -225,6 +229,8 @@ def evaluate_escalations(
     for item in chains:
         chain = json.loads(item.chain)
         logged = list(chain.get("steps", []))
+        if item.decision is None:
+            raise InvalidInput(f"feedback seq {item.record.seq}: its learned chain's decision cannot be read")
         rewards.append(float(item.record.quality) - item.decision.cost_weight * float(chain.get("cost_usd", 0.0)))
         propensities.append(math.prod(float(s["probability"]) for s in logged))
         steps.append(logged)

@@ -82,11 +82,14 @@ class LogFollower:
         """Learn one feedback; counted in `unreadable` instead when its decision does not decode (None: the store
         logged why, naming the seq)."""
         if decision is None:
-            self.unreadable += 1
-            if len(self.unreadable_seqs) < UNREADABLE_NAMED:
-                self.unreadable_seqs.append(record.seq)
+            self._skipped(record.seq)
         else:
             self.policies.learn(decision, record.outcome(), record.seq)
+
+    def _skipped(self, seq: int) -> None:
+        self.unreadable += 1
+        if len(self.unreadable_seqs) < UNREADABLE_NAMED:
+            self.unreadable_seqs.append(seq)
 
     def unreadable_report(self) -> dict[str, object]:
         """`unreadable`, for `/readyz` and `/v1/stats`: how many learned feedback rows were skipped, the first seqs."""
@@ -119,7 +122,10 @@ class LogFollower:
             while self.chain_seq < head[0]:
                 chains = reader.chains_after(self.chain_seq, head[0], REPLAY_PAGE)
                 for item in chains:
-                    self.policies.learn_chain(item.decision, item.chain, item.record.quality, item.record.seq)
+                    if item.decision is None:  # its decision does not decode: counted, as a skipped feedback is
+                        self._skipped(item.record.seq)
+                    else:
+                        self.policies.learn_chain(item.decision, item.chain, item.record.quality, item.record.seq)
                     self.chain_seq = item.record.seq
                 if progress is not None:
                     progress()

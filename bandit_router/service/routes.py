@@ -96,7 +96,8 @@ def _responses(*statuses: int, body: bool = False) -> dict[int | str, dict[str, 
         out[415] = ERROR_RESPONSES[415]
     for status in statuses:
         out[status] = {
-            "description": {404: "not found", 409: "conflict", 403: "needs an admin key", 413: "too large"}[status],
+            "description": {404: "not found", 409: "conflict", 403: "needs an admin key", 413: "too large",
+                            410: "the stored decision cannot be read (see service → durability)"}[status],
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
         }
     return out
@@ -198,7 +199,7 @@ async def route_call(services: Services, raw: bytes) -> tuple[bytes, str]:
 @router.post(
     "/v1/feedback",
     response_model=FeedbackOut,
-    responses=_responses(404, 409, body=True),
+    responses=_responses(404, 409, 410, body=True),
     openapi_extra=_body(FeedbackIn),
     tags=["v1"],
 )
@@ -232,7 +233,7 @@ async def feedback_call(services: Services, raw: bytes) -> bytes:
 @router.get(
     "/v1/decisions/{decision_id}",
     response_model=DecisionOut,
-    responses=_responses(404),
+    responses=_responses(404, 410),
     openapi_extra=_body(),
     tags=["v1"],
 )

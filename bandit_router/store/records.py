@@ -229,10 +229,11 @@ class JudgeTotals:
 @dataclass(frozen=True, slots=True)
 class ChainFeedback:
     """A learned cascade's chain with the feedback its escalation learns (`Reader.chains_after`): the first
-    `unrouted` feedback of a `learned-cascade:` decision, its decision, and the chain stored with its call."""
+    `unrouted` feedback of a `learned-cascade:` decision, its decision (None when its stored values do not decode:
+    the learners and the estimators pass it by, counted), and the chain stored with its call."""
 
     record: FeedbackRecord
-    decision: Decision
+    decision: Decision | None
     chain: str
 
 

@@ -1039,8 +1039,19 @@ first `unrouted` feedback (the rule `log.escalations.learns_chain` applies in th
 
 
 def _chains_from_rows(rows: Sequence[Sequence[Any]]) -> list[ChainFeedback]:
+    """`chains_after`'s rows decoded; a decision that does not decode is None, logged, as in `learned_from_rows`
+    (the row stays, so that a reader's position moves past it)."""
     after = len(FEEDBACK_COLUMNS)
-    return [ChainFeedback(_feedback_from_row(row), _decision_from_row(row, after), str(row[-1])) for row in rows]
+    out: list[ChainFeedback] = []
+    for row in rows:
+        record = _feedback_from_row(row)
+        try:
+            decision: Decision | None = _decision_from_row(row, after)
+        except UnreadableDecision as exc:
+            log.error("chain of feedback seq %d: %s", record.seq, exc)
+            decision = None
+        out.append(ChainFeedback(record, decision, str(row[-1])))
+    return out
 
 
 def _call_value(value: Any) -> Any:
