@@ -1045,12 +1045,8 @@ def _chains_from_rows(rows: Sequence[Sequence[Any]]) -> list[ChainFeedback]:
     out: list[ChainFeedback] = []
     for row in rows:
         record = _feedback_from_row(row)
-        try:
-            decision: Decision | None = _decision_from_row(row, after)
-        except UnreadableDecision as exc:
-            log.error("chain of feedback seq %d: %s", record.seq, exc)
-            decision = None
-        out.append(ChainFeedback(record, decision, str(row[-1])))
+        out.append(ChainFeedback(record, _decision_or_none(row, after, f"chain of feedback seq {record.seq}"),
+                                 str(row[-1])))
     return out
 
 
@@ -1148,13 +1144,17 @@ def learned_from_rows(rows: Sequence[Sequence[Any]]) -> list[tuple[FeedbackRecor
     out: list[tuple[FeedbackRecord, Decision | None]] = []
     for row in rows:
         record = _feedback_from_row(row)
-        try:
-            decision: Decision | None = _decision_from_row(row, after)
-        except UnreadableDecision as exc:
-            log.error("feedback seq %d: %s", record.seq, exc)
-            decision = None
-        out.append((record, decision))
+        out.append((record, _decision_or_none(row, after, f"feedback seq {record.seq}")))
     return out
+
+
+def _decision_or_none(row: Sequence[Any], after: int, what: str) -> Decision | None:
+    """The decision in `row`'s columns from `after` on; None, logged as `what`'s, when its values do not decode."""
+    try:
+        return _decision_from_row(row, after)
+    except UnreadableDecision as exc:
+        log.error("%s: %s", what, exc)
+        return None
 
 
 _UNPACKED = 18
