@@ -735,3 +735,28 @@ def test_an_llm_routers_candidate_retired_while_the_routing_llm_answers_is_left_
     counts = httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]
     assert counts["requests"] == 1 and counts["router_calls"] == 1 and counts["fallbacks"] == (named is None)
     assert counts["spend_usd"] > 0
+
+
+def test_an_llm_routers_candidate_retired_between_the_policys_listing_and_its_decision_is_listed_again(
+    gateway: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The routing LLM names no candidate; the writer thread retires `cheap` (`Router.retire_model`) after the
+    policy listed the active candidates and before the router decided among them: the policy decides again among
+    those still active (its own decision, `strong` with probability 1), rather than leaving it to the alias's
+    order (a decision of policy `llm-router:auto`)."""
+    from bandit_router.router import Router
+
+    decide, retired = Router.decide, []
+
+    def retire_then_decide(router: Router, context: Any, **kwargs: Any) -> Any:
+        if "cheap" in (kwargs.get("models") or ()) and not retired:
+            retired.append("cheap")
+            router.retire_model("cheap")
+        return decide(router, context, **kwargs)
+
+    url = gateway()
+    monkeypatch.setattr(Router, "decide", retire_then_decide)
+    completion, info, decision_id = ask(url, "auto", MATH)
+    assert retired and info["named"] is None and completion.model == "strong"
+    decision = stored(url, decision_id)
+    assert decision["policy"] == "default" and decision["model"] == "strong" and decision["probability"] == 1.0

@@ -1037,3 +1037,51 @@ def test_a_retirement_landing_between_a_fallbacks_listing_and_its_decision_is_li
     finally:
         fake.behaviour.clear()
         server.stop()
+
+
+def test_a_fallback_model_added_back_with_route_false_between_listing_and_deciding_is_no_fallback_not_a_400(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first choice fails and is stored; the writer thread retires the other allowed model and adds it back
+    with `route = false` (DELETE then POST /v1/models: now a judge's model) after the gateway listed the fallback's
+    models and before the router decided among them: no model is left to fall back to, so the caller gets the 502
+    naming the failed try. It was a 400 (`UnknownModel`: no routable model among these) blaming
+    `bandit_router.models`, read as "not a retirement" because the name was still active."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    names = ("fake-coder", "fake-writer")
+    specs = tuple(ModelSpec(n, *PRICES[n], base_url=fake.url + "/v1", api_key_env=KEY_ENV) for n in names)
+    body: dict[str, Any] = {"model": "router", "messages": [{"role": "user", "content": CODE}],
+                            "bandit_router": {"models": list(names)}}  # fmt: skip
+    app = create_app(Settings(db=tmp_path / "r.db", seed=7, models=specs))
+    server = ServerThread(app)
+    try:
+        url = server.wait_ready()
+        engine = app.state.engine
+        router, route, decide = engine.router, engine.route, engine.router.decide
+        failed: list[str] = []
+        readded: list[str] = []
+
+        async def route_then_fail(routed: Any) -> Any:
+            decision = await route(routed)
+            fake.set(decision.model, "fail")
+            failed.append(decision.model)
+            return decision
+
+        def readd_then_decide(context: Any, **kwargs: Any) -> Any:
+            if failed and not readded:  # the fallback's: applied on the writer thread after the gateway listed it
+                readded.append(kwargs["models"][0])
+                spec = router.retire_model(readded[0])
+                router.add_model(ModelSpec(spec.name, *PRICES[spec.name], base_url=spec.base_url,
+                                           api_key_env=KEY_ENV, route=False))  # fmt: skip
+            return decide(context, **kwargs)
+
+        monkeypatch.setattr(engine, "route", route_then_fail)
+        monkeypatch.setattr(router, "decide", readd_then_decide)
+        reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        assert reply.status_code == 502, reply.text
+        assert failed[0] in reply.json()["error"]["message"] and "1 tried" in reply.json()["error"]["message"]
+        assert readded == [m for m in names if m != failed[0]]
+    finally:
+        fake.behaviour.clear()
+        server.stop()
+

@@ -1,5 +1,6 @@
 """The gateway's pieces without a server: catalog upstream keys, settings, the feedback rules it relies on,
-pricing, the chat-request parser, the reward-window sweep of its calls and the time series' arithmetic."""
+pricing, the chat-request parser, deciding among models that may retire meanwhile, the reward-window sweep of its
+calls and the time series' arithmetic."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import ConfigError, Settings
-from bandit_router.errors import CatalogError
+from bandit_router.errors import CatalogError, UnknownModel
 from bandit_router.gateway import BadChatRequest, PromptTooLarge, parse_chat
+from bandit_router.gateway.active import decide_among_active
 from bandit_router.gateway.pricing import Usage, estimate_input, estimated, usage_of
 from bandit_router.log import FeedbackRules, Verdict, judge, with_call
 from bandit_router.log.timeseries import Window, timeseries
+from bandit_router.router import Router
 from bandit_router.service.engine import Engine
 from bandit_router.store import CallRecord, CallStatus, FeedbackRecord, MinuteStats, SQLiteStore
 from bandit_router.types import Outcome, Request
@@ -200,6 +204,39 @@ def test_knobs_at_the_limits_are_accepted() -> None:
     chat = parse_chat(body, {}, alias="router", max_prompt_chars=100)
     assert chat.cost_weight == 1e9 and len(chat.models or ()) == 64 and chat.context["n"] == 2**53
     assert len(chat.context) == 32 and chat.core_request().cost_weight == 1e9
+
+
+def test_a_decision_among_active_models_lists_them_again_after_a_retirement_and_raises_anything_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A retirement between listing and deciding: decided again among the rest. A `route = false` or retired
+    candidate is never passed to the router; none left is None. An `UnknownModel` after which the list is the same
+    (a policy's own) is raised, once, not retried for ever."""
+    specs = [ModelSpec(n, 1.0, 2.0) for n in ("a", "b", "c")] + [ModelSpec("judge", 1.0, 2.0, route=False)]
+    router = Router(specs, seed=0)
+    context = router.featurize(Request(messages=[{"role": "user", "content": "hi"}]))
+    decide, asked = router.decide, []
+
+    def retire_then_decide(context: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs["models"])
+        if router.spec("a") in router.models:
+            router.retire_model("a")
+        return decide(context, **kwargs)
+
+    monkeypatch.setattr(router, "decide", retire_then_decide)
+    decision = decide_among_active(router, context, ["a", "judge", "b", "gone"], None)
+    assert decision is not None and decision.models == ("b",) and asked == [["a", "b"], ["b"]]
+    assert decide_among_active(router, context, ["a", "judge"], None) is None
+
+    def refuse(context: Any, **kwargs: Any) -> Any:
+        asked.append(kwargs["models"])
+        raise UnknownModel("a policy's own")
+
+    asked.clear()
+    monkeypatch.setattr(router, "decide", refuse)
+    with pytest.raises(UnknownModel, match="a policy's own"):
+        decide_among_active(router, context, ["b", "c"], None)
+    assert asked == [["b", "c"]]
 
 
 def test_a_rollup_sum_that_overflowed_reads_as_none() -> None:

@@ -58,6 +58,7 @@ import numpy as np
 
 from ..config import RouterAlias
 from ..errors import BanditRouterError, UnknownModel
+from ..gateway.active import decide_among_active
 from ..gateway.chat import BadChatRequest
 from ..gateway.pricing import answer_text, estimated
 from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected
@@ -342,19 +343,13 @@ class NamedRouters:
         return NamedAnswer(_body(answer, extension), decision, sum(1 for c in calls if c.role == "answer"))
 
     def _policy_choice(self, context: Context, models: Sequence[str], cost_weight: float | None) -> Decision | None:
-        """The policy's decision over those of `models` still active (a retirement on the writer thread may land
-        between listing and deciding: list them again), or None when none is left."""
-        router = self.engine.router
-        while True:
-            active = {m.name for m in router.models}
-            live = [m for m in models if m in active]
-            if not live:
-                return None
-            try:
-                return router.decide(context, models=live, cost_weight=cost_weight, book=False)
-            except UnknownModel:
-                if all(m in {s.name for s in router.models} for m in live):  # not a retirement: no model routable
-                    return None
+        """The policy's decision over those of `models` still active and routable (`decide_among_active`), or None
+        when none is left or the router refuses them without a retirement: the routing call is paid, and the
+        alias's order still answers."""
+        try:
+            return decide_among_active(self.engine.router, context, models, cost_weight, book=False)
+        except UnknownModel:
+            return None
 
     # -- recording --------------------------------------------------------------------------------------------------
     def _decision(

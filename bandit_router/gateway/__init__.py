@@ -4,6 +4,7 @@ failure, and learn, in one request (`POST /v1/chat/completions`).
     upstreams.py   calling OpenAI-compatible endpoints: pooled httpx clients, limits, `UpstreamFailure`
     pricing.py     usage from a reply, or counted here; cost from the catalog's prices
     chat.py        the request: the body to forward and the routing knobs
+    active.py      deciding among models a retirement may remove meanwhile (`decide_among_active`)
     gateway.py     `Gateway`: decisions, tries and fallbacks, call records
     judge.py       `Judge`: an LLM scores a sample of the answers as feedback
 

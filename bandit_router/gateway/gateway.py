@@ -43,6 +43,7 @@ from ..log import CALLER_POLICY
 from ..router import Router
 from ..store import CallRecord, CallStatus
 from ..types import Decision, Outcome, Request
+from .active import decide_among_active
 from .chat import BadChatRequest, ChatRequest
 from .judge import Judge
 from .pricing import Usage, answer_text, estimated
@@ -379,24 +380,15 @@ class Gateway:
 
     async def _next(self, attempt: Attempt, request: Request, tried: list[str]) -> Attempt | None:
         """The fallback after `attempt` failed: a new decision over the allowed routable models not yet tried and
-        still active (None when there is none: a judge or router model, `route = false`, is never a fallback)."""
+        still active, listed again if a retirement lands before the decision (`decide_among_active`); None when
+        there is none (a judge or router model, `route = false`, is never a fallback)."""
         if not attempt.routed:
             return None
         pool = request.models if request.models is not None else tuple(self.callable_models())
-        router = self.engine.router
-        while True:  # a retirement on the writer thread may land between listing and deciding: list them again
-            active = {m.name: m for m in router.models}  # not one retired since the request was routed
-            remaining = [
-                m for m in pool if m not in tried and self.upstreams.has(m) and m in active and active[m].route
-            ]
-            if not remaining:
-                return None
-            try:
-                decision = router.decide(attempt.decision.context, models=remaining, cost_weight=request.cost_weight)
-                break
-            except UnknownModel:
-                if all(m in {s.name for s in router.models} for m in remaining):  # not a retirement
-                    raise
+        untried = [m for m in pool if m not in tried and self.upstreams.has(m)]
+        decision = decide_among_active(self.engine.router, attempt.decision.context, untried, request.cost_weight)
+        if decision is None:
+            return None
         await self.engine.store_decision(decision, request)
         return Attempt(decision, attempt.request_id, attempt.number + 1, True, attempt.stream)
 
