@@ -1085,3 +1085,37 @@ def test_a_fallback_model_added_back_with_route_false_between_listing_and_decidi
         fake.behaviour.clear()
         server.stop()
 
+
+def test_a_model_added_back_with_route_false_while_a_request_is_routed_is_never_blamed_on_a_knob(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The only routable model with an upstream is retired and added back with `route = false` (DELETE then POST
+    /v1/models) after the gateway listed a request's models and before the router decided: the request gets what a
+    request after it gets, the 503 saying no routable model has an upstream. It was a 400 naming
+    `bandit_router.models`, a knob the caller never sent (`offline` has no upstream, so the gateway passes the
+    callable models as the allowed set), read as "not a retirement" because the name was still active."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    specs = (ModelSpec("fake-coder", *PRICES["fake-coder"], base_url=fake.url + "/v1", api_key_env=KEY_ENV),
+             ModelSpec("offline", 1.0, 2.0))  # fmt: skip
+    app = create_app(Settings(db=tmp_path / "r.db", seed=7, models=specs))
+    server = ServerThread(app)
+    try:
+        url = server.wait_ready()
+        engine = app.state.engine
+        router, route = engine.router, engine.route
+
+        async def readd_then_route(routed: Any) -> Any:  # applied on the writer thread after the gateway listed it
+            spec = router.retire_model("fake-coder")
+            router.add_model(ModelSpec(spec.name, *PRICES[spec.name], base_url=spec.base_url, api_key_env=KEY_ENV,
+                                       route=False))  # fmt: skip
+            return await route(routed)
+
+        monkeypatch.setattr(engine, "route", readd_then_route)
+        body = {"model": "router", "messages": [{"role": "user", "content": CODE}]}
+        reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        assert reply.status_code == 503, reply.text
+        error = reply.json()["error"]
+        assert error["code"] == "no_upstream" and error["param"] is None, error
+        assert "only route = false models do: fake-coder" in error["message"]
+    finally:
+        server.stop()

@@ -345,22 +345,23 @@ class Gateway:
         later (`Engine.route` batches a loop iteration's requests), so a model retired in between is left out and
         the request routed again among the rest, as if it had come after the retirement minus that model: never
         a 400 blaming a knob the caller did not send, or one that named only active models when it arrived. A knob
-        whose models are none routable (`route = false`), or were all retired, is the knob's 400."""
+        whose models are none routable (`route = false`), or were all retired, is the knob's 400. As in
+        `decide_among_active`, the models are listed again, and the same list means the error is not a retirement."""
         while True:
             try:
                 return await self.engine.route(request)
             except UnknownModel as exc:
-                active = {m.name for m in self.engine.router.models}
-                if request.models is None or all(m in active for m in request.models):  # not a retirement
+                if chat.models is None:  # the gateway's own list (the routable models with an upstream)
+                    allowed = self._allowed(chat)
+                else:  # the knob's models still active (the router refuses those with route = false)
+                    active = {m.name for m in self.engine.router.models}
+                    allowed = tuple(m for m in request.models or () if m in active)
+                    if not allowed:
+                        raise BadChatRequest(chat.models_param, f"every model it allows was retired: {exc}") from None
+                if allowed == request.models:  # not a retirement
                     if chat.models is None:
                         raise
                     raise BadChatRequest(chat.models_param, str(exc)) from None
-                if chat.models is None:  # the gateway's own list (the models with an upstream): list them again
-                    allowed = self._allowed(chat)
-                else:
-                    allowed = tuple(m for m in request.models if m in active)
-                    if not allowed:
-                        raise BadChatRequest(chat.models_param, f"every model it allows was retired: {exc}") from None
                 request = Request(messages=request.messages, context=request.context, models=allowed,
                                   cost_weight=request.cost_weight)
 
