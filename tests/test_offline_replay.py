@@ -439,6 +439,32 @@ def test_a_decision_allowing_only_removed_models_is_left_out_for_every_candidate
         evaluate_log([odd[5], odd[77]], ["linucb"], models=kept, mode=mode)
 
 
+@pytest.mark.parametrize("mode", ["learning", "frozen", "replay"])
+def test_replay_passes_by_a_decision_without_feedback_that_allowed_only_removed_models(
+    world: SyntheticWorld, log: SimulatedLog, mode: str
+) -> None:
+    """`replay` on records with a decision without feedback whose client allowed only the removed model: the
+    learning mode (and the frozen one on its held-out part) asked the candidate's router to decide among no model,
+    an UnknownModel saying "no routable model", though the docstring says such a decision is left out. It is passed
+    by now: it keeps its logged row, is not evaluated, and every other row is as without it."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = list(log.records[:60])
+    pinned = {5, 45}  # frozen: one in the training part, one in the held-out part
+    odd = [LoggedRecord(_pinned_to(r, removed).decision, None, None, None) if i in pinned else r
+           for i, r in enumerate(records)]
+    rest = [i for i in range(len(odd)) if i not in pinned]
+    names = tuple(m.name for m in world.models)
+    mine = replay(odd, "linucb", specs=kept, mode=mode, models=names)
+    without = replay([odd[i] for i in rest], "linucb", specs=kept, mode=mode, models=names)
+    removed_column = names.index(removed)
+    for i in pinned:
+        assert not mine.evaluated[i]
+        assert mine.target_pmf[i, removed_column] == 1.0
+    np.testing.assert_array_equal(mine.target_pmf[rest], without.target_pmf)
+    np.testing.assert_array_equal(mine.evaluated[rest], without.evaluated)
+
+
 def test_a_rules_candidate_naming_a_removed_model_is_left_out_saying_why(world: SyntheticWorld,
                                                                          log: SimulatedLog) -> None:
     """`rules:default=<removed model>` stopped the whole evaluation with the router's UnknownModel, though
