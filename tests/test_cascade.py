@@ -1003,12 +1003,17 @@ def test_a_chain_version_this_release_does_not_write_is_refused_not_read_as_anot
     assert not decodes(ChainFeedback(cast(Any, None), decision, json.dumps(document)))
 
 
-@pytest.mark.parametrize("step", [10**12, 3, -1, True, 1.0, "1"])
-def test_a_version_2_step_outside_its_chain_is_refused_and_replay_goes_on(step: Any) -> None:
-    """A corrupt version-2 row whose step is not a position of its chain (0 <= step < its calls, an int): a
-    ValueError the learners log and skip (a step of 10**12 was a MemoryError that stopped the log's replay for
-    good), and one the estimators' `decodes` leaves out; the next chain is learned."""
+@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("step", [10**12, 3, -1, -10**6, True, 1.0, "1"])
+def test_a_step_outside_its_chain_is_refused_in_every_version_and_replay_goes_on(step: Any, version: int) -> None:
+    """A corrupt row whose step is not a position of its chain (0 <= step < its calls, an int): a ValueError the
+    learners log and skip (a version-2 step of 10**12 was a MemoryError, and an unversioned one of -10**6 an
+    IndexError, that stopped the log's replay for good; an unversioned 1.0 or "1" was learned as 1), and one the
+    estimators' `decodes` leaves out; the next chain is learned. Version 1's steps (the number of steps before)
+    are such positions too."""
     learners, decision, document = _corrupt_chain_fixture()
+    if version == 1:
+        document.pop("version")  # stored before versions
     assert decodes(ChainFeedback(cast(Any, None), decision, json.dumps(document)))
     bad = {**document, "steps": [document["steps"][0], {**document["steps"][1], "step": step}]}
     with pytest.raises(ValueError, match="is not a position of a chain of 3 calls"):

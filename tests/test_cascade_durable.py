@@ -433,8 +433,9 @@ def test_a_stored_chain_that_cannot_be_learned_is_skipped_not_fatal(tmp_path: Pa
     assert not learners.learn(decision, two_steps, 0.5, 5)  # one extra cost for two steps: not half-learned
     assert learners.learned("learned") == 0
     assert_same_state(learners.learners["learned"].state(), before)
-    good = ('{"steps": [{"step": 0, "model": "cheap", "confidence": 0.2, "action": "escalate", "p_escalate": 0.6,'
-            ' "expected_extra_cost_usd": 0.001, "next_cost_usd": 0.001}], "extra_costs": [0.0012]}')
+    good = ('{"calls": [{"model": "cheap", "role": "answer", "cost_usd": 0.0002}], "steps": [{"step": 0, "model": '
+            '"cheap", "confidence": 0.2, "action": "escalate", "p_escalate": 0.6, "expected_extra_cost_usd": 0.001, '
+            '"next_cost_usd": 0.001}], "extra_costs": [0.0012]}')  # a chain stored before versions (1), with its calls
     assert learners.learn(decision, good, 0.9, 4) and learners.learned("learned") == 1
     restored = EscalationLearners(settings("http://127.0.0.1:9", str(tmp_path / "x.db")))
     restored.restore(learners.snapshot())
@@ -450,9 +451,9 @@ def test_escalation_cli_skips_a_stored_chain_that_does_not_decode_and_refuses_a_
     learners skip them, not a traceback; `--out` naming a file (not a folder) is a clear error (exit 2)."""
     from bandit_router.store import CallRecord, FeedbackRecord
 
-    good = ('{"steps": [{"step": 0, "model": "cheap", "confidence": 0.2, "action": "escalate", "probability": 0.6,'
-            ' "p_escalate": 0.6, "expected_extra_cost_usd": 0.001, "next_cost_usd": 0.001}], "extra_costs": [0.001],'
-            ' "cost_usd": 0.0012}')
+    good = ('{"calls": [{"model": "cheap", "role": "answer", "cost_usd": 0.0002}], "steps": [{"step": 0, "model": '
+            '"cheap", "confidence": 0.2, "action": "escalate", "probability": 0.6, "p_escalate": 0.6, '
+            '"expected_extra_cost_usd": 0.001, "next_cost_usd": 0.001}], "extra_costs": [0.001], "cost_usd": 0.0012}')
     no_probability = good.replace('"probability": 0.6, ', "")
     text_confidence = good.replace('"confidence": 0.2', '"confidence": "high"')
     db = tmp_path / "chains.db"

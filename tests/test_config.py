@@ -545,6 +545,55 @@ def test_serve_probes_the_addresses_uvicorn_listens_on(
     assert f"cannot listen on localhost:{port}: Address already in use (another server" in result.output
 
 
+def _dual_stack() -> bool:
+    """Whether an IPv6 socket without IPV6_V6ONLY takes its port on IPv4 too here (IPv6, net.ipv6.bindv6only = 0)."""
+    import socket
+
+    try:
+        with open("/proc/sys/net/ipv6/bindv6only", encoding="ascii") as flag, socket.socket(socket.AF_INET6) as s:
+            s.bind(("::", 0))
+            return flag.read().strip() == "0"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _dual_stack(), reason="needs IPv6 sockets that are dual stack by default (Linux's default)")
+@pytest.mark.parametrize("held", ["127.0.0.1", "0.0.0.0"])
+def test_serve_on_ipv6_with_workers_finds_the_port_held_on_ipv4(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: str
+) -> None:
+    """Review rev15: with --workers > 1 uvicorn listens on one IPv6 socket without IPV6_V6ONLY (`bind_socket`),
+    which takes the port on IPv4 too, but the probe set IPV6_V6ONLY: `serve --host :: --workers 2` found a port
+    held on 127.0.0.1 or 0.0.0.0 free, recovered its state, and uvicorn exited with status 3. In one process
+    uvloop's `create_server` does set it and listens beside the IPv4 server: that probe still lets it."""
+    import asyncio
+    import socket
+
+    import uvloop
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+    from bandit_router.service.cli import check_port_free
+
+    async def uvloop_listens(port: int) -> None:
+        server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host="::", port=port)
+        server.close()
+        await server.wait_closed()
+
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind((held, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli_app, ["serve", "--db", str(tmp_path / "r.db"), "--host", "::",
+                                              "--port", str(port), "--workers", "2"])
+        uvloop.run(uvloop_listens(port))
+        check_port_free("::", port, workers=1)
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on :::{port}: Address already in use (another server" in result.output
+
+
 @pytest.mark.parametrize(
     ("host", "port", "refusal", "message"),
     [

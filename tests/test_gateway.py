@@ -1119,3 +1119,44 @@ def test_a_model_added_back_with_route_false_while_a_request_is_routed_is_never_
         assert "only route = false models do: fake-coder" in error["message"]
     finally:
         server.stop()
+
+
+def test_a_named_model_retired_before_its_decision_is_a_404_not_a_500(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread applies a retirement (`Router.retire_model`, what it does for `DELETE /v1/models/{name}`)
+    of the model a request names after the gateway checked the name and before its `caller` decision was made
+    (here while the request is featurized): the decision looked the model's arm up among the models left, a
+    ValueError and a 500. It is the 404 `model_not_found` of a request that came after the retirement, nothing
+    called or stored; the next request naming it is the usual 404."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    names = ("fake-coder", "fake-writer", "fake-small")
+    specs = tuple(ModelSpec(n, *PRICES[n], base_url=fake.url + "/v1", api_key_env=KEY_ENV) for n in names)
+    app = create_app(Settings(db=tmp_path / "r.db", seed=7, models=specs))
+    server = ServerThread(app)
+    try:
+        url = server.wait_ready()
+        router = app.state.engine.router
+        featurize = router.featurize
+        retired: list[str] = []
+
+        def retire_then_featurize(request: Any) -> Any:
+            if not retired:
+                retired.append("fake-writer")
+                router.retire_model("fake-writer")
+            return featurize(request)
+
+        monkeypatch.setattr(router, "featurize", retire_then_featurize)
+        body = {"model": "fake-writer", "messages": [{"role": "user", "content": CODE}]}
+        calls = sum(fake.calls.values())
+        reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        assert retired and reply.status_code == 404, reply.text
+        error = reply.json()["error"]
+        assert (error["code"], error["param"]) == ("model_not_found", "model"), error
+        assert error["message"] == ("model: 'fake-writer' was retired (DELETE /v1/models) while this request was in "
+                                    "flight: name an active catalog model or 'router'")
+        assert sum(fake.calls.values()) == calls and httpx.get(url + "/v1/stats").json()["decisions"] == 0
+        again = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        assert again.status_code == 404 and "is neither 'router' nor a catalog model" in again.text, again.text
+    finally:
+        server.stop()

@@ -439,6 +439,32 @@ def test_a_decision_allowing_only_removed_models_is_left_out_for_every_candidate
         evaluate_log([odd[5], odd[77]], ["linucb"], models=kept, mode=mode)
 
 
+@pytest.mark.parametrize("mode", ["learning", "frozen", "replay"])
+def test_replay_passes_by_a_decision_without_feedback_that_allowed_only_removed_models(
+    world: SyntheticWorld, log: SimulatedLog, mode: str
+) -> None:
+    """`replay` on records with a decision without feedback whose client allowed only the removed model: the
+    learning mode (and the frozen one on its held-out part) asked the candidate's router to decide among no model,
+    an UnknownModel saying "no routable model", though the docstring says such a decision is left out. It is passed
+    by now: it keeps its logged row, is not evaluated, and every other row is as without it."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = list(log.records[:60])
+    pinned = {5, 45}  # frozen: one in the training part, one in the held-out part
+    odd = [LoggedRecord(_pinned_to(r, removed).decision, None, None, None) if i in pinned else r
+           for i, r in enumerate(records)]
+    rest = [i for i in range(len(odd)) if i not in pinned]
+    names = tuple(m.name for m in world.models)
+    mine = replay(odd, "linucb", specs=kept, mode=mode, models=names)
+    without = replay([odd[i] for i in rest], "linucb", specs=kept, mode=mode, models=names)
+    removed_column = names.index(removed)
+    for i in pinned:
+        assert not mine.evaluated[i]
+        assert mine.target_pmf[i, removed_column] == 1.0
+    np.testing.assert_array_equal(mine.target_pmf[rest], without.target_pmf)
+    np.testing.assert_array_equal(mine.evaluated[rest], without.evaluated)
+
+
 def test_a_rules_candidate_naming_a_removed_model_is_left_out_saying_why(world: SyntheticWorld,
                                                                          log: SimulatedLog) -> None:
     """`rules:default=<removed model>` stopped the whole evaluation with the router's UnknownModel, though
@@ -488,6 +514,38 @@ def test_rounds_of_a_removed_model_without_a_cost_are_refused_not_priced_at_zero
         assert ev.record(label, "ips").cost.value == full.record(label, "ips").cost.value
     pinned = [_pinned_to(r, removed) if r.decision.model == removed else r for r in unpriced]
     assert evaluate_log(pinned, [], models=kept, estimators=("ips",), n_bootstrap=0).n_evaluated == len(pinned) - count
+
+
+def test_in_frozen_mode_unpriced_rounds_of_a_removed_model_in_the_training_part_are_not_asked(
+    world: SyntheticWorld, log: SimulatedLog
+) -> None:
+    """Frozen, a removed model's rounds without a cost in the training part (never evaluated, and they teach a
+    router without that model nothing) refused the whole evaluation. They are not asked now: the estimates are
+    those of the log with their costs; an unpriced round of the held-out part (from ⌊train_fraction·n⌋ on) is
+    still refused."""
+    removed = world.models[-1].name
+    kept = world.models[:-1]
+    records = [r for r in log.records[:300] if r.outcome is not None]
+    split = math.floor(0.5 * len(records))
+
+    def unpriced_where(rows: set[int]) -> list[LoggedRecord]:
+        return [LoggedRecord(r.decision, dataclasses.replace(r.outcome, cost_usd=None, input_tokens=1000,
+                                                             output_tokens=500), None, r.feedback_at)
+                if i in rows else r for i, r in enumerate(records)]
+
+    training = {i for i, r in enumerate(records[:split]) if r.decision.model == removed}
+    assert len(training) > 5
+    settings: dict[str, Any] = {"estimators": ("ips", "dr"), "dm_bootstrap": 0, "n_bootstrap": 0, "mode": "frozen"}
+    ev = evaluate_log(unpriced_where(training), ["linucb"], models=kept, **settings)
+    priced = evaluate_log(records, ["linucb"], models=kept, **settings)
+    assert ev.n_evaluated == priced.n_evaluated == len(records) - split
+    for label in priced.candidates:
+        for estimator in ("ips", "dr"):
+            mine, theirs = ev.record(label, estimator), priced.record(label, estimator)
+            assert (mine.value, mine.cost.value) == (theirs.value, theirs.cost.value), label
+    first_held_out = next(i for i in range(split, len(records)) if records[i].decision.model == removed)
+    with pytest.raises(InvalidInput, match=f"^no cost \\(stored or reported\\) for 1 round of '{removed}'"):
+        evaluate_log(unpriced_where(training | {first_held_out}), ["linucb"], models=kept, **settings)
 
 
 def test_in_frozen_mode_only_the_held_out_decisions_allowing_only_removed_models_are_left_out(

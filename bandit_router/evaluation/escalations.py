@@ -64,7 +64,7 @@ ACTIONS = ("accept", "escalate")
 def decodes(item: ChainFeedback) -> bool:
     """Whether `item`'s stored chain is one the estimators can read: JSON with well-formed steps (an action, its
     probability in (0, 1], p_escalate in [0, 1], a number or null as confidence), a finite cost, a version this
-    release reads and, from version 2, each step at a position of the chain (`log.escalations.stored_earlier`).
+    release reads and, in every version, each step at a position of the chain (`log.escalations.stored_earlier`).
     The learners skip one that does not decode."""
     if item.decision is None:  # its decision's stored values do not decode
         return False

@@ -5,7 +5,8 @@ The candidates route among the models that have an entry, as they would be deplo
 (`replay`); here: the warning naming the removed models; a candidate whose policy names one (a `rules` rule or
 default) cannot be deployed with this catalog and is left out (`removed_models_named`); the decisions that allowed
 only removed models are left out for every candidate (`replay.left_out_rows`), with one warning; and rounds of a
-removed model that carry no cost are refused (`check_priced`), since nothing prices their tokens.
+removed model that carry no cost are refused (`check_priced`) where an estimate uses them, since nothing prices
+their tokens.
 """
 
 from __future__ import annotations
@@ -82,13 +83,15 @@ def removed_models_named(candidate: Candidate, specs: Mapping[str, ModelSpec], m
 def check_priced(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], *, mode: str,
                  train_fraction: float) -> None:
     """`InvalidInput` when rounds of a model without a catalog entry carry no cost (stored or reported): nothing
-    prices their tokens, and a cost of 0 would flatter `logged` and `fixed:<that model>`. Rounds left out of the
-    evaluation (`left_out_rows`) are not asked."""
+    prices their tokens, and a cost of 0 would flatter `logged` and `fixed:<that model>`. Rounds no estimate uses
+    are not asked: those left out of the evaluation (`left_out_rows`) and, frozen, the training part (the first
+    ⌊train_fraction·n⌋, never evaluated, and a removed model's outcomes teach the candidates nothing)."""
     left_out = left_out_rows(logged, specs, mode=mode, train_fraction=train_fraction)
+    split = math.floor(train_fraction * len(logged)) if mode == "frozen" else 0
     unpriced: dict[str, int] = {}
-    for record, out in zip(logged, left_out, strict=True):
+    for i, (record, out) in enumerate(zip(logged, left_out, strict=True)):
         model = record.decision.model
-        if out or model in specs or record.cost_usd is not None:
+        if i < split or out or model in specs or record.cost_usd is not None:
             continue
         if record.outcome is not None and record.outcome.cost_usd is None:
             unpriced[model] = unpriced.get(model, 0) + 1

@@ -123,9 +123,9 @@ def replay(
     route to: its router has the other models, decides among those a decision allowed and learns nothing from
     the removed model's outcomes, as it would be deployed with this catalog; `fixed:<removed model>` is read
     from the log (1 on that model where a decision allowed it, else the cheapest allowed model, as the fixed
-    policy chooses). A decision that allowed no model with an entry is left out of the evaluated rows
-    (`left_out_rows`), whatever the candidate. `models` fixes the column order of `target_pmf` (default: order of
-    first appearance).
+    policy chooses). A decision that allowed no model with an entry is one no candidate decides: it keeps its
+    logged row, with feedback or without, and is left out of the evaluated rows (`left_out_rows`). `models` fixes
+    the column order of `target_pmf` (default: order of first appearance).
     """
     if mode not in MODES:
         raise InvalidInput(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
@@ -167,11 +167,12 @@ def replay(
         return _rejection_replay(records, cand, router, names, target, has_feedback, seed, by_name, left_out)
 
     def decide(i: int) -> None:
-        if left_out[i]:
-            return  # no model it allowed has an entry: the row is evaluated for no candidate
         d = records[i].decision
+        allowed = _allowed(d, by_name)
+        if not allowed:
+            return  # no model it allowed has an entry: the row is evaluated for no candidate (with feedback: left out)
         lam = cand.cost_weight if cand.cost_weight is not None else d.cost_weight
-        mine = router.decide(d.context, models=_allowed(d, by_name), cost_weight=lam, decision_id=d.decision_id)
+        mine = router.decide(d.context, models=allowed, cost_weight=lam, decision_id=d.decision_id)
         target[i] = _row(names, mine.models, mine.pmf)
 
     pending: list[tuple[float, int]] = []
@@ -201,7 +202,7 @@ def replay(
 
 
 def _allowed(decision: Decision, by_name: Mapping[str, ModelSpec]) -> tuple[str, ...]:
-    """The models `decision` allowed that have a catalog entry (some: the others are `left_out_rows`)."""
+    """The models `decision` allowed that have a catalog entry (none: a row no candidate decides)."""
     models = decision.models
     return models if all(m in by_name for m in models) else tuple(m for m in models if m in by_name)
 

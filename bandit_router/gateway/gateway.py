@@ -366,11 +366,16 @@ class Gateway:
                                   cost_weight=request.cost_weight)
 
     def caller_decision(self, request: Request, model: str) -> Decision:
-        """The stored record of a call to a model the caller named: probability 1, policy `caller`."""
+        """The stored record of a call to a model the caller named: probability 1, policy `caller`. A model retired
+        since `_first` checked it (the writer thread applies a retirement at any moment) is a 404 `ModelNotFound`,
+        as for a request that came after the retirement."""
         router = self.engine.router
         spec = router.spec(model)
         context = router.featurize(request)
-        arm = [m.name for m in router.models].index(model)
+        arm = {m.name: i for i, m in enumerate(router.models)}.get(model)  # one snapshot of the active models
+        if arm is None:
+            raise ModelNotFound(f"model: {model!r} was retired (DELETE /v1/models) while this request was in flight: "
+                                f"name an active catalog model or {self.config.router_alias!r}")
         cost = spec.cost_usd(context.input_tokens, spec.output_tokens or 250.0)
         return Decision(
             decision_id=new_decision_id(), model=model, arm=arm, models=(model,), pmf=(1.0,), probability=1.0,

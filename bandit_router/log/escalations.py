@@ -90,7 +90,8 @@ def chain_version(chain: dict[str, Any]) -> int:
 
 def chain_position(chain: dict[str, Any], step: dict[str, Any]) -> int:
     """The chain position of a stored `step` of `chain`: an int k with 0 <= k < len(calls) (a chain has no more
-    positions than it made calls; each position was asked for an answer), else ValueError."""
+    positions than it made calls; each position was asked for an answer), else ValueError. Version 1's step (the
+    number of steps before it, each on an answered call) is such an int too."""
     k, calls = step["step"], chain["calls"]
     if not isinstance(calls, list):
         raise ValueError("calls must be a list")
@@ -102,12 +103,13 @@ def chain_position(chain: dict[str, Any], step: dict[str, Any]) -> int:
 def stored_earlier(chain: dict[str, Any], i: int) -> list[float | None]:
     """The `earlier` that step `i` of a stored `chain` (decoded `chains.chain`) was decided with: with version 2, per
     chain position before the step's, the confidence of the step stored at it (None where none was: the model
-    failed; or its signal gave none); before it, the confidences of the steps stored before step `i`. A version or
-    a version-2 position that cannot be (`chain_version`, `chain_position`) raises ValueError."""
+    failed; or its signal gave none); before it, the confidences of the steps stored before step `i`. A version, or
+    a step `i` of any version, that cannot be (`chain_version`, `chain_position`) raises ValueError."""
     steps = chain["steps"]
-    if chain_version(chain) < 2:
+    version, position = chain_version(chain), chain_position(chain, steps[i])
+    if version < 2:
         return [s.get("confidence") for s in steps[:i]]
-    out: list[float | None] = [None] * chain_position(chain, steps[i])
+    out: list[float | None] = [None] * position
     for step in steps[:i]:
         k = chain_position(chain, step)
         if k < len(out):
@@ -193,7 +195,7 @@ class EscalationLearners:
             with self.lock:
                 steps = [  # step i's state with the earlier scores it was decided with (`history`)
                     EscalationStep.from_json(
-                        s, learner.state_vector(decision.context, int(s["step"]), s.get("confidence"),
+                        s, learner.state_vector(decision.context, chain_position(data, s), s.get("confidence"),
                                                 stored_earlier(data, i))
                     )
                     for i, s in enumerate(data["steps"])

@@ -46,7 +46,7 @@ def check_port_free(host: str, port: int, workers: int = 1) -> None:
             for family, address in _listening_addresses(host, port, workers):
                 probe = probes.enter_context(socket.socket(family, socket.SOCK_STREAM))
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
+                if family == socket.AF_INET6 and workers <= 1:  # as uvloop's create_server (see below)
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 probe.bind(address)
         except socket.gaierror as exc:
@@ -57,8 +57,9 @@ def check_port_free(host: str, port: int, workers: int = 1) -> None:
 
 
 def _listening_addresses(host: str, port: int, workers: int) -> list[tuple[int, Any]]:
-    """The (family, address) pairs uvicorn listens on: with workers, one socket, IPv6 only when `host` has a ':'
-    (`uvicorn.Config.bind_socket`); in one process, every address `host` resolves to (the event loop's
+    """The (family, address) pairs uvicorn listens on: with workers, one socket, IPv6 when `host` has a ':'
+    (`uvicorn.Config.bind_socket`, without IPV6_V6ONLY: with the system's default, dual stack on Linux, it takes the
+    port on IPv4 too); in one process, every address `host` resolves to, IPv6 ones with IPV6_V6ONLY (uvloop's
     `create_server`, as asyncio's)."""
     import socket
 
