@@ -727,6 +727,6 @@ def test_a_rules_policy_may_name_a_model_added_at_run_time_and_skips_a_retired_o
     client.__exit__(None, None, None)
     misspelt = {"rules": [{"model": "gpt-4o", "min_chars": 10}, {"model": "gpt-4o-minii", "regex": "(?i)^translate"}]}
     with pytest.raises(ConfigError, match=r"^policy: policy 'rules:rules=sha256-\w+': rule 2 \(regex = "
-                       r"'\(\?i\)\^translate'\) names the model 'gpt-4o-minii', which is not in the catalog; its "
-                       "models: .*gpt-5"):
+                       r"'\(\?i\)\^translate'\) names the model 'gpt-4o-minii' \(did you mean gpt-4o-mini\?\), "
+                       r"which is not in the catalog; its models: .*gpt-5"):
         make_client(policy="rules", policy_settings=misspelt)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..catalog import ModelSpec
 from ..errors import ConfigError
+from ..hints import quoted
 from ..reward import MAX_COST_WEIGHT
 from ..store.location import Database, parse_database
 
@@ -102,7 +103,8 @@ class ServerSettings:
                    "allowed_hosts", f"must be host names, got {host!r}")
         _check(1 <= self.port <= 65535, "port", f"must be in 1..65535, got {self.port}")
         _check(1 <= self.workers <= 64, "workers", f"must be in 1..64, got {self.workers}")
-        _check(self.log_level in LOG_LEVELS, "log_level", f"unknown {self.log_level!r}; one of {', '.join(LOG_LEVELS)}")
+        _check(self.log_level in LOG_LEVELS, "log_level",
+               f"unknown {quoted([self.log_level], LOG_LEVELS)}; one of {', '.join(LOG_LEVELS)}")
 
 
 @dataclass(frozen=True)

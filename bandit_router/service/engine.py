@@ -37,6 +37,7 @@ from ..catalog import ModelSpec
 from ..config import ConfigError, Settings, alias_clash
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, UnknownDecision
+from ..hints import quoted
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
 from ..router import Router
@@ -547,7 +548,8 @@ class Engine:
         `NotFound` for an unknown shadow and `Conflict` (with the reason) when the evidence is not there."""
         self._require_ready()
         if name not in self.shadows:
-            raise NotFound(f"no shadow policy {name!r}; shadows: {', '.join(self.shadows) or 'none'}")
+            shadows = ", ".join(self.shadows) or "none"
+            raise NotFound(f"no shadow policy {quoted([name], self.shadows)}; shadows: {shadows}")
         previous = self.live_name
         check: dict[str, Any]
         try:
