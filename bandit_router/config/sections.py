@@ -111,8 +111,9 @@ class ServerSettings:
 class StorageSettings:
     """The database and the checkpoints of the learned state."""
 
-    db: Database = setting(Path("bandit-router.db"), help="SQLite database file (created on first start), or a "
-                           "PostgreSQL URL postgresql://user:password@host:port/dbname shared by every replica")
+    db: Database = setting(Path("bandit-router.db"), help="SQLite database file (created on first start, in a "
+                           "directory that must exist), or a PostgreSQL URL "
+                           "postgresql://user:password@host:port/dbname shared by every replica")
     synchronous: str = setting("normal", help="SQLite synchronous: normal (survives an application crash) or "
                                "full/extra (also power loss)", lower=True)
     store_prompts: bool = setting(False, help="store the prompt text with each decision (the hashed features "
