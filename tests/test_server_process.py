@@ -397,6 +397,12 @@ def test_the_budgets_examples_work_as_written(servers: Callable[..., Server], tm
     assert [r.get("error") for r in replies] == [None, None, None], replies
     assert [r["targets"] for r in replies] == [
         [], ["avg_cost_usd=0.0005", "@acme:spend_usd=50/1d", "@acme:share:gpt-4o=0.3"], []]
+    # what the comments show (the first read's showed the targets that only the PUT after it sets)
+    first, put = replies[0], replies[1]
+    assert first["budgets"]["cost_step"] == 0.05 and first["report"]["tenants"] == {}
+    assert first["report"]["global"]["cost_weight"] is None and first["report"]["global"]["exhausted"] is False
+    assert put["budgets"]["avg_cost_usd"] == 0.0005 and set(put["budgets"]["tenants"]) == {"acme"}
+    assert done.stdout.count("\n") == 3  # one reply a line (they ran together on one line without -w '\n')
 
 
 def test_serve_starts_on_a_catalog_file_whose_routable_models_the_log_holds(servers: Callable[..., Server],
