@@ -284,6 +284,17 @@ def test_terminal_report_gives_regret_per_request_and_break_even(tmp_path: Path)
     assert "break-even" in line
 
 
+def test_the_break_even_text_says_what_it_counts() -> None:
+    """`break-even never (3)` left a reader of the terminal report to guess that 3 counted seeds."""
+    from simulator.report import break_even_text
+
+    assert break_even_text({"break_even_step": None, "break_even_never": 3, "n_seeds": 3}) == "never (3 of 3 seeds)"
+    some = {"break_even_step": 812.0, "break_even_never": 1, "n_seeds": 5}
+    assert break_even_text(some) == "812 (1 of 5 seeds never)"
+    assert break_even_text({"break_even_step": 812.0, "break_even_never": 0, "n_seeds": 5}) == "812"
+    assert break_even_text({"break_even_step": None, "break_even_never": 0, "n_seeds": 1}) == "–"
+
+
 def test_terminal_report_shows_reaction_times_and_targets(tmp_path: Path) -> None:
     args = ["simulate", "--env", "synthetic:default", "--scenario", "outage", "--policies", "random", "--steps",
             "600", "--seeds", "1", "--target", "avg_cost_usd=0.002", "--out", str(tmp_path / "run"), "--no-plots",
