@@ -583,7 +583,8 @@ def test_a_fixed_or_rules_policy_may_name_a_model_that_joins_the_run_later(tmp_p
     rules.write_text('[[rules]]\nmodel = "gpt-4o"\nmin_chars = 10\n[[rules]]\nmodel = "claude-haiku-4-6"\n'
                      'markers = ["code"]\n', encoding="utf-8")
     with pytest.raises(InvalidInput, match=r"^unknown model: policy 'rules:file=\S+': rule 2 \(markers = \['code'\]\) "
-                       r"names the model 'claude-haiku-4-6', which is not one of the environment's models: gpt-4o"):
+                       r"names the model 'claude-haiku-4-6' \(did you mean claude-haiku-4-5\?\), which is not one of "
+                       r"the environment's models: gpt-4o"):
         make_agent(f"rules:file={rules}", env)
 
 
