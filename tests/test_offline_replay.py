@@ -260,7 +260,7 @@ def test_overlap_warnings_for_a_candidate_the_logger_never_tried(world: Syntheti
     log = simulate_log(world, "fixed:gpt-4o-mini", 400, seed=1, cost_weight=LAM)
     ev = evaluate_log(log.records, [], models=world.models, estimators=("ips", "snips", "dr"), dm_bootstrap=0)
     never = ev.record("fixed:claude-haiku-4-5", "snips")
-    assert any("poor overlap" in w for w in never.warnings)
+    assert any("no logged round supports the candidate" in w for w in never.warnings)  # ESS 0: no overlap at all
     assert any("support violation" in w for w in never.warnings)
     assert never.overlap.unsupported_mass == pytest.approx(1.0)
     assert math.isnan(never.value)  # no logged round says anything about it

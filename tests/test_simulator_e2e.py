@@ -191,7 +191,7 @@ def test_a_single_cost_weight_in_a_config_file_is_one_lambda(tmp_path: Path) -> 
     ("seeds = 1.5", "seeds must be an integer, got 1.5"),
     ('steps = "--5"', "steps must be an integer, got '--5'"),
     ('window = "²"', "window must be an integer, got '²'"),
-    ('policy = "linucb"', "unknown keys 'policy' (did you mean policies?); known: context_columns, cost_weights"),
+    ('policy = "linucb"', "unknown keys 'policy'; known: context_columns, cost_weights"),
     # a value of the wrong shape was a TypeError traceback ('int' object is not iterable)
     ("scenarios = 5", "scenarios must be a string or a list, got 5"),
     ("tasks = 5", "tasks must be a string or a list, got 5"),
