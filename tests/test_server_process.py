@@ -327,6 +327,8 @@ def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers:
     recovered = [line for line in lines if re.match(stamp + r"INFO bandit_router\.service: recovered: ", line)]
     started = [line for line in lines if re.match(stamp + r"INFO bandit_router\.service: bandit-router: db=", line)]
     assert len(recovered) == 2 and len(started) == 2, "\n".join(lines)
+    assert all(": recovered: no checkpoint yet, 0 feedbacks replayed" in line for line in recovered), recovered  # not
+    # "checkpoint at seq None", which a newcomer's first start read as a fault
     assert all(" synchronous=normal " in line for line in started)  # SQLite's durability setting, in force
     warned = [line for line in lines if "not called by the gateway" in line]  # no key variable is set here
     assert warned and all(re.match(stamp + r"WARNING bandit_router\.gateway: ", line) for line in warned), warned

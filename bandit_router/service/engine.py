@@ -333,9 +333,11 @@ class Engine:
         if self.budgets.shared:
             with self.store.write() as tx:
                 self.budgets.start_following(tx)
+        seq = self.recovery["checkpoint_seq"]  # "checkpoint at seq None" read as a fault on a new database
         log.info(
-            "recovered: checkpoint at seq %s, %d feedbacks replayed in %.2f s, policy version %d",
-            self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
+            "recovered: %s, %d feedbacks replayed in %.2f s, policy version %d",
+            "no checkpoint yet" if seq is None else f"checkpoint at seq {seq}", replayed, self.recovery["seconds"],
+            self.router.version,
         )
         self.policies.check_models()  # a policy naming a model neither the catalog nor the log holds
         if self.follower.unreadable:
