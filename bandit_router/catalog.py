@@ -40,7 +40,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .errors import CatalogError
-from .hints import did_you_mean
+from .hints import did_you_mean, quoted
 from .names import MAX_NAME_LENGTH, name_problem, safe_text
 
 CATALOG_KEYS = ("models", "prices_source", "prices_read_on")
@@ -227,7 +227,7 @@ class ModelSpec:
         }  # fmt: skip
         unknown = set(data) - known
         if unknown:
-            raise CatalogError(f"model {data.get('name')!r}: unknown keys {sorted(unknown)}")
+            raise CatalogError(f"model {data.get('name')!r}: unknown keys {quoted(sorted(unknown), known)}")
         missing = {"name", "input_usd_per_mtok", "output_usd_per_mtok"} - set(data)
         if missing:
             raise CatalogError(f"model {data.get('name')!r}: missing keys {sorted(missing)}")

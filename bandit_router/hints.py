@@ -1,11 +1,13 @@
-"""`did you mean …?` for a misspelt name: the configuration loader, the HTTP API's 422s for unknown fields and
-the gateway's `bandit_router` extension give the same hint.
+"""`did you mean …?` for a misspelt name: every place that refuses a name it does not know (a policy, a policy's
+setting, a model, a configuration or catalog key, an API field, a scenario, an estimator, …) gives the same hint.
 
 Examples:
     >>> did_you_mean("latency_s", ("quality", "latency_ms"))
     ' (did you mean latency_ms?)'
     >>> did_you_mean("colour", ("quality", "latency_ms"))
     ''
+    >>> quoted(["alpah", "zeta"], ("alpha", "ridge"))
+    "'alpah' (did you mean alpha?), 'zeta'"
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def closest(name: str, known: Iterable[str]) -> str | None:
     A name longer than `2·len(k)/CUTOFF − len(k)` cannot reach the ratio with k (2·len(k)/(len(name) + len(k)) is
     the most it can have), so it is not compared: difflib's cost grows with the name's length, and a client could
     otherwise hold the event loop with megabyte-long field names."""
+    if not isinstance(name, str):
+        return None
     names = list(known)
     longest = max((len(k) for k in names), default=0)
     if len(name) > 2.0 * longest / CUTOFF - longest:
@@ -35,3 +39,14 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     """` (did you mean <closest>?)`, or `` when no known name is close."""
     found = closest(name, known)
     return "" if found is None else f" (did you mean {found}?)"
+
+
+HINTED = 5
+"""How many names of one refusal `quoted` looks for close names to (a client may send thousands)."""
+
+
+def quoted(names: Iterable[str], known: Iterable[str]) -> str:
+    """The unknown `names`, each quoted (repr), the first `HINTED` followed by their `did_you_mean` among `known`,
+    comma-separated."""
+    candidates = list(known)
+    return ", ".join(f"{name!r}{did_you_mean(name, candidates) if i < HINTED else ''}" for i, name in enumerate(names))

@@ -31,6 +31,7 @@ from . import exploration
 from .catalog import Catalog, ModelSpec, default_catalog
 from .errors import BanditRouterError, InvalidInput, UnknownModel
 from .features import FeatureExtractor
+from .hints import quoted
 from .ids import new_decision_id
 from .policies import Policy, check_models, make_policy, policy_settings, setting_defaults
 from .reward import CostModel, RewardConfig, reward
@@ -43,14 +44,8 @@ MAX_DECISION_ID_LENGTH = 64
 class Pacer(Protocol):
     """A budget controller the router consults on every decision (see `bandit_router.budgets`)."""
 
-    def adjust(
-        self,
-        context: Context,
-        models: Sequence[ModelSpec],
-        expected_cost: np.ndarray,
-        cost_weight: float | None,
-        default_cost_weight: float,
-    ) -> tuple[float, np.ndarray, np.ndarray]:
+    def adjust(self, context: Context, models: Sequence[ModelSpec], expected_cost: np.ndarray,
+               cost_weight: float | None, default_cost_weight: float) -> tuple[float, np.ndarray, np.ndarray]:
         """(effective λ, extra penalty per model, allowed mask per model)."""
         ...
 
@@ -122,7 +117,7 @@ class Router:
                 return spec
         if name in self._retired:
             return self._retired[name]
-        raise UnknownModel(f"unknown model {name!r}")
+        raise UnknownModel(f"unknown model {quoted([name], [*(m.name for m in self._models), *self._retired])}")
 
     def add_model(self, spec: ModelSpec) -> None:
         """Make `spec` routable now. It starts cold (explored at once) and, for policies with model features
@@ -161,7 +156,7 @@ class Router:
             active = {m.name: m for m in self._models}
             unknown = [n for n in names if n not in active]
             if unknown:
-                raise UnknownModel(f"unknown or retired models: {unknown}")
+                raise UnknownModel(f"unknown or retired models: {quoted(unknown, active)}")
             seen: dict[str, ModelSpec] = {}
             for n in names:
                 seen.setdefault(n, active[n])

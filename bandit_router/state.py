@@ -48,8 +48,15 @@ def pack(tree: Any) -> bytes:
     return buffer.getvalue()
 
 
+ZIP_MAGIC = b"PK\x03\x04"
+"""How `np.savez`'s zip archive, and so every snapshot, begins."""
+
+
 def unpack(data: bytes) -> Any:
     """The tree `pack` made; `InvalidInput` for bytes it did not make."""
+    if bytes(data[:4]) != ZIP_MAGIC:  # numpy reads any other bytes as a pickle and says to load it unsafely
+        raise InvalidInput(f"not a bandit-router state: {len(data)} bytes that do not begin as a snapshot's (a zip "
+                           "archive of arrays that `snapshot()` gives)")
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}

@@ -211,6 +211,7 @@ def simulate(
     """
     from bandit_router.config import ConfigError, layered, read_toml
     from bandit_router.errors import BanditRouterError
+    from bandit_router.hints import quoted
     from bandit_router.outputs import writing
 
     from .budgets import TargetPacers
@@ -229,7 +230,8 @@ def simulate(
         unknown = set(from_file) - CONFIG_KEYS
         if unknown:
             known = ", ".join(sorted(CONFIG_KEYS))
-            raise typer.BadParameter(f"{config}: unknown keys {sorted(unknown)}; known: {known}", param_hint="--config")
+            raise typer.BadParameter(f"{config}: unknown keys {quoted(sorted(unknown), CONFIG_KEYS)}; known: {known}",
+                                     param_hint="--config")
     given = {
         "env": env,
         "scenarios": scenario or None,

@@ -321,12 +321,15 @@ def _pm(mean: Any, half: Any, digits: int = 4) -> str:
 
 
 def break_even_text(record: dict[str, Any]) -> str:
-    """`1234`, `1234 (1 never)` or `never (3)` for a summary record."""
+    """`1234`, `1234 (1 of 5 seeds never)` or `never (3 of 3 seeds)` for a summary record (`never (3)` left a
+    reader to guess what 3 counted)."""
     never = record.get("break_even_never") or 0
     step = record.get("break_even_step")
+    seeds = record.get("n_seeds")
+    of = f" of {seeds} seed{'s' if seeds != 1 else ''}" if seeds else ""
     if step is None:
-        return f"never ({never})" if never else "–"
-    return f"{step:.0f}" + (f" ({never} never)" if never else "")
+        return f"never ({never}{of})" if never else "–"
+    return f"{step:.0f}" + (f" ({never}{of} never)" if never else "")
 
 
 def markdown(data: dict[str, Any]) -> str:

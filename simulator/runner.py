@@ -28,6 +28,7 @@ import numpy as np
 from bandit_router.budgets import BudgetConfig, Latency
 from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor
+from bandit_router.hints import quoted
 
 from . import metrics as M
 from .agents import Agent, PacerFactory, Trace, known_names, make_agent, trace_of
@@ -71,7 +72,9 @@ class Plan:
         known = known_names()
         for spec in self.policies:
             if spec.partition(":")[0] not in known:
-                raise InvalidInput(f"unknown policy {spec!r}; known: {', '.join(sorted(known))}")
+                where = "" if ":" not in spec else f" in {spec!r}"
+                raise InvalidInput(f"unknown policy {quoted([spec.partition(':')[0]], known)}{where}; known: "
+                                   f"{', '.join(sorted(known))}")
         if len(set(self.policies)) != len(self.policies):
             raise InvalidInput("each policy may appear once")
         for name, values in (("cost weight", self.cost_weights), ("seed", self.seeds)):

@@ -36,6 +36,7 @@ import numpy as np
 
 from bandit_router.catalog import ModelSpec
 from bandit_router.errors import InvalidInput
+from bandit_router.hints import quoted
 
 from .environments.base import Environment, Episode, Event, Feedback, Mark
 from .metrics import column_means
@@ -227,7 +228,7 @@ def make_scenario(text: str, env: Environment) -> Scenario:
     """Parse `name[:k=v,…]` and resolve its settings: command line > the world's `[scenarios.<name>]` > defaults."""
     spec: Spec = parse_spec(text, positional="model")
     if spec.name not in _APPLY:
-        raise InvalidInput(f"unknown scenario {spec.name!r}; known: {', '.join(SCENARIOS)}")
+        raise InvalidInput(f"unknown scenario {quoted([spec.name], SCENARIOS)}; known: {', '.join(SCENARIOS)}")
     defaults = _DEFAULTS[spec.name](env)
     spec.check(set(defaults))
     settings: dict[str, Any] = {**defaults, **env.scenario_defaults.get(spec.name, {}), **spec.settings}

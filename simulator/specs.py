@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bandit_router.errors import InvalidInput
+from bandit_router.hints import quoted
 from bandit_router.policies import parse_settings
 from bandit_router.setting_values import typed_value
 
@@ -56,7 +57,8 @@ class Spec:
         """Reject settings this spec's owner does not know, naming the ones it does."""
         unknown = set(self.settings) - allowed
         if unknown:
-            raise InvalidInput(f"{self.text}: unknown setting(s) {sorted(unknown)}; known: {sorted(allowed)}")
+            raise InvalidInput(f"{self.text}: unknown setting(s) {quoted(sorted(unknown), allowed)}; known: "
+                               f"{sorted(allowed)}")
 
 
 def parse_spec(text: str, positional: str = "") -> Spec:

@@ -681,8 +681,9 @@ def test_a_fixed_policy_on_a_model_added_at_run_time_starts_and_one_named_nowher
     make_client(shadow_policies=("fixed:gpt-5",)).__exit__(None, None, None)
     for settings, key in (({"policy": "fixed:gpt-6"}, "policy"), ({"shadow_policies": ("fixed:gpt-6",)},
                                                                    "shadow_policies")):
-        with pytest.raises(ConfigError, match=f"^{key}: policy 'fixed:gpt-6' names the model 'gpt-6', which is not in "
-                           "the catalog; its models: gpt-4.1-nano, .*, claude-sonnet-4-5, gpt-5$"):
+        with pytest.raises(ConfigError, match=f"^{key}: policy 'fixed:gpt-6' names the model 'gpt-6' \\(did you mean "
+                           r"gpt-5\?\), which is not in the catalog; its models: gpt-4.1-nano, .*, claude-sonnet-4-5, "
+                           "gpt-5$"):
             make_client(**settings)
     client = make_client()
     assert client.delete("/v1/models/gpt-5").status_code == 200
@@ -727,6 +728,6 @@ def test_a_rules_policy_may_name_a_model_added_at_run_time_and_skips_a_retired_o
     client.__exit__(None, None, None)
     misspelt = {"rules": [{"model": "gpt-4o", "min_chars": 10}, {"model": "gpt-4o-minii", "regex": "(?i)^translate"}]}
     with pytest.raises(ConfigError, match=r"^policy: policy 'rules:rules=sha256-\w+': rule 2 \(regex = "
-                       r"'\(\?i\)\^translate'\) names the model 'gpt-4o-minii', which is not in the catalog; its "
-                       "models: .*gpt-5"):
+                       r"'\(\?i\)\^translate'\) names the model 'gpt-4o-minii' \(did you mean gpt-4o-mini\?\), "
+                       r"which is not in the catalog; its models: .*gpt-5"):
         make_client(policy="rules", policy_settings=misspelt)

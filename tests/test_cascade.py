@@ -912,7 +912,8 @@ descriptions = {big = "strong at proofs"}
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
          "escalation = {v = nan}", "v must be a finite number, got nan"),
         ('name = "c"\nstrategy = "learned-cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\n'
-         "escalation = {histroy = true}", r"'c': escalation: unknown settings \['histroy'\]; known: .*'history'"),
+         "escalation = {histroy = true}",
+         r"'c': escalation: unknown settings 'histroy' \(did you mean history\?\); known: .*'history'"),
         ('name = "c"\nstrategy = "llm-router"\nmodels = ["small", "big"]', "router_model"),
         ('name = "c"\nstrategy = "cascade"\nmodels = ["small", "big"]\nsignal = "logprob"\njudge = "grader"',
          "only used"),

@@ -435,10 +435,11 @@ ROUTE_FALSE_JUDGE = "[[models]]\nname = 'judge'\ninput_usd_per_mtok = 1\noutput_
     [
         ('default = "gpt-4o"\n[[rules]]\nmodel = "gpt-4o"\nmarkers = ["code"]\n[[rules]]\nmodel = "claude-sonet-4-5"\n'
          "min_tokens = 2000\n", "",
-         "rule 2 (min_tokens = 2000) names the model 'claude-sonet-4-5', which is not in the catalog; its models: "
+         "rule 2 (min_tokens = 2000) names the model 'claude-sonet-4-5' (did you mean claude-sonnet-4-5?), which is "
+         "not in the catalog; its models: "
          f"{CATALOG_NAMES}"),
         ('default = "gpt-4o-minii"\n[[rules]]\nmodel = "gpt-4o"\nregex = "(?i)^translate"\n', "",
-         "default names the model 'gpt-4o-minii', which is not in the catalog"),
+         "default names the model 'gpt-4o-minii' (did you mean gpt-4o-mini?), which is not in the catalog"),
         ('[[rules]]\nmodel = "judge"\ncontext = { task = "support" }\n', ROUTE_FALSE_JUDGE,
          "rule 1 (context = {'task': 'support'}) names the model 'judge', which has route = false (a judge or router "
          "model only): it is never chosen"),

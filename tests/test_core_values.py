@@ -465,8 +465,11 @@ def test_state_pack_round_trip_without_pickle() -> None:
     back = unpack(pack(tree))
     assert np.array_equal(back["a"], tree["a"]) and back["b"] == tree["b"]
     assert back["c"] == tree["c"] and back["d/e"] == {"f": 1}
-    with pytest.raises(ValueError, match="not a bandit-router state"):
+    with pytest.raises(ValueError, match="not a bandit-router state") as refused:
         unpack(b"garbage")
+    assert "pickle" not in str(refused.value)  # numpy's "load it unsafely using allow_pickle=" was passed on
+    with pytest.raises(ValueError, match="not a bandit-router state"):
+        unpack(pack(tree)[:100])  # a zip cut short
 
 
 def test_catalog_priors_round_trip_with_a_default_strength(tmp_path: Path) -> None:

@@ -417,18 +417,28 @@ def test_a_model_added_at_run_time_shows_the_probability_the_policy_would_give_i
     server = ServerThread(create_app(Settings(db=tmp_path / "added.db", seed=3, models=two)))
     try:
         url = server.wait_ready(30)
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")  # before the first request: no context to average the pmf over
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
+        assert [t.split("\t")[-1] for t in w.page.locator("#models-table tbody tr").all_inner_texts()] == ["–", "–"]
+        assert w.page.locator("#models-note").inner_text() == (  # a bare "–" said nothing of why
+            "Probability now: – until the first request (it averages the live policy's pmf over the newest "
+            "requests' contexts).")
         with httpx.Client() as client:
             for i in range(12):
                 assert client.post(url + "/v1/route", json={"prompt": f"Explain recursion (#{i})"}).is_success
             spec = {"name": "c", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
             assert client.post(url + "/v1/models", json=spec).status_code == 201
-        w = watched(viewport={"width": 1200, "height": 900})
         w.page.goto(url + "/dashboard")
         wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
         rows = {r[0]: r for r in (t.split("\t") for t in w.page.locator("#models-table tbody tr").all_inner_texts())}
         assert set(rows) == {"a", "b", "c"}
         assert rows["c"][1] == "0"  # no request yet
-        now = {name: float(row[-1].rstrip("%")) for name, row in rows.items()}
+        assert w.page.is_hidden("#models-note")  # empty once requests came
+        # none of the newest requests could choose c (it was added since; the same for models they never named):
+        # the probability is what a request naming no models would give it, and the cell says so
+        assert rows["c"][-1].endswith("% if allowed") and not rows["a"][-1].endswith("allowed"), rows
+        now = {name: float(row[-1].removesuffix(" if allowed").rstrip("%")) for name, row in rows.items()}
         assert now["c"] >= 5.0, rows  # the floor; the logged pmfs of the 12 decisions gave it 0.0%
         assert sum(now.values()) == pytest.approx(100.0, abs=0.2)
         header = w.page.locator("#models-table th", has_text="probability now").get_attribute("title")

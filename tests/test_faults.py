@@ -729,10 +729,25 @@ def test_a_database_on_a_full_file_system_is_refused_with_the_reason(tmp_path: P
 def test_a_database_in_a_read_only_directory_is_refused_with_the_reason(tmp_path: Path, where: str) -> None:
     """Drill: `serve --db` where the directory is read-only (a wrong owner of /var/lib/bandit-router, a read-only
     volume). SQLite says only "unable to open database file"; the message now says that the directory is not
-    writable; and a directory that cannot be created was an `OSError` traceback, not a message."""
+    writable; and a directory that cannot be created was an `OSError` traceback, not a message (a missing
+    directory is not created now, `test_a_database_in_a_missing_directory_is_refused_not_created`)."""
     with _read_only_folder(tmp_path / "ro") as folder:
         db = folder / where
         result = CliRunner().invoke(cli_app, ["serve", "--db", str(db), "--port", "1"])
     assert result.exit_code == 2, result.output  # a message and exit status 2, not a traceback
-    expected = "not writable by this process" if where == "router.db" else "cannot create its directory"
+    expected = "not writable by this process" if where == "router.db" else "does not exist"
     assert str(db) in result.output and expected in result.output, result.output
+
+
+@pytest.mark.parametrize("command", ["serve", "migrate"])
+def test_a_database_in_a_missing_directory_is_refused_not_created(tmp_path: Path, command: str) -> None:
+    """`migrate --db /nonexistent/dir/x.db` (and `serve`) created every missing directory: a typo in a path made a
+    new tree and an empty database there. Both refuse now, naming the directory; nothing is created."""
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    for db, found in [(tmp_path / "typo" / "dir" / "x.db", "does not exist"),
+                      (tmp_path / "a-file" / "x.db", "is not a directory")]:
+        port = ["--port", "1"] if command == "serve" else []
+        result = CliRunner().invoke(cli_app, [command, "--db", str(db), *port])
+        assert result.exit_code == 2, result.output
+        assert f"{db}: its directory {db.parent} {found}" in " ".join(result.output.split()), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

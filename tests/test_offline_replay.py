@@ -260,7 +260,7 @@ def test_overlap_warnings_for_a_candidate_the_logger_never_tried(world: Syntheti
     log = simulate_log(world, "fixed:gpt-4o-mini", 400, seed=1, cost_weight=LAM)
     ev = evaluate_log(log.records, [], models=world.models, estimators=("ips", "snips", "dr"), dm_bootstrap=0)
     never = ev.record("fixed:claude-haiku-4-5", "snips")
-    assert any("poor overlap" in w for w in never.warnings)
+    assert any("no logged round supports the candidate" in w for w in never.warnings)  # ESS 0: no overlap at all
     assert any("support violation" in w for w in never.warnings)
     assert never.overlap.unsupported_mass == pytest.approx(1.0)
     assert math.isnan(never.value)  # no logged round says anything about it
@@ -296,7 +296,7 @@ def test_a_small_log_does_not_call_the_logged_policys_overlap_poor(world: Synthe
     assert logged.warnings == ()
     assert not ev.record("fixed:gpt-4o-mini", "replay" if mode == "replay" else "dr").warnings  # the logger itself
     never = ev.record("fixed:claude-haiku-4-5", "replay" if mode == "replay" else "ips")
-    assert any("poor overlap" in w for w in never.warnings)
+    assert any("overlap" in w for w in never.warnings)
     assert "only 20 rounds to evaluate on: every interval is rough" in ev.warnings
     ov = overlap(np.zeros(20, dtype=int), np.full(20, 0.5), np.tile([0.5, 0.5], (20, 1)), np.tile([0.6, 0.4], (20, 1)))
     assert ov.ess == pytest.approx(20) and ov.expected_ess < 20 and ov.warnings  # the expected ESS still counts
@@ -304,7 +304,15 @@ def test_a_small_log_does_not_call_the_logged_policys_overlap_poor(world: Synthe
         "poor overlap on a small log: effective sample size 20.0 of 20 rounds (100.0%), 19.2 (96.2%) expected from "
         "the logged pmfs; under 30 rounds every round the weights discount is warned of: the estimate rests on fewer "
         "rounds than the 20 the log has, do not trust it",)
-    assert "a few rounds carry the estimate" in never.warnings[0]  # ESS below 10% of the log: a few rounds do
+    assert never.ess == 0.0 and never.warnings[0].startswith("no overlap: effective sample size 0.0 of 20 rounds")
+    assert "a few rounds carry" not in never.warnings[0]  # it said so at ESS 0, where no round carries anything
+    assert ("no logged round supports the candidate (its choices never had positive logged probability), so there "
+            "is no estimate") in never.warnings[0]
+    ov = overlap(np.zeros(40, dtype=int), np.full(40, 0.9), np.tile([0.9, 0.1], (40, 1)), np.tile([0.0, 1.0], (40, 1)))
+    assert ov.ess == 0.0 and "(no logged draw fell on its choices)" in ov.warnings[0]  # μ = 0.1, never drawn
+    few = overlap(np.r_[np.ones(2), np.zeros(38)].astype(int), np.r_[np.full(2, 0.1), np.full(38, 0.9)],
+                  np.tile([0.9, 0.1], (40, 1)), np.tile([0.0, 1.0], (40, 1)))
+    assert 0 < few.ess < 4 and "a few rounds carry the estimate" in few.warnings[0]  # two rounds do
 
 
 def test_a_one_round_log_is_counted_in_the_singular_in_the_replay_mode(world: SyntheticWorld,

@@ -327,6 +327,8 @@ def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers:
     recovered = [line for line in lines if re.match(stamp + r"INFO bandit_router\.service: recovered: ", line)]
     started = [line for line in lines if re.match(stamp + r"INFO bandit_router\.service: bandit-router: db=", line)]
     assert len(recovered) == 2 and len(started) == 2, "\n".join(lines)
+    assert all(": recovered: no checkpoint yet, 0 feedbacks replayed" in line for line in recovered), recovered  # not
+    # "checkpoint at seq None", which a newcomer's first start read as a fault
     assert all(" synchronous=normal " in line for line in started)  # SQLite's durability setting, in force
     warned = [line for line in lines if "not called by the gateway" in line]  # no key variable is set here
     assert warned and all(re.match(stamp + r"WARNING bandit_router\.gateway: ", line) for line in warned), warned
@@ -397,6 +399,12 @@ def test_the_budgets_examples_work_as_written(servers: Callable[..., Server], tm
     assert [r.get("error") for r in replies] == [None, None, None], replies
     assert [r["targets"] for r in replies] == [
         [], ["avg_cost_usd=0.0005", "@acme:spend_usd=50/1d", "@acme:share:gpt-4o=0.3"], []]
+    # what the comments show (the first read's showed the targets that only the PUT after it sets)
+    first, put = replies[0], replies[1]
+    assert first["budgets"]["cost_step"] == 0.05 and first["report"]["tenants"] == {}
+    assert first["report"]["global"]["cost_weight"] is None and first["report"]["global"]["exhausted"] is False
+    assert put["budgets"]["avg_cost_usd"] == 0.0005 and set(put["budgets"]["tenants"]) == {"acme"}
+    assert done.stdout.count("\n") == 3  # one reply a line (they ran together on one line without -w '\n')
 
 
 def test_serve_starts_on_a_catalog_file_whose_routable_models_the_log_holds(servers: Callable[..., Server],

@@ -284,7 +284,8 @@ def test_bernoulli_world_draws_zero_one_outcomes_with_the_right_mean() -> None:
         ({"scenarios": 5}, "scenarios must be tables of settings"),
         # each of these was built, silently wrong
         ({"pool": 1.5}, "pool must be an integer, got 1.5"),  # a pool of one prompt
-        ({"models": [{"name": "gpt-4o", "skill": {"cdoe": 2.0}}]}, r"skill names no domain \['cdoe'\]"),  # skill 0
+        # skill 0 for the misspelt domain
+        ({"models": [{"name": "gpt-4o", "skill": {"cdoe": 2.0}}]}, r"skill names no domain 'cdoe' \(did you mean code"),
         ({"models": [{"name": "gpt-4o", "skill": {"code": math.nan}}]}, "code must be a finite number, got nan"),
         ({"models": [{"name": "gpt-4o", "dormant": "false"}]}, "dormant must be true or false, got 'false'"),  # dormant
         ({"models": [{"name": "gpt-4o", "tokens_per_s": 0}]}, "tokens_per_s must be a number > 0, got 0"),  # inf s
@@ -582,7 +583,8 @@ def test_a_fixed_or_rules_policy_may_name_a_model_that_joins_the_run_later(tmp_p
     rules.write_text('[[rules]]\nmodel = "gpt-4o"\nmin_chars = 10\n[[rules]]\nmodel = "claude-haiku-4-6"\n'
                      'markers = ["code"]\n', encoding="utf-8")
     with pytest.raises(InvalidInput, match=r"^unknown model: policy 'rules:file=\S+': rule 2 \(markers = \['code'\]\) "
-                       r"names the model 'claude-haiku-4-6', which is not one of the environment's models: gpt-4o"):
+                       r"names the model 'claude-haiku-4-6' \(did you mean claude-haiku-4-5\?\), which is not one of "
+                       r"the environment's models: gpt-4o"):
         make_agent(f"rules:file={rules}", env)
 
 

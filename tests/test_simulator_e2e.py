@@ -191,7 +191,7 @@ def test_a_single_cost_weight_in_a_config_file_is_one_lambda(tmp_path: Path) -> 
     ("seeds = 1.5", "seeds must be an integer, got 1.5"),
     ('steps = "--5"', "steps must be an integer, got '--5'"),
     ('window = "²"', "window must be an integer, got '²'"),
-    ('policy = "linucb"', "unknown keys ['policy']; known: context_columns, cost_weights"),
+    ('policy = "linucb"', "unknown keys 'policy'; known: context_columns, cost_weights"),
     # a value of the wrong shape was a TypeError traceback ('int' object is not iterable)
     ("scenarios = 5", "scenarios must be a string or a list, got 5"),
     ("tasks = 5", "tasks must be a string or a list, got 5"),
@@ -282,6 +282,17 @@ def test_terminal_report_gives_regret_per_request_and_break_even(tmp_path: Path)
     line = next(x for x in result.output.splitlines() if x.strip().startswith("default") and "λ=10" in x)
     assert "regret +" in line or "regret -" in line
     assert "break-even" in line
+
+
+def test_the_break_even_text_says_what_it_counts() -> None:
+    """`break-even never (3)` left a reader of the terminal report to guess that 3 counted seeds."""
+    from simulator.report import break_even_text
+
+    assert break_even_text({"break_even_step": None, "break_even_never": 3, "n_seeds": 3}) == "never (3 of 3 seeds)"
+    some = {"break_even_step": 812.0, "break_even_never": 1, "n_seeds": 5}
+    assert break_even_text(some) == "812 (1 of 5 seeds never)"
+    assert break_even_text({"break_even_step": 812.0, "break_even_never": 0, "n_seeds": 5}) == "812"
+    assert break_even_text({"break_even_step": None, "break_even_never": 0, "n_seeds": 1}) == "–"
 
 
 def test_terminal_report_shows_reaction_times_and_targets(tmp_path: Path) -> None:

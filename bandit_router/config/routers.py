@@ -27,6 +27,7 @@ from typing import Any
 from ..cascade.escalation import EscalationParams
 from ..cascade.signals import SIGNALS
 from ..errors import ConfigError
+from ..hints import quoted
 from ..names import name_problem
 from ..setting_values import type_name, typed_value
 from .sections import setting
@@ -88,7 +89,7 @@ class RouterAlias:
             kinds = {f.name: type_name(f.type) for f in fields(EscalationParams)}
             unknown = sorted(set(self.escalation) - set(kinds))
             if unknown:
-                raise ValueError(f"unknown settings {unknown}; known: {sorted(kinds)}")
+                raise ValueError(f"unknown settings {quoted(unknown, kinds)}; known: {sorted(kinds)}")
             settings: dict[str, Any] = {}
             for key, value in self.escalation.items():
                 try:
@@ -115,11 +116,12 @@ class RouterAlias:
             raise ConfigError("routers: each entry needs a name and a strategy (strings)")
         allowed = _KEYS.get(strategy)
         if allowed is None:
-            raise ConfigError(f"routers: {name!r}: strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+            raise ConfigError(f"routers: {name!r}: strategy must be one of {', '.join(STRATEGIES)}, not "
+                              f"{quoted([strategy], STRATEGIES)}")
         unknown = sorted(set(data) - allowed)
         if unknown:
-            raise ConfigError(f"routers: {name!r}: unknown keys {unknown} for strategy {strategy!r}; known: "
-                              f"{sorted(allowed)}")
+            raise ConfigError(f"routers: {name!r}: unknown keys {quoted(unknown, allowed)} for strategy "
+                              f"{strategy!r}; known: {sorted(allowed)}")
         models = data.get("models")
         if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise ConfigError(f"routers: {name!r}: models must be a list of catalog model names")

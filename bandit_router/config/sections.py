@@ -15,6 +15,7 @@ from typing import Any
 
 from ..catalog import ModelSpec
 from ..errors import ConfigError
+from ..hints import quoted
 from ..reward import MAX_COST_WEIGHT
 from ..store.location import Database, parse_database
 
@@ -102,15 +103,17 @@ class ServerSettings:
                    "allowed_hosts", f"must be host names, got {host!r}")
         _check(1 <= self.port <= 65535, "port", f"must be in 1..65535, got {self.port}")
         _check(1 <= self.workers <= 64, "workers", f"must be in 1..64, got {self.workers}")
-        _check(self.log_level in LOG_LEVELS, "log_level", f"unknown {self.log_level!r}; one of {', '.join(LOG_LEVELS)}")
+        _check(self.log_level in LOG_LEVELS, "log_level",
+               f"unknown {quoted([self.log_level], LOG_LEVELS)}; one of {', '.join(LOG_LEVELS)}")
 
 
 @dataclass(frozen=True)
 class StorageSettings:
     """The database and the checkpoints of the learned state."""
 
-    db: Database = setting(Path("bandit-router.db"), help="SQLite database file (created on first start), or a "
-                           "PostgreSQL URL postgresql://user:password@host:port/dbname shared by every replica")
+    db: Database = setting(Path("bandit-router.db"), help="SQLite database file (created on first start, in a "
+                           "directory that must exist), or a PostgreSQL URL "
+                           "postgresql://user:password@host:port/dbname shared by every replica")
     synchronous: str = setting("normal", help="SQLite synchronous: normal (survives an application crash) or "
                                "full/extra (also power loss)", lower=True)
     store_prompts: bool = setting(False, help="store the prompt text with each decision (the hashed features "

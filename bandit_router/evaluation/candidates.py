@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidInput, UnknownPolicy
+from ..hints import quoted
 from ..policies import make_policy, parse_spec
 from ..setting_values import typed_value
 
@@ -78,7 +79,7 @@ def parse_candidate(spec: str) -> Candidate:
                 raise InvalidInput(f"candidate {label!r}: bad setting {part.strip()!r}, expected key=value")
             if key not in _SETTINGS:
                 known = ", ".join(sorted(_SETTINGS))
-                raise InvalidInput(f"candidate {label!r}: unknown setting {key!r}; known: {known}")
+                raise InvalidInput(f"candidate {label!r}: unknown setting {quoted([key], _SETTINGS)}; known: {known}")
             key = "cost_weight" if key == "lambda" else key
             if key in values:
                 raise InvalidInput(f"candidate {label!r}: {key} given twice")

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import stats
 
 from ..errors import InvalidInput
+from ..hints import quoted
 from .resampling import bootstrap_counts
 from .reward_models import RewardFit, RewardModel, RidgeRewardModel, fit_rewards
 
@@ -512,5 +513,5 @@ def make_estimator(name: str, **settings: Any) -> Estimator:
     try:
         factory = ESTIMATORS[name]
     except KeyError:
-        raise InvalidInput(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}") from None
+        raise InvalidInput(f"unknown estimator {quoted([name], ESTIMATORS)}; known: {', '.join(ESTIMATORS)}") from None
     return factory(**settings)

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
+from ..hints import quoted
 from .candidates import Candidate, baseline_candidates, check_models, parse_candidate
 from .estimators import ClippedIPS, Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
@@ -198,7 +199,7 @@ class EvaluationConfig:
         if self.thresholds is None:  # `thresholds=None`: the defaults
             object.__setattr__(self, "thresholds", OverlapThresholds())
         if self.mode not in MODES:
-            raise InvalidInput(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+            raise InvalidInput(f"unknown mode {quoted([self.mode], MODES)}; known: {', '.join(MODES)}")
         lam = self.reward_lambda
         if isinstance(lam, str) and lam not in ("logged", "candidate"):
             raise InvalidInput("reward_lambda must be 'logged', 'candidate' or a number")

@@ -15,7 +15,9 @@ Two ways an off-policy estimate goes wrong, each with a documented threshold (`O
   The drawn ESS alone is fooled by a lucky log: a candidate the logger exploited on some contexts (w ≈ 1 on
   many rounds) and explored rarely on the others (w = 1/μ large, but not drawn) shows a comfortable ESS while
   the estimate misses the rare rounds' share: such logs' intervals almost never cover the truth
-  (`experiments/offline-evaluation/coverage.py`; `tests/test_offline_replay.py`).
+  (`experiments/offline-evaluation/coverage.py`; `tests/test_offline_replay.py`). At ESS = 0 (every weight 0:
+  the candidate never chooses a logged model) no round carries anything: the warning says that there is no
+  estimate, not that a few rounds carry it.
 - **Support violation.** The unsupported mass (1/n) Σ_i Σ_a π(a|x_i)·1[μ(a|x_i) < `support_floor`] is the share
   of the candidate's probability that sits where the logger (almost) never goes (default floor 0.001, i.e.
   once in a thousand). Above `max_unsupported_mass` (default 0.01) IPS, clipped IPS and SNIPS miss that part
@@ -109,7 +111,14 @@ def overlap(
     if least < max(t.min_ess_ratio * n, floor) * (1.0 - ESS_TOLERANCE):
         seen = (f"effective sample size {ess:.1f} of {n} rounds ({100 * ratio:.1f}%), {expected:.1f} "
                 f"({100 * expected / n:.1f}%) expected from the logged pmfs")
-        if n < t.min_ess and least >= t.min_ess_ratio * n * (1.0 - ESS_TOLERANCE):  # only the small log's floor
+        if not np.any(w > 0):  # ESS 0: no round to carry anything, not "a few rounds carry the estimate"
+            never = ("its choices never had positive logged probability" if expected == 0.0
+                     else "no logged draw fell on its choices")
+            warnings.append(
+                f"no overlap: {seen}: no logged round supports the candidate ({never}), so there is no estimate: "
+                "IPS is 0 and SNIPS undefined by construction, DM/DR only extrapolate the reward model"
+            )
+        elif n < t.min_ess and least >= t.min_ess_ratio * n * (1.0 - ESS_TOLERANCE):  # only the small log's floor
             warnings.append(
                 f"poor overlap on a small log: {seen}; under {t.min_ess:.0f} rounds every round the weights discount "
                 f"is warned of: the estimate rests on fewer rounds than the {n} the log has, do not trust it"

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
+from ..hints import quoted
 from ..policies import parse_spec
 from ..policies.baselines import cheapest
 from ..reward import RewardConfig
@@ -128,7 +129,7 @@ def replay(
     the column order of `target_pmf` (default: order of first appearance).
     """
     if mode not in MODES:
-        raise InvalidInput(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+        raise InvalidInput(f"unknown mode {quoted([mode], MODES)}; known: {', '.join(MODES)}")
     if not 0.0 < train_fraction < 1.0:
         raise InvalidInput("train_fraction must be in (0, 1)")
     cand = parse_candidate(candidate) if isinstance(candidate, str) else candidate

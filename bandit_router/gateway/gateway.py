@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from ..catalog import ModelSpec
 from ..config import Settings
 from ..errors import InvalidInput, UnknownModel
+from ..hints import quoted
 from ..ids import new_decision_id
 from ..log import CALLER_POLICY
 from ..router import Router
@@ -306,7 +307,7 @@ class Gateway:
         active = {m.name for m in self.engine.router.models}
         unknown = [m for m in chat.models or () if m not in active]
         if unknown:
-            raise BadChatRequest(chat.models_param, f"unknown or retired models {unknown[:5]}")
+            raise BadChatRequest(chat.models_param, f"unknown or retired models {quoted(unknown[:5], active)}")
 
     # -- the first decision -----------------------------------------------------------------------------------
     async def _first(self, chat: ChatRequest) -> tuple[Attempt, Request]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput, UnknownPolicy
+from ..hints import quoted
 from ..setting_values import type_name, typed_value
 from .base import BasePolicy, NoParams, Policy
 from .baselines import FixedParams, FixedPolicy, RandomPolicy
@@ -161,7 +162,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """`name[:value|:k=v,k=v]` → (name, settings as strings)."""
     name, _, rest = spec.strip().partition(":")
     if name not in REGISTRY:
-        raise UnknownPolicy(f"unknown policy {name!r}; known: {', '.join(REGISTRY)}")
+        raise UnknownPolicy(f"unknown policy {quoted([name], REGISTRY)}; known: {', '.join(REGISTRY)}")
     return name, parse_settings(spec.strip(), rest, REGISTRY[name].positional, UnknownPolicy)
 
 
@@ -199,7 +200,7 @@ def make_params(
     given = {**(text or {}), **settings}
     unknown = set(given) - set(fields)
     if unknown:
-        raise UnknownPolicy(f"policy {name!r} has no setting {sorted(unknown)}; it has {used}")
+        raise UnknownPolicy(f"policy {name!r} has no setting {quoted(sorted(unknown), used)}; it has {used}")
     ignored = set(given) & entry.ignores
     if ignored:
         raise UnknownPolicy(f"policy {name!r} does not use the setting {sorted(ignored)}; it uses {used}")

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput, UnknownModel
+from ..hints import quoted
 from ..types import Context
 
 
@@ -126,7 +127,8 @@ def check_named_model(who: str, model: str, models: Sequence[ModelSpec]) -> None
     chosen, so a policy naming it would never choose it either)."""
     found = [m for m in models if m.name == model]
     if not found:
-        raise UnknownModel(f"{who} names the model {model!r}, {NOT_IN_CATALOG} {', '.join(m.name for m in models)}")
+        names = [m.name for m in models]
+        raise UnknownModel(f"{who} names the model {quoted([model], names)}, {NOT_IN_CATALOG} {', '.join(names)}")
     if not found[0].route:
         raise InvalidInput(f"{who} names the model {model!r}, which has route = false (a judge or router model "
                            "only): it is never chosen")

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import ConfigError
+from ..hints import quoted
 from ..setting_values import typed_value
 from ..types import Context, Scalar
 from .base import BasePolicy, check_named_model
@@ -85,7 +86,9 @@ class Rule:
         known = {f for f in cls.__dataclass_fields__} - {"pattern"}
         unknown = set(data) - known
         if unknown or "model" not in data:
-            raise ConfigError(f"a rule needs `model` and may have {sorted(known - {'model'})}; got {sorted(data)}")
+            hint = f"; unknown: {quoted(sorted(unknown), known)}" if unknown else ""
+            raise ConfigError(f"a rule needs `model` and may have {sorted(known - {'model'})}; got {sorted(data)}"
+                              f"{hint}")
         return cls(**dict(data))
 
     def conditions(self) -> str:

@@ -37,6 +37,7 @@ from ..catalog import ModelSpec
 from ..config import ConfigError, Settings, alias_clash
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, UnknownDecision
+from ..hints import quoted
 from ..ids import new_decision_id
 from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicySet, build_router, rebuild_router
 from ..router import Router
@@ -332,9 +333,11 @@ class Engine:
         if self.budgets.shared:
             with self.store.write() as tx:
                 self.budgets.start_following(tx)
+        seq = self.recovery["checkpoint_seq"]  # "checkpoint at seq None" read as a fault on a new database
         log.info(
-            "recovered: checkpoint at seq %s, %d feedbacks replayed in %.2f s, policy version %d",
-            self.recovery["checkpoint_seq"], replayed, self.recovery["seconds"], self.router.version,
+            "recovered: %s, %d feedbacks replayed in %.2f s, policy version %d",
+            "no checkpoint yet" if seq is None else f"checkpoint at seq {seq}", replayed, self.recovery["seconds"],
+            self.router.version,
         )
         self.policies.check_models()  # a policy naming a model neither the catalog nor the log holds
         if self.follower.unreadable:
@@ -547,7 +550,8 @@ class Engine:
         `NotFound` for an unknown shadow and `Conflict` (with the reason) when the evidence is not there."""
         self._require_ready()
         if name not in self.shadows:
-            raise NotFound(f"no shadow policy {name!r}; shadows: {', '.join(self.shadows) or 'none'}")
+            shadows = ", ".join(self.shadows) or "none"
+            raise NotFound(f"no shadow policy {quoted([name], self.shadows)}; shadows: {shadows}")
         previous = self.live_name
         check: dict[str, Any]
         try:

@@ -41,6 +41,7 @@ from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision
+from ..hints import quoted
 from ..log import BudgetState, FeedbackRules, LogEntry, LogFollower, Verdict, close_window, feedback_record, judge
 from ..log.escalations import learns_chain
 from ..log.feedback import unrouted, with_call
@@ -290,7 +291,7 @@ class RetireModel(Op):
 
     def run(self, batch: Batch) -> str:
         if self.name not in batch.active:
-            raise NotFound(f"model {self.name!r} is not an active model")
+            raise NotFound(f"model {quoted([self.name], sorted(batch.active))} is not an active model")
         if len(batch.active) == 1:
             raise Conflict("cannot retire the last model")
         # models added at run time are routable; route = false ones come only from the catalog, so live knows them
@@ -353,7 +354,7 @@ class Promote(Op):
                            f"{live!r} (another promotion was written) while the promotion was checked against "
                            f"{self.replacing!r}; ask again to check it against {live!r}")
         if self.name not in policies.shadows:
-            raise NotFound(f"no shadow policy {self.name!r}")
+            raise NotFound(f"no shadow policy {quoted([self.name], policies.shadows)}")
         batch.log_event(ModelAction.PROMOTE, self.name)
         batch.promoted.append(self.name)
         return self.replacing

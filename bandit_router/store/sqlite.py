@@ -192,10 +192,11 @@ class SQLiteStore:
 
     def prepare(self) -> None:
         """Switch to WAL and run the migrations this database has not run yet (`store/migrations.py`)."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"{self.path}: cannot create its directory: {exc.strerror or exc}") from exc
+        folder = self.path.parent  # not created: a typo in a path would make directories silently
+        if not folder.is_dir():
+            found = "is not a directory" if folder.exists() else "does not exist"
+            raise StoreError(f"{self.path}: its directory {folder} {found} (the database file is created on first "
+                             "start, its directory is not: create it first, or correct the path)")
         conn = self._connect()
         try:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":

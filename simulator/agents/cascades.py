@@ -50,6 +50,7 @@ from bandit_router.cascade import (
 )
 from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor, estimate_tokens
+from bandit_router.hints import quoted
 from bandit_router.types import Context
 
 from ..environments.base import Environment, Episode
@@ -336,7 +337,7 @@ def _chain_of(spec: Spec, env: Environment) -> list[int]:
         names = [m.strip() for m in str(spec.get("models")).split(">") if m.strip()]
         unknown = set(names) - set(env.model_names)
         if unknown:
-            raise InvalidInput(f"{spec.text}: unknown models {sorted(unknown)}")
+            raise InvalidInput(f"{spec.text}: unknown models {quoted(sorted(unknown), env.model_names)}")
         return [env.model_names.index(m) for m in names]
     return np.argsort(mean_costs(env), kind="stable").tolist()
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from bandit_router.errors import InvalidInput, UnknownModel
 from bandit_router.features import FeatureExtractor
+from bandit_router.hints import quoted
 from bandit_router.policies import REGISTRY, Policy, check_models, make_policy
 from bandit_router.policies.base import NOT_IN_CATALOG
 
@@ -107,7 +108,7 @@ def make_agent(
     if entry is not None:
         return entry.build(spec, env, options)
     if name not in REGISTRY:
-        raise InvalidInput(f"unknown policy {name!r}; known: {', '.join(sorted(known_names()))}")
+        raise InvalidInput(f"unknown policy {quoted([name], known_names())}; known: {', '.join(sorted(known_names()))}")
     try:  # fail early on a bad spec, or a model a fixed or rules policy names outside the environment
         check_models(make_policy(spec), env.models)  # (`fixed:model=gpt-4o` too)
     except UnknownModel as exc:  # the message names the spec already; the models are the environment's

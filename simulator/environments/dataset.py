@@ -34,6 +34,7 @@ import numpy as np
 from bandit_router.catalog import ModelSpec
 from bandit_router.errors import InvalidInput
 from bandit_router.features import estimate_tokens
+from bandit_router.hints import quoted
 from bandit_router.outcomes import OutcomeTable, load_table
 
 from .base import Environment
@@ -152,7 +153,8 @@ def load_dataset(
     if tasks:
         unknown = set(tasks) - set(table.tasks)
         if unknown:
-            raise InvalidInput(f"{path}: no task(s) {sorted(unknown)}; it has {sorted(set(table.tasks))}")
+            raise InvalidInput(f"{path}: no task(s) {quoted(sorted(unknown), set(table.tasks))}; it has "
+                               f"{sorted(set(table.tasks))}")
         keep &= np.isin(np.array(table.tasks), list(tasks))
     for column in [drop_flag] if drop_flag else []:
         if column not in table.columns:

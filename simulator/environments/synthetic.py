@@ -53,6 +53,7 @@ from bandit_router.catalog import ModelSpec, default_catalog
 from bandit_router.config import read_toml
 from bandit_router.errors import ConfigError
 from bandit_router.features import FeatureExtractor, estimate_tokens
+from bandit_router.hints import quoted
 
 from .base import Environment
 
@@ -246,7 +247,7 @@ def _read_prompts(path: Path) -> list[dict[str, str]]:
 def _check(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     unknown = set(table) - allowed
     if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(allowed)}")
+        raise ConfigError(f"{where}: unknown keys {quoted(sorted(unknown), allowed)}; known: {sorted(allowed)}")
 
 
 def _entries(config: Mapping[str, Any], key: str, allowed: set[str], source: str) -> list[Mapping[str, Any]]:
@@ -292,7 +293,8 @@ def _skills(model: Mapping[str, Any], domains: Sequence[str], where: str) -> lis
         raise ConfigError(f"{where}: skill must be a table (skill = {{ default = 1.0, code = 0.4 }}), got {skill!r}")
     unknown = set(skill) - {*domains, "default"}
     if unknown:
-        raise ConfigError(f"{where}: skill names no domain {sorted(unknown)}; domains: {list(domains)}")
+        raise ConfigError(f"{where}: skill names no domain {quoted(sorted(unknown), [*domains, 'default'])}; domains: "
+                          f"{list(domains)}")
     fallback = _number(skill, "default", 0.0, f"{where}: skill")
     return [_number(skill, d, fallback, f"{where}: skill") for d in domains]
 

@@ -242,8 +242,20 @@
       cell(tr, num(r.reward, 3));
       cell(tr, num(r.fixed_reward, 3));
       // what the live policy would give it now (a model just added: its exploration floor); a retired one: none
-      cell(tr, r.in_catalog === false ? "–" : pct(live.typical.now[r.model]));
+      var now = cell(tr, r.in_catalog === false ? "–" : pct(live.typical.now[r.model]));
+      if (r.in_catalog !== false && live.typical.decisions > 0 && live.typical.probabilities[r.model] === 0 &&
+          live.typical.now[r.model] > 0) {  // the newest requests named their own models, without this one
+        var offered = document.createElement("span");
+        offered.className = "muted";
+        offered.textContent = " if allowed";
+        now.appendChild(offered);
+        now.title = "none of the newest requests allowed this model (they named their own models, or it was added " +
+                    "since): a request that names no models would give it this probability";
+      }
     });
+    $("models-note").textContent = live.typical.decisions > 0 ? "" :
+      "Probability now: – until the first request (it averages the live policy's pmf over the newest requests' " +
+      "contexts).";
     ready("models", rows.length);
   }
 

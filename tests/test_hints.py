@@ -1,0 +1,92 @@
+"""`did you mean …?` wherever a name is refused: a policy, a policy's setting, a model (`fixed:<m>`, a request's
+`models`, a retirement), a scenario, an estimator, a configuration value. Each said it did not know the name and
+listed the known ones, but did not point at the close one (`hints.quoted`, one helper for all)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from bandit_router import Request, Router
+from bandit_router.cli import app as cli_app
+from bandit_router.config import Settings
+from bandit_router.errors import BanditRouterError
+from bandit_router.evaluation import evaluate_log, parse_candidate
+from bandit_router.evaluation.estimators import make_estimator
+from bandit_router.hints import HINTED, quoted
+from bandit_router.policies import make_policy
+from tests.service_client import start_client
+
+
+def _raised(call: Callable[[], Any]) -> str:
+    with pytest.raises(BanditRouterError) as caught:
+        call()
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "hint"),
+    [
+        (lambda: Router(policy="defualt"), "unknown policy 'defualt' (did you mean default?); known: default"),
+        (lambda: Router(policy="linucb:alpah=1"), "has no setting 'alpah' (did you mean alpha?); it has"),
+        (lambda: make_policy("thompson", n_draw=3), "has no setting 'n_draw' (did you mean n_draws?)"),
+        (lambda: Router(policy="fixed:gpt-4o-mni"), "names the model 'gpt-4o-mni' (did you mean gpt-4o-mini?), which"),
+        (lambda: Router().route(Request(prompt="x", models=("gpt-4o", "gpt-4o-mni"))),
+         "unknown or retired models: 'gpt-4o-mni' (did you mean gpt-4o-mini?)"),
+        (lambda: Router().retire_model("gpt4o"), "unknown model 'gpt4o' (did you mean gpt-4o?)"),
+        (lambda: make_estimator("snip"), "unknown estimator 'snip' (did you mean snips?)"),
+        (lambda: evaluate_log([], [], models=(), mode="fronzen"), "unknown mode 'fronzen' (did you mean frozen?)"),
+        (lambda: parse_candidate("linucb@lamda=5"), "unknown setting 'lamda' (did you mean lambda?)"),
+        (lambda: Settings(log_level="debg"), "unknown 'debg' (did you mean debug?)"),
+    ],
+)
+def test_a_misspelt_name_is_refused_with_the_close_one(call: Callable[[], Any], hint: str) -> None:
+    assert hint in _raised(call)
+
+
+def test_a_name_close_to_none_gets_no_hint_and_only_the_first_names_are_compared() -> None:
+    assert "did you mean" not in _raised(lambda: Router(policy="gama"))
+    names = [f"gpt-4o-mini{i}" for i in range(HINTED + 2)]
+    assert quoted(names, ["gpt-4o-mini1"]).count("did you mean") == HINTED
+    assert quoted([3], ["3"]) == "3"  # not a string (a TOML value of the wrong type): no hint, no TypeError
+
+
+def test_simulate_suggests_the_policy_model_and_scenario(tmp_path: Path) -> None:
+    """`bandit-router simulate --policies …` with a typo (the brief's newcomer: `--policies defualt`)."""
+    base = ["simulate", "--env", "synthetic:default", "--out", str(tmp_path / "out")]
+    for args, hint in [
+        (["--policies", "defualt"], "unknown policy 'defualt' (did you mean default?)"),
+        (["--policies", "random,epsgreedy"], "unknown policy 'epsgreedy' (did you mean egreedy?)"),
+        (["--policies", "fixed:gpt-4o-mni"], "'gpt-4o-mni' (did you mean gpt-4o-mini?)"),
+        (["--policies", "random", "--scenario", "drfit"], "unknown scenario 'drfit' (did you mean drift?)"),
+    ]:
+        result = CliRunner().invoke(cli_app, [*base, *args])
+        assert result.exit_code != 0 and hint in result.output, result.output
+
+
+def test_serve_suggests_a_policy_and_its_setting_in_the_configuration(tmp_path: Path) -> None:
+    for text, hint in [
+        ('policy = "defualt"\n', "unknown policy 'defualt' (did you mean default?)"),
+        ('policy = "linucb"\npolicy_settings = { alpah = 1.0 }\n', "'alpah' (did you mean alpha?)"),
+    ]:
+        config = tmp_path / "bandit-router.toml"
+        config.write_text(text, encoding="utf-8")
+        result = CliRunner().invoke(cli_app, ["serve", "--config", str(config), "--db", str(tmp_path / "r.db")])
+        assert result.exit_code == 2 and hint in result.output, result.output
+
+
+def test_the_service_suggests_the_model_of_a_route_and_a_retirement(tmp_path: Path) -> None:
+    client = start_client(Settings(db=tmp_path / "r.db", seed=0))
+    try:
+        reply = client.post("/v1/route", json={"prompt": "hi", "models": ["gpt-4o", "claude-haiku-4.5"]})
+        assert reply.status_code == 422
+        assert "'claude-haiku-4.5' (did you mean claude-haiku-4-5?)" in reply.json()["message"], reply.text
+        reply = client.delete("/v1/models/gpt4o-mini")
+        assert reply.status_code == 404
+        assert "'gpt4o-mini' (did you mean gpt-4o-mini?)" in reply.json()["message"], reply.text
+    finally:
+        client.__exit__(None, None, None)
