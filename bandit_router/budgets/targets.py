@@ -47,6 +47,13 @@ log = logging.getLogger("bandit_router.budgets")
 DURATION_UNITS: Mapping[str, int] = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800})
 _LATENCY_KEY = re.compile(r"latency_p(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)_s")  # as `_fmt` writes it: 1e-05
 MAX_TENANT_LENGTH = 128
+MAX_TENANTS = 1024
+"""The most tenants a `[budgets]` table or a `PUT /v1/budgets` body may give targets (the OpenAPI document's
+`maxProperties`); stored data is not held to it."""
+MAX_SPENDS = 16
+"""The most spend targets of one scope (`spend_usd = [...]`)."""
+MAX_SHARES = 256
+"""The most share targets of one scope (the `share` table and `share:<selector>` keys together)."""
 MIN_PERIOD_S = 0.001
 """The shortest spend period, a millisecond: periods are numbered floor(t / P), which a tiny P overflows; an older
 version took any positive period, so a stored one of half a second still loads."""
@@ -347,9 +354,13 @@ def _check_unique(targets: Iterable[Target], scope: str) -> tuple[Target, ...]:
     return out
 
 
-def _targets_from_mapping(data: Mapping[str, Any], scope: str, also: Iterable[str] = ()) -> tuple[Target, ...]:
+def _targets_from_mapping(
+    data: Mapping[str, Any], scope: str, also: Iterable[str] = (), dropped: list[str] | None = None
+) -> tuple[Target, ...]:
     """The keys of one scope's table → targets, through `parse_target` (one grammar for both forms); `also`: the
-    table's keys that are not targets (suggested for a misspelt key)."""
+    table's keys that are not targets (suggested for a misspelt key). `dropped`: the table is stored data, whose
+    targets an older version took and this one may refuse (`spend_usd=1e-320/1d`): such a target is left out,
+    with a warning naming it, and its text appended to `dropped`; the others load."""
     texts: list[str] = []
     for key, value in data.items():
         if key == "share":
@@ -362,10 +373,28 @@ def _targets_from_mapping(data: Mapping[str, Any], scope: str, also: Iterable[st
             if not isinstance(value, str | int | float) and key not in TARGET_KEYS and not _LATENCY_KEY.fullmatch(key):
                 raise InvalidInput(f"{scope}: unknown target {key!r}{did_you_mean(key, (*TARGET_KEYS, *also))}")
             texts.append(f"{key}={_scalar(value, key)}")
+    if dropped is None:  # new input; stored data was taken without these limits
+        for kind, most in (("spend_usd", MAX_SPENDS), ("share", MAX_SHARES)):
+            count = sum(t.startswith(f"{kind}=" if kind == "spend_usd" else "share:") for t in texts)
+            if count > most:
+                raise InvalidInput(f"{scope}: {count} {kind} targets; at most {most} per scope")
     try:
-        return _check_unique((parse_target(t, also=also) for t in texts), scope)
+        if dropped is None:
+            return _check_unique((parse_target(t, also=also) for t in texts), scope)
+        return _check_unique((t for text in texts if (t := _stored_target(text, scope, dropped)) is not None), scope)
     except InvalidInput as exc:
         raise InvalidInput(f"{scope}: {exc}") from None
+
+
+def _stored_target(text: str, scope: str, dropped: list[str]) -> Target | None:
+    """`parse_target(text)`, or None (logged, appended to `dropped`) for a stored target this version refuses."""
+    try:
+        return parse_target(text)
+    except InvalidInput as exc:
+        log.warning("%s: dropped the stored target %r, which this version refuses (%s); the other targets keep "
+                    "pacing; PUT /v1/budgets to set it again", scope, text.strip(), str(exc).partition("': ")[2])
+        dropped.append(text.strip())
+        return None
 
 
 def _scalar(value: Any, what: str) -> str:
@@ -474,9 +503,22 @@ class BudgetConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, stored: bool = False) -> BudgetConfig:
         """From a `[budgets]` TOML table or a JSON body (the inverse of `to_mapping`); unknown keys raise.
-        `stored`: `data` is what `to_mapping` stored, maybe before tenant names followed `tenant_of`: two tables of
-        one tenant (`5` and `5.0`) keep the one named `5`, with a warning, instead of refusing it all
-        (`tenants_once`)."""
+        `stored`: `data` is what `to_mapping` stored, maybe by an older version (`from_stored`)."""
+        return cls.from_stored(data)[0] if stored else cls._from_mapping(data, None)
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> tuple[BudgetConfig, dict[str | None, list[str]]]:
+        """What `to_mapping` stored, maybe by a version that took what this one refuses; what it would refuse whole
+        is left out, each with a warning, rather than losing every other target with it: two tables of one tenant
+        (`5` and `5.0`, before tenant names followed `tenant_of`) keep the one named `5` (`tenants_once`); a
+        target this version refuses (`spend_usd=1e-320/1d`) is dropped, and a tenant left without targets with it.
+        Returns the config and the dropped targets' texts per scope (None: the global one; else the tenant)."""
+        dropped: dict[str | None, list[str]] = {}
+        return cls._from_mapping(data, dropped), dropped
+
+    @classmethod
+    def _from_mapping(cls, data: Mapping[str, Any], dropped: dict[str | None, list[str]] | None) -> BudgetConfig:
+        stored = dropped is not None
         if not isinstance(data, Mapping):
             raise InvalidInput("budgets must be a table")
         settings = {f.name for f in fields(cls)} - {"targets", "tenants"}
@@ -484,14 +526,23 @@ class BudgetConfig:
         tenants_data = data.get("tenants", {})
         if not isinstance(tenants_data, Mapping):
             raise InvalidInput("budgets.tenants must be a table of tenant → targets")
+        if not stored and len(tenants_data) > MAX_TENANTS:
+            raise InvalidInput(f"budgets: tenants: {len(tenants_data)} tenants; at most {MAX_TENANTS} may have targets")
+
+        def dropped_in(tenant: str | None) -> list[str] | None:
+            return None if dropped is None else dropped.setdefault(tenant, [])
+
         targets = _targets_from_mapping({k: v for k, v in data.items() if k not in settings | {"tenants"}}, "budgets",
-                                        sorted(settings | {"tenants"}))
+                                        sorted(settings | {"tenants"}), dropped_in(None))
         tenants = {}
         for tenant, name in tenants_once(tenants_data, "budgets.tenants", stored=stored).items():
             table = tenants_data[name]
             if not isinstance(table, Mapping):
                 raise InvalidInput(f"budgets.tenants.{name} must be a table of targets")
-            tenants[tenant] = _targets_from_mapping(table, f"budgets.tenants.{name}")
+            tenants[tenant] = _targets_from_mapping(table, f"budgets.tenants.{name}", (), dropped_in(tenant))
+        if dropped is not None:
+            for scope in [scope for scope, texts in dropped.items() if not texts]:
+                del dropped[scope]
         return cls(targets=targets, tenants=tenants, **kwargs)
 
     def to_mapping(self) -> dict[str, Any]:
