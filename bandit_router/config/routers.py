@@ -161,11 +161,13 @@ def parse_routers(value: Any) -> tuple[RouterAlias, ...]:
 
 
 def check_routers(
-    routers: Sequence[RouterAlias], catalog_names: Sequence[str], bandit_alias: str, unroutable: Collection[str] = ()
+    routers: Sequence[RouterAlias], catalog_names: Sequence[str], bandit_alias: str, unroutable: Collection[str] = (),
+    *, retired: Collection[str] = (),
 ) -> None:
     """Each alias differs from every catalog name and from the bandit's alias; every model it calls is in the
-    catalog; every model it answers with is routable (`unroutable`: the catalog's `route = false` models, which
-    only judge or route). Raises `ConfigError` naming the router."""
+    catalog (`catalog_names`: the active models; `retired`: those retired at run time, named as such); every model
+    it answers with is routable (`unroutable`: the catalog's `route = false` models, which only judge or route).
+    Raises `ConfigError` naming the router."""
     known = set(catalog_names)
     for r in routers:
         if r.name == bandit_alias:
@@ -174,7 +176,11 @@ def check_routers(
             raise ConfigError(f"routers: {r.name!r} is also a catalog model's name; choose another name")
         missing = [m for m in r.called_models if m not in known]
         if missing:
-            raise ConfigError(f"routers: {r.name!r}: not in the catalog: {missing}")
+            nowhere = [m for m in missing if m not in retired]
+            gone = [m for m in missing if m in retired]
+            why = ([f"not in the catalog: {nowhere}"] if nowhere else []) + (
+                [f"retired at run time, which a restart keeps whatever the file says: {gone}"] if gone else [])
+            raise ConfigError(f"routers: {r.name!r}: {'; '.join(why)}; its models: {', '.join(catalog_names)}")
         judges_only = [m for m in r.models if m in unroutable]
         if judges_only:
             raise ConfigError(f"routers: {r.name!r}: models has route = false models {judges_only} (they may only "
