@@ -21,7 +21,7 @@ with warnings.catch_warnings():
 from service_client import start_client
 
 from bandit_router.budgets import BudgetConfig
-from bandit_router.budgets.targets import MAX_SHARES, MAX_SPENDS, MAX_TENANTS
+from bandit_router.budgets.config import MAX_SHARES, MAX_SPENDS, MAX_TENANTS
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets, Settings, load_settings
 from bandit_router.errors import ConfigError

@@ -78,7 +78,8 @@ import numpy as np
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..types import Context, Decision, tenant_named, tenant_of
-from .targets import AvgCost, BudgetConfig, Latency, Share, Spend, Target, parse_target
+from .config import BudgetConfig
+from .targets import AvgCost, Latency, Share, Spend, Target, parse_target
 
 log = logging.getLogger("bandit_router.budgets")
 

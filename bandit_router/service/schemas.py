@@ -9,7 +9,7 @@ from typing import Annotated, Any, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
-from ..budgets.targets import MAX_SHARES, MAX_SPENDS, MAX_TENANTS
+from ..budgets.config import MAX_SHARES, MAX_SPENDS, MAX_TENANTS
 from ..catalog import MAX_LATENCY_S, MAX_OUTPUT_TOKENS, MAX_PRIOR_STRENGTH, MAX_USD_PER_MTOK
 from ..names import name_problem
 from ..reward import MAX_COST_WEIGHT
@@ -369,7 +369,7 @@ class DecisionOut(BaseModel):
 def _budget_scope_schema(*, settings: bool) -> dict[str, Any]:
     """JSON schema of one scope's `[budgets]` table (`settings`: the global one, with the guard rails, the
     controller's steps and `tenants`). Values are numbers or strings in the target grammar
-    (`bandit_router.budgets.targets`); what the schema cannot say (a duplicate target, a `fallback_model` that
+    (`bandit_router.budgets.config`); what the schema cannot say (a duplicate target, a `fallback_model` that
     is not an active model, a share target that picks no active model, `min_cost_weight` ≥ `max_cost_weight`,
     more than `MAX_SHARES` shares in the `share` table and `share:` keys together) is a 422 that names it, as is
     a limit the schema states (`MAX_TENANTS`, `MAX_SPENDS`, `MAX_SHARES`: the PUT enforces them)."""
