@@ -30,7 +30,7 @@ from ..catalog import Catalog, ModelSpec, default_catalog, load_catalog
 from ..errors import CatalogError, ConfigError, InvalidInput
 from ..policies import Policy, check_models, in_folder, make_policy, parse_spec
 from ..reward import RewardConfig
-from .routers import RoutersSettings, check_routers
+from .routers import RoutersSettings, check_router_models, check_router_names
 from .sections import (
     AuthSettings,
     FeedbackSettings,
@@ -159,6 +159,7 @@ class Settings:
             raise ConfigError(f"policy_settings: {', '.join(twice)} {'is' if len(twice) == 1 else 'are'} also set "
                               f"in policy {routing.policy!r}; set each setting in one place")
         catalog = self.load_catalog()  # a missing or malformed catalog file fails now, not at the first request
+        check_router_names(self.named_routers.routers, catalog.names, self.gateway.router_alias)
         if not stored_models:
             self.check_catalog(list(catalog), policies=policies)
         if len(catalog) > self.limits.max_models:
@@ -225,8 +226,7 @@ class Settings:
         judge = self.judge.judge_model
         if judge is not None and (why := _not_active(judge, names, gone)) is not None:
             raise ConfigError(f"judge_model: {judge!r} {why}")
-        check_routers(self.named_routers.routers, names, self.gateway.router_alias,
-                      [m.name for m in active if not m.route], retired=gone)
+        check_router_models(self.named_routers.routers, names, [m.name for m in active if not m.route], retired=gone)
 
     @property
     def checked(self) -> bool:
