@@ -294,9 +294,10 @@ def test_a_state_stored_with_tenants_5_and_5_0_apart_loads_keeping_the_rest(
 
     _store_as_before(tmp_path / "budgets.db", {'"was-5.0"': '"5.0"'})  # the second tenant named "5.0"
 
-    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
         second = make_client()
     got = second.get("/v1/budgets").json()
+    assert "stored the budget targets as loaded" in caplog.text
     assert got["targets"] == ["avg_cost_usd=0.004", "@5:avg_cost_usd=0.001", "@acme:spend_usd=50/1d"]
     assert got["report"]["tenants"]["acme"]["spend_usd"] == pytest.approx(before["spend_usd"])
     assert got["report"]["tenants"]["acme"]["requests"] == before["requests"] == 4
@@ -308,11 +309,11 @@ def test_a_state_stored_with_tenants_5_and_5_0_apart_loads_keeping_the_rest(
     # the start stored what it loaded: the next start loads the same and has nothing to say (it warned each time)
     second.__exit__(None, None, None)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
         third = make_client()
     assert third.get("/v1/budgets").json()["targets"] == got["targets"]
     assert third.get("/v1/budgets").json()["report"]["tenants"]["acme"]["requests"] == 4
-    assert _budget_warnings(caplog) == []
+    assert _budget_warnings(caplog) == [] and "stored the budget targets as loaded" not in caplog.text
     assert '"5.0"' not in "".join(_stored_rows(tmp_path / "budgets.db").values())
 
 
@@ -376,9 +377,10 @@ def test_a_stored_target_this_version_refuses_drops_only_that_target(
 
     second.__exit__(None, None, None)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
         third = make_client()
     assert third.get("/v1/budgets").json()["targets"] == got["targets"] and _budget_warnings(caplog) == []
+    assert "stored the budget targets as loaded" not in caplog.text
 
 
 def _budget_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -278,12 +278,14 @@ class BudgetState:
         with self.store.read() as reader:
             state = reader.get_meta(BUDGETS_STATE)
             config = reader.get_meta(BUDGETS_CONFIG)
-        stored: list[Any] = []  # the stored configs as they were read, to store again if they load otherwise
+        loaded_state: Any = None
+        changed = False  # something stored did not load as stored (said by the loading)
         if state is not None:
             try:
                 saved = json.loads(state)
                 self.pacer.load(saved)
-                stored.append(saved["config"])
+                loaded_state = saved
+                changed = saved["config"] != self.pacer.config.to_mapping()
                 source = "stored"
                 self._stored = True
             except (InvalidInput, ValueError) as exc:
@@ -291,14 +293,15 @@ class BudgetState:
         if config is not None:
             try:
                 targets = json.loads(config)
-                if targets not in stored and targets != self.pacer.config.to_mapping():  # a PUT after the state
-                    self.pacer.configure(BudgetConfig.from_mapping(targets, stored=True))  # (loaded and said once)
-                stored.append(targets)
+                if targets != self.pacer.config.to_mapping() and (  # a PUT after the last state save; the same
+                        loaded_state is None or targets != loaded_state["config"]):  # as the state's: loaded once
+                    self.pacer.configure(BudgetConfig.from_mapping(targets, stored=True))
+                    changed = targets != self.pacer.config.to_mapping()
                 self._config_json = config
                 source = "stored"
             except (InvalidInput, ValueError) as exc:
                 log.warning("stored budget targets not loaded: %s", exc)
-        if any(data != self.pacer.config.to_mapping() for data in stored):
+        if changed:
             self._store_as_loaded(config_row=config is not None and self._config_json == config)
         router.pacer = self.pacer
         return source
