@@ -9,6 +9,7 @@ real cost (list price × sampled output tokens) and latency; the router only lea
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tomllib
 from collections.abc import Callable, Sequence
@@ -267,6 +268,62 @@ def test_a_state_saved_with_tenants_5_and_5_0_apart_loads_tenant_5_and_everythin
     config_reversed = {**saved["config"], "tenants": dict(reversed(saved["config"]["tenants"].items()))}
     reversed_order = {**saved, "config": config_reversed, "tenants": dict(reversed(saved["tenants"].items()))}
     assert BudgetPacer.from_state(reversed_order, clock=lambda: 1e9).state() == loaded.state()
+
+
+def test_a_stored_target_this_version_refuses_drops_only_that_target(caplog: pytest.LogCaptureFixture) -> None:
+    """`Spend` now refuses an amount whose rate underflows (`spend_usd=1e-320/1d`), which an older version stored:
+    loading the state refused all of it, so every other target restarted from the configuration, without its
+    spend and λ. Stored data drops only that target (a tenant left without targets goes with its state), with a
+    warning naming it, and the rest loads as saved; new input is still refused, and so is a state whose targets
+    its config lacks for any other reason."""
+    config = BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "tenants": {
+        "acme": {"spend_usd": ["50/1d", "2/1w"]}, "beta": {"spend_usd": "3/1d"}}})
+    pacer = BudgetPacer(config, clock=lambda: 1e9)
+    pacer.spend(3.0, "acme")
+    pacer.spend(1.0, "beta")
+    saved = json.loads(json.dumps(pacer.state()).replace('"2/1w"', '"1e-320/1w"').replace('"3/1d"', '"1e-320/1d"'))
+    with pytest.raises(InvalidInput, match="too small for a float"):
+        BudgetConfig.from_mapping(saved["config"])
+    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+        loaded = BudgetPacer.from_state(saved, clock=lambda: 1e9)
+    assert loaded.config.describe() == ["avg_cost_usd=0.004", "@acme:spend_usd=50/1d"]
+    assert loaded.state()["global"] == pacer.state()["global"]
+    kept = pacer.state()["tenants"]["acme"]
+    assert loaded.state()["tenants"]["acme"]["targets"] == {"spend_usd/1d": kept["targets"]["spend_usd/1d"]}
+    assert loaded.report()["tenants"]["acme"]["spend_usd"] == pytest.approx(3.0)
+    assert "budgets.tenants.acme: dropped the stored target 'spend_usd=1e-320/1w'" in caplog.text
+    assert "budgets.tenants.beta: dropped the stored target 'spend_usd=1e-320/1d'" in caplog.text
+    corrupt = pacer.state()
+    corrupt["global"]["targets"]["spend_usd/1d"] = {}
+    with pytest.raises(InvalidInput, match="targets its config does not"):
+        BudgetPacer.from_state(corrupt)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 0.0, -1.0])
+def test_a_stored_multiplier_that_is_not_a_positive_finite_number_is_reset(
+        bad: float, caplog: pytest.LogCaptureFixture) -> None:
+    """A stored λ of NaN or ±inf (or ≤ 0, whose log the step takes) was loaded as it was: every later λ was NaN (or
+    the step raised), every decision's cost weighed NaN. It is reset, with a warning naming the target: λ starts
+    again at the router's default on the next request, as for a new target; a non-finite floor is forgotten (the
+    decisions' costs set it again); everything else loads as saved."""
+    pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=0.001", "spend_usd=5/1d"]), clock=lambda: 1e9)
+    context = make_router(BudgetConfig(), seed=1, clock=Clock()).featurize(Request(prompt="hi"))
+    pacer.adjust(context, MODELS, np.zeros(3), None, 20.0)
+    pacer.observe(_decision(context, "large", cost=6e-3), None)
+    saved = json.loads(json.dumps(pacer.state()))
+    saved["global"]["targets"]["avg_cost_usd"]["lam"] = bad
+    saved["global"]["targets"]["spend_usd/1d"]["log_floor"] = bad if not math.isfinite(bad) else None
+    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+        loaded = BudgetPacer.from_state(saved, clock=lambda: 1e9)
+    state = loaded.state()["global"]["targets"]
+    assert state["avg_cost_usd"]["lam"] is None and state["avg_cost_usd"]["spend_usd"] > 0
+    assert state["spend_usd/1d"]["lam"] == pacer.state()["global"]["targets"]["spend_usd/1d"]["lam"]
+    assert "avg_cost_usd=0.001: the stored multiplier λ" in caplog.text
+    if not math.isfinite(bad):
+        assert state["spend_usd/1d"]["log_floor"] is None
+        assert "spend_usd=5/1d: the stored floor" in caplog.text
+    lam, _, _ = loaded.adjust(context, MODELS, np.array([1e-4, 9e-4, 6e-3]), None, 20.0)
+    assert math.isfinite(lam) and lam > 0
 
 
 def test_durations() -> None:

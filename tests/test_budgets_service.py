@@ -21,6 +21,7 @@ with warnings.catch_warnings():
 from service_client import start_client
 
 from bandit_router.budgets import BudgetConfig
+from bandit_router.budgets.config import MAX_SHARES, MAX_SPENDS, MAX_TENANTS
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets, Settings, load_settings
 from bandit_router.errors import ConfigError
@@ -291,26 +292,131 @@ def test_a_state_stored_with_tenants_5_and_5_0_apart_loads_keeping_the_rest(
     assert before["spend_usd"] == pytest.approx(2.0)
     first.__exit__(None, None, None)  # saves the state on stop
 
-    # what the code before 0.1.0's tenant rule stored: the same rows, the second tenant named "5.0"
-    store = open_store(tmp_path / "budgets.db")
-    try:
-        with store.read() as reader:
-            rows = {key: reader.get_meta(key) for key in (BUDGETS_STATE, BUDGETS_CONFIG)}
-        with store.write() as tx:
-            for key, value in rows.items():
-                assert value is not None and '"was-5.0"' in value
-                tx.set_meta(key, value.replace('"was-5.0"', '"5.0"'))
-    finally:
-        store.close()
+    _store_as_before(tmp_path / "budgets.db", {'"was-5.0"': '"5.0"'})  # the second tenant named "5.0"
 
-    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
         second = make_client()
     got = second.get("/v1/budgets").json()
+    assert "stored the budget targets as loaded" in caplog.text
     assert got["targets"] == ["avg_cost_usd=0.004", "@5:avg_cost_usd=0.001", "@acme:spend_usd=50/1d"]
     assert got["report"]["tenants"]["acme"]["spend_usd"] == pytest.approx(before["spend_usd"])
     assert got["report"]["tenants"]["acme"]["requests"] == before["requests"] == 4
     assert second.get("/readyz").json()["recovery"]["budgets"] == "stored"
-    assert "'5' and '5.0' were stored as two tenants" in caplog.text and "dropped those of '5.0'" in caplog.text
+    said = [r.getMessage() for r in caplog.records if "were stored as two tenants" in r.getMessage()]
+    assert len(said) == 1, said  # the state and the targets stored beside it both hold the tenants: said once
+    assert "'5' and '5.0' were stored as two tenants" in said[0] and "dropped those of '5.0'" in said[0]
+
+    # the start stored what it loaded: the next start loads the same and has nothing to say (it warned each time)
+    second.__exit__(None, None, None)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
+        third = make_client()
+    assert third.get("/v1/budgets").json()["targets"] == got["targets"]
+    assert third.get("/v1/budgets").json()["report"]["tenants"]["acme"]["requests"] == 4
+    assert _budget_warnings(caplog) == [] and "stored the budget targets as loaded" not in caplog.text
+    assert '"5.0"' not in "".join(_stored_rows(tmp_path / "budgets.db").values())
+
+
+def _stored_rows(db: Path) -> dict[str, str]:
+    """The budget rows of the store's `meta` table (the pacer's state, the targets of the last PUT)."""
+    store = open_store(db)
+    try:
+        with store.read() as reader:
+            rows = {key: reader.get_meta(key) for key in (BUDGETS_STATE, BUDGETS_CONFIG)}
+    finally:
+        store.close()
+    assert all(value is not None for value in rows.values()), rows
+    return {key: value for key, value in rows.items() if value is not None}
+
+
+def _store_as_before(db: Path, replace: dict[str, str]) -> None:
+    """Rewrite both budget rows as an older version stored them: each `replace` key by its value (found in both)."""
+    rows = _stored_rows(db)
+    store = open_store(db)
+    try:
+        with store.write() as tx:
+            for key, value in rows.items():
+                for old, new in replace.items():
+                    assert old in value, (key, old)
+                    value = value.replace(old, new)
+                tx.set_meta(key, value)
+    finally:
+        store.close()
+
+
+def test_a_stored_target_this_version_refuses_drops_only_that_target(
+        make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An older version stored `spend_usd=1e-320/1d` (its rate underflows, refused now): the whole stored set was
+    refused at the next start ("stored budget targets not loaded"), so every other target restarted from the
+    configuration, spend and λ lost. Only that target is dropped, with a warning naming it and its tenant; the
+    others keep their state and pace, and the start stores what it loaded (the next one has nothing to say)."""
+    first = make_client()
+    body = {"avg_cost_usd": 0.004, "tenants": {"acme": {"spend_usd": ["50/1d", "2/1w"]}, "beta": {"spend_usd": "3/1d"}}}
+    assert first.put("/v1/budgets", json=body).status_code == 200
+    for i in range(3):
+        decision = first.post("/v1/route", json={"prompt": f"Sort list {i}", "context": {"tenant": "acme"}}).json()
+        first.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.7, "cost_usd": 0.5})
+    before = first.get("/v1/budgets").json()["report"]
+    first.__exit__(None, None, None)
+    _store_as_before(tmp_path / "budgets.db", {'"2/1w"': '"1e-320/1w"', '"3/1d"': '"1e-320/1d"'})
+
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        second = make_client()
+    got = second.get("/v1/budgets").json()
+    assert got["targets"] == ["avg_cost_usd=0.004", "@acme:spend_usd=50/1d"]
+    assert second.get("/readyz").json()["recovery"]["budgets"] == "stored"
+    assert got["report"]["tenants"]["acme"]["spend_usd"] == pytest.approx(before["tenants"]["acme"]["spend_usd"])
+    assert got["report"]["global"]["targets"] == before["global"]["targets"]
+    for tenant, target in (("acme", "spend_usd=1e-320/1w"), ("beta", "spend_usd=1e-320/1d")):
+        said = [r.getMessage() for r in caplog.records if f"dropped the stored target {target!r}" in r.getMessage()]
+        assert len(said) == 1 and said[0].startswith(f"budgets.tenants.{tenant}: "), said
+    assert "not loaded" not in caplog.text
+    decision = _route(second, "acme")
+    assert _cost_weight(second, decision["decision_id"]) == pytest.approx(
+        got["report"]["tenants"]["acme"]["cost_weight"])
+
+    second.__exit__(None, None, None)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
+        third = make_client()
+    assert third.get("/v1/budgets").json()["targets"] == got["targets"] and _budget_warnings(caplog) == []
+    assert "stored the budget targets as loaded" not in caplog.text
+
+
+def _budget_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and r.name in ("bandit_router.budgets", "bandit_router.log")]
+
+
+def test_put_holds_the_limits_its_openapi_document_states(make_client: Callable[..., TestClient]) -> None:
+    """The OpenAPI document of PUT /v1/budgets says at most 1,024 tenants, 16 spend targets and 256 shares, and the
+    PUT took any number (1,025 tenants, or 17 spend targets, answered 200 and were stored). Past a limit it is a 422
+    naming the limit, nothing changes; at the limit it is taken. A scope's shares count its `share` table and its
+    `share:` keys."""
+    client = make_client()
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schema["BudgetsIn"]["properties"]["tenants"]["maxProperties"] == MAX_TENANTS == 1024
+    assert schema["BudgetScopeIn"]["properties"]["spend_usd"]["anyOf"][1]["maxItems"] == MAX_SPENDS == 16
+    assert schema["BudgetScopeIn"]["properties"]["share"]["maxProperties"] == MAX_SHARES == 256
+    assert client.put("/v1/budgets", json={"avg_cost_usd": 0.005}).status_code == 200
+    shares = {"share": {f"m{i}": 0.5 for i in range(200)}, **{f"share:n{i}": 0.5 for i in range(57)}}
+    for body, message in (
+        ({"tenants": {f"t{i}": {"avg_cost_usd": 1} for i in range(1025)}},
+         "budgets: tenants: 1025 tenants; at most 1024 may have targets"),
+        ({"spend_usd": [f"1/{i + 1}d" for i in range(17)]}, "budgets: 17 spend_usd targets; at most 16 per scope"),
+        ({"tenants": {"acme": shares}}, "budgets: budgets.tenants.acme: 257 share targets; at most 256 per scope"),
+    ):
+        reply = client.put("/v1/budgets", json=body, headers=ADMIN)
+        assert reply.status_code == 422, reply.text
+        assert reply.json() == {"error": "invalid_input", "field": "budgets", "message": message}
+    assert client.get("/v1/budgets").json()["targets"] == ["avg_cost_usd=0.005"]
+    at_most = {"spend_usd": [f"1/{i + 1}d" for i in range(16)],
+               "tenants": {f"t{i}": {"avg_cost_usd": 1} for i in range(1024)}}
+    reply = client.put("/v1/budgets", json=at_most, headers=ADMIN)
+    assert reply.status_code == 200, reply.text
+    assert len(reply.json()["targets"]) == 16 + 1024
+    table = {"share": {f"m{i}": 0.5 for i in range(200)}, **{f"share:n{i}": 0.5 for i in range(56)}}
+    assert len(BudgetConfig.from_mapping({"tenants": {"acme": table}}).tenants["acme"]) == 256
 
 
 @pytest.mark.parametrize(("body", "key"), [

@@ -141,8 +141,8 @@ _BAD_FILES = [
     ("[server]\nprot = 1\n", r"\[server\] has no key 'prot' \(did you mean port\?\)"),
     ("[server]\ndb = 'x.db'\n", r"\[server\] has no key 'db' \(it belongs in \[storage\], or at the top level\)"),
     # a misspelt model or tag in a share target would be a target that can never bind
-    ("[budgets]\nshare = { 'gpt4o' = 0.3 }\n", "budgets: share:gpt4o=0.3: no catalog model is picked"),
-    ("[budgets.tenants.acme]\nshare = { 'tier=lage' = 0.1 }\n", "@acme:share:tag:tier=lage=0.1: no catalog model"),
+    ("[budgets]\nshare = { 'gpt4o' = 0.3 }\n", "budgets: share:gpt4o=0.3: no active model is picked"),
+    ("[budgets.tenants.acme]\nshare = { 'tier=lage' = 0.1 }\n", "@acme:share:tag:tier=lage=0.1: no active model"),
 ]
 
 
@@ -767,6 +767,55 @@ def test_a_catalog_file_without_a_routable_model_starts_when_the_log_added_one(t
         assert client.post("/v1/route", json={"prompt": "hi"}).json()["model"] == "added"
 
 
+def test_the_budgets_judge_and_named_routers_models_are_checked_against_the_live_catalog(tmp_path: Path) -> None:
+    """Since models added and retired at run time stay so across restarts, the start checks a fixed or rules
+    policy's models against the live catalog (the file with the stored model events), but it checked
+    `budgets.fallback_model`, share selectors, `judge_model` and `[[routers]]` models against the file alone: a model
+    `POST /v1/models` added was refused, and one `DELETE /v1/models/{name}` retired was taken (`first` here), then
+    never chosen or a traceback at start. They use the live catalog too: an added model is taken, a retired one
+    refused naming it and listing the live models."""
+    from bandit_router.budgets import BudgetConfig
+    from bandit_router.config.routers import RouterAlias
+    from bandit_router.service.app import check_live_catalog
+
+    db = tmp_path / "r.db"
+    judge, first = _database_with_an_added_model(db, retire="first")
+    other = ModelSpec("other", 0.3, 1.2)  # a file model the log did not touch; live: judge, other, added
+
+    def settings(**changes: Any) -> Settings:
+        return Settings(models=(judge, first, other), db=db, seed=1, **changes).check(stored_models=True)
+
+    def cascade(model: str) -> tuple[RouterAlias, ...]:
+        return (RouterAlias("c", "cascade", (model, "other"), judge="judge"),)
+
+    for model in ("added", "first"):
+        changes: list[dict[str, Any]] = [
+            {"budgets": BudgetConfig(fallback_model=model)},
+            {"budgets": BudgetConfig.from_strings([f"share:{model}=0.5"])},
+            {"judge_model": model}, {"routers": cascade(model)},
+        ]
+        if model == "added":
+            for change in changes:
+                check_live_catalog(settings(**change))
+            continue
+        retired = ("was retired at run time (DELETE /v1/models), which a restart keeps whatever the file says; its "
+                   "models: judge, other, added")
+        for change, says in zip(changes, (
+            f"budgets: fallback_model 'first' {retired}",
+            "budgets: share:first=0.5: no active model is picked by that selector (models with route = false do not "
+            "count: they are never chosen); retired at run time: first; its routable models: other, added",
+            f"judge_model: 'first' {retired}",
+            "routers: 'c': retired at run time, which a restart keeps whatever the file says: ['first']; its models: "
+            "judge, other, added",
+        ), strict=True):
+            with pytest.raises(ConfigError) as refused:
+                check_live_catalog(settings(**change))
+            assert str(refused.value) == says
+    with pytest.raises(ConfigError, match=re.escape("judge_model: 'gone' is not in the catalog; its models: judge, "
+                                                    "first")):
+        Settings(models=(judge, first), judge_model="gone").check()
+
+
 def test_a_live_catalog_whose_routable_models_were_retired_at_run_time_says_that_they_stay_retired() -> None:
     """A file model retired at run time stays retired whatever the file says: when the live catalog has no
     routable model left because of that, setting `route = true` is no fix, and the message says what is."""
@@ -831,6 +880,33 @@ def test_serve_check_and_migrate_config_check_the_catalog_with_the_models_its_da
         assert result.output.strip() == (f"bandit-router {command}: models: every model has route = false (judge): "
                                          "nothing can be routed; set route = true (the default) on at least one model")
         assert not (tmp_path / "new.db").exists()
+
+
+def test_serve_checks_the_judges_upstream_on_the_live_catalog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve` checked that the judge's model can be called on the catalog file alone, before the live catalog: a
+    judge model `POST /v1/models` added (no base_url) got past it to fail in the application's start-up, and a
+    file model retired at run time was blamed on its upstream. It checks the live catalog first, then the live
+    models' upstreams: one line and exit status 2 for each, naming the model."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    _serve_never_starts(monkeypatch)
+    db = tmp_path / "r.db"
+    _database_with_an_added_model(db, retire="first")  # live: judge, added
+    models = ("[[models]]\nname = 'judge'\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\nroute = false\n"
+              "[[models]]\nname = 'first'\ninput_usd_per_mtok = 0.1\noutput_usd_per_mtok = 0.4\n")
+    for judge, says in (
+        ("added", "judge_model: 'added' has no upstream: give it a base_url, or set default_base_url"),
+        ("first", "judge_model: 'first' was retired at run time (DELETE /v1/models), which a restart keeps whatever "
+                  "the file says; its models: judge, added"),
+    ):
+        config = _write(tmp_path / "br.toml", f"[judge]\njudge_model = '{judge}'\njudge_sample_rate = 0.5\n{models}")
+        result = CliRunner().invoke(cli_app, ["serve", "--config", str(config), "--db", str(db)])
+        assert result.exit_code == 2, (result.output, result.exception)
+        assert result.output.strip() == f"bandit-router serve: {says}"
 
 
 def test_a_policy_named_with_inline_rules_is_a_spec_string(tmp_path: Path) -> None:

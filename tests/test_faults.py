@@ -504,8 +504,7 @@ def test_a_decision_that_does_not_decode_does_not_stop_booking_other_processes_d
     """A process sharing the log books the decisions other processes stored (`decisions_after`, in storage order).
     One that did not decode raised there, and the position never moved past it: no later decision of another
     process was booked again. It is passed by now, and the position moves on."""
-    from bandit_router.budgets import BudgetPacer
-    from bandit_router.budgets.targets import BudgetConfig
+    from bandit_router.budgets import BudgetConfig, BudgetPacer
     from bandit_router.log.budget_state import BudgetState
 
     client = make_client()

@@ -65,6 +65,7 @@ the sum of the share and latency penalties, the guard rails of any exhausted sco
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -77,7 +78,10 @@ import numpy as np
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..types import Context, Decision, tenant_named, tenant_of
-from .targets import AvgCost, BudgetConfig, Latency, Share, Spend, Target, parse_target
+from .config import BudgetConfig
+from .targets import AvgCost, Latency, Share, Spend, Target, parse_target
+
+log = logging.getLogger("bandit_router.budgets")
 
 STATE_FORMAT = "bandit-router-budgets/1"
 GAP_SMOOTHING = 1.0 / 32.0
@@ -140,16 +144,19 @@ class _Scope:
             "targets": {key: c.state() for key, c in self.controls.items()},
         }
 
-    def load(self, state: Mapping[str, Any]) -> None:
+    def load(self, state: Mapping[str, Any], *, where: str = "", dropped: bool = False) -> None:
+        """`where`: the scope's prefix in the text grammar (`@acme:`) for the log; `dropped`: the stored config of
+        this scope lost targets this version refuses: their state goes too."""
         self.requests = int(state["requests"])
         self.spend_usd = float(state["spend_usd"])
         self.last_time = _opt_float(state["last_time"])
         self.gap_s = _opt_float(state["gap_s"])
         unknown = set(state["targets"]) - set(self.controls)
-        if unknown:
+        if unknown and not dropped:
             raise InvalidInput(f"budget state has targets its config does not: {sorted(unknown)}")
         for key, control_state in state["targets"].items():
-            self.controls[key].load(control_state)
+            if key in self.controls:
+                self.controls[key].load(control_state, where)
 
     def report(self, now: float, cost_weight: float | None) -> dict[str, Any]:
         return {
@@ -215,7 +222,8 @@ class _Control:
     def state(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name, _ in self.persisted}
 
-    def load(self, state: Mapping[str, Any]) -> None:
+    def load(self, state: Mapping[str, Any], where: str = "") -> None:
+        """Restore what `state()` saved; `where`: the scope's prefix (`@acme:`) for the log."""
         for name, convert in self.persisted:
             setattr(self, name, convert(state[name]))
 
@@ -261,6 +269,20 @@ class _CostControl(_Control):
         if 0.0 < ratio < math.inf:  # a spread that overflows or underflows the ratio moves no floor
             x = math.log(ratio)
             self.log_floor = x if self.log_floor is None else self.log_floor + GAP_SMOOTHING * (x - self.log_floor)
+
+    def load(self, state: Mapping[str, Any], where: str = "") -> None:
+        """As saved, except a λ that is not a finite number > 0 (NaN would make every later λ NaN, ≤ 0 has no log)
+        and a floor that is not finite: reset with a warning, λ to start again at the router's default on the next
+        request (as a new target's does), the floor to be set again by the decisions' costs."""
+        super().load(state, where)
+        if self.lam is not None and not (math.isfinite(self.lam) and self.lam > 0.0):
+            log.warning("budget state: %s%s: the stored multiplier λ = %r is not a finite number > 0; reset: it "
+                        "starts again at the router's default λ", where, self.target, self.lam)
+            self.lam = None
+        if self.log_floor is not None and not math.isfinite(self.log_floor):
+            log.warning("budget state: %s%s: the stored floor log λ = %r is not finite; reset: the decisions' costs "
+                        "set it again", where, self.target, self.log_floor)
+            self.log_floor = None
 
     def step(self, gradient: float) -> None:
         """log λ ← clip(log λ + η·g); g = ±inf (a tiny scale) clips to a bound, NaN (inf − inf) moves nothing."""
@@ -471,8 +493,8 @@ class _LatencyControl(_Control):
     def state(self) -> dict[str, Any]:
         return {**super().state(), "recent": list(self.recent)}
 
-    def load(self, state: Mapping[str, Any]) -> None:
-        super().load(state)
+    def load(self, state: Mapping[str, Any], where: str = "") -> None:
+        super().load(state, where)
         self.recent = deque((float(x) for x in state["recent"]), maxlen=RECENT_LATENCIES)
 
     def report(self, now: float) -> dict[str, Any]:
@@ -703,20 +725,25 @@ class BudgetPacer:
 
     def load(self, state: Mapping[str, Any]) -> None:
         """Replace the config and everything learned by a `state()` (a restart continues where it stopped).
-        All or nothing: a state that does not load leaves the pacer as it was. A state saved with tenants "5"
-        and "5.0" apart (before they were one tenant) loads tenant "5" as saved and drops "5.0", with a warning."""
+        All or nothing: a state that does not load leaves the pacer as it was. What an older version saved and
+        this one refuses is dropped with a warning, the rest loads (`BudgetConfig.from_stored`): of tenants "5" and
+        "5.0" saved apart (before they were one tenant) tenant "5"; a target this version refuses goes with its
+        state. A stored multiplier or floor that is not a finite number (λ: > 0) is reset, with a warning."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise InvalidInput(f"not a budget pacer state (expected format {STATE_FORMAT!r})")
         try:
-            fresh = BudgetPacer(BudgetConfig.from_mapping(state["config"], stored=True), clock=self._clock)
-            fresh._global.load(state["global"])
+            config, dropped = BudgetConfig.from_stored(state["config"])
+            fresh = BudgetPacer(config, clock=self._clock)
+            fresh._global.load(state["global"], dropped=None in dropped)
             for name, scope_state in state["tenants"].items():
                 tenant = tenant_named(name)  # a state saved before `@5.0:` meant tenant 5 calls it "5.0"
                 if tenant != name and tenant in state["tenants"]:
-                    continue  # saved with "5" and "5.0" apart: "5" won (`BudgetConfig.from_mapping(stored=True)`)
+                    continue  # saved with "5" and "5.0" apart: "5" won (`BudgetConfig.from_stored`)
                 if tenant not in fresh._tenants:
+                    if tenant in dropped:  # every target of the tenant was dropped: its state goes with them
+                        continue
                     raise InvalidInput(f"budget state has tenant {name!r} that its config does not")
-                fresh._tenants[tenant].load(scope_state)
+                fresh._tenants[tenant].load(scope_state, where=f"@{tenant}:", dropped=tenant in dropped)
             fresh._exceedance = {
                 float(t): {str(m): [float(x) for x in v] for m, v in stats.items()}
                 for t, stats in state["exceedance"].items()

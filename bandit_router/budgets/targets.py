@@ -1,4 +1,4 @@
-"""Budget targets, their text grammar and the budget configuration (global and per tenant).
+"""Budget targets and their text grammar (the budget configuration that holds them: `budgets.config`).
 
 One target per string::
 
@@ -14,25 +14,15 @@ A share selector that contains `=` is a tag (`key=value`, optional `tag:` prefix
 name. The last `=` separates the value, so tag values may not contain `=`. `str(target)` is the canonical
 form and parses back to an equal target.
 
-In a TOML table or a JSON body (see `BudgetConfig.from_mapping`) the same grammar is split into keys::
-
-    [budgets]
-    avg_cost_usd = 0.0005
-    spend_usd = "200/1d"                      # or a list: ["200/1d", "4000/30d"]
-    share = { "gpt-4o" = 0.3, "tag:tier=large" = "30%" }
-    latency_p95_s = 3
-    fallback_model = "gpt-4o-mini"            # guard rails, step sizes: see `BudgetConfig`
-    [budgets.tenants.acme]
-    spend_usd = "50/1d"
+In a TOML table or a JSON body the same grammar is split into keys (`budgets.config.BudgetConfig.from_mapping`).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
 
@@ -42,10 +32,8 @@ from ..hints import did_you_mean
 from ..names import check_name
 from ..types import tenant_named
 
-log = logging.getLogger("bandit_router.budgets")
-
 DURATION_UNITS: Mapping[str, int] = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800})
-_LATENCY_KEY = re.compile(r"latency_p(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)_s")  # as `_fmt` writes it: 1e-05
+LATENCY_KEY = re.compile(r"latency_p(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)_s")  # as `_fmt` writes it: 1e-05
 MAX_TENANT_LENGTH = 128
 MIN_PERIOD_S = 0.001
 """The shortest spend period, a millisecond: periods are numbered floor(t / P), which a tiny P overflows; an older
@@ -62,7 +50,7 @@ def _number(text: str, what: str) -> float:
     return value
 
 
-def _finite_number(value: Any) -> bool:
+def finite_number(value: Any) -> bool:
     """A finite int or float, not a bool (an int too large for a float is not: `math.isfinite` overflows on it)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return False
@@ -72,8 +60,8 @@ def _finite_number(value: Any) -> bool:
         return False
 
 
-def _check_positive(value: float, what: str) -> float:
-    if not _finite_number(value) or value <= 0:
+def check_positive(value: float, what: str) -> float:
+    if not finite_number(value) or value <= 0:
         raise InvalidInput(f"{what} must be a finite number > 0, got {value!r}")
     return float(value)
 
@@ -95,7 +83,7 @@ def parse_duration(text: str) -> float:
     except InvalidInput:
         raise InvalidInput(f"period {text!r} must be seconds or a number with s, m, h, d or w (86400, 24h, 1d)") \
             from None
-    return _check_positive(seconds, "period")
+    return check_positive(seconds, "period")
 
 
 def format_duration(seconds: float) -> str:
@@ -123,7 +111,7 @@ class AvgCost:
     kind: ClassVar[str] = "avg_cost"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "usd", _check_positive(self.usd, "avg_cost_usd"))
+        object.__setattr__(self, "usd", check_positive(self.usd, "avg_cost_usd"))
 
     @property
     def key(self) -> str:
@@ -144,8 +132,8 @@ class Spend:
     kind: ClassVar[str] = "spend"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "usd", _check_positive(self.usd, "spend_usd"))
-        period = _check_positive(self.period_s, "spend period")
+        object.__setattr__(self, "usd", check_positive(self.usd, "spend_usd"))
+        period = check_positive(self.period_s, "spend period")
         if period < MIN_PERIOD_S:  # periods are numbered floor(t / P): a tiny P overflows that
             raise InvalidInput(f"spend period must be at least {MIN_PERIOD_S:g} s, got {_fmt(period)} s")
         if not math.isfinite(self.usd / period):  # the pacer's plan runs at B/P USD a second
@@ -234,7 +222,7 @@ class Latency:
         if isinstance(pct, bool) or not isinstance(pct, int | float) or not 0.0 < pct < 100.0:
             raise InvalidInput(f"latency percentile must be in (0, 100), got {pct!r}")
         object.__setattr__(self, "percentile", float(pct))
-        object.__setattr__(self, "max_s", _check_positive(self.max_s, "latency bound"))
+        object.__setattr__(self, "max_s", check_positive(self.max_s, "latency bound"))
 
     @property
     def allowed_over(self) -> float:
@@ -279,7 +267,7 @@ def parse_target(text: str, *, also: Iterable[str] = ()) -> Target:
             if not slash:
                 raise InvalidInput("expected spend_usd=<USD>/<period>, e.g. spend_usd=200/1d")
             return Spend(_number(usd, "spend_usd"), parse_duration(period))
-        match = _LATENCY_KEY.fullmatch(key)
+        match = LATENCY_KEY.fullmatch(key)
         if match:
             return Latency(float(match.group(1)), _number(value, key))
         raise InvalidInput(
@@ -297,223 +285,11 @@ def parse_scoped_target(text: str) -> tuple[str | None, Target]:
         tenant, colon, rest = text.strip()[1:].partition(":")
         if not colon or not tenant:
             raise InvalidInput(f"target {text!r}: expected @<tenant>:<target>")
-        return _check_tenant(tenant), parse_target(rest)
+        return check_tenant(tenant), parse_target(rest)
     return None, parse_target(text)
 
 
-def _check_tenant(name: Any) -> str:
+def check_tenant(name: Any) -> str:
     """A tenant name: the grammar of `bandit_router.names` (it becomes a metrics label and a stored key), as the
     tenant it means (`types.tenant_named`: `5.0` is the number 5.0's tenant, `5`)."""
     return tenant_named(check_name(name, "tenant", MAX_TENANT_LENGTH))
-
-
-def tenants_once(names: Iterable[Any], where: str, *, stored: bool = False) -> dict[str, Any]:
-    """Each written tenant name → the tenant it means; `InvalidInput` when two name one tenant (`5` and `5.0`),
-    whose targets would otherwise replace each other.
-
-    `stored`: the names come from stored data (a pacer state, the service's stored targets), which a version
-    before `tenant_named` wrote with `5` and `5.0` as two tenants. Refusing it would lose every other target
-    with it, so the name written as the tenant's own (`5`) wins and the other is dropped, with a warning."""
-    out: dict[str, Any] = {}
-    for name in names:
-        tenant = _check_tenant(name)
-        if tenant in out:
-            if not stored:
-                raise InvalidInput(f"{where}: {out[tenant]!r} and {name!r} are one tenant, {tenant!r} (a number's "
-                                   "tenant is its decimal text, an integral one without a fraction): give its targets "
-                                   "once")
-            kept, dropped = (name, out[tenant]) if name == tenant else (out[tenant], name)
-            log.warning("%s: %r and %r were stored as two tenants and are one now, %r: kept the targets of %r, "
-                        "dropped those of %r", where, out[tenant], name, tenant, kept, dropped)
-            name = kept
-        out[tenant] = name
-    return out
-
-
-_KIND_ORDER = {"avg_cost": 0, "spend": 1, "share": 2, "latency": 3}
-
-
-def _check_unique(targets: Iterable[Target], scope: str) -> tuple[Target, ...]:
-    """The targets in canonical order (kind, then key), so two configs with the same targets are equal."""
-    out = tuple(targets)
-    for t in out:
-        if not isinstance(t, AvgCost | Spend | Share | Latency):
-            raise InvalidInput(f"{scope}: not a target: {t!r}")
-    out = tuple(sorted(out, key=lambda t: (_KIND_ORDER[t.kind], t.key)))
-    keys = [t.key for t in out]
-    duplicates = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicates:
-        raise InvalidInput(f"{scope}: more than one target for {duplicates}")
-    return out
-
-
-def _targets_from_mapping(data: Mapping[str, Any], scope: str, also: Iterable[str] = ()) -> tuple[Target, ...]:
-    """The keys of one scope's table → targets, through `parse_target` (one grammar for both forms); `also`: the
-    table's keys that are not targets (suggested for a misspelt key)."""
-    texts: list[str] = []
-    for key, value in data.items():
-        if key == "share":
-            if not isinstance(value, Mapping):
-                raise InvalidInput(f"{scope}: share must be a table of selector = max share")
-            texts += [f"share:{sel}={_scalar(v, f'share {sel!r}')}" for sel, v in value.items()]
-        elif key == "spend_usd" and isinstance(value, list):
-            texts += [f"spend_usd={_scalar(v, key)}" for v in value]
-        else:
-            if not isinstance(value, str | int | float) and key not in TARGET_KEYS and not _LATENCY_KEY.fullmatch(key):
-                raise InvalidInput(f"{scope}: unknown target {key!r}{did_you_mean(key, (*TARGET_KEYS, *also))}")
-            texts.append(f"{key}={_scalar(value, key)}")
-    try:
-        return _check_unique((parse_target(t, also=also) for t in texts), scope)
-    except InvalidInput as exc:
-        raise InvalidInput(f"{scope}: {exc}") from None
-
-
-def _scalar(value: Any, what: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise InvalidInput(f"{what} must be a number or a string, got {value!r}")
-    return value if isinstance(value, str) else repr(value)
-
-
-def _targets_to_mapping(targets: Iterable[Target]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    spends: list[str] = []
-    for t in targets:
-        if isinstance(t, Share):
-            out.setdefault("share", {})[t.selector] = t.max_share
-        elif isinstance(t, Spend):
-            spends.append(str(t).partition("=")[2])
-        elif isinstance(t, AvgCost):
-            out["avg_cost_usd"] = t.usd
-        else:
-            out[t.key] = t.max_s
-    if spends:
-        out["spend_usd"] = spends[0] if len(spends) == 1 else spends
-    return out
-
-
-@dataclass(frozen=True)
-class BudgetConfig:
-    """All targets (global and per tenant), the guard rails and the controller's step sizes.
-
-    Global `targets` hold for all traffic together; `tenants[name]` for the requests whose context has
-    `tenant = name`. A request is paced by both (the strictest cost multiplier, the sum of the penalties).
-
-    Guard rails (while a spend target's period budget is exhausted): only models whose input and output
-    prices are both ≤ `guard_max_usd_per_mtok`; if none of the request's models is, `fallback_model`; if that
-    is not among them either, the request's cheapest model by expected cost.
-
-    Steps (see `bandit_router.budgets.pacer`): `cost_step` η in log λ per request-sized overspend;
-    `share_step` and `latency_step` in quality points per request. `cost_step = 0` freezes λ at the router's
-    default: then only the guard rails act (the hard-cap baseline). λ stays in [`min_cost_weight`,
-    `max_cost_weight`] (quality points per USD) and, while it moves, at or above ε / (ĉ_max − ĉ_min) with
-    ε = `negligible_penalty` quality points, where decisions stop changing.
-    """
-
-    targets: tuple[Target, ...] = ()
-    tenants: Mapping[str, tuple[Target, ...]] = field(default_factory=dict)
-    fallback_model: str | None = None
-    guard_max_usd_per_mtok: float | None = None
-    cost_step: float = 0.05
-    share_step: float = 0.02
-    latency_step: float = 0.02
-    min_cost_weight: float = 0.01
-    max_cost_weight: float = 1e6
-    negligible_penalty: float = 0.01
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "targets", _check_unique(self.targets, "global targets"))
-        if not isinstance(self.tenants, Mapping):
-            raise InvalidInput("tenants must map a tenant name to its targets")
-        written = {name: ts for name, ts in self.tenants.items() if ts}
-        tenants = {tenant: _check_unique(written[name], f"tenant {name!r}")
-                   for tenant, name in tenants_once(written, "tenants").items()}
-        object.__setattr__(self, "tenants", MappingProxyType(tenants))
-        if self.fallback_model is not None and (not isinstance(self.fallback_model, str) or not self.fallback_model):
-            raise InvalidInput("fallback_model must be a model name")
-        if self.fallback_model is not None:
-            check_name(self.fallback_model, "fallback_model")
-        if self.guard_max_usd_per_mtok is not None:
-            price = self.guard_max_usd_per_mtok
-            if not _finite_number(price) or price < 0:
-                raise InvalidInput("guard_max_usd_per_mtok must be a finite number >= 0")
-            object.__setattr__(self, "guard_max_usd_per_mtok", float(price))
-        for name in ("cost_step", "share_step", "latency_step", "negligible_penalty"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 10.0:
-                raise InvalidInput(f"{name} must be a number in [0, 10], got {value!r}")
-            object.__setattr__(self, name, float(value))
-        low = _check_positive(self.min_cost_weight, "min_cost_weight")
-        high = _check_positive(self.max_cost_weight, "max_cost_weight")
-        if low >= high:
-            raise InvalidInput("min_cost_weight must be below max_cost_weight")
-        object.__setattr__(self, "min_cost_weight", low)
-        object.__setattr__(self, "max_cost_weight", high)
-
-    def targets_for(self, tenant: str | None) -> tuple[Target, ...]:
-        """The targets of one scope: the global ones (tenant None) or a tenant's own (empty when it has none)."""
-        return self.targets if tenant is None else self.tenants.get(tenant, ())
-
-    def with_targets(self, targets: Iterable[Target], tenant: str | None = None) -> BudgetConfig:
-        """A copy where the scope's targets are replaced (an empty list removes a tenant)."""
-        if tenant is None:
-            return replace(self, targets=tuple(targets))
-        tenants = dict(self.tenants)
-        tenants[_check_tenant(tenant)] = tuple(targets)
-        return replace(self, tenants=tenants)
-
-    @classmethod
-    def from_strings(cls, texts: Iterable[str], **settings: Any) -> BudgetConfig:
-        """Targets in the text grammar (`@tenant:` for a tenant's), e.g. from repeated `--target` options."""
-        scoped: dict[str | None, list[Target]] = {}
-        for text in texts:
-            tenant, target = parse_scoped_target(text)
-            scoped.setdefault(tenant, []).append(target)
-        tenants = {k: tuple(v) for k, v in scoped.items() if k is not None}
-        return cls(targets=tuple(scoped.get(None, ())), tenants=tenants, **settings)
-
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, stored: bool = False) -> BudgetConfig:
-        """From a `[budgets]` TOML table or a JSON body (the inverse of `to_mapping`); unknown keys raise.
-        `stored`: `data` is what `to_mapping` stored, maybe before tenant names followed `tenant_of`: two tables of
-        one tenant (`5` and `5.0`) keep the one named `5`, with a warning, instead of refusing it all
-        (`tenants_once`)."""
-        if not isinstance(data, Mapping):
-            raise InvalidInput("budgets must be a table")
-        settings = {f.name for f in fields(cls)} - {"targets", "tenants"}
-        kwargs = {k: v for k, v in data.items() if k in settings}
-        tenants_data = data.get("tenants", {})
-        if not isinstance(tenants_data, Mapping):
-            raise InvalidInput("budgets.tenants must be a table of tenant → targets")
-        targets = _targets_from_mapping({k: v for k, v in data.items() if k not in settings | {"tenants"}}, "budgets",
-                                        sorted(settings | {"tenants"}))
-        tenants = {}
-        for tenant, name in tenants_once(tenants_data, "budgets.tenants", stored=stored).items():
-            table = tenants_data[name]
-            if not isinstance(table, Mapping):
-                raise InvalidInput(f"budgets.tenants.{name} must be a table of targets")
-            tenants[tenant] = _targets_from_mapping(table, f"budgets.tenants.{name}")
-        return cls(targets=targets, tenants=tenants, **kwargs)
-
-    def to_mapping(self) -> dict[str, Any]:
-        """A JSON-able (and TOML-able) form that `from_mapping` turns back into an equal config."""
-        out = _targets_to_mapping(self.targets)
-        for f in fields(self):
-            if f.name not in ("targets", "tenants") and getattr(self, f.name) is not None:
-                out[f.name] = getattr(self, f.name)
-        if self.tenants:
-            out["tenants"] = {name: _targets_to_mapping(ts) for name, ts in self.tenants.items()}
-        return out
-
-    def describe(self) -> list[str]:
-        """Every target in the text grammar (`@tenant:` prefixed for tenants)."""
-        return [str(t) for t in self.targets] + [
-            f"@{name}:{t}" for name, ts in self.tenants.items() for t in ts
-        ]
-
-    def shares_matching_nothing(self, specs: Iterable[ModelSpec]) -> list[str]:
-        """The share targets (text grammar) whose selector picks none of `specs`: a misspelt model or tag, which
-        would otherwise be a target that can never bind."""
-        models = list(specs)
-        scoped = [("", t) for t in self.targets] + [(f"@{n}:", t) for n, ts in self.tenants.items() for t in ts]
-        return [f"{prefix}{t}" for prefix, t in scoped
-                if isinstance(t, Share) and not any(t.matches_spec(m) for m in models)]

@@ -13,8 +13,9 @@
     router_model = "gpt-4o-mini"
     models = ["gpt-4o-mini", "gpt-4o"]
 
-`RouterAlias.from_mapping` checks each table on its own; `check_routers` checks them against the catalog and the
-bandit's alias (at start-up, in `Settings.check`).
+`RouterAlias.from_mapping` checks each table on its own; `check_router_names` checks their names against the
+catalog file and the bandit's alias (`Settings.check`), `check_router_models` their models against the live catalog
+(`Settings.check_catalog`, at start-up); `check_routers` does both against one catalog.
 """
 
 from __future__ import annotations
@@ -162,21 +163,32 @@ def parse_routers(value: Any) -> tuple[RouterAlias, ...]:
     return routers
 
 
-def check_routers(
-    routers: Sequence[RouterAlias], catalog_names: Sequence[str], bandit_alias: str, unroutable: Collection[str] = ()
-) -> None:
-    """Each alias differs from every catalog name and from the bandit's alias; every model it calls is in the
-    catalog; every model it answers with is routable (`unroutable`: the catalog's `route = false` models, which
-    only judge or route). Raises `ConfigError` naming the router."""
-    known = set(catalog_names)
+def check_router_names(routers: Sequence[RouterAlias], catalog_names: Collection[str], bandit_alias: str) -> None:
+    """Each alias differs from every catalog name and from the bandit's alias. Raises `ConfigError` naming the
+    router. (A model added at run time under a router's name is the recovery's to refuse, saying what to do.)"""
     for r in routers:
         if r.name == bandit_alias:
             raise ConfigError(f"routers: {r.name!r} is the bandit's alias (router_alias); choose another name")
-        if r.name in known:
+        if r.name in catalog_names:
             raise ConfigError(f"routers: {r.name!r} is also a catalog model's name; choose another name")
+
+
+def check_router_models(
+    routers: Sequence[RouterAlias], catalog_names: Sequence[str], unroutable: Collection[str] = (),
+    *, retired: Collection[str] = (),
+) -> None:
+    """Every model a router calls is in the catalog (`catalog_names`: the active models; `retired`: those retired at
+    run time, named as such); every model it answers with is routable (`unroutable`: the catalog's `route = false`
+    models, which only judge or route). Raises `ConfigError` naming the router and listing the models."""
+    known = set(catalog_names)
+    for r in routers:
         missing = [m for m in r.called_models if m not in known]
         if missing:
-            raise ConfigError(f"routers: {r.name!r}: not in the catalog: {missing}")
+            nowhere = [m for m in missing if m not in retired]
+            gone = [m for m in missing if m in retired]
+            why = ([f"not in the catalog: {nowhere}"] if nowhere else []) + (
+                [f"retired at run time, which a restart keeps whatever the file says: {gone}"] if gone else [])
+            raise ConfigError(f"routers: {r.name!r}: {'; '.join(why)}; its models: {', '.join(catalog_names)}")
         judges_only = [m for m in r.models if m in unroutable]
         if judges_only:
             raise ConfigError(f"routers: {r.name!r}: models has route = false models {judges_only} (they may only "
@@ -184,6 +196,14 @@ def check_routers(
         stray = sorted(set(r.descriptions) - set(r.models))
         if stray:
             raise ConfigError(f"routers: {r.name!r}: descriptions for models it does not route to: {stray}")
+
+
+def check_routers(
+    routers: Sequence[RouterAlias], catalog_names: Sequence[str], bandit_alias: str, unroutable: Collection[str] = ()
+) -> None:
+    """Both checks against one catalog: `check_router_names`, then `check_router_models`."""
+    check_router_names(routers, catalog_names, bandit_alias)
+    check_router_models(routers, catalog_names, unroutable)
 
 
 def alias_clash(name: str, bandit_alias: str, routers: Sequence[RouterAlias]) -> str | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
@@ -30,7 +30,7 @@ from ..catalog import Catalog, ModelSpec, default_catalog, load_catalog
 from ..errors import CatalogError, ConfigError, InvalidInput
 from ..policies import Policy, check_models, in_folder, make_policy, parse_spec
 from ..reward import RewardConfig
-from .routers import RoutersSettings, check_routers
+from .routers import RoutersSettings, check_router_models, check_router_names
 from .sections import (
     AuthSettings,
     FeedbackSettings,
@@ -147,7 +147,8 @@ class Settings:
         """The checks that cost: build the policy and every shadow, read the catalog file, find the budgets'
         fallback model in the catalog. Raises `ConfigError` naming the key; returns `self`.
 
-        The catalog's models (a routable one, the models a fixed or rules policy names: `check_catalog`) are
+        The catalog's models (a routable one, the models a fixed or rules policy names, the budgets' fallback model
+        and shares, the judge model, the named routers' models: `check_catalog`) are
         checked against the catalog alone, unless `stored_models`: the service's start, where the models added
         and retired at run time, stored in the log, count too (it runs `check_catalog` on the live catalog,
         `log.catalog`, once it has read them)."""
@@ -158,26 +159,12 @@ class Settings:
             raise ConfigError(f"policy_settings: {', '.join(twice)} {'is' if len(twice) == 1 else 'are'} also set "
                               f"in policy {routing.policy!r}; set each setting in one place")
         catalog = self.load_catalog()  # a missing or malformed catalog file fails now, not at the first request
+        check_router_names(self.named_routers.routers, catalog.names, self.gateway.router_alias)
         if not stored_models:
             self.check_catalog(list(catalog), policies=policies)
         if len(catalog) > self.limits.max_models:
             raise ConfigError(f"max_models: the catalog has {len(catalog)} models; max_models is "
                               f"{self.limits.max_models}")
-        check_routers(self.named_routers.routers, catalog.names, self.gateway.router_alias,
-                      [s.name for s in catalog if not s.route])
-        fallback = self.budgets.fallback_model
-        if fallback is not None and fallback not in catalog.names:
-            raise ConfigError(f"budgets: fallback_model {fallback!r} is not in the catalog")
-        routable = [m for m in catalog if m.route]  # what a decision can choose: the budgets' fallback and shares
-        if fallback is not None and not catalog[fallback].route:
-            raise ConfigError(f"budgets: fallback_model {fallback!r} has route = false: it is never chosen")
-        unmatched = self.budgets.shares_matching_nothing(routable)
-        if unmatched:
-            raise ConfigError(f"budgets: {', '.join(unmatched)}: no catalog model is picked by that selector "
-                              "(models with route = false do not count: they are never chosen)")
-        judge = self.judge.judge_model
-        if judge is not None and judge not in catalog.names:
-            raise ConfigError(f"judge_model: {judge!r} is not in the catalog")
         if self.gateway.router_alias in catalog.names:
             raise ConfigError(f"router_alias: {self.gateway.router_alias!r} is also a catalog model's name")
         days, window = self.storage.retention_days, self.feedback.reward_window_s
@@ -192,9 +179,10 @@ class Settings:
         self, active: Sequence[ModelSpec], retired: Sequence[ModelSpec] = (),
         policies: Sequence[tuple[str, Policy]] | None = None,
     ) -> None:
-        """The checks of the catalog's models: one is routable, and each model a policy, live or shadow, names
+        """The checks of the catalog's models: one is routable, each model a policy, live or shadow, names
         (`fixed:<model>`, a `rules` policy's rules and default) is a routable model of the catalog: `active` or,
-        then warned about at start (`PolicySet.warn_about_missing_models`), `retired` at run time. Raises
+        then warned about at start (`PolicySet.warn_about_missing_models`), `retired` at run time; and the models
+        the budgets, the judge and the named routers name are `active` (`_check_models_named`). Raises
         `ConfigError` naming the key. `check()` runs it on the catalog file; the service's start on the live
         catalog (the catalog with the stored model events applied, `log.catalog.live_catalog`). `policies`: those
         `build_policies` returns; by default those `check()` built (only read here: each router builds its own)."""
@@ -213,6 +201,32 @@ class Settings:
                 check_models(policy, [*active, *retired])
             except InvalidInput as exc:
                 raise ConfigError(f"{where}: {exc}") from exc
+        self._check_models_named(active, retired)
+
+    def _check_models_named(self, active: Sequence[ModelSpec], retired: Sequence[ModelSpec]) -> None:
+        """The budgets' `fallback_model` is an `active` routable model and each share selector picks one; the
+        `judge_model` and every model a named router calls are `active` (a model `retired` at run time stays so:
+        refused, naming it). Raises `ConfigError` naming the key and listing the active models."""
+        names = [m.name for m in active]
+        gone = [m.name for m in retired]
+        fallback = self.budgets.fallback_model
+        if fallback is not None and (why := _not_active(fallback, names, gone)) is not None:
+            raise ConfigError(f"budgets: fallback_model {fallback!r} {why}")
+        if fallback is not None and not next(m for m in active if m.name == fallback).route:
+            raise ConfigError(f"budgets: fallback_model {fallback!r} has route = false: it is never chosen")
+        routable = [m for m in active if m.route]  # what a decision can choose: the budgets' fallback and shares
+        unmatched = self.budgets.shares_matching_nothing(routable)
+        if unmatched:
+            retired_picked = [m.name for m in retired  # those a selector would pick: it was written for them
+                              if m.route and len(self.budgets.shares_matching_nothing([*routable, m])) < len(unmatched)]
+            stays = f"; retired at run time: {', '.join(retired_picked)}" if retired_picked else ""
+            raise ConfigError(f"budgets: {', '.join(unmatched)}: no active model is picked by that selector (models "
+                              f"with route = false do not count: they are never chosen){stays}; its routable models: "
+                              f"{', '.join(m.name for m in routable)}")
+        judge = self.judge.judge_model
+        if judge is not None and (why := _not_active(judge, names, gone)) is not None:
+            raise ConfigError(f"judge_model: {judge!r} {why}")
+        check_router_models(self.named_routers.routers, names, [m.name for m in active if not m.route], retired=gone)
 
     @property
     def checked(self) -> bool:
@@ -289,3 +303,12 @@ def _spec_value(value: Any) -> str:
         return str(value)
     text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
     return "sha256-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _not_active(model: str, active: Sequence[str], retired: Collection[str]) -> str | None:
+    """Why `model` is not among the `active` models (None when it is): retired at run time, or in neither."""
+    if model in active:
+        return None
+    why = ("was retired at run time (DELETE /v1/models), which a restart keeps whatever the file says"
+           if model in retired else "is not in the catalog")
+    return f"{why}; its models: {', '.join(active)}"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 from ..budgets import BudgetConfig, BudgetPacer
 from ..dbguard import RateLimitedLog
@@ -267,28 +268,59 @@ class BudgetState:
 
     def recover(self, router: Router) -> str:
         """Load the stored pacer state (it wins over the configuration), then pace `router`. Returns where the
-        targets came from: `config` or `stored`."""
+        targets came from: `config` or `stored`.
+
+        What an older version stored and this one drops on loading (`BudgetPacer.load`: of tenants "5" and "5.0"
+        stored apart, "5.0"; a target this version refuses) is said once, and the rows are stored again as loaded,
+        so that the next start has nothing to say (each start said it again, the targets row being rewritten only
+        by a PUT); the warnings name what was dropped."""
         source = "config"
         with self.store.read() as reader:
             state = reader.get_meta(BUDGETS_STATE)
             config = reader.get_meta(BUDGETS_CONFIG)
+        loaded_state: Any = None
+        changed = False  # something stored did not load as stored (said by the loading)
         if state is not None:
             try:
-                self.pacer.load(json.loads(state))
+                saved = json.loads(state)
+                self.pacer.load(saved)
+                loaded_state = saved
+                changed = saved["config"] != self.pacer.config.to_mapping()
                 source = "stored"
                 self._stored = True
             except (InvalidInput, ValueError) as exc:
                 log.warning("stored budget state not loaded (%s); using the configuration", exc)
         if config is not None:
             try:
-                if json.loads(config) != self.pacer.config.to_mapping():  # a PUT after the last state save
-                    self.pacer.configure(BudgetConfig.from_mapping(json.loads(config), stored=True))
+                targets = json.loads(config)
+                if targets != self.pacer.config.to_mapping() and (  # a PUT after the last state save; the same
+                        loaded_state is None or targets != loaded_state["config"]):  # as the state's: loaded once
+                    self.pacer.configure(BudgetConfig.from_mapping(targets, stored=True))
+                    changed = targets != self.pacer.config.to_mapping()
                 self._config_json = config
                 source = "stored"
             except (InvalidInput, ValueError) as exc:
                 log.warning("stored budget targets not loaded: %s", exc)
+        if changed:
+            self._store_as_loaded(config_row=config is not None and self._config_json == config)
         router.pacer = self.pacer
         return source
+
+    def _store_as_loaded(self, *, config_row: bool) -> None:
+        """Store the pacer's state, and its targets in the targets row (`config_row`: that row was loaded), as
+        loaded: some of what was stored did not load (logged)."""
+        config_json = json.dumps(self.pacer.config.to_mapping(), sort_keys=True)
+        try:
+            with self.store.write() as tx:
+                tx.set_meta(BUDGETS_STATE, json.dumps(self.pacer.state()))
+                if config_row:
+                    tx.set_meta(BUDGETS_CONFIG, config_json)
+        except StoreError as exc:
+            log.warning("storing the budget targets as loaded failed (the next start loads them again): %s", exc)
+            return
+        if config_row:
+            self._config_json = config_json
+        log.info("stored the budget targets as loaded: %s", ", ".join(self.pacer.config.describe()) or "none")
 
 
 def chain_spend(call: CallRecord | None) -> float | None:

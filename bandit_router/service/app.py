@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..cascade.live import NamedRouters
+from ..catalog import ModelSpec
 from ..config import Settings, load_settings
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
@@ -313,19 +314,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def check_live_catalog(settings: Settings) -> None:
+def check_live_catalog(settings: Settings) -> LiveCatalog:
     """`Settings.check_catalog` on the live catalog: the catalog with the model events stored in the database
     applied (`log.catalog`), since a model added or retired at run time stays so across restarts whatever the file
-    says. A `ConfigError` when no model of it is routable, or a fixed or rules policy names a model that is in
-    neither the catalog nor the log. Creates and migrates nothing (run it before `Store.prepare`): a SQLite file
-    that does not exist, and a database that records no schema, hold no model event (the catalog file alone is
-    checked); a schema of any earlier version is read as it is (the model events' table is schema 1's); a newer
-    one is not read (`prepare` refuses it). `StoreError` when the database cannot be read."""
+    says. A `ConfigError` when no model of it is routable, a fixed or rules policy names a model that is in
+    neither the catalog nor the log, or the budgets' fallback model or a share selector, the judge model or a named
+    router's model is no active model of it (one retired at run time is named so). Creates and migrates nothing
+    (run it before `Store.prepare`): a SQLite file that does not exist, and a database that records no schema, hold
+    no model event (the catalog file alone is checked); a schema of any earlier version is read as it is (the model
+    events' table is schema 1's); a newer one is not read (`prepare` refuses it). `StoreError` when the database
+    cannot be read. Returns the live catalog."""
     storage = settings.storage
     catalog = list(settings.load_catalog())
     if not isinstance(storage.db, DatabaseURL) and not Path(storage.db).exists():
         settings.check_catalog(catalog)  # opening the store would create the file
-        return
+        return LiveCatalog(tuple(catalog))
     store = open_store(storage.db, synchronous=storage.synchronous)
     try:
         version = store.schema_version()
@@ -333,15 +336,17 @@ def check_live_catalog(settings: Settings) -> None:
     finally:
         store.close()
     settings.check_catalog(live.active, live.retired)
+    return live
 
 
 def check_upstreams(settings: Settings, unreachable: Callable[[str], str | None] | None = None, *,
-                    judge: bool = True, routers: bool = True) -> None:
+                    judge: bool = True, routers: bool = True, models: Iterable[ModelSpec] | None = None) -> None:
     """The feedback judge's model and every model a named router calls must be callable by the gateway: a
     `ConfigError` naming the first that is not, and why. `unreachable(model)` says why a model is not callable
-    (default: from the settings' catalog and the environment, so that `serve` says it before the server starts,
-    not as a traceback of the application's start-up)."""
-    reason = unreachable if unreachable is not None else _unreachable_in_catalog(settings)
+    (default: from `models`, else the settings' catalog, and the environment, so that `serve` says it before the
+    server starts, not as a traceback of the application's start-up; `serve` gives the live catalog's models,
+    `check_live_catalog`, so that a model added at run time is checked too)."""
+    reason = unreachable if unreachable is not None else _unreachable_in_catalog(settings, models)
     judge_model = settings.judge.judge_model
     if judge and judge_model is not None and settings.judge.judge_sample_rate > 0:
         why = reason(judge_model)
@@ -353,10 +358,10 @@ def check_upstreams(settings: Settings, unreachable: Callable[[str], str | None]
             raise ConfigError(f"routers: {alias.name!r}: {'; '.join(missing)}")
 
 
-def _unreachable_in_catalog(settings: Settings) -> Callable[[str], str | None]:
-    catalog = {spec.name: spec for spec in settings.load_catalog()}
+def _unreachable_in_catalog(settings: Settings, models: Iterable[ModelSpec] | None) -> Callable[[str], str | None]:
+    catalog = {spec.name: spec for spec in (settings.load_catalog() if models is None else models)}
 
-    def reason(model: str) -> str | None:  # a name outside the catalog: Settings.check refuses it
+    def reason(model: str) -> str | None:  # a name outside the catalog: `Settings.check_catalog` refuses it
         return Gateway.unreachable(settings, catalog[model]) if model in catalog else None
 
     return reason

@@ -107,9 +107,11 @@ def serve(
         settings = load_settings(config, overrides=overrides, stored_models=True)
         from .app import check_live_catalog, check_upstreams
 
-        check_upstreams(settings)  # the judge's and named routers' models: a message now, not a traceback later
-        check_live_catalog(settings)  # with the models added and retired at run time; before the schema, so
-        storage = settings.storage  # that a refused start creates and migrates nothing
+        live = check_live_catalog(settings)  # with the models added and retired at run time; before the schema,
+        # so that a refused start creates and migrates nothing; then the judge's and named routers' models, the
+        # live catalog's (one added at run time too): a message now, not a traceback later
+        check_upstreams(settings, models=live.active)
+        storage = settings.storage
         store = open_store(storage.db, synchronous=storage.synchronous)
         try:
             store.prepare()  # the schema, once, before workers

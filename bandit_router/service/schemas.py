@@ -9,6 +9,7 @@ from typing import Annotated, Any, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
+from ..budgets.config import MAX_SHARES, MAX_SPENDS, MAX_TENANTS
 from ..catalog import MAX_LATENCY_S, MAX_OUTPUT_TOKENS, MAX_PRIOR_STRENGTH, MAX_USD_PER_MTOK
 from ..names import name_problem
 from ..reward import MAX_COST_WEIGHT
@@ -368,21 +369,23 @@ class DecisionOut(BaseModel):
 def _budget_scope_schema(*, settings: bool) -> dict[str, Any]:
     """JSON schema of one scope's `[budgets]` table (`settings`: the global one, with the guard rails, the
     controller's steps and `tenants`). Values are numbers or strings in the target grammar
-    (`bandit_router.budgets.targets`); what the schema cannot say (a duplicate target, a `fallback_model` that
-    is not an active model, a share target that picks no active model, `min_cost_weight` ≥ `max_cost_weight`)
-    is a 422 that names it."""
+    (`bandit_router.budgets.config`); what the schema cannot say (a duplicate target, a `fallback_model` that
+    is not an active model, a share target that picks no active model, `min_cost_weight` ≥ `max_cost_weight`,
+    more than `MAX_SHARES` shares in the `share` table and `share:` keys together) is a 422 that names it, as is
+    a limit the schema states (`MAX_TENANTS`, `MAX_SPENDS`, `MAX_SHARES`: the PUT enforces them)."""
     number_or_text: dict[str, Any] = {"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string"}]}
     share_value: dict[str, Any] = {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "string"}]}
     properties: dict[str, Any] = {
         "avg_cost_usd": {**number_or_text, "description": "mean cost per request ≤ this many USD"},
         "spend_usd": {
-            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 16}],
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": MAX_SPENDS}],
             "description": 'spend ≤ USD per period, e.g. "200/1d" (period: seconds, or a number with s|m|h|d|w)',
         },
         "share": {
-            "type": "object", "additionalProperties": share_value, "maxProperties": 256,
+            "type": "object", "additionalProperties": share_value, "maxProperties": MAX_SHARES,
             "description": 'at most this share of the decisions per selector (a model or "tag:key=value"), e.g. '
-                           '{"gpt-4o": 0.3, "tag:tier=large": "30%"}',
+                           '{"gpt-4o": 0.3, "tag:tier=large": "30%"}; at most 256 shares in a scope, its `share:` keys '
+                           'included',
         },
     }
     pattern_properties: dict[str, Any] = {
@@ -398,7 +401,7 @@ def _budget_scope_schema(*, settings: bool) -> dict[str, Any]:
             "cost_step": step, "share_step": step, "latency_step": step, "negligible_penalty": step,
             "min_cost_weight": {"type": "number", "exclusiveMinimum": 0},
             "max_cost_weight": {"type": "number", "exclusiveMinimum": 0},
-            "tenants": {"type": "object", "maxProperties": 1024,
+            "tenants": {"type": "object", "maxProperties": MAX_TENANTS,
                         "additionalProperties": {"$ref": "#/components/schemas/BudgetScopeIn"},
                         "description": "per tenant (the request context's `tenant`), its own targets"},
         })
