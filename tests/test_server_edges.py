@@ -3,6 +3,7 @@ closed, connections beyond the cap are refused, and secrets sent in a query stri
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -175,3 +176,31 @@ def test_secrets_in_query_strings_never_reach_the_access_log(server: Callable[..
     assert "client%5Fsecret=[REDACTED]" in text
     for secret in SECRETS:
         assert secret not in text, f"{secret} is in the log"
+
+
+def test_headers_beyond_the_cap_get_431_and_the_server_goes_on(server: Callable[..., Server]) -> None:
+    """A request whose headers keep coming is refused once they pass `max_header_bytes` (httptools would keep them
+    all: 500 MB of headers grew the process by 500 MB, and one 60 MB header held the event loop for seconds)."""
+    s = server({"BANDIT_ROUTER_MAX_HEADER_BYTES": "8192"})
+    sock = _connect(s.port)
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        refused = False
+        for _ in range(64):  # 64 KB of header lines, 1 KB at a time: eight times the cap
+            try:
+                sock.sendall(b"X-Pad: " + b"a" * 1017 + b"\r\n")
+            except OSError:  # closed by the server while bytes were still arriving
+                refused = True
+                break
+            time.sleep(0.002)
+        if not refused:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"\r\n")
+        _, received = _closed_after(sock)
+    finally:
+        sock.close()
+    assert received.startswith(b"HTTP/1.1 431") or (refused and received == b""), received
+    if received:
+        assert b"max_header_bytes" in received
+    with httpx.Client(base_url=s.url, timeout=5) as client:  # headers within the cap, and the server still serves
+        assert client.get("/healthz", headers={"x-pad": "a" * 6000}).status_code == 200

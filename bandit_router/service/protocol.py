@@ -1,5 +1,6 @@
-"""Connection limits uvicorn does not have: a deadline for the request headers, one for the body, and a hard cap
-on open connections. `bandit-router serve` runs uvicorn with `http=GuardedHttpToolsProtocol`.
+"""Connection limits uvicorn does not have: a deadline for the request headers, one for the body, a cap on the
+size of the headers, and a hard cap on open connections. `bandit-router serve` runs uvicorn with
+`http=GuardedHttpToolsProtocol`.
 
 uvicorn's httptools protocol closes an idle keep-alive connection after `timeout_keep_alive`, but only once a
 response was sent: a connection that sends nothing, half a request line, or headers without their body stays
@@ -10,7 +11,12 @@ open for as long as the client likes (measured: 200 such connections were all st
   is closed (after a `408` when a request had begun);
 - `body_timeout_s`: once the headers are in, the whole body must arrive within this many seconds, else the
   connection is closed (the handler sees a disconnect);
-- `max_connections`: a connection beyond this many open ones gets `503` and is closed at once.
+- `max_connections`: a connection beyond this many open ones gets `503` and is closed at once;
+- `max_header_bytes`: a request whose request line and headers pass this many bytes gets `431` and the
+  connection is closed. httptools keeps headers of any size, and joins a header that arrives in many pieces by
+  copying what it has so far for each piece: one connection sending 60 MB of one header held the event loop
+  (every other request waited seconds) and the memory (measured: 500 MB of headers grew the process by 500 MB).
+  The bytes are counted as they arrive, before the parser sees them, so the cost is one addition per read.
 
 The limits come from the environment variable `BANDIT_ROUTER_SERVE_LIMITS` (JSON, set by `serve` before
 uvicorn starts, so worker processes see it too), else the defaults of `Limits`.
@@ -36,6 +42,7 @@ class Limits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 1000
+    max_header_bytes: int = 65_536
 
     def to_environment(self) -> str:
         return json.dumps(asdict(self))
@@ -56,12 +63,15 @@ def _reply(status: bytes, code: str, message: str, *extra: bytes) -> bytes:
 
 REPLY_408 = _reply(b"408 Request Timeout", "request_timeout", "the request headers did not arrive in time "
                    "(header_timeout_s)")
+REPLY_431 = _reply(b"431 Request Header Fields Too Large", "headers_too_large", "the request line and headers "
+                   "are larger than the server accepts (max_header_bytes)")
 REPLY_503 = _reply(b"503 Service Unavailable", "unavailable", "too many open connections (max_connections)",
                    b"retry-after: 1")
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline, a body deadline and a connection cap."""
+    """uvicorn's httptools protocol with a header deadline, a body deadline, a header size cap and a connection
+    cap."""
 
     limits: Limits | None = None
 
@@ -73,6 +83,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._limits: Limits = cls.limits
         self._deadline: asyncio.TimerHandle | None = None
         self._in_request = False
+        self._reading_headers = True
+        """Between requests or within a request's headers: what arrives counts towards `max_header_bytes`."""
+        self._header_bytes = 0
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -104,17 +117,39 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def data_received(self, data: bytes) -> None:
+        """Fed to the parser, then refused (431, closed) when the headers being read have passed the cap: a read
+        holds at most the transport's buffer, and one that also completes the headers (a body behind them) is
+        not counted against them."""
+        if not self._reading_headers:
+            super().data_received(data)
+            return
+        self._header_bytes += len(data)
+        super().data_received(data)
+        if self._reading_headers and self._header_bytes > self._limits.max_header_bytes:
+            self._refuse_headers()
+
+    def _refuse_headers(self) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # no reply of an earlier request is being sent
+            self.transport.write(REPLY_431)
+        self.transport.close()
+
     def on_message_begin(self) -> None:
         self._in_request = True
         super().on_message_begin()
 
     def on_headers_complete(self) -> None:
         self._in_request = False
+        self._reading_headers = False
         self._arm(self._limits.body_timeout_s)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._reading_headers, self._header_bytes = True, 0  # the next request's
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
