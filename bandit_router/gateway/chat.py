@@ -43,15 +43,16 @@ encoder that writes the body for an upstream runs deeper in the call stack and g
 decision was stored); no chat request needs more than a few dozen (a tool's schema)."""
 
 
-def json_problem(value: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
-    """Why `value` (parsed JSON) cannot be forwarded as JSON: nested deeper than `limit`, or a NaN or infinite
-    number (Python reads `NaN`, `Infinity` and `1e999`; the JSON an upstream reads has none). None when it can."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
+def json_problem(value: Any, limit: int = MAX_JSON_DEPTH, *, depth: int = 1) -> str | None:
+    """Why `value` (parsed JSON, at nesting level `depth` of its document) cannot be forwarded as JSON: nested deeper
+    than `limit` levels, or a NaN or infinite number (Python reads `NaN`, `Infinity` and `1e999`; the JSON an
+    upstream reads has none). None when it can."""
+    stack: list[tuple[Any, int]] = [(value, depth)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict | list):
             if depth > limit:
-                return f"nested deeper than {limit} levels"
+                return f"nested deeper than {limit} levels (the body's own object is the first)"
             for child in item.values() if isinstance(item, dict) else item:
                 if isinstance(child, dict | list | float):
                     stack.append((child, depth + 1))
@@ -141,7 +142,7 @@ def parse_chat(body: Any, headers: Mapping[str, str], *, alias: str, max_prompt_
     knobs, sources = _knobs(body.get(EXTENSION), headers)
     payload = {k: v for k, v in body.items() if k != EXTENSION}
     for key, value in payload.items():  # before anything is routed or stored: the upstream gets JSON
-        problem = json_problem(value, MAX_JSON_DEPTH - 1)
+        problem = json_problem(value, depth=2)  # inside the body's object
         if problem is not None:
             raise BadChatRequest(key[:200], problem)
     return ChatRequest(
