@@ -315,6 +315,25 @@ def test_upstream_model_names_the_providers_id_and_default_base_url_serves_the_r
         server.stop()
 
 
+def test_a_catalog_name_outside_ascii_is_percent_encoded_in_the_model_header(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """The name grammar allows `名前` in the catalog; a reply header holds Latin-1 only, and every non-streamed answer
+    of that model was a 500 after its upstream call. The header carries it percent-encoded; the body as it is."""
+    models = (ModelSpec("名前", 1.0, 2.0, base_url=fake.url + "/v1", upstream_model="fake-coder"),
+              ModelSpec("fake-writer", 1.0, 2.0, base_url=fake.url + "/v1"))
+    server = ServerThread(create_app(Settings(db=tmp_path / "names.db", models=models, seed=1)))
+    try:
+        for stream in (False, True):
+            reply = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
+                "model": "名前", "messages": [{"role": "user", "content": CODE}], "stream": stream})
+            assert reply.status_code == 200, (stream, reply.text)
+            assert reply.headers["x-bandit-router-model"] == "%E5%90%8D%E5%89%8D"
+            assert "\\u540d\\u524d" in reply.text or "名前" in reply.text
+    finally:
+        server.stop()
+
+
 def test_a_hanging_judge_never_delays_a_reply_and_its_queue_is_bounded(
     gateway: Callable[..., str], fake: FakeUpstream
 ) -> None:
