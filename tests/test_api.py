@@ -31,6 +31,8 @@ CLIENT_KEY = "client-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
 SECRET_PROMPT = "my secret prompt: the launch code is 0000"
 
+JSON = {"content-type": "application/json"}
+
 
 @pytest.fixture
 def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
@@ -354,6 +356,41 @@ def test_an_unknown_field_gets_a_did_you_mean_hint(
     assert expected in error["message"]
     assert "did you mean" not in error["message"] or hint is not None
     assert _count(client, "SELECT COUNT(*) FROM feedback") == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/route", "/v1/feedback", "/v1/models"])
+def test_a_body_of_many_errors_names_its_first_five_in_order(client: TestClient, path: str) -> None:
+    """A 1 MB body of 90,000 unknown keys names the first five (the 422 builds only those: pydantic's `errors()`
+    made a dict of every one, twice, 0.5-0.8 s of the event loop each); a body with a hint and a wrong type keeps
+    both, in the body's order."""
+    base = {"/v1/route": {"prompt": "x"}, "/v1/feedback": {"decision_id": "d", "quality": 0.5},
+            "/v1/models": {"name": "m", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}}[path]
+    many = {**base, **{f"k{i:x}": 1 for i in range(90_000)}}
+    reply = client.post(path, content=json.dumps(many, separators=(",", ":")).encode(), headers=JSON)
+    assert reply.status_code == 422, reply.text[:300]
+    error = reply.json()
+    assert error["field"] == "k0"
+    assert error["message"] == "; ".join(f"k{i:x}: Extra inputs are not permitted" for i in range(5))
+    mixed = {**base, "zz": 1, "k1": 2, "k2": 3, "k3": 4, "k4": 5, "k5": 6}
+    mixed["prompt" if path == "/v1/route" else "name" if path == "/v1/models" else "quality"] = [1]
+    error = client.post(path, json=mixed).json()
+    assert error["message"].count(";") == 4 and "zz: Extra inputs are not permitted" in error["message"]
+    assert "k5" not in error["message"]
+
+
+def test_a_context_of_too_many_keys_is_refused_before_its_values_are_checked(client: TestClient) -> None:
+    """A context over 32 keys is a 422 about its size, whatever its values: pydantic checked a dict's length only
+    after every value, and 80,000 invalid values (a 1 MB body) were 80,000 Python exceptions, 4-7 s of the event
+    loop, for a 422 about the first one. The gateway's knob reads the same rule."""
+    many = {f"k{i:x}": [1] for i in range(80_000)}  # 970 KB
+    body = json.dumps({"prompt": "x", "context": many}, separators=(",", ":")).encode()
+    reply = client.post("/v1/route", content=body, headers=JSON)
+    assert reply.status_code == 422, reply.text[:300]
+    assert reply.json()["field"] == "context"
+    assert "at most 32 items" in reply.json()["message"] and "not 80000" in reply.json()["message"]
+    assert client.post("/v1/route", json={"prompt": "x", "context": {"k": [1]}}).json()["field"] == "context.k"
+    assert client.post("/v1/route", json={"prompt": "x", "context": {f"k{i}": i for i in range(32)}}
+                       ).status_code == 200
 
 
 def test_a_huge_unknown_field_name_gets_no_hint(client: TestClient) -> None:

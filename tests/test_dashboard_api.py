@@ -167,6 +167,20 @@ def test_recent_decisions_with_store_prompts(tmp_path: Path) -> None:
         assert client.get("/v1/stats/live").json()["store_prompts"] is True
 
 
+def test_recent_decisions_show_the_first_thousand_characters_of_a_prompt(tmp_path: Path) -> None:
+    """A stored prompt of 170,000 control characters (a 1 MB body) was a 1 MB row of `/v1/stats/recent` (51 MB
+    for its default 50 rows): the list shows the first 1,000 characters and `…`; the decision has the whole one."""
+    for make in client_factory(tmp_path / "long.db", seed=1):
+        client = make(store_prompts=True)
+        long = "\x01" * 170_000
+        decision_id = client.post("/v1/route", json={"prompt": long}).json()["decision_id"]
+        client.post("/v1/route", json={"prompt": "short"})
+        rows = {row["decision_id"]: row["prompt"] for row in client.get("/v1/stats/recent").json()["decisions"]}
+        assert rows[decision_id] == "\x01" * 1000 + "…"
+        assert "short" in rows.values()
+        assert client.get(f"/v1/decisions/{decision_id}").json()["prompt"] == long
+
+
 def test_live_shows_the_typical_pmf_and_the_budgets(make: Callable[..., Any]) -> None:
     client = make()
     _traffic(client, 10)

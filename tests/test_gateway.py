@@ -315,6 +315,25 @@ def test_upstream_model_names_the_providers_id_and_default_base_url_serves_the_r
         server.stop()
 
 
+def test_a_catalog_name_outside_ascii_is_percent_encoded_in_the_model_header(
+    fake: FakeUpstream, tmp_path: Path
+) -> None:
+    """The name grammar allows `名前` in the catalog; a reply header holds Latin-1 only, and every non-streamed answer
+    of that model was a 500 after its upstream call. The header carries it percent-encoded; the body as it is."""
+    models = (ModelSpec("名前", 1.0, 2.0, base_url=fake.url + "/v1", upstream_model="fake-coder"),
+              ModelSpec("fake-writer", 1.0, 2.0, base_url=fake.url + "/v1"))
+    server = ServerThread(create_app(Settings(db=tmp_path / "names.db", models=models, seed=1)))
+    try:
+        for stream in (False, True):
+            reply = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
+                "model": "名前", "messages": [{"role": "user", "content": CODE}], "stream": stream})
+            assert reply.status_code == 200, (stream, reply.text)
+            assert reply.headers["x-bandit-router-model"] == "%E5%90%8D%E5%89%8D"
+            assert "\\u540d\\u524d" in reply.text or "名前" in reply.text
+    finally:
+        server.stop()
+
+
 def test_a_hanging_judge_never_delays_a_reply_and_its_queue_is_bounded(
     gateway: Callable[..., str], fake: FakeUpstream
 ) -> None:
@@ -650,6 +669,32 @@ def test_no_malformed_body_gets_a_500(gateway: Callable[..., str], body: Any, st
     if status != 200:
         error = reply.json()["error"]
         assert isinstance(error, dict) and error["message"] and error["type"]
+
+
+def test_a_body_nested_too_deep_or_with_a_non_finite_number_is_a_400_before_anything_is_stored(
+    gateway: Callable[..., str],
+) -> None:
+    """The body is forwarded as JSON: nesting that Python's parser reads but its encoder, deeper in the call stack,
+    gave up on (about 930-950 levels: a 500 after the decision was stored), and `NaN`, `Infinity` or `1e999` (sent
+    on as `NaN`, which is not JSON), are refused first, naming the field; 100 levels are forwarded."""
+    url = gateway()
+    head = b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], '
+    bodies = {f"depth {d}": head + b'"x": ' + b"[" * d + b"]" * d + b"}" for d in range(900, 990, 5)}
+    bodies["NaN"] = head + b'"temperature": NaN}'
+    bodies["1e999"] = head + b'"temperature": 1e999}'
+    bodies["deep in a message"] = (b'{"model": "router", "messages": [{"role": "user", "content": [{"type": "text", '
+                                   b'"text": "hi", "x": ' + b"[" * 120 + b"]" * 120 + b"}]}]}")
+    for name, body in bodies.items():
+        reply = httpx.post(url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        assert reply.status_code == 400, (name, reply.text)
+        error = reply.json()["error"]
+        assert error["type"] == "invalid_request_error", (name, reply.text)
+        if not name.startswith("depth") or error["param"] != "body":  # the deepest are beyond the parser itself
+            assert error["param"] in ("x", "temperature", "messages"), (name, reply.text)
+    assert httpx.get(url + "/v1/stats").json()["decisions"] == 0  # nothing routed, nothing stored
+    fine = head + b'"x": ' + b"[" * 98 + b"]" * 98 + b"}"  # 100 levels with the body itself
+    assert httpx.post(url + "/v1/chat/completions", content=fine,
+                      headers={"content-type": "application/json"}).status_code == 200
 
 
 def test_an_unexpected_error_is_a_logged_500_in_openais_shape(

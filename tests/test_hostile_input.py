@@ -276,6 +276,41 @@ def test_a_loopback_bound_service_accepts_loopback_host_names(make_client: Calla
     assert client.post("/v1/route", json={"prompt": "hi"}, headers={"host": host}).status_code == 200
 
 
+def test_two_host_headers_are_a_400_whichever_comes_first(make_client: Callable[..., TestClient]) -> None:
+    """The `Host` check read the last `Host` header, Starlette (its URLs, the trailing-slash redirect) the first:
+    `Host: evil.example` then `Host: localhost` passed the check and was redirected to evil.example. Two are a
+    400 (RFC 9112 §3.2), on the hot paths too."""
+    client = make_client("http://127.0.0.1:8000")
+    for hosts in (("evil.example", "localhost"), ("localhost", "evil.example"), ("localhost", "localhost")):
+        headers = [("host", h) for h in hosts] + [("content-type", "application/json")]
+        for method, path in (("POST", "/v1/route"), ("POST", "/v1/route/"), ("GET", "/readyz")):
+            reply = client.request(method, path, content=b'{"prompt": "hi"}', headers=headers,
+                                   follow_redirects=False)
+            assert reply.status_code == 400, (hosts, path, reply.status_code, reply.headers.get("location"))
+            assert reply.json()["error"] == "bad_request" and "Host" in reply.json()["message"]
+    assert client.post("/v1/route", json={"prompt": "hi"}, headers={"host": "localhost"}).status_code == 200
+
+
+def test_the_first_authorization_header_counts_on_every_route(make_client: Callable[..., TestClient]) -> None:
+    """The hot paths (`/v1/route`, `/v1/feedback`) read the last `Authorization` header where every other route reads
+    the first: a wrong key then the right one was a 200 on `/v1/route` and a 401 on `/v1/stats`. Now the first
+    counts everywhere (a proxy that adds its own key after the client's gets the same answer on every route)."""
+    client = make_client(api_keys=Secrets(("client-key-0123456789abcdef",)))
+    right, wrong = "Bearer client-key-0123456789abcdef", "Bearer not-the-key-0123456789"
+    for first, second, status in ((wrong, right, 401), (right, wrong, 200)):
+        headers = [("authorization", first), ("authorization", second), ("content-type", "application/json")]
+        replies = {
+            "route": client.post("/v1/route", content=b'{"prompt": "hi"}', headers=headers),
+            "feedback": client.post("/v1/feedback", content=b'{"decision_id": "nope", "quality": 1}',
+                                    headers=headers),
+            "stats": client.get("/v1/stats", headers=headers),
+        }
+        expected = {"route": status, "feedback": 404 if status == 200 else 401, "stats": status}
+        assert {k: r.status_code for k, r in replies.items()} == expected, (first, second)
+    content_types = [("authorization", right), ("content-type", "text/plain"), ("content-type", "application/json")]
+    assert client.post("/v1/route", content=b'{"prompt": "hi"}', headers=content_types).status_code == 415
+
+
 def test_allowed_hosts_adds_names(make_client: Callable[..., TestClient]) -> None:
     client = make_client("http://127.0.0.1:8000", allowed_hosts=("router.internal", "*.example.com"))
     for host, status in (("router.internal", 200), ("a.example.com:443", 200), ("example.com", 421),

@@ -3,6 +3,7 @@ closed, connections beyond the cap are refused, and secrets sent in a query stri
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -175,3 +176,70 @@ def test_secrets_in_query_strings_never_reach_the_access_log(server: Callable[..
     assert "client%5Fsecret=[REDACTED]" in text
     for secret in SECRETS:
         assert secret not in text, f"{secret} is in the log"
+
+
+def test_headers_beyond_the_cap_get_431_and_the_server_goes_on(server: Callable[..., Server]) -> None:
+    """A request whose headers keep coming is refused once they pass `max_header_bytes` (httptools would keep them
+    all: 500 MB of headers grew the process by 500 MB, and one 60 MB header held the event loop for seconds)."""
+    s = server({"BANDIT_ROUTER_MAX_HEADER_BYTES": "8192"})
+    sock = _connect(s.port)
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        refused = False
+        for _ in range(64):  # 64 KB of header lines, 1 KB at a time: eight times the cap
+            try:
+                sock.sendall(b"X-Pad: " + b"a" * 1017 + b"\r\n")
+            except OSError:  # closed by the server while bytes were still arriving
+                refused = True
+                break
+            time.sleep(0.002)
+        if not refused:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"\r\n")
+        _, received = _closed_after(sock)
+    finally:
+        sock.close()
+    assert received.startswith(b"HTTP/1.1 431") or (refused and received == b""), received
+    if received:
+        assert b"max_header_bytes" in received
+    with httpx.Client(base_url=s.url, timeout=5) as client:  # headers within the cap, and the server still serves
+        assert client.get("/healthz", headers={"x-pad": "a" * 6000}).status_code == 200
+
+
+def test_a_client_that_reads_none_of_its_replies_is_cut_off_after_write_timeout(
+    server: Callable[..., Server],
+) -> None:
+    """Pipelined requests whose replies nobody reads fill the send buffer; uvicorn waited for it forever, so a client
+    (no key needed: `GET /openapi.json`) held its connection, and `max_connections` of them every slot. After
+    `write_timeout_s` with the buffer full the connection is aborted: a client that comes back to read finds it
+    cut off (without the deadline it was still there, with every reply)."""
+    s = server({"BANDIT_ROUTER_WRITE_TIMEOUT_S": "1", "BANDIT_ROUTER_HEADER_TIMEOUT_S": "60",
+                "BANDIT_ROUTER_TIMEOUT_KEEP_ALIVE_S": "60"})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    sock.connect(("127.0.0.1", s.port))
+    requests = 300  # 57 KB each: 17 MB, far more than the socket buffers hold
+    try:
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * requests)
+        time.sleep(4)
+        sock.settimeout(5)
+        received = b""
+        ended = "open"
+        reading_until = time.monotonic() + 10  # what the kernel buffered comes first, then the end
+        while time.monotonic() < reading_until:
+            try:
+                chunk = sock.recv(1 << 16)
+            except ConnectionResetError:
+                ended = "reset"
+                break
+            except TimeoutError:
+                break
+            if not chunk:
+                ended = "closed"
+                break
+            received += chunk
+    finally:
+        sock.close()
+    assert ended in ("reset", "closed"), f"still open after 4 s unread: {received.count(b'HTTP/1.1 200')} replies"
+    assert received.count(b"HTTP/1.1 200") < requests
+    assert httpx.get(s.url + "/healthz", timeout=5).status_code == 200

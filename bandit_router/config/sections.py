@@ -90,14 +90,19 @@ class ServerSettings:
                                       "headers (from its opening or its previous reply); then it is closed")
     body_timeout_s: float = setting(30.0, help="seconds a request has to send its whole body once its headers are "
                                     "in; then the connection is closed")
+    write_timeout_s: float = setting(30.0, help="seconds a reply may wait for a client that reads none of it (the "
+                                     "send buffer full); then the connection is closed")
     max_connections: int = setting(1000, help="open connections per process; one more gets 503 and is closed")
+    max_header_bytes: int = setting(65_536, help="bytes a request line and its headers may take; more get 431 and "
+                                    "the connection is closed")
 
     def __post_init__(self) -> None:
         _check(bool(self.host) and " " not in self.host, "host", "must be a host name or address")
-        for name in ("timeout_keep_alive_s", "header_timeout_s", "body_timeout_s"):
+        for name in ("timeout_keep_alive_s", "header_timeout_s", "body_timeout_s", "write_timeout_s"):
             value = getattr(self, name)
             _check(math.isfinite(value) and 0 < value <= 3600, name, f"must be in (0, 3600] seconds, got {value}")
         _check(1 <= self.max_connections <= 1_000_000, "max_connections", "must be in 1..1000000")
+        _check(1024 <= self.max_header_bytes <= 16_777_216, "max_header_bytes", "must be in 1024..16777216")
         for host in self.allowed_hosts:
             _check(isinstance(host, str) and bool(host) and host.isascii() and " " not in host and "/" not in host,
                    "allowed_hosts", f"must be host names, got {host!r}")

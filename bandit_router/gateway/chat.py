@@ -16,6 +16,7 @@ unchanged.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,30 @@ KNOBS = ("cost_weight", "models", "context")
 KNOB_RULES: dict[str, TypeAdapter[Any]] = {
     "cost_weight": TypeAdapter(CostWeight), "models": TypeAdapter(AllowedModels), "context": TypeAdapter(Context)
 }
+
+
+MAX_JSON_DEPTH = 100
+"""The deepest nesting of objects and arrays a body may have. Python's JSON parser reads about 950 levels, but the
+encoder that writes the body for an upstream runs deeper in the call stack and gave up earlier (a 500, after the
+decision was stored); no chat request needs more than a few dozen (a tool's schema)."""
+
+
+def json_problem(value: Any, limit: int = MAX_JSON_DEPTH, *, depth: int = 1) -> str | None:
+    """Why `value` (parsed JSON, at nesting level `depth` of its document) cannot be forwarded as JSON: nested deeper
+    than `limit` levels, or a NaN or infinite number (Python reads `NaN`, `Infinity` and `1e999`; the JSON an
+    upstream reads has none). None when it can."""
+    stack: list[tuple[Any, int]] = [(value, depth)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return f"nested deeper than {limit} levels (the body's own object is the first)"
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, dict | list | float):
+                    stack.append((child, depth + 1))
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{item} is not a JSON number (finite numbers only)"
+    return None
 
 
 class BadChatRequest(InvalidInput):
@@ -116,6 +141,10 @@ def parse_chat(body: Any, headers: Mapping[str, str], *, alias: str, max_prompt_
     include_usage = bool(options.get("include_usage")) if isinstance(options, dict) else False
     knobs, sources = _knobs(body.get(EXTENSION), headers)
     payload = {k: v for k, v in body.items() if k != EXTENSION}
+    for key, value in payload.items():  # before anything is routed or stored: the upstream gets JSON
+        problem = json_problem(value, depth=2)  # inside the body's object
+        if problem is not None:
+            raise BadChatRequest(key[:200], problem)
     return ChatRequest(
         model=model, routed=model == alias, stream=stream, include_usage=include_usage,
         messages=tuple(messages), payload=payload, cost_weight=knobs.get("cost_weight"),

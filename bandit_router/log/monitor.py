@@ -45,6 +45,10 @@ stay the same: a dashboard polls every 2 s, and a model added or retired, or a p
 SHADOW_DECISIONS = 2000
 SHADOW_TTL_S = 15.0
 MAX_RECENT = 500
+RECENT_PROMPT_CHARS = 1000
+"""`recent()` shows a stored prompt's first this many characters (then `…`); the whole one is in the decision
+(`GET /v1/decisions/{id}`). Whole prompts made one request of `/v1/stats/recent` (any key) a reply of up to
+500 × 200,000 characters, 6 bytes each once JSON escapes a control character: 51 MB for the default 50 rows."""
 EXPIRED = "expired"
 """`recent()`'s `feedback_status` of a decision without feedback whose reward window has closed: a feedback sent
 now would be `late` (never learned). With `default_reward`, only `DEFAULT_GRACE_S` later: the service writes the
@@ -112,7 +116,7 @@ class Monitor:
                 "feedback_status": status,
             }
             if prompts:
-                item["prompt"] = stored.prompt
+                item["prompt"] = _preview(stored.prompt)
             out.append(item)
         return out
 
@@ -236,3 +240,10 @@ class Monitor:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
+
+
+def _preview(prompt: str | None) -> str | None:
+    """`prompt` cut to `RECENT_PROMPT_CHARS` characters, with `…` when cut."""
+    if prompt is None or len(prompt) <= RECENT_PROMPT_CHARS:
+        return prompt
+    return prompt[:RECENT_PROMPT_CHARS] + "…"

@@ -120,8 +120,9 @@ def _is_loopback_cached(host: str) -> bool:
 
 
 class ServiceMiddleware:
-    """A pure ASGI layer in front of every route: the `Host` check of a loopback-bound service (421), the body
-    size limit (413), and HTTP replies counted by route and status code."""
+    """A pure ASGI layer in front of every route: a request with two `Host` headers refused (400), the `Host`
+    check of a loopback-bound service (421), the body size limit (413), and HTTP replies counted by route and
+    status code."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, hosts: HostPolicy | None = None) -> None:
         self.app = app
@@ -143,12 +144,18 @@ class ServiceMiddleware:
 
         length = None
         host: bytes | None = None
+        second_host = False
         for name, value in scope["headers"]:
             if name == b"content-length":
                 length = int(value) if value.isdigit() else -1
-            elif name == b"host":
-                host = value
+            elif name == b"host":  # the first, as Starlette reads it (its URLs, redirects)
+                second_host = host is not None
+                host = value if host is None else host
         try:
+            if second_host:  # which one the request means is anyone's guess (RFC 9112 §3.2: a 400)
+                response = _refusal(scope, 400, "bad_request", "the request has more than one Host header")
+                await response(scope, receive, counting_send)
+                return
             if self.hosts is not None and host is not None and _on_loopback(scope) and not self.hosts.allows(host):
                 shown = host.decode("latin-1")[:100]
                 response = _refusal(

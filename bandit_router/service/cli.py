@@ -131,7 +131,8 @@ def serve(
             "binding %s without API keys: anyone who can reach this port can route and send feedback", server.host
         )
     server = settings.server
-    limits = Limits(server.header_timeout_s, server.body_timeout_s, server.max_connections)
+    limits = Limits(server.header_timeout_s, server.body_timeout_s, server.max_connections, server.max_header_bytes,
+                    server.write_timeout_s)
     os.environ[LIMITS_VARIABLE] = limits.to_environment()  # read by the protocol, in this process and the workers
     common: dict[str, Any] = {
         "host": settings.server.host,

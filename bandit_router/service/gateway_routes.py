@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import urllib.parse
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -130,7 +131,11 @@ def _error(exc: BaseException) -> Response:
 
 
 def _headers(decision_id: str, model: str, attempts: int) -> dict[str, str]:
-    return {"x-decision-id": decision_id, "x-bandit-router-model": model, "x-bandit-router-attempts": str(attempts)}
+    """The reply's headers. A header holds Latin-1 only (Starlette encodes it so): a catalog name outside ASCII
+    (`名前`, which the name grammar allows in the catalog) is percent-encoded as UTF-8, where it made every
+    non-streamed answer of that model a 500 after its upstream call."""
+    shown = model if model.isascii() else urllib.parse.quote(model, safe="/:@+")
+    return {"x-decision-id": decision_id, "x-bandit-router-model": shown, "x-bandit-router-attempts": str(attempts)}
 
 
 class EventStream(Response):

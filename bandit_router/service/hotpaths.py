@@ -55,10 +55,10 @@ class HotPaths:
         try:
             services: Services = scope["app"].state.services
             content_type = authorization = None
-            for name, value in scope["headers"]:
-                if name == b"content-type":
+            for name, value in scope["headers"]:  # the first of each, as `request.headers.get` on FastAPI's side
+                if name == b"content-type" and content_type is None:
                     content_type = value.decode("latin-1")
-                elif name == b"authorization":
+                elif name == b"authorization" and authorization is None:
                     authorization = value.decode("latin-1")
             check_key(services, authorization, "POST " + path)
             require_json(content_type)

@@ -1,5 +1,6 @@
-"""Connection limits uvicorn does not have: a deadline for the request headers, one for the body, and a hard cap
-on open connections. `bandit-router serve` runs uvicorn with `http=GuardedHttpToolsProtocol`.
+"""Connection limits uvicorn does not have: a deadline for the request headers, one for the body, one for a
+client that reads nothing of its reply, a cap on the size of the headers, and a hard cap on open connections.
+`bandit-router serve` runs uvicorn with `http=GuardedHttpToolsProtocol`.
 
 uvicorn's httptools protocol closes an idle keep-alive connection after `timeout_keep_alive`, but only once a
 response was sent: a connection that sends nothing, half a request line, or headers without their body stays
@@ -10,7 +11,17 @@ open for as long as the client likes (measured: 200 such connections were all st
   is closed (after a `408` when a request had begun);
 - `body_timeout_s`: once the headers are in, the whole body must arrive within this many seconds, else the
   connection is closed (the handler sees a disconnect);
-- `max_connections`: a connection beyond this many open ones gets `503` and is closed at once.
+- `write_timeout_s`: once the connection's send buffer is full (the transport paused writing), the client must
+  read some of it within this many seconds, else the connection is aborted (the handler sees a disconnect).
+  uvicorn waits for a paused transport forever: a client that pipelined 300 `GET /openapi.json` and read nothing
+  held its connection (and 2.8 MB of kernel buffer) for as long as it liked, no key needed, so `max_connections`
+  such clients shut everyone else out. A client that reads, however slowly, resumes the transport each time;
+- `max_connections`: a connection beyond this many open ones gets `503` and is closed at once;
+- `max_header_bytes`: a request whose request line and headers pass this many bytes gets `431` and the
+  connection is closed. httptools keeps headers of any size, and joins a header that arrives in many pieces by
+  copying what it has so far for each piece: one connection sending 60 MB of one header held the event loop
+  (every other request waited seconds) and the memory (measured: 500 MB of headers grew the process by 500 MB).
+  The bytes are counted as they arrive, before the parser sees them, so the cost is one addition per read.
 
 The limits come from the environment variable `BANDIT_ROUTER_SERVE_LIMITS` (JSON, set by `serve` before
 uvicorn starts, so worker processes see it too), else the defaults of `Limits`.
@@ -36,6 +47,8 @@ class Limits:
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_connections: int = 1000
+    max_header_bytes: int = 65_536
+    write_timeout_s: float = 30.0
 
     def to_environment(self) -> str:
         return json.dumps(asdict(self))
@@ -56,12 +69,15 @@ def _reply(status: bytes, code: str, message: str, *extra: bytes) -> bytes:
 
 REPLY_408 = _reply(b"408 Request Timeout", "request_timeout", "the request headers did not arrive in time "
                    "(header_timeout_s)")
+REPLY_431 = _reply(b"431 Request Header Fields Too Large", "headers_too_large", "the request line and headers "
+                   "are larger than the server accepts (max_header_bytes)")
 REPLY_503 = _reply(b"503 Service Unavailable", "unavailable", "too many open connections (max_connections)",
                    b"retry-after: 1")
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a header deadline, a body deadline and a connection cap."""
+    """uvicorn's httptools protocol with a header deadline, a body deadline, a write deadline, a header size cap
+    and a connection cap."""
 
     limits: Limits | None = None
 
@@ -73,6 +89,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._limits: Limits = cls.limits
         self._deadline: asyncio.TimerHandle | None = None
         self._in_request = False
+        self._reading_headers = True
+        """Between requests or within a request's headers: what arrives counts towards `max_header_bytes`."""
+        self._header_bytes = 0
+        self._write_deadline: asyncio.TimerHandle | None = None
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -102,7 +122,51 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_write()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The send buffer is full: the client has `write_timeout_s` to read some of it (`resume_writing`)."""
+        super().pause_writing()
+        if self._write_deadline is None:
+            self._write_deadline = self.loop.call_later(self._limits.write_timeout_s, self._write_expired)
+
+    def resume_writing(self) -> None:
+        self._disarm_write()
+        super().resume_writing()
+
+    def _disarm_write(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
+
+    def _write_expired(self) -> None:
+        self._write_deadline = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.logger.info("connection aborted: its client read none of its reply for %g s (write_timeout_s)",
+                             self._limits.write_timeout_s)
+        if self.transport is not None:
+            self.transport.abort()  # `close` would wait for the buffer this client does not read
+
+    def data_received(self, data: bytes) -> None:
+        """Fed to the parser, then refused (431, closed) when the headers being read have passed the cap: a read
+        holds at most the transport's buffer, and one that also completes the headers (a body behind them) is
+        not counted against them."""
+        if not self._reading_headers:
+            super().data_received(data)
+            return
+        self._header_bytes += len(data)
+        super().data_received(data)
+        if self._reading_headers and self._header_bytes > self._limits.max_header_bytes:
+            self._refuse_headers()
+
+    def _refuse_headers(self) -> None:
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        if self.cycle is None or self.cycle.response_complete:  # no reply of an earlier request is being sent
+            self.transport.write(REPLY_431)
+        self.transport.close()
 
     def on_message_begin(self) -> None:
         self._in_request = True
@@ -110,11 +174,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_request = False
+        self._reading_headers = False
         self._arm(self._limits.body_timeout_s)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._reading_headers, self._header_bytes = True, 0  # the next request's
         super().on_message_complete()
 
     def on_response_complete(self) -> None:

@@ -127,8 +127,8 @@ def validate(raw: bytes, model: type[Body]) -> Body:
     `json` decides, so that `NaN` or a lone surrogate escape is judged by the field it is in."""
     try:
         return model.model_validate_json(raw)
-    except ValidationError as exc:
-        if not any(e["type"] == "json_invalid" for e in exc.errors(include_url=False)):
+    except ValidationError as exc:  # invalid JSON is the one error (not `errors()`: one dict per error)
+        if exc.error_count() != 1 or exc.errors(include_url=False)[0]["type"] != "json_invalid":
             raise
     try:
         data = json.loads(raw)

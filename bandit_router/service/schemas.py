@@ -7,7 +7,8 @@ import math
 from collections.abc import Sequence
 from typing import Annotated, Any, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from ..budgets.config import MAX_SHARES, MAX_SPENDS, MAX_TENANTS
 from ..catalog import MAX_LATENCY_S, MAX_OUTPUT_TOKENS, MAX_PRIOR_STRENGTH, MAX_USD_PER_MTOK
@@ -84,9 +85,24 @@ ContextValue = Annotated[
                               {"type": "number", "minimum": -MAX_CONTEXT_NUMBER, "maximum": MAX_CONTEXT_NUMBER}]}),
 ]
 ContextKey = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN), Name]
+
+
+def _few_enough(value: Any) -> Any:
+    """A context of more than `MAX_CONTEXT_ITEMS` keys is refused before its keys and values are validated, with
+    the error pydantic's `max_length` gives: pydantic checks a dict's length after its items, and 80,000 invalid
+    values (a 1 MB body) were 80,000 Python exceptions, seconds of the event loop, for a 422 about the first."""
+    if isinstance(value, dict) and len(value) > MAX_CONTEXT_ITEMS:
+        raise PydanticCustomError(
+            "too_long", "Dictionary should have at most {max_length} items after validation, not {actual_length}",
+            {"field_type": "Dictionary", "max_length": MAX_CONTEXT_ITEMS, "actual_length": len(value)},
+        )
+    return value
+
+
 Context = Annotated[
     dict[ContextKey, ContextValue],
     Field(max_length=MAX_CONTEXT_ITEMS),
+    BeforeValidator(_few_enough),
     WithJsonSchema({"type": "object", "maxProperties": MAX_CONTEXT_ITEMS,
                     "propertyNames": {"minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
                     "additionalProperties": ContextValue.__metadata__[1].json_schema}),

@@ -116,7 +116,8 @@ class RecentDecision(BaseModel):
                                         "`expired` once the decision's reward window (`reward_window_s`) has "
                                         "closed (a feedback sent now would be late: never learned), else null "
                                         "(it may still come)")
-    prompt: str | None = Field(None, description="only when `store_prompts = true`")
+    prompt: str | None = Field(None, description="only when `store_prompts = true`: its first 1,000 characters "
+                               "(then `…`; the whole prompt is in `GET /v1/decisions/{id}`)")
 
 
 class RecentOut(BaseModel):
