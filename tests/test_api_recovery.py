@@ -4,6 +4,7 @@ replay of the stored feedback builds; concurrent calls neither lose nor double-l
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -393,3 +394,53 @@ def _commit_from_another_process(settings: Settings, n: int, seed: int) -> list[
             realised_cost_usd=0.0, model=d.model, tenant=None, seq=i + 1) for i, d in enumerate(decisions)])
     other.close()
     return decisions
+
+
+def test_a_model_event_whose_spec_no_longer_decodes_refuses_every_start_naming_the_row_and_the_repair(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model added at run time whose stored spec no longer decodes ended every start with a JSONDecodeError
+    traceback (from `serve`'s start checks, and from the application's). It is not skipped as an unreadable decision
+    is (that would change the catalog: the model gone, its feedback unlearned): `serve` says in one line which row
+    and how to repair it (exit 2), `check` names it (exit 1), and the repaired row starts as before."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+    from bandit_router.store import UnreadableModelEvent
+
+    service = Service(settings)
+    spec = {"name": "house-model", "input_usd_per_mtok": 0.3, "output_usd_per_mtok": 0.6}
+    assert service.client.post("/v1/models", json=spec).status_code == 201
+    for i in range(12):
+        service.round(i, models=["house-model", "gpt-4o-mini"])
+    weights = service.engine.router.weights()
+    service.close()
+    with sqlite3.connect(settings.db) as conn:
+        stored = conn.execute("SELECT spec FROM model_events WHERE id = 1").fetchone()[0]
+        conn.execute("UPDATE model_events SET spec = ? WHERE id = 1", (stored[:-10],))
+    said = "model event 1 (add 'house-model') cannot be read: "
+    repair = ("UPDATE model_events SET spec = '{\"name\": \"house-model\", \"input_usd_per_mtok\": 0.5, "
+              "\"output_usd_per_mtok\": 1.5}' WHERE id = 1")
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serve started")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    served = CliRunner().invoke(cli_app, ["serve", "--db", str(settings.db)])
+    assert served.exit_code == 2, served.output
+    assert served.output.startswith(f"bandit-router serve: {said}") and repair in served.output
+    assert "Traceback" not in served.output and len(served.output.strip().splitlines()) == 1
+    with pytest.raises(UnreadableModelEvent, match=re.escape(said)):
+        TestClient(create_app(settings)).__enter__()
+    check = CliRunner().invoke(cli_app, ["check", "--db", str(settings.db)])
+    assert check.exit_code == 1, check.output
+    assert "model events: 1 decoded, 1 cannot be read" in check.output and said in check.output
+    assert "verdict: NOT intact: model events that no start can apply" in check.output
+    with sqlite3.connect(settings.db) as conn:
+        conn.execute("UPDATE model_events SET spec = ? WHERE id = 1", (stored,))
+    assert CliRunner().invoke(cli_app, ["check", "--db", str(settings.db)]).exit_code == 0
+    repaired = Service(settings)
+    assert "house-model" in [m.name for m in repaired.engine.router.models]
+    assert np.array_equal(repaired.engine.router.weights(), weights)
+    repaired.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import sqlite3
 import subprocess
 import sys
@@ -1019,3 +1020,42 @@ def test_retention_deletes_its_ids_in_statements_the_variable_limit_allows(
     conn.set_trace_callback(None)
     current.close()
     assert len([s for s in statements if s.startswith("DELETE FROM decisions WHERE decision_id IN")]) == 1
+
+
+def test_a_model_event_that_does_not_decode_names_its_row_and_the_repair(store: Store) -> None:
+    """A model event's spec that no longer decodes (edited by hand, corrupted on disk) ended every start with a
+    JSONDecodeError or a CatalogError traceback, and an action that is none of add, retire and promote was applied
+    as a retirement: each is `UnreadableModelEvent` naming the row, the reason and the UPDATE that repairs it."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.store import ModelAction, UnreadableModelEvent
+
+    with store.write() as tx:
+        tx.insert_model_event(ModelAction.ADD, "house", ModelSpec("house", 0.3, 0.6))
+        tx.insert_model_event(ModelAction.RETIRE, "house", None)
+    with store.read() as reader:
+        assert [(e.action, e.name) for e in reader.model_events_after(0)] == [("add", "house"), ("retire", "house")]
+    for sql, reason in (
+        ("UPDATE model_events SET spec = '{\"name\": \"house\", \"input_usd_per_mtok\":' WHERE action = 'add'",
+         "Expecting value"),
+        ("UPDATE model_events SET spec = '{\"name\": \"house\", \"bogus\": 1}' WHERE action = 'add'",
+         "unknown keys ['bogus']"),
+        ("UPDATE model_events SET spec = '{\"name\": \"other\", \"input_usd_per_mtok\": 1, "
+         "\"output_usd_per_mtok\": 1}' WHERE action = 'add'", "its spec names the model 'other'"),
+    ):
+        _raw(store, sql)
+        with store.read() as reader, pytest.raises(UnreadableModelEvent) as raised:
+            reader.model_events_after(0)
+        said = str(raised.value)
+        assert said.startswith("model event 1 (add 'house') cannot be read: ") and reason in said, said
+        assert "UPDATE model_events SET spec = '{\"name\": \"house\", " in said and "WHERE id = 1" in said
+    _raw(store, "UPDATE model_events SET spec = '{\"name\": \"house\", \"input_usd_per_mtok\": 0.3, "
+                "\"output_usd_per_mtok\": 0.6}' WHERE action = 'add'")  # the repair it names
+    _raw(store, "UPDATE model_events SET action = 'retrie' WHERE action = 'retire'")
+    with store.read() as reader, pytest.raises(UnreadableModelEvent, match=re.escape(
+            "model event 2 (retrie 'house') cannot be read: 'retrie' is not a valid ModelAction")) as raised:
+        reader.model_events_after(0)
+    assert "UPDATE model_events SET action = 'add' (or 'retire') WHERE id = 2" in str(raised.value)
+    _raw(store, "UPDATE model_events SET action = 'retire' WHERE id = 2")
+    with store.read() as reader:
+        events = reader.model_events_after(0)
+    assert [(e.action, e.spec) for e in events] == [("add", ModelSpec("house", 0.3, 0.6)), ("retire", None)]

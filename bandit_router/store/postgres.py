@@ -65,6 +65,7 @@ from .records import (
     StoreError,
     StoreStats,
     UnreadableDecision,
+    model_event_from_row,
 )
 from .sqlite import (
     _DECISIONS,
@@ -747,13 +748,7 @@ class _PostgresTx(_SQLiteTx):
             "SELECT id, after_seq, action, name, spec, created_at FROM model_events WHERE id > %s ORDER BY id",
             (event_id,),
         )
-        return [
-            ModelEvent(
-                id=int(r[0]), after_seq=int(r[1]), action=r[2], name=r[3],
-                spec=None if r[4] is None else ModelSpec.from_json(json.loads(r[4])), created_at=float(r[5]),
-            )
-            for r in rows
-        ]
+        return [model_event_from_row(*r) for r in rows]
 
     def head(self) -> tuple[int, int]:
         self.read_head = True

@@ -65,6 +65,7 @@ from .records import (
     StoreError,
     StoreStats,
     UnreadableDecision,
+    model_event_from_row,
 )
 from .writelock import WriteLock
 
@@ -872,17 +873,7 @@ class _SQLiteTx:
             "SELECT id, after_seq, action, name, spec, created_at FROM model_events WHERE id > ? ORDER BY id",
             (event_id,),
         ).fetchall()
-        return [
-            ModelEvent(
-                id=r["id"],
-                after_seq=r["after_seq"],
-                action=r["action"],
-                name=r["name"],
-                spec=None if r["spec"] is None else ModelSpec.from_json(json.loads(r["spec"])),
-                created_at=r["created_at"],
-            )
-            for r in rows
-        ]
+        return [model_event_from_row(*r) for r in rows]
 
     def head(self) -> tuple[int, int]:
         # sqlite_sequence holds the largest seq ever used, even if rows at the end were deleted.
