@@ -241,6 +241,9 @@ class Engine:
         self._serving = False
         self._checkpoint_on_stop = checkpoint
         self.writer.stop(timeout)
+        if self.writer.unwritten_counts:
+            log.warning("%d named router requests' counts could not be written before the stop (the database was "
+                        "unusable); /v1/stats and the dashboard lack them", self.writer.unwritten_counts)
         self._stopped.set()
         if self._maintainer is not None:
             self._maintainer.join(timeout)
@@ -407,8 +410,12 @@ class Engine:
                 log.exception("final checkpoint failed")
 
     # -- requests (from an event loop) --------------------------------------------------------------------------
-    def _require_ready(self) -> None:
+    def _require_ready(self, counts: RouterCounts | None = None) -> None:
+        """Raise `Unavailable` (503) while requests are refused; a named router's `counts` (its calls were made
+        and paid) are then kept to be written with a later transaction (`Writer.keep_counts`), not lost."""
         if self._refusing:
+            if counts is not None:
+                self.writer.keep_counts([counts])
             raise Unavailable(f"the service is not ready ({self.state})")
 
     def require_ready(self) -> None:
@@ -483,7 +490,7 @@ class Engine:
         its expected cost, corrected by its call record (`record_call`)."""
         if call is not None and counts is not None:
             self.budgets.book_chain(decision, call, counts.spend_usd)
-        self._require_ready()
+        self._require_ready(counts)
         tenant = tenant_of(request.context.get("tenant"))
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
@@ -496,6 +503,7 @@ class Engine:
         """Add a named router's request that stored no decision (no model answered) to the router's counts; what
         its calls paid (`counts.spend_usd`: a routing LLM's choice) is spent in the budget pacer at once."""
         self.pacer.spend(counts.spend_usd, request.context.get("tenant"))
+        self._require_ready(counts)
         await self._submit(CountRouter(counts))
 
     async def record_call(

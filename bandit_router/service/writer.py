@@ -76,6 +76,9 @@ NO_DEFAULT_REWARD = frozenset({CallStatus.REJECTED, CallStatus.CANCELLED})
 """Gateway calls whose decision never learns `default_reward` (neither the model's answer nor its failure)."""
 SWEPT = "swept_decisions"
 """Meta key: the storage position up to which reward windows were closed."""
+UNWRITTEN_RETRY_S = 1.0
+"""While named routers' counts wait to be written (`Writer.keep_counts`) and no request comes, a write of them alone
+is tried this often."""
 
 
 class Observer(Protocol):
@@ -394,6 +397,10 @@ class Writer:
         began, None while the writer waits for work: the engine reads it to tell a database that does not answer."""
         self._current: Sequence[Op] = ()
         """The operations of the round in progress (`abandon` answers them when the database hangs)."""
+        self._unwritten: list[RouterCounts] = []
+        """Named routers' counts whose write failed or never ran (`keep_counts`): added to the next transaction."""
+        self._unwritten_lock = threading.Lock()
+        self._next_unwritten = 0.0
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def start(self, prepare: Callable[[], None], between_batches: Callable[[], None],
@@ -438,6 +445,7 @@ class Writer:
             return
         for op in ops:  # stopped meanwhile: the writer is gone
             op.error = Unavailable("the service is stopping")
+        self.keep_counts(_counts_of(ops))
         _settle_all(ops)
 
     # -- the thread -------------------------------------------------------------------------------------------
@@ -471,7 +479,7 @@ class Writer:
             self._current = ops
             self.busy_since = time.monotonic()
             try:
-                if ops or sweep:
+                if ops or sweep or (self._unwritten and time.monotonic() >= self._next_unwritten):
                     self._transact(ops, sweep)
                 if time.monotonic() - self._last_follow >= IDLE_POLL_S:
                     self._follow()  # also under a stream of decisions only: learn what other workers committed
@@ -480,13 +488,17 @@ class Writer:
             between_batches()
             self.busy_since = None
             self._current = ()
+        if self._unwritten:  # counts a failed write left: one more try before the process goes
+            self._transact([], False)
         on_stop()
 
     def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
         if self.halted is not None:
             for op in ops:
                 op.result, op.error = None, Unavailable(f"the service is not ready ({self.halted})")
+            self.keep_counts(_counts_of(ops))
             return
+        held = self._take_unwritten()
         follower = self.follower
         # Decisions, call records and judge calls are not part of the log: a batch of them alone neither reads nor
         # numbers it (BEGIN, one INSERT each, COMMIT). Anything else first catches up with the log, under the lock.
@@ -510,7 +522,7 @@ class Writer:
                 judged = [op.record for op in ops if isinstance(op, RecordJudgeCall)]
                 if judged:
                     tx.insert_judge_calls(judged)
-                failed = [op.counts for op in ops if isinstance(op, CountRouter)]
+                failed = [*held, *(op.counts for op in ops if isinstance(op, CountRouter))]
                 if failed:
                     tx.add_router_counts(failed)
                 asked = [op.decision_id for op in ops if isinstance(op, Feedback)]
@@ -538,6 +550,8 @@ class Writer:
                 error = Unavailable("internal error while storing; nothing was stored")
             for op in ops:
                 op.result, op.error = None, error
+            self.keep_counts([*held, *_counts_of(ops)])  # the calls were made: counted with a later write
+            self._next_unwritten = time.monotonic() + UNWRITTEN_RETRY_S
             return
         try:
             if self.observer is not None:
@@ -567,9 +581,27 @@ class Writer:
         calls = [i.call for i, ok in zip(inserts, stored, strict=True) if ok and i.call is not None]
         if calls:
             batch.tx.insert_calls(calls)
-        counts = [i.counts for i, ok in zip(inserts, stored, strict=True) if ok and i.counts is not None]
+        counts = [i.counts for i in inserts if i.counts is not None]  # stored or not: the calls were made
         if counts:  # named routers' requests only: a plain route's batch adds no statement
             batch.tx.add_router_counts(counts)
+
+    def keep_counts(self, counts: Sequence[RouterCounts]) -> None:
+        """Named routers' counts that were not written (a write failed, or was refused or abandoned before it ran):
+        their calls were made and paid, so they are added to the next transaction that commits (`_transact`), not
+        lost. Any thread."""
+        if counts:
+            with self._unwritten_lock:
+                self._unwritten.extend(counts)
+
+    def _take_unwritten(self) -> list[RouterCounts]:
+        with self._unwritten_lock:
+            taken, self._unwritten = self._unwritten, []
+        return taken
+
+    @property
+    def unwritten_counts(self) -> int:
+        """How many named routers' counts wait to be written (`keep_counts`)."""
+        return len(self._unwritten)
 
     def wake(self) -> None:
         """Another process committed to the log (PostgreSQL's NOTIFY): follow it after this batch. Any thread."""
@@ -657,6 +689,7 @@ class Writer:
         fail with `in_flight` (their transaction may still commit). Any thread; the round in progress, when it ends,
         settles nothing twice (`_settle` skips answered futures)."""
         taken = self._take_queued(keep_stop=True)
+        self.keep_counts(_counts_of(taken))  # never written; the round in progress counts its own if it rolls back
         for ops, error in ((list(self._current), in_flight), (taken, queued)):
             for op in ops:
                 if op.loop is not None and op.future is not None:
@@ -672,6 +705,7 @@ class Writer:
             for op in ops:
                 op.error = error
             pending.extend(ops)
+        self.keep_counts(_counts_of(pending))
         self._resolve(pending)
 
     def _take_queued(self, keep_stop: bool) -> list[Op]:
@@ -712,3 +746,8 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
 def _settle_all(ops: Sequence[Op]) -> None:
     for op in ops:
         _settle(op)
+
+
+def _counts_of(ops: Sequence[Op]) -> list[RouterCounts]:
+    """The named routers' counts the operations `ops` carry (their decisions', or requests no model answered)."""
+    return [op.counts for op in ops if isinstance(op, InsertDecision | CountRouter) and op.counts is not None]
