@@ -444,3 +444,60 @@ def test_a_model_event_whose_spec_no_longer_decodes_refuses_every_start_naming_t
     assert "house-model" in [m.name for m in repaired.engine.router.models]
     assert np.array_equal(repaired.engine.router.weights(), weights)
     repaired.close()
+
+
+def test_withheld_checkpoints_are_a_metric_in_readyz_and_stats_and_a_periodic_reminder(
+    settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While learned feedback is skipped (its decision cannot be read) no checkpoint is stored, so every start's
+    replay and the log that retention keeps grow until the rows are repaired: that was one log line at the first
+    due checkpoint and nothing else. It is now a gauge in /metrics (with the skipped rows and the feedback since the
+    last checkpoint), `checkpoints` in /readyz and /v1/stats, and a reminder line every `REMIND_WITHHELD_S`."""
+    import bandit_router.log.checkpoints as checkpoints
+
+    monkeypatch.setattr(checkpoints, "REMIND_WITHHELD_S", 0.3)
+    quiet = settings.replace(checkpoint_interval=1000)
+    service = Service(quiet)
+    decisions = [service.round(i)["decision_id"] for i in range(6)]
+    ready = service.client.get("/readyz").json()["checkpoints"]
+    assert ready == {"withheld": False, "seq": None, "feedback_since": 6}
+    service.close()  # the clean stop's checkpoint, at seq 6
+    with sqlite3.connect(settings.db) as conn:
+        pmf = conn.execute("SELECT pmf FROM decisions WHERE decision_id = ?", (decisions[2],)).fetchone()[0]
+        conn.execute("UPDATE decisions SET pmf = 'not json' WHERE decision_id = ?", (decisions[2],))
+        conn.execute("DELETE FROM checkpoints")  # the state is relearned from the log, which skips that row
+
+    def gauges(client: TestClient) -> dict[str, float]:
+        text = client.get("/metrics").text
+        names = ("bandit_router_unreadable_skipped", "bandit_router_checkpoints_withheld",
+                 "bandit_router_seqs_since_checkpoint")
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith(names)}
+
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        restarted = Service(quiet)
+        assert restarted.client.get("/readyz").json()["checkpoints"] == {"withheld": True, "seq": None,
+                                                                          "feedback_since": 6}
+        for i in range(6, 10):
+            restarted.round(i)
+        assert gauges(restarted.client) == {"bandit_router_unreadable_skipped": 1.0,
+                                            "bandit_router_checkpoints_withheld": 1.0,
+                                            "bandit_router_seqs_since_checkpoint": 10.0}
+        assert restarted.client.get("/v1/stats").json()["checkpoints"] == {"withheld": True, "seq": None,
+                                                                            "feedback_since": 10}
+        deadline = time.monotonic() + 5
+        while not any(r.getMessage().startswith("still no checkpoints") for r in caplog.records):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        restarted.close()
+    reminders = [r.getMessage() for r in caplog.records if r.getMessage().startswith("still no checkpoints")]
+    assert "1 learned feedback rows skipped (first seqs [3])" in reminders[0]
+    assert "10 feedback seqs since the last checkpoint" in reminders[0]
+    assert 1 <= len(reminders) <= 30  # at most one each 0.3 s, not one per batch
+    with sqlite3.connect(settings.db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
+        conn.execute("UPDATE decisions SET pmf = ? WHERE decision_id = ?", (pmf, decisions[2]))  # repaired
+    repaired = Service(quiet)
+    assert gauges(repaired.client)["bandit_router_checkpoints_withheld"] == 0.0
+    repaired.close()
+    with sqlite3.connect(settings.db) as conn:
+        assert conn.execute("SELECT MAX(seq) FROM checkpoints").fetchone()[0] == 10

@@ -644,6 +644,7 @@ class Engine:
             "feedback_rate": learned / total if total else 0.0,
             "feedback_by_status": raw.feedback_by_status,
             "unreadable": self.follower.unreadable_report(),
+            "checkpoints": self.checkpointer.report(),
             "models": models,
             "budgets": self.pacer.report(),
             **{name: report() for name, report in self.extra_stats.items()},
