@@ -190,12 +190,43 @@ def test_checkpoints_are_kept_newest_first_and_pruned(store: Store) -> None:
                                         state=bytes([seq]), keep=3)
         assert not tx.insert_checkpoint(fingerprint="f", seq=40, event_id=0, version=40, sha256="x", state=b"",
                                         keep=3)
-        tx.insert_checkpoint(fingerprint="other", seq=5, event_id=0, version=5, sha256="y", state=b"o", keep=3)
     with store.read() as reader:
         kept = reader.checkpoints("f")
         assert [c.seq for c in kept] == [40, 30, 20]
         assert reader.checkpoint_state(kept[0].id) == bytes([40])
-        assert [c.seq for c in reader.checkpoints("other")] == [5]
+
+
+def test_other_configurations_checkpoints_are_pruned_to_their_newest_then_by_retention(
+    store: Store, router: Router
+) -> None:
+    """Checkpoints of configurations no longer running (another policy, settings or catalog: another fingerprint)
+    were never pruned: each kept `checkpoints_kept` states for good. A checkpoint stored now prunes every other
+    configuration to its newest (what a rollback to it restores), and retention deletes those older than its
+    cutoff; the running configuration's are pruned by `keep` alone."""
+    for fingerprint, seqs in (("older", (3, 5, 7)), ("old", (10, 20, 30))):  # one configuration, then another
+        with store.write() as tx:
+            for seq in seqs:
+                tx.insert_checkpoint(fingerprint=fingerprint, seq=seq, event_id=0, version=seq, sha256="x",
+                                     state=bytes([seq]), keep=3)
+        with store.read() as reader:
+            assert [c.seq for c in reader.checkpoints(fingerprint)] == list(seqs[::-1])
+    with store.read() as reader:
+        assert [c.seq for c in reader.checkpoints("older")] == [7]
+    with store.write() as tx:
+        for seq in (40, 50):
+            tx.insert_checkpoint(fingerprint="f", seq=seq, event_id=0, version=seq, sha256="y", state=b"f", keep=3)
+    with store.read() as reader:
+        assert [c.seq for c in reader.checkpoints("f")] == [50, 40]
+        assert [c.seq for c in reader.checkpoints("old")] == [30] and [c.seq for c in reader.checkpoints("older")] \
+            == [7]
+        assert reader.checkpoint_state(reader.checkpoints("old")[0].id) == bytes([30])
+    _raw(store, f"UPDATE checkpoints SET created_at = {time.time() - 40 * 86400} WHERE fingerprint = 'older'")
+    with store.write() as tx:
+        tx.insert_decisions([(_decision(router, "the newest stays"), None, None)])
+    store.delete_old(time.time() - 30 * 86400, 1000, fingerprint="f")  # type: ignore[attr-defined]
+    with store.read() as reader:
+        assert reader.checkpoints("older") == [] and [c.seq for c in reader.checkpoints("old")] == [30]
+        assert [c.seq for c in reader.checkpoints("f")] == [50, 40]
 
 
 def test_stats_count_from_the_tables(store: Store, router: Router) -> None:

@@ -83,6 +83,8 @@ from .sqlite import (
     JUDGE_CALL_COLUMNS,
     JUDGE_CALLS_AFTER,
     JUDGE_TOTALS,
+    OTHER_CONFIGURATIONS_NEWEST,
+    OTHER_CONFIGURATIONS_OLD,
     RETIRED_WITH_FEEDBACK,
     _call_from_row,
     _call_value,
@@ -384,6 +386,7 @@ class PostgresStore:
                 conn.execute("DELETE FROM chains WHERE decision_id = ANY(%s)", (ids,))
                 conn.execute("DELETE FROM judge_calls WHERE decision_id = ANY(%s)", (ids,))
                 deleted += conn.execute("DELETE FROM decisions WHERE decision_id = ANY(%s)", (ids,)).rowcount
+            deleted += conn.execute(OTHER_CONFIGURATIONS_OLD.format(mark="%s"), (fingerprint, cutoff)).rowcount
         return int(deleted)
 
     def maintain(self) -> None:
@@ -566,6 +569,7 @@ class _PostgresTx(_SQLiteTx):
             "WHERE fingerprint = %s ORDER BY seq DESC, event_id DESC, id DESC LIMIT %s)",
             (fingerprint, fingerprint, keep),
         )
+        self.conn.execute(OTHER_CONFIGURATIONS_NEWEST.format(mark="%s"), (fingerprint, fingerprint))
         return len(inserted) == 1
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
