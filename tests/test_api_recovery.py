@@ -501,3 +501,52 @@ def test_withheld_checkpoints_are_a_metric_in_readyz_and_stats_and_a_periodic_re
     repaired.close()
     with sqlite3.connect(settings.db) as conn:
         assert conn.execute("SELECT MAX(seq) FROM checkpoints").fetchone()[0] == 10
+
+
+def test_a_forward_step_of_the_wall_clock_deletes_nothing_before_its_time(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retention measured its cutoff by the wall clock alone: stepped 400 days ahead while the service ran (a clock
+    set wrong, a bad time source), it deleted every decision and feedback of the last 30 days that the checkpoints
+    held (and the decisions without feedback), all at once. The cutoff is now measured by the time elapsed since the
+    start (`bandit_router.clock`): nothing goes, the step is logged, and a start after the clock is set right
+    finds the whole log and learns the same weights as before."""
+    import bandit_router.service.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "RETENTION_EVERY_S", 0.05)
+    kept = settings.replace(retention_days=30, checkpoint_interval=5)
+    service = Service(kept)
+    for i in range(12):
+        service.round(i)
+    for i in range(3):  # decisions that have no feedback yet
+        assert service.client.post("/v1/route", json={"prompt": PROMPTS[i]}).status_code == 200
+    weights = service.engine.router.weights()
+    real = time.time
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        monkeypatch.setattr(time, "time", lambda: real() + 400 * 86400.0)
+        time.sleep(1.0)  # about twenty looks of retention
+        monkeypatch.setattr(time, "time", real)
+    with sqlite3.connect(settings.db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 15
+        assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 12
+    assert "ahead of the time elapsed since the start" in caplog.text
+    service.crash()
+    restarted = Service(kept)
+    assert np.array_equal(restarted.engine.router.weights(), weights)
+    assert np.array_equal(weights, _replayed(settings))
+    restarted.close()
+
+
+def test_the_retention_clock_follows_a_step_back_at_once_and_a_step_ahead_only_as_time_passes() -> None:
+    from bandit_router.clock import SteadyWallClock
+
+    wall, steady = [1000.0], [5.0]
+    clock = SteadyWallClock(lambda: wall[0], lambda: steady[0])
+    wall[0], steady[0] = 1010.0, 15.0
+    assert clock() == 1010.0 and clock.ahead() == 0.0
+    wall[0] = 90_000.0  # stepped a day ahead
+    assert clock() == 1010.0 and clock.ahead() == 88_990.0
+    wall[0], steady[0] = 90_030.0, 45.0
+    assert clock() == 1040.0
+    wall[0] = 1000.0  # set back, behind the elapsed time too
+    assert clock() == 1000.0 and clock.ahead() == 0.0

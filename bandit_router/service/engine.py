@@ -34,6 +34,7 @@ from typing import Any
 
 from ..budgets import BudgetConfig, BudgetPacer
 from ..catalog import ModelSpec
+from ..clock import SteadyWallClock
 from ..config import ConfigError, Settings, alias_clash
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, UnknownDecision
@@ -83,6 +84,8 @@ WAL_RETRY_BUSY_S = 1.0
 RETENTION_EVERY_S = 60.0
 RETENTION_BATCH = 1000
 RETENTION_AGAIN_S = 0.2
+CLOCK_STEP_SAID_S = 60.0
+"""A wall clock this far ahead of the time elapsed since the start is logged (retention follows the elapsed time)."""
 STALL_S = 5.0
 """A writer round (a transaction, following the log, a checkpoint) without an answer for this long means the
 database hangs (a frozen server, a stalled disk or network: nothing that a driver's or the server's timeout ends):
@@ -141,6 +144,9 @@ class Engine:
         """Recurring failures (a checkpoint, the WAL, retention) are logged at most once a minute each."""
         self._next_wal_check = 0.0
         self._next_retention = 0.0
+        self.retention_clock = SteadyWallClock()
+        """What retention's cutoff is measured from: the wall clock, never ahead of the time elapsed since the start
+        (`bandit_router.clock`), so that a forward step of the wall clock deletes nothing before its time."""
         self._routes: dict[asyncio.AbstractEventLoop, list[tuple[Request, asyncio.Future[Decision]]]] = {}
         """Route requests waiting for this event-loop iteration's `Router.route_many` (`_decide`)."""
         self.extra_stats: dict[str, Callable[[], Any]] = {}
@@ -387,9 +393,13 @@ class Engine:
         delete_old = getattr(self.store, "delete_old", None)
         if days is not None and delete_old is not None and now >= self._next_retention and not self._sealed:
             self._next_retention = now + RETENTION_EVERY_S
+            ahead = self.retention_clock.ahead()
+            if ahead > CLOCK_STEP_SAID_S:
+                self._say("clock", logging.WARNING, "the wall clock is %.0f s ahead of the time elapsed since the "
+                          "start (it was stepped forward): retention deletes by the elapsed time", ahead)
             try:
-                deleted = delete_old(time.time() - days * 86400.0, RETENTION_BATCH, fingerprint=self.fingerprint,
-                                     swept=SWEPT if self.writer.rules.sweeps else None)
+                deleted = delete_old(self.retention_clock() - days * 86400.0, RETENTION_BATCH,
+                                     fingerprint=self.fingerprint, swept=SWEPT if self.writer.rules.sweeps else None)
             except StoreError as exc:
                 self._say("retention", logging.WARNING, "deleting old rows failed (will retry): %s", exc)
                 return
