@@ -550,3 +550,24 @@ def test_the_retention_clock_follows_a_step_back_at_once_and_a_step_ahead_only_a
     assert clock() == 1040.0
     wall[0] = 1000.0  # set back, behind the elapsed time too
     assert clock() == 1000.0 and clock.ahead() == 0.0
+
+
+def test_a_checkpoint_past_the_logs_end_is_passed_over_not_waited_for(settings: Settings) -> None:
+    """A checkpoint taken after a model event that was then deleted by hand (durability.md says to repair such a
+    row, not delete it) stands past the log's end: restored, the follower was past the head, and recovery looped
+    forever ("not ready: recovering"). It is passed over, with a warning, for an older one and the log after it."""
+    service = Service(settings.replace(checkpoint_interval=2))
+    for i in range(4):
+        service.round(i)
+    spec = {"name": "house-model", "input_usd_per_mtok": 0.3, "output_usd_per_mtok": 0.6}
+    assert service.client.post("/v1/models", json=spec).status_code == 201
+    service.round(4, models=["house-model", "gpt-4o-mini"])
+    service.round(5)
+    service.crash()
+    with sqlite3.connect(settings.db) as conn:
+        assert conn.execute("SELECT MAX(event_id) FROM checkpoints").fetchone()[0] == 1
+        conn.execute("DELETE FROM model_events")
+    restarted = Service(settings)  # ready within 10 s
+    assert restarted.engine.recovery["checkpoint_seq"] == 4 and restarted.engine.recovery["replayed"] == 2
+    assert "house-model" not in [m.name for m in restarted.engine.router.models]
+    restarted.close()

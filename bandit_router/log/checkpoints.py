@@ -69,13 +69,20 @@ class Checkpointer:
 
     def restore_newest(self) -> Checkpoint | None:
         """Load the newest checkpoint that passes its checksum and restores; the follower then stands at its
-        position. None (nothing changed) when there is none.
+        position. None (nothing changed) when there is none. One past the log's end (its last model event deleted
+        by hand) is not restored: the follower would stand past the head, and recovery waited forever to reach it.
 
         The list and the states are read in one transaction (one snapshot): another process that stores a newer
         checkpoint meanwhile and prunes the listed ones (`checkpoints_kept`) does not take a listed state away
         (it read as empty: a checksum failure, and with one kept, a replay of the whole log)."""
         with self.store.read() as reader:
+            head = reader.head()
             for ck in reader.checkpoints(self.fingerprint):
+                if ck.seq > head[0] or ck.event_id > head[1]:  # the log's position would never reach it
+                    log.warning("checkpoint %d (feedback seq %d, model event %d) is past the log's end (%d, %d): "
+                                "rows were deleted after it was taken; trying an older one", ck.id, ck.seq,
+                                ck.event_id, *head)
+                    continue
                 state = reader.checkpoint_state(ck.id)
                 if hashlib.sha256(state).hexdigest() != ck.sha256:
                     log.warning("checkpoint %d fails its checksum; trying an older one", ck.id)
