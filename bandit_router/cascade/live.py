@@ -37,8 +37,8 @@ sees the decision sees its chain (`GET /v1/decisions/{id}` shows it).
 **Counts** (`GET /v1/stats`, the dashboard): what each request adds to its router's counts (requests, escalations,
 calls, failures, spend: `store.router_stats.of_chain` of its chain) is written in the transaction that stores its
 decision and chain; a request no model answered stores only its count. A write that fails or is refused keeps the
-counts its requests carry for the next transaction that commits (`Writer.keep_counts`): the calls were made and
-paid, whatever became of the decision. They are read from the database: the deployment's totals, the same from
+counts its requests carry and writes them later (`Writer.keep_counts`): the calls were made and paid, whatever
+became of the decision. They are read from the database: the deployment's totals, the same from
 every worker and replica, kept across restarts.
 
 **Learned escalation** learns from the log, not from this process's memory: the first `unrouted` feedback of a
@@ -401,7 +401,7 @@ class NamedRouters:
     async def _count_failed(self, chain: dict[str, Any], request: Request) -> None:
         """Count a request that no model answered (no decision is stored for it; what it paid is spent in the
         budget pacer); a database that cannot take the count now leaves the reply a 502, and the count is written
-        with a later transaction (`Writer.keep_counts`)."""
+        later (`Writer.keep_counts`)."""
         try:
             await self.engine.count_router(of_chain(chain, time.time()), request)
         except BanditRouterError as exc:

@@ -248,8 +248,8 @@ class Engine:
         self._checkpoint_on_stop = checkpoint
         self.writer.stop(timeout)
         if self.writer.unwritten_counts:
-            log.warning("%d named router requests' counts could not be written before the stop (the database was "
-                        "unusable); /v1/stats and the dashboard lack them", self.writer.unwritten_counts)
+            log.warning("named routers' counts (%d rows of router_stats) could not be written before the stop (the "
+                        "database was unusable); /v1/stats and the dashboard lack them", self.writer.unwritten_counts)
         self._stopped.set()
         if self._maintainer is not None:
             self._maintainer.join(timeout)

@@ -77,8 +77,8 @@ NO_DEFAULT_REWARD = frozenset({CallStatus.REJECTED, CallStatus.CANCELLED})
 SWEPT = "swept_decisions"
 """Meta key: the storage position up to which reward windows were closed."""
 UNWRITTEN_RETRY_S = 1.0
-"""While named routers' counts wait to be written (`Writer.keep_counts`) and no request comes, a write of them alone
-is tried this often."""
+"""While named routers' counts wait to be written (`Writer.keep_counts`), a transaction of them alone is tried at
+most this often, between batches."""
 
 
 class Observer(Protocol):
@@ -397,8 +397,9 @@ class Writer:
         began, None while the writer waits for work: the engine reads it to tell a database that does not answer."""
         self._current: Sequence[Op] = ()
         """The operations of the round in progress (`abandon` answers them when the database hangs)."""
-        self._unwritten: list[RouterCounts] = []
-        """Named routers' counts whose write failed or never ran (`keep_counts`): added to the next transaction."""
+        self._unwritten: dict[tuple[str, int, str], RouterCounts] = {}
+        """Named routers' counts whose write failed or never ran (`keep_counts`), summed per row of `router_stats`
+        (so an outage holds a few rows, not one per request), written by `_write_unwritten`."""
         self._unwritten_lock = threading.Lock()
         self._next_unwritten = 0.0
 
@@ -479,8 +480,10 @@ class Writer:
             self._current = ops
             self.busy_since = time.monotonic()
             try:
-                if ops or sweep or (self._unwritten and time.monotonic() >= self._next_unwritten):
+                if ops or sweep:
                     self._transact(ops, sweep)
+                if self._unwritten and time.monotonic() >= self._next_unwritten and self.halted is None:
+                    self._write_unwritten()
                 if time.monotonic() - self._last_follow >= IDLE_POLL_S:
                     self._follow()  # also under a stream of decisions only: learn what other workers committed
             finally:
@@ -488,8 +491,8 @@ class Writer:
             between_batches()
             self.busy_since = None
             self._current = ()
-        if self._unwritten:  # counts a failed write left: one more try before the process goes
-            self._transact([], False)
+        if self._unwritten and self.halted is None:  # counts a failed write left: one more try before the end
+            self._write_unwritten()
         on_stop()
 
     def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
@@ -498,7 +501,6 @@ class Writer:
                 op.result, op.error = None, Unavailable(f"the service is not ready ({self.halted})")
             self.keep_counts(_counts_of(ops))
             return
-        held = self._take_unwritten()
         follower = self.follower
         # Decisions, call records and judge calls are not part of the log: a batch of them alone neither reads nor
         # numbers it (BEGIN, one INSERT each, COMMIT). Anything else first catches up with the log, under the lock.
@@ -522,7 +524,7 @@ class Writer:
                 judged = [op.record for op in ops if isinstance(op, RecordJudgeCall)]
                 if judged:
                     tx.insert_judge_calls(judged)
-                failed = [*held, *(op.counts for op in ops if isinstance(op, CountRouter))]
+                failed = [op.counts for op in ops if isinstance(op, CountRouter)]
                 if failed:
                     tx.add_router_counts(failed)
                 asked = [op.decision_id for op in ops if isinstance(op, Feedback)]
@@ -550,7 +552,7 @@ class Writer:
                 error = Unavailable("internal error while storing; nothing was stored")
             for op in ops:
                 op.result, op.error = None, error
-            self.keep_counts([*held, *_counts_of(ops)])  # the calls were made: counted with a later write
+            self.keep_counts(_counts_of(ops))  # the calls were made: counted by a later write
             self._next_unwritten = time.monotonic() + UNWRITTEN_RETRY_S
             return
         try:
@@ -587,20 +589,32 @@ class Writer:
 
     def keep_counts(self, counts: Sequence[RouterCounts]) -> None:
         """Named routers' counts that were not written (a write failed, or was refused or abandoned before it ran):
-        their calls were made and paid, so they are added to the next transaction that commits (`_transact`), not
-        lost. Any thread."""
-        if counts:
-            with self._unwritten_lock:
-                self._unwritten.extend(counts)
-
-    def _take_unwritten(self) -> list[RouterCounts]:
+        their calls were made and paid, so they are written later (`_write_unwritten`), not lost. Any thread."""
         with self._unwritten_lock:
-            taken, self._unwritten = self._unwritten, []
-        return taken
+            for c in counts:
+                key = (c.router, c.day, c.model)
+                held = self._unwritten.get(key)
+                if held is None:
+                    self._unwritten[key] = dataclasses.replace(c)
+                else:
+                    held.add(c)
+
+    def _write_unwritten(self) -> None:
+        """The counts `keep_counts` holds, in a transaction of their own (whatever is wrong with them fails only
+        it, never a batch of requests); kept again, and tried `UNWRITTEN_RETRY_S` later, when it fails."""
+        with self._unwritten_lock:
+            held, self._unwritten = list(self._unwritten.values()), {}
+        try:
+            with self.store.write() as tx:
+                tx.add_router_counts(held)
+        except Exception as exc:  # StoreError, or a bug: the counts wait; the writer thread must not end
+            self.keep_counts(held)
+            self._next_unwritten = time.monotonic() + UNWRITTEN_RETRY_S
+            self._say("counts", logging.WARNING, "writing named routers' counts failed (will retry): %s", exc)
 
     @property
     def unwritten_counts(self) -> int:
-        """How many named routers' counts wait to be written (`keep_counts`)."""
+        """How many rows of named routers' counts wait to be written (`keep_counts`)."""
         return len(self._unwritten)
 
     def wake(self) -> None:
