@@ -398,7 +398,7 @@ class _PrunedAfterListing:
 
 
 def test_a_checkpoint_pruned_by_another_process_after_listing_is_still_restored(
-        store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        store: Store, router: Router, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """With `checkpoints_kept = 1`, a start (`restore_newest`) listed the checkpoints in one read and read each one's
     state in another: another replica storing a newer checkpoint in between pruned the listed one, whose state
     read as empty, so the start warned that it "fails its checksum" (a false alarm of corruption) and, no older
@@ -409,6 +409,10 @@ def test_a_checkpoint_pruned_by_another_process_after_listing_is_still_restored(
     from bandit_router.log import Checkpointer, LogFollower, PolicySet
 
     settings = Settings(db=tmp_path / "unused.db", seed=1, checkpoints_kept=1)  # the checkpoints' fingerprint
+    decisions = [_decision(router, f"logged {i}") for i in range(5)]
+    with store.write() as tx:  # a log that reaches both checkpoints' positions (one past its end is passed over)
+        tx.insert_decisions([(d, None, None) for d in decisions])
+        tx.insert_feedback([_record(d, i + 1) for i, d in enumerate(decisions)])
     other = SQLiteStore(store.path) if isinstance(store, SQLiteStore) else PostgresStore(store.url)
     try:
         def checkpoint_at(on: Store, seq: int) -> None:
