@@ -114,11 +114,13 @@ class CheckReport:
     decisions: dict[str, Any] = field(default_factory=dict)
     """The decisions with feedback decoded (`check_decisions`): `checked`, `with_feedback`, `unreadable` (how
     many), `first_unreadable` (decision id and reason)."""
+    model_events: dict[str, Any] = field(default_factory=dict)
+    """The model events decoded (`check_model_events`): `checked`, `unreadable` (each row's id and reason)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"path": self.path, "ok": self.ok, "integrity": self.integrity, "counts": self.counts,
-                "decisions": self.decisions, "last_good_checkpoint": self.last_good_checkpoint,
-                "checkpoints": self.checkpoints, "error": self.error}
+                "decisions": self.decisions, "model_events": self.model_events,
+                "last_good_checkpoint": self.last_good_checkpoint, "checkpoints": self.checkpoints, "error": self.error}
 
 
 CHECKED_DECISIONS = 200_000
@@ -147,6 +149,22 @@ def check_decisions(conn: sqlite3.Connection, most: int = CHECKED_DECISIONS) -> 
             if len(listed) < UNREADABLE_LISTED:
                 listed.append({"decision_id": row[0], "reason": str(exc)})
     return {"checked": checked, "with_feedback": total, "unreadable": unreadable, "first_unreadable": listed}
+
+
+def check_model_events(conn: sqlite3.Connection) -> dict[str, Any]:
+    """Decode every model event as a start does (`model_event_from_row`): one that does not decode stops every
+    start, so each is named with the repair."""
+    from .store.records import UnreadableModelEvent, model_event_from_row
+
+    checked = 0
+    unreadable: list[dict[str, Any]] = []
+    for row in conn.execute("SELECT id, after_seq, action, name, spec, created_at FROM model_events ORDER BY id"):
+        checked += 1
+        try:
+            model_event_from_row(*row)
+        except UnreadableModelEvent as exc:
+            unreadable.append({"id": row[0], "reason": str(exc)})
+    return {"checked": checked, "unreadable": unreadable}
 
 
 def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
@@ -179,6 +197,10 @@ def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
         except sqlite3.Error as exc:
             report.error = f"the decisions cannot be read: {exc}"
         try:
+            report.model_events = check_model_events(conn)
+        except sqlite3.Error as exc:
+            report.error = f"the model events cannot be read: {exc}"
+        try:
             ids = [r[0] for r in conn.execute("SELECT id FROM checkpoints ORDER BY seq DESC, id DESC").fetchall()]
         except sqlite3.Error as exc:
             ids = []
@@ -200,5 +222,6 @@ def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
                 report.last_good_checkpoint = entry
     finally:
         conn.close()
-    report.ok = report.integrity == ["ok"] and report.error is None and not report.decisions.get("unreadable")
+    report.ok = (report.integrity == ["ok"] and report.error is None and not report.decisions.get("unreadable")
+                 and not report.model_events.get("unreadable"))
     return report

@@ -4,6 +4,7 @@ replay of the stored feedback builds; concurrent calls neither lose nor double-l
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -393,3 +394,180 @@ def _commit_from_another_process(settings: Settings, n: int, seed: int) -> list[
             realised_cost_usd=0.0, model=d.model, tenant=None, seq=i + 1) for i, d in enumerate(decisions)])
     other.close()
     return decisions
+
+
+def test_a_model_event_whose_spec_no_longer_decodes_refuses_every_start_naming_the_row_and_the_repair(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model added at run time whose stored spec no longer decodes ended every start with a JSONDecodeError
+    traceback (from `serve`'s start checks, and from the application's). It is not skipped as an unreadable decision
+    is (that would change the catalog: the model gone, its feedback unlearned): `serve` says in one line which row
+    and how to repair it (exit 2), `check` names it (exit 1), and the repaired row starts as before."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+    from bandit_router.store import UnreadableModelEvent
+
+    service = Service(settings)
+    spec = {"name": "house-model", "input_usd_per_mtok": 0.3, "output_usd_per_mtok": 0.6}
+    assert service.client.post("/v1/models", json=spec).status_code == 201
+    for i in range(12):
+        service.round(i, models=["house-model", "gpt-4o-mini"])
+    weights = service.engine.router.weights()
+    service.close()
+    with sqlite3.connect(settings.db) as conn:
+        stored = conn.execute("SELECT spec FROM model_events WHERE id = 1").fetchone()[0]
+        conn.execute("UPDATE model_events SET spec = ? WHERE id = 1", (stored[:-10],))
+    said = "model event 1 (add 'house-model') cannot be read: "
+    repair = ("UPDATE model_events SET spec = '{\"name\": \"house-model\", \"input_usd_per_mtok\": 0.5, "
+              "\"output_usd_per_mtok\": 1.5}' WHERE id = 1")
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("serve started")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    served = CliRunner().invoke(cli_app, ["serve", "--db", str(settings.db)])
+    assert served.exit_code == 2, served.output
+    assert served.output.startswith(f"bandit-router serve: {said}") and repair in served.output
+    assert "Traceback" not in served.output and len(served.output.strip().splitlines()) == 1
+    with pytest.raises(UnreadableModelEvent, match=re.escape(said)):
+        TestClient(create_app(settings)).__enter__()
+    check = CliRunner().invoke(cli_app, ["check", "--db", str(settings.db)])
+    assert check.exit_code == 1, check.output
+    assert "model events: 1 decoded, 1 cannot be read" in check.output and said in check.output
+    assert "verdict: NOT intact: model events that no start can apply" in check.output
+    with sqlite3.connect(settings.db) as conn:
+        conn.execute("UPDATE model_events SET spec = ? WHERE id = 1", (stored,))
+    assert CliRunner().invoke(cli_app, ["check", "--db", str(settings.db)]).exit_code == 0
+    repaired = Service(settings)
+    assert "house-model" in [m.name for m in repaired.engine.router.models]
+    assert np.array_equal(repaired.engine.router.weights(), weights)
+    repaired.close()
+
+
+def test_withheld_checkpoints_are_a_metric_in_readyz_and_stats_and_a_periodic_reminder(
+    settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While learned feedback is skipped (its decision cannot be read) no checkpoint is stored, so every start's
+    replay and the log that retention keeps grow until the rows are repaired: that was one log line at the first
+    due checkpoint and nothing else. It is now a gauge in /metrics (with the skipped rows and the feedback since the
+    last checkpoint), `checkpoints` in /readyz and /v1/stats, and a reminder line every `REMIND_WITHHELD_S`."""
+    import bandit_router.log.checkpoints as checkpoints
+
+    monkeypatch.setattr(checkpoints, "REMIND_WITHHELD_S", 0.3)
+    quiet = settings.replace(checkpoint_interval=1000)
+    service = Service(quiet)
+    decisions = [service.round(i)["decision_id"] for i in range(6)]
+    ready = service.client.get("/readyz").json()["checkpoints"]
+    assert ready == {"withheld": False, "seq": None, "feedback_since": 6}
+    service.close()  # the clean stop's checkpoint, at seq 6
+    with sqlite3.connect(settings.db) as conn:
+        pmf = conn.execute("SELECT pmf FROM decisions WHERE decision_id = ?", (decisions[2],)).fetchone()[0]
+        conn.execute("UPDATE decisions SET pmf = 'not json' WHERE decision_id = ?", (decisions[2],))
+        conn.execute("DELETE FROM checkpoints")  # the state is relearned from the log, which skips that row
+
+    def gauges(client: TestClient) -> dict[str, float]:
+        text = client.get("/metrics").text
+        names = ("bandit_router_unreadable_skipped", "bandit_router_checkpoints_withheld",
+                 "bandit_router_seqs_since_checkpoint")
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith(names)}
+
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        restarted = Service(quiet)
+        assert restarted.client.get("/readyz").json()["checkpoints"] == {"withheld": True, "seq": None,
+                                                                          "feedback_since": 6}
+        for i in range(6, 10):
+            restarted.round(i)
+        assert gauges(restarted.client) == {"bandit_router_unreadable_skipped": 1.0,
+                                            "bandit_router_checkpoints_withheld": 1.0,
+                                            "bandit_router_seqs_since_checkpoint": 10.0}
+        assert restarted.client.get("/v1/stats").json()["checkpoints"] == {"withheld": True, "seq": None,
+                                                                            "feedback_since": 10}
+        deadline = time.monotonic() + 5
+        while not any(r.getMessage().startswith("still no checkpoints") for r in caplog.records):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        restarted.close()
+    reminders = [r.getMessage() for r in caplog.records if r.getMessage().startswith("still no checkpoints")]
+    assert "1 learned feedback rows skipped (first seqs [3])" in reminders[0]
+    assert "10 feedback seqs since the last checkpoint" in reminders[0]
+    assert 1 <= len(reminders) <= 30  # at most one each 0.3 s, not one per batch
+    with sqlite3.connect(settings.db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 0
+        conn.execute("UPDATE decisions SET pmf = ? WHERE decision_id = ?", (pmf, decisions[2]))  # repaired
+    repaired = Service(quiet)
+    assert gauges(repaired.client)["bandit_router_checkpoints_withheld"] == 0.0
+    repaired.close()
+    with sqlite3.connect(settings.db) as conn:
+        assert conn.execute("SELECT MAX(seq) FROM checkpoints").fetchone()[0] == 10
+
+
+def test_a_forward_step_of_the_wall_clock_deletes_nothing_before_its_time(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retention measured its cutoff by the wall clock alone: stepped 400 days ahead while the service ran (a clock
+    set wrong, a bad time source), it deleted every decision and feedback of the last 30 days that the checkpoints
+    held (and the decisions without feedback), all at once. The cutoff is now measured by the time elapsed since the
+    start (`bandit_router.clock`): nothing goes, the step is logged, and a start after the clock is set right
+    finds the whole log and learns the same weights as before."""
+    import bandit_router.service.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "RETENTION_EVERY_S", 0.05)
+    kept = settings.replace(retention_days=30, checkpoint_interval=5)
+    service = Service(kept)
+    for i in range(12):
+        service.round(i)
+    for i in range(3):  # decisions that have no feedback yet
+        assert service.client.post("/v1/route", json={"prompt": PROMPTS[i]}).status_code == 200
+    weights = service.engine.router.weights()
+    real = time.time
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        monkeypatch.setattr(time, "time", lambda: real() + 400 * 86400.0)
+        time.sleep(1.0)  # about twenty looks of retention
+        monkeypatch.setattr(time, "time", real)
+    with sqlite3.connect(settings.db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 15
+        assert conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] == 12
+    assert "ahead of the time elapsed since the start" in caplog.text
+    service.crash()
+    restarted = Service(kept)
+    assert np.array_equal(restarted.engine.router.weights(), weights)
+    assert np.array_equal(weights, _replayed(settings))
+    restarted.close()
+
+
+def test_the_retention_clock_follows_a_step_back_at_once_and_a_step_ahead_only_as_time_passes() -> None:
+    from bandit_router.clock import SteadyWallClock
+
+    wall, steady = [1000.0], [5.0]
+    clock = SteadyWallClock(lambda: wall[0], lambda: steady[0])
+    wall[0], steady[0] = 1010.0, 15.0
+    assert clock() == 1010.0 and clock.ahead() == 0.0
+    wall[0] = 90_000.0  # stepped a day ahead
+    assert clock() == 1010.0 and clock.ahead() == 88_990.0
+    wall[0], steady[0] = 90_030.0, 45.0
+    assert clock() == 1040.0
+    wall[0] = 1000.0  # set back, behind the elapsed time too
+    assert clock() == 1000.0 and clock.ahead() == 0.0
+
+
+def test_a_checkpoint_past_the_logs_end_is_passed_over_not_waited_for(settings: Settings) -> None:
+    """A checkpoint taken after a model event that was then deleted by hand (durability.md says to repair such a
+    row, not delete it) stands past the log's end: restored, the follower was past the head, and recovery looped
+    forever ("not ready: recovering"). It is passed over, with a warning, for an older one and the log after it."""
+    service = Service(settings.replace(checkpoint_interval=2))
+    for i in range(4):
+        service.round(i)
+    spec = {"name": "house-model", "input_usd_per_mtok": 0.3, "output_usd_per_mtok": 0.6}
+    assert service.client.post("/v1/models", json=spec).status_code == 201
+    service.round(4, models=["house-model", "gpt-4o-mini"])
+    service.round(5)
+    service.crash()
+    with sqlite3.connect(settings.db) as conn:
+        assert conn.execute("SELECT MAX(event_id) FROM checkpoints").fetchone()[0] == 1
+        conn.execute("DELETE FROM model_events")
+    restarted = Service(settings)  # ready within 10 s
+    assert restarted.engine.recovery["checkpoint_seq"] == 4 and restarted.engine.recovery["replayed"] == 2
+    assert "house-model" not in [m.name for m in restarted.engine.router.models]
+    restarted.close()

@@ -783,3 +783,22 @@ def test_a_spend_report_before_the_first_request_names_no_period() -> None:
     pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=5/1d"]), clock=lambda: 1_000_000.0)
     target = pacer.report()["global"]["targets"][0]
     assert target["period_start"] is None and target["period_end"] is None
+
+
+def test_a_spend_period_entered_while_the_clock_ran_ahead_gives_way_once_it_is_set_back() -> None:
+    """A clock stepped a year ahead, then set right: the spend period the pacer entered meanwhile (a year ahead)
+    stayed current until real time reached it (a year of one period's budget, exhausted long before), and every
+    gap between requests read 0 until then (the plan credited nothing, the gap estimate fell to 0). Set back by
+    more than a minute, the pacer moves to the period of the clock's reading, keeping what was booked meanwhile,
+    and measures the gaps from the new reading."""
+    start = 1_000_000_000.0
+    clock = Clock(start)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=1/1d"]), clock=clock)
+    context = Router(MODELS, "vw-squarecb", seed=0).featurize(Request(prompt="hi"))
+    for step in (0.0, 365 * 86400.0, 3600.0, 3660.0, 3720.0):
+        clock.t = start + step
+        pacer.observe(_decision(context, "small", cost=0.01), None)
+    spend = pacer.report()["global"]["targets"][0]
+    assert spend["period_start"] == math.floor((start + 3720.0) / 86400) * 86400.0  # not a year ahead
+    assert spend["realized"] == pytest.approx(0.04)  # the year-ahead period's booking, then two more
+    assert pacer.state()["global"]["last_time"] == start + 3720.0  # gaps measured from now on, not read as 0

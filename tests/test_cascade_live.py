@@ -760,3 +760,49 @@ def test_an_llm_routers_candidate_retired_between_the_policys_listing_and_its_de
     assert retired and info["named"] is None and completion.model == "strong"
     decision = stored(url, decision_id)
     assert decision["policy"] == "default" and decision["model"] == "strong" and decision["probability"] == 1.0
+
+
+def test_a_named_routers_calls_are_counted_when_its_decision_cannot_be_stored(
+    gateway: Callable[..., str], fake: ScriptedFake, tmp_path: Path
+) -> None:
+    """The counts of a request whose decision is not stored (the write transaction fails: here another connection
+    holds SQLite's write lock past the busy timeout while the chain answers) were lost with the decision, though
+    its calls were made and paid ("count the calls whatever happens"): the reply is a 503, and the counts are
+    written with the next transaction that commits, once, here as soon as the lock is released."""
+    import sqlite3
+
+    url = gateway()
+    db = tmp_path / "n0.db"
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+
+    taken: list[float] = []
+
+    def locking(request: Any) -> tuple[int, str, list[bytes]]:
+        holder.execute("BEGIN IMMEDIATE")  # the write lock, taken while the gateway waits for this answer
+        taken.append(time.monotonic())
+        return 200, "application/json", [completion("cheap answers")]
+
+    fake.script["cheap"] = locking
+    try:
+        reply = httpx.post(url + "/v1/chat/completions", timeout=60,
+                           json={"model": "auto", "messages": [{"role": "user", "content": PROSE}]})
+        assert reply.status_code == 503, reply.text  # the database did not answer for 5 s
+        time.sleep(max(0.0, taken[0] + 11.0 - time.monotonic()))  # past the writer's busy timeout (10 s)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 0
+
+    def counted() -> dict[str, Any]:
+        reply = httpx.get(url + "/v1/stats")  # a 503 while the writer's round still waits for the lock
+        return dict(reply.json()["named_routers"]["auto"]) if reply.status_code == 200 else {"requests": 0}
+
+    deadline = time.monotonic() + 10
+    while (counts := counted())["requests"] == 0:
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.05)
+    assert counts["requests"] == 1 and counts["router_calls"] == 1 and counts["answer_calls"] == 1
+    assert counts["spend_usd"] > 0
+    time.sleep(1.5)  # later writes (a retry of the counts alone) add nothing twice
+    assert counted()["requests"] == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import sqlite3
 import subprocess
 import sys
@@ -189,12 +190,43 @@ def test_checkpoints_are_kept_newest_first_and_pruned(store: Store) -> None:
                                         state=bytes([seq]), keep=3)
         assert not tx.insert_checkpoint(fingerprint="f", seq=40, event_id=0, version=40, sha256="x", state=b"",
                                         keep=3)
-        tx.insert_checkpoint(fingerprint="other", seq=5, event_id=0, version=5, sha256="y", state=b"o", keep=3)
     with store.read() as reader:
         kept = reader.checkpoints("f")
         assert [c.seq for c in kept] == [40, 30, 20]
         assert reader.checkpoint_state(kept[0].id) == bytes([40])
-        assert [c.seq for c in reader.checkpoints("other")] == [5]
+
+
+def test_other_configurations_checkpoints_are_pruned_to_their_newest_then_by_retention(
+    store: Store, router: Router
+) -> None:
+    """Checkpoints of configurations no longer running (another policy, settings or catalog: another fingerprint)
+    were never pruned: each kept `checkpoints_kept` states for good. A checkpoint stored now prunes every other
+    configuration to its newest (what a rollback to it restores), and retention deletes those older than its
+    cutoff; the running configuration's are pruned by `keep` alone."""
+    for fingerprint, seqs in (("older", (3, 5, 7)), ("old", (10, 20, 30))):  # one configuration, then another
+        with store.write() as tx:
+            for seq in seqs:
+                tx.insert_checkpoint(fingerprint=fingerprint, seq=seq, event_id=0, version=seq, sha256="x",
+                                     state=bytes([seq]), keep=3)
+        with store.read() as reader:
+            assert [c.seq for c in reader.checkpoints(fingerprint)] == list(seqs[::-1])
+    with store.read() as reader:
+        assert [c.seq for c in reader.checkpoints("older")] == [7]
+    with store.write() as tx:
+        for seq in (40, 50):
+            tx.insert_checkpoint(fingerprint="f", seq=seq, event_id=0, version=seq, sha256="y", state=b"f", keep=3)
+    with store.read() as reader:
+        assert [c.seq for c in reader.checkpoints("f")] == [50, 40]
+        assert [c.seq for c in reader.checkpoints("old")] == [30] and [c.seq for c in reader.checkpoints("older")] \
+            == [7]
+        assert reader.checkpoint_state(reader.checkpoints("old")[0].id) == bytes([30])
+    _raw(store, f"UPDATE checkpoints SET created_at = {time.time() - 40 * 86400} WHERE fingerprint = 'older'")
+    with store.write() as tx:
+        tx.insert_decisions([(_decision(router, "the newest stays"), None, None)])
+    store.delete_old(time.time() - 30 * 86400, 1000, fingerprint="f")  # type: ignore[attr-defined]
+    with store.read() as reader:
+        assert reader.checkpoints("older") == [] and [c.seq for c in reader.checkpoints("old")] == [30]
+        assert [c.seq for c in reader.checkpoints("f")] == [50, 40]
 
 
 def test_stats_count_from_the_tables(store: Store, router: Router) -> None:
@@ -366,7 +398,7 @@ class _PrunedAfterListing:
 
 
 def test_a_checkpoint_pruned_by_another_process_after_listing_is_still_restored(
-        store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        store: Store, router: Router, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """With `checkpoints_kept = 1`, a start (`restore_newest`) listed the checkpoints in one read and read each one's
     state in another: another replica storing a newer checkpoint in between pruned the listed one, whose state
     read as empty, so the start warned that it "fails its checksum" (a false alarm of corruption) and, no older
@@ -377,6 +409,10 @@ def test_a_checkpoint_pruned_by_another_process_after_listing_is_still_restored(
     from bandit_router.log import Checkpointer, LogFollower, PolicySet
 
     settings = Settings(db=tmp_path / "unused.db", seed=1, checkpoints_kept=1)  # the checkpoints' fingerprint
+    decisions = [_decision(router, f"logged {i}") for i in range(5)]
+    with store.write() as tx:  # a log that reaches both checkpoints' positions (one past its end is passed over)
+        tx.insert_decisions([(d, None, None) for d in decisions])
+        tx.insert_feedback([_record(d, i + 1) for i, d in enumerate(decisions)])
     other = SQLiteStore(store.path) if isinstance(store, SQLiteStore) else PostgresStore(store.url)
     try:
         def checkpoint_at(on: Store, seq: int) -> None:
@@ -1019,3 +1055,42 @@ def test_retention_deletes_its_ids_in_statements_the_variable_limit_allows(
     conn.set_trace_callback(None)
     current.close()
     assert len([s for s in statements if s.startswith("DELETE FROM decisions WHERE decision_id IN")]) == 1
+
+
+def test_a_model_event_that_does_not_decode_names_its_row_and_the_repair(store: Store) -> None:
+    """A model event's spec that no longer decodes (edited by hand, corrupted on disk) ended every start with a
+    JSONDecodeError or a CatalogError traceback, and an action that is none of add, retire and promote was applied
+    as a retirement: each is `UnreadableModelEvent` naming the row, the reason and the UPDATE that repairs it."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.store import ModelAction, UnreadableModelEvent
+
+    with store.write() as tx:
+        tx.insert_model_event(ModelAction.ADD, "house", ModelSpec("house", 0.3, 0.6))
+        tx.insert_model_event(ModelAction.RETIRE, "house", None)
+    with store.read() as reader:
+        assert [(e.action, e.name) for e in reader.model_events_after(0)] == [("add", "house"), ("retire", "house")]
+    for sql, reason in (
+        ("UPDATE model_events SET spec = '{\"name\": \"house\", \"input_usd_per_mtok\":' WHERE action = 'add'",
+         "Expecting value"),
+        ("UPDATE model_events SET spec = '{\"name\": \"house\", \"bogus\": 1}' WHERE action = 'add'",
+         "unknown keys ['bogus']"),
+        ("UPDATE model_events SET spec = '{\"name\": \"other\", \"input_usd_per_mtok\": 1, "
+         "\"output_usd_per_mtok\": 1}' WHERE action = 'add'", "its spec names the model 'other'"),
+    ):
+        _raw(store, sql)
+        with store.read() as reader, pytest.raises(UnreadableModelEvent) as raised:
+            reader.model_events_after(0)
+        said = str(raised.value)
+        assert said.startswith("model event 1 (add 'house') cannot be read: ") and reason in said, said
+        assert "UPDATE model_events SET spec = '{\"name\": \"house\", " in said and "WHERE id = 1" in said
+    _raw(store, "UPDATE model_events SET spec = '{\"name\": \"house\", \"input_usd_per_mtok\": 0.3, "
+                "\"output_usd_per_mtok\": 0.6}' WHERE action = 'add'")  # the repair it names
+    _raw(store, "UPDATE model_events SET action = 'retrie' WHERE action = 'retire'")
+    with store.read() as reader, pytest.raises(UnreadableModelEvent, match=re.escape(
+            "model event 2 (retrie 'house') cannot be read: 'retrie' is not a valid ModelAction")) as raised:
+        reader.model_events_after(0)
+    assert "UPDATE model_events SET action = 'add' (or 'retire') WHERE id = 2" in str(raised.value)
+    _raw(store, "UPDATE model_events SET action = 'retire' WHERE id = 2")
+    with store.read() as reader:
+        events = reader.model_events_after(0)
+    assert [(e.action, e.spec) for e in events] == [("add", ModelSpec("house", 0.3, 0.6)), ("retire", None)]

@@ -91,6 +91,9 @@ EXCEEDANCE_PRIOR_WEIGHT = 2.0
 Tags = Mapping[str, str]
 RECENT_LATENCIES = 2048
 """How many recent latencies a latency target keeps to report its realised percentile."""
+CLOCK_STEP_BACK_S = 60.0
+"""A clock reading this far behind a scope's last one, or a spend period's start, means the clock was set back
+(it ran ahead): the pacer starts from the new reading rather than wait for real time to catch up."""
 
 
 def _booked(decision: Decision) -> float:
@@ -125,7 +128,9 @@ class _Scope:
         self.controls = controls
 
     def arrive(self, now: float) -> None:
-        if self.last_time is not None:
+        if self.last_time is not None and now < self.last_time - CLOCK_STEP_BACK_S:  # the clock was set back
+            self.last_time = now  # no gap measured across the step (every gap read 0 until real time caught up)
+        elif self.last_time is not None:
             gap = max(0.0, now - self.last_time)
             self.gap_s = gap if self.gap_s is None else self.gap_s + GAP_SMOOTHING * (gap - self.gap_s)
         self.last_time = now if self.last_time is None else max(self.last_time, now)
@@ -359,10 +364,18 @@ class _SpendControl(_CostControl):
         return (self.period or 0) * self.target.period_s
 
     def roll(self, now: float) -> None:
+        """A new period when `now` is past the current one. A period entered under a clock that ran ahead (set back
+        since: `now` over `CLOCK_STEP_BACK_S` before its start) gives way to the period of `now`, keeping the spend
+        booked in it (spent in real time since the step, so most likely in this period: the cautious reading) and
+        the plan's times no later than `now`; it waited until real time reached it (a year's step: a year)."""
         period = math.floor(now / self.target.period_s)
         if self.period is None or period > self.period:
             self.period = period
             self.spend_usd = 0.0
+        elif period < self.period and now < self.period_start() - CLOCK_STEP_BACK_S:
+            self.period = period
+            self.plan_time = None if self.plan_time is None else min(self.plan_time, now)
+            self.origin = None if self.origin is None else min(self.origin, now)
 
     def limit(self) -> float:
         """B; pro rata in the period in which the target started, since it counts spend from then on."""
@@ -385,6 +398,8 @@ class _SpendControl(_CostControl):
     def on_decision(self, scope: _Scope, now: float, decision: Decision, booked: float, tags: Tags) -> None:
         self.see_costs(decision)
         allowance = 0.0
+        if self.plan_time is not None and self.plan_time > now + CLOCK_STEP_BACK_S:  # credited under a clock ahead
+            self.plan_time = now
         if self.plan_time is not None:
             allowance = self.target.rate * max(0.0, now - max(self.plan_time, self.period_start()))
         self.plan_time = now if self.plan_time is None else max(self.plan_time, now)

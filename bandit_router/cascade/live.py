@@ -36,8 +36,10 @@ sees the decision sees its chain (`GET /v1/decisions/{id}` shows it).
 
 **Counts** (`GET /v1/stats`, the dashboard): what each request adds to its router's counts (requests, escalations,
 calls, failures, spend: `store.router_stats.of_chain` of its chain) is written in the transaction that stores its
-decision and chain; a request no model answered stores only its count. They are read from the database: the
-deployment's totals, the same from every worker and replica, kept across restarts.
+decision and chain; a request no model answered stores only its count. A write that fails or is refused keeps the
+counts its requests carry and writes them later (`Writer.keep_counts`): the calls were made and paid, whatever
+became of the decision. They are read from the database: the deployment's totals, the same from
+every worker and replica, kept across restarts.
 
 **Learned escalation** learns from the log, not from this process's memory: the first `unrouted` feedback of a
 learned cascade's decision, with its stored chain, in feedback `seq` order (`log.escalations`), in every worker
@@ -393,11 +395,12 @@ class NamedRouters:
     # -- counting -------------------------------------------------------------------------------------------------
     async def _count_failed(self, chain: dict[str, Any], request: Request) -> None:
         """Count a request that no model answered (no decision is stored for it; what it paid is spent in the
-        budget pacer); a database that cannot take the count leaves the reply a 502 (the count is lost, logged)."""
+        budget pacer); a database that cannot take the count now leaves the reply a 502, and the count is written
+        later (`Writer.keep_counts`)."""
         try:
             await self.engine.count_router(of_chain(chain, time.time()), request)
         except BanditRouterError as exc:
-            log.warning("%s: a failed request was not counted: %s", chain["router"], exc)
+            log.warning("%s: a failed request's count waits for the database: %s", chain["router"], exc)
 
     def _count_stopped(self, alias: RouterAlias, request: Request, calls: Sequence[ChainCall]) -> None:
         """Count a request a shutdown cut short, with the calls it made (the answers and scores already paid),

@@ -269,6 +269,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lambda: float(engine.router.version), lambda: float(engine.applied_seq), lambda: float(engine.ready)
         )
         metrics.bind_budgets(engine.pacer.report)
+        metrics.bind_checkpoints(engine.checkpointer.report, lambda: float(engine.follower.unreadable))
         app.state.settings = settings
         app.state.engine = engine
         app.state.metrics = metrics

@@ -168,7 +168,8 @@ def serve(
 
 
 CHECK_HELP = """Check a database file: SQLite's integrity check, the decisions with feedback (do they decode, as a \
-replay reads them: the newest 200,000), and every stored checkpoint against its checksum.
+replay reads them: the newest 200,000), the model events (added and retired models: a start refuses one that \
+does not decode), and every stored checkpoint against its checksum.
 
 Prints what it found and the last good checkpoint (the newest one that reads back and matches its sha256). \
 Exit status 0 when the file is intact, 1 when it is not (restore a backup: see the docs, service → durability), \
@@ -214,6 +215,11 @@ def check(
                        f"newest), {decoded['unreadable']} cannot be read")
             for item in decoded["first_unreadable"]:
                 typer.echo(f"  {item['reason']}")
+        events = report.model_events
+        if events:
+            typer.echo(f"model events: {events['checked']} decoded, {len(events['unreadable'])} cannot be read")
+            for item in events["unreadable"]:
+                typer.echo(f"  {item['reason']}")
         good = report.last_good_checkpoint
         if good is None:
             typer.echo("last good checkpoint: none (a restart relearns from the whole feedback log)")
@@ -227,6 +233,9 @@ def check(
         if report.integrity == ["ok"] and not report.error and decoded.get("unreadable"):
             restore = ("NOT intact: decisions whose feedback the replay skips: restore a backup, or delete those "
                        "decisions to accept the loss (the docs: service → durability)")
+        if report.integrity == ["ok"] and not report.error and events.get("unreadable"):
+            restore = ("NOT intact: model events that no start can apply: repair them as said above (the docs: "
+                       "service → durability)")
         typer.echo("verdict: " + ("intact" if report.ok else restore))
     if report.error and not report.counts:
         raise typer.Exit(2)

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..budgets import BudgetConfig, BudgetPacer
 from ..catalog import ModelSpec
+from ..clock import SteadyWallClock
 from ..config import ConfigError, Settings, alias_clash
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, UnknownDecision
@@ -84,6 +85,8 @@ WAL_RETRY_BUSY_S = 1.0
 RETENTION_EVERY_S = 60.0
 RETENTION_BATCH = 1000
 RETENTION_AGAIN_S = 0.2
+CLOCK_STEP_SAID_S = 60.0
+"""A wall clock this far ahead of the time elapsed since the start is logged (retention follows the elapsed time)."""
 STALL_S = 5.0
 """A writer round (a transaction, following the log, a checkpoint) without an answer for this long means the
 database hangs (a frozen server, a stalled disk or network: nothing that a driver's or the server's timeout ends):
@@ -142,6 +145,9 @@ class Engine:
         """Recurring failures (a checkpoint, the WAL, retention) are logged at most once a minute each."""
         self._next_wal_check = 0.0
         self._next_retention = 0.0
+        self.retention_clock = SteadyWallClock()
+        """What retention's cutoff is measured from: the wall clock, never ahead of the time elapsed since the start
+        (`bandit_router.clock`), so that a forward step of the wall clock deletes nothing before its time."""
         self._routes: dict[asyncio.AbstractEventLoop, list[tuple[Request, asyncio.Future[Decision]]]] = {}
         """Route requests waiting for this event-loop iteration's `Router.route_many` (`_decide`)."""
         self.extra_stats: dict[str, Callable[[], Any]] = {}
@@ -242,6 +248,9 @@ class Engine:
         self._serving = False
         self._checkpoint_on_stop = checkpoint
         self.writer.stop(timeout)
+        if self.writer.unwritten_counts:
+            log.warning("named routers' counts (%d rows of router_stats) could not be written before the stop (the "
+                        "database was unusable); /v1/stats and the dashboard lack them", self.writer.unwritten_counts)
         self._stopped.set()
         if self._maintainer is not None:
             self._maintainer.join(timeout)
@@ -387,9 +396,13 @@ class Engine:
         delete_old = getattr(self.store, "delete_old", None)
         if days is not None and delete_old is not None and now >= self._next_retention and not self._sealed:
             self._next_retention = now + RETENTION_EVERY_S
+            ahead = self.retention_clock.ahead()
+            if ahead > CLOCK_STEP_SAID_S:
+                self._say("clock", logging.WARNING, "the wall clock is %.0f s ahead of the time elapsed since the "
+                          "start (it was stepped forward): retention deletes by the elapsed time", ahead)
             try:
-                deleted = delete_old(time.time() - days * 86400.0, RETENTION_BATCH, fingerprint=self.fingerprint,
-                                     swept=SWEPT if self.writer.rules.sweeps else None)
+                deleted = delete_old(self.retention_clock() - days * 86400.0, RETENTION_BATCH,
+                                     fingerprint=self.fingerprint, swept=SWEPT if self.writer.rules.sweeps else None)
             except StoreError as exc:
                 self._say("retention", logging.WARNING, "deleting old rows failed (will retry): %s", exc)
                 return
@@ -410,8 +423,12 @@ class Engine:
                 log.exception("final checkpoint failed")
 
     # -- requests (from an event loop) --------------------------------------------------------------------------
-    def _require_ready(self) -> None:
+    def _require_ready(self, counts: RouterCounts | None = None) -> None:
+        """Raise `Unavailable` (503) while requests are refused; a named router's `counts` (its calls were made
+        and paid) are then kept to be written with a later transaction (`Writer.keep_counts`), not lost."""
         if self._refusing:
+            if counts is not None:
+                self.writer.keep_counts([counts])
             raise Unavailable(f"the service is not ready ({self.state})")
 
     def require_ready(self) -> None:
@@ -486,7 +503,7 @@ class Engine:
         its expected cost, corrected by its call record (`record_call`)."""
         if call is not None and counts is not None:
             self.budgets.book_chain(decision, call, counts.spend_usd)
-        self._require_ready()
+        self._require_ready(counts)
         tenant = tenant_of(request.context.get("tenant"))
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
@@ -499,6 +516,7 @@ class Engine:
         """Add a named router's request that stored no decision (no model answered) to the router's counts; what
         its calls paid (`counts.spend_usd`: a routing LLM's choice) is spent in the budget pacer at once."""
         self.pacer.spend(counts.spend_usd, request.context.get("tenant"))
+        self._require_ready(counts)
         await self._submit(CountRouter(counts))
 
     async def record_call(
@@ -640,6 +658,7 @@ class Engine:
             "feedback_rate": learned / total if total else 0.0,
             "feedback_by_status": raw.feedback_by_status,
             "unreadable": self.follower.unreadable_report(),
+            "checkpoints": self.checkpointer.report(),
             "models": models,
             "budgets": self.pacer.report(),
             **{name: report() for name, report in self.extra_stats.items()},

@@ -117,6 +117,11 @@ class Metrics:
         if record.cost_usd:
             self.upstream_cost.labels(model).inc(record.cost_usd)
 
+    def bind_checkpoints(self, report: Callable[[], Mapping[str, Any]], unreadable: Callable[[], float]) -> None:
+        """Export the checkpointer's `report()` (`Checkpointer.report`) and the learned feedback rows skipped
+        because their decisions cannot be read, at scrape time."""
+        self.registry.register(_CheckpointCollector(report, unreadable))
+
     def bind_judge(self, report: Callable[[], Mapping[str, Any]]) -> None:
         """Export the judge's counters and spend at scrape time."""
         self.registry.register(_JudgeCollector(report))
@@ -169,6 +174,30 @@ class _BudgetCollector(Collector):
                 if t["realized"] is not None:
                     realized.add_metric([tenant, label], float(t["realized"]))
         yield from (spend, lam, target, realized)
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class _CheckpointCollector(Collector):
+    def __init__(self, report: Callable[[], Mapping[str, Any]], unreadable: Callable[[], float]) -> None:
+        self._report = report
+        self._unreadable = unreadable
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        report = self._report()
+        yield GaugeMetricFamily(
+            "bandit_router_unreadable_skipped", "Learned feedback rows (and learned cascades' chains) this process "
+            "skipped because their decisions cannot be read", value=float(self._unreadable()),
+        )
+        yield GaugeMetricFamily(
+            "bandit_router_checkpoints_withheld", "1 while this process stores no checkpoint because rows are skipped "
+            "(replay and retention's log grow until they are repaired)", value=float(report["withheld"]),
+        )
+        yield GaugeMetricFamily(
+            "bandit_router_seqs_since_checkpoint", "Feedback seqs this process applied after the newest "
+            "checkpoint it restored or stored (about what a restart replays)", value=float(report["feedback_since"]),
+        )
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())

@@ -397,10 +397,12 @@ async def healthz() -> Response:
 @router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request) -> Response:
     """Readiness: 200 once the learned state is recovered and the database is usable, else 503 (also to HEAD).
-    The reply names the process (`pid`) and what its recovery did."""
+    The reply names the process (`pid`), what its recovery did, and its checkpoints now (withheld while learned
+    feedback is skipped: `Checkpointer.report`)."""
     engine = _services(request, client=False).engine
     if engine.ready:
-        return json_response({"status": "ready", "pid": os.getpid(), "recovery": engine.recovery})
+        return json_response({"status": "ready", "pid": os.getpid(), "recovery": engine.recovery,
+                              "checkpoints": engine.checkpointer.report()})
     return error_response(503, "unavailable", f"not ready: {engine.state}")
 
 

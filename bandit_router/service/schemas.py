@@ -338,6 +338,12 @@ class StatsOut(BaseModel):
         "be read (a value corrupted on disk or edited by hand): `skipped`, and the `first_seqs`; while any is "
         "skipped it stores no checkpoint (a start replays them once repaired)",
     )
+    checkpoints: dict[str, Any] = Field(
+        default_factory=dict, description="this process's checkpoints: `seq`, the feedback seq of the newest it "
+        "restored or stored (null: none); `feedback_since`, the feedback seqs it applied after it (about what a "
+        "restart replays); `withheld`, true while it stores none because learned feedback is skipped (`unreadable`: "
+        "replay and the log retention keeps then grow until the rows are repaired)",
+    )
     models: list[ModelStats]
     budgets: dict[str, Any] | None = Field(
         default=None, description="the budget pacer: per scope (global, tenants) spend, λ and every target"

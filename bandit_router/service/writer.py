@@ -77,6 +77,9 @@ NO_DEFAULT_REWARD = frozenset({CallStatus.REJECTED, CallStatus.CANCELLED})
 """Gateway calls whose decision never learns `default_reward` (neither the model's answer nor its failure)."""
 SWEPT = "swept_decisions"
 """Meta key: the storage position up to which reward windows were closed."""
+UNWRITTEN_RETRY_S = 1.0
+"""While named routers' counts wait to be written (`Writer.keep_counts`), a transaction of them alone is tried at
+most this often, between batches."""
 
 
 class Observer(Protocol):
@@ -395,6 +398,11 @@ class Writer:
         began, None while the writer waits for work: the engine reads it to tell a database that does not answer."""
         self._current: Sequence[Op] = ()
         """The operations of the round in progress (`abandon` answers them when the database hangs)."""
+        self._unwritten: dict[tuple[str, int, str], RouterCounts] = {}
+        """Named routers' counts whose write failed or never ran (`keep_counts`), summed per row of `router_stats`
+        (so an outage holds a few rows, not one per request), written by `_write_unwritten`."""
+        self._unwritten_lock = threading.Lock()
+        self._next_unwritten = 0.0
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def start(self, prepare: Callable[[], None], between_batches: Callable[[], None],
@@ -439,6 +447,7 @@ class Writer:
             return
         for op in ops:  # stopped meanwhile: the writer is gone
             op.error = Unavailable("the service is stopping")
+        self.keep_counts(_counts_of(ops))
         _settle_all(ops)
 
     # -- the thread -------------------------------------------------------------------------------------------
@@ -474,6 +483,8 @@ class Writer:
             try:
                 if ops or sweep:
                     self._transact(ops, sweep)
+                if self._unwritten and time.monotonic() >= self._next_unwritten and self.halted is None:
+                    self._write_unwritten()
                 if time.monotonic() - self._last_follow >= IDLE_POLL_S:
                     self._follow()  # also under a stream of decisions only: learn what other workers committed
             finally:
@@ -481,12 +492,15 @@ class Writer:
             between_batches()
             self.busy_since = None
             self._current = ()
+        if self._unwritten and self.halted is None:  # counts a failed write left: one more try before the end
+            self._write_unwritten()
         on_stop()
 
     def _transact(self, ops: Sequence[Op], sweep: bool) -> None:
         if self.halted is not None:
             for op in ops:
                 op.result, op.error = None, Unavailable(f"the service is not ready ({self.halted})")
+            self.keep_counts(_counts_of(ops))
             return
         follower = self.follower
         # Decisions, call records and judge calls are not part of the log: a batch of them alone neither reads nor
@@ -539,6 +553,8 @@ class Writer:
                 error = Unavailable("internal error while storing; nothing was stored")
             for op in ops:
                 op.result, op.error = None, error
+            self.keep_counts(_counts_of(ops))  # the calls were made: counted by a later write
+            self._next_unwritten = time.monotonic() + UNWRITTEN_RETRY_S
             return
         try:
             if self.observer is not None:
@@ -568,9 +584,39 @@ class Writer:
         calls = [i.call for i, ok in zip(inserts, stored, strict=True) if ok and i.call is not None]
         if calls:
             batch.tx.insert_calls(calls)
-        counts = [i.counts for i, ok in zip(inserts, stored, strict=True) if ok and i.counts is not None]
+        counts = [i.counts for i in inserts if i.counts is not None]  # stored or not: the calls were made
         if counts:  # named routers' requests only: a plain route's batch adds no statement
             batch.tx.add_router_counts(counts)
+
+    def keep_counts(self, counts: Sequence[RouterCounts]) -> None:
+        """Named routers' counts that were not written (a write failed, or was refused or abandoned before it ran):
+        their calls were made and paid, so they are written later (`_write_unwritten`), not lost. Any thread."""
+        with self._unwritten_lock:
+            for c in counts:
+                key = (c.router, c.day, c.model)
+                held = self._unwritten.get(key)
+                if held is None:
+                    self._unwritten[key] = dataclasses.replace(c)
+                else:
+                    held.add(c)
+
+    def _write_unwritten(self) -> None:
+        """The counts `keep_counts` holds, in a transaction of their own (whatever is wrong with them fails only
+        it, never a batch of requests); kept again, and tried `UNWRITTEN_RETRY_S` later, when it fails."""
+        with self._unwritten_lock:
+            held, self._unwritten = list(self._unwritten.values()), {}
+        try:
+            with self.store.write() as tx:
+                tx.add_router_counts(held)
+        except Exception as exc:  # StoreError, or a bug: the counts wait; the writer thread must not end
+            self.keep_counts(held)
+            self._next_unwritten = time.monotonic() + UNWRITTEN_RETRY_S
+            self._say("counts", logging.WARNING, "writing named routers' counts failed (will retry): %s", exc)
+
+    @property
+    def unwritten_counts(self) -> int:
+        """How many rows of named routers' counts wait to be written (`keep_counts`)."""
+        return len(self._unwritten)
 
     def wake(self) -> None:
         """Another process committed to the log (PostgreSQL's NOTIFY): follow it after this batch. Any thread."""
@@ -658,6 +704,7 @@ class Writer:
         fail with `in_flight` (their transaction may still commit). Any thread; the round in progress, when it ends,
         settles nothing twice (`_settle` skips answered futures)."""
         taken = self._take_queued(keep_stop=True)
+        self.keep_counts(_counts_of(taken))  # never written; the round in progress counts its own if it rolls back
         for ops, error in ((list(self._current), in_flight), (taken, queued)):
             for op in ops:
                 if op.loop is not None and op.future is not None:
@@ -673,6 +720,7 @@ class Writer:
             for op in ops:
                 op.error = error
             pending.extend(ops)
+        self.keep_counts(_counts_of(pending))
         self._resolve(pending)
 
     def _take_queued(self, keep_stop: bool) -> list[Op]:
@@ -713,3 +761,8 @@ def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
 def _settle_all(ops: Sequence[Op]) -> None:
     for op in ops:
         _settle(op)
+
+
+def _counts_of(ops: Sequence[Op]) -> list[RouterCounts]:
+    """The named routers' counts the operations `ops` carry (their decisions', or requests no model answered)."""
+    return [op.counts for op in ops if isinstance(op, InsertDecision | CountRouter) and op.counts is not None]

@@ -38,6 +38,8 @@ from .records import (
     StoreError,
     StoreStats,
     UnreadableDecision,
+    UnreadableModelEvent,
+    model_event_from_row,
 )
 from .rollup import MinuteStats
 from .router_stats import RouterCounts
@@ -71,9 +73,11 @@ __all__ = [
     "StoreStats",
     "StoredDecision",
     "UnreadableDecision",
+    "UnreadableModelEvent",
     "WriteTx",
     "decode_features",
     "encode_features",
+    "model_event_from_row",
     "open_store",
     "safe_text",
 ]

@@ -65,6 +65,7 @@ from .records import (
     StoreError,
     StoreStats,
     UnreadableDecision,
+    model_event_from_row,
 )
 from .sqlite import (
     _DECISIONS,
@@ -82,6 +83,8 @@ from .sqlite import (
     JUDGE_CALL_COLUMNS,
     JUDGE_CALLS_AFTER,
     JUDGE_TOTALS,
+    OTHER_CONFIGURATIONS_NEWEST,
+    OTHER_CONFIGURATIONS_OLD,
     RETIRED_WITH_FEEDBACK,
     _call_from_row,
     _call_value,
@@ -383,6 +386,7 @@ class PostgresStore:
                 conn.execute("DELETE FROM chains WHERE decision_id = ANY(%s)", (ids,))
                 conn.execute("DELETE FROM judge_calls WHERE decision_id = ANY(%s)", (ids,))
                 deleted += conn.execute("DELETE FROM decisions WHERE decision_id = ANY(%s)", (ids,)).rowcount
+            deleted += conn.execute(OTHER_CONFIGURATIONS_OLD.format(mark="%s"), (fingerprint, cutoff)).rowcount
         return int(deleted)
 
     def maintain(self) -> None:
@@ -565,6 +569,7 @@ class _PostgresTx(_SQLiteTx):
             "WHERE fingerprint = %s ORDER BY seq DESC, event_id DESC, id DESC LIMIT %s)",
             (fingerprint, fingerprint, keep),
         )
+        self.conn.execute(OTHER_CONFIGURATIONS_NEWEST.format(mark="%s"), (fingerprint, fingerprint))
         return len(inserted) == 1
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
@@ -747,13 +752,7 @@ class _PostgresTx(_SQLiteTx):
             "SELECT id, after_seq, action, name, spec, created_at FROM model_events WHERE id > %s ORDER BY id",
             (event_id,),
         )
-        return [
-            ModelEvent(
-                id=int(r[0]), after_seq=int(r[1]), action=r[2], name=r[3],
-                spec=None if r[4] is None else ModelSpec.from_json(json.loads(r[4])), created_at=float(r[5]),
-            )
-            for r in rows
-        ]
+        return [model_event_from_row(*r) for r in rows]
 
     def head(self) -> tuple[int, int]:
         self.read_head = True

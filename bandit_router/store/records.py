@@ -22,6 +22,13 @@ class UnreadableDecision(StoreError):
     not look at, or edited by hand): that decision cannot be used, the rest of the database can."""
 
 
+class UnreadableModelEvent(StoreError):
+    """A stored model event whose values do not decode (a spec edited by hand or corrupted on disk). Unlike an
+    unreadable decision it is not skipped: skipping an addition or a retirement would change the catalog that every
+    process routes with and learns over (a model gone, or back), so no start applies the log past it until the row is
+    repaired (`model_event_from_row` says how)."""
+
+
 class FeedbackStatus(enum.StrEnum):
     """What became of a stored feedback (the `status` column; a `str`, so it compares and serialises as one)."""
 
@@ -247,6 +254,44 @@ class ModelEvent:
     name: str
     spec: ModelSpec | None
     created_at: float
+
+
+def model_event_from_row(
+    event_id: Any, after_seq: Any, action: Any, name: Any, spec: Any, created_at: Any
+) -> ModelEvent:
+    """A `ModelEvent` from a `model_events` row; `UnreadableModelEvent` naming the row, why, and how to repair it,
+    when its action is none of `ModelAction`'s, an addition's spec does not decode to a `ModelSpec` of that name,
+    or a number does not read. An unknown action was applied as a retirement, and a spec that did not decode ended
+    every start with a traceback."""
+    try:
+        number, position, when = int(event_id), int(after_seq), float(created_at)
+    except (TypeError, ValueError) as exc:
+        raise UnreadableModelEvent(f"model event {event_id!r} cannot be read: {exc}") from exc
+    try:
+        kind = ModelAction(action)
+        decoded = None if spec is None else ModelSpec.from_json(json.loads(spec))
+        if kind == ModelAction.ADD and decoded is None:
+            raise ValueError("an addition without a spec")
+        if decoded is not None and decoded.name != name:
+            raise ValueError(f"its spec names the model {decoded.name!r}")
+    except (BanditRouterError, TypeError, ValueError) as exc:  # CatalogError; JSONDecodeError is a ValueError
+        raise UnreadableModelEvent(_unreadable_event(number, action, name, exc)) from exc
+    return ModelEvent(number, position, kind, str(name), decoded, when)
+
+
+def _unreadable_event(event_id: int, action: Any, name: Any, reason: BaseException) -> str:
+    """What `UnreadableModelEvent` says: the row, why, and the repair (a spec, or an action, set right)."""
+    if action in tuple(ModelAction):
+        example = json.dumps({"name": name, "input_usd_per_mtok": 0.5, "output_usd_per_mtok": 1.5}).replace("'", "''")
+        repair = (f"UPDATE model_events SET spec = '{example}' WHERE id = {event_id} (with the model's prices and "
+                  f"the other keys POST /v1/models took; to drop the model, retire it once the service runs: "
+                  f"DELETE /v1/models/{name})")
+    else:
+        repair = f"UPDATE model_events SET action = 'add' (or 'retire') WHERE id = {event_id}"
+    return (f"model event {event_id} ({action} {name!r}) cannot be read: {reason}. No start applies the log "
+            f"without it (skipping it would change the catalog): repair the row, e.g. {repair}; do not delete it "
+            "(the checkpoints after it hold its change). See `bandit-router check` and the docs: service → "
+            "durability")
 
 
 @dataclass(frozen=True, slots=True)

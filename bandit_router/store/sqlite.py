@@ -65,6 +65,7 @@ from .records import (
     StoreError,
     StoreStats,
     UnreadableDecision,
+    model_event_from_row,
 )
 from .writelock import WriteLock
 
@@ -358,6 +359,7 @@ class SQLiteStore:
                 conn.execute(f"DELETE FROM chains WHERE decision_id IN ({marks})", ids)
                 conn.execute(f"DELETE FROM judge_calls WHERE decision_id IN ({marks})", ids)
                 deleted += conn.execute(f"DELETE FROM decisions WHERE decision_id IN ({marks})", ids).rowcount
+            deleted += conn.execute(OTHER_CONFIGURATIONS_OLD.format(mark="?"), (fingerprint, cutoff)).rowcount
         return int(deleted)
 
     def bound_wal(self) -> bool:
@@ -665,6 +667,7 @@ class _SQLiteTx:
             "(SELECT id FROM checkpoints WHERE fingerprint = ? ORDER BY seq DESC, event_id DESC, id DESC LIMIT ?)",
             (fingerprint, fingerprint, keep),
         )
+        self.conn.execute(OTHER_CONFIGURATIONS_NEWEST.format(mark="?"), (fingerprint, fingerprint))
         return cursor.rowcount == 1
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
@@ -873,17 +876,7 @@ class _SQLiteTx:
             "SELECT id, after_seq, action, name, spec, created_at FROM model_events WHERE id > ? ORDER BY id",
             (event_id,),
         ).fetchall()
-        return [
-            ModelEvent(
-                id=r["id"],
-                after_seq=r["after_seq"],
-                action=r["action"],
-                name=r["name"],
-                spec=None if r["spec"] is None else ModelSpec.from_json(json.loads(r["spec"])),
-                created_at=r["created_at"],
-            )
-            for r in rows
-        ]
+        return [model_event_from_row(*r) for r in rows]
 
     def head(self) -> tuple[int, int]:
         # sqlite_sequence holds the largest seq ever used, even if rows at the end were deleted.
@@ -922,6 +915,20 @@ class _SQLiteTx:
             stats.feedback_by_status[row["status"]] = row["n"]
         return stats
 
+
+OTHER_CONFIGURATIONS_NEWEST = (
+    "DELETE FROM checkpoints WHERE fingerprint <> {mark} AND id NOT IN (SELECT (SELECT k.id FROM checkpoints k "
+    "WHERE k.fingerprint = c.fingerprint ORDER BY k.seq DESC, k.event_id DESC, k.id DESC LIMIT 1) FROM "
+    "(SELECT DISTINCT fingerprint FROM checkpoints WHERE fingerprint <> {mark}) AS c)"
+)
+"""With a checkpoint stored, the checkpoints of other configurations (another policy, its settings, the catalog, the
+shadows: `log.checkpoints.fingerprint`) are pruned to the newest of each: what a rollback to that configuration
+restores (then replaying the log after it); the older ones served only a start whose newest failed its checksum.
+They were never pruned: every configuration ever run kept `checkpoints_kept` states. With `retention_days`,
+`delete_old` deletes those older than its cutoff too (`OTHER_CONFIGURATIONS_OLD`)."""
+OTHER_CONFIGURATIONS_OLD = "DELETE FROM checkpoints WHERE fingerprint <> {mark} AND created_at < {mark}"
+"""Retention: another configuration's checkpoint older than the cutoff goes (that configuration stored none since,
+so it no longer runs; the log after it is being deleted, so it no longer restores a state the log completes)."""
 
 HELD_BY_CHECKPOINTS = "SELECT COALESCE(MIN(seq), 0) FROM checkpoints WHERE fingerprint = {mark}"
 """The feedback seq up to which retention may delete: what the oldest kept checkpoint of the running configuration
