@@ -1200,8 +1200,10 @@ FULL_BELOW_BYTES = 1 << 20
 def _file_system_reason(path: Path, exc: sqlite3.Error) -> str:
     """What the file system says when SQLite could not open or use `path`, where SQLite's own words do not say it:
     "unable to open database file" for a directory this user cannot write, where SQLite creates the database and its
-    `-wal` and `-shm` files, or a file it cannot read and write; "disk I/O error" for a full file system (a WAL
-    database cannot even be read there: SQLite must first size its `-shm` file, `SQLITE_IOERR_SHMSIZE`)."""
+    `-wal` and `-shm` files, or a file it cannot read and write; "attempt to write a readonly database"
+    (`SQLITE_READONLY_DIRECTORY`) for a WAL database in such a directory, which cannot even be read without its
+    `-shm` file; "disk I/O error" for a full file system (a WAL database cannot even be read there: SQLite must
+    first size its `-shm` file, `SQLITE_IOERR_SHMSIZE`)."""
     folder = path.parent
     if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR"):
         try:
@@ -1212,9 +1214,10 @@ def _file_system_reason(path: Path, exc: sqlite3.Error) -> str:
             return (f": the file system holding {folder} is full ({free} bytes free), and SQLite needs room for the "
                     "database's -wal and -shm files even to read it; free some space and start again")
         return ""
-    if "unable to open" not in str(exc):
+    read_only_folder = getattr(exc, "sqlite_errorname", "") == "SQLITE_READONLY_DIRECTORY"  # WAL: even to read
+    if "unable to open" not in str(exc) and not read_only_folder:
         return ""
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if read_only_folder or not os.access(folder, os.W_OK | os.X_OK):
         return (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a read-only "
                 "file system, and SQLite creates the database and its -wal and -shm files there")
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
