@@ -171,6 +171,7 @@ def test_bad_files_raise_config_errors_naming_the_key(tmp_path: Path, text: str,
         ("BANDIT_ROUTER_POLICY_SETTINGS", "[1", "must be a JSON object"),
         ("BANDIT_ROUTER_API_KEYS", "short", "at least 16 characters"),
         ("BANDIT_ROUTER_ADMIN_KEYS", "has a space in the key", "printable ASCII"),
+        ("BANDIT_ROUTER_DB", ":memory:", "db: ':memory:' is SQLite's in-memory database, which each connection"),
         # the example was a policy spec's, whichever list it was
         ("BANDIT_ROUTER_ALLOWED_HOSTS", "example.com",
          r"^BANDIT_ROUTER_ALLOWED_HOSTS: allowed_hosts: must be a JSON list of strings, e\.g\. \[\"a\", \"b\"\]$"),

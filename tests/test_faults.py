@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -750,3 +752,37 @@ def test_a_database_in_a_missing_directory_is_refused_not_created(tmp_path: Path
         assert result.exit_code == 2, result.output
         assert f"{db}: its directory {db.parent} {found}" in " ".join(result.output.split()), result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def _file_modes_for_root() -> None:
+    """(In a child process, before it runs its command) root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH,
+    dropped from its bounding set: file modes then apply to it as to any user."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_a_database_in_a_directory_made_read_only_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """Drill: `serve` on a database the service wrote, in a directory this user may no longer write (a wrong owner
+    or mode after a restore). SQLite cannot even read a WAL database without creating its `-shm` file beside it,
+    and said only "attempt to write a readonly database" (`SQLITE_READONLY_DIRECTORY`); the message now says that
+    the directory is not writable. (A read-only file system is the drill above: "unable to open".) As root,
+    `serve` runs without the capabilities that let root write through file modes."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    store = SQLiteStore(folder / "router.db")
+    store.prepare()
+    store.close()
+    folder.chmod(0o555)
+    try:
+        result = subprocess.run([sys.executable, "-m", "bandit_router.cli", "serve", "--db", str(folder / "router.db"),
+                                 "--port", "1"], capture_output=True, text=True, timeout=60,
+                                preexec_fn=_file_modes_for_root if os.geteuid() == 0 else None)
+    except subprocess.SubprocessError as exc:
+        pytest.skip(f"cannot run serve as root without CAP_DAC_OVERRIDE here: {exc}")
+    finally:
+        folder.chmod(0o755)
+    assert result.returncode == 2, result.stdout + result.stderr  # a message and exit status 2, not a traceback
+    message = " ".join(result.stderr.split())
+    assert f"the directory {folder} is not writable by this process" in message, message

@@ -136,6 +136,8 @@ class StorageSettings:
                 object.__setattr__(self, "db", parse_database(self.db))
             except ValueError as exc:
                 raise ConfigError(f"db: {exc}") from None
+        _check(str(self.db) != ":memory:", "db", "':memory:' is SQLite's in-memory database, which each connection "
+               "sees empty and which is lost at exit; give a database file (or a postgresql:// URL)")
         _check(self.wal_max_bytes >= 0, "wal_max_bytes", "must be >= 0 (0: never restart the WAL)")
         if self.retention_days is not None:
             _check(math.isfinite(self.retention_days) and self.retention_days > 0, "retention_days",

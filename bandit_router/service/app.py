@@ -32,6 +32,7 @@ from ..gateway import Gateway, Judge
 from ..log.catalog import LiveCatalog, stored_catalog
 from ..store import SCHEMA_VERSION
 from ..store.location import DatabaseURL, open_store
+from ..store.serverlock import join_database
 from . import dashboard, errors, redact
 from .auth import Authenticator
 from .engine import Engine
@@ -418,7 +419,10 @@ def app_from_environment() -> FastAPI:
     raw = os.environ.get(SERVE_ARGS)
     args: dict[str, Any] = json.loads(raw) if raw else {}
     configure_logging(args.get("log_level") or "info")  # a worker is a fresh process: it has no handler yet
-    app = create_app(load_settings(args.get("config"), overrides=args.get("overrides") or {}, stored_models=True))
+    settings = load_settings(args.get("config"), overrides=args.get("overrides") or {}, stored_models=True)
+    lock = join_database(settings.storage.db)  # kept while this worker lives, its parent killed or not
+    app = create_app(settings)
+    app.state.server_lock = lock  # (store/serverlock.py)
     tune_process()
     return app
 

@@ -17,6 +17,7 @@ import typer
 from ..config import KEYS, ConfigError, Settings, load_settings
 from ..store import StoreError
 from ..store.location import DatabaseURL, open_store, parse_database
+from ..store.serverlock import ServerLock, claim_database
 from .protocol import LIMITS_VARIABLE, Limits
 
 SERVE_HELP = """Serve the routing API (POST /v1/route, POST /v1/feedback, ...; OpenAPI at /docs).
@@ -25,6 +26,9 @@ Settings come from --config FILE (or $BANDIT_ROUTER_CONFIG, or ./bandit-router.t
 BANDIT_ROUTER_* environment variables, then from these options.
 
 With no settings at all: 127.0.0.1:8000, database ./bandit-router.db, the shipped catalog, the `default` policy.
+
+One `serve` per SQLite file: a second one on a file that a running `serve` uses is refused (exit status 2, \
+naming its pid). For more processes on one file use --workers N; for replicas, a postgresql:// URL.
 """
 
 
@@ -96,13 +100,12 @@ def serve(
     workers: Annotated[int | None, typer.Option(help=_help("workers"))] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
 ) -> None:
-    import uvicorn
-
     overrides: dict[str, Any] = {
         k: v
         for k, v in {"host": host, "port": port, "db": db, "workers": workers, "log_level": log_level}.items()
         if v is not None
     }
+    lock: ServerLock | None = None
     try:
         settings = load_settings(config, overrides=overrides, stored_models=True)
         from .app import check_live_catalog, check_upstreams
@@ -112,16 +115,32 @@ def serve(
         # live catalog's (one added at run time too): a message now, not a traceback later
         check_upstreams(settings, models=live.active)
         storage = settings.storage
+        lock = claim_database(storage.db, "serve")  # no other serve on this SQLite file (store/serverlock.py)
         store = open_store(storage.db, synchronous=storage.synchronous)
         try:
             store.prepare()  # the schema, once, before workers
         finally:
             store.close()
+        if lock is not None:
+            lock.share()  # held until this process exits; each worker joins it
         server = settings.server
         check_port_free(server.host, server.port, server.workers)  # before the state is recovered, not after
     except (ConfigError, StoreError) as exc:
+        if lock is not None:
+            lock.close()
         typer.echo(f"bandit-router serve: {exc}", err=True)
         raise typer.Exit(2) from None
+    try:
+        _run(settings, config, overrides)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> None:
+    """uvicorn, in this process or with `settings.server.workers` worker processes, until it stops."""
+    import uvicorn
+
     server = settings.server
     from .app import configure_logging
 
@@ -247,7 +266,7 @@ MIGRATE_HELP = """Create or migrate the database's schema to this version's, the
 Migrations are numbered and recorded in the database; a database whose schema is newer than this \
 bandit-router's is refused (exit status 2). Works on a SQLite file and on a postgresql:// URL. Without --db it \
 first checks the settings as `serve` does (with the models the database holds), and migrates nothing when they \
-are refused.
+are refused. A SQLite file that a running `serve` uses is refused too (exit status 2): stop it first.
 """
 
 
@@ -260,11 +279,16 @@ def migrate(
 
     try:
         location = _checked_settings(config).storage.db if db is None else parse_database(db)  # before migrating
-        store = open_store(location)
+        lock = claim_database(location, "migrate")  # not under a running serve (store/serverlock.py)
         try:
-            store.prepare()
+            store = open_store(location)
+            try:
+                store.prepare()
+            finally:
+                store.close()
         finally:
-            store.close()
+            if lock is not None:
+                lock.close()
     except (ConfigError, StoreError, ValueError) as exc:
         typer.echo(f"bandit-router migrate: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -10,6 +10,7 @@ learned state.
     sqlite.py      `SQLiteStore`, the embedded implementation
     postgres.py    `PostgresStore`, for replicas sharing one PostgreSQL database (imported when used)
     location.py    `db`: a path (SQLite) or a `postgresql://` URL (`DatabaseURL`, shown without its password)
+    serverlock.py  one `bandit-router serve` per SQLite file (`ServerLock`: an `flock` beside the database)
 
 The log, feedback rows with `learn = 1` in `seq` order interleaved with model events (an event goes after every
 row with `seq <= after_seq`), is the source of truth: a checkpoint plus the log after it rebuilds the policy

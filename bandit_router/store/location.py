@@ -24,6 +24,17 @@ _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)", re.IGN
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
 
+def missing_directory(path: Path) -> str | None:
+    """Why a SQLite database at `path` cannot be made there when its directory is missing or not a directory (the
+    message), else None. Directories are never created: a typo in a path would make a new tree silently."""
+    folder = path.parent
+    if folder.is_dir():
+        return None
+    found = "is not a directory" if folder.exists() else "does not exist"
+    return (f"{path}: its directory {folder} {found} (the database file is created on first start, its directory "
+            "is not: create it first, or correct the path)")
+
+
 class DatabaseURL:
     """A PostgreSQL connection URL. `str()` and `repr()` never show the password; `reveal()` gives the URL to the
     driver (and nothing else calls it)."""

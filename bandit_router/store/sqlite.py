@@ -48,6 +48,7 @@ from ..types import Context, Decision
 from . import rollup, router_stats
 from .codec import decode_features, encode_features, floats_json, safe_text, to_json
 from .interface import Reader, WriteTx
+from .location import missing_directory
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .records import (
     CallRecord,
@@ -193,11 +194,9 @@ class SQLiteStore:
 
     def prepare(self) -> None:
         """Switch to WAL and run the migrations this database has not run yet (`store/migrations.py`)."""
-        folder = self.path.parent  # not created: a typo in a path would make directories silently
-        if not folder.is_dir():
-            found = "is not a directory" if folder.exists() else "does not exist"
-            raise StoreError(f"{self.path}: its directory {folder} {found} (the database file is created on first "
-                             "start, its directory is not: create it first, or correct the path)")
+        missing = missing_directory(self.path)
+        if missing is not None:
+            raise StoreError(missing)
         conn = self._connect()
         try:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -1208,8 +1207,10 @@ FULL_BELOW_BYTES = 1 << 20
 def _file_system_reason(path: Path, exc: sqlite3.Error) -> str:
     """What the file system says when SQLite could not open or use `path`, where SQLite's own words do not say it:
     "unable to open database file" for a directory this user cannot write, where SQLite creates the database and its
-    `-wal` and `-shm` files, or a file it cannot read and write; "disk I/O error" for a full file system (a WAL
-    database cannot even be read there: SQLite must first size its `-shm` file, `SQLITE_IOERR_SHMSIZE`)."""
+    `-wal` and `-shm` files, or a file it cannot read and write; "attempt to write a readonly database"
+    (`SQLITE_READONLY_DIRECTORY`) for a WAL database in such a directory, which cannot even be read without its
+    `-shm` file; "disk I/O error" for a full file system (a WAL database cannot even be read there: SQLite must
+    first size its `-shm` file, `SQLITE_IOERR_SHMSIZE`)."""
     folder = path.parent
     if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_IOERR"):
         try:
@@ -1220,9 +1221,10 @@ def _file_system_reason(path: Path, exc: sqlite3.Error) -> str:
             return (f": the file system holding {folder} is full ({free} bytes free), and SQLite needs room for the "
                     "database's -wal and -shm files even to read it; free some space and start again")
         return ""
-    if "unable to open" not in str(exc):
+    read_only_folder = getattr(exc, "sqlite_errorname", "") == "SQLITE_READONLY_DIRECTORY"  # WAL: even to read
+    if "unable to open" not in str(exc) and not read_only_folder:
         return ""
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if read_only_folder or not os.access(folder, os.W_OK | os.X_OK):
         return (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a read-only "
                 "file system, and SQLite creates the database and its -wal and -shm files there")
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
