@@ -295,7 +295,7 @@ def test_terminal_report_shows_reaction_times_and_targets(tmp_path: Path) -> Non
 
 
 def test_summary_numbers_are_rounded_to_meaningful_digits() -> None:
-    from simulator.report import _pm, _steps
+    from simulator.summary_md import _pm, _steps
 
     assert _pm(0.5, 9.7e-17) == "0.5000 ± 0.0000"
     assert _pm(0.81234, 0.01234) == "0.8123 ± 0.0123"
