@@ -192,8 +192,25 @@ def test_a_table_scored_outside_0_1_is_named_not_an_empty_table(tmp_path: Path) 
     dropped, and the message was "no prompts to evaluate", as for a table without rows."""
     scores = {f"{k}_{m}": v for m in MODELS for k, v in (("quality", 7), ("cost", 0.01))}
     rows = [{"prompt": f"q{i}", **scores} for i in range(3)]
-    with pytest.raises(InvalidInput, match=r"none of its 3 prompt\(s\) has a model with a known quality in \[0, 1"):
+    with pytest.raises(InvalidInput, match=r"quality_big = 7 on data row 1 .* is outside \[0, 1\] \(and 8 more"):
         load_dataset(write_table(tmp_path / "scores.csv", rows))
+
+
+@pytest.mark.parametrize(("column", "value", "match"), [
+    ("quality_mid", "1.02", r"quality_mid = 1.02 on data row 3 \(prompt_id 'p2'\) is outside \[0, 1\]; .*rescale"),
+    ("quality_small", "-0.5", r"quality_small = -0.5 on data row 3 \(prompt_id 'p2'\) is outside \[0, 1\]"),
+    ("cost_big", "-0.01", r"cost_big = -0.01 on data row 3 \(prompt_id 'p2'\) is negative"),
+])
+def test_a_quality_outside_0_1_or_a_negative_cost_is_refused_naming_the_cell(
+    tmp_path: Path, column: str, value: str, match: str
+) -> None:
+    """Such a cell counted as missing: the model was unavailable for that prompt, and the run went on without a
+    word, its means over the other cells (a rounding to 1.02 in one row of a table dropped that row's outcome)."""
+    cells = {f"{k}_{m}": v for m in MODELS for k, v in (("quality", 0.5), ("cost", 0.01))}
+    rows = [{"prompt_id": f"p{i}", "prompt": f"q{i}", **cells} for i in range(4)]
+    rows[2] = {**rows[2], column: value}
+    with pytest.raises(InvalidInput, match=match):
+        load_dataset(write_table(tmp_path / "table.csv", rows))
 
 
 def test_a_dataset_that_is_a_folder_or_a_cut_gzip_file_is_named(tmp_path: Path) -> None:
