@@ -478,6 +478,28 @@ def test_cascade_escalates_until_the_judge_accepts_and_pays_every_call() -> None
     assert ((wrong.chosen == cheap) == (episode.quality[:, cheap] < 0.5)).all()  # an always-wrong judge
 
 
+@pytest.mark.parametrize(("spec", "match"), [
+    ("cascade:models=big>big", "models lists big more than once; a chain calls each model at most once"),
+    ("learned-cascade:models=small>big>small", "models lists small more than once"),
+    ("cascade:models=>", "models names no model"),  # a chain of nothing: every mean NaN, numpy's warnings
+    ("cascade:max_cost=abc", r"max_cost='abc' must be a number"),  # a ValueError traceback
+    ("cascade:max_cost=nan", "max_cost must be a number .* got nan"),  # a budget no comparison held
+])
+def test_a_cascade_chain_or_budget_that_makes_no_sense_is_refused(holey_table: Path, spec: str, match: str) -> None:
+    """`models=big>big` ran: the rejected model was called (and paid) again and its same answer judged again."""
+    with pytest.raises(InvalidInput, match=match):
+        make_agent(spec, load_dataset(holey_table))
+
+
+def test_cross_fitting_with_more_folds_than_prompts_is_refused(holey_table: Path) -> None:
+    """`classifier:folds=K` with K above the number of prompts ran, with folds that held no prompt."""
+    env = load_dataset(holey_table)  # 59 evaluated prompts, no training part: cross-fitted
+    with pytest.raises(InvalidInput, match=r"folds=60 is more than the 59 evaluated prompt\(s\) it cross-fits"):
+        make_agent("classifier:folds=60", env)
+    make_agent("classifier:folds=59", env)  # one prompt per fold
+    make_agent("classifier:folds=60", load_dataset(holey_table, split="split"))  # fitted on the training part
+
+
 def test_llm_router_with_perfect_accuracy_is_the_oracle_plus_its_own_cost() -> None:
     env = load_dataset(SAMPLE)
     episode = env.episode(0)
