@@ -4,7 +4,10 @@ two-model metrics (RouteLLM), the AIQs (RouterBench) and the reaction times afte
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
+
+from .specs import parse_spec
 
 NOISE = 1e-12
 """Below this a number is floating-point noise (a CI half-width of 9.7e-17 is 0)."""
@@ -40,6 +43,17 @@ def break_even_text(record: dict[str, Any]) -> str:
     if step is None:
         return f"never ({never})" if never else "–"
     return f"{step:.0f}" + (f" ({never} never)" if never else "")
+
+
+def _models_of_fixed_policies(results: Iterable[dict[str, Any]]) -> set[str]:
+    """The models that policies of the run fix (`fixed:m`, `fixed:model=m`): the run reports each also as a fixed
+    baseline, the same stream under the same name."""
+    out = set()
+    for r in results:
+        spec = parse_spec(r["policy"], positional="model")
+        if spec.name == "fixed" and set(spec.settings) == {"model"}:
+            out.add(str(spec.settings["model"]))
+    return out
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -85,7 +99,9 @@ def markdown(data: dict[str, Any]) -> str:
             "| top model share |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        rows = [r for r in data["results"] + data["oracle"] + data["fixed"] if r["cost_weight"] == lam]
+        listed = _models_of_fixed_policies(data["results"])  # `--policies fixed:m`: its row, not the baseline's too
+        baselines = [r for r in data["fixed"] if r["policy"].removeprefix("fixed:") not in listed]
+        rows = [r for r in data["results"] + data["oracle"] + baselines if r["cost_weight"] == lam]
         rows.sort(key=lambda r: -(r["mean_reward"] or -math.inf))
         for r in rows:
             top = max(r["model_shares"].items(), key=lambda kv: kv[1])
@@ -116,13 +132,26 @@ def markdown(data: dict[str, Any]) -> str:
             "| cost saving at 95% |",
             "|---|---|---|---|---|---|---|",
         ]
+        strong_free = _strong_is_free(data, tm["strong"])
+        undefined_because = {"apgr": "no quality gap", "apgr_trapz": "no quality gap"}  # else: a level never reached
+        if strong_free:
+            undefined_because["cost_saving_at_95"] = "free strong model"
         for p, v in tm["policies"].items():
             cells = [
-                _pm(v[k]["mean"], v[k]["ci95"], 3) + (f" ({v[k]['n_missing']} never)" if v[k]["n_missing"] else "")
+                _two_model_cell(v[k], undefined_because.get(k, ""))
                 for k in ("apgr", "apgr_trapz", "cpt50", "cpt80", "strong_share_at_95", "cost_saving_at_95")
             ]
             lines.append(f"| {p} | " + " | ".join(cells) + " |")
         lines.append("")
+        undefined = max((v["apgr"]["n_missing"] for v in tm["policies"].values()), default=0)
+        if undefined:
+            lines += [
+                f"PGR and APGR are undefined in {undefined} of {len(data['seeds'])} seed(s): there the two models have "
+                "the same mean quality (q_strong = q_weak), so there is no quality gap to recover.",
+                "",
+            ]
+        if strong_free:
+            lines += ["The cost saving is undefined: the strong model costs nothing, so there is no cost to save.", ""]
     if data.get("aiq"):
         lines += [
             "## AIQ",
@@ -162,3 +191,22 @@ def markdown(data: dict[str, Any]) -> str:
             lines.append(f"| {r['policy']} | {r['cost_weight']:g} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _two_model_cell(value: dict[str, Any], undefined_because: str) -> str:
+    """`0.612 ± 0.031`, with the seeds where it is missing: `(k never)` for a level the curve never reaches,
+    `(undefined in k: why)` for a number that has no meaning in those seeds (APGR without a quality gap)."""
+    missing = value["n_missing"]
+    if not missing:
+        return _pm(value["mean"], value["ci95"], 3)
+    if not undefined_because:
+        return _pm(value["mean"], value["ci95"], 3) + f" ({missing} never)"
+    if value["mean"] is None:
+        return f"undefined ({undefined_because})"
+    return _pm(value["mean"], value["ci95"], 3) + f" (undefined in {missing} seed(s): {undefined_because})"
+
+
+def _strong_is_free(data: dict[str, Any], strong: str) -> bool:
+    """Whether the strong model's fixed records cost nothing (its cost saving is then undefined, not never)."""
+    costs = [r["mean_cost_usd"] for r in data["fixed"] if r["policy"] == f"fixed:{strong}"]
+    return bool(costs) and all(c is not None and c <= 0 for c in costs)

@@ -319,7 +319,35 @@ def test_two_free_or_equally_good_models_give_a_report_without_the_undefined_num
     assert result.exit_code == 0, result.output
     assert {"summary.json", "summary.md", "cost_quality.png", "strong_share.png"} <= {p.name for p in out.iterdir()}
     two = json.loads((out / "summary.json").read_text())["two_model"]["policies"]
+    section = (out / "summary.md").read_text().split("## Two models")[1].split("## AIQ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| random | "))
     if costs == (0.0, 0.0):  # no cost to save relative to a free strong model
         assert two["random"]["cost_saving_at_95"]["mean"] is None
+        assert row.endswith("| undefined (free strong model) |")  # was "– (2 never)"
+        assert "The cost saving is undefined: the strong model costs nothing" in section
     else:  # no gap between the models to recover
         assert two["random"]["apgr"]["mean"] is None and two["oracle"]["apgr_trapz"]["mean"] is None
+        # both were "– (2 never)", as if the curve never reached a level; APGR has no level, it has no meaning here
+        assert row.startswith("| random | undefined (no quality gap) | undefined (no quality gap) |")
+        assert "PGR and APGR are undefined in 2 of 2 seed(s): there the two models have the same mean" in section
+
+
+def test_a_fixed_policy_that_is_also_a_baseline_is_one_row_of_the_summary(tmp_path: Path) -> None:
+    """`--policies fixed:<m>` was two identical rows of each λ's table in summary.md: the policy's and the fixed
+    baseline's, which every run reports. summary.json keeps both lists (its `results` and `fixed`) as they were."""
+    out = tmp_path / "run"
+    policies = "fixed:gpt-4-1106-preview,fixed:model=mixtral-8x7b-instruct-v0.1,random"
+    args = ["--policies", policies, "--cost-weights", "0,10", "--seeds", "1", "--workers", "1", "--steps", "60"]
+    result = CliRunner().invoke(app, [*ARGS[:3], *args, "--quiet", "--no-plots", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "summary.json").read_text())
+    sections = (out / "summary.md").read_text().split("## ")
+    for lam, section in zip((0, 10), [s for s in sections if s.startswith("λ = ")], strict=True):
+        names = [line.split(" | ")[0].removeprefix("| ") for line in section.splitlines() if line.startswith("| ")]
+        assert names.count("fixed:gpt-4-1106-preview") == 1 and "fixed:mixtral-8x7b-instruct-v0.1" not in names
+        assert names.count("fixed:model=mixtral-8x7b-instruct-v0.1") == 1 and {"oracle", "random"} <= set(names)
+        mine = next(r for r in data["results"] if r["policy"] == "fixed:gpt-4-1106-preview" and r["cost_weight"] == lam)
+        row = next(line for line in section.splitlines() if line.startswith("| fixed:gpt-4-1106-preview |"))
+        assert row.split(" | ")[1] == f"{mine['mean_reward']:.4f}"
+    assert [r["policy"] for r in data["fixed"]].count("fixed:gpt-4-1106-preview") == 2  # one per λ, as before
+
