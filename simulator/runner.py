@@ -186,14 +186,19 @@ def reaction_times(episode: Episode, chosen: np.ndarray, cost_weight: float, win
     true mean reward after the event; outage: until ≤ 5% go to the failed model (before it recovers).
     `<kind>_final_share` is that share over the last 10% of the period after the event. A second event of a kind
     is `<kind> 2`, and so on.
+
+    An event's period ends at the next change of the run (another event's step, an outage's end) or at the end of
+    the run: past it the best model, or the failed one's state, is another event's, and a reaction measured
+    through it was the later event's (a drift at 0.3 "reacted to" at the outage of 0.5).
     """
     out: dict[str, float | None] = {}
     r = np.where(episode.available, M.rewards(episode.truth, episode.cost_usd, cost_weight), np.nan)
     seen: dict[str, int] = {}
+    changes = sorted({m.step for m in episode.marks} | {m.end for m in episode.marks if m.end is not None})
     for mark in episode.marks:
         seen[mark.kind] = seen.get(mark.kind, 0) + 1
         label = mark.kind if seen[mark.kind] == 1 else f"{mark.kind} {seen[mark.kind]}"  # a second drift: `drift 2`
-        end = mark.end if mark.end is not None else episode.n_steps
+        end = next((step for step in changes if step > mark.step), episode.n_steps)
         if mark.kind in ("drift", "new-model", "price-change"):
             means = M.column_means(r[mark.step : end])
             target, above, threshold = int(np.argmax(means)), True, REACTION_SHARE

@@ -176,8 +176,10 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             "Steps after the event until ≥ 80% of the next decisions (window "
             f"{data.get('window', '')}) go to the new best model (drift, new-model, price-change), or ≤ 5% "
-            "to the failed model (outage); `never` counts seeds where it did not happen. Final share: over "
-            "the last 10% of the period after the event.",
+            "to the failed model (outage); `never` counts seeds where it did not happen. The period after an event "
+            "ends at the next event of the run (another scenario's step, an outage's end) or at the end of the run, "
+            "so a reaction is never measured through a later event; one that needs longer, or a period shorter than "
+            "the window, counts as never. Final share: over the last 10% of the period.",
             "",
             "| policy | λ | " + " | ".join(f"{k} steps | {k} final share" for k in keys) + " |",
             "|---|---|" + "---|---|" * len(keys),

@@ -373,6 +373,27 @@ def test_two_events_of_one_kind_each_get_their_reaction_time() -> None:
     assert set(run.reaction) == {"drift", "drift_final_share", "drift 2", "drift 2_final_share"}
 
 
+def test_a_reaction_is_measured_until_the_next_event_not_through_it(tmp_path: Path) -> None:
+    """A drift's reaction period ran to the end of the run, through the events after it: a policy that never
+    followed the drift, and moved only with a later event, was reported to have reacted to the drift."""
+    from simulator.environments.base import Mark
+    from simulator.runner import reaction_times
+
+    rows = [{"prompt": f"q{i}", "quality_big": 1, "cost_big": 0.01, "quality_mid": 0, "cost_mid": 0.005,
+             "quality_small": 0, "cost_small": 0.001} for i in range(100)]
+    env = load_dataset(write_table(tmp_path / "table.csv", rows))
+    big, small = env.model_names.index("big"), env.model_names.index("small")
+    episode = build_episode(env, [], 0).replace(marks=(Mark("drift", 20, "big"), Mark("traffic-shift", 50)))
+    chosen = np.where(np.arange(100) < 60, small, big)  # to the best model (big) only after the second event
+    reaction = reaction_times(episode, chosen, 1.0, window=10)
+    assert reaction["drift"] is None  # never between steps 20 and 50 (it was 38: at step 58, past the shift)
+    assert reaction["drift_final_share"] == 0.0  # the last 10% of steps 20–50 (was 1.0: of steps 20–100)
+    alone = reaction_times(episode.replace(marks=(Mark("drift", 20, "big"),)), chosen, 1.0, window=10)
+    assert alone["drift"] == 38 and alone["drift_final_share"] == 1.0  # no later event: measured to the end
+    outage = episode.replace(marks=(Mark("outage", 20, "small", 80), Mark("drift", 40, "big")))
+    assert reaction_times(outage, chosen, 1.0, window=10)["outage"] is None  # capped at 40: small until 60
+
+
 def test_an_announced_price_change_of_a_routers_only_model_is_a_message(tmp_path: Path) -> None:
     """It stopped mid-run with "cannot retire the last model", which named nothing the user had asked for."""
     table = tmp_path / "one.csv"
