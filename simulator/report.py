@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from bandit_router.errors import BanditRouterError
 from bandit_router.outputs import put_file
 
 from . import metrics as M
@@ -311,15 +312,17 @@ def write_report(result: SimulationResult, out: str | Path, *, command: str = ""
     not write itself (a plot it does not draw, `--no-plots` or no two models), and no other file. A file is put in
     place as `bandit_router.outputs.writing_file` writes one (a symlink written through, permissions kept)."""
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     data = summary(result, command=command)
     data["window"] = result.plan.window
-    previous = _files_of_the_previous_report(folder)
-    for stale in folder.iterdir():  # a report killed while writing (SIGKILL, a power cut) left its staging folder
-        if STAGING.fullmatch(stale.name) and stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".partial", dir=folder))
+    staging: Path | None = None
+    moved: list[str] = []
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        previous = _files_of_the_previous_report(folder)
+        for stale in folder.iterdir():  # a report killed while writing (SIGKILL, a power cut) left its staging folder
+            if STAGING.fullmatch(stale.name) and stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".partial", dir=folder))
         (staging / "summary.md").write_text(markdown(data) + "\n", encoding="utf-8")
         curve_data = curves(result)
         (staging / "curves.json").write_text(json.dumps(curve_data) + "\n", encoding="utf-8")
@@ -331,11 +334,30 @@ def write_report(result: SimulationResult, out: str | Path, *, command: str = ""
         (staging / "summary.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         for name in data["files"]:
             put_file(staging / name, folder / name)
+            moved.append(name)
         for name in previous - set(data["files"]):
             (folder / name).unlink(missing_ok=True)
+    except OSError as exc:  # a read-only folder, a full disk: a message, not a traceback
+        raise ReportNotWritten(folder, exc, moved) from exc
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return data
+
+
+class ReportNotWritten(BanditRouterError):
+    """The report could not be written into its folder (an `OSError`: no permission, no space); says what the
+    folder holds now: the previous report as it was, unless the failure came while the files were put in place."""
+
+    def __init__(self, folder: Path, error: OSError, moved: Sequence[str]) -> None:
+        where = f" ({Path(error.filename).name})" if error.filename else ""
+        reason = f"{error.strerror or error}{where}"
+        if moved:
+            state = (f"only {', '.join(moved)} of this report were put in place; the other files there are as they "
+                     "were")
+        else:
+            state = "nothing in the folder was changed (a report there before is as it was)"
+        super().__init__(f"{folder}: the report could not be written: {reason}; {state}")
 
 
 def _files_of_the_previous_report(folder: Path) -> set[str]:

@@ -351,3 +351,28 @@ def test_a_fixed_policy_that_is_also_a_baseline_is_one_row_of_the_summary(tmp_pa
         assert row.split(" | ")[1] == f"{mine['mean_reward']:.4f}"
     assert [r["policy"] for r in data["fixed"]].count("fixed:gpt-4-1106-preview") == 2  # one per λ, as before
 
+
+def test_a_report_that_cannot_be_written_is_a_message_and_leaves_the_previous_one(tmp_path: Path) -> None:
+    """A full disk (here: a file-size limit, the same OSError from write) while writing the report was a
+    traceback with exit status 1. It is a message naming the folder and the reason, exit status 2, and the report
+    written there before is as it was, with no staging folder left."""
+    import resource
+    import signal
+    import subprocess
+
+    out = tmp_path / "run"
+    run_simulate(out, "--no-plots", "--steps", "40", "--cost-weights", "10")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def limit_file_size() -> None:  # EFBIG from write() once a file passes 4 KB, as ENOSPC from a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    command = [sys.executable, "-m", "bandit_router.cli", *ARGS[:-1], "--no-plots", "--steps", "60", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"error: {out}: the report could not be written: File too large; nothing in the folder was changed" in (
+        done.stderr
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
