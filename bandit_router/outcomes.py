@@ -113,12 +113,21 @@ def load_table(path: str | Path, *, models: Sequence[str] | None = None) -> Outc
         except (OSError, EOFError, zlib.error) as exc:  # a truncated download: EOFError, which click calls "Aborted!"
             raise InvalidInput(f"{path}: not a whole gzip file ({exc})") from None
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8", "replace"), newline=""))
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") was part of the first column's name
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig", "replace"), newline=""))
     header = reader.fieldnames or []
+    read = ("prompt_id", "prompt", "task", "quality_", "cost_", "output_tokens_")
+    twice = sorted({c for c in header if header.count(c) > 1 and c.startswith(read)})
+    if twice:  # the last one's values were read; two quality_a said "model names must be unique"
+        raise InvalidInput(f"{path}: the header has the column(s) {twice} more than once")
     found = [c[len("quality_") :] for c in header if c.startswith("quality_")]
     names = list(models) if models is not None else found
     missing = [m for m in names if f"quality_{m}" not in header or f"cost_{m}" not in header]
-    if not names or missing:
+    if not names:  # a file separated by `;` read as one column: "missing for []" named nothing
+        shown = ", ".join(repr(c) for c in header[:6]) + (", …" if len(header) > 6 else "")
+        raise InvalidInput(f"{path}: needs quality_<model> and cost_<model> columns, comma-separated; its header "
+                           f"read as {len(header)} column(s): {shown or 'none'}")
+    if missing:
         raise InvalidInput(f"{path}: needs quality_<model> and cost_<model> columns (missing for {missing})")
     if "prompt" not in header:
         raise InvalidInput(f"{path}: needs a prompt column")

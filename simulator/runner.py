@@ -30,7 +30,7 @@ from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor
 
 from . import metrics as M
-from .agents import Agent, PacerFactory, Trace, known_names, make_agent, trace_of
+from .agents import WARMUPS, Agent, PacerFactory, Trace, known_names, make_agent, trace_of
 from .budgets import realized_values
 from .environments import Environment, EnvSpec, Episode
 from .scenarios import Scenario, build_episode, make_scenario
@@ -68,6 +68,8 @@ class Plan:
             raise InvalidInput(f"window must be >= 1, got {self.window}")
         if self.passes < 1:  # Environment.n_steps read 0 or -1 passes as one
             raise InvalidInput(f"passes must be >= 1, got {self.passes}")
+        if self.warmup not in WARMUPS:  # without a split it was "warmup 'bogus' needs a training part"
+            raise InvalidInput(f"warmup must be one of {', '.join(WARMUPS)}, not {self.warmup!r}")
         known = known_names()
         for spec in self.policies:
             if spec.partition(":")[0] not in known:

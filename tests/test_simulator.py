@@ -225,6 +225,53 @@ def test_a_dataset_that_is_a_folder_or_a_cut_gzip_file_is_named(tmp_path: Path) 
         load_dataset(cut)
 
 
+def test_a_table_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark, which was part of the first column's name: a
+    table whose first column is `prompt` was refused with "needs a prompt column"."""
+    table = tmp_path / "excel.csv"
+    header = "prompt,task," + ",".join(f"quality_{m},cost_{m}" for m in MODELS)
+    rows = "".join(f"q{i},t,1,0.01,0,0.005,1,0.001\n" for i in range(3))
+    table.write_text(header + "\n" + rows, encoding="utf-8-sig")
+    env = load_dataset(table)
+    assert env.prompts == ("q0", "q1", "q2") and env.model_names == MODELS
+
+
+@pytest.mark.parametrize(("header", "match"), [
+    # the second quality_big's values were read, and the message was "model names must be unique"
+    ("prompt,quality_big,cost_big,quality_big", r"the header has the column\(s\) \['quality_big'\] more than once"),
+    # a file separated by `;` is one column: "needs quality_<model> and cost_<model> columns (missing for [])"
+    ("prompt;quality_big;cost_big", r"comma-separated; its header read as 1 column\(s\): 'prompt;quality_big;"),
+])
+def test_a_header_that_cannot_be_read_as_a_table_is_named(tmp_path: Path, header: str, match: str) -> None:
+    table = tmp_path / "table.csv"
+    table.write_text(header + "\n" + ",".join(["q", "1", "0.01", "0"][: header.count(",") + 1]) + "\n")
+    with pytest.raises(InvalidInput, match=match):
+        load_dataset(table)
+
+
+def test_a_split_whose_training_and_evaluated_parts_are_one_value_is_refused(holey_table: Path) -> None:
+    """`--split task --train-value code --eval-value code` trained the classifier (and a warm-up) on the very
+    prompts it was scored on."""
+    with pytest.raises(InvalidInput, match="the training part and the evaluated part are both task = 'code'"):
+        load_dataset(holey_table, split="task", train_value="code", eval_value="code")
+
+
+@pytest.mark.parametrize("problem", ["folder", "cut gzip", "no such column"])
+def test_a_world_prompt_file_that_cannot_be_read_is_named(tmp_path: Path, problem: str) -> None:
+    """A folder was an IsADirectoryError traceback, a cut gzip file click's bare "Aborted!", and a `column` the file
+    does not have gave numpy's warnings and then "no prompts to evaluate"."""
+    path, column = tmp_path, "prompt"
+    if problem == "cut gzip":
+        path = tmp_path / "cut.csv.gz"
+        path.write_bytes(SAMPLE.read_bytes()[:2000])
+    elif problem == "no such column":
+        path, column = SAMPLE, "text"
+    match = {"folder": "cannot read: Is a directory", "cut gzip": "cannot read: not a whole gzip file",
+             "no such column": r"has no column 'text' \(prompts.column\); its columns: 'prompt_id', 'task'"}[problem]
+    with pytest.raises(ConfigError, match=match):
+        build_world(tiny_world(prompts={"path": str(path), "column": column}))
+
+
 def test_a_world_file_that_is_a_folder_is_named(tmp_path: Path) -> None:
     """`--env synthetic:FOLDER` was an IsADirectoryError traceback."""
     with pytest.raises(ConfigError, match="cannot read"):
@@ -651,6 +698,12 @@ def test_a_warmup_without_a_training_part_is_refused(env: str, warmup: str) -> N
     """It warmed up on nothing and said it had; `full` also ran without the cold-start floor."""
     with pytest.raises(InvalidInput, match=f"warmup '{warmup}' needs a training part"):
         simulate(Plan(env=EnvSpec.parse(env), policies=("random",), steps=20, warmup=warmup), workers=1)
+
+
+def test_an_unknown_warmup_is_named_with_the_known_ones() -> None:
+    """Without a split it was refused as "warmup 'bogus' needs a training part", as if bogus were a warm-up."""
+    with pytest.raises(InvalidInput, match="warmup must be one of none, bandit, full, not 'bogus'"):
+        Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), warmup="bogus")
 
 
 @pytest.mark.parametrize("warmup", ["none", "bandit", "full"])

@@ -176,6 +176,9 @@ def load_dataset(
     elif split:
         if split != "task" and split not in table.columns:
             raise InvalidInput(f"{path}: no split column {split!r}; columns: {sorted(table.columns)}")
+        if train_value == eval_value:  # the classifier and a warm-up would learn from the prompts that are scored
+            raise InvalidInput(f"{path}: the training part and the evaluated part are both {split} = {eval_value!r}: "
+                               "give --train-value and --eval-value two different values")
         values = np.array(table.tasks if split == "task" else table.columns[split])
         train_rows, eval_rows = np.flatnonzero(values == train_value), np.flatnonzero(values == eval_value)
         if len(eval_rows) == 0:
