@@ -68,6 +68,8 @@ class Plan:
             raise InvalidInput(f"window must be >= 1, got {self.window}")
         if self.passes < 1:  # Environment.n_steps read 0 or -1 passes as one
             raise InvalidInput(f"passes must be >= 1, got {self.passes}")
+        if self.steps is not None and self.passes != 1:  # the steps won, and the passes were left out without a word
+            raise InvalidInput(f"give the run's length as steps ({self.steps}) or as passes ({self.passes}), not both")
         if self.warmup not in WARMUPS:  # without a split it was "warmup 'bogus' needs a training part"
             raise InvalidInput(f"warmup must be one of {', '.join(WARMUPS)}, not {self.warmup!r}")
         known = known_names()

@@ -700,6 +700,13 @@ def test_a_warmup_without_a_training_part_is_refused(env: str, warmup: str) -> N
         simulate(Plan(env=EnvSpec.parse(env), policies=("random",), steps=20, warmup=warmup), workers=1)
 
 
+def test_steps_and_passes_together_are_refused() -> None:
+    """`--steps 100 --passes 3` ran 100 steps: the passes were left out without a word."""
+    with pytest.raises(InvalidInput, match=r"give the run's length as steps \(100\) or as passes \(3\), not both"):
+        Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), steps=100, passes=3)
+    Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), steps=100, passes=1)  # the default
+
+
 def test_an_unknown_warmup_is_named_with_the_known_ones() -> None:
     """Without a split it was refused as "warmup 'bogus' needs a training part", as if bogus were a warm-up."""
     with pytest.raises(InvalidInput, match="warmup must be one of none, bandit, full, not 'bogus'"):
