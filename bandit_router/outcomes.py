@@ -4,8 +4,9 @@ A table is a CSV (optionally gzip) with one row per prompt and the columns
 
     prompt_id, prompt, task, quality_<model>, cost_<model>   [, output_tokens_<model>, split column, …]
 
-Missing cells (empty or NaN) are kept as NaN: a model with no quality or cost for a prompt is *unavailable*
-for that prompt (`available[i, k]` is False), and `missing_cells` counts them.
+Missing cells (empty, NaN or not a number) are kept as NaN: a model with no quality or cost for a prompt is
+*unavailable* for that prompt (`available[i, k]` is False), and `missing_cells` counts them. A quality outside
+[0, 1] or a negative cost is refused, naming the cell: it is a wrong outcome, not a missing one.
 """
 
 from __future__ import annotations
@@ -75,6 +76,28 @@ def _float(cell: str) -> float:
         return math.nan
 
 
+def _refuse_out_of_range(
+    path: Path, ids: Sequence[str], names: Sequence[str], kind: str, bad: np.ndarray, values: np.ndarray, what: str
+) -> None:
+    """Refuse the table, naming its first cell where `bad` (row, prompt_id, column, value) and how many there are:
+    such a cell is no missing outcome but a wrong one (a 1–10 score, a typo), and counting it as missing dropped
+    it from every mean without a word."""
+    cells = np.argwhere(bad)
+    if not cells.size:
+        return
+    i, k = (int(v) for v in cells[0])
+    others = f" (and {len(cells) - 1} more cell(s))" if len(cells) > 1 else ""
+    hint = (
+        "qualities are scores in [0, 1]: rescale (a 1–10 score s as (s − 1)/9)"
+        if kind == "quality"
+        else "costs are USD per request, >= 0"
+    )
+    raise InvalidInput(
+        f"{path}: {kind}_{names[k]} = {values[i, k]:g} on data row {i + 1} (prompt_id {ids[i]!r}) {what}{others}; "
+        f"{hint}, or leave a cell empty for an outcome that is missing"
+    )
+
+
 def load_table(path: str | Path, *, models: Sequence[str] | None = None) -> OutcomeTable:
     """Read an outcome table; keep every extra column (e.g. `split_routerdc`) in `columns`."""
     path = Path(path)
@@ -90,12 +113,21 @@ def load_table(path: str | Path, *, models: Sequence[str] | None = None) -> Outc
         except (OSError, EOFError, zlib.error) as exc:  # a truncated download: EOFError, which click calls "Aborted!"
             raise InvalidInput(f"{path}: not a whole gzip file ({exc})") from None
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8", "replace"), newline=""))
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") was part of the first column's name
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig", "replace"), newline=""))
     header = reader.fieldnames or []
+    read = ("prompt_id", "prompt", "task", "quality_", "cost_", "output_tokens_")
+    twice = sorted({c for c in header if header.count(c) > 1 and c.startswith(read)})
+    if twice:  # the last one's values were read; two quality_a said "model names must be unique"
+        raise InvalidInput(f"{path}: the header has the column(s) {twice} more than once")
     found = [c[len("quality_") :] for c in header if c.startswith("quality_")]
     names = list(models) if models is not None else found
     missing = [m for m in names if f"quality_{m}" not in header or f"cost_{m}" not in header]
-    if not names or missing:
+    if not names:  # a file separated by `;` read as one column: "missing for []" named nothing
+        shown = ", ".join(repr(c) for c in header[:6]) + (", …" if len(header) > 6 else "")
+        raise InvalidInput(f"{path}: needs quality_<model> and cost_<model> columns, comma-separated; its header "
+                           f"read as {len(header)} column(s): {shown or 'none'}")
+    if missing:
         raise InvalidInput(f"{path}: needs quality_<model> and cost_<model> columns (missing for {missing})")
     if "prompt" not in header:
         raise InvalidInput(f"{path}: needs a prompt column")
@@ -116,9 +148,9 @@ def load_table(path: str | Path, *, models: Sequence[str] | None = None) -> Outc
         for c in extra:
             columns[c].append(row.get(c) or "")
     quality = np.array(q_rows, dtype=np.float64).reshape(len(ids), len(names))
-    quality[(quality < 0) | (quality > 1)] = np.nan
     cost = np.array(c_rows, dtype=np.float64).reshape(len(ids), len(names))
-    cost[cost < 0] = np.nan
+    _refuse_out_of_range(path, ids, names, "quality", (quality < 0) | (quality > 1), quality, "is outside [0, 1]")
+    _refuse_out_of_range(path, ids, names, "cost", cost < 0, cost, "is negative")
     return OutcomeTable(
         prompt_ids=tuple(ids),
         prompts=tuple(prompts),

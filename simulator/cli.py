@@ -216,10 +216,11 @@ def simulate(
 
     from .budgets import TargetPacers
     from .environments import EnvSpec
-    from .report import break_even_text, write_report
+    from .report import write_report
     from .runner import Plan
     from .runner import simulate as run_simulation
     from .specs import parse_floats, split_specs
+    from .summary_md import break_even_text
 
     from_file: dict[str, Any] = {}
     if config is not None:

@@ -39,10 +39,12 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from bandit_router.errors import BanditRouterError
 from bandit_router.outputs import put_file
 
 from . import metrics as M
 from .runner import RunResult, SimulationResult
+from .summary_md import markdown
 
 SCHEMA = "bandit-router-simulation/1"
 
@@ -293,167 +295,6 @@ def curves(result: SimulationResult) -> dict[str, Any]:
     return _clean({"model_names": list(result.model_names), "runs": out})
 
 
-NOISE = 1e-12
-"""Below this a number is floating-point noise (a CI half-width of 9.7e-17 is 0)."""
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if abs(value) < NOISE:
-            return f"{0.0:.{digits}f}"
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
-    return str(value)
-
-
-def _steps(mean: Any, half: Any) -> str:
-    """A count of steps: whole numbers (`1,234 ± 56`)."""
-    if mean is None:
-        return "–"
-    return f"{mean:,.0f}" + ("" if half is None else f" ± {half:,.0f}")
-
-
-def _pm(mean: Any, half: Any, digits: int = 4) -> str:
-    if half is None or abs(half) < NOISE:
-        return _fmt(mean, digits) + ("" if half is None else f" ± {_fmt(0.0, digits)}")
-    return _fmt(mean, digits) + f" ± {_fmt(half, digits if half >= 1e-3 else 2)}"
-
-
-def break_even_text(record: dict[str, Any]) -> str:
-    """`1234`, `1234 (1 of 5 seeds never)` or `never (3 of 3 seeds)` for a summary record (`never (3)` left a
-    reader to guess what 3 counted)."""
-    never = record.get("break_even_never") or 0
-    step = record.get("break_even_step")
-    seeds = record.get("n_seeds")
-    of = f" of {seeds} seed{'s' if seeds != 1 else ''}" if seeds else ""
-    if step is None:
-        return f"never ({never}{of})" if never else "–"
-    return f"{step:.0f}" + (f" ({never}{of} never)" if never else "")
-
-
-def markdown(data: dict[str, Any]) -> str:
-    """A readable `summary.md` of a summary dict."""
-    env = data["env"]
-    lines = [
-        "# Simulation summary",
-        "",
-        f"- command: `{data['command'] or '(library call)'}`",
-        f"- commit: `{data['commit']}`, created {data['created']}",
-        f"- environment: {env['kind']} `{env['name']}`: {data['n_steps']} steps per run, models "
-        f"{', '.join(env['models'])}; missing cells: {env['missing_cells']}",
-        f"- seeds: {data['seeds']}; cost weights λ: {data['cost_weights']}",
-    ]
-    if data["scenarios"]:
-        lines.append(
-            "- scenarios: "
-            + "; ".join(
-                s["name"] + " (" + ", ".join(f"{k}={v}" for k, v in s.items() if k != "name") + ")"
-                for s in data["scenarios"]
-            )
-        )
-    if any(r["policy"].startswith(("cascade", "learned-cascade")) for r in data["results"]):
-        lines += [
-            "- `cascade` / `learned-cascade` use a simulated judge: its 1–10 score is each answer's true quality plus "
-            "Gaussian noise (`judge=` its accuracy on 0/1 answers, `noise=`) and reversed with probability `error`; "
-            "with no noise and no error it knows more than any live judge: read that as an upper reference."
-        ]
-    lines += [
-        "",
-        "Means over seeds ± 95% CI half-width. Reward = quality − λ·cost (USD). Regret is against the best fixed "
-        "model in hindsight at that λ (positive: the policy earned less); per request over the whole stream "
-        "and over its second half. Break-even step: median over seeds of the step after which the policy's "
-        "cumulative reward stays at or above the best fixed model's (`never (k)`: k seeds never got there).",
-        "",
-    ]
-    for lam in data["cost_weights"]:
-        lines += [
-            f"## λ = {lam:g}",
-            "",
-            "| policy | reward | quality | cost (USD/request) | regret vs oracle | "
-            "regret vs best fixed | regret/request | regret/request, 2nd half | break-even step | steps/s "
-            "| top model share |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        rows = [r for r in data["results"] + data["oracle"] + data["fixed"] if r["cost_weight"] == lam]
-        rows.sort(key=lambda r: -(r["mean_reward"] or -math.inf))
-        for r in rows:
-            top = max(r["model_shares"].items(), key=lambda kv: kv[1])
-            speed = (
-                ""
-                if r["steps_per_s"] is None or r["policy"] == "oracle" or r["policy"].startswith("fixed:")
-                else f"{r['steps_per_s']:,.0f}"
-            )
-            lines.append(
-                f"| {r['policy']} | {_pm(r['mean_reward'], r['ci95_reward'])} "
-                f"| {_pm(r['mean_quality'], r['ci95_quality'])} | {_fmt(r['mean_cost_usd'])} "
-                f"| {_pm(r['regret_oracle'], r['ci95_regret_oracle'], 4)} "
-                f"| {_pm(r['regret_best_fixed'], r['ci95_regret_best_fixed'], 4)} "
-                f"| {_pm(r['regret_per_request'], r['ci95_regret_per_request'], 4)} "
-                f"| {_pm(r['regret_per_request_second_half'], r['ci95_regret_per_request_second_half'], 4)} "
-                f"| {break_even_text(r)} | {speed} | {top[0]} {top[1]:.2f} |"
-            )
-        lines.append("")
-    if data.get("two_model"):
-        tm = data["two_model"]
-        lines += [
-            f"## Two models: strong {tm['strong']} (q = {tm['q_strong']:.4f}), weak {tm['weak']} "
-            f"(q = {tm['q_weak']:.4f})",
-            "",
-            tm["note"] + ".",
-            "",
-            "| policy | APGR | APGR (trapezoid) | CPT(50%) | CPT(80%) | strong share at 95% of strong quality "
-            "| cost saving at 95% |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for p, v in tm["policies"].items():
-            cells = [
-                _pm(v[k]["mean"], v[k]["ci95"], 3) + (f" ({v[k]['n_missing']} never)" if v[k]["n_missing"] else "")
-                for k in ("apgr", "apgr_trapz", "cpt50", "cpt80", "strong_share_at_95", "cost_saving_at_95")
-            ]
-            lines.append(f"| {p} | " + " | ".join(cells) + " |")
-        lines.append("")
-    if data.get("aiq"):
-        lines += [
-            "## AIQ",
-            "",
-            data["aiq"]["normalisation"] + f"; c_max = {data['aiq']['c_max']:.3g} USD.",
-            "",
-            "The area starts at each policy's own cheapest point and depends on which costs its λ grid reaches, "
-            "so the oracle, optimal at every λ, can still rank below a policy whose points span more of the "
-            "cost axis.",
-            "",
-            "| policy | AIQ |",
-            "|---|---|",
-        ]
-        ranked = sorted(data["aiq"]["policies"].items(), key=lambda kv: -(kv[1]["mean"] or -math.inf))
-        lines += [f"| {p} | {_pm(v['mean'], v['ci95'], 4)} |" for p, v in ranked]
-        lines.append("")
-    reactions = [r for r in data["results"] + data["oracle"] if r.get("reaction")]
-    if reactions:
-        keys = [k for k in reactions[0]["reaction"] if not k.endswith("_final_share")]
-        lines += [
-            "## Reaction to events",
-            "",
-            "Steps after the event until ≥ 80% of the next decisions (window "
-            f"{data.get('window', '')}) go to the new best model (drift, new-model, price-change), or ≤ 5% "
-            "to the failed model (outage); `never` counts seeds where it did not happen. Final share: over "
-            "the last 10% of the period after the event.",
-            "",
-            "| policy | λ | " + " | ".join(f"{k} steps | {k} final share" for k in keys) + " |",
-            "|---|---|" + "---|---|" * len(keys),
-        ]
-        for r in reactions:
-            cells = []
-            for k in keys:
-                v, f = r["reaction"][k], r["reaction"].get(f"{k}_final_share", {})
-                never = f" ({v['n_missing']} never)" if v["n_missing"] else ""
-                cells += [_steps(v["mean"], v["ci95"]) + never, _fmt(f.get("mean"), 3)]
-            lines.append(f"| {r['policy']} | {r['cost_weight']:g} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
 REPORT_FILES = ("summary.md", "curves.json", "regret.png", "cost_quality.png", "shares.png", "strong_share.png",
                 "summary.json")
 """What a report writes, summary.json last: a folder's report files are all of one run."""
@@ -471,15 +312,17 @@ def write_report(result: SimulationResult, out: str | Path, *, command: str = ""
     not write itself (a plot it does not draw, `--no-plots` or no two models), and no other file. A file is put in
     place as `bandit_router.outputs.writing_file` writes one (a symlink written through, permissions kept)."""
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     data = summary(result, command=command)
     data["window"] = result.plan.window
-    previous = _files_of_the_previous_report(folder)
-    for stale in folder.iterdir():  # a report killed while writing (SIGKILL, a power cut) left its staging folder
-        if STAGING.fullmatch(stale.name) and stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".partial", dir=folder))
+    staging: Path | None = None
+    moved: list[str] = []
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        previous = _files_of_the_previous_report(folder)
+        for stale in folder.iterdir():  # a report killed while writing (SIGKILL, a power cut) left its staging folder
+            if STAGING.fullmatch(stale.name) and stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".report-", suffix=".partial", dir=folder))
         (staging / "summary.md").write_text(markdown(data) + "\n", encoding="utf-8")
         curve_data = curves(result)
         (staging / "curves.json").write_text(json.dumps(curve_data) + "\n", encoding="utf-8")
@@ -491,11 +334,30 @@ def write_report(result: SimulationResult, out: str | Path, *, command: str = ""
         (staging / "summary.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         for name in data["files"]:
             put_file(staging / name, folder / name)
+            moved.append(name)
         for name in previous - set(data["files"]):
             (folder / name).unlink(missing_ok=True)
+    except OSError as exc:  # a read-only folder, a full disk: a message, not a traceback
+        raise ReportNotWritten(folder, exc, moved) from exc
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return data
+
+
+class ReportNotWritten(BanditRouterError):
+    """The report could not be written into its folder (an `OSError`: no permission, no space); says what the
+    folder holds now: the previous report as it was, unless the failure came while the files were put in place."""
+
+    def __init__(self, folder: Path, error: OSError, moved: Sequence[str]) -> None:
+        where = f" ({Path(error.filename).name})" if error.filename else ""
+        reason = f"{error.strerror or error}{where}"
+        if moved:
+            state = (f"only {', '.join(moved)} of this report were put in place; the other files there are as they "
+                     "were")
+        else:
+            state = "nothing in the folder was changed (a report there before is as it was)"
+        super().__init__(f"{folder}: the report could not be written: {reason}; {state}")
 
 
 def _files_of_the_previous_report(folder: Path) -> set[str]:

@@ -31,7 +31,7 @@ from bandit_router.features import FeatureExtractor
 from bandit_router.hints import quoted
 
 from . import metrics as M
-from .agents import Agent, PacerFactory, Trace, known_names, make_agent, trace_of
+from .agents import WARMUPS, Agent, PacerFactory, Trace, known_names, make_agent, trace_of
 from .budgets import realized_values
 from .environments import Environment, EnvSpec, Episode
 from .scenarios import Scenario, build_episode, make_scenario
@@ -69,6 +69,10 @@ class Plan:
             raise InvalidInput(f"window must be >= 1, got {self.window}")
         if self.passes < 1:  # Environment.n_steps read 0 or -1 passes as one
             raise InvalidInput(f"passes must be >= 1, got {self.passes}")
+        if self.steps is not None and self.passes != 1:  # the steps won, and the passes were left out without a word
+            raise InvalidInput(f"give the run's length as steps ({self.steps}) or as passes ({self.passes}), not both")
+        if self.warmup not in WARMUPS:  # without a split it was "warmup 'bogus' needs a training part"
+            raise InvalidInput(f"warmup must be one of {', '.join(WARMUPS)}, not {self.warmup!r}")
         known = known_names()
         for spec in self.policies:
             if spec.partition(":")[0] not in known:
@@ -189,14 +193,19 @@ def reaction_times(episode: Episode, chosen: np.ndarray, cost_weight: float, win
     true mean reward after the event; outage: until ≤ 5% go to the failed model (before it recovers).
     `<kind>_final_share` is that share over the last 10% of the period after the event. A second event of a kind
     is `<kind> 2`, and so on.
+
+    An event's period ends at the next change of the run (another event's step, an outage's end) or at the end of
+    the run: past it the best model, or the failed one's state, is another event's, and a reaction measured
+    through it was the later event's (a drift at 0.3 "reacted to" at the outage of 0.5).
     """
     out: dict[str, float | None] = {}
     r = np.where(episode.available, M.rewards(episode.truth, episode.cost_usd, cost_weight), np.nan)
     seen: dict[str, int] = {}
+    changes = sorted({m.step for m in episode.marks} | {m.end for m in episode.marks if m.end is not None})
     for mark in episode.marks:
         seen[mark.kind] = seen.get(mark.kind, 0) + 1
         label = mark.kind if seen[mark.kind] == 1 else f"{mark.kind} {seen[mark.kind]}"  # a second drift: `drift 2`
-        end = mark.end if mark.end is not None else episode.n_steps
+        end = next((step for step in changes if step > mark.step), episode.n_steps)
         if mark.kind in ("drift", "new-model", "price-change"):
             means = M.column_means(r[mark.step : end])
             target, above, threshold = int(np.argmax(means)), True, REACTION_SHARE

@@ -192,8 +192,25 @@ def test_a_table_scored_outside_0_1_is_named_not_an_empty_table(tmp_path: Path) 
     dropped, and the message was "no prompts to evaluate", as for a table without rows."""
     scores = {f"{k}_{m}": v for m in MODELS for k, v in (("quality", 7), ("cost", 0.01))}
     rows = [{"prompt": f"q{i}", **scores} for i in range(3)]
-    with pytest.raises(InvalidInput, match=r"none of its 3 prompt\(s\) has a model with a known quality in \[0, 1"):
+    with pytest.raises(InvalidInput, match=r"quality_big = 7 on data row 1 .* is outside \[0, 1\] \(and 8 more"):
         load_dataset(write_table(tmp_path / "scores.csv", rows))
+
+
+@pytest.mark.parametrize(("column", "value", "match"), [
+    ("quality_mid", "1.02", r"quality_mid = 1.02 on data row 3 \(prompt_id 'p2'\) is outside \[0, 1\]; .*rescale"),
+    ("quality_small", "-0.5", r"quality_small = -0.5 on data row 3 \(prompt_id 'p2'\) is outside \[0, 1\]"),
+    ("cost_big", "-0.01", r"cost_big = -0.01 on data row 3 \(prompt_id 'p2'\) is negative"),
+])
+def test_a_quality_outside_0_1_or_a_negative_cost_is_refused_naming_the_cell(
+    tmp_path: Path, column: str, value: str, match: str
+) -> None:
+    """Such a cell counted as missing: the model was unavailable for that prompt, and the run went on without a
+    word, its means over the other cells (a rounding to 1.02 in one row of a table dropped that row's outcome)."""
+    cells = {f"{k}_{m}": v for m in MODELS for k, v in (("quality", 0.5), ("cost", 0.01))}
+    rows = [{"prompt_id": f"p{i}", "prompt": f"q{i}", **cells} for i in range(4)]
+    rows[2] = {**rows[2], column: value}
+    with pytest.raises(InvalidInput, match=match):
+        load_dataset(write_table(tmp_path / "table.csv", rows))
 
 
 def test_a_dataset_that_is_a_folder_or_a_cut_gzip_file_is_named(tmp_path: Path) -> None:
@@ -206,6 +223,53 @@ def test_a_dataset_that_is_a_folder_or_a_cut_gzip_file_is_named(tmp_path: Path) 
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(InvalidInput, match=r"cut\.csv\.gz: not a whole gzip file"):
         load_dataset(cut)
+
+
+def test_a_table_saved_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark, which was part of the first column's name: a
+    table whose first column is `prompt` was refused with "needs a prompt column"."""
+    table = tmp_path / "excel.csv"
+    header = "prompt,task," + ",".join(f"quality_{m},cost_{m}" for m in MODELS)
+    rows = "".join(f"q{i},t,1,0.01,0,0.005,1,0.001\n" for i in range(3))
+    table.write_text(header + "\n" + rows, encoding="utf-8-sig")
+    env = load_dataset(table)
+    assert env.prompts == ("q0", "q1", "q2") and env.model_names == MODELS
+
+
+@pytest.mark.parametrize(("header", "match"), [
+    # the second quality_big's values were read, and the message was "model names must be unique"
+    ("prompt,quality_big,cost_big,quality_big", r"the header has the column\(s\) \['quality_big'\] more than once"),
+    # a file separated by `;` is one column: "needs quality_<model> and cost_<model> columns (missing for [])"
+    ("prompt;quality_big;cost_big", r"comma-separated; its header read as 1 column\(s\): 'prompt;quality_big;"),
+])
+def test_a_header_that_cannot_be_read_as_a_table_is_named(tmp_path: Path, header: str, match: str) -> None:
+    table = tmp_path / "table.csv"
+    table.write_text(header + "\n" + ",".join(["q", "1", "0.01", "0"][: header.count(",") + 1]) + "\n")
+    with pytest.raises(InvalidInput, match=match):
+        load_dataset(table)
+
+
+def test_a_split_whose_training_and_evaluated_parts_are_one_value_is_refused(holey_table: Path) -> None:
+    """`--split task --train-value code --eval-value code` trained the classifier (and a warm-up) on the very
+    prompts it was scored on."""
+    with pytest.raises(InvalidInput, match="the training part and the evaluated part are both task = 'code'"):
+        load_dataset(holey_table, split="task", train_value="code", eval_value="code")
+
+
+@pytest.mark.parametrize("problem", ["folder", "cut gzip", "no such column"])
+def test_a_world_prompt_file_that_cannot_be_read_is_named(tmp_path: Path, problem: str) -> None:
+    """A folder was an IsADirectoryError traceback, a cut gzip file click's bare "Aborted!", and a `column` the file
+    does not have gave numpy's warnings and then "no prompts to evaluate"."""
+    path, column = tmp_path, "prompt"
+    if problem == "cut gzip":
+        path = tmp_path / "cut.csv.gz"
+        path.write_bytes(SAMPLE.read_bytes()[:2000])
+    elif problem == "no such column":
+        path, column = SAMPLE, "text"
+    match = {"folder": "cannot read: Is a directory", "cut gzip": "cannot read: not a whole gzip file",
+             "no such column": r"has no column 'text' \(prompts.column\); its columns: 'prompt_id', 'task'"}[problem]
+    with pytest.raises(ConfigError, match=match):
+        build_world(tiny_world(prompts={"path": str(path), "column": column}))
 
 
 def test_a_world_file_that_is_a_folder_is_named(tmp_path: Path) -> None:
@@ -357,6 +421,27 @@ def test_two_events_of_one_kind_each_get_their_reaction_time() -> None:
     assert set(run.reaction) == {"drift", "drift_final_share", "drift 2", "drift 2_final_share"}
 
 
+def test_a_reaction_is_measured_until_the_next_event_not_through_it(tmp_path: Path) -> None:
+    """A drift's reaction period ran to the end of the run, through the events after it: a policy that never
+    followed the drift, and moved only with a later event, was reported to have reacted to the drift."""
+    from simulator.environments.base import Mark
+    from simulator.runner import reaction_times
+
+    rows = [{"prompt": f"q{i}", "quality_big": 1, "cost_big": 0.01, "quality_mid": 0, "cost_mid": 0.005,
+             "quality_small": 0, "cost_small": 0.001} for i in range(100)]
+    env = load_dataset(write_table(tmp_path / "table.csv", rows))
+    big, small = env.model_names.index("big"), env.model_names.index("small")
+    episode = build_episode(env, [], 0).replace(marks=(Mark("drift", 20, "big"), Mark("traffic-shift", 50)))
+    chosen = np.where(np.arange(100) < 60, small, big)  # to the best model (big) only after the second event
+    reaction = reaction_times(episode, chosen, 1.0, window=10)
+    assert reaction["drift"] is None  # never between steps 20 and 50 (it was 38: at step 58, past the shift)
+    assert reaction["drift_final_share"] == 0.0  # the last 10% of steps 20–50 (was 1.0: of steps 20–100)
+    alone = reaction_times(episode.replace(marks=(Mark("drift", 20, "big"),)), chosen, 1.0, window=10)
+    assert alone["drift"] == 38 and alone["drift_final_share"] == 1.0  # no later event: measured to the end
+    outage = episode.replace(marks=(Mark("outage", 20, "small", 80), Mark("drift", 40, "big")))
+    assert reaction_times(outage, chosen, 1.0, window=10)["outage"] is None  # capped at 40: small until 60
+
+
 def test_an_announced_price_change_of_a_routers_only_model_is_a_message(tmp_path: Path) -> None:
     """It stopped mid-run with "cannot retire the last model", which named nothing the user had asked for."""
     table = tmp_path / "one.csv"
@@ -460,6 +545,28 @@ def test_cascade_escalates_until_the_judge_accepts_and_pays_every_call() -> None
             assert trace.cost_usd[t] == pytest.approx(episode.cost_usd[t, cheap] + episode.cost_usd[t, dear])
     wrong = CascadeAgent("cascade", [cheap, dear], threshold=0.5, error=1.0).run(episode, env, 0.0, 0)
     assert ((wrong.chosen == cheap) == (episode.quality[:, cheap] < 0.5)).all()  # an always-wrong judge
+
+
+@pytest.mark.parametrize(("spec", "match"), [
+    ("cascade:models=big>big", "models lists big more than once; a chain calls each model at most once"),
+    ("learned-cascade:models=small>big>small", "models lists small more than once"),
+    ("cascade:models=>", "models names no model"),  # a chain of nothing: every mean NaN, numpy's warnings
+    ("cascade:max_cost=abc", r"max_cost='abc' must be a number"),  # a ValueError traceback
+    ("cascade:max_cost=nan", "max_cost must be a number .* got nan"),  # a budget no comparison held
+])
+def test_a_cascade_chain_or_budget_that_makes_no_sense_is_refused(holey_table: Path, spec: str, match: str) -> None:
+    """`models=big>big` ran: the rejected model was called (and paid) again and its same answer judged again."""
+    with pytest.raises(InvalidInput, match=match):
+        make_agent(spec, load_dataset(holey_table))
+
+
+def test_cross_fitting_with_more_folds_than_prompts_is_refused(holey_table: Path) -> None:
+    """`classifier:folds=K` with K above the number of prompts ran, with folds that held no prompt."""
+    env = load_dataset(holey_table)  # 59 evaluated prompts, no training part: cross-fitted
+    with pytest.raises(InvalidInput, match=r"folds=60 is more than the 59 evaluated prompt\(s\) it cross-fits"):
+        make_agent("classifier:folds=60", env)
+    make_agent("classifier:folds=59", env)  # one prompt per fold
+    make_agent("classifier:folds=60", load_dataset(holey_table, split="split"))  # fitted on the training part
 
 
 def test_llm_router_with_perfect_accuracy_is_the_oracle_plus_its_own_cost() -> None:
@@ -593,6 +700,19 @@ def test_a_warmup_without_a_training_part_is_refused(env: str, warmup: str) -> N
     """It warmed up on nothing and said it had; `full` also ran without the cold-start floor."""
     with pytest.raises(InvalidInput, match=f"warmup '{warmup}' needs a training part"):
         simulate(Plan(env=EnvSpec.parse(env), policies=("random",), steps=20, warmup=warmup), workers=1)
+
+
+def test_steps_and_passes_together_are_refused() -> None:
+    """`--steps 100 --passes 3` ran 100 steps: the passes were left out without a word."""
+    with pytest.raises(InvalidInput, match=r"give the run's length as steps \(100\) or as passes \(3\), not both"):
+        Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), steps=100, passes=3)
+    Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), steps=100, passes=1)  # the default
+
+
+def test_an_unknown_warmup_is_named_with_the_known_ones() -> None:
+    """Without a split it was refused as "warmup 'bogus' needs a training part", as if bogus were a warm-up."""
+    with pytest.raises(InvalidInput, match="warmup must be one of none, bandit, full, not 'bogus'"):
+        Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), warmup="bogus")
 
 
 @pytest.mark.parametrize("warmup", ["none", "bandit", "full"])

@@ -286,7 +286,7 @@ def test_terminal_report_gives_regret_per_request_and_break_even(tmp_path: Path)
 
 def test_the_break_even_text_says_what_it_counts() -> None:
     """`break-even never (3)` left a reader of the terminal report to guess that 3 counted seeds."""
-    from simulator.report import break_even_text
+    from simulator.summary_md import break_even_text
 
     assert break_even_text({"break_even_step": None, "break_even_never": 3, "n_seeds": 3}) == "never (3 of 3 seeds)"
     some = {"break_even_step": 812.0, "break_even_never": 1, "n_seeds": 5}
@@ -306,7 +306,7 @@ def test_terminal_report_shows_reaction_times_and_targets(tmp_path: Path) -> Non
 
 
 def test_summary_numbers_are_rounded_to_meaningful_digits() -> None:
-    from simulator.report import _pm, _steps
+    from simulator.summary_md import _pm, _steps
 
     assert _pm(0.5, 9.7e-17) == "0.5000 ± 0.0000"
     assert _pm(0.81234, 0.01234) == "0.8123 ± 0.0123"
@@ -330,7 +330,60 @@ def test_two_free_or_equally_good_models_give_a_report_without_the_undefined_num
     assert result.exit_code == 0, result.output
     assert {"summary.json", "summary.md", "cost_quality.png", "strong_share.png"} <= {p.name for p in out.iterdir()}
     two = json.loads((out / "summary.json").read_text())["two_model"]["policies"]
+    section = (out / "summary.md").read_text().split("## Two models")[1].split("## AIQ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| random | "))
     if costs == (0.0, 0.0):  # no cost to save relative to a free strong model
         assert two["random"]["cost_saving_at_95"]["mean"] is None
+        assert row.endswith("| undefined (free strong model) |")  # was "– (2 never)"
+        assert "The cost saving is undefined: the strong model costs nothing" in section
     else:  # no gap between the models to recover
         assert two["random"]["apgr"]["mean"] is None and two["oracle"]["apgr_trapz"]["mean"] is None
+        # both were "– (2 never)", as if the curve never reached a level; APGR has no level, it has no meaning here
+        assert row.startswith("| random | undefined (no quality gap) | undefined (no quality gap) |")
+        assert "PGR and APGR are undefined in 2 of 2 seed(s): there the two models have the same mean" in section
+
+
+def test_a_fixed_policy_that_is_also_a_baseline_is_one_row_of_the_summary(tmp_path: Path) -> None:
+    """`--policies fixed:<m>` was two identical rows of each λ's table in summary.md: the policy's and the fixed
+    baseline's, which every run reports. summary.json keeps both lists (its `results` and `fixed`) as they were."""
+    out = tmp_path / "run"
+    policies = "fixed:gpt-4-1106-preview,fixed:model=mixtral-8x7b-instruct-v0.1,random"
+    args = ["--policies", policies, "--cost-weights", "0,10", "--seeds", "1", "--workers", "1", "--steps", "60"]
+    result = CliRunner().invoke(app, [*ARGS[:3], *args, "--quiet", "--no-plots", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "summary.json").read_text())
+    sections = (out / "summary.md").read_text().split("## ")
+    for lam, section in zip((0, 10), [s for s in sections if s.startswith("λ = ")], strict=True):
+        names = [line.split(" | ")[0].removeprefix("| ") for line in section.splitlines() if line.startswith("| ")]
+        assert names.count("fixed:gpt-4-1106-preview") == 1 and "fixed:mixtral-8x7b-instruct-v0.1" not in names
+        assert names.count("fixed:model=mixtral-8x7b-instruct-v0.1") == 1 and {"oracle", "random"} <= set(names)
+        mine = next(r for r in data["results"] if r["policy"] == "fixed:gpt-4-1106-preview" and r["cost_weight"] == lam)
+        row = next(line for line in section.splitlines() if line.startswith("| fixed:gpt-4-1106-preview |"))
+        assert row.split(" | ")[1] == f"{mine['mean_reward']:.4f}"
+    assert [r["policy"] for r in data["fixed"]].count("fixed:gpt-4-1106-preview") == 2  # one per λ, as before
+
+
+def test_a_report_that_cannot_be_written_is_a_message_and_leaves_the_previous_one(tmp_path: Path) -> None:
+    """A full disk (here: a file-size limit, the same OSError from write) while writing the report was a
+    traceback with exit status 1. It is a message naming the folder and the reason, exit status 2, and the report
+    written there before is as it was, with no staging folder left."""
+    import resource
+    import signal
+    import subprocess
+
+    out = tmp_path / "run"
+    run_simulate(out, "--no-plots", "--steps", "40", "--cost-weights", "10")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def limit_file_size() -> None:  # EFBIG from write() once a file passes 4 KB, as ENOSPC from a full disk
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    command = [sys.executable, "-m", "bandit_router.cli", *ARGS[:-1], "--no-plots", "--steps", "60", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"error: {out}: the report could not be written: File too large; nothing in the folder was changed" in (
+        done.stderr
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -335,11 +335,32 @@ class LLMRouterAgent:
 def _chain_of(spec: Spec, env: Environment) -> list[int]:
     if spec.get("models"):
         names = [m.strip() for m in str(spec.get("models")).split(">") if m.strip()]
+        if not names:  # `models=>`: a chain of no model answered nothing, and every mean was NaN
+            raise InvalidInput(f"{spec.text}: models names no model; give a chain such as models=small>big")
         unknown = set(names) - set(env.model_names)
         if unknown:
             raise InvalidInput(f"{spec.text}: unknown models {quoted(sorted(unknown), env.model_names)}")
+        twice = sorted({m for m in names if names.count(m) > 1})
+        if twice:  # a second call of a model the judge rejected: paid again, the same answer judged again
+            raise InvalidInput(f"{spec.text}: models lists {', '.join(twice)} more than once; a chain calls each "
+                               "model at most once")
         return [env.model_names.index(m) for m in names]
     return np.argsort(mean_costs(env), kind="stable").tolist()
+
+
+def _max_cost(spec: Spec) -> float:
+    """`max_cost=` in USD per request; `inf` (the default) for none. `abc` was a ValueError traceback, `nan` a
+    budget that every comparison failed."""
+    value = spec.get("max_cost")
+    if value is None or not value.strip():
+        return math.inf
+    try:
+        out = float(value)
+    except ValueError:
+        raise InvalidInput(f"{spec.text}: max_cost={value!r} must be a number (USD per request) or inf") from None
+    if math.isnan(out):
+        raise InvalidInput(f"{spec.text}: max_cost must be a number (USD per request) or inf, got nan")
+    return out
 
 
 LEARNED_KEYS = {f.name for f in dataclasses.fields(EscalationParams)}
@@ -375,7 +396,7 @@ def make_cascade(
         threshold=spec.float("threshold", 0.5),
         error=error,
         noise=noise,
-        max_cost=float(spec.get("max_cost", "inf") or "inf"),
+        max_cost=_max_cost(spec),
         judge_price=spec.float("judge_price", 0.0),
         expected_cost=np.nan_to_num(mean_costs(env), posinf=0.0),
         prompt_tokens=tokens,

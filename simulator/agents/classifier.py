@@ -54,6 +54,9 @@ def classifier_agent(
     folds = spec.integer("folds", 5)
     if folds < 2:
         raise InvalidInput(f"{text}: folds must be >= 2")
+    if not len(env.train_rows) and folds > len(env.eval_rows):  # cross-fitted: a fold with no prompt fitted nothing
+        raise InvalidInput(f"{text}: folds={folds} is more than the {len(env.eval_rows)} evaluated prompt(s) it "
+                           f"cross-fits; at most {len(env.eval_rows)} (one prompt per fold)")
     extractor = extractor or FeatureExtractor()
     cache: dict[int, SupervisedPolicy | CrossFitPolicy] = {}
     holder: dict[str, CrossFitPolicy] = {}

@@ -2,8 +2,9 @@
 
 Table format: `prompt_id, prompt, task, quality_<model>, cost_<model>` (USD per request), extra columns kept.
 
-- **Holes.** A model whose quality or cost is missing for a prompt is *unavailable* for that prompt: the router
-  is asked to choose among the other models only, the oracle and the fixed baselines skip it (a fixed model
+- **Holes.** A model whose quality or cost is missing (an empty cell, or one that is not a number) for a prompt
+  is *unavailable* for that prompt (a quality outside [0, 1] or a negative cost is refused, naming the cell): the
+  router is asked to choose among the other models only, the oracle and the fixed baselines skip it (a fixed model
   falls back to the cheapest available one, as `fixed:<model>` does in the router). Nothing crashes; the
   number of missing cells is reported (`missing_cells`, per model in `missing_by_model`). Prompts with no
   available model at all are dropped and counted (`dropped_prompts`).
@@ -164,8 +165,8 @@ def load_dataset(
     dropped = int((keep & none_available).sum())
     if dropped and not (keep & ~none_available).any():
         raise InvalidInput(
-            f"{path}: none of its {dropped} prompt(s) has a model with a known quality in [0, 1] and cost >= 0 "
-            "(a quality outside [0, 1], empty or not a number counts as missing; rescale a 1–10 score to [0, 1])"
+            f"{path}: none of its {dropped} prompt(s) has a model with both a quality and a cost (an empty cell, "
+            "or one that is not a number, counts as missing)"
         )
     keep &= ~none_available
     table = table.subset(keep)
@@ -177,6 +178,9 @@ def load_dataset(
     elif split:
         if split != "task" and split not in table.columns:
             raise InvalidInput(f"{path}: no split column {split!r}; columns: {sorted(table.columns)}")
+        if train_value == eval_value:  # the classifier and a warm-up would learn from the prompts that are scored
+            raise InvalidInput(f"{path}: the training part and the evaluated part are both {split} = {eval_value!r}: "
+                               "give --train-value and --eval-value two different values")
         values = np.array(table.tasks if split == "task" else table.columns[split])
         train_rows, eval_rows = np.flatnonzero(values == train_value), np.flatnonzero(values == eval_value)
         if len(eval_rows) == 0:

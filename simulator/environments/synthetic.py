@@ -42,6 +42,7 @@ import gzip
 import io
 import math
 import sys
+import zlib
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -236,12 +237,24 @@ def assign_domain(text: str, domains: Sequence[str], extractor: FeatureExtractor
     return domains.index("chat") if "chat" in domains else len(domains) - 1
 
 
-def _read_prompts(path: Path) -> list[dict[str, str]]:
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+def _read_prompts(path: Path, column: str, source: str) -> list[dict[str, str]]:
+    """The rows of a prompt file (CSV, optionally gzip) that has `column`; a folder, a cut gzip file or a file
+    without the column is a `ConfigError` naming it (they were an IsADirectoryError traceback, click's "Aborted!"
+    for the EOFError, and numpy's warnings before "no prompts to evaluate")."""
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not a whole gzip file ({exc})"
+        raise ConfigError(f"{source}: prompt file {path}: cannot read: {reason}") from None
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    return list(csv.DictReader(io.StringIO(raw.decode("utf-8", "replace"), newline="")))
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig", "replace"), newline=""))
+    if column not in (reader.fieldnames or []):
+        columns = ", ".join(repr(c) for c in (reader.fieldnames or [])[:8])
+        raise ConfigError(f"{source}: prompt file {path} has no column {column!r} (prompts.column); its columns: "
+                          f"{columns or 'none'}")
+    return list(reader)
 
 
 def _check(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -384,8 +397,8 @@ def build_world(config: Mapping[str, Any], *, source: str = "world", base_dir: P
             path = base_dir / path
         if not path.exists():
             raise ConfigError(f"{source}: prompt file {path} not found")
-        records = _read_prompts(path)
         column = str(prompts_cfg.get("column", "prompt"))
+        records = _read_prompts(path, column, source)
         order = rng.permutation(len(records))[:pool]
         rows = [records[i] for i in order if (records[i].get(column) or "").strip()]
         prompts = [r[column] for r in rows]
