@@ -1073,7 +1073,7 @@ def test_a_model_event_that_does_not_decode_names_its_row_and_the_repair(store: 
         ("UPDATE model_events SET spec = '{\"name\": \"house\", \"input_usd_per_mtok\":' WHERE action = 'add'",
          "Expecting value"),
         ("UPDATE model_events SET spec = '{\"name\": \"house\", \"bogus\": 1}' WHERE action = 'add'",
-         "unknown keys ['bogus']"),
+         "unknown keys 'bogus'"),
         ("UPDATE model_events SET spec = '{\"name\": \"other\", \"input_usd_per_mtok\": 1, "
          "\"output_usd_per_mtok\": 1}' WHERE action = 'add'", "its spec names the model 'other'"),
     ):
