@@ -179,12 +179,12 @@ class ServerLock:
 
 
 def _is_lock_file(fd: int) -> bool:
-    """Whether the open file is a regular file that is empty or holds one lock record (what `claim` writes), so
-    that `claim` may overwrite it."""
+    """Whether the open file is a regular file that is empty or holds a lock record (what `claim` writes), so that
+    `claim` may overwrite it."""
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         return False
     head = os.pread(fd, 4097, 0)
-    if not head:
+    if not head or head.startswith(b'{"command": "'):  # empty, or a record (half-written by a crash, too)
         return True
     try:
         record = json.loads(head) if len(head) <= 4096 else None
