@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import random
@@ -27,6 +26,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
     from fastapi.testclient import TestClient
 
+from file_modes import under_file_modes
 from service_client import start_client
 
 from bandit_router.cli import app as cli_app
@@ -754,15 +754,6 @@ def test_a_database_in_a_missing_directory_is_refused_not_created(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
-def _file_modes_for_root() -> None:
-    """(In a child process, before it runs its command) root without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH,
-    dropped from its bounding set: file modes then apply to it as to any user."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 def test_a_database_in_a_directory_made_read_only_is_refused_with_the_reason(tmp_path: Path) -> None:
     """Drill: `serve` on a database the service wrote, in a directory this user may no longer write (a wrong owner
     or mode after a restore). SQLite cannot even read a WAL database without creating its `-shm` file beside it,
@@ -778,7 +769,7 @@ def test_a_database_in_a_directory_made_read_only_is_refused_with_the_reason(tmp
     try:
         result = subprocess.run([sys.executable, "-m", "bandit_router.cli", "serve", "--db", str(folder / "router.db"),
                                  "--port", "1"], capture_output=True, text=True, timeout=60,
-                                preexec_fn=_file_modes_for_root if os.geteuid() == 0 else None)
+                                preexec_fn=under_file_modes())
     except subprocess.SubprocessError as exc:
         pytest.skip(f"cannot run serve as root without CAP_DAC_OVERRIDE here: {exc}")
     finally:

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from file_modes import under_file_modes
 from typer.testing import CliRunner
 
 from bandit_router.cli import app as cli_app
+from bandit_router.store import SQLiteStore
 from bandit_router.store.serverlock import DatabaseInUse, ServerLock
 from tools.serve_process import ServeProcess, free_port
 
@@ -166,3 +168,51 @@ def test_the_shared_lock_lets_workers_join_and_keeps_servers_and_migrate_out(tmp
     again.claim("serve")
     again.close()
 
+
+
+def test_a_lock_file_another_user_created_is_locked_read_only(tmp_path: Path) -> None:
+    """Root's `migrate` (the upgrade step) created the lock file, 0644 and root's; the service's user may still read
+    and write the database and its directory, but could no longer open the lock file for writing, so every later
+    `serve` and `migrate` of that user was refused. `flock` needs no write access: it locks the file read-only (the
+    holder's record then stays the earlier one). Here the file is read-only to its owner, and the commands run
+    under file modes (as root too)."""
+    db = tmp_path / "router.db"
+    assert run(tmp_path, "migrate", "--db", str(db)).returncode == 0
+    lock = tmp_path / "router.db-server"
+    before = lock.read_bytes()
+    lock.chmod(0o444)
+    for command in (["migrate", "--db", str(db)], ["check", "--db", str(db)]):
+        result = subprocess.run([*CLI, *command], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                                timeout=RUN_S, preexec_fn=under_file_modes())
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert lock.read_bytes() == before  # the record of the claimer that could write it
+    held = ServerLock(db)
+    held.claim("serve")  # read-only or not, the lock excludes: a second claimer is refused
+    try:
+        with pytest.raises(DatabaseInUse):
+            ServerLock(db).claim("migrate")
+    finally:
+        held.close()
+
+
+@pytest.mark.parametrize("kind", ["database", "symlink"])
+def test_a_file_of_the_lock_files_name_that_is_not_one_is_refused_untouched(tmp_path: Path, kind: str) -> None:
+    """`<db>-server` was opened (following a symbolic link) and overwritten with the lock record whatever it was:
+    `serve --db router` wiped a database called `router-server`, or a link's target. A file of that name that is not
+    an empty or lock-record file, or a link, is refused now, naming it, and left as it was."""
+    other = tmp_path / "router-server"
+    SQLiteStore(other).prepare()  # a database of that name
+    if kind == "symlink":
+        victim = tmp_path / "victim.txt"
+        victim.write_text("keep me\n", encoding="utf-8")
+        other.unlink()
+        other.symlink_to(victim)
+    target = other.resolve()
+    before = target.read_bytes()
+    reason = "symbolic link" if kind == "symlink" else "is not bandit-router's lock file"
+    migrated = CliRunner().invoke(cli_app, ["migrate", "--db", str(tmp_path / "router")])
+    served = second_serve(tmp_path, tmp_path / "router")  # a process: unrefused, it would serve until RUN_S
+    for code, output in ((migrated.exit_code, migrated.output), (served.returncode, served.stderr)):
+        message = " ".join(output.split())
+        assert code == 2 and str(other) in message and reason in message, message
+    assert target.read_bytes() == before

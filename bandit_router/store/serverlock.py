@@ -33,6 +33,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ class ServerLock:
         self.db_path = db_path
         self.path = Path(os.path.realpath(db_path) + SUFFIX)
         self._fd: int | None = None
+        self._writable = False
 
     def claim(self, command: str) -> None:
         """Take the lock exclusively for `command` ("serve", "migrate"), or raise `DatabaseInUse`, or `StoreError`
@@ -90,6 +92,8 @@ class ServerLock:
             return
         if not self._try(fcntl.LOCK_EX):
             raise DatabaseInUse(self._refusal(command))
+        if not self._writable:  # another user's lock file (root's `migrate` before the service's `serve`): the
+            return  # lock holds without the record; a refused process names the holder from /proc/locks
         record = json.dumps({"command": command, "pid": os.getpid(), "host": socket.gethostname(),
                              "since": round(time.time())})
         try:
@@ -125,18 +129,30 @@ class ServerLock:
         if missing is not None:
             raise StoreError(missing)
         folder = self.path.parent
+        flags = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)  # never write through a symbolic link
         try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:  # 0o666 less the umask: a group-shared deployment's umask 002 lets its operators share the file
+                self._fd, self._writable = os.open(self.path, os.O_RDWR | os.O_CREAT | flags, 0o666), True
+            except PermissionError:  # another user's file (`flock` needs no write access)
+                if not self.path.is_file() or self.path.is_symlink():
+                    raise
+                self._fd, self._writable = os.open(self.path, os.O_RDONLY | flags), False
         except OSError as exc:
             reason = ""
-            if exc.errno in (errno.EACCES, errno.EPERM) and self.path.exists():
-                reason = f": it is not readable and writable by this process (uid {os.geteuid()})"
+            if exc.errno == errno.ELOOP or self.path.is_symlink():
+                reason = ": it is a symbolic link, and the lock file must be a plain file (remove the link)"
+            elif exc.errno in (errno.EACCES, errno.EPERM) and self.path.exists():
+                reason = f": it is not readable by this process (uid {os.geteuid()})"
             elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 reason = (f": the directory {folder} is not writable by this process (uid {os.geteuid()}) or is on a "
                           "read-only file system, and the service keeps this file there, and SQLite the database's "
                           "-wal and -shm files")
             raise StoreError(f"{self.db_path}: cannot create the lock file {self.path}: {exc.strerror}{reason}") \
                 from None
+        if not _is_lock_file(self._fd):  # another file of that name (a database called `router-server`)
+            self.close()
+            raise StoreError(f"{self.db_path}: {self.path} exists and is not bandit-router's lock file (not a regular "
+                             "file holding a lock record, or empty): rename it, or give the database another name")
         return self._fd
 
     def _try(self, kind: int) -> bool:
@@ -160,6 +176,21 @@ class ServerLock:
         if holder.startswith("bandit-router migrate"):
             return f"{self.db_path} is being migrated by {holder}: start `serve` once it has finished"
         return f"{self.db_path} is already served by {holder}. {ADVICE}"
+
+
+def _is_lock_file(fd: int) -> bool:
+    """Whether the open file is a regular file that is empty or holds a lock record (what `claim` writes), so that
+    `claim` may overwrite it."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        return False
+    head = os.pread(fd, 4097, 0)
+    if not head or head.startswith(b'{"command": "'):  # empty, or a record (half-written by a crash, too)
+        return True
+    try:
+        record = json.loads(head) if len(head) <= 4096 else None
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "pid" in record
 
 
 def _read_record(path: Path) -> dict[str, Any]:
