@@ -422,7 +422,7 @@ def test_a_model_added_at_run_time_shows_the_probability_the_policy_would_give_i
         wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
         assert [t.split("\t")[-1] for t in w.page.locator("#models-table tbody tr").all_inner_texts()] == ["–", "–"]
         assert w.page.locator("#models-note").inner_text() == (  # a bare "–" said nothing of why
-            "Probability now: – until the first request (it averages the live policy's pmf over the newest "
+            "Probability now: – until the first routed request (it averages the live policy's pmf over the newest "
             "requests' contexts).")
         with httpx.Client() as client:
             for i in range(12):
