@@ -156,7 +156,8 @@ class Router:
             active = {m.name: m for m in self._models}
             unknown = [n for n in names if n not in active]
             if unknown:
-                raise UnknownModel(f"unknown or retired models: {quoted(unknown, active)}")
+                routable_names = [n for n, m in active.items() if m.route]  # a hint the request can take
+                raise UnknownModel(f"unknown or retired models: {quoted(unknown, routable_names)}")
             seen: dict[str, ModelSpec] = {}
             for n in names:
                 seen.setdefault(n, active[n])

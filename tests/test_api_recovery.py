@@ -207,13 +207,21 @@ def test_skipped_unreadable_feedback_is_counted_checked_and_never_made_permanent
     repaired.close()
 
 
-def test_other_policy_settings_replay_the_whole_log(settings: Settings) -> None:
-    service = Service(settings)
+def test_other_policy_settings_replay_the_whole_log(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """Another policy's settings (another fingerprint) restore no checkpoint and replay the log; the start says the
+    checkpoints there are of other settings, not "no checkpoint yet" as on a new database."""
+    with caplog.at_level(logging.INFO, logger="bandit_router.service"):
+        service = Service(settings)
     for i in range(20):
         service.round(i)
     service.close()
     changed = settings.replace(policy_settings={"exploration": 0.5})
-    restarted = Service(changed)
+    with caplog.at_level(logging.INFO, logger="bandit_router.service"):
+        restarted = Service(changed)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("recovered: ")]
+    assert len(said) == 2 and said[0].startswith("recovered: no checkpoint yet, 0 feedbacks"), said
+    assert said[1].startswith(  # checkpoint_interval = 7: at seqs 7 and 14, and the stop's at 20
+        "recovered: no checkpoint for these settings (3 of other settings), 20 feedbacks"), said
     assert restarted.engine.recovery["checkpoint_seq"] is None
     assert restarted.engine.recovery["replayed"] == 20
     assert np.array_equal(restarted.engine.router.weights(), _replayed(changed))

@@ -503,6 +503,16 @@ def test_judge_and_router_models_with_route_false_are_never_routed_to(gateway: C
     reply = httpx.post(url + "/v1/chat/completions", json={
         "model": "router", "messages": [{"role": "user", "content": PROSE}], "bandit_router": {"models": [JUDGE]}})
     assert reply.status_code == 400 and "routable" in reply.json()["error"]["message"]
+    # a misspelt name in the knob is hinted at a model the request can take: not a route = false one (refused as
+    # above), and for a named router one of its models (the knob must list them all)
+    for alias, models, hint in (("router", ["fake-judg"], None), ("router", ["stronk"], "strong"),
+                                ("cascade", ["cheap", "strong", "fake-judg"], None),
+                                ("cascade", ["cheap", "strong", "stronk"], "strong")):
+        reply = httpx.post(url + "/v1/chat/completions", json={
+            "model": alias, "messages": [{"role": "user", "content": PROSE}], "bandit_router": {"models": models}})
+        message = reply.json()["error"]["message"]
+        assert reply.status_code == 400 and "unknown or retired models" in message, (alias, models, message)
+        assert ("did you mean" not in message) if hint is None else (f"(did you mean {hint}?)" in message), message
 
 
 def test_openai_clients_see_the_named_routers_as_models(gateway: Callable[..., str]) -> None:

@@ -216,6 +216,23 @@ def test_a_model_added_at_run_time_has_its_exploration_floor_now_before_any_traf
     assert "c" in routed  # and the policy does route to it (p ≥ 0.05 each: missed 60 times with p < 0.05)
 
 
+def test_live_counts_the_requests_that_allowed_each_model(make: Callable[..., Any]) -> None:
+    """`typical.allowed`: how many of the averaged decisions allowed each model, what the dashboard's *if allowed*
+    marker reads; a logged probability of 0 is not that (a model every request allowed can average 0: requests
+    with their own `cost_weight`, pmfs logged by the live policy before a promotion)."""
+    from bandit_router.catalog import ModelSpec
+
+    client = make(models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0), ModelSpec("c", 2.0, 4.0)))
+    for i in range(10):
+        body = {"prompt": f"Explain recursion (#{i})", **({"models": ["a", "b"]} if i < 6 else {})}
+        assert client.post("/v1/route", json=body).status_code == 200
+    assert client.post("/v1/models", json={"name": "d", "input_usd_per_mtok": 1.0,
+                                           "output_usd_per_mtok": 2.0}).status_code == 201
+    typical = client.get("/v1/stats/live").json()["typical"]
+    assert typical["decisions"] == 10
+    assert typical["allowed"] == {"a": 10, "b": 10, "c": 4, "d": 0}
+
+
 def test_probability_now_is_reused_for_a_while_and_priced_again_when_the_models_change(
     make: Callable[..., Any],
 ) -> None:

@@ -422,7 +422,7 @@ def test_a_model_added_at_run_time_shows_the_probability_the_policy_would_give_i
         wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
         assert [t.split("\t")[-1] for t in w.page.locator("#models-table tbody tr").all_inner_texts()] == ["–", "–"]
         assert w.page.locator("#models-note").inner_text() == (  # a bare "–" said nothing of why
-            "Probability now: – until the first request (it averages the live policy's pmf over the newest "
+            "Probability now: – until the first routed request (it averages the live policy's pmf over the newest "
             "requests' contexts).")
         with httpx.Client() as client:
             for i in range(12):
@@ -444,6 +444,40 @@ def test_a_model_added_at_run_time_shows_the_probability_the_policy_would_give_i
         header = w.page.locator("#models-table th", has_text="probability now").get_attribute("title")
         assert "would give it now" in header
         w.page.locator('[data-panel="models"]').screenshot(path=str(_artifact("models-added.png")))
+        assert w.errors == []
+    finally:
+        server.stop()
+
+
+def test_a_model_every_request_allowed_is_not_marked_if_allowed_though_its_logged_probability_is_0(
+    watched: Any, tmp_path: Path
+) -> None:
+    """*if allowed* says that none of the newest requests allowed the model; it read a logged mean probability of 0
+    as that. Here the live policy `fixed:a` logged 0 for b in every decision, then the default policy was promoted
+    (it would give b about half now): every request allowed b (`typical.allowed`), so b is not marked."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    two = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0))
+    settings = Settings(db=tmp_path / "promoted.db", seed=3, models=two, policy="fixed:a",
+                        shadow_policies=("default",))
+    server = ServerThread(create_app(settings))
+    try:
+        url = server.wait_ready(30)
+        with httpx.Client() as client:
+            for i in range(12):
+                assert client.post(url + "/v1/route", json={"prompt": f"Explain recursion (#{i})"}).is_success
+            assert client.post(url + "/v1/policies/promote", json={"shadow": "default", "force": True}).is_success
+            typical = client.get(url + "/v1/stats/live").json()["typical"]
+        assert typical["probabilities"]["b"] == 0.0 and typical["now"]["b"] > 0.05, typical  # what was marked
+        assert typical["allowed"] == {"a": 12, "b": 12}
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
+        rows = {r[0]: r for r in (t.split("\t") for t in w.page.locator("#models-table tbody tr").all_inner_texts())}
+        assert set(rows) == {"a", "b"} and rows["b"][-1].endswith("%") and "allowed" not in rows["b"][-1], rows
         assert w.errors == []
     finally:
         server.stop()

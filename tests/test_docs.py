@@ -242,6 +242,24 @@ def test_the_readme_is_a_short_front_page_that_links_into_the_docs() -> None:
         assert anchor in slugs, (link, anchor)
 
 
+def test_no_table_row_is_broken_across_lines() -> None:
+    """A Markdown table takes each source line as a row: a row wrapped over several lines shows its first line cut
+    short and the rest as rows of fragments. In the README and every page, outside code blocks, a line that starts
+    with `|` ends with `|`, and the line after a table row is another row or blank."""
+    broken = []
+    for name in ["README.md", *(f"docs/{p}" for p in PAGES)]:
+        fenced, previous_row = False, False
+        for number, line in enumerate((ROOT / name).read_text(encoding="utf-8").splitlines(), 1):
+            if line.lstrip().startswith("```"):
+                fenced, previous_row = not fenced, False
+                continue
+            row = not fenced and line.startswith("|")
+            if (row and not line.rstrip().endswith("|")) or (previous_row and not row and line.strip()):
+                broken.append(f"{name}:{number}: {line[:60]}")
+            previous_row = row
+    assert broken == []
+
+
 def test_every_repository_path_the_docs_name_exists() -> None:
     """A path into the repository written in the README or the docs (`experiments/scenarios/run.sh`,
     `benchmarks/results/…`) names a file or folder that is there; globs and placeholders are left alone."""

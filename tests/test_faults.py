@@ -30,7 +30,7 @@ from file_modes import under_file_modes
 from service_client import start_client
 
 from bandit_router.cli import app as cli_app
-from bandit_router.config import Settings
+from bandit_router.config import ConfigError, Settings
 from bandit_router.dbguard import RateLimitedLog, check_database, wal_bytes
 from bandit_router.router import Router
 from bandit_router.service.exceptions import Gone
@@ -752,6 +752,27 @@ def test_a_database_in_a_missing_directory_is_refused_not_created(tmp_path: Path
         assert result.exit_code == 2, result.output
         assert f"{db}: its directory {db.parent} {found}" in " ".join(result.output.split()), result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["migrate"], ["evaluate", "-C", "random"], ["export"]])
+def test_a_mistyped_postgresql_url_is_refused_as_one_with_its_password_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """`--db postgres:/u:s3cret@host/db` (one slash) was taken as a file path: "its directory postgres:/u:s3cret@host
+    does not exist", the password in the message; `POSTGRESQL:u:s3cret@host` made a SQLite file of that name in
+    the working directory. A value that starts with the scheme (any case) is a malformed URL: refused as one, the
+    password masked, nothing created."""
+    monkeypatch.chdir(tmp_path)
+    for db, shown in [("postgres:/u:s3cret@host/db", "postgres:/u:***@host/db"),
+                      ("POSTGRESQL:u:s3cret@host", "POSTGRESQL:u:***@host")]:
+        result = CliRunner().invoke(cli_app, [*command, "--db", db])
+        assert result.exit_code == 2, result.output
+        said = " ".join(result.output.split())
+        assert "malformed PostgreSQL URL" in said and shown in said and "s3cret" not in said, result.output
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigError, match=r"malformed PostgreSQL URL") as refused:
+        Settings(db="postgresql:/u:s3cret@host/db")
+    assert "s3cret" not in str(refused.value)
 
 
 def test_a_database_in_a_directory_made_read_only_is_refused_with_the_reason(tmp_path: Path) -> None:

@@ -48,6 +48,27 @@ def test_a_misspelt_name_is_refused_with_the_close_one(call: Callable[[], Any], 
     assert hint in _raised(call)
 
 
+def test_a_route_false_model_is_never_the_hint() -> None:
+    """A judge or router model (`route = false`) cannot be routed to: a request naming it, or a policy, is refused
+    ("no routable model", "route = false"), so the hint must not send a caller there; a routable one still is."""
+    import dataclasses
+
+    from bandit_router.catalog import default_catalog
+    from bandit_router.policies.base import check_named_model
+    from simulator.environments import make_environment
+
+    specs = list(default_catalog())
+    judge = dataclasses.replace(specs[0], name="judge-model", route=False)
+    router = Router([*specs[1:], judge], seed=0)
+    assert "did you mean" not in _raised(lambda: router.route(Request(prompt="x", models=("judge-modl",))))
+    assert "did you mean" not in _raised(lambda: check_named_model("fixed", "judge-modl", router.models))
+    assert "did you mean" not in _raised(lambda: Router([*specs[1:], judge], policy="fixed:judge-modl"))
+    assert "(did you mean gpt-4o?)" in _raised(lambda: router.route(Request(prompt="x", models=("gpt-4p",))))
+    episode = make_environment("synthetic:default").episode(0, steps=10)
+    name = episode.model_names[0]
+    assert f"(did you mean {name}?)" in _raised(lambda: episode.index(name + "x"))
+
+
 def test_a_name_close_to_none_gets_no_hint_and_only_the_first_names_are_compared() -> None:
     assert "did you mean" not in _raised(lambda: Router(policy="gama"))
     names = [f"gpt-4o-mini{i}" for i in range(HINTED + 2)]

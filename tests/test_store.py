@@ -202,7 +202,10 @@ def test_other_configurations_checkpoints_are_pruned_to_their_newest_then_by_ret
     """Checkpoints of configurations no longer running (another policy, settings or catalog: another fingerprint)
     were never pruned: each kept `checkpoints_kept` states for good. A checkpoint stored now prunes every other
     configuration to its newest (what a rollback to it restores), and retention deletes those older than its
-    cutoff; the running configuration's are pruned by `keep` alone."""
+    cutoff; the running configuration's are pruned by `keep` alone. `checkpoint_count` counts every
+    configuration's (what a start without one of its own says)."""
+    with store.read() as reader:
+        assert reader.checkpoint_count() == 0
     for fingerprint, seqs in (("older", (3, 5, 7)), ("old", (10, 20, 30))):  # one configuration, then another
         with store.write() as tx:
             for seq in seqs:
@@ -227,6 +230,7 @@ def test_other_configurations_checkpoints_are_pruned_to_their_newest_then_by_ret
     with store.read() as reader:
         assert reader.checkpoints("older") == [] and [c.seq for c in reader.checkpoints("old")] == [30]
         assert [c.seq for c in reader.checkpoints("f")] == [50, 40]
+        assert reader.checkpoint_count() == 3
 
 
 def test_stats_count_from_the_tables(store: Store, router: Router) -> None:

@@ -304,10 +304,12 @@ class Gateway:
 
     def _check_knob(self, chat: ChatRequest) -> None:
         """The request's `models` knob names only active models (else a 400 naming where it came from)."""
-        active = {m.name for m in self.engine.router.models}
+        models = self.engine.router.models
+        active = {m.name for m in models}
         unknown = [m for m in chat.models or () if m not in active]
         if unknown:
-            raise BadChatRequest(chat.models_param, f"unknown or retired models {quoted(unknown[:5], active)}")
+            routable = [m.name for m in models if m.route]  # a hint the request can take
+            raise BadChatRequest(chat.models_param, f"unknown or retired models {quoted(unknown[:5], routable)}")
 
     # -- the first decision -----------------------------------------------------------------------------------
     async def _first(self, chat: ChatRequest) -> tuple[Attempt, Request]:

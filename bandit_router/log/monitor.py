@@ -5,7 +5,9 @@
   `unrouted`, `pending`, or `expired`: none came and the reward window has closed); the prompt only when stored.
 - `live()`: the live policy and its version; `typical.probabilities`: the probability the live policy gave each
   model (as logged), averaged over the bandit's own first tries among the newest `TYPICAL_DECISIONS` decisions
-  (real traffic; not models callers named, named routers' choices or the gateway's fallbacks); `typical.now`:
+  (real traffic; not models callers named, named routers' choices or the gateway's fallbacks); `typical.allowed`:
+  how many of those decisions allowed each model (0: a request naming no models would be the first to; a model
+  every request allowed can still average a logged probability of 0); `typical.now`:
   the probability the live policy would give each model *now* (`Router.pmf_now`: its pmf with the cold-start
   floors at today's λ, nothing drawn or booked), averaged over the contexts of the newest `NOW_DECISIONS` of
   those decisions, so a model added a moment ago shows its exploration floor; and the budget pacer's report
@@ -133,10 +135,12 @@ class Monitor:
         ]  # fmt: skip
         live = self.policies.live
         totals = {m.name: 0.0 for m in live.models}
+        allowed = {m.name: 0 for m in live.models}
         for _, stored in rows:
             d = stored.decision
             for name, p in zip(d.models, d.pmf, strict=False):
                 totals[name] = totals.get(name, 0.0) + p
+                allowed[name] = allowed.get(name, 0) + 1
         n = len(rows)
         key = (id(live), tuple(m.name for m in live.models))
         cached = self._now_cache
@@ -156,6 +160,7 @@ class Monitor:
                 "decisions": n,
                 "since": rows[-1][1].decision.created_at if rows else None,
                 "probabilities": {name: (p / n if n else None) for name, p in sorted(totals.items())},
+                "allowed": dict(sorted(allowed.items())),
                 "now": now,
             },
             "budgets": self.pacer.report(),

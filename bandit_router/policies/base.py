@@ -128,7 +128,8 @@ def check_named_model(who: str, model: str, models: Sequence[ModelSpec]) -> None
     found = [m for m in models if m.name == model]
     if not found:
         names = [m.name for m in models]
-        raise UnknownModel(f"{who} names the model {quoted([model], names)}, {NOT_IN_CATALOG} {', '.join(names)}")
+        routable = [m.name for m in models if m.route]  # a route = false model is refused below: not a hint
+        raise UnknownModel(f"{who} names the model {quoted([model], routable)}, {NOT_IN_CATALOG} {', '.join(names)}")
     if not found[0].route:
         raise InvalidInput(f"{who} names the model {model!r}, which has route = false (a judge or router model "
                            "only): it is never chosen")

@@ -44,6 +44,7 @@ from ..log import BudgetState, Checkpointer, FeedbackRules, LogFollower, PolicyS
 from ..router import Router
 from ..store import (
     CallRecord,
+    Checkpoint,
     FeedbackRecord,
     JudgeCall,
     JudgeTotals,
@@ -342,12 +343,8 @@ class Engine:
         if self.budgets.shared:
             with self.store.write() as tx:
                 self.budgets.start_following(tx)
-        seq = self.recovery["checkpoint_seq"]  # "checkpoint at seq None" read as a fault on a new database
-        log.info(
-            "recovered: %s, %d feedbacks replayed in %.2f s, policy version %d",
-            "no checkpoint yet" if seq is None else f"checkpoint at seq {seq}", replayed, self.recovery["seconds"],
-            self.router.version,
-        )
+        log.info("recovered: %s, %d feedbacks replayed in %.2f s, policy version %d", self._restored_from(restored),
+                 replayed, self.recovery["seconds"], self.router.version)
         self.policies.check_models()  # a policy naming a model neither the catalog nor the log holds
         if self.follower.unreadable:
             log.error("recovery skipped %d learned feedback rows whose decisions cannot be read (first seqs %s): "
@@ -355,6 +352,16 @@ class Engine:
                       self.follower.unreadable_seqs)
         self.policies.warn_about_missing_models()
         self._refuse_alias_clashes()
+
+    def _restored_from(self, restored: Checkpoint | None) -> str:
+        """What recovery started from, for its log line: "checkpoint at seq None" read as a fault on a new
+        database, and "no checkpoint yet" as a new database where checkpoints of other settings (another policy,
+        other models: another fingerprint) are there."""
+        if restored is not None:
+            return f"checkpoint at seq {restored.seq}"
+        with self.store.read() as reader:
+            others = reader.checkpoint_count()
+        return "no checkpoint yet" if others == 0 else f"no checkpoint for these settings ({others} of other settings)"
 
     def _refuse_alias_clashes(self) -> None:
         """A model added at run time whose name a later configuration made an alias (`router_alias`, a

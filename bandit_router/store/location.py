@@ -6,6 +6,9 @@ how a URL is shown without its password.
     'postgresql://router:***@db.internal:5432/routing'
     >>> redact_urls("connection to postgresql://router:s3cret@db/x failed")
     'connection to postgresql://router:***@db/x failed'
+    >>> parse_database("postgres:/router:s3cret@db/x")  # one slash: refused, not a SQLite file of that name
+    Traceback (most recent call last):
+    ValueError: a malformed PostgreSQL URL (postgresql://user:password@host/database): 'postgres:/router:***@db/x'
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ SCHEMES = ("postgresql://", "postgres://")
 MASK = "***"
 _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)([^@\s]*)(@)", re.IGNORECASE)
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_MISTYPED_URL = re.compile(r"\s*postgres(?:ql)?:/*", re.IGNORECASE)
+"""The start of a PostgreSQL URL whose `//` is mistyped (`postgres:/u:pw@host/db`): not a file path."""
 
 
 def missing_directory(path: Path) -> str | None:
@@ -89,7 +94,24 @@ def parse_database(value: str | Path | DatabaseURL) -> Database:
     """A `db` value: a `postgresql://` (or `postgres://`) URL, else a SQLite file path."""
     if isinstance(value, DatabaseURL | Path):
         return value
-    return DatabaseURL(value) if is_url(value) else Path(value).expanduser()
+    if is_url(value):
+        return DatabaseURL(value)
+    if _MISTYPED_URL.match(value):  # taken as a file path, its "directory does not exist" showed the password
+        raise ValueError(f"a malformed PostgreSQL URL (postgresql://user:password@host/database): "
+                         f"{_masked_malformed(value)!r}")
+    return Path(value).expanduser()
+
+
+def _masked_malformed(value: str) -> str:
+    """A mistyped PostgreSQL URL with everything between its user name's `:` and its last `@` masked (all after
+    that `:` when it has no `@`): `redact_urls` finds passwords only after `://`."""
+    start = _MISTYPED_URL.match(value)
+    cut = 0 if start is None else start.end()
+    info, at, host = value[cut:].rpartition("@")
+    if not at:
+        info, host = value[cut:], ""
+    user, colon, _ = info.partition(":")
+    return value[:cut] + user + (":" + MASK if colon else "") + at + host
 
 
 def redact_urls(text: str, secret: str | None = None) -> str:

@@ -768,6 +768,11 @@ class _PostgresTx(_SQLiteTx):
         )
         return [Checkpoint(int(r[0]), r[1], int(r[2]), int(r[3]), int(r[4]), r[5], float(r[6])) for r in rows]
 
+    def checkpoint_count(self) -> int:
+        row = self._one("SELECT COUNT(*) FROM checkpoints")
+        assert row is not None
+        return int(row[0])
+
     def checkpoint_state(self, checkpoint_id: int) -> bytes:
         row = self._one("SELECT state FROM checkpoints WHERE id = %s", (checkpoint_id,))
         return b"" if row is None else bytes(row[0])

@@ -893,6 +893,9 @@ class _SQLiteTx:
         ).fetchall()
         return [Checkpoint(**{key: row[key] for key in row.keys()}) for row in rows]  # noqa: SIM118
 
+    def checkpoint_count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0])
+
     def checkpoint_state(self, checkpoint_id: int) -> bytes:
         row = self.conn.execute("SELECT state FROM checkpoints WHERE id = ?", (checkpoint_id,)).fetchone()
         return b"" if row is None else bytes(row["state"])

@@ -23,6 +23,7 @@ import numpy as np
 from bandit_router.catalog import ModelSpec
 from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor
+from bandit_router.hints import quoted
 from bandit_router.types import Context, Scalar
 
 STREAM_SALT = 101
@@ -139,7 +140,7 @@ class Episode:
         """Column of `model`, with a clear error for an unknown name."""
         names = self.model_names
         if model not in names:
-            raise InvalidInput(f"unknown model {model!r}; this environment has {list(names)}")
+            raise InvalidInput(f"unknown model {quoted([model], names)}; this environment has {list(names)}")
         return names.index(model)
 
     def replace(self, **changes: Any) -> Episode:

@@ -243,8 +243,10 @@
       cell(tr, num(r.fixed_reward, 3));
       // what the live policy would give it now (a model just added: its exploration floor); a retired one: none
       var now = cell(tr, r.in_catalog === false ? "–" : pct(live.typical.now[r.model]));
-      if (r.in_catalog !== false && live.typical.decisions > 0 && live.typical.probabilities[r.model] === 0 &&
-          live.typical.now[r.model] > 0) {  // the newest requests named their own models, without this one
+      // none of the newest requests allowed it (they named their own models without it, or it was added since);
+      // a logged probability of 0 is not that: a model every request allowed can average 0
+      if (r.in_catalog !== false && live.typical.decisions > 0 && !(live.typical.allowed[r.model] > 0) &&
+          live.typical.now[r.model] > 0) {
         var offered = document.createElement("span");
         offered.className = "muted";
         offered.textContent = " if allowed";
@@ -254,8 +256,8 @@
       }
     });
     $("models-note").textContent = live.typical.decisions > 0 ? "" :
-      "Probability now: – until the first request (it averages the live policy's pmf over the newest requests' " +
-      "contexts).";
+      "Probability now: – until the first routed request (it averages the live policy's pmf over the newest " +
+      "requests' contexts).";
     ready("models", rows.length);
   }
 
