@@ -83,7 +83,7 @@ from .sqlite import (
     JUDGE_CALL_COLUMNS,
     JUDGE_CALLS_AFTER,
     JUDGE_TOTALS,
-    OTHER_CONFIGURATIONS_NEWEST,
+    OTHER_CONFIGURATIONS_KEPT,
     OTHER_CONFIGURATIONS_OLD,
     RETIRED_WITH_FEEDBACK,
     _call_from_row,
@@ -569,7 +569,7 @@ class _PostgresTx(_SQLiteTx):
             "WHERE fingerprint = %s ORDER BY seq DESC, event_id DESC, id DESC LIMIT %s)",
             (fingerprint, fingerprint, keep),
         )
-        self.conn.execute(OTHER_CONFIGURATIONS_NEWEST.format(mark="%s"), (fingerprint, fingerprint))
+        self.conn.execute(OTHER_CONFIGURATIONS_KEPT.format(mark="%s"), (fingerprint, keep))
         return len(inserted) == 1
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
