@@ -579,3 +579,45 @@ def test_a_checkpoint_past_the_logs_end_is_passed_over_not_waited_for(settings: 
     assert restarted.engine.recovery["checkpoint_seq"] == 4 and restarted.engine.recovery["replayed"] == 2
     assert "house-model" not in [m.name for m in restarted.engine.router.models]
     restarted.close()
+
+
+def test_a_named_routers_counts_refused_at_submission_are_kept(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`store_decision` asked `_require_ready(counts)` (which keeps a refused request's counts), then `_submit` asked
+    again without them: requests refused in between (the database stalled, a stop) lost the counts of calls made
+    and paid. Here the service stops serving between the two checks: the request is refused, and its counts reach
+    `router_stats` anyway, once."""
+    import asyncio
+
+    from bandit_router.router import Router
+    from bandit_router.service.exceptions import Unavailable
+    from bandit_router.store import RouterCounts
+    from bandit_router.types import Request
+
+    service = Service(settings)
+    engine = service.engine
+    request = Request(prompt="Sort a list in Python")
+    decision = Router(seed=3).route(request)
+
+    def stop_serving(decision_id: str) -> None:
+        engine._serving = False  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(engine.budgets, "mine", stop_serving)
+    counts = RouterCounts("auto", 20000, decision.model, requests=1, answer_calls=1, spend_usd=0.01)
+    with pytest.raises(Unavailable):
+        asyncio.run(engine.store_decision(decision, request, counts=counts))
+    engine._serving = True  # type: ignore[attr-defined]
+    store = SQLiteStore(settings.db)
+
+    def requests() -> int:
+        with store.read() as reader:
+            return sum(c.requests for c in reader.router_counts())
+
+    deadline = time.monotonic() + 10
+    while requests() == 0:
+        assert time.monotonic() < deadline, "the counts were lost"
+        time.sleep(0.05)
+    time.sleep(1.5)  # written once
+    assert requests() == 1
+    store.close()
+    service.close()

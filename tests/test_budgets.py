@@ -800,5 +800,36 @@ def test_a_spend_period_entered_while_the_clock_ran_ahead_gives_way_once_it_is_s
         pacer.observe(_decision(context, "small", cost=0.01), None)
     spend = pacer.report()["global"]["targets"][0]
     assert spend["period_start"] == math.floor((start + 3720.0) / 86400) * 86400.0  # not a year ahead
-    assert spend["realized"] == pytest.approx(0.04)  # the year-ahead period's booking, then two more
+    # the day's booking before the step (lost without the return to the period left: 0.04), the year-ahead
+    # period's, then three more
+    assert spend["realized"] == pytest.approx(0.05)
     assert pacer.state()["global"]["last_time"] == start + 3720.0  # gaps measured from now on, not read as 0
+
+
+def test_a_clock_set_back_wrongly_then_set_right_keeps_the_days_spend() -> None:
+    """A clock set back a day by mistake, then set right a minute later: the pacer moved to the earlier period
+    carrying the day's spend, then entered the day's period again as a new one with spend 0, and a whole budget
+    more could be spent that day (0.90 of 1 USD spent, then 0.05 counted after the correction). Entering the period
+    it left last, the pacer counts what was spent there plus what was booked meanwhile: 1.00, exhausted."""
+    start = 1_000_000_000.0 - 1_000_000_000.0 % 86400 + 3600.0  # 01:00 of a day
+    clock = Clock(start)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=1/1d"]), clock=clock)
+    context = Router(MODELS, "vw-squarecb", seed=0).featurize(Request(prompt="hi"))
+    for i in range(9):
+        clock.t = start + 60 * i
+        pacer.observe(_decision(context, "small", cost=0.10), None)
+    clock.t = start + 600 - 86400  # set back a day
+    pacer.observe(_decision(context, "small", cost=0.05), None)
+    assert pacer.report()["global"]["targets"][0]["realized"] == pytest.approx(0.95)  # carried into the day before
+    clock.t = start + 660  # set right
+    pacer.observe(_decision(context, "small", cost=0.05), None)
+    spend = pacer.report()["global"]["targets"][0]
+    assert spend["period_start"] == start - 3600.0
+    assert spend["realized"] == pytest.approx(1.00)
+    assert spend["exhausted"] is True
+    clock.t = start + 86400  # the next day, in real time: a new period
+    pacer.observe(_decision(context, "small", cost=0.05), None)
+    assert pacer.report()["global"]["targets"][0]["realized"] == pytest.approx(0.05)
+    restored = BudgetPacer(BudgetConfig.from_strings(["spend_usd=1/1d"]), clock=clock)
+    restored.load(pacer.state())
+    assert restored.state() == pacer.state()

@@ -4,10 +4,14 @@ shown; `migrate`, `evaluate` and `export` take the URL (`check`, for SQLite file
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,7 +23,8 @@ from typer.testing import CliRunner
 from bandit_router.cli import app as cli_app
 from bandit_router.config import Settings
 from bandit_router.log import rebuild_router
-from bandit_router.store import SCHEMA_VERSION
+from bandit_router.service.writer import Writer
+from bandit_router.store import SCHEMA_VERSION, RouterCounts, postgres
 from bandit_router.store.location import DatabaseURL
 from bandit_router.store.postgres import POOL_TIMEOUT_S, PostgresStore
 from tools.pg_server import PASSWORD, PgServer
@@ -445,3 +450,96 @@ def test_a_refused_start_leaves_a_new_database_empty(pg_url: str, tmp_path: Path
     with pytest.raises(ConfigError, match=refusal):
         start_client(Settings(policy="fixed:nope", db=DatabaseURL(pg_url), seed=1))
     assert _rows(pg_url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'") == []
+
+
+class _CommitCutter:
+    """A TCP proxy to the PostgreSQL server on 127.0.0.1 that, once armed, passes the next COMMIT on to the server and
+    then drops the connection before the server's answer reaches the client (the server has committed; the client
+    cannot know); with `refuse` set it also closes every new connection at once (nobody can ask the outcome)."""
+
+    def __init__(self, port: int) -> None:
+        self.port_to = port
+        self.armed = False
+        self.refuse = False
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.refuse:
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self.port_to))
+            cut = threading.Event()
+            threading.Thread(target=self._pump, args=(client, server, True, cut), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False, cut), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool, cut: threading.Event) -> None:
+        try:
+            while data := src.recv(65536):
+                if upstream and self.armed and b"COMMIT" in data:
+                    self.armed = False
+                    cut.set()
+                    dst.sendall(data)  # the server commits
+                    time.sleep(0.3)
+                    break
+                if not cut.is_set():  # the server's answer to the COMMIT never arrives
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+
+def test_a_commit_whose_answer_is_lost_counts_a_named_routers_request_once(
+    pg_server: PgServer, pg_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connection drops after the server got COMMIT and before its answer arrives: the store said "commit
+    failed", the writer kept the named router's counts and wrote them again, twice in router_stats. The store now
+    asks `pg_xact_status` on a new connection: committed, the write succeeded (nothing kept); when it cannot learn it,
+    it raises `CommitOutcomeUnknown` and the writer drops the counts with a warning ("may be lost"), never writing
+    them twice."""
+    direct = PostgresStore(DatabaseURL(pg_url))
+    direct.prepare()
+    proxy = _CommitCutter(pg_server.port)
+    store = PostgresStore(DatabaseURL(pg_url.replace(f":{pg_server.port}/", f":{proxy.port}/")))
+    follower = SimpleNamespace(policies=SimpleNamespace(live=SimpleNamespace(models=[])))
+    writer = Writer(store, follower, budgets=None, rules=SimpleNamespace(sweeps=False))  # type: ignore[arg-type]
+
+    def requests() -> int:
+        with direct.read() as reader:
+            return sum(c.requests for c in reader.router_counts())
+
+    try:
+        for refuse, expected in ((False, 1), (True, 2)):
+            with store.write():
+                pass  # the writer's connection is open
+            writer.keep_counts([RouterCounts("auto", 20000, "cheap", requests=1, answer_calls=1, spend_usd=0.01)])
+            proxy.armed, proxy.refuse = True, refuse
+            monkeypatch.setattr(postgres, "COMMIT_OUTCOME_WAIT_S", 0.5, raising=False)
+            with caplog.at_level(logging.WARNING, logger="bandit_router"):
+                writer._write_unwritten()
+            proxy.refuse = False
+            assert requests() == expected
+            assert writer.unwritten_counts == 0  # nothing kept to be written again
+            writer._write_unwritten()
+            assert requests() == expected
+            if refuse:
+                assert "1 rows of named routers' counts may be lost" in caplog.text
+            else:
+                assert "the transaction had committed" in caplog.text
+        with store.write() as tx:  # the store carries on
+            tx.add_router_counts([RouterCounts("auto", 20000, "cheap", requests=1)])
+        assert requests() == 3
+    finally:
+        proxy.listener.close()
+        store.close()
+        direct.close()

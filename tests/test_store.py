@@ -196,41 +196,51 @@ def test_checkpoints_are_kept_newest_first_and_pruned(store: Store) -> None:
         assert reader.checkpoint_state(kept[0].id) == bytes([40])
 
 
-def test_other_configurations_checkpoints_are_pruned_to_their_newest_then_by_retention(
+def test_other_configurations_checkpoints_are_pruned_to_keep_then_by_retention_to_their_newest(
     store: Store, router: Router
 ) -> None:
-    """Checkpoints of configurations no longer running (another policy, settings or catalog: another fingerprint)
-    were never pruned: each kept `checkpoints_kept` states for good. A checkpoint stored now prunes every other
-    configuration to its newest (what a rollback to it restores), and retention deletes those older than its
-    cutoff; the running configuration's are pruned by `keep` alone. `checkpoint_count` counts every
-    configuration's (what a start without one of its own says)."""
-    with store.read() as reader:
-        assert reader.checkpoint_count() == 0
-    for fingerprint, seqs in (("older", (3, 5, 7)), ("old", (10, 20, 30))):  # one configuration, then another
+    """Checkpoints of other configurations (another policy, settings or catalog: another fingerprint) are pruned to
+    `keep` by a checkpoint stored, as the running one's are. They were pruned to their newest one: with replicas of
+    two configurations side by side (a canary), each one's checkpoint left the other one checkpoint, no fallback for
+    its starts and a retention bound (its oldest checkpoint's seq) at its newest. Retention prunes a configuration
+    that stored none since its cutoff to its newest and never deletes that: it deleted a quiet configuration's only
+    checkpoint. `checkpoint_count` counts every configuration's."""
+
+    def store_checkpoints(fingerprint: str, seqs: tuple[int, ...], keep: int = 3) -> None:
         with store.write() as tx:
             for seq in seqs:
                 tx.insert_checkpoint(fingerprint=fingerprint, seq=seq, event_id=0, version=seq, sha256="x",
-                                     state=bytes([seq]), keep=3)
+                                     state=bytes([seq]), keep=keep)
+
+    def kept(fingerprint: str) -> list[int]:
         with store.read() as reader:
-            assert [c.seq for c in reader.checkpoints(fingerprint)] == list(seqs[::-1])
+            return [c.seq for c in reader.checkpoints(fingerprint)]
+
     with store.read() as reader:
-        assert [c.seq for c in reader.checkpoints("older")] == [7]
-    with store.write() as tx:
-        for seq in (40, 50):
-            tx.insert_checkpoint(fingerprint="f", seq=seq, event_id=0, version=seq, sha256="y", state=b"f", keep=3)
+        assert reader.checkpoint_count() == 0
+    store_checkpoints("older", (3, 5, 7, 9))
+    store_checkpoints("canary", (10, 20, 30))
+    assert kept("older") == [9, 7, 5] and kept("canary") == [30, 20, 10]
+    store_checkpoints("f", (35,))  # side by side: the canary keeps its three
+    assert kept("canary") == [30, 20, 10] and kept("f") == [35]
+    store_checkpoints("canary", (40,))
+    store_checkpoints("f", (45, 50), keep=2)  # the others pruned to keep as well
+    assert kept("f") == [50, 45] and kept("canary") == [40, 30] and kept("older") == [9, 7]
     with store.read() as reader:
-        assert [c.seq for c in reader.checkpoints("f")] == [50, 40]
-        assert [c.seq for c in reader.checkpoints("old")] == [30] and [c.seq for c in reader.checkpoints("older")] \
-            == [7]
-        assert reader.checkpoint_state(reader.checkpoints("old")[0].id) == bytes([30])
+        assert reader.checkpoint_state(reader.checkpoints("canary")[0].id) == bytes([40])
     _raw(store, f"UPDATE checkpoints SET created_at = {time.time() - 40 * 86400} WHERE fingerprint = 'older'")
     with store.write() as tx:
         tx.insert_decisions([(_decision(router, "the newest stays"), None, None)])
     store.delete_old(time.time() - 30 * 86400, 1000, fingerprint="f")  # type: ignore[attr-defined]
+    assert kept("older") == [9] and kept("canary") == [40, 30] and kept("f") == [50, 45]
+    _raw(store, f"UPDATE checkpoints SET created_at = {time.time() - 40 * 86400} WHERE seq = 30")
+    store.delete_old(time.time() - 30 * 86400, 1000, fingerprint="f")  # type: ignore[attr-defined]
+    assert kept("canary") == [40, 30]  # it stored one since the cutoff: still running
+    _raw(store, f"UPDATE checkpoints SET created_at = {time.time() - 40 * 86400} WHERE fingerprint <> 'f'")
+    store.delete_old(time.time() - 30 * 86400, 1000, fingerprint="f")  # type: ignore[attr-defined]
+    assert kept("older") == [9] and kept("canary") == [40]  # a quiet configuration keeps its newest
     with store.read() as reader:
-        assert reader.checkpoints("older") == [] and [c.seq for c in reader.checkpoints("old")] == [30]
-        assert [c.seq for c in reader.checkpoints("f")] == [50, 40]
-        assert reader.checkpoint_count() == 3
+        assert reader.checkpoint_count() == 4  # every configuration's (what a start without one of its own says)
 
 
 def test_stats_count_from_the_tables(store: Store, router: Router) -> None:

@@ -348,6 +348,9 @@ class _SpendControl(_CostControl):
         ("spend_usd", float),
         ("origin", _opt_float),
         ("plan_time", _opt_float),
+        ("left_period", _opt_int),
+        ("left_usd", float),
+        ("entered_usd", float),
     )
     target: Spend
 
@@ -359,23 +362,51 @@ class _SpendControl(_CostControl):
         """When the target saw its first request: its plan starts there, not at the start of that period."""
         self.plan_time: float | None = None
         """Up to when the plan's allowance has been credited (None before the first request)."""
+        self.left_period: int | None = None
+        """The period the target was in before the current one (None before a change of period)."""
+        self.left_usd = 0.0
+        """The spend counted in `left_period` when the target left it."""
+        self.entered_usd = 0.0
+        """The spend counted in the current period when the target entered it (what was booked since: the rest)."""
 
     def period_start(self) -> float:
         return (self.period or 0) * self.target.period_s
 
     def roll(self, now: float) -> None:
         """A new period when `now` is past the current one. A period entered under a clock that ran ahead (set back
-        since: `now` over `CLOCK_STEP_BACK_S` before its start) gives way to the period of `now`, keeping the spend
-        booked in it (spent in real time since the step, so most likely in this period: the cautious reading) and
-        the plan's times no later than `now`; it waited until real time reached it (a year's step: a year)."""
+        since: `now` over `CLOCK_STEP_BACK_S` before its start) gives way to the period of `now`; it waited until
+        real time reached it (a year's step: a year). No change of period loses spend to a clock step:
+
+            entering the period it left last:   spend = spend counted there when it left + spend booked since
+            moving back to another period:      spend kept (booked in real time since the step: the cautious reading)
+            entering a later period:            spend = 0 (a new period)
+
+        so a clock set back wrongly then set right keeps the day's spend (and what was booked meanwhile), and one that
+        ran ahead then was set right gets the spend of the period before the step back, plus what was booked meanwhile.
+        Moving back, the plan's times are capped at `now`."""
         period = math.floor(now / self.target.period_s)
-        if self.period is None or period > self.period:
-            self.period = period
-            self.spend_usd = 0.0
-        elif period < self.period and now < self.period_start() - CLOCK_STEP_BACK_S:
-            self.period = period
+        if self.period is None:
+            self.period, self.spend_usd, self.entered_usd = period, 0.0, 0.0
+            return
+        step_back = period < self.period and now < self.period_start() - CLOCK_STEP_BACK_S
+        if period <= self.period and not step_back:
+            return
+        if period == self.left_period:
+            spend = self.left_usd + max(0.0, self.spend_usd - self.entered_usd)
+        elif step_back:
+            spend = self.spend_usd
+        else:
+            spend = 0.0
+        self.left_period, self.left_usd = self.period, self.spend_usd
+        self.period, self.spend_usd, self.entered_usd = period, spend, spend
+        if step_back:
             self.plan_time = None if self.plan_time is None else min(self.plan_time, now)
             self.origin = None if self.origin is None else min(self.origin, now)
+
+    def load(self, state: Mapping[str, Any], where: str = "") -> None:
+        """As `_CostControl.load`; a state stored before the period left was kept (no `left_period`) has none."""
+        defaults = {"left_period": None, "left_usd": 0.0, "entered_usd": float(state.get("spend_usd", 0.0))}
+        super().load({**defaults, **state}, where)
 
     def limit(self) -> float:
         """B; pro rata in the period in which the target started, since it counts spend from then on."""

@@ -456,8 +456,10 @@ class Engine:
         if (fault := self.fault) is not None:
             raise Unavailable(f"the database is unusable: {fault}")
 
-    async def _submit(self, op: Op) -> Any:
-        self._require_ready()
+    async def _submit(self, op: Op, counts: RouterCounts | None = None) -> Any:
+        """`op` to the writer, unless requests are refused; `counts`: the op's named router's, kept then (as
+        `_require_ready`'s), since the state may have changed since the caller asked."""
+        self._require_ready(counts)
         return await self.writer.submit(op)
 
     async def route(self, request: Request) -> Decision:
@@ -515,7 +517,7 @@ class Engine:
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
         self.budgets.mine(decision.decision_id)
-        await self._submit(InsertDecision(decision, prompt, tenant, shadow, call, counts))
+        await self._submit(InsertDecision(decision, prompt, tenant, shadow, call, counts), counts)
         self.budgets.book_stored(decision)
         return decision
 
@@ -524,7 +526,7 @@ class Engine:
         its calls paid (`counts.spend_usd`: a routing LLM's choice) is spent in the budget pacer at once."""
         self.pacer.spend(counts.spend_usd, request.context.get("tenant"))
         self._require_ready(counts)
-        await self._submit(CountRouter(counts))
+        await self._submit(CountRouter(counts), counts)
 
     async def record_call(
         self, record: CallRecord, failure: Outcome | None = None, source: str | None = None,

@@ -48,6 +48,7 @@ from ..log.feedback import unrouted, with_call
 from ..store import (
     CallRecord,
     CallStatus,
+    CommitOutcomeUnknown,
     FeedbackRecord,
     FeedbackStatus,
     JudgeCall,
@@ -553,7 +554,7 @@ class Writer:
                 error = Unavailable("internal error while storing; nothing was stored")
             for op in ops:
                 op.result, op.error = None, error
-            self.keep_counts(_counts_of(ops))  # the calls were made: counted by a later write
+            self._keep_unless_unknown(_counts_of(ops), exc)  # the calls were made: counted by a later write
             self._next_unwritten = time.monotonic() + UNWRITTEN_RETRY_S
             return
         try:
@@ -609,9 +610,22 @@ class Writer:
             with self.store.write() as tx:
                 tx.add_router_counts(held)
         except Exception as exc:  # StoreError, or a bug: the counts wait; the writer thread must not end
-            self.keep_counts(held)
             self._next_unwritten = time.monotonic() + UNWRITTEN_RETRY_S
-            self._say("counts", logging.WARNING, "writing named routers' counts failed (will retry): %s", exc)
+            if self._keep_unless_unknown(held, exc):
+                self._say("counts", logging.WARNING, "writing named routers' counts failed (will retry): %s", exc)
+
+    def _keep_unless_unknown(self, counts: Sequence[RouterCounts], exc: BaseException) -> bool:
+        """`keep_counts` after a failed write, unless the database may have committed it (`CommitOutcomeUnknown`: the
+        connection was lost at COMMIT and the outcome could not be read): written again they might count twice, so
+        they are dropped, logged with their number as "may be lost". Whether they were kept."""
+        if not counts:
+            return True
+        if isinstance(exc, CommitOutcomeUnknown):
+            log.warning("%d rows of named routers' counts may be lost (not written again, or they might count "
+                        "twice): %s", len(counts), exc)  # every time, not rate-limited: each is a loss
+            return False
+        self.keep_counts(counts)
+        return True
 
     @property
     def unwritten_counts(self) -> int:

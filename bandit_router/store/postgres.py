@@ -4,7 +4,9 @@ The same tables as SQLite (`store/migrations.py`, PostgreSQL dialect) and the sa
 (`store/sqlite.py`). What makes one log out of many processes:
 
     write()     BEGIN; SELECT pg_advisory_xact_lock(LOG_LOCK)      the database's single write lock, held until
-                                                                   COMMIT/ROLLBACK, as SQLite's BEGIN IMMEDIATE
+                                                                   COMMIT/ROLLBACK, as SQLite's BEGIN IMMEDIATE;
+                       , pg_current_xact_id()                      the transaction's id: a COMMIT whose answer is
+                                                                   lost asks pg_xact_status on a new connection
     head()      log_head.seq (largest feedback seq ever used), MAX(model_events.id)
     insert_feedback()   rows numbered head + 1, + 2, … by the writer, and log_head moved in the same statement
 
@@ -54,6 +56,7 @@ from .records import (
     CallRecord,
     ChainFeedback,
     Checkpoint,
+    CommitOutcomeUnknown,
     DecisionInfo,
     FeedbackContext,
     FeedbackRecord,
@@ -83,7 +86,7 @@ from .sqlite import (
     JUDGE_CALL_COLUMNS,
     JUDGE_CALLS_AFTER,
     JUDGE_TOTALS,
-    OTHER_CONFIGURATIONS_NEWEST,
+    OTHER_CONFIGURATIONS_KEPT,
     OTHER_CONFIGURATIONS_OLD,
     RETIRED_WITH_FEEDBACK,
     _call_from_row,
@@ -107,6 +110,9 @@ NOTIFY_QUIET_S = 0.01
 """Notifications are passed on once this process's writer has not caught up under the lock for this long."""
 LOG_LOCK = 0x62616E6469740001
 """The advisory lock key of the log's single writer (per database)."""
+COMMIT_OUTCOME_WAIT_S = 5.0
+"""How long a write whose COMMIT lost its answer waits for the transaction to end ('in progress': the server may still
+be committing it, or not yet have seen that its client is gone) before it reports the outcome unknown."""
 MIGRATE_LOCK = 0x62616E6469740002
 """The advisory lock key under which `prepare()` migrates (replicas starting together migrate once)."""
 CONNECT_TIMEOUT_S = 3
@@ -272,7 +278,7 @@ class PostgresStore:
     def write(self) -> Iterator[WriteTx]:
         """A write transaction holding the log's advisory lock (`LOG_LOCK`) until it commits or rolls back."""
         with self._write_lock:
-            conn = self._begin_write()
+            conn, xid = self._begin_write()
             tx = _PostgresTx(conn, self._models_json, self._tables)
             try:
                 yield tx
@@ -283,19 +289,56 @@ class PostgresStore:
                 raise
             try:
                 conn.execute(f"NOTIFY {CHANNEL}; COMMIT" if tx.logged else "COMMIT")
-                if tx.read_head:
-                    self._head_read_at = time.monotonic()
             except psycopg.Error as exc:
+                lost = conn.broken or conn.closed  # the answer never came: the server may have committed
                 self._abort(conn)
-                raise self._error(exc, "commit failed: ") from exc
+                if not lost:
+                    raise self._error(exc, "commit failed: ") from exc
+                outcome = self._outcome(xid)
+                if outcome == "aborted":
+                    raise self._error(exc, "commit failed: ") from exc
+                if outcome != "committed":
+                    raise CommitOutcomeUnknown(
+                        f"PostgreSQL {str(self.url)!r}: the connection was lost at COMMIT and whether the transaction "
+                        f"committed could not be learned ({outcome}): "
+                        f"{redact_urls(str(exc).strip(), self._secret)}") from exc
+                log.warning("PostgreSQL: the connection was lost at COMMIT, and the transaction had committed: "
+                            "written (%s)", redact_urls(str(exc).strip(), self._secret))
+            if tx.read_head:
+                self._head_read_at = time.monotonic()
 
-    def _begin_write(self) -> psycopg.Connection[Any]:
-        begin = f"BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK})"
+    def _outcome(self, xid: str) -> str:
+        """Whether transaction `xid` committed: `pg_xact_status` ('committed', 'aborted') on a new connection, waiting
+        up to `COMMIT_OUTCOME_WAIT_S` while it is 'in progress'; else why it is not known."""
+        deadline = time.monotonic() + COMMIT_OUTCOME_WAIT_S
+        while True:
+            try:
+                conn = self._connect()
+            except StoreError as exc:
+                status = f"cannot connect to ask: {exc}"
+            else:
+                try:
+                    row = conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,)).fetchone()
+                    status = "no longer known" if row is None or row[0] is None else str(row[0])
+                except psycopg.Error as exc:
+                    status = f"cannot ask: {redact_urls(str(exc).strip(), self._secret)}"
+                finally:
+                    conn.close()
+            if status in ("committed", "aborted") or time.monotonic() >= deadline:
+                return status
+            time.sleep(0.05)
+
+    def _begin_write(self) -> tuple[psycopg.Connection[Any], str]:
+        """The writer's connection in a transaction holding the log's lock, and the transaction's id."""
+        begin = f"BEGIN; SELECT pg_advisory_xact_lock({LOG_LOCK}), pg_current_xact_id()::text"
         for attempt in (1, 2):
             conn = self._writer_conn()
             try:
-                conn.execute(begin)
-                return conn
+                cursor = conn.execute(begin)
+                cursor.nextset()
+                row = cursor.fetchone()
+                assert row is not None
+                return conn, str(row[1])
             except psycopg.Error as exc:
                 broken = conn.broken or conn.closed
                 self._abort(conn)
@@ -569,7 +612,7 @@ class _PostgresTx(_SQLiteTx):
             "WHERE fingerprint = %s ORDER BY seq DESC, event_id DESC, id DESC LIMIT %s)",
             (fingerprint, fingerprint, keep),
         )
-        self.conn.execute(OTHER_CONFIGURATIONS_NEWEST.format(mark="%s"), (fingerprint, fingerprint))
+        self.conn.execute(OTHER_CONFIGURATIONS_KEPT.format(mark="%s"), (fingerprint, keep))
         return len(inserted) == 1
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:

@@ -17,6 +17,12 @@ class StoreError(BanditRouterError):
     """The database cannot be used (locked for too long, full, corrupt, or of a newer schema)."""
 
 
+class CommitOutcomeUnknown(StoreError):
+    """A write transaction's COMMIT was sent and its answer never came (the connection dropped), and whether the
+    database committed it could not be learned: its writes may be stored or not. Whoever would write them again
+    (named routers' counts) must not, or they may be stored twice."""
+
+
 class UnreadableDecision(StoreError):
     """A stored decision whose values do not decode (a value corrupted on disk, which SQLite's integrity check does
     not look at, or edited by hand): that decision cannot be used, the rest of the database can."""

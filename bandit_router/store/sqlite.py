@@ -666,7 +666,7 @@ class _SQLiteTx:
             "(SELECT id FROM checkpoints WHERE fingerprint = ? ORDER BY seq DESC, event_id DESC, id DESC LIMIT ?)",
             (fingerprint, fingerprint, keep),
         )
-        self.conn.execute(OTHER_CONFIGURATIONS_NEWEST.format(mark="?"), (fingerprint, fingerprint))
+        self.conn.execute(OTHER_CONFIGURATIONS_KEPT.format(mark="?"), (fingerprint, keep))
         return cursor.rowcount == 1
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
@@ -918,19 +918,27 @@ class _SQLiteTx:
         return stats
 
 
-OTHER_CONFIGURATIONS_NEWEST = (
-    "DELETE FROM checkpoints WHERE fingerprint <> {mark} AND id NOT IN (SELECT (SELECT k.id FROM checkpoints k "
-    "WHERE k.fingerprint = c.fingerprint ORDER BY k.seq DESC, k.event_id DESC, k.id DESC LIMIT 1) FROM "
-    "(SELECT DISTINCT fingerprint FROM checkpoints WHERE fingerprint <> {mark}) AS c)"
+_NEWER = (
+    "SELECT {what} FROM checkpoints k WHERE k.fingerprint = checkpoints.fingerprint AND (k.seq > checkpoints.seq OR "
+    "(k.seq = checkpoints.seq AND (k.event_id > checkpoints.event_id OR (k.event_id = checkpoints.event_id AND "
+    "k.id > checkpoints.id))))"
 )
-"""With a checkpoint stored, the checkpoints of other configurations (another policy, its settings, the catalog, the
-shadows: `log.checkpoints.fingerprint`) are pruned to the newest of each: what a rollback to that configuration
-restores (then replaying the log after it); the older ones served only a start whose newest failed its checksum.
-They were never pruned: every configuration ever run kept `checkpoints_kept` states. With `retention_days`,
-`delete_old` deletes those older than its cutoff too (`OTHER_CONFIGURATIONS_OLD`)."""
-OTHER_CONFIGURATIONS_OLD = "DELETE FROM checkpoints WHERE fingerprint <> {mark} AND created_at < {mark}"
-"""Retention: another configuration's checkpoint older than the cutoff goes (that configuration stored none since,
-so it no longer runs; the log after it is being deleted, so it no longer restores a state the log completes)."""
+"""The checkpoints of the same configuration newer than the row being deleted (the order `checkpoints` lists)."""
+OTHER_CONFIGURATIONS_KEPT = (
+    "DELETE FROM checkpoints WHERE fingerprint <> {mark} AND (" + _NEWER.format(what="COUNT(*)") + ") >= {mark}"
+)
+"""With a checkpoint stored, every other configuration (another policy, its settings, the catalog, the shadows:
+`log.checkpoints.fingerprint`) is pruned to its newest `keep` too, as the running one is: a configuration no longer
+running kept them all for good. Not fewer: replicas of two configurations side by side (a canary, a rolling change)
+store checkpoints in turn, and each one's checkpoints are what its starts fall back on and what bounds its own
+retention (`HELD_BY_CHECKPOINTS`)."""
+OTHER_CONFIGURATIONS_OLD = (
+    "DELETE FROM checkpoints WHERE fingerprint <> {mark} AND EXISTS (" + _NEWER.format(what="1") + ") AND NOT EXISTS "
+    "(SELECT 1 FROM checkpoints n WHERE n.fingerprint = checkpoints.fingerprint AND n.created_at >= {mark})"
+)
+"""Retention (parameters: the running fingerprint, the cutoff): another configuration that stored no checkpoint
+since the cutoff is pruned to its newest; its newest is never deleted (a configuration still running but quiet
+restores it; one no longer running, a rollback to it), so each configuration ever run keeps one state at most."""
 
 HELD_BY_CHECKPOINTS = "SELECT COALESCE(MIN(seq), 0) FROM checkpoints WHERE fingerprint = {mark}"
 """The feedback seq up to which retention may delete: what the oldest kept checkpoint of the running configuration
