@@ -686,10 +686,12 @@ def test_a_body_nested_too_deep_or_with_a_non_finite_number_is_a_400_before_anyt
 ) -> None:
     """The body is forwarded as JSON: nesting that Python's parser reads but its encoder, deeper in the call stack,
     gave up on (about 930-950 levels: a 500 after the decision was stored), and `NaN`, `Infinity` or `1e999` (sent
-    on as `NaN`, which is not JSON), are refused first, naming the field; 100 levels are forwarded."""
+    on as `NaN`, which is not JSON), are refused first, naming the field. The limit is 100 levels, the body's own
+    object the first: a field holding 99 nested arrays is forwarded, one holding 100 is refused."""
     url = gateway()
     head = b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], '
     bodies = {f"depth {d}": head + b'"x": ' + b"[" * d + b"]" * d + b"}" for d in range(900, 990, 5)}
+    bodies["101 levels"] = head + b'"x": ' + b"[" * 100 + b"]" * 100 + b"}"
     bodies["NaN"] = head + b'"temperature": NaN}'
     bodies["1e999"] = head + b'"temperature": 1e999}'
     bodies["deep in a message"] = (b'{"model": "router", "messages": [{"role": "user", "content": [{"type": "text", '
@@ -701,8 +703,10 @@ def test_a_body_nested_too_deep_or_with_a_non_finite_number_is_a_400_before_anyt
         assert error["type"] == "invalid_request_error", (name, reply.text)
         if not name.startswith("depth") or error["param"] != "body":  # the deepest are beyond the parser itself
             assert error["param"] in ("x", "temperature", "messages"), (name, reply.text)
+        if name == "101 levels":
+            assert "nested deeper than 100 levels" in error["message"], reply.text
     assert httpx.get(url + "/v1/stats").json()["decisions"] == 0  # nothing routed, nothing stored
-    fine = head + b'"x": ' + b"[" * 98 + b"]" * 98 + b"}"  # 100 levels with the body itself
+    fine = head + b'"x": ' + b"[" * 99 + b"]" * 99 + b"}"  # 100 levels with the body itself: the deepest allowed
     assert httpx.post(url + "/v1/chat/completions", content=fine,
                       headers={"content-type": "application/json"}).status_code == 200
 
