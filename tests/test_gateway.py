@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -315,21 +316,30 @@ def test_upstream_model_names_the_providers_id_and_default_base_url_serves_the_r
         server.stop()
 
 
-def test_a_catalog_name_outside_ascii_is_percent_encoded_in_the_model_header(
+def test_a_catalog_name_outside_ascii_or_with_a_percent_is_percent_encoded_in_the_model_header(
     fake: FakeUpstream, tmp_path: Path
 ) -> None:
     """The name grammar allows `名前` in the catalog; a reply header holds Latin-1 only, and every non-streamed answer
-    of that model was a 500 after its upstream call. The header carries it percent-encoded; the body as it is."""
+    of that model was a 500 after its upstream call. The header carries it percent-encoded; the body as it is.
+    The grammar allows `%` too, and the ASCII name `%E5%90%8D%E5%89%8D` was sent as it is, the same header as
+    `名前`'s: a name with a `%` is percent-encoded as well, so every header decodes to its own name."""
+    encoded = "%E5%90%8D%E5%89%8D"
     models = (ModelSpec("名前", 1.0, 2.0, base_url=fake.url + "/v1", upstream_model="fake-coder"),
+              ModelSpec(encoded, 1.0, 2.0, base_url=fake.url + "/v1", upstream_model="fake-coder"),
               ModelSpec("fake-writer", 1.0, 2.0, base_url=fake.url + "/v1"))
     server = ServerThread(create_app(Settings(db=tmp_path / "names.db", models=models, seed=1)))
     try:
         for stream in (False, True):
-            reply = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
-                "model": "名前", "messages": [{"role": "user", "content": CODE}], "stream": stream})
-            assert reply.status_code == 200, (stream, reply.text)
-            assert reply.headers["x-bandit-router-model"] == "%E5%90%8D%E5%89%8D"
-            assert "\\u540d\\u524d" in reply.text or "名前" in reply.text
+            shown = {}
+            for name in ("名前", encoded, "fake-writer"):
+                reply = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
+                    "model": name, "messages": [{"role": "user", "content": CODE}], "stream": stream})
+                assert reply.status_code == 200, (stream, name, reply.text)
+                shown[name] = reply.headers["x-bandit-router-model"]
+                assert urllib.parse.unquote(shown[name]) == name
+                if name == "名前":  # the body as it is
+                    assert "\\u540d\\u524d" in reply.text or "名前" in reply.text
+            assert shown == {"名前": encoded, encoded: "%25E5%2590%258D%25E5%2589%258D", "fake-writer": "fake-writer"}
     finally:
         server.stop()
 
@@ -676,10 +686,12 @@ def test_a_body_nested_too_deep_or_with_a_non_finite_number_is_a_400_before_anyt
 ) -> None:
     """The body is forwarded as JSON: nesting that Python's parser reads but its encoder, deeper in the call stack,
     gave up on (about 930-950 levels: a 500 after the decision was stored), and `NaN`, `Infinity` or `1e999` (sent
-    on as `NaN`, which is not JSON), are refused first, naming the field; 100 levels are forwarded."""
+    on as `NaN`, which is not JSON), are refused first, naming the field. The limit is 100 levels, the body's own
+    object the first: a field holding 99 nested arrays is forwarded, one holding 100 is refused."""
     url = gateway()
     head = b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], '
     bodies = {f"depth {d}": head + b'"x": ' + b"[" * d + b"]" * d + b"}" for d in range(900, 990, 5)}
+    bodies["101 levels"] = head + b'"x": ' + b"[" * 100 + b"]" * 100 + b"}"
     bodies["NaN"] = head + b'"temperature": NaN}'
     bodies["1e999"] = head + b'"temperature": 1e999}'
     bodies["deep in a message"] = (b'{"model": "router", "messages": [{"role": "user", "content": [{"type": "text", '
@@ -691,8 +703,10 @@ def test_a_body_nested_too_deep_or_with_a_non_finite_number_is_a_400_before_anyt
         assert error["type"] == "invalid_request_error", (name, reply.text)
         if not name.startswith("depth") or error["param"] != "body":  # the deepest are beyond the parser itself
             assert error["param"] in ("x", "temperature", "messages"), (name, reply.text)
+        if name == "101 levels":
+            assert "nested deeper than 100 levels" in error["message"], reply.text
     assert httpx.get(url + "/v1/stats").json()["decisions"] == 0  # nothing routed, nothing stored
-    fine = head + b'"x": ' + b"[" * 98 + b"]" * 98 + b"}"  # 100 levels with the body itself
+    fine = head + b'"x": ' + b"[" * 99 + b"]" * 99 + b"}"  # 100 levels with the body itself: the deepest allowed
     assert httpx.post(url + "/v1/chat/completions", content=fine,
                       headers={"content-type": "application/json"}).status_code == 200
 

@@ -3,8 +3,10 @@ closed, connections beyond the cap are refused, and secrets sent in a query stri
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from test_server_process import Server
+
+from bandit_router.service.protocol import GuardedHttpToolsProtocol, Limits
 
 pytestmark = pytest.mark.slow
 
@@ -151,6 +156,91 @@ def test_connections_beyond_the_cap_get_503(server: Callable[..., Server]) -> No
             pass
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+REPLY = b"x" * 800_000
+
+
+async def _large_reply(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(REPLY)).encode())]})
+        await send({"type": "http.response.body", "body": REPLY})
+
+
+class _FixedSendBuffer(GuardedHttpToolsProtocol):
+    """The kernel send buffer fixed at 256 KB (on loopback Linux grows it to 4 MB, larger than the reply), and
+    `write_timeout_s` of 1 s."""
+
+    limits = Limits(write_timeout_s=1.0)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 262_144)
+        super().connection_made(transport)
+
+
+@pytest.fixture
+def guarded_port() -> Iterator[int]:
+    """The port of uvicorn serving an 800 KB reply with `_FixedSendBuffer` on uvloop, as `serve` runs it."""
+    config = uvicorn.Config(_large_reply, host="127.0.0.1", port=0, http=_FixedSendBuffer, loop="uvloop",
+                            log_config=None, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield server.servers[0].sockets[0].getsockname()[1]
+    server.should_exit = True
+    thread.join(10)
+
+
+def _read_reply(port: int, rate: float, stop_after: int | None = None) -> tuple[int, str]:
+    """Read the reply at `rate` bytes/s (until `stop_after` bytes, then nothing for 4 s before reading on as fast as
+    possible): (bytes read, how it ended: "complete", "closed" or "open")."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    sock.connect(("127.0.0.1", port))
+    sock.settimeout(10)
+    received = bytearray()
+    try:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        while len(received) < len(REPLY) or received.partition(b"\r\n\r\n")[2] != REPLY:
+            try:
+                chunk = sock.recv(2048)
+            except ConnectionResetError:
+                return len(received), "closed"
+            except TimeoutError:
+                return len(received), "open"
+            if not chunk:
+                return len(received), "closed"
+            received += chunk
+            if stop_after is not None and len(received) >= stop_after:
+                time.sleep(4)
+                stop_after, rate = None, float("inf")
+            time.sleep(len(chunk) / rate)
+        return len(received), "complete"
+    finally:
+        sock.close()
+
+
+def test_a_client_that_reads_its_reply_slowly_gets_all_of_it(guarded_port: int) -> None:
+    """A client reading steadily at 100 KB/s takes 8 s over the reply. The transport resumes writing only once its
+    buffer is nearly empty, and the deadline, running from the pause to the resume, aborted the connection after
+    1 s (before the fix: closed after 447 KB of 800 KB). It is now re-armed while the reply's unread bytes shrink:
+    the transport's buffer and the kernel's send queue (the buffer alone shrinks only once a good part of the
+    kernel's queue has gone, and counting it alone the connection was aborted as before)."""
+    received, ended = _read_reply(guarded_port, rate=100_000)
+    assert ended == "complete", f"{ended} after {received} bytes"
+
+
+def test_a_client_that_stops_reading_is_cut_off_within_twice_the_write_timeout(guarded_port: int) -> None:
+    """Reading 100 KB, then nothing for 4 s: the buffer stops shrinking, and the connection is aborted within
+    2 x `write_timeout_s` of the last byte read (kept open, the client would read the rest)."""
+    received, ended = _read_reply(guarded_port, rate=100_000, stop_after=100_000)
+    assert ended == "closed", f"{ended} after {received} bytes"
+    assert received < len(REPLY)
 
 
 def test_secrets_in_query_strings_never_reach_the_access_log(server: Callable[..., Server], tmp_path: Path) -> None:

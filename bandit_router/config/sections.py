@@ -90,8 +90,9 @@ class ServerSettings:
                                       "headers (from its opening or its previous reply); then it is closed")
     body_timeout_s: float = setting(30.0, help="seconds a request has to send its whole body once its headers are "
                                     "in; then the connection is closed")
-    write_timeout_s: float = setting(30.0, help="seconds a reply may wait for a client that reads none of it (the "
-                                     "send buffer full); then the connection is closed")
+    write_timeout_s: float = setting(30.0, help="seconds a full send buffer may go without the client reading any "
+                                     "of it; then the connection is closed (a client that keeps reading, slowly or "
+                                     "not, keeps it)")
     max_connections: int = setting(1000, help="open connections per process; one more gets 503 and is closed")
     max_header_bytes: int = setting(65_536, help="bytes a request line and its headers may take; more get 431 and "
                                     "the connection is closed")

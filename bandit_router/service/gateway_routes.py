@@ -133,8 +133,9 @@ def _error(exc: BaseException) -> Response:
 def _headers(decision_id: str, model: str, attempts: int) -> dict[str, str]:
     """The reply's headers. A header holds Latin-1 only (Starlette encodes it so): a catalog name outside ASCII
     (`名前`, which the name grammar allows in the catalog) is percent-encoded as UTF-8, where it made every
-    non-streamed answer of that model a 500 after its upstream call."""
-    shown = model if model.isascii() else urllib.parse.quote(model, safe="/:@+")
+    non-streamed answer of that model a 500 after its upstream call. So is a name with a `%` (the grammar allows
+    it), else the ASCII name `%E5%90%8D%E5%89%8D` would give `名前`'s header: each header decodes to its name."""
+    shown = model if model.isascii() and "%" not in model else urllib.parse.quote(model, safe="/:@+")
     return {"x-decision-id": decision_id, "x-bandit-router-model": shown, "x-bandit-router-attempts": str(attempts)}
 
 

@@ -11,11 +11,17 @@ open for as long as the client likes (measured: 200 such connections were all st
   is closed (after a `408` when a request had begun);
 - `body_timeout_s`: once the headers are in, the whole body must arrive within this many seconds, else the
   connection is closed (the handler sees a disconnect);
-- `write_timeout_s`: once the connection's send buffer is full (the transport paused writing), the client must
-  read some of it within this many seconds, else the connection is aborted (the handler sees a disconnect).
-  uvicorn waits for a paused transport forever: a client that pipelined 300 `GET /openapi.json` and read nothing
-  held its connection (and 2.8 MB of kernel buffer) for as long as it liked, no key needed, so `max_connections`
-  such clients shut everyone else out. A client that reads, however slowly, resumes the transport each time;
+- `write_timeout_s`: once the connection's send buffer is full (the transport paused writing), a stretch of this
+  many seconds in which the client reads none of the reply aborts the connection (the handler sees a
+  disconnect), like nginx's `send_timeout`. uvicorn waits for a paused transport forever: a client that
+  pipelined 300 `GET /openapi.json` and read nothing held its connection (and 2.8 MB of kernel buffer) for as
+  long as it liked, no key needed, so `max_connections` such clients shut everyone else out. What the client
+  has not read (the transport's buffer plus, on Linux, the kernel's send queue) is measured only when the
+  deadline expires, which re-arms it if that shrank: the write path pays nothing, a client that reads nothing
+  is cut off after `write_timeout_s`, one that stops reading within twice that, and one that keeps reading
+  keeps its connection. (The transport resumes writing only once its buffer is nearly empty: a deadline that
+  only that ended cut off a client reading a 1 MB reply at a steady 50 KB/s after 209 KB, with
+  `write_timeout_s` 2 and a 64 KB kernel send buffer);
 - `max_connections`: a connection beyond this many open ones gets `503` and is closed at once;
 - `max_header_bytes`: a request whose request line and headers pass this many bytes gets `431` and the
   connection is closed. httptools keeps headers of any size, and joins a header that arrives in many pieces by
@@ -30,14 +36,28 @@ uvicorn starts, so worker processes see it too), else the defaults of `Limits`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import struct
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 LIMITS_VARIABLE = "BANDIT_ROUTER_SERVE_LIMITS"
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    def _kernel_send_queue(fd: int) -> int:
+        """Bytes in a TCP socket's kernel send queue, not yet sent or not yet acknowledged (`SIOCOUTQ`)."""
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
+else:
+    def _kernel_send_queue(fd: int) -> int:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         """Between requests or within a request's headers: what arrives counts towards `max_header_bytes`."""
         self._header_bytes = 0
         self._write_deadline: asyncio.TimerHandle | None = None
+        self._write_buffered = 0
+        """The send buffer's size when the write deadline was armed."""
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
@@ -126,14 +148,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def pause_writing(self) -> None:
-        """The send buffer is full: the client has `write_timeout_s` to read some of it (`resume_writing`)."""
+        """The send buffer is full: the client has `write_timeout_s` to read some of it."""
         super().pause_writing()
         if self._write_deadline is None:
-            self._write_deadline = self.loop.call_later(self._limits.write_timeout_s, self._write_expired)
+            self._arm_write()
 
     def resume_writing(self) -> None:
         self._disarm_write()
         super().resume_writing()
+
+    def _arm_write(self) -> None:
+        """Check in `write_timeout_s` whether the buffer shrank below its size now (`resume_writing` comes only when
+        it is nearly empty, which a large reply to a slow reader reaches long after its first bytes were read)."""
+        self._write_buffered = self._unread()
+        self._write_deadline = self.loop.call_later(self._limits.write_timeout_s, self._write_expired)
+
+    def _unread(self) -> int:
+        """Bytes written that the client has not read: the transport's buffer and the kernel's send queue (Linux;
+        elsewhere the buffer alone). The kernel queue matters where it is large (on loopback Linux grows it to
+        4 MB): the transport's buffer shrinks only when a good part of the queue has gone, and a client steadily
+        reading 300 KB/s saw no shrink for 2 s."""
+        unread = self.transport.get_write_buffer_size()
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):  # closed meanwhile
+                unread += _kernel_send_queue(sock.fileno())
+        return unread
 
     def _disarm_write(self) -> None:
         if self._write_deadline is not None:
@@ -141,12 +181,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._write_deadline = None
 
     def _write_expired(self) -> None:
+        """Re-armed if the client read something since the deadline was armed, else the connection is aborted."""
         self._write_deadline = None
-        if self.transport is not None and not self.transport.is_closing():
+        if self.transport is None:
+            return
+        if self._unread() < self._write_buffered:  # also while closing: a last reply
+            self._arm_write()
+            return
+        if not self.transport.is_closing():
             self.logger.info("connection aborted: its client read none of its reply for %g s (write_timeout_s)",
                              self._limits.write_timeout_s)
-        if self.transport is not None:
-            self.transport.abort()  # `close` would wait for the buffer this client does not read
+        self.transport.abort()  # `close` would wait for the buffer this client does not read
 
     def data_received(self, data: bytes) -> None:
         """Fed to the parser, then refused (431, closed) when the headers being read have passed the cap: a read
