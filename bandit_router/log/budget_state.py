@@ -346,6 +346,13 @@ class BudgetState:
         return True
 
 
+def stored_budgets(store: Store) -> bool:
+    """The store holds budget targets (a state or a PUT's targets), which a start loads in place of the
+    configuration's `[budgets]` (`BudgetState.recover`)."""
+    with store.read() as reader:
+        return any(reader.get_meta(key) is not None for key in (BUDGETS_STATE, BUDGETS_CONFIG))
+
+
 def chain_spend(call: CallRecord | None) -> float | None:
     """What a named router's request paid in all, from the chain stored with its call record (Σ its calls'
     costs, `of_chain`); None for a call record without a chain (or one that does not decode: then its cost)."""

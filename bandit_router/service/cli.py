@@ -110,10 +110,11 @@ def serve(
         settings = load_settings(config, overrides=overrides, stored_models=True)
         from .app import check_live_catalog, check_upstreams
 
-        live = check_live_catalog(settings)  # with the models added and retired at run time; before the schema,
-        # so that a refused start creates and migrates nothing; then the judge's and named routers' models, the
-        # live catalog's (one added at run time too): a message now, not a traceback later
-        check_upstreams(settings, models=live.active)
+        live = check_live_catalog(settings, warn=False)  # with the models added and retired at run time; before
+        # the schema, so that a refused start creates and migrates nothing (what it would warn about, the server's
+        # start says); then the judge's and named routers' models, the live catalog's (one added at run time too,
+        # or retired: still called): a message now, not a traceback later
+        check_upstreams(settings, models=[*live.active, *live.retired])
         storage = settings.storage
         lock = claim_database(storage.db, "serve")  # no other serve on this SQLite file (store/serverlock.py)
         store = open_store(storage.db, synchronous=storage.synchronous)
