@@ -922,6 +922,27 @@ def test_serve_check_and_migrate_config_check_the_catalog_with_the_models_its_da
         assert not (tmp_path / "new.db").exists()
 
 
+def test_check_config_checks_the_models_named_against_the_file_when_the_database_cannot_be_read(
+    tmp_path: Path
+) -> None:
+    """`check --config` beside a database it cannot read (it reports why) skipped the live catalog's checks and with
+    them the checks of the models the judge, the budgets and the named routers name, which `check()` makes on the
+    catalog file: a `judge_model` in no catalog passed. They run on the catalog file then."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    (tmp_path / "bad.db").write_bytes(b"not a sqlite file at all, garbage " * 8)
+    for table, says in (
+        ("[judge]\njudge_model = 'nope'\n", "judge_model: 'nope' is not in the catalog"),
+        ("[budgets]\nfallback_model = 'nope'\n", "budgets: fallback_model 'nope' is not in the catalog"),
+    ):
+        config = _write(tmp_path / "br.toml", f"db = 'bad.db'\n{table}")
+        result = CliRunner().invoke(cli_app, ["check", "--config", str(config)])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"bandit-router check: {says}; its models: "), result.output
+
+
 def test_serve_checks_the_judges_upstream_on_the_live_catalog(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

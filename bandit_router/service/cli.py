@@ -299,7 +299,8 @@ def migrate(
 def _checked_settings(config: Path | None, *, read_errors: bool = True) -> Settings:
     """The settings as `serve` checks them: the catalog's models against the live catalog (`check_live_catalog`:
     with the models its database holds, added and retired at run time, when it exists; the catalog file alone
-    otherwise). `read_errors=False`: a database that cannot be read is not checked against (`check` says why)."""
+    otherwise). `read_errors=False`: a database that cannot be read is not checked against (`check` says why):
+    the catalog file alone is, as `check()` checks it without `stored_models`."""
     from .app import check_live_catalog
 
     settings = load_settings(config, stored_models=True)
@@ -308,6 +309,7 @@ def _checked_settings(config: Path | None, *, read_errors: bool = True) -> Setti
     except StoreError:
         if read_errors:
             raise
+        settings.check_catalog(list(settings.load_catalog()))
     return settings
 
 
