@@ -291,12 +291,26 @@ def test_a_stored_target_this_version_refuses_drops_only_that_target(caplog: pyt
     kept = pacer.state()["tenants"]["acme"]
     assert loaded.state()["tenants"]["acme"]["targets"] == {"spend_usd/1d": kept["targets"]["spend_usd/1d"]}
     assert loaded.report()["tenants"]["acme"]["spend_usd"] == pytest.approx(3.0)
-    assert "budgets.tenants.acme: dropped the stored target 'spend_usd=1e-320/1w'" in caplog.text
-    assert "budgets.tenants.beta: dropped the stored target 'spend_usd=1e-320/1d'" in caplog.text
+    assert "budgets.tenants.acme: left out the stored target 'spend_usd=1e-320/1w'" in caplog.text
+    assert "budgets.tenants.beta: left out the stored target 'spend_usd=1e-320/1d'" in caplog.text
     corrupt = pacer.state()
     corrupt["global"]["targets"]["spend_usd/1d"] = {}
     with pytest.raises(InvalidInput, match="targets its config does not"):
         BudgetPacer.from_state(corrupt)
+
+
+def test_a_left_out_latency_target_takes_its_exceedance_statistics_with_it() -> None:
+    """A stored latency target this version refuses (`latency_p100_s`) was left out of the loaded targets but its
+    threshold's exceedance statistics loaded and were saved again, used by no target; they go with it. `load`
+    returns what it left out, per scope."""
+    pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=0.01", "latency_p95_s=3"]))
+    pacer._observe_latency("m", 5.0)
+    kept = BudgetPacer(BudgetConfig.from_strings(["latency_p95_s=3"]))
+    assert kept.load(pacer.state()) == {} and list(kept.state()["exceedance"]) == ["3.0"]
+    saved = json.loads(json.dumps(pacer.state()).replace("latency_p95_s", "latency_p100_s"))
+    loaded = BudgetPacer()
+    assert loaded.load(saved) == {None: ["latency_p100_s=3.0"]}
+    assert loaded.config.describe() == ["avg_cost_usd=0.01"] and loaded.state()["exceedance"] == {}
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 0.0, -1.0])

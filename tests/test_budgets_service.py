@@ -4,12 +4,14 @@ real server process."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -20,13 +22,13 @@ with warnings.catch_warnings():
 
 from service_client import start_client
 
-from bandit_router.budgets import BudgetConfig
+from bandit_router.budgets import BudgetConfig, BudgetPacer
 from bandit_router.budgets.config import MAX_SHARES, MAX_SPENDS, MAX_TENANTS
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets, Settings, load_settings
 from bandit_router.errors import ConfigError
 from bandit_router.jsonkeys import DuplicateKey, once_each
-from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_STATE
+from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_STATE, BudgetState
 from bandit_router.store import open_store
 from tools.serve_process import ServeProcess
 
@@ -317,6 +319,78 @@ def test_a_state_stored_with_tenants_5_and_5_0_apart_loads_keeping_the_rest(
     assert '"5.0"' not in "".join(_stored_rows(tmp_path / "budgets.db").values())
 
 
+def _rows_stored_with_tenants_5_and_5_0_apart(db: Path | str) -> None:
+    """The budget rows as a version that kept tenants "5" and "5.0" apart stored them (a start stores them again)."""
+    old = BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "tenants": {"5": {"avg_cost_usd": 0.001},
+                                                                       "x": {"avg_cost_usd": 0.002}}})
+    store = open_store(db)
+    try:
+        store.prepare()
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, json.dumps(BudgetPacer(old).state()).replace('"x"', '"5.0"'))
+            tx.set_meta(BUDGETS_CONFIG, json.dumps(old.to_mapping(), sort_keys=True).replace('"x"', '"5.0"'))
+    finally:
+        store.close()
+
+
+def test_a_refused_target_in_a_state_without_a_targets_row_is_kept_in_the_targets_row(tmp_path: Path) -> None:
+    """Targets from the configuration file are stored in the state row only, which the periodic save rewrites
+    with what the pacer holds: a target this version refuses would go with the first save. The start keeps the
+    state's targets as stored in the targets row (which only a PUT rewrites)."""
+    db = tmp_path / "state-only.db"
+    stored = BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "spend_usd": "3/1d"})
+    store = open_store(db)
+    store.prepare()
+    with store.write() as tx:
+        tx.set_meta(BUDGETS_STATE, json.dumps(BudgetPacer(stored).state()).replace('"3/1d"', '"3/1mo"'))
+    state = BudgetState(store, BudgetPacer())
+    try:
+        state.recover(cast(Any, SimpleNamespace()))
+        assert state.pacer.config.describe() == ["avg_cost_usd=0.004"]
+        state.save(force=True)
+        with store.read() as reader:
+            targets = reader.get_meta(BUDGETS_CONFIG)
+        assert targets is not None and json.loads(targets)["spend_usd"] == "3/1mo"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_start_does_not_store_its_rows_over_a_put_made_since_it_read_them(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """Two processes start on rows an older version stored (tenants "5" and "5.0" apart: each start stores them
+    again as loaded). B reads them; meanwhile A starts and a PUT /v1/budgets on A is acknowledged; then B stored the
+    rows as it had loaded them, from its stale read, undoing the PUT (and A followed B's row). B's write now reads
+    the rows again in its transaction and writes nothing when they changed; B follows the PUT."""
+    db: Path | str = tmp_path / "race.db" if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
+    _rows_stored_with_tenants_5_and_5_0_apart(db)
+    a = BudgetState(open_store(db), BudgetPacer())
+    b = BudgetState(open_store(db), BudgetPacer())
+    load = b.pacer.load
+
+    def load_while_a_starts_and_takes_a_put(saved: Any) -> Any:
+        dropped = load(saved)  # B has read the rows
+        a.recover(cast(Any, SimpleNamespace()))
+        with a.store.write() as tx:
+            a.configure(tx, BudgetConfig.from_mapping({"avg_cost_usd": 0.5}))
+        return dropped
+
+    try:
+        b.pacer.load = load_while_a_starts_and_takes_a_put  # type: ignore[method-assign]
+        b.recover(cast(Any, SimpleNamespace()))
+        with a.store.read() as reader:
+            targets = reader.get_meta(BUDGETS_CONFIG)
+        assert targets is not None and BudgetConfig.from_mapping(json.loads(targets)).describe() == [
+            "avg_cost_usd=0.5"]
+        a._next_follow = b._next_follow = 0.0
+        a.housekeeping()
+        b.housekeeping()
+        assert a.pacer.config.describe() == b.pacer.config.describe() == ["avg_cost_usd=0.5"]
+    finally:
+        a.store.close()
+        b.store.close()
+
+
 def _stored_rows(db: Path) -> dict[str, str]:
     """The budget rows of the store's `meta` table (the pacer's state, the targets of the last PUT)."""
     store = open_store(db)
@@ -348,8 +422,9 @@ def test_a_stored_target_this_version_refuses_drops_only_that_target(
         make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """An older version stored `spend_usd=1e-320/1d` (its rate underflows, refused now): the whole stored set was
     refused at the next start ("stored budget targets not loaded"), so every other target restarted from the
-    configuration, spend and λ lost. Only that target is dropped, with a warning naming it and its tenant; the
-    others keep their state and pace, and the start stores what it loaded (the next one has nothing to say)."""
+    configuration, spend and λ lost. Only that target is left out, with a warning naming it and its tenant; the
+    others keep their state and pace. The stored targets row keeps it (a start rewrote the rows without it, so it
+    was gone for good): each start says it again."""
     first = make_client()
     body = {"avg_cost_usd": 0.004, "tenants": {"acme": {"spend_usd": ["50/1d", "2/1w"]}, "beta": {"spend_usd": "3/1d"}}}
     assert first.put("/v1/budgets", json=body).status_code == 200
@@ -368,7 +443,7 @@ def test_a_stored_target_this_version_refuses_drops_only_that_target(
     assert got["report"]["tenants"]["acme"]["spend_usd"] == pytest.approx(before["tenants"]["acme"]["spend_usd"])
     assert got["report"]["global"]["targets"] == before["global"]["targets"]
     for tenant, target in (("acme", "spend_usd=1e-320/1w"), ("beta", "spend_usd=1e-320/1d")):
-        said = [r.getMessage() for r in caplog.records if f"dropped the stored target {target!r}" in r.getMessage()]
+        said = [r.getMessage() for r in caplog.records if f"left out the stored target {target!r}" in r.getMessage()]
         assert len(said) == 1 and said[0].startswith(f"budgets.tenants.{tenant}: "), said
     assert "not loaded" not in caplog.text
     decision = _route(second, "acme")
@@ -376,11 +451,44 @@ def test_a_stored_target_this_version_refuses_drops_only_that_target(
         got["report"]["tenants"]["acme"]["cost_weight"])
 
     second.__exit__(None, None, None)
+    assert "1e-320/1w" in _stored_rows(tmp_path / "budgets.db")[BUDGETS_CONFIG]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="bandit_router"):
         third = make_client()
-    assert third.get("/v1/budgets").json()["targets"] == got["targets"] and _budget_warnings(caplog) == []
+    assert third.get("/v1/budgets").json()["targets"] == got["targets"]
+    assert "left out the stored target 'spend_usd=1e-320/1d'" in caplog.text
     assert "stored the budget targets as loaded" not in caplog.text
+
+
+def test_a_target_a_newer_version_stored_stays_stored_across_starts(
+        make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A newer version (a downgrade, or replicas of two versions on one database) stored targets this one refuses:
+    a period unit it lacks (`900/1mo`) and a target key it does not know (`max_request_usd`). A start paced the
+    rest and rewrote both rows without them, so they were lost for good. Now the targets row stays as stored
+    across starts of this version (each says what it leaves out), while the other targets pace; a PUT replaces
+    it."""
+    first = make_client()
+    assert first.put("/v1/budgets", json={"avg_cost_usd": 0.004, "tenants": {"acme": {"spend_usd": "50/1d"}}}
+                     ).status_code == 200
+    first.__exit__(None, None, None)
+    _store_as_before(tmp_path / "budgets.db", {
+        '"spend_usd": "50/1d"': '"spend_usd": ["50/1d", "900/1mo"]',
+        '"avg_cost_usd": 0.004': '"avg_cost_usd": 0.004, "max_request_usd": 0.25'})
+    stored = _stored_rows(tmp_path / "budgets.db")[BUDGETS_CONFIG]
+    for _ in range(2):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            client = make_client()
+        assert client.get("/v1/budgets").json()["targets"] == ["avg_cost_usd=0.004", "@acme:spend_usd=50/1d"]
+        assert "left out the stored target 'spend_usd=900/1mo'" in caplog.text
+        assert "left out the stored target 'max_request_usd=0.25'" in caplog.text
+        _route(client, "acme")
+        client.__exit__(None, None, None)
+        assert _stored_rows(tmp_path / "budgets.db")[BUDGETS_CONFIG] == stored
+    client = make_client()
+    assert client.put("/v1/budgets", json={"avg_cost_usd": 0.005}).status_code == 200
+    client.__exit__(None, None, None)
+    assert "900/1mo" not in "".join(_stored_rows(tmp_path / "budgets.db").values())
 
 
 def _budget_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

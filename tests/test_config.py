@@ -768,13 +768,15 @@ def test_a_catalog_file_without_a_routable_model_starts_when_the_log_added_one(t
         assert client.post("/v1/route", json={"prompt": "hi"}).json()["model"] == "added"
 
 
-def test_the_budgets_judge_and_named_routers_models_are_checked_against_the_live_catalog(tmp_path: Path) -> None:
+def test_the_budgets_judge_and_named_routers_models_are_checked_against_the_live_catalog(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Since models added and retired at run time stay so across restarts, the start checks a fixed or rules
     policy's models against the live catalog (the file with the stored model events), but it checked
     `budgets.fallback_model`, share selectors, `judge_model` and `[[routers]]` models against the file alone: a model
-    `POST /v1/models` added was refused, and one `DELETE /v1/models/{name}` retired was taken (`first` here), then
-    never chosen or a traceback at start. They use the live catalog too: an added model is taken, a retired one
-    refused naming it and listing the live models."""
+    `POST /v1/models` added was refused. They use the live catalog too: an added model is taken, a name in neither
+    refused listing the live models. One `DELETE /v1/models/{name}` retired (`first` here) was then refused too,
+    though the DELETE had been taken (200) and the service ran on without it, so the unchanged configuration no
+    longer restarted: like a policy's, it starts, with a warning saying what the service does without it."""
     from bandit_router.budgets import BudgetConfig
     from bandit_router.config.routers import RouterAlias
     from bandit_router.service.app import check_live_catalog
@@ -789,32 +791,69 @@ def test_the_budgets_judge_and_named_routers_models_are_checked_against_the_live
     def cascade(model: str) -> tuple[RouterAlias, ...]:
         return (RouterAlias("c", "cascade", (model, "other"), judge="judge"),)
 
-    for model in ("added", "first"):
-        changes: list[dict[str, Any]] = [
-            {"budgets": BudgetConfig(fallback_model=model)},
-            {"budgets": BudgetConfig.from_strings([f"share:{model}=0.5"])},
-            {"judge_model": model}, {"routers": cascade(model)},
-        ]
-        if model == "added":
-            for change in changes:
-                check_live_catalog(settings(**change))
-            continue
-        retired = ("was retired at run time (DELETE /v1/models), which a restart keeps whatever the file says; its "
-                   "models: judge, other, added")
-        for change, says in zip(changes, (
-            f"budgets: fallback_model 'first' {retired}",
-            "budgets: share:first=0.5: no active model is picked by that selector (models with route = false do not "
-            "count: they are never chosen); retired at run time: first; its routable models: other, added",
-            f"judge_model: 'first' {retired}",
-            "routers: 'c': retired at run time, which a restart keeps whatever the file says: ['first']; its models: "
-            "judge, other, added",
-        ), strict=True):
-            with pytest.raises(ConfigError) as refused:
-                check_live_catalog(settings(**change))
-            assert str(refused.value) == says
+    def changes(model: str) -> list[dict[str, Any]]:
+        return [{"budgets": BudgetConfig(fallback_model=model)},
+                {"budgets": BudgetConfig.from_strings([f"share:{model}=0.5"])},
+                {"judge_model": model}, {"routers": cascade(model)}]
+
+    for change in changes("added"):
+        caplog.clear()
+        check_live_catalog(settings(**change))
+        assert caplog.text == ""
+    retired = "was retired at run time (DELETE /v1/models), which a restart keeps whatever the file says"
+    for change, says in zip(changes("first"), (
+        f"budgets: fallback_model 'first' {retired}; its models: judge, other, added: while a budget is exhausted "
+        "the guard rails take the request's cheapest model",
+        "budgets: share:first=0.5: picks only models retired at run time (DELETE /v1/models), which a restart keeps "
+        "whatever the file says: first; the share picks no active model and never binds",
+        f"judge_model: 'first' {retired}; its models: judge, other, added: the judge goes on calling it",
+        "routers: 'c': ['first'] retired at run time (DELETE /v1/models), which a restart keeps whatever the file "
+        "says: it answers with ['other'] until a model of that name is added",
+    ), strict=True):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            check_live_catalog(settings(**change))
+        assert says in caplog.text, caplog.text
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            check_live_catalog(settings(**change), warn=False)  # `serve` leaves it to the server's start
+        assert caplog.text.count(says) == 1
+    for change, says in zip(changes("gpt-6"), (
+        "budgets: fallback_model 'gpt-6' is not in the catalog; its models: judge, other, added",
+        "budgets: share:gpt-6=0.5: no active model is picked by that selector (models with route = false do not "
+        "count: they are never chosen); its routable models: other, added",
+        "judge_model: 'gpt-6' is not in the catalog; its models: judge, other, added",
+        "routers: 'c': not in the catalog: ['gpt-6']; its models: judge, other, added",
+    ), strict=True):
+        with pytest.raises(ConfigError) as refused:
+            check_live_catalog(settings(**change))
+        assert str(refused.value) == says
     with pytest.raises(ConfigError, match=re.escape("judge_model: 'gone' is not in the catalog; its models: judge, "
                                                     "first")):
         Settings(models=(judge, first), judge_model="gone").check()
+
+
+def test_the_files_budgets_are_not_checked_when_stored_targets_replace_them(tmp_path: Path) -> None:
+    """A PUT /v1/budgets stores targets that replace the file's `[budgets]` at every start; the start still
+    refused the file's `fallback_model` naming a model in neither catalog, a setting not in effect. It is checked
+    only while no budget targets are stored."""
+    from bandit_router.budgets import BudgetConfig
+    from bandit_router.log.budget_state import BUDGETS_CONFIG
+    from bandit_router.service.app import check_live_catalog
+    from bandit_router.store import open_store
+
+    db = tmp_path / "r.db"
+    judge, first = _database_with_an_added_model(db)
+    stale = Settings(models=(judge, first), db=db, seed=1, budgets=BudgetConfig(fallback_model="gpt-6")
+                     ).check(stored_models=True)
+    with pytest.raises(ConfigError, match="budgets: fallback_model 'gpt-6' is not in the catalog"):
+        check_live_catalog(stale)
+    store = open_store(db)
+    try:
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_CONFIG, json.dumps(BudgetConfig.from_strings(["avg_cost_usd=0.001"]).to_mapping()))
+    finally:
+        store.close()
+    assert [m.name for m in check_live_catalog(stale).active] == ["judge", "first", "added"]
 
 
 def test_a_live_catalog_whose_routable_models_were_retired_at_run_time_says_that_they_stay_retired() -> None:
@@ -883,13 +922,35 @@ def test_serve_check_and_migrate_config_check_the_catalog_with_the_models_its_da
         assert not (tmp_path / "new.db").exists()
 
 
+def test_check_config_checks_the_models_named_against_the_file_when_the_database_cannot_be_read(
+    tmp_path: Path
+) -> None:
+    """`check --config` beside a database it cannot read (it reports why) skipped the live catalog's checks and with
+    them the checks of the models the judge, the budgets and the named routers name, which `check()` makes on the
+    catalog file: a `judge_model` in no catalog passed. They run on the catalog file then."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    (tmp_path / "bad.db").write_bytes(b"not a sqlite file at all, garbage " * 8)
+    for table, says in (
+        ("[judge]\njudge_model = 'nope'\n", "judge_model: 'nope' is not in the catalog"),
+        ("[budgets]\nfallback_model = 'nope'\n", "budgets: fallback_model 'nope' is not in the catalog"),
+    ):
+        config = _write(tmp_path / "br.toml", f"db = 'bad.db'\n{table}")
+        result = CliRunner().invoke(cli_app, ["check", "--config", str(config)])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"bandit-router check: {says}; its models: "), result.output
+
+
 def test_serve_checks_the_judges_upstream_on_the_live_catalog(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`serve` checked that the judge's model can be called on the catalog file alone, before the live catalog: a
     judge model `POST /v1/models` added (no base_url) got past it to fail in the application's start-up, and a
     file model retired at run time was blamed on its upstream. It checks the live catalog first, then the live
-    models' upstreams: one line and exit status 2 for each, naming the model."""
+    models' upstreams: one line and exit status 2 for each, naming the model. (A judge model retired at run time is
+    no longer refused: the judge still calls it, so its upstream is checked as an active one's is.)"""
     from typer.testing import CliRunner
 
     from bandit_router.cli import app as cli_app
@@ -901,8 +962,7 @@ def test_serve_checks_the_judges_upstream_on_the_live_catalog(
               "[[models]]\nname = 'first'\ninput_usd_per_mtok = 0.1\noutput_usd_per_mtok = 0.4\n")
     for judge, says in (
         ("added", "judge_model: 'added' has no upstream: give it a base_url, or set default_base_url"),
-        ("first", "judge_model: 'first' was retired at run time (DELETE /v1/models), which a restart keeps whatever "
-                  "the file says; its models: judge, added"),
+        ("first", "judge_model: 'first' has no upstream: give it a base_url, or set default_base_url"),
     ):
         config = _write(tmp_path / "br.toml", f"[judge]\njudge_model = '{judge}'\njudge_sample_rate = 0.5\n{models}")
         result = CliRunner().invoke(cli_app, ["serve", "--config", str(config), "--db", str(db)])

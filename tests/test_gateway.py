@@ -967,6 +967,48 @@ def test_the_judge_scores_sampled_answers_and_the_callers_feedback_takes_precede
     assert 'bandit_router_judge_jobs{state="scored"} 5.0' in metrics and "bandit_router_judge_spend_usd" in metrics
 
 
+@pytest.mark.parametrize("judge_from", ["file", "added"])
+def test_a_judge_model_retired_at_run_time_still_judges_after_a_restart(
+    fake: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture, judge_from: str
+) -> None:
+    """`DELETE /v1/models/<judge_model>` was taken (200) and the judge went on calling the model, but the next start
+    of the unchanged configuration was refused ("judge_model: … was retired at run time"); it restarted before
+    the live catalog was checked. It starts, saying so, and the judge goes on calling it, as it did after the
+    DELETE: a catalog file model (`file`), or one `POST /v1/models` added (`added`, called through
+    `default_base_url`: the gateway has the live catalog's retired models' upstreams before the recovery)."""
+    in_file = (JUDGE,) if judge_from == "file" else ()
+    specs = tuple(ModelSpec(name, *PRICES[name], base_url=fake.url + "/v1") for name in (*MODELS, *in_file))
+
+    def serve(**changes: Any) -> ServerThread:
+        server = ServerThread(create_app(Settings(db=tmp_path / "judge.db", models=specs, seed=7,
+                                                  default_base_url=fake.url + "/v1", **changes)))
+        server.wait_ready()
+        return server
+
+    server = serve(**({"judge_model": JUDGE, "judge_sample_rate": 1.0} if judge_from == "file" else {}))
+    try:
+        if judge_from == "added":
+            added = httpx.post(server.url + "/v1/models", json={"name": JUDGE, "input_usd_per_mtok": 0.1,
+                                                                "output_usd_per_mtok": 0.2})
+            assert added.status_code == 201, added.text
+        assert httpx.delete(f"{server.url}/v1/models/{JUDGE}").status_code == 200
+    finally:
+        server.stop()
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        server = serve(judge_model=JUDGE, judge_sample_rate=1.0)
+    try:
+        assert f"judge_model: {JUDGE!r} was retired at run time" in caplog.text
+        assert "the judge goes on calling it" in caplog.text
+        raw = client(server.url).chat.completions.with_raw_response.create(
+            model="router", messages=[{"role": "user", "content": CODE}])
+        rows = settle(server.url, raw.headers["x-decision-id"])
+        assert rows and rows[0]["source"] == "judge", rows
+        assert httpx.get(server.url + "/v1/stats").json()["judge"]["scored"] == 1
+        assert JUDGE not in [m.id for m in client(server.url).models.list().data]
+    finally:
+        server.stop()
+
+
 def test_counterfactual_evaluation_reads_first_tries_and_leaves_fallbacks_out(
     gateway: Callable[..., str], fake: FakeUpstream, tmp_path: Path
 ) -> None:

@@ -129,8 +129,9 @@ def _stored_target(text: str, scope: str, dropped: list[str]) -> Target | None:
     try:
         return parse_target(text)
     except InvalidInput as exc:
-        log.warning("%s: dropped the stored target %r, which this version refuses (%s); the other targets keep "
-                    "pacing; PUT /v1/budgets to set it again", scope, text.strip(), str(exc).partition("': ")[2])
+        log.warning("%s: left out the stored target %r, which this version refuses (%s); it stays stored (a "
+                    "version that takes it paces it again), the other targets keep pacing; a PUT /v1/budgets "
+                    "replaces it", scope, text.strip(), str(exc).partition("': ")[2])
         dropped.append(text.strip())
         return None
 

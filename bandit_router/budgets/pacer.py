@@ -769,12 +769,14 @@ class BudgetPacer:
                 },
             }
 
-    def load(self, state: Mapping[str, Any]) -> None:
+    def load(self, state: Mapping[str, Any]) -> dict[str | None, list[str]]:
         """Replace the config and everything learned by a `state()` (a restart continues where it stopped).
         All or nothing: a state that does not load leaves the pacer as it was. What an older version saved and
         this one refuses is dropped with a warning, the rest loads (`BudgetConfig.from_stored`): of tenants "5" and
         "5.0" saved apart (before they were one tenant) tenant "5"; a target this version refuses goes with its
-        state. A stored multiplier or floor that is not a finite number (λ: > 0) is reset, with a warning."""
+        state (and a latency threshold no loaded target has, with its exceedance statistics). A stored multiplier
+        or floor that is not a finite number (λ: > 0) is reset, with a warning. Returns the refused targets' texts
+        per scope (`from_stored`: None is the global one), empty when every target loaded."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise InvalidInput(f"not a budget pacer state (expected format {STATE_FORMAT!r})")
         try:
@@ -790,10 +792,11 @@ class BudgetPacer:
                         continue
                     raise InvalidInput(f"budget state has tenant {name!r} that its config does not")
                 fresh._tenants[tenant].load(scope_state, where=f"@{tenant}:", dropped=tenant in dropped)
-            fresh._exceedance = {
+            saved_exceedance = {
                 float(t): {str(m): [float(x) for x in v] for m, v in stats.items()}
                 for t, stats in state["exceedance"].items()
             }
+            fresh._exceedance = {t: saved_exceedance.get(t, {}) for t in fresh._exceedance}  # the loaded targets
         except InvalidInput:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -801,6 +804,7 @@ class BudgetPacer:
         with self._lock:
             self._config, self._global, self._tenants = fresh._config, fresh._global, fresh._tenants
             self._exceedance = fresh._exceedance
+        return dropped
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], *, clock: Callable[[], float] = time.time) -> BudgetPacer:

@@ -176,19 +176,27 @@ def check_router_names(routers: Sequence[RouterAlias], catalog_names: Collection
 def check_router_models(
     routers: Sequence[RouterAlias], catalog_names: Sequence[str], unroutable: Collection[str] = (),
     *, retired: Collection[str] = (),
-) -> None:
-    """Every model a router calls is in the catalog (`catalog_names`: the active models; `retired`: those retired at
-    run time, named as such); every model it answers with is routable (`unroutable`: the catalog's `route = false`
-    models, which only judge or route). Raises `ConfigError` naming the router and listing the models."""
+) -> list[str]:
+    """Every model a router calls is in the catalog (`catalog_names`: the active models); every model it answers
+    with is routable (`unroutable`: the catalog's `route = false` models, which only judge or route). Raises
+    `ConfigError` naming the router and listing the models. A model `retired` at run time (a restart keeps it so)
+    is not refused: the router runs without it as it does after the DELETE (it answers with its other models, none
+    left: each request a 502; a retired judge or router_model is still called); returned, one line per router, for
+    the start to say."""
     known = set(catalog_names)
+    said = []
     for r in routers:
         missing = [m for m in r.called_models if m not in known]
+        nowhere = [m for m in missing if m not in retired]
+        if nowhere:
+            raise ConfigError(f"routers: {r.name!r}: not in the catalog: {nowhere}; its models: "
+                              f"{', '.join(catalog_names)}")
         if missing:
-            nowhere = [m for m in missing if m not in retired]
-            gone = [m for m in missing if m in retired]
-            why = ([f"not in the catalog: {nowhere}"] if nowhere else []) + (
-                [f"retired at run time, which a restart keeps whatever the file says: {gone}"] if gone else [])
-            raise ConfigError(f"routers: {r.name!r}: {'; '.join(why)}; its models: {', '.join(catalog_names)}")
+            answering = [m for m in r.models if m in known]
+            said.append(f"routers: {r.name!r}: {missing} retired at run time (DELETE /v1/models), which a restart "
+                        f"keeps whatever the file says: it answers with {answering or 'no model (each request a 502)'}"
+                        f"{'' if set(missing) <= set(r.models) else ', its judge or router_model still called'} "
+                        "until a model of that name is added (POST /v1/models)")
         judges_only = [m for m in r.models if m in unroutable]
         if judges_only:
             raise ConfigError(f"routers: {r.name!r}: models has route = false models {judges_only} (they may only "
@@ -196,6 +204,7 @@ def check_router_models(
         stray = sorted(set(r.descriptions) - set(r.models))
         if stray:
             raise ConfigError(f"routers: {r.name!r}: descriptions for models it does not route to: {stray}")
+    return said
 
 
 def check_routers(

@@ -177,15 +177,17 @@ class Settings:
 
     def check_catalog(
         self, active: Sequence[ModelSpec], retired: Sequence[ModelSpec] = (),
-        policies: Sequence[tuple[str, Policy]] | None = None,
-    ) -> None:
+        policies: Sequence[tuple[str, Policy]] | None = None, *, budgets: bool = True,
+    ) -> list[str]:
         """The checks of the catalog's models: one is routable, each model a policy, live or shadow, names
         (`fixed:<model>`, a `rules` policy's rules and default) is a routable model of the catalog: `active` or,
         then warned about at start (`PolicySet.warn_about_missing_models`), `retired` at run time; and the models
-        the budgets, the judge and the named routers name are `active` (`_check_models_named`). Raises
-        `ConfigError` naming the key. `check()` runs it on the catalog file; the service's start on the live
-        catalog (the catalog with the stored model events applied, `log.catalog.live_catalog`). `policies`: those
-        `build_policies` returns; by default those `check()` built (only read here: each router builds its own)."""
+        the budgets (unless not `budgets`: stored targets replace the file's), the judge and the named routers name
+        are `active` or `retired` (`_check_models_named`). Raises `ConfigError` naming the key. Returns what the
+        start says about the models named that were retired at run time (one warning each). `check()` runs it on
+        the catalog file; the service's start on the live catalog (the catalog with the stored model events
+        applied, `log.catalog.live_catalog`). `policies`: those `build_policies` returns; by default those
+        `check()` built (only read here: each router builds its own)."""
         routing = self.routing
         key = "models" if routing.catalog is None and routing.models else "catalog"
         if not any(m.route for m in active):  # every POST /v1/route would be a 422
@@ -201,32 +203,53 @@ class Settings:
                 check_models(policy, [*active, *retired])
             except InvalidInput as exc:
                 raise ConfigError(f"{where}: {exc}") from exc
-        self._check_models_named(active, retired)
+        return self._check_models_named(active, retired, budgets=budgets)
 
-    def _check_models_named(self, active: Sequence[ModelSpec], retired: Sequence[ModelSpec]) -> None:
-        """The budgets' `fallback_model` is an `active` routable model and each share selector picks one; the
-        `judge_model` and every model a named router calls are `active` (a model `retired` at run time stays so:
-        refused, naming it). Raises `ConfigError` naming the key and listing the active models."""
+    def _check_models_named(
+        self, active: Sequence[ModelSpec], retired: Sequence[ModelSpec], *, budgets: bool = True
+    ) -> list[str]:
+        """The budgets' `fallback_model` is an active routable model and each share selector picks one; the
+        `judge_model` and every model a named router calls are active. One `retired` at run time (a restart keeps it
+        so, whatever the file says) is not refused, as a policy's is not: the service runs without it as it does
+        after the DELETE, and the returned warnings say how (the fallback: the guard rails take the request's
+        cheapest model; a share: it never binds; the judge: still called, its upstream kept; a named router:
+        `check_router_models`). A name in neither raises `ConfigError` naming the key and listing the active
+        models. `budgets=False`: stored targets replace the file's `[budgets]`, which is not checked."""
         names = [m.name for m in active]
         gone = [m.name for m in retired]
-        fallback = self.budgets.fallback_model
+        said: list[str] = []
+        fallback = self.budgets.fallback_model if budgets else None
         if fallback is not None and (why := _not_active(fallback, names, gone)) is not None:
-            raise ConfigError(f"budgets: fallback_model {fallback!r} {why}")
-        if fallback is not None and not next(m for m in active if m.name == fallback).route:
+            if fallback not in gone:
+                raise ConfigError(f"budgets: fallback_model {fallback!r} {why}")
+            said.append(f"budgets: fallback_model {fallback!r} {why}: while a budget is exhausted the guard rails "
+                        "take the request's cheapest model until a model of that name is added (POST /v1/models)")
+        elif fallback is not None and not next(m for m in active if m.name == fallback).route:
             raise ConfigError(f"budgets: fallback_model {fallback!r} has route = false: it is never chosen")
         routable = [m for m in active if m.route]  # what a decision can choose: the budgets' fallback and shares
-        unmatched = self.budgets.shares_matching_nothing(routable)
+        unmatched = self.budgets.shares_matching_nothing(routable) if budgets else []
         if unmatched:
             retired_picked = [m.name for m in retired  # those a selector would pick: it was written for them
                               if m.route and len(self.budgets.shares_matching_nothing([*routable, m])) < len(unmatched)]
-            stays = f"; retired at run time: {', '.join(retired_picked)}" if retired_picked else ""
-            raise ConfigError(f"budgets: {', '.join(unmatched)}: no active model is picked by that selector (models "
-                              f"with route = false do not count: they are never chosen){stays}; its routable models: "
-                              f"{', '.join(m.name for m in routable)}")
+            nowhere = self.budgets.shares_matching_nothing([*routable, *(m for m in retired if m.route)])
+            if nowhere:
+                stays = f"; retired at run time: {', '.join(retired_picked)}" if retired_picked else ""
+                raise ConfigError(f"budgets: {', '.join(nowhere)}: no active model is picked by that selector "
+                                  f"(models with route = false do not count: they are never chosen){stays}; its "
+                                  f"routable models: {', '.join(m.name for m in routable)}")
+            said.append(f"budgets: {', '.join(unmatched)}: picks only models retired at run time (DELETE "
+                        f"/v1/models), which a restart keeps whatever the file says: {', '.join(retired_picked)}; "
+                        "the share picks no active model and never binds until a model it picks is added (POST "
+                        "/v1/models)")
         judge = self.judge.judge_model
         if judge is not None and (why := _not_active(judge, names, gone)) is not None:
-            raise ConfigError(f"judge_model: {judge!r} {why}")
-        check_router_models(self.named_routers.routers, names, [m.name for m in active if not m.route], retired=gone)
+            if judge not in gone:
+                raise ConfigError(f"judge_model: {judge!r} {why}")
+            said.append(f"judge_model: {judge!r} {why}: the judge goes on calling it (retiring a model stops routing "
+                        "to it, not the calls of a judge)")
+        said += check_router_models(self.named_routers.routers, names, [m.name for m in active if not m.route],
+                                    retired=gone)
+        return said
 
     @property
     def checked(self) -> bool:

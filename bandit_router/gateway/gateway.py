@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -216,10 +216,12 @@ class Gateway:
         """Whether a reply waits until its call record is committed (several workers: see `_record`)."""
 
     @classmethod
-    def build(cls, settings: Settings, engine: DecisionLog) -> Gateway:
+    def build(cls, settings: Settings, engine: DecisionLog, models: Iterable[ModelSpec] = ()) -> Gateway:
         """Endpoints for every catalog model (the settings' catalog: the upstream keys of today's file, not of a
-        checkpoint) and for models added at run time (with `default_base_url`)."""
-        specs: dict[str, ModelSpec] = {m.name: m for m in engine.router.models}
+        checkpoint) and for models added at run time (with `default_base_url`): the router's, and `models` (the
+        live catalog's, known before the recovery has applied the log), retired ones too: never routed to, but a
+        judge or a named router the configuration names may still call one (`Settings.check_catalog`)."""
+        specs: dict[str, ModelSpec] = {m.name: m for m in (*models, *engine.router.models)}
         specs.update({m.name: m for m in settings.load_catalog()})
         endpoints = [e for e in (cls._endpoint(settings, s) for s in specs.values()) if e is not None]
         limit = settings.gateway.max_upstream_response_bytes

@@ -270,20 +270,24 @@ class BudgetState:
         """Load the stored pacer state (it wins over the configuration), then pace `router`. Returns where the
         targets came from: `config` or `stored`.
 
-        What an older version stored and this one drops on loading (`BudgetPacer.load`: of tenants "5" and "5.0"
-        stored apart, "5.0"; a target this version refuses) is said once, and the rows are stored again as loaded,
-        so that the next start has nothing to say (each start said it again, the targets row being rewritten only
-        by a PUT); the warnings name what was dropped."""
+        What this version drops on loading is said (`BudgetPacer.load`, `BudgetConfig.from_stored`), and the rows
+        are then stored again as loaded only when nothing but a harmless normalisation was dropped (of tenants "5"
+        and "5.0" stored apart, "5.0"), so that the next start has nothing to say. A stored target this version
+        refuses (one a newer version stored: `spend_usd=900/1mo`) is never rewritten away: the rows stay as stored
+        (a newer version, or this one after a downgrade, loads it again), and each start says it again until a
+        PUT /v1/budgets replaces the targets. The rows are stored again only if no other process stored them
+        since this start read them (`_store_as_loaded`)."""
         source = "config"
         with self.store.read() as reader:
             state = reader.get_meta(BUDGETS_STATE)
             config = reader.get_meta(BUDGETS_CONFIG)
         loaded_state: Any = None
         changed = False  # something stored did not load as stored (said by the loading)
+        refused = False  # ... of which a target this version refuses: the rows are not rewritten
         if state is not None:
             try:
                 saved = json.loads(state)
-                self.pacer.load(saved)
+                refused = bool(self.pacer.load(saved))
                 loaded_state = saved
                 changed = saved["config"] != self.pacer.config.to_mapping()
                 source = "stored"
@@ -295,32 +299,58 @@ class BudgetState:
                 targets = json.loads(config)
                 if targets != self.pacer.config.to_mapping() and (  # a PUT after the last state save; the same
                         loaded_state is None or targets != loaded_state["config"]):  # as the state's: loaded once
-                    self.pacer.configure(BudgetConfig.from_mapping(targets, stored=True))
-                    changed = targets != self.pacer.config.to_mapping()
+                    loaded, dropped = BudgetConfig.from_stored(targets)
+                    self.pacer.configure(loaded)
+                    refused = refused or bool(dropped)
+                    changed = changed or targets != self.pacer.config.to_mapping()
                 self._config_json = config
                 source = "stored"
             except (InvalidInput, ValueError) as exc:
                 log.warning("stored budget targets not loaded: %s", exc)
-        if changed:
-            self._store_as_loaded(config_row=config is not None and self._config_json == config)
+        if refused:
+            log.warning("stored budget targets this version refuses are left stored, not paced (the rows are not "
+                        "rewritten; a PUT /v1/budgets replaces them)")
+            if config is None and loaded_state is not None:  # the periodic state save would overwrite them
+                kept = json.dumps(loaded_state["config"], sort_keys=True)  # as stored, refused targets and all
+                if self._store_as_loaded((state, config), targets_row=kept):
+                    log.info("stored the budget state's targets, as stored, in the targets row (kept there)")
+        elif changed and self._store_as_loaded(
+                (state, config), state_row=json.dumps(self.pacer.state()),
+                targets_row=json.dumps(self.pacer.config.to_mapping(), sort_keys=True)
+                if config is not None and self._config_json == config else None):
+            log.info("stored the budget targets as loaded: %s", ", ".join(self.pacer.config.describe()) or "none")
         router.pacer = self.pacer
         return source
 
-    def _store_as_loaded(self, *, config_row: bool) -> None:
-        """Store the pacer's state, and its targets in the targets row (`config_row`: that row was loaded), as
-        loaded: some of what was stored did not load (logged)."""
-        config_json = json.dumps(self.pacer.config.to_mapping(), sort_keys=True)
+    def _store_as_loaded(self, read: tuple[str | None, str | None], *, state_row: str | None = None,
+                         targets_row: str | None = None) -> bool:
+        """Store `state_row` and `targets_row` (those not None) in place of the rows `read` (state, targets) at
+        this start, in one transaction that reads them again first: if another process stored either since (its
+        start, a PUT /v1/budgets), nothing is written (what it stored is newer; `housekeeping` follows it).
+        Returns whether they were stored."""
         try:
             with self.store.write() as tx:
-                tx.set_meta(BUDGETS_STATE, json.dumps(self.pacer.state()))
-                if config_row:
-                    tx.set_meta(BUDGETS_CONFIG, config_json)
+                if (tx.get_meta(BUDGETS_STATE), tx.get_meta(BUDGETS_CONFIG)) != read:
+                    log.info("the stored budget rows changed since this start read them (another process stored "
+                             "them); left as that process stored them")
+                    return False
+                if state_row is not None:
+                    tx.set_meta(BUDGETS_STATE, state_row)
+                if targets_row is not None:
+                    tx.set_meta(BUDGETS_CONFIG, targets_row)
         except StoreError as exc:
             log.warning("storing the budget targets as loaded failed (the next start loads them again): %s", exc)
-            return
-        if config_row:
-            self._config_json = config_json
-        log.info("stored the budget targets as loaded: %s", ", ".join(self.pacer.config.describe()) or "none")
+            return False
+        if targets_row is not None:
+            self._config_json = targets_row
+        return True
+
+
+def stored_budgets(store: Store) -> bool:
+    """The store holds budget targets (a state or a PUT's targets), which a start loads in place of the
+    configuration's `[budgets]` (`BudgetState.recover`)."""
+    with store.read() as reader:
+        return any(reader.get_meta(key) is not None for key in (BUDGETS_STATE, BUDGETS_CONFIG))
 
 
 def chain_spend(call: CallRecord | None) -> float | None:

@@ -29,6 +29,7 @@ from ..catalog import ModelSpec
 from ..config import Settings, load_settings
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
+from ..log.budget_state import stored_budgets
 from ..log.catalog import LiveCatalog, stored_catalog
 from ..store import SCHEMA_VERSION
 from ..store.location import DatabaseURL, open_store
@@ -260,7 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # the catalog's models as the routers will hold them, with those added and retired at run time: before
         # the database is created or migrated, so that a refused start leaves it as it was
-        await asyncio.to_thread(check_live_catalog, settings)
+        live = await asyncio.to_thread(check_live_catalog, settings)
         store = open_store(settings.storage.db, synchronous=settings.storage.synchronous,
                            wal_max_bytes=settings.storage.wal_max_bytes)
         await asyncio.to_thread(store.prepare)
@@ -278,7 +279,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.start()
         gateway: Gateway | None = None
         try:  # a start-up failure (a ConfigError) stops what has started, like a shutdown
-            gateway = await start_gateway(settings, engine)
+            gateway = await start_gateway(settings, engine, live)
             gateway.observer = metrics.call_recorded
             if gateway.judge is not None:
                 metrics.bind_judge(gateway.judge.report)
@@ -323,28 +324,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def check_live_catalog(settings: Settings) -> LiveCatalog:
+def check_live_catalog(settings: Settings, *, warn: bool = True) -> LiveCatalog:
     """`Settings.check_catalog` on the live catalog: the catalog with the model events stored in the database
     applied (`log.catalog`), since a model added or retired at run time stays so across restarts whatever the file
     says. A `ConfigError` when no model of it is routable, a fixed or rules policy names a model that is in
     neither the catalog nor the log, or the budgets' fallback model or a share selector, the judge model or a named
-    router's model is no active model of it (one retired at run time is named so). Creates and migrates nothing
-    (run it before `Store.prepare`): a SQLite file that does not exist, and a database that records no schema, hold
-    no model event (the catalog file alone is checked); a schema of any earlier version is read as it is (the model
-    events' table is schema 1's); a newer one is not read (`prepare` refuses it). `StoreError` when the database
-    cannot be read. Returns the live catalog."""
+    router's model is in neither. One of those retired at run time is not refused (the service runs without it, as
+    after the DELETE): `warn` logs a warning for each, saying what the service does without it. The file's
+    `[budgets]` is checked only when the database stores no budget targets, which replace it at start
+    (`BudgetState.recover`). Creates and migrates nothing (run it before `Store.prepare`): a SQLite file that does
+    not exist, and a database that records no schema, hold no model event (the catalog file alone is checked); a
+    schema of any earlier version is read as it is (the model events' table is schema 1's); a newer one is not
+    read (`prepare` refuses it). `StoreError` when the database cannot be read. Returns the live catalog."""
     storage = settings.storage
     catalog = list(settings.load_catalog())
     if not isinstance(storage.db, DatabaseURL) and not Path(storage.db).exists():
-        settings.check_catalog(catalog)  # opening the store would create the file
-        return LiveCatalog(tuple(catalog))
-    store = open_store(storage.db, synchronous=storage.synchronous)
-    try:
-        version = store.schema_version()
-        live = stored_catalog(catalog, store) if 0 < version <= SCHEMA_VERSION else LiveCatalog(tuple(catalog))
-    finally:
-        store.close()
-    settings.check_catalog(live.active, live.retired)
+        said = settings.check_catalog(catalog)  # opening the store would create the file
+        live = LiveCatalog(tuple(catalog))
+    else:
+        store = open_store(storage.db, synchronous=storage.synchronous)
+        try:
+            version = store.schema_version()
+            readable = 0 < version <= SCHEMA_VERSION
+            live = stored_catalog(catalog, store) if readable else LiveCatalog(tuple(catalog))
+            budgets_stored = readable and stored_budgets(store)
+        finally:
+            store.close()
+        said = settings.check_catalog(live.active, live.retired, budgets=not budgets_stored)
+    for line in said if warn else ():
+        log.warning("%s", line)
     return live
 
 
@@ -376,9 +384,12 @@ def _unreachable_in_catalog(settings: Settings, models: Iterable[ModelSpec] | No
     return reason
 
 
-async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
-    """The gateway (`POST /v1/chat/completions`) and, with `judge_model`, its judge loop."""
-    gateway = Gateway.build(settings, engine)
+async def start_gateway(settings: Settings, engine: Engine, live: LiveCatalog | None = None) -> Gateway:
+    """The gateway (`POST /v1/chat/completions`) and, with `judge_model`, its judge loop. `live`: the live catalog
+    (`check_live_catalog`), whose models, added or retired at run time, the gateway can call before the recovery
+    has applied the log (a judge or a named router the configuration names may call one)."""
+    known = [] if live is None else [*live.active, *live.retired]
+    gateway = Gateway.build(settings, engine, known)
     judge_model = settings.judge.judge_model
     if judge_model is not None and settings.judge.judge_sample_rate > 0:
         try:
@@ -386,7 +397,8 @@ async def start_gateway(settings: Settings, engine: Engine) -> Gateway:
         except ConfigError:
             await gateway.close()
             raise
-        judge = Judge(settings, engine.router.spec(judge_model), gateway.upstreams, engine.feedback,
+        spec = next((m for m in known if m.name == judge_model), None) or engine.router.spec(judge_model)
+        judge = Judge(settings, spec, gateway.upstreams, engine.feedback,
                       engine.record_judge_call, seed=settings.routing.seed)
         judge.start()
         gateway.judge = judge

@@ -110,10 +110,11 @@ def serve(
         settings = load_settings(config, overrides=overrides, stored_models=True)
         from .app import check_live_catalog, check_upstreams
 
-        live = check_live_catalog(settings)  # with the models added and retired at run time; before the schema,
-        # so that a refused start creates and migrates nothing; then the judge's and named routers' models, the
-        # live catalog's (one added at run time too): a message now, not a traceback later
-        check_upstreams(settings, models=live.active)
+        live = check_live_catalog(settings, warn=False)  # with the models added and retired at run time; before
+        # the schema, so that a refused start creates and migrates nothing (what it would warn about, the server's
+        # start says); then the judge's and named routers' models, the live catalog's (one added at run time too,
+        # or retired: still called): a message now, not a traceback later
+        check_upstreams(settings, models=[*live.active, *live.retired])
         storage = settings.storage
         lock = claim_database(storage.db, "serve")  # no other serve on this SQLite file (store/serverlock.py)
         store = open_store(storage.db, synchronous=storage.synchronous)
@@ -298,7 +299,8 @@ def migrate(
 def _checked_settings(config: Path | None, *, read_errors: bool = True) -> Settings:
     """The settings as `serve` checks them: the catalog's models against the live catalog (`check_live_catalog`:
     with the models its database holds, added and retired at run time, when it exists; the catalog file alone
-    otherwise). `read_errors=False`: a database that cannot be read is not checked against (`check` says why)."""
+    otherwise). `read_errors=False`: a database that cannot be read is not checked against (`check` says why):
+    the catalog file alone is, as `check()` checks it without `stored_models`."""
     from .app import check_live_catalog
 
     settings = load_settings(config, stored_models=True)
@@ -307,6 +309,7 @@ def _checked_settings(config: Path | None, *, read_errors: bool = True) -> Setti
     except StoreError:
         if read_errors:
             raise
+        settings.check_catalog(list(settings.load_catalog()))
     return settings
 
 
