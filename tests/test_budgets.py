@@ -820,6 +820,29 @@ def test_a_spend_period_entered_while_the_clock_ran_ahead_gives_way_once_it_is_s
     assert pacer.state()["global"]["last_time"] == start + 3720.0  # gaps measured from now on, not read as 0
 
 
+def test_a_clock_run_ahead_then_set_right_starts_the_real_next_day_afresh() -> None:
+    """A clock 10 minutes fast entered the next day early (0.10 booked there), then was set right: the pacer went
+    back to the day it left, with that day's spend plus the 0.10. It still remembered the early next day as the
+    period it left, so the real midnight "returned" to it and the new day started with the 0.10 and all spent since
+    the correction (0.41 where 0.01 was booked). A period returned to is forgotten: the new day counts 0.01."""
+    midnight = 1_000_080_000.0  # a multiple of 86400
+    clock = Clock(midnight - 1800)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=1/1d"]), clock=clock)
+    context = Router(MODELS, "vw-squarecb", seed=0).featurize(Request(prompt="hi"))
+    pacer.observe(_decision(context, "small", cost=0.20), None)
+    clock.t = midnight + 60  # 10 minutes fast: "after midnight" at 23:51
+    pacer.observe(_decision(context, "small", cost=0.10), None)
+    clock.t = midnight - 480  # set right
+    for _ in range(3):
+        pacer.observe(_decision(context, "small", cost=0.10), None)
+    day = pacer.report()["global"]["targets"][0]
+    assert day["period_start"] == midnight - 86400 and day["realized"] == pytest.approx(0.60)
+    clock.t = midnight + 60  # the real midnight
+    pacer.observe(_decision(context, "small", cost=0.01), None)
+    day = pacer.report()["global"]["targets"][0]
+    assert day["period_start"] == midnight and day["realized"] == pytest.approx(0.01)
+
+
 def test_a_clock_set_back_wrongly_then_set_right_keeps_the_days_spend() -> None:
     """A clock set back a day by mistake, then set right a minute later: the pacer moved to the earlier period
     carrying the day's spend, then entered the day's period again as a new one with spend 0, and a whole budget

@@ -383,7 +383,10 @@ class _SpendControl(_CostControl):
 
         so a clock set back wrongly then set right keeps the day's spend (and what was booked meanwhile), and one that
         ran ahead then was set right gets the spend of the period before the step back, plus what was booked meanwhile.
-        Moving back, the plan's times are capped at `now`."""
+        A period returned to is forgotten (its spend is in the current one). Moving back, the plan's times are capped
+        at `now`. A wall clock alone cannot tell a step back of exactly one period that is never corrected from one set
+        right later: the next real change of period then counts the earlier period's spend too (cautious: it binds
+        early, never late)."""
         period = math.floor(now / self.target.period_s)
         if self.period is None:
             self.period, self.spend_usd, self.entered_usd = period, 0.0, 0.0
@@ -391,13 +394,16 @@ class _SpendControl(_CostControl):
         step_back = period < self.period and now < self.period_start() - CLOCK_STEP_BACK_S
         if period <= self.period and not step_back:
             return
-        if period == self.left_period:
+        returning = period == self.left_period
+        if returning:
             spend = self.left_usd + max(0.0, self.spend_usd - self.entered_usd)
         elif step_back:
             spend = self.spend_usd
         else:
             spend = 0.0
-        self.left_period, self.left_usd = self.period, self.spend_usd
+        # a period returned to has its spend folded in: forgotten, or the real change of period into the one left
+        # (a clock run ahead, set right) would count what was booked there, and since, a second time
+        self.left_period, self.left_usd = (None, 0.0) if returning else (self.period, self.spend_usd)
         self.period, self.spend_usd, self.entered_usd = period, spend, spend
         if step_back:
             self.plan_time = None if self.plan_time is None else min(self.plan_time, now)

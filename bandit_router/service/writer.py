@@ -544,7 +544,7 @@ class Writer:
                 if sweep:
                     self._sweep(batch)
                 batch.flush()
-        except Exception as exc:  # rolled back: nothing of this batch is stored
+        except Exception as exc:  # rolled back, nothing of it stored (`CommitOutcomeUnknown`: perhaps stored)
             if isinstance(exc, StoreError):
                 if getattr(self.store, "fault", None) is None:  # a fault was logged once by the store
                     self._say("write", logging.ERROR, "write transaction failed: %s", exc)
