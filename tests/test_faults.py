@@ -764,7 +764,8 @@ def test_a_mistyped_postgresql_url_is_refused_as_one_with_its_password_masked(
     password masked, nothing created."""
     monkeypatch.chdir(tmp_path)
     for db, shown in [("postgres:/u:s3cret@host/db", "postgres:/u:***@host/db"),
-                      ("POSTGRESQL:u:s3cret@host", "POSTGRESQL:u:***@host")]:
+                      ("POSTGRESQL:u:s3cret@host", "POSTGRESQL:u:***@host"),
+                      ("postgres:/u@h/db?user=u&password=s3cret", "postgres:/u@h/db?user=u&password=***")]:
         result = CliRunner().invoke(cli_app, [*command, "--db", db])
         assert result.exit_code == 2, result.output
         said = " ".join(result.output.split())

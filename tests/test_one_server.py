@@ -56,6 +56,13 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
         server.stop()
 
 
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def route(server: ServeProcess, n: int) -> None:
     for i in range(n):
         reply = httpx.post(server.url + "/v1/route", json={"prompt": f"Write a haiku about the sea #{i}"}, timeout=30)
@@ -186,13 +193,22 @@ def test_a_lock_file_another_user_created_is_locked_read_only(tmp_path: Path) ->
                                 timeout=RUN_S, preexec_fn=under_file_modes())
         assert result.returncode == 0, result.stdout + result.stderr
     assert lock.read_bytes() == before  # the record of the claimer that could write it
-    held = ServerLock(db)
-    held.claim("serve")  # read-only or not, the lock excludes: a second claimer is refused
+    port = free_port()
+    holder = subprocess.Popen([*CLI, "serve", "--db", str(db), "--port", str(port)], cwd=tmp_path, env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=under_file_modes())  # locks read-only; its record stays migrate's
     try:
-        with pytest.raises(DatabaseInUse):
+        deadline = time.monotonic() + RUN_S
+        while not _ready(port):
+            assert holder.poll() is None and time.monotonic() < deadline, holder.stderr
+            time.sleep(0.1)
+        with pytest.raises(DatabaseInUse) as refused:  # named, never told to kill the server as an orphan
             ServerLock(db).claim("migrate")
+        message = str(refused.value)
+        assert f"processes {holder.pid} (the lock file's record" in message and "kill" not in message, message
     finally:
-        held.close()
+        holder.kill()
+        holder.wait(RUN_S)
 
 
 @pytest.mark.parametrize("kind", ["database", "symlink"])

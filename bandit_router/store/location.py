@@ -104,14 +104,16 @@ def parse_database(value: str | Path | DatabaseURL) -> Database:
 
 def _masked_malformed(value: str) -> str:
     """A mistyped PostgreSQL URL with everything between its user name's `:` and its last `@` masked (all after
-    that `:` when it has no `@`): `redact_urls` finds passwords only after `://`."""
+    that `:` when it has no `@`), and a `password=` parameter's value: `redact_urls` finds passwords only after
+    `://`."""
     start = _MISTYPED_URL.match(value)
     cut = 0 if start is None else start.end()
     info, at, host = value[cut:].rpartition("@")
     if not at:
         info, host = value[cut:], ""
     user, colon, _ = info.partition(":")
-    return value[:cut] + user + (":" + MASK if colon else "") + at + host
+    shown = value[:cut] + user + (":" + MASK if colon else "") + at + host
+    return _KEYWORD_PASSWORD.sub(lambda m: m.group(1) + MASK, shown)  # and a `password=` in its query
 
 
 def redact_urls(text: str, secret: str | None = None) -> str:

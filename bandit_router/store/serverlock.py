@@ -232,10 +232,21 @@ def _holder(record: dict[str, Any], holding: list[int]) -> str:
     if not holding:
         return "another process"
     pids = ", ".join(map(str, holding))
-    if isinstance(pid, int) and here and not _alive(pid):
+    if isinstance(pid, int) and here and not _alive(pid) and all(map(_is_worker, holding)):
         return (f"processes {pids}, the workers of a bandit-router serve whose main process (pid {pid}) has exited "
                 f"(stop them: kill {' '.join(map(str, holding))})")
+    if isinstance(pid, int):  # a claimer that could not write its record (another user's lock file)
+        return f"processes {pids} (the lock file's record, {named}, is older)"
     return f"processes {pids}"
+
+
+def _is_worker(pid: int) -> bool:
+    """Whether `pid` is a worker uvicorn spawned (`multiprocessing`'s spawn: `spawn_main` in its command line), not
+    a `serve` of its own (Linux's `/proc`; False where it cannot tell)."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _alive(pid: int) -> bool:
