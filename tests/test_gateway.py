@@ -22,6 +22,7 @@ import pytest
 
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Settings
+from bandit_router.router import Router
 from bandit_router.service import create_app
 from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread, quality_in
 
@@ -1094,15 +1095,14 @@ def test_call_slots_are_all_given_back_when_waits_time_out_as_slots_free_up() ->
     assert got + timed_out == 400 and got > 0 and timed_out > 0
 
 
-def test_a_retirement_landing_between_a_fallbacks_listing_and_its_decision_is_listed_again_not_a_400(
-    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The first choice fails and is stored; the writer thread applies a retirement (`Router.retire_model`, what
-    it does for `DELETE /v1/models/{name}`) after the gateway listed the fallback's remaining models and before
-    the router decided among them: the gateway lists them again and falls back to a model still active. It was a
-    400 (`UnknownModel`) after the failed first try had been stored."""
+def _fallback_with_a_catalog_change(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...],
+    change: Callable[[Router, str], None],
+) -> tuple[httpx.Response, list[str], list[str]]:
+    """A chat completion allowing `names` whose first choice fails (stored); `change(router, model)` is applied,
+    as the writer thread would, to the first model the fallback's decision is asked about, after the gateway listed
+    them and before the router decided. (The reply, the failed model, the changed model.)"""
     monkeypatch.setenv(KEY_ENV, KEY)
-    names = ("fake-coder", "fake-writer", "fake-small")
     specs = tuple(ModelSpec(n, *PRICES[n], base_url=fake.url + "/v1", api_key_env=KEY_ENV) for n in names)
     body: dict[str, Any] = {"model": "router", "messages": [{"role": "user", "content": CODE}],
                             "bandit_router": {"models": list(names)}}  # fmt: skip
@@ -1113,7 +1113,7 @@ def test_a_retirement_landing_between_a_fallbacks_listing_and_its_decision_is_li
         engine = app.state.engine
         router, route, decide = engine.router, engine.route, engine.router.decide
         failed: list[str] = []
-        retired: list[str] = []
+        changed: list[str] = []
 
         async def route_then_fail(routed: Any) -> Any:
             decision = await route(routed)
@@ -1121,23 +1121,38 @@ def test_a_retirement_landing_between_a_fallbacks_listing_and_its_decision_is_li
             failed.append(decision.model)
             return decision
 
-        def retire_then_decide(context: Any, **kwargs: Any) -> Any:
-            if failed and not retired:  # the fallback's: applied on the writer thread after the gateway listed them
-                retired.append(kwargs["models"][0])
-                router.retire_model(retired[0])
+        def change_then_decide(context: Any, **kwargs: Any) -> Any:
+            if failed and not changed:  # the fallback's: applied on the writer thread after the gateway listed them
+                changed.append(kwargs["models"][0])
+                change(router, changed[0])
             return decide(context, **kwargs)
 
         monkeypatch.setattr(engine, "route", route_then_fail)
-        monkeypatch.setattr(router, "decide", retire_then_decide)
-        reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
-        assert reply.status_code == 200, reply.text
-        assert reply.headers["x-bandit-router-attempts"] == "2"
-        answered = reply.json()["model"]
-        assert answered in names and answered not in (*failed, *retired), (answered, failed, retired)
-        assert retired and retired[0] != failed[0]
+        monkeypatch.setattr(router, "decide", change_then_decide)
+        return httpx.post(url + "/v1/chat/completions", json=body, timeout=30), failed, changed
     finally:
         fake.behaviour.clear()
         server.stop()
+
+
+def test_a_retirement_landing_between_a_fallbacks_listing_and_its_decision_is_listed_again_not_a_400(
+    fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first choice fails and is stored; the writer thread applies a retirement (`Router.retire_model`, what
+    it does for `DELETE /v1/models/{name}`) after the gateway listed the fallback's remaining models and before
+    the router decided among them: the gateway lists them again and falls back to a model still active. It was a
+    400 (`UnknownModel`) after the failed first try had been stored."""
+    names = ("fake-coder", "fake-writer", "fake-small")
+
+    def retire(router: Router, model: str) -> None:
+        router.retire_model(model)
+
+    reply, failed, retired = _fallback_with_a_catalog_change(fake, tmp_path, monkeypatch, names, retire)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-bandit-router-attempts"] == "2"
+    answered = reply.json()["model"]
+    assert answered in names and answered not in (*failed, *retired), (answered, failed, retired)
+    assert retired and retired[0] != failed[0]
 
 
 def test_a_fallback_model_added_back_with_route_false_between_listing_and_deciding_is_no_fallback_not_a_400(
@@ -1148,43 +1163,17 @@ def test_a_fallback_model_added_back_with_route_false_between_listing_and_decidi
     models and before the router decided among them: no model is left to fall back to, so the caller gets the 502
     naming the failed try. It was a 400 (`UnknownModel`: no routable model among these) blaming
     `bandit_router.models`, read as "not a retirement" because the name was still active."""
-    monkeypatch.setenv(KEY_ENV, KEY)
     names = ("fake-coder", "fake-writer")
-    specs = tuple(ModelSpec(n, *PRICES[n], base_url=fake.url + "/v1", api_key_env=KEY_ENV) for n in names)
-    body: dict[str, Any] = {"model": "router", "messages": [{"role": "user", "content": CODE}],
-                            "bandit_router": {"models": list(names)}}  # fmt: skip
-    app = create_app(Settings(db=tmp_path / "r.db", seed=7, models=specs))
-    server = ServerThread(app)
-    try:
-        url = server.wait_ready()
-        engine = app.state.engine
-        router, route, decide = engine.router, engine.route, engine.router.decide
-        failed: list[str] = []
-        readded: list[str] = []
 
-        async def route_then_fail(routed: Any) -> Any:
-            decision = await route(routed)
-            fake.set(decision.model, "fail")
-            failed.append(decision.model)
-            return decision
+    def readd(router: Router, model: str) -> None:
+        spec = router.retire_model(model)
+        router.add_model(ModelSpec(spec.name, *PRICES[spec.name], base_url=spec.base_url, api_key_env=KEY_ENV,
+                                   route=False))
 
-        def readd_then_decide(context: Any, **kwargs: Any) -> Any:
-            if failed and not readded:  # the fallback's: applied on the writer thread after the gateway listed it
-                readded.append(kwargs["models"][0])
-                spec = router.retire_model(readded[0])
-                router.add_model(ModelSpec(spec.name, *PRICES[spec.name], base_url=spec.base_url,
-                                           api_key_env=KEY_ENV, route=False))  # fmt: skip
-            return decide(context, **kwargs)
-
-        monkeypatch.setattr(engine, "route", route_then_fail)
-        monkeypatch.setattr(router, "decide", readd_then_decide)
-        reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
-        assert reply.status_code == 502, reply.text
-        assert failed[0] in reply.json()["error"]["message"] and "1 tried" in reply.json()["error"]["message"]
-        assert readded == [m for m in names if m != failed[0]]
-    finally:
-        fake.behaviour.clear()
-        server.stop()
+    reply, failed, readded = _fallback_with_a_catalog_change(fake, tmp_path, monkeypatch, names, readd)
+    assert reply.status_code == 502, reply.text
+    assert failed[0] in reply.json()["error"]["message"] and "1 tried" in reply.json()["error"]["message"]
+    assert readded == [m for m in names if m != failed[0]]
 
 
 def test_a_model_added_back_with_route_false_while_a_request_is_routed_is_never_blamed_on_a_knob(
