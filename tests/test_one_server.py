@@ -56,13 +56,6 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
         server.stop()
 
 
-def _ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def route(server: ServeProcess, n: int) -> None:
     for i in range(n):
         reply = httpx.post(server.url + "/v1/route", json={"prompt": f"Write a haiku about the sea #{i}"}, timeout=30)
@@ -193,22 +186,16 @@ def test_a_lock_file_another_user_created_is_locked_read_only(tmp_path: Path) ->
                                 timeout=RUN_S, preexec_fn=under_file_modes())
         assert result.returncode == 0, result.stdout + result.stderr
     assert lock.read_bytes() == before  # the record of the claimer that could write it
-    port = free_port()
-    holder = subprocess.Popen([*CLI, "serve", "--db", str(db), "--port", str(port)], cwd=tmp_path, env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=under_file_modes())  # locks read-only; its record stays migrate's
+    holder = ServeProcess(tmp_path, CLI, ["--db", str(db)], env=ENV,
+                          preexec_fn=under_file_modes())  # locks read-only; its record stays migrate's
     try:
-        deadline = time.monotonic() + RUN_S
-        while not _ready(port):
-            assert holder.poll() is None and time.monotonic() < deadline, holder.stderr
-            time.sleep(0.1)
+        holder.wait_ready(RUN_S)
         with pytest.raises(DatabaseInUse) as refused:  # named, never told to kill the server as an orphan
             ServerLock(db).claim("migrate")
         message = str(refused.value)
-        assert f"processes {holder.pid} (the lock file's record" in message and "kill" not in message, message
+        assert f"processes {holder.process.pid} (the lock file's record" in message and "kill" not in message, message
     finally:
-        holder.kill()
-        holder.wait(RUN_S)
+        holder.stop()
 
 
 @pytest.mark.parametrize("kind", ["database", "symlink"])

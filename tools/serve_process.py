@@ -8,7 +8,7 @@ answers 200: what the server-process tests (`tests/test_server_process.py`) and 
     server.stop()            # SIGKILL to the whole group (the workers too); always call it
 
 The child's environment is this process's without any `BANDIT_ROUTER_*` variable, plus `env`; its output goes to
-`folder/<log_name>-<port>.log`.
+`folder/<log_name>-<port>.log`; `preexec_fn` runs in the child before the command (as `subprocess.Popen`'s).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -43,7 +43,8 @@ class ServeProcess:
     """`command serve --port PORT args…` started in `folder` (see the module docstring)."""
 
     def __init__(self, folder: Path, command: Sequence[str], args: Sequence[str] = (), *,
-                 env: Mapping[str, str] | None = None, log_name: str = "server") -> None:
+                 env: Mapping[str, str] | None = None, log_name: str = "server",
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.folder = folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -52,7 +53,7 @@ class ServeProcess:
         self._log = self.logpath.open("wb")
         self.process = subprocess.Popen([*command, "serve", "--port", str(self.port), *args], cwd=folder,
                                         env={**clean, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=preexec_fn)
 
     def log_tail(self) -> str:
         return self.logpath.read_text(errors="replace")[-LOG_TAIL:]
