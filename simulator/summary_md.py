@@ -137,7 +137,8 @@ def markdown(data: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         strong_free = _strong_is_free(data, tm["strong"])
-        undefined_because = {"apgr": "no quality gap", "apgr_trapz": "no quality gap"}  # else: a level never reached
+        no_gap = "no quality gap"  # else: a level never reached
+        undefined_because = {"apgr": no_gap, "apgr_trapz": no_gap, "cpt50": no_gap, "cpt80": no_gap}
         if strong_free:
             undefined_because["cost_saving_at_95"] = "free strong model"
         for p, v in tm["policies"].items():
@@ -150,8 +151,8 @@ def markdown(data: dict[str, Any]) -> str:
         undefined = max((v["apgr"]["n_missing"] for v in tm["policies"].values()), default=0)
         if undefined:
             lines += [
-                f"PGR and APGR are undefined in {undefined} of {len(data['seeds'])} seed(s): there the two models have "
-                "the same mean quality (q_strong = q_weak), so there is no quality gap to recover.",
+                f"PGR, APGR and CPT are undefined in {undefined} of {len(data['seeds'])} seed(s): there the two models "
+                "have the same mean quality (q_strong = q_weak), so there is no quality gap to recover.",
                 "",
             ]
         if strong_free:

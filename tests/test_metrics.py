@@ -142,4 +142,5 @@ def test_break_even_step(gaps: list[float], expected: int | None) -> None:
 
 def test_pgr_and_cost_saving_are_undefined_without_a_gap_or_a_cost() -> None:
     assert math.isnan(M.apgr([0.5], [0.7], 0.7, 0.7))  # equally good models: no gap to recover (was 0/0)
+    assert M.cpt([0.5], [0.7], 0.7, 0.7, 0.5) is None  # was 0.0: every level of an undefined PGR "reached" at once
     assert M.cost_share_for_quality([0.0], [0.8], c_weak=0.0, c_strong=0.0, q_weak=0.6, q_strong=0.8) is None

@@ -340,7 +340,11 @@ def test_two_free_or_equally_good_models_give_a_report_without_the_undefined_num
         assert two["random"]["apgr"]["mean"] is None and two["oracle"]["apgr_trapz"]["mean"] is None
         # both were "– (2 never)", as if the curve never reached a level; APGR has no level, it has no meaning here
         assert row.startswith("| random | undefined (no quality gap) | undefined (no quality gap) |")
-        assert "PGR and APGR are undefined in 2 of 2 seed(s): there the two models have the same mean" in section
+        # CPT read 0.000 ± 0.000 (every level of an undefined PGR "reached" at no strong call): undefined too
+        for key in ("cpt50", "cpt80"):
+            assert two["random"][key] == two["oracle"][key] == {"mean": None, "ci95": None, "n_missing": 2}
+        assert row.split(" | ")[3:5] == ["undefined (no quality gap)"] * 2
+        assert "PGR, APGR and CPT are undefined in 2 of 2 seed(s): there the two models have the same mean" in section
 
 
 def test_a_fixed_policy_that_is_also_a_baseline_is_one_row_of_the_summary(tmp_path: Path) -> None:
