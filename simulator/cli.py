@@ -154,8 +154,16 @@ def simulate(
         typer.Option(help="Split column of a dataset, e.g. split_routerdc; 'task' (by task); random:0.5 (a seeded "
                      "random half for training)."),
     ] = None,
-    train_value: Annotated[str | None, typer.Option("--train-value", help="Split value of the training part.")] = None,
-    eval_value: Annotated[str | None, typer.Option("--eval-value", help="Split value of the evaluated part.")] = None,
+    train_value: Annotated[
+        str | None,
+        typer.Option("--train-value", help="Split value of the training part, with --split COLUMN or task. (default: "
+                     "train)"),
+    ] = None,
+    eval_value: Annotated[
+        str | None,
+        typer.Option("--eval-value", help="Split value of the evaluated part, with --split COLUMN or task. (default: "
+                     "test)"),
+    ] = None,
     task: Annotated[list[str] | None, typer.Option("--task", help="Keep only this task (repeatable).")] = None,
     drop_flag: Annotated[
         str | None, typer.Option("--drop-flag", help="Drop rows where this column is true, e.g. routellm_contaminated.")

@@ -256,6 +256,22 @@ def test_a_split_whose_training_and_evaluated_parts_are_one_value_is_refused(hol
         load_dataset(holey_table, split="task", train_value="code", eval_value="code")
 
 
+@pytest.mark.parametrize(("split", "values", "match"), [
+    ("random:0.5", {"train_value": "train", "eval_value": "dev"},
+     r"--train-value 'train' and --eval-value 'dev' name values of a split column .* but --split random:0\.5 draws"),
+    (None, {"eval_value": "test"}, r"--eval-value 'test' names a value of a split column .* but without --split"),
+])
+def test_split_values_without_a_split_column_are_refused(
+    holey_table: Path, split: str | None, values: dict[str, str], match: str
+) -> None:
+    """`--split random:0.5 --train-value train --eval-value dev` (or the values without --split) ran as if the
+    values had not been given: a random split draws its parts and reads no column."""
+    with pytest.raises(InvalidInput, match=match):
+        load_dataset(holey_table, split=split, **values)
+    assert len(load_dataset(holey_table, split="random:0.5").train_rows) > 0  # without them, as before
+    assert len(load_dataset(holey_table, split="split").train_rows) > 0  # a column's defaults: train and test
+
+
 @pytest.mark.parametrize("problem", ["folder", "cut gzip", "no such column"])
 def test_a_world_prompt_file_that_cannot_be_read_is_named(tmp_path: Path, problem: str) -> None:
     """A folder was an IsADirectoryError traceback, a cut gzip file click's bare "Aborted!", and a `column` the file

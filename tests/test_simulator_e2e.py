@@ -391,3 +391,13 @@ def test_a_report_that_cannot_be_written_is_a_message_and_leaves_the_previous_on
         done.stderr
     )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_split_values_with_a_random_split_are_refused_with_exit_status_2(tmp_path: Path) -> None:
+    """They were ignored: the run went on with a random half for training, whatever values were given."""
+    out = tmp_path / "run"
+    extra = ["--split", "random:0.5", "--train-value", "train", "--eval-value", "dev", "--steps", "40"]
+    result = CliRunner().invoke(app, [*ARGS, *extra, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "--train-value 'train' and --eval-value 'dev' name values of a split column" in result.output
+    assert not out.exists()

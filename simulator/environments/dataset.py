@@ -131,12 +131,29 @@ def random_split(n: int, spec: str) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
+def _check_split_values(path: str | Path, split: str | None, train_value: str | None, eval_value: str | None) -> None:
+    """Refuse `train_value`/`eval_value` where no split column is read: a random split (`random:<share>`) draws its
+    parts, and without a split every prompt is evaluated, so the values were ignored without a word."""
+    given = [f"--{name}-value {value!r}" for name, value in (("train", train_value), ("eval", eval_value))
+             if value is not None]
+    if not given or (split and not split.startswith("random:")):
+        return
+    if split:
+        why = (f"--split {split} draws a seeded random share of the prompts as the training part and reads no "
+               "split column")
+    else:
+        why = "without --split there is no training part and every prompt is evaluated"
+    name = "name values" if len(given) > 1 else "names a value"
+    raise InvalidInput(f"{path}: {' and '.join(given)} {name} of a split column (--split split_routerdc, or "
+                       f"--split task), but {why}: leave them out, or give the column with --split")
+
+
 def load_dataset(
     path: str | Path,
     *,
     split: str | None = None,
-    train_value: str = "train",
-    eval_value: str = "test",
+    train_value: str | None = None,
+    eval_value: str | None = None,
     tasks: Sequence[str] | None = None,
     drop_flag: str | None = None,
     context_columns: Sequence[str] = (),
@@ -144,6 +161,9 @@ def load_dataset(
     prices: str = "fit",
 ) -> Environment:
     """An `Environment` replaying the table at `path` (see the module docstring for holes, split and prices).
+
+    `train_value` and `eval_value` (default `train` and `test`) are values of the split column (or tasks, with
+    `split="task"`); with a random split or none they are refused, not ignored.
 
     `tasks` keeps only those tasks; `drop_flag` drops the rows whose column of that name is true (e.g.
     `routellm_contaminated`, as RouteLLM does); `context_columns` are passed to the router as the request's
@@ -173,9 +193,12 @@ def load_dataset(
     for column in context_columns:
         if column != "task" and column not in table.columns:
             raise InvalidInput(f"{path}: no column {column!r} for the context")
+    _check_split_values(path, split, train_value, eval_value)
     if split and split.startswith("random:"):
         train_rows, eval_rows = random_split(len(table), split)
     elif split:
+        train_value = "train" if train_value is None else train_value
+        eval_value = "test" if eval_value is None else eval_value
         if split != "task" and split not in table.columns:
             raise InvalidInput(f"{path}: no split column {split!r}; columns: {sorted(table.columns)}")
         if train_value == eval_value:  # the classifier and a warm-up would learn from the prompts that are scored
