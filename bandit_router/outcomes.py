@@ -1,6 +1,6 @@
 """Tables of routing outcomes: prompt × model → quality, cost (the format of `../shared/data`).
 
-A table is a CSV (optionally gzip) with one row per prompt and the columns
+A table is a CSV (optionally gzip) in UTF-8 (a byte-order mark is skipped) with one row per prompt and the columns
 
     prompt_id, prompt, task, quality_<model>, cost_<model>   [, output_tokens_<model>, split column, …]
 
@@ -11,6 +11,7 @@ Missing cells (empty, NaN or not a number) are kept as NaN: a model with no qual
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -67,6 +68,29 @@ class OutcomeTable:
         )
 
 
+class NotUTF8(InvalidInput):
+    """A CSV file's bytes are not UTF-8 (a table saved as Latin-1 or Windows-1252)."""
+
+
+def csv_text(raw: bytes) -> str:
+    """The text of a CSV file's bytes: UTF-8, after a byte-order mark (Excel's "CSV UTF-8") if there is one.
+
+    Bytes that are not UTF-8 raise `NotUTF8`, naming the first such line and byte and the fix: decoded with
+    replacement characters they changed the prompts (an `é` read as `�`) without a word."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = raw.rfind(b"\n", 0, exc.start) + 1
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise NotUTF8(
+            f"line {line} is not UTF-8 (its byte {exc.start - line_start + 1} is 0x{raw[exc.start]:02x}: a file saved "
+            "as Latin-1 or Windows-1252?): save it as UTF-8 (Excel: \"CSV UTF-8\"), or convert it, e.g. "
+            "iconv -f latin1 -t utf-8"
+        ) from None
+
+
 def _float(cell: str) -> float:
     if cell is None or cell.strip() == "":
         return math.nan
@@ -113,8 +137,11 @@ def load_table(path: str | Path, *, models: Sequence[str] | None = None) -> Outc
         except (OSError, EOFError, zlib.error) as exc:  # a truncated download: EOFError, which click calls "Aborted!"
             raise InvalidInput(f"{path}: not a whole gzip file ({exc})") from None
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") was part of the first column's name
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig", "replace"), newline=""))
+    try:
+        text = csv_text(raw)
+    except NotUTF8 as exc:
+        raise NotUTF8(f"{path}: {exc}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     read = ("prompt_id", "prompt", "task", "quality_", "cost_", "output_tokens_")
     twice = sorted({c for c in header if header.count(c) > 1 and c.startswith(read)})

@@ -272,18 +272,43 @@ def test_split_values_without_a_split_column_are_refused(
     assert len(load_dataset(holey_table, split="split").train_rows) > 0  # a column's defaults: train and test
 
 
-@pytest.mark.parametrize("problem", ["folder", "cut gzip", "no such column"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_table_that_is_not_utf8_is_refused_naming_the_line(tmp_path: Path, compressed: bool) -> None:
+    """A table saved as Latin-1 (Excel's plain "CSV" on Windows) was read with replacement characters: its prompts
+    changed (`région` became `r�gion`) without a word. It is refused, naming the file, the line and the fix; UTF-8,
+    with a byte-order mark or without, is read as it was."""
+    import gzip
+
+    header = "prompt,task," + ",".join(f"quality_{m},cost_{m}" for m in MODELS)
+    text = header + "\n" + "".join(f"la région {i},t,1,0.01,0,0.005,1,0.001\n" for i in range(3))
+    table = tmp_path / ("latin.csv.gz" if compressed else "latin.csv")
+    table.write_bytes(gzip.compress(text.encode("latin-1")) if compressed else text.encode("latin-1"))
+    match = (rf"{table.name}: line 2 is not UTF-8 \(its byte 5 is 0xe9: a file saved as Latin-1 or Windows-1252\?\): "
+             r"save it as UTF-8 \(Excel: \"CSV UTF-8\"\), or convert it, e\.g\. iconv -f latin1 -t utf-8")
+    with pytest.raises(InvalidInput, match=match):
+        load_dataset(table)
+    for encoding in ("utf-8", "utf-8-sig"):
+        table.write_bytes(gzip.compress(text.encode(encoding)) if compressed else text.encode(encoding))
+        assert load_dataset(table).prompts[0] == "la région 0"
+
+
+@pytest.mark.parametrize("problem", ["folder", "cut gzip", "no such column", "latin-1"])
 def test_a_world_prompt_file_that_cannot_be_read_is_named(tmp_path: Path, problem: str) -> None:
     """A folder was an IsADirectoryError traceback, a cut gzip file click's bare "Aborted!", and a `column` the file
-    does not have gave numpy's warnings and then "no prompts to evaluate"."""
+    does not have gave numpy's warnings and then "no prompts to evaluate"; a Latin-1 file was read with replacement
+    characters."""
     path, column = tmp_path, "prompt"
     if problem == "cut gzip":
         path = tmp_path / "cut.csv.gz"
         path.write_bytes(SAMPLE.read_bytes()[:2000])
     elif problem == "no such column":
         path, column = SAMPLE, "text"
+    elif problem == "latin-1":
+        path = tmp_path / "prompts.csv"
+        path.write_bytes("prompt\nhello\ncaf\u00e9 au lait\n".encode("latin-1"))
     match = {"folder": "cannot read: Is a directory", "cut gzip": "cannot read: not a whole gzip file",
-             "no such column": r"has no column 'text' \(prompts.column\); its columns: 'prompt_id', 'task'"}[problem]
+             "no such column": r"has no column 'text' \(prompts.column\); its columns: 'prompt_id', 'task'",
+             "latin-1": r"prompt file .*prompts\.csv: line 3 is not UTF-8 \(its byte 4 is 0xe9"}[problem]
     with pytest.raises(ConfigError, match=match):
         build_world(tiny_world(prompts={"path": str(path), "column": column}))
 

@@ -55,6 +55,7 @@ from bandit_router.config import read_toml
 from bandit_router.errors import ConfigError
 from bandit_router.features import FeatureExtractor, estimate_tokens
 from bandit_router.hints import quoted
+from bandit_router.outcomes import NotUTF8, csv_text
 
 from .base import Environment
 
@@ -248,8 +249,12 @@ def _read_prompts(path: Path, column: str, source: str) -> list[dict[str, str]]:
     except (OSError, EOFError, zlib.error) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"not a whole gzip file ({exc})"
         raise ConfigError(f"{source}: prompt file {path}: cannot read: {reason}") from None
+    try:
+        text = csv_text(raw)
+    except NotUTF8 as exc:
+        raise ConfigError(f"{source}: prompt file {path}: {exc}") from None
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig", "replace"), newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     if column not in (reader.fieldnames or []):
         columns = ", ".join(repr(c) for c in (reader.fieldnames or [])[:8])
         raise ConfigError(f"{source}: prompt file {path} has no column {column!r} (prompts.column); its columns: "
