@@ -335,7 +335,7 @@ def simulate(
                 f"regret {_signed(r['regret_per_request'])} / {_signed(r['regret_per_request_second_half'])}  "
                 f"break-even {break_even_text(r)}"
             )
-            for line in _details(r):
+            for line in _details(r, data["window"]):
                 typer.echo(f"      {line}")
 
 
@@ -392,17 +392,23 @@ def _integer(key: str, value: Any) -> int:
     raise typer.BadParameter(f"{key} must be an integer, got {value!r}", param_hint="--config")
 
 
-def _details(record: dict[str, Any]) -> list[str]:
+def _details(record: dict[str, Any], window: int) -> list[str]:
     """A result's reaction times (scenario runs) and budget targets with their realised values, one per line."""
+    from .summary_md import short_period_text
+
     out = []
     for key, v in (record.get("reaction") or {}).items():
         if key.endswith("_final_share") or not isinstance(v, dict):
             continue
         mean = v.get("mean")
+        short = short_period_text(v, window)
+        if short:  # never measured in those seeds, whatever the policy did: say so, and what measures it
+            short += f" (a --window of {v['period_steps']} or less measures it)"
         if mean is None:
-            out.append(f"reaction to {key}: never")
+            out.append(f"reaction to {key}: never" + (f": {short}" if short else ""))
         else:
-            never = f" (never in {v['n_missing']} seed(s))" if v.get("n_missing") else ""
+            why = f"; in {v['n_period_shorter_than_window']}: {short}" if short else ""
+            never = f" (never in {v['n_missing']} seed(s){why})" if v.get("n_missing") else ""
             out.append(f"reaction to {key}: {mean:.0f} steps{never}")
     for key, value in record.items():
         if key.startswith("target:") and key.endswith(":realized"):

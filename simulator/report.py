@@ -19,7 +19,9 @@ which the cumulative reward stays at or above the best fixed model's; a seed tha
 as infinitely late, so null when half of the seeds or more never do) and break_even_never (how many seeds never
 do), model_shares (model → share of the decisions), steps_per_s (steps per CPU-second of the run's loop: decide,
 learn and, unless cached, featurize), reaction (scenario → steps, see
-`runner.reaction_times`), plus the mean of every number a run adds (`Trace.extra`, e.g. a pacer's).
+`runner.reaction_times`; with `n_period_shorter_than_window` and `period_steps` in the seeds where the period after
+the event was shorter than the window, so that no reaction could be measured), plus the mean of every number a run
+adds (`Trace.extra`, e.g. a pacer's).
 """
 
 from __future__ import annotations
@@ -129,6 +131,11 @@ def record(runs: Sequence[RunResult]) -> dict[str, Any]:
     out["steps_per_s"] = float(np.mean(speeds)) if speeds else None
     if first.reaction:
         out["reaction"] = {key: _ci(r.reaction.get(key) for r in runs) for key in first.reaction}
+        for key, entry in out["reaction"].items():  # why a reaction was never measured, where the window says so
+            periods = [r.short_periods[key] for r in runs if key in r.short_periods]
+            if periods:
+                entry["n_period_shorter_than_window"] = len(periods)
+                entry["period_steps"] = min(periods)
     for key in first.extra:
         out[key], out[f"ci95_{key}"] = M.mean_ci([r.extra.get(key, math.nan) for r in runs])
     return _clean(out)

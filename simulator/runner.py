@@ -33,7 +33,7 @@ from bandit_router.hints import quoted
 from . import metrics as M
 from .agents import WARMUPS, Agent, PacerFactory, Trace, known_names, make_agent, trace_of
 from .budgets import realized_values
-from .environments import Environment, EnvSpec, Episode
+from .environments import Environment, EnvSpec, Episode, Mark
 from .scenarios import Scenario, build_episode, make_scenario
 
 REACTION_SHARE = 0.8
@@ -127,6 +127,8 @@ class RunResult:
     share_edges: np.ndarray
     shares_over_time: np.ndarray
     reaction: dict[str, float | None] = field(default_factory=dict)
+    short_periods: dict[str, int] = field(default_factory=dict)
+    """The events of `reaction` whose period was shorter than the window (→ its length in steps): never measured."""
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -200,25 +202,43 @@ def reaction_times(episode: Episode, chosen: np.ndarray, cost_weight: float, win
     """
     out: dict[str, float | None] = {}
     r = np.where(episode.available, M.rewards(episode.truth, episode.cost_usd, cost_weight), np.nan)
-    seen: dict[str, int] = {}
-    changes = sorted({m.step for m in episode.marks} | {m.end for m in episode.marks if m.end is not None})
-    for mark in episode.marks:
-        seen[mark.kind] = seen.get(mark.kind, 0) + 1
-        label = mark.kind if seen[mark.kind] == 1 else f"{mark.kind} {seen[mark.kind]}"  # a second drift: `drift 2`
-        end = next((step for step in changes if step > mark.step), episode.n_steps)
+    for label, mark, end in _event_periods(episode):
         if mark.kind in ("drift", "new-model", "price-change"):
             means = M.column_means(r[mark.step : end])
             target, above, threshold = int(np.argmax(means)), True, REACTION_SHARE
-        elif mark.kind == "outage":
+        else:  # an outage
             target, above, threshold = episode.index(mark.model), False, OUTAGE_SHARE
-        else:
-            continue
         hit = chosen == target
         steps = M.steps_until_share(hit, mark.step, window, threshold, above=above, end=end)
         out[label] = None if steps is None else float(steps)
         tail = hit[max(mark.step, end - max(1, (end - mark.step) // 10)) : end]
         out[f"{label}_final_share"] = float(tail.mean()) if tail.size else None
     return out
+
+
+REACTION_KINDS = ("drift", "new-model", "price-change", "outage")
+"""The events a reaction time is measured after."""
+
+
+def _event_periods(episode: Episode) -> list[tuple[str, Mark, int]]:
+    """(label, event, end of its period) of each event with a reaction time: `drift`, a second one `drift 2`, …; the
+    period ends at the next change of the run (another event's step, an outage's end) or at the end of the run."""
+    out = []
+    seen: dict[str, int] = {}
+    changes = sorted({m.step for m in episode.marks} | {m.end for m in episode.marks if m.end is not None})
+    for mark in episode.marks:
+        seen[mark.kind] = seen.get(mark.kind, 0) + 1
+        label = mark.kind if seen[mark.kind] == 1 else f"{mark.kind} {seen[mark.kind]}"  # a second drift: `drift 2`
+        end = next((step for step in changes if step > mark.step), episode.n_steps)
+        if mark.kind in REACTION_KINDS:
+            out.append((label, mark, end))
+    return out
+
+
+def short_periods(episode: Episode, window: int) -> dict[str, int]:
+    """The events whose period is shorter than `window` steps, with its length: no window of decisions fits in it,
+    so their reaction time is None whatever the policy did (`reaction_times`), not for want of a reaction."""
+    return {label: end - mark.step for label, mark, end in _event_periods(episode) if end - mark.step < window}
 
 
 def summarize_run(task: Task, episode: Episode, trace: Trace, plan: Plan, blended: list[float]) -> RunResult:
@@ -263,6 +283,7 @@ def summarize_run(task: Task, episode: Episode, trace: Trace, plan: Plan, blende
         share_edges=edges,
         shares_over_time=shares,
         reaction=reaction_times(episode, trace.chosen, lam, plan.window),
+        short_periods=short_periods(episode, plan.window),
         extra={**trace.extra, **_target_values(plan, episode, trace)},
     )
 

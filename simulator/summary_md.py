@@ -48,6 +48,28 @@ def break_even_text(record: dict[str, Any]) -> str:
     return f"{step:.0f}" + (f" ({never}{of} never)" if never else "")
 
 
+def short_period_text(entry: dict[str, Any], window: Any = None) -> str:
+    """Why a reaction time (a summary record's `reaction` entry) was never measured in some seeds: the period after
+    the event was shorter than the window, so no window of decisions fit in it; '' when that was not so."""
+    if not entry.get("n_period_shorter_than_window"):
+        return ""
+    size = f"{window:,}-step window" if isinstance(window, int) else "window"
+    return f"the period after the event, {entry['period_steps']:,} steps, is shorter than the {size}"
+
+
+def _reaction_never(entry: dict[str, Any], window: Any) -> str:
+    """` (k never)`, with why where the period was too short: ` (2 never: the period after the event, …)`."""
+    missing = entry["n_missing"]
+    if not missing:
+        return ""
+    short = short_period_text(entry, window)
+    if not short:
+        return f" ({missing} never)"
+    if entry["n_period_shorter_than_window"] == missing:
+        return f" ({missing} never: {short})"
+    return f" ({missing} never; in {entry['n_period_shorter_than_window']}: {short})"
+
+
 def _models_of_fixed_policies(results: Iterable[dict[str, Any]]) -> set[str]:
     """The models that policies of the run fix (`fixed:m`, `fixed:model=m`): the run reports each also as a fixed
     baseline, the same stream under the same name."""
@@ -193,7 +215,7 @@ def markdown(data: dict[str, Any]) -> str:
             cells = []
             for k in keys:
                 v, f = r["reaction"][k], r["reaction"].get(f"{k}_final_share", {})
-                never = f" ({v['n_missing']} never)" if v["n_missing"] else ""
+                never = _reaction_never(v, data.get("window"))
                 cells += [_steps(v["mean"], v["ci95"]) + never, _fmt(f.get("mean"), 3)]
             lines.append(f"| {r['policy']} | {r['cost_weight']:g} | " + " | ".join(cells) + " |")
         lines.append("")

@@ -401,3 +401,37 @@ def test_split_values_with_a_random_split_are_refused_with_exit_status_2(tmp_pat
     assert result.exit_code == 2, result.output
     assert "--train-value 'train' and --eval-value 'dev' name values of a split column" in result.output
     assert not out.exists()
+
+
+def test_a_reaction_period_shorter_than_the_window_says_why_it_is_never(tmp_path: Path) -> None:
+    """An outage of 100 steps with the default 200-step window: no window of decisions fits in it, so its reaction
+    time is missing whatever the policy did, and every output said only "never" (the legend, in general terms).
+    The terminal, summary.md and summary.json say why now; a period the window fits in has no such fields."""
+    out = tmp_path / "run"
+    args = ["simulate", "--env", "synthetic:default", "--scenario", "outage:at=0.4,until=0.5", "--scenario",
+            "drift:at=0.7", "--policies", "random", "--steps", "1000", "--seeds", "2", "--no-plots", "--workers", "1",
+            "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    short = "the period after the event, 100 steps, is shorter than the 200-step window"
+    assert f"reaction to outage: never: {short} (a --window of 100 or less measures it)" in result.output
+    data = json.loads((out / "summary.json").read_text())
+    reaction = data["results"][0]["reaction"]
+    assert reaction["outage"] == {"mean": None, "ci95": None, "n_missing": 2, "n_period_shorter_than_window": 2,
+                                  "period_steps": 100}
+    assert set(reaction["drift"]) == {"mean", "ci95", "n_missing"}  # 300 steps: measured, as before
+    row = next(line for line in (out / "summary.md").read_text().splitlines() if line.startswith("| random | 20 |"))
+    assert row.split(" | ")[2] == f"– (2 never: {short})"
+    result = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "narrow"), "--window", "100"])
+    assert result.exit_code == 0, result.output
+    reaction = json.loads((tmp_path / "narrow" / "summary.json").read_text())["results"][0]["reaction"]
+    assert set(reaction["outage"]) == {"mean", "ci95", "n_missing"} and "shorter than" not in result.output
+
+
+def test_a_reaction_never_measured_in_some_seeds_says_in_how_many_the_period_was_too_short() -> None:
+    from simulator.summary_md import _reaction_never
+
+    entry = {"mean": 40.0, "ci95": None, "n_missing": 3, "n_period_shorter_than_window": 2, "period_steps": 90}
+    assert _reaction_never(entry, 200) == (" (3 never; in 2: the period after the event, 90 steps, is shorter than "
+                                           "the 200-step window)")
+    assert _reaction_never({"mean": 40.0, "ci95": None, "n_missing": 1}, 200) == " (1 never)"
