@@ -27,8 +27,10 @@ adds (`Trace.extra`, e.g. a pacer's).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -339,6 +341,8 @@ def write_report(result: SimulationResult, out: str | Path, *, command: str = ""
             write_plots(data, curve_data, staging)
         data["files"] = [name for name in REPORT_FILES if name == "summary.json" or (staging / name).exists()]
         (staging / "summary.json").write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        for name in data["files"]:  # a file written through that cannot be: before any file is moved, not halfway
+            _check_written_through(folder / name)
         for name in data["files"]:
             put_file(staging / name, folder / name)
             moved.append(name)
@@ -350,6 +354,28 @@ def write_report(result: SimulationResult, out: str | Path, *, command: str = ""
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return data
+
+
+def _check_written_through(path: Path) -> None:
+    """Raise the `OSError` that putting a report file at `path` would raise when `path` is written through (a
+    symlink, a folder: `put_file`) and that cannot be: the symlink's target is a folder, or not writable, or its
+    folder is missing or not writable (a dangling link into a folder that is gone). A regular file or a new name is
+    renamed over, which the staging folder beside it has shown to work."""
+    if not os.path.lexists(path) or (path.is_file() and not path.is_symlink()):
+        return
+    target = Path(os.path.realpath(path))
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path.name)
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path.name)
+        return
+    if not target.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, f"{os.strerror(errno.ENOENT)}: {target.parent}, its target's folder",
+                                path.name)
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)}: {target.parent}, its target's folder",
+                              path.name)
 
 
 class ReportNotWritten(BanditRouterError):

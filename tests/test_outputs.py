@@ -190,6 +190,27 @@ def test_a_simulate_report_writes_through_a_symlink_and_keeps_a_file_s_permissio
     assert (out / "summary.md").read_text().startswith("#")
 
 
+@pytest.mark.parametrize("blocker", ["dangling symlink", "folder"])
+def test_a_report_file_that_cannot_be_written_through_leaves_the_previous_report(tmp_path: Path, blocker: str) -> None:
+    """A summary.json that is a symlink into a folder that is gone (or a folder of that name) failed only when its
+    turn came to be put in place: summary.md and curves.json of the new report were in place by then, beside the
+    previous report's other files. It fails before any file is moved now, leaving the previous report as it was."""
+    out = tmp_path / "sim"
+    assert CliRunner().invoke(cli_app, [*SIMULATE_RANDOM, "--out", str(out), "--no-plots"]).exit_code == 0
+    (out / "summary.json").unlink()
+    if blocker == "folder":
+        (out / "summary.json").mkdir()
+        reason = "Is a directory (summary.json)"
+    else:
+        (out / "summary.json").symlink_to(tmp_path / "gone" / "summary.json")
+        reason = f"No such file or directory: {tmp_path / 'gone'}, its target's folder (summary.json)"
+    before = _tree(out)
+    result = CliRunner().invoke(cli_app, [*SIMULATE_RANDOM, "--out", str(out), "--no-plots", "--policies", "linucb"])
+    assert result.exit_code == 2, result.output
+    assert f"{out}: the report could not be written: {reason}; nothing in the folder was changed" in result.output
+    assert _tree(out) == before
+
+
 def test_a_simulate_report_stopped_by_sigterm_leaves_the_previous_report_and_no_staging_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
