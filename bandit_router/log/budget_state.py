@@ -246,7 +246,7 @@ class BudgetState:
                 with self.store.read() as reader:
                     stored = reader.get_meta(BUDGETS_CONFIG)
                 if stored is not None and stored != self._config_json:
-                    self.pacer.configure(BudgetConfig.from_mapping(json.loads(stored), stored=True))
+                    self.pacer.configure_stored(json.loads(stored))
                     self._config_json = stored
                     self._stored = True
             except (StoreError, InvalidInput, ValueError) as exc:
@@ -275,8 +275,10 @@ class BudgetState:
         and "5.0" stored apart, "5.0"), so that the next start has nothing to say. A stored target this version
         refuses (one a newer version stored: `spend_usd=900/1mo`) is never rewritten away: the rows stay as stored
         (a newer version, or this one after a downgrade, loads it again), and each start says it again until a
-        PUT /v1/budgets replaces the targets. The rows are stored again only if no other process stored them
-        since this start read them (`_store_as_loaded`)."""
+        PUT /v1/budgets replaces the targets; the pacer's `state()` stores such a target's text and state again as
+        stored (`BudgetPacer.load`), so `save` keeps them too. A state row that does not load is not saved over
+        (`save` stores nothing until a PUT). The rows are stored again only if no other process stored them since
+        this start read them (`_store_as_loaded`)."""
         source = "config"
         with self.store.read() as reader:
             state = reader.get_meta(BUDGETS_STATE)
@@ -293,15 +295,15 @@ class BudgetState:
                 source = "stored"
                 self._stored = True
             except (InvalidInput, ValueError) as exc:
-                log.warning("stored budget state not loaded (%s); using the configuration", exc)
+                log.warning("stored budget state not loaded (%s); using the configuration, and the stored state is "
+                            "left as stored, not saved over, until a PUT /v1/budgets replaces it", exc)
+                self._stored = False
         if config is not None:
             try:
                 targets = json.loads(config)
                 if targets != self.pacer.config.to_mapping() and (  # a PUT after the last state save; the same
                         loaded_state is None or targets != loaded_state["config"]):  # as the state's: loaded once
-                    loaded, dropped = BudgetConfig.from_stored(targets)
-                    self.pacer.configure(loaded)
-                    refused = refused or bool(dropped)
+                    refused = bool(self.pacer.configure_stored(targets)) or refused
                     changed = changed or targets != self.pacer.config.to_mapping()
                 self._config_json = config
                 source = "stored"
