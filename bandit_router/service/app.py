@@ -362,7 +362,8 @@ def check_upstreams(settings: Settings, unreachable: Callable[[str], str | None]
     `ConfigError` naming the first that is not, and why. `unreachable(model)` says why a model is not callable
     (default: from `models`, else the settings' catalog, and the environment, so that `serve` says it before the
     server starts, not as a traceback of the application's start-up; `serve` gives the live catalog's models,
-    `check_live_catalog`, so that a model added at run time is checked too)."""
+    `check_live_catalog`, so that a model added at run time is checked too; the catalog file's entry of a model
+    wins over them, as in `Gateway.build`)."""
     reason = unreachable if unreachable is not None else _unreachable_in_catalog(settings, models)
     judge_model = settings.judge.judge_model
     if judge and judge_model is not None and settings.judge.judge_sample_rate > 0:
@@ -376,7 +377,11 @@ def check_upstreams(settings: Settings, unreachable: Callable[[str], str | None]
 
 
 def _unreachable_in_catalog(settings: Settings, models: Iterable[ModelSpec] | None) -> Callable[[str], str | None]:
-    catalog = {spec.name: spec for spec in (settings.load_catalog() if models is None else models)}
+    """Why the gateway would not call a model, with the spec it calls it with: as `Gateway.build` picks it, the
+    catalog file's entry, else the one of `models` (a model added at run time; one retired and added back by
+    `POST /v1/models` has a live spec without the file's `base_url`, but the gateway calls it with the file's)."""
+    catalog = {spec.name: spec for spec in models or ()}
+    catalog.update({spec.name: spec for spec in settings.load_catalog()})
 
     def reason(model: str) -> str | None:  # a name outside the catalog: `Settings.check_catalog` refuses it
         return Gateway.unreachable(settings, catalog[model]) if model in catalog else None
