@@ -334,26 +334,54 @@ def _rows_stored_with_tenants_5_and_5_0_apart(db: Path | str) -> None:
         store.close()
 
 
-def test_a_refused_target_in_a_state_without_a_targets_row_is_kept_in_the_targets_row(tmp_path: Path) -> None:
-    """Targets from the configuration file are stored in the state row only, which the periodic save rewrites
-    with what the pacer holds: a target this version refuses would go with the first save. The start keeps the
-    state's targets as stored in the targets row (which only a PUT rewrites)."""
-    db = tmp_path / "state-only.db"
-    stored = BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "spend_usd": "3/1d"})
-    store = open_store(db)
-    store.prepare()
-    with store.write() as tx:
-        tx.set_meta(BUDGETS_STATE, json.dumps(BudgetPacer(stored).state()).replace('"3/1d"', '"3/1mo"'))
-    state = BudgetState(store, BudgetPacer())
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_refused_target_stays_stored_when_a_newer_replica_saves_during_the_start(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newer replica's targets came from its configuration file, so only its state row held them, `900/1w`
+    among them. A replica that refuses `/1w` (played by this code with `/1w` refused) started and copied the
+    state's targets into the targets row to keep them from its periodic save, but gave the copy up when the newer
+    replica's save (every 5 s) landed between its read and its write, and nothing retried it: its own save then
+    stripped the target from the state row, and the newer replica's restart lost it for good. No copy is needed:
+    its saves store the refused target (text and state) as stored."""
+    db: Path | str = tmp_path / "replicas.db" if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
+    file = {"avg_cost_usd": 0.004, "spend_usd": ["50/1d", "900/1w"]}  # the newer replica's [budgets]
+    newer_store, older_store = open_store(db), open_store(db)
+    newer_store.prepare()
     try:
-        state.recover(cast(Any, SimpleNamespace()))
-        assert state.pacer.config.describe() == ["avg_cost_usd=0.004"]
-        state.save(force=True)
-        with store.read() as reader:
-            targets = reader.get_meta(BUDGETS_CONFIG)
-        assert targets is not None and json.loads(targets)["spend_usd"] == "3/1mo"
+        newer = BudgetState(newer_store, BudgetPacer(BudgetConfig.from_mapping(file)))
+        newer.recover(cast(Any, SimpleNamespace()))
+        newer.pacer.spend(600.0)
+        newer.save(force=True)  # the state row only: the targets came from the file
+        real = budget_config.parse_target
+
+        def older_parse(text: str, **kw: Any) -> Any:
+            if text.strip().endswith("/1w"):
+                raise InvalidInput(f"target {text!r}: unknown period '1w'")
+            return real(text, **kw)
+
+        older = BudgetState(older_store, BudgetPacer())
+        load = older.pacer.load
+
+        def load_while_the_newer_replica_saves(saved: Any) -> Any:
+            dropped = load(saved)
+            newer.pacer.spend(1.0)  # it keeps serving
+            newer.save(force=True)  # its periodic save, in the window
+            return dropped
+
+        older.pacer.load = load_while_the_newer_replica_saves  # type: ignore[method-assign]
+        with monkeypatch.context() as older_version:
+            older_version.setattr(budget_config, "parse_target", older_parse)
+            older.recover(cast(Any, SimpleNamespace()))
+            assert older.pacer.config.describe() == ["avg_cost_usd=0.004", "spend_usd=50/1d"]
+            older.save(force=True)  # its periodic save
+        restarted = BudgetState(newer_store, BudgetPacer(BudgetConfig.from_mapping(file)))
+        restarted.recover(cast(Any, SimpleNamespace()))
+        assert restarted.pacer.config.describe() == ["avg_cost_usd=0.004", "spend_usd=50/1d", "spend_usd=900/1w"]
+        week = next(t for t in restarted.pacer.report()["global"]["targets"] if t["target"].endswith("/1w"))
+        assert week["realized"] == pytest.approx(600.0)  # as the older replica read it: it books nothing to it
     finally:
-        store.close()
+        newer_store.close()
+        older_store.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

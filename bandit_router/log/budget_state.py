@@ -309,13 +309,9 @@ class BudgetState:
                 source = "stored"
             except (InvalidInput, ValueError) as exc:
                 log.warning("stored budget targets not loaded: %s", exc)
-        if refused:
+        if refused:  # the state's saves store them again as stored (`BudgetPacer.state`)
             log.warning("stored budget targets this version refuses are left stored, not paced (the rows are not "
                         "rewritten; a PUT /v1/budgets replaces them)")
-            if config is None and loaded_state is not None:  # the periodic state save would overwrite them
-                kept = json.dumps(loaded_state["config"], sort_keys=True)  # as stored, refused targets and all
-                if self._store_as_loaded((state, config), targets_row=kept):
-                    log.info("stored the budget state's targets, as stored, in the targets row (kept there)")
         elif changed and self._store_as_loaded(
                 (state, config), state_row=json.dumps(self.pacer.state()),
                 targets_row=json.dumps(self.pacer.config.to_mapping(), sort_keys=True)
