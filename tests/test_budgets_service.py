@@ -29,9 +29,9 @@ from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets, Settings, load_settings
 from bandit_router.errors import ConfigError, InvalidInput
 from bandit_router.jsonkeys import DuplicateKey, once_each
-from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_STATE, BudgetState
+from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_STATE, BudgetState, stored_budgets
 from bandit_router.store import open_store
-from tools.serve_process import ServeProcess
+from tools.serve_process import NotReady, ServeProcess
 
 CLIENT_KEY = "client-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -628,6 +628,55 @@ def test_a_stored_state_that_does_not_load_is_not_saved_over(tmp_path: Path, cap
             started.configure(tx, BudgetConfig.from_mapping({"spend_usd": "7/1d"}))
         with store.read() as reader:
             assert json.loads(reader.get_meta(BUDGETS_STATE) or "{}")["config"]["spend_usd"] == "7/1d"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("row", [
+    {BUDGETS_STATE: '{"format": "bandit-router-budgets/2", "config": {}}'},  # another version's format
+    {BUDGETS_CONFIG: '{"spend_usd": '},  # a damaged targets row
+])
+def test_serve_checks_the_files_budgets_when_the_stored_rows_do_not_load(tmp_path: Path, row: dict[str, str]) -> None:
+    """The start checks the file's `[budgets]` only while no budget targets are stored, since stored ones replace
+    it; but it skipped the check whenever a budget row was there, and a row that does not load leaves the start on
+    the file's `[budgets]`: a typo'd `fallback_model` started unchecked and was the pacer's fallback. A stored row
+    counts only when it loads (as the start loads it), so `serve` refuses the typo: one line, exit status 2."""
+    db = tmp_path / "router.db"
+    store = open_store(db)
+    store.prepare()
+    try:
+        with store.write() as tx:
+            for key, value in row.items():
+                tx.set_meta(key, value)
+    finally:
+        store.close()
+    config = tmp_path / "br.toml"
+    config.write_text(f'db = "{db}"\n[budgets]\nspend_usd = "5/1d"\nfallback_model = "gpt-4o-minii"\n')
+    server = ServeProcess(tmp_path, _serve_command(), ["--config", str(config)])
+    try:
+        with pytest.raises(NotReady) as refused:
+            server.wait_ready()
+    finally:
+        server.stop()
+    assert "exited 2" in str(refused.value) and (
+        "bandit-router serve: budgets: fallback_model 'gpt-4o-minii' is not in the catalog") in str(refused.value)
+
+
+def test_checking_whether_stored_budgets_load_says_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The start's check loads the stored rows to learn whether they replace the file's `[budgets]`; what their
+    loading leaves out is said once, by the start that loads them (`BudgetState.recover`), not by the check."""
+    store = open_store(tmp_path / "quiet.db")
+    store.prepare()
+    try:
+        stored = BudgetPacer(BudgetConfig.from_mapping({"spend_usd": ["5/1d", "9/1w"]}))
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, json.dumps(stored.state()).replace("/1w", "/1mo"))
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            assert stored_budgets(store)
+        assert caplog.text == ""
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            _started(store)
+        assert caplog.text.count("left out the stored target 'spend_usd=9/1mo'") == 1
     finally:
         store.close()
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
@@ -43,6 +45,25 @@ from .targets import (
 )
 
 log = logging.getLogger("bandit_router.budgets")
+_QUIET: ContextVar[bool] = ContextVar("bandit_router_budgets_quiet", default=False)
+
+
+@contextmanager
+def quietly() -> Iterator[None]:
+    """Load stored budgets without saying what their loading drops or resets (`say`): to learn only whether they
+    load (`log.budget_state.stored_budgets`), leaving the saying to the start that loads them."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
+
+
+def say(message: str, *args: Any) -> None:
+    """A warning about stored budgets, unless they are loaded `quietly`."""
+    if not _QUIET.get():
+        log.warning(message, *args)
+
 
 MAX_TENANTS = 1024
 """The most tenants a `[budgets]` table or a `PUT /v1/budgets` body may give targets (the OpenAPI document's
@@ -69,8 +90,8 @@ def tenants_once(names: Iterable[Any], where: str, *, stored: bool = False) -> d
                                    "tenant is its decimal text, an integral one without a fraction): give its targets "
                                    "once")
             kept, dropped = (name, out[tenant]) if name == tenant else (out[tenant], name)
-            log.warning("%s: %r and %r were stored as two tenants and are one now, %r: kept the targets of %r, "
-                        "dropped those of %r", where, out[tenant], name, tenant, kept, dropped)
+            say("%s: %r and %r were stored as two tenants and are one now, %r: kept the targets of %r, "
+                "dropped those of %r", where, out[tenant], name, tenant, kept, dropped)
             name = kept
         out[tenant] = name
     return out
@@ -144,9 +165,8 @@ def _stored_target(text: str, scope: str, dropped: list[str]) -> Target | None:
 
 
 def _left_out(scope: str, text: str, why: str, dropped: list[str]) -> None:
-    log.warning("%s: left out the stored target %r, which this version refuses (%s); it stays stored (a "
-                "version that takes it paces it again), the other targets keep pacing; a PUT /v1/budgets "
-                "replaces it", scope, text, why)
+    say("%s: left out the stored target %r, which this version refuses (%s); it stays stored (a version that "
+        "takes it paces it again), the other targets keep pacing; a PUT /v1/budgets replaces it", scope, text, why)
     dropped.append(text)
 
 

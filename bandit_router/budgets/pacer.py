@@ -81,7 +81,7 @@ import numpy as np
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..types import Context, Decision, tenant_named, tenant_of
-from .config import BudgetConfig
+from .config import BudgetConfig, say
 from .targets import AvgCost, Latency, Share, Spend, Target, parse_target
 
 log = logging.getLogger("bandit_router.budgets")
@@ -286,12 +286,12 @@ class _CostControl(_Control):
         request (as a new target's does), the floor to be set again by the decisions' costs."""
         super().load(state, where)
         if self.lam is not None and not (math.isfinite(self.lam) and self.lam > 0.0):
-            log.warning("budget state: %s%s: the stored multiplier λ = %r is not a finite number > 0; reset: it "
-                        "starts again at the router's default λ", where, self.target, self.lam)
+            say("budget state: %s%s: the stored multiplier λ = %r is not a finite number > 0; reset: it "
+                "starts again at the router's default λ", where, self.target, self.lam)
             self.lam = None
         if self.log_floor is not None and not math.isfinite(self.log_floor):
-            log.warning("budget state: %s%s: the stored floor log λ = %r is not finite; reset: the decisions' costs "
-                        "set it again", where, self.target, self.log_floor)
+            say("budget state: %s%s: the stored floor log λ = %r is not finite; reset: the decisions' costs "
+                "set it again", where, self.target, self.log_floor)
             self.log_floor = None
 
     def step(self, gradient: float) -> None:

@@ -33,9 +33,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..budgets import BudgetConfig, BudgetPacer
+from ..budgets.config import quietly
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput
 from ..router import Router
@@ -52,6 +54,8 @@ BUDGETS_STATE = "budgets_state"
 BUDGETS_CONFIG = "budgets_config"
 """Meta key: the targets set by the last PUT /v1/budgets (JSON); other workers pick them up within
 `FOLLOW_EVERY_S`."""
+UNLOADABLE = (InvalidInput, ValueError)
+"""What loading a stored budget row raises when it does not load (its JSON, or what it holds)."""
 SAVE_EVERY_S = 5.0
 FOLLOW_EVERY_S = 1.0
 DECISIONS_EVERY_S = 0.05
@@ -294,7 +298,7 @@ class BudgetState:
                 changed = saved["config"] != self.pacer.config.to_mapping()
                 source = "stored"
                 self._stored = True
-            except (InvalidInput, ValueError) as exc:
+            except UNLOADABLE as exc:
                 log.warning("stored budget state not loaded (%s); using the configuration, and the stored state is "
                             "left as stored, not saved over, until a PUT /v1/budgets replaces it", exc)
                 self._stored = False
@@ -307,7 +311,7 @@ class BudgetState:
                     changed = changed or targets != self.pacer.config.to_mapping()
                 self._config_json = config
                 source = "stored"
-            except (InvalidInput, ValueError) as exc:
+            except UNLOADABLE as exc:
                 log.warning("stored budget targets not loaded: %s", exc)
         if refused:  # the state's saves store them again as stored (`BudgetPacer.state`)
             log.warning("stored budget targets this version refuses are left stored, not paced (the rows are not "
@@ -345,10 +349,24 @@ class BudgetState:
 
 
 def stored_budgets(store: Store) -> bool:
-    """The store holds budget targets (a state or a PUT's targets), which a start loads in place of the
-    configuration's `[budgets]` (`BudgetState.recover`)."""
+    """The store holds budget targets that a start loads in place of the configuration's `[budgets]`
+    (`BudgetState.recover`): a state row or a PUT's targets row that loads as `recover` loads it (said nothing of:
+    the start says it). A row that does not load leaves the start on `[budgets]`, as none does."""
     with store.read() as reader:
-        return any(reader.get_meta(key) is not None for key in (BUDGETS_STATE, BUDGETS_CONFIG))
+        state, targets = (reader.get_meta(key) for key in (BUDGETS_STATE, BUDGETS_CONFIG))
+    with quietly():
+        return _loads(state, lambda row: BudgetPacer().load(row)) or _loads(targets, BudgetConfig.from_stored)
+
+
+def _loads(row: str | None, load: Callable[[Any], object]) -> bool:
+    """Whether a stored budget row loads with `load` (after its JSON decoding), as `BudgetState.recover` loads it."""
+    if row is None:
+        return False
+    try:
+        load(json.loads(row))
+    except UNLOADABLE:
+        return False
+    return True
 
 
 def chain_spend(call: CallRecord | None) -> float | None:

@@ -331,7 +331,7 @@ def check_live_catalog(settings: Settings, *, warn: bool = True) -> LiveCatalog:
     neither the catalog nor the log, or the budgets' fallback model or a share selector, the judge model or a named
     router's model is in neither. One of those retired at run time is not refused (the service runs without it, as
     after the DELETE): `warn` logs a warning for each, saying what the service does without it. The file's
-    `[budgets]` is checked only when the database stores no budget targets, which replace it at start
+    `[budgets]` is checked only when the database stores no budget targets that load, which replace it at start
     (`BudgetState.recover`). Creates and migrates nothing (run it before `Store.prepare`): a SQLite file that does
     not exist, and a database that records no schema, hold no model event (the catalog file alone is checked); a
     schema of any earlier version is read as it is (the model events' table is schema 1's); a newer one is not
