@@ -681,6 +681,26 @@ def test_checking_whether_stored_budgets_load_says_nothing(tmp_path: Path, caplo
         store.close()
 
 
+def test_a_start_that_stores_the_targets_as_loaded_leaves_a_state_row_it_could_not_load(tmp_path: Path) -> None:
+    """A start whose targets row loaded with a normalisation (tenants "5" and "5.0" stored apart) stores the rows as
+    loaded; it also wrote its pacer's state over a state row it had not loaded (another format). It writes the
+    targets row alone then."""
+    db = tmp_path / "normalised.db"
+    _rows_stored_with_tenants_5_and_5_0_apart(db)
+    row = '{"format": "bandit-router-budgets/2", "config": {}}'
+    store = open_store(db)
+    try:
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, row)
+        started = _started(store)
+        assert started.pacer.config.describe() == ["avg_cost_usd=0.004", "@5:avg_cost_usd=0.001"]
+        with store.read() as reader:
+            assert reader.get_meta(BUDGETS_STATE) == row
+            assert "5.0" not in (reader.get_meta(BUDGETS_CONFIG) or "")  # stored as loaded
+    finally:
+        store.close()
+
+
 def _budget_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records
             if r.levelno >= logging.WARNING and r.name in ("bandit_router.budgets", "bandit_router.log")]

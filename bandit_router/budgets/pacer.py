@@ -166,7 +166,7 @@ class _Scope:
         for key, control_state in state["targets"].items():
             if key in self.controls:
                 self.controls[key].load(control_state, where)
-        return {key: state["targets"][key] for key in state["targets"] if key in unknown}
+        return {key: copy.deepcopy(state["targets"][key]) for key in state["targets"] if key in unknown}
 
     def report(self, now: float, cost_weight: float | None) -> dict[str, Any]:
         return {

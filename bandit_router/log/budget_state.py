@@ -317,7 +317,9 @@ class BudgetState:
             log.warning("stored budget targets this version refuses are left stored, not paced (the rows are not "
                         "rewritten; a PUT /v1/budgets replaces them)")
         elif changed and self._store_as_loaded(
-                (state, config), state_row=json.dumps(self.pacer.state()),
+                (state, config),
+                state_row=json.dumps(self.pacer.state())  # not over a state row that did not load
+                if state is None or loaded_state is not None else None,
                 targets_row=json.dumps(self.pacer.config.to_mapping(), sort_keys=True)
                 if config is not None and self._config_json == config else None):
             log.info("stored the budget targets as loaded: %s", ", ".join(self.pacer.config.describe()) or "none")
