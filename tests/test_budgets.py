@@ -273,9 +273,10 @@ def test_a_state_saved_with_tenants_5_and_5_0_apart_loads_tenant_5_and_everythin
 def test_a_stored_target_this_version_refuses_drops_only_that_target(caplog: pytest.LogCaptureFixture) -> None:
     """`Spend` now refuses an amount whose rate underflows (`spend_usd=1e-320/1d`), which an older version stored:
     loading the state refused all of it, so every other target restarted from the configuration, without its
-    spend and λ. Stored data drops only that target (a tenant left without targets goes with its state), with a
-    warning naming it, and the rest loads as saved; new input is still refused, and so is a state whose targets
-    its config lacks for any other reason."""
+    spend and λ. Stored data leaves out only that target (and a tenant left without targets), with a warning
+    naming it, and the rest loads as saved; what was left out is stored again as stored (`state()`: its text, its
+    state, its tenant's scope) until a new config replaces it; new input is still refused, and so is a state whose
+    targets its config lacks for any other reason."""
     config = BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "tenants": {
         "acme": {"spend_usd": ["50/1d", "2/1w"]}, "beta": {"spend_usd": "3/1d"}}})
     pacer = BudgetPacer(config, clock=lambda: 1e9)
@@ -288,9 +289,16 @@ def test_a_stored_target_this_version_refuses_drops_only_that_target(caplog: pyt
         loaded = BudgetPacer.from_state(saved, clock=lambda: 1e9)
     assert loaded.config.describe() == ["avg_cost_usd=0.004", "@acme:spend_usd=50/1d"]
     assert loaded.state()["global"] == pacer.state()["global"]
-    kept = pacer.state()["tenants"]["acme"]
-    assert loaded.state()["tenants"]["acme"]["targets"] == {"spend_usd/1d": kept["targets"]["spend_usd/1d"]}
+    assert [t["target"] for t in loaded.report()["tenants"]["acme"]["targets"]] == ["spend_usd=50/1d"]
     assert loaded.report()["tenants"]["acme"]["spend_usd"] == pytest.approx(3.0)
+    assert loaded.state() == saved  # the left-out targets' texts and states, and tenant beta, as stored
+    loaded.configure_stored(saved["config"])  # another worker follows the same stored targets: all kept
+    assert loaded.state() == saved
+    loaded.configure_stored({**saved["config"], "avg_cost_usd": 0.005})  # other stored targets: their texts kept
+    assert loaded.state()["config"]["tenants"]["beta"] == {"spend_usd": "1e-320/1d"}
+    assert "beta" not in loaded.state()["tenants"]
+    loaded.configure(loaded.config)  # a new config (a PUT) replaces them
+    assert "1e-320" not in json.dumps(loaded.state()) and list(loaded.state()["tenants"]) == ["acme"]
     assert "budgets.tenants.acme: left out the stored target 'spend_usd=1e-320/1w'" in caplog.text
     assert "budgets.tenants.beta: left out the stored target 'spend_usd=1e-320/1d'" in caplog.text
     corrupt = pacer.state()
@@ -301,8 +309,8 @@ def test_a_stored_target_this_version_refuses_drops_only_that_target(caplog: pyt
 
 def test_a_left_out_latency_target_takes_its_exceedance_statistics_with_it() -> None:
     """A stored latency target this version refuses (`latency_p100_s`) was left out of the loaded targets but its
-    threshold's exceedance statistics loaded and were saved again, used by no target; they go with it. `load`
-    returns what it left out, per scope."""
+    threshold's exceedance statistics loaded, used by no target; they are left out with it (and stored again as
+    stored, for a version that takes it). `load` returns what it left out, per scope."""
     pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=0.01", "latency_p95_s=3"]))
     pacer._observe_latency("m", 5.0)
     kept = BudgetPacer(BudgetConfig.from_strings(["latency_p95_s=3"]))
@@ -310,7 +318,8 @@ def test_a_left_out_latency_target_takes_its_exceedance_statistics_with_it() -> 
     saved = json.loads(json.dumps(pacer.state()).replace("latency_p95_s", "latency_p100_s"))
     loaded = BudgetPacer()
     assert loaded.load(saved) == {None: ["latency_p100_s=3.0"]}
-    assert loaded.config.describe() == ["avg_cost_usd=0.01"] and loaded.state()["exceedance"] == {}
+    assert loaded.config.describe() == ["avg_cost_usd=0.01"] and loaded._exceedance == {}
+    assert loaded.state() == saved
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 0.0, -1.0])

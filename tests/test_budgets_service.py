@@ -22,15 +22,16 @@ with warnings.catch_warnings():
 
 from service_client import start_client
 
+import bandit_router.budgets.config as budget_config
 from bandit_router.budgets import BudgetConfig, BudgetPacer
 from bandit_router.budgets.config import MAX_SHARES, MAX_SPENDS, MAX_TENANTS
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets, Settings, load_settings
-from bandit_router.errors import ConfigError
+from bandit_router.errors import ConfigError, InvalidInput
 from bandit_router.jsonkeys import DuplicateKey, once_each
-from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_STATE, BudgetState
+from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_STATE, BudgetState, stored_budgets
 from bandit_router.store import open_store
-from tools.serve_process import ServeProcess
+from tools.serve_process import NotReady, ServeProcess
 
 CLIENT_KEY = "client-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -333,26 +334,54 @@ def _rows_stored_with_tenants_5_and_5_0_apart(db: Path | str) -> None:
         store.close()
 
 
-def test_a_refused_target_in_a_state_without_a_targets_row_is_kept_in_the_targets_row(tmp_path: Path) -> None:
-    """Targets from the configuration file are stored in the state row only, which the periodic save rewrites
-    with what the pacer holds: a target this version refuses would go with the first save. The start keeps the
-    state's targets as stored in the targets row (which only a PUT rewrites)."""
-    db = tmp_path / "state-only.db"
-    stored = BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "spend_usd": "3/1d"})
-    store = open_store(db)
-    store.prepare()
-    with store.write() as tx:
-        tx.set_meta(BUDGETS_STATE, json.dumps(BudgetPacer(stored).state()).replace('"3/1d"', '"3/1mo"'))
-    state = BudgetState(store, BudgetPacer())
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_refused_target_stays_stored_when_a_newer_replica_saves_during_the_start(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newer replica's targets came from its configuration file, so only its state row held them, `900/1w`
+    among them. A replica that refuses `/1w` (played by this code with `/1w` refused) started and copied the
+    state's targets into the targets row to keep them from its periodic save, but gave the copy up when the newer
+    replica's save (every 5 s) landed between its read and its write, and nothing retried it: its own save then
+    stripped the target from the state row, and the newer replica's restart lost it for good. No copy is needed:
+    its saves store the refused target (text and state) as stored."""
+    db: Path | str = tmp_path / "replicas.db" if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
+    file = {"avg_cost_usd": 0.004, "spend_usd": ["50/1d", "900/1w"]}  # the newer replica's [budgets]
+    newer_store, older_store = open_store(db), open_store(db)
+    newer_store.prepare()
     try:
-        state.recover(cast(Any, SimpleNamespace()))
-        assert state.pacer.config.describe() == ["avg_cost_usd=0.004"]
-        state.save(force=True)
-        with store.read() as reader:
-            targets = reader.get_meta(BUDGETS_CONFIG)
-        assert targets is not None and json.loads(targets)["spend_usd"] == "3/1mo"
+        newer = BudgetState(newer_store, BudgetPacer(BudgetConfig.from_mapping(file)))
+        newer.recover(cast(Any, SimpleNamespace()))
+        newer.pacer.spend(600.0)
+        newer.save(force=True)  # the state row only: the targets came from the file
+        real = budget_config.parse_target
+
+        def older_parse(text: str, **kw: Any) -> Any:
+            if text.strip().endswith("/1w"):
+                raise InvalidInput(f"target {text!r}: unknown period '1w'")
+            return real(text, **kw)
+
+        older = BudgetState(older_store, BudgetPacer())
+        load = older.pacer.load
+
+        def load_while_the_newer_replica_saves(saved: Any) -> Any:
+            dropped = load(saved)
+            newer.pacer.spend(1.0)  # it keeps serving
+            newer.save(force=True)  # its periodic save, in the window
+            return dropped
+
+        older.pacer.load = load_while_the_newer_replica_saves  # type: ignore[method-assign]
+        with monkeypatch.context() as older_version:
+            older_version.setattr(budget_config, "parse_target", older_parse)
+            older.recover(cast(Any, SimpleNamespace()))
+            assert older.pacer.config.describe() == ["avg_cost_usd=0.004", "spend_usd=50/1d"]
+            older.save(force=True)  # its periodic save
+        restarted = BudgetState(newer_store, BudgetPacer(BudgetConfig.from_mapping(file)))
+        restarted.recover(cast(Any, SimpleNamespace()))
+        assert restarted.pacer.config.describe() == ["avg_cost_usd=0.004", "spend_usd=50/1d", "spend_usd=900/1w"]
+        week = next(t for t in restarted.pacer.report()["global"]["targets"] if t["target"].endswith("/1w"))
+        assert week["realized"] == pytest.approx(600.0)  # as the older replica read it: it books nothing to it
     finally:
-        store.close()
+        newer_store.close()
+        older_store.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
@@ -489,6 +518,187 @@ def test_a_target_a_newer_version_stored_stays_stored_across_starts(
     assert client.put("/v1/budgets", json={"avg_cost_usd": 0.005}).status_code == 200
     client.__exit__(None, None, None)
     assert "900/1mo" not in "".join(_stored_rows(tmp_path / "budgets.db").values())
+
+
+def _started(store: Any) -> BudgetState:
+    """A start on `store`: its budget state recovered (`recover` on a router that needs nothing else)."""
+    state = BudgetState(store, BudgetPacer())
+    state.recover(cast(Any, SimpleNamespace()))
+    return state
+
+
+def _week_spend(state: BudgetState, tenant: str) -> float | None:
+    """The spend booked in the current period of `tenant`'s weekly spend target (None: it has none)."""
+    return next((float(t["realized"]) for t in state.pacer.report()["tenants"][tenant]["targets"]
+                 if t["target"].endswith("/1w")), None)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_refused_target_keeps_its_spend_through_a_start_of_a_version_that_refuses_it(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newer version set `spend_usd=900/1w` for acme and booked 600 USD in its week; a version that refuses
+    `/1w` (played by this code with `/1w` refused) started on the database: it kept the target's text, but its
+    periodic save (every 5 s, and on stop) rewrote the state row from its pacer, which held no state for it, so the
+    newer version's next start paced it from 0 USD spent. The refused target's state is stored again as stored."""
+    db: Path | str = tmp_path / "versions.db" if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
+    store = open_store(db)
+    store.prepare()
+    try:
+        newer = _started(store)
+        with store.write() as tx:  # PUT /v1/budgets on the newer version
+            newer.configure(tx, BudgetConfig.from_mapping({"tenants": {"acme": {"spend_usd": ["50/1d", "900/1w"]}}}))
+        newer.pacer.spend(600.0, "acme")
+        newer.save(force=True)
+        real = budget_config.parse_target
+
+        def older_parse(text: str, **kw: Any) -> Any:
+            if text.strip().endswith("/1w"):
+                raise InvalidInput(f"target {text!r}: unknown period '1w'")
+            return real(text, **kw)
+
+        with monkeypatch.context() as older_version:
+            older_version.setattr(budget_config, "parse_target", older_parse)
+            older = _started(store)
+            assert older.pacer.config.describe() == ["@acme:spend_usd=50/1d"]
+            older.pacer.spend(10.0, "acme")
+            older.save(force=True)  # its periodic save
+        with store.read() as reader:
+            saved = json.loads(reader.get_meta(BUDGETS_STATE) or "{}")
+        assert saved["tenants"]["acme"]["targets"]["spend_usd/1w"]["spend_usd"] == pytest.approx(600.0)
+        assert saved["tenants"]["acme"]["targets"]["spend_usd/1d"]["spend_usd"] == pytest.approx(610.0)
+        restarted = _started(store)  # the newer version again
+        assert restarted.pacer.config.describe() == ["@acme:spend_usd=50/1d", "@acme:spend_usd=900/1w"]
+        assert _week_spend(restarted, "acme") == pytest.approx(600.0)
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("setting", [True, {"per_request_usd": 0.25}])
+def test_a_stored_setting_this_version_does_not_know_is_left_out_alone(
+        tmp_path: Path, setting: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A newer version stored a setting this one does not know whose value is a boolean or a table (`"hard_cap":
+    true`): both rows were refused whole ("must be a number or a string"), the start paced the file's `[budgets]`,
+    and its first save wrote the file's state over the stored one (acme's 40 USD spent today gone). The setting is
+    left out like a refused target, with a warning; the rest loads and the rows keep it."""
+    store = open_store(tmp_path / "setting.db")
+    store.prepare()
+    try:
+        newer = BudgetPacer(BudgetConfig.from_mapping({"avg_cost_usd": 0.004,
+                                                       "tenants": {"acme": {"spend_usd": "50/1d"}}}))
+        newer.spend(40.0, "acme")
+        state = newer.state()
+        state["config"]["hard_cap"] = setting
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, json.dumps(state))
+            tx.set_meta(BUDGETS_CONFIG, json.dumps(state["config"], sort_keys=True))
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            started = BudgetState(store, BudgetPacer(BudgetConfig.from_mapping({"spend_usd": "100/1d"})))
+            assert started.recover(cast(Any, SimpleNamespace())) == "stored"
+        assert started.pacer.config.describe() == ["avg_cost_usd=0.004", "@acme:spend_usd=50/1d"]
+        assert started.pacer.report()["tenants"]["acme"]["spend_usd"] == pytest.approx(40.0)
+        assert f"left out the stored target 'hard_cap={json.dumps(setting)}'" in caplog.text
+        assert "not loaded" not in caplog.text
+        started.save(force=True)
+        with store.read() as reader:
+            saved = json.loads(reader.get_meta(BUDGETS_STATE) or "{}")
+        assert saved["config"]["hard_cap"] == setting
+        assert saved["tenants"]["acme"]["spend_usd"] == pytest.approx(40.0)
+    finally:
+        store.close()
+
+
+def test_a_stored_state_that_does_not_load_is_not_saved_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A state row this start cannot load (another format, a damaged row) made it pace the file's `[budgets]`, and
+    its first periodic save wrote the file's state over the stored row. The row is left as stored until a PUT."""
+    store = open_store(tmp_path / "unloaded.db")
+    store.prepare()
+    row = '{"format": "bandit-router-budgets/2", "config": {}}'
+    try:
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, row)
+        started = BudgetState(store, BudgetPacer(BudgetConfig.from_mapping({"spend_usd": "5/1d"})))
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            assert started.recover(cast(Any, SimpleNamespace())) == "config"
+        assert "stored budget state not loaded" in caplog.text and "not saved over" in caplog.text
+        started.pacer.spend(1.0)
+        started.save(force=True)
+        with store.read() as reader:
+            assert reader.get_meta(BUDGETS_STATE) == row
+        with store.write() as tx:  # a PUT replaces it
+            started.configure(tx, BudgetConfig.from_mapping({"spend_usd": "7/1d"}))
+        with store.read() as reader:
+            assert json.loads(reader.get_meta(BUDGETS_STATE) or "{}")["config"]["spend_usd"] == "7/1d"
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("row", [
+    {BUDGETS_STATE: '{"format": "bandit-router-budgets/2", "config": {}}'},  # another version's format
+    {BUDGETS_CONFIG: '{"spend_usd": '},  # a damaged targets row
+])
+def test_serve_checks_the_files_budgets_when_the_stored_rows_do_not_load(tmp_path: Path, row: dict[str, str]) -> None:
+    """The start checks the file's `[budgets]` only while no budget targets are stored, since stored ones replace
+    it; but it skipped the check whenever a budget row was there, and a row that does not load leaves the start on
+    the file's `[budgets]`: a typo'd `fallback_model` started unchecked and was the pacer's fallback. A stored row
+    counts only when it loads (as the start loads it), so `serve` refuses the typo: one line, exit status 2."""
+    db = tmp_path / "router.db"
+    store = open_store(db)
+    store.prepare()
+    try:
+        with store.write() as tx:
+            for key, value in row.items():
+                tx.set_meta(key, value)
+    finally:
+        store.close()
+    config = tmp_path / "br.toml"
+    config.write_text(f'db = "{db}"\n[budgets]\nspend_usd = "5/1d"\nfallback_model = "gpt-4o-minii"\n')
+    server = ServeProcess(tmp_path, _serve_command(), ["--config", str(config)])
+    try:
+        with pytest.raises(NotReady) as refused:
+            server.wait_ready()
+    finally:
+        server.stop()
+    assert "exited 2" in str(refused.value) and (
+        "bandit-router serve: budgets: fallback_model 'gpt-4o-minii' is not in the catalog") in str(refused.value)
+
+
+def test_checking_whether_stored_budgets_load_says_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The start's check loads the stored rows to learn whether they replace the file's `[budgets]`; what their
+    loading leaves out is said once, by the start that loads them (`BudgetState.recover`), not by the check."""
+    store = open_store(tmp_path / "quiet.db")
+    store.prepare()
+    try:
+        stored = BudgetPacer(BudgetConfig.from_mapping({"spend_usd": ["5/1d", "9/1w"]}))
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, json.dumps(stored.state()).replace("/1w", "/1mo"))
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            assert stored_budgets(store)
+        assert caplog.text == ""
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            _started(store)
+        assert caplog.text.count("left out the stored target 'spend_usd=9/1mo'") == 1
+    finally:
+        store.close()
+
+
+def test_a_start_that_stores_the_targets_as_loaded_leaves_a_state_row_it_could_not_load(tmp_path: Path) -> None:
+    """A start whose targets row loaded with a normalisation (tenants "5" and "5.0" stored apart) stores the rows as
+    loaded; it also wrote its pacer's state over a state row it had not loaded (another format). It writes the
+    targets row alone then."""
+    db = tmp_path / "normalised.db"
+    _rows_stored_with_tenants_5_and_5_0_apart(db)
+    row = '{"format": "bandit-router-budgets/2", "config": {}}'
+    store = open_store(db)
+    try:
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, row)
+        started = _started(store)
+        assert started.pacer.config.describe() == ["avg_cost_usd=0.004", "@5:avg_cost_usd=0.001"]
+        with store.read() as reader:
+            assert reader.get_meta(BUDGETS_STATE) == row
+            assert "5.0" not in (reader.get_meta(BUDGETS_CONFIG) or "")  # stored as loaded
+    finally:
+        store.close()
 
 
 def _budget_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

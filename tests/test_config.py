@@ -927,7 +927,8 @@ def test_check_config_checks_the_models_named_against_the_file_when_the_database
 ) -> None:
     """`check --config` beside a database it cannot read (it reports why) skipped the live catalog's checks and with
     them the checks of the models the judge, the budgets and the named routers name, which `check()` makes on the
-    catalog file: a `judge_model` in no catalog passed. They run on the catalog file then."""
+    catalog file: a `judge_model` in no catalog passed. They run on the catalog file then, and what they refuse is
+    a note before the database's report (`test_check_config_on_a_damaged_database_prints_its_report`)."""
     from typer.testing import CliRunner
 
     from bandit_router.cli import app as cli_app
@@ -939,8 +940,38 @@ def test_check_config_checks_the_models_named_against_the_file_when_the_database
     ):
         config = _write(tmp_path / "br.toml", f"db = 'bad.db'\n{table}")
         result = CliRunner().invoke(cli_app, ["check", "--config", str(config)])
-        assert result.exit_code == 2, result.output
-        assert result.output.startswith(f"bandit-router check: {says}; its models: "), result.output
+        assert result.exit_code == 1 and "verdict: NOT intact" in result.output, result.output
+        assert result.output.startswith("bandit-router check: not checked against the database, which cannot be "
+                                        "read"), result.output
+        assert f"the catalog file alone, which a model POST /v1/models added is not in: {says}; its models: " in (
+            result.output)
+
+
+def test_check_config_on_a_damaged_database_prints_its_report(tmp_path: Path) -> None:
+    """`check --config` on a database whose model events cannot all be read checked the judge model, which
+    `POST /v1/models` added (so `serve` takes it), against the catalog file alone and refused it: "judge_model:
+    'added' is not in the catalog", exit status 2, and the database's report, why `check` was run, never printed.
+    The refusal is a note; the report and its exit status (1: not intact) follow."""
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    db = tmp_path / "r.db"
+    _database_with_an_added_model(db)
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("UPDATE model_events SET spec = '{not json' WHERE name = 'added'").rowcount == 1
+    config = _write(tmp_path / "br.toml", "db = 'r.db'\n[judge]\njudge_model = 'added'\n"
+                    "[[models]]\nname = 'judge'\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\n")
+    result = CliRunner().invoke(cli_app, ["check", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    assert "1 cannot be read" in result.output and "(add 'added') cannot be read" in result.output
+    assert "verdict: NOT intact: model events that no start can apply" in result.output
+    assert "not checked against the database, which cannot be read" in result.output
+    assert "judge_model: 'added' is not in the catalog" in result.output
+    result = CliRunner().invoke(cli_app, ["check", "--config", str(config), "--json"])
+    assert result.exit_code == 1 and json.loads(result.stdout)["model_events"]["unreadable"], result.output
 
 
 def test_serve_checks_the_judges_upstream_on_the_live_catalog(

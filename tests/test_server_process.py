@@ -313,6 +313,39 @@ def test_two_workers_report_the_judges_calls_and_spend_of_both(servers: Callable
     assert stored[0] == sent and stored[1] == pytest.approx(own, rel=1e-9)
 
 
+@pytest.mark.parametrize("changes", [("DELETE", "POST"), ("DELETE", "POST", "DELETE")])
+def test_serve_restarts_with_a_judge_model_retired_and_added_back(servers: Callable[..., Server], tmp_path: Path,
+                                                                  changes: tuple[str, ...]) -> None:
+    """A catalog file's judge model (its own `base_url`) retired and added back by `POST /v1/models` (which gives
+    no upstream) has a live spec without `base_url`; serve's pre-check judged the upstream from it and refused the
+    restart ("judge_model: 'fake-judge' has no upstream"), though the gateway calls the model with the file's
+    spec, as it did until the stop. The pre-check takes the spec the gateway calls: the file's entry first."""
+    with serving(FakeUpstream(seed=3)) as fake:
+        models = "".join(f'[[models]]\nname = "{name}"\ninput_usd_per_mtok = 0.1\noutput_usd_per_mtok = 0.2\n'
+                         f'base_url = "{fake.url}/v1"\n' for name in ("fake-coder", "fake-writer", JUDGE))
+        config = tmp_path / "judged.toml"
+        config.write_text(f'{models}[judge]\njudge_model = "{JUDGE}"\njudge_sample_rate = 1.0\njudge_delay_s = 0\n')
+        env = {"BANDIT_ROUTER_CONFIG": str(config)}
+        server = servers(env=env)
+        server.wait_ready()
+        for change in changes:
+            reply = (httpx.delete(f"{server.url}/v1/models/{JUDGE}") if change == "DELETE" else
+                     httpx.post(server.url + "/v1/models", json={"name": JUDGE, "input_usd_per_mtok": 0.1,
+                                                                  "output_usd_per_mtok": 0.2}))
+            assert reply.status_code in (200, 201), reply.text
+        server.terminate()
+        server = servers(env=env)
+        server.wait_ready()
+        judged = fake.calls[JUDGE]
+        reply = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
+            "model": "router", "messages": [{"role": "user", "content": POEMS[0]}]})
+        assert reply.status_code == 200, reply.text
+        deadline = time.monotonic() + 30
+        while fake.calls[JUDGE] == judged:  # the judge calls its model with the file's spec
+            assert time.monotonic() < deadline, dict(fake.calls)
+            time.sleep(0.05)
+
+
 def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers: Callable[..., Server],
                                                                          tmp_path: Path) -> None:
     """With `--workers 2` each worker is a fresh process: it used to log with no handler of its own, so its start

@@ -16,8 +16,11 @@ version may have written, loads through `BudgetConfig.from_stored`.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
@@ -42,6 +45,25 @@ from .targets import (
 )
 
 log = logging.getLogger("bandit_router.budgets")
+_QUIET: ContextVar[bool] = ContextVar("bandit_router_budgets_quiet", default=False)
+
+
+@contextmanager
+def quietly() -> Iterator[None]:
+    """Load stored budgets without saying what their loading drops or resets (`say`): to learn only whether they
+    load (`log.budget_state.stored_budgets`), leaving the saying to the start that loads them."""
+    token = _QUIET.set(True)
+    try:
+        yield
+    finally:
+        _QUIET.reset(token)
+
+
+def say(message: str, *args: Any) -> None:
+    """A warning about stored budgets, unless they are loaded `quietly`."""
+    if not _QUIET.get():
+        log.warning(message, *args)
+
 
 MAX_TENANTS = 1024
 """The most tenants a `[budgets]` table or a `PUT /v1/budgets` body may give targets (the OpenAPI document's
@@ -68,8 +90,8 @@ def tenants_once(names: Iterable[Any], where: str, *, stored: bool = False) -> d
                                    "tenant is its decimal text, an integral one without a fraction): give its targets "
                                    "once")
             kept, dropped = (name, out[tenant]) if name == tenant else (out[tenant], name)
-            log.warning("%s: %r and %r were stored as two tenants and are one now, %r: kept the targets of %r, "
-                        "dropped those of %r", where, out[tenant], name, tenant, kept, dropped)
+            say("%s: %r and %r were stored as two tenants and are one now, %r: kept the targets of %r, "
+                "dropped those of %r", where, out[tenant], name, tenant, kept, dropped)
             name = kept
         out[tenant] = name
     return out
@@ -101,16 +123,12 @@ def _targets_from_mapping(
     with a warning naming it, and its text appended to `dropped`; the others load."""
     texts: list[str] = []
     for key, value in data.items():
-        if key == "share":
-            if not isinstance(value, Mapping):
-                raise InvalidInput(f"{scope}: share must be a table of selector = max share")
-            texts += [f"share:{sel}={_scalar(v, f'share {sel!r}')}" for sel, v in value.items()]
-        elif key == "spend_usd" and isinstance(value, list):
-            texts += [f"spend_usd={_scalar(v, key)}" for v in value]
-        else:
-            if not isinstance(value, str | int | float) and key not in TARGET_KEYS and not LATENCY_KEY.fullmatch(key):
-                raise InvalidInput(f"{scope}: unknown target {key!r}{did_you_mean(key, (*TARGET_KEYS, *also))}")
-            texts.append(f"{key}={_scalar(value, key)}")
+        try:
+            texts += _target_texts(key, value, scope, also)
+        except InvalidInput as exc:
+            if dropped is None:
+                raise
+            _left_out(scope, f"{key}={json.dumps(value, default=repr)}", str(exc).removeprefix(f"{scope}: "), dropped)
     if dropped is None:  # new input; stored data was taken without these limits
         for kind, most in (("spend_usd", MAX_SPENDS), ("share", MAX_SHARES)):
             count = sum(t.startswith(f"{kind}=" if kind == "spend_usd" else "share:") for t in texts)
@@ -124,16 +142,32 @@ def _targets_from_mapping(
         raise InvalidInput(f"{scope}: {exc}") from None
 
 
+def _target_texts(key: str, value: Any, scope: str, also: Iterable[str]) -> list[str]:
+    """One key of a scope's table → its targets' texts (`spend_usd` may list several, `share` is a table)."""
+    if key == "share":
+        if not isinstance(value, Mapping):
+            raise InvalidInput(f"{scope}: share must be a table of selector = max share")
+        return [f"share:{sel}={_scalar(v, f'share {sel!r}')}" for sel, v in value.items()]
+    if key == "spend_usd" and isinstance(value, list):
+        return [f"spend_usd={_scalar(v, key)}" for v in value]
+    if not isinstance(value, str | int | float) and key not in TARGET_KEYS and not LATENCY_KEY.fullmatch(key):
+        raise InvalidInput(f"{scope}: unknown target {key!r}{did_you_mean(key, (*TARGET_KEYS, *also))}")
+    return [f"{key}={_scalar(value, key)}"]
+
+
 def _stored_target(text: str, scope: str, dropped: list[str]) -> Target | None:
     """`parse_target(text)`, or None (logged, appended to `dropped`) for a stored target this version refuses."""
     try:
         return parse_target(text)
     except InvalidInput as exc:
-        log.warning("%s: left out the stored target %r, which this version refuses (%s); it stays stored (a "
-                    "version that takes it paces it again), the other targets keep pacing; a PUT /v1/budgets "
-                    "replaces it", scope, text.strip(), str(exc).partition("': ")[2])
-        dropped.append(text.strip())
+        _left_out(scope, text.strip(), str(exc).partition("': ")[2], dropped)
         return None
+
+
+def _left_out(scope: str, text: str, why: str, dropped: list[str]) -> None:
+    say("%s: left out the stored target %r, which this version refuses (%s); it stays stored (a version that "
+        "takes it paces it again), the other targets keep pacing; a PUT /v1/budgets replaces it", scope, text, why)
+    dropped.append(text)
 
 
 def _scalar(value: Any, what: str) -> str:

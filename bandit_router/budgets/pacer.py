@@ -65,12 +65,15 @@ the sum of the share and latency penalties, the guard rails of any exhausted sco
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -78,7 +81,7 @@ import numpy as np
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..types import Context, Decision, tenant_named, tenant_of
-from .config import BudgetConfig
+from .config import BudgetConfig, say
 from .targets import AvgCost, Latency, Share, Spend, Target, parse_target
 
 log = logging.getLogger("bandit_router.budgets")
@@ -149,9 +152,10 @@ class _Scope:
             "targets": {key: c.state() for key, c in self.controls.items()},
         }
 
-    def load(self, state: Mapping[str, Any], *, where: str = "", dropped: bool = False) -> None:
+    def load(self, state: Mapping[str, Any], *, where: str = "", dropped: bool = False) -> dict[str, Any]:
         """`where`: the scope's prefix in the text grammar (`@acme:`) for the log; `dropped`: the stored config of
-        this scope lost targets this version refuses: their state goes too."""
+        this scope lost targets this version refuses: their states are not loaded but returned, as stored (target
+        key → state), for `BudgetPacer.state` to store again."""
         self.requests = int(state["requests"])
         self.spend_usd = float(state["spend_usd"])
         self.last_time = _opt_float(state["last_time"])
@@ -162,6 +166,7 @@ class _Scope:
         for key, control_state in state["targets"].items():
             if key in self.controls:
                 self.controls[key].load(control_state, where)
+        return {key: copy.deepcopy(state["targets"][key]) for key in state["targets"] if key in unknown}
 
     def report(self, now: float, cost_weight: float | None) -> dict[str, Any]:
         return {
@@ -281,12 +286,12 @@ class _CostControl(_Control):
         request (as a new target's does), the floor to be set again by the decisions' costs."""
         super().load(state, where)
         if self.lam is not None and not (math.isfinite(self.lam) and self.lam > 0.0):
-            log.warning("budget state: %s%s: the stored multiplier λ = %r is not a finite number > 0; reset: it "
-                        "starts again at the router's default λ", where, self.target, self.lam)
+            say("budget state: %s%s: the stored multiplier λ = %r is not a finite number > 0; reset: it "
+                "starts again at the router's default λ", where, self.target, self.lam)
             self.lam = None
         if self.log_floor is not None and not math.isfinite(self.log_floor):
-            log.warning("budget state: %s%s: the stored floor log λ = %r is not finite; reset: the decisions' costs "
-                        "set it again", where, self.target, self.log_floor)
+            say("budget state: %s%s: the stored floor log λ = %r is not finite; reset: the decisions' costs "
+                "set it again", where, self.target, self.log_floor)
             self.log_floor = None
 
     def step(self, gradient: float) -> None:
@@ -571,6 +576,34 @@ _CONTROLS: dict[type, type[_Control]] = {
 }
 
 
+@dataclass
+class _LeftOut:
+    """What `BudgetPacer.load` left out of a stored state (targets this version refuses), as stored, for `state()`
+    to store again unchanged, so that a version that takes them (an upgrade, a newer replica) paces them on from
+    their stored spend and λ: the config as stored (refused targets and settings included), the refused targets'
+    control states per scope (None: the global one; else the tenant), the scopes whose every target was refused
+    (tenant as stored → scope state) and the exceedance statistics of latency thresholds no loaded target has.
+    Kept while the pacer paces that config: a new one (`configure`) drops it."""
+
+    config: Mapping[str, Any]
+    targets: dict[str | None, dict[str, Any]] = dataclass_field(default_factory=dict)
+    tenants: dict[str, Any] = dataclass_field(default_factory=dict)
+    exceedance: dict[str, Any] = dataclass_field(default_factory=dict)
+
+    def add_to(self, state: dict[str, Any]) -> dict[str, Any]:
+        """`state` (a `state()`) with what was left out put back, as stored (copies)."""
+        state["config"] = copy.deepcopy(dict(self.config))
+        for tenant, targets in self.targets.items():
+            scope = state["global"] if tenant is None else state["tenants"].get(tenant)
+            if scope is not None:
+                scope["targets"] = {**copy.deepcopy(targets), **scope["targets"]}
+        for name, scope_state in self.tenants.items():
+            state["tenants"].setdefault(name, copy.deepcopy(scope_state))
+        for threshold, stats in self.exceedance.items():
+            state["exceedance"].setdefault(threshold, copy.deepcopy(stats))
+        return state
+
+
 class BudgetPacer:
     """Holds the targets of a `BudgetConfig` for a `Router` (its `pacer=`): see the module docstring.
 
@@ -592,6 +625,7 @@ class BudgetPacer:
         self._tenants: dict[str, _Scope] = {}
         self._tags: dict[str, Mapping[str, str]] = {}
         self._exceedance: dict[float, dict[str, list[float]]] = {}
+        self._left_out: _LeftOut | None = None
         self.configure(config or BudgetConfig())
 
     # -- targets ----------------------------------------------------------------------------------------
@@ -601,10 +635,27 @@ class BudgetPacer:
 
     def configure(self, config: BudgetConfig) -> None:
         """Replace the targets and settings; effective from the next request. A target whose value changed keeps
-        its multiplier (λ rescaled by old/new for cost targets) and its period's spend; a removed one is gone."""
+        its multiplier (λ rescaled by old/new for cost targets) and its period's spend; a removed one is gone, and
+        so is what a stored state's loading left out (`load`)."""
+        self._configure(config, None)
+
+    def configure_stored(self, data: Mapping[str, Any]) -> dict[str | None, list[str]]:
+        """`configure` with stored targets (`BudgetConfig.from_stored`: what this version refuses is left out, with
+        a warning), which `state()` then stores as stored, refused targets included. What the loaded state left
+        out stays when `data` is the config it was stored with. Returns the refused targets' texts per scope."""
+        config, dropped = BudgetConfig.from_stored(data)
+        with self._lock:
+            left = self._left_out
+            if left is None or left.config != data:
+                left = _LeftOut(copy.deepcopy(dict(data))) if dropped else None
+            self._configure(config, left)
+        return dropped
+
+    def _configure(self, config: BudgetConfig, left_out: _LeftOut | None) -> None:
         if not isinstance(config, BudgetConfig):
             raise InvalidInput("configure needs a BudgetConfig")
         with self._lock:
+            self._left_out = left_out
             self._config = config
             self._global.set_targets(config.targets, config)
             tenants = {}
@@ -763,9 +814,10 @@ class BudgetPacer:
 
     # -- state ------------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """The config and everything learned, as plain JSON types (`json.dumps` works as is)."""
+        """The config and everything learned, as plain JSON types (`json.dumps` works as is). With what the loaded
+        state's targets this version refuses left out (`load`), as stored: the config as stored and their states."""
         with self._lock:
-            return {
+            state = {
                 "format": STATE_FORMAT,
                 "config": self._config.to_mapping(),
                 "global": self._global.state(),
@@ -774,35 +826,44 @@ class BudgetPacer:
                     repr(t): {m: list(v) for m, v in stats.items()} for t, stats in self._exceedance.items()
                 },
             }
+            return state if self._left_out is None else self._left_out.add_to(state)
 
     def load(self, state: Mapping[str, Any]) -> dict[str | None, list[str]]:
         """Replace the config and everything learned by a `state()` (a restart continues where it stopped).
         All or nothing: a state that does not load leaves the pacer as it was. What an older version saved and
         this one refuses is dropped with a warning, the rest loads (`BudgetConfig.from_stored`): of tenants "5" and
         "5.0" saved apart (before they were one tenant) tenant "5"; a target this version refuses goes with its
-        state (and a latency threshold no loaded target has, with its exceedance statistics). A stored multiplier
-        or floor that is not a finite number (λ: > 0) is reset, with a warning. Returns the refused targets' texts
-        per scope (`from_stored`: None is the global one), empty when every target loaded."""
+        state (and a latency threshold no loaded target has, with its exceedance statistics). What a refused target
+        left out (its text in the config, its state, its tenant's scope, its threshold's statistics) is kept as
+        stored, and `state()` stores it again unchanged until a new config replaces it (`configure`): a version
+        that takes it paces it on from its stored spend and λ. A stored multiplier or floor that is not a finite
+        number (λ: > 0) is reset, with a warning. Returns the refused targets' texts per scope (`from_stored`: None
+        is the global one), empty when every target loaded."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise InvalidInput(f"not a budget pacer state (expected format {STATE_FORMAT!r})")
         try:
             config, dropped = BudgetConfig.from_stored(state["config"])
             fresh = BudgetPacer(config, clock=self._clock)
-            fresh._global.load(state["global"], dropped=None in dropped)
+            left = _LeftOut(copy.deepcopy(dict(state["config"])))
+            left.targets[None] = fresh._global.load(state["global"], dropped=None in dropped)
             for name, scope_state in state["tenants"].items():
                 tenant = tenant_named(name)  # a state saved before `@5.0:` meant tenant 5 calls it "5.0"
                 if tenant != name and tenant in state["tenants"]:
                     continue  # saved with "5" and "5.0" apart: "5" won (`BudgetConfig.from_stored`)
                 if tenant not in fresh._tenants:
-                    if tenant in dropped:  # every target of the tenant was dropped: its state goes with them
+                    if tenant in dropped:  # every target of the tenant was dropped: kept as stored
+                        left.tenants[name] = copy.deepcopy(scope_state)
                         continue
                     raise InvalidInput(f"budget state has tenant {name!r} that its config does not")
-                fresh._tenants[tenant].load(scope_state, where=f"@{tenant}:", dropped=tenant in dropped)
+                left.targets[tenant] = fresh._tenants[tenant].load(
+                    scope_state, where=f"@{tenant}:", dropped=tenant in dropped)
             saved_exceedance = {
                 float(t): {str(m): [float(x) for x in v] for m, v in stats.items()}
                 for t, stats in state["exceedance"].items()
             }
             fresh._exceedance = {t: saved_exceedance.get(t, {}) for t in fresh._exceedance}  # the loaded targets
+            left.exceedance = {t: copy.deepcopy(stats) for t, stats in state["exceedance"].items()
+                               if float(t) not in fresh._exceedance}
         except InvalidInput:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -810,6 +871,7 @@ class BudgetPacer:
         with self._lock:
             self._config, self._global, self._tenants = fresh._config, fresh._global, fresh._tenants
             self._exceedance = fresh._exceedance
+            self._left_out = left if dropped else None
         return dropped
 
     @classmethod

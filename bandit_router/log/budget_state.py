@@ -33,9 +33,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..budgets import BudgetConfig, BudgetPacer
+from ..budgets.config import quietly
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput
 from ..router import Router
@@ -52,6 +54,8 @@ BUDGETS_STATE = "budgets_state"
 BUDGETS_CONFIG = "budgets_config"
 """Meta key: the targets set by the last PUT /v1/budgets (JSON); other workers pick them up within
 `FOLLOW_EVERY_S`."""
+UNLOADABLE = (InvalidInput, ValueError)
+"""What loading a stored budget row raises when it does not load (its JSON, or what it holds)."""
 SAVE_EVERY_S = 5.0
 FOLLOW_EVERY_S = 1.0
 DECISIONS_EVERY_S = 0.05
@@ -246,7 +250,7 @@ class BudgetState:
                 with self.store.read() as reader:
                     stored = reader.get_meta(BUDGETS_CONFIG)
                 if stored is not None and stored != self._config_json:
-                    self.pacer.configure(BudgetConfig.from_mapping(json.loads(stored), stored=True))
+                    self.pacer.configure_stored(json.loads(stored))
                     self._config_json = stored
                     self._stored = True
             except (StoreError, InvalidInput, ValueError) as exc:
@@ -275,8 +279,10 @@ class BudgetState:
         and "5.0" stored apart, "5.0"), so that the next start has nothing to say. A stored target this version
         refuses (one a newer version stored: `spend_usd=900/1mo`) is never rewritten away: the rows stay as stored
         (a newer version, or this one after a downgrade, loads it again), and each start says it again until a
-        PUT /v1/budgets replaces the targets. The rows are stored again only if no other process stored them
-        since this start read them (`_store_as_loaded`)."""
+        PUT /v1/budgets replaces the targets; the pacer's `state()` stores such a target's text and state again as
+        stored (`BudgetPacer.load`), so `save` keeps them too. A state row that does not load is not saved over
+        (`save` stores nothing until a PUT). The rows are stored again only if no other process stored them since
+        this start read them (`_store_as_loaded`)."""
         source = "config"
         with self.store.read() as reader:
             state = reader.get_meta(BUDGETS_STATE)
@@ -292,30 +298,28 @@ class BudgetState:
                 changed = saved["config"] != self.pacer.config.to_mapping()
                 source = "stored"
                 self._stored = True
-            except (InvalidInput, ValueError) as exc:
-                log.warning("stored budget state not loaded (%s); using the configuration", exc)
+            except UNLOADABLE as exc:
+                log.warning("stored budget state not loaded (%s); using the configuration, and the stored state is "
+                            "left as stored, not saved over, until a PUT /v1/budgets replaces it", exc)
+                self._stored = False
         if config is not None:
             try:
                 targets = json.loads(config)
                 if targets != self.pacer.config.to_mapping() and (  # a PUT after the last state save; the same
                         loaded_state is None or targets != loaded_state["config"]):  # as the state's: loaded once
-                    loaded, dropped = BudgetConfig.from_stored(targets)
-                    self.pacer.configure(loaded)
-                    refused = refused or bool(dropped)
+                    refused = bool(self.pacer.configure_stored(targets)) or refused
                     changed = changed or targets != self.pacer.config.to_mapping()
                 self._config_json = config
                 source = "stored"
-            except (InvalidInput, ValueError) as exc:
+            except UNLOADABLE as exc:
                 log.warning("stored budget targets not loaded: %s", exc)
-        if refused:
+        if refused:  # the state's saves store them again as stored (`BudgetPacer.state`)
             log.warning("stored budget targets this version refuses are left stored, not paced (the rows are not "
                         "rewritten; a PUT /v1/budgets replaces them)")
-            if config is None and loaded_state is not None:  # the periodic state save would overwrite them
-                kept = json.dumps(loaded_state["config"], sort_keys=True)  # as stored, refused targets and all
-                if self._store_as_loaded((state, config), targets_row=kept):
-                    log.info("stored the budget state's targets, as stored, in the targets row (kept there)")
         elif changed and self._store_as_loaded(
-                (state, config), state_row=json.dumps(self.pacer.state()),
+                (state, config),
+                state_row=json.dumps(self.pacer.state())  # not over a state row that did not load
+                if state is None or loaded_state is not None else None,
                 targets_row=json.dumps(self.pacer.config.to_mapping(), sort_keys=True)
                 if config is not None and self._config_json == config else None):
             log.info("stored the budget targets as loaded: %s", ", ".join(self.pacer.config.describe()) or "none")
@@ -347,10 +351,24 @@ class BudgetState:
 
 
 def stored_budgets(store: Store) -> bool:
-    """The store holds budget targets (a state or a PUT's targets), which a start loads in place of the
-    configuration's `[budgets]` (`BudgetState.recover`)."""
+    """The store holds budget targets that a start loads in place of the configuration's `[budgets]`
+    (`BudgetState.recover`): a state row or a PUT's targets row that loads as `recover` loads it (said nothing of:
+    the start says it). A row that does not load leaves the start on `[budgets]`, as none does."""
     with store.read() as reader:
-        return any(reader.get_meta(key) is not None for key in (BUDGETS_STATE, BUDGETS_CONFIG))
+        state, targets = (reader.get_meta(key) for key in (BUDGETS_STATE, BUDGETS_CONFIG))
+    with quietly():
+        return _loads(state, lambda row: BudgetPacer().load(row)) or _loads(targets, BudgetConfig.from_stored)
+
+
+def _loads(row: str | None, load: Callable[[Any], object]) -> bool:
+    """Whether a stored budget row loads with `load` (after its JSON decoding), as `BudgetState.recover` loads it."""
+    if row is None:
+        return False
+    try:
+        load(json.loads(row))
+    except UNLOADABLE:
+        return False
+    return True
 
 
 def chain_spend(call: CallRecord | None) -> float | None:

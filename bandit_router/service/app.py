@@ -331,7 +331,7 @@ def check_live_catalog(settings: Settings, *, warn: bool = True) -> LiveCatalog:
     neither the catalog nor the log, or the budgets' fallback model or a share selector, the judge model or a named
     router's model is in neither. One of those retired at run time is not refused (the service runs without it, as
     after the DELETE): `warn` logs a warning for each, saying what the service does without it. The file's
-    `[budgets]` is checked only when the database stores no budget targets, which replace it at start
+    `[budgets]` is checked only when the database stores no budget targets that load, which replace it at start
     (`BudgetState.recover`). Creates and migrates nothing (run it before `Store.prepare`): a SQLite file that does
     not exist, and a database that records no schema, hold no model event (the catalog file alone is checked); a
     schema of any earlier version is read as it is (the model events' table is schema 1's); a newer one is not
@@ -362,7 +362,8 @@ def check_upstreams(settings: Settings, unreachable: Callable[[str], str | None]
     `ConfigError` naming the first that is not, and why. `unreachable(model)` says why a model is not callable
     (default: from `models`, else the settings' catalog, and the environment, so that `serve` says it before the
     server starts, not as a traceback of the application's start-up; `serve` gives the live catalog's models,
-    `check_live_catalog`, so that a model added at run time is checked too)."""
+    `check_live_catalog`, so that a model added at run time is checked too; the catalog file's entry of a model
+    wins over them, as in `Gateway.build`)."""
     reason = unreachable if unreachable is not None else _unreachable_in_catalog(settings, models)
     judge_model = settings.judge.judge_model
     if judge and judge_model is not None and settings.judge.judge_sample_rate > 0:
@@ -376,7 +377,11 @@ def check_upstreams(settings: Settings, unreachable: Callable[[str], str | None]
 
 
 def _unreachable_in_catalog(settings: Settings, models: Iterable[ModelSpec] | None) -> Callable[[str], str | None]:
-    catalog = {spec.name: spec for spec in (settings.load_catalog() if models is None else models)}
+    """Why the gateway would not call a model, with the spec it calls it with: as `Gateway.build` picks it, the
+    catalog file's entry, else the one of `models` (a model added at run time; one retired and added back by
+    `POST /v1/models` has a live spec without the file's `base_url`, but the gateway calls it with the file's)."""
+    catalog = {spec.name: spec for spec in models or ()}
+    catalog.update({spec.name: spec for spec in settings.load_catalog()})
 
     def reason(model: str) -> str | None:  # a name outside the catalog: `Settings.check_catalog` refuses it
         return Gateway.unreachable(settings, catalog[model]) if model in catalog else None

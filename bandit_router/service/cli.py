@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -204,8 +205,10 @@ def check(
 ) -> None:
     from ..dbguard import check_database
 
+    notes: list[str] = []
     try:
-        location = _checked_settings(config, read_errors=False).storage.db if db is None else parse_database(db)
+        location = (_checked_settings(config, unreadable=notes.append).storage.db if db is None
+                    else parse_database(db))
     except (ConfigError, ValueError) as exc:
         typer.echo(f"bandit-router check: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -214,6 +217,8 @@ def check(
                    "checks its own pages: see its amcheck module)", err=True)
         raise typer.Exit(2)
     db_path = location
+    for note in notes:  # the report is why `check` runs: a note, not an exit status 2 in place of it
+        typer.echo(f"bandit-router check: {note}", err=True)
     report = check_database(db_path)
     if report.error and not report.counts and not as_json:  # nothing opened (a typo'd path): no verdict on it
         where = "" if db is not None else " (the configured `db`: give the file with --db FILE, or --config FILE)"
@@ -296,20 +301,26 @@ def migrate(
     typer.echo(f"{location}: schema version {SCHEMA_VERSION}")
 
 
-def _checked_settings(config: Path | None, *, read_errors: bool = True) -> Settings:
+def _checked_settings(config: Path | None, *, unreadable: Callable[[str], None] | None = None) -> Settings:
     """The settings as `serve` checks them: the catalog's models against the live catalog (`check_live_catalog`:
     with the models its database holds, added and retired at run time, when it exists; the catalog file alone
-    otherwise). `read_errors=False`: a database that cannot be read is not checked against (`check` says why):
-    the catalog file alone is, as `check()` checks it without `stored_models`."""
+    otherwise). `unreadable`: a database that cannot be read is not checked against (`check` says why): the
+    catalog file alone is, as `check()` checks it without `stored_models`, and what that refuses is told to
+    `unreadable` as a note, not raised (a model the database added at run time, which `serve` would take, is not
+    in the file)."""
     from .app import check_live_catalog
 
     settings = load_settings(config, stored_models=True)
     try:
         check_live_catalog(settings)
     except StoreError:
-        if read_errors:
+        if unreadable is None:
             raise
-        settings.check_catalog(list(settings.load_catalog()))
+        try:
+            settings.check_catalog(list(settings.load_catalog()))
+        except ConfigError as refused:
+            unreadable(f"not checked against the database, which cannot be read (the report says why), but against "
+                       f"the catalog file alone, which a model POST /v1/models added is not in: {refused}")
     return settings
 
 
