@@ -138,7 +138,8 @@ class SQLiteStore:
         self._writer: sqlite3.Connection | None = None
         self._maintenance: sqlite3.Connection | None = None
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        """Each reading thread's connection, with its thread: closed once the thread has ended (`_reader_conn`)."""
         self._lock = threading.Lock()
         self._models_json: dict[tuple[str, ...], str] = {}
         self._tables: set[str] = set()
@@ -258,13 +259,21 @@ class SQLiteStore:
         return self._writer
 
     def _reader_conn(self) -> sqlite3.Connection:
+        """This thread's read connection, opened on its first read. Reads come from worker threads that end and are
+        replaced (anyio's pool ends a thread idle for 10 s): opening one closes the connections of threads that
+        have ended, so a long-running service holds one per live reading thread, not one per thread it ever had."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
             conn.execute("PRAGMA query_only = ON")
             self._local.conn = conn
             with self._lock:
-                self._readers.append(conn)
+                ended = [old for thread, old in self._readers if not thread.is_alive()]
+                self._readers = [(t, c) for t, c in self._readers if t.is_alive()]
+                self._readers.append((threading.current_thread(), conn))
+            for old in ended:  # its thread is gone: nothing else uses it
+                with contextlib.suppress(sqlite3.Error):
+                    old.close()
         return conn
 
     @contextmanager
@@ -462,7 +471,7 @@ class SQLiteStore:
         self._writer = self._maintenance = None
         self._turn.close()
         with self._lock:
-            for conn in self._readers:
+            for _, conn in self._readers:
                 conn.close()
             self._readers.clear()
         self._local = threading.local()
