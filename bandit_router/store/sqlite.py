@@ -90,6 +90,9 @@ FEEDBACK_COLUMNS = (
 )  # fmt: skip
 _CHUNK = 200
 """Rows (or ids) per statement, at most: fewer when SQLite's variable limit needs it (`_SQLiteTx.per_statement`)."""
+_MODEL_LISTS_MAX = 256
+"""Distinct model lists whose JSON the writer keeps (`_SQLiteTx._decision_row`); past it the cache starts over (a
+request's `models` may be any subset of the catalog in any order: one entry each, without a bound)."""
 _DECISIONS = ", ".join(DECISION_COLUMNS)
 _FEEDBACK = ", ".join(FEEDBACK_COLUMNS)
 _INSERT_DECISIONS = f"INSERT OR IGNORE INTO decisions ({_DECISIONS}) VALUES "
@@ -585,6 +588,8 @@ class _SQLiteTx:
         ctx = decision.context
         models = self._models_json.get(decision.models)
         if models is None:
+            if len(self._models_json) >= _MODEL_LISTS_MAX:  # the lists are the callers' (`models`, any subset)
+                self._models_json.clear()
             models = self._models_json.setdefault(decision.models, to_json(list(decision.models)))
         attributes = "{}" if not ctx.attributes else json.dumps(dict(ctx.attributes))
         markers = self._markers_json.get(ctx.markers)
