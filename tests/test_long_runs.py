@@ -3,15 +3,21 @@ distinct value a caller chose. Each test makes many of them and asserts the boun
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bandit_router.router import Router
-from bandit_router.store import SQLiteStore
+from bandit_router.store import FeedbackRecord, SQLiteStore
+from bandit_router.store import sqlite as sqlite_store
 from bandit_router.store.sqlite import _MODEL_LISTS_MAX
 from bandit_router.types import Request
 
@@ -77,3 +83,58 @@ def test_the_model_lists_kept_for_writing_decisions_are_bounded(tmp_path: Path) 
         assert [stored[d.decision_id].decision.models for d in decisions] == lists
     finally:
         store.close()
+
+
+def test_the_stats_of_a_long_log_are_read_in_short_transactions(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`GET /v1/stats` counted the whole log in one read transaction (4 s at 10⁶ decisions): while a read lasts the
+    WAL cannot be reset, so two clients polling it back to back kept the WAL growing past `wal_max_bytes` (250 MB
+    in two minutes, reproduced). `SQLiteStore.stats` reads pages of `STATS_PAGE` rows, each in its own transaction,
+    and between two of them the WAL is reset; the counts are those of one transaction's."""
+    monkeypatch.setattr(sqlite_store, "STATS_PAGE", 16)
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path)
+    store.prepare()
+    router = Router(seed=9)
+    rnd = random.Random(9)
+    decisions = [router.route(Request(prompt=f"question {i}", context={"tenant": "acme"})) for i in range(100)]
+    with store.write() as tx:
+        tx.insert_decisions([(d, None, None) for d in decisions])
+        records = []
+        for seq, d in enumerate(rnd.sample(decisions, 60), start=1):
+            learn = seq % 4 != 0
+            quality = round(rnd.random(), 3)
+            records.append(FeedbackRecord(
+                decision_id=d.decision_id, received_at=d.created_at + 1, quality=quality, cost_usd=None,
+                input_tokens=None, output_tokens=100, latency_s=None, source="test",
+                status="applied" if learn else "late", learn=learn, reward=quality - 0.5,
+                realised_cost_usd=0.001 * seq, model=d.model, tenant="acme", seq=seq))
+        tx.insert_feedback(records)
+    with store.read() as reader:
+        whole = reader.stats()
+    resets: list[tuple[int, int, int]] = []
+    read = SQLiteStore.read
+
+    @contextmanager
+    def read_then_reset(self: SQLiteStore) -> Iterator[Any]:
+        with read(self) as reader:
+            yield reader
+        with contextlib.closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as other:  # another writer
+            other.execute("INSERT INTO meta (key, value) VALUES ('x', 'y') ON CONFLICT (key) DO UPDATE SET value = 'z'")
+            resets.append(other.execute("PRAGMA wal_checkpoint(RESTART)").fetchone())
+
+    monkeypatch.setattr(SQLiteStore, "read", read_then_reset)
+    try:
+        paged = store.stats()
+    finally:
+        store.close()
+    assert paged.feedback_by_status == whole.feedback_by_status and list(paged.models) == list(whole.models)
+    for name, model in paged.models.items():  # sums over pages: the same to rounding
+        expected = whole.models[name]
+        assert (model.decisions, model.feedback) == (expected.decisions, expected.feedback)
+        assert (model.mean_quality, model.mean_reward, model.spend_usd) == pytest.approx(
+            (expected.mean_quality, expected.mean_reward, expected.spend_usd), rel=1e-12)
+    assert sum(m.decisions for m in paged.models.values()) == 100
+    assert sum(paged.feedback_by_status.values()) == 60 and paged.feedback_by_status["late"] == 15
+    assert len(resets) == 1 + 100 // 16 + 1  # the ends, then one read per page
+    assert all(busy == 0 for busy, _, _ in resets), resets  # every reset went through, between two pages
