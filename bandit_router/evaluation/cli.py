@@ -17,7 +17,7 @@ from ..outputs import file_problem, out_problem, writing, writing_file
 from ..store import SCHEMA_VERSION, ChainFeedback, Store, StoreError
 from ..store.location import DatabaseURL, parse_database, redact_urls
 from ..store.location import open_store as open_location
-from .store_log import iter_log, model_specs, shadow_names
+from .store_log import iter_log, model_specs, shadow_names, with_feedback
 
 EVALUATE_HELP = """Estimate, from a service database alone, what other policies would have earned on its traffic.
 
@@ -154,11 +154,11 @@ def evaluate(
         catalog = _catalog(config)
         store = open_store(db)
         try:
-            records = list(iter_log(store))
+            records, without_feedback = with_feedback(store)
             specs = model_specs(store, catalog)
         finally:
             store.close()
-        if not any(r.outcome is not None for r in records):
+        if not records:
             message = f"{redact_urls(db)} holds no decision with learned feedback: nothing to evaluate"
             raise _fail("evaluate", message, 1)
         shadows, partial = shadow_names(records)
@@ -169,6 +169,7 @@ def evaluate(
             records,
             specs_given,
             models=specs,
+            without_feedback=without_feedback,
             estimators=[e.strip() for e in estimators.split(",") if e.strip()],
             mode=mode,
             baselines=baselines,

@@ -249,10 +249,10 @@ _SETTINGS_ORDER = (
 
 @dataclass(frozen=True, eq=False)
 class _Prepared:
-    """What both paths start from: the log (all decisions, those with feedback, as arrays), the candidates and
-    their replays, and the warnings so far."""
+    """What both paths start from: the log (how many decisions, those with feedback, as arrays), the candidates
+    and their replays, and the warnings so far."""
 
-    every: list[LoggedRecord]
+    n_every: int
     logged: list[LoggedRecord]
     arrays: LogArrays
     wanted: list[Candidate]
@@ -266,13 +266,17 @@ def evaluate_log(
     *,
     models: Iterable[ModelSpec] | Mapping[str, ModelSpec],
     config: EvaluationConfig | None = None,
+    without_feedback: int = 0,
     **settings: Any,
 ) -> Evaluation:
     """Estimate each candidate's reward, quality and cost on `records` (in decision order).
 
     `models`: catalog entries of every model in the log (the candidates' routers need them; outcomes without a
     cost are priced with them). `config` (or its fields as keywords, e.g. `estimators=("dr",)`, `seed=3`): see
-    `EvaluationConfig`. Decisions without feedback are left out (and counted in a warning).
+    `EvaluationConfig`. Decisions without feedback are left out (and counted in a warning); only the records with
+    feedback are kept while `records` is read, so a generator of a large log (`store_log.iter_log`) is not held
+    whole. `without_feedback`: decisions without feedback the caller left out of `records` itself, counted as if
+    they were in it (`store_log.with_feedback`).
 
     Two paths: `mode="replay"` scores each candidate on the rounds where it agrees with the log
     (`_by_replay`); the other modes run the off-policy estimators on every round (`_by_estimators`).
@@ -280,23 +284,29 @@ def evaluate_log(
     config = config or EvaluationConfig()
     if settings:
         config = dataclasses.replace(config, **settings)
-    prepared = _prepare(records, candidates, _specs(models), config)
+    prepared = _prepare(records, candidates, _specs(models), config, without_feedback)
     path = _by_replay if config.mode == "replay" else _by_estimators
     out, n_eval = path(prepared, config)
     return Evaluation(
-        tuple(out), prepared.arrays.models, config.mode, len(prepared.every), len(prepared.logged), n_eval,
+        tuple(out), prepared.arrays.models, config.mode, prepared.n_every, len(prepared.logged), n_eval,
         tuple(prepared.warnings), config.to_json(), prepared.replays,
     )
 
 
 def _prepare(
     records: Iterable[LoggedRecord], candidates: Sequence[str | Candidate], specs: dict[str, ModelSpec],
-    config: EvaluationConfig,
+    config: EvaluationConfig, without_feedback: int = 0,
 ) -> _Prepared:
-    every = list(records)
-    logged = [r for r in every if r.outcome is not None]
+    if isinstance(without_feedback, bool) or not isinstance(without_feedback, int) or without_feedback < 0:
+        raise InvalidInput(f"without_feedback must be an integer >= 0, got {without_feedback!r}")
+    n_every = without_feedback
+    logged: list[LoggedRecord] = []
+    for record in records:  # one at a time: a decision without feedback is counted, not kept
+        n_every += 1
+        if record.outcome is not None:
+            logged.append(record)
     if not logged:  # else the first replayed candidate's router fails: "a router needs at least one model"
-        raise InvalidInput(f"no logged decision with feedback to evaluate on ({len(every)} decisions, none with "
+        raise InvalidInput(f"no logged decision with feedback to evaluate on ({n_every} decisions, none with "
                            "feedback)")
     check_priced(logged, specs, mode=config.mode, train_fraction=config.train_fraction)
     arrays = log_arrays(logged, specs, feature_dim=config.feature_dim)
@@ -325,13 +335,13 @@ def _prepare(
         )
         for c in wanted
     }
-    dropped = len(every) - len(logged)
+    dropped = n_every - len(logged)
     if dropped:
         warnings.append(
-            f"{dropped} of {len(every)} decisions have no feedback and were left out; if feedback is missing more "
+            f"{dropped} of {n_every} decisions have no feedback and were left out; if feedback is missing more "
             f"often for some models than others, every estimate is biased"
         )
-    return _Prepared(every, logged, arrays, wanted, replays, warnings)
+    return _Prepared(n_every, logged, arrays, wanted, replays, warnings)
 
 
 def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRecord], int]:

@@ -35,6 +35,20 @@ def iter_log(store: Store, *, page: int = PAGE, fallbacks: bool = False) -> Iter
         yield from records
 
 
+def with_feedback(store: Store) -> tuple[list[LoggedRecord], int]:
+    """`iter_log`'s records that have feedback, and how many had none: what `evaluate_log` keeps of a log (its
+    `without_feedback`), read in one pass without holding the decisions that have no feedback (most of a log whose
+    callers send feedback for a sample)."""
+    kept: list[LoggedRecord] = []
+    without = 0
+    for record in iter_log(store):
+        if record.outcome is None:
+            without += 1
+        else:
+            kept.append(record)
+    return kept, without
+
+
 def recent_log(store: Store, limit: int) -> list[LoggedRecord]:
     """The bandit's decisions among the newest `limit` stored ones as `LoggedRecord`s, oldest first (one read:
     bounded work; see `iter_log` for what is left out)."""

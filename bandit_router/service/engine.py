@@ -641,9 +641,10 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """Counts from the database; the policy version and applied seq of this process (`pid`)."""
-        with _readable(self), self.store.read() as reader:
-            raw = reader.stats()
-            head = reader.head()
+        with _readable(self):
+            raw = self.store.stats()  # SQLite: page by page (one read held for a long log's scan holds the WAL back)
+            with self.store.read() as reader:
+                head = reader.head()
         total = sum(m.decisions for m in raw.models.values())
         learned = sum(m.feedback for m in raw.models.values())
         active = {m.name for m in self.router.models}  # past decisions of a model no longer there still count

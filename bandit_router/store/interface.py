@@ -201,6 +201,10 @@ class Store(Protocol):
         bandit-router database). Creates nothing."""
         ...
 
+    def stats(self) -> StoreStats:
+        """`Reader.stats()` of the whole log (SQLite: in several short read transactions, not one long one)."""
+        ...
+
     def maintain(self) -> None:
         """Housekeeping that must not run on the writer's commit path (SQLite: copy the WAL into the database)."""
         ...

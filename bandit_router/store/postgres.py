@@ -432,6 +432,11 @@ class PostgresStore:
             deleted += conn.execute(OTHER_CONFIGURATIONS_OLD.format(mark="%s"), (fingerprint, cutoff)).rowcount
         return int(deleted)
 
+    def stats(self) -> StoreStats:
+        """`Reader.stats()` in one read transaction (PostgreSQL's readers do not hold back a write-ahead log)."""
+        with self.read() as reader:
+            return reader.stats()
+
     def maintain(self) -> None:
         """Nothing to do: PostgreSQL vacuums and checkpoints itself."""
 

@@ -90,6 +90,9 @@ FEEDBACK_COLUMNS = (
 )  # fmt: skip
 _CHUNK = 200
 """Rows (or ids) per statement, at most: fewer when SQLite's variable limit needs it (`_SQLiteTx.per_statement`)."""
+_MODEL_LISTS_MAX = 256
+"""Distinct model lists whose JSON the writer keeps (`_SQLiteTx._decision_row`); past it the cache starts over (a
+request's `models` may be any subset of the catalog in any order: one entry each, without a bound)."""
 _DECISIONS = ", ".join(DECISION_COLUMNS)
 _FEEDBACK = ", ".join(FEEDBACK_COLUMNS)
 _INSERT_DECISIONS = f"INSERT OR IGNORE INTO decisions ({_DECISIONS}) VALUES "
@@ -138,7 +141,8 @@ class SQLiteStore:
         self._writer: sqlite3.Connection | None = None
         self._maintenance: sqlite3.Connection | None = None
         self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        """Each reading thread's connection, with its thread: closed once the thread has ended (`_reader_conn`)."""
         self._lock = threading.Lock()
         self._models_json: dict[tuple[str, ...], str] = {}
         self._tables: set[str] = set()
@@ -258,13 +262,21 @@ class SQLiteStore:
         return self._writer
 
     def _reader_conn(self) -> sqlite3.Connection:
+        """This thread's read connection, opened on its first read. Reads come from worker threads that end and are
+        replaced (anyio's pool ends a thread idle for 10 s): opening one closes the connections of threads that
+        have ended, so a long-running service holds one per live reading thread, not one per thread it ever had."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
             conn.execute("PRAGMA query_only = ON")
             self._local.conn = conn
             with self._lock:
-                self._readers.append(conn)
+                ended = [old for thread, old in self._readers if not thread.is_alive()]
+                self._readers = [(t, c) for t, c in self._readers if t.is_alive()]
+                self._readers.append((threading.current_thread(), conn))
+            for old in ended:  # its thread is gone: nothing else uses it
+                with contextlib.suppress(sqlite3.Error):
+                    old.close()
         return conn
 
     @contextmanager
@@ -418,6 +430,23 @@ class SQLiteStore:
                 except sqlite3.Error as exc:
                     raise StoreError(str(exc)) from exc
 
+    def stats(self) -> StoreStats:
+        """`Reader.stats()` of the whole log, read in transactions of `STATS_PAGE` rows each rather than one: a read
+        holds the WAL back from being reset while it lasts, and one scan of a long log lasts seconds (10⁶
+        decisions: 4 s), so `GET /v1/stats` polled back to back kept the WAL growing past `wal_max_bytes` for as
+        long as it was polled. The counts are those of the rows stored when the call started (a row retention
+        deletes meanwhile may be counted or not)."""
+        with self.read() as reader:
+            assert isinstance(reader, _SQLiteTx)
+            last_decision, last_seq = reader.stats_ends()
+        sums = _StatsSums()
+        for start in range(0, max(last_decision, last_seq), STATS_PAGE):
+            with self.read() as reader:
+                assert isinstance(reader, _SQLiteTx)
+                sums.add(reader, (start, min(start + STATS_PAGE, last_decision)),
+                         (start, min(start + STATS_PAGE, last_seq)))
+        return sums.stats()
+
     def maintain(self) -> None:
         """A PASSIVE WAL checkpoint on its own connection (called twice a second): it never blocks the writer or
         the readers, and it copies most of the WAL into the database so that `bound_wal`'s restart has little
@@ -462,7 +491,7 @@ class SQLiteStore:
         self._writer = self._maintenance = None
         self._turn.close()
         with self._lock:
-            for conn in self._readers:
+            for _, conn in self._readers:
                 conn.close()
             self._readers.clear()
         self._local = threading.local()
@@ -576,6 +605,8 @@ class _SQLiteTx:
         ctx = decision.context
         models = self._models_json.get(decision.models)
         if models is None:
+            if len(self._models_json) >= _MODEL_LISTS_MAX:  # the lists are the callers' (`models`, any subset)
+                self._models_json.clear()
             models = self._models_json.setdefault(decision.models, to_json(list(decision.models)))
         attributes = "{}" if not ctx.attributes else json.dumps(dict(ctx.attributes))
         markers = self._markers_json.get(ctx.markers)
@@ -902,19 +933,64 @@ class _SQLiteTx:
 
     def stats(self) -> StoreStats:
         """Per model: decisions, learned feedbacks, mean quality and reward, spend (of learned feedback); and
-        feedback rows per status."""
-        stats = StoreStats()
-        for row in self.conn.execute("SELECT model, COUNT(*) AS n FROM decisions GROUP BY model"):
-            stats.models[row["model"]] = ModelStats(decisions=row["n"])
-        for row in self.conn.execute(
-            "SELECT model, COUNT(*) AS n, AVG(quality) AS quality, AVG(reward) AS reward, "
-            "SUM(realised_cost_usd) AS spend FROM feedback WHERE " + rollup.LEARNED_SQL + " GROUP BY model"
+        feedback rows per status (in this transaction; `SQLiteStore.stats` reads a long log in pages)."""
+        sums = _StatsSums()
+        sums.add(self, None, None)
+        return sums.stats()
+
+    def stats_ends(self) -> tuple[int, int]:
+        """The largest rowid of `decisions` and seq of `feedback` (0 when empty): where `SQLiteStore.stats` stops."""
+        row = self._execute("SELECT (SELECT COALESCE(MAX(rowid), 0) FROM decisions), "
+                            "(SELECT COALESCE(MAX(seq), 0) FROM feedback)", (), plain=True).fetchone()
+        return int(row[0]), int(row[1])
+
+
+STATS_PAGE = 20_000
+"""Rows of `decisions` (and seqs of `feedback`) that one read transaction of `SQLiteStore.stats` counts: tens of
+milliseconds, so that the writer's WAL restart, which waits at most 200 ms for the readers to finish, finds a moment
+between two pages (with 100,000 rows a page, two clients polling `/v1/stats` still kept the WAL from a reset)."""
+_RANGE = " AND {column} > ? AND {column} <= ?"
+
+
+class _StatsSums:
+    """`Reader.stats`' counts and sums, added up over pages of rows (one page: every row); the means at the end."""
+
+    def __init__(self) -> None:
+        self.decisions: dict[str, int] = {}
+        self.learned: dict[str, list[float]] = {}  # n, Σquality, n(quality), Σreward, n(reward), Σspend, n(spend)
+        self.by_status: dict[str, int] = {}
+
+    def add(self, tx: _SQLiteTx, decisions: tuple[int, int] | None, seqs: tuple[int, int] | None) -> None:
+        """Count the decisions of rowids in (lo, hi] and the feedback of seqs in (lo, hi] (None: all of them)."""
+        where = _RANGE.format(column="rowid") if decisions else ""
+        for model, n in tx._execute(f"SELECT model, COUNT(*) FROM decisions WHERE 1 = 1{where} GROUP BY model",
+                                    decisions or (), plain=True):
+            self.decisions[model] = self.decisions.get(model, 0) + int(n)
+        where = _RANGE.format(column="seq") if seqs else ""
+        for model, *values in tx._execute(
+            "SELECT model, COUNT(*), SUM(quality), COUNT(quality), SUM(reward), COUNT(reward), SUM(realised_cost_usd), "
+            f"COUNT(realised_cost_usd) FROM feedback WHERE {rollup.LEARNED_SQL}{where} GROUP BY model",
+            seqs or (), plain=True,
         ):
-            entry = stats.models.setdefault(row["model"], ModelStats())
-            entry.feedback, entry.mean_quality, entry.mean_reward = row["n"], row["quality"], row["reward"]
-            entry.spend_usd = row["spend"]
-        for row in self.conn.execute("SELECT status, COUNT(*) AS n FROM feedback GROUP BY status"):
-            stats.feedback_by_status[row["status"]] = row["n"]
+            total = self.learned.setdefault(model, [0.0] * 7)
+            for i, value in enumerate(values):
+                total[i] += value or 0
+        for status, n in tx._execute(f"SELECT status, COUNT(*) FROM feedback WHERE 1 = 1{where} GROUP BY status",
+                                     seqs or (), plain=True):
+            self.by_status[status] = self.by_status.get(status, 0) + int(n)
+
+    def stats(self) -> StoreStats:
+        stats = StoreStats()
+        for model in sorted(self.decisions):
+            stats.models[model] = ModelStats(decisions=self.decisions[model])
+        for model in sorted(self.learned):
+            n, quality, n_quality, reward, n_reward, spend, n_spend = self.learned[model]
+            entry = stats.models.setdefault(model, ModelStats())
+            entry.feedback = int(n)
+            entry.mean_quality = quality / n_quality if n_quality else None
+            entry.mean_reward = reward / n_reward if n_reward else None
+            entry.spend_usd = spend if n_spend else None  # type: ignore[assignment]  # SUM of no value: NULL
+        stats.feedback_by_status = {status: self.by_status[status] for status in sorted(self.by_status)}
         return stats
 
 

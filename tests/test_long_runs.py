@@ -1,0 +1,140 @@
+"""What a long-running service keeps must not grow with the requests it served: per reading thread it ever had, per
+distinct value a caller chose. Each test makes many of them and asserts the bound (counts, never time)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bandit_router.router import Router
+from bandit_router.store import FeedbackRecord, SQLiteStore
+from bandit_router.store import sqlite as sqlite_store
+from bandit_router.store.sqlite import _MODEL_LISTS_MAX
+from bandit_router.types import Request
+
+
+def _open_on(path: Path) -> int:
+    """File descriptors of this process open on `path` (Linux: /proc/self/fd)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                count += 1
+        except OSError:  # closed since the listing
+            continue
+    return count
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc (Linux)")
+def test_reader_connections_of_ended_threads_are_closed(tmp_path: Path) -> None:
+    """The service reads from worker threads that end and are replaced (anyio ends one idle for 10 s): each opened
+    a connection that was kept open forever, two descriptors a thread, until the process ran out of them."""
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path)
+    store.prepare()
+    try:
+        seen: list[int] = []
+
+        def read() -> None:
+            with store.read() as reader:
+                seen.append(reader.decision("none") is None)
+
+        for _ in range(60):
+            thread = threading.Thread(target=read)
+            thread.start()
+            thread.join()
+        assert seen == [True] * 60
+        assert _open_on(path) <= 2  # the last reader's connection (its thread ended; closed by the next), at most
+        read()  # the main thread reads too: still served, on a connection of its own
+        assert _open_on(path) <= 2
+    finally:
+        store.close()
+    assert _open_on(path) == 0
+
+
+def test_the_model_lists_kept_for_writing_decisions_are_bounded(tmp_path: Path) -> None:
+    """A request's `models` may be any subset of the catalog in any order; the writer kept the JSON of every list
+    it wrote, one entry per distinct list for the life of the process. Past the bound it starts over, and every
+    decision is still stored with its own list."""
+    store = SQLiteStore(tmp_path / "store.db")
+    store.prepare()
+    router = Router(seed=5)
+    names = [m.name for m in router.models]
+    rnd = random.Random(7)
+    lists = list(dict.fromkeys(tuple(rnd.sample(names, rnd.randrange(2, len(names) + 1))) for _ in range(1200)))
+    assert len(lists) > 2 * _MODEL_LISTS_MAX
+    decisions = [router.route(Request(prompt="a question", models=list(models))) for models in lists]
+    try:
+        for start in range(0, len(decisions), 100):
+            with store.write() as tx:
+                tx.insert_decisions([(d, None, None) for d in decisions[start : start + 100]])
+        assert len(store._models_json) <= _MODEL_LISTS_MAX
+        with store.read() as reader:
+            stored = reader.decisions([d.decision_id for d in decisions])
+        assert [stored[d.decision_id].decision.models for d in decisions] == lists
+    finally:
+        store.close()
+
+
+def test_the_stats_of_a_long_log_are_read_in_short_transactions(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`GET /v1/stats` counted the whole log in one read transaction (4 s at 10⁶ decisions): while a read lasts the
+    WAL cannot be reset, so two clients polling it back to back kept the WAL growing past `wal_max_bytes` (250 MB
+    in two minutes, reproduced). `SQLiteStore.stats` reads pages of `STATS_PAGE` rows, each in its own transaction,
+    and between two of them the WAL is reset; the counts are those of one transaction's."""
+    monkeypatch.setattr(sqlite_store, "STATS_PAGE", 16)
+    path = tmp_path / "store.db"
+    store = SQLiteStore(path)
+    store.prepare()
+    router = Router(seed=9)
+    rnd = random.Random(9)
+    decisions = [router.route(Request(prompt=f"question {i}", context={"tenant": "acme"})) for i in range(100)]
+    with store.write() as tx:
+        tx.insert_decisions([(d, None, None) for d in decisions])
+        records = []
+        for seq, d in enumerate(rnd.sample(decisions, 60), start=1):
+            learn = seq % 4 != 0
+            quality = round(rnd.random(), 3)
+            records.append(FeedbackRecord(
+                decision_id=d.decision_id, received_at=d.created_at + 1, quality=quality, cost_usd=None,
+                input_tokens=None, output_tokens=100, latency_s=None, source="test",
+                status="applied" if learn else "late", learn=learn, reward=quality - 0.5,
+                realised_cost_usd=0.001 * seq, model=d.model, tenant="acme", seq=seq))
+        tx.insert_feedback(records)
+    with store.read() as reader:
+        whole = reader.stats()
+    resets: list[tuple[int, int, int]] = []
+    read = SQLiteStore.read
+
+    @contextmanager
+    def read_then_reset(self: SQLiteStore) -> Iterator[Any]:
+        with read(self) as reader:
+            yield reader
+        with contextlib.closing(sqlite3.connect(path, timeout=0, isolation_level=None)) as other:  # another writer
+            other.execute("INSERT INTO meta (key, value) VALUES ('x', 'y') ON CONFLICT (key) DO UPDATE SET value = 'z'")
+            resets.append(other.execute("PRAGMA wal_checkpoint(RESTART)").fetchone())
+
+    monkeypatch.setattr(SQLiteStore, "read", read_then_reset)
+    try:
+        paged = store.stats()
+    finally:
+        store.close()
+    assert paged.feedback_by_status == whole.feedback_by_status and list(paged.models) == list(whole.models)
+    for name, model in paged.models.items():  # sums over pages: the same to rounding
+        expected = whole.models[name]
+        assert (model.decisions, model.feedback) == (expected.decisions, expected.feedback)
+        assert (model.mean_quality, model.mean_reward, model.spend_usd) == pytest.approx(
+            (expected.mean_quality, expected.mean_reward, expected.spend_usd), rel=1e-12)
+    assert sum(m.decisions for m in paged.models.values()) == 100
+    assert sum(paged.feedback_by_status.values()) == 60 and paged.feedback_by_status["late"] == 15
+    assert len(resets) == 1 + 100 // 16 + 1  # the ends, then one read per page
+    assert all(busy == 0 for busy, _, _ in resets), resets  # every reset went through, between two pages
