@@ -86,6 +86,12 @@ class BudgetState:
         self._next_forget = 0.0
         self._stored = bool(pacer.config.describe())
         self._config_json: str | None = None
+        self._targets_seen: str | None = None
+        """The targets row as this process last read or wrote it: the periodic save writes only while it is still
+        so (another process's PUT or start stored other targets: this one follows them first)."""
+        self._left_out: dict[str, Any] | None = None
+        """The stored targets this process's targets were loaded from, when it left targets out of them (a newer
+        version's): its saves keep them, and their state as stored, in the state row (`_keeping_left_out`)."""
         self._next_save = 0.0
         self._next_follow = 0.0
         self._say = RateLimitedLog(log)
@@ -96,7 +102,8 @@ class BudgetState:
         config_json = json.dumps(config.to_mapping(), sort_keys=True)
         tx.set_meta(BUDGETS_CONFIG, config_json)
         tx.set_meta(BUDGETS_STATE, json.dumps(self.pacer.state()))
-        self._config_json = config_json
+        self._config_json = self._targets_seen = config_json
+        self._left_out = None
         self._stored = True
 
     def mine(self, decision_id: str) -> None:
@@ -245,24 +252,38 @@ class BudgetState:
             try:
                 with self.store.read() as reader:
                     stored = reader.get_meta(BUDGETS_CONFIG)
+                self._targets_seen = stored
                 if stored is not None and stored != self._config_json:
-                    self.pacer.configure(BudgetConfig.from_mapping(json.loads(stored), stored=True))
+                    targets = json.loads(stored)
+                    loaded, dropped = BudgetConfig.from_stored(targets)
+                    self.pacer.configure(loaded)
                     self._config_json = stored
+                    self._left_out = targets if dropped else None
                     self._stored = True
             except (StoreError, InvalidInput, ValueError) as exc:
                 self._say("follow", logging.WARNING, "reading the stored budget targets failed: %s", exc)
         self.save()
 
     def save(self, *, force: bool = False) -> None:
-        """Store the pacer's state (when there is anything to store), at most every `SAVE_EVERY_S`."""
+        """Store the pacer's state (when there is anything to store), at most every `SAVE_EVERY_S`, as the start's
+        rewrite does (`_store_as_loaded`): in one transaction that reads the targets row again first. If another
+        process stored targets since this one last read them (a PUT, a start storing them as loaded), nothing is
+        written: its state row is newer, and `housekeeping` follows the targets within `FOLLOW_EVERY_S`, then saves.
+        Targets this process left out (`_left_out`) stay in the row with their stored state."""
         now = time.monotonic()
         if not self._stored or (not force and now < self._next_save):
             return
         self._next_save = now + SAVE_EVERY_S
         try:
-            state = json.dumps(self.pacer.state())
+            state = self.pacer.state()
             with self.store.write() as tx:
-                tx.set_meta(BUDGETS_STATE, state)
+                if tx.get_meta(BUDGETS_CONFIG) != self._targets_seen:
+                    self._say("save-stale", logging.INFO, "the stored budget targets changed since this process read "
+                              "them (another process stored them); its state is saved once it follows them")
+                    return
+                if self._left_out is not None:
+                    state = _keeping_left_out(state, self._left_out, tx.get_meta(BUDGETS_STATE))
+                tx.set_meta(BUDGETS_STATE, json.dumps(state))
         except StoreError as exc:
             self._say("save", logging.ERROR, "saving the budget state failed (will retry): %s", exc)
 
@@ -281,6 +302,7 @@ class BudgetState:
         with self.store.read() as reader:
             state = reader.get_meta(BUDGETS_STATE)
             config = reader.get_meta(BUDGETS_CONFIG)
+        self._targets_seen = config
         loaded_state: Any = None
         changed = False  # something stored did not load as stored (said by the loading)
         refused = False  # ... of which a target this version refuses: the rows are not rewritten
@@ -308,6 +330,8 @@ class BudgetState:
             except (InvalidInput, ValueError) as exc:
                 log.warning("stored budget targets not loaded: %s", exc)
         if refused:
+            self._left_out = json.loads(config) if self._config_json == config and config is not None else (
+                None if loaded_state is None else loaded_state["config"])
             log.warning("stored budget targets this version refuses are left stored, not paced (the rows are not "
                         "rewritten; a PUT /v1/budgets replaces them)")
             if config is None and loaded_state is not None:  # the periodic state save would overwrite them
@@ -342,8 +366,35 @@ class BudgetState:
             log.warning("storing the budget targets as loaded failed (the next start loads them again): %s", exc)
             return False
         if targets_row is not None:
-            self._config_json = targets_row
+            self._config_json = self._targets_seen = targets_row
         return True
+
+
+def _keeping_left_out(state: dict[str, Any], left_out: dict[str, Any], stored_row: str | None) -> dict[str, Any]:
+    """`state` (the pacer's, whose targets are `left_out` less the targets this version refuses) with `left_out`
+    as its targets, and the state of the targets it lacks taken from `stored_row` (the stored state, when it has
+    those targets: a version that paces them stored it). So a version that takes them loads them as it left them,
+    rather than starting them again (a spend target's period spend would be lost)."""
+    out = {**state, "config": left_out}
+    try:
+        stored = json.loads(stored_row) if stored_row is not None else None
+        if not isinstance(stored, dict) or stored.get("config") != left_out:
+            return out
+        out["global"] = _with_missing_targets(state["global"], stored["global"])
+        tenants = dict(state["tenants"])
+        for name, scope in stored["tenants"].items():
+            tenants[name] = scope if name not in tenants else _with_missing_targets(tenants[name], scope)
+        out["tenants"] = tenants
+        out["exceedance"] = {**stored["exceedance"], **state["exceedance"]}
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        log.warning("the stored budget state's left-out targets were not read (%s); saved without their state", exc)
+        return {**state, "config": left_out}
+    return out
+
+
+def _with_missing_targets(scope: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    """`scope`'s state with the targets' states of `stored` (the same scope as stored) that it lacks."""
+    return {**scope, "targets": {**stored["targets"], **scope["targets"]}}
 
 
 def stored_budgets(store: Store) -> bool:
