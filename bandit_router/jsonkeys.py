@@ -1,15 +1,23 @@
-"""JSON objects whose keys are given once: `json.loads(text, object_pairs_hook=once_each)`.
+"""JSON objects whose keys are given once: `json.loads(text, object_pairs_hook=once_each)`, or `keys_once(raw)`
+before a body is parsed by another parser (pydantic's).
 
-Python's `json` keeps the last of a key given twice, silently (`{"avg_cost_usd": 0.001, "avg_cost_usd": 0.002}`
-is `{"avg_cost_usd": 0.002}`); TOML refuses such a file. So the JSON that stands for a TOML table (a setting in the
-environment, the body of `PUT /v1/budgets`) refuses it too, naming the key.
+Python's `json` and pydantic's parser keep the last of a key given twice, silently (`{"avg_cost_usd": 0.001,
+"avg_cost_usd": 0.002}` is `{"avg_cost_usd": 0.002}`; `{"decision_id": "a", …, "decision_id": "b"}` is feedback on
+"b"); TOML refuses such a file. So the JSON that stands for a TOML table (a setting in the environment, the body of
+`PUT /v1/budgets`) and every request body of the service and the gateway refuse it too, naming the key.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import jiter
+
 from .errors import InvalidInput
+
+_DUPLICATE = "Detected duplicate key "
+"""How jiter's `ValueError` for a key given twice begins."""
 
 
 class DuplicateKey(InvalidInput):
@@ -27,3 +35,23 @@ def once_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             (twice if key in seen else seen).add(key)
         raise DuplicateKey(f"gives the key {', '.join(map(repr, sorted(twice)))} twice")
     return out
+
+
+def keys_once(raw: bytes) -> None:
+    """`DuplicateKey` when an object of the JSON text `raw` gives a key twice (anywhere in it, as written or through
+    escapes: `"a"` and `"\\u0061"`). Anything else wrong with `raw` (not JSON, too deep, a lone surrogate escape) is
+    left to the parser that reads it (which then must look for repeated keys itself). jiter's parser in Rust, the
+    one pydantic's is built on; a body that repeats a key is read again by `json.loads` to name every repeated key
+    of its first such object."""
+    try:
+        jiter.from_json(raw, catch_duplicate_keys=True, cache_mode="none")
+    except ValueError as exc:
+        if not str(exc).startswith(_DUPLICATE):
+            return
+        try:
+            json.loads(raw, object_pairs_hook=once_each)
+        except DuplicateKey:
+            raise
+        except (ValueError, RecursionError):
+            pass
+        raise DuplicateKey(f"gives a key twice ({exc})") from None

@@ -545,6 +545,39 @@ def test_a_forward_step_of_the_wall_clock_deletes_nothing_before_its_time(
     restarted.close()
 
 
+def test_a_forward_step_of_the_wall_clock_is_said_once_not_every_minute_while_it_lasts(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start under a clock that was behind, corrected later, leaves the wall clock ahead of the elapsed time
+    until the next start (it cannot be told from a clock set wrong, so retention keeps following the elapsed
+    time). It was logged as a warning at every look of retention, once a minute, for as long as the process ran.
+    It is said once per step now: again only for another step, and when the clock is back."""
+    import bandit_router.service.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "RETENTION_EVERY_S", 0.05)
+    service = Service(settings.replace(retention_days=30))
+    service.engine._say.every_s = 0.0  # each look of retention stands for a minute: the rate limit never holds it
+    real = time.time
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "of the time elapsed since the start" in r.getMessage()]
+
+    try:
+        with caplog.at_level(logging.INFO, logger="bandit_router"):
+            monkeypatch.setattr(time, "time", lambda: real() + 86400.0)  # the correction of a clock a day behind
+            time.sleep(0.6)  # about twelve looks of retention
+            assert len(said()) == 1 and "86400 s ahead" in said()[0]
+            monkeypatch.setattr(time, "time", lambda: real() + 2 * 86400.0)  # another step
+            time.sleep(0.3)
+            assert len(said()) == 2 and "172800 s ahead" in said()[1]
+            monkeypatch.setattr(time, "time", real)
+            time.sleep(0.3)
+        assert len(said()) == 3 and said()[2].startswith("the wall clock is back within")
+    finally:
+        monkeypatch.setattr(time, "time", real)
+        service.close()
+
+
 def test_the_retention_clock_follows_a_step_back_at_once_and_a_step_ahead_only_as_time_passes() -> None:
     from bandit_router.clock import SteadyWallClock
 

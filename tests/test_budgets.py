@@ -349,6 +349,43 @@ def test_a_stored_multiplier_that_is_not_a_positive_finite_number_is_reset(
     assert math.isfinite(lam) and lam > 0
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -1.0])
+def test_a_stored_penalty_multiplier_or_gap_that_is_not_a_finite_number_is_reset(
+        bad: float, caplog: pytest.LogCaptureFixture) -> None:
+    """A stored μ of a share or latency target that was NaN or ±inf loaded as it was: every later route failed
+    (NaN or -inf scores) until the state was repaired by hand. A stored mean gap or last request time that was not
+    finite froze λ (its step's scale was NaN for good). They are reset with a warning, as a stored λ is: μ to 0,
+    the gap and the time to be measured again; everything else loads as saved."""
+    config = BudgetConfig.from_strings(["share:large=0.2", "latency_p95_s=2", "spend_usd=5/1d"])
+    clock = Clock()
+    router = make_router(config, seed=1, clock=clock)
+    for i in range(4):
+        router.route(Request(prompt=f"hi {i}"))
+        clock.t += 1.0
+    saved = json.loads(json.dumps(router.pacer.state()))
+    saved["global"]["targets"]["share:large"]["mu"] = bad
+    saved["global"]["targets"]["latency_p95_s"]["mu"] = bad
+    saved["global"]["gap_s"] = bad
+    saved["global"]["last_time"] = bad if not math.isfinite(bad) else saved["global"]["last_time"]
+    loaded = make_router(config, seed=1, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+        loaded.pacer.load(saved)
+    state = loaded.pacer.state()["global"]
+    assert state["targets"]["share:large"]["mu"] == state["targets"]["latency_p95_s"]["mu"] == 0.0
+    assert state["gap_s"] is None and state["targets"]["share:large"]["hits"] == saved["global"]["targets"][
+        "share:large"]["hits"]
+    assert "share:large=0.2: the stored multiplier μ" in caplog.text
+    assert "latency_p95_s=2: the stored multiplier μ" in caplog.text
+    assert "the stored mean gap between requests" in caplog.text
+    if not math.isfinite(bad):
+        assert state["last_time"] is None and "the stored time of the last request" in caplog.text
+    for i in range(3):
+        decision = loaded.route(Request(prompt=f"hello {i}"))
+        assert all(math.isfinite(p) for p in decision.pmf)
+        clock.t += 2.0
+    assert 1.0 <= loaded.pacer.state()["global"]["gap_s"] <= 2.0  # measured again: the gaps were 1 or 2 s
+
+
 def test_durations() -> None:
     assert [parse_duration(t) for t in ("90", "90s", "1.5m", "24h", "1d", "2w")] == [90, 90, 90, 86400, 86400, 1209600]
     assert [format_duration(s) for s in (86400, 3600 * 36, 90, 0.5, 604800)] == ["1d", "36h", "90s", "0.5s", "1w"]

@@ -420,6 +420,78 @@ def test_a_start_does_not_store_its_rows_over_a_put_made_since_it_read_them(
         b.store.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_periodic_save_does_not_store_targets_over_a_put_it_has_not_followed(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
+    """A PUT /v1/budgets on A stores its targets and A's state; B, which had not yet followed it (it polls every
+    second), then saved its state with the old targets over the PUT's state row (no compare, unlike a start's
+    rewrite). B's save now reads the targets row again in its transaction and writes nothing while it holds
+    targets B has not read; B follows them, then saves."""
+    db: Path | str = tmp_path / "save.db" if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
+    first = open_store(db)
+    first.prepare()
+    with first.write() as tx:
+        BudgetState(first, BudgetPacer()).configure(tx, BudgetConfig.from_mapping({"avg_cost_usd": 0.004}))
+    first.close()
+    a = BudgetState(open_store(db), BudgetPacer())
+    b = BudgetState(open_store(db), BudgetPacer())
+    try:
+        for process in (a, b):
+            process.recover(cast(Any, SimpleNamespace()))
+        with a.store.write() as tx:
+            a.configure(tx, BudgetConfig.from_mapping({"avg_cost_usd": 0.5}))
+        b.save(force=True)
+        with b.store.read() as reader:
+            state = json.loads(reader.get_meta(BUDGETS_STATE) or "{}")
+        assert state["config"]["avg_cost_usd"] == 0.5
+        b._next_follow = b._next_save = 0.0
+        b.housekeeping()
+        assert b.pacer.config.describe() == ["avg_cost_usd=0.5"]
+        b.pacer.spend(0.25)
+        b.save(force=True)
+        with b.store.read() as reader:
+            state = json.loads(reader.get_meta(BUDGETS_STATE) or "{}")
+        assert state["config"]["avg_cost_usd"] == 0.5 and state["global"]["spend_usd"] == 0.25
+    finally:
+        a.store.close()
+        b.store.close()
+
+
+def test_the_periodic_save_keeps_the_state_of_a_target_this_version_left_out(tmp_path: Path) -> None:
+    """A newer version stored a spend target this one refuses (`900/1mo`) with its month's spend. The rows were
+    not rewritten at the start, but the periodic save stored this version's state, without the target: the newer
+    version's next start found its target in the targets row only and started its month again at 0 spent (up to
+    one more budget spent). The save keeps the left-out target, and its state as stored, in the state row."""
+    db = tmp_path / "left-out.db"
+    newer = BudgetPacer(BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "spend_usd": ["50/1d", "90/1w"]}))
+    newer.spend(3.0)
+    store = open_store(db)
+    store.prepare()
+    with store.write() as tx:
+        tx.set_meta(BUDGETS_STATE, json.dumps(newer.state()).replace('"90/1w"', '"900/1mo"').replace(
+            '"spend_usd/1w"', '"spend_usd/1mo"'))
+        tx.set_meta(BUDGETS_CONFIG, json.dumps(newer.config.to_mapping(), sort_keys=True).replace(
+            '"90/1w"', '"900/1mo"'))
+    with store.read() as reader:
+        stored = json.loads(reader.get_meta(BUDGETS_STATE) or "{}")
+    this = BudgetState(store, BudgetPacer())
+    try:
+        this.recover(cast(Any, SimpleNamespace()))
+        assert this.pacer.config.describe() == ["avg_cost_usd=0.004", "spend_usd=50/1d"]
+        this.pacer.spend(1.0)
+        this.save(force=True)
+        with store.read() as reader:
+            saved = json.loads(reader.get_meta(BUDGETS_STATE) or "{}")
+        assert saved["config"] == stored["config"]
+        assert saved["global"]["targets"]["spend_usd/1mo"] == stored["global"]["targets"]["spend_usd/1mo"]
+        assert saved["global"]["targets"]["spend_usd/1d"]["spend_usd"] == pytest.approx(4.0)
+        again = BudgetPacer()
+        assert again.load(saved) == {None: ["spend_usd=900/1mo"]}  # this version loads it again as it did
+        assert again.state()["global"]["spend_usd"] == pytest.approx(4.0)
+    finally:
+        store.close()
+
+
 def _stored_rows(db: Path) -> dict[str, str]:
     """The budget rows of the store's `meta` table (the pacer's state, the targets of the last PUT)."""
     store = open_store(db)

@@ -483,6 +483,44 @@ def test_a_model_every_request_allowed_is_not_marked_if_allowed_though_its_logge
         server.stop()
 
 
+def test_a_model_a_hard_budget_left_out_is_marked_if_allowed_with_the_budget_among_its_reasons(
+    watched: Any, tmp_path: Path
+) -> None:
+    """A hard budget (`share:b=0`) left b out of every request; the budget was then removed (PUT), so the live
+    policy would give b about half now. b is marked *if allowed*, rightly, but its tooltip gave as the reasons only
+    requests naming their own models or a model added since, neither of which happened here: it names a hard
+    budget too."""
+    from bandit_router.budgets import BudgetConfig
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    two = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0))
+    settings = Settings(db=tmp_path / "budget.db", seed=3, models=two,
+                        budgets=BudgetConfig.from_mapping({"share": {"b": 0}}))
+    server = ServerThread(create_app(settings))
+    try:
+        url = server.wait_ready(30)
+        with httpx.Client() as client:
+            for i in range(12):
+                assert client.post(url + "/v1/route", json={"prompt": f"Explain recursion (#{i})"}).is_success
+            assert client.put(url + "/v1/budgets", json={}).is_success
+            typical = client.get(url + "/v1/stats/live").json()["typical"]
+        assert typical["allowed"] == {"a": 12, "b": 0} and typical["now"]["b"] > 0.05, typical
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
+        rows = {r[0]: r for r in (t.split("\t") for t in w.page.locator("#models-table tbody tr").all_inner_texts())}
+        assert rows["b"][-1].endswith("% if allowed") and "allowed" not in rows["a"][-1], rows
+        title = w.page.locator("#models-table tbody tr", has_text="if allowed").locator("td").last.get_attribute(
+            "title")
+        assert title is not None and "a hard budget left it out" in title, title
+        assert w.errors == []
+    finally:
+        server.stop()
+
+
 _QUALITY_CELLS = """() => Object.fromEntries([...document.querySelectorAll('#recent-table tbody tr')].map(tr => {
     const td = tr.querySelectorAll('td');
     return [td[6].textContent, [td[5].textContent, td[5].title, td[5].className]];

@@ -753,6 +753,19 @@ def test_not_json_is_a_415_and_a_huge_body_a_413_in_openais_shape(gateway: Calla
         client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": "x" * 2_000_000}])
 
 
+def test_a_key_given_twice_is_a_400_naming_it_in_openais_shape(gateway: Callable[..., str]) -> None:
+    """`json.loads` kept the last of a key given twice: `"model": "router"` then `"model": "gpt-4o"` sent the
+    request to gpt-4o, unrouted. Refused, naming the key, as the service's own bodies are (a 400 here: the
+    gateway answers every body it cannot forward so, in OpenAI's shape); nothing is stored."""
+    url = gateway()
+    body = b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}'
+    reply = httpx.post(url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"] == {"message": "body: gives the key 'model' twice", "type": "invalid_request_error",
+                                     "param": "body", "code": None}
+    assert httpx.get(url + "/v1/stats").json()["decisions"] == 0
+
+
 def test_a_wrong_method_or_a_path_under_the_gateways_is_refused_in_openais_shape(gateway: Callable[..., str]) -> None:
     """A GET on `/v1/chat/completions` (405, with `Allow: POST`) and a path under it (404) answer in OpenAI's error
     shape, as every other error of the gateway does (the OpenAI client reads `error.message`); the service's other

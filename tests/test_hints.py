@@ -42,6 +42,12 @@ def _raised(call: Callable[[], Any]) -> str:
         (lambda: evaluate_log([], [], models=(), mode="fronzen"), "unknown mode 'fronzen' (did you mean frozen?)"),
         (lambda: parse_candidate("linucb@lamda=5"), "unknown setting 'lamda' (did you mean lambda?)"),
         (lambda: Settings(log_level="debg"), "unknown 'debg' (did you mean debug?)"),
+        # a word of longer names: the whole names are too long to be close (SquareCB's γ is two settings)
+        (lambda: Router(policy="vw-squarecb:gama=1"),
+         "has no setting 'gama' (did you mean gamma_exponent or gamma_scale?); it has"),
+        (lambda: Router(policy="default:noise=1"),
+         "has no setting 'noise' (did you mean noise_prior or noise_strength?)"),
+        (lambda: Router(policy="squarecb"), "unknown policy 'squarecb' (did you mean vw-squarecb?)"),
     ],
 )
 def test_a_misspelt_name_is_refused_with_the_close_one(call: Callable[[], Any], hint: str) -> None:
@@ -74,6 +80,17 @@ def test_a_name_close_to_none_gets_no_hint_and_only_the_first_names_are_compared
     names = [f"gpt-4o-mini{i}" for i in range(HINTED + 2)]
     assert quoted(names, ["gpt-4o-mini1"]).count("did you mean") == HINTED
     assert quoted([3], ["3"]) == "3"  # not a string (a TOML value of the wrong type): no hint, no TypeError
+
+
+def test_a_misspelt_configuration_key_close_to_a_word_of_a_key_is_hinted(tmp_path: Path) -> None:
+    from bandit_router.config import load_settings
+    from bandit_router.errors import ConfigError
+
+    path = tmp_path / "k.toml"
+    path.write_text("prompts = true\n")
+    with pytest.raises(ConfigError, match=r"unknown keys 'prompts' \(did you mean store_prompts\?\)"):
+        load_settings(path, env={})
+    assert "did you mean" not in _raised(lambda: Router(policy="fixed:gpt-5x"))  # not one word: no word hint
 
 
 def test_simulate_suggests_the_policy_model_and_scenario(tmp_path: Path) -> None:

@@ -245,6 +245,29 @@ def test_bodies_that_are_not_declared_json_get_415(client: TestClient, path: str
     assert "application/json" in reply.json()["message"]
 
 
+@pytest.mark.parametrize(("path", "body", "key"), [
+    ("/v1/route", b'{"prompt": "a", "prompt": "b"}', "prompt"),
+    ("/v1/route", b'{"prompt": "a", "context": {"tenant": "acme", "\\u0074enant": "beta"}}', "tenant"),
+    ("/v1/feedback", b'{"decision_id": "DECISION", "quality": 0.9, "decision_id": "OTHER"}', "decision_id"),
+    ("/v1/models", b'{"name": "m1", "input_usd_per_mtok": 1, "output_usd_per_mtok": 2, "name": "m2"}', "name"),
+    ("/v1/route", b'{"prompt": "\\ud800", "prompt": "b"}', "prompt"),  # a lone surrogate: read by `json` instead
+    ("/v1/route", b'{"prompt": "a", "cost_weight": NaN, "cost_weight": 1}', "cost_weight"),
+])
+def test_a_key_given_twice_in_a_body_is_a_422_naming_it(client: TestClient, path: str, body: bytes, key: str) -> None:
+    """The hot paths (`hotpaths.py`, pydantic's JSON parser) and the other routes kept the last of a key given
+    twice: feedback with two `decision_id`s went to the second, silently, and a route to a tenant nobody read
+    twice. Every body is refused now, naming the key, as `PUT /v1/budgets` already was; nothing is stored."""
+    decision = client.post("/v1/route", json={"prompt": "first"}).json()["decision_id"]
+    stored = client.get("/v1/stats").json()["decisions"]
+    reply = client.post(path, content=body.replace(b"DECISION", decision.encode()),
+                        headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert reply.json() == {"error": "invalid_input", "field": "body", "message": f"body: gives the key {key!r} twice"}
+    assert client.get("/v1/stats").json()["decisions"] == stored
+    assert client.get(f"/v1/decisions/{decision}").json()["feedback"] == []
+    assert "m1" not in client.get("/v1/models").text and "m2" not in client.get("/v1/models").text
+
+
 def test_budgets_put_needs_json_too(client: TestClient) -> None:
     reply = client.put("/v1/budgets", content=b"{}", headers={"content-type": "text/plain"})
     assert reply.status_code == 415

@@ -160,6 +160,14 @@ class _Scope:
         self.spend_usd = float(state["spend_usd"])
         self.last_time = _opt_float(state["last_time"])
         self.gap_s = _opt_float(state["gap_s"])
+        if self.last_time is not None and not math.isfinite(self.last_time):
+            log.warning("budget state: %sthe stored time of the last request %r is not finite; reset: the next "
+                        "request sets it", where, self.last_time)
+            self.last_time = None
+        if self.gap_s is not None and not (math.isfinite(self.gap_s) and self.gap_s >= 0.0):
+            log.warning("budget state: %sthe stored mean gap between requests %r is not a finite number ≥ 0; reset: "
+                        "the next requests measure it again", where, self.gap_s)
+            self.gap_s = None
         unknown = set(state["targets"]) - set(self.controls)
         if unknown and not dropped:
             raise InvalidInput(f"budget state has targets its config does not: {sorted(unknown)}")
@@ -482,7 +490,22 @@ class _SpendControl(_CostControl):
         }
 
 
-class _ShareControl(_Control):
+class _PenaltyControl(_Control):
+    """Shared by the share and latency targets: a multiplier μ ≥ 0 on their penalty."""
+
+    mu: float
+
+    def load(self, state: Mapping[str, Any], where: str = "") -> None:
+        """As saved, except a μ that is not a finite number ≥ 0 (NaN or inf made every request's scores NaN or
+        -inf, and every route failed until a restart): reset to 0 with a warning, as a new target's."""
+        super().load(state, where)
+        if not (math.isfinite(self.mu) and self.mu >= 0.0):
+            log.warning("budget state: %s%s: the stored multiplier μ = %r is not a finite number ≥ 0; reset to 0",
+                        where, self.target, self.mu)
+            self.mu = 0.0
+
+
+class _ShareControl(_PenaltyControl):
     persisted = (("mu", float), ("requests", int), ("hits", int))
     target: Share
 
@@ -520,7 +543,7 @@ class _ShareControl(_Control):
         }
 
 
-class _LatencyControl(_Control):
+class _LatencyControl(_PenaltyControl):
     persisted = (("mu", float), ("observations", int), ("over", int))
     target: Latency
 
@@ -836,9 +859,9 @@ class BudgetPacer:
         state (and a latency threshold no loaded target has, with its exceedance statistics). What a refused target
         left out (its text in the config, its state, its tenant's scope, its threshold's statistics) is kept as
         stored, and `state()` stores it again unchanged until a new config replaces it (`configure`): a version
-        that takes it paces it on from its stored spend and λ. A stored multiplier or floor that is not a finite
-        number (λ: > 0) is reset, with a warning. Returns the refused targets' texts per scope (`from_stored`: None
-        is the global one), empty when every target loaded."""
+        that takes it paces it on from its stored spend and λ. A stored multiplier (λ, μ), floor, mean gap or last
+        request time that is not a finite number (λ: > 0; μ, gap: ≥ 0) is reset, with a warning. Returns the refused
+        targets' texts per scope (`from_stored`: None is the global one), empty when every target loaded."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise InvalidInput(f"not a budget pacer state (expected format {STATE_FORMAT!r})")
         try:

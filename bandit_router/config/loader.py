@@ -21,7 +21,7 @@ from typing import Any
 from ..budgets import BudgetConfig
 from ..catalog import ModelSpec, check_entry
 from ..errors import CatalogError, ConfigError, InvalidInput
-from ..hints import closest
+from ..hints import close_names, closest
 from ..jsonkeys import DuplicateKey, once_each
 from ..store.location import Database, DatabaseURL, parse_database
 from .routers import RouterAlias, parse_routers
@@ -232,12 +232,21 @@ def read_keys(path: Path, name: str) -> tuple[str, ...]:
 
 def _did_you_mean(name: str, *also: tuple[str, Iterable[str]], prefix: str = "", upper: bool = False) -> str:
     """` (did you mean cost_weight?)` for a misspelt key (or one of `also`'s (kind, names)), else ``."""
-    for kind, names in (("key", KEYS), *also):
-        close = closest(name, names)
-        if close is not None:
-            found = f"{prefix}{close.upper() if upper else close}"
-            return f" (did you mean {'[' + found + ']' if kind == 'section' else found}?)"
+    kinds = (("key", tuple(KEYS)), *((kind, tuple(names)) for kind, names in also))
+    for kind, names in kinds:  # a close whole name of any kind first, then a close word (`hints.close_names`)
+        whole = closest(name, names)
+        if whole is not None:
+            return _hint(kind, [whole], prefix, upper)
+    for kind, names in kinds:
+        close = close_names(name, names)
+        if close:
+            return _hint(kind, close, prefix, upper)
     return ""
+
+
+def _hint(kind: str, names: list[str], prefix: str, upper: bool) -> str:
+    found = [f"{prefix}{n.upper() if upper else n}" for n in names]
+    return f" (did you mean {' or '.join('[' + f + ']' if kind == 'section' else f for f in found)}?)"
 
 
 def _file_layer(file: Path) -> dict[str, Any]:

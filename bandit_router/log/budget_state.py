@@ -90,6 +90,9 @@ class BudgetState:
         self._next_forget = 0.0
         self._stored = bool(pacer.config.describe())
         self._config_json: str | None = None
+        self._targets_seen: str | None = None
+        """The targets row as this process last read or wrote it: the periodic save writes only while it is still
+        so (another process's PUT or start stored other targets: this one follows them first)."""
         self._next_save = 0.0
         self._next_follow = 0.0
         self._say = RateLimitedLog(log)
@@ -100,7 +103,7 @@ class BudgetState:
         config_json = json.dumps(config.to_mapping(), sort_keys=True)
         tx.set_meta(BUDGETS_CONFIG, config_json)
         tx.set_meta(BUDGETS_STATE, json.dumps(self.pacer.state()))
-        self._config_json = config_json
+        self._config_json = self._targets_seen = config_json
         self._stored = True
 
     def mine(self, decision_id: str) -> None:
@@ -249,6 +252,7 @@ class BudgetState:
             try:
                 with self.store.read() as reader:
                     stored = reader.get_meta(BUDGETS_CONFIG)
+                self._targets_seen = stored
                 if stored is not None and stored != self._config_json:
                     self.pacer.configure_stored(json.loads(stored))
                     self._config_json = stored
@@ -258,15 +262,23 @@ class BudgetState:
         self.save()
 
     def save(self, *, force: bool = False) -> None:
-        """Store the pacer's state (when there is anything to store), at most every `SAVE_EVERY_S`."""
+        """Store the pacer's state (when there is anything to store), at most every `SAVE_EVERY_S`, as the start's
+        rewrite does (`_store_as_loaded`): in one transaction that reads the targets row again first. If another
+        process stored targets since this one last read them (a PUT, a start storing them as loaded), nothing is
+        written: its state row is newer, and `housekeeping` follows the targets within `FOLLOW_EVERY_S`, then saves.
+        Targets this process left out stay in the row with their stored state (`BudgetPacer.state`)."""
         now = time.monotonic()
         if not self._stored or (not force and now < self._next_save):
             return
         self._next_save = now + SAVE_EVERY_S
         try:
-            state = json.dumps(self.pacer.state())
+            state = self.pacer.state()
             with self.store.write() as tx:
-                tx.set_meta(BUDGETS_STATE, state)
+                if tx.get_meta(BUDGETS_CONFIG) != self._targets_seen:
+                    self._say("save-stale", logging.INFO, "the stored budget targets changed since this process read "
+                              "them (another process stored them); its state is saved once it follows them")
+                    return
+                tx.set_meta(BUDGETS_STATE, json.dumps(state))
         except StoreError as exc:
             self._say("save", logging.ERROR, "saving the budget state failed (will retry): %s", exc)
 
@@ -287,6 +299,7 @@ class BudgetState:
         with self.store.read() as reader:
             state = reader.get_meta(BUDGETS_STATE)
             config = reader.get_meta(BUDGETS_CONFIG)
+        self._targets_seen = config
         loaded_state: Any = None
         changed = False  # something stored did not load as stored (said by the loading)
         refused = False  # ... of which a target this version refuses: the rows are not rewritten
@@ -346,7 +359,7 @@ class BudgetState:
             log.warning("storing the budget targets as loaded failed (the next start loads them again): %s", exc)
             return False
         if targets_row is not None:
-            self._config_json = targets_row
+            self._config_json = self._targets_seen = targets_row
         return True
 
 

@@ -6,7 +6,8 @@
 - `live()`: the live policy and its version; `typical.probabilities`: the probability the live policy gave each
   model (as logged), averaged over the bandit's own first tries among the newest `TYPICAL_DECISIONS` decisions
   (real traffic; not models callers named, named routers' choices or the gateway's fallbacks); `typical.allowed`:
-  how many of those decisions allowed each model (0: a request naming no models would be the first to; a model
+  how many of those decisions allowed each model (0: they named their own models without it, a hard budget left it
+  out, or it was added since; a request naming no models would be the first to allow it; a model
   every request allowed can still average a logged probability of 0); `typical.now`:
   the probability the live policy would give each model *now* (`Router.pmf_now`: its pmf with the cold-start
   floors at today's λ, nothing drawn or booked), averaged over the contexts of the newest `NOW_DECISIONS` of

@@ -87,7 +87,8 @@ RETENTION_EVERY_S = 60.0
 RETENTION_BATCH = 1000
 RETENTION_AGAIN_S = 0.2
 CLOCK_STEP_SAID_S = 60.0
-"""A wall clock this far ahead of the time elapsed since the start is logged (retention follows the elapsed time)."""
+"""A wall clock this far ahead of the time elapsed since the start is logged (retention follows the elapsed time),
+once per step: again only when how far ahead it is changes by as much (another step)."""
 STALL_S = 5.0
 """A writer round (a transaction, following the log, a checkpoint) without an answer for this long means the
 database hangs (a frozen server, a stalled disk or network: nothing that a driver's or the server's timeout ends):
@@ -147,6 +148,8 @@ class Engine:
         self._next_wal_check = 0.0
         self._next_retention = 0.0
         self.retention_clock = SteadyWallClock()
+        self._ahead_said: float | None = None
+        """How far ahead the wall clock was when it was last said (None: not ahead)."""
         """What retention's cutoff is measured from: the wall clock, never ahead of the time elapsed since the start
         (`bandit_router.clock`), so that a forward step of the wall clock deletes nothing before its time."""
         self._routes: dict[asyncio.AbstractEventLoop, list[tuple[Request, asyncio.Future[Decision]]]] = {}
@@ -403,10 +406,7 @@ class Engine:
         delete_old = getattr(self.store, "delete_old", None)
         if days is not None and delete_old is not None and now >= self._next_retention and not self._sealed:
             self._next_retention = now + RETENTION_EVERY_S
-            ahead = self.retention_clock.ahead()
-            if ahead > CLOCK_STEP_SAID_S:
-                self._say("clock", logging.WARNING, "the wall clock is %.0f s ahead of the time elapsed since the "
-                          "start (it was stepped forward): retention deletes by the elapsed time", ahead)
+            self._say_clock_step(self.retention_clock.ahead())
             try:
                 deleted = delete_old(self.retention_clock() - days * 86400.0, RETENTION_BATCH,
                                      fingerprint=self.fingerprint, swept=SWEPT if self.writer.rules.sweeps else None)
@@ -417,6 +417,23 @@ class Engine:
                 self._next_retention = time.monotonic() + RETENTION_AGAIN_S
             if deleted:
                 log.info("retention: deleted %d rows older than %s days", deleted, days)
+
+    def _say_clock_step(self, ahead: float) -> None:
+        """Log a wall clock stepped forward since the start once, when retention first sees it, and again only
+        when it moves by over `CLOCK_STEP_SAID_S` (another step): it lasts until the next start, since a clock
+        that was behind at the start and then corrected cannot be told from one set wrong now (it was said every
+        minute until a restart)."""
+        if ahead <= CLOCK_STEP_SAID_S:
+            if self._ahead_said is not None:
+                log.info("the wall clock is back within %.0f s of the time elapsed since the start", CLOCK_STEP_SAID_S)
+                self._ahead_said = None
+            return
+        if self._ahead_said is not None and abs(ahead - self._ahead_said) <= CLOCK_STEP_SAID_S:
+            return
+        self._ahead_said = ahead
+        log.warning("the wall clock is %.0f s ahead of the time elapsed since the start (it was stepped forward: set "
+                    "wrong, or it was behind at the start and was corrected): retention deletes by the elapsed time, "
+                    "so it keeps rows that much longer until the next start (said again only if it steps again)", ahead)
 
     def _on_stop(self) -> None:
         if self._sealed:

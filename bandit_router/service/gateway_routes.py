@@ -60,6 +60,7 @@ from ..gateway import (
 from ..gateway.chat import KNOB_RULES
 from ..gateway.gateway import SERVER_STOPPED
 from ..gateway.upstreams import UpstreamRejected, rate_limited
+from ..jsonkeys import DuplicateKey, once_each
 from .errors import status_of
 from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
 from .paths import CheckedRoute
@@ -266,7 +267,9 @@ async def chat_completions(request: Request) -> Any:
         _require_json(request)
         raw = await request.body()
         try:
-            body = json.loads(raw)
+            body = json.loads(raw, object_pairs_hook=once_each)  # a key given twice is refused, as by the service
+        except DuplicateKey as exc:
+            raise BadChatRequest("body", str(exc)) from None
         except (ValueError, RecursionError) as exc:
             raise BadChatRequest("body", f"not valid JSON ({type(exc).__name__})") from None
         chat = parse_chat(body, request.headers, alias=gateway.config.router_alias,

@@ -24,7 +24,7 @@ from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..ids import new_decision_id
-from ..jsonkeys import DuplicateKey, once_each
+from ..jsonkeys import DuplicateKey, keys_once, once_each
 from ..names import name_problem
 from ..types import Decision, Message, Outcome
 from ..types import Request as CoreRequest
@@ -123,15 +123,22 @@ async def _parse(request: Request, model: type[Body]) -> Body:
 
 
 def validate(raw: bytes, model: type[Body]) -> Body:
-    """The body as `model`. pydantic's own JSON parser first (fast); when it calls the body invalid JSON, Python's
-    `json` decides, so that `NaN` or a lone surrogate escape is judged by the field it is in."""
+    """The body as `model`. A key given twice is refused, naming it (`jsonkeys.keys_once`: both parsers would keep
+    the last). pydantic's own JSON parser first (fast); when it calls the body invalid JSON, Python's `json`
+    decides, so that `NaN` or a lone surrogate escape is judged by the field it is in."""
+    try:
+        keys_once(raw)
+    except DuplicateKey as exc:
+        raise InvalidField("body", str(exc)) from None
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:  # invalid JSON is the one error (not `errors()`: one dict per error)
         if exc.error_count() != 1 or exc.errors(include_url=False)[0]["type"] != "json_invalid":
             raise
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=once_each)  # a body jiter could not read (a lone surrogate escape)
+    except DuplicateKey as exc:
+        raise InvalidField("body", str(exc)) from None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and int-size errors are ValueErrors
         raise InvalidField("body", f"not valid JSON ({type(exc).__name__})") from None
     return model.model_validate(data)

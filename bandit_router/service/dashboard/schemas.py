@@ -78,8 +78,9 @@ class Typical(BaseModel):
     probabilities: dict[str, float | None] = Field(description="model → mean probability the live policy gave it "
                                                    "(as logged in those decisions)")
     allowed: dict[str, int] = Field(description="model → how many of those decisions allowed it (it was among "
-                                    "their models); 0: none did (they named their own models without it, or it "
-                                    "was added since)")
+                                    "their models); 0: none did (they named their own models without it, a hard "
+                                    "budget left it out: a share of 0, an exhausted spend target's guard; or it was "
+                                    "added since)")
     now: dict[str, float | None] = Field(description="model → mean probability the live policy would give it now "
                                          "(its pmf with the cold-start floors at the current λ, over every active "
                                          "model), on the contexts of the newest 100 of those decisions: a model "

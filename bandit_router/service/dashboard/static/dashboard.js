@@ -243,16 +243,17 @@
       cell(tr, num(r.fixed_reward, 3));
       // what the live policy would give it now (a model just added: its exploration floor); a retired one: none
       var now = cell(tr, r.in_catalog === false ? "–" : pct(live.typical.now[r.model]));
-      // none of the newest requests allowed it (they named their own models without it, or it was added since);
-      // a logged probability of 0 is not that: a model every request allowed can average 0
+      // none of the newest requests allowed it (they named their own models without it, a hard budget left it out,
+      // or it was added since); a logged probability of 0 is not that: a model every request allowed can average 0
       if (r.in_catalog !== false && live.typical.decisions > 0 && !(live.typical.allowed[r.model] > 0) &&
           live.typical.now[r.model] > 0) {
         var offered = document.createElement("span");
         offered.className = "muted";
         offered.textContent = " if allowed";
         now.appendChild(offered);
-        now.title = "none of the newest requests allowed this model (they named their own models, or it was added " +
-                    "since): a request that names no models would give it this probability";
+        now.title = "none of the newest requests allowed this model (they named their own models without it, a " +
+                    "hard budget left it out then: a share of 0, or the guard of an exhausted spend target, or it " +
+                    "was added since): a request that names no models would give it this probability now";
       }
     });
     $("models-note").textContent = live.typical.decisions > 0 ? "" :
