@@ -133,6 +133,8 @@ class Engine:
         self._watchdog: threading.Thread | None = None
         self._unreachable: str | None = None
         """Why a server database cannot be reached now (`_maintain` probes it), else None."""
+        self._outage_since: float | None = None
+        """When the database became unreachable or stopped answering (`_note_outage`), else None."""
         self._migrated: str | None = None
         """Set once a newer bandit-router migrated the database under this process (`_check_schema`): from then on
         it acknowledges nothing, as it would refuse that database at start."""
@@ -281,12 +283,25 @@ class Engine:
         the database does not answer (`stalled`), answer the requests waiting for the writer with a 503 now."""
         while not self._stopped.wait(MAINTAIN_EVERY_S):
             stalled = self.stalled
+            self._note_outage(self._unreachable is not None or stalled is not None)
             if stalled is not None:
                 self.writer.abandon(
                     Unavailable(f"the database is unavailable: {stalled}; this request may still be stored when it "
                                 "answers (a feedback sent again is answered `duplicate`)"),
                     Unavailable(f"the database is unavailable: {stalled}; nothing of this request was stored"),
                 )
+
+    def _note_outage(self, out: bool) -> None:
+        """Log the start of a database outage (unreachable, not answering: `/readyz` 503) and its end, once each, so
+        that the log says when the service stopped and started serving again (the failures in between are logged
+        at most once a minute)."""
+        if out and self._outage_since is None and self._serving:
+            self._outage_since = time.monotonic()
+            log.error("not ready: %s; route, feedback and reads answer 503 (/readyz 503) until it answers again",
+                      " ".join(self.state.split()))  # one line (libpq's messages hold a newline)
+        elif not out and self._outage_since is not None:
+            log.warning("ready again: the database answers (after %.0f s)", time.monotonic() - self._outage_since)
+            self._outage_since = None
 
     def _check_schema(self) -> None:
         """A newer bandit-router migrated the database (an old replica left running beside new ones during an
