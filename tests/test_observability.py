@@ -8,10 +8,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tools.pg_server import PgServer
 from tools.serve_process import ServeProcess
@@ -72,3 +75,59 @@ def test_a_postgresql_outage_is_logged_when_it_starts_and_ends_not_at_every_reco
     assert len(down) == 1 and "ERROR" in down[0] and "/readyz 503" in down[0], log
     assert len(re.findall(r"WARNING bandit_router\.service: ready again: the database answers", log)) == 1, log
     assert "pg-test-secret" not in log  # tools.pg_server.PASSWORD: never in the log
+
+
+def _families(text: str) -> dict[str, Any]:
+    """The scrape parsed as Prometheus does (a malformed line, a family given twice: an error)."""
+    families: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        assert family.name not in families, f"{family.name} twice"
+        families[family.name] = family
+    return families
+
+
+def _total(families: dict[str, Any], name: str, sample: str, **labels: str) -> float:
+    return sum(s.value for s in families[name].samples
+               if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_with_two_workers_every_scrape_counts_every_workers_requests(serve: Callable[..., ServeProcess],
+                                                                     tmp_path: Path) -> None:
+    """`serve --workers 2`: both workers listen on one port, so a scrape reaches one of them, at random. Before,
+    each counted only what it served itself (a drill: 31 of 40 decisions on every scrape), with no way to reach
+    the other: `/metrics` undercounted, and a Prometheus scraping it saw counters jump between the workers' values
+    (read as resets). Now the workers share prometheus-client's multiprocess folder and every scrape sums them.
+    The requests go from 8 clients at once, each on a new connection, so that both workers serve some."""
+    server = serve("--db", str(tmp_path / "router.db"), "--workers", "2")
+    close = {"connection": "close"}
+
+    def route(i: int) -> str:
+        reply = httpx.post(server.url + "/v1/route", json={"prompt": f"question {i}"}, headers=close, timeout=10)
+        reply.raise_for_status()
+        return str(reply.json()["decision_id"])
+
+    def feedback(decision_id: str) -> None:
+        httpx.post(server.url + "/v1/feedback", json={"decision_id": decision_id, "quality": 0.5, "cost_usd": 0.01},
+                   headers=close, timeout=10).raise_for_status()
+
+    def bad(i: int) -> int:
+        return httpx.post(server.url + "/v1/route", content=b"{", headers={**close, "content-type": "application/json"},
+                          timeout=10).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(route, range(80)))
+        list(pool.map(feedback, ids[:30]))
+        assert set(pool.map(bad, range(8))) == {422}
+    for _ in range(6):  # each scrape may reach either worker
+        families = _families(httpx.get(server.url + "/metrics", headers=close, timeout=10).text)
+        assert _total(families, "bandit_router_decisions", "bandit_router_decisions_total") == 80
+        assert _total(families, "bandit_router_feedback", "bandit_router_feedback_total", status="applied") == 30
+        assert _total(families, "bandit_router_learned_cost_usd", "bandit_router_learned_cost_usd_total") \
+            == pytest.approx(0.3)
+        assert _total(families, "bandit_router_route_latency_seconds", "bandit_router_route_latency_seconds_count") \
+            == 80
+        requests = "bandit_router_http_requests", "bandit_router_http_requests_total"
+        assert _total(families, *requests, route="/v1/route", code="200") == 80
+        assert _total(families, *requests, route="/v1/route", code="422") == 8
+        assert _total(families, *requests, route="/v1/feedback", code="200") == 30
+        assert families["bandit_router_ready"].samples[0].value == 1.0
