@@ -4,6 +4,7 @@ something goes wrong: said once, when it starts and when it ends, not once per r
 from __future__ import annotations
 
 import re
+import resource
 import sys
 import time
 from collections import Counter
@@ -131,3 +132,47 @@ def test_with_two_workers_every_scrape_counts_every_workers_requests(serve: Call
         assert _total(families, *requests, route="/v1/route", code="422") == 8
         assert _total(families, *requests, route="/v1/feedback", code="200") == 30
         assert families["bandit_router_ready"].samples[0].value == 1.0
+
+
+def _limit_file_size() -> None:
+    """(In the server's process) files may not grow past `FILE_LIMIT` bytes: a full disk, as SQLite sees it."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, resource.RLIM_INFINITY))
+
+
+FILE_LIMIT = 400_000
+
+
+def test_a_database_that_refuses_writes_turns_readyz_503_with_the_reason_until_it_takes_them_again(
+    tmp_path: Path
+) -> None:
+    """Drill: the SQLite files may not grow past 400 kB (`RLIMIT_FSIZE`: a full disk as the database sees it).
+    Before, once the WAL and the file were full every route answered 503 while `/readyz` said ready and
+    `bandit_router_ready` was 1, for as long as it lasted: a load balancer kept sending traffic to a process that
+    could store nothing, and the operator's readiness alert stayed quiet. Now `/readyz` is 503 ("database refuses
+    writes" and the database's error) from the first failed write transaction until one commits; with no request
+    coming, the writer tries a one-row write every second, so the process turns ready again by itself once the
+    limit is lifted, and the log says both."""
+    server = ServeProcess(tmp_path, SERVE, ["--db", str(tmp_path / "router.db")], preexec_fn=_limit_file_size)
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            failed_in_a_row = 0
+            for i in range(5000):  # until the checkpoints cannot free the WAL either: every write fails
+                reply = client.post("/v1/route", json={"prompt": "a question that takes some room " * 20 + str(i)})
+                failed_in_a_row = failed_in_a_row + 1 if reply.status_code == 503 else 0
+                if failed_in_a_row == 50:
+                    break
+            assert failed_in_a_row == 50
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and "database refuses writes" in ready.json()["message"], ready.text
+            assert "bandit_router_ready 0.0" in client.get("/metrics").text
+            resource.prlimit(server.process.pid, resource.RLIMIT_FSIZE,
+                             (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space again
+            _wait(lambda: client.get("/readyz").status_code == 200)  # no request needed
+            assert client.post("/v1/route", json={"prompt": "stored again"}).status_code == 200
+            assert "bandit_router_ready 1.0" in client.get("/metrics").text
+        _wait(lambda: "ready again" in server.logpath.read_text())
+        log = server.logpath.read_text()
+        assert log.count("not ready: database refuses writes") == 1, log
+    finally:
+        server.stop()
