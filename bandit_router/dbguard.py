@@ -22,6 +22,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,16 +96,20 @@ class RateLimitedLog:
 
 class RateLimitedRecords(logging.Filter):
     """A logging filter for a library's recurring messages (psycopg's pool says every failed reconnection, a few
-    times a second while PostgreSQL is down): a record passes at most once per `every_s` seconds per message
-    template, saying how many were dropped since the last that passed."""
+    times a second while PostgreSQL is down; uvicorn every malformed request): a record passes at most once per
+    `every_s` seconds per message template (of `only`'s, when given: the others always pass), saying how many were
+    dropped since the last that passed."""
 
-    def __init__(self, every_s: float = 60.0) -> None:
+    def __init__(self, every_s: float = 60.0, only: Iterable[str] | None = None) -> None:
         super().__init__()
         self.every_s = every_s
+        self.only = None if only is None else frozenset(only)
         self._last: dict[str, tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = str(record.msg)[:200]
+        if self.only is not None and record.msg not in self.only:
+            return True
         now = time.monotonic()
         last, dropped = self._last.get(key, (-1e18, 0))
         if now - last < self.every_s:
@@ -118,11 +123,11 @@ class RateLimitedRecords(logging.Filter):
         return True
 
 
-def rate_limit_logger(name: str, every_s: float = 60.0) -> None:
+def rate_limit_logger(name: str, every_s: float = 60.0, only: Iterable[str] | None = None) -> None:
     """Attach a `RateLimitedRecords` filter to the logger `name` (idempotent)."""
     logger = logging.getLogger(name)
     if not any(isinstance(f, RateLimitedRecords) for f in logger.filters):
-        logger.addFilter(RateLimitedRecords(every_s))
+        logger.addFilter(RateLimitedRecords(every_s, only))
 
 
 def wal_bytes(path: Path) -> int:

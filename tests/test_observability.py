@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import resource
+import socket
 import sys
 import time
 from collections import Counter
@@ -176,3 +177,17 @@ def test_a_database_that_refuses_writes_turns_readyz_503_with_the_reason_until_i
         assert log.count("not ready: database refuses writes") == 1, log
     finally:
         server.stop()
+
+
+def test_malformed_requests_are_logged_once_a_minute_not_once_each(serve: Callable[..., ServeProcess],
+                                                                   tmp_path: Path) -> None:
+    """A scanner (or a broken client) sending requests that are not HTTP: each gets its 400, and before, each
+    also logged uvicorn's WARNING "Invalid HTTP request received." (a line per request, at whatever rate it
+    sends). Now the message is logged once a minute, and the replies are unchanged."""
+    server = serve("--db", str(tmp_path / "router.db"))
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            assert conn.recv(100).startswith(b"HTTP/1.1 400 ")
+    assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200  # served after them, so logged before
+    assert server.logpath.read_text().count("Invalid HTTP request received.") == 1
