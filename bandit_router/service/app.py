@@ -290,9 +290,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sqlite_only = "" if isinstance(settings.storage.db, DatabaseURL) else \
                 f" synchronous={settings.storage.synchronous}"  # a SQLite setting: PostgreSQL does not read it
             log.info(
-                "bandit-router: db=%s%s policy=%s models=%d auth=%s store_prompts=%s",
+                "bandit-router: db=%s%s policy=%s models=%d auth=%s store_prompts=%s workers=%d version=%s",
                 settings.storage.db, sqlite_only, settings.routing.policy,
                 len(engine.router.models), "on" if settings.auth_enabled else "off", settings.storage.store_prompts,
+                settings.server.workers, app.version,
             )
             yield
         finally:
