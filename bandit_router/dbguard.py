@@ -10,7 +10,8 @@
   write (503, `/readyz` 503) instead of acknowledging rows it may not be able to read back.
 
 Either is a *fault*: logged once, never repaired by the service; recover from a backup (`bandit-router check`
-tells which checkpoint is still good). `RateLimitedLog` keeps repeated failures from flooding the log.
+tells which checkpoint is still good). `RateLimitedLog` keeps repeated failures from flooding the log
+(`RateLimitedRecords`: a library's).
 `check_database` is what `bandit-router check` runs.
 """
 
@@ -21,6 +22,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,42 @@ class RateLimitedLog:
         self.logger.log(level, message, *args, exc_info=exc_info)
         self._last[key] = (now, 0)
         return True
+
+
+class RateLimitedRecords(logging.Filter):
+    """A logging filter for a library's recurring messages (psycopg's pool says every failed reconnection, a few
+    times a second while PostgreSQL is down; uvicorn every malformed request): a record passes at most once per
+    `every_s` seconds per message template (of `only`'s, when given: the others always pass), saying how many were
+    dropped since the last that passed."""
+
+    def __init__(self, every_s: float = 60.0, only: Iterable[str] | None = None) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.only = None if only is None else frozenset(only)
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)[:200]
+        if self.only is not None and record.msg not in self.only:
+            return True
+        now = time.monotonic()
+        last, dropped = self._last.get(key, (-1e18, 0))
+        if now - last < self.every_s:
+            self._last[key] = (last, dropped + 1)
+            return False
+        if len(self._last) >= 256:  # a library has few templates; bounded whatever it logs
+            self._last.clear()
+        self._last[key] = (now, 0)
+        if dropped and isinstance(record.msg, str):
+            record.msg += f" ({dropped} more like this in the last {self.every_s:.0f} s were not logged)"
+        return True
+
+
+def rate_limit_logger(name: str, every_s: float = 60.0, only: Iterable[str] | None = None) -> None:
+    """Attach a `RateLimitedRecords` filter to the logger `name` (idempotent)."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RateLimitedRecords) for f in logger.filters):
+        logger.addFilter(RateLimitedRecords(every_s, only))
 
 
 def wal_bytes(path: Path) -> int:

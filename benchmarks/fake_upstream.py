@@ -57,8 +57,9 @@ QUALITY: dict[str, dict[str, float]] = {
 """Mean answer quality per model and prompt kind (each answer adds ±`NOISE`)."""
 NOISE = 0.1
 MODES = ("ok", "slow", "fail", "hang", "omit_usage", "garbage", "reject", "ratelimit", "cut", "malformed", "offshape",
-         "trickle", "stall", "keepalive", "truncated", "nodone")
-"""`reject`: a 400 that blames the request, as a model whose context window is too small answers."""
+         "trickle", "stall", "keepalive", "truncated", "nodone", "unauthorized")
+"""`reject`: a 400 that blames the request, as a model whose context window is too small answers;
+`unauthorized`: a 401, as to a wrong key."""
 ANSWER_WORDS = 24
 
 
@@ -202,6 +203,10 @@ class FakeUpstream:
             await _json(send, 400, {"error": {"message": f"This model's maximum context length is exceeded ({model})",
                                               "type": "invalid_request_error", "param": "messages",
                                               "code": "context_length_exceeded"}})
+            return
+        if behaviour.mode == "unauthorized":  # the gateway's key for this upstream is wrong
+            await _json(send, 401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                              "code": "invalid_api_key"}})
             return
         if behaviour.mode == "fail":
             await _json(send, 500, {"error": {"message": "the model is overloaded", "type": "server_error"}})

@@ -1263,3 +1263,22 @@ def test_a_named_model_retired_before_its_decision_is_a_404_not_a_500(
         assert again.status_code == 404 and "is neither 'router' nor a catalog model" in again.text, again.text
     finally:
         server.stop()
+
+
+def test_an_upstream_refusing_the_key_is_logged_once_a_minute_not_on_every_request(
+    gateway: Callable[..., str], fake: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model whose upstream refuses the gateway's key (401) is tried by every request sent to it (here named by
+    the caller: a 502 naming the refusal). Before, each such try logged the same WARNING (a wrong key under load: a
+    line per request); now it is logged once a minute per model, saying how many were left out."""
+    url = gateway()
+    fake.set("fake-coder", "unauthorized")
+    called = fake.calls["fake-coder"]  # the fake serves the whole module
+    with caplog.at_level(logging.WARNING, logger="bandit_router.gateway"):
+        for _ in range(8):
+            reply = httpx.post(url + "/v1/chat/completions", timeout=30, json={
+                "model": "fake-coder", "messages": [{"role": "user", "content": CODE}]})
+            assert reply.status_code == 502 and "refused the request (401)" in reply.text, reply.text
+    said = [r.getMessage() for r in caplog.records if "check the model's api_key_env" in r.getMessage()]
+    assert len(said) == 1 and "fake-coder" in said[0], said
+    assert fake.calls["fake-coder"] - called == 8  # tried each time: only the log line is spared

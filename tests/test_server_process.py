@@ -24,6 +24,7 @@ from named_fakes import serving
 
 from bandit_router.config import Settings
 from bandit_router.log import build_router, fingerprint, rebuild_router
+from bandit_router.service.app import _version as app_version
 from bandit_router.store import SQLiteStore
 from benchmarks.fake_upstream import JUDGE, FakeUpstream
 from tools.serve_process import ServeProcess
@@ -349,7 +350,8 @@ def test_serve_restarts_with_a_judge_model_retired_and_added_back(servers: Calla
 def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers: Callable[..., Server],
                                                                          tmp_path: Path) -> None:
     """With `--workers 2` each worker is a fresh process: it used to log with no handler of its own, so its start
-    line and its recovery (INFO) were lost and its warnings came out bare, unlike `serve` with one worker."""
+    line and its recovery (INFO) were lost and its warnings came out bare, unlike `serve` with one worker. The start
+    line names the workers and the version."""
     server = servers(workers=2, env={"BANDIT_ROUTER_LOG_LEVEL": "info"})
     server.wait_ready()
     pids = server.worker_pids(2)
@@ -363,6 +365,8 @@ def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers:
     assert all(": recovered: no checkpoint yet, 0 feedbacks replayed" in line for line in recovered), recovered  # not
     # "checkpoint at seq None", which a newcomer's first start read as a fault
     assert all(" synchronous=normal " in line for line in started)  # SQLite's durability setting, in force
+    assert all(line.endswith(f" workers=2 version={app_version()}") for line in started), started  # which build,
+    # how many processes: before, an operator reading the log had neither
     warned = [line for line in lines if "not called by the gateway" in line]  # no key variable is set here
     assert warned and all(re.match(stamp + r"WARNING bandit_router\.gateway: ", line) for line in warned), warned
 

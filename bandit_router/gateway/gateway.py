@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from ..catalog import ModelSpec
 from ..config import Settings
+from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput, UnknownModel
 from ..hints import quoted
 from ..ids import new_decision_id
@@ -214,6 +215,9 @@ class Gateway:
         """Told about every call record (the service's metrics)."""
         self.await_records = settings.server.workers > 1
         """Whether a reply waits until its call record is committed (several workers: see `_record`)."""
+        self._say = RateLimitedLog(log)
+        """An upstream refusing the gateway's key, or call records not stored (the database down), happen on every
+        request until fixed: logged at most once a minute each (per model for a key)."""
 
     @classmethod
     def build(cls, settings: Settings, engine: DecisionLog, models: Iterable[ModelSpec] = ()) -> Gateway:
@@ -420,7 +424,7 @@ class Gateway:
                 self._record(attempt, exc.status, started, error=str(exc), http_status=exc.http_status)
                 if exc.blame_request:
                     raise Rejected(exc, attempt.decision) from None
-                log.warning("%s (check the model's api_key_env)", exc)
+                self._say(f"key {exc.model}", logging.WARNING, "%s (check the model's api_key_env)", exc)
                 failures.append(exc)
             except UpstreamFailure as exc:
                 self._record(attempt, exc.status, started, error=str(exc), http_status=exc.http_status)
@@ -531,4 +535,4 @@ class Gateway:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("recording a call failed: %s", task.exception())
+            self._say("record", logging.WARNING, "recording a call failed: %s", task.exception())

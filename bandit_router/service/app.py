@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..cascade.live import NamedRouters
 from ..catalog import ModelSpec
 from ..config import Settings, load_settings
+from ..dbguard import rate_limit_logger
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
 from ..log.budget_state import stored_budgets
@@ -43,6 +44,7 @@ from .gateway_routes import router as gateway_router
 from .hotpaths import HotPaths
 from .metrics import Metrics
 from .paths import end_exactly
+from .protocol import RECURRING
 from .routes import Services, router
 from .schemas import BODY_MODELS, BUDGET_SCHEMAS, ErrorOut
 
@@ -288,9 +290,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sqlite_only = "" if isinstance(settings.storage.db, DatabaseURL) else \
                 f" synchronous={settings.storage.synchronous}"  # a SQLite setting: PostgreSQL does not read it
             log.info(
-                "bandit-router: db=%s%s policy=%s models=%d auth=%s store_prompts=%s",
+                "bandit-router: db=%s%s policy=%s models=%d auth=%s store_prompts=%s workers=%d version=%s",
                 settings.storage.db, sqlite_only, settings.routing.policy,
                 len(engine.router.models), "on" if settings.auth_enabled else "off", settings.storage.store_prompts,
+                settings.server.workers, app.version,
             )
             yield
         finally:
@@ -314,6 +317,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(HotPaths)  # inside ServiceMiddleware: Host check, body limits, metrics still apply
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.limits.max_body_bytes, hosts=hosts)
     redact.install()
+    rate_limit_logger("uvicorn.error", only=RECURRING)  # a scanner's or a flood's line per connection
     errors.install(app)
     app.add_exception_handler(StarletteHTTPException, _routing_error)  # the service's shape; OpenAI's on the gateway's
     app.include_router(router)

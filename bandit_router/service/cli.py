@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -184,8 +185,14 @@ def _run(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> 
     os.environ[SERVE_ARGS] = json.dumps({"config": None if config is None else str(config), "overrides": hand_off,
                                          "log_level": server.log_level})
     sys.stdout.flush()
-    uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers,
-                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **common)
+    from .metrics import MULTIPROCESS_VARIABLE
+
+    # the workers' metrics files (a scrape, whichever worker answers it, sums them): a new folder per start, as
+    # prometheus-client requires (old files would be counted again), removed when the server stops
+    with tempfile.TemporaryDirectory(prefix="bandit-router-metrics-") as metrics_folder:
+        os.environ[MULTIPROCESS_VARIABLE] = metrics_folder
+        uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers,
+                    timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **common)
 
 
 CHECK_HELP = """Check a database file: SQLite's integrity check, the decisions with feedback (do they decode, as a \

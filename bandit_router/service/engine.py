@@ -134,6 +134,8 @@ class Engine:
         self._watchdog: threading.Thread | None = None
         self._unreachable: str | None = None
         """Why a server database cannot be reached now (`_maintain` probes it), else None."""
+        self._outage_since: float | None = None
+        """When the database became unreachable or stopped answering (`_note_outage`), else None."""
         self._migrated: str | None = None
         """Set once a newer bandit-router migrated the database under this process (`_check_schema`): from then on
         it acknowledges nothing, as it would refuse that database at start."""
@@ -188,7 +190,7 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return not self._refusing and self._unreachable is None
+        return not self._refusing and self._unreachable is None and self.writer.write_failed is None
 
     @property
     def _refusing(self) -> bool:
@@ -227,6 +229,8 @@ class Engine:
             return f"database unreachable: {self._unreachable}"
         if (stalled := self.stalled) is not None:
             return f"database not answering: {stalled}"
+        if (failed := self.writer.write_failed) is not None and self._serving:
+            return f"database refuses writes: {failed}"
         if not self.writer.accepting:
             return "stopped"
         return "ready" if self._ready.is_set() else "recovering"
@@ -284,12 +288,27 @@ class Engine:
         the database does not answer (`stalled`), answer the requests waiting for the writer with a 503 now."""
         while not self._stopped.wait(MAINTAIN_EVERY_S):
             stalled = self.stalled
+            self._note_outage(self._unreachable is not None or stalled is not None
+                              or self.writer.write_failed is not None)
             if stalled is not None:
                 self.writer.abandon(
                     Unavailable(f"the database is unavailable: {stalled}; this request may still be stored when it "
                                 "answers (a feedback sent again is answered `duplicate`)"),
                     Unavailable(f"the database is unavailable: {stalled}; nothing of this request was stored"),
                 )
+
+    def _note_outage(self, out: bool) -> None:
+        """Log the start of a database outage (unreachable, not answering, refusing writes: `/readyz` 503) and its
+        end, once each, so that the log says when the service stopped and started serving again (the failures in
+        between are logged at most once a minute)."""
+        if out and self._outage_since is None and self._serving:
+            self._outage_since = time.monotonic()
+            log.error("not ready: %s (/readyz 503 until it is over)",
+                      " ".join(self.state.split()))  # one line (libpq's messages hold a newline)
+        elif not out and self._outage_since is not None:
+            log.warning("ready again: the database answers and takes writes (after %.0f s)",
+                        time.monotonic() - self._outage_since)
+            self._outage_since = None
 
     def _check_schema(self) -> None:
         """A newer bandit-router migrated the database (an old replica left running beside new ones during an

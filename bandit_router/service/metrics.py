@@ -1,7 +1,9 @@
 """Prometheus metrics of one app, in its own registry (several apps can live in one process, as in tests).
 
-With `--workers N` each process counts what it served: scrape each worker, or sum (`/v1/stats` reads the
-database and is the same from every worker).
+With `--workers N` the counters and histograms are the workers' sums, whichever worker answers the scrape:
+`serve` gives the workers a shared folder (`PROMETHEUS_MULTIPROC_DIR`, prometheus-client's multiprocess mode:
+each process writes its values to a memory-mapped file there, and a scrape adds them up); the gauges read at
+scrape time (readiness, policy version, budgets, checkpoints, the judge) are the answering worker's.
 
 Export cannot fail on a name: names are validated when they come in (`bandit_router.names`), and every label
 value also passes through `safe_text` here (a name stored by an older version may hold a lone surrogate, which
@@ -12,12 +14,14 @@ never a 500.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from ..names import safe_text
@@ -28,6 +32,8 @@ log = logging.getLogger("bandit_router.service")
 ROUTE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's multiprocess folder: `serve --workers N` sets it for its workers (`service.cli`)."""
 
 
 class Metrics:
@@ -36,7 +42,14 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        """This process's values read at scrape time (and, in one process, every metric)."""
+        self.shared: CollectorRegistry | None = None
+        """With `PROMETHEUS_MULTIPROC_DIR` set (`serve --workers N`): the counters and histograms of every worker,
+        summed from their files at scrape time; they are then in no registry of their own."""
+        if os.environ.get(MULTIPROCESS_VARIABLE):
+            self.shared = CollectorRegistry()
+            MultiProcessCollector(self.shared)  # type: ignore[no-untyped-call]
+        r = None if self.shared is not None else self.registry
         self.decisions = Counter("bandit_router_decisions", "Decisions stored, by chosen model", ["model"], registry=r)
         self.feedback = Counter(
             "bandit_router_feedback", "Feedback stored (or recognised as duplicate), by model and status",
@@ -45,7 +58,7 @@ class Metrics:
         self.reward_sum = Gauge(
             "bandit_router_learned_reward_sum",
             "Sum of the rewards of learned feedback (not a closed window's default reward), by model", ["model"],
-            registry=r,
+            registry=r, multiprocess_mode="sum",
         )
         self.cost_sum = Counter(
             "bandit_router_learned_cost_usd",
@@ -59,9 +72,6 @@ class Metrics:
         self.requests = Counter(
             "bandit_router_http_requests", "HTTP replies by route and status code", ["route", "code"], registry=r
         )
-        self.policy_version = Gauge("bandit_router_policy_version", "Feedbacks learned by this process", registry=r)
-        self.applied_seq = Gauge("bandit_router_applied_seq", "Last feedback seq applied by this process", registry=r)
-        self.ready = Gauge("bandit_router_ready", "1 when the service is ready", registry=r)
         self.upstream_calls = Counter(
             "bandit_router_upstream_calls", "The gateway's upstream calls, by model and how they ended (ok, timeout, "
             "connection_error, server_error, invalid_response, rejected, cancelled)", ["model", "status"], registry=r,
@@ -82,10 +92,9 @@ class Metrics:
 
     def bind(self, policy_version: Callable[[], float], applied_seq: Callable[[], float],
              ready: Callable[[], float]) -> None:
-        """Read the gauges from the engine at scrape time."""
-        self.policy_version.set_function(policy_version)
-        self.applied_seq.set_function(applied_seq)
-        self.ready.set_function(ready)
+        """Read the process's gauges from the engine at scrape time (a collector, not `Gauge`s: in multiprocess
+        mode a `Gauge` writes a file that every worker's scrape would read too)."""
+        self.registry.register(_ProcessCollector(policy_version, applied_seq, ready))
 
     def bind_budgets(self, report: Callable[[], Mapping[str, Any]]) -> None:
         """Export the budget pacer's `report()` at scrape time (spend, λ, and per target its value and realised
@@ -135,10 +144,28 @@ class Metrics:
 
     def render(self) -> bytes:
         try:
-            return generate_latest(self.registry)
+            own = generate_latest(self.registry)
+            return own if self.shared is None else generate_latest(self.shared) + own
         except Exception as exc:  # a collector that raised: say so, and still export what can be exported
             log.error("rendering /metrics failed: %s", type(exc).__name__, exc_info=exc)
             return b"# bandit_router: rendering the metrics failed; see the service log\n"
+
+
+class _ProcessCollector(Collector):
+    def __init__(self, policy_version: Callable[[], float], applied_seq: Callable[[], float],
+                 ready: Callable[[], float]) -> None:
+        self._read = (policy_version, applied_seq, ready)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        policy_version, applied_seq, ready = self._read
+        yield GaugeMetricFamily("bandit_router_policy_version", "Feedbacks learned by this process",
+                                value=float(policy_version()))
+        yield GaugeMetricFamily("bandit_router_applied_seq", "Last feedback seq applied by this process",
+                                value=float(applied_seq()))
+        yield GaugeMetricFamily("bandit_router_ready", "1 when the service is ready", value=float(ready()))
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
 
 
 class _BudgetCollector(Collector):

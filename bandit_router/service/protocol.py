@@ -46,6 +46,11 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+REFUSED = "connection refused: %d open connections (max_connections)"
+ABORTED = "connection aborted: its client read none of its reply for %g s (write_timeout_s)"
+RECURRING = (REFUSED, ABORTED, "Invalid HTTP request received.")
+"""uvicorn's error log's messages about one connection (that last one uvicorn's own), which a flood of connections
+or a scanner repeats for each: logged at most once a minute each (`dbguard.rate_limit_logger`, `create_app`)."""
 LIMITS_VARIABLE = "BANDIT_ROUTER_SERVE_LIMITS"
 
 if sys.platform == "linux":
@@ -136,7 +141,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self._limits.max_connections:
-            self.logger.warning("connection refused: %d open connections (max_connections)", len(self.connections))
+            self.logger.warning(REFUSED, len(self.connections))
             transport.write(REPLY_503)
             transport.close()
             return
@@ -189,8 +194,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_write()
             return
         if not self.transport.is_closing():
-            self.logger.info("connection aborted: its client read none of its reply for %g s (write_timeout_s)",
-                             self._limits.write_timeout_s)
+            self.logger.info(ABORTED, self._limits.write_timeout_s)
         self.transport.abort()  # `close` would wait for the buffer this client does not read
 
     def data_received(self, data: bytes) -> None:

@@ -81,6 +81,8 @@ SWEPT = "swept_decisions"
 UNWRITTEN_RETRY_S = 1.0
 """While named routers' counts wait to be written (`Writer.keep_counts`), a transaction of them alone is tried at
 most this often, between batches."""
+WRITE_PROBE_S = 1.0
+"""While write transactions fail (`Writer.write_failed`) and none is asked for, a one-row write is tried this often."""
 
 
 class Observer(Protocol):
@@ -404,6 +406,11 @@ class Writer:
         (so an outage holds a few rows, not one per request), written by `_write_unwritten`."""
         self._unwritten_lock = threading.Lock()
         self._next_unwritten = 0.0
+        self.write_failed: str | None = None
+        """Why the last write transaction failed (the database's error: a full disk, a read-only file), until one
+        commits: the engine is not ready meanwhile (`/readyz` 503). Requests are still tried; without any, the
+        writer tries a one-row write every `WRITE_PROBE_S` (`_probe_write`)."""
+        self._next_probe = 0.0
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def start(self, prepare: Callable[[], None], between_batches: Callable[[], None],
@@ -484,6 +491,8 @@ class Writer:
             try:
                 if ops or sweep:
                     self._transact(ops, sweep)
+                elif self.write_failed is not None and time.monotonic() >= self._next_probe:
+                    self._probe_write()
                 if self._unwritten and time.monotonic() >= self._next_unwritten and self.halted is None:
                     self._write_unwritten()
                 if time.monotonic() - self._last_follow >= IDLE_POLL_S:
@@ -548,6 +557,7 @@ class Writer:
             if isinstance(exc, StoreError):
                 if getattr(self.store, "fault", None) is None:  # a fault was logged once by the store
                     self._say("write", logging.ERROR, "write transaction failed: %s", exc)
+                self._write_failed(exc)
                 error = Unavailable(f"the database is unavailable: {exc}")
             else:
                 self._say("write", logging.ERROR, "write transaction failed", exc_info=exc)
@@ -557,6 +567,7 @@ class Writer:
             self._keep_unless_unknown(_counts_of(ops), exc)  # the calls were made: counted by a later write
             self._next_unwritten = time.monotonic() + UNWRITTEN_RETRY_S
             return
+        self.write_failed = None
         try:
             if self.observer is not None:
                 for decision in batch.after_commit:
@@ -566,6 +577,21 @@ class Writer:
             follower.apply(batch.entries)
         except Exception:  # committed, so acknowledged; a restart replays the log
             log.exception("applying committed entries failed")
+
+    def _write_failed(self, exc: StoreError) -> None:
+        self.write_failed = " ".join(str(exc).split())  # one line (a driver's message may hold newlines)
+        self._next_probe = time.monotonic() + WRITE_PROBE_S
+
+    def _probe_write(self) -> None:
+        """While writes fail and no request comes (a load balancer stopped sending them on `/readyz` 503): one
+        row written (`meta.write_probe`), to tell when the database takes writes again."""
+        try:
+            with self.store.write() as tx:
+                tx.set_meta("write_probe", repr(time.time()))
+        except StoreError as exc:
+            self._write_failed(exc)
+            return
+        self.write_failed = None
 
     @staticmethod
     def _insert_decisions(batch: Batch, inserts: Sequence[InsertDecision]) -> None:

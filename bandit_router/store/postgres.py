@@ -47,6 +47,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..catalog import ModelSpec
+from ..dbguard import rate_limit_logger
 from ..types import Decision
 from . import rollup, router_stats
 from .interface import Reader, WriteTx
@@ -163,6 +164,7 @@ class PostgresStore:
                        f"-c idle_in_transaction_session_timeout={idle_timeout_ms}",
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
         }
+        rate_limit_logger("psycopg.pool")  # its every failed reconnection, a few a second while the server is down
         self._pool = ConnectionPool(
             url.reveal(), min_size=1, max_size=pool_size, kwargs=self._connect_options, open=False,
             timeout=timeout_s, check=ConnectionPool.check_connection, name="bandit-router",

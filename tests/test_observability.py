@@ -1,0 +1,193 @@
+"""What an operator watching a real `bandit-router serve` process sees (its log, `/metrics`, `/readyz`) when
+something goes wrong: said once, when it starts and when it ends, not once per retry."""
+
+from __future__ import annotations
+
+import re
+import resource
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tools.pg_server import PgServer
+from tools.serve_process import ServeProcess
+
+SERVE = [sys.executable, "-m", "bandit_router.cli"]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    def start(*args: str) -> ServeProcess:
+        server = ServeProcess(tmp_path, SERVE, args)
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _ready(server: ServeProcess) -> int:
+    return httpx.get(server.url + "/readyz", timeout=5).status_code
+
+
+def test_a_postgresql_outage_is_logged_when_it_starts_and_ends_not_at_every_reconnection(
+    serve: Callable[..., ServeProcess], pg_server: PgServer, pg_url: str
+) -> None:
+    """Drill: PostgreSQL stopped under `serve` for 6 s. Before, the log said nothing of the service's own about
+    readiness (neither that it stopped serving nor that it started again), while psycopg's pool logged every failed
+    reconnection, two to four records a second (about 8,000 an hour of outage, drowning everything else). Now the
+    service logs the outage once when `/readyz` turns 503 (with the reason) and once when it is ready again, and
+    each of the pool's messages at most once a minute."""
+    server = serve("--db", pg_url)
+    httpx.post(server.url + "/v1/route", json={"prompt": "before"}, timeout=5).raise_for_status()
+    pg_server.down()
+    try:
+        _wait(lambda: _ready(server) == 503)
+        time.sleep(6.0)  # many of the pool's reconnection attempts (several a second)
+    finally:
+        pg_server.up()
+    _wait(lambda: _ready(server) == 200)
+    httpx.post(server.url + "/v1/route", json={"prompt": "after"}, timeout=5).raise_for_status()
+    _wait(lambda: "ready again" in server.logpath.read_text())  # the watchdog's next round (0.5 s)
+    log = server.logpath.read_text()
+    pool = Counter(re.sub(r"\d+", "N", line.split(" psycopg.pool: ", 1)[1][:40])
+                   for line in log.splitlines() if " psycopg.pool: " in line)
+    assert pool and max(pool.values()) == 1, pool
+    down = [line for line in log.splitlines() if "bandit_router.service: not ready: database unreachable" in line]
+    assert len(down) == 1 and "ERROR" in down[0] and "/readyz 503" in down[0], log
+    assert len(re.findall(r"WARNING bandit_router\.service: ready again: the database answers", log)) == 1, log
+    assert "pg-test-secret" not in log  # tools.pg_server.PASSWORD: never in the log
+
+
+def _families(text: str) -> dict[str, Any]:
+    """The scrape parsed as Prometheus does (a malformed line, a family given twice: an error)."""
+    families: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        assert family.name not in families, f"{family.name} twice"
+        families[family.name] = family
+    return families
+
+
+def _total(families: dict[str, Any], name: str, sample: str, **labels: str) -> float:
+    return sum(s.value for s in families[name].samples
+               if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_with_two_workers_every_scrape_counts_every_workers_requests(serve: Callable[..., ServeProcess],
+                                                                     tmp_path: Path) -> None:
+    """`serve --workers 2`: both workers listen on one port, so a scrape reaches one of them, at random. Before,
+    each counted only what it served itself (a drill: 31 of 40 decisions on every scrape), with no way to reach
+    the other: `/metrics` undercounted, and a Prometheus scraping it saw counters jump between the workers' values
+    (read as resets). Now the workers share prometheus-client's multiprocess folder and every scrape sums them.
+    The requests go from 8 clients at once, each on a new connection, so that both workers serve some."""
+    server = serve("--db", str(tmp_path / "router.db"), "--workers", "2")
+    close = {"connection": "close"}
+
+    def route(i: int) -> str:
+        reply = httpx.post(server.url + "/v1/route", json={"prompt": f"question {i}"}, headers=close, timeout=10)
+        reply.raise_for_status()
+        return str(reply.json()["decision_id"])
+
+    def feedback(decision_id: str) -> None:
+        httpx.post(server.url + "/v1/feedback", json={"decision_id": decision_id, "quality": 0.5, "cost_usd": 0.01},
+                   headers=close, timeout=10).raise_for_status()
+
+    def bad(i: int) -> int:
+        return httpx.post(server.url + "/v1/route", content=b"{", headers={**close, "content-type": "application/json"},
+                          timeout=10).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(route, range(80)))
+        list(pool.map(feedback, ids[:30]))
+        assert set(pool.map(bad, range(8))) == {422}
+    for _ in range(6):  # each scrape may reach either worker
+        families = _families(httpx.get(server.url + "/metrics", headers=close, timeout=10).text)
+        assert _total(families, "bandit_router_decisions", "bandit_router_decisions_total") == 80
+        assert _total(families, "bandit_router_feedback", "bandit_router_feedback_total", status="applied") == 30
+        assert _total(families, "bandit_router_learned_cost_usd", "bandit_router_learned_cost_usd_total") \
+            == pytest.approx(0.3)
+        assert _total(families, "bandit_router_route_latency_seconds", "bandit_router_route_latency_seconds_count") \
+            == 80
+        requests = "bandit_router_http_requests", "bandit_router_http_requests_total"
+        assert _total(families, *requests, route="/v1/route", code="200") == 80
+        assert _total(families, *requests, route="/v1/route", code="422") == 8
+        assert _total(families, *requests, route="/v1/feedback", code="200") == 30
+        assert families["bandit_router_ready"].samples[0].value == 1.0
+
+
+def _limit_file_size() -> None:
+    """(In the server's process) files may not grow past `FILE_LIMIT` bytes: a full disk, as SQLite sees it."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, resource.RLIM_INFINITY))
+
+
+FILE_LIMIT = 400_000
+
+
+def test_a_database_that_refuses_writes_turns_readyz_503_with_the_reason_until_it_takes_them_again(
+    tmp_path: Path
+) -> None:
+    """Drill: the SQLite files may not grow past 400 kB (`RLIMIT_FSIZE`: a full disk as the database sees it).
+    Before, once the WAL and the file were full every route answered 503 while `/readyz` said ready and
+    `bandit_router_ready` was 1, for as long as it lasted: a load balancer kept sending traffic to a process that
+    could store nothing, and the operator's readiness alert stayed quiet. Now `/readyz` is 503 ("database refuses
+    writes" and the database's error) from the first failed write transaction until one commits; with no request
+    coming, the writer tries a one-row write every second, so the process turns ready again by itself once the
+    limit is lifted, and the log says both."""
+    server = ServeProcess(tmp_path, SERVE, ["--db", str(tmp_path / "router.db")], preexec_fn=_limit_file_size)
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            failed_in_a_row = 0
+            for i in range(5000):  # until the checkpoints cannot free the WAL either: every write fails
+                reply = client.post("/v1/route", json={"prompt": "a question that takes some room " * 20 + str(i)})
+                failed_in_a_row = failed_in_a_row + 1 if reply.status_code == 503 else 0
+                if failed_in_a_row == 50:
+                    break
+            assert failed_in_a_row == 50
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and "database refuses writes" in ready.json()["message"], ready.text
+            assert "bandit_router_ready 0.0" in client.get("/metrics").text
+            resource.prlimit(server.process.pid, resource.RLIMIT_FSIZE,
+                             (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space again
+            _wait(lambda: client.get("/readyz").status_code == 200)  # no request needed
+            assert client.post("/v1/route", json={"prompt": "stored again"}).status_code == 200
+            assert "bandit_router_ready 1.0" in client.get("/metrics").text
+        _wait(lambda: "ready again" in server.logpath.read_text())
+        log = server.logpath.read_text()
+        assert log.count("not ready: database refuses writes") == 1, log
+    finally:
+        server.stop()
+
+
+def test_malformed_requests_are_logged_once_a_minute_not_once_each(serve: Callable[..., ServeProcess],
+                                                                   tmp_path: Path) -> None:
+    """A scanner (or a broken client) sending requests that are not HTTP: each gets its 400, and before, each
+    also logged uvicorn's WARNING "Invalid HTTP request received." (a line per request, at whatever rate it
+    sends). Now the message is logged once a minute, and the replies are unchanged."""
+    server = serve("--db", str(tmp_path / "router.db"))
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            assert conn.recv(100).startswith(b"HTTP/1.1 400 ")
+    assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200  # served after them, so logged before
+    assert server.logpath.read_text().count("Invalid HTTP request received.") == 1
