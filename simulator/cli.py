@@ -402,7 +402,8 @@ def _details(record: dict[str, Any], window: int) -> list[str]:
             continue
         mean = v.get("mean")
         short = short_period_text(v, window)
-        if short:  # never measured in those seeds, whatever the policy did: say so, and what measures it
+        if short and v["period_steps"] > 0:  # never measured in those seeds, whatever the policy did: say so, and
+            # what measures it (no window does at the end of the run)
             short += f" (a --window of {v['period_steps']} or less measures it)"
         if mean is None:
             out.append(f"reaction to {key}: never" + (f": {short}" if short else ""))

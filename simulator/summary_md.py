@@ -50,9 +50,12 @@ def break_even_text(record: dict[str, Any]) -> str:
 
 def short_period_text(entry: dict[str, Any], window: Any = None) -> str:
     """Why a reaction time (a summary record's `reaction` entry) was never measured in some seeds: the period after
-    the event was shorter than the window, so no window of decisions fit in it; '' when that was not so."""
+    the event was shorter than the window, so no window of decisions fit in it (or, a period of 0 steps, the event
+    falls at the end of the run: nothing after it to measure); '' when that was not so."""
     if not entry.get("n_period_shorter_than_window"):
         return ""
+    if entry["period_steps"] <= 0:
+        return "the event falls at the end of the run (no step after it to measure)"
     size = f"{window:,}-step window" if isinstance(window, int) else "window"
     return f"the period after the event, {entry['period_steps']:,} steps, is shorter than the {size}"
 

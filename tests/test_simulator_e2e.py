@@ -428,6 +428,21 @@ def test_a_reaction_period_shorter_than_the_window_says_why_it_is_never(tmp_path
     assert set(reaction["outage"]) == {"mean", "ci95", "n_missing"} and "shorter than" not in result.output
 
 
+def test_an_event_at_the_end_of_the_run_says_so_without_a_window_hint(tmp_path: Path) -> None:
+    """A drift at the last step has a period of 0 steps: the hint "a --window of 0 or less measures it" named a
+    window that is refused; it says that the event falls at the end of the run now, in the terminal and summary.md."""
+    out = tmp_path / "run"
+    args = ["simulate", "--env", "synthetic:default", "--scenario", "drift:at=1000", "--policies", "random",
+            "--steps", "1000", "--seeds", "1", "--no-plots", "--workers", "1", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    end = "the event falls at the end of the run (no step after it to measure)"
+    assert f"reaction to drift: never: {end}\n" in result.output and "--window of" not in result.output
+    reaction = json.loads((out / "summary.json").read_text())["results"][0]["reaction"]["drift"]
+    assert reaction["period_steps"] == 0
+    assert f"(1 never: {end})" in (out / "summary.md").read_text()
+
+
 def test_a_reaction_never_measured_in_some_seeds_says_in_how_many_the_period_was_too_short() -> None:
     from simulator.summary_md import _reaction_never
 
