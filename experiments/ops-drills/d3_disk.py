@@ -1,6 +1,6 @@
 """Drill 3: SQLite's disk and permission faults, as root (tmpfs mounts stand in for a read-only volume and a full
 disk): the database directory read-only at start (empty, and with a database in it), a directory that cannot be
-created, the disk filling up under load (then grown), the database file deleted while serving.
+created, the disk filling up under load (then grown past the WAL's bound), the database file deleted while serving.
 
     sudo .venv/bin/python experiments/ops-drills/d3_disk.py     # ~30 s
 """
@@ -21,6 +21,9 @@ from pathlib import Path
 
 import httpx
 from drills import Load, Serve, wait
+
+GROWN_MIB = 96
+"""The full-disk drill's tmpfs after it is grown: past the WAL's bound (`wal_max_bytes`, 64 MiB) and the database."""
 
 
 @contextlib.contextmanager
@@ -73,12 +76,23 @@ def main() -> None:
         print(f"disk full after {time.monotonic() - started:.1f} s: {dict(load.codes)}; "
               f"/readyz {httpx.get(server.url + '/readyz').status_code}", flush=True)
         time.sleep(2)
-        subprocess.run(["mount", "-o", "remount,size=16m", str(small)], check=True)
-        before = dict(load.codes)
-        time.sleep(4)
-        grown = {k: v - before.get(k, 0) for k, v in load.codes.items()}
-        print(f"4 s after growing the disk: {grown}")
+        print(f"until the disk was grown ({time.monotonic() - started:.1f} s): {dict(load.codes)}", flush=True)
+        # Past `wal_max_bytes` (64 MiB) and the database: the WAL is restarted only when it would pass that bound,
+        # so a disk grown by less fills up again (durability.md).
+        subprocess.run(["mount", "-o", f"remount,size={GROWN_MIB}m", str(small)], check=True)
+        for window in range(1, 4):
+            before = dict(load.codes)
+            time.sleep(4)
+            grown = {k: v - before.get(k, 0) for k, v in load.codes.items()}
+            usage = os.statvfs(small)
+            wal = small / "router.db-wal"
+            print(f"{4 * (window - 1)}-{4 * window} s after growing the disk to {GROWN_MIB} MiB: {grown}; "
+                  f"WAL {wal.stat().st_size / 2**20:.1f} MiB, "
+                  f"disk {(usage.f_blocks - usage.f_bfree) * usage.f_frsize / 2**20:.1f} MiB used", flush=True)
+        measured = dict(load.codes)
         load.finish()
+        print(f"replies while the load stopped (after the windows above): "
+              f"{ {k: v - measured.get(k, 0) for k, v in load.codes.items()} }")
         print(json.dumps(load.summary()))
         server.terminate()
         server.stop()

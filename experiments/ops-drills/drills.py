@@ -72,7 +72,8 @@ def quality(model: str, rng: random.Random) -> float:
 
 class Load:
     """Client threads: route on a random replica of `urls` (the list may be changed meanwhile), then rate the
-    decision, sent again (to any replica) until acknowledged. Records what every request got, and how long it took."""
+    decision, sent again (to any replica) until acknowledged or `finish` is called (a retry loop left to run on
+    would add its 503s after the drill's measured windows). Records what every request got, and how long it took."""
 
     def __init__(self, urls: list[str], threads: int = 4, seed: int = 1, timeout: float = 60.0) -> None:
         self.urls, self.timeout = urls, timeout
@@ -141,6 +142,8 @@ class Load:
                     self.routed[decision["decision_id"]] = decision["model"]
                 body = {"decision_id": decision["decision_id"], "quality": quality(decision["model"], rng)}
                 for _ in range(1200):
+                    if self.stopping.is_set():
+                        break
                     reply = self._post(client, rng, "/v1/feedback", body)
                     if reply is not None and reply.status_code == 200:
                         answer = reply.json()
