@@ -16,6 +16,7 @@ import csv
 import gzip
 import io
 import math
+import re
 import sys
 import zlib
 from collections.abc import Sequence
@@ -75,19 +76,28 @@ class NotUTF8(InvalidInput):
 def csv_text(raw: bytes) -> str:
     """The text of a CSV file's bytes: UTF-8, after a byte-order mark (Excel's "CSV UTF-8") if there is one.
 
-    Bytes that are not UTF-8 raise `NotUTF8`, naming the first such line and byte and the fix: decoded with
-    replacement characters they changed the prompts (an `é` read as `�`) without a word."""
+    Bytes that are not UTF-8 raise `NotUTF8`, naming the first such line (lines end with LF, CRLF or a lone CR) and
+    byte and the fix, or that the file is UTF-16 (its byte-order mark): decoded with replacement characters they
+    changed the prompts (an `é` read as `�`) without a word. The conversion suggested is from Windows-1252, which
+    reads Latin-1's letters alike and its 0x80–0x9F as the curly quotes and € it saves there (from Latin-1 they
+    would become invisible control characters)."""
+    for bom in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        if raw.startswith(bom):
+            raise NotUTF8(
+                f"the file is UTF-16 (it starts with the byte-order mark {' '.join(f'0x{b:02x}' for b in bom)}), not "
+                f"UTF-8: save it as UTF-8 (Excel: \"CSV UTF-8\"), or convert it, e.g. iconv -f utf-16 -t utf-8"
+            )
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8) :]
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line_start = raw.rfind(b"\n", 0, exc.start) + 1
-        line = raw.count(b"\n", 0, exc.start) + 1
+        breaks = list(re.finditer(rb"\r\n|\r|\n", raw[: exc.start]))
+        line_start = breaks[-1].end() if breaks else 0
         raise NotUTF8(
-            f"line {line} is not UTF-8 (its byte {exc.start - line_start + 1} is 0x{raw[exc.start]:02x}: a file saved "
-            "as Latin-1 or Windows-1252?): save it as UTF-8 (Excel: \"CSV UTF-8\"), or convert it, e.g. "
-            "iconv -f latin1 -t utf-8"
+            f"line {len(breaks) + 1} is not UTF-8 (its byte {exc.start - line_start + 1} is 0x{raw[exc.start]:02x}: a "
+            "file saved as Latin-1 or Windows-1252?): save it as UTF-8 (Excel: \"CSV UTF-8\"), or convert it, e.g. "
+            "iconv -f windows-1252 -t utf-8"
         ) from None
 
 

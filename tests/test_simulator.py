@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
 from collections.abc import Sequence
@@ -284,12 +285,38 @@ def test_a_table_that_is_not_utf8_is_refused_naming_the_line(tmp_path: Path, com
     table = tmp_path / ("latin.csv.gz" if compressed else "latin.csv")
     table.write_bytes(gzip.compress(text.encode("latin-1")) if compressed else text.encode("latin-1"))
     match = (rf"{table.name}: line 2 is not UTF-8 \(its byte 5 is 0xe9: a file saved as Latin-1 or Windows-1252\?\): "
-             r"save it as UTF-8 \(Excel: \"CSV UTF-8\"\), or convert it, e\.g\. iconv -f latin1 -t utf-8")
+             r"save it as UTF-8 \(Excel: \"CSV UTF-8\"\), or convert it, e\.g\. iconv -f windows-1252 -t utf-8")
     with pytest.raises(InvalidInput, match=match):
         load_dataset(table)
     for encoding in ("utf-8", "utf-8-sig"):
         table.write_bytes(gzip.compress(text.encode(encoding)) if compressed else text.encode(encoding))
         assert load_dataset(table).prompts[0] == "la région 0"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "cp1252 with CR line ends"])
+def test_a_utf16_table_or_one_with_cr_line_ends_is_named_as_it_is(tmp_path: Path, encoding: str) -> None:
+    """A UTF-16 table was called "Latin-1 or Windows-1252?" at its byte 1 (0xff); a table whose lines end with a lone
+    CR (old Mac) was "line 1" whatever its line; and the suggested `iconv -f latin1` turns Windows-1252's curly
+    quotes and € (0x80–0x9F) into invisible control characters, so the suggestion is `-f windows-1252`."""
+    header = "prompt,task," + ",".join(f"quality_{m},cost_{m}" for m in MODELS)
+    rows = "".join(f"row {i},t,1,0.01,0,0.005,1,0.001\n" for i in range(3))
+    rows += "the \u2019quoted\u2019 one,t,1,0,0,0,1,0\n"
+    text = header + "\n" + rows
+    table = tmp_path / "table.csv"
+    if encoding == "utf-16":
+        table.write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+        match = r"the file is UTF-16 \(it starts with the byte-order mark 0xff 0xfe\).*iconv -f utf-16 -t utf-8"
+    elif encoding == "utf-16-be":
+        table.write_bytes(codecs.BOM_UTF16_BE + text.encode("utf-16-be"))
+        match = r"the file is UTF-16 \(it starts with the byte-order mark 0xfe 0xff\)"
+    else:
+        table.write_bytes(text.replace("\n", "\r").encode("cp1252"))
+        match = r"line 5 is not UTF-8 \(its byte 5 is 0x92: .*iconv -f windows-1252 -t utf-8"
+    with pytest.raises(InvalidInput, match=match):
+        load_dataset(table)
+    if encoding.startswith("cp1252"):  # what the suggested conversion gives: the quotes, not control characters
+        table.write_bytes(table.read_bytes().decode("windows-1252").encode("utf-8"))
+        assert load_dataset(table).prompts[-1] == "the \u2019quoted\u2019 one"
 
 
 @pytest.mark.parametrize("problem", ["folder", "cut gzip", "no such column", "latin-1"])
