@@ -360,10 +360,16 @@ def _check_written_through(path: Path) -> None:
     """Raise the `OSError` that putting a report file at `path` would raise when `path` is written through (a
     symlink, a folder: `put_file`) and that cannot be: the symlink's target is a folder, or not writable, or its
     folder is missing or not writable (a dangling link into a folder that is gone). A regular file or a new name is
-    renamed over, which the staging folder beside it has shown to work."""
+    renamed over, which the staging folder beside it has shown to work. A symlink loop (`summary.json ->
+    summary.json`) is refused too: it has no target to write through."""
     if not os.path.lexists(path) or (path.is_file() and not path.is_symlink()):
         return
-    target = Path(os.path.realpath(path))
+    try:
+        target = Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:  # a dangling link: is there a folder to create its target in? (below)
+        target = Path(os.path.realpath(path))
+    except OSError as exc:  # ELOOP: a loop of links
+        raise OSError(exc.errno, f"{exc.strerror}: a symlink loop", path.name) from None
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path.name)
     if target.exists():

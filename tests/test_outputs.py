@@ -190,17 +190,21 @@ def test_a_simulate_report_writes_through_a_symlink_and_keeps_a_file_s_permissio
     assert (out / "summary.md").read_text().startswith("#")
 
 
-@pytest.mark.parametrize("blocker", ["dangling symlink", "folder"])
+@pytest.mark.parametrize("blocker", ["dangling symlink", "folder", "symlink loop"])
 def test_a_report_file_that_cannot_be_written_through_leaves_the_previous_report(tmp_path: Path, blocker: str) -> None:
-    """A summary.json that is a symlink into a folder that is gone (or a folder of that name) failed only when its
-    turn came to be put in place: summary.md and curves.json of the new report were in place by then, beside the
-    previous report's other files. It fails before any file is moved now, leaving the previous report as it was."""
+    """A summary.json that is a symlink into a folder that is gone (or a folder of that name, or a symlink loop)
+    failed only when its turn came to be put in place: summary.md and curves.json of the new report were in place
+    by then, beside the previous report's other files. It fails before any file is moved now, leaving the previous
+    report as it was."""
     out = tmp_path / "sim"
     assert CliRunner().invoke(cli_app, [*SIMULATE_RANDOM, "--out", str(out), "--no-plots"]).exit_code == 0
     (out / "summary.json").unlink()
     if blocker == "folder":
         (out / "summary.json").mkdir()
         reason = "Is a directory (summary.json)"
+    elif blocker == "symlink loop":  # passed the check and failed halfway, after curves.json and summary.md moved
+        (out / "summary.json").symlink_to("summary.json")
+        reason = "Too many levels of symbolic links: a symlink loop (summary.json)"
     else:
         (out / "summary.json").symlink_to(tmp_path / "gone" / "summary.json")
         reason = f"No such file or directory: {tmp_path / 'gone'}, its target's folder (summary.json)"
