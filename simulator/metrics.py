@@ -154,17 +154,18 @@ def steps_until_share(
 
 # -- two models (RouteLLM) -------------------------------------------------------------------------------
 def pgr(quality: float | np.ndarray, q_weak: float, q_strong: float) -> float | np.ndarray:
-    """Performance gap recovered: (q − q_weak) / (q_strong − q_weak); NaN when the two models are equally good
-    (there is no gap to recover)."""
+    """Performance gap recovered: (q − q_weak) / (q_strong − q_weak); NaN when the model called strong is not
+    better (q_strong ≤ q_weak, in a seed where the better one on the mean is worse): there is no gap to recover, and
+    a negative one would rank a higher quality as less recovered."""
     if not _has_gap(q_weak, q_strong):
         return np.full_like(np.asarray(quality, dtype=np.float64), np.nan)[()]
     return (quality - q_weak) / (q_strong - q_weak)
 
 
 def _has_gap(q_weak: float, q_strong: float) -> bool:
-    """Whether there is a quality gap to recover (PGR's denominator q_strong − q_weak is finite and not 0)."""
+    """Whether there is a quality gap to recover: PGR's denominator q_strong − q_weak is finite and > 0."""
     gap = q_strong - q_weak
-    return gap != 0 and math.isfinite(gap)
+    return gap > 0 and math.isfinite(gap)
 
 
 def share_curve(
@@ -215,8 +216,9 @@ def share_at_quality(shares: Floats, qualities: Floats, target: float) -> float 
 def cpt(shares: Floats, qualities: Floats, q_weak: float, q_strong: float, level: float) -> float | None:
     """Call-performance threshold: the smallest strong-call share with PGR ≥ `level` (e.g. 0.5 for CPT(50%)).
 
-    None when the two models are equally good: PGR is undefined there (`pgr`), and every level was "reached" at a
-    share of 0. With a gap the curve reaches every level by its anchor (1, q_strong), so None means no gap."""
+    None when the strong model is not better (q_strong ≤ q_weak): PGR is undefined there (`pgr`), and every level
+    was "reached" at a share of 0. With a gap the curve reaches every level by its anchor (1, q_strong), so None
+    means no gap."""
     if not _has_gap(q_weak, q_strong):
         return None
     s, q = share_curve(shares, qualities, q_weak, q_strong)

@@ -163,6 +163,8 @@ def two_model_metrics(result: SimulationResult) -> dict[str, Any] | None:
     strong, weak = (names[0], names[1]) if q_mean[0] >= q_mean[1] else (names[1], names[0])
     ks, kw = names.index(strong), names.index(weak)
     per_policy: dict[str, dict[str, list[float | None]]] = {}
+    gaps = [fixed[(f"fixed:{strong}", s)].mean_quality - fixed[(f"fixed:{weak}", s)].mean_quality
+            for s in result.plan.seeds]
 
     def add(
         policy: str,
@@ -214,6 +216,9 @@ def two_model_metrics(result: SimulationResult) -> dict[str, Any] | None:
             "quality) points with the weak and strong models as anchors; oracle = RouteLLM's optimal curve "
             "(its cost saving: from its points over the cost weights)",
             "policies": {p: {k: _ci(v) for k, v in values.items()} for p, values in per_policy.items()},
+            # the seeds where PGR, APGR and CPT are undefined (no gap to recover: `metrics.pgr`)
+            "n_seeds_equal_quality": sum(1 for g in gaps if g == 0),
+            "n_seeds_strong_worse": sum(1 for g in gaps if g < 0),
         }
     )
 

@@ -173,11 +173,15 @@ def markdown(data: dict[str, Any]) -> str:
             ]
             lines.append(f"| {p} | " + " | ".join(cells) + " |")
         lines.append("")
-        undefined = max((v["apgr"]["n_missing"] for v in tm["policies"].values()), default=0)
-        if undefined:
+        equal, worse = tm.get("n_seeds_equal_quality"), tm.get("n_seeds_strong_worse", 0)
+        if equal is None:  # a summary.json written before these counts: every undefined seed was an equal one
+            equal = max((v["apgr"]["n_missing"] for v in tm["policies"].values()), default=0)
+        if equal or worse:
+            why = [f"the same mean quality in {equal} seed(s)"] if equal else []
+            why += [f"strong model worse in {worse} seed(s), though better over all seeds"] if worse else []
             lines += [
-                f"PGR, APGR and CPT are undefined in {undefined} of {len(data['seeds'])} seed(s): there the two models "
-                "have the same mean quality (q_strong = q_weak), so there is no quality gap to recover.",
+                f"PGR, APGR and CPT are undefined in {equal + worse} of {len(data['seeds'])} seed(s): there the strong "
+                f"model is not better (q_strong ≤ q_weak), so there is no quality gap to recover ({'; '.join(why)}).",
                 "",
             ]
         if strong_free:

@@ -144,3 +144,12 @@ def test_pgr_and_cost_saving_are_undefined_without_a_gap_or_a_cost() -> None:
     assert math.isnan(M.apgr([0.5], [0.7], 0.7, 0.7))  # equally good models: no gap to recover (was 0/0)
     assert M.cpt([0.5], [0.7], 0.7, 0.7, 0.5) is None  # was 0.0: every level of an undefined PGR "reached" at once
     assert M.cost_share_for_quality([0.0], [0.8], c_weak=0.0, c_strong=0.0, q_weak=0.6, q_strong=0.8) is None
+
+
+def test_pgr_apgr_and_cpt_are_undefined_where_the_strong_model_is_worse() -> None:
+    """A seed where the model called strong (the better one over all seeds) is worse: the target of every PGR level
+    lies below q_weak, so CPT read 0.0, a level "reached" with no strong call, and PGR ranked a higher quality as
+    less recovered. No gap to recover, as for equally good models."""
+    assert M.cpt([0.5], [0.65], 0.7, 0.6, 0.5) is None and M.cpt([0.5], [0.65], 0.7, 0.6, 0.8) is None  # were 0.0
+    assert math.isnan(M.apgr([0.5], [0.65], 0.7, 0.6)) and math.isnan(M.apgr_trapz([0.5], [0.65], 0.7, 0.6))
+    assert math.isnan(float(M.pgr(0.65, 0.7, 0.6)))

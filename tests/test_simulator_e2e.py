@@ -344,7 +344,33 @@ def test_two_free_or_equally_good_models_give_a_report_without_the_undefined_num
         for key in ("cpt50", "cpt80"):
             assert two["random"][key] == two["oracle"][key] == {"mean": None, "ci95": None, "n_missing": 2}
         assert row.split(" | ")[3:5] == ["undefined (no quality gap)"] * 2
-        assert "PGR, APGR and CPT are undefined in 2 of 2 seed(s): there the two models have the same mean" in section
+        assert ("PGR, APGR and CPT are undefined in 2 of 2 seed(s): there the strong model is not better (q_strong ≤ "
+                "q_weak), so there is no quality gap to recover (the same mean quality in 2 seed(s))." in section)
+
+
+def test_a_seed_where_the_strong_model_is_worse_has_no_cpt_and_says_so(tmp_path: Path) -> None:
+    """Two models 0.62 and 0.60 good on average, 30 prompts a seed: in one of 8 seeds the model called strong (the
+    better over all seeds) is worse, and its CPT read 0.0 (every PGR level "reached" with no strong call), pulling
+    the mean down without a word. It is undefined there now, and summary.md says in how many seeds and why."""
+    import random
+
+    rng = random.Random(3)
+    rows = [f"{i},prompt {i} about {rng.choice(['x', 'y', 'z'])},t,{rng.random() < 0.62:d},0.01,"
+            f"{rng.random() < 0.6:d},0.001" for i in range(400)]  # fmt: skip
+    table = tmp_path / "two.csv"
+    table.write_text("prompt_id,prompt,task,quality_a,cost_a,quality_b,cost_b\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    args = ["simulate", "--env", f"dataset:{table}", "--policies", "random", "--cost-weights", "0,10", "--seeds", "8",
+            "--steps", "30", "--workers", "1", "--quiet", "--no-plots", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    two = json.loads((out / "summary.json").read_text())["two_model"]
+    assert two["strong"] == "a" and two["n_seeds_strong_worse"] == 1 and two["n_seeds_equal_quality"] == 0
+    for policy in ("random", "oracle"):
+        assert all(two["policies"][policy][k]["n_missing"] == 1 for k in ("apgr", "apgr_trapz", "cpt50", "cpt80"))
+    assert ("PGR, APGR and CPT are undefined in 1 of 8 seed(s): there the strong model is not better (q_strong ≤ "
+            "q_weak), so there is no quality gap to recover (strong model worse in 1 seed(s), though better over "
+            "all seeds).") in (out / "summary.md").read_text()
 
 
 def test_a_fixed_policy_that_is_also_a_baseline_is_one_row_of_the_summary(tmp_path: Path) -> None:
