@@ -19,11 +19,21 @@ NOT_BANDITS = {"oracle", "random", "classifier"}
 KEYS = ("apgr", "apgr_trapz", "cpt50", "cpt80", "strong_share_at_95", "cost_saving_at_95")
 
 
-def cell(v: dict[str, Any]) -> str:
+NO_GAP_KEYS = ("apgr", "apgr_trapz", "cpt50", "cpt80")
+"""The metrics that are undefined (not never reached) in a seed without a quality gap, as summary.md writes them."""
+
+
+def cell(v: dict[str, Any], key: str) -> str:
+    """`0.612 ± 0.031`, with the seeds where the value is missing: `(k never)` for a level never reached, and for
+    PGR's metrics without a quality gap `undefined (no quality gap)`, as summary.md says."""
+    missing = v["n_missing"]
+    why = "no quality gap" if key in NO_GAP_KEYS else ""
     if v["mean"] is None:
-        return f"never ({v['n_missing']})"
+        return f"undefined ({why})" if why else f"never ({missing})"
     text = f"{v['mean']:.3f}" + ("" if v["ci95"] is None else f" ± {v['ci95']:.3f}")
-    return text + (f" ({v['n_missing']} never)" if v["n_missing"] else "")
+    if not missing:
+        return text
+    return text + (f" (undefined in {missing} seed(s): {why})" if why else f" ({missing} never)")
 
 
 def main() -> None:
@@ -48,7 +58,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|")
         order = sorted(policies, key=lambda p: (p != "oracle", policies[p]["strong_share_at_95"]["mean"] or 9))
         for p in order:
-            print(f"| {p} | " + " | ".join(cell(policies[p][k]) for k in KEYS) + " |")
+            print(f"| {p} | " + " | ".join(cell(policies[p][k], k) for k in KEYS) + " |")
         saving, calls = PUBLISHED[task]
         print(f"| RouteLLM, published (best router) | | | | | ≈ {calls:.2f} | {saving:.2f} |\n")
         bandits = {p: v for p, v in policies.items() if p not in NOT_BANDITS and v["strong_share_at_95"]["mean"]}
