@@ -224,6 +224,7 @@ def simulate(
 
     from .budgets import TargetPacers
     from .environments import EnvSpec
+    from .environments.dataset import check_split_values
     from .report import write_report
     from .runner import Plan
     from .runner import simulate as run_simulation
@@ -299,6 +300,10 @@ def simulate(
                                      "tenant only from a dataset's tenant column (--context-column tenant)",
                                      param_hint="--target")
         pacers = TargetPacers(targets) if targets else None
+        if str(settings["env"]).startswith("dataset:"):  # values refused, named as given: flags or config keys
+            check_split_values(str(settings["env"])[len("dataset:") :], options.get("split"),
+                               options.get("train_value"), options.get("eval_value"),
+                               from_config={k for k in keys if k in from_file and given[k] is None})
         plan = Plan(
             env=EnvSpec.parse(str(settings["env"]), **options),
             policies=tuple(policy_specs),

@@ -429,6 +429,24 @@ def test_split_values_with_a_random_split_are_refused_with_exit_status_2(tmp_pat
     assert not out.exists()
 
 
+def test_split_values_from_a_config_file_are_refused_naming_its_keys(tmp_path: Path) -> None:
+    """Values given in the config file (for `split = "task"`), refused with `--split random:0.5` on the command
+    line: the message said "--train-value 't' … leave them out", flags the user never typed. It names the file's
+    keys now, and the flag that was given."""
+    config = tmp_path / "run.toml"
+    config.write_text(f'env = "dataset:{SAMPLE}"\nsplit = "task"\ntrain_value = "t"\neval_value = "u"\n')
+    out = tmp_path / "run"
+    args = ["simulate", "--config", str(config), "--split", "random:0.5", "--policies", "random", "--seeds", "1",
+            "--no-plots", "--quiet", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())  # typer's box wraps long messages
+    assert ("train_value = 't' in --config and eval_value = 'u' in --config name values of a split column (--split "
+            "split_routerdc, or --split task), but --split random:0.5 draws a seeded random share") in output
+    assert "leave them out (of the config file), or give the column with --split" in output
+    assert "--train-value" not in output and not out.exists()
+
+
 def test_a_reaction_period_shorter_than_the_window_says_why_it_is_never(tmp_path: Path) -> None:
     """An outage of 100 steps with the default 200-step window: no window of decisions fits in it, so its reaction
     time is missing whatever the policy did, and every output said only "never" (the legend, in general terms).

@@ -27,7 +27,7 @@ Table format: `prompt_id, prompt, task, quality_<model>, cost_<model>` (USD per 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -131,21 +131,34 @@ def random_split(n: int, spec: str) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
-def _check_split_values(path: str | Path, split: str | None, train_value: str | None, eval_value: str | None) -> None:
+def check_split_values(
+    path: str | Path,
+    split: str | None,
+    train_value: str | None,
+    eval_value: str | None,
+    from_config: Collection[str] = (),
+) -> None:
     """Refuse `train_value`/`eval_value` where no split column is read: a random split (`random:<share>`) draws its
-    parts, and without a split every prompt is evaluated, so the values were ignored without a word."""
-    given = [f"--{name}-value {value!r}" for name, value in (("train", train_value), ("eval", eval_value))
+    parts, and without a split every prompt is evaluated, so the values were ignored without a word. The message
+    names each setting as it was given: a flag (`--train-value 't'`), or the key of a config file (`train_value =
+    't'` in --config) for those in `from_config` (`split`, `train_value`, `eval_value`)."""
+
+    def named(key: str, value: str) -> str:
+        return f"{key} = {value!r} in --config" if key in from_config else f"--{key.replace('_', '-')} {value!r}"
+
+    given = [named(key, value) for key, value in (("train_value", train_value), ("eval_value", eval_value))
              if value is not None]
     if not given or (split and not split.startswith("random:")):
         return
     if split:
-        why = (f"--split {split} draws a seeded random share of the prompts as the training part and reads no "
-               "split column")
+        how = f"split = {split!r} in --config" if "split" in from_config else f"--split {split}"
+        why = f"{how} draws a seeded random share of the prompts as the training part and reads no split column"
     else:
         why = "without --split there is no training part and every prompt is evaluated"
     name = "name values" if len(given) > 1 else "names a value"
+    where = "" if not {"train_value", "eval_value"} & set(from_config) else " (of the config file)"
     raise InvalidInput(f"{path}: {' and '.join(given)} {name} of a split column (--split split_routerdc, or "
-                       f"--split task), but {why}: leave them out, or give the column with --split")
+                       f"--split task), but {why}: leave them out{where}, or give the column with --split")
 
 
 def load_dataset(
@@ -193,7 +206,7 @@ def load_dataset(
     for column in context_columns:
         if column != "task" and column not in table.columns:
             raise InvalidInput(f"{path}: no column {column!r} for the context")
-    _check_split_values(path, split, train_value, eval_value)
+    check_split_values(path, split, train_value, eval_value)
     if split and split.startswith("random:"):
         train_rows, eval_rows = random_split(len(table), split)
     elif split:
