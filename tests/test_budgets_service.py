@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -707,12 +708,17 @@ def test_a_stored_state_that_does_not_load_is_not_saved_over(tmp_path: Path, cap
 @pytest.mark.parametrize("row", [
     {BUDGETS_STATE: '{"format": "bandit-router-budgets/2", "config": {}}'},  # another version's format
     {BUDGETS_CONFIG: '{"spend_usd": '},  # a damaged targets row
+    {BUDGETS_STATE: json.dumps({**BudgetPacer(BudgetConfig.from_mapping({"spend_usd": "5/1d"})).state(),
+                                "global": {"requests": math.inf, "spend_usd": 0.0, "last_time": None,
+                                           "gap_s": None, "targets": {}}})},  # Infinity requests: not a traceback
 ])
 def test_serve_checks_the_files_budgets_when_the_stored_rows_do_not_load(tmp_path: Path, row: dict[str, str]) -> None:
     """The start checks the file's `[budgets]` only while no budget targets are stored, since stored ones replace
     it; but it skipped the check whenever a budget row was there, and a row that does not load leaves the start on
     the file's `[budgets]`: a typo'd `fallback_model` started unchecked and was the pacer's fallback. A stored row
-    counts only when it loads (as the start loads it), so `serve` refuses the typo: one line, exit status 2."""
+    counts only when it loads (as the start loads it), so `serve` refuses the typo: one line, exit status 2. A
+    damaged state row holding `Infinity` where an integer is stored raised OverflowError, which neither loading
+    caught: `serve` (and `check --config`) died with a traceback; it is a row that does not load now."""
     db = tmp_path / "router.db"
     store = open_store(db)
     store.prepare()

@@ -889,7 +889,7 @@ class BudgetPacer:
                                if float(t) not in fresh._exceedance}
         except InvalidInput:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # Overflow: int(Infinity)
             raise InvalidInput(f"corrupt budget pacer state: {exc!r}") from exc
         with self._lock:
             self._config, self._global, self._tenants = fresh._config, fresh._global, fresh._tenants

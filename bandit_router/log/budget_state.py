@@ -54,8 +54,9 @@ BUDGETS_STATE = "budgets_state"
 BUDGETS_CONFIG = "budgets_config"
 """Meta key: the targets set by the last PUT /v1/budgets (JSON); other workers pick them up within
 `FOLLOW_EVERY_S`."""
-UNLOADABLE = (InvalidInput, ValueError)
-"""What loading a stored budget row raises when it does not load (its JSON, or what it holds)."""
+UNLOADABLE = (InvalidInput, ValueError, OverflowError)
+"""What loading a stored budget row raises when it does not load (its JSON, or what it holds: `Infinity`, which
+JSON decoding takes, where an integer is stored)."""
 SAVE_EVERY_S = 5.0
 FOLLOW_EVERY_S = 1.0
 DECISIONS_EVERY_S = 0.05
