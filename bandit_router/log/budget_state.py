@@ -321,7 +321,7 @@ class BudgetState:
                 targets = json.loads(config)
                 if targets != self.pacer.config.to_mapping() and (  # a PUT after the last state save; the same
                         loaded_state is None or targets != loaded_state["config"]):  # as the state's: loaded once
-                    refused = bool(self.pacer.configure_stored(targets)) or refused
+                    refused = bool(self.pacer.configure_stored(targets))  # they replace the state's: only theirs
                     changed = changed or targets != self.pacer.config.to_mapping()
                 self._config_json = config
                 source = "stored"
