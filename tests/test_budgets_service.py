@@ -379,7 +379,64 @@ def test_a_refused_target_stays_stored_when_a_newer_replica_saves_during_the_sta
         restarted.recover(cast(Any, SimpleNamespace()))
         assert restarted.pacer.config.describe() == ["avg_cost_usd=0.004", "spend_usd=50/1d", "spend_usd=900/1w"]
         week = next(t for t in restarted.pacer.report()["global"]["targets"] if t["target"].endswith("/1w"))
-        assert week["realized"] == pytest.approx(600.0)  # as the older replica read it: it books nothing to it
+        assert week["realized"] == pytest.approx(601.0)  # as the newer replica stored it last (`save` reads it)
+    finally:
+        newer_store.close()
+        older_store.close()
+
+
+def _older_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This code as a version that refuses the period `1w` (a newer version's `900/1w`)."""
+    real = budget_config.parse_target
+
+    def older_parse(text: str, **kw: Any) -> Any:
+        if text.strip().endswith("/1w"):
+            raise InvalidInput(f"target {text!r}: unknown period '1w'")
+        return real(text, **kw)
+
+    monkeypatch.setattr(budget_config, "parse_target", older_parse)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("older_joins", ["following a PUT", "starting after the PUT"])
+def test_an_older_replica_saves_a_refused_target_as_the_newer_replica_stored_it_last(
+        tmp_path: Path, backend: str, older_joins: str, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas of two versions on one database; a PUT on the newer sets `900/1w`, which the older refuses. The
+    older replica's saves stored that target's state as it had it: none when it had followed the PUT's targets
+    (its next save wrote the target without its state, and the newer replica's restart paced it from 0), and as it
+    loaded it when it started after the newer stored 600 USD (it wrote 600 back every 5 s over the newer's growing
+    spend). Its save reads the state row in its transaction and keeps the left-out target's state as stored then."""
+    db: Path | str = tmp_path / "mixed.db" if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
+    newer_store, older_store = open_store(db), open_store(db)
+    newer_store.prepare()
+    try:
+        newer = BudgetState(newer_store, BudgetPacer(), shared=True)
+        newer.recover(cast(Any, SimpleNamespace()))
+        older = BudgetState(older_store, BudgetPacer(), shared=True)
+        with monkeypatch.context() as older_version:
+            _older_version(older_version)
+            older.recover(cast(Any, SimpleNamespace()))
+        with newer_store.write() as tx:  # PUT on the newer replica
+            newer.configure(tx, BudgetConfig.from_mapping({"tenants": {"acme": {"spend_usd": ["50/1d", "900/1w"]}}}))
+        newer.pacer.spend(600.0, "acme")
+        newer.save(force=True)
+        with monkeypatch.context() as older_version:
+            _older_version(older_version)
+            if older_joins == "following a PUT":
+                older._next_follow = 0.0
+                older.housekeeping()
+            else:
+                older = BudgetState(older_store, BudgetPacer(), shared=True)
+                older.recover(cast(Any, SimpleNamespace()))
+            assert older.pacer.config.describe() == ["@acme:spend_usd=50/1d"]
+            newer.pacer.spend(200.0, "acme")
+            newer.save(force=True)
+            older.save(force=True)  # its periodic save
+        restarted = BudgetState(newer_store, BudgetPacer(), shared=True)
+        restarted.recover(cast(Any, SimpleNamespace()))
+        week = next(t for t in restarted.pacer.report()["tenants"]["acme"]["targets"] if t["target"].endswith("/1w"))
+        assert week["realized"] == pytest.approx(800.0)
     finally:
         newer_store.close()
         older_store.close()

@@ -613,9 +613,18 @@ class _LeftOut:
     tenants: dict[str, Any] = dataclass_field(default_factory=dict)
     exceedance: dict[str, Any] = dataclass_field(default_factory=dict)
 
-    def add_to(self, state: dict[str, Any]) -> dict[str, Any]:
-        """`state` (a `state()`) with what was left out put back, as stored (copies)."""
-        state["config"] = copy.deepcopy(dict(self.config))
+    def add_to(self, state: dict[str, Any], stored: Any = None) -> dict[str, Any]:
+        """`state` (a `state()`) with what was left out put back, as stored (copies). `stored`: the state row as
+        stored now (decoded), if known: when it holds the same config, a process that paces the left-out targets (a
+        newer replica) may have stored them since this one loaded them (or it followed their config, `configure_
+        stored`, without their states), so what this pacer's state lacks is taken from it as stored now."""
+        config = copy.deepcopy(dict(self.config))
+        if isinstance(stored, Mapping) and stored.get("format") == STATE_FORMAT and stored.get("config") == config:
+            try:
+                return _with_what_it_lacks({**state, "config": config}, stored)
+            except (KeyError, TypeError, AttributeError) as exc:
+                log.warning("the stored budget state's left-out targets were not read (%s); saved as loaded", exc)
+        state["config"] = config
         for tenant, targets in self.targets.items():
             scope = state["global"] if tenant is None else state["tenants"].get(tenant)
             if scope is not None:
@@ -625,6 +634,19 @@ class _LeftOut:
         for threshold, stats in self.exceedance.items():
             state["exceedance"].setdefault(threshold, copy.deepcopy(stats))
         return state
+
+
+def _with_what_it_lacks(state: dict[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """`state` with what `stored` (a state of the same config) has and it lacks, copied: the targets' states of its
+    scopes, its tenants' scopes and its latency thresholds' statistics (the targets this version left out)."""
+    def scope(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
+        return {**mine, "targets": {**copy.deepcopy(dict(theirs["targets"])), **mine["targets"]}}
+
+    tenants = dict(state["tenants"])
+    for name, theirs in stored["tenants"].items():
+        tenants[name] = scope(tenants[name], theirs) if name in tenants else copy.deepcopy(theirs)
+    return {**state, "global": scope(state["global"], stored["global"]), "tenants": tenants,
+            "exceedance": {**copy.deepcopy(dict(stored["exceedance"])), **state["exceedance"]}}
 
 
 class BudgetPacer:
@@ -836,9 +858,10 @@ class BudgetPacer:
         return out
 
     # -- state ------------------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state(self, stored: Any = None) -> dict[str, Any]:
         """The config and everything learned, as plain JSON types (`json.dumps` works as is). With what the loaded
-        state's targets this version refuses left out (`load`), as stored: the config as stored and their states."""
+        state's targets this version refuses left out (`load`), as stored: the config as stored and their states,
+        taken from `stored` (the state row as stored now, decoded) when it holds that config (`_LeftOut.add_to`)."""
         with self._lock:
             state = {
                 "format": STATE_FORMAT,
@@ -849,7 +872,7 @@ class BudgetPacer:
                     repr(t): {m: list(v) for m, v in stats.items()} for t, stats in self._exceedance.items()
                 },
             }
-            return state if self._left_out is None else self._left_out.add_to(state)
+            return state if self._left_out is None else self._left_out.add_to(state, stored)
 
     def load(self, state: Mapping[str, Any]) -> dict[str | None, list[str]]:
         """Replace the config and everything learned by a `state()` (a restart continues where it stopped).

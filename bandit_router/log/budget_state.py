@@ -267,19 +267,20 @@ class BudgetState:
         rewrite does (`_store_as_loaded`): in one transaction that reads the targets row again first. If another
         process stored targets since this one last read them (a PUT, a start storing them as loaded), nothing is
         written: its state row is newer, and `housekeeping` follows the targets within `FOLLOW_EVERY_S`, then saves.
-        Targets this process left out stay in the row with their stored state (`BudgetPacer.state`)."""
+        Targets this process left out stay in the row with their state as stored now: read in the same transaction
+        (`BudgetPacer.state(stored)`: a newer replica that paces them may have stored them since)."""
         now = time.monotonic()
         if not self._stored or (not force and now < self._next_save):
             return
         self._next_save = now + SAVE_EVERY_S
         try:
-            state = self.pacer.state()
             with self.store.write() as tx:
                 if tx.get_meta(BUDGETS_CONFIG) != self._targets_seen:
                     self._say("save-stale", logging.INFO, "the stored budget targets changed since this process read "
                               "them (another process stored them); its state is saved once it follows them")
                     return
-                tx.set_meta(BUDGETS_STATE, json.dumps(state))
+                stored = _decoded(tx.get_meta(BUDGETS_STATE))
+                tx.set_meta(BUDGETS_STATE, json.dumps(self.pacer.state(stored)))
         except StoreError as exc:
             self._say("save", logging.ERROR, "saving the budget state failed (will retry): %s", exc)
 
@@ -383,6 +384,14 @@ def _loads(row: str | None, load: Callable[[Any], object]) -> bool:
     except UNLOADABLE:
         return False
     return True
+
+
+def _decoded(row: str | None) -> Any:
+    """A stored row's JSON, or None when there is none or it is not JSON."""
+    try:
+        return None if row is None else json.loads(row)
+    except ValueError:
+        return None
 
 
 def chain_spend(call: CallRecord | None) -> float | None:
