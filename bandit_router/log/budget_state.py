@@ -38,6 +38,7 @@ from typing import Any
 
 from ..budgets import BudgetConfig, BudgetPacer
 from ..budgets.config import quietly
+from ..budgets.pacer import STATE_FORMAT
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput
 from ..router import Router
@@ -97,6 +98,14 @@ class BudgetState:
         self._next_save = 0.0
         self._next_follow = 0.0
         self._say = RateLimitedLog(log)
+        self.unsaved: str | None = None
+        """Why the pacer's state is not saved (the state row is another version's: `not_saved_over`), else None;
+        shown by GET /v1/budgets and /readyz (`saving`)."""
+
+    def saving(self) -> dict[str, Any]:
+        """Whether the pacer's state is saved (`state_saved`), and why not (`state_unsaved_why`, else null)."""
+        why = self.unsaved
+        return {"state_saved": why is None, "state_unsaved_why": why}
 
     def configure(self, tx: WriteTx, config: BudgetConfig) -> None:
         """New targets (PUT /v1/budgets), stored in the transaction `tx`."""
@@ -106,6 +115,7 @@ class BudgetState:
         tx.set_meta(BUDGETS_STATE, json.dumps(self.pacer.state()))
         self._config_json = self._targets_seen = config_json
         self._stored = True
+        self.unsaved = None
 
     def mine(self, decision_id: str) -> None:
         """This process made `decision_id` (its pacer booked it already): call before the decision is stored."""
@@ -280,7 +290,13 @@ class BudgetState:
                               "them (another process stored them); its state is saved once it follows them")
                     return
                 stored = _decoded(tx.get_meta(BUDGETS_STATE))
+                why = not_saved_over(stored)
+                if why is not None:
+                    self.unsaved = why
+                    self._say("unsaved", logging.WARNING, "the budget state is not saved: %s", why)
+                    return
                 tx.set_meta(BUDGETS_STATE, json.dumps(self.pacer.state(stored)))
+            self.unsaved = None
         except StoreError as exc:
             self._say("save", logging.ERROR, "saving the budget state failed (will retry): %s", exc)
 
@@ -294,9 +310,10 @@ class BudgetState:
         refuses (one a newer version stored: `spend_usd=900/1mo`) is never rewritten away: the rows stay as stored
         (a newer version, or this one after a downgrade, loads it again), and each start says it again until a
         PUT /v1/budgets replaces the targets; the pacer's `state()` stores such a target's text and state again as
-        stored (`BudgetPacer.load`), so `save` keeps them too. A state row that does not load is not saved over
-        (`save` stores nothing until a PUT). The rows are stored again only if no other process stored them since
-        this start read them (`_store_as_loaded`)."""
+        stored (`BudgetPacer.load`), so `save` keeps them too. A state row that does not load is saved over (with
+        the state of what is paced: the targets row, else the configuration), unless it is another version's
+        (`not_saved_over`: then nothing is saved until a PUT, and `saving` says so). The rows are stored again only
+        if no other process stored them since this start read them (`_store_as_loaded`)."""
         source = "config"
         with self.store.read() as reader:
             state = reader.get_meta(BUDGETS_STATE)
@@ -305,6 +322,7 @@ class BudgetState:
         loaded_state: Any = None
         changed = False  # something stored did not load as stored (said by the loading)
         refused = False  # ... of which a target this version refuses: the rows are not rewritten
+        not_loaded: str | None = None  # why the state row did not load
         if state is not None:
             try:
                 saved = json.loads(state)
@@ -314,9 +332,7 @@ class BudgetState:
                 source = "stored"
                 self._stored = True
             except UNLOADABLE as exc:
-                log.warning("stored budget state not loaded (%s); using the configuration, and the stored state is "
-                            "left as stored, not saved over, until a PUT /v1/budgets replaces it", exc)
-                self._stored = False
+                not_loaded = str(exc)
         if config is not None:
             try:
                 targets = json.loads(config)
@@ -326,15 +342,24 @@ class BudgetState:
                     changed = changed or targets != self.pacer.config.to_mapping()
                 self._config_json = config
                 source = "stored"
+                self._stored = True  # the targets row's targets are paced: their state is saved
             except UNLOADABLE as exc:
                 log.warning("stored budget targets not loaded: %s", exc)
+        protected = None if state is None else not_saved_over(_decoded(state))
+        self.unsaved = protected if self._stored else None
+        if not_loaded is not None:
+            log.warning("stored budget state not loaded (%s); pacing %s, %s", not_loaded,
+                        "the stored targets (the row a PUT writes)" if source == "stored"
+                        else "the configuration's [budgets]",
+                        f"without saving the state: {protected}" if protected is not None
+                        else "whose state is saved over the row (it holds nothing any version loads)")
         if refused:  # the state's saves store them again as stored (`BudgetPacer.state`)
             log.warning("stored budget targets this version refuses are left stored, not paced (the rows are not "
                         "rewritten; a PUT /v1/budgets replaces them)")
         elif changed and self._store_as_loaded(
                 (state, config),
-                state_row=json.dumps(self.pacer.state())  # not over a state row that did not load
-                if state is None or loaded_state is not None else None,
+                state_row=json.dumps(self.pacer.state())  # not over another version's state row
+                if protected is None else None,
                 targets_row=json.dumps(self.pacer.config.to_mapping(), sort_keys=True)
                 if config is not None and self._config_json == config else None):
             log.info("stored the budget targets as loaded: %s", ", ".join(self.pacer.config.describe()) or "none")
@@ -384,6 +409,16 @@ def _loads(row: str | None, load: Callable[[Any], object]) -> bool:
     except UNLOADABLE:
         return False
     return True
+
+
+def not_saved_over(stored: Any) -> str | None:
+    """Why the state row `stored` (decoded) must not be saved over: it is a state in another format than this
+    version's (a newer version's), which a version that reads it loads again; else None (this version's format,
+    none, or a row that is not a JSON object with a format: a damaged one holds nothing any version loads)."""
+    if not isinstance(stored, dict) or stored.get("format") in (None, STATE_FORMAT):
+        return None
+    return (f"the stored budget state is in another version's format ({stored['format']!r}), which this version "
+            "does not save over (a PUT /v1/budgets replaces it); each start paces from no spend until then")
 
 
 def _decoded(row: str | None) -> Any:
