@@ -414,8 +414,8 @@ def _loads(row: str | None, load: Callable[[Any], object]) -> bool:
 def not_saved_over(stored: Any) -> str | None:
     """Why the state row `stored` (decoded) must not be saved over: it is a state in another format than this
     version's (a newer version's), which a version that reads it loads again; else None (this version's format,
-    none, or a row that is not a JSON object with a format: a damaged one holds nothing any version loads)."""
-    if not isinstance(stored, dict) or stored.get("format") in (None, STATE_FORMAT):
+    none, or a row that is not a JSON object with a format text: a damaged one holds nothing any version loads)."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("format"), str) or stored["format"] == STATE_FORMAT:
         return None
     return (f"the stored budget state is in another version's format ({stored['format']!r}), which this version "
             "does not save over (a PUT /v1/budgets replaces it); each start paces from no spend until then")
