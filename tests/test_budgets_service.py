@@ -737,6 +737,29 @@ def test_a_stored_setting_this_version_does_not_know_is_left_out_alone(
         store.close()
 
 
+def test_get_budgets_lists_the_stored_targets_this_version_leaves_out(
+        tmp_path: Path, make_client: Callable[..., TestClient]) -> None:
+    """GET /v1/budgets showed only the targets paced, so a stored target this version refuses (a newer version's
+    `spend_usd=900/1mo`) was invisible and a GET-then-PUT of `budgets` dropped it unawares. `left_out` lists such
+    targets (documented in the OpenAPI schema); a PUT replacing the targets empties it."""
+    store = open_store(tmp_path / "budgets.db")
+    store.prepare()
+    try:
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_CONFIG, json.dumps({"spend_usd": ["5/1d", "900/1mo"],
+                                                    "tenants": {"acme": {"spend_usd": "9/1mo"}}}))
+    finally:
+        store.close()
+    client = make_client()
+    reply = client.get("/v1/budgets").json()
+    assert reply["targets"] == ["spend_usd=5/1d"]
+    assert reply["left_out"] == ["spend_usd=900/1mo", "@acme:spend_usd=9/1mo"]
+    schema = client.get("/openapi.json").json()
+    assert "left_out" in schema["components"]["schemas"]["BudgetsOut"]["properties"]
+    put = client.put("/v1/budgets", json=reply["budgets"])
+    assert put.status_code == 200 and put.json()["left_out"] == []
+
+
 NEWER_FORMAT_ROW = '{"format": "bandit-router-budgets/2", "config": {"spend_usd": "10/1d"}}'
 
 

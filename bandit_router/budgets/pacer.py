@@ -609,6 +609,8 @@ class _LeftOut:
     Kept while the pacer paces that config: a new one (`configure`) drops it."""
 
     config: Mapping[str, Any]
+    texts: list[str] = dataclass_field(default_factory=list)
+    """The left-out targets' texts as the warning names them, a tenant's prefixed `@tenant:` (`left_out`)."""
     targets: dict[str | None, dict[str, Any]] = dataclass_field(default_factory=dict)
     tenants: dict[str, Any] = dataclass_field(default_factory=dict)
     exceedance: dict[str, Any] = dataclass_field(default_factory=dict)
@@ -634,6 +636,11 @@ class _LeftOut:
         for threshold, stats in self.exceedance.items():
             state["exceedance"].setdefault(threshold, copy.deepcopy(stats))
         return state
+
+
+def _texts(dropped: Mapping[str | None, Sequence[str]]) -> list[str]:
+    """`BudgetConfig.from_stored`'s left-out targets per scope as one list of texts, a tenant's prefixed `@tenant:`."""
+    return [text if tenant is None else f"@{tenant}:{text}" for tenant, texts in dropped.items() for text in texts]
 
 
 def _with_what_it_lacks(state: dict[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
@@ -692,7 +699,7 @@ class BudgetPacer:
         with self._lock:
             left = self._left_out
             if left is None or left.config != data:
-                left = _LeftOut(copy.deepcopy(dict(data))) if dropped else None
+                left = _LeftOut(copy.deepcopy(dict(data)), _texts(dropped)) if dropped else None
             self._configure(config, left)
         return dropped
 
@@ -713,6 +720,12 @@ class BudgetPacer:
                 c.target.max_s for s in self._scopes_all() for c in s.controls.values() if isinstance(c.target, Latency)
             }
             self._exceedance = {t: self._exceedance.get(t, {}) for t in sorted(thresholds)}
+
+    def left_out(self) -> list[str]:
+        """The stored targets this version refuses, left out of the pacing and stored again as stored (`load`,
+        `configure_stored`), a tenant's prefixed `@tenant:`; empty when none (a PUT of `config` drops them)."""
+        with self._lock:
+            return [] if self._left_out is None else list(self._left_out.texts)
 
     def set_targets(self, targets: Sequence[Target | str], *, tenant: str | None = None) -> None:
         """Replace the targets of one scope (all traffic, or `tenant`'s); an empty list removes a tenant's."""
@@ -890,7 +903,7 @@ class BudgetPacer:
         try:
             config, dropped = BudgetConfig.from_stored(state["config"])
             fresh = BudgetPacer(config, clock=self._clock)
-            left = _LeftOut(copy.deepcopy(dict(state["config"])))
+            left = _LeftOut(copy.deepcopy(dict(state["config"])), _texts(dropped))
             left.targets[None] = fresh._global.load(state["global"], dropped=None in dropped)
             for name, scope_state in state["tenants"].items():
                 tenant = tenant_named(name)  # a state saved before `@5.0:` meant tenant 5 calls it "5.0"
