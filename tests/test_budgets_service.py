@@ -760,6 +760,32 @@ def test_get_budgets_lists_the_stored_targets_this_version_leaves_out(
     assert put.status_code == 200 and put.json()["left_out"] == []
 
 
+def test_no_refused_target_is_said_left_stored_when_a_put_replaced_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The state row holds targets with one this version refuses (`spend_usd=9/1mo`), the targets row a later PUT's
+    targets without it (the PUT came after the last save). The start paces the PUT's targets, and said that stored
+    targets it refuses are left stored until a PUT replaces them, which one already had (and the state's loading
+    said the target was left out and stays stored). It says nothing of the kind now, and stores the rows as it
+    loaded them (the refused target went with the PUT)."""
+    store = open_store(tmp_path / "replaced.db")
+    store.prepare()
+    before_put = BudgetPacer(BudgetConfig.from_mapping({"spend_usd": ["5/1d", "9/1w"]}))
+    try:
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, json.dumps(before_put.state()).replace("/1w", "/1mo"))
+            tx.set_meta(BUDGETS_CONFIG, json.dumps({"spend_usd": "6/1d"}, sort_keys=True))
+        started = BudgetState(store, BudgetPacer())
+        with caplog.at_level(logging.INFO, logger="bandit_router"):
+            assert started.recover(cast(Any, SimpleNamespace())) == "stored"
+        assert started.pacer.config.describe() == ["spend_usd=6/1d"]
+        assert "left stored" not in caplog.text and "stored the budget targets as loaded" in caplog.text
+        assert "left out the stored target" not in caplog.text  # the state's targets, which the PUT replaced
+        with store.read() as reader:
+            assert json.loads(reader.get_meta(BUDGETS_STATE) or "{}")["config"]["spend_usd"] == "6/1d"
+    finally:
+        store.close()
+
+
 NEWER_FORMAT_ROW = '{"format": "bandit-router-budgets/2", "config": {"spend_usd": "10/1d"}}'
 
 

@@ -30,6 +30,7 @@ they read it there, after the decisions (`Reader.judge_calls_after`, in storage 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -326,7 +327,8 @@ class BudgetState:
         if state is not None:
             try:
                 saved = json.loads(state)
-                refused = bool(self.pacer.load(saved))
+                with quietly() if _replaced(saved, _decoded(config)) else contextlib.nullcontext():
+                    refused = bool(self.pacer.load(saved))
                 loaded_state = saved
                 changed = saved["config"] != self.pacer.config.to_mapping()
                 source = "stored"
@@ -409,6 +411,19 @@ def _loads(row: str | None, load: Callable[[Any], object]) -> bool:
     except UNLOADABLE:
         return False
     return True
+
+
+def _replaced(saved: Any, targets: Any) -> bool:
+    """The stored targets row `targets` (decoded) replaces the targets of the stored state `saved` at start (a PUT
+    after the state's last save: neither its config as stored nor as this version loads it, `recover`): what the
+    state's config leaves out is then not said (it is not kept)."""
+    if not isinstance(saved, dict) or not isinstance(targets, dict) or targets == saved.get("config"):
+        return False
+    try:
+        with quietly():
+            return targets != BudgetConfig.from_stored(saved["config"])[0].to_mapping()
+    except (*UNLOADABLE, KeyError, TypeError, AttributeError):
+        return False
 
 
 def not_saved_over(stored: Any) -> str | None:
