@@ -322,6 +322,22 @@ def test_a_left_out_latency_target_takes_its_exceedance_statistics_with_it() -> 
     assert loaded.state() == saved
 
 
+def test_one_refused_element_of_a_stored_list_or_share_table_leaves_out_only_itself() -> None:
+    """A stored `spend_usd` list or `share` table with one element in a form this version refuses (a newer
+    version's `{"usd": 900, "period": "1mo"}`) was left out whole: its valid siblings were not paced either, while
+    the same refusal in text form (`"900/1mo"`) left out only itself. Each element loads or is left out alone; the
+    stored config is kept as stored (`state()`)."""
+    stored = {"spend_usd": ["5/1d", {"usd": 900, "period": "1mo"}], "share": {"gpt-4o": 0.3, "claude*": True},
+              "tenants": {"acme": {"spend_usd": ["7/1d", "900/1mo"]}}}
+    config, dropped = BudgetConfig.from_stored(stored)
+    assert config.describe() == ["spend_usd=5/1d", "share:gpt-4o=0.3", "@acme:spend_usd=7/1d"]
+    assert dropped == {None: ['spend_usd={"usd": 900, "period": "1mo"}', "share:claude*=true"],
+                       "acme": ["spend_usd=900/1mo"]}
+    pacer = BudgetPacer()
+    pacer.configure_stored(stored)
+    assert pacer.state()["config"] == stored
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 0.0, -1.0])
 def test_a_stored_multiplier_that_is_not_a_positive_finite_number_is_reset(
         bad: float, caplog: pytest.LogCaptureFixture) -> None:

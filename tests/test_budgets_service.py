@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -378,7 +379,64 @@ def test_a_refused_target_stays_stored_when_a_newer_replica_saves_during_the_sta
         restarted.recover(cast(Any, SimpleNamespace()))
         assert restarted.pacer.config.describe() == ["avg_cost_usd=0.004", "spend_usd=50/1d", "spend_usd=900/1w"]
         week = next(t for t in restarted.pacer.report()["global"]["targets"] if t["target"].endswith("/1w"))
-        assert week["realized"] == pytest.approx(600.0)  # as the older replica read it: it books nothing to it
+        assert week["realized"] == pytest.approx(601.0)  # as the newer replica stored it last (`save` reads it)
+    finally:
+        newer_store.close()
+        older_store.close()
+
+
+def _older_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This code as a version that refuses the period `1w` (a newer version's `900/1w`)."""
+    real = budget_config.parse_target
+
+    def older_parse(text: str, **kw: Any) -> Any:
+        if text.strip().endswith("/1w"):
+            raise InvalidInput(f"target {text!r}: unknown period '1w'")
+        return real(text, **kw)
+
+    monkeypatch.setattr(budget_config, "parse_target", older_parse)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("older_joins", ["following a PUT", "starting after the PUT"])
+def test_an_older_replica_saves_a_refused_target_as_the_newer_replica_stored_it_last(
+        tmp_path: Path, backend: str, older_joins: str, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas of two versions on one database; a PUT on the newer sets `900/1w`, which the older refuses. The
+    older replica's saves stored that target's state as it had it: none when it had followed the PUT's targets
+    (its next save wrote the target without its state, and the newer replica's restart paced it from 0), and as it
+    loaded it when it started after the newer stored 600 USD (it wrote 600 back every 5 s over the newer's growing
+    spend). Its save reads the state row in its transaction and keeps the left-out target's state as stored then."""
+    db: Path | str = tmp_path / "mixed.db" if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
+    newer_store, older_store = open_store(db), open_store(db)
+    newer_store.prepare()
+    try:
+        newer = BudgetState(newer_store, BudgetPacer(), shared=True)
+        newer.recover(cast(Any, SimpleNamespace()))
+        older = BudgetState(older_store, BudgetPacer(), shared=True)
+        with monkeypatch.context() as older_version:
+            _older_version(older_version)
+            older.recover(cast(Any, SimpleNamespace()))
+        with newer_store.write() as tx:  # PUT on the newer replica
+            newer.configure(tx, BudgetConfig.from_mapping({"tenants": {"acme": {"spend_usd": ["50/1d", "900/1w"]}}}))
+        newer.pacer.spend(600.0, "acme")
+        newer.save(force=True)
+        with monkeypatch.context() as older_version:
+            _older_version(older_version)
+            if older_joins == "following a PUT":
+                older._next_follow = 0.0
+                older.housekeeping()
+            else:
+                older = BudgetState(older_store, BudgetPacer(), shared=True)
+                older.recover(cast(Any, SimpleNamespace()))
+            assert older.pacer.config.describe() == ["@acme:spend_usd=50/1d"]
+            newer.pacer.spend(200.0, "acme")
+            newer.save(force=True)
+            older.save(force=True)  # its periodic save
+        restarted = BudgetState(newer_store, BudgetPacer(), shared=True)
+        restarted.recover(cast(Any, SimpleNamespace()))
+        week = next(t for t in restarted.pacer.report()["tenants"]["acme"]["targets"] if t["target"].endswith("/1w"))
+        assert week["realized"] == pytest.approx(800.0)
     finally:
         newer_store.close()
         older_store.close()
@@ -679,40 +737,196 @@ def test_a_stored_setting_this_version_does_not_know_is_left_out_alone(
         store.close()
 
 
-def test_a_stored_state_that_does_not_load_is_not_saved_over(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A state row this start cannot load (another format, a damaged row) made it pace the file's `[budgets]`, and
-    its first periodic save wrote the file's state over the stored row. The row is left as stored until a PUT."""
+def test_get_budgets_lists_the_stored_targets_this_version_leaves_out(
+        tmp_path: Path, make_client: Callable[..., TestClient]) -> None:
+    """GET /v1/budgets showed only the targets paced, so a stored target this version refuses (a newer version's
+    `spend_usd=900/1mo`) was invisible and a GET-then-PUT of `budgets` dropped it unawares. `left_out` lists such
+    targets (documented in the OpenAPI schema); a PUT replacing the targets empties it."""
+    store = open_store(tmp_path / "budgets.db")
+    store.prepare()
+    try:
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_CONFIG, json.dumps({"spend_usd": ["5/1d", "900/1mo"],
+                                                    "tenants": {"acme": {"spend_usd": "9/1mo"}}}))
+    finally:
+        store.close()
+    client = make_client()
+    reply = client.get("/v1/budgets").json()
+    assert reply["targets"] == ["spend_usd=5/1d"]
+    assert reply["left_out"] == ["spend_usd=900/1mo", "@acme:spend_usd=9/1mo"]
+    schema = client.get("/openapi.json").json()
+    assert "left_out" in schema["components"]["schemas"]["BudgetsOut"]["properties"]
+    put = client.put("/v1/budgets", json=reply["budgets"])
+    assert put.status_code == 200 and put.json()["left_out"] == []
+
+
+def test_no_refused_target_is_said_left_stored_when_a_put_replaced_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The state row holds targets with one this version refuses (`spend_usd=9/1mo`), the targets row a later PUT's
+    targets without it (the PUT came after the last save). The start paces the PUT's targets, and said that stored
+    targets it refuses are left stored until a PUT replaces them, which one already had (and the state's loading
+    said the target was left out and stays stored). It says nothing of the kind now, and stores the rows as it
+    loaded them (the refused target went with the PUT)."""
+    store = open_store(tmp_path / "replaced.db")
+    store.prepare()
+    before_put = BudgetPacer(BudgetConfig.from_mapping({"spend_usd": ["5/1d", "9/1w"]}))
+    try:
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, json.dumps(before_put.state()).replace("/1w", "/1mo"))
+            tx.set_meta(BUDGETS_CONFIG, json.dumps({"spend_usd": "6/1d"}, sort_keys=True))
+        started = BudgetState(store, BudgetPacer())
+        with caplog.at_level(logging.INFO, logger="bandit_router"):
+            assert started.recover(cast(Any, SimpleNamespace())) == "stored"
+        assert started.pacer.config.describe() == ["spend_usd=6/1d"]
+        assert "left stored" not in caplog.text and "stored the budget targets as loaded" in caplog.text
+        assert "left out the stored target" not in caplog.text  # the state's targets, which the PUT replaced
+        with store.read() as reader:
+            assert json.loads(reader.get_meta(BUDGETS_STATE) or "{}")["config"]["spend_usd"] == "6/1d"
+    finally:
+        store.close()
+
+
+NEWER_FORMAT_ROW = '{"format": "bandit-router-budgets/2", "config": {"spend_usd": "10/1d"}}'
+
+
+@pytest.mark.parametrize("row", ["{not json", "[1, 2]", '{"format": "bandit-router-budgets/1", "config": {}}'])
+@pytest.mark.parametrize("targets_row", [False, True])
+def test_a_stored_state_that_does_not_load_is_saved_over(
+        tmp_path: Path, row: str, targets_row: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """A state row this start cannot load (not JSON, not an object, a damaged state) left the start without saving
+    its state until a PUT, even when the stored targets row loaded and was paced: every restart paced from 0 spent,
+    and the warning said "using the configuration". Such a row holds nothing any version loads: the state of what
+    is paced (the targets row, else the configuration's) is saved over it, and the next start goes on from it."""
     store = open_store(tmp_path / "unloaded.db")
     store.prepare()
-    row = '{"format": "bandit-router-budgets/2", "config": {}}'
     try:
         with store.write() as tx:
             tx.set_meta(BUDGETS_STATE, row)
+            if targets_row:
+                tx.set_meta(BUDGETS_CONFIG, json.dumps(BudgetConfig.from_mapping({"spend_usd": "10/1d"}).to_mapping(),
+                                                       sort_keys=True))
+        file = BudgetConfig.from_mapping({"spend_usd": "5/1d"})
+        started = BudgetState(store, BudgetPacer(file))
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            started.recover(cast(Any, SimpleNamespace()))
+        paced = "the stored targets" if targets_row else "the configuration's [budgets]"
+        assert "stored budget state not loaded" in caplog.text and f"pacing {paced}" in caplog.text
+        assert started.saving() == {"state_saved": True, "state_unsaved_why": None}
+        started.pacer.spend(7.0)
+        started.save(force=True)
+        again = BudgetState(store, BudgetPacer(file))
+        assert again.recover(cast(Any, SimpleNamespace())) == "stored"
+        assert again.pacer.config.describe() == ["spend_usd=10/1d" if targets_row else "spend_usd=5/1d"]
+        assert again.pacer.report()["global"]["spend_usd"] == pytest.approx(7.0)
+    finally:
+        store.close()
+
+
+def test_a_start_on_a_stored_targets_row_alone_saves_its_state(tmp_path: Path) -> None:
+    """No state row, a PUT's targets row, no `[budgets]` in the file: the start paced the targets row but never
+    saved its state (only a loaded state row or the file's targets let it), so each restart paced from 0 spent."""
+    store = open_store(tmp_path / "targets-only.db")
+    store.prepare()
+    try:
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_CONFIG, json.dumps(BudgetConfig.from_mapping({"spend_usd": "10/1d"}).to_mapping(),
+                                                   sort_keys=True))
+        for spent in (0.0, 7.0):
+            started = BudgetState(store, BudgetPacer())
+            assert started.recover(cast(Any, SimpleNamespace())) == "stored"
+            assert started.pacer.report()["global"]["spend_usd"] == pytest.approx(spent)
+            started.pacer.spend(7.0)
+            started.save(force=True)
+    finally:
+        store.close()
+
+
+def test_another_versions_state_row_is_not_saved_over_and_that_is_shown(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A state row in another version's format (a newer one's) is not saved over until a PUT replaces it, so the
+    state of what is paced is not saved meanwhile: `saving` says so (GET /v1/budgets, /readyz), and each save warns
+    at most once a minute."""
+    store = open_store(tmp_path / "newer.db")
+    store.prepare()
+    try:
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, NEWER_FORMAT_ROW)
         started = BudgetState(store, BudgetPacer(BudgetConfig.from_mapping({"spend_usd": "5/1d"})))
         with caplog.at_level(logging.WARNING, logger="bandit_router"):
             assert started.recover(cast(Any, SimpleNamespace())) == "config"
-        assert "stored budget state not loaded" in caplog.text and "not saved over" in caplog.text
-        started.pacer.spend(1.0)
-        started.save(force=True)
+            for _ in range(3):
+                started.pacer.spend(1.0)
+                started.save(force=True)
+        saving = started.saving()
+        assert saving["state_saved"] is False and "'bandit-router-budgets/2'" in saving["state_unsaved_why"]
+        assert "pacing the configuration's [budgets], without saving the state" in caplog.text
+        assert caplog.text.count("the budget state is not saved") == 1
         with store.read() as reader:
-            assert reader.get_meta(BUDGETS_STATE) == row
+            assert reader.get_meta(BUDGETS_STATE) == NEWER_FORMAT_ROW
         with store.write() as tx:  # a PUT replaces it
             started.configure(tx, BudgetConfig.from_mapping({"spend_usd": "7/1d"}))
+        assert started.saving()["state_saved"] is True
         with store.read() as reader:
             assert json.loads(reader.get_meta(BUDGETS_STATE) or "{}")["config"]["spend_usd"] == "7/1d"
     finally:
         store.close()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("row", ["{not json", NEWER_FORMAT_ROW])
+def test_a_real_server_on_a_state_row_that_does_not_load(tmp_path: Path, row: str) -> None:
+    """serve on a state row that does not load and a PUT's targets row: it paced the targets row, saved nothing
+    (not even on stop), and said nothing of it: two runs each spent what a target allowed a day. A damaged row is
+    saved over, so the second run goes on from the first's spend; another version's row is not, and GET
+    /v1/budgets and /readyz say so."""
+    db = tmp_path / "router.db"
+    store = open_store(db)
+    store.prepare()
+    try:
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, row)
+            tx.set_meta(BUDGETS_CONFIG, json.dumps({"tenants": {"acme": {"spend_usd": "10/1d"}}}))
+    finally:
+        store.close()
+    spent: list[float] = []
+    for run in ("first", "second"):
+        server = ServeProcess(tmp_path, _serve_command(), ["--db", str(db)], env={"BANDIT_ROUTER_SEED": "5"},
+                              log_name=run)
+        try:
+            server.wait_ready()
+            with httpx.Client(base_url=server.url) as http:
+                budgets = http.get("/v1/budgets").json()
+                ready = http.get("/readyz").json()
+                assert budgets["state_saved"] is (row != NEWER_FORMAT_ROW)
+                assert ready["budget_state"] == {key: budgets[key] for key in ("state_saved", "state_unsaved_why")}
+                assert budgets["report"]["tenants"]["acme"]["spend_usd"] == pytest.approx(spent[-1] if spent else 0.0)
+                for i in range(5):
+                    decision = http.post("/v1/route", json={"prompt": f"Sort list {i}", "context": {"tenant": "acme"}})
+                    http.post("/v1/feedback", json={"decision_id": decision.json()["decision_id"], "quality": 0.7,
+                                                    "cost_usd": 0.3})
+                spent.append(http.get("/v1/budgets").json()["report"]["tenants"]["acme"]["spend_usd"])
+            assert server.terminate() in (0, -15)
+        finally:
+            server.stop()
+        if row == NEWER_FORMAT_ROW:
+            spent.pop()  # nothing saved: the next run starts from none
+    assert spent == ([] if row == NEWER_FORMAT_ROW else [pytest.approx(1.5), pytest.approx(3.0)])
+
+
 @pytest.mark.parametrize("row", [
     {BUDGETS_STATE: '{"format": "bandit-router-budgets/2", "config": {}}'},  # another version's format
     {BUDGETS_CONFIG: '{"spend_usd": '},  # a damaged targets row
+    {BUDGETS_STATE: json.dumps({**BudgetPacer(BudgetConfig.from_mapping({"spend_usd": "5/1d"})).state(),
+                                "global": {"requests": math.inf, "spend_usd": 0.0, "last_time": None,
+                                           "gap_s": None, "targets": {}}})},  # Infinity requests: not a traceback
 ])
 def test_serve_checks_the_files_budgets_when_the_stored_rows_do_not_load(tmp_path: Path, row: dict[str, str]) -> None:
     """The start checks the file's `[budgets]` only while no budget targets are stored, since stored ones replace
     it; but it skipped the check whenever a budget row was there, and a row that does not load leaves the start on
     the file's `[budgets]`: a typo'd `fallback_model` started unchecked and was the pacer's fallback. A stored row
-    counts only when it loads (as the start loads it), so `serve` refuses the typo: one line, exit status 2."""
+    counts only when it loads (as the start loads it), so `serve` refuses the typo: one line, exit status 2. A
+    damaged state row holding `Infinity` where an integer is stored raised OverflowError, which neither loading
+    caught: `serve` (and `check --config`) died with a traceback; it is a row that does not load now."""
     db = tmp_path / "router.db"
     store = open_store(db)
     store.prepare()

@@ -123,12 +123,14 @@ def _targets_from_mapping(
     with a warning naming it, and its text appended to `dropped`; the others load."""
     texts: list[str] = []
     for key, value in data.items():
-        try:
-            texts += _target_texts(key, value, scope, also)
-        except InvalidInput as exc:
-            if dropped is None:
-                raise
-            _left_out(scope, f"{key}={json.dumps(value, default=repr)}", str(exc).removeprefix(f"{scope}: "), dropped)
+        for part, text in [(value, "")] if dropped is None else _stored_parts(key, value):
+            try:
+                texts += _target_texts(key, part, scope, also)
+            except InvalidInput as exc:
+                if dropped is None:
+                    raise
+                _left_out(scope, text or f"{key}={json.dumps(value, default=repr)}",
+                          str(exc).removeprefix(f"{scope}: "), dropped)
     if dropped is None:  # new input; stored data was taken without these limits
         for kind, most in (("spend_usd", MAX_SPENDS), ("share", MAX_SHARES)):
             count = sum(t.startswith(f"{kind}=" if kind == "spend_usd" else "share:") for t in texts)
@@ -140,6 +142,19 @@ def _targets_from_mapping(
         return _check_unique((t for text in texts if (t := _stored_target(text, scope, dropped)) is not None), scope)
     except InvalidInput as exc:
         raise InvalidInput(f"{scope}: {exc}") from None
+
+
+def _stored_parts(key: str, value: Any) -> list[tuple[Any, str]]:
+    """A stored key's value split into the parts that load or are refused alone, each with its text for the log
+    (empty: the key's): each element of a `spend_usd` list, each selector of a `share` table; any other value
+    whole. So one element this version refuses (a newer version's `{"usd": 900, "period": "1mo"}`) leaves out only
+    itself, not its siblings."""
+    if key == "share" and isinstance(value, Mapping):
+        return [({selector: share}, f"share:{selector}={json.dumps(share, default=repr)}")
+                for selector, share in value.items()]
+    if key == "spend_usd" and isinstance(value, list):
+        return [([element], f"spend_usd={json.dumps(element, default=repr)}") for element in value]
+    return [(value, "")]
 
 
 def _target_texts(key: str, value: Any, scope: str, also: Iterable[str]) -> list[str]:

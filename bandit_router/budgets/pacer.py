@@ -609,13 +609,24 @@ class _LeftOut:
     Kept while the pacer paces that config: a new one (`configure`) drops it."""
 
     config: Mapping[str, Any]
+    texts: list[str] = dataclass_field(default_factory=list)
+    """The left-out targets' texts as the warning names them, a tenant's prefixed `@tenant:` (`left_out`)."""
     targets: dict[str | None, dict[str, Any]] = dataclass_field(default_factory=dict)
     tenants: dict[str, Any] = dataclass_field(default_factory=dict)
     exceedance: dict[str, Any] = dataclass_field(default_factory=dict)
 
-    def add_to(self, state: dict[str, Any]) -> dict[str, Any]:
-        """`state` (a `state()`) with what was left out put back, as stored (copies)."""
-        state["config"] = copy.deepcopy(dict(self.config))
+    def add_to(self, state: dict[str, Any], stored: Any = None) -> dict[str, Any]:
+        """`state` (a `state()`) with what was left out put back, as stored (copies). `stored`: the state row as
+        stored now (decoded), if known: when it holds the same config, a process that paces the left-out targets (a
+        newer replica) may have stored them since this one loaded them (or it followed their config, `configure_
+        stored`, without their states), so what this pacer's state lacks is taken from it as stored now."""
+        config = copy.deepcopy(dict(self.config))
+        if isinstance(stored, Mapping) and stored.get("format") == STATE_FORMAT and stored.get("config") == config:
+            try:
+                return _with_what_it_lacks({**state, "config": config}, stored)
+            except (KeyError, TypeError, AttributeError) as exc:
+                log.warning("the stored budget state's left-out targets were not read (%s); saved as loaded", exc)
+        state["config"] = config
         for tenant, targets in self.targets.items():
             scope = state["global"] if tenant is None else state["tenants"].get(tenant)
             if scope is not None:
@@ -625,6 +636,24 @@ class _LeftOut:
         for threshold, stats in self.exceedance.items():
             state["exceedance"].setdefault(threshold, copy.deepcopy(stats))
         return state
+
+
+def _texts(dropped: Mapping[str | None, Sequence[str]]) -> list[str]:
+    """`BudgetConfig.from_stored`'s left-out targets per scope as one list of texts, a tenant's prefixed `@tenant:`."""
+    return [text if tenant is None else f"@{tenant}:{text}" for tenant, texts in dropped.items() for text in texts]
+
+
+def _with_what_it_lacks(state: dict[str, Any], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """`state` with what `stored` (a state of the same config) has and it lacks, copied: the targets' states of its
+    scopes, its tenants' scopes and its latency thresholds' statistics (the targets this version left out)."""
+    def scope(mine: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, Any]:
+        return {**mine, "targets": {**copy.deepcopy(dict(theirs["targets"])), **mine["targets"]}}
+
+    tenants = dict(state["tenants"])
+    for name, theirs in stored["tenants"].items():
+        tenants[name] = scope(tenants[name], theirs) if name in tenants else copy.deepcopy(theirs)
+    return {**state, "global": scope(state["global"], stored["global"]), "tenants": tenants,
+            "exceedance": {**copy.deepcopy(dict(stored["exceedance"])), **state["exceedance"]}}
 
 
 class BudgetPacer:
@@ -670,7 +699,7 @@ class BudgetPacer:
         with self._lock:
             left = self._left_out
             if left is None or left.config != data:
-                left = _LeftOut(copy.deepcopy(dict(data))) if dropped else None
+                left = _LeftOut(copy.deepcopy(dict(data)), _texts(dropped)) if dropped else None
             self._configure(config, left)
         return dropped
 
@@ -691,6 +720,12 @@ class BudgetPacer:
                 c.target.max_s for s in self._scopes_all() for c in s.controls.values() if isinstance(c.target, Latency)
             }
             self._exceedance = {t: self._exceedance.get(t, {}) for t in sorted(thresholds)}
+
+    def left_out(self) -> list[str]:
+        """The stored targets this version refuses, left out of the pacing and stored again as stored (`load`,
+        `configure_stored`), a tenant's prefixed `@tenant:`; empty when none (a PUT of `config` drops them)."""
+        with self._lock:
+            return [] if self._left_out is None else list(self._left_out.texts)
 
     def set_targets(self, targets: Sequence[Target | str], *, tenant: str | None = None) -> None:
         """Replace the targets of one scope (all traffic, or `tenant`'s); an empty list removes a tenant's."""
@@ -836,9 +871,10 @@ class BudgetPacer:
         return out
 
     # -- state ------------------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
+    def state(self, stored: Any = None) -> dict[str, Any]:
         """The config and everything learned, as plain JSON types (`json.dumps` works as is). With what the loaded
-        state's targets this version refuses left out (`load`), as stored: the config as stored and their states."""
+        state's targets this version refuses left out (`load`), as stored: the config as stored and their states,
+        taken from `stored` (the state row as stored now, decoded) when it holds that config (`_LeftOut.add_to`)."""
         with self._lock:
             state = {
                 "format": STATE_FORMAT,
@@ -849,7 +885,7 @@ class BudgetPacer:
                     repr(t): {m: list(v) for m, v in stats.items()} for t, stats in self._exceedance.items()
                 },
             }
-            return state if self._left_out is None else self._left_out.add_to(state)
+            return state if self._left_out is None else self._left_out.add_to(state, stored)
 
     def load(self, state: Mapping[str, Any]) -> dict[str | None, list[str]]:
         """Replace the config and everything learned by a `state()` (a restart continues where it stopped).
@@ -867,7 +903,7 @@ class BudgetPacer:
         try:
             config, dropped = BudgetConfig.from_stored(state["config"])
             fresh = BudgetPacer(config, clock=self._clock)
-            left = _LeftOut(copy.deepcopy(dict(state["config"])))
+            left = _LeftOut(copy.deepcopy(dict(state["config"])), _texts(dropped))
             left.targets[None] = fresh._global.load(state["global"], dropped=None in dropped)
             for name, scope_state in state["tenants"].items():
                 tenant = tenant_named(name)  # a state saved before `@5.0:` meant tenant 5 calls it "5.0"
@@ -889,7 +925,7 @@ class BudgetPacer:
                                if float(t) not in fresh._exceedance}
         except InvalidInput:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:  # Overflow: int(Infinity)
             raise InvalidInput(f"corrupt budget pacer state: {exc!r}") from exc
         with self._lock:
             self._config, self._global, self._tenants = fresh._config, fresh._global, fresh._tenants

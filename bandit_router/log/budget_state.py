@@ -30,6 +30,7 @@ they read it there, after the decisions (`Reader.judge_calls_after`, in storage 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -38,6 +39,7 @@ from typing import Any
 
 from ..budgets import BudgetConfig, BudgetPacer
 from ..budgets.config import quietly
+from ..budgets.pacer import STATE_FORMAT
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput
 from ..router import Router
@@ -54,8 +56,9 @@ BUDGETS_STATE = "budgets_state"
 BUDGETS_CONFIG = "budgets_config"
 """Meta key: the targets set by the last PUT /v1/budgets (JSON); other workers pick them up within
 `FOLLOW_EVERY_S`."""
-UNLOADABLE = (InvalidInput, ValueError)
-"""What loading a stored budget row raises when it does not load (its JSON, or what it holds)."""
+UNLOADABLE = (InvalidInput, ValueError, OverflowError)
+"""What loading a stored budget row raises when it does not load (its JSON, or what it holds: `Infinity`, which
+JSON decoding takes, where an integer is stored)."""
 SAVE_EVERY_S = 5.0
 FOLLOW_EVERY_S = 1.0
 DECISIONS_EVERY_S = 0.05
@@ -96,6 +99,14 @@ class BudgetState:
         self._next_save = 0.0
         self._next_follow = 0.0
         self._say = RateLimitedLog(log)
+        self.unsaved: str | None = None
+        """Why the pacer's state is not saved (the state row is another version's: `not_saved_over`), else None;
+        shown by GET /v1/budgets and /readyz (`saving`)."""
+
+    def saving(self) -> dict[str, Any]:
+        """Whether the pacer's state is saved (`state_saved`), and why not (`state_unsaved_why`, else null)."""
+        why = self.unsaved
+        return {"state_saved": why is None, "state_unsaved_why": why}
 
     def configure(self, tx: WriteTx, config: BudgetConfig) -> None:
         """New targets (PUT /v1/budgets), stored in the transaction `tx`."""
@@ -105,6 +116,7 @@ class BudgetState:
         tx.set_meta(BUDGETS_STATE, json.dumps(self.pacer.state()))
         self._config_json = self._targets_seen = config_json
         self._stored = True
+        self.unsaved = None
 
     def mine(self, decision_id: str) -> None:
         """This process made `decision_id` (its pacer booked it already): call before the decision is stored."""
@@ -266,19 +278,26 @@ class BudgetState:
         rewrite does (`_store_as_loaded`): in one transaction that reads the targets row again first. If another
         process stored targets since this one last read them (a PUT, a start storing them as loaded), nothing is
         written: its state row is newer, and `housekeeping` follows the targets within `FOLLOW_EVERY_S`, then saves.
-        Targets this process left out stay in the row with their stored state (`BudgetPacer.state`)."""
+        Targets this process left out stay in the row with their state as stored now: read in the same transaction
+        (`BudgetPacer.state(stored)`: a newer replica that paces them may have stored them since)."""
         now = time.monotonic()
         if not self._stored or (not force and now < self._next_save):
             return
         self._next_save = now + SAVE_EVERY_S
         try:
-            state = self.pacer.state()
             with self.store.write() as tx:
                 if tx.get_meta(BUDGETS_CONFIG) != self._targets_seen:
                     self._say("save-stale", logging.INFO, "the stored budget targets changed since this process read "
                               "them (another process stored them); its state is saved once it follows them")
                     return
-                tx.set_meta(BUDGETS_STATE, json.dumps(state))
+                stored = _decoded(tx.get_meta(BUDGETS_STATE))
+                why = not_saved_over(stored)
+                if why is not None:
+                    self.unsaved = why
+                    self._say("unsaved", logging.WARNING, "the budget state is not saved: %s", why)
+                    return
+                tx.set_meta(BUDGETS_STATE, json.dumps(self.pacer.state(stored)))
+            self.unsaved = None
         except StoreError as exc:
             self._say("save", logging.ERROR, "saving the budget state failed (will retry): %s", exc)
 
@@ -292,9 +311,10 @@ class BudgetState:
         refuses (one a newer version stored: `spend_usd=900/1mo`) is never rewritten away: the rows stay as stored
         (a newer version, or this one after a downgrade, loads it again), and each start says it again until a
         PUT /v1/budgets replaces the targets; the pacer's `state()` stores such a target's text and state again as
-        stored (`BudgetPacer.load`), so `save` keeps them too. A state row that does not load is not saved over
-        (`save` stores nothing until a PUT). The rows are stored again only if no other process stored them since
-        this start read them (`_store_as_loaded`)."""
+        stored (`BudgetPacer.load`), so `save` keeps them too. A state row that does not load is saved over (with
+        the state of what is paced: the targets row, else the configuration), unless it is another version's
+        (`not_saved_over`: then nothing is saved until a PUT, and `saving` says so). The rows are stored again only
+        if no other process stored them since this start read them (`_store_as_loaded`)."""
         source = "config"
         with self.store.read() as reader:
             state = reader.get_meta(BUDGETS_STATE)
@@ -303,36 +323,45 @@ class BudgetState:
         loaded_state: Any = None
         changed = False  # something stored did not load as stored (said by the loading)
         refused = False  # ... of which a target this version refuses: the rows are not rewritten
+        not_loaded: str | None = None  # why the state row did not load
         if state is not None:
             try:
                 saved = json.loads(state)
-                refused = bool(self.pacer.load(saved))
+                with quietly() if _replaced(saved, _decoded(config)) else contextlib.nullcontext():
+                    refused = bool(self.pacer.load(saved))
                 loaded_state = saved
                 changed = saved["config"] != self.pacer.config.to_mapping()
                 source = "stored"
                 self._stored = True
             except UNLOADABLE as exc:
-                log.warning("stored budget state not loaded (%s); using the configuration, and the stored state is "
-                            "left as stored, not saved over, until a PUT /v1/budgets replaces it", exc)
-                self._stored = False
+                not_loaded = str(exc)
         if config is not None:
             try:
                 targets = json.loads(config)
                 if targets != self.pacer.config.to_mapping() and (  # a PUT after the last state save; the same
                         loaded_state is None or targets != loaded_state["config"]):  # as the state's: loaded once
-                    refused = bool(self.pacer.configure_stored(targets)) or refused
+                    refused = bool(self.pacer.configure_stored(targets))  # they replace the state's: only theirs
                     changed = changed or targets != self.pacer.config.to_mapping()
                 self._config_json = config
                 source = "stored"
+                self._stored = True  # the targets row's targets are paced: their state is saved
             except UNLOADABLE as exc:
                 log.warning("stored budget targets not loaded: %s", exc)
+        protected = None if state is None else not_saved_over(_decoded(state))
+        self.unsaved = protected if self._stored else None
+        if not_loaded is not None:
+            log.warning("stored budget state not loaded (%s); pacing %s, %s", not_loaded,
+                        "the stored targets (the row a PUT writes)" if source == "stored"
+                        else "the configuration's [budgets]",
+                        f"without saving the state: {protected}" if protected is not None
+                        else "whose state is saved over the row (it holds nothing any version loads)")
         if refused:  # the state's saves store them again as stored (`BudgetPacer.state`)
             log.warning("stored budget targets this version refuses are left stored, not paced (the rows are not "
                         "rewritten; a PUT /v1/budgets replaces them)")
         elif changed and self._store_as_loaded(
                 (state, config),
-                state_row=json.dumps(self.pacer.state())  # not over a state row that did not load
-                if state is None or loaded_state is not None else None,
+                state_row=json.dumps(self.pacer.state())  # not over another version's state row
+                if protected is None else None,
                 targets_row=json.dumps(self.pacer.config.to_mapping(), sort_keys=True)
                 if config is not None and self._config_json == config else None):
             log.info("stored the budget targets as loaded: %s", ", ".join(self.pacer.config.describe()) or "none")
@@ -382,6 +411,37 @@ def _loads(row: str | None, load: Callable[[Any], object]) -> bool:
     except UNLOADABLE:
         return False
     return True
+
+
+def _replaced(saved: Any, targets: Any) -> bool:
+    """The stored targets row `targets` (decoded) replaces the targets of the stored state `saved` at start (a PUT
+    after the state's last save: neither its config as stored nor as this version loads it, `recover`): what the
+    state's config leaves out is then not said (it is not kept)."""
+    if not isinstance(saved, dict) or not isinstance(targets, dict) or targets == saved.get("config"):
+        return False
+    try:
+        with quietly():
+            return targets != BudgetConfig.from_stored(saved["config"])[0].to_mapping()
+    except (*UNLOADABLE, KeyError, TypeError, AttributeError):
+        return False
+
+
+def not_saved_over(stored: Any) -> str | None:
+    """Why the state row `stored` (decoded) must not be saved over: it is a state in another format than this
+    version's (a newer version's), which a version that reads it loads again; else None (this version's format,
+    none, or a row that is not a JSON object with a format text: a damaged one holds nothing any version loads)."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("format"), str) or stored["format"] == STATE_FORMAT:
+        return None
+    return (f"the stored budget state is in another version's format ({stored['format']!r}), which this version "
+            "does not save over (a PUT /v1/budgets replaces it); each start paces from no spend until then")
+
+
+def _decoded(row: str | None) -> Any:
+    """A stored row's JSON, or None when there is none or it is not JSON."""
+    try:
+        return None if row is None else json.loads(row)
+    except ValueError:
+        return None
 
 
 def chain_spend(call: CallRecord | None) -> float | None:

@@ -327,7 +327,8 @@ def _checked_settings(config: Path | None, *, unreadable: Callable[[str], None] 
             settings.check_catalog(list(settings.load_catalog()))
         except ConfigError as refused:
             unreadable(f"not checked against the database, which cannot be read (the report says why), but against "
-                       f"the catalog file alone, which a model POST /v1/models added is not in: {refused}")
+                       f"the catalog file alone, which stops at its first problem (a model it names may have been "
+                       f"added by POST /v1/models, which only the database holds): {refused}")
     return settings
 
 

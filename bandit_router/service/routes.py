@@ -37,6 +37,7 @@ from .paths import CheckedRoute
 from .schemas import (
     ID_PATTERN,
     NAME_PATTERN,
+    BudgetsOut,
     DecisionOut,
     FeedbackIn,
     FeedbackOut,
@@ -361,17 +362,20 @@ async def stats(request: Request) -> Response:
 
 def _budgets_reply(engine: Engine) -> dict[str, Any]:
     return {"budgets": engine.pacer.config.to_mapping(), "targets": engine.pacer.config.describe(),
-            "report": engine.pacer.report()}
+            "report": engine.pacer.report(), "left_out": engine.pacer.left_out(), **engine.budgets.saving()}
 
 
-@router.get("/v1/budgets", responses=_responses(), openapi_extra=_body(), tags=["v1"])
+@router.get("/v1/budgets", response_model=BudgetsOut, responses=_responses(), openapi_extra=_body(), tags=["v1"])
 async def get_budgets(request: Request) -> Response:
-    """The budget targets (`budgets`: the `[budgets]` table form; `targets`: the text grammar) and the pacer's
-    report (spend so far, λ, realised value of every target, per tenant)."""
+    """The budget targets (`budgets`: the `[budgets]` table form; `targets`: the text grammar), the pacer's
+    report (spend so far, λ, realised value of every target, per tenant), and whether its state is saved
+    (`state_saved`; `state_unsaved_why`: why not, else null). `left_out`: stored targets this version refuses (a
+    newer version's), kept stored but not in `budgets`: a PUT of `budgets` drops them."""
     return json_response(_budgets_reply(_services(request).engine))
 
 
-@router.put("/v1/budgets", responses=_responses(403, body=True), openapi_extra=_body("BudgetsIn"), tags=["v1"])
+@router.put("/v1/budgets", response_model=BudgetsOut, responses=_responses(403, body=True),
+            openapi_extra=_body("BudgetsIn"), tags=["v1"])
 async def put_budgets(request: Request) -> Response:
     """Replace all budget targets (admin key); the body is the `[budgets]` table as JSON, e.g.
     `{"avg_cost_usd": 0.0005, "tenants": {"acme": {"spend_usd": "50/1d"}}}`. Effective from the next request,
@@ -405,11 +409,11 @@ async def healthz() -> Response:
 async def readyz(request: Request) -> Response:
     """Readiness: 200 once the learned state is recovered and the database is usable, else 503 (also to HEAD).
     The reply names the process (`pid`), what its recovery did, and its checkpoints now (withheld while learned
-    feedback is skipped: `Checkpointer.report`)."""
+    feedback is skipped: `Checkpointer.report`), and whether the budget pacer's state is saved (`budget_state`)."""
     engine = _services(request, client=False).engine
     if engine.ready:
         return json_response({"status": "ready", "pid": os.getpid(), "recovery": engine.recovery,
-                              "checkpoints": engine.checkpointer.report()})
+                              "checkpoints": engine.checkpointer.report(), "budget_state": engine.budgets.saving()})
     return error_response(503, "unavailable", f"not ready: {engine.state}")
 
 

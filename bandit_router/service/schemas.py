@@ -195,6 +195,19 @@ class PromoteIn(_Strict):
     force: bool = Field(default=False, description="promote even if its lower bound does not beat the live policy")
 
 
+class BudgetsOut(BaseModel):
+    budgets: dict[str, Any] = Field(description="the targets and settings paced, as the `[budgets]` table")
+    targets: list[str] = Field(description="the targets paced, in the text grammar (`@acme:spend_usd=50/1d`)")
+    report: dict[str, Any] = Field(description="per scope (`global`, `tenants`): requests, booked spend, λ, and "
+                                   "per target its value, realised value and multiplier")
+    left_out: list[str] = Field(description="stored targets this version refuses (a newer version's, "
+                                "`spend_usd=900/1mo`): not paced, not in `budgets`, kept stored as stored until a "
+                                "PUT replaces the targets (a PUT of `budgets` as read drops them)")
+    state_saved: bool = Field(description="false while the pacer's state is not saved (the stored state row is "
+                              "another version's, which is not saved over until a PUT)")
+    state_unsaved_why: str | None = Field(description="why the state is not saved, else null")
+
+
 class PromoteOut(BaseModel):
     promoted: str
     previous: str = Field(description="the policy that was live; it keeps running as a shadow")
