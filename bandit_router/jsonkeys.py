@@ -10,6 +10,7 @@ Python's `json` and pydantic's parser keep the last of a key given twice, silent
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import jiter
@@ -18,6 +19,10 @@ from .errors import InvalidInput
 
 _DUPLICATE = "Detected duplicate key "
 """How jiter's `ValueError` for a key given twice begins."""
+_JITER_DUPLICATE = re.compile(r'Detected duplicate key "(.*)" at line \d+ column \d+', re.DOTALL)
+"""jiter's whole message: the key as Rust's `{:?}` writes a string, with `\\"`, `\\\\`, `\\n`, `\\u{301}`, … escapes."""
+_RUST_ESCAPE = re.compile(r"\\(?:u\{([0-9a-fA-F]{1,6})\}|(.))", re.DOTALL)
+_RUST_CHARACTER = {"n": "\n", "r": "\r", "t": "\t", "0": "\0"}
 
 
 class DuplicateKey(InvalidInput):
@@ -54,4 +59,14 @@ def keys_once(raw: bytes) -> None:
             raise
         except (ValueError, RecursionError):
             pass
-        raise DuplicateKey(f"gives a key twice ({exc})") from None
+        key = _jiter_key(str(exc))  # a body `json.loads` cannot read (an integer of over 4,300 digits)
+        raise DuplicateKey("gives a key twice" if key is None else f"gives the key {key!r} twice") from None
+
+
+def _jiter_key(message: str) -> str | None:
+    """The key jiter's "Detected duplicate key …" `message` names, its Rust escapes undone; None if not such."""
+    found = _JITER_DUPLICATE.fullmatch(message)
+    if found is None:
+        return None
+    return _RUST_ESCAPE.sub(
+        lambda m: chr(int(m[1], 16)) if m[1] else _RUST_CHARACTER.get(m[2], m[2]), found[1])

@@ -149,15 +149,15 @@ class Router:
             return spec
 
     def _allowed(self, names: Sequence[str] | None) -> list[ModelSpec]:
-        """The models a decision may choose: `names` (or all active ones) less those with `route = false`."""
+        """The models a decision may choose: `names` (or all active ones) less those with `route = false`
+        (`_UnknownNames` when `names` has one that is not active)."""
         if names is None:
             routable = [m for m in self._models if m.route]
         else:
             active = {m.name: m for m in self._models}
             unknown = [n for n in names if n not in active]
-            if unknown:
-                routable_names = [n for n, m in active.items() if m.route]  # a hint the request can take
-                raise UnknownModel(f"unknown or retired models: {quoted(unknown, routable_names)}")
+            if unknown:  # the refusal (its hints compare names) is worded after the lock is released
+                raise _UnknownNames(unknown, [n for n, m in active.items() if m.route])  # a hint it can take
             seen: dict[str, ModelSpec] = {}
             for n in names:
                 seen.setdefault(n, active[n])
@@ -190,10 +190,13 @@ class Router:
         tell the pacer about the decision now (False: the caller books it, `pacer.observe(decision, None)`, only
         if it is used: an LLM router's fallback to the policy, whose model may not answer)."""
         _check_id(decision_id)
-        with self._lock:
-            priced = self._price(context, models, cost_weight)
-            pmf = self.policy.pmf(context, priced.specs, priced.penalty, self._rng)
-            made = self._choose(context, priced, pmf)
+        try:
+            with self._lock:
+                priced = self._price(context, models, cost_weight)
+                pmf = self.policy.pmf(context, priced.specs, priced.penalty, self._rng)
+                made = self._choose(context, priced, pmf)
+        except _UnknownNames as names:
+            raise names.refusal() from None
         return self._decision(context, priced, made, decision_id, book=book)
 
     def route_many(self, requests: Sequence[Request]) -> list[Decision | Exception]:
@@ -223,7 +226,7 @@ class Router:
                 chosen.append(p if isinstance(p, Exception) else self._choose(context, p, next(pmfs)))
         for request, context, p, made in zip(requests, contexts, priced, chosen, strict=True):
             if isinstance(made, Exception):
-                out.append(made)
+                out.append(made.refusal() if isinstance(made, _UnknownNames) else made)
             elif isinstance(p, _Priced):
                 out.append(_attempt(self._decision, context, p, made, request.decision_id))
         return out
@@ -471,6 +474,19 @@ def _check_spec(spec: object) -> None:
             "models must be ModelSpecs (default_catalog(), load_catalog(path) or ModelSpec(...)), "
             f"not the name {spec!r}"
         )
+
+
+class _UnknownNames(Exception):
+    """Names a request allows that are not active models, raised under the router's lock; `refusal` is the
+    `UnknownModel` the caller gets, worded once the lock is released (its did-you-mean hints run difflib over the
+    routable names: tens of milliseconds on a catalog of thousands, which other decisions would wait for)."""
+
+    def __init__(self, unknown: list[str], routable: list[str]) -> None:
+        super().__init__(unknown)
+        self.unknown, self.routable = unknown, routable
+
+    def refusal(self) -> UnknownModel:
+        return UnknownModel(f"unknown or retired models: {quoted(self.unknown, self.routable)}")
 
 
 def _check_id(decision_id: str | None) -> None:

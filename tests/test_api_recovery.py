@@ -578,6 +578,27 @@ def test_a_forward_step_of_the_wall_clock_is_said_once_not_every_minute_while_it
         service.close()
 
 
+def test_a_clock_hovering_about_the_threshold_is_not_said_ahead_and_back_at_every_look(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The step was said above 60 s ahead and "back within 60 s" at or below it: a clock hovering there (a 60 s
+    pause of a virtual machine, slewed by NTP) was said ahead and back at every look of retention, once a minute.
+    It is back only within 30 s now (hysteresis); a new step is still said, and so is the way back."""
+    import types
+
+    from bandit_router.service.engine import CLOCK_BACK_S, CLOCK_STEP_SAID_S, Engine
+
+    engine = types.SimpleNamespace(_ahead_said=None)
+    with caplog.at_level(logging.INFO, logger="bandit_router"):
+        for ahead in (61.0, 59.5, 60.5, 59.8, 60.2, 59.9, 45.0, 61.0, 30.5):
+            Engine._say_clock_step(engine, ahead)  # type: ignore[arg-type]
+        assert [r.levelname for r in caplog.records] == ["WARNING"] and "61 s ahead" in caplog.records[0].getMessage()
+        for ahead in (CLOCK_BACK_S, 50.0, CLOCK_STEP_SAID_S, 61.0, 1000.0, 25.0):
+            Engine._say_clock_step(engine, ahead)  # type: ignore[arg-type]
+    said = [r.getMessage().split(" of the time")[0].removeprefix("the wall clock is ") for r in caplog.records]
+    assert said == ["61 s ahead", "back within 30 s", "61 s ahead", "1000 s ahead", "back within 30 s"]
+
+
 def test_the_retention_clock_follows_a_step_back_at_once_and_a_step_ahead_only_as_time_passes() -> None:
     from bandit_router.clock import SteadyWallClock
 

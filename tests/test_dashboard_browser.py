@@ -516,6 +516,8 @@ def test_a_model_a_hard_budget_left_out_is_marked_if_allowed_with_the_budget_amo
         title = w.page.locator("#models-table tbody tr", has_text="if allowed").locator("td").last.get_attribute(
             "title")
         assert title is not None and "a hard budget left it out" in title, title
+        # the budget's two ways, then the other reason: not "a spend target, or it was added since" (no budget kind)
+        assert "a share of 0 or the guard of an exhausted spend target; or it was added since)" in title, title
         assert w.errors == []
     finally:
         server.stop()

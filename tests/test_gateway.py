@@ -766,6 +766,21 @@ def test_a_key_given_twice_is_a_400_naming_it_in_openais_shape(gateway: Callable
     assert httpx.get(url + "/v1/stats").json()["decisions"] == 0
 
 
+def test_a_key_given_twice_in_the_context_header_is_a_400_naming_it(gateway: Callable[..., str]) -> None:
+    """The context knob as a header was read with plain `json.loads`, which keeps the last of a key given twice:
+    `{"tenant": "acme", "tenant": "beta"}` routed and booked to tenant beta (the tenant decides which budget pays).
+    Refused as the same context in the body is, naming the key and the header (at any depth); nothing is stored."""
+    url = gateway()
+    body = {"model": "router", "messages": [{"role": "user", "content": "hi"}]}
+    for context in ('{"tenant": "acme", "tenant": "beta"}', '{"tenant": "acme", "t\\u0065nant": "beta"}'):
+        reply = httpx.post(url + "/v1/chat/completions", json=body, headers={"x-bandit-router-context": context})
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"] == {
+            "message": "x-bandit-router-context: gives the key 'tenant' twice", "type": "invalid_request_error",
+            "param": "x-bandit-router-context", "code": None}
+    assert httpx.get(url + "/v1/stats").json()["decisions"] == 0
+
+
 def test_a_wrong_method_or_a_path_under_the_gateways_is_refused_in_openais_shape(gateway: Callable[..., str]) -> None:
     """A GET on `/v1/chat/completions` (405, with `Allow: POST`) and a path under it (404) answer in OpenAI's error
     shape, as every other error of the gateway does (the OpenAI client reads `error.message`); the service's other

@@ -128,3 +128,98 @@ def test_the_service_suggests_the_model_of_a_route_and_a_retirement(tmp_path: Pa
         assert "'gpt4o-mini' (did you mean gpt-4o-mini?)" in reply.json()["message"], reply.text
     finally:
         client.__exit__(None, None, None)
+
+
+def test_a_word_hint_counts_each_name_once_and_an_empty_word_is_no_word() -> None:
+    """`x` is a word of `x_x_x_x` four times: it was counted as four names (more than `MAX_BY_WORD`, no hint); the
+    empty first word of `_private` was the hint for an empty name."""
+    from bandit_router.hints import did_you_mean
+
+    assert did_you_mean("x", ("x_x_x_x", "other")) == " (did you mean x_x_x_x?)"
+    assert did_you_mean("gama", ("gamma_gamma_scale", "gamma_exponent")) == (
+        " (did you mean gamma_exponent or gamma_gamma_scale?)")
+    assert did_you_mean("", ("_private", "b_c")) == ""
+
+
+def test_past_words_up_to_known_names_only_whole_names_are_hinted() -> None:
+    """A long model list gets no word hint (difflib over every word of every name, for each refused name), and the
+    word index of one refusal is built once for all its names: `quoted` gives each name the hint it has alone."""
+    from bandit_router.hints import WORDS_UP_TO, did_you_mean
+
+    few = ["gamma_scale", "gamma_exponent", "gpt-4o-mini"]
+    many = few + [f"model-{i}" for i in range(WORDS_UP_TO)]
+    assert did_you_mean("gama", few) == " (did you mean gamma_exponent or gamma_scale?)"
+    assert did_you_mean("gama", many) == ""
+    assert did_you_mean("gpt-4o-mni", many) == " (did you mean gpt-4o-mini?)"
+    names = ["gama", "zzz", "gpt-4o-mni", "scal", "expnent"]
+    assert quoted(names, few) == ", ".join(f"{n!r}{did_you_mean(n, few)}" for n in names)
+    assert quoted(names, few).count("did you mean") == 4
+
+
+def test_the_hints_are_difflibs_over_every_name_and_word() -> None:
+    """Comparing only the names whose length can reach the cutoff gives what difflib over all of them gives: against
+    a plain reference on 2,000 seeded random names and known lists."""
+    import difflib
+    import random
+    import re
+
+    from bandit_router.hints import CUTOFF, MAX_BY_WORD, close_names
+
+    def reference(name: str, known: list[str]) -> list[str]:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=CUTOFF)
+        if close or re.search(r"[_-]", name):
+            return close
+        with_word: dict[str, set[str]] = {}
+        for k in known:
+            parts = re.split(r"[_-]+", k)
+            for word in parts if len(parts) > 1 else ():
+                if word:
+                    with_word.setdefault(word, set()).add(k)
+        words = difflib.get_close_matches(name, list(with_word), n=1, cutoff=CUTOFF)
+        return sorted(with_word[words[0]]) if words and len(with_word[words[0]]) <= MAX_BY_WORD else []
+
+    rng = random.Random(17)
+
+    def word() -> str:
+        return "".join(rng.choice("abcde") for _ in range(rng.randint(1, 7)))
+
+    hinted = 0
+    for _ in range(2000):
+        known = [rng.choice("_-").join(word() for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 12))]
+        name = word() if rng.random() < 0.7 else rng.choice(known)[:-1] + word()[:1]
+        expected = reference(name, known)
+        assert close_names(name, known) == expected, (name, known)
+        hinted += bool(expected)
+    assert hinted > 500  # the comparison covers hints, not only their absence
+
+
+def test_a_refused_models_hint_is_worded_outside_the_routers_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hints of a request's unknown `models` run difflib over every routable name (milliseconds on a catalog of
+    thousands, for a cheap 4xx any client can send): they were worded under the router's lock, which every decision
+    takes. The refusal is worded after it is released now, by `route` and `route_many`, with the same message."""
+    import threading
+
+    import bandit_router.router as router_module
+
+    router = Router(seed=0)
+    lock_free: list[bool] = []
+
+    def quoted_seeing_the_lock(names: Any, known: Any) -> str:
+        def probe() -> None:
+            got = router._lock.acquire(timeout=0)
+            if got:
+                router._lock.release()
+            lock_free.append(got)
+
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join()
+        return quoted(names, known)
+
+    monkeypatch.setattr(router_module, "quoted", quoted_seeing_the_lock)
+    message = "unknown or retired models: 'gpt-4o-mni' (did you mean gpt-4o-mini?)"
+    assert _raised(lambda: router.route(Request(prompt="x", models=("gpt-4o", "gpt-4o-mni")))) == message
+    out = router.route_many([Request(prompt="x", models=("gpt-4o-mni",)), Request(prompt="y"), Request(prompt="z")])
+    assert str(out[0]) == message and isinstance(out[0], BanditRouterError)
+    assert not isinstance(out[1], Exception) and not isinstance(out[2], Exception)
+    assert lock_free == [True, True]

@@ -252,6 +252,10 @@ def test_bodies_that_are_not_declared_json_get_415(client: TestClient, path: str
     ("/v1/models", b'{"name": "m1", "input_usd_per_mtok": 1, "output_usd_per_mtok": 2, "name": "m2"}', "name"),
     ("/v1/route", b'{"prompt": "\\ud800", "prompt": "b"}', "prompt"),  # a lone surrogate: read by `json` instead
     ("/v1/route", b'{"prompt": "a", "cost_weight": NaN, "cost_weight": 1}', "cost_weight"),
+    # an integer of 5,000 digits: `json` cannot read the body again, so the key is read from jiter's message
+    ("/v1/feedback", b'{"decision_id": "DECISION", "decision_id": "OTHER", "quality": ' + b"9" * 5000 + b"}",
+     "decision_id"),
+    ("/v1/route", b'{"a\\"\\u00e9\\n": 1, "a\\"\\u00e9\\n": 2, "prompt": ' + b"9" * 5000 + b"}", 'a"\u00e9\n'),
 ])
 def test_a_key_given_twice_in_a_body_is_a_422_naming_it(client: TestClient, path: str, body: bytes, key: str) -> None:
     """The hot paths (`hotpaths.py`, pydantic's JSON parser) and the other routes kept the last of a key given

@@ -7,10 +7,10 @@ knobs ride in the body's extension field (what the OpenAI client sends with `ext
      "context": {"tenant": "acme"}}}
 
 or in headers (`extra_headers`): `x-bandit-router-cost-weight: 40`, `x-bandit-router-models: a,b`,
-`x-bandit-router-context: {"tenant": "acme"}` (JSON). A knob in the body wins over the same knob in a header.
-The knobs are checked by the same rules as `/v1/route`'s fields (`service/schemas.py`: `CostWeight`,
-`AllowedModels`, `Context`). Everything else in the body (temperature, tools, max_tokens, …) goes to the upstream
-unchanged.
+`x-bandit-router-context: {"tenant": "acme"}` (JSON; a key given twice is refused, as in the body). A knob in the
+body wins over the same knob in a header. The knobs are checked by the same rules as `/v1/route`'s fields
+(`service/schemas.py`: `CostWeight`, `AllowedModels`, `Context`). Everything else in the body (temperature, tools,
+max_tokens, …) goes to the upstream unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from ..errors import InvalidInput
 from ..hints import did_you_mean
+from ..jsonkeys import DuplicateKey, once_each
 from ..service.schemas import AllowedModels, Context, CostWeight
 from ..types import Message, Request
 from .pricing import message_text
@@ -194,6 +195,8 @@ def _header_value(knob: str, value: str) -> Any:
     if knob == "models":
         return [v.strip() for v in value.split(",") if v.strip()]
     try:
-        return json.loads(value)
+        return json.loads(value, object_pairs_hook=once_each)  # a key given twice is refused, as in the body
+    except DuplicateKey as exc:
+        raise BadChatRequest(where, str(exc)) from None
     except (ValueError, RecursionError):
         raise BadChatRequest(where, "must be a JSON object") from None

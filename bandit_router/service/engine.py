@@ -89,6 +89,10 @@ RETENTION_AGAIN_S = 0.2
 CLOCK_STEP_SAID_S = 60.0
 """A wall clock this far ahead of the time elapsed since the start is logged (retention follows the elapsed time),
 once per step: again only when how far ahead it is changes by as much (another step)."""
+CLOCK_BACK_S = 30.0
+"""A clock said to be ahead is said to be back once it is within this of the elapsed time: below
+`CLOCK_STEP_SAID_S` (hysteresis), so a clock that hovers about the threshold (a 60 s pause of a virtual machine,
+slewed by NTP) is not said ahead and back at every look of retention."""
 STALL_S = 5.0
 """A writer round (a transaction, following the log, a checkpoint) without an answer for this long means the
 database hangs (a frozen server, a stalled disk or network: nothing that a driver's or the server's timeout ends):
@@ -438,16 +442,17 @@ class Engine:
                 log.info("retention: deleted %d rows older than %s days", deleted, days)
 
     def _say_clock_step(self, ahead: float) -> None:
-        """Log a wall clock stepped forward since the start once, when retention first sees it, and again only
-        when it moves by over `CLOCK_STEP_SAID_S` (another step): it lasts until the next start, since a clock
-        that was behind at the start and then corrected cannot be told from one set wrong now (it was said every
-        minute until a restart)."""
-        if ahead <= CLOCK_STEP_SAID_S:
+        """Log a wall clock stepped forward since the start once, when retention first sees it, again only when it
+        moves by over `CLOCK_STEP_SAID_S` (another step), and back once within `CLOCK_BACK_S`: it lasts until the
+        next start, since a clock that was behind at the start and then corrected cannot be told from one set wrong
+        now (it was said every minute until a restart)."""
+        if ahead <= CLOCK_BACK_S:
             if self._ahead_said is not None:
-                log.info("the wall clock is back within %.0f s of the time elapsed since the start", CLOCK_STEP_SAID_S)
+                log.info("the wall clock is back within %.0f s of the time elapsed since the start", CLOCK_BACK_S)
                 self._ahead_said = None
             return
-        if self._ahead_said is not None and abs(ahead - self._ahead_said) <= CLOCK_STEP_SAID_S:
+        if ahead <= CLOCK_STEP_SAID_S or (
+                self._ahead_said is not None and abs(ahead - self._ahead_said) <= CLOCK_STEP_SAID_S):
             return
         self._ahead_said = ahead
         log.warning("the wall clock is %.0f s ahead of the time elapsed since the start (it was stepped forward: set "

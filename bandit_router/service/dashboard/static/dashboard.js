@@ -252,7 +252,7 @@
         offered.textContent = " if allowed";
         now.appendChild(offered);
         now.title = "none of the newest requests allowed this model (they named their own models without it, a " +
-                    "hard budget left it out then: a share of 0, or the guard of an exhausted spend target, or it " +
+                    "hard budget left it out then: a share of 0 or the guard of an exhausted spend target; or it " +
                     "was added since): a request that names no models would give it this probability now";
       }
     });
