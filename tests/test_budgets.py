@@ -402,6 +402,42 @@ def test_a_stored_penalty_multiplier_or_gap_that_is_not_a_finite_number_is_reset
     assert 1.0 <= loaded.pacer.state()["global"]["gap_s"] <= 2.0  # measured again: the gaps were 1 or 2 s
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0])
+def test_a_stored_spend_or_time_that_is_not_usable_is_reset_and_a_spend_target_fails_closed(
+        bad: float, caplog: pytest.LogCaptureFixture) -> None:
+    """A stored period spend of NaN loaded as it was: `NaN >= limit` is false, so the hard budget never bound for the
+    rest of its period, the NaN was saved again, and GET /v1/budgets and /v1/stats could not encode the report
+    (a 500). Every stored amount in USD that is not a finite number ≥ 0, and every time that is not finite, is reset
+    with a warning: a spend target's period spend counts as its whole budget (exhausted until its next period:
+    unknown spend binds early, never late), the scope's and an average target's spend to 0, the plan's times to None."""
+    config = BudgetConfig.from_strings(["spend_usd=5/1d", "avg_cost_usd=0.01"])
+    clock = Clock()
+    router = make_router(config, seed=1, clock=clock)
+    for i in range(4):
+        router.route(Request(prompt=f"hi {i}"))
+        clock.t += 1.0
+    saved = json.loads(json.dumps(router.pacer.state()))
+    targets = saved["global"]["targets"]
+    spend_key = next(k for k in targets if k.startswith("spend_usd"))
+    targets[spend_key]["spend_usd"] = bad
+    targets[spend_key]["plan_time"] = math.nan
+    targets["avg_cost_usd"]["spend_usd"] = bad
+    saved["global"]["spend_usd"] = bad
+    loaded = make_router(config, seed=1, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+        loaded.pacer.load(saved)
+    state = loaded.pacer.state()["global"]
+    assert state["targets"][spend_key]["spend_usd"] == 5.0 and state["targets"][spend_key]["plan_time"] is None
+    assert state["targets"]["avg_cost_usd"]["spend_usd"] == 0.0 and state["spend_usd"] == 0.0
+    assert "the stored spend of the period" in caplog.text and "counted as the whole budget" in caplog.text
+    assert "the stored spend_usd" in caplog.text and "the stored plan_time" in caplog.text
+    report = loaded.pacer.report()
+    json.dumps(report, allow_nan=False)  # what GET /v1/budgets encodes
+    spend = next(t for t in report["global"]["targets"] if t["kind"] == "spend")
+    assert spend["exhausted"] is True
+    json.dumps(loaded.pacer.state(), allow_nan=False)  # and what the next save stores
+
+
 def test_durations() -> None:
     assert [parse_duration(t) for t in ("90", "90s", "1.5m", "24h", "1d", "2w")] == [90, 90, 90, 86400, 86400, 1209600]
     assert [format_duration(s) for s in (86400, 3600 * 36, 90, 0.5, 604800)] == ["1d", "36h", "90s", "0.5s", "1w"]

@@ -515,6 +515,58 @@ def test_the_periodic_save_does_not_store_targets_over_a_put_it_has_not_followed
         b.store.close()
 
 
+def test_a_process_that_cannot_load_the_stored_targets_does_not_save_over_the_state_of_one_that_did(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """B cannot load the targets a PUT on A stored (a newer version's row: here its `configure_stored` refuses it).
+    B's housekeeping marked the row as read before following it, so its save's compare passed and B stored its state,
+    with its old targets, over A's every 5 s: a restart then found A's new daily target in the targets row only and
+    began its day again at 0 spent. B now saves only while the state row is still of its own targets: not over A's
+    state; and, with targets no process could load (the state row still B's own), it goes on saving."""
+    db = tmp_path / "unfollowed.db"
+    first = open_store(db)
+    first.prepare()
+    with first.write() as tx:
+        BudgetState(first, BudgetPacer()).configure(tx, BudgetConfig.from_mapping({"avg_cost_usd": 0.004}))
+    first.close()
+    a, b = BudgetState(open_store(db), BudgetPacer()), BudgetState(open_store(db), BudgetPacer())
+    try:
+        for process in (a, b):
+            process.recover(cast(Any, SimpleNamespace()))
+
+        def refused(data: Any) -> None:
+            raise InvalidInput("cost_step must be a number in [0, 10], got 20")
+
+        monkeypatch.setattr(b.pacer, "configure_stored", refused)
+        with a.store.write() as tx:  # the PUT on A
+            a.configure(tx, BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "spend_usd": "5/1d"}))
+        a.pacer.spend(3.0)
+        a.save(force=True)
+        b._next_follow = b._next_save = 0.0
+        b.housekeeping()  # fails to follow, then saves
+        with b.store.read() as reader:
+            state = json.loads(reader.get_meta(BUDGETS_STATE) or "{}")
+        assert state["config"].get("spend_usd") == "5/1d" and state["global"]["spend_usd"] == 3.0  # A's, untouched
+        restarted = BudgetState(open_store(db), BudgetPacer())
+        try:
+            restarted.recover(cast(Any, SimpleNamespace()))
+            spend = next(t for t in restarted.pacer.report()["global"]["targets"] if t["kind"] == "spend")
+            assert spend["realized"] == pytest.approx(3.0)
+        finally:
+            restarted.store.close()
+        with b.store.write() as tx:  # targets no process can load; the state row is B's own again
+            tx.set_meta(BUDGETS_STATE, json.dumps(b.pacer.state()))
+        b.pacer.spend(0.5)
+        b._next_follow = b._next_save = 0.0
+        with caplog.at_level(logging.WARNING, logger="bandit_router.log.budget_state"):
+            b.housekeeping()
+        with b.store.read() as reader:
+            state = json.loads(reader.get_meta(BUDGETS_STATE) or "{}")
+        assert state["global"]["spend_usd"] == 0.5 and "has not followed them" in caplog.text
+    finally:
+        a.store.close()
+        b.store.close()
+
+
 def test_the_periodic_save_keeps_the_state_of_a_target_this_version_left_out(tmp_path: Path) -> None:
     """A newer version stored a spend target this one refuses (`900/1mo`) with its month's spend. The rows were
     not rewritten at the start, but the periodic save stored this version's state, without the target: the newer

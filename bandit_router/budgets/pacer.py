@@ -158,6 +158,9 @@ class _Scope:
         key → state), for `BudgetPacer.state` to store again."""
         self.requests = int(state["requests"])
         self.spend_usd = float(state["spend_usd"])
+        if not (math.isfinite(self.spend_usd) and self.spend_usd >= 0.0):
+            say("budget state: %sthe stored spend %r is not a finite number ≥ 0; reset to 0", where, self.spend_usd)
+            self.spend_usd = 0.0
         self.last_time = _opt_float(state["last_time"])
         self.gap_s = _opt_float(state["gap_s"])
         if self.last_time is not None and not math.isfinite(self.last_time):
@@ -241,9 +244,24 @@ class _Control:
         return {name: getattr(self, name) for name, _ in self.persisted}
 
     def load(self, state: Mapping[str, Any], where: str = "") -> None:
-        """Restore what `state()` saved; `where`: the scope's prefix (`@acme:`) for the log."""
+        """Restore what `state()` saved; `where`: the scope's prefix (`@acme:`) for the log. A stored amount in USD
+        that is not a finite number ≥ 0, or a time that is not finite (NaN compares false: a NaN period spend never
+        reached its limit, and the report it entered could not be encoded), is reset with a warning (`_unusable`)."""
         for name, convert in self.persisted:
-            setattr(self, name, convert(state[name]))
+            value = convert(state[name])
+            amount, time_ = name.endswith("_usd"), name in ("origin", "plan_time")  # λ, floor, μ: their own checks
+            usable = math.isfinite(value) and (value >= 0.0 or time_) if isinstance(value, float) else True
+            if (amount or time_) and not usable:
+                value = self._unusable(name, value, where)
+            setattr(self, name, value)
+
+    def _unusable(self, name: str, value: float, where: str) -> float | None:
+        """What a stored `name` that is not usable (`value`) is reset to: a time (`origin`, `plan_time`) to None (set
+        again by the next request), an amount to 0; a spend target's period spend counts as its whole budget."""
+        reset: float | None = 0.0 if name.endswith("_usd") else None
+        say("budget state: %s%s: the stored %s = %r is not a finite number%s; reset to %r", where, self.target, name,
+            value, " ≥ 0" if name.endswith("_usd") else "", reset)
+        return reset
 
     def report(self, now: float) -> dict[str, Any]:
         return {"target": str(self.target), "kind": self.target.kind}
@@ -421,6 +439,15 @@ class _SpendControl(_CostControl):
         if step_back:
             self.plan_time = None if self.plan_time is None else min(self.plan_time, now)
             self.origin = None if self.origin is None else min(self.origin, now)
+
+    def _unusable(self, name: str, value: float, where: str) -> float | None:
+        """As `_Control._unusable`, except the period's spend: unknown, it counts as the whole budget B (the
+        target is exhausted until its next period or a PUT: cautious, it binds early, never late)."""
+        if name != "spend_usd":
+            return super()._unusable(name, value, where)
+        say("budget state: %s%s: the stored spend of the period %r is not a finite number ≥ 0; counted as the "
+            "whole budget, %r USD, until the next period", where, self.target, value, self.target.usd)
+        return self.target.usd
 
     def load(self, state: Mapping[str, Any], where: str = "") -> None:
         """As `_CostControl.load`; a state stored before the period left was kept (no `left_period`) has none."""

@@ -96,6 +96,9 @@ class BudgetState:
         self._targets_seen: str | None = None
         """The targets row as this process last read or wrote it: the periodic save writes only while it is still
         so (another process's PUT or start stored other targets: this one follows them first)."""
+        self._unfollowed = False
+        """The stored targets did not load here (a newer version's, a damaged row): `save` then stores this process's
+        state only while the state row is still of its own targets (no process that loaded them has saved since)."""
         self._next_save = 0.0
         self._next_follow = 0.0
         self._say = RateLimitedLog(log)
@@ -264,12 +267,14 @@ class BudgetState:
             try:
                 with self.store.read() as reader:
                     stored = reader.get_meta(BUDGETS_CONFIG)
-                self._targets_seen = stored
                 if stored is not None and stored != self._config_json:
                     self.pacer.configure_stored(json.loads(stored))
                     self._config_json = stored
                     self._stored = True
+                self._targets_seen = stored  # only once followed: `save` compares with it
+                self._unfollowed = False
             except (StoreError, InvalidInput, ValueError) as exc:
+                self._unfollowed = not isinstance(exc, StoreError)
                 self._say("follow", logging.WARNING, "reading the stored budget targets failed: %s", exc)
         self.save()
 
@@ -279,18 +284,24 @@ class BudgetState:
         process stored targets since this one last read them (a PUT, a start storing them as loaded), nothing is
         written: its state row is newer, and `housekeeping` follows the targets within `FOLLOW_EVERY_S`, then saves.
         Targets this process left out stay in the row with their state as stored now: read in the same transaction
-        (`BudgetPacer.state(stored)`: a newer replica that paces them may have stored them since)."""
+        (`BudgetPacer.state(stored)`: a newer replica that paces them may have stored them since). Stored targets this
+        process cannot load (`_unfollowed`) are not followed: it saves only while the state row is still of its own
+        targets, so a process that loaded them (it stored the state row with them) is never written over, and
+        targets no process can load do not stop every save."""
         now = time.monotonic()
         if not self._stored or (not force and now < self._next_save):
             return
         self._next_save = now + SAVE_EVERY_S
         try:
             with self.store.write() as tx:
-                if tx.get_meta(BUDGETS_CONFIG) != self._targets_seen:
-                    self._say("save-stale", logging.INFO, "the stored budget targets changed since this process read "
-                              "them (another process stored them); its state is saved once it follows them")
-                    return
                 stored = _decoded(tx.get_meta(BUDGETS_STATE))
+                if tx.get_meta(BUDGETS_CONFIG) != self._targets_seen:
+                    if not (self._unfollowed and _of_config(stored, self.pacer.state(stored)["config"])):
+                        self._say("save-stale", logging.INFO, "the stored budget targets changed since this process "
+                                  "read them (another process stored them); its state is saved once it follows them")
+                        return
+                    self._say("save-unfollowed", logging.WARNING, "the stored budget targets changed and this process "
+                              "has not followed them; no process that did has saved its state, so it saves its own")
                 why = not_saved_over(stored)
                 if why is not None:
                     self.unsaved = why
@@ -434,6 +445,11 @@ def not_saved_over(stored: Any) -> str | None:
         return None
     return (f"the stored budget state is in another version's format ({stored['format']!r}), which this version "
             "does not save over (a PUT /v1/budgets replaces it); each start paces from no spend until then")
+
+
+def _of_config(state: Any, config: Any) -> bool:
+    """Whether the decoded state row `state` is of the targets `config` (as `BudgetPacer.state` stores them)."""
+    return isinstance(state, dict) and state.get("config") == config
 
 
 def _decoded(row: str | None) -> Any:
