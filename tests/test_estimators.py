@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import math
 from dataclasses import dataclass
@@ -32,8 +33,8 @@ N_ROUNDS = 2000
 TABULAR = RidgeRewardModel(ridge=0.1)
 ESTIMATORS = {
     "ips": IPS(n_bootstrap=200),
-    "clipped-ips": ClippedIPS(max_weight=10, reward_range=(0.0, 1.0), n_bootstrap=200),
-    "clipped-ips-harsh": ClippedIPS(max_weight=3, reward_range=(0.0, 1.0), n_bootstrap=200),
+    "clipped-ips": ClippedIPS(max_weight=10, n_bootstrap=200),
+    "clipped-ips-harsh": ClippedIPS(max_weight=3, n_bootstrap=200),
     "snips": SNIPS(n_bootstrap=200),
     "dm": DirectMethod(reward_model=TABULAR),
     "dr": DoublyRobust(reward_model=TABULAR, n_bootstrap=200),
@@ -107,6 +108,107 @@ def test_ess_is_reported_and_is_below_n_for_a_different_policy(trials: list[Tria
         assert est.n == N_ROUNDS
         assert 0 < est.ess < N_ROUNDS
         assert t.estimates["dr"].ess == pytest.approx(est.ess)
+
+
+# -- every interval holds its own point and covers the truth at its nominal rate ------------------------------
+
+COVERAGE_LOGS = 200
+COVERAGE_MIN = 181
+"""Nominal 95% less 3 binomial standard deviations over 200 logs: 200·(0.95 − 3·√(0.95·0.05/200)) = 180.8."""
+HARSH_M = 3.0
+
+
+@dataclass
+class FlooredTrial:
+    truth: float
+    clipped_truth: float
+    clipped_off: float
+    estimates: dict[str, Estimate]
+
+
+def _clipped_value(bandit: Any, pool: np.ndarray, expected: np.ndarray, max_weight: float) -> float:
+    """V_M = E[min(w, M) r] = Σ_j P(j) Σ_a μ(a|j) min(π(a|j)/μ(a|j), M) E[r|j, a], exactly."""
+    w = pool / bandit.logging_pmf
+    return float(bandit.probability @ (bandit.logging_pmf * np.minimum(w, max_weight) * expected).sum(axis=1))
+
+
+def _within(interval: tuple[float, float] | None, value: float) -> bool:
+    assert interval is not None
+    return interval[0] <= value <= interval[1]
+
+
+def _floored_trials(transform: Any, estimators: dict[str, Any]) -> list[FlooredTrial]:
+    out = []
+    for seed in range(COVERAGE_LOGS):
+        bandit = make_synthetic_bandit(seed=seed, temperature=1.0)
+        log = bandit.sample(N_ROUNDS, seed=seed + 1000)
+        pool = bandit.epsilon_greedy(0.1)
+        expected = transform(bandit.expected_reward)
+        truth = float(bandit.probability @ (pool * expected).sum(axis=1))
+        shifted = dataclasses.replace(log, rewards=transform(log.rewards))
+        estimates = {name: _estimate(e, shifted, log.target(pool)) for name, e in estimators.items()}
+        clipped_off = float(bandit.probability @ np.maximum(pool - HARSH_M * bandit.logging_pmf, 0.0).sum(axis=1))
+        out.append(FlooredTrial(truth, _clipped_value(bandit, pool, expected, HARSH_M), clipped_off, estimates))
+    return out
+
+
+FLOORED = {name: e for name, e in ESTIMATORS.items() if name != "clipped-ips"}  # clipping at M = 3 bites
+
+
+@pytest.fixture(scope="module")
+def floored_trials() -> list[FlooredTrial]:
+    """200 seeds of `trials`' setting with rewards 0.5 + 0.5·Bernoulli: every reward ≥ 0.5, as quality − λ·cost on
+    a service's log usually is. Clipping at M = 3 takes ≈ 0.27 off the value."""
+    return _floored_trials(lambda r: 0.5 + 0.5 * r, FLOORED)
+
+
+@pytest.mark.parametrize("name", list(FLOORED))
+def test_every_interval_holds_its_own_point_estimate(floored_trials: list[FlooredTrial], name: str) -> None:
+    """A point outside its own interval (clipped IPS printed 0.618 [1.173, 2.886]): the clipped estimate's
+    interval was shifted up by r_min·(mean clipped-off weight), r_min = 0.5 here, so it held neither V̂_M nor
+    V_M. Normal intervals hold the point by construction; percentile bootstrap ones need not, but do here."""
+    for t in floored_trials:
+        est = t.estimates[name]
+        assert est.normal_ci[0] <= est.value <= est.normal_ci[1], (name, est)
+        assert est.bootstrap_ci is not None
+        assert est.bootstrap_ci[0] <= est.value <= est.bootstrap_ci[1], (name, est)
+
+
+@pytest.mark.parametrize("name", list(FLOORED))
+def test_every_interval_covers_the_true_value_at_its_nominal_rate(
+    floored_trials: list[FlooredTrial], name: str
+) -> None:
+    normal = sum(_within(t.estimates[name].normal_ci, t.truth) for t in floored_trials)
+    boot = sum(_within(t.estimates[name].bootstrap_ci, t.truth) for t in floored_trials)
+    assert normal >= COVERAGE_MIN and boot >= COVERAGE_MIN, f"{name}: normal {normal}/200, bootstrap {boot}/200"
+
+
+@pytest.mark.parametrize("transform", [lambda r: 0.5 + 0.5 * r, lambda r: r - 0.7], ids=["r>=0.5", "r-0.7"])
+def test_clipped_ips_interval_covers_the_clipped_value_and_the_true_one(transform: Any) -> None:
+    """The point is V̂_M, an estimate of V_M = E[min(w, M) r]; the interval covers V_M (what the point estimates)
+    and V, whatever the rewards' sign (with rewards of both signs the clipped-off part can go either way)."""
+    trials = _floored_trials(transform, {"clip": ESTIMATORS["clipped-ips-harsh"]})
+    assert min(t.clipped_off for t in trials) > 0.1  # clipping bites on every log: E[(w − M)₊] > 0.1
+    for ci in ("normal_ci", "bootstrap_ci"):
+        clipped = sum(_within(getattr(t.estimates["clip"], ci), t.clipped_truth) for t in trials)
+        true = sum(_within(getattr(t.estimates["clip"], ci), t.truth) for t in trials)
+        assert clipped >= COVERAGE_MIN and true >= COVERAGE_MIN, f"{ci}: V_M {clipped}/200, V {true}/200"
+        assert all(_within(getattr(t.estimates["clip"], ci), t.estimates["clip"].value) for t in trials)
+
+
+def test_clipped_ips_interval_runs_from_its_own_lower_bound_to_ips_upper_one() -> None:
+    """For rewards ≥ 0: [V̂_M − z·se(V̂_M), IPS's upper bound]; nothing clipped: IPS's interval exactly."""
+    data = _fixed([1.0, 0.2, 0.9, 0.4, 0.6], [1.9, 0.1, 1.5, 0.3, 1.2])
+    ips = IPS().estimate(**data)
+    clip = ClippedIPS(max_weight=1.0).estimate(**data)
+    clipped_terms = np.minimum([1.9, 0.1, 1.5, 0.3, 1.2], 1.0) * np.array([1.0, 0.2, 0.9, 0.4, 0.6])
+    z = 1.959963984540054
+    assert clip.value == pytest.approx(clipped_terms.mean())
+    assert clip.std_error == pytest.approx(clipped_terms.std(ddof=1) / math.sqrt(5))
+    assert clip.ci_low == pytest.approx(clip.value - z * clip.std_error)
+    assert clip.ci_high == pytest.approx(ips.ci_high)
+    unclipped = ClippedIPS(max_weight=2.0).estimate(**data)
+    assert (unclipped.value, unclipped.ci_low, unclipped.ci_high) == pytest.approx((ips.value, ips.ci_low, ips.ci_high))
 
 
 # -- identical to the logger -------------------------------------------------------------------------------
@@ -307,7 +409,6 @@ def test_invalid_arrays_are_refused(change: dict[str, np.ndarray], match: str, e
         (lambda: SNIPS(interval="bootstrap"), "needs n_bootstrap"),
         (lambda: IPS(interval="exact"), "interval must be"),
         (lambda: ClippedIPS(max_weight=0), "max_weight"),
-        (lambda: ClippedIPS(reward_range=(1.0, 0.0)), "reward_range"),
         (lambda: DoublyRobust(folds=1), "folds >= 2"),
         (lambda: DirectMethod(folds=0), "folds must be"),
         (lambda: RidgeRewardModel(ridge=0), "ridge"),

@@ -86,6 +86,23 @@ def test_logged_policy_estimates_equal_the_logged_means(world: SyntheticWorld, l
     assert abs(dr.value - float(arrays.rewards().mean())) < dr.reward.std_error
 
 
+def test_every_printed_estimate_lies_in_its_own_interval(world: SyntheticWorld, log: SimulatedLog) -> None:
+    """`evaluate` printed clipped IPS 0.618 [1.173, 2.886]: with every reward ≥ r_min > 0 the clipped estimate's
+    interval was shifted up by r_min·(mean clipped-off weight). Here quality is moved into [0.5, 1] and λ = 0, so
+    every reward is ≥ 0.5, and M = 1.5 clips every candidate but the logger."""
+    floored = [
+        dataclasses.replace(r, outcome=dataclasses.replace(r.outcome, quality=0.5 + 0.5 * r.outcome.quality))
+        if r.outcome is not None else r
+        for r in log.records
+    ]
+    ev = evaluate_log(floored, [], models=world.models, estimators=("ips", "clipped-ips", "snips", "dr"),
+                      max_weight=1.5, n_bootstrap=50, reward_lambda=0.0)
+    for rec in ev.records:
+        for metric, est in (("reward", rec.reward), ("quality", rec.quality), ("cost", rec.cost)):
+            assert est.ci_low <= est.value <= est.ci_high, (rec.candidate, rec.estimator, metric, est)
+            assert est.bootstrap_ci is not None and est.bootstrap_ci[0] <= est.value <= est.bootstrap_ci[1]
+
+
 def test_fixed_candidate_pmfs_enter_ips_exactly(world: SyntheticWorld, log: SimulatedLog) -> None:
     ev = evaluate_log(log.records, [], models=world.models, estimators=("ips",), n_bootstrap=0)
     arrays = log_arrays(log.records)

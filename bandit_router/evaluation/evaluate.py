@@ -28,7 +28,7 @@ from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..hints import quoted
 from .candidates import Candidate, baseline_candidates, check_models, parse_candidate
-from .estimators import ClippedIPS, Estimate, Estimator, make_estimator, normal_interval
+from .estimators import Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
 from .overlap import Overlap, OverlapThresholds, overlap
 from .removed import check_priced, removed_model_warnings
@@ -420,7 +420,6 @@ def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[Estimat
             )
         return fits[key]
 
-    bounds = {"quality": (0.0, 1.0), "cost": (0.0, float(sub.cost_usd.max()))}
     results: dict[tuple[str, str, str], Estimate] = {}
     overlaps: dict[str, Overlap] = {}
     for c in p.wanted:
@@ -433,8 +432,6 @@ def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[Estimat
             target = p.replays[c.label].target_pmf[rows]
             for e in estimators:
                 est = config.estimator(e)
-                if isinstance(est, ClippedIPS):
-                    est = dataclasses.replace(est, reward_range=bounds.get(name))
                 results[(c.label, e, name)] = est.estimate(
                     rewards=values,
                     actions=sub.actions,
