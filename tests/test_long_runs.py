@@ -8,6 +8,7 @@ import os
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,3 +139,65 @@ def test_the_stats_of_a_long_log_are_read_in_short_transactions(tmp_path: Path,
     assert sum(paged.feedback_by_status.values()) == 60 and paged.feedback_by_status["late"] == 15
     assert len(resets) == 1 + 100 // 16 + 1  # the ends, then one read per page
     assert all(busy == 0 for busy, _, _ in resets), resets  # every reset went through, between two pages
+
+
+def test_retention_between_two_stats_pages_takes_a_decisions_feedback_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention deleting between two pages of `SQLiteStore.stats`: feedback was paged by seq, decisions by rowid,
+    and when fewer than all decisions have feedback the feedback pages run ahead, so a model whose few decisions
+    retention deleted after the first page showed learned feedback and no decision (5 learned, 0 decisions). A page
+    now counts its decisions and their feedback together: every model's learned feedback is at most its decisions,
+    and the counts are those of the log's two states, page by page."""
+    monkeypatch.setattr(sqlite_store, "STATS_PAGE", 100)
+    store = SQLiteStore(tmp_path / "store.db")
+    store.prepare()
+    router = Router(seed=1)
+    seq = 0
+
+    def learned(d: Any) -> FeedbackRecord:
+        nonlocal seq
+        seq += 1
+        return FeedbackRecord(
+            decision_id=d.decision_id, received_at=d.created_at + 1, quality=0.8, cost_usd=None, input_tokens=None,
+            output_tokens=None, latency_s=None, source="test", status="applied", learn=True, reward=0.8,
+            realised_cost_usd=0.001, model=d.model, tenant="acme", seq=seq)
+
+    try:
+        with store.write() as tx:
+            for i in range(150):  # rowids 1..150, one in 7 with feedback (seqs 1..22)
+                d = router.route(Request(prompt=f"q {i}", models=["gpt-4o-mini", "gpt-4.1-nano"]))
+                tx.insert_decisions([(d, None, "acme")])
+                if i % 7 == 0:
+                    tx.insert_feedback([learned(d)])
+            for i in range(5):  # gpt-4o: rowids 151..155, seqs 23..27 (the first page of seqs)
+                d = router.route(Request(prompt=f"x {i}", models=["gpt-4o"]))
+                tx.insert_decisions([(d, None, "acme")])
+                tx.insert_feedback([learned(d)])
+            for i in range(300):
+                d = router.route(Request(prompt=f"r {i}", models=["gpt-4o-mini", "gpt-4.1-nano"]))
+                tx.insert_decisions([(d, None, "acme")])
+            tx.insert_checkpoint(fingerprint="fp", seq=seq, event_id=0, version=1, sha256="x", state=b"", keep=3)
+        read = SQLiteStore.read
+        reads: list[int] = []
+        deleted: list[int] = []
+
+        @contextmanager
+        def read_then_retention(self: SQLiteStore) -> Iterator[Any]:
+            with read(self) as reader:
+                yield reader
+            reads.append(1)
+            if len(reads) == 2:  # after the first page: one retention batch (the oldest fed decisions first)
+                deleted.append(self.delete_old(time.time() + 60, 30, fingerprint="fp"))
+
+        monkeypatch.setattr(SQLiteStore, "read", read_then_retention)
+        paged = store.stats()
+        monkeypatch.setattr(SQLiteStore, "read", read)
+        with store.read() as reader:
+            after = reader.stats()
+    finally:
+        store.close()
+    assert deleted and deleted[0] > 0
+    assert after.models.get("gpt-4o") is None  # retention took gpt-4o's decisions
+    for name, model in paged.models.items():
+        assert model.feedback <= model.decisions, (name, model)
+    assert sum(paged.feedback_by_status.values()) == sum(m.feedback for m in paged.models.values())
