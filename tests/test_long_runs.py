@@ -92,9 +92,9 @@ def test_the_model_lists_kept_for_writing_decisions_are_bounded(tmp_path: Path) 
 
 def test_the_stats_of_a_long_log_are_read_in_short_transactions(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """`GET /v1/stats` counted the whole log in one read transaction (4 s at 10⁶ decisions): while a read lasts the
-    WAL cannot be reset, so two clients polling it back to back kept the WAL growing past `wal_max_bytes` (250 MB
-    in two minutes, reproduced). `SQLiteStore.stats` reads pages of `STATS_PAGE` rows, each in its own transaction,
+    """`GET /v1/stats` counted the whole log in one read transaction (seconds on a long log): while a read lasts the
+    WAL cannot be reset, so two clients polling it back to back kept the WAL growing past `wal_max_bytes` (as long
+    as they polled, reproduced). `SQLiteStore.stats` reads pages of `STATS_PAGE` rows, each in its own transaction,
     and between two of them the WAL can be reset; the counts are those of one transaction's."""
     monkeypatch.setattr(sqlite_store, "STATS_PAGE", 16)
     path = tmp_path / "store.db"

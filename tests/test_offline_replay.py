@@ -381,8 +381,8 @@ def test_decisions_without_feedback_are_left_out_with_a_warning(world: Synthetic
 def test_decisions_without_feedback_are_counted_not_held_while_the_log_is_read(world: SyntheticWorld,
                                                                               log: SimulatedLog) -> None:
     """`evaluate_log` made a list of every record before it left those without feedback out: the whole log in memory
-    (`evaluate` on a database of 10⁶ decisions, 30% with feedback, held 4.8 GB). It keeps only the ones with
-    feedback now; `without_feedback` counts those a caller left out itself (the CLI: `store_log.with_feedback`)."""
+    (`evaluate`: every decision of the database). It keeps only the ones with feedback now; `without_feedback`
+    counts those a caller left out itself (the CLI: `store_log.with_feedback`)."""
     alive: list[weakref.ref[LoggedRecord]] = []
     held_at_the_end: list[int] = []
 
