@@ -240,6 +240,35 @@ def test_v1_stats_reads_the_log_in_pages(tmp_path: Path, monkeypatch: pytest.Mon
     assert sum(m["decisions"] for m in reply.json()["models"]) == 40
 
 
+def test_v1_stats_of_a_store_without_paged_stats_counts_in_one_read(tmp_path: Path) -> None:
+    """`Store.stats` is optional, like `bound_wal` and `delete_old`: a store without it (another implementation of
+    the interface) is counted by one reader's `stats()`; `GET /v1/stats` was a 500 (AttributeError) for it."""
+
+    class WithoutStats:
+        def __init__(self, store: Any) -> None:
+            self._store = store
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "stats":
+                raise AttributeError(name)
+            return getattr(self._store, name)
+
+    client = start_client(Settings(db=tmp_path / "api.db", seed=7))
+    try:
+        for i in range(5):
+            assert client.post("/v1/route", json={"prompt": f"question {i}"}).status_code == 200
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        store, engine.store = engine.store, WithoutStats(engine.store)
+        try:
+            reply = client.get("/v1/stats")
+        finally:
+            engine.store = store
+    finally:
+        client.__exit__(None, None, None)
+    assert reply.status_code == 200, reply.text
+    assert sum(m["decisions"] for m in reply.json()["models"]) == 5
+
+
 def test_retention_between_two_stats_pages_takes_a_decisions_feedback_with_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Retention deleting between two pages of `SQLiteStore.stats`: feedback was paged by seq, decisions by rowid,
