@@ -403,11 +403,14 @@ def test_decisions_without_feedback_are_counted_not_held_while_the_log_is_read(w
     whole = evaluate_log(listed, [], models=world.models, estimators=("ips",))
     counted = evaluate_log([r for r in listed if r.outcome is not None], [], models=world.models, estimators=("ips",),
                            without_feedback=N // 10)
-    for ev in (streamed, counted):
+    counted_np = evaluate_log([r for r in listed if r.outcome is not None], [], models=world.models,
+                              estimators=("ips",), without_feedback=np.int64(N // 10))  # a count from an array
+    for ev in (streamed, counted, counted_np):
         assert (ev.n_logged, ev.n_with_feedback, ev.warnings) == (whole.n_logged, whole.n_with_feedback, whole.warnings)
         assert [r.value for r in ev.records] == [r.value for r in whole.records]
-    with pytest.raises(InvalidInput, match="without_feedback"):
-        evaluate_log(listed, [], models=world.models, without_feedback=-1)
+    for wrong in (-1, np.int64(-1), True, 1.0):
+        with pytest.raises(InvalidInput, match="without_feedback"):
+            evaluate_log(listed, [], models=world.models, without_feedback=wrong)
 
 
 @pytest.mark.parametrize("mode", ["learning", "frozen", "replay"])
