@@ -949,9 +949,9 @@ class _SQLiteTx:
 
 
 STATS_PAGE = 20_000
-"""Rowids of `decisions` (with their feedback) that one read transaction of `SQLiteStore.stats` counts: tens of
-milliseconds, so that the writer's WAL restart, which waits at most 200 ms for the readers to finish, finds a moment
-between two pages (with 100,000 rows a page, two clients polling `/v1/stats` still kept the WAL from a reset)."""
+"""Rowids of `decisions` (with their feedback) that one read transaction of `SQLiteStore.stats` counts: a page short
+enough that the writer's WAL restart, which waits at most `RESTART_WAIT_MS` for the readers to finish, finds a moment
+between two pages (with pages five times longer, two clients polling `/v1/stats` still kept the WAL from a reset)."""
 _RANGE = " AND {column} > ? AND {column} <= ?"
 
 
