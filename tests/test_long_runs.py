@@ -4,17 +4,22 @@ distinct value a caller chose. Each test makes many of them and asserts the boun
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from service_client import start_client
 
+from bandit_router.config import Settings
+from bandit_router.ids import new_decision_id
 from bandit_router.router import Router
 from bandit_router.store import FeedbackRecord, SQLiteStore
 from bandit_router.store import sqlite as sqlite_store
@@ -87,10 +92,10 @@ def test_the_model_lists_kept_for_writing_decisions_are_bounded(tmp_path: Path) 
 
 def test_the_stats_of_a_long_log_are_read_in_short_transactions(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """`GET /v1/stats` counted the whole log in one read transaction (4 s at 10⁶ decisions): while a read lasts the
-    WAL cannot be reset, so two clients polling it back to back kept the WAL growing past `wal_max_bytes` (250 MB
-    in two minutes, reproduced). `SQLiteStore.stats` reads pages of `STATS_PAGE` rows, each in its own transaction,
-    and between two of them the WAL is reset; the counts are those of one transaction's."""
+    """`GET /v1/stats` counted the whole log in one read transaction (seconds on a long log): while a read lasts the
+    WAL cannot be reset, so two clients polling it back to back kept the WAL growing past `wal_max_bytes` (as long
+    as they polled, reproduced). `SQLiteStore.stats` reads pages of `STATS_PAGE` rows, each in its own transaction,
+    and between two of them the WAL can be reset; the counts are those of one transaction's."""
     monkeypatch.setattr(sqlite_store, "STATS_PAGE", 16)
     path = tmp_path / "store.db"
     store = SQLiteStore(path)
@@ -137,4 +142,190 @@ def test_the_stats_of_a_long_log_are_read_in_short_transactions(tmp_path: Path,
     assert sum(m.decisions for m in paged.models.values()) == 100
     assert sum(paged.feedback_by_status.values()) == 60 and paged.feedback_by_status["late"] == 15
     assert len(resets) == 1 + 100 // 16 + 1  # the ends, then one read per page
-    assert all(busy == 0 for busy, _, _ in resets), resets  # every reset went through, between two pages
+
+
+def _fed_log(store: SQLiteStore, n: int, fed_every: int, seed: int) -> int:
+    """`n` decisions (64 routes repeated under new ids), every `fed_every`-th with learned feedback; the last seq."""
+    router = Router(seed=seed)
+    routes = [router.route(Request(prompt=f"question {i}", context={"tenant": "acme"})) for i in range(64)]
+    seq = 0
+    with store.write() as tx:
+        for start in range(0, n, 64):
+            batch = [dataclasses.replace(d, decision_id=new_decision_id()) for d in routes[: n - start]]
+            tx.insert_decisions([(d, None, "acme") for d in batch])
+            records = []
+            for d in batch[::fed_every]:
+                seq += 1
+                records.append(FeedbackRecord(
+                    decision_id=d.decision_id, received_at=d.created_at + 1, quality=0.5, cost_usd=None,
+                    input_tokens=None, output_tokens=None, latency_s=None, source="test", status="applied", learn=True,
+                    reward=0.5, realised_cost_usd=0.001, model=d.model, tenant="acme", seq=seq))
+            tx.insert_feedback(records)
+    return seq
+
+
+def test_polling_stats_back_to_back_lets_the_wal_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads poll `SQLiteStore.stats` back to back while the writer commits and calls `bound_wal`, as the
+    service's writer does: the restarts go through, since no read lasts longer than one page. A scan's time is made
+    proportional to its rows (0.1 ms a decision, inside the transaction) so that a log of 5,000 decisions stands for
+    a long one: read in one transaction (0.5 s, past `RESTART_WAIT_MS`) no restart went through (0 of 100, and
+    `restart_busy` at the end); in pages of 200 (20 ms each) they do."""
+    monkeypatch.setattr(sqlite_store, "STATS_PAGE", 200)
+    store = SQLiteStore(tmp_path / "store.db", wal_max_bytes=32 << 10)
+    store.prepare()
+    n = 5000
+    _fed_log(store, n, 3, seed=3)
+    add = sqlite_store._StatsSums.add
+
+    def slow_add(self: Any, tx: Any, decisions: tuple[int, int] | None) -> None:
+        add(self, tx, decisions)
+        time.sleep(1e-4 * (decisions[1] - decisions[0] if decisions else n))
+
+    monkeypatch.setattr(sqlite_store._StatsSums, "add", slow_add)
+    router = Router(seed=4)
+    routes = [router.route(Request(prompt=f"new {i}")) for i in range(8)]
+    stop = threading.Event()
+    polls = [0, 0]
+
+    def poll(i: int) -> None:
+        while not stop.is_set():
+            store.stats()
+            polls[i] += 1
+
+    pollers = [threading.Thread(target=poll, args=(i,)) for i in range(2)]
+    try:
+        store.bound_wal()  # the log's own WAL
+        before = store.wal_restarts
+        for thread in pollers:
+            thread.start()
+        attempts = 0
+        for _ in range(100):
+            with store.write() as tx:
+                tx.insert_decisions([(dataclasses.replace(d, decision_id=new_decision_id()), None, "acme")
+                                     for d in routes])
+            store.bound_wal()
+            attempts += 1
+        restarts, busy = store.wal_restarts - before, store.restart_busy
+    finally:
+        stop.set()
+        for thread in pollers:
+            thread.join()
+        store.close()
+    assert min(polls) >= 1  # both polled meanwhile
+    assert restarts >= attempts // 4, (restarts, attempts)  # a restart each ~2 batches (8 decisions > 32 KiB / 2)
+    assert not busy
+
+
+def test_v1_stats_reads_the_log_in_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`GET /v1/stats` counts through `SQLiteStore.stats` (pages of `STATS_PAGE` decisions, each its own read), not
+    one reader's `stats()` (one transaction for the whole log): every page is counted once, and the counts add up."""
+    client = start_client(Settings(db=tmp_path / "api.db", seed=7))
+    try:
+        for i in range(40):
+            assert client.post("/v1/route", json={"prompt": f"question {i}"}).status_code == 200
+        pages: list[tuple[int, int] | None] = []
+        add = sqlite_store._StatsSums.add
+
+        def counted_add(self: Any, tx: Any, decisions: tuple[int, int] | None) -> None:
+            pages.append(decisions)
+            add(self, tx, decisions)
+
+        monkeypatch.setattr(sqlite_store, "STATS_PAGE", 8)
+        monkeypatch.setattr(sqlite_store._StatsSums, "add", counted_add)
+        reply = client.get("/v1/stats")
+    finally:
+        client.__exit__(None, None, None)
+    assert reply.status_code == 200, reply.text
+    assert pages == [(start, start + 8) for start in range(0, 40, 8)]
+    assert sum(m["decisions"] for m in reply.json()["models"]) == 40
+
+
+def test_v1_stats_of_a_store_without_paged_stats_counts_in_one_read(tmp_path: Path) -> None:
+    """`Store.stats` is optional, like `bound_wal` and `delete_old`: a store without it (another implementation of
+    the interface) is counted by one reader's `stats()`; `GET /v1/stats` was a 500 (AttributeError) for it."""
+
+    class WithoutStats:
+        def __init__(self, store: Any) -> None:
+            self._store = store
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "stats":
+                raise AttributeError(name)
+            return getattr(self._store, name)
+
+    client = start_client(Settings(db=tmp_path / "api.db", seed=7))
+    try:
+        for i in range(5):
+            assert client.post("/v1/route", json={"prompt": f"question {i}"}).status_code == 200
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        store, engine.store = engine.store, WithoutStats(engine.store)
+        try:
+            reply = client.get("/v1/stats")
+        finally:
+            engine.store = store
+    finally:
+        client.__exit__(None, None, None)
+    assert reply.status_code == 200, reply.text
+    assert sum(m["decisions"] for m in reply.json()["models"]) == 5
+
+
+def test_retention_between_two_stats_pages_takes_a_decisions_feedback_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retention deleting between two pages of `SQLiteStore.stats`: feedback was paged by seq, decisions by rowid,
+    and when fewer than all decisions have feedback the feedback pages run ahead, so a model whose few decisions
+    retention deleted after the first page showed learned feedback and no decision (5 learned, 0 decisions). A page
+    now counts its decisions and their feedback together: every model's learned feedback is at most its decisions,
+    and the counts are those of the log's two states, page by page."""
+    monkeypatch.setattr(sqlite_store, "STATS_PAGE", 100)
+    store = SQLiteStore(tmp_path / "store.db")
+    store.prepare()
+    router = Router(seed=1)
+    seq = 0
+
+    def learned(d: Any) -> FeedbackRecord:
+        nonlocal seq
+        seq += 1
+        return FeedbackRecord(
+            decision_id=d.decision_id, received_at=d.created_at + 1, quality=0.8, cost_usd=None, input_tokens=None,
+            output_tokens=None, latency_s=None, source="test", status="applied", learn=True, reward=0.8,
+            realised_cost_usd=0.001, model=d.model, tenant="acme", seq=seq)
+
+    try:
+        with store.write() as tx:
+            for i in range(150):  # rowids 1..150, one in 7 with feedback (seqs 1..22)
+                d = router.route(Request(prompt=f"q {i}", models=["gpt-4o-mini", "gpt-4.1-nano"]))
+                tx.insert_decisions([(d, None, "acme")])
+                if i % 7 == 0:
+                    tx.insert_feedback([learned(d)])
+            for i in range(5):  # gpt-4o: rowids 151..155, seqs 23..27 (the first page of seqs)
+                d = router.route(Request(prompt=f"x {i}", models=["gpt-4o"]))
+                tx.insert_decisions([(d, None, "acme")])
+                tx.insert_feedback([learned(d)])
+            for i in range(300):
+                d = router.route(Request(prompt=f"r {i}", models=["gpt-4o-mini", "gpt-4.1-nano"]))
+                tx.insert_decisions([(d, None, "acme")])
+            tx.insert_checkpoint(fingerprint="fp", seq=seq, event_id=0, version=1, sha256="x", state=b"", keep=3)
+        read = SQLiteStore.read
+        reads: list[int] = []
+        deleted: list[int] = []
+
+        @contextmanager
+        def read_then_retention(self: SQLiteStore) -> Iterator[Any]:
+            with read(self) as reader:
+                yield reader
+            reads.append(1)
+            if len(reads) == 2:  # after the first page: one retention batch (the oldest fed decisions first)
+                deleted.append(self.delete_old(time.time() + 60, 30, fingerprint="fp"))
+
+        monkeypatch.setattr(SQLiteStore, "read", read_then_retention)
+        paged = store.stats()
+        monkeypatch.setattr(SQLiteStore, "read", read)
+        with store.read() as reader:
+            after = reader.stats()
+    finally:
+        store.close()
+    assert deleted and deleted[0] > 0
+    assert after.models.get("gpt-4o") is None  # retention took gpt-4o's decisions
+    for name, model in paged.models.items():
+        assert model.feedback <= model.decisions, (name, model)
+    assert sum(paged.feedback_by_status.values()) == sum(m.feedback for m in paged.models.values())

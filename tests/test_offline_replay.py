@@ -398,8 +398,8 @@ def test_decisions_without_feedback_are_left_out_with_a_warning(world: Synthetic
 def test_decisions_without_feedback_are_counted_not_held_while_the_log_is_read(world: SyntheticWorld,
                                                                               log: SimulatedLog) -> None:
     """`evaluate_log` made a list of every record before it left those without feedback out: the whole log in memory
-    (`evaluate` on a database of 10⁶ decisions, 30% with feedback, held 4.8 GB). It keeps only the ones with
-    feedback now; `without_feedback` counts those a caller left out itself (the CLI: `store_log.with_feedback`)."""
+    (`evaluate`: every decision of the database). It keeps only the ones with feedback now; `without_feedback`
+    counts those a caller left out itself (the CLI: `store_log.with_feedback`)."""
     alive: list[weakref.ref[LoggedRecord]] = []
     held_at_the_end: list[int] = []
 
@@ -420,11 +420,14 @@ def test_decisions_without_feedback_are_counted_not_held_while_the_log_is_read(w
     whole = evaluate_log(listed, [], models=world.models, estimators=("ips",))
     counted = evaluate_log([r for r in listed if r.outcome is not None], [], models=world.models, estimators=("ips",),
                            without_feedback=N // 10)
-    for ev in (streamed, counted):
+    counted_np = evaluate_log([r for r in listed if r.outcome is not None], [], models=world.models,
+                              estimators=("ips",), without_feedback=np.int64(N // 10))  # a count from an array
+    for ev in (streamed, counted, counted_np):
         assert (ev.n_logged, ev.n_with_feedback, ev.warnings) == (whole.n_logged, whole.n_with_feedback, whole.warnings)
         assert [r.value for r in ev.records] == [r.value for r in whole.records]
-    with pytest.raises(InvalidInput, match="without_feedback"):
-        evaluate_log(listed, [], models=world.models, without_feedback=-1)
+    for wrong in (-1, np.int64(-1), True, 1.0):
+        with pytest.raises(InvalidInput, match="without_feedback"):
+            evaluate_log(listed, [], models=world.models, without_feedback=wrong)
 
 
 @pytest.mark.parametrize("mode", ["learning", "frozen", "replay"])

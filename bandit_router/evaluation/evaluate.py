@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,7 +277,7 @@ def evaluate_log(
     `EvaluationConfig`. Decisions without feedback are left out (and counted in a warning); only the records with
     feedback are kept while `records` is read, so a generator of a large log (`store_log.iter_log`) is not held
     whole. `without_feedback`: decisions without feedback the caller left out of `records` itself, counted as if
-    they were in it (`store_log.with_feedback`).
+    they were in it (`store_log.with_feedback`): any integer >= 0, NumPy's too.
 
     Two paths: `mode="replay"` scores each candidate on the rounds where it agrees with the log
     (`_by_replay`); the other modes run the off-policy estimators on every round (`_by_estimators`).
@@ -297,9 +298,10 @@ def _prepare(
     records: Iterable[LoggedRecord], candidates: Sequence[str | Candidate], specs: dict[str, ModelSpec],
     config: EvaluationConfig, without_feedback: int = 0,
 ) -> _Prepared:
-    if isinstance(without_feedback, bool) or not isinstance(without_feedback, int) or without_feedback < 0:
+    if (isinstance(without_feedback, bool) or not isinstance(without_feedback, numbers.Integral)
+            or without_feedback < 0):  # Integral: NumPy's integers too (a count from an array)
         raise InvalidInput(f"without_feedback must be an integer >= 0, got {without_feedback!r}")
-    n_every = without_feedback
+    n_every = int(without_feedback)
     logged: list[LoggedRecord] = []
     for record in records:  # one at a time: a decision without feedback is counted, not kept
         n_every += 1

@@ -682,9 +682,12 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """Counts from the database; the policy version and applied seq of this process (`pid`)."""
+        paged = getattr(self.store, "stats", None)  # optional (`Store`): SQLite pages a long log's scan
         with _readable(self):
-            raw = self.store.stats()  # SQLite: page by page (one read held for a long log's scan holds the WAL back)
+            raw = None if paged is None else paged()
             with self.store.read() as reader:
+                if raw is None:
+                    raw = reader.stats()
                 head = reader.head()
         total = sum(m.decisions for m in raw.models.values())
         learned = sum(m.feedback for m in raw.models.values())

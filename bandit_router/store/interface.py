@@ -186,7 +186,11 @@ class WriteTx(Reader, Protocol):
 
 
 class Store(Protocol):
-    """The service's storage. One writer per process (a thread) uses `write()`; any thread may `read()`."""
+    """The service's storage. One writer per process (a thread) uses `write()`; any thread may `read()`.
+
+    Optional methods, called when a store has them: `stats()` (`Reader.stats()` of the whole log in several
+    short read transactions, as `SQLiteStore.stats`; without it the engine counts in one `read()`), `bound_wal()`
+    and `delete_old(...)` (as `SQLiteStore`'s)."""
 
     def prepare(self) -> None:
         """Create or migrate the schema. Call once before worker processes start."""
@@ -199,10 +203,6 @@ class Store(Protocol):
     def schema_version(self) -> int:
         """The schema version the database records; 0 when it records none (not prepared yet, or not a
         bandit-router database). Creates nothing."""
-        ...
-
-    def stats(self) -> StoreStats:
-        """`Reader.stats()` of the whole log (SQLite: in several short read transactions, not one long one)."""
         ...
 
     def maintain(self) -> None:

@@ -431,20 +431,21 @@ class SQLiteStore:
                     raise StoreError(str(exc)) from exc
 
     def stats(self) -> StoreStats:
-        """`Reader.stats()` of the whole log, read in transactions of `STATS_PAGE` rows each rather than one: a read
-        holds the WAL back from being reset while it lasts, and one scan of a long log lasts seconds (10⁶
-        decisions: 4 s), so `GET /v1/stats` polled back to back kept the WAL growing past `wal_max_bytes` for as
-        long as it was polled. The counts are those of the rows stored when the call started (a row retention
-        deletes meanwhile may be counted or not)."""
+        """`Reader.stats()` of the whole log, read in transactions of `STATS_PAGE` decisions each rather than one: a
+        read holds the WAL back from being reset while it lasts, and one scan of a long log lasts seconds, so
+        `GET /v1/stats` polled back to back kept the WAL growing past `wal_max_bytes` for as long as it was polled.
+        A page counts its decisions (rowids in (lo, hi]) and the feedback of those decisions, in one transaction, so
+        a decision that retention deletes between two pages goes with its feedback: no model shows more learned
+        feedback than decisions. The counts are those of the rows stored when the call started, less what retention
+        deleted from the pages not read yet."""
         with self.read() as reader:
             assert isinstance(reader, _SQLiteTx)
-            last_decision, last_seq = reader.stats_ends()
+            first, last = reader.stats_ends()
         sums = _StatsSums()
-        for start in range(0, max(last_decision, last_seq), STATS_PAGE):
+        for start in range(first, last, STATS_PAGE):
             with self.read() as reader:
                 assert isinstance(reader, _SQLiteTx)
-                sums.add(reader, (start, min(start + STATS_PAGE, last_decision)),
-                         (start, min(start + STATS_PAGE, last_seq)))
+                sums.add(reader, (start, min(start + STATS_PAGE, last)))
         return sums.stats()
 
     def maintain(self) -> None:
@@ -935,20 +936,22 @@ class _SQLiteTx:
         """Per model: decisions, learned feedbacks, mean quality and reward, spend (of learned feedback); and
         feedback rows per status (in this transaction; `SQLiteStore.stats` reads a long log in pages)."""
         sums = _StatsSums()
-        sums.add(self, None, None)
+        sums.add(self, None)
         return sums.stats()
 
     def stats_ends(self) -> tuple[int, int]:
-        """The largest rowid of `decisions` and seq of `feedback` (0 when empty): where `SQLiteStore.stats` stops."""
-        row = self._execute("SELECT (SELECT COALESCE(MAX(rowid), 0) FROM decisions), "
-                            "(SELECT COALESCE(MAX(seq), 0) FROM feedback)", (), plain=True).fetchone()
+        """The rowids of `decisions` as a range (first, last]: the smallest less one and the largest (0, 0 when
+        empty), where `SQLiteStore.stats` starts and stops (retention deletes the oldest, so the rowids of a long
+        kept log start far from 0)."""
+        row = self._execute("SELECT (SELECT COALESCE(MIN(rowid) - 1, 0) FROM decisions), "
+                            "(SELECT COALESCE(MAX(rowid), 0) FROM decisions)", (), plain=True).fetchone()
         return int(row[0]), int(row[1])
 
 
 STATS_PAGE = 20_000
-"""Rows of `decisions` (and seqs of `feedback`) that one read transaction of `SQLiteStore.stats` counts: tens of
-milliseconds, so that the writer's WAL restart, which waits at most 200 ms for the readers to finish, finds a moment
-between two pages (with 100,000 rows a page, two clients polling `/v1/stats` still kept the WAL from a reset)."""
+"""Rowids of `decisions` (with their feedback) that one read transaction of `SQLiteStore.stats` counts: a page short
+enough that the writer's WAL restart, which waits at most `RESTART_WAIT_MS` for the readers to finish, finds a moment
+between two pages (with pages five times longer, two clients polling `/v1/stats` still kept the WAL from a reset)."""
 _RANGE = " AND {column} > ? AND {column} <= ?"
 
 
@@ -960,24 +963,24 @@ class _StatsSums:
         self.learned: dict[str, list[float]] = {}  # n, Σquality, n(quality), Σreward, n(reward), Σspend, n(spend)
         self.by_status: dict[str, int] = {}
 
-    def add(self, tx: _SQLiteTx, decisions: tuple[int, int] | None, seqs: tuple[int, int] | None) -> None:
-        """Count the decisions of rowids in (lo, hi] and the feedback of seqs in (lo, hi] (None: all of them)."""
+    def add(self, tx: _SQLiteTx, decisions: tuple[int, int] | None) -> None:
+        """Count the decisions of rowids in (lo, hi] and the feedback of those decisions (None: every row)."""
         where = _RANGE.format(column="rowid") if decisions else ""
         for model, n in tx._execute(f"SELECT model, COUNT(*) FROM decisions WHERE 1 = 1{where} GROUP BY model",
                                     decisions or (), plain=True):
             self.decisions[model] = self.decisions.get(model, 0) + int(n)
-        where = _RANGE.format(column="seq") if seqs else ""
-        for model, *values in tx._execute(
-            "SELECT model, COUNT(*), SUM(quality), COUNT(quality), SUM(reward), COUNT(reward), SUM(realised_cost_usd), "
-            f"COUNT(realised_cost_usd) FROM feedback WHERE {rollup.LEARNED_SQL}{where} GROUP BY model",
-            seqs or (), plain=True,
+        rows = ("FROM decisions d JOIN feedback f ON f.decision_id = d.decision_id WHERE d.rowid > ? AND d.rowid <= ?"
+                if decisions else "FROM feedback f")  # a page's feedback: that of its decisions, in its transaction
+        for model, status, learned, n, *values in tx._execute(
+            f"SELECT f.model, status, {rollup.LEARNED_SQL}, COUNT(*), SUM(quality), COUNT(quality), SUM(reward), "
+            f"COUNT(reward), SUM(realised_cost_usd), COUNT(realised_cost_usd) {rows} GROUP BY f.model, status, learn",
+            decisions or (), plain=True,
         ):
-            total = self.learned.setdefault(model, [0.0] * 7)
-            for i, value in enumerate(values):
-                total[i] += value or 0
-        for status, n in tx._execute(f"SELECT status, COUNT(*) FROM feedback WHERE 1 = 1{where} GROUP BY status",
-                                     seqs or (), plain=True):
             self.by_status[status] = self.by_status.get(status, 0) + int(n)
+            if learned:
+                total = self.learned.setdefault(model, [0.0] * 7)
+                for i, value in enumerate((n, *values)):
+                    total[i] += value or 0
 
     def stats(self) -> StoreStats:
         stats = StoreStats()
