@@ -16,7 +16,6 @@ import csv
 import gzip
 import io
 import math
-import re
 import sys
 import zlib
 from collections.abc import Sequence
@@ -81,21 +80,24 @@ def csv_text(raw: bytes) -> str:
     changed the prompts (an `é` read as `�`) without a word. The conversion suggested is from Windows-1252, which
     reads Latin-1's letters alike and its 0x80–0x9F as the curly quotes and € it saves there (from Latin-1 they
     would become invisible control characters)."""
-    for bom in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+    for bom, name in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),  # FF FE 00 00 first
+                      (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if raw.startswith(bom):
             raise NotUTF8(
-                f"the file is UTF-16 (it starts with the byte-order mark {' '.join(f'0x{b:02x}' for b in bom)}), not "
-                f"UTF-8: save it as UTF-8 (Excel: \"CSV UTF-8\"), or convert it, e.g. iconv -f utf-16 -t utf-8"
+                f"the file is {name.upper()} (it starts with the byte-order mark "
+                f"{' '.join(f'0x{b:02x}' for b in bom)}), not UTF-8: save it as UTF-8 (Excel: \"CSV UTF-8\"), or "
+                f"convert it, e.g. iconv -f {name} -t utf-8"
             )
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8) :]
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        breaks = list(re.finditer(rb"\r\n|\r|\n", raw[: exc.start]))
-        line_start = breaks[-1].end() if breaks else 0
+        bad = exc.start  # line breaks before it: LF, CR and CRLF (counted once), by counts, not a match per line
+        breaks = raw.count(b"\n", 0, bad) + raw.count(b"\r", 0, bad) - raw.count(b"\r\n", 0, bad)
+        line_start = max(raw.rfind(b"\n", 0, bad), raw.rfind(b"\r", 0, bad)) + 1
         raise NotUTF8(
-            f"line {len(breaks) + 1} is not UTF-8 (its byte {exc.start - line_start + 1} is 0x{raw[exc.start]:02x}: a "
+            f"line {breaks + 1} is not UTF-8 (its byte {exc.start - line_start + 1} is 0x{raw[exc.start]:02x}: a "
             "file saved as Latin-1 or Windows-1252?): save it as UTF-8 (Excel: \"CSV UTF-8\"), or convert it, e.g. "
             "iconv -f windows-1252 -t utf-8"
         ) from None

@@ -371,10 +371,12 @@ def _check_written_through(path: Path) -> None:
         return
     try:
         target = Path(os.path.realpath(path, strict=True))
-    except FileNotFoundError:  # a dangling link: is there a folder to create its target in? (below)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a loop of links
+            raise OSError(exc.errno, f"{exc.strerror}: a symlink loop", path.name) from None
+        # a dangling link, or one through a file or an unsearchable folder: is there a folder to create its target
+        # in? (below, which names what is wrong)
         target = Path(os.path.realpath(path))
-    except OSError as exc:  # ELOOP: a loop of links
-        raise OSError(exc.errno, f"{exc.strerror}: a symlink loop", path.name) from None
     if target.is_dir():
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path.name)
     if target.exists():

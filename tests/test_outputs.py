@@ -190,7 +190,7 @@ def test_a_simulate_report_writes_through_a_symlink_and_keeps_a_file_s_permissio
     assert (out / "summary.md").read_text().startswith("#")
 
 
-@pytest.mark.parametrize("blocker", ["dangling symlink", "folder", "symlink loop"])
+@pytest.mark.parametrize("blocker", ["dangling symlink", "folder", "symlink loop", "symlink through a file"])
 def test_a_report_file_that_cannot_be_written_through_leaves_the_previous_report(tmp_path: Path, blocker: str) -> None:
     """A summary.json that is a symlink into a folder that is gone (or a folder of that name, or a symlink loop)
     failed only when its turn came to be put in place: summary.md and curves.json of the new report were in place
@@ -205,6 +205,10 @@ def test_a_report_file_that_cannot_be_written_through_leaves_the_previous_report
     elif blocker == "symlink loop":  # passed the check and failed halfway, after curves.json and summary.md moved
         (out / "summary.json").symlink_to("summary.json")
         reason = "Too many levels of symbolic links: a symlink loop (summary.json)"
+    elif blocker == "symlink through a file":  # review: ENOTDIR read "a symlink loop"
+        (tmp_path / "notes.txt").write_text("a file, not a folder")
+        (out / "summary.json").symlink_to(tmp_path / "notes.txt" / "summary.json")
+        reason = f"No such file or directory: {tmp_path / 'notes.txt'}, its target's folder (summary.json)"
     else:
         (out / "summary.json").symlink_to(tmp_path / "gone" / "summary.json")
         reason = f"No such file or directory: {tmp_path / 'gone'}, its target's folder (summary.json)"

@@ -293,7 +293,8 @@ def test_a_table_that_is_not_utf8_is_refused_naming_the_line(tmp_path: Path, com
         assert load_dataset(table).prompts[0] == "la région 0"
 
 
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "cp1252 with CR line ends"])
+@pytest.mark.parametrize(
+    "encoding", ["utf-16", "utf-16-be", "utf-32", "cp1252 with CR line ends", "cp1252 with CRLF line ends"])
 def test_a_utf16_table_or_one_with_cr_line_ends_is_named_as_it_is(tmp_path: Path, encoding: str) -> None:
     """A UTF-16 table was called "Latin-1 or Windows-1252?" at its byte 1 (0xff); a table whose lines end with a lone
     CR (old Mac) was "line 1" whatever its line; and the suggested `iconv -f latin1` turns Windows-1252's curly
@@ -309,8 +310,11 @@ def test_a_utf16_table_or_one_with_cr_line_ends_is_named_as_it_is(tmp_path: Path
     elif encoding == "utf-16-be":
         table.write_bytes(codecs.BOM_UTF16_BE + text.encode("utf-16-be"))
         match = r"the file is UTF-16 \(it starts with the byte-order mark 0xfe 0xff\)"
+    elif encoding == "utf-32":  # review: its byte-order mark begins with UTF-16's, and it was called UTF-16
+        table.write_bytes(codecs.BOM_UTF32_LE + text.encode("utf-32-le"))
+        match = r"the file is UTF-32 \(it starts with the byte-order mark 0xff 0xfe 0x00 0x00\).*iconv -f utf-32"
     else:
-        table.write_bytes(text.replace("\n", "\r").encode("cp1252"))
+        table.write_bytes(text.replace("\n", "\r" if "CR line" in encoding else "\r\n").encode("cp1252"))
         match = r"line 5 is not UTF-8 \(its byte 5 is 0x92: .*iconv -f windows-1252 -t utf-8"
     with pytest.raises(InvalidInput, match=match):
         load_dataset(table)

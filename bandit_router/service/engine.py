@@ -451,9 +451,10 @@ class Engine:
                 log.info("the wall clock is back within %.0f s of the time elapsed since the start", CLOCK_BACK_S)
                 self._ahead_said = None
             return
-        if ahead <= CLOCK_STEP_SAID_S or (
-                self._ahead_said is not None and abs(ahead - self._ahead_said) <= CLOCK_STEP_SAID_S):
+        if self._ahead_said is None and ahead <= CLOCK_STEP_SAID_S:
             return
+        if self._ahead_said is not None and abs(ahead - self._ahead_said) <= CLOCK_STEP_SAID_S:
+            return  # (a step back from 1,000 s to 45 s ahead is a move: said, or the log would keep saying 1,000)
         self._ahead_said = ahead
         log.warning("the wall clock is %.0f s ahead of the time elapsed since the start (it was stepped forward: set "
                     "wrong, or it was behind at the start and was corrected): retention deletes by the elapsed time, "
