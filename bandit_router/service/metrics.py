@@ -2,8 +2,10 @@
 
 With `--workers N` the counters and histograms are the workers' sums, whichever worker answers the scrape:
 `serve` gives the workers a shared folder (`PROMETHEUS_MULTIPROC_DIR`, prometheus-client's multiprocess mode:
-each process writes its values to a memory-mapped file there, and a scrape adds them up); the gauges read at
-scrape time (readiness, policy version, budgets, checkpoints, the judge) are the answering worker's.
+each process writes its values to a memory-mapped file there, and a scrape adds them up; `metricsdir`); the gauges
+read at scrape time (readiness, policy version, budgets, checkpoints, the judge) are the answering worker's. A
+`PROMETHEUS_MULTIPROC_DIR` that `serve` did not set (an operator's, for processes of their own) is not read: an
+app's metrics are then its own, as in one process.
 
 Export cannot fail on a name: names are validated when they come in (`bandit_router.names`), and every label
 value also passes through `safe_text` here (a name stored by an older version may hold a lone surrogate, which
@@ -14,7 +16,6 @@ never a 500.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -27,13 +28,12 @@ from prometheus_client.registry import Collector
 from ..names import safe_text
 from ..store import CallRecord
 from ..types import Decision
+from .metricsdir import join_folder, serves_this_process
 
 log = logging.getLogger("bandit_router.service")
 ROUTE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
-"""prometheus-client's multiprocess folder: `serve --workers N` sets it for its workers (`service.cli`)."""
 
 
 class Metrics:
@@ -44,9 +44,15 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         """This process's values read at scrape time (and, in one process, every metric)."""
         self.shared: CollectorRegistry | None = None
-        """With `PROMETHEUS_MULTIPROC_DIR` set (`serve --workers N`): the counters and histograms of every worker,
-        summed from their files at scrape time; they are then in no registry of their own."""
-        if os.environ.get(MULTIPROCESS_VARIABLE):
+        """In a worker of `serve --workers N` (`metricsdir.serves_this_process`): the counters and histograms of
+        every worker, summed from their files at scrape time; they are then in no registry of their own."""
+        folder = serves_this_process()
+        if folder is not None:
+            try:
+                join_folder(folder)
+            except OSError as exc:
+                raise RuntimeError(f"cannot allocate this worker's metrics files in {folder}: {exc.strerror} (free "
+                                   "some room on its file system, or set [server] metrics_dir)") from None
             self.shared = CollectorRegistry()
             MultiProcessCollector(self.shared)  # type: ignore[no-untyped-call]
         r = None if self.shared is not None else self.registry
