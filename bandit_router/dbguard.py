@@ -98,17 +98,28 @@ class RateLimitedRecords(logging.Filter):
     """A logging filter for a library's recurring messages (psycopg's pool says every failed reconnection, a few
     times a second while PostgreSQL is down; uvicorn every malformed request): a record passes at most once per
     `every_s` seconds per message template (of `only`'s, when given: the others always pass), saying how many were
-    dropped since the last that passed."""
+    dropped since the last that passed. With `about`, only the records one of whose arguments is `about` or names
+    it (`repr(about)` in its text: psycopg's pool and its tasks by the pool's name) are limited; the others, an
+    embedding application's own pool's, always pass."""
 
-    def __init__(self, every_s: float = 60.0, only: Iterable[str] | None = None) -> None:
+    def __init__(self, every_s: float = 60.0, only: Iterable[str] | None = None, about: str | None = None) -> None:
         super().__init__()
         self.every_s = every_s
         self.only = None if only is None else frozenset(only)
+        self.about = about
         self._last: dict[str, tuple[float, int]] = {}
+
+    def _concerns(self, record: logging.LogRecord) -> bool:
+        if self.only is not None and record.msg not in self.only:
+            return False
+        if self.about is None:
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        return any(arg == self.about or repr(self.about) in str(arg) for arg in args)
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = str(record.msg)[:200]
-        if self.only is not None and record.msg not in self.only:
+        if not self._concerns(record):
             return True
         now = time.monotonic()
         last, dropped = self._last.get(key, (-1e18, 0))
@@ -123,11 +134,13 @@ class RateLimitedRecords(logging.Filter):
         return True
 
 
-def rate_limit_logger(name: str, every_s: float = 60.0, only: Iterable[str] | None = None) -> None:
-    """Attach a `RateLimitedRecords` filter to the logger `name` (idempotent)."""
+def rate_limit_logger(name: str, every_s: float = 60.0, only: Iterable[str] | None = None,
+                      about: str | None = None) -> None:
+    """Attach a `RateLimitedRecords` filter to the logger `name` (idempotent). The logger is the process's, shared
+    with any application that embeds the library: give `only` or `about` so that its own records pass."""
     logger = logging.getLogger(name)
     if not any(isinstance(f, RateLimitedRecords) for f in logger.filters):
-        logger.addFilter(RateLimitedRecords(every_s, only))
+        logger.addFilter(RateLimitedRecords(every_s, only, about))
 
 
 def wal_bytes(path: Path) -> int:

@@ -3,6 +3,7 @@ something goes wrong: said once, when it starts and when it ends, not once per r
 
 from __future__ import annotations
 
+import logging
 import re
 import resource
 import socket
@@ -17,7 +18,10 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg_pool import ConnectionPool
 
+from bandit_router.store.location import DatabaseURL
+from bandit_router.store.postgres import POOL_NAME, PostgresStore
 from tools.pg_server import PgServer
 from tools.serve_process import ServeProcess
 
@@ -191,3 +195,27 @@ def test_malformed_requests_are_logged_once_a_minute_not_once_each(serve: Callab
             assert conn.recv(100).startswith(b"HTTP/1.1 400 ")
     assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200  # served after them, so logged before
     assert server.logpath.read_text().count("Invalid HTTP request received.") == 1
+
+
+def test_the_pool_filter_limits_bandit_routers_pool_not_an_embedding_applications(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The rate limit on psycopg's pool log (installed by a `PostgresStore`) is on the process's `psycopg.pool`
+    logger: before, it also limited an embedding application's own pool, whose failed connections were said once a
+    minute, merged by template with bandit-router's (review, reproduced). Only the records naming bandit-router's
+    pool are limited now. Both pools try a server that is down (port 1) until each has failed twice."""
+    caplog.set_level(logging.WARNING, logger="psycopg.pool")
+    PostgresStore(DatabaseURL("postgresql://router:pw@127.0.0.1:1/router"))  # installs the filter; not opened
+    pools = [ConnectionPool("postgresql://app:pw@127.0.0.1:1/app", min_size=1, open=False, name=name,
+                            reconnect_timeout=30) for name in ("the-apps-pool", POOL_NAME)]
+    try:
+        for pool in pools:
+            pool.open(wait=False)
+        _wait(lambda: all(pool.get_stats().get("connections_errors", 0) >= 2 for pool in pools), timeout=30)
+    finally:
+        for pool in pools:
+            pool.close()
+    said = Counter(record.args[0] for record in caplog.records
+                   if record.name == "psycopg.pool" and str(record.msg).startswith("error connecting in")
+                   and isinstance(record.args, tuple))
+    assert said["the-apps-pool"] >= 2, said
+    assert said[POOL_NAME] <= 1, said

@@ -317,7 +317,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(HotPaths)  # inside ServiceMiddleware: Host check, body limits, metrics still apply
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.limits.max_body_bytes, hosts=hosts)
     redact.install()
-    rate_limit_logger("uvicorn.error", only=RECURRING)  # a scanner's or a flood's line per connection
+    # a scanner's or a flood's line per connection; the logger is the process's (an embedding application's uvicorn
+    # logs there too), so `only` these three templates are limited: every other record passes untouched
+    rate_limit_logger("uvicorn.error", only=RECURRING)
     errors.install(app)
     app.add_exception_handler(StarletteHTTPException, _routing_error)  # the service's shape; OpenAI's on the gateway's
     app.include_router(router)
