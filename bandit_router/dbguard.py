@@ -74,24 +74,42 @@ class FileGuard:
 
 
 class RateLimitedLog:
-    """Log a recurring failure at most once per `every_s` seconds per key, saying how many were suppressed."""
+    """Log a recurring failure at most once per `every_s` seconds per key, saying how many were suppressed: with
+    the key's next record after the window, or, when the failures stopped before that, at `flush()` (the stop)."""
 
     def __init__(self, logger: logging.Logger, every_s: float = 60.0) -> None:
         self.logger = logger
         self.every_s = every_s
         self._last: dict[str, tuple[float, int]] = {}
+        self._latest: dict[str, tuple[int, str, tuple[Any, ...]]] = {}
+        """Per key, the latest suppressed record (level, message, arguments)."""
 
     def __call__(self, key: str, level: int, message: str, *args: Any, exc_info: Any = None) -> bool:
         now = time.monotonic()
         last, suppressed = self._last.get(key, (-1e18, 0))
         if now - last < self.every_s:
             self._last[key] = (last, suppressed + 1)
+            self._latest[key] = (level, message, args)
             return False
         if suppressed:
             message += f" ({suppressed} more like this in the last {self.every_s:.0f} s were not logged)"
+        self._latest.pop(key, None)
         self.logger.log(level, message, *args, exc_info=exc_info)
         self._last[key] = (now, 0)
         return True
+
+    def flush(self) -> None:
+        """Log each key's latest suppressed record with how many were suppressed since the key's last logged one
+        (at a stop: they are said nowhere else when the failures stopped within the window)."""
+        for key, (level, message, args) in list(self._latest.items()):
+            last, suppressed = self._last[key]
+            self.logger.log(level, message + f" (the latest of {suppressed} like this that were not logged)", *args)
+            self._last[key] = (last, 0)
+            del self._latest[key]
+
+
+FLUSHED = "%d more like this were not logged after the last one: %s"
+"""`RateLimitedRecords.flush`'s message (its filter lets it pass)."""
 
 
 class RateLimitedRecords(logging.Filter):
@@ -119,7 +137,7 @@ class RateLimitedRecords(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = str(record.msg)[:200]
-        if not self._concerns(record):
+        if record.msg is FLUSHED or not self._concerns(record):
             return True
         now = time.monotonic()
         last, dropped = self._last.get(key, (-1e18, 0))
@@ -133,6 +151,14 @@ class RateLimitedRecords(logging.Filter):
             record.msg += f" ({dropped} more like this in the last {self.every_s:.0f} s were not logged)"
         return True
 
+    def flush(self, logger: logging.Logger) -> None:
+        """Log, on `logger`, how many records of each template were dropped since its last that passed (at a stop:
+        they are said nowhere else when the records stopped within the window)."""
+        for key, (last, dropped) in list(self._last.items()):
+            if dropped:
+                self._last[key] = (last, 0)
+                logger.warning(FLUSHED, dropped, key)
+
 
 def rate_limit_logger(name: str, every_s: float = 60.0, only: Iterable[str] | None = None,
                       about: str | None = None) -> None:
@@ -141,6 +167,15 @@ def rate_limit_logger(name: str, every_s: float = 60.0, only: Iterable[str] | No
     logger = logging.getLogger(name)
     if not any(isinstance(f, RateLimitedRecords) for f in logger.filters):
         logger.addFilter(RateLimitedRecords(every_s, only, about))
+
+
+def flush_rate_limited(*names: str) -> None:
+    """`RateLimitedRecords.flush` on the filters `rate_limit_logger` attached to the loggers `names`."""
+    for name in names:
+        logger = logging.getLogger(name)
+        for f in logger.filters:
+            if isinstance(f, RateLimitedRecords):
+                f.flush(logger)
 
 
 def wal_bytes(path: Path) -> int:

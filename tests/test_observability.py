@@ -197,6 +197,22 @@ def test_malformed_requests_are_logged_once_a_minute_not_once_each(serve: Callab
     assert server.logpath.read_text().count("Invalid HTTP request received.") == 1
 
 
+def test_the_malformed_requests_not_logged_are_counted_at_the_stop(serve: Callable[..., ServeProcess],
+                                                                   tmp_path: Path) -> None:
+    """The count of the records a rate limit dropped was said only by the next one after its minute: when a scanner
+    stopped within the minute, the log never said how many came (review). The stop says it now."""
+    server = serve("--db", str(tmp_path / "router.db"))
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
+            conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            assert conn.recv(100).startswith(b"HTTP/1.1 400 ")
+    server.terminate()  # uvicorn exits by the signal once it has shut down (status -15)
+    log = server.logpath.read_text()
+    assert "Application shutdown complete" in log, log
+    assert log.count("Invalid HTTP request received.") == 2, log
+    assert "19 more like this were not logged after the last one: Invalid HTTP request received." in log
+
+
 def test_the_pool_filter_limits_bandit_routers_pool_not_an_embedding_applications(
         caplog: pytest.LogCaptureFixture) -> None:
     """The rate limit on psycopg's pool log (installed by a `PostgresStore`) is on the process's `psycopg.pool`

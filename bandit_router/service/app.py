@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..cascade.live import NamedRouters
 from ..catalog import ModelSpec
 from ..config import Settings, load_settings
-from ..dbguard import rate_limit_logger
+from ..dbguard import flush_rate_limited, rate_limit_logger
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
 from ..log.budget_state import stored_budgets
@@ -300,6 +300,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if gateway is not None:
                 await stop_gateway(gateway)
             await asyncio.to_thread(engine.stop)
+            flush_rate_limited("uvicorn.error", "psycopg.pool")  # what their filters dropped since their last line
 
     app = FastAPI(
         title="bandit-router",

@@ -264,6 +264,8 @@ class Engine:
             self._maintainer.join(timeout)
         if self._watchdog is not None:
             self._watchdog.join(timeout)
+        self._say.flush()  # the failures not said yet (the writer's: its stop)
+        self.checkpointer.flush_log()
         self.store.close()
 
     def _maintain(self) -> None:
