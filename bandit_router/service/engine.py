@@ -230,7 +230,7 @@ class Engine:
         if (stalled := self.stalled) is not None:
             return f"database not answering: {stalled}"
         if (failed := self.writer.write_failed) is not None and self._serving:
-            return f"database refuses writes: {failed}"
+            return f"the last write failed: {failed}"
         if not self.writer.accepting:
             return "stopped"
         return "ready" if self._ready.is_set() else "recovering"
