@@ -129,10 +129,8 @@ def remove_stale(parent: Path) -> list[Path]:
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            continue  # a live server's
+        except OSError:
+            continue  # a live server's (EWOULDBLOCK), or a lock this process cannot take: left alone
         else:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
@@ -157,8 +155,14 @@ def join_folder(folder: Path) -> None:
         path = folder / f"{kind}_{os.getpid()}.db"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            if os.fstat(fd).st_size < FILE_BYTES:
-                os.posix_fallocate(fd, 0, FILE_BYTES)
+            size = os.fstat(fd).st_size
+            if size < FILE_BYTES:
+                try:
+                    os.posix_fallocate(fd, 0, FILE_BYTES)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                    os.pwrite(fd, bytes(FILE_BYTES - size), size)  # a file system without fallocate: zeros
         finally:
             os.close(fd)
 
