@@ -4,6 +4,7 @@ prometheus-client's multiprocess mode: real `serve` processes, and a small tmpfs
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bandit_router.service.metrics import Metrics
 from bandit_router.service.metricsdir import LOCK_NAME, PREFIX, remove_stale
 from tools.serve_process import ServeProcess
 
@@ -24,28 +24,52 @@ SERVE = [sys.executable, "-m", "bandit_router.cli"]
 CLOSE = {"connection": "close"}
 
 
-class _Decision:
-    model = "m"
-
-
 def _decisions(text: str) -> float:
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "bandit_router_decisions_total")
 
 
-def test_an_operators_multiprocess_folder_does_not_make_two_apps_in_one_process_share_counts(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An application that runs its own prometheus-client multiprocess setup (PROMETHEUS_MULTIPROC_DIR set) and
-    embeds two apps: each `Metrics` took the variable for `serve`'s and rendered the folder's sums, not its own
-    counts (review: increments lost between the two). Only the folder `serve` made (its marker) counts now."""
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    a, b = Metrics(), Metrics()
-    for _ in range(3):
-        a.decision_stored(_Decision())  # type: ignore[arg-type]
-    for _ in range(2):
-        b.decision_stored(_Decision())  # type: ignore[arg-type]
-    assert (_decisions(a.render().decode()), _decisions(b.render().decode())) == (3, 2)
-    assert a.shared is None and b.shared is None
+APPLICATION = """
+import json
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+from bandit_router.service.metrics import Metrics
+
+class Decision:
+    model = "m"
+
+own = Counter("app_jobs", "the application's own counter")  # in its multiprocess folder
+a, b = Metrics(), Metrics()
+for _ in range(3):
+    a.decision_stored(Decision())
+for _ in range(2):
+    b.decision_stored(Decision())
+own.inc(7)
+folder = CollectorRegistry()
+MultiProcessCollector(folder)
+
+def total(text, name):
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+from prometheus_client import generate_latest
+print(json.dumps([total(a.render().decode(), "bandit_router_decisions_total"),
+                  total(b.render().decode(), "bandit_router_decisions_total"),
+                  total(generate_latest(folder).decode(), "app_jobs_total"),
+                  total(generate_latest(folder).decode(), "bandit_router_decisions_total")]))
+"""
+
+
+def test_an_operators_multiprocess_folder_does_not_make_two_apps_in_one_process_share_counts(tmp_path: Path) -> None:
+    """An application that runs its own prometheus-client multiprocess setup (PROMETHEUS_MULTIPROC_DIR set before
+    prometheus-client is imported) and embeds two apps: each `Metrics` took the variable for `serve`'s and rendered
+    the folder's sums, and their values were the folder's, one key for both, so each new value started from the
+    other's count (review: the second app showed 5 of its 2). Each app counts its own now, in memory, and the
+    application's own metrics still go to its folder, which holds none of bandit-router's."""
+    done = subprocess.run([sys.executable, "-c", APPLICATION], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR":
+                          str(tmp_path)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [3, 2, 7, 0]
 
 
 def test_one_worker_serve_ignores_an_operators_multiprocess_folder(tmp_path: Path) -> None:
