@@ -74,41 +74,70 @@ class FileGuard:
 
 
 class RateLimitedLog:
-    """Log a recurring failure at most once per `every_s` seconds per key, saying how many were suppressed."""
+    """Log a recurring failure at most once per `every_s` seconds per key, saying how many were suppressed: with
+    the key's next record after the window, or, when the failures stopped before that, at `flush()` (the stop)."""
 
     def __init__(self, logger: logging.Logger, every_s: float = 60.0) -> None:
         self.logger = logger
         self.every_s = every_s
         self._last: dict[str, tuple[float, int]] = {}
+        self._latest: dict[str, tuple[int, str, tuple[Any, ...]]] = {}
+        """Per key, the latest suppressed record (level, message, arguments)."""
 
     def __call__(self, key: str, level: int, message: str, *args: Any, exc_info: Any = None) -> bool:
         now = time.monotonic()
         last, suppressed = self._last.get(key, (-1e18, 0))
         if now - last < self.every_s:
             self._last[key] = (last, suppressed + 1)
+            self._latest[key] = (level, message, args)
             return False
         if suppressed:
             message += f" ({suppressed} more like this in the last {self.every_s:.0f} s were not logged)"
+        self._latest.pop(key, None)
         self.logger.log(level, message, *args, exc_info=exc_info)
         self._last[key] = (now, 0)
         return True
+
+    def flush(self) -> None:
+        """Log each key's latest suppressed record with how many were suppressed since the key's last logged one
+        (at a stop: they are said nowhere else when the failures stopped within the window)."""
+        for key, (level, message, args) in list(self._latest.items()):
+            last, suppressed = self._last[key]
+            self.logger.log(level, message + f" (the latest of {suppressed} like this that were not logged)", *args)
+            self._last[key] = (last, 0)
+            del self._latest[key]
+
+
+FLUSHED = "%d more like this were not logged after the last one: %s"
+"""`RateLimitedRecords.flush`'s message (its filter lets it pass)."""
 
 
 class RateLimitedRecords(logging.Filter):
     """A logging filter for a library's recurring messages (psycopg's pool says every failed reconnection, a few
     times a second while PostgreSQL is down; uvicorn every malformed request): a record passes at most once per
     `every_s` seconds per message template (of `only`'s, when given: the others always pass), saying how many were
-    dropped since the last that passed."""
+    dropped since the last that passed. With `about`, only the records one of whose arguments is `about` or names
+    it (`repr(about)` in its text: psycopg's pool and its tasks by the pool's name) are limited; the others, an
+    embedding application's own pool's, always pass."""
 
-    def __init__(self, every_s: float = 60.0, only: Iterable[str] | None = None) -> None:
+    def __init__(self, every_s: float = 60.0, only: Iterable[str] | None = None, about: str | None = None) -> None:
         super().__init__()
         self.every_s = every_s
         self.only = None if only is None else frozenset(only)
+        self.about = about
         self._last: dict[str, tuple[float, int]] = {}
+
+    def _concerns(self, record: logging.LogRecord) -> bool:
+        if self.only is not None and record.msg not in self.only:
+            return False
+        if self.about is None:
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        return any(arg == self.about or repr(self.about) in str(arg) for arg in args)
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = str(record.msg)[:200]
-        if self.only is not None and record.msg not in self.only:
+        if record.msg is FLUSHED or not self._concerns(record):
             return True
         now = time.monotonic()
         last, dropped = self._last.get(key, (-1e18, 0))
@@ -122,12 +151,31 @@ class RateLimitedRecords(logging.Filter):
             record.msg += f" ({dropped} more like this in the last {self.every_s:.0f} s were not logged)"
         return True
 
+    def flush(self, logger: logging.Logger) -> None:
+        """Log, on `logger`, how many records of each template were dropped since its last that passed (at a stop:
+        they are said nowhere else when the records stopped within the window)."""
+        for key, (last, dropped) in list(self._last.items()):
+            if dropped:
+                self._last[key] = (last, 0)
+                logger.warning(FLUSHED, dropped, key)
 
-def rate_limit_logger(name: str, every_s: float = 60.0, only: Iterable[str] | None = None) -> None:
-    """Attach a `RateLimitedRecords` filter to the logger `name` (idempotent)."""
+
+def rate_limit_logger(name: str, every_s: float = 60.0, only: Iterable[str] | None = None,
+                      about: str | None = None) -> None:
+    """Attach a `RateLimitedRecords` filter to the logger `name` (idempotent). The logger is the process's, shared
+    with any application that embeds the library: give `only` or `about` so that its own records pass."""
     logger = logging.getLogger(name)
     if not any(isinstance(f, RateLimitedRecords) for f in logger.filters):
-        logger.addFilter(RateLimitedRecords(every_s, only))
+        logger.addFilter(RateLimitedRecords(every_s, only, about))
+
+
+def flush_rate_limited(*names: str) -> None:
+    """`RateLimitedRecords.flush` on the filters `rate_limit_logger` attached to the loggers `names`."""
+    for name in names:
+        logger = logging.getLogger(name)
+        for f in logger.filters:
+            if isinstance(f, RateLimitedRecords):
+                f.flush(logger)
 
 
 def wal_bytes(path: Path) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -18,12 +19,13 @@ from bandit_router.config import ConfigError, Settings
 from bandit_router.errors import CatalogError, UnknownModel
 from bandit_router.gateway import BadChatRequest, PromptTooLarge, parse_chat
 from bandit_router.gateway.active import decide_among_active
+from bandit_router.gateway.gateway import Gateway
 from bandit_router.gateway.pricing import Usage, estimate_input, estimated, usage_of
 from bandit_router.log import FeedbackRules, Verdict, judge, with_call
 from bandit_router.log.timeseries import Window, timeseries
 from bandit_router.router import Router
 from bandit_router.service.engine import Engine
-from bandit_router.store import CallRecord, CallStatus, FeedbackRecord, MinuteStats, SQLiteStore
+from bandit_router.store import CallRecord, CallStatus, FeedbackRecord, MinuteStats, SQLiteStore, StoreError
 from bandit_router.types import Outcome, Request
 
 BASE = {"name": "m", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
@@ -348,3 +350,37 @@ def test_a_deltas_tool_call_pieces_are_what_the_answer_and_the_count_read() -> N
         reading.add(delta)
         handed.add(delta, tool_call_pieces(delta))
     assert reading.text() == handed.text() == "a\nf({})\n(x)\ng(())"
+
+
+def test_failed_call_records_are_said_per_kind_of_failure_and_the_unsaid_ones_at_close(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A call record not stored is logged at most once a minute: before, under one key, so a second kind of failure
+    within the minute was never said, and the count of those not logged was said only by the next one after the
+    minute, never when the failures stopped (review). The key is the exception's type now, and `close()` says the
+    latest of each kind not logged with its count."""
+    settings = Settings(db=tmp_path / "records.db", models=(ModelSpec("a", 1.0, 2.0),), seed=1)
+    store = SQLiteStore(settings.storage.db)
+    store.prepare()
+    engine = Engine(settings, store)
+    engine.start()
+    try:
+        gateway = Gateway.build(settings, engine)
+
+        async def fail(exc: Exception) -> None:
+            raise exc
+
+        async def run() -> None:
+            for exc in (StoreError("database down 1"), StoreError("database down 2"), StoreError("database down 3"),
+                        KeyError("x")):
+                gateway.keep(fail(exc))
+            await gateway.close()
+
+        with caplog.at_level(logging.WARNING, logger="bandit_router.gateway"):
+            asyncio.run(run())
+    finally:
+        engine.stop()
+    assert [r.getMessage() for r in caplog.records if "recording a call failed" in r.getMessage()] == [
+        "recording a call failed: database down 1",
+        "recording a call failed: 'x'",
+        "recording a call failed: database down 3 (the latest of 2 like this that were not logged)",
+    ]

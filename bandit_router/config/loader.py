@@ -32,9 +32,9 @@ log = logging.getLogger("bandit_router.config")
 
 ENV_PREFIX = "BANDIT_ROUTER_"
 DEFAULT_FILE = "bandit-router.toml"
-_ENV_NOT_KEYS = {"CONFIG", "API_KEYS", "ADMIN_KEYS", "SERVE_ARGS", "SERVE_LIMITS"}
+_ENV_NOT_KEYS = {"CONFIG", "API_KEYS", "ADMIN_KEYS", "SERVE_ARGS", "SERVE_LIMITS", "SERVE_METRICS"}
 """`BANDIT_ROUTER_*` variables that are not settings keys (the config file, the secrets, serve's hand-off to its
-workers: `service.app.SERVE_ARGS`, `service.protocol.LIMITS_VARIABLE`)."""
+workers: `service.app.SERVE_ARGS`, `service.protocol.LIMITS_VARIABLE`, `service.metricsdir.MARKER`)."""
 
 
 # -- shared with the simulator ------------------------------------------------------------------------------------

@@ -94,6 +94,9 @@ class ServerSettings:
                                      "of it; then the connection is closed (a client that keeps reading, slowly or "
                                      "not, keeps it)")
     max_connections: int = setting(1000, help="open connections per process; one more gets 503 and is closed")
+    metrics_dir: Path | None = setting(help="folder where the workers of `workers` > 1 write their metrics files "
+                                       "(a folder per start inside it; default /dev/shm, else the temporary "
+                                       "directory); a start needs a few MiB free there")
     max_header_bytes: int = setting(65_536, help="bytes a request line and its headers may take; more get 431 and "
                                     "the connection is closed")
 

@@ -260,6 +260,7 @@ class Gateway:
             await asyncio.wait(requests, timeout=CLOSE_WAIT_S)
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._say.flush()
         await self.upstreams.aclose()
 
     def track(self) -> None:
@@ -535,4 +536,5 @@ class Gateway:
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self._say("record", logging.WARNING, "recording a call failed: %s", task.exception())
+            exc = task.exception()  # keyed by its type: one kind of failure does not hide another
+            self._say(f"record {type(exc).__name__}", logging.WARNING, "recording a call failed: %s", exc)

@@ -53,6 +53,10 @@ class Checkpointer:
         self._said_unreadable = False
         self._next_reminder = 0.0
 
+    def flush_log(self) -> None:
+        """Log the failures the rate limit has not said yet (at the stop)."""
+        self._say.flush()
+
     @property
     def withheld(self) -> bool:
         """No checkpoint is stored: the follower skipped learned feedback whose decision cannot be read."""

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..cascade.live import NamedRouters
 from ..catalog import ModelSpec
 from ..config import Settings, load_settings
-from ..dbguard import rate_limit_logger
+from ..dbguard import flush_rate_limited, rate_limit_logger
 from ..errors import ConfigError
 from ..gateway import Gateway, Judge
 from ..log.budget_state import stored_budgets
@@ -300,6 +300,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if gateway is not None:
                 await stop_gateway(gateway)
             await asyncio.to_thread(engine.stop)
+            flush_rate_limited("uvicorn.error", "psycopg.pool")  # what their filters dropped since their last line
 
     app = FastAPI(
         title="bandit-router",
@@ -317,7 +318,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(HotPaths)  # inside ServiceMiddleware: Host check, body limits, metrics still apply
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.limits.max_body_bytes, hosts=hosts)
     redact.install()
-    rate_limit_logger("uvicorn.error", only=RECURRING)  # a scanner's or a flood's line per connection
+    # a scanner's or a flood's line per connection; the logger is the process's (an embedding application's uvicorn
+    # logs there too), so `only` these three templates are limited: every other record passes untouched
+    rate_limit_logger("uvicorn.error", only=RECURRING)
     errors.install(app)
     app.add_exception_handler(StarletteHTTPException, _routing_error)  # the service's shape; OpenAI's on the gateway's
     app.include_router(router)

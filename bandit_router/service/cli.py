@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ from ..config import KEYS, ConfigError, Settings, load_settings
 from ..store import StoreError
 from ..store.location import DatabaseURL, open_store, parse_database
 from ..store.serverlock import ServerLock, claim_database
+from . import metricsdir
 from .protocol import LIMITS_VARIABLE, Limits
 
 SERVE_HELP = """Serve the routing API (POST /v1/route, POST /v1/feedback, ...; OpenAPI at /docs).
@@ -108,6 +108,8 @@ def serve(
         if v is not None
     }
     lock: ServerLock | None = None
+    metrics = contextlib.ExitStack()
+    metrics.enter_context(metricsdir.operators_folder_hidden())  # before prometheus-client is imported
     try:
         settings = load_settings(config, overrides=overrides, stored_models=True)
         from .app import check_live_catalog, check_upstreams
@@ -117,6 +119,9 @@ def serve(
         # start says); then the judge's and named routers' models, the live catalog's (one added at run time too,
         # or retired: still called): a message now, not a traceback later
         check_upstreams(settings, models=[*live.active, *live.retired])
+        if settings.server.workers > 1:  # the workers' metrics folder (refused when its file system has no room:
+            # before anything is created): `metricsdir`
+            metrics.enter_context(metricsdir.metrics_folder(settings.server.metrics_dir, settings.server.workers))
         storage = settings.storage
         lock = claim_database(storage.db, "serve")  # no other serve on this SQLite file (store/serverlock.py)
         store = open_store(storage.db, synchronous=storage.synchronous)
@@ -129,12 +134,14 @@ def serve(
         server = settings.server
         check_port_free(server.host, server.port, server.workers)  # before the state is recovered, not after
     except (ConfigError, StoreError) as exc:
+        metrics.close()
         if lock is not None:
             lock.close()
         typer.echo(f"bandit-router serve: {exc}", err=True)
         raise typer.Exit(2) from None
     try:
-        _run(settings, config, overrides)
+        with metrics:
+            _run(settings, config, overrides)
     finally:
         if lock is not None:
             lock.close()
@@ -185,13 +192,7 @@ def _run(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> 
     os.environ[SERVE_ARGS] = json.dumps({"config": None if config is None else str(config), "overrides": hand_off,
                                          "log_level": server.log_level})
     sys.stdout.flush()
-    from .metrics import MULTIPROCESS_VARIABLE
-
-    # the workers' metrics files (a scrape, whichever worker answers it, sums them): a new folder per start, as
-    # prometheus-client requires (old files would be counted again), removed when the server stops
-    with tempfile.TemporaryDirectory(prefix="bandit-router-metrics-") as metrics_folder:
-        os.environ[MULTIPROCESS_VARIABLE] = metrics_folder
-        uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers,
+    uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers,
                     timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **common)
 
 

@@ -234,7 +234,7 @@ class Engine:
         if (stalled := self.stalled) is not None:
             return f"database not answering: {stalled}"
         if (failed := self.writer.write_failed) is not None and self._serving:
-            return f"database refuses writes: {failed}"
+            return f"the last write failed: {failed}"
         if not self.writer.accepting:
             return "stopped"
         return "ready" if self._ready.is_set() else "recovering"
@@ -268,6 +268,8 @@ class Engine:
             self._maintainer.join(timeout)
         if self._watchdog is not None:
             self._watchdog.join(timeout)
+        self._say.flush()  # the failures not said yet (the writer's: its stop)
+        self.checkpointer.flush_log()
         self.store.close()
 
     def _maintain(self) -> None:

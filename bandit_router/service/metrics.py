@@ -2,8 +2,10 @@
 
 With `--workers N` the counters and histograms are the workers' sums, whichever worker answers the scrape:
 `serve` gives the workers a shared folder (`PROMETHEUS_MULTIPROC_DIR`, prometheus-client's multiprocess mode:
-each process writes its values to a memory-mapped file there, and a scrape adds them up); the gauges read at
-scrape time (readiness, policy version, budgets, checkpoints, the judge) are the answering worker's.
+each process writes its values to a memory-mapped file there, and a scrape adds them up; `metricsdir`); the gauges
+read at scrape time (readiness, policy version, budgets, checkpoints, the judge) are the answering worker's. A
+`PROMETHEUS_MULTIPROC_DIR` that `serve` did not set (an operator's, for processes of their own) is not used: an
+app's metrics are then its own and in memory, as in one process (`_ValuesOfThisProcess`).
 
 Export cannot fail on a name: names are validated when they come in (`bandit_router.names`), and every label
 value also passes through `safe_text` here (a name stored by an older version may hold a lone surrogate, which
@@ -13,12 +15,16 @@ never a 500.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest, values
+from prometheus_client import Counter as _Counter
+from prometheus_client import Gauge as _Gauge
+from prometheus_client import Histogram as _Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -27,13 +33,62 @@ from prometheus_client.registry import Collector
 from ..names import safe_text
 from ..store import CallRecord
 from ..types import Decision
+from .metricsdir import join_folder, serves_this_process
 
 log = logging.getLogger("bandit_router.service")
 ROUTE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 60.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
-"""prometheus-client's multiprocess folder: `serve --workers N` sets it for its workers (`service.cli`)."""
+
+
+_local = threading.local()
+
+
+class _ValuesOfThisProcess:
+    """prometheus-client's `values.ValueClass` where it picked its multiprocess values (the environment had
+    `PROMETHEUS_MULTIPROC_DIR` when it was imported: an application's own multiprocess setup): the values of the
+    metrics `Metrics` makes outside `serve`'s workers (`_Local*`, on this thread) are kept in memory, every other
+    metric's as prometheus-client picked. Without it two apps in one process wrote one key of the folder's files
+    and each new value started from the other's count."""
+
+    def __init__(self, picked: Any) -> None:
+        self.picked = picked
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kind = values.MutexValue if getattr(_local, "in_memory", False) else self.picked
+        return kind(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.picked, name)
+
+
+@contextlib.contextmanager
+def _in_memory() -> Iterator[None]:
+    if values.ValueClass is not values.MutexValue and not isinstance(values.ValueClass, _ValuesOfThisProcess):
+        values.ValueClass = _ValuesOfThisProcess(values.ValueClass)
+    _local.in_memory = True
+    try:
+        yield
+    finally:
+        _local.in_memory = False
+
+
+class _LocalCounter(_Counter):
+    def _metric_init(self) -> None:
+        with _in_memory():
+            super()._metric_init()
+
+
+class _LocalGauge(_Gauge):
+    def _metric_init(self) -> None:
+        with _in_memory():
+            super()._metric_init()
+
+
+class _LocalHistogram(_Histogram):
+    def _metric_init(self) -> None:
+        with _in_memory():
+            super()._metric_init()
 
 
 class Metrics:
@@ -44,12 +99,21 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         """This process's values read at scrape time (and, in one process, every metric)."""
         self.shared: CollectorRegistry | None = None
-        """With `PROMETHEUS_MULTIPROC_DIR` set (`serve --workers N`): the counters and histograms of every worker,
-        summed from their files at scrape time; they are then in no registry of their own."""
-        if os.environ.get(MULTIPROCESS_VARIABLE):
+        """In a worker of `serve --workers N` (`metricsdir.serves_this_process`): the counters and histograms of
+        every worker, summed from their files at scrape time; they are then in no registry of their own."""
+        folder = serves_this_process()
+        if folder is not None:
+            try:
+                join_folder(folder)
+            except OSError as exc:
+                raise RuntimeError(f"cannot allocate this worker's metrics files in {folder}: {exc.strerror} (free "
+                                   "some room on its file system, or set [server] metrics_dir)") from None
             self.shared = CollectorRegistry()
             MultiProcessCollector(self.shared)  # type: ignore[no-untyped-call]
         r = None if self.shared is not None else self.registry
+        # in one process, values in memory whatever prometheus-client picked (`_ValuesOfThisProcess`)
+        Counter, Gauge, Histogram = (_Counter, _Gauge, _Histogram) if self.shared is not None \
+            else (_LocalCounter, _LocalGauge, _LocalHistogram)
         self.decisions = Counter("bandit_router_decisions", "Decisions stored, by chosen model", ["model"], registry=r)
         self.feedback = Counter(
             "bandit_router_feedback", "Feedback stored (or recognised as duplicate), by model and status",

@@ -428,6 +428,7 @@ class Writer:
             self._queue.put(None)
             self._thread.join(timeout)
         self.fail_queued(Unavailable("the service is stopping"))
+        self._say.flush()  # the failures not said yet
 
     # -- from an event loop -----------------------------------------------------------------------------------
     async def submit(self, op: Op) -> Any:

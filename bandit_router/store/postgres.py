@@ -117,6 +117,8 @@ be committing it, or not yet have seen that its client is gone) before it report
 MIGRATE_LOCK = 0x62616E6469740002
 """The advisory lock key under which `prepare()` migrates (replicas starting together migrate once)."""
 CONNECT_TIMEOUT_S = 3
+POOL_NAME = "bandit-router"
+"""The connection pool's name: psycopg's pool names it in its log records, and only those are rate limited."""
 POOL_TIMEOUT_S = 5.0
 """How long a reader waits for a pooled connection while the server is reachable (all of them busy)."""
 POOL_SLICE_S = 0.1
@@ -164,10 +166,12 @@ class PostgresStore:
                        f"-c idle_in_transaction_session_timeout={idle_timeout_ms}",
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
         }
-        rate_limit_logger("psycopg.pool")  # its every failed reconnection, a few a second while the server is down
+        # the pool's every failed reconnection, a few a second while the server is down: this pool's records only
+        # (they name it), not those of an embedding application's own pools
+        rate_limit_logger("psycopg.pool", about=POOL_NAME)
         self._pool = ConnectionPool(
             url.reveal(), min_size=1, max_size=pool_size, kwargs=self._connect_options, open=False,
-            timeout=timeout_s, check=ConnectionPool.check_connection, name="bandit-router",
+            timeout=timeout_s, check=ConnectionPool.check_connection, name=POOL_NAME,
             reconnect_timeout=POOL_RECONNECT_S,
         )
         self._pool_open = False

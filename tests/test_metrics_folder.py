@@ -1,0 +1,211 @@
+"""The folder of `serve --workers N`'s metrics files (`bandit_router.service.metricsdir`) and which processes use
+prometheus-client's multiprocess mode: real `serve` processes, and a small tmpfs for a full file system (root)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bandit_router.service.metricsdir import LOCK_NAME, PREFIX, remove_stale
+from tools.serve_process import ServeProcess
+
+SERVE = [sys.executable, "-m", "bandit_router.cli"]
+CLOSE = {"connection": "close"}
+
+
+def _decisions(text: str) -> float:
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "bandit_router_decisions_total")
+
+
+APPLICATION = """
+import json
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+from bandit_router.service.metrics import Metrics
+
+class Decision:
+    model = "m"
+
+own = Counter("app_jobs", "the application's own counter")  # in its multiprocess folder
+a, b = Metrics(), Metrics()
+for _ in range(3):
+    a.decision_stored(Decision())
+for _ in range(2):
+    b.decision_stored(Decision())
+own.inc(7)
+folder = CollectorRegistry()
+MultiProcessCollector(folder)
+
+def total(text, name):
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+from prometheus_client import generate_latest
+print(json.dumps([total(a.render().decode(), "bandit_router_decisions_total"),
+                  total(b.render().decode(), "bandit_router_decisions_total"),
+                  total(generate_latest(folder).decode(), "app_jobs_total"),
+                  total(generate_latest(folder).decode(), "bandit_router_decisions_total")]))
+"""
+
+
+def test_an_operators_multiprocess_folder_does_not_make_two_apps_in_one_process_share_counts(tmp_path: Path) -> None:
+    """An application that runs its own prometheus-client multiprocess setup (PROMETHEUS_MULTIPROC_DIR set before
+    prometheus-client is imported) and embeds two apps: each `Metrics` took the variable for `serve`'s and rendered
+    the folder's sums, and their values were the folder's, one key for both, so each new value started from the
+    other's count (review: the second app showed 5 of its 2). Each app counts its own now, in memory, and the
+    application's own metrics still go to its folder, which holds none of bandit-router's."""
+    done = subprocess.run([sys.executable, "-c", APPLICATION], env={**os.environ, "PROMETHEUS_MULTIPROC_DIR":
+                          str(tmp_path)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [3, 2, 7, 0]
+
+
+def test_one_worker_serve_ignores_an_operators_multiprocess_folder(tmp_path: Path) -> None:
+    """`serve` (one process) started with the operator's PROMETHEUS_MULTIPROC_DIR (set for processes of their
+    own): it read and wrote that folder, so a restart's /metrics carried the earlier run's counts (review: 5
+    decisions before any request). Its metrics are its own now, and it leaves the folder alone."""
+    theirs = tmp_path / "operator-metrics"
+    theirs.mkdir()
+    counts = []
+    for run in range(2):
+        server = ServeProcess(tmp_path, SERVE, ["--db", str(tmp_path / "router.db")],
+                              env={"PROMETHEUS_MULTIPROC_DIR": str(theirs)}, log_name=f"run{run}")
+        try:
+            server.wait_ready()
+            for i in range(5 if run == 0 else 0):
+                httpx.post(server.url + "/v1/route", json={"prompt": f"q{i}"}, timeout=10).raise_for_status()
+            counts.append(_decisions(httpx.get(server.url + "/metrics", timeout=10).text))
+        finally:
+            server.stop()
+    assert counts == [5, 0]
+    assert list(theirs.iterdir()) == []
+
+
+def _workers_folder(server: ServeProcess, parent: Path) -> Path:
+    """The metrics folder `server` made in `parent` (named with its pid)."""
+    found = list(parent.glob(f"{PREFIX}{server.process.pid}-*"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_a_start_removes_the_metrics_folder_a_killed_server_left_and_never_a_live_ones(tmp_path: Path) -> None:
+    """A `serve --workers 2` killed with SIGKILL left its metrics folder in /tmp for good (every test run left
+    some). The next start removes the folders whose server and workers are gone (each holds `owner.lock`, locked
+    while any of them lives); a running server's folder stays, and it goes on counting."""
+    parent = tmp_path / "metrics"
+    parent.mkdir()
+    env = {"BANDIT_ROUTER_METRICS_DIR": str(parent)}
+    killed = ServeProcess(tmp_path, SERVE, ["--db", str(tmp_path / "a.db"), "--workers", "2"], env=env,
+                          log_name="killed")
+    try:
+        killed.wait_ready()
+        left = _workers_folder(killed, parent)
+        killed.kill9()
+    finally:
+        killed.stop()
+    assert (left / LOCK_NAME).exists()
+    live = ServeProcess(tmp_path, SERVE, ["--db", str(tmp_path / "b.db"), "--workers", "2"], env=env,
+                        log_name="live")
+    try:
+        live.wait_ready()
+        assert not left.exists()
+        mine = _workers_folder(live, parent)
+        assert remove_stale(parent) == [] and mine.exists()  # another start's look: the live folder stays
+        httpx.post(live.url + "/v1/route", json={"prompt": "q"}, headers=CLOSE, timeout=10).raise_for_status()
+        assert _decisions(httpx.get(live.url + "/metrics", headers=CLOSE, timeout=10).text) == 1
+        assert live.terminate() == 0
+    finally:
+        live.stop()
+    assert not mine.exists()
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _fill(folder: Path) -> None:
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+
+
+@needs_root
+def test_workers_keep_answering_when_the_metrics_file_system_fills_after_the_start(tmp_path: Path) -> None:
+    """prometheus-client maps its files sparsely: on a full file system a worker's first write to a new page was a
+    SIGBUS, uvicorn restarted the worker, which died again (review: every worker, in a loop; the port stopped
+    answering). Each worker allocates its files' first 512 KiB as it starts now, so filling the file system
+    afterwards takes no page from it: requests that add label values (new entries) are all answered, no worker
+    dies."""
+    with _tmpfs(tmp_path / "tiny", "12m") as tiny:
+        server = ServeProcess(tmp_path, SERVE, ["--db", str(tmp_path / "router.db"), "--workers", "2"],
+                              env={"BANDIT_ROUTER_METRICS_DIR": str(tiny)})
+        try:
+            server.wait_ready()
+            deadline = time.monotonic() + 60  # both workers started (one answering is enough to be ready)
+            while server.logpath.read_text(errors="replace").count("Application startup complete") < 2:
+                assert time.monotonic() < deadline and server.process.poll() is None, server.log_tail()
+                time.sleep(0.05)
+            _fill(tiny)
+            codes: dict[int, int] = {}
+            with httpx.Client(base_url=server.url, timeout=10, headers=CLOSE) as client:
+                for i in range(300):  # new label values: routes, codes
+                    if i % 3 == 0:
+                        reply = client.post("/v1/route", json={"prompt": f"q{i}"})
+                    elif i % 3 == 1:
+                        reply = client.get(f"/nope{i % 7}")
+                    else:
+                        reply = client.post("/v1/feedback", json={"decision_id": "x" * (i % 40 + 1), "quality": 1})
+                    codes[reply.status_code] = codes.get(reply.status_code, 0) + 1
+            scrape = httpx.get(server.url + "/metrics", headers=CLOSE, timeout=10).text
+            assert _decisions(scrape) == 100
+            assert codes.get(200) == 100 and sum(codes.values()) == 300
+            assert "Child process" not in server.logpath.read_text(errors="replace")  # uvicorn: "... died"
+            assert server.terminate() == 0
+        finally:
+            server.stop()
+
+
+@needs_root
+def test_serve_with_workers_refuses_to_start_when_the_metrics_folder_has_no_room(tmp_path: Path) -> None:
+    """A metrics folder's file system too small for the workers' files: the workers died of SIGBUS as they started
+    and were started again (review: 'died' over and over, never ready). `serve` refuses now, exit status 2,
+    naming the folder, what is free and what it needs, before it creates the database."""
+    with _tmpfs(tmp_path / "tiny", "4m") as tiny:
+        start = subprocess.Popen([*SERVE, "serve", "--db", str(tmp_path / "router.db"), "--workers", "2"],
+                                 cwd=tmp_path, env={**os.environ, "BANDIT_ROUTER_METRICS_DIR": str(tiny)},
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _, stderr = start.communicate(timeout=60)
+        finally:
+            with contextlib.suppress(OSError):
+                os.killpg(start.pid, signal.SIGKILL)  # before the fix: its workers, dying again and again
+            start.wait(10)
+    assert start.returncode == 2, stderr
+    assert f"metrics_dir: {tiny} has " in stderr and "MiB free; 2 workers need" in stderr
+    assert not (tmp_path / "router.db").exists()
