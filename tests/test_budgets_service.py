@@ -567,6 +567,43 @@ def test_a_process_that_cannot_load_the_stored_targets_does_not_save_over_the_st
         b.store.close()
 
 
+
+def test_a_process_started_after_a_newer_versions_put_does_not_save_over_its_state(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A newer version stored targets this one refuses whole (`cost_step = 20`, beyond this version's [0, 10]) in
+    both rows, with 4 of its 5 USD/day spent. A process of this version that starts after (its file's `[budgets]`
+    paced) took the state row for a damaged one (its config in this format did not load) and said it held nothing
+    any version loads, and marked the targets row as read although it did not load it: its periodic save wrote its
+    own state over the newer version's, whose day then began again at 0 spent. The row is now another version's (not
+    saved over, `state_saved` false), and the save never writes it."""
+    db = tmp_path / "newer-put.db"
+    newer_config = {"spend_usd": "5/1d", "cost_step": 20.0}
+    state = BudgetPacer(BudgetConfig.from_mapping({"spend_usd": "5/1d"})).state()
+    state["config"] = newer_config
+    state["global"]["spend_usd"] = state["global"]["targets"]["spend_usd/1d"]["spend_usd"] = 4.0
+    store = open_store(db)
+    store.prepare()
+    with store.write() as tx:
+        tx.set_meta(BUDGETS_STATE, json.dumps(state))
+        tx.set_meta(BUDGETS_CONFIG, json.dumps(newer_config, sort_keys=True))
+    this = BudgetState(store, BudgetPacer(BudgetConfig.from_mapping({"avg_cost_usd": 0.01})))
+    try:
+        with caplog.at_level(logging.WARNING, logger="bandit_router.log"):
+            assert this.recover(cast(Any, SimpleNamespace())) == "config"
+        assert "holds nothing any version loads" not in caplog.text
+        assert "targets this version refuses" in caplog.text and not this.saving()["state_saved"]
+        this.pacer.spend(0.5)
+        for _ in range(2):
+            this._next_follow = this._next_save = 0.0
+            this.housekeeping()
+        this.save(force=True)
+        with store.read() as reader:
+            assert json.loads(reader.get_meta(BUDGETS_STATE) or "{}") == state  # the newer version's, untouched
+    finally:
+        store.close()
+
+
+
 def test_the_periodic_save_keeps_the_state_of_a_target_this_version_left_out(tmp_path: Path) -> None:
     """A newer version stored a spend target this one refuses (`900/1mo`) with its month's spend. The rows were
     not rewritten at the start, but the periodic save stored this version's state, without the target: the newer
