@@ -604,6 +604,51 @@ def test_a_process_started_after_a_newer_versions_put_does_not_save_over_its_sta
 
 
 
+@pytest.mark.parametrize("damage", [{"exceedance": [[1, 2, 3]]}, {"exceedance": [["ab"]]}, "deep"])
+def test_a_damaged_state_row_of_the_same_config_does_not_stop_the_save(tmp_path: Path, damage: Any) -> None:
+    """The state row holds a target this version left out, and another writer stored it again damaged: a row of the
+    same config whose `exceedance` `dict()` refuses with ValueError, or JSON nested too deep to decode
+    (RecursionError). The save raised out of the writer's housekeeping and ended the writer thread (every request
+    503 until a restart); it now saves this process's state, with what it left out as loaded."""
+    db = tmp_path / "damaged.db"
+    newer = BudgetPacer(BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "spend_usd": ["50/1d", "90/1w"]}))
+    row = json.dumps(newer.state()).replace('"90/1w"', '"900/1mo"').replace('"spend_usd/1w"', '"spend_usd/1mo"')
+    store = open_store(db)
+    store.prepare()
+    with store.write() as tx:
+        tx.set_meta(BUDGETS_STATE, row)
+    this = BudgetState(store, BudgetPacer())
+    try:
+        this.recover(cast(Any, SimpleNamespace()))
+        assert this.pacer.left_out() == ["spend_usd=900/1mo"]
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, "[" * 100_000 + "]" * 100_000 if damage == "deep"
+                        else json.dumps({**json.loads(row), **damage}))
+        this.pacer.spend(1.0)
+        this.save(force=True)
+        with store.read() as reader:
+            saved = json.loads(reader.get_meta(BUDGETS_STATE) or "{}")
+        assert saved["global"]["spend_usd"] == pytest.approx(1.0) and "spend_usd/1mo" in saved["global"]["targets"]
+    finally:
+        store.close()
+
+
+def test_a_failing_budget_housekeeping_does_not_end_the_writer_thread(
+        make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any error out of the budgets' housekeeping (run between the writer's batches) ended the writer thread: every
+    request after it was 503 until a restart. It is logged (at most once a minute) and the writer goes on."""
+    client = make_client(budgets=BudgetConfig.from_mapping({"avg_cost_usd": 0.01}))
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+
+    def broken() -> None:
+        raise ValueError("dictionary update sequence element #0 has length 3; 2 is required")
+
+    monkeypatch.setattr(engine.budgets, "housekeeping", broken)
+    for _ in range(5):
+        decision = _route(client)
+        assert client.get(f"/v1/decisions/{decision['decision_id']}").status_code == 200
+
+
 def test_the_periodic_save_keeps_the_state_of_a_target_this_version_left_out(tmp_path: Path) -> None:
     """A newer version stored a spend target this one refuses (`900/1mo`) with its month's spend. The rows were
     not rewritten at the start, but the periodic save stored this version's state, without the target: the newer

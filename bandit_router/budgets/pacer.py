@@ -651,7 +651,7 @@ class _LeftOut:
         if isinstance(stored, Mapping) and stored.get("format") == STATE_FORMAT and stored.get("config") == config:
             try:
                 return _with_what_it_lacks({**state, "config": config}, stored)
-            except (KeyError, TypeError, AttributeError) as exc:
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:  # ValueError: dict([[1, 2, 3]])
                 log.warning("the stored budget state's left-out targets were not read (%s); saved as loaded", exc)
         state["config"] = config
         for tenant, targets in self.targets.items():

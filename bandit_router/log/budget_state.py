@@ -478,10 +478,10 @@ def _of_config(state: Any, config: Any) -> bool:
 
 
 def _decoded(row: str | None) -> Any:
-    """A stored row's JSON, or None when there is none or it is not JSON."""
+    """A stored row's JSON, or None when there is none or it is not JSON (or nested too deep to decode)."""
     try:
         return None if row is None else json.loads(row)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
