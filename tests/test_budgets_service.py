@@ -649,6 +649,27 @@ def test_a_failing_budget_housekeeping_does_not_end_the_writer_thread(
         assert client.get(f"/v1/decisions/{decision['decision_id']}").status_code == 200
 
 
+
+@pytest.mark.parametrize("key", [BUDGETS_STATE, BUDGETS_CONFIG])
+def test_a_stored_row_nested_too_deep_to_decode_does_not_load(tmp_path: Path, key: str) -> None:
+    """JSON nested too deep in a stored budget row raised RecursionError (not a ValueError) out of every loading:
+    serve's start and `check --config` ended with a traceback. Such a row does not load, as any other damaged one:
+    the configuration's targets are paced, and housekeeping and the save go on."""
+    store = open_store(tmp_path / "nested.db")
+    store.prepare()
+    with store.write() as tx:
+        tx.set_meta(key, "[" * 100_000 + "]" * 100_000)
+    try:
+        assert not stored_budgets(store)
+        this = BudgetState(store, BudgetPacer(BudgetConfig.from_mapping({"avg_cost_usd": 0.01})))
+        assert this.recover(cast(Any, SimpleNamespace())) == "config"
+        assert this.pacer.config.describe() == ["avg_cost_usd=0.01"]
+        this._next_follow = this._next_save = 0.0
+        this.housekeeping()
+    finally:
+        store.close()
+
+
 def test_the_periodic_save_keeps_the_state_of_a_target_this_version_left_out(tmp_path: Path) -> None:
     """A newer version stored a spend target this one refuses (`900/1mo`) with its month's spend. The rows were
     not rewritten at the start, but the periodic save stored this version's state, without the target: the newer

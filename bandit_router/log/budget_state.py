@@ -56,9 +56,9 @@ BUDGETS_STATE = "budgets_state"
 BUDGETS_CONFIG = "budgets_config"
 """Meta key: the targets set by the last PUT /v1/budgets (JSON); other workers pick them up within
 `FOLLOW_EVERY_S`."""
-UNLOADABLE = (InvalidInput, ValueError, OverflowError)
+UNLOADABLE = (InvalidInput, ValueError, OverflowError, RecursionError)
 """What loading a stored budget row raises when it does not load (its JSON, or what it holds: `Infinity`, which
-JSON decoding takes, where an integer is stored)."""
+JSON decoding takes, where an integer is stored; JSON nested too deep to decode)."""
 SAVE_EVERY_S = 5.0
 FOLLOW_EVERY_S = 1.0
 DECISIONS_EVERY_S = 0.05
@@ -273,7 +273,7 @@ class BudgetState:
                     self._stored = True
                 self._targets_seen = stored  # only once followed: `save` compares with it
                 self._unfollowed = False
-            except (StoreError, InvalidInput, ValueError) as exc:
+            except (StoreError, *UNLOADABLE) as exc:
                 self._unfollowed = not isinstance(exc, StoreError)
                 self._say("follow", logging.WARNING, "reading the stored budget targets failed: %s", exc)
         self.save()
