@@ -670,6 +670,30 @@ def test_a_stored_row_nested_too_deep_to_decode_does_not_load(tmp_path: Path, ke
         store.close()
 
 
+
+def test_the_quiet_check_of_the_stored_budgets_says_no_reset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A stored mean gap, last request time or μ that is not finite was reset with a warning the quiet check
+    (`stored_budgets`, run by serve's start and `check --config`) said too: each warning twice at a start, and
+    `check` not quiet. The check says nothing; the start's loading says each once."""
+    state = json.loads(json.dumps(BudgetPacer(BudgetConfig.from_strings(["spend_usd=5/1d", "share:gpt-4o=0.3"]))
+                                  .state()))
+    state["global"]["gap_s"] = state["global"]["targets"]["share:gpt-4o"]["mu"] = math.nan
+    state["global"]["last_time"] = math.inf
+    store = open_store(tmp_path / "quiet.db")
+    store.prepare()
+    with store.write() as tx:
+        tx.set_meta(BUDGETS_STATE, json.dumps(state))
+    try:
+        with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+            assert stored_budgets(store)
+            assert caplog.records == []
+            BudgetState(store, BudgetPacer()).recover(cast(Any, SimpleNamespace()))
+        for said in ("the stored mean gap", "the stored time of the last request", "the stored multiplier μ"):
+            assert caplog.text.count(said) == 1, said
+    finally:
+        store.close()
+
+
 def test_the_periodic_save_keeps_the_state_of_a_target_this_version_left_out(tmp_path: Path) -> None:
     """A newer version stored a spend target this one refuses (`900/1mo`) with its month's spend. The rows were
     not rewritten at the start, but the periodic save stored this version's state, without the target: the newer

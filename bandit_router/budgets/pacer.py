@@ -167,12 +167,12 @@ class _Scope:
         self.last_time = _opt_float(state["last_time"])
         self.gap_s = _opt_float(state["gap_s"])
         if self.last_time is not None and not math.isfinite(self.last_time):
-            log.warning("budget state: %sthe stored time of the last request %r is not finite; reset: the next "
-                        "request sets it", where, self.last_time)
+            say("budget state: %sthe stored time of the last request %r is not finite; reset: the next request "
+                "sets it", where, self.last_time)
             self.last_time = None
         if self.gap_s is not None and not (math.isfinite(self.gap_s) and self.gap_s >= 0.0):
-            log.warning("budget state: %sthe stored mean gap between requests %r is not a finite number ≥ 0; reset: "
-                        "the next requests measure it again", where, self.gap_s)
+            say("budget state: %sthe stored mean gap between requests %r is not a finite number ≥ 0; reset: the "
+                "next requests measure it again", where, self.gap_s)
             self.gap_s = None
         unknown = set(state["targets"]) - set(self.controls)
         if unknown and not dropped:
@@ -541,8 +541,8 @@ class _PenaltyControl(_Control):
         -inf, and every route failed until a restart): reset to 0 with a warning, as a new target's."""
         super().load(state, where)
         if not (math.isfinite(self.mu) and self.mu >= 0.0):
-            log.warning("budget state: %s%s: the stored multiplier μ = %r is not a finite number ≥ 0; reset to 0",
-                        where, self.target, self.mu)
+            say("budget state: %s%s: the stored multiplier μ = %r is not a finite number ≥ 0; reset to 0", where,
+                self.target, self.mu)
             self.mu = 0.0
 
 
