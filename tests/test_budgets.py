@@ -439,6 +439,35 @@ def test_a_stored_spend_or_time_that_is_not_usable_is_reset_and_a_spend_target_f
 
 
 
+
+def test_an_unusable_spend_of_the_period_left_counts_as_the_whole_budget_when_the_clock_returns_there(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A spend target left day 10 for day 11 (its clock ran ahead) with 4.9 of 5 USD spent there, stored as NaN
+    (damaged): reset to 0, the day's spend counted as 0 when the clock was set right, back in day 10, and the target
+    bound late. It counts as the whole budget, as an unusable spend of the current period does. A state stored
+    before `entered_usd` was (none in the row) whose spend is NaN is said once, not again for `entered_usd`."""
+    day = 86400.0
+    config = BudgetConfig.from_strings(["spend_usd=5/1d"])
+    state = json.loads(json.dumps(BudgetPacer(config).state()))
+    control = state["global"]["targets"]["spend_usd/1d"]
+    control.update({"period": 11, "spend_usd": 0.0, "entered_usd": 0.0, "left_period": 10, "left_usd": math.nan,
+                    "origin": 10 * day, "plan_time": 11 * day})
+    router = make_router(config, seed=1, clock=Clock(t=10 * day + 3600))  # set right: back in day 10
+    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+        router.pacer.load(state)
+    assert "the stored spend of the period it left nan" in caplog.text
+    router.route(Request(prompt="hi"))
+    spend = next(t for t in router.pacer.report()["global"]["targets"] if t["kind"] == "spend")
+    assert spend["exhausted"] is True and spend["realized"] >= 5.0
+    caplog.clear()
+    for key in ("left_period", "left_usd", "entered_usd"):
+        del control[key]
+    control["spend_usd"] = math.nan
+    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+        BudgetPacer(config).load(state)
+    assert len(caplog.records) == 1 and "entered_usd" not in caplog.text, caplog.text
+
+
 def _damaged_state_cases() -> list[tuple[str, Callable[[dict[str, Any]], None], bool]]:
     """(what, damage, refused): `refused` rows do not load (InvalidInput); the others load with the value reset."""
     def at(*path: str | int, value: Any) -> Callable[[dict[str, Any]], None]:

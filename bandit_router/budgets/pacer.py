@@ -455,18 +455,25 @@ class _SpendControl(_CostControl):
             self.origin = None if self.origin is None else min(self.origin, now)
 
     def _unusable(self, name: str, value: float, where: str) -> float | None:
-        """As `_Control._unusable`, except the period's spend: unknown, it counts as the whole budget B (the
-        target is exhausted until its next period or a PUT: cautious, it binds early, never late)."""
-        if name != "spend_usd":
+        """As `_Control._unusable`, except a period's spend: unknown, it counts as the whole budget B (the
+        target is exhausted until its next period or a PUT: cautious, it binds early, never late). So does the
+        spend of the period it left (`left_usd`, counted when the clock returns to that period). The spend counted
+        when it entered this one (`entered_usd`) is reset to 0: all of the period's spend then counts as booked
+        since, again the cautious reading."""
+        if name not in ("spend_usd", "left_usd"):
             return super()._unusable(name, value, where)
-        say("budget state: %s%s: the stored spend of the period %r is not a finite number ≥ 0; counted as the "
-            "whole budget, %r USD, until the next period", where, self.target, value, self.target.usd)
+        what = "spend of the period" if name == "spend_usd" else "spend of the period it left"
+        say("budget state: %s%s: the stored %s %r is not a finite number ≥ 0; counted as the whole budget, %r USD%s",
+            where, self.target, what, value, self.target.usd, ", until the next period" if name == "spend_usd" else "")
         return self.target.usd
 
     def load(self, state: Mapping[str, Any], where: str = "") -> None:
-        """As `_CostControl.load`; a state stored before the period left was kept (no `left_period`) has none."""
-        defaults = {"left_period": None, "left_usd": 0.0, "entered_usd": float(state.get("spend_usd", 0.0))}
+        """As `_CostControl.load`; a state stored before the period left was kept (no `left_period`) has none (its
+        `entered_usd`, not stored either, is then the period's spend as loaded, not said twice when unusable)."""
+        defaults = {"left_period": None, "left_usd": 0.0, "entered_usd": 0.0}
         super().load({**defaults, **state}, where)
+        if "entered_usd" not in state:
+            self.entered_usd = self.spend_usd
 
     def limit(self) -> float:
         """B; pro rata in the period in which the target started, since it counts spend from then on."""
