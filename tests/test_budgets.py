@@ -438,6 +438,110 @@ def test_a_stored_spend_or_time_that_is_not_usable_is_reset_and_a_spend_target_f
     json.dumps(loaded.pacer.state(), allow_nan=False)  # and what the next save stores
 
 
+
+
+def test_an_unusable_spend_of_the_period_left_counts_as_the_whole_budget_when_the_clock_returns_there(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A spend target left day 10 for day 11 (its clock ran ahead) with 4.9 of 5 USD spent there, stored as NaN
+    (damaged): reset to 0, the day's spend counted as 0 when the clock was set right, back in day 10, and the target
+    bound late. It counts as the whole budget, as an unusable spend of the current period does. A state stored
+    before `entered_usd` was (none in the row) whose spend is NaN is said once, not again for `entered_usd`."""
+    day = 86400.0
+    config = BudgetConfig.from_strings(["spend_usd=5/1d"])
+    state = json.loads(json.dumps(BudgetPacer(config).state()))
+    control = state["global"]["targets"]["spend_usd/1d"]
+    control.update({"period": 11, "spend_usd": 0.0, "entered_usd": 0.0, "left_period": 10, "left_usd": math.nan,
+                    "origin": 10 * day, "plan_time": 11 * day})
+    router = make_router(config, seed=1, clock=Clock(t=10 * day + 3600))  # set right: back in day 10
+    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+        router.pacer.load(state)
+    assert "the stored spend of the period it left nan" in caplog.text
+    router.route(Request(prompt="hi"))
+    spend = next(t for t in router.pacer.report()["global"]["targets"] if t["kind"] == "spend")
+    assert spend["exhausted"] is True and spend["realized"] >= 5.0
+    caplog.clear()
+    for key in ("left_period", "left_usd", "entered_usd"):
+        del control[key]
+    control["spend_usd"] = math.nan
+    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+        BudgetPacer(config).load(state)
+    assert len(caplog.records) == 1 and "entered_usd" not in caplog.text, caplog.text
+
+
+def _damaged_state_cases() -> list[tuple[str, Callable[[dict[str, Any]], None], bool]]:
+    """(what, damage, refused): `refused` rows do not load (InvalidInput); the others load with the value reset."""
+    def at(*path: str | int, value: Any) -> Callable[[dict[str, Any]], None]:
+        def damage(state: dict[str, Any]) -> None:
+            node: Any = state
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        return damage
+
+    def every_exceedance(value: Any) -> Callable[[dict[str, Any]], None]:
+        def damage(state: dict[str, Any]) -> None:
+            for stats in state["exceedance"].values():
+                for model in stats:
+                    stats[model] = value
+        return damage
+
+    g = ("global", "targets")
+    return [
+        ("spend period 10**400", at(*g, "spend_usd/1d", "period", value=10**400), True),
+        ("spend period -10**20", at(*g, "spend_usd/1d", "period", value=-10**20), True),
+        ("spend left_period 10**400", at(*g, "spend_usd/1d", "left_period", value=10**400), True),
+        ("tenant spend period 10**400",
+         at("tenants", "acme", "targets", "spend_usd/1h", "period", value=10**400), True),
+        ("avg requests 10**400", at(*g, "avg_cost_usd", "requests", value=10**400), True),
+        ("scope requests 10**400", at("global", "requests", value=10**400), True),
+        ("share hits 10**400", at(*g, "share:large", "hits", value=10**400), True),
+        ("latency over 10**400", at(*g, "latency_p90_s", "over", value=-10**400), True),
+        ("exceedance NaN", every_exceedance([math.nan, 1.0]), False),
+        ("exceedance inf", every_exceedance([3.0, math.inf]), False),
+        ("exceedance negative", every_exceedance([3.0, -1.0]), False),
+        ("exceedance of 3 numbers", every_exceedance([3.0, 1.0, 1.0]), False),
+        ("exceedance of 1 number", every_exceedance([3.0]), False),
+        ("latency recent NaN", at(*g, "latency_p90_s", "recent", 0, value=math.nan), False),
+        ("latency recent -inf", at(*g, "latency_p90_s", "recent", 1, value=-math.inf), False),
+    ]
+
+
+@pytest.mark.parametrize(("what", "damage", "refused"), _damaged_state_cases(), ids=[
+    case[0] for case in _damaged_state_cases()])
+def test_a_stored_value_that_would_break_every_request_later_is_refused_or_reset(
+        what: str, damage: Callable[[dict[str, Any]], None], refused: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """These loaded as stored and broke later: a spend period of 10**400 made every route raise OverflowError
+    (`period_start`), exceedance statistics with NaN or inf (or not two numbers) every route of a latency target,
+    recent latencies with NaN or inf, or counts of 10**400, every GET /v1/budgets and /v1/stats. A count or period
+    beyond ±2**53 now refuses the row (a damaged state); statistics and recent latencies that are not finite numbers
+    ≥ 0 (pairs, for the statistics) are reset with a warning, and then routing, the report and the state work."""
+    config = BudgetConfig.from_strings(["spend_usd=5/1d", "avg_cost_usd=0.01", "share:large=0.3", "latency_p90_s=2",
+                                        "@acme:spend_usd=1/1h"])
+    clock = Clock()
+    router = make_router(config, seed=1, clock=clock)
+    for i in range(6):
+        decision = router.route(Request(prompt=f"hi {i}", context={"tenant": "acme"} if i % 2 else {}))
+        router.pacer.observe(decision, 0.001, 1.0 + i)
+        clock.t += 1.0
+    saved = json.loads(json.dumps(router.pacer.state()))
+    assert saved["exceedance"]["2.0"] and len(saved["global"]["targets"]["latency_p90_s"]["recent"]) == 6
+    damage(saved)
+    loaded = make_router(config, seed=1, clock=clock)
+    if refused:
+        with pytest.raises(InvalidInput, match="beyond"):
+            loaded.pacer.load(saved)
+        return
+    with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+        loaded.pacer.load(saved)
+    assert "reset" in caplog.text
+    for i in range(3):
+        decision = loaded.route(Request(prompt=f"again {i}", context={"tenant": "acme"}))
+        assert all(math.isfinite(p) for p in decision.pmf)
+        loaded.pacer.observe(decision, 0.001, 1.5)
+    json.dumps(loaded.pacer.report(), allow_nan=False)  # what GET /v1/budgets encodes
+    json.dumps(loaded.pacer.state(), allow_nan=False)  # what the next save stores
+
+
 def test_durations() -> None:
     assert [parse_duration(t) for t in ("90", "90s", "1.5m", "24h", "1d", "2w")] == [90, 90, 90, 86400, 86400, 1209600]
     assert [format_duration(s) for s in (86400, 3600 * 36, 90, 0.5, 604800)] == ["1d", "36h", "90s", "0.5s", "1w"]
@@ -506,7 +610,7 @@ def test_a_latency_target_of_any_accepted_percentile_reads_back(percentile: str)
     [
         ({"avg_cost": 1}, "unknown target 'avg_cost'"),
         ({"avg_cost_usd": True}, "must be a number or a string"),
-        ({"spend_usd": ["1/1d", "2/24h"]}, r"more than one target for \['spend_usd/1d'\]"),
+        ({"spend_usd": ["1/1d", "2/24h"]}, r"^budgets: more than one target for \['spend_usd/1d'\]"),  # said once
         ({"share": 0.3}, "share must be a table"),
         ({"tenants": {"acme": {"avg_cost_usd": -1}}}, "budgets.tenants.acme"),
         ({"tenants": ["acme"]}, "tenants must be a table"),

@@ -567,6 +567,133 @@ def test_a_process_that_cannot_load_the_stored_targets_does_not_save_over_the_st
         b.store.close()
 
 
+
+def test_a_process_started_after_a_newer_versions_put_does_not_save_over_its_state(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A newer version stored targets this one refuses whole (`cost_step = 20`, beyond this version's [0, 10]) in
+    both rows, with 4 of its 5 USD/day spent. A process of this version that starts after (its file's `[budgets]`
+    paced) took the state row for a damaged one (its config in this format did not load) and said it held nothing
+    any version loads, and marked the targets row as read although it did not load it: its periodic save wrote its
+    own state over the newer version's, whose day then began again at 0 spent. The row is now another version's (not
+    saved over, `state_saved` false), and the save never writes it."""
+    db = tmp_path / "newer-put.db"
+    newer_config = {"spend_usd": "5/1d", "cost_step": 20.0}
+    state = BudgetPacer(BudgetConfig.from_mapping({"spend_usd": "5/1d"})).state()
+    state["config"] = newer_config
+    state["global"]["spend_usd"] = state["global"]["targets"]["spend_usd/1d"]["spend_usd"] = 4.0
+    store = open_store(db)
+    store.prepare()
+    with store.write() as tx:
+        tx.set_meta(BUDGETS_STATE, json.dumps(state))
+        tx.set_meta(BUDGETS_CONFIG, json.dumps(newer_config, sort_keys=True))
+    this = BudgetState(store, BudgetPacer(BudgetConfig.from_mapping({"avg_cost_usd": 0.01})))
+    try:
+        with caplog.at_level(logging.WARNING, logger="bandit_router.log"):
+            assert this.recover(cast(Any, SimpleNamespace())) == "config"
+        assert "holds nothing any version loads" not in caplog.text
+        assert "targets this version refuses" in caplog.text and not this.saving()["state_saved"]
+        this.pacer.spend(0.5)
+        for _ in range(2):
+            this._next_follow = this._next_save = 0.0
+            this.housekeeping()
+        this.save(force=True)
+        with store.read() as reader:
+            assert json.loads(reader.get_meta(BUDGETS_STATE) or "{}") == state  # the newer version's, untouched
+    finally:
+        store.close()
+
+
+
+@pytest.mark.parametrize("damage", [{"exceedance": [[1, 2, 3]]}, {"exceedance": [["ab"]]}, "deep"])
+def test_a_damaged_state_row_of_the_same_config_does_not_stop_the_save(tmp_path: Path, damage: Any) -> None:
+    """The state row holds a target this version left out, and another writer stored it again damaged: a row of the
+    same config whose `exceedance` `dict()` refuses with ValueError, or JSON nested too deep to decode
+    (RecursionError). The save raised out of the writer's housekeeping and ended the writer thread (every request
+    503 until a restart); it now saves this process's state, with what it left out as loaded."""
+    db = tmp_path / "damaged.db"
+    newer = BudgetPacer(BudgetConfig.from_mapping({"avg_cost_usd": 0.004, "spend_usd": ["50/1d", "90/1w"]}))
+    row = json.dumps(newer.state()).replace('"90/1w"', '"900/1mo"').replace('"spend_usd/1w"', '"spend_usd/1mo"')
+    store = open_store(db)
+    store.prepare()
+    with store.write() as tx:
+        tx.set_meta(BUDGETS_STATE, row)
+    this = BudgetState(store, BudgetPacer())
+    try:
+        this.recover(cast(Any, SimpleNamespace()))
+        assert this.pacer.left_out() == ["spend_usd=900/1mo"]
+        with store.write() as tx:
+            tx.set_meta(BUDGETS_STATE, "[" * 100_000 + "]" * 100_000 if damage == "deep"
+                        else json.dumps({**json.loads(row), **damage}))
+        this.pacer.spend(1.0)
+        this.save(force=True)
+        with store.read() as reader:
+            saved = json.loads(reader.get_meta(BUDGETS_STATE) or "{}")
+        assert saved["global"]["spend_usd"] == pytest.approx(1.0) and "spend_usd/1mo" in saved["global"]["targets"]
+    finally:
+        store.close()
+
+
+def test_a_failing_budget_housekeeping_does_not_end_the_writer_thread(
+        make_client: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any error out of the budgets' housekeeping (run between the writer's batches) ended the writer thread: every
+    request after it was 503 until a restart. It is logged (at most once a minute) and the writer goes on."""
+    client = make_client(budgets=BudgetConfig.from_mapping({"avg_cost_usd": 0.01}))
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+
+    def broken() -> None:
+        raise ValueError("dictionary update sequence element #0 has length 3; 2 is required")
+
+    monkeypatch.setattr(engine.budgets, "housekeeping", broken)
+    for _ in range(5):
+        decision = _route(client)
+        assert client.get(f"/v1/decisions/{decision['decision_id']}").status_code == 200
+
+
+
+@pytest.mark.parametrize("key", [BUDGETS_STATE, BUDGETS_CONFIG])
+def test_a_stored_row_nested_too_deep_to_decode_does_not_load(tmp_path: Path, key: str) -> None:
+    """JSON nested too deep in a stored budget row raised RecursionError (not a ValueError) out of every loading:
+    serve's start and `check --config` ended with a traceback. Such a row does not load, as any other damaged one:
+    the configuration's targets are paced, and housekeeping and the save go on."""
+    store = open_store(tmp_path / "nested.db")
+    store.prepare()
+    with store.write() as tx:
+        tx.set_meta(key, "[" * 100_000 + "]" * 100_000)
+    try:
+        assert not stored_budgets(store)
+        this = BudgetState(store, BudgetPacer(BudgetConfig.from_mapping({"avg_cost_usd": 0.01})))
+        assert this.recover(cast(Any, SimpleNamespace())) == "config"
+        assert this.pacer.config.describe() == ["avg_cost_usd=0.01"]
+        this._next_follow = this._next_save = 0.0
+        this.housekeeping()
+    finally:
+        store.close()
+
+
+
+def test_the_quiet_check_of_the_stored_budgets_says_no_reset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A stored mean gap, last request time or μ that is not finite was reset with a warning the quiet check
+    (`stored_budgets`, run by serve's start and `check --config`) said too: each warning twice at a start, and
+    `check` not quiet. The check says nothing; the start's loading says each once."""
+    state = json.loads(json.dumps(BudgetPacer(BudgetConfig.from_strings(["spend_usd=5/1d", "share:gpt-4o=0.3"]))
+                                  .state()))
+    state["global"]["gap_s"] = state["global"]["targets"]["share:gpt-4o"]["mu"] = math.nan
+    state["global"]["last_time"] = math.inf
+    store = open_store(tmp_path / "quiet.db")
+    store.prepare()
+    with store.write() as tx:
+        tx.set_meta(BUDGETS_STATE, json.dumps(state))
+    try:
+        with caplog.at_level(logging.WARNING, logger="bandit_router.budgets"):
+            assert stored_budgets(store)
+            assert caplog.records == []
+            BudgetState(store, BudgetPacer()).recover(cast(Any, SimpleNamespace()))
+        for said in ("the stored mean gap", "the stored time of the last request", "the stored multiplier μ"):
+            assert caplog.text.count(said) == 1, said
+    finally:
+        store.close()
+
+
 def test_the_periodic_save_keeps_the_state_of_a_target_this_version_left_out(tmp_path: Path) -> None:
     """A newer version stored a spend target this one refuses (`900/1mo`) with its month's spend. The rows were
     not rewritten at the start, but the periodic save stored this version's state, without the target: the newer

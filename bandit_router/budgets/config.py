@@ -140,8 +140,8 @@ def _targets_from_mapping(
         if dropped is None:
             return _check_unique((parse_target(t, also=also) for t in texts), scope)
         return _check_unique((t for text in texts if (t := _stored_target(text, scope, dropped)) is not None), scope)
-    except InvalidInput as exc:
-        raise InvalidInput(f"{scope}: {exc}") from None
+    except InvalidInput as exc:  # `_check_unique`'s names the scope already
+        raise InvalidInput(f"{scope}: {str(exc).removeprefix(f'{scope}: ')}") from None
 
 
 def _stored_parts(key: str, value: Any) -> list[tuple[Any, str]]:

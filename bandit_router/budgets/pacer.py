@@ -94,6 +94,9 @@ EXCEEDANCE_PRIOR_WEIGHT = 2.0
 Tags = Mapping[str, str]
 RECENT_LATENCIES = 2048
 """How many recent latencies a latency target keeps to report its realised percentile."""
+MAX_STORED_COUNT = 2**53
+"""The largest magnitude a stored count or period may have (a float holds every integer up to it): beyond it, the
+state was damaged (reports and periods overflow a float), and it does not load."""
 CLOCK_STEP_BACK_S = 60.0
 """A clock reading this far behind a scope's last one, or a spend period's start, means the clock was set back
 (it ran ahead): the pacer starts from the new reading rather than wait for real time to catch up."""
@@ -156,7 +159,7 @@ class _Scope:
         """`where`: the scope's prefix in the text grammar (`@acme:`) for the log; `dropped`: the stored config of
         this scope lost targets this version refuses: their states are not loaded but returned, as stored (target
         key → state), for `BudgetPacer.state` to store again."""
-        self.requests = int(state["requests"])
+        self.requests = _count(state["requests"], f"{where}requests")
         self.spend_usd = float(state["spend_usd"])
         if not (math.isfinite(self.spend_usd) and self.spend_usd >= 0.0):
             say("budget state: %sthe stored spend %r is not a finite number ≥ 0; reset to 0", where, self.spend_usd)
@@ -164,12 +167,12 @@ class _Scope:
         self.last_time = _opt_float(state["last_time"])
         self.gap_s = _opt_float(state["gap_s"])
         if self.last_time is not None and not math.isfinite(self.last_time):
-            log.warning("budget state: %sthe stored time of the last request %r is not finite; reset: the next "
-                        "request sets it", where, self.last_time)
+            say("budget state: %sthe stored time of the last request %r is not finite; reset: the next request "
+                "sets it", where, self.last_time)
             self.last_time = None
         if self.gap_s is not None and not (math.isfinite(self.gap_s) and self.gap_s >= 0.0):
-            log.warning("budget state: %sthe stored mean gap between requests %r is not a finite number ≥ 0; reset: "
-                        "the next requests measure it again", where, self.gap_s)
+            say("budget state: %sthe stored mean gap between requests %r is not a finite number ≥ 0; reset: the "
+                "next requests measure it again", where, self.gap_s)
             self.gap_s = None
         unknown = set(state["targets"]) - set(self.controls)
         if unknown and not dropped:
@@ -199,6 +202,15 @@ def _number(value: float | None) -> float:
 
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _count(value: Any, name: str) -> int:
+    """A stored count, refused (InvalidInput: the state does not load) when its magnitude is over `MAX_STORED_COUNT`."""
+    count = int(value)
+    if abs(count) > MAX_STORED_COUNT:
+        raise InvalidInput(f"budget state: the stored {name}, an integer of {len(str(abs(count)))} digits, is beyond "
+                           "±2**53 (a damaged state)")
+    return count
 
 
 class _Control:
@@ -249,6 +261,8 @@ class _Control:
         reached its limit, and the report it entered could not be encoded), is reset with a warning (`_unusable`)."""
         for name, convert in self.persisted:
             value = convert(state[name])
+            if isinstance(value, int) and not isinstance(value, bool):  # a count or a period
+                _count(value, f"{where}{self.target} {name}")
             amount, time_ = name.endswith("_usd"), name in ("origin", "plan_time")  # λ, floor, μ: their own checks
             usable = math.isfinite(value) and (value >= 0.0 or time_) if isinstance(value, float) else True
             if (amount or time_) and not usable:
@@ -441,18 +455,25 @@ class _SpendControl(_CostControl):
             self.origin = None if self.origin is None else min(self.origin, now)
 
     def _unusable(self, name: str, value: float, where: str) -> float | None:
-        """As `_Control._unusable`, except the period's spend: unknown, it counts as the whole budget B (the
-        target is exhausted until its next period or a PUT: cautious, it binds early, never late)."""
-        if name != "spend_usd":
+        """As `_Control._unusable`, except a period's spend: unknown, it counts as the whole budget B (the
+        target is exhausted until its next period or a PUT: cautious, it binds early, never late). So does the
+        spend of the period it left (`left_usd`, counted when the clock returns to that period). The spend counted
+        when it entered this one (`entered_usd`) is reset to 0: all of the period's spend then counts as booked
+        since, again the cautious reading."""
+        if name not in ("spend_usd", "left_usd"):
             return super()._unusable(name, value, where)
-        say("budget state: %s%s: the stored spend of the period %r is not a finite number ≥ 0; counted as the "
-            "whole budget, %r USD, until the next period", where, self.target, value, self.target.usd)
+        what = "spend of the period" if name == "spend_usd" else "spend of the period it left"
+        say("budget state: %s%s: the stored %s %r is not a finite number ≥ 0; counted as the whole budget, %r USD%s",
+            where, self.target, what, value, self.target.usd, ", until the next period" if name == "spend_usd" else "")
         return self.target.usd
 
     def load(self, state: Mapping[str, Any], where: str = "") -> None:
-        """As `_CostControl.load`; a state stored before the period left was kept (no `left_period`) has none."""
-        defaults = {"left_period": None, "left_usd": 0.0, "entered_usd": float(state.get("spend_usd", 0.0))}
+        """As `_CostControl.load`; a state stored before the period left was kept (no `left_period`) has none (its
+        `entered_usd`, not stored either, is then the period's spend as loaded, not said twice when unusable)."""
+        defaults = {"left_period": None, "left_usd": 0.0, "entered_usd": 0.0}
         super().load({**defaults, **state}, where)
+        if "entered_usd" not in state:
+            self.entered_usd = self.spend_usd
 
     def limit(self) -> float:
         """B; pro rata in the period in which the target started, since it counts spend from then on."""
@@ -527,8 +548,8 @@ class _PenaltyControl(_Control):
         -inf, and every route failed until a restart): reset to 0 with a warning, as a new target's."""
         super().load(state, where)
         if not (math.isfinite(self.mu) and self.mu >= 0.0):
-            log.warning("budget state: %s%s: the stored multiplier μ = %r is not a finite number ≥ 0; reset to 0",
-                        where, self.target, self.mu)
+            say("budget state: %s%s: the stored multiplier μ = %r is not a finite number ≥ 0; reset to 0", where,
+                self.target, self.mu)
             self.mu = 0.0
 
 
@@ -603,6 +624,10 @@ class _LatencyControl(_PenaltyControl):
     def load(self, state: Mapping[str, Any], where: str = "") -> None:
         super().load(state, where)
         self.recent = deque((float(x) for x in state["recent"]), maxlen=RECENT_LATENCIES)
+        if not all(math.isfinite(x) and x >= 0.0 for x in self.recent):
+            say("budget state: %s%s: the stored recent latencies are not all finite numbers ≥ 0; reset: the next "
+                "requests measure them again", where, self.target)
+            self.recent.clear()
 
     def report(self, now: float) -> dict[str, Any]:
         realised = float(np.percentile(list(self.recent), self.target.percentile)) if self.recent else None
@@ -624,6 +649,21 @@ _CONTROLS: dict[type, type[_Control]] = {
     Share: _ShareControl,
     Latency: _LatencyControl,
 }
+
+
+def _exceedance_stats(threshold: str, stats: Mapping[str, Any]) -> dict[str, list[float]]:
+    """A latency threshold's stored statistics per model, [n, over] (discounted counts): a model's that are not two
+    finite numbers ≥ 0 are reset with a warning (as a new model's: the prior alone), else every later route with
+    them raised."""
+    out = {}
+    for model, pair in stats.items():
+        values = [float(x) for x in pair]
+        if len(values) == 2 and all(math.isfinite(x) and x >= 0.0 for x in values):
+            out[str(model)] = values
+        else:
+            say("budget state: the stored latency statistics of %r over %s s, %r, are not two finite numbers ≥ 0; "
+                "reset", model, threshold, pair)
+    return out
 
 
 @dataclass
@@ -651,7 +691,7 @@ class _LeftOut:
         if isinstance(stored, Mapping) and stored.get("format") == STATE_FORMAT and stored.get("config") == config:
             try:
                 return _with_what_it_lacks({**state, "config": config}, stored)
-            except (KeyError, TypeError, AttributeError) as exc:
+            except (KeyError, TypeError, AttributeError, ValueError) as exc:  # ValueError: dict([[1, 2, 3]])
                 log.warning("the stored budget state's left-out targets were not read (%s); saved as loaded", exc)
         state["config"] = config
         for tenant, targets in self.targets.items():
@@ -923,7 +963,9 @@ class BudgetPacer:
         left out (its text in the config, its state, its tenant's scope, its threshold's statistics) is kept as
         stored, and `state()` stores it again unchanged until a new config replaces it (`configure`): a version
         that takes it paces it on from its stored spend and λ. A stored multiplier (λ, μ), floor, mean gap or last
-        request time that is not a finite number (λ: > 0; μ, gap: ≥ 0) is reset, with a warning. Returns the refused
+        request time that is not a finite number (λ: > 0; μ, gap: ≥ 0) is reset, with a warning, as are recent
+        latencies and a model's exceedance statistics that are not finite numbers ≥ 0 (two, for the statistics); a
+        count or period beyond ±`MAX_STORED_COUNT` does not load (InvalidInput: a damaged state). Returns the refused
         targets' texts per scope (`from_stored`: None is the global one), empty when every target loaded."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             raise InvalidInput(f"not a budget pacer state (expected format {STATE_FORMAT!r})")
@@ -943,10 +985,7 @@ class BudgetPacer:
                     raise InvalidInput(f"budget state has tenant {name!r} that its config does not")
                 left.targets[tenant] = fresh._tenants[tenant].load(
                     scope_state, where=f"@{tenant}:", dropped=tenant in dropped)
-            saved_exceedance = {
-                float(t): {str(m): [float(x) for x in v] for m, v in stats.items()}
-                for t, stats in state["exceedance"].items()
-            }
+            saved_exceedance = {float(t): _exceedance_stats(t, stats) for t, stats in state["exceedance"].items()}
             fresh._exceedance = {t: saved_exceedance.get(t, {}) for t in fresh._exceedance}  # the loaded targets
             left.exceedance = {t: copy.deepcopy(stats) for t, stats in state["exceedance"].items()
                                if float(t) not in fresh._exceedance}

@@ -56,9 +56,9 @@ BUDGETS_STATE = "budgets_state"
 BUDGETS_CONFIG = "budgets_config"
 """Meta key: the targets set by the last PUT /v1/budgets (JSON); other workers pick them up within
 `FOLLOW_EVERY_S`."""
-UNLOADABLE = (InvalidInput, ValueError, OverflowError)
+UNLOADABLE = (InvalidInput, ValueError, OverflowError, RecursionError)
 """What loading a stored budget row raises when it does not load (its JSON, or what it holds: `Infinity`, which
-JSON decoding takes, where an integer is stored)."""
+JSON decoding takes, where an integer is stored; JSON nested too deep to decode)."""
 SAVE_EVERY_S = 5.0
 FOLLOW_EVERY_S = 1.0
 DECISIONS_EVERY_S = 0.05
@@ -273,7 +273,7 @@ class BudgetState:
                     self._stored = True
                 self._targets_seen = stored  # only once followed: `save` compares with it
                 self._unfollowed = False
-            except (StoreError, InvalidInput, ValueError) as exc:
+            except (StoreError, *UNLOADABLE) as exc:
                 self._unfollowed = not isinstance(exc, StoreError)
                 self._say("follow", logging.WARNING, "reading the stored budget targets failed: %s", exc)
         self.save()
@@ -330,7 +330,6 @@ class BudgetState:
         with self.store.read() as reader:
             state = reader.get_meta(BUDGETS_STATE)
             config = reader.get_meta(BUDGETS_CONFIG)
-        self._targets_seen = config
         loaded_state: Any = None
         changed = False  # something stored did not load as stored (said by the loading)
         refused = False  # ... of which a target this version refuses: the rows are not rewritten
@@ -353,10 +352,11 @@ class BudgetState:
                         loaded_state is None or targets != loaded_state["config"]):  # as the state's: loaded once
                     refused = bool(self.pacer.configure_stored(targets))  # they replace the state's: only theirs
                     changed = changed or targets != self.pacer.config.to_mapping()
-                self._config_json = config
+                self._config_json = self._targets_seen = config
                 source = "stored"
                 self._stored = True  # the targets row's targets are paced: their state is saved
             except UNLOADABLE as exc:
+                self._unfollowed = True  # `save` then never writes over a state row of the targets it holds
                 log.warning("stored budget targets not loaded: %s", exc)
         protected = None if state is None else not_saved_over(_decoded(state))
         self.unsaved = protected if self._stored else None
@@ -438,13 +438,38 @@ def _replaced(saved: Any, targets: Any) -> bool:
 
 
 def not_saved_over(stored: Any) -> str | None:
-    """Why the state row `stored` (decoded) must not be saved over: it is a state in another format than this
-    version's (a newer version's), which a version that reads it loads again; else None (this version's format,
-    none, or a row that is not a JSON object with a format text: a damaged one holds nothing any version loads)."""
-    if not isinstance(stored, dict) or not isinstance(stored.get("format"), str) or stored["format"] == STATE_FORMAT:
+    """Why the state row `stored` (decoded) must not be saved over: it is another version's, which a version that
+    reads it loads again: a state in another format than this version's (a newer version's), or in this format with
+    a config table this version refuses (`BudgetConfig.from_stored` raises InvalidInput: a setting beyond this
+    version's range, `cost_step = 20`); else None (this version's format with targets it loads, none, or a row
+    that is not a JSON object with a format text or whose config is not a table: a damaged one holds nothing any
+    version loads)."""
+    if not isinstance(stored, dict) or not isinstance(stored.get("format"), str):
         return None
+    if stored["format"] == STATE_FORMAT:
+        refused = _refused(stored.get("config"))
+        if refused is None:
+            return None
+        return (f"the stored budget state holds targets this version refuses (another version's: {refused}), which "
+                "this version does not save over (a PUT /v1/budgets replaces them); each start paces from no spend "
+                "until then")
     return (f"the stored budget state is in another version's format ({stored['format']!r}), which this version "
             "does not save over (a PUT /v1/budgets replaces it); each start paces from no spend until then")
+
+
+def _refused(config: Any) -> str | None:
+    """Why this version refuses the stored config table `config` (`BudgetConfig.from_stored` raises InvalidInput),
+    else None (it loads, or it is not a table: damaged)."""
+    if not isinstance(config, dict):
+        return None
+    try:
+        with quietly():
+            BudgetConfig.from_stored(config)
+    except InvalidInput as exc:
+        return str(exc)
+    except (ValueError, OverflowError, RecursionError, TypeError, KeyError, AttributeError):
+        return None
+    return None
 
 
 def _of_config(state: Any, config: Any) -> bool:
@@ -453,10 +478,10 @@ def _of_config(state: Any, config: Any) -> bool:
 
 
 def _decoded(row: str | None) -> Any:
-    """A stored row's JSON, or None when there is none or it is not JSON."""
+    """A stored row's JSON, or None when there is none or it is not JSON (or nested too deep to decode)."""
     try:
         return None if row is None else json.loads(row)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 

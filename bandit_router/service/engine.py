@@ -411,7 +411,10 @@ class Engine:
                     self.budgets.save(force=True)
             except Exception as exc:  # the log still has everything; try again after the next batch
                 self._say("checkpoint", logging.ERROR, "checkpoint failed: %s", exc, exc_info=exc)
-            self.budgets.housekeeping()
+            try:
+                self.budgets.housekeeping()
+            except Exception as exc:  # a bug in the budgets' bookkeeping must not end the writer thread
+                self._say("budgets", logging.ERROR, "budget housekeeping failed (will retry): %s", exc, exc_info=exc)
         self._housekeeping()
 
     def _housekeeping(self) -> None:
