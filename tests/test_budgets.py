@@ -365,6 +365,15 @@ def test_a_stored_multiplier_that_is_not_a_positive_finite_number_is_reset(
     assert math.isfinite(lam) and lam > 0
 
 
+def _state_after_four_routes(config: BudgetConfig, clock: Clock) -> dict[str, Any]:
+    """The pacer's state, as stored (through JSON), after four routes a second apart on `clock`."""
+    router = make_router(config, seed=1, clock=clock)
+    for i in range(4):
+        router.route(Request(prompt=f"hi {i}"))
+        clock.t += 1.0
+    return dict(json.loads(json.dumps(router.pacer.state())))
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, -1.0])
 def test_a_stored_penalty_multiplier_or_gap_that_is_not_a_finite_number_is_reset(
         bad: float, caplog: pytest.LogCaptureFixture) -> None:
@@ -374,11 +383,7 @@ def test_a_stored_penalty_multiplier_or_gap_that_is_not_a_finite_number_is_reset
     the gap and the time to be measured again; everything else loads as saved."""
     config = BudgetConfig.from_strings(["share:large=0.2", "latency_p95_s=2", "spend_usd=5/1d"])
     clock = Clock()
-    router = make_router(config, seed=1, clock=clock)
-    for i in range(4):
-        router.route(Request(prompt=f"hi {i}"))
-        clock.t += 1.0
-    saved = json.loads(json.dumps(router.pacer.state()))
+    saved = _state_after_four_routes(config, clock)
     saved["global"]["targets"]["share:large"]["mu"] = bad
     saved["global"]["targets"]["latency_p95_s"]["mu"] = bad
     saved["global"]["gap_s"] = bad
@@ -412,11 +417,7 @@ def test_a_stored_spend_or_time_that_is_not_usable_is_reset_and_a_spend_target_f
     unknown spend binds early, never late), the scope's and an average target's spend to 0, the plan's times to None."""
     config = BudgetConfig.from_strings(["spend_usd=5/1d", "avg_cost_usd=0.01"])
     clock = Clock()
-    router = make_router(config, seed=1, clock=clock)
-    for i in range(4):
-        router.route(Request(prompt=f"hi {i}"))
-        clock.t += 1.0
-    saved = json.loads(json.dumps(router.pacer.state()))
+    saved = _state_after_four_routes(config, clock)
     targets = saved["global"]["targets"]
     spend_key = next(k for k in targets if k.startswith("spend_usd"))
     targets[spend_key]["spend_usd"] = bad
