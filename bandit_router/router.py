@@ -14,6 +14,9 @@ Thread-safe: one lock around the policy and the sampler. `snapshot()`/`restore()
 learned, the model list and the sampler's state; a snapshot records the policy's settings and is restored only
 into a router whose policy has the same ones. Replaying the same outcomes in the same order rebuilds the same
 weights.
+
+Why one module: `route`, `route_many` and `learn` share the lock, the pricing of each request and the policy's
+state; split apart, each would reach into the others' internals.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ sample size of these weights, ESS = (Σ w)² / Σ w² (Kish 1965): n when π = �
 all the weight. Intervals are normal (from the estimator's per-round influence terms) and, with
 `n_bootstrap` > 0, a seeded percentile bootstrap over rounds; `interval` picks which one is the primary
 `ci_low`/`ci_high`. A normal interval holds its point; a percentile one need not (it did on every seeded test
-log). Clipped IPS's point estimates the clipped value V_M and its interval covers V_M and V (`ClippedIPS`).
+log). Clipped IPS's point estimates the clipped value V_M and its interval covers V_M and V asymptotically
+(`ClippedIPS`).
 From one round there is no interval: (−∞, ∞), standard error ∞, no bootstrap.
 
 | estimator      | V̂                                                    | bias              | variance        |
@@ -25,6 +26,9 @@ From one round there is no interval: (−∞, ∞), standard error ∞, no boots
 | `DoublyRobust` | DM + (1/n) Σ w_i (r_i − q̂(x_i, a_i)), q̂ cross-fitted  | none              | IPS's on r − q̂  |
 
 "none" assumes μ(a|x) > 0 wherever π(a|x) > 0 (overlap) and correctly logged propensities.
+
+Why one module: the estimators share the weights, the interval helpers and the bootstrap's resamples
+(`bootstrap_counts`, the same for every estimator of one log), and the table above compares them.
 """
 
 from __future__ import annotations
@@ -320,8 +324,8 @@ class ClippedIPS(_Settings):
         V̂_M = (1/n) Σ_i min(w_i, M) r_i,    an unbiased estimate of V_M = E[min(w, M) r]
 
     Variance: bounded by M²·E[r²]/n. Bias for V: V_M − V = −E[e r], e = (w − M)₊ the clipped-off weight.
-    The point is V̂_M; the interval covers V_M and V alike. Split the clipped-off part e_i r_i into its negative
-    and positive parts, r⁻ = min(r, 0), r⁺ = max(r, 0):
+    The point is V̂_M; the interval covers V_M and V alike (asymptotically). Split the clipped-off part e_i r_i
+    into its negative and positive parts, r⁻ = min(r, 0), r⁺ = max(r, 0):
 
         ℓ_i = min(w_i, M) r_i + e_i r_i⁻,    u_i = min(w_i, M) r_i + e_i r_i⁺
 
