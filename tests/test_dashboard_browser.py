@@ -7,6 +7,7 @@ skip with the reason, except under CI (`CI=true`), where `.ci/run` installs it a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -457,30 +458,16 @@ def test_a_model_every_request_allowed_is_not_marked_if_allowed_though_its_logge
     (it would give b about half now): every request allowed b (`typical.allowed`), so b is not marked."""
     from bandit_router.catalog import ModelSpec
     from bandit_router.config import Settings
-    from bandit_router.service import create_app
-    from benchmarks.fake_upstream import ServerThread
 
     two = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0))
     settings = Settings(db=tmp_path / "promoted.db", seed=3, models=two, policy="fixed:a",
                         shadow_policies=("default",))
-    server = ServerThread(create_app(settings))
-    try:
-        url = server.wait_ready(30)
-        with httpx.Client() as client:
-            for i in range(12):
-                assert client.post(url + "/v1/route", json={"prompt": f"Explain recursion (#{i})"}).is_success
-            assert client.post(url + "/v1/policies/promote", json={"shadow": "default", "force": True}).is_success
-            typical = client.get(url + "/v1/stats/live").json()["typical"]
+    promote = {"method": "POST", "url": "/v1/policies/promote", "json": {"shadow": "default", "force": True}}
+    with _models_panel_after_twelve_routes(watched, settings, promote) as (typical, rows, w):
         assert typical["probabilities"]["b"] == 0.0 and typical["now"]["b"] > 0.05, typical  # what was marked
         assert typical["allowed"] == {"a": 12, "b": 12}
-        w = watched(viewport={"width": 1200, "height": 900})
-        w.page.goto(url + "/dashboard")
-        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
-        rows = {r[0]: r for r in (t.split("\t") for t in w.page.locator("#models-table tbody tr").all_inner_texts())}
         assert set(rows) == {"a", "b"} and rows["b"][-1].endswith("%") and "allowed" not in rows["b"][-1], rows
         assert w.errors == []
-    finally:
-        server.stop()
 
 
 def test_a_model_a_hard_budget_left_out_is_marked_if_allowed_with_the_budget_among_its_reasons(
@@ -493,25 +480,13 @@ def test_a_model_a_hard_budget_left_out_is_marked_if_allowed_with_the_budget_amo
     from bandit_router.budgets import BudgetConfig
     from bandit_router.catalog import ModelSpec
     from bandit_router.config import Settings
-    from bandit_router.service import create_app
-    from benchmarks.fake_upstream import ServerThread
 
     two = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0))
     settings = Settings(db=tmp_path / "budget.db", seed=3, models=two,
                         budgets=BudgetConfig.from_mapping({"share": {"b": 0}}))
-    server = ServerThread(create_app(settings))
-    try:
-        url = server.wait_ready(30)
-        with httpx.Client() as client:
-            for i in range(12):
-                assert client.post(url + "/v1/route", json={"prompt": f"Explain recursion (#{i})"}).is_success
-            assert client.put(url + "/v1/budgets", json={}).is_success
-            typical = client.get(url + "/v1/stats/live").json()["typical"]
+    lift = {"method": "PUT", "url": "/v1/budgets", "json": {}}
+    with _models_panel_after_twelve_routes(watched, settings, lift) as (typical, rows, w):
         assert typical["allowed"] == {"a": 12, "b": 0} and typical["now"]["b"] > 0.05, typical
-        w = watched(viewport={"width": 1200, "height": 900})
-        w.page.goto(url + "/dashboard")
-        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
-        rows = {r[0]: r for r in (t.split("\t") for t in w.page.locator("#models-table tbody tr").all_inner_texts())}
         assert rows["b"][-1].endswith("% if allowed") and "allowed" not in rows["a"][-1], rows
         title = w.page.locator("#models-table tbody tr", has_text="if allowed").locator("td").last.get_attribute(
             "title")
@@ -519,6 +494,31 @@ def test_a_model_a_hard_budget_left_out_is_marked_if_allowed_with_the_budget_amo
         # the budget's two ways, then the other reason: not "a spend target, or it was added since" (no budget kind)
         assert "a share of 0 or the guard of an exhausted spend target; or it was added since)" in title, title
         assert w.errors == []
+
+
+@contextlib.contextmanager
+def _models_panel_after_twelve_routes(
+    watched: Any, settings: Any, change: dict[str, Any]
+) -> Iterator[tuple[dict[str, Any], dict[str, list[str]], Any]]:
+    """A server of `settings` (in this process) that routed twelve requests, then took the request `change`
+    (method, url, json); yields `/v1/stats/live`'s `typical`, the dashboard's models table by model (its cells) and
+    the watched browser page on it. The server stops after the block."""
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    server = ServerThread(create_app(settings))
+    try:
+        url = server.wait_ready(30)
+        with httpx.Client() as client:
+            for i in range(12):
+                assert client.post(url + "/v1/route", json={"prompt": f"Explain recursion (#{i})"}).is_success
+            assert client.request(change["method"], url + change["url"], json=change["json"]).is_success
+            typical = client.get(url + "/v1/stats/live").json()["typical"]
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
+        rows = {r[0]: r for r in (t.split("\t") for t in w.page.locator("#models-table tbody tr").all_inner_texts())}
+        yield typical, rows, w
     finally:
         server.stop()
 
