@@ -127,12 +127,6 @@ class FlooredTrial:
     estimates: dict[str, Estimate]
 
 
-def _clipped_value(bandit: Any, pool: np.ndarray, expected: np.ndarray, max_weight: float) -> float:
-    """V_M = E[min(w, M) r] = Σ_j P(j) Σ_a μ(a|j) min(π(a|j)/μ(a|j), M) E[r|j, a], exactly."""
-    w = pool / bandit.logging_pmf
-    return float(bandit.probability @ (bandit.logging_pmf * np.minimum(w, max_weight) * expected).sum(axis=1))
-
-
 def _within(interval: tuple[float, float] | None, value: float) -> bool:
     assert interval is not None
     return interval[0] <= value <= interval[1]
@@ -145,11 +139,11 @@ def _floored_trials(transform: Any, estimators: dict[str, Any]) -> list[FlooredT
         log = bandit.sample(N_ROUNDS, seed=seed + 1000)
         pool = bandit.epsilon_greedy(0.1)
         expected = transform(bandit.expected_reward)
-        truth = float(bandit.probability @ (pool * expected).sum(axis=1))
+        truth = bandit.value(pool, expected)
         shifted = dataclasses.replace(log, rewards=transform(log.rewards))
         estimates = {name: _estimate(e, shifted, log.target(pool)) for name, e in estimators.items()}
         clipped_off = float(bandit.probability @ np.maximum(pool - HARSH_M * bandit.logging_pmf, 0.0).sum(axis=1))
-        out.append(FlooredTrial(truth, _clipped_value(bandit, pool, expected, HARSH_M), clipped_off, estimates))
+        out.append(FlooredTrial(truth, bandit.clipped_value(pool, HARSH_M, expected), clipped_off, estimates))
     return out
 
 

@@ -65,9 +65,18 @@ class SyntheticBandit:
     def n_actions(self) -> int:
         return int(self.expected_reward.shape[1])
 
-    def value(self, pool_pmf: np.ndarray) -> float:
-        """V(π) = Σ_j P(j) Σ_a π(a|j) E[r|j, a] for a pool policy `pool_pmf` (M, K)."""
-        return float(self.probability @ (np.asarray(pool_pmf) * self.expected_reward).sum(axis=1))
+    def value(self, pool_pmf: np.ndarray, expected: np.ndarray | None = None) -> float:
+        """V(π) = Σ_j P(j) Σ_a π(a|j) E[r|j, a] for a pool policy `pool_pmf` (M, K); `expected` (M, K) in place of
+        `expected_reward` for a transformed reward (its expectation: an affine map of r)."""
+        reward = self.expected_reward if expected is None else expected
+        return float(self.probability @ (np.asarray(pool_pmf) * reward).sum(axis=1))
+
+    def clipped_value(self, pool_pmf: np.ndarray, max_weight: float, expected: np.ndarray | None = None) -> float:
+        """V_M = E[min(w, M) r] = Σ_j P(j) Σ_a μ(a|j) min(π(a|j)/μ(a|j), M) E[r|j, a], exactly (what clipped IPS
+        estimates; μ = `logging_pmf`), with `expected` as in `value`."""
+        reward = self.expected_reward if expected is None else expected
+        weight = np.minimum(np.asarray(pool_pmf) / self.logging_pmf, max_weight)
+        return float(self.probability @ (self.logging_pmf * weight * reward).sum(axis=1))
 
     def epsilon_greedy(self, epsilon: float) -> np.ndarray:
         """The policy that picks the truly best action with probability 1 − ε (+ ε/K), shape (M, K)."""

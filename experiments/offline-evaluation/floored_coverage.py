@@ -56,10 +56,8 @@ def run(seeds: int) -> str:
             log = bandit.sample(N_ROUNDS, seed=seed + 1000)
             pool = bandit.epsilon_greedy(0.1)
             expected = transform(bandit.expected_reward)
-            truth = float(bandit.probability @ (pool * expected).sum(axis=1))
-            w = pool / bandit.logging_pmf
-            clipped = bandit.logging_pmf * np.minimum(w, MAX_WEIGHT) * expected
-            clipped_truth = float(bandit.probability @ clipped.sum(axis=1))
+            truth = bandit.value(pool, expected)
+            clipped_truth = bandit.clipped_value(pool, MAX_WEIGHT, expected)
             for name, estimator in ESTIMATORS.items():
                 est = estimator.estimate(rewards=transform(log.rewards), actions=log.actions,
                                          logged_probability=log.logged_probability, target_pmf=log.target(pool),
