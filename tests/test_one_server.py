@@ -6,6 +6,7 @@ process tests start real servers on 127.0.0.1; every command they run is bounded
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -196,6 +197,22 @@ def test_a_lock_file_another_user_created_is_locked_read_only(tmp_path: Path) ->
         assert f"processes {holder.process.pid} (the lock file's record" in message and "kill" not in message, message
     finally:
         holder.stop()
+
+
+def test_a_lock_file_of_zeros_left_by_a_power_loss_is_claimed(tmp_path: Path) -> None:
+    """After a power loss some file systems leave a file that was being written with its size and zeros for data:
+    `<db>-server` full of NUL bytes was refused as "not bandit-router's lock file", and `serve` would not start
+    until an operator deleted it. A file of zeros holds nothing to keep: it is claimed, and its record written."""
+    db = tmp_path / "router.db"
+    lock = tmp_path / "router.db-server"
+    lock.write_bytes(b"\0" * 77)
+    result = CliRunner().invoke(cli_app, ["migrate", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(lock.read_bytes())["command"] == "migrate"
+    lock.write_bytes(b"\0" * 76 + b"x")  # anything else in it is still refused, and kept
+    refused = CliRunner().invoke(cli_app, ["migrate", "--db", str(db)])
+    assert refused.exit_code == 2 and "is not bandit-router's lock file" in " ".join(refused.output.split())
+    assert lock.read_bytes() == b"\0" * 76 + b"x"
 
 
 @pytest.mark.parametrize("kind", ["database", "symlink"])

@@ -179,12 +179,13 @@ class ServerLock:
 
 
 def _is_lock_file(fd: int) -> bool:
-    """Whether the open file is a regular file that is empty or holds a lock record (what `claim` writes), so that
-    `claim` may overwrite it."""
+    """Whether the open file is a regular file that is empty, holds only NUL bytes, or holds a lock record (what
+    `claim` writes), so that `claim` may overwrite it. NULs: after a power loss some file systems (ext4 with delayed
+    allocation, XFS) leave a file its size with zeros for data; such a file holds nothing to keep."""
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         return False
     head = os.pread(fd, 4097, 0)
-    if not head or head.startswith(b'{"command": "'):  # empty, or a record (half-written by a crash, too)
+    if not head.strip(b"\0") or head.startswith(b'{"command": "'):  # empty or zeros, or a (half-written) record
         return True
     try:
         record = json.loads(head) if len(head) <= 4096 else None
