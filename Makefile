@@ -36,7 +36,7 @@ postgres:
 		echo "PostgreSQL is not installed (apt-get install postgresql as root): its tests will skip"
 
 test: $(STAMP) browser postgres
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check bandit_router simulator tests benchmarks experiments tools
