@@ -3,6 +3,8 @@
     python -m benchmarks.bench_catalog_size [--sizes 8,16,32,64,128] [--advice-k 128]
                                             [--out benchmarks/results/scale-catalog.md]
 
+`make bench` (`benchmarks.run`) runs `run()`: the first table's measures as result rows, no target.
+
 Per size K: K synthetic models (seeded prices, 7 families, 3 tiers, no catalog prior), the same 500-character
 prompt. **Cold**: a fresh router, every model uncertain and in play, so the Thompson pmf's quadrature evaluates
 log Φ on K × 16K points (`exploration.gaussian_argmax_pmf`): the worst case, which lasts until the models' posteriors
@@ -28,6 +30,7 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,6 +111,21 @@ def advice(k: int, seed: int = 0) -> list[tuple[str, int, float]]:
     us, _ = _median_route_us(router, subset)
     in_play = sum(p > 0 for p in router.route(subset).pmf)  # the pmf of the request's models
     rows.append((f"no prior, `models` = {ADVICE_SUBSET} of them per request", in_play, us))
+    return rows
+
+
+def run(sizes: tuple[int, ...] = (8, 16, 32, 64, 128)) -> list[dict[str, Any]]:
+    """`measure` of each size as `benchmarks.run`'s result rows (no target: the K² growth is the finding)."""
+    rows: list[dict[str, Any]] = []
+    for k in sizes:
+        r = measure(k)
+        note = f"{r['in_play']} of {k} models in play when trained; pmfs sound: {'yes' if r['sound'] else 'NO'}"
+        rows.append({"benchmark": f"route[default] K={k} cold", "metric": "p50", "value": round(float(r["cold_us"]), 1),
+                     "unit": "us", "note": "a fresh router: every model in play"})
+        rows.append({"benchmark": f"route[default] K={k} trained", "metric": "p50",
+                     "value": round(float(r["trained_us"]), 1), "unit": "us", "note": note})
+        rows.append({"benchmark": f"checkpoint K={k}", "metric": "size", "value": round(float(r["snapshot_mb"]), 2),
+                     "unit": "MB", "note": "Router.snapshot() after 10·K feedbacks"})
     return rows
 
 

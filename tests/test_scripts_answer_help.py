@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import runpy
 import sys
@@ -60,3 +61,14 @@ def test_the_shared_arguments() -> None:
     assert not hasattr(bare.parse_args(["--label", "a"]), "duration")
     with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
         bare.parse_args([])  # --label is required
+
+
+def test_every_benchmark_module_make_bench_runs_has_a_run_function() -> None:
+    """`make bench` (`benchmarks.run`) imports every `benchmarks/bench_*.py` and calls its `run()`, one after another:
+    `bench_catalog_size.py` had only a `main()`, so `make bench` stopped with an AttributeError before the modules
+    after it (alphabetically) had run."""
+    modules = sorted(ROOT.glob("benchmarks/bench_*.py"))
+    assert len(modules) >= 9
+    for path in modules:
+        module = importlib.import_module(f"benchmarks.{path.stem}")
+        assert callable(getattr(module, "run", None)), f"{path.name} has no run() for benchmarks.run"
