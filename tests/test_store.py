@@ -335,8 +335,8 @@ def test_features_codec_round_trips(namespaces: dict[str, list[tuple[int, float]
 def test_any_text_can_be_stored(text: str) -> None:
     cleaned = safe_text(text)
     cleaned.encode("utf-8")  # never raises
-    assert len(cleaned) == len(text)
-    if not any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+    assert len(cleaned) == len(text) and "\x00" not in cleaned  # PostgreSQL's text refuses NUL
+    if not any(0xD800 <= ord(c) <= 0xDFFF or c == "\x00" for c in text):
         assert cleaned == text
 
 
