@@ -781,6 +781,25 @@ def test_a_key_given_twice_in_the_context_header_is_a_400_naming_it(gateway: Cal
     assert httpx.get(url + "/v1/stats").json()["decisions"] == 0
 
 
+def test_the_context_header_is_read_as_utf8_and_one_that_is_not_is_a_400_naming_it(
+    gateway: Callable[..., str],
+) -> None:
+    """A context header written in UTF-8 (`{"tenant": "café"}` unescaped, as curl or a browser sends it) was read as
+    Latin-1, the ASGI server's text of header bytes: tenant `cafÃ©`, not the body's `café`. It is read as UTF-8;
+    bytes that are not UTF-8 are a 400 naming the header, and nothing is stored."""
+    url = gateway()
+    body = {"model": "router", "messages": [{"role": "user", "content": "hi"}]}
+    header = "x-bandit-router-context"
+    reply = httpx.post(url + "/v1/chat/completions", json=body, headers={header: '{"tenant": "café"}'.encode()})
+    assert reply.status_code == 200, reply.text
+    assert decision(url, reply.headers["x-decision-id"])["tenant"] == "café"
+    reply = httpx.post(url + "/v1/chat/completions", json=body, headers={header: b'{"tenant": "caf\xe9"}'})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"] == {"message": f"{header}: must be UTF-8 text", "type": "invalid_request_error",
+                                     "param": header, "code": None}
+    assert httpx.get(url + "/v1/stats").json()["decisions"] == 1
+
+
 def test_a_wrong_method_or_a_path_under_the_gateways_is_refused_in_openais_shape(gateway: Callable[..., str]) -> None:
     """A GET on `/v1/chat/completions` (405, with `Allow: POST`) and a path under it (404) answer in OpenAI's error
     shape, as every other error of the gateway does (the OpenAI client reads `error.message`); the service's other
