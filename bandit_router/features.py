@@ -2,7 +2,8 @@
 
 Namespaces (one letter each, the letter VW uses for interactions):
 
-- `w` words: hashed lower-cased word unigrams and bigrams, each of value 1/√n.
+- `w` words: hashed lower-cased word unigrams and bigrams, each of value 1/√n. Words are split on white space,
+  ASCII punctuation and zero width spaces; soft hyphens, word joiners and byte-order marks inside them are deleted.
 - `l` length: log-scaled characters and estimated tokens, ``log1p(n) / log1p(scale)``.
 - `m` markers: code, maths, list, question, non-Latin script, URL (value 1, or a fraction).
 - `t` turns: log-scaled number of user turns in a chat.
@@ -36,7 +37,14 @@ import numpy as np
 
 from .types import Context, Request, Scalar
 
-_PUNCTUATION_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
+_INVISIBLE_BREAKS = {"\u200b": " "}
+"""Invisible characters that split words: ZERO WIDTH SPACE (a word break: Thai and Khmer write one between words)."""
+_INVISIBLE_JOINS = {"\u00ad": None, "\u2060": None, "\ufeff": None}
+"""Invisible characters inside a word, deleted: SOFT HYPHEN (web pages' hyphenation hints), WORD JOINER, and ZERO
+WIDTH NO-BREAK SPACE (a byte-order mark left at a prompt's start made its first word another word, and a question
+no question). ZWJ and ZWNJ stay: they change how emoji and Indic or Persian words are written."""
+_PUNCTUATION_TO_SPACE = str.maketrans({**{c: " " for c in string.punctuation}, **_INVISIBLE_BREAKS,
+                                       **_INVISIBLE_JOINS})
 _PUNCTUATION_TO_SPACE_BYTES = bytes.maketrans(string.punctuation.encode("ascii"), b" " * len(string.punctuation))
 _CODE_WORDS = frozenset(
     [
@@ -229,7 +237,8 @@ class FeatureExtractor:
         return self._words(self.tokens(text))
 
     def tokens(self, text: str) -> list[str]:
-        """Lower-cased words of `text[:max_chars]` (of its NFC), split on white space and ASCII punctuation."""
+        """Lower-cased words of `text[:max_chars]` (of its NFC), split on white space, ASCII punctuation and zero width
+        spaces, without soft hyphens, word joiners and byte-order marks."""
         head = nfc(text, self.max_chars)[: self.max_chars]
         if head.isascii():  # the same words through bytes: a 256-byte table instead of a dict lookup per character
             return head.encode("ascii").lower().translate(_PUNCTUATION_TO_SPACE_BYTES).decode("ascii").split()

@@ -325,6 +325,19 @@ def test_canonically_equivalent_prompts_have_the_same_features(text: str) -> Non
     assert (a.n_chars, a.input_tokens, a.markers, a.text) == (b.n_chars, b.input_tokens, b.markers, b.text)
 
 
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [("\ufeffWhat is this", "What is this"), ("hello\u200bworld", "hello world"), ("ex\u00adam\u2060ple", "example"),
+     ("สวัสดี\u200bครับ", "สวัสดี ครับ")],
+)
+def test_invisible_characters_split_or_join_words_as_they_are_read(text: str, plain: str) -> None:
+    """A byte-order mark at a prompt's start made its first word another word (and the question no question); a
+    zero width space between words (Thai's word break) glued them; a soft hyphen or word joiner split a word's
+    hash from the word's. The words and markers are those of the text as it reads."""
+    a, b = FeatureExtractor().extract(text), FeatureExtractor().extract(plain)
+    assert a.features["w"][0].tolist() == b.features["w"][0].tolist() and a.markers == b.markers
+
+
 def test_features_are_the_same_in_another_process() -> None:
     code = (
         "from bandit_router.features import FeatureExtractor;"
