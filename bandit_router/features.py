@@ -5,7 +5,8 @@ Namespaces (one letter each, the letter VW uses for interactions):
 - `w` words: hashed lower-cased word unigrams and bigrams, each of value 1/√n. Words are split on white space,
   ASCII punctuation and zero width spaces; soft hyphens, word joiners and byte-order marks inside them are deleted.
 - `l` length: log-scaled characters and estimated tokens, ``log1p(n) / log1p(scale)``.
-- `m` markers: code, maths, list, question, non-Latin script, URL (value 1, or a fraction).
+- `m` markers: code, maths, list, question (`?`, `？`, `؟`, or an English question word first), non-Latin script,
+  URL (value 1, or a fraction).
 - `t` turns: log-scaled number of user turns in a chat.
 - `c` the caller's context dict: ``key=value`` for strings and booleans (value 1), ``key`` with the value
   for numbers (signed ``log1p(|x|)``).
@@ -129,6 +130,9 @@ _QUESTION_WORDS = frozenset(
         "would",
     ]
 )
+_WIDE_QUESTION_MARKS = ("\uff1f", "\u061f")
+"""Question marks besides `?`: the full-width `？` of Chinese and Japanese, and the Arabic `؟` (Arabic, Persian,
+Urdu). A question in those scripts was no question: its words are none of `_QUESTION_WORDS`."""
 _NON_LATIN = re.compile(
     r"[\u0370-\u03ff\u0400-\u04ff\u0590-\u06ff\u0900-\u0dff\u0e00-\u0eff\u1100-\u11ff\u3040-\u30ff"
     r"\u3400-\u9fff\uac00-\ud7af]"
@@ -309,7 +313,9 @@ class FeatureExtractor:
             markers["math"] = 1.0
         if ("\n" in head or head.lstrip()[:1] in _LIST_STARTS) and _LIST.search(head):
             markers["list"] = 1.0
-        if "?" in head or (tokens and tokens[0] in _QUESTION_WORDS):
+        if "?" in head or (raw is None and _contains_any(head, _WIDE_QUESTION_MARKS)) or (
+            tokens and tokens[0] in _QUESTION_WORDS
+        ):
             markers["question"] = 1.0
         if "http://" in head or "https://" in head:
             markers["url"] = 1.0

@@ -338,6 +338,12 @@ def test_invisible_characters_split_or_join_words_as_they_are_read(text: str, pl
     assert a.features["w"][0].tolist() == b.features["w"][0].tolist() and a.markers == b.markers
 
 
+@pytest.mark.parametrize("text", ["你好吗？", "元気ですか？", "هل أنت بخير؟", "حالت چطور است؟"])
+def test_a_question_in_chinese_japanese_arabic_or_persian_is_a_question(text: str) -> None:
+    """Only `?` and English question words marked a question: the full-width `？` and the Arabic `؟` did not."""
+    assert "question" in FeatureExtractor().extract(text).markers
+
+
 def test_features_are_the_same_in_another_process() -> None:
     code = (
         "from bandit_router.features import FeatureExtractor;"
