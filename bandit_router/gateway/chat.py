@@ -155,19 +155,23 @@ def parse_chat(body: Any, headers: Mapping[str, str], *, alias: str, max_prompt_
     )
 
 
+KNOB_HEADERS = frozenset(HEADER_PREFIX + knob.replace("_", "-") for knob in KNOBS)
+
+
 def knob_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The knob headers (`x-bandit-router-*`, the first of each name) of a request's raw headers, as text: their
-    bytes read as UTF-8, what a client that sends `{"tenant": "café"}` unescaped writes (an ASGI server hands header
-    values over as Latin-1 text, which made it `cafÃ©`: another tenant, other features). Not UTF-8: a 400 naming
-    the header."""
+    """The knob headers (`KNOB_HEADERS`, the first of each name) of a request's raw headers, as text: their bytes
+    read as UTF-8, as curl sends `{"tenant": "café"}` unescaped (an ASGI server hands header values over as Latin-1
+    text, which made it `cafÃ©`: another tenant, other features), and as Latin-1 when they are not UTF-8, as
+    Python's http.client (urllib, requests) and browsers' fetch send characters up to U+00FF. Other headers,
+    `x-bandit-router-*` ones included, are not read."""
     out: dict[str, str] = {}
     for name, value in raw:
         key = name.decode("latin-1").lower()
-        if key.startswith(HEADER_PREFIX) and key not in out:
+        if key in KNOB_HEADERS and key not in out:
             try:
                 out[key] = value.decode("utf-8")
             except UnicodeDecodeError:
-                raise BadChatRequest(key[:200], "must be UTF-8 text") from None
+                out[key] = value.decode("latin-1")
     return out
 
 
