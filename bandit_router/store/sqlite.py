@@ -1066,6 +1066,8 @@ def judge_call_values(records: Sequence[JudgeCall]) -> list[Any]:
         tenant = None if r.tenant is None else safe_text(r.tenant)
         values += (r.decision_id, tenant, r.model, r.input_tokens, r.output_tokens, r.cost_usd, r.created_at)
     return values
+
+
 JUDGE_CALLS_AFTER = (
     f"SELECT position, {', '.join(JUDGE_CALL_COLUMNS)} FROM judge_calls WHERE position > {{mark}} "
     "ORDER BY position LIMIT {mark}"
