@@ -2,12 +2,20 @@
 
 Namespaces (one letter each, the letter VW uses for interactions):
 
-- `w` words: hashed lower-cased word unigrams and bigrams, each of value 1/√n.
+- `w` words: hashed lower-cased word unigrams and bigrams, each of value 1/√n. Words are split on white space,
+  ASCII punctuation and zero width spaces; soft hyphens, word joiners and byte-order marks inside them are deleted.
 - `l` length: log-scaled characters and estimated tokens, ``log1p(n) / log1p(scale)``.
-- `m` markers: code, maths, list, question, non-Latin script, URL (value 1, or a fraction).
+- `m` markers: code, maths, list, question (`?`, `？`, `؟`, or an English question word first), non-Latin script,
+  URL (value 1, or a fraction).
 - `t` turns: log-scaled number of user turns in a chat.
 - `c` the caller's context dict: ``key=value`` for strings and booleans (value 1), ``key`` with the value
   for numbers (signed ``log1p(|x|)``).
+
+Features are of the text as sent (but for those invisible characters): canonically equivalent spellings, NFC `é`
+and NFD `e` + U+0301, get other word features and lengths. The text is not normalised, since
+`unicodedata.normalize` is quadratic in a run of out-of-order combining marks (one 40 KB prompt took 0.6-0.8 s)
+and a normality check falls back to a full composition for some scripts (Tamil, Malayalam, Bengali: +37% per
+extract); a client for whom it matters normalises before it sends.
 
 Hashing is MurmurHash3 (mmh3, 32-bit, fixed seeds), never Python's salted `hash()`, so features are the same
 in every process. Bigram hashes are combined from unigram hashes with an FNV-style mix in numpy.
@@ -29,7 +37,14 @@ import numpy as np
 
 from .types import Context, Request, Scalar
 
-_PUNCTUATION_TO_SPACE = str.maketrans({c: " " for c in string.punctuation})
+_INVISIBLE_BREAKS = {"\u200b": " "}
+"""Invisible characters that split words: ZERO WIDTH SPACE (a word break: Thai and Khmer write one between words)."""
+_INVISIBLE_JOINS = {"\u00ad": None, "\u2060": None, "\ufeff": None}
+"""Invisible characters inside a word, deleted: SOFT HYPHEN (web pages' hyphenation hints), WORD JOINER, and ZERO
+WIDTH NO-BREAK SPACE (a byte-order mark left at a prompt's start made its first word another word, and a question
+no question). ZWJ and ZWNJ stay: they change how emoji and Indic or Persian words are written."""
+_PUNCTUATION_TO_SPACE = str.maketrans({**{c: " " for c in string.punctuation}, **_INVISIBLE_BREAKS,
+                                       **_INVISIBLE_JOINS})
 _PUNCTUATION_TO_SPACE_BYTES = bytes.maketrans(string.punctuation.encode("ascii"), b" " * len(string.punctuation))
 _CODE_WORDS = frozenset(
     [
@@ -114,6 +129,9 @@ _QUESTION_WORDS = frozenset(
         "would",
     ]
 )
+_WIDE_QUESTION_MARKS = ("\uff1f", "\u061f")
+"""Question marks besides `?`: the full-width `？` of Chinese and Japanese, and the Arabic `؟` (Arabic, Persian,
+Urdu). A question in those scripts was no question: its words are none of `_QUESTION_WORDS`."""
 _NON_LATIN = re.compile(
     r"[\u0370-\u03ff\u0400-\u04ff\u0590-\u06ff\u0900-\u0dff\u0e00-\u0eff\u1100-\u11ff\u3040-\u30ff"
     r"\u3400-\u9fff\uac00-\ud7af]"
@@ -212,7 +230,8 @@ class FeatureExtractor:
         return self._words(self.tokens(text))
 
     def tokens(self, text: str) -> list[str]:
-        """Lower-cased words of `text[:max_chars]`, split on white space and ASCII punctuation."""
+        """Lower-cased words of `text[:max_chars]`, split on white space, ASCII punctuation and zero width
+        spaces, without soft hyphens, word joiners and byte-order marks."""
         head = text[: self.max_chars]
         if head.isascii():  # the same words through bytes: a 256-byte table instead of a dict lookup per character
             return head.encode("ascii").lower().translate(_PUNCTUATION_TO_SPACE_BYTES).decode("ascii").split()
@@ -282,7 +301,9 @@ class FeatureExtractor:
             markers["math"] = 1.0
         if ("\n" in head or head.lstrip()[:1] in _LIST_STARTS) and _LIST.search(head):
             markers["list"] = 1.0
-        if "?" in head or (tokens and tokens[0] in _QUESTION_WORDS):
+        if "?" in head or (raw is None and _contains_any(head, _WIDE_QUESTION_MARKS)) or (
+            tokens and tokens[0] in _QUESTION_WORDS
+        ):
             markers["question"] = 1.0
         if "http://" in head or "https://" in head:
             markers["url"] = 1.0

@@ -311,6 +311,34 @@ def test_features_on_odd_text(text: str) -> None:
     assert context.n_chars == len(text)
 
 
+def test_features_are_of_the_text_as_sent_not_its_nfc() -> None:
+    """NFC and NFD spellings are not composed (composing is quadratic in a run of out-of-order combining marks):
+    the context keeps the text as sent, so its length and a rules regex written decomposed are the sent text's."""
+    decomposed = "Tie\u0302\u0301ng Vie\u0323\u0302t cafe\u0301"
+    context = FeatureExtractor().extract(decomposed)
+    assert (context.text, context.n_chars) == (decomposed, len(decomposed))
+    assert re.search("cafe\u0301", context.text)
+
+
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [("\ufeffWhat is this", "What is this"), ("hello\u200bworld", "hello world"), ("ex\u00adam\u2060ple", "example"),
+     ("สวัสดี\u200bครับ", "สวัสดี ครับ")],
+)
+def test_invisible_characters_split_or_join_words_as_they_are_read(text: str, plain: str) -> None:
+    """A byte-order mark at a prompt's start made its first word another word (and the question no question); a
+    zero width space between words (Thai's word break) glued them; a soft hyphen or word joiner split a word's
+    hash from the word's. The words and markers are those of the text as it reads."""
+    a, b = FeatureExtractor().extract(text), FeatureExtractor().extract(plain)
+    assert a.features["w"][0].tolist() == b.features["w"][0].tolist() and a.markers == b.markers
+
+
+@pytest.mark.parametrize("text", ["你好吗？", "元気ですか？", "هل أنت بخير؟", "حالت چطور است؟"])
+def test_a_question_in_chinese_japanese_arabic_or_persian_is_a_question(text: str) -> None:
+    """Only `?` and English question words marked a question: the full-width `？` and the Arabic `؟` did not."""
+    assert "question" in FeatureExtractor().extract(text).markers
+
+
 def test_features_are_the_same_in_another_process() -> None:
     code = (
         "from bandit_router.features import FeatureExtractor;"

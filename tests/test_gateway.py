@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -779,6 +780,27 @@ def test_a_key_given_twice_in_the_context_header_is_a_400_naming_it(gateway: Cal
             "message": "x-bandit-router-context: gives the key 'tenant' twice", "type": "invalid_request_error",
             "param": "x-bandit-router-context", "code": None}
     assert httpx.get(url + "/v1/stats").json()["decisions"] == 0
+
+
+def test_the_context_header_is_read_as_utf8_or_else_latin1_and_other_headers_are_not_read(
+    gateway: Callable[..., str],
+) -> None:
+    """A context header `{"tenant": "café"}` is tenant `café` whether the client wrote it in UTF-8 (curl; read as
+    Latin-1 it was `cafÃ©`) or in Latin-1 (Python's urllib and requests, browsers' fetch; refused as not UTF-8 for a
+    while). An `x-bandit-router-*` header that is no knob is not read, whatever its bytes."""
+    url = gateway()
+    body = {"model": "router", "messages": [{"role": "user", "content": "hi"}]}
+    header = "x-bandit-router-context"
+    reply = httpx.post(url + "/v1/chat/completions", json=body, headers={header: '{"tenant": "café"}'.encode()})
+    assert reply.status_code == 200, reply.text
+    assert decision(url, reply.headers["x-decision-id"])["tenant"] == "café"
+    request = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json", header: '{"tenant": "café"}'})
+    with urllib.request.urlopen(request, timeout=30) as answer:  # http.client sends the value as Latin-1
+        assert decision(url, answer.headers["x-decision-id"])["tenant"] == "café"
+    reply = httpx.post(url + "/v1/chat/completions", json=body, headers={"x-bandit-router-note": b"caf\xe9 \xff"})
+    assert reply.status_code == 200, reply.text
+    assert httpx.get(url + "/v1/stats").json()["decisions"] == 3
 
 
 def test_a_wrong_method_or_a_path_under_the_gateways_is_refused_in_openais_shape(gateway: Callable[..., str]) -> None:

@@ -24,6 +24,7 @@ from bandit_router.errors import CatalogError, InvalidInput
 from bandit_router.names import check_name, is_name, safe_text
 from bandit_router.service.metrics import Metrics
 from bandit_router.service.redact import redact_query
+from bandit_router.store.location import DatabaseURL
 
 JSON = {"content-type": "application/json"}
 ADMIN_KEY = "admin-key-0123456789abcdef"
@@ -231,6 +232,35 @@ def test_context_keys_follow_the_grammar(client: TestClient) -> None:
     reply = client.post("/v1/route", json={"prompt": "x", "context": {"..": "a"}})
     assert reply.status_code == 422
     assert reply.json()["field"].startswith("context")
+
+
+# -- text no store can hold as it is (NUL, lone surrogates) in prompts and tenants ------------------------------------
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_nul_and_lone_surrogates_in_a_prompt_and_tenant_are_stored_as_u_fffd_on_every_store(
+    store: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """PostgreSQL's `text` refuses NUL: a prompt or tenant holding one failed the whole write transaction (a 503
+    "the database is unavailable" for every request in the batch). Every store keeps U+FFFD in their place, as it
+    did for lone surrogates; the features are the text's as sent."""
+    db = tmp_path / "text.db" if store == "sqlite" else DatabaseURL(request.getfixturevalue("pg_url"))
+    client = start_client(Settings(db=db, seed=3, store_prompts=True))
+    try:
+        bodies = {
+            b'{"prompt": "a\\u0000b\\ud800c", "context": {"tenant": "t\\u0000\\udfff"}}':
+                ("a\ufffdb\ufffdc", "t\ufffd\ufffd"),
+            b'{"messages": [{"role": "user", "content": "x\\u0000"}]}': ("x\ufffd", None),
+        }
+        for body, (prompt, tenant) in bodies.items():
+            reply = client.post("/v1/route", content=body, headers=JSON)
+            assert reply.status_code == 200, reply.text
+            decision_id = reply.json()["decision_id"]
+            assert client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.5}).status_code == 200
+            stored = client.get(f"/v1/decisions/{decision_id}").json()
+            assert (stored["prompt"], stored["tenant"], len(stored["feedback"])) == (prompt, tenant, 1)
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/v1/stats/recent").status_code == 200
+    finally:
+        client.__exit__(None, None, None)
 
 
 # -- JSON bodies only as application/json (no cross-site form or text/plain posts) --------------------------------

@@ -335,9 +335,28 @@ def test_features_codec_round_trips(namespaces: dict[str, list[tuple[int, float]
 def test_any_text_can_be_stored(text: str) -> None:
     cleaned = safe_text(text)
     cleaned.encode("utf-8")  # never raises
-    assert len(cleaned) == len(text)
-    if not any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+    assert len(cleaned) == len(text) and "\x00" not in cleaned  # PostgreSQL's text refuses NUL
+    if not any(0xD800 <= ord(c) <= 0xDFFF or c == "\x00" for c in text):
         assert cleaned == text
+
+
+def test_a_tenant_no_store_can_hold_is_stored_as_u_fffd_in_decisions_and_judge_calls(
+    store: Store, router: Router
+) -> None:
+    """A judge call's tenant is the scored decision's as the request gave it: a lone surrogate (SQLite cannot encode
+    it) or a NUL (PostgreSQL's text refuses it) failed the write transaction, the judge call's and every other
+    operation's of its batch. Both tables keep U+FFFD in their place, as `decisions` does."""
+    tenants = ["a\ud800", "b\x00", "plain"]
+    decisions = [_decision(router, f"judged {t}", tenant=t) for t in tenants]
+    with store.write() as tx:
+        tx.insert_decisions([(d, None, t) for d, t in zip(decisions, tenants, strict=True)])
+        tx.insert_judge_calls([JudgeCall(d.decision_id, t, "judge", 10, 2, 1e-6, time.time())
+                               for d, t in zip(decisions, tenants, strict=True)])
+    expected = ["a\ufffd", "b\ufffd", "plain"]
+    with store.read() as reader:
+        assert [call.tenant for _, call in reader.judge_calls_after(0, 10)] == expected
+        stored = reader.decisions([d.decision_id for d in decisions])
+        assert [stored[d.decision_id].tenant for d in decisions] == expected
 
 
 def test_head_remembers_seqs_of_deleted_rows(store: Store, router: Router) -> None:

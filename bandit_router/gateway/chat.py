@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +109,8 @@ class ChatRequest:
 
 
 def parse_chat(body: Any, headers: Mapping[str, str], *, alias: str, max_prompt_chars: int) -> ChatRequest:
-    """Validate `body` (parsed JSON) and the knob headers; raises `BadChatRequest` or `PromptTooLarge`."""
+    """Validate `body` (parsed JSON) and the knob headers (as text, `knob_headers`); raises `BadChatRequest` or
+    `PromptTooLarge`."""
     if not isinstance(body, dict):
         raise BadChatRequest("body", "must be a JSON object")
     model = body.get("model")
@@ -152,6 +153,26 @@ def parse_chat(body: Any, headers: Mapping[str, str], *, alias: str, max_prompt_
         models=knobs.get("models"), context=knobs.get("context") or {},
         models_param=sources.get("models", f"{EXTENSION}.models"),
     )
+
+
+KNOB_HEADERS = frozenset(HEADER_PREFIX + knob.replace("_", "-") for knob in KNOBS)
+
+
+def knob_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The knob headers (`KNOB_HEADERS`, the first of each name) of a request's raw headers, as text: their bytes
+    read as UTF-8, as curl sends `{"tenant": "café"}` unescaped (an ASGI server hands header values over as Latin-1
+    text, which made it `cafÃ©`: another tenant, other features), and as Latin-1 when they are not UTF-8, as
+    Python's http.client (urllib, requests) and browsers' fetch send characters up to U+00FF. Other headers,
+    `x-bandit-router-*` ones included, are not read."""
+    out: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        if key in KNOB_HEADERS and key not in out:
+            try:
+                out[key] = value.decode("utf-8")
+            except UnicodeDecodeError:
+                out[key] = value.decode("latin-1")
+    return out
 
 
 def _knobs(extension: Any, headers: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -57,7 +57,7 @@ from ..gateway import (
     StreamAnswer,
     parse_chat,
 )
-from ..gateway.chat import KNOB_RULES
+from ..gateway.chat import KNOB_RULES, knob_headers
 from ..gateway.gateway import SERVER_STOPPED
 from ..gateway.upstreams import UpstreamRejected, rate_limited
 from ..jsonkeys import DuplicateKey, once_each
@@ -272,7 +272,7 @@ async def chat_completions(request: Request) -> Any:
             raise BadChatRequest("body", str(exc)) from None
         except (ValueError, RecursionError) as exc:
             raise BadChatRequest("body", f"not valid JSON ({type(exc).__name__})") from None
-        chat = parse_chat(body, request.headers, alias=gateway.config.router_alias,
+        chat = parse_chat(body, knob_headers(request.headers.raw), alias=gateway.config.router_alias,
                           max_prompt_chars=services.engine.settings.limits.max_prompt_chars)
         named: NamedRouters | None = getattr(request.app.state, "named_routers", None)
         if named is not None and named.handles(chat.model):  # a [[routers]] alias: its answer, buffered

@@ -13,7 +13,7 @@ import numpy as np
 from .records import StoreError
 
 _FEATURES_MAGIC = b"BRF1"
-_SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def encode_features(features: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> bytes:
@@ -88,10 +88,12 @@ def _read_only(array: np.ndarray, native: type[np.generic]) -> np.ndarray:
 
 
 def safe_text(text: str) -> str:
-    """`text` as SQLite can store it: lone surrogates (valid in JSON strings, not in UTF-8) become U+FFFD."""
-    if text.isascii():
+    """`text` as every store can hold it: lone surrogates (valid in JSON strings, not in UTF-8) and NUL (`\\u0000`:
+    SQLite keeps it, PostgreSQL's `text` refuses it, and the whole write transaction with it) become U+FFFD, so that
+    a prompt or tenant is stored the same on either store."""
+    if text.isascii() and "\x00" not in text:
         return text
-    return _SURROGATE.sub("\ufffd", text)
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def to_json(value: Any) -> str:

@@ -97,6 +97,7 @@ from .sqlite import (
     _SQLiteTx,
     _stored_from_row,
     first_at_or_after,
+    judge_call_values,
     judge_totals,
     learned_from_rows,
     stored_or_none,
@@ -657,7 +658,7 @@ class _PostgresTx(_SQLiteTx):
             marks = ",".join(["(" + ", ".join(["%s"] * len(JUDGE_CALL_COLUMNS)) + ")"] * len(chunk))
             self.conn.execute(
                 f"INSERT INTO judge_calls ({', '.join(JUDGE_CALL_COLUMNS)}) VALUES {marks}",
-                [getattr(r, c) for r in chunk for c in JUDGE_CALL_COLUMNS],
+                judge_call_values(chunk),
             )
 
     def set_meta(self, key: str, value: str) -> None:

@@ -732,7 +732,7 @@ class _SQLiteTx:
             marks = ",".join([f"({','.join('?' * len(JUDGE_CALL_COLUMNS))})"] * len(chunk))
             self.conn.execute(
                 f"INSERT INTO judge_calls ({', '.join(JUDGE_CALL_COLUMNS)}) VALUES {marks}",
-                [getattr(r, c) for r in chunk for c in JUDGE_CALL_COLUMNS],
+                judge_call_values(chunk),
             )
 
     def set_meta(self, key: str, value: str) -> None:
@@ -1055,6 +1055,19 @@ call record as `shadow_pmfs` is beside its decision: a chain is read whole, by t
 escalation learners, and its steps' shape belongs to `bandit_router.cascade`, not to the schema)."""
 JUDGE_CALL_COLUMNS = ("decision_id", "tenant", "model", "input_tokens", "output_tokens", "cost_usd", "created_at")
 """The columns of `judge_calls` besides its storage position, in `JudgeCall`'s order."""
+
+
+def judge_call_values(records: Sequence[JudgeCall]) -> list[Any]:
+    """The values of `JUDGE_CALL_COLUMNS` of each record, in order; the tenant (the scored decision's, as the request
+    gave it) as every store can hold it, as in `decisions` (`safe_text`): a lone surrogate or NUL in it failed the
+    write transaction, and every operation of its batch."""
+    values: list[Any] = []
+    for r in records:
+        tenant = None if r.tenant is None else safe_text(r.tenant)
+        values += (r.decision_id, tenant, r.model, r.input_tokens, r.output_tokens, r.cost_usd, r.created_at)
+    return values
+
+
 JUDGE_CALLS_AFTER = (
     f"SELECT position, {', '.join(JUDGE_CALL_COLUMNS)} FROM judge_calls WHERE position > {{mark}} "
     "ORDER BY position LIMIT {mark}"
