@@ -996,6 +996,36 @@ def test_the_judge_scores_sampled_answers_and_the_callers_feedback_takes_precede
     assert 'bandit_router_judge_jobs{state="scored"} 5.0' in metrics and "bandit_router_judge_spend_usd" in metrics
 
 
+@pytest.mark.parametrize("aggregation", ["reject", "earliest", "average"])
+def test_a_judge_job_whose_decision_the_caller_rated_during_the_delay_calls_no_judge(
+    gateway: Callable[..., str], fake: FakeUpstream, aggregation: str
+) -> None:
+    """`judge_delay_s` is the time the caller's own feedback has to win. A caller who answered within it made the
+    judge's score a conflict (`reject`) or a feedback never learned (`earliest`), yet the judge called its model
+    anyway, paid for it (`judge.spend_usd`, booked in the budgets) and dropped the score. It drops the job without a
+    call now (`overridden`); under `aggregation = "average"` the judge's score is averaged with the caller's, so it
+    is still called."""
+    settings: dict[str, Any] = {"reward_window_s": 30.0} if aggregation == "average" else {}
+    url = gateway(models=(*MODELS, JUDGE), judge_model=JUDGE, judge_sample_rate=1.0, judge_delay_s=0.5,
+                  aggregation=aggregation, **settings)
+    judge_calls = fake.calls[JUDGE]
+    c = client(url)
+    for _ in range(3):
+        raw = c.chat.completions.with_raw_response.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                                          extra_body={"bandit_router": {"models": list(MODELS)}})
+        feedback(url, raw.headers["x-decision-id"], 0.7)
+    deadline = time.monotonic() + 10
+    while (judge := httpx.get(url + "/v1/stats").json()["judge"])["queued"] or \
+            judge["overridden"] + judge["scored"] + judge["failed"] < 3:
+        assert time.monotonic() < deadline, judge
+        time.sleep(0.05)
+    if aggregation == "average":
+        assert judge["scored"] == 3 and judge["calls"] == 3 and fake.calls[JUDGE] - judge_calls == 3, judge
+    else:
+        assert judge["overridden"] == 3 and judge["calls"] == 0 and judge["spend_usd"] == 0, judge
+        assert fake.calls[JUDGE] == judge_calls
+
+
 @pytest.mark.parametrize("judge_from", ["file", "added"])
 def test_a_judge_model_retired_at_run_time_still_judges_after_a_restart(
     fake: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture, judge_from: str
