@@ -143,6 +143,10 @@ _BAD_FILES = [
     # a misspelt model or tag in a share target would be a target that can never bind
     ("[budgets]\nshare = { 'gpt4o' = 0.3 }\n", "budgets: share:gpt4o=0.3: no active model is picked"),
     ("[budgets.tenants.acme]\nshare = { 'tier=lage' = 0.1 }\n", "@acme:share:tag:tier=lage=0.1: no active model"),
+    # the table said once ("budgets: budgets.tenants.acme: …" before)
+    ("[budgets.tenants.acme]\nspend_usdd = '5/1d'\n",
+     r"toml: budgets: tenants\.acme: target 'spend_usdd=5/1d': unknown target 'spend_usdd' "
+     r"\(did you mean spend_usd\?\)"),
 ]
 
 
