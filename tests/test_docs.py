@@ -363,3 +363,18 @@ def test_the_architecture_page_names_every_module_of_the_library() -> None:
         missing += [f"bandit_router/{listed}/{p.name}" for p in sorted((package / listed).glob("*.py"))
                     if p.name != "__init__.py" and f"`{p.name}`" not in row]
     assert missing == []
+
+
+@pytest.mark.parametrize("name", ["library.md", "getting-started.md"])
+def test_the_library_pages_name_every_field_of_the_values(name: str) -> None:
+    """The library's values as the pages list them (`Request(…)`, `Decision`: …, `Outcome(…)`) name every field
+    of the dataclasses: `Decision.created_at` and `expected_cost_usd` were missing."""
+    from dataclasses import fields
+
+    from bandit_router import Decision, Outcome, Request
+
+    text = (DOCS / name).read_text(encoding="utf-8")
+    for value in (Request, Decision, Outcome):
+        entry = text.split(f"- `{value.__name__}", 1)[1].split("\n- ", 1)[0]
+        missing = [f.name for f in fields(value) if not re.search(rf"\b{f.name}\b", entry)]
+        assert missing == [], (value.__name__, missing)
