@@ -110,9 +110,10 @@ def status_of(exc: BaseException) -> tuple[int, str]:
 
 
 def field_path(loc: Sequence[Any]) -> str:
-    """A pydantic error location as a field path: ("body", "messages", 0, "content") → "messages[0].content"."""
+    """A pydantic error location as a field path: ("body", "messages", 0, "content") → "messages[0].content";
+    a query or path parameter by its name, ("query", "limit") → "limit", as the routes' own checks name it."""
     parts = list(loc)
-    if parts and parts[0] == "body":
+    if parts and parts[0] in ("body", "query", "path"):
         parts = parts[1:]
     out = ""
     for part in parts:
