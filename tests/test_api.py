@@ -423,6 +423,15 @@ def test_a_bad_query_or_path_parameter_is_named_as_it_is_written(client: TestCli
     assert reply.json()["field"] == field and reply.json()["message"].startswith(f"{field}: "), reply.text
 
 
+def test_a_validators_message_is_its_own_words(client: TestClient) -> None:
+    """A refusal by the schemas' own validators read "context.a: Value error, context values must be …": pydantic's
+    prefix for a ValueError, which tells a caller nothing."""
+    reply = client.post("/v1/route", json={"prompt": "x", "context": {"a": {"b": 1}}})
+    assert reply.status_code == 422 and reply.json() == {
+        "error": "invalid_input", "field": "context.a",
+        "message": "context.a: context values must be strings, numbers or booleans"}
+
+
 def test_feedback_without_quality_is_422(client: TestClient) -> None:
     reply = client.post("/v1/feedback", json={"decision_id": "x"})
     assert reply.status_code == 422 and reply.json()["field"] == "quality"

@@ -125,9 +125,13 @@ def validation_error(errors: Sequence[Mapping[str, Any]], body: type[BaseModel] 
     """A 422 for pydantic errors: the first error's field and every error's message; an unknown field of the
     request body `body` gets ` (did you mean latency_ms?)` when a known field is close to it."""
     first = field_path(errors[0].get("loc", ())) if errors else "body"
-    messages = [f"{field_path(e.get('loc', ()))}: {e.get('msg', 'invalid')}{_hint(e, body)}"
-                for e in errors[:SHOWN_ERRORS]]
+    messages = [f"{field_path(e.get('loc', ()))}: {_said(e)}{_hint(e, body)}" for e in errors[:SHOWN_ERRORS]]
     return error_response(422, "invalid_input", "; ".join(messages), first)
+
+
+def _said(error: Mapping[str, Any]) -> str:
+    """The error's message, without the "Value error, " pydantic puts before a validator's own words."""
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
 def _hint(error: Mapping[str, Any], body: type[BaseModel] | None) -> str:
