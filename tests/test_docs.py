@@ -378,3 +378,27 @@ def test_the_library_pages_name_every_field_of_the_values(name: str) -> None:
         entry = text.split(f"- `{value.__name__}", 1)[1].split("\n- ", 1)[0]
         missing = [f.name for f in fields(value) if not re.search(rf"\b{f.name}\b", entry)]
         assert missing == [], (value.__name__, missing)
+
+
+def test_the_start_line_the_service_page_shows_is_the_one_a_start_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/service/index.md shows the line each start logs (`bandit-router: db=… policy=… …`): its keys, in order,
+    are those of the line a SQLite service logs (it left out `synchronous`)."""
+    import logging
+    import warnings
+
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+        from fastapi.testclient import TestClient
+
+    shown = re.search(r"`(bandit-router: db=[^`]+)`", (DOCS / "service" / "index.md").read_text(encoding="utf-8"))
+    assert shown is not None
+    with caplog.at_level(logging.INFO, logger="bandit_router.service"), \
+            TestClient(create_app(Settings(db=tmp_path / "r.db"))):
+        pass
+    logged = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("bandit-router: db="))
+    assert re.findall(r"(\w+)=", " ".join(shown.group(1).split())) == re.findall(r"(\w+)=", logged), logged
