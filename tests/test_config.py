@@ -515,6 +515,7 @@ def test_serve_on_a_port_in_use_says_so_before_it_recovers(tmp_path: Path, monke
     assert result.output.strip() == (
         f"bandit-router serve: port: cannot listen on 127.0.0.1:{port}: Address already in use (another server, a "
         "bandit-router serve already running? stop it, or choose another --port)")
+    assert not (tmp_path / "r.db").exists()  # a refused start creates and migrates nothing (it made an empty one)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

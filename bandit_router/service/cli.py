@@ -124,6 +124,9 @@ def serve(
             metrics.enter_context(metricsdir.metrics_folder(settings.server.metrics_dir, settings.server.workers))
         storage = settings.storage
         lock = claim_database(storage.db, "serve")  # no other serve on this SQLite file (store/serverlock.py)
+        server = settings.server
+        check_port_free(server.host, server.port, server.workers)  # before the schema (a refused start creates and
+        # migrates nothing) and the state is recovered; after the lock, which names the serve that holds this file
         store = open_store(storage.db, synchronous=storage.synchronous)
         try:
             store.prepare()  # the schema, once, before workers
@@ -131,8 +134,6 @@ def serve(
             store.close()
         if lock is not None:
             lock.share()  # held until this process exits; each worker joins it
-        server = settings.server
-        check_port_free(server.host, server.port, server.workers)  # before the state is recovered, not after
     except (ConfigError, StoreError) as exc:
         metrics.close()
         if lock is not None:
