@@ -432,6 +432,24 @@ def test_a_validators_message_is_its_own_words(client: TestClient) -> None:
         "message": "context.a: context values must be strings, numbers or booleans"}
 
 
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/route", {"prompt": "x", "path": 1}, "path"),
+    ("/v1/route", {"prompt": "x", "query": 1}, "query"),
+    ("/v1/route", {"prompt": "x", "body": 1}, "body"),
+    ("/v1/feedback", {"decision_id": "d1", "quality": 1, "path": 1}, "path"),
+    ("/v1/models", {"name": "m", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1, "query": 2}, "query"),
+])
+def test_a_body_field_named_like_a_location_is_named_as_it_is_written(
+    client: TestClient, path: str, body: dict[str, object], field: str
+) -> None:
+    """The body models are validated directly, so their errors' locations start with the field itself: an unknown
+    field called `path`, `query` or `body` is named so, not dropped as FastAPI's location of a parameter is (the
+    test above) and named `body`."""
+    reply = client.post(path, json=body)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["field"] == field and reply.json()["message"].startswith(f"{field}: "), reply.text
+
+
 def test_feedback_without_quality_is_422(client: TestClient) -> None:
     reply = client.post("/v1/feedback", json={"decision_id": "x"})
     assert reply.status_code == 422 and reply.json()["field"] == "quality"
