@@ -1004,16 +1004,21 @@ def test_a_judge_job_whose_decision_the_caller_rated_during_the_delay_calls_no_j
     judge's score a conflict (`reject`) or a feedback never learned (`earliest`), yet the judge called its model
     anyway, paid for it (`judge.spend_usd`, booked in the budgets) and dropped the score. It drops the job without a
     call now (`overridden`); under `aggregation = "average"` the judge's score is averaged with the caller's, so it
-    is still called."""
+    is still called. The delay, 2 s, leaves a loaded machine time to post the feedback over HTTP first (with 0.5 s
+    a slow feedback let the judge run, and the test failed); each feedback's time after its reply is checked."""
+    delay_s = 2.0
     settings: dict[str, Any] = {"reward_window_s": 30.0} if aggregation == "average" else {}
-    url = gateway(models=(*MODELS, JUDGE), judge_model=JUDGE, judge_sample_rate=1.0, judge_delay_s=0.5,
+    url = gateway(models=(*MODELS, JUDGE), judge_model=JUDGE, judge_sample_rate=1.0, judge_delay_s=delay_s,
                   aggregation=aggregation, **settings)
     judge_calls = fake.calls[JUDGE]
     c = client(url)
     for _ in range(3):
         raw = c.chat.completions.with_raw_response.create(model="router", messages=[{"role": "user", "content": CODE}],
                                                           extra_body={"bandit_router": {"models": list(MODELS)}})
+        replied = time.monotonic()
         feedback(url, raw.headers["x-decision-id"], 0.7)
+        took = time.monotonic() - replied
+        assert took < delay_s, f"the feedback took {took:.2f} s, past judge_delay_s: the machine is too slow to test"
     deadline = time.monotonic() + 10
     while (judge := httpx.get(url + "/v1/stats").json()["judge"])["queued"] or \
             judge["overridden"] + judge["scored"] + judge["failed"] < 3:
