@@ -1031,6 +1031,28 @@ def test_a_judge_job_whose_decision_the_caller_rated_during_the_delay_calls_no_j
         assert fake.calls[JUDGE] == judge_calls
 
 
+def test_a_judge_delayed_past_the_reward_window_with_a_default_reward_calls_no_judge(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    """The judge skips a decision with any stored feedback, and a closed reward window's `default_reward` is one: with
+    `judge_delay_s` longer than `reward_window_s` every sampled job finds it and is dropped without a call, as the
+    gateway page says."""
+    url = gateway(models=(*MODELS, JUDGE), judge_model=JUDGE, judge_sample_rate=1.0, judge_delay_s=3.0,
+                  reward_window_s=0.5, default_reward=0.5)
+    judge_calls = fake.calls[JUDGE]
+    c = client(url)
+    ids = [c.chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": CODE}],
+        extra_body={"bandit_router": {"models": list(MODELS)}}).headers["x-decision-id"] for _ in range(3)]
+    deadline = time.monotonic() + 15
+    while (judge := httpx.get(url + "/v1/stats").json()["judge"])["queued"] or \
+            judge["overridden"] + judge["scored"] + judge["failed"] < 3:
+        assert time.monotonic() < deadline, judge
+        time.sleep(0.05)
+    assert judge["overridden"] == 3 and judge["calls"] == 0 and fake.calls[JUDGE] == judge_calls, judge
+    assert all([r["status"] for r in decision(url, i)["feedback"]] == ["default"] for i in ids)
+
+
 @pytest.mark.parametrize("judge_from", ["file", "added"])
 def test_a_judge_model_retired_at_run_time_still_judges_after_a_restart(
     fake: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture, judge_from: str

@@ -8,8 +8,10 @@
 
 Never delays a reply: `offer()` only puts a job in the queue (a full queue drops it: counted in `dropped`).
 Precedence: the caller's own feedback wins. A caller's feedback that arrives before the judge's makes the judge's
-a conflict, which the judge drops (`overridden`): without calling its model when the feedback is there as the
-delay ends (`answered`; under `aggregation = "average"` the judge is called and both are averaged); one that
+a conflict, which the judge drops (`overridden`): without calling its model when the decision has any stored
+feedback as the delay ends (`answered`: the caller's, or the `default_reward` row of a reward window that closed
+first, so with `judge_delay_s` > `reward_window_s` and `default_reward` set every job is dropped so; under
+`aggregation = "average"` the judge is called and both are averaged); one that
 arrives after the judge's is stored and answered
 (status `ignored`: the judge's was already learned; no 409), so set `judge_delay_s` to the time callers usually
 take. The judge's calls go through the same `Upstreams` (its model's limits and timeouts) and are priced with the
@@ -81,8 +83,9 @@ class Judge:
     record: RecordJudgeCall | None = None
     """Told of every call the judge model answered (the service: budgets and the `judge_calls` table)."""
     answered: HasFeedback | None = None
-    """Whether the decision has feedback already (the service: a store read). A job whose decision has it when its
-    delay is over is dropped as `overridden` without a call, whose score could only be a conflict or never learned;
+    """Whether the decision has feedback already, any stored row: the caller's or a closed window's `default_reward`
+    (the service: a store read). A job whose decision has it when its delay is over is dropped as `overridden`
+    without a call, whose score could only be a conflict or never learned;
     None (always called) under `aggregation = "average"`, which averages the judge's score with the caller's."""
     seed: int | None = None
     stats: JudgeStats = field(default_factory=JudgeStats)

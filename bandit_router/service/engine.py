@@ -677,7 +677,8 @@ class Engine:
             return stored, reader.feedback_for(decision_id), reader.calls_for_many([decision_id]).get(decision_id)
 
     def has_feedback(self, decision_id: str) -> bool:
-        """Whether any feedback of the decision is stored (the judge leaves a decision the caller rated unjudged)."""
+        """Whether any feedback of the decision is stored, the caller's or a closed window's `default_reward` (the
+        judge leaves such a decision unjudged)."""
         with _readable(self), self.store.read() as reader:
             return bool(reader.feedback_for(decision_id))
 
