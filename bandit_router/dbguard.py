@@ -1,10 +1,11 @@
 """What can go wrong with the database file under a running service, and how it is noticed.
 
-- **Deleted or replaced** (`rm`, a restore copied over it, a `mv`): the service's connections keep writing to
+- **Deleted or replaced** (`rm`, a `mv` over it): the service's connections keep writing to
   the old inode, so every acknowledged row after that is lost at the next start. `FileGuard` remembers the
   file's device and inode when the store opens it and compares them with the path's (`os.stat`, about a µs):
   the writer checks after every commit (a batch committed to a file that is no longer at its path is *not*
-  acknowledged) and the maintenance thread every 0.5 s.
+  acknowledged) and the maintenance thread every 0.5 s. What keeps the inode is not seen: a `cp` onto the file
+  (it writes into the same inode) or a deleted `-wal`.
 - **Corrupt** (a disk or a copy that went wrong): SQLite answers `SQLITE_CORRUPT` ("database disk image is
   malformed") or `SQLITE_NOTADB`. `is_integrity_error` recognises them; the store then refuses every further
   write (503, `/readyz` 503) instead of acknowledging rows it may not be able to read back.

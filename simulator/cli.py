@@ -218,7 +218,7 @@ def simulate(
     --policies vw-squarecb,linucb,random,classifier --cost-weights 0,20,40 --seeds 5 --out runs/gsm8k
     """
     from bandit_router.config import ConfigError, layered, read_toml
-    from bandit_router.errors import BanditRouterError
+    from bandit_router.errors import BanditRouterError, InvalidInput
     from bandit_router.hints import quoted
     from bandit_router.outputs import writing
 
@@ -300,6 +300,12 @@ def simulate(
                                      "tenant only from a dataset's tenant column (--context-column tenant)",
                                      param_hint="--target")
         pacers = TargetPacers(targets) if targets else None
+        if str(settings["env"]).startswith("synthetic:") and options:  # named as given: flags or config keys
+            named = [_as_given(key, options[key], from_config=key in from_file and given[key] is None)
+                     for key in DATASET_FLAGS if options.get(key) not in (None, (), [])]
+            if named:
+                raise InvalidInput(f"{', '.join(named)}: options of a dataset (--env dataset:PATH); {settings['env']} "
+                                   "is a synthetic world, which takes none")
         if str(settings["env"]).startswith("dataset:"):  # values refused, named as given: flags or config keys
             check_split_values(str(settings["env"])[len("dataset:") :], options.get("split"),
                                options.get("train_value"), options.get("eval_value"),
@@ -381,6 +387,19 @@ def _weights(value: Any) -> list[Any]:
     if isinstance(value, list | tuple) and not any(isinstance(v, bool) for v in value):  # float(True) is 1.0
         return list(value)
     raise typer.BadParameter(f"cost_weights must be a number, a list or a string, got {value!r}", param_hint="--config")
+
+
+DATASET_FLAGS = {"train_value": "--train-value", "eval_value": "--eval-value", "split": "--split", "tasks": "--task",
+                 "drop_flag": "--drop-flag", "context_columns": "--context-column", "prices": "--prices"}
+"""A dataset's options (`EnvSpec.options`), by their settings' keys, with the flags that give them."""
+
+
+def _as_given(key: str, value: Any, *, from_config: bool) -> str:
+    """A dataset option as the user gave it: `--task 'math' --task 'code'`, or `tasks = ['math'] in --config`."""
+    if from_config:
+        return f"{key} = {list(value) if isinstance(value, tuple) else value!r} in --config"
+    values = value if isinstance(value, tuple | list) else (value,)
+    return " ".join(f"{DATASET_FLAGS[key]} {v!r}" for v in values)
 
 
 _INTEGER_KEYS = ("seeds", "first_seed", "steps", "passes", "window", "workers")

@@ -406,6 +406,50 @@ def test_a_huge_unknown_field_name_gets_no_hint(client: TestClient) -> None:
     assert "did you mean" not in reply.json()["message"]
 
 
+@pytest.mark.parametrize(("path", "field"), [
+    ("/v1/stats/recent?limit=0", "limit"),
+    ("/v1/stats/recent?limit=x", "limit"),
+    ("/v1/stats/timeseries?since=-3600&step=90", "step"),
+    ("/v1/stats/timeseries?since=-604800&step=60", "step"),  # the route's own check: it said "step" already
+    ("/v1/stats/timeseries?range=year", "range"),
+    ("/v1/decisions/" + "d" * 65, "decision_id"),
+])
+def test_a_bad_query_or_path_parameter_is_named_as_it_is_written(client: TestClient, path: str, field: str) -> None:
+    """A query or path parameter's 422 names it as the request writes it, as a body field's names the field and a
+    control character in a path parameter names the parameter (`"field": "name"`): pydantic's refusals said
+    `query.step` and `path.decision_id`, while the route's own check of the same parameter said `step`."""
+    reply = client.get(path)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["field"] == field and reply.json()["message"].startswith(f"{field}: "), reply.text
+
+
+def test_a_validators_message_is_its_own_words(client: TestClient) -> None:
+    """A refusal by the schemas' own validators read "context.a: Value error, context values must be …": pydantic's
+    prefix for a ValueError, which tells a caller nothing."""
+    reply = client.post("/v1/route", json={"prompt": "x", "context": {"a": {"b": 1}}})
+    assert reply.status_code == 422 and reply.json() == {
+        "error": "invalid_input", "field": "context.a",
+        "message": "context.a: context values must be strings, numbers or booleans"}
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/route", {"prompt": "x", "path": 1}, "path"),
+    ("/v1/route", {"prompt": "x", "query": 1}, "query"),
+    ("/v1/route", {"prompt": "x", "body": 1}, "body"),
+    ("/v1/feedback", {"decision_id": "d1", "quality": 1, "path": 1}, "path"),
+    ("/v1/models", {"name": "m", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1, "query": 2}, "query"),
+])
+def test_a_body_field_named_like_a_location_is_named_as_it_is_written(
+    client: TestClient, path: str, body: dict[str, object], field: str
+) -> None:
+    """The body models are validated directly, so their errors' locations start with the field itself: an unknown
+    field called `path`, `query` or `body` is named so, not dropped as FastAPI's location of a parameter is (the
+    test above) and named `body`."""
+    reply = client.post(path, json=body)
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["field"] == field and reply.json()["message"].startswith(f"{field}: "), reply.text
+
+
 def test_feedback_without_quality_is_422(client: TestClient) -> None:
     reply = client.post("/v1/feedback", json={"decision_id": "x"})
     assert reply.status_code == 422 and reply.json()["field"] == "quality"

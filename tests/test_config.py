@@ -143,6 +143,10 @@ _BAD_FILES = [
     # a misspelt model or tag in a share target would be a target that can never bind
     ("[budgets]\nshare = { 'gpt4o' = 0.3 }\n", "budgets: share:gpt4o=0.3: no active model is picked"),
     ("[budgets.tenants.acme]\nshare = { 'tier=lage' = 0.1 }\n", "@acme:share:tag:tier=lage=0.1: no active model"),
+    # the table said once ("budgets: budgets.tenants.acme: …" before)
+    ("[budgets.tenants.acme]\nspend_usdd = '5/1d'\n",
+     r"toml: budgets: tenants\.acme: target 'spend_usdd=5/1d': unknown target 'spend_usdd' "
+     r"\(did you mean spend_usd\?\)"),
 ]
 
 
@@ -511,6 +515,7 @@ def test_serve_on_a_port_in_use_says_so_before_it_recovers(tmp_path: Path, monke
     assert result.output.strip() == (
         f"bandit-router serve: port: cannot listen on 127.0.0.1:{port}: Address already in use (another server, a "
         "bandit-router serve already running? stop it, or choose another --port)")
+    assert not (tmp_path / "r.db").exists()  # a refused start creates and migrates nothing (it made an empty one)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -920,6 +925,37 @@ def test_serve_check_and_migrate_config_check_the_catalog_with_the_models_its_da
         assert result.output.strip() == (f"bandit-router {command}: models: every model has route = false (judge): "
                                          "nothing can be routed; set route = true (the default) on at least one model")
         assert not (tmp_path / "new.db").exists()
+
+
+def test_check_and_migrate_check_the_config_they_are_given_with_db_against_that_database(tmp_path: Path) -> None:
+    """`check --config FILE --db DB` and `migrate --config FILE --db DB` read neither the file nor its settings: a
+    configuration that `serve --config FILE --db DB` refuses (a policy naming a model that is nowhere, an unknown
+    key) was "verdict: intact" and migrated. They check it as `serve` does, against the models DB holds (a model
+    that only `POST /v1/models` added there is taken), as they do without --db against the configured one; --db
+    alone reads no configuration, as before."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    db = tmp_path / "r.db"
+    _database_with_an_added_model(db)
+    judge_only = "[[models]]\nname = 'judge'\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\nroute = false\n"
+    elsewhere = "db = 'elsewhere.db'\n"  # the configured database, not the one checked
+    for command, says in (("check", "verdict: intact"), ("migrate", "schema version")):
+        refused = _write(tmp_path / "br.toml", f"{elsewhere}policy = 'fixed:gpt-6'\n{judge_only}")
+        result = CliRunner().invoke(cli_app, [command, "--config", str(refused), "--db", str(db)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (f"bandit-router {command}: policy: policy 'fixed:gpt-6' names the model "
+                                         "'gpt-6', which is not in the catalog; its models: judge, added")
+        unknown = _write(tmp_path / "br.toml", f"{elsewhere}polcy = 'random'\n")
+        result = CliRunner().invoke(cli_app, [command, "--config", str(unknown), "--db", str(db)])
+        assert result.exit_code == 2 and "unknown keys 'polcy'" in result.output, result.output
+        taken = _write(tmp_path / "br.toml", f"{elsewhere}policy = 'fixed:added'\n{judge_only}")
+        result = CliRunner().invoke(cli_app, [command, "--config", str(taken), "--db", str(db)])
+        assert result.exit_code == 0 and says in result.output, result.output
+        result = CliRunner().invoke(cli_app, [command, "--db", str(db)], env={"BANDIT_ROUTER_CONFIG": str(unknown)})
+        assert result.exit_code == 0 and says in result.output, result.output
+    assert not (tmp_path / "elsewhere.db").exists()
 
 
 def test_check_config_checks_the_models_named_against_the_file_when_the_database_cannot_be_read(

@@ -345,3 +345,60 @@ def test_the_replies_the_first_round_trip_shows_are_what_a_new_service_answers(n
     assert round(decision.probability, 2) == probability and probability == round(max(decision.pmf), 2)
     tokens = {k: feedback[k] for k in ("input_tokens", "output_tokens")}
     assert round(Router(seed=0).learn(decision, Outcome(quality=feedback["quality"], **tokens)), 3) == reward
+
+
+def test_the_architecture_page_names_every_module_of_the_library() -> None:
+    """docs/architecture.md is the map a newcomer reads to find where an idea lives: each module at the top of
+    `bandit_router/` has its row (`bandit_router/<name>.py`), each subpackage too, and the packages whose row lists
+    their modules (`service/`, `store/`, `log/`, `gateway/`, `cascade/`) name every one. Modules added since the
+    page was written (`store/serverlock.py`, `service/metricsdir.py`, `service/protocol.py`, …) were on it nowhere."""
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    package = ROOT / "bandit_router"
+    missing = [f"bandit_router/{p.name}" for p in sorted(package.glob("*.py"))
+               if p.name != "__init__.py" and f"`bandit_router/{p.name}`" not in text]
+    missing += [f"bandit_router/{p.name}/" for p in sorted(package.iterdir())
+                if (p / "__init__.py").is_file() and f"`bandit_router/{p.name}/`" not in text]
+    for listed in ("service", "store", "log", "gateway", "cascade"):
+        row = next(line for line in text.splitlines() if line.startswith(f"| `bandit_router/{listed}/` |"))
+        missing += [f"bandit_router/{listed}/{p.name}" for p in sorted((package / listed).glob("*.py"))
+                    if p.name != "__init__.py" and f"`{p.name}`" not in row]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", ["library.md", "getting-started.md"])
+def test_the_library_pages_name_every_field_of_the_values(name: str) -> None:
+    """The library's values as the pages list them (`Request(…)`, `Decision`: …, `Outcome(…)`) name every field
+    of the dataclasses: `Decision.created_at` and `expected_cost_usd` were missing."""
+    from dataclasses import fields
+
+    from bandit_router import Decision, Outcome, Request
+
+    text = (DOCS / name).read_text(encoding="utf-8")
+    for value in (Request, Decision, Outcome):
+        entry = text.split(f"- `{value.__name__}", 1)[1].split("\n- ", 1)[0]
+        missing = [f.name for f in fields(value) if not re.search(rf"\b{f.name}\b", entry)]
+        assert missing == [], (value.__name__, missing)
+
+
+def test_the_start_line_the_service_page_shows_is_the_one_a_start_logs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/service/index.md shows the line each start logs (`bandit-router: db=… policy=… …`): its keys, in order,
+    are those of the line a SQLite service logs (it left out `synchronous`)."""
+    import logging
+    import warnings
+
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+        from fastapi.testclient import TestClient
+
+    shown = re.search(r"`(bandit-router: db=[^`]+)`", (DOCS / "service" / "index.md").read_text(encoding="utf-8"))
+    assert shown is not None
+    with caplog.at_level(logging.INFO, logger="bandit_router.service"), \
+            TestClient(create_app(Settings(db=tmp_path / "r.db"))):
+        pass
+    logged = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("bandit-router: db="))
+    assert re.findall(r"(\w+)=", " ".join(shown.group(1).split())) == re.findall(r"(\w+)=", logged), logged

@@ -1018,6 +1018,63 @@ def test_the_judge_scores_sampled_answers_and_the_callers_feedback_takes_precede
     assert 'bandit_router_judge_jobs{state="scored"} 5.0' in metrics and "bandit_router_judge_spend_usd" in metrics
 
 
+@pytest.mark.parametrize("aggregation", ["reject", "earliest", "average"])
+def test_a_judge_job_whose_decision_the_caller_rated_during_the_delay_calls_no_judge(
+    gateway: Callable[..., str], fake: FakeUpstream, aggregation: str
+) -> None:
+    """`judge_delay_s` is the time the caller's own feedback has to win. A caller who answered within it made the
+    judge's score a conflict (`reject`) or a feedback never learned (`earliest`), yet the judge called its model
+    anyway, paid for it (`judge.spend_usd`, booked in the budgets) and dropped the score. It drops the job without a
+    call now (`overridden`); under `aggregation = "average"` the judge's score is averaged with the caller's, so it
+    is still called. The delay, 2 s, leaves a loaded machine time to post the feedback over HTTP first (with 0.5 s
+    a slow feedback let the judge run, and the test failed); each feedback's time after its reply is checked."""
+    delay_s = 2.0
+    settings: dict[str, Any] = {"reward_window_s": 30.0} if aggregation == "average" else {}
+    url = gateway(models=(*MODELS, JUDGE), judge_model=JUDGE, judge_sample_rate=1.0, judge_delay_s=delay_s,
+                  aggregation=aggregation, **settings)
+    judge_calls = fake.calls[JUDGE]
+    c = client(url)
+    for _ in range(3):
+        raw = c.chat.completions.with_raw_response.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                                          extra_body={"bandit_router": {"models": list(MODELS)}})
+        replied = time.monotonic()
+        feedback(url, raw.headers["x-decision-id"], 0.7)
+        took = time.monotonic() - replied
+        assert took < delay_s, f"the feedback took {took:.2f} s, past judge_delay_s: the machine is too slow to test"
+    deadline = time.monotonic() + 10
+    while (judge := httpx.get(url + "/v1/stats").json()["judge"])["queued"] or \
+            judge["overridden"] + judge["scored"] + judge["failed"] < 3:
+        assert time.monotonic() < deadline, judge
+        time.sleep(0.05)
+    if aggregation == "average":
+        assert judge["scored"] == 3 and judge["calls"] == 3 and fake.calls[JUDGE] - judge_calls == 3, judge
+    else:
+        assert judge["overridden"] == 3 and judge["calls"] == 0 and judge["spend_usd"] == 0, judge
+        assert fake.calls[JUDGE] == judge_calls
+
+
+def test_a_judge_delayed_past_the_reward_window_with_a_default_reward_calls_no_judge(
+    gateway: Callable[..., str], fake: FakeUpstream
+) -> None:
+    """The judge skips a decision with any stored feedback, and a closed reward window's `default_reward` is one: with
+    `judge_delay_s` longer than `reward_window_s` every sampled job finds it and is dropped without a call, as the
+    gateway page says."""
+    url = gateway(models=(*MODELS, JUDGE), judge_model=JUDGE, judge_sample_rate=1.0, judge_delay_s=3.0,
+                  reward_window_s=0.5, default_reward=0.5)
+    judge_calls = fake.calls[JUDGE]
+    c = client(url)
+    ids = [c.chat.completions.with_raw_response.create(
+        model="router", messages=[{"role": "user", "content": CODE}],
+        extra_body={"bandit_router": {"models": list(MODELS)}}).headers["x-decision-id"] for _ in range(3)]
+    deadline = time.monotonic() + 15
+    while (judge := httpx.get(url + "/v1/stats").json()["judge"])["queued"] or \
+            judge["overridden"] + judge["scored"] + judge["failed"] < 3:
+        assert time.monotonic() < deadline, judge
+        time.sleep(0.05)
+    assert judge["overridden"] == 3 and judge["calls"] == 0 and fake.calls[JUDGE] == judge_calls, judge
+    assert all([r["status"] for r in decision(url, i)["feedback"]] == ["default"] for i in ids)
+
+
 @pytest.mark.parametrize("judge_from", ["file", "added"])
 def test_a_judge_model_retired_at_run_time_still_judges_after_a_restart(
     fake: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture, judge_from: str

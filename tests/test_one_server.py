@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from bandit_router.cli import app as cli_app
 from bandit_router.store import SQLiteStore
+from bandit_router.store.serverlock import SUFFIX as SERVER_LOCK_SUFFIX
 from bandit_router.store.serverlock import DatabaseInUse, ServerLock
 from tools.serve_process import ServeProcess, free_port
 
@@ -129,6 +130,31 @@ def test_workers_share_the_file_and_keep_it_when_their_parent_is_killed(servers:
     server.stop()  # SIGKILL to its process group: the workers too
     restarted = servers()
     restarted.wait_ready(60)
+
+
+@pytest.mark.slow
+def test_the_files_make_run_leaves_in_the_repository_are_ignored_by_git(tmp_path: Path) -> None:
+    """`make run` serves `./bandit-router.db` from the repository's root, and the files it leaves there (the
+    database, its `-wal` and `-shm`, the writers' `-lock`, this lock's `-server`, which is never deleted) are
+    ignored by git: `-server` was not, so after the quickstart `git status` showed it and every simulator report
+    and experiment run from that clone recorded its commit as `+dirty`."""
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    server = ServeProcess(tmp_path, CLI, ["--db", "bandit-router.db"], env=ENV)
+    try:
+        server.wait_ready()
+        route(server, 2)
+    finally:
+        server.stop()
+    left = sorted(p.name for p in tmp_path.glob("bandit-router.db*"))
+    assert {"bandit-router.db", f"bandit-router.db{SERVER_LOCK_SUFFIX}"} <= set(left), left
+    checked = subprocess.run(["git", "check-ignore", "--no-index", "--verbose", "--non-matching", *left],
+                             cwd=root, capture_output=True, text=True, timeout=RUN_S)
+    not_ignored = [line.split("\t")[-1] for line in checked.stdout.splitlines() if line.startswith("::")]
+    assert not_ignored == [], checked.stdout
 
 
 def test_a_serve_refused_by_the_lock_creates_and_migrates_nothing(tmp_path: Path) -> None:

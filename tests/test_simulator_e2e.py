@@ -447,6 +447,22 @@ def test_split_values_from_a_config_file_are_refused_naming_its_keys(tmp_path: P
     assert "--train-value" not in output and not out.exists()
 
 
+def test_a_datasets_options_on_a_synthetic_world_are_refused_named_as_given(tmp_path: Path) -> None:
+    """`--task math` on `synthetic:default` was refused as "synthetic worlds take no options, got ['tasks']": the
+    simulator's inner name, not the flag the user typed (nor the config key). The flags and keys are named as given."""
+    config = tmp_path / "run.toml"
+    config.write_text('drop_flag = "x"\n')
+    out = tmp_path / "run"
+    args = ["simulate", "--env", "synthetic:default", "--config", str(config), "--task", "math", "--task", "code",
+            "--train-value", "t", "--steps", "20", "--seeds", "1", "--no-plots", "--quiet", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert ("error: --train-value 't', --task 'math' --task 'code', drop_flag = 'x' in --config: options of a "
+            "dataset (--env dataset:PATH); synthetic:default is a synthetic world, which takes none") in output, output
+    assert not out.exists()
+
+
 def test_a_reaction_period_shorter_than_the_window_says_why_it_is_never(tmp_path: Path) -> None:
     """An outage of 100 steps with the default 200-step window: no window of decisions fits in it, so its reaction
     time is missing whatever the policy did, and every output said only "never" (the legend, in general terms).

@@ -148,7 +148,7 @@ def _budgets(value: Any, from_env: bool) -> BudgetConfig:
     try:
         return BudgetConfig.from_mapping(_json(value, from_env, "a JSON object"))
     except InvalidInput as exc:  # its message names the table already: "budgets: …", "budgets.tenants.acme: …"
-        raise _Bad(str(exc).removeprefix("budgets: ")) from exc
+        raise _Bad(str(exc).removeprefix("budgets: ").removeprefix("budgets.")) from exc
 
 
 def _models(value: Any, from_env: bool) -> tuple[ModelSpec, ...]:

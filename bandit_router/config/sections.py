@@ -308,8 +308,9 @@ class JudgeSettings:
     judge_sample_rate: float = setting(0.0, help="share of routed answers the judge scores (0..1)")
     judge_queue: int = setting(1000, help="answers waiting for the judge at most (more are not judged: counted "
                                           "as dropped)")
-    judge_delay_s: float = setting(0.0, help="seconds after the reply before the judge's score is posted: the "
-                                   "caller's own feedback within this time wins")
+    judge_delay_s: float = setting(0.0, help="seconds after the reply before the judge is asked: a decision with "
+                                   "stored feedback by then, the caller's or a closed reward window's "
+                                   "default_reward, is not judged (but under aggregation = average)")
     judge_concurrency: int = setting(4, help="judge calls in flight at most")
 
     def __post_init__(self) -> None:

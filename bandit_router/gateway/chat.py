@@ -200,7 +200,7 @@ def _knobs(extension: Any, headers: Mapping[str, str]) -> tuple[dict[str, Any], 
             error = exc.errors()[0]
             at = error["loc"][0] if error["loc"] else None
             field = where if at is None else f"{where}[{at}]" if isinstance(at, int) else f"{where}.{at}"
-            raise BadChatRequest(field[:200], error["msg"]) from None
+            raise BadChatRequest(field[:200], error["msg"].removeprefix("Value error, ")) from None  # its own words
     if "models" in out:
         out["models"] = tuple(out["models"])
     return out, {knob: where for knob, (where, _) in raw.items()}

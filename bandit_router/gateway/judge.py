@@ -8,7 +8,11 @@
 
 Never delays a reply: `offer()` only puts a job in the queue (a full queue drops it: counted in `dropped`).
 Precedence: the caller's own feedback wins. A caller's feedback that arrives before the judge's makes the judge's
-a conflict, which the judge drops (`overridden`); one that arrives after the judge's is stored and answered
+a conflict, which the judge drops (`overridden`): without calling its model when the decision has any stored
+feedback as the delay ends (`answered`: the caller's, or the `default_reward` row of a reward window that closed
+first, so with `judge_delay_s` > `reward_window_s` and `default_reward` set every job is dropped so; under
+`aggregation = "average"` the judge is called and both are averaged); one that
+arrives after the judge's is stored and answered
 (status `ignored`: the judge's was already learned; no 409), so set `judge_delay_s` to the time callers usually
 take. The judge's calls go through the same `Upstreams` (its model's limits and timeouts) and are priced with the
 catalog: `stats()` reports them (calls, failures, tokens, spend). Each call the judge model answered is handed to
@@ -43,6 +47,7 @@ MAX_SHOWN_CHARS = 20_000
 
 PostFeedback = Callable[[str, Outcome, str], Awaitable[Any]]
 RecordJudgeCall = Callable[[JudgeCall], Awaitable[Any]]
+HasFeedback = Callable[[str], Awaitable[bool]]
 
 
 @dataclass(slots=True)
@@ -77,6 +82,11 @@ class Judge:
     post: PostFeedback
     record: RecordJudgeCall | None = None
     """Told of every call the judge model answered (the service: budgets and the `judge_calls` table)."""
+    answered: HasFeedback | None = None
+    """Whether the decision has feedback already, any stored row: the caller's or a closed window's `default_reward`
+    (the service: a store read). A job whose decision has it when its delay is over is dropped as `overridden`
+    without a call, whose score could only be a conflict or never learned;
+    None (always called) under `aggregation = "average"`, which averages the judge's score with the caller's."""
     seed: int | None = None
     stats: JudgeStats = field(default_factory=JudgeStats)
 
@@ -157,6 +167,9 @@ class Judge:
                 wait = job.ready_at - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                if await self._answered(job.decision_id):  # the caller's feedback came first: nothing to pay for
+                    self.stats.overridden += 1
+                    continue
                 quality = await self.score(job)
                 if quality is None:
                     continue
@@ -173,6 +186,14 @@ class Judge:
                 log.exception("judge job failed")
             finally:
                 self.queue.task_done()
+
+    async def _answered(self, decision_id: str) -> bool:
+        if self.answered is None:
+            return False
+        try:
+            return await self.answered(decision_id)
+        except BanditRouterError:  # not readable now: judged, and the post finds out
+            return False
 
     def report(self) -> dict[str, Any]:
         """This process's counters since it started (and its queue): what `/metrics` exports."""

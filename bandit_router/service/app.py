@@ -410,8 +410,12 @@ async def start_gateway(settings: Settings, engine: Engine, live: LiveCatalog | 
             await gateway.close()
             raise
         spec = next((m for m in known if m.name == judge_model), None) or engine.router.spec(judge_model)
-        judge = Judge(settings, spec, gateway.upstreams, engine.feedback,
-                      engine.record_judge_call, seed=settings.routing.seed)
+        async def answered(decision_id: str) -> bool:
+            return await asyncio.to_thread(engine.has_feedback, decision_id)
+
+        judge = Judge(settings, spec, gateway.upstreams, engine.feedback, engine.record_judge_call,
+                      answered=None if settings.feedback.aggregation == "average" else answered,
+                      seed=settings.routing.seed)
         judge.start()
         gateway.judge = judge
         gateway.on_answer = judge.offer

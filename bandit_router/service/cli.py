@@ -124,6 +124,9 @@ def serve(
             metrics.enter_context(metricsdir.metrics_folder(settings.server.metrics_dir, settings.server.workers))
         storage = settings.storage
         lock = claim_database(storage.db, "serve")  # no other serve on this SQLite file (store/serverlock.py)
+        server = settings.server
+        check_port_free(server.host, server.port, server.workers)  # before the schema (a refused start creates and
+        # migrates nothing) and the state is recovered; after the lock, which names the serve that holds this file
         store = open_store(storage.db, synchronous=storage.synchronous)
         try:
             store.prepare()  # the schema, once, before workers
@@ -131,8 +134,6 @@ def serve(
             store.close()
         if lock is not None:
             lock.share()  # held until this process exits; each worker joins it
-        server = settings.server
-        check_port_free(server.host, server.port, server.workers)  # before the state is recovered, not after
     except (ConfigError, StoreError) as exc:
         metrics.close()
         if lock is not None:
@@ -203,6 +204,10 @@ does not decode), and every stored checkpoint against its checksum.
 Prints what it found and the last good checkpoint (the newest one that reads back and matches its sha256). \
 Exit status 0 when the file is intact, 1 when it is not (restore a backup: see the docs, service → durability), \
 2 when it cannot be opened. Read-only; safe while the service runs.
+
+With --config (or without --db) it first checks the settings as `serve` does, against the models the database \
+holds (with --db, that database's), and stops with exit status 2 when they are refused; it does not check the \
+providers' keys (`serve` refuses a judge or named router's model it cannot call).
 """
 
 
@@ -215,8 +220,8 @@ def check(
 
     notes: list[str] = []
     try:
-        location = (_checked_settings(config, unreadable=notes.append).storage.db if db is None
-                    else parse_database(db))
+        location = (_checked_settings(config, db=db, unreadable=notes.append).storage.db
+                    if db is None or config is not None else parse_database(db))
     except (ConfigError, ValueError) as exc:
         typer.echo(f"bandit-router check: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -278,9 +283,10 @@ def check(
 MIGRATE_HELP = """Create or migrate the database's schema to this version's, then exit (`serve` does it too, on start).
 
 Migrations are numbered and recorded in the database; a database whose schema is newer than this \
-bandit-router's is refused (exit status 2). Works on a SQLite file and on a postgresql:// URL. Without --db it \
-first checks the settings as `serve` does (with the models the database holds), and migrates nothing when they \
-are refused. A SQLite file that a running `serve` uses is refused too (exit status 2): stop it first.
+bandit-router's is refused (exit status 2). Works on a SQLite file and on a postgresql:// URL. With --config \
+(or without --db) it first checks the settings as `serve` does (with the models the database holds; with --db, \
+that database's), and migrates nothing when they are refused. A SQLite file that a running `serve` uses is \
+refused too (exit status 2): stop it first.
 """
 
 
@@ -292,7 +298,8 @@ def migrate(
     from ..store import SCHEMA_VERSION
 
     try:
-        location = _checked_settings(config).storage.db if db is None else parse_database(db)  # before migrating
+        location = (_checked_settings(config, db=db).storage.db  # before migrating
+                    if db is None or config is not None else parse_database(db))
         lock = claim_database(location, "migrate")  # not under a running serve (store/serverlock.py)
         try:
             store = open_store(location)
@@ -309,16 +316,18 @@ def migrate(
     typer.echo(f"{location}: schema version {SCHEMA_VERSION}")
 
 
-def _checked_settings(config: Path | None, *, unreadable: Callable[[str], None] | None = None) -> Settings:
+def _checked_settings(config: Path | None, *, db: str | None = None,
+                      unreadable: Callable[[str], None] | None = None) -> Settings:
     """The settings as `serve` checks them: the catalog's models against the live catalog (`check_live_catalog`:
     with the models its database holds, added and retired at run time, when it exists; the catalog file alone
-    otherwise). `unreadable`: a database that cannot be read is not checked against (`check` says why): the
+    otherwise). `db`: the database given on the command line, in place of the configured one (as `serve --db`
+    takes it). `unreadable`: a database that cannot be read is not checked against (`check` says why): the
     catalog file alone is, as `check()` checks it without `stored_models`, and what that refuses is told to
     `unreadable` as a note, not raised (a model the database added at run time, which `serve` would take, is not
     in the file)."""
     from .app import check_live_catalog
 
-    settings = load_settings(config, stored_models=True)
+    settings = load_settings(config, overrides={} if db is None else {"db": db}, stored_models=True)
     try:
         check_live_catalog(settings)
     except StoreError:

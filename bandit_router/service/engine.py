@@ -676,6 +676,12 @@ class Engine:
                 raise UnknownDecision(f"no decision {decision_id!r}")
             return stored, reader.feedback_for(decision_id), reader.calls_for_many([decision_id]).get(decision_id)
 
+    def has_feedback(self, decision_id: str) -> bool:
+        """Whether any feedback of the decision is stored, the caller's or a closed window's `default_reward` (the
+        judge leaves such a decision unjudged)."""
+        with _readable(self), self.store.read() as reader:
+            return bool(reader.feedback_for(decision_id))
+
     def router_counts(self) -> list[RouterCounts]:
         """Named routers' counts from the database (`store.router_stats`): the deployment's, whatever the process."""
         with _readable(self), self.store.read() as reader:

@@ -109,28 +109,42 @@ def status_of(exc: BaseException) -> tuple[int, str]:
     return 500, "internal"
 
 
-def field_path(loc: Sequence[Any]) -> str:
-    """A pydantic error location as a field path: ("body", "messages", 0, "content") → "messages[0].content"."""
-    parts = list(loc)
-    if parts and parts[0] == "body":
-        parts = parts[1:]
+def field_path(loc: Sequence[Any], located: bool = False) -> str:
+    """A pydantic error location as a field path: ("messages", 0, "content") → "messages[0].content". A `located`
+    one (FastAPI's `RequestValidationError`) starts with where the value was read, which is dropped: ("body",
+    "decision_id") → "decision_id", and a query or path parameter by its name, ("query", "limit") → "limit", as the
+    routes' own checks name it. A body model validated directly has no location: ("path",) is its field `path`."""
     out = ""
-    for part in parts:
+    for part in _field_parts(loc, located):
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "body"
 
 
-def validation_error(errors: Sequence[Mapping[str, Any]], body: type[BaseModel] | None = None) -> Response:
-    """A 422 for pydantic errors: the first error's field and every error's message; an unknown field of the
-    request body `body` gets ` (did you mean latency_ms?)` when a known field is close to it."""
-    first = field_path(errors[0].get("loc", ())) if errors else "body"
-    messages = [f"{field_path(e.get('loc', ()))}: {e.get('msg', 'invalid')}{_hint(e, body)}"
-                for e in errors[:SHOWN_ERRORS]]
+def _field_parts(loc: Sequence[Any], located: bool) -> list[Any]:
+    parts = list(loc)
+    return parts[1:] if located and parts and parts[0] in ("body", "query", "path") else parts
+
+
+def validation_error(
+    errors: Sequence[Mapping[str, Any]], body: type[BaseModel] | None = None, located: bool = False
+) -> Response:
+    """A 422 for pydantic errors (`located`: FastAPI's, whose locations start with body, query or path): the first
+    error's field and every error's message; an unknown field of the request body `body` gets
+    ` (did you mean latency_ms?)` when a known field is close to it."""
+    first = field_path(errors[0].get("loc", ()), located) if errors else "body"
+    messages = [
+        f"{field_path(e.get('loc', ()), located)}: {_said(e)}{_hint(e, body, located)}" for e in errors[:SHOWN_ERRORS]
+    ]
     return error_response(422, "invalid_input", "; ".join(messages), first)
 
 
-def _hint(error: Mapping[str, Any], body: type[BaseModel] | None) -> str:
-    loc = [part for part in error.get("loc", ()) if part != "body"]
+def _said(error: Mapping[str, Any]) -> str:
+    """The error's message, without the "Value error, " pydantic puts before a validator's own words."""
+    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def _hint(error: Mapping[str, Any], body: type[BaseModel] | None, located: bool) -> str:
+    loc = _field_parts(error.get("loc", ()), located)
     if body is None or error.get("type") != "extra_forbidden" or not loc or not isinstance(loc[-1], str):
         return ""
     return did_you_mean(loc[-1], known_fields(body, loc))
@@ -190,7 +204,7 @@ def install(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        return validation_error(list(exc.errors()))
+        return validation_error(list(exc.errors()), located=True)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         return to_response(exc)

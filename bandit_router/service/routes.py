@@ -392,7 +392,8 @@ async def put_budgets(request: Request) -> Response:
     try:
         config = BudgetConfig.from_mapping(data)
     except (InvalidInput, TypeError, ValueError) as exc:
-        raise InvalidField("budgets", str(exc).removeprefix("budgets: ")) from None  # the field says it once
+        # the field says it once: "budgets: tenants.acme: …", not "budgets: budgets.tenants.acme: …"
+        raise InvalidField("budgets", str(exc).removeprefix("budgets: ").removeprefix("budgets.")) from None
     await engine.set_budgets(config)
     return json_response(_budgets_reply(engine))
 
