@@ -59,10 +59,13 @@ RESULT_FOLDERS = (":(top,exclude,glob)experiments/*/results/**", ":(top,exclude,
 
 def git_commit(cwd: Path | None = None) -> str:
     """`<short hash>` of HEAD, `+dirty` when the tree has changes outside the result folders; `unknown` outside
-    git."""
-    where = cwd or Path(__file__).resolve().parent
+    git, and when the checkout at `cwd` does not track this code (an installed copy in a venv inside another
+    project's repository would otherwise report that project's commit)."""
+    here = Path(__file__).resolve()
+    where = cwd or here.parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where)
+        ours = subprocess.run(["git", "ls-files", "--error-unmatch", "--", str(here)], capture_output=True, cwd=where)
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--", ":(top)", *RESULT_FOLDERS],
             capture_output=True,
@@ -71,7 +74,7 @@ def git_commit(cwd: Path | None = None) -> str:
         )
     except OSError:
         return "unknown"
-    if head.returncode != 0:
+    if head.returncode != 0 or ours.returncode != 0:
         return "unknown"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
