@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,53 @@ def test_an_installed_copy_in_another_projects_repository_records_no_commit(tmp_
     if (ROOT / ".git").exists():
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         assert git_commit(ROOT).removesuffix("+dirty") == head.stdout.strip()
+
+
+def _build(tmp_path: Path) -> tuple[set[str], set[str], str]:
+    """The wheel's and the sdist's file lists and the wheel's METADATA and entry points, built from a copy of the
+    source as `python -m build` builds them (setuptools' backend, in a subprocess)."""
+    import tarfile
+    import zipfile
+
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip(f"setuptools {setuptools.__version__} cannot build this pyproject.toml (the dev extra needs 77)")
+    source, out = tmp_path / "source", tmp_path / "dist"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for folder in ("bandit_router", "simulator", "tests"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, source / name)
+    script = ("import sys; from setuptools import build_meta as b; out = sys.argv[1]; "  # the backend rewrites argv
+              "b.build_sdist(out); b.build_wheel(out)")
+    subprocess.run([sys.executable, "-c", script, str(out)], cwd=source, check=True, capture_output=True, timeout=120)
+    (wheel,), (sdist,) = out.glob("*.whl"), out.glob("*.tar.gz")
+    with zipfile.ZipFile(wheel) as z:
+        wheel_files = set(z.namelist())
+        metadata = "".join(z.read(f"bandit_router-0.1.0.dist-info/{name}").decode()
+                           for name in ("METADATA", "entry_points.txt"))
+    with tarfile.open(sdist) as t:
+        sdist_files = {m.name.partition("/")[2] for m in t.getmembers() if m.isfile()}
+    return wheel_files, sdist_files, metadata
+
+
+def test_the_wheel_and_sdist_hold_what_an_install_runs_and_nothing_else(tmp_path: Path) -> None:
+    """Every file of the two packages (code, the catalog, the worlds, the dashboard's static files, py.typed) is in
+    the wheel, with the licence and the console script, and nothing else is. The sdist had no LICENSE (there was
+    none) and carried tests/test_*.py without the helpers, fixtures and data they import."""
+    wheel, sdist, metadata = _build(tmp_path)
+    source = {
+        path.relative_to(ROOT).as_posix()
+        for folder in ("bandit_router", "simulator")
+        for path in (ROOT / folder).rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    info = "bandit_router-0.1.0.dist-info/"
+    assert {name for name in wheel if not name.startswith(info)} == source
+    assert f"{info}licenses/LICENSE" in wheel
+    assert "License-Expression: Apache-2.0" in metadata and "Requires-Python: <3.13,>=3.11" in metadata
+    assert "bandit-router = bandit_router.cli:main" in metadata
+    assert source <= sdist and "LICENSE" in sdist
+    assert not [name for name in sdist if name.startswith("tests/")]
+    assert not [name for name in sdist | wheel if name.endswith((".csv", ".csv.gz", ".parquet", ".jsonl", ".db"))]
