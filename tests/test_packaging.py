@@ -81,3 +81,21 @@ def test_the_wheel_and_sdist_hold_what_an_install_runs_and_nothing_else(tmp_path
     assert source <= sdist and "LICENSE" in sdist
     assert not [name for name in sdist if name.startswith("tests/")]
     assert not [name for name in sdist | wheel if name.endswith((".csv", ".csv.gz", ".parquet", ".jsonl", ".db"))]
+
+
+def test_a_source_tree_never_installed_reports_one_version_everywhere(tmp_path: Path) -> None:
+    """Run from a source tree with no installed metadata (a `git archive` export on PYTHONPATH), `--version` said
+    0+unknown and the service "0" (its OpenAPI document and its start line): one version, the package's."""
+    script = (
+        "import importlib.metadata as m\n"
+        "def missing(name): raise m.PackageNotFoundError(name)\n"
+        "m.version = missing  # as in a tree that pip never installed\n"
+        "import sys, bandit_router\n"
+        "from bandit_router.config import Settings\n"
+        "from bandit_router.service.app import create_app\n"
+        "print(bandit_router.__version__, create_app(Settings(db=sys.argv[1])).version)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "r.db")], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0+unknown", "0+unknown"]
