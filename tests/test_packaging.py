@@ -12,6 +12,7 @@ import pytest
 from simulator.report import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
+GIT = ["git", "-c", "user.name=u", "-c", "user.email=u@example.com", "-c", "commit.gpgsign=false"]  # not yours
 
 
 def test_an_installed_copy_in_another_projects_repository_records_no_commit(tmp_path: Path) -> None:
@@ -23,14 +24,46 @@ def test_an_installed_copy_in_another_projects_repository_records_no_commit(tmp_
     project = tmp_path / "myproject"
     project.mkdir()
     (project / "notes.txt").write_text("mine\n")
-    git = ["git", "-c", "user.name=u", "-c", "user.email=u@example.com"]
     for args in (["init", "-q"], ["add", "notes.txt"], ["commit", "-qm", "the user's project"]):
-        subprocess.run([*git, *args], cwd=project, check=True, capture_output=True)
+        subprocess.run([*GIT, *args], cwd=project, check=True, capture_output=True)
     (project / "notes.txt").write_text("edited\n")
     assert git_commit(project) == "unknown"
     if (ROOT / ".git").exists():
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         assert git_commit(ROOT).removesuffix("+dirty") == head.stdout.strip()
+
+
+
+def test_another_checkout_of_this_project_records_its_own_commit(tmp_path: Path) -> None:
+    """The benchmarks record the commit of another checkout (`ab_http --base`, `route_ab`, `--code`): a clone, or a
+    git worktree (whose `.git` is a file), that tracks `simulator/report.py` gives its HEAD, `+dirty` with changes,
+    whatever the path of the running copy; a `git archive` export inside another project's repository gives
+    `unknown`. Asking that checkout about the running file's absolute path gave `unknown` for every other checkout."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    clone, worktree, other = tmp_path / "clone", tmp_path / "worktree", tmp_path / "other"
+    (clone / "simulator").mkdir(parents=True)
+    shutil.copy2(ROOT / "simulator" / "report.py", clone / "simulator" / "report.py")
+    for args in (["init", "-q"], ["add", "simulator"], ["commit", "-qm", "a checkout"],
+                 ["worktree", "add", "-q", "--detach", str(worktree)]):
+        subprocess.run([*GIT, *args], cwd=clone, check=True, capture_output=True)
+
+    def head(where: Path) -> str:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=where, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    assert (worktree / ".git").is_file()
+    assert git_commit(clone) == head(clone) and git_commit(worktree) == head(worktree) != ""
+    (worktree / "simulator" / "report.py").write_text("changed\n")
+    assert git_commit(worktree) == head(worktree) + "+dirty" and git_commit(clone) == head(clone)
+    other.mkdir()
+    (other / "notes.txt").write_text("mine\n")
+    for args in (["init", "-q"], ["add", "notes.txt"], ["commit", "-qm", "the user's project"]):
+        subprocess.run([*GIT, *args], cwd=other, check=True, capture_output=True)
+    export = subprocess.run([*GIT, "archive", "HEAD", "simulator"], cwd=clone, check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(other)], input=export.stdout, check=True)
+    assert (other / "simulator" / "report.py").is_file()
+    assert git_commit(other) == "unknown" and git_commit(other / "simulator") == "unknown"
 
 
 def _build(tmp_path: Path) -> tuple[set[str], set[str], str]:
