@@ -66,6 +66,23 @@ def test_another_checkout_of_this_project_records_its_own_commit(tmp_path: Path)
     assert git_commit(other) == "unknown" and git_commit(other / "simulator") == "unknown"
 
 
+def _source_files() -> set[str]:
+    """The files of the two packages: git's list in a checkout (an editor's swap file or a stray output is not
+    one), else the files on disk less hidden, backup and compiled ones."""
+    if shutil.which("git") is not None and (ROOT / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "-z", "--", "bandit_router", "simulator"], cwd=ROOT,
+                                capture_output=True, text=True, check=True)
+        return {name for name in listed.stdout.split("\0") if name and (ROOT / name).is_file()}
+    return {
+        path.relative_to(ROOT).as_posix()
+        for folder in ("bandit_router", "simulator")
+        for path in (ROOT / folder).rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+        and not any(part.startswith(".") for part in path.relative_to(ROOT).parts)
+        and not path.name.endswith(("~", ".swp", ".swo", ".orig", ".rej", ".bak", ".pyc"))
+    }
+
+
 def _build(tmp_path: Path) -> tuple[set[str], set[str], str]:
     """The wheel's and the sdist's file lists and the wheel's METADATA and entry points, built from a copy of the
     source as `python -m build` builds them (setuptools' backend, in a subprocess)."""
@@ -100,12 +117,7 @@ def test_the_wheel_and_sdist_hold_what_an_install_runs_and_nothing_else(tmp_path
     the wheel, with the licence and the console script, and nothing else is. The sdist had no LICENSE (there was
     none) and carried tests/test_*.py without the helpers, fixtures and data they import."""
     wheel, sdist, metadata = _build(tmp_path)
-    source = {
-        path.relative_to(ROOT).as_posix()
-        for folder in ("bandit_router", "simulator")
-        for path in (ROOT / folder).rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts
-    }
+    source = _source_files()
     info = "bandit_router-0.1.0.dist-info/"
     assert {name for name in wheel if not name.startswith(info)} == source
     assert f"{info}licenses/LICENSE" in wheel
