@@ -33,7 +33,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
+from scipy import integrate, stats
 
 Floats = Sequence[float] | np.ndarray
 """A 1-d sequence of numbers."""
@@ -195,7 +195,7 @@ def apgr(shares: Floats, qualities: Floats, q_weak: float, q_strong: float) -> f
 def apgr_trapz(shares: Floats, qualities: Floats, q_weak: float, q_strong: float) -> float:
     """∫₀¹ PGR(s) ds by the trapezoid rule over the curve's points (RouteLLM's evaluate.py)."""
     s, q = share_curve(shares, qualities, q_weak, q_strong)
-    return float(np.trapezoid(pgr(q, q_weak, q_strong), s))
+    return float(integrate.trapezoid(pgr(q, q_weak, q_strong), s))
 
 
 def share_at_quality(shares: Floats, qualities: Floats, target: float) -> float | None:
@@ -299,4 +299,4 @@ def aiq(points: np.ndarray, c_max: float, c_min: float = 0.0) -> float:
         return 0.0
     inside = xs < c_max
     xs, ys = np.append(xs[inside], c_max), np.append(ys[inside], np.interp(c_max, hull[:, 0], hull[:, 1]))
-    return float(np.trapezoid(ys, xs) / (c_max - c_min))
+    return float(integrate.trapezoid(ys, xs) / (c_max - c_min))

@@ -20,6 +20,7 @@ import numpy as np
 
 from bandit_router import exploration
 from bandit_router.catalog import ModelSpec
+from bandit_router.errors import InvalidInput
 from bandit_router.features import dense_vector
 from bandit_router.policies.base import BasePolicy
 from bandit_router.types import Context
@@ -77,6 +78,14 @@ def mabwiser_factory(text: str) -> Callable[[int], MabwiserPolicy]:
     """`mabwiser-linucb[:alpha=…,ridge=…,dim=…]` → a factory of fresh policies, seeded per run."""
     spec = parse_spec(text)
     spec.check({"alpha", "ridge", "dim"})
+    try:  # a dev dependency: not there after a plain `pip install bandit-router`, and then a message, not a traceback
+        import mabwiser  # noqa: F401
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "mabwiser":
+            raise InvalidInput(f"{spec.name} needs MABWiser, which bandit-router does not install: "
+                               "pip install mabwiser") from None
+        raise InvalidInput(f"{spec.name} needs MABWiser, which is installed but fails to import: "
+                           f"{type(exc).__name__}: {exc}") from exc
     kind = spec.name.removeprefix("mabwiser-")
     alpha = spec.float("alpha", 0.5 if kind == "linucb" else 0.2)
     ridge, dim = spec.float("ridge", 1.0), spec.integer("dim", 64)

@@ -59,10 +59,16 @@ RESULT_FOLDERS = (":(top,exclude,glob)experiments/*/results/**", ":(top,exclude,
 
 def git_commit(cwd: Path | None = None) -> str:
     """`<short hash>` of HEAD, `+dirty` when the tree has changes outside the result folders; `unknown` outside
-    git."""
-    where = cwd or Path(__file__).resolve().parent
+    git, and when the checkout does not track this code (an installed copy in a venv inside another project's
+    repository would otherwise report that project's commit). With `cwd` None the checkout is the running file's
+    and must track that file; `cwd` names another checkout of this project (the benchmarks' `--base`, `--code`),
+    which must track this module's path in the project (`simulator/report.py` at its top)."""
+    here = Path(__file__).resolve()
+    where = cwd or here.parent
+    ours_path = str(here) if cwd is None else f":(top,literal){here.parent.name}/{here.name}"
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where)
+        ours = subprocess.run(["git", "ls-files", "--error-unmatch", "--", ours_path], capture_output=True, cwd=where)
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--", ":(top)", *RESULT_FOLDERS],
             capture_output=True,
@@ -71,7 +77,7 @@ def git_commit(cwd: Path | None = None) -> str:
         )
     except OSError:
         return "unknown"
-    if head.returncode != 0:
+    if head.returncode != 0 or ours.returncode != 0:
         return "unknown"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 

@@ -22,9 +22,9 @@ import pytest
 from docs_pages import page, service_section
 from named_fakes import serving
 
+from bandit_router import __version__
 from bandit_router.config import Settings
 from bandit_router.log import build_router, fingerprint, rebuild_router
-from bandit_router.service.app import _version as app_version
 from bandit_router.store import SQLiteStore
 from benchmarks.fake_upstream import JUDGE, FakeUpstream
 from tools.serve_process import ServeProcess
@@ -365,7 +365,7 @@ def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers:
     assert all(": recovered: no checkpoint yet, 0 feedbacks replayed" in line for line in recovered), recovered  # not
     # "checkpoint at seq None", which a newcomer's first start read as a fault
     assert all(" synchronous=normal " in line for line in started)  # SQLite's durability setting, in force
-    assert all(line.endswith(f" workers=2 version={app_version()}") for line in started), started  # which build,
+    assert all(line.endswith(f" workers=2 version={__version__}") for line in started), started  # which build,
     # how many processes: before, an operator reading the log had neither
     warned = [line for line in lines if "not called by the gateway" in line]  # no key variable is set here
     assert warned and all(re.match(stamp + r"WARNING bandit_router\.gateway: ", line) for line in warned), warned

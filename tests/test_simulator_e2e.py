@@ -153,6 +153,34 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path) -> None:
     assert "unknown scenario" in result.output
 
 
+def test_a_peer_whose_library_is_not_installed_is_a_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MABWiser is a dev dependency: after a plain `pip install`, `--policies mabwiser-linucb` (listed in the docs'
+    policy table) was a ModuleNotFoundError traceback from inside the runs. It is a message saying what to install."""
+    monkeypatch.setitem(sys.modules, "mabwiser", None)  # as if it were not installed
+    result = CliRunner().invoke(app, ["simulate", "--env", f"dataset:{SAMPLE}", "--out", str(tmp_path / "out"),
+                                      "--policies", "mabwiser-linucb", "--workers", "1", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "mabwiser-linucb needs MABWiser, which bandit-router does not install: pip install mabwiser" in (
+        " ".join(result.output.split()))
+
+
+def test_a_peer_whose_library_is_installed_but_broken_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MABWiser whose own import fails (a dependency of its own missing) was told it is not installed and to
+    `pip install mabwiser`, the original error hidden. The message is now that error."""
+    fake = tmp_path / "site" / "mabwiser"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import a_missing_dependency_of_mabwiser\n")
+    monkeypatch.delitem(sys.modules, "mabwiser", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    result = CliRunner().invoke(app, ["simulate", "--env", f"dataset:{SAMPLE}", "--out", str(tmp_path / "out"),
+                                      "--policies", "mabwiser-linucb", "--workers", "1", "--quiet"])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert ("mabwiser-linucb needs MABWiser, which is installed but fails to import: ModuleNotFoundError: "
+            "No module named 'a_missing_dependency_of_mabwiser'") in message
+    assert "pip install mabwiser" not in message
+
+
 @pytest.mark.parametrize("where", ["file", "under a file"])
 def test_an_output_folder_that_cannot_be_written_is_named_before_the_runs(tmp_path: Path, where: str) -> None:
     """`--out` at a file (or under one) was a FileExistsError traceback, after every run had been paid for."""

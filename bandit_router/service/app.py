@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import importlib.metadata
 import ipaddress
 import json
 import logging
@@ -24,6 +23,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .. import __version__
 from ..cascade.live import NamedRouters
 from ..catalog import ModelSpec
 from ..config import Settings, load_settings
@@ -304,7 +304,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="bandit-router",
-        version=_version(),
+        version=__version__,  # `bandit-router --version`'s: 0+unknown from a source tree never installed
         description=DESCRIPTION,
         lifespan=lifespan,
         docs_url=None,  # served by `dashboard.install` from vendored assets (no CDN)
@@ -433,13 +433,6 @@ async def stop_gateway(gateway: Gateway) -> None:
     if gateway.judge is not None:
         await gateway.judge.stop()
     await gateway.close()
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("bandit-router")
-    except importlib.metadata.PackageNotFoundError:
-        return "0"
 
 
 def app_from_environment() -> FastAPI:
