@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -123,21 +124,60 @@ def test_another_checkout_of_this_project_records_its_own_commit(tmp_path: Path)
     assert checkout_commit(other) == "unknown" and checkout_commit(other / "simulator") == "unknown"
 
 
-def _source_files() -> set[str]:
-    """The files of the two packages: git's list in a checkout (an editor's swap file or a stray output is not
-    one), else the files on disk less hidden, backup and compiled ones."""
-    if shutil.which("git") is not None and (ROOT / ".git").exists():
-        listed = subprocess.run(["git", "ls-files", "-z", "--", "bandit_router", "simulator"], cwd=ROOT,
-                                capture_output=True, text=True, check=True)
-        return {name for name in listed.stdout.split("\0") if name and (ROOT / name).is_file()}
+def _source_files(root: Path = ROOT) -> set[str]:
+    """The files of the two packages: git's list in a checkout, tracked or new and not ignored (an editor's swap
+    file or a stray output is not one; a module not yet `git add`ed is, as the build copies it), else (no git, or
+    git refusing the checkout, e.g. another user's) the files on disk less hidden, backup and compiled ones."""
+    if shutil.which("git") is not None and (root / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                                 "bandit_router", "simulator"], cwd=root, capture_output=True, text=True)
+        tracked = subprocess.run(["git", "ls-files", "-z", "--", "bandit_router", "simulator"], cwd=root,
+                                 capture_output=True, text=True)
+        if listed.returncode == 0 and tracked.returncode == 0:
+            names = set(listed.stdout.split("\0")) - {""}
+            kept = set(tracked.stdout.split("\0")) | {name for name in names if _not_stray(Path(name))}
+            return {name for name in names & kept if (root / name).is_file()}
     return {
-        path.relative_to(ROOT).as_posix()
+        path.relative_to(root).as_posix()
         for folder in ("bandit_router", "simulator")
-        for path in (ROOT / folder).rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts
-        and not any(part.startswith(".") for part in path.relative_to(ROOT).parts)
-        and not path.name.endswith(("~", ".swp", ".swo", ".orig", ".rej", ".bak", ".pyc"))
+        for path in (root / folder).rglob("*")
+        if path.is_file() and _not_stray(path.relative_to(root))
     }
+
+
+def _not_stray(path: Path) -> bool:
+    """Not compiled, hidden (an editor's swap file) or a backup: what a build leaves out of an untracked tree."""
+    return ("__pycache__" not in path.parts and not any(part.startswith(".") for part in path.parts)
+            and not path.name.endswith(("~", ".swp", ".swo", ".orig", ".rej", ".bak", ".pyc")))
+
+
+def test_the_source_list_holds_a_new_module_and_needs_no_git_that_answers(tmp_path: Path) -> None:
+    """The list the wheel is checked against holds a module not yet `git add`ed (the build copies it; git's list of
+    tracked files did not, so the wheel test failed during normal development) but no ignored file, swap file or
+    compiled one; and where git refuses the checkout (another user's: "dubious ownership", as root in a container
+    sees a bind-mounted checkout) it is the files on disk, where `git ls-files` raised."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    for name in ("bandit_router/__init__.py", "simulator/__init__.py", ".gitignore"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("*.db\n" if name == ".gitignore" else "")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "a checkout"]):
+        subprocess.run([*GIT, *args], cwd=repo, check=True, capture_output=True)
+    for name in ("bandit_router/newmod.py", "bandit_router/x.db", "bandit_router/.newmod.py.swp",
+                 "bandit_router/__pycache__/newmod.cpython-311.pyc"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("")
+    ours = {"bandit_router/__init__.py", "simulator/__init__.py", "bandit_router/newmod.py"}
+    assert _source_files(repo) == ours
+    (repo / "bandit_router" / "x.db").unlink()
+    if os.geteuid() == 0:  # git refuses a checkout another user owns
+        subprocess.run(["chown", "-R", "12345:12345", str(repo)], check=True)
+        assert subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True).returncode != 0
+        assert _source_files(repo) == ours
+    shutil.move(repo / ".git", tmp_path / "moved.git")
+    (repo / ".git").write_text(f"gitdir: {tmp_path / 'nowhere'}\n")  # a worktree whose repository is gone
+    assert _source_files(repo) == ours
 
 
 def _build(tmp_path: Path) -> tuple[set[str], set[str], str]:
