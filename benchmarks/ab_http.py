@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import bench_http, provenance
-from simulator.report import git_commit
+from simulator.report import checkout_commit
 
 HERE = Path(__file__).resolve().parent
 
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         f"# Before/after: {args.label}",
         "",
-        f"base: bandit_router at commit {args.base_commit or git_commit(args.base)}; this: {git_commit(args.this)}; "
+        f"base: bandit_router at commit {args.base_commit or checkout_commit(args.base)}; "
+        f"this: {checkout_commit(args.this)}; "
         f"{provenance.machine()}; {provenance.load_note(load[0], after[0])}",
         f"command: python -m benchmarks.ab_http --base <checkout of the base> --label {args.label} --connections "
         f"{args.connections} --rounds {args.rounds} --duration {args.duration} --workers {args.workers}"

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import bench_http, provenance
-from simulator.report import git_commit
+from simulator.report import checkout_commit, git_commit
 
 HERE = Path(__file__).resolve().parent
 
@@ -280,7 +280,8 @@ def diagnose(label: str, out: Path, duration: int, code: Path | None = None, onl
     lines = [
         f"# Inside the server: {label}",
         "",
-        f"server code at commit {git_commit(code or HERE)} (tool at {git_commit(HERE)}), {provenance.machine()}",
+        f"server code at commit {checkout_commit(code) if code else git_commit()} (tool at {git_commit()}), "
+        f"{provenance.machine()}",
         f"command: python -m benchmarks.diagnose_http --label {label} --duration {duration}"
         + (f" --only {only}" if only else "") + (" --code <checkout>" if code else ""),
         "server: bandit-router serve (default policy, shipped 8-model catalog, durable SQLite), wrk -t1, "

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import ab_http, bench_http, provenance
-from simulator.report import git_commit
+from simulator.report import checkout_commit, git_commit
 
 HERE = Path(__file__).resolve().parent
 
@@ -370,7 +370,8 @@ def diagnose(label: str, out: Path, duration: int, code: Path | None, feedback: 
     lines = [
         f"# What the slowest requests waited for: {label}",
         "",
-        f"server code at commit {git_commit(code or HERE)} (tool at {git_commit(HERE)}), {provenance.machine()}; "
+        f"server code at commit {checkout_commit(code) if code else git_commit()} (tool at {git_commit()}), "
+        f"{provenance.machine()}; "
         f"{provenance.load_note(load[0])}",
         f"command: python -m benchmarks.diagnose_tail --label {label} --duration {duration}"
         + (" --feedback" if feedback else "") + (" --code <checkout>" if code else ""),

@@ -166,7 +166,7 @@ def measure(rounds: int, gil: bool) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simulator.report import git_commit
+    from simulator.report import checkout_commit, git_commit
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     provenance.add_output_arguments(parser, "feedback-writer-LABEL.txt")
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     header = [
         f"# The writer's CPU per feedback: {args.label}",
         "",
-        f"bandit_router from {code} (commit {git_commit(code)}), tool at {git_commit(HERE)}; "
+        f"bandit_router from {code} (commit {checkout_commit(code)}), tool at {git_commit()}; "
         f"{provenance.machine()}; {provenance.load_note(load[0], os.getloadavg()[0])}",
         f"command: python -m benchmarks.feedback_writer --label {args.label} --rounds {args.rounds}"
         + ("" if code == HERE.parent else " --code <checkout>") + (" --gil" if args.gil else ""),

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks import bench_http, provenance
-from simulator.report import git_commit
+from simulator.report import checkout_commit, git_commit
 
 HERE = Path(__file__).resolve().parent
 RATE_HZ = 400
@@ -126,11 +126,11 @@ def profile(label: str, out: Path, duration: int, connections: int, code: Path |
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if wrk is None or not Path(py_spy).exists():
         raise SystemExit("needs wrk and py-spy (pip install py-spy)")
-    served = git_commit(code) if code is not None else git_commit(HERE)
+    served = checkout_commit(code) if code is not None else git_commit()
     report = [
         f"# Server CPU profile: {label}",
         "",
-        f"server code at commit {served} (profiler at {git_commit(HERE)}), {provenance.machine()}",
+        f"server code at commit {served} (profiler at {git_commit()}), {provenance.machine()}",
         f"command: python -m benchmarks.profile_http --label {label} --duration {duration} "
         f"--connections {connections}" + (f" --code <checkout of {served}>" if code is not None else ""),
         f"server: bandit-router serve, 1 worker, default policy, shipped catalog; load: wrk -t1 -c{connections} "

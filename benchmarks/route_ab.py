@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import provenance
-from simulator.report import git_commit
+from simulator.report import checkout_commit
 
 HERE = Path(__file__).resolve().parent
 
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Router.route (default policy) A/B: {args.label}",
         "",
-        f"base {sides['base']} (commit {git_commit(sides['base'])}), this {sides['this']} (commit "
-        f"{git_commit(sides['this'])}); {provenance.machine()}; {provenance.load_note(load, os.getloadavg()[0])}",
+        f"base {sides['base']} (commit {checkout_commit(sides['base'])}), this {sides['this']} (commit "
+        f"{checkout_commit(sides['this'])}); {provenance.machine()}; {provenance.load_note(load, os.getloadavg()[0])}",
         f"command: python -m benchmarks.route_ab --base <checkout> --label {args.label} --rounds {args.rounds}",
         "",
         "| round | base p50 / p99 / CPU per call (µs) | this p50 / p99 / CPU per call (µs) |",

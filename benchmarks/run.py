@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def _commit() -> str:
-    return git_commit(HERE)
+    return git_commit()
 
 
 def _markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:

@@ -57,15 +57,25 @@ RESULT_FOLDERS = (":(top,exclude,glob)experiments/*/results/**", ":(top,exclude,
 """Written by the runs themselves: a result being (re)written does not make the code that wrote it dirty."""
 
 
-def git_commit(cwd: Path | None = None) -> str:
-    """`<short hash>` of HEAD, `+dirty` when the tree has changes outside the result folders; `unknown` outside
-    git, and when the checkout does not track this code (an installed copy in a venv inside another project's
-    repository would otherwise report that project's commit). With `cwd` None the checkout is the running file's
-    and must track that file; `cwd` names another checkout of this project (the benchmarks' `--base`, `--code`),
-    which must track this module's path in the project (`simulator/report.py` at its top)."""
+def git_commit() -> str:
+    """The running code's commit: `<short hash>` of the HEAD of the checkout this very file is in, `+dirty` when
+    its tree has changes outside the result folders; `unknown` outside git, and when that checkout does not track
+    this file (an installed copy in a venv inside another project's repository would otherwise report that
+    project's commit). What an experiment or benchmark records for the code it ran; for another checkout named on
+    the command line (the benchmarks' `--base`, `--code`), `checkout_commit`."""
     here = Path(__file__).resolve()
-    where = cwd or here.parent
-    ours_path = str(here) if cwd is None else f":(top,literal){here.parent.name}/{here.name}"
+    return _commit(here.parent, str(here))
+
+
+def checkout_commit(path: Path) -> str:
+    """The commit of the checkout of this project at `path` (the benchmarks' `--base`, `--code`), as `git_commit`
+    gives it: `unknown` unless that checkout tracks this module's path in the project (`simulator/report.py`
+    at its top). Not the running code's commit: that is `git_commit()`."""
+    here = Path(__file__).resolve()
+    return _commit(path, f":(top,literal){here.parent.name}/{here.name}")
+
+
+def _commit(where: Path, ours_path: str) -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=where)
         ours = subprocess.run(["git", "ls-files", "--error-unmatch", "--", ours_path], capture_output=True, cwd=where)

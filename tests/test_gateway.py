@@ -782,6 +782,26 @@ def test_a_key_given_twice_in_the_context_header_is_a_400_naming_it(gateway: Cal
     assert httpx.get(url + "/v1/stats").json()["decisions"] == 0
 
 
+def test_the_cost_weight_header_is_a_number_as_json_writes_it_or_a_400(gateway: Callable[..., str]) -> None:
+    """The header was read with `float()`, which also takes `1_0` (10), full-width digits (`４０`, reachable since
+    headers are read as UTF-8) and `+3`: each routed with a λ written as no JSON number is. A number as JSON writes
+    it (ASCII digits, `-`, a fraction, an exponent) is the λ; anything else is a 400 naming the header (`nan` and
+    `infinity` were one already, as not finite), and nothing is stored."""
+    url = gateway()
+    body = {"model": "router", "messages": [{"role": "user", "content": "hi"}]}
+    header = "x-bandit-router-cost-weight"
+    for value in ("1_0", "４０".encode(), "nan", "infinity", "+3", ".5", "0x10", "1.", "", "3 4"):
+        reply = httpx.post(url + "/v1/chat/completions", json=body, headers={header: value})
+        assert reply.status_code == 400, (value, reply.text)
+        assert reply.json()["error"] == {"message": f"{header}: must be a number as JSON writes it, such as 2.5",
+                                         "type": "invalid_request_error", "param": header, "code": None}, value
+    assert httpx.get(url + "/v1/stats").json()["decisions"] == 0
+    for value, weight in (("40", 40.0), ("2.5", 2.5), ("1e1", 10.0), ("0", 0.0)):
+        reply = httpx.post(url + "/v1/chat/completions", json=body, headers={header: value})
+        assert reply.status_code == 200, (value, reply.text)
+        assert decision(url, reply.headers["x-decision-id"])["cost_weight"] == weight
+
+
 def test_the_context_header_is_read_as_utf8_or_else_latin1_and_other_headers_are_not_read(
     gateway: Callable[..., str],
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -9,16 +10,36 @@ from pathlib import Path
 
 import pytest
 
-from simulator.report import git_commit
+from simulator.report import checkout_commit, git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 GIT = ["git", "-c", "user.name=u", "-c", "user.email=u@example.com", "-c", "commit.gpgsign=false"]  # not yours
 
 
+def _run_git_commit(code: Path, script_dir: Path) -> str:
+    """`git_commit()` as a script in `script_dir` calls it (its cwd there) with `simulator` imported from `code`."""
+    script_dir.mkdir(parents=True, exist_ok=True)
+    script = script_dir / "zz_record_commit.py"
+    script.write_text("from simulator.report import git_commit\nprint(git_commit())\n")
+    try:
+        done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(code)!r}); "
+                               f"exec(open({str(script)!r}).read())"], cwd=script_dir, capture_output=True,
+                              text=True, check=True, timeout=60)
+    finally:
+        script.unlink()
+    return done.stdout.strip()
+
+
+def _copy_packages(to: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__")
+    for folder in ("bandit_router", "simulator"):
+        shutil.copytree(ROOT / folder, to / folder, ignore=ignore)
+
+
 def test_an_installed_copy_in_another_projects_repository_records_no_commit(tmp_path: Path) -> None:
-    """A wheel installed in a venv inside the user's own git repository (`myproject/.venv`) wrote that project's
-    HEAD, `+dirty` when its tree had changes, as the commit of the code in every summary.json it made. A checkout
-    that does not track this code gives `unknown`; this repository's own checkout still gives its commit."""
+    """`simulate` (`simulator.report.git_commit`) records the HEAD of the checkout the running code comes from,
+    `+dirty` when its tree had changes, as the commit of the code in every summary.json it made. An installed copy
+    that the repository around it does not track gives `unknown`; this repository's own checkout gives its commit."""
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
     project = tmp_path / "myproject"
@@ -27,11 +48,48 @@ def test_an_installed_copy_in_another_projects_repository_records_no_commit(tmp_
     for args in (["init", "-q"], ["add", "notes.txt"], ["commit", "-qm", "the user's project"]):
         subprocess.run([*GIT, *args], cwd=project, check=True, capture_output=True)
     (project / "notes.txt").write_text("edited\n")
-    assert git_commit(project) == "unknown"
-    if (ROOT / ".git").exists():
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        assert git_commit(ROOT).removesuffix("+dirty") == head.stdout.strip()
+    installed = project / ".venv" / "lib" / "site-packages"
+    _copy_packages(installed)
+    assert _run_git_commit(installed, project) == "unknown"
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if (ROOT / ".git").exists() and head.returncode == 0:  # not when git refuses the checkout (another owner's)
+        assert git_commit().removesuffix("+dirty") == head.stdout.strip()
 
+
+def test_a_script_in_a_worktree_records_the_commit_of_the_code_it_imports(tmp_path: Path) -> None:
+    """An experiment run from a git worktree whose venv imports the packages from another checkout (an editable
+    install of it) ran that checkout's code: it records that checkout's commit, or `unknown`, never the worktree's.
+    `git_commit(HERE)`, asked about the script's folder, recorded the worktree's HEAD for code it did not run."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    clone, worktree, elsewhere = tmp_path / "clone", tmp_path / "worktree", tmp_path / "elsewhere"
+    _copy_packages(clone)
+    for args in (["init", "-q"], ["add", "bandit_router", "simulator"], ["commit", "-qm", "a checkout"],
+                 ["worktree", "add", "-q", "--detach", str(worktree)]):
+        subprocess.run([*GIT, *args], cwd=clone, check=True, capture_output=True)
+    worktree_head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=worktree, capture_output=True,
+                                   text=True, check=True).stdout.strip()
+    recorded = _run_git_commit(ROOT, worktree / "experiments" / "offline-evaluation")
+    assert recorded == git_commit() and not recorded.startswith(worktree_head)
+    _copy_packages(elsewhere)  # an installed copy no checkout tracks
+    assert _run_git_commit(elsewhere, worktree / "experiments" / "offline-evaluation") == "unknown"
+    assert _run_git_commit(worktree, worktree / "experiments").removesuffix("+dirty") == worktree_head
+
+
+def test_the_scripts_record_the_running_codes_commit() -> None:
+    """Every experiment and benchmark records its own code's commit with `git_commit()` and names another checkout
+    (`--base`, `--code`) with `checkout_commit(path)`: `git_commit` takes no path, so none can ask a folder of its
+    own about code imported from elsewhere."""
+    import ast
+    import inspect
+
+    from simulator import report
+
+    assert not inspect.signature(report.git_commit).parameters
+    for script in sorted([*(ROOT / "experiments").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]):
+        for node in ast.walk(ast.parse(script.read_text(), str(script))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "git_commit":
+                assert not node.args and not node.keywords, f"{script.relative_to(ROOT)}:{node.lineno}"
 
 
 def test_another_checkout_of_this_project_records_its_own_commit(tmp_path: Path) -> None:
@@ -53,9 +111,9 @@ def test_another_checkout_of_this_project_records_its_own_commit(tmp_path: Path)
         return done.stdout.strip()
 
     assert (worktree / ".git").is_file()
-    assert git_commit(clone) == head(clone) and git_commit(worktree) == head(worktree) != ""
+    assert checkout_commit(clone) == head(clone) and checkout_commit(worktree) == head(worktree) != ""
     (worktree / "simulator" / "report.py").write_text("changed\n")
-    assert git_commit(worktree) == head(worktree) + "+dirty" and git_commit(clone) == head(clone)
+    assert checkout_commit(worktree) == head(worktree) + "+dirty" and checkout_commit(clone) == head(clone)
     other.mkdir()
     (other / "notes.txt").write_text("mine\n")
     for args in (["init", "-q"], ["add", "notes.txt"], ["commit", "-qm", "the user's project"]):
@@ -63,24 +121,63 @@ def test_another_checkout_of_this_project_records_its_own_commit(tmp_path: Path)
     export = subprocess.run([*GIT, "archive", "HEAD", "simulator"], cwd=clone, check=True, capture_output=True)
     subprocess.run(["tar", "-x", "-C", str(other)], input=export.stdout, check=True)
     assert (other / "simulator" / "report.py").is_file()
-    assert git_commit(other) == "unknown" and git_commit(other / "simulator") == "unknown"
+    assert checkout_commit(other) == "unknown" and checkout_commit(other / "simulator") == "unknown"
 
 
-def _source_files() -> set[str]:
-    """The files of the two packages: git's list in a checkout (an editor's swap file or a stray output is not
-    one), else the files on disk less hidden, backup and compiled ones."""
-    if shutil.which("git") is not None and (ROOT / ".git").exists():
-        listed = subprocess.run(["git", "ls-files", "-z", "--", "bandit_router", "simulator"], cwd=ROOT,
-                                capture_output=True, text=True, check=True)
-        return {name for name in listed.stdout.split("\0") if name and (ROOT / name).is_file()}
+def _source_files(root: Path = ROOT) -> set[str]:
+    """The files of the two packages: git's list in a checkout, tracked or new and not ignored (an editor's swap
+    file or a stray output is not one; a module not yet `git add`ed is, as the build copies it), else (no git, or
+    git refusing the checkout, e.g. another user's) the files on disk less hidden, backup and compiled ones."""
+    if shutil.which("git") is not None and (root / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--",
+                                 "bandit_router", "simulator"], cwd=root, capture_output=True, text=True)
+        tracked = subprocess.run(["git", "ls-files", "-z", "--", "bandit_router", "simulator"], cwd=root,
+                                 capture_output=True, text=True)
+        if listed.returncode == 0 and tracked.returncode == 0:
+            names = set(listed.stdout.split("\0")) - {""}
+            kept = set(tracked.stdout.split("\0")) | {name for name in names if _not_stray(Path(name))}
+            return {name for name in names & kept if (root / name).is_file()}
     return {
-        path.relative_to(ROOT).as_posix()
+        path.relative_to(root).as_posix()
         for folder in ("bandit_router", "simulator")
-        for path in (ROOT / folder).rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts
-        and not any(part.startswith(".") for part in path.relative_to(ROOT).parts)
-        and not path.name.endswith(("~", ".swp", ".swo", ".orig", ".rej", ".bak", ".pyc"))
+        for path in (root / folder).rglob("*")
+        if path.is_file() and _not_stray(path.relative_to(root))
     }
+
+
+def _not_stray(path: Path) -> bool:
+    """Not compiled, hidden (an editor's swap file) or a backup: what a build leaves out of an untracked tree."""
+    return ("__pycache__" not in path.parts and not any(part.startswith(".") for part in path.parts)
+            and not path.name.endswith(("~", ".swp", ".swo", ".orig", ".rej", ".bak", ".pyc")))
+
+
+def test_the_source_list_holds_a_new_module_and_needs_no_git_that_answers(tmp_path: Path) -> None:
+    """The list the wheel is checked against holds a module not yet `git add`ed (the build copies it; git's list of
+    tracked files did not, so the wheel test failed during normal development) but no ignored file, swap file or
+    compiled one; and where git refuses the checkout (another user's: "dubious ownership", as root in a container
+    sees a bind-mounted checkout) it is the files on disk, where `git ls-files` raised."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo = tmp_path / "repo"
+    for name in ("bandit_router/__init__.py", "simulator/__init__.py", ".gitignore"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("*.db\n" if name == ".gitignore" else "")
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "a checkout"]):
+        subprocess.run([*GIT, *args], cwd=repo, check=True, capture_output=True)
+    for name in ("bandit_router/newmod.py", "bandit_router/x.db", "bandit_router/.newmod.py.swp",
+                 "bandit_router/__pycache__/newmod.cpython-311.pyc"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("")
+    ours = {"bandit_router/__init__.py", "simulator/__init__.py", "bandit_router/newmod.py"}
+    assert _source_files(repo) == ours
+    (repo / "bandit_router" / "x.db").unlink()
+    if os.geteuid() == 0:  # git refuses a checkout another user owns
+        subprocess.run(["chown", "-R", "12345:12345", str(repo)], check=True)
+        assert subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True).returncode != 0
+        assert _source_files(repo) == ours
+    shutil.move(repo / ".git", tmp_path / "moved.git")
+    (repo / ".git").write_text(f"gitdir: {tmp_path / 'nowhere'}\n")  # a worktree whose repository is gone
+    assert _source_files(repo) == ours
 
 
 def _build(tmp_path: Path) -> tuple[set[str], set[str], str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -206,13 +207,16 @@ def _knobs(extension: Any, headers: Mapping[str, str]) -> tuple[dict[str, Any], 
     return out, {knob: where for knob, (where, _) in raw.items()}
 
 
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+"""A number as JSON writes it, ASCII digits only: `float()` also takes `1_0`, full-width digits, `+3`, `nan`."""
+
+
 def _header_value(knob: str, value: str) -> Any:
     where = HEADER_PREFIX + knob.replace("_", "-")
     if knob == "cost_weight":
-        try:
-            return float(value)
-        except ValueError:
-            raise BadChatRequest(where, "must be a number") from None
+        if JSON_NUMBER.fullmatch(value) is None:
+            raise BadChatRequest(where, "must be a number as JSON writes it, such as 2.5")
+        return float(value)
     if knob == "models":
         return [v.strip() for v in value.split(",") if v.strip()]
     try:

@@ -201,7 +201,7 @@ def main() -> None:
     workers = int(os.environ.get("WORKERS", "2"))
     with ProcessPoolExecutor(workers) as pool:
         results = list(pool.map(run_job, jobs))
-    commit = git_commit(ROOT)
+    commit = git_commit()
     fixed_models = {world: {str(seed): rows for seed, rows in _fixed_models(world).items()} for world in WORLDS}
     raw = {"commit": commit.strip(), "seeds": SEEDS, "steps": STEPS, "grid": GRID, "start_lambda": START_LAMBDA,
            "targets": targets, "fixed_models": fixed_models, "runs": results,

@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--policy", default="default")
     parser.add_argument("--seeds", type=int, default=25)
     args = parser.parse_args()
-    commit = git_commit(ROOT)  # before the runs: what they ran
+    commit = git_commit()  # before the runs: what they ran
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
         archive = subprocess.run(

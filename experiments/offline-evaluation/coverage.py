@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     started = time.perf_counter()
-    commit = git_commit(HERE)  # now: the tree may be edited while the logs run
+    commit = git_commit()  # now: the tree may be edited while the logs run
     jobs = [(seed, label, n) for seed in range(args.seeds) for label in LOGGERS for n in SIZES]
     rows: list[dict[str, Any]] = []
     with multiprocessing.get_context("fork").Pool(args.jobs) as pool:

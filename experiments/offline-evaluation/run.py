@@ -143,7 +143,7 @@ def main() -> None:
         "seeds": {"world": WORLD_SEED, "service": SERVICE_SEED, "feedback": FEEDBACK_SEED, "online": ONLINE_SEED,
                   "evaluate": 0},
         "command": " ".join(["bandit-router", *command[1:]]),
-        "commit": git_commit(HERE),  # +dirty when code outside the result folders is uncommitted
+        "commit": git_commit(),  # +dirty when code outside the result folders is uncommitted
         "rows": rows,
         "seconds": {"logging": round(logged_at, 1), "total": round(time.perf_counter() - started, 1)},
     }
