@@ -39,7 +39,8 @@ calls, failures, spend: `store.router_stats.of_chain` of its chain) is written i
 decision and chain; a request no model answered stores only its count. A write that fails or is refused keeps the
 counts its requests carry and writes them later (`Writer.keep_counts`): the calls were made and paid, whatever
 became of the decision. They are read from the database: the deployment's totals, the same from
-every worker and replica, kept across restarts.
+every worker and replica, kept across restarts. The same counts go to `/metrics` as each request makes them
+(`RouterObserver`: this process's, from its start), with the time to answer.
 
 **Learned escalation** learns from the log, not from this process's memory: the first `unrouted` feedback of a
 learned cascade's decision, with its stored chain, in feedback `seq` order (`log.escalations`), in every worker
@@ -54,7 +55,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -85,6 +86,14 @@ OWN_MAX_TOKENS = 20
 """`max_tokens` of a judge's or the routing LLM's call (a score, a model name)."""
 
 
+class RouterObserver(Protocol):
+    """Told about the named routers' requests (`service.metrics.Metrics`); called on the event loop."""
+
+    def named_request(self, counts: RouterCounts) -> None: ...
+
+    def named_answer(self, router: str, seconds: float) -> None: ...
+
+
 class NamedRouterFailed(Exception):
     """No model of a named router answered: `failures` are the upstream errors (502, or 504 on a timeout)."""
 
@@ -112,6 +121,8 @@ class NamedRouters:
         self.engine, self.gateway = engine, gateway
         self.rng = np.random.default_rng(seed)
         engine.extra_stats["named_routers"] = self.report
+        self.observer: RouterObserver | None = None
+        """Told of every request (`/metrics`), answered or not, as its counts are made (`_counts`)."""
 
     def handles(self, model: str) -> bool:
         return model in self.routers
@@ -178,6 +189,13 @@ class NamedRouters:
     async def complete(self, chat: ChatRequest) -> NamedAnswer:
         """Answer `chat` (whose `model` is a named router) and store its decision. A 503 before any call while the
         service refuses requests: the chain is paid before its decision is stored, and could then be neither."""
+        started = time.perf_counter()
+        answer = await self._complete(chat)
+        if self.observer is not None:
+            self.observer.named_answer(chat.model, time.perf_counter() - started)
+        return answer
+
+    async def _complete(self, chat: ChatRequest) -> NamedAnswer:
         self.engine.require_ready()
         alias = self.routers[chat.model]
         started = time.monotonic()
@@ -235,7 +253,7 @@ class NamedRouters:
         decision = self._decision(alias, models, arms, pmf, result.answer.model, context, cost_weight)
         chain = chain_document(extension, result.extra_costs())
         record = self._call_record(decision, result.answer, result.cost_usd, result.latency_s, chain)
-        await self.engine.store_decision(decision, request, record, of_chain(extension, record.created_at))
+        await self.engine.store_decision(decision, request, record, self._counts(extension, record.created_at))
         return NamedAnswer(_body(result.answer, extension), decision, result.answer_calls)
 
     async def _llm_router(
@@ -333,7 +351,7 @@ class NamedRouters:
             "latency_s": total_latency,
         }  # the routing LLM's reply text is not stored (it is model output, like an answer)
         record = self._call_record(decision, answer, cost, latency, chain_document(stored, []))
-        await self.engine.store_decision(decision, request, record, of_chain(stored, record.created_at))
+        await self.engine.store_decision(decision, request, record, self._counts(stored, record.created_at))
         extension = {
             "router": alias.name,
             "strategy": alias.strategy,
@@ -394,12 +412,20 @@ class NamedRouters:
         )  # fmt: skip
 
     # -- counting -------------------------------------------------------------------------------------------------
+    def _counts(self, chain: dict[str, Any], at: float) -> RouterCounts:
+        """What a request adds to its router's counts (`of_chain`), told to the `observer` once: each request makes
+        its counts once, answered, failed, refused by an upstream or cut short by a shutdown."""
+        counts = of_chain(chain, at)
+        if self.observer is not None:
+            self.observer.named_request(counts)
+        return counts
+
     async def _count_failed(self, chain: dict[str, Any], request: Request) -> None:
         """Count a request that no model answered (no decision is stored for it; what it paid is spent in the
         budget pacer); a database that cannot take the count now leaves the reply a 502, and the count is written
         later (`Writer.keep_counts`)."""
         try:
-            await self.engine.count_router(of_chain(chain, time.time()), request)
+            await self.engine.count_router(self._counts(chain, time.time()), request)
         except BanditRouterError as exc:
             log.warning("%s: a failed request's count waits for the database: %s", chain["router"], exc)
 
