@@ -120,6 +120,12 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _newest_checkpoint(urls: list[str]) -> int | None:
+    """The feedback seq of the newest checkpoint any of these replicas stored or restored (None: none yet)."""
+    seqs = [httpx.get(u + "/readyz", timeout=10).json()["checkpoints"]["seq"] for u in urls]
+    return max((s for s in seqs if s is not None), default=None)
+
+
 def _caught_up(urls: list[str]) -> bool:
     stats = [httpx.get(u + "/v1/stats", timeout=10).json() for u in urls]
     heads = {s["feedback_seq"] for s in stats}
@@ -135,26 +141,37 @@ def test_three_replicas_one_log_through_kill_9_and_a_database_restart(
     urls = [s.url for s in servers]
     traffic = Traffic(urls, seed=1)
     traffic.start()
-    _wait(lambda: len(traffic.acked) >= 150, 60, "no traffic")
+    try:
+        _wait(lambda: len(traffic.acked) >= 150, 60, "no traffic")
 
-    servers[1].kill9()  # in the middle of the stream: requests in flight on it
-    acked_at_kill = len(traffic.acked)
-    _wait(lambda: len(traffic.acked) >= acked_at_kill + 100, 60, "the other replicas did not carry on")
-    joined = replicas()
-    join_s = joined.wait_ready()
-    assert join_s < 10.0  # from the newest checkpoint plus the log tail
-    urls[1] = joined.url  # the client sends to the new replica from now on (the list is shared)
+        servers[1].kill9()  # in the middle of the stream: requests in flight on it
+        acked_at_kill = len(traffic.acked)
+        _wait(lambda: len(traffic.acked) >= acked_at_kill + 100, 60, "the other replicas did not carry on")
+        _wait(lambda: _newest_checkpoint(urls[0::2]) is not None, 60, "no replica stored a checkpoint")
+        newest = _newest_checkpoint(urls[0::2])
+        joined = replicas()
+        joined.wait_ready(60)
+        # it joins from the newest checkpoint plus the log tail: its learned state is the checkpoint's (at a seq no
+        # older than any the live replicas had stored or restored before it started) and the feedbacks after it,
+        # each replayed once, not the whole log (what a bound of 10 s on its start-up stood for)
+        recovery = httpx.get(joined.url + "/readyz", timeout=10).json()["recovery"]
+        assert newest is not None and recovery["checkpoint_seq"] is not None and recovery["checkpoint_seq"] >= newest
+        assert recovery["replayed"] == recovery["policy_version"] - recovery["checkpoint_seq"], recovery
+        urls[1] = joined.url  # the client sends to the new replica from now on (the list is shared)
 
-    acked_before_restart = len(traffic.acked)
-    answered_503 = traffic.codes[503]
-    pg_server.down()  # every replica's connections are cut; requests meanwhile get 503
-    try:  # down until the replicas have said so (a fixed 1.5 s could pass unseen on a busy machine)
-        _wait(lambda: traffic.codes[503] > answered_503, 60, "no replica answered 503 while the database was down")
-        time.sleep(0.5)
-    finally:
-        pg_server.up()
-    _wait(lambda: len(traffic.acked) >= acked_before_restart + 150, 60, "the replicas did not recover by themselves")
-    traffic.finish()
+        acked_before_restart = len(traffic.acked)
+        answered_503 = traffic.codes[503]
+        pg_server.down()  # every replica's connections are cut; requests meanwhile get 503
+        try:  # down until the replicas have said so (a fixed 1.5 s could pass unseen on a busy machine)
+            _wait(lambda: traffic.codes[503] > answered_503, 60,
+                  "no replica answered 503 while the database was down")
+            time.sleep(0.5)
+        finally:
+            pg_server.up()
+        _wait(lambda: len(traffic.acked) >= acked_before_restart + 150, 60,
+              "the replicas did not recover by themselves")
+    finally:  # a failure above must not leave the client threads running: pytest would wait for them for ever
+        traffic.finish()
 
     assert traffic.failures == []  # never a 500
     _wait(lambda: _caught_up(urls), 30, "the replicas did not catch up with the log")
