@@ -25,8 +25,9 @@ from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client import Counter as _Counter
 from prometheus_client import Gauge as _Gauge
 from prometheus_client import Histogram as _Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -186,6 +187,9 @@ class Metrics:
             "decision stored), by router", ["router"], buckets=UPSTREAM_BUCKETS, registry=r,
         )
         self._children: dict[tuple[str, ...], object] = {}
+        self._declared = [m for m in vars(self).values() if isinstance(m, MetricWrapperBase)]
+        """Every counter, gauge and histogram above (`render`: their families are listed before their first
+        sample with workers too)."""
 
     def bind(self, policy_version: Callable[[], float], applied_seq: Callable[[], float],
              ready: Callable[[], float]) -> None:
@@ -284,10 +288,30 @@ class Metrics:
     def render(self) -> bytes:
         try:
             own = generate_latest(self.registry)
-            return own if self.shared is None else generate_latest(self.shared) + own
+            return own if self.shared is None else generate_latest(_Listed(self.shared, self._declared)) + own
         except Exception as exc:  # a collector that raised: say so, and still export what can be exported
             log.error("rendering /metrics failed: %s", type(exc).__name__, exc_info=exc)
             return b"# bandit_router: rendering the metrics failed; see the service log\n"
+
+
+class _Listed:
+    """The workers' families summed from their files (`shared`), then every `declared` family that has no value in
+    them yet, without samples: in one process prometheus-client lists such a family (its `# HELP` and `# TYPE`),
+    while its multiprocess collector reads only the files, where a family is written with its first labels. A
+    label-less family has its value from the start in both."""
+
+    def __init__(self, shared: CollectorRegistry, declared: Iterable[MetricWrapperBase]) -> None:
+        self.shared, self.declared = shared, declared
+
+    def collect(self) -> Iterator[Metric]:
+        found = set()
+        for family in self.shared.collect():
+            found.add(family.name)
+            yield family
+        for metric in self.declared:
+            for family in metric.describe():
+                if family.name not in found:
+                    yield family
 
 
 class _ProcessCollector(Collector):
