@@ -19,6 +19,7 @@ speed). The machine is shared: the load average is in the note.
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import statistics
@@ -114,5 +115,6 @@ def run() -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help; no options
     for row in run():
         print(f"{row['benchmark']:<22} {row['metric']:<14} {row['value']:>9} {row['unit']}  {row['note']}")
