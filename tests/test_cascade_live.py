@@ -938,3 +938,50 @@ def test_a_named_routers_calls_are_counted_when_its_decision_cannot_be_stored(
     assert counts["spend_usd"] > 0
     time.sleep(1.5)  # later writes (a retry of the counts alone) add nothing twice
     assert counted()["requests"] == 1
+
+
+@pytest.mark.parametrize("alias", ["auto", "cascade"])
+def test_a_request_cancelled_while_its_decision_is_stored_is_counted_and_booked_once(
+    gateway: Callable[..., str], monkeypatch: pytest.MonkeyPatch, alias: str
+) -> None:
+    """A shutdown that cancels a named router's request after its chain answered, while it waits for the writer to
+    store its decision (whose counts it carries), adds no second count: an LLM router's request was counted again
+    as one no model answered (requests 2, failed 1 in `GET /v1/stats` and `/metrics`) and its spend booked twice
+    in the budget pacer (`book_chain`, then `count_router`); a cascade's, once."""
+    import asyncio
+
+    from bandit_router.service.engine import Engine
+
+    real = Engine.store_decision
+
+    async def stored_then_cancelled(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        await real(self, *args, **kwargs)
+        raise asyncio.CancelledError  # as the server's shutdown cancels a request awaiting the writer
+
+    url = gateway()
+    monkeypatch.setattr(Engine, "store_decision", stored_then_cancelled)
+    try:  # the request is cut short: whatever the client gets (a dropped connection, a 500) is not an answer
+        reply = httpx.post(url + "/v1/chat/completions", timeout=30,
+                           json={"model": alias, "messages": [{"role": "user", "content": CODE}]})
+        assert reply.status_code != 200, reply.text
+    except httpx.HTTPError:
+        pass
+    monkeypatch.setattr(Engine, "store_decision", real)
+
+    def counts() -> dict[str, Any]:
+        return dict(httpx.get(url + "/v1/stats", timeout=10).json()["named_routers"][alias])
+
+    deadline = time.monotonic() + 10
+    while counts()["requests"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)  # a second count (kept by the gateway's task) would be written by now
+    stats = counts()
+    assert (stats["requests"], stats["failed_requests"]) == (1, 0), stats
+    metrics = named_metrics(url)[alias]  # no answer time: the request was not answered
+    assert (metrics["requests"], metrics["requests_by:"]) == (1, 0), metrics
+    for key in ("answer_calls", "judge_calls", "router_calls", "failed_calls"):
+        assert metrics.get(key, 0.0) == stats.get(key, 0), (key, metrics, stats)
+    assert metrics["spend_usd"] == pytest.approx(stats["spend_usd"])
+    booked = httpx.get(url + "/v1/budgets", timeout=10).json()["report"]["global"]["spend_usd"]
+    assert booked == pytest.approx(stats["spend_usd"]) and booked > 0

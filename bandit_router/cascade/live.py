@@ -214,13 +214,7 @@ class NamedRouters:
         failures: list[UpstreamError] = []
         call = self._call(chat, deadline, failures)
         if alias.strategy == "llm-router":
-            calls: list[ChainCall] = []
-            try:
-                return await self._llm_router(alias, chat, request, context, models, arms, cost_weight, call,
-                                              failures, calls)
-            except asyncio.CancelledError:  # the server stops mid-request: what was paid so far is counted
-                self._count_stopped(alias, request, calls)
-                raise
+            return await self._llm_router(alias, chat, request, context, models, arms, cost_weight, call, failures)
         escalation: Escalation = (
             self.engine.policies.escalations.rule(alias.name) if alias.strategy == "learned-cascade"
             else ThresholdEscalation(alias.threshold)
@@ -267,66 +261,75 @@ class NamedRouters:
         cost_weight: float,
         call: Any,
         failures: list[UpstreamError],
-        calls: list[ChainCall],
     ) -> NamedAnswer:
-        """`calls`: the calls made, appended as they end (the caller counts them when a shutdown cuts this short)."""
+        """The routing LLM's choice, then the models in order until one answers. A shutdown is counted (with the
+        calls made so far) only while the upstream calls run, as a cascade's: once `_counts` made the request's
+        counts (stored with its decision, or as a request no model answered), a cancellation adds none."""
         router = self.engine.router
         specs = [router.spec(m) for m in models]
         descriptions = {s.name: s.description for s in specs if s.description} | dict(alias.descriptions)
         prompt = router_prompt(request.text, specs, descriptions)
         assert alias.router_model is not None
-        try:
-            routing = await call(alias.router_model, [{"role": "user", "content": prompt}], False)
-            calls.append(
-                ChainCall(
-                    routing.model,
-                    "router",
-                    routing.cost_usd,
-                    routing.latency_s,
-                    input_tokens=routing.input_tokens,
-                    output_tokens=routing.output_tokens,
-                )
-            )
-            named, reply = parse_choice(routing.text, models), routing.text
-        except CallFailed as exc:
-            calls.append(ChainCall(alias.router_model, "router", error=str(exc)[:200]))
-            named, reply = None, ""
-        # The policy decides only when the routing LLM named no candidate, as a routed request would: with the
-        # request's own `cost_weight`, else the budget pacer's λ; the pacer books its decision only if it is stored
-        # (its model answered: `Engine.store_decision`). A model the policy excluded (a budget) has probability 0
-        # and comes last. A candidate may retire while the routing LLM answers: the policy chooses among those still
-        # active (none left: the alias's order), and a retired one is tried only after every active one.
-        policy = self._policy_choice(context, models, chat.cost_weight) if named is None else None
-        if policy is not None:
-            p = policy.probabilities
-            order = [policy.model, *sorted((m for m in models if m != policy.model), key=lambda m: -p.get(m, 0.0))]
-        else:
-            order = [m for m in (named, *models) if m is not None]
-            order = list(dict.fromkeys(order))  # the named model, then the others in the alias's order
-        active = {m.name for m in router.models}
-        order.sort(key=lambda m: m not in active)  # stable: the active ones first, in their order
+        calls: list[ChainCall] = []
+        named: str | None = None
         answer = None
-        for model in order:
+        try:
             try:
-                answer = await call(model, chat.messages, False)
-            except CallFailed as exc:
-                calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
-                continue
-            except UpstreamRejected as exc:  # the request's own fault: the client's 4xx, the routing call counted
-                calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
-                await self._count_unanswered(alias, request, calls, named)
-                raise
-            calls.append(
-                ChainCall(
-                    model,
-                    "answer",
-                    answer.cost_usd,
-                    answer.latency_s,
-                    input_tokens=answer.input_tokens,
-                    output_tokens=answer.output_tokens,
+                routing = await call(alias.router_model, [{"role": "user", "content": prompt}], False)
+                calls.append(
+                    ChainCall(
+                        routing.model,
+                        "router",
+                        routing.cost_usd,
+                        routing.latency_s,
+                        input_tokens=routing.input_tokens,
+                        output_tokens=routing.output_tokens,
+                    )
                 )
-            )
-            break
+                named, reply = parse_choice(routing.text, models), routing.text
+            except CallFailed as exc:
+                calls.append(ChainCall(alias.router_model, "router", error=str(exc)[:200]))
+                named, reply = None, ""
+            # The policy decides only when the routing LLM named no candidate, as a routed request would: with the
+            # request's own `cost_weight`, else the budget pacer's λ; the pacer books its decision only if it is
+            # stored (its model answered: `Engine.store_decision`). A model the policy excluded (a budget) has
+            # probability 0 and comes last. A candidate may retire while the routing LLM answers: the policy
+            # chooses among those still active (none left: the alias's order), and a retired one is tried only
+            # after every active one.
+            policy = self._policy_choice(context, models, chat.cost_weight) if named is None else None
+            if policy is not None:
+                p = policy.probabilities
+                order = [policy.model,
+                         *sorted((m for m in models if m != policy.model), key=lambda m: -p.get(m, 0.0))]
+            else:
+                order = [m for m in (named, *models) if m is not None]
+                order = list(dict.fromkeys(order))  # the named model, then the others in the alias's order
+            active = {m.name for m in router.models}
+            order.sort(key=lambda m: m not in active)  # stable: the active ones first, in their order
+            for model in order:
+                try:
+                    answer = await call(model, chat.messages, False)
+                except CallFailed as exc:
+                    calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
+                    continue
+                calls.append(
+                    ChainCall(
+                        model,
+                        "answer",
+                        answer.cost_usd,
+                        answer.latency_s,
+                        input_tokens=answer.input_tokens,
+                        output_tokens=answer.output_tokens,
+                    )
+                )
+                break
+        except UpstreamRejected as exc:  # the request's own fault: the client's 4xx, the routing call counted
+            calls.append(ChainCall(exc.model, "answer", error=str(exc)[:200]))
+            await self._count_unanswered(alias, request, calls, named)
+            raise
+        except asyncio.CancelledError:  # the server stops mid-request: what was paid so far is counted
+            self._count_stopped(alias, request, calls)
+            raise
         if answer is None:
             await self._count_unanswered(alias, request, calls, named)
             raise NamedRouterFailed(alias.name, failures)
