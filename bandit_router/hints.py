@@ -62,7 +62,7 @@ class Known:
         if len(candidates) > FAST_FROM and all(isinstance(k, str) for k in self.names):
             if self._bounds is None:
                 self._bounds = _Bounds(self.names)  # once for the names of one refusal
-            return self._bounds.closest(name)
+            return self._bounds.closest(name, candidates)
         close = difflib.get_close_matches(name, candidates, n=1, cutoff=CUTOFF) if candidates else []
         return close[0] if close else None
 
@@ -92,6 +92,11 @@ class Known:
 
 FAST_FROM = 64
 """`Known.closest` compares more candidates than this with `_Bounds` (fewer: difflib's own loop, as fast there)."""
+TABLE_UP_TO = 1 << 16
+"""`_Bounds` maps characters to the refused name's through a table of at most this many entries (256 KB)."""
+BOUNDS_CELLS = 1 << 20
+"""`_Bounds` counts at most this many (name, character) cells for one refused name (8 MB): more (thousands of names
+and a refused name of hundreds of distinct characters) is left to difflib's loop."""
 
 
 class _Bounds:
@@ -102,37 +107,60 @@ class _Bounds:
     model list that loop is half the cost, and many names share the characters of model names (`-`, digits,
     `instruct`), so the full ratio runs for dozens of them: 10–25 ms for a typo of one of 2,000 names.
 
-    Here the quick ratios of every name come from one array operation (character counts per name, built once per
-    refusal), the same numbers as difflib's; the names are then taken by falling quick ratio, each first bounded
-    by the length ℓ of the longest common subsequence (the matching blocks are one: M ≤ ℓ, so 2·ℓ / (|name| +
-    |k|) ≥ ratio; bit-parallel, a few big-integer operations per character), and the search stops as soon as a
-    bound is below the best ratio found. The best is difflib's: the highest ratio, ties to the greatest name."""
+    Here the quick ratios of every name come from one array operation, the same numbers as difflib's: only the
+    characters of the refused name count (one it lacks adds nothing to the intersection, and each name's length is
+    all the total needs), so the counts are a |names| × (its distinct characters) matrix, built per refused name
+    from the names' characters (kept once per refusal; `_columns` maps them), whatever the catalog's alphabet. The
+    names are then taken by falling quick ratio, each first bounded by the length ℓ of the longest common
+    subsequence (the matching blocks are one: M ≤ ℓ, so 2·ℓ / (|name| + |k|) ≥ ratio; bit-parallel, a few
+    big-integer operations per character), and the search stops as soon as a bound is below the best ratio found.
+    The best is difflib's: the highest ratio, ties to the greatest name. A matrix past `BOUNDS_CELLS` cells leaves
+    the name to difflib."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
-        codes = _code_points("".join(names))
+        self.codes = _code_points("".join(names))  # every name's characters, one after the other
         self.lengths = np.fromiter(map(len, names), dtype=np.int64, count=len(names))
-        present = np.zeros(int(codes.max(initial=0)) + 1, dtype=bool)
-        present[codes] = True
-        self.column = np.cumsum(present) - 1  # code point → its column (where present)
-        self.present = present
-        width = int(present.sum())
-        rows = np.repeat(np.arange(len(names)), self.lengths)
-        self.counts = np.bincount(rows * width + self.column[codes], minlength=len(names) * width).reshape(
-            len(names), width)
+        self.rows = np.repeat(np.arange(len(names), dtype=np.int32), self.lengths)  # the name of each character
 
-    def _quick_ratios(self, name: str) -> np.ndarray:
-        """difflib's `quick_ratio` of `name` against every name (to the bit: 2.0·matches / total, in float64)."""
-        codes = _code_points(name)
-        codes = codes[codes < len(self.present)]
-        codes = codes[self.present[codes]]  # a character no name has matches none
-        mine = np.bincount(self.column[codes], minlength=self.counts.shape[1])
-        matches = np.minimum(self.counts, mine).sum(axis=1)
+    def _quick_ratios(self, name: str) -> np.ndarray | None:
+        """difflib's `quick_ratio` of `name` against every name (to the bit: 2.0·matches / total, in float64), or
+        None when the counts would take more than `BOUNDS_CELLS` cells."""
+        chars, mine = np.unique(_code_points(name), return_counts=True)
+        width = len(chars)
+        if len(self.names) * width > BOUNDS_CELLS:
+            return None
+        column = self._columns(chars)
+        cell = self.rows * width + column
+        cell[column < 0] = len(self.names) * width  # a character `name` lacks: one more cell, dropped
+        counts = np.bincount(cell, minlength=len(self.names) * width + 1)[:-1]
+        matches = np.minimum(counts.reshape(len(self.names), width), mine).sum(axis=1)
         total = self.lengths + len(name)
         return np.where(total > 0, 2.0 * matches / np.maximum(total, 1), 1.0)
 
-    def closest(self, name: str) -> str | None:
+    def _columns(self, chars: np.ndarray) -> np.ndarray:
+        """Each of the names' characters' index in `chars` (sorted, distinct), -1 where it is not there: through a
+        table indexed by code point when `chars` are all below `TABLE_UP_TO` (the usual names), else a sorted
+        search (a character near U+10FFFF must not size a table)."""
+        if not len(chars):
+            return np.full(len(self.codes), -1, dtype=np.int32)
+        if chars[-1] < TABLE_UP_TO:
+            table = np.full(int(chars[-1]) + 2, -1, dtype=np.int32)  # the last entry: every greater code point
+            table[chars] = np.arange(len(chars), dtype=np.int32)
+            columns: np.ndarray = table[np.minimum(self.codes, len(table) - 1)]
+            return columns
+        column = np.searchsorted(chars, self.codes).astype(np.int32)
+        np.minimum(column, len(chars) - 1, out=column)
+        column[chars[column] != self.codes] = -1
+        return column
+
+    def closest(self, name: str, candidates: list[str]) -> str | None:
+        """The answer for `name`; `candidates`: the names whose length lets them reach `CUTOFF` (difflib's list
+        when the counts are too big)."""
         quick = self._quick_ratios(name)
+        if quick is None:
+            close = difflib.get_close_matches(name, candidates, n=1, cutoff=CUTOFF)
+            return close[0] if close else None
         order = np.flatnonzero(quick >= CUTOFF)
         order = order[np.argsort(-quick[order], kind="stable")]
         lcs = _LongestCommon(name)
@@ -156,7 +184,7 @@ class _Bounds:
 
 def _code_points(text: str) -> np.ndarray:
     """`text`'s characters as integers (a lone surrogate too: a name stored by an older version may hold one)."""
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
 class _LongestCommon:

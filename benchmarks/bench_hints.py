@@ -13,6 +13,11 @@ hint's index built from the names each time, as a refusal does) over `NAMES` see
 - **close to none**: a string of a catalog name's length and characters, shuffled (no hint expected);
 - **short**: a one-word name of 4–8 letters (`gtp5`), which no long name is close to.
 
+Catalogs of other alphabets, 2,000 names each, typos only: `CJK names` of 24 characters drawn from 2,000 or
+20,000 CJK ideographs (a quick-ratio count per distinct character would be a 2,000 × 18,000 matrix), and the
+model catalog plus one name with a character near U+10FFFF (`+ U+10FFFD`: a table indexed by code point would
+have 1.1M entries).
+
 `hinted` counts the typos whose hint is the name they came from (a check that the hint is still found, not a
 speed). The machine is shared: the load average is in the note.
 """
@@ -47,6 +52,26 @@ def catalog(size: int, seed: int = SEED) -> list[str]:
                   f"{rng.choice((7, 8, 13, 34, 70, 72, 405))}b-{rng.choice(VARIANTS)}-"
                   f"{rng.randint(2023, 2025)}{rng.randint(1, 12):02d}")
     return sorted(names)
+
+
+def cjk_catalog(size: int, alphabet: int, seed: int = SEED) -> list[str]:
+    """`size` distinct seeded names of 24 CJK ideographs among `alphabet` of them (from U+4E00)."""
+    rng = random.Random(f"{seed}-cjk-{alphabet}")
+    names: set[str] = set()
+    while len(names) < size:
+        names.add("".join(chr(0x4E00 + rng.randrange(alphabet)) for _ in range(24)))
+    return sorted(names)
+
+
+def catalogs() -> list[tuple[str, int, list[str], tuple[str, ...]]]:
+    """(label, size, names, kinds of refused name measured) per catalog."""
+    out: list[tuple[str, int, list[str], tuple[str, ...]]] = [
+        ("", size, catalog(size), ("typo", "close to none", "short")) for size in SIZES
+    ]
+    for alphabet in (2000, 20000):
+        out.append((f", CJK names ({alphabet:,} characters)", 2000, cjk_catalog(2000, alphabet), ("typo",)))
+    out.append((", + U+10FFFD", 2001, [*catalog(2000), "acme/model-\U0010fffd"], ("typo",)))
+    return out
 
 
 def typo(name: str, rng: random.Random) -> str:
@@ -95,10 +120,9 @@ def _best_ms(name: str, names: list[str]) -> tuple[float, str]:
 def run() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     load = os.getloadavg()[0]
-    for size in SIZES:
-        names = catalog(size)
-        for kind in ("typo", "close to none", "short"):
-            rng = random.Random(f"{SEED}-{size}-{kind}")
+    for label, size, names, kinds in catalogs():
+        for kind in kinds:
+            rng = random.Random(f"{SEED}-{size}-{kind}{label}")  # the model catalogs' seeds as before
             cases, origins = refused(names, kind, rng)
             measured = [_best_ms(name, names) for name in cases]
             hinted = sum(1 for (_, hint), origin in zip(measured, origins, strict=True)
@@ -106,10 +130,10 @@ def run() -> list[dict[str, Any]]:
             note = f"{size:,} names, {NAMES} seeded names (seed {SEED}), best of {REPEATS}; load {load:.2f}"
             if kind == "typo":
                 note += f"; {hinted} of {NAMES} hinted with the name they came from"
-            rows.append({"benchmark": f"hint: {kind}", "metric": f"p50_ms@{size}",
+            rows.append({"benchmark": f"hint: {kind}{label}", "metric": f"p50_ms@{size}",
                          "value": round(statistics.median(ms for ms, _ in measured), 3), "unit": "ms",
                          "note": note})
-            rows.append({"benchmark": f"hint: {kind}", "metric": f"max_ms@{size}",
+            rows.append({"benchmark": f"hint: {kind}{label}", "metric": f"max_ms@{size}",
                          "value": round(max(ms for ms, _ in measured), 3), "unit": "ms", "note": note})
     return rows
 
@@ -117,4 +141,4 @@ def run() -> list[dict[str, Any]]:
 if __name__ == "__main__":
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help; no options
     for row in run():
-        print(f"{row['benchmark']:<22} {row['metric']:<14} {row['value']:>9} {row['unit']}  {row['note']}")
+        print(f"{row['benchmark']:<42} {row['metric']:<14} {row['value']:>9} {row['unit']}  {row['note']}")

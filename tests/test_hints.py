@@ -299,3 +299,57 @@ def test_the_fast_hint_is_difflibs_on_seeded_lists_with_ties_and_odd_characters(
             fast += hints._bounds is not None
             hinted += bool(expected)
     assert fast > 800 and hinted > 600  # the fast path answered (882 of 1,200), with hints (736), not only none
+
+
+@pytest.mark.parametrize("alphabet", ["cjk", "U+10FFFD"])
+def test_a_catalog_of_cjk_names_or_with_a_far_code_point_gets_difflibs_hint_in_little_memory(alphabet: str) -> None:
+    """The quick ratios' counts were a |names| × (distinct characters of every name) matrix, through a table sized
+    by the largest code point, built per refusal: 2,000 names of CJK characters took 290 MB (580 MB at its peak),
+    one name with a character near U+10FFFF a 1.1M-entry table. Only the refused name's characters are counted
+    now: the hint is still difflib's (typos and shuffles), in a few MB however wide the catalog's alphabet."""
+    import difflib
+    import random
+    import tracemalloc
+
+    from bandit_router.hints import CUTOFF, Known
+    from benchmarks.bench_hints import catalog, cjk_catalog, refused
+
+    names = cjk_catalog(2000, 20000) if alphabet == "cjk" else [*catalog(2000), "acme/model-\U0010fffd"]
+    cases = [name for kind in ("typo", "close to none") for name in refused(names, kind, random.Random(3))[0]]
+    cases += ["acme/model-\U0010fffe", "acme/model-\U0010fffd"[:-1]]  # the far code point's own neighbours
+    for name in cases:
+        expected = difflib.get_close_matches(name, names, n=1, cutoff=CUTOFF)
+        tracemalloc.start()
+        try:
+            found = Known(names).closest(name)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert found == (expected[0] if expected else None), name
+        assert peak < 8e6, (name, peak)
+
+
+def test_past_the_cell_budget_the_hint_is_left_to_difflib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused name whose counts would take more than `BOUNDS_CELLS` cells is answered by difflib's loop over the
+    length-feasible names, the same hint."""
+    import difflib
+    import random
+
+    from bandit_router import hints
+    from benchmarks.bench_hints import catalog, refused
+
+    names = catalog(1000)
+    monkeypatch.setattr(hints, "BOUNDS_CELLS", 1000)  # fewer than 1,000 names × any name's characters
+    looked: list[int] = []
+    plain = difflib.get_close_matches
+
+    def counted(word: str, possibilities: Any, *args: Any, **kwargs: Any) -> list[str]:
+        looked.append(len(possibilities))
+        return plain(word, possibilities, *args, **kwargs)
+
+    monkeypatch.setattr(difflib, "get_close_matches", counted)
+    for name in refused(names, "typo", random.Random(4))[0][:5]:
+        expected = plain(name, names, n=1, cutoff=hints.CUTOFF)
+        looked.clear()
+        assert hints.Known(names).closest(name) == expected[0]
+        assert len(looked) == 1 and looked[0] > hints.FAST_FROM
