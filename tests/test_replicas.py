@@ -58,7 +58,8 @@ class Traffic:
         self.failures: list[str] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(seed * 100 + i,)) for i in range(4)]
+        # daemons: a server that hangs cannot keep pytest waiting at exit (`finish` gives them 60 s)
+        self.threads = [threading.Thread(target=self._run, args=(seed * 100 + i,), daemon=True) for i in range(4)]
 
     def start(self) -> None:
         for t in self.threads:
@@ -94,12 +95,14 @@ class Traffic:
                 prompt = (CODE if kind == "code" else POEMS)[rng.randrange(5)] + f" #{seed}.{i}"
                 route = self._post(client, rng, "/v1/route", {"prompt": prompt, "models": PAIR})
                 if route is None or route.status_code != 200:
-                    time.sleep(0.02)
+                    self.stop.wait(0.02)
                     continue
                 decision = route.json()
                 body = {"decision_id": decision["decision_id"], "quality": _world_quality(kind, decision["model"],
                                                                                           nrng)}
                 for _ in range(200):  # until acknowledged (a replica or the database may be down meanwhile)
+                    if self.stop.is_set():  # not acknowledged: not counted (`acked`)
+                        break
                     reply = self._post(client, rng, "/v1/feedback", body)
                     if reply is not None and reply.status_code == 200:
                         answer = reply.json()
@@ -110,7 +113,7 @@ class Traffic:
                                 assert answer["status"] == "duplicate", answer
                                 self.acked[body["decision_id"]] = (answer["seq"], "applied")
                         break
-                    time.sleep(0.05)
+                    self.stop.wait(0.05)
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -151,12 +154,23 @@ def test_three_replicas_one_log_through_kill_9_and_a_database_restart(
         newest = _newest_checkpoint(urls[0::2])
         joined = replicas()
         joined.wait_ready(60)
-        # it joins from the newest checkpoint plus the log tail: its learned state is the checkpoint's (at a seq no
-        # older than any the live replicas had stored or restored before it started) and the feedbacks after it,
-        # each replayed once, not the whole log (what a bound of 10 s on its start-up stood for)
+        # it joins from the newest checkpoint plus the log tail (what a bound of 10 s on its start-up stood for): it
+        # restored a checkpoint at a seq no older than any the live replicas had stored or restored before it
+        # started (a replica ignoring checkpoints has none); replayed == policy_version - checkpoint_seq says the
+        # checkpoint's state counted checkpoint_seq feedbacks and each replayed one added one. Every seq is one
+        # learned feedback (checked at the end: no gap, every replica's policy_version == len(rows)), so
+        # policy_version <= the log's head says it replayed none of the feedbacks the checkpoint already held: a
+        # replica that restored the checkpoint and then replayed the whole log would be above the head
         recovery = httpx.get(joined.url + "/readyz", timeout=10).json()["recovery"]
+        log = PostgresStore(DatabaseURL(pg_url))
+        try:
+            with log.read() as reader:
+                head_after = reader.head()[0]  # the log's feedback head now: at least what it was at the recovery
+        finally:
+            log.close()
         assert newest is not None and recovery["checkpoint_seq"] is not None and recovery["checkpoint_seq"] >= newest
         assert recovery["replayed"] == recovery["policy_version"] - recovery["checkpoint_seq"], recovery
+        assert recovery["policy_version"] <= head_after, (recovery, head_after)
         urls[1] = joined.url  # the client sends to the new replica from now on (the list is shared)
 
         acked_before_restart = len(traffic.acked)
