@@ -693,7 +693,7 @@ def named_metrics(url: str) -> dict[str, dict[str, float]]:
     for sample in families["bandit_router_named_router_calls"].samples:
         if sample.name.endswith("_total"):
             add(sample.labels["router"], f"{sample.labels['role']}_calls", sample.value)
-    for sample in families["bandit_router_named_router_seconds"].samples:
+    for sample in families["bandit_router_named_router_request_duration_seconds"].samples:
         if sample.name.endswith("_count"):
             add(sample.labels["router"], "answered", sample.value)
     return out

@@ -183,8 +183,9 @@ class Metrics:
             "LLM), by router", ["router"], registry=r,
         )
         self.named_seconds = Histogram(
-            "bandit_router_named_router_seconds", "Time to answer a named router's request (its whole chain, the "
-            "decision stored), by router", ["router"], buckets=UPSTREAM_BUCKETS, registry=r,
+            "bandit_router_named_router_request_duration_seconds",
+            "Time to answer a named router's request (its whole chain, the decision stored), by router", ["router"],
+            buckets=UPSTREAM_BUCKETS, registry=r,
         )
         self._children: dict[tuple[str, ...], object] = {}
         self._declared = [m for m in vars(self).values() if isinstance(m, MetricWrapperBase)]
