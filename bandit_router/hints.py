@@ -18,6 +18,8 @@ import difflib
 import re
 from collections.abc import Iterable
 
+import numpy as np
+
 CUTOFF = 0.75
 """`difflib`'s similarity ratio a known name needs to be suggested (2·matches / total length)."""
 MAX_BY_WORD = 3
@@ -42,18 +44,25 @@ class Known:
             self._of_length.setdefault(len(known_name), []).append(known_name)
         self._words: Known | None = None
         self._with_word: dict[str, set[str]] = {}
+        self._bounds: _Bounds | None = None
 
     def closest(self, name: str) -> str | None:
-        """The known name most like `name` (ratio ≥ `CUTOFF`), else None.
+        """The known name most like `name` (ratio ≥ `CUTOFF`), else None: `difflib.get_close_matches(name, names,
+        n=1, cutoff=CUTOFF)`, the same name.
 
         Only the known names k whose length lets them reach the ratio are compared: 2·min(len(name), len(k)) /
         (len(name) + len(k)) is the most they can have (difflib's `real_quick_ratio`, checked per length here rather
         than per name). difflib's cost grows with the name's length, and a client could otherwise hold the event
-        loop with megabyte-long field names; most words of a long model list are too short to be compared."""
+        loop with megabyte-long field names; most words of a long model list are too short to be compared. More
+        than `FAST_FROM` of them go to `_Bounds` instead of difflib's loop."""
         if not isinstance(name, str):
             return None
         size = len(name)
         candidates = [k for length, same in self._of_length.items() if _may_reach(size, length) for k in same]
+        if len(candidates) > FAST_FROM and all(isinstance(k, str) for k in self.names):
+            if self._bounds is None:
+                self._bounds = _Bounds(self.names)  # once for the names of one refusal
+            return self._bounds.closest(name, candidates)
         close = difflib.get_close_matches(name, candidates, n=1, cutoff=CUTOFF) if candidates else []
         return close[0] if close else None
 
@@ -79,6 +88,123 @@ class Known:
                         self._with_word.setdefault(word, set()).add(known_name)  # once, however often its word
             self._words = Known(self._with_word)
         return self._words
+
+
+FAST_FROM = 64
+"""`Known.closest` compares more candidates than this with `_Bounds` (fewer: difflib's own loop, as fast there)."""
+TABLE_UP_TO = 1 << 16
+"""`_Bounds` maps characters to the refused name's through a table of at most this many entries (256 KB)."""
+BOUNDS_CELLS = 1 << 20
+"""`_Bounds` counts at most this many (name, character) cells for one refused name (8 MB): more (thousands of names
+and a refused name of hundreds of distinct characters) is left to difflib's loop."""
+
+
+class _Bounds:
+    """`difflib.get_close_matches(name, names, n=1, cutoff=CUTOFF)`'s answer with difflib's ratio computed for a
+    few names only. difflib computes, per name k, ratio = 2·M / (|name| + |k|), M the characters of its matching
+    blocks, once two upper bounds of it reach the cutoff: `real_quick_ratio` (the lengths) and `quick_ratio`
+    (2·|multiset ∩ of their characters| / (|name| + |k|)), a Python loop over k's characters. Against a long
+    model list that loop is half the cost, and many names share the characters of model names (`-`, digits,
+    `instruct`), so the full ratio runs for dozens of them: 10–25 ms for a typo of one of 2,000 names.
+
+    Here the quick ratios of every name come from one array operation, the same numbers as difflib's: only the
+    characters of the refused name count (one it lacks adds nothing to the intersection, and each name's length is
+    all the total needs), so the counts are a |names| × (its distinct characters) matrix, built per refused name
+    from the names' characters (kept once per refusal; `_columns` maps them), whatever the catalog's alphabet. The
+    names are then taken by falling quick ratio, each first bounded by the length ℓ of the longest common
+    subsequence (the matching blocks are one: M ≤ ℓ, so 2·ℓ / (|name| + |k|) ≥ ratio; bit-parallel, a few
+    big-integer operations per character), and the search stops as soon as a bound is below the best ratio found.
+    The best is difflib's: the highest ratio, ties to the greatest name. A matrix past `BOUNDS_CELLS` cells leaves
+    the name to difflib."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.codes = _code_points("".join(names))  # every name's characters, one after the other
+        self.lengths = np.fromiter(map(len, names), dtype=np.int64, count=len(names))
+        self.rows = np.repeat(np.arange(len(names), dtype=np.int32), self.lengths)  # the name of each character
+
+    def _quick_ratios(self, name: str) -> np.ndarray | None:
+        """difflib's `quick_ratio` of `name` against every name (to the bit: 2.0·matches / total, in float64), or
+        None when the counts would take more than `BOUNDS_CELLS` cells."""
+        chars, mine = np.unique(_code_points(name), return_counts=True)
+        width = len(chars)
+        if len(self.names) * width > BOUNDS_CELLS:
+            return None
+        column = self._columns(chars)
+        cell = self.rows * width + column
+        cell[column < 0] = len(self.names) * width  # a character `name` lacks: one more cell, dropped
+        counts = np.bincount(cell, minlength=len(self.names) * width + 1)[:-1]
+        matches = np.minimum(counts.reshape(len(self.names), width), mine).sum(axis=1)
+        total = self.lengths + len(name)
+        return np.where(total > 0, 2.0 * matches / np.maximum(total, 1), 1.0)
+
+    def _columns(self, chars: np.ndarray) -> np.ndarray:
+        """Each of the names' characters' index in `chars` (sorted, distinct), -1 where it is not there: through a
+        table indexed by code point when `chars` are all below `TABLE_UP_TO` (the usual names), else a sorted
+        search (a character near U+10FFFF must not size a table)."""
+        if not len(chars):
+            return np.full(len(self.codes), -1, dtype=np.int32)
+        if chars[-1] < TABLE_UP_TO:
+            table = np.full(int(chars[-1]) + 2, -1, dtype=np.int32)  # the last entry: every greater code point
+            table[chars] = np.arange(len(chars), dtype=np.int32)
+            columns: np.ndarray = table[np.minimum(self.codes, len(table) - 1)]
+            return columns
+        column = np.searchsorted(chars, self.codes).astype(np.int32)
+        np.minimum(column, len(chars) - 1, out=column)
+        column[chars[column] != self.codes] = -1
+        return column
+
+    def closest(self, name: str, candidates: list[str]) -> str | None:
+        """The answer for `name`; `candidates`: the names whose length lets them reach `CUTOFF` (difflib's list
+        when the counts are too big)."""
+        quick = self._quick_ratios(name)
+        if quick is None:
+            close = difflib.get_close_matches(name, candidates, n=1, cutoff=CUTOFF)
+            return close[0] if close else None
+        order = np.flatnonzero(quick >= CUTOFF)
+        order = order[np.argsort(-quick[order], kind="stable")]
+        lcs = _LongestCommon(name)
+        matcher = difflib.SequenceMatcher()
+        matcher.set_seq2(name)  # as get_close_matches: the name is seq2, each candidate seq1
+        best: tuple[float, str] | None = None
+        for i in order:
+            if best is not None and quick[i] < best[0]:
+                break  # no later name can reach the best ratio (nor tie it: its bound is below)
+            known = self.names[i]
+            total = len(known) + len(name)
+            bound = 2.0 * lcs.length(known) / total if total else 1.0
+            if bound < CUTOFF or (best is not None and bound < best[0]):
+                continue
+            matcher.set_seq1(known)
+            ratio = matcher.ratio()
+            if ratio >= CUTOFF and (best is None or (ratio, known) > best):
+                best = (ratio, known)
+        return None if best is None else best[1]
+
+
+def _code_points(text: str) -> np.ndarray:
+    """`text`'s characters as integers (a lone surrogate too: a name stored by an older version may hold one)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+class _LongestCommon:
+    """The length of the longest common subsequence of `name` and any string, bit-parallel (Allison and Dix 1986;
+    Hyyrö 2004): bit j of V is 1 while name[j] is not yet the end of a longest match; per character c of the other
+    string, with U = V ∧ mask(c), V ← (V + U) ∨ (V − U); the answer is the number of 0 bits among |name|."""
+
+    def __init__(self, name: str) -> None:
+        self.size = len(name)
+        self.all = (1 << self.size) - 1
+        self.masks: dict[str, int] = {}
+        for j, char in enumerate(name):
+            self.masks[char] = self.masks.get(char, 0) | (1 << j)
+
+    def length(self, other: str) -> int:
+        v, masks = self.all, self.masks
+        for char in other:
+            u = v & masks.get(char, 0)
+            v = (v + u) | (v - u)
+        return self.size - (v & self.all).bit_count()
 
 
 def _may_reach(size: int, length: int) -> bool:

@@ -5,14 +5,17 @@ one, a judge whose scores track the answer's quality with noise, log-probs on re
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
@@ -24,6 +27,7 @@ from bandit_router.store.location import DatabaseURL
 from benchmarks.fake_upstream import JUDGE, ServerThread, quality_in
 from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ScriptedFake, completion, replying, serving
 from tools.pg_server import PgServer
+from tools.serve_process import ServeProcess
 
 ROUTERS = (
     RouterAlias("cascade", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=0.7),
@@ -668,6 +672,124 @@ def test_named_routers_calls_are_in_the_metrics_and_an_escalated_chain_is_one_re
         assert f'bandit_router_upstream_calls_total{{model="{model}",status="ok"}} 1.0' in metrics, model
 
 
+def named_metrics(url: str) -> dict[str, dict[str, float]]:
+    """Per named router, its `/metrics` series summed over their labels but `router` (`requests_by_model` keeps
+    the model: "" is a request no model answered), with the names of `GET /v1/stats`'s counts."""
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text)}
+    out: dict[str, dict[str, float]] = {}
+
+    def add(router: str, key: str, value: float) -> None:
+        entry = out.setdefault(router, {})
+        entry[key] = entry.get(key, 0.0) + value
+
+    names = {"requests": "requests", "escalations": "escalations", "escalated_requests": "escalated_requests",
+             "failed_calls": "failed_calls", "fallbacks": "fallbacks", "cost_usd": "spend_usd"}
+    for family, key in names.items():
+        for sample in families[f"bandit_router_named_router_{family}"].samples:
+            if sample.name.endswith("_total"):
+                add(sample.labels["router"], key, sample.value)
+                if family == "requests":
+                    add(sample.labels["router"], f"requests_by:{sample.labels['model']}", sample.value)
+    for sample in families["bandit_router_named_router_calls"].samples:
+        if sample.name.endswith("_total"):
+            add(sample.labels["router"], f"{sample.labels['role']}_calls", sample.value)
+    for sample in families["bandit_router_named_router_request_duration_seconds"].samples:
+        if sample.name.endswith("_count"):
+            add(sample.labels["router"], "answered", sample.value)
+    return out
+
+
+def assert_named_metrics_are_the_stats(url: str) -> dict[str, dict[str, float]]:
+    """Every count `/metrics` has of the named routers is `GET /v1/stats`'s (the database's); returns the metrics."""
+    metrics = named_metrics(url)
+    stats = httpx.get(url + "/v1/stats", timeout=10).json()["named_routers"]
+    assert set(metrics) == set(stats)
+    for name, counts in stats.items():
+        mine = metrics[name]
+        for key in ("requests", "escalations", "escalated_requests", "answer_calls", "judge_calls", "router_calls",
+                    "failed_calls", "fallbacks"):
+            assert mine.get(key, 0.0) == counts.get(key, 0), (name, key, mine, counts)
+        assert mine["spend_usd"] == pytest.approx(counts["spend_usd"]), name
+        assert mine["answered"] == counts["requests"] - counts["failed_requests"], (name, mine, counts)
+        assert mine["requests_by:"] == counts["failed_requests"], (name, mine, counts)
+        for model, n in counts["answered_by"].items():
+            assert mine[f"requests_by:{model}"] == n, (name, model, mine, counts)
+    return metrics
+
+
+def test_named_routers_have_their_own_metrics_from_the_start_the_same_as_their_stats(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """`/metrics` counts each named router's requests (by the model that answered, "" for none), escalations,
+    calls by role, failed calls, an LLM router's fallbacks, its spend, and times its answers, as `GET /v1/stats`
+    counts them; each configured router's series are there at 0 before its first request (only the bandit's alias
+    had metrics: the gateway's calls by model, nothing by router)."""
+    url = gateway()
+    before = named_metrics(url)
+    assert set(before) == {r.name for r in ROUTERS}
+    assert before["cascade"] == {"requests": 0.0, "requests_by:cheap": 0.0, "requests_by:strong": 0.0,
+                                 "requests_by:": 0.0, "escalations": 0.0, "escalated_requests": 0.0,
+                                 "failed_calls": 0.0, "spend_usd": 0.0, "answer_calls": 0.0, "judge_calls": 0.0,
+                                 "answered": 0.0}
+    assert before["auto"]["fallbacks"] == 0.0 and before["auto"]["router_calls"] == 0.0
+    assert "escalations" not in before["auto"] and "fallbacks" not in before["cascade"]
+    ask(url, "cascade", PROSE)  # accepted: cheap
+    ask(url, "cascade", CODE)  # escalated: strong
+    ask(url, "learned", CODE)
+    ask(url, "auto", MATH)  # the routing LLM names no model: the policy decides
+    ask(url, "auto", CODE)  # it names strong
+    fake.set("cheap", "fail")
+    fake.set("strong", "fail")
+    reply = httpx.post(url + "/v1/chat/completions",
+                       json={"model": "cascade", "messages": [{"role": "user", "content": PROSE}]})
+    assert reply.status_code == 502
+    metrics = assert_named_metrics_are_the_stats(url)
+    cascade = metrics["cascade"]
+    assert (cascade["requests"], cascade["answered"], cascade["requests_by:"]) == (3, 2, 1)
+    assert cascade["escalations"] >= 1 and cascade["escalated_requests"] >= 1 and cascade["failed_calls"] >= 2
+    assert metrics["auto"]["requests"] == 2 and metrics["auto"]["fallbacks"] == 1
+    assert metrics["auto"]["router_calls"] == 2 and metrics["learned"]["requests"] == 1
+
+
+def test_with_two_workers_every_scrape_counts_every_workers_named_router_requests(
+    fake: ScriptedFake, tmp_path: Path
+) -> None:
+    """`serve --workers 2` (prometheus-client's multiprocess mode): each scrape, whichever worker answers it, has
+    every configured router's series and counts what both workers served, the same as `GET /v1/stats`."""
+    fake.behaviour.clear()
+    fake.script.clear()
+    models = "".join(
+        f'[[models]]\nname = "{name}"\ninput_usd_per_mtok = {inp}\noutput_usd_per_mtok = {out}\n'
+        f'base_url = "{fake.url}/v1"\nroute = {"true" if name in ("cheap", "strong") else "false"}\n\n'
+        for name, (inp, out) in PRICES.items()
+    )
+    routers = (f'[[routers]]\nname = "cascade"\nstrategy = "cascade"\nmodels = ["cheap", "strong"]\n'
+               f'judge = "{JUDGE}"\nthreshold = 0.7\n\n[[routers]]\nname = "auto"\nstrategy = "llm-router"\n'
+               'models = ["cheap", "strong"]\nrouter_model = "chooser"\n')
+    config = tmp_path / "config.toml"
+    config.write_text(f'db = "{tmp_path / "router.db"}"\nseed = 11\n\n{models}{routers}')
+    server = ServeProcess(tmp_path, [sys.executable, "-m", "bandit_router.cli"],
+                          ["--config", str(config), "--workers", "2"])
+    try:
+        server.wait_ready(60)
+        assert set(named_metrics(server.url)) == {"cascade", "auto"}
+        close = {"connection": "close"}  # a new connection each: both workers serve some
+
+        def chat(i: int) -> int:
+            model, prompt = [("cascade", PROSE), ("cascade", CODE), ("auto", CODE), ("auto", MATH)][i % 4]
+            body = {"model": model, "messages": [{"role": "user", "content": f"{prompt} #{i}"}]}
+            return httpx.post(server.url + "/v1/chat/completions", json=body, headers=close, timeout=30).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            assert set(pool.map(chat, range(24))) == {200}
+        for _ in range(6):  # each scrape may reach either worker
+            metrics = assert_named_metrics_are_the_stats(server.url)
+            assert metrics["cascade"]["requests"] == 12 and metrics["auto"]["requests"] == 12
+            assert metrics["cascade"]["escalations"] >= 1 and metrics["auto"]["fallbacks"] >= 1
+    finally:
+        server.stop()
+
+
 def test_with_several_workers_the_reply_waits_for_the_call_record(gateway: Callable[..., str], tmp_path: Path) -> None:
     """With several workers feedback may reach another one first: the chain's call record (its cost) is stored
     before the reply, as the gateway's are."""
@@ -816,3 +938,50 @@ def test_a_named_routers_calls_are_counted_when_its_decision_cannot_be_stored(
     assert counts["spend_usd"] > 0
     time.sleep(1.5)  # later writes (a retry of the counts alone) add nothing twice
     assert counted()["requests"] == 1
+
+
+@pytest.mark.parametrize("alias", ["auto", "cascade"])
+def test_a_request_cancelled_while_its_decision_is_stored_is_counted_and_booked_once(
+    gateway: Callable[..., str], monkeypatch: pytest.MonkeyPatch, alias: str
+) -> None:
+    """A shutdown that cancels a named router's request after its chain answered, while it waits for the writer to
+    store its decision (whose counts it carries), adds no second count: an LLM router's request was counted again
+    as one no model answered (requests 2, failed 1 in `GET /v1/stats` and `/metrics`) and its spend booked twice
+    in the budget pacer (`book_chain`, then `count_router`); a cascade's, once."""
+    import asyncio
+
+    from bandit_router.service.engine import Engine
+
+    real = Engine.store_decision
+
+    async def stored_then_cancelled(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        await real(self, *args, **kwargs)
+        raise asyncio.CancelledError  # as the server's shutdown cancels a request awaiting the writer
+
+    url = gateway()
+    monkeypatch.setattr(Engine, "store_decision", stored_then_cancelled)
+    try:  # the request is cut short: whatever the client gets (a dropped connection, a 500) is not an answer
+        reply = httpx.post(url + "/v1/chat/completions", timeout=30,
+                           json={"model": alias, "messages": [{"role": "user", "content": CODE}]})
+        assert reply.status_code != 200, reply.text
+    except httpx.HTTPError:
+        pass
+    monkeypatch.setattr(Engine, "store_decision", real)
+
+    def counts() -> dict[str, Any]:
+        return dict(httpx.get(url + "/v1/stats", timeout=10).json()["named_routers"][alias])
+
+    deadline = time.monotonic() + 10
+    while counts()["requests"] == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.0)  # a second count (kept by the gateway's task) would be written by now
+    stats = counts()
+    assert (stats["requests"], stats["failed_requests"]) == (1, 0), stats
+    metrics = named_metrics(url)[alias]  # no answer time: the request was not answered
+    assert (metrics["requests"], metrics["requests_by:"]) == (1, 0), metrics
+    for key in ("answer_calls", "judge_calls", "router_calls", "failed_calls"):
+        assert metrics.get(key, 0.0) == stats.get(key, 0), (key, metrics, stats)
+    assert metrics["spend_usd"] == pytest.approx(stats["spend_usd"])
+    booked = httpx.get(url + "/v1/budgets", timeout=10).json()["report"]["global"]["spend_usd"]
+    assert booked == pytest.approx(stats["spend_usd"]) and booked > 0

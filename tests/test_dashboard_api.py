@@ -266,6 +266,36 @@ def test_probability_now_is_reused_for_a_while_and_priced_again_when_the_models_
     assert len(calls) == 3 and calls[-1] == 15
 
 
+def test_probability_now_is_priced_again_at_once_after_a_budget_put_or_a_promotion(
+    make: Callable[..., Any],
+) -> None:
+    """A hard budget (`share:b=0`) leaves b out now; an operator lifts it (PUT): the next poll, within `NOW_TTL_S`,
+    shows what the live policy would give b now, not the reused 0 of before the PUT (the dashboard showed the
+    budget's 0 for up to 10 s); a PUT that brings the budget back shows 0 again at once, and so does a promotion
+    (here of `fixed:a`, which would give b nothing)."""
+    from bandit_router.budgets import BudgetConfig
+    from bandit_router.catalog import ModelSpec
+
+    client = make(models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0)), shadow_policies=("fixed:a",),
+                  budgets=BudgetConfig.from_mapping({"share": {"b": 0}}))
+    _traffic(client, 12)
+
+    def now() -> dict[str, float | None]:
+        reply: dict[str, float | None] = client.get("/v1/stats/live").json()["typical"]["now"]
+        return reply
+
+    assert now() == {"a": 1.0, "b": 0.0}
+    assert client.put("/v1/budgets", json={}).status_code == 200
+    assert now()["b"] > 0.05  # the default policy, without the budget: about half
+    assert client.put("/v1/budgets", json={"share": {"b": 0}}).status_code == 200
+    assert now() == {"a": 1.0, "b": 0.0}
+    assert client.put("/v1/budgets", json={}).status_code == 200
+    assert now()["b"] > 0.05
+    promoted = client.post("/v1/policies/promote", json={"shadow": "fixed:a", "force": True})
+    assert promoted.status_code == 200, promoted.text
+    assert now() == {"a": 1.0, "b": 0.0}
+
+
 def test_shadows_without_enough_evidence_say_why(make: Callable[..., Any]) -> None:
     client = make(shadow_policies=("linucb",))
     _traffic(client, 6)

@@ -223,3 +223,133 @@ def test_a_refused_models_hint_is_worded_outside_the_routers_lock(monkeypatch: p
     assert str(out[0]) == message and isinstance(out[0], BanditRouterError)
     assert not isinstance(out[1], Exception) and not isinstance(out[2], Exception)
     assert lock_free == [True, True]
+
+
+def test_against_a_long_model_list_the_hint_is_difflibs_and_computes_few_of_its_ratios(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A misspelt full model name against 2,000 catalog names ran difflib's full ratio for 43–396 of them (names
+    that share the characters of model names pass its quick bounds): 10–25 ms on the event loop for the gateway's
+    `models` knob. The names are now taken by falling quick ratio, each bounded by the longest common subsequence
+    first: a typo computes one ratio, a name close to none (its origin's characters shuffled) none, and the hint is
+    the one difflib gives (speed: `benchmarks/bench_hints.py`)."""
+    import difflib
+    import random
+
+    from bandit_router.hints import CUTOFF, Known
+    from benchmarks.bench_hints import catalog, refused
+
+    names = catalog(2000)
+    ratios = 0
+    plain = difflib.SequenceMatcher.ratio
+
+    def counted(self: difflib.SequenceMatcher[str]) -> float:
+        nonlocal ratios
+        ratios += 1
+        return plain(self)
+
+    for kind, most in (("typo", 1), ("close to none", 0)):
+        cases, origins = refused(names, kind, random.Random(5))
+        for name, origin in zip(cases, origins, strict=True):
+            expected = difflib.get_close_matches(name, names, n=1, cutoff=CUTOFF)
+            assert expected == ([origin] if origin else []), name  # the reference finds what the case says
+            known = Known(names)
+            with monkeypatch.context() as patch:
+                patch.setattr(difflib.SequenceMatcher, "ratio", counted)
+                ratios = 0
+                found = known.closest(name)
+            assert (found, ratios) == ((expected or [None])[0], most), name
+
+
+def test_the_fast_hint_is_difflibs_on_seeded_lists_with_ties_and_odd_characters() -> None:
+    """`Known.closest` past `FAST_FROM` candidates against `difflib.get_close_matches(name, known, n=1,
+    cutoff=CUTOFF)`, on 300 seeded lists of up to 400 names from a small alphabet (many near ties, equal ratios
+    broken by the greater name as difflib does, duplicates, an empty name, characters outside the BMP and a lone
+    surrogate) and names that are typos, shuffles, prefixes or none of them."""
+    import difflib
+    import random
+
+    from bandit_router.hints import CUTOFF, FAST_FROM, Known
+
+    rng = random.Random(23)
+    odd = ["é", "😀", "\udc80", "/", "-"]
+
+    def word(lo: int, hi: int) -> str:
+        return "".join(rng.choice("abcab12-" if rng.random() < 0.9 else odd) for _ in range(rng.randint(lo, hi)))
+
+    fast = hinted = 0
+    for _ in range(300):
+        known = [word(3, 12) for _ in range(rng.randint(FAST_FROM + 1, 400))] + ["", rng.choice(["x", "ab"])]
+        known += rng.sample(known, 5)  # duplicates
+        for _ in range(4):
+            base = rng.choice(known)
+            kind = rng.randrange(4)
+            if kind == 0 and len(base) > 1:
+                i = rng.randrange(len(base))
+                name = base[:i] + base[i + 1:]
+            elif kind == 1:
+                name = "".join(rng.sample(base, len(base)))
+            elif kind == 2:
+                name = base[: max(1, len(base) - 2)]
+            else:
+                name = word(0, 14)
+            expected = difflib.get_close_matches(name, known, n=1, cutoff=CUTOFF)
+            hints = Known(known)
+            assert hints.closest(name) == (expected[0] if expected else None), (name, known)
+            fast += hints._bounds is not None
+            hinted += bool(expected)
+    assert fast > 800 and hinted > 600  # the fast path answered (882 of 1,200), with hints (736), not only none
+
+
+@pytest.mark.parametrize("alphabet", ["cjk", "U+10FFFD"])
+def test_a_catalog_of_cjk_names_or_with_a_far_code_point_gets_difflibs_hint_in_little_memory(alphabet: str) -> None:
+    """The quick ratios' counts were a |names| × (distinct characters of every name) matrix, through a table sized
+    by the largest code point, built per refusal: 2,000 names of CJK characters took 290 MB (580 MB at its peak),
+    one name with a character near U+10FFFF a 1.1M-entry table. Only the refused name's characters are counted
+    now: the hint is still difflib's (typos and shuffles), in a few MB however wide the catalog's alphabet."""
+    import difflib
+    import random
+    import tracemalloc
+
+    from bandit_router.hints import CUTOFF, Known
+    from benchmarks.bench_hints import catalog, cjk_catalog, refused
+
+    names = cjk_catalog(2000, 20000) if alphabet == "cjk" else [*catalog(2000), "acme/model-\U0010fffd"]
+    cases = [name for kind in ("typo", "close to none") for name in refused(names, kind, random.Random(3))[0]]
+    cases += ["acme/model-\U0010fffe", "acme/model-\U0010fffd"[:-1]]  # the far code point's own neighbours
+    for name in cases:
+        expected = difflib.get_close_matches(name, names, n=1, cutoff=CUTOFF)
+        tracemalloc.start()
+        try:
+            found = Known(names).closest(name)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert found == (expected[0] if expected else None), name
+        assert peak < 8e6, (name, peak)
+
+
+def test_past_the_cell_budget_the_hint_is_left_to_difflib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused name whose counts would take more than `BOUNDS_CELLS` cells is answered by difflib's loop over the
+    length-feasible names, the same hint."""
+    import difflib
+    import random
+
+    from bandit_router import hints
+    from benchmarks.bench_hints import catalog, refused
+
+    names = catalog(1000)
+    monkeypatch.setattr(hints, "BOUNDS_CELLS", 1000)  # fewer than 1,000 names × any name's characters
+    looked: list[int] = []
+    plain = difflib.get_close_matches
+
+    def counted(word: str, possibilities: Any, *args: Any, **kwargs: Any) -> list[str]:
+        looked.append(len(possibilities))
+        return plain(word, possibilities, *args, **kwargs)
+
+    monkeypatch.setattr(difflib, "get_close_matches", counted)
+    for name in refused(names, "typo", random.Random(4))[0][:5]:
+        expected = plain(name, names, n=1, cutoff=hints.CUTOFF)
+        looked.clear()
+        assert hints.Known(names).closest(name) == expected[0]
+        assert len(looked) == 1 and looked[0] > hints.FAST_FROM

@@ -139,6 +139,30 @@ def test_with_two_workers_every_scrape_counts_every_workers_requests(serve: Call
         assert families["bandit_router_ready"].samples[0].value == 1.0
 
 
+def test_with_two_workers_a_family_without_samples_yet_is_listed_as_in_one_process(
+    serve: Callable[..., ServeProcess], tmp_path: Path
+) -> None:
+    """Before any request, one process lists every family (`# HELP`, `# TYPE`; a label-less one with its zero
+    values); with workers, prometheus-client's multiprocess collector read only the files, where a labelled family
+    is written with its first sample: `bandit_router_decisions_total`, the feedback, the gateway's and the named
+    routers' families were missing from the scrape until then. They are listed alike now (the `_created` series
+    are one process's only: the multiprocess mode has none), and still once each, which the parser checks."""
+    one = serve("--db", str(tmp_path / "one.db"))
+    two = serve("--db", str(tmp_path / "two.db"), "--workers", "2")
+    close = {"connection": "close"}
+    alone = _families(httpx.get(one.url + "/metrics", headers=close, timeout=10).text)
+    assert alone["bandit_router_decisions"].samples == [] and alone["bandit_router_upstream_seconds"].samples == []
+    for _ in range(4):  # each scrape may reach either worker
+        workers = _families(httpx.get(two.url + "/metrics", headers=close, timeout=10).text)
+        listed = {name: {s.name for s in family.samples} for name, family in workers.items()}
+        expected = {name: {s.name for s in family.samples if not s.name.endswith("_created")}
+                    for name, family in alone.items() if not name.endswith("_created")}
+        assert listed.keys() == expected.keys(), (expected.keys() - listed.keys(), listed.keys() - expected.keys())
+        assert workers["bandit_router_decisions"].type == "counter"
+        assert workers["bandit_router_upstream_seconds"].type == "histogram"
+        assert listed["bandit_router_route_latency_seconds"] == expected["bandit_router_route_latency_seconds"]
+
+
 def _limit_file_size() -> None:
     """(In the server's process) files may not grow past `FILE_LIMIT` bytes: a full disk, as SQLite sees it."""
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_LIMIT, resource.RLIM_INFINITY))

@@ -58,7 +58,8 @@ class Traffic:
         self.failures: list[str] = []
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(seed * 100 + i,)) for i in range(4)]
+        # daemons: a server that hangs cannot keep pytest waiting at exit (`finish` gives them 60 s)
+        self.threads = [threading.Thread(target=self._run, args=(seed * 100 + i,), daemon=True) for i in range(4)]
 
     def start(self) -> None:
         for t in self.threads:
@@ -94,12 +95,14 @@ class Traffic:
                 prompt = (CODE if kind == "code" else POEMS)[rng.randrange(5)] + f" #{seed}.{i}"
                 route = self._post(client, rng, "/v1/route", {"prompt": prompt, "models": PAIR})
                 if route is None or route.status_code != 200:
-                    time.sleep(0.02)
+                    self.stop.wait(0.02)
                     continue
                 decision = route.json()
                 body = {"decision_id": decision["decision_id"], "quality": _world_quality(kind, decision["model"],
                                                                                           nrng)}
                 for _ in range(200):  # until acknowledged (a replica or the database may be down meanwhile)
+                    if self.stop.is_set():  # not acknowledged: not counted (`acked`)
+                        break
                     reply = self._post(client, rng, "/v1/feedback", body)
                     if reply is not None and reply.status_code == 200:
                         answer = reply.json()
@@ -110,7 +113,7 @@ class Traffic:
                                 assert answer["status"] == "duplicate", answer
                                 self.acked[body["decision_id"]] = (answer["seq"], "applied")
                         break
-                    time.sleep(0.05)
+                    self.stop.wait(0.05)
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -118,6 +121,12 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
+
+
+def _newest_checkpoint(urls: list[str]) -> int | None:
+    """The feedback seq of the newest checkpoint any of these replicas stored or restored (None: none yet)."""
+    seqs = [httpx.get(u + "/readyz", timeout=10).json()["checkpoints"]["seq"] for u in urls]
+    return max((s for s in seqs if s is not None), default=None)
 
 
 def _caught_up(urls: list[str]) -> bool:
@@ -135,26 +144,48 @@ def test_three_replicas_one_log_through_kill_9_and_a_database_restart(
     urls = [s.url for s in servers]
     traffic = Traffic(urls, seed=1)
     traffic.start()
-    _wait(lambda: len(traffic.acked) >= 150, 60, "no traffic")
+    try:
+        _wait(lambda: len(traffic.acked) >= 150, 60, "no traffic")
 
-    servers[1].kill9()  # in the middle of the stream: requests in flight on it
-    acked_at_kill = len(traffic.acked)
-    _wait(lambda: len(traffic.acked) >= acked_at_kill + 100, 60, "the other replicas did not carry on")
-    joined = replicas()
-    join_s = joined.wait_ready()
-    assert join_s < 10.0  # from the newest checkpoint plus the log tail
-    urls[1] = joined.url  # the client sends to the new replica from now on (the list is shared)
+        servers[1].kill9()  # in the middle of the stream: requests in flight on it
+        acked_at_kill = len(traffic.acked)
+        _wait(lambda: len(traffic.acked) >= acked_at_kill + 100, 60, "the other replicas did not carry on")
+        _wait(lambda: _newest_checkpoint(urls[0::2]) is not None, 60, "no replica stored a checkpoint")
+        newest = _newest_checkpoint(urls[0::2])
+        joined = replicas()
+        joined.wait_ready(60)
+        # it joins from the newest checkpoint plus the log tail (what a bound of 10 s on its start-up stood for): it
+        # restored a checkpoint at a seq no older than any the live replicas had stored or restored before it
+        # started (a replica ignoring checkpoints has none); replayed == policy_version - checkpoint_seq says the
+        # checkpoint's state counted checkpoint_seq feedbacks and each replayed one added one. Every seq is one
+        # learned feedback (checked at the end: no gap, every replica's policy_version == len(rows)), so
+        # policy_version <= the log's head says it replayed none of the feedbacks the checkpoint already held: a
+        # replica that restored the checkpoint and then replayed the whole log would be above the head
+        recovery = httpx.get(joined.url + "/readyz", timeout=10).json()["recovery"]
+        log = PostgresStore(DatabaseURL(pg_url))
+        try:
+            with log.read() as reader:
+                head_after = reader.head()[0]  # the log's feedback head now: at least what it was at the recovery
+        finally:
+            log.close()
+        assert newest is not None and recovery["checkpoint_seq"] is not None and recovery["checkpoint_seq"] >= newest
+        assert recovery["replayed"] == recovery["policy_version"] - recovery["checkpoint_seq"], recovery
+        assert recovery["policy_version"] <= head_after, (recovery, head_after)
+        urls[1] = joined.url  # the client sends to the new replica from now on (the list is shared)
 
-    acked_before_restart = len(traffic.acked)
-    answered_503 = traffic.codes[503]
-    pg_server.down()  # every replica's connections are cut; requests meanwhile get 503
-    try:  # down until the replicas have said so (a fixed 1.5 s could pass unseen on a busy machine)
-        _wait(lambda: traffic.codes[503] > answered_503, 60, "no replica answered 503 while the database was down")
-        time.sleep(0.5)
-    finally:
-        pg_server.up()
-    _wait(lambda: len(traffic.acked) >= acked_before_restart + 150, 60, "the replicas did not recover by themselves")
-    traffic.finish()
+        acked_before_restart = len(traffic.acked)
+        answered_503 = traffic.codes[503]
+        pg_server.down()  # every replica's connections are cut; requests meanwhile get 503
+        try:  # down until the replicas have said so (a fixed 1.5 s could pass unseen on a busy machine)
+            _wait(lambda: traffic.codes[503] > answered_503, 60,
+                  "no replica answered 503 while the database was down")
+            time.sleep(0.5)
+        finally:
+            pg_server.up()
+        _wait(lambda: len(traffic.acked) >= acked_before_restart + 150, 60,
+              "the replicas did not recover by themselves")
+    finally:  # a failure above must not leave the client threads running: pytest would wait for them for ever
+        traffic.finish()
 
     assert traffic.failures == []  # never a 500
     _wait(lambda: _caught_up(urls), 30, "the replicas did not catch up with the log")

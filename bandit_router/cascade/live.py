@@ -39,7 +39,8 @@ calls, failures, spend: `store.router_stats.of_chain` of its chain) is written i
 decision and chain; a request no model answered stores only its count. A write that fails or is refused keeps the
 counts its requests carry and writes them later (`Writer.keep_counts`): the calls were made and paid, whatever
 became of the decision. They are read from the database: the deployment's totals, the same from
-every worker and replica, kept across restarts.
+every worker and replica, kept across restarts. The same counts go to `/metrics` as each request makes them
+(`RouterObserver`: this process's, from its start), with the time to answer.
 
 **Learned escalation** learns from the log, not from this process's memory: the first `unrouted` feedback of a
 learned cascade's decision, with its stored chain, in feedback `seq` order (`log.escalations`), in every worker
@@ -54,7 +55,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -85,6 +86,14 @@ OWN_MAX_TOKENS = 20
 """`max_tokens` of a judge's or the routing LLM's call (a score, a model name)."""
 
 
+class RouterObserver(Protocol):
+    """Told about the named routers' requests (`service.metrics.Metrics`); called on the event loop."""
+
+    def named_request(self, counts: RouterCounts) -> None: ...
+
+    def named_answer(self, router: str, seconds: float) -> None: ...
+
+
 class NamedRouterFailed(Exception):
     """No model of a named router answered: `failures` are the upstream errors (502, or 504 on a timeout)."""
 
@@ -112,6 +121,8 @@ class NamedRouters:
         self.engine, self.gateway = engine, gateway
         self.rng = np.random.default_rng(seed)
         engine.extra_stats["named_routers"] = self.report
+        self.observer: RouterObserver | None = None
+        """Told of every request (`/metrics`), answered or not, as its counts are made (`_counts`)."""
 
     def handles(self, model: str) -> bool:
         return model in self.routers
@@ -178,6 +189,13 @@ class NamedRouters:
     async def complete(self, chat: ChatRequest) -> NamedAnswer:
         """Answer `chat` (whose `model` is a named router) and store its decision. A 503 before any call while the
         service refuses requests: the chain is paid before its decision is stored, and could then be neither."""
+        started = time.perf_counter()
+        answer = await self._complete(chat)
+        if self.observer is not None:
+            self.observer.named_answer(chat.model, time.perf_counter() - started)
+        return answer
+
+    async def _complete(self, chat: ChatRequest) -> NamedAnswer:
         self.engine.require_ready()
         alias = self.routers[chat.model]
         started = time.monotonic()
@@ -196,13 +214,7 @@ class NamedRouters:
         failures: list[UpstreamError] = []
         call = self._call(chat, deadline, failures)
         if alias.strategy == "llm-router":
-            calls: list[ChainCall] = []
-            try:
-                return await self._llm_router(alias, chat, request, context, models, arms, cost_weight, call,
-                                              failures, calls)
-            except asyncio.CancelledError:  # the server stops mid-request: what was paid so far is counted
-                self._count_stopped(alias, request, calls)
-                raise
+            return await self._llm_router(alias, chat, request, context, models, arms, cost_weight, call, failures)
         escalation: Escalation = (
             self.engine.policies.escalations.rule(alias.name) if alias.strategy == "learned-cascade"
             else ThresholdEscalation(alias.threshold)
@@ -235,7 +247,7 @@ class NamedRouters:
         decision = self._decision(alias, models, arms, pmf, result.answer.model, context, cost_weight)
         chain = chain_document(extension, result.extra_costs())
         record = self._call_record(decision, result.answer, result.cost_usd, result.latency_s, chain)
-        await self.engine.store_decision(decision, request, record, of_chain(extension, record.created_at))
+        await self.engine.store_decision(decision, request, record, self._counts(extension, record.created_at))
         return NamedAnswer(_body(result.answer, extension), decision, result.answer_calls)
 
     async def _llm_router(
@@ -249,66 +261,75 @@ class NamedRouters:
         cost_weight: float,
         call: Any,
         failures: list[UpstreamError],
-        calls: list[ChainCall],
     ) -> NamedAnswer:
-        """`calls`: the calls made, appended as they end (the caller counts them when a shutdown cuts this short)."""
+        """The routing LLM's choice, then the models in order until one answers. A shutdown is counted (with the
+        calls made so far) only while the upstream calls run, as a cascade's: once `_counts` made the request's
+        counts (stored with its decision, or as a request no model answered), a cancellation adds none."""
         router = self.engine.router
         specs = [router.spec(m) for m in models]
         descriptions = {s.name: s.description for s in specs if s.description} | dict(alias.descriptions)
         prompt = router_prompt(request.text, specs, descriptions)
         assert alias.router_model is not None
-        try:
-            routing = await call(alias.router_model, [{"role": "user", "content": prompt}], False)
-            calls.append(
-                ChainCall(
-                    routing.model,
-                    "router",
-                    routing.cost_usd,
-                    routing.latency_s,
-                    input_tokens=routing.input_tokens,
-                    output_tokens=routing.output_tokens,
-                )
-            )
-            named, reply = parse_choice(routing.text, models), routing.text
-        except CallFailed as exc:
-            calls.append(ChainCall(alias.router_model, "router", error=str(exc)[:200]))
-            named, reply = None, ""
-        # The policy decides only when the routing LLM named no candidate, as a routed request would: with the
-        # request's own `cost_weight`, else the budget pacer's λ; the pacer books its decision only if it is stored
-        # (its model answered: `Engine.store_decision`). A model the policy excluded (a budget) has probability 0
-        # and comes last. A candidate may retire while the routing LLM answers: the policy chooses among those still
-        # active (none left: the alias's order), and a retired one is tried only after every active one.
-        policy = self._policy_choice(context, models, chat.cost_weight) if named is None else None
-        if policy is not None:
-            p = policy.probabilities
-            order = [policy.model, *sorted((m for m in models if m != policy.model), key=lambda m: -p.get(m, 0.0))]
-        else:
-            order = [m for m in (named, *models) if m is not None]
-            order = list(dict.fromkeys(order))  # the named model, then the others in the alias's order
-        active = {m.name for m in router.models}
-        order.sort(key=lambda m: m not in active)  # stable: the active ones first, in their order
+        calls: list[ChainCall] = []
+        named: str | None = None
         answer = None
-        for model in order:
+        try:
             try:
-                answer = await call(model, chat.messages, False)
-            except CallFailed as exc:
-                calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
-                continue
-            except UpstreamRejected as exc:  # the request's own fault: the client's 4xx, the routing call counted
-                calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
-                await self._count_unanswered(alias, request, calls, named)
-                raise
-            calls.append(
-                ChainCall(
-                    model,
-                    "answer",
-                    answer.cost_usd,
-                    answer.latency_s,
-                    input_tokens=answer.input_tokens,
-                    output_tokens=answer.output_tokens,
+                routing = await call(alias.router_model, [{"role": "user", "content": prompt}], False)
+                calls.append(
+                    ChainCall(
+                        routing.model,
+                        "router",
+                        routing.cost_usd,
+                        routing.latency_s,
+                        input_tokens=routing.input_tokens,
+                        output_tokens=routing.output_tokens,
+                    )
                 )
-            )
-            break
+                named, reply = parse_choice(routing.text, models), routing.text
+            except CallFailed as exc:
+                calls.append(ChainCall(alias.router_model, "router", error=str(exc)[:200]))
+                named, reply = None, ""
+            # The policy decides only when the routing LLM named no candidate, as a routed request would: with the
+            # request's own `cost_weight`, else the budget pacer's λ; the pacer books its decision only if it is
+            # stored (its model answered: `Engine.store_decision`). A model the policy excluded (a budget) has
+            # probability 0 and comes last. A candidate may retire while the routing LLM answers: the policy
+            # chooses among those still active (none left: the alias's order), and a retired one is tried only
+            # after every active one.
+            policy = self._policy_choice(context, models, chat.cost_weight) if named is None else None
+            if policy is not None:
+                p = policy.probabilities
+                order = [policy.model,
+                         *sorted((m for m in models if m != policy.model), key=lambda m: -p.get(m, 0.0))]
+            else:
+                order = [m for m in (named, *models) if m is not None]
+                order = list(dict.fromkeys(order))  # the named model, then the others in the alias's order
+            active = {m.name for m in router.models}
+            order.sort(key=lambda m: m not in active)  # stable: the active ones first, in their order
+            for model in order:
+                try:
+                    answer = await call(model, chat.messages, False)
+                except CallFailed as exc:
+                    calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
+                    continue
+                calls.append(
+                    ChainCall(
+                        model,
+                        "answer",
+                        answer.cost_usd,
+                        answer.latency_s,
+                        input_tokens=answer.input_tokens,
+                        output_tokens=answer.output_tokens,
+                    )
+                )
+                break
+        except UpstreamRejected as exc:  # the request's own fault: the client's 4xx, the routing call counted
+            calls.append(ChainCall(exc.model, "answer", error=str(exc)[:200]))
+            await self._count_unanswered(alias, request, calls, named)
+            raise
+        except asyncio.CancelledError:  # the server stops mid-request: what was paid so far is counted
+            self._count_stopped(alias, request, calls)
+            raise
         if answer is None:
             await self._count_unanswered(alias, request, calls, named)
             raise NamedRouterFailed(alias.name, failures)
@@ -333,7 +354,7 @@ class NamedRouters:
             "latency_s": total_latency,
         }  # the routing LLM's reply text is not stored (it is model output, like an answer)
         record = self._call_record(decision, answer, cost, latency, chain_document(stored, []))
-        await self.engine.store_decision(decision, request, record, of_chain(stored, record.created_at))
+        await self.engine.store_decision(decision, request, record, self._counts(stored, record.created_at))
         extension = {
             "router": alias.name,
             "strategy": alias.strategy,
@@ -394,12 +415,20 @@ class NamedRouters:
         )  # fmt: skip
 
     # -- counting -------------------------------------------------------------------------------------------------
+    def _counts(self, chain: dict[str, Any], at: float) -> RouterCounts:
+        """What a request adds to its router's counts (`of_chain`), told to the `observer` once: each request makes
+        its counts once, answered, failed, refused by an upstream or cut short by a shutdown."""
+        counts = of_chain(chain, at)
+        if self.observer is not None:
+            self.observer.named_request(counts)
+        return counts
+
     async def _count_failed(self, chain: dict[str, Any], request: Request) -> None:
         """Count a request that no model answered (no decision is stored for it; what it paid is spent in the
         budget pacer); a database that cannot take the count now leaves the reply a 502, and the count is written
         later (`Writer.keep_counts`)."""
         try:
-            await self.engine.count_router(of_chain(chain, time.time()), request)
+            await self.engine.count_router(self._counts(chain, time.time()), request)
         except BanditRouterError as exc:
             log.warning("%s: a failed request's count waits for the database: %s", chain["router"], exc)
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..budgets import BudgetPacer
+from ..budgets import BudgetConfig, BudgetPacer
 from ..catalog import ModelSpec
 from ..errors import BanditRouterError
 from ..router import Router
@@ -43,8 +43,9 @@ TYPICAL_DECISIONS = 200
 NOW_DECISIONS = 100
 """The newest routed decisions whose contexts `live()` prices again with the live policy ("probability now")."""
 NOW_TTL_S = 10.0
-"""How long `live()` reuses its "probability now" (≈ 10–30 ms of policy pmfs) while the live router and its models
-stay the same: a dashboard polls every 2 s, and a model added or retired, or a promotion, shows at once."""
+"""How long `live()` reuses its "probability now" (≈ 10–30 ms of policy pmfs) while the live router, its models and
+the budget targets stay the same: a dashboard polls every 2 s, and a model added or retired, a promotion, or a
+budget PUT (here or on another replica) shows at once."""
 SHADOW_DECISIONS = 2000
 SHADOW_TTL_S = 15.0
 MAX_RECENT = 500
@@ -58,6 +59,10 @@ now would be `late` (never learned). With `default_reward`, only `DEFAULT_GRACE_
 default's row (`default`) within about half a second of the window's end (`writer.SWEEP_GRACE_S` +
 `SWEEP_EVERY_S`), except for decisions that get none (a model the caller named, an upstream that refused)."""
 DEFAULT_GRACE_S = 5.0
+
+
+_NowKey = tuple[Router, tuple[ModelSpec, ...], BudgetConfig]
+"""What `typical.now` was priced for: the live router (the object: an id can be reused), its models, the budgets."""
 
 
 class Monitor:
@@ -79,8 +84,8 @@ class Monitor:
         self.clock = clock
         self._shadow_lock = threading.Lock()
         self._shadow_cache: tuple[float, dict[str, Any]] | None = None
-        self._now_cache: tuple[float, tuple[int, tuple[str, ...]], dict[str, float | None]] | None = None
-        """(when, (live router, its models), `typical.now`): `NOW_TTL_S`."""
+        self._now_cache: tuple[float, _NowKey, dict[str, float | None]] | None = None
+        """(when, (live router, its models, the budget targets), `typical.now`): `NOW_TTL_S`."""
 
     def timeseries(self, window: Window) -> dict[str, Any]:
         """`timeseries` over `window`, each model marked `in_catalog` (false: no longer an active model)."""
@@ -143,7 +148,7 @@ class Monitor:
                 totals[name] = totals.get(name, 0.0) + p
                 allowed[name] = allowed.get(name, 0) + 1
         n = len(rows)
-        key = (id(live), tuple(m.name for m in live.models))
+        key: _NowKey = (live, tuple(live.models), self.pacer.config)
         cached = self._now_cache
         if cached is not None and cached[1] == key and self.clock() - cached[0] < NOW_TTL_S:
             now = cached[2]

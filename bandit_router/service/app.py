@@ -287,6 +287,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 metrics.bind_judge(gateway.judge.report)
             app.state.gateway = gateway
             app.state.named_routers = start_named_routers(settings, engine, gateway)
+            app.state.named_routers.observer = metrics
+            metrics.declare_named_routers(settings.named_routers.routers)
             sqlite_only = "" if isinstance(settings.storage.db, DatabaseURL) else \
                 f" synchronous={settings.storage.synchronous}"  # a SQLite setting: PostgreSQL does not read it
             log.info(

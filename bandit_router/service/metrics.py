@@ -18,20 +18,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client import Counter as _Counter
 from prometheus_client import Gauge as _Gauge
 from prometheus_client import Histogram as _Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from ..config import RouterAlias
 from ..names import safe_text
-from ..store import CallRecord
+from ..store import CallRecord, RouterCounts
 from ..types import Decision
 from .metricsdir import join_folder, serves_this_process
 
@@ -93,7 +95,7 @@ class _LocalHistogram(_Histogram):
 
 class Metrics:
     """Decisions and feedback by model and status, learned reward and cost sums, route latency, policy version,
-    HTTP replies by route and status code."""
+    HTTP replies by route and status code, the gateway's upstream calls, the named routers' requests."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -152,7 +154,43 @@ class Metrics:
             "bandit_router_upstream_cost_usd", "Cost (USD, usage × catalog prices) of the gateway's calls, by model",
             ["model"], registry=r,
         )
+        self.named_requests = Counter(
+            "bandit_router_named_router_requests", "A named router's requests ([[routers]] aliases), by router and "
+            "the model that answered (\"\": none did)", ["router", "model"], registry=r,
+        )
+        self.named_escalations = Counter(
+            "bandit_router_named_router_escalations", "A cascade's escalations (steps that called the next model), "
+            "by router", ["router"], registry=r,
+        )
+        self.named_escalated = Counter(
+            "bandit_router_named_router_escalated_requests", "A cascade's requests that escalated at least once, by "
+            "router", ["router"], registry=r,
+        )
+        self.named_calls = Counter(
+            "bandit_router_named_router_calls", "A named router's upstream calls, by router and role (answer, judge, "
+            "router: the routing LLM's)", ["router", "role"], registry=r,
+        )
+        self.named_failed_calls = Counter(
+            "bandit_router_named_router_failed_calls", "A named router's upstream calls that failed, by router",
+            ["router"], registry=r,
+        )
+        self.named_fallbacks = Counter(
+            "bandit_router_named_router_fallbacks", "An LLM router's requests whose routing reply named no candidate "
+            "(the policy decided), by router", ["router"], registry=r,
+        )
+        self.named_cost = Counter(
+            "bandit_router_named_router_cost_usd", "Cost (USD) of a named router's calls (answers, judge, routing "
+            "LLM), by router", ["router"], registry=r,
+        )
+        self.named_seconds = Histogram(
+            "bandit_router_named_router_request_duration_seconds",
+            "Time to answer a named router's request (its whole chain, the decision stored), by router", ["router"],
+            buckets=UPSTREAM_BUCKETS, registry=r,
+        )
         self._children: dict[tuple[str, ...], object] = {}
+        self._declared = [m for m in vars(self).values() if isinstance(m, MetricWrapperBase)]
+        """Every counter, gauge and histogram above (`render`: their families are listed before their first
+        sample with workers too)."""
 
     def bind(self, policy_version: Callable[[], float], applied_seq: Callable[[], float],
              ready: Callable[[], float]) -> None:
@@ -190,6 +228,48 @@ class Metrics:
         if record.cost_usd:
             self.upstream_cost.labels(model).inc(record.cost_usd)
 
+    def declare_named_routers(self, routers: Iterable[RouterAlias]) -> None:
+        """Every configured named router's series at 0 from the start (each of its models' and the unanswered
+        requests, its calls by the roles it makes), so that a first request is an increase, not a new series."""
+        for alias in routers:
+            name = safe_text(alias.name)
+            for model in (*alias.models, ""):
+                self.named_requests.labels(name, safe_text(model))
+            roles = ["answer"] + (["router"] if alias.strategy == "llm-router" else []) + (
+                ["judge"] if alias.strategy != "llm-router" and alias.signal == "judge" else [])
+            for role in roles:
+                self.named_calls.labels(name, role)
+            for family in (self.named_failed_calls, self.named_cost, self.named_seconds):
+                family.labels(name)
+            if alias.strategy == "llm-router":
+                self.named_fallbacks.labels(name)
+            else:
+                self.named_escalations.labels(name)
+                self.named_escalated.labels(name)
+
+    def named_request(self, counts: RouterCounts) -> None:
+        """One request of a named router ended, answered or not (`store.router_stats.of_chain` of its chain: what it
+        adds to `GET /v1/stats`'s counts); called on the event loop."""
+        router = safe_text(counts.router)
+        self.named_requests.labels(router, safe_text(counts.model)).inc(counts.requests)
+        for role, calls in (("answer", counts.answer_calls), ("judge", counts.judge_calls),
+                            ("router", counts.router_calls)):
+            if calls:
+                self.named_calls.labels(router, role).inc(calls)
+        if counts.failed_calls:
+            self.named_failed_calls.labels(router).inc(counts.failed_calls)
+        if counts.escalations:
+            self.named_escalations.labels(router).inc(counts.escalations)
+            self.named_escalated.labels(router).inc(counts.escalated_requests)
+        if counts.fallbacks:
+            self.named_fallbacks.labels(router).inc(counts.fallbacks)
+        if counts.spend_usd:
+            self.named_cost.labels(router).inc(counts.spend_usd)
+
+    def named_answer(self, router: str, seconds: float) -> None:
+        """A named router answered a request in `seconds`."""
+        self.named_seconds.labels(safe_text(router)).observe(seconds)
+
     def bind_checkpoints(self, report: Callable[[], Mapping[str, Any]], unreadable: Callable[[], float]) -> None:
         """Export the checkpointer's `report()` (`Checkpointer.report`) and the learned feedback rows skipped
         because their decisions cannot be read, at scrape time."""
@@ -209,10 +289,30 @@ class Metrics:
     def render(self) -> bytes:
         try:
             own = generate_latest(self.registry)
-            return own if self.shared is None else generate_latest(self.shared) + own
+            return own if self.shared is None else generate_latest(_Listed(self.shared, self._declared)) + own
         except Exception as exc:  # a collector that raised: say so, and still export what can be exported
             log.error("rendering /metrics failed: %s", type(exc).__name__, exc_info=exc)
             return b"# bandit_router: rendering the metrics failed; see the service log\n"
+
+
+class _Listed:
+    """The workers' families summed from their files (`shared`), then every `declared` family that has no value in
+    them yet, without samples: in one process prometheus-client lists such a family (its `# HELP` and `# TYPE`),
+    while its multiprocess collector reads only the files, where a family is written with its first labels. A
+    label-less family has its value from the start in both."""
+
+    def __init__(self, shared: CollectorRegistry, declared: Iterable[MetricWrapperBase]) -> None:
+        self.shared, self.declared = shared, declared
+
+    def collect(self) -> Iterator[Metric]:
+        found = set()
+        for family in self.shared.collect():
+            found.add(family.name)
+            yield family
+        for metric in self.declared:
+            for family in metric.describe():
+                if family.name not in found:
+                    yield family
 
 
 class _ProcessCollector(Collector):
