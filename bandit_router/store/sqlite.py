@@ -1063,8 +1063,8 @@ def judge_call_values(records: Sequence[JudgeCall]) -> list[Any]:
     write transaction, and every operation of its batch."""
     values: list[Any] = []
     for r in records:
-        tenant = None if r.tenant is None else safe_text(r.tenant)
-        values += (r.decision_id, tenant, r.model, r.input_tokens, r.output_tokens, r.cost_usd, r.created_at)
+        values += [safe_text(v) if c == "tenant" and v is not None else v
+                   for c in JUDGE_CALL_COLUMNS for v in (getattr(r, c),)]
     return values
 
 
