@@ -17,7 +17,7 @@ import typer
 
 from ..config import KEYS, ConfigError, Settings, load_settings
 from ..store import StoreError
-from ..store.location import DatabaseURL, open_store, parse_database
+from ..store.location import Database, DatabaseURL, open_store, parse_database
 from ..store.serverlock import ServerLock, claim_database
 from . import metricsdir
 from .protocol import LIMITS_VARIABLE, Limits
@@ -220,8 +220,7 @@ def check(
 
     notes: list[str] = []
     try:
-        location = (_checked_settings(config, db=db, unreadable=notes.append).storage.db
-                    if db is None or config is not None else parse_database(db))
+        location = _database(config, db, unreadable=notes.append)
     except (ConfigError, ValueError) as exc:
         typer.echo(f"bandit-router check: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -298,8 +297,7 @@ def migrate(
     from ..store import SCHEMA_VERSION
 
     try:
-        location = (_checked_settings(config, db=db).storage.db  # before migrating
-                    if db is None or config is not None else parse_database(db))
+        location = _database(config, db)  # checked before migrating
         lock = claim_database(location, "migrate")  # not under a running serve (store/serverlock.py)
         try:
             store = open_store(location)
@@ -314,6 +312,15 @@ def migrate(
         typer.echo(f"bandit-router migrate: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{location}: schema version {SCHEMA_VERSION}")
+
+
+def _database(config: Path | None, db: str | None, *,
+              unreadable: Callable[[str], None] | None = None) -> Database:
+    """The database `check` and `migrate` work on: `--db` alone is read as given (no settings); with `--config`, or
+    without `--db`, the settings are checked first (`_checked_settings`) and give it."""
+    if db is not None and config is None:
+        return parse_database(db)
+    return _checked_settings(config, db=db, unreadable=unreadable).storage.db
 
 
 def _checked_settings(config: Path | None, *, db: str | None = None,
