@@ -181,6 +181,82 @@ def test_every_documented_evaluate_and_export_command_runs_as_written(
             assert written.is_file() or any(written.iterdir()), command
 
 
+COMMAND_PAGES = ["README.md", *(f"docs/{p}" for p in PAGES),
+                 *sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("experiments/*/README.md")),
+                 *sorted(p.relative_to(ROOT).as_posix() for p in ROOT.glob("benchmarks/results/**/README.md"))]
+COMMAND = re.compile(r"(?:bandit-router (?P<cli>[a-z]+)\b|python3? -m (?P<module>benchmarks\.\w+)"
+                     r"|(?P<script>(?:experiments|benchmarks)/[\w./-]+\.py))(?P<rest>.*)")
+FLAG = re.compile(r"(?<![\w=:.-])(--?[A-Za-z][\w-]*)")
+
+
+def _code_spans(text: str) -> list[str]:
+    """The lines of every fenced block (a line continued with a backslash joined to the next) and every inline code
+    span (one wrapped over lines joined again): where the pages write commands."""
+    spans: list[str] = []
+
+    def block(match: re.Match[str]) -> str:
+        spans.extend(match.group(1).replace("\\\n", " ").splitlines())
+        return "\n"
+
+    prose = re.sub(r"^```\w*\n(.*?)^```", block, text, flags=re.S | re.M)
+    return spans + [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", prose)]
+
+
+def _script_options(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The options a script's `--help` names (its usage line lists every one)."""
+    import contextlib
+    import io
+    import runpy
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "argv", [str(path), "--help"])
+        patch.syspath_prepend(str(path.parent))
+        patch.chdir(tmp_path)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            runpy.run_path(str(path), run_name="__main__")
+    return set(FLAG.findall(out.getvalue()))
+
+
+def test_every_documented_command_names_options_its_command_has(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each `bandit-router CMD --option`, `python -m benchmarks.NAME --option` and `experiments/…/NAME.py --option`
+    the README, the docs, the experiments' and the benchmark results' READMEs write (in a code block or inline)
+    names options that command has, as its `--help` lists them: a renamed or mistyped flag in a command a reader
+    copies is an error before anything runs. Quoted values and what follows a comment, pipe or redirection are
+    not options."""
+    import typer
+
+    from bandit_router.cli import app
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    cli = {name: {o for p in c.params for o in (*p.opts, *p.secondary_opts)} | {"--help"}
+           for name, c in commands.items()}
+    scripts: dict[Path, set[str]] = {}
+    checked, wrong = 0, []
+    for name in COMMAND_PAGES:
+        for span in _code_spans(_rendered(name)):
+            for found in COMMAND.finditer(span):
+                rest = re.sub(r"'[^']*'|\"[^\"]*\"", "", found.group("rest"))
+                flags = FLAG.findall(re.split(r"\s(?:#|\||;|&&|>|<)", rest)[0])
+                if found.group("cli"):
+                    known = cli.get(found.group("cli"))
+                else:
+                    path = ROOT / (found.group("script") or found.group("module").replace(".", "/") + ".py")
+                    if not flags or not path.is_file() or "__main__" not in path.read_text(encoding="utf-8"):
+                        continue
+                    if path not in scripts:
+                        scripts[path] = _script_options(path, tmp_path, monkeypatch) | {"--help"}
+                    known = scripts[path]
+                if known is None:
+                    continue
+                checked += 1
+                wrong += [f"{name}: `{found.group(0)}`: {flag}" for flag in flags if flag not in known]
+    assert checked >= 100
+    assert wrong == []
+
+
 def test_the_docs_build_strictly(tmp_path: Path) -> None:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     done = subprocess.run(
