@@ -38,6 +38,7 @@ from bandit_router.cascade.escalation import (
     antitonic,
     score_grid,
 )
+from bandit_router.cascade.live import chain_pmf
 from bandit_router.cascade.signals import MAX_JUDGE_CHARS
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import ConfigError, Settings, load_settings
@@ -228,6 +229,42 @@ def test_a_missing_confidence_escalates_and_a_failure_moves_on_and_keeps_the_las
     run.failed("a", "down")
     run.failed("b", "down")
     assert run.result().answer is None
+
+
+def test_a_cascades_logged_probability_is_the_chance_of_the_answer_it_returned() -> None:
+    """The decision's probability of the answer returned (`chain_pmf`), from a frozen learned escalation with
+    propensities near ½ and fixed confidences: E[1{answer = m}/p(m)] = 1 for every model with no failure and when
+    a model fails before the answer, and 1 + p_escalate·f for the answer returned after the next model failed at
+    random (probability f = ½), the gap `docs/cascades.md` states. 3,000 chains per case; margin 0.2 (≈ 4 standard
+    errors: the rarest answer has p ≈ 1/8, so 1{·}/p has variance ≈ 7; the gap, ≈ 0.24, is > 0.08 by 3.4)."""
+    learner = LearnedEscalation(EscalationParams(v=1.0, floor=0.05))
+    models, confidence = ["a", "b", "c", "d"], {"a": 0.5, "b": 0.4, "c": 0.7}
+    context = EXTRACTOR.extract("explain quicksort")
+    p_escalate_c = learner.decide(context, 2, "c", 0.7, 0.001, 1.0, np.random.default_rng(0)).p_escalate
+    assert 0.3 < p_escalate_c < 0.7
+
+    def weights(failing: Mapping[str, float], seed: int, n: int = 3000) -> dict[str, float]:
+        rng, failures = np.random.default_rng(seed), np.random.default_rng(seed + 1)
+        total = dict.fromkeys(models, 0.0)
+        for _ in range(n):
+            run = CascadeRun(models, learner, context, 1.0, rng, lambda m: 0.001)
+            while (model := run.next_model()) is not None:
+                if failures.random() < failing.get(model, 0.0):
+                    run.failed(model, "HTTP 503")
+                    continue
+                run.answered(ModelAnswer(model, "x", 0.001, 0.0), None if run.is_last else confidence[model])
+            result = run.result()
+            assert result.answer is not None
+            total[result.answer.model] += 1.0 / chain_pmf(models, result)[models.index(result.answer.model)]
+        return {m: w / n for m, w in total.items()}
+
+    for m, mean in weights({}, 1).items():
+        assert abs(mean - 1.0) < 0.2, (m, mean)
+    for m, mean in weights({"b": 1.0}, 3).items():
+        assert (m == "b" and mean == 0.0) or abs(mean - 1.0) < 0.2, (m, mean)
+    gap = weights({"d": 0.5}, 5)
+    assert abs(gap["a"] - 1.0) < 0.2 and abs(gap["b"] - 1.0) < 0.2
+    assert abs(gap["c"] - (1.0 + 0.5 * p_escalate_c)) < 0.2 and gap["c"] > 1.08, gap
 
 
 def test_run_cascade_pays_the_judge_and_falls_back_past_a_failing_model() -> None:

@@ -643,3 +643,40 @@ def test_a_snapshot_from_before_a_setting_was_added_or_removed_still_restores() 
     assert twin.version == 10 and np.array_equal(twin.weights(), trained.weights())
     with pytest.raises(InvalidInput, match=re.escape("with mix=0.02; this router's 'default' has mix=0.5")):
         Router(models, make_policy("default", mix=0.5)).restore(older)  # not the default the snapshot had
+
+
+@pytest.mark.parametrize(
+    "policy",
+    ["default", "default:sampler=ids", "lints", "thompson", "egreedy", "vw-squarecb", "vw-softmax:temperature=0.2"],
+)
+def test_each_model_is_chosen_as_often_as_its_logged_probabilities_say(policy: str) -> None:
+    """The logged probability is the one the model was drawn with: over 3,000 decisions from a frozen state (trained,
+    a model added at run time under its cold-start floor, requests that restrict the models or set their own λ), the
+    number of times each model was chosen minus the sum of the probabilities it was logged with is within 4.5
+    standard deviations, √Σ p(1 − p) (a martingale: valid for pmfs that differ per decision, Monte-Carlo ones too);
+    a model whose Σ p(1 − p) is below 1 is chosen at most Σ p + 4 times. And `probability` is `pmf` at the model."""
+    world = ToyWorld(seed=4)
+    router = Router(MODELS, policy, seed=5)
+    train(router, world, 200)
+    router.add_model(ModelSpec("coder-2", 1.0, 4.0, {"family": "code", "tier": "medium"}))
+    requests = [world.request()[1] for _ in range(6)]
+    requests += [Request(prompt="sort a python list", models=("cheap", "coder", "coder-2")),
+                 Request(prompt="a poem about the ocean", cost_weight=0.0),
+                 Request(prompt="fix this bug", models=("writer", "strong"), cost_weight=1000.0)]  # fmt: skip
+    chosen: dict[str, int] = {}
+    mass: dict[str, float] = {}
+    spread: dict[str, float] = {}
+    for i in range(3000):
+        decision = router.route(requests[i % len(requests)])
+        assert decision.probability == decision.pmf[decision.models.index(decision.model)]
+        chosen[decision.model] = chosen.get(decision.model, 0) + 1
+        for model, p in zip(decision.models, decision.pmf, strict=True):
+            mass[model] = mass.get(model, 0.0) + p
+            spread[model] = spread.get(model, 0.0) + p * (1.0 - p)
+    assert set(chosen) <= set(mass)
+    for model in mass:
+        count = chosen.get(model, 0)
+        if spread[model] >= 1.0:
+            assert abs(count - mass[model]) < 4.5 * spread[model] ** 0.5, (model, count, mass[model])
+        else:
+            assert count <= mass[model] + 4, (model, count, mass[model])

@@ -11,16 +11,22 @@ feedback on `x-decision-id` prices the reward as final quality − λ·(total co
 `bandit_router` field lists every call (model, role, cost, latency, confidence, error) and every accept/escalate
 step with its probability.
 
-**Logged probabilities.** A cascade's decision is logged over its models: `pmf[m]` is the probability that the
-chain returned `m`'s answer *given the confidences it observed* (the product of the steps' action probabilities
-along the path); the mass of escalating past the last model reached is put on the next one. For a fixed threshold
-this is 1 on the answering model. An LLM router's parsed choice is logged with probability 1 (asked at
-temperature 0, its choice is a function of the request; see `llm_router.py`), and so is the model that answered
-after it failed. Only when the reply names no candidate does the policy decide; if the policy's model answers,
-its decision (its pmf, its probability) is stored and learned by the bandit as usual, with the answer's own cost
-and latency on its call record (as for the gateway's routed call); if it fails, the model that answered is logged
-with probability 1. A named router's own decisions are `unrouted` for the bandit (`log.feedback.unrouted`); a
-learned cascade learns them itself.
+**Logged probabilities.** A cascade's decision is logged over its models: `pmf[m]` is the probability that the chain
+returned `m`'s answer *given the confidences it observed* (the product of the steps' action probabilities along the
+path); the mass of escalating past the last model reached is put on the next one. For a fixed threshold this is 1 on
+the answering model. The probability of the answer returned is exact (E[1{answer = m}/p(m)] = 1) when every model
+the chain escalated to answered, and when a model failed before the answer's (its failure is seen on every path to
+that answer). A chain that escalated and whose later models all failed returns the last answer obtained, logged with
+its accepting and escalating mass together (given the failure it saw); its accepting rows saw no failure, so where
+the next model fails at random with probability f, IPS over answered models weighs that answer by 1 + p_escalate·f
+on average (`tests/test_cascade.py`). The steps' own propensities have no such gap: evaluate escalation on them
+(`bandit-router evaluate --escalations`, the product of the steps' probabilities). An LLM router's parsed choice is
+logged with probability 1 (asked at temperature 0, its choice is a function of the request; see `llm_router.py`),
+and so is the model that answered after it failed. Only when the reply names no candidate does the policy decide; if
+the policy's model answers, its decision (its pmf, its probability) is stored and learned by the bandit as usual,
+with the answer's own cost and latency on its call record (as for the gateway's routed call); if it fails, the model
+that answered is logged with probability 1. A named router's own decisions are `unrouted` for the bandit
+(`log.feedback.unrouted`); a learned cascade learns them itself.
 
 **Budgets.** Every call is paid before the decision is stored, so the budget pacer books a request at once at
 what its chain paid (`Engine.store_decision` → `log.BudgetState.book_chain`): a named router's own decision at the

@@ -14,10 +14,13 @@ A reply that names no candidate returns None, and the caller falls back to its p
 
 Logged probability: the routing model is asked at temperature 0, so its choice is (up to the provider's own
 nondeterminism) a function of the request: the decision is logged with the probability the *router* had of
-taking that path — 1 for the named model when the reply parsed, the policy's own pmf when it fell back — and
-with `llm_router` details (the reply's excerpt, whether it parsed) so that offline evaluation can tell the two
-apart. No counterfactual probability for the other candidates is claimed: IPS estimates for a policy that
-would have chosen differently have no support on parsed rows.
+taking that path — 1 for the named model when the reply parsed; the policy's own decision (its pmf, its policy's
+name) when the reply named no candidate and the policy's model answered; 1 for the model that answered after the
+named one or the policy's failed (`live.NamedRouters._llm_router`). Offline evaluation tells them apart by the
+decision's `policy` (`llm-router:<alias>` on the rows of probability 1) and the stored chain's `named` (the parsed
+candidate, or null); the reply's text is in the answer's `bandit_router.reply` only, never stored. No
+counterfactual probability for the other candidates is claimed: IPS estimates for a policy that would have chosen
+differently have no support on the rows of probability 1.
 """
 
 from __future__ import annotations
