@@ -39,8 +39,9 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import uvicorn
+
+from tools.loopback import loopback
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -390,7 +391,7 @@ class ServerThread:
     def wait_ready(self, timeout: float = 10.0) -> str:
         """Wait until a bandit-router app's `/readyz` answers 200 (its learned state recovered); its URL."""
         deadline = time.monotonic() + timeout
-        while httpx.get(self.url + "/readyz").status_code != 200:
+        while loopback.get(self.url + "/readyz").status_code != 200:
             if time.monotonic() > deadline:
                 raise RuntimeError("the service did not become ready")
             time.sleep(0.01)

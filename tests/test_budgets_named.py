@@ -23,6 +23,7 @@ from benchmarks.fake_upstream import JUDGE, ServerThread
 from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ChooserFake, serving
 from tests.old_schema import as_previous_schema
 from tests.test_cascade_live import ask, feedback, stored
+from tools.loopback import loopback
 
 ROUTERS = (
     RouterAlias("cascade", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=0.7),
@@ -87,7 +88,7 @@ def gateways(fake: ChooserFake, tmp_path: Path) -> Iterator[Gateways]:
 
 
 def report(url: str) -> dict[str, Any]:
-    reply = httpx.get(url + "/v1/budgets")
+    reply = loopback.get(url + "/v1/budgets")
     assert reply.status_code == 200, reply.text
     return dict(reply.json()["report"])
 
@@ -98,7 +99,7 @@ def spent(url: str, tenant: str | None = None) -> float:
 
 
 def post(url: str, model: str, prompt: str) -> httpx.Response:
-    return httpx.post(
+    return loopback.post(
         url + "/v1/chat/completions",
         timeout=30,
         json={"model": model, "messages": [{"role": "user", "content": prompt}]},
@@ -190,14 +191,14 @@ def test_an_llm_router_books_what_it_paid_when_the_policys_model_fails_or_nobody
     fake.set("strong", "fail")
     reply = post(url, "auto", MATH)
     assert reply.status_code == 502
-    routing = float(httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]["spend_usd"]) - paid
+    routing = float(loopback.get(url + "/v1/stats").json()["named_routers"]["auto"]["spend_usd"]) - paid
     assert routing > 0
     assert spent(url) == pytest.approx(paid + routing, rel=1e-9)
     assert report(url)["global"]["requests"] == 1
 
     fake.set("strong", "reject")
     assert post(url, "auto", CODE).status_code == 400  # the routing LLM named strong, which refused
-    routing_total = float(httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]["spend_usd"])
+    routing_total = float(loopback.get(url + "/v1/stats").json()["named_routers"]["auto"]["spend_usd"])
     assert spent(url) == pytest.approx(routing_total, rel=1e-9)
 
 
@@ -213,7 +214,7 @@ def test_named_routers_and_the_judges_spend_survive_a_restart(gateways: Gateways
     assert spent(url, "acme") == pytest.approx(acme, rel=1e-9)
     gateways.stop(url)
     url = gateways.start(**JUDGED)
-    assert httpx.get(url + "/readyz").json()["recovery"]["budgets"] == "stored"
+    assert loopback.get(url + "/readyz").json()["recovery"]["budgets"] == "stored"
     assert spent(url) == pytest.approx(total, rel=1e-9)
     assert spent(url, "acme") == pytest.approx(acme, rel=1e-9)
     assert report(url)["global"]["requests"] == 6
@@ -257,7 +258,7 @@ def test_a_gateway_fallback_is_booked_once_by_a_process_sharing_the_log(gateways
     fake.set("cheap", "fail")
     for i in range(6):
         assert ask(url, "router", f"{PROSE} #{i}")[0].model == "strong"
-    decisions = int(httpx.get(url + "/v1/stats").json()["decisions"])
+    decisions = int(loopback.get(url + "/v1/stats").json()["decisions"])
     assert decisions > 6  # some first tries went to `cheap` and fell back
     time.sleep(0.3)  # the log is read every 50 ms
     assert report(url)["global"]["requests"] == decisions
@@ -346,7 +347,7 @@ def caller(url: str, model: str, prompt: str, *, stream: bool = False, tenant: s
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}
     if tenant is not None:
         body["bandit_router"] = {"context": {"tenant": tenant}}
-    return httpx.post(url + "/v1/chat/completions", timeout=30, json=body)
+    return loopback.post(url + "/v1/chat/completions", timeout=30, json=body)
 
 
 def test_a_model_the_caller_names_is_booked_once_at_what_its_call_cost(gateways: Gateways, fake: ChooserFake) -> None:
@@ -406,7 +407,7 @@ JUDGED = {"judge_model": JUDGE, "judge_sample_rate": 1.0, "judge_delay_s": 0.1}
 
 
 def judge_stats(url: str) -> dict[str, Any]:
-    return dict(httpx.get(url + "/v1/stats").json()["judge"])
+    return dict(loopback.get(url + "/v1/stats").json()["judge"])
 
 
 def judged(url: str, answers: int) -> float:

@@ -17,6 +17,8 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from tools.loopback import loopback
+
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
     from fastapi.testclient import TestClient
@@ -219,7 +221,7 @@ def test_budget_state_survives_a_restart_of_a_real_server(tmp_path: Path) -> Non
     try:
         first = start()
         body = {"avg_cost_usd": 0.002, "tenants": {"acme": {"spend_usd": "10/1d"}}}
-        assert httpx.put(first.url + "/v1/budgets", json=body).status_code == 200
+        assert loopback.put(first.url + "/v1/budgets", json=body).status_code == 200
         with httpx.Client(base_url=first.url) as http:
             for i in range(30):
                 decision = http.post("/v1/route", json={"prompt": f"Sort list {i}", "context": {"tenant": "acme"}})
@@ -233,18 +235,18 @@ def test_budget_state_survives_a_restart_of_a_real_server(tmp_path: Path) -> Non
 
         # the configuration now says otherwise: the stored state wins after a restart
         second = start({"BANDIT_ROUTER_BUDGETS": '{"avg_cost_usd": 0.5}'})
-        after = httpx.get(second.url + "/v1/budgets").json()
+        after = loopback.get(second.url + "/v1/budgets").json()
         assert after["budgets"] == before["budgets"]
         assert after["report"]["tenants"]["acme"]["spend_usd"] == pytest.approx(0.09)
         assert after["report"]["tenants"]["acme"]["requests"] == 30
         assert after["report"]["global"]["cost_weight"] == pytest.approx(before["report"]["global"]["cost_weight"])
-        assert httpx.get(second.url + "/readyz").json()["recovery"]["budgets"] == "stored"
+        assert loopback.get(second.url + "/readyz").json()["recovery"]["budgets"] == "stored"
 
         # a PUT is stored at once: it survives kill -9
-        assert httpx.put(second.url + "/v1/budgets", json={"avg_cost_usd": 0.001}).status_code == 200
+        assert loopback.put(second.url + "/v1/budgets", json={"avg_cost_usd": 0.001}).status_code == 200
         second.kill9()
         third = start()
-        assert httpx.get(third.url + "/v1/budgets").json()["targets"] == ["avg_cost_usd=0.001"]
+        assert loopback.get(third.url + "/v1/budgets").json()["targets"] == ["avg_cost_usd=0.001"]
     finally:
         for server in started:
             server.stop()

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -42,6 +41,7 @@ from experiments.cascade.live_sweep import (
     sweep,
 )
 from tests.named_fakes import serving
+from tools.loopback import loopback
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def served(fake: FakeUpstream) -> Iterator[Served]:
 
 
 def give_feedback(url: str, decision_id: str, q: float) -> dict[str, Any]:
-    reply = httpx.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": q})
+    reply = loopback.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": q})
     assert reply.status_code == 200, reply.text
     return dict(reply.json())
 
@@ -133,7 +133,7 @@ def test_the_chain_is_stored_with_its_decision_and_shown_by_the_decision_view(se
     for kind in ("code", "prose"):
         body, decision_id = ask(url, "learned", PROMPTS[kind])
         reply_chain = body["bandit_router"]
-        view = httpx.get(f"{url}/v1/decisions/{decision_id}").json()
+        view = loopback.get(f"{url}/v1/decisions/{decision_id}").json()
         chain = view["chain"]  # stored with the decision, in its transaction: there as soon as the reply is
         assert chain["calls"] == reply_chain["calls"] and chain["steps"] == reply_chain["steps"]
         step = chain["steps"][0]
@@ -146,7 +146,7 @@ def test_the_chain_is_stored_with_its_decision_and_shown_by_the_decision_view(se
         assert view["call"]["cost_usd"] == pytest.approx(chain["cost_usd"]) and "chain" not in view["call"]
         assert view["policy"] == "learned-cascade:learned" and chain["answered_by"] == view["model"]
     body, decision_id = ask(url, "fixed-50", PROMPTS["code"])
-    chain = httpx.get(f"{url}/v1/decisions/{decision_id}").json()["chain"]
+    chain = loopback.get(f"{url}/v1/decisions/{decision_id}").json()["chain"]
     assert chain["steps"][0]["probability"] == 1.0 and chain["router"] == "fixed-50"
 
 
@@ -155,11 +155,11 @@ def test_bad_feedback_on_a_chain_is_a_4xx_and_stores_nothing(served: Served, db:
     _, decision_id = ask(url, "learned", PROMPTS["code"])
     for body in ({"decision_id": decision_id, "quality": 1.5}, {"decision_id": decision_id, "quality": "x"},
                  {"decision_id": "nope", "quality": 0.5}):
-        reply = httpx.post(url + "/v1/feedback", json=body)
+        reply = loopback.post(url + "/v1/feedback", json=body)
         assert 400 <= reply.status_code < 500, reply.text
-    assert httpx.get(f"{url}/v1/decisions/{decision_id}").json()["feedback"] == []
+    assert loopback.get(f"{url}/v1/decisions/{decision_id}").json()["feedback"] == []
     assert give_feedback(url, decision_id, 0.9)["status"] == "unrouted"
-    reply = httpx.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": 0.1})
+    reply = loopback.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": 0.1})
     assert reply.status_code == 409  # a different report: the chain was learned once, with the first
     assert app.state.engine.policies.escalations.learned("learned") == 1
 
@@ -391,7 +391,7 @@ def test_feedback_on_one_process_reaches_the_others_escalation_learner(served: S
         wait_for(lambda app=app: learner_state(app)["updates"] == 40, "every chain learned by both")
     assert_same_state(learner_state(app_a), learner_state(app_b))
     assert_same_state(learner_state(app_a), replayed(served.settings(db)))
-    stats = [httpx.get(u + "/v1/stats").json()["named_routers"]["learned"]["learned_chains"] for u in (a, b)]
+    stats = [loopback.get(u + "/v1/stats").json()["named_routers"]["learned"]["learned_chains"] for u in (a, b)]
     assert stats == [40, 40]
 
 
@@ -550,7 +550,7 @@ def test_a_learned_cascade_with_history_in_the_toml_learns_live_as_decided_and_s
                 fake.set(JUDGE, "fail" if i % 5 == 1 else "ok")
                 fake.set("mid", "fail" if i % 7 == 3 else "ok")
                 del recorded[:]
-                reply = httpx.post(url + "/v1/chat/completions", timeout=30, json={
+                reply = loopback.post(url + "/v1/chat/completions", timeout=30, json={
                     "model": "learned", "messages": [{"role": "user", "content": prompt}],
                     "bandit_router": {"cost_weight": 1.0}})  # fmt: skip
                 assert reply.status_code == 200, reply.text

@@ -26,6 +26,7 @@ from bandit_router.store import SQLiteStore
 from bandit_router.store.location import DatabaseURL
 from benchmarks.fake_upstream import JUDGE, ServerThread, quality_in
 from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ScriptedFake, completion, replying, serving
+from tools.loopback import loopback, openai_client
 from tools.pg_server import PgServer
 from tools.serve_process import ServeProcess
 
@@ -66,7 +67,7 @@ def gateway(fake: ScriptedFake, tmp_path: Path) -> Iterator[Callable[..., str]]:
 
 def ask(url: str, model: str, prompt: str, **extra: Any) -> tuple[Any, dict[str, Any], str]:
     """(the completion, its `bandit_router` field, its decision id) through the openai client."""
-    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
     raw = client.chat.completions.with_raw_response.create(
         model=model, messages=[{"role": "user", "content": prompt}], **extra
     )
@@ -77,7 +78,7 @@ def ask(url: str, model: str, prompt: str, **extra: Any) -> tuple[Any, dict[str,
 def stored(url: str, decision_id: str, feedbacks: int = 0) -> dict[str, Any]:
     deadline = time.monotonic() + 10
     while True:
-        reply = httpx.get(f"{url}/v1/decisions/{decision_id}")
+        reply = loopback.get(f"{url}/v1/decisions/{decision_id}")
         if reply.status_code == 200 and len(reply.json()["feedback"]) >= feedbacks:
             return dict(reply.json())
         assert time.monotonic() < deadline, reply.text
@@ -87,7 +88,7 @@ def stored(url: str, decision_id: str, feedbacks: int = 0) -> dict[str, Any]:
 def feedback(url: str, decision_id: str, quality: float) -> dict[str, Any]:
     deadline = time.monotonic() + 10
     while True:  # the call record is written off the reply path: feedback finds it once it is stored
-        reply = httpx.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": quality})
+        reply = loopback.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": quality})
         if reply.status_code == 200:
             return dict(reply.json())
         assert reply.status_code == 404 and time.monotonic() < deadline, reply.text
@@ -117,10 +118,10 @@ def test_the_cascade_answers_easy_kinds_with_one_call_and_escalates_hard_ones(ga
     assert result["status"] == "unrouted"  # on record, never learned by the bandit
     row = stored(url, code_id, 1)["feedback"][0]
     assert row["cost_usd"] == pytest.approx(chain["cost_usd"])  # the whole chain is paid for and priced in
-    stats = httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]
+    stats = loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]
     assert stats["requests"] == 2 and stats["escalations"] == 1 and stats["judge_calls"] == 2
     assert stats["answered_by"] == {"cheap": 1, "strong": 1} and stats["spend_usd"] > 0
-    live = httpx.get(url + "/v1/stats/live").json()["named_routers"]  # what the dashboard's panel shows
+    live = loopback.get(url + "/v1/stats/live").json()["named_routers"]  # what the dashboard's panel shows
     assert live["cascade"]["escalations"] == 1 and live["learned"]["requests"] == 0
 
 
@@ -141,7 +142,7 @@ def test_a_streaming_client_gets_the_accepted_answer(gateway: Callable[..., str]
 
 def _streamed(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """The JSON events of a streamed reply (200), in order, up to `[DONE]`, which must end it."""
-    reply = httpx.post(url + "/v1/chat/completions", json={**body, "stream": True}, timeout=30)
+    reply = loopback.post(url + "/v1/chat/completions", json={**body, "stream": True}, timeout=30)
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/event-stream"), reply.text
     data = [line[6:] for line in reply.text.splitlines() if line.startswith("data: ")]
     assert data[-1] == "[DONE]", data
@@ -160,7 +161,7 @@ def test_a_streamed_answer_with_a_lone_surrogate_is_relayed_not_a_500(
     body = {"model": "cascade", "messages": [{"role": "user", "content": PROSE}]}
     chunks = _streamed(url, body)
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == text
-    reply = httpx.post(url + "/v1/chat/completions", json=body)
+    reply = loopback.post(url + "/v1/chat/completions", json=body)
     assert reply.json()["choices"][0]["message"]["content"] == text
 
 def test_a_streamed_answer_carries_every_choice_tool_call_and_log_prob_of_the_accepted_completion(
@@ -178,7 +179,7 @@ def test_a_streamed_answer_carries_every_choice_tool_call_and_log_prob_of_the_ac
     fake.script["cheap"] = replying(json.dumps(two).encode())
     fake.script[JUDGE] = replying(completion("9"))
     body = {"model": "cascade", "messages": [{"role": "user", "content": PROSE}], "n": 2, "logprobs": True}
-    accepted = httpx.post(url + "/v1/chat/completions", json=body).json()["choices"]
+    accepted = loopback.post(url + "/v1/chat/completions", json=body).json()["choices"]
     assert [c["index"] for c in accepted] == [0, 1] and accepted[1]["message"]["tool_calls"] == [call]
     chunks = _streamed(url, body)
     streamed: dict[int, dict[str, Any]] = {}
@@ -223,11 +224,11 @@ def test_a_tool_call_is_an_answer_the_judge_reads_and_its_tokens_are_counted(
     fake.script[JUDGE] = judge
     body = {"model": "cascade", "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
             "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}
-    reply = httpx.post(url + "/v1/chat/completions", json=body).json()
+    reply = loopback.post(url + "/v1/chat/completions", json=body).json()
     assert reply["model"] == "cheap" and reply["choices"][0]["message"]["tool_calls"] == [call]
     assert reply["bandit_router"]["steps"][0]["action"] == "accept"
     assert reply["bandit_router"]["calls"][0]["output_tokens"] >= 8  # the call's name and arguments, estimated
-    reply = httpx.post(url + "/v1/chat/completions", json={**body, "model": "cheap"})  # a named model's call record
+    reply = loopback.post(url + "/v1/chat/completions", json={**body, "model": "cheap"})  # a named model's call record
     record = stored(url, reply.headers["x-decision-id"])["call"]
     deadline = time.monotonic() + 10
     while record is None and time.monotonic() < deadline:
@@ -260,8 +261,8 @@ def test_log_probs_that_are_not_numbers_are_not_confident_never_a_500(
     field = b'"logprobs": ' + logprobs.encode() + b', "finish_reason"'
     answer = completion("cheap's answer").replace(b'"finish_reason"', field)
     fake.script["cheap"] = replying(answer)
-    reply = httpx.post(url + "/v1/chat/completions",
-                       json={"model": "confident", "messages": [{"role": "user", "content": PROSE}]})
+    reply = loopback.post(url + "/v1/chat/completions",
+                          json={"model": "confident", "messages": [{"role": "user", "content": PROSE}]})
     assert reply.status_code == 200, reply.text
     chain = reply.json()["bandit_router"]
     assert chain["steps"][0]["confidence"] is None and chain["steps"][0]["action"] == "escalate"
@@ -284,7 +285,7 @@ def test_the_models_knob_is_checked_and_never_silently_ignored_by_a_named_router
         if models is not None:
             body["bandit_router"] = {"models": models}
         headers = {} if header is None else {"x-bandit-router-models": header}
-        return httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+        return loopback.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
 
     for models, header in ((["nope"], None), (["cheap"], None), (None, "strong"), (["cheap", JUDGE], None)):
         reply = ask_with(models, header)
@@ -317,9 +318,9 @@ def test_the_judge_and_the_routing_llm_see_the_question_after_a_long_system_prom
     fake.script["cheap"] = replying(completion("def mean(xs): return sum(xs) / len(xs)"))
     system = "You are a friendly assistant who writes poems about the sea. " * 400  # 24,400 characters of prose
     messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-    reply = httpx.post(url + "/v1/chat/completions", json={"model": "cascade", "messages": messages}).json()
+    reply = loopback.post(url + "/v1/chat/completions", json={"model": "cascade", "messages": messages}).json()
     assert reply["bandit_router"]["steps"][0]["confidence"] == pytest.approx(8 / 9) and reply["model"] == "cheap"
-    reply = httpx.post(url + "/v1/chat/completions", json={"model": "auto", "messages": messages}).json()
+    reply = loopback.post(url + "/v1/chat/completions", json={"model": "auto", "messages": messages}).json()
     assert reply["bandit_router"]["named"] == "strong"  # it read the code question, not only the poems
 
 # -- failures ---------------------------------------------------------------------------------------------------
@@ -338,10 +339,10 @@ def test_an_upstream_failure_mid_chain_falls_back_without_a_500(
     assert completion.model == "strong" and chain["calls"][1]["error"] and chain["steps"][0]["confidence"] is None
     fake.set("cheap", "fail")
     fake.set("strong", "fail")
-    reply = httpx.post(url + "/v1/chat/completions",
-                       json={"model": "cascade", "messages": [{"role": "user", "content": PROSE}]})
+    reply = loopback.post(url + "/v1/chat/completions",
+                          json={"model": "cascade", "messages": [{"role": "user", "content": PROSE}]})
     assert reply.status_code == 502 and reply.json()["error"]["type"] == "upstream_error"
-    assert httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]["failed_requests"] == 1
+    assert loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]["failed_requests"] == 1
 
 
 def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_before_any_answer_is_the_clients(
@@ -353,14 +354,14 @@ def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_bef
     assert completion.model == "cheap" and chain["escalations"] == 1
     assert "(400)" in chain["calls"][-1]["error"]
     assert stored(url, decision_id)["model"] == "cheap"
-    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]
+    counts = loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]
     assert counts["requests"] == 1 and counts["failed_calls"] == 1 and counts["spend_usd"] > 0
     fake.set("strong")
     fake.set("cheap", "reject")  # the first model refuses: nothing answered, the client's 400 goes back to it
-    reply = httpx.post(url + "/v1/chat/completions",
-                       json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
+    reply = loopback.post(url + "/v1/chat/completions",
+                          json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
     assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
-    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]
+    counts = loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]
     assert counts["requests"] == 2 and counts["failed_requests"] == 1 and counts["failed_calls"] == 2  # counted
 
 
@@ -372,10 +373,10 @@ def test_a_refusal_after_a_failed_call_is_the_clients_and_both_calls_are_counted
     url = gateway()
     fake.set("cheap", "fail")
     fake.set("strong", "reject")
-    reply = httpx.post(url + "/v1/chat/completions",
-                       json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
+    reply = loopback.post(url + "/v1/chat/completions",
+                          json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
     assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
-    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]
+    counts = loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]
     assert counts["requests"] == 1 and counts["failed_requests"] == 1
     assert counts["answer_calls"] == 2 and counts["failed_calls"] == 2
 
@@ -387,10 +388,10 @@ def test_a_refusal_of_the_llm_routers_named_model_is_the_clients_and_the_routing
     400, and the request counts as failed with the routing call it paid for."""
     url = gateway()
     fake.set("strong", "reject")
-    reply = httpx.post(url + "/v1/chat/completions",
-                       json={"model": "auto", "messages": [{"role": "user", "content": CODE}]})
+    reply = loopback.post(url + "/v1/chat/completions",
+                          json={"model": "auto", "messages": [{"role": "user", "content": CODE}]})
     assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
-    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]
+    counts = loopback.get(url + "/v1/stats").json()["named_routers"]["auto"]
     assert counts["requests"] == 1 and counts["failed_requests"] == 1 and counts["router_calls"] == 1
     assert counts["answer_calls"] == 1 and counts["failed_calls"] == 1 and counts["spend_usd"] > 0
     fake.set("strong")
@@ -413,13 +414,13 @@ def test_a_named_router_refuses_at_once_when_the_service_does_not_store_and_pays
     with sqlite3.connect(tmp_path / "n0.db") as conn:
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     deadline = time.monotonic() + 10
-    while httpx.get(url + "/readyz").status_code != 503:
+    while loopback.get(url + "/readyz").status_code != 503:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     before = sum(fake.calls.values())
     for model in ("router", "cheap", "cascade", "learned", "auto"):
-        reply = httpx.post(url + "/v1/chat/completions",
-                           json={"model": model, "messages": [{"role": "user", "content": CODE}]})
+        reply = loopback.post(url + "/v1/chat/completions",
+                              json={"model": model, "messages": [{"role": "user", "content": CODE}]})
         assert reply.status_code == 503 and reply.json()["error"]["type"] == "service_unavailable", (model, reply.text)
     assert sum(fake.calls.values()) == before
 
@@ -439,13 +440,13 @@ def test_a_named_router_refuses_at_once_while_postgresql_is_unreachable(
         pg_server.down()
         try:
             deadline = time.monotonic() + 10
-            while httpx.get(url + "/readyz").status_code != 503:
+            while loopback.get(url + "/readyz").status_code != 503:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             before = sum(fake.calls.values())
             for model in ("router", "cascade", "learned", "auto"):
-                reply = httpx.post(url + "/v1/chat/completions", timeout=30,
-                                   json={"model": model, "messages": [{"role": "user", "content": CODE}]})
+                reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                                      json={"model": model, "messages": [{"role": "user", "content": CODE}]})
                 assert reply.status_code == 503, (model, reply.text)
             assert sum(fake.calls.values()) == before
         finally:
@@ -470,7 +471,7 @@ def test_learned_escalation_learns_which_kinds_to_escalate(gateway: Callable[...
         assert feedback(url, decision_id, quality_in(completion.choices[0].message.content) or 0.0)["status"] == (
             "unrouted")
     assert sum(escalated["code"][-30:]) >= 24 and sum(escalated["prose"][-30:]) <= 6, escalated
-    stats = httpx.get(url + "/v1/stats").json()["named_routers"]["learned"]
+    stats = loopback.get(url + "/v1/stats").json()["named_routers"]["learned"]
     assert stats["learned_chains"] == 200
 
 
@@ -496,7 +497,7 @@ def test_the_llm_router_picks_per_its_judgement_and_falls_back_to_the_policy(
     fake.set("chooser", "fail")
     completion, info, _ = ask(url, "auto", CODE)  # the routing LLM is down: the policy's choice, no 500
     assert info["named"] is None and info["calls"][0]["error"]
-    stats = httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]
+    stats = loopback.get(url + "/v1/stats").json()["named_routers"]["auto"]
     assert stats["parsed"] == 2 and stats["fallbacks"] == 2 and stats["router_calls"] == 4
 
 
@@ -504,7 +505,7 @@ def test_judge_and_router_models_with_route_false_are_never_routed_to(gateway: C
     url = gateway()
     answered = {ask(url, "router", f"{PROSE} #{i}")[0].model for i in range(30)}
     assert answered <= {"cheap", "strong"}
-    reply = httpx.post(url + "/v1/chat/completions", json={
+    reply = loopback.post(url + "/v1/chat/completions", json={
         "model": "router", "messages": [{"role": "user", "content": PROSE}], "bandit_router": {"models": [JUDGE]}})
     assert reply.status_code == 400 and "routable" in reply.json()["error"]["message"]
     # a misspelt name in the knob is hinted at a model the request can take: not a route = false one (refused as
@@ -512,7 +513,7 @@ def test_judge_and_router_models_with_route_false_are_never_routed_to(gateway: C
     for alias, models, hint in (("router", ["fake-judg"], None), ("router", ["stronk"], "strong"),
                                 ("cascade", ["cheap", "strong", "fake-judg"], None),
                                 ("cascade", ["cheap", "strong", "stronk"], "strong")):
-        reply = httpx.post(url + "/v1/chat/completions", json={
+        reply = loopback.post(url + "/v1/chat/completions", json={
             "model": alias, "messages": [{"role": "user", "content": PROSE}], "bandit_router": {"models": models}})
         message = reply.json()["error"]["message"]
         assert reply.status_code == 400 and "unknown or retired models" in message, (alias, models, message)
@@ -531,7 +532,7 @@ def _attempts(url: str, model: str, prompt: str, stream: bool = False) -> tuple[
     """(the model that answered, x-bandit-router-attempts, the reply's `bandit_router.calls` or [] for a gateway
     call) of one request, streamed or not."""
     body = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as reply:
+    with loopback.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as reply:
         assert reply.status_code == 200, reply.read()
         text = reply.read().decode()
         headers = reply.headers
@@ -663,11 +664,11 @@ def test_named_routers_calls_are_in_the_metrics_and_an_escalated_chain_is_one_re
         assert first_tries(reader, [chosen]) == [chosen]  # not taken for a fallback
     assert decision_id not in {r.decision.decision_id for r in recent_log(store, 50)}
     store.close()
-    typical = httpx.get(url + "/v1/stats/live").json()["typical"]  # the bandit chose nothing yet
+    typical = loopback.get(url + "/v1/stats/live").json()["typical"]  # the bandit chose nothing yet
     assert typical["decisions"] == 0 and set(typical["probabilities"].values()) == {None}
-    overall = httpx.get(url + "/v1/stats/timeseries?range=hour").json()["overall"]
+    overall = loopback.get(url + "/v1/stats/timeseries?range=hour").json()["overall"]
     assert overall["decisions"] == 1 and overall["routed"] == 0 and overall["exploration"] is None
-    metrics = httpx.get(url + "/metrics").text
+    metrics = loopback.get(url + "/metrics").text
     for model in ("cheap", JUDGE, "strong"):
         assert f'bandit_router_upstream_calls_total{{model="{model}",status="ok"}} 1.0' in metrics, model
 
@@ -675,7 +676,7 @@ def test_named_routers_calls_are_in_the_metrics_and_an_escalated_chain_is_one_re
 def named_metrics(url: str) -> dict[str, dict[str, float]]:
     """Per named router, its `/metrics` series summed over their labels but `router` (`requests_by_model` keeps
     the model: "" is a request no model answered), with the names of `GET /v1/stats`'s counts."""
-    families = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text)}
+    families = {f.name: f for f in text_string_to_metric_families(loopback.get(url + "/metrics", timeout=10).text)}
     out: dict[str, dict[str, float]] = {}
 
     def add(router: str, key: str, value: float) -> None:
@@ -702,7 +703,7 @@ def named_metrics(url: str) -> dict[str, dict[str, float]]:
 def assert_named_metrics_are_the_stats(url: str) -> dict[str, dict[str, float]]:
     """Every count `/metrics` has of the named routers is `GET /v1/stats`'s (the database's); returns the metrics."""
     metrics = named_metrics(url)
-    stats = httpx.get(url + "/v1/stats", timeout=10).json()["named_routers"]
+    stats = loopback.get(url + "/v1/stats", timeout=10).json()["named_routers"]
     assert set(metrics) == set(stats)
     for name, counts in stats.items():
         mine = metrics[name]
@@ -740,8 +741,8 @@ def test_named_routers_have_their_own_metrics_from_the_start_the_same_as_their_s
     ask(url, "auto", CODE)  # it names strong
     fake.set("cheap", "fail")
     fake.set("strong", "fail")
-    reply = httpx.post(url + "/v1/chat/completions",
-                       json={"model": "cascade", "messages": [{"role": "user", "content": PROSE}]})
+    reply = loopback.post(url + "/v1/chat/completions",
+                          json={"model": "cascade", "messages": [{"role": "user", "content": PROSE}]})
     assert reply.status_code == 502
     metrics = assert_named_metrics_are_the_stats(url)
     cascade = metrics["cascade"]
@@ -778,7 +779,7 @@ def test_with_two_workers_every_scrape_counts_every_workers_named_router_request
         def chat(i: int) -> int:
             model, prompt = [("cascade", PROSE), ("cascade", CODE), ("auto", CODE), ("auto", MATH)][i % 4]
             body = {"model": model, "messages": [{"role": "user", "content": f"{prompt} #{i}"}]}
-            return httpx.post(server.url + "/v1/chat/completions", json=body, headers=close, timeout=30).status_code
+            return loopback.post(server.url + "/v1/chat/completions", json=body, headers=close, timeout=30).status_code
 
         with ThreadPoolExecutor(4) as pool:
             assert set(pool.map(chat, range(24))) == {200}
@@ -820,7 +821,7 @@ def _retiring(url: str, model: str, body: bytes) -> Callable[[Any], tuple[int, s
     """A script that retires `model` (`DELETE /v1/models/…`) while the gateway waits for this call, then replies."""
 
     def script(request: Any) -> tuple[int, str, list[bytes]]:
-        reply = httpx.delete(f"{url}/v1/models/{model}", timeout=10)
+        reply = loopback.delete(f"{url}/v1/models/{model}", timeout=10)
         assert reply.status_code == 200, reply.text
         return 200, "application/json", [body]
 
@@ -835,13 +836,13 @@ def test_a_cascades_model_retired_while_it_answers_still_answers_and_its_chain_i
     (cheap, the judge, strong) are in the router's counts and spend."""
     url = gateway()
     fake.script["strong"] = _retiring(url, "strong", completion("strong answers"))
-    reply = httpx.post(url + "/v1/chat/completions", timeout=30,
-                       json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
+    reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                          json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
     assert reply.status_code == 200, reply.text
     assert reply.json()["model"] == "strong" and reply.json()["bandit_router"]["answered_by"] == "strong"
     decision = stored(url, reply.headers["x-decision-id"])
     assert decision["model"] == "strong" and decision["probability"] == 1.0
-    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["cascade"]
+    counts = loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]
     assert counts["requests"] == 1 and counts["answered_by"] == {"strong": 1} and counts["escalations"] == 1
     assert counts["judge_calls"] == 1 and counts["spend_usd"] > 0
 
@@ -856,15 +857,15 @@ def test_an_llm_routers_candidate_retired_while_the_routing_llm_answers_is_left_
     url = gateway()
     fake.script["chooser"] = _retiring(url, "cheap", completion(choice))
     asked = fake.calls["cheap"]
-    reply = httpx.post(url + "/v1/chat/completions", timeout=30,
-                       json={"model": "auto", "messages": [{"role": "user", "content": MATH}]})
+    reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                          json={"model": "auto", "messages": [{"role": "user", "content": MATH}]})
     assert reply.status_code == 200, reply.text
     named = None if choice.startswith("Hard") else "cheap"
     assert reply.json()["model"] == "strong" and reply.json()["bandit_router"]["named"] == named
     decision = stored(url, reply.headers["x-decision-id"])
     assert decision["model"] == "strong" and decision["probability"] == 1.0
     assert fake.calls["cheap"] == asked  # the retired candidate was never asked
-    counts = httpx.get(url + "/v1/stats").json()["named_routers"]["auto"]
+    counts = loopback.get(url + "/v1/stats").json()["named_routers"]["auto"]
     assert counts["requests"] == 1 and counts["router_calls"] == 1 and counts["fallbacks"] == (named is None)
     assert counts["spend_usd"] > 0
 
@@ -916,8 +917,8 @@ def test_a_named_routers_calls_are_counted_when_its_decision_cannot_be_stored(
 
     fake.script["cheap"] = locking
     try:
-        reply = httpx.post(url + "/v1/chat/completions", timeout=60,
-                           json={"model": "auto", "messages": [{"role": "user", "content": PROSE}]})
+        reply = loopback.post(url + "/v1/chat/completions", timeout=60,
+                              json={"model": "auto", "messages": [{"role": "user", "content": PROSE}]})
         assert reply.status_code == 503, reply.text  # the database did not answer for 5 s
         time.sleep(max(0.0, taken[0] + 11.0 - time.monotonic()))  # past the writer's busy timeout (10 s)
     finally:
@@ -927,7 +928,7 @@ def test_a_named_routers_calls_are_counted_when_its_decision_cannot_be_stored(
         assert conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == 0
 
     def counted() -> dict[str, Any]:
-        reply = httpx.get(url + "/v1/stats")  # a 503 while the writer's round still waits for the lock
+        reply = loopback.get(url + "/v1/stats")  # a 503 while the writer's round still waits for the lock
         return dict(reply.json()["named_routers"]["auto"]) if reply.status_code == 200 else {"requests": 0}
 
     deadline = time.monotonic() + 10
@@ -961,15 +962,15 @@ def test_a_request_cancelled_while_its_decision_is_stored_is_counted_and_booked_
     url = gateway()
     monkeypatch.setattr(Engine, "store_decision", stored_then_cancelled)
     try:  # the request is cut short: whatever the client gets (a dropped connection, a 500) is not an answer
-        reply = httpx.post(url + "/v1/chat/completions", timeout=30,
-                           json={"model": alias, "messages": [{"role": "user", "content": CODE}]})
+        reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                              json={"model": alias, "messages": [{"role": "user", "content": CODE}]})
         assert reply.status_code != 200, reply.text
     except httpx.HTTPError:
         pass
     monkeypatch.setattr(Engine, "store_decision", real)
 
     def counts() -> dict[str, Any]:
-        return dict(httpx.get(url + "/v1/stats", timeout=10).json()["named_routers"][alias])
+        return dict(loopback.get(url + "/v1/stats", timeout=10).json()["named_routers"][alias])
 
     deadline = time.monotonic() + 10
     while counts()["requests"] == 0:
@@ -983,5 +984,5 @@ def test_a_request_cancelled_while_its_decision_is_stored_is_counted_and_booked_
     for key in ("answer_calls", "judge_calls", "router_calls", "failed_calls"):
         assert metrics.get(key, 0.0) == stats.get(key, 0), (key, metrics, stats)
     assert metrics["spend_usd"] == pytest.approx(stats["spend_usd"])
-    booked = httpx.get(url + "/v1/budgets", timeout=10).json()["report"]["global"]["spend_usd"]
+    booked = loopback.get(url + "/v1/budgets", timeout=10).json()["report"]["global"]["spend_usd"]
     assert booked == pytest.approx(stats["spend_usd"]) and booked > 0

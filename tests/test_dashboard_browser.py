@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tools.dashboard_demo import CHROMIUM, CHROMIUM_ARGS, Server, Traffic, chromium_available, running, wait_until
+from tools.loopback import loopback
 
 pytestmark = pytest.mark.slow
 
@@ -202,7 +203,7 @@ def test_without_a_key_the_browser_sees_the_login_and_nothing_else(locked: Serve
     assert "gpt-4o" not in text and "tenant" not in text and "version" not in text
     w.shot("login")
     for path in ("/v1/stats/timeseries?range=hour", "/v1/stats/live", "/v1/stats/recent", "/v1/stats/shadows"):
-        assert httpx.get(locked.url + path).status_code == 401, path
+        assert loopback.get(locked.url + path).status_code == 401, path
 
     w.page.fill("#key", "not-the-key-0123456789")
     w.page.click("button[type=submit]")
@@ -252,7 +253,7 @@ def test_a_prompt_is_shown_as_text_never_as_markup(live: tuple[Server, Traffic],
     _all_panels_ready(w)
     shown = "() => document.getElementById('recent-table').innerText.includes('onerror')"
     for _ in range(100):  # the traffic keeps pushing it out of the newest 25: send it until a render shows it
-        assert httpx.post(server.url + "/v1/route", json={"prompt": hostile}).status_code == 200
+        assert loopback.post(server.url + "/v1/route", json={"prompt": hostile}).status_code == 200
         time.sleep(0.3)
         if w.page.evaluate(shown):
             break
@@ -287,7 +288,7 @@ def test_the_named_routers_panel_shows_the_deployments_counts_after_a_restart(wa
         prompts = ["Write a short poem about the sea at dawn", "Fix this Python function: def f(x): return x +"]
         spend = 0.0
         for i in range(5):
-            reply = httpx.post(urls[i % 2] + "/v1/chat/completions", timeout=30, json={
+            reply = loopback.post(urls[i % 2] + "/v1/chat/completions", timeout=30, json={
                 "model": "cascade", "messages": [{"role": "user", "content": f"{prompts[i % 2]} #{i}"}]})
             assert reply.status_code == 200, reply.text
             spend += reply.json()["bandit_router"]["cost_usd"]
@@ -330,7 +331,7 @@ def test_a_model_no_longer_in_the_catalog_is_marked_in_the_models_table(watched:
     try:
         url = first.wait_ready(30)
         for name in ("a", "b", "c", "c"):
-            assert httpx.post(url + "/v1/route", json={"prompt": "Say hello", "models": [name]}).status_code == 200
+            assert loopback.post(url + "/v1/route", json={"prompt": "Say hello", "models": [name]}).status_code == 200
     finally:
         first.stop()
     second = ServerThread(create_app(Settings(db=tmp_path / "r.db", seed=3, models=three[:2])))
@@ -362,10 +363,10 @@ def test_every_active_model_is_a_row_whatever_its_name(watched: Any, tmp_path: P
                                                                                      ModelSpec("b", 1.0, 2.0)))))
     try:
         url = server.wait_ready(30)
-        assert httpx.post(url + "/v1/route", json={"prompt": "Say hello", "models": ["b"]}).status_code == 200
+        assert loopback.post(url + "/v1/route", json={"prompt": "Say hello", "models": ["b"]}).status_code == 200
         for name in ("constructor", "toString", "__proto__"):
             spec = {"name": name, "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 2.0}
-            assert httpx.post(url + "/v1/models", json=spec).status_code == 201
+            assert loopback.post(url + "/v1/models", json=spec).status_code == 201
         w = watched(viewport={"width": 1200, "height": 900})
         w.page.goto(url + "/dashboard")
         wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")

@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tools.loopback import loopback
+
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
     from fastapi.testclient import TestClient
@@ -340,10 +342,10 @@ def test_models_the_caller_named_are_not_decisions_without_feedback(tmp_path: Pa
         statuses = []
         for i in range(60):
             body = {"model": "router" if i % 2 else "fake-writer", "messages": [{"role": "user", "content": f"#{i}"}]}
-            reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+            reply = loopback.post(url + "/v1/chat/completions", json=body, timeout=30)
             assert reply.status_code == 200, reply.text
             rated = {"decision_id": reply.headers["x-decision-id"], "quality": 0.4 + 0.01 * i}
-            statuses.append(httpx.post(url + "/v1/feedback", json=rated).json()["status"])
+            statuses.append(loopback.post(url + "/v1/feedback", json=rated).json()["status"])
     finally:
         server.stop()
         fake.stop()
@@ -730,7 +732,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             while True:
                 assert process.poll() is None, (tmp_path / "server.log").read_text()
                 try:
-                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    if loopback.get(url + "/readyz", timeout=1).status_code == 200:
                         break
                 except httpx.HTTPError:
                     pass

@@ -26,6 +26,7 @@ from bandit_router.config import Settings
 from bandit_router.router import Router
 from bandit_router.service import create_app
 from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread, quality_in
+from tools.loopback import loopback, openai_client
 
 KEY_ENV = "BANDIT_ROUTER_TEST_UPSTREAM_KEY"
 KEY = "sk-upstream-secret-0123456789abcdef"
@@ -74,11 +75,11 @@ def gateway(fake: FakeUpstream, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def client(url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    return openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
 
 
 def decision(url: str, decision_id: str) -> dict[str, Any]:
-    reply = httpx.get(f"{url}/v1/decisions/{decision_id}")
+    reply = loopback.get(f"{url}/v1/decisions/{decision_id}")
     assert reply.status_code == 200, reply.text
     return reply.json()
 
@@ -95,10 +96,10 @@ def settle(url: str, decision_id: str, n: int = 1) -> list[dict[str, Any]]:
 
 def feedback(url: str, decision_id: str, quality: float, *, http: httpx.Client | None = None,
              **extra: Any) -> dict[str, Any]:
-    """POST /v1/feedback; `http`: a client to reuse (`httpx.post` builds a client, and its SSL context, per call:
-    ≈ 20 ms, most of a loop of thousands)."""
+    """POST /v1/feedback, through `http` when given (a loop of thousands keeps its connection alive), else through
+    `loopback` (a connection per call)."""
     body = {"decision_id": decision_id, "quality": quality, **extra}
-    reply = (http or httpx).post(url + "/v1/feedback", json=body)
+    reply = (http or loopback).post(url + "/v1/feedback", json=body)
     assert reply.status_code == 200, reply.text
     return dict(reply.json())
 
@@ -176,7 +177,7 @@ def test_an_upstream_without_usage_is_counted_here(gateway: Callable[..., str], 
 
 def test_a_named_model_is_called_and_stored_but_never_learned(gateway: Callable[..., str]) -> None:
     url = gateway()
-    before = httpx.get(url + "/v1/stats").json()["policy_version"]
+    before = loopback.get(url + "/v1/stats").json()["policy_version"]
     raw = client(url).chat.completions.with_raw_response.create(
         model="fake-writer", messages=[{"role": "user", "content": CODE}])
     assert raw.parse().model == "fake-writer"
@@ -184,7 +185,7 @@ def test_a_named_model_is_called_and_stored_but_never_learned(gateway: Callable[
     stored = decision(url, decision_id)
     assert stored["policy"] == "caller" and stored["probability"] == 1.0
     assert feedback(url, decision_id, 0.9)["status"] == "unrouted"
-    assert httpx.get(url + "/v1/stats").json()["policy_version"] == before
+    assert loopback.get(url + "/v1/stats").json()["policy_version"] == before
 
 
 def test_a_route_false_model_named_directly_is_a_404_and_not_listed_for_openai_clients(
@@ -196,26 +197,26 @@ def test_a_route_false_model_named_directly_is_a_404_and_not_listed_for_openai_c
     model list leaves it out (the router's own listing still shows it). It was called and stored as a `caller`
     decision."""
     url = gateway(models=(*MODELS, JUDGE), not_routed=(JUDGE,))
-    before, decisions = sum(fake.calls.values()), httpx.get(url + "/v1/stats").json()["decisions"]
+    before, decisions = sum(fake.calls.values()), loopback.get(url + "/v1/stats").json()["decisions"]
     for extra in ({}, {"stream": True}, {"bandit_router": {"models": [JUDGE]}}):
-        reply = httpx.post(url + "/v1/chat/completions", timeout=30,
-                           json={"model": JUDGE, "messages": [{"role": "user", "content": CODE}], **extra})
+        reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                              json={"model": JUDGE, "messages": [{"role": "user", "content": CODE}], **extra})
         assert reply.status_code == 404, (extra, reply.text)
         error = reply.json()["error"]
         assert error["code"] == "model_not_found" and error["param"] == "model", error
         assert "route = false" in error["message"] and JUDGE in error["message"], error
     with pytest.raises(openai.NotFoundError, match="route = false"):
         client(url).chat.completions.create(model=JUDGE, messages=[{"role": "user", "content": CODE}])
-    assert sum(fake.calls.values()) == before and httpx.get(url + "/v1/stats").json()["decisions"] == decisions
+    assert sum(fake.calls.values()) == before and loopback.get(url + "/v1/stats").json()["decisions"] == decisions
     assert [m.id for m in client(url).models.list().data] == ["router", *MODELS]
-    assert JUDGE in [m["name"] for m in httpx.get(url + "/v1/models").json()["models"]]
+    assert JUDGE in [m["name"] for m in loopback.get(url + "/v1/models").json()["models"]]
 
 
 def test_models_are_listed_in_openai_shape_and_in_the_routers_own(gateway: Callable[..., str]) -> None:
     url = gateway()
     ids = [m.id for m in client(url).models.list().data]
     assert ids == ["router", *MODELS]
-    own = httpx.get(url + "/v1/models").json()
+    own = loopback.get(url + "/v1/models").json()
     assert [m["name"] for m in own["models"]] == list(MODELS) and own["retired"] == []
     assert "base_url" not in own["models"][0]
 
@@ -246,14 +247,14 @@ def test_a_named_model_outside_the_models_knob_is_refused_naming_where_the_knob_
     The routed alias's knob errors name the header too."""
     url = gateway()
     before = sum(fake.calls.values())
-    decisions = httpx.get(url + "/v1/stats").json()["decisions"]
+    decisions = loopback.get(url + "/v1/stats").json()["decisions"]
 
     def post(model: str, body_models: list[str] | None = None, header: str | None = None) -> httpx.Response:
         body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": CODE}]}
         if body_models is not None:
             body["bandit_router"] = {"models": body_models}
         headers = {} if header is None else {"x-bandit-router-models": header}
-        return httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+        return loopback.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
 
     for model, body_models, header, param, said in (
         ("fake-writer", ["fake-small"], None, "bandit_router.models", "'fake-writer'"),
@@ -269,7 +270,7 @@ def test_a_named_model_outside_the_models_knob_is_refused_naming_where_the_knob_
         assert error["param"] == param and error["type"] == "invalid_request_error", reply.text
         assert said in error["message"] and error["message"].startswith(param + ":"), reply.text
     assert sum(fake.calls.values()) == before  # nothing was called
-    assert httpx.get(url + "/v1/stats").json()["decisions"] == decisions  # nor stored
+    assert loopback.get(url + "/v1/stats").json()["decisions"] == decisions  # nor stored
     with pytest.raises(openai.BadRequestError, match="does not allow 'fake-writer'"):
         client(url).chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": CODE}],
                                             extra_headers={"x-bandit-router-models": "fake-small"})
@@ -286,7 +287,7 @@ def test_upstream_calls_are_counted_in_the_metrics(gateway: Callable[..., str], 
     fake.set("fake-coder", "fail")
     with pytest.raises(openai.APIStatusError):
         client(url).chat.completions.create(model="fake-coder", messages=[{"role": "user", "content": PROSE}])
-    metrics = httpx.get(url + "/metrics").text
+    metrics = loopback.get(url + "/metrics").text
     assert 'bandit_router_upstream_calls_total{model="fake-writer",status="ok"} 2.0' in metrics
     assert 'bandit_router_upstream_calls_total{model="fake-coder",status="server_error"} 1.0' in metrics
     assert 'bandit_router_upstream_seconds_count{model="fake-writer"} 2.0' in metrics
@@ -312,8 +313,8 @@ def test_upstream_model_names_the_providers_id_and_default_base_url_serves_the_r
         assert c.chat.completions.create(model="fake-writer", messages=[{"role": "user", "content": CODE}]
                                          ).model == "fake-writer"
         # a model added at run time is called through default_base_url too
-        added = httpx.post(server.url + "/v1/models", json={"name": "fake-small", "input_usd_per_mtok": 0.5,
-                                                            "output_usd_per_mtok": 1.0})
+        added = loopback.post(server.url + "/v1/models", json={"name": "fake-small", "input_usd_per_mtok": 0.5,
+                                                               "output_usd_per_mtok": 1.0})
         assert added.status_code == 201, added.text
         assert c.chat.completions.create(model="fake-small", messages=[{"role": "user", "content": CODE}]
                                          ).model == "fake-small"
@@ -338,7 +339,7 @@ def test_a_catalog_name_outside_ascii_or_with_a_percent_is_percent_encoded_in_th
         for stream in (False, True):
             shown = {}
             for name in ("名前", encoded, "fake-writer"):
-                reply = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
+                reply = loopback.post(server.url + "/v1/chat/completions", timeout=30, json={
                     "model": name, "messages": [{"role": "user", "content": CODE}], "stream": stream})
                 assert reply.status_code == 200, (stream, name, reply.text)
                 shown[name] = reply.headers["x-bandit-router-model"]
@@ -360,7 +361,7 @@ def test_a_hanging_judge_never_delays_a_reply_and_its_queue_is_bounded(
     for _ in range(8):
         c.chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
                                   extra_body={"bandit_router": {"models": list(MODELS)}})
-    judge = httpx.get(url + "/v1/stats").json()["judge"]
+    judge = loopback.get(url + "/v1/stats").json()["judge"]
     assert judge["sampled"] == 8 and judge["scored"] == 0
     assert judge["queued"] <= 2 and judge["dropped"] >= 5  # one in the judge's hands, at most 2 waiting
 
@@ -434,7 +435,7 @@ def test_a_failing_model_is_answered_by_a_fallback_and_then_avoided(
         feedback(url, raw.headers["x-decision-id"], quality_in(answer.choices[0].message.content) or 0.0)
     assert first_choices.count("fake-coder") >= 3  # it was tried
     assert first_choices[-20:].count("fake-coder") <= 3
-    stats = httpx.get(url + "/v1/stats").json()
+    stats = loopback.get(url + "/v1/stats").json()
     coder = next(m for m in stats["models"] if m["model"] == "fake-coder")
     assert coder["feedback"] == first_choices.count("fake-coder") and coder["mean_quality"] == 0.0
 
@@ -508,7 +509,7 @@ def test_an_upstream_4xx_is_passed_through_and_not_blamed_on_the_model(
     decision_id = caught.value.response.headers["x-decision-id"]
     time.sleep(0.2)
     assert decision(url, decision_id)["feedback"] == []
-    assert httpx.get(url + "/v1/stats").json()["policy_version"] == 0
+    assert loopback.get(url + "/v1/stats").json()["policy_version"] == 0
 
 
 def test_a_rejected_call_never_learns_the_default_reward(gateway: Callable[..., str]) -> None:
@@ -527,7 +528,7 @@ def test_a_rejected_call_never_learns_the_default_reward(gateway: Callable[..., 
     assert [(r["source"], r["quality"]) for r in rows] == [("default", 0.25)]
     assert decision(url, rejected)["call"]["status"] == "rejected"
     assert decision(url, rejected)["feedback"] == []
-    assert httpx.get(url + "/v1/stats").json()["policy_version"] == 1
+    assert loopback.get(url + "/v1/stats").json()["policy_version"] == 1
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -680,7 +681,7 @@ BAD_BODIES: list[tuple[Any, int]] = [
 def test_no_malformed_body_gets_a_500(gateway: Callable[..., str], body: Any, status: int) -> None:
     url = gateway()
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    reply = httpx.post(url + "/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+    reply = loopback.post(url + "/v1/chat/completions", content=content, headers={"content-type": "application/json"})
     assert reply.status_code == status, reply.text
     if status != 200:
         error = reply.json()["error"]
@@ -703,7 +704,7 @@ def test_a_body_nested_too_deep_or_with_a_non_finite_number_is_a_400_before_anyt
     bodies["deep in a message"] = (b'{"model": "router", "messages": [{"role": "user", "content": [{"type": "text", '
                                    b'"text": "hi", "x": ' + b"[" * 120 + b"]" * 120 + b"}]}]}")
     for name, body in bodies.items():
-        reply = httpx.post(url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        reply = loopback.post(url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
         assert reply.status_code == 400, (name, reply.text)
         error = reply.json()["error"]
         assert error["type"] == "invalid_request_error", (name, reply.text)
@@ -711,10 +712,10 @@ def test_a_body_nested_too_deep_or_with_a_non_finite_number_is_a_400_before_anyt
             assert error["param"] in ("x", "temperature", "messages"), (name, reply.text)
         if name == "101 levels":
             assert "nested deeper than 100 levels" in error["message"], reply.text
-    assert httpx.get(url + "/v1/stats").json()["decisions"] == 0  # nothing routed, nothing stored
+    assert loopback.get(url + "/v1/stats").json()["decisions"] == 0  # nothing routed, nothing stored
     fine = head + b'"x": ' + b"[" * 99 + b"]" * 99 + b"}"  # 100 levels with the body itself: the deepest allowed
-    assert httpx.post(url + "/v1/chat/completions", content=fine,
-                      headers={"content-type": "application/json"}).status_code == 200
+    assert loopback.post(url + "/v1/chat/completions", content=fine,
+                         headers={"content-type": "application/json"}).status_code == 200
 
 
 def test_an_unexpected_error_is_a_logged_500_in_openais_shape(
@@ -730,8 +731,8 @@ def test_an_unexpected_error_is_a_logged_500_in_openais_shape(
     url = gateway()
     monkeypatch.setattr(Gateway, "complete", broken)
     with caplog.at_level(logging.ERROR, logger="bandit_router.service"):
-        reply = httpx.post(url + "/v1/chat/completions",
-                           json={"model": "router", "messages": [{"role": "user", "content": CODE}]})
+        reply = loopback.post(url + "/v1/chat/completions",
+                              json={"model": "router", "messages": [{"role": "user", "content": CODE}]})
     assert reply.status_code == 500
     assert reply.json() == {"error": {"message": "internal error", "type": "api_error", "param": None,
                                       "code": "internal"}}
@@ -743,11 +744,11 @@ def test_not_json_is_a_415_and_a_huge_body_a_413_in_openais_shape(gateway: Calla
     `max_body_bytes`, a Host a loopback-bound service does not serve) are in OpenAI's error shape on this path."""
     url = gateway()
     replies = {
-        415: httpx.post(url + "/v1/chat/completions", content=b"x", headers={"content-type": "text/plain"}),
-        413: httpx.post(url + "/v1/chat/completions", content=b"x" * 2_000_000,
-                        headers={"content-type": "application/json"}),
-        421: httpx.post(url + "/v1/chat/completions", json={"model": "router", "messages": []},
-                        headers={"host": "attacker.example"}),
+        415: loopback.post(url + "/v1/chat/completions", content=b"x", headers={"content-type": "text/plain"}),
+        413: loopback.post(url + "/v1/chat/completions", content=b"x" * 2_000_000,
+                           headers={"content-type": "application/json"}),
+        421: loopback.post(url + "/v1/chat/completions", json={"model": "router", "messages": []},
+                           headers={"host": "attacker.example"}),
     }
     for status, reply in replies.items():
         assert reply.status_code == status, reply.text
@@ -764,11 +765,11 @@ def test_a_key_given_twice_is_a_400_naming_it_in_openais_shape(gateway: Callable
     gateway answers every body it cannot forward so, in OpenAI's shape); nothing is stored."""
     url = gateway()
     body = b'{"model": "router", "messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}'
-    reply = httpx.post(url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    reply = loopback.post(url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"] == {"message": "body: gives the key 'model' twice", "type": "invalid_request_error",
                                      "param": "body", "code": None}
-    assert httpx.get(url + "/v1/stats").json()["decisions"] == 0
+    assert loopback.get(url + "/v1/stats").json()["decisions"] == 0
 
 
 def test_a_key_given_twice_in_the_context_header_is_a_400_naming_it(gateway: Callable[..., str]) -> None:
@@ -778,12 +779,12 @@ def test_a_key_given_twice_in_the_context_header_is_a_400_naming_it(gateway: Cal
     url = gateway()
     body = {"model": "router", "messages": [{"role": "user", "content": "hi"}]}
     for context in ('{"tenant": "acme", "tenant": "beta"}', '{"tenant": "acme", "t\\u0065nant": "beta"}'):
-        reply = httpx.post(url + "/v1/chat/completions", json=body, headers={"x-bandit-router-context": context})
+        reply = loopback.post(url + "/v1/chat/completions", json=body, headers={"x-bandit-router-context": context})
         assert reply.status_code == 400, reply.text
         assert reply.json()["error"] == {
             "message": "x-bandit-router-context: gives the key 'tenant' twice", "type": "invalid_request_error",
             "param": "x-bandit-router-context", "code": None}
-    assert httpx.get(url + "/v1/stats").json()["decisions"] == 0
+    assert loopback.get(url + "/v1/stats").json()["decisions"] == 0
 
 
 def test_the_cost_weight_header_is_a_number_as_json_writes_it_or_a_400(gateway: Callable[..., str]) -> None:
@@ -795,13 +796,13 @@ def test_the_cost_weight_header_is_a_number_as_json_writes_it_or_a_400(gateway: 
     body = {"model": "router", "messages": [{"role": "user", "content": "hi"}]}
     header = "x-bandit-router-cost-weight"
     for value in ("1_0", "４０".encode(), "nan", "infinity", "+3", ".5", "0x10", "1.", "", "3 4"):
-        reply = httpx.post(url + "/v1/chat/completions", json=body, headers={header: value})
+        reply = loopback.post(url + "/v1/chat/completions", json=body, headers={header: value})
         assert reply.status_code == 400, (value, reply.text)
         assert reply.json()["error"] == {"message": f"{header}: must be a number as JSON writes it, such as 2.5",
                                          "type": "invalid_request_error", "param": header, "code": None}, value
-    assert httpx.get(url + "/v1/stats").json()["decisions"] == 0
+    assert loopback.get(url + "/v1/stats").json()["decisions"] == 0
     for value, weight in (("40", 40.0), ("2.5", 2.5), ("1e1", 10.0), ("0", 0.0)):
-        reply = httpx.post(url + "/v1/chat/completions", json=body, headers={header: value})
+        reply = loopback.post(url + "/v1/chat/completions", json=body, headers={header: value})
         assert reply.status_code == 200, (value, reply.text)
         assert decision(url, reply.headers["x-decision-id"])["cost_weight"] == weight
 
@@ -815,16 +816,16 @@ def test_the_context_header_is_read_as_utf8_or_else_latin1_and_other_headers_are
     url = gateway()
     body = {"model": "router", "messages": [{"role": "user", "content": "hi"}]}
     header = "x-bandit-router-context"
-    reply = httpx.post(url + "/v1/chat/completions", json=body, headers={header: '{"tenant": "café"}'.encode()})
+    reply = loopback.post(url + "/v1/chat/completions", json=body, headers={header: '{"tenant": "café"}'.encode()})
     assert reply.status_code == 200, reply.text
     assert decision(url, reply.headers["x-decision-id"])["tenant"] == "café"
     request = urllib.request.Request(url + "/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
                                      headers={"content-type": "application/json", header: '{"tenant": "café"}'})
     with urllib.request.urlopen(request, timeout=30) as answer:  # http.client sends the value as Latin-1
         assert decision(url, answer.headers["x-decision-id"])["tenant"] == "café"
-    reply = httpx.post(url + "/v1/chat/completions", json=body, headers={"x-bandit-router-note": b"caf\xe9 \xff"})
+    reply = loopback.post(url + "/v1/chat/completions", json=body, headers={"x-bandit-router-note": b"caf\xe9 \xff"})
     assert reply.status_code == 200, reply.text
-    assert httpx.get(url + "/v1/stats").json()["decisions"] == 3
+    assert loopback.get(url + "/v1/stats").json()["decisions"] == 3
 
 
 def test_a_wrong_method_or_a_path_under_the_gateways_is_refused_in_openais_shape(gateway: Callable[..., str]) -> None:
@@ -833,8 +834,8 @@ def test_a_wrong_method_or_a_path_under_the_gateways_is_refused_in_openais_shape
     paths keep the service's own shape."""
     url = gateway()
     replies = {
-        405: httpx.get(url + "/v1/chat/completions"),
-        404: httpx.post(url + "/v1/chat/completions/x", json={"model": "router", "messages": []}),
+        405: loopback.get(url + "/v1/chat/completions"),
+        404: loopback.post(url + "/v1/chat/completions/x", json={"model": "router", "messages": []}),
     }
     for status, reply in replies.items():
         assert reply.status_code == status, reply.text
@@ -846,9 +847,9 @@ def test_a_wrong_method_or_a_path_under_the_gateways_is_refused_in_openais_shape
     with pytest.raises(openai.NotFoundError) as caught:  # the OpenAI client's own exception, with the message
         client(url).post("/chat/completions/x", body={}, cast_to=object)
     assert caught.value.body == replies[404].json()["error"]
-    elsewhere = httpx.get(url + "/v1/nope")
+    elsewhere = loopback.get(url + "/v1/nope")
     assert elsewhere.status_code == 404 and elsewhere.json() == {"error": "not_found", "message": "Not Found"}
-    assert httpx.get(url + "/v1/chat").json()["error"] == "not_found"  # not the gateway's path
+    assert loopback.get(url + "/v1/chat").json()["error"] == "not_found"  # not the gateway's path
 
 
 def test_when_only_route_false_models_have_an_upstream_a_routed_request_is_a_503_not_a_knob_error(
@@ -862,8 +863,8 @@ def test_when_only_route_false_models_have_an_upstream_a_routed_request_is_a_503
     server = ServerThread(create_app(Settings(db=tmp_path / "j.db", seed=7, models=specs)))
     try:
         url = server.wait_ready()
-        reply = httpx.post(url + "/v1/chat/completions",
-                           json={"model": "router", "messages": [{"role": "user", "content": "hi"}]})
+        reply = loopback.post(url + "/v1/chat/completions",
+                              json={"model": "router", "messages": [{"role": "user", "content": "hi"}]})
         assert reply.status_code == 503, reply.text
         error = reply.json()["error"]
         assert error["code"] == "no_upstream" and error["param"] is None, error
@@ -908,11 +909,11 @@ def test_a_model_retired_while_a_request_is_routed_is_left_out_never_blamed_on_a
                 return decision
 
             monkeypatch.setattr(engine, "route", retire_then_route)
-            reply = httpx.post(url + "/v1/chat/completions", json=request, timeout=30)
+            reply = loopback.post(url + "/v1/chat/completions", json=request, timeout=30)
             assert reply.status_code == 200, (n, reply.text)
             answered = reply.json()["model"]
             assert answered in names and answered not in retired, (n, answered, retired)
-            assert retired and retired[0] in httpx.get(url + "/v1/models").json()["retired"]
+            assert retired and retired[0] in loopback.get(url + "/v1/models").json()["retired"]
             assert reply.headers["x-bandit-router-attempts"] == ("2" if when == "after" else "1")
         finally:
             fake.behaviour.clear()
@@ -970,7 +971,7 @@ def test_the_upstream_key_never_reaches_logs_replies_metrics_or_the_database(
         c.chat.completions.create(model="fake-coder", messages=[{"role": "user", "content": CODE}], temperature=3)
     texts.append(rejected.value.response.text)
     for path in ("/v1/stats", "/v1/models", "/metrics", "/openapi.json"):
-        texts.append(httpx.get(url + path).text)
+        texts.append(loopback.get(url + path).text)
     assert f"Bearer {KEY}" in fake.authorizations
     assert KEY not in caplog.text and all(KEY not in t for t in texts)
     time.sleep(0.3)
@@ -1037,10 +1038,10 @@ def test_the_judge_scores_sampled_answers_and_the_callers_feedback_takes_precede
     assert late["status"] == "ignored"
     time.sleep(0.5)
     assert [r["source"] for r in decision(url, first_id)["feedback"]] == [None]
-    judge = httpx.get(url + "/v1/stats").json()["judge"]
+    judge = loopback.get(url + "/v1/stats").json()["judge"]
     assert judge["model"] == JUDGE and judge["scored"] == 5 and judge["overridden"] == 1
     assert judge["spend_usd"] > 0 and judge["input_tokens"] > 0
-    metrics = httpx.get(url + "/metrics").text
+    metrics = loopback.get(url + "/metrics").text
     assert 'bandit_router_judge_jobs{state="scored"} 5.0' in metrics and "bandit_router_judge_spend_usd" in metrics
 
 
@@ -1068,7 +1069,7 @@ def test_a_judge_job_whose_decision_the_caller_rated_during_the_delay_calls_no_j
         took = time.monotonic() - replied
         assert took < delay_s, f"the feedback took {took:.2f} s, past judge_delay_s: the machine is too slow to test"
     deadline = time.monotonic() + 10
-    while (judge := httpx.get(url + "/v1/stats").json()["judge"])["queued"] or \
+    while (judge := loopback.get(url + "/v1/stats").json()["judge"])["queued"] or \
             judge["overridden"] + judge["scored"] + judge["failed"] < 3:
         assert time.monotonic() < deadline, judge
         time.sleep(0.05)
@@ -1093,7 +1094,7 @@ def test_a_judge_delayed_past_the_reward_window_with_a_default_reward_calls_no_j
         model="router", messages=[{"role": "user", "content": CODE}],
         extra_body={"bandit_router": {"models": list(MODELS)}}).headers["x-decision-id"] for _ in range(3)]
     deadline = time.monotonic() + 15
-    while (judge := httpx.get(url + "/v1/stats").json()["judge"])["queued"] or \
+    while (judge := loopback.get(url + "/v1/stats").json()["judge"])["queued"] or \
             judge["overridden"] + judge["scored"] + judge["failed"] < 3:
         assert time.monotonic() < deadline, judge
         time.sleep(0.05)
@@ -1122,10 +1123,10 @@ def test_a_judge_model_retired_at_run_time_still_judges_after_a_restart(
     server = serve(**({"judge_model": JUDGE, "judge_sample_rate": 1.0} if judge_from == "file" else {}))
     try:
         if judge_from == "added":
-            added = httpx.post(server.url + "/v1/models", json={"name": JUDGE, "input_usd_per_mtok": 0.1,
-                                                                "output_usd_per_mtok": 0.2})
+            added = loopback.post(server.url + "/v1/models", json={"name": JUDGE, "input_usd_per_mtok": 0.1,
+                                                                   "output_usd_per_mtok": 0.2})
             assert added.status_code == 201, added.text
-        assert httpx.delete(f"{server.url}/v1/models/{JUDGE}").status_code == 200
+        assert loopback.delete(f"{server.url}/v1/models/{JUDGE}").status_code == 200
     finally:
         server.stop()
     with caplog.at_level(logging.WARNING, logger="bandit_router"):
@@ -1137,7 +1138,7 @@ def test_a_judge_model_retired_at_run_time_still_judges_after_a_restart(
             model="router", messages=[{"role": "user", "content": CODE}])
         rows = settle(server.url, raw.headers["x-decision-id"])
         assert rows and rows[0]["source"] == "judge", rows
-        assert httpx.get(server.url + "/v1/stats").json()["judge"]["scored"] == 1
+        assert loopback.get(server.url + "/v1/stats").json()["judge"]["scored"] == 1
         assert JUDGE not in [m.id for m in client(server.url).models.list().data]
     finally:
         server.stop()
@@ -1262,7 +1263,7 @@ def _fallback_with_a_catalog_change(
 
         monkeypatch.setattr(engine, "route", route_then_fail)
         monkeypatch.setattr(router, "decide", change_then_decide)
-        return httpx.post(url + "/v1/chat/completions", json=body, timeout=30), failed, changed
+        return loopback.post(url + "/v1/chat/completions", json=body, timeout=30), failed, changed
     finally:
         fake.behaviour.clear()
         server.stop()
@@ -1335,7 +1336,7 @@ def test_a_model_added_back_with_route_false_while_a_request_is_routed_is_never_
 
         monkeypatch.setattr(engine, "route", readd_then_route)
         body = {"model": "router", "messages": [{"role": "user", "content": CODE}]}
-        reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        reply = loopback.post(url + "/v1/chat/completions", json=body, timeout=30)
         assert reply.status_code == 503, reply.text
         error = reply.json()["error"]
         assert error["code"] == "no_upstream" and error["param"] is None, error
@@ -1372,14 +1373,14 @@ def test_a_named_model_retired_before_its_decision_is_a_404_not_a_500(
         monkeypatch.setattr(router, "featurize", retire_then_featurize)
         body = {"model": "fake-writer", "messages": [{"role": "user", "content": CODE}]}
         calls = sum(fake.calls.values())
-        reply = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        reply = loopback.post(url + "/v1/chat/completions", json=body, timeout=30)
         assert retired and reply.status_code == 404, reply.text
         error = reply.json()["error"]
         assert (error["code"], error["param"]) == ("model_not_found", "model"), error
         assert error["message"] == ("model: 'fake-writer' was retired (DELETE /v1/models) while this request was in "
                                     "flight: name an active catalog model or 'router'")
-        assert sum(fake.calls.values()) == calls and httpx.get(url + "/v1/stats").json()["decisions"] == 0
-        again = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        assert sum(fake.calls.values()) == calls and loopback.get(url + "/v1/stats").json()["decisions"] == 0
+        again = loopback.post(url + "/v1/chat/completions", json=body, timeout=30)
         assert again.status_code == 404 and "is neither 'router' nor a catalog model" in again.text, again.text
     finally:
         server.stop()
@@ -1396,7 +1397,7 @@ def test_an_upstream_refusing_the_key_is_logged_once_a_minute_not_on_every_reque
     called = fake.calls["fake-coder"]  # the fake serves the whole module
     with caplog.at_level(logging.WARNING, logger="bandit_router.gateway"):
         for _ in range(8):
-            reply = httpx.post(url + "/v1/chat/completions", timeout=30, json={
+            reply = loopback.post(url + "/v1/chat/completions", timeout=30, json={
                 "model": "fake-coder", "messages": [{"role": "user", "content": CODE}]})
             assert reply.status_code == 502 and "refused the request (401)" in reply.text, reply.text
     said = [r.getMessage() for r in caplog.records if "check the model's api_key_env" in r.getMessage()]

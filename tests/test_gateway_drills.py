@@ -24,6 +24,7 @@ from bandit_router.config import RouterAlias, Settings
 from bandit_router.service import create_app
 from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread
 from tests.test_gateway import PRICES, fake, gateway  # noqa: F401  (fixtures)
+from tools.loopback import loopback
 
 HI = [{"role": "user", "content": "Write a short poem about the sea at dawn"}]
 
@@ -44,8 +45,8 @@ def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 def chat(url: str, model: str = "router", *, stream: bool = False, timeout: float = 30.0) -> httpx.Response:
-    return httpx.post(url + "/v1/chat/completions", json={"model": model, "messages": HI, "stream": stream},
-                      timeout=timeout)
+    return loopback.post(url + "/v1/chat/completions", json={"model": model, "messages": HI, "stream": stream},
+                         timeout=timeout)
 
 
 def test_a_stream_whose_caller_left_before_its_first_chunk_is_recorded_cancelled_and_lets_its_connection_go(

@@ -22,6 +22,7 @@ from bandit_router.gateway.sse import sse_lines
 from bandit_router.service import create_app
 from benchmarks.fake_upstream import ServerThread
 from tests.named_fakes import PRICES, PROSE, QUALITY, ScriptedFake, serving
+from tools.loopback import loopback
 
 FINISH = b'data: {"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
 
@@ -63,7 +64,7 @@ def gateway(fake: ScriptedFake, tmp_path: Path) -> Iterator[Callable[..., str]]:
 
 def stream(url: str, model: str = "cheap") -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": PROSE}], "stream": True}
-    return httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+    return loopback.post(url + "/v1/chat/completions", json=body, timeout=30)
 
 
 def recorded(db: Path, decision_id: str) -> tuple[str, str | None]:

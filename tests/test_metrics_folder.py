@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bandit_router.service.metricsdir import LOCK_NAME, PREFIX, remove_stale
+from tools.loopback import loopback
 from tools.serve_process import ServeProcess
 
 SERVE = [sys.executable, "-m", "bandit_router.cli"]
@@ -85,8 +86,8 @@ def test_one_worker_serve_ignores_an_operators_multiprocess_folder(tmp_path: Pat
         try:
             server.wait_ready()
             for i in range(5 if run == 0 else 0):
-                httpx.post(server.url + "/v1/route", json={"prompt": f"q{i}"}, timeout=10).raise_for_status()
-            counts.append(_decisions(httpx.get(server.url + "/metrics", timeout=10).text))
+                loopback.post(server.url + "/v1/route", json={"prompt": f"q{i}"}, timeout=10).raise_for_status()
+            counts.append(_decisions(loopback.get(server.url + "/metrics", timeout=10).text))
         finally:
             server.stop()
     assert counts == [5, 0]
@@ -123,8 +124,8 @@ def test_a_start_removes_the_metrics_folder_a_killed_server_left_and_never_a_liv
         assert not left.exists()
         mine = _workers_folder(live, parent)
         assert remove_stale(parent) == [] and mine.exists()  # another start's look: the live folder stays
-        httpx.post(live.url + "/v1/route", json={"prompt": "q"}, headers=CLOSE, timeout=10).raise_for_status()
-        assert _decisions(httpx.get(live.url + "/metrics", headers=CLOSE, timeout=10).text) == 1
+        loopback.post(live.url + "/v1/route", json={"prompt": "q"}, headers=CLOSE, timeout=10).raise_for_status()
+        assert _decisions(loopback.get(live.url + "/metrics", headers=CLOSE, timeout=10).text) == 1
         assert live.terminate() == 0
     finally:
         live.stop()
@@ -182,7 +183,7 @@ def test_workers_keep_answering_when_the_metrics_file_system_fills_after_the_sta
                     else:
                         reply = client.post("/v1/feedback", json={"decision_id": "x" * (i % 40 + 1), "quality": 1})
                     codes[reply.status_code] = codes.get(reply.status_code, 0) + 1
-            scrape = httpx.get(server.url + "/metrics", headers=CLOSE, timeout=10).text
+            scrape = loopback.get(server.url + "/metrics", headers=CLOSE, timeout=10).text
             assert _decisions(scrape) == 100
             assert codes.get(200) == 100 and sum(codes.values()) == 300
             assert "Child process" not in server.logpath.read_text(errors="replace")  # uvicorn: "... died"

@@ -22,6 +22,7 @@ from psycopg_pool import ConnectionPool
 
 from bandit_router.store.location import DatabaseURL
 from bandit_router.store.postgres import POOL_NAME, PostgresStore
+from tools.loopback import loopback
 from tools.pg_server import PgServer
 from tools.serve_process import ServeProcess
 
@@ -51,7 +52,7 @@ def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 def _ready(server: ServeProcess) -> int:
-    return httpx.get(server.url + "/readyz", timeout=5).status_code
+    return loopback.get(server.url + "/readyz", timeout=5).status_code
 
 
 def test_a_postgresql_outage_is_logged_when_it_starts_and_ends_not_at_every_reconnection(
@@ -63,7 +64,7 @@ def test_a_postgresql_outage_is_logged_when_it_starts_and_ends_not_at_every_reco
     service logs the outage once when `/readyz` turns 503 (with the reason) and once when it is ready again, and
     each of the pool's messages at most once a minute."""
     server = serve("--db", pg_url)
-    httpx.post(server.url + "/v1/route", json={"prompt": "before"}, timeout=5).raise_for_status()
+    loopback.post(server.url + "/v1/route", json={"prompt": "before"}, timeout=5).raise_for_status()
     pg_server.down()
     try:
         _wait(lambda: _ready(server) == 503)
@@ -71,7 +72,7 @@ def test_a_postgresql_outage_is_logged_when_it_starts_and_ends_not_at_every_reco
     finally:
         pg_server.up()
     _wait(lambda: _ready(server) == 200)
-    httpx.post(server.url + "/v1/route", json={"prompt": "after"}, timeout=5).raise_for_status()
+    loopback.post(server.url + "/v1/route", json={"prompt": "after"}, timeout=5).raise_for_status()
     _wait(lambda: "ready again" in server.logpath.read_text())  # the watchdog's next round (0.5 s)
     log = server.logpath.read_text()
     pool = Counter(re.sub(r"\d+", "N", line.split(" psycopg.pool: ", 1)[1][:40])
@@ -108,24 +109,24 @@ def test_with_two_workers_every_scrape_counts_every_workers_requests(serve: Call
     close = {"connection": "close"}
 
     def route(i: int) -> str:
-        reply = httpx.post(server.url + "/v1/route", json={"prompt": f"question {i}"}, headers=close, timeout=10)
+        reply = loopback.post(server.url + "/v1/route", json={"prompt": f"question {i}"}, headers=close, timeout=10)
         reply.raise_for_status()
         return str(reply.json()["decision_id"])
 
     def feedback(decision_id: str) -> None:
-        httpx.post(server.url + "/v1/feedback", json={"decision_id": decision_id, "quality": 0.5, "cost_usd": 0.01},
-                   headers=close, timeout=10).raise_for_status()
+        loopback.post(server.url + "/v1/feedback", json={"decision_id": decision_id, "quality": 0.5, "cost_usd": 0.01},
+                      headers=close, timeout=10).raise_for_status()
 
     def bad(i: int) -> int:
-        return httpx.post(server.url + "/v1/route", content=b"{", headers={**close, "content-type": "application/json"},
-                          timeout=10).status_code
+        return loopback.post(server.url + "/v1/route", content=b"{",
+                             headers={**close, "content-type": "application/json"}, timeout=10).status_code
 
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(route, range(80)))
         list(pool.map(feedback, ids[:30]))
         assert set(pool.map(bad, range(8))) == {422}
     for _ in range(6):  # each scrape may reach either worker
-        families = _families(httpx.get(server.url + "/metrics", headers=close, timeout=10).text)
+        families = _families(loopback.get(server.url + "/metrics", headers=close, timeout=10).text)
         assert _total(families, "bandit_router_decisions", "bandit_router_decisions_total") == 80
         assert _total(families, "bandit_router_feedback", "bandit_router_feedback_total", status="applied") == 30
         assert _total(families, "bandit_router_learned_cost_usd", "bandit_router_learned_cost_usd_total") \
@@ -150,10 +151,10 @@ def test_with_two_workers_a_family_without_samples_yet_is_listed_as_in_one_proce
     one = serve("--db", str(tmp_path / "one.db"))
     two = serve("--db", str(tmp_path / "two.db"), "--workers", "2")
     close = {"connection": "close"}
-    alone = _families(httpx.get(one.url + "/metrics", headers=close, timeout=10).text)
+    alone = _families(loopback.get(one.url + "/metrics", headers=close, timeout=10).text)
     assert alone["bandit_router_decisions"].samples == [] and alone["bandit_router_upstream_seconds"].samples == []
     for _ in range(4):  # each scrape may reach either worker
-        workers = _families(httpx.get(two.url + "/metrics", headers=close, timeout=10).text)
+        workers = _families(loopback.get(two.url + "/metrics", headers=close, timeout=10).text)
         listed = {name: {s.name for s in family.samples} for name, family in workers.items()}
         expected = {name: {s.name for s in family.samples if not s.name.endswith("_created")}
                     for name, family in alone.items() if not name.endswith("_created")}
@@ -217,7 +218,7 @@ def test_malformed_requests_are_logged_once_a_minute_not_once_each(serve: Callab
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as conn:
             conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
             assert conn.recv(100).startswith(b"HTTP/1.1 400 ")
-    assert httpx.get(server.url + "/healthz", timeout=5).status_code == 200  # served after them, so logged before
+    assert loopback.get(server.url + "/healthz", timeout=5).status_code == 200  # served after them, so logged before
     assert server.logpath.read_text().count("Invalid HTTP request received.") == 1
 
 

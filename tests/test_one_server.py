@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from file_modes import under_file_modes
 from typer.testing import CliRunner
@@ -24,6 +23,7 @@ from bandit_router.cli import app as cli_app
 from bandit_router.store import SQLiteStore
 from bandit_router.store.serverlock import SUFFIX as SERVER_LOCK_SUFFIX
 from bandit_router.store.serverlock import DatabaseInUse, ServerLock
+from tools.loopback import loopback
 from tools.serve_process import ServeProcess, free_port
 
 CLI = [sys.executable, "-m", "bandit_router.cli"]
@@ -60,12 +60,13 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
 
 def route(server: ServeProcess, n: int) -> None:
     for i in range(n):
-        reply = httpx.post(server.url + "/v1/route", json={"prompt": f"Write a haiku about the sea #{i}"}, timeout=30)
+        reply = loopback.post(server.url + "/v1/route", json={"prompt": f"Write a haiku about the sea #{i}"},
+                              timeout=30)
         assert reply.status_code == 200, reply.text
 
 
 def decisions(server: ServeProcess) -> int:
-    return int(httpx.get(server.url + "/v1/stats", timeout=30).json()["decisions"])
+    return int(loopback.get(server.url + "/v1/stats", timeout=30).json()["decisions"])
 
 
 @pytest.mark.slow
@@ -106,7 +107,7 @@ def test_workers_share_the_file_and_keep_it_when_their_parent_is_killed(servers:
     workers = set()
     deadline = time.monotonic() + 60
     while len(workers) < 2 and time.monotonic() < deadline:  # a new connection each: the kernel picks the worker
-        reply = httpx.get(server.url + "/readyz", headers={"connection": "close"}, timeout=5)
+        reply = loopback.get(server.url + "/readyz", headers={"connection": "close"}, timeout=5)
         if reply.status_code == 200:
             workers.add(reply.json()["pid"])
     assert len(workers) == 2, "the second worker did not become ready"
@@ -116,7 +117,7 @@ def test_workers_share_the_file_and_keep_it_when_their_parent_is_killed(servers:
 
     os.kill(server.process.pid, signal.SIGKILL)  # the parent alone
     server.process.wait(10)
-    assert httpx.get(server.url + "/readyz", timeout=5).json()["pid"] in workers  # orphans, serving
+    assert loopback.get(server.url + "/readyz", timeout=5).json()["pid"] in workers  # orphans, serving
     refused = second_serve(tmp_path, db)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     message = " ".join(refused.stderr.split())

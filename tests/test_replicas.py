@@ -24,6 +24,7 @@ from bandit_router.log import build_router, rebuild_router
 from bandit_router.store.location import DatabaseURL
 from bandit_router.store.postgres import PostgresStore
 from bandit_router.types import Decision, Request
+from tools.loopback import loopback
 from tools.pg_server import PASSWORD, PgServer
 
 pytestmark = pytest.mark.slow
@@ -125,12 +126,12 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 
 def _newest_checkpoint(urls: list[str]) -> int | None:
     """The feedback seq of the newest checkpoint any of these replicas stored or restored (None: none yet)."""
-    seqs = [httpx.get(u + "/readyz", timeout=10).json()["checkpoints"]["seq"] for u in urls]
+    seqs = [loopback.get(u + "/readyz", timeout=10).json()["checkpoints"]["seq"] for u in urls]
     return max((s for s in seqs if s is not None), default=None)
 
 
 def _caught_up(urls: list[str]) -> bool:
-    stats = [httpx.get(u + "/v1/stats", timeout=10).json() for u in urls]
+    stats = [loopback.get(u + "/v1/stats", timeout=10).json() for u in urls]
     heads = {s["feedback_seq"] for s in stats}
     return len(heads) == 1 and all(s["applied_seq"] == s["feedback_seq"] for s in stats)
 
@@ -161,7 +162,7 @@ def test_three_replicas_one_log_through_kill_9_and_a_database_restart(
         # learned feedback (checked at the end: no gap, every replica's policy_version == len(rows)), so
         # policy_version <= the log's head says it replayed none of the feedbacks the checkpoint already held: a
         # replica that restored the checkpoint and then replayed the whole log would be above the head
-        recovery = httpx.get(joined.url + "/readyz", timeout=10).json()["recovery"]
+        recovery = loopback.get(joined.url + "/readyz", timeout=10).json()["recovery"]
         log = PostgresStore(DatabaseURL(pg_url))
         try:
             with log.read() as reader:
@@ -206,12 +207,12 @@ def test_three_replicas_one_log_through_kill_9_and_a_database_restart(
         replay = rebuild_router(settings, store)
         assert replay.version == len(rows)
         for url in urls:
-            stats = httpx.get(url + "/v1/stats", timeout=10).json()
+            stats = loopback.get(url + "/v1/stats", timeout=10).json()
             assert stats["policy_version"] == len(rows) and stats["applied_seq"] == head[0]
             for prompt in PROBES:
                 for cost_weight in (0.0, 500.0):
-                    answer = httpx.post(url + "/v1/route", json={"prompt": prompt, "models": PAIR,
-                                                                 "cost_weight": cost_weight}).json()
+                    answer = loopback.post(url + "/v1/route", json={"prompt": prompt, "models": PAIR,
+                                                                    "cost_weight": cost_weight}).json()
                     mine = replay.route(Request(prompt=prompt, models=PAIR, cost_weight=cost_weight))
                     assert answer["probabilities"] == pytest.approx(dict(zip(mine.models, mine.pmf, strict=True)),
                                                                     abs=1e-12)
@@ -293,6 +294,6 @@ def test_a_spend_target_holds_across_three_replicas(replicas: Callable[..., Serv
     dear_model = PAIR[int(np.argmax(probe.expected_cost_usd))]
     share = sum(d.model == dear_model for d in decisions) / len(decisions)
     assert 0.1 < share < 0.4  # the target binds (unpaced: about half), and both models are used
-    reports = [httpx.get(u + "/v1/budgets", timeout=10).json() for u in urls]
+    reports = [loopback.get(u + "/v1/budgets", timeout=10).json() for u in urls]
     booked = [r["report"]["global"]["spend_usd"] for r in reports]
     assert max(booked) == pytest.approx(min(booked), rel=0.02)  # one number, wherever the requests landed

@@ -26,6 +26,7 @@ from bandit_router.types import Request
 from benchmarks.fake_upstream import JUDGE, ServerThread
 from tests.named_fakes import CODE, MATH, PRICES, PROSE, QUALITY, ChooserFake, serving
 from tests.old_schema import as_previous_schema
+from tools.loopback import loopback
 
 ROUTERS = (
     RouterAlias("cascade", "cascade", ("cheap", "strong"), judge=JUDGE, threshold=0.7),
@@ -68,12 +69,12 @@ def serve(fake: ChooserFake) -> Iterator[Callable[..., tuple[str, ServerThread]]
 
 
 def ask(url: str, model: str, prompt: str) -> httpx.Response:
-    return httpx.post(url + "/v1/chat/completions", timeout=30,
-                      json={"model": model, "messages": [{"role": "user", "content": prompt}]})
+    return loopback.post(url + "/v1/chat/completions", timeout=30,
+                         json={"model": model, "messages": [{"role": "user", "content": prompt}]})
 
 
 def named_stats(url: str) -> dict[str, Any]:
-    reply = httpx.get(url + "/v1/stats")
+    reply = loopback.get(url + "/v1/stats")
     assert reply.status_code == 200, reply.text
     return dict(reply.json()["named_routers"])
 
@@ -214,7 +215,7 @@ def test_two_processes_show_the_deployments_counts_and_a_restart_keeps_them(
         stats = named_stats(url)
         assert_counts(stats, expected)
         assert stats["auto"]["parsed"] == 5 and stats["auto"]["fallbacks"] == 1  # math: no name in the reply
-        live = httpx.get(url + "/v1/stats/live").json()["named_routers"]
+        live = loopback.get(url + "/v1/stats/live").json()["named_routers"]
         assert live == stats
     before = named_stats(a)
     server_a.stop()
@@ -233,7 +234,7 @@ def test_migration_7_counts_the_chains_a_schema_6_database_stored(
     url, server = serve(db)
     expected = traffic([url], fake)
     live = named_stats(url)
-    decisions = httpx.get(url + "/v1/stats").json()["decisions"]
+    decisions = loopback.get(url + "/v1/stats").json()["decisions"]
     server.stop()
     as_previous_schema(db, "router_stats", 6)
     expected["cascade"]["requests"] -= 1
@@ -308,11 +309,11 @@ def test_a_request_whose_router_has_no_active_model_is_counted_as_failed(
     """Every model of a router retired at run time: its requests are 502s that no model answered, so they count
     as requests and failed requests (the documented `failed_requests`)."""
     url, _ = serve(db)
-    added = httpx.post(url + "/v1/models", json={"name": "other", "input_usd_per_mtok": 1.0,
+    added = loopback.post(url + "/v1/models", json={"name": "other", "input_usd_per_mtok": 1.0,
                                                 "output_usd_per_mtok": 2.0})
     assert added.status_code in (200, 201), added.text
     for name in ("cheap", "strong"):
-        assert httpx.delete(url + f"/v1/models/{name}").status_code == 200
+        assert loopback.delete(url + f"/v1/models/{name}").status_code == 200
     reply = ask(url, "cascade", PROSE)
     assert reply.status_code == 502, reply.text
     stats = named_stats(url)["cascade"]

@@ -18,6 +18,7 @@ import uvicorn
 from test_server_process import Server
 
 from bandit_router.service.protocol import GuardedHttpToolsProtocol, Limits
+from tools.loopback import loopback
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +96,7 @@ def test_slow_and_idle_connections_are_closed(server: Callable[..., Server]) -> 
         assert results["kept alive after a reply"][1].startswith(b"HTTP/1.1 200"), results
         assert results["nothing"][1] == b""
         # the server still serves
-        assert httpx.get(s.url + "/readyz", timeout=5).status_code == 200
+        assert loopback.get(s.url + "/readyz", timeout=5).status_code == 200
     finally:
         for sock in sockets.values():
             sock.close()
@@ -150,7 +151,7 @@ def test_connections_beyond_the_cap_get_503(server: Callable[..., Server]) -> No
     deadline = time.monotonic() + 5
     while True:  # once the held connections are gone, the server answers again
         try:
-            if httpx.get(s.url + "/readyz", timeout=2).status_code == 200:
+            if loopback.get(s.url + "/readyz", timeout=2).status_code == 200:
                 break
         except httpx.HTTPError:
             pass
@@ -332,4 +333,4 @@ def test_a_client_that_reads_none_of_its_replies_is_cut_off_after_write_timeout(
         sock.close()
     assert ended in ("reset", "closed"), f"still open after 4 s unread: {received.count(b'HTTP/1.1 200')} replies"
     assert received.count(b"HTTP/1.1 200") < requests
-    assert httpx.get(s.url + "/healthz", timeout=5).status_code == 200
+    assert loopback.get(s.url + "/healthz", timeout=5).status_code == 200

@@ -27,6 +27,7 @@ from bandit_router.config import Settings
 from bandit_router.log import build_router, fingerprint, rebuild_router
 from bandit_router.store import SQLiteStore
 from benchmarks.fake_upstream import JUDGE, FakeUpstream
+from tools.loopback import loopback
 from tools.serve_process import ServeProcess
 
 pytestmark = pytest.mark.slow
@@ -131,7 +132,7 @@ def test_learning_under_concurrent_clients(servers: Callable[..., Server], tmp_p
     print(f"share of the better model: first 100 rounds {first:.3f}, last 400 {last:.3f}")
     assert last > 0.9 and last > first + 0.1, (first, last)
 
-    stats = httpx.get(server.url + "/v1/stats").json()
+    stats = loopback.get(server.url + "/v1/stats").json()
     with sqlite3.connect(tmp_path / "router.db") as conn:
         per_model = dict(conn.execute("SELECT model, COUNT(*) FROM decisions GROUP BY model").fetchall())
         learned = dict(conn.execute("SELECT model, COUNT(*) FROM feedback WHERE learn = 1 GROUP BY model").fetchall())
@@ -193,9 +194,9 @@ def test_kill_9_mid_stream_then_restart(servers: Callable[..., Server], tmp_path
 
     restarted = servers(env=env)
     assert restarted.wait_ready() < 10.0
-    recovery = httpx.get(restarted.url + "/readyz").json()["recovery"]
+    recovery = loopback.get(restarted.url + "/readyz").json()["recovery"]
     assert recovery["checkpoint_seq"] == checkpoints[1]
-    assert httpx.get(restarted.url + "/v1/stats").json()["policy_version"] == len(stored)
+    assert loopback.get(restarted.url + "/v1/stats").json()["policy_version"] == len(stored)
 
     after: list[tuple[float, str, str]] = []
     _rounds(restarted.url, 30, 99, after, threading.Event())
@@ -330,15 +331,15 @@ def test_serve_restarts_with_a_judge_model_retired_and_added_back(servers: Calla
         server = servers(env=env)
         server.wait_ready()
         for change in changes:
-            reply = (httpx.delete(f"{server.url}/v1/models/{JUDGE}") if change == "DELETE" else
-                     httpx.post(server.url + "/v1/models", json={"name": JUDGE, "input_usd_per_mtok": 0.1,
+            reply = (loopback.delete(f"{server.url}/v1/models/{JUDGE}") if change == "DELETE" else
+                     loopback.post(server.url + "/v1/models", json={"name": JUDGE, "input_usd_per_mtok": 0.1,
                                                                   "output_usd_per_mtok": 0.2}))
             assert reply.status_code in (200, 201), reply.text
         server.terminate()
         server = servers(env=env)
         server.wait_ready()
         judged = fake.calls[JUDGE]
-        reply = httpx.post(server.url + "/v1/chat/completions", timeout=30, json={
+        reply = loopback.post(server.url + "/v1/chat/completions", timeout=30, json={
             "model": "router", "messages": [{"role": "user", "content": POEMS[0]}]})
         assert reply.status_code == 200, reply.text
         deadline = time.monotonic() + 30
@@ -455,14 +456,14 @@ def test_serve_starts_on_a_catalog_file_whose_routable_models_the_log_holds(serv
     catalog.write_text(judge + "[[models]]\nname = 'first'\ninput_usd_per_mtok = 0.1\noutput_usd_per_mtok = 0.4\n")
     server = servers(env={"BANDIT_ROUTER_CATALOG": str(catalog)})
     server.wait_ready()
-    added = httpx.post(server.url + "/v1/models", json={"name": "added", "input_usd_per_mtok": 0.2,
-                                                        "output_usd_per_mtok": 0.8})
+    added = loopback.post(server.url + "/v1/models", json={"name": "added", "input_usd_per_mtok": 0.2,
+                                                           "output_usd_per_mtok": 0.8})
     assert added.status_code == 201, added.text
     server.terminate()
     catalog.write_text(judge)  # `first` left the file
     for policy in ("default", "fixed:added"):
         server = servers(env={"BANDIT_ROUTER_CATALOG": str(catalog), "BANDIT_ROUTER_POLICY": policy})
         server.wait_ready()
-        reply = httpx.post(server.url + "/v1/route", json={"prompt": "hi"})
+        reply = loopback.post(server.url + "/v1/route", json={"prompt": "hi"})
         assert reply.status_code == 200 and reply.json()["model"] == "added", reply.text
         server.terminate()

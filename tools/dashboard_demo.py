@@ -32,6 +32,7 @@ from bandit_router.config import Settings
 from bandit_router.log import PolicySet, feedback_record
 from bandit_router.store import FeedbackStatus, SQLiteStore
 from bandit_router.types import Outcome, Request
+from tools.loopback import loopback
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking"]
@@ -128,7 +129,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited: {self.log_path.read_text()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if loopback.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return
             time.sleep(0.1)
         raise RuntimeError("the server did not become ready")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from tools.loopback import loopback
+
 LOG_TAIL = 2000
 """Characters of the server's log quoted when it is not ready."""
 
@@ -65,7 +67,7 @@ class ServeProcess:
             if self.process.poll() is not None:
                 raise NotReady(f"exited {self.process.returncode}: {self.log_tail()}")
             try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if loopback.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return time.monotonic() - started
             except httpx.HTTPError:
                 pass

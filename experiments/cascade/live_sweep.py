@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +37,7 @@ from bandit_router.evaluation.escalations import RuleEstimate, evaluate_escalati
 from bandit_router.service import create_app  # noqa: E402
 from bandit_router.store import open_store  # noqa: E402
 from benchmarks.fake_upstream import JUDGE, FakeUpstream, ServerThread, quality_in  # noqa: E402
+from tools.loopback import loopback  # noqa: E402
 
 QUALITY = {
     "cheap": {"code": 0.15, "math": 0.55, "prose": 0.9},
@@ -78,7 +78,7 @@ def stream(n: int, seed: int) -> list[tuple[str, str]]:
 
 def ask(url: str, model: str, prompt: str) -> tuple[dict[str, Any], str]:
     """(the reply body, its decision id) for `prompt` sent to `model`, with λ = `LAMBDA`."""
-    reply = httpx.post(url + "/v1/chat/completions", timeout=30, json={
+    reply = loopback.post(url + "/v1/chat/completions", timeout=30, json={
         "model": model, "messages": [{"role": "user", "content": prompt}],
         "bandit_router": {"cost_weight": LAMBDA}})
     if reply.status_code != 200:
@@ -115,7 +115,7 @@ def sweep(url: str, prompts: list[tuple[str, str]]) -> Sweep:
     escalations: dict[str, list[bool]] = {kind: [] for kind in PROMPTS}
     for i, (kind, prompt) in enumerate(prompts):
         body, decision_id = ask(url, "learned", prompt)
-        feedback = httpx.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": quality(body)})
+        feedback = loopback.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": quality(body)})
         if feedback.status_code != 200:
             raise RuntimeError(f"feedback: {feedback.status_code} {feedback.text}")
         if i < half:
@@ -142,7 +142,7 @@ def offline_check(url: str, db: str, prompts: list[tuple[str, str]], thresholds:
     live: dict[str, list[float]] = {rule: [] for rule in routers}
     for _, prompt in prompts:
         body, decision_id = ask(url, "explorer", prompt)
-        feedback = httpx.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": quality(body)})
+        feedback = loopback.post(url + "/v1/feedback", json={"decision_id": decision_id, "quality": quality(body)})
         if feedback.status_code != 200:
             raise RuntimeError(f"feedback: {feedback.status_code} {feedback.text}")
         for rule, name in routers.items():
