@@ -218,6 +218,7 @@ def test_the_wheel_and_sdist_hold_what_an_install_runs_and_nothing_else(tmp_path
     info = "bandit_router-0.1.0.dist-info/"
     assert {name for name in wheel if not name.startswith(info)} == source
     assert f"{info}licenses/LICENSE" in wheel
+    assert {"bandit_router/py.typed", "simulator/py.typed", "bandit_router/__main__.py"} <= wheel
     assert "License-Expression: Apache-2.0" in metadata and "Requires-Python: <3.13,>=3.11" in metadata
     assert "bandit-router = bandit_router.cli:main" in metadata
     assert source <= sdist and "LICENSE" in sdist
@@ -241,3 +242,19 @@ def test_a_source_tree_never_installed_reports_one_version_everywhere(tmp_path: 
                           cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0+unknown", "0+unknown"]
+
+
+def test_python_dash_m_bandit_router_is_the_command() -> None:
+    """`python -m bandit_router` (no console script on PATH: a venv not activated) runs the same command as
+    `bandit-router`: it said "No module named bandit_router.__main__"."""
+    from typer.testing import CliRunner
+
+    import bandit_router
+    from bandit_router.cli import app
+
+    for args, expected in ((["--version"], f"bandit-router {bandit_router.__version__}\n"),
+                           (["policies"], CliRunner().invoke(app, ["policies"]).stdout)):
+        done = subprocess.run([sys.executable, "-m", "bandit_router", *args], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == expected != ""
