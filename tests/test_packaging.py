@@ -79,7 +79,8 @@ def test_a_script_in_a_worktree_records_the_commit_of_the_code_it_imports(tmp_pa
 def test_the_scripts_record_the_running_codes_commit() -> None:
     """Every experiment and benchmark records its own code's commit with `git_commit()` and names another checkout
     (`--base`, `--code`) with `checkout_commit(path)`: `git_commit` takes no path, so none can ask a folder of its
-    own about code imported from elsewhere."""
+    own about code imported from elsewhere. None asks git itself (`git rev-parse`): two did, and outside git
+    wrote an empty commit where `git_commit()` says `unknown`."""
     import ast
     import inspect
 
@@ -90,6 +91,8 @@ def test_the_scripts_record_the_running_codes_commit() -> None:
         for node in ast.walk(ast.parse(script.read_text(), str(script))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "git_commit":
                 assert not node.args and not node.keywords, f"{script.relative_to(ROOT)}:{node.lineno}"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert "rev-parse" not in node.value, f"{script.relative_to(ROOT)}:{node.lineno} asks git itself"
 
 
 def test_another_checkout_of_this_project_records_its_own_commit(tmp_path: Path) -> None:
