@@ -15,6 +15,7 @@ Examples:
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Iterable
 
@@ -61,7 +62,7 @@ class Known:
         candidates = [k for length, same in self._of_length.items() if _may_reach(size, length) for k in same]
         if len(candidates) > FAST_FROM and all(isinstance(k, str) for k in self.names):
             if self._bounds is None:
-                self._bounds = _Bounds(self.names)  # once for the names of one refusal
+                self._bounds = bounds_of(tuple(self.names))  # once per list of names, kept for the next refusal
             return self._bounds.closest(name, candidates)
         close = difflib.get_close_matches(name, candidates, n=1, cutoff=CUTOFF) if candidates else []
         return close[0] if close else None
@@ -180,6 +181,20 @@ class _Bounds:
             if ratio >= CUTOFF and (best is None or (ratio, known) > best):
                 best = (ratio, known)
         return None if best is None else best[1]
+
+
+BOUNDS_KEPT = 8
+"""How many lists of names `bounds_of` keeps the character index of (a catalog's, its aliases': a handful)."""
+
+
+@functools.lru_cache(maxsize=BOUNDS_KEPT)
+def bounds_of(names: tuple[str, ...]) -> _Bounds:
+    """The `_Bounds` of `names` (their characters, lengths and rows: about half of a refusal's hint against 2,000
+    names), built once per list and kept for the next refusal. Keyed by the names themselves, in order, so a
+    catalog that changes (a model added or retired, another file) is another key and never meets a stale index;
+    the `BOUNDS_KEPT` lists used last are kept (hashing and comparing the tuple costs microseconds). Read-only
+    once built: threads share it."""
+    return _Bounds(list(names))
 
 
 def _code_points(text: str) -> np.ndarray:
