@@ -15,6 +15,7 @@ Examples:
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from collections.abc import Iterable
 
@@ -61,7 +62,7 @@ class Known:
         candidates = [k for length, same in self._of_length.items() if _may_reach(size, length) for k in same]
         if len(candidates) > FAST_FROM and all(isinstance(k, str) for k in self.names):
             if self._bounds is None:
-                self._bounds = _Bounds(self.names)  # once for the names of one refusal
+                self._bounds = bounds_of(tuple(self.names))  # once per list of names, kept for the next refusal
             return self._bounds.closest(name, candidates)
         close = difflib.get_close_matches(name, candidates, n=1, cutoff=CUTOFF) if candidates else []
         return close[0] if close else None
@@ -122,14 +123,22 @@ class _Bounds:
         self.codes = _code_points("".join(names))  # every name's characters, one after the other
         self.lengths = np.fromiter(map(len, names), dtype=np.int64, count=len(names))
         self.rows = np.repeat(np.arange(len(names), dtype=np.int32), self.lengths)  # the name of each character
+        self.alphabet, self.counts = _character_counts(self.codes, self.rows, len(names))
 
     def _quick_ratios(self, name: str) -> np.ndarray | None:
         """difflib's `quick_ratio` of `name` against every name (to the bit: 2.0·matches / total, in float64), or
-        None when the counts would take more than `BOUNDS_CELLS` cells."""
+        None when the counts would take more than `BOUNDS_CELLS` cells. From the names' character counts when
+        they are kept (`_character_counts`: the columns of `name`'s characters), else counted here."""
         chars, mine = np.unique(_code_points(name), return_counts=True)
         width = len(chars)
         if len(self.names) * width > BOUNDS_CELLS:
             return None
+        if self.counts is not None:
+            at = np.minimum(np.searchsorted(self.alphabet, chars), len(self.alphabet) - 1)
+            present = self.alphabet[at] == chars  # a character no name has adds nothing
+            matches = np.minimum(self.counts[:, at[present]], mine[present]).sum(axis=1)
+            total = self.lengths + len(name)
+            return np.where(total > 0, 2.0 * matches / np.maximum(total, 1), 1.0)
         column = self._columns(chars)
         cell = self.rows * width + column
         cell[column < 0] = len(self.names) * width  # a character `name` lacks: one more cell, dropped
@@ -180,6 +189,46 @@ class _Bounds:
             if ratio >= CUTOFF and (best is None or (ratio, known) > best):
                 best = (ratio, known)
         return None if best is None else best[1]
+
+
+COUNTS_CELLS = 1 << 19
+"""`_Bounds` keeps each name's count of each character of the names' alphabet when that takes at most this many
+cells (2 MB: 2,000 model names over their 40-odd characters take 80,000); a larger alphabet (CJK names) is
+counted per refused name instead, over its own characters only."""
+
+
+def _character_counts(codes: np.ndarray, rows: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The names' alphabet (sorted distinct code points) and the n × |alphabet| matrix of each name's count of
+    each (None past `COUNTS_CELLS` cells)."""
+    if not len(codes):
+        return codes, None
+    if int(codes.max()) < TABLE_UP_TO:  # through a table by code point, as `_Bounds._columns` (no sort)
+        seen = np.zeros(int(codes.max()) + 1, dtype=bool)
+        seen[codes] = True
+        alphabet = np.flatnonzero(seen).astype(codes.dtype)
+        if n * len(alphabet) > COUNTS_CELLS:
+            return alphabet, None
+        column = (np.cumsum(seen) - 1)[codes]
+    else:
+        alphabet, column = np.unique(codes, return_inverse=True)
+        if n * len(alphabet) > COUNTS_CELLS:
+            return alphabet, None
+    counts = np.bincount(rows.astype(np.int64) * len(alphabet) + column, minlength=n * len(alphabet))
+    return alphabet, counts.reshape(n, len(alphabet)).astype(np.int32)
+
+
+BOUNDS_KEPT = 8
+"""How many lists of names `bounds_of` keeps the character index of (a catalog's, its aliases': a handful)."""
+
+
+@functools.lru_cache(maxsize=BOUNDS_KEPT)
+def bounds_of(names: tuple[str, ...]) -> _Bounds:
+    """The `_Bounds` of `names` (their characters, lengths and rows: about half of a refusal's hint against 2,000
+    names), built once per list and kept for the next refusal. Keyed by the names themselves, in order, so a
+    catalog that changes (a model added or retired, another file) is another key and never meets a stale index;
+    the `BOUNDS_KEPT` lists used last are kept (hashing and comparing the tuple costs microseconds). Read-only
+    once built: threads share it."""
+    return _Bounds(list(names))
 
 
 def _code_points(text: str) -> np.ndarray:

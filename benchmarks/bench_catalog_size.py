@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from bandit_router.catalog import ModelSpec
 from bandit_router.router import Router
 from bandit_router.types import Outcome, Request
 from benchmarks.provenance import load_note, machine
+from simulator.report import git_commit
 
 PROMPT = ("Explain the difference between a list and a tuple in Python, with examples of when to use each. " * 6)[:500]
 OUT = Path(__file__).resolve().parent / "results" / "scale-catalog.md"
@@ -136,10 +136,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    commit = subprocess.run(["git", "rev-parse", "--short=8", "HEAD"], capture_output=True, text=True,
-                            check=False).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                text=True, check=False).stdout.strip())
+    commit = git_commit()  # `unknown` outside git (not an empty commit), `+dirty` with changes
     start_load = os.getloadavg()[0]
     rows = []
     for k in sizes:
@@ -155,7 +152,7 @@ def main() -> None:
     lines = [
         "# `Router.route` cost by catalog size (`default` policy)",
         "",
-        f"Commit `{commit}`{' (dirty tree)' if dirty else ''}, {machine()}; {load}.",
+        f"Commit `{commit}`, {machine()}; {load}.",
         f"Command: `python -m benchmarks.bench_catalog_size --sizes {args.sizes} --advice-k {args.advice_k}` "
         "(seed 0; see the module docstring).",
         "",

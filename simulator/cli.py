@@ -331,7 +331,7 @@ def simulate(
             # Ctrl-C, `kill`) leaves nothing it created: its staging folder, a folder made for it
             data = write_report(result, settings["out"], command=command.strip(), plots=plots)
     except BanditRouterError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"bandit-router simulate: {exc}", err=True)
         raise typer.Exit(2) from exc
     if not quiet:
         typer.echo(

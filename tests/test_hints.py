@@ -4,6 +4,7 @@ listed the known ones, but did not point at the close one (`hints.quoted`, one h
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from bandit_router.config import Settings
 from bandit_router.errors import BanditRouterError
 from bandit_router.evaluation import evaluate_log, parse_candidate
 from bandit_router.evaluation.estimators import make_estimator
-from bandit_router.hints import HINTED, quoted
+from bandit_router.hints import CUTOFF, HINTED, bounds_of, did_you_mean, quoted
 from bandit_router.policies import make_policy
 from tests.service_client import start_client
 
@@ -133,7 +134,6 @@ def test_the_service_suggests_the_model_of_a_route_and_a_retirement(tmp_path: Pa
 def test_a_word_hint_counts_each_name_once_and_an_empty_word_is_no_word() -> None:
     """`x` is a word of `x_x_x_x` four times: it was counted as four names (more than `MAX_BY_WORD`, no hint); the
     empty first word of `_private` was the hint for an empty name."""
-    from bandit_router.hints import did_you_mean
 
     assert did_you_mean("x", ("x_x_x_x", "other")) == " (did you mean x_x_x_x?)"
     assert did_you_mean("gama", ("gamma_gamma_scale", "gamma_exponent")) == (
@@ -353,3 +353,25 @@ def test_past_the_cell_budget_the_hint_is_left_to_difflib(monkeypatch: pytest.Mo
         looked.clear()
         assert hints.Known(names).closest(name) == expected[0]
         assert len(looked) == 1 and looked[0] > hints.FAST_FROM
+
+
+def test_the_character_index_is_built_once_per_list_of_names_and_follows_a_changed_catalog() -> None:
+    """The index of a long list's characters (`_Bounds`) was rebuilt for every refused name. It is kept per list
+    (`bounds_of`): a second refusal against the same names reuses it, and a list that changed (a model added, one
+    retired) gets its own, so the hint is the one difflib gives for the names as they are now."""
+
+    def difflibs(names: list[str]) -> str:
+        return f" (did you mean {difflib.get_close_matches(typo, names, n=1, cutoff=CUTOFF)[0]}?)"
+
+    bounds_of.cache_clear()
+    names = [f"acme/model-{i:03d}-instruct" for i in range(200)]
+    typo = "acme/model-1234-instruct"
+    first = did_you_mean(typo, names)
+    assert first == did_you_mean(typo, list(names)) == difflibs(names)
+    assert bounds_of.cache_info().misses == 1 and bounds_of.cache_info().hits == 1
+    added = [*names, "acme/model-1234-instructs"]  # a closer name added at run time
+    assert did_you_mean(typo, added) == " (did you mean acme/model-1234-instructs?)" == difflibs(added)
+    retired = [n for n in names if f"mean {n}?" not in first]  # the hint's model retired: another is the closest
+    assert did_you_mean(typo, retired) == difflibs(retired) != first
+    assert did_you_mean(typo, names) == first  # the first list's, again
+    assert bounds_of.cache_info().misses == 3

@@ -431,3 +431,27 @@ def test_openapi_documents_budgets_body_prompt_rule_and_metrics_type(client: Tes
     for path in ("/v1/route", "/v1/feedback", "/v1/models", "/v1/budgets"):
         operation = doc["paths"][path]["put" if path == "/v1/budgets" else "post"]
         assert "415" in operation["responses"], path
+
+
+@pytest.mark.parametrize(("path", "body", "field", "where"), [
+    ("/v1/models", b'{"name": "a\\ud800b", "input_usd_per_mtok": 1, "output_usd_per_mtok": 2}', "name",
+     "\\ud800 at character 1"),
+    ("/v1/route", b'{"prompt": "hi", "models": ["gpt-4o\\udc00"]}', "models[0]", "\\udc00 at character 6"),
+    ("/v1/route", b'{"prompt": "hi", "context": {"a\\ud800": "x"}}', "context.a\\ud800.[key]",
+     "\\ud800 at character 1"),
+    ("/v1/feedback", b'{"decision_id": "\\udfff", "quality": 1}', "decision_id", "\\udfff at character 0"),
+])
+def test_a_lone_surrogate_in_a_name_is_a_422_that_says_what_and_where(client: TestClient, path: str, body: bytes,
+                                                                      field: str, where: str) -> None:
+    """Half of a UTF-16 pair sent as a JSON escape (`\\ud800`) in a name, an id or a key got pydantic's "Input
+    should be a valid string, unable to parse raw data as a unicode string" (a key's field with U+FFFD for its
+    bytes); the 422 says it is a lone surrogate, which and where, and the field names it as sent. Nothing is
+    stored."""
+    stored = client.get("/v1/stats").json()["decisions"]
+    reply = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["field"] == field
+    message = reply.json()["message"]
+    assert message.startswith(f"{field}: not Unicode text: it holds a lone surrogate ({where})"), message
+    assert "unable to parse" not in message and "\ufffd" not in reply.text
+    assert client.get("/v1/stats").json()["decisions"] == stored

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -210,3 +211,20 @@ def test_serve_with_workers_refuses_to_start_when_the_metrics_folder_has_no_room
     assert start.returncode == 2, stderr
     assert f"metrics_dir: {tiny} has " in stderr and "MiB free; 2 workers need" in stderr
     assert not (tmp_path / "router.db").exists()
+
+
+def test_serve_with_workers_refused_for_a_port_in_use_leaves_no_metrics_folder(tmp_path: Path) -> None:
+    """A start refused because its port is taken (exit status 2, the port named) made its workers' metrics folder
+    before the port check: it removes it on the way out, so refused starts do not pile folders up."""
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([*SERVE, "serve", "--db", str(tmp_path / "router.db"), "--workers", "2", "--port",
+                               str(port)], cwd=tmp_path, env={**os.environ, "BANDIT_ROUTER_METRICS_DIR": str(folder)},
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert f"port: cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert list(folder.iterdir()) == []

@@ -79,7 +79,8 @@ def test_a_script_in_a_worktree_records_the_commit_of_the_code_it_imports(tmp_pa
 def test_the_scripts_record_the_running_codes_commit() -> None:
     """Every experiment and benchmark records its own code's commit with `git_commit()` and names another checkout
     (`--base`, `--code`) with `checkout_commit(path)`: `git_commit` takes no path, so none can ask a folder of its
-    own about code imported from elsewhere."""
+    own about code imported from elsewhere. None asks git itself (`git rev-parse`): two did, and outside git
+    wrote an empty commit where `git_commit()` says `unknown`."""
     import ast
     import inspect
 
@@ -90,6 +91,8 @@ def test_the_scripts_record_the_running_codes_commit() -> None:
         for node in ast.walk(ast.parse(script.read_text(), str(script))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "git_commit":
                 assert not node.args and not node.keywords, f"{script.relative_to(ROOT)}:{node.lineno}"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert "rev-parse" not in node.value, f"{script.relative_to(ROOT)}:{node.lineno} asks git itself"
 
 
 def test_another_checkout_of_this_project_records_its_own_commit(tmp_path: Path) -> None:
@@ -218,6 +221,7 @@ def test_the_wheel_and_sdist_hold_what_an_install_runs_and_nothing_else(tmp_path
     info = "bandit_router-0.1.0.dist-info/"
     assert {name for name in wheel if not name.startswith(info)} == source
     assert f"{info}licenses/LICENSE" in wheel
+    assert {"bandit_router/py.typed", "simulator/py.typed", "bandit_router/__main__.py"} <= wheel
     assert "License-Expression: Apache-2.0" in metadata and "Requires-Python: <3.13,>=3.11" in metadata
     assert "bandit-router = bandit_router.cli:main" in metadata
     assert source <= sdist and "LICENSE" in sdist
@@ -241,3 +245,19 @@ def test_a_source_tree_never_installed_reports_one_version_everywhere(tmp_path: 
                           cwd=ROOT, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0+unknown", "0+unknown"]
+
+
+def test_python_dash_m_bandit_router_is_the_command() -> None:
+    """`python -m bandit_router` (no console script on PATH: a venv not activated) runs the same command as
+    `bandit-router`: it said "No module named bandit_router.__main__"."""
+    from typer.testing import CliRunner
+
+    import bandit_router
+    from bandit_router.cli import app
+
+    for args, expected in ((["--version"], f"bandit-router {bandit_router.__version__}\n"),
+                           (["policies"], CliRunner().invoke(app, ["policies"]).stdout)):
+        done = subprocess.run([sys.executable, "-m", "bandit_router", *args], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == expected != ""

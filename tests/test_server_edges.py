@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 import uvicorn
 from test_server_process import Server
@@ -334,3 +336,49 @@ def test_a_client_that_reads_none_of_its_replies_is_cut_off_after_write_timeout(
     assert ended in ("reset", "closed"), f"still open after 4 s unread: {received.count(b'HTTP/1.1 200')} replies"
     assert received.count(b"HTTP/1.1 200") < requests
     assert loopback.get(s.url + "/healthz", timeout=5).status_code == 200
+
+
+def _exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One raw request on its own connection (so that two `Host` headers reach the server as sent): the status,
+    the headers (lower-case names) and the body."""
+    with _connect(port) as sock:
+        sock.sendall(request)
+        _, received = _closed_after(sock)
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict((k.strip().lower(), v.strip()) for k, v in (line.split(":", 1) for line in lines[1:]))
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_the_openapi_document_describes_the_replies_the_server_gives(server: Callable[..., Server]) -> None:
+    """Each reply of a real server, to requests the middleware or the router answers before any route (two `Host`
+    headers: 400; a `Host` a loopback-bound service does not serve: 421; a method the path does not take: 405),
+    to HEAD probes and to `GET /readyz`, has its status documented for its operation (the 405 in its path's
+    description, with the `Allow` the server sends) and a body that the documented schema accepts."""
+    s = server({})
+    document = loopback.get(s.url + "/openapi.json").json()
+    cases = [
+        ("GET", "/readyz", "", 200), ("HEAD", "/readyz", "", 200), ("HEAD", "/healthz", "", 200),
+        ("GET", "/healthz", "", 200), ("GET", "/v1/stats", "Host: 127.0.0.1\r\n", 400),
+        ("GET", "/v1/models", "", 421), ("POST", "/v1/chat/completions", "", 421),
+        ("POST", "/v1/feedback", "Host: 127.0.0.1\r\n", 400), ("PUT", "/v1/route", "", 405),
+        ("GET", "/v1/chat/completions", "", 405), ("POST", "/readyz", "", 405),
+    ]
+    for method, path, extra, status in cases:
+        host = "evil.example" if status == 421 else "127.0.0.1"
+        request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\nContent-Length: 0\r\n\r\n"
+        got, headers, body = _exchange(s.port, request.encode())
+        assert got == status, (method, path, got, body)
+        item = document["paths"][path]
+        if status == 405:
+            assert f"`Allow: {headers['allow']}`" in item["description"], (path, headers["allow"])
+            operation = next(iter(op for m, op in item.items() if m in ("get", "post")))
+            documented = operation["responses"]["400"]  # the error shape of the path's other refusals
+        else:
+            documented = item[method.lower()]["responses"][str(status)]
+        if method == "HEAD":
+            assert body == b"" and "content" not in documented
+            continue
+        schema = documented["content"]["application/json"]["schema"]
+        validator = jsonschema_rs.Draft202012Validator({**schema, "components": document["components"]})
+        assert validator.is_valid(json.loads(body)), (method, path, body, schema)

@@ -441,9 +441,8 @@ def test_a_report_that_cannot_be_written_is_a_message_and_leaves_the_previous_on
     done = subprocess.run(command, capture_output=True, text=True, preexec_fn=limit_file_size, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
-    assert f"error: {out}: the report could not be written: File too large; nothing in the folder was changed" in (
-        done.stderr
-    )
+    assert (f"bandit-router simulate: {out}: the report could not be written: File too large; nothing in the "
+            "folder was changed") in done.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
@@ -486,8 +485,9 @@ def test_a_datasets_options_on_a_synthetic_world_are_refused_named_as_given(tmp_
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     output = " ".join(result.output.split())
-    assert ("error: --train-value 't', --task 'math' --task 'code', drop_flag = 'x' in --config: options of a "
-            "dataset (--env dataset:PATH); synthetic:default is a synthetic world, which takes none") in output, output
+    assert ("bandit-router simulate: --train-value 't', --task 'math' --task 'code', drop_flag = 'x' in --config: "
+            "options of a dataset (--env dataset:PATH); synthetic:default is a synthetic world, which takes "
+            "none") in output, output
     assert not out.exists()
 
 

@@ -310,7 +310,8 @@ class JudgeSettings:
                                           "as dropped)")
     judge_delay_s: float = setting(0.0, help="seconds after the reply before the judge is asked: a decision with "
                                    "stored feedback by then, the caller's or a closed reward window's "
-                                   "default_reward, is not judged (but under aggregation = average)")
+                                   "default_reward, is not judged (but under aggregation = average); a score "
+                                   "after reward_window_s is stored late, never learned")
     judge_concurrency: int = setting(4, help="judge calls in flight at most")
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import graphemes
 from ..budgets import BudgetConfig, BudgetPacer
 from ..catalog import ModelSpec
 from ..errors import BanditRouterError
@@ -254,7 +255,9 @@ def _finite(value: float) -> float | None:
 
 
 def _preview(prompt: str | None) -> str | None:
-    """`prompt` cut to `RECENT_PROMPT_CHARS` characters, with `…` when cut."""
+    """`prompt` cut to at most `RECENT_PROMPT_CHARS` code points, at the start of the character a reader sees
+    there (`graphemes.cut`: never inside a combining sequence, an emoji joined by ZWJ, a flag), with `…` when
+    cut."""
     if prompt is None or len(prompt) <= RECENT_PROMPT_CHARS:
         return prompt
-    return prompt[:RECENT_PROMPT_CHARS] + "…"
+    return graphemes.cut(prompt, RECENT_PROMPT_CHARS) + "…"

@@ -22,6 +22,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from .. import __version__
 from ..cascade.live import NamedRouters
@@ -37,9 +38,10 @@ from ..store.location import DatabaseURL, open_store
 from ..store.serverlock import join_database
 from . import dashboard, errors, redact
 from .auth import Authenticator
+from .dashboard.routes import router as dashboard_router
 from .engine import Engine
 from .exceptions import PayloadTooLarge
-from .gateway_routes import CHAT_PATH, openai_error
+from .gateway_routes import CHAT_PATH, ERROR_CONTENT_OPENAI, openai_error
 from .gateway_routes import router as gateway_router
 from .hotpaths import HotPaths
 from .metrics import Metrics
@@ -210,10 +212,22 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
     """A routing error (an unknown path 404, a method a path does not take 405): in OpenAI's error shape on the
     gateway's path, as its other errors, with the same headers (a 405's `Allow`); the service's own elsewhere."""
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        exc = StarletteHTTPException(405, exc.detail, headers={**(exc.headers or {}), "Allow": _allow(request)})
     if on_gateway_path(_app_path(request.scope)):
         return openai_error(exc.status_code, str(exc.detail), code=errors.http_code(exc.status_code),
                             headers=exc.headers)
     return errors.http_error(exc)
+
+
+def _allow(request: Request) -> str:
+    """A 405's `Allow`: the methods of every route on the request's path (Starlette's names those of the first
+    route only: `GET` for `PUT /v1/models`, whose POST is another route)."""
+    methods: set[str] = set()
+    for route in request.app.state.routes:
+        if route.methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
@@ -246,10 +260,42 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             components["securitySchemes"] = {
                 "bearer": {"type": "http", "scheme": "bearer", "description": "An API key, when keys are configured"}
             }
+            _document_middleware_replies(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     return build
+
+
+_OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+_SERVICE_ERROR = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}
+
+
+def _document_middleware_replies(schema: dict[str, Any]) -> None:
+    """What every path may answer before its route runs, written into each operation (`ServiceMiddleware`: 400
+    for two `Host` headers, 421 for a `Host` a loopback-bound service does not serve; the router: 405, with
+    `Allow`, for a method the path does not take, in the path's description, as OpenAPI has no operation for a
+    method a path lacks). A HEAD reply has the status and headers of its GET, no body: its responses have no
+    content."""
+    for path, item in schema.get("paths", {}).items():
+        error = ERROR_CONTENT_OPENAI if on_gateway_path(path) else _SERVICE_ERROR
+        methods = [m for m in _OPERATIONS if m in item]
+        allow = ", ".join(sorted(m.upper() for m in methods))
+        note = f"Other methods: 405 (`method_not_allowed`, `Allow: {allow}`)."
+        item["description"] = f"{item['description']} {note}" if item.get("description") else note
+        for method in methods:
+            responses = item[method].setdefault("responses", {})
+            two_hosts = "more than one Host header"
+            if "400" in responses:
+                responses["400"] = {**responses["400"], "description": f"{responses['400']['description']}; or "
+                                    f"{two_hosts}"}
+            else:
+                responses["400"] = {"description": f"the request has {two_hosts}", "content": error}
+            responses["421"] = {"description": "a Host a loopback-bound service does not serve (`allowed_hosts`)",
+                                "content": error}
+            if method == "head":
+                for response in responses.values():
+                    response.pop("content", None)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -329,6 +375,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(gateway_router)
     dashboard.install(app)
     end_exactly(app.routes)  # `/openapi.json%0A`, `/docs%0A`: no route (the routers' own are `CheckedRoute`s)
+    app.state.routes = [r for r in (*app.routes, *router.routes, *gateway_router.routes, *dashboard_router.routes)
+                        if isinstance(r, Route)]  # `_allow`: the routers' own, as FastAPI nests included routers
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 

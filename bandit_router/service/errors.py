@@ -131,16 +131,40 @@ def validation_error(
     """A 422 for pydantic errors (`located`: FastAPI's, whose locations start with body, query or path): the first
     error's field and every error's message; an unknown field of the request body `body` gets
     ` (did you mean latency_ms?)` when a known field is close to it."""
-    first = field_path(errors[0].get("loc", ()), located) if errors else "body"
-    messages = [
-        f"{field_path(e.get('loc', ()), located)}: {_said(e)}{_hint(e, body, located)}" for e in errors[:SHOWN_ERRORS]
-    ]
+    first = field_path(_loc(errors[0]), located) if errors else "body"
+    messages = [f"{field_path(_loc(e), located)}: {_said(e)}{_hint(e, body, located)}" for e in errors[:SHOWN_ERRORS]]
     return error_response(422, "invalid_input", "; ".join(messages), first)
 
 
 def _said(error: Mapping[str, Any]) -> str:
-    """The error's message, without the "Value error, " pydantic puts before a validator's own words."""
+    """The error's message, without the "Value error, " pydantic puts before a validator's own words; for text
+    that is not Unicode (a lone surrogate, which JSON's `\\ud800` escape can send) what is wrong and where, where
+    pydantic says "unable to parse raw data as a unicode string"."""
+    if error.get("type") == "string_unicode":
+        text = error.get("input")
+        where = ""
+        if isinstance(text, str):
+            at, char = next(((i, c) for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF), (None, ""))
+            if at is not None:
+                where = f" ({escape_surrogates(char)} at character {at})"
+        return (f"not Unicode text: it holds a lone surrogate{where}, half of a UTF-16 pair (a JSON escape "
+                "\\ud800-\\udfff) without its other half; send the character itself, or both halves of its pair")
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` with each surrogate written as its JSON escape (`\\ud800`): printable, and what the client sent."""
+    return "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+
+
+def _loc(error: Mapping[str, Any]) -> Sequence[Any]:
+    """The error's location; a mapping key that is not Unicode by its escaped text (pydantic writes the key's
+    bytes there, each surrogate as three U+FFFD)."""
+    loc = tuple(error.get("loc", ()))
+    text = error.get("input")
+    if error.get("type") == "string_unicode" and len(loc) >= 2 and loc[-1] == "[key]" and isinstance(text, str):
+        return (*loc[:-2], escape_surrogates(text), "[key]")
+    return loc
 
 
 def _hint(error: Mapping[str, Any], body: type[BaseModel] | None, located: bool) -> str:

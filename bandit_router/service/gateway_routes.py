@@ -236,7 +236,7 @@ CHAT_SCHEMA: dict[str, Any] = {
     },
     "description": "OpenAI's chat-completion request; other fields go to the upstream unchanged",
 }
-_OPENAI_ERROR = {"application/json": {"schema": {"type": "object", "required": ["error"], "properties": {
+ERROR_CONTENT_OPENAI = {"application/json": {"schema": {"type": "object", "required": ["error"], "properties": {
     "error": {"type": "object", "required": ["message", "type"], "properties": {
         "message": {"type": "string"}, "type": {"type": "string"},
         "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}}}
@@ -244,7 +244,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "a chat completion (JSON), or server-sent events when `stream` is true",
           "content": {"application/json": {"schema": {"type": "object"}},
                       "text/event-stream": {"schema": {"type": "string"}}}},
-    **{s: {"description": d, "content": _OPENAI_ERROR} for s, d in (
+    **{s: {"description": d, "content": ERROR_CONTENT_OPENAI} for s, d in (
         (400, "invalid request"), (401, "missing or wrong API key"), (404, "unknown model"),
         (413, "body or messages too large"), (415, "not sent as JSON"), (422, "the upstream refused the request"),
         (429, "every model tried is rate limited (Retry-After: the soonest they gave)"),

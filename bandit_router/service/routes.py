@@ -41,11 +41,13 @@ from .schemas import (
     DecisionOut,
     FeedbackIn,
     FeedbackOut,
+    HealthOut,
     ModelIn,
     ModelOut,
     ModelsOut,
     PromoteIn,
     PromoteOut,
+    ReadyOut,
     RouteIn,
     RouteOut,
     StatsOut,
@@ -398,15 +400,15 @@ async def put_budgets(request: Request) -> Response:
     return json_response(_budgets_reply(engine))
 
 
-@router.get("/healthz", tags=["ops"])
-@router.head("/healthz", include_in_schema=False)  # HEAD probes (HAProxy's `httpchk HEAD`, `curl -I`): no 405
+@router.get("/healthz", tags=["ops"], response_model=HealthOut)
+@router.head("/healthz", tags=["ops"])  # HEAD probes (HAProxy's `httpchk HEAD`, `curl -I`): no 405
 async def healthz() -> Response:
     """Liveness: 200 while the process serves HTTP (also to HEAD)."""
     return json_response({"status": "ok"})
 
 
-@router.get("/readyz", tags=["ops"], responses={503: ERROR_RESPONSES[503]})
-@router.head("/readyz", include_in_schema=False)
+@router.get("/readyz", tags=["ops"], response_model=ReadyOut, responses={503: ERROR_RESPONSES[503]})
+@router.head("/readyz", tags=["ops"], responses={503: ERROR_RESPONSES[503]})
 async def readyz(request: Request) -> Response:
     """Readiness: 200 once the learned state is recovered and the database is usable, else 503 (also to HEAD).
     The reply names the process (`pid`), what its recovery did, and its checkpoints now (withheld while learned

@@ -318,6 +318,39 @@ class ErrorOut(BaseModel):
     field: str | None = Field(None, description="the request field at fault, when there is one")
 
 
+class HealthOut(BaseModel):
+    status: str = Field(description='"ok"')
+
+
+class RecoveryOut(BaseModel):
+    checkpoint_seq: int | None = Field(description="the feedback seq of the checkpoint restored (null: none)")
+    replayed: int = Field(description="feedback replayed from the log after it")
+    seconds: float = Field(description="how long recovery took")
+    policy_version: int
+    unreadable: dict[str, Any] = Field(description="learned feedback skipped because its decision cannot be read: "
+                                       "`skipped`, `first_seqs`")
+    budgets: str = Field(description="what the budget pacer recovered")
+
+
+class CheckpointsOut(BaseModel):
+    withheld: bool = Field(description="true while no checkpoint is stored because learned feedback is skipped")
+    seq: int | None = Field(description="the feedback seq of the newest checkpoint restored or stored (null: none)")
+    feedback_since: int = Field(description="the feedback seqs applied after it (about what a restart replays)")
+
+
+class BudgetStateOut(BaseModel):
+    state_saved: bool
+    state_unsaved_why: str | None
+
+
+class ReadyOut(BaseModel):
+    status: str = Field(description='"ready"')
+    pid: int = Field(description="the process that answered")
+    recovery: RecoveryOut
+    checkpoints: CheckpointsOut
+    budget_state: BudgetStateOut = Field(description="whether the pacer's state is saved, as in `GET /v1/budgets`")
+
+
 class ModelStats(BaseModel):
     model: str
     decisions: int

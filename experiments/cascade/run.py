@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from simulator.environments import EnvSpec  # noqa: E402
+from simulator.report import git_commit  # noqa: E402
 from simulator.runner import Plan, simulate  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -185,21 +185,15 @@ def main() -> None:
     args = parser.parse_args()
     seeds = tuple(int(s) for s in args.seeds.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "bandit_router", "simulator", "experiments/cascade"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    ).stdout.strip()
+    commit = git_commit()  # the running code's: `unknown` outside git (not an empty commit), `+dirty` with changes
     parts = []
     for name in args.envs.split(","):
         data = run_setup(name, seeds, args.workers)
-        data["commit"] = commit.stdout.strip() + ("+dirty" if dirty else "")
+        data["commit"] = commit
         (args.out / f"{name}.json").write_text(json.dumps(data, indent=1))
         parts += [table(data), "", sweep_table(data), ""]
         print(f"{name}: done", file=sys.stderr)
-    header = f"Commit `{commit.stdout.strip()}`{' (uncommitted changes!)' if dirty else ''}; seeds {list(seeds)}.\n"
+    header = f"Commit `{commit}`; seeds {list(seeds)}.\n"
     (args.out / "table.md").write_text(header + "\n" + "\n".join(parts))
 
 
