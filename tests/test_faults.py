@@ -161,6 +161,27 @@ def test_a_corrupt_database_stops_acknowledgements_and_logs_once(
     assert len(tracebacks) <= 2, [r.getMessage() for r in tracebacks]
 
 
+def test_a_checkpoint_that_meets_the_corruption_first_does_not_say_it_again(
+    make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checkpoint is the first to read the garbage: the store's fault is said once (by the service, "stops
+    acknowledging writes"), and the checkpoint's failure, which is that fault, is not a second error. Under load
+    the writer's checkpoint often met the corruption before a request did, and the test above saw two errors."""
+    client = make_client(checkpoint_interval=1000)
+    for i in range(20):
+        decision = _route(client, f"prompt number {i} about checkpoints").json()
+        client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5})
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    _until(lambda: engine.follower.position != engine.checkpointer.position)  # learned, not yet checkpointed
+    engine.store.maintain()
+    _corrupt(tmp_path / "faults.db")
+    with caplog.at_level(logging.DEBUG):
+        assert engine.checkpointer.maybe_checkpoint(force=True) is False
+    assert engine.fault is not None and "corrupt" in engine.fault
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "the service stops acknowledging writes" in errors[0], errors
+
+
 def test_repeated_failures_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     say = RateLimitedLog(logging.getLogger("bandit_router.test"), every_s=60)
     with caplog.at_level(logging.INFO):

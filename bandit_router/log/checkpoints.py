@@ -102,6 +102,15 @@ class Checkpointer:
                 return ck
         return None
 
+    def _failed(self, exc: StoreError) -> None:
+        """Say why a checkpoint failed (rate-limited), unless it failed on the store's fault (its file deleted,
+        replaced or corrupt) and the store has told its listener that fault: the service said it once, as an error
+        that names what to do, and a second error about the same file would only repeat it."""
+        if getattr(self.store, "fault", None) is not None and getattr(self.store, "on_fault", None) is not None:
+            log.debug("checkpoint failed on the store's fault: %s", exc)
+            return
+        self._say("checkpoint", logging.ERROR, "checkpoint failed (the log still has everything): %s", exc)
+
     def _say_withheld(self) -> None:
         """Say once that checkpoints are withheld, then remind every `REMIND_WITHHELD_S` of what grows meanwhile."""
         follower = self.follower
@@ -140,7 +149,7 @@ class Checkpointer:
             with self.store.read() as reader:  # another worker may have stored this position already
                 latest = reader.checkpoints(self.fingerprint)[:1]
         except StoreError as exc:  # the database is unreachable: a line, not a traceback; the log has everything
-            self._say("checkpoint", logging.ERROR, "checkpoint failed (the log still has everything): %s", exc)
+            self._failed(exc)
             return False
         if latest and (latest[0].seq, latest[0].event_id) >= position:
             self.version, self.position = live.version, position
@@ -159,7 +168,7 @@ class Checkpointer:
                     keep=self.keep,
                 )
         except StoreError as exc:
-            self._say("checkpoint", logging.ERROR, "checkpoint failed (the log still has everything): %s", exc)
+            self._failed(exc)
             return False
         self.version, self.position = live.version, position
         self.follower.promoted = False
