@@ -174,27 +174,39 @@ def test_an_llm_routers_routing_call_and_answer_are_booked(gateways: Gateways) -
     assert report(url)["global"]["requests"] == 2
 
 
+def settled(url: str, spend_usd: float) -> float:
+    """The pacer's global spend once it is `spend_usd` (a failure's feedback corrects a booking when it is learned,
+    after the reply); fails after 10 s."""
+    deadline = time.monotonic() + 10
+    while (now := spent(url)) != pytest.approx(spend_usd, rel=1e-9):
+        assert time.monotonic() < deadline, (now, spend_usd)
+        time.sleep(0.02)
+    return now
+
+
 def test_an_llm_router_books_what_it_paid_when_the_policys_model_fails_or_nobody_answers(
     gateways: Gateways, fake: ChooserFake
 ) -> None:
-    """`share:strong = 0` makes the policy pick `cheap`, which fails: `strong` answers, and the request is booked at
-    the routing call plus `strong`'s answer, not at the policy's expected cost of `cheap`. When every model fails
-    (502) or the named one refuses the request (400), only the routing call was paid, and only it is booked."""
+    """`share:strong = 0` makes the policy pick `cheap`, which fails: `strong` answers. The failed try is booked as
+    the gateway books one (a request at `cheap`'s expected cost, corrected to 0 by its failure feedback), and the
+    request at the routing call plus `strong`'s answer: what was paid, over two requests. When every model fails
+    (502) the failed try is booked the same way and the routing call spent beside it; when the named model refuses
+    the request (400), only the routing call was paid, and only it is booked."""
     url = gateways.start(budgets={"share": {"strong": 0}, "spend_usd": "100/1d"})
     fake.set("cheap", "fail")
     _, info, _ = ask(url, "auto", MATH)
     assert info["named"] is None and [c["model"] for c in info["calls"]] == ["chooser", "cheap", "strong"]
     paid = info["cost_usd"]
-    assert spent(url) == pytest.approx(paid, rel=1e-9)
-    assert report(url)["global"]["requests"] == 1  # the stored decision; the policy's unused one is not a request
+    settled(url, paid)
+    assert report(url)["global"]["requests"] == 2  # the policy's failed try, then the request's answer
 
     fake.set("strong", "fail")
     reply = post(url, "auto", MATH)
     assert reply.status_code == 502
     routing = float(loopback.get(url + "/v1/stats").json()["named_routers"]["auto"]["spend_usd"]) - paid
     assert routing > 0
-    assert spent(url) == pytest.approx(paid + routing, rel=1e-9)
-    assert report(url)["global"]["requests"] == 1
+    settled(url, paid + routing)
+    assert report(url)["global"]["requests"] == 3  # the failed try; a request no model answered is none
 
     fake.set("strong", "reject")
     assert post(url, "auto", CODE).status_code == 400  # the routing LLM named strong, which refused
@@ -306,10 +318,13 @@ def test_an_llm_routers_fallback_to_the_policy_is_priced_at_the_pacers_lambda(ga
     assert info["named"] is None and stored(url, decision_id)["cost_weight"] == pytest.approx(3.0)
 
 
-def test_an_llm_routers_unused_policy_decision_is_booked_by_no_process(gateways: Gateways, fake: ChooserFake) -> None:
-    """The policy's decision whose model failed is not stored (the model that answered is, with probability 1): no
-    process books it, the one that served the request included, so every process sharing the log counts the same
-    requests, shares and spend (one request, at what it paid)."""
+def test_an_llm_routers_failed_policy_decision_is_booked_alike_by_every_process(
+    gateways: Gateways, fake: ChooserFake
+) -> None:
+    """The policy's decision whose model failed is stored as a gateway try (then the model that answered, with
+    probability 1): the process that served the request books it once stored, another process when it reads it,
+    and both correct it by its learned failure feedback, so every process sharing the log counts the same
+    requests, shares and spend (two requests, one on `strong`, at what was paid)."""
     budgets = {"share": {"strong": 0}, "spend_usd": "100/1d"}
     a = gateways.start("shared.db", budgets=budgets, workers=2)
     b = gateways.start("shared.db", budgets=budgets, workers=2)
@@ -325,12 +340,13 @@ def test_an_llm_routers_unused_policy_decision_is_booked_by_no_process(gateways:
             [(t["requests"], t["realized"]) for t in scope["targets"] if t["kind"] == "share"],
         )
 
+    expected = (2, pytest.approx(info["cost_usd"], rel=1e-9), [(2, 0.5)])
     deadline = time.monotonic() + 15
-    while report(b)["global"]["requests"] < 1:
-        assert time.monotonic() < deadline
+    while not booked(a) == booked(b) == expected:
+        assert time.monotonic() < deadline, (booked(a), booked(b))
         time.sleep(0.05)
-    time.sleep(0.3)
-    assert booked(a) == booked(b) == (1, pytest.approx(info["cost_usd"], rel=1e-9), [(1, 1.0)])
+    time.sleep(0.3)  # a second booking of anything would have happened by now
+    assert booked(a) == booked(b) == expected
 
 
 # -- models the caller names ----------------------------------------------------------------------------------------

@@ -607,6 +607,137 @@ def test_an_llm_router_whose_named_model_fails_stores_the_model_that_answered_wi
         assert feedback(url, decision_id, 0.5)["status"] == "unrouted"
 
 
+def test_an_llm_routers_policy_decision_whose_model_fails_is_stored_as_a_failed_try_and_learned_once(
+    gateway: Callable[..., str], fake: ScriptedFake, tmp_path: Path
+) -> None:
+    """The routing LLM names no candidate (math), so the policy decides (`random`: 1/2 each, whatever it learns);
+    `cheap` fails on every call, `strong` answers. Every policy decision is stored, as the gateway stores a try:
+    one whose model failed with its call record (`server_error`, `attempt` 1, routed) and one feedback, the failure
+    (`failure_quality`, source "gateway"), learned once by the bandit; the answer after it is the LLM router's
+    (probability 1 on `strong`), its call record `attempt` 2 linked to the failed try by `request_id`. The request
+    is counted once (`GET /v1/stats`, `/metrics`), its failed call once. The log's bandit decisions (the
+    evaluation's view) are one per request, and their importance weights sum to N per model: |Σ 1{A = m}/p(m) − N|
+    within 4.5 standard deviations (√Σ(1 − p)/p = √N here: a margin of 35 for N = 60). Storing only the policy
+    decisions whose model answered kept no `cheap` row (Σ = 0, N·(1 − f) with f = 1: 60 off), n − k rows in all."""
+    url = gateway(failure_quality=0.05, policy="random")
+    fake.set("cheap", "fail")
+    n = 60
+    final: dict[str, list[tuple[str, bool]]] = {}
+    for i in range(n):
+        answer, info, decision_id = ask(url, "auto", f"{MATH} #{i}")
+        assert info["named"] is None and answer.model == "strong"
+        final[decision_id] = _answer_calls(info["calls"])
+        feedback(url, decision_id, 0.9)  # learned for the policy's answered decision; `unrouted` for the router's
+    failed = [d for d, calls in final.items() if calls == [("cheap", False), ("strong", True)]]
+    k = len(failed)
+    assert all(calls in ([("strong", True)], [("cheap", False), ("strong", True)]) for calls in final.values())
+    assert 0 < k < n, k  # the policy chose both
+
+    def learned(model: str) -> int:
+        models = httpx.get(url + "/v1/models", timeout=10).json()["models"]
+        return int(next(m for m in models if m["name"] == model)["feedback"])
+
+    deadline = time.monotonic() + 10
+    while learned("cheap") < k:
+        assert time.monotonic() < deadline, learned("cheap")
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert learned("cheap") == k and learned("strong") == n - k  # each failure learned once; the answers fed back
+
+    for decision_id in final:
+        decision = stored(url, decision_id)
+        if decision_id not in failed:  # the policy's model answered: its decision, as before
+            assert decision["policy"] == "random" and decision["model"] == "strong"
+            assert decision["call"]["attempt"] == 1 and decision["call"]["request_id"] == decision_id
+            continue
+        assert decision["policy"] == "llm-router:auto" and decision["model"] == "strong"
+        assert decision["probability"] == 1.0 and not decision["call"]["routed"]
+        first = decision["call"]["request_id"]
+        assert decision["call"]["attempt"] == 2 and first != decision_id
+        tried = stored(url, first, 1)
+        assert tried["policy"] == "random" and tried["model"] == "cheap" and tried["probability"] == 0.5
+        assert {key: tried["call"][key] for key in ("status", "attempt", "request_id", "routed")} == {
+            "status": "server_error", "attempt": 1, "request_id": first, "routed": True}
+        assert [(r["source"], r["quality"], r["learned"]) for r in tried["feedback"]] == [("gateway", 0.05, True)]
+
+    counts = httpx.get(url + "/v1/stats", timeout=10).json()
+    auto = counts["named_routers"]["auto"]
+    assert (auto["requests"], auto["fallbacks"], auto["router_calls"]) == (n, n, n)
+    assert (auto["answer_calls"], auto["failed_calls"], auto["failed_requests"]) == (n + k, k, 0)
+    assert auto["answered_by"] == {"strong": n} and counts["decisions"] == n + k
+    assert_named_metrics_are_the_stats(url)
+    assert f'bandit_router_upstream_calls_total{{model="cheap",status="server_error"}} {float(k)}' in (
+        httpx.get(url + "/metrics", timeout=10).text)  # the failed call, once
+
+    store = SQLiteStore(tmp_path / "n0.db")
+    logged = recent_log(store, 10 * n)  # the bandit's first tries with their learned feedback
+    store.close()
+    assert len(logged) == n and sum(r.decision.model == "cheap" for r in logged) == k
+    assert all(r.outcome is not None for r in logged)
+    assert {r.outcome.quality for r in logged if r.outcome is not None and r.decision.model == "cheap"} == {0.05}
+    for model in ("cheap", "strong"):
+        weights = sum(1.0 / r.decision.probability for r in logged if r.decision.model == model)
+        variance = sum((1.0 - (p := r.decision.probabilities[model])) / p for r in logged)
+        assert abs(weights - n) <= 4.5 * variance**0.5, (model, weights, variance)
+
+
+def test_a_shutdown_during_the_fallback_after_the_policys_model_failed_keeps_the_failed_try_and_counts_once(
+    fake: ScriptedFake, tmp_path: Path
+) -> None:
+    """`share:strong = 0` makes the policy pick `cheap`, which fails; the server stops while `strong`, the fallback,
+    hangs past the shutdown's grace (1 s). The request is a 503; the failed try is stored all the same (written in
+    a task the gateway's close waits for): its decision, its `server_error` call record and its failure feedback;
+    the request is counted once, as one no model answered, with the calls it made before the stop."""
+    import contextlib
+    import sqlite3
+    import threading
+
+    fake.behaviour.clear()
+    fake.script.clear()
+    specs = tuple(ModelSpec(n, *PRICES[n], base_url=fake.url + "/v1", route=n in ("cheap", "strong"))  # type: ignore[attr-defined]
+                  for n in PRICES)
+    db = tmp_path / "stop.db"
+    settings = Settings(db=db, models=specs, routers=ROUTERS, seed=11,
+                        budgets=BudgetConfig.from_mapping({"share": {"strong": 0}}))
+    server = ServerThread(create_app(settings), timeout_graceful_shutdown=1)
+    url = server.wait_ready()
+    fake.set("cheap", "fail")
+    fake.set("strong", "hang")
+    before = fake.calls["strong"]
+    replies: list[httpx.Response | Exception] = []
+
+    def post() -> None:
+        try:
+            replies.append(httpx.post(url + "/v1/chat/completions", timeout=30,
+                                      json={"model": "auto", "messages": [{"role": "user", "content": MATH}]}))
+        except httpx.HTTPError as exc:
+            replies.append(exc)
+
+    asking = threading.Thread(target=post)
+    asking.start()
+    try:
+        deadline = time.monotonic() + 10
+        while fake.calls["strong"] == before:  # the fallback's call is in flight
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        server.stop()
+        asking.join(30)
+        fake.behaviour.clear()
+    assert isinstance(replies[0], httpx.Response) and replies[0].status_code == 503, replies
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        decisions = conn.execute("SELECT decision_id, model, policy FROM decisions").fetchall()
+        records = conn.execute("SELECT decision_id, request_id, attempt, routed, status FROM calls").fetchall()
+        feedback_rows = conn.execute("SELECT decision_id, quality, source FROM feedback").fetchall()
+        counted = conn.execute("SELECT sum(requests), sum(failed_requests), sum(router_calls), sum(answer_calls), "
+                               "sum(failed_calls) FROM router_stats WHERE router = 'auto'").fetchone()
+    assert [(model, policy) for _, model, policy in decisions] == [("cheap", "default")]
+    tried = decisions[0][0]
+    assert records == [(tried, tried, 1, 1, "server_error")]
+    assert feedback_rows == [(tried, 0.0, "gateway")]
+    assert counted == (1, 1, 1, 1, 1)  # the routing call and cheap's failure, paid before the stop
+
+
 def test_a_routing_reply_naming_a_longer_model_is_not_read_as_the_shorter_candidate(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:

@@ -5,11 +5,11 @@ Why one module: answering a named request, recording its decision and counting w
 the request (its models, their arms, the calls made so far); split, each part would take that state as arguments.
 
 Every call is made through the gateway's pooled upstream clients (`gateway.upstreams`) and priced from its usage
-(counted when the upstream gives none). One decision is stored per request, before the reply, with one call
-record whose cost and latency are the *whole* chain's (every answer, the judge's or the routing LLM's calls), so
-feedback on `x-decision-id` prices the reward as final quality − λ·(total cost of the chain). The answer's
-`bandit_router` field lists every call (model, role, cost, latency, confidence, error) and every accept/escalate
-step with its probability.
+(counted when the upstream gives none). One decision is stored per request (two when an LLM router's policy
+decision failed, below), before the reply, with one call record whose cost and latency are the *whole* chain's
+(every answer, the judge's or the routing LLM's calls), so feedback on `x-decision-id` prices the reward as final
+quality − λ·(total cost of the chain). The answer's `bandit_router` field lists every call (model, role, cost,
+latency, confidence, error) and every accept/escalate step with its probability.
 
 **Logged probabilities.** A cascade's decision is logged over its models: `pmf[m]` is the probability that the chain
 returned `m`'s answer *given the confidences it observed* (the product of the steps' action probabilities along the
@@ -24,16 +24,24 @@ on average (`tests/test_cascade.py`). The steps' own propensities have no such g
 logged with probability 1 (asked at temperature 0, its choice is a function of the request; see `llm_router.py`),
 and so is the model that answered after it failed. Only when the reply names no candidate does the policy decide; if
 the policy's model answers, its decision (its pmf, its probability) is stored and learned by the bandit as usual,
-with the answer's own cost and latency on its call record (as for the gateway's routed call); if it fails, the model
-that answered is logged with probability 1. A named router's own decisions are `unrouted` for the bandit
-(`log.feedback.unrouted`); a learned cascade learns them itself.
+with the answer's own cost and latency on its call record (as for the gateway's routed call); if it fails, its
+decision is stored as the gateway stores a failed try (`Gateway.store_call`: a call record of that status, `attempt`
+1, and the failure as its feedback, quality `failure_quality`, source "gateway", learned), and the model that
+answered after it is logged with probability 1, its call record `attempt` 2 with the failed try's id as
+`request_id`. So every policy decision whose model was called is stored, answered or failed:
+E[Σ 1{stored, A = m}/p(m)] = N for each candidate m over N requests the policy decided (storing only the answered
+ones gave N·(1 − f_m), f_m the model's failure rate, and the bandit never learned those failures). A named
+router's own decisions are `unrouted` for the bandit (`log.feedback.unrouted`); a learned cascade learns them itself.
 
 **Budgets.** Every call is paid before the decision is stored, so the budget pacer books a request at once at
 what its chain paid (`Engine.store_decision` → `log.BudgetState.book_chain`): a named router's own decision at the
 chain's whole cost (its `unrouted` feedback never corrects it); the policy's decision an LLM router used like any
 routed decision (its expected cost, corrected by its learned feedback) plus the routing call beside it. The
-policy's decision whose model did not answer is not stored, so no process books it (`Router.decide(...,
-book=False)`), and a request no model answered spends what its calls paid (`Engine.count_router`).
+policy's decision is made with `Router.decide(..., book=False)` and booked only once stored: answered, as above;
+failed, as a gateway try is (its expected cost, `Engine.store_decision(..., booked=False)`, corrected by its
+failure feedback to 0), beside the request's own booking; one whose model was never called (a request refused as
+the client's, a shutdown, a retired model not reached) is not stored, and no process books it. A request no model
+answered spends what its calls paid (`Engine.count_router`).
 
 **The chain is stored.** The call record carries the whole chain (`CallRecord.chain`: every call with its model,
 role, cost, latency, confidence or error, every accept/escalate step with its propensity, what the chain paid
@@ -42,7 +50,8 @@ sees the decision sees its chain (`GET /v1/decisions/{id}` shows it).
 
 **Counts** (`GET /v1/stats`, the dashboard): what each request adds to its router's counts (requests, escalations,
 calls, failures, spend: `store.router_stats.of_chain` of its chain) is written in the transaction that stores its
-decision and chain; a request no model answered stores only its count. A write that fails or is refused keeps the
+decision and chain; a request no model answered stores only its count (an LLM router's failed policy decision is
+stored without counts: its call is counted with its request's). A write that fails or is refused keeps the
 counts its requests carry and writes them later (`Writer.keep_counts`): the calls were made and paid, whatever
 became of the decision. They are read from the database: the deployment's totals, the same from
 every worker and replica, kept across restarts. The same counts go to `/metrics` as each request makes them
@@ -69,6 +78,7 @@ from ..config import RouterAlias
 from ..errors import BanditRouterError, UnknownModel
 from ..gateway.active import decide_among_active
 from ..gateway.chat import BadChatRequest
+from ..gateway.gateway import Attempt
 from ..gateway.pricing import answer_text, estimated
 from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected
 from ..hints import quoted
@@ -98,6 +108,15 @@ class RouterObserver(Protocol):
     def named_request(self, counts: RouterCounts) -> None: ...
 
     def named_answer(self, router: str, seconds: float) -> None: ...
+
+
+class UpstreamCallFailed(CallFailed):
+    """A call through the gateway's upstreams failed: `error` (its status and HTTP status) after `latency_s`, what a
+    gateway call record of it holds."""
+
+    def __init__(self, error: UpstreamError, latency_s: float) -> None:
+        super().__init__(str(error))
+        self.error, self.latency_s = error, latency_s
 
 
 class NamedRouterFailed(Exception):
@@ -135,8 +154,8 @@ class NamedRouters:
 
     # -- calling a model ------------------------------------------------------------------------------------------
     def _call(self, chat: ChatRequest, deadline: float, failures: list[UpstreamError]) -> Any:
-        """The chain's `call(model, messages, want_logprobs)` over the gateway's upstreams (`CallFailed` on a
-        failure). A 4xx that blames the request is re-raised for the caller while no model has answered; after an
+        """The chain's `call(model, messages, want_logprobs)` over the gateway's upstreams (`UpstreamCallFailed` on
+        a failure). A 4xx that blames the request is re-raised for the caller while no model has answered; after an
         answer it is that model's failure (its context window, a parameter it does not take), and the chain keeps
         the answer it has paid for."""
         router = self.engine.router
@@ -155,20 +174,22 @@ class NamedRouters:
             if not self.gateway.upstreams.has(model):
                 failure = UpstreamFailure(model, CallStatus.CONNECTION_ERROR, "no upstream (base_url)")
                 failures.append(failure)
-                raise CallFailed(str(failure))
+                raise UpstreamCallFailed(failure, 0.0)
             started = time.perf_counter()
             try:
                 reply = await self.gateway.upstreams.complete(model, payload, deadline)
             except UpstreamRejected as exc:
-                self._observe(model, exc.status, time.perf_counter() - started)
+                latency = time.perf_counter() - started
+                self._observe(model, exc.status, latency)
                 if exc.blame_request and not own and not answered:
                     raise
                 failures.append(exc)
-                raise CallFailed(str(exc)) from None
+                raise UpstreamCallFailed(exc, latency) from None
             except UpstreamFailure as exc:
-                self._observe(model, exc.status, time.perf_counter() - started)
+                latency = time.perf_counter() - started
+                self._observe(model, exc.status, latency)
                 failures.append(exc)
-                raise CallFailed(str(exc)) from None
+                raise UpstreamCallFailed(exc, latency) from None
             text = answer_text(reply.body)
             usage = reply.usage or estimated(messages, text)
             cost = usage.cost_usd(router.spec(model))
@@ -270,7 +291,8 @@ class NamedRouters:
     ) -> NamedAnswer:
         """The routing LLM's choice, then the models in order until one answers. A shutdown is counted (with the
         calls made so far) only while the upstream calls run, as a cascade's: once `_counts` made the request's
-        counts (stored with its decision, or as a request no model answered), a cancellation adds none."""
+        counts (stored with its decision, or as a request no model answered), a cancellation adds none. The
+        policy's decision whose model failed is stored as it fails (`_store_failed_try`), whatever comes after."""
         router = self.engine.router
         specs = [router.spec(m) for m in models]
         descriptions = {s.name: s.description for s in specs if s.description} | dict(alias.descriptions)
@@ -279,6 +301,7 @@ class NamedRouters:
         calls: list[ChainCall] = []
         named: str | None = None
         answer = None
+        failed_try: Decision | None = None
         try:
             try:
                 routing = await call(alias.router_model, [{"role": "user", "content": prompt}], False)
@@ -297,9 +320,9 @@ class NamedRouters:
                 calls.append(ChainCall(alias.router_model, "router", error=str(exc)[:200]))
                 named, reply = None, ""
             # The policy decides only when the routing LLM named no candidate, as a routed request would: with the
-            # request's own `cost_weight`, else the budget pacer's λ; the pacer books its decision only if it is
-            # stored (its model answered: `Engine.store_decision`). A model the policy excluded (a budget) has
-            # probability 0 and comes last. A candidate may retire while the routing LLM answers: the policy
+            # request's own `cost_weight`, else the budget pacer's λ; the pacer books its decision only once it is
+            # stored (its model answered, or failed: `Engine.store_decision`). A model the policy excluded (a
+            # budget) has probability 0 and comes last. A candidate may retire while the routing LLM answers: the policy
             # chooses among those still active (none left: the alias's order), and a retired one is tried only
             # after every active one.
             policy = self._policy_choice(context, models, chat.cost_weight) if named is None else None
@@ -315,8 +338,10 @@ class NamedRouters:
             for model in order:
                 try:
                     answer = await call(model, chat.messages, False)
-                except CallFailed as exc:
+                except UpstreamCallFailed as exc:
                     calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
+                    if policy is not None and model == policy.model:  # the bandit's try failed: stored as such
+                        failed_try = self._store_failed_try(policy, request, exc)
                     continue
                 calls.append(
                     ChainCall(
@@ -359,7 +384,7 @@ class NamedRouters:
             "cost_usd": total_cost,
             "latency_s": total_latency,
         }  # the routing LLM's reply text is not stored (it is model output, like an answer)
-        record = self._call_record(decision, answer, cost, latency, chain_document(stored, []))
+        record = self._call_record(decision, answer, cost, latency, chain_document(stored, []), after=failed_try)
         await self.engine.store_decision(decision, request, record, self._counts(stored, record.created_at))
         extension = {
             "router": alias.name,
@@ -382,6 +407,27 @@ class NamedRouters:
             return None
 
     # -- recording --------------------------------------------------------------------------------------------------
+    def _store_failed_try(self, decision: Decision, request: Request, failed: UpstreamCallFailed) -> Decision:
+        """Store the policy's decision whose model failed as the gateway stores a failed try: the decision
+        (`Engine.store_decision`), then its call record (`attempt` 1, `routed`; `Gateway.store_call`) with the
+        failure as its feedback (quality `failure_quality`, source "gateway"), learned by the bandit, so the log
+        keeps the policy's failures as well as its answers. The pacer books it once stored (it was made with
+        `book=False`), at its expected cost, corrected by that feedback to the failed call's cost, 0. Written in a
+        task `Gateway.close()` waits for, so a shutdown during the fallback still stores it. The call is in the
+        request's chain and counts (stored with its answer, or alone), and in `/metrics` already (`_call`): the
+        record adds to neither. Returns `decision`."""
+        attempt = Attempt(decision, decision.decision_id, 1, routed=True, stream=False)
+        error = failed.error
+        record = self.gateway.call_record(attempt, error.status, None, latency=failed.latency_s, error=str(error),
+                                          http_status=error.http_status)
+
+        async def store() -> None:
+            await self.engine.store_decision(decision, request, booked=False)
+            await self.gateway.store_call(record, decision)
+
+        self.gateway.keep(store())
+        return decision
+
     def _decision(
         self,
         alias: RouterAlias,
@@ -406,14 +452,18 @@ class NamedRouters:
         )  # fmt: skip
 
     def _call_record(
-        self, decision: Decision, answer: ModelAnswer, cost: float, latency: float, chain: str
+        self, decision: Decision, answer: ModelAnswer, cost: float, latency: float, chain: str,
+        after: Decision | None = None,
     ) -> CallRecord:
-        """The request's one call record (`attempt` 1: a chain is one request, not a gateway fallback): the
-        answering model, the cost and latency given, and the chain. It is stored with the decision, in one
-        transaction (`Engine.store_decision`), before the reply: feedback on any worker finds both."""
+        """The request's call record (`attempt` 1: a chain is one request, not a gateway fallback; `attempt` 2
+        `after` an LLM router's policy decision whose model failed, stored as the request's first try, whose id is
+        then the `request_id`): the answering model, the cost and latency given, and the chain. It is stored with
+        the decision, in one transaction (`Engine.store_decision`), before the reply: feedback on any worker finds
+        both."""
         usage_source = answer.payload[1] if isinstance(answer.payload, tuple) else None
+        first = decision if after is None else after
         return CallRecord(
-            decision_id=decision.decision_id, request_id=decision.decision_id, attempt=1,
+            decision_id=decision.decision_id, request_id=first.decision_id, attempt=1 if after is None else 2,
             model=answer.model, routed=not unrouted(decision.policy),
             stream=False, status=str(CallStatus.OK), http_status=200, input_tokens=answer.input_tokens,
             output_tokens=answer.output_tokens, usage=usage_source, cost_usd=cost, ttft_s=latency, latency_s=latency,

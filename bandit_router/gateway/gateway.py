@@ -506,10 +506,21 @@ class Gateway:
         writer runs operations in the order they were submitted, so a feedback the caller sends to this process
         after this reply finds the record. With several workers a feedback may reach another one first, so
         there the reply waits for the commit (`await_records`)."""
+        record = self.call_record(attempt, status, started, usage=usage, cost=cost, latency=latency, ttft=ttft,
+                                  error=error, http_status=http_status)
+        if self.observer is not None:
+            self.observer(record)
+        return self._spawn(self.store_call(record, attempt.decision))
+
+    @staticmethod
+    def call_record(attempt: Attempt, status: CallStatus, started: float | None, *, usage: Usage | None = None,
+                    cost: float | None = None, latency: float | None = None, ttft: float | None = None,
+                    error: str | None = None, http_status: int | None = None) -> CallRecord:
+        """The record of `attempt`'s call, ended with `status` (its latency since `started` unless given)."""
         if latency is None and started is not None:
             latency = time.perf_counter() - started
         decision = attempt.decision
-        record = CallRecord(
+        return CallRecord(
             decision_id=decision.decision_id, request_id=attempt.request_id, attempt=attempt.number,
             model=decision.model, routed=attempt.routed, stream=attempt.stream, status=str(status),
             http_status=http_status if http_status is not None else (200 if status == CallStatus.OK else None),
@@ -518,14 +529,17 @@ class Gateway:
             usage=None if usage is None else usage.source, cost_usd=cost, ttft_s=ttft, latency_s=latency,
             error=None if error is None else error[:500], created_at=time.time(),
         )
-        if self.observer is not None:
-            self.observer(record)
+
+    async def store_call(self, record: CallRecord, decision: Decision) -> None:
+        """Store `record`, the call of `decision` (stored before it); a failure that blames the model
+        (`CallStatus.is_failure`) also as the decision's feedback, learned like any feedback: quality =
+        `failure_quality`, cost 0, source "gateway". An LLM router stores its policy's failed try with it too."""
         failure = None
-        if status.is_failure:
+        if CallStatus(record.status).is_failure:
             failure = Outcome(quality=self.config.failure_quality, cost_usd=0.0, input_tokens=0, output_tokens=0,
-                              latency_s=latency)
+                              latency_s=record.latency_s)
         source = FAILURE_SOURCE if failure is not None else None
-        return self._spawn(self.engine.record_call(record, failure, source, decision))
+        await self.engine.record_call(record, failure, source, decision)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coroutine)

@@ -141,11 +141,13 @@ class BudgetState:
         self.pacer.observe(decision, None)
         self.pacer.spend(spend_usd - (call.cost_usd or 0.0), decision.context.attributes.get("tenant"))
 
-    def book_stored(self, decision: Decision) -> None:
+    def book_stored(self, decision: Decision, *, booked: bool = True) -> None:
         """`decision`, made outside `Router.route` by this process, is stored: a caller-named model's is booked now at
-        its expected cost (corrected by `book_call` when its call is recorded). Any other: nothing (a gateway
-        fallback was booked by `Router.decide`; a named router's by `book_chain`)."""
-        if decision.policy == CALLER_POLICY:
+        its expected cost (corrected by `book_call` when its call is recorded), and so is a routed decision the
+        pacer has not booked (`booked=False`: an LLM router's policy decision whose model failed, made with
+        `Router.decide(..., book=False)`; its failure feedback corrects it, as for a gateway try that failed). Any
+        other: nothing (a gateway fallback was booked by `Router.decide`; a named router's by `book_chain`)."""
+        if decision.policy == CALLER_POLICY or not booked:
             self.pacer.observe(decision, None)
 
     def book_call(self, decision: Decision, call: CallRecord) -> None:

@@ -549,14 +549,17 @@ class Engine:
                 future.set_result(result)
 
     async def store_decision(
-        self, decision: Decision, request: Request, call: CallRecord | None = None, counts: RouterCounts | None = None
+        self, decision: Decision, request: Request, call: CallRecord | None = None, counts: RouterCounts | None = None,
+        *, booked: bool = True,
     ) -> Decision:
         """Store a decision made outside `route` (the gateway's fallbacks and caller-named models; a named
         router's, with its call record, chain and what it adds to the router's counts in the same transaction).
         Each is booked by this process's budget pacer once (`BudgetState`): a gateway fallback by `Router.decide`;
         a named router's request at once, at what its chain paid (`counts.spend_usd`, `book_chain`: those calls
         are made, whether or not the decision is stored or gets feedback); a caller-named model's, once stored, at
-        its expected cost, corrected by its call record (`record_call`)."""
+        its expected cost, corrected by its call record (`record_call`); a routed decision the pacer has not
+        booked (`booked=False`: made with `Router.decide(..., book=False)`, an LLM router's policy decision whose
+        model failed) once stored, at its expected cost, as `Router.decide` books a gateway try."""
         if call is not None and counts is not None:
             self.budgets.book_chain(decision, call, counts.spend_usd)
         self._require_ready(counts)
@@ -565,7 +568,7 @@ class Engine:
         shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
         self.budgets.mine(decision.decision_id)
         await self._submit(InsertDecision(decision, prompt, tenant, shadow, call, counts), counts)
-        self.budgets.book_stored(decision)
+        self.budgets.book_stored(decision, booked=booked)
         return decision
 
     async def count_router(self, counts: RouterCounts, request: Request) -> None:
