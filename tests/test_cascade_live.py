@@ -634,7 +634,7 @@ def test_an_llm_routers_policy_decision_whose_model_fails_is_stored_as_a_failed_
     assert 0 < k < n, k  # the policy chose both
 
     def learned(model: str) -> int:
-        models = httpx.get(url + "/v1/models", timeout=10).json()["models"]
+        models = loopback.get(url + "/v1/models", timeout=10).json()["models"]
         return int(next(m for m in models if m["name"] == model)["feedback"])
 
     deadline = time.monotonic() + 10
@@ -660,14 +660,14 @@ def test_an_llm_routers_policy_decision_whose_model_fails_is_stored_as_a_failed_
             "status": "server_error", "attempt": 1, "request_id": first, "routed": True}
         assert [(r["source"], r["quality"], r["learned"]) for r in tried["feedback"]] == [("gateway", 0.05, True)]
 
-    counts = httpx.get(url + "/v1/stats", timeout=10).json()
+    counts = loopback.get(url + "/v1/stats", timeout=10).json()
     auto = counts["named_routers"]["auto"]
     assert (auto["requests"], auto["fallbacks"], auto["router_calls"]) == (n, n, n)
     assert (auto["answer_calls"], auto["failed_calls"], auto["failed_requests"]) == (n + k, k, 0)
     assert auto["answered_by"] == {"strong": n} and counts["decisions"] == n + k
     assert_named_metrics_are_the_stats(url)
     assert f'bandit_router_upstream_calls_total{{model="cheap",status="server_error"}} {float(k)}' in (
-        httpx.get(url + "/metrics", timeout=10).text)  # the failed call, once
+        loopback.get(url + "/metrics", timeout=10).text)  # the failed call, once
 
     store = SQLiteStore(tmp_path / "n0.db")
     logged = recent_log(store, 10 * n)  # the bandit's first tries with their learned feedback
@@ -708,7 +708,7 @@ def test_a_shutdown_during_the_fallback_after_the_policys_model_failed_keeps_the
 
     def post() -> None:
         try:
-            replies.append(httpx.post(url + "/v1/chat/completions", timeout=30,
+            replies.append(loopback.post(url + "/v1/chat/completions", timeout=30,
                                       json={"model": "auto", "messages": [{"role": "user", "content": MATH}]}))
         except httpx.HTTPError as exc:
             replies.append(exc)
