@@ -11,19 +11,29 @@ into a new one (about 20 ms on a 2-core machine, even for an http:// URL), more 
 from __future__ import annotations
 
 import ssl
+from functools import cache
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import openai
+
+if TYPE_CHECKING:
+    import openai
 
 loopback = httpx.Client(
     limits=httpx.Limits(max_connections=None, max_keepalive_connections=0),
     cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),  # nothing kept from one call to the next
 )
 
-_SSL_CONTEXT = ssl.create_default_context()
+
+@cache
+def _ssl_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
 
 
 def openai_client(base_url: str, **options: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, http_client=openai.DefaultHttpxClient(verify=_SSL_CONTEXT), **options)
+    """openai is imported here, not with the module: the helpers that poll through `loopback` (`serve_process`,
+    `dashboard_demo`, `benchmarks.fake_upstream`) run without the dev extra that installs it."""
+    import openai
+
+    return openai.OpenAI(base_url=base_url, http_client=openai.DefaultHttpxClient(verify=_ssl_context()), **options)
