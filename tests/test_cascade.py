@@ -234,9 +234,10 @@ def test_a_missing_confidence_escalates_and_a_failure_moves_on_and_keeps_the_las
 def test_a_cascades_logged_probability_is_the_chance_of_the_answer_it_returned() -> None:
     """The decision's probability of the answer returned (`chain_pmf`), from a frozen learned escalation with
     propensities near ½ and fixed confidences: E[1{answer = m}/p(m)] = 1 for every model with no failure and when
-    a model fails before the answer, and 1 + p_escalate·f for the answer returned after the next model failed at
-    random (probability f = ½), the gap `docs/cascades.md` states. 3,000 chains per case; margin 0.2 (≈ 4 standard
-    errors: the rarest answer has p ≈ 1/8, so 1{·}/p has variance ≈ 7; the gap, ≈ 0.24, is > 0.08 by 3.4)."""
+    a model fails before the answer, and 1 + p_escalate·F for the answer returned after the models after it (here
+    one) failed at random (probability F = ½), the gap `docs/cascades.md` states. 3,000 chains per case; margin 0.2
+    (≈ 4 standard errors: the rarest answer has p ≈ 1/8, so 1{·}/p has variance ≈ 7; the gap, ≈ 0.24, is > 0.08
+    by 3.4)."""
     learner = LearnedEscalation(EscalationParams(v=1.0, floor=0.05))
     models, confidence = ["a", "b", "c", "d"], {"a": 0.5, "b": 0.4, "c": 0.7}
     context = EXTRACTOR.extract("explain quicksort")

@@ -14,14 +14,15 @@ latency, confidence, error) and every accept/escalate step with its probability.
 **Logged probabilities.** A cascade's decision is logged over its models: `pmf[m]` is the probability that the chain
 returned `m`'s answer *given the confidences it observed* (the product of the steps' action probabilities along the
 path); the mass of escalating past the last model reached is put on the next one. For a fixed threshold this is 1 on
-the answering model. The probability of the answer returned is exact (E[1{answer = m}/p(m)] = 1) when every model
-the chain escalated to answered, and when a model failed before the answer's (its failure is seen on every path to
-that answer). A chain that escalated and whose later models all failed returns the last answer obtained, logged with
-its accepting and escalating mass together (given the failure it saw); its accepting rows saw no failure, so where
-the next model fails at random with probability f, IPS over answered models weighs that answer by 1 + p_escalate·f
-on average (`tests/test_cascade.py`). The steps' own propensities have no such gap: evaluate escalation on them
-(`bandit-router evaluate --escalations`, the product of the steps' probabilities). An LLM router's parsed choice is
-logged with probability 1 (asked at temperature 0, its choice is a function of the request; see `llm_router.py`),
+the answering model. Over all requests, E[1{answer = m}/p(m)] = 1 (IPS over answered models is unbiased) when no
+model after m can fail; a failure before m's answer leaves it so. A chain that escalated past m and whose later
+models all failed returns m's answer, logged with m's accepting and escalating mass together (given the failures it
+saw), while the requests where m accepted saw no failure: where every model after m fails at random with
+probability F (the product of their failure probabilities), E[1{answer = m}/p(m)] = 1 + p_escalate(m)·F, a mean
+over the requests, not a factor on each (`tests/test_cascade.py`). The steps' own propensities have no such gap:
+evaluate escalation on them (`bandit-router evaluate --escalations`, the product of the steps' probabilities). An
+LLM router's parsed choice is logged with probability 1 (asked at temperature 0, its choice is a function of the
+request; see `llm_router.py`),
 and so is the model that answered after it failed. Only when the reply names no candidate does the policy decide; if
 the policy's model answers, its decision (its pmf, its probability) is stored and learned by the bandit as usual,
 with the answer's own cost and latency on its call record (as for the gateway's routed call); if it fails, its

@@ -16,7 +16,9 @@ Logged probability: the routing model is asked at temperature 0, so its choice i
 nondeterminism) a function of the request: the decision is logged with the probability the *router* had of
 taking that path — 1 for the named model when the reply parsed; the policy's own decision (its pmf, its policy's
 name) when the reply named no candidate and the policy's model answered; 1 for the model that answered after the
-named one or the policy's failed (`live.NamedRouters._llm_router`). Offline evaluation tells them apart by the
+named one or the policy's failed, and for the alias's first model that answered when the reply named no candidate
+and the policy had none to choose (all its candidates retired or refused: `live.NamedRouters._policy_choice`)
+(`live.NamedRouters._llm_router`). Offline evaluation tells them apart by the
 decision's `policy` (`llm-router:<alias>` on the rows of probability 1) and the stored chain's `named` (the parsed
 candidate, or null); the reply's text is in the answer's `bandit_router.reply` only, never stored. No
 counterfactual probability for the other candidates is claimed: IPS estimates for a policy that would have chosen
