@@ -27,6 +27,7 @@ and so does a `route = false` model (`ModelNotFound`: a judge's or routing LLM's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -77,6 +78,8 @@ class DecisionLog(Protocol):
 
     @property
     def router(self) -> Router: ...
+
+    def deciding(self) -> contextlib.AbstractContextManager[Router]: ...
 
     async def route(self, request: Request) -> Decision: ...
 
@@ -402,7 +405,8 @@ class Gateway:
             return None
         pool = request.models if request.models is not None else tuple(self.callable_models())
         untried = [m for m in pool if m not in tried and self.upstreams.has(m)]
-        decision = decide_among_active(self.engine.router, attempt.decision.context, untried, request.cost_weight)
+        with self.engine.deciding() as router:  # not while a promotion swaps the live router
+            decision = decide_among_active(router, attempt.decision.context, untried, request.cost_weight)
         if decision is None:
             return None
         await self.engine.store_decision(decision, request)

@@ -169,6 +169,11 @@ class Engine:
         """The live router."""
         return self.policies.live
 
+    def deciding(self) -> contextlib.AbstractContextManager[Router]:
+        """The live router, kept live (with its budget pacer) by a promotion until the block ends: every decision of
+        the live router is made in one (`PolicySet.deciding`)."""
+        return self.policies.deciding()
+
     @property
     def live_name(self) -> str:
         """The live policy's name: the configured `policy`, or the shadow promoted last."""
@@ -537,7 +542,8 @@ class Engine:
         pending = self._routes.pop(loop, [])
         results: list[Decision | Exception]
         try:
-            results = self.router.route_many([request for request, _ in pending])
+            with self.deciding() as router:  # not while a promotion swaps the live router
+                results = router.route_many([request for request, _ in pending])
         except Exception as exc:  # not one request's error (those come back in `results`): fail them all
             results = [exc] * len(pending)
         for (_, future), result in zip(pending, results, strict=True):
