@@ -126,6 +126,13 @@ class BudgetState:
         if self.shared:
             self._own[decision_id] = time.monotonic()
 
+    def unbook(self, decision: Decision) -> None:
+        """`decision`, made and booked by this process's live router, was not stored (its id was taken: a 409):
+        its booking is taken back (`BudgetPacer.unbook`), and its id is no longer this process's, so that the stored
+        decision of that id, another worker's or replica's, is booked when read from the log."""
+        self._own.pop(decision.decision_id, None)
+        self.pacer.unbook(decision)
+
     def book_chain(self, decision: Decision, call: CallRecord, spend_usd: float) -> None:
         """Book a named router's request stored as `decision` with `call` (its call record, carrying the chain),
         which paid `spend_usd` in all, every call of it made before the decision was stored:

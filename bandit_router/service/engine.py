@@ -522,7 +522,11 @@ class Engine:
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows else None
         self.budgets.mine(decision.decision_id)
-        await self._submit(InsertDecision(decision, prompt, tenant, shadow))
+        try:
+            await self._submit(InsertDecision(decision, prompt, tenant, shadow))
+        except Conflict:  # the caller's decision_id is taken: not stored, so not booked either
+            self.budgets.unbook(decision)
+            raise
         return decision
 
     def _decide(self, request: Request) -> asyncio.Future[Decision]:
