@@ -6,16 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+import psycopg
 import pytest
+from named_fakes import serving
 from service_client import start_client
 
 from bandit_router.budgets import BudgetConfig, BudgetPacer
+from bandit_router.catalog import ModelSpec
 from bandit_router.config import Settings
+from bandit_router.service import create_app
 from bandit_router.service.engine import Engine
+from bandit_router.store.location import DatabaseURL
+from bandit_router.store.postgres import LOG_LOCK
 from bandit_router.types import Decision, Request
+from benchmarks.fake_upstream import FakeUpstream, ServerThread
+
+KEY_ENV = "BANDIT_ROUTER_TEST_UPSTREAM_KEY"
+KEY = "sk-upstream-secret-0123456789abcdef"
 
 
 def test_a_promotion_waits_for_the_decision_being_priced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,4 +90,53 @@ def test_a_route_refused_for_a_taken_decision_id_is_not_booked(tmp_path: Path) -
         assert [t.get("requests") for t in now["targets"]] == [t.get("requests") for t in booked["targets"]]
     finally:
         client.__exit__(None, None, None)
+
+
+def test_on_replicas_a_gateway_reply_waits_until_its_call_record_is_committed(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica (one worker on a shared PostgreSQL database) answered a chat completion before its call record was
+    committed, as a single process may (its writer runs the record before any later feedback). A feedback that the
+    load balancer sends to another replica right after the reply was then committed first, without the call's tokens,
+    cost and latency (priced from estimated tokens, the record's real cost never learned). The reply now waits for
+    the record's commit, as with `--workers N`. Here another replica's write holds the log's lock while the
+    upstream answers: the reply comes only once the record could be committed."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    with serving(FakeUpstream(seed=3)) as fake:
+        fake.set("fake-coder", "slow", 0.6)  # the call lasts 0.6 s: the lock is taken meanwhile
+        spec = ModelSpec("fake-coder", 1.0, 2.0, tags={"family": "fake"}, base_url=fake.url + "/v1",
+                         api_key_env=KEY_ENV)
+        server = ServerThread(create_app(Settings(db=DatabaseURL(pg_url), models=(spec,), seed=7)))
+        try:
+            url = server.wait_ready()
+            replied: list[tuple[float, httpx.Response]] = []
+
+            def chat() -> None:
+                reply = httpx.post(url + "/v1/chat/completions", timeout=30,
+                                   json={"model": "router", "messages": [{"role": "user", "content": "hi"}]})
+                replied.append((time.monotonic(), reply))
+
+            asking = threading.Thread(target=chat)
+            asking.start()
+            with psycopg.connect(pg_url, autocommit=True) as other:
+                _wait_for(lambda: other.execute("SELECT count(*) FROM decisions").fetchone() == (1,))
+                other.execute("SELECT pg_advisory_lock(%s)", (LOG_LOCK,))  # another replica's write, for 1.2 s
+                time.sleep(1.2)
+                released = time.monotonic()
+                other.execute("SELECT pg_advisory_unlock(%s)", (LOG_LOCK,))
+                asking.join(30)
+                (answered, reply), = replied
+                assert reply.status_code == 200, reply.text
+                assert answered >= released  # not while the record could not be committed
+                calls = other.execute("SELECT status FROM calls").fetchall()
+            assert calls == [("ok",)]
+        finally:
+            server.stop()
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 

@@ -75,6 +75,8 @@ class DecisionLog(Protocol):
     """What the gateway needs from the service's engine (`service.engine.Engine`)."""
 
     settings: Settings
+    shared: bool
+    """Other processes (workers, replicas) write to the same log."""
 
     @property
     def router(self) -> Router: ...
@@ -216,8 +218,8 @@ class Gateway:
         self.judge: Judge | None = None
         self.observer: Callable[[CallRecord], None] | None = None
         """Told about every call record (the service's metrics)."""
-        self.await_records = settings.server.workers > 1
-        """Whether a reply waits until its call record is committed (several workers: see `_record`)."""
+        self.await_records = engine.shared
+        """Whether a reply waits until its call record is committed (several workers or replicas: see `_record`)."""
         self._say = RateLimitedLog(log)
         """An upstream refusing the gateway's key, or call records not stored (the database down), happen on every
         request until fixed: logged at most once a minute each (per model for a key)."""
@@ -508,7 +510,7 @@ class Gateway:
                 error: str | None = None, http_status: int | None = None) -> asyncio.Future[Any]:
         """Store the call record (and, for a failure, the failure as feedback) without delaying the reply: the
         writer runs operations in the order they were submitted, so a feedback the caller sends to this process
-        after this reply finds the record. With several workers a feedback may reach another one first, so
+        after this reply finds the record. With several workers or replicas a feedback may reach another one first, so
         there the reply waits for the commit (`await_records`)."""
         if latency is None and started is not None:
             latency = time.perf_counter() - started

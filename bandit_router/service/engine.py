@@ -129,6 +129,9 @@ class Engine:
         self.pacer = BudgetPacer(settings.budgets)
         """The budget targets (`/v1/budgets`); attached to the router once the log is replayed."""
         shared = settings.server.workers > 1 or bool(getattr(self.store, "shared", False))
+        self.shared = shared
+        """Other processes write to the same log: worker processes on one SQLite file, or replicas on one server
+        database (`Store.shared`); a request may reach any of them."""
         self.budgets = BudgetState(self.store, self.pacer, shared=shared)
         """With other processes on the same log (workers, replicas) the pacer books their decisions too."""
         self.writer = Writer(self.store, self.follower, self.budgets, FeedbackRules.from_settings(settings),
