@@ -5,6 +5,7 @@ depend on thread scheduling."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from service_client import start_client
 from bandit_router.budgets import BudgetConfig, BudgetPacer
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Settings
+from bandit_router.errors import UnknownModel
+from bandit_router.log import build_router
 from bandit_router.service import create_app
 from bandit_router.service.engine import Engine
 from bandit_router.store.location import DatabaseURL
@@ -140,3 +143,37 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
 
+
+def test_a_model_being_retired_or_added_back_is_always_found_by_its_name() -> None:
+    """`Router.spec` (the gateway prices an answered call with it) runs on the event loop while the writer thread
+    retires a model or adds it back: it read the active models, then the retired ones, without the router's lock,
+    and a retirement landing between the two reads made it `UnknownModel` for a model that exists (the call was
+    paid, its reply and call record lost). With the thread switch interval at 1 µs the writer lands there about once
+    per 2,000 lookups (≈ 500 times in the second this runs, without the lock), never with it."""
+    router = build_router(Settings(seed=1), seed=1)
+    spec = router.models[-1]
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            router.retire_model(spec.name)
+            router.add_model(spec)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    writer = threading.Thread(target=churn)
+    writer.start()
+    missed = looked = 0
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            looked += 1
+            try:
+                assert router.spec(spec.name) == spec
+            except UnknownModel:
+                missed += 1
+    finally:
+        stop.set()
+        writer.join(10)
+        sys.setswitchinterval(interval)
+    assert looked > 10_000 and missed == 0
