@@ -22,10 +22,10 @@ from bandit_router.budgets import BudgetConfig, BudgetPacer
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Settings
 from bandit_router.errors import UnknownModel
-from bandit_router.log import build_router
+from bandit_router.log import BudgetState, build_router
 from bandit_router.service import create_app
 from bandit_router.service.engine import Engine
-from bandit_router.store.location import DatabaseURL
+from bandit_router.store.location import DatabaseURL, open_store
 from bandit_router.store.postgres import LOG_LOCK
 from bandit_router.types import Decision, Request
 from benchmarks.fake_upstream import FakeUpstream, ServerThread
@@ -177,3 +177,46 @@ def test_a_model_being_retired_or_added_back_is_always_found_by_its_name() -> No
         writer.join(10)
         sys.setswitchinterval(interval)
     assert looked > 10_000 and missed == 0
+
+
+@pytest.mark.parametrize("read_first", [False, True], ids=["refused-then-read", "read-then-refused"])
+@pytest.mark.parametrize("winner", ["this process", "another process"])
+def test_a_decision_id_sent_twice_is_booked_once_by_a_process_sharing_the_log(
+    tmp_path: Path, winner: str, read_first: bool
+) -> None:
+    """With workers or replicas each process books its own decisions when made and the others' when it reads them
+    from the log (`mine`: skip its own there). A client's id sent twice at once: one request stored, the other
+    refused (409) and taken back (`unbook`). The stored one is this process's or another's, and the process reads
+    it from the log before or after the refusal comes back: in every order it is booked exactly once (taking back
+    the refused one's use of the id dropped the winner's too, which was then booked again from the log)."""
+    store = open_store(tmp_path / "shared.db")
+    store.prepare()
+    try:
+        pacer = BudgetPacer(BudgetConfig.from_mapping({"avg_cost_usd": 0.001}))
+        state = BudgetState(store, pacer, shared=True)
+        with store.write() as tx:
+            state.start_following(tx)
+        router = build_router(Settings(seed=1), seed=1)
+        router.pacer = pacer  # books each decision as it is made
+        mine = [router.route(Request(prompt="one request, sent twice", decision_id="sent-twice"))]
+        state.mine("sent-twice")
+        if winner == "this process":
+            mine.append(router.route(Request(prompt="one request, sent twice", decision_id="sent-twice")))
+            state.mine("sent-twice")
+            stored = mine[0]
+        else:  # another worker's decision, booked by its own pacer
+            stored = build_router(Settings(seed=2), seed=2).route(Request(prompt="the other", decision_id="sent-twice"))
+        with store.write() as tx:
+            tx.insert_decisions([(stored, None, None)])
+
+        def read_the_log() -> None:
+            state._next_decisions = 0.0
+            state.follow_decisions()
+
+        if read_first:
+            read_the_log()
+        state.unbook(mine[-1])  # the 409
+        read_the_log()
+        assert pacer.report()["global"]["requests"] == 1 and not state._own
+    finally:
+        store.close()
