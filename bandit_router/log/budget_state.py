@@ -1,6 +1,10 @@
 """The budget pacer's durable state: its targets and spend, kept in the store's `meta` table, so that a restart
 continues the same budget period and every worker follows targets set through any of them.
 
+Why one module of ~530 lines: saving, loading and following the targets, and booking this process's and the other
+processes' decisions, share one state (the stored rows as last read, the own decision ids, the positions in the
+log) and one rule: every decision is booked once by every process.
+
 Global budgets. When several processes share one log (worker processes on one SQLite file, replicas on one
 PostgreSQL database) each process books the decisions the others made too: between batches it reads the
 decisions stored after the last one it saw (`Reader.decisions_after`, in storage order) and books every one it
