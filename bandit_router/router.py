@@ -114,12 +114,16 @@ class Router:
         return self._version
 
     def spec(self, name: str) -> ModelSpec:
-        """The spec of an active or retired model."""
-        for spec in self._models:
-            if spec.name == name:
-                return spec
-        if name in self._retired:
-            return self._retired[name]
+        """The spec of an active or retired model. Under the lock: a retirement (or an addition back), which the
+        writer thread applies at any moment, moves the model between the two lists, and a reader between them
+        found it in neither."""
+        with self._lock:
+            for spec in self._models:
+                if spec.name == name:
+                    return spec
+            retired = self._retired.get(name)
+        if retired is not None:
+            return retired
         raise UnknownModel(f"unknown model {quoted([name], [*(m.name for m in self._models), *self._retired])}")
 
     def add_model(self, spec: ModelSpec) -> None:

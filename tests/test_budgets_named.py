@@ -539,9 +539,11 @@ def test_a_process_sharing_the_log_forgets_its_own_decision_ids_without_targets(
         for i in range(100):
             state.mine(f"d{i}")
             state.book_judge_call(JudgeCall(f"d{i}", None, JUDGE, 10, 2, 1e-6, 0.0), mine=True)
-        for own in (state._own, state._own_judged):  # as if noted that long ago (the monotonic clock is left alone)
-            for decision_id in own:
-                own[decision_id] -= budget_state.OWN_FORGET_S + 1
+        # as if noted that long ago (the monotonic clock is left alone)
+        for decision_id, (uses, made) in list(state._own.items()):
+            state._own[decision_id] = (uses, made - budget_state.OWN_FORGET_S - 1)
+        for decision_id in state._own_judged:
+            state._own_judged[decision_id] -= budget_state.OWN_FORGET_S + 1
         state.mine("recent")
         state.follow_decisions()
         assert list(state._own) == ["recent"] and not state._own_judged

@@ -403,7 +403,8 @@ class NamedRouters:
         when none is left or the router refuses them without a retirement: the routing call is paid, and the
         alias's order still answers."""
         try:
-            return decide_among_active(self.engine.router, context, models, cost_weight, book=False)
+            with self.engine.deciding() as router:  # not while a promotion swaps the live router
+                return decide_among_active(router, context, models, cost_weight, book=False)
         except UnknownModel:
             return None
 

@@ -27,6 +27,7 @@ and so does a `route = false` model (`ModelNotFound`: a judge's or routing LLM's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -74,9 +75,13 @@ class DecisionLog(Protocol):
     """What the gateway needs from the service's engine (`service.engine.Engine`)."""
 
     settings: Settings
+    shared: bool
+    """Other processes (workers, replicas) write to the same log."""
 
     @property
     def router(self) -> Router: ...
+
+    def deciding(self) -> contextlib.AbstractContextManager[Router]: ...
 
     async def route(self, request: Request) -> Decision: ...
 
@@ -213,8 +218,8 @@ class Gateway:
         self.judge: Judge | None = None
         self.observer: Callable[[CallRecord], None] | None = None
         """Told about every call record (the service's metrics)."""
-        self.await_records = settings.server.workers > 1
-        """Whether a reply waits until its call record is committed (several workers: see `_record`)."""
+        self.await_records = engine.shared
+        """Whether a reply waits until its call record is committed (several workers or replicas: see `_record`)."""
         self._say = RateLimitedLog(log)
         """An upstream refusing the gateway's key, or call records not stored (the database down), happen on every
         request until fixed: logged at most once a minute each (per model for a key)."""
@@ -402,7 +407,8 @@ class Gateway:
             return None
         pool = request.models if request.models is not None else tuple(self.callable_models())
         untried = [m for m in pool if m not in tried and self.upstreams.has(m)]
-        decision = decide_among_active(self.engine.router, attempt.decision.context, untried, request.cost_weight)
+        with self.engine.deciding() as router:  # not while a promotion swaps the live router
+            decision = decide_among_active(router, attempt.decision.context, untried, request.cost_weight)
         if decision is None:
             return None
         await self.engine.store_decision(decision, request)
@@ -504,7 +510,7 @@ class Gateway:
                 error: str | None = None, http_status: int | None = None) -> asyncio.Future[Any]:
         """Store the call record (and, for a failure, the failure as feedback) without delaying the reply: the
         writer runs operations in the order they were submitted, so a feedback the caller sends to this process
-        after this reply finds the record. With several workers a feedback may reach another one first, so
+        after this reply finds the record. With several workers or replicas a feedback may reach another one first, so
         there the reply waits for the commit (`await_records`)."""
         record = self.call_record(attempt, status, started, usage=usage, cost=cost, latency=latency, ttft=ttft,
                                   error=error, http_status=http_status)

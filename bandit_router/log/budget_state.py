@@ -1,6 +1,10 @@
 """The budget pacer's durable state: its targets and spend, kept in the store's `meta` table, so that a restart
 continues the same budget period and every worker follows targets set through any of them.
 
+Why one module of ~530 lines: saving, loading and following the targets, and booking this process's and the other
+processes' decisions, share one state (the stored rows as last read, the own decision ids, the positions in the
+log) and one rule: every decision is booked once by every process.
+
 Global budgets. When several processes share one log (worker processes on one SQLite file, replicas on one
 PostgreSQL database) each process books the decisions the others made too: between batches it reads the
 decisions stored after the last one it saw (`Reader.decisions_after`, in storage order) and books every one it
@@ -33,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -74,15 +79,20 @@ as it streams); one never recorded (its process died mid-call) stays booked at i
 
 class BudgetState:
     """Saves and loads `pacer` through `store`. Every method runs on the writer thread, except `mine`, `book_chain`,
-    `book_stored`, `book_call` and `book_judge_call(mine=True)`, which the engine calls on the event loop (they touch
-    only the pacer, which has its own lock, and `_own` / `_own_judged`, one dict operation at a time)."""
+    `book_stored`, `book_call`, `book_judge_call(mine=True)` and `unbook`, which the engine calls on the event loop
+    (they touch only the pacer, which has its own lock, `_own` under `_own_lock`, and `_own_judged`, one dict
+    operation at a time)."""
 
     def __init__(self, store: Store, pacer: BudgetPacer, *, shared: bool = False) -> None:
         self.store = store
         self.pacer = pacer
         self.shared = shared
         """Other processes write to the same log: book their decisions too (`follow_decisions`)."""
-        self._own: dict[str, float] = {}
+        self._own: dict[str, tuple[int, float]] = {}
+        """The decision ids this process made and booked, not yet read back from the log: how many of its requests
+        used each (a client may send one id more than once; all but one are refused, `unbook`), and when the first
+        was made."""
+        self._own_lock = threading.Lock()
         self._own_judged: dict[str, float] = {}
         """The decisions whose judge call this process booked (`book_judge_call`), not yet read back from the log."""
         self._awaiting: dict[str, tuple[Decision, float]] = {}
@@ -124,7 +134,32 @@ class BudgetState:
     def mine(self, decision_id: str) -> None:
         """This process made `decision_id` (its pacer booked it already): call before the decision is stored."""
         if self.shared:
-            self._own[decision_id] = time.monotonic()
+            with self._own_lock:
+                uses, made = self._own.get(decision_id, (0, time.monotonic()))
+                self._own[decision_id] = (uses + 1, made)
+
+    def unbook(self, decision: Decision) -> None:
+        """`decision`, made and booked by this process's live router, was not stored (its id was taken: a 409):
+        its booking is taken back (`BudgetPacer.unbook`) and its use of the id with it, so that the stored decision of
+        that id, another process's, is booked when read from the log. If the log was read first, the stored decision
+        was taken for this one (`_claim`): this booking then stays, in its place."""
+        if self.shared and not self._claim(decision.decision_id):
+            return
+        self.pacer.unbook(decision)
+
+    def _claim(self, decision_id: str) -> bool:
+        """Take one of this process's uses of `decision_id` (`mine`): True when there was one (the decision read
+        from the log of that id is this process's, booked already; or a refused one gives its use back)."""
+        with self._own_lock:
+            held = self._own.get(decision_id)
+            if held is None:
+                return False
+            uses, made = held
+            if uses > 1:
+                self._own[decision_id] = (uses - 1, made)
+            else:
+                del self._own[decision_id]
+            return True
 
     def book_chain(self, decision: Decision, call: CallRecord, spend_usd: float) -> None:
         """Book a named router's request stored as `decision` with `call` (its call record, carrying the chain),
@@ -201,7 +236,7 @@ class BudgetState:
                     if stored is None:  # cannot be read (logged by the store): nothing to book; pass it by
                         self._position = position
                         continue
-                    if self._own.pop(stored.decision.decision_id, None) is None:
+                    if not self._claim(stored.decision.decision_id):
                         self._book_theirs(stored.decision, calls.get(stored.decision.decision_id))
                         booked += 1
                     self._position = position
@@ -236,10 +271,13 @@ class BudgetState:
         if now < self._next_forget:
             return
         self._next_forget = now + OWN_FORGET_S / 4
-        for own in (self._own, self._own_judged):
-            for decision_id, made in list(own.items()):
+        with self._own_lock:
+            for decision_id, (_, made) in list(self._own.items()):
                 if now - made > OWN_FORGET_S:
-                    own.pop(decision_id, None)
+                    del self._own[decision_id]
+        for decision_id, made in list(self._own_judged.items()):
+            if now - made > OWN_FORGET_S:
+                self._own_judged.pop(decision_id, None)
         for decision_id, (_, seen) in list(self._awaiting.items()):
             if now - seen > CALL_WAIT_S:
                 del self._awaiting[decision_id]

@@ -4,8 +4,11 @@ escalation learners (`escalations.py`) follow the same log and are part of the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..errors import BanditRouterError, ConfigError, InvalidInput, UnknownModel
@@ -54,6 +57,16 @@ class PolicySet:
         self.escalations = EscalationLearners(settings)
         self._warned: set[tuple[str, str]] = set()
         """(shadow name or "", model) whose unlearnable feedback was warned about (`learn`)."""
+        self._swapping = threading.Lock()
+        """Held by a promotion (the writer thread) and by each decision of the live router (`deciding`, the event
+        loop): a decision is priced and booked wholly by the router that is live, with its pacer, never by one whose
+        pacer a promotion handed over meanwhile (it would go unpaced and unbooked, or fail on the missing pacer)."""
+
+    @contextlib.contextmanager
+    def deciding(self) -> Iterator[Router]:
+        """The live router, which stays live (and keeps its pacer) until the block ends: decide with it in there."""
+        with self._swapping:
+            yield self.live
 
     def fresh(self, name: str) -> Router:
         """A router that has learned nothing for the policy `name` (the configured live policy or a shadow)."""
@@ -105,13 +118,14 @@ class PolicySet:
 
     def promote(self, name: str) -> bool:
         """The shadow `name` decides from now on; the live policy becomes a shadow (and hands over its pacer)."""
-        shadow = self.shadows.pop(name, None)
-        if shadow is None:
-            log.warning("promote %s: no such shadow policy here; not applied", name)
-            return False
-        shadow.pacer, self.live.pacer = self.live.pacer, None
-        self.shadows[self.live_name] = self.live
-        self.live, self.live_name = shadow, name
+        with self._swapping:  # no decision is being made (`deciding`)
+            shadow = self.shadows.pop(name, None)
+            if shadow is None:
+                log.warning("promote %s: no such shadow policy here; not applied", name)
+                return False
+            shadow.pacer, self.live.pacer = self.live.pacer, None
+            self.shadows[self.live_name] = self.live
+            self.live, self.live_name = shadow, name
         log.info("policy %s promoted to live", name)
         return True
 

@@ -129,6 +129,9 @@ class Engine:
         self.pacer = BudgetPacer(settings.budgets)
         """The budget targets (`/v1/budgets`); attached to the router once the log is replayed."""
         shared = settings.server.workers > 1 or bool(getattr(self.store, "shared", False))
+        self.shared = shared
+        """Other processes write to the same log: worker processes on one SQLite file, or replicas on one server
+        database (`Store.shared`); a request may reach any of them."""
         self.budgets = BudgetState(self.store, self.pacer, shared=shared)
         """With other processes on the same log (workers, replicas) the pacer books their decisions too."""
         self.writer = Writer(self.store, self.follower, self.budgets, FeedbackRules.from_settings(settings),
@@ -168,6 +171,11 @@ class Engine:
     def router(self) -> Router:
         """The live router."""
         return self.policies.live
+
+    def deciding(self) -> contextlib.AbstractContextManager[Router]:
+        """The live router, kept live (with its budget pacer) by a promotion until the block ends: every decision of
+        the live router is made in one (`PolicySet.deciding`)."""
+        return self.policies.deciding()
 
     @property
     def live_name(self) -> str:
@@ -517,7 +525,11 @@ class Engine:
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows else None
         self.budgets.mine(decision.decision_id)
-        await self._submit(InsertDecision(decision, prompt, tenant, shadow))
+        try:
+            await self._submit(InsertDecision(decision, prompt, tenant, shadow))
+        except Conflict:  # the caller's decision_id is taken: not stored, so not booked either
+            self.budgets.unbook(decision)
+            raise
         return decision
 
     def _decide(self, request: Request) -> asyncio.Future[Decision]:
@@ -537,7 +549,8 @@ class Engine:
         pending = self._routes.pop(loop, [])
         results: list[Decision | Exception]
         try:
-            results = self.router.route_many([request for request, _ in pending])
+            with self.deciding() as router:  # not while a promotion swaps the live router
+                results = router.route_many([request for request, _ in pending])
         except Exception as exc:  # not one request's error (those come back in `results`): fail them all
             results = [exc] * len(pending)
         for (_, future), result in zip(pending, results, strict=True):
