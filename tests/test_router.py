@@ -19,7 +19,7 @@ from bandit_router.errors import InvalidInput, UnknownModel
 from bandit_router.policies import CONTEXTUAL, make_policy
 from bandit_router.router import Router
 from bandit_router.state import pack, unpack
-from bandit_router.types import Outcome, Request
+from bandit_router.types import Decision, Outcome, Request
 
 
 def train(router: Router, world: ToyWorld, rounds: int) -> None:
@@ -650,11 +650,12 @@ def test_a_snapshot_from_before_a_setting_was_added_or_removed_still_restores() 
     ["default", "default:sampler=ids", "lints", "thompson", "egreedy", "vw-squarecb", "vw-softmax:temperature=0.2"],
 )
 def test_each_model_is_chosen_as_often_as_its_logged_probabilities_say(policy: str) -> None:
-    """The logged probability is the one the model was drawn with: over 3,000 decisions from a frozen state (trained,
+    """The logged probability is the one the model was drawn with: over 3,006 decisions from a frozen state (trained,
     a model added at run time under its cold-start floor, requests that restrict the models or set their own λ), the
     number of times each model was chosen minus the sum of the probabilities it was logged with is within 4.5
     standard deviations, √Σ p(1 − p) (a martingale: valid for pmfs that differ per decision, Monte-Carlo ones too);
-    a model whose Σ p(1 − p) is below 1 is chosen at most Σ p + 4 times. And `probability` is `pmf` at the model."""
+    a model whose Σ p(1 − p) is below 1 is chosen at most Σ p + 4 times. And `probability` is `pmf` at the model.
+    Half the batches go through `route_many`, the service's path (the default policy's stacked quadrature)."""
     world = ToyWorld(seed=4)
     router = Router(MODELS, policy, seed=5)
     train(router, world, 200)
@@ -666,8 +667,11 @@ def test_each_model_is_chosen_as_often_as_its_logged_probabilities_say(policy: s
     chosen: dict[str, int] = {}
     mass: dict[str, float] = {}
     spread: dict[str, float] = {}
-    for i in range(3000):
-        decision = router.route(requests[i % len(requests)])
+    decisions: list[Decision | Exception] = []
+    for batch in range(334):  # 3,006 decisions, every other batch through the service's batched path
+        decisions += router.route_many(requests) if batch % 2 else [router.route(r) for r in requests]
+    for decision in decisions:
+        assert isinstance(decision, Decision), decision
         assert decision.probability == decision.pmf[decision.models.index(decision.model)]
         chosen[decision.model] = chosen.get(decision.model, 0) + 1
         for model, p in zip(decision.models, decision.pmf, strict=True):
