@@ -20,6 +20,7 @@ from bandit_router.errors import CatalogError, UnknownModel
 from bandit_router.gateway import BadChatRequest, PromptTooLarge, parse_chat
 from bandit_router.gateway.active import decide_among_active
 from bandit_router.gateway.gateway import Gateway
+from bandit_router.gateway.judge import Judge, late_scores_warning
 from bandit_router.gateway.pricing import Usage, estimate_input, estimated, usage_of
 from bandit_router.log import FeedbackRules, Verdict, judge, with_call
 from bandit_router.log.timeseries import Window, timeseries
@@ -74,6 +75,33 @@ def test_gateway_and_judge_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="default_base_url"):
         Settings(default_base_url="not a url")
     assert Settings(default_base_url="http://127.0.0.1:11434/v1").gateway.max_attempts == 3
+
+
+def test_a_judge_whose_every_score_comes_after_the_reward_window_is_warned_of_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`judge_delay_s` ≥ `reward_window_s` without a `default_reward`: every score is stored late and never learned
+    while every call is paid. Not refused (an evaluation-only judge is a use): the start says so, once."""
+    models = (ModelSpec("m", 1.0, 2.0), ModelSpec("j", 1.0, 2.0))
+    judged = {"judge_model": "j", "judge_sample_rate": 0.5}
+    late = Settings(models=models, **judged, judge_delay_s=60.0, reward_window_s=60.0)
+    message = late_scores_warning(late)
+    assert message is not None and "judge_delay_s (60 s) is not shorter than reward_window_s (60 s)" in message
+    assert late_scores_warning(Settings(models=models, **judged, judge_delay_s=59.0, reward_window_s=60.0)) is None
+    assert late_scores_warning(Settings(models=models, **judged, judge_delay_s=90.0, reward_window_s=60.0,
+                                        default_reward=0.5)) is None  # every job finds the default: no call
+    assert late_scores_warning(Settings(models=models, judge_model="j", judge_delay_s=90.0,
+                                        reward_window_s=60.0)) is None  # samples nothing
+    assert late_scores_warning(Settings(models=models, **judged, judge_delay_s=90.0)) is None  # no window
+
+    async def start_and_stop() -> None:
+        judge = Judge(late, models[1], None, None)  # type: ignore[arg-type]  # neither is used by start/stop
+        judge.start()
+        await judge.stop()
+
+    with caplog.at_level(logging.WARNING, logger="bandit_router.gateway"):
+        asyncio.run(start_and_stop())
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [message]
 
 
 def _row(source: str | None, quality: float = 0.5) -> FeedbackRecord:

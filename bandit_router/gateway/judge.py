@@ -72,6 +72,24 @@ class Job:
     tenant: str | None = None
 
 
+def late_scores_warning(settings: Settings) -> str | None:
+    """What to say at start when the judge samples answers but every score it gives comes too late to be learned:
+    the reward window runs from the decision and the judge's delay from the answer, so with `judge_delay_s` ≥
+    `reward_window_s` and no `default_reward` each score is stored `late` (for evaluation), while every call is
+    paid. Not refused: a judge kept for evaluation only is a use, and a slow answer is late with a shorter delay
+    too. None when nothing is wrong."""
+    judge, feedback = settings.judge, settings.feedback
+    window = feedback.reward_window_s
+    if judge.judge_sample_rate <= 0 or window is None or feedback.default_reward is not None:
+        return None
+    if judge.judge_delay_s < window:
+        return None
+    return (f"judge_delay_s ({judge.judge_delay_s:g} s) is not shorter than reward_window_s ({window:g} s): every "
+            "score the judge gives arrives after its decision's reward window has closed and is stored late, never "
+            "learned, while each of its calls is paid; make judge_delay_s shorter than reward_window_s to learn "
+            "from the judge (the docs: service → gateway, the judge)")
+
+
 @dataclass
 class Judge:
     """The judge loop. `start()` in the app's lifespan, `offer()` per answer, `stop()` at shutdown."""
@@ -98,6 +116,9 @@ class Judge:
         self._workers: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
+        warning = late_scores_warning(self.settings)
+        if warning is not None:
+            log.warning("%s", warning)
         self._workers = [asyncio.ensure_future(self._work()) for _ in range(self.settings.judge.judge_concurrency)]
 
     async def stop(self) -> None:
