@@ -738,6 +738,134 @@ def test_a_shutdown_during_the_fallback_after_the_policys_model_failed_keeps_the
     assert counted == (1, 1, 1, 1, 1)  # the routing call and cheap's failure, paid before the stop
 
 
+def test_an_llm_router_calls_no_model_once_the_deadline_passed_and_stores_or_learns_nothing_for_it(
+    gateway: Callable[..., str], fake: ScriptedFake, tmp_path: Path
+) -> None:
+    """The routing LLM hangs until the request's deadline (1 s): the policy's model was then "called" with no time
+    left, failed at once without any HTTP call ("no answer before the request's deadline"), and that was stored and
+    learned as the model's failure (3 requests: 3 learned failures, 0 upstream calls), then the other candidate
+    failed the same way. The gateway starts no try after the deadline; neither does an LLM router now: each
+    request is a 504 that names the deadline, no candidate is called, no decision stored, nothing learned, and its
+    count holds only the routing call. Not a change (the gateway does the same for a try it starts late): a model
+    called with a little time left (the routing LLM took 1 of 2 s) and cut at the deadline is stored as that
+    model's timeout and learned."""
+    import contextlib
+    import sqlite3
+
+    url = gateway(deadline_s=1.0, policy="random")
+    fake.set("chooser", "hang")
+    before = fake.calls["cheap"] + fake.calls["strong"]
+    replies = [loopback.post(url + "/v1/chat/completions", timeout=30,
+                             json={"model": "auto", "messages": [{"role": "user", "content": f"{MATH} #{i}"}]})
+               for i in range(3)]
+    assert [r.status_code for r in replies] == [504] * 3
+    time.sleep(0.5)  # a failed try's write (the task the reply does not wait for) would be done by now
+    with contextlib.closing(sqlite3.connect(tmp_path / "n0.db")) as conn:
+        assert conn.execute("SELECT count(*) FROM decisions").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM feedback").fetchone()[0] == 0
+    auto = loopback.get(url + "/v1/stats", timeout=10).json()["named_routers"]["auto"]
+    assert (auto["requests"], auto["failed_requests"], auto["router_calls"]) == (3, 3, 3)
+    assert (auto["answer_calls"], auto["failed_calls"]) == (0, 3), auto  # the routing calls' timeouts alone
+    assert fake.calls["cheap"] + fake.calls["strong"] == before
+    assert all("deadline passed before the next model could be called" in r.json()["error"]["message"]
+               for r in replies)
+
+    url = gateway(deadline_s=2.0, policy="random")  # the routing LLM takes 1 s; each candidate 30 s
+    fake.set("chooser", "slow", 1.0)
+    fake.set("cheap", "hang")
+    fake.set("strong", "hang")
+    reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                          json={"model": "auto", "messages": [{"role": "user", "content": MATH}]})
+    assert reply.status_code == 504, reply.text
+    with contextlib.closing(sqlite3.connect(tmp_path / "n1.db")) as conn:
+        deadline = time.monotonic() + 10
+        while not (rows := conn.execute("SELECT d.policy, c.status, c.attempt, f.quality, f.source FROM decisions d "
+                                        "JOIN calls c USING (decision_id) JOIN feedback f USING (decision_id)"
+                                        ).fetchall()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert rows == [("random", "timeout", 1, 0.0, "gateway")]
+
+
+def _failing_cheap(gateway: Callable[..., str], fake: ScriptedFake) -> str:
+    """A gateway whose policy always picks `cheap` (`share:strong = 0`), which fails; `strong` answers after it."""
+    url = gateway(budgets=BudgetConfig.from_mapping({"share": {"strong": 0}}))
+    fake.set("cheap", "fail")
+    return url
+
+
+def _ask_auto(url: str, prompt: str, stream: bool = False) -> str:
+    """The decision id of an answered `auto` request, streamed or not (read to its end)."""
+    body = {"model": "auto", "messages": [{"role": "user", "content": prompt}], "stream": stream}
+    with loopback.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as reply:
+        assert reply.status_code == 200, reply.read()
+        reply.read()
+        return str(reply.headers["x-decision-id"])
+
+
+def test_an_answer_after_a_failed_try_whose_decision_was_not_stored_is_the_requests_first_try(
+    gateway: Callable[..., str], fake: ScriptedFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy's failed try is written in a task; when that write is refused (the database stalled, a
+    PostgreSQL server restarting: here `Engine.store_decision` refuses it as it does while the service is not
+    ready), the answer after it was stored all the same as `attempt` 2 with a `request_id` naming a decision that
+    does not exist (`GET /v1/decisions/<request_id>` a 404). The answer now waits for that write and, as it
+    failed, is the request's first try: `attempt` 1, its own id as `request_id`."""
+    from bandit_router.service.engine import Engine
+    from bandit_router.service.exceptions import Unavailable
+
+    real = Engine.store_decision
+
+    async def refusing_failed_tries(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("booked") is False:  # the failed try's decision, booked only once stored
+            raise Unavailable("the service is not ready (the database has not answered for 5 s)")
+        return await real(self, *args, **kwargs)
+
+    url = _failing_cheap(gateway, fake)
+    monkeypatch.setattr(Engine, "store_decision", refusing_failed_tries)
+    for i in range(3):
+        decision_id = _ask_auto(url, f"{MATH} #{i}")
+        decision = stored(url, decision_id)
+        assert (decision["policy"], decision["model"]) == ("llm-router:auto", "strong")
+        assert (decision["call"]["attempt"], decision["call"]["request_id"]) == (1, decision_id)
+    assert loopback.get(url + "/v1/stats", timeout=10).json()["decisions"] == 3
+
+
+def test_the_failed_try_is_committed_before_the_answer_after_it_and_says_whether_the_request_streamed(
+    gateway: Callable[..., str], fake: ScriptedFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer after the policy's failed try was acknowledged before that try's call record and failure
+    feedback were committed (3 requests of 21 in the review's loop; here every one, the record's write delayed by
+    0.3 s): feedback on the failed try, or a read of it, could find neither. Now, when the reply arrives, the
+    failed try's decision, record and feedback are all committed. Both records of a streamed request say it was
+    streamed (the failed try's said `stream` false)."""
+    import asyncio
+    import contextlib
+    import sqlite3
+
+    from bandit_router.gateway.gateway import Gateway
+
+    real = Gateway.store_call
+
+    async def slow_store_call(self: Gateway, *args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.3)
+        await real(self, *args, **kwargs)
+
+    url = _failing_cheap(gateway, fake)
+    monkeypatch.setattr(Gateway, "store_call", slow_store_call)
+    with contextlib.closing(sqlite3.connect(tmp_path / "n0.db")) as conn:
+        for i, stream in enumerate([False, True, False, True]):
+            decision_id = _ask_auto(url, f"{MATH} #{i}", stream)
+            first, attempt, streamed = conn.execute(
+                "SELECT request_id, attempt, stream FROM calls WHERE decision_id = ?", (decision_id,)).fetchone()
+            assert attempt == 2 and bool(streamed) == stream
+            record = conn.execute("SELECT status, attempt, stream FROM calls WHERE decision_id = ?",
+                                  (first,)).fetchone()
+            assert record is not None and (record[0], record[1], bool(record[2])) == ("server_error", 1, stream)
+            assert conn.execute("SELECT source FROM feedback WHERE decision_id = ?", (first,)).fetchall() == [
+                ("gateway",)]
+
+
 def test_a_routing_reply_naming_a_longer_model_is_not_read_as_the_shorter_candidate(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:

@@ -29,9 +29,12 @@ with the answer's own cost and latency on its call record (as for the gateway's 
 decision is stored as the gateway stores a failed try (`Gateway.store_call`: a call record of that status, `attempt`
 1, and the failure as its feedback, quality `failure_quality`, source "gateway", learned), and the model that
 answered after it is logged with probability 1, its call record `attempt` 2 with the failed try's id as
-`request_id`. So every policy decision whose model was called is stored, answered or failed:
+`request_id` (the answer waits for the failed try's writes; if they failed, it is the request's first try,
+`attempt` 1). So every policy decision whose model was called is stored, answered or failed:
 E[Σ 1{stored, A = m}/p(m)] = N for each candidate m over N requests the policy decided (storing only the answered
-ones gave N·(1 − f_m), f_m the model's failure rate, and the bandit never learned those failures). A named
+ones gave N·(1 − f_m), f_m the model's failure rate, and the bandit never learned those failures); a call cut at the
+request's deadline is that model's timeout, as a gateway try's. No model is called once the deadline passed (a 504,
+as the gateway starts no try after it), and a decision whose model was never called is not stored. A named
 router's own decisions are `unrouted` for the bandit (`log.feedback.unrouted`); a learned cascade learns them itself.
 
 **Budgets.** Every call is paid before the decision is stored, so the budget pacer books a request at once at
@@ -41,8 +44,9 @@ routed decision (its expected cost, corrected by its learned feedback) plus the 
 policy's decision is made with `Router.decide(..., book=False)` and booked only once stored: answered, as above;
 failed, as a gateway try is (its expected cost, `Engine.store_decision(..., booked=False)`, corrected by its
 failure feedback to 0), beside the request's own booking; one whose model was never called (a request refused as
-the client's, a shutdown, a retired model not reached) is not stored, and no process books it. A request no model
-answered spends what its calls paid (`Engine.count_router`).
+the client's, a shutdown, the request's deadline passed, a retired model not reached) is not stored, and no
+process books it, nor one whose write failed. A request no model answered spends what its calls paid
+(`Engine.count_router`).
 
 **The chain is stored.** The call record carries the whole chain (`CallRecord.chain`: every call with its model,
 role, cost, latency, confidence or error, every accept/escalate step with its propensity, what the chain paid
@@ -121,13 +125,25 @@ class UpstreamCallFailed(CallFailed):
 
 
 class NamedRouterFailed(Exception):
-    """No model of a named router answered: `failures` are the upstream errors (502, or 504 on a timeout)."""
+    """No model of a named router answered: `failures` are the upstream errors (502, or 504 on a timeout or when
+    the request's deadline passed before a model could be called, `out_of_time`)."""
 
-    def __init__(self, alias: str, failures: Sequence[UpstreamError]) -> None:
+    def __init__(self, alias: str, failures: Sequence[UpstreamError], *, out_of_time: bool = False) -> None:
         tried = "; ".join(str(f) for f in failures) or "no model could be called"
-        super().__init__(f"{alias}: no model answered: {tried}")
+        late = "; the request's deadline passed before the next model could be called" if out_of_time else ""
+        super().__init__(f"{alias}: no model answered: {tried}{late}")
         self.failures = list(failures)
-        self.timed_out = bool(failures) and failures[-1].status == CallStatus.TIMEOUT
+        self.timed_out = out_of_time or (bool(failures) and failures[-1].status == CallStatus.TIMEOUT)
+
+
+@dataclass(slots=True)
+class FailedTry:
+    """An LLM router's policy decision whose model failed, being stored (`NamedRouters._store_failed_try`):
+    `written` ends once its writes did (or failed); `stored` says whether the decision itself was."""
+
+    decision: Decision
+    written: asyncio.Future[Any]
+    stored: bool = False
 
 
 @dataclass(slots=True)
@@ -242,7 +258,8 @@ class NamedRouters:
         failures: list[UpstreamError] = []
         call = self._call(chat, deadline, failures)
         if alias.strategy == "llm-router":
-            return await self._llm_router(alias, chat, request, context, models, arms, cost_weight, call, failures)
+            return await self._llm_router(alias, chat, request, context, models, arms, cost_weight, call, failures,
+                                          deadline)
         escalation: Escalation = (
             self.engine.policies.escalations.rule(alias.name) if alias.strategy == "learned-cascade"
             else ThresholdEscalation(alias.threshold)
@@ -274,7 +291,7 @@ class NamedRouters:
         pmf = chain_pmf(models, result)
         decision = self._decision(alias, models, arms, pmf, result.answer.model, context, cost_weight)
         chain = chain_document(extension, result.extra_costs())
-        record = self._call_record(decision, result.answer, result.cost_usd, result.latency_s, chain)
+        record = self._call_record(decision, result.answer, result.cost_usd, result.latency_s, chain, chat.stream)
         await self.engine.store_decision(decision, request, record, self._counts(extension, record.created_at))
         return NamedAnswer(_body(result.answer, extension), decision, result.answer_calls)
 
@@ -289,11 +306,15 @@ class NamedRouters:
         cost_weight: float,
         call: Any,
         failures: list[UpstreamError],
+        deadline: float,
     ) -> NamedAnswer:
-        """The routing LLM's choice, then the models in order until one answers. A shutdown is counted (with the
-        calls made so far) only while the upstream calls run, as a cascade's: once `_counts` made the request's
-        counts (stored with its decision, or as a request no model answered), a cancellation adds none. The
-        policy's decision whose model failed is stored as it fails (`_store_failed_try`), whatever comes after."""
+        """The routing LLM's choice, then the models in order until one answers, none started once the request's
+        `deadline` (`time.monotonic()`) has passed (a 504: as the gateway, which starts no try after it; a model
+        never called is neither stored nor blamed). A shutdown is counted (with the calls made so far) only while
+        the upstream calls run, as a cascade's: once `_counts` made the request's counts (stored with its decision,
+        or as a request no model answered), a cancellation adds none. The policy's decision whose model failed is
+        stored as it fails (`_store_failed_try`), whatever comes after; an answer after it waits for those writes,
+        and links to it (`attempt` 2) only if its decision was stored."""
         router = self.engine.router
         specs = [router.spec(m) for m in models]
         descriptions = {s.name: s.description for s in specs if s.description} | dict(alias.descriptions)
@@ -302,7 +323,8 @@ class NamedRouters:
         calls: list[ChainCall] = []
         named: str | None = None
         answer = None
-        failed_try: Decision | None = None
+        failed_try: FailedTry | None = None
+        out_of_time = False  # a model was left uncalled: the deadline had passed
         try:
             try:
                 routing = await call(alias.router_model, [{"role": "user", "content": prompt}], False)
@@ -337,12 +359,15 @@ class NamedRouters:
             active = {m.name for m in router.models}
             order.sort(key=lambda m: m not in active)  # stable: the active ones first, in their order
             for model in order:
+                if time.monotonic() >= deadline:  # no time left: the model is not called, nor blamed
+                    out_of_time = True
+                    break
                 try:
                     answer = await call(model, chat.messages, False)
                 except UpstreamCallFailed as exc:
                     calls.append(ChainCall(model, "answer", error=str(exc)[:200]))
                     if policy is not None and model == policy.model:  # the bandit's try failed: stored as such
-                        failed_try = self._store_failed_try(policy, request, exc)
+                        failed_try = self._store_failed_try(policy, request, exc, chat.stream)
                     continue
                 calls.append(
                     ChainCall(
@@ -355,6 +380,8 @@ class NamedRouters:
                     )
                 )
                 break
+            if failed_try is not None and answer is not None:  # its writes end before the answer's is stored (a
+                await asyncio.wait([failed_try.written])  # shutdown meanwhile is counted below; they carry on)
         except UpstreamRejected as exc:  # the request's own fault: the client's 4xx, the routing call counted
             calls.append(ChainCall(exc.model, "answer", error=str(exc)[:200]))
             await self._count_unanswered(alias, request, calls, named)
@@ -364,7 +391,8 @@ class NamedRouters:
             raise
         if answer is None:
             await self._count_unanswered(alias, request, calls, named)
-            raise NamedRouterFailed(alias.name, failures)
+            raise NamedRouterFailed(alias.name, failures, out_of_time=out_of_time)
+        after = failed_try.decision if failed_try is not None and failed_try.stored else None
         total_cost = sum(c.cost_usd for c in calls)
         total_latency = sum(c.latency_s for c in calls)
         if policy is not None and answer.model == policy.model:
@@ -385,7 +413,8 @@ class NamedRouters:
             "cost_usd": total_cost,
             "latency_s": total_latency,
         }  # the routing LLM's reply text is not stored (it is model output, like an answer)
-        record = self._call_record(decision, answer, cost, latency, chain_document(stored, []), after=failed_try)
+        record = self._call_record(decision, answer, cost, latency, chain_document(stored, []), chat.stream,
+                                   after=after)
         await self.engine.store_decision(decision, request, record, self._counts(stored, record.created_at))
         extension = {
             "router": alias.name,
@@ -409,26 +438,31 @@ class NamedRouters:
             return None
 
     # -- recording --------------------------------------------------------------------------------------------------
-    def _store_failed_try(self, decision: Decision, request: Request, failed: UpstreamCallFailed) -> Decision:
+    def _store_failed_try(
+        self, decision: Decision, request: Request, failed: UpstreamCallFailed, stream: bool
+    ) -> FailedTry:
         """Store the policy's decision whose model failed as the gateway stores a failed try: the decision
-        (`Engine.store_decision`), then its call record (`attempt` 1, `routed`; `Gateway.store_call`) with the
-        failure as its feedback (quality `failure_quality`, source "gateway"), learned by the bandit, so the log
-        keeps the policy's failures as well as its answers. The pacer books it once stored (it was made with
-        `book=False`), at its expected cost, corrected by that feedback to the failed call's cost, 0. Written in a
-        task `Gateway.close()` waits for, so a shutdown during the fallback still stores it. The call is in the
-        request's chain and counts (stored with its answer, or alone), and in `/metrics` already (`_call`): the
-        record adds to neither. Returns `decision`."""
-        attempt = Attempt(decision, decision.decision_id, 1, routed=True, stream=False)
+        (`Engine.store_decision`), then its call record (`attempt` 1, `routed`, `stream` as the request;
+        `Gateway.store_call`) with the failure as its feedback (quality `failure_quality`, source "gateway"),
+        learned by the bandit, so the log keeps the policy's failures as well as its answers. A call cut at the
+        request's deadline is a timeout learned like any, as the gateway's tries are (only a model never called,
+        the deadline passed, is not stored). The pacer books it once stored (it was made with `book=False`), at its
+        expected cost, corrected by that feedback to the failed call's cost, 0. Written in a task `Gateway.close()`
+        waits for, so a shutdown during the fallback still stores it; the answer after it waits for it too. The
+        call is in the request's chain and counts (stored with its answer, or alone), and in `/metrics` already
+        (`_call`): the record adds to neither."""
+        attempt = Attempt(decision, decision.decision_id, 1, routed=True, stream=stream)
         error = failed.error
         record = self.gateway.call_record(attempt, error.status, None, latency=failed.latency_s, error=str(error),
                                           http_status=error.http_status)
 
         async def store() -> None:
             await self.engine.store_decision(decision, request, booked=False)
+            kept.stored = True
             await self.gateway.store_call(record, decision)
 
-        self.gateway.keep(store())
-        return decision
+        kept = FailedTry(decision, self.gateway.keep(store()))  # the task runs once this returns
+        return kept
 
     def _decision(
         self,
@@ -454,12 +488,13 @@ class NamedRouters:
         )  # fmt: skip
 
     def _call_record(
-        self, decision: Decision, answer: ModelAnswer, cost: float, latency: float, chain: str,
+        self, decision: Decision, answer: ModelAnswer, cost: float, latency: float, chain: str, stream: bool,
         after: Decision | None = None,
     ) -> CallRecord:
         """The request's call record (`attempt` 1: a chain is one request, not a gateway fallback; `attempt` 2
         `after` an LLM router's policy decision whose model failed, stored as the request's first try, whose id is
-        then the `request_id`): the answering model, the cost and latency given, and the chain. It is stored with
+        then the `request_id`): the answering model, the cost and latency given, whether the request was streamed
+        (the upstream calls are not: its answer is relayed as a stream), and the chain. It is stored with
         the decision, in one transaction (`Engine.store_decision`), before the reply: feedback on any worker finds
         both."""
         usage_source = answer.payload[1] if isinstance(answer.payload, tuple) else None
@@ -467,7 +502,7 @@ class NamedRouters:
         return CallRecord(
             decision_id=decision.decision_id, request_id=first.decision_id, attempt=1 if after is None else 2,
             model=answer.model, routed=not unrouted(decision.policy),
-            stream=False, status=str(CallStatus.OK), http_status=200, input_tokens=answer.input_tokens,
+            stream=stream, status=str(CallStatus.OK), http_status=200, input_tokens=answer.input_tokens,
             output_tokens=answer.output_tokens, usage=usage_source, cost_usd=cost, ttft_s=latency, latency_s=latency,
             error=None, created_at=time.time(), chain=chain,
         )  # fmt: skip
