@@ -209,7 +209,7 @@ class _Bounds:
 
 COUNTS_CELLS = 1 << 19
 """`_Bounds` keeps each name's count of each character of the names' alphabet when that takes at most this many
-cells (2 MB: 2,000 model names over their 40-odd characters take 80,000); a larger alphabet (CJK names) is
+cells (2 MB: 2,000 model names over their 35 characters take 70,000); a larger alphabet (CJK names) is
 counted per refused name instead, over its own characters only."""
 
 
