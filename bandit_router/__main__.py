@@ -2,4 +2,5 @@
 
 from .cli import main
 
-main()
+if __name__ == "__main__":  # imported (a tool listing the package's modules): nothing runs
+    main()

@@ -55,15 +55,20 @@ class Known:
         (len(name) + len(k)) is the most they can have (difflib's `real_quick_ratio`, checked per length here rather
         than per name). difflib's cost grows with the name's length, and a client could otherwise hold the event
         loop with megabyte-long field names; most words of a long model list are too short to be compared. More
-        than `FAST_FROM` of them go to `_Bounds` instead of difflib's loop."""
+        than `FAST_FROM` of them go to `_Bounds` instead of difflib's loop, and get no hint past `HINTS_UP_TO`
+        characters of names."""
         if not isinstance(name, str):
             return None
         size = len(name)
         candidates = [k for length, same in self._of_length.items() if _may_reach(size, length) for k in same]
         if len(candidates) > FAST_FROM and all(isinstance(k, str) for k in self.names):
             if self._bounds is None:
-                self._bounds = bounds_of(tuple(self.names))  # once per list of names, kept for the next refusal
-            return self._bounds.closest(name, candidates)
+                names, size = tuple(self.names), sum(map(len, self.names))
+                if size > HINTS_UP_TO:
+                    return None  # no hint: its cost would hold the event loop
+                # once per list of names, kept for the next refusal unless it is large
+                self._bounds = bounds_of(names) if size <= KEPT_UP_TO else _Bounds(self.names)
+            return self._bounds.closest(name)
         close = difflib.get_close_matches(name, candidates, n=1, cutoff=CUTOFF) if candidates else []
         return close[0] if close else None
 
@@ -96,8 +101,17 @@ FAST_FROM = 64
 TABLE_UP_TO = 1 << 16
 """`_Bounds` maps characters to the refused name's through a table of at most this many entries (256 KB)."""
 BOUNDS_CELLS = 1 << 20
-"""`_Bounds` counts at most this many (name, character) cells for one refused name (8 MB): more (thousands of names
-and a refused name of hundreds of distinct characters) is left to difflib's loop."""
+"""`_Bounds` counts at most this many (name, character) cells, and reads at most this many of the names' characters,
+at a time for one refused name (8 MB): more (thousands of names and a refused name of hundreds of distinct
+characters, or 100,000 names) are counted a block of names after another."""
+KEPT_UP_TO = 1 << 20
+"""`bounds_of` keeps the index of a list of names of at most this many characters in all (8 bytes each: 8 MB, and
+its counts at most 2 MB): a larger one (100,000 names of 128 characters would keep 105 MB, `BOUNDS_KEPT` of them
+840 MB) is built for the refusal and dropped."""
+HINTS_UP_TO = 1 << 22
+"""Against names of more than this many characters in all (4M: 35,000 names of 120) no hint is looked for among
+more than `FAST_FROM` candidates: the search reads every character of the names, on the event loop, for each
+refusal."""
 
 
 class _Bounds:
@@ -115,61 +129,63 @@ class _Bounds:
     names are then taken by falling quick ratio, each first bounded by the length ℓ of the longest common
     subsequence (the matching blocks are one: M ≤ ℓ, so 2·ℓ / (|name| + |k|) ≥ ratio; bit-parallel, a few
     big-integer operations per character), and the search stops as soon as a bound is below the best ratio found.
-    The best is difflib's: the highest ratio, ties to the greatest name. A matrix past `BOUNDS_CELLS` cells leaves
-    the name to difflib."""
+    The best is difflib's: the highest ratio, ties to the greatest name. Past `BOUNDS_CELLS` cells the counts are
+    taken a block of names at a time."""
 
     def __init__(self, names: list[str]) -> None:
         self.names = names
         self.codes = _code_points("".join(names))  # every name's characters, one after the other
         self.lengths = np.fromiter(map(len, names), dtype=np.int64, count=len(names))
         self.rows = np.repeat(np.arange(len(names), dtype=np.int32), self.lengths)  # the name of each character
+        self.offsets = np.concatenate(([0], np.cumsum(self.lengths)))  # where each name's characters start
         self.alphabet, self.counts = _character_counts(self.codes, self.rows, len(names))
 
-    def _quick_ratios(self, name: str) -> np.ndarray | None:
-        """difflib's `quick_ratio` of `name` against every name (to the bit: 2.0·matches / total, in float64), or
-        None when the counts would take more than `BOUNDS_CELLS` cells. From the names' character counts when
-        they are kept (`_character_counts`: the columns of `name`'s characters), else counted here."""
+    def _quick_ratios(self, name: str) -> np.ndarray:
+        """difflib's `quick_ratio` of `name` against every name (to the bit: 2.0·matches / total, in float64). From
+        the names' character counts when they are kept (`_character_counts`: the columns of `name`'s characters),
+        else counted here over blocks of names of at most `BOUNDS_CELLS` cells and characters each."""
         chars, mine = np.unique(_code_points(name), return_counts=True)
-        width = len(chars)
-        if len(self.names) * width > BOUNDS_CELLS:
-            return None
+        total = self.lengths + len(name)
         if self.counts is not None:
             at = np.minimum(np.searchsorted(self.alphabet, chars), len(self.alphabet) - 1)
             present = self.alphabet[at] == chars  # a character no name has adds nothing
             matches = np.minimum(self.counts[:, at[present]], mine[present]).sum(axis=1)
-            total = self.lengths + len(name)
             return np.where(total > 0, 2.0 * matches / np.maximum(total, 1), 1.0)
-        column = self._columns(chars)
-        cell = self.rows * width + column
-        cell[column < 0] = len(self.names) * width  # a character `name` lacks: one more cell, dropped
-        counts = np.bincount(cell, minlength=len(self.names) * width + 1)[:-1]
-        matches = np.minimum(counts.reshape(len(self.names), width), mine).sum(axis=1)
-        total = self.lengths + len(name)
+        width, count = max(len(chars), 1), len(self.names)
+        matches = np.zeros(count, dtype=np.int64)
+        start = 0
+        while start < count:
+            by_characters = int(np.searchsorted(self.offsets, self.offsets[start] + BOUNDS_CELLS, "right")) - 1
+            stop = max(start + 1, min(start + BOUNDS_CELLS // width, by_characters, count))
+            lo, hi, rows = int(self.offsets[start]), int(self.offsets[stop]), stop - start
+            column = self._columns(chars, self.codes[lo:hi])
+            cell = (self.rows[lo:hi] - start) * width + column
+            cell[column < 0] = rows * width  # a character `name` lacks: one more cell, dropped
+            counts = np.bincount(cell, minlength=rows * width + 1)[:-1]
+            matches[start:stop] = np.minimum(counts.reshape(rows, width), mine).sum(axis=1)
+            start = stop
         return np.where(total > 0, 2.0 * matches / np.maximum(total, 1), 1.0)
 
-    def _columns(self, chars: np.ndarray) -> np.ndarray:
-        """Each of the names' characters' index in `chars` (sorted, distinct), -1 where it is not there: through a
-        table indexed by code point when `chars` are all below `TABLE_UP_TO` (the usual names), else a sorted
-        search (a character near U+10FFFF must not size a table)."""
+    @staticmethod
+    def _columns(chars: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Each of `codes`' index in `chars` (sorted, distinct), -1 where it is not there: through a table indexed
+        by code point when `chars` are all below `TABLE_UP_TO` (the usual names), else a sorted search (a
+        character near U+10FFFF must not size a table)."""
         if not len(chars):
-            return np.full(len(self.codes), -1, dtype=np.int32)
+            return np.full(len(codes), -1, dtype=np.int32)
         if chars[-1] < TABLE_UP_TO:
             table = np.full(int(chars[-1]) + 2, -1, dtype=np.int32)  # the last entry: every greater code point
             table[chars] = np.arange(len(chars), dtype=np.int32)
-            columns: np.ndarray = table[np.minimum(self.codes, len(table) - 1)]
+            columns: np.ndarray = table[np.minimum(codes, len(table) - 1)]
             return columns
-        column = np.searchsorted(chars, self.codes).astype(np.int32)
+        column = np.searchsorted(chars, codes).astype(np.int32)
         np.minimum(column, len(chars) - 1, out=column)
-        column[chars[column] != self.codes] = -1
+        column[chars[column] != codes] = -1
         return column
 
-    def closest(self, name: str, candidates: list[str]) -> str | None:
-        """The answer for `name`; `candidates`: the names whose length lets them reach `CUTOFF` (difflib's list
-        when the counts are too big)."""
+    def closest(self, name: str) -> str | None:
+        """The answer for `name`."""
         quick = self._quick_ratios(name)
-        if quick is None:
-            close = difflib.get_close_matches(name, candidates, n=1, cutoff=CUTOFF)
-            return close[0] if close else None
         order = np.flatnonzero(quick >= CUTOFF)
         order = order[np.argsort(-quick[order], kind="stable")]
         lcs = _LongestCommon(name)
@@ -193,7 +209,7 @@ class _Bounds:
 
 COUNTS_CELLS = 1 << 19
 """`_Bounds` keeps each name's count of each character of the names' alphabet when that takes at most this many
-cells (2 MB: 2,000 model names over their 40-odd characters take 80,000); a larger alphabet (CJK names) is
+cells (2 MB: 2,000 model names over their 35 characters take 70,000); a larger alphabet (CJK names) is
 counted per refused name instead, over its own characters only."""
 
 

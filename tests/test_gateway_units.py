@@ -201,7 +201,7 @@ def test_the_gateway_benchmark_compares_added_latency_with_litellms() -> None:
     ({"context": {"n": 10**200}}, {}, "bandit_router.context.n"),
     ({}, {"x-bandit-router-context": json.dumps({"n": 2**53 + 1})}, "x-bandit-router-context.n"),
     ({"context": {"k": "v" * 257}}, {}, "bandit_router.context.k"),
-    ({"context": {"k" * 65: 1}}, {}, "bandit_router.context." + "k" * 65),
+    ({"context": {"k" * 65: 1}}, {}, "bandit_router.context." + "k" * 65 + ".[key]"),  # as /v1/route names it
     ({"context": {"a": {"b": 1}}}, {}, "bandit_router.context.a"),
 ])
 def test_the_knobs_follow_the_rules_of_v1_route(extension: dict[str, object], headers: dict[str, str],
@@ -213,6 +213,28 @@ def test_the_knobs_follow_the_rules_of_v1_route(extension: dict[str, object], he
         parse_chat(body, headers, alias="router", max_prompt_chars=100)
     assert caught.value.field == field
     assert "Value error" not in str(caught.value)  # the validator's own words, without pydantic's prefix
+
+
+@pytest.mark.parametrize(("extension", "headers", "field", "where"), [
+    ({"context": {"a\ud800": 1}}, {}, "bandit_router.context.a\\ud800.[key]", "\\ud800 after 1 code point"),
+    ({"models": ["gpt-4o", "gpt-4o\ud800"]}, {}, "bandit_router.models[1]", "\\ud800 after 6 code points"),
+    ({}, {"x-bandit-router-context": '{"tier\\ud800": "x"}'}, "x-bandit-router-context.tier\\ud800.[key]",
+     "\\ud800 after 4 code points"),
+    ({"context": {"k" * 300 + "\ud800": 1}}, {}, ("bandit_router.context." + "k" * 300)[:200], "after 300 code"),
+])
+def test_a_lone_surrogate_in_a_knob_is_said_as_v1_route_says_it(extension: dict[str, object],
+                                                                 headers: dict[str, str], field: str,
+                                                                 where: str) -> None:
+    """Half of a UTF-16 pair (a JSON escape `\\ud800` in the body or in the context header) in a context key or
+    a model name: the error says which surrogate and where, and names a key by its escape, as the
+    service's 422 does, not pydantic's "unable to parse raw data as a unicode string" with U+FFFD in the field
+    (cut at 200 characters)."""
+    body = {"model": "router", "messages": [{"role": "user", "content": "hi"}], "bandit_router": extension}
+    with pytest.raises(BadChatRequest) as caught:
+        parse_chat(body, headers, alias="router", max_prompt_chars=100)
+    assert caught.value.field == field
+    assert "lone surrogate" in str(caught.value) and where in str(caught.value), str(caught.value)
+    assert "unable to parse" not in str(caught.value) and "\ufffd" not in caught.value.field
 
 
 @pytest.mark.parametrize(("extension", "message"), [

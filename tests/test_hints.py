@@ -329,30 +329,53 @@ def test_a_catalog_of_cjk_names_or_with_a_far_code_point_gets_difflibs_hint_in_l
         assert peak < 8e6, (name, peak)
 
 
-def test_past_the_cell_budget_the_hint_is_left_to_difflib(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A refused name whose counts would take more than `BOUNDS_CELLS` cells is answered by difflib's loop over the
-    length-feasible names, the same hint."""
-    import difflib
+def test_past_the_cell_budget_the_counts_are_taken_a_block_of_names_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused name whose counts would take more than `BOUNDS_CELLS` cells was left to difflib's loop over every
+    length-feasible name (22.8 s against 100,000 names); the counts are taken a block of names at a time (here of
+    at most 1,000 cells and characters), difflib's loop is not run, and the hint is difflib's."""
     import random
 
     from bandit_router import hints
-    from benchmarks.bench_hints import catalog, refused
+    from benchmarks.bench_hints import catalog, cjk_catalog, refused
 
-    names = catalog(1000)
     monkeypatch.setattr(hints, "BOUNDS_CELLS", 1000)  # fewer than 1,000 names × any name's characters
-    looked: list[int] = []
     plain = difflib.get_close_matches
+    looked: list[int] = []
 
     def counted(word: str, possibilities: Any, *args: Any, **kwargs: Any) -> list[str]:
         looked.append(len(possibilities))
         return plain(word, possibilities, *args, **kwargs)
 
     monkeypatch.setattr(difflib, "get_close_matches", counted)
-    for name in refused(names, "typo", random.Random(4))[0][:5]:
-        expected = plain(name, names, n=1, cutoff=hints.CUTOFF)
-        looked.clear()
-        assert hints.Known(names).closest(name) == expected[0]
-        assert len(looked) == 1 and looked[0] > hints.FAST_FROM
+    for names in (catalog(1000), cjk_catalog(300, 2000), [*catalog(300), "acme/model-\U0010fffd", ""]):
+        bounds_of.cache_clear()
+        for name in [*refused(names, "typo", random.Random(4))[0][:5], "", names[3] * 3]:
+            expected = plain(name, names, n=1, cutoff=hints.CUTOFF)
+            assert hints.Known(names).closest(name) == (expected[0] if expected else None), name
+    assert looked and all(n <= hints.FAST_FROM for n in looked)  # difflib's loop only over a few candidates
+
+
+def test_a_list_too_large_to_keep_is_not_kept_and_past_the_hint_budget_there_is_no_hint(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`bounds_of` kept the index of any list (100,000 names of 128 characters: 105 MB each, 8 of them); a list of
+    more than `KEPT_UP_TO` characters is indexed for its refusal only, and past `HINTS_UP_TO` characters a name
+    among more than `FAST_FROM` length-feasible ones gets no hint (the search reads every character)."""
+    from bandit_router import hints
+    from benchmarks.bench_hints import catalog
+
+    names = catalog(400)
+    size = sum(map(len, names))
+    typo = names[7][:-1] + "#"
+    expected = difflib.get_close_matches(typo, names, n=1, cutoff=CUTOFF)[0]
+    bounds_of.cache_clear()
+    monkeypatch.setattr(hints, "KEPT_UP_TO", size)
+    assert hints.Known(names).closest(typo) == expected and bounds_of.cache_info().currsize == 1
+    bounds_of.cache_clear()
+    monkeypatch.setattr(hints, "KEPT_UP_TO", size - 1)
+    assert hints.Known(names).closest(typo) == expected and bounds_of.cache_info().currsize == 0
+    monkeypatch.setattr(hints, "HINTS_UP_TO", size - 1)
+    assert hints.Known(names).closest(typo) is None and did_you_mean(typo, names) == ""
+    assert hints.Known(names[:50]).closest(typo) == expected  # fewer candidates than FAST_FROM: difflib's loop
 
 
 def test_the_character_index_is_built_once_per_list_of_names_and_follows_a_changed_catalog() -> None:

@@ -433,20 +433,33 @@ def test_openapi_documents_budgets_body_prompt_rule_and_metrics_type(client: Tes
         assert "415" in operation["responses"], path
 
 
+_SIX_ERRORS = b', "x1": 1, "x2": 1, "x3": 1, "x4": 1, "x5": 1}'  # more than SHOWN_ERRORS: read without inputs
+
+
 @pytest.mark.parametrize(("path", "body", "field", "where"), [
     ("/v1/models", b'{"name": "a\\ud800b", "input_usd_per_mtok": 1, "output_usd_per_mtok": 2}', "name",
-     "\\ud800 at character 1"),
-    ("/v1/route", b'{"prompt": "hi", "models": ["gpt-4o\\udc00"]}', "models[0]", "\\udc00 at character 6"),
+     "\\ud800 after 1 code point"),
+    ("/v1/route", b'{"prompt": "hi", "models": ["gpt-4o\\udc00"]}', "models[0]", "\\udc00 after 6 code points"),
     ("/v1/route", b'{"prompt": "hi", "context": {"a\\ud800": "x"}}', "context.a\\ud800.[key]",
-     "\\ud800 at character 1"),
-    ("/v1/feedback", b'{"decision_id": "\\udfff", "quality": 1}', "decision_id", "\\udfff at character 0"),
+     "\\ud800 after 1 code point"),
+    ("/v1/feedback", b'{"decision_id": "\\udfff", "quality": 1}', "decision_id", "\\udfff after 0 code points"),
+    ("/v1/route", b'{"prompt": "hi", "context": {"a\\ud800": 1}' + _SIX_ERRORS, "context.a\\ud800.[key]",
+     "\\ud800 after 1 code point"),
+    ("/v1/route", b'{"prompt": "hi", "models": ["gpt-4o\\udc00"]' + _SIX_ERRORS, "models[0]",
+     "\\udc00 after 6 code points"),
+    ("/v1/route", b'{"messages": [{"ro\\ud800le": "user", "content": "x"}]}', "messages[0].ro\\ud800le.[key]",
+     "\\ud800 after 2 code points"),
+    ("/v1/route", b'{"prompt": "hi", "pr\\ud800ompt": 1}', "pr\\ud800ompt.[key]", "\\ud800 after 2 code points"),
+    ("/v1/route", b'{"prompt": "hi", "pr\\ud800ompt": 1' + _SIX_ERRORS, "pr\\ud800ompt.[key]",
+     "\\ud800 after 2 code points"),
 ])
 def test_a_lone_surrogate_in_a_name_is_a_422_that_says_what_and_where(client: TestClient, path: str, body: bytes,
                                                                       field: str, where: str) -> None:
     """Half of a UTF-16 pair sent as a JSON escape (`\\ud800`) in a name, an id or a key got pydantic's "Input
     should be a valid string, unable to parse raw data as a unicode string" (a key's field with U+FFFD for its
-    bytes); the 422 says it is a lone surrogate, which and where, and the field names it as sent. Nothing is
-    stored."""
+    bytes); the 422 says it is a lone surrogate, which and where, and the field names it as sent: a key of a model
+    too (pydantic reports the object), and with more errors than a 422 shows (read without their inputs). Nothing
+    is stored."""
     stored = client.get("/v1/stats").json()["decisions"]
     reply = client.post(path, content=body, headers={"content-type": "application/json"})
     assert reply.status_code == 422, reply.text

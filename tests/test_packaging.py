@@ -249,7 +249,8 @@ def test_a_source_tree_never_installed_reports_one_version_everywhere(tmp_path: 
 
 def test_python_dash_m_bandit_router_is_the_command() -> None:
     """`python -m bandit_router` (no console script on PATH: a venv not activated) runs the same command as
-    `bandit-router`: it said "No module named bandit_router.__main__"."""
+    `bandit-router`: it said "No module named bandit_router.__main__". Importing the module runs nothing (it ran
+    the command, with the importer's arguments)."""
     from typer.testing import CliRunner
 
     import bandit_router
@@ -261,3 +262,6 @@ def test_python_dash_m_bandit_router_is_the_command() -> None:
                               cwd=ROOT, timeout=60)
         assert done.returncode == 0, done.stderr
         assert done.stdout == expected != ""
+    importing = [sys.executable, "-c", "import bandit_router.__main__; print('imported')", "--version"]
+    done = subprocess.run(importing, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "imported\n"), done.stderr  # importing it runs no command

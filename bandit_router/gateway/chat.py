@@ -27,6 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from ..errors import InvalidInput
 from ..hints import did_you_mean
 from ..jsonkeys import DuplicateKey, once_each
+from ..service.errors import error_loc, field_path, said, with_text
 from ..service.schemas import AllowedModels, Context, CostWeight
 from ..types import Message, Request
 from .pricing import message_text
@@ -198,10 +199,11 @@ def _knobs(extension: Any, headers: Mapping[str, str]) -> tuple[dict[str, Any], 
         try:
             out[knob] = KNOB_RULES[knob].validate_python(value, strict=True)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            at = error["loc"][0] if error["loc"] else None
-            field = where if at is None else f"{where}[{at}]" if isinstance(at, int) else f"{where}.{at}"
-            raise BadChatRequest(field[:200], error["msg"].removeprefix("Value error, ")) from None  # its own words
+            error = with_text(exc.errors(include_url=False)[0], value)  # a lone surrogate: which, where (the service's)
+            loc = error_loc(error)
+            at = field_path(loc) if loc else ""
+            field = where if not at else f"{where}{at}" if at.startswith("[") else f"{where}.{at}"
+            raise BadChatRequest(field[:200], said(error)) from None  # its own words
     if "models" in out:
         out["models"] = tuple(out["models"])
     return out, {knob: where for knob, (where, _) in raw.items()}

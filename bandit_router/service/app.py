@@ -212,8 +212,9 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
     """A routing error (an unknown path 404, a method a path does not take 405): in OpenAI's error shape on the
     gateway's path, as its other errors, with the same headers (a 405's `Allow`); the service's own elsewhere."""
     assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == 405:
-        exc = StarletteHTTPException(405, exc.detail, headers={**(exc.headers or {}), "Allow": _allow(request)})
+    allow = _allow(request) if exc.status_code == 405 else ""
+    if allow:  # else a mount's own 405 (the dashboard's static files: `GET, HEAD`), whose `Allow` is kept
+        exc = StarletteHTTPException(405, exc.detail, headers={**(exc.headers or {}), "Allow": allow})
     if on_gateway_path(_app_path(request.scope)):
         return openai_error(exc.status_code, str(exc.detail), code=errors.http_code(exc.status_code),
                             headers=exc.headers)
@@ -222,7 +223,7 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
 
 def _allow(request: Request) -> str:
     """A 405's `Allow`: the methods of every route on the request's path (Starlette's names those of the first
-    route only: `GET` for `PUT /v1/models`, whose POST is another route)."""
+    route only: `GET` for `PUT /v1/models`, whose POST is another route); empty when only a mount matches."""
     methods: set[str] = set()
     for route in request.app.state.routes:
         if route.methods and route.matches(request.scope)[0] is not Match.NONE:

@@ -39,6 +39,7 @@ from .exceptions import (
     Conflict,
     Forbidden,
     Gone,
+    InvalidBody,
     InvalidField,
     NotFound,
     PayloadTooLarge,
@@ -131,33 +132,39 @@ def validation_error(
     """A 422 for pydantic errors (`located`: FastAPI's, whose locations start with body, query or path): the first
     error's field and every error's message; an unknown field of the request body `body` gets
     ` (did you mean latency_ms?)` when a known field is close to it."""
-    first = field_path(_loc(errors[0]), located) if errors else "body"
-    messages = [f"{field_path(_loc(e), located)}: {_said(e)}{_hint(e, body, located)}" for e in errors[:SHOWN_ERRORS]]
+    first = field_path(error_loc(errors[0]), located) if errors else "body"
+    messages = [f"{field_path(error_loc(e), located)}: {said(e)}{_hint(e, body, located)}"
+                for e in errors[:SHOWN_ERRORS]]
     return error_response(422, "invalid_input", "; ".join(messages), first)
 
 
-def _said(error: Mapping[str, Any]) -> str:
+def said(error: Mapping[str, Any]) -> str:
     """The error's message, without the "Value error, " pydantic puts before a validator's own words; for text
-    that is not Unicode (a lone surrogate, which JSON's `\\ud800` escape can send) what is wrong and where, where
-    pydantic says "unable to parse raw data as a unicode string"."""
+    that is not Unicode (a lone surrogate, which JSON's `\\ud800` escape can send) what is wrong and where (how many
+    code points come before it: a JavaScript client counts UTF-16 units), where pydantic says "unable to parse raw
+    data as a unicode string"."""
     if error.get("type") == "string_unicode":
         text = error.get("input")
         where = ""
         if isinstance(text, str):
-            at, char = next(((i, c) for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF), (None, ""))
+            at, char = next(((i, c) for i, c in enumerate(text) if _is_surrogate(c)), (None, ""))
             if at is not None:
-                where = f" ({escape_surrogates(char)} at character {at})"
+                where = f" ({escape_surrogates(char)} after {at} code point{'' if at == 1 else 's'})"
         return (f"not Unicode text: it holds a lone surrogate{where}, half of a UTF-16 pair (a JSON escape "
                 "\\ud800-\\udfff) without its other half; send the character itself, or both halves of its pair")
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 
+def _is_surrogate(char: str) -> bool:
+    return 0xD800 <= ord(char) <= 0xDFFF
+
+
 def escape_surrogates(text: str) -> str:
     """`text` with each surrogate written as its JSON escape (`\\ud800`): printable, and what the client sent."""
-    return "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+    return "".join(f"\\u{ord(c):04x}" if _is_surrogate(c) else c for c in text)
 
 
-def _loc(error: Mapping[str, Any]) -> Sequence[Any]:
+def error_loc(error: Mapping[str, Any]) -> Sequence[Any]:
     """The error's location; a mapping key that is not Unicode by its escaped text (pydantic writes the key's
     bytes there, each surrogate as three U+FFFD)."""
     loc = tuple(error.get("loc", ()))
@@ -165,6 +172,54 @@ def _loc(error: Mapping[str, Any]) -> Sequence[Any]:
     if error.get("type") == "string_unicode" and len(loc) >= 2 and loc[-1] == "[key]" and isinstance(text, str):
         return (*loc[:-2], escape_surrogates(text), "[key]")
     return loc
+
+
+def with_text(error: Mapping[str, Any], body: Any) -> Mapping[str, Any]:
+    """A `string_unicode` error with its text read from the parsed `body` (`first_errors` leaves out the inputs),
+    and one pydantic reports at an object whose key is not Unicode (a model's: `messages[0]`, or the body) located
+    at that key, as a mapping's key is (`messages[0].ro\\ud800le.[key]`). Other errors, or a place not found in
+    `body`, are `error` itself."""
+    if error.get("type") != "string_unicode":
+        return error
+    loc = tuple(error.get("loc", ()))
+    is_key = len(loc) >= 2 and loc[-1] == "[key]"
+    found, node = _find(body, loc[:-2] if is_key else loc)
+    if not found:
+        return error
+    text = error.get("input")
+    if is_key:  # node: the mapping; its key whose bytes pydantic wrote at loc[-2]
+        keys = [k for k in node if isinstance(k, str) and _lossy(k) == loc[-2]] if isinstance(node, dict) else []
+        return {**error, "input": keys[0]} if keys and not isinstance(text, str) else error
+    if isinstance(node, dict):  # an object's key: the input is the key (or, without inputs, its first such key)
+        if not isinstance(text, str):
+            text = next((k for k in node if isinstance(k, str) and any(map(_is_surrogate, k))), None)
+        return error if text is None else {**error, "loc": (*loc, text, "[key]"), "input": text}
+    return {**error, "input": node} if isinstance(node, str) and not isinstance(text, str) else error
+
+
+def _find(body: Any, loc: Sequence[Any]) -> tuple[bool, Any]:
+    """The value at pydantic location `loc` in `body`: a key pydantic wrote lossily (U+FFFD for a surrogate's
+    bytes) matches the key it came from; a part that is no key or index (a union member's tag, `list[str]`) is
+    skipped."""
+    node = body
+    for part in loc:
+        if isinstance(node, dict):
+            if part in node:
+                node = node[part]
+                continue
+            keys = [k for k in node if isinstance(k, str) and isinstance(part, str) and _lossy(k) == part]
+            if keys:
+                node = node[keys[0]]
+        elif isinstance(node, list) and isinstance(part, int):
+            if not 0 <= part < len(node):
+                return False, None
+            node = node[part]
+    return True, node
+
+
+def _lossy(text: str) -> str:
+    """`text` as pydantic writes a key in a location: its UTF-8 bytes, a surrogate's three as three U+FFFD."""
+    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _hint(error: Mapping[str, Any], body: type[BaseModel] | None, located: bool) -> str:
@@ -178,12 +233,14 @@ SHOWN_ERRORS = 5
 """A 422 names this many of a body's validation errors."""
 
 
-def first_errors(exc: ValidationError, n: int = SHOWN_ERRORS) -> list[Mapping[str, Any]]:
-    """The first `n` of `exc`'s errors (without their inputs when there are more). `exc.errors()` builds a dict for
+def first_errors(exc: ValidationError, n: int = SHOWN_ERRORS, body: Any = None) -> list[Mapping[str, Any]]:
+    """The first `n` of `exc`'s errors (without their inputs when there are more), those of text that is not
+    Unicode read back from `body`, the parsed JSON `exc` came from (`with_text`). `exc.errors()` builds a dict for
     every one: a 1 MB body of 95,000 unknown keys took 0.5-0.8 s of the event loop for it, twice; pydantic writes
-    them all as JSON in a fraction of that, and only its first `n` objects are decoded."""
+    them all as JSON in a fraction of that, and only its first `n` objects are decoded (with the inputs it would
+    fail: JSON cannot hold a lone surrogate)."""
     if exc.error_count() <= n:
-        return list(exc.errors(include_url=False))
+        return [with_text(error, body) for error in exc.errors(include_url=False)]
     text = exc.json(include_url=False, include_input=False, include_context=False)
     decoder, at = json.JSONDecoder(), 1  # after the list's "["
     out: list[Mapping[str, Any]] = []
@@ -191,11 +248,13 @@ def first_errors(exc: ValidationError, n: int = SHOWN_ERRORS) -> list[Mapping[st
         while text[at] in ", \n":
             at += 1
         item, at = decoder.raw_decode(text, at)
-        out.append(item)
+        out.append(with_text(item, body))
     return out
 
 
 def to_response(exc: BaseException) -> Response:
+    if isinstance(exc, InvalidBody):
+        return validation_error(first_errors(exc.error, body=exc.body), BODY_MODELS.get(exc.error.title))
     if isinstance(exc, ValidationError):
         return validation_error(first_errors(exc), BODY_MODELS.get(exc.title))
     status, code = status_of(exc)

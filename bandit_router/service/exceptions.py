@@ -15,6 +15,10 @@ BanditRouterError
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import ValidationError
+
 from ..errors import BanditRouterError, InvalidInput
 
 
@@ -24,6 +28,15 @@ class InvalidField(InvalidInput):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class InvalidBody(BanditRouterError):
+    """A body `json` parsed (`body`) that its model refused (`error`): a 422 that can read back text pydantic
+    does not report (a lone surrogate's)."""
+
+    def __init__(self, error: ValidationError, body: Any) -> None:
+        super().__init__(error.title)  # not str(error): it writes every error out
+        self.error, self.body = error, body
 
 
 class PayloadTooLarge(BanditRouterError):

@@ -31,7 +31,7 @@ from ..types import Request as CoreRequest
 from .auth import Authenticator, authorize
 from .engine import Engine
 from .errors import ERROR_RESPONSES, encode_json, error_response, json_response
-from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
+from .exceptions import InvalidBody, InvalidField, PayloadTooLarge, UnsupportedMediaType
 from .metrics import CONTENT_TYPE, Metrics
 from .paths import CheckedRoute
 from .schemas import (
@@ -144,7 +144,10 @@ def validate(raw: bytes, model: type[Body]) -> Body:
         raise InvalidField("body", str(exc)) from None
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and int-size errors are ValueErrors
         raise InvalidField("body", f"not valid JSON ({type(exc).__name__})") from None
-    return model.model_validate(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidBody(exc, data) from None
 
 
 def core_request(body: RouteIn, max_prompt_chars: int) -> CoreRequest:
