@@ -151,10 +151,19 @@ def test_on_replicas_a_gateway_reply_waits_until_its_call_record_is_committed(
     load balancer sends to another replica right after the reply was then committed first, without the call's tokens,
     cost and latency (priced from estimated tokens, the record's real cost never learned). The reply now waits for
     the record's commit, as with `--workers N`. Here another replica's write holds the log's lock while the
-    upstream answers: the reply comes only once the record could be committed."""
+    upstream answers (it answers only once the lock is taken): the reply comes only once the record could be
+    committed."""
     monkeypatch.setenv(KEY_ENV, KEY)
+    locked = threading.Event()
     with serving(FakeUpstream(seed=3)) as fake:
-        fake.set("fake-coder", "slow", 0.6)  # the call lasts 0.6 s: the lock is taken meanwhile
+        answer = fake.complete
+
+        async def answer_once_locked(*args: Any) -> None:  # the upstream answers only once the lock is taken
+            while not locked.is_set():
+                await asyncio.sleep(0.01)
+            await answer(*args)
+
+        monkeypatch.setattr(fake, "complete", answer_once_locked)
         spec = ModelSpec("fake-coder", 1.0, 2.0, tags={"family": "fake"}, base_url=fake.url + "/v1",
                          api_key_env=KEY_ENV)
         server = ServerThread(create_app(Settings(db=DatabaseURL(pg_url), models=(spec,), seed=7)))
@@ -172,6 +181,7 @@ def test_on_replicas_a_gateway_reply_waits_until_its_call_record_is_committed(
             with psycopg.connect(pg_url, autocommit=True) as other:
                 _wait_for(lambda: other.execute("SELECT count(*) FROM decisions").fetchone() == (1,))
                 other.execute("SELECT pg_advisory_lock(%s)", (LOG_LOCK,))  # another replica's write, for 1.2 s
+                locked.set()
                 time.sleep(1.2)
                 released = time.monotonic()
                 other.execute("SELECT pg_advisory_unlock(%s)", (LOG_LOCK,))
@@ -201,18 +211,20 @@ def test_a_model_being_retired_or_added_back_is_always_found_by_its_name() -> No
     router = build_router(Settings(seed=1), seed=1)
     spec = router.models[-1]
     stop = threading.Event()
+    churned = [0]
 
     def churn() -> None:
         while not stop.is_set():
             router.retire_model(spec.name)
             router.add_model(spec)
+            churned[0] += 1
 
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
     writer = threading.Thread(target=churn)
-    writer.start()
     missed = looked = 0
     try:
+        sys.setswitchinterval(1e-6)
+        writer.start()
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             looked += 1
@@ -224,7 +236,7 @@ def test_a_model_being_retired_or_added_back_is_always_found_by_its_name() -> No
         stop.set()
         writer.join(10)
         sys.setswitchinterval(interval)
-    assert looked > 10_000 and missed == 0
+    assert looked > 10_000 and churned[0] > 1_000 and missed == 0  # (the churn ran throughout, not dead)
 
 
 @pytest.mark.parametrize("read_first", [False, True], ids=["refused-then-read", "read-then-refused"])
