@@ -21,6 +21,7 @@ state; split apart, each would reach into the others' internals.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import threading
@@ -177,11 +178,12 @@ class Router:
     def featurize(self, request: Request) -> Context:
         return self.features(request)
 
-    def route(self, request: Request) -> Decision:
-        """Choose a model for `request` and log the probability it was chosen with."""
+    def route(self, request: Request, *, book: bool = True) -> Decision:
+        """Choose a model for `request` and log the probability it was chosen with (`book`: as in `decide`)."""
         context = self.featurize(request)
         return self.decide(
-            context, models=request.models, cost_weight=request.cost_weight, decision_id=request.decision_id
+            context, models=request.models, cost_weight=request.cost_weight, decision_id=request.decision_id,
+            book=book,
         )
 
     def decide(
@@ -195,7 +197,8 @@ class Router:
     ) -> Decision:
         """`route` for an already featurized request (the simulator's and the evaluator's entry point). `book`:
         tell the pacer about the decision now (False: the caller books it, `pacer.observe(decision, None)`, only
-        if it is used: an LLM router's fallback to the policy, whose model may not answer)."""
+        if it is used: an LLM router's fallback to the policy, whose model may not answer; a decision whose id the
+        client chose, once it is stored)."""
         _check_id(decision_id)
         try:
             with self._lock:
@@ -206,16 +209,19 @@ class Router:
             raise names.refusal() from None
         return self._decision(context, priced, made, decision_id, book=book)
 
-    def route_many(self, requests: Sequence[Request]) -> list[Decision | Exception]:
+    def route_many(self, requests: Sequence[Request], *, book_given_ids: bool = True) -> list[Decision | Exception]:
         """`route` for each of `requests`, in order: the same decisions as that many `route` calls one after the
         other with nothing learned in between (the same pmfs, and the draws in the same order), or the error that
-        call would raise. When the policy prices several requests at once (`stacks_pmfs` and `pmfs`, the `default`
-        policy's stacked quadrature) and the pacer's prices do not depend on the decisions before (`passive`: no budget
-        targets), the pmfs are computed together; otherwise this is one `route` after another."""
+        call would raise. `book_given_ids` False: a request that carries its own `decision_id` is not booked (as
+        `route(..., book=False)`: the caller books it once it is stored, since that id may be taken). When the policy
+        prices several requests at once (`stacks_pmfs` and `pmfs`, the `default` policy's stacked quadrature) and the
+        pacer's prices do not depend on the decisions before (`passive`: no budget targets), the pmfs are computed
+        together; otherwise this is one `route` after another."""
         stacks = getattr(self.policy, "pmfs", None) if getattr(self.policy, "stacks_pmfs", False) else None
         passive = self.pacer is None or getattr(self.pacer, "passive", False)
         if stacks is None or len(requests) < 2 or not passive:
-            return [_attempt(self.route, r) for r in requests]
+            return [_attempt(functools.partial(self.route, book=book_given_ids or r.decision_id is None), r)
+                    for r in requests]
         contexts = [self.featurize(r) for r in requests]
         out: list[Decision | Exception] = []
         with self._lock:
@@ -235,7 +241,9 @@ class Router:
             if isinstance(made, Exception):
                 out.append(made.refusal() if isinstance(made, _UnknownNames) else made)
             elif isinstance(p, _Priced):
-                out.append(_attempt(self._decision, context, p, made, request.decision_id))
+                book = book_given_ids or request.decision_id is None
+                decide = functools.partial(self._decision, book=book)
+                out.append(_attempt(decide, context, p, made, request.decision_id))
         return out
 
     def _price(self, context: Context, models: Sequence[str] | None, cost_weight: float | None) -> _Priced:

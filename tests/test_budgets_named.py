@@ -540,8 +540,8 @@ def test_a_process_sharing_the_log_forgets_its_own_decision_ids_without_targets(
             state.mine(f"d{i}")
             state.book_judge_call(JudgeCall(f"d{i}", None, JUDGE, 10, 2, 1e-6, 0.0), mine=True)
         # as if noted that long ago (the monotonic clock is left alone)
-        for decision_id, (uses, made) in list(state._own.items()):
-            state._own[decision_id] = (uses, made - budget_state.OWN_FORGET_S - 1)
+        for decision_id, made in list(state._own.items()):
+            state._own[decision_id] = made - budget_state.OWN_FORGET_S - 1
         for decision_id in state._own_judged:
             state._own_judged[decision_id] -= budget_state.OWN_FORGET_S + 1
         state.mine("recent")

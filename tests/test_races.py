@@ -21,10 +21,12 @@ from service_client import start_client
 from bandit_router.budgets import BudgetConfig, BudgetPacer
 from bandit_router.catalog import ModelSpec
 from bandit_router.config import Settings
+from bandit_router.config.sections import ServerSettings
 from bandit_router.errors import UnknownModel
-from bandit_router.log import BudgetState, build_router
+from bandit_router.log import build_router
 from bandit_router.service import create_app
 from bandit_router.service.engine import Engine
+from bandit_router.service.exceptions import Conflict
 from bandit_router.store.location import DatabaseURL, open_store
 from bandit_router.store.postgres import LOG_LOCK
 from bandit_router.types import Decision, Request
@@ -95,6 +97,52 @@ def test_a_route_refused_for_a_taken_decision_id_is_not_booked(tmp_path: Path) -
         client.__exit__(None, None, None)
 
 
+def test_a_route_refused_for_a_taken_decision_id_moves_nothing_in_the_pacer(tmp_path: Path) -> None:
+    """Taking a refused decision's booking back (the previous fix) left the step it made to λ and μ and its arrival
+    in the gap estimate, and it subtracted from whatever period and target were current when the 409 came back: a
+    period rolled over, a PUT or a new tenant scope in between made the spend negative (and a restart then read the
+    budget as used up). A decision whose id the client chose is now booked only once stored: the pacer's whole state
+    is the same after four refused retries as before them."""
+    budgets = {"avg_cost_usd": 0.001, "spend_usd": "1/1d", "share": {"tier=large": 0.3}}
+    prepared = open_store(tmp_path / "race.db")
+    prepared.prepare()
+    prepared.close()
+    engine = Engine(Settings(db=tmp_path / "race.db", seed=3, budgets=BudgetConfig.from_mapping(budgets)))
+    try:
+        engine.start()
+        _wait_for(lambda: engine.ready)
+        request = Request(prompt="the same request, sent again " * 20, decision_id="client-chosen-2")
+
+        async def send(times: int) -> None:
+            for _ in range(times):
+                with pytest.raises(Conflict):
+                    await engine.route(request)
+
+        asyncio.run(engine.route(request))
+        before = engine.pacer.state()
+        assert engine.pacer.report()["global"]["requests"] == 1
+        asyncio.run(send(4))
+        assert engine.pacer.state() == before
+    finally:
+        engine.stop()
+
+
+def test_a_shadows_pmf_books_nothing_when_a_promotion_made_it_live(tmp_path: Path) -> None:
+    """Each stored decision gets its shadows' pmfs (`PolicySet.shadow_pmfs`, outside the promotion lock). A promotion
+    landing meanwhile hands the shadow the budget pacer, and its `decide` then booked a decision nobody made (two
+    booked for one). The shadows' pmfs are computed without booking."""
+    shadow = "fixed:gpt-4o-mini"
+    engine = Engine(Settings(db=tmp_path / "race.db", seed=3, shadow_policies=(shadow,)))
+    try:
+        pacer = BudgetPacer(BudgetConfig.from_mapping({"avg_cost_usd": 0.001}))
+        decision = engine.policies.live.route(Request(prompt="a decision with a shadow"))
+        engine.policies.shadows[shadow].pacer = pacer  # as the promotion hands it over, while the pmfs are computed
+        assert shadow in engine.policies.shadow_pmfs(decision)
+        assert pacer.report()["global"]["requests"] == 0
+    finally:
+        engine.store.close()
+
+
 def test_on_replicas_a_gateway_reply_waits_until_its_call_record_is_committed(
     pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -103,10 +151,19 @@ def test_on_replicas_a_gateway_reply_waits_until_its_call_record_is_committed(
     load balancer sends to another replica right after the reply was then committed first, without the call's tokens,
     cost and latency (priced from estimated tokens, the record's real cost never learned). The reply now waits for
     the record's commit, as with `--workers N`. Here another replica's write holds the log's lock while the
-    upstream answers: the reply comes only once the record could be committed."""
+    upstream answers (it answers only once the lock is taken): the reply comes only once the record could be
+    committed."""
     monkeypatch.setenv(KEY_ENV, KEY)
+    locked = threading.Event()
     with serving(FakeUpstream(seed=3)) as fake:
-        fake.set("fake-coder", "slow", 0.6)  # the call lasts 0.6 s: the lock is taken meanwhile
+        answer = fake.complete
+
+        async def answer_once_locked(*args: Any) -> None:  # the upstream answers only once the lock is taken
+            while not locked.is_set():
+                await asyncio.sleep(0.01)
+            await answer(*args)
+
+        monkeypatch.setattr(fake, "complete", answer_once_locked)
         spec = ModelSpec("fake-coder", 1.0, 2.0, tags={"family": "fake"}, base_url=fake.url + "/v1",
                          api_key_env=KEY_ENV)
         server = ServerThread(create_app(Settings(db=DatabaseURL(pg_url), models=(spec,), seed=7)))
@@ -124,6 +181,7 @@ def test_on_replicas_a_gateway_reply_waits_until_its_call_record_is_committed(
             with psycopg.connect(pg_url, autocommit=True) as other:
                 _wait_for(lambda: other.execute("SELECT count(*) FROM decisions").fetchone() == (1,))
                 other.execute("SELECT pg_advisory_lock(%s)", (LOG_LOCK,))  # another replica's write, for 1.2 s
+                locked.set()
                 time.sleep(1.2)
                 released = time.monotonic()
                 other.execute("SELECT pg_advisory_unlock(%s)", (LOG_LOCK,))
@@ -153,18 +211,20 @@ def test_a_model_being_retired_or_added_back_is_always_found_by_its_name() -> No
     router = build_router(Settings(seed=1), seed=1)
     spec = router.models[-1]
     stop = threading.Event()
+    churned = [0]
 
     def churn() -> None:
         while not stop.is_set():
             router.retire_model(spec.name)
             router.add_model(spec)
+            churned[0] += 1
 
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
     writer = threading.Thread(target=churn)
-    writer.start()
     missed = looked = 0
     try:
+        sys.setswitchinterval(1e-6)
+        writer.start()
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             looked += 1
@@ -176,47 +236,74 @@ def test_a_model_being_retired_or_added_back_is_always_found_by_its_name() -> No
         stop.set()
         writer.join(10)
         sys.setswitchinterval(interval)
-    assert looked > 10_000 and missed == 0
+    assert looked > 10_000 and churned[0] > 1_000 and missed == 0  # (the churn ran throughout, not dead)
 
 
 @pytest.mark.parametrize("read_first", [False, True], ids=["refused-then-read", "read-then-refused"])
 @pytest.mark.parametrize("winner", ["this process", "another process"])
-def test_a_decision_id_sent_twice_is_booked_once_by_a_process_sharing_the_log(
-    tmp_path: Path, winner: str, read_first: bool
+def test_a_decision_id_sent_twice_is_booked_once_as_stored_by_every_process_sharing_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, winner: str, read_first: bool
 ) -> None:
-    """With workers or replicas each process books its own decisions when made and the others' when it reads them
-    from the log (`mine`: skip its own there). A client's id sent twice at once: one request stored, the other
-    refused (409) and taken back (`unbook`). The stored one is this process's or another's, and the process reads
-    it from the log before or after the refusal comes back: in every order it is booked exactly once (taking back
-    the refused one's use of the id dropped the winner's too, which was then booked again from the log)."""
-    store = open_store(tmp_path / "shared.db")
-    store.prepare()
+    """Two workers on one log, each booking its own decisions and the other's when it reads them from the log. A
+    client's id sent twice at once: one request stored, the other refused (409). The refused one was booked when
+    decided, then taken back; but when its process read the stored decision (another's) from the log before its
+    409 came back, it took that decision for its own and kept the refused one's booking in its place: another
+    model, another cost, so its spend then differed from the other worker's for good (a real cost corrects the
+    stored decision's booking). A decision whose id the client chose is now booked only once stored, so every
+    order books the stored decision, once, in both processes."""
+    budgets = BudgetConfig.from_mapping({"avg_cost_usd": 0.001, "spend_usd": "1/1d", "share": {"gpt-4o": 0.3}})
+    settings = Settings(db=tmp_path / "shared.db", seed=3, budgets=budgets, server=ServerSettings(workers=2))
+    prepared = open_store(tmp_path / "shared.db")
+    prepared.prepare()  # the schema, once, before workers (as `serve` does)
+    prepared.close()
+    engines: list[Engine] = []
     try:
-        pacer = BudgetPacer(BudgetConfig.from_mapping({"avg_cost_usd": 0.001}))
-        state = BudgetState(store, pacer, shared=True)
-        with store.write() as tx:
-            state.start_following(tx)
-        router = build_router(Settings(seed=1), seed=1)
-        router.pacer = pacer  # books each decision as it is made
-        mine = [router.route(Request(prompt="one request, sent twice", decision_id="sent-twice"))]
-        state.mine("sent-twice")
-        if winner == "this process":
-            mine.append(router.route(Request(prompt="one request, sent twice", decision_id="sent-twice")))
-            state.mine("sent-twice")
-            stored = mine[0]
-        else:  # another worker's decision, booked by its own pacer
-            stored = build_router(Settings(seed=2), seed=2).route(Request(prompt="the other", decision_id="sent-twice"))
-        with store.write() as tx:
-            tx.insert_decisions([(stored, None, None)])
+        for _ in range(2):
+            engines.append(Engine(settings))
+            engines[-1].start()
+            _wait_for(lambda: engines[-1].ready)
+        me = engines[0]
+        other = me if winner == "this process" else engines[1]
+        prompt = "one request, sent twice " * 40
+        _wait_for(lambda: me.budgets._position is not None)  # it follows the log from here on
+        me.budgets._next_decisions = float("inf")  # ... but not before this test says so
+        inserts: list[Any] = []
+        submit = me.writer.submit
+
+        async def noted(op: Any) -> Any:
+            inserts.append(op)
+            return await submit(op)
+
+        monkeypatch.setattr(me.writer, "submit", noted)
 
         def read_the_log() -> None:
-            state._next_decisions = 0.0
-            state.follow_decisions()
+            me.budgets._next_decisions = 0.0  # the writer reads the log between its next batches
+            _wait_for(lambda: me.budgets._position == 1)
 
-        if read_first:
+        async def send_twice() -> None:
+            stored = await other.route(Request(prompt=prompt, decision_id="sent-twice", models=["gpt-4o-mini"]))
+            refused = asyncio.ensure_future(me.route(Request(prompt=prompt, decision_id="sent-twice",
+                                                             models=["gpt-4o"])))
+            while len(inserts) < (2 if me is other else 1):
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)  # the loop hands it to the writer (`Writer._flush`)
+            if read_first:  # the writer reads the log before the event loop hears of the 409 (held here)
+                _wait_for(lambda: inserts[-1].error is not None)  # blocks the loop
+                read_the_log()
+            with pytest.raises(Conflict):
+                await refused
             read_the_log()
-        state.unbook(mine[-1])  # the 409
-        read_the_log()
-        assert pacer.report()["global"]["requests"] == 1 and not state._own
+            assert stored.model == "gpt-4o-mini"
+
+        asyncio.run(send_twice())
+        for engine in engines:
+            _wait_for(lambda e=engine: e.budgets._position == 1 and not e.budgets._own)  # type: ignore[misc]
+        reports = [engine.pacer.report()["global"] for engine in engines]
+        assert [r["requests"] for r in reports] == [1, 1]
+        assert reports[0]["spend_usd"] == pytest.approx(reports[1]["spend_usd"], rel=1e-12)
+        realised = [[t["realized"] for t in report["targets"]] for report in reports]
+        assert realised[0] == pytest.approx(realised[1], rel=1e-12)
+        assert [t["realized"] for t in reports[0]["targets"] if t["kind"] == "share"] == [0.0]  # gpt-4o-mini's
     finally:
-        store.close()
+        for engine in engines:
+            engine.stop()

@@ -245,9 +245,6 @@ class _Control:
     def on_cost(self, scope: _Scope, delta: float) -> None:
         """The real cost of a decision arrived; `delta` = real − booked."""
 
-    def on_unbooked(self, decision: Decision, booked: float, tags: Tags) -> None:
-        """A decision `on_decision` counted was not stored after all: take it out of the counters (`unbook`)."""
-
     def on_latency(self, latency_s: float) -> None:
         """The latency of a decision of the scope was reported."""
 
@@ -369,10 +366,6 @@ class _AvgCostControl(_CostControl):
     def on_cost(self, scope: _Scope, delta: float) -> None:
         self.spend_usd += delta
         self.step(delta / self.target.usd)
-
-    def on_unbooked(self, decision: Decision, booked: float, tags: Tags) -> None:
-        self.requests -= 1
-        self.spend_usd -= booked
 
     def retarget(self, target: Target) -> None:
         assert isinstance(target, AvgCost)
@@ -522,9 +515,6 @@ class _SpendControl(_CostControl):
         if scale is not None and not was_exhausted:
             self.step(delta / scale)
 
-    def on_unbooked(self, decision: Decision, booked: float, tags: Tags) -> None:
-        self.spend_usd -= booked
-
     def retarget(self, target: Target) -> None:
         assert isinstance(target, Spend)
         self.rescale(self.target.usd / target.usd)
@@ -584,10 +574,6 @@ class _ShareControl(_PenaltyControl):
         self.requests += 1
         self.hits += hit
         self.mu = max(0.0, self.mu + self.config.share_step * (hit - self.target.max_share))
-
-    def on_unbooked(self, decision: Decision, booked: float, tags: Tags) -> None:
-        self.requests -= 1
-        self.hits -= self.target.matches(decision.model, tags)
 
     def retarget(self, target: Target) -> None:
         super().retarget(target)
@@ -871,21 +857,6 @@ class BudgetPacer:
                 for scope in scopes:
                     for control in scope.controls.values():
                         control.on_latency(float(latency_s))
-
-    def unbook(self, decision: Decision) -> None:
-        """Take back `observe(decision, None)` of a decision that was then not stored (its id was taken: a 409):
-        it leaves the requests, the spend and the shares' hits of its scopes. The controllers' multipliers keep the
-        one step it made (they settle as after any booking that turned out wrong); its period must be the current
-        one (it was booked moments ago)."""
-        with self._lock:
-            scopes = self._scopes(decision.context.attributes.get("tenant"))
-            booked = _booked(decision)
-            tags = self._tags.get(decision.model, {})
-            for scope in scopes:
-                scope.requests -= 1
-                scope.spend_usd -= booked
-                for control in scope.controls.values():
-                    control.on_unbooked(decision, booked, tags)
 
     def book(self, decision: Decision, cost_usd: float) -> None:
         """A decision whose real cost is known when it is booked and is never corrected: every call it stands for

@@ -39,6 +39,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -79,19 +80,20 @@ as it streams); one never recorded (its process died mid-call) stays booked at i
 
 class BudgetState:
     """Saves and loads `pacer` through `store`. Every method runs on the writer thread, except `mine`, `book_chain`,
-    `book_stored`, `book_call`, `book_judge_call(mine=True)` and `unbook`, which the engine calls on the event loop
-    (they touch only the pacer, which has its own lock, `_own` under `_own_lock`, and `_own_judged`, one dict
-    operation at a time)."""
+    `book_stored`, `book_call` and `book_judge_call(mine=True)`, which the engine calls on the event loop (they touch
+    only the pacer, which has its own lock, `_own` under `_own_lock`, and `_own_judged`, one dict operation at a
+    time)."""
 
     def __init__(self, store: Store, pacer: BudgetPacer, *, shared: bool = False) -> None:
         self.store = store
         self.pacer = pacer
         self.shared = shared
         """Other processes write to the same log: book their decisions too (`follow_decisions`)."""
-        self._own: dict[str, tuple[int, float]] = {}
-        """The decision ids this process made and booked, not yet read back from the log: how many of its requests
-        used each (a client may send one id more than once; all but one are refused, `unbook`), and when the first
-        was made."""
+        self._own: OrderedDict[str, float] = OrderedDict()
+        """The decision ids this process made and booked, not yet read back from the log, with when each was noted
+        (in that order: `_forget` drops the oldest first; an OrderedDict finds its oldest entry at once after many
+        were dropped, where a dict scans past every dropped slot). Each is a new id, or a client's id once stored
+        (`book_given_id`): one stored decision each."""
         self._own_lock = threading.Lock()
         self._own_judged: dict[str, float] = {}
         """The decisions whose judge call this process booked (`book_judge_call`), not yet read back from the log."""
@@ -132,34 +134,26 @@ class BudgetState:
         self.unsaved = None
 
     def mine(self, decision_id: str) -> None:
-        """This process made `decision_id` (its pacer booked it already): call before the decision is stored."""
+        """This process made `decision_id` (its pacer booked it already): call before the decision is stored, or on
+        the writer thread as it is committed (`book_given_id`), before the log is read again."""
         if self.shared:
             with self._own_lock:
-                uses, made = self._own.get(decision_id, (0, time.monotonic()))
-                self._own[decision_id] = (uses + 1, made)
+                self._own[decision_id] = time.monotonic()
 
-    def unbook(self, decision: Decision) -> None:
-        """`decision`, made and booked by this process's live router, was not stored (its id was taken: a 409):
-        its booking is taken back (`BudgetPacer.unbook`) and its use of the id with it, so that the stored decision of
-        that id, another process's, is booked when read from the log. If the log was read first, the stored decision
-        was taken for this one (`_claim`): this booking then stays, in its place."""
-        if self.shared and not self._claim(decision.decision_id):
-            return
-        self.pacer.unbook(decision)
+    def book_given_id(self, decision: Decision) -> None:
+        """`decision`, made by this process's live router for a request that carries its own `decision_id` and not
+        booked then (`Router.route_many(..., book_given_ids=False)`), is stored: booked now, on the writer thread as it
+        commits (`InsertDecision.on_stored`: before the request is answered and before the log is read again, which
+        then skips it as this process's). A request whose id was taken (a retry: 409) stored nothing and books nothing:
+        not its requests, spend or shares, nor the step of λ, μ or the arrival gap a booking makes; the stored decision
+        of that id, another process's, is booked when read from the log, as any other of theirs."""
+        self.mine(decision.decision_id)
+        self.pacer.observe(decision, None)
 
     def _claim(self, decision_id: str) -> bool:
-        """Take one of this process's uses of `decision_id` (`mine`): True when there was one (the decision read
-        from the log of that id is this process's, booked already; or a refused one gives its use back)."""
+        """Whether `decision_id`, read from the log, is this process's (`mine`: booked already); it is forgotten."""
         with self._own_lock:
-            held = self._own.get(decision_id)
-            if held is None:
-                return False
-            uses, made = held
-            if uses > 1:
-                self._own[decision_id] = (uses - 1, made)
-            else:
-                del self._own[decision_id]
-            return True
+            return self._own.pop(decision_id, None) is not None
 
     def book_chain(self, decision: Decision, call: CallRecord, spend_usd: float) -> None:
         """Book a named router's request stored as `decision` with `call` (its call record, carrying the chain),
@@ -271,16 +265,25 @@ class BudgetState:
         if now < self._next_forget:
             return
         self._next_forget = now + OWN_FORGET_S / 4
-        with self._own_lock:
-            for decision_id, (_, made) in list(self._own.items()):
-                if now - made > OWN_FORGET_S:
-                    del self._own[decision_id]
+        while self._forget_oldest(now - OWN_FORGET_S):
+            pass
         for decision_id, made in list(self._own_judged.items()):
             if now - made > OWN_FORGET_S:
                 self._own_judged.pop(decision_id, None)
         for decision_id, (_, seen) in list(self._awaiting.items()):
             if now - seen > CALL_WAIT_S:
                 del self._awaiting[decision_id]
+
+    def _forget_oldest(self, before: float, at_most: int = 1000) -> bool:
+        """Drop up to `at_most` of this process's ids noted before `before`, oldest first (`_own` is in the order
+        they were noted), taking `_own_lock` for only that many (`mine` waits on the event loop meanwhile); whether
+        more may be left."""
+        with self._own_lock:
+            for _ in range(at_most):
+                if not self._own or next(iter(self._own.values())) >= before:
+                    return False
+                self._own.popitem(last=False)
+        return True
 
     def _book_theirs(self, decision: Decision, call: CallRecord | None) -> None:
         """Book a decision another process stored as that process did: a named router's (its call record carries a

@@ -158,7 +158,8 @@ class PolicySet:
         out: dict[str, list[float]] = {}
         for name, router in list(self.shadows.items()):
             try:
-                mine = router.decide(decision.context, models=decision.models, cost_weight=decision.cost_weight)
+                mine = router.decide(decision.context, models=decision.models, cost_weight=decision.cost_weight,
+                                     book=False)  # outside the lock: a promotion may make it live meanwhile
             except BanditRouterError as exc:
                 log.warning("shadow %s could not decide: %s", name, exc)
                 continue

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -518,18 +519,21 @@ class Engine:
         return await self.writer.submit(op)
 
     async def route(self, request: Request) -> Decision:
-        """Decide, store the decision (with the prompt only when `store_prompts`), then return it."""
+        """Decide, store the decision (with the prompt only when `store_prompts`), then return it. A decision whose
+        id the client chose is booked by the budget pacer only once stored (`BudgetState.book_given_id`, on the
+        writer thread as it commits): that id may be taken (a retry: 409), and a refused request then books nothing.
+        Any other is booked as it is made (its id is new)."""
         self._require_ready()
         decision = await self._decide(request)
         tenant = tenant_of(request.context.get("tenant"))
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows else None
-        self.budgets.mine(decision.decision_id)
-        try:
-            await self._submit(InsertDecision(decision, prompt, tenant, shadow))
-        except Conflict:  # the caller's decision_id is taken: not stored, so not booked either
-            self.budgets.unbook(decision)
-            raise
+        on_stored = None
+        if request.decision_id is None:
+            self.budgets.mine(decision.decision_id)
+        else:
+            on_stored = functools.partial(self.budgets.book_given_id, decision)
+        await self._submit(InsertDecision(decision, prompt, tenant, shadow, on_stored=on_stored))
         return decision
 
     def _decide(self, request: Request) -> asyncio.Future[Decision]:
@@ -550,7 +554,7 @@ class Engine:
         results: list[Decision | Exception]
         try:
             with self.deciding() as router:  # not while a promotion swaps the live router
-                results = router.route_many([request for request, _ in pending])
+                results = router.route_many([request for request, _ in pending], book_given_ids=False)
         except Exception as exc:  # not one request's error (those come back in `results`): fail them all
             results = [exc] * len(pending)
         for (_, future), result in zip(pending, results, strict=True):

@@ -113,6 +113,8 @@ class Batch:
     entries: list[LogEntry] = field(default_factory=list)
     active: set[str] = field(default_factory=set)
     after_commit: list[Decision] = field(default_factory=list)
+    stored_hooks: list[Callable[[], None]] = field(default_factory=list)
+    """The stored decisions' `InsertDecision.on_stored`, run after the commit."""
     feedback_seen: list[tuple[str, str, float, float, bool]] = field(default_factory=list)
     """(model, status, reward, cost, learned) of each feedback stored or recognised, for the observer after the
     commit (a batch rolled back stored nothing, so `/metrics` counts nothing of it)."""
@@ -173,17 +175,19 @@ class Op:
 class InsertDecision(Op):
     """Store a decision (with `call`, its call record, in the same transaction: a named router's, which carries
     its chain, and `counts`, what the request adds to its router's counts). A batch's decisions are written
-    together, first (`Writer._transact`)."""
+    together, first (`Writer._transact`). `on_stored` runs on the writer thread once the decision is committed,
+    before the caller hears of it and before the writer reads the log again (never if it was not stored)."""
 
-    __slots__ = ("call", "counts", "decision", "prompt", "shadow_pmfs", "tenant")
+    __slots__ = ("call", "counts", "decision", "on_stored", "prompt", "shadow_pmfs", "tenant")
 
     def __init__(
         self, decision: Decision, prompt: str | None, tenant: str | None, shadow_pmfs: str | None = None,
         call: CallRecord | None = None, counts: RouterCounts | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.decision, self.prompt, self.tenant, self.shadow_pmfs = decision, prompt, tenant, shadow_pmfs
-        self.call, self.counts = call, counts
+        self.call, self.counts, self.on_stored = call, counts, on_stored
 
 
 class CountRouter(Op):
@@ -569,6 +573,11 @@ class Writer:
             self._next_unwritten = time.monotonic() + UNWRITTEN_RETRY_S
             return
         self.write_failed = None
+        for hook in batch.stored_hooks:
+            try:
+                hook()
+            except Exception:  # committed, so acknowledged
+                log.exception("booking a stored decision failed")
         try:
             if self.observer is not None:
                 for decision in batch.after_commit:
@@ -600,6 +609,8 @@ class Writer:
         for insert, ok in zip(inserts, stored, strict=True):
             if ok:
                 batch.after_commit.append(insert.decision)
+                if insert.on_stored is not None:
+                    batch.stored_hooks.append(insert.on_stored)
             else:
                 insert.error = Conflict(f"decision_id {insert.decision.decision_id!r} is already used")
         shadow_rows = [
