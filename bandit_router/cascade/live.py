@@ -85,7 +85,7 @@ from ..gateway.active import decide_among_active
 from ..gateway.chat import BadChatRequest
 from ..gateway.gateway import Attempt
 from ..gateway.pricing import answer_text, estimated
-from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected
+from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected, no_time_left
 from ..hints import quoted
 from ..ids import new_decision_id
 from ..log.escalations import chain_document
@@ -359,7 +359,7 @@ class NamedRouters:
             active = {m.name for m in router.models}
             order.sort(key=lambda m: m not in active)  # stable: the active ones first, in their order
             for model in order:
-                if time.monotonic() >= deadline:  # no time left: the model is not called, nor blamed
+                if no_time_left(deadline):  # no time left: the model is not called, nor blamed
                     out_of_time = True
                     break
                 try:

@@ -58,6 +58,7 @@ from .upstreams import (
     UpstreamFailure,
     UpstreamRejected,
     Upstreams,
+    no_time_left,
     unreachable,
 )
 
@@ -440,10 +441,10 @@ class Gateway:
                 self._record(attempt, CallStatus.CANCELLED, started, error=SERVER_STOPPED)
                 raise
             tried.append(attempt.decision.model)
-            if attempt.number >= self.config.max_attempts or time.monotonic() >= deadline:
+            if attempt.number >= self.config.max_attempts or no_time_left(deadline):
                 break
             attempt = await self._next(attempt, request, tried)
-        raise GatewayFailed(failures, out_of_time=time.monotonic() >= deadline)
+        raise GatewayFailed(failures, out_of_time=no_time_left(deadline))
 
     async def complete(self, chat: ChatRequest) -> Answer:
         """A non-streamed answer (raises `GatewayFailed`, `Rejected`, `NoUpstream`)."""
