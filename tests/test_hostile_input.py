@@ -468,3 +468,19 @@ def test_a_lone_surrogate_in_a_name_is_a_422_that_says_what_and_where(client: Te
     assert message.startswith(f"{field}: not Unicode text: it holds a lone surrogate ({where})"), message
     assert "unable to parse" not in message and "\ufffd" not in reply.text
     assert client.get("/v1/stats").json()["decisions"] == stored
+
+
+def test_keys_written_alike_are_each_named_as_sent_when_the_errors_come_without_inputs(client: TestClient) -> None:
+    """More errors than a 422 shows are read without their inputs, so a surrogate key is found again by the form
+    pydantic writes it in (three U+FFFD): a key that holds U+FFFD itself is no match, and two surrogate keys written
+    alike are each named once (review of a4267b7: the first named the U+FFFD key, the second one key twice)."""
+    fffd = b'"a\\ufffd\\ufffd\\ufffd": 1, "a\\ud800": "x"'
+    twins = b'"a\\ud800": 1, "a\\udbff": 1'
+    cases = ((fffd, ["context.a\\ud800.[key]"]), (twins, ["context.a\\ud800.[key]", "context.a\\udbff.[key]"]))
+    for keys, named in cases:
+        body = b'{"prompt": "hi", "context": {' + keys + b"}" + _SIX_ERRORS
+        reply = client.post("/v1/route", content=body, headers={"content-type": "application/json"})
+        assert reply.status_code == 422, reply.text
+        message = reply.json()["message"]  # (the U+FFFD key is refused too, by the keys' pattern)
+        for field in named:
+            assert message.count(f"{field}: not Unicode text: it holds a lone surrogate (") == 1, (field, message)

@@ -174,11 +174,13 @@ def error_loc(error: Mapping[str, Any]) -> Sequence[Any]:
     return loc
 
 
-def with_text(error: Mapping[str, Any], body: Any) -> Mapping[str, Any]:
+def with_text(error: Mapping[str, Any], body: Any, taken: set[tuple[int, str]] | None = None) -> Mapping[str, Any]:
     """A `string_unicode` error with its text read from the parsed `body` (`first_errors` leaves out the inputs),
     and one pydantic reports at an object whose key is not Unicode (a model's: `messages[0]`, or the body) located
     at that key, as a mapping's key is (`messages[0].ro\\ud800le.[key]`). Other errors, or a place not found in
-    `body`, are `error` itself."""
+    `body`, are `error` itself. Without inputs, a mapping's key is the first one holding a surrogate that pydantic
+    would write as `loc` and that no earlier error of the same body took (`taken`, shared by those errors): two
+    keys written alike (`a\\ud800`, `a\\udbff`) are told apart, and a key that holds U+FFFD itself is no match."""
     if error.get("type") != "string_unicode":
         return error
     loc = tuple(error.get("loc", ()))
@@ -188,8 +190,15 @@ def with_text(error: Mapping[str, Any], body: Any) -> Mapping[str, Any]:
         return error
     text = error.get("input")
     if is_key:  # node: the mapping; its key whose bytes pydantic wrote at loc[-2]
-        keys = [k for k in node if isinstance(k, str) and _lossy(k) == loc[-2]] if isinstance(node, dict) else []
-        return {**error, "input": keys[0]} if keys and not isinstance(text, str) else error
+        if isinstance(text, str) or not isinstance(node, dict):
+            return error
+        taken = set() if taken is None else taken
+        key = next((k for k in node if isinstance(k, str) and (id(node), k) not in taken
+                    and any(map(_is_surrogate, k)) and _lossy(k) == loc[-2]), None)
+        if key is None:
+            return error
+        taken.add((id(node), key))
+        return {**error, "input": key}
     if isinstance(node, dict):  # an object's key: the input is the key (or, without inputs, its first such key)
         if not isinstance(text, str):
             text = next((k for k in node if isinstance(k, str) and any(map(_is_surrogate, k))), None)
@@ -244,11 +253,12 @@ def first_errors(exc: ValidationError, n: int = SHOWN_ERRORS, body: Any = None) 
     text = exc.json(include_url=False, include_input=False, include_context=False)
     decoder, at = json.JSONDecoder(), 1  # after the list's "["
     out: list[Mapping[str, Any]] = []
+    taken: set[tuple[int, str]] = set()
     while len(out) < n:
         while text[at] in ", \n":
             at += 1
         item, at = decoder.raw_decode(text, at)
-        out.append(with_text(item, body))
+        out.append(with_text(item, body, taken))
     return out
 
 
