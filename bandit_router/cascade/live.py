@@ -17,25 +17,24 @@ path); the mass of escalating past the last model reached is put on the next one
 the answering model. Over all requests, E[1{answer = m}/p(m)] = 1 (IPS over answered models is unbiased) when no
 model after m can fail; a failure before m's answer leaves it so. A chain that escalated past m and whose later
 models all failed returns m's answer, logged with m's accepting and escalating mass together (given the failures it
-saw), while the requests where m accepted saw no failure: where every model after m fails at random with
-probability F (the product of their failure probabilities), E[1{answer = m}/p(m)] = 1 + p_escalate(m)·F, a mean
-over the requests, not a factor on each (`tests/test_cascade.py`). The steps' own propensities have no such gap:
-evaluate escalation on them (`bandit-router evaluate --escalations`, the product of the steps' probabilities). An
-LLM router's parsed choice is logged with probability 1 (asked at temperature 0, its choice is a function of the
-request; see `llm_router.py`),
-and so is the model that answered after it failed. Only when the reply names no candidate does the policy decide; if
-the policy's model answers, its decision (its pmf, its probability) is stored and learned by the bandit as usual,
-with the answer's own cost and latency on its call record (as for the gateway's routed call); if it fails, its
-decision is stored as the gateway stores a failed try (`Gateway.store_call`: a call record of that status, `attempt`
-1, and the failure as its feedback, quality `failure_quality`, source "gateway", learned), and the model that
-answered after it is logged with probability 1, its call record `attempt` 2 with the failed try's id as
-`request_id` (the answer waits for the failed try's writes; if they failed, it is the request's first try,
-`attempt` 1). So every policy decision whose model was called is stored, answered or failed:
-E[Σ 1{stored, A = m}/p(m)] = N for each candidate m over N requests the policy decided (storing only the answered
-ones gave N·(1 − f_m), f_m the model's failure rate, and the bandit never learned those failures); a call cut at the
+saw), while the requests where m accepted saw no failure: where every model after m fails at random with probability
+F (the product of their failure probabilities), E[1{answer = m}/p(m)] = 1 + p_escalate(m)·F, a mean over the
+requests, not a factor on each (`tests/test_cascade.py`). The steps' own propensities have no such gap: evaluate
+escalation on them (`bandit-router evaluate --escalations`, the product of the steps' probabilities). An LLM
+router's parsed choice is logged with probability 1 (asked at temperature 0, its choice is a function of the
+request; see `llm_router.py`), and so is the model that answered after it failed. Only when the reply names no
+candidate does the policy decide; if the policy's model answers, its decision (its pmf, its probability) is stored
+and learned by the bandit as usual, with the answer's own cost and latency on its call record (as for the gateway's
+routed call); if it fails, its decision is stored as the gateway stores a failed try (`Gateway.store_call`: a call
+record of that status, `attempt` 1, and the failure as its feedback, quality `failure_quality`, source "gateway",
+learned), and the model that answered after it is logged with probability 1, its call record `attempt` 2 with the
+failed try's id as `request_id` (the answer waits for the failed try's writes; if they failed, it is the request's
+first try, `attempt` 1). So every policy decision whose model was called is stored, answered or failed: E[Σ
+1{stored, A = m}/p(m)] = N for each candidate m over N requests the policy decided (storing only the answered ones
+gave N·(1 − f_m), f_m the model's failure rate, and the bandit never learned those failures); a call cut at the
 request's deadline is that model's timeout, as a gateway try's. No model is called once the deadline passed (a 504,
-as the gateway starts no try after it), and a decision whose model was never called is not stored. A named
-router's own decisions are `unrouted` for the bandit (`log.feedback.unrouted`); a learned cascade learns them itself.
+as the gateway starts no try after it), and a decision whose model was never called is not stored. A named router's
+own decisions are `unrouted` for the bandit (`log.feedback.unrouted`); a learned cascade learns them itself.
 
 **Budgets.** Every call is paid before the decision is stored, so the budget pacer books a request at once at
 what its chain paid (`Engine.store_decision` → `log.BudgetState.book_chain`): a named router's own decision at the
