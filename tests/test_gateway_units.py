@@ -19,10 +19,9 @@ from bandit_router.config import ConfigError, Settings
 from bandit_router.errors import CatalogError, UnknownModel
 from bandit_router.gateway import BadChatRequest, PromptTooLarge, parse_chat
 from bandit_router.gateway.active import decide_among_active
-from bandit_router.gateway.gateway import Gateway
+from bandit_router.gateway.gateway import CALL_MARGIN_S, Gateway, no_time_left
 from bandit_router.gateway.judge import Judge, late_scores_warning
 from bandit_router.gateway.pricing import Usage, estimate_input, estimated, usage_of
-from bandit_router.gateway.upstreams import CALL_MARGIN_S, no_time_left
 from bandit_router.log import FeedbackRules, Verdict, judge, with_call
 from bandit_router.log.timeseries import Window, timeseries
 from bandit_router.router import Router

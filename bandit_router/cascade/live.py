@@ -82,9 +82,9 @@ from ..config import RouterAlias
 from ..errors import BanditRouterError, UnknownModel
 from ..gateway.active import decide_among_active
 from ..gateway.chat import BadChatRequest
-from ..gateway.gateway import Attempt
+from ..gateway.gateway import Attempt, no_time_left
 from ..gateway.pricing import answer_text, estimated
-from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected, no_time_left
+from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected
 from ..hints import quoted
 from ..ids import new_decision_id
 from ..log.escalations import chain_document

@@ -461,19 +461,6 @@ def _ends(endpoint: Endpoint, deadline: float) -> float:
     return min(deadline, time.monotonic() + endpoint.timeout_s)
 
 
-CALL_MARGIN_S = 0.005
-"""No call is started with less time than this before the request's deadline (`no_time_left`). The event loop's
-timers can end a wait at the deadline a little before `time.monotonic()` reaches it (uvloop's count milliseconds
-from the time it cached when the loop's iteration began; a review measured up to 0.95 ms early), and a call
-started in that sliver could only time out at once, stored and learned as its model's failure."""
-
-
-def no_time_left(deadline: float) -> bool:
-    """Whether the request's `deadline` (`time.monotonic()`) leaves no time to start another call:
-    now ≥ deadline − `CALL_MARGIN_S`."""
-    return time.monotonic() >= deadline - CALL_MARGIN_S
-
-
 def _loop_time(instant: float) -> float:
     """A `time.monotonic()` instant on the running loop's clock (for `asyncio.timeout_at`)."""
     return asyncio.get_running_loop().time() + (instant - time.monotonic())
