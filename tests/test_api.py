@@ -267,6 +267,30 @@ def test_default_reward_is_learned_for_silent_decisions(make_client: Callable[..
     assert late.json()["status"] == "late"
 
 
+def test_decisions_made_while_reward_windows_were_off_get_no_default_reward(
+        make_client: Callable[..., TestClient]) -> None:
+    """Windows on, a restart without them, then on again: the decisions of the period without windows were promised
+    none, so the start that turns them on again closes only the windows of decisions made from then on (each silent
+    decision of the whole period was learned as `default_reward` at once)."""
+    first = make_client(reward_window_s=0.3, default_reward=0.25)
+    _route(first)
+    _wait(lambda: first.get("/v1/stats").json()["feedback_by_status"].get("default") == 1)
+    first.__exit__(None, None, None)
+    without = make_client()
+    unwindowed = [_route(without, prompt=f"no window {i}")["decision_id"] for i in range(4)]
+    without.__exit__(None, None, None)
+    time.sleep(0.6)  # their windows, had they had one, are closed
+    again = make_client(reward_window_s=0.3, default_reward=0.25)
+    after = _route(again, prompt="with a window again")
+    _wait(lambda: again.get("/v1/stats").json()["feedback_by_status"].get("default", 0) >= 2)
+    time.sleep(0.6)  # sweeps after it close nothing more
+    with _db(again) as conn:
+        rows = conn.execute("SELECT decision_id FROM feedback WHERE status = 'default' ORDER BY seq").fetchall()
+    defaults = [r[0] for r in rows]
+    assert defaults[1:] == [after["decision_id"]] and not set(defaults) & set(unwindowed)
+    assert again.get("/v1/stats").json()["policy_version"] == 2
+
+
 def test_stats_count_the_feedback_callers_sent_as_the_dashboard_does(make_client: Callable[..., TestClient]) -> None:
     """A closed window's default reward is learned, but it is no feedback: `/v1/stats`' learned counts, feedback
     rate, means and spend are those of the dashboard (`/v1/stats/timeseries`), not 100% with invented qualities."""

@@ -78,6 +78,10 @@ NO_DEFAULT_REWARD = frozenset({CallStatus.REJECTED, CallStatus.CANCELLED})
 """Gateway calls whose decision never learns `default_reward` (neither the model's answer nor its failure)."""
 SWEPT = "swept_decisions"
 """Meta key: the storage position up to which reward windows were closed."""
+WINDOWS_OFF = "reward_windows_off"
+"""Meta key: "1" once a start without sweeps (no `reward_window_s`, or neither `default_reward` nor averaging) found
+`SWEPT`: the decisions made since were promised no closing window, so the next start with sweeps closes windows of
+decisions made from then on (and sets it to "0")."""
 UNWRITTEN_RETRY_S = 1.0
 """While named routers' counts wait to be written (`Writer.keep_counts`), a transaction of them alone is tried at
 most this often, between batches."""
@@ -692,11 +696,23 @@ class Writer:
             self.busy_since = time.monotonic()
 
     def init_sweeps(self) -> None:
-        """The first start with a reward window closes windows of decisions made from now on."""
-        if self._sweeps:
-            with self.store.write() as tx:
-                if tx.get_meta(SWEPT) is None:
-                    tx.set_meta(SWEPT, str(tx.last_decision_position()))
+        """The first start with closing reward windows closes windows of decisions made from now on, and so does the
+        first start with them after a start without them (`WINDOWS_OFF`): the decisions made meanwhile got no window,
+        and learning each silent one the default reward at once would invent feedback for a whole period."""
+        with self.store.read() as reader:  # most starts change nothing: no write transaction for them
+            if (reader.get_meta(SWEPT) is not None and reader.get_meta(WINDOWS_OFF) != "1") == self._sweeps:
+                return
+        with self.store.write() as tx:
+            mark, off = tx.get_meta(SWEPT), tx.get_meta(WINDOWS_OFF) == "1"
+            if not self._sweeps:
+                if mark is not None and not off:
+                    tx.set_meta(WINDOWS_OFF, "1")
+            elif mark is None or off:
+                tx.set_meta(SWEPT, str(tx.last_decision_position()))
+                if off:
+                    tx.set_meta(WINDOWS_OFF, "0")
+                    log.info("reward windows are closed again from decision position %s on: the decisions made while "
+                             "they were off get no default reward", tx.last_decision_position())
 
     def _sweep(self, batch: Batch) -> None:
         """Close reward windows: learn the default reward, or the average of the feedback, once per decision."""
