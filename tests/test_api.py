@@ -291,6 +291,29 @@ def test_decisions_made_while_reward_windows_were_off_get_no_default_reward(
     assert again.get("/v1/stats").json()["policy_version"] == 2
 
 
+@pytest.mark.parametrize("second", [{}, {"reward_window_s": 0.3}], ids=["no windows", "reject"])
+def test_pending_feedback_is_learned_after_a_restart_that_no_longer_averages(
+        make_client: Callable[..., TestClient], second: dict[str, Any]) -> None:
+    """Feedback acknowledged `pending` under `aggregation = "average"` is learned when its window closes. A restart
+    without averaging (and without `default_reward`) closed no window any more: the feedback was never learned, and
+    its decision refused every other feedback (409). That start first closes the windows the previous run left open:
+    at their end with `reward_window_s` still set, at once without it."""
+    first = make_client(aggregation="average", reward_window_s=30.0)
+    decision = _route(first)
+    for quality in (0.2, 0.6):
+        reply = first.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": quality})
+        assert reply.json()["status"] == "pending"
+    first.__exit__(None, None, None)
+    again = make_client(**second)
+    _wait(lambda: again.get("/v1/stats").json()["policy_version"] == 1)
+    with _db(again) as conn:
+        rows = conn.execute("SELECT status, quality, learn FROM feedback ORDER BY seq").fetchall()
+    assert rows[2][0] == "aggregate" and rows[2][1] == pytest.approx(0.4) and rows[2][2] == 1
+    _route(again)  # the windows of the decisions it makes are not closed: no default, nothing more learned
+    time.sleep(0.8)
+    assert again.get("/v1/stats").json()["policy_version"] == 1 and _count(again, "SELECT COUNT(*) FROM feedback") == 3
+
+
 def test_stats_count_the_feedback_callers_sent_as_the_dashboard_does(make_client: Callable[..., TestClient]) -> None:
     """A closed window's default reward is learned, but it is no feedback: `/v1/stats`' learned counts, feedback
     rate, means and spend are those of the dashboard (`/v1/stats/timeseries`), not 100% with invented qualities."""

@@ -397,6 +397,9 @@ class Writer:
         self._pending: dict[asyncio.AbstractEventLoop, list[Op]] = {}
         self._thread: threading.Thread | None = None
         self._next_sweep = 0.0
+        self._closing_up_to: int | None = None
+        """While a start without closing windows closes those the previous run left open (`init_sweeps`): the last
+        decision position at the start."""
         self._last_follow = 0.0
         self._say = RateLimitedLog(log)
         """Recurring failures (a write, following the log) are logged at most once a minute each."""
@@ -698,7 +701,11 @@ class Writer:
     def init_sweeps(self) -> None:
         """The first start with closing reward windows closes windows of decisions made from now on, and so does the
         first start with them after a start without them (`WINDOWS_OFF`): the decisions made meanwhile got no window,
-        and learning each silent one the default reward at once would invent feedback for a whole period."""
+        and learning each silent one the default reward at once would invent feedback for a whole period. A start
+        without them after a run with them first closes the windows that run left open, up to the decisions it had
+        made: pending feedback (`aggregation = "average"`) was acknowledged to be learned then, and would otherwise
+        never be (its decision refusing any other feedback); with `reward_window_s` still set they close at its end,
+        without it at once. Then it notes `WINDOWS_OFF`."""
         with self.store.read() as reader:  # most starts change nothing: no write transaction for them
             if (reader.get_meta(SWEPT) is not None and reader.get_meta(WINDOWS_OFF) != "1") == self._sweeps:
                 return
@@ -706,7 +713,8 @@ class Writer:
             mark, off = tx.get_meta(SWEPT), tx.get_meta(WINDOWS_OFF) == "1"
             if not self._sweeps:
                 if mark is not None and not off:
-                    tx.set_meta(WINDOWS_OFF, "1")
+                    self._closing_up_to = tx.last_decision_position()
+                    self._sweeps = True
             elif mark is None or off:
                 tx.set_meta(SWEPT, str(tx.last_decision_position()))
                 if off:
@@ -717,11 +725,11 @@ class Writer:
     def _sweep(self, batch: Batch) -> None:
         """Close reward windows: learn the default reward, or the average of the feedback, once per decision."""
         window = self.rules.reward_window_s
-        assert window is not None
+        assert window is not None or self._closing_up_to is not None
         tx = batch.tx
         batch.flush()  # the walk below must see this batch's feedback
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
-        until = time.time() - window - SWEEP_GRACE_S
+        until = time.time() - (window or 0.0) - SWEEP_GRACE_S
         mark = tx.get_meta(SWEPT)
         after = int(mark) if mark is not None else tx.last_decision_position()
         infos, position = tx.decisions_closing(after, until, SWEEP_LIMIT)
@@ -755,6 +763,9 @@ class Writer:
             )
             batch.log_feedback(record, stored.decision)
         tx.set_meta(SWEPT, str(position))
+        if self._closing_up_to is not None and position >= self._closing_up_to:  # the previous run's windows closed
+            tx.set_meta(WINDOWS_OFF, "1")
+            self._closing_up_to, self._sweeps = None, False
 
     # -- acknowledging ----------------------------------------------------------------------------------------
     def _resolve(self, ops: Sequence[Op]) -> None:
