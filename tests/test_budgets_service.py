@@ -286,6 +286,27 @@ def test_an_edited_budgets_table_that_the_stored_targets_win_over_is_said_once_p
     assert put_only.get("/v1/budgets").json()["targets"] == ["avg_cost_usd=0.01"] and warned() == []
 
 
+def test_stored_budgets_naming_a_model_removed_from_the_catalog_file_are_warned_about(
+        make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture) -> None:
+    """A PUT's fallback_model and share name a model that the catalog file then drops: the start checks only the
+    file's [budgets] (the stored ones replace it), so nothing said that the fallback is gone (the guard rails take
+    the cheapest model) and the share never binds. The start warns about each, and routes as documented."""
+    specs = (ModelSpec(name="a", input_usd_per_mtok=1.0, output_usd_per_mtok=2.0),
+             ModelSpec(name="b", input_usd_per_mtok=3.0, output_usd_per_mtok=6.0),
+             ModelSpec(name="c", input_usd_per_mtok=0.05, output_usd_per_mtok=0.1))
+    first = make_client(models=specs)
+    body = {"spend_usd": "0.00001/1d", "fallback_model": "c", "guard_max_usd_per_mtok": 0.01, "share": {"c": 0.5}}
+    assert first.put("/v1/budgets", json=body).status_code == 200
+    first.__exit__(None, None, None)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        second = make_client(models=specs[:2])
+    said = [m for m in _budget_warnings(caplog) if m.startswith("stored budgets")]
+    assert len(said) == 2 and "fallback_model 'c'" in said[0] and "share:c=0.5" in said[1], said
+    assert second.get("/v1/budgets").json()["targets"] == ["spend_usd=1e-05/1d", "share:c=0.5"]
+    assert _route(second)["model"] in ("a", "b")
+
+
 def test_tenant_5_and_5_0_are_one_tenant(make_client: Callable[..., TestClient]) -> None:
     """A tenant was `str(value)`: tenant 5 and tenant 5.0 (one JSON number: a Python client sends 5.0) were "5" and
     "5.0", stored apart and paced apart (5.0 escaped tenant "5"'s budget). Both are tenant "5" now, as the string

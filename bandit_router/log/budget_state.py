@@ -40,12 +40,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..budgets import BudgetConfig, BudgetPacer
 from ..budgets.config import quietly
 from ..budgets.pacer import STATE_FORMAT
+from ..catalog import ModelSpec
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput
 from ..router import Router
@@ -427,6 +428,23 @@ class BudgetState:
         self._note_file(configured, file_before, stored=source == "stored")
         router.pacer = self.pacer
         return source
+
+    def say_models_gone(self, active: Sequence[ModelSpec]) -> None:
+        """After a start that paces stored targets (`recover` returned `stored`), warn about those naming models no
+        decision can choose any more among `active` (removed from the catalog file or retired since the PUT): the
+        start checks the file's `[budgets]` against the live catalog, not the stored ones that replace it, and these
+        bind nothing as they were meant to."""
+        config, routable = self.pacer.config, [m for m in active if m.route]
+        fallback = config.fallback_model
+        if fallback is not None and fallback not in {m.name for m in routable}:
+            log.warning("stored budgets: fallback_model %r is not an active model (removed from the catalog or "
+                        "retired since it was set): while a budget is exhausted the guard rails take the request's "
+                        "cheapest model instead; PUT /v1/budgets to name another", fallback)
+        unmatched = config.shares_matching_nothing(routable)
+        if unmatched:
+            log.warning("stored budgets: %s: no active model is picked by that selector (removed from the catalog "
+                        "or retired since it was set), so it never binds; PUT /v1/budgets to change it",
+                        ", ".join(unmatched))
 
     def _note_file(self, configured: BudgetConfig, before: str | None, *, stored: bool) -> None:
         """Warn when the configuration's `[budgets]` changed since the last start (or was never noted: a database of
