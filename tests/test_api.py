@@ -291,6 +291,25 @@ def test_decisions_made_while_reward_windows_were_off_get_no_default_reward(
     assert again.get("/v1/stats").json()["policy_version"] == 2
 
 
+def test_a_run_without_default_rewards_stopped_before_closing_the_previous_windows_still_counts_as_off(
+        make_client: Callable[..., TestClient]) -> None:
+    """On, then a short run without `default_reward` (its window of 30 s: the previous run's windows still open when
+    it stopped), then on again: the decision of the first run learns its default reward, the decisions of the run
+    without it do not (they got them: the position of windows closed had not reached where they went off)."""
+    first = make_client(reward_window_s=30.0, default_reward=0.25)
+    promised = _route(first, prompt="made with a default reward")["decision_id"]
+    first.__exit__(None, None, None)
+    without = make_client(reward_window_s=30.0)
+    unpromised = [_route(without, prompt=f"made without {i}")["decision_id"] for i in range(3)]
+    without.__exit__(None, None, None)
+    again = make_client(reward_window_s=0.3, default_reward=0.25)
+    _wait(lambda: again.get("/v1/stats").json()["feedback_by_status"].get("default", 0) >= 1)
+    time.sleep(0.8)
+    with _db(again) as conn:
+        rows = conn.execute("SELECT decision_id FROM feedback WHERE status = 'default' ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == [promised], (len(rows), set(r[0] for r in rows) & set(unpromised))
+
+
 @pytest.mark.parametrize("second", [{}, {"reward_window_s": 0.3}], ids=["no windows", "reject"])
 def test_pending_feedback_is_learned_after_a_restart_that_no_longer_averages(
         make_client: Callable[..., TestClient], second: dict[str, Any]) -> None:
