@@ -456,8 +456,8 @@ class BudgetState:
             return
         paced = self.pacer.config
         if stored and paced.to_mapping() != configured.to_mapping() and (before is not None or configured.describe()):
-            log.warning("the configuration's [budgets] changed and is not what is paced: the stored budgets (a PUT "
-                        "/v1/budgets', or an earlier start's configuration) win over the file at every start; file: "
+            log.warning("the configuration's [budgets] changed and is not what is paced: the stored budgets (set by a "
+                        "PUT /v1/budgets or an earlier start's configuration) win over the file at every start; file: "
                         "%s; paced: %s. To pace the file's, PUT them (GET /v1/budgets shows what is paced)",
                         ", ".join(configured.describe()) or "no targets", ", ".join(paced.describe()) or "no targets")
         try:
