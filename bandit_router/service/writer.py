@@ -733,6 +733,7 @@ class Writer:
                     tx.set_meta(WINDOWS_OFF, "")
                     log.info("reward windows close again: the decisions made while they were off (positions %s to "
                              "%s) get no default reward", int(off) + 1, last)
+                self._unwindowed = _ranges(tx.get_meta(UNWINDOWED))  # as stored: another worker's start too
 
     def _sweep(self, batch: Batch) -> None:
         """Close reward windows: learn the default reward, or the average of the feedback, once per decision."""
