@@ -345,6 +345,20 @@ def test_an_upstream_failure_mid_chain_falls_back_without_a_500(
     assert loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]["failed_requests"] == 1
 
 
+def refused_as_the_upstream_said(url: str, alias: str, model: str) -> None:
+    """A request to `alias` for a code prompt is refused with the 400 `model` gave (the fake's context window
+    error), its own error body: the openai client's `BadRequestError` with the upstream's `code` and `param`, as
+    the bandit's alias passes it through, so that a client that trims its history on `context_length_exceeded`
+    does so behind a named router too."""
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=alias, messages=[{"role": "user", "content": CODE}])
+    assert refused.value.code == "context_length_exceeded" and refused.value.param == "messages"
+    assert refused.value.body == {"message": f"This model's maximum context length is exceeded ({model})",
+                                  "type": "invalid_request_error", "param": "messages",
+                                  "code": "context_length_exceeded"}
+
+
 def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_before_any_answer_is_the_clients(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
@@ -358,9 +372,7 @@ def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_bef
     assert counts["requests"] == 1 and counts["failed_calls"] == 1 and counts["spend_usd"] > 0
     fake.set("strong")
     fake.set("cheap", "reject")  # the first model refuses: nothing answered, the client's 400 goes back to it
-    reply = loopback.post(url + "/v1/chat/completions",
-                          json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
-    assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
+    refused_as_the_upstream_said(url, "cascade", "cheap")
     counts = loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]
     assert counts["requests"] == 2 and counts["failed_requests"] == 1 and counts["failed_calls"] == 2  # counted
 
@@ -373,9 +385,7 @@ def test_a_refusal_after_a_failed_call_is_the_clients_and_both_calls_are_counted
     url = gateway()
     fake.set("cheap", "fail")
     fake.set("strong", "reject")
-    reply = loopback.post(url + "/v1/chat/completions",
-                          json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
-    assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
+    refused_as_the_upstream_said(url, "cascade", "strong")
     counts = loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]
     assert counts["requests"] == 1 and counts["failed_requests"] == 1
     assert counts["answer_calls"] == 2 and counts["failed_calls"] == 2
@@ -388,9 +398,7 @@ def test_a_refusal_of_the_llm_routers_named_model_is_the_clients_and_the_routing
     400, and the request counts as failed with the routing call it paid for."""
     url = gateway()
     fake.set("strong", "reject")
-    reply = loopback.post(url + "/v1/chat/completions",
-                          json={"model": "auto", "messages": [{"role": "user", "content": CODE}]})
-    assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
+    refused_as_the_upstream_said(url, "auto", "strong")
     counts = loopback.get(url + "/v1/stats").json()["named_routers"]["auto"]
     assert counts["requests"] == 1 and counts["failed_requests"] == 1 and counts["router_calls"] == 1
     assert counts["answer_calls"] == 1 and counts["failed_calls"] == 1 and counts["spend_usd"] > 0

@@ -15,7 +15,7 @@ error shape, `{"error": {"message", "type", "param", "code"}}`:
 | body or messages too large                                 | 413    | invalid_request_error                |
 | not sent as JSON                                           | 415    | invalid_request_error                |
 | a Host a loopback-bound service does not serve             | 421    | invalid_request_error                |
-| the upstream refused the request (4xx)                     | same   | the upstream's own error body        |
+| the upstream refused the request (4xx), any alias         | same   | the upstream's own error body        |
 | no model answered (failures, or out of tries)              | 502    | upstream_error / the last failure    |
 | every model tried answered 429 (its soonest `Retry-After`) | 429    | requests / rate_limit_exceeded       |
 | the deadline passed, or the last try timed out             | 504    | upstream_error / timeout             |
@@ -94,19 +94,9 @@ def _error(exc: BaseException) -> Response:
         status = 504 if exc.timed_out else 502
         return openai_error(status, str(exc), code=str(exc.failures[-1].status) if exc.failures else None)
     if isinstance(exc, UpstreamRejected):  # a named router's upstream refused the request (4xx): passed through
-        return openai_error(exc.http_status or 400, str(exc), code="upstream_rejected")
+        return _passed_through(exc, exc.headers)
     if isinstance(exc, Rejected):
-        error = exc.error
-        assert error.http_status is not None
-        headers = {**error.headers, "x-decision-id": exc.decision.decision_id}
-        try:
-            upstream = json.loads(error.body)
-        except (ValueError, RecursionError):
-            upstream = None
-        if isinstance(upstream, dict) and isinstance(upstream.get("error"), dict):
-            return Response(json.dumps(upstream).encode(), status_code=error.http_status,
-                            media_type="application/json", headers=headers)
-        return openai_error(error.http_status, str(error), code="upstream_rejected", headers=headers)
+        return _passed_through(exc.error, {**exc.error.headers, "x-decision-id": exc.decision.decision_id})
     if isinstance(exc, ModelNotFound):
         return openai_error(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, NoUpstream):
@@ -129,6 +119,22 @@ def _error(exc: BaseException) -> Response:
         return openai_error(500, "internal error", code="internal")
     headers = {"www-authenticate": "Bearer"} if status == 401 else {"retry-after": "1"} if status == 503 else {}
     return openai_error(status, str(exc), code=code, headers=headers)
+
+
+def _passed_through(error: UpstreamRejected, headers: Mapping[str, str]) -> Response:
+    """An upstream's 4xx for the caller, whichever alias called it (the bandit's, a named router's, a model the
+    caller named): its status, and its own error body when that is in OpenAI's shape, so that the client reads
+    the upstream's `code` and `param` (`context_length_exceeded`, `messages`); else OpenAI's shape naming the
+    model and the status (`upstream_rejected`)."""
+    status = error.http_status or 400
+    try:
+        upstream = json.loads(error.body)
+    except (ValueError, RecursionError):
+        upstream = None
+    if isinstance(upstream, dict) and isinstance(upstream.get("error"), dict):
+        return Response(json.dumps(upstream).encode(), status_code=status, media_type="application/json",
+                        headers=headers)
+    return openai_error(status, str(error), code="upstream_rejected", headers=headers)
 
 
 def _headers(decision_id: str, model: str, attempts: int) -> dict[str, str]:
