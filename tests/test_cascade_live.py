@@ -533,6 +533,7 @@ def test_openai_clients_see_the_named_routers_as_models(gateway: Callable[..., s
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
     ids = [m.id for m in client.models.list()]
     assert ids[:5] == ["router", "cascade", "confident", "learned", "auto"] and "cheap" in ids
+    assert client.models.retrieve("cascade").id == "cascade"  # `GET /v1/models/{name}`, as listed
 
 
 # -- x-bandit-router-attempts ---------------------------------------------------------------------------------------

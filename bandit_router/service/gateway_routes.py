@@ -38,9 +38,9 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
@@ -61,10 +61,10 @@ from ..gateway.chat import KNOB_RULES, knob_headers
 from ..gateway.gateway import SERVER_STOPPED
 from ..gateway.upstreams import UpstreamRejected, rate_limited
 from ..jsonkeys import DuplicateKey, once_each
-from .errors import status_of
+from .errors import ERROR_RESPONSES, status_of
 from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
 from .paths import CheckedRoute
-from .routes import SECURITY, _require_json, _services
+from .routes import SECURITY, _require_json, _services, openai_models
 
 log = logging.getLogger("bandit_router.service")
 router = APIRouter(route_class=CheckedRoute)  # path parameters: no control characters
@@ -256,6 +256,32 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         (429, "every model tried is rate limited (Retry-After: the soonest they gave)"),
         (502, "no model answered"), (503, "not ready, or no model has an upstream"), (504, "out of time"))},
 }
+
+
+NO_CONTROL_CHARACTER = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+"""A path parameter's schema: what `paths.CheckedRoute` lets through (no C0, DEL or C1 character)."""
+MODEL_OBJECT = {"type": "object", "required": ["id", "object", "created", "owned_by"], "properties": {
+    "id": {"type": "string"}, "object": {"type": "string", "const": "model"}, "created": {"type": "integer"},
+    "owned_by": {"type": "string"}}}
+
+
+@router.get(
+    "/v1/models/{name:fullpath}", tags=["gateway"], openapi_extra={"security": SECURITY}, responses={
+        200: {"description": "the model, as OpenAI's model object (one of `GET /v1/models`' `data`)",
+              "content": {"application/json": {"schema": MODEL_OBJECT}}},
+        404: {"description": "not a model a request may name", "content": ERROR_CONTENT_OPENAI},
+        **{s: ERROR_RESPONSES[s] for s in (401, 422)}},
+)
+async def retrieve_model(request: Request, name: Annotated[str, Path(pattern=NO_CONTROL_CHARACTER)]) -> Response:
+    """OpenAI's "retrieve model" (`client.models.retrieve(name)`): one of the model objects `GET /v1/models` lists
+    in `data` (the router alias, a named router, an active model a request may name); any other name, a
+    `route = false` or retired model's too, is OpenAI's 404 `model_not_found`."""
+    services = _services(request)
+    for model in openai_models(services.engine):
+        if model["id"] == name:
+            return Response(json.dumps(model).encode(), media_type="application/json")
+    return openai_error(404, f"model: {name[:200]!r} is not a model requests may name here (GET /v1/models lists "
+                        "them)", param="model", code="model_not_found")
 
 
 @router.post(
