@@ -201,6 +201,32 @@ def test_a_streamed_answer_carries_every_choice_tool_call_and_log_prob_of_the_ac
     assert final.choices[1].message.tool_calls[0].function.arguments == call["function"]["arguments"]
     assert final.choices[0].message.content == "Hi"
 
+def test_a_streamed_answer_carries_the_completions_own_fields_on_every_chunk(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """A named router's stream is the accepted completion's: each chunk has its `id`, `created`,
+    `system_fingerprint` and `service_tier` (and a provider's own field), as the upstream's own stream would, and
+    the openai client reads them as it reads the unstreamed completion's. They were left out but for `id` and
+    `created`."""
+    url = gateway()
+    answer = json.loads(completion("Hi"))
+    answer.update(created=1700000000, system_fingerprint="fp_0123", service_tier="default", provider="fake")
+    fake.script["cheap"] = replying(json.dumps(answer).encode())
+    fake.script[JUDGE] = replying(completion("9"))
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    messages = [{"role": "user", "content": PROSE}]
+    whole = client.chat.completions.create(model="cascade", messages=messages)
+    assert (whole.system_fingerprint, whole.service_tier) == ("fp_0123", "default")
+    chunks = list(client.chat.completions.create(model="cascade", messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert len(chunks) == 3 and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 15
+    for chunk in chunks:
+        assert (chunk.id, chunk.created, chunk.model) == ("chatcmpl-scripted", 1700000000, "cheap")
+        assert (chunk.object, chunk.system_fingerprint, chunk.service_tier) == \
+            ("chat.completion.chunk", "fp_0123", "default")
+        assert (chunk.model_extra or {}).get("provider") == "fake"
+
+
 def test_a_tool_call_is_an_answer_the_judge_reads_and_its_tokens_are_counted(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
