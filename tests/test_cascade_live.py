@@ -385,6 +385,42 @@ def refused_as_the_upstream_said(url: str, alias: str, model: str) -> None:
                                   "code": "context_length_exceeded"}
 
 
+VLLM_FLAT = {"object": "error", "message": "This model's maximum context length is 2048 tokens.",
+             "type": "BadRequestError", "param": None, "code": 400}
+"""vLLM's error body before 0.10.2: flat, its `code` the HTTP status."""
+
+
+@pytest.mark.parametrize("alias", ["router", "cascade"])
+@pytest.mark.parametrize(("body", "message", "param", "code"), [
+    (VLLM_FLAT, "This model's maximum context length is 2048 tokens.", None, "upstream_rejected"),
+    ({**VLLM_FLAT, "param": "messages", "code": "context_length_exceeded"},
+     "This model's maximum context length is 2048 tokens.", "messages", "context_length_exceeded"),
+    ({"error": "model 'llama3' not found, try pulling it first"}, "model 'llama3' not found, try pulling it first",
+     None, "upstream_rejected"),
+    ({"detail": "Input validation error"}, "Input validation error", None, "upstream_rejected"),
+    ({"unexpected": 1}, "the upstream refused the request (400)", None, "upstream_rejected"),
+    ("not json", "the upstream refused the request (400)", None, "upstream_rejected"),
+])
+def test_an_upstream_4xx_outside_openais_shape_keeps_the_upstreams_words(
+    gateway: Callable[..., str], fake: ScriptedFake, alias: str, body: Any, message: str, param: str | None,
+    code: str
+) -> None:
+    """An upstream that refuses a request (400) with an error body in another shape than OpenAI's (vLLM's flat
+    one, a bare text under `error` or `detail`) gives the client its words, in OpenAI's shape: the openai client's
+    `BadRequestError` says what the upstream said, with its `param` and `code` when they are text. The message was
+    only `cheap: the upstream refused the request (400)`; a body without words still says that."""
+    url = gateway()
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    fake.script["cheap"] = fake.script["strong"] = replying(raw, 400)
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=alias, messages=[{"role": "user", "content": PROSE}])
+    said = refused.value.body
+    assert isinstance(said, dict) and said["type"] == "invalid_request_error", said
+    assert said["message"] in (f"cheap: {message}", f"strong: {message}"), said
+    assert (said["param"], said["code"]) == (param, code)
+
+
 def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_before_any_answer_is_the_clients(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:

@@ -125,7 +125,8 @@ def _passed_through(error: UpstreamRejected, headers: Mapping[str, str]) -> Resp
     """An upstream's 4xx for the caller, whichever alias called it (the bandit's, a named router's, a model the
     caller named): its status, and its own error body when that is in OpenAI's shape, so that the client reads
     the upstream's `code` and `param` (`context_length_exceeded`, `messages`); else OpenAI's shape naming the
-    model and the status (`upstream_rejected`)."""
+    model and the status (`upstream_rejected`), with the upstream's own words when its body has some in a shape
+    other servers use (`_upstream_words`)."""
     status = error.http_status or 400
     try:
         upstream = json.loads(error.body)
@@ -134,7 +135,26 @@ def _passed_through(error: UpstreamRejected, headers: Mapping[str, str]) -> Resp
     if isinstance(upstream, dict) and isinstance(upstream.get("error"), dict):
         return Response(json.dumps(upstream).encode(), status_code=status, media_type="application/json",
                         headers=headers)
-    return openai_error(status, str(error), code="upstream_rejected", headers=headers)
+    words = _upstream_words(upstream)
+    if words is None:
+        return openai_error(status, str(error), code="upstream_rejected", headers=headers)
+    message, param, code = words
+    return openai_error(status, f"{error.model}: {message}", param=param, code=code or "upstream_rejected",
+                        headers=headers)
+
+
+def _upstream_words(body: Any) -> tuple[str, str | None, str | None] | None:
+    """(message, param, code) of an upstream's error body in a shape other than OpenAI's: flat, as vLLM answered
+    before its 0.10.2 (`{"object": "error", "message", "type", "param", "code": 400}`), or a bare text
+    (`{"error": "…"}`, as Ollama's native API and KServe answer; `{"detail": "…"}`, FastAPI's); None when it has no
+    text. A `param` or `code` that is not text is left out (vLLM's `code` is the HTTP status)."""
+    if not isinstance(body, dict):
+        return None
+    texts = {k: v for k, v in body.items() if isinstance(v, str) and v}
+    if "message" in texts:
+        return texts["message"][:1000], texts.get("param"), texts.get("code")
+    bare = texts.get("error") or texts.get("detail")
+    return None if bare is None else (bare[:1000], None, None)
 
 
 def _headers(decision_id: str, model: str, attempts: int) -> dict[str, str]:
