@@ -387,7 +387,7 @@ def refused_as_the_upstream_said(url: str, alias: str, model: str) -> None:
 
 VLLM_FLAT = {"object": "error", "message": "This model's maximum context length is 2048 tokens.",
              "type": "BadRequestError", "param": None, "code": 400}
-"""vLLM's error body before 0.10.2: flat, its `code` the HTTP status."""
+"""vLLM's error body until mid-2025 (vllm-project/vllm#22099): flat, its `code` the HTTP status."""
 
 
 @pytest.mark.parametrize("alias", ["router", "cascade"])

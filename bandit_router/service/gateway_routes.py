@@ -145,9 +145,9 @@ def _passed_through(error: UpstreamRejected, headers: Mapping[str, str]) -> Resp
 
 def _upstream_words(body: Any) -> tuple[str, str | None, str | None] | None:
     """(message, param, code) of an upstream's error body in a shape other than OpenAI's: flat, as vLLM answered
-    before its 0.10.2 (`{"object": "error", "message", "type", "param", "code": 400}`), or a bare text
-    (`{"error": "…"}`, as Ollama's native API and KServe answer; `{"detail": "…"}`, FastAPI's); None when it has no
-    text. A `param` or `code` that is not text is left out (vLLM's `code` is the HTTP status)."""
+    until mid-2025 (vllm-project/vllm#22099; `{"object": "error", "message", "type", "param", "code": 400}`), or
+    a bare text (`{"error": "…"}`, as Ollama's native API and KServe answer; `{"detail": "…"}`, FastAPI's); None
+    when it has no text. A `param` or `code` that is not text is left out (vLLM's `code` is the HTTP status)."""
     if not isinstance(body, dict):
         return None
     texts = {k: v for k, v in body.items() if isinstance(v, str) and v}
