@@ -630,12 +630,18 @@ def _body(answer: ModelAnswer, extension: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+_NOT_IN_EVERY_CHUNK = frozenset({"object", "model", "choices", "usage", "bandit_router"})
+"""A completion's top-level fields that `sse_events` does not copy into each chunk: set per chunk, or sent in one."""
+
+
 def sse_events(body: Mapping[str, Any], include_usage: bool) -> bytes:
     """A buffered completion as OpenAI's stream, every choice of it (a cascade streams only the completion it
     accepted): per choice, one chunk whose delta is its whole message (`tool_calls` numbered by `index`, as streamed
     tool calls are) with its `logprobs`; then the chunk with every choice's `finish_reason` and the `bandit_router`
-    field; the usage chunk when the caller asked for it; `[DONE]`."""
-    base = {k: body[k] for k in ("id", "created") if k in body}
+    field; the usage chunk when the caller asked for it; `[DONE]`. Every chunk carries the completion's own
+    top-level fields (`id`, `created`, `system_fingerprint`, `service_tier`, a provider's own), as an upstream's
+    stream of it would."""
+    base = {k: v for k, v in body.items() if k not in _NOT_IN_EVERY_CHUNK}
     base.update(object="chat.completion.chunk", model=body.get("model"))
     listed = body.get("choices")
     choices = [c for c in listed if isinstance(c, Mapping)] if isinstance(listed, list) else []
