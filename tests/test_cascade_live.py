@@ -858,6 +858,42 @@ def test_an_llm_router_calls_no_model_once_the_deadline_passed_and_stores_or_lea
     assert rows == [("random", "timeout", 1, 0.0, "gateway")]
 
 
+def test_a_cascade_calls_no_model_once_the_deadline_passed_and_counts_only_the_calls_it_made(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """A fixed cascade went on "calling" its models after the request's deadline: each failed at once as a
+    timeout without any HTTP call and was counted in `failed_calls` and listed in the chain as a call. As the
+    gateway and the LLM router, it now starts no call with no time left: `cheap` hanging until the deadline (1 s) is
+    a 504 naming the deadline, `strong` neither called nor counted (failed calls 1, it was 2); a judge hanging until
+    the deadline leaves `cheap`'s answer, returned with the chain marked `out_of_time`, its step (escalate, no
+    score) kept, and `strong` not listed (it was, as a failed call)."""
+    url = gateway(deadline_s=1.0)
+    fake.set("cheap", "hang")
+    strong_before = fake.calls["strong"]
+    reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                          json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
+    assert reply.status_code == 504, reply.text
+    assert "deadline passed before the next model could be called" in reply.json()["error"]["message"]
+    counts = loopback.get(url + "/v1/stats", timeout=10).json()["named_routers"]["cascade"]
+    assert (counts["requests"], counts["failed_requests"], counts["answer_calls"], counts["failed_calls"]) == (
+        1, 1, 1, 1), counts  # cheap's timeout alone
+
+    fake.set("cheap")
+    fake.set(JUDGE, "hang")
+    completion, chain, decision_id = ask(url, "cascade", CODE)
+    assert completion.model == "cheap"
+    assert [(c["model"], c["role"], "error" in c) for c in chain["calls"]] == [("cheap", "answer", False),
+                                                                             (JUDGE, "judge", True)], chain
+    assert chain["out_of_time"] is True and [s["action"] for s in chain["steps"]] == ["escalate"]
+    decision = stored(url, decision_id)
+    assert decision["probabilities"] == {"cheap": 1.0, "strong": 0.0} and decision["chain"]["out_of_time"] is True
+    counts = loopback.get(url + "/v1/stats", timeout=10).json()["named_routers"]["cascade"]
+    assert (counts["requests"], counts["failed_requests"], counts["answer_calls"], counts["judge_calls"]) == (
+        2, 1, 2, 1), counts
+    assert counts["failed_calls"] == 2, counts  # cheap's timeout before, the judge's now
+    assert fake.calls["strong"] == strong_before
+
+
 def _failing_cheap(gateway: Callable[..., str], fake: ScriptedFake) -> str:
     """A gateway whose policy always picks `cheap` (`share:strong = 0`), which fails; `strong` answers after it."""
     url = gateway(budgets=BudgetConfig.from_mapping({"share": {"strong": 0}}))
