@@ -51,6 +51,7 @@ from bandit_router.log.checkpoints import fingerprint
 from bandit_router.log.escalations import CHAIN_VERSION, chain_document, stored_earlier
 from bandit_router.router import Router
 from bandit_router.store.records import ChainFeedback
+from bandit_router.store.router_stats import of_chain
 from bandit_router.types import Decision, Request
 from simulator import EnvSpec, Plan, simulate
 from simulator.agents import Agent, SimulatedJudge, make_agent
@@ -292,20 +293,22 @@ def test_run_cascade_pays_the_judge_and_falls_back_past_a_failing_model() -> Non
         Signal("vibes")
 
 
-@pytest.mark.parametrize("runs_out", ["small", "judge", "failed"])
+@pytest.mark.parametrize("runs_out", ["small", "judge", "judge-failed", "failed"])
 def test_run_cascade_starts_no_call_once_out_of_time_and_returns_the_answer_it_has(runs_out: str) -> None:
     """Time runs out (`out_of_time`) during a call: no call is started after it. During `small`'s answer, the answer
-    is returned unjudged with no step (nothing could follow it); during the judge's call, its step is kept and
-    `small`'s answer returned; after `small` failed, nothing answered. The models not called are not in the chain,
-    which says `out_of_time`."""
+    is returned unjudged with no step (nothing could follow it); during the judge's call (it answers, or fails),
+    `small`'s answer is returned with its confidence and no step either: the rule would escalate (score 2 of 10,
+    threshold 0.7), and that escalation, which could call no model, was kept and counted (`escalations` 1 in the
+    router's counts). After `small` failed, nothing answered. The models not called are not in the chain, which
+    says `out_of_time`."""
     calls: list[str] = []
     left = [True]
 
     async def call(model: str, messages: Sequence[Mapping[str, str]], logprobs: bool) -> ModelAnswer:
         calls.append(model)
-        if model == runs_out or (runs_out == "failed" and model == "small"):
+        if model == runs_out.removesuffix("-failed") or (runs_out == "failed" and model == "small"):
             left[0] = False
-        if runs_out == "failed":
+        if runs_out == "failed" or (runs_out == "judge-failed" and model == "judge"):
             raise CallFailed("no answer before the request's deadline")
         return ModelAnswer(model, "2 - wrong" if model == "judge" else "answer", 0.01, 0.2)
 
@@ -317,13 +320,48 @@ def test_run_cascade_starts_no_call_once_out_of_time_and_returns_the_answer_it_h
         assert calls == ["small"] and result.answer is None and [c.error is not None for c in result.calls] == [True]
         return
     assert result.model == "small" and chain_pmf(["small", "mid", "big"], result) == [1.0, 0.0, 0.0]
+    assert result.steps == () and result.escalations == 0 and result.extra_costs() == []
+    counts = of_chain({"router": "c", "strategy": "cascade", **result.to_json()}, 0.0)
+    assert (counts.escalations, counts.escalated_requests, counts.answer_calls) == (0, 0, 1)
     if runs_out == "small":
-        assert calls == ["small"] and result.steps == () and result.calls[0].confidence is None
+        assert calls == ["small"] and result.calls[0].confidence is None
+    elif runs_out == "judge":
+        assert calls == ["small", "judge"] and result.calls[0].confidence == pytest.approx(1 / 9)
+        assert counts.judge_calls == 1 and counts.failed_calls == 0
     else:
-        assert calls == ["small", "judge"] and [s.escalate for s in result.steps] == [True]
+        assert calls == ["small", "judge"] and result.calls[0].confidence is None
+        assert counts.judge_calls == 1 and counts.failed_calls == 1
     run = _run(["small", "mid"], threshold=0.0)  # with time left: as before, and no `out_of_time` in its JSON
     result = asyncio.run(run_cascade(run, [{"role": "user", "content": "q"}], "q", call, Signal("logprob")))
     assert not result.out_of_time and "out_of_time" not in result.to_json()
+
+
+def test_a_learned_cascade_learns_nothing_from_a_chain_whose_judge_used_up_the_time() -> None:
+    """A learned cascade whose judge's call leaves no time: no step is decided, so feedback (a poor 0.2: `cheap`'s
+    answer) teaches nothing. With the step kept, it escalated on about half of these 20 chains (9 here; 9-13 with
+    seeds 0-4), `strong` never called, and learned each: the escalate arm `cheap`'s quality, the first position's
+    cost ratio (extra paid / next model's cost) 1 -> 0.1, as if escalating were free."""
+    learner = LearnedEscalation(EscalationParams(v=1.0))
+    rng = np.random.default_rng(0)
+    ratio, escalate_b = np.array(learner.cost_ratio, dtype=float), learner.escalate.b.copy()
+    left = [True]
+
+    async def call(model: str, messages: Sequence[Mapping[str, str]], logprobs: bool) -> ModelAnswer:
+        if model == "judge":
+            left[0] = False  # the judge's call uses up the time
+            return ModelAnswer("judge", "3", 0.0001, 0.5)
+        return ModelAnswer(model, "answer", 0.0002, 0.3)
+
+    for _ in range(20):
+        left[0] = True
+        run = CascadeRun(["cheap", "strong"], learner, EXTRACTOR.extract("explain quicksort"), 100.0, rng,
+                         lambda m: 0.002)  # fmt: skip
+        result = asyncio.run(run_cascade(run, [{"role": "user", "content": "q"}], "q", call,
+                                         Signal("judge", "judge"), out_of_time=lambda: not left[0]))  # fmt: skip
+        assert result.model == "cheap" and result.out_of_time and result.steps == (), result.steps
+        result.learn(learner, 0.2)
+    assert learner.updates == 0 and np.array_equal(learner.escalate.b, escalate_b)
+    assert np.array_equal(np.array(learner.cost_ratio, dtype=float), ratio)
 
 
 # -- learned escalation -----------------------------------------------------------------------------------------

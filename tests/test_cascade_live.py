@@ -865,8 +865,9 @@ def test_a_cascade_calls_no_model_once_the_deadline_passed_and_counts_only_the_c
     timeout without any HTTP call and was counted in `failed_calls` and listed in the chain as a call. As the
     gateway and the LLM router, it now starts no call with no time left: `cheap` hanging until the deadline (1 s) is
     a 504 naming the deadline, `strong` neither called nor counted (failed calls 1, it was 2); a judge hanging until
-    the deadline leaves `cheap`'s answer, returned with the chain marked `out_of_time`, its step (escalate, no
-    score) kept, and `strong` not listed (it was, as a failed call)."""
+    the deadline leaves `cheap`'s answer, returned with the chain marked `out_of_time`, with no step, and `strong`
+    not listed (it was, as a failed call). The rule escalates on no score, and that step was kept: counted as an
+    escalation (`escalations` 1 in /v1/stats) for a model never called."""
     url = gateway(deadline_s=1.0)
     fake.set("cheap", "hang")
     strong_before = fake.calls["strong"]
@@ -884,13 +885,14 @@ def test_a_cascade_calls_no_model_once_the_deadline_passed_and_counts_only_the_c
     assert completion.model == "cheap"
     assert [(c["model"], c["role"], "error" in c) for c in chain["calls"]] == [("cheap", "answer", False),
                                                                              (JUDGE, "judge", True)], chain
-    assert chain["out_of_time"] is True and [s["action"] for s in chain["steps"]] == ["escalate"]
+    assert chain["out_of_time"] is True and chain["steps"] == [] and chain["escalations"] == 0, chain
     decision = stored(url, decision_id)
     assert decision["probabilities"] == {"cheap": 1.0, "strong": 0.0} and decision["chain"]["out_of_time"] is True
     counts = loopback.get(url + "/v1/stats", timeout=10).json()["named_routers"]["cascade"]
     assert (counts["requests"], counts["failed_requests"], counts["answer_calls"], counts["judge_calls"]) == (
         2, 1, 2, 1), counts
     assert counts["failed_calls"] == 2, counts  # cheap's timeout before, the judge's now
+    assert (counts["escalations"], counts["escalated_requests"]) == (0, 0), counts
     assert fake.calls["strong"] == strong_before
 
 

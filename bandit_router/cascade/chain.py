@@ -18,7 +18,8 @@ last answer
 obtained is returned; when no model answered, `result().answer` is None and the caller reports the failure; once
 the request has no time left (`run_cascade`'s `out_of_time`), no call is started (a model's, the judge's): the chain
 stops (`stop`, `out_of_time` in its result), the models after it are neither called nor recorded, and an answer
-got with no time left is returned unjudged, with no step decided on it (nothing could follow it). The escalation
+got with no time left is returned unjudged, one whose judge's call ended with no time left with its confidence,
+neither with a step decided on it (nothing could follow it). The escalation
 rule is told the final quality once feedback arrives (`learn`), with what the chain paid after each of its steps.
 """
 
@@ -323,7 +324,9 @@ async def run_cascade(
 ) -> ChainResult:
     """Drive `run` with live calls: each model in turn, its confidence by `signal`, until one is accepted. Before
     each call, `out_of_time()` says whether the request has time left for one: if not, the chain stops there
-    (`CascadeRun.stop`) with the last answer it got; one got with no time left is returned unjudged, with no step."""
+    (`CascadeRun.stop`) with the last answer it got; one got with no time left is returned unjudged, with no step,
+    and one whose judge answered or failed with no time left keeps its confidence, with no step either (an
+    escalation could call no model: it would be counted, and learned as free)."""
     while (model := run.next_model()) is not None:
         if out_of_time():
             run.stop()
@@ -338,5 +341,7 @@ async def run_cascade(
         confidence, judge_call = None, None
         if not run.is_last and not run.out_of_time:
             confidence, judge_call = await signal.measure(call, request, answer)
+            if out_of_time():  # the judge's call used up the time: no next model could be called, so no step
+                run.stop()
         run.answered(answer, confidence, judge_call)
     return run.result()
