@@ -138,7 +138,8 @@ def test_the_files_make_run_leaves_in_the_repository_are_ignored_by_git(tmp_path
     """`make run` serves `./bandit-router.db` from the repository's root, and the files it leaves there (the
     database, its `-wal` and `-shm`, the writers' `-lock`, this lock's `-server`, which is never deleted) are
     ignored by git: `-server` was not, so after the quickstart `git status` showed it and every simulator report
-    and experiment run from that clone recorded its commit as `+dirty`."""
+    and experiment run from that clone recorded its commit as `+dirty`. The server is killed (`kill9`, a crash or
+    a `kill -9`): a clean stop closes the database and removes `-wal` and `-shm`, which a crash leaves."""
     import shutil
 
     root = Path(__file__).resolve().parents[1]
@@ -148,10 +149,12 @@ def test_the_files_make_run_leaves_in_the_repository_are_ignored_by_git(tmp_path
     try:
         server.wait_ready()
         route(server, 2)
+        server.kill9()
     finally:
         server.stop()
     left = sorted(p.name for p in tmp_path.glob("bandit-router.db*"))
-    assert {"bandit-router.db", f"bandit-router.db{SERVER_LOCK_SUFFIX}"} <= set(left), left
+    crash = {f"bandit-router.db{suffix}" for suffix in ("", "-wal", "-shm", SERVER_LOCK_SUFFIX)}
+    assert crash <= set(left), left
     checked = subprocess.run(["git", "check-ignore", "--no-index", "--verbose", "--non-matching", *left],
                              cwd=root, capture_output=True, text=True, timeout=RUN_S)
     not_ignored = [line.split("\t")[-1] for line in checked.stdout.splitlines() if line.startswith("::")]
