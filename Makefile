@@ -26,7 +26,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: $(SERVE_STAMP)
+# `make install`'s stamp, when at least as new as pyproject.toml, serves `make run` too: a virtualenv made by
+# `make install` before `make run` had its own stamp has only that one (and the package, with the extras).
+INSTALLED := $(shell [ -f '$(STAMP)' ] && [ ! pyproject.toml -nt '$(STAMP)' ] && echo '$(STAMP)')
+
+run: $(or $(INSTALLED),$(SERVE_STAMP))
 	$(BIN)/bandit-router serve --host 127.0.0.1 --port 8000
 
 # The dashboard's browser tests need Debian's Chromium: installed here when missing and running as root (CI is);

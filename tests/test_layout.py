@@ -128,7 +128,10 @@ def test_make_says_which_python_it_needs_before_it_installs(tmp_path: Path) -> N
 def test_make_run_installs_what_serving_needs_and_the_other_targets_the_extras(tmp_path: Path) -> None:
     """`make run` installed the dev and docs extras too (pytest, playwright, schemathesis, mkdocs, …: what a
     newcomer who only wants to serve does not need). It installs the package alone; `make install` (so `make test`,
-    `make lint`, `make docs`) the extras, and leaves `make run` nothing more to install. Read from make's dry run."""
+    `make lint`, `make docs`) the extras, and leaves `make run` nothing more to install, also in a virtualenv made by
+    `make install` before `make run` had its own stamp (only `.installed`: `make run` reinstalled, and failed
+    offline), unless pyproject.toml changed since. Read from make's dry run."""
+    import os
     import shutil
     import subprocess
 
@@ -149,6 +152,12 @@ def test_make_run_installs_what_serving_needs_and_the_other_targets_the_extras(t
     for target in ("install", "test", "lint", "docs"):
         assert "pip install --quiet -e '.[dev,docs]'" in planned(target), target
     venv.mkdir()
+    (venv / ".installed").touch()  # as `make install` left it before `make run` had its own stamp
+    assert "pip install" not in planned("run") and "pip install" not in planned("lint")
+    changed = (ROOT / "pyproject.toml").stat().st_mtime
+    os.utime(venv / ".installed", (changed - 60, changed - 60))  # installed before pyproject.toml changed
+    assert "pip install --quiet -e '.'" in planned("run")
+    assert "pip install --quiet -e '.[dev,docs]'" in planned("lint")
     for stamp in (".installed", ".installed-serve"):  # as `make install` leaves them
         (venv / stamp).touch()
     assert "pip install" not in planned("run") and "pip install" not in planned("lint")
