@@ -227,6 +227,37 @@ def test_a_streamed_answer_carries_the_completions_own_fields_on_every_chunk(
         assert (chunk.model_extra or {}).get("provider") == "fake"
 
 
+def test_a_completions_large_field_is_streamed_once_on_the_first_chunk(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """A top-level field that is an object, an array or a long text (vLLM's `prompt_logprobs`) goes on the first
+    chunk only, as vLLM streams it; scalars stay on every chunk. Every field was copied into every chunk: a 7 MB
+    field with `n` = 30 made a 224 MB stream. Here, with three choices and a 200 kB field, the stream is under twice
+    the completion."""
+    url = gateway()
+    answer = json.loads(completion("Hi"))
+    answer["choices"] = [{**answer["choices"][0], "index": i} for i in range(3)]
+    big = ["x" * 1000] * 200
+    answer.update(system_fingerprint="fp_0123", prompt_logprobs=big, kv_params={"k": 1}, note="n" * 300)
+    raw = json.dumps(answer).encode()
+    fake.script["cheap"] = replying(raw)
+    fake.script[JUDGE] = replying(completion("9"))
+    body = {"model": "cascade", "stream": True, "messages": [{"role": "user", "content": PROSE}],
+            "stream_options": {"include_usage": True}}
+    reply = loopback.post(url + "/v1/chat/completions", json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    chunks = [json.loads(line[6:]) for line in reply.text.split("\n\n") if line.startswith("data: {")]
+    assert len(chunks) == 5 and len(reply.content) < 2 * len(raw)
+    once = {"prompt_logprobs": big, "kv_params": {"k": 1}, "note": "n" * 300}
+    assert {k: chunks[0].get(k) for k in once} == once
+    for chunk in chunks[1:]:
+        assert not set(once) & set(chunk), sorted(chunk)
+    assert all(chunk["system_fingerprint"] == "fp_0123" for chunk in chunks)
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    streamed = list(client.chat.completions.create(model="cascade", messages=body["messages"], stream=True))
+    assert (streamed[0].model_extra or {}).get("kv_params") == {"k": 1}
+
+
 def test_a_tool_call_is_an_answer_the_judge_reads_and_its_tokens_are_counted(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
