@@ -258,6 +258,23 @@ def test_a_completions_large_field_is_streamed_once_on_the_first_chunk(
     assert (streamed[0].model_extra or {}).get("kv_params") == {"k": 1}
 
 
+def test_an_accepted_completions_error_field_is_not_streamed(gateway: Callable[..., str], fake: ScriptedFake) -> None:
+    """A completion with a top-level `error` field (a provider's warning beside its answer) that the cascade
+    accepted is an answer: streamed, the openai client reads it as it reads it unstreamed. The field was copied
+    into every chunk, where the client reads a stream's failure and raises `APIError`."""
+    url = gateway()
+    answer = json.loads(completion("Hi"))
+    answer["error"] = {"message": "partial: provider warning", "code": 0}
+    fake.script["cheap"] = replying(json.dumps(answer).encode())
+    fake.script[JUDGE] = replying(completion("9"))
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    messages = [{"role": "user", "content": PROSE}]
+    assert client.chat.completions.create(model="cascade", messages=messages).choices[0].message.content == "Hi"
+    chunks = list(client.chat.completions.create(model="cascade", messages=messages, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
+    assert not any("error" in (c.model_extra or {}) for c in chunks)
+
+
 def test_a_tool_call_is_an_answer_the_judge_reads_and_its_tokens_are_counted(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:

@@ -635,8 +635,10 @@ def _body(answer: ModelAnswer, extension: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-_NOT_COPIED = frozenset({"object", "model", "choices", "usage", "bandit_router"})
-"""A completion's top-level fields that `sse_events` does not copy into chunks: set per chunk, or sent in one."""
+_NOT_COPIED = frozenset({"object", "model", "choices", "usage", "bandit_router", "error"})
+"""A completion's top-level fields that `sse_events` does not copy into chunks: set per chunk, or sent in one; and
+`error`, which in a chunk is a stream's failure (the openai client raises `APIError`), while the completion was
+accepted as an answer."""
 _SMALL_TEXT = 256
 """The longest text field of a completion that `sse_events` copies into every chunk (longer: the first only)."""
 
@@ -657,7 +659,7 @@ def sse_events(body: Mapping[str, Any], include_usage: bool) -> bytes:
     tool calls are) with its `logprobs`; then the chunk with every choice's `finish_reason` and the `bandit_router`
     field; the usage chunk when the caller asked for it; `[DONE]`. The completion's own top-level fields are
     copied as an upstream's stream of it would send them (`_in_every_chunk`): scalars on every chunk, larger ones on
-    the first."""
+    the first; never `error`."""
     fields = {k: v for k, v in body.items() if k not in _NOT_COPIED}
     base = {k: v for k, v in fields.items() if _in_every_chunk(v)}
     once = {k: v for k, v in fields.items() if k not in base}
