@@ -433,6 +433,30 @@ def refused_as_the_upstream_said(url: str, alias: str, model: str) -> None:
                                   "code": "context_length_exceeded"}
 
 
+def strict_json(raw: bytes) -> Any:
+    """`raw` read as JSON is written: `NaN` and `Infinity`, which Python's json reads, refused."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(raw, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("alias", ["router", "cascade"])
+def test_an_upstream_4xx_with_numbers_json_has_not_is_passed_through_as_json(
+    gateway: Callable[..., str], fake: ScriptedFake, alias: str
+) -> None:
+    """An upstream's error body in OpenAI's shape with `NaN`, `Infinity` or a number too large for a float (which
+    Python's json reads) reaches the caller with null in their place, its words kept: the body was written back
+    with `NaN` and `Infinity` in it, which is not JSON (a strict parser, JavaScript's `JSON.parse`, refuses it)."""
+    url = gateway()
+    raw = b'{"error": {"message": "x", "type": "invalid_request_error", "code": NaN, "param": -Infinity, "n": 1e400}}'
+    fake.script["cheap"] = fake.script["strong"] = replying(raw, 400)
+    reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                          json={"model": alias, "messages": [{"role": "user", "content": PROSE}]})
+    assert reply.status_code == 400
+    assert strict_json(reply.content) == {"error": {"message": "x", "type": "invalid_request_error", "code": None,
+                                                    "param": None, "n": None}}
+
+
 VLLM_FLAT = {"object": "error", "message": "This model's maximum context length is 2048 tokens.",
              "type": "BadRequestError", "param": None, "code": 400}
 """vLLM's error body until mid-2025 (vllm-project/vllm#22099): flat, its `code` the HTTP status."""
