@@ -471,6 +471,9 @@ VLLM_FLAT = {"object": "error", "message": "This model's maximum context length 
      None, "upstream_rejected"),
     ({"detail": "Input validation error"}, "Input validation error", None, "upstream_rejected"),
     ({"unexpected": 1}, "the upstream refused the request (400)", None, "upstream_rejected"),
+    ({"message": "   ", "detail": "\n\t"}, "the upstream refused the request (400)", None, "upstream_rejected"),
+    ({"message": " ", "param": "messages", "detail": "Input validation error"}, "Input validation error", None,
+     "upstream_rejected"),
     ("not json", "the upstream refused the request (400)", None, "upstream_rejected"),
 ])
 def test_an_upstream_4xx_outside_openais_shape_keeps_the_upstreams_words(
@@ -480,7 +483,8 @@ def test_an_upstream_4xx_outside_openais_shape_keeps_the_upstreams_words(
     """An upstream that refuses a request (400) with an error body in another shape than OpenAI's (vLLM's flat
     one, a bare text under `error` or `detail`) gives the client its words, in OpenAI's shape: the openai client's
     `BadRequestError` says what the upstream said, with its `param` and `code` when they are text. The message was
-    only `cheap: the upstream refused the request (400)`; a body without words still says that."""
+    only `cheap: the upstream refused the request (400)`; a body without words (or with blank ones, which replaced
+    that by `cheap:    `) still says that."""
     url = gateway()
     raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     fake.script["cheap"] = fake.script["strong"] = replying(raw, 400)

@@ -160,10 +160,11 @@ def _upstream_words(body: Any) -> tuple[str, str | None, str | None] | None:
     """(message, param, code) of an upstream's error body in a shape other than OpenAI's: flat, as vLLM answered
     until mid-2025 (vllm-project/vllm#22099; `{"object": "error", "message", "type", "param", "code": 400}`), or
     a bare text (`{"error": "…"}`, as Ollama's native API and KServe answer; `{"detail": "…"}`, FastAPI's); None
-    when it has no text. A `param` or `code` that is not text is left out (vLLM's `code` is the HTTP status)."""
+    when it has no text (blank text is none). A `param` or `code` that is not text is left out (vLLM's `code` is the
+    HTTP status)."""
     if not isinstance(body, dict):
         return None
-    texts = {k: v for k, v in body.items() if isinstance(v, str) and v}
+    texts = {k: v for k, v in body.items() if isinstance(v, str) and v.strip()}
     if "message" in texts:
         return texts["message"][:1000], texts.get("param"), texts.get("code")
     bare = texts.get("error") or texts.get("detail")
