@@ -227,6 +227,54 @@ def test_a_streamed_answer_carries_the_completions_own_fields_on_every_chunk(
         assert (chunk.model_extra or {}).get("provider") == "fake"
 
 
+def test_a_completions_large_field_is_streamed_once_on_the_first_chunk(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """A top-level field that is an object, an array or a long text (vLLM's `prompt_logprobs`) goes on the first
+    chunk only, as vLLM streams it; scalars stay on every chunk. Every field was copied into every chunk: a 7 MB
+    field with `n` = 30 made a 224 MB stream. Here, with three choices and a 200 kB field, the stream is under twice
+    the completion."""
+    url = gateway()
+    answer = json.loads(completion("Hi"))
+    answer["choices"] = [{**answer["choices"][0], "index": i} for i in range(3)]
+    big = ["x" * 1000] * 200
+    answer.update(system_fingerprint="fp_0123", prompt_logprobs=big, kv_params={"k": 1}, note="n" * 300)
+    raw = json.dumps(answer).encode()
+    fake.script["cheap"] = replying(raw)
+    fake.script[JUDGE] = replying(completion("9"))
+    body = {"model": "cascade", "stream": True, "messages": [{"role": "user", "content": PROSE}],
+            "stream_options": {"include_usage": True}}
+    reply = loopback.post(url + "/v1/chat/completions", json=body, timeout=30)
+    assert reply.status_code == 200, reply.text
+    chunks = [json.loads(line[6:]) for line in reply.text.split("\n\n") if line.startswith("data: {")]
+    assert len(chunks) == 5 and len(reply.content) < 2 * len(raw)
+    once = {"prompt_logprobs": big, "kv_params": {"k": 1}, "note": "n" * 300}
+    assert {k: chunks[0].get(k) for k in once} == once
+    for chunk in chunks[1:]:
+        assert not set(once) & set(chunk), sorted(chunk)
+    assert all(chunk["system_fingerprint"] == "fp_0123" for chunk in chunks)
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    streamed = list(client.chat.completions.create(model="cascade", messages=body["messages"], stream=True))
+    assert (streamed[0].model_extra or {}).get("kv_params") == {"k": 1}
+
+
+def test_an_accepted_completions_error_field_is_not_streamed(gateway: Callable[..., str], fake: ScriptedFake) -> None:
+    """A completion with a top-level `error` field (a provider's warning beside its answer) that the cascade
+    accepted is an answer: streamed, the openai client reads it as it reads it unstreamed. The field was copied
+    into every chunk, where the client reads a stream's failure and raises `APIError`."""
+    url = gateway()
+    answer = json.loads(completion("Hi"))
+    answer["error"] = {"message": "partial: provider warning", "code": 0}
+    fake.script["cheap"] = replying(json.dumps(answer).encode())
+    fake.script[JUDGE] = replying(completion("9"))
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    messages = [{"role": "user", "content": PROSE}]
+    assert client.chat.completions.create(model="cascade", messages=messages).choices[0].message.content == "Hi"
+    chunks = list(client.chat.completions.create(model="cascade", messages=messages, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi"
+    assert not any("error" in (c.model_extra or {}) for c in chunks)
+
+
 def test_a_tool_call_is_an_answer_the_judge_reads_and_its_tokens_are_counted(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
@@ -385,6 +433,30 @@ def refused_as_the_upstream_said(url: str, alias: str, model: str) -> None:
                                   "code": "context_length_exceeded"}
 
 
+def strict_json(raw: bytes) -> Any:
+    """`raw` read as JSON is written: `NaN` and `Infinity`, which Python's json reads, refused."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(raw, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("alias", ["router", "cascade"])
+def test_an_upstream_4xx_with_numbers_json_has_not_is_passed_through_as_json(
+    gateway: Callable[..., str], fake: ScriptedFake, alias: str
+) -> None:
+    """An upstream's error body in OpenAI's shape with `NaN`, `Infinity` or a number too large for a float (which
+    Python's json reads) reaches the caller with null in their place, its words kept: the body was written back
+    with `NaN` and `Infinity` in it, which is not JSON (a strict parser, JavaScript's `JSON.parse`, refuses it)."""
+    url = gateway()
+    raw = b'{"error": {"message": "x", "type": "invalid_request_error", "code": NaN, "param": -Infinity, "n": 1e400}}'
+    fake.script["cheap"] = fake.script["strong"] = replying(raw, 400)
+    reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                          json={"model": alias, "messages": [{"role": "user", "content": PROSE}]})
+    assert reply.status_code == 400
+    assert strict_json(reply.content) == {"error": {"message": "x", "type": "invalid_request_error", "code": None,
+                                                    "param": None, "n": None}}
+
+
 VLLM_FLAT = {"object": "error", "message": "This model's maximum context length is 2048 tokens.",
              "type": "BadRequestError", "param": None, "code": 400}
 """vLLM's error body until mid-2025 (vllm-project/vllm#22099): flat, its `code` the HTTP status."""
@@ -399,6 +471,9 @@ VLLM_FLAT = {"object": "error", "message": "This model's maximum context length 
      None, "upstream_rejected"),
     ({"detail": "Input validation error"}, "Input validation error", None, "upstream_rejected"),
     ({"unexpected": 1}, "the upstream refused the request (400)", None, "upstream_rejected"),
+    ({"message": "   ", "detail": "\n\t"}, "the upstream refused the request (400)", None, "upstream_rejected"),
+    ({"message": " ", "param": "messages", "detail": "Input validation error"}, "Input validation error", None,
+     "upstream_rejected"),
     ("not json", "the upstream refused the request (400)", None, "upstream_rejected"),
 ])
 def test_an_upstream_4xx_outside_openais_shape_keeps_the_upstreams_words(
@@ -408,7 +483,8 @@ def test_an_upstream_4xx_outside_openais_shape_keeps_the_upstreams_words(
     """An upstream that refuses a request (400) with an error body in another shape than OpenAI's (vLLM's flat
     one, a bare text under `error` or `detail`) gives the client its words, in OpenAI's shape: the openai client's
     `BadRequestError` says what the upstream said, with its `param` and `code` when they are text. The message was
-    only `cheap: the upstream refused the request (400)`; a body without words still says that."""
+    only `cheap: the upstream refused the request (400)`; a body without words (or with blank ones, which replaced
+    that by `cheap:    `) still says that."""
     url = gateway()
     raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
     fake.script["cheap"] = fake.script["strong"] = replying(raw, 400)

@@ -139,6 +139,23 @@ def test_an_error_event_from_the_upstream_reaches_the_caller_in_its_own_words(
     assert recorded(tmp_path / "s0.db", raw.headers["x-decision-id"]) == ("server_error", words)
 
 
+@pytest.mark.parametrize(("said", "kept"), [(rb"bad \ud800 half", "bad \ufffd half"),
+                                            (rb"nul \u0000 here", "nul \ufffd here")], ids=["surrogate", "NUL"])
+def test_an_error_events_words_no_store_can_hold_are_recorded_as_u_fffd(
+    gateway: Callable[..., str], fake: ScriptedFake, tmp_path: Path, said: bytes, kept: str
+) -> None:
+    """An upstream's error event whose message holds a lone surrogate or a NUL (JSON escapes allow both): the call
+    record keeps U+FFFD in its place. The surrogate failed SQLite's whole write batch (the record, and other
+    requests' writes with it: a /v1/route beside such streams answered 503), the NUL PostgreSQL's
+    (`tests/test_store.py` checks both stores)."""
+    url = gateway()
+    fake.script["cheap"] = streaming(lambda: [event("Hello"), b'data: {"error": {"message": "' + said + b'"}}\n\n'])
+    reply = stream(url)
+    assert json.loads(reply.text.rstrip().rsplit("data: ", 1)[1])["error"]["code"] == "server_error", reply.text
+    words = f"cheap: the upstream sent an error mid-stream: {kept}"
+    assert recorded(tmp_path / "s0.db", reply.headers["x-decision-id"]) == ("server_error", words)
+
+
 def test_sse_lines_end_at_cr_lf_or_crlf_only_wherever_the_parts_are_cut() -> None:
     """Every way of cutting a body into parts gives the same lines (a CRLF cut in two is one line end), a character
     cut in two is whole, and U+2028 is text. A last line the body ends inside is dropped, as SSE drops pending data

@@ -190,6 +190,16 @@ def test_a_control_character_in_a_path_parameter_is_a_422_naming_it(client: Test
     assert "gpt-4o" in [m["name"] for m in client.get("/v1/models").json()["models"]]
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_an_empty_model_name_in_the_path_is_a_422_in_words(client: TestClient, method: str) -> None:
+    """`/v1/models/` (retrieve, retire) has an empty name, which `{name:fullpath}` takes: a 422 naming the field in
+    words. Its message was the route's pattern, a regex."""
+    reply = client.request(method, "/v1/models/")
+    assert reply.status_code == 422, reply.text
+    assert reply.json() == {"error": "invalid_input", "message": "name: is empty: a path parameter has a value",
+                            "field": "name"}
+
+
 @pytest.mark.parametrize(("method", "path"), [
     ("POST", "/v1/route%0A"), ("POST", "/v1/feedback%0A"), ("GET", "/v1/stats%0A"), ("GET", "/healthz%0A"),
     ("PUT", "/v1/budgets%0A"), ("GET", "/v1/models%0A"), ("POST", "/v1/chat/completions%0A"),

@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bandit_router.catalog import ModelSpec
+from bandit_router.log.escalations import chain_document
 from bandit_router.router import Router
 from bandit_router.store import (
     SCHEMA_VERSION,
@@ -649,6 +650,31 @@ def test_call_records_round_trip_and_a_second_replaces_the_first(store: Store, r
     with store.read() as reader:
         assert reader.calls_for_many([decision.decision_id, "other"]) == {decision.decision_id: answered}
         assert reader.calls_for_many([]) == {}
+
+
+def test_an_upstreams_words_no_store_can_hold_are_stored_as_u_fffd_in_call_records(
+    store: Store, router: Router
+) -> None:
+    """A call record's `error` holds an upstream's words (the message of its mid-stream error event): a lone
+    surrogate (SQLite cannot encode it) or a NUL (PostgreSQL's text refuses it) failed the write transaction, every
+    request's writes batched with it. The record keeps U+FFFD in their place, the plain record beside it is stored,
+    and a chain whose calls hold such words keeps them exactly (ASCII JSON, escaped)."""
+    decisions = [_decision(router, f"words {i}", n=i) for i in range(3)]
+    with store.write() as tx:
+        tx.insert_decisions([(d, None, None) for d in decisions])
+    chain = chain_document({"calls": [{"model": "cheap", "error": "cut \ud800 \x00 here"}]}, [])
+    records = [CallRecord(
+        decision_id=d.decision_id, request_id=d.decision_id, attempt=1, model=d.model, routed=True, stream=True,
+        status="server_error", http_status=200, input_tokens=None, output_tokens=None, usage=None, cost_usd=None,
+        ttft_s=0.1, latency_s=0.2, error=error, created_at=1.0, chain=chain,
+    ) for d, error in zip(decisions, ["m: bad \ud800 half", "m: nul \x00 here", "m: plain"], strict=True)]
+    with store.write() as tx:
+        tx.insert_calls(records)
+    with store.read() as reader:
+        stored = reader.calls_for_many([d.decision_id for d in decisions])
+    assert [stored[d.decision_id].error for d in decisions] == ["m: bad \ufffd half", "m: nul \ufffd here", "m: plain"]
+    assert all(stored[d.decision_id].chain_json() == json.loads(chain) for d in decisions)
+    assert json.loads(chain)["calls"][0]["error"] == "cut \ud800 \x00 here"
 
 
 def _same_stored(a: dict[str, Any], b: dict[str, Any]) -> bool:

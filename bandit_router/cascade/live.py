@@ -635,18 +635,34 @@ def _body(answer: ModelAnswer, extension: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-_NOT_IN_EVERY_CHUNK = frozenset({"object", "model", "choices", "usage", "bandit_router"})
-"""A completion's top-level fields that `sse_events` does not copy into each chunk: set per chunk, or sent in one."""
+_NOT_COPIED = frozenset({"object", "model", "choices", "usage", "bandit_router", "error"})
+"""A completion's top-level fields that `sse_events` does not copy into chunks: set per chunk, or sent in one; and
+`error`, which in a chunk is a stream's failure (the openai client raises `APIError`), while the completion was
+accepted as an answer."""
+_SMALL_TEXT = 256
+"""The longest text field of a completion that `sse_events` copies into every chunk (longer: the first only)."""
+
+
+def _in_every_chunk(value: Any) -> bool:
+    """Whether a top-level field of a completion goes on every chunk of its stream: a scalar (`id`, `created`,
+    `system_fingerprint`, `service_tier`, a provider's short field), as OpenAI's stream sends them; an object, an
+    array or a text longer than `_SMALL_TEXT` (vLLM's `prompt_logprobs`, `prompt_token_ids`) goes on the first chunk
+    only, as vLLM sends it once, so that the stream is not the field times the number of chunks."""
+    if isinstance(value, str):
+        return len(value) <= _SMALL_TEXT
+    return value is None or isinstance(value, (bool, int, float))
 
 
 def sse_events(body: Mapping[str, Any], include_usage: bool) -> bytes:
     """A buffered completion as OpenAI's stream, every choice of it (a cascade streams only the completion it
     accepted): per choice, one chunk whose delta is its whole message (`tool_calls` numbered by `index`, as streamed
     tool calls are) with its `logprobs`; then the chunk with every choice's `finish_reason` and the `bandit_router`
-    field; the usage chunk when the caller asked for it; `[DONE]`. Every chunk carries the completion's own
-    top-level fields (`id`, `created`, `system_fingerprint`, `service_tier`, a provider's own), as an upstream's
-    stream of it would."""
-    base = {k: v for k, v in body.items() if k not in _NOT_IN_EVERY_CHUNK}
+    field; the usage chunk when the caller asked for it; `[DONE]`. The completion's own top-level fields are
+    copied as an upstream's stream of it would send them (`_in_every_chunk`): scalars on every chunk, larger ones on
+    the first; never `error`."""
+    fields = {k: v for k, v in body.items() if k not in _NOT_COPIED}
+    base = {k: v for k, v in fields.items() if _in_every_chunk(v)}
+    once = {k: v for k, v in fields.items() if k not in base}
     base.update(object="chat.completion.chunk", model=body.get("model"))
     listed = body.get("choices")
     choices = [c for c in listed if isinstance(c, Mapping)] if isinstance(listed, list) else []
@@ -666,6 +682,7 @@ def sse_events(body: Mapping[str, Any], include_usage: bool) -> bytes:
             first["logprobs"] = choice["logprobs"]
         chunks.append({**base, "choices": [first]})
         finishes.append({"index": index, "delta": {}, "finish_reason": choice.get("finish_reason", "stop")})
+    chunks[0].update(once)
     chunks.append({**base, "choices": finishes, "bandit_router": body.get("bandit_router")})
     if include_usage and isinstance(body.get("usage"), Mapping):
         chunks.append({**base, "choices": [], "usage": body["usage"]})

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import urllib.parse
 from collections.abc import Mapping, MutableMapping
 from typing import Annotated, Any
@@ -129,7 +130,7 @@ def _passed_through(error: UpstreamRejected, headers: Mapping[str, str]) -> Resp
     other servers use (`_upstream_words`)."""
     status = error.http_status or 400
     try:
-        upstream = json.loads(error.body)
+        upstream = json.loads(error.body, parse_constant=_no_number, parse_float=_finite_or_none)
     except (ValueError, RecursionError):
         upstream = None
     if isinstance(upstream, dict) and isinstance(upstream.get("error"), dict):
@@ -143,14 +144,27 @@ def _passed_through(error: UpstreamRejected, headers: Mapping[str, str]) -> Resp
                         headers=headers)
 
 
+def _no_number(constant: str) -> None:
+    """`NaN`, `Infinity` and `-Infinity`, which Python's json reads and JSON does not have, as null: passed through
+    as they came, they made the caller's error body invalid JSON."""
+    return None
+
+
+def _finite_or_none(text: str) -> float | None:
+    """A JSON number as a float, null when it is too large for one (`1e400`, which Python reads as infinity)."""
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
 def _upstream_words(body: Any) -> tuple[str, str | None, str | None] | None:
     """(message, param, code) of an upstream's error body in a shape other than OpenAI's: flat, as vLLM answered
     until mid-2025 (vllm-project/vllm#22099; `{"object": "error", "message", "type", "param", "code": 400}`), or
     a bare text (`{"error": "…"}`, as Ollama's native API and KServe answer; `{"detail": "…"}`, FastAPI's); None
-    when it has no text. A `param` or `code` that is not text is left out (vLLM's `code` is the HTTP status)."""
+    when it has no text (blank text is none). A `param` or `code` that is not text is left out (vLLM's `code` is the
+    HTTP status)."""
     if not isinstance(body, dict):
         return None
-    texts = {k: v for k, v in body.items() if isinstance(v, str) and v}
+    texts = {k: v for k, v in body.items() if isinstance(v, str) and v.strip()}
     if "message" in texts:
         return texts["message"][:1000], texts.get("param"), texts.get("code")
     bare = texts.get("error") or texts.get("detail")

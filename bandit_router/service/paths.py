@@ -1,6 +1,6 @@
-"""Paths hold no control characters: a route that takes a path parameter refuses one in it with a 422 naming the
-parameter (the service's error shape), before its handler runs; a path whose fixed part has one matches no route
-(a 404).
+"""Paths hold no control characters: a route that takes a path parameter refuses one in it (or an empty value) with
+a 422 naming the parameter (the service's error shape), before its handler runs; a path whose fixed part has one
+matches no route (a 404).
 
 Starlette matches a route's path with a regex that ends in `$`, which also matches before a final line feed, and
 its `path` convertor (`.*`) stops at a line feed: `DELETE /v1/models/gpt-4o%0A` read the name `gpt-4o`,
@@ -48,8 +48,11 @@ class FullPathConvertor(Convertor[str]):
 register_url_convertor("fullpath", FullPathConvertor())
 
 
-def control_problem(value: str) -> str | None:
-    """Why `value`, a path parameter, is refused (a control character in it), or None."""
+def parameter_problem(value: str) -> str | None:
+    """Why `value`, a path parameter, is refused (empty, which only `{…:fullpath}` takes: `GET /v1/models/`; a
+    control character in it), or None. The route's pattern would refuse both too, its message a regex."""
+    if not value:
+        return "is empty: a path parameter has a value"
     found = CONTROL.search(value)
     if found is None:
         return None
@@ -57,8 +60,8 @@ def control_problem(value: str) -> str | None:
 
 
 class CheckedRoute(APIRoute):
-    """An `APIRoute` whose path parameters are refused (422, naming the parameter) when one holds a control
-    character, and which matches no path ending in a line feed that no parameter took (`matches`, every route);
+    """An `APIRoute` whose path parameters are refused (422, naming the parameter) when one is empty or holds a
+    control character, and which matches no path ending in a line feed that no parameter took (`matches`, every route);
     a route without path parameters keeps FastAPI's handler (`get_route_handler` adds no check)."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
@@ -83,7 +86,7 @@ class CheckedRoute(APIRoute):
 
         async def checked(request: Request) -> Response:
             for name, value in request.path_params.items():
-                problem = control_problem(value) if isinstance(value, str) else None
+                problem = parameter_problem(value) if isinstance(value, str) else None
                 if problem is not None:
                     raise InvalidField(name, problem)
             return await handler(request)

@@ -1162,6 +1162,12 @@ def _chains_from_rows(rows: Sequence[Sequence[Any]]) -> list[ChainFeedback]:
 
 
 def _call_value(value: Any) -> Any:
+    """A `CallRecord` field as both stores write it: a bool as 0/1, a text as every store can hold it (`safe_text`):
+    the `error` holds an upstream's own words (its mid-stream error event's message), where a lone surrogate failed
+    SQLite's whole write batch (every request's writes in it) and a NUL PostgreSQL's. A chain needs nothing: it is
+    ASCII JSON (`chain_document`), any such character escaped."""
+    if isinstance(value, str):
+        return safe_text(value)
     return int(value) if isinstance(value, bool) else value
 
 
