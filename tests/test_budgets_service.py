@@ -4,6 +4,7 @@ real server process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -286,11 +287,18 @@ def test_an_edited_budgets_table_that_the_stored_targets_win_over_is_said_once_p
     assert put_only.get("/v1/budgets").json()["targets"] == ["avg_cost_usd=0.01"] and warned() == []
 
 
+@pytest.mark.parametrize(("route_false", "why"), [
+    (False, "removed from the catalog or retired"),
+    (True, "route = false in the catalog"),
+], ids=["removed", "route = false"])
 def test_stored_budgets_naming_a_model_removed_from_the_catalog_file_are_warned_about(
-        make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture) -> None:
-    """A PUT's fallback_model and share name a model that the catalog file then drops: the start checks only the
-    file's [budgets] (the stored ones replace it), so nothing said that the fallback is gone (the guard rails take
-    the cheapest model) and the share never binds. The start warns about each, and routes as documented."""
+        make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture, route_false: bool,
+        why: str) -> None:
+    """A PUT's fallback_model and share name a model that the catalog file then drops, or keeps with
+    `route = false`: the start checks only the file's [budgets] (the stored ones replace it), so nothing said that
+    the fallback is gone (the guard rails take the cheapest model) and the share never binds. The start warns about
+    each, saying which of the two is the case (a model kept with route = false was said to be removed or retired),
+    and routes as documented."""
     specs = (ModelSpec(name="a", input_usd_per_mtok=1.0, output_usd_per_mtok=2.0),
              ModelSpec(name="b", input_usd_per_mtok=3.0, output_usd_per_mtok=6.0),
              ModelSpec(name="c", input_usd_per_mtok=0.05, output_usd_per_mtok=0.1))
@@ -300,9 +308,10 @@ def test_stored_budgets_naming_a_model_removed_from_the_catalog_file_are_warned_
     first.__exit__(None, None, None)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="bandit_router"):
-        second = make_client(models=specs[:2])
+        second = make_client(models=(*specs[:2], *[dataclasses.replace(specs[2], route=False)][:route_false]))
     said = [m for m in _budget_warnings(caplog) if m.startswith("stored budgets")]
     assert len(said) == 2 and "fallback_model 'c'" in said[0] and "share:c=0.5" in said[1], said
+    assert all(why in m for m in said), said
     assert second.get("/v1/budgets").json()["targets"] == ["spend_usd=1e-05/1d", "share:c=0.5"]
     assert _route(second)["model"] in ("a", "b")
 

@@ -431,20 +431,27 @@ class BudgetState:
 
     def say_models_gone(self, active: Sequence[ModelSpec]) -> None:
         """After a start that paces stored targets (`recover` returned `stored`), warn about those naming models no
-        decision can choose any more among `active` (removed from the catalog file or retired since the PUT): the
-        start checks the file's `[budgets]` against the live catalog, not the stored ones that replace it, and these
-        bind nothing as they were meant to."""
+        decision can choose any more among `active`: removed from the catalog file or retired since the PUT, or in
+        the catalog with `route = false`. The start checks the file's `[budgets]` against the live catalog, not the
+        stored ones that replace it, and these bind nothing as they were meant to."""
         config, routable = self.pacer.config, [m for m in active if m.route]
+        unrouted = {m.name for m in active if not m.route}
         fallback = config.fallback_model
         if fallback is not None and fallback not in {m.name for m in routable}:
-            log.warning("stored budgets: fallback_model %r is not an active model (removed from the catalog or "
-                        "retired since it was set): while a budget is exhausted the guard rails take the request's "
-                        "cheapest model instead; PUT /v1/budgets to name another", fallback)
-        unmatched = config.shares_matching_nothing(routable)
-        if unmatched:
-            log.warning("stored budgets: %s: no active model is picked by that selector (removed from the catalog "
-                        "or retired since it was set), so it never binds; PUT /v1/budgets to change it",
-                        ", ".join(unmatched))
+            log.warning("stored budgets: fallback_model %r %s: while a budget is exhausted the guard rails take the "
+                        "request's cheapest model instead; PUT /v1/budgets to name another", fallback,
+                        "has route = false in the catalog (no decision chooses it)" if fallback in unrouted
+                        else "is not an active model (removed from the catalog or retired since it was set)")
+        gone = set(config.shares_matching_nothing(active))
+        for why, shares in (
+            ("no active model is picked by that selector (removed from the catalog or retired since it was set)",
+             [s for s in config.shares_matching_nothing(routable) if s in gone]),
+            ("that selector picks only models with route = false in the catalog (no decision chooses them)",
+             [s for s in config.shares_matching_nothing(routable) if s not in gone]),
+        ):
+            if shares:
+                log.warning("stored budgets: %s: %s, so it never binds; PUT /v1/budgets to change it",
+                            ", ".join(shares), why)
 
     def _note_file(self, configured: BudgetConfig, before: str | None, *, stored: bool) -> None:
         """Warn when the configuration's `[budgets]` changed since the last start (or was never noted: a database of
