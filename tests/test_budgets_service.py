@@ -33,7 +33,7 @@ from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets, Settings, load_settings
 from bandit_router.errors import ConfigError, InvalidInput
 from bandit_router.jsonkeys import DuplicateKey, once_each
-from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_STATE, BudgetState, stored_budgets
+from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_FILE, BUDGETS_STATE, BudgetState, stored_budgets
 from bandit_router.store import open_store
 from tools.serve_process import NotReady, ServeProcess
 
@@ -285,6 +285,33 @@ def test_an_edited_budgets_table_that_the_stored_targets_win_over_is_said_once_p
     removed.__exit__(None, None, None)
     put_only = start({})
     assert put_only.get("/v1/budgets").json()["targets"] == ["avg_cost_usd=0.01"] and warned() == []
+
+
+def test_an_edited_budgets_table_is_said_by_one_worker_not_by_each(
+        make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --workers N`: each worker reads the file as last noted, then notes it; every worker that read before
+    the first noted it warned. The warning comes from the worker that notes the edit; here the second worker is
+    handed what its read would have found before the first worker's start noted it."""
+    first = make_client(budgets=BudgetConfig.from_mapping({"spend_usd": "100/1d"}))
+    _route(first)
+    first.__exit__(None, None, None)  # stores the state: its targets win from now on
+    store = open_store(tmp_path / "budgets.db")
+    with store.read() as reader:
+        read_before = reader.get_meta(BUDGETS_FILE)
+    store.close()
+    note_file = BudgetState._note_file
+
+    def as_read_before(self: BudgetState, configured: BudgetConfig, before: str | None, *, stored: bool) -> None:
+        note_file(self, configured, read_before, stored=stored)
+
+    monkeypatch.setattr(BudgetState, "_note_file", as_read_before)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        for _worker in range(2):
+            make_client(budgets=BudgetConfig.from_mapping({"spend_usd": "1/1d"}))
+    said = [m for m in _budget_warnings(caplog) if "[budgets] changed" in m]
+    assert len(said) == 1 and "file: spend_usd=1/1d; paced: spend_usd=100/1d" in said[0], said
 
 
 @pytest.mark.parametrize(("route_false", "why"), [

@@ -457,21 +457,27 @@ class BudgetState:
         """Warn when the configuration's `[budgets]` changed since the last start (or was never noted: a database of
         an older version, where a file without targets says nothing) and the stored targets, which win, differ
         from it: an edit of the file (a budget cut, targets removed) is not what is paced, and nothing else says
-        so. Then note the file as read, so that the next start with it unchanged says nothing."""
+        so. Then note the file as read, so that the next start with it unchanged says nothing. The warning comes
+        from the process that notes it: of the workers of `serve --workers N`, which all read `before` first, only
+        the first to write (the others find it noted in their write transaction)."""
         noted = json.dumps(configured.to_mapping(), sort_keys=True)
         if noted == before:
             return
+        first = True
+        try:
+            with self.store.write() as tx:
+                first = tx.get_meta(BUDGETS_FILE) != noted
+                if first:
+                    tx.set_meta(BUDGETS_FILE, noted)
+        except StoreError as exc:
+            log.warning("noting the configuration's [budgets] failed (the next start may say it again): %s", exc)
         paced = self.pacer.config
-        if stored and paced.to_mapping() != configured.to_mapping() and (before is not None or configured.describe()):
+        if first and stored and paced.to_mapping() != configured.to_mapping() and (
+                before is not None or configured.describe()):
             log.warning("the configuration's [budgets] changed and is not what is paced: the stored budgets (set by a "
                         "PUT /v1/budgets or an earlier start's configuration) win over the file at every start; file: "
                         "%s; paced: %s. To pace the file's, PUT them (GET /v1/budgets shows what is paced)",
                         ", ".join(configured.describe()) or "no targets", ", ".join(paced.describe()) or "no targets")
-        try:
-            with self.store.write() as tx:
-                tx.set_meta(BUDGETS_FILE, noted)
-        except StoreError as exc:
-            log.warning("noting the configuration's [budgets] failed (the next start may say it again): %s", exc)
 
     def _store_as_loaded(self, read: tuple[str | None, str | None], *, state_row: str | None = None,
                          targets_row: str | None = None) -> bool:
