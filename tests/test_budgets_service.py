@@ -4,6 +4,7 @@ real server process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from bandit_router.catalog import ModelSpec
 from bandit_router.config import Secrets, Settings, load_settings
 from bandit_router.errors import ConfigError, InvalidInput
 from bandit_router.jsonkeys import DuplicateKey, once_each
-from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_STATE, BudgetState, stored_budgets
+from bandit_router.log.budget_state import BUDGETS_CONFIG, BUDGETS_FILE, BUDGETS_STATE, BudgetState, stored_budgets
 from bandit_router.store import open_store
 from tools.serve_process import NotReady, ServeProcess
 
@@ -286,11 +287,45 @@ def test_an_edited_budgets_table_that_the_stored_targets_win_over_is_said_once_p
     assert put_only.get("/v1/budgets").json()["targets"] == ["avg_cost_usd=0.01"] and warned() == []
 
 
+def test_an_edited_budgets_table_is_said_by_one_worker_not_by_each(
+        make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --workers N`: each worker reads the file as last noted, then notes it; every worker that read before
+    the first noted it warned. The warning comes from the worker that notes the edit; here the second worker is
+    handed what its read would have found before the first worker's start noted it."""
+    first = make_client(budgets=BudgetConfig.from_mapping({"spend_usd": "100/1d"}))
+    _route(first)
+    first.__exit__(None, None, None)  # stores the state: its targets win from now on
+    store = open_store(tmp_path / "budgets.db")
+    with store.read() as reader:
+        read_before = reader.get_meta(BUDGETS_FILE)
+    store.close()
+    note_file = BudgetState._note_file
+
+    def as_read_before(self: BudgetState, configured: BudgetConfig, before: str | None, *, stored: bool) -> None:
+        note_file(self, configured, read_before, stored=stored)
+
+    monkeypatch.setattr(BudgetState, "_note_file", as_read_before)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        for _worker in range(2):
+            make_client(budgets=BudgetConfig.from_mapping({"spend_usd": "1/1d"}))
+    said = [m for m in _budget_warnings(caplog) if "[budgets] changed" in m]
+    assert len(said) == 1 and "file: spend_usd=1/1d; paced: spend_usd=100/1d" in said[0], said
+
+
+@pytest.mark.parametrize(("route_false", "why"), [
+    (False, "removed from the catalog or retired"),
+    (True, "route = false in the catalog"),
+], ids=["removed", "route = false"])
 def test_stored_budgets_naming_a_model_removed_from_the_catalog_file_are_warned_about(
-        make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture) -> None:
-    """A PUT's fallback_model and share name a model that the catalog file then drops: the start checks only the
-    file's [budgets] (the stored ones replace it), so nothing said that the fallback is gone (the guard rails take
-    the cheapest model) and the share never binds. The start warns about each, and routes as documented."""
+        make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture, route_false: bool,
+        why: str) -> None:
+    """A PUT's fallback_model and share name a model that the catalog file then drops, or keeps with
+    `route = false`: the start checks only the file's [budgets] (the stored ones replace it), so nothing said that
+    the fallback is gone (the guard rails take the cheapest model) and the share never binds. The start warns about
+    each, saying which of the two is the case (a model kept with route = false was said to be removed or retired),
+    and routes as documented."""
     specs = (ModelSpec(name="a", input_usd_per_mtok=1.0, output_usd_per_mtok=2.0),
              ModelSpec(name="b", input_usd_per_mtok=3.0, output_usd_per_mtok=6.0),
              ModelSpec(name="c", input_usd_per_mtok=0.05, output_usd_per_mtok=0.1))
@@ -300,9 +335,10 @@ def test_stored_budgets_naming_a_model_removed_from_the_catalog_file_are_warned_
     first.__exit__(None, None, None)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="bandit_router"):
-        second = make_client(models=specs[:2])
+        second = make_client(models=(*specs[:2], *[dataclasses.replace(specs[2], route=False)][:route_false]))
     said = [m for m in _budget_warnings(caplog) if m.startswith("stored budgets")]
     assert len(said) == 2 and "fallback_model 'c'" in said[0] and "share:c=0.5" in said[1], said
+    assert all(why in m for m in said), said
     assert second.get("/v1/budgets").json()["targets"] == ["spend_usd=1e-05/1d", "share:c=0.5"]
     assert _route(second)["model"] in ("a", "b")
 

@@ -431,40 +431,53 @@ class BudgetState:
 
     def say_models_gone(self, active: Sequence[ModelSpec]) -> None:
         """After a start that paces stored targets (`recover` returned `stored`), warn about those naming models no
-        decision can choose any more among `active` (removed from the catalog file or retired since the PUT): the
-        start checks the file's `[budgets]` against the live catalog, not the stored ones that replace it, and these
-        bind nothing as they were meant to."""
+        decision can choose any more among `active`: removed from the catalog file or retired since the PUT, or in
+        the catalog with `route = false`. The start checks the file's `[budgets]` against the live catalog, not the
+        stored ones that replace it, and these bind nothing as they were meant to."""
         config, routable = self.pacer.config, [m for m in active if m.route]
+        unrouted = {m.name for m in active if not m.route}
         fallback = config.fallback_model
         if fallback is not None and fallback not in {m.name for m in routable}:
-            log.warning("stored budgets: fallback_model %r is not an active model (removed from the catalog or "
-                        "retired since it was set): while a budget is exhausted the guard rails take the request's "
-                        "cheapest model instead; PUT /v1/budgets to name another", fallback)
-        unmatched = config.shares_matching_nothing(routable)
-        if unmatched:
-            log.warning("stored budgets: %s: no active model is picked by that selector (removed from the catalog "
-                        "or retired since it was set), so it never binds; PUT /v1/budgets to change it",
-                        ", ".join(unmatched))
+            log.warning("stored budgets: fallback_model %r %s: while a budget is exhausted the guard rails take the "
+                        "request's cheapest model instead; PUT /v1/budgets to name another", fallback,
+                        "has route = false in the catalog (no decision chooses it)" if fallback in unrouted
+                        else "is not an active model (removed from the catalog or retired since it was set)")
+        gone = set(config.shares_matching_nothing(active))
+        for why, shares in (
+            ("no active model is picked by that selector (removed from the catalog or retired since it was set)",
+             [s for s in config.shares_matching_nothing(routable) if s in gone]),
+            ("that selector picks only models with route = false in the catalog (no decision chooses them)",
+             [s for s in config.shares_matching_nothing(routable) if s not in gone]),
+        ):
+            if shares:
+                log.warning("stored budgets: %s: %s, so it never binds; PUT /v1/budgets to change it",
+                            ", ".join(shares), why)
 
     def _note_file(self, configured: BudgetConfig, before: str | None, *, stored: bool) -> None:
         """Warn when the configuration's `[budgets]` changed since the last start (or was never noted: a database of
         an older version, where a file without targets says nothing) and the stored targets, which win, differ
         from it: an edit of the file (a budget cut, targets removed) is not what is paced, and nothing else says
-        so. Then note the file as read, so that the next start with it unchanged says nothing."""
+        so. Then note the file as read, so that the next start with it unchanged says nothing. The warning comes
+        from the process that notes it: of the workers of `serve --workers N`, which all read `before` first, only
+        the first to write (the others find it noted in their write transaction)."""
         noted = json.dumps(configured.to_mapping(), sort_keys=True)
         if noted == before:
             return
+        first = True
+        try:
+            with self.store.write() as tx:
+                first = tx.get_meta(BUDGETS_FILE) != noted
+                if first:
+                    tx.set_meta(BUDGETS_FILE, noted)
+        except StoreError as exc:
+            log.warning("noting the configuration's [budgets] failed (the next start may say it again): %s", exc)
         paced = self.pacer.config
-        if stored and paced.to_mapping() != configured.to_mapping() and (before is not None or configured.describe()):
+        if first and stored and paced.to_mapping() != configured.to_mapping() and (
+                before is not None or configured.describe()):
             log.warning("the configuration's [budgets] changed and is not what is paced: the stored budgets (set by a "
                         "PUT /v1/budgets or an earlier start's configuration) win over the file at every start; file: "
                         "%s; paced: %s. To pace the file's, PUT them (GET /v1/budgets shows what is paced)",
                         ", ".join(configured.describe()) or "no targets", ", ".join(paced.describe()) or "no targets")
-        try:
-            with self.store.write() as tx:
-                tx.set_meta(BUDGETS_FILE, noted)
-        except StoreError as exc:
-            log.warning("noting the configuration's [budgets] failed (the next start may say it again): %s", exc)
 
     def _store_as_loaded(self, read: tuple[str | None, str | None], *, state_row: str | None = None,
                          targets_row: str | None = None) -> bool:

@@ -401,11 +401,10 @@ class Writer:
         self._pending: dict[asyncio.AbstractEventLoop, list[Op]] = {}
         self._thread: threading.Thread | None = None
         self._next_sweep = 0.0
-        self._unwindowed: list[tuple[int, int]] = []
-        """The decision position ranges made while windows were off (`UNWINDOWED`): no default reward."""
         self._closing_up_to: int | None = None
-        """While a start without closing windows closes those the previous run left open (`init_sweeps`): the last
-        decision position at the start."""
+        """While a start without closing windows closes those the previous run left open (`init_sweeps`): the
+        position noted in `WINDOWS_OFF` (at most the last decision's at the start). The pass ends when a sweep reads
+        `SWEPT` there, as committed: a transaction that rolls back leaves it going."""
         self._last_follow = 0.0
         self._say = RateLimitedLog(log)
         """Recurring failures (a write, following the log) are logged at most once a minute each."""
@@ -708,58 +707,100 @@ class Writer:
         """The first start with closing reward windows closes windows of decisions made from now on. A start without
         them after one with them notes where they went off (`WINDOWS_OFF`) and first closes the windows that run left
         open, up to the decisions it had made: `pending` feedback (`aggregation = "average"`) was acknowledged to be
-        learned then, and would otherwise never be (its decision refusing any other feedback); with `reward_window_s`
-        still set they close at its end, without it at once. The next start with them closes the windows of the
-        decisions made meanwhile without the default reward (`UNWINDOWED`): they were promised no window, and learning
-        each silent one the default reward at once would invent feedback for a whole period."""
+        learned then, and would otherwise never be (its decision refusing any other feedback); they close
+        `reward_window_s` (as now configured) after their decision, at once without it, with the average of the
+        pending feedback and never a default reward. The next start with windows closes the windows of the decisions
+        made meanwhile without the default reward (`UNWINDOWED`): they were promised no window, and learning each
+        silent one the default reward at once would invent feedback for a whole period. A stored value that does not
+        read is warned about and read the way that invents no feedback."""
         with self.store.read() as reader:  # most starts change nothing: no write transaction for them
-            mark, off = reader.get_meta(SWEPT), _position(reader.get_meta(WINDOWS_OFF))
-            self._unwindowed = _ranges(reader.get_meta(UNWINDOWED))
-        if not self._sweeps:
-            if mark is not None and (not off or int(mark) < int(off)):  # windows the previous run left open
-                if not off:
-                    with self.store.write() as tx:
-                        off = _position(tx.get_meta(WINDOWS_OFF)) or str(tx.last_decision_position())
-                        tx.set_meta(WINDOWS_OFF, off)
-                self._closing_up_to, self._sweeps = int(off), True
-        elif mark is None or off:
+            mark, off, ranges = (reader.get_meta(key) for key in (SWEPT, WINDOWS_OFF, UNWINDOWED))
+        _warn_unreadable(mark, off, ranges)
+        if self._sweeps:
+            if _position(mark) is None or off or _ranges(ranges) is None:
+                with self.store.write() as tx:
+                    self._windows_on(tx)
+        elif _position(mark) is not None and _position(off) != _position(mark):  # windows perhaps left open
             with self.store.write() as tx:
-                mark, off, last = tx.get_meta(SWEPT), _position(tx.get_meta(WINDOWS_OFF)), tx.last_decision_position()
-                if mark is None:
-                    tx.set_meta(SWEPT, str(last))
-                elif off:
-                    self._unwindowed = [*_ranges(tx.get_meta(UNWINDOWED)), (int(off), last)]
-                    tx.set_meta(UNWINDOWED, json.dumps(self._unwindowed))
-                    tx.set_meta(WINDOWS_OFF, "")
-                    log.info("reward windows close again: the decisions made while they were off (positions %s to "
-                             "%s) get no default reward", int(off) + 1, last)
-                self._unwindowed = _ranges(tx.get_meta(UNWINDOWED))  # as stored: another worker's start too
+                self._windows_off(tx)
+
+    def _windows_off(self, tx: WriteTx) -> None:
+        """A start without closing windows, after one with them (`SWEPT` set): note where they went off, unless a
+        position between the swept one and the log's last decision is noted, and close the windows left open up to
+        it. Another value (none, one that does not read, one past the last decision, one behind the swept position:
+        noted before an older version closed windows past it) is replaced by the last decision's position."""
+        mark, off = _position(tx.get_meta(SWEPT)), _position(tx.get_meta(WINDOWS_OFF))
+        last = tx.last_decision_position()
+        if mark is None:
+            return
+        if off is None or not mark <= off <= last:
+            off = last
+            tx.set_meta(WINDOWS_OFF, str(off))
+        if mark < off:
+            self._closing_up_to, self._sweeps = off, True
+
+    def _windows_on(self, tx: WriteTx) -> None:
+        """A start with closing windows: note the swept position on the first; turn a noted `WINDOWS_OFF` into a
+        range of `UNWINDOWED` (a value that does not read, or past the last decision, from the swept position: no
+        decision not yet swept gets the default reward; one behind the swept position is dropped, an older version
+        that knows no `WINDOWS_OFF` having closed windows past it since); replace `UNWINDOWED` when it does not read
+        by the range of every decision not yet swept."""
+        mark, off, last = _position(tx.get_meta(SWEPT)), tx.get_meta(WINDOWS_OFF), tx.last_decision_position()
+        stored = tx.get_meta(UNWINDOWED)
+        ranges = _ranges(stored)
+        if mark is None:
+            mark = last
+            tx.set_meta(SWEPT, str(mark))
+        if ranges is None:
+            ranges = [(mark, last)] if mark < last else []
+        if off:
+            start = _position(off)
+            if start is None or start > last:
+                start = mark
+            elif start < mark:
+                log.info("meta %s (%s) is behind the position reward windows were closed up to (%s): another version "
+                         "closed windows past it since; dropped", WINDOWS_OFF, start, mark)
+                start = last
+            if start < last and (start, last) not in ranges:
+                ranges.append((start, last))
+                log.info("reward windows close again: the decisions made while they were off (positions %s to %s) "
+                         "get no default reward", start + 1, last)
+            tx.set_meta(WINDOWS_OFF, "")
+        if json.dumps(ranges) != stored and (ranges or stored):
+            tx.set_meta(UNWINDOWED, json.dumps(ranges))
 
     def _sweep(self, batch: Batch) -> None:
-        """Close reward windows: learn the default reward, or the average of the feedback, once per decision."""
-        window = self.rules.reward_window_s
-        assert window is not None or self._closing_up_to is not None
+        """Close reward windows: learn the default reward, or the average of the feedback, once per decision. What
+        to skip (`UNWINDOWED`) and where to go on (`SWEPT`) are read in this transaction, never kept in memory: a
+        transaction that rolls back changes nothing of them (another worker's start may have, too)."""
         tx = batch.tx
-        batch.flush()  # the walk below must see this batch's feedback
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
-        until = time.time() - (window or 0.0) - SWEEP_GRACE_S
-        mark = tx.get_meta(SWEPT)
-        after = int(mark) if mark is not None else tx.last_decision_position()
+        mark = _position(tx.get_meta(SWEPT))
+        after = mark if mark is not None else tx.last_decision_position()
+        closing = self._closing_up_to
+        if closing is not None and after >= closing:  # the previous run's windows closed, as committed
+            self._closing_up_to, self._sweeps = None, False
+            return
+        batch.flush()  # the walk below must see this batch's feedback
+        until = time.time() - (self.rules.reward_window_s or 0.0) - SWEEP_GRACE_S
         infos, position = tx.decisions_closing(after, until, SWEEP_LIMIT)
         if position - after >= SWEEP_LIMIT:
             self._next_sweep = 0.0  # more to close: again right after the next batch
+        if closing is not None and position > closing:  # the previous run's decisions only, not this run's
+            infos, position = [info for info in infos if info.position <= closing], closing
+        ranges = [] if closing is not None else (_ranges(tx.get_meta(UNWINDOWED)) or [])
         now = time.time()
         router = self.follower.policies.live
         calls = tx.calls_for_many([info.decision_id for info in infos])
         for info in infos:
             rules = self.rules
-            if any(start < info.position <= end for start, end in self._unwindowed):  # made while windows were off
+            if any(start < info.position <= end for start, end in ranges):  # made while windows were off
                 rules = dataclasses.replace(rules, default_reward=None)
-            closing = close_window(tx.feedback_for(info.decision_id), rules)
-            if closing is None:
+            closing_with = close_window(tx.feedback_for(info.decision_id), rules)
+            if closing_with is None:
                 continue
             call = calls.get(info.decision_id)
-            if closing[1] == FeedbackStatus.DEFAULT and call is not None and call.status in NO_DEFAULT_REWARD:
+            if closing_with[1] == FeedbackStatus.DEFAULT and call is not None and call.status in NO_DEFAULT_REWARD:
                 continue  # no answer to reward: the upstream refused the request, or the caller left
             try:
                 stored = tx.decision(info.decision_id)
@@ -771,7 +812,7 @@ class Writer:
                 continue
             if unrouted(stored.decision.policy):  # the bandit did not choose its model: nothing to learn
                 continue
-            outcome, status = closing
+            outcome, status = closing_with
             record = batch.number(
                 feedback_record(router, stored.decision, stored.tenant, outcome, received_at=now, source=status.value,
                                 status=status),
@@ -779,11 +820,8 @@ class Writer:
             )
             batch.log_feedback(record, stored.decision)
         tx.set_meta(SWEPT, str(position))
-        if self._unwindowed and any(end <= position for _, end in self._unwindowed):  # swept past: forgotten
-            self._unwindowed = [(start, end) for start, end in self._unwindowed if end > position]
-            tx.set_meta(UNWINDOWED, json.dumps(self._unwindowed))
-        if self._closing_up_to is not None and position >= self._closing_up_to:  # the previous run's windows closed
-            self._closing_up_to, self._sweeps = None, False
+        if any(end <= position for _, end in ranges):  # swept past: forgotten
+            tx.set_meta(UNWINDOWED, json.dumps([(start, end) for start, end in ranges if end > position]))
 
     # -- acknowledging ----------------------------------------------------------------------------------------
     def _resolve(self, ops: Sequence[Op]) -> None:
@@ -865,16 +903,40 @@ def _counts_of(ops: Sequence[Op]) -> list[RouterCounts]:
     return [op.counts for op in ops if isinstance(op, InsertDecision | CountRouter) and op.counts is not None]
 
 
-def _ranges(stored: str | None) -> list[tuple[int, int]]:
-    """The `UNWINDOWED` ranges as stored (none when unset or not a list of pairs of integers)."""
-    try:
-        value = json.loads(stored) if stored else []
-        return [(int(a), int(b)) for a, b in value]
-    except (ValueError, TypeError):
-        log.warning("meta %s is not a list of position ranges (%r): ignored", UNWINDOWED, stored)
+def _ranges(stored: str | None) -> list[tuple[int, int]] | None:
+    """The `UNWINDOWED` ranges as stored (none when unset), None when the value is not a list of pairs of
+    positions (edited by hand, another version's)."""
+    if not stored:
         return []
+    try:
+        value = json.loads(stored)
+    except (ValueError, RecursionError):  # not JSON, an integer of too many digits, nested too deep
+        return None
+    if not isinstance(value, list) or not all(
+            isinstance(pair, list) and len(pair) == 2 and all(type(p) is int and 0 <= p < 2**63 for p in pair)
+            for pair in value):
+        return None
+    return [(start, end) for start, end in value]
 
 
-def _position(stored: str | None) -> str:
-    """`WINDOWS_OFF` as stored when it is a position, else "" (unset, or windows close)."""
-    return stored if stored is not None and stored.isdigit() else ""
+def _position(stored: str | None) -> int | None:
+    """A position as stored (`SWEPT`, `WINDOWS_OFF`), None when unset, empty (windows close) or not a position:
+    ASCII digits only (`str.isdigit` takes '²', which `int` refuses), at most 18 of them (a 64-bit rowid)."""
+    if stored is None or not (stored.isascii() and stored.isdigit()) or len(stored) > 18:
+        return None
+    return int(stored)
+
+
+def _warn_unreadable(mark: str | None, off: str | None, ranges: str | None) -> None:
+    """Warn about the reward windows' meta values that do not read (`Writer.init_sweeps` says what it does instead)."""
+    for key, value, instead in (
+        (SWEPT, mark, "read as unset: a start with reward windows closes those of the decisions made from then on"),
+        (WINDOWS_OFF, off, "read as noted at the position windows were closed up to, so that no decision made since "
+                           "gets the default reward"),
+    ):
+        if value and _position(value) is None:
+            log.warning("meta %s is not a position (%r): %s", key, value[:40], instead)
+    if _ranges(ranges) is None:
+        log.warning("meta %s is not a list of position ranges (%r): read as one range, from the position windows "
+                    "were closed up to, so no decision made since gets the default reward", UNWINDOWED,
+                    (ranges or "")[:40])
