@@ -36,14 +36,18 @@ observations; 0.5 before any feedback. They are refreshed as the others learn.
 quality so far: unbiased, where q − μ̂_m would carry the prior's early pull into the corrections for good)
 on the dense features φ (`features.dense_vector`): w_ml = (κ_l I + Σ φφᵀ)⁻¹ Σ rφ, summed over the model's
 feedbacks after its first (there is no mean to deviate from before it; Sherman–Morrison, O(d²) per feedback).
-Before each update every prediction is scored one step ahead; the log Bayes factor of level l against "no
-correction" under N(·, σ_m²) accumulates
+A correction counts only as far as a difference of two qualities in [0, 1] can go: c_ml(φ) = clip(w_mlᵀφ, −1, 1)
+(never further from q − μ̂_m, which is in [−1, 1], than w_mlᵀφ; the same value wherever |w_mlᵀφ| ≤ 1). Before each
+update every prediction is scored one step ahead; the log Bayes factor of level l against "no correction" under
+N(·, σ_m²) accumulates
 
-    L_ml += ((q − μ̂_m)² − (q − μ̂_m − w_mlᵀφ)²) / (2σ_m²)
+    L_ml += ((q − μ̂_m)² − (q − μ̂_m − c_ml(φ))²) / (2σ_m²)
 
+(so one feedback takes at most 4/(2σ_m²) from it: a request far outside what w was fitted on, a caller's context
+number of 10³⁰⁰ with φ's slot at 690, took 10⁵ unclipped, and the corrections were off for millions of requests),
 and the model's estimate for a request is the Bayesian model average
 
-    q̂_m(φ) = μ̂_m + Σ_l ω_ml·w_mlᵀφ,     ω_ml = e^{L_ml} / (e^{E} + Σ_l' e^{L_ml'}),   E = `evidence`
+    q̂_m(φ) = μ̂_m + Σ_l ω_ml·c_ml(φ),     ω_ml = e^{L_ml} / (e^{E} + Σ_l' e^{L_ml'}),   E = `evidence`
 
 (E: prior log-odds for "no correction"): the per-model mean until corrections have predicted better on
 feedback they had not seen (the prequential principle; Dawid 1984), then the corrections at the shrinkage
@@ -400,7 +404,9 @@ class HierarchicalThompsonPolicy(BasePolicy):
     def predict(self, context: Context, models: Sequence[ModelSpec]) -> tuple[np.ndarray, np.ndarray]:
         """q̂_m(φ) and the posterior sd of the model's mean quality, each shape (len(models),)."""
         base, sd, omega, w = self._posterior_of(models)
-        mean = base + c_einsum("kl,kl->k", omega, w @ self._phi(context))
+        corrections = w @ self._phi(context)  # (K, L)
+        np.clip(corrections, -1.0, 1.0, out=corrections)  # c_ml(φ): qualities are in [0, 1]
+        mean = base + c_einsum("kl,kl->k", omega, corrections)
         return mean, sd
 
     # -- the policy protocol --------------------------------------------------------------------------------
@@ -444,7 +450,8 @@ class HierarchicalThompsonPolicy(BasePolicy):
         phi = self._phi(context)
         q = float(quality)
         mean, variance = self._before_update(row)
-        correction = arms.w[row] @ phi  # (L,)
+        predicted = arms.w[row] @ phi  # (L,)
+        correction = np.clip(predicted, -1.0, 1.0)  # c_ml(φ), as `predict` uses it
         arms.evidence[row] += ((q - mean) ** 2 - (q - mean - correction) ** 2) / (2.0 * variance)
         n = float(arms.n[row])
         if n > 0:  # the corrections learn the deviation from the model's own mean so far (none before it has one)
@@ -454,7 +461,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
             gain = v / (1.0 + v @ phi)[:, None]  # A_new⁻¹φ
             np.subtract(a_inv, gain[:, :, None] * v[:, None, :], out=a_inv)  # Sherman–Morrison
             arms.b[row] += residual * phi
-            arms.w[row] += gain * (residual - correction)[:, None]  # recursive least squares: w = A⁻¹b
+            arms.w[row] += gain * (residual - predicted)[:, None]  # recursive least squares: w = A⁻¹b
         arms.n[row] += 1.0
         arms.sum_q[row] += q
         arms.sum_q2[row] += q * q
