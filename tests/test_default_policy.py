@@ -31,9 +31,10 @@ import pytest
 
 from bandit_router import exploration
 from bandit_router.catalog import ModelSpec
-from bandit_router.policies.hierarchical import HierarchicalParams
+from bandit_router.features import MAX_NUMBER_FEATURE, FeatureExtractor
+from bandit_router.policies.hierarchical import HierarchicalParams, HierarchicalThompsonPolicy
 from bandit_router.router import Router
-from bandit_router.types import Outcome, Request
+from bandit_router.types import Context, Outcome, Request
 
 KINDS = {
     "code": "python function compile bug stack trace refactor class method loop array",
@@ -361,7 +362,7 @@ if "--without-c-einsum" in sys.argv:
 from bandit_router.catalog import default_catalog
 from bandit_router.policies import hierarchical
 from bandit_router.router import Router
-from bandit_router.types import Outcome, Request
+from bandit_router.types import Context, Outcome, Request
 router = Router(list(default_catalog())[:5], "default", seed=3)
 rng, digest = np.random.default_rng(5), hashlib.sha256()
 words = "sort a list in python prove the theorem plan a holiday trip write a poem fix this bug".split()
@@ -427,32 +428,55 @@ def test_thompson_pmf_at_a_huge_price_penalty_is_the_pmf_of_the_differences() ->
         assert np.abs(pmf - exploration.gaussian_argmax_pmf(mean - mean.max(), sd)).max() < 1e-8
 
 
-def test_one_feedback_with_an_extreme_context_number_costs_the_corrections_at_most_one_bounded_score() -> None:
-    """A caller's context number enters φ as signed log1p(|x|): 690 for x = 1e300, where the numbers the corrections
-    were fitted on give at most log1p(10) = 2.4. Their estimate for that one request was 237, and scoring it one
-    step ahead took 107,512-112,007 from the levels' evidence L_ml (in a 20,000-request probe, where 20,000 more
-    requests won back ≈ 1,300 of 281,040): the corrections were off for good. A correction now counts only as far
-    as a difference of two qualities in [0, 1] can go, clip(w·φ, −1, 1), in the estimate and in its score, so one
-    feedback takes at most 4/(2σ_m²) from L_ml (here 4.0; it gained 0.02). Seeded: after 3,000 feedbacks of a model
-    whose quality rises with x (0.1 + 0.08·x, x in 0…10) every level's evidence is measured at 362-368 as before
-    the clip, which none of them reached (> 10 asserted), and the corrections' weight Σω at 1.00 (> 0.9 asserted)."""
-    from bandit_router.features import FeatureExtractor
-    from bandit_router.policies.hierarchical import HierarchicalThompsonPolicy
-
+def _trained_on_a_context_number() -> tuple[HierarchicalThompsonPolicy, dict[int, Context]]:
+    """A `default` policy after 3,000 feedbacks of model `a`, whose quality rises with the caller's context number x
+    (0.1 + 0.08·x, x in 0…10, seed 0); and the contexts of x = 0 … 10."""
     rng = np.random.default_rng(0)
     extract = FeatureExtractor()
     contexts = {x: extract(Request(prompt="the same words", context={"x": float(x)})) for x in range(11)}
-    model = spec("a")
     policy = HierarchicalThompsonPolicy()
     for _ in range(3000):
         x = int(rng.integers(0, 11))
-        policy.update(contexts[x], model, float(rng.random() < 0.1 + 0.08 * x), 1.0)
+        policy.update(contexts[x], spec("a"), float(rng.random() < 0.1 + 0.08 * x), 1.0)
+    return policy, contexts
+
+
+def test_one_feedback_with_an_extreme_context_number_costs_the_corrections_at_most_one_bounded_score() -> None:
+    """One request far outside what the corrections were fitted on: a caller's context number of 1e300 (its feature
+    capped at `MAX_NUMBER_FEATURE` = 20, where the numbers learned from, x in 0…10, give at most 2.4). Unclipped, the
+    corrections' estimate for it was 6.8 and scoring it one step ahead took 65-68 from the levels' evidence L_ml
+    (before the cap, 690 in the slot: 237 and 107,512-112,007, which 20,000 requests won back ≈ 1,300 of). A
+    correction now counts only as far as a difference of two qualities in [0, 1] can go, clip(w·φ, −1, 1), in the
+    estimate and in its score, so one feedback takes at most 4/(2σ_m²) from L_ml (here 8.0; it gained 0.02). After
+    the 3,000 feedbacks every level's evidence is measured at 362-368, as before the clip, which none of them reached
+    (> 10 asserted), and the corrections' weight Σω at 1.00 (> 0.9 asserted)."""
+    policy, _ = _trained_on_a_context_number()
+    model = spec("a")
     before = policy._arms.evidence[0].copy()
     mean, variance, _, omega = policy._summary()
     assert before.min() > 10 and omega[0].sum() > 0.9
-    extreme = extract(Request(prompt="the same words", context={"x": 1e300}))
+    extreme = FeatureExtractor()(Request(prompt="the same words", context={"x": 1e300}))
     estimate, _ = policy.predict(extreme, [model])
     assert abs(estimate[0] - mean[0]) <= 1.0
     policy.update(extreme, model, 1.0, 1.0)
     assert np.all(before - policy._arms.evidence[0] <= 4 / (2 * variance[0]))
     assert policy._summary()[3][0].sum() > 0.9
+
+
+@pytest.mark.parametrize("number", [1e300, -1e300, 1e30])
+def test_one_extreme_context_number_does_not_undo_what_the_corrections_learned(number: float) -> None:
+    """Uncapped, a context number's feature log1p(|x|) was 690 for 1e300 (69 for 1e30) where x in 0…10 gives at most
+    2.4: that one feedback outweighed the 3,000 before it in the ridge regression, and the learned spread of the
+    estimate between x = 10 and x = 0 fell from 0.82 to 0.004, 0.001 and 0.23 (1e300, −1e300, 1e30). The feature is
+    capped at `MAX_NUMBER_FEATURE` = 20 now: measured 0.69, 0.62 and 0.69 after them; 0.5 asserted (0.8 before)."""
+    policy, contexts = _trained_on_a_context_number()
+    model = spec("a")
+
+    def spread() -> float:
+        return float(policy.predict(contexts[10], [model])[0][0] - policy.predict(contexts[0], [model])[0][0])
+
+    assert spread() > 0.8
+    extreme = FeatureExtractor()(Request(prompt="the same words", context={"x": number}))
+    policy.update(extreme, model, 1.0, 1.0)
+    assert spread() > 0.5
+    assert np.abs(extreme.features["c"][1]).max() == np.float32(MAX_NUMBER_FEATURE)
