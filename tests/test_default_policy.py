@@ -480,3 +480,40 @@ def test_one_extreme_context_number_does_not_undo_what_the_corrections_learned(n
     policy.update(extreme, model, 1.0, 1.0)
     assert spread() > 0.5
     assert np.abs(extreme.features["c"][1]).max() == np.float32(MAX_NUMBER_FEATURE)
+
+
+def test_the_priors_of_many_models_are_the_mean_of_their_peers_in_linear_memory() -> None:
+    """μ₀ of a model without a catalog prior is the mean quality its family's other models have shown, else its
+    tier's, else all other models' (module docstring). Retired models stay rows (their late feedback is learned),
+    so a service that adds and retires models for months has thousands: the priors were sums over a (3, K, K)
+    matrix of peers (a peak of 450 MB for 3,000 rows; ≈ 150 ms a route after each update at 1,128 rows). They are
+    sums per group now: the same means (checked against a plain loop over the peers, to 1e-12) at a peak of
+    0.28 MB (< 5 MB asserted)."""
+    import tracemalloc
+
+    from bandit_router.policies.hierarchical import UNINFORMED_QUALITY, HierarchicalThompsonPolicy
+
+    rng = np.random.default_rng(0)
+    k = 3000
+    policy = HierarchicalThompsonPolicy(HierarchicalParams(dim=32))
+    arms = policy._arms
+    arms.n = rng.integers(0, 3, k).astype(float)
+    arms.sum_q = arms.n * rng.random(k)
+    arms.family = rng.integers(-1, 40, k)
+    arms.tier = rng.integers(-1, 3, k)
+    arms.catalog_prior = np.where(rng.random(k) < 0.1, 0.9, np.nan)
+    tracemalloc.start()
+    policy._refresh_priors()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 5e6, peak
+    for m in rng.choice(k, 60, replace=False):
+        expected = UNINFORMED_QUALITY
+        for group in (arms.family, arms.tier, None):
+            peers = [j for j in range(k) if j != m and (group is None or (group[m] >= 0 and group[j] == group[m]))]
+            if sum(arms.n[peers]) > 0:
+                expected = sum(arms.sum_q[peers]) / sum(arms.n[peers])
+                break
+        if not np.isnan(arms.catalog_prior[m]):
+            expected = 0.9
+        assert abs(arms.prior_mean[m] - expected) < 1e-12
