@@ -1,6 +1,5 @@
-"""The wall-clock time that decides what is old enough to delete (`retention_days`) and which reward windows have
-closed (`reward_window_s`: the writer's sweep, and whether a feedback is late): it never runs ahead of the time that
-actually elapsed.
+"""The wall-clock time that decides what is old enough to delete (`retention_days`): it never runs ahead of the
+time that actually elapsed.
 
     now = min(time.time(), t₀ + (b − b₀))
 

@@ -157,12 +157,11 @@ class Engine:
         """Recurring failures (a checkpoint, the WAL, retention) are logged at most once a minute each."""
         self._next_wal_check = 0.0
         self._next_retention = 0.0
-        self.retention_clock: SteadyWallClock = self.writer.clock
-        """What retention's cutoff is measured from: the wall clock, never ahead of the time elapsed since the start
-        (`bandit_router.clock`), so that a forward step of the wall clock deletes nothing before its time; the
-        writer's, which measures the reward windows by it too."""
+        self.retention_clock = SteadyWallClock()
         self._ahead_said: float | None = None
         """How far ahead the wall clock was when it was last said (None: not ahead)."""
+        """What retention's cutoff is measured from: the wall clock, never ahead of the time elapsed since the start
+        (`bandit_router.clock`), so that a forward step of the wall clock deletes nothing before its time."""
         self._routes: dict[asyncio.AbstractEventLoop, list[tuple[Request, asyncio.Future[Decision]]]] = {}
         """Route requests waiting for this event-loop iteration's `Router.route_many` (`_decide`)."""
         self.extra_stats: dict[str, Callable[[], Any]] = {}

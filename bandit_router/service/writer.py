@@ -39,7 +39,6 @@ from typing import Any, Protocol
 
 from ..budgets import BudgetConfig
 from ..catalog import ModelSpec
-from ..clock import SteadyWallClock
 from ..dbguard import RateLimitedLog
 from ..errors import BanditRouterError, ConflictingFeedback, InvalidInput, UnknownDecision
 from ..hints import quoted
@@ -244,8 +243,7 @@ class Feedback(Op):
         decision, o = stored.decision, with_call(self.outcome, batch.calls.get(self.decision_id))
         report = (o.quality, o.cost_usd, o.input_tokens, o.output_tokens, o.latency_s, self.source)
         existing = batch.feedback.get(self.decision_id, [])
-        received = min(self.received_at, batch.writer.clock())  # a forward step of the wall clock makes none late
-        ruling = judge(existing, report, received, decision.created_at, batch.writer.rules)
+        ruling = judge(existing, report, self.received_at, decision.created_at, batch.writer.rules)
         if ruling.verdict == Verdict.DUPLICATE:
             rec = ruling.earlier
             assert rec is not None
@@ -383,16 +381,12 @@ class Writer:
 
     def __init__(
         self, store: Store, follower: LogFollower, budgets: BudgetState, rules: FeedbackRules, *,
-        observer: Observer | None = None, clock: SteadyWallClock | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.store = store
         self.follower = follower
         self.budgets = budgets
         self.rules = rules
-        self.clock = clock or SteadyWallClock()
-        """What reward windows are measured by (their sweep, and whether a feedback is late): the wall clock, never
-        ahead of the time elapsed since the start (`bandit_router.clock`), so that a forward step of the wall clock
-        closes no window before its time."""
         self.observer = observer
         self._sweeps = rules.sweeps
         self._queue: queue.SimpleQueue[list[Op] | None] = queue.SimpleQueue()
@@ -711,7 +705,7 @@ class Writer:
         tx = batch.tx
         batch.flush()  # the walk below must see this batch's feedback
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
-        until = self.clock() - window - SWEEP_GRACE_S  # not closed early by a forward step of the wall clock
+        until = time.time() - window - SWEEP_GRACE_S
         mark = tx.get_meta(SWEPT)
         after = int(mark) if mark is not None else tx.last_decision_position()
         infos, position = tx.decisions_closing(after, until, SWEEP_LIMIT)
