@@ -3,19 +3,30 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SERVE_STAMP := $(VENV)/.installed-serve
+comma  := ,
 
 .PHONY: install run test lint docs bench profile clean browser postgres
 
-$(STAMP): pyproject.toml
+# `make run` installs what serving needs (the package); every other target also the dev and docs extras.
+define install_package
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v in ((3, 11), (3, 12)) else "bandit-router needs CPython 3.11 or 3.12 (the code needs 3.11, and vowpal-wabbit-next 0.7.0 has no wheels past 3.12); $(PYTHON) is %d.%d: run make PYTHON=/path/to/python3.12 ..." % v)'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,docs]'
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '$(1)'
+endef
+
+$(SERVE_STAMP): pyproject.toml
+	$(call install_package,.)
+	touch $(SERVE_STAMP)
+
+$(STAMP): pyproject.toml
+	$(call install_package,.[dev$(comma)docs])
+	touch $(SERVE_STAMP) $(STAMP)
 
 install: $(STAMP)
 
-run: $(STAMP)
+run: $(SERVE_STAMP)
 	$(BIN)/bandit-router serve --host 127.0.0.1 --port 8000
 
 # The dashboard's browser tests need Debian's Chromium: installed here when missing and running as root (CI is);

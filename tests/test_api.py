@@ -267,6 +267,72 @@ def test_default_reward_is_learned_for_silent_decisions(make_client: Callable[..
     assert late.json()["status"] == "late"
 
 
+def test_decisions_made_while_reward_windows_were_off_get_no_default_reward(
+        make_client: Callable[..., TestClient]) -> None:
+    """Windows on, a restart without them, then on again: the decisions of the period without windows were promised
+    none, so the start that turns them on again closes only the windows of decisions made from then on (each silent
+    decision of the whole period was learned as `default_reward` at once)."""
+    first = make_client(reward_window_s=0.3, default_reward=0.25)
+    _route(first)
+    _wait(lambda: first.get("/v1/stats").json()["feedback_by_status"].get("default") == 1)
+    first.__exit__(None, None, None)
+    without = make_client()
+    unwindowed = [_route(without, prompt=f"no window {i}")["decision_id"] for i in range(4)]
+    without.__exit__(None, None, None)
+    time.sleep(0.6)  # their windows, had they had one, are closed
+    again = make_client(reward_window_s=0.3, default_reward=0.25)
+    after = _route(again, prompt="with a window again")
+    _wait(lambda: again.get("/v1/stats").json()["feedback_by_status"].get("default", 0) >= 2)
+    time.sleep(0.6)  # sweeps after it close nothing more
+    with _db(again) as conn:
+        rows = conn.execute("SELECT decision_id FROM feedback WHERE status = 'default' ORDER BY seq").fetchall()
+    defaults = [r[0] for r in rows]
+    assert defaults[1:] == [after["decision_id"]] and not set(defaults) & set(unwindowed)
+    assert again.get("/v1/stats").json()["policy_version"] == 2
+
+
+def test_a_run_without_default_rewards_stopped_before_closing_the_previous_windows_still_counts_as_off(
+        make_client: Callable[..., TestClient]) -> None:
+    """On, then a short run without `default_reward` (its window of 30 s: the previous run's windows still open when
+    it stopped), then on again: the decision of the first run learns its default reward, the decisions of the run
+    without it do not (they got them: the position of windows closed had not reached where they went off)."""
+    first = make_client(reward_window_s=30.0, default_reward=0.25)
+    promised = _route(first, prompt="made with a default reward")["decision_id"]
+    first.__exit__(None, None, None)
+    without = make_client(reward_window_s=30.0)
+    unpromised = [_route(without, prompt=f"made without {i}")["decision_id"] for i in range(3)]
+    without.__exit__(None, None, None)
+    again = make_client(reward_window_s=0.3, default_reward=0.25)
+    _wait(lambda: again.get("/v1/stats").json()["feedback_by_status"].get("default", 0) >= 1)
+    time.sleep(0.8)
+    with _db(again) as conn:
+        rows = conn.execute("SELECT decision_id FROM feedback WHERE status = 'default' ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == [promised], (len(rows), set(r[0] for r in rows) & set(unpromised))
+
+
+@pytest.mark.parametrize("second", [{}, {"reward_window_s": 0.3}], ids=["no windows", "reject"])
+def test_pending_feedback_is_learned_after_a_restart_that_no_longer_averages(
+        make_client: Callable[..., TestClient], second: dict[str, Any]) -> None:
+    """Feedback acknowledged `pending` under `aggregation = "average"` is learned when its window closes. A restart
+    without averaging (and without `default_reward`) closed no window any more: the feedback was never learned, and
+    its decision refused every other feedback (409). That start first closes the windows the previous run left open:
+    at their end with `reward_window_s` still set, at once without it."""
+    first = make_client(aggregation="average", reward_window_s=30.0)
+    decision = _route(first)
+    for quality in (0.2, 0.6):
+        reply = first.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": quality})
+        assert reply.json()["status"] == "pending"
+    first.__exit__(None, None, None)
+    again = make_client(**second)
+    _wait(lambda: again.get("/v1/stats").json()["policy_version"] == 1)
+    with _db(again) as conn:
+        rows = conn.execute("SELECT status, quality, learn FROM feedback ORDER BY seq").fetchall()
+    assert rows[2][0] == "aggregate" and rows[2][1] == pytest.approx(0.4) and rows[2][2] == 1
+    _route(again)  # the windows of the decisions it makes are not closed: no default, nothing more learned
+    time.sleep(0.8)
+    assert again.get("/v1/stats").json()["policy_version"] == 1 and _count(again, "SELECT COUNT(*) FROM feedback") == 3
+
+
 def test_stats_count_the_feedback_callers_sent_as_the_dashboard_does(make_client: Callable[..., TestClient]) -> None:
     """A closed window's default reward is learned, but it is no feedback: `/v1/stats`' learned counts, feedback
     rate, means and spend are those of the dashboard (`/v1/stats/timeseries`), not 100% with invented qualities."""

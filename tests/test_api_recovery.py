@@ -320,6 +320,34 @@ def test_a_model_removed_from_the_catalog_is_warned_about_once_not_once_per_stor
     service.close()
 
 
+def test_feedback_for_a_model_removed_from_the_catalog_since_its_decision_costs_the_decisions_estimate(
+        tmp_path: Path) -> None:
+    """A decision awaiting feedback when its model leaves the catalog file: the feedback without a cost after the
+    restart is stored (not learned: the model is gone) at the cost the decision estimated for its model, and its
+    reward is quality − λ·that cost. Its prices are gone, and it was priced 0: the model's spend in `/v1/stats`
+    read 0 and the reward the bare quality."""
+    from bandit_router.catalog import default_catalog
+
+    specs = {spec.name: spec for spec in default_catalog()}
+    two = (specs["gpt-4o-mini"], specs["gpt-4o"])
+    service = Service(Settings(db=tmp_path / "r.db", seed=3, models=two))
+    decision = service.client.post("/v1/route", json={"prompt": PROMPTS[0], "models": ["gpt-4o"],
+                                                      "cost_weight": 40}).json()
+    estimate = service.client.get(f"/v1/decisions/{decision['decision_id']}").json()["expected_cost_usd"]["gpt-4o"]
+    service.close()
+    service = Service(Settings(db=tmp_path / "r.db", seed=3, models=two[:1]))
+    reply = service.client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.9,
+                                                      "output_tokens": 400})
+    assert reply.status_code == 200, reply.text
+    assert estimate > 0 and reply.json()["reward"] == pytest.approx(0.9 - 40 * estimate)
+    with sqlite3.connect(tmp_path / "r.db") as conn:
+        assert conn.execute("SELECT realised_cost_usd FROM feedback").fetchone()[0] == pytest.approx(estimate)
+    (row,) = [m for m in service.client.get("/v1/stats").json()["models"] if m["model"] == "gpt-4o"]
+    assert row["spend_usd"] == pytest.approx(estimate) and row["in_catalog"] is False
+    assert service.engine.router.version == 0  # not learned
+    service.close()
+
+
 def test_a_long_catch_up_is_work_not_a_database_that_does_not_answer(settings: Settings,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A process that must learn many rows another one committed (a replica back from a partition) spends one long

@@ -252,6 +252,61 @@ def test_budget_state_survives_a_restart_of_a_real_server(tmp_path: Path) -> Non
             server.stop()
 
 
+def test_an_edited_budgets_table_that_the_stored_targets_win_over_is_said_once_per_edit(
+        make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture) -> None:
+    """The stored targets win over the configuration's [budgets] at every start (a PUT is not undone by a restart),
+    so a budget cut in the file, or its targets removed, was not paced and nothing said so. A start whose file
+    changed since the last start, and differs from what it paces, warns naming both; the next start with the same
+    file says nothing, and neither does a PUT's target with a file that never had any."""
+    def warned() -> list[str]:
+        return [m for m in _budget_warnings(caplog) if "[budgets] changed" in m]
+
+    def start(budgets: dict[str, Any]) -> TestClient:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="bandit_router"):
+            return make_client(budgets=BudgetConfig.from_mapping(budgets))
+
+    first = start({"spend_usd": "100/1d"})
+    _route(first)
+    first.__exit__(None, None, None)  # stores the state: its targets win from now on
+    assert warned() == []
+    cut = start({"spend_usd": "1/1d"})
+    assert cut.get("/v1/budgets").json()["targets"] == ["spend_usd=100/1d"]  # as documented: the stored win
+    (said,) = warned()
+    assert "file: spend_usd=1/1d; paced: spend_usd=100/1d" in said and "PUT" in said
+    cut.__exit__(None, None, None)
+    again = start({"spend_usd": "1/1d"})
+    assert warned() == []
+    again.__exit__(None, None, None)
+    removed = start({})
+    assert "file: no targets; paced: spend_usd=100/1d" in warned()[0]
+    assert removed.put("/v1/budgets", json={"avg_cost_usd": 0.01}).status_code == 200
+    removed.__exit__(None, None, None)
+    put_only = start({})
+    assert put_only.get("/v1/budgets").json()["targets"] == ["avg_cost_usd=0.01"] and warned() == []
+
+
+def test_stored_budgets_naming_a_model_removed_from_the_catalog_file_are_warned_about(
+        make_client: Callable[..., TestClient], caplog: pytest.LogCaptureFixture) -> None:
+    """A PUT's fallback_model and share name a model that the catalog file then drops: the start checks only the
+    file's [budgets] (the stored ones replace it), so nothing said that the fallback is gone (the guard rails take
+    the cheapest model) and the share never binds. The start warns about each, and routes as documented."""
+    specs = (ModelSpec(name="a", input_usd_per_mtok=1.0, output_usd_per_mtok=2.0),
+             ModelSpec(name="b", input_usd_per_mtok=3.0, output_usd_per_mtok=6.0),
+             ModelSpec(name="c", input_usd_per_mtok=0.05, output_usd_per_mtok=0.1))
+    first = make_client(models=specs)
+    body = {"spend_usd": "0.00001/1d", "fallback_model": "c", "guard_max_usd_per_mtok": 0.01, "share": {"c": 0.5}}
+    assert first.put("/v1/budgets", json=body).status_code == 200
+    first.__exit__(None, None, None)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        second = make_client(models=specs[:2])
+    said = [m for m in _budget_warnings(caplog) if m.startswith("stored budgets")]
+    assert len(said) == 2 and "fallback_model 'c'" in said[0] and "share:c=0.5" in said[1], said
+    assert second.get("/v1/budgets").json()["targets"] == ["spend_usd=1e-05/1d", "share:c=0.5"]
+    assert _route(second)["model"] in ("a", "b")
+
+
 def test_tenant_5_and_5_0_are_one_tenant(make_client: Callable[..., TestClient]) -> None:
     """A tenant was `str(value)`: tenant 5 and tenant 5.0 (one JSON number: a Python client sends 5.0) were "5" and
     "5.0", stored apart and paced apart (5.0 escaped tenant "5"'s budget). Both are tenant "5" now, as the string

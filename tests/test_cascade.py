@@ -292,6 +292,40 @@ def test_run_cascade_pays_the_judge_and_falls_back_past_a_failing_model() -> Non
         Signal("vibes")
 
 
+@pytest.mark.parametrize("runs_out", ["small", "judge", "failed"])
+def test_run_cascade_starts_no_call_once_out_of_time_and_returns_the_answer_it_has(runs_out: str) -> None:
+    """Time runs out (`out_of_time`) during a call: no call is started after it. During `small`'s answer, the answer
+    is returned unjudged with no step (nothing could follow it); during the judge's call, its step is kept and
+    `small`'s answer returned; after `small` failed, nothing answered. The models not called are not in the chain,
+    which says `out_of_time`."""
+    calls: list[str] = []
+    left = [True]
+
+    async def call(model: str, messages: Sequence[Mapping[str, str]], logprobs: bool) -> ModelAnswer:
+        calls.append(model)
+        if model == runs_out or (runs_out == "failed" and model == "small"):
+            left[0] = False
+        if runs_out == "failed":
+            raise CallFailed("no answer before the request's deadline")
+        return ModelAnswer(model, "2 - wrong" if model == "judge" else "answer", 0.01, 0.2)
+
+    run = _run(["small", "mid", "big"], threshold=0.7)
+    result = asyncio.run(run_cascade(run, [{"role": "user", "content": "q"}], "q", call, Signal("judge", "judge"),
+                                     out_of_time=lambda: not left[0]))
+    assert result.out_of_time and result.to_json()["out_of_time"] is True
+    if runs_out == "failed":
+        assert calls == ["small"] and result.answer is None and [c.error is not None for c in result.calls] == [True]
+        return
+    assert result.model == "small" and chain_pmf(["small", "mid", "big"], result) == [1.0, 0.0, 0.0]
+    if runs_out == "small":
+        assert calls == ["small"] and result.steps == () and result.calls[0].confidence is None
+    else:
+        assert calls == ["small", "judge"] and [s.escalate for s in result.steps] == [True]
+    run = _run(["small", "mid"], threshold=0.0)  # with time left: as before, and no `out_of_time` in its JSON
+    result = asyncio.run(run_cascade(run, [{"role": "user", "content": "q"}], "q", call, Signal("logprob")))
+    assert not result.out_of_time and "out_of_time" not in result.to_json()
+
+
 # -- learned escalation -----------------------------------------------------------------------------------------
 def test_learned_escalation_learns_which_kinds_of_prompt_to_escalate() -> None:
     """Cheap model right on 'easy' prompts 90% of the time, on 'hard' ones 10%; the strong one 95% and escalating

@@ -201,6 +201,32 @@ def test_a_streamed_answer_carries_every_choice_tool_call_and_log_prob_of_the_ac
     assert final.choices[1].message.tool_calls[0].function.arguments == call["function"]["arguments"]
     assert final.choices[0].message.content == "Hi"
 
+def test_a_streamed_answer_carries_the_completions_own_fields_on_every_chunk(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """A named router's stream is the accepted completion's: each chunk has its `id`, `created`,
+    `system_fingerprint` and `service_tier` (and a provider's own field), as the upstream's own stream would, and
+    the openai client reads them as it reads the unstreamed completion's. They were left out but for `id` and
+    `created`."""
+    url = gateway()
+    answer = json.loads(completion("Hi"))
+    answer.update(created=1700000000, system_fingerprint="fp_0123", service_tier="default", provider="fake")
+    fake.script["cheap"] = replying(json.dumps(answer).encode())
+    fake.script[JUDGE] = replying(completion("9"))
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    messages = [{"role": "user", "content": PROSE}]
+    whole = client.chat.completions.create(model="cascade", messages=messages)
+    assert (whole.system_fingerprint, whole.service_tier) == ("fp_0123", "default")
+    chunks = list(client.chat.completions.create(model="cascade", messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert len(chunks) == 3 and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 15
+    for chunk in chunks:
+        assert (chunk.id, chunk.created, chunk.model) == ("chatcmpl-scripted", 1700000000, "cheap")
+        assert (chunk.object, chunk.system_fingerprint, chunk.service_tier) == \
+            ("chat.completion.chunk", "fp_0123", "default")
+        assert (chunk.model_extra or {}).get("provider") == "fake"
+
+
 def test_a_tool_call_is_an_answer_the_judge_reads_and_its_tokens_are_counted(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
@@ -345,6 +371,56 @@ def test_an_upstream_failure_mid_chain_falls_back_without_a_500(
     assert loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]["failed_requests"] == 1
 
 
+def refused_as_the_upstream_said(url: str, alias: str, model: str) -> None:
+    """A request to `alias` for a code prompt is refused with the 400 `model` gave (the fake's context window
+    error), its own error body: the openai client's `BadRequestError` with the upstream's `code` and `param`, as
+    the bandit's alias passes it through, so that a client that trims its history on `context_length_exceeded`
+    does so behind a named router too."""
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=alias, messages=[{"role": "user", "content": CODE}])
+    assert refused.value.code == "context_length_exceeded" and refused.value.param == "messages"
+    assert refused.value.body == {"message": f"This model's maximum context length is exceeded ({model})",
+                                  "type": "invalid_request_error", "param": "messages",
+                                  "code": "context_length_exceeded"}
+
+
+VLLM_FLAT = {"object": "error", "message": "This model's maximum context length is 2048 tokens.",
+             "type": "BadRequestError", "param": None, "code": 400}
+"""vLLM's error body until mid-2025 (vllm-project/vllm#22099): flat, its `code` the HTTP status."""
+
+
+@pytest.mark.parametrize("alias", ["router", "cascade"])
+@pytest.mark.parametrize(("body", "message", "param", "code"), [
+    (VLLM_FLAT, "This model's maximum context length is 2048 tokens.", None, "upstream_rejected"),
+    ({**VLLM_FLAT, "param": "messages", "code": "context_length_exceeded"},
+     "This model's maximum context length is 2048 tokens.", "messages", "context_length_exceeded"),
+    ({"error": "model 'llama3' not found, try pulling it first"}, "model 'llama3' not found, try pulling it first",
+     None, "upstream_rejected"),
+    ({"detail": "Input validation error"}, "Input validation error", None, "upstream_rejected"),
+    ({"unexpected": 1}, "the upstream refused the request (400)", None, "upstream_rejected"),
+    ("not json", "the upstream refused the request (400)", None, "upstream_rejected"),
+])
+def test_an_upstream_4xx_outside_openais_shape_keeps_the_upstreams_words(
+    gateway: Callable[..., str], fake: ScriptedFake, alias: str, body: Any, message: str, param: str | None,
+    code: str
+) -> None:
+    """An upstream that refuses a request (400) with an error body in another shape than OpenAI's (vLLM's flat
+    one, a bare text under `error` or `detail`) gives the client its words, in OpenAI's shape: the openai client's
+    `BadRequestError` says what the upstream said, with its `param` and `code` when they are text. The message was
+    only `cheap: the upstream refused the request (400)`; a body without words still says that."""
+    url = gateway()
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    fake.script["cheap"] = fake.script["strong"] = replying(raw, 400)
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=alias, messages=[{"role": "user", "content": PROSE}])
+    said = refused.value.body
+    assert isinstance(said, dict) and said["type"] == "invalid_request_error", said
+    assert said["message"] in (f"cheap: {message}", f"strong: {message}"), said
+    assert (said["param"], said["code"]) == (param, code)
+
+
 def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_before_any_answer_is_the_clients(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
@@ -358,9 +434,7 @@ def test_a_model_refusing_an_escalation_leaves_the_paid_answer_and_a_refusal_bef
     assert counts["requests"] == 1 and counts["failed_calls"] == 1 and counts["spend_usd"] > 0
     fake.set("strong")
     fake.set("cheap", "reject")  # the first model refuses: nothing answered, the client's 400 goes back to it
-    reply = loopback.post(url + "/v1/chat/completions",
-                          json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
-    assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
+    refused_as_the_upstream_said(url, "cascade", "cheap")
     counts = loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]
     assert counts["requests"] == 2 and counts["failed_requests"] == 1 and counts["failed_calls"] == 2  # counted
 
@@ -373,9 +447,7 @@ def test_a_refusal_after_a_failed_call_is_the_clients_and_both_calls_are_counted
     url = gateway()
     fake.set("cheap", "fail")
     fake.set("strong", "reject")
-    reply = loopback.post(url + "/v1/chat/completions",
-                          json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
-    assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
+    refused_as_the_upstream_said(url, "cascade", "strong")
     counts = loopback.get(url + "/v1/stats").json()["named_routers"]["cascade"]
     assert counts["requests"] == 1 and counts["failed_requests"] == 1
     assert counts["answer_calls"] == 2 and counts["failed_calls"] == 2
@@ -388,9 +460,7 @@ def test_a_refusal_of_the_llm_routers_named_model_is_the_clients_and_the_routing
     400, and the request counts as failed with the routing call it paid for."""
     url = gateway()
     fake.set("strong", "reject")
-    reply = loopback.post(url + "/v1/chat/completions",
-                          json={"model": "auto", "messages": [{"role": "user", "content": CODE}]})
-    assert reply.status_code == 400 and "refused" in reply.json()["error"]["message"]
+    refused_as_the_upstream_said(url, "auto", "strong")
     counts = loopback.get(url + "/v1/stats").json()["named_routers"]["auto"]
     assert counts["requests"] == 1 and counts["failed_requests"] == 1 and counts["router_calls"] == 1
     assert counts["answer_calls"] == 1 and counts["failed_calls"] == 1 and counts["spend_usd"] > 0
@@ -525,6 +595,7 @@ def test_openai_clients_see_the_named_routers_as_models(gateway: Callable[..., s
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
     ids = [m.id for m in client.models.list()]
     assert ids[:5] == ["router", "cascade", "confident", "learned", "auto"] and "cheap" in ids
+    assert client.models.retrieve("cascade").id == "cascade"  # `GET /v1/models/{name}`, as listed
 
 
 # -- x-bandit-router-attempts ---------------------------------------------------------------------------------------
@@ -785,6 +856,42 @@ def test_an_llm_router_calls_no_model_once_the_deadline_passed_and_stores_or_lea
             assert time.monotonic() < deadline
             time.sleep(0.05)
     assert rows == [("random", "timeout", 1, 0.0, "gateway")]
+
+
+def test_a_cascade_calls_no_model_once_the_deadline_passed_and_counts_only_the_calls_it_made(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """A fixed cascade went on "calling" its models after the request's deadline: each failed at once as a
+    timeout without any HTTP call and was counted in `failed_calls` and listed in the chain as a call. As the
+    gateway and the LLM router, it now starts no call with no time left: `cheap` hanging until the deadline (1 s) is
+    a 504 naming the deadline, `strong` neither called nor counted (failed calls 1, it was 2); a judge hanging until
+    the deadline leaves `cheap`'s answer, returned with the chain marked `out_of_time`, its step (escalate, no
+    score) kept, and `strong` not listed (it was, as a failed call)."""
+    url = gateway(deadline_s=1.0)
+    fake.set("cheap", "hang")
+    strong_before = fake.calls["strong"]
+    reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                          json={"model": "cascade", "messages": [{"role": "user", "content": CODE}]})
+    assert reply.status_code == 504, reply.text
+    assert "deadline passed before the next model could be called" in reply.json()["error"]["message"]
+    counts = loopback.get(url + "/v1/stats", timeout=10).json()["named_routers"]["cascade"]
+    assert (counts["requests"], counts["failed_requests"], counts["answer_calls"], counts["failed_calls"]) == (
+        1, 1, 1, 1), counts  # cheap's timeout alone
+
+    fake.set("cheap")
+    fake.set(JUDGE, "hang")
+    completion, chain, decision_id = ask(url, "cascade", CODE)
+    assert completion.model == "cheap"
+    assert [(c["model"], c["role"], "error" in c) for c in chain["calls"]] == [("cheap", "answer", False),
+                                                                             (JUDGE, "judge", True)], chain
+    assert chain["out_of_time"] is True and [s["action"] for s in chain["steps"]] == ["escalate"]
+    decision = stored(url, decision_id)
+    assert decision["probabilities"] == {"cheap": 1.0, "strong": 0.0} and decision["chain"]["out_of_time"] is True
+    counts = loopback.get(url + "/v1/stats", timeout=10).json()["named_routers"]["cascade"]
+    assert (counts["requests"], counts["failed_requests"], counts["answer_calls"], counts["judge_calls"]) == (
+        2, 1, 2, 1), counts
+    assert counts["failed_calls"] == 2, counts  # cheap's timeout before, the judge's now
+    assert fake.calls["strong"] == strong_before
 
 
 def _failing_cheap(gateway: Callable[..., str], fake: ScriptedFake) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -543,6 +544,28 @@ def test_promotion_with_evidence_is_durable(tmp_path: Path) -> None:
         engine = client.app.state.services.engine  # type: ignore[attr-defined]
         assert engine.recovery["checkpoint_seq"] is None and engine.recovery["replayed"] == 430
         assert np.allclose(engine.router.weights(), rebuild_router(settings, engine.store).weights())
+
+
+def test_a_restart_without_the_promoted_shadow_says_which_policy_is_live(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A promotion, then the shadow taken out of `shadow_policies` (a configuration tidied up): the stored promotion
+    cannot apply and the configuration's policy is live again. The warning said only "no such shadow policy here;
+    not applied"; it names the policy that is live and how to keep the promoted one. With the promoted one as the
+    configuration's `policy`, nothing is wrong and nothing is warned."""
+    db = tmp_path / "p.db"
+    with TestClient(create_app(_settings(db))) as client:
+        _rounds(_ready(client).post, 6, seed=2)
+        assert client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True}).status_code == 200
+    with (caplog.at_level(logging.WARNING, logger="bandit_router"),
+          TestClient(create_app(Settings(db=db, seed=5, policy="random"))) as client):
+        assert _ready(client).get("/v1/stats").json()["live_policy"] == "random"
+    (said,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("promote linucb")]
+    assert "the live policy stays 'random'" in said and "set policy = 'linucb'" in said
+    caplog.clear()
+    with (caplog.at_level(logging.WARNING, logger="bandit_router"),
+          TestClient(create_app(Settings(db=db, seed=5, policy="linucb"))) as client):
+        assert _ready(client).get("/v1/stats").json()["live_policy"] == "linucb"
+    assert not [r for r in caplog.records if r.getMessage().startswith("promote")]
 
 
 def test_a_promotion_is_judged_against_the_live_policy_not_the_policies_before_it(tmp_path: Path) -> None:

@@ -221,6 +221,23 @@ def test_models_are_listed_in_openai_shape_and_in_the_routers_own(gateway: Calla
     assert "base_url" not in own["models"][0]
 
 
+def test_openai_clients_retrieve_each_listed_model_and_get_a_404_for_any_other(gateway: Callable[..., str]) -> None:
+    """`client.models.retrieve(name)` (`GET /v1/models/{name}`) answers each model object `GET /v1/models` lists in
+    `data`, the alias included; a `route = false` model, a retired one and an unknown name are OpenAI's 404
+    `model_not_found` (the client's `NotFoundError`). It was a 405 in the service's own shape for every name."""
+    url = gateway(models=(*MODELS, JUDGE), not_routed=(JUDGE,))
+    openai_client = client(url)
+    listed = openai_client.models.list().data
+    assert [openai_client.models.retrieve(m.id) for m in listed] == listed
+    assert loopback.delete(f"{url}/v1/models/fake-small").status_code == 200
+    for name in (JUDGE, "fake-small", "nope"):
+        with pytest.raises(openai.NotFoundError) as missing:
+            openai_client.models.retrieve(name)
+        assert missing.value.code == "model_not_found" and missing.value.param == "model", name
+        assert missing.value.type == "invalid_request_error" and repr(name) in missing.value.message
+    assert [m.id for m in openai_client.models.list().data] == ["router", "fake-coder", "fake-writer"]
+
+
 def test_knobs_ride_in_headers_too_and_the_body_wins(gateway: Callable[..., str]) -> None:
     url = gateway()
     raw = client(url).chat.completions.with_raw_response.create(

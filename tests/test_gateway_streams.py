@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from bandit_router.catalog import ModelSpec
@@ -22,7 +23,7 @@ from bandit_router.gateway.sse import sse_lines
 from bandit_router.service import create_app
 from benchmarks.fake_upstream import ServerThread
 from tests.named_fakes import PRICES, PROSE, QUALITY, ScriptedFake, serving
-from tools.loopback import loopback
+from tools.loopback import loopback, openai_client
 
 FINISH = b'data: {"id":"s","object":"chat.completion.chunk","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
 
@@ -114,6 +115,28 @@ def test_a_stream_cut_inside_a_line_is_a_cut_not_an_answer_that_is_not_json(
     reply = stream(url)
     assert reply.status_code == 200 and reply.text.rstrip().endswith("data: [DONE]"), reply.text
     assert recorded(tmp_path / "s0.db", reply.headers["x-decision-id"]) == ("ok", None)
+
+
+@pytest.mark.parametrize("error", [{"message": "Output blocked by content filtering policy", "code": "content_filter"},
+                                   "Output blocked by content filtering policy"], ids=["object", "text"])
+def test_an_error_event_from_the_upstream_reaches_the_caller_in_its_own_words(
+    gateway: Callable[..., str], fake: ScriptedFake, tmp_path: Path, error: Any
+) -> None:
+    """An upstream that ends its stream with an error event (a provider's content filter, an overload) after the
+    first chunk: the openai client raises `APIError` with the upstream's message in the gateway's error event, and
+    the call record keeps it. The caller and the record only read "the upstream sent an error mid-stream"."""
+    url = gateway()
+    said = b"data: " + json.dumps({"error": error}).encode() + b"\n\n"
+    fake.script["cheap"] = streaming(lambda: [event("Hello"), said])
+    client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    raw = client.chat.completions.with_raw_response.create(
+        model="cheap", messages=[{"role": "user", "content": PROSE}], stream=True)
+    with pytest.raises(openai.APIError) as broke:
+        for _ in raw.parse():
+            pass
+    words = "cheap: the upstream sent an error mid-stream: Output blocked by content filtering policy"
+    assert broke.value.message == f"the stream broke: {words}" and broke.value.code == "server_error"
+    assert recorded(tmp_path / "s0.db", raw.headers["x-decision-id"]) == ("server_error", words)
 
 
 def test_sse_lines_end_at_cr_lf_or_crlf_only_wherever_the_parts_are_cut() -> None:

@@ -448,3 +448,32 @@ def test_failed_call_records_are_said_per_kind_of_failure_and_the_unsaid_ones_at
         "recording a call failed: 'x'",
         "recording a call failed: database down 3 (the latest of 2 like this that were not logged)",
     ]
+
+
+def test_a_message_without_content_adds_nothing_to_the_features_and_every_other_message_is_read_as_before() -> None:
+    """A message whose `content` is null (an assistant's that only calls tools) or absent added an empty line to
+    the text the features read ("hi\\n\\n42"), so a tool-calling conversation featurized unlike the same words
+    without it. It is left out now; a message whose content is empty text still gives its empty line (features of
+    every request without a null content are as before), and a request of null contents only is one empty text."""
+    from bandit_router.features import FeatureExtractor
+
+    def request(messages: list[dict[str, Any]]) -> Any:
+        return parse_chat({"model": "router", "messages": messages}, {}, alias="router",
+                          max_prompt_chars=100).core_request()
+
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": "{}"}}
+    with_tools = request([{"role": "user", "content": "hi"},
+                          {"role": "assistant", "content": None, "tool_calls": [call]},
+                          {"role": "tool", "tool_call_id": "c1", "content": "42"}, {"role": "user", "content": "ok"}])
+    plain = request([{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "c1", "content": "42"},
+                     {"role": "user", "content": "ok"}])
+    assert with_tools.text == plain.text == "hi\n42\nok" and with_tools.turns == plain.turns == 2
+    extractor = FeatureExtractor()
+    assert extractor.extract(with_tools.text).same_features(extractor.extract(plain.text))
+    absent = request([{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [call]}])
+    assert absent.text == "hi"
+    empty = request([{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""},
+                     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}])
+    assert empty.text == "hi\n\n" and empty.turns == 2  # empty text, and parts without text: read as before
+    only = request([{"role": "assistant", "content": None, "tool_calls": [call]}])
+    assert only.text == "" and [m.role for m in only.messages or ()] == ["assistant"]

@@ -484,3 +484,61 @@ def test_keys_written_alike_are_each_named_as_sent_when_the_errors_come_without_
         message = reply.json()["message"]  # (the U+FFFD key is refused too, by the keys' pattern)
         for field in named:
             assert message.count(f"{field}: not Unicode text: it holds a lone surrogate (") == 1, (field, message)
+
+
+_MODEL = b'{"name": "m", "input_usd_per_mtok": 1, "output_usd_per_mtok": 2, "tags": {'
+
+
+@pytest.mark.parametrize(("tags", "rest", "named"), [
+    (b'"a\\ufffd\\ufffd\\ufffd": "ok", "a\\ud800": "x\\ud800"', _SIX_ERRORS, [("tags.a\\ud800", "\\ud800")]),
+    (b'"a\\ufffd\\ufffd\\ufffd": {"k\\ud800": "v"}, "a\\ud800": "x\\ud800"', b"}", [("tags.a\\ud800", "\\ud800")]),
+    (b'"a\\ud800": "x\\ud800", "a\\udbff": "y\\udbff"', _SIX_ERRORS,
+     [("tags.a\\ud800", "\\ud800"), ("tags.a\\udbff", "\\udbff")]),
+])
+def test_a_surrogate_in_a_value_under_a_key_written_alike_is_located_at_its_own_key(
+    client: TestClient, tags: bytes, rest: bytes, named: list[tuple[str, str]]
+) -> None:
+    """A value pydantic reports under a key written with a surrogate (its location holds the key's bytes as
+    U+FFFD×3) was looked up by that lossy form, taking the first key written alike: the key that holds U+FFFD
+    itself (its value "ok" named as the text, so no position; or its object, whose keys then gained the value as a
+    key, `tags.a���.x\\ud800.[key]`), and for two such keys the first twice. The value is found at its own key now,
+    named as sent (`tags.a\\ud800`, never U+FFFD), with its surrogate's position."""
+    import re
+
+    reply = client.post("/v1/models", content=_MODEL + tags + b"}" + rest, headers=JSON)
+    assert reply.status_code == 422, reply.text
+    message = reply.json()["message"]
+    found = re.findall(r"(?:^|; )(tags\.[^:;]*): not Unicode text: it holds a lone surrogate(?: \((\\u[0-9a-f]{4}) "
+                       r"after 1 code point\))?", message)
+    assert [f for f in found if not f[0].endswith("[key]")] == named, message
+
+
+@pytest.mark.parametrize("inputs", [True, False])
+def test_a_nested_object_under_a_key_written_alike_is_read_at_its_own_key(inputs: bool) -> None:
+    """An intermediate part of a location written lossily (an object under a key that holds a surrogate) was
+    matched to the first key written alike: a key holding U+FFFD itself, so the error named that object's text
+    ("fine": no surrogate, no position), or, for two keys written alike, the first one's twice. Every part is now
+    matched to a key through which the location leads to text holding a surrogate, that no earlier error took, and
+    the location names the keys as sent. (No body of the service nests objects under free keys; `with_text` is
+    general: here a mapping of mappings of text, with and without pydantic's inputs, as with more than five errors.)"""
+    import re
+    from typing import Annotated
+
+    from pydantic import Field, TypeAdapter, ValidationError
+
+    from bandit_router.service.errors import error_loc, field_path, first_errors, said
+
+    text = Annotated[str, Field(pattern="^.")]  # (pydantic reads text as Unicode for a pattern)
+    junk = {f"z{i}": 1 for i in range(6)} if not inputs else {}  # more errors than read with their inputs
+    cases = [
+        ({"a\ufffd\ufffd\ufffd": {"k": "fine"}, "a\ud800": {"k": "x\ud800"}}, [("a\\ud800.k", "\\ud800 after 1")]),
+        ({"a\ud800": {"k": "x\ud800"}, "a" + chr(0xDBFF): {"k": "yy\udbff"}},  # (ruff reads the keys as one)
+         [("a\\ud800.k", "\\ud800 after 1"), ("a\\udbff.k", "\\udbff after 2")]),
+    ]
+    for body, named in cases:
+        with pytest.raises(ValidationError) as raised:
+            TypeAdapter(dict[text, dict[text, text]]).validate_python({**body, **junk})
+        errors = [e for e in first_errors(raised.value, 5, {**body, **junk}) if e["type"] == "string_unicode"
+                  and e["loc"][-1] != "[key]"]
+        where = [re.search(r"surrogate \((\\u[0-9a-f]{4} after \d+) code point", said(e)) for e in errors]
+        assert [(field_path(error_loc(e)), w and w[1]) for e, w in zip(errors, where, strict=True)] == named, errors

@@ -123,3 +123,32 @@ def test_make_says_which_python_it_needs_before_it_installs(tmp_path: Path) -> N
     assert ("bandit-router needs CPython 3.11 or 3.12 (the code needs 3.11, and vowpal-wabbit-next 0.7.0 has no wheels "
             f"past 3.12); {fake} is 3.13: run make PYTHON=/path/to/python3.12") in done.stderr
     assert not venv.exists()
+
+
+def test_make_run_installs_what_serving_needs_and_the_other_targets_the_extras(tmp_path: Path) -> None:
+    """`make run` installed the dev and docs extras too (pytest, playwright, schemathesis, mkdocs, …: what a
+    newcomer who only wants to serve does not need). It installs the package alone; `make install` (so `make test`,
+    `make lint`, `make docs`) the extras, and leaves `make run` nothing more to install. Read from make's dry run."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = tmp_path / "venv"
+
+    def planned(target: str) -> str:
+        done = subprocess.run(["make", "-n", "-C", str(ROOT), f"VENV={venv}", target], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    run = planned("run")
+    assert "pip install --quiet -e '.'" in run and "[dev" not in run and "bandit-router serve" in run
+    for target in ("install", "test", "lint", "docs"):
+        assert "pip install --quiet -e '.[dev,docs]'" in planned(target), target
+    venv.mkdir()
+    for stamp in (".installed", ".installed-serve"):  # as `make install` leaves them
+        (venv / stamp).touch()
+    assert "pip install" not in planned("run") and "pip install" not in planned("lint")

@@ -133,6 +133,25 @@ def test_a_start_removes_the_metrics_folder_a_killed_server_left_and_never_a_liv
     assert not mine.exists()
 
 
+def test_the_tests_stop_of_a_workers_server_removes_its_metrics_folder(tmp_path: Path) -> None:
+    """`ServeProcess.stop()` (every server-process test's end) killed the group with SIGKILL, so each `--workers`
+    server a test stopped left its metrics folder (3 MB in /dev/shm) until the next such start. It stops the server
+    as an operator does first (SIGTERM, then a wait): the server removes its folder. (A server killed first keeps
+    its own: `test_a_start_removes_the_metrics_folder_a_killed_server_left_and_never_a_live_ones`.)"""
+    parent = tmp_path / "metrics"
+    parent.mkdir()
+    server = ServeProcess(tmp_path, SERVE, ["--db", str(tmp_path / "a.db"), "--workers", "2"],
+                          env={"BANDIT_ROUTER_METRICS_DIR": str(parent)})
+    try:
+        server.wait_ready(60)
+        mine = _workers_folder(server, parent)
+        loopback.post(server.url + "/v1/route", json={"prompt": "q"}, headers=CLOSE, timeout=10).raise_for_status()
+    finally:
+        server.stop()
+    assert server.process.returncode == 0, server.log_tail()
+    assert not mine.exists() and list(parent.iterdir()) == []
+
+
 @contextlib.contextmanager
 def _tmpfs(path: Path, size: str) -> Iterator[Path]:
     path.mkdir()

@@ -5,7 +5,7 @@ answers 200: what the server-process tests (`tests/test_server_process.py`) and 
     server = ServeProcess(folder, [sys.executable, "-m", "bandit_router.cli"], ["--db", "router.db"], log_name="a")
     server.wait_ready()      # seconds until ready; NotReady with the log's tail if it exits or times out
     ...
-    server.stop()            # SIGKILL to the whole group (the workers too); always call it
+    server.stop()            # SIGTERM and a wait, then SIGKILL to the whole group (the workers too); always call it
 
 The child's environment is this process's without any `BANDIT_ROUTER_*` variable, plus `env`; its output goes to
 `folder/<log_name>-<port>.log`; `preexec_fn` runs in the child before the command (as `subprocess.Popen`'s).
@@ -28,6 +28,9 @@ from tools.loopback import loopback
 
 LOG_TAIL = 2000
 """Characters of the server's log quoted when it is not ready."""
+STOP_GRACE_S = 20.0
+"""How long `stop()` waits for a running server to shut down after SIGTERM before it kills the group (`serve`'s own
+grace for requests in flight is 10 s)."""
 
 
 class NotReady(RuntimeError):
@@ -84,8 +87,16 @@ class ServeProcess:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
-    def stop(self) -> None:
-        """SIGKILL to the whole group (also the workers of a terminated parent), then close the log."""
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop the server as an operator does, then make sure: a server still running gets SIGTERM and up to
+        `grace_s` to shut down (its workers with it; a `--workers` server removes its metrics folder, 3 MB in
+        /dev/shm, which a kill leaves until the next such start); then SIGKILL to the whole group (workers whose
+        parent was killed alone, a server that did not stop in time); then close the log. A server already dead
+        (`kill9`: a crash) is left as it died, its metrics folder too."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(grace_s)
         with contextlib.suppress(OSError):
             os.killpg(self.process.pid, signal.SIGKILL)
         if self.process.poll() is None:

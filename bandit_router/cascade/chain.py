@@ -15,9 +15,11 @@ each accept/escalate step is decided at the chain position of the model that ans
 model, also when the first failed and this is the chain's first decision), told the scores of the earlier positions
 (`earlier`, one per position: None where that model failed or its signal gave none); when a later model fails, the
 last answer
-obtained is returned; when no model answered, `result().answer` is None and the caller reports the failure. The
-escalation rule is told the final quality once feedback arrives (`learn`), with what the chain paid after each of
-its steps.
+obtained is returned; when no model answered, `result().answer` is None and the caller reports the failure; once
+the request has no time left (`run_cascade`'s `out_of_time`), no call is started (a model's, the judge's): the chain
+stops (`stop`, `out_of_time` in its result), the models after it are neither called nor recorded, and an answer
+got with no time left is returned unjudged, with no step decided on it (nothing could follow it). The escalation
+rule is told the final quality once feedback arrives (`learn`), with what the chain paid after each of its steps.
 """
 
 from __future__ import annotations
@@ -96,6 +98,8 @@ class ChainResult:
     answer: ModelAnswer | None
     paid_before: tuple[int, ...] = ()
     """Per step, how many calls had been made when it was decided (its extra cost is what came after)."""
+    out_of_time: bool = False
+    """The chain stopped at the request's deadline: the models after its last call were not called."""
 
     @property
     def model(self) -> str | None:
@@ -131,7 +135,9 @@ class ChainResult:
             escalation.learn(self.steps, quality, self.extra_costs())
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """The chain as the answer's `bandit_router` field and the stored chain show it (`out_of_time` only when
+        set)."""
+        out: dict[str, Any] = {
             "calls": [c.to_json() for c in self.calls],
             "steps": [s.to_json() for s in self.steps],
             "answered_by": self.model,
@@ -139,6 +145,9 @@ class ChainResult:
             "cost_usd": self.cost_usd,
             "latency_s": self.latency_s,
         }
+        if self.out_of_time:
+            out["out_of_time"] = True
+        return out
 
 
 def takes_earlier(decide: Callable[..., EscalationStep]) -> bool:
@@ -186,6 +195,7 @@ class CascadeRun:
         self.steps: list[EscalationStep] = []
         self.paid_before: list[int] = []
         self.answer: ModelAnswer | None = None
+        self.out_of_time = False
         self.scores: list[float | None] = []
         """Per chain position passed, its answer's confidence (None: the model failed, or its signal gave none)."""
 
@@ -206,11 +216,15 @@ class CascadeRun:
         self.scores.append(None)
         self.position += 1
 
+    def stop(self) -> None:
+        """The request has no time left: no further call; the chain returns the last answer it got (if any)."""
+        self.done = self.out_of_time = True
+
     def answered(
         self, answer: ModelAnswer, confidence: float | None, judge: ChainCall | None = None
     ) -> EscalationStep | None:
         """Record the current model's answer with its confidence (and the judge's call that gave it); ask the
-        escalation rule unless it is the last model."""
+        escalation rule unless it is the last model or the chain was stopped (`stop`)."""
         self.calls.append(
             ChainCall(
                 answer.model,
@@ -225,7 +239,7 @@ class CascadeRun:
         if judge is not None:
             self.calls.append(judge)
         self.answer = answer
-        if self.is_last:
+        if self.is_last or self.out_of_time:
             self.done = True
             return None
         # the step is the answering model's chain position (not the number of steps before it: a model after one
@@ -246,7 +260,7 @@ class CascadeRun:
         return step
 
     def result(self) -> ChainResult:
-        return ChainResult(tuple(self.calls), tuple(self.steps), self.answer, tuple(self.paid_before))
+        return ChainResult(tuple(self.calls), tuple(self.steps), self.answer, tuple(self.paid_before), self.out_of_time)
 
 
 @dataclass(frozen=True)
@@ -295,18 +309,34 @@ class Signal:
         )
 
 
+def _never() -> bool:
+    return False
+
+
 async def run_cascade(
-    run: CascadeRun, messages: Sequence[Mapping[str, str]], request: str, call: CallModel, signal: Signal
+    run: CascadeRun,
+    messages: Sequence[Mapping[str, str]],
+    request: str,
+    call: CallModel,
+    signal: Signal,
+    out_of_time: Callable[[], bool] = _never,
 ) -> ChainResult:
-    """Drive `run` with live calls: each model in turn, its confidence by `signal`, until one is accepted."""
+    """Drive `run` with live calls: each model in turn, its confidence by `signal`, until one is accepted. Before
+    each call, `out_of_time()` says whether the request has time left for one: if not, the chain stops there
+    (`CascadeRun.stop`) with the last answer it got; one got with no time left is returned unjudged, with no step."""
     while (model := run.next_model()) is not None:
+        if out_of_time():
+            run.stop()
+            break
         try:
             answer = await call(model, messages, signal.wants_logprobs)
         except CallFailed as exc:
             run.failed(model, str(exc)[:200])
             continue
+        if not run.is_last and out_of_time():  # no time to judge it, nor to call the next model
+            run.stop()
         confidence, judge_call = None, None
-        if not run.is_last:
+        if not run.is_last and not run.out_of_time:
             confidence, judge_call = await signal.measure(call, request, answer)
         run.answered(answer, confidence, judge_call)
     return run.result()

@@ -9,7 +9,11 @@ Every call is made through the gateway's pooled upstream clients (`gateway.upstr
 decision failed, below), before the reply, with one call record whose cost and latency are the *whole* chain's
 (every answer, the judge's or the routing LLM's calls), so feedback on `x-decision-id` prices the reward as final
 quality − λ·(total cost of the chain). The answer's `bandit_router` field lists every call (model, role, cost,
-latency, confidence, error) and every accept/escalate step with its probability.
+latency, confidence, error) and every accept/escalate step with its probability. As in the gateway, no call (a
+model's, a judge's) is started once the request's deadline leaves no time (`gateway.no_time_left`): a cascade stops
+there (`out_of_time` in its field), returns the last answer it got, unjudged and with no step if it came too late
+for a judge, or is a 504 when none came. A model never called is neither recorded nor counted as a failed call; for
+the logged probabilities below it is as a model after the answer that failed.
 
 **Logged probabilities.** A cascade's decision is logged over its models: `pmf[m]` is the probability that the chain
 returned `m`'s answer *given the confidences it observed* (the product of the steps' action probabilities along the
@@ -274,7 +278,8 @@ class NamedRouters:
 
         run = CascadeRun(models, escalation, context, cost_weight, self.rng, next_cost)
         try:
-            result = await run_cascade(run, chat.messages, request.text, call, signal)
+            result = await run_cascade(run, chat.messages, request.text, call, signal,
+                                       out_of_time=lambda: no_time_left(deadline))
         except UpstreamRejected as exc:  # refused before any model answered: the client's 4xx, every call counted
             await self._count_unanswered(
                 alias, request, [*run.calls, ChainCall(exc.model, "answer", error=str(exc)[:200])]
@@ -286,7 +291,7 @@ class NamedRouters:
         extension = {"router": alias.name, "strategy": alias.strategy, **result.to_json()}
         if result.answer is None:
             await self._count_failed(extension, request)
-            raise NamedRouterFailed(alias.name, failures)
+            raise NamedRouterFailed(alias.name, failures, out_of_time=result.out_of_time)
         pmf = chain_pmf(models, result)
         decision = self._decision(alias, models, arms, pmf, result.answer.model, context, cost_weight)
         chain = chain_document(extension, result.extra_costs())
@@ -630,12 +635,18 @@ def _body(answer: ModelAnswer, extension: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+_NOT_IN_EVERY_CHUNK = frozenset({"object", "model", "choices", "usage", "bandit_router"})
+"""A completion's top-level fields that `sse_events` does not copy into each chunk: set per chunk, or sent in one."""
+
+
 def sse_events(body: Mapping[str, Any], include_usage: bool) -> bytes:
     """A buffered completion as OpenAI's stream, every choice of it (a cascade streams only the completion it
     accepted): per choice, one chunk whose delta is its whole message (`tool_calls` numbered by `index`, as streamed
     tool calls are) with its `logprobs`; then the chunk with every choice's `finish_reason` and the `bandit_router`
-    field; the usage chunk when the caller asked for it; `[DONE]`."""
-    base = {k: body[k] for k in ("id", "created") if k in body}
+    field; the usage chunk when the caller asked for it; `[DONE]`. Every chunk carries the completion's own
+    top-level fields (`id`, `created`, `system_fingerprint`, `service_tier`, a provider's own), as an upstream's
+    stream of it would."""
+    base = {k: v for k, v in body.items() if k not in _NOT_IN_EVERY_CHUNK}
     base.update(object="chat.completion.chunk", model=body.get("model"))
     listed = body.get("choices")
     choices = [c for c in listed if isinstance(c, Mapping)] if isinstance(listed, list) else []

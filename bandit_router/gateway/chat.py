@@ -96,8 +96,14 @@ class ChatRequest:
     400 about it."""
 
     def core_request(self) -> Request:
-        """The router's `Request` for these messages and knobs."""
-        messages = tuple(Message(str(m["role"]), message_text(m.get("content"))) for m in self.messages)
+        """The router's `Request` for these messages and knobs. A message without content (`null` or absent: an
+        assistant's that only calls tools) is left out of it, as it has no text (it added an empty line to the text
+        the features read); one whose content is empty text is read as it is. When no message has content, the
+        request is the first message with empty text."""
+        messages = tuple(Message(str(m["role"]), message_text(m.get("content"))) for m in self.messages
+                         if m.get("content") is not None)
+        if not messages:
+            messages = (Message(str(self.messages[0]["role"]), ""),)
         return Request(messages=messages, context=self.context, models=self.models, cost_weight=self.cost_weight)
 
     def upstream_payload(self) -> dict[str, Any]:

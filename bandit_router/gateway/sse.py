@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
 """Where an SSE line ends: CR, LF or CRLF."""
@@ -45,3 +46,13 @@ async def sse_lines(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:
     last = "".join(pending) + decoder.decode(b"", final=True)
     if last in DONE_LINES:
         yield last
+
+
+def error_event_text(event: dict[str, Any]) -> str:
+    """The failure an upstream's error event (`{"error": {"message": …}}`, or `{"error": "…"}`) ends a stream with,
+    in its own words when it has some (at most 200 characters): they reach the caller's error event and the call
+    record."""
+    error = event.get("error")
+    message = error.get("message") if isinstance(error, dict) else error
+    said = f": {message[:200]}" if isinstance(message, str) and message.strip() else ""
+    return f"the upstream sent an error mid-stream{said}"

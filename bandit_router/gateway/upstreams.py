@@ -30,7 +30,7 @@ from ..catalog import ModelSpec
 from ..errors import BanditRouterError
 from ..store import CallStatus
 from .pricing import StreamedAnswer, Usage, tool_call_pieces, usage_of
-from .sse import sse_lines
+from .sse import error_event_text, sse_lines
 
 log = logging.getLogger("bandit_router.gateway")
 
@@ -370,7 +370,7 @@ class Stream:
             if not isinstance(chunk, dict):
                 raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE, "a streamed chunk is not an object")
             if "error" in chunk:
-                raise UpstreamFailure(self.model, CallStatus.SERVER_ERROR, "the upstream sent an error mid-stream")
+                raise UpstreamFailure(self.model, CallStatus.SERVER_ERROR, error_event_text(chunk))
             usage = usage_of(chunk)
             if usage is not None:
                 self.usage = usage

@@ -40,12 +40,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..budgets import BudgetConfig, BudgetPacer
 from ..budgets.config import quietly
 from ..budgets.pacer import STATE_FORMAT
+from ..catalog import ModelSpec
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput
 from ..router import Router
@@ -62,6 +63,9 @@ BUDGETS_STATE = "budgets_state"
 BUDGETS_CONFIG = "budgets_config"
 """Meta key: the targets set by the last PUT /v1/budgets (JSON); other workers pick them up within
 `FOLLOW_EVERY_S`."""
+BUDGETS_FILE = "budgets_file"
+"""Meta key: the configuration's `[budgets]` (JSON) as the last start read it, so that a start whose stored targets
+win over an edited `[budgets]` says so (`BudgetState.recover`), and one whose file did not change says nothing."""
 UNLOADABLE = (InvalidInput, ValueError, OverflowError, RecursionError)
 """What loading a stored budget row raises when it does not load (its JSON, or what it holds: `Infinity`, which
 JSON decoding takes, where an integer is stored; JSON nested too deep to decode)."""
@@ -370,9 +374,11 @@ class BudgetState:
         (`not_saved_over`: then nothing is saved until a PUT, and `saving` says so). The rows are stored again only
         if no other process stored them since this start read them (`_store_as_loaded`)."""
         source = "config"
+        configured = self.pacer.config
         with self.store.read() as reader:
             state = reader.get_meta(BUDGETS_STATE)
             config = reader.get_meta(BUDGETS_CONFIG)
+            file_before = reader.get_meta(BUDGETS_FILE)
         loaded_state: Any = None
         changed = False  # something stored did not load as stored (said by the loading)
         refused = False  # ... of which a target this version refuses: the rows are not rewritten
@@ -419,8 +425,46 @@ class BudgetState:
                 targets_row=json.dumps(self.pacer.config.to_mapping(), sort_keys=True)
                 if config is not None and self._config_json == config else None):
             log.info("stored the budget targets as loaded: %s", ", ".join(self.pacer.config.describe()) or "none")
+        self._note_file(configured, file_before, stored=source == "stored")
         router.pacer = self.pacer
         return source
+
+    def say_models_gone(self, active: Sequence[ModelSpec]) -> None:
+        """After a start that paces stored targets (`recover` returned `stored`), warn about those naming models no
+        decision can choose any more among `active` (removed from the catalog file or retired since the PUT): the
+        start checks the file's `[budgets]` against the live catalog, not the stored ones that replace it, and these
+        bind nothing as they were meant to."""
+        config, routable = self.pacer.config, [m for m in active if m.route]
+        fallback = config.fallback_model
+        if fallback is not None and fallback not in {m.name for m in routable}:
+            log.warning("stored budgets: fallback_model %r is not an active model (removed from the catalog or "
+                        "retired since it was set): while a budget is exhausted the guard rails take the request's "
+                        "cheapest model instead; PUT /v1/budgets to name another", fallback)
+        unmatched = config.shares_matching_nothing(routable)
+        if unmatched:
+            log.warning("stored budgets: %s: no active model is picked by that selector (removed from the catalog "
+                        "or retired since it was set), so it never binds; PUT /v1/budgets to change it",
+                        ", ".join(unmatched))
+
+    def _note_file(self, configured: BudgetConfig, before: str | None, *, stored: bool) -> None:
+        """Warn when the configuration's `[budgets]` changed since the last start (or was never noted: a database of
+        an older version, where a file without targets says nothing) and the stored targets, which win, differ
+        from it: an edit of the file (a budget cut, targets removed) is not what is paced, and nothing else says
+        so. Then note the file as read, so that the next start with it unchanged says nothing."""
+        noted = json.dumps(configured.to_mapping(), sort_keys=True)
+        if noted == before:
+            return
+        paced = self.pacer.config
+        if stored and paced.to_mapping() != configured.to_mapping() and (before is not None or configured.describe()):
+            log.warning("the configuration's [budgets] changed and is not what is paced: the stored budgets (set by a "
+                        "PUT /v1/budgets or an earlier start's configuration) win over the file at every start; file: "
+                        "%s; paced: %s. To pace the file's, PUT them (GET /v1/budgets shows what is paced)",
+                        ", ".join(configured.describe()) or "no targets", ", ".join(paced.describe()) or "no targets")
+        try:
+            with self.store.write() as tx:
+                tx.set_meta(BUDGETS_FILE, noted)
+        except StoreError as exc:
+            log.warning("noting the configuration's [budgets] failed (the next start may say it again): %s", exc)
 
     def _store_as_loaded(self, read: tuple[str | None, str | None], *, state_row: str | None = None,
                          targets_row: str | None = None) -> bool:

@@ -140,12 +140,20 @@ def average(records: Sequence[FeedbackRecord]) -> Outcome:
 
 def priced(router: Router, decision: Decision, outcome: Outcome) -> tuple[float, float]:
     """(reward, realised cost) of `outcome` for `decision`, with the router's prices and estimates
-    (`Router.reward_of`); a model the router no longer has costs what was reported."""
+    (`Router.reward_of`); a model the router no longer has (removed from the catalog file since the decision) costs
+    what was reported, else what the decision estimated for it (`expected_cost_usd`), its prices being gone."""
     try:
         cost = router.outcome_cost(decision, outcome)
     except UnknownModel:
-        cost = outcome.cost_usd or 0.0
+        cost = outcome.cost_usd if outcome.cost_usd is not None else estimated_cost(decision)
     return router.reward_of(decision, outcome, cost), cost
+
+
+def estimated_cost(decision: Decision) -> float:
+    """What `decision` estimated its own model would cost when it decided (0 for a decision stored without the
+    estimates)."""
+    costs = dict(zip(decision.models, decision.expected_cost_usd, strict=False))
+    return float(costs.get(decision.model, 0.0))
 
 
 def feedback_record(

@@ -121,7 +121,12 @@ class PolicySet:
         with self._swapping:  # no decision is being made (`deciding`)
             shadow = self.shadows.pop(name, None)
             if shadow is None:
-                log.warning("promote %s: no such shadow policy here; not applied", name)
+                if name == self.live_name:
+                    log.info("promote %s: the live policy already", name)
+                else:  # a shadow taken out of the configuration since: the promotion is undone, say so
+                    log.warning("promote %s: no such shadow policy here (not in this configuration's "
+                                "shadow_policies); not applied: the live policy stays %r (to keep %s live after a "
+                                "restart without it as a shadow, set policy = %r)", name, self.live_name, name, name)
                 return False
             shadow.pacer, self.live.pacer = self.live.pacer, None
             self.shadows[self.live_name] = self.live

@@ -377,6 +377,8 @@ class Engine:
             "unreadable": self.follower.unreadable_report(),
             "budgets": self.budgets.recover(self.router),
         }
+        if self.recovery["budgets"] == "stored":
+            self.budgets.say_models_gone(self.router.models)
         if self.budgets.shared:
             with self.store.write() as tx:
                 self.budgets.start_following(tx)

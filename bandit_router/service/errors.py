@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -165,65 +165,98 @@ def escape_surrogates(text: str) -> str:
 
 
 def error_loc(error: Mapping[str, Any]) -> Sequence[Any]:
-    """The error's location; a mapping key that is not Unicode by its escaped text (pydantic writes the key's
-    bytes there, each surrogate as three U+FFFD)."""
+    """The error's location with its keys as sent, each surrogate written as its JSON escape: pydantic writes a
+    key's bytes there, a surrogate's as three U+FFFD; `with_text` puts the keys it found back, and a mapping's key
+    that is not Unicode is its input."""
     loc = tuple(error.get("loc", ()))
+    if error.get("type") != "string_unicode":
+        return loc
     text = error.get("input")
-    if error.get("type") == "string_unicode" and len(loc) >= 2 and loc[-1] == "[key]" and isinstance(text, str):
-        return (*loc[:-2], escape_surrogates(text), "[key]")
-    return loc
+    if len(loc) >= 2 and loc[-1] == "[key]" and isinstance(text, str):
+        loc = (*loc[:-2], text, "[key]")
+    return tuple(escape_surrogates(part) if isinstance(part, str) else part for part in loc)
 
 
-def with_text(error: Mapping[str, Any], body: Any, taken: set[tuple[int, str]] | None = None) -> Mapping[str, Any]:
-    """A `string_unicode` error with its text read from the parsed `body` (`first_errors` leaves out the inputs),
-    and one pydantic reports at an object whose key is not Unicode (a model's: `messages[0]`, or the body) located
-    at that key, as a mapping's key is (`messages[0].ro\\ud800le.[key]`). Other errors, or a place not found in
-    `body`, are `error` itself. Without inputs, a mapping's key is the first one holding a surrogate that pydantic
-    would write as `loc` and that no earlier error of the same body took (`taken`, shared by those errors): two
-    keys written alike (`a\\ud800`, `a\\udbff`) are told apart, and a key that holds U+FFFD itself is no match."""
+KeyPath = tuple[Any, ...]
+"""A location in a parsed body with its keys as sent (`_find`)."""
+
+
+def with_text(error: Mapping[str, Any], body: Any, taken: set[KeyPath] | None = None) -> Mapping[str, Any]:
+    """A `string_unicode` error located in the parsed `body` with its keys as sent (pydantic writes each key's bytes,
+    a surrogate's as three U+FFFD) and its text read from there (`first_errors` leaves out the inputs), and one
+    pydantic reports at an object whose key is not Unicode (a model's: `messages[0]`, or the body) located at that
+    key, as a mapping's key is (`messages[0].ro\\ud800le.[key]`). Other errors, or a place not found in `body`, are
+    `error` itself. Every key of the location is matched exactly (`_find`): the keys written as `loc` writes them
+    are tried in turn until one leads to the error's own text when pydantic gave it, else to a text or key holding
+    a surrogate that no earlier error of the same body took (`taken`, shared by those errors): two keys written
+    alike (`a\\ud800`, `a\\udbff`) are told apart at any depth, and a key that holds U+FFFD itself is named only
+    where the error is."""
     if error.get("type") != "string_unicode":
         return error
     loc = tuple(error.get("loc", ()))
-    is_key = len(loc) >= 2 and loc[-1] == "[key]"
-    found, node = _find(body, loc[:-2] if is_key else loc)
-    if not found:
-        return error
     text = error.get("input")
-    if is_key:  # node: the mapping; its key whose bytes pydantic wrote at loc[-2]
-        if isinstance(text, str) or not isinstance(node, dict):
-            return error
-        taken = set() if taken is None else taken
-        key = next((k for k in node if isinstance(k, str) and (id(node), k) not in taken
-                    and any(map(_is_surrogate, k)) and _lossy(k) == loc[-2]), None)
-        if key is None:
-            return error
-        taken.add((id(node), key))
-        return {**error, "input": key}
-    if isinstance(node, dict):  # an object's key: the input is the key (or, without inputs, its first such key)
-        if not isinstance(text, str):
-            text = next((k for k in node if isinstance(k, str) and any(map(_is_surrogate, k))), None)
-        return error if text is None else {**error, "loc": (*loc, text, "[key]"), "input": text}
-    return {**error, "input": node} if isinstance(node, str) and not isinstance(text, str) else error
+    taken = set() if taken is None else taken
+    is_key = len(loc) >= 2 and loc[-1] == "[key]"
+    written = loc[-2] if is_key else None  # a mapping's key: how pydantic wrote it
 
+    def key_in(path: KeyPath, node: dict[Any, Any]) -> str | None:
+        """The key of mapping `node` the error names (a mapping's key, or an object's that pydantic reports)."""
+        if isinstance(text, str):
+            return text if text in node and (*path, text, "[key]") not in taken else None
+        return next((k for k in node if isinstance(k, str) and any(map(_is_surrogate, k))
+                     and (written is None or _lossy(k) == written) and (*path, k, "[key]") not in taken), None)
 
-def _find(body: Any, loc: Sequence[Any]) -> tuple[bool, Any]:
-    """The value at pydantic location `loc` in `body`: a key pydantic wrote lossily (U+FFFD for a surrogate's
-    bytes) matches the key it came from; a part that is no key or index (a union member's tag, `list[str]`) is
-    skipped."""
-    node = body
-    for part in loc:
+    def fits(path: KeyPath, node: Any) -> bool:
         if isinstance(node, dict):
-            if part in node:
-                node = node[part]
-                continue
-            keys = [k for k in node if isinstance(k, str) and isinstance(part, str) and _lossy(k) == part]
-            if keys:
-                node = node[keys[0]]
+            return key_in(path, node) is not None
+        if is_key or not isinstance(node, str) or path in taken:
+            return False
+        return node == text if isinstance(text, str) else any(map(_is_surrogate, node))
+
+    found = _find(body, loc[:-2] if is_key else loc, fits)
+    if found is None:
+        return error
+    path, node = found
+    if isinstance(node, str):
+        taken.add(path)
+        return {**error, "loc": path, "input": node}
+    key = key_in(path, node)
+    taken.add((*path, key, "[key]"))
+    return {**error, "loc": (*path, key, "[key]"), "input": key}
+
+
+def _find(body: Any, loc: Sequence[Any], fits: Callable[[KeyPath, Any], bool]) -> tuple[KeyPath, Any] | None:
+    """The first place at pydantic location `loc` in `body` (depth first, in the body's order) whose value `fits`:
+    (its location with the keys as sent, the value), or None. A part pydantic wrote lossily (U+FFFD) may be any key
+    written so: each is tried in turn, as deep as `loc` goes; a part that is no key or index (a union member's tag,
+    `list[str]`) is skipped (kept in the location)."""
+    stack: list[tuple[KeyPath, Any, int]] = [((), body, 0)]
+    while stack:
+        path, node, depth = stack.pop()
+        if depth == len(loc):
+            if fits(path, node):
+                return path, node
+            continue
+        part = loc[depth]
+        keys = _keys_written(node, part) if isinstance(node, dict) else []
+        if keys:
+            stack.extend(((*path, key), node[key], depth + 1) for key in reversed(keys))
         elif isinstance(node, list) and isinstance(part, int):
-            if not 0 <= part < len(node):
-                return False, None
-            node = node[part]
-    return True, node
+            if 0 <= part < len(node):
+                stack.append(((*path, part), node[part], depth + 1))
+        else:
+            stack.append(((*path, part), node, depth + 1))
+    return None
+
+
+def _keys_written(mapping: dict[Any, Any], part: Any) -> list[str]:
+    """The keys of `mapping` pydantic writes as `part` in a location, in order: the key itself; for a part holding
+    U+FFFD, every key whose surrogates it wrote as three U+FFFD each, and one that holds U+FFFD itself."""
+    if not isinstance(part, str):
+        return []
+    if "\ufffd" not in part:
+        return [part] if part in mapping else []
+    return [k for k in mapping if isinstance(k, str) and _lossy(k) == part]
 
 
 def _lossy(text: str) -> str:
@@ -249,11 +282,12 @@ def first_errors(exc: ValidationError, n: int = SHOWN_ERRORS, body: Any = None) 
     them all as JSON in a fraction of that, and only its first `n` objects are decoded (with the inputs it would
     fail: JSON cannot hold a lone surrogate)."""
     if exc.error_count() <= n:
-        return [with_text(error, body) for error in exc.errors(include_url=False)]
+        shared: set[KeyPath] = set()
+        return [with_text(error, body, shared) for error in exc.errors(include_url=False)]
     text = exc.json(include_url=False, include_input=False, include_context=False)
     decoder, at = json.JSONDecoder(), 1  # after the list's "["
     out: list[Mapping[str, Any]] = []
-    taken: set[tuple[int, str]] = set()
+    taken: set[KeyPath] = set()
     while len(out) < n:
         while text[at] in ", \n":
             at += 1

@@ -15,7 +15,7 @@ error shape, `{"error": {"message", "type", "param", "code"}}`:
 | body or messages too large                                 | 413    | invalid_request_error                |
 | not sent as JSON                                           | 415    | invalid_request_error                |
 | a Host a loopback-bound service does not serve             | 421    | invalid_request_error                |
-| the upstream refused the request (4xx)                     | same   | the upstream's own error body        |
+| the upstream refused the request (4xx), any alias         | same   | the upstream's own error body        |
 | no model answered (failures, or out of tries)              | 502    | upstream_error / the last failure    |
 | every model tried answered 429 (its soonest `Retry-After`) | 429    | requests / rate_limit_exceeded       |
 | the deadline passed, or the last try timed out             | 504    | upstream_error / timeout             |
@@ -38,9 +38,9 @@ import json
 import logging
 import urllib.parse
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
@@ -61,10 +61,10 @@ from ..gateway.chat import KNOB_RULES, knob_headers
 from ..gateway.gateway import SERVER_STOPPED
 from ..gateway.upstreams import UpstreamRejected, rate_limited
 from ..jsonkeys import DuplicateKey, once_each
-from .errors import status_of
+from .errors import ERROR_RESPONSES, status_of
 from .exceptions import InvalidField, PayloadTooLarge, UnsupportedMediaType
 from .paths import CheckedRoute
-from .routes import SECURITY, _require_json, _services
+from .routes import SECURITY, _require_json, _services, openai_models
 
 log = logging.getLogger("bandit_router.service")
 router = APIRouter(route_class=CheckedRoute)  # path parameters: no control characters
@@ -94,19 +94,9 @@ def _error(exc: BaseException) -> Response:
         status = 504 if exc.timed_out else 502
         return openai_error(status, str(exc), code=str(exc.failures[-1].status) if exc.failures else None)
     if isinstance(exc, UpstreamRejected):  # a named router's upstream refused the request (4xx): passed through
-        return openai_error(exc.http_status or 400, str(exc), code="upstream_rejected")
+        return _passed_through(exc, exc.headers)
     if isinstance(exc, Rejected):
-        error = exc.error
-        assert error.http_status is not None
-        headers = {**error.headers, "x-decision-id": exc.decision.decision_id}
-        try:
-            upstream = json.loads(error.body)
-        except (ValueError, RecursionError):
-            upstream = None
-        if isinstance(upstream, dict) and isinstance(upstream.get("error"), dict):
-            return Response(json.dumps(upstream).encode(), status_code=error.http_status,
-                            media_type="application/json", headers=headers)
-        return openai_error(error.http_status, str(error), code="upstream_rejected", headers=headers)
+        return _passed_through(exc.error, {**exc.error.headers, "x-decision-id": exc.decision.decision_id})
     if isinstance(exc, ModelNotFound):
         return openai_error(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, NoUpstream):
@@ -129,6 +119,42 @@ def _error(exc: BaseException) -> Response:
         return openai_error(500, "internal error", code="internal")
     headers = {"www-authenticate": "Bearer"} if status == 401 else {"retry-after": "1"} if status == 503 else {}
     return openai_error(status, str(exc), code=code, headers=headers)
+
+
+def _passed_through(error: UpstreamRejected, headers: Mapping[str, str]) -> Response:
+    """An upstream's 4xx for the caller, whichever alias called it (the bandit's, a named router's, a model the
+    caller named): its status, and its own error body when that is in OpenAI's shape, so that the client reads
+    the upstream's `code` and `param` (`context_length_exceeded`, `messages`); else OpenAI's shape naming the
+    model and the status (`upstream_rejected`), with the upstream's own words when its body has some in a shape
+    other servers use (`_upstream_words`)."""
+    status = error.http_status or 400
+    try:
+        upstream = json.loads(error.body)
+    except (ValueError, RecursionError):
+        upstream = None
+    if isinstance(upstream, dict) and isinstance(upstream.get("error"), dict):
+        return Response(json.dumps(upstream).encode(), status_code=status, media_type="application/json",
+                        headers=headers)
+    words = _upstream_words(upstream)
+    if words is None:
+        return openai_error(status, str(error), code="upstream_rejected", headers=headers)
+    message, param, code = words
+    return openai_error(status, f"{error.model}: {message}", param=param, code=code or "upstream_rejected",
+                        headers=headers)
+
+
+def _upstream_words(body: Any) -> tuple[str, str | None, str | None] | None:
+    """(message, param, code) of an upstream's error body in a shape other than OpenAI's: flat, as vLLM answered
+    until mid-2025 (vllm-project/vllm#22099; `{"object": "error", "message", "type", "param", "code": 400}`), or
+    a bare text (`{"error": "…"}`, as Ollama's native API and KServe answer; `{"detail": "…"}`, FastAPI's); None
+    when it has no text. A `param` or `code` that is not text is left out (vLLM's `code` is the HTTP status)."""
+    if not isinstance(body, dict):
+        return None
+    texts = {k: v for k, v in body.items() if isinstance(v, str) and v}
+    if "message" in texts:
+        return texts["message"][:1000], texts.get("param"), texts.get("code")
+    bare = texts.get("error") or texts.get("detail")
+    return None if bare is None else (bare[:1000], None, None)
 
 
 def _headers(decision_id: str, model: str, attempts: int) -> dict[str, str]:
@@ -250,6 +276,32 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         (429, "every model tried is rate limited (Retry-After: the soonest they gave)"),
         (502, "no model answered"), (503, "not ready, or no model has an upstream"), (504, "out of time"))},
 }
+
+
+NO_CONTROL_CHARACTER = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+"""A path parameter's schema: what `paths.CheckedRoute` lets through (no C0, DEL or C1 character)."""
+MODEL_OBJECT = {"type": "object", "required": ["id", "object", "created", "owned_by"], "properties": {
+    "id": {"type": "string"}, "object": {"type": "string", "const": "model"}, "created": {"type": "integer"},
+    "owned_by": {"type": "string"}}}
+
+
+@router.get(
+    "/v1/models/{name:fullpath}", tags=["gateway"], openapi_extra={"security": SECURITY}, responses={
+        200: {"description": "the model, as OpenAI's model object (one of `GET /v1/models`' `data`)",
+              "content": {"application/json": {"schema": MODEL_OBJECT}}},
+        404: {"description": "not a model a request may name", "content": ERROR_CONTENT_OPENAI},
+        **{s: ERROR_RESPONSES[s] for s in (401, 422)}},
+)
+async def retrieve_model(request: Request, name: Annotated[str, Path(pattern=NO_CONTROL_CHARACTER)]) -> Response:
+    """OpenAI's "retrieve model" (`client.models.retrieve(name)`): one of the model objects `GET /v1/models` lists
+    in `data` (the router alias, a named router, an active model a request may name); any other name, a
+    `route = false` or retired model's too, is OpenAI's 404 `model_not_found`."""
+    services = _services(request)
+    for model in openai_models(services.engine):
+        if model["id"] == name:
+            return Response(json.dumps(model).encode(), media_type="application/json")
+    return openai_error(404, f"model: {name[:200]!r} is not a model requests may name here (GET /v1/models lists "
+                        "them)", param="model", code="model_not_found")
 
 
 @router.post(

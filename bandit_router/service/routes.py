@@ -293,6 +293,19 @@ def _model_json(spec: ModelSpec, feedback_count: int) -> dict[str, Any]:
     return {**spec.learning_json(), "feedback": feedback_count}
 
 
+def openai_models(engine: Engine) -> list[dict[str, Any]]:
+    """What a request may name as `model`, as OpenAI's model objects: the gateway's router alias, the named routers,
+    then the active models that are not `route = false` (a judge's or routing LLM's), in arm order."""
+    alias = engine.settings.gateway.router_alias
+    return (
+        [{"id": alias, "object": "model", "created": 0, "owned_by": "bandit-router"}]
+        + [{"id": r.name, "object": "model", "created": 0, "owned_by": "bandit-router"}
+           for r in engine.settings.named_routers.routers]
+        + [{"id": m.name, "object": "model", "created": 0, "owned_by": m.family or "bandit-router"}
+           for m in engine.router.models if m.route]
+    )
+
+
 @router.get("/v1/models", response_model=ModelsOut, responses=_responses(), openapi_extra=_body(), tags=["v1"])
 async def list_models(request: Request) -> Response:
     """The active models (in arm order) with their learned feedback counts, and the retired ones; also in OpenAI's
@@ -300,15 +313,10 @@ async def list_models(request: Request) -> Response:
     request may name: not the `route = false` ones, a judge's or routing LLM's), for OpenAI clients."""
     engine = _services(request).engine
     counts = engine.router.feedback_counts()
-    alias = engine.settings.gateway.router_alias
     return json_response(
         {
             "object": "list",
-            "data": [{"id": alias, "object": "model", "created": 0, "owned_by": "bandit-router"}]
-            + [{"id": r.name, "object": "model", "created": 0, "owned_by": "bandit-router"}
-               for r in engine.settings.named_routers.routers]
-            + [{"id": m.name, "object": "model", "created": 0, "owned_by": m.family or "bandit-router"}
-               for m in engine.router.models if m.route],
+            "data": openai_models(engine),
             "models": [_model_json(m, counts.get(m.name, 0)) for m in engine.router.models],
             "retired": engine.retired_models(),
         }

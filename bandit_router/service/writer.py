@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import queue
 import threading
@@ -78,6 +79,13 @@ NO_DEFAULT_REWARD = frozenset({CallStatus.REJECTED, CallStatus.CANCELLED})
 """Gateway calls whose decision never learns `default_reward` (neither the model's answer nor its failure)."""
 SWEPT = "swept_decisions"
 """Meta key: the storage position up to which reward windows were closed."""
+WINDOWS_OFF = "reward_windows_off"
+"""Meta key: the last decision position when a start without closing windows (no `reward_window_s`, or neither
+`default_reward` nor averaging) followed one with them (`SWEPT` set): the decisions after it were promised no window.
+Empty while windows close."""
+UNWINDOWED = "reward_windows_unwindowed"
+"""Meta key: JSON list of [after, up to] decision position ranges made while windows were off, not yet swept past:
+their windows close without the default reward (a start with windows after `WINDOWS_OFF` adds one)."""
 UNWRITTEN_RETRY_S = 1.0
 """While named routers' counts wait to be written (`Writer.keep_counts`), a transaction of them alone is tried at
 most this often, between batches."""
@@ -393,6 +401,11 @@ class Writer:
         self._pending: dict[asyncio.AbstractEventLoop, list[Op]] = {}
         self._thread: threading.Thread | None = None
         self._next_sweep = 0.0
+        self._unwindowed: list[tuple[int, int]] = []
+        """The decision position ranges made while windows were off (`UNWINDOWED`): no default reward."""
+        self._closing_up_to: int | None = None
+        """While a start without closing windows closes those the previous run left open (`init_sweeps`): the last
+        decision position at the start."""
         self._last_follow = 0.0
         self._say = RateLimitedLog(log)
         """Recurring failures (a write, following the log) are logged at most once a minute each."""
@@ -692,20 +705,44 @@ class Writer:
             self.busy_since = time.monotonic()
 
     def init_sweeps(self) -> None:
-        """The first start with a reward window closes windows of decisions made from now on."""
-        if self._sweeps:
+        """The first start with closing reward windows closes windows of decisions made from now on. A start without
+        them after one with them notes where they went off (`WINDOWS_OFF`) and first closes the windows that run left
+        open, up to the decisions it had made: `pending` feedback (`aggregation = "average"`) was acknowledged to be
+        learned then, and would otherwise never be (its decision refusing any other feedback); with `reward_window_s`
+        still set they close at its end, without it at once. The next start with them closes the windows of the
+        decisions made meanwhile without the default reward (`UNWINDOWED`): they were promised no window, and learning
+        each silent one the default reward at once would invent feedback for a whole period."""
+        with self.store.read() as reader:  # most starts change nothing: no write transaction for them
+            mark, off = reader.get_meta(SWEPT), _position(reader.get_meta(WINDOWS_OFF))
+            self._unwindowed = _ranges(reader.get_meta(UNWINDOWED))
+        if not self._sweeps:
+            if mark is not None and (not off or int(mark) < int(off)):  # windows the previous run left open
+                if not off:
+                    with self.store.write() as tx:
+                        off = _position(tx.get_meta(WINDOWS_OFF)) or str(tx.last_decision_position())
+                        tx.set_meta(WINDOWS_OFF, off)
+                self._closing_up_to, self._sweeps = int(off), True
+        elif mark is None or off:
             with self.store.write() as tx:
-                if tx.get_meta(SWEPT) is None:
-                    tx.set_meta(SWEPT, str(tx.last_decision_position()))
+                mark, off, last = tx.get_meta(SWEPT), _position(tx.get_meta(WINDOWS_OFF)), tx.last_decision_position()
+                if mark is None:
+                    tx.set_meta(SWEPT, str(last))
+                elif off:
+                    self._unwindowed = [*_ranges(tx.get_meta(UNWINDOWED)), (int(off), last)]
+                    tx.set_meta(UNWINDOWED, json.dumps(self._unwindowed))
+                    tx.set_meta(WINDOWS_OFF, "")
+                    log.info("reward windows close again: the decisions made while they were off (positions %s to "
+                             "%s) get no default reward", int(off) + 1, last)
+                self._unwindowed = _ranges(tx.get_meta(UNWINDOWED))  # as stored: another worker's start too
 
     def _sweep(self, batch: Batch) -> None:
         """Close reward windows: learn the default reward, or the average of the feedback, once per decision."""
         window = self.rules.reward_window_s
-        assert window is not None
+        assert window is not None or self._closing_up_to is not None
         tx = batch.tx
         batch.flush()  # the walk below must see this batch's feedback
         self._next_sweep = time.monotonic() + SWEEP_EVERY_S
-        until = time.time() - window - SWEEP_GRACE_S
+        until = time.time() - (window or 0.0) - SWEEP_GRACE_S
         mark = tx.get_meta(SWEPT)
         after = int(mark) if mark is not None else tx.last_decision_position()
         infos, position = tx.decisions_closing(after, until, SWEEP_LIMIT)
@@ -715,7 +752,10 @@ class Writer:
         router = self.follower.policies.live
         calls = tx.calls_for_many([info.decision_id for info in infos])
         for info in infos:
-            closing = close_window(tx.feedback_for(info.decision_id), self.rules)
+            rules = self.rules
+            if any(start < info.position <= end for start, end in self._unwindowed):  # made while windows were off
+                rules = dataclasses.replace(rules, default_reward=None)
+            closing = close_window(tx.feedback_for(info.decision_id), rules)
             if closing is None:
                 continue
             call = calls.get(info.decision_id)
@@ -739,6 +779,11 @@ class Writer:
             )
             batch.log_feedback(record, stored.decision)
         tx.set_meta(SWEPT, str(position))
+        if self._unwindowed and any(end <= position for _, end in self._unwindowed):  # swept past: forgotten
+            self._unwindowed = [(start, end) for start, end in self._unwindowed if end > position]
+            tx.set_meta(UNWINDOWED, json.dumps(self._unwindowed))
+        if self._closing_up_to is not None and position >= self._closing_up_to:  # the previous run's windows closed
+            self._closing_up_to, self._sweeps = None, False
 
     # -- acknowledging ----------------------------------------------------------------------------------------
     def _resolve(self, ops: Sequence[Op]) -> None:
@@ -818,3 +863,18 @@ def _settle_all(ops: Sequence[Op]) -> None:
 def _counts_of(ops: Sequence[Op]) -> list[RouterCounts]:
     """The named routers' counts the operations `ops` carry (their decisions', or requests no model answered)."""
     return [op.counts for op in ops if isinstance(op, InsertDecision | CountRouter) and op.counts is not None]
+
+
+def _ranges(stored: str | None) -> list[tuple[int, int]]:
+    """The `UNWINDOWED` ranges as stored (none when unset or not a list of pairs of integers)."""
+    try:
+        value = json.loads(stored) if stored else []
+        return [(int(a), int(b)) for a, b in value]
+    except (ValueError, TypeError):
+        log.warning("meta %s is not a list of position ranges (%r): ignored", UNWINDOWED, stored)
+        return []
+
+
+def _position(stored: str | None) -> str:
+    """`WINDOWS_OFF` as stored when it is a position, else "" (unset, or windows close)."""
+    return stored if stored is not None and stored.isdigit() else ""

@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -641,7 +642,7 @@ class _PostgresTx(_SQLiteTx):
                 break
             position = int(row[0])
             if not row[7]:
-                out.append(_info(row[1:7]))
+                out.append(replace(_info(row[1:7]), position=position))
         return out, position
 
     def last_decision_position(self) -> int:

@@ -93,6 +93,9 @@ class DecisionInfo:
     input_tokens: int
     cost_weight: float
     tenant: str | None
+    position: int = field(default=0, compare=False)
+    """Its storage position, where the walk of closing reward windows read it (`decisions_closing`); 0 elsewhere
+    (not compared: the same decision read elsewhere is equal)."""
 
 
 @dataclass(frozen=True, slots=True)

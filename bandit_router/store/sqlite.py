@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -716,7 +717,7 @@ class _SQLiteTx:
                 break
             position = int(row["position"])
             if not row["learned"]:
-                out.append(_info_from_row(row))
+                out.append(replace(_info_from_row(row), position=position))
         return out, position
 
     def last_decision_position(self) -> int:
