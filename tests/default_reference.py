@@ -25,6 +25,11 @@ LEVEL_SCALE = 4.0
 UNINFORMED = 0.5
 
 
+def clipped(correction: float) -> float:
+    """A correction as far as a difference of two qualities in [0, 1] can go: within [−1, 1]."""
+    return min(max(float(correction), -1.0), 1.0)
+
+
 def dense(context: Context, dim: int) -> np.ndarray:
     """φ: slot 0 = 1 (bias); the words' hashes mod (dim − 16) into slots 16…; the other namespaces' mod 15 into 1…15."""
     phi = np.zeros(dim)
@@ -131,10 +136,10 @@ class ReferenceDefault:
         return w
 
     def estimate(self, context: Context, name: str) -> tuple[float, float]:
-        """(q̂_m(φ), sd_m): q̂ = μ̂ + Σ_l ω_l·w_lᵀφ."""
+        """(q̂_m(φ), sd_m): q̂ = μ̂ + Σ_l ω_l·clip(w_lᵀφ, −1, 1)."""
         post = self.posterior(name)
         phi = dense(context, self.p.dim)
-        correction = sum(post.omega[level] * (post.weights[level] @ phi) for level in range(LEVELS))
+        correction = sum(post.omega[level] * clipped(post.weights[level] @ phi) for level in range(LEVELS))
         return post.mean + float(correction), post.sd
 
     def update(self, context: Context, spec: ModelSpec, quality: float) -> None:
@@ -144,7 +149,7 @@ class ReferenceDefault:
         phi = dense(context, self.p.dim)
         model = self.models[spec.name]
         for level in range(LEVELS):
-            correction = float(post.weights[level] @ phi)
+            correction = clipped(post.weights[level] @ phi)
             model.evidence[level] += ((quality - post.mean) ** 2 - (quality - post.mean - correction) ** 2) / (
                 2 * post.noise
             )
