@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--feedback", action="store_true", help="also POST /v1/feedback (fresh decision ids)")
     args = parser.parse_args(argv)
+    for side in (args.base, args.this):  # read before the run: the header records the commits it started from
+        checkout_commit(side)
     load = os.getloadavg()
     table = compare(args.base, [int(c) for c in args.connections.split(",")], args.rounds, args.duration,
                     args.workers, args.this, args.feedback)

@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     import bandit_router
 
     code = Path(bandit_router.__file__).resolve().parent.parent
+    checkout_commit(code)  # read before the run: the commit the header records is the one it started from
     load = os.getloadavg()
     table = measure(args.rounds, args.gil)
     header = [

@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args(argv)
     sides = {"base": args.base.resolve(), "this": args.this.resolve()}
+    for side in sides.values():  # read before the run: the header records the commits it started from
+        checkout_commit(side)
     load = os.getloadavg()[0]
     runs: dict[str, list[dict[str, float]]] = {"base": [], "this": []}
     for r in range(args.rounds):

@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +58,38 @@ RESULT_FOLDERS = (":(top,exclude,glob)experiments/*/results/**", ":(top,exclude,
 
 
 def git_commit() -> str:
-    """The running code's commit: `<short hash>` of the HEAD of the checkout this very file is in, `+dirty` when
-    its tree has changes outside the result folders; `unknown` outside git, and when that checkout does not track
-    this file (an installed copy in a venv inside another project's repository would otherwise report that
-    project's commit). What an experiment or benchmark records for the code it ran; for another checkout named on
-    the command line (the benchmarks' `--base`, `--code`), `checkout_commit`."""
+    """The running code's commit as it was when the run started: `<short hash>` of the HEAD of the checkout this
+    very file is in, `+dirty` when its tree has changes outside the result folders; `unknown` outside git, and
+    when that checkout does not track this file (an installed copy in a venv inside another project's repository
+    would otherwise report that project's commit). Read when this module is imported, before any run: a commit
+    made (or a file edited) while a run goes on is not the code it ran, and a run that read the commit when it
+    ended recorded such a commit. When the reading now differs, both: `<at start> (at the end: <now>)`, so that a
+    run during which the code changed is never recorded as clean. What an experiment or benchmark records for the
+    code it ran; for another checkout named on the command line (the benchmarks' `--base`, `--code`),
+    `checkout_commit`."""
     here = Path(__file__).resolve()
-    return _commit(here.parent, str(here))
+    return _as_at_start("", lambda: _commit(here.parent, str(here)))
 
 
 def checkout_commit(path: Path) -> str:
     """The commit of the checkout of this project at `path` (the benchmarks' `--base`, `--code`), as `git_commit`
     gives it: `unknown` unless that checkout tracks this module's path in the project (`simulator/report.py`
-    at its top). Not the running code's commit: that is `git_commit()`."""
+    at its top). The first reading of a path is its start: call it before the run (the benchmarks do, when they
+    parse their arguments); a later call that reads something else gives `<at start> (at the end: <now>)`. Not the
+    running code's commit: that is `git_commit()`."""
     here = Path(__file__).resolve()
-    return _commit(path, f":(top,literal){here.parent.name}/{here.name}")
+    ours = f":(top,literal){here.parent.name}/{here.name}"
+    return _as_at_start(str(Path(path).resolve()), lambda: _commit(path, ours))
+
+
+_AT_START: dict[str, str] = {}
+"""Each checkout's first reading in this process ("" for the running code's), against which later ones compare."""
+
+
+def _as_at_start(key: str, read: Callable[[], str]) -> str:
+    now = read()
+    start = _AT_START.setdefault(key, now)
+    return start if now == start else f"{start} (at the end: {now})"
 
 
 def _commit(where: Path, ours_path: str) -> str:
@@ -90,6 +107,9 @@ def _commit(where: Path, ours_path: str) -> str:
     if head.returncode != 0 or ours.returncode != 0:
         return "unknown"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+git_commit()  # the running code's commit at the start of the run: this module is imported before any run
 
 
 def _ci(values: Iterable[float | None]) -> dict[str, Any]:

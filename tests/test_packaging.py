@@ -76,6 +76,41 @@ def test_a_script_in_a_worktree_records_the_commit_of_the_code_it_imports(tmp_pa
     assert _run_git_commit(worktree, worktree / "experiments").removesuffix("+dirty") == worktree_head
 
 
+def test_a_run_records_the_commit_it_started_from_and_a_change_during_it(tmp_path: Path) -> None:
+    """A run records the commit of the code it ran: the HEAD, and whether the tree was dirty, when it started
+    (when `simulator.report` was imported), not when it ended; a commit made or a file edited while it ran is
+    recorded beside it, `<start> (at the end: <now>)`, never as the clean commit of the run. The simulator read
+    the commit when it wrote the report, so a results-only commit made during a long run was recorded as the
+    commit the run came from (experiments/routellm's mmlu_tuned)."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    clone = tmp_path / "clone"
+    _copy_packages(clone)
+    for args in (["init", "-q"], ["add", "bandit_router", "simulator"], ["commit", "-qm", "a checkout"]):
+        subprocess.run([*GIT, *args], cwd=clone, check=True, capture_output=True)
+
+    def head() -> str:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=clone, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    def run(during: str) -> str:
+        """`git_commit()` at the end of a script that does `during` (shell, in the clone) while it runs."""
+        script = (f"import subprocess, sys; sys.path.insert(0, {str(clone)!r})\n"
+                  "from simulator.report import git_commit\n"
+                  f"subprocess.run({during!r}, shell=True, cwd={str(clone)!r}, check=True)\n"
+                  "print(git_commit())\n")
+        return subprocess.run([sys.executable, "-I", "-B", "-c", script], cwd=clone, capture_output=True, text=True,
+                              check=True, timeout=60).stdout.strip()
+
+    start = head()
+    assert run("true") == start
+    git = " ".join(GIT)
+    assert run(f"{git} commit -q --allow-empty -m results-only") == f"{start} (at the end: {head()})" != start
+    edited = head()
+    assert run("echo '# edited' >> simulator/runner.py") == f"{edited} (at the end: {edited}+dirty)"
+    assert run(f"{git} commit -qam edited") == f"{edited}+dirty (at the end: {head()})"
+
+
 def test_the_scripts_record_the_running_codes_commit() -> None:
     """Every experiment and benchmark records its own code's commit with `git_commit()` and names another checkout
     (`--base`, `--code`) with `checkout_commit(path)`: `git_commit` takes no path, so none can ask a folder of its
@@ -116,7 +151,9 @@ def test_another_checkout_of_this_project_records_its_own_commit(tmp_path: Path)
     assert (worktree / ".git").is_file()
     assert checkout_commit(clone) == head(clone) and checkout_commit(worktree) == head(worktree) != ""
     (worktree / "simulator" / "report.py").write_text("changed\n")
-    assert checkout_commit(worktree) == head(worktree) + "+dirty" and checkout_commit(clone) == head(clone)
+    assert checkout_commit(worktree / "simulator") == head(worktree) + "+dirty"  # first read after the change
+    assert checkout_commit(worktree) == f"{head(worktree)} (at the end: {head(worktree)}+dirty)"  # read before it
+    assert checkout_commit(clone) == head(clone)
     other.mkdir()
     (other / "notes.txt").write_text("mine\n")
     for args in (["init", "-q"], ["add", "notes.txt"], ["commit", "-qm", "the user's project"]):
