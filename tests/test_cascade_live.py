@@ -457,6 +457,35 @@ def test_an_upstream_4xx_with_numbers_json_has_not_is_passed_through_as_json(
                                                     "param": None, "n": None}}
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("alias", ["router", "cascade"])
+def test_an_answer_with_numbers_json_has_not_reaches_the_caller_as_json(
+    gateway: Callable[..., str], fake: ScriptedFake, alias: str, stream: bool
+) -> None:
+    """An upstream's 200 answer with `NaN`, `-Infinity` or a number too large for a float (`1e400`, valid JSON that
+    Python reads as infinity) reaches the caller with null in their place, its words kept, unstreamed and as
+    events: every reply was written with `NaN` and `Infinity` in it, which a strict parser refuses."""
+    url = gateway()
+    raw = completion("Hi")[:-1] + b', "weird": NaN, "low": -Infinity, "big": 1e400}'
+    chunk = (b'data: {"id":"s","object":"chat.completion.chunk","created":1,"model":"m","weird":NaN,"low":-Infinity,'
+             b'"big":1e400,"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\n')
+    fake.script["cheap"] = fake.script["strong"] = lambda request: (
+        (200, "text/event-stream", [chunk, b"data: [DONE]\n\n"]) if request.get("stream")
+        else (200, "application/json", [raw]))
+    fake.script[JUDGE] = replying(completion("9"))
+    reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                          json={"model": alias, "stream": stream, "messages": [{"role": "user", "content": PROSE}]})
+    assert reply.status_code == 200
+    if stream:
+        events = [strict_json(e[len("data: "):].encode()) for e in reply.text.split("\n\n") if e.startswith("data: {")]
+        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in events if c["choices"]) == "Hi"
+        assert all(c.get(k) is None for c in events for k in ("weird", "low", "big"))
+    else:
+        body = strict_json(reply.content)
+        assert body["choices"][0]["message"]["content"] == "Hi"
+        assert (body["weird"], body["low"], body["big"]) == (None, None, None)
+
+
 VLLM_FLAT = {"object": "error", "message": "This model's maximum context length is 2048 tokens.",
              "type": "BadRequestError", "param": None, "code": 400}
 """vLLM's error body until mid-2025 (vllm-project/vllm#22099): flat, its `code` the HTTP status."""
