@@ -231,14 +231,17 @@ def test_a_completions_large_field_is_streamed_once_on_the_first_chunk(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
     """A top-level field that is an object, an array or a long text (vLLM's `prompt_logprobs`) goes on the first
-    chunk only, as vLLM streams it; scalars stay on every chunk. Every field was copied into every chunk: a 7 MB
-    field with `n` = 30 made a 224 MB stream. Here, with three choices and a 200 kB field, the stream is under twice
-    the completion."""
+    chunk only, as vLLM streams it; scalars stay on every chunk, and OpenAI's own (`id`, `system_fingerprint`)
+    whatever their length: a 300-character `id` was on the first chunk only, so the openai client read `id` None
+    from the others. Every field was copied into every chunk: a 7 MB field with `n` = 30 made a 224 MB stream.
+    Here, with three choices and a 200 kB field, the stream is under twice the completion."""
     url = gateway()
     answer = json.loads(completion("Hi"))
     answer["choices"] = [{**answer["choices"][0], "index": i} for i in range(3)]
     big = ["x" * 1000] * 200
-    answer.update(system_fingerprint="fp_0123", prompt_logprobs=big, kv_params={"k": 1}, note="n" * 300)
+    long_id, fingerprint = "chatcmpl-" + "a" * 300, "fp_" + "0" * 300
+    answer.update(id=long_id, system_fingerprint=fingerprint, prompt_logprobs=big, kv_params={"k": 1},
+                  note="n" * 300)
     raw = json.dumps(answer).encode()
     fake.script["cheap"] = replying(raw)
     fake.script[JUDGE] = replying(completion("9"))
@@ -252,10 +255,11 @@ def test_a_completions_large_field_is_streamed_once_on_the_first_chunk(
     assert {k: chunks[0].get(k) for k in once} == once
     for chunk in chunks[1:]:
         assert not set(once) & set(chunk), sorted(chunk)
-    assert all(chunk["system_fingerprint"] == "fp_0123" for chunk in chunks)
+    assert all(chunk["system_fingerprint"] == fingerprint for chunk in chunks)
     client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
     streamed = list(client.chat.completions.create(model="cascade", messages=body["messages"], stream=True))
     assert (streamed[0].model_extra or {}).get("kv_params") == {"k": 1}
+    assert [(c.id, c.system_fingerprint) for c in streamed] == [(long_id, fingerprint)] * len(streamed)
 
 
 def test_an_accepted_completions_error_field_is_not_streamed(gateway: Callable[..., str], fake: ScriptedFake) -> None:
