@@ -29,8 +29,11 @@ install: $(STAMP)
 # `make install`'s stamp, when at least as new as pyproject.toml, serves `make run` too: a virtualenv made by
 # `make install` before `make run` had its own stamp has only that one (and the package, with the extras).
 INSTALLED := $(shell [ -f '$(STAMP)' ] && [ ! pyproject.toml -nt '$(STAMP)' ] && echo '$(STAMP)')
+# Asked for with a target that installs the extras (`make -j2 lint run`), `make run` waits for that one install:
+# with a stamp of its own, both recipes created the virtualenv and ran pip in it at once.
+WITH_EXTRAS := $(if $(filter install test lint docs bench profile,$(MAKECMDGOALS)),$(STAMP))
 
-run: $(or $(INSTALLED),$(SERVE_STAMP))
+run: $(or $(INSTALLED),$(WITH_EXTRAS),$(SERVE_STAMP))
 	$(BIN)/bandit-router serve --host 127.0.0.1 --port 8000
 
 # The dashboard's browser tests need Debian's Chromium: installed here when missing and running as root (CI is);

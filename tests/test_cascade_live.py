@@ -231,14 +231,17 @@ def test_a_completions_large_field_is_streamed_once_on_the_first_chunk(
     gateway: Callable[..., str], fake: ScriptedFake
 ) -> None:
     """A top-level field that is an object, an array or a long text (vLLM's `prompt_logprobs`) goes on the first
-    chunk only, as vLLM streams it; scalars stay on every chunk. Every field was copied into every chunk: a 7 MB
-    field with `n` = 30 made a 224 MB stream. Here, with three choices and a 200 kB field, the stream is under twice
-    the completion."""
+    chunk only, as vLLM streams it; scalars stay on every chunk, and OpenAI's own (`id`, `system_fingerprint`)
+    whatever their length: a 300-character `id` was on the first chunk only, so the openai client read `id` None
+    from the others. Every field was copied into every chunk: a 7 MB field with `n` = 30 made a 224 MB stream.
+    Here, with three choices and a 200 kB field, the stream is under twice the completion."""
     url = gateway()
     answer = json.loads(completion("Hi"))
     answer["choices"] = [{**answer["choices"][0], "index": i} for i in range(3)]
     big = ["x" * 1000] * 200
-    answer.update(system_fingerprint="fp_0123", prompt_logprobs=big, kv_params={"k": 1}, note="n" * 300)
+    long_id, fingerprint = "chatcmpl-" + "a" * 300, "fp_" + "0" * 300
+    answer.update(id=long_id, system_fingerprint=fingerprint, prompt_logprobs=big, kv_params={"k": 1},
+                  note="n" * 300)
     raw = json.dumps(answer).encode()
     fake.script["cheap"] = replying(raw)
     fake.script[JUDGE] = replying(completion("9"))
@@ -252,10 +255,11 @@ def test_a_completions_large_field_is_streamed_once_on_the_first_chunk(
     assert {k: chunks[0].get(k) for k in once} == once
     for chunk in chunks[1:]:
         assert not set(once) & set(chunk), sorted(chunk)
-    assert all(chunk["system_fingerprint"] == "fp_0123" for chunk in chunks)
+    assert all(chunk["system_fingerprint"] == fingerprint for chunk in chunks)
     client = openai_client(url + "/v1", api_key="unused", max_retries=0, timeout=30)
     streamed = list(client.chat.completions.create(model="cascade", messages=body["messages"], stream=True))
     assert (streamed[0].model_extra or {}).get("kv_params") == {"k": 1}
+    assert [(c.id, c.system_fingerprint) for c in streamed] == [(long_id, fingerprint)] * len(streamed)
 
 
 def test_an_accepted_completions_error_field_is_not_streamed(gateway: Callable[..., str], fake: ScriptedFake) -> None:
@@ -455,6 +459,35 @@ def test_an_upstream_4xx_with_numbers_json_has_not_is_passed_through_as_json(
     assert reply.status_code == 400
     assert strict_json(reply.content) == {"error": {"message": "x", "type": "invalid_request_error", "code": None,
                                                     "param": None, "n": None}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("alias", ["router", "cascade"])
+def test_an_answer_with_numbers_json_has_not_reaches_the_caller_as_json(
+    gateway: Callable[..., str], fake: ScriptedFake, alias: str, stream: bool
+) -> None:
+    """An upstream's 200 answer with `NaN`, `-Infinity` or a number too large for a float (`1e400`, valid JSON that
+    Python reads as infinity) reaches the caller with null in their place, its words kept, unstreamed and as
+    events: every reply was written with `NaN` and `Infinity` in it, which a strict parser refuses."""
+    url = gateway()
+    raw = completion("Hi")[:-1] + b', "weird": NaN, "low": -Infinity, "big": 1e400}'
+    chunk = (b'data: {"id":"s","object":"chat.completion.chunk","created":1,"model":"m","weird":NaN,"low":-Infinity,'
+             b'"big":1e400,"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}\n\n')
+    fake.script["cheap"] = fake.script["strong"] = lambda request: (
+        (200, "text/event-stream", [chunk, b"data: [DONE]\n\n"]) if request.get("stream")
+        else (200, "application/json", [raw]))
+    fake.script[JUDGE] = replying(completion("9"))
+    reply = loopback.post(url + "/v1/chat/completions", timeout=30,
+                          json={"model": alias, "stream": stream, "messages": [{"role": "user", "content": PROSE}]})
+    assert reply.status_code == 200
+    if stream:
+        events = [strict_json(e[len("data: "):].encode()) for e in reply.text.split("\n\n") if e.startswith("data: {")]
+        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in events if c["choices"]) == "Hi"
+        assert all(c.get(k) is None for c in events for k in ("weird", "low", "big"))
+    else:
+        body = strict_json(reply.content)
+        assert body["choices"][0]["message"]["content"] == "Hi"
+        assert (body["weird"], body["low"], body["big"]) == (None, None, None)
 
 
 VLLM_FLAT = {"object": "error", "message": "This model's maximum context length is 2048 tokens.",

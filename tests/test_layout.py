@@ -130,7 +130,8 @@ def test_make_run_installs_what_serving_needs_and_the_other_targets_the_extras(t
     newcomer who only wants to serve does not need). It installs the package alone; `make install` (so `make test`,
     `make lint`, `make docs`) the extras, and leaves `make run` nothing more to install, also in a virtualenv made by
     `make install` before `make run` had its own stamp (only `.installed`: `make run` reinstalled, and failed
-    offline), unless pyproject.toml changed since. Read from make's dry run."""
+    offline), unless pyproject.toml changed since. `make -j2 lint run` installs once: each stamp's recipe created
+    the virtualenv and ran pip in it, at the same time. Read from make's dry run."""
     import os
     import shutil
     import subprocess
@@ -141,8 +142,8 @@ def test_make_run_installs_what_serving_needs_and_the_other_targets_the_extras(t
         pytest.skip("make is not installed")
     venv = tmp_path / "venv"
 
-    def planned(target: str) -> str:
-        done = subprocess.run(["make", "-n", "-C", str(ROOT), f"VENV={venv}", target], capture_output=True,
+    def planned(*targets: str) -> str:
+        done = subprocess.run(["make", "-n", "-C", str(ROOT), f"VENV={venv}", *targets], capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         return done.stdout
@@ -151,6 +152,10 @@ def test_make_run_installs_what_serving_needs_and_the_other_targets_the_extras(t
     assert "pip install --quiet -e '.'" in run and "[dev" not in run and "bandit-router serve" in run
     for target in ("install", "test", "lint", "docs"):
         assert "pip install --quiet -e '.[dev,docs]'" in planned(target), target
+    for targets in (("lint", "run"), ("run", "test")):
+        both = planned(*targets)
+        assert both.count(" -m venv ") == 1 and both.count("pip install --quiet -e") == 1, both
+        assert "pip install --quiet -e '.[dev,docs]'" in both and "bandit-router serve" in both
     venv.mkdir()
     (venv / ".installed").touch()  # as `make install` left it before `make run` had its own stamp
     assert "pip install" not in planned("run") and "pip install" not in planned("lint")

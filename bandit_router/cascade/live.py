@@ -641,15 +641,18 @@ _NOT_COPIED = frozenset({"object", "model", "choices", "usage", "bandit_router",
 accepted as an answer."""
 _SMALL_TEXT = 256
 """The longest text field of a completion that `sse_events` copies into every chunk (longer: the first only)."""
+_OPENAI_SCALARS = frozenset({"id", "created", "system_fingerprint", "service_tier"})
+"""OpenAI's own scalar fields of a chunk, on every chunk whatever their length (the openai client reads `id` from
+each chunk)."""
 
 
-def _in_every_chunk(value: Any) -> bool:
-    """Whether a top-level field of a completion goes on every chunk of its stream: a scalar (`id`, `created`,
-    `system_fingerprint`, `service_tier`, a provider's short field), as OpenAI's stream sends them; an object, an
-    array or a text longer than `_SMALL_TEXT` (vLLM's `prompt_logprobs`, `prompt_token_ids`) goes on the first chunk
-    only, as vLLM sends it once, so that the stream is not the field times the number of chunks."""
+def _in_every_chunk(key: str, value: Any) -> bool:
+    """Whether a top-level field of a completion goes on every chunk of its stream: OpenAI's own scalars
+    (`_OPENAI_SCALARS`) and a provider's short scalar, as OpenAI's stream sends them; an object, an array or another
+    text longer than `_SMALL_TEXT` (vLLM's `prompt_logprobs`, `prompt_token_ids`) goes on the first chunk only, as
+    vLLM sends it once, so that the stream is not the field times the number of chunks."""
     if isinstance(value, str):
-        return len(value) <= _SMALL_TEXT
+        return key in _OPENAI_SCALARS or len(value) <= _SMALL_TEXT
     return value is None or isinstance(value, (bool, int, float))
 
 
@@ -661,7 +664,7 @@ def sse_events(body: Mapping[str, Any], include_usage: bool) -> bytes:
     copied as an upstream's stream of it would send them (`_in_every_chunk`): scalars on every chunk, larger ones on
     the first; never `error`."""
     fields = {k: v for k, v in body.items() if k not in _NOT_COPIED}
-    base = {k: v for k, v in fields.items() if _in_every_chunk(v)}
+    base = {k: v for k, v in fields.items() if _in_every_chunk(k, v)}
     once = {k: v for k, v in fields.items() if k not in base}
     base.update(object="chat.completion.chunk", model=body.get("model"))
     listed = body.get("choices")

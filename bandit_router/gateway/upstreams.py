@@ -28,6 +28,7 @@ import httpx
 
 from ..catalog import ModelSpec
 from ..errors import BanditRouterError
+from ..finitejson import finite_loads
 from ..store import CallStatus
 from .pricing import StreamedAnswer, Usage, tool_call_pieces, usage_of
 from .sse import error_event_text, sse_lines
@@ -59,9 +60,7 @@ class Endpoint:
         if base is None:
             return None
         return cls(
-            model=spec.name,
-            url=base.rstrip("/") + "/chat/completions",
-            upstream_model=spec.upstream_name,
+            model=spec.name, url=base.rstrip("/") + "/chat/completions", upstream_model=spec.upstream_name,
             api_key_env=spec.api_key_env if spec.base_url else (spec.api_key_env or default_api_key_env),
             timeout_s=spec.timeout_s or timeout_s,
             connect_timeout_s=spec.connect_timeout_s or connect_timeout_s,
@@ -261,7 +260,7 @@ class Upstreams:
         latency = time.perf_counter() - started
         _check_status(model, response, raw)
         try:
-            body = json.loads(raw)
+            body = finite_loads(raw)
         except (ValueError, RecursionError):
             raise UpstreamFailure(model, CallStatus.INVALID_RESPONSE, "the reply is not JSON", 200) from None
         if not isinstance(body, dict) or not _choices(body.get("choices"), empty_ok=False):
@@ -364,7 +363,7 @@ class Stream:
                 self.done = True
                 return None
             try:
-                chunk = json.loads(data)
+                chunk = finite_loads(data)
             except (ValueError, RecursionError):
                 raise UpstreamFailure(self.model, CallStatus.INVALID_RESPONSE, "a streamed chunk is not JSON") from None
             if not isinstance(chunk, dict):

@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import urllib.parse
 from collections.abc import Mapping, MutableMapping
 from typing import Annotated, Any
@@ -47,6 +46,7 @@ from starlette.requests import ClientDisconnect
 
 from ..cascade.live import NamedRouterFailed, NamedRouters, sse_events
 from ..errors import InvalidInput, UnknownModel
+from ..finitejson import finite_loads
 from ..gateway import (
     BadChatRequest,
     Gateway,
@@ -130,7 +130,7 @@ def _passed_through(error: UpstreamRejected, headers: Mapping[str, str]) -> Resp
     other servers use (`_upstream_words`)."""
     status = error.http_status or 400
     try:
-        upstream = json.loads(error.body, parse_constant=_no_number, parse_float=_finite_or_none)
+        upstream = finite_loads(error.body)
     except (ValueError, RecursionError):
         upstream = None
     if isinstance(upstream, dict) and isinstance(upstream.get("error"), dict):
@@ -142,18 +142,6 @@ def _passed_through(error: UpstreamRejected, headers: Mapping[str, str]) -> Resp
     message, param, code = words
     return openai_error(status, f"{error.model}: {message}", param=param, code=code or "upstream_rejected",
                         headers=headers)
-
-
-def _no_number(constant: str) -> None:
-    """`NaN`, `Infinity` and `-Infinity`, which Python's json reads and JSON does not have, as null: passed through
-    as they came, they made the caller's error body invalid JSON."""
-    return None
-
-
-def _finite_or_none(text: str) -> float | None:
-    """A JSON number as a float, null when it is too large for one (`1e400`, which Python reads as infinity)."""
-    value = float(text)
-    return value if math.isfinite(value) else None
 
 
 def _upstream_words(body: Any) -> tuple[str, str | None, str | None] | None:
