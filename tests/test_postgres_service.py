@@ -543,3 +543,57 @@ def test_a_commit_whose_answer_is_lost_counts_a_named_routers_request_once(
         proxy.listener.close()
         store.close()
         direct.close()
+
+
+WINDOWS = {"reward_window_s": 0.3, "default_reward": 0.25}
+
+
+def _defaults(url: str) -> set[str]:
+    return {row[0] for row in _rows(url, "SELECT decision_id FROM feedback WHERE status = 'default'")}
+
+
+def test_decisions_made_without_windows_after_retention_deleted_every_swept_one_get_no_default_reward(
+        replicas: Callable[..., TestClient], pg_url: str) -> None:
+    """Retention deleted every decision up to the swept position, the newest too (an idle service): the next start
+    without windows noted the last decision's position (0, behind the swept one), which the start with windows
+    after it dropped as stale, so every decision of the run without windows got the default reward (4 of 4)."""
+    first = replicas(**WINDOWS)
+    promised = _route(first)["decision_id"]
+    _wait(lambda: promised in _defaults(pg_url))
+    first.__exit__(None, None, None)
+    time.sleep(1.0)
+    retention = replicas(retention_days=1e-5, **WINDOWS)  # the engine's own delete_old: everything swept is old
+    _wait(lambda: _rows(pg_url, "SELECT count(*) FROM decisions")[0][0] == 0)
+    retention.__exit__(None, None, None)
+    without = replicas()
+    unpromised = {_route(without, f"made without windows {i}")["decision_id"] for i in range(4)}
+    without.__exit__(None, None, None)
+    time.sleep(0.6)  # their windows, had they had one, are closed
+    again = replicas(**WINDOWS)
+    after = _route(again, "made with windows again")["decision_id"]
+    _wait(lambda: after in _defaults(pg_url))
+    time.sleep(0.6)
+    assert not _defaults(pg_url) & unpromised
+
+
+def test_decisions_made_without_windows_on_one_replica_while_another_swept_on_get_no_default_reward(
+        replicas: Callable[..., TestClient], pg_url: str) -> None:
+    """A rolling change: replica B restarts without windows while A (with them) still runs and sweeps one more
+    decision past the position B noted; A stops, B makes decisions, B restarts with windows (rolled back). The
+    noted position, behind the swept one, was dropped as stale and B's decisions got the default reward (4 of 4)."""
+    a, b = replicas(**WINDOWS), replicas(**WINDOWS)
+    first = _route(a, "made with windows")["decision_id"]
+    _wait(lambda: first in _defaults(pg_url))
+    b.__exit__(None, None, None)
+    b = replicas()
+    own = _route(a, "made by A after B's change")["decision_id"]
+    _wait(lambda: own in _defaults(pg_url))
+    a.__exit__(None, None, None)
+    unpromised = {_route(b, f"made without windows {i}")["decision_id"] for i in range(4)}
+    b.__exit__(None, None, None)
+    time.sleep(0.6)
+    again = replicas(**WINDOWS)
+    after = _route(again, "made with windows again")["decision_id"]
+    _wait(lambda: after in _defaults(pg_url))
+    time.sleep(0.6)
+    assert not _defaults(pg_url) & unpromised

@@ -728,23 +728,27 @@ class Writer:
         """A start without closing windows, after one with them (`SWEPT` set): note where they went off, unless a
         position between the swept one and the log's last decision is noted, and close the windows left open up to
         it. Another value (none, one that does not read, one past the last decision, one behind the swept position:
-        noted before an older version closed windows past it) is replaced by the last decision's position."""
+        noted before an older version closed windows past it) is replaced by max(last decision, swept position):
+        never a position behind the swept one, which the next start with windows would drop as stale (the swept
+        position is past the last decision when retention deleted the newest swept decisions, or when a replica
+        with windows swept on after this one noted)."""
         mark, off = _position(tx.get_meta(SWEPT)), _position(tx.get_meta(WINDOWS_OFF))
         last = tx.last_decision_position()
         if mark is None:
             return
-        if off is None or not mark <= off <= last:
-            off = last
+        if off is None or not mark <= off <= max(last, mark):
+            off = max(last, mark)
             tx.set_meta(WINDOWS_OFF, str(off))
         if mark < off:
             self._closing_up_to, self._sweeps = off, True
 
     def _windows_on(self, tx: WriteTx) -> None:
         """A start with closing windows: note the swept position on the first; turn a noted `WINDOWS_OFF` into a
-        range of `UNWINDOWED` (a value that does not read, or past the last decision, from the swept position: no
-        decision not yet swept gets the default reward; one behind the swept position is dropped, an older version
-        that knows no `WINDOWS_OFF` having closed windows past it since); replace `UNWINDOWED` when it does not read
-        by the range of every decision not yet swept."""
+        range of `UNWINDOWED` (a value that does not read, past the last decision, or behind the swept position,
+        from the swept position: no decision not yet swept gets the default reward; behind it, another replica with
+        windows swept on since, or an older version that knows no `WINDOWS_OFF` closed windows past it, whose
+        windows still open then close without the default reward); replace `UNWINDOWED` when it does not read by
+        the range of every decision not yet swept."""
         mark, off, last = _position(tx.get_meta(SWEPT)), tx.get_meta(WINDOWS_OFF), tx.last_decision_position()
         stored = tx.get_meta(UNWINDOWED)
         ranges = _ranges(stored)
@@ -758,9 +762,9 @@ class Writer:
             if start is None or start > last:
                 start = mark
             elif start < mark:
-                log.info("meta %s (%s) is behind the position reward windows were closed up to (%s): another version "
-                         "closed windows past it since; dropped", WINDOWS_OFF, start, mark)
-                start = last
+                log.info("meta %s (%s) is behind the position reward windows were closed up to (%s): windows were "
+                         "closed past it since; read from there", WINDOWS_OFF, start, mark)
+                start = mark
             if start < last and (start, last) not in ranges:
                 ranges.append((start, last))
                 log.info("reward windows close again: the decisions made while they were off (positions %s to %s) "
