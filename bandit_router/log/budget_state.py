@@ -442,12 +442,12 @@ class BudgetState:
                         "request's cheapest model instead; PUT /v1/budgets to name another", fallback,
                         "has route = false in the catalog (no decision chooses it)" if fallback in unrouted
                         else "is not an active model (removed from the catalog or retired since it was set)")
-        gone = set(config.shares_matching_nothing(active))
+        gone, unbound = set(config.shares_matching_nothing(active)), config.shares_matching_nothing(routable)
         for why, shares in (
             ("no active model is picked by that selector (removed from the catalog or retired since it was set)",
-             [s for s in config.shares_matching_nothing(routable) if s in gone]),
+             [s for s in unbound if s in gone]),
             ("that selector picks only models with route = false in the catalog (no decision chooses them)",
-             [s for s in config.shares_matching_nothing(routable) if s not in gone]),
+             [s for s in unbound if s not in gone]),
         ):
             if shares:
                 log.warning("stored budgets: %s: %s, so it never binds; PUT /v1/budgets to change it",
