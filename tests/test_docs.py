@@ -122,6 +122,44 @@ def test_every_documented_simulate_command_runs_as_written(
     assert (tmp_path / "out" / "summary.json").is_file()
 
 
+def _help_examples() -> list[tuple[str, str]]:
+    """The values `simulate --help` (and so docs/cli.md) gives as examples of `--target`, `--scenario` and
+    `--policies`: each `(option, value)`, placeholders (`<model>`, `@tenant:…`) left out."""
+    import typer
+
+    from bandit_router.cli import app
+
+    command = typer.main.get_command(app).commands["simulate"]  # type: ignore[attr-defined]
+    helps = {p.opts[0]: " ".join((getattr(p, "help", None) or "").split()) for p in command.params
+             if p.param_type_name == "option"}
+    targets = re.findall(r"(?<![\w@:])((?:avg_cost_usd|spend_usd|latency_p[\d.]+_s|share:[^\s,=]+(?:=[^\s,=]+)?)"
+                         r"=[\d.]+(?:/\w+)?)", helps["--target"])
+    scenarios = re.findall(r"\b((?:drift|new-model|outage|price-change|traffic-shift|delayed-feedback|"
+                           r"noisy-feedback):[\w=.,-]*[\w])", helps["--scenario"])
+    policies = helps["--policies"].split("e.g. ", 1)[1].split(". ", 1)[0]
+    return ([("--target", t) for t in targets] + [("--scenario", s) for s in scenarios]
+            + [("--policies", p.strip()) for p in policies.split(",") if p.strip() and "<" not in p])
+
+
+def test_the_examples_the_simulate_options_give_run_on_the_packaged_world(tmp_path: Path) -> None:
+    """The values `simulate --help` (which docs/cli.md shows) gives as examples of `--target`, `--scenario` and
+    `--policies` are accepted, all in one run, by the packaged world, `synthetic:default`, as a newcomer copies
+    them: `share:tier=premium=0.2` picked no model of it (nor of the shipped catalog, whose tiers are small,
+    medium and large) and was refused."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app
+
+    examples = _help_examples()
+    assert {o for o, _ in examples} == {"--target", "--scenario", "--policies"} and len(examples) >= 12, examples
+    policies = ",".join(v for o, v in examples if o == "--policies")
+    options = [a for o, v in examples if o != "--policies" for a in (o, v)]
+    result = CliRunner().invoke(app, ["simulate", "--env", "synthetic:default", "--policies", policies, *options,
+                                      "--steps", "40", "--seeds", "1", "--workers", "1", "--quiet", "--no-plots",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, f"{examples}:\n{result.output}"
+
+
 ANY_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)  # every block, so that a closing fence opens none
 DATABASE_COMMANDS = [
     (name, line.strip())
