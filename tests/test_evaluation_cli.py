@@ -405,7 +405,7 @@ def test_evaluate_without_the_services_settings_says_to_give_them(tmp_path: Path
     does), evaluated as docs/evaluation.md writes it, `evaluate --db …` without `--config`: the shipped catalog has
     none of the log's models, and the refusal said only that the decisions "allowed only models without a
     catalog entry (…; a client named them)", a cause that was not this one. It now names the models and
-    `--config`; with `--config` the same log evaluates."""
+    `--config`; with `--config` the same log evaluates. `export` said nothing: it warns now."""
     db, _ = _log_then_remove_gamma(tmp_path, 30)
     config = tmp_path / "service.toml"
     config.write_text("".join(f'[[models]]\nname = "{n}"\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n'
@@ -421,6 +421,10 @@ def test_evaluate_without_the_services_settings_says_to_give_them(tmp_path: Path
                                           "--estimators", "dr"])
     assert result.exit_code == 0, result.output
     assert "--config FILE" not in result.stderr
+    for given in ([], ["--config", str(config)]):  # export writes their actions by name alone (no tags, no price)
+        result = CliRunner().invoke(cli_app, ["export", "--db", str(db), "--out", str(tmp_path / "log.dsjson"), *given])
+        assert result.exit_code == 0, result.output
+        assert ("alpha, beta, gamma: models of the log without an entry" in result.stderr) is not bool(given)
 
 
 def test_a_decision_pinned_to_a_removed_model_leaves_no_candidate_out(tmp_path: Path) -> None:

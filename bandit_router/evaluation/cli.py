@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -113,9 +113,18 @@ def _unlisted_models_hint(records: list[LoggedRecord], specs: Mapping[str, Model
     """Without `--config`, the models of the log the catalog read has no entry for, said as the likely cause (the
     service ran with a catalog of its own), not as models removed since or pinned by a client; "" when none."""
     unlisted = sorted({m for r in records for m in r.decision.models} - set(specs))
-    if not unlisted:
-        return ""
-    return (f"{', '.join(unlisted)}: {'a model' if len(unlisted) == 1 else 'models'} of the log without an entry in "
+    return _unlisted_models(unlisted) if unlisted else ""
+
+
+def _noting_models(records: Iterator[LoggedRecord], seen: set[str]) -> Iterator[LoggedRecord]:
+    """`records` as they come, each decision's models added to `seen` (`export` streams the log)."""
+    for record in records:
+        seen.update(record.decision.models)
+        yield record
+
+
+def _unlisted_models(names: list[str]) -> str:
+    return (f"{', '.join(names)}: {'a model' if len(names) == 1 else 'models'} of the log without an entry in "
             "the catalog read without --config (that of $BANDIT_ROUTER_CONFIG or ./bandit-router.toml, else the "
             "shipped one); if the service ran with a catalog of its own, give its settings: --config FILE")
 
@@ -245,7 +254,8 @@ def export(
         store = open_store(db)
         try:
             specs = model_specs(store, catalog)
-            records = iter_log(store)
+            seen: set[str] = set()
+            records = _noting_models(iter_log(store), seen)
             if out is None:
                 try:
                     written = export_dsjson(
@@ -262,6 +272,9 @@ def export(
             store.close()
     except (ConfigError, StoreError, BanditRouterError, OSError) as exc:
         raise _fail("export", str(exc)) from None
+    unlisted = sorted(seen - set(specs)) if config is None else []
+    if unlisted:  # their actions are exported with their name alone: no tags, no price
+        typer.echo(f"warning: {_unlisted_models(unlisted)}", err=True)
     if out is not None:
         typer.echo(f"wrote {written} event{'' if written == 1 else 's'} to {out}", err=True)
 
