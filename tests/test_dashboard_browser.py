@@ -610,3 +610,87 @@ def test_the_recent_decisions_say_what_became_of_their_feedback(watched: Any, tm
         server.stop()
         upstream.closing = True
         fake.stop()
+
+
+
+_STATUS = "() => [document.getElementById('status').textContent, document.getElementById('dashboard').className]"
+
+
+def test_a_page_opened_while_the_database_does_not_answer_shows_the_dashboard_once_it_does(
+    watched: Any, tmp_path: Path
+) -> None:
+    """Another process holds an exclusive lock on the SQLite file, so a write waits and the service answers its
+    reads with 503 (the database does not answer) while still serving the page. The page says that the service
+    answered and why, and once the lock is gone, shows the dashboard by itself: it polled only after a first
+    answer, so a page whose first poll failed said "retrying" and never asked again."""
+    import sqlite3
+    import threading
+
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    db = tmp_path / "locked.db"
+    server = ServerThread(create_app(Settings(db=db, seed=3, models=(ModelSpec("a", 1.0, 2.0),))))
+    lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+    try:
+        url = server.wait_ready(30)
+        lock.execute("BEGIN EXCLUSIVE")
+        writer = threading.Thread(target=lambda: loopback.post(url + "/v1/route", json={"prompt": "hi"}, timeout=60))
+        writer.start()  # its write waits for the lock: after 5 s the service takes the database not to answer
+        deadline = time.monotonic() + 30
+        while loopback.get(url + "/v1/stats/live").status_code != 503:
+            assert time.monotonic() < deadline, "the service never said the database does not answer"
+            time.sleep(0.2)
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        status = wait_until(w.page, f"() => ({_STATUS})()[0] !== '' && ({_STATUS})()", timeout=20)
+        assert status[0].startswith("the service answers: the database is unavailable"), status
+        assert "retrying" in status[0] and w.page.is_hidden("#dashboard") and w.page.is_hidden("#login")
+        lock.execute("ROLLBACK")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'", timeout=30)
+        assert w.page.is_visible("#dashboard")
+        assert wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('updated')", timeout=10)
+        writer.join(60)
+        assert all("503" in e for e in w.errors), w.errors  # the refused polls, nothing else
+    finally:
+        lock.close()
+        server.stop()
+
+
+def test_a_frozen_stopped_or_restarted_service_is_shown_as_such_and_the_page_recovers(
+    tmp_path: Path, watched: Any
+) -> None:
+    """The page shows the last good answer greyed, and says since when and why, while the service does not answer:
+    frozen (SIGSTOP: connections open, no reply; a poll used to wait for ever while the header still said
+    "updated …") or killed; it recovers by itself when the service answers again, also a new process on the port."""
+    import signal
+
+    with running(tmp_path, history=200) as first:
+        server = first
+        try:
+            w = watched(viewport={"width": 1200, "height": 900})
+            w.page.goto(server.url + "/dashboard")
+            _all_panels_ready(w)
+            os.killpg(server.process.pid, signal.SIGSTOP)
+            status = wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('no answer') && ({_STATUS})()", timeout=30)
+            assert status[0].startswith("no answer within 10 s · showing ") and "retrying" in status[0], status
+            assert status[1] == "stale"
+            assert w.state("getComputedStyle(document.querySelector('.panel')).opacity") == "0.55"
+            os.killpg(server.process.pid, signal.SIGCONT)
+            assert wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('updated') && ({_STATUS})()",
+                              timeout=30)[1] == ""
+            server.stop()
+            status = wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('cannot reach') && ({_STATUS})()",
+                                timeout=20)
+            assert status[1] == "stale" and "showing" in status[0], status
+            server = server.again()
+            server.wait_ready()
+            assert wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('updated') && ({_STATUS})()",
+                              timeout=30)[1] == ""
+            renders = w.state("window.banditDashboard.renders")
+            wait_until(w.page, f"() => window.banditDashboard.renders > {renders}", timeout=20)  # still polling
+        finally:
+            if server is not first:
+                server.stop()

@@ -5,6 +5,7 @@
   "use strict";
 
   var POLL_MS = 2000;
+  var TIMEOUT_MS = 10000;  // a poll without an answer by then failed: a frozen service must not look like a quiet one
   var SHADOW_MS = 15000;
   var KEY = "bandit-router-api-key";
   var COLORS = ["#2f6fde", "#e8702a", "#1a9c6b", "#c4302b", "#8e5cd9", "#b08400", "#0f8fa8", "#d6458f", "#5b6b7d",
@@ -19,30 +20,45 @@
 
   var state = {
     range: "hour", charts: {}, renders: 0, last: null, live: null, shadowsAt: 0, timer: null, busy: false,
-    shareModels: "", errors: 0
+    again: false, session: 0, errors: 0, updatedAt: null, failure: null
   };
   window.banditDashboard = state; // for the browser tests and for a curious person's console
 
   function $(id) { return document.getElementById(id); }
 
   function AuthError(message) { this.message = message; }
+  function Unreachable(message) { this.message = message; }  // no answer: refused, reset, or none in time
+  function Refused(message) { this.message = message; }  // an answer that is not the data: 503, a proxy's 502
 
   function apiKey() { return window.sessionStorage.getItem(KEY); }
 
-  function request(path, options) {
+  // `timeoutMs`: abort when the whole reply has not arrived by then (the polls; a promotion may take longer).
+  function request(path, options, timeoutMs) {
     options = options || {};
     var headers = options.headers || {};
     var key = apiKey();
     if (key) { headers.Authorization = "Bearer " + key; }
     options.headers = headers;
     options.cache = "no-store";
+    var controller = new AbortController(), timer = null;
+    options.signal = controller.signal;
+    if (timeoutMs) { timer = window.setTimeout(function () { controller.abort(); }, timeoutMs); }
     return window.fetch(path, options).then(function (reply) {
       if (reply.status === 401) { throw new AuthError("the key was refused"); }
-      return reply.json().then(function (body) {
-        if (!reply.ok) { throw new Error(body && body.message ? body.message : "HTTP " + reply.status); }
+      return reply.text().then(function (text) {
+        var body = null;
+        try { body = JSON.parse(text); } catch (e) { body = null; }  // a proxy's HTML error page is not JSON
+        if (!reply.ok) { throw new Refused(body && body.message ? body.message : "HTTP " + reply.status); }
+        if (body === null) { throw new Refused("HTTP " + reply.status + ", not JSON"); }
         return body;
       });
-    });
+    }).catch(function (err) {
+      if (err instanceof AuthError || err instanceof Refused) { throw err; }
+      // fetch rejects with a TypeError when nothing answered (also midway through the body), an AbortError when
+      // the timer fired
+      throw new Unreachable(controller.signal.aborted ? "no answer within " + timeoutMs / 1000 + " s"
+                                                      : "cannot reach the service");
+    }).finally(function () { if (timer !== null) { window.clearTimeout(timer); } });
   }
 
   // -- formatting ------------------------------------------------------------------------------------------
@@ -423,13 +439,18 @@
   }
 
   // -- the loop --------------------------------------------------------------------------------------------
+  // One poll at a time. A refresh asked for while one is under way (a click on a range) runs when it ends; its
+  // replies are drawn only if the range and the key (`session`) are still those it asked with.
   function refresh() {
-    if (state.busy) { return Promise.resolve(); }
-    state.busy = true;
+    if (state.busy) { state.again = true; return state.busy; }
+    state.again = false;
+    var session = state.session, range = state.range;
     var wantShadows = Date.now() - state.shadowsAt > SHADOW_MS;
-    var calls = [request("/v1/stats/timeseries?range=" + state.range), request("/v1/stats/live"),
-                 request("/v1/stats/recent?limit=25"), wantShadows ? request("/v1/stats/shadows") : Promise.resolve(null)];
-    return Promise.all(calls).then(function (replies) {
+    var calls = [request("/v1/stats/timeseries?range=" + range, {}, TIMEOUT_MS),
+                 request("/v1/stats/live", {}, TIMEOUT_MS), request("/v1/stats/recent?limit=25", {}, TIMEOUT_MS),
+                 wantShadows ? request("/v1/stats/shadows", {}, TIMEOUT_MS) : Promise.resolve(null)];
+    state.busy = Promise.all(calls).then(function (replies) {
+      if (session !== state.session || range !== state.range) { return; }
       var ts = replies[0], live = replies[1];
       state.last = ts;
       state.live = live;
@@ -442,14 +463,40 @@
       if (replies[3]) { state.shadowsAt = Date.now(); drawShadows(replies[3], live); }
       state.renders++;
       state.errors = 0;
+      state.failure = null;
+      state.updatedAt = Date.now();
+      $("dashboard").classList.remove("stale");
+      $("status").classList.remove("error");
       $("status").textContent = "updated " + new Date().toLocaleTimeString() + " · every " + POLL_MS / 1000 + " s";
     }).catch(function (err) {
+      if (session !== state.session) { return; }
       if (err instanceof AuthError) { showLogin(apiKey() ? "The key was refused." : ""); return; }
+      if (!(err instanceof Unreachable || err instanceof Refused)) {  // a bug of the page: to the console too
+        window.setTimeout(function () { throw err; });
+      }
       state.errors++;
-      $("status").textContent = "cannot reach the service (" + err.message + "); retrying";
-    }).then(function () { state.busy = false; });
+      state.failure = err.message;
+      showFailure(err);
+    }).then(function () {
+      state.busy = false;
+      if (state.again && state.timer) { refresh(); }
+    });
+    return state.busy;
   }
 
+  // The service did not give the data: say why and since when, and grey what is shown (the last good answer).
+  function showFailure(err) {
+    var why = err instanceof Unreachable ? err.message
+      : err instanceof Refused ? "the service answers: " + err.message : "the page failed: " + err;
+    var since = state.updatedAt === null ? "" :
+      " · showing " + new Date(state.updatedAt).toLocaleTimeString() + " (" +
+      Math.round((Date.now() - state.updatedAt) / 1000) + " s ago)";
+    $("dashboard").classList.toggle("stale", state.updatedAt !== null);
+    $("status").classList.add("error");
+    $("status").textContent = why + since + "; retrying every " + POLL_MS / 1000 + " s";
+  }
+
+  // Polls every POLL_MS until the login is shown, whether or not the first poll got an answer.
   function schedule() {
     if (state.timer) { window.clearInterval(state.timer); }
     state.timer = window.setInterval(refresh, POLL_MS);
@@ -464,6 +511,10 @@
 
   function showLogin(message) {
     if (state.timer) { window.clearInterval(state.timer); state.timer = null; }
+    state.session++;  // a poll under way with the old key draws nothing
+    state.updatedAt = null;
+    $("dashboard").classList.remove("stale");
+    $("status").classList.remove("error");
     window.sessionStorage.removeItem(KEY);
     $("dashboard").hidden = true;
     $("ranges").hidden = true;
@@ -491,7 +542,9 @@
       event.preventDefault();
       window.sessionStorage.setItem(KEY, $("key").value);
       $("key").value = "";
-      refresh().then(function () { if (apiKey()) { schedule(); } });
+      state.session++;
+      schedule();
+      refresh();
     });
     $("logout").addEventListener("click", function () { showLogin(""); });
     window.addEventListener("resize", function () {
@@ -500,7 +553,8 @@
         state.charts[id].setSize({ width: chartWidth(el), height: state.charts[id].height });
       });
     });
-    refresh().then(function () { if (!$("dashboard").hidden) { schedule(); } });
+    schedule();  // a refused key stops it (showLogin); a service that does not answer yet is asked again
+    refresh();
   }
 
   document.addEventListener("DOMContentLoaded", start);
