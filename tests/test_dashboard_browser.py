@@ -694,3 +694,46 @@ def test_a_frozen_stopped_or_restarted_service_is_shown_as_such_and_the_page_rec
         finally:
             if server is not first:
                 server.stop()
+
+
+def _route_with_feedback(url: str, model: str, n: int) -> None:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(n):
+            reply = client.post("/v1/route", json={"prompt": f"Say hello (#{i})", "models": [model]})
+            assert reply.status_code == 200, reply.text
+            feedback = {"decision_id": reply.json()["decision_id"], "quality": 0.8, "input_tokens": 40,
+                        "output_tokens": 200}
+            assert client.post("/v1/feedback", json=feedback).json()["status"] == "applied"
+
+
+_LEGENDS = """() => ['chart-quality', 'chart-cost', 'chart-reward'].map(id =>
+    [...document.querySelectorAll(`#${id} .u-legend .u-label`)].map(e => e.textContent).at(-1))"""
+
+
+def test_the_best_fixed_models_line_is_named_in_the_legend_once_it_is_known(watched: Any, tmp_path: Path) -> None:
+    """On a fresh database the page says there are no decisions yet and the dashed line of the quality, cost and
+    reward charts is "best fixed model (not estimable yet)"; once a model has 30 learned feedbacks its legend
+    names it, as the note above the charts does (uPlot writes a legend once: it said "not estimable yet" for as
+    long as the page stayed open)."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    two = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0))
+    server = ServerThread(create_app(Settings(db=tmp_path / "fresh.db", seed=3, models=two)))
+    try:
+        url = server.wait_ready(30)
+        w = watched(viewport={"width": 1200, "height": 1400})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
+        assert w.page.inner_text("#recent-table tbody").startswith("No decisions yet")
+        assert w.page.evaluate(_LEGENDS) == ["best fixed model (not estimable yet)"] * 3
+        _route_with_feedback(url, "b", 31)
+        wait_until(w.page, "() => document.getElementById('best-fixed').textContent.startsWith('Dashed: always b ')",
+                   timeout=20)
+        assert w.page.evaluate(_LEGENDS) == ["always b"] * 3
+        assert w.page.locator("#recent-table tbody tr").count() == 25
+        assert w.errors == []
+    finally:
+        server.stop()

@@ -141,10 +141,13 @@
     return a;
   }
 
-  function updateOrMake(id, build, data) {
+  // `labels`: the series' names; uPlot writes a legend once, so a chart whose names change is made again.
+  function updateOrMake(id, build, data, labels) {
     var chart = state.charts[id];
-    if (chart && chart.series.length === data.length) { chart.setData(data); return chart; }
-    if (chart) { chart.destroy(); }
+    var same = chart && chart.series.length === data.length &&
+      chart.series.every(function (s, i) { return i === 0 || s.label === labels[i - 1]; });
+    if (same) { chart.setData(data); return chart; }
+    if (chart) { chart.destroy(); delete state.charts[id]; }
     return build(data);
   }
 
@@ -159,15 +162,14 @@
     updateOrMake("chart-traffic", function (d) {
       return makeChart("chart-traffic", [line("decisions/min", COLORS[0]), line("feedbacks/min", COLORS[2])],
                        [axis("y")], d);
-    }, [t, ts.decisions_per_minute, ts.feedback_per_minute]);
+    }, [t, ts.decisions_per_minute, ts.feedback_per_minute], ["decisions/min", "feedbacks/min"]);
     updateOrMake("chart-coverage", function (d) {
       return makeChart("chart-coverage", [line("coverage", COLORS[1], "share", pct), line("lag", COLORS[4], "s", seconds)],
                        [axis("share", pct), axis("s", seconds, 1)], d);
-    }, [t, ts.coverage, ts.lag_s]);
+    }, [t, ts.coverage, ts.lag_s], ["coverage", "lag"]);
 
     // Stacked shares: cumulative sums, the largest drawn first and each filled down to zero.
     var models = Object.keys(ts.shares);
-    var key = models.join("|");
     var cumulative = [], running = t.map(function () { return 0; });
     models.forEach(function (m) {
       running = running.map(function (v, i) { return v + (ts.shares[m][i] || 0); });
@@ -175,11 +177,6 @@
     });
     var stacked = [t].concat(cumulative.slice().reverse());
     var rawShares = ts.shares;
-    if (state.shareModels !== key && state.charts["chart-shares"]) {
-      state.charts["chart-shares"].destroy();
-      delete state.charts["chart-shares"];
-    }
-    state.shareModels = key;
     updateOrMake("chart-shares", function (d) {
       var series = models.slice().reverse().map(function (m) {
         var color = COLORS[models.indexOf(m) % COLORS.length];
@@ -187,7 +184,7 @@
                  value: function (u, v, si, i) { return i === null || i === undefined ? "–" : pct(rawShares[m][i]); } };
       });
       return makeChart("chart-shares", series, [axis("share", pct)], d, 220);
-    }, stacked);
+    }, stacked, models.slice().reverse());
     // keep the legend's raw values current after setData
     state.charts["chart-shares"].series.forEach(function (s, si) {
       if (si > 0) {
@@ -206,14 +203,13 @@
       updateOrMake(spec[0], function (d) {
         return makeChart(spec[0], [line(spec[1], COLORS[0], "y", spec[4]), line(label, COLORS[3], "y", spec[4], true)],
                          [axis("y", spec[4])], d, 150);
-      }, [t, spec[2], constant(spec[3], n)]);
-      state.charts[spec[0]].series[2].label = label;
+      }, [t, spec[2], constant(spec[3], n)], [spec[1], label]);
     });
     updateOrMake("chart-exploration", function (d) {
       return makeChart("chart-exploration", [line("non-greedy share", COLORS[1], "share", pct),
                                              line("policy version", COLORS[4], "v", function (v) { return num(v, 0); })],
                        [axis("share", pct), axis("v", function (v) { return num(v, 0); }, 1)], d);
-    }, [t, ts.exploration, ts.policy_version]);
+    }, [t, ts.exploration, ts.policy_version], ["non-greedy share", "policy version"]);
   }
 
   // -- panels ----------------------------------------------------------------------------------------------
@@ -338,7 +334,15 @@
 
   function drawRecent(decisions, prompts) {
     document.querySelectorAll(".prompt-col").forEach(function (el) { el.hidden = !prompts; });
-    fill(document.querySelector("#recent-table tbody"), decisions, function (tr, d) {
+    var tbody = document.querySelector("#recent-table tbody");
+    if (!decisions.length) {
+      fill(tbody, [null], function (tr) {
+        cell(tr, "No decisions yet (POST /v1/route and the gateway make them).").colSpan = 7;
+      });
+      ready("recent", 0);
+      return;
+    }
+    fill(tbody, decisions, function (tr, d) {
       cell(tr, clock(d.time));
       cell(tr, d.model);
       cell(tr, num(d.probability, 3));
