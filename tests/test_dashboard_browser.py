@@ -737,3 +737,33 @@ def test_the_best_fixed_models_line_is_named_in_the_legend_once_it_is_known(watc
         assert w.errors == []
     finally:
         server.stop()
+
+
+def test_a_phone_does_not_scroll_sideways_with_model_names_of_128_characters(watched: Any, tmp_path: Path) -> None:
+    """A model name may be 128 characters without a space. Its entries in the charts' legends (the shares', and
+    the dashed best fixed model's) wrap inside their panels: they made the page 1,000 px wide, on a phone and on
+    a laptop alike. The tables keep their own sideways scrolling inside the panel."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    long = ["vendor-with-a-long-organisation-name/" + c * 80 + "-instruct" for c in "xy"]
+    long = [name + "-" + "v" * (128 - len(name) - 1) for name in long]
+    assert {len(name) for name in long} == {128}
+    specs = tuple(ModelSpec(name, 1.0, 2.0) for name in long)
+    server = ServerThread(create_app(Settings(db=tmp_path / "long.db", seed=3, models=specs)))
+    try:
+        url = server.wait_ready(30)
+        _route_with_feedback(url, long[0], 31)
+        _route_with_feedback(url, long[1], 3)
+        w = watched(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, f"() => document.getElementById('best-fixed').textContent.includes('{long[0]}')")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"shares\"]').dataset.ready === '1'")
+        assert w.page.evaluate(_LEGENDS) == [f"always {long[0]}"] * 3
+        assert w.state("document.documentElement.scrollWidth") <= 390
+        w.shot("phone-long-names")
+        assert w.errors == []
+    finally:
+        server.stop()
