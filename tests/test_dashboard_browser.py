@@ -612,7 +612,6 @@ def test_the_recent_decisions_say_what_became_of_their_feedback(watched: Any, tm
         fake.stop()
 
 
-
 _STATUS = "() => [document.getElementById('status').textContent, document.getElementById('dashboard').className]"
 
 
@@ -764,6 +763,69 @@ def test_a_phone_does_not_scroll_sideways_with_model_names_of_128_characters(wat
         assert w.page.evaluate(_LEGENDS) == [f"always {long[0]}"] * 3
         assert w.state("document.documentElement.scrollWidth") <= 390
         w.shot("phone-long-names")
+        assert w.errors == []
+    finally:
+        server.stop()
+
+
+def test_times_follow_the_browsers_time_zone_and_locale_and_older_decisions_show_their_day(
+    watched: Any, tmp_path: Path
+) -> None:
+    """A browser in German in India (UTC+5:30): the charts' time axis reads 24-hour times of that zone with the
+    day under the first tick (uPlot's own labels were American English: 6:00pm, 11/28/26, whatever the locale), and
+    the recent decisions show the time of today's and the day too of older ones (a quiet service's newest
+    decisions may be days old: a bare time read as today's)."""
+    import dataclasses
+    import re
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.log import PolicySet
+    from bandit_router.service import create_app
+    from bandit_router.store import SQLiteStore
+    from bandit_router.types import Request
+    from benchmarks.fake_upstream import ServerThread
+
+    zone = ZoneInfo("Asia/Kolkata")
+    settings = Settings(db=tmp_path / "zone.db", seed=3, models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0)))
+    old = time.time() - 3 * 86400
+    router = PolicySet(settings, seed=3).live
+    store = SQLiteStore(settings.db)
+    store.prepare()
+    with store.write() as tx:  # three decisions of three days ago, as the service stores them
+        tx.insert_decisions([(dataclasses.replace(router.route(Request(prompt=f"old {i}")), created_at=old + i),
+                              None, None) for i in range(3)])
+    store.close()
+    server = ServerThread(create_app(settings))
+    try:
+        url = server.wait_ready(30)
+        assert loopback.post(url + "/v1/route", json={"prompt": "today"}).status_code == 200
+        w = watched(viewport={"width": 1200, "height": 900}, locale="de-DE", timezone_id="Asia/Kolkata")
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => window.banditDashboard.charts['chart-traffic'] && "
+                           "window.banditDashboard.charts['chart-traffic'].axes[0]._values")
+        splits, labels = w.state("[0, 1].map(i => [window.banditDashboard.charts['chart-traffic'].axes[0]._splits, "
+                                 "window.banditDashboard.charts['chart-traffic'].axes[0]._values][i])")
+        assert len(splits) == len(labels) >= 3, labels
+        for t, label in zip(splits, labels, strict=True):
+            local = datetime.fromtimestamp(t, zone)
+            assert re.fullmatch(r"\d{2}:\d{2}(\n.+)?", label), labels  # 24-hour, no am/pm
+            assert label[:5] == f"{local.hour:02d}:{local.minute:02d}", (labels, local)
+        assert "\n" in labels[0] and str(datetime.fromtimestamp(splits[0], zone).day) in labels[0].split("\n")[1]
+        box = w.page.locator("#chart-traffic .u-over").bounding_box()
+        w.page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)  # the legend shows the moment
+        shown = w.page.locator("#chart-traffic .u-legend .u-series").first.locator(".u-value").inner_text()
+        now = datetime.now(zone)
+        assert re.fullmatch(r"\d{2}\.\d{2}\.\d{4}, \d{2}:\d{2}", shown), shown  # "28.11.2026, 12:18"
+        assert shown.startswith(f"{now:%d.%m.%Y}, {now:%H}") or now.minute < 2, shown
+        times = [r.split("\t")[0] for r in w.page.locator("#recent-table tbody tr").all_inner_texts()]
+        today = datetime.now(zone)
+        assert re.fullmatch(r"\d{2}:\d{2}:\d{2}", times[0]) and times[0][:2] in (f"{today.hour:02d}",), times
+        day = datetime.fromtimestamp(old, zone)
+        assert times[1:] == [f"{day.day}.{day.month}.{day.year} {datetime.fromtimestamp(old + i, zone):%H:%M:%S}"
+                             for i in (2, 1, 0)], times
         assert w.errors == []
     finally:
         server.stop()

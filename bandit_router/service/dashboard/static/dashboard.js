@@ -73,6 +73,26 @@
     return v < 120 ? v.toFixed(1) + " s" : (v / 60).toFixed(1) + " min";
   }
   function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
+  // The charts' times in the browser's locale and time zone, as the tables' (uPlot's own are English: 6:00pm 11/5/26)
+  var TICK_TIME = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
+  var TICK_DAY = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+  var MOMENT = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+  function timeTicks(u, splits, axisIdx, space, incr) {
+    var previous = null;
+    return splits.map(function (t) {  // the day under the first tick and under each tick that starts another
+      var when = new Date(t * 1000), day = TICK_DAY.format(when);
+      if (incr >= 86400) { return day; }
+      var label = TICK_TIME.format(when) + (day !== previous ? "\n" + day : "");
+      previous = day;
+      return label;
+    });
+  }
+  function stamp(t) {  // a decision's time; with its day when that is not today (a quiet service's newest decisions)
+    var when = new Date(t * 1000);
+    return when.toDateString() === new Date().toDateString() ? when.toLocaleTimeString()
+      : when.toLocaleDateString() + " " + when.toLocaleTimeString();
+  }
+  function moment(u, t) { return t === null || t === undefined ? "–" : MOMENT.format(new Date(t * 1000)); }
   function lastValue(values) {
     for (var i = values.length - 1; i >= 0; i--) { if (values[i] !== null && values[i] !== undefined) { return values[i]; } }
     return null;
@@ -114,8 +134,8 @@
     var el = $(id);
     el.textContent = "";
     var opts = {
-      width: chartWidth(el), height: height || 170, series: [{}].concat(series),
-      axes: [{}].concat(axes), scales: { x: { time: true } }, legend: { live: true },
+      width: chartWidth(el), height: height || 170, series: [{ value: moment }].concat(series),
+      axes: [{ values: timeTicks }].concat(axes), scales: { x: { time: true } }, legend: { live: true },
       cursor: { drag: { x: false, y: false } }
     };
     var scaleNames = {};
@@ -343,7 +363,7 @@
       return;
     }
     fill(tbody, decisions, function (tr, d) {
-      cell(tr, clock(d.time));
+      cell(tr, stamp(d.time));
       cell(tr, d.model);
       cell(tr, num(d.probability, 3));
       cell(tr, num(d.cost_weight, 1));
