@@ -829,3 +829,61 @@ def test_times_follow_the_browsers_time_zone_and_locale_and_older_decisions_show
         assert w.errors == []
     finally:
         server.stop()
+
+
+def test_decisions_per_minute_reads_a_steady_rate_at_any_second_of_the_minute(watched: Any, tmp_path: Path) -> None:
+    """At exactly one decision a second (ten minutes of history, then one a second over HTTP) *decisions / min*
+    reads 60 whatever the second of the minute. It was the mean of the newest five buckets' rates, whose newest
+    (the minute under way) is divided by at least a whole minute: it read 48 two seconds into each minute and
+    climbed to 60 by its end. Read from the 3rd to the 30th second of a minute, where it read 48 to 54."""
+    import dataclasses
+    import threading
+
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.log import PolicySet
+    from bandit_router.service import create_app
+    from bandit_router.store import SQLiteStore
+    from bandit_router.types import Request
+    from benchmarks.fake_upstream import ServerThread
+
+    settings = Settings(db=tmp_path / "steady.db", seed=3, models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0)))
+    start = float(int(time.time()))
+    router = PolicySet(settings, seed=3).live
+    store = SQLiteStore(settings.db)
+    store.prepare()
+    with store.write() as tx:
+        tx.insert_decisions([(dataclasses.replace(router.route(Request(prompt=f"history {i}")),
+                                                  created_at=start - 600 + i), None, None) for i in range(600)])
+    store.close()
+    server = ServerThread(create_app(settings))
+    stop = threading.Event()
+
+    def steady() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            k = 0
+            while not stop.wait(max(0.0, start + k - time.time())):
+                assert client.post("/v1/route", json={"prompt": f"live {k}"}).status_code == 200
+                k += 1
+
+    sender = threading.Thread(target=steady, daemon=True)
+    try:
+        url = server.wait_ready(30)
+        sender.start()
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => window.banditDashboard.renders >= 1")
+        for _ in range(3):  # a render asked for and drawn within the window (a loaded machine: the next minute's)
+            while not 3 <= time.time() % 60 <= 25:
+                time.sleep(0.5)
+            renders = w.state("window.banditDashboard.renders")
+            wait_until(w.page, f"() => window.banditDashboard.renders > {renders}", timeout=10)
+            shown = w.page.inner_text("#kpi-decisions")
+            if 3 <= time.time() % 60 <= 30:
+                break
+        assert 57.0 <= float(shown) <= 63.0, shown
+        assert w.errors == []
+    finally:
+        stop.set()
+        sender.join(30)
+        server.stop()

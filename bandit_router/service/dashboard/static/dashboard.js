@@ -97,12 +97,17 @@
     for (var i = values.length - 1; i >= 0; i--) { if (values[i] !== null && values[i] !== undefined) { return values[i]; } }
     return null;
   }
-  function recentMean(values, n) {
-    var sum = 0, count = 0;
-    for (var i = Math.max(0, values.length - n); i < values.length; i++) {
-      if (values[i] !== null) { sum += values[i]; count++; }
+  // Per minute over the newest 5 minutes of buckets (at least the newest bucket): each bucket's count over the time
+  // it covers. The bucket holding `until` has lasted only until then, and its rate is its count over that time but
+  // at least a minute: a mean of the rates read up to a fifth low early in each minute, a sawtooth at a steady rate.
+  function recentRate(rates, ts) {
+    var count = 0, seconds = 0;
+    for (var i = rates.length - 1; i >= 0 && seconds < 300; i--) {
+      var lasted = Math.max(0, Math.min(ts.step, ts.until - ts.time[i]));
+      if (rates[i] !== null) { count += rates[i] * Math.max(60, lasted) / 60; }
+      seconds += lasted;
     }
-    return count ? sum / count : null;
+    return seconds > 0 ? count / (seconds / 60) : null;
   }
 
   // -- DOM helpers -----------------------------------------------------------------------------------------
@@ -235,8 +240,8 @@
   // -- panels ----------------------------------------------------------------------------------------------
   function drawTraffic(ts) {
     var o = ts.overall;
-    $("kpi-decisions").textContent = num(recentMean(ts.decisions_per_minute, Math.max(1, Math.round(300 / ts.step))), 1);
-    $("kpi-feedback").textContent = num(recentMean(ts.feedback_per_minute, Math.max(1, Math.round(300 / ts.step))), 1);
+    $("kpi-decisions").textContent = num(recentRate(ts.decisions_per_minute, ts), 1);
+    $("kpi-feedback").textContent = num(recentRate(ts.feedback_per_minute, ts), 1);
     $("kpi-coverage").textContent = pct(o.coverage);
     $("kpi-lag").textContent = seconds(o.lag_s);
     ready("traffic", o.decisions);
