@@ -231,6 +231,27 @@ def test_a_client_key_opens_the_dashboard_and_only_an_admin_key_may_promote(lock
         assert all("401" in e for e in w.errors), w.errors
 
 
+def test_a_key_pasted_with_typographic_quotes_is_refused_at_the_login_saying_why(locked: Server, watched: Any) -> None:
+    """A key is printable ASCII without spaces; one pasted from a document with its “quotes” cannot be sent at all
+    (fetch refuses a header beyond Latin-1 before asking). The page said "cannot reach the service" in its header
+    and retried for ever with the login still shown and no word on it; it now says at the login what is wrong with
+    the key, keeps nothing, and asks nothing. The same key without the quotes opens the dashboard."""
+    w = watched(viewport={"width": 1200, "height": 800})
+    w.page.goto(locked.url + "/dashboard")
+    w.page.wait_for_selector("#login", state="visible")
+    asked = len(w.requests)
+    w.page.fill("#key", f"\u201c{CLIENT_KEY}\u201d")
+    w.page.click("button[type=submit]")
+    error = wait_until(w.page, "() => document.getElementById('login-error').textContent", timeout=10)
+    assert "U+201C" in error and "printable ASCII" in error, error
+    time.sleep(2.5)  # a poll's interval: nothing is asked with it
+    assert len(w.requests) == asked and w.page.inner_text("#status") == ""
+    assert w.state("sessionStorage.getItem('bandit-router-api-key')") is None
+    w.page.fill("#key", CLIENT_KEY)
+    w.page.click("button[type=submit]")
+    _all_panels_ready(w)
+
+
 def test_swagger_ui_renders_offline(live: tuple[Server, Traffic], watched: Any) -> None:
     """`/docs` renders the API from the vendored Swagger UI: nothing requested from another origin."""
     server, _ = live

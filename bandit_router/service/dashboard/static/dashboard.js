@@ -569,7 +569,15 @@
     });
     $("login-form").addEventListener("submit", function (event) {
       event.preventDefault();
-      window.sessionStorage.setItem(KEY, $("key").value);
+      // Keys are printable ASCII without spaces. fetch refuses a header with a character beyond Latin-1 before it
+      // asks (a pasted “quote”): that read as "cannot reach the service", retried for ever
+      var key = $("key").value.trim(), odd = key.match(/[^\x21-\x7e]/u);
+      if (odd) {
+        $("login-error").textContent = "A key is printable ASCII without spaces; this one holds " + odd[0] + " (U+" +
+          odd[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0") + "): was something pasted with it?";
+        return;
+      }
+      window.sessionStorage.setItem(KEY, key);
       $("key").value = "";
       state.session++;
       schedule();
