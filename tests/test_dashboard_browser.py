@@ -400,7 +400,8 @@ def test_every_active_model_is_a_row_whatever_its_name(watched: Any, tmp_path: P
 
 def test_the_shares_legend_of_many_models_scrolls_inside_its_panel(watched: Any, tmp_path: Path) -> None:
     """With 60 models that all took decisions, the *Model shares* panel stays a panel (under 600 px tall: its
-    legend scrolls), where its legend's 60 rows made it about 2,000 px tall and pushed the panels below away."""
+    legend scrolls), where its legend's 60 rows made it about 2,000 px tall and pushed the panels below away; and
+    no two models share a colour (the palette of 12 was repeated: the 13th model looked like the first)."""
     from bandit_router.catalog import ModelSpec
     from bandit_router.config import Settings
     from bandit_router.service import create_app
@@ -420,6 +421,9 @@ def test_the_shares_legend_of_many_models_scrolls_inside_its_panel(watched: Any,
         assert w.page.locator("#chart-shares .u-legend .u-series").count() == 1 + len(names)  # every model listed
         height = w.page.locator('[data-panel="shares"]').bounding_box()["height"]
         assert height < 600, height
+        colours = w.state("[...document.querySelectorAll('#chart-shares .u-legend .u-series:not(:first-child) "
+                          ".u-marker')].map(e => getComputedStyle(e).borderColor)")
+        assert len(colours) == len(names) and len(set(colours)) == len(names), sorted(colours)
         assert w.errors == []
     finally:
         server.stop()

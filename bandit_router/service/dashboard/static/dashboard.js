@@ -153,6 +153,18 @@
     return chart;
   }
 
+  // The i-th model's colour (hex: its fill adds an alpha): the palette's, then hues a golden angle apart at two
+  // lightnesses, so that no two models share one however many there are (the palette repeated from the 13th).
+  function modelColor(i) {
+    if (i < COLORS.length) { return COLORS[i]; }
+    var k = i - COLORS.length, h = (k * 137.508 + 15) % 360, l = k % 2 ? 0.6 : 0.42, a = 0.55 * Math.min(l, 1 - l);
+    function channel(n) {
+      var m = (n + h / 30) % 12;
+      return Math.round(255 * (l - a * Math.max(-1, Math.min(m - 3, 9 - m, 1)))).toString(16).padStart(2, "0");
+    }
+    return "#" + channel(0) + channel(8) + channel(4);
+  }
+
   function line(label, color, scale, format, dashed) {
     var s = { label: label, stroke: color, width: 2, spanGaps: true, scale: scale || "y",
               value: function (u, v) { return format ? format(v) : num(v, 2); } };
@@ -204,7 +216,7 @@
     var rawShares = ts.shares;
     updateOrMake("chart-shares", function (d) {
       var series = models.slice().reverse().map(function (m) {
-        var color = COLORS[models.indexOf(m) % COLORS.length];
+        var color = modelColor(models.indexOf(m));
         return { label: m, stroke: color, fill: color + "cc", width: 1, scale: "share", points: { show: false },
                  value: function (u, v, si, i) { return i === null || i === undefined ? "–" : pct(rawShares[m][i]); } };
       });
