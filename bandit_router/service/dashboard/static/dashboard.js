@@ -480,10 +480,11 @@
   }
 
   // -- the loop --------------------------------------------------------------------------------------------
-  // One poll at a time. A refresh asked for while one is under way (a click on a range) runs when it ends; its
+  // One poll at a time. A refresh `asked` for while one is under way (a click on a range, a key given) runs when it
+  // ends; the timer's tick is dropped instead (a service slower than POLL_MS is not asked back to back). A poll's
   // replies are drawn only if the range and the key (`session`) are still those it asked with.
-  function refresh() {
-    if (state.busy) { state.again = true; return state.busy; }
+  function refresh(asked) {
+    if (state.busy) { state.again = state.again || asked === true; return state.busy; }
     state.again = false;
     var session = state.session, range = state.range;
     var wantShadows = Date.now() - state.shadowsAt > SHADOW_MS;
@@ -520,7 +521,7 @@
       showFailure(err);
     }).then(function () {
       state.busy = false;
-      if (state.again && state.timer) { refresh(); }
+      if (state.again && state.timer) { refresh(true); }
     });
     return state.busy;
   }
@@ -540,7 +541,7 @@
   // Polls every POLL_MS until the login is shown, whether or not the first poll got an answer.
   function schedule() {
     if (state.timer) { window.clearInterval(state.timer); }
-    state.timer = window.setInterval(refresh, POLL_MS);
+    state.timer = window.setInterval(function () { refresh(false); }, POLL_MS);
   }
 
   function showDashboard() {
@@ -572,7 +573,7 @@
     document.querySelectorAll("#ranges button").forEach(function (b) {
       b.setAttribute("aria-pressed", String(b.dataset.range === range));
     });
-    refresh();
+    refresh(true);
   }
 
   function start() {
@@ -593,7 +594,7 @@
       $("key").value = "";
       state.session++;
       schedule();
-      refresh();
+      refresh(true);
     });
     $("logout").addEventListener("click", function () { showLogin(""); });
     window.addEventListener("resize", function () {
@@ -603,7 +604,7 @@
       });
     });
     schedule();  // a refused key stops it (showLogin); a service that does not answer yet is asked again
-    refresh();
+    refresh(true);
   }
 
   document.addEventListener("DOMContentLoaded", start);
