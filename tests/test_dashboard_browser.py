@@ -231,6 +231,27 @@ def test_a_client_key_opens_the_dashboard_and_only_an_admin_key_may_promote(lock
         assert all("401" in e for e in w.errors), w.errors
 
 
+def test_a_key_pasted_with_typographic_quotes_is_refused_at_the_login_saying_why(locked: Server, watched: Any) -> None:
+    """A key is printable ASCII without spaces; one pasted from a document with its “quotes” cannot be sent at all
+    (fetch refuses a header beyond Latin-1 before asking). The page said "cannot reach the service" in its header
+    and retried for ever with the login still shown and no word on it; it now says at the login what is wrong with
+    the key, keeps nothing, and asks nothing. The same key without the quotes opens the dashboard."""
+    w = watched(viewport={"width": 1200, "height": 800})
+    w.page.goto(locked.url + "/dashboard")
+    w.page.wait_for_selector("#login", state="visible")
+    asked = len(w.requests)
+    w.page.fill("#key", f"\u201c{CLIENT_KEY}\u201d")
+    w.page.click("button[type=submit]")
+    error = wait_until(w.page, "() => document.getElementById('login-error').textContent", timeout=10)
+    assert "U+201C" in error and "printable ASCII" in error, error
+    time.sleep(2.5)  # a poll's interval: nothing is asked with it
+    assert len(w.requests) == asked and w.page.inner_text("#status") == ""
+    assert w.state("sessionStorage.getItem('bandit-router-api-key')") is None
+    w.page.fill("#key", CLIENT_KEY)
+    w.page.click("button[type=submit]")
+    _all_panels_ready(w)
+
+
 def test_swagger_ui_renders_offline(live: tuple[Server, Traffic], watched: Any) -> None:
     """`/docs` renders the API from the vendored Swagger UI: nothing requested from another origin."""
     server, _ = live
@@ -379,7 +400,8 @@ def test_every_active_model_is_a_row_whatever_its_name(watched: Any, tmp_path: P
 
 def test_the_shares_legend_of_many_models_scrolls_inside_its_panel(watched: Any, tmp_path: Path) -> None:
     """With 60 models that all took decisions, the *Model shares* panel stays a panel (under 600 px tall: its
-    legend scrolls), where its legend's 60 rows made it about 2,000 px tall and pushed the panels below away."""
+    legend scrolls), where its legend's 60 rows made it about 2,000 px tall and pushed the panels below away; and
+    no two models share a colour (the palette of 12 was repeated: the 13th model looked like the first)."""
     from bandit_router.catalog import ModelSpec
     from bandit_router.config import Settings
     from bandit_router.service import create_app
@@ -399,6 +421,9 @@ def test_the_shares_legend_of_many_models_scrolls_inside_its_panel(watched: Any,
         assert w.page.locator("#chart-shares .u-legend .u-series").count() == 1 + len(names)  # every model listed
         height = w.page.locator('[data-panel="shares"]').bounding_box()["height"]
         assert height < 600, height
+        colours = w.state("[...document.querySelectorAll('#chart-shares .u-legend .u-series:not(:first-child) "
+                          ".u-marker')].map(e => getComputedStyle(e).borderColor)")
+        assert len(colours) == len(names) and len(set(colours)) == len(names), sorted(colours)
         assert w.errors == []
     finally:
         server.stop()
@@ -610,3 +635,280 @@ def test_the_recent_decisions_say_what_became_of_their_feedback(watched: Any, tm
         server.stop()
         upstream.closing = True
         fake.stop()
+
+
+_STATUS = "() => [document.getElementById('status').textContent, document.getElementById('dashboard').className]"
+
+
+def test_a_page_opened_while_the_database_does_not_answer_shows_the_dashboard_once_it_does(
+    watched: Any, tmp_path: Path
+) -> None:
+    """Another process holds an exclusive lock on the SQLite file, so a write waits and the service answers its
+    reads with 503 (the database does not answer) while still serving the page. The page says that the service
+    answered and why, and once the lock is gone, shows the dashboard by itself: it polled only after a first
+    answer, so a page whose first poll failed said "retrying" and never asked again."""
+    import sqlite3
+    import threading
+
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    db = tmp_path / "locked.db"
+    server = ServerThread(create_app(Settings(db=db, seed=3, models=(ModelSpec("a", 1.0, 2.0),))))
+    lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+    try:
+        url = server.wait_ready(30)
+        lock.execute("BEGIN EXCLUSIVE")
+        writer = threading.Thread(target=lambda: loopback.post(url + "/v1/route", json={"prompt": "hi"}, timeout=60))
+        writer.start()  # its write waits for the lock: after 5 s the service takes the database not to answer
+        deadline = time.monotonic() + 30
+        while loopback.get(url + "/v1/stats/live").status_code != 503:
+            assert time.monotonic() < deadline, "the service never said the database does not answer"
+            time.sleep(0.2)
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        status = wait_until(w.page, f"() => ({_STATUS})()[0] !== '' && ({_STATUS})()", timeout=20)
+        assert status[0].startswith("the service answers: the database is unavailable"), status
+        assert "retrying" in status[0] and w.page.is_hidden("#dashboard") and w.page.is_hidden("#login")
+        lock.execute("ROLLBACK")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'", timeout=30)
+        assert w.page.is_visible("#dashboard")
+        assert wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('updated')", timeout=10)
+        writer.join(60)
+        assert all("503" in e for e in w.errors), w.errors  # the refused polls, nothing else
+    finally:
+        lock.close()
+        server.stop()
+
+
+def test_a_frozen_stopped_or_restarted_service_is_shown_as_such_and_the_page_recovers(
+    tmp_path: Path, watched: Any
+) -> None:
+    """The page shows the last good answer greyed, and says since when and why, while the service does not answer:
+    frozen (SIGSTOP: connections open, no reply; a poll used to wait for ever while the header still said
+    "updated …") or killed; it recovers by itself when the service answers again, also a new process on the port."""
+    import signal
+
+    with running(tmp_path, history=200) as first:
+        server = first
+        try:
+            w = watched(viewport={"width": 1200, "height": 900})
+            w.page.goto(server.url + "/dashboard")
+            _all_panels_ready(w)
+            os.killpg(server.process.pid, signal.SIGSTOP)
+            status = wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('no answer') && ({_STATUS})()", timeout=30)
+            assert status[0].startswith("no answer within 10 s · showing ") and "retrying" in status[0], status
+            assert status[1] == "stale"
+            assert w.state("getComputedStyle(document.querySelector('.panel')).opacity") == "0.55"
+            os.killpg(server.process.pid, signal.SIGCONT)
+            assert wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('updated') && ({_STATUS})()",
+                              timeout=30)[1] == ""
+            server.stop()
+            status = wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('cannot reach') && ({_STATUS})()",
+                                timeout=20)
+            assert status[1] == "stale" and "showing" in status[0], status
+            server = server.again()
+            server.wait_ready()
+            assert wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('updated') && ({_STATUS})()",
+                              timeout=30)[1] == ""
+            renders = w.state("window.banditDashboard.renders")
+            wait_until(w.page, f"() => window.banditDashboard.renders > {renders}", timeout=20)  # still polling
+        finally:
+            if server is not first:
+                server.stop()
+
+
+def _route_with_feedback(url: str, model: str, n: int) -> None:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(n):
+            reply = client.post("/v1/route", json={"prompt": f"Say hello (#{i})", "models": [model]})
+            assert reply.status_code == 200, reply.text
+            feedback = {"decision_id": reply.json()["decision_id"], "quality": 0.8, "input_tokens": 40,
+                        "output_tokens": 200}
+            assert client.post("/v1/feedback", json=feedback).json()["status"] == "applied"
+
+
+_LEGENDS = """() => ['chart-quality', 'chart-cost', 'chart-reward'].map(id =>
+    [...document.querySelectorAll(`#${id} .u-legend .u-label`)].map(e => e.textContent).at(-1))"""
+
+
+def test_the_best_fixed_models_line_is_named_in_the_legend_once_it_is_known(watched: Any, tmp_path: Path) -> None:
+    """On a fresh database the page says there are no decisions yet and the dashed line of the quality, cost and
+    reward charts is "best fixed model (not estimable yet)"; once a model has 30 learned feedbacks its legend
+    names it, as the note above the charts does (uPlot writes a legend once: it said "not estimable yet" for as
+    long as the page stayed open)."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    two = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0))
+    server = ServerThread(create_app(Settings(db=tmp_path / "fresh.db", seed=3, models=two)))
+    try:
+        url = server.wait_ready(30)
+        w = watched(viewport={"width": 1200, "height": 1400})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"models\"]').dataset.ready === '1'")
+        assert w.page.inner_text("#recent-table tbody").startswith("No decisions yet")
+        assert w.page.evaluate(_LEGENDS) == ["best fixed model (not estimable yet)"] * 3
+        _route_with_feedback(url, "b", 31)
+        wait_until(w.page, "() => document.getElementById('best-fixed').textContent.startsWith('Dashed: always b ')",
+                   timeout=20)
+        assert w.page.evaluate(_LEGENDS) == ["always b"] * 3
+        assert w.page.locator("#recent-table tbody tr").count() == 25
+        assert w.errors == []
+    finally:
+        server.stop()
+
+
+def test_a_phone_does_not_scroll_sideways_with_model_names_of_128_characters(watched: Any, tmp_path: Path) -> None:
+    """A model name may be 128 characters without a space. Its entries in the charts' legends (the shares', and
+    the dashed best fixed model's) wrap inside their panels: they made the page 1,000 px wide, on a phone and on
+    a laptop alike. The tables keep their own sideways scrolling inside the panel."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    long = ["vendor-with-a-long-organisation-name/" + c * 80 + "-instruct" for c in "xy"]
+    long = [name + "-" + "v" * (128 - len(name) - 1) for name in long]
+    assert {len(name) for name in long} == {128}
+    specs = tuple(ModelSpec(name, 1.0, 2.0) for name in long)
+    server = ServerThread(create_app(Settings(db=tmp_path / "long.db", seed=3, models=specs)))
+    try:
+        url = server.wait_ready(30)
+        _route_with_feedback(url, long[0], 31)
+        _route_with_feedback(url, long[1], 3)
+        w = watched(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, f"() => document.getElementById('best-fixed').textContent.includes('{long[0]}')")
+        wait_until(w.page, "() => document.querySelector('[data-panel=\"shares\"]').dataset.ready === '1'")
+        assert w.page.evaluate(_LEGENDS) == [f"always {long[0]}"] * 3
+        assert w.state("document.documentElement.scrollWidth") <= 390
+        w.shot("phone-long-names")
+        assert w.errors == []
+    finally:
+        server.stop()
+
+
+def test_times_follow_the_browsers_time_zone_and_locale_and_older_decisions_show_their_day(
+    watched: Any, tmp_path: Path
+) -> None:
+    """A browser in German in India (UTC+5:30): the charts' time axis reads 24-hour times of that zone with the
+    day under the first tick (uPlot's own labels were American English: 6:00pm, 11/28/26, whatever the locale), and
+    the recent decisions show the time of today's and the day too of older ones (a quiet service's newest
+    decisions may be days old: a bare time read as today's)."""
+    import dataclasses
+    import re
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.log import PolicySet
+    from bandit_router.service import create_app
+    from bandit_router.store import SQLiteStore
+    from bandit_router.types import Request
+    from benchmarks.fake_upstream import ServerThread
+
+    zone = ZoneInfo("Asia/Kolkata")
+    settings = Settings(db=tmp_path / "zone.db", seed=3, models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0)))
+    old = time.time() - 3 * 86400
+    router = PolicySet(settings, seed=3).live
+    store = SQLiteStore(settings.db)
+    store.prepare()
+    with store.write() as tx:  # three decisions of three days ago, as the service stores them
+        tx.insert_decisions([(dataclasses.replace(router.route(Request(prompt=f"old {i}")), created_at=old + i),
+                              None, None) for i in range(3)])
+    store.close()
+    server = ServerThread(create_app(settings))
+    try:
+        url = server.wait_ready(30)
+        assert loopback.post(url + "/v1/route", json={"prompt": "today"}).status_code == 200
+        w = watched(viewport={"width": 1200, "height": 900}, locale="de-DE", timezone_id="Asia/Kolkata")
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => window.banditDashboard.charts['chart-traffic'] && "
+                           "window.banditDashboard.charts['chart-traffic'].axes[0]._values")
+        splits, labels = w.state("[0, 1].map(i => [window.banditDashboard.charts['chart-traffic'].axes[0]._splits, "
+                                 "window.banditDashboard.charts['chart-traffic'].axes[0]._values][i])")
+        assert len(splits) == len(labels) >= 3, labels
+        for t, label in zip(splits, labels, strict=True):
+            local = datetime.fromtimestamp(t, zone)
+            assert re.fullmatch(r"\d{2}:\d{2}(\n.+)?", label), labels  # 24-hour, no am/pm
+            assert label[:5] == f"{local.hour:02d}:{local.minute:02d}", (labels, local)
+        assert "\n" in labels[0] and str(datetime.fromtimestamp(splits[0], zone).day) in labels[0].split("\n")[1]
+        box = w.page.locator("#chart-traffic .u-over").bounding_box()
+        w.page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)  # the legend shows the moment
+        shown = w.page.locator("#chart-traffic .u-legend .u-series").first.locator(".u-value").inner_text()
+        now = datetime.now(zone)
+        assert re.fullmatch(r"\d{2}\.\d{2}\.\d{4}, \d{2}:\d{2}", shown), shown  # "28.11.2026, 12:18"
+        assert shown.startswith(f"{now:%d.%m.%Y}, {now:%H}") or now.minute < 2, shown
+        times = [r.split("\t")[0] for r in w.page.locator("#recent-table tbody tr").all_inner_texts()]
+        today = datetime.now(zone)
+        assert re.fullmatch(r"\d{2}:\d{2}:\d{2}", times[0]) and times[0][:2] in (f"{today.hour:02d}",), times
+        day = datetime.fromtimestamp(old, zone)
+        assert times[1:] == [f"{day.day}.{day.month}.{day.year} {datetime.fromtimestamp(old + i, zone):%H:%M:%S}"
+                             for i in (2, 1, 0)], times
+        assert w.errors == []
+    finally:
+        server.stop()
+
+
+def test_decisions_per_minute_reads_a_steady_rate_at_any_second_of_the_minute(watched: Any, tmp_path: Path) -> None:
+    """At exactly one decision a second (ten minutes of history, then one a second over HTTP) *decisions / min*
+    reads 60 whatever the second of the minute. It was the mean of the newest five buckets' rates, whose newest
+    (the minute under way) is divided by at least a whole minute: it read 48 two seconds into each minute and
+    climbed to 60 by its end. Read from the 3rd to the 30th second of a minute, where it read 48 to 54."""
+    import dataclasses
+    import threading
+
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.log import PolicySet
+    from bandit_router.service import create_app
+    from bandit_router.store import SQLiteStore
+    from bandit_router.types import Request
+    from benchmarks.fake_upstream import ServerThread
+
+    settings = Settings(db=tmp_path / "steady.db", seed=3, models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0)))
+    start = float(int(time.time()))
+    router = PolicySet(settings, seed=3).live
+    store = SQLiteStore(settings.db)
+    store.prepare()
+    with store.write() as tx:
+        tx.insert_decisions([(dataclasses.replace(router.route(Request(prompt=f"history {i}")),
+                                                  created_at=start - 600 + i), None, None) for i in range(600)])
+    store.close()
+    server = ServerThread(create_app(settings))
+    stop = threading.Event()
+
+    def steady() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            k = 0
+            while not stop.wait(max(0.0, start + k - time.time())):
+                assert client.post("/v1/route", json={"prompt": f"live {k}"}).status_code == 200
+                k += 1
+
+    sender = threading.Thread(target=steady, daemon=True)
+    try:
+        url = server.wait_ready(30)
+        sender.start()
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => window.banditDashboard.renders >= 1")
+        for _ in range(3):  # a render asked for and drawn within the window (a loaded machine: the next minute's)
+            while not 3 <= time.time() % 60 <= 25:
+                time.sleep(0.5)
+            renders = w.state("window.banditDashboard.renders")
+            wait_until(w.page, f"() => window.banditDashboard.renders > {renders}", timeout=10)
+            shown = w.page.inner_text("#kpi-decisions")
+            if 3 <= time.time() % 60 <= 30:
+                break
+        assert 57.0 <= float(shown) <= 63.0, shown
+        assert w.errors == []
+    finally:
+        stop.set()
+        sender.join(30)
+        server.stop()

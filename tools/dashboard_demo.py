@@ -109,8 +109,9 @@ def write_history(db: Path, *, n: int = 3000, minutes: float = 60.0, seed: int =
 class Server:
     """`bandit-router serve` in its own process group on a free port; `stop()` kills the group."""
 
-    def __init__(self, folder: Path, db: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, folder: Path, db: Path, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.folder, self.db, self.env = folder, db, env
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         script = Path(sys.executable).with_name("bandit-router")
         serve = [str(script)] if script.exists() else [sys.executable, "-m", "bandit_router.cli"]
@@ -139,6 +140,10 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
         self._log.close()
+
+    def again(self) -> Server:
+        """Another server on this one's port, database and environment (after `stop()`: a restart)."""
+        return Server(self.folder, self.db, self.env, port=self.port)
 
 
 class Traffic:

@@ -5,6 +5,7 @@
   "use strict";
 
   var POLL_MS = 2000;
+  var TIMEOUT_MS = 10000;  // a poll without an answer by then failed: a frozen service must not look like a quiet one
   var SHADOW_MS = 15000;
   var KEY = "bandit-router-api-key";
   var COLORS = ["#2f6fde", "#e8702a", "#1a9c6b", "#c4302b", "#8e5cd9", "#b08400", "#0f8fa8", "#d6458f", "#5b6b7d",
@@ -19,30 +20,45 @@
 
   var state = {
     range: "hour", charts: {}, renders: 0, last: null, live: null, shadowsAt: 0, timer: null, busy: false,
-    shareModels: "", errors: 0
+    again: false, session: 0, errors: 0, updatedAt: null, failure: null
   };
   window.banditDashboard = state; // for the browser tests and for a curious person's console
 
   function $(id) { return document.getElementById(id); }
 
   function AuthError(message) { this.message = message; }
+  function Unreachable(message) { this.message = message; }  // no answer: refused, reset, or none in time
+  function Refused(message) { this.message = message; }  // an answer that is not the data: 503, a proxy's 502
 
   function apiKey() { return window.sessionStorage.getItem(KEY); }
 
-  function request(path, options) {
+  // `timeoutMs`: abort when the whole reply has not arrived by then (the polls; a promotion may take longer).
+  function request(path, options, timeoutMs) {
     options = options || {};
     var headers = options.headers || {};
     var key = apiKey();
     if (key) { headers.Authorization = "Bearer " + key; }
     options.headers = headers;
     options.cache = "no-store";
+    var controller = new AbortController(), timer = null;
+    options.signal = controller.signal;
+    if (timeoutMs) { timer = window.setTimeout(function () { controller.abort(); }, timeoutMs); }
     return window.fetch(path, options).then(function (reply) {
       if (reply.status === 401) { throw new AuthError("the key was refused"); }
-      return reply.json().then(function (body) {
-        if (!reply.ok) { throw new Error(body && body.message ? body.message : "HTTP " + reply.status); }
+      return reply.text().then(function (text) {
+        var body = null;
+        try { body = JSON.parse(text); } catch (e) { body = null; }  // a proxy's HTML error page is not JSON
+        if (!reply.ok) { throw new Refused(body && body.message ? body.message : "HTTP " + reply.status); }
+        if (body === null) { throw new Refused("HTTP " + reply.status + ", not JSON"); }
         return body;
       });
-    });
+    }).catch(function (err) {
+      if (err instanceof AuthError || err instanceof Refused) { throw err; }
+      // fetch rejects with a TypeError when nothing answered (also midway through the body), an AbortError when
+      // the timer fired
+      throw new Unreachable(controller.signal.aborted ? "no answer within " + timeoutMs / 1000 + " s"
+                                                      : "cannot reach the service");
+    }).finally(function () { if (timer !== null) { window.clearTimeout(timer); } });
   }
 
   // -- formatting ------------------------------------------------------------------------------------------
@@ -57,16 +73,41 @@
     return v < 120 ? v.toFixed(1) + " s" : (v / 60).toFixed(1) + " min";
   }
   function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
+  // The charts' times in the browser's locale and time zone, as the tables' (uPlot's own are English: 6:00pm 11/5/26)
+  var TICK_TIME = new Intl.DateTimeFormat(undefined, { hour: "numeric", minute: "2-digit" });
+  var TICK_DAY = new Intl.DateTimeFormat(undefined, { month: "short", day: "numeric" });
+  var MOMENT = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+  function timeTicks(u, splits, axisIdx, space, incr) {
+    var previous = null;
+    return splits.map(function (t) {  // the day under the first tick and under each tick that starts another
+      var when = new Date(t * 1000), day = TICK_DAY.format(when);
+      if (incr >= 86400) { return day; }
+      var label = TICK_TIME.format(when) + (day !== previous ? "\n" + day : "");
+      previous = day;
+      return label;
+    });
+  }
+  function stamp(t) {  // a decision's time; with its day when that is not today (a quiet service's newest decisions)
+    var when = new Date(t * 1000);
+    return when.toDateString() === new Date().toDateString() ? when.toLocaleTimeString()
+      : when.toLocaleDateString() + " " + when.toLocaleTimeString();
+  }
+  function moment(u, t) { return t === null || t === undefined ? "–" : MOMENT.format(new Date(t * 1000)); }
   function lastValue(values) {
     for (var i = values.length - 1; i >= 0; i--) { if (values[i] !== null && values[i] !== undefined) { return values[i]; } }
     return null;
   }
-  function recentMean(values, n) {
-    var sum = 0, count = 0;
-    for (var i = Math.max(0, values.length - n); i < values.length; i++) {
-      if (values[i] !== null) { sum += values[i]; count++; }
+  // Per minute over the newest 5 minutes of buckets (at least the newest bucket): each bucket's count over the time
+  // it covers. The bucket holding `until` has lasted only until then, and its rate is its count over that time but
+  // at least a minute: a mean of the rates read up to a fifth low early in each minute, a sawtooth at a steady rate.
+  function recentRate(rates, ts) {
+    var count = 0, seconds = 0;
+    for (var i = rates.length - 1; i >= 0 && seconds < 300; i--) {
+      var lasted = Math.max(0, Math.min(ts.step, ts.until - ts.time[i]));
+      if (rates[i] !== null) { count += rates[i] * Math.max(60, lasted) / 60; }
+      seconds += lasted;
     }
-    return count ? sum / count : null;
+    return seconds > 0 ? count / (seconds / 60) : null;
   }
 
   // -- DOM helpers -----------------------------------------------------------------------------------------
@@ -98,8 +139,8 @@
     var el = $(id);
     el.textContent = "";
     var opts = {
-      width: chartWidth(el), height: height || 170, series: [{}].concat(series),
-      axes: [{}].concat(axes), scales: { x: { time: true } }, legend: { live: true },
+      width: chartWidth(el), height: height || 170, series: [{ value: moment }].concat(series),
+      axes: [{ values: timeTicks }].concat(axes), scales: { x: { time: true } }, legend: { live: true },
       cursor: { drag: { x: false, y: false } }
     };
     var scaleNames = {};
@@ -110,6 +151,18 @@
     var chart = new window.uPlot(opts, data, el);
     state.charts[id] = chart;
     return chart;
+  }
+
+  // The i-th model's colour (hex: its fill adds an alpha): the palette's, then hues a golden angle apart at two
+  // lightnesses, so that no two models share one however many there are (the palette repeated from the 13th).
+  function modelColor(i) {
+    if (i < COLORS.length) { return COLORS[i]; }
+    var k = i - COLORS.length, h = (k * 137.508 + 15) % 360, l = k % 2 ? 0.6 : 0.42, a = 0.55 * Math.min(l, 1 - l);
+    function channel(n) {
+      var m = (n + h / 30) % 12;
+      return Math.round(255 * (l - a * Math.max(-1, Math.min(m - 3, 9 - m, 1)))).toString(16).padStart(2, "0");
+    }
+    return "#" + channel(0) + channel(8) + channel(4);
   }
 
   function line(label, color, scale, format, dashed) {
@@ -125,10 +178,13 @@
     return a;
   }
 
-  function updateOrMake(id, build, data) {
+  // `labels`: the series' names; uPlot writes a legend once, so a chart whose names change is made again.
+  function updateOrMake(id, build, data, labels) {
     var chart = state.charts[id];
-    if (chart && chart.series.length === data.length) { chart.setData(data); return chart; }
-    if (chart) { chart.destroy(); }
+    var same = chart && chart.series.length === data.length &&
+      chart.series.every(function (s, i) { return i === 0 || s.label === labels[i - 1]; });
+    if (same) { chart.setData(data); return chart; }
+    if (chart) { chart.destroy(); delete state.charts[id]; }
     return build(data);
   }
 
@@ -143,15 +199,14 @@
     updateOrMake("chart-traffic", function (d) {
       return makeChart("chart-traffic", [line("decisions/min", COLORS[0]), line("feedbacks/min", COLORS[2])],
                        [axis("y")], d);
-    }, [t, ts.decisions_per_minute, ts.feedback_per_minute]);
+    }, [t, ts.decisions_per_minute, ts.feedback_per_minute], ["decisions/min", "feedbacks/min"]);
     updateOrMake("chart-coverage", function (d) {
       return makeChart("chart-coverage", [line("coverage", COLORS[1], "share", pct), line("lag", COLORS[4], "s", seconds)],
                        [axis("share", pct), axis("s", seconds, 1)], d);
-    }, [t, ts.coverage, ts.lag_s]);
+    }, [t, ts.coverage, ts.lag_s], ["coverage", "lag"]);
 
     // Stacked shares: cumulative sums, the largest drawn first and each filled down to zero.
     var models = Object.keys(ts.shares);
-    var key = models.join("|");
     var cumulative = [], running = t.map(function () { return 0; });
     models.forEach(function (m) {
       running = running.map(function (v, i) { return v + (ts.shares[m][i] || 0); });
@@ -159,19 +214,14 @@
     });
     var stacked = [t].concat(cumulative.slice().reverse());
     var rawShares = ts.shares;
-    if (state.shareModels !== key && state.charts["chart-shares"]) {
-      state.charts["chart-shares"].destroy();
-      delete state.charts["chart-shares"];
-    }
-    state.shareModels = key;
     updateOrMake("chart-shares", function (d) {
       var series = models.slice().reverse().map(function (m) {
-        var color = COLORS[models.indexOf(m) % COLORS.length];
+        var color = modelColor(models.indexOf(m));
         return { label: m, stroke: color, fill: color + "cc", width: 1, scale: "share", points: { show: false },
                  value: function (u, v, si, i) { return i === null || i === undefined ? "–" : pct(rawShares[m][i]); } };
       });
       return makeChart("chart-shares", series, [axis("share", pct)], d, 220);
-    }, stacked);
+    }, stacked, models.slice().reverse());
     // keep the legend's raw values current after setData
     state.charts["chart-shares"].series.forEach(function (s, si) {
       if (si > 0) {
@@ -190,21 +240,20 @@
       updateOrMake(spec[0], function (d) {
         return makeChart(spec[0], [line(spec[1], COLORS[0], "y", spec[4]), line(label, COLORS[3], "y", spec[4], true)],
                          [axis("y", spec[4])], d, 150);
-      }, [t, spec[2], constant(spec[3], n)]);
-      state.charts[spec[0]].series[2].label = label;
+      }, [t, spec[2], constant(spec[3], n)], [spec[1], label]);
     });
     updateOrMake("chart-exploration", function (d) {
       return makeChart("chart-exploration", [line("non-greedy share", COLORS[1], "share", pct),
                                              line("policy version", COLORS[4], "v", function (v) { return num(v, 0); })],
                        [axis("share", pct), axis("v", function (v) { return num(v, 0); }, 1)], d);
-    }, [t, ts.exploration, ts.policy_version]);
+    }, [t, ts.exploration, ts.policy_version], ["non-greedy share", "policy version"]);
   }
 
   // -- panels ----------------------------------------------------------------------------------------------
   function drawTraffic(ts) {
     var o = ts.overall;
-    $("kpi-decisions").textContent = num(recentMean(ts.decisions_per_minute, Math.max(1, Math.round(300 / ts.step))), 1);
-    $("kpi-feedback").textContent = num(recentMean(ts.feedback_per_minute, Math.max(1, Math.round(300 / ts.step))), 1);
+    $("kpi-decisions").textContent = num(recentRate(ts.decisions_per_minute, ts), 1);
+    $("kpi-feedback").textContent = num(recentRate(ts.feedback_per_minute, ts), 1);
     $("kpi-coverage").textContent = pct(o.coverage);
     $("kpi-lag").textContent = seconds(o.lag_s);
     ready("traffic", o.decisions);
@@ -322,8 +371,16 @@
 
   function drawRecent(decisions, prompts) {
     document.querySelectorAll(".prompt-col").forEach(function (el) { el.hidden = !prompts; });
-    fill(document.querySelector("#recent-table tbody"), decisions, function (tr, d) {
-      cell(tr, clock(d.time));
+    var tbody = document.querySelector("#recent-table tbody");
+    if (!decisions.length) {
+      fill(tbody, [null], function (tr) {
+        cell(tr, "No decisions yet (POST /v1/route and the gateway make them).").colSpan = 7;
+      });
+      ready("recent", 0);
+      return;
+    }
+    fill(tbody, decisions, function (tr, d) {
+      cell(tr, stamp(d.time));
       cell(tr, d.model);
       cell(tr, num(d.probability, 3));
       cell(tr, num(d.cost_weight, 1));
@@ -423,13 +480,19 @@
   }
 
   // -- the loop --------------------------------------------------------------------------------------------
-  function refresh() {
-    if (state.busy) { return Promise.resolve(); }
-    state.busy = true;
+  // One poll at a time. A refresh `asked` for while one is under way (a click on a range, a key given) runs when it
+  // ends; the timer's tick is dropped instead (a service slower than POLL_MS is not asked back to back). A poll's
+  // replies are drawn only if the range and the key (`session`) are still those it asked with.
+  function refresh(asked) {
+    if (state.busy) { state.again = state.again || asked === true; return state.busy; }
+    state.again = false;
+    var session = state.session, range = state.range;
     var wantShadows = Date.now() - state.shadowsAt > SHADOW_MS;
-    var calls = [request("/v1/stats/timeseries?range=" + state.range), request("/v1/stats/live"),
-                 request("/v1/stats/recent?limit=25"), wantShadows ? request("/v1/stats/shadows") : Promise.resolve(null)];
-    return Promise.all(calls).then(function (replies) {
+    var calls = [request("/v1/stats/timeseries?range=" + range, {}, TIMEOUT_MS),
+                 request("/v1/stats/live", {}, TIMEOUT_MS), request("/v1/stats/recent?limit=25", {}, TIMEOUT_MS),
+                 wantShadows ? request("/v1/stats/shadows", {}, TIMEOUT_MS) : Promise.resolve(null)];
+    state.busy = Promise.all(calls).then(function (replies) {
+      if (session !== state.session || range !== state.range) { return; }
       var ts = replies[0], live = replies[1];
       state.last = ts;
       state.live = live;
@@ -442,17 +505,43 @@
       if (replies[3]) { state.shadowsAt = Date.now(); drawShadows(replies[3], live); }
       state.renders++;
       state.errors = 0;
+      state.failure = null;
+      state.updatedAt = Date.now();
+      $("dashboard").classList.remove("stale");
+      $("status").classList.remove("error");
       $("status").textContent = "updated " + new Date().toLocaleTimeString() + " · every " + POLL_MS / 1000 + " s";
     }).catch(function (err) {
+      if (session !== state.session) { return; }
       if (err instanceof AuthError) { showLogin(apiKey() ? "The key was refused." : ""); return; }
+      if (!(err instanceof Unreachable || err instanceof Refused)) {  // a bug of the page: to the console too
+        window.setTimeout(function () { throw err; });
+      }
       state.errors++;
-      $("status").textContent = "cannot reach the service (" + err.message + "); retrying";
-    }).then(function () { state.busy = false; });
+      state.failure = err.message;
+      showFailure(err);
+    }).then(function () {
+      state.busy = false;
+      if (state.again && state.timer) { refresh(true); }
+    });
+    return state.busy;
   }
 
+  // The service did not give the data: say why and since when, and grey what is shown (the last good answer).
+  function showFailure(err) {
+    var why = err instanceof Unreachable ? err.message
+      : err instanceof Refused ? "the service answers: " + err.message : "the page failed: " + err;
+    var since = state.updatedAt === null ? "" :
+      " · showing " + new Date(state.updatedAt).toLocaleTimeString() + " (" +
+      Math.round((Date.now() - state.updatedAt) / 1000) + " s ago)";
+    $("dashboard").classList.toggle("stale", state.updatedAt !== null);
+    $("status").classList.add("error");
+    $("status").textContent = why + since + "; retrying every " + POLL_MS / 1000 + " s";
+  }
+
+  // Polls every POLL_MS until the login is shown, whether or not the first poll got an answer.
   function schedule() {
     if (state.timer) { window.clearInterval(state.timer); }
-    state.timer = window.setInterval(refresh, POLL_MS);
+    state.timer = window.setInterval(function () { refresh(false); }, POLL_MS);
   }
 
   function showDashboard() {
@@ -464,6 +553,10 @@
 
   function showLogin(message) {
     if (state.timer) { window.clearInterval(state.timer); state.timer = null; }
+    state.session++;  // a poll under way with the old key draws nothing
+    state.updatedAt = null;
+    $("dashboard").classList.remove("stale");
+    $("status").classList.remove("error");
     window.sessionStorage.removeItem(KEY);
     $("dashboard").hidden = true;
     $("ranges").hidden = true;
@@ -480,7 +573,7 @@
     document.querySelectorAll("#ranges button").forEach(function (b) {
       b.setAttribute("aria-pressed", String(b.dataset.range === range));
     });
-    refresh();
+    refresh(true);
   }
 
   function start() {
@@ -489,9 +582,19 @@
     });
     $("login-form").addEventListener("submit", function (event) {
       event.preventDefault();
-      window.sessionStorage.setItem(KEY, $("key").value);
+      // Keys are printable ASCII without spaces. fetch refuses a header with a character beyond Latin-1 before it
+      // asks (a pasted “quote”): that read as "cannot reach the service", retried for ever
+      var key = $("key").value.trim(), odd = key.match(/[^\x21-\x7e]/u);
+      if (odd) {
+        $("login-error").textContent = "A key is printable ASCII without spaces; this one holds " + odd[0] + " (U+" +
+          odd[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0") + "): was something pasted with it?";
+        return;
+      }
+      window.sessionStorage.setItem(KEY, key);
       $("key").value = "";
-      refresh().then(function () { if (apiKey()) { schedule(); } });
+      state.session++;
+      schedule();
+      refresh(true);
     });
     $("logout").addEventListener("click", function () { showLogin(""); });
     window.addEventListener("resize", function () {
@@ -500,7 +603,8 @@
         state.charts[id].setSize({ width: chartWidth(el), height: state.charts[id].height });
       });
     });
-    refresh().then(function () { if (!$("dashboard").hidden) { schedule(); } });
+    schedule();  // a refused key stops it (showLogin); a service that does not answer yet is asked again
+    refresh(true);
   }
 
   document.addEventListener("DOMContentLoaded", start);
