@@ -36,7 +36,7 @@ import math
 import re
 import tomllib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -51,9 +51,13 @@ CATALOG_KEYS = ("models", "prices_source", "prices_read_on")
 UPSTREAM_KEYS = ("base_url", "api_key_env", "upstream_model", "timeout_s", "connect_timeout_s", "max_concurrency",
                  "judge_params")
 """Catalog keys that say how the gateway calls a model (not what the policy learns)."""
+NOT_LEARNED_KEYS = (*UPSTREAM_KEYS, "description")
+"""Catalog keys the learned state does not depend on (`learning_json` leaves them out): a restored snapshot takes
+them from the router's own catalog (`ModelSpec.called_as`), so that a changed file reaches a model after a restart."""
 JUDGE_PARAMS_SET_BY_SERVICE = ("model", "messages", "stream", "stream_options")
 """Request fields `judge_params` may not give: the service sets them for every call."""
 MAX_JUDGE_PARAMS_CHARS = 4096
+"""The longest `judge_params` as JSON (non-ASCII characters count as their `\\u` escapes)."""
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _URL = re.compile(r"https?://[^\s/?#@]+(/[^\s?#]*)?")
 
@@ -188,8 +192,10 @@ class ModelSpec:
 
     def judge_request(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
         """The fields beside `messages` of a call the service makes itself: `judge_params` when given, else
-        `defaults`."""
-        return dict(defaults if self.judge_params is None else self.judge_params)
+        `defaults` (a deep copy: the caller may change it)."""
+        fields: dict[str, Any] = json.loads(json.dumps(dict(defaults if self.judge_params is None
+                                                             else self.judge_params)))
+        return fields
 
     def _check_upstream(self) -> None:
         """The upstream keys: an http(s) URL without credentials or query, a variable name, finite timeouts."""
@@ -253,7 +259,12 @@ class ModelSpec:
 
     def learning_json(self) -> dict[str, Any]:
         """`to_json()` without the upstream keys and the description: what the learned state depends on."""
-        return {k: v for k, v in self.to_json().items() if k not in UPSTREAM_KEYS and k != "description"}
+        return {k: v for k, v in self.to_json().items() if k not in NOT_LEARNED_KEYS}
+
+    def called_as(self, configured: ModelSpec) -> ModelSpec:
+        """This spec with `configured`'s keys that are not learned (where and how the model is called, its
+        description): a restored snapshot's model, called as the catalog now says."""
+        return replace(self, **{key: getattr(configured, key) for key in NOT_LEARNED_KEYS})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelSpec:

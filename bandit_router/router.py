@@ -26,7 +26,7 @@ import math
 import numbers
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -431,9 +431,10 @@ class Router:
         self.cost_model.load(tree["cost_model"])
         self._counts = {str(k): int(v) for k, v in tree["counts"].items()}
         self._version = int(tree["version"])
-        self._models = [ModelSpec.from_json(m) for m in tree["models"]]
+        configured = {m.name: m for m in (*self._retired.values(), *self._models)}  # how the catalog calls them now
+        self._models = [_called(ModelSpec.from_json(m), configured) for m in tree["models"]]
         self._routable = None
-        self._retired = {m["name"]: ModelSpec.from_json(m) for m in tree["retired"]}
+        self._retired = {m["name"]: _called(ModelSpec.from_json(m), configured) for m in tree["retired"]}
         self._rng.bit_generator.state = rng_from_state(tree["rng"])
 
     def weights(self) -> np.ndarray:
@@ -444,6 +445,13 @@ class Router:
     def feedback_counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+
+def _called(spec: ModelSpec, configured: Mapping[str, ModelSpec]) -> ModelSpec:
+    """A restored model with the upstream keys and description the router had for it (`ModelSpec.called_as`): a
+    checkpoint keeps what was learned, the catalog says where and how the model is called."""
+    mine = configured.get(spec.name)
+    return spec if mine is None else spec.called_as(mine)
 
 
 class _Priced(NamedTuple):

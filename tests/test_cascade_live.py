@@ -450,15 +450,55 @@ def test_a_judges_and_a_routing_llms_calls_take_their_catalog_entrys_judge_param
     assert {k: v for k, v in seen[JUDGE].items() if k not in ("model", "messages")} == own[JUDGE]
 
 
-def test_a_judge_that_spent_its_token_limit_thinking_is_named_once_in_the_log(
-    gateway: Callable[..., str], fake: ScriptedFake, caplog: pytest.LogCaptureFixture
+def test_judge_params_edited_between_two_starts_on_one_database_reach_the_named_routers_calls(
+    fake: ScriptedFake, tmp_path: Path
 ) -> None:
-    """A reasoning model asked with `max_tokens = 20` may answer nothing (`finish_reason = "length"`): every answer
-    then reads as "not confident" and escalates. The log says so once, naming the model and `judge_params`."""
+    """The second start restores the first one's checkpoint, whose models carried the old `judge_params`: the judge
+    and the routing LLM are called as the catalog now says (they kept the checkpoint's fields before)."""
+    seen: dict[str, dict[str, Any]] = {}
+
+    def recording(model: str, reply: bytes) -> Any:
+        def script(request: dict[str, Any]) -> tuple[int, str, list[bytes]]:
+            seen[model] = {k: v for k, v in request.items() if k not in ("model", "messages")}
+            return 200, "application/json", [reply]
+        return script
+
+    fake.script.clear()
+    fake.script[JUDGE] = recording(JUDGE, completion("9"))
+    fake.script["chooser"] = recording("chooser", completion("strong"))
+    for model in ("cheap", "strong"):
+        fake.script[model] = replying(completion(f"{model} answers"))
+    for tokens in (111, 999):
+        specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=fake.url + "/v1",  # type: ignore[attr-defined]
+                                route=n in ("cheap", "strong"),
+                                judge_params={"max_completion_tokens": tokens} if n in (JUDGE, "chooser") else None)
+                      for n in PRICES)
+        server = ServerThread(create_app(Settings(db=tmp_path / "one.db", models=specs, routers=ROUTERS, seed=11)))
+        try:
+            url = server.wait_ready()
+            seen.clear()
+            for alias in ("cascade", "auto"):
+                reply = loopback.post(url + "/v1/chat/completions",
+                                      json={"model": alias, "messages": [{"role": "user", "content": CODE}]})
+                assert reply.status_code == 200, reply.text
+                feedback(url, reply.headers["x-decision-id"], 0.8)  # something learned: a checkpoint to restore
+        finally:
+            server.stop()  # writes the checkpoint the next start restores
+        assert seen[JUDGE] == seen["chooser"] == {"max_completion_tokens": tokens}
+    fake.script.clear()
+
+
+@pytest.mark.parametrize("content", ["", "<think>\nThe answer adds two numbers, so I should check whether"])
+def test_a_judge_that_spent_its_token_limit_thinking_is_named_once_in_the_log(
+    gateway: Callable[..., str], fake: ScriptedFake, caplog: pytest.LogCaptureFixture, content: str
+) -> None:
+    """A reasoning model asked with `max_tokens = 20` may answer nothing, or its thinking alone where the server
+    leaves it in the content (`finish_reason = "length"`): every answer then reads as "not confident" and
+    escalates. The log says so once, naming the model and `judge_params`."""
     from bandit_router.gateway import judge as judge_module
 
     judge_module._CUT_SHORT_SAID.discard(JUDGE)
-    fake.script[JUDGE] = replying(completion("", finish_reason="length"))
+    fake.script[JUDGE] = replying(completion(content, finish_reason="length"))
     fake.script["cheap"] = replying(completion("an answer"))
     fake.script["strong"] = replying(completion("a better answer"))
     url = gateway()

@@ -684,3 +684,23 @@ def test_each_model_is_chosen_as_often_as_its_logged_probabilities_say(policy: s
             assert abs(count - mass[model]) < 4.5 * spread[model] ** 0.5, (model, count, mass[model])
         else:
             assert count <= mass[model] + 4, (model, count, mass[model])
+
+
+def test_a_restored_snapshot_calls_its_models_as_the_routers_catalog_says() -> None:
+    """A snapshot keeps what was learned; where and how a model is called (the upstream keys, `judge_params`) and
+    its description come from the catalog the restoring router was built with, so that an edited catalog file
+    reaches the named routers' judge and routing LLM after a restart (they read `Router.spec`)."""
+    old = [ModelSpec("a", 1.0, 2.0, base_url="http://127.0.0.1:1/v1", description="old",
+                     judge_params={"max_tokens": 111}), ModelSpec("b", 1.0, 2.0)]
+    router = Router(old, "default", seed=0)
+    for _ in range(20):
+        router.learn(router.route(Request(prompt="hi")), Outcome(quality=0.5))
+    new = [ModelSpec("a", 1.0, 2.0, base_url="http://127.0.0.1:2/v1", description="new",
+                     judge_params={"max_completion_tokens": 999}), ModelSpec("b", 1.0, 2.0)]
+    restored = Router(new, "default", seed=0)
+    restored.restore(router.snapshot())
+    spec = restored.spec("a")
+    assert (spec.base_url, spec.description, dict(spec.judge_params or {})) == (
+        "http://127.0.0.1:2/v1", "new", {"max_completion_tokens": 999})
+    assert restored.version == router.version and restored.feedback_counts() == router.feedback_counts()
+    np.testing.assert_array_equal(restored.weights(), router.weights())

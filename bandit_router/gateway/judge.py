@@ -52,12 +52,15 @@ _CUT_SHORT_SAID: set[str] = set()
 
 
 def say_if_cut_short(model: str, body: Mapping[str, Any]) -> None:
-    """Warn, once per model, when a judge's or routing LLM's reply is empty because it hit its token limit
+    """Warn, once per model, when a judge's or routing LLM's reply is empty (or its thinking, `<think>…`, which
+    vLLM without a reasoning parser and Ollama leave in the content) because it hit its token limit
     (`finish_reason = "length"`): a reasoning model spends `max_tokens` thinking, so every such reply reads as
     "not confident" or "no choice". Its catalog entry's `judge_params` sets the fields its calls take."""
     choices = body.get("choices")
     first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
-    if first.get("finish_reason") != "length" or answer_text(body).strip() or model in _CUT_SHORT_SAID:
+    text = answer_text(body).strip()
+    thinking = not text or text.startswith("<think>")  # a server without a reasoning parser keeps it in content
+    if first.get("finish_reason") != "length" or not thinking or model in _CUT_SHORT_SAID:
         return
     _CUT_SHORT_SAID.add(model)
     log.warning("%s answered a judge's or routing LLM's call with nothing but its token limit (finish_reason "
