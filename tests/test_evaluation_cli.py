@@ -271,6 +271,25 @@ def test_export_dsjson(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
     assert stdout.exit_code == 0 and len(stdout.stdout.splitlines()) == 500
 
 
+@pytest.mark.parametrize(("out", "escalations"), [("service.db", []), ("link.db", ["--escalations"]),
+                                                   ("sub/../service.db-wal", []), ("service.db-server", [])])
+def test_export_refuses_to_write_over_the_database_it_reads(logged_db: tuple[Path, Any], out: str,
+                                                            escalations: list[str]) -> None:
+    """`export --db router.db --out router.db` wrote the export beside the database and renamed it over it: exit
+    status 0, "wrote 500 events", and the database was gone (`check`: "file is not a database"). `--out` naming
+    the database (by a symlink or another spelling too) or a file SQLite keeps beside it is refused before
+    anything is read, and the database is left as it was."""
+    db, _ = logged_db
+    (db.parent / "sub").mkdir()
+    (db.parent / "link.db").symlink_to(db)
+    before = db.read_bytes()
+    result = CliRunner().invoke(cli_app, ["export", "--db", str(db), "--out", str(db.parent / out), *escalations])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"bandit-router export: --out {db.parent / out}: that is the database")
+    assert "the export would replace it" in result.stderr
+    assert db.read_bytes() == before
+
+
 def test_a_bogus_label_is_refused_also_with_nothing_to_export(logged_db: tuple[Path, Any]) -> None:
     """`export_escalations` and `export_dsjson` checked the label per event written, so with no escalation step (or
     no record) `label="bogus"` exported nothing and succeeded, where the same label with events was refused. Both

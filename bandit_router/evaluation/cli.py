@@ -69,6 +69,31 @@ def _check_out_file(command: str, path: Path) -> None:
         raise _fail(command, f"--out {path}: {problem}")
 
 
+SQLITE_FILES = ("", "-wal", "-shm", "-journal", "-lock", "-server")
+"""A SQLite database's file and the files beside it that hold its data or its locks (`<db>-wal`, …)."""
+
+
+def _check_out_not_database(command: str, path: Path, db: str) -> None:
+    """Fail now, naming `--out`, when the file `path` is the SQLite database `db` (or one of its files beside it,
+    `SQLITE_FILES`): the export, renamed over it at the end, replaced the database it was read from."""
+    try:
+        location = parse_database(db)
+    except ValueError:
+        return  # `open_store` says why
+    if isinstance(location, DatabaseURL):
+        return
+    for suffix in SQLITE_FILES:
+        taken = Path(f"{location}{suffix}")
+        try:
+            same = os.path.samefile(path, taken)  # a symlink or a hard link to it too
+        except OSError:  # one of them does not exist
+            same = path.resolve() == taken.resolve()
+        if same:
+            what = "the database --db reads" if not suffix else f"the database's {suffix[1:]} file ({taken.name})"
+            raise _fail(command, f"--out {path}: that is {what}; the export would replace it: write it to "
+                                 "another file, e.g. log.dsjson")
+
+
 def open_store(db: str | Path) -> Store:
     """The service database at `db` (a SQLite file, which must exist: evaluation never creates one, or a
     PostgreSQL URL, connected to once here so that a server that cannot be reached, a wrong password or database
@@ -221,6 +246,7 @@ def export(
         raise _fail("export", f"--label: expected reward or quality, not {label!r}")
     if out is not None:
         _check_out_file("export", out)
+        _check_out_not_database("export", out, db)
     if escalations:
         _export_escalations(db, out, label)
         return
