@@ -369,6 +369,49 @@ def test_a_missing_rules_file_named_in_the_config_file_is_refused_with_its_path(
 
 
 @pytest.mark.parametrize(
+    ("rules", "problem"),
+    [
+        (b'[[rule]]\nmodel = "gpt-4o"\nmarkers = ["code"]\n', "unknown keys 'rule' (did you mean rules?); a rules file "
+         'holds `default = "<model>"` and [[rules]] tables'),
+        (b'defualt = "gpt-4o"\n', "unknown keys 'defualt' (did you mean default?)"),
+        (b'[rules]\nmodel = "gpt-4o"\n', "rules must be a list of tables, one per rule ([[rules]] in TOML, not "
+         "[rules]), got one table: {'model': 'gpt-4o'}"),
+        (b'rules = "gpt-4o"\n', "rules must be a list of tables ([[rules]] in TOML), got 'gpt-4o'"),
+        (b"rules = [5]\n", 'each rule must be a table ([[rules]] with model = "<model>"), got 5'),
+        (b"default = 5\n", "default must be a model name (a string), got 5"),
+        (b'[[rules]]\nmodel = "gpt-4o"\nwhen = "code"\n', "a rule needs `model` and may have"),
+        (b'\xff\xfe[[rules]]\nmodel = "gpt-4o"\n', "not UTF-8 text: save it as UTF-8"),
+    ],
+)
+def test_a_rules_file_that_is_not_what_it_should_be_is_refused_naming_it(
+    tmp_path: Path, rules: bytes, problem: str
+) -> None:
+    """A rules file's misspelt `[[rule]]` or `defualt` was ignored without a word (the built-in rules or the cheapest
+    model decided in their place); `[rules]` for `[[rules]]` was read key by key and each key letter by letter ("got
+    ['d', 'e', 'l', 'm', 'o']"), `rules = [5]` said "'int' object is not iterable" and a file that is not UTF-8 gave
+    the codec's words without the file. Each is refused naming the file and what is wrong."""
+    (tmp_path / "rules.toml").write_bytes(rules)
+    config = _write(tmp_path / "br.toml", 'policy = "rules:file=rules.toml"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, env={})
+    assert str(refused.value).startswith(f"policy: policy 'rules': rules file {tmp_path / 'rules.toml'}: {problem}")
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ("rules = { model = 'gpt-4o' }", "rules must be a list of tables, one per rule ([[rules]] in TOML, not "
+         "[rules]), got one table: {'model': 'gpt-4o'}"),
+        ("rules = 'gpt-4o'", "rules must be a list of tables ([[rules]] in TOML), got 'gpt-4o'"),
+    ],
+)
+def test_inline_rules_that_are_not_a_list_of_tables_are_refused(tmp_path: Path, settings: str, problem: str) -> None:
+    config = _write(tmp_path / "br.toml", f'policy = "rules"\npolicy_settings = {{ {settings} }}\n')
+    with pytest.raises(ConfigError, match="^" + re.escape("policy: policy 'rules': " + problem) + "$"):
+        load_settings(config, env={})
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("policy = 'default'\n[policy_settings]\ndim = 64.5\n",
@@ -651,8 +694,9 @@ def test_a_rule_of_the_wrong_type_is_refused_at_start_not_at_its_first_request(
     `markers = "code"` became the markers c, o, d, e."""
     conf = _rules_folders(tmp_path, monkeypatch)
     _write(conf / "typed.toml", f'default = "gpt-4o-mini"\n[[rules]]\n{rule}\n')
-    for text in ('policy = "rules:file=typed.toml"\n', f'policy = "rules"\n[[policy_settings.rules]]\n{rule}\n'):
-        with pytest.raises(ConfigError, match=f"^policy: policy 'rules': {re.escape(message)}"):
+    for text, where in (('policy = "rules:file=typed.toml"\n', f"rules file {conf / 'typed.toml'}: "),
+                        (f'policy = "rules"\n[[policy_settings.rules]]\n{rule}\n', "")):
+        with pytest.raises(ConfigError, match=f"^policy: policy 'rules': {re.escape(where + message)}"):
             load_settings(_write(conf / "br.toml", text), env={})
 
 
