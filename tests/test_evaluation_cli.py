@@ -290,6 +290,33 @@ def test_export_refuses_to_write_over_the_database_it_reads(logged_db: tuple[Pat
     assert db.read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["evaluate", "--escalations", "--mode", "frozen", "--config", "missing.toml"],
+         "bandit-router evaluate: --escalations takes no --config, --mode: they are for policy candidates; leave them "
+         "out, or leave out --escalations\n"),
+        (["evaluate", "--escalations", "--no-baselines", "-C", "accept"],
+         "bandit-router evaluate: --escalations takes no --baselines/--no-baselines: it is for policy candidates; "
+         "leave it out, or leave out --escalations\n"),
+        (["evaluate", "--escalations", "--estimators", "dr", "--reward-lambda", "4", "--seed", "1"],
+         "bandit-router evaluate: --escalations takes no --estimators, --reward-lambda, --seed: they are for policy "
+         "candidates; leave them out, or leave out --escalations\n"),
+        (["export", "--escalations", "--include-unlabeled"],
+         "bandit-router export: --escalations takes no --include-unlabeled/--no-include-unlabeled: it is for the "
+         "decisions export; leave it out, or leave out --escalations\n"),
+    ],
+)
+def test_options_that_escalations_does_not_read_are_refused(tmp_path: Path, command: list[str], message: str) -> None:
+    """`evaluate --escalations` reads the chains, the rules (-C), --confidence and --out; it dropped --mode,
+    --estimators, --reward-lambda, --seed, --no-baselines and --config without a word (a --config that does not
+    exist too), as `export --escalations` dropped --include-unlabeled and --config. Given with it, they are
+    refused before the database is opened, naming them."""
+    result = CliRunner().invoke(cli_app, [*command, "--db", str(tmp_path / "router.db")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == message
+
+
 def test_a_bogus_label_is_refused_also_with_nothing_to_export(logged_db: tuple[Path, Any]) -> None:
     """`export_escalations` and `export_dsjson` checked the label per event written, so with no escalation step (or
     no record) `label="bogus"` exported nothing and succeeded, where the same label with events was refused. Both

@@ -54,6 +54,25 @@ def _fail(command: str, message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _refuse_with_escalations(command: str, ctx: typer.Context, names: tuple[str, ...]) -> None:
+    """Fail, naming them, when options among `names` that `--escalations` does not read were given: they were
+    dropped without a word (`evaluate --escalations --mode bogus --config missing.toml` ran, exit status 0 or 1)."""
+    given = [param for param in ctx.command.params if param.name in names
+             and getattr(ctx.get_parameter_source(param.name), "name", "") == "COMMANDLINE"]  # typer's own click
+    if given:
+        spelt = ", ".join("/".join(o for o in (*param.opts, *getattr(param, "secondary_opts", ())) if o[1] == "-")
+                          for param in given)
+        one = len(given) == 1
+        raise _fail(command, f"--escalations takes no {spelt}: {'it is' if one else 'they are'} for "
+                             f"{'policy candidates' if command == 'evaluate' else 'the decisions export'}; leave "
+                             f"{'it' if one else 'them'} out, or leave out --escalations")
+
+
+ESCALATIONS_IGNORE = {"evaluate": ("config", "estimators", "mode", "reward_lambda", "baselines", "seed"),
+                      "export": ("config", "include_unlabeled")}
+"""The options of `evaluate` and `export` that their `--escalations` does not read."""
+
+
 def _check_out(command: str, folder: Path) -> None:
     """Fail now, naming `--out`, when `folder` could not be created or written (a file there, no permission);
     nothing is created before there is something to write (`outputs.writing`)."""
@@ -133,6 +152,7 @@ def _catalog(config: Path | None) -> list[ModelSpec]:
 
 
 def evaluate(
+    ctx: typer.Context,
     db: Annotated[str, typer.Option("--db", help="The service's SQLite file or postgresql:// URL.")],
     candidates: Annotated[
         list[str] | None,
@@ -164,6 +184,7 @@ def evaluate(
 
     specs_given = [*(candidates or []), *(more or [])]
     if escalations:
+        _refuse_with_escalations("evaluate", ctx, ESCALATIONS_IGNORE["evaluate"])
         _evaluate_escalations(db, specs_given, confidence, out)
         return
     lam: float | str = reward_lambda
@@ -226,6 +247,7 @@ def evaluate(
 
 
 def export(
+    ctx: typer.Context,
     db: Annotated[str, typer.Option("--db", help="The service's SQLite file or postgresql:// URL.")],
     format: Annotated[str, typer.Option("--format", help="Output format (dsjson).")] = "dsjson",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: standard output).")] = None,
@@ -240,6 +262,8 @@ def export(
 ) -> None:
     from .dsjson import LABELS, export_dsjson
 
+    if escalations:
+        _refuse_with_escalations("export", ctx, ESCALATIONS_IGNORE["export"])
     if format != "dsjson":
         raise _fail("export", f"--format: only 'dsjson' is supported, not {format!r}")
     if label not in LABELS:  # before `--out` is opened: a file that was there keeps what it held
