@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -158,6 +159,49 @@ def test_a_key_file_that_is_not_utf8_is_named_without_its_bytes(tmp_path: Path) 
     with pytest.raises(ConfigError, match=r"api_keys_file: .*keys is not UTF-8 text") as info:
         load_settings(_write(tmp_path / "k.toml", 'api_keys_file = "keys"\n'), env={})
     assert "secret" not in str(info.value) and "xff" not in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["config", "catalog", "rules"])
+def test_toml_files_saved_with_a_byte_order_mark_load_and_other_encodings_are_named(tmp_path: Path,
+                                                                                    kind: str) -> None:
+    """Windows Notepad's "UTF-8 with BOM" (and PowerShell 5's `Out-File -Encoding utf8`) start a file with a
+    byte-order mark: the configuration, a catalog and a rules file were refused as "not valid TOML: Invalid
+    statement (at line 1, column 1)" of a first line that reads right, a key file's first key as not printable
+    ASCII. The mark is skipped; a UTF-16 file (PowerShell 5's `>`) and a Latin-1 byte are named as what they are,
+    where they were "'utf-8' codec can't decode byte 0xff in position 0"."""
+    from bandit_router.catalog import default_catalog
+
+    keys = tmp_path / "keys"
+    keys.write_bytes(codecs.BOM_UTF8 + KEY_A.encode() + b"\n")
+    keys.chmod(0o600)
+    catalog = "".join(f'[[models]]\nname = "{m.name}"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n'
+                      for m in default_catalog())
+    text, config = {
+        "config": ('port = 9001\napi_keys_file = "keys"\n', "br.toml"),
+        "catalog": (catalog, "catalog.toml"),
+        "rules": ('default = "gpt-4o"\n[[rules]]\nmodel = "gpt-4o-mini"\n', "rules.toml"),
+    }[kind]
+    if kind != "config":
+        _write(tmp_path / "br.toml", {"catalog": 'catalog = "catalog.toml"\n',
+                                      "rules": 'policy = "rules:file=rules.toml"\n'}[kind])
+    file = tmp_path / config
+    file.write_bytes(codecs.BOM_UTF8 + text.encode())
+    settings = load_settings(tmp_path / "br.toml", env={})
+    assert {"config": settings.port == 9001 and len(settings.api_keys) == 1,
+            "catalog": next(iter(settings.load_catalog())).input_usd_per_mtok == 1,
+            "rules": settings.policy == "rules:file=rules.toml"}[kind]
+    where = {"config": f"{file}: ", "catalog": f"catalog: {file}: ",
+             "rules": f"policy: policy 'rules': rules file {file}: "}
+    file.write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+    expected = (where[kind] + "the file is UTF-16 text (it starts with the byte-order mark 0xff 0xfe), not UTF-8: "
+                "save it as UTF-8, or convert it, e.g. iconv -f utf-16 -t utf-8")
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        load_settings(tmp_path / "br.toml", env={})
+    file.write_bytes(text.encode() + b"# caf\xe9\n")
+    line = text.count("\n") + 1
+    expected = where[kind] + f"line {line} is not UTF-8 (its byte 6 is 0xe9): save the file as UTF-8"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}"):
+        load_settings(tmp_path / "br.toml", env={})
 
 
 @pytest.mark.parametrize(("text", "message"), _BAD_FILES, ids=[t.split("\n")[0][:30] for t, _ in _BAD_FILES])
@@ -380,7 +424,7 @@ def test_a_missing_rules_file_named_in_the_config_file_is_refused_with_its_path(
         (b"rules = [5]\n", 'each rule must be a table ([[rules]] with model = "<model>"), got 5'),
         (b"default = 5\n", "default must be a model name (a string), got 5"),
         (b'[[rules]]\nmodel = "gpt-4o"\nwhen = "code"\n', "a rule needs `model` and may have"),
-        (b'\xff\xfe[[rules]]\nmodel = "gpt-4o"\n', "not UTF-8 text: save it as UTF-8"),
+        (b'[[rules]]\nmodel = "caf\xe9"\n', "line 2 is not UTF-8 (its byte 13 is 0xe9): save the file as UTF-8"),
     ],
 )
 def test_a_rules_file_that_is_not_what_it_should_be_is_refused_naming_it(

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from ..errors import CatalogError, ConfigError, InvalidInput
 from ..hints import close_names, closest
 from ..jsonkeys import DuplicateKey, once_each
 from ..store.location import Database, DatabaseURL, parse_database
+from ..tomlfile import TOMLFileError, load_toml_file
 from .routers import RouterAlias, parse_routers
 from .sections import Secrets
 from .settings import KEYS, SECTIONS, Key, Settings
@@ -42,13 +42,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML file as a dict; `ConfigError` when it is missing or not TOML."""
     file = Path(path)
     try:
-        return tomllib.loads(file.read_text(encoding="utf-8"))
+        return load_toml_file(file)
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such configuration file") from None
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    except TOMLFileError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
 
 
 def layered(*layers: Mapping[str, Any] | None, none_is_unset: bool = True) -> dict[str, Any]:
@@ -214,7 +214,7 @@ configuration file are read from its folder (`RoutingSettings.folders`)."""
 def read_keys(path: Path, name: str) -> tuple[str, ...]:
     """Keys from a key file: one per line; blank lines and `#` comments are skipped."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # after a byte-order mark (Windows Notepad writes one)
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:  # its bytes are never shown: they may be a key

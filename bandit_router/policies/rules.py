@@ -27,7 +27,6 @@ model tagged `tier = "large"`; everything else → the cheapest model.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from ..catalog import ModelSpec
 from ..errors import ConfigError
 from ..hints import quoted
 from ..setting_values import typed_value
+from ..tomlfile import TOMLFileError, load_toml_file
 from ..types import Context, Scalar
 from .base import BasePolicy, check_named_model
 from .baselines import cheapest
@@ -131,12 +131,10 @@ class RulesParams:
         if self.file:
             where = f"rules file {self.file}: "
             try:
-                data = tomllib.loads(Path(self.file).read_text(encoding="utf-8"))
+                data = load_toml_file(Path(self.file))
             except OSError as exc:
                 raise ConfigError(f"{where}{exc.strerror or exc}") from exc
-            except UnicodeDecodeError:
-                raise ConfigError(f"{where}not UTF-8 text: save it as UTF-8") from None
-            except tomllib.TOMLDecodeError as exc:
+            except TOMLFileError as exc:
                 raise ConfigError(f"{where}{exc}") from exc
             unknown = sorted(set(data) - set(FILE_KEYS))  # a misspelt `[[rule]]` left the built-in rules in force
             if unknown:
