@@ -230,6 +230,39 @@ def test_bad_environment_raises_config_errors(variable: str, value: str, message
         load_settings(env={variable: value})
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BANDIT_ROUTER_POLICY": "lincub"}, "BANDIT_ROUTER_POLICY: policy: unknown policy 'lincub' (did you mean "
+         "linucb?)"),
+        ({"BANDIT_ROUTER_POLICY_SETTINGS": '{"flor": 0.05}'}, "BANDIT_ROUTER_POLICY_SETTINGS: policy: policy "
+         "'default' has no setting 'flor' (did you mean floor?)"),
+        ({"BANDIT_ROUTER_PORT": "70000"}, "BANDIT_ROUTER_PORT: port: must be in 1..65535, got 70000"),
+        ({"BANDIT_ROUTER_WORKERS": "0"}, "BANDIT_ROUTER_WORKERS: workers: must be in 1..64, got 0"),
+        ({"BANDIT_ROUTER_CATALOG": "missing.toml"}, "BANDIT_ROUTER_CATALOG: catalog: missing.toml: no such file"),
+        ({"BANDIT_ROUTER_RETENTION_DAYS": "0.01"}, "BANDIT_ROUTER_RETENTION_DAYS: retention_days: 0.01 days is "
+         "not longer than reward_window_s"),
+    ],
+)
+def test_a_value_from_the_environment_that_the_checks_refuse_is_named_by_its_variable(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    """A value the settings' checks refuse (a range, a policy's name or setting, a file) was named by its key only
+    (`port: must be in 1..65535`), as if the configuration file said it: next to a file with `port = 8000` or
+    `policy = "default"` the reader looked there. The variable that gave it is named, as a value that does not
+    parse already was; given on the command line, or in the file, the message is as it was."""
+    config = _write(tmp_path / "br.toml", 'policy = "default"\nport = 8000\nreward_window_s = 3600\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, env=env)
+    assert str(refused.value).startswith(message)
+    key = message.partition(": ")[2].partition(":")[0]
+    if key in ("port", "workers"):  # a command-line option wins over the variable: its value is the one refused
+        with pytest.raises(ConfigError, match=f"^{key}: must be in"):
+            load_settings(config, env=env, overrides={key: 0})
+    with pytest.raises(ConfigError, match=r"^port: must be in"):
+        load_settings(_write(tmp_path / "bad.toml", "port = 70000\n"), env={})
+
+
 def test_environment_parses_every_kind(tmp_path: Path) -> None:
     env = {
         "BANDIT_ROUTER_ACCESS_LOG": "yes",
@@ -793,7 +826,7 @@ def test_a_catalog_without_a_routable_model_is_refused_at_start(tmp_path: Path) 
         ("policy = 'linucb:alpha=1,shared=true'\npolicy_settings = { shared = false, alpha = 2 }\n", {},
          "policy_settings: alpha, shared are also set in policy 'linucb:alpha=1,shared=true'"),
         ("[policy_settings]\nexploration = 2\n", {"BANDIT_ROUTER_POLICY": "default:exploration=1"},
-         "policy_settings: exploration is also set in policy 'default:exploration=1'"),
+         "BANDIT_ROUTER_POLICY: policy_settings: exploration is also set in policy 'default:exploration=1'"),
         ("", {"BANDIT_ROUTER_POLICY_SETTINGS": '{"exploration": 1, "exploration": 2}'},
          "BANDIT_ROUTER_POLICY_SETTINGS: policy_settings: gives the key 'exploration' twice"),
         ("", {"BANDIT_ROUTER_BUDGETS": '{"tenants": {"acme": {"spend_usd": "5/1d", "spend_usd": "50/1d"}}}'},

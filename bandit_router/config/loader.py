@@ -342,12 +342,34 @@ def load_settings(
         values.pop("models", None)  # a catalog given later (environment, command line) replaces inline models
     api = list(_env_keys(env, "API_KEYS"))
     admin = list(_env_keys(env, "ADMIN_KEYS"))
-    if values.get("api_keys_file") is not None:
-        api += read_keys(values["api_keys_file"], "api_keys_file")
-    if values.get("admin_keys_file") is not None:
-        admin += read_keys(values["admin_keys_file"], "admin_keys_file")
-    settings = Settings(**values, api_keys=Secrets(tuple(api)), admin_keys=Secrets(tuple(admin)))
-    return settings.check(stored_models=stored_models)
+    try:
+        if values.get("api_keys_file") is not None:
+            api += read_keys(values["api_keys_file"], "api_keys_file")
+        if values.get("admin_keys_file") is not None:
+            admin += read_keys(values["admin_keys_file"], "admin_keys_file")
+        settings = Settings(**values, api_keys=Secrets(tuple(api)), admin_keys=Secrets(tuple(admin)))
+        return settings.check(stored_models=stored_models)
+    except ConfigError as exc:
+        variables = _from_environment(str(exc), set(env_values) - set(flags))
+        if not variables:
+            raise
+        raise ConfigError(f"{', '.join(variables)}: {exc}") from None
+
+
+_DEPENDS_ON = {"policy": ("policy", "policy_settings"), "policy_settings": ("policy_settings", "policy"),
+               "retention_days": ("retention_days", "reward_window_s")}
+"""A refused key's message may be about these keys' values too (a policy's settings, a window the days must
+exceed)."""
+
+
+def _from_environment(message: str, from_env: set[str]) -> list[str]:
+    """The `BANDIT_ROUTER_*` variables that gave the value a checked setting's message is about (it starts with
+    its key: `port: must be in 1..65535`), so that the message names them: the key alone sent the reader to a
+    configuration file that says something else."""
+    key = message.partition(":")[0]
+    if key not in KEYS:
+        return []
+    return [f"{ENV_PREFIX}{name.upper()}" for name in _DEPENDS_ON.get(key, (key,)) if name in from_env]
 
 
 def describe_keys() -> str:
