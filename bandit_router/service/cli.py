@@ -203,7 +203,8 @@ does not decode), and every stored checkpoint against its checksum.
 
 Prints what it found and the last good checkpoint (the newest one that reads back and matches its sha256). \
 Exit status 0 when the file is intact, 1 when it is not (restore a backup: see the docs, service → durability), \
-2 when it cannot be opened. Read-only; safe while the service runs.
+2 when it cannot be opened or is not a bandit-router database (a sound SQLite file with none of its tables: empty, \
+or another application's). Read-only; safe while the service runs.
 
 With --config (or without --db) it first checks the settings as `serve` does, against the models the database \
 holds (with --db, that database's), and stops with exit status 2 when they are refused; it does not check the \
