@@ -317,6 +317,17 @@ def test_options_that_escalations_does_not_read_are_refused(tmp_path: Path, comm
     assert result.stderr == message
 
 
+def test_a_shadow_candidate_that_was_never_logged_is_named_with_the_shadows_that_were(
+        logged_db: tuple[Path, Any]) -> None:
+    """`-C shadow:linucbb` (a typo of the logged shadow `linucb`) said "decision '01a2…' has no pmf of shadow
+    'linucbb'", as if that one decision lacked it; it says that no such shadow was logged, and which were."""
+    db, _ = logged_db
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "-C", "shadow:linucbb"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == ("bandit-router evaluate: no shadow 'linucbb' (did you mean linucb?) was logged with these "
+                             "decisions; logged: linucb\n")
+
+
 def test_a_bogus_label_is_refused_also_with_nothing_to_export(logged_db: tuple[Path, Any]) -> None:
     """`export_escalations` and `export_dsjson` checked the label per event written, so with no escalation step (or
     no record) `label="bogus"` exported nothing and succeeded, where the same label with events was refused. Both
