@@ -728,6 +728,10 @@ def test_serve_on_ipv6_with_workers_finds_the_port_held_on_ipv4(
          "interface of this machine has that address: --host 127.0.0.1 for this machine only, 0.0.0.0 for all"),
         ("127.0.0.1", "80", OSError(13, "Permission denied"), "cannot listen on 127.0.0.1:80: Permission denied "
          "(ports below 1024 need privileges: choose a --port of 1024 or more, e.g. 8000)"),
+        # a URL or an address with its port: "cannot resolve" alone, where the fix is a word away
+        ("http://127.0.0.1", "8000", None, "(a host name or address, not a URL: --host 127.0.0.1)"),
+        ("http://localhost:9000/", "8000", None, "(a host name or address, not a URL: --host localhost --port 9000)"),
+        ("127.0.0.1:9000", "8000", None, "(the port is an option of its own: --host 127.0.0.1 --port 9000)"),
     ],
 )
 def test_serve_that_cannot_listen_says_why_in_its_own_words(
