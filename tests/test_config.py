@@ -204,6 +204,24 @@ def test_toml_files_saved_with_a_byte_order_mark_load_and_other_encodings_are_na
         load_settings(tmp_path / "br.toml", env={})
 
 
+def test_a_copy_of_the_shipped_catalog_given_as_the_configuration_says_how_to_name_it(tmp_path: Path) -> None:
+    """The shipped catalog said "edit a copy of this file and pass it with `--config` (see README,
+    'Configuration')": there is no such README section, and `--config copy.toml` was refused as "unknown keys
+    'prices_read_on', 'prices_source'; known keys: host, port, …" (80 keys). The file says to name the copy with
+    `catalog = …`, and a catalog given as the configuration is refused saying so; named so, it loads."""
+    from importlib import resources
+
+    shipped = resources.files("bandit_router").joinpath("default_catalog.toml").read_text(encoding="utf-8")
+    assert 'catalog = "my-catalog.toml"' in shipped and "pass it with `--config`" not in shipped
+    copy = _write(tmp_path / "my-catalog.toml", shipped)
+    expected = (f"{copy}: unknown keys 'prices_read_on', 'prices_source': this is a catalog file, not a configuration "
+                f'file: name it in one, catalog = "my-catalog.toml" (or BANDIT_ROUTER_CATALOG={copy})')
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        load_settings(copy, env={})
+    named = load_settings(_write(tmp_path / "br.toml", 'catalog = "my-catalog.toml"\n'), env={})
+    assert named.catalog == copy and len(named.load_catalog()) == 8
+
+
 @pytest.mark.parametrize(("text", "message"), _BAD_FILES, ids=[t.split("\n")[0][:30] for t, _ in _BAD_FILES])
 def test_bad_files_raise_config_errors_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..budgets import BudgetConfig
-from ..catalog import ModelSpec, check_entry
+from ..catalog import CATALOG_KEYS, ModelSpec, check_entry
 from ..errors import CatalogError, ConfigError, InvalidInput
 from ..hints import close_names, closest
 from ..jsonkeys import DuplicateKey, once_each
@@ -249,6 +249,10 @@ def _hint(kind: str, names: list[str], prefix: str, upper: bool) -> str:
     return f" (did you mean {' or '.join('[' + f + ']' if kind == 'section' else f for f in found)}?)"
 
 
+CATALOG_ONLY_KEYS = set(CATALOG_KEYS) - set(KEYS)
+"""Top-level keys of a catalog file that a configuration file does not have (`prices_source`, `prices_read_on`)."""
+
+
 def _file_layer(file: Path) -> dict[str, Any]:
     data = read_toml(file)
     for secret in ("api_keys", "admin_keys"):
@@ -269,6 +273,10 @@ def _file_layer(file: Path) -> dict[str, Any]:
         else:
             flat[name] = value
     unknown = sorted(set(flat) - set(KEYS))
+    if unknown and set(unknown) <= CATALOG_ONLY_KEYS:  # a copy of the shipped catalog given as --config
+        raise ConfigError(f"{file}: unknown keys {', '.join(map(repr, unknown))}: this is a catalog file, not a "
+                          f"configuration file: name it in one, catalog = \"{file.name}\" (or "
+                          f"{ENV_PREFIX}CATALOG={file})")
     if unknown:
         named = ", ".join(f"{name!r}{_did_you_mean(name, ('section', SECTIONS))}" for name in unknown)
         raise ConfigError(f"{file}: unknown keys {named}; known keys: {', '.join(KEYS)}")
