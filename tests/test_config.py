@@ -300,6 +300,26 @@ def test_environment_parses_every_kind(tmp_path: Path) -> None:
     assert settings.db == tmp_path / "e.db"
 
 
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [("BANDIT_ROUTER_API_KEY", "BANDIT_ROUTER_API_KEYS"), ("BANDIT_ROUTER_ADMIN_KEY", "BANDIT_ROUTER_ADMIN_KEYS"),
+     ("BANDIT_ROUTER_CONFG", "BANDIT_ROUTER_CONFIG"), ("BANDIT_ROUTER_PROT", "BANDIT_ROUTER_PORT")],
+)
+def test_a_misspelt_variable_that_is_no_settings_key_is_told_the_one_it_meant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, variable: str, meant: str
+) -> None:
+    """`BANDIT_ROUTER_API_KEY` (as OPENAI_API_KEY is spelt) was "ignoring unknown environment variable
+    BANDIT_ROUTER_API_KEY" with no hint, and the service ran without keys; `BANDIT_ROUTER_ADMIN_KEY` was pointed at
+    BANDIT_ROUTER_ADMIN_KEYS_FILE. The variables that are not settings keys (the keys, the configuration file) are
+    suggested too, the closest name of either kind first."""
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.WARNING)
+    settings = load_settings(env={variable: KEY_A})
+    assert not settings.api_keys and not settings.admin_keys
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ignoring unknown environment variable {variable} (did you mean {meant}?)"]
+
+
 def test_models_from_the_environment_is_ignored_with_a_pointer_to_catalog(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -287,6 +287,11 @@ def _file_layer(file: Path) -> dict[str, Any]:
     return values
 
 
+ENV_VARIABLES = ("config", "api_keys", "admin_keys")
+"""The `BANDIT_ROUTER_*` variables a user sets that are not settings keys: a misspelt one (`BANDIT_ROUTER_API_KEY`,
+which left the service without keys) is told the one it meant."""
+
+
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for variable, raw in env.items():
@@ -300,8 +305,10 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
                         "%sCATALOG at a catalog file instead", variable, ENV_PREFIX)
             continue
         if name not in KEYS:
+            whole = closest(name, (*ENV_VARIABLES, *KEYS))  # the closest of both kinds: `ADMIN_KEY`, `ADMIN_KEYS`
             log.warning("ignoring unknown environment variable %s%s", variable,
-                        _did_you_mean(name, prefix=ENV_PREFIX, upper=True))
+                        _hint("key", [whole], ENV_PREFIX, True) if whole is not None
+                        else _did_you_mean(name, ("variable", ENV_VARIABLES), prefix=ENV_PREFIX, upper=True))
             continue
         values[name] = _parse(name, raw, variable, None)
     return values
