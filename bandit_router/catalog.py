@@ -19,6 +19,8 @@ A catalog is a TOML file with one `[[models]]` table per model::
     timeout_s = 60                           # optional: seconds one call may take (default: [gateway])
     connect_timeout_s = 5                    # optional: seconds to connect (default: [gateway])
     max_concurrency = 64                     # optional: concurrent calls to this model (default: [gateway])
+    judge_params = { max_completion_tokens = 500 }   # optional: the request's fields when the service asks this
+                                             # model itself (a judge, a routing LLM), in place of its defaults
 
 Beside the `[[models]]` tables a file may hold `prices_source` and `prices_read_on`; other top-level keys are refused.
 The tags become action features: a new model with `family = "openai", tier = "small"` starts from what the
@@ -29,6 +31,7 @@ checkpoint survives a change of them. A key itself never lives in a file: only t
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -46,8 +49,12 @@ from .tomlfile import TOMLFileError, load_toml_file
 
 CATALOG_KEYS = ("models", "prices_source", "prices_read_on")
 """The top-level keys of a catalog file."""
-UPSTREAM_KEYS = ("base_url", "api_key_env", "upstream_model", "timeout_s", "connect_timeout_s", "max_concurrency")
+UPSTREAM_KEYS = ("base_url", "api_key_env", "upstream_model", "timeout_s", "connect_timeout_s", "max_concurrency",
+                 "judge_params")
 """Catalog keys that say how the gateway calls a model (not what the policy learns)."""
+JUDGE_PARAMS_SET_BY_SERVICE = ("model", "messages", "stream", "stream_options")
+"""Request fields `judge_params` may not give: the service sets them for every call."""
+MAX_JUDGE_PARAMS_CHARS = 4096
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _URL = re.compile(r"https?://[^\s/?#@]+(/[^\s?#]*)?")
 
@@ -106,6 +113,11 @@ class ModelSpec:
     """False: never routed to, nor called for a request naming it (a judge or a routing LLM of `[[routers]]` only)."""
     description: str | None = None
     """One line for an LLM router's prompt (what the model is good at)."""
+    judge_params: Mapping[str, Any] | None = None
+    """The fields of the request when the service asks this model itself (the gateway's `[judge]`, a named
+    router's judge or routing LLM), in place of the defaults (`temperature = 0`, and `max_tokens = 20` for a named
+    router's): a reasoning model refuses `temperature = 0` or `max_tokens`, or spends 20 tokens thinking. None:
+    the defaults; `{}`: no field but the messages."""
 
     def __post_init__(self) -> None:
         problem = name_problem(self.name, MAX_NAME_LENGTH)  # one grammar for every name (bandit_router.names)
@@ -154,6 +166,31 @@ class ModelSpec:
         about = self.description
         if about is not None and (not isinstance(about, str) or len(about) > 1000):
             raise CatalogError(f"model {self.name!r}: description must be a string of at most 1000 characters")
+        if self.judge_params is not None:
+            object.__setattr__(self, "judge_params", MappingProxyType(self._checked_judge_params(self.judge_params)))
+
+    def _checked_judge_params(self, given: Any) -> dict[str, Any]:
+        """`judge_params` as a plain JSON table: text keys, none the service sets, finite numbers, small."""
+        where = f"model {self.name!r}: judge_params"
+        if not isinstance(given, Mapping) or not all(isinstance(k, str) for k in given):
+            raise CatalogError(f"{where} must be a table of request fields (judge_params = {{ max_tokens = 500 }})")
+        taken = sorted(set(given) & set(JUDGE_PARAMS_SET_BY_SERVICE))
+        if taken:
+            raise CatalogError(f"{where} may not set {taken}: the service sets them")
+        try:  # a copy no caller can change; TOML's nan / inf (and dates) are not JSON an upstream reads
+            text = json.dumps(dict(given), allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise CatalogError(f"{where} must hold JSON values (finite numbers, text, true/false, arrays, tables): "
+                               f"{exc}") from None
+        if len(text) > MAX_JUDGE_PARAMS_CHARS:
+            raise CatalogError(f"{where} is too large (at most {MAX_JUDGE_PARAMS_CHARS} characters as JSON)")
+        copy: dict[str, Any] = json.loads(text)
+        return copy
+
+    def judge_request(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """The fields beside `messages` of a call the service makes itself: `judge_params` when given, else
+        `defaults`."""
+        return dict(defaults if self.judge_params is None else self.judge_params)
 
     def _check_upstream(self) -> None:
         """The upstream keys: an http(s) URL without credentials or query, a variable name, finite timeouts."""
@@ -209,6 +246,8 @@ class ModelSpec:
         for key in ("output_tokens", "prior_quality", "prior_strength", *UPSTREAM_KEYS, "description"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if self.judge_params is not None:
+            out["judge_params"] = dict(self.judge_params)
         if not self.route:
             out["route"] = False
         return out

@@ -199,7 +199,7 @@ def simulate(
         typer.Option(
             "--target",
             help="A budget target the learning routers hold (repeatable), as in the service: avg_cost_usd=0.0005, "
-            "spend_usd=5/1000s (one simulated second per step), share:gpt-4o=0.3, share:tier=premium=0.2, "
+            "spend_usd=5/1000s (one simulated second per step), share:gpt-4o=0.3, share:tier=large=0.2, "
             "latency_p95_s=2, @tenant:… for a tenant's (with --context-column tenant). The run's λ is the pacer's "
             "starting point. Every record reports target:<t>:realized.",
         ),

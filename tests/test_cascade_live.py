@@ -5,6 +5,7 @@ one, a judge whose scores track the answer's quality with noise, log-probs on re
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -55,7 +56,8 @@ def gateway(fake: ScriptedFake, tmp_path: Path) -> Iterator[Callable[..., str]]:
     def start(**changes: Any) -> str:
         specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=fake.url + "/v1",  # type: ignore[attr-defined]
                                 route=n in ("cheap", "strong")) for n in PRICES)  # judge, chooser: never routed
-        settings = Settings(db=tmp_path / f"n{len(servers)}.db", models=specs, routers=ROUTERS, seed=11, **changes)
+        changes.setdefault("models", specs)
+        settings = Settings(db=tmp_path / f"n{len(servers)}.db", routers=ROUTERS, seed=11, **changes)
         server = ServerThread(create_app(settings))
         servers.append(server)
         return server.wait_ready()
@@ -400,6 +402,74 @@ def test_the_judge_and_the_routing_llm_see_the_question_after_a_long_system_prom
     assert reply["bandit_router"]["steps"][0]["confidence"] == pytest.approx(8 / 9) and reply["model"] == "cheap"
     reply = loopback.post(url + "/v1/chat/completions", json={"model": "auto", "messages": messages}).json()
     assert reply["bandit_router"]["named"] == "strong"  # it read the code question, not only the poems
+
+def test_a_judges_and_a_routing_llms_calls_take_their_catalog_entrys_judge_params(
+    gateway: Callable[..., str], fake: ScriptedFake
+) -> None:
+    """The judge's and the routing LLM's calls send `temperature = 0, max_tokens = 20` unless the model's catalog
+    entry gives `judge_params`, which replaces them (a reasoning model refuses `max_tokens` or `temperature = 0`):
+    here the judge's fields are the entry's own, and the chooser's `{}` sends the messages alone. So do the
+    gateway's `[judge]` calls (default `temperature = 0`)."""
+    seen: dict[str, dict[str, Any]] = {}
+
+    def recording(model: str, reply: bytes) -> Any:
+        def script(request: dict[str, Any]) -> tuple[int, str, list[bytes]]:
+            seen[model] = request
+            return 200, "application/json", [reply]
+        return script
+
+    fake.script[JUDGE] = recording(JUDGE, completion("9"))
+    fake.script["chooser"] = recording("chooser", completion("strong"))
+    for model in ("cheap", "strong"):  # scripted: the fake's seeded noise is left to the tests after this one
+        fake.script[model] = replying(completion(f"{model} answers"))
+    url = gateway()
+    for alias in ("cascade", "auto"):
+        loopback.post(url + "/v1/chat/completions", json={"model": alias, "messages": [{"role": "user",
+                                                                                         "content": CODE}]})
+    assert {k: v for k, v in seen[JUDGE].items() if k not in ("model", "messages")} == {"temperature": 0,
+                                                                                          "max_tokens": 20}
+    assert set(seen["chooser"]) - {"model", "messages"} == {"temperature", "max_tokens"}
+    own = {JUDGE: {"max_completion_tokens": 400, "reasoning_effort": "low"}, "chooser": {}}
+    specs = tuple(ModelSpec(n, *PRICES[n], tags={"family": "fake"}, base_url=fake.url + "/v1",  # type: ignore[attr-defined]
+                            route=n in ("cheap", "strong"), judge_params=own.get(n)) for n in PRICES)
+    url = gateway(models=specs)
+    for alias in ("cascade", "auto"):
+        reply = loopback.post(url + "/v1/chat/completions",
+                              json={"model": alias, "messages": [{"role": "user", "content": CODE}]})
+        assert reply.status_code == 200, reply.text
+    assert {k: v for k, v in seen[JUDGE].items() if k not in ("model", "messages")} == own[JUDGE]
+    assert set(seen["chooser"]) == {"model", "messages"}
+    seen.clear()  # the gateway's own judge ([judge]: it scores routed answers) takes them too
+    url = gateway(models=specs, judge_model=JUDGE, judge_sample_rate=1.0, judge_delay_s=0.0)
+    reply = loopback.post(url + "/v1/chat/completions", json={"model": "router", "messages": [{"role": "user",
+                                                                                             "content": CODE}]})
+    assert reply.status_code == 200, reply.text
+    deadline = time.monotonic() + 10
+    while JUDGE not in seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert {k: v for k, v in seen[JUDGE].items() if k not in ("model", "messages")} == own[JUDGE]
+
+
+def test_a_judge_that_spent_its_token_limit_thinking_is_named_once_in_the_log(
+    gateway: Callable[..., str], fake: ScriptedFake, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reasoning model asked with `max_tokens = 20` may answer nothing (`finish_reason = "length"`): every answer
+    then reads as "not confident" and escalates. The log says so once, naming the model and `judge_params`."""
+    from bandit_router.gateway import judge as judge_module
+
+    judge_module._CUT_SHORT_SAID.discard(JUDGE)
+    fake.script[JUDGE] = replying(completion("", finish_reason="length"))
+    fake.script["cheap"] = replying(completion("an answer"))
+    fake.script["strong"] = replying(completion("a better answer"))
+    url = gateway()
+    with caplog.at_level(logging.WARNING, logger="bandit_router.gateway"):
+        for _ in range(3):
+            reply = loopback.post(url + "/v1/chat/completions", json={"model": "cascade", "messages": [
+                {"role": "user", "content": PROSE}]}).json()
+            assert reply["model"] == "strong"  # not confident: escalated
+    said = [r.getMessage() for r in caplog.records if "token limit" in r.getMessage()]
+    assert len(said) == 1 and JUDGE in said[0] and "judge_params" in said[0]
+
 
 # -- failures ---------------------------------------------------------------------------------------------------
 def test_an_upstream_failure_mid_chain_falls_back_without_a_500(

@@ -8,6 +8,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,61 @@ def test_every_python_snippet_runs_as_written(page: str, index: int, code: str, 
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, f"{page}, snippet {index}:\n{done.stderr[-3000:]}"
+
+
+SHORT_FENCE = re.compile(r"^```py\n(.*?)^```", re.S | re.M)
+SHORT_SNIPPETS = [
+    (name, i, block)
+    for name in ["README.md", *(f"docs/{p}" for p in PAGES)]
+    for i, block in enumerate(SHORT_FENCE.findall((ROOT / name).read_text(encoding="utf-8")))
+]
+
+
+@pytest.fixture(scope="module")
+def live_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway (the service in a thread, on a free loopback port) in front of the fake upstream, which answers
+    for two catalog models: its URL."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import FakeUpstream, ServerThread
+
+    upstream = ServerThread(FakeUpstream())
+    models = tuple(ModelSpec(n, 1.0, 2.0, base_url=upstream.url + "/v1") for n in ("fake-coder", "fake-writer"))
+    gateway = ServerThread(create_app(Settings(db=tmp_path_factory.mktemp("gateway") / "gw.db", models=models,
+                                               seed=1)))
+    try:
+        yield gateway.wait_ready()
+    finally:
+        gateway.stop()
+        upstream.stop()
+
+
+@pytest.mark.parametrize(("page", "index", "code"), SHORT_SNIPPETS, ids=[f"{p}#{i}" for p, i, _ in SHORT_SNIPPETS])
+def test_every_short_gateway_snippet_runs_against_a_live_gateway(
+    page: str, index: int, code: str, live_gateway: str
+) -> None:
+    """The ```py blocks (the gateway's round trip in three lines, shown without its imports) run as written against
+    a live gateway, given `openai` and `httpx` and with the service's address (http://127.0.0.1:8000) the live
+    one's: the completion comes back and the feedback each posts is applied. The ```python blocks run alone
+    (above); these ran nowhere."""
+    import types
+    from typing import Any
+
+    import httpx
+    import openai
+
+    assert len(SHORT_SNIPPETS) >= 2 and all("http://127.0.0.1:8000/v1" in c for _, _, c in SHORT_SNIPPETS)
+    replies: list[httpx.Response] = []
+
+    def post(*args: Any, **kwargs: Any) -> httpx.Response:
+        replies.append(reply := httpx.post(*args, **kwargs))
+        return reply
+
+    namespace = {"openai": openai, "httpx": types.SimpleNamespace(**{**vars(httpx), "post": post})}
+    exec(compile(code.replace("http://127.0.0.1:8000", live_gateway), f"{page}#{index}", "exec"), namespace)
+    assert replies and all(r.status_code == 200 and r.json()["status"] == "applied" for r in replies), \
+        [r.text for r in replies]
 
 
 TOML_FENCE = re.compile(r"^```toml\n(.*?)^```", re.S | re.M)
@@ -120,6 +176,44 @@ def test_every_documented_simulate_command_runs_as_written(
     result = CliRunner().invoke(app, [*args, *shortened])
     assert result.exit_code == 0, f"{page}: `{command}`\n{result.output}"
     assert (tmp_path / "out" / "summary.json").is_file()
+
+
+def _help_examples() -> list[tuple[str, str]]:
+    """The values `simulate --help` (and so docs/cli.md) gives as examples of `--target`, `--scenario` and
+    `--policies`: each `(option, value)`, placeholders (`<model>`, `@tenant:…`) left out."""
+    import typer
+
+    from bandit_router.cli import app
+
+    command = typer.main.get_command(app).commands["simulate"]  # type: ignore[attr-defined]
+    helps = {p.opts[0]: " ".join((getattr(p, "help", None) or "").split()) for p in command.params
+             if p.param_type_name == "option"}
+    targets = re.findall(r"(?<![\w@:])((?:avg_cost_usd|spend_usd|latency_p[\d.]+_s|share:[^\s,=]+(?:=[^\s,=]+)?)"
+                         r"=[\d.]+(?:/\w+)?)", helps["--target"])
+    scenarios = re.findall(r"\b((?:drift|new-model|outage|price-change|traffic-shift|delayed-feedback|"
+                           r"noisy-feedback):[\w=.,-]*[\w])", helps["--scenario"])
+    policies = helps["--policies"].split("e.g. ", 1)[1].split(". ", 1)[0]
+    return ([("--target", t) for t in targets] + [("--scenario", s) for s in scenarios]
+            + [("--policies", p.strip()) for p in policies.split(",") if p.strip() and "<" not in p])
+
+
+def test_the_examples_the_simulate_options_give_run_on_the_packaged_world(tmp_path: Path) -> None:
+    """The values `simulate --help` (which docs/cli.md shows) gives as examples of `--target`, `--scenario` and
+    `--policies` are accepted, all in one run, by the packaged world, `synthetic:default`, as a newcomer copies
+    them: `share:tier=premium=0.2` picked no model of it (nor of the shipped catalog, whose tiers are small,
+    medium and large) and was refused."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app
+
+    examples = _help_examples()
+    assert {o for o, _ in examples} == {"--target", "--scenario", "--policies"} and len(examples) >= 12, examples
+    policies = ",".join(v for o, v in examples if o == "--policies")
+    options = [a for o, v in examples if o != "--policies" for a in (o, v)]
+    result = CliRunner().invoke(app, ["simulate", "--env", "synthetic:default", "--policies", policies, *options,
+                                      "--steps", "40", "--seeds", "1", "--workers", "1", "--quiet", "--no-plots",
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, f"{examples}:\n{result.output}"
 
 
 ANY_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)  # every block, so that a closing fence opens none
@@ -351,6 +445,26 @@ def test_the_command_line_page_documents_every_command_and_option() -> None:
                 "| `--workers` | one per core | Worker processes. |",             # the column shows those its
                 "| `--prices` | `fit` |"):                                        # help states (it was empty)
         assert row in simulate, row
+
+
+DOCTEST_MODULES = sorted(
+    ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for path in (ROOT / "bandit_router").rglob("*.py") if ">>> " in path.read_text(encoding="utf-8")
+)
+
+
+@pytest.mark.parametrize("name", DOCTEST_MODULES)
+def test_every_docstring_example_of_the_library_gives_what_it_shows(name: str) -> None:
+    """The `>>>` examples in the library's docstrings (the API reference renders the public ones:
+    `BudgetPacer`'s, `IPS.estimate`'s) give the output they show: `names.py`, `redact.py`, `store/location.py`,
+    `hints.py` and the cascade's parsers had examples no test ran."""
+    import doctest
+    import importlib
+
+    assert len(DOCTEST_MODULES) >= 5
+    module = importlib.import_module(name.removesuffix(".__init__"))
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0, result
 
 
 def test_every_page_is_in_the_navigation() -> None:

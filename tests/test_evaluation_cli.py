@@ -456,6 +456,34 @@ def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: 
     assert all(r["n"] == 60 and r["value"] is not None for r in data["candidates"])
 
 
+def test_evaluate_without_the_services_settings_says_to_give_them(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service that ran with a catalog of its own (inline `[[models]]`, as the gateway's fake-upstream example
+    does), evaluated as docs/evaluation.md writes it, `evaluate --db …` without `--config`: the shipped catalog has
+    none of the log's models, and the refusal said only that the decisions "allowed only models without a
+    catalog entry (…; a client named them)", a cause that was not this one. It now names the models and
+    `--config`; with `--config` the same log evaluates. `export` said nothing: it warns now."""
+    db, _ = _log_then_remove_gamma(tmp_path, 30)
+    config = tmp_path / "service.toml"
+    config.write_text("".join(f'[[models]]\nname = "{n}"\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n'
+                              for n in ("alpha", "beta", "gamma")), encoding="utf-8")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no ./bandit-router.toml
+    monkeypatch.delenv("BANDIT_ROUTER_CONFIG", raising=False)
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "-C", "linucb", "--estimators", "dr"])
+    assert result.exit_code == 2, result.output
+    assert ("alpha, beta, gamma: models of the log without an entry in the catalog read without --config"
+            in result.stderr) and result.stderr.rstrip().endswith("give its settings: --config FILE"), result.stderr
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--config", str(config), "-C", "linucb",
+                                          "--estimators", "dr"])
+    assert result.exit_code == 0, result.output
+    assert "--config FILE" not in result.stderr
+    for given in ([], ["--config", str(config)]):  # export writes their actions by name alone (no tags, no price)
+        result = CliRunner().invoke(cli_app, ["export", "--db", str(db), "--out", str(tmp_path / "log.dsjson"), *given])
+        assert result.exit_code == 0, result.output
+        assert ("alpha, beta, gamma: models of the log without an entry" in result.stderr) is not bool(given)
+
+
 def test_a_decision_pinned_to_a_removed_model_leaves_no_candidate_out(tmp_path: Path) -> None:
     """One decision whose client allowed only gamma (`"models": ["gamma"]`), gamma then removed from the catalog
     file: random, fixed:alpha, fixed:beta and linucb were left out ("cannot decide on decision …"), exit 0, and the

@@ -515,6 +515,29 @@ def test_when_every_model_fails_the_client_gets_a_502_naming_them(
     assert fake.calls[JUDGE] == judged
 
 
+def test_the_openai_client_reads_the_decision_id_as_its_request_id(gateway: Callable[..., str]) -> None:
+    """`x-request-id` repeats `x-decision-id`, so the OpenAI client's `completion._request_id` (and a stream's,
+    and a passed-through 4xx's `request_id`) is the id feedback takes, without `with_raw_response`."""
+    url = gateway()
+    completion = client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}])
+    assert completion._request_id is not None
+    assert decision(url, completion._request_id)["model"] == completion.model
+    assert feedback(url, completion._request_id, 0.7)["status"] == "applied"
+    stream = client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                                 stream=True)
+    with stream:
+        chunks = list(stream)
+    assert chunks and stream.response.headers["x-request-id"] == stream.response.headers["x-decision-id"]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(url).chat.completions.create(model="router", messages=[{"role": "user", "content": CODE}],
+                                            temperature=3)
+    assert caught.value.request_id == caught.value.response.headers["x-decision-id"]
+    deadline = time.monotonic() + 10  # the call record is written after the reply
+    while (call := decision(url, caught.value.request_id)["call"]) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert call is not None and call["status"] == "rejected"
+
+
 def test_an_upstream_4xx_is_passed_through_and_not_blamed_on_the_model(
     gateway: Callable[..., str], fake: FakeUpstream
 ) -> None:
@@ -751,7 +774,7 @@ def test_an_unexpected_error_is_a_logged_500_in_openais_shape(
         reply = loopback.post(url + "/v1/chat/completions",
                               json={"model": "router", "messages": [{"role": "user", "content": CODE}]})
     assert reply.status_code == 500
-    assert reply.json() == {"error": {"message": "internal error", "type": "api_error", "param": None,
+    assert reply.json() == {"error": {"message": "internal error", "type": "server_error", "param": None,
                                       "code": "internal"}}
     assert "unexpected error in the gateway" in caplog.text and "secret detail of a bug" in caplog.text
 

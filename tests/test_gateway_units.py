@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bandit_router.catalog import ModelSpec
+from bandit_router.catalog import ModelSpec, load_catalog
 from bandit_router.config import ConfigError, Settings
 from bandit_router.errors import CatalogError, UnknownModel
 from bandit_router.gateway import BadChatRequest, PromptTooLarge, parse_chat
@@ -51,10 +51,29 @@ def test_a_catalog_entry_carries_its_upstream() -> None:
     ("connect_timeout_s", float("inf"), "connect_timeout_s"),
     ("max_concurrency", 0, "max_concurrency"),
     ("max_concurrency", 2.5, "max_concurrency"),
+    ("judge_params", {"messages": []}, r"may not set \['messages'\]"),
+    ("judge_params", {"max_tokens": float("nan")}, "JSON values"),
+    ("judge_params", "max_tokens=5", "table of request fields"),
+    ("judge_params", {"x": "y" * 5000}, "too large"),
 ])
 def test_bad_upstream_keys_are_refused(key: str, value: object, match: str) -> None:
     with pytest.raises(CatalogError, match=match):
         ModelSpec.from_json({**BASE, key: value})
+
+
+def test_judge_params_load_from_toml_as_a_copy_and_round_trip(tmp_path: Path) -> None:
+    """A catalog file's inline table; the spec keeps its own copy (a caller's later change does not reach it)."""
+    path = tmp_path / "catalog.toml"
+    path.write_text('[[models]]\nname = "o4-mini"\ninput_usd_per_mtok = 1.1\noutput_usd_per_mtok = 4.4\n'
+                    'judge_params = { max_completion_tokens = 500, reasoning_effort = "low" }\n')
+    spec = load_catalog(path)["o4-mini"]
+    assert spec.judge_request({"temperature": 0}) == {"max_completion_tokens": 500, "reasoning_effort": "low"}
+    assert ModelSpec("m", 1, 2).judge_request({"temperature": 0}) == {"temperature": 0}
+    assert ModelSpec.from_json(spec.to_json()) == spec and "judge_params" not in spec.learning_json()
+    given = {"stop": ["\n"]}
+    copied = ModelSpec("m", 1, 2, judge_params=given)
+    given["stop"].append("x")
+    assert copied.judge_request({}) == {"stop": ["\n"]}
 
 
 def test_upstream_keys_do_not_change_the_learned_states_fingerprint() -> None:

@@ -8,6 +8,7 @@ import json
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,6 +188,28 @@ def test_a_control_character_in_a_path_parameter_is_a_422_naming_it(client: Test
     body = reply.json()
     assert body["error"] == "invalid_input" and body["field"] == ("name" if "/models/" in path else "decision_id")
     assert "holds the control character U+" in body["message"]
+    assert "gpt-4o" in [m["name"] for m in client.get("/v1/models").json()["models"]]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), [
+    ("DELETE", "/v1/models/%20", None, "name"),
+    ("DELETE", "/v1/models/a%20b", None, "name"),
+    ("DELETE", "/v1/models/%C3%A9t%C3%A9", None, "name"),
+    ("POST", "/v1/route", {"prompt": "x", "models": ["gpt 4o"]}, "models[0]"),
+    ("POST", "/v1/route", {"prompt": "x", "context": {"a b": 1}}, "context.a b.[key]"),
+    ("POST", "/v1/models", {**SPEC, "name": "été"}, "name"),
+    ("GET", "/v1/decisions/a%20b", None, "decision_id"),
+    ("POST", "/v1/feedback", {"decision_id": "a b", "quality": 1}, "decision_id"),
+])
+def test_a_name_or_id_outside_the_http_pattern_is_a_422_in_words(
+    client: TestClient, method: str, path: str, body: Any, field: str
+) -> None:
+    """A name or a decision id that its pattern refuses is explained in words, not with the pattern's regular
+    expression (which the message was)."""
+    reply = client.request(method, path, json=body)
+    assert reply.status_code == 422, reply.text
+    said = reply.json()
+    assert said["field"] == field and "^" not in said["message"] and "ASCII letters, digits and" in said["message"]
     assert "gpt-4o" in [m["name"] for m in client.get("/v1/models").json()["models"]]
 
 

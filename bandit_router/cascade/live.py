@@ -87,6 +87,7 @@ from ..errors import BanditRouterError, UnknownModel
 from ..gateway.active import decide_among_active
 from ..gateway.chat import BadChatRequest
 from ..gateway.gateway import Attempt, no_time_left
+from ..gateway.judge import say_if_cut_short
 from ..gateway.pricing import answer_text, estimated
 from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected
 from ..hints import quoted
@@ -108,6 +109,8 @@ log = logging.getLogger("bandit_router.gateway")
 
 OWN_MAX_TOKENS = 20
 """`max_tokens` of a judge's or the routing LLM's call (a score, a model name)."""
+OWN_DEFAULTS = {"temperature": 0, "max_tokens": OWN_MAX_TOKENS}
+"""A judge's or the routing LLM's request fields unless its catalog entry gives `judge_params`."""
 
 
 class RouterObserver(Protocol):
@@ -188,7 +191,7 @@ class NamedRouters:
             payload.pop("stream", None)
             payload.pop("stream_options", None)
             if own:  # the judge's score or the routing LLM's choice: short, and as deterministic as it gets
-                payload.update(temperature=0, max_tokens=OWN_MAX_TOKENS)
+                payload.update(router.spec(model).judge_request(OWN_DEFAULTS))
             if logprobs:
                 payload["logprobs"] = True
             if not self.gateway.upstreams.has(model):
@@ -211,6 +214,8 @@ class NamedRouters:
                 failures.append(exc)
                 raise UpstreamCallFailed(exc, latency) from None
             text = answer_text(reply.body)
+            if own:
+                say_if_cut_short(model, reply.body)
             usage = reply.usage or estimated(messages, text)
             cost = usage.cost_usd(router.spec(model))
             self._observe(model, CallStatus.OK, reply.latency_s, cost)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from ..outputs import file_problem, out_problem, writing, writing_file
 from ..store import SCHEMA_VERSION, ChainFeedback, Store, StoreError
 from ..store.location import DatabaseURL, parse_database, redact_urls
 from ..store.location import open_store as open_location
+from .log import LoggedRecord
 from .store_log import iter_log, model_specs, shadow_names, with_feedback
 
 EVALUATE_HELP = """Estimate, from a service database alone, what other policies would have earned on its traffic.
@@ -151,6 +153,26 @@ def _catalog(config: Path | None) -> list[ModelSpec]:
     return list(load_settings(config, stored_models=True).load_catalog())
 
 
+def _unlisted_models_hint(records: list[LoggedRecord], specs: Mapping[str, ModelSpec]) -> str:
+    """Without `--config`, the models of the log the catalog read has no entry for, said as the likely cause (the
+    service ran with a catalog of its own), not as models removed since or pinned by a client; "" when none."""
+    unlisted = sorted({m for r in records for m in r.decision.models} - set(specs))
+    return _unlisted_models(unlisted) if unlisted else ""
+
+
+def _noting_models(records: Iterator[LoggedRecord], seen: set[str]) -> Iterator[LoggedRecord]:
+    """`records` as they come, each decision's models added to `seen` (`export` streams the log)."""
+    for record in records:
+        seen.update(record.decision.models)
+        yield record
+
+
+def _unlisted_models(names: list[str]) -> str:
+    return (f"{', '.join(names)}: {'a model' if len(names) == 1 else 'models'} of the log without an entry in "
+            "the catalog read without --config (that of $BANDIT_ROUTER_CONFIG or ./bandit-router.toml, else the "
+            "shipped one); if the service ran with a catalog of its own, give its settings: --config FILE")
+
+
 def evaluate(
     ctx: typer.Context,
     db: Annotated[str, typer.Option("--db", help="The service's SQLite file or postgresql:// URL.")],
@@ -196,6 +218,7 @@ def evaluate(
             raise _fail("evaluate", message) from None
     if out is not None:
         _check_out("evaluate", out)  # before the replays, not after them
+    hint = ""
     try:
         catalog = _catalog(config)
         store = open_store(db)
@@ -207,6 +230,8 @@ def evaluate(
         if not records:
             message = f"{redact_urls(db)} holds no decision with learned feedback: nothing to evaluate"
             raise _fail("evaluate", message, 1)
+        if config is None:
+            hint = _unlisted_models_hint(records, specs)
         shadows, partial = shadow_names(records)
         for name in partial:
             typer.echo(f"warning: shadow {name!r} was not logged with every decision; not evaluated", err=True)
@@ -224,7 +249,7 @@ def evaluate(
             seed=seed,
         )
     except (ConfigError, StoreError, BanditRouterError) as exc:
-        raise _fail("evaluate", str(exc)) from None
+        raise _fail("evaluate", str(exc) + (f"; {hint}" if hint else "")) from None
     typer.echo(
         f"{evaluation.n_evaluated} decision{'' if evaluation.n_evaluated == 1 else 's'} with feedback evaluated "
         f"({evaluation.n_logged} logged), "
@@ -232,7 +257,7 @@ def evaluate(
     )
     typer.echo(format_table(evaluation))
     typer.echo(format_best(evaluation))
-    for warning in evaluation.warnings:
+    for warning in [*evaluation.warnings, *([hint] if hint else [])]:
         typer.echo(f"warning: {warning}", err=True)
     poor = sorted({r.candidate for r in evaluation.records if r.warnings})
     if poor:
@@ -279,7 +304,8 @@ def export(
         store = open_store(db)
         try:
             specs = model_specs(store, catalog)
-            records = iter_log(store)
+            seen: set[str] = set()
+            records = _noting_models(iter_log(store), seen)
             if out is None:
                 try:
                     written = export_dsjson(
@@ -296,6 +322,9 @@ def export(
             store.close()
     except (ConfigError, StoreError, BanditRouterError, OSError) as exc:
         raise _fail("export", str(exc)) from None
+    unlisted = sorted(seen - set(specs)) if config is None else []
+    if unlisted:  # their actions are exported with their name alone: no tags, no price
+        typer.echo(f"warning: {_unlisted_models(unlisted)}", err=True)
     if out is not None:
         typer.echo(f"wrote {written} event{'' if written == 1 else 's'} to {out}", err=True)
 

@@ -44,6 +44,27 @@ log = logging.getLogger("bandit_router.gateway")
 
 MAX_SHOWN_CHARS = 20_000
 """Characters of the conversation and of the answer shown to the judge (each)."""
+JUDGE_DEFAULTS = {"temperature": 0}
+"""The judge's request fields unless its catalog entry gives `judge_params`."""
+
+_CUT_SHORT_SAID: set[str] = set()
+"""The models `say_if_cut_short` has warned of (once per process each)."""
+
+
+def say_if_cut_short(model: str, body: Mapping[str, Any]) -> None:
+    """Warn, once per model, when a judge's or routing LLM's reply is empty because it hit its token limit
+    (`finish_reason = "length"`): a reasoning model spends `max_tokens` thinking, so every such reply reads as
+    "not confident" or "no choice". Its catalog entry's `judge_params` sets the fields its calls take."""
+    choices = body.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], Mapping) else {}
+    if first.get("finish_reason") != "length" or answer_text(body).strip() or model in _CUT_SHORT_SAID:
+        return
+    _CUT_SHORT_SAID.add(model)
+    log.warning("%s answered a judge's or routing LLM's call with nothing but its token limit (finish_reason "
+                "'length'): a reasoning model spends max_tokens thinking; give its catalog entry judge_params with "
+                "room for the reply (e.g. judge_params = { max_completion_tokens = 2000 }; docs/service/gateway.md)",
+                model)
+
 
 PostFeedback = Callable[[str, Outcome, str], Awaitable[Any]]
 RecordJudgeCall = Callable[[JudgeCall], Awaitable[Any]]
@@ -158,13 +179,14 @@ class Judge:
         messages = self.prompt(job)
         deadline = time.monotonic() + self.settings.gateway.deadline_s
         try:
-            reply = await self.upstreams.complete(self.spec.name, {"messages": messages, "temperature": 0},
-                                                  deadline)
+            request = {"messages": messages, **self.spec.judge_request(JUDGE_DEFAULTS)}
+            reply = await self.upstreams.complete(self.spec.name, request, deadline)
         except UpstreamError as exc:
             self.stats.failed += 1
             log.info("judge call failed: %s", exc)
             return None
         text = answer_text(reply.body)
+        say_if_cut_short(self.spec.name, reply.body)
         usage = reply.usage or estimated(messages, text)
         cost = usage.cost_usd(self.spec)
         self.stats.input_tokens += usage.input_tokens

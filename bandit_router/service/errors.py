@@ -47,7 +47,7 @@ from .exceptions import (
     Unavailable,
     UnsupportedMediaType,
 )
-from .schemas import BODY_MODELS, known_fields
+from .schemas import BODY_MODELS, PATTERN_WORDS, known_fields
 
 log = logging.getLogger("bandit_router.service")
 
@@ -142,7 +142,7 @@ def said(error: Mapping[str, Any]) -> str:
     """The error's message, without the "Value error, " pydantic puts before a validator's own words; for text
     that is not Unicode (a lone surrogate, which JSON's `\\ud800` escape can send) what is wrong and where (how many
     code points come before it: a JavaScript client counts UTF-16 units), where pydantic says "unable to parse raw
-    data as a unicode string"."""
+    data as a unicode string"; for a name or an id that does not match its pattern, the pattern in words."""
     if error.get("type") == "string_unicode":
         text = error.get("input")
         where = ""
@@ -152,6 +152,10 @@ def said(error: Mapping[str, Any]) -> str:
                 where = f" ({escape_surrogates(char)} after {at} code point{'' if at == 1 else 's'})"
         return (f"not Unicode text: it holds a lone surrogate{where}, half of a UTF-16 pair (a JSON escape "
                 "\\ud800-\\udfff) without its other half; send the character itself, or both halves of its pair")
+    if error.get("type") == "string_pattern_mismatch":
+        words = PATTERN_WORDS.get(str((error.get("ctx") or {}).get("pattern")))
+        if words is not None:
+            return words
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")
 
 

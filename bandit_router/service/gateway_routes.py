@@ -20,6 +20,7 @@ error shape, `{"error": {"message", "type", "param", "code"}}`:
 | every model tried answered 429 (its soonest `Retry-After`) | 429    | requests / rate_limit_exceeded       |
 | the deadline passed, or the last try timed out             | 504    | upstream_error / timeout             |
 | not ready, database unavailable, no model has an upstream  | 503    | service_unavailable                  |
+| an unexpected error (a bug: logged, its text not shown)    | 500    | server_error / internal              |
 
 The service's middleware answers a body over `max_body_bytes` (by its Content-Length) and a Host it does not serve
 before the route runs, and FastAPI's routing a path under this one or a method but POST: on this path (and under
@@ -76,7 +77,7 @@ CHAT_PATH = "/v1/chat/completions"
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
           415: "invalid_request_error", 421: "invalid_request_error", 422: "invalid_request_error", 429: "requests",
-          502: "upstream_error", 503: "service_unavailable", 504: "upstream_error"}
+          500: "server_error", 502: "upstream_error", 503: "service_unavailable", 504: "upstream_error"}
 
 
 def openai_error(status: int, message: str, *, param: str | None = None, code: str | None = None,
@@ -97,7 +98,9 @@ def _error(exc: BaseException) -> Response:
     if isinstance(exc, UpstreamRejected):  # a named router's upstream refused the request (4xx): passed through
         return _passed_through(exc, exc.headers)
     if isinstance(exc, Rejected):
-        return _passed_through(exc.error, {**exc.error.headers, "x-decision-id": exc.decision.decision_id})
+        decision_id = exc.decision.decision_id
+        return _passed_through(exc.error,
+                               {**exc.error.headers, "x-decision-id": decision_id, "x-request-id": decision_id})
     if isinstance(exc, ModelNotFound):
         return openai_error(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, NoUpstream):
@@ -117,7 +120,7 @@ def _error(exc: BaseException) -> Response:
     status, code = status_of(exc)
     if status == 500:
         log.error("unexpected error in the gateway: %s", type(exc).__name__, exc_info=exc)
-        return openai_error(500, "internal error", code="internal")
+        return openai_error(500, "internal error", code="internal")  # type server_error, as OpenAI's 500s
     headers = {"www-authenticate": "Bearer"} if status == 401 else {"retry-after": "1"} if status == 503 else {}
     return openai_error(status, str(exc), code=code, headers=headers)
 
@@ -160,12 +163,15 @@ def _upstream_words(body: Any) -> tuple[str, str | None, str | None] | None:
 
 
 def _headers(decision_id: str, model: str, attempts: int) -> dict[str, str]:
-    """The reply's headers. A header holds Latin-1 only (Starlette encodes it so): a catalog name outside ASCII
+    """The reply's headers. `x-request-id` repeats the decision id: the OpenAI client reads that header as the
+    answer's `_request_id` (and an error's `request_id`), so an SDK user has the id feedback needs without
+    `with_raw_response`. A header holds Latin-1 only (Starlette encodes it so): a catalog name outside ASCII
     (`名前`, which the name grammar allows in the catalog) is percent-encoded as UTF-8, where it made every
     non-streamed answer of that model a 500 after its upstream call. So is a name with a `%` (the grammar allows
     it), else the ASCII name `%E5%90%8D%E5%89%8D` would give `名前`'s header: each header decodes to its name."""
     shown = model if model.isascii() and "%" not in model else urllib.parse.quote(model, safe="/:@+")
-    return {"x-decision-id": decision_id, "x-bandit-router-model": shown, "x-bandit-router-attempts": str(attempts)}
+    return {"x-decision-id": decision_id, "x-request-id": decision_id, "x-bandit-router-model": shown,
+            "x-bandit-router-attempts": str(attempts)}
 
 
 class EventStream(Response):

@@ -22,6 +22,12 @@ NAME_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT})*$"
 """A name sent over HTTP: ASCII letters, digits and `_.:@+-`, in segments separated by `/` that are neither
 empty nor `.` or `..` (`bandit_router.names`' grammar, restricted to ASCII; no lookarounds, so that the OpenAPI
 document's pattern is the one the service applies)."""
+PATTERN_WORDS = {
+    NAME_PATTERN: "not a name the HTTP API takes: ASCII letters, digits and _.:@+- in segments separated by /, "
+                  "none of them empty, . or .. (no spaces)",
+    ID_PATTERN: "not a decision id: ASCII letters, digits and _.:- only",
+}
+"""What a pattern means, in words, for a 422 (`errors.said`) instead of the regular expression."""
 MAX_TOKENS = 10**9
 MAX_CONTEXT_ITEMS = 32
 
