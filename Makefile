@@ -33,8 +33,10 @@ INSTALLED := $(shell [ -f '$(STAMP)' ] && [ ! pyproject.toml -nt '$(STAMP)' ] &&
 # with a stamp of its own, both recipes created the virtualenv and ran pip in it at once.
 WITH_EXTRAS := $(if $(filter install test lint docs bench profile,$(MAKECMDGOALS)),$(STAMP))
 
+# No --host or --port: they would win over ./bandit-router.toml and BANDIT_ROUTER_PORT (serve's defaults are
+# 127.0.0.1:8000).
 run: $(or $(INSTALLED),$(WITH_EXTRAS),$(SERVE_STAMP))
-	$(BIN)/bandit-router serve --host 127.0.0.1 --port 8000
+	$(BIN)/bandit-router serve
 
 # The dashboard's browser tests need Debian's Chromium: installed here when missing and running as root (CI is);
 # elsewhere those tests skip and say why.

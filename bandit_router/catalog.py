@@ -45,6 +45,7 @@ from typing import Any
 from .errors import CatalogError
 from .hints import did_you_mean, quoted
 from .names import MAX_NAME_LENGTH, name_problem, safe_text
+from .tomlfile import TOMLFileError, load_toml_file
 
 CATALOG_KEYS = ("models", "prices_source", "prices_read_on")
 """The top-level keys of a catalog file."""
@@ -344,13 +345,13 @@ def load_catalog(path: str | Path) -> Catalog:
     """Read and validate a catalog TOML file; every problem raises `CatalogError` naming the file."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = load_toml_file(path)
     except FileNotFoundError as exc:
         raise CatalogError(f"{path}: no such file") from exc
     except OSError as exc:  # a folder, a file it may not read
         raise CatalogError(f"{path}: cannot read: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"{path}: not valid TOML: {exc}") from exc
+    except TOMLFileError as exc:
+        raise CatalogError(f"{path}: {exc}") from exc
     try:
         return Catalog.from_mapping(data, source=str(path))
     except CatalogError as exc:

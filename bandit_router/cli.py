@@ -16,6 +16,7 @@ app = typer.Typer(
     help="Route each LLM request to the model that answers it best for its cost, and learn from feedback.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # `-h` too: it was "No such option: -h"
 )
 
 

@@ -254,6 +254,15 @@ def check_model_events(conn: sqlite3.Connection) -> dict[str, Any]:
     return {"checked": checked, "unreadable": unreadable}
 
 
+SERVICE_TABLES = ("meta", "decisions", "feedback", "checkpoints")
+"""Tables every bandit-router database has: a sound file with none of them is not one (`check_database`)."""
+
+
+def _has_a_table(conn: sqlite3.Connection, names: tuple[str, ...]) -> bool:
+    query = f"SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ({', '.join('?' * len(names))})"
+    return bool(conn.execute(query, names).fetchone()[0])
+
+
 def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
     """SQLite's `PRAGMA integrity_check` on `path` (read-only), the decisions with feedback decoded
     (`check_decisions`), and every stored checkpoint verified against its sha256, newest first: the newest one that
@@ -274,6 +283,10 @@ def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
             report.integrity = [str(r[0]) for r in rows]
         except sqlite3.Error as exc:
             report.integrity = [f"integrity_check failed: {exc}"]
+        if report.integrity == ["ok"] and not _has_a_table(conn, SERVICE_TABLES):  # no verdict: nothing to check
+            report.error = (f"{path} is not a bandit-router database (a sound SQLite file without any of its tables: "
+                            "empty, or another application's); `bandit-router serve` or `migrate` creates one")
+            return report
         for table in ("decisions", "feedback", "checkpoints"):
             try:
                 report.counts[table] = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])

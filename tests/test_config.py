@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
@@ -160,6 +161,67 @@ def test_a_key_file_that_is_not_utf8_is_named_without_its_bytes(tmp_path: Path) 
     assert "secret" not in str(info.value) and "xff" not in str(info.value)
 
 
+@pytest.mark.parametrize("kind", ["config", "catalog", "rules"])
+def test_toml_files_saved_with_a_byte_order_mark_load_and_other_encodings_are_named(tmp_path: Path,
+                                                                                    kind: str) -> None:
+    """Windows Notepad's "UTF-8 with BOM" (and PowerShell 5's `Out-File -Encoding utf8`) start a file with a
+    byte-order mark: the configuration, a catalog and a rules file were refused as "not valid TOML: Invalid
+    statement (at line 1, column 1)" of a first line that reads right, a key file's first key as not printable
+    ASCII. The mark is skipped; a UTF-16 file (PowerShell 5's `>`) and a Latin-1 byte are named as what they are,
+    where they were "'utf-8' codec can't decode byte 0xff in position 0"."""
+    from bandit_router.catalog import default_catalog
+
+    keys = tmp_path / "keys"
+    keys.write_bytes(codecs.BOM_UTF8 + KEY_A.encode() + b"\n")
+    keys.chmod(0o600)
+    catalog = "".join(f'[[models]]\nname = "{m.name}"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 2\n'
+                      for m in default_catalog())
+    text, config = {
+        "config": ('port = 9001\napi_keys_file = "keys"\n', "br.toml"),
+        "catalog": (catalog, "catalog.toml"),
+        "rules": ('default = "gpt-4o"\n[[rules]]\nmodel = "gpt-4o-mini"\n', "rules.toml"),
+    }[kind]
+    if kind != "config":
+        _write(tmp_path / "br.toml", {"catalog": 'catalog = "catalog.toml"\n',
+                                      "rules": 'policy = "rules:file=rules.toml"\n'}[kind])
+    file = tmp_path / config
+    file.write_bytes(codecs.BOM_UTF8 + text.encode())
+    settings = load_settings(tmp_path / "br.toml", env={})
+    assert {"config": settings.port == 9001 and len(settings.api_keys) == 1,
+            "catalog": next(iter(settings.load_catalog())).input_usd_per_mtok == 1,
+            "rules": settings.policy == "rules:file=rules.toml"}[kind]
+    where = {"config": f"{file}: ", "catalog": f"catalog: {file}: ",
+             "rules": f"policy: policy 'rules': rules file {file}: "}
+    file.write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+    expected = (where[kind] + "the file is UTF-16 text (it starts with the byte-order mark 0xff 0xfe), not UTF-8: "
+                "save it as UTF-8, or convert it, e.g. iconv -f utf-16 -t utf-8")
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        load_settings(tmp_path / "br.toml", env={})
+    file.write_bytes(text.encode() + b"# caf\xe9\n")
+    line = text.count("\n") + 1
+    expected = where[kind] + f"line {line} is not UTF-8 (its byte 6 is 0xe9): save the file as UTF-8"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}"):
+        load_settings(tmp_path / "br.toml", env={})
+
+
+def test_a_copy_of_the_shipped_catalog_given_as_the_configuration_says_how_to_name_it(tmp_path: Path) -> None:
+    """The shipped catalog said "edit a copy of this file and pass it with `--config` (see README,
+    'Configuration')": there is no such README section, and `--config copy.toml` was refused as "unknown keys
+    'prices_read_on', 'prices_source'; known keys: host, port, …" (80 keys). The file says to name the copy with
+    `catalog = …`, and a catalog given as the configuration is refused saying so; named so, it loads."""
+    from importlib import resources
+
+    shipped = resources.files("bandit_router").joinpath("default_catalog.toml").read_text(encoding="utf-8")
+    assert 'catalog = "my-catalog.toml"' in shipped and "pass it with `--config`" not in shipped
+    copy = _write(tmp_path / "my-catalog.toml", shipped)
+    expected = (f"{copy}: unknown keys 'prices_read_on', 'prices_source': this is a catalog file, not a configuration "
+                f'file: name it in one, catalog = "my-catalog.toml" (or BANDIT_ROUTER_CATALOG={copy})')
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        load_settings(copy, env={})
+    named = load_settings(_write(tmp_path / "br.toml", 'catalog = "my-catalog.toml"\n'), env={})
+    assert named.catalog == copy and len(named.load_catalog()) == 8
+
+
 @pytest.mark.parametrize(("text", "message"), _BAD_FILES, ids=[t.split("\n")[0][:30] for t, _ in _BAD_FILES])
 def test_bad_files_raise_config_errors_naming_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -186,6 +248,39 @@ def test_bad_environment_raises_config_errors(variable: str, value: str, message
         load_settings(env={variable: value})
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BANDIT_ROUTER_POLICY": "lincub"}, "BANDIT_ROUTER_POLICY: policy: unknown policy 'lincub' (did you mean "
+         "linucb?)"),
+        ({"BANDIT_ROUTER_POLICY_SETTINGS": '{"flor": 0.05}'}, "BANDIT_ROUTER_POLICY_SETTINGS: policy: policy "
+         "'default' has no setting 'flor' (did you mean floor?)"),
+        ({"BANDIT_ROUTER_PORT": "70000"}, "BANDIT_ROUTER_PORT: port: must be in 1..65535, got 70000"),
+        ({"BANDIT_ROUTER_WORKERS": "0"}, "BANDIT_ROUTER_WORKERS: workers: must be in 1..64, got 0"),
+        ({"BANDIT_ROUTER_CATALOG": "missing.toml"}, "BANDIT_ROUTER_CATALOG: catalog: missing.toml: no such file"),
+        ({"BANDIT_ROUTER_RETENTION_DAYS": "0.01"}, "BANDIT_ROUTER_RETENTION_DAYS: retention_days: 0.01 days is "
+         "not longer than reward_window_s"),
+    ],
+)
+def test_a_value_from_the_environment_that_the_checks_refuse_is_named_by_its_variable(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    """A value the settings' checks refuse (a range, a policy's name or setting, a file) was named by its key only
+    (`port: must be in 1..65535`), as if the configuration file said it: next to a file with `port = 8000` or
+    `policy = "default"` the reader looked there. The variable that gave it is named, as a value that does not
+    parse already was; given on the command line, or in the file, the message is as it was."""
+    config = _write(tmp_path / "br.toml", 'policy = "default"\nport = 8000\nreward_window_s = 3600\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, env=env)
+    assert str(refused.value).startswith(message)
+    key = message.partition(": ")[2].partition(":")[0]
+    if key in ("port", "workers"):  # a command-line option wins over the variable: its value is the one refused
+        with pytest.raises(ConfigError, match=f"^{key}: must be in"):
+            load_settings(config, env=env, overrides={key: 0})
+    with pytest.raises(ConfigError, match=r"^port: must be in"):
+        load_settings(_write(tmp_path / "bad.toml", "port = 70000\n"), env={})
+
+
 def test_environment_parses_every_kind(tmp_path: Path) -> None:
     env = {
         "BANDIT_ROUTER_ACCESS_LOG": "yes",
@@ -203,6 +298,26 @@ def test_environment_parses_every_kind(tmp_path: Path) -> None:
     assert settings.reward_window_s == 30.0 and settings.default_reward == 0.1
     assert settings.policy_settings == {"gamma_scale": 50} and settings.synchronous == "full"
     assert settings.db == tmp_path / "e.db"
+
+
+@pytest.mark.parametrize(
+    ("variable", "meant"),
+    [("BANDIT_ROUTER_API_KEY", "BANDIT_ROUTER_API_KEYS"), ("BANDIT_ROUTER_ADMIN_KEY", "BANDIT_ROUTER_ADMIN_KEYS"),
+     ("BANDIT_ROUTER_CONFG", "BANDIT_ROUTER_CONFIG"), ("BANDIT_ROUTER_PROT", "BANDIT_ROUTER_PORT")],
+)
+def test_a_misspelt_variable_that_is_no_settings_key_is_told_the_one_it_meant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, variable: str, meant: str
+) -> None:
+    """`BANDIT_ROUTER_API_KEY` (as OPENAI_API_KEY is spelt) was "ignoring unknown environment variable
+    BANDIT_ROUTER_API_KEY" with no hint, and the service ran without keys; `BANDIT_ROUTER_ADMIN_KEY` was pointed at
+    BANDIT_ROUTER_ADMIN_KEYS_FILE. The variables that are not settings keys (the keys, the configuration file) are
+    suggested too, the closest name of either kind first."""
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.WARNING)
+    settings = load_settings(env={variable: KEY_A})
+    assert not settings.api_keys and not settings.admin_keys
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ignoring unknown environment variable {variable} (did you mean {meant}?)"]
 
 
 def test_models_from_the_environment_is_ignored_with_a_pointer_to_catalog(
@@ -365,6 +480,49 @@ def test_a_missing_rules_file_named_in_the_config_file_is_refused_with_its_path(
     config = _write(conf / "br.toml", 'policy = "rules:file=other.toml"\n')
     expected = f"policy: policy 'rules': rules file {conf / 'other.toml'}: No such file or directory"
     with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        load_settings(config, env={})
+
+
+@pytest.mark.parametrize(
+    ("rules", "problem"),
+    [
+        (b'[[rule]]\nmodel = "gpt-4o"\nmarkers = ["code"]\n', "unknown keys 'rule' (did you mean rules?); a rules file "
+         'holds `default = "<model>"` and [[rules]] tables'),
+        (b'defualt = "gpt-4o"\n', "unknown keys 'defualt' (did you mean default?)"),
+        (b'[rules]\nmodel = "gpt-4o"\n', "rules must be a list of tables, one per rule ([[rules]] in TOML, not "
+         "[rules]), got one table: {'model': 'gpt-4o'}"),
+        (b'rules = "gpt-4o"\n', "rules must be a list of tables ([[rules]] in TOML), got 'gpt-4o'"),
+        (b"rules = [5]\n", 'each rule must be a table ([[rules]] with model = "<model>"), got 5'),
+        (b"default = 5\n", "default must be a model name (a string), got 5"),
+        (b'[[rules]]\nmodel = "gpt-4o"\nwhen = "code"\n', "a rule needs `model` and may have"),
+        (b'[[rules]]\nmodel = "caf\xe9"\n', "line 2 is not UTF-8 (its byte 13 is 0xe9): save the file as UTF-8"),
+    ],
+)
+def test_a_rules_file_that_is_not_what_it_should_be_is_refused_naming_it(
+    tmp_path: Path, rules: bytes, problem: str
+) -> None:
+    """A rules file's misspelt `[[rule]]` or `defualt` was ignored without a word (the built-in rules or the cheapest
+    model decided in their place); `[rules]` for `[[rules]]` was read key by key and each key letter by letter ("got
+    ['d', 'e', 'l', 'm', 'o']"), `rules = [5]` said "'int' object is not iterable" and a file that is not UTF-8 gave
+    the codec's words without the file. Each is refused naming the file and what is wrong."""
+    (tmp_path / "rules.toml").write_bytes(rules)
+    config = _write(tmp_path / "br.toml", 'policy = "rules:file=rules.toml"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, env={})
+    assert str(refused.value).startswith(f"policy: policy 'rules': rules file {tmp_path / 'rules.toml'}: {problem}")
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ("rules = { model = 'gpt-4o' }", "rules must be a list of tables, one per rule ([[rules]] in TOML, not "
+         "[rules]), got one table: {'model': 'gpt-4o'}"),
+        ("rules = 'gpt-4o'", "rules must be a list of tables ([[rules]] in TOML), got 'gpt-4o'"),
+    ],
+)
+def test_inline_rules_that_are_not_a_list_of_tables_are_refused(tmp_path: Path, settings: str, problem: str) -> None:
+    config = _write(tmp_path / "br.toml", f'policy = "rules"\npolicy_settings = {{ {settings} }}\n')
+    with pytest.raises(ConfigError, match="^" + re.escape("policy: policy 'rules': " + problem) + "$"):
         load_settings(config, env={})
 
 
@@ -608,6 +766,10 @@ def test_serve_on_ipv6_with_workers_finds_the_port_held_on_ipv4(
          "interface of this machine has that address: --host 127.0.0.1 for this machine only, 0.0.0.0 for all"),
         ("127.0.0.1", "80", OSError(13, "Permission denied"), "cannot listen on 127.0.0.1:80: Permission denied "
          "(ports below 1024 need privileges: choose a --port of 1024 or more, e.g. 8000)"),
+        # a URL or an address with its port: "cannot resolve" alone, where the fix is a word away
+        ("http://127.0.0.1", "8000", None, "(a host name or address, not a URL: --host 127.0.0.1)"),
+        ("http://localhost:9000/", "8000", None, "(a host name or address, not a URL: --host localhost --port 9000)"),
+        ("127.0.0.1:9000", "8000", None, "(the port is an option of its own: --host 127.0.0.1 --port 9000)"),
     ],
 )
 def test_serve_that_cannot_listen_says_why_in_its_own_words(
@@ -651,8 +813,9 @@ def test_a_rule_of_the_wrong_type_is_refused_at_start_not_at_its_first_request(
     `markers = "code"` became the markers c, o, d, e."""
     conf = _rules_folders(tmp_path, monkeypatch)
     _write(conf / "typed.toml", f'default = "gpt-4o-mini"\n[[rules]]\n{rule}\n')
-    for text in ('policy = "rules:file=typed.toml"\n', f'policy = "rules"\n[[policy_settings.rules]]\n{rule}\n'):
-        with pytest.raises(ConfigError, match=f"^policy: policy 'rules': {re.escape(message)}"):
+    for text, where in (('policy = "rules:file=typed.toml"\n', f"rules file {conf / 'typed.toml'}: "),
+                        (f'policy = "rules"\n[[policy_settings.rules]]\n{rule}\n', "")):
+        with pytest.raises(ConfigError, match=f"^policy: policy 'rules': {re.escape(where + message)}"):
             load_settings(_write(conf / "br.toml", text), env={})
 
 
@@ -705,7 +868,7 @@ def test_a_catalog_without_a_routable_model_is_refused_at_start(tmp_path: Path) 
         ("policy = 'linucb:alpha=1,shared=true'\npolicy_settings = { shared = false, alpha = 2 }\n", {},
          "policy_settings: alpha, shared are also set in policy 'linucb:alpha=1,shared=true'"),
         ("[policy_settings]\nexploration = 2\n", {"BANDIT_ROUTER_POLICY": "default:exploration=1"},
-         "policy_settings: exploration is also set in policy 'default:exploration=1'"),
+         "BANDIT_ROUTER_POLICY: policy_settings: exploration is also set in policy 'default:exploration=1'"),
         ("", {"BANDIT_ROUTER_POLICY_SETTINGS": '{"exploration": 1, "exploration": 2}'},
          "BANDIT_ROUTER_POLICY_SETTINGS: policy_settings: gives the key 'exploration' twice"),
         ("", {"BANDIT_ROUTER_BUDGETS": '{"tenants": {"acme": {"spend_usd": "5/1d", "spend_usd": "50/1d"}}}'},

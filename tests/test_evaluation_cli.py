@@ -271,6 +271,63 @@ def test_export_dsjson(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
     assert stdout.exit_code == 0 and len(stdout.stdout.splitlines()) == 500
 
 
+@pytest.mark.parametrize(("out", "escalations"), [("service.db", []), ("link.db", ["--escalations"]),
+                                                   ("sub/../service.db-wal", []), ("service.db-server", [])])
+def test_export_refuses_to_write_over_the_database_it_reads(logged_db: tuple[Path, Any], out: str,
+                                                            escalations: list[str]) -> None:
+    """`export --db router.db --out router.db` wrote the export beside the database and renamed it over it: exit
+    status 0, "wrote 500 events", and the database was gone (`check`: "file is not a database"). `--out` naming
+    the database (by a symlink or another spelling too) or a file SQLite keeps beside it is refused before
+    anything is read, and the database is left as it was."""
+    db, _ = logged_db
+    (db.parent / "sub").mkdir()
+    (db.parent / "link.db").symlink_to(db)
+    before = db.read_bytes()
+    result = CliRunner().invoke(cli_app, ["export", "--db", str(db), "--out", str(db.parent / out), *escalations])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"bandit-router export: --out {db.parent / out}: that is the database")
+    assert "the export would replace it" in result.stderr
+    assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["evaluate", "--escalations", "--mode", "frozen", "--config", "missing.toml"],
+         "bandit-router evaluate: --escalations takes no --config, --mode: they are for policy candidates; leave them "
+         "out, or leave out --escalations\n"),
+        (["evaluate", "--escalations", "--no-baselines", "-C", "accept"],
+         "bandit-router evaluate: --escalations takes no --baselines/--no-baselines: it is for policy candidates; "
+         "leave it out, or leave out --escalations\n"),
+        (["evaluate", "--escalations", "--estimators", "dr", "--reward-lambda", "4", "--seed", "1"],
+         "bandit-router evaluate: --escalations takes no --estimators, --reward-lambda, --seed: they are for policy "
+         "candidates; leave them out, or leave out --escalations\n"),
+        (["export", "--escalations", "--include-unlabeled"],
+         "bandit-router export: --escalations takes no --include-unlabeled/--no-include-unlabeled: it is for the "
+         "decisions export; leave it out, or leave out --escalations\n"),
+    ],
+)
+def test_options_that_escalations_does_not_read_are_refused(tmp_path: Path, command: list[str], message: str) -> None:
+    """`evaluate --escalations` reads the chains, the rules (-C), --confidence and --out; it dropped --mode,
+    --estimators, --reward-lambda, --seed, --no-baselines and --config without a word (a --config that does not
+    exist too), as `export --escalations` dropped --include-unlabeled and --config. Given with it, they are
+    refused before the database is opened, naming them."""
+    result = CliRunner().invoke(cli_app, [*command, "--db", str(tmp_path / "router.db")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == message
+
+
+def test_a_shadow_candidate_that_was_never_logged_is_named_with_the_shadows_that_were(
+        logged_db: tuple[Path, Any]) -> None:
+    """`-C shadow:linucbb` (a typo of the logged shadow `linucb`) said "decision '01a2…' has no pmf of shadow
+    'linucbb'", as if that one decision lacked it; it says that no such shadow was logged, and which were."""
+    db, _ = logged_db
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "-C", "shadow:linucbb"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == ("bandit-router evaluate: no shadow 'linucbb' (did you mean linucb?) was logged with these "
+                             "decisions; logged: linucb\n")
+
+
 def test_a_bogus_label_is_refused_also_with_nothing_to_export(logged_db: tuple[Path, Any]) -> None:
     """`export_escalations` and `export_dsjson` checked the label per event written, so with no escalation step (or
     no record) `label="bogus"` exported nothing and succeeded, where the same label with events was refused. Both

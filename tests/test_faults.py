@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -223,6 +225,31 @@ def test_check_reports_integrity_and_the_last_good_checkpoint(make_client: Calla
     assert configured.exit_code == 2
     assert configured.output.strip() == ("bandit-router check: bandit-router.db: no such file (the configured `db`: "
                                          "give the file with --db FILE, or --config FILE)")
+
+
+@pytest.mark.parametrize("kind", ["empty", "another application's"])
+def test_check_says_that_a_sound_file_without_the_services_tables_is_not_its_database(tmp_path: Path,
+                                                                                     kind: str) -> None:
+    """`check --db` on an empty file or another application's SQLite database (a path mistyped or mixed up) said
+    "integrity: ok … verdict: NOT intact: restore a backup", exit status 1: a sound file called damaged, and a
+    restore advised. It says that the file is no bandit-router database, exit status 2 (no verdict), with --json
+    too, and leaves the file as it was."""
+    db = tmp_path / "other.db"
+    db.touch()
+    if kind != "empty":
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE notes (body TEXT)")
+            conn.execute("INSERT INTO notes VALUES ('keep me')")
+        conn.close()
+    before = db.read_bytes()
+    result = CliRunner().invoke(cli_app, ["check", "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (f"bandit-router check: {db} is not a bandit-router database (a sound SQLite file "
+                             "without any of its tables: empty, or another application's); `bandit-router serve` or "
+                             "`migrate` creates one\n")
+    as_json = CliRunner().invoke(cli_app, ["check", "--db", str(db), "--json"])
+    assert as_json.exit_code == 2 and "is not a bandit-router database" in json.loads(as_json.stdout)["error"]
+    assert db.read_bytes() == before
 
 
 @pytest.mark.parametrize("name", ["router#1.db", "router?x.db", "router%41.db", "ñ router.db"])

@@ -150,6 +150,8 @@ def test_make_run_installs_what_serving_needs_and_the_other_targets_the_extras(t
 
     run = planned("run")
     assert "pip install --quiet -e '.'" in run and "[dev" not in run and "bandit-router serve" in run
+    # with --host 127.0.0.1 --port 8000 (serve's defaults), ./bandit-router.toml's and BANDIT_ROUTER_PORT's lost
+    assert f"{venv}/bin/bandit-router serve\n" in run, run
     for target in ("install", "test", "lint", "docs"):
         assert "pip install --quiet -e '.[dev,docs]'" in planned(target), target
     for targets in (("lint", "run"), ("run", "test")):

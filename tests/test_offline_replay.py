@@ -384,8 +384,11 @@ def test_shadow_pmfs_are_evaluated_as_logged(world: SyntheticWorld, log: Simulat
     ev = evaluate_log(records, ["shadow:uniform"], models=world.models, estimators=("ips", "dr"), dm_bootstrap=0)
     for est in ("ips", "dr"):
         assert ev.record("shadow:uniform", est).value == pytest.approx(ev.record("random", est).value)
-    with pytest.raises(InvalidInput, match="no pmf of shadow 'other'"):
+    with pytest.raises(InvalidInput, match="no shadow 'other' was logged with these decisions; logged: uniform"):
         evaluate_log(records, ["shadow:other"], models=world.models)
+    some = [r if i else LoggedRecord(r.decision, r.outcome, r.cost_usd, r.feedback_at) for i, r in enumerate(records)]
+    with pytest.raises(InvalidInput, match="has no pmf of shadow 'uniform'"):  # logged, but not with every decision
+        evaluate_log(some, ["shadow:uniform"], models=world.models)
 
 
 def test_decisions_without_feedback_are_left_out_with_a_warning(world: SyntheticWorld, log: SimulatedLog) -> None:

@@ -45,3 +45,20 @@ def test_the_command_prints_its_version() -> None:
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.strip() == f"bandit-router {bandit_router.__version__}"
+
+
+def test_the_command_and_each_sub_command_answer_dash_h_as_help() -> None:
+    """`bandit-router -h` and `bandit-router serve -h` (what many commands take for help) said "No such option:
+    -h", exit status 2; they print the same help as `--help`."""
+    import typer
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app
+
+    names = list(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    assert {"serve", "check", "migrate", "evaluate", "export", "policies"} <= set(names)
+    for command in ([], *([name] for name in names)):
+        short = CliRunner().invoke(app, [*command, "-h"], env={"COLUMNS": "120"})
+        long = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "120"})
+        assert short.exit_code == long.exit_code == 0, (command, short.output)
+        assert short.stdout == long.stdout and "Usage:" in short.stdout

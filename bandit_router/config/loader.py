@@ -13,17 +13,17 @@ import json
 import logging
 import math
 import os
-import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..budgets import BudgetConfig
-from ..catalog import ModelSpec, check_entry
+from ..catalog import CATALOG_KEYS, ModelSpec, check_entry
 from ..errors import CatalogError, ConfigError, InvalidInput
 from ..hints import close_names, closest
 from ..jsonkeys import DuplicateKey, once_each
 from ..store.location import Database, DatabaseURL, parse_database
+from ..tomlfile import TOMLFileError, load_toml_file
 from .routers import RouterAlias, parse_routers
 from .sections import Secrets
 from .settings import KEYS, SECTIONS, Key, Settings
@@ -42,13 +42,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """A TOML file as a dict; `ConfigError` when it is missing or not TOML."""
     file = Path(path)
     try:
-        return tomllib.loads(file.read_text(encoding="utf-8"))
+        return load_toml_file(file)
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such configuration file") from None
     except OSError as exc:
         raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    except TOMLFileError as exc:
+        raise ConfigError(f"{file}: {exc}") from None
 
 
 def layered(*layers: Mapping[str, Any] | None, none_is_unset: bool = True) -> dict[str, Any]:
@@ -214,7 +214,7 @@ configuration file are read from its folder (`RoutingSettings.folders`)."""
 def read_keys(path: Path, name: str) -> tuple[str, ...]:
     """Keys from a key file: one per line; blank lines and `#` comments are skipped."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # after a byte-order mark (Windows Notepad writes one)
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError:  # its bytes are never shown: they may be a key
@@ -249,6 +249,10 @@ def _hint(kind: str, names: list[str], prefix: str, upper: bool) -> str:
     return f" (did you mean {' or '.join('[' + f + ']' if kind == 'section' else f for f in found)}?)"
 
 
+CATALOG_ONLY_KEYS = set(CATALOG_KEYS) - set(KEYS)
+"""Top-level keys of a catalog file that a configuration file does not have (`prices_source`, `prices_read_on`)."""
+
+
 def _file_layer(file: Path) -> dict[str, Any]:
     data = read_toml(file)
     for secret in ("api_keys", "admin_keys"):
@@ -269,6 +273,10 @@ def _file_layer(file: Path) -> dict[str, Any]:
         else:
             flat[name] = value
     unknown = sorted(set(flat) - set(KEYS))
+    if unknown and set(unknown) <= CATALOG_ONLY_KEYS:  # a copy of the shipped catalog given as --config
+        raise ConfigError(f"{file}: unknown keys {', '.join(map(repr, unknown))}: this is a catalog file, not a "
+                          f"configuration file: name it in one, catalog = \"{file.name}\" (or "
+                          f"{ENV_PREFIX}CATALOG={file})")
     if unknown:
         named = ", ".join(f"{name!r}{_did_you_mean(name, ('section', SECTIONS))}" for name in unknown)
         raise ConfigError(f"{file}: unknown keys {named}; known keys: {', '.join(KEYS)}")
@@ -277,6 +285,11 @@ def _file_layer(file: Path) -> dict[str, Any]:
     if "catalog" in values and "models" in values:
         raise ConfigError(f"{file}: give either `catalog` or [[models]], not both")
     return values
+
+
+ENV_VARIABLES = ("config", "api_keys", "admin_keys")
+"""The `BANDIT_ROUTER_*` variables a user sets that are not settings keys: a misspelt one (`BANDIT_ROUTER_API_KEY`,
+which left the service without keys) is told the one it meant."""
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
@@ -292,8 +305,10 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
                         "%sCATALOG at a catalog file instead", variable, ENV_PREFIX)
             continue
         if name not in KEYS:
+            whole = closest(name, (*ENV_VARIABLES, *KEYS))  # the closest of both kinds: `ADMIN_KEY`, `ADMIN_KEYS`
             log.warning("ignoring unknown environment variable %s%s", variable,
-                        _did_you_mean(name, prefix=ENV_PREFIX, upper=True))
+                        _hint("key", [whole], ENV_PREFIX, True) if whole is not None
+                        else _did_you_mean(name, ("variable", ENV_VARIABLES), prefix=ENV_PREFIX, upper=True))
             continue
         values[name] = _parse(name, raw, variable, None)
     return values
@@ -342,12 +357,34 @@ def load_settings(
         values.pop("models", None)  # a catalog given later (environment, command line) replaces inline models
     api = list(_env_keys(env, "API_KEYS"))
     admin = list(_env_keys(env, "ADMIN_KEYS"))
-    if values.get("api_keys_file") is not None:
-        api += read_keys(values["api_keys_file"], "api_keys_file")
-    if values.get("admin_keys_file") is not None:
-        admin += read_keys(values["admin_keys_file"], "admin_keys_file")
-    settings = Settings(**values, api_keys=Secrets(tuple(api)), admin_keys=Secrets(tuple(admin)))
-    return settings.check(stored_models=stored_models)
+    try:
+        if values.get("api_keys_file") is not None:
+            api += read_keys(values["api_keys_file"], "api_keys_file")
+        if values.get("admin_keys_file") is not None:
+            admin += read_keys(values["admin_keys_file"], "admin_keys_file")
+        settings = Settings(**values, api_keys=Secrets(tuple(api)), admin_keys=Secrets(tuple(admin)))
+        return settings.check(stored_models=stored_models)
+    except ConfigError as exc:
+        variables = _from_environment(str(exc), set(env_values) - set(flags))
+        if not variables:
+            raise
+        raise ConfigError(f"{', '.join(variables)}: {exc}") from None
+
+
+_DEPENDS_ON = {"policy": ("policy", "policy_settings"), "policy_settings": ("policy_settings", "policy"),
+               "retention_days": ("retention_days", "reward_window_s")}
+"""A refused key's message may be about these keys' values too (a policy's settings, a window the days must
+exceed)."""
+
+
+def _from_environment(message: str, from_env: set[str]) -> list[str]:
+    """The `BANDIT_ROUTER_*` variables that gave the value a checked setting's message is about (it starts with
+    its key: `port: must be in 1..65535`), so that the message names them: the key alone sent the reader to a
+    configuration file that says something else."""
+    key = message.partition(":")[0]
+    if key not in KEYS:
+        return []
+    return [f"{ENV_PREFIX}{name.upper()}" for name in _DEPENDS_ON.get(key, (key,)) if name in from_env]
 
 
 def describe_keys() -> str:

@@ -56,6 +56,25 @@ def _fail(command: str, message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _refuse_with_escalations(command: str, ctx: typer.Context, names: tuple[str, ...]) -> None:
+    """Fail, naming them, when options among `names` that `--escalations` does not read were given: they were
+    dropped without a word (`evaluate --escalations --mode bogus --config missing.toml` ran, exit status 0 or 1)."""
+    given = [param for param in ctx.command.params if param.name in names
+             and getattr(ctx.get_parameter_source(param.name), "name", "") == "COMMANDLINE"]  # typer's own click
+    if given:
+        spelt = ", ".join("/".join(o for o in (*param.opts, *getattr(param, "secondary_opts", ())) if o[1] == "-")
+                          for param in given)
+        one = len(given) == 1
+        raise _fail(command, f"--escalations takes no {spelt}: {'it is' if one else 'they are'} for "
+                             f"{'policy candidates' if command == 'evaluate' else 'the decisions export'}; leave "
+                             f"{'it' if one else 'them'} out, or leave out --escalations")
+
+
+ESCALATIONS_IGNORE = {"evaluate": ("config", "estimators", "mode", "reward_lambda", "baselines", "seed"),
+                      "export": ("config", "include_unlabeled")}
+"""The options of `evaluate` and `export` that their `--escalations` does not read."""
+
+
 def _check_out(command: str, folder: Path) -> None:
     """Fail now, naming `--out`, when `folder` could not be created or written (a file there, no permission);
     nothing is created before there is something to write (`outputs.writing`)."""
@@ -69,6 +88,31 @@ def _check_out_file(command: str, path: Path) -> None:
     problem = file_problem(path)
     if problem is not None:
         raise _fail(command, f"--out {path}: {problem}")
+
+
+SQLITE_FILES = ("", "-wal", "-shm", "-journal", "-lock", "-server")
+"""A SQLite database's file and the files beside it that hold its data or its locks (`<db>-wal`, …)."""
+
+
+def _check_out_not_database(command: str, path: Path, db: str) -> None:
+    """Fail now, naming `--out`, when the file `path` is the SQLite database `db` (or one of its files beside it,
+    `SQLITE_FILES`): the export, renamed over it at the end, replaced the database it was read from."""
+    try:
+        location = parse_database(db)
+    except ValueError:
+        return  # `open_store` says why
+    if isinstance(location, DatabaseURL):
+        return
+    for suffix in SQLITE_FILES:
+        taken = Path(f"{location}{suffix}")
+        try:
+            same = os.path.samefile(path, taken)  # a symlink or a hard link to it too
+        except OSError:  # one of them does not exist
+            same = path.resolve() == taken.resolve()
+        if same:
+            what = "the database --db reads" if not suffix else f"the database's {suffix[1:]} file ({taken.name})"
+            raise _fail(command, f"--out {path}: that is {what}; the export would replace it: write it to "
+                                 "another file, e.g. log.dsjson")
 
 
 def open_store(db: str | Path) -> Store:
@@ -130,6 +174,7 @@ def _unlisted_models(names: list[str]) -> str:
 
 
 def evaluate(
+    ctx: typer.Context,
     db: Annotated[str, typer.Option("--db", help="The service's SQLite file or postgresql:// URL.")],
     candidates: Annotated[
         list[str] | None,
@@ -161,6 +206,7 @@ def evaluate(
 
     specs_given = [*(candidates or []), *(more or [])]
     if escalations:
+        _refuse_with_escalations("evaluate", ctx, ESCALATIONS_IGNORE["evaluate"])
         _evaluate_escalations(db, specs_given, confidence, out)
         return
     lam: float | str = reward_lambda
@@ -226,6 +272,7 @@ def evaluate(
 
 
 def export(
+    ctx: typer.Context,
     db: Annotated[str, typer.Option("--db", help="The service's SQLite file or postgresql:// URL.")],
     format: Annotated[str, typer.Option("--format", help="Output format (dsjson).")] = "dsjson",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: standard output).")] = None,
@@ -240,12 +287,15 @@ def export(
 ) -> None:
     from .dsjson import LABELS, export_dsjson
 
+    if escalations:
+        _refuse_with_escalations("export", ctx, ESCALATIONS_IGNORE["export"])
     if format != "dsjson":
         raise _fail("export", f"--format: only 'dsjson' is supported, not {format!r}")
     if label not in LABELS:  # before `--out` is opened: a file that was there keeps what it held
         raise _fail("export", f"--label: expected reward or quality, not {label!r}")
     if out is not None:
         _check_out_file("export", out)
+        _check_out_not_database("export", out, db)
     if escalations:
         _export_escalations(db, out, label)
         return

@@ -149,6 +149,10 @@ def replay(
     if cand.kind == "logged":
         return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
     if cand.kind == "shadow":
+        logged = sorted({name for record in records for name in record.shadow_pmfs})
+        if cand.shadow not in logged:  # a misspelt name: not the first decision's id, as if that one lacked it
+            raise InvalidInput(f"no shadow {quoted([cand.shadow], logged)} was logged with these decisions; logged: "
+                               f"{', '.join(logged) or 'none (the service ran without shadow_policies)'}")
         for i, record in enumerate(records):
             pmf = record.shadow_pmfs.get(cand.shadow)
             if pmf is None:

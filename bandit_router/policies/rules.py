@@ -19,6 +19,7 @@ is read from that file's folder, elsewhere from the working directory) or, with 
     regex = "(?i)^translate"        # searched in the prompt text
     context = { task = "support" }  # every key must match the request's context
 
+A rules file holds those two keys only (another, a misspelt `[[rule]]`, is refused, as is `[rules]` for one table).
 With no rules at all, the built-in rule set is: code or maths, or ≥ 1,500 estimated tokens → the cheapest
 model tagged `tier = "large"`; everything else → the cheapest model.
 """
@@ -26,7 +27,6 @@ model tagged `tier = "large"`; everything else → the cheapest model.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ from ..catalog import ModelSpec
 from ..errors import ConfigError
 from ..hints import quoted
 from ..setting_values import typed_value
+from ..tomlfile import TOMLFileError, load_toml_file
 from ..types import Context, Scalar
 from .base import BasePolicy, check_named_model
 from .baselines import cheapest
@@ -125,19 +126,48 @@ class RulesParams:
     file: str = ""
 
     def __post_init__(self) -> None:
-        rules = tuple(r if isinstance(r, Rule) else Rule.from_mapping(r) for r in self.rules)
+        rules = _rule_list(self.rules, "")
         default = self.default
         if self.file:
+            where = f"rules file {self.file}: "
             try:
-                data = tomllib.loads(Path(self.file).read_text(encoding="utf-8"))
+                data = load_toml_file(Path(self.file))
             except OSError as exc:
-                raise ConfigError(f"rules file {self.file}: {exc.strerror or exc}") from exc
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"rules file {self.file}: {exc}") from exc
-            rules += tuple(Rule.from_mapping(r) for r in data.get("rules", []))
-            default = default or str(data.get("default", ""))
+                raise ConfigError(f"{where}{exc.strerror or exc}") from exc
+            except TOMLFileError as exc:
+                raise ConfigError(f"{where}{exc}") from exc
+            unknown = sorted(set(data) - set(FILE_KEYS))  # a misspelt `[[rule]]` left the built-in rules in force
+            if unknown:
+                raise ConfigError(f"{where}unknown keys {quoted(unknown, FILE_KEYS)}; a rules file holds `default = "
+                                  "\"<model>\"` and [[rules]] tables")
+            if not isinstance(data.get("default", ""), str):
+                raise ConfigError(f"{where}default must be a model name (a string), got {data['default']!r}")
+            rules += _rule_list(data.get("rules", []), where)
+            default = default or data.get("default", "")
         object.__setattr__(self, "rules", rules)
         object.__setattr__(self, "default", default)
+
+
+FILE_KEYS = ("default", "rules")
+"""The keys of a rules file (`rules:file=…`)."""
+
+
+def _rule_list(value: Any, where: str) -> tuple[Rule, ...]:
+    """`rules` as written (a list of tables, or of `Rule`s) → the rules. Anything else is a `ConfigError` saying what
+    it is: one table (`[rules]` for `[[rules]]`) or a string was read entry by entry, a table's keys and a string's
+    letters as rules."""
+    if isinstance(value, Mapping):
+        raise ConfigError(f"{where}rules must be a list of tables, one per rule ([[rules]] in TOML, not [rules]), "
+                          f"got one table: {dict(value)!r}")
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ConfigError(f"{where}rules must be a list of tables ([[rules]] in TOML), got {value!r}")
+    for rule in value:
+        if not isinstance(rule, Rule | Mapping):
+            raise ConfigError(f"{where}each rule must be a table ([[rules]] with model = \"<model>\"), got {rule!r}")
+    try:
+        return tuple(r if isinstance(r, Rule) else Rule.from_mapping(r) for r in value)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
 
 
 def builtin_rules(models: Sequence[ModelSpec]) -> tuple[Rule, ...]:

@@ -56,7 +56,7 @@ def check_port_free(host: str, port: int, workers: int = 1) -> None:
                     probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 probe.bind(address)
         except socket.gaierror as exc:
-            raise ConfigError(f"host: cannot resolve {host!r}: {exc.strerror}") from None
+            raise ConfigError(f"host: cannot resolve {host!r}: {exc.strerror}{_host_hint(host)}") from None
         except OSError as exc:
             raise ConfigError(f"port: cannot listen on {host}:{port}: {exc.strerror}{_bind_hint(exc.errno, port)}") \
                 from None
@@ -73,6 +73,19 @@ def _listening_addresses(host: str, port: int, workers: int) -> list[tuple[int, 
         return [(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))]
     found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     return list(dict.fromkeys((family, address) for family, _, _, _, address in found))
+
+
+def _host_hint(host: str) -> str:
+    """What to give for a `host` that is a URL or carries a port (`http://127.0.0.1`, `127.0.0.1:8000`)."""
+    _, found, rest = host.partition("://")
+    if found:
+        address, _, given_port = rest.rstrip("/").partition(":")
+        return (f" (a host name or address, not a URL: --host {address or '127.0.0.1'}"
+                f"{f' --port {given_port}' if given_port.isdigit() else ''})")
+    address, colon, given_port = host.rpartition(":")
+    if colon and given_port.isdigit() and ":" not in address:  # not an IPv6 address
+        return f" (the port is an option of its own: --host {address} --port {given_port})"
+    return ""
 
 
 def _bind_hint(error: int | None, port: int) -> str:
@@ -203,7 +216,8 @@ does not decode), and every stored checkpoint against its checksum.
 
 Prints what it found and the last good checkpoint (the newest one that reads back and matches its sha256). \
 Exit status 0 when the file is intact, 1 when it is not (restore a backup: see the docs, service → durability), \
-2 when it cannot be opened. Read-only; safe while the service runs.
+2 when it cannot be opened or is not a bandit-router database (a sound SQLite file with none of its tables: empty, \
+or another application's). Read-only; safe while the service runs.
 
 With --config (or without --db) it first checks the settings as `serve` does, against the models the database \
 holds (with --db, that database's), and stops with exit status 2 when they are refused; it does not check the \
