@@ -44,6 +44,7 @@ from .exceptions import PayloadTooLarge
 from .gateway_routes import CHAT_PATH, ERROR_CONTENT_OPENAI, openai_error
 from .gateway_routes import router as gateway_router
 from .hotpaths import HotPaths
+from .logs import configure_logging
 from .metrics import Metrics
 from .paths import end_exactly
 from .protocol import RECURRING
@@ -497,23 +498,6 @@ def app_from_environment() -> FastAPI:
     app.state.server_lock = lock  # (store/serverlock.py)
     tune_process()
     return app
-
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-PER_CALL_LOGGERS = ("httpx",)
-"""Libraries that log a line per HTTP call at INFO (httpx: `HTTP Request: POST <url> "HTTP/1.1 200 OK"`, for every
-upstream call of the gateway, its judge and its named routers): heard from at `debug` only."""
-
-
-def configure_logging(level: str) -> None:
-    """The server's log lines (`serve` and each of its workers): time, level, logger, message, from `level` up; no
-    line per request below `debug` (`PER_CALL_LOGGERS` from WARNING: under a steady gateway load their INFO lines
-    were all but a few dozen lines of the log)."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
-    for name in PER_CALL_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if level.lower() == "debug" else logging.WARNING)
 
 
 def tune_process() -> None:
