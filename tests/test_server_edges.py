@@ -104,6 +104,35 @@ def test_slow_and_idle_connections_are_closed(server: Callable[..., Server]) -> 
             sock.close()
 
 
+def _reply_on(sock: socket.socket) -> bytes:
+    """`GET /healthz` on an open connection, kept alive: the reply's head and body ("" when the server closed it)."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    received = b""
+    while b"\r\n\r\n" not in received or not received.endswith(b"}"):
+        try:
+            chunk = sock.recv(4096)
+        except ConnectionResetError:
+            return b""
+        if not chunk:
+            return b""
+        received += chunk
+    return received
+
+
+def test_an_idle_connection_outlives_httpxs_keep_alive(server: Callable[..., Server]) -> None:
+    """The server keeps an idle keep-alive connection open longer than httpx (the OpenAI SDK's client) keeps one in
+    its pool (`keepalive_expiry`, 5 s), so that the client drops it first. With both at 5 s a request sent on a
+    connection idle for just under 5 s could meet the server's close, a connection error the client sees
+    (`python -m benchmarks.keepalive_race`)."""
+    s = server({})
+    expiry = httpx.Limits().keepalive_expiry
+    assert expiry is not None
+    with _connect(s.port) as sock:
+        assert _reply_on(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(expiry + 0.5)
+        assert _reply_on(sock).startswith(b"HTTP/1.1 200"), f"closed after less than {expiry + 0.5} s idle"
+
+
 def test_a_slowloris_trickle_does_not_extend_the_header_deadline(server: Callable[..., Server]) -> None:
     s = server(LIMITS)
     sock = _connect(s.port)

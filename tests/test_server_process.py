@@ -372,6 +372,40 @@ def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers:
     assert warned and all(re.match(stamp + r"WARNING bandit_router\.gateway: ", line) for line in warned), warned
 
 
+def test_the_default_log_level_writes_no_line_per_request(servers: Callable[..., Server], tmp_path: Path) -> None:
+    """At the default level (`info`) the log says what the service does, not each request: httpx logged one INFO
+    line per upstream call (`HTTP Request: POST …/v1/chat/completions "HTTP/1.1 200 OK"`), the gateway's and its
+    judge's: 1.7 KB/s at a steady 30 requests a second, a third of them the gateway's (a 21-minute soak); `debug`
+    shows them."""
+    with serving(FakeUpstream(seed=3)) as fake:
+        models = "".join(
+            f'[[models]]\nname = "{name}"\ninput_usd_per_mtok = 0.1\noutput_usd_per_mtok = 0.2\n'
+            f'base_url = "{fake.url}/v1"\nroute = {"false" if name == JUDGE else "true"}\n\n'
+            for name in ("fake-coder", "fake-writer", JUDGE)
+        )
+        config = tmp_path / "judged.toml"
+        config.write_text(f'{models}[judge]\njudge_model = "{JUDGE}"\njudge_sample_rate = 1.0\njudge_delay_s = 0\n')
+        for level in ("info", "debug"):
+            server = servers(env={"BANDIT_ROUTER_CONFIG": str(config), "BANDIT_ROUTER_LOG_LEVEL": level})
+            server.wait_ready()
+            judged = fake.calls[JUDGE]
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                for i in range(20):
+                    reply = client.post("/v1/chat/completions", json={
+                        "model": "router", "messages": [{"role": "user", "content": f"{POEMS[i % 5]} #{i}"}]})
+                    assert reply.status_code == 200, reply.text
+                deadline = time.monotonic() + 30
+                while fake.calls[JUDGE] < judged + 20:  # every answer judged: 40 upstream calls in all
+                    assert time.monotonic() < deadline, dict(fake.calls)
+                    time.sleep(0.05)
+            server.terminate()
+            calls = [line for line in server.logpath.read_text().splitlines() if "HTTP Request:" in line]
+            if level == "info":
+                assert calls == [], calls[:3]
+            else:  # each call, the judge's too (a judge call cut short by the stop is not logged)
+                assert len(calls) >= 20, calls
+
+
 def test_workers_that_start_slowly_are_not_killed_as_hung(servers: Callable[..., Server], tmp_path: Path) -> None:
     """On a busy machine (2 shared cores at load 10) importing bandit_router alone took 4 s, and uvicorn kills a worker
     that leaves its health check unanswered for 5 s, counted from its spawn: `--workers 2` logged "Child process

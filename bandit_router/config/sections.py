@@ -84,8 +84,9 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] = setting((), help="Host header names accepted besides loopback ones when bound "
                                              "to a loopback address (421 otherwise), e.g. [\"router.internal\", "
                                              "\"*.example.com\"], or [\"*\"] for any; environment: a JSON list")
-    timeout_keep_alive_s: float = setting(5.0, help="seconds an idle keep-alive connection stays open after a "
-                                          "reply")
+    timeout_keep_alive_s: float = setting(8.0, help="seconds an idle keep-alive connection stays open after a "
+                                          "reply: longer than httpx's 5 s (the OpenAI SDK's client), so that such a "
+                                          "client drops it first rather than sending on a connection being closed")
     header_timeout_s: float = setting(10.0, help="seconds a connection has to send a complete request line and "
                                       "headers (from its opening or its previous reply); then it is closed")
     body_timeout_s: float = setting(30.0, help="seconds a request has to send its whole body once its headers are "

@@ -44,6 +44,7 @@ from .exceptions import PayloadTooLarge
 from .gateway_routes import CHAT_PATH, ERROR_CONTENT_OPENAI, openai_error
 from .gateway_routes import router as gateway_router
 from .hotpaths import HotPaths
+from .logs import configure_logging
 from .metrics import Metrics
 from .paths import end_exactly
 from .protocol import RECURRING
@@ -497,14 +498,6 @@ def app_from_environment() -> FastAPI:
     app.state.server_lock = lock  # (store/serverlock.py)
     tune_process()
     return app
-
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def configure_logging(level: str) -> None:
-    """The server's log lines (`serve` and each of its workers): time, level, logger, message, from `level` up."""
-    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
 
 
 def tune_process() -> None:

@@ -166,7 +166,7 @@ def _run(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> 
     import uvicorn
 
     server = settings.server
-    from .app import configure_logging
+    from .logs import configure_logging
 
     configure_logging(server.log_level)
     if server.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_enabled:
