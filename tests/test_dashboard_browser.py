@@ -720,6 +720,47 @@ def test_a_frozen_stopped_or_restarted_service_is_shown_as_such_and_the_page_rec
                 server.stop()
 
 
+def test_a_poll_ends_when_all_its_requests_have_so_a_slow_one_is_not_asked_again_meanwhile(
+    watched: Any, tmp_path: Path
+) -> None:
+    """One endpoint refused at once (a proxy's 503 for `/v1/stats/recent`) while another gets no answer (the
+    browser holds `/v1/stats/live` before it reaches the service: a network that drops it): the poll waits for
+    every request, so `/v1/stats/live` is asked once until its 10 s are up, and the header then says why. The poll
+    ended at the first failure, its other requests still waiting, and each 2 s tick asked again: 4 unanswered
+    requests at once after 7 s, the slow service asked back to back. The page recovers once both answer."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    server = ServerThread(create_app(Settings(db=tmp_path / "slow.db", seed=3, models=(ModelSpec("a", 1.0, 2.0),))))
+    held: list[Any] = []
+    try:
+        url = server.wait_ready(30)
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.route("**/v1/stats/live", lambda route: held.append(route))
+        w.page.route("**/v1/stats/recent*", lambda route: route.fulfill(
+            status=503, content_type="application/json", body='{"message": "a proxy is busy"}'))
+        w.page.goto(url + "/dashboard")
+        deadline = time.monotonic() + 20
+        while not held:
+            assert time.monotonic() < deadline, "the page never asked /v1/stats/live"
+            w.page.wait_for_timeout(100)
+        w.page.wait_for_timeout(7000)  # three ticks of the timer, within the first request's 10 s
+        assert len(held) == 1, f"{len(held)} requests to /v1/stats/live at once"
+        status = wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('no answer') && ({_STATUS})()", timeout=20)
+        assert status[0].startswith("no answer within 10 s") and "retrying" in status[0], status
+        w.page.unroute("**/v1/stats/recent*")
+        w.page.unroute("**/v1/stats/live")
+        for route in held:
+            with contextlib.suppress(Exception):  # aborted by the page at 10 s
+                route.continue_()
+        assert wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('updated') && ({_STATUS})()", timeout=30)
+        assert all("503" in e for e in w.errors), w.errors
+    finally:
+        server.stop()
+
+
 def _route_with_feedback(url: str, model: str, n: int) -> None:
     with httpx.Client(base_url=url, timeout=30) as client:
         for i in range(n):

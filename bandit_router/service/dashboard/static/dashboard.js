@@ -480,9 +480,24 @@
   }
 
   // -- the loop --------------------------------------------------------------------------------------------
-  // One poll at a time. A refresh `asked` for while one is under way (a click on a range, a key given) runs when it
-  // ends; the timer's tick is dropped instead (a service slower than POLL_MS is not asked back to back). A poll's
-  // replies are drawn only if the range and the key (`session`) are still those it asked with.
+  // The replies in order once every request has ended; rejected with the first failure (a refused key before any
+  // other, to show the login). Promise.all rejected at the first failure, ending the poll while its other requests
+  // still waited (up to TIMEOUT_MS): the next ones piled up on a service that failed one endpoint fast (a 503) and
+  // was slow on another.
+  function settled(calls) {
+    return Promise.allSettled(calls).then(function (results) {
+      var failed = results.filter(function (r) { return r.status === "rejected"; })
+        .map(function (r) { return r.reason; });
+      var auth = failed.filter(function (err) { return err instanceof AuthError; });
+      if (failed.length) { throw auth.length ? auth[0] : failed[0]; }
+      return results.map(function (r) { return r.value; });
+    });
+  }
+
+  // One poll at a time: it ends when all its requests have. A refresh `asked` for while one is under way (a click on
+  // a range, a key given) runs when it ends; the timer's tick is dropped instead (a service slower than POLL_MS is
+  // not asked back to back). A poll's replies are drawn only if the range and the key (`session`) are still those it
+  // asked with.
   function refresh(asked) {
     if (state.busy) { state.again = state.again || asked === true; return state.busy; }
     state.again = false;
@@ -491,7 +506,7 @@
     var calls = [request("/v1/stats/timeseries?range=" + range, {}, TIMEOUT_MS),
                  request("/v1/stats/live", {}, TIMEOUT_MS), request("/v1/stats/recent?limit=25", {}, TIMEOUT_MS),
                  wantShadows ? request("/v1/stats/shadows", {}, TIMEOUT_MS) : Promise.resolve(null)];
-    state.busy = Promise.all(calls).then(function (replies) {
+    state.busy = settled(calls).then(function (replies) {
       if (session !== state.session || range !== state.range) { return; }
       var ts = replies[0], live = replies[1];
       state.last = ts;
