@@ -953,3 +953,58 @@ def test_decisions_per_minute_reads_a_steady_rate_at_any_second_of_the_minute(wa
         stop.set()
         sender.join(30)
         server.stop()
+
+
+def test_decisions_per_minute_is_the_last_five_minutes_on_the_day_and_week_ranges_too(
+    watched: Any, tmp_path: Path
+) -> None:
+    """Two hours of one decision every 5 s that stopped 400 s ago: *decisions / min* reads 0.0 on Hour, Day and
+    Week; then 30 decisions now read 30 over the 5 minutes and the seconds of the minute under way (5.0 to 6.0) on
+    Week. On Day and Week it was the rate of the newest 15-minute or hour bucket (and the one before it while the
+    newest had lasted under 5 minutes): it read 20 and 44 six minutes after the traffic stopped, for up to an hour.
+    The test starts outside the 290th to 430th second of a UTC hour (at most 140 s of waiting), where the newest
+    hour bucket, 300 to 400 s old, holds none of the stopped traffic and would read 0.0 without the fix too."""
+    import dataclasses
+
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.log import PolicySet
+    from bandit_router.service import create_app
+    from bandit_router.store import SQLiteStore
+    from bandit_router.types import Request
+    from benchmarks.fake_upstream import ServerThread
+
+    while 290 <= time.time() % 3600 <= 430:
+        time.sleep(1)
+    settings = Settings(db=tmp_path / "stopped.db", seed=3, models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0)))
+    stopped = time.time() - 400
+    router = PolicySet(settings, seed=3).live
+    store = SQLiteStore(settings.db)
+    store.prepare()
+    with store.write() as tx:
+        tx.insert_decisions([(dataclasses.replace(router.route(Request(prompt=f"history {i}")),
+                                                  created_at=stopped - 5 * i), None, None) for i in range(1440)])
+    store.close()
+    server = ServerThread(create_app(settings))
+    steps = {"hour": 60, "day": 900, "week": 3600}
+
+    def shown(range_: str) -> float:
+        w.page.click(f"#ranges button[data-range={range_}]")
+        wait_until(w.page, f"() => window.banditDashboard.last && window.banditDashboard.last.step === {steps[range_]}")
+        renders = w.state("window.banditDashboard.renders")
+        # a poll that began after the click (one under way then may have asked before it)
+        wait_until(w.page, f"() => window.banditDashboard.renders > {renders} + 1", timeout=30)
+        return float(w.page.inner_text("#kpi-decisions"))
+
+    try:
+        url = server.wait_ready(30)
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => window.banditDashboard.renders >= 1")
+        assert [shown(r) for r in ("hour", "day", "week")] == [0.0, 0.0, 0.0]
+        for i in range(30):
+            assert loopback.post(url + "/v1/route", json={"prompt": f"now {i}"}).status_code == 200
+        assert 5.0 <= shown("week") <= 6.0
+        assert w.errors == []
+    finally:
+        server.stop()
