@@ -726,8 +726,8 @@ def test_a_poll_ends_when_all_its_requests_have_so_a_slow_one_is_not_asked_again
     """One endpoint refused at once (a proxy's 503 for `/v1/stats/recent`) while another gets no answer (the
     browser holds `/v1/stats/live` before it reaches the service: a network that drops it): the poll waits for
     every request, so `/v1/stats/live` is asked once until its 10 s are up, and the header then says why. The poll
-    ended at the first failure, its other requests still waiting, and each 2 s tick asked again: 4 unanswered
-    requests at once after 7 s, the slow service asked back to back. The page recovers once both answer."""
+    ended at the first failure, its other requests still waiting, and each 2 s tick asked again: 3 unanswered
+    requests at once after 5.5 s, the slow service asked back to back. The page recovers once both answer."""
     from bandit_router.catalog import ModelSpec
     from bandit_router.config import Settings
     from bandit_router.service import create_app
@@ -746,7 +746,7 @@ def test_a_poll_ends_when_all_its_requests_have_so_a_slow_one_is_not_asked_again
         while not held:
             assert time.monotonic() < deadline, "the page never asked /v1/stats/live"
             w.page.wait_for_timeout(100)
-        w.page.wait_for_timeout(7000)  # three ticks of the timer, within the first request's 10 s
+        w.page.wait_for_timeout(5500)  # two ticks of the timer, well within the first request's 10 s
         assert len(held) == 1, f"{len(held)} requests to /v1/stats/live at once"
         status = wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('no answer') && ({_STATUS})()", timeout=20)
         assert status[0].startswith("no answer within 10 s") and "retrying" in status[0], status
