@@ -720,6 +720,47 @@ def test_a_frozen_stopped_or_restarted_service_is_shown_as_such_and_the_page_rec
                 server.stop()
 
 
+def test_a_poll_ends_when_all_its_requests_have_so_a_slow_one_is_not_asked_again_meanwhile(
+    watched: Any, tmp_path: Path
+) -> None:
+    """One endpoint refused at once (a proxy's 503 for `/v1/stats/recent`) while another gets no answer (the
+    browser holds `/v1/stats/live` before it reaches the service: a network that drops it): the poll waits for
+    every request, so `/v1/stats/live` is asked once until its 10 s are up, and the header then says why. The poll
+    ended at the first failure, its other requests still waiting, and each 2 s tick asked again: 3 unanswered
+    requests at once after 5.5 s, the slow service asked back to back. The page recovers once both answer."""
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.service import create_app
+    from benchmarks.fake_upstream import ServerThread
+
+    server = ServerThread(create_app(Settings(db=tmp_path / "slow.db", seed=3, models=(ModelSpec("a", 1.0, 2.0),))))
+    held: list[Any] = []
+    try:
+        url = server.wait_ready(30)
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.route("**/v1/stats/live", lambda route: held.append(route))
+        w.page.route("**/v1/stats/recent*", lambda route: route.fulfill(
+            status=503, content_type="application/json", body='{"message": "a proxy is busy"}'))
+        w.page.goto(url + "/dashboard")
+        deadline = time.monotonic() + 20
+        while not held:
+            assert time.monotonic() < deadline, "the page never asked /v1/stats/live"
+            w.page.wait_for_timeout(100)
+        w.page.wait_for_timeout(5500)  # two ticks of the timer, well within the first request's 10 s
+        assert len(held) == 1, f"{len(held)} requests to /v1/stats/live at once"
+        status = wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('no answer') && ({_STATUS})()", timeout=20)
+        assert status[0].startswith("no answer within 10 s") and "retrying" in status[0], status
+        w.page.unroute("**/v1/stats/recent*")
+        w.page.unroute("**/v1/stats/live")
+        for route in held:
+            with contextlib.suppress(Exception):  # aborted by the page at 10 s
+                route.continue_()
+        assert wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('updated') && ({_STATUS})()", timeout=30)
+        assert all("503" in e for e in w.errors), w.errors
+    finally:
+        server.stop()
+
+
 def _route_with_feedback(url: str, model: str, n: int) -> None:
     with httpx.Client(base_url=url, timeout=30) as client:
         for i in range(n):
@@ -826,6 +867,7 @@ def test_times_follow_the_browsers_time_zone_and_locale_and_older_decisions_show
     server = ServerThread(create_app(settings))
     try:
         url = server.wait_ready(30)
+        routed = datetime.now(zone)
         assert loopback.post(url + "/v1/route", json={"prompt": "today"}).status_code == 200
         w = watched(viewport={"width": 1200, "height": 900}, locale="de-DE", timezone_id="Asia/Kolkata")
         w.page.goto(url + "/dashboard")
@@ -846,8 +888,9 @@ def test_times_follow_the_browsers_time_zone_and_locale_and_older_decisions_show
         assert re.fullmatch(r"\d{2}\.\d{2}\.\d{4}, \d{2}:\d{2}", shown), shown  # "28.11.2026, 12:18"
         assert shown.startswith(f"{now:%d.%m.%Y}, {now:%H}") or now.minute < 2, shown
         times = [r.split("\t")[0] for r in w.page.locator("#recent-table tbody tr").all_inner_texts()]
-        today = datetime.now(zone)
-        assert re.fullmatch(r"\d{2}:\d{2}:\d{2}", times[0]) and times[0][:2] in (f"{today.hour:02d}",), times
+        today = datetime.now(zone)  # the hour (and the day) may have turned since the decision was made
+        assert times[0][-8:-6] in {f"{routed.hour:02d}", f"{today.hour:02d}"}, (times, routed, today)
+        assert re.fullmatch(r"\d{2}:\d{2}:\d{2}", times[0]) or routed.date() != today.date(), times
         day = datetime.fromtimestamp(old, zone)
         assert times[1:] == [f"{day.day}.{day.month}.{day.year} {datetime.fromtimestamp(old + i, zone):%H:%M:%S}"
                              for i in (2, 1, 0)], times
@@ -911,4 +954,59 @@ def test_decisions_per_minute_reads_a_steady_rate_at_any_second_of_the_minute(wa
     finally:
         stop.set()
         sender.join(30)
+        server.stop()
+
+
+def test_decisions_per_minute_is_the_last_five_minutes_on_the_day_and_week_ranges_too(
+    watched: Any, tmp_path: Path
+) -> None:
+    """Two hours of one decision every 5 s that stopped 400 s ago: *decisions / min* reads 0.0 on Hour, Day and
+    Week; then 30 decisions now read 30 over the 5 minutes and the seconds of the minute under way (5.0 to 6.0) on
+    Week. On Day and Week it was the rate of the newest 15-minute or hour bucket (and the one before it while the
+    newest had lasted under 5 minutes): it read 20 and 44 six minutes after the traffic stopped, for up to an hour.
+    The test starts outside the 290th to 430th second of a UTC hour (at most 140 s of waiting), where the newest
+    hour bucket, 300 to 400 s old, holds none of the stopped traffic and would read 0.0 without the fix too."""
+    import dataclasses
+
+    from bandit_router.catalog import ModelSpec
+    from bandit_router.config import Settings
+    from bandit_router.log import PolicySet
+    from bandit_router.service import create_app
+    from bandit_router.store import SQLiteStore
+    from bandit_router.types import Request
+    from benchmarks.fake_upstream import ServerThread
+
+    while 290 <= time.time() % 3600 <= 430:
+        time.sleep(1)
+    settings = Settings(db=tmp_path / "stopped.db", seed=3, models=(ModelSpec("a", 1.0, 2.0), ModelSpec("b", 3.0, 6.0)))
+    stopped = time.time() - 400
+    router = PolicySet(settings, seed=3).live
+    store = SQLiteStore(settings.db)
+    store.prepare()
+    with store.write() as tx:
+        tx.insert_decisions([(dataclasses.replace(router.route(Request(prompt=f"history {i}")),
+                                                  created_at=stopped - 5 * i), None, None) for i in range(1440)])
+    store.close()
+    server = ServerThread(create_app(settings))
+    steps = {"hour": 60, "day": 900, "week": 3600}
+
+    def shown(range_: str) -> float:
+        w.page.click(f"#ranges button[data-range={range_}]")
+        wait_until(w.page, f"() => window.banditDashboard.last && window.banditDashboard.last.step === {steps[range_]}")
+        renders = w.state("window.banditDashboard.renders")
+        # a poll that began after the click (one under way then may have asked before it)
+        wait_until(w.page, f"() => window.banditDashboard.renders > {renders} + 1", timeout=30)
+        return float(w.page.inner_text("#kpi-decisions"))
+
+    try:
+        url = server.wait_ready(30)
+        w = watched(viewport={"width": 1200, "height": 900})
+        w.page.goto(url + "/dashboard")
+        wait_until(w.page, "() => window.banditDashboard.renders >= 1")
+        assert [shown(r) for r in ("hour", "day", "week")] == [0.0, 0.0, 0.0]
+        for i in range(30):
+            assert loopback.post(url + "/v1/route", json={"prompt": f"now {i}"}).status_code == 200
+        assert 5.0 <= shown("week") <= 6.0
+        assert w.errors == []
+    finally:
         server.stop()

@@ -7,6 +7,7 @@
   var POLL_MS = 2000;
   var TIMEOUT_MS = 10000;  // a poll without an answer by then failed: a frozen service must not look like a quiet one
   var SHADOW_MS = 15000;
+  var RECENT_S = 300;  // the traffic figures' window
   var KEY = "bandit-router-api-key";
   var COLORS = ["#2f6fde", "#e8702a", "#1a9c6b", "#c4302b", "#8e5cd9", "#b08400", "#0f8fa8", "#d6458f", "#5b6b7d",
                 "#7fa32b", "#a0522d", "#444c9e"];
@@ -102,7 +103,7 @@
   // at least a minute: a mean of the rates read up to a fifth low early in each minute, a sawtooth at a steady rate.
   function recentRate(rates, ts) {
     var count = 0, seconds = 0;
-    for (var i = rates.length - 1; i >= 0 && seconds < 300; i--) {
+    for (var i = rates.length - 1; i >= 0 && seconds < RECENT_S; i--) {
       var lasted = Math.max(0, Math.min(ts.step, ts.until - ts.time[i]));
       if (rates[i] !== null) { count += rates[i] * Math.max(60, lasted) / 60; }
       seconds += lasted;
@@ -250,10 +251,13 @@
   }
 
   // -- panels ----------------------------------------------------------------------------------------------
-  function drawTraffic(ts) {
+  // `minutes`: the newest minutes in buckets of one (the Hour range's own series): the figures are the last
+  // 5 minutes' on every range, not the newest 15-minute or hour bucket's of Day and Week (a rate an hour after the
+  // traffic stopped)
+  function drawTraffic(ts, minutes) {
     var o = ts.overall;
-    $("kpi-decisions").textContent = num(recentRate(ts.decisions_per_minute, ts), 1);
-    $("kpi-feedback").textContent = num(recentRate(ts.feedback_per_minute, ts), 1);
+    $("kpi-decisions").textContent = num(recentRate(minutes.decisions_per_minute, minutes), 1);
+    $("kpi-feedback").textContent = num(recentRate(minutes.feedback_per_minute, minutes), 1);
     $("kpi-coverage").textContent = pct(o.coverage);
     $("kpi-lag").textContent = seconds(o.lag_s);
     ready("traffic", o.decisions);
@@ -480,9 +484,24 @@
   }
 
   // -- the loop --------------------------------------------------------------------------------------------
-  // One poll at a time. A refresh `asked` for while one is under way (a click on a range, a key given) runs when it
-  // ends; the timer's tick is dropped instead (a service slower than POLL_MS is not asked back to back). A poll's
-  // replies are drawn only if the range and the key (`session`) are still those it asked with.
+  // The replies in order once every request has ended; rejected with the first failure (a refused key before any
+  // other, to show the login). Promise.all rejected at the first failure, ending the poll while its other requests
+  // still waited (up to TIMEOUT_MS): the next ones piled up on a service that failed one endpoint fast (a 503) and
+  // was slow on another.
+  function settled(calls) {
+    return Promise.allSettled(calls).then(function (results) {
+      var failed = results.filter(function (r) { return r.status === "rejected"; })
+        .map(function (r) { return r.reason; });
+      var auth = failed.filter(function (err) { return err instanceof AuthError; });
+      if (failed.length) { throw auth.length ? auth[0] : failed[0]; }
+      return results.map(function (r) { return r.value; });
+    });
+  }
+
+  // One poll at a time: it ends when all its requests have. A refresh `asked` for while one is under way (a click on
+  // a range, a key given) runs when it ends; the timer's tick is dropped instead (a service slower than POLL_MS is
+  // not asked back to back). A poll's replies are drawn only if the range and the key (`session`) are still those it
+  // asked with.
   function refresh(asked) {
     if (state.busy) { state.again = state.again || asked === true; return state.busy; }
     state.again = false;
@@ -490,15 +509,17 @@
     var wantShadows = Date.now() - state.shadowsAt > SHADOW_MS;
     var calls = [request("/v1/stats/timeseries?range=" + range, {}, TIMEOUT_MS),
                  request("/v1/stats/live", {}, TIMEOUT_MS), request("/v1/stats/recent?limit=25", {}, TIMEOUT_MS),
-                 wantShadows ? request("/v1/stats/shadows", {}, TIMEOUT_MS) : Promise.resolve(null)];
-    state.busy = Promise.all(calls).then(function (replies) {
+                 wantShadows ? request("/v1/stats/shadows", {}, TIMEOUT_MS) : Promise.resolve(null),
+                 range === "hour" ? Promise.resolve(null)
+                   : request("/v1/stats/timeseries?since=-" + RECENT_S + "&step=60", {}, TIMEOUT_MS)];
+    state.busy = settled(calls).then(function (replies) {
       if (session !== state.session || range !== state.range) { return; }
       var ts = replies[0], live = replies[1];
       state.last = ts;
       state.live = live;
       showDashboard();
       drawLive(live);
-      drawTraffic(ts);
+      drawTraffic(ts, replies[4] || ts);
       drawCharts(ts);
       drawModels(ts, live);
       drawRecent(replies[2].decisions, live.store_prompts);
