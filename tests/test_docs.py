@@ -128,8 +128,41 @@ def test_every_toml_example_is_a_settings_file_serve_accepts(
     for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "TOGETHER_API_KEY"):
         monkeypatch.setenv(variable, "sk-test")
     config = tmp_path / "bandit-router.toml"
+    if text.startswith(f"# {RULES_FILE}\n"):  # a rules file's example: read as `rules:file=` reads it
+        (tmp_path / RULES_FILE).write_text(text, encoding="utf-8")
+        text = f'policy = "rules:file={RULES_FILE}"\n'
     config.write_text(text, encoding="utf-8")
     check_upstreams(load_settings(config, env={}))
+
+
+RULES_FILE = "rules.toml"
+
+
+def test_the_learning_pages_rules_route_as_their_comments_say(tmp_path: Path) -> None:
+    """The `rules` examples of docs/learning.md, the settings' form and the file's, route as written: the regex
+    example was `(?i)^translate`, said to be "searched in the prompt's text", and a gateway request (a system
+    message first) never matched it, since the rules read every message's content joined by newlines."""
+    from bandit_router.config import load_settings
+    from bandit_router.log.policies import build_router
+    from bandit_router.types import Message, Request
+
+    blocks = [text for page, _, text in TOML_BLOCKS if page == "docs/learning.md" and "rules" in text]
+    assert len(blocks) == 2 and blocks[1].startswith(f"# {RULES_FILE}\n"), blocks
+    (tmp_path / RULES_FILE).write_text(blocks[1], encoding="utf-8")
+    translate = Request(messages=[Message(role="system", content="You are a helpful assistant."),
+                                  Message(role="user", content="Translate 'good morning' into French.")],
+                        context={"task": "support"})
+    for text in (blocks[0], f'policy = "rules:file={RULES_FILE}"\n'):
+        config = tmp_path / "bandit-router.toml"
+        config.write_text(text, encoding="utf-8")
+        router = build_router(load_settings(config, env={}))
+        assert router.route(translate).model == "gpt-4.1-nano", text
+        assert router.route(Request(prompt="def f(x): return x")).model == "claude-sonnet-4-5"
+        assert router.route(Request(prompt="Hello there.")).model == "gpt-4o-mini"
+        other_task = router.route(Request(prompt="Translate this.", context={"task": "sales"})).model
+        assert other_task == ("gpt-4o-mini" if text == blocks[0] else "gpt-4.1-nano")  # the file's has no context
+        long = router.route(Request(prompt="Hello there. " * 700)).model  # 2,100 estimated tokens
+        assert long == ("gpt-4o" if text == blocks[0] else "gpt-4o-mini")  # the file's has no length rule
 
 
 SH_FENCE = re.compile(r"^```(?:sh|bash)\n(.*?)^```", re.S | re.M)
@@ -653,3 +686,4 @@ def test_every_parametrized_check_of_the_docs_has_its_cases() -> None:
               "DOCTEST_MODULES": (len(DOCTEST_MODULES), 5), "ENV_EXAMPLES": (len(ENV_EXAMPLES), 4)}
     assert all(n >= least for n, least in counts.values()), counts
     assert all("http://127.0.0.1:8000/v1" in c for _, _, c in SHORT_SNIPPETS)
+    assert sum(text.startswith(f"# {RULES_FILE}\n") for _, _, text in TOML_BLOCKS) >= 1  # a rules file's example
