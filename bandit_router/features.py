@@ -199,7 +199,9 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(n_ascii / 4 + (n - n_ascii) / 1.5))
 
 
-_MARKER_IDS = {name: hash_name("m=" + name) for name in ("code", "math", "list", "question", "non_latin", "url")}
+MARKERS = ("code", "math", "list", "question", "non_latin", "url")
+"""The markers a request's text may have (`Context.markers`, what a `rules` rule's `markers` name)."""
+_MARKER_IDS = {name: hash_name("m=" + name) for name in MARKERS}
 _LEN_CHARS = hash_name("l=chars")
 _LEN_TOKENS = hash_name("l=tokens")
 _TURNS = hash_name("t=turns")

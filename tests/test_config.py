@@ -804,19 +804,43 @@ def test_serve_that_cannot_listen_says_why_in_its_own_words(
         ('model = "gpt-4o"\nmarkers = "code"', "rule for 'gpt-4o': markers must be a list of strings, got 'code'"),
         ('model = "gpt-4o"\ncontext = { task = ["a"] }', "rule for 'gpt-4o': context must be a table of"),
         ("model = 4", "rule for 4: model must be a string, got 4"),
+        ('model = "gpt-4o"\nmarkers = ["code", "maths"]', "rule for 'gpt-4o': unknown marker 'maths' (did you mean "
+         "math?); the markers are code, math, list, question, non_latin, url"),
     ],
 )
 def test_a_rule_of_the_wrong_type_is_refused_at_start_not_at_its_first_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule: str, message: str
 ) -> None:
     """`min_tokens = "2000"` was accepted and failed (a 500) at the first request the rule was tried on;
-    `markers = "code"` became the markers c, o, d, e."""
+    `markers = "code"` became the markers c, o, d, e; a misspelt marker (`maths`) was kept and never matched."""
     conf = _rules_folders(tmp_path, monkeypatch)
     _write(conf / "typed.toml", f'default = "gpt-4o-mini"\n[[rules]]\n{rule}\n')
     for text, where in (('policy = "rules:file=typed.toml"\n', f"rules file {conf / 'typed.toml'}: "),
                         (f'policy = "rules"\n[[policy_settings.rules]]\n{rule}\n', "")):
         with pytest.raises(ConfigError, match=f"^policy: policy 'rules': {re.escape(where + message)}"):
             load_settings(_write(conf / "br.toml", text), env={})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('policy = "rules"\n[policy_settings]\ndefault = "gpt-4o"\n[[policy_settings.rules]]\nmodel = "gpt-4o-mini"\n'
+         'markers = ["code"]\n', "unknown keys 'policy', 'policy_settings'; a rules file holds `default = "
+         "\"<model>\"` and [[rules]] tables; this is the settings file's form: write [policy_settings]'s default and "
+         "[[policy_settings.rules]] as default and [[rules]] at the top level"),
+        ('defualt = "gpt-4o"\n', "unknown keys 'defualt' (did you mean default?); a rules file holds `default = "
+         "\"<model>\"` and [[rules]] tables"),
+    ],
+)
+def test_a_rules_file_holds_only_default_and_rules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,
+                                                   message: str) -> None:
+    """A rules file written in the settings file's form (the Learning page's example pasted as it is) loaded as no
+    rules and no default, without a word, and the built-in rules routed instead; so did any other key."""
+    conf = _rules_folders(tmp_path, monkeypatch)
+    _write(conf / "other.toml", text)
+    expected = f"policy: policy 'rules': rules file {conf / 'other.toml'}: {message}"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
+        load_settings(_write(conf / "br.toml", 'policy = "rules:file=other.toml"\n'), env={})
 
 
 JUDGES_ONLY = ("[[models]]\nname = 'judge'\ninput_usd_per_mtok = 0.15\noutput_usd_per_mtok = 0.6\nroute = false\n"

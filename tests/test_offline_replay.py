@@ -7,6 +7,7 @@ import json
 import math
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -552,6 +553,39 @@ def test_a_rules_candidate_naming_a_removed_model_is_left_out_saying_why(world: 
     with pytest.raises(InvalidInput, match="names the model 'nowhere', which is not in the catalog; its models: "
                                            f"{world.models[0].name}.*never-logged$"):
         evaluate_log(records, ["rules:default=nowhere"], models=unlogged)
+
+
+def test_a_rules_candidate_with_a_regex_rule_is_said_to_be_estimated_without_it(world: SyntheticWorld,
+                                                                                 log: SimulatedLog,
+                                                                                 tmp_path: Path) -> None:
+    """A service log keeps no text, so a regex rule never matches its contexts: a `rules` candidate whose regex
+    matches every request was estimated as its default, and nothing said so. A warning names the rule; on contexts
+    with their text (a simulated log) the rule matches, and nothing is said; rules on what a service log keeps
+    (lengths, markers, context values) get no warning."""
+    from bandit_router.types import Context
+
+    def textless(record: LoggedRecord) -> LoggedRecord:
+        c = record.decision.context
+        context = Context(c.features, c.input_tokens, c.n_chars, c.turns, c.markers, c.attributes)  # as stored
+        return dataclasses.replace(record, decision=dataclasses.replace(record.decision, context=context))
+
+    first, second = world.models[0].name, world.models[1].name
+    (tmp_path / "regex.toml").write_text(f'default = "{first}"\n[[rules]]\nmodel = "{second}"\nregex = "."\n',
+                                         encoding="utf-8")
+    (tmp_path / "kept.toml").write_text(f'default = "{first}"\n[[rules]]\nmodel = "{second}"\nmin_chars = 1\n'
+                                        'markers = ["code", "math", "list", "question", "url", "non_latin"]\n'
+                                        f'[[rules]]\nmodel = "{second}"\nmax_tokens = 100000\n', encoding="utf-8")
+    regex, kept = f"rules:file={tmp_path / 'regex.toml'}", f"rules:file={tmp_path / 'kept.toml'}"
+    records = log.records[:200]
+    stored = evaluate_log([textless(r) for r in records], [regex, kept], models=world.models, estimators=("ips",))
+    assert [w for w in stored.warnings if "regex" in w] == [
+        f"candidate {regex!r}: rule 1 (regex = '.'): a regex never matches a logged context without the request's "
+        "text (a service log keeps none), so the estimate is of the policy without that rule"]
+    assert stored.record(regex, "ips").value == stored.record(f"fixed:{first}", "ips").value
+    assert stored.record(kept, "ips").value == stored.record(f"fixed:{second}", "ips").value  # its rules matched
+    simulated = evaluate_log(records, [regex], models=world.models, estimators=("ips",))
+    assert not [w for w in simulated.warnings if "regex" in w], simulated.warnings
+    assert simulated.record(regex, "ips").value == simulated.record(f"fixed:{second}", "ips").value
 
 
 def test_rounds_of_a_removed_model_without_a_cost_are_refused_not_priced_at_zero(world: SyntheticWorld,

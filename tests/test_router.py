@@ -198,6 +198,20 @@ def test_rules_policy_routes_by_markers_regex_and_context() -> None:
     assert router.route(Request(prompt="def f(): pass", models=("writer", "coder"))).model in ("writer", "coder")
 
 
+def test_a_rules_context_value_matches_only_a_value_of_its_type() -> None:
+    """`context = { priority = 1 }` matched `"priority": true` (Python's `True == 1`), which the features keep
+    apart; a number still matches the equal number of the other kind (JSON does not tell 1 from 1.0)."""
+    rules = make_policy("rules", rules=({"model": "strong", "context": {"priority": 1}},
+                                        {"model": "writer", "context": {"urgent": True}}), default="cheap")
+    router = Router(MODELS, rules, seed=0)
+    routed = {repr(context): router.route(Request(prompt="hi", context=context)).model
+              for context in ({"priority": 1}, {"priority": 1.0}, {"priority": True}, {"priority": "1"},
+                              {"urgent": True}, {"urgent": 1}, {"urgent": 1.0})}
+    assert routed == {"{'priority': 1}": "strong", "{'priority': 1.0}": "strong", "{'priority': True}": "cheap",
+                      "{'priority': '1'}": "cheap", "{'urgent': True}": "writer", "{'urgent': 1}": "cheap",
+                      "{'urgent': 1.0}": "cheap"}
+
+
 def test_supervised_policy_learns_offline_and_routes_by_prompt() -> None:
     from bandit_router.features import FeatureExtractor
     from bandit_router.policies.supervised import SupervisedPolicy

@@ -25,6 +25,7 @@ from typing import Any
 from ..errors import InvalidInput, UnknownPolicy
 from ..hints import quoted
 from ..policies import make_policy, parse_spec
+from ..policies.rules import RulesPolicy
 from ..setting_values import typed_value
 
 LOGGED = "logged"
@@ -115,6 +116,27 @@ def check_models(candidates: Iterable[Candidate], models: Sequence[str]) -> None
         if name == "fixed" and settings.get("model") not in models:
             raise InvalidInput(f"candidate {c.label!r}: {settings.get('model')!r} is not a model of the log; "
                                f"its models: {', '.join(models)}")
+
+
+def text_rule_warnings(candidates: Iterable[Candidate], without_text: int, total: int) -> list[str]:
+    """A warning per `rules` candidate with rules that read the request's text (`regex`) when `without_text` of the
+    `total` logged contexts have none: a service log keeps their lengths, markers and context values, not the text
+    (not even with `store_prompts`), so there such a rule never matches and the candidate is estimated as if it had
+    not that rule."""
+    if not without_text:
+        return []
+    warnings = []
+    on = "" if without_text == total else f" on the {without_text} of the {total} decisions without it"
+    for c in candidates:
+        if c.kind != "policy" or parse_spec(c.policy)[0] != "rules":
+            continue
+        policy = make_policy(c.policy)
+        text_rules = policy.text_rules() if isinstance(policy, RulesPolicy) else []
+        if text_rules:
+            warnings.append(f"candidate {c.label!r}: {'; '.join(text_rules)}: a regex never matches a logged context "
+                            f"without the request's text (a service log keeps none), so the estimate is{on} of the "
+                            f"policy without {'that rule' if len(text_rules) == 1 else 'those rules'}")
+    return warnings
 
 
 def baseline_candidates(models: Iterable[str]) -> list[str]:

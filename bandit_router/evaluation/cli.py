@@ -19,6 +19,7 @@ from ..store import SCHEMA_VERSION, ChainFeedback, Store, StoreError
 from ..store.location import DatabaseURL, parse_database, redact_urls
 from ..store.location import open_store as open_location
 from .log import LoggedRecord
+from .removed import CatalogLacksModels, without_guessed_cause
 from .store_log import iter_log, model_specs, shadow_names, with_feedback
 
 EVALUATE_HELP = """Estimate, from a service database alone, what other policies would have earned on its traffic.
@@ -153,11 +154,11 @@ def _catalog(config: Path | None) -> list[ModelSpec]:
     return list(load_settings(config, stored_models=True).load_catalog())
 
 
-def _unlisted_models_hint(records: list[LoggedRecord], specs: Mapping[str, ModelSpec]) -> str:
-    """Without `--config`, the models of the log the catalog read has no entry for, said as the likely cause (the
-    service ran with a catalog of its own), not as models removed since or pinned by a client; "" when none."""
-    unlisted = sorted({m for r in records for m in r.decision.models} - set(specs))
-    return _unlisted_models(unlisted) if unlisted else ""
+def _unlisted(records: list[LoggedRecord], specs: Mapping[str, ModelSpec]) -> list[str]:
+    """The models of the log the catalog read has no entry for: without `--config`, their likely cause is that the
+    service ran with a catalog of its own, not models removed since or pinned by a client (what the library's
+    messages guess, `removed.without_guessed_cause`)."""
+    return sorted({m for r in records for m in r.decision.models} - set(specs))
 
 
 def _noting_models(records: Iterator[LoggedRecord], seen: set[str]) -> Iterator[LoggedRecord]:
@@ -218,7 +219,7 @@ def evaluate(
             raise _fail("evaluate", message) from None
     if out is not None:
         _check_out("evaluate", out)  # before the replays, not after them
-    hint = ""
+    unlisted: list[str] = []  # without --config: the log's models the catalog read lacks
     try:
         catalog = _catalog(config)
         store = open_store(db)
@@ -231,7 +232,7 @@ def evaluate(
             message = f"{redact_urls(db)} holds no decision with learned feedback: nothing to evaluate"
             raise _fail("evaluate", message, 1)
         if config is None:
-            hint = _unlisted_models_hint(records, specs)
+            unlisted = _unlisted(records, specs)
         shadows, partial = shadow_names(records)
         for name in partial:
             typer.echo(f"warning: shadow {name!r} was not logged with every decision; not evaluated", err=True)
@@ -248,8 +249,13 @@ def evaluate(
             confidence=confidence,
             seed=seed,
         )
-    except (ConfigError, StoreError, BanditRouterError) as exc:
-        raise _fail("evaluate", str(exc) + (f"; {hint}" if hint else "")) from None
+    except CatalogLacksModels as exc:
+        if not unlisted or not set(exc.models) <= set(unlisted):
+            raise _fail("evaluate", str(exc)) from None
+        # their cause is likely the catalog read, not one the message guesses (removed since, a client named them)
+        raise _fail("evaluate", f"{without_guessed_cause(str(exc))}\nhint: {_unlisted_models(unlisted)}") from None
+    except (ConfigError, StoreError, BanditRouterError) as exc:  # a typo, a bad value: --config cures none of them
+        raise _fail("evaluate", str(exc)) from None
     typer.echo(
         f"{evaluation.n_evaluated} decision{'' if evaluation.n_evaluated == 1 else 's'} with feedback evaluated "
         f"({evaluation.n_logged} logged), "
@@ -257,7 +263,8 @@ def evaluate(
     )
     typer.echo(format_table(evaluation))
     typer.echo(format_best(evaluation))
-    for warning in [*evaluation.warnings, *([hint] if hint else [])]:
+    warnings = [without_guessed_cause(w) for w in evaluation.warnings] if unlisted else list(evaluation.warnings)
+    for warning in [*warnings, *([_unlisted_models(unlisted)] if unlisted else [])]:
         typer.echo(f"warning: {warning}", err=True)
     poor = sorted({r.candidate for r in evaluation.records if r.warnings})
     if poor:

@@ -28,7 +28,7 @@ import numpy as np
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..hints import quoted
-from .candidates import Candidate, baseline_candidates, check_models, parse_candidate
+from .candidates import Candidate, baseline_candidates, check_models, parse_candidate, text_rule_warnings
 from .estimators import Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
 from .overlap import Overlap, OverlapThresholds, overlap
@@ -324,6 +324,8 @@ def _prepare(
         raise InvalidInput("no candidates to evaluate")
     wanted, warnings = removed_model_warnings(logged, specs, arrays.models, wanted, mode=config.mode,
                                               train_fraction=config.train_fraction)
+    without_text = sum(not record.decision.context.text for record in logged)
+    warnings.extend(text_rule_warnings(wanted, without_text, len(logged)))
     replays = {
         c.label: replay(
             logged,

@@ -22,6 +22,29 @@ from .candidates import Candidate
 from .log import LoggedRecord
 from .replay import left_out_rows
 
+REMOVED_SINCE = " (removed from the catalog since?)"
+CLIENT_NAMED = "; a client named them"
+"""The causes the messages below guess for a model of the log without a catalog entry, true when the catalog read is
+the service's: `without_guessed_cause` drops them where it may not be (`evaluate` without `--config`)."""
+
+
+class CatalogLacksModels(InvalidInput):
+    """A refusal caused by models of the log without a catalog entry (`models`): nothing left to evaluate on, no
+    candidate left, rounds nothing prices."""
+
+    def __init__(self, message: str, models: Sequence[str]) -> None:
+        super().__init__(message)
+        self.models = tuple(models)
+
+
+def without_guessed_cause(message: str) -> str:
+    """`message` without the cause it guesses for models without a catalog entry (`REMOVED_SINCE`, `CLIENT_NAMED`).
+
+    >>> without_guessed_cause("allowed only models without a catalog entry (alpha; a client named them)")
+    'allowed only models without a catalog entry (alpha)'
+    """
+    return message.replace(REMOVED_SINCE, "").replace(CLIENT_NAMED, "")
+
 
 def removed_model_warnings(
     logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], models: Sequence[str], wanted: list[Candidate],
@@ -33,7 +56,7 @@ def removed_model_warnings(
     removed = [m for m in models if m not in specs]
     if removed:
         warnings.append(
-            f"models of the log without a catalog entry (removed from the catalog since?): {', '.join(removed)}; the "
+            f"models of the log without a catalog entry{REMOVED_SINCE}: {', '.join(removed)}; the "
             f"candidates route among the other models, as they would with this catalog, and learn nothing from "
             f"those models' outcomes; fixed:<model> of such a model is read from the log"
         )
@@ -43,7 +66,8 @@ def removed_model_warnings(
                      "be deployed with this catalog" for label, named in undeployable.items() if named]
     wanted = [c for c in wanted if not undeployable[c.label]]
     if not wanted:
-        raise InvalidInput("no candidate to evaluate: " + "; ".join(not_evaluated))
+        raise CatalogLacksModels("no candidate to evaluate: " + "; ".join(not_evaluated),
+                                 sorted({m for named in undeployable.values() for m in named}))
     warnings.extend(not_evaluated)
     warnings.extend(_left_out_warning(logged, specs, mode=mode, train_fraction=train_fraction))
     return wanted, warnings
@@ -97,8 +121,9 @@ def check_priced(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec],
             unpriced[model] = unpriced.get(model, 0) + 1
     if unpriced:
         said = ", ".join(f"{k} round{'' if k == 1 else 's'} of {m!r}" for m, k in sorted(unpriced.items()))
-        raise InvalidInput(f"no cost (stored or reported) for {said}, a model without a catalog entry to price its "
-                           "tokens: give its catalog entry, or the rounds' costs, to evaluate this log")
+        raise CatalogLacksModels(f"no cost (stored or reported) for {said}, a model without a catalog entry to price "
+                                 "its tokens: give its catalog entry, or the rounds' costs, to evaluate this log",
+                                 sorted(unpriced))
 
 
 def _left_out_warning(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], *, mode: str,
@@ -112,10 +137,10 @@ def _left_out_warning(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelS
     total = len(logged) - (math.floor(train_fraction * len(logged)) if mode == "frozen" else 0)
     names = sorted({m for r, out in zip(logged, left_out, strict=True) if out for m in r.decision.models})
     said = (f"{k} of the {total} decision{'' if total == 1 else 's'} with feedback to evaluate on allowed only "
-            f"models without a catalog entry ({', '.join(names)}; a client named them)")
+            f"models without a catalog entry ({', '.join(names)}{CLIENT_NAMED})")
     if k == total:
-        raise InvalidInput(f"nothing to evaluate on: {said}, and no candidate can decide such a decision with this "
-                           "catalog")
+        raise CatalogLacksModels(f"nothing to evaluate on: {said}, and no candidate can decide such a decision with "
+                                 "this catalog", names)
     return [f"{said}: no candidate can decide them with this catalog, so every candidate is evaluated without them, "
             "logged and fixed:<model> of those models too, all on the same rounds; the estimates are about the other "
             "decisions"]

@@ -16,12 +16,20 @@ is read from that file's folder, elsewhere from the working directory) or, with 
     min_tokens = 2000               # also max_tokens, min_chars, max_chars
     [[rules]]
     model = "gpt-4.1-nano"
-    regex = "(?i)^translate"        # searched in the prompt text
-    context = { task = "support" }  # every key must match the request's context
+    regex = "(?im)^translate"       # searched in the request's text (see below)
+    context = { task = "support" }  # every key equal to the request's context value, of the same type
 
-A rules file holds those two keys only (another, a misspelt `[[rule]]`, is refused, as is `[rules]` for one table).
+A file holds only `default` and `[[rules]]` (anything else is refused). The conditions read the request's whole
+text, the prompt or every message's content (a system message too) joined by "\n": `regex` is searched in it
+(`re.search`, no flags but the pattern's own: `(?m)^` for the start of any line), `min_tokens`…`max_chars`
+measure it (estimated tokens, characters), `markers` are those the features found in it (`features.MARKERS`;
+another name is refused); `context` values compare with their type (`true` is not `1`, `1` is `1.0`).
 With no rules at all, the built-in rule set is: code or maths, or ≥ 1,500 estimated tokens → the cheapest
-model tagged `tier = "large"`; everything else → the cheapest model.
+model tagged `tier = "large"` among those the request allows; everything else (and all of it when the request
+allows no large model) → `default` if set and allowed, else the cheapest allowed model.
+
+Offline (`evaluate`), the logged contexts keep the lengths, markers and context values, not the text: a `regex`
+never matches there (`text_rules` names such rules, and evaluate warns).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import ConfigError
+from ..features import MARKERS
 from ..hints import quoted
 from ..setting_values import typed_value
 from ..tomlfile import TOMLFileError, load_toml_file
@@ -71,6 +80,10 @@ class Rule:
                     raise ConfigError(f"{where}: {name} {exc}") from None
         if isinstance(self.markers, str) or not all(isinstance(m, str) for m in self.markers):
             raise ConfigError(f"{where}: markers must be a list of strings, got {self.markers!r}")
+        unknown = [m for m in self.markers if m not in MARKERS]
+        if unknown:  # a misspelt marker would never match, without a word
+            raise ConfigError(f"{where}: unknown marker{'s' if len(unknown) > 1 else ''} {quoted(unknown, MARKERS)}; "
+                              f"the markers are {', '.join(MARKERS)}")
         if not isinstance(self.context, Mapping) or not all(
             isinstance(v, str | int | float | bool) for v in self.context.values()
         ):
@@ -114,9 +127,15 @@ class Rule:
             return False
         if self.markers and not (set(self.markers) & context.markers):
             return False
-        if any(context.attributes.get(k) != v for k, v in self.context.items()):
+        if not all(_same_value(context.attributes.get(k), v) for k, v in self.context.items()):
             return False
         return self.pattern is None or self.pattern.search(context.text) is not None
+
+
+def _same_value(given: Scalar | None, wanted: Scalar) -> bool:
+    """`given == wanted` with the type: a boolean equals only a boolean (Python's `True == 1`; the features keep
+    them apart), a number any equal number (JSON does not tell 1 from 1.0)."""
+    return isinstance(given, bool) is isinstance(wanted, bool) and given == wanted
 
 
 @dataclass(frozen=True)
@@ -138,8 +157,11 @@ class RulesParams:
                 raise ConfigError(f"{where}{exc}") from exc
             unknown = sorted(set(data) - set(FILE_KEYS))  # a misspelt `[[rule]]` left the built-in rules in force
             if unknown:
+                settings_form = ("; this is the settings file's form: write [policy_settings]'s default and "
+                                 "[[policy_settings.rules]] as default and [[rules]] at the top level"
+                                 if "policy_settings" in data else "")
                 raise ConfigError(f"{where}unknown keys {quoted(unknown, FILE_KEYS)}; a rules file holds `default = "
-                                  "\"<model>\"` and [[rules]] tables")
+                                  f"\"<model>\"` and [[rules]] tables{settings_form}")
             if not isinstance(data.get("default", ""), str):
                 raise ConfigError(f"{where}default must be a model name (a string), got {data['default']!r}")
             rules += _rule_list(data.get("rules", []), where)
@@ -194,6 +216,12 @@ class RulesPolicy(BasePolicy):
             check_named_model(f"policy {self.name!r}: rule {number} ({rule.conditions()})", rule.model, models)
         if self.params.default:
             check_named_model(f"policy {self.name!r}: default", self.params.default, models)
+
+    def text_rules(self) -> list[str]:
+        """The rules that read the request's text itself (`regex`), numbered and with their conditions: offline,
+        on logged contexts (no text), they never match."""
+        return [f"rule {number} ({rule.conditions()})" for number, rule in enumerate(self.params.rules, 1)
+                if rule.regex is not None]
 
     def missing_models(self, models: Sequence[ModelSpec]) -> list[str]:
         names = {m.name for m in models}
