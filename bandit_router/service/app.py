@@ -45,10 +45,12 @@ from .gateway_routes import CHAT_PATH, ERROR_CONTENT_OPENAI, openai_error
 from .gateway_routes import router as gateway_router
 from .hotpaths import HotPaths
 from .metrics import Metrics
+from .metricsdir import serves_this_process
 from .paths import end_exactly
 from .protocol import RECURRING
 from .routes import Services, router
 from .schemas import BODY_MODELS, BUDGET_SCHEMAS, ErrorOut
+from .workergate import WorkerGate
 
 log = logging.getLogger("bandit_router.service")
 
@@ -316,15 +318,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await asyncio.to_thread(store.prepare)
         metrics = Metrics()
         engine = Engine(settings, store, observer=metrics)
+        workers = _worker_gate(settings)  # a worker of `serve --workers N`: the others' readiness (`workergate`)
+        if workers is not None:
+            engine.on_recovered = workers.recovered
+        services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys),
+                            workers)
         metrics.bind(
-            lambda: float(engine.router.version), lambda: float(engine.applied_seq), lambda: float(engine.ready)
+            lambda: float(engine.router.version), lambda: float(engine.applied_seq), lambda: float(services.ready())
         )
         metrics.bind_budgets(engine.pacer.report)
         metrics.bind_checkpoints(engine.checkpointer.report, lambda: float(engine.follower.unreadable))
         app.state.settings = settings
         app.state.engine = engine
         app.state.metrics = metrics
-        app.state.services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys))
+        app.state.services = services
         engine.start()
         gateway: Gateway | None = None
         try:  # a start-up failure (a ConfigError) stops what has started, like a shutdown
@@ -344,11 +351,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 len(engine.router.models), "on" if settings.auth_enabled else "off", settings.storage.store_prompts,
                 settings.server.workers, app.version,
             )
+            if workers is not None and engine.recovering and not workers.listen_before_recovered():
+                log.info("another worker serves: this one (pid %d) recovers before it takes connections",
+                         os.getpid())
+                await asyncio.to_thread(engine.wait_ready)
+                if engine.recovery_failed:  # it takes connections to say why; no worker says ready
+                    workers.must_not_listen_yet()
             yield
         finally:
             if gateway is not None:
                 await stop_gateway(gateway)
             await asyncio.to_thread(engine.stop)
+            if workers is not None:
+                workers.close()
             flush_rate_limited("uvicorn.error", "psycopg.pool")  # what their filters dropped since their last line
 
     app = FastAPI(
@@ -380,6 +395,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         if isinstance(r, Route)]  # `_allow`: the routers' own, as FastAPI nests included routers
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _worker_gate(settings: Settings) -> WorkerGate | None:
+    """In a worker of `serve --workers N` (the folder `serve` made for its workers is in the environment), this
+    worker's side of the readiness they share; None in one process and in an application's own `create_app`."""
+    folder = serves_this_process()
+    return WorkerGate(folder) if folder is not None and settings.server.workers > 1 else None
 
 
 def check_live_catalog(settings: Settings, *, warn: bool = True) -> LiveCatalog:
