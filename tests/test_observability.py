@@ -3,9 +3,12 @@ something goes wrong: said once, when it starts and when it ends, not once per r
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import resource
+import signal
 import socket
 import sys
 import time
@@ -82,6 +85,49 @@ def test_a_postgresql_outage_is_logged_when_it_starts_and_ends_not_at_every_reco
     assert len(down) == 1 and "ERROR" in down[0] and "/readyz 503" in down[0], log
     assert len(re.findall(r"WARNING bandit_router\.service: ready again: the database answers", log)) == 1, log
     assert "pg-test-secret" not in log  # tools.pg_server.PASSWORD: never in the log
+
+
+def _ready_pids(server: ServeProcess, workers: int, timeout: float = 60.0) -> set[int]:
+    """The pids of the workers that answered `/readyz` 200 (a new connection each, to a worker at random) until
+    `workers` of them had, or `timeout` passed."""
+    pids: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(pids) < workers and time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            reply = loopback.get(server.url + "/readyz", headers={"connection": "close"}, timeout=5)
+            if reply.status_code == 200:
+                pids.add(reply.json()["pid"])
+        time.sleep(0.05)
+    return pids
+
+
+def test_a_worker_that_cannot_start_during_a_postgresql_outage_does_not_stop_the_server(
+    serve: Callable[..., ServeProcess], pg_server: PgServer, pg_url: str
+) -> None:
+    """`serve --workers 2` on PostgreSQL: a worker dies (SIGKILL) while the database is down, and uvicorn starts
+    another, whose start-up cannot reach the database. uvicorn reads a failed start-up as a broken application: it
+    stopped the other worker too and exited with status 0 (a drill, /tmp/workers/pg_outage_restart.py: the server
+    gone 6 s into the outage, and a supervisor restarting on failure would not restart it). Now such a worker says
+    why and exits with status 1 after 5 s, and uvicorn starts another, until the database answers: the server
+    outlives the outage and both workers serve after it."""
+    server = serve("--db", pg_url, "--workers", "2", "--log-level", "info")
+    before = _ready_pids(server, 2)
+    assert len(before) == 2, server.log_tail()
+    pg_server.down()
+    try:
+        os.kill(min(before), signal.SIGKILL)
+        _wait(lambda: server.process.poll() is not None or "could not start" in server.logpath.read_text()
+              or "Application startup failed" in server.logpath.read_text(), timeout=60)
+        time.sleep(1.0)  # what uvicorn's parent does after it (it looks every 0.5 s)
+        assert server.process.poll() is None, server.log_tail()
+    finally:
+        pg_server.up()
+    after = _ready_pids(server, 2, timeout=90)  # the other worker ready again, and a new one started
+    assert len(after) == 2 and after != before, (after, before, server.log_tail())
+    assert server.process.poll() is None
+    log = server.logpath.read_text()
+    assert re.search(r"ERROR bandit_router\.service: this worker \(pid \d+\) could not start: PostgreSQL .* "
+                     r"cannot connect: .*; it exits in 5 s and another one is started", log), log
 
 
 def _families(text: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -33,7 +34,7 @@ from ..errors import ConfigError
 from ..gateway import Gateway, Judge
 from ..log.budget_state import stored_budgets
 from ..log.catalog import LiveCatalog, stored_catalog
-from ..store import SCHEMA_VERSION
+from ..store import SCHEMA_VERSION, StoreError
 from ..store.location import DatabaseURL, open_store
 from ..store.serverlock import join_database
 from . import dashboard, errors, redact
@@ -312,15 +313,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # the catalog's models as the routers will hold them, with those added and retired at run time: before
         # the database is created or migrated, so that a refused start leaves it as it was
-        live = await asyncio.to_thread(check_live_catalog, settings)
-        store = open_store(settings.storage.db, synchronous=settings.storage.synchronous,
-                           wal_max_bytes=settings.storage.wal_max_bytes)
-        await asyncio.to_thread(store.prepare)
+        workers = _worker_gate(settings)  # a worker of `serve --workers N`: the others' readiness (`workergate`)
+        try:
+            live = await asyncio.to_thread(check_live_catalog, settings)
+            store = open_store(settings.storage.db, synchronous=settings.storage.synchronous,
+                               wal_max_bytes=settings.storage.wal_max_bytes)
+            await asyncio.to_thread(store.prepare)
+        except StoreError as exc:
+            if workers is not None:  # not uvicorn's start-up failure, which stops every worker
+                await asyncio.to_thread(_start_again, exc)
+            raise
         metrics = Metrics()
         engine = Engine(settings, store, observer=metrics)
-        workers = _worker_gate(settings)  # a worker of `serve --workers N`: the others' readiness (`workergate`)
         if workers is not None:
             engine.on_recovered = workers.recovered
+            engine.on_recovery_failed = _start_again
         services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys),
                             workers)
         metrics.bind(
@@ -395,6 +402,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         if isinstance(r, Route)]  # `_allow`: the routers' own, as FastAPI nests included routers
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+RESTART_PAUSE_S = 5.0
+"""How long a worker whose start found the database unanswering waits before it exits to be started again."""
+
+
+def _start_again(failure: BaseException) -> None:
+    """In a worker of `serve --workers N` whose start (`Store.prepare`, the recovery) failed on the database (a
+    `StoreError`: PostgreSQL unreachable, say, as uvicorn replaces a worker that died): exit with status 1 after
+    `RESTART_PAUSE_S`, so that uvicorn starts another worker, again until the database answers. A failure of the
+    lifespan's start-up is uvicorn's sign of a broken application: it stopped every worker and exited with status 0,
+    the workers that served and would have served again included. Other failures are left as they are."""
+    if not isinstance(failure, StoreError):
+        return
+    log.error("this worker (pid %d) could not start: %s; it exits in %.0f s and another one is started (the other "
+              "workers serve meanwhile)", os.getpid(), " ".join(str(failure).split()), RESTART_PAUSE_S)
+    time.sleep(RESTART_PAUSE_S)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def _worker_gate(settings: Settings) -> WorkerGate | None:

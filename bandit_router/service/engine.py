@@ -169,6 +169,9 @@ class Engine:
         self.on_recovered: Callable[[], None] | None = None
         """Called on the writer thread once the recovery has succeeded and requests are served (a worker of `serve
         --workers N` tells the others: `workergate`)."""
+        self.on_recovery_failed: Callable[[BaseException], None] | None = None
+        """Called on the writer thread when the recovery has failed (a worker of `serve --workers N` exits to be
+        started again when the database did not answer: `app._start_again`)."""
 
     # -- what the routes and tests read -------------------------------------------------------------------------
     @property
@@ -362,6 +365,8 @@ class Engine:
             self._failed = exc
             log.exception("recovery failed; the service stays unready")
             self._ready.set()
+            if self.on_recovery_failed is not None:
+                self.on_recovery_failed(exc)
             raise
         self._ready.set()
         self._serving = self.writer.accepting
