@@ -130,6 +130,29 @@ def test_a_worker_that_cannot_start_during_a_postgresql_outage_does_not_stop_the
                      r"cannot connect: .*; it exits in 5 s and another one is started", log), log
 
 
+def test_the_log_says_why_a_worker_ended_at_warning(serve: Callable[..., ServeProcess], tmp_path: Path) -> None:
+    """`serve --workers 2`: a worker killed (SIGKILL, as the kernel's out-of-memory killer does) and one hung
+    (SIGSTOP) until uvicorn kills it after its 30 s health check. uvicorn logged each as `Child process [pid]
+    died` at INFO, without why, below the WARNING an operator watches. Now the server logs a WARNING with the
+    signal, or the health check, before uvicorn starts another."""
+    server = serve("--db", str(tmp_path / "router.db"), "--workers", "2")
+    first = _ready_pids(server, 2)
+    assert len(first) == 2, server.log_tail()
+    killed = min(first)
+    os.kill(killed, signal.SIGKILL)
+    said = (f"WARNING bandit_router.service: worker {killed} was killed by SIGKILL (the kernel's out-of-memory "
+            "killer, or a kill -9: see the kernel log); uvicorn starts another")
+    _wait(lambda: said in server.logpath.read_text(), timeout=30)
+    second = _ready_pids(server, 2)
+    assert len(second) == 2 and killed not in second, server.log_tail()
+    hung = max(second - first)  # the new worker
+    os.kill(hung, signal.SIGSTOP)
+    said = (f"WARNING bandit_router.service: worker {hung} left uvicorn's health check unanswered for 30 s (hung, or "
+            "stopped): killed; uvicorn starts another")
+    _wait(lambda: said in server.logpath.read_text(), timeout=90)
+    assert len(_ready_pids(server, 2)) == 2, server.log_tail()
+
+
 def _families(text: str) -> dict[str, Any]:
     """The scrape parsed as Prometheus does (a malformed line, a family given twice: an error)."""
     families: dict[str, Any] = {}

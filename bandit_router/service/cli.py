@@ -194,13 +194,14 @@ def _run(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> 
                                          "log_level": server.log_level})
     sys.stdout.flush()
     from uvicorn.config import STARTUP_FAILURE
-    from uvicorn.supervisors import Multiprocess
+
+    from .supervisor import Supervisor
 
     uvicorn_config = uvicorn.Config("bandit_router.service.app:app_from_environment", factory=True,
                                     workers=server.workers, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **common)
-    supervisor = Multiprocess(uvicorn_config, sockets=[uvicorn_config.bind_socket()])  # as `uvicorn.run` with workers
+    supervisor = Supervisor(uvicorn_config, sockets=[uvicorn_config.bind_socket()])  # as `uvicorn.run` with workers
     supervisor.run()
-    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+    if supervisor.failed_to_start:
         # uvicorn stopped every worker because one could not start, and returns as from a SIGTERM: the exit status
         # of one process's failed start (3), not 0, so that a supervisor that restarts on failure does
         raise typer.Exit(STARTUP_FAILURE)
