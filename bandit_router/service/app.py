@@ -1,5 +1,9 @@
 """`create_app(settings)`: the FastAPI application. Nothing is built at import time: the lifespan creates the
-store (schema), the engine (router, writer thread, recovery), the metrics and the authenticator."""
+store (schema), the engine (router, writer thread, recovery), the metrics and the authenticator.
+
+Why one module of ~540 lines: `create_app` and its lifespan build and wire every part of the service, and the
+middleware (Host policy, body limit), the OpenAPI additions and the start checks are the app's alone; a worker's
+part in `serve --workers N` (readiness, a start again) is `workergate`."""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -46,12 +49,11 @@ from .gateway_routes import CHAT_PATH, ERROR_CONTENT_OPENAI, openai_error
 from .gateway_routes import router as gateway_router
 from .hotpaths import HotPaths
 from .metrics import Metrics
-from .metricsdir import serves_this_process
 from .paths import end_exactly
 from .protocol import RECURRING
 from .routes import Services, router
 from .schemas import BODY_MODELS, BUDGET_SCHEMAS, ErrorOut
-from .workergate import WorkerGate
+from .workergate import WorkerGate, start_again
 
 log = logging.getLogger("bandit_router.service")
 
@@ -313,7 +315,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # the catalog's models as the routers will hold them, with those added and retired at run time: before
         # the database is created or migrated, so that a refused start leaves it as it was
-        workers = _worker_gate(settings)  # a worker of `serve --workers N`: the others' readiness (`workergate`)
+        workers = WorkerGate.of_this_worker(settings.server.workers)  # `serve --workers N`'s (`workergate`)
         try:
             live = await asyncio.to_thread(check_live_catalog, settings)
             store = open_store(settings.storage.db, synchronous=settings.storage.synchronous,
@@ -321,13 +323,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.to_thread(store.prepare)
         except StoreError as exc:
             if workers is not None:  # not uvicorn's start-up failure, which stops every worker
-                await asyncio.to_thread(_start_again, exc)
+                await asyncio.to_thread(start_again, exc)
             raise
         metrics = Metrics()
         engine = Engine(settings, store, observer=metrics)
         if workers is not None:
-            engine.on_recovered = workers.recovered
-            engine.on_recovery_failed = _start_again
+            workers.follow(engine)
         services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys),
                             workers)
         metrics.bind(
@@ -358,12 +359,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 len(engine.router.models), "on" if settings.auth_enabled else "off", settings.storage.store_prompts,
                 settings.server.workers, app.version,
             )
-            if workers is not None and engine.recovering and not workers.listen_before_recovered():
-                log.info("another worker serves: this one (pid %d) recovers before it takes connections",
-                         os.getpid())
-                await asyncio.to_thread(engine.wait_ready)
-                if engine.recovery_failed:  # it takes connections to say why; no worker says ready
-                    workers.must_not_listen_yet()
+            if workers is not None:
+                await workers.before_listening(engine)
             yield
         finally:
             if gateway is not None:
@@ -402,34 +399,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         if isinstance(r, Route)]  # `_allow`: the routers' own, as FastAPI nests included routers
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
-
-
-RESTART_PAUSE_S = 5.0
-"""How long a worker whose start found the database unanswering waits before it exits to be started again."""
-
-
-def _start_again(failure: BaseException) -> None:
-    """In a worker of `serve --workers N` whose start (`Store.prepare`, the recovery) failed on the database (a
-    `StoreError`: PostgreSQL unreachable, say, as uvicorn replaces a worker that died): exit with status 1 after
-    `RESTART_PAUSE_S`, so that uvicorn starts another worker, again until the database answers. A failure of the
-    lifespan's start-up is uvicorn's sign of a broken application: it stopped every worker and exited with status 0,
-    the workers that served and would have served again included. Other failures are left as they are."""
-    if not isinstance(failure, StoreError):
-        return
-    log.error("this worker (pid %d) could not start: %s; it exits in %.0f s and another one is started (the other "
-              "workers serve meanwhile)", os.getpid(), " ".join(str(failure).split()), RESTART_PAUSE_S)
-    time.sleep(RESTART_PAUSE_S)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)
-
-
-def _worker_gate(settings: Settings) -> WorkerGate | None:
-    """In a worker of `serve --workers N` (the folder `serve` made for its workers is in the environment), this
-    worker's side of the readiness they share; None in one process and in an application's own `create_app`."""
-    folder = serves_this_process()
-    return WorkerGate(folder) if folder is not None and settings.server.workers > 1 else None
 
 
 def check_live_catalog(settings: Settings, *, warn: bool = True) -> LiveCatalog:

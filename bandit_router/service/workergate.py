@@ -1,4 +1,5 @@
-"""`serve --workers N`: `/readyz` 200 from one worker means that a request reaches a worker that can route it.
+"""`serve --workers N`: `/readyz` 200 from one worker means that a request reaches a worker that can route it; a
+worker whose start fails on the database is started again (`start_again`).
 
 Every worker takes connections on one socket, and the kernel hands each new connection to any worker that
 listens, whichever one answered `/readyz`. uvicorn listens in a worker once its lifespan has started, and the
@@ -23,10 +24,22 @@ worker that listens holds one of the two, and `ready.lock` only once it has reco
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import logging
 import os
+import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..store import StoreError
+from .metricsdir import serves_this_process
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("bandit_router.service")
 
 READY = "ready.lock"
 RECOVERING = "recovering.lock"
@@ -37,6 +50,29 @@ NOT_READY = ("another worker of this server takes connections and has not recove
 
 class WorkerGate:
     """This worker's side of the two locks in `folder` (see the module docstring)."""
+
+    @classmethod
+    def of_this_worker(cls, workers: int) -> WorkerGate | None:
+        """In a worker of `serve --workers N` (the folder `serve` made for its workers is in the environment), this
+        worker's gate; None in one process and in an application's own `create_app`."""
+        folder = serves_this_process()
+        return cls(folder) if folder is not None and workers > 1 else None
+
+    def follow(self, engine: Engine) -> None:
+        """Tell the others once `engine` has recovered; start again when its recovery fails on the database."""
+        engine.on_recovered = self.recovered
+        engine.on_recovery_failed = start_again
+
+    async def before_listening(self, engine: Engine) -> None:
+        """At the end of the lifespan's start-up (uvicorn listens next): while `engine` recovers and another worker
+        is ready, wait for the recovery (logged). A recovery that failed takes connections to say why, and no
+        worker says ready."""
+        if not engine.recovering or self.listen_before_recovered():
+            return
+        log.info("another worker serves: this one (pid %d) recovers before it takes connections", os.getpid())
+        await asyncio.to_thread(engine.wait_ready)
+        if engine.recovery_failed:
+            self.must_not_listen_yet()
 
     def __init__(self, folder: Path) -> None:
         self._ready = _open(folder / READY)
@@ -97,3 +133,24 @@ def _held(probe: int) -> bool:
         fcntl.flock(probe, fcntl.LOCK_UN)
         return False
     return True
+
+
+RESTART_PAUSE_S = 5.0
+"""How long a worker whose start found the database unanswering waits before it exits to be started again."""
+
+
+def start_again(failure: BaseException) -> None:
+    """In a worker of `serve --workers N` whose start (`Store.prepare`, the recovery) failed on the database (a
+    `StoreError`: PostgreSQL unreachable, say, as uvicorn replaces a worker that died): exit with status 1 after
+    `RESTART_PAUSE_S`, so that uvicorn starts another worker, again until the database answers. A failure of the
+    lifespan's start-up is uvicorn's sign of a broken application: it stopped every worker and exited with status 0,
+    the workers that served and would have served again included. Other failures are left as they are."""
+    if not isinstance(failure, StoreError):
+        return
+    log.error("this worker (pid %d) could not start: %s; it exits in %.0f s and another one is started (the other "
+              "workers serve meanwhile)", os.getpid(), " ".join(str(failure).split()), RESTART_PAUSE_S)
+    time.sleep(RESTART_PAUSE_S)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
