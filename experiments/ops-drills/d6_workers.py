@@ -18,6 +18,7 @@ it with `PYTHONPATH=<a checkout>` to drill another commit's code). In turn:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import shutil
@@ -263,6 +264,7 @@ def replacements(folder: Path) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     folder = Path(tempfile.mkdtemp(prefix="drill6-"))
     template = folder / "log.db"
     populate(template, LOG_FEEDBACKS)
