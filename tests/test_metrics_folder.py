@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bandit_router.service.metricsdir import LOCK_NAME, PREFIX, remove_stale
 from tools.loopback import loopback
-from tools.serve_process import ServeProcess
+from tools.serve_process import ServeProcess, free_port
 
 SERVE = [sys.executable, "-m", "bandit_router.cli"]
 CLOSE = {"connection": "close"}
@@ -247,3 +247,77 @@ def test_serve_with_workers_refused_for_a_port_in_use_leaves_no_metrics_folder(t
     assert done.returncode == 2, done.stderr
     assert f"port: cannot listen on 127.0.0.1:{port}" in done.stderr
     assert list(folder.iterdir()) == []
+
+
+def test_serve_exits_with_a_failure_status_when_its_workers_cannot_start(tmp_path: Path) -> None:
+    """A worker whose start-up fails (here its metrics files find the file system full: a sitecustomize makes
+    `posix_fallocate` fail with ENOSPC in spawned processes only) makes uvicorn stop every worker, and `serve` then
+    exited with status 0, as after a SIGTERM: a supervisor that restarts on failure (systemd's `on-failure`,
+    Docker's `on-failure`) took the stop for a clean one. Now `serve` exits with status 3, as one process whose
+    start-up fails does."""
+    site = tmp_path / "full"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import errno\nimport os\nimport sys\n\n"
+        "if '--multiprocessing-fork' in sys.argv:  # a worker uvicorn spawned\n"
+        "    def full(fd, offset, length):\n"
+        "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n\n"
+        "    os.posix_fallocate = full\n", encoding="utf-8")
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_ROUTER_")}
+    start = subprocess.Popen([*SERVE, "serve", "--db", str(tmp_path / "router.db"), "--workers", "2", "--port",
+                              str(free_port())], cwd=tmp_path, env={**clean, "PYTHONPATH": path},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = start.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(start.pid, signal.SIGKILL)
+        start.wait(10)
+    assert "cannot allocate this worker's metrics files" in stderr and "failed to start" in stderr, stderr
+    assert start.returncode == 3, stderr
+
+
+def _ready_workers(server: ServeProcess, timeout: float = 60.0) -> set[int]:
+    """The pids of two workers that answered `/readyz` 200 (a new connection each), or fewer after `timeout`."""
+    ready: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(ready) < 2 and time.monotonic() < deadline and server.process.poll() is None:
+        with contextlib.suppress(httpx.HTTPError):
+            reply = loopback.get(server.url + "/readyz", headers=CLOSE, timeout=5)
+            if reply.status_code == 200:
+                ready.add(reply.json()["pid"])
+        time.sleep(0.05)
+    return ready
+
+
+@needs_root
+def test_workers_started_in_place_of_dead_ones_take_their_metrics_files(tmp_path: Path) -> None:
+    """Each worker uvicorn started in place of a dead one (killed: out of memory, a crash) had a new pid, so new
+    metrics files (1.5 MiB), and the dead one's stayed for its counts: on a 12 MiB tmpfs the seventh replacement
+    could not allocate its files, failed its start, and uvicorn stopped the server (/tmp/workers/
+    replacements_fill.py). Files are named after a worker's slot now, which a replacement takes over with the
+    files: after eight replacements the folder holds two workers' files, the server serves, and every decision
+    is still counted."""
+    with _tmpfs(tmp_path / "tiny", "12m") as tiny:
+        server = ServeProcess(tmp_path, SERVE, ["--db", str(tmp_path / "router.db"), "--workers", "2"],
+                              env={"BANDIT_ROUTER_METRICS_DIR": str(tiny)})
+        try:
+            server.wait_ready()
+            routed = 0
+            for _ in range(8):
+                ready = _ready_workers(server)
+                assert len(ready) == 2, server.log_tail()
+                for i in range(5):
+                    reply = loopback.post(server.url + "/v1/route", json={"prompt": f"q{i}"}, headers=CLOSE,
+                                          timeout=10)
+                    routed += reply.status_code == 200
+                os.kill(min(ready), signal.SIGKILL)
+            assert len(_ready_workers(server)) == 2, server.log_tail()
+            assert routed == 40
+            assert _decisions(loopback.get(server.url + "/metrics", headers=CLOSE, timeout=10).text) == 40
+            (folder,) = tiny.iterdir()
+            assert sorted(p.name for p in folder.glob("*.db")) == sorted(
+                f"{kind}_w{slot}.db" for kind in ("counter", "histogram", "gauge_sum") for slot in (0, 1))
+        finally:
+            server.stop()

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from named_fakes import serving
 from bandit_router import __version__
 from bandit_router.config import Settings
 from bandit_router.log import build_router, fingerprint, rebuild_router
+from bandit_router.service.workergate import NOT_READY
 from bandit_router.store import SQLiteStore
 from benchmarks.fake_upstream import JUDGE, FakeUpstream
 from tools.loopback import loopback
@@ -501,3 +503,96 @@ def test_serve_starts_on_a_catalog_file_whose_routable_models_the_log_holds(serv
         reply = loopback.post(server.url + "/v1/route", json={"prompt": "hi"})
         assert reply.status_code == 200 and reply.json()["model"] == "added", reply.text
         server.terminate()
+
+
+SLOW_RECOVERY_S = 4.0
+
+
+def _slow_recoveries(tmp_path: Path, slow: set[int]) -> dict[str, str]:
+    """The environment of a server whose workers number themselves in the order they start (0, 1, …; a worker
+    uvicorn starts in place of a dead one takes the next number) and of which those in `slow` take
+    `SLOW_RECOVERY_S` more to recover (a sitecustomize that delays `Engine._recover` in spawned processes only):
+    what a long replay of the log does, at a time the test chooses."""
+    site = tmp_path / "slow-recovery"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os\nimport sys\nimport time\n\n"
+        "if '--multiprocessing-fork' in sys.argv:  # a worker uvicorn spawned\n"
+        "    from bandit_router.service import engine\n\n"
+        "    number = 0\n"
+        "    while True:  # this worker's number: the first free one\n"
+        "        try:\n"
+        f"            os.close(os.open({str(site)!r} + f'/worker-{{number}}', os.O_CREAT | os.O_EXCL))\n"
+        "            break\n"
+        "        except FileExistsError:\n"
+        "            number += 1\n"
+        "    recover = engine.Engine._recover\n\n"
+        "    def slowly(self):\n"
+        f"        if number in {sorted(slow)!r}:\n"
+        f"            time.sleep({SLOW_RECOVERY_S})\n"
+        "        recover(self)\n\n"
+        "    engine.Engine._recover = slowly\n", encoding="utf-8")
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "BANDIT_ROUTER_LOG_LEVEL": "info"}
+
+
+def _route_status(url: str) -> int:
+    return loopback.post(url + "/v1/route", json={"prompt": "is every worker ready?"},
+                         headers={"connection": "close"}, timeout=10).status_code
+
+
+def test_with_two_workers_ready_means_every_worker_routes(servers: Callable[..., Server], tmp_path: Path) -> None:
+    """`serve --workers 2`, one worker recovering 4 s longer than the other (a long replay). uvicorn lets a worker
+    take connections once its lifespan has started, before the engine has recovered: the fast worker said ready
+    while the slow one took half the new connections and answered them 503 "recovering" (the race behind a04ba2b's
+    workaround). Now no worker says ready while another one that takes connections has not recovered: `/readyz`
+    answers 503 naming the other worker, and once it says 200 every route is answered, whichever worker gets it.
+    (Fails without the fix: 20 of 20 routes 503 in one run.)"""
+    server = servers(workers=2, env=_slow_recoveries(tmp_path, {1}))
+    seen: set[str] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert server.process.poll() is None, server.log_tail()
+        try:
+            reply = loopback.get(server.url + "/readyz", headers={"connection": "close"}, timeout=5)
+        except httpx.ConnectError:  # not listening yet
+            time.sleep(0.05)
+            continue
+        if reply.status_code == 200:
+            break
+        seen.add(reply.json()["message"])
+        time.sleep(0.05)
+    assert [_route_status(server.url) for _ in range(20)] == [200] * 20
+    assert len(server.worker_pids(2, timeout=5)) == 2  # both answer: the slow one has recovered
+    # the fast worker said ready only after the slow one had recovered; or, when the slow one started after the fast
+    # one was ready (a slow import), the slow one took connections only once recovered
+    log = server.logpath.read_text()
+    assert f"not ready: {NOT_READY}" in seen or "recovers before it takes connections" in log, (seen, log)
+
+
+def test_a_worker_started_in_place_of_a_dead_one_takes_connections_once_recovered(
+    servers: Callable[..., Server], tmp_path: Path
+) -> None:
+    """A worker killed (SIGKILL: out of memory, a crash) is replaced by uvicorn; its replacement, recovering for 4 s,
+    took connections as it started and answered them 503 while the other worker served and said ready (67 of 1357
+    routes in a drill, /tmp/workers/kill_worker.py). Now a worker that starts while another one is ready recovers
+    before it takes connections: every route and `/readyz` is answered 200 throughout, by the worker that lived
+    until the replacement serves too."""
+    server = servers(workers=2, env=_slow_recoveries(tmp_path, {2}))  # workers 0 and 1, then the replacement, 2
+    server.wait_ready(60)
+    pids = server.worker_pids(2, timeout=60)
+    assert len(pids) == 2, server.log_tail()
+    os.kill(min(pids), signal.SIGKILL)
+    statuses: list[int] = []
+    replacement: set[int] = set()
+    deadline = time.monotonic() + 60
+    while not replacement and time.monotonic() < deadline:
+        statuses.append(_route_status(server.url))
+        ready = loopback.get(server.url + "/readyz", headers={"connection": "close"}, timeout=5)
+        statuses.append(ready.status_code)
+        if ready.status_code == 200:
+            replacement = {ready.json()["pid"]} - pids
+    assert replacement, server.log_tail()
+    assert set(statuses) == {200}, sorted(set(statuses))
+    log = server.logpath.read_text()
+    assert f"this one (pid {replacement.pop()}) recovers before it takes connections" in log, log

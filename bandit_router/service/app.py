@@ -1,5 +1,9 @@
 """`create_app(settings)`: the FastAPI application. Nothing is built at import time: the lifespan creates the
-store (schema), the engine (router, writer thread, recovery), the metrics and the authenticator."""
+store (schema), the engine (router, writer thread, recovery), the metrics and the authenticator.
+
+Why one module of ~540 lines: `create_app` and its lifespan build and wire every part of the service, and the
+middleware (Host policy, body limit), the OpenAPI additions and the start checks are the app's alone; a worker's
+part in `serve --workers N` (readiness, a start again) is `workergate`."""
 
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from ..errors import ConfigError
 from ..gateway import Gateway, Judge
 from ..log.budget_state import stored_budgets
 from ..log.catalog import LiveCatalog, stored_catalog
-from ..store import SCHEMA_VERSION
+from ..store import SCHEMA_VERSION, StoreError
 from ..store.location import DatabaseURL, open_store
 from ..store.serverlock import join_database
 from . import dashboard, errors, redact
@@ -50,6 +54,7 @@ from .paths import end_exactly
 from .protocol import RECURRING
 from .routes import Services, router
 from .schemas import BODY_MODELS, BUDGET_SCHEMAS, ErrorOut
+from .workergate import WorkerGate, start_again
 
 log = logging.getLogger("bandit_router.service")
 
@@ -311,21 +316,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # the catalog's models as the routers will hold them, with those added and retired at run time: before
         # the database is created or migrated, so that a refused start leaves it as it was
-        live = await asyncio.to_thread(check_live_catalog, settings)
-        store = open_store(settings.storage.db, synchronous=settings.storage.synchronous,
-                           wal_max_bytes=settings.storage.wal_max_bytes)
-        await asyncio.to_thread(store.prepare)
+        workers = WorkerGate.of_this_worker(settings.server.workers)  # `serve --workers N`'s (`workergate`)
+        try:
+            live = await asyncio.to_thread(check_live_catalog, settings)
+            store = open_store(settings.storage.db, synchronous=settings.storage.synchronous,
+                               wal_max_bytes=settings.storage.wal_max_bytes)
+            await asyncio.to_thread(store.prepare)
+        except StoreError as exc:
+            if workers is not None:  # not uvicorn's start-up failure, which stops every worker
+                await asyncio.to_thread(start_again, exc)
+            raise
         metrics = Metrics()
         engine = Engine(settings, store, observer=metrics)
+        if workers is not None:
+            workers.follow(engine)
+        services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys),
+                            workers)
         metrics.bind(
-            lambda: float(engine.router.version), lambda: float(engine.applied_seq), lambda: float(engine.ready)
+            lambda: float(engine.router.version), lambda: float(engine.applied_seq), lambda: float(services.ready())
         )
         metrics.bind_budgets(engine.pacer.report)
         metrics.bind_checkpoints(engine.checkpointer.report, lambda: float(engine.follower.unreadable))
         app.state.settings = settings
         app.state.engine = engine
         app.state.metrics = metrics
-        app.state.services = Services(engine, metrics, Authenticator(settings.auth.api_keys, settings.auth.admin_keys))
+        app.state.services = services
         engine.start()
         gateway: Gateway | None = None
         try:  # a start-up failure (a ConfigError) stops what has started, like a shutdown
@@ -345,11 +360,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 len(engine.router.models), "on" if settings.auth_enabled else "off", settings.storage.store_prompts,
                 settings.server.workers, app.version,
             )
+            if workers is not None:
+                await workers.before_listening(engine)
             yield
         finally:
             if gateway is not None:
                 await stop_gateway(gateway)
             await asyncio.to_thread(engine.stop)
+            if workers is not None:
+                workers.close()
             flush_rate_limited("uvicorn.error", "psycopg.pool")  # what their filters dropped since their last line
 
     app = FastAPI(

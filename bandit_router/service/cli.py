@@ -206,8 +206,18 @@ def _run(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> 
     os.environ[SERVE_ARGS] = json.dumps({"config": None if config is None else str(config), "overrides": hand_off,
                                          "log_level": server.log_level})
     sys.stdout.flush()
-    uvicorn.run("bandit_router.service.app:app_from_environment", factory=True, workers=server.workers,
-                    timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **common)
+    from uvicorn.config import STARTUP_FAILURE
+
+    from .supervisor import Supervisor
+
+    uvicorn_config = uvicorn.Config("bandit_router.service.app:app_from_environment", factory=True,
+                                    workers=server.workers, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **common)
+    supervisor = Supervisor(uvicorn_config, sockets=[uvicorn_config.bind_socket()])  # as `uvicorn.run` with workers
+    supervisor.run()
+    if supervisor.failed_to_start:
+        # uvicorn stopped every worker because one could not start, and returns as from a SIGTERM: the exit status
+        # of one process's failed start (3), not 0, so that a supervisor that restarts on failure does
+        raise typer.Exit(STARTUP_FAILURE)
 
 
 CHECK_HELP = """Check a database file: SQLite's integrity check, the decisions with feedback (do they decode, as a \

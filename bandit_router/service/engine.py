@@ -166,6 +166,12 @@ class Engine:
         """Route requests waiting for this event-loop iteration's `Router.route_many` (`_decide`)."""
         self.extra_stats: dict[str, Callable[[], Any]] = {}
         """More sections of `stats()` (the gateway's judge adds `judge`)."""
+        self.on_recovered: Callable[[], None] | None = None
+        """Called on the writer thread once the recovery has succeeded and requests are served (a worker of `serve
+        --workers N` tells the others: `workergate`)."""
+        self.on_recovery_failed: Callable[[BaseException], None] | None = None
+        """Called on the writer thread when the recovery has failed (a worker of `serve --workers N` exits to be
+        started again when the database did not answer: `app._start_again`)."""
 
     # -- what the routes and tests read -------------------------------------------------------------------------
     @property
@@ -204,6 +210,15 @@ class Engine:
     @property
     def ready(self) -> bool:
         return not self._refusing and self._unreachable is None and self.writer.write_failed is None
+
+    @property
+    def recovering(self) -> bool:
+        """The recovery has not ended yet (`wait_ready` waits for its end)."""
+        return not self._ready.is_set()
+
+    @property
+    def recovery_failed(self) -> bool:
+        return self._failed is not None
 
     @property
     def _refusing(self) -> bool:
@@ -350,9 +365,13 @@ class Engine:
             self._failed = exc
             log.exception("recovery failed; the service stays unready")
             self._ready.set()
+            if self.on_recovery_failed is not None:
+                self.on_recovery_failed(exc)
             raise
         self._ready.set()
         self._serving = self.writer.accepting
+        if self.on_recovered is not None:
+            self.on_recovered()
 
     def _recover(self) -> None:
         """Load the newest valid checkpoint, replay the log after it, load the budget state."""

@@ -75,6 +75,18 @@ def _in_memory() -> Iterator[None]:
         _local.in_memory = False
 
 
+def _name_files_after(slot: str) -> None:
+    """prometheus-client's multiprocess values named after this worker's slot (`metricsdir.join_folder`), not its
+    pid: a worker started in place of a dead one writes the dead one's files and goes on from its counts. Set
+    before this process makes any metric (once: later calls see it set)."""
+    current = getattr(values.ValueClass, "slot", None)
+    if current == slot:
+        return
+    value_class = values.MultiProcessValue(process_identifier=lambda: slot)  # type: ignore[no-untyped-call]
+    value_class.slot = slot
+    values.ValueClass = value_class
+
+
 class _LocalCounter(_Counter):
     def _metric_init(self) -> None:
         with _in_memory():
@@ -106,10 +118,11 @@ class Metrics:
         folder = serves_this_process()
         if folder is not None:
             try:
-                join_folder(folder)
+                slot = join_folder(folder)
             except OSError as exc:
                 raise RuntimeError(f"cannot allocate this worker's metrics files in {folder}: {exc.strerror} (free "
                                    "some room on its file system, or set [server] metrics_dir)") from None
+            _name_files_after(slot)
             self.shared = CollectorRegistry()
             MultiProcessCollector(self.shared)  # type: ignore[no-untyped-call]
         r = None if self.shared is not None else self.registry

@@ -11,7 +11,13 @@ worker that dies as it starts is restarted by uvicorn to die again (the port sto
   file system filled afterwards cannot take those pages back (only label values beyond about 3,000 per file
   would extend a file again);
 - each folder holds `owner.lock`, which `serve` and each worker lock shared for as long as they live: a start
-  removes the folders of servers that are gone (SIGKILL leaves its folder behind), never a live one's.
+  removes the folders of servers that are gone (SIGKILL leaves its folder behind), never a live one's;
+- a worker's files are named after its slot, not its pid: the first `slot-<k>.lock` it can lock exclusively,
+  held while it lives. A worker uvicorn starts in place of a dead one takes the dead one's slot, and with it its
+  files, whose counts it goes on from (prometheus-client reads a file's values when it opens it): the folder holds
+  as many workers' files as ever ran at once. Named after pids, every replacement added 1.5 MiB and the dead
+  workers' files stayed (their counts), until a replacement found the file system full and could not start
+  (7 replacements on a 12 MiB tmpfs, then uvicorn stopped the server).
 
 `MARKER` holds the folder `serve` made: `Metrics` takes `PROMETHEUS_MULTIPROC_DIR` only when it is that folder,
 not when an operator set the variable for processes of their own.
@@ -37,12 +43,13 @@ MARKER = "BANDIT_ROUTER_SERVE_METRICS"
 PREFIX = "bandit-router-metrics-"
 LOCK_NAME = "owner.lock"
 FILE_KINDS = ("counter", "histogram", "gauge_sum")
-"""The files a worker writes: `<kind>_<pid>.db` (the gauge is the learned reward sum, multiprocess mode "sum")."""
+"""The files a worker writes: `<kind>_w<slot>.db` (the gauge is the learned reward sum, multiprocess mode "sum")."""
+SLOT_LOCK = "slot-{}.lock"
 FILE_BYTES = 512 * 1024
 """Bytes allocated up front per file (prometheus-client's entries take about 100-200 bytes each)."""
 HEADROOM_BYTES = 8 * 1024 * 1024
-"""Free bytes required beyond the workers' files: for workers uvicorn restarts (a new pid, new files) and files
-that grow past `FILE_BYTES`."""
+"""Free bytes required beyond the workers' files: for files that grow past `FILE_BYTES`, and workers added
+(uvicorn's `SIGTTIN`: a slot more)."""
 
 
 def default_parent() -> Path:
@@ -140,19 +147,25 @@ def remove_stale(parent: Path) -> list[Path]:
 
 
 _joined: list[int] = []
-"""This worker's descriptor of its folder's lock (held until the process exits)."""
+"""This worker's descriptors of its folder's lock and of its slot's (held until the process exits)."""
+_slot: list[str] = []
+"""This worker's slot, `w<k>`, once taken."""
 
 
-def join_folder(folder: Path) -> None:
+def join_folder(folder: Path) -> str:
     """In a worker: hold the folder's lock shared while this process lives (a start never removes it while a worker
-    of a killed server still writes there), and allocate this process's files (`FILE_BYTES` each). `OSError` when
-    the file system cannot hold them (ENOSPC): a message, not a SIGBUS later."""
+    of a killed server still writes there), take a slot (the first free `slot-<k>.lock`, locked exclusively while
+    this process lives), and allocate the slot's files (`FILE_BYTES` each; a dead worker's slot has them). The
+    slot's name, `w<k>`: prometheus-client's process identifier for the file names. `OSError` when the file
+    system cannot hold the files (ENOSPC): a message, not a SIGBUS later."""
     if not _joined:
         fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
         fcntl.flock(fd, fcntl.LOCK_SH)
         _joined.append(fd)
+    if not _slot:
+        _slot.append(_take_slot(folder))
     for kind in FILE_KINDS:
-        path = folder / f"{kind}_{os.getpid()}.db"
+        path = folder / f"{kind}_{_slot[0]}.db"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             size = os.fstat(fd).st_size
@@ -165,6 +178,22 @@ def join_folder(folder: Path) -> None:
                     os.pwrite(fd, bytes(FILE_BYTES - size), size)  # a file system without fallocate: zeros
         finally:
             os.close(fd)
+    return _slot[0]
+
+
+def _take_slot(folder: Path) -> str:
+    """The first slot no live worker holds, locked exclusively until this process exits."""
+    k = 0
+    while True:
+        fd = os.open(folder / SLOT_LOCK.format(k), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            k += 1
+            continue
+        _joined.append(fd)
+        return f"w{k}"
 
 
 def serves_this_process() -> Path | None:

@@ -52,6 +52,7 @@ from .schemas import (
     RouteOut,
     StatsOut,
 )
+from .workergate import NOT_READY, WorkerGate
 
 Body = TypeVar("Body", bound=BaseModel)
 router = APIRouter(route_class=CheckedRoute)  # path parameters: no control characters
@@ -63,10 +64,17 @@ SECURITY: list[dict[str, list[str]]] = [{"bearer": []}]
 class Services:
     """What the lifespan put on `app.state`."""
 
-    __slots__ = ("auth", "engine", "metrics")
+    __slots__ = ("auth", "engine", "metrics", "workers")
 
-    def __init__(self, engine: Engine, metrics: Metrics, auth: Authenticator) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, auth: Authenticator,
+                 workers: WorkerGate | None = None) -> None:
         self.engine, self.metrics, self.auth = engine, metrics, auth
+        self.workers = workers
+        """The other workers' readiness, in a worker of `serve --workers N` (`workergate`); else None."""
+
+    def ready(self) -> bool:
+        """`/readyz` 200: this process is (`Engine.ready`), and so is every other worker that takes connections."""
+        return self.engine.ready and (self.workers is None or not self.workers.others_recovering())
 
 
 def _services(request: Request, *, client: bool = True, admin: bool = False) -> Services:
@@ -424,11 +432,12 @@ async def readyz(request: Request) -> Response:
     """Readiness: 200 once the learned state is recovered and the database is usable, else 503 (also to HEAD).
     The reply names the process (`pid`), what its recovery did, and its checkpoints now (withheld while learned
     feedback is skipped: `Checkpointer.report`), and whether the budget pacer's state is saved (`budget_state`)."""
-    engine = _services(request, client=False).engine
-    if engine.ready:
+    services = _services(request, client=False)
+    engine = services.engine
+    if services.ready():
         return json_response({"status": "ready", "pid": os.getpid(), "recovery": engine.recovery,
                               "checkpoints": engine.checkpointer.report(), "budget_state": engine.budgets.saving()})
-    return error_response(503, "unavailable", f"not ready: {engine.state}")
+    return error_response(503, "unavailable", f"not ready: {NOT_READY if engine.ready else engine.state}")
 
 
 @router.get(
