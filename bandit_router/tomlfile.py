@@ -2,8 +2,9 @@
 byte-order mark if it has one: Windows Notepad's "UTF-8 with BOM" and PowerShell 5's `Out-File -Encoding utf8`
 write one, and `tomllib` refused it as "Invalid statement (at line 1, column 1)" of a first line that reads right.
 A file in UTF-16 or UTF-32 (PowerShell 5's `>` writes UTF-16) or with a byte that is not UTF-8 is a
-`TOMLFileError` saying so and how to fix it, as is one that is not TOML; `OSError`s (no such file, a folder) are
-the caller's to word.
+`TOMLFileError` saying so and how to fix it, as is one that is not TOML or nests its arrays or inline tables so
+deeply (hundreds of levels) that `tomllib`'s recursive parser raised `RecursionError`; `OSError`s (no such file, a
+folder) are the caller's to word.
 """
 
 from __future__ import annotations
@@ -47,3 +48,6 @@ def loads_toml(raw: bytes) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TOMLFileError(f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively: ~500 levels exhaust it
+        raise TOMLFileError("cannot be read: its arrays or inline tables are nested too deeply (hundreds of "
+                            "levels; a configuration nests a few)") from None

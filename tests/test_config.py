@@ -204,6 +204,31 @@ def test_toml_files_saved_with_a_byte_order_mark_load_and_other_encodings_are_na
         load_settings(tmp_path / "br.toml", env={})
 
 
+@pytest.mark.parametrize("kind", ["config", "catalog", "rules"])
+def test_a_toml_file_nested_hundreds_of_levels_deep_is_refused_in_one_line(tmp_path: Path, kind: str) -> None:
+    """`tomllib` parses nested arrays and inline tables recursively: a file nesting them ~1,000 levels deep raised
+    an uncaught `RecursionError` through `load_settings` and `load_catalog` (a traceback from the CLI, exit 1). It
+    is a `ConfigError` naming the file, and the CLI's exit status 2."""
+    deep = "x = " + "{a = " * 1000 + "1" + "}" * 1000 + "\n"
+    name = {"config": "br.toml", "catalog": "catalog.toml", "rules": "rules.toml"}[kind]
+    if kind != "config":
+        _write(tmp_path / "br.toml", {"catalog": 'catalog = "catalog.toml"\n',
+                                      "rules": 'policy = "rules:file=rules.toml"\n'}[kind])
+    file = _write(tmp_path / name, deep)
+    where = {"config": f"{file}: ", "catalog": f"catalog: {file}: ",
+             "rules": f"policy: policy 'rules': rules file {file}: "}[kind]
+    expected = where + "cannot be read: its arrays or inline tables are nested too deeply (hundreds of levels"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}"):
+        load_settings(tmp_path / "br.toml", env={})
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    result = CliRunner().invoke(cli_app, ["check", "--config", str(tmp_path / "br.toml"),
+                                          "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 2 and "nested too deeply" in result.output, result.output
+
+
 def test_a_copy_of_the_shipped_catalog_given_as_the_configuration_says_how_to_name_it(tmp_path: Path) -> None:
     """The shipped catalog said "edit a copy of this file and pass it with `--config` (see README,
     'Configuration')": there is no such README section, and `--config copy.toml` was refused as "unknown keys
