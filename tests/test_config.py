@@ -795,6 +795,10 @@ def test_serve_on_ipv6_with_workers_finds_the_port_held_on_ipv4(
         ("http://127.0.0.1", "8000", None, "(a host name or address, not a URL: --host 127.0.0.1)"),
         ("http://localhost:9000/", "8000", None, "(a host name or address, not a URL: --host localhost --port 9000)"),
         ("127.0.0.1:9000", "8000", None, "(the port is an option of its own: --host 127.0.0.1 --port 9000)"),
+        # an IPv6 URL was cut at its first colon ("--host ["), a path dropped the port, brackets had no hint
+        ("http://[::1]:9000", "8000", None, "(a host name or address, not a URL: --host ::1 --port 9000)"),
+        ("http://localhost:9000/v1", "8000", None, "(a host name or address, not a URL: --host localhost --port 9000)"),
+        ("[::1]:9000", "8000", None, "(the port is an option of its own: --host ::1 --port 9000)"),
     ],
 )
 def test_serve_that_cannot_listen_says_why_in_its_own_words(
