@@ -233,14 +233,17 @@ def test_a_copy_of_the_shipped_catalog_given_as_the_configuration_says_how_to_na
     """The shipped catalog said "edit a copy of this file and pass it with `--config` (see README,
     'Configuration')": there is no such README section, and `--config copy.toml` was refused as "unknown keys
     'prices_read_on', 'prices_source'; known keys: host, port, …" (80 keys). The file says to name the copy with
-    `catalog = …`, and a catalog given as the configuration is refused saying so; named so, it loads."""
+    `catalog = …`, and a catalog given as the configuration is refused saying so; named so, it loads. The refusal
+    said "name it in one, catalog = "my-catalog.toml"": from another folder's configuration that path is not found
+    (a relative path is read from the configuration's folder); it says where."""
     from importlib import resources
 
     shipped = resources.files("bandit_router").joinpath("default_catalog.toml").read_text(encoding="utf-8")
     assert 'catalog = "my-catalog.toml"' in shipped and "pass it with `--config`" not in shipped
     copy = _write(tmp_path / "my-catalog.toml", shipped)
     expected = (f"{copy}: unknown keys 'prices_read_on', 'prices_source': this is a catalog file, not a configuration "
-                f'file: name it in one, catalog = "my-catalog.toml" (or BANDIT_ROUTER_CATALOG={copy})')
+                f'file: name it in a configuration file in its folder, catalog = "my-catalog.toml" (a relative path is '
+                f"read from the configuration file's folder), or BANDIT_ROUTER_CATALOG={copy}")
     with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
         load_settings(copy, env={})
     named = load_settings(_write(tmp_path / "br.toml", 'catalog = "my-catalog.toml"\n'), env={})

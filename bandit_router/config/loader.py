@@ -275,8 +275,9 @@ def _file_layer(file: Path) -> dict[str, Any]:
     unknown = sorted(set(flat) - set(KEYS))
     if unknown and set(unknown) <= CATALOG_ONLY_KEYS:  # a copy of the shipped catalog given as --config
         raise ConfigError(f"{file}: unknown keys {', '.join(map(repr, unknown))}: this is a catalog file, not a "
-                          f"configuration file: name it in one, catalog = \"{file.name}\" (or "
-                          f"{ENV_PREFIX}CATALOG={file})")
+                          f"configuration file: name it in a configuration file in its folder, "
+                          f"catalog = \"{file.name}\" (a relative path is read from the configuration file's "
+                          f"folder), or {ENV_PREFIX}CATALOG={file}")
     if unknown:
         named = ", ".join(f"{name!r}{_did_you_mean(name, ('section', SECTIONS))}" for name in unknown)
         raise ConfigError(f"{file}: unknown keys {named}; known keys: {', '.join(KEYS)}")
