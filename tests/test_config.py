@@ -197,6 +197,11 @@ def test_toml_files_saved_with_a_byte_order_mark_load_and_other_encodings_are_na
                 "save it as UTF-8, or convert it, e.g. iconv -f utf-16 -t utf-8")
     with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
         load_settings(tmp_path / "br.toml", env={})
+    file.write_bytes(text.encode("utf-16-le"))  # no mark: was "Expected '=' after a key … (at line 1, column 2)"
+    expected = (where[kind] + "line 1 has a NUL byte (0x00), which TOML text never has: UTF-16 or UTF-32 text "
+                "without a byte-order mark? Save it as UTF-8")
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}"):
+        load_settings(tmp_path / "br.toml", env={})
     file.write_bytes(text.encode() + b"# caf\xe9\n")
     line = text.count("\n") + 1
     expected = where[kind] + f"line {line} is not UTF-8 (its byte 6 is 0xe9): save the file as UTF-8"
