@@ -234,6 +234,18 @@ def test_a_toml_file_nested_hundreds_of_levels_deep_is_refused_in_one_line(tmp_p
     assert result.exit_code == 2 and "nested too deeply" in result.output, result.output
 
 
+@pytest.mark.parametrize(("variable", "value"), [("BANDIT_ROUTER_SHADOW_POLICIES", "[" * 3000 + "]" * 3000),
+                                                 ("BANDIT_ROUTER_POLICY_SETTINGS", '{"a": ' * 3000 + "1" + "}" * 3000)])
+def test_a_json_setting_nested_thousands_of_levels_deep_is_refused_naming_its_variable(tmp_path: Path, variable: str,
+                                                                                       value: str) -> None:
+    """A JSON value from the environment is decoded recursively, as TOML is: nested ~3,000 levels deep it raised
+    an uncaught `RecursionError` through `load_settings` (a traceback from the CLI). It is a `ConfigError` naming
+    the variable."""
+    key = variable.removeprefix("BANDIT_ROUTER_").lower()
+    with pytest.raises(ConfigError, match=f"^{variable}: {key}: must be .*nested too deeply"):
+        load_settings(_write(tmp_path / "br.toml", ""), env={variable: value})
+
+
 def test_a_copy_of_the_shipped_catalog_given_as_the_configuration_says_how_to_name_it(tmp_path: Path) -> None:
     """The shipped catalog said "edit a copy of this file and pass it with `--config` (see README,
     'Configuration')": there is no such README section, and `--config copy.toml` was refused as "unknown keys

@@ -128,6 +128,8 @@ def _json(value: Any, from_env: bool, example: str) -> Any:
         raise _Bad(str(exc)) from None
     except ValueError:
         raise _Bad(f"must be {example}") from None
+    except RecursionError:  # `json` decodes nested arrays and objects recursively: a traceback, exit status 1
+        raise _Bad(f"must be {example}; its arrays or objects are nested too deeply to be read") from None
 
 
 def _strs(value: Any, from_env: bool) -> tuple[str, ...]:
