@@ -1,9 +1,10 @@
 """A TOML file a person wrote (the configuration, a catalog, a rules file, a simulated world), read as UTF-8 after a
 byte-order mark if it has one: Windows Notepad's "UTF-8 with BOM" and PowerShell 5's `Out-File -Encoding utf8`
 write one, and `tomllib` refused it as "Invalid statement (at line 1, column 1)" of a first line that reads right.
-A file in UTF-16 or UTF-32 (PowerShell 5's `>` writes UTF-16) or with a byte that is not UTF-8 is a
-`TOMLFileError` saying so and how to fix it, as is one that is not TOML; `OSError`s (no such file, a folder) are
-the caller's to word.
+A file in UTF-16 or UTF-32 (PowerShell 5's `>` writes UTF-16; without a mark, its NUL bytes tell) or with a byte
+that is not UTF-8 is a `TOMLFileError` saying so and how to fix it, as is one that is not TOML or nests its arrays
+or inline tables so deeply (hundreds of levels) that `tomllib`'s recursive parser raised `RecursionError`;
+`OSError`s (no such file, a folder) are the caller's to word.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def loads_toml(raw: bytes) -> dict[str, Any]:
                                 f"it, e.g. iconv -f {name} -t utf-8")
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8):]
+    if b"\x00" in raw:  # never in TOML text; every other byte of UTF-16 (`'port'.encode('utf-16-le')`)
+        line = raw.count(b"\n", 0, raw.index(b"\x00")) + 1
+        raise TOMLFileError(f"line {line} has a NUL byte (0x00), which TOML text never has: "
+                            "UTF-16 or UTF-32 text without a byte-order mark? Save it as UTF-8, or convert it, e.g. "
+                            "iconv -f utf-16le -t utf-8")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -47,3 +53,6 @@ def loads_toml(raw: bytes) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TOMLFileError(f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively: ~500 levels exhaust it
+        raise TOMLFileError("cannot be read: its arrays or inline tables are nested too deeply (hundreds of "
+                            "levels; a configuration nests a few)") from None

@@ -197,6 +197,11 @@ def test_toml_files_saved_with_a_byte_order_mark_load_and_other_encodings_are_na
                 "save it as UTF-8, or convert it, e.g. iconv -f utf-16 -t utf-8")
     with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
         load_settings(tmp_path / "br.toml", env={})
+    file.write_bytes(text.encode("utf-16-le"))  # no mark: was "Expected '=' after a key … (at line 1, column 2)"
+    expected = (where[kind] + "line 1 has a NUL byte (0x00), which TOML text never has: UTF-16 or UTF-32 text "
+                "without a byte-order mark? Save it as UTF-8")
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}"):
+        load_settings(tmp_path / "br.toml", env={})
     file.write_bytes(text.encode() + b"# caf\xe9\n")
     line = text.count("\n") + 1
     expected = where[kind] + f"line {line} is not UTF-8 (its byte 6 is 0xe9): save the file as UTF-8"
@@ -204,18 +209,58 @@ def test_toml_files_saved_with_a_byte_order_mark_load_and_other_encodings_are_na
         load_settings(tmp_path / "br.toml", env={})
 
 
+@pytest.mark.parametrize("kind", ["config", "catalog", "rules"])
+def test_a_toml_file_nested_hundreds_of_levels_deep_is_refused_in_one_line(tmp_path: Path, kind: str) -> None:
+    """`tomllib` parses nested arrays and inline tables recursively: a file nesting them ~1,000 levels deep raised
+    an uncaught `RecursionError` through `load_settings` and `load_catalog` (a traceback from the CLI, exit 1). It
+    is a `ConfigError` naming the file, and the CLI's exit status 2."""
+    deep = "x = " + "{a = " * 1000 + "1" + "}" * 1000 + "\n"
+    name = {"config": "br.toml", "catalog": "catalog.toml", "rules": "rules.toml"}[kind]
+    if kind != "config":
+        _write(tmp_path / "br.toml", {"catalog": 'catalog = "catalog.toml"\n',
+                                      "rules": 'policy = "rules:file=rules.toml"\n'}[kind])
+    file = _write(tmp_path / name, deep)
+    where = {"config": f"{file}: ", "catalog": f"catalog: {file}: ",
+             "rules": f"policy: policy 'rules': rules file {file}: "}[kind]
+    expected = where + "cannot be read: its arrays or inline tables are nested too deeply (hundreds of levels"
+    with pytest.raises(ConfigError, match=f"^{re.escape(expected)}"):
+        load_settings(tmp_path / "br.toml", env={})
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    result = CliRunner().invoke(cli_app, ["check", "--config", str(tmp_path / "br.toml"),
+                                          "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 2 and "nested too deeply" in result.output, result.output
+
+
+@pytest.mark.parametrize(("variable", "value"), [("BANDIT_ROUTER_SHADOW_POLICIES", "[" * 3000 + "]" * 3000),
+                                                 ("BANDIT_ROUTER_POLICY_SETTINGS", '{"a": ' * 3000 + "1" + "}" * 3000)])
+def test_a_json_setting_nested_thousands_of_levels_deep_is_refused_naming_its_variable(tmp_path: Path, variable: str,
+                                                                                       value: str) -> None:
+    """A JSON value from the environment is decoded recursively, as TOML is: nested ~3,000 levels deep it raised
+    an uncaught `RecursionError` through `load_settings` (a traceback from the CLI). It is a `ConfigError` naming
+    the variable."""
+    key = variable.removeprefix("BANDIT_ROUTER_").lower()
+    with pytest.raises(ConfigError, match=f"^{variable}: {key}: must be .*nested too deeply"):
+        load_settings(_write(tmp_path / "br.toml", ""), env={variable: value})
+
+
 def test_a_copy_of_the_shipped_catalog_given_as_the_configuration_says_how_to_name_it(tmp_path: Path) -> None:
     """The shipped catalog said "edit a copy of this file and pass it with `--config` (see README,
     'Configuration')": there is no such README section, and `--config copy.toml` was refused as "unknown keys
     'prices_read_on', 'prices_source'; known keys: host, port, …" (80 keys). The file says to name the copy with
-    `catalog = …`, and a catalog given as the configuration is refused saying so; named so, it loads."""
+    `catalog = …`, and a catalog given as the configuration is refused saying so; named so, it loads. The refusal
+    said "name it in one, catalog = "my-catalog.toml"": from another folder's configuration that path is not found
+    (a relative path is read from the configuration's folder); it says where."""
     from importlib import resources
 
     shipped = resources.files("bandit_router").joinpath("default_catalog.toml").read_text(encoding="utf-8")
     assert 'catalog = "my-catalog.toml"' in shipped and "pass it with `--config`" not in shipped
     copy = _write(tmp_path / "my-catalog.toml", shipped)
     expected = (f"{copy}: unknown keys 'prices_read_on', 'prices_source': this is a catalog file, not a configuration "
-                f'file: name it in one, catalog = "my-catalog.toml" (or BANDIT_ROUTER_CATALOG={copy})')
+                f'file: name it in a configuration file in its folder, catalog = "my-catalog.toml" (a relative path is '
+                f"read from the configuration file's folder), or BANDIT_ROUTER_CATALOG={copy}")
     with pytest.raises(ConfigError, match=f"^{re.escape(expected)}$"):
         load_settings(copy, env={})
     named = load_settings(_write(tmp_path / "br.toml", 'catalog = "my-catalog.toml"\n'), env={})
@@ -770,6 +815,10 @@ def test_serve_on_ipv6_with_workers_finds_the_port_held_on_ipv4(
         ("http://127.0.0.1", "8000", None, "(a host name or address, not a URL: --host 127.0.0.1)"),
         ("http://localhost:9000/", "8000", None, "(a host name or address, not a URL: --host localhost --port 9000)"),
         ("127.0.0.1:9000", "8000", None, "(the port is an option of its own: --host 127.0.0.1 --port 9000)"),
+        # an IPv6 URL was cut at its first colon ("--host ["), a path dropped the port, brackets had no hint
+        ("http://[::1]:9000", "8000", None, "(a host name or address, not a URL: --host ::1 --port 9000)"),
+        ("http://localhost:9000/v1", "8000", None, "(a host name or address, not a URL: --host localhost --port 9000)"),
+        ("[::1]:9000", "8000", None, "(the port is an option of its own: --host ::1 --port 9000)"),
     ],
 )
 def test_serve_that_cannot_listen_says_why_in_its_own_words(

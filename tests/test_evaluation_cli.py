@@ -254,7 +254,7 @@ def test_a_fixed_candidate_must_name_a_model_of_the_log(logged_db: tuple[Path, A
     assert "| fixed:gpt-5 |" not in typo.output
 
 
-def test_export_dsjson(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
+def test_export_dsjson(logged_db: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db, rounds = logged_db
     out = tmp_path / "log.dsjson"
     result = CliRunner().invoke(cli_app, ["export", "--db", str(db), "--format", "dsjson", "--out", str(out)])
@@ -269,6 +269,13 @@ def test_export_dsjson(logged_db: tuple[Path, Any], tmp_path: Path) -> None:
         assert event["_bandit_router"]["shadow_pmfs"]["linucb"]
     stdout = CliRunner().invoke(cli_app, ["export", "--db", str(db)])
     assert stdout.exit_code == 0 and len(stdout.stdout.splitlines()) == 500
+    # `--out -` is standard output too: it wrote a file named `-` in the working directory, "wrote 500 events to -"
+    monkeypatch.chdir(tmp_path)
+    for escalations in ([], ["--escalations"]):
+        dash = CliRunner().invoke(cli_app, ["export", "--db", str(db), "--out", "-", *escalations])
+        assert dash.exit_code == 0 and not (tmp_path / "-").exists() and "wrote" not in dash.stderr, dash.output
+        assert dash.stdout == CliRunner().invoke(cli_app, ["export", "--db", str(db), *escalations]).stdout
+        assert escalations or len(dash.stdout.splitlines()) == 500
 
 
 @pytest.mark.parametrize(("out", "escalations"), [("service.db", []), ("link.db", ["--escalations"]),

@@ -390,6 +390,13 @@ def test_shadow_pmfs_are_evaluated_as_logged(world: SyntheticWorld, log: Simulat
     some = [r if i else LoggedRecord(r.decision, r.outcome, r.cost_usd, r.feedback_at) for i, r in enumerate(records)]
     with pytest.raises(InvalidInput, match="has no pmf of shadow 'uniform'"):  # logged, but not with every decision
         evaluate_log(some, ["shadow:uniform"], models=world.models)
+    # no decisions at all: not "the service ran without shadow_policies", which nothing here says
+    with pytest.raises(InvalidInput, match=r"no shadow 'uniform' was logged with these decisions; logged: none \(no "
+                                           r"decisions\)$"):
+        replay([], "shadow:uniform", specs=world.models)
+    with pytest.raises(InvalidInput, match=r"logged: none \(the service ran without shadow_policies when they were"):
+        replay([dataclasses.replace(r, shadow_pmfs={}) for r in records],
+               "shadow:uniform", specs=world.models)
 
 
 def test_decisions_without_feedback_are_left_out_with_a_warning(world: SyntheticWorld, log: SimulatedLog) -> None:

@@ -128,6 +128,8 @@ def _json(value: Any, from_env: bool, example: str) -> Any:
         raise _Bad(str(exc)) from None
     except ValueError:
         raise _Bad(f"must be {example}") from None
+    except RecursionError:  # `json` decodes nested arrays and objects recursively: a traceback, exit status 1
+        raise _Bad(f"must be {example}; its arrays or objects are nested too deeply to be read") from None
 
 
 def _strs(value: Any, from_env: bool) -> tuple[str, ...]:
@@ -275,8 +277,9 @@ def _file_layer(file: Path) -> dict[str, Any]:
     unknown = sorted(set(flat) - set(KEYS))
     if unknown and set(unknown) <= CATALOG_ONLY_KEYS:  # a copy of the shipped catalog given as --config
         raise ConfigError(f"{file}: unknown keys {', '.join(map(repr, unknown))}: this is a catalog file, not a "
-                          f"configuration file: name it in one, catalog = \"{file.name}\" (or "
-                          f"{ENV_PREFIX}CATALOG={file})")
+                          f"configuration file: name it in a configuration file in its folder, "
+                          f"catalog = \"{file.name}\" (a relative path is read from the configuration file's "
+                          f"folder), or {ENV_PREFIX}CATALOG={file}")
     if unknown:
         named = ", ".join(f"{name!r}{_did_you_mean(name, ('section', SECTIONS))}" for name in unknown)
         raise ConfigError(f"{file}: unknown keys {named}; known keys: {', '.join(KEYS)}")

@@ -282,7 +282,9 @@ def export(
     ctx: typer.Context,
     db: Annotated[str, typer.Option("--db", help="The service's SQLite file or postgresql:// URL.")],
     format: Annotated[str, typer.Option("--format", help="Output format (dsjson).")] = "dsjson",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: standard output).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output file (default, or `-`: standard output).")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", "-c", help="The service's TOML settings (for its model catalog).")
     ] = None,
@@ -296,6 +298,8 @@ def export(
 
     if escalations:
         _refuse_with_escalations("export", ctx, ESCALATIONS_IGNORE["export"])
+    if out is not None and str(out) == "-":  # the usual name of standard output; it made a file named `-`
+        out = None
     if format != "dsjson":
         raise _fail("export", f"--format: only 'dsjson' is supported, not {format!r}")
     if label not in LABELS:  # before `--out` is opened: a file that was there keeps what it held

@@ -106,6 +106,11 @@ def candidate_router(
     )
 
 
+def _no_shadow(decisions: int) -> str:
+    """Why no shadow was logged: there were no decisions, or they were made without `shadow_policies`."""
+    return "none (the service ran without shadow_policies when they were made)" if decisions else "none (no decisions)"
+
+
 def replay(
     records: Sequence[LoggedRecord],
     candidate: Candidate | str,
@@ -152,7 +157,7 @@ def replay(
         logged = sorted({name for record in records for name in record.shadow_pmfs})
         if cand.shadow not in logged:  # a misspelt name: not the first decision's id, as if that one lacked it
             raise InvalidInput(f"no shadow {quoted([cand.shadow], logged)} was logged with these decisions; logged: "
-                               f"{', '.join(logged) or 'none (the service ran without shadow_policies)'}")
+                               f"{', '.join(logged) or _no_shadow(len(records))}")
         for i, record in enumerate(records):
             pmf = record.shadow_pmfs.get(cand.shadow)
             if pmf is None:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 
@@ -76,16 +77,26 @@ def _listening_addresses(host: str, port: int, workers: int) -> list[tuple[int, 
 
 
 def _host_hint(host: str) -> str:
-    """What to give for a `host` that is a URL or carries a port (`http://127.0.0.1`, `127.0.0.1:8000`)."""
-    _, found, rest = host.partition("://")
-    if found:
-        address, _, given_port = rest.rstrip("/").partition(":")
-        return (f" (a host name or address, not a URL: --host {address or '127.0.0.1'}"
-                f"{f' --port {given_port}' if given_port.isdigit() else ''})")
-    address, colon, given_port = host.rpartition(":")
-    if colon and given_port.isdigit() and ":" not in address:  # not an IPv6 address
-        return f" (the port is an option of its own: --host {address} --port {given_port})"
-    return ""
+    """What to give for a `host` that is a URL or carries a port (`http://127.0.0.1`, `127.0.0.1:8000`,
+    `[::1]:8000`); a URL's address and port as `urlsplit` reads them (`http://[::1]:8000/v1`: `::1`, 8000)."""
+    if "://" not in host and not host.startswith("["):
+        address, colon, given_port = host.rpartition(":")
+        if colon and given_port.isdigit() and ":" not in address:  # not an IPv6 address
+            return f" (the port is an option of its own: --host {address} --port {given_port})"
+        return ""
+    try:
+        parts = urlsplit(host if "://" in host else f"//{host}")
+        hostname = parts.hostname
+    except ValueError:  # `http://[::1`: no address to suggest
+        return ""
+    try:
+        given = parts.port
+    except ValueError:  # not a number, or above 65535
+        given = None
+    port = f" --port {given}" if given is not None else ""
+    if "://" in host:
+        return f" (a host name or address, not a URL: --host {hostname or '127.0.0.1'}{port})"
+    return f" (the port is an option of its own: --host {hostname}{port})" if hostname and port else ""
 
 
 def _bind_hint(error: int | None, port: int) -> str:
