@@ -36,8 +36,8 @@ SERVE = [sys.executable, "-m", "bandit_router.cli"]
 def serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     started: list[ServeProcess] = []
 
-    def start(*args: str) -> ServeProcess:
-        server = ServeProcess(tmp_path, SERVE, args)
+    def start(*args: str, env: dict[str, str] | None = None) -> ServeProcess:
+        server = ServeProcess(tmp_path, SERVE, args, env=env)
         started.append(server)
         server.wait_ready()
         return server
@@ -132,10 +132,11 @@ def test_a_worker_that_cannot_start_during_a_postgresql_outage_does_not_stop_the
 
 def test_the_log_says_why_a_worker_ended_at_warning(serve: Callable[..., ServeProcess], tmp_path: Path) -> None:
     """`serve --workers 2`: a worker killed (SIGKILL, as the kernel's out-of-memory killer does) and one hung
-    (SIGSTOP) until uvicorn kills it after its 30 s health check. uvicorn logged each as `Child process [pid]
-    died` at INFO, without why, below the WARNING an operator watches. Now the server logs a WARNING with the
-    signal, or the health check, before uvicorn starts another."""
-    server = serve("--db", str(tmp_path / "router.db"), "--workers", "2")
+    (SIGSTOP) until uvicorn kills it after its health check (`worker_healthcheck_s`, 8 s here: 30 s by default).
+    uvicorn logged each as `Child process [pid] died` at INFO, without why, below the WARNING an operator watches.
+    Now the server logs a WARNING with the signal, or the health check, before uvicorn starts another."""
+    server = serve("--db", str(tmp_path / "router.db"), "--workers", "2",
+                   env={"BANDIT_ROUTER_WORKER_HEALTHCHECK_S": "8"})
     first = _ready_pids(server, 2)
     assert len(first) == 2, server.log_tail()
     killed = min(first)
@@ -147,7 +148,7 @@ def test_the_log_says_why_a_worker_ended_at_warning(serve: Callable[..., ServePr
     assert len(second) == 2 and killed not in second, server.log_tail()
     hung = max(second - first)  # the new worker
     os.kill(hung, signal.SIGSTOP)
-    said = (f"WARNING bandit_router.service: worker {hung} left uvicorn's health check unanswered for 30 s (hung, or "
+    said = (f"WARNING bandit_router.service: worker {hung} left uvicorn's health check unanswered for 8 s (hung, or "
             "stopped): killed; uvicorn starts another")
     _wait(lambda: said in server.logpath.read_text(), timeout=90)
     assert len(_ready_pids(server, 2)) == 2, server.log_tail()

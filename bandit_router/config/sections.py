@@ -76,6 +76,9 @@ class ServerSettings:
                         "terminates TLS")
     port: int = setting(8000, help="TCP port")
     workers: int = setting(1, help="server processes sharing the database (each follows the feedback log)")
+    worker_healthcheck_s: int = setting(30, help="with workers > 1: seconds a worker may leave uvicorn's "
+                                          "health check unanswered before it is killed as hung and another started "
+                                          "(uvicorn's own 5 s killed workers as they started on a busy machine)")
     log_level: str = setting("info", help="critical, error, warning, info or debug", lower=True)
     access_log: bool = setting(False, help="log every request line (costs about a third of a cheap endpoint's "
                                "throughput)")
@@ -106,6 +109,7 @@ class ServerSettings:
         for name in ("timeout_keep_alive_s", "header_timeout_s", "body_timeout_s", "write_timeout_s"):
             value = getattr(self, name)
             _check(math.isfinite(value) and 0 < value <= 3600, name, f"must be in (0, 3600] seconds, got {value}")
+        _check(1 <= self.worker_healthcheck_s <= 3600, "worker_healthcheck_s", "must be in 1..3600 seconds")
         _check(1 <= self.max_connections <= 1_000_000, "max_connections", "must be in 1..1000000")
         _check(1024 <= self.max_header_bytes <= 16_777_216, "max_header_bytes", "must be in 1024..16777216")
         for host in self.allowed_hosts:

@@ -35,11 +35,6 @@ naming its pid). For more processes on one file use --workers N; for replicas, a
 """
 
 
-WORKER_HEALTHCHECK_S = 30
-"""Seconds a worker of `--workers N` may leave uvicorn's health check unanswered before it is killed as hung and
-another started. uvicorn's 5 s counts from the worker's spawn, and a new worker answers only once it has imported
-this package (4 s alone on 2 shared cores at load 10): its workers were killed as they started, again and again."""
-
 
 def check_port_free(host: str, port: int, workers: int = 1) -> None:
     """`ConfigError` when uvicorn could not listen on `host:port` now (another server holds it, no interface has
@@ -222,7 +217,8 @@ def _run(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> 
     from .supervisor import Supervisor
 
     uvicorn_config = uvicorn.Config("bandit_router.service.app:app_from_environment", factory=True,
-                                    workers=server.workers, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **common)
+                                    workers=server.workers, timeout_worker_healthcheck=server.worker_healthcheck_s,
+                                    **common)
     supervisor = Supervisor(uvicorn_config, sockets=[uvicorn_config.bind_socket()])  # as `uvicorn.run` with workers
     supervisor.run()
     if supervisor.failed_to_start:
