@@ -98,9 +98,7 @@ def _error(exc: BaseException) -> Response:
     if isinstance(exc, UpstreamRejected):  # a named router's upstream refused the request (4xx): passed through
         return _passed_through(exc, exc.headers)
     if isinstance(exc, Rejected):
-        decision_id = exc.decision.decision_id
-        return _passed_through(exc.error,
-                               {**exc.error.headers, "x-decision-id": decision_id, "x-request-id": decision_id})
+        return _passed_through(exc.error, {**exc.error.headers, **_decision_headers(exc.decision.decision_id)})
     if isinstance(exc, ModelNotFound):
         return openai_error(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, NoUpstream):
@@ -170,8 +168,12 @@ def _headers(decision_id: str, model: str, attempts: int) -> dict[str, str]:
     non-streamed answer of that model a 500 after its upstream call. So is a name with a `%` (the grammar allows
     it), else the ASCII name `%E5%90%8D%E5%89%8D` would give `名前`'s header: each header decodes to its name."""
     shown = model if model.isascii() and "%" not in model else urllib.parse.quote(model, safe="/:@+")
-    return {"x-decision-id": decision_id, "x-request-id": decision_id, "x-bandit-router-model": shown,
-            "x-bandit-router-attempts": str(attempts)}
+    return {**_decision_headers(decision_id), "x-bandit-router-model": shown, "x-bandit-router-attempts": str(attempts)}
+
+
+def _decision_headers(decision_id: str) -> dict[str, str]:
+    """The decision's id, as `x-decision-id` and as `x-request-id` (the OpenAI client's `_request_id`)."""
+    return {"x-decision-id": decision_id, "x-request-id": decision_id}
 
 
 class EventStream(Response):
