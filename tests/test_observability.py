@@ -10,6 +10,7 @@ import re
 import resource
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -56,6 +57,36 @@ def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
 
 def _ready(server: ServeProcess) -> int:
     return loopback.get(server.url + "/readyz", timeout=5).status_code
+
+
+LOG_ZONES = ("UTC", "Asia/Kolkata", "Asia/Kathmandu", "America/St_Johns", "Pacific/Kiritimati", "Etc/GMT+12",
+             "America/New_York", "Australia/Lord_Howe")
+
+
+def test_log_lines_carry_their_time_in_utc_whatever_the_hosts_zone() -> None:
+    """The server's log lines (`configure_logging`, what `serve` and each worker install) wrote the host's local
+    time without its offset (`2026-11-28 15:26:32,146` under TZ=Asia/Kolkata for 09:56 UTC): unlike every other time
+    of the service, two hosts in other zones could not be matched, and the hour a daylight-saving change repeats
+    wrote two times alike. Now ISO 8601 in UTC with `Z`: the same line in every zone, for a leap day and for the two
+    01:30s of New York's fall-back night (one process; `TZ` changed with `time.tzset`)."""
+    code = (
+        "import logging, os, sys, time\n"
+        "from bandit_router.service.logs import configure_logging\n"
+        "configure_logging('info')\n"
+        "handler = logging.getLogger().handlers[0]\n"
+        "for zone in sys.argv[1:]:\n"
+        "    os.environ['TZ'] = zone\n"
+        "    time.tzset()\n"
+        "    for created in (951825600.25, 1793511000.5, 1793514600.75):\n"
+        "        handler.handle(logging.makeLogRecord({'name': 'bandit_router.service', 'levelno': 20,\n"
+        "            'levelname': 'INFO', 'msg': zone, 'created': created, 'msecs': created % 1 * 1000}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *LOG_ZONES], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TZ": "Asia/Kolkata"})
+    assert done.returncode == 0, done.stderr
+    expected = [f"{stamp} INFO bandit_router.service: {zone}" for zone in LOG_ZONES for stamp in (
+        "2000-02-29T12:00:00.250Z", "2026-11-01T05:30:00.500Z", "2026-11-01T06:30:00.750Z")]
+    assert done.stderr.splitlines() == expected
 
 
 def test_a_postgresql_outage_is_logged_when_it_starts_and_ends_not_at_every_reconnection(

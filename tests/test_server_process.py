@@ -361,7 +361,7 @@ def test_every_worker_logs_its_start_and_recovery_in_the_servers_format(servers:
     assert len(pids) == 2, "the second worker did not become ready"
     server.terminate()
     lines = (tmp_path / f"server-{server.port}.log").read_text().splitlines()
-    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "  # UTC (test_observability checks the zone)
     recovered = [line for line in lines if re.match(stamp + r"INFO bandit_router\.service: recovered: ", line)]
     started = [line for line in lines if re.match(stamp + r"INFO bandit_router\.service: bandit-router: db=", line)]
     assert len(recovered) == 2 and len(started) == 2, "\n".join(lines)
