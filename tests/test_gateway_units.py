@@ -5,6 +5,7 @@ calls and the time series' arithmetic."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
 import math
@@ -133,6 +134,30 @@ def test_no_call_is_started_in_the_last_milliseconds_before_the_deadline() -> No
     assert no_time_left(now) and no_time_left(now - 1.0)
     assert no_time_left(time.monotonic() + 0.001)  # a timer that fired 1 ms early
     assert not no_time_left(time.monotonic() + 1.0)
+
+
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "America/St_Johns", "Pacific/Kiritimati", "Etc/GMT+12"])
+def test_an_http_date_in_retry_after_is_read_as_utc_in_every_format_whatever_the_hosts_zone(
+    zone: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upstream's 429 may give `Retry-After` as an HTTP date, in UTC in all its formats (RFC 9110 §5.6.7); the
+    asctime one names no zone and a `-0000` one says none, and both were read as the host's local time: under
+    TZ=America/St_Johns a date two minutes ahead read as 3 h 32 min (the gateway's caller was told to wait that
+    long), under TZ=Asia/Kolkata as already past (0). Each format now reads two minutes in every zone."""
+    from bandit_router.gateway.upstreams import _retry_after
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        at = time.time() + 120
+        dates = [email.utils.formatdate(at, usegmt=True), email.utils.formatdate(at),  # GMT, -0000
+                 time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(at)),  # asctime: Sun Nov  6 08:49:37 1994
+                 time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(at))]  # RFC 850
+        waits = [_retry_after(date) for date in dates]
+    finally:
+        monkeypatch.undo()  # the process's own TZ again
+        time.tzset()
+    assert all(wait is not None and 115 <= wait <= 121 for wait in waits), list(zip(dates, waits, strict=True))
 
 
 def _row(source: str | None, quality: float = 0.5) -> FeedbackRecord:
