@@ -296,6 +296,42 @@ def test_probability_now_is_priced_again_at_once_after_a_budget_put_or_a_promoti
     assert now() == {"a": 1.0, "b": 0.0}
 
 
+def test_a_wall_clock_set_back_keeps_neither_the_shadows_nor_probability_now_cached(
+    make: Callable[..., Any],
+) -> None:
+    """The monitor's reuse of its shadow estimates (`SHADOW_TTL_S`) and of `typical.now` (`NOW_TTL_S`) was measured
+    by the wall clock: set back an hour (NTP stepping it), the dashboard showed the same estimates for that hour,
+    however much traffic came. The reuse is measured by a steady clock now; the times shown stay the wall clock's."""
+    from bandit_router.log import monitor as monitor_module
+
+    client = make(shadow_policies=("linucb",))
+    _traffic(client, 10, feedback_every=1)
+    client.get("/v1/stats/live")  # builds the app's monitor
+    monitor = client.app.state.monitor
+    wall, steady = [time.time()], [0.0]
+    monitor.clock, monitor.steady = (lambda: wall[0]), (lambda: steady[0])
+    monitor._shadow_cache = monitor._now_cache = None
+    calls: list[int] = []
+    priced = monitor._pmf_now
+
+    def counting(live: Any, contexts: Any) -> Any:
+        calls.append(len(contexts))
+        return priced(live, contexts)
+
+    monitor._pmf_now = counting
+    assert client.get("/v1/stats/shadows").json()["n"] == 10
+    client.get("/v1/stats/live")
+    wall[0] -= 3600.0  # the wall clock is set back an hour
+    _traffic(client, 20, feedback_every=1)
+    assert client.get("/v1/stats/shadows").json()["n"] == 10 and len(calls) == 1  # reused, within the TTLs
+    client.get("/v1/stats/live")
+    assert len(calls) == 1
+    steady[0] += max(monitor_module.SHADOW_TTL_S, monitor_module.NOW_TTL_S)
+    shadows = client.get("/v1/stats/shadows").json()
+    assert shadows["n"] == 30 and shadows["computed_at"] == wall[0]
+    assert client.get("/v1/stats/live").json()["time"] == wall[0] and calls == [10, 30]
+
+
 def test_shadows_without_enough_evidence_say_why(make: Callable[..., Any]) -> None:
     client = make(shadow_policies=("linucb",))
     _traffic(client, 6)

@@ -69,11 +69,15 @@ _NowKey = tuple[Router, tuple[ModelSpec, ...], BudgetConfig]
 class Monitor:
     """Bounded reads of the log for the dashboard; `catalog` gives the configured models (for pricing),
     `reward_window_s` the feedback's reward window (`[feedback]`; None: feedback is learned whenever it comes) and
-    `default_reward` whether a closed window without feedback learns a default."""
+    `default_reward` whether a closed window without feedback learns a default. `clock` is the wall clock (the
+    times shown, and whether a window has closed: decisions carry wall-clock times); `steady` measures how long a
+    cached result has been reused (`NOW_TTL_S`, `SHADOW_TTL_S`), so that a wall clock set back does not keep it for
+    the length of the step."""
 
     def __init__(
         self, store: Store, policies: PolicySet, pacer: BudgetPacer, catalog: Callable[[], Iterable[ModelSpec]],
         *, reward_window_s: float | None = None, default_reward: bool = False, clock: Callable[[], float] = time.time,
+        steady: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.expires_after_s = None if reward_window_s is None else reward_window_s + (
@@ -83,10 +87,11 @@ class Monitor:
         self.pacer = pacer
         self.catalog = catalog
         self.clock = clock
+        self.steady = steady
         self._shadow_lock = threading.Lock()
         self._shadow_cache: tuple[float, dict[str, Any]] | None = None
         self._now_cache: tuple[float, _NowKey, dict[str, float | None]] | None = None
-        """(when, (live router, its models, the budget targets), `typical.now`): `NOW_TTL_S`."""
+        """(when (`steady`), (live router, its models, the budget targets), `typical.now`): `NOW_TTL_S`."""
 
     def timeseries(self, window: Window) -> dict[str, Any]:
         """`timeseries` over `window`, each model marked `in_catalog` (false: no longer an active model)."""
@@ -151,11 +156,11 @@ class Monitor:
         n = len(rows)
         key: _NowKey = (live, tuple(live.models), self.pacer.config)
         cached = self._now_cache
-        if cached is not None and cached[1] == key and self.clock() - cached[0] < NOW_TTL_S:
+        if cached is not None and cached[1] == key and 0.0 <= self.steady() - cached[0] < NOW_TTL_S:
             now = cached[2]
         else:
             now = self._pmf_now(live, [stored.decision.context for _, stored in rows[:NOW_DECISIONS]])
-            self._now_cache = (self.clock(), key, now)
+            self._now_cache = (self.steady(), key, now)
         return {
             "time": self.clock(),
             "policy": self.policies.live_name,
@@ -192,9 +197,9 @@ class Monitor:
     def shadows(self) -> dict[str, Any]:
         """Off-policy estimates of the shadows against the live policy (cached for `SHADOW_TTL_S`)."""
         with self._shadow_lock:
-            now = self.clock()
+            now, since = self.clock(), self.steady()
             cached = self._shadow_cache
-            if cached is not None and now - cached[0] < SHADOW_TTL_S:
+            if cached is not None and 0.0 <= since - cached[0] < SHADOW_TTL_S:
                 return cached[1]
             try:
                 found = self._evaluate_shadows()
@@ -202,7 +207,7 @@ class Monitor:
                 found = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr", "n": 0,
                          "estimates": [], "reason": f"the shadows could not be evaluated: {exc}"}
             result = {"computed_at": now, **found}
-            self._shadow_cache = (now, result)
+            self._shadow_cache = (since, result)
             return result
 
     def _evaluate_shadows(self) -> dict[str, Any]:
