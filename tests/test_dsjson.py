@@ -137,3 +137,25 @@ def test_timestamp_is_iso_utc_with_milliseconds(world: SyntheticWorld, log: Simu
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", event["Timestamp"])
     assert event["Version"] == "1"
     assert event["_bandit_router"]["policy"] == "vw-squarecb"
+
+
+@pytest.mark.parametrize(("created_at", "timestamp"), [
+    (951782400.0, "2000-02-29T00:00:00.000Z"), (1798761599.9996, "2026-12-31T23:59:59.999Z"),
+    (-5.0, "1970-01-01T00:00:00.000Z"), (253402300799.0, "9999-12-31T23:59:59.000Z"),
+    (1.7e12, None), (float("nan"), None), (float("inf"), None),
+])
+def test_the_timestamp_is_utc_cut_to_the_millisecond_and_a_time_that_is_none_is_refused_naming_the_decision(
+    log: SimulatedLog, created_at: float, timestamp: str | None,
+) -> None:
+    """A leap day and the last millisecond of a year read as such, whatever the host's zone; a `created_at` past the
+    year 9999 (milliseconds given for seconds) or not a number was a bare `ValueError: year 55840 is out of range`
+    (or `OverflowError`) from deep in the export; it is `InvalidInput` naming the decision and the value."""
+    import dataclasses
+
+    record = log.records[1]
+    moved = dataclasses.replace(record, decision=dataclasses.replace(record.decision, created_at=created_at))
+    if timestamp is not None:
+        assert to_dsjson(moved)["Timestamp"] == timestamp
+        return
+    with pytest.raises(InvalidInput, match=f"decision {record.decision.decision_id!r}: created_at .* not a Unix time"):
+        to_dsjson(moved)

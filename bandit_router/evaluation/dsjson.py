@@ -46,8 +46,15 @@ SHARED_PREFIX = "s_"
 ACTION_NAMESPACE = "a"
 
 
-def _timestamp(seconds: float) -> str:
-    moment = datetime.fromtimestamp(max(seconds, 0.0), tz=UTC)
+def _timestamp(seconds: float, decision_id: str) -> str:
+    """`Timestamp`: Unix time `seconds` as ISO 8601 in UTC, milliseconds (cut, not rounded) and `Z`; a time before
+    1970 as 1970's start. `InvalidInput` naming the decision for one that is not a number of seconds before the
+    year 10000 (NaN, or milliseconds given for seconds: 1.7e12 is the year 55840)."""
+    try:
+        moment = datetime.fromtimestamp(max(seconds, 0.0), tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise InvalidInput(f"decision {decision_id!r}: created_at {seconds!r} is not a Unix time in seconds before "
+                           "the year 10000 (milliseconds?)") from None
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -130,7 +137,7 @@ def to_dsjson(
             "p": [d.pmf[i] for i in order],
             "c": shared,
             "EventId": d.decision_id,
-            "Timestamp": _timestamp(d.created_at),
+            "Timestamp": _timestamp(d.created_at, d.decision_id),
             "Version": "1",
             "_bandit_router": extra,
         }

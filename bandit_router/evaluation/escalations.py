@@ -142,7 +142,7 @@ def escalation_events(item: ChainFeedback, *, label: str = "reward") -> list[dic
             "p": [probabilities[taken], probabilities[1 - taken]],
             "c": {**prompt, SHARED_PREFIX + "k": state, "_multi": [{"a": {"action": a}} for a in ACTIONS]},
             "EventId": f"{d.decision_id}/{step['step']}",
-            "Timestamp": _timestamp(d.created_at),
+            "Timestamp": _timestamp(d.created_at, d.decision_id),
             "Version": "1",
             "_bandit_router": {
                 "router": d.policy[len(LEARNED_CASCADE):],
