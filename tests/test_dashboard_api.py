@@ -106,6 +106,26 @@ def test_bad_parameters_get_a_422_naming_them(make: Callable[..., Any], query: s
     assert field in reply.text
 
 
+@pytest.mark.parametrize(("query", "message"), [
+    ("since=2026-11-28T10:00:00Z", "since: a Unix time in seconds is asked, not a date: '2026-11-28T10:00:00Z' is "
+     "1795860000"),
+    ("since=2026-11-28T15:30:00%2B05:30", "since: a Unix time in seconds is asked, not a date: "
+     "'2026-11-28T15:30:00+05:30' is 1795860000"),
+    ("since=0&until=2028-02-29", "until: a Unix time in seconds is asked, not a date; '2028-02-29' gives no offset "
+     "(if it is UTC: 1835395200)"),
+    ("since=yesterday", "since: not a number: a Unix time in seconds is asked"),
+    ("since=nan", "since: Input should be a finite number"),
+])
+def test_a_date_where_unix_seconds_are_asked_is_answered_with_its_number(
+    make: Callable[..., Any], query: str, message: str,
+) -> None:
+    """`since` and `until` are Unix seconds; an ISO 8601 date there got pydantic's "Input should be a valid number,
+    unable to parse string as a number", which did not say what number, and `nan` "less than or equal to
+    100000000000". The 422 now says a Unix time is asked and, for a date with its offset or `Z`, the number it is."""
+    reply = make().get(f"/v1/stats/timeseries?{query}")
+    assert reply.status_code == 422 and reply.json()["message"].startswith(message), reply.text
+
+
 def test_recent_decisions_show_prompts_only_when_stored(make: Callable[..., Any]) -> None:
     plain = make()
     _traffic(plain, 6)

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import sqlite3
@@ -156,7 +157,29 @@ def said(error: Mapping[str, Any]) -> str:
         words = PATTERN_WORDS.get(str((error.get("ctx") or {}).get("pattern")))
         if words is not None:
             return words
+    loc = error.get("loc") or ()
+    if error.get("type") == "float_parsing" and tuple(loc[-2:]) in UNIX_TIME_FIELDS:
+        return not_unix_seconds(error.get("input"))
     return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+UNIX_TIME_FIELDS = {("query", "since"), ("query", "until")}
+"""Parameters that take a Unix time in seconds (`/v1/stats/timeseries`): a date given there is answered with the
+number it stands for."""
+
+
+def not_unix_seconds(text: Any) -> str:
+    """What is wrong with `text` where a Unix time in seconds is asked: for an ISO 8601 date with its offset (or
+    `Z`), the number to send instead; for one without, that number as if it were UTC (its zone is not known)."""
+    try:
+        moment = datetime.datetime.fromisoformat(str(text).strip())
+    except ValueError:
+        return "not a number: a Unix time in seconds is asked (e.g. 1764288000 for 2025-11-28T00:00:00Z)"
+    if moment.tzinfo is None:
+        utc = moment.replace(tzinfo=datetime.UTC).timestamp()
+        return (f"a Unix time in seconds is asked, not a date; {str(text).strip()[:40]!r} gives no offset "
+                f"(if it is UTC: {utc:.0f})")
+    return f"a Unix time in seconds is asked, not a date: {str(text).strip()[:40]!r} is {moment.timestamp():.0f}"
 
 
 def _is_surrogate(char: str) -> bool:

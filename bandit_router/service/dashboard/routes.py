@@ -102,9 +102,10 @@ async def stats_timeseries(
     request: Request,
     range_: Annotated[Literal["hour", "day", "week"] | None,
                       Query(alias="range", description="the last hour, day or week (default: hour)")] = None,
-    since: Annotated[float | None, Query(ge=-MAX_TIME, le=MAX_TIME,
+    since: Annotated[float | None, Query(ge=-MAX_TIME, le=MAX_TIME, allow_inf_nan=False,
                                          description="Unix seconds; negative: seconds before now")] = None,
-    until: Annotated[float | None, Query(ge=0, le=MAX_TIME, description="Unix seconds (default: now)")] = None,
+    until: Annotated[float | None, Query(ge=0, le=MAX_TIME, allow_inf_nan=False,
+                                         description="Unix seconds (default: now)")] = None,
     step: Annotated[int | None, Query(ge=60, le=7 * 86400, multiple_of=60,
                                       description="bucket width in seconds, a multiple of 60")] = None,
 ) -> Response:
