@@ -154,6 +154,28 @@ def test_the_charts_update_when_new_decisions_arrive(live: tuple[Server, Traffic
     assert w.errors == []
 
 
+def test_a_wall_clock_set_back_does_not_stop_the_page_asking_for_the_shadows(live: tuple[Server, Traffic],
+                                                                                watched: Any) -> None:
+    """The page asks for the shadows' estimates every 15 s; it measured that by `Date.now()`, the wall clock, so a
+    clock set back an hour (NTP stepping it) kept the page from asking for an hour. Playwright's clock sets the
+    page's wall clock back an hour and then lets 16 s pass: the next poll asks again (it did not before)."""
+    server, _ = live
+    w = watched(viewport={"width": 1200, "height": 900})
+    w.page.clock.install()
+    w.page.goto(server.url + "/dashboard")
+    _all_panels_ready(w)
+    asked = [u for u in w.requests if "/v1/stats/shadows" in u]
+    assert len(asked) == 1
+    wait_until(w.page, "() => !window.banditDashboard.busy")
+    w.page.clock.set_system_time(w.page.evaluate("() => Date.now() / 1000") - 3600)  # seconds, in Python
+    w.page.clock.fast_forward(16_000)  # 16 s later on both clocks: a poll from now on asks (one every 2 s)
+    deadline = time.monotonic() + 8
+    while len([u for u in w.requests if "/v1/stats/shadows" in u]) < 2:
+        assert time.monotonic() < deadline, "the shadows were not asked for again"
+        w.page.wait_for_timeout(100)
+    assert w.errors == []
+
+
 def test_the_time_range_switch_changes_the_buckets(live: tuple[Server, Traffic], watched: Any) -> None:
     server, _ = live
     w = watched(viewport={"width": 1200, "height": 900})

@@ -20,9 +20,11 @@
   };
 
   var state = {
-    range: "hour", charts: {}, renders: 0, last: null, live: null, shadowsAt: 0, timer: null, busy: false,
-    again: false, session: 0, errors: 0, updatedAt: null, failure: null
+    range: "hour", charts: {}, renders: 0, last: null, live: null, shadowsAt: null, timer: null, busy: false,
+    again: false, session: 0, errors: 0, updatedAt: null, updatedTick: null, failure: null
   };
+  // How long ago something happened is measured by performance.now(), a steady clock: Date.now() is the wall clock,
+  // which NTP or a person may set back (the shadows were then not asked again for the length of the step)
   window.banditDashboard = state; // for the browser tests and for a curious person's console
 
   function $(id) { return document.getElementById(id); }
@@ -476,7 +478,7 @@
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ shadow: name })
     }).then(function (reply) {
       $("shadows-note").textContent = "Promoted " + reply.promoted + " (was " + reply.previous + ").";
-      state.shadowsAt = 0;
+      state.shadowsAt = null;
     }).catch(function (err) {
       $("shadows-note").textContent = "Not promoted: " + err.message;
       button.disabled = false;
@@ -506,7 +508,7 @@
     if (state.busy) { state.again = state.again || asked === true; return state.busy; }
     state.again = false;
     var session = state.session, range = state.range;
-    var wantShadows = Date.now() - state.shadowsAt > SHADOW_MS;
+    var wantShadows = state.shadowsAt === null || performance.now() - state.shadowsAt > SHADOW_MS;
     var calls = [request("/v1/stats/timeseries?range=" + range, {}, TIMEOUT_MS),
                  request("/v1/stats/live", {}, TIMEOUT_MS), request("/v1/stats/recent?limit=25", {}, TIMEOUT_MS),
                  wantShadows ? request("/v1/stats/shadows", {}, TIMEOUT_MS) : Promise.resolve(null),
@@ -523,11 +525,12 @@
       drawCharts(ts);
       drawModels(ts, live);
       drawRecent(replies[2].decisions, live.store_prompts);
-      if (replies[3]) { state.shadowsAt = Date.now(); drawShadows(replies[3], live); }
+      if (replies[3]) { state.shadowsAt = performance.now(); drawShadows(replies[3], live); }
       state.renders++;
       state.errors = 0;
       state.failure = null;
       state.updatedAt = Date.now();
+      state.updatedTick = performance.now();
       $("dashboard").classList.remove("stale");
       $("status").classList.remove("error");
       $("status").textContent = "updated " + new Date().toLocaleTimeString() + " · every " + POLL_MS / 1000 + " s";
@@ -553,7 +556,7 @@
       : err instanceof Refused ? "the service answers: " + err.message : "the page failed: " + err;
     var since = state.updatedAt === null ? "" :
       " · showing " + new Date(state.updatedAt).toLocaleTimeString() + " (" +
-      Math.round((Date.now() - state.updatedAt) / 1000) + " s ago)";
+      Math.round((performance.now() - state.updatedTick) / 1000) + " s ago)";
     $("dashboard").classList.toggle("stale", state.updatedAt !== null);
     $("status").classList.add("error");
     $("status").textContent = why + since + "; retrying every " + POLL_MS / 1000 + " s";
