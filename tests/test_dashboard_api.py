@@ -115,13 +115,17 @@ def test_bad_parameters_get_a_422_naming_them(make: Callable[..., Any], query: s
      "(if it is UTC: 1835395200)"),
     ("since=yesterday", "since: not a number: a Unix time in seconds is asked"),
     ("since=nan", "since: Input should be a finite number"),
+    ("since=1795860000000", "since: Input should be less than or equal to 100000000000 (Unix seconds: "
+     "1795860000000 looks like milliseconds, 1795860000 s)"),
+    ("since=0&until=1e20", "until: Input should be less than or equal to 100000000000"),
 ])
 def test_a_date_where_unix_seconds_are_asked_is_answered_with_its_number(
     make: Callable[..., Any], query: str, message: str,
 ) -> None:
     """`since` and `until` are Unix seconds; an ISO 8601 date there got pydantic's "Input should be a valid number,
-    unable to parse string as a number", which did not say what number, and `nan` "less than or equal to
-    100000000000". The 422 now says a Unix time is asked and, for a date with its offset or `Z`, the number it is."""
+    unable to parse string as a number", which did not say what number, `nan` "less than or equal to
+    100000000000", and milliseconds (`Date.now()`) that bare bound. The 422 now says a Unix time is asked and, for a
+    date with its offset or `Z`, the number it is, and for milliseconds the seconds they are."""
     reply = make().get(f"/v1/stats/timeseries?{query}")
     assert reply.status_code == 422 and reply.json()["message"].startswith(message), reply.text
 

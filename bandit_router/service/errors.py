@@ -158,9 +158,13 @@ def said(error: Mapping[str, Any]) -> str:
         if words is not None:
             return words
     loc = error.get("loc") or ()
-    if error.get("type") == "float_parsing" and tuple(loc[-2:]) in UNIX_TIME_FIELDS:
-        return not_unix_seconds(error.get("input"))
-    return str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if tuple(loc[-2:]) in UNIX_TIME_FIELDS:
+        if error.get("type") == "float_parsing":
+            return not_unix_seconds(error.get("input"))
+        if error.get("type") == "less_than_equal":
+            return message + milliseconds_hint(error.get("input"))
+    return message
 
 
 UNIX_TIME_FIELDS = {("query", "since"), ("query", "until")}
@@ -180,6 +184,16 @@ def not_unix_seconds(text: Any) -> str:
         return (f"a Unix time in seconds is asked, not a date; {str(text).strip()[:40]!r} gives no offset "
                 f"(if it is UTC: {utc:.0f})")
     return f"a Unix time in seconds is asked, not a date: {str(text).strip()[:40]!r} is {moment.timestamp():.0f}"
+
+
+def milliseconds_hint(text: Any) -> str:
+    """For a Unix time past the largest accepted whose thousandth is not (`Date.now()` is in milliseconds): the
+    seconds it likely means."""
+    try:
+        seconds = float(str(text)) / 1000
+    except ValueError:
+        return ""
+    return f" (Unix seconds: {text!s:.40} looks like milliseconds, {seconds:.0f} s)" if seconds <= 1e11 else ""
 
 
 def _is_surrogate(char: str) -> bool:
