@@ -14,7 +14,6 @@ This module knows nothing of routing or storage: the cascade and the judge call 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import email.utils
 import json
 import logging
@@ -490,20 +489,15 @@ def _check_status(model: str, response: httpx.Response, raw: bytes) -> None:
 
 
 def _retry_after(value: str | None) -> float | None:
-    """`Retry-After` in seconds from now: delta-seconds, or an HTTP date; None when absent or unreadable. An HTTP
-    date is in UTC in all three of its formats (RFC 9110 §5.6.7), also the asctime one that names no zone
-    (`Sun Nov  6 08:49:37 1994`) and a `-0000` one, which `parsedate_to_datetime` returns naive: read as UTC, not as
-    the host's local time."""
+    """`Retry-After` in seconds from now: delta-seconds, or an HTTP date (UTC); None when absent or unreadable."""
     if value is None:
         return None
     try:
         seconds = float(value)
     except ValueError:
         try:
-            moment = email.utils.parsedate_to_datetime(value)
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=datetime.UTC)
-            seconds = moment.timestamp() - time.time()
+            parsed = email.utils.parsedate_tz(value)  # offset None: asctime's or -0000, UTC too (RFC 9110 5.6.7)
+            seconds = email.utils.mktime_tz((*parsed[:9], parsed[9] or 0)) - time.time()  # type: ignore[index]
         except (TypeError, ValueError, IndexError, OverflowError):
             return None
     return min(max(seconds, 0.0), 86400.0) if math.isfinite(seconds) else None
