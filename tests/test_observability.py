@@ -67,25 +67,29 @@ def test_log_lines_carry_their_time_in_utc_whatever_the_hosts_zone() -> None:
     """The server's log lines (`configure_logging`, what `serve` and each worker install) wrote the host's local
     time without its offset (`2026-11-28 15:26:32,146` under TZ=Asia/Kolkata for 09:56 UTC): unlike every other time
     of the service, two hosts in other zones could not be matched, and the hour a daylight-saving change repeats
-    wrote two times alike. Now ISO 8601 in UTC with `Z`: the same line in every zone, for a leap day and for the two
-    01:30s of New York's fall-back night (one process; `TZ` changed with `time.tzset`)."""
+    wrote two times alike; uvicorn's own lines had no time. Now ISO 8601 in UTC with `Z` on both: the same line in
+    every zone, for a leap day and for the two 01:30s of New York's fall-back night (one process; `TZ` changed with
+    `time.tzset`)."""
     code = (
-        "import logging, os, sys, time\n"
-        "from bandit_router.service.logs import configure_logging\n"
+        "import logging, logging.config, os, sys, time\n"
+        "from bandit_router.service.logs import configure_logging, uvicorn_log_config\n"
         "configure_logging('info')\n"
-        "handler = logging.getLogger().handlers[0]\n"
+        "logging.config.dictConfig(uvicorn_log_config())  # as serve passes it to uvicorn\n"
         "for zone in sys.argv[1:]:\n"
         "    os.environ['TZ'] = zone\n"
         "    time.tzset()\n"
-        "    for created in (951825600.25, 1793511000.5, 1793514600.75):\n"
-        "        handler.handle(logging.makeLogRecord({'name': 'bandit_router.service', 'levelno': 20,\n"
-        "            'levelname': 'INFO', 'msg': zone, 'created': created, 'msecs': created % 1 * 1000}))\n"
+        "    for name in ('bandit_router.service', 'uvicorn.error'):\n"
+        "        for created in (951825600.25, 1793511000.5, 1793514600.75):\n"
+        "            logging.getLogger(name).handle(logging.makeLogRecord({'name': name, 'levelno': 20,\n"
+        "                'levelname': 'INFO', 'msg': zone, 'created': created, 'msecs': created % 1 * 1000}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code, *LOG_ZONES], capture_output=True, text=True, timeout=60,
                           env={**os.environ, "TZ": "Asia/Kolkata"})
     assert done.returncode == 0, done.stderr
-    expected = [f"{stamp} INFO bandit_router.service: {zone}" for zone in LOG_ZONES for stamp in (
-        "2000-02-29T12:00:00.250Z", "2026-11-01T05:30:00.500Z", "2026-11-01T06:30:00.750Z")]
+    stamps = ("2000-02-29T12:00:00.250Z", "2026-11-01T05:30:00.500Z", "2026-11-01T06:30:00.750Z")
+    expected = [line for zone in LOG_ZONES for line in (
+        *(f"{stamp} INFO bandit_router.service: {zone}" for stamp in stamps),
+        *(f"{stamp} INFO:     {zone}" for stamp in stamps))]  # uvicorn's own lines: they had no time
     assert done.stderr.splitlines() == expected
 
 

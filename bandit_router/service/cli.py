@@ -172,7 +172,7 @@ def _run(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> 
     import uvicorn
 
     server = settings.server
-    from .logs import configure_logging
+    from .logs import configure_logging, uvicorn_log_config
 
     configure_logging(server.log_level)
     if server.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_enabled:
@@ -193,6 +193,7 @@ def _run(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> 
         # refuses connection max_connections + 1, so every connection it accepts can be served
         "limit_concurrency": settings.server.max_connections + 1,
         "access_log": settings.server.access_log,
+        "log_config": uvicorn_log_config(),  # uvicorn's lines with the time in UTC first, as ours
         "log_level": settings.server.log_level,
         "timeout_graceful_shutdown": 10,
         "backlog": 2048,
