@@ -300,7 +300,13 @@ class Catalog:
 
     def __init__(self, models: Iterable[ModelSpec], *, source: str = "", prices_read_on: str = "") -> None:
         self._models: dict[str, ModelSpec] = {}
+        if isinstance(models, str | Mapping):  # a name, or a table, read key by key
+            raise CatalogError(f"a catalog takes a list of ModelSpecs, got {type(models).__name__} "
+                               "(Catalog.from_mapping reads a catalog file's table; load_catalog(path) a file)")
         for spec in models:
+            if not isinstance(spec, ModelSpec):  # "'dict' object has no attribute 'name'"
+                raise CatalogError(f"a catalog takes ModelSpecs, got {type(spec).__name__} (ModelSpec.from_json(entry) "
+                                   "reads a [[models]] table as a dict)")
             if spec.name in self._models:
                 raise CatalogError(f"duplicate model name {spec.name!r}")
             self._models[spec.name] = spec

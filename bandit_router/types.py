@@ -242,10 +242,16 @@ class Context:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], text: str = "") -> Context:
-        features = {
-            ns: (np.asarray(pair[0], dtype=np.uint32), np.asarray(pair[1], dtype=np.float32))
-            for ns, pair in data["features"].items()
-        }
+        """The context `to_json` made; `InvalidInput` for features that are not (indices, values) pairs of one
+        length, indices in [0, 2³²)."""
+        features = {}
+        for ns, pair in data["features"].items():
+            indices, values = np.asarray(pair[0], dtype=np.int64), np.asarray(pair[1], dtype=np.float32)
+            if len(pair) != 2 or indices.ndim != 1 or indices.shape != values.shape:
+                raise InvalidInput(f"features {ns!r} must be a pair of lists of one length: indices and values")
+            if len(indices) and (indices.min() < 0 or indices.max() >= 2**32):
+                raise InvalidInput(f"features {ns!r}: indices must be in [0, 2^32)")
+            features[ns] = (indices.astype(np.uint32), values)
         return cls(
             features=features,
             input_tokens=int(data["input_tokens"]),
@@ -355,36 +361,107 @@ class Decision:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Decision:
-        """The decision `to_json` made (its context without the text); `InvalidInput` for anything else."""
+        """The decision `to_json` made (its context without the text); `InvalidInput` for anything else, saying
+        which key is missing or wrong ("not a decision: missing key 'pmf'", "… arm: must be an integer")."""
+        if not isinstance(data, Mapping):
+            raise InvalidInput(f"not a decision: expected the JSON object Decision.to_json() gives, got "
+                               f"{type(data).__name__}")
+        _check_keys(data, DECISION_KEYS, "")
+        if not isinstance(data["context"], Mapping):
+            raise InvalidInput(f"not a decision: context must be the JSON object Context.to_json() gives, got "
+                               f"{type(data['context']).__name__}")
+        _check_keys(data["context"], CONTEXT_KEYS, "context: ")
         try:
             return cls._from_json(data)
         except InvalidInput:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InvalidInput(f"not a decision: {exc!r}") from None
+        except (TypeError, ValueError, OverflowError) as exc:  # Decision's own checks: pmf, model, probability
+            raise InvalidInput(f"not a decision: {exc}") from None
 
     @classmethod
     def _from_json(cls, data: Mapping[str, Any]) -> Decision:
-        pmf = tuple(float(p) for p in data["pmf"])
+        models = _read(data, "models", lambda v: tuple(_text(m) for m in _listed(v)), "a list of model names")
+        pmf = _read(data, "pmf", lambda v: tuple(float(p) for p in _listed(v)), "a list of numbers")
         if not all(0.0 <= p <= 1.0 for p in pmf):  # NaN fails too
             raise InvalidInput("not a decision: every pmf entry must be in [0, 1]")
-        cost_weight = float(data["cost_weight"])
+        cost_weight = _read(data, "cost_weight", _number, "a number")
         if not 0.0 <= cost_weight < math.inf:
             raise InvalidInput("not a decision: cost_weight must be a finite number >= 0")
+        expected = _read(data, "expected_cost_usd", lambda v: tuple(_number(c) for c in _listed(v)),
+                         "a list of numbers", ())
+        if expected and (len(expected) != len(models) or not all(0.0 <= c < math.inf for c in expected)):
+            raise InvalidInput("not a decision: expected_cost_usd must hold one finite number >= 0 per model of "
+                               "models")
+        created_at = _read(data, "created_at", _number, "a number", 0.0)
+        if not math.isfinite(created_at):
+            raise InvalidInput("not a decision: created_at must be a finite number (Unix time)")
         return cls(
-            decision_id=str(data["decision_id"]),
-            model=str(data["model"]),
-            arm=int(data["arm"]),
-            models=tuple(data["models"]),
+            decision_id=_read(data, "decision_id", _text, "a string"),
+            model=_read(data, "model", _text, "a model name"),
+            arm=_read(data, "arm", _integer, "an integer"),
+            models=models,
             pmf=pmf,
-            probability=float(data["probability"]),
-            policy=str(data["policy"]),
-            policy_version=int(data["policy_version"]),
+            probability=_read(data, "probability", _number, "a number"),
+            policy=_read(data, "policy", _text, "a string"),
+            policy_version=_read(data, "policy_version", _integer, "an integer"),
             cost_weight=cost_weight,
-            context=Context.from_json(data["context"]),
-            expected_cost_usd=tuple(float(c) for c in data.get("expected_cost_usd", ())),
-            created_at=float(data.get("created_at", 0.0)),
+            context=_read(data, "context", Context.from_json, "the JSON object Context.to_json() gives"),
+            expected_cost_usd=expected,
+            created_at=created_at,
         )
+
+
+DECISION_KEYS = ("decision_id", "model", "arm", "models", "pmf", "probability", "policy", "policy_version",
+                 "cost_weight", "context")
+"""The keys `Decision.from_json` needs (`expected_cost_usd` and `created_at` may be left out)."""
+CONTEXT_KEYS = ("features", "input_tokens", "n_chars", "turns", "markers")
+"""The keys `Context.from_json` needs (`attributes` may be left out)."""
+
+
+def _check_keys(data: Mapping[str, Any], keys: Iterable[str], where: str) -> None:
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise InvalidInput(f"not a decision: {where}missing key{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(map(repr, missing))}")
+
+
+def _read(data: Mapping[str, Any], key: str, convert: Any, what: str, default: Any = None) -> Any:
+    """`convert(data[key])` (`default` when the key is left out); `InvalidInput` naming the key otherwise."""
+    if default is not None and key not in data:
+        return default
+    value = data[key]
+    try:
+        return convert(value)
+    except InvalidInput as exc:
+        raise InvalidInput(f"not a decision: {key}: {str(exc).removeprefix('not a decision: ')}") from None
+    except (TypeError, ValueError, OverflowError, KeyError, AttributeError) as exc:
+        detail = f" ({exc})" if key == "context" else ""
+        raise InvalidInput(f"not a decision: {key} must be {what}, got {type(value).__name__} {value!r:.60}"
+                           f"{detail}") from None
+
+
+def _listed(value: Any) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, list | tuple):  # a string would be read letter by letter
+        raise TypeError("not a list")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):  # `int(1.7)` would be 1
+        raise TypeError("not an integer")
+    return value
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):  # `float("1")` would take a string
+        raise TypeError("not a number")
+    return float(value)
 
 
 def _check_non_negative(name: str, value: float | None) -> None:

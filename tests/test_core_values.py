@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -144,13 +145,14 @@ def test_a_decision_that_is_not_one_is_invalid_input() -> None:
     back = Decision.from_json(data)
     assert back.to_json() == data and back.context.same_features(made.context)
     damaged = [
-        ({k: v for k, v in data.items() if k != "pmf"}, "not a decision: KeyError"),
+        ({k: v for k, v in data.items() if k != "pmf"}, "^not a decision: missing key 'pmf'$"),
         ({**data, "probability": data["probability"] / 2}, "probability must equal the pmf entry"),
         ({**data, "model": "nope"}, "chosen model 'nope' is not among the allowed models"),
         ({**data, "pmf": data["pmf"][:-1]}, "pmf and models differ in length"),
-        ({**data, "context": {}}, "not a decision: KeyError"),
-        ({**data, "pmf": ["x"] * len(data["pmf"])}, "not a decision: ValueError"),
-        ([1, 2], "not a decision: TypeError"),
+        ({**data, "context": {}}, "^not a decision: context: missing keys 'features', 'input_tokens', 'n_chars', "
+                                  "'turns', 'markers'$"),
+        ({**data, "pmf": ["x"] * len(data["pmf"])}, "^not a decision: pmf must be a list of numbers, got list"),
+        ([1, 2], "^not a decision: expected the JSON object Decision.to_json[(][)] gives, got list$"),
         ({**data, "cost_weight": math.nan}, "not a decision: cost_weight must be a finite number >= 0"),
         ({**data, "cost_weight": -1.0}, "not a decision: cost_weight must be a finite number >= 0"),
         ({**data, "pmf": [p if m == data["model"] else math.nan for m, p in zip(*nan_pmf, strict=True)]},
@@ -159,6 +161,52 @@ def test_a_decision_that_is_not_one_is_invalid_input() -> None:
     for bad, message in damaged:
         with pytest.raises(InvalidInput, match=message):
             Decision.from_json(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # each was taken (and failed in `learn`, or was learned wrong) or escaped as another exception:
+    ({"arm": 1.7}, "arm must be an integer, got float 1.7"),  # int(1.7): arm 1
+    ({"models": "abc"}, "models must be a list of model names, got str 'abc'"),  # read letter by letter
+    ({"decision_id": 12}, "decision_id must be a string, got int 12"),  # str(12)
+    ({"cost_weight": True}, "cost_weight must be a number, got bool True"),  # float(True): λ = 1
+    ({"created_at": math.nan}, "created_at must be a finite number"),
+    ({"expected_cost_usd": [1.0]}, "expected_cost_usd must hold one finite number >= 0 per model of models"),
+    # ValueError from VW in `learn` ("The weights and list don't have the same length")
+    ({"features": {"w": [[1, 2], [1.0]]}}, "context: features 'w' must be a pair of lists of one length"),
+    ({"features": {"w": [[-1], [1.0]]}}, r"context: features 'w': indices must be in \[0, 2\^32\)"),  # OverflowError
+    ({"context": None}, "context must be the JSON object Context.to_json[(][)] gives, got NoneType"),
+])
+def test_a_damaged_decision_names_its_key(change: dict[str, object], message: str) -> None:
+    """`Decision.from_json` names what is wrong, as `InvalidInput`; before, a missing key was "not a decision:
+    KeyError('pmf')", and these were taken, or escaped as an `OverflowError`."""
+    router = Router(seed=1)
+    data = router.route(Request(prompt="hello")).to_json()
+    if "features" in change:
+        data["context"] = {**data["context"], **change}
+    else:
+        data.update(change)
+    with pytest.raises(InvalidInput, match=f"^not a decision: {message}"):
+        Decision.from_json(data)
+
+
+def test_learn_and_route_name_an_argument_of_the_wrong_type() -> None:
+    """A decision kept as its JSON, an outcome or a request as a dict, a snapshot as text: an `AttributeError`
+    ("'dict' object has no attribute 'model'") or a `TypeError`; now `InvalidInput` saying what to pass."""
+    router = Router(seed=1)
+    decision = router.route(Request(prompt="hello"))
+    cases = [
+        (lambda: router.learn(decision.to_json(), Outcome(quality=1.0)),  # type: ignore[arg-type]
+         r"decision must be the Decision route\(\) returned \(Decision.from_json\(data\) reads"),
+        (lambda: router.learn(decision, {"quality": 1.0}), "outcome must be an Outcome"),  # type: ignore[arg-type]
+        (lambda: router.reward_of(decision, None), "outcome must be an Outcome"),  # type: ignore[arg-type]
+        (lambda: router.route("hello"), r"request must be a Request \(Request\(prompt=...\)"),  # type: ignore[arg-type]
+        (lambda: router.route({"prompt": "hello"}), "request must be a Request"),  # type: ignore[arg-type]
+        (lambda: router.restore("not bytes"), r"restore takes the bytes snapshot\(\) returned, got str"),  # type: ignore[arg-type]
+    ]
+    for call, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            call()
+    assert router.version == 0
 
 
 def test_decision_ids_are_unique_across_threads_and_forked_processes() -> None:
@@ -283,6 +331,17 @@ def test_catalog_from_any_mapping_is_valid_or_a_catalog_error(entry: dict) -> No
         return
     spec = next(iter(catalog))
     assert spec.input_usd_per_mtok >= 0 and spec.output_usd_per_mtok >= 0
+
+
+@pytest.mark.parametrize(("models", "message"), [
+    ("gpt-4o", "a catalog takes a list of ModelSpecs, got str"),  # "'str' object has no attribute 'name'"
+    ({"models": []}, r"got dict \(Catalog.from_mapping reads"),
+    ([{"name": "a", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}],
+     r"a catalog takes ModelSpecs, got dict \(ModelSpec.from_json\(entry\)"),  # "'dict' object has no …"
+])
+def test_a_catalog_of_other_things_than_specs_is_a_catalog_error(models: Any, message: str) -> None:
+    with pytest.raises(CatalogError, match=message):
+        Catalog(models)
 
 
 # -- features ---------------------------------------------------------------------------------------------

@@ -470,6 +470,24 @@ def test_a_model_name_where_a_spec_belongs_is_invalid_input() -> None:
     assert [m.name for m in router.models] == [m.name for m in MODELS]
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [
+    # taken, and the first route failed: "'NoneType' object has no attribute 'pmf'"
+    ({"policy": None}, r"policy must be a policy spec .* or a Policy \(make_policy\(...\)\), got NoneType"),
+    ({"policy": 3}, "policy must be a policy spec .* got int"),
+    # taken, and the first learn failed: "'dict' object has no attribute 'latency_weight'"
+    ({"reward_config": {"cost_weight": 5.0}}, r"reward_config must be a RewardConfig \(RewardConfig\(cost_weight"),
+    # read letter by letter ("not the name 'g'") or key by key
+    ({"models": "gpt-4o"}, "models must be a list of ModelSpecs .* got str 'gpt-4o'"),
+    ({"models": {"a": MODELS[0]}}, "models must be a list of ModelSpecs .* got dict$"),
+    # "'dict' object has no attribute 'name'"
+    ({"models": [{"name": "a", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}]},
+     r"ModelSpec.from_json\(entry\)\), got dict"),
+])
+def test_a_router_argument_of_the_wrong_type_is_invalid_input(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        Router(**{"models": list(MODELS), **kwargs})
+
+
 def test_one_absurd_output_token_count_does_not_price_a_model_out_for_good() -> None:
     """One feedback of 10¹⁵ output tokens made the strong model's expected cost $10¹⁰ per request: it was never
     chosen again, so the estimate was never corrected. A feedback's tokens now count at most 10× the estimate in the
