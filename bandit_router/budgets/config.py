@@ -102,6 +102,9 @@ _KIND_ORDER = {"avg_cost": 0, "spend": 1, "share": 2, "latency": 3}
 
 def _check_unique(targets: Iterable[Target], scope: str) -> tuple[Target, ...]:
     """The targets in canonical order (kind, then key), so two configs with the same targets are equal."""
+    if isinstance(targets, str):  # read letter by letter: "not a target: 's'"
+        raise InvalidInput(f"{scope}: must be a list of targets, not one string {targets!r:.60} "
+                           "(BudgetConfig.from_strings([...]) reads targets as text)")
     out = tuple(targets)
     for t in out:
         if not isinstance(t, AvgCost | Spend | Share | Latency):
