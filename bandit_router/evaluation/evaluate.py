@@ -151,7 +151,14 @@ class Evaluation:
 
 
 def _specs(models: Iterable[ModelSpec] | Mapping[str, ModelSpec]) -> dict[str, ModelSpec]:
-    return dict(models) if isinstance(models, Mapping) else {s.name: s for s in models}
+    if isinstance(models, str):
+        raise InvalidInput(f"models must be the catalog's ModelSpecs, not one string {models!r:.60}")
+    specs = dict(models) if isinstance(models, Mapping) else {getattr(s, "name", None): s for s in models}
+    for spec in specs.values():  # model names were "'str' object has no attribute 'name'"
+        if not isinstance(spec, ModelSpec):
+            raise InvalidInput(f"models must be the catalog's ModelSpecs (default_catalog(), load_catalog(path)), "
+                               f"got {type(spec).__name__} {spec!r:.60}")
+    return specs
 
 
 def _replay_estimate(values: np.ndarray, confidence: float) -> Estimate:
@@ -204,10 +211,21 @@ class EvaluationConfig:
         lam = self.reward_lambda
         if isinstance(lam, str) and lam not in ("logged", "candidate"):
             raise InvalidInput("reward_lambda must be 'logged', 'candidate' or a number")
+        if isinstance(lam, bool) or not isinstance(lam, str | int | float):  # True was λ = 1
+            raise InvalidInput(f"reward_lambda must be 'logged', 'candidate' or a number, got {lam!r}")
         if not isinstance(lam, str) and not (math.isfinite(lam) and lam >= 0):
             raise InvalidInput("reward_lambda must be a finite number >= 0")
+        if isinstance(self.estimators, str):  # read letter by letter: "unknown estimator 'd'"
+            raise InvalidInput(f"estimators must be a list of estimator names, e.g. ({self.estimators!r},), not one "
+                               "string")
         if not self.estimators:
             raise InvalidInput("estimators: give at least one of ips, clipped-ips, snips, dm, dr")
+        share = self.train_fraction  # NaN was "cannot convert float NaN to integer" from the split
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < share < 1.0:
+            raise InvalidInput(f"train_fraction must be a number in (0, 1), got {share!r}")
+        dim = self.feature_dim  # a ValueError from the features ("dense_vector needs dim >= 32")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 32:
+            raise InvalidInput(f"feature_dim must be an integer >= 32, got {dim!r}")
         for name in self.estimators:
             make_estimator(name)  # fail early on an unknown name
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -303,7 +321,12 @@ def _prepare(
         raise InvalidInput(f"without_feedback must be an integer >= 0, got {without_feedback!r}")
     n_every = int(without_feedback)
     logged: list[LoggedRecord] = []
+    if isinstance(candidates, str):  # read letter by letter: "candidate 'l': unknown policy 'l'"
+        raise InvalidInput(f"candidates must be a list of candidate specs, e.g. [{candidates!r:.60}], not one string")
     for record in records:  # one at a time: a decision without feedback is counted, not kept
+        if not isinstance(record, LoggedRecord):  # "'dict' object has no attribute 'outcome'"
+            raise InvalidInput(f"records must be LoggedRecords (LoggedRecord(decision, outcome, …); "
+                               f"store_log.iter_log(store) reads a service's), got {type(record).__name__}")
         n_every += 1
         if record.outcome is not None:
             logged.append(record)
