@@ -173,7 +173,7 @@ class Request:
         return max(1, sum(1 for m in self.messages if m.role == "user"))
 
 
-@dataclass(frozen=True, eq=False, init=False)
+@dataclass(frozen=True, eq=False, init=False, repr=False)
 class Context:
     """A featurized request.
 
@@ -213,6 +213,14 @@ class Context:
             text=text,
             _flat=None,
         )
+
+    def __repr__(self) -> str:
+        """The sizes, not the contents: the dataclass's own repr held the whole prompt and every hashed feature (a
+        100 KB prompt's `Decision` printed 101 KB, the prompt in full, into a log line or a traceback)."""
+        counts = ", ".join(f"{ns!r}: {len(pair[0])}" for ns, pair in self.features.items())
+        return (f"Context(features={{{counts}}}, input_tokens={self.input_tokens}, n_chars={self.n_chars}, "
+                f"turns={self.turns}, markers={sorted(self.markers)}, attributes={dict(self.attributes)!r:.200}, "
+                f"text=<{len(self.text)} characters>)")
 
     @property
     def flat(self) -> tuple[np.ndarray, np.ndarray]:

@@ -256,6 +256,16 @@ def test_context_json_round_trip() -> None:
     )
 
 
+def test_a_decisions_repr_shows_the_contexts_sizes_not_the_prompt() -> None:
+    """The dataclass repr of `Context` held the prompt and every hashed feature: a 100 KB prompt's decision printed
+    101 KB, the prompt in full, into whatever logged it or showed it in a traceback."""
+    secret = "confidential-" + "word " * 20_000
+    decision = Router(seed=1).route(Request(prompt=secret, context={"tenant": "acme"}))
+    shown = repr(decision)
+    assert "confidential" not in shown and len(shown) < 2_000
+    assert f"text=<{len(secret)} characters>" in shown and "n_chars=100013" in shown and "'tenant': 'acme'" in shown
+
+
 # -- catalog ----------------------------------------------------------------------------------------------
 
 
