@@ -210,6 +210,7 @@ class Router:
         tell the pacer about the decision now (False: the caller books it, `pacer.observe(decision, None)`, only
         if it is used: an LLM router's fallback to the policy, whose model may not answer; a decision whose id the
         client chose, once it is stored)."""
+        _check_context(context)
         _check_id(decision_id)
         try:
             with self._lock:
@@ -292,6 +293,7 @@ class Router:
         `cost_weight` of the request's own (every active model, λ as configured or as the pacer sets it now, the
         cold-start floors), without drawing or booking: the router's own generator and what it learned are untouched
         (a policy that samples draws what a new `default_rng(0)` would, from a generator kept for it, `SeededDraws`)."""
+        _check_context(context)
         with self._lock:
             priced = self._price(context, None, None)
             pmf = self.policy.pmf(context, priced.specs, priced.penalty, self._now.fresh())
@@ -528,6 +530,15 @@ def _check_policy_argument(policy: object) -> None:
     if not all(callable(getattr(policy, method, None)) for method in ("pmf", "update")):
         raise InvalidInput(f"policy must be a policy spec (\"default\", \"linucb:alpha=0.5\") or a Policy "
                            f"(make_policy(...)), got {type(policy).__name__}")
+
+
+def _check_context(context: object) -> None:
+    """`decide` and `pmf_now` take a featurized request: a `Request` was "'Request' object has no attribute
+    'input_tokens'"."""
+    if not isinstance(context, Context):
+        hint = " (router.featurize(request) makes one; route(request) decides for a Request)" \
+            if isinstance(context, Request) else " (router.featurize(request))"
+        raise InvalidInput(f"context must be a Context{hint}, got {type(context).__name__}")
 
 
 def _check_learned(decision: object, outcome: object) -> None:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from bandit_router.catalog import Catalog, ModelSpec, default_catalog, load_catalog
 from bandit_router.errors import CatalogError, InvalidInput
 from bandit_router.features import FeatureExtractor, estimate_tokens
+from bandit_router.policies import make_policy
 from bandit_router.reward import CostModel, OutputTokenEstimator, RewardConfig, reward
 from bandit_router.router import Router
 from bandit_router.state import pack, unpack
@@ -202,6 +203,12 @@ def test_learn_and_route_name_an_argument_of_the_wrong_type() -> None:
         (lambda: router.route("hello"), r"request must be a Request \(Request\(prompt=...\)"),  # type: ignore[arg-type]
         (lambda: router.route({"prompt": "hello"}), "request must be a Request"),  # type: ignore[arg-type]
         (lambda: router.restore("not bytes"), r"restore takes the bytes snapshot\(\) returned, got str"),  # type: ignore[arg-type]
+        # "'Request' object has no attribute 'input_tokens'"
+        (lambda: router.pmf_now(Request(prompt="hi")), r"context must be a Context \(router.featurize\(request\) "  # type: ignore[arg-type]
+         r"makes one; route\(request\) decides for a Request\), got Request"),
+        (lambda: router.decide(None), r"context must be a Context \(router.featurize\(request\)\), got NoneType"),  # type: ignore[arg-type]
+        # "'NoneType' object has no attribute 'strip'"
+        (lambda: make_policy(None), 'a policy spec is a string such as "linucb:alpha=0.5", got NoneType'),  # type: ignore[arg-type]
     ]
     for call, message in cases:
         with pytest.raises(InvalidInput, match=message):
