@@ -153,12 +153,12 @@ class Evaluation:
 def _specs(models: Iterable[ModelSpec] | Mapping[str, ModelSpec]) -> dict[str, ModelSpec]:
     if isinstance(models, str):
         raise InvalidInput(f"models must be the catalog's ModelSpecs, not one string {models!r:.60}")
-    specs = dict(models) if isinstance(models, Mapping) else {getattr(s, "name", None): s for s in models}
-    for spec in specs.values():  # model names were "'str' object has no attribute 'name'"
+    given: list[Any] = list(models.values() if isinstance(models, Mapping) else models)
+    for spec in given:  # model names were "'str' object has no attribute 'name'"
         if not isinstance(spec, ModelSpec):
             raise InvalidInput(f"models must be the catalog's ModelSpecs (default_catalog(), load_catalog(path)), "
                                f"got {type(spec).__name__} {spec!r:.60}")
-    return specs
+    return dict(models) if isinstance(models, Mapping) else {s.name: s for s in given}
 
 
 def _replay_estimate(values: np.ndarray, confidence: float) -> Estimate:
