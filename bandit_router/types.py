@@ -6,6 +6,7 @@ chosen: that number is what makes counterfactual evaluation of other policies po
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,24 @@ class Message:
     content: str
 
 
+def reduce_frozen(value: Any) -> tuple[Any, tuple[Any, ...]]:
+    """`__reduce__` of a frozen dataclass that holds read-only mappings (`MappingProxyType`, which neither pickle nor
+    `copy.deepcopy` can copy: "cannot pickle 'mappingproxy' object"): rebuilt by its constructor from its fields,
+    each such mapping as a dict, which the constructor checks and makes read-only again."""
+    given = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+    return _rebuilt, (type(value), {k: dict(v) if isinstance(v, MappingProxyType) else v for k, v in given.items()})
+
+
+def _rebuilt(cls: type, fields: dict[str, Any]) -> Any:
+    return cls(**fields)
+
+
+def _context_from(features: Mapping[str, tuple[np.ndarray, np.ndarray]], input_tokens: int, n_chars: int, turns: int,
+                  markers: frozenset[str], attributes: dict[str, Scalar], text: str) -> Context:
+    """A `Context` unpickled (`Context.__reduce__`), its attributes read-only again."""
+    return Context(features, input_tokens, n_chars, turns, markers, MappingProxyType(attributes), text)
+
+
 def _freeze_context(context: Mapping[str, Scalar] | None) -> Mapping[str, Scalar]:
     if not context:
         return MappingProxyType({})
@@ -126,6 +145,8 @@ class Request:
     models: tuple[str, ...] | None = None
     cost_weight: float | None = None
     decision_id: str | None = None
+
+    __reduce__ = reduce_frozen  # picklable and deep-copyable: `context` is read-only
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -213,6 +234,12 @@ class Context:
             text=text,
             _flat=None,
         )
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled and deep-copied (a process pool, `copy.deepcopy(decision)`) without its read-only attributes'
+        `MappingProxyType`, which neither can copy."""
+        return _context_from, (dict(self.features), self.input_tokens, self.n_chars, self.turns, self.markers,
+                               dict(self.attributes), self.text)
 
     def __repr__(self) -> str:
         """The sizes, not the contents: the dataclass's own repr held the whole prompt and every hashed feature (a

@@ -437,9 +437,24 @@ def test_a_key_of_the_wrong_type_is_a_config_error_naming_it(values: dict[str, A
 
 
 def test_a_list_is_taken_for_a_tuple_and_a_string_for_a_path() -> None:
+    """`Settings(shadow_policies=["linucb"])` is the tuple; `catalog="x.toml"` the path."""
     settings = Settings(shadow_policies=["linucb"], catalog="catalog.toml", port=__import__("numpy").int64(9000))
     assert settings.shadow_policies == ("linucb",) and settings.catalog == Path("catalog.toml")
     assert type(settings.port) is int and str(Settings(db="postgresql://u:p@h/d").db).startswith("postgresql://")
+
+
+def test_settings_pickle_and_deep_copy_even_once_checked() -> None:
+    """`copy.deepcopy(Settings())` failed on the budgets' read-only tenants ("cannot pickle 'mappingproxy'"), and
+    checked settings on the policies `check()` keeps (VW's `Workspace`). The copy is equal and not `checked`."""
+    import copy
+    import pickle
+
+    from bandit_router.budgets import BudgetConfig
+
+    settings = Settings(policy="vw-squarecb", budgets=BudgetConfig.from_strings(["@acme:spend_usd=5/1d"]),
+                        models=(ModelSpec("m", 1.0, 2.0, tags={"tier": "small"}),)).check()
+    for again in (pickle.loads(pickle.dumps(settings)), copy.deepcopy(settings)):
+        assert again == settings and not again.checked and again.check().checked
 
 
 @pytest.mark.parametrize("key", ["cost_weight", "latency_weight"])

@@ -273,6 +273,32 @@ def test_a_decisions_repr_shows_the_contexts_sizes_not_the_prompt() -> None:
     assert f"text=<{len(secret)} characters>" in shown and "n_chars=100013" in shown and "'tenant': 'acme'" in shown
 
 
+def test_the_values_pickle_and_deep_copy_and_stay_read_only() -> None:
+    """A decision, a request, a model spec, a catalog, budgets and a logged record hold read-only mappings
+    (`MappingProxyType`), which neither pickle nor `copy.deepcopy` could copy: "cannot pickle 'mappingproxy'
+    object" for a decision sent to a process pool or a deep copy of a spec."""
+    import copy
+    import pickle
+
+    from bandit_router.budgets import BudgetConfig
+    from bandit_router.evaluation import LoggedRecord
+
+    catalog = default_catalog()
+    decision = Router(catalog, seed=1).route(Request(prompt="hello", context={"tenant": "acme"}))
+    record = LoggedRecord(decision, Outcome(quality=0.5), shadow_pmfs={"linucb": decision.pmf})
+    budgets = BudgetConfig.from_strings(["avg_cost_usd=0.001", "@acme:spend_usd=5/1d"])
+    request = Request(prompt="hello", context={"tenant": "acme"})
+    for again in (pickle.loads(pickle.dumps((decision, record, budgets, request, catalog))),
+                  copy.deepcopy((decision, record, budgets, request, catalog))):
+        d, r, b, q, c = again
+        assert d.to_json() == decision.to_json() and d.context.text == "hello"
+        assert r.shadow_pmfs == {"linucb": decision.pmf} and b == budgets and q == request
+        assert list(c) == list(catalog) and c.names == catalog.names
+        for mapping in (d.context.attributes, r.shadow_pmfs, b.tenants, q.context, c[c.names[0]].tags):
+            with pytest.raises(TypeError):
+                mapping["x"] = 1  # type: ignore[index]
+
+
 # -- catalog ----------------------------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..hints import did_you_mean
 from ..names import check_name
+from ..types import reduce_frozen
 from .targets import (
     LATENCY_KEY,
     TARGET_KEYS,
@@ -239,6 +240,8 @@ class BudgetConfig:
     min_cost_weight: float = 0.01
     max_cost_weight: float = 1e6
     negligible_penalty: float = 0.01
+
+    __reduce__ = reduce_frozen  # picklable and deep-copyable: `tenants` is read-only
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", _check_unique(self.targets, "global targets"))

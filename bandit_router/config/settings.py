@@ -139,6 +139,11 @@ class Settings:
             raise AttributeError(name)
         return getattr(object.__getattribute__(self, section), name)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled and deep-copied without the policies `check()` built, a cache that VW's policies make impossible
+        to copy ("cannot pickle 'vowpal_wabbit_next._core.Workspace' object"): the copy is not `checked`."""
+        return {name: value for name, value in self.__dict__.items() if name != "_checked_policies"}
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` (flat keys or sections) applied (checked again, cheaply)."""
         return Settings(**{name: getattr(self, name) for name in SECTIONS}, **changes)

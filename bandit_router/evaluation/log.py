@@ -18,7 +18,7 @@ import numpy as np
 from ..catalog import DEFAULT_OUTPUT_TOKENS, ModelSpec
 from ..errors import InvalidInput
 from ..features import dense_vector
-from ..types import Decision, Outcome
+from ..types import Decision, Outcome, reduce_frozen
 
 DEFAULT_FEATURE_DIM = 64
 """Dimension of the dense context vector the reward models see (`features.dense_vector`)."""
@@ -39,6 +39,8 @@ class LoggedRecord:
     cost_usd: float | None = None
     feedback_at: float | None = None
     shadow_pmfs: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+    __reduce__ = reduce_frozen  # picklable and deep-copyable: `shadow_pmfs` is read-only
 
     def __post_init__(self) -> None:
         k = len(self.decision.models)
