@@ -370,8 +370,11 @@ def simulate(
 ) -> SimulationResult:
     """Run every (policy, λ, seed) of `plan`; `workers` processes (default: one per core)."""
     global _WORKSPACE
-    if workers is not None and workers < 1:
-        raise InvalidInput(f"workers must be >= 1 (or left out: one per core), got {workers}")
+    if not isinstance(plan, Plan):  # "'dict' object has no attribute 'env'"
+        raise InvalidInput(f"simulate takes a Plan (Plan(env=EnvSpec.parse(...), policies=(...))), got "
+                           f"{type(plan).__name__}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InvalidInput(f"workers must be >= 1 (or left out: one per core), got {workers}")  # 1.5 was taken
     workspace = Workspace(plan)
     workspace.prepare()
     for spec in plan.policies:

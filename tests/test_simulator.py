@@ -755,6 +755,14 @@ def test_plan_refuses_unknown_policies() -> None:
         with pytest.raises(InvalidInput, match=message):
             Plan(**{"env": EnvSpec.parse(f"dataset:{SAMPLE}"), "policies": ("random",), **changes})
     assert Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=["random"], seeds=[0, 1]).seeds == (0, 1)
+    plan = Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), steps=5)
+    for call, message in [  # AttributeErrors, and `workers=1.5` ran
+        (lambda: simulate({"env": "x"}), r"simulate takes a Plan \(Plan\(env=EnvSpec.parse"),  # type: ignore[arg-type]
+        (lambda: simulate(plan, workers=1.5), r"workers must be >= 1 \(or left out: one per core\), got 1.5"),  # type: ignore[arg-type]
+        (lambda: EnvSpec.parse(None), "--env must be dataset:PATH or synthetic:CONFIG, got NoneType None"),  # type: ignore[arg-type]
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            call()
     env = load_dataset(SAMPLE)
     with pytest.raises(InvalidInput, match="unknown model"):
         make_agent("fixed:gpt-5", env)
