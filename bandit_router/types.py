@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -289,10 +290,11 @@ class Context:
             features[ns] = (indices.astype(np.uint32), values)
         return cls(
             features=features,
-            input_tokens=int(data["input_tokens"]),
-            n_chars=int(data["n_chars"]),
-            turns=int(data["turns"]),
-            markers=frozenset(data["markers"]),
+            input_tokens=_read_key(data, "input_tokens", _integer, "an integer"),  # not `int()`: 1.7 was 1
+            n_chars=_read_key(data, "n_chars", _integer, "an integer"),
+            turns=_read_key(data, "turns", _integer, "an integer"),
+            markers=_read_key(data, "markers", lambda v: frozenset(_text(m) for m in _listed(v)),  # not letters
+                              "a list of strings"),
             attributes=MappingProxyType(dict(data.get("attributes", {}))),
             text=text,
         )
@@ -416,7 +418,7 @@ class Decision:
     @classmethod
     def _from_json(cls, data: Mapping[str, Any]) -> Decision:
         models = _read(data, "models", lambda v: tuple(_text(m) for m in _listed(v)), "a list of model names")
-        pmf = _read(data, "pmf", lambda v: tuple(float(p) for p in _listed(v)), "a list of numbers")
+        pmf = _read(data, "pmf", lambda v: tuple(_number(p) for p in _listed(v)), "a list of numbers")
         if not all(0.0 <= p <= 1.0 for p in pmf):  # NaN fails too
             raise InvalidInput("not a decision: every pmf entry must be in [0, 1]")
         cost_weight = _read(data, "cost_weight", _number, "a number")
@@ -460,6 +462,15 @@ def _check_keys(data: Mapping[str, Any], keys: Iterable[str], where: str) -> Non
                            f"{', '.join(map(repr, missing))}")
 
 
+def _read_key(data: Mapping[str, Any], key: str, convert: Any, what: str) -> Any:
+    """`convert(data[key])`, else `InvalidInput` saying what `key` must be."""
+    value = data[key]
+    try:
+        return convert(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{key} must be {what}, got {type(value).__name__} {value!r:.60}") from exc
+
+
 def _read(data: Mapping[str, Any], key: str, convert: Any, what: str, default: Any = None) -> Any:
     """`convert(data[key])` (`default` when the key is left out); `InvalidInput` naming the key otherwise."""
     if default is not None and key not in data:
@@ -488,13 +499,13 @@ def _text(value: Any) -> str:
 
 
 def _integer(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):  # `int(1.7)` would be 1
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # `int(1.7)` would be 1
         raise TypeError("not an integer")
-    return value
+    return int(value)
 
 
 def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):  # `float("1")` would take a string
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # `float("1")` would take a string
         raise TypeError("not a number")
     return float(value)
 

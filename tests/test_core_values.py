@@ -173,8 +173,11 @@ def test_a_decision_that_is_not_one_is_invalid_input() -> None:
     ({"created_at": math.nan}, "created_at must be a finite number"),
     ({"expected_cost_usd": [1.0]}, "expected_cost_usd must hold one finite number >= 0 per model of models"),
     # ValueError from VW in `learn` ("The weights and list don't have the same length")
-    ({"features": {"w": [[1, 2], [1.0]]}}, "context: features 'w' must be a pair of lists of one length"),
-    ({"features": {"w": [[-1], [1.0]]}}, r"context: features 'w': indices must be in \[0, 2\^32\)"),  # OverflowError
+    ({"context.features": {"w": [[1, 2], [1.0]]}}, "context: features 'w' must be a pair of lists of one length"),
+    ({"context.features": {"w": [[-1], [1.0]]}}, r"context: features 'w': indices must be in \[0, 2\^32\)"),  # Overflow
+    ({"context.markers": "code"}, "context: markers must be a list of strings, got str 'code'"),  # {'c', 'o', …}
+    ({"context.input_tokens": 1.7}, "context: input_tokens must be an integer, got float 1.7"),  # int(1.7)
+    ({"pmf": ["0.5"]}, r"pmf must be a list of numbers, got list \['0.5'\]"),  # float("0.5")
     ({"context": None}, "context must be the JSON object Context.to_json[(][)] gives, got NoneType"),
 ])
 def test_a_damaged_decision_names_its_key(change: dict[str, object], message: str) -> None:
@@ -182,10 +185,11 @@ def test_a_damaged_decision_names_its_key(change: dict[str, object], message: st
     KeyError('pmf')", and these were taken, or escaped as an `OverflowError`."""
     router = Router(seed=1)
     data = router.route(Request(prompt="hello")).to_json()
-    if "features" in change:
-        data["context"] = {**data["context"], **change}
-    else:
-        data.update(change)
+    for key, value in change.items():
+        if key.startswith("context."):
+            data["context"] = {**data["context"], key.removeprefix("context."): value}
+        else:
+            data[key] = value
     with pytest.raises(InvalidInput, match=f"^not a decision: {message}"):
         Decision.from_json(data)
 
