@@ -2,6 +2,11 @@
 
 All are frozen dataclasses. A `Decision` cannot exist without the probability with which its model was
 chosen: that number is what makes counterfactual evaluation of other policies possible later.
+
+Why one module: each value is built from the one before (a `Context` from a `Request`, a `Decision` holds its
+`Context`), and `Decision.from_json` reads the context's JSON with the same key-naming readers; split, the
+readers and the pickling of the read-only mappings (`reduce_frozen`) would be shared across modules that import
+each other.
 """
 
 from __future__ import annotations

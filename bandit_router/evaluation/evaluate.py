@@ -12,6 +12,9 @@ Which λ measures the reward (`reward_lambda`):
 - a number: that λ for every request and candidate.
 - `"candidate"`: the candidate's own `@lambda=` where it has one (else the logged λ). Values of candidates
   with different λ are then not comparable; compare their quality and cost instead.
+
+Why one module: `EvaluationConfig`, the checks of `evaluate_log`'s arguments, the preparation of the log and the
+two paths (estimators, replay) share the prepared arrays and the config; split, each would reach into the others.
 """
 
 from __future__ import annotations
