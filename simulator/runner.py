@@ -124,6 +124,9 @@ class Plan:
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
                                        or self.steps < 1):
             raise InvalidInput(f"steps must be an integer >= 1 (or None: the whole stream), got {self.steps!r}")
+        if self.pacer_factory is not None and not callable(self.pacer_factory):  # a BudgetConfig: a TypeError
+            raise InvalidInput(f"pacer_factory must be a callable f(models, cost_weight) -> pacer (simulator.budgets."
+                               f"TargetPacers(texts) for budget targets), got {type(self.pacer_factory).__name__}")
 
 
 @dataclass(frozen=True)

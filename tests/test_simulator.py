@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.errors import ConfigError, InvalidInput
 from bandit_router.policies import RandomPolicy
@@ -750,6 +751,9 @@ def test_plan_refuses_unknown_policies() -> None:
         ({"scenarios": "drift"}, "scenarios must be a tuple of scenario specs, got str 'drift'"),
         ({"env": f"dataset:{SAMPLE}"}, r"env must be an EnvSpec \(EnvSpec.parse"),  # AttributeError in simulate
         ({"steps": 0}, r"steps must be an integer >= 1 \(or None: the whole stream\), got 0"),
+        # "'BudgetConfig' object is not callable" from the first run
+        ({"pacer_factory": BudgetConfig()}, r"pacer_factory must be a callable f\(models, cost_weight\) -> pacer "
+         r"\(simulator.budgets.TargetPacers\(texts\) for budget targets\), got BudgetConfig"),
     ]
     for changes, message in plan_cases:
         with pytest.raises(InvalidInput, match=message):
