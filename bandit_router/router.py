@@ -92,6 +92,8 @@ class Router:
         if reward_config is not None and not isinstance(reward_config, RewardConfig):
             raise InvalidInput(f"reward_config must be a RewardConfig (RewardConfig(cost_weight=20.0)), got "
                                f"{type(reward_config).__name__}")
+        if pacer is not None and not all(callable(getattr(pacer, m, None)) for m in ("adjust", "observe")):
+            raise InvalidInput(f"pacer must be a budget pacer (BudgetPacer(config)), got {type(pacer).__name__}")
         self._models: list[ModelSpec] = specs
         self._routable: tuple[tuple[ModelSpec, ...], tuple[str, ...], dict[str, int]] | None = None
         """`_allowed(None)`, its names and each active model's arm: computed once per change of the model list."""

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from toy_world import MODELS, ToyWorld
 
+from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.errors import InvalidInput, UnknownModel
 from bandit_router.policies import CONTEXTUAL, make_policy
@@ -476,6 +477,8 @@ def test_a_model_name_where_a_spec_belongs_is_invalid_input() -> None:
     ({"policy": 3}, "policy must be a policy spec .* got int"),
     # taken, and the first learn failed: "'dict' object has no attribute 'latency_weight'"
     ({"reward_config": {"cost_weight": 5.0}}, r"reward_config must be a RewardConfig \(RewardConfig\(cost_weight"),
+    # taken, and the first route failed: "'BudgetConfig' object has no attribute 'adjust'"
+    ({"pacer": BudgetConfig()}, r"pacer must be a budget pacer \(BudgetPacer\(config\)\), got BudgetConfig"),
     # read letter by letter ("not the name 'g'") or key by key
     ({"models": "gpt-4o"}, "models must be a list of ModelSpecs .* got str 'gpt-4o'"),
     ({"models": {"a": MODELS[0]}}, "models must be a list of ModelSpecs .* got dict$"),
