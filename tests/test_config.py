@@ -424,6 +424,7 @@ def test_a_section_of_the_wrong_type_is_a_type_error_naming_it(values: dict[str,
     ({"port": "9000"}, "port: must be an integer, got str '9000'"),
     ({"cost_weight": "20"}, "cost_weight: must be a number, got str '20'"),
     ({"workers": 2.5}, "workers: must be an integer, got float 2.5"),
+    ({"cost_weight": 10**400}, "cost_weight: must be a number, got int 1000"),  # OverflowError of math.isfinite
     # taken: read letter by letter when the policies were built, or never looked at
     ({"shadow_policies": "linucb"}, "shadow_policies: must be a list of strings, got str 'linucb'"),
     ({"access_log": "no"}, "access_log: must be true or false, got str 'no'"),  # a non-empty string: logged

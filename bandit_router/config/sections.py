@@ -84,7 +84,10 @@ def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
         if member is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
             return True, int(value)  # numpy's integers too
         if member is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
-            return True, value
+            try:
+                return True, float(value)  # an integer too large for a float was an OverflowError of `isfinite`
+            except OverflowError:
+                continue
         if member is str and isinstance(value, str):
             return True, value
         if member is Path and isinstance(value, str | os.PathLike):
