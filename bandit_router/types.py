@@ -300,7 +300,7 @@ class Context:
             turns=_read_key(data, "turns", _integer, "an integer"),
             markers=_read_key(data, "markers", lambda v: frozenset(_text(m) for m in _listed(v)),  # not letters
                               "a list of strings"),
-            attributes=MappingProxyType(dict(data.get("attributes", {}))),
+            attributes=_freeze_context(data.get("attributes")),  # a request's context: scalars by name
             text=text,
         )
 
@@ -404,7 +404,8 @@ class Decision:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Decision:
         """The decision `to_json` made (its context without the text); `InvalidInput` for anything else, saying
-        which key is missing or wrong ("not a decision: missing key 'pmf'", "… arm: must be an integer")."""
+        which key is missing or wrong ("not a decision: missing key 'pmf'", "… arm must be an integer, got float
+        1.7")."""
         if not isinstance(data, Mapping):
             raise InvalidInput(f"not a decision: expected the JSON object Decision.to_json() gives, got "
                                f"{type(data).__name__}")

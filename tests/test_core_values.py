@@ -177,6 +177,7 @@ def test_a_decision_that_is_not_one_is_invalid_input() -> None:
     ({"context.features": {"w": [[-1], [1.0]]}}, r"context: features 'w': indices must be in \[0, 2\^32\)"),  # Overflow
     ({"context.markers": "code"}, "context: markers must be a list of strings, got str 'code'"),  # {'c', 'o', …}
     ({"context.input_tokens": 1.7}, "context: input_tokens must be an integer, got float 1.7"),  # int(1.7)
+    ({"context.attributes": {"tenant": [1]}}, r"context: context\['tenant'\] must be a string, number or boolean"),
     ({"pmf": ["0.5"]}, r"pmf must be a list of numbers, got list \['0.5'\]"),  # float("0.5")
     ({"context": None}, "context must be the JSON object Context.to_json[(][)] gives, got NoneType"),
 ])
