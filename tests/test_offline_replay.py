@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import weakref
@@ -21,6 +22,7 @@ from bandit_router.evaluation import (
     LoggedRecord,
     OverlapThresholds,
     evaluate_log,
+    export_dsjson,
     log_arrays,
     overlap,
     parse_candidate,
@@ -708,6 +710,11 @@ def test_evaluate_log_names_an_argument_of_the_wrong_type(world: SyntheticWorld,
         (lambda: EvaluationConfig(feature_dim=16), "feature_dim must be an integer >= 32, got 16"),  # ValueError
         (lambda: EvaluationConfig(reward_lambda=True), "reward_lambda must be 'logged', 'candidate' or a number, got "
          "True"),
+        # the same AttributeErrors from `replay` and `export_dsjson`
+        (lambda: replay(records, "linucb", specs=[m.name for m in models]), "specs must be the catalog's ModelSpecs"),
+        (lambda: export_dsjson(records, io.StringIO(), specs=[m.name for m in models]),
+         "specs must be the catalog's ModelSpecs"),
+        (lambda: export_dsjson([{}], io.StringIO()), "records must be LoggedRecords, got dict"),
     ]
     for call, match in cases:
         with pytest.raises(InvalidInput, match=match):

@@ -33,7 +33,7 @@ from ..errors import InvalidInput
 from ..hints import quoted
 from .candidates import Candidate, baseline_candidates, check_models, parse_candidate, text_rule_warnings
 from .estimators import Estimate, Estimator, make_estimator, normal_interval
-from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
+from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays, specs_by_name
 from .overlap import Overlap, OverlapThresholds, overlap
 from .removed import check_priced, removed_model_warnings
 from .replay import MODES, ReplayResult, replay
@@ -151,17 +151,6 @@ class Evaluation:
             "warnings": list(self.warnings),
             "settings": dict(self.settings),
         }
-
-
-def _specs(models: Iterable[ModelSpec] | Mapping[str, ModelSpec]) -> dict[str, ModelSpec]:
-    if isinstance(models, str):
-        raise InvalidInput(f"models must be the catalog's ModelSpecs, not one string {models!r:.60}")
-    given: list[Any] = list(models.values() if isinstance(models, Mapping) else models)
-    for spec in given:  # model names were "'str' object has no attribute 'name'"
-        if not isinstance(spec, ModelSpec):
-            raise InvalidInput(f"models must be the catalog's ModelSpecs (default_catalog(), load_catalog(path)), "
-                               f"got {type(spec).__name__} {spec!r:.60}")
-    return dict(models) if isinstance(models, Mapping) else {s.name: s for s in given}
 
 
 def _replay_estimate(values: np.ndarray, confidence: float) -> Estimate:
@@ -306,7 +295,7 @@ def evaluate_log(
     config = config or EvaluationConfig()
     if settings:
         config = dataclasses.replace(config, **settings)
-    prepared = _prepare(records, candidates, _specs(models), config, without_feedback)
+    prepared = _prepare(records, candidates, specs_by_name(models), config, without_feedback)
     path = _by_replay if config.mode == "replay" else _by_estimators
     out, n_eval = path(prepared, config)
     return Evaluation(

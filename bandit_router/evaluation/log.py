@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +57,19 @@ class LoggedRecord:
         """When the feedback became learnable: `feedback_at`, never before the decision itself."""
         created = self.decision.created_at
         return created if self.feedback_at is None else max(self.feedback_at, created)
+
+
+def specs_by_name(specs: Iterable[ModelSpec] | Mapping[str, ModelSpec], what: str = "models") -> dict[str, ModelSpec]:
+    """The catalog entries by name, from `ModelSpec`s or a name → spec mapping; `InvalidInput` naming `what` for
+    anything else (model names were "'str' object has no attribute 'name'")."""
+    if isinstance(specs, str):
+        raise InvalidInput(f"{what} must be the catalog's ModelSpecs, not one string {specs!r:.60}")
+    given: list[Any] = list(specs.values() if isinstance(specs, Mapping) else specs)
+    for spec in given:
+        if not isinstance(spec, ModelSpec):
+            raise InvalidInput(f"{what} must be the catalog's ModelSpecs (default_catalog(), load_catalog(path)), "
+                               f"got {type(spec).__name__} {spec!r:.60}")
+    return dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in given}
 
 
 def realised_cost(record: LoggedRecord, spec: ModelSpec | None) -> float:
