@@ -46,6 +46,7 @@ from .errors import CatalogError
 from .hints import did_you_mean, quoted
 from .names import MAX_NAME_LENGTH, name_problem, safe_text
 from .tomlfile import TOMLFileError, load_toml_file
+from .types import reduce_frozen
 
 CATALOG_KEYS = ("models", "prices_source", "prices_read_on")
 """The top-level keys of a catalog file."""
@@ -122,6 +123,8 @@ class ModelSpec:
     router's judge or routing LLM), in place of the defaults (`temperature = 0`, and `max_tokens = 20` for a named
     router's): a reasoning model refuses `temperature = 0` or `max_tokens`, or spends 20 tokens thinking. None:
     the defaults; `{}`: no field but the messages."""
+
+    __reduce__ = reduce_frozen  # picklable and deep-copyable: `tags` and `judge_params` are read-only
 
     def __post_init__(self) -> None:
         problem = name_problem(self.name, MAX_NAME_LENGTH)  # one grammar for every name (bandit_router.names)
@@ -300,7 +303,13 @@ class Catalog:
 
     def __init__(self, models: Iterable[ModelSpec], *, source: str = "", prices_read_on: str = "") -> None:
         self._models: dict[str, ModelSpec] = {}
+        if isinstance(models, str | Mapping):  # a name, or a table, read key by key
+            raise CatalogError(f"a catalog takes a list of ModelSpecs, got {type(models).__name__} "
+                               "(Catalog.from_mapping reads a catalog file's table; load_catalog(path) a file)")
         for spec in models:
+            if not isinstance(spec, ModelSpec):  # "'dict' object has no attribute 'name'"
+                raise CatalogError(f"a catalog takes ModelSpecs, got {type(spec).__name__} (ModelSpec.from_json(entry) "
+                                   "reads a [[models]] table as a dict)")
             if spec.name in self._models:
                 raise CatalogError(f"duplicate model name {spec.name!r}")
             self._models[spec.name] = spec

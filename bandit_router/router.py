@@ -75,6 +75,10 @@ class Router:
         pacer: Pacer | None = None,
         policy_checked: bool = False,  # True: checked against every model it will hold (`log.build_router`)
     ) -> None:
+        if isinstance(models, str | Mapping):  # iterated, a name gave its letters and a dict its keys
+            raise InvalidInput(f"models must be a list of ModelSpecs (default_catalog(), load_catalog(path) or "
+                               f"[ModelSpec(...), ...]), got {type(models).__name__}"
+                               + (f" {models!r:.60}" if isinstance(models, str) else ""))
         specs = list(models) if models is not None else list(default_catalog())
         if not specs:
             raise InvalidInput("a router needs at least one model")
@@ -84,6 +88,12 @@ class Router:
         if len(set(names)) != len(names):
             raise InvalidInput("model names must be unique")
         _check_settings(cold_start_rounds, cold_start_floor, seed)
+        _check_policy_argument(policy)
+        if reward_config is not None and not isinstance(reward_config, RewardConfig):
+            raise InvalidInput(f"reward_config must be a RewardConfig (RewardConfig(cost_weight=20.0)), got "
+                               f"{type(reward_config).__name__}")
+        if pacer is not None and not all(callable(getattr(pacer, m, None)) for m in ("adjust", "observe")):
+            raise InvalidInput(f"pacer must be a budget pacer (BudgetPacer(config)), got {type(pacer).__name__}")
         self._models: list[ModelSpec] = specs
         self._routable: tuple[tuple[ModelSpec, ...], tuple[str, ...], dict[str, int]] | None = None
         """`_allowed(None)`, its names and each active model's arm: computed once per change of the model list."""
@@ -176,6 +186,9 @@ class Router:
 
     # -- deciding ---------------------------------------------------------------------------------------
     def featurize(self, request: Request) -> Context:
+        if not isinstance(request, Request):  # else "'str' object has no attribute 'text'" from the features
+            raise InvalidInput(f"request must be a Request (Request(prompt=...) or Request(messages=...)), got "
+                               f"{type(request).__name__}")
         return self.features(request)
 
     def route(self, request: Request, *, book: bool = True) -> Decision:
@@ -199,6 +212,7 @@ class Router:
         tell the pacer about the decision now (False: the caller books it, `pacer.observe(decision, None)`, only
         if it is used: an LLM router's fallback to the policy, whose model may not answer; a decision whose id the
         client chose, once it is stored)."""
+        _check_context(context)
         _check_id(decision_id)
         try:
             with self._lock:
@@ -281,6 +295,7 @@ class Router:
         `cost_weight` of the request's own (every active model, λ as configured or as the pacer sets it now, the
         cold-start floors), without drawing or booking: the router's own generator and what it learned are untouched
         (a policy that samples draws what a new `default_rng(0)` would, from a generator kept for it, `SeededDraws`)."""
+        _check_context(context)
         with self._lock:
             priced = self._price(context, None, None)
             pmf = self.policy.pmf(context, priced.specs, priced.penalty, self._now.fresh())
@@ -343,6 +358,7 @@ class Router:
 
     def reward_of(self, decision: Decision, outcome: Outcome, cost_usd: float | None = None) -> float:
         """quality − λ·cost − μ·latency for this decision's λ, without learning (cost priced when not given)."""
+        _check_learned(decision, outcome)
         cost = self.outcome_cost(decision, outcome) if cost_usd is None else cost_usd
         return reward(
             outcome.quality,
@@ -354,6 +370,7 @@ class Router:
 
     def learn(self, decision: Decision, outcome: Outcome) -> float:
         """Learn from one outcome; returns its reward."""
+        _check_learned(decision, outcome)
         with self._lock:
             spec = self.spec(decision.model)
             cost = self.cost_model.realised_cost(spec, outcome, decision.context.input_tokens)
@@ -388,7 +405,9 @@ class Router:
         same settings (however they were given: `linucb:alpha=3` or `make_policy("linucb", alpha=3)`); a snapshot
         taken before snapshots recorded the settings needs the same policy name, as it did then. Anything else, and
         bytes that are not such a snapshot, raise `InvalidInput` and leave the router as it was."""
-        tree = unpack(data)
+        if not isinstance(data, bytes | bytearray | memoryview):  # a str: "string argument without an encoding"
+            raise InvalidInput(f"restore takes the bytes snapshot() returned, got {type(data).__name__}")
+        tree = unpack(bytes(data))
         with self._lock:
             if not isinstance(tree, dict) or "policy_name" not in tree:
                 raise InvalidInput("not a router snapshot")
@@ -491,12 +510,46 @@ def _check_settings(cold_start_rounds: int, cold_start_floor: float, seed: int |
 
 
 def _check_spec(spec: object) -> None:
-    """A model name where a `ModelSpec` belongs (`Router(["gpt-4o"])`) is refused with what to pass instead."""
+    """A model name where a `ModelSpec` belongs (`Router(["gpt-4o"])`), or a catalog entry as a dict, is refused
+    with what to pass instead."""
     if isinstance(spec, str):
         raise InvalidInput(
             "models must be ModelSpecs (default_catalog(), load_catalog(path) or ModelSpec(...)), "
             f"not the name {spec!r}"
         )
+    if not isinstance(spec, ModelSpec):  # a dict got as far as "'dict' object has no attribute 'name'"
+        raise InvalidInput(
+            "models must be ModelSpecs (default_catalog(), load_catalog(path), ModelSpec(...) or, for a catalog "
+            f"entry as a dict, ModelSpec.from_json(entry)), got {type(spec).__name__}"
+        )
+
+
+def _check_policy_argument(policy: object) -> None:
+    """A policy spec or an object with the `Policy` methods the router calls; `None` or a number was taken, and the
+    first `route` failed with "'NoneType' object has no attribute 'pmf'"."""
+    if isinstance(policy, str):
+        return
+    if not all(callable(getattr(policy, method, None)) for method in ("pmf", "update")):
+        raise InvalidInput(f"policy must be a policy spec (\"default\", \"linucb:alpha=0.5\") or a Policy "
+                           f"(make_policy(...)), got {type(policy).__name__}")
+
+
+def _check_context(context: object) -> None:
+    """`decide` and `pmf_now` take a featurized request: a `Request` was "'Request' object has no attribute
+    'input_tokens'"."""
+    if not isinstance(context, Context):
+        hint = " (router.featurize(request) makes one; route(request) decides for a Request)" \
+            if isinstance(context, Request) else " (router.featurize(request))"
+        raise InvalidInput(f"context must be a Context{hint}, got {type(context).__name__}")
+
+
+def _check_learned(decision: object, outcome: object) -> None:
+    """`learn`'s arguments: a decision kept as JSON or an outcome as a dict got an `AttributeError`."""
+    if not isinstance(decision, Decision):
+        raise InvalidInput(f"decision must be the Decision route() returned (Decision.from_json(data) reads one "
+                           f"kept as JSON), got {type(decision).__name__}")
+    if not isinstance(outcome, Outcome):
+        raise InvalidInput(f"outcome must be an Outcome (Outcome(quality=0.9, ...)), got {type(outcome).__name__}")
 
 
 class _UnknownNames(Exception):

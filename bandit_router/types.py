@@ -2,11 +2,18 @@
 
 All are frozen dataclasses. A `Decision` cannot exist without the probability with which its model was
 chosen: that number is what makes counterfactual evaluation of other policies possible later.
+
+Why one module: each value is built from the one before (a `Context` from a `Request`, a `Decision` holds its
+`Context`), and `Decision.from_json` reads the context's JSON with the same key-naming readers; split, the
+readers and the pickling of the read-only mappings (`reduce_frozen`) would be shared across modules that import
+each other.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -74,6 +81,24 @@ class Message:
     content: str
 
 
+def reduce_frozen(value: Any) -> tuple[Any, tuple[Any, ...]]:
+    """`__reduce__` of a frozen dataclass that holds read-only mappings (`MappingProxyType`, which neither pickle nor
+    `copy.deepcopy` can copy: "cannot pickle 'mappingproxy' object"): rebuilt by its constructor from its fields,
+    each such mapping as a dict, which the constructor checks and makes read-only again."""
+    given = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+    return _rebuilt, (type(value), {k: dict(v) if isinstance(v, MappingProxyType) else v for k, v in given.items()})
+
+
+def _rebuilt(cls: type, fields: dict[str, Any]) -> Any:
+    return cls(**fields)
+
+
+def _context_from(features: Mapping[str, tuple[np.ndarray, np.ndarray]], input_tokens: int, n_chars: int, turns: int,
+                  markers: frozenset[str], attributes: dict[str, Scalar], text: str) -> Context:
+    """A `Context` unpickled (`Context.__reduce__`), its attributes read-only again."""
+    return Context(features, input_tokens, n_chars, turns, markers, MappingProxyType(attributes), text)
+
+
 def _freeze_context(context: Mapping[str, Scalar] | None) -> Mapping[str, Scalar]:
     if not context:
         return MappingProxyType({})
@@ -127,6 +152,8 @@ class Request:
     cost_weight: float | None = None
     decision_id: str | None = None
 
+    __reduce__ = reduce_frozen  # picklable and deep-copyable: `context` is read-only
+
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
             raise InvalidInput("give exactly one of prompt or messages")
@@ -173,7 +200,7 @@ class Request:
         return max(1, sum(1 for m in self.messages if m.role == "user"))
 
 
-@dataclass(frozen=True, eq=False, init=False)
+@dataclass(frozen=True, eq=False, init=False, repr=False)
 class Context:
     """A featurized request.
 
@@ -214,6 +241,20 @@ class Context:
             _flat=None,
         )
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled and deep-copied (a process pool, `copy.deepcopy(decision)`) without its read-only attributes'
+        `MappingProxyType`, which neither can copy."""
+        return _context_from, (dict(self.features), self.input_tokens, self.n_chars, self.turns, self.markers,
+                               dict(self.attributes), self.text)
+
+    def __repr__(self) -> str:
+        """The sizes, not the contents: the dataclass's own repr held the whole prompt and every hashed feature (a
+        100 KB prompt's `Decision` printed 101 KB, the prompt in full, into a log line or a traceback)."""
+        counts = ", ".join(f"{ns!r}: {len(pair[0])}" for ns, pair in self.features.items())
+        return (f"Context(features={{{counts}}}, input_tokens={self.input_tokens}, n_chars={self.n_chars}, "
+                f"turns={self.turns}, markers={sorted(self.markers)}, attributes={dict(self.attributes)!r:.200}, "
+                f"text=<{len(self.text)} characters>)")
+
     @property
     def flat(self) -> tuple[np.ndarray, np.ndarray]:
         """Every namespace's features in one pair (indices as uint64, values as float32), computed once."""
@@ -242,17 +283,24 @@ class Context:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], text: str = "") -> Context:
-        features = {
-            ns: (np.asarray(pair[0], dtype=np.uint32), np.asarray(pair[1], dtype=np.float32))
-            for ns, pair in data["features"].items()
-        }
+        """The context `to_json` made; `InvalidInput` for features that are not (indices, values) pairs of one
+        length, indices in [0, 2³²)."""
+        features = {}
+        for ns, pair in data["features"].items():
+            indices, values = np.asarray(pair[0], dtype=np.int64), np.asarray(pair[1], dtype=np.float32)
+            if len(pair) != 2 or indices.ndim != 1 or indices.shape != values.shape:
+                raise InvalidInput(f"features {ns!r} must be a pair of lists of one length: indices and values")
+            if len(indices) and (indices.min() < 0 or indices.max() >= 2**32):
+                raise InvalidInput(f"features {ns!r}: indices must be in [0, 2^32)")
+            features[ns] = (indices.astype(np.uint32), values)
         return cls(
             features=features,
-            input_tokens=int(data["input_tokens"]),
-            n_chars=int(data["n_chars"]),
-            turns=int(data["turns"]),
-            markers=frozenset(data["markers"]),
-            attributes=MappingProxyType(dict(data.get("attributes", {}))),
+            input_tokens=_read_key(data, "input_tokens", _integer, "an integer"),  # not `int()`: 1.7 was 1
+            n_chars=_read_key(data, "n_chars", _integer, "an integer"),
+            turns=_read_key(data, "turns", _integer, "an integer"),
+            markers=_read_key(data, "markers", lambda v: frozenset(_text(m) for m in _listed(v)),  # not letters
+                              "a list of strings"),
+            attributes=_freeze_context(data.get("attributes")),  # a request's context: scalars by name
             text=text,
         )
 
@@ -355,36 +403,117 @@ class Decision:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Decision:
-        """The decision `to_json` made (its context without the text); `InvalidInput` for anything else."""
+        """The decision `to_json` made (its context without the text); `InvalidInput` for anything else, saying
+        which key is missing or wrong ("not a decision: missing key 'pmf'", "… arm must be an integer, got float
+        1.7")."""
+        if not isinstance(data, Mapping):
+            raise InvalidInput(f"not a decision: expected the JSON object Decision.to_json() gives, got "
+                               f"{type(data).__name__}")
+        _check_keys(data, DECISION_KEYS, "")
+        if not isinstance(data["context"], Mapping):
+            raise InvalidInput(f"not a decision: context must be the JSON object Context.to_json() gives, got "
+                               f"{type(data['context']).__name__}")
+        _check_keys(data["context"], CONTEXT_KEYS, "context: ")
         try:
             return cls._from_json(data)
         except InvalidInput:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise InvalidInput(f"not a decision: {exc!r}") from None
+        except (TypeError, ValueError, OverflowError) as exc:  # Decision's own checks: pmf, model, probability
+            raise InvalidInput(f"not a decision: {exc}") from None
 
     @classmethod
     def _from_json(cls, data: Mapping[str, Any]) -> Decision:
-        pmf = tuple(float(p) for p in data["pmf"])
+        models = _read(data, "models", lambda v: tuple(_text(m) for m in _listed(v)), "a list of model names")
+        pmf = _read(data, "pmf", lambda v: tuple(_number(p) for p in _listed(v)), "a list of numbers")
         if not all(0.0 <= p <= 1.0 for p in pmf):  # NaN fails too
             raise InvalidInput("not a decision: every pmf entry must be in [0, 1]")
-        cost_weight = float(data["cost_weight"])
+        cost_weight = _read(data, "cost_weight", _number, "a number")
         if not 0.0 <= cost_weight < math.inf:
             raise InvalidInput("not a decision: cost_weight must be a finite number >= 0")
+        expected = _read(data, "expected_cost_usd", lambda v: tuple(_number(c) for c in _listed(v)),
+                         "a list of numbers", ())
+        if expected and (len(expected) != len(models) or not all(0.0 <= c < math.inf for c in expected)):
+            raise InvalidInput("not a decision: expected_cost_usd must hold one finite number >= 0 per model of "
+                               "models")
+        created_at = _read(data, "created_at", _number, "a number", 0.0)
+        if not math.isfinite(created_at):
+            raise InvalidInput("not a decision: created_at must be a finite number (Unix time)")
         return cls(
-            decision_id=str(data["decision_id"]),
-            model=str(data["model"]),
-            arm=int(data["arm"]),
-            models=tuple(data["models"]),
+            decision_id=_read(data, "decision_id", _text, "a string"),
+            model=_read(data, "model", _text, "a model name"),
+            arm=_read(data, "arm", _integer, "an integer"),
+            models=models,
             pmf=pmf,
-            probability=float(data["probability"]),
-            policy=str(data["policy"]),
-            policy_version=int(data["policy_version"]),
+            probability=_read(data, "probability", _number, "a number"),
+            policy=_read(data, "policy", _text, "a string"),
+            policy_version=_read(data, "policy_version", _integer, "an integer"),
             cost_weight=cost_weight,
-            context=Context.from_json(data["context"]),
-            expected_cost_usd=tuple(float(c) for c in data.get("expected_cost_usd", ())),
-            created_at=float(data.get("created_at", 0.0)),
+            context=_read(data, "context", Context.from_json, "the JSON object Context.to_json() gives"),
+            expected_cost_usd=expected,
+            created_at=created_at,
         )
+
+
+DECISION_KEYS = ("decision_id", "model", "arm", "models", "pmf", "probability", "policy", "policy_version",
+                 "cost_weight", "context")
+"""The keys `Decision.from_json` needs (`expected_cost_usd` and `created_at` may be left out)."""
+CONTEXT_KEYS = ("features", "input_tokens", "n_chars", "turns", "markers")
+"""The keys `Context.from_json` needs (`attributes` may be left out)."""
+
+
+def _check_keys(data: Mapping[str, Any], keys: Iterable[str], where: str) -> None:
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise InvalidInput(f"not a decision: {where}missing key{'s' if len(missing) > 1 else ''} "
+                           f"{', '.join(map(repr, missing))}")
+
+
+def _read_key(data: Mapping[str, Any], key: str, convert: Any, what: str) -> Any:
+    """`convert(data[key])`, else `InvalidInput` saying what `key` must be."""
+    value = data[key]
+    try:
+        return convert(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{key} must be {what}, got {type(value).__name__} {value!r:.60}") from exc
+
+
+def _read(data: Mapping[str, Any], key: str, convert: Any, what: str, default: Any = None) -> Any:
+    """`convert(data[key])` (`default` when the key is left out); `InvalidInput` naming the key otherwise."""
+    if default is not None and key not in data:
+        return default
+    value = data[key]
+    try:
+        return convert(value)
+    except InvalidInput as exc:
+        raise InvalidInput(f"not a decision: {key}: {str(exc).removeprefix('not a decision: ')}") from None
+    except (TypeError, ValueError, OverflowError, KeyError, AttributeError) as exc:
+        detail = f" ({exc})" if key == "context" else ""
+        raise InvalidInput(f"not a decision: {key} must be {what}, got {type(value).__name__} {value!r:.60}"
+                           f"{detail}") from None
+
+
+def _listed(value: Any) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, list | tuple):  # a string would be read letter by letter
+        raise TypeError("not a list")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # `int(1.7)` would be 1
+        raise TypeError("not an integer")
+    return int(value)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # `float("1")` would take a string
+        raise TypeError("not a number")
+    return float(value)
 
 
 def _check_non_negative(name: str, value: float | None) -> None:

@@ -29,12 +29,13 @@ from bandit_router.budgets import BudgetConfig, Latency
 from bandit_router.errors import InvalidInput
 from bandit_router.features import FeatureExtractor
 from bandit_router.hints import quoted
+from bandit_router.reward import MAX_COST_WEIGHT
 
 from . import metrics as M
 from .agents import WARMUPS, Agent, PacerFactory, Trace, known_names, make_agent, trace_of
 from .budgets import realized_values
 from .environments import Environment, EnvSpec, Episode, Mark
-from .scenarios import Scenario, build_episode, make_scenario
+from .scenarios import SCENARIOS, Scenario, build_episode, make_scenario
 
 REACTION_SHARE = 0.8
 """Reaction to drift, a new model or a price change: steps until this share of traffic is on the new best."""
@@ -61,6 +62,7 @@ class Plan:
     pacer_factory: PacerFactory | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not self.policies or not self.cost_weights or not self.seeds:
             raise InvalidInput("a plan needs at least one policy, one cost weight and one seed")
         if any(seed < 0 for seed in self.seeds):  # numpy's generators take no negative seed
@@ -89,6 +91,42 @@ class Plan:
         if any(spec.partition(":")[0].strip() == "oracle" for spec in self.policies):
             # run twice, its runs and its baseline runs were pooled: two curves in one APGR, doubled seeds
             raise InvalidInput("the oracle is always reported (the `oracle` records): leave it out of the policies")
+
+    def _check_types(self) -> None:
+        """What each field holds, checked before any environment is built: a string for a tuple was read letter by
+        letter ("unknown policy 'l'"), `cost_weights=20.0` was a `TypeError`, `env="synthetic:default"` an
+        `AttributeError` from `simulate`, and a NaN or negative λ, a float seed or an unknown scenario were refused
+        only by the first run, seconds later. A list is taken for a tuple."""
+        if not isinstance(self.env, EnvSpec):
+            raise InvalidInput(f"env must be an EnvSpec (EnvSpec.parse(\"synthetic:default\")), got "
+                               f"{type(self.env).__name__}")
+        for name, what in (("policies", "policy specs"), ("cost_weights", "numbers"), ("seeds", "integers"),
+                           ("scenarios", "scenario specs")):
+            value = getattr(self, name)
+            if not isinstance(value, tuple | list):
+                raise InvalidInput(f"{name} must be a tuple of {what}, got {type(value).__name__} {value!r:.60} "
+                                   f"(one: ({value!r:.40},))")
+            object.__setattr__(self, name, tuple(value))
+        for name in ("policies", "scenarios"):
+            for spec in getattr(self, name):
+                if not isinstance(spec, str):
+                    raise InvalidInput(f"{name} must be strings, got {type(spec).__name__} {spec!r:.60}")
+        for lam in self.cost_weights:
+            if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0 <= lam <= MAX_COST_WEIGHT:
+                raise InvalidInput(f"cost_weights must be finite numbers in [0, 1e9], got {lam!r}")
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+                raise InvalidInput(f"seeds must be integers, got {type(seed).__name__} {seed!r}")
+        for spec in self.scenarios:
+            if spec.partition(":")[0] not in SCENARIOS:
+                raise InvalidInput(f"unknown scenario {quoted([spec.partition(':')[0]], SCENARIOS)}; known: "
+                                   f"{', '.join(SCENARIOS)}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
+                                       or self.steps < 1):
+            raise InvalidInput(f"steps must be an integer >= 1 (or None: the whole stream), got {self.steps!r}")
+        if self.pacer_factory is not None and not callable(self.pacer_factory):  # a BudgetConfig: a TypeError
+            raise InvalidInput(f"pacer_factory must be a callable f(models, cost_weight) -> pacer (simulator.budgets."
+                               f"TargetPacers(texts) for budget targets), got {type(self.pacer_factory).__name__}")
 
 
 @dataclass(frozen=True)
@@ -335,8 +373,11 @@ def simulate(
 ) -> SimulationResult:
     """Run every (policy, λ, seed) of `plan`; `workers` processes (default: one per core)."""
     global _WORKSPACE
-    if workers is not None and workers < 1:
-        raise InvalidInput(f"workers must be >= 1 (or left out: one per core), got {workers}")
+    if not isinstance(plan, Plan):  # "'dict' object has no attribute 'env'"
+        raise InvalidInput(f"simulate takes a Plan (Plan(env=EnvSpec.parse(...), policies=(...))), got "
+                           f"{type(plan).__name__}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InvalidInput(f"workers must be >= 1 (or left out: one per core), got {workers}")  # 1.5 was taken
     workspace = Workspace(plan)
     workspace.prepare()
     for spec in plan.policies:

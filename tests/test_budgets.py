@@ -632,6 +632,20 @@ def test_config_rejects(data: Any, match: str) -> None:
         BudgetConfig.from_mapping(data)
 
 
+def test_targets_given_as_one_string_are_refused_saying_how_to_read_text() -> None:
+    """`BudgetConfig(targets="spend_usd=5/1d")` was read letter by letter: "global targets: not a target: 's'"."""
+    with pytest.raises(InvalidInput, match=r"global targets: must be a list of targets, not one string "
+                       r"'spend_usd=5/1d' \(BudgetConfig.from_strings"):
+        BudgetConfig(targets="spend_usd=5/1d")  # type: ignore[arg-type]
+
+
+def test_a_pacer_of_a_table_says_to_build_a_budget_config() -> None:
+    """`BudgetPacer({"avg_cost_usd": 0.1})` said "configure needs a BudgetConfig", a name the caller never used."""
+    with pytest.raises(InvalidInput, match=r"^config must be a BudgetConfig \(BudgetConfig.from_mapping\(\{...\}\) "
+                       r"reads a \[budgets\] table, .*\), got dict$"):
+        BudgetPacer({"avg_cost_usd": 0.1})  # type: ignore[arg-type]
+
+
 def test_with_targets_replaces_one_scope() -> None:
     config = BudgetConfig.from_strings(["avg_cost_usd=0.001", "@acme:share:large=0.1"])
     changed = config.with_targets([Spend(5, 3600)], tenant="beta")

@@ -404,6 +404,60 @@ def test_settings_validate_when_built_directly() -> None:
     assert Settings().replace(port=1234).port == 1234
 
 
+@pytest.mark.parametrize(("values", "message"), [
+    # taken: `check()` then failed with "'dict' object has no attribute 'fallback_model'"
+    ({"budgets": {"avg_cost_usd": 0.0005}}, r"^Settings: budgets must be a BudgetConfig, got dict; "
+     r"BudgetConfig.from_mapping\(\{...\}\) reads a \[budgets\] table"),
+    ({"budgets": {}}, "budgets must be a BudgetConfig, got dict"),  # taken as no budgets
+    # "replace() should be called on dataclass instances"
+    ({"server": {"port": 9000}, "workers": 2}, r"^Settings: server must be a ServerSettings, got dict; build one "
+     r"with ServerSettings\(...\), or give its keys flat: Settings\(host=...\)"),
+    ({"auth": {}}, "auth must be an AuthSettings, got dict"),
+])
+def test_a_section_of_the_wrong_type_is_a_type_error_naming_it(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        Settings(**values)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    # a TypeError from the range check: "'<=' not supported between instances of 'int' and 'str'"
+    ({"port": "9000"}, "port: must be an integer, got str '9000'"),
+    ({"cost_weight": "20"}, "cost_weight: must be a number, got str '20'"),
+    ({"workers": 2.5}, "workers: must be an integer, got float 2.5"),
+    ({"cost_weight": 10**400}, "cost_weight: must be a number, got int 1000"),  # OverflowError of math.isfinite
+    # taken: read letter by letter when the policies were built, or never looked at
+    ({"shadow_policies": "linucb"}, "shadow_policies: must be a list of strings, got str 'linucb'"),
+    ({"access_log": "no"}, "access_log: must be true or false, got str 'no'"),  # a non-empty string: logged
+    ({"models": [{"name": "a"}]}, r"models: must be a list of ModelSpecs, got dict \{'name': 'a'\} in the list"),
+    ({"policy_settings": [("floor", 0.1)]}, "policy_settings: must be a Mapping, got list"),
+    ({"api_keys": ("k" * 20,)}, r"^api_keys: must be Secrets, got tuple$"),  # and never shows a key
+])
+def test_a_key_of_the_wrong_type_is_a_config_error_naming_it(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings(**values)
+
+
+def test_a_list_is_taken_for_a_tuple_and_a_string_for_a_path() -> None:
+    """`Settings(shadow_policies=["linucb"])` is the tuple; `catalog="x.toml"` the path."""
+    settings = Settings(shadow_policies=["linucb"], catalog="catalog.toml", port=__import__("numpy").int64(9000))
+    assert settings.shadow_policies == ("linucb",) and settings.catalog == Path("catalog.toml")
+    assert type(settings.port) is int and str(Settings(db="postgresql://u:p@h/d").db).startswith("postgresql://")
+
+
+def test_settings_pickle_and_deep_copy_even_once_checked() -> None:
+    """`copy.deepcopy(Settings())` failed on the budgets' read-only tenants ("cannot pickle 'mappingproxy'"), and
+    checked settings on the policies `check()` keeps (VW's `Workspace`). The copy is equal and not `checked`."""
+    import copy
+    import pickle
+
+    from bandit_router.budgets import BudgetConfig
+
+    settings = Settings(policy="vw-squarecb", budgets=BudgetConfig.from_strings(["@acme:spend_usd=5/1d"]),
+                        models=(ModelSpec("m", 1.0, 2.0, tags={"tier": "small"}),)).check()
+    for again in (pickle.loads(pickle.dumps(settings)), copy.deepcopy(settings)):
+        assert again == settings and not again.checked and again.check().checked
+
+
 @pytest.mark.parametrize("key", ["cost_weight", "latency_weight"])
 def test_a_configured_weight_has_the_bound_of_a_requests_cost_weight(key: str) -> None:
     """cost_weight = 1e308 was accepted (a request's is at most 1e9): every reward was learned as about -1e306 and

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from bandit_router.catalog import Catalog, ModelSpec, default_catalog, load_catalog
 from bandit_router.errors import CatalogError, InvalidInput
 from bandit_router.features import FeatureExtractor, estimate_tokens
+from bandit_router.policies import make_policy
 from bandit_router.reward import CostModel, OutputTokenEstimator, RewardConfig, reward
 from bandit_router.router import Router
 from bandit_router.state import pack, unpack
@@ -144,13 +146,14 @@ def test_a_decision_that_is_not_one_is_invalid_input() -> None:
     back = Decision.from_json(data)
     assert back.to_json() == data and back.context.same_features(made.context)
     damaged = [
-        ({k: v for k, v in data.items() if k != "pmf"}, "not a decision: KeyError"),
+        ({k: v for k, v in data.items() if k != "pmf"}, "^not a decision: missing key 'pmf'$"),
         ({**data, "probability": data["probability"] / 2}, "probability must equal the pmf entry"),
         ({**data, "model": "nope"}, "chosen model 'nope' is not among the allowed models"),
         ({**data, "pmf": data["pmf"][:-1]}, "pmf and models differ in length"),
-        ({**data, "context": {}}, "not a decision: KeyError"),
-        ({**data, "pmf": ["x"] * len(data["pmf"])}, "not a decision: ValueError"),
-        ([1, 2], "not a decision: TypeError"),
+        ({**data, "context": {}}, "^not a decision: context: missing keys 'features', 'input_tokens', 'n_chars', "
+                                  "'turns', 'markers'$"),
+        ({**data, "pmf": ["x"] * len(data["pmf"])}, "^not a decision: pmf must be a list of numbers, got list"),
+        ([1, 2], "^not a decision: expected the JSON object Decision.to_json[(][)] gives, got list$"),
         ({**data, "cost_weight": math.nan}, "not a decision: cost_weight must be a finite number >= 0"),
         ({**data, "cost_weight": -1.0}, "not a decision: cost_weight must be a finite number >= 0"),
         ({**data, "pmf": [p if m == data["model"] else math.nan for m, p in zip(*nan_pmf, strict=True)]},
@@ -159,6 +162,63 @@ def test_a_decision_that_is_not_one_is_invalid_input() -> None:
     for bad, message in damaged:
         with pytest.raises(InvalidInput, match=message):
             Decision.from_json(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    # each was taken (and failed in `learn`, or was learned wrong) or escaped as another exception:
+    ({"arm": 1.7}, "arm must be an integer, got float 1.7"),  # int(1.7): arm 1
+    ({"models": "abc"}, "models must be a list of model names, got str 'abc'"),  # read letter by letter
+    ({"decision_id": 12}, "decision_id must be a string, got int 12"),  # str(12)
+    ({"cost_weight": True}, "cost_weight must be a number, got bool True"),  # float(True): λ = 1
+    ({"created_at": math.nan}, "created_at must be a finite number"),
+    ({"expected_cost_usd": [1.0]}, "expected_cost_usd must hold one finite number >= 0 per model of models"),
+    # ValueError from VW in `learn` ("The weights and list don't have the same length")
+    ({"context.features": {"w": [[1, 2], [1.0]]}}, "context: features 'w' must be a pair of lists of one length"),
+    ({"context.features": {"w": [[-1], [1.0]]}}, r"context: features 'w': indices must be in \[0, 2\^32\)"),  # Overflow
+    ({"context.markers": "code"}, "context: markers must be a list of strings, got str 'code'"),  # {'c', 'o', …}
+    ({"context.input_tokens": 1.7}, "context: input_tokens must be an integer, got float 1.7"),  # int(1.7)
+    ({"context.attributes": {"tenant": [1]}}, r"context: context\['tenant'\] must be a string, number or boolean"),
+    ({"pmf": ["0.5"]}, r"pmf must be a list of numbers, got list \['0.5'\]"),  # float("0.5")
+    ({"context": None}, "context must be the JSON object Context.to_json[(][)] gives, got NoneType"),
+])
+def test_a_damaged_decision_names_its_key(change: dict[str, object], message: str) -> None:
+    """`Decision.from_json` names what is wrong, as `InvalidInput`; before, a missing key was "not a decision:
+    KeyError('pmf')", and these were taken, or escaped as an `OverflowError`."""
+    router = Router(seed=1)
+    data = router.route(Request(prompt="hello")).to_json()
+    for key, value in change.items():
+        if key.startswith("context."):
+            data["context"] = {**data["context"], key.removeprefix("context."): value}
+        else:
+            data[key] = value
+    with pytest.raises(InvalidInput, match=f"^not a decision: {message}"):
+        Decision.from_json(data)
+
+
+def test_learn_and_route_name_an_argument_of_the_wrong_type() -> None:
+    """A decision kept as its JSON, an outcome or a request as a dict, a snapshot as text: an `AttributeError`
+    ("'dict' object has no attribute 'model'") or a `TypeError`; now `InvalidInput` saying what to pass."""
+    router = Router(seed=1)
+    decision = router.route(Request(prompt="hello"))
+    cases = [
+        (lambda: router.learn(decision.to_json(), Outcome(quality=1.0)),  # type: ignore[arg-type]
+         r"decision must be the Decision route\(\) returned \(Decision.from_json\(data\) reads"),
+        (lambda: router.learn(decision, {"quality": 1.0}), "outcome must be an Outcome"),  # type: ignore[arg-type]
+        (lambda: router.reward_of(decision, None), "outcome must be an Outcome"),  # type: ignore[arg-type]
+        (lambda: router.route("hello"), r"request must be a Request \(Request\(prompt=...\)"),  # type: ignore[arg-type]
+        (lambda: router.route({"prompt": "hello"}), "request must be a Request"),  # type: ignore[arg-type]
+        (lambda: router.restore("not bytes"), r"restore takes the bytes snapshot\(\) returned, got str"),  # type: ignore[arg-type]
+        # "'Request' object has no attribute 'input_tokens'"
+        (lambda: router.pmf_now(Request(prompt="hi")), r"context must be a Context \(router.featurize\(request\) "  # type: ignore[arg-type]
+         r"makes one; route\(request\) decides for a Request\), got Request"),
+        (lambda: router.decide(None), r"context must be a Context \(router.featurize\(request\)\), got NoneType"),  # type: ignore[arg-type]
+        # "'NoneType' object has no attribute 'strip'"
+        (lambda: make_policy(None), 'a policy spec is a string such as "linucb:alpha=0.5", got NoneType'),  # type: ignore[arg-type]
+    ]
+    for call, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            call()
+    assert router.version == 0
 
 
 def test_decision_ids_are_unique_across_threads_and_forked_processes() -> None:
@@ -206,6 +266,42 @@ def test_context_json_round_trip() -> None:
         context.markers,
         dict(context.attributes),
     )
+
+
+def test_a_decisions_repr_shows_the_contexts_sizes_not_the_prompt() -> None:
+    """The dataclass repr of `Context` held the prompt and every hashed feature: a 100 KB prompt's decision printed
+    101 KB, the prompt in full, into whatever logged it or showed it in a traceback."""
+    secret = "confidential-" + "word " * 20_000
+    decision = Router(seed=1).route(Request(prompt=secret, context={"tenant": "acme"}))
+    shown = repr(decision)
+    assert "confidential" not in shown and len(shown) < 2_000
+    assert f"text=<{len(secret)} characters>" in shown and "n_chars=100013" in shown and "'tenant': 'acme'" in shown
+
+
+def test_the_values_pickle_and_deep_copy_and_stay_read_only() -> None:
+    """A decision, a request, a model spec, a catalog, budgets and a logged record hold read-only mappings
+    (`MappingProxyType`), which neither pickle nor `copy.deepcopy` could copy: "cannot pickle 'mappingproxy'
+    object" for a decision sent to a process pool or a deep copy of a spec."""
+    import copy
+    import pickle
+
+    from bandit_router.budgets import BudgetConfig
+    from bandit_router.evaluation import LoggedRecord
+
+    catalog = default_catalog()
+    decision = Router(catalog, seed=1).route(Request(prompt="hello", context={"tenant": "acme"}))
+    record = LoggedRecord(decision, Outcome(quality=0.5), shadow_pmfs={"linucb": decision.pmf})
+    budgets = BudgetConfig.from_strings(["avg_cost_usd=0.001", "@acme:spend_usd=5/1d"])
+    request = Request(prompt="hello", context={"tenant": "acme"})
+    for again in (pickle.loads(pickle.dumps((decision, record, budgets, request, catalog))),
+                  copy.deepcopy((decision, record, budgets, request, catalog))):
+        d, r, b, q, c = again
+        assert d.to_json() == decision.to_json() and d.context.text == "hello"
+        assert r.shadow_pmfs == {"linucb": decision.pmf} and b == budgets and q == request
+        assert list(c) == list(catalog) and c.names == catalog.names
+        for mapping in (d.context.attributes, r.shadow_pmfs, b.tenants, q.context, c[c.names[0]].tags):
+            with pytest.raises(TypeError):
+                mapping["x"] = 1  # type: ignore[index]
 
 
 # -- catalog ----------------------------------------------------------------------------------------------
@@ -283,6 +379,17 @@ def test_catalog_from_any_mapping_is_valid_or_a_catalog_error(entry: dict) -> No
         return
     spec = next(iter(catalog))
     assert spec.input_usd_per_mtok >= 0 and spec.output_usd_per_mtok >= 0
+
+
+@pytest.mark.parametrize(("models", "message"), [
+    ("gpt-4o", "a catalog takes a list of ModelSpecs, got str"),  # "'str' object has no attribute 'name'"
+    ({"models": []}, r"got dict \(Catalog.from_mapping reads"),
+    ([{"name": "a", "input_usd_per_mtok": 1.0, "output_usd_per_mtok": 1.0}],
+     r"a catalog takes ModelSpecs, got dict \(ModelSpec.from_json\(entry\)"),  # "'dict' object has no …"
+])
+def test_a_catalog_of_other_things_than_specs_is_a_catalog_error(models: Any, message: str) -> None:
+    with pytest.raises(CatalogError, match=message):
+        Catalog(models)
 
 
 # -- features ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import weakref
@@ -17,9 +18,11 @@ from bandit_router.catalog import ModelSpec
 from bandit_router.errors import InvalidInput
 from bandit_router.evaluation import (
     Candidate,
+    EvaluationConfig,
     LoggedRecord,
     OverlapThresholds,
     evaluate_log,
+    export_dsjson,
     log_arrays,
     overlap,
     parse_candidate,
@@ -690,6 +693,32 @@ def test_bad_evaluation_settings_are_refused(
 ) -> None:
     with pytest.raises(InvalidInput, match=match):
         evaluate_log(log.records[:50], ["random"], models=world.models, **kwargs)  # type: ignore[arg-type]
+
+
+def test_evaluate_log_names_an_argument_of_the_wrong_type(world: SyntheticWorld, log: SimulatedLog) -> None:
+    """Each was an AttributeError, a raw ValueError, read letter by letter, or taken (`reward_lambda=True`: λ = 1)."""
+    records, models = list(log.records[:50]), world.models
+    cases: list[tuple[Any, str]] = [
+        (lambda: evaluate_log(records, ["random"], models=[m.name for m in models]),  # 'str' … no attribute 'name'
+         r"models must be the catalog's ModelSpecs \(default_catalog\(\), load_catalog\(path\)\), got str"),
+        (lambda: evaluate_log(records, "linucb", models=models),  # "candidate 'l': unknown policy 'l'"
+         r"candidates must be a list of candidate specs, e.g. \['linucb'\], not one string"),
+        (lambda: evaluate_log([r.decision.to_json() for r in records], ["random"], models=models),
+         r"records must be LoggedRecords \(LoggedRecord\(decision, outcome, …\);"),  # no attribute 'outcome'
+        (lambda: EvaluationConfig(estimators="dr"), r"estimators must be a list of estimator names, e.g. \('dr',\)"),
+        (lambda: EvaluationConfig(train_fraction=math.nan), r"train_fraction must be a number in \(0, 1\), got nan"),
+        (lambda: EvaluationConfig(feature_dim=16), "feature_dim must be an integer >= 32, got 16"),  # ValueError
+        (lambda: EvaluationConfig(reward_lambda=True), "reward_lambda must be 'logged', 'candidate' or a number, got "
+         "True"),
+        # the same AttributeErrors from `replay` and `export_dsjson`
+        (lambda: replay(records, "linucb", specs=[m.name for m in models]), "specs must be the catalog's ModelSpecs"),
+        (lambda: export_dsjson(records, io.StringIO(), specs=[m.name for m in models]),
+         "specs must be the catalog's ModelSpecs"),
+        (lambda: export_dsjson([{}], io.StringIO()), "records must be LoggedRecords, got dict"),
+    ]
+    for call, match in cases:
+        with pytest.raises(InvalidInput, match=match):
+            call()
 
 
 def test_outcomes_without_cost_are_priced_from_tokens() -> None:

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from toy_world import MODELS, ToyWorld
 
+from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.errors import InvalidInput, UnknownModel
 from bandit_router.policies import CONTEXTUAL, make_policy
@@ -468,6 +469,26 @@ def test_a_model_name_where_a_spec_belongs_is_invalid_input() -> None:
     with pytest.raises(InvalidInput, match="not the name 'gpt-4o'"):
         router.add_model("gpt-4o")  # type: ignore[arg-type]
     assert [m.name for m in router.models] == [m.name for m in MODELS]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    # taken, and the first route failed: "'NoneType' object has no attribute 'pmf'"
+    ({"policy": None}, r"policy must be a policy spec .* or a Policy \(make_policy\(...\)\), got NoneType"),
+    ({"policy": 3}, "policy must be a policy spec .* got int"),
+    # taken, and the first learn failed: "'dict' object has no attribute 'latency_weight'"
+    ({"reward_config": {"cost_weight": 5.0}}, r"reward_config must be a RewardConfig \(RewardConfig\(cost_weight"),
+    # taken, and the first route failed: "'BudgetConfig' object has no attribute 'adjust'"
+    ({"pacer": BudgetConfig()}, r"pacer must be a budget pacer \(BudgetPacer\(config\)\), got BudgetConfig"),
+    # read letter by letter ("not the name 'g'") or key by key
+    ({"models": "gpt-4o"}, "models must be a list of ModelSpecs .* got str 'gpt-4o'"),
+    ({"models": {"a": MODELS[0]}}, "models must be a list of ModelSpecs .* got dict$"),
+    # "'dict' object has no attribute 'name'"
+    ({"models": [{"name": "a", "input_usd_per_mtok": 1, "output_usd_per_mtok": 1}]},
+     r"ModelSpec.from_json\(entry\)\), got dict"),
+])
+def test_a_router_argument_of_the_wrong_type_is_invalid_input(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        Router(**{"models": list(MODELS), **kwargs})
 
 
 def test_one_absurd_output_token_count_does_not_price_a_model_out_for_good() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bandit_router.budgets import BudgetConfig
 from bandit_router.catalog import ModelSpec
 from bandit_router.errors import ConfigError, InvalidInput
 from bandit_router.policies import RandomPolicy
@@ -738,6 +739,34 @@ def test_a_plan_refuses_a_cost_weight_or_seed_given_twice(settings: dict[str, An
 def test_plan_refuses_unknown_policies() -> None:
     with pytest.raises(InvalidInput, match="unknown policy"):
         Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("telepathy",))
+    # each below was refused only by the first run, seconds later, or with a misleading message
+    plan_cases: list[tuple[dict[str, Any], str]] = [
+        ({"policies": "linucb"}, r"policies must be a tuple of policy specs, got str 'linucb' \(one: \('linucb',\)\)"),
+        ({"cost_weights": 20.0}, "cost_weights must be a tuple of numbers, got float"),  # TypeError
+        ({"seeds": 3}, "seeds must be a tuple of integers, got int 3"),  # "needs at least one … seed"
+        ({"cost_weights": (math.nan,)}, r"cost_weights must be finite numbers in \[0, 1e9\], got nan"),
+        ({"cost_weights": (-5.0,)}, r"cost_weights must be finite numbers in \[0, 1e9\], got -5.0"),
+        ({"seeds": (1.5,)}, "seeds must be integers, got float 1.5"),
+        ({"scenarios": ("earthquake",)}, "unknown scenario 'earthquake'"),
+        ({"scenarios": "drift"}, "scenarios must be a tuple of scenario specs, got str 'drift'"),
+        ({"env": f"dataset:{SAMPLE}"}, r"env must be an EnvSpec \(EnvSpec.parse"),  # AttributeError in simulate
+        ({"steps": 0}, r"steps must be an integer >= 1 \(or None: the whole stream\), got 0"),
+        # "'BudgetConfig' object is not callable" from the first run
+        ({"pacer_factory": BudgetConfig()}, r"pacer_factory must be a callable f\(models, cost_weight\) -> pacer "
+         r"\(simulator.budgets.TargetPacers\(texts\) for budget targets\), got BudgetConfig"),
+    ]
+    for changes, message in plan_cases:
+        with pytest.raises(InvalidInput, match=message):
+            Plan(**{"env": EnvSpec.parse(f"dataset:{SAMPLE}"), "policies": ("random",), **changes})
+    assert Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=["random"], seeds=[0, 1]).seeds == (0, 1)
+    plan = Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), steps=5)
+    for call, message in [  # AttributeErrors, and `workers=1.5` ran
+        (lambda: simulate({"env": "x"}), r"simulate takes a Plan \(Plan\(env=EnvSpec.parse"),  # type: ignore[arg-type]
+        (lambda: simulate(plan, workers=1.5), r"workers must be >= 1 \(or left out: one per core\), got 1.5"),  # type: ignore[arg-type]
+        (lambda: EnvSpec.parse(None), "--env must be dataset:PATH or synthetic:CONFIG, got NoneType None"),  # type: ignore[arg-type]
+    ]:
+        with pytest.raises(InvalidInput, match=message):
+            call()
     env = load_dataset(SAMPLE)
     with pytest.raises(InvalidInput, match="unknown model"):
         make_agent("fixed:gpt-5", env)

@@ -29,6 +29,7 @@ from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..hints import did_you_mean
 from ..names import check_name
+from ..types import reduce_frozen
 from .targets import (
     LATENCY_KEY,
     TARGET_KEYS,
@@ -102,6 +103,9 @@ _KIND_ORDER = {"avg_cost": 0, "spend": 1, "share": 2, "latency": 3}
 
 def _check_unique(targets: Iterable[Target], scope: str) -> tuple[Target, ...]:
     """The targets in canonical order (kind, then key), so two configs with the same targets are equal."""
+    if isinstance(targets, str):  # read letter by letter: "not a target: 's'"
+        raise InvalidInput(f"{scope}: must be a list of targets, not one string {targets!r:.60} "
+                           "(BudgetConfig.from_strings([...]) reads targets as text)")
     out = tuple(targets)
     for t in out:
         if not isinstance(t, AvgCost | Spend | Share | Latency):
@@ -236,6 +240,8 @@ class BudgetConfig:
     min_cost_weight: float = 0.01
     max_cost_weight: float = 1e6
     negligible_penalty: float = 0.01
+
+    __reduce__ = reduce_frozen  # picklable and deep-copyable: `tenants` is read-only
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", _check_unique(self.targets, "global targets"))

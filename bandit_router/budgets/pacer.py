@@ -772,7 +772,9 @@ class BudgetPacer:
 
     def _configure(self, config: BudgetConfig, left_out: _LeftOut | None) -> None:
         if not isinstance(config, BudgetConfig):
-            raise InvalidInput("configure needs a BudgetConfig")
+            raise InvalidInput(f"config must be a BudgetConfig (BudgetConfig.from_mapping({{...}}) reads a [budgets] "
+                               f"table, BudgetConfig.from_strings([...]) targets as text), got "
+                               f"{type(config).__name__}")  # was "configure needs a BudgetConfig": no such name
         with self._lock:
             self._left_out = left_out
             self._config = config

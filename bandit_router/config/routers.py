@@ -31,7 +31,7 @@ from ..errors import ConfigError
 from ..hints import quoted
 from ..names import name_problem
 from ..setting_values import type_name, typed_value
-from .sections import setting
+from .sections import check_types, setting
 
 STRATEGIES = ("cascade", "learned-cascade", "llm-router")
 DEFAULT_THRESHOLD = 0.7
@@ -235,6 +235,7 @@ class RoutersSettings:
                                                "cascades); environment: a JSON list of objects")
 
     def __post_init__(self) -> None:
+        check_types(self)
         names = [r.name for r in self.routers]
         if len(set(names)) != len(names):
             raise ConfigError("routers: two [[routers]] have the same name")

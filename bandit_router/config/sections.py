@@ -7,11 +7,16 @@ does the rest.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import numbers
+import os
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from ..catalog import ModelSpec
 from ..errors import ConfigError
@@ -36,6 +41,86 @@ def setting(default: Any = None, *, help: str, lower: bool = False, factory: Any
 def _check(ok: bool, name: str, problem: str) -> None:
     if not ok:
         raise ConfigError(f"{name}: {problem}")
+
+
+def check_types(section: Any) -> None:
+    """Each field of `section` has its annotated type, else `ConfigError` naming the key and what it takes: a
+    section built in Python (`Settings(port="9000")`) got no further than a `TypeError` of its first comparison
+    (`'<=' not supported between instances of 'int' and 'str'`), or was accepted and failed later. A list is taken
+    for a tuple and a string for a path (both converted); an integer for a float."""
+    cls: type = type(section)
+    for name, hint in _hints(cls).items():
+        value = getattr(section, name)
+        ok, converted = _typed(value, hint)
+        if not ok:
+            bad = value
+            if isinstance(value, tuple | list) and get_origin(hint) is tuple:  # name the item that is not
+                bad = next(v for v in value if not _typed(v, get_args(hint)[0])[0])
+            shown = type(bad).__name__ if hint is Secrets else f"{type(bad).__name__} {bad!r:.80}"  # keys unshown
+            shown += " in the list" if bad is not value else ""
+            raise ConfigError(f"{name}: must be {_described(hint)}, got {shown}")
+        if converted is not value:
+            object.__setattr__(section, name, converted)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _members(hint: Any) -> tuple[Any, ...]:
+    return get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+
+
+def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(whether `value` is of type `hint`, `value` converted: a list to a tuple, a string to a `Path`)."""
+    for member in _members(hint):
+        origin = get_origin(member)
+        if member is Any or (member is type(None) and value is None):
+            return True, value
+        if member is bool and isinstance(value, bool):
+            return True, value
+        if member is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return True, int(value)  # numpy's integers too
+        if member is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            try:
+                return True, float(value)  # an integer too large for a float was an OverflowError of `isfinite`
+            except OverflowError:
+                continue
+        if member is str and isinstance(value, str):
+            return True, value
+        if member is Path and isinstance(value, str | os.PathLike):
+            only_path = all(m in (Path, type(None)) for m in _members(hint))  # `db` reads a URL from a string
+            return True, value if isinstance(value, Path) or not only_path else Path(value)
+        if origin is tuple and isinstance(value, tuple | list):
+            item = get_args(member)[0]
+            if all(_typed(v, item)[0] for v in value):
+                return True, tuple(value)
+        if origin is not None and isinstance(origin, type) and origin is not tuple and isinstance(value, origin):
+            return True, value
+        if origin is None and isinstance(member, type) and member not in (bool, int, float, str, Path) \
+                and isinstance(value, member):
+            return True, value
+    return False, value
+
+
+def _described(hint: Any) -> str:
+    """What a field of type `hint` takes, in words: "an integer", "a list of ModelSpec or None"."""
+    words = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path",
+             type(None): "None"}
+    said = []
+    for member in _members(hint):
+        origin = get_origin(member)
+        if member in words:
+            said.append(words[member])
+        elif origin is tuple:
+            said.append(f"a list of {_described(get_args(member)[0]).removeprefix('a ').removeprefix('an ')}s")
+        elif origin is not None:
+            said.append(f"a {getattr(origin, '__name__', str(origin))}")
+        else:
+            said.append(getattr(member, "__name__", str(member)))
+    return " or ".join(said)
 
 
 class Secrets:
@@ -105,6 +190,7 @@ class ServerSettings:
                                     "the connection is closed")
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check(bool(self.host) and " " not in self.host, "host", "must be a host name or address")
         for name in ("timeout_keep_alive_s", "header_timeout_s", "body_timeout_s", "write_timeout_s"):
             value = getattr(self, name)
@@ -140,6 +226,7 @@ class StorageSettings:
                                            "checkpoints hold them (unset: keep everything; see Durability)")
 
     def __post_init__(self) -> None:
+        check_types(self)
         if isinstance(self.db, str):  # `Settings(db="postgresql://…")`
             try:
                 object.__setattr__(self, "db", parse_database(self.db))
@@ -182,6 +269,7 @@ class RoutingSettings:
     (set by the loader); the working directory for the others."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check(not (self.catalog is not None and self.models), "catalog",
                "give either `catalog` or [[models]], not both")
         for name in ("cost_weight", "latency_weight"):
@@ -209,6 +297,7 @@ class FeedbackSettings:
                                "learned) or average (learned as the mean when the window closes)", lower=True)
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.reward_window_s is not None:
             _check(math.isfinite(self.reward_window_s) and self.reward_window_s > 0, "reward_window_s", "must be > 0")
         if self.default_reward is not None:
@@ -229,6 +318,7 @@ class LimitsSettings:
     max_models: int = setting(128, help="most active models (the catalog, and POST /v1/models: 409 beyond)")
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check(1 <= self.max_models <= 100_000, "max_models", "must be in 1..100000")
         _check(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
         _check(self.max_prompt_chars >= 1, "max_prompt_chars", "must be >= 1")
@@ -245,6 +335,7 @@ class AuthSettings:
     admin_keys: Secrets = setting(factory=Secrets, help="admin API keys (environment only)")
 
     def __post_init__(self) -> None:
+        check_types(self)
         for keys, name in ((self.api_keys, "api_keys"), (self.admin_keys, "admin_keys")):
             for key in keys.reveal():
                 _check(len(key) >= MIN_KEY_LENGTH, name, f"every key needs at least {MIN_KEY_LENGTH} characters")
@@ -279,6 +370,7 @@ class GatewaySettings:
                                      "connection error, 5xx): the worst answer, since the caller got none")
 
     def __post_init__(self) -> None:
+        check_types(self)
         from ..catalog import ModelSpec  # the same checks as a catalog entry's upstream keys
 
         _check(bool(self.router_alias) and len(self.router_alias) <= 128 and self.router_alias.isprintable(),
@@ -320,6 +412,7 @@ class JudgeSettings:
     judge_concurrency: int = setting(4, help="judge calls in flight at most")
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check(0.0 <= self.judge_sample_rate <= 1.0, "judge_sample_rate", "must be in [0, 1]")
         _check(math.isfinite(self.judge_scale) and self.judge_scale > 0, "judge_scale", "must be > 0")
         _check(1 <= self.judge_queue <= 1_000_000, "judge_queue", "must be in 1..1000000")

@@ -114,7 +114,7 @@ class Settings:
         for name, value in values.items():
             if name in SECTIONS:
                 if value is not None:
-                    sections[name] = value
+                    sections[name] = _section(name, value)
             elif name in KEYS:
                 flat[KEYS[name].section][name] = value
             elif name in _SECRETS:
@@ -125,7 +125,7 @@ class Settings:
                 raise TypeError(f"Settings got an unknown key {name!r}")
         for name, cls in SECTIONS.items():
             if name == "budgets":
-                built = sections.get("budgets") or BudgetConfig()
+                built = sections.get("budgets", BudgetConfig())
             else:
                 base = sections.get(name)
                 built = cls(**flat[name]) if base is None else dataclasses.replace(base, **flat[name])
@@ -138,6 +138,11 @@ class Settings:
         if section is None or section == "budgets":
             raise AttributeError(name)
         return getattr(object.__getattribute__(self, section), name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled and deep-copied without the policies `check()` built, a cache that VW's policies make impossible
+        to copy ("cannot pickle 'vowpal_wabbit_next._core.Workspace' object"): the copy is not `checked`."""
+        return {name: value for name, value in self.__dict__.items() if name != "_checked_policies"}
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes` (flat keys or sections) applied (checked again, cheaply)."""
@@ -316,6 +321,23 @@ class Settings:
     def flat(self) -> Mapping[str, Any]:
         """Every key by its flat name."""
         return {name: getattr(self, name) for name in KEYS}
+
+
+def _section(name: str, value: Any) -> Any:
+    """`value` when it is section `name`'s object, else `TypeError` saying what to give: `Settings(budgets={…})`
+    was taken, and `check()` failed with "'dict' object has no attribute 'fallback_model'"; `Settings(server={…})`
+    said "replace() should be called on dataclass instances"."""
+    cls = SECTIONS[name]
+    if isinstance(value, cls):
+        return value
+    if cls is BudgetConfig:
+        how = ("BudgetConfig.from_mapping({...}) reads a [budgets] table, BudgetConfig.from_strings([...]) targets "
+               "as text")
+    else:
+        example = next(iter(f.name for f in dataclasses.fields(cls) if f.name in KEYS), "key")
+        how = f"build one with {cls.__name__}(...), or give its keys flat: Settings({example}=...)"
+    article = "an" if cls.__name__[0] in "AEIOU" else "a"
+    raise TypeError(f"Settings: {name} must be {article} {cls.__name__}, got {type(value).__name__}; {how}")
 
 
 def _spec_value(value: Any) -> str:

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
-from .log import LoggedRecord, realised_cost
+from .log import LoggedRecord, realised_cost, specs_by_name
 
 SHARED_PREFIX = "s_"
 ACTION_NAMESPACE = "a"
@@ -158,9 +158,11 @@ def export_dsjson(
 ) -> int:
     """Write `records` to `fp` as DSJSON lines; returns the number of lines written."""
     check_label(label)
-    by_name = (dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in specs}) if specs else {}
+    by_name = specs_by_name(specs, "specs") if specs else {}
     written = 0
     for record in records:
+        if not isinstance(record, LoggedRecord):  # "'dict' object has no attribute 'outcome'"
+            raise InvalidInput(f"records must be LoggedRecords, got {type(record).__name__}")
         if record.outcome is None and not include_unlabeled:
             continue
         event = to_dsjson(record, specs=by_name, label=label, cost_weight=cost_weight)

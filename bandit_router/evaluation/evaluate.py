@@ -12,6 +12,9 @@ Which λ measures the reward (`reward_lambda`):
 - a number: that λ for every request and candidate.
 - `"candidate"`: the candidate's own `@lambda=` where it has one (else the logged λ). Values of candidates
   with different λ are then not comparable; compare their quality and cost instead.
+
+Why one module: `EvaluationConfig`, the checks of `evaluate_log`'s arguments, the preparation of the log and the
+two paths (estimators, replay) share the prepared arrays and the config; split, each would reach into the others.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from ..errors import InvalidInput
 from ..hints import quoted
 from .candidates import Candidate, baseline_candidates, check_models, parse_candidate, text_rule_warnings
 from .estimators import Estimate, Estimator, make_estimator, normal_interval
-from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays
+from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays, specs_by_name
 from .overlap import Overlap, OverlapThresholds, overlap
 from .removed import check_priced, removed_model_warnings
 from .replay import MODES, ReplayResult, replay
@@ -150,10 +153,6 @@ class Evaluation:
         }
 
 
-def _specs(models: Iterable[ModelSpec] | Mapping[str, ModelSpec]) -> dict[str, ModelSpec]:
-    return dict(models) if isinstance(models, Mapping) else {s.name: s for s in models}
-
-
 def _replay_estimate(values: np.ndarray, confidence: float) -> Estimate:
     """Mean of the accepted rounds' outcomes (the replay method), with a normal interval."""
     n = len(values)
@@ -204,10 +203,21 @@ class EvaluationConfig:
         lam = self.reward_lambda
         if isinstance(lam, str) and lam not in ("logged", "candidate"):
             raise InvalidInput("reward_lambda must be 'logged', 'candidate' or a number")
+        if isinstance(lam, bool) or not isinstance(lam, str | int | float):  # True was λ = 1
+            raise InvalidInput(f"reward_lambda must be 'logged', 'candidate' or a number, got {lam!r}")
         if not isinstance(lam, str) and not (math.isfinite(lam) and lam >= 0):
             raise InvalidInput("reward_lambda must be a finite number >= 0")
+        if isinstance(self.estimators, str):  # read letter by letter: "unknown estimator 'd'"
+            raise InvalidInput(f"estimators must be a list of estimator names, e.g. ({self.estimators!r},), not one "
+                               "string")
         if not self.estimators:
             raise InvalidInput("estimators: give at least one of ips, clipped-ips, snips, dm, dr")
+        share = self.train_fraction  # NaN was "cannot convert float NaN to integer" from the split
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < share < 1.0:
+            raise InvalidInput(f"train_fraction must be a number in (0, 1), got {share!r}")
+        dim = self.feature_dim  # a ValueError from the features ("dense_vector needs dim >= 32")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 32:
+            raise InvalidInput(f"feature_dim must be an integer >= 32, got {dim!r}")
         for name in self.estimators:
             make_estimator(name)  # fail early on an unknown name
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -285,7 +295,7 @@ def evaluate_log(
     config = config or EvaluationConfig()
     if settings:
         config = dataclasses.replace(config, **settings)
-    prepared = _prepare(records, candidates, _specs(models), config, without_feedback)
+    prepared = _prepare(records, candidates, specs_by_name(models), config, without_feedback)
     path = _by_replay if config.mode == "replay" else _by_estimators
     out, n_eval = path(prepared, config)
     return Evaluation(
@@ -303,7 +313,12 @@ def _prepare(
         raise InvalidInput(f"without_feedback must be an integer >= 0, got {without_feedback!r}")
     n_every = int(without_feedback)
     logged: list[LoggedRecord] = []
+    if isinstance(candidates, str):  # read letter by letter: "candidate 'l': unknown policy 'l'"
+        raise InvalidInput(f"candidates must be a list of candidate specs, e.g. [{candidates!r:.60}], not one string")
     for record in records:  # one at a time: a decision without feedback is counted, not kept
+        if not isinstance(record, LoggedRecord):  # "'dict' object has no attribute 'outcome'"
+            raise InvalidInput(f"records must be LoggedRecords (LoggedRecord(decision, outcome, …); "
+                               f"store_log.iter_log(store) reads a service's), got {type(record).__name__}")
         n_every += 1
         if record.outcome is not None:
             logged.append(record)

@@ -12,13 +12,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
 from ..catalog import DEFAULT_OUTPUT_TOKENS, ModelSpec
 from ..errors import InvalidInput
 from ..features import dense_vector
-from ..types import Decision, Outcome
+from ..types import Decision, Outcome, reduce_frozen
 
 DEFAULT_FEATURE_DIM = 64
 """Dimension of the dense context vector the reward models see (`features.dense_vector`)."""
@@ -40,6 +41,8 @@ class LoggedRecord:
     feedback_at: float | None = None
     shadow_pmfs: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
+    __reduce__ = reduce_frozen  # picklable and deep-copyable: `shadow_pmfs` is read-only
+
     def __post_init__(self) -> None:
         k = len(self.decision.models)
         for name, pmf in self.shadow_pmfs.items():
@@ -54,6 +57,19 @@ class LoggedRecord:
         """When the feedback became learnable: `feedback_at`, never before the decision itself."""
         created = self.decision.created_at
         return created if self.feedback_at is None else max(self.feedback_at, created)
+
+
+def specs_by_name(specs: Iterable[ModelSpec] | Mapping[str, ModelSpec], what: str = "models") -> dict[str, ModelSpec]:
+    """The catalog entries by name, from `ModelSpec`s or a name → spec mapping; `InvalidInput` naming `what` for
+    anything else (model names were "'str' object has no attribute 'name'")."""
+    if isinstance(specs, str):
+        raise InvalidInput(f"{what} must be the catalog's ModelSpecs, not one string {specs!r:.60}")
+    given: list[Any] = list(specs.values() if isinstance(specs, Mapping) else specs)
+    for spec in given:
+        if not isinstance(spec, ModelSpec):
+            raise InvalidInput(f"{what} must be the catalog's ModelSpecs (default_catalog(), load_catalog(path)), "
+                               f"got {type(spec).__name__} {spec!r:.60}")
+    return dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in given}
 
 
 def realised_cost(record: LoggedRecord, spec: ModelSpec | None) -> float:

@@ -41,7 +41,7 @@ from ..reward import RewardConfig
 from ..router import Router
 from ..types import Decision
 from .candidates import Candidate, parse_candidate
-from .log import LoggedRecord, model_list
+from .log import LoggedRecord, model_list, specs_by_name
 
 MODES = ("learning", "frozen", "replay")
 
@@ -84,7 +84,7 @@ def left_out_rows(
     allowed only models without a catalog entry (a client named removed models): no candidate routing with this
     catalog could decide them, so every candidate, `logged` and `fixed:<removed model>` too, is evaluated without
     them, on the same rounds."""
-    by_name = dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in specs}
+    by_name = specs_by_name(specs, "specs")
     out = np.array([r.outcome is not None and not any(m in by_name for m in r.decision.models) for r in records],
                    dtype=bool)
     if mode == "frozen":
@@ -145,7 +145,7 @@ def replay(
     for i, record in enumerate(records):
         target[i] = _row(names, record.decision.models, record.decision.pmf)
     split = math.floor(train_fraction * n) if mode == "frozen" else 0
-    by_name = dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in specs}
+    by_name = specs_by_name(specs, "specs")
     left_out = left_out_rows(records, by_name, mode=mode, train_fraction=train_fraction)
     has_feedback &= ~left_out  # from here on: the rows a candidate may be evaluated on
     evaluated = has_feedback.copy()

@@ -160,6 +160,9 @@ def parse_settings(
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
     """`name[:value|:k=v,k=v]` → (name, settings as strings)."""
+    if not isinstance(spec, str):  # "'NoneType' object has no attribute 'strip'"
+        raise UnknownPolicy(f"a policy spec is a string such as \"linucb:alpha=0.5\", got {type(spec).__name__}; "
+                            f"known policies: {', '.join(REGISTRY)}")
     name, _, rest = spec.strip().partition(":")
     if name not in REGISTRY:
         raise UnknownPolicy(f"unknown policy {quoted([name], REGISTRY)}; known: {', '.join(REGISTRY)}")

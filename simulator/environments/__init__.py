@@ -28,6 +28,9 @@ class EnvSpec:
 
     @classmethod
     def parse(cls, text: str, **options: Any) -> EnvSpec:
+        if not isinstance(text, str):  # "'NoneType' object has no attribute 'partition'"
+            raise InvalidInput(f"--env must be dataset:PATH or synthetic:CONFIG, got {type(text).__name__} "
+                               f"{text!r:.60}")
         kind, sep, source = text.partition(":")
         if not sep or kind not in ("dataset", "synthetic") or not source:
             raise InvalidInput(f"--env must be dataset:PATH or synthetic:CONFIG, got {text!r}")
