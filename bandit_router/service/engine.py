@@ -135,6 +135,7 @@ class Engine:
         database (`Store.shared`); a request may reach any of them."""
         self.budgets = BudgetState(self.store, self.pacer, shared=shared)
         """With other processes on the same log (workers, replicas) the pacer books their decisions too."""
+        self.budgets.applied_seq = lambda: self.follower.applied_seq
         self.writer = Writer(self.store, self.follower, self.budgets, FeedbackRules.from_settings(settings),
                              observer=observer)
         self.recovery: dict[str, Any] = {}
@@ -399,8 +400,8 @@ class Engine:
         if self.recovery["budgets"] == "stored":
             self.budgets.say_models_gone(self.router.models)
         if self.budgets.shared:
-            with self.store.write() as tx:
-                self.budgets.start_following(tx)
+            with self.store.write() as tx:  # from the saved state's marks: what was stored since its save is booked
+                self.budgets.start_following(tx, applied_seq=self.follower.applied_seq)
         log.info("recovered: %s, %d feedbacks replayed in %.2f s, policy version %d", self._restored_from(restored),
                  replayed, self.recovery["seconds"], self.router.version)
         self.policies.check_models()  # a policy naming a model neither the catalog nor the log holds
