@@ -429,6 +429,39 @@ def test_a_database_that_hangs_is_a_503_at_once_not_a_request_that_waits_as_long
     assert client.post("/v1/route", json={"prompt": "thawed", "models": PAIR}).status_code == 200
 
 
+def test_a_writer_waiting_for_the_logs_lock_names_the_session_that_holds_it(
+    replicas: Callable[..., TestClient], pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drill: `serve --workers 2` on PostgreSQL under load, one worker stopped (SIGSTOP) inside a write transaction
+    for 15 s. The other's writer waited for the log's lock, and every request and `/readyz` said "database not
+    answering: the database has not answered for 5 … 10 s", while PostgreSQL answered and a worker held the lock:
+    an operator looked at the database. The stall now names the lock and the session holding it (its
+    `application_name` carries the holder's pid)."""
+    from bandit_router.service import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "STALL_S", 1.0)
+    monkeypatch.setattr(postgres, "LOCK_LOOKUP_S", 0.2, raising=False)
+    client = replicas()
+    _route(client)
+    with psycopg.connect(pg_url, autocommit=True, application_name="bandit-router[4242]") as stuck:
+        stuck.execute("SELECT pg_advisory_lock(%s)", (postgres.LOG_LOCK,))  # a worker stopped mid-transaction
+        try:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1) as pool:
+                caught = pool.submit(client.post, "/v1/route", json={"prompt": "behind the lock", "models": PAIR})
+                _wait(lambda: client.get("/readyz").status_code == 503, timeout=5.0)
+                message = client.get("/readyz").json()["message"]
+                assert "log locked: this process has waited" in message and "bandit-router[4242]" in message
+                reply = client.post("/v1/route", json={"prompt": "while locked", "models": PAIR})
+                assert reply.status_code == 503 and "write lock" in reply.json()["message"], reply.text
+                assert caught.result(timeout=5).status_code == 503
+        finally:
+            stuck.execute("SELECT pg_advisory_unlock(%s)", (postgres.LOG_LOCK,))
+    _wait(lambda: client.get("/readyz").status_code == 200)
+    _route(client)
+
+
 def test_a_refused_start_leaves_a_new_database_empty(pg_url: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The start checks the catalog's models before it creates the schema (review of eac77b2: a start refused for

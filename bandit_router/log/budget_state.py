@@ -1,7 +1,7 @@
 """The budget pacer's durable state: its targets and spend, kept in the store's `meta` table, so that a restart
 continues the same budget period and every worker follows targets set through any of them.
 
-Why one module of ~530 lines: saving, loading and following the targets, and booking this process's and the other
+Why one module of ~610 lines: saving, loading and following the targets, and booking this process's and the other
 processes' decisions, share one state (the stored rows as last read, the own decision ids, the positions in the
 log) and one rule: every decision is booked once by every process.
 
@@ -11,6 +11,8 @@ decisions stored after the last one it saw (`Reader.decisions_after`, in storage
 did not make itself (`BudgetPacer.observe(decision, None)`). Real costs need nothing extra: every process learns
 every feedback from the log, and learning corrects the booking. So a spend or share target counts every
 process's decisions, and a tenant's spend is one number wherever its requests land.
+A saved state says where in the log it stands (`LOG_MARKS`), so a process that starts beside the others books
+what was stored since that save (`start_following`), not only what is stored after its start.
 
 Named routers (`[[routers]]`: cascades, LLM routers) pay for all their calls before their decision is stored, with
 the decision's call record and chain (`cascade/live.py`), and their feedback is `unrouted`: `Router.learn`, which
@@ -80,6 +82,16 @@ failed, or no targets are set, so the log is not read)."""
 CALL_WAIT_S = 900.0
 """How long a process looks for the call record of another process's caller-named decision (a stream lasts as long
 as it streams); one never recorded (its process died mid-call) stays booked at its expected cost."""
+LOG_MARKS = "log"
+"""Key in the saved state: where in the shared log that state stands (`BudgetState._marks`): decisions booked through
+`decisions` (a storage position) and, after it, this process's own (`own`, booked as they were made); judge calls
+through `judge_calls` (and `own_judged`); learned feedback corrected through seq `feedback`. A process that loads the
+state books and corrects from there (`start_following`), not from the log's end as it starts: the rows stored
+between the save and its start (up to `SAVE_EVERY_S` of every process's traffic) are booked once, by it too. Other
+versions ignore the key."""
+OWN_MARKED = 10_000
+"""At most this many own ids are saved with the marks (a few hundred under load: the decisions made since the last
+read of the log); with more, the state is saved without marks (a start then books from the log's end, as before)."""
 
 
 class BudgetState:
@@ -105,6 +117,11 @@ class BudgetState:
         """Other processes' caller-named decisions booked at their expected cost, whose call record is not read yet."""
         self._position: int | None = None
         self._judge_position = 0
+        self.applied_seq: Callable[[], int] | None = None
+        """The seq of the last feedback this process learned (its pacer corrected), for the saved marks; set by the
+        engine."""
+        self._resume: dict[str, Any] | None = None
+        """The marks of the state `recover` loaded, for `start_following`."""
         self._next_decisions = 0.0
         self._next_forget = 0.0
         self._stored = bool(pacer.config.describe())
@@ -199,12 +216,47 @@ class BudgetState:
             self._own_judged[call.decision_id] = time.monotonic()
         self.pacer.spend(call.cost_usd, call.tenant)
 
-    def start_following(self, tx: WriteTx) -> None:
-        """Book other processes' decisions and judge calls stored from now on (the stored state holds the ones
-        before)."""
-        if self.shared:
-            self._position = tx.last_decision_position()
-            self._judge_position = tx.last_judge_call_position()
+    def start_following(self, tx: WriteTx, applied_seq: int | None = None) -> None:
+        """Book other processes' decisions and judge calls stored from now on, or, when the loaded state was saved
+        with its marks (`LOG_MARKS`) by a process of this log, from where it stood: the decisions stored after its
+        position are booked (but the saver's own, booked as it made them), and the feedback learned after its seq up to
+        `applied_seq` (what this process's recovery learned, without its pacer) corrects its decision's booking by the
+        real cost, as learning does (`Router.learn`). So a worker that replaces one killed, or a replica restarted
+        while others serve, counts what every process stored meanwhile."""
+        if not self.shared:
+            return
+        self._position = tx.last_decision_position()
+        self._judge_position = tx.last_judge_call_position()
+        marks, self._resume = self._resume, None
+        if (marks is None or marks["decisions"] > self._position or marks["judge_calls"] > self._judge_position
+                or applied_seq is None or marks["feedback"] > applied_seq):
+            return  # no marks, or marks past this log's end (a database restored from an older backup)
+        self._position, self._judge_position = marks["decisions"], marks["judge_calls"]
+        now = time.monotonic()
+        with self._own_lock:
+            self._own.update((decision_id, now) for decision_id in marks["own"])
+        self._own_judged.update((decision_id, now) for decision_id in marks["own_judged"])
+        seq = marks["feedback"]
+        while seq < applied_seq:
+            rows = [row for row in tx.learned_after(seq, DECISIONS_PAGE) if row[0].seq <= applied_seq]
+            for record, decision in rows:
+                if decision is not None:
+                    self.pacer.observe(decision, record.realised_cost_usd, record.latency_s)
+                seq = record.seq
+            if len(rows) < DECISIONS_PAGE:
+                break
+
+    def _marks(self) -> dict[str, Any] | None:
+        """Where this process's pacer stands in the shared log (`LOG_MARKS`), or None: not shared, not following
+        yet (no targets), no feedback seq known, or too many own ids."""
+        if not self.shared or self._position is None or self.applied_seq is None:
+            return None
+        with self._own_lock:
+            own = list(self._own)
+        if len(own) + len(self._own_judged) > OWN_MARKED:
+            return None
+        return {"decisions": self._position, "own": own, "judge_calls": self._judge_position,
+                "own_judged": list(self._own_judged), "feedback": self.applied_seq()}
 
     def follow_decisions(self) -> int:
         """Book the decisions other processes stored since the last call; returns how many. Without targets
@@ -354,7 +406,11 @@ class BudgetState:
                     self.unsaved = why
                     self._say("unsaved", logging.WARNING, "the budget state is not saved: %s", why)
                     return
-                tx.set_meta(BUDGETS_STATE, json.dumps(self.pacer.state(stored)))
+                state = self.pacer.state(stored)
+                marks = self._marks()
+                if marks is not None:
+                    state[LOG_MARKS] = marks
+                tx.set_meta(BUDGETS_STATE, json.dumps(state))
             self.unsaved = None
         except StoreError as exc:
             self._say("save", logging.ERROR, "saving the budget state failed (will retry): %s", exc)
@@ -389,6 +445,7 @@ class BudgetState:
                 with quietly() if _replaced(saved, _decoded(config)) else contextlib.nullcontext():
                     refused = bool(self.pacer.load(saved))
                 loaded_state = saved
+                self._resume = _marks_of(saved)
                 changed = saved["config"] != self.pacer.config.to_mapping()
                 source = "stored"
                 self._stored = True
@@ -575,6 +632,20 @@ def _refused(config: Any) -> str | None:
 def _of_config(state: Any, config: Any) -> bool:
     """Whether the decoded state row `state` is of the targets `config` (as `BudgetPacer.state` stores them)."""
     return isinstance(state, dict) and state.get("config") == config
+
+
+def _marks_of(state: Any) -> dict[str, Any] | None:
+    """The marks (`LOG_MARKS`) of a loaded state, or None when it has none or they are not of their form (a
+    damaged row: the start then books from the log's end)."""
+    marks = state.get(LOG_MARKS) if isinstance(state, dict) else None
+    if not isinstance(marks, dict):
+        return None
+    counts = [marks.get(key) for key in ("decisions", "judge_calls", "feedback")]
+    ids = [marks.get(key) for key in ("own", "own_judged")]
+    if not all(type(n) is int and n >= 0 for n in counts) or not all(
+            isinstance(i, list) and all(isinstance(x, str) for x in i) for i in ids):
+        return None
+    return marks
 
 
 def _decoded(row: str | None) -> Any:

@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from ..budgets import BudgetConfig, BudgetPacer
 from ..catalog import ModelSpec
@@ -135,6 +135,7 @@ class Engine:
         database (`Store.shared`); a request may reach any of them."""
         self.budgets = BudgetState(self.store, self.pacer, shared=shared)
         """With other processes on the same log (workers, replicas) the pacer books their decisions too."""
+        self.budgets.applied_seq = lambda: self.follower.applied_seq
         self.writer = Writer(self.store, self.follower, self.budgets, FeedbackRules.from_settings(settings),
                              observer=observer)
         self.recovery: dict[str, Any] = {}
@@ -238,7 +239,18 @@ class Engine:
         if since is None:
             return None
         waited = time.monotonic() - since
-        return f"the database has not answered for {waited:.0f} s" if waited > STALL_S else None
+        if waited <= STALL_S:
+            return None
+        if (holder := self._lock_holder()) is not None:
+            return (f"this process has waited {waited:.0f} s for the log's write lock, which {holder} holds: a worker "
+                    "or replica stopped or cut off inside a write transaction (PostgreSQL ends such a session once it "
+                    "has been idle in its transaction for 10 s)")
+        return f"the database has not answered for {waited:.0f} s"
+
+    def _lock_holder(self) -> str | None:
+        """Who holds the log's lock the writer waits for (PostgreSQL: `PostgresStore.lock_holder`), else None."""
+        holder = getattr(self.store, "lock_holder", None)
+        return None if holder is None else cast(str | None, holder())
 
     @property
     def fault(self) -> str | None:
@@ -256,7 +268,7 @@ class Engine:
         if self._unreachable is not None:
             return f"database unreachable: {self._unreachable}"
         if (stalled := self.stalled) is not None:
-            return f"database not answering: {stalled}"
+            return f"{'log locked' if self._lock_holder() else 'database not answering'}: {stalled}"
         if (failed := self.writer.write_failed) is not None and self._serving:
             return f"the last write failed: {failed}"
         if not self.writer.accepting:
@@ -399,8 +411,8 @@ class Engine:
         if self.recovery["budgets"] == "stored":
             self.budgets.say_models_gone(self.router.models)
         if self.budgets.shared:
-            with self.store.write() as tx:
-                self.budgets.start_following(tx)
+            with self.store.write() as tx:  # from the saved state's marks: what was stored since its save is booked
+                self.budgets.start_following(tx, applied_seq=self.follower.applied_seq)
         log.info("recovered: %s, %d feedbacks replayed in %.2f s, policy version %d", self._restored_from(restored),
                  replayed, self.recovery["seconds"], self.router.version)
         self.policies.check_models()  # a policy naming a model neither the catalog nor the log holds

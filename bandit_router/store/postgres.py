@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -135,6 +136,15 @@ STATEMENT_TIMEOUT_MS = 60_000
 LOCK_TIMEOUT_MS = 10_000
 """A writer waits at most this long for the log's lock (then 503): a replica cut off from the network while it
 holds the lock must not stall the others for longer."""
+LOCK_LOOKUP_S = 1.0
+"""Once the writer has waited this long for the log's lock, the probe asks PostgreSQL which session holds it
+(`lock_holder`), so that a stall says who (a worker or replica stopped or cut off inside a write transaction)."""
+_LOCK_HOLDER = (
+    "SELECT a.pid, a.application_name, host(a.client_addr), a.state, EXTRACT(EPOCH FROM now() - a.state_change) "
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted "
+    "AND l.classid = %s::oid AND l.objid = %s::oid AND l.objsubid = 1 "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 IDLE_IN_TRANSACTION_MS = 10_000
 """PostgreSQL ends a session idle this long inside a transaction (releasing the lock a lost replica held); the
 service's transactions never pause between statements for more than milliseconds."""
@@ -163,7 +173,7 @@ class PostgresStore:
         self._connect_options: dict[str, Any] = {
             "autocommit": True,
             "connect_timeout": CONNECT_TIMEOUT_S,
-            "application_name": "bandit-router",
+            "application_name": f"bandit-router[{os.getpid()}]",  # which process, in pg_stat_activity
             "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={lock_timeout_ms} "
                        f"-c idle_in_transaction_session_timeout={idle_timeout_ms}",
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
@@ -183,6 +193,10 @@ class PostgresStore:
         do not wait for the pool, which cannot connect either (`_borrow`)."""
         self._writer: psycopg.Connection[Any] | None = None
         self._writer_pid = 0
+        self.lock_waiting_since: float | None = None
+        """While the writer waits for the log's lock: since when (monotonic)."""
+        self._holder: tuple[float, str] | None = None
+        """(the wait it was found for, who holds the lock), found by `probe`."""
         """The server process of the writer's connection: its own notifications are not news to this process."""
         self._write_lock = threading.Lock()
         self._closing = threading.Event()
@@ -342,7 +356,11 @@ class PostgresStore:
         for attempt in (1, 2):
             conn = self._writer_conn()
             try:
-                cursor = conn.execute(begin)
+                self.lock_waiting_since = time.monotonic()
+                try:
+                    cursor = conn.execute(begin)
+                finally:
+                    self.lock_waiting_since = None
                 cursor.nextset()
                 row = cursor.fetchone()
                 assert row is not None
@@ -457,6 +475,13 @@ class PostgresStore:
                 self._probe = self._connect()
             self._probe.execute("SELECT 1")
             self.down = False
+            since = self.lock_waiting_since
+            if since is not None and time.monotonic() - since >= LOCK_LOOKUP_S:
+                holder = self._probe.execute(_LOCK_HOLDER, (LOG_LOCK >> 32, LOG_LOCK & 0xFFFFFFFF)).fetchone()
+                if holder is not None:
+                    pid, name, host, state, seconds = holder
+                    self._holder = (since, f"PostgreSQL session {pid} ({name or 'no application name'}"
+                                           f"{f' at {host}' if host else ''}, {state} for {float(seconds or 0):.0f} s)")
         except psycopg.Error as exc:
             self.down = True
             self._close_probe()
@@ -464,6 +489,12 @@ class PostgresStore:
         except StoreError:
             self._close_probe()
             raise
+
+    def lock_holder(self) -> str | None:
+        """Who holds the log's lock that the writer waits for now (found by `probe` once it has waited
+        `LOCK_LOOKUP_S`), else None: not waiting for it, not looked up yet, or the database does not answer."""
+        holder, since = self._holder, self.lock_waiting_since
+        return holder[1] if holder is not None and since is not None and holder[0] == since else None
 
     def _close_probe(self) -> None:
         if self._probe is not None:
