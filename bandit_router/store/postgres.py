@@ -193,11 +193,11 @@ class PostgresStore:
         do not wait for the pool, which cannot connect either (`_borrow`)."""
         self._writer: psycopg.Connection[Any] | None = None
         self._writer_pid = 0
+        """The server process of the writer's connection: its own notifications are not news to this process."""
         self.lock_waiting_since: float | None = None
         """While the writer waits for the log's lock: since when (monotonic)."""
         self._holder: tuple[float, str] | None = None
         """(the wait it was found for, who holds the lock), found by `probe`."""
-        """The server process of the writer's connection: its own notifications are not news to this process."""
         self._write_lock = threading.Lock()
         self._closing = threading.Event()
         self._listener: threading.Thread | None = None
