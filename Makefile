@@ -55,8 +55,10 @@ postgres:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
 		echo "PostgreSQL is not installed (apt-get install postgresql as root): its tests will skip"
 
+# One pytest process per core (pytest-xdist), each taking whole test files (a file's servers and browser start
+# once): most of the suite's slow tests wait on a server, a browser or the clock rather than compute.
 test: $(STAMP) browser postgres
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=25
 
 lint: $(STAMP)
 	$(BIN)/ruff check bandit_router simulator tests benchmarks experiments tools

@@ -293,7 +293,12 @@ def test_a_spend_target_holds_across_three_replicas(replicas: Callable[..., Serv
     assert spend == pytest.approx(budget * (last - first) / period_s, rel=0.10), (spend, len(decisions))
     dear_model = PAIR[int(np.argmax(probe.expected_cost_usd))]
     share = sum(d.model == dear_model for d in decisions) / len(decisions)
-    assert 0.1 < share < 0.4  # the target binds (unpaced: about half), and both models are used
+    # The plan's share of the dear model at the rate the clients kept (a loaded machine sends fewer requests than
+    # `rate`, each of which may then cost more: 0.45 of them went to the dear model when the rate fell behind).
+    kept = len(decisions) / (last - first)
+    planned = (budget / period_s / kept - cheap) / (dear - cheap)
+    assert planned < 0.4, f"the clients kept {kept:.1f} requests/s of {rate}: the target could not bind"
+    assert 0.1 < share < planned + 0.1, (share, planned)  # the target binds (unpaced: about half), both models used
     reports = [loopback.get(u + "/v1/budgets", timeout=10).json() for u in urls]
     booked = [r["report"]["global"]["spend_usd"] for r in reports]
     assert max(booked) == pytest.approx(min(booked), rel=0.02)  # one number, wherever the requests landed
