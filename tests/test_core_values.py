@@ -211,7 +211,8 @@ def test_a_decision_whose_whole_numbers_were_written_as_floats_reads_as_before()
                            "features": {ns: [[float(i) for i in pair[0]], pair[1]]
                                         for ns, pair in context["features"].items()}}}
     back = Decision.from_json(floated)
-    assert (back.arm, back.policy_version, back.context.input_tokens) == (decision.arm, 0, decision.context.input_tokens)
+    tokens = decision.context.input_tokens
+    assert (back.arm, back.policy_version, back.context.input_tokens) == (decision.arm, 0, tokens)
     assert type(back.arm) is int and back.context.same_features(decision.context)
     assert router.learn(back, Outcome(quality=1.0)) == router.learn(decision, Outcome(quality=1.0))
 
