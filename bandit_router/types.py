@@ -515,7 +515,7 @@ def _integer(value: Any) -> int:
     `Outcome`'s token counts are read); not `1.7`, which `int()` made 1, nor a boolean or a string."""
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral | bool) \
             and float(value).is_integer():
-        return int(value)
+        return int(float(value))
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError("not an integer")
     return int(value)
