@@ -284,15 +284,21 @@ class Context:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], text: str = "") -> Context:
         """The context `to_json` made; `InvalidInput` for features that are not (indices, values) pairs of one
-        length, indices in [0, 2³²)."""
+        length, of numbers (not strings), indices whole numbers in [0, 2³²) (`5.0` is 5, `1.7` is refused)."""
         features = {}
         for ns, pair in data["features"].items():
-            indices, values = np.asarray(pair[0], dtype=np.int64), np.asarray(pair[1], dtype=np.float32)
-            if len(pair) != 2 or indices.ndim != 1 or indices.shape != values.shape:
+            if not isinstance(pair, list | tuple) or len(pair) != 2:  # `[[1, 2]]` was an IndexError
                 raise InvalidInput(f"features {ns!r} must be a pair of lists of one length: indices and values")
-            if len(indices) and (indices.min() < 0 or indices.max() >= 2**32):
+            raw, values = np.asarray(pair[0]), np.asarray(pair[1])
+            if raw.ndim != 1 or raw.shape != values.shape:
+                raise InvalidInput(f"features {ns!r} must be a pair of lists of one length: indices and values")
+            if raw.size and (raw.dtype.kind not in "iuf" or values.dtype.kind not in "iuf"):  # "0.5" was 0.5
+                raise InvalidInput(f"features {ns!r} must be lists of numbers, indices in [0, 2^32)")
+            if raw.dtype.kind == "f" and not np.all(np.trunc(raw) == raw):  # 1.7 was index 1
+                raise InvalidInput(f"features {ns!r}: indices must be whole numbers")
+            if raw.size and (raw.min() < 0 or raw.max() >= 2**32):
                 raise InvalidInput(f"features {ns!r}: indices must be in [0, 2^32)")
-            features[ns] = (indices.astype(np.uint32), values)
+            features[ns] = (raw.astype(np.uint32), values.astype(np.float32))
         return cls(
             features=features,
             input_tokens=_read_key(data, "input_tokens", _integer, "an integer"),  # not `int()`: 1.7 was 1
@@ -505,7 +511,12 @@ def _text(value: Any) -> str:
 
 
 def _integer(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # `int(1.7)` would be 1
+    """An integer, or a float that is one (`3.0`, what a JSON tool that keeps numbers as floats writes, as an
+    `Outcome`'s token counts are read); not `1.7`, which `int()` made 1, nor a boolean or a string."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral | bool) \
+            and float(value).is_integer():
+        return int(float(value))
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError("not an integer")
     return int(value)
 

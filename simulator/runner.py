@@ -17,8 +17,9 @@ handed to every router (budget targets); whatever its pacer's `summary()` return
 from __future__ import annotations
 
 import multiprocessing as mp
+import numbers
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,14 +97,15 @@ class Plan:
         """What each field holds, checked before any environment is built: a string for a tuple was read letter by
         letter ("unknown policy 'l'"), `cost_weights=20.0` was a `TypeError`, `env="synthetic:default"` an
         `AttributeError` from `simulate`, and a NaN or negative λ, a float seed or an unknown scenario were refused
-        only by the first run, seconds later. A list is taken for a tuple."""
+        only by the first run, seconds later. Any iterable but a string is taken for a tuple (a list, `range(5)`, a
+        numpy array), numpy's numbers as Python's."""
         if not isinstance(self.env, EnvSpec):
             raise InvalidInput(f"env must be an EnvSpec (EnvSpec.parse(\"synthetic:default\")), got "
                                f"{type(self.env).__name__}")
         for name, what in (("policies", "policy specs"), ("cost_weights", "numbers"), ("seeds", "integers"),
                            ("scenarios", "scenario specs")):
-            value = getattr(self, name)
-            if not isinstance(value, tuple | list):
+            value = getattr(self, name)  # any iterable but a string: `seeds=range(5)`, `np.linspace(0, 50, 6)`
+            if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
                 raise InvalidInput(f"{name} must be a tuple of {what}, got {type(value).__name__} {value!r:.60} "
                                    f"(one: ({value!r:.40},))")
             object.__setattr__(self, name, tuple(value))
@@ -111,12 +113,15 @@ class Plan:
             for spec in getattr(self, name):
                 if not isinstance(spec, str):
                     raise InvalidInput(f"{name} must be strings, got {type(spec).__name__} {spec!r:.60}")
-        for lam in self.cost_weights:
-            if isinstance(lam, bool) or not isinstance(lam, int | float) or not 0 <= lam <= MAX_COST_WEIGHT:
+        for lam in self.cost_weights:  # numpy's numbers too (`np.float32(20)` and `np.int64(20)` were refused)
+            if isinstance(lam, bool | np.bool_) or not isinstance(lam, numbers.Real) or not 0 <= lam <= MAX_COST_WEIGHT:
                 raise InvalidInput(f"cost_weights must be finite numbers in [0, 1e9], got {lam!r}")
+        object.__setattr__(self, "cost_weights", tuple(lam if type(lam) in (int, float) else float(lam)
+                                                       for lam in self.cost_weights))  # 20 stays 20 (labels)
         for seed in self.seeds:
-            if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            if isinstance(seed, bool | np.bool_) or not isinstance(seed, numbers.Integral):
                 raise InvalidInput(f"seeds must be integers, got {type(seed).__name__} {seed!r}")
+        object.__setattr__(self, "seeds", tuple(int(seed) for seed in self.seeds))
         for spec in self.scenarios:
             if spec.partition(":")[0] not in SCENARIOS:
                 raise InvalidInput(f"unknown scenario {quoted([spec.partition(':')[0]], SCENARIOS)}; known: "

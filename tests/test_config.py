@@ -1448,3 +1448,22 @@ def test_a_rebuilt_policy_set_checks_its_policies_against_the_catalog_and_the_lo
             engine._recover()
     finally:
         store.close()
+
+
+def test_what_settings_took_before_their_types_were_checked_is_still_taken() -> None:
+    """`check_types` refused what `Settings` took and served with before: the catalog itself
+    (`Settings(models=default_catalog())`, as `Router(default_catalog())`), a generator of specs, a set of hosts
+    ("must be a list of ModelSpecs, got Catalog"), a numpy boolean ("must be true or false, got bool np.False_").
+    Each is taken as the tuple or the bool it stands for."""
+    import numpy as np
+
+    from bandit_router import default_catalog
+
+    catalog = default_catalog()
+    settings = Settings(models=catalog, allowed_hosts={"a.example"}, access_log=np.bool_(True),
+                        shadow_policies=(name for name in ["linucb"]))
+    assert settings.models == tuple(catalog) and type(settings.models) is tuple
+    assert settings.allowed_hosts == ("a.example",) and settings.shadow_policies == ("linucb",)
+    assert settings.access_log is True
+    with pytest.raises(ConfigError, match=r"models: must be a list of ModelSpecs, got str 'gpt-4o' in the list"):
+        Settings(models=iter(["gpt-4o"]))  # an iterable's items are still checked

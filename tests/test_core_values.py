@@ -180,6 +180,9 @@ def test_a_decision_that_is_not_one_is_invalid_input() -> None:
     ({"context.attributes": {"tenant": [1]}}, r"context: context\['tenant'\] must be a string, number or boolean"),
     ({"pmf": ["0.5"]}, r"pmf must be a list of numbers, got list \['0.5'\]"),  # float("0.5")
     ({"context": None}, "context must be the JSON object Context.to_json[(][)] gives, got NoneType"),
+    ({"context.features": {"w": [[1, 2]]}}, "context: features 'w' must be a pair of lists"),  # an IndexError
+    ({"context.features": {"w": [[1.7], [1.0]]}}, "context: features 'w': indices must be whole numbers"),  # index 1
+    ({"context.features": {"w": [[1], ["0.5"]]}}, "context: features 'w' must be lists of numbers"),  # 0.5
 ])
 def test_a_damaged_decision_names_its_key(change: dict[str, object], message: str) -> None:
     """`Decision.from_json` names what is wrong, as `InvalidInput`; before, a missing key was "not a decision:
@@ -193,6 +196,25 @@ def test_a_damaged_decision_names_its_key(change: dict[str, object], message: st
             data[key] = value
     with pytest.raises(InvalidInput, match=f"^not a decision: {message}"):
         Decision.from_json(data)
+
+
+def test_a_decision_whose_whole_numbers_were_written_as_floats_reads_as_before() -> None:
+    """A decision kept by a JSON tool that writes numbers as floats (arm 1.0, input_tokens 3.0, index 5.0), which
+    `int()` read as before this release: the key-naming readers refused them ("arm must be an integer, got float
+    1.0"). Whole floats are the integers (as an `Outcome`'s token counts); 1.7 is still refused (above)."""
+    router = Router(seed=1)
+    decision = router.route(Request(prompt="hello there"))
+    data = decision.to_json()
+    context = data["context"]
+    floated = {**data, "arm": float(data["arm"]), "policy_version": float(data["policy_version"]),
+               "context": {**context, "input_tokens": float(context["input_tokens"]), "turns": 1.0,
+                           "features": {ns: [[float(i) for i in pair[0]], pair[1]]
+                                        for ns, pair in context["features"].items()}}}
+    back = Decision.from_json(floated)
+    tokens = decision.context.input_tokens
+    assert (back.arm, back.policy_version, back.context.input_tokens) == (decision.arm, 0, tokens)
+    assert type(back.arm) is int and back.context.same_features(decision.context)
+    assert router.learn(back, Outcome(quality=1.0)) == router.learn(decision, Outcome(quality=1.0))
 
 
 def test_learn_and_route_name_an_argument_of_the_wrong_type() -> None:

@@ -721,6 +721,17 @@ def test_evaluate_log_names_an_argument_of_the_wrong_type(world: SyntheticWorld,
             call()
 
 
+def test_an_evaluation_config_takes_numpy_numbers_as_it_did_before_its_checks() -> None:
+    """The checks of `EvaluationConfig` (this release) refused numpy's numbers, which it took before:
+    `train_fraction=np.float32(0.5)` ("must be a number in (0, 1)"), `feature_dim=np.int64(64)`,
+    `reward_lambda=np.float32(20)`. They are Python's numbers now; True is still refused (above)."""
+    config = EvaluationConfig(train_fraction=np.float32(0.5), feature_dim=np.int64(64),
+                              reward_lambda=np.float32(20.0))
+    assert (config.train_fraction, config.feature_dim, config.reward_lambda) == (0.5, 64, 20.0)
+    assert (type(config.train_fraction), type(config.feature_dim), type(config.reward_lambda)) == (float, int, float)
+    assert EvaluationConfig(reward_lambda=np.int64(3)).reward_lambda == 3.0
+
+
 def test_outcomes_without_cost_are_priced_from_tokens() -> None:
     world = make_world(seed=2)
     log = simulate_log(world, "random", 50, seed=2, cost_weight=LAM)

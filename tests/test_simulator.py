@@ -775,6 +775,20 @@ def test_plan_refuses_unknown_policies() -> None:
     assert make_agent(f"fixed:model={env.model_names[0]}", env) is not None  # was refused: "model=…" is no model
 
 
+def test_a_plan_takes_ranges_arrays_and_numpy_numbers_as_it_did_before_its_checks() -> None:
+    """The Plan's type checks (this release) refused what it ran before: `seeds=range(3)` and
+    `cost_weights=np.linspace(...)` ("must be a tuple of numbers, got ndarray"), `np.float32(20.0)` and
+    `np.int64(20)` as cost weights ("must be finite numbers in [0, 1e9], got np.float32(20.0)"). Any iterable but a
+    string is the tuple, numpy's numbers Python's; a string and a bad item are still refused (above)."""
+    plan = Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), seeds=range(3),
+                cost_weights=np.linspace(0.0, 40.0, 3))
+    assert plan.seeds == (0, 1, 2) and plan.cost_weights == (0.0, 20.0, 40.0)
+    assert all(type(x) is int for x in plan.seeds) and all(type(x) is float for x in plan.cost_weights)
+    numpy_numbers = Plan(env=EnvSpec.parse(f"dataset:{SAMPLE}"), policies=("random",), seeds=np.arange(2),
+                         cost_weights=(np.float32(20.0), np.int64(5), 7))
+    assert numpy_numbers.cost_weights == (20.0, 5.0, 7) and numpy_numbers.seeds == (0, 1)
+
+
 def test_a_fixed_or_rules_policy_may_name_a_model_that_joins_the_run_later(tmp_path: Path) -> None:
     """The packaged world's dormant model joins the run at step 100 (`new-model`); a fixed policy or a rule naming
     it was refused when the run's router was built on the initial models: a policy is checked against every model

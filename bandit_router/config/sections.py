@@ -13,10 +13,12 @@ import math
 import numbers
 import os
 import types
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import ConfigError
@@ -46,11 +48,15 @@ def _check(ok: bool, name: str, problem: str) -> None:
 def check_types(section: Any) -> None:
     """Each field of `section` has its annotated type, else `ConfigError` naming the key and what it takes: a
     section built in Python (`Settings(port="9000")`) got no further than a `TypeError` of its first comparison
-    (`'<=' not supported between instances of 'int' and 'str'`), or was accepted and failed later. A list is taken
-    for a tuple and a string for a path (both converted); an integer for a float."""
+    (`'<=' not supported between instances of 'int' and 'str'`), or was accepted and failed later. Any iterable but
+    a string or a mapping is taken for a tuple (a list, a `Catalog`, a set) and a string for a path (both
+    converted); an integer for a float, numpy's numbers and booleans as Python's."""
     cls: type = type(section)
     for name, hint in _hints(cls).items():
-        value = getattr(section, name)
+        given = value = getattr(section, name)
+        if get_origin(hint) is tuple and isinstance(value, Iterable) \
+                and not isinstance(value, str | bytes | Mapping | tuple | list):
+            value = tuple(value)  # a `Catalog`, a generator, a set of hosts: their items, as before the check
         ok, converted = _typed(value, hint)
         if not ok:
             bad = value
@@ -59,7 +65,7 @@ def check_types(section: Any) -> None:
             shown = type(bad).__name__ if hint is Secrets else f"{type(bad).__name__} {bad!r:.80}"  # keys unshown
             shown += " in the list" if bad is not value else ""
             raise ConfigError(f"{name}: must be {_described(hint)}, got {shown}")
-        if converted is not value:
+        if converted is not given:
             object.__setattr__(section, name, converted)
 
 
@@ -79,8 +85,8 @@ def _typed(value: Any, hint: Any) -> tuple[bool, Any]:
         origin = get_origin(member)
         if member is Any or (member is type(None) and value is None):
             return True, value
-        if member is bool and isinstance(value, bool):
-            return True, value
+        if member is bool and isinstance(value, bool | np.bool_):
+            return True, bool(value)  # numpy's booleans too
         if member is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
             return True, int(value)  # numpy's integers too
         if member is float and isinstance(value, numbers.Real) and not isinstance(value, bool):

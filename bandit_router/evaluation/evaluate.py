@@ -203,8 +203,11 @@ class EvaluationConfig:
         lam = self.reward_lambda
         if isinstance(lam, str) and lam not in ("logged", "candidate"):
             raise InvalidInput("reward_lambda must be 'logged', 'candidate' or a number")
-        if isinstance(lam, bool) or not isinstance(lam, str | int | float):  # True was λ = 1
+        if isinstance(lam, bool | np.bool_) or not isinstance(lam, str | numbers.Real):  # True was λ = 1
             raise InvalidInput(f"reward_lambda must be 'logged', 'candidate' or a number, got {lam!r}")
+        if not isinstance(lam, str | int | float):  # numpy's: as Python's (`np.float32(20)` was refused)
+            lam = float(lam)
+            object.__setattr__(self, "reward_lambda", lam)
         if not isinstance(lam, str) and not (math.isfinite(lam) and lam >= 0):
             raise InvalidInput("reward_lambda must be a finite number >= 0")
         if isinstance(self.estimators, str):  # read letter by letter: "unknown estimator 'd'"
@@ -213,11 +216,13 @@ class EvaluationConfig:
         if not self.estimators:
             raise InvalidInput("estimators: give at least one of ips, clipped-ips, snips, dm, dr")
         share = self.train_fraction  # NaN was "cannot convert float NaN to integer" from the split
-        if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 < share < 1.0:
+        if isinstance(share, bool | np.bool_) or not isinstance(share, numbers.Real) or not 0.0 < share < 1.0:
             raise InvalidInput(f"train_fraction must be a number in (0, 1), got {share!r}")
+        object.__setattr__(self, "train_fraction", float(share))
         dim = self.feature_dim  # a ValueError from the features ("dense_vector needs dim >= 32")
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 32:
+        if isinstance(dim, bool | np.bool_) or not isinstance(dim, numbers.Integral) or dim < 32:
             raise InvalidInput(f"feature_dim must be an integer >= 32, got {dim!r}")
+        object.__setattr__(self, "feature_dim", int(dim))  # numpy's integers too
         for name in self.estimators:
             make_estimator(name)  # fail early on an unknown name
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
