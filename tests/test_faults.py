@@ -286,9 +286,10 @@ def test_a_command_on_a_file_that_is_not_a_database_says_so_once_and_no_service_
 
 
 # -- defect 3: the WAL stays bounded under sustained writes --------------------------------------------------------
-def _sustained_writes(store: SQLiteStore, seconds: float, *, bound: bool) -> tuple[int, int]:
-    """One writer committing small batches without pause, readers and passive checkpoints beside it (as in the
-    service); returns (largest WAL size seen, batches committed)."""
+def _sustained_writes(store: SQLiteStore, count: int, *, bound: bool) -> tuple[int, int]:
+    """One writer committing `count` small batches without pause, readers and passive checkpoints beside it (as in
+    the service); returns (largest WAL size seen, batches committed). A count, not a time: on a loaded machine 2 s
+    held 130 batches, too few for the unbounded WAL to pass 4 MiB."""
     router = Router(seed=1)
     decisions = [router.route(Request(prompt=f"sustained {i} " * 20)) for i in range(200)]
     stop = threading.Event()
@@ -306,9 +307,8 @@ def _sustained_writes(store: SQLiteStore, seconds: float, *, bound: bool) -> tup
     for t in helpers:
         t.start()
     largest = batches = 0
-    deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline:
+        while batches < count:
             with store.write() as tx:
                 batch = [router.route(Request(prompt=f"batch {batches}")) for _ in range(8)]
                 tx.insert_decisions([(d, None, None) for d in batch])
@@ -331,13 +331,13 @@ def test_the_wal_stays_under_its_bound_under_sustained_writes(tmp_path: Path) ->
         store = SQLiteStore(tmp_path / f"wal-{bound}.db", wal_max_bytes=limit)
         store.prepare()
         try:
-            largest, batches = _sustained_writes(store, 2.0, bound=bound)
+            largest, batches = _sustained_writes(store, 300, bound=bound)
         finally:
             store.close()
         grown[bound] = (largest, batches, store.wal_restarts)
     assert grown[False][0] > 4 * limit, grown  # passive checkpoints alone: the WAL keeps growing
     largest, batches, restarts = grown[True]
-    assert batches > 100 and restarts >= 1, grown
+    assert restarts >= 1, grown
     assert largest <= 2 * limit, grown  # the bound, plus what arrives while readers delay a restart
 
 
