@@ -1527,3 +1527,46 @@ def test_a_start_in_the_next_budget_period_books_what_was_stored_since_the_save_
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.__exit__(None, None, None)
+
+
+def test_a_start_corrects_the_caller_named_decisions_the_saved_state_booked_when_their_call_is_recorded(
+        tmp_path: Path) -> None:
+    """Review of 63fada9: a caller-named model's decision is booked at its expected cost when stored and corrected
+    by its call record when the call ends (a stream: as long as it streams). A process started from a state saved
+    in between (the decision before its marks, the call recorded after) never read that record: its spend kept the
+    expected cost ($0.00015 here, for a call that cost $0.05), for every call in flight at the save. The marks
+    list such decisions (`awaiting`) and a start corrects each by its call record, now or once it is stored."""
+    from bandit_router.store import CallRecord
+    from bandit_router.types import Request as CoreRequest
+
+    db = tmp_path / "workers.db"
+    settings = {"db": db, "budgets": BudgetConfig.from_mapping({"spend_usd": "100/1d"}), "workers": 2}
+    killed = start_client(Settings(seed=2, **settings))
+    replacement = None
+    try:
+        engine: Any = killed.app.state.engine  # type: ignore[attr-defined]
+        request = CoreRequest(prompt="Sort a list in Python")
+        decision = killed.app.state.gateway.caller_decision(request, "gpt-4o-mini")  # type: ignore[attr-defined]
+        killed.portal.call(engine.store_decision, decision, request)
+        deadline = time.monotonic() + 2
+        while (engine.budgets._position or 0) < 1:  # read back from the log: before the marks
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        engine.budgets.save(force=True)
+        record = CallRecord(decision.decision_id, decision.decision_id, 1, decision.model, False, True, "ok", 200, 7,
+                            900, "upstream", 0.05, 0.1, 2.0, None, time.time())
+        killed.portal.call(engine.record_call, record, None, None, decision)
+        engine.budgets.save = lambda **_: None  # killed: nothing saved at its end
+        killed.__exit__(None, None, None)
+        replacement = start_client(Settings(seed=3, **settings))
+        deadline = time.monotonic() + 2
+        while (spent := replacement.get("/v1/budgets").json()["report"]["global"]["spend_usd"]) < 0.05:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert spent == pytest.approx(0.05, abs=1e-12)
+    finally:
+        for client in (killed, replacement):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.__exit__(None, None, None)

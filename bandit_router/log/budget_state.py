@@ -1,7 +1,7 @@
 """The budget pacer's durable state: its targets and spend, kept in the store's `meta` table, so that a restart
 continues the same budget period and every worker follows targets set through any of them.
 
-Why one module of ~740 lines: saving, loading and following the targets, and booking this process's and the other
+Why one module of ~770 lines: saving, loading and following the targets, and booking this process's and the other
 processes' decisions, share one state (the stored rows as last read, the own decision ids, the positions in the
 log) and one rule: every decision is booked once by every process.
 
@@ -88,12 +88,15 @@ LOG_MARKS = "log"
 """Key in the saved state: where in the shared log that state stands (`BudgetState._marks`): decisions booked through
 `decisions` (a storage position) and, after it, this process's own (`own`, booked as they were made); judge calls
 through `judge_calls` (and `own_judged`); learned feedback corrected through seq `feedback`; `saved_at`, the pacer's
-time of the save. A process that loads the state books and corrects from there (`start_following`), not from the
-log's end as it starts: the rows stored between the save and its start (up to `SAVE_EVERY_S` of every process's
-traffic) are booked once, by it too, each at its own time. Other versions ignore the key."""
+time of the save; `awaiting`, the caller-named decisions it booked whose call record it has not read. A process
+that loads the state books and corrects from there (`start_following`), not from the log's end as it starts: the
+rows stored between the save and its start (up to `SAVE_EVERY_S` of every process's traffic) are booked once, by it
+too, each at its own time, and the call records stored since of the decisions `awaiting` correct them. Other versions
+ignore the key."""
 OWN_MARKED = 10_000
-"""At most this many own ids are saved with the marks (a few hundred under load: the decisions made since the last
-read of the log); with more, the state is saved without marks (a start then books from the log's end, as before)."""
+"""At most this many ids (own, own judged, awaiting) are saved with the marks (a few hundred under load: the decisions
+made since the last read of the log, the calls in flight); with more, the state is saved without marks (a start then
+books from the log's end, as before)."""
 
 
 class BudgetState:
@@ -122,6 +125,9 @@ class BudgetState:
         """The decisions whose judge call this process booked (`book_judge_call`), not yet read back from the log."""
         self._awaiting: dict[str, tuple[Decision, float]] = {}
         """Other processes' caller-named decisions booked at their expected cost, whose call record is not read yet."""
+        self._uncalled: dict[str, float] = {}
+        """This process's caller-named decisions booked at their expected cost, whose call is not recorded yet (saved
+        with the marks, `awaiting`, beside `_awaiting`'s: a start corrects them when their call record is stored)."""
         self._position: int | None = None
         self._judge_position = 0
         self.applied_seq: Callable[[], int] | None = None
@@ -210,6 +216,8 @@ class BudgetState:
         (`book_stored`), on the writer thread as it commits (`InsertDecision.on_stored`), as `book_given_id`."""
         self.mine(decision.decision_id)
         self.book_stored(decision, booked=booked)
+        if self.shared and decision.policy == CALLER_POLICY:
+            self._uncalled[decision.decision_id] = time.monotonic()
 
     def book_stored(self, decision: Decision, *, booked: bool = True) -> None:
         """`decision`, made outside `Router.route` by this process, is stored: a caller-named model's is booked now at
@@ -226,7 +234,9 @@ class BudgetState:
         latency targets see learned outcomes' latencies, as for named routers. Any other decision: nothing
         (learning corrects a routed one; a named router's is booked at its cost)."""
         if decision.policy == CALLER_POLICY:
-            self.pacer.observe(decision, call.cost_usd or 0.0, at=at)
+            with self._booking:  # its correction and its id leaving `_uncalled` together (`save`)
+                self._uncalled.pop(decision.decision_id, None)
+                self.pacer.observe(decision, call.cost_usd or 0.0, at=at)
 
     def book_judge_call(self, call: JudgeCall, *, mine: bool, at: float | None = None) -> None:
         """The feedback judge paid `call.cost_usd` to score `call.decision_id`: spent in the global scope and the
@@ -316,6 +326,18 @@ class BudgetState:
                 seq = record.seq
             if len(learned) < DECISIONS_PAGE:
                 break
+        awaiting = [d for d in marks.get("awaiting", []) if d not in self._awaiting]
+        for start in range(0, len(awaiting), DECISIONS_PAGE):  # caller-named, booked by the state: their calls
+            ids = awaiting[start:start + DECISIONS_PAGE]
+            found, calls = tx.decisions(ids), tx.calls_for_many(ids)
+            for decision_id, stored_caller in found.items():
+                recorded = calls.get(decision_id)
+                if recorded is None:
+                    self._awaiting[decision_id] = (stored_caller.decision, now)
+                else:
+                    at = max(since, recorded.created_at)
+                    due.append((at, len(due), functools.partial(self.book_call, stored_caller.decision, recorded,
+                                                                at=at)))
         for _, _, book in sorted(due, key=lambda item: item[:2]):
             book()
 
@@ -326,11 +348,11 @@ class BudgetState:
             return None
         with self._own_lock:
             own = list(self._own)
-        if len(own) + len(self._own_judged) > OWN_MARKED:
+        if len(own) + len(self._own_judged) + len(self._uncalled) + len(self._awaiting) > OWN_MARKED:
             return None
         return {"decisions": self._position, "own": own, "judge_calls": self._judge_position,
                 "own_judged": list(self._own_judged), "feedback": self.applied_seq(),
-                "saved_at": self.pacer.current_time()}
+                "awaiting": [*self._uncalled, *self._awaiting], "saved_at": self.pacer.current_time()}
 
     def follow_decisions(self) -> int:
         """Book the decisions other processes stored since the last call; returns how many. Without targets
@@ -403,6 +425,9 @@ class BudgetState:
         for decision_id, (_, seen) in list(self._awaiting.items()):
             if now - seen > CALL_WAIT_S:
                 del self._awaiting[decision_id]
+        for decision_id, made in list(self._uncalled.items()):
+            if now - made > CALL_WAIT_S:
+                self._uncalled.pop(decision_id, None)
 
     def _forget_oldest(self, before: float, at_most: int = 1000) -> bool:
         """Drop up to `at_most` of this process's ids noted before `before`, oldest first (`_own` is in the order
@@ -715,7 +740,7 @@ def _marks_of(state: Any) -> dict[str, Any] | None:
     if not isinstance(marks, dict):
         return None
     counts = [marks.get(key) for key in ("decisions", "judge_calls", "feedback")]
-    ids = [marks.get(key) for key in ("own", "own_judged")]
+    ids = [marks.get(key) for key in ("own", "own_judged")] + [marks.get("awaiting", [])]
     if not all(type(n) is int and n >= 0 for n in counts) or not all(
             isinstance(i, list) and all(isinstance(x, str) for x in i) for i in ids):
         return None
