@@ -1439,3 +1439,134 @@ def test_a_process_started_beside_others_books_what_they_stored_since_the_last_s
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize("path", ["gateway_route", "caller_named"])
+def test_a_save_between_a_booking_and_its_id_leaves_a_later_start_counting_it_once(tmp_path: Path, path: str) -> None:
+    """Review of 63fada9: the saved state's marks list this process's decisions booked after its log position
+    (`own`), which a start skips. The gateway's routed decision was booked on the event loop (`Router.route_many`) and
+    noted as this process's a loop iteration later (`Engine.route`), and a caller-named model's noted before it was
+    stored and booked after (`Engine.store_decision`): a save in between stored the spend without the id (the
+    replacement booked the decision again: 2 requests for 1) or the id without the spend (it never booked it: 0).
+    Both are booked with their id on the writer thread as they are committed now, so no save falls in between."""
+    from bandit_router.types import Request as CoreRequest
+
+    db = tmp_path / "workers.db"
+    settings = {"db": db, "budgets": BudgetConfig.from_mapping({"spend_usd": "100/1d"}), "workers": 2}
+    killed = start_client(Settings(seed=2, **settings))
+    replacement = None
+    try:
+        engine: Any = killed.app.state.engine  # type: ignore[attr-defined]
+        request = CoreRequest(prompt="Sort a list in Python")
+        if path == "gateway_route":  # the writer's save lands between the booking and `mine`
+            mine = engine.budgets.mine
+            engine.budgets.mine = lambda decision_id: (engine.budgets.save(force=True), mine(decision_id))
+            killed.portal.call(engine.route, request)
+        else:  # ... right after the commit, before the event loop hears of it
+            stored = engine.writer.observer.decision_stored
+            engine.writer.observer.decision_stored = lambda d: (engine.budgets.save(force=True), stored(d))
+            decision = killed.app.state.gateway.caller_decision(request, "gpt-4o-mini")  # type: ignore[attr-defined]
+            killed.portal.call(engine.store_decision, decision, request)
+        engine.budgets.save = lambda **_: None  # killed: nothing saved at its end
+        killed.__exit__(None, None, None)
+        replacement = start_client(Settings(seed=3, **settings))
+
+        def requests() -> int:
+            return int(replacement.get("/v1/budgets").json()["report"]["global"]["requests"])
+
+        deadline = time.monotonic() + 2
+        while requests() != 1 and time.monotonic() < deadline:  # the log is read every 50 ms
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert requests() == 1
+    finally:
+        for client in (killed, replacement):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.__exit__(None, None, None)
+
+
+def test_a_start_in_the_next_budget_period_books_what_was_stored_since_the_save_in_the_period_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of 63fada9: a start books the decisions stored since the state it loads was saved (its marks), and it
+    booked them at its own time: a state saved on the day before, a start the next day (a server killed before
+    midnight and started after it, a worker replaced in the first seconds of an hour's target) counted the day
+    before's last decisions in the new day's spend (here all 10, $0.01, where the day holds one request). They are
+    booked at the time they were made, in the period they were made in: the new day counts its own requests."""
+    db = tmp_path / "workers.db"
+    settings = {"db": db, "budgets": BudgetConfig.from_mapping({"spend_usd": "100/1d"}), "workers": 2}
+    killed = start_client(Settings(seed=2, **settings))
+    replacement = None
+    try:
+        engine: Any = killed.app.state.engine  # type: ignore[attr-defined]
+        engine.budgets.save(force=True)
+        for _ in range(10):  # stored after the last save, the day before
+            _route(killed)
+        day_before = killed.get("/v1/budgets").json()["report"]["global"]["spend_usd"]
+        engine.budgets.save = lambda **_: None  # killed: nothing saved at its end
+        killed.__exit__(None, None, None)
+        monkeypatch.setitem(BudgetPacer.__init__.__kwdefaults__, "clock", lambda: time.time() + 86_400)
+        replacement = start_client(Settings(seed=3, **settings))
+        _route(replacement)  # the new day's first request
+        deadline = time.monotonic() + 2
+        while replacement.get("/v1/budgets").json()["report"]["global"]["requests"] != 11:
+            assert time.monotonic() < deadline, "the replacement did not book the 11 stored decisions"
+            time.sleep(0.05)
+        store = open_store(db)
+        with store.read() as reader:
+            ((_, stored),) = reader.decisions_after(10, 10)
+        store.close()
+        assert stored is not None
+        decision = stored.decision
+        booked = decision.expected_cost_usd[decision.models.index(decision.model)]
+        target = replacement.app.state.engine.pacer.state()["global"]["targets"]["spend_usd/1d"]  # type: ignore[attr-defined]
+        assert target["spend_usd"] == pytest.approx(booked, abs=1e-12)  # the new day's: its own request
+        assert target["left_usd"] == pytest.approx(day_before, abs=1e-12)  # the day before's: its 10
+    finally:
+        for client in (killed, replacement):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.__exit__(None, None, None)
+
+
+def test_a_start_corrects_the_caller_named_decisions_the_saved_state_booked_when_their_call_is_recorded(
+        tmp_path: Path) -> None:
+    """Review of 63fada9: a caller-named model's decision is booked at its expected cost when stored and corrected
+    by its call record when the call ends (a stream: as long as it streams). A process started from a state saved
+    in between (the decision before its marks, the call recorded after) never read that record: its spend kept the
+    expected cost ($0.00015 here, for a call that cost $0.05), for every call in flight at the save. The marks
+    list such decisions (`awaiting`) and a start corrects each by its call record, now or once it is stored."""
+    from bandit_router.store import CallRecord
+    from bandit_router.types import Request as CoreRequest
+
+    db = tmp_path / "workers.db"
+    settings = {"db": db, "budgets": BudgetConfig.from_mapping({"spend_usd": "100/1d"}), "workers": 2}
+    killed = start_client(Settings(seed=2, **settings))
+    replacement = None
+    try:
+        engine: Any = killed.app.state.engine  # type: ignore[attr-defined]
+        request = CoreRequest(prompt="Sort a list in Python")
+        decision = killed.app.state.gateway.caller_decision(request, "gpt-4o-mini")  # type: ignore[attr-defined]
+        killed.portal.call(engine.store_decision, decision, request)
+        deadline = time.monotonic() + 2
+        while (engine.budgets._position or 0) < 1:  # read back from the log: before the marks
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        engine.budgets.save(force=True)
+        record = CallRecord(decision.decision_id, decision.decision_id, 1, decision.model, False, True, "ok", 200, 7,
+                            900, "upstream", 0.05, 0.1, 2.0, None, time.time())
+        killed.portal.call(engine.record_call, record, None, None, decision)
+        engine.budgets.save = lambda **_: None  # killed: nothing saved at its end
+        killed.__exit__(None, None, None)
+        replacement = start_client(Settings(seed=3, **settings))
+        deadline = time.monotonic() + 2
+        while (spent := replacement.get("/v1/budgets").json()["report"]["global"]["spend_usd"]) < 0.05:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert spent == pytest.approx(0.05, abs=1e-12)
+    finally:
+        for client in (killed, replacement):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.__exit__(None, None, None)

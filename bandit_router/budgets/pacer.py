@@ -843,11 +843,17 @@ class BudgetPacer:
                 lam = max(weights) if weights else float(default_cost_weight)
             return lam, extra, allowed
 
-    def observe(self, decision: Decision, cost_usd: float | None, latency_s: float | None = None) -> None:
+    def current_time(self) -> float:
+        """The pacer's clock (Unix time by default): when a booking without `at` happens."""
+        return self._clock()
+
+    def observe(self, decision: Decision, cost_usd: float | None, latency_s: float | None = None, *,
+                at: float | None = None) -> None:
         """`cost_usd` None: `decision` was just made (book its expected cost, count it in the shares).
-        Otherwise its real cost (and maybe latency) arrived: correct the booking by real − expected."""
+        Otherwise its real cost (and maybe latency) arrived: correct the booking by real − expected. `at`: when it
+        happened, if not now (a start booking what was stored before it: in the budget period it happened in)."""
         with self._lock:
-            now = self._clock()
+            now = self._clock() if at is None else at
             scopes = self._scopes(decision.context.attributes.get("tenant"))
             booked = _booked(decision)
             if cost_usd is None:
@@ -860,24 +866,25 @@ class BudgetPacer:
                     for control in scope.controls.values():
                         control.on_latency(float(latency_s))
 
-    def book(self, decision: Decision, cost_usd: float) -> None:
+    def book(self, decision: Decision, cost_usd: float, *, at: float | None = None) -> None:
         """A decision whose real cost is known when it is booked and is never corrected: every call it stands for
         was made and paid before (a named router's chain: its answers, the judge's scores, the routing LLM's
         choice), and its feedback never reaches `Router.learn`. Counted like `observe(decision, None)` (a request,
-        its model in the shares), booked at `cost_usd` instead of the expected cost."""
+        its model in the shares), booked at `cost_usd` instead of the expected cost (`at` as for `observe`)."""
         with self._lock:
             scopes = self._scopes(decision.context.attributes.get("tenant"))
-            self._decided(scopes, self._clock(), decision, float(cost_usd))
+            self._decided(scopes, self._clock() if at is None else at, decision, float(cost_usd))
 
-    def spend(self, cost_usd: float, tenant: Any = None) -> None:
+    def spend(self, cost_usd: float, tenant: Any = None, *, at: float | None = None) -> None:
         """Money paid that belongs to no booking: calls a request made beside the decision it booked (an LLM
         router's routing call when the policy decided; the feedback judge's call scoring a routed answer), or for a
         request that booked none (no model answered).
-        Added to the spend like a correction of `cost_usd` (it moves λ; it is not a request, nor in the shares)."""
+        Added to the spend like a correction of `cost_usd` (it moves λ; it is not a request, nor in the shares;
+        `at` as for `observe`)."""
         if cost_usd == 0.0:
             return
         with self._lock:
-            self._corrected(self._scopes(tenant), self._clock(), float(cost_usd))
+            self._corrected(self._scopes(tenant), self._clock() if at is None else at, float(cost_usd))
 
     def _decided(self, scopes: Sequence[_Scope], now: float, decision: Decision, booked: float) -> None:
         tags = self._tags.get(decision.model, {})

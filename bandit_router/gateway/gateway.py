@@ -98,7 +98,7 @@ class DecisionLog(Protocol):
 
     async def route(self, request: Request) -> Decision: ...
 
-    async def store_decision(self, decision: Decision, request: Request) -> Decision: ...
+    async def store_decision(self, decision: Decision, request: Request, *, booked: bool = True) -> Decision: ...
 
     async def record_call(self, record: CallRecord, failure: Outcome | None = None,
                           source: str | None = None, decision: Decision | None = None) -> None: ...
@@ -421,10 +421,10 @@ class Gateway:
         pool = request.models if request.models is not None else tuple(self.callable_models())
         untried = [m for m in pool if m not in tried and self.upstreams.has(m)]
         with self.engine.deciding() as router:  # not while a promotion swaps the live router
-            decision = decide_among_active(router, attempt.decision.context, untried, request.cost_weight)
+            decision = decide_among_active(router, attempt.decision.context, untried, request.cost_weight, book=False)
         if decision is None:
             return None
-        await self.engine.store_decision(decision, request)
+        await self.engine.store_decision(decision, request, booked=False)  # booked as it is stored
         return Attempt(decision, attempt.request_id, attempt.number + 1, True, attempt.stream)
 
     # -- tries ------------------------------------------------------------------------------------------------

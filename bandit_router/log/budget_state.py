@@ -1,7 +1,7 @@
 """The budget pacer's durable state: its targets and spend, kept in the store's `meta` table, so that a restart
 continues the same budget period and every worker follows targets set through any of them.
 
-Why one module of ~610 lines: saving, loading and following the targets, and booking this process's and the other
+Why one module of ~770 lines: saving, loading and following the targets, and booking this process's and the other
 processes' decisions, share one state (the stored rows as last read, the own decision ids, the positions in the
 log) and one rule: every decision is booked once by every process.
 
@@ -37,8 +37,10 @@ they read it there, after the decisions (`Reader.judge_calls_after`, in storage 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -52,7 +54,7 @@ from ..catalog import ModelSpec
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput
 from ..router import Router
-from ..store import CallRecord, JudgeCall, Store, StoreError, WriteTx
+from ..store import CallRecord, JudgeCall, Reader, Store, StoreError, WriteTx
 from ..store.records import CALLER_POLICY, unrouted
 from ..store.router_stats import of_chain
 from ..types import Decision
@@ -85,20 +87,23 @@ as it streams); one never recorded (its process died mid-call) stays booked at i
 LOG_MARKS = "log"
 """Key in the saved state: where in the shared log that state stands (`BudgetState._marks`): decisions booked through
 `decisions` (a storage position) and, after it, this process's own (`own`, booked as they were made); judge calls
-through `judge_calls` (and `own_judged`); learned feedback corrected through seq `feedback`. A process that loads the
-state books and corrects from there (`start_following`), not from the log's end as it starts: the rows stored
-between the save and its start (up to `SAVE_EVERY_S` of every process's traffic) are booked once, by it too. Other
-versions ignore the key."""
+through `judge_calls` (and `own_judged`); learned feedback corrected through seq `feedback`; `saved_at`, the pacer's
+time of the save; `awaiting`, the caller-named decisions it booked whose call record it has not read. A process
+that loads the state books and corrects from there (`start_following`), not from the log's end as it starts: the
+rows stored between the save and its start (up to `SAVE_EVERY_S` of every process's traffic) are booked once, by it
+too, each at its own time, and the call records stored since of the decisions `awaiting` correct them. Other versions
+ignore the key."""
 OWN_MARKED = 10_000
-"""At most this many own ids are saved with the marks (a few hundred under load: the decisions made since the last
-read of the log); with more, the state is saved without marks (a start then books from the log's end, as before)."""
+"""At most this many ids (own, own judged, awaiting) are saved with the marks (a few hundred under load: the decisions
+made since the last read of the log, the calls in flight); with more, the state is saved without marks (a start then
+books from the log's end, as before)."""
 
 
 class BudgetState:
-    """Saves and loads `pacer` through `store`. Every method runs on the writer thread, except `mine`, `book_chain`,
-    `book_stored`, `book_call` and `book_judge_call(mine=True)`, which the engine calls on the event loop (they touch
+    """Saves and loads `pacer` through `store`. Every method runs on the writer thread, except `book_chain(...,
+    mine=True)`, `book_call` and `book_judge_call(mine=True)`, which the engine calls on the event loop (they touch
     only the pacer, which has its own lock, `_own` under `_own_lock`, and `_own_judged`, one dict operation at a
-    time)."""
+    time; a booking and its id together under `_booking`)."""
 
     def __init__(self, store: Store, pacer: BudgetPacer, *, shared: bool = False) -> None:
         self.store = store
@@ -111,10 +116,18 @@ class BudgetState:
         were dropped, where a dict scans past every dropped slot). Each is a new id, or a client's id once stored
         (`book_given_id`): one stored decision each."""
         self._own_lock = threading.Lock()
+        self._booking = threading.Lock()
+        """Held by a booking on the event loop together with noting its id as this process's (`book_chain(...,
+        mine=True)`, `book_judge_call(mine=True)`) and by `save` while it reads the state and its marks: a save between
+        the two stored a spend without its id (a process started from it booked the decision again) or an id without
+        its spend. The writer thread's own bookings (`book_given_id`, `book_own_stored`) are never beside a save."""
         self._own_judged: dict[str, float] = {}
         """The decisions whose judge call this process booked (`book_judge_call`), not yet read back from the log."""
         self._awaiting: dict[str, tuple[Decision, float]] = {}
         """Other processes' caller-named decisions booked at their expected cost, whose call record is not read yet."""
+        self._uncalled: dict[str, float] = {}
+        """This process's caller-named decisions booked at their expected cost, whose call is not recorded yet (saved
+        with the marks, `awaiting`, beside `_awaiting`'s: a start corrects them when their call record is stored)."""
         self._position: int | None = None
         self._judge_position = 0
         self.applied_seq: Callable[[], int] | None = None
@@ -122,6 +135,8 @@ class BudgetState:
         engine."""
         self._resume: dict[str, Any] | None = None
         """The marks of the state `recover` loaded, for `start_following`."""
+        self._replaying: tuple[dict[str, Any], tuple[int, int, int]] | None = None
+        """Those marks and the log's ends at the start, for `replay_since_save`."""
         self._next_decisions = 0.0
         self._next_forget = 0.0
         self._stored = bool(pacer.config.describe())
@@ -176,75 +191,155 @@ class BudgetState:
         with self._own_lock:
             return self._own.pop(decision_id, None) is not None
 
-    def book_chain(self, decision: Decision, call: CallRecord, spend_usd: float) -> None:
+    def book_chain(self, decision: Decision, call: CallRecord, spend_usd: float, *, mine: bool = False,
+                   at: float | None = None) -> None:
         """Book a named router's request stored as `decision` with `call` (its call record, carrying the chain),
-        which paid `spend_usd` in all, every call of it made before the decision was stored:
+        which paid `spend_usd` in all, every call of it made before the decision was stored (`mine`: this process's,
+        booked before it is stored, its id noted with it; else another process's, read from the log):
 
         - the named router's own decision (`unrouted`: feedback never corrects it) is booked at `spend_usd`;
         - the policy's decision an LLM router used (a routed decision, made with `Router.decide(..., book=False)`:
           booked here, only once it is stored) is booked like any routed one, at its expected cost, corrected by
           its learned feedback; the rest of the chain, `spend_usd` − the answer's cost (`call.cost_usd`: the
           routing call), is spent at once beside it."""
-        if unrouted(decision.policy):
-            self.pacer.book(decision, spend_usd)
-            return
-        self.pacer.observe(decision, None)
-        self.pacer.spend(spend_usd - (call.cost_usd or 0.0), decision.context.attributes.get("tenant"))
+        with self._booking if mine else contextlib.nullcontext():
+            if mine:
+                self.mine(decision.decision_id)
+            if unrouted(decision.policy):
+                self.pacer.book(decision, spend_usd, at=at)
+                return
+            self.pacer.observe(decision, None, at=at)
+            self.pacer.spend(spend_usd - (call.cost_usd or 0.0), decision.context.attributes.get("tenant"), at=at)
+
+    def book_own_stored(self, decision: Decision, *, booked: bool = True) -> None:
+        """`decision`, made outside `Router.route` by this process, is stored: noted as this process's and booked
+        (`book_stored`), on the writer thread as it commits (`InsertDecision.on_stored`), as `book_given_id`."""
+        self.mine(decision.decision_id)
+        self.book_stored(decision, booked=booked)
+        if self.shared and decision.policy == CALLER_POLICY:
+            self._uncalled[decision.decision_id] = time.monotonic()
 
     def book_stored(self, decision: Decision, *, booked: bool = True) -> None:
         """`decision`, made outside `Router.route` by this process, is stored: a caller-named model's is booked now at
         its expected cost (corrected by `book_call` when its call is recorded), and so is a routed decision the
-        pacer has not booked (`booked=False`: an LLM router's policy decision whose model failed, made with
-        `Router.decide(..., book=False)`; its failure feedback corrects it, as for a gateway try that failed). Any
-        other: nothing (a gateway fallback was booked by `Router.decide`; a named router's by `book_chain`)."""
+        pacer has not booked (`booked=False`: a gateway fallback, or an LLM router's policy decision whose model
+        failed, made with `Router.decide(..., book=False)`; its feedback corrects it). Any other: nothing (a named
+        router's is booked by `book_chain`)."""
         if decision.policy == CALLER_POLICY or not booked:
             self.pacer.observe(decision, None)
 
-    def book_call(self, decision: Decision, call: CallRecord) -> None:
+    def book_call(self, decision: Decision, call: CallRecord, *, at: float | None = None) -> None:
         """`call`, the call record of `decision`, is stored: a caller-named decision's booking (its expected cost ĉ)
         is corrected by c_call − ĉ, c_call = the record's cost (0 when the call failed or was refused). Only money:
         latency targets see learned outcomes' latencies, as for named routers. Any other decision: nothing
         (learning corrects a routed one; a named router's is booked at its cost)."""
         if decision.policy == CALLER_POLICY:
-            self.pacer.observe(decision, call.cost_usd or 0.0)
+            with self._booking:  # its correction and its id leaving `_uncalled` together (`save`)
+                self._uncalled.pop(decision.decision_id, None)
+                self.pacer.observe(decision, call.cost_usd or 0.0, at=at)
 
-    def book_judge_call(self, call: JudgeCall, *, mine: bool) -> None:
+    def book_judge_call(self, call: JudgeCall, *, mine: bool, at: float | None = None) -> None:
         """The feedback judge paid `call.cost_usd` to score `call.decision_id`: spent in the global scope and the
         scored decision's tenant (not a request, nor in the shares). `mine`: this process's judge made the call
         (call before it is stored); else another process's, read from the log."""
-        if mine and self.shared:
-            self._own_judged[call.decision_id] = time.monotonic()
-        self.pacer.spend(call.cost_usd, call.tenant)
+        with self._booking if mine else contextlib.nullcontext():
+            if mine and self.shared:
+                self._own_judged[call.decision_id] = time.monotonic()
+            self.pacer.spend(call.cost_usd, call.tenant, at=at)
 
     def start_following(self, tx: WriteTx, applied_seq: int | None = None) -> None:
         """Book other processes' decisions and judge calls stored from now on, or, when the loaded state was saved
-        with its marks (`LOG_MARKS`) by a process of this log, from where it stood: the decisions stored after its
-        position are booked (but the saver's own, booked as it made them), and the feedback learned after its seq up to
-        `applied_seq` (what this process's recovery learned, without its pacer) corrects its decision's booking by the
-        real cost, as learning does (`Router.learn`). So a worker that replaces one killed, or a replica restarted
-        while others serve, counts what every process stored meanwhile."""
+        with its marks (`LOG_MARKS`) by a process of this log, from where it stood: `replay_since_save` then books what
+        was stored between (called after `tx` commits: it reads without holding the log's lock). So a worker that
+        replaces one killed, or a replica restarted while others serve, counts what every process stored meanwhile."""
         if not self.shared:
             return
-        self._position = tx.last_decision_position()
-        self._judge_position = tx.last_judge_call_position()
+        self._position = last = tx.last_decision_position()
+        self._judge_position = last_judged = tx.last_judge_call_position()
         marks, self._resume = self._resume, None
-        if (marks is None or marks["decisions"] > self._position or marks["judge_calls"] > self._judge_position
+        if (marks is None or marks["decisions"] > last or marks["judge_calls"] > last_judged
                 or applied_seq is None or marks["feedback"] > applied_seq):
             return  # no marks, or marks past this log's end (a database restored from an older backup)
-        self._position, self._judge_position = marks["decisions"], marks["judge_calls"]
+        self._replaying = (marks, (last, last_judged, applied_seq))
+
+    def replay_since_save(self) -> None:
+        """After `start_following`: book what was stored since the loaded state's save (`_replay`), before this
+        process serves. A read that fails leaves it unbooked (logged), as a start without marks does."""
+        replaying, self._replaying = self._replaying, None
+        if replaying is None:
+            return
+        try:
+            with self.store.read() as reader:
+                self._replay(reader, *replaying)
+        except StoreError as exc:
+            log.warning("booking what other processes stored since the budget state was saved failed: %s", exc)
+
+    def _replay(self, tx: Reader, marks: dict[str, Any], ends: tuple[int, int, int]) -> None:
+        """Book what was stored after the saved `marks` up to `ends` (the log's end: decisions, judge calls): the
+        decisions (but the saver's own, booked as it made them), the judge calls (but its own), and the corrections
+        by the real cost of the feedback learned after its seq up to `ends[2]` (what this process's recovery learned,
+        without its pacer), as learning does (`Router.learn`). Each at the time it happened (a decision's
+        `created_at`, a feedback's `received_at`, a judge call's `created_at`), in that order: in the budget period
+        it happened in, so that a state saved in the period before counts the rows of that period in it, not in
+        this one (booked at the start's time, they were). A time before the save (`saved_at`: a row in flight as the
+        state was saved) is taken as the save's: the pacer's periods only move forward with its bookings (a move back
+        reads as the clock set back, `_SpendControl.roll`)."""
+        since = marks["saved_at"]
         now = time.monotonic()
         with self._own_lock:
             self._own.update((decision_id, now) for decision_id in marks["own"])
         self._own_judged.update((decision_id, now) for decision_id in marks["own_judged"])
-        seq = marks["feedback"]
-        while seq < applied_seq:
-            rows = [row for row in tx.learned_after(seq, DECISIONS_PAGE) if row[0].seq <= applied_seq]
-            for record, decision in rows:
-                if decision is not None:
-                    self.pacer.observe(decision, record.realised_cost_usd, record.latency_s)
-                seq = record.seq
-            if len(rows) < DECISIONS_PAGE:
+        due: list[tuple[float, int, Callable[[], None]]] = []
+        position, end = marks["decisions"], ends[0]
+        while position < end:
+            rows = [(p, s) for p, s in tx.decisions_after(position, DECISIONS_PAGE) if p <= end]
+            theirs = [s.decision.decision_id for _, s in rows if s is not None
+                      and s.decision.decision_id not in self._own]
+            calls = tx.calls_for_many(theirs) if theirs else {}
+            for _, stored in rows:
+                if stored is not None and not self._claim(stored.decision.decision_id):
+                    decision = stored.decision
+                    at = max(since, decision.created_at)
+                    due.append((at, len(due), functools.partial(
+                        self._book_theirs, decision, calls.get(decision.decision_id), at)))
+            if len(rows) < DECISIONS_PAGE or not rows:
                 break
+            position = rows[-1][0]
+        position, end = marks["judge_calls"], ends[1]
+        while position < end:
+            judged = [(p, c) for p, c in tx.judge_calls_after(position, DECISIONS_PAGE) if p <= end]
+            for _, call in judged:
+                if self._own_judged.pop(call.decision_id, None) is None:
+                    at = max(since, call.created_at)
+                    due.append((at, len(due), functools.partial(self.book_judge_call, call, mine=False, at=at)))
+            if len(judged) < DECISIONS_PAGE or not judged:
+                break
+            position = judged[-1][0]
+        seq, applied_seq = marks["feedback"], ends[2]
+        while seq < applied_seq:
+            learned = [row for row in tx.learned_after(seq, DECISIONS_PAGE) if row[0].seq <= applied_seq]
+            for record, learned_decision in learned:
+                if learned_decision is not None:
+                    at = max(since, record.received_at)
+                    due.append((at, len(due), functools.partial(
+                        self.pacer.observe, learned_decision, record.realised_cost_usd, record.latency_s, at=at)))
+                seq = record.seq
+            if len(learned) < DECISIONS_PAGE:
+                break
+        awaiting = [d for d in marks.get("awaiting", []) if d not in self._awaiting]
+        for start in range(0, len(awaiting), DECISIONS_PAGE):  # caller-named, booked by the state: their calls
+            ids = awaiting[start:start + DECISIONS_PAGE]
+            found, calls = tx.decisions(ids), tx.calls_for_many(ids)
+            for decision_id, stored_caller in found.items():
+                recorded = calls.get(decision_id)
+                if recorded is None:
+                    self._awaiting[decision_id] = (stored_caller.decision, now)
+                else:
+                    at = max(since, recorded.created_at)
+                    due.append((at, len(due), functools.partial(self.book_call, stored_caller.decision, recorded,
+                                                                at=at)))
+        for _, _, book in sorted(due, key=lambda item: item[:2]):
+            book()
 
     def _marks(self) -> dict[str, Any] | None:
         """Where this process's pacer stands in the shared log (`LOG_MARKS`), or None: not shared, not following
@@ -253,10 +348,11 @@ class BudgetState:
             return None
         with self._own_lock:
             own = list(self._own)
-        if len(own) + len(self._own_judged) > OWN_MARKED:
+        if len(own) + len(self._own_judged) + len(self._uncalled) + len(self._awaiting) > OWN_MARKED:
             return None
         return {"decisions": self._position, "own": own, "judge_calls": self._judge_position,
-                "own_judged": list(self._own_judged), "feedback": self.applied_seq()}
+                "own_judged": list(self._own_judged), "feedback": self.applied_seq(),
+                "awaiting": [*self._uncalled, *self._awaiting], "saved_at": self.pacer.current_time()}
 
     def follow_decisions(self) -> int:
         """Book the decisions other processes stored since the last call; returns how many. Without targets
@@ -329,6 +425,9 @@ class BudgetState:
         for decision_id, (_, seen) in list(self._awaiting.items()):
             if now - seen > CALL_WAIT_S:
                 del self._awaiting[decision_id]
+        for decision_id, made in list(self._uncalled.items()):
+            if now - made > CALL_WAIT_S:
+                self._uncalled.pop(decision_id, None)
 
     def _forget_oldest(self, before: float, at_most: int = 1000) -> bool:
         """Drop up to `at_most` of this process's ids noted before `before`, oldest first (`_own` is in the order
@@ -341,18 +440,18 @@ class BudgetState:
                 self._own.popitem(last=False)
         return True
 
-    def _book_theirs(self, decision: Decision, call: CallRecord | None) -> None:
+    def _book_theirs(self, decision: Decision, call: CallRecord | None, at: float | None = None) -> None:
         """Book a decision another process stored as that process did: a named router's (its call record carries a
         chain) by `book_chain`, any other at its expected cost; a caller-named one is corrected by its call record
         (`book_call`) now if it is stored, else when it is found."""
         spend = chain_spend(call)
         if call is not None and spend is not None:
-            self.book_chain(decision, call, spend)
+            self.book_chain(decision, call, spend, at=at)
             return
-        self.pacer.observe(decision, None)
+        self.pacer.observe(decision, None, at=at)
         if decision.policy == CALLER_POLICY:
             if call is not None:
-                self.book_call(decision, call)
+                self.book_call(decision, call, at=at)
             else:
                 self._awaiting[decision.decision_id] = (decision, time.monotonic())
 
@@ -406,8 +505,8 @@ class BudgetState:
                     self.unsaved = why
                     self._say("unsaved", logging.WARNING, "the budget state is not saved: %s", why)
                     return
-                state = self.pacer.state(stored)
-                marks = self._marks()
+                with self._booking:  # the state and its marks of one moment (`_booking`)
+                    state, marks = self.pacer.state(stored), self._marks()
                 if marks is not None:
                     state[LOG_MARKS] = marks
                 tx.set_meta(BUDGETS_STATE, json.dumps(state))
@@ -641,11 +740,14 @@ def _marks_of(state: Any) -> dict[str, Any] | None:
     if not isinstance(marks, dict):
         return None
     counts = [marks.get(key) for key in ("decisions", "judge_calls", "feedback")]
-    ids = [marks.get(key) for key in ("own", "own_judged")]
+    ids = [marks.get(key) for key in ("own", "own_judged")] + [marks.get("awaiting", [])]
     if not all(type(n) is int and n >= 0 for n in counts) or not all(
             isinstance(i, list) and all(isinstance(x, str) for x in i) for i in ids):
         return None
-    return marks
+    saved_at = marks.get("saved_at")  # the wall time of the save (marks of 63fada9 have none: no bound)
+    if not (isinstance(saved_at, (int, float)) and not isinstance(saved_at, bool) and math.isfinite(saved_at)):
+        saved_at = -math.inf
+    return {**marks, "saved_at": float(saved_at)}
 
 
 def _decoded(row: str | None) -> Any:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -413,6 +414,7 @@ class Engine:
         if self.budgets.shared:
             with self.store.write() as tx:  # from the saved state's marks: what was stored since its save is booked
                 self.budgets.start_following(tx, applied_seq=self.follower.applied_seq)
+            self.budgets.replay_since_save()  # ... read without the log's lock, before serving
         log.info("recovered: %s, %d feedbacks replayed in %.2f s, policy version %d", self._restored_from(restored),
                  replayed, self.recovery["seconds"], self.router.version)
         self.policies.check_models()  # a policy naming a model neither the catalog nor the log holds
@@ -552,20 +554,20 @@ class Engine:
         return await self.writer.submit(op)
 
     async def route(self, request: Request) -> Decision:
-        """Decide, store the decision (with the prompt only when `store_prompts`), then return it. A decision whose
-        id the client chose is booked by the budget pacer only once stored (`BudgetState.book_given_id`, on the
-        writer thread as it commits): that id may be taken (a retry: 409), and a refused request then books nothing.
-        Any other is booked as it is made (its id is new)."""
+        """Decide, store the decision (with the prompt only when `store_prompts`), then return it. The decision is
+        booked by the budget pacer only once stored (`BudgetState.book_given_id`, on the writer thread as it commits):
+        an id the client chose may be taken (a retry: 409), and a refused request then books nothing; one without an
+        id (the gateway's) is given a new one here, so that its booking and its id noted as this process's happen
+        together, between two saves of the budget state (booked on the event loop, a save in between stored its
+        spend without its id: a process started from it booked the decision again)."""
         self._require_ready()
+        if request.decision_id is None:
+            request = dataclasses.replace(request, decision_id=new_decision_id())
         decision = await self._decide(request)
         tenant = tenant_of(request.context.get("tenant"))
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows else None
-        on_stored = None
-        if request.decision_id is None:
-            self.budgets.mine(decision.decision_id)
-        else:
-            on_stored = functools.partial(self.budgets.book_given_id, decision)
+        on_stored = functools.partial(self.budgets.book_given_id, decision)
         await self._submit(InsertDecision(decision, prompt, tenant, shadow, on_stored=on_stored))
         return decision
 
@@ -604,21 +606,22 @@ class Engine:
     ) -> Decision:
         """Store a decision made outside `route` (the gateway's fallbacks and caller-named models; a named
         router's, with its call record, chain and what it adds to the router's counts in the same transaction).
-        Each is booked by this process's budget pacer once (`BudgetState`): a gateway fallback by `Router.decide`;
-        a named router's request at once, at what its chain paid (`counts.spend_usd`, `book_chain`: those calls
-        are made, whether or not the decision is stored or gets feedback); a caller-named model's, once stored, at
-        its expected cost, corrected by its call record (`record_call`); a routed decision the pacer has not
-        booked (`booked=False`: made with `Router.decide(..., book=False)`, an LLM router's policy decision whose
-        model failed) once stored, at its expected cost, as `Router.decide` books a gateway try."""
+        Each is booked by this process's budget pacer once (`BudgetState`), its id noted as this process's with its
+        booking: a named router's request at once, at what its chain paid (`counts.spend_usd`, `book_chain`: those
+        calls are made, whether or not the decision is stored or gets feedback); a caller-named model's once stored
+        (on the writer thread as it commits), at its expected cost, corrected by its call record (`record_call`);
+        a routed decision the pacer has not booked (`booked=False`: made with `Router.decide(..., book=False)`, a
+        gateway fallback, an LLM router's policy decision whose model failed) once stored, at its expected cost."""
+        on_stored = None
         if call is not None and counts is not None:
-            self.budgets.book_chain(decision, call, counts.spend_usd)
+            self.budgets.book_chain(decision, call, counts.spend_usd, mine=True)
+        else:  # on the writer thread as it commits, as `route`'s (`BudgetState.book_own_stored`)
+            on_stored = functools.partial(self.budgets.book_own_stored, decision, booked=booked)
         self._require_ready(counts)
         tenant = tenant_of(request.context.get("tenant"))
         prompt = request.text if self.settings.storage.store_prompts else None
         shadow = self.policies.shadow_pmfs(decision) if self.shadows and decision.probability < 1.0 else None
-        self.budgets.mine(decision.decision_id)
-        await self._submit(InsertDecision(decision, prompt, tenant, shadow, call, counts), counts)
-        self.budgets.book_stored(decision, booked=booked)
+        await self._submit(InsertDecision(decision, prompt, tenant, shadow, call, counts, on_stored=on_stored), counts)
         return decision
 
     async def count_router(self, counts: RouterCounts, request: Request) -> None:
