@@ -1120,8 +1120,8 @@ def test_every_chart_has_a_text_alternative_with_its_numbers(live: tuple[Server,
     w = watched(viewport={"width": 1200, "height": 800})
     w.page.goto(server.url + "/dashboard")
     _all_panels_ready(w)
-    charts = w.state("[...document.querySelectorAll('.chart')].map(e => [e.id, e.getAttribute('role'), "
-                     "e.getAttribute('aria-label')])")
+    charts = w.state("[...document.querySelectorAll('.chart')].map(e => [e.id, e.querySelector('.u-wrap')"
+                     ".getAttribute('role'), e.querySelector('.u-wrap').getAttribute('aria-label')])")
     assert len(charts) == 7
     for chart_id, role, label in charts:
         assert role == "img" and label and "over the last hour" in label, (chart_id, label)
@@ -1179,3 +1179,26 @@ def test_at_400_percent_zoom_the_header_scrolls_away_and_forced_colours_show_the
     markers = f.state("[...document.querySelectorAll('#chart-shares .u-series:not(:first-child) .u-marker')]"
                       ".map(m => getComputedStyle(m).borderColor)")
     assert len(markers) >= 3 and len(set(markers)) == len(markers), markers
+
+
+def test_a_charts_legend_hides_and_shows_a_series_by_keyboard(live: tuple[Server, Traffic], watched: Any) -> None:
+    """uPlot hides or shows a series on a click of its name in the legend: a mouse's only. Each name is now a toggle
+    button reached by Tab and pressed with Space or Enter."""
+    server, _ = live
+    w = watched(viewport={"width": 1200, "height": 800})
+    w.page.goto(server.url + "/dashboard")
+    wait_until(w.page, "() => window.banditDashboard.renders > 0")
+    name = "#chart-traffic .u-legend .u-series:nth-child(2) th"
+    w.page.focus("#ranges button[data-range=week]")
+    for _ in range(6):  # Week, Forget key (hidden without keys), then the first chart's legend
+        if w.state("document.activeElement.matches('#chart-traffic .u-legend th')"):
+            break
+        w.page.keyboard.press("Tab")
+    assert w.state("document.activeElement.textContent").startswith("decisions/min")
+    assert w.page.get_attribute(name, "aria-pressed") == "true"
+    w.page.keyboard.press("Space")
+    assert w.state("window.banditDashboard.charts['chart-traffic'].series[1].show") is False
+    wait_until(w.page, f"() => document.querySelector('{name}').getAttribute('aria-pressed') === 'false'", timeout=5)
+    w.page.keyboard.press("Enter")
+    assert w.state("window.banditDashboard.charts['chart-traffic'].series[1].show") is True
+    assert w.state("window.banditDashboard.range") == "hour"  # the keys pressed nothing else

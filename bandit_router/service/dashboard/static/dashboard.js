@@ -166,7 +166,31 @@
     });
     var chart = new window.uPlot(opts, data, el);
     state.charts[id] = chart;
+    legendKeys(chart, el);
     return chart;
+  }
+
+  // uPlot's legend hides or shows a series on a click of its name: a mouse's only. Each name is a toggle button
+  // for the keyboard too (Tab, Enter or Space), saying whether its series is shown; the time row and the values
+  // under the cursor (a dash without one) are not read out.
+  function legendKeys(chart, el) {
+    el.querySelectorAll(".u-legend .u-series").forEach(function (row, i) {
+      if (i === 0) { row.setAttribute("aria-hidden", "true"); return; }
+      row.querySelectorAll("td").forEach(function (td) { td.setAttribute("aria-hidden", "true"); });
+      var name = row.querySelector("th");
+      name.tabIndex = 0;
+      name.setAttribute("role", "button");
+      function pressed() { name.setAttribute("aria-pressed", String(chart.series[i].show !== false)); }
+      pressed();
+      name.addEventListener("keydown", function (event) {
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); name.click(); }
+      });
+      name.addEventListener("click", function () { window.setTimeout(function () {
+        el.querySelectorAll(".u-legend .u-series th[role=button]").forEach(function (th, k) {
+          th.setAttribute("aria-pressed", String(chart.series[k + 1].show !== false));
+        });
+      }); });
+    });
   }
 
   // The i-th model's colour (hex: its fill adds an alpha): the palette's, then hues a golden angle apart at two
@@ -215,9 +239,9 @@
       return p[0] + " newest " + p[2](lastValue(p[1])) +
         (low === high ? "" : ", lowest " + p[2](low) + ", highest " + p[2](high));
     }).join("; ") + ".";
-    var el = $(id);
-    el.setAttribute("role", "img");
-    el.setAttribute("aria-label", text);
+    var plot = $(id).querySelector(".u-wrap");  // the canvas: the legend beside it is read as itself
+    plot.setAttribute("role", "img");
+    plot.setAttribute("aria-label", text);
   }
   function two(v) { return num(v, 2); }
 
