@@ -723,7 +723,8 @@ def test_a_frozen_stopped_or_restarted_service_is_shown_as_such_and_the_page_rec
             status = wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('no answer') && ({_STATUS})()", timeout=30)
             assert status[0].startswith("no answer within 10 s · showing ") and "retrying" in status[0], status
             assert status[1] == "stale"
-            assert w.state("getComputedStyle(document.querySelector('.panel')).opacity") == "0.55"
+            look = w.state("(s => [s.filter, s.borderTopStyle])(getComputedStyle(document.querySelector('.panel')))")
+            assert look == ["grayscale(1)", "dashed"]
             os.killpg(server.process.pid, signal.SIGCONT)
             assert wait_until(w.page, f"() => ({_STATUS})()[0].startsWith('updated') && ({_STATUS})()",
                               timeout=30)[1] == ""
@@ -1032,3 +1033,172 @@ def test_decisions_per_minute_is_the_last_five_minutes_on_the_day_and_week_range
         assert w.errors == []
     finally:
         server.stop()
+
+
+# -- accessibility: a keyboard, a screen reader, 400% zoom, forced colours ----------------------------------------
+
+def _axe_violations(page: Any) -> list[str]:
+    """axe-core's violations (its bundled copy, injected into the page: nothing is fetched), one line each."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    return [f"{v['id']}: {[n['target'] for n in v['nodes']]}" for v in results.response["violations"]]
+
+
+def test_axe_finds_no_violation_on_the_login_or_the_dashboard_wide_or_at_320_px(locked: Server, watched: Any) -> None:
+    """axe-core's WCAG A/AA and best-practice rules. It found the login outside any landmark (no main), the tables'
+    sideways-scrolling boxes unreachable by keyboard (at 320 px, i.e. 1280 px zoomed 400%) and the shadows' nameless
+    header cell over the interval bars."""
+    for width, height in ((1400, 1000), (320, 256)):
+        w = watched(viewport={"width": width, "height": height})
+        w.page.goto(locked.url + "/dashboard")
+        w.page.wait_for_selector("#key", state="visible")
+        assert _axe_violations(w.page) == [], width
+        w.page.fill("#key", ADMIN_KEY)
+        w.page.press("#key", "Enter")
+        _all_panels_ready(w)
+        assert _axe_violations(w.page) == [], width
+
+
+def test_a_keyboard_login_leaves_the_focus_in_the_dashboard_and_a_refusal_is_read_with_the_field(
+        locked: Server, watched: Any) -> None:
+    """The login's button had the focus when the login was hidden: it fell to the page's start. The refusal is the
+    key field's description, read when the field takes the focus back."""
+    w = watched(viewport={"width": 1200, "height": 800})
+    w.page.goto(locked.url + "/dashboard")
+    w.page.wait_for_selector("#key", state="visible")
+    w.page.fill("#key", "not-the-key-0123456789")
+    w.page.press("#key", "Enter")
+    wait_until(w.page, "() => document.getElementById('login-error').textContent.length > 0", timeout=20)
+    assert w.state("document.activeElement.id") == "key"
+    assert w.page.get_attribute("#key", "aria-describedby") == "login-error"
+    w.page.fill("#key", CLIENT_KEY)
+    w.page.keyboard.press("Tab")
+    w.page.keyboard.press("Enter")  # the submit button, by keyboard
+    wait_until(w.page, "() => window.banditDashboard.renders > 0", timeout=20)
+    assert w.state("document.activeElement.id") == "dashboard"
+    w.page.keyboard.press("Tab")
+    assert w.state("document.getElementById('dashboard').contains(document.activeElement)")
+
+
+def test_a_screen_reader_hears_a_change_of_state_not_every_poll(live: tuple[Server, Traffic], watched: Any) -> None:
+    """The header's status was a live region rewritten every 2 s ("updated 10:52:13"): a screen reader read it out
+    at every poll. The live region now changes only with the state: up to date, not updating (and why)."""
+    server, _ = live
+    w = watched(viewport={"width": 1200, "height": 800})
+    w.page.goto(server.url + "/dashboard")
+    wait_until(w.page, "() => window.banditDashboard.renders > 0")
+    w.state("(window.liveRegions = [...document.querySelectorAll('[role=status],[role=alert],[aria-live]')], 0)")
+    w.state("(window.heard = 0, window.liveRegions.forEach(el => new MutationObserver(rs => { window.heard += "
+            "rs.length; }).observe(el, {subtree: true, childList: true, characterData: true})), 0)")
+    renders = w.state("window.banditDashboard.renders")
+    wait_until(w.page, f"() => window.banditDashboard.renders >= {renders + 2}", timeout=20)
+    assert w.state("window.heard") == 0, "a poll that changed nothing but the time was announced"
+    assert "up to date" in w.state("document.getElementById('announce').textContent")
+
+    w.page.route("**/v1/stats/live", lambda route: route.abort())
+    wait_until(w.page, "() => window.banditDashboard.errors >= 1", timeout=20)
+    assert w.state("window.heard") > 0
+    assert "not updating: cannot reach the service" in w.state("document.getElementById('announce').textContent")
+    heard = w.state("window.heard")
+    wait_until(w.page, "() => window.banditDashboard.errors >= 3", timeout=20)
+    assert w.state("window.heard") == heard, "each failed poll was announced again"
+    # the last good answer is greyed while it is shown: its text still reads at 4.5:1 or more
+    from axe_playwright_python.sync_playwright import Axe
+
+    assert w.state("document.getElementById('dashboard').classList.contains('stale')")
+    assert Axe().run(w.page, options={"runOnly": ["color-contrast"]}).response["violations"] == []
+    w.page.unroute("**/v1/stats/live")
+    wait_until(w.page, "() => window.banditDashboard.errors === 0", timeout=20)
+    assert "up to date" in w.state("document.getElementById('announce').textContent")
+
+
+def test_every_chart_has_a_text_alternative_with_its_numbers(live: tuple[Server, Traffic], watched: Any) -> None:
+    """A canvas says nothing to a screen reader: each chart is an image named with its series' newest, lowest and
+    highest values, as the legend formats them."""
+    server, _ = live
+    w = watched(viewport={"width": 1200, "height": 800})
+    w.page.goto(server.url + "/dashboard")
+    _all_panels_ready(w)
+    charts = w.state("[...document.querySelectorAll('.chart')].map(e => [e.id, e.querySelector('.u-wrap')"
+                     ".getAttribute('role'), e.querySelector('.u-wrap').getAttribute('aria-label')])")
+    assert len(charts) == 7
+    for chart_id, role, label in charts:
+        assert role == "img" and label and "over the last hour" in label, (chart_id, label)
+    labels = dict((c[0], c[2]) for c in charts)
+    shares = w.state("""(() => { const s = window.banditDashboard.last.shares; return Object.keys(s).map(m => {
+        const v = s[m].filter(x => x !== null); return [m, (100 * v[v.length - 1]).toFixed(1) + '%']; }); })()""")
+    assert len(shares) >= 3  # the fixture's three, and those other tests add
+    for model, newest in shares:
+        assert f"{model} newest {newest}" in labels["chart-shares"], labels["chart-shares"]
+    assert "decisions/min newest" in labels["chart-traffic"] and "always " in labels["chart-reward"]
+
+
+def test_a_focused_promote_button_keeps_the_focus_when_the_shadows_are_drawn_again(
+        live: tuple[Server, Traffic], watched: Any) -> None:
+    """The shadows' rows are made anew every 15 s: the focus on a Promote button fell to the page's start under a
+    keyboard user about to press it. A refused promotion is announced and gives the button its focus back."""
+    server, _ = live
+    w = watched(viewport={"width": 1200, "height": 1400})
+    w.page.goto(server.url + "/dashboard")
+    _all_panels_ready(w)
+    w.page.focus("#shadows-table button[data-shadow=linucb]")
+    w.state("(document.activeElement.old = true, window.banditDashboard.shadowsAt = null, 0)")
+    wait_until(w.page, "() => !document.querySelector('#shadows-table button[data-shadow=linucb]').old", timeout=20)
+    assert w.state("document.activeElement.dataset.shadow") == "linucb"
+
+    w.page.route("**/v1/policies/promote", lambda route: route.fulfill(
+        status=409, content_type="application/json", body='{"message": "the evidence is too thin"}'))
+    w.page.keyboard.press("Enter")
+    wait_until(w.page, "() => document.getElementById('announce').textContent.includes('Not promoted')", timeout=20)
+    assert "the evidence is too thin" in w.state("document.getElementById('announce').textContent")
+    assert w.state("document.activeElement.dataset.shadow") == "linucb"
+
+
+def test_at_400_percent_zoom_the_header_scrolls_away_and_forced_colours_show_the_range(
+        live: tuple[Server, Traffic], watched: Any) -> None:
+    """1280 × 1024 zoomed 400% is a 320 × 256 viewport: the sticky header (160 px there) hid most of it. Under forced
+    colours every button's background is the system's: the range that is on looked like the others."""
+    server, _ = live
+    w = watched(viewport={"width": 320, "height": 256})
+    w.page.goto(server.url + "/dashboard")
+    _all_panels_ready(w)
+    w.state("(window.scrollTo(0, 2000), 0)")
+    assert w.state("document.querySelector('header').getBoundingClientRect().bottom") <= 0
+    assert w.state("document.documentElement.scrollWidth") <= 320
+
+    f = watched(viewport={"width": 1200, "height": 800}, forced_colors="active")
+    f.page.goto(server.url + "/dashboard")
+    wait_until(f.page, "() => window.banditDashboard.renders > 0")
+    looks = f.state("[...document.querySelectorAll('#ranges button')].map(b => { const s = getComputedStyle(b); "
+                    "return [b.getAttribute('aria-pressed'), s.backgroundColor + ' ' + s.color]; })")
+    on = {look for pressed, look in looks if pressed == "true"}
+    off = {look for pressed, look in looks if pressed == "false"}
+    assert len(on) == 1 and on.isdisjoint(off), looks
+    # the legends' markers keep each series' colour (the system's was one black for all)
+    markers = f.state("[...document.querySelectorAll('#chart-shares .u-series:not(:first-child) .u-marker')]"
+                      ".map(m => getComputedStyle(m).borderColor)")
+    assert len(markers) >= 3 and len(set(markers)) == len(markers), markers
+
+
+def test_a_charts_legend_hides_and_shows_a_series_by_keyboard(live: tuple[Server, Traffic], watched: Any) -> None:
+    """uPlot hides or shows a series on a click of its name in the legend: a mouse's only. Each name is now a toggle
+    button reached by Tab and pressed with Space or Enter."""
+    server, _ = live
+    w = watched(viewport={"width": 1200, "height": 800})
+    w.page.goto(server.url + "/dashboard")
+    wait_until(w.page, "() => window.banditDashboard.renders > 0")
+    name = "#chart-traffic .u-legend .u-series:nth-child(2) th"
+    w.page.focus("#ranges button[data-range=week]")
+    for _ in range(6):  # Week, Forget key (hidden without keys), then the first chart's legend
+        if w.state("document.activeElement.matches('#chart-traffic .u-legend th')"):
+            break
+        w.page.keyboard.press("Tab")
+    assert w.state("document.activeElement.textContent").startswith("decisions/min")
+    assert w.page.get_attribute(name, "aria-pressed") == "true"
+    w.page.keyboard.press("Space")
+    assert w.state("window.banditDashboard.charts['chart-traffic'].series[1].show") is False
+    wait_until(w.page, f"() => document.querySelector('{name}').getAttribute('aria-pressed') === 'false'", timeout=5)
+    w.page.keyboard.press("Enter")
+    assert w.state("window.banditDashboard.charts['chart-traffic'].series[1].show") is True
+    assert w.state("window.banditDashboard.range") == "hour"  # the keys pressed nothing else

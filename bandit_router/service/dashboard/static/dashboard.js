@@ -129,6 +129,19 @@
       tbody.appendChild(tr);
     });
   }
+  // The polite live region: set only when what it says changes, so that a screen reader hears a change of state
+  // (loaded, failing, recovered, a promotion) once, not the time of every poll.
+  function announce(text) { if ($("announce").textContent !== text) { $("announce").textContent = text; } }
+
+  // A table that scrolls sideways (a phone, 400% zoom) is a Tab stop, so that the keyboard can scroll it; one that
+  // fits is not (the one under focus keeps it until it loses focus).
+  function scrollStops() {
+    document.querySelectorAll(".scroll").forEach(function (el) {
+      if (el.scrollWidth > el.clientWidth + 1) { el.tabIndex = 0; }
+      else if (el !== document.activeElement) { el.removeAttribute("tabindex"); }
+    });
+  }
+
   function ready(panel, count) {
     var el = document.querySelector('[data-panel="' + panel + '"]');
     el.dataset.ready = count > 0 ? "1" : "0";
@@ -153,7 +166,31 @@
     });
     var chart = new window.uPlot(opts, data, el);
     state.charts[id] = chart;
+    legendKeys(chart, el);
     return chart;
+  }
+
+  // uPlot's legend hides or shows a series on a click of its name: a mouse's only. Each name is a toggle button
+  // for the keyboard too (Tab, Enter or Space), saying whether its series is shown; the time row and the values
+  // under the cursor (a dash without one) are not read out.
+  function legendKeys(chart, el) {
+    el.querySelectorAll(".u-legend .u-series").forEach(function (row, i) {
+      if (i === 0) { row.setAttribute("aria-hidden", "true"); return; }
+      row.querySelectorAll("td").forEach(function (td) { td.setAttribute("aria-hidden", "true"); });
+      var name = row.querySelector("th");
+      name.tabIndex = 0;
+      name.setAttribute("role", "button");
+      function pressed() { name.setAttribute("aria-pressed", String(chart.series[i].show !== false)); }
+      pressed();
+      name.addEventListener("keydown", function (event) {
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); name.click(); }
+      });
+      name.addEventListener("click", function () { window.setTimeout(function () {
+        el.querySelectorAll(".u-legend .u-series th[role=button]").forEach(function (th, k) {
+          th.setAttribute("aria-pressed", String(chart.series[k + 1].show !== false));
+        });
+      }); });
+    });
   }
 
   // The i-th model's colour (hex: its fill adds an alpha): the palette's, then hues a golden angle apart at two
@@ -191,6 +228,23 @@
     return build(data);
   }
 
+  // A chart's text alternative (a canvas says nothing to a screen reader): each series' newest value, lowest and
+  // highest over the range, in the chart's own formats. `parts`: [label, values, format].
+  var RANGE_WORDS = { hour: "the last hour", day: "the last day", week: "the last week" };
+  function describe(id, title, parts) {
+    var text = title + " over " + RANGE_WORDS[state.range] + ": " + parts.map(function (p) {
+      var known = p[1].filter(function (v) { return v !== null && v !== undefined; });
+      if (!known.length) { return p[0] + " no data"; }
+      var low = Math.min.apply(null, known), high = Math.max.apply(null, known);
+      return p[0] + " newest " + p[2](lastValue(p[1])) +
+        (low === high ? "" : ", lowest " + p[2](low) + ", highest " + p[2](high));
+    }).join("; ") + ".";
+    var plot = $(id).querySelector(".u-wrap");  // the canvas: the legend beside it is read as itself
+    plot.setAttribute("role", "img");
+    plot.setAttribute("aria-label", text);
+  }
+  function two(v) { return num(v, 2); }
+
   function constant(level, n) {
     var out = [];
     for (var i = 0; i < n; i++) { out.push(level === null || level === undefined ? null : level); }
@@ -203,10 +257,14 @@
       return makeChart("chart-traffic", [line("decisions/min", COLORS[0]), line("feedbacks/min", COLORS[2])],
                        [axis("y")], d);
     }, [t, ts.decisions_per_minute, ts.feedback_per_minute], ["decisions/min", "feedbacks/min"]);
+    describe("chart-traffic", "Traffic", [["decisions/min", ts.decisions_per_minute, two],
+                                          ["feedbacks/min", ts.feedback_per_minute, two]]);
     updateOrMake("chart-coverage", function (d) {
       return makeChart("chart-coverage", [line("coverage", COLORS[1], "share", pct), line("lag", COLORS[4], "s", seconds)],
                        [axis("share", pct), axis("s", seconds, 1)], d);
     }, [t, ts.coverage, ts.lag_s], ["coverage", "lag"]);
+    describe("chart-coverage", "Feedback coverage and lag", [["coverage", ts.coverage, pct],
+                                                              ["lag", ts.lag_s, seconds]]);
 
     // Stacked shares: cumulative sums, the largest drawn first and each filled down to zero.
     var models = Object.keys(ts.shares);
@@ -225,6 +283,7 @@
       });
       return makeChart("chart-shares", series, [axis("share", pct)], d, 220);
     }, stacked, models.slice().reverse());
+    describe("chart-shares", "Model shares", models.map(function (m) { return [m, ts.shares[m], pct]; }));
     // keep the legend's raw values current after setData
     state.charts["chart-shares"].series.forEach(function (s, si) {
       if (si > 0) {
@@ -244,12 +303,16 @@
         return makeChart(spec[0], [line(spec[1], COLORS[0], "y", spec[4]), line(label, COLORS[3], "y", spec[4], true)],
                          [axis("y", spec[4])], d, 150);
       }, [t, spec[2], constant(spec[3], n)], [spec[1], label]);
+      describe(spec[0], spec[1].charAt(0).toUpperCase() + spec[1].slice(1),
+               [[spec[1], spec[2], spec[4]], [label, constant(spec[3], 1), spec[4]]]);
     });
     updateOrMake("chart-exploration", function (d) {
       return makeChart("chart-exploration", [line("non-greedy share", COLORS[1], "share", pct),
                                              line("policy version", COLORS[4], "v", function (v) { return num(v, 0); })],
                        [axis("share", pct), axis("v", function (v) { return num(v, 0); }, 1)], d);
     }, [t, ts.exploration, ts.policy_version], ["non-greedy share", "policy version"]);
+    describe("chart-exploration", "Exploration", [["non-greedy share", ts.exploration, pct],
+      ["policy version", ts.policy_version, function (v) { return num(v, 0); }]]);
   }
 
   // -- panels ----------------------------------------------------------------------------------------------
@@ -406,6 +469,19 @@
   }
 
   function drawShadows(sh, live) {
+    // the rows are made anew: a Promote button under focus is focused again in its new row (the focus fell to the
+    // page's start every SHADOW_MS, under a keyboard user about to press it)
+    var focused = document.activeElement && document.activeElement.dataset
+      ? document.activeElement.dataset.shadow : undefined;
+    drawShadowRows(sh, live);
+    if (focused !== undefined) {
+      document.querySelectorAll("#shadows-table button[data-shadow]").forEach(function (b) {
+        if (b.dataset.shadow === focused) { b.focus(); }
+      });
+    }
+  }
+
+  function drawShadowRows(sh, live) {
     var note = sh.reason ? sh.reason + "." :
       "Doubly robust estimates on the newest " + sh.n + " decisions with feedback (of " + sh.window +
       " looked at), computed " + clock(sh.computed_at) + ".";
@@ -478,10 +554,13 @@
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ shadow: name })
     }).then(function (reply) {
       $("shadows-note").textContent = "Promoted " + reply.promoted + " (was " + reply.previous + ").";
+      announce($("shadows-note").textContent);
       state.shadowsAt = null;
     }).catch(function (err) {
       $("shadows-note").textContent = "Not promoted: " + err.message;
+      announce($("shadows-note").textContent);
       button.disabled = false;
+      button.focus();  // it was disabled while asking, which took the focus from it
     });
   }
 
@@ -534,6 +613,8 @@
       $("dashboard").classList.remove("stale");
       $("status").classList.remove("error");
       $("status").textContent = "updated " + new Date().toLocaleTimeString() + " · every " + POLL_MS / 1000 + " s";
+      announce("The dashboard is up to date; it updates every " + POLL_MS / 1000 + " s.");
+      scrollStops();
     }).catch(function (err) {
       if (session !== state.session) { return; }
       if (err instanceof AuthError) { showLogin(apiKey() ? "The key was refused." : ""); return; }
@@ -560,6 +641,7 @@
     $("dashboard").classList.toggle("stale", state.updatedAt !== null);
     $("status").classList.add("error");
     $("status").textContent = why + since + "; retrying every " + POLL_MS / 1000 + " s";
+    announce("The dashboard is not updating: " + why + ".");
   }
 
   // Polls every POLL_MS until the login is shown, whether or not the first poll got an answer.
@@ -569,10 +651,14 @@
   }
 
   function showDashboard() {
+    // the login's button had the focus and is hidden: the focus goes to the dashboard, not back to the page's start
+    var fromLogin = !$("login").hidden && ($("login").contains(document.activeElement) ||
+                                           document.activeElement === document.body);
     $("login").hidden = true;
     $("dashboard").hidden = false;
     $("ranges").hidden = false;
     $("logout").hidden = !apiKey();
+    if (fromLogin) { $("dashboard").focus(); }
   }
 
   function showLogin(message) {
@@ -587,6 +673,7 @@
     $("logout").hidden = true;
     $("policy").textContent = "";
     $("status").textContent = "";
+    announce("");
     $("login").hidden = false;
     $("login-error").textContent = message || "";
     $("key").focus();
@@ -626,6 +713,7 @@
         var el = $(id);
         state.charts[id].setSize({ width: chartWidth(el), height: state.charts[id].height });
       });
+      scrollStops();
     });
     schedule();  // a refused key stops it (showLogin); a service that does not answer yet is asked again
     refresh(true);
