@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import os
@@ -562,7 +561,7 @@ class Engine:
         spend without its id: a process started from it booked the decision again)."""
         self._require_ready()
         if request.decision_id is None:
-            request = dataclasses.replace(request, decision_id=new_decision_id())
+            request = _with_new_id(request)
         decision = await self._decide(request)
         tenant = tenant_of(request.context.get("tenant"))
         prompt = request.text if self.settings.storage.store_prompts else None
@@ -785,6 +784,15 @@ class Engine:
             "budgets": self.pacer.report(),
             **{name: report() for name, report in self.extra_stats.items()},
         }
+
+
+def _with_new_id(request: Request) -> Request:
+    """`request` with a new decision id: a copy of its fields, checked when it was made. `dataclasses.replace` made it
+    anew, checking every message and the context again (`Request.__post_init__`): 7–13 µs of each `/v1/route`."""
+    given: Request = object.__new__(Request)
+    given.__dict__.update(request.__dict__)
+    object.__setattr__(given, "decision_id", new_decision_id())
+    return given
 
 
 @contextlib.contextmanager
