@@ -1092,7 +1092,7 @@ def test_a_screen_reader_hears_a_change_of_state_not_every_poll(live: tuple[Serv
     w.state("(window.heard = 0, window.liveRegions.forEach(el => new MutationObserver(rs => { window.heard += "
             "rs.length; }).observe(el, {subtree: true, childList: true, characterData: true})), 0)")
     renders = w.state("window.banditDashboard.renders")
-    wait_until(w.page, f"() => window.banditDashboard.renders >= {renders + 2}", timeout=20)
+    wait_until(w.page, f"() => window.banditDashboard.renders >= {renders + 1}", timeout=20)
     assert w.state("window.heard") == 0, "a poll that changed nothing but the time was announced"
     assert "up to date" in w.state("document.getElementById('announce').textContent")
 
@@ -1100,8 +1100,8 @@ def test_a_screen_reader_hears_a_change_of_state_not_every_poll(live: tuple[Serv
     wait_until(w.page, "() => window.banditDashboard.errors >= 1", timeout=20)
     assert w.state("window.heard") > 0
     assert "not updating: cannot reach the service" in w.state("document.getElementById('announce').textContent")
-    heard = w.state("window.heard")
-    wait_until(w.page, "() => window.banditDashboard.errors >= 3", timeout=20)
+    heard, errors = w.state("window.heard"), w.state("window.banditDashboard.errors")
+    wait_until(w.page, f"() => window.banditDashboard.errors > {errors}", timeout=20)  # one more failed poll
     assert w.state("window.heard") == heard, "each failed poll was announced again"
     # the last good answer is greyed while it is shown: its text still reads at 4.5:1 or more
     from axe_playwright_python.sync_playwright import Axe
