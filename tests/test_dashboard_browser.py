@@ -1137,7 +1137,8 @@ def test_every_chart_has_a_text_alternative_with_its_numbers(live: tuple[Server,
 def test_a_focused_promote_button_keeps_the_focus_when_the_shadows_are_drawn_again(
         live: tuple[Server, Traffic], watched: Any) -> None:
     """The shadows' rows are made anew every 15 s: the focus on a Promote button fell to the page's start under a
-    keyboard user about to press it. A refused promotion is announced and gives the button its focus back."""
+    keyboard user about to press it. A refused promotion is announced and gives the button its focus back; the next
+    poll said "up to date" over it, and the same refusal again was not said (the live region's text unchanged)."""
     server, _ = live
     w = watched(viewport={"width": 1200, "height": 1400})
     w.page.goto(server.url + "/dashboard")
@@ -1153,6 +1154,14 @@ def test_a_focused_promote_button_keeps_the_focus_when_the_shadows_are_drawn_aga
     wait_until(w.page, "() => document.getElementById('announce').textContent.includes('Not promoted')", timeout=20)
     assert "the evidence is too thin" in w.state("document.getElementById('announce').textContent")
     assert w.state("document.activeElement.dataset.shadow") == "linucb"
+    # the next poll (nothing changed) does not say "up to date" over it; the same refusal again is said again
+    renders = w.state("window.banditDashboard.renders")
+    wait_until(w.page, f"() => window.banditDashboard.renders > {renders}", timeout=20)
+    assert "Not promoted" in w.state("document.getElementById('announce').textContent")
+    w.state("(window.heard = 0, new MutationObserver(rs => { window.heard += rs.length; }).observe("
+            "document.getElementById('announce'), {subtree: true, childList: true, characterData: true}), 0)")
+    w.page.keyboard.press("Enter")
+    wait_until(w.page, "() => window.heard > 0", timeout=20)
 
 
 def test_at_400_percent_zoom_the_header_scrolls_away_and_forced_colours_show_the_range(

@@ -21,7 +21,7 @@
 
   var state = {
     range: "hour", charts: {}, renders: 0, last: null, live: null, shadowsAt: null, timer: null, busy: false,
-    again: false, session: 0, errors: 0, updatedAt: null, updatedTick: null, failure: null
+    again: false, session: 0, errors: 0, updatedAt: null, updatedTick: null, failure: null, said: ""
   };
   // How long ago something happened is measured by performance.now(), a steady clock: Date.now() is the wall clock,
   // which NTP or a person may set back (the shadows were then not asked again for the length of the step)
@@ -129,9 +129,17 @@
       tbody.appendChild(tr);
     });
   }
-  // The polite live region: set only when what it says changes, so that a screen reader hears a change of state
-  // (loaded, failing, recovered, a promotion) once, not the time of every poll.
-  function announce(text) { if ($("announce").textContent !== text) { $("announce").textContent = text; } }
+  // The polite live region. A state (up to date, not updating and why) is said when it changes, so that a screen
+  // reader hears it once, not at every poll; an event (a promotion's answer) each time it happens. A poll after an
+  // event does not say the state again (it did: "up to date" followed every promotion, and a second refusal in the
+  // same words was never said).
+  function announce(text, event) {
+    if (!event) {
+      if (state.said === text) { return; }
+      state.said = text;
+    }
+    $("announce").textContent = text;
+  }
 
   // A table that scrolls sideways (a phone, 400% zoom) is a Tab stop, so that the keyboard can scroll it; one that
   // fits is not (the one under focus keeps it until it loses focus).
@@ -554,11 +562,11 @@
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ shadow: name })
     }).then(function (reply) {
       $("shadows-note").textContent = "Promoted " + reply.promoted + " (was " + reply.previous + ").";
-      announce($("shadows-note").textContent);
+      announce($("shadows-note").textContent, true);
       state.shadowsAt = null;
     }).catch(function (err) {
       $("shadows-note").textContent = "Not promoted: " + err.message;
-      announce($("shadows-note").textContent);
+      announce($("shadows-note").textContent, true);
       button.disabled = false;
       button.focus();  // it was disabled while asking, which took the focus from it
     });
