@@ -1490,7 +1490,7 @@ def test_a_route_without_an_id_is_given_one_without_checking_the_request_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Review of b524cb4: `Engine.route` gives a request without an id a new one (booked with it as it is stored),
     by `dataclasses.replace`, which made the request anew: every message and the context checked again, 7 µs for a
-    prompt and 18 µs for 50 messages on each `/v1/route` (the route itself: 110–260 µs). It copies the fields."""
+    prompt and 18 µs for 50 messages for each request the gateway routes (a route: 110–260 µs). It copies them."""
     from bandit_router.types import Request as CoreRequest
 
     client = start_client(Settings(seed=2, db=tmp_path / "log.db"))
