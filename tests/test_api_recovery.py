@@ -682,10 +682,13 @@ def test_a_named_routers_counts_refused_at_submission_are_kept(
     request = Request(prompt="Sort a list in Python")
     decision = Router(seed=3).route(request)
 
-    def stop_serving(decision_id: str) -> None:
+    require_ready = engine._require_ready  # type: ignore[attr-defined]
+
+    def ready_then_stop_serving(counts: RouterCounts | None = None) -> None:  # right after the first check
+        require_ready(counts)
         engine._serving = False  # type: ignore[attr-defined]
 
-    monkeypatch.setattr(engine.budgets, "mine", stop_serving)
+    monkeypatch.setattr(engine, "_require_ready", ready_then_stop_serving)
     counts = RouterCounts("auto", 20000, decision.model, requests=1, answer_calls=1, spend_usd=0.01)
     with pytest.raises(Unavailable):
         asyncio.run(engine.store_decision(decision, request, counts=counts))
