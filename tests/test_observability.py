@@ -189,6 +189,32 @@ def test_the_log_says_why_a_worker_ended_at_warning(serve: Callable[..., ServePr
     assert len(_ready_pids(server, 2)) == 2, server.log_tail()
 
 
+def test_a_worker_that_dies_while_its_health_check_waits_is_replaced_at_once(
+    serve: Callable[..., ServeProcess], tmp_path: Path
+) -> None:
+    """`serve --workers 2`: a worker stopped (SIGSTOP) long enough for uvicorn's parent to ping it, then killed while
+    that ping waits for its pong. The parent kept its own copy of the worker's end of the pipe, so the pipe stayed
+    open and the parent waited out the whole health check (30 s by default) before it started another worker; a
+    worker exiting on its own (its start-up failed on the database, `workergate.start_again`) met the same wait
+    when a ping was under way (once in a drill: a replacement 35 s after "it exits in 5 s"). Now the worker's death
+    ends the wait (the parent closes its copy once the worker has started): replaced within 10 s, and the log says
+    how it ended, not that it was hung."""
+    server = serve("--db", str(tmp_path / "router.db"), "--workers", "2")
+    first = _ready_pids(server, 2)
+    assert len(first) == 2, server.log_tail()
+    victim = min(first)
+    os.kill(victim, signal.SIGSTOP)
+    time.sleep(1.5)  # the parent pings every 0.5 s: its ping to the stopped worker waits now
+    os.kill(victim, signal.SIGKILL)
+    killed = time.monotonic()
+    said = f"WARNING bandit_router.service: worker {victim} was killed by SIGKILL"
+    _wait(lambda: said in server.logpath.read_text(), timeout=40)
+    assert time.monotonic() - killed < 10, server.log_tail()
+    second = _ready_pids(server, 2)
+    assert len(second) == 2 and victim not in second, server.log_tail()
+    assert "health check unanswered" not in server.logpath.read_text()
+
+
 def _families(text: str) -> dict[str, Any]:
     """The scrape parsed as Prometheus does (a malformed line, a family given twice: an error)."""
     families: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
@@ -32,7 +33,26 @@ def how_it_ended(exitcode: int) -> str:
 
 
 class Supervisor(Multiprocess):
-    """`uvicorn.supervisors.Multiprocess`, saying each worker's end (see the module docstring)."""
+    """`uvicorn.supervisors.Multiprocess`, saying each worker's end (see the module docstring), and closing its own
+    copy of each started worker's end of the health-check pipe (`_release_child_ends`)."""
+
+    def init_processes(self) -> None:
+        super().init_processes()
+        self._release_child_ends()
+
+    def restart_all(self) -> None:
+        super().restart_all()
+        self._release_child_ends()
+
+    def _release_child_ends(self) -> None:
+        """uvicorn keeps both ends of each worker's health-check pipe in the parent, so a worker that dies while a
+        ping waits for its pong (a worker exiting on its own, `workergate.start_again`; or killed) leaves the pipe
+        open: the parent waited the whole `worker_healthcheck_s` (30 s) before it started another worker. With the
+        parent's copy of the worker's end closed once the worker has started (it has its own), a dead worker's end
+        is closed, the wait ends at once (EOF), and uvicorn replaces it."""
+        for process in self.processes:
+            if process.process.pid is not None and not process.child_conn.closed:
+                process.child_conn.close()
 
     def keep_subprocess_alive(self) -> None:
         if self.should_exit.is_set():
@@ -45,11 +65,18 @@ class Supervisor(Multiprocess):
                 code = process.exitcode if process.exitcode is not None else 0
                 then = "uvicorn stops the server" if code == STARTUP_FAILURE else "uvicorn starts another"
                 log.warning("worker %s %s; %s", process.pid, how_it_ended(code), then)
+        started = time.monotonic()
         super().keep_subprocess_alive()
+        waited = time.monotonic() - started
+        self._release_child_ends()
         for process in before:
             if id(process) not in dead and process not in self.processes:
-                log.warning("worker %s left uvicorn's health check unanswered for %d s (hung, or stopped): killed; "
-                            "uvicorn starts another", process.pid, self.config.timeout_worker_healthcheck)
+                if waited < self.config.timeout_worker_healthcheck:  # it ended while its health check waited
+                    code = process.exitcode if process.exitcode is not None else 0
+                    log.warning("worker %s %s; uvicorn starts another", process.pid, how_it_ended(code))
+                else:
+                    log.warning("worker %s left uvicorn's health check unanswered for %d s (hung, or stopped): "
+                                "killed; uvicorn starts another", process.pid, self.config.timeout_worker_healthcheck)
 
     @property
     def failed_to_start(self) -> bool:
