@@ -1435,10 +1435,7 @@ def test_a_process_started_beside_others_books_what_they_stored_since_the_last_s
         assert [r["requests"] for r in reports] == [stored, stored] == [25, 25]
         assert [r["spend_usd"] for r in reports] == [pytest.approx(real, abs=1e-9)] * 2
     finally:
-        for client in (survivor, killed, replacement):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.__exit__(None, None, None)
+        _close(survivor, killed, replacement)
 
 
 @pytest.mark.parametrize("path", ["gateway_route", "caller_named"])
@@ -1480,10 +1477,7 @@ def test_a_save_between_a_booking_and_its_id_leaves_a_later_start_counting_it_on
         time.sleep(0.2)
         assert requests() == 1
     finally:
-        for client in (killed, replacement):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.__exit__(None, None, None)
+        _close(killed, replacement)
 
 
 def test_a_route_without_an_id_is_given_one_without_checking_the_request_again(
@@ -1553,10 +1547,7 @@ def test_a_start_in_the_next_budget_period_books_what_was_stored_since_the_save_
         assert target["spend_usd"] == pytest.approx(booked, abs=1e-12)  # the new day's: its own request
         assert target["left_usd"] == pytest.approx(day_before, abs=1e-12)  # the day before's: its 10
     finally:
-        for client in (killed, replacement):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.__exit__(None, None, None)
+        _close(killed, replacement)
 
 
 def test_a_start_corrects_the_caller_named_decisions_the_saved_state_booked_when_their_call_is_recorded(
@@ -1596,7 +1587,12 @@ def test_a_start_corrects_the_caller_named_decisions_the_saved_state_booked_when
             time.sleep(0.05)
         assert spent == pytest.approx(0.05, abs=1e-12)
     finally:
-        for client in (killed, replacement):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    client.__exit__(None, None, None)
+        _close(killed, replacement)
+
+
+def _close(*clients: Any) -> None:
+    """Stop each test client started (None: not started), whatever a stop before it raised."""
+    for client in clients:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.__exit__(None, None, None)

@@ -270,14 +270,7 @@ def test_probability_now_is_reused_for_a_while_and_priced_again_when_the_models_
     client.get("/v1/stats/live")  # builds the app's monitor
     monitor = client.app.state.monitor
     monitor._now_cache = None
-    calls: list[int] = []
-    priced = monitor._pmf_now
-
-    def counting(live: Any, contexts: Any) -> Any:
-        calls.append(len(contexts))
-        return priced(live, contexts)
-
-    monitor._pmf_now = counting
+    calls = _count_pmf_now(monitor)
     first = client.get("/v1/stats/live").json()["typical"]["now"]
     _traffic(client, 3)
     assert client.get("/v1/stats/live").json()["typical"]["now"] == first and len(calls) == 1
@@ -335,14 +328,7 @@ def test_a_wall_clock_set_back_keeps_neither_the_shadows_nor_probability_now_cac
     wall, steady = [time.time()], [0.0]
     monitor.clock, monitor.steady = (lambda: wall[0]), (lambda: steady[0])
     monitor._shadow_cache = monitor._now_cache = None
-    calls: list[int] = []
-    priced = monitor._pmf_now
-
-    def counting(live: Any, contexts: Any) -> Any:
-        calls.append(len(contexts))
-        return priced(live, contexts)
-
-    monitor._pmf_now = counting
+    calls = _count_pmf_now(monitor)
     assert client.get("/v1/stats/shadows").json()["n"] == 10
     client.get("/v1/stats/live")
     wall[0] -= 3600.0  # the wall clock is set back an hour
@@ -465,3 +451,16 @@ def test_a_model_no_longer_in_the_catalog_is_listed_for_its_past_decisions_and_m
     schema = client.get("/openapi.json").json()["components"]["schemas"]
     for name in ("ModelStats", "ModelSummary"):
         assert "in_catalog" in schema[name]["required"] and schema[name]["properties"]["in_catalog"]["description"]
+
+
+def _count_pmf_now(monitor: Any) -> list[int]:
+    """Make `monitor` note how many contexts each computation of `typical.now` priced (the list returned)."""
+    calls: list[int] = []
+    priced = monitor._pmf_now
+
+    def counting(live: Any, contexts: Any) -> Any:
+        calls.append(len(contexts))
+        return priced(live, contexts)
+
+    monitor._pmf_now = counting
+    return calls
