@@ -235,6 +235,11 @@ class Engine:
     @property
     def stalled(self) -> str | None:
         """Why the database is taken not to answer (the writer's round has waited more than `STALL_S`), else None."""
+        stall = self._stall()
+        return None if stall is None else stall[1]
+
+    def _stall(self) -> tuple[str, str] | None:
+        """(what `fault` calls it, why: `stalled`), from one look at the lock's holder, else None."""
         since = self.writer.busy_since
         if since is None:
             return None
@@ -242,10 +247,11 @@ class Engine:
         if waited <= STALL_S:
             return None
         if (holder := self._lock_holder()) is not None:
-            return (f"this process has waited {waited:.0f} s for the log's write lock, which {holder} holds: a worker "
-                    "or replica stopped or cut off inside a write transaction (PostgreSQL ends such a session once it "
-                    "has been idle in its transaction for 10 s)")
-        return f"the database has not answered for {waited:.0f} s"
+            return "log locked", (
+                f"this process has waited {waited:.0f} s for the log's write lock, which {holder} holds: a worker "
+                "or replica stopped or cut off inside a write transaction (PostgreSQL ends such a session once it "
+                "has been idle in its transaction for 10 s)")
+        return "database not answering", f"the database has not answered for {waited:.0f} s"
 
     def _lock_holder(self) -> str | None:
         """Who holds the log's lock the writer waits for (PostgreSQL: `PostgresStore.lock_holder`), else None."""
@@ -267,8 +273,8 @@ class Engine:
             return self._migrated
         if self._unreachable is not None:
             return f"database unreachable: {self._unreachable}"
-        if (stalled := self.stalled) is not None:
-            return f"{'log locked' if self._lock_holder() else 'database not answering'}: {stalled}"
+        if (stall := self._stall()) is not None:
+            return f"{stall[0]}: {stall[1]}"
         if (failed := self.writer.write_failed) is not None and self._serving:
             return f"the last write failed: {failed}"
         if not self.writer.accepting:
