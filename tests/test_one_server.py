@@ -20,6 +20,7 @@ from file_modes import under_file_modes
 from typer.testing import CliRunner
 
 from bandit_router.cli import app as cli_app
+from bandit_router.service.metricsdir import PREFIX, default_parent
 from bandit_router.store import SQLiteStore
 from bandit_router.store.serverlock import SUFFIX as SERVER_LOCK_SUFFIX
 from bandit_router.store.serverlock import DatabaseInUse, ServerLock
@@ -129,6 +130,8 @@ def test_workers_share_the_file_and_keep_it_when_their_parent_is_killed(servers:
         assert "already served" in message
 
     server.stop()  # SIGKILL to its process group: the workers too
+    # and their metrics folder (3 MB in /dev/shm) removed: no later start here would (one worker makes none)
+    assert not list(default_parent().glob(f"{PREFIX}{server.process.pid}-*"))
     restarted = servers()
     restarted.wait_ready(60)
 

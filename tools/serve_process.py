@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from bandit_router.service.metricsdir import PREFIX, default_parent, remove_stale
 from tools.loopback import loopback
 
 LOG_TAIL = 2000
@@ -56,6 +57,7 @@ class ServeProcess:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("BANDIT_ROUTER_")}
         self.logpath = folder / f"{log_name}-{self.port}.log"
         self._log = self.logpath.open("wb")
+        self._default_metrics = "BANDIT_ROUTER_METRICS_DIR" not in (env or {})
         self.process = subprocess.Popen([*command, "serve", "--port", str(self.port), *args], cwd=folder,
                                         env={**clean, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True, preexec_fn=preexec_fn)
@@ -92,7 +94,10 @@ class ServeProcess:
         `grace_s` to shut down (its workers with it; a `--workers` server removes its metrics folder, 3 MB in
         /dev/shm, which a kill leaves until the next such start); then SIGKILL to the whole group (workers whose
         parent was killed alone, a server that did not stop in time); then close the log. A server already dead
-        (`kill9`: a crash) is left as it died, its metrics folder too."""
+        (`kill9`: a crash) is left as it died, and so is its metrics folder when the test chose the folder's
+        parent (`BANDIT_ROUTER_METRICS_DIR`); in the default parent (/dev/shm) the folder of a server killed here
+        or before is removed: nothing else would (only a later `--workers` start removes stale folders), and a
+        parallel suite's last ones stayed after it."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -103,3 +108,15 @@ class ServeProcess:
             self.process.kill()
         self.process.wait(30)
         self._log.close()
+        if self._default_metrics:
+            self._remove_metrics_folder()
+
+    def _remove_metrics_folder(self, timeout: float = 10.0) -> None:
+        """Remove this server's metrics folder in the default parent once its last process is gone: the workers
+        of a killed group exit on their own time, holding the folder's lock until they do."""
+        parent, deadline = default_parent(), time.monotonic() + timeout
+        while True:
+            remove_stale(parent, made_by=self.process.pid)
+            if not list(parent.glob(f"{PREFIX}{self.process.pid}-*")) or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)

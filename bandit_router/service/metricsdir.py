@@ -124,12 +124,12 @@ def _claim(folder: Path) -> int:
     return fd
 
 
-def remove_stale(parent: Path) -> list[Path]:
+def remove_stale(parent: Path, made_by: int | None = None) -> list[Path]:
     """Remove the folders `serve` made in `parent` whose server and workers are all gone (their `owner.lock` can be
-    locked exclusively); the removed folders. A folder without a lock file (an older version's, or one being made)
-    is left alone."""
+    locked exclusively), only those of the `serve` with pid `made_by` if given; the removed folders. A folder
+    without a lock file (an older version's, or one being made) is left alone."""
     removed = []
-    for folder in parent.glob(f"{PREFIX}*"):
+    for folder in parent.glob(f"{PREFIX}{'' if made_by is None else f'{made_by}-'}*"):
         try:
             fd = os.open(folder / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
