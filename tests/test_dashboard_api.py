@@ -464,3 +464,22 @@ def _count_pmf_now(monitor: Any) -> list[int]:
 
     monitor._pmf_now = counting
     return calls
+
+
+def test_shadows_weigh_only_the_live_policys_decisions_as_the_promotion_does(make: Callable[..., Any]) -> None:
+    """A restart with another live policy and the same shadow: the shadow's pmf was logged with the decisions of both
+    policies, and the dashboard estimated "the live policy" on all of them (its row named the new policy, its value
+    was the mix's) where the promotion check takes only the live policy's own, so the two could disagree. Found
+    driving `serve` through a policy change (hunt-ope)."""
+    first = make(shadow_policies=("linucb",))
+    _traffic(first, 30, feedback_every=1)
+    first.__exit__(None, None, None)
+    client = make(policy="random", shadow_policies=("linucb",))
+    _traffic(client, 24, feedback_every=1)
+    body = client.get("/v1/stats/shadows").json()
+    ShadowsOut.model_validate(body)
+    assert body["live"] == "random" and body["n"] == 24
+    check = client.app.state.engine.promotion_check("linucb")
+    assert check["n"] == 24
+    live = body["estimates"][0]
+    assert live["role"] == "live" and live["value"] == pytest.approx(check["live_value"])

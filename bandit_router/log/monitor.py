@@ -218,14 +218,15 @@ class Monitor:
         out: dict[str, Any] = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr"}
         if not names:
             return {**out, "n": 0, "estimates": [], "reason": "no shadow policies are configured"}
-        records = [
+        live = self.policies.live.policy.name  # what the live router writes into each decision's `policy`
+        records = [  # the live policy's own, as the promotion check weighs them: not a policy live before it
             r for r in recent_log(self.store, SHADOW_DECISIONS)
-            if r.outcome is not None and all(name in r.shadow_pmfs for name in names)
+            if r.outcome is not None and r.decision.policy == live and all(name in r.shadow_pmfs for name in names)
         ]
         out["n"] = len(records)
         if len(records) < 20:
-            return {**out, "estimates": [], "reason": f"{len(records)} recent decisions with feedback logged every "
-                    "shadow's pmf; at least 20 are needed"}
+            return {**out, "estimates": [], "reason": f"{len(records)} recent decisions of the live policy with "
+                    "feedback logged every shadow's pmf; at least 20 are needed"}
         specs = {s.name: s for s in self.catalog()}
         for logged in records:
             for name in logged.decision.models:
