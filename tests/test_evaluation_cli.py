@@ -134,6 +134,31 @@ def test_a_log_of_one_feedback_is_counted_in_the_singular(tmp_path: Path) -> Non
     assert "only 1 round to evaluate on" in result.output
 
 
+def test_evaluate_of_a_log_of_two_live_policies_says_so_and_takes_one_with_policy(tmp_path: Path) -> None:
+    """A restart with another `policy`: `evaluate` compared every candidate with `logged`, the two policies' mix,
+    without a word, and had no way to take the decisions of the policy live now (the promotion check weighs those
+    alone). It warns, naming the policies, and `--policy NAME` evaluates that policy's decisions alone. Found driving
+    `serve` through a policy change (hunt-ope)."""
+    db = tmp_path / "service.db"
+    for policy, n, seed in (("random", 12, 1), ("fixed:gpt-4o", 8, 2)):
+        with TestClient(create_app(Settings(db=db, seed=3, policy=policy, shadow_policies=("linucb",)))) as client:
+            _rounds(_ready(client).post, n, seed=seed)
+    runner = CliRunner()
+    both = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "--estimators", "snips"])
+    assert both.exit_code == 0, both.output
+    assert "20 decisions with feedback were made by 2 live policies, in log order: random (12), fixed:gpt-4o (8)" \
+        in both.output and "evaluate --policy" in both.output
+    one = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "--estimators", "snips",
+                                  "--policy", "fixed:gpt-4o"])
+    assert one.exit_code == 0, one.output
+    assert "8 decisions with feedback evaluated (8 logged)" in one.output and "live policies" not in one.output
+    assert "| shadow:linucb | snips | " in one.output
+    unknown = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--policy", "linucb"])
+    assert unknown.exit_code == 2
+    assert "--policy linucb: no decision of the log was made by that policy; the log's policies (decisions): " \
+           "random (12), fixed:gpt-4o (8)" in unknown.output
+
+
 def test_evaluate_and_export_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(cli_app, ["evaluate", "--db", str(tmp_path / "none.db"), "-C", "random"])

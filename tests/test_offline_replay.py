@@ -848,3 +848,19 @@ def test_a_candidate_measured_with_its_own_lambda_is_not_named_the_best(world: S
     assert "beats" not in line and "Not compared: random@lambda=0" in line
     same = evaluate_log(log.records, cands, models=world.models, estimators=("dr",), baselines=False)
     assert "Not compared" not in format_best(same)  # with the logged λ every candidate is on one scale
+
+
+def test_a_log_of_two_live_policies_says_logged_is_their_mix() -> None:
+    """After a restart with another `policy` (or a promotion) the log holds two live policies' decisions, and
+    `logged`, the baseline every candidate was compared with ("beats the logged policy"), was their mix without a
+    word: an operator read it as the value of the policy live now. A warning names the policies with their counts.
+    Found driving `serve` through a policy change (hunt-ope)."""
+    world = make_world(seed=5)
+    records = simulate_log(world, "random", 60, seed=5, cost_weight=20.0).records
+    one = evaluate_log(records, [], models=world.models, estimators=("snips",), n_bootstrap=0)
+    assert not [w for w in one.warnings if "live policies" in w]
+    changed = [r if i < 40 else dataclasses.replace(r, decision=dataclasses.replace(r.decision, policy="linucb"))
+               for i, r in enumerate(records)]
+    two = evaluate_log(changed, [], models=world.models, estimators=("snips",), n_bootstrap=0)
+    [warning] = [w for w in two.warnings if "live policies" in w]
+    assert "2 live policies" in warning and "random (40), linucb (20)" in warning and "'linucb'" in warning

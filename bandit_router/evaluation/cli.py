@@ -20,7 +20,7 @@ from ..store.location import DatabaseURL, parse_database, redact_urls
 from ..store.location import open_store as open_location
 from .log import LoggedRecord
 from .removed import CatalogLacksModels, without_guessed_cause
-from .store_log import iter_log, model_specs, shadow_names, with_feedback
+from .store_log import iter_log, model_specs, policy_counts, shadow_names, with_feedback
 
 EVALUATE_HELP = """Estimate, from a service database alone, what other policies would have earned on its traffic.
 
@@ -71,7 +71,7 @@ def _refuse_with_escalations(command: str, ctx: typer.Context, names: tuple[str,
                              f"{'it' if one else 'them'} out, or leave out --escalations")
 
 
-ESCALATIONS_IGNORE = {"evaluate": ("config", "estimators", "mode", "reward_lambda", "baselines", "seed"),
+ESCALATIONS_IGNORE = {"evaluate": ("config", "estimators", "mode", "reward_lambda", "baselines", "seed", "policy"),
                       "export": ("config", "include_unlabeled")}
 """The options of `evaluate` and `export` that their `--escalations` does not read."""
 
@@ -198,6 +198,9 @@ def evaluate(
     baselines: Annotated[bool, typer.Option(help="Also report logged, random and fixed:<model>.")] = True,
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Seed of the replays, bootstraps and cross-fitting.")] = 0,
+    policy: Annotated[
+        str | None, typer.Option(help="Only the decisions this live policy made (as `/v1/stats` names it).")
+    ] = None,
     escalations: Annotated[
         bool, typer.Option(help="Evaluate escalation rules on the learned cascades' chains instead.")
     ] = False,
@@ -224,12 +227,18 @@ def evaluate(
         catalog = _catalog(config)
         store = open_store(db)
         try:
-            records, without_feedback = with_feedback(store)
+            records, without_feedback = with_feedback(store, policy=policy)
             specs = model_specs(store, catalog)
+            policies = policy_counts(store) if policy is not None and not records else {}
         finally:
             store.close()
+        if policy is not None and policy not in policies and not records:
+            spelt = ", ".join(f"{name} ({n})" for name, n in policies.items()) or "none"
+            raise _fail("evaluate", f"--policy {policy}: no decision of the log was made by that policy; the log's "
+                                    f"policies (decisions): {spelt}")
         if not records:
-            message = f"{redact_urls(db)} holds no decision with learned feedback: nothing to evaluate"
+            of = "" if policy is None else f" of policy {policy!r}"
+            message = f"{redact_urls(db)} holds no decision{of} with learned feedback: nothing to evaluate"
             raise _fail("evaluate", message, 1)
         if config is None:
             unlisted = _unlisted(records, specs)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -365,7 +366,21 @@ def _prepare(
             f"{dropped} of {n_every} decisions have no feedback and were left out; if feedback is missing more "
             f"often for some models than others, every estimate is biased"
         )
+    warnings.extend(mixed_policy_warnings(logged))
     return _Prepared(n_every, logged, arrays, wanted, replays, warnings)
+
+
+def mixed_policy_warnings(logged: Sequence[LoggedRecord]) -> list[str]:
+    """A warning when the decisions were made by more than one live policy (a restart with another `policy`, a
+    promotion): `logged` estimates their mix, V = Σ_p (n_p/n)·V_p, not the value of the policy live at the end."""
+    counts = Counter(record.decision.policy for record in logged)
+    if len(counts) < 2:
+        return []
+    last = logged[-1].decision.policy
+    spelt = ", ".join(f"{name} ({n})" for name, n in counts.items())
+    return [f"the {len(logged)} decisions with feedback were made by {len(counts)} live policies, in log order: "
+            f"{spelt}; `logged` is their mix, not the value of the policy live last ({last!r}): to compare "
+            "candidates with that one, evaluate its decisions alone (`bandit-router evaluate --policy`)"]
 
 
 def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRecord], int]:
