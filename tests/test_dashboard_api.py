@@ -483,3 +483,21 @@ def test_shadows_weigh_only_the_live_policys_decisions_as_the_promotion_does(mak
     assert check["n"] == 24
     live = body["estimates"][0]
     assert live["role"] == "live" and live["value"] == pytest.approx(check["live_value"])
+
+
+def test_shadows_are_estimated_after_a_model_left_the_catalog_file(make: Callable[..., Any]) -> None:
+    """A restart whose catalog file no longer has a model the recent decisions allowed: the panel said only "the
+    shadows could not be evaluated: unknown model 'c'" (until 2,000 newer decisions), while the promotion check
+    evaluates such a log (the candidates route among the other models, `evaluation/removed.py`). It estimates them
+    too now. Found driving `serve` through a catalog change (hunt-ope)."""
+    from bandit_router.catalog import ModelSpec
+
+    three = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0), ModelSpec("c", 1.0, 2.0))
+    first = make(models=three, shadow_policies=("linucb",))
+    _traffic(first, 24, feedback_every=1)
+    first.__exit__(None, None, None)
+    client = make(models=three[:2], shadow_policies=("linucb",))
+    body = client.get("/v1/stats/shadows").json()
+    ShadowsOut.model_validate(body)
+    assert body["n"] == 24 and body.get("reason") is None, body
+    assert [e["role"] for e in body["estimates"]] == ["live", "shadow"]

@@ -31,7 +31,7 @@ from typing import Any
 from .. import graphemes
 from ..budgets import BudgetConfig, BudgetPacer
 from ..catalog import ModelSpec
-from ..errors import BanditRouterError
+from ..errors import BanditRouterError, UnknownModel
 from ..router import Router
 from ..store import Store
 from ..store.records import unrouted
@@ -203,7 +203,7 @@ class Monitor:
                 return cached[1]
             try:
                 found = self._evaluate_shadows()
-            except BanditRouterError as exc:  # e.g. a logged model no catalog knows any more
+            except BanditRouterError as exc:  # e.g. every recent decision allowed only models the catalog no longer has
                 found = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr", "n": 0,
                          "estimates": [], "reason": f"the shadows could not be evaluated: {exc}"}
             result = {"computed_at": now, **found}
@@ -225,13 +225,17 @@ class Monitor:
         ]
         out["n"] = len(records)
         if len(records) < 20:
-            return {**out, "estimates": [], "reason": f"{len(records)} recent decisions of the live policy with "
-                    "feedback logged every shadow's pmf; at least 20 are needed"}
+            counted = f"{len(records)} recent decision{'' if len(records) == 1 else 's'}"
+            return {**out, "estimates": [], "reason": f"{counted} of the live policy with feedback logged every "
+                    "shadow's pmf; at least 20 are needed"}
         specs = {s.name: s for s in self.catalog()}
         for logged in records:
             for name in logged.decision.models:
                 if name not in specs:
-                    specs[name] = self.policies.live.spec(name)
+                    try:
+                        specs[name] = self.policies.live.spec(name)  # added at run time, or retired
+                    except UnknownModel:  # left the catalog file: evaluated as such (`evaluation.removed`)
+                        continue
         candidates = ["logged", *(f"shadow:{name}" for name in names)]
         evaluation = evaluate_log(records, candidates, models=specs, estimators=("dr",), baselines=False, seed=0)
         estimates = []
