@@ -470,6 +470,21 @@ def _log_then_remove_gamma(tmp_path: Path, n: int, pinned: int = 0) -> tuple[Pat
     return db, config
 
 
+def test_export_with_a_catalog_that_lost_a_model_of_the_log_says_so(tmp_path: Path) -> None:
+    """`export --config` with a catalog file that no longer has a model of the log wrote its actions with their
+    name alone (no tags, no `price`: other features than the other actions' for a VW model trained on the file)
+    without a word; without `--config` it warned. It warns with `--config` too, naming the model. Found exporting
+    the log of a `serve` run through a catalog change (hunt-ope)."""
+    db, config = _log_then_remove_gamma(tmp_path, 4)
+    out = tmp_path / "log.dsjson"
+    result = CliRunner().invoke(cli_app, ["export", "--db", str(db), "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "warning: gamma: a model of the log without an entry in the catalog of --config (removed from the " \
+           "catalog since?): its actions are exported with their name alone, without tags or price" in result.stderr
+    actions = [a["a"] for line in out.read_text().splitlines() for a in json.loads(line)["c"]["_multi"]]
+    assert {"model": "gamma"} in actions and all("price" in a for a in actions if a["model"] != "gamma")
+
+
 def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: Path) -> None:
     """`evaluate --config` with a catalog file that no longer has a model of the log stopped before any estimate
     ("the log mentions models without a catalog entry: ['gamma']"), the candidates' as well as the baselines'. It

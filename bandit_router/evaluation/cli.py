@@ -342,9 +342,14 @@ def export(
             store.close()
     except (ConfigError, StoreError, BanditRouterError, OSError) as exc:
         raise _fail("export", str(exc)) from None
-    unlisted = sorted(seen - set(specs)) if config is None else []
-    if unlisted:  # their actions are exported with their name alone: no tags, no price
+    unlisted = sorted(seen - set(specs))
+    if unlisted and config is None:  # their actions are exported with their name alone: no tags, no price
         typer.echo(f"warning: {_unlisted_models(unlisted)}", err=True)
+    elif unlisted:
+        one = len(unlisted) == 1
+        typer.echo(f"warning: {', '.join(unlisted)}: {'a model' if one else 'models'} of the log without an entry in "
+                   f"the catalog of --config (removed from the catalog since?): {'its' if one else 'their'} actions "
+                   "are exported with their name alone, without tags or price", err=True)
     if out is not None:
         typer.echo(f"wrote {written} event{'' if written == 1 else 's'} to {out}", err=True)
 
