@@ -137,26 +137,46 @@ def test_a_log_of_one_feedback_is_counted_in_the_singular(tmp_path: Path) -> Non
 def test_evaluate_of_a_log_of_two_live_policies_says_so_and_takes_one_with_policy(tmp_path: Path) -> None:
     """A restart with another `policy`: `evaluate` compared every candidate with `logged`, the two policies' mix,
     without a word, and had no way to take the decisions of the policy live now (the promotion check weighs those
-    alone). It warns, naming the policies, and `--policy NAME` evaluates that policy's decisions alone. Found driving
-    `serve` through a policy change (hunt-ope)."""
+    alone). It warns, naming the policies, and `--policy NAME` evaluates on that policy's decisions, every decision
+    still teaching the candidates as the service taught the new policy (it replays the whole log into it): the
+    replayed `linucb` then decides on its decisions exactly as the live one did. Found driving `serve` through a
+    policy change (hunt-ope)."""
+    from bandit_router.evaluation import evaluate_log
+    from bandit_router.evaluation.cli import open_store
+    from bandit_router.evaluation.store_log import model_specs, with_feedback
+
     db = tmp_path / "service.db"
-    for policy, n, seed in (("random", 12, 1), ("fixed:gpt-4o", 8, 2)):
-        with TestClient(create_app(Settings(db=db, seed=3, policy=policy, shadow_policies=("linucb",)))) as client:
+    for policy, n, seed in (("random", 12, 1), ("linucb", 10, 2)):
+        with TestClient(create_app(Settings(db=db, seed=3, policy=policy, shadow_policies=("lints",)))) as client:
             _rounds(_ready(client).post, n, seed=seed)
     runner = CliRunner()
     both = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "--estimators", "snips"])
     assert both.exit_code == 0, both.output
-    assert "20 decisions with feedback were made by 2 live policies, in log order: random (12), fixed:gpt-4o (8)" \
+    assert "22 decisions with feedback were made by 2 live policies, in log order: random (12), linucb (10)" \
         in both.output and "evaluate --policy" in both.output
     one = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "--estimators", "snips",
-                                  "--policy", "fixed:gpt-4o"])
+                                  "--policy", "linucb"])
     assert one.exit_code == 0, one.output
-    assert "8 decisions with feedback evaluated (8 logged)" in one.output and "live policies" not in one.output
-    assert "| shadow:linucb | snips | " in one.output
-    unknown = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--policy", "linucb"])
+    assert "10 decisions with feedback evaluated (22 logged)" in one.output and "live policies" not in one.output
+    assert "| shadow:lints | snips | " in one.output
+    unknown = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--policy", "lints"])
     assert unknown.exit_code == 2
-    assert "--policy linucb: no decision of the log was made by that policy; the log's policies (decisions): " \
-           "random (12), fixed:gpt-4o (8)" in unknown.output
+    assert "policy 'lints': none of the 22 decisions with feedback was made by that policy; theirs: random (12), " \
+           "linucb (10)" in unknown.output
+    store = open_store(db)
+    try:
+        records, _ = with_feedback(store)
+        specs = model_specs(store, Settings().load_catalog())
+    finally:
+        store.close()
+    evaluation = evaluate_log(records, ["linucb"], models=specs, estimators=("snips",), policy="linucb",
+                              baselines=False, n_bootstrap=0)
+    replayed = evaluation.replays["linucb"]
+    assert replayed.evaluated.tolist() == [False] * 12 + [True] * 10
+    columns = [replayed.models.index(m) for m in PAIR]
+    for row, record in zip(replayed.target_pmf[12:], records[12:], strict=True):
+        assert [row[i] for i in columns] == pytest.approx([dict(zip(record.decision.models, record.decision.pmf,
+                                                                     strict=True))[m] for m in PAIR], abs=1e-9)
 
 
 def test_evaluate_and_export_errors(tmp_path: Path) -> None:

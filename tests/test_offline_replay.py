@@ -864,3 +864,4 @@ def test_a_log_of_two_live_policies_says_logged_is_their_mix() -> None:
     two = evaluate_log(changed, [], models=world.models, estimators=("snips",), n_bootstrap=0)
     [warning] = [w for w in two.warnings if "live policies" in w]
     assert "2 live policies" in warning and "random (40), linucb (20)" in warning and "'linucb'" in warning
+

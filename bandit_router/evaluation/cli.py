@@ -20,7 +20,7 @@ from ..store.location import DatabaseURL, parse_database, redact_urls
 from ..store.location import open_store as open_location
 from .log import LoggedRecord
 from .removed import CatalogLacksModels, without_guessed_cause
-from .store_log import iter_log, model_specs, policy_counts, shadow_names, with_feedback
+from .store_log import iter_log, model_specs, shadow_names, with_feedback
 
 EVALUATE_HELP = """Estimate, from a service database alone, what other policies would have earned on its traffic.
 
@@ -199,7 +199,8 @@ def evaluate(
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Seed of the replays, bootstraps and cross-fitting.")] = 0,
     policy: Annotated[
-        str | None, typer.Option(help="Only the decisions this live policy made (as `/v1/stats` names it).")
+        str | None, typer.Option(help="Evaluate on the decisions this live policy made (as `/v1/stats` names it); "
+                                      "every decision still teaches the candidates.")
     ] = None,
     escalations: Annotated[
         bool, typer.Option(help="Evaluate escalation rules on the learned cascades' chains instead.")
@@ -227,22 +228,17 @@ def evaluate(
         catalog = _catalog(config)
         store = open_store(db)
         try:
-            records, without_feedback = with_feedback(store, policy=policy)
+            records, without_feedback = with_feedback(store)
             specs = model_specs(store, catalog)
-            policies = policy_counts(store) if policy is not None and not records else {}
         finally:
             store.close()
-        if policy is not None and policy not in policies and not records:
-            spelt = ", ".join(f"{name} ({n})" for name, n in policies.items()) or "none"
-            raise _fail("evaluate", f"--policy {policy}: no decision of the log was made by that policy; the log's "
-                                    f"policies (decisions): {spelt}")
         if not records:
-            of = "" if policy is None else f" of policy {policy!r}"
-            message = f"{redact_urls(db)} holds no decision{of} with learned feedback: nothing to evaluate"
+            message = f"{redact_urls(db)} holds no decision with learned feedback: nothing to evaluate"
             raise _fail("evaluate", message, 1)
         if config is None:
             unlisted = _unlisted(records, specs)
-        shadows, partial = shadow_names(records)
+        # with --policy, a shadow need only be logged with that policy's decisions (the ones evaluated)
+        shadows, partial = shadow_names(r for r in records if policy is None or r.decision.policy == policy)
         for name in partial:
             typer.echo(f"warning: shadow {name!r} was not logged with every decision; not evaluated", err=True)
         specs_given += [f"shadow:{name}" for name in shadows if f"shadow:{name}" not in specs_given]
@@ -257,6 +253,7 @@ def evaluate(
             reward_lambda=lam,
             confidence=confidence,
             seed=seed,
+            policy=policy,
         )
     except CatalogLacksModels as exc:
         if not unlisted or not set(exc.models) <= set(unlisted):

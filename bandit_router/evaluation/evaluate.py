@@ -176,7 +176,9 @@ class EvaluationConfig:
     (`normal` or `bootstrap`: which interval is primary), `n_bootstrap` (replicates of the bootstrap intervals),
     `dm_bootstrap` (refits behind DM's standard error). `max_weight`: clipped IPS's M. `ridge`, `folds`,
     `feature_dim`: the reward model of DM/DR (ridge per model on `dense_vector` features, cross-fitted).
-    `thresholds`: when overlap warnings are raised. `seed`: every random choice of the evaluation.
+    `thresholds`: when overlap warnings are raised. `seed`: every random choice of the evaluation. `policy`: evaluate
+    only the decisions that live policy made (their `decision.policy`); every decision still teaches the replayed
+    candidates, in log order, as it taught the live policy (a service replays the whole log into a new policy).
     """
 
     estimators: Sequence[str] = DEFAULT_ESTIMATORS
@@ -195,6 +197,7 @@ class EvaluationConfig:
     feature_dim: int = DEFAULT_FEATURE_DIM
     thresholds: OverlapThresholds = field(default_factory=OverlapThresholds)
     seed: int = 0
+    policy: str | None = None
 
     def __post_init__(self) -> None:
         if self.thresholds is None:  # `thresholds=None`: the defaults
@@ -228,6 +231,9 @@ class EvaluationConfig:
             make_estimator(name)  # fail early on an unknown name
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InvalidInput(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.policy is not None and (not isinstance(self.policy, str) or not self.policy):
+            raise InvalidInput(f"policy must be a live policy's name (a decision's `policy`) or None, got "
+                               f"{self.policy!r}")
 
     def lam_of(self, candidate: Candidate) -> float | None:
         """The λ `candidate`'s reward is measured with (None: each request's logged λ)."""
@@ -260,7 +266,7 @@ class EvaluationConfig:
 
 _SETTINGS_ORDER = (
     "estimators", "train_fraction", "reward_lambda", "latency_weight", "confidence", "interval", "n_bootstrap",
-    "dm_bootstrap", "max_weight", "ridge", "folds", "feature_dim", "seed", "thresholds",
+    "dm_bootstrap", "max_weight", "ridge", "folds", "feature_dim", "seed", "thresholds", "policy",
 )  # fmt: skip
 
 
@@ -331,6 +337,7 @@ def _prepare(
     if not logged:  # else the first replayed candidate's router fails: "a router needs at least one model"
         raise InvalidInput(f"no logged decision with feedback to evaluate on ({n_every} decisions, none with "
                            "feedback)")
+    mixed = mixed_policy_warnings(logged, config.policy)  # before the replays: a policy no decision has is refused
     check_priced(logged, specs, mode=config.mode, train_fraction=config.train_fraction)
     arrays = log_arrays(logged, specs, feature_dim=config.feature_dim)
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
@@ -357,6 +364,7 @@ def _prepare(
             seed=config.seed,
             latency_weight=config.latency_weight,
             models=arrays.models,
+            policy=config.policy,
         )
         for c in wanted
     }
@@ -366,14 +374,21 @@ def _prepare(
             f"{dropped} of {n_every} decisions have no feedback and were left out; if feedback is missing more "
             f"often for some models than others, every estimate is biased"
         )
-    warnings.extend(mixed_policy_warnings(logged))
+    warnings.extend(mixed)
     return _Prepared(n_every, logged, arrays, wanted, replays, warnings)
 
 
-def mixed_policy_warnings(logged: Sequence[LoggedRecord]) -> list[str]:
+def mixed_policy_warnings(logged: Sequence[LoggedRecord], policy: str | None = None) -> list[str]:
     """A warning when the decisions were made by more than one live policy (a restart with another `policy`, a
-    promotion): `logged` estimates their mix, V = Σ_p (n_p/n)·V_p, not the value of the policy live at the end."""
+    promotion): `logged` estimates their mix, V = Σ_p (n_p/n)·V_p, not the value of the policy live at the end.
+    With `policy` (only its decisions are evaluated): none, or `InvalidInput` when no decision carries it."""
     counts = Counter(record.decision.policy for record in logged)
+    if policy is not None:
+        if policy not in counts:
+            spelt = ", ".join(f"{name} ({n})" for name, n in counts.items())
+            raise InvalidInput(f"policy {policy!r}: none of the {len(logged)} decisions with feedback was made by "
+                               f"that policy; theirs: {spelt}")
+        return []
     if len(counts) < 2:
         return []
     last = logged[-1].decision.policy

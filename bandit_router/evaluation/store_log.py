@@ -35,28 +35,18 @@ def iter_log(store: Store, *, page: int = PAGE, fallbacks: bool = False) -> Iter
         yield from records
 
 
-def with_feedback(store: Store, *, policy: str | None = None) -> tuple[list[LoggedRecord], int]:
+def with_feedback(store: Store) -> tuple[list[LoggedRecord], int]:
     """`iter_log`'s records that have feedback, and how many had none: what `evaluate_log` keeps of a log (its
     `without_feedback`), read in one pass without holding the decisions that have no feedback (most of a log whose
-    callers send feedback for a sample). With `policy`, only the decisions that live policy made (their `policy`)."""
+    callers send feedback for a sample)."""
     kept: list[LoggedRecord] = []
     without = 0
     for record in iter_log(store):
-        if policy is not None and record.decision.policy != policy:
-            continue
         if record.outcome is None:
             without += 1
         else:
             kept.append(record)
     return kept, without
-
-
-def policy_counts(store: Store) -> dict[str, int]:
-    """How many of `iter_log`'s decisions each live policy made, in the order of their first decision."""
-    counts: dict[str, int] = {}
-    for record in iter_log(store):
-        counts[record.decision.policy] = counts.get(record.decision.policy, 0) + 1
-    return counts
 
 
 def recent_log(store: Store, limit: int) -> list[LoggedRecord]:
