@@ -865,3 +865,18 @@ def test_a_log_of_two_live_policies_says_logged_is_their_mix() -> None:
     [warning] = [w for w in two.warnings if "live policies" in w]
     assert "2 live policies" in warning and "random (40), linucb (20)" in warning and "'linucb'" in warning
 
+
+def test_a_shadow_in_the_replay_mode_is_rejection_sampled_like_any_fixed_policy() -> None:
+    """`--mode replay` reported every `shadow:NAME` with the logged policy's value: its rounds were all taken as
+    accepted, whatever the shadow would have chosen (on a service log: shadow:linucb 0.747 on 420 of 420 rounds,
+    exactly `logged`'s). A shadow is rejection-sampled as a fixed policy is: one whose pmf is `fixed:<model>`'s
+    gets `fixed:<model>`'s estimate, on the same accepted rounds. Found on a `serve` log (hunt-ope)."""
+    world = make_world(seed=7)
+    records = simulate_log(world, "random", 240, seed=7, cost_weight=20.0).records
+    model = world.models[0].name
+    with_shadow = [dataclasses.replace(r, shadow_pmfs={"always": tuple(float(m == model) for m in r.decision.models)})
+                   for r in records]
+    ev = evaluate_log(with_shadow, ["shadow:always", f"fixed:{model}"], models=world.models, mode="replay",
+                      baselines=False)
+    shadow, fixed = ev.record("shadow:always", "replay"), ev.record(f"fixed:{model}", "replay")
+    assert shadow.value == fixed.value and shadow.n == fixed.n < len(records) // 2

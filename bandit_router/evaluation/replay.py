@@ -172,6 +172,8 @@ def replay(
             if pmf is None:
                 raise InvalidInput(f"decision {record.decision.decision_id!r} has no pmf of shadow {cand.shadow!r}")
             target[i] = _row(names, record.decision.models, pmf)
+        if mode == "replay":  # a fixed policy as `fixed:…` is: its rounds were all taken, so it scored `logged`'s value
+            return _rejection_sample(records, cand, names, target, has_feedback, seed, left_out)
         return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
 
     known = [by_name[m] for m in names if m in by_name]
