@@ -501,3 +501,17 @@ def test_shadows_are_estimated_after_a_model_left_the_catalog_file(make: Callabl
     ShadowsOut.model_validate(body)
     assert body["n"] == 24 and body.get("reason") is None, body
     assert [e["role"] for e in body["estimates"]] == ["live", "shadow"]
+
+
+def test_shadows_are_estimated_anew_after_a_promotion(make: Callable[..., Any]) -> None:
+    """The shadow estimates were reused for 15 s whatever happened: right after a promotion the page (which asks at
+    once) was told the previous policy was live and offered to promote the policy now live (a 404). The reuse
+    holds while the live policy and the shadows are the same. Found promoting from the dashboard (hunt-ope)."""
+    client = make(shadow_policies=("linucb",))
+    _traffic(client, 24, feedback_every=1)
+    before = client.get("/v1/stats/shadows").json()
+    assert before["live"] == "default" and [e["name"] for e in before["estimates"]] == ["default", "linucb"]
+    assert client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True}).status_code == 200
+    after = client.get("/v1/stats/shadows").json()
+    assert after["live"] == "linucb" and after["n"] == 0 and after["estimates"] == []
+    assert "0 recent decisions of the live policy" in after["reason"]

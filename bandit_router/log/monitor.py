@@ -89,7 +89,8 @@ class Monitor:
         self.clock = clock
         self.steady = steady
         self._shadow_lock = threading.Lock()
-        self._shadow_cache: tuple[float, dict[str, Any]] | None = None
+        self._shadow_cache: tuple[float, tuple[str, ...], dict[str, Any]] | None = None
+        """(when (`steady`), (live policy, its shadows), the estimates): `SHADOW_TTL_S`, while the policies stay."""
         self._now_cache: tuple[float, _NowKey, dict[str, float | None]] | None = None
         """(when (`steady`), (live router, its models, the budget targets), `typical.now`): `NOW_TTL_S`."""
 
@@ -198,16 +199,17 @@ class Monitor:
         """Off-policy estimates of the shadows against the live policy (cached for `SHADOW_TTL_S`)."""
         with self._shadow_lock:
             now, since = self.clock(), self.steady()
+            key = (self.policies.live_name, *self.policies.shadows)  # a promotion changes them: estimate anew
             cached = self._shadow_cache
-            if cached is not None and 0.0 <= since - cached[0] < SHADOW_TTL_S:
-                return cached[1]
+            if cached is not None and cached[1] == key and 0.0 <= since - cached[0] < SHADOW_TTL_S:
+                return cached[2]
             try:
                 found = self._evaluate_shadows()
             except BanditRouterError as exc:  # e.g. every recent decision allowed only models the catalog no longer has
                 found = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr", "n": 0,
                          "estimates": [], "reason": f"the shadows could not be evaluated: {exc}"}
             result = {"computed_at": now, **found}
-            self._shadow_cache = (since, result)
+            self._shadow_cache = (since, key, result)
             return result
 
     def _evaluate_shadows(self) -> dict[str, Any]:
