@@ -139,21 +139,25 @@ def test_evaluate_of_a_log_of_two_live_policies_says_so_and_takes_one_with_polic
     without a word, and had no way to take the decisions of the policy live now (the promotion check weighs those
     alone). It warns, naming the policies, and `--policy NAME` evaluates on that policy's decisions, every decision
     still teaching the candidates as the service taught the new policy (it replays the whole log into it): the
-    replayed `linucb` then decides on its decisions exactly as the live one did. Found driving `serve` through a
+    replayed `linucb` then decides on its decisions exactly as the live one did. A shadow added at the restart is
+    evaluated there (without `--policy` the warning that leaves it out says so). Found driving `serve` through a
     policy change (hunt-ope)."""
     from bandit_router.evaluation import evaluate_log
     from bandit_router.evaluation.cli import open_store
     from bandit_router.evaluation.store_log import model_specs, with_feedback
 
     db = tmp_path / "service.db"
-    for policy, n, seed in (("random", 12, 1), ("linucb", 10, 2)):
-        with TestClient(create_app(Settings(db=db, seed=3, policy=policy, shadow_policies=("lints",)))) as client:
+    for policy, shadows, n, seed in (("random", (), 12, 1), ("linucb", ("lints",), 10, 2)):
+        with TestClient(create_app(Settings(db=db, seed=3, policy=policy, shadow_policies=shadows))) as client:
             _rounds(_ready(client).post, n, seed=seed)
     runner = CliRunner()
-    both = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "--estimators", "snips"])
+    both = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "-C", "random", "--estimators",
+                                   "snips"])
     assert both.exit_code == 0, both.output
     assert "22 decisions with feedback were made by 2 live policies, in log order: random (12), linucb (10)" \
         in both.output and "evaluate --policy" in both.output
+    assert "shadow 'lints' was not logged with every decision; not evaluated (--policy linucb evaluates it on that " \
+           "live policy's decisions, which all logged it)" in both.output
     one = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "--estimators", "snips",
                                   "--policy", "linucb"])
     assert one.exit_code == 0, one.output

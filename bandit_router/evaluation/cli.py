@@ -161,6 +161,18 @@ def _unlisted(records: list[LoggedRecord], specs: Mapping[str, ModelSpec]) -> li
     return sorted({m for r in records for m in r.decision.models} - set(specs))
 
 
+def _shadow_hint(records: list[LoggedRecord], shadow: str) -> str:
+    """Which live policies' decisions (with feedback) all logged `shadow`'s pmf: `--policy` evaluates it on those (a
+    shadow added at a restart, or the policy live before a promotion, was logged with the later decisions only)."""
+    counts: dict[str, list[int]] = {}
+    for record in records:
+        seen = counts.setdefault(record.decision.policy, [0, 0])
+        seen[0] += 1
+        seen[1] += shadow in record.shadow_pmfs
+    whole = [name for name, (n, logged) in counts.items() if n == logged]
+    return f" (--policy {whole[-1]} evaluates it on that live policy's decisions, which all logged it)" if whole else ""
+
+
 def _noting_models(records: Iterator[LoggedRecord], seen: set[str]) -> Iterator[LoggedRecord]:
     """`records` as they come, each decision's models added to `seen` (`export` streams the log)."""
     for record in records:
@@ -240,7 +252,8 @@ def evaluate(
         # with --policy, a shadow need only be logged with that policy's decisions (the ones evaluated)
         shadows, partial = shadow_names(r for r in records if policy is None or r.decision.policy == policy)
         for name in partial:
-            typer.echo(f"warning: shadow {name!r} was not logged with every decision; not evaluated", err=True)
+            typer.echo(f"warning: shadow {name!r} was not logged with every decision; not evaluated"
+                       f"{_shadow_hint(records, name) if policy is None else ''}", err=True)
         specs_given += [f"shadow:{name}" for name in shadows if f"shadow:{name}" not in specs_given]
         evaluation = evaluate_log(
             records,
