@@ -183,6 +183,29 @@ def test_evaluate_of_a_log_of_two_live_policies_says_so_and_takes_one_with_polic
                                                                      strict=True))[m] for m in PAIR], abs=1e-9)
 
 
+def test_evaluate_says_how_many_outcomes_are_the_default_reward(tmp_path: Path) -> None:
+    """With `default_reward`, a decision whose window closed without feedback is learned with that quality (a
+    `default` row). `evaluate` counted such decisions as decisions with feedback without a word ("8 decisions with
+    feedback evaluated" where callers had rated 2; `/v1/stats` says 2): every estimate was pulled toward the
+    default. They stay in (the policy learned them), with a warning giving their count. Found on a `serve` run
+    with `default_reward` (hunt-ope)."""
+    db = tmp_path / "service.db"
+    with TestClient(create_app(Settings(db=db, seed=3, reward_window_s=0.3, default_reward=0.4))) as client:
+        ids = [client.post("/v1/route", json={"prompt": f"question {i}"}).json()["decision_id"] for i in range(8)]
+        for decision_id in ids[:2]:
+            client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.9})
+        deadline = time.monotonic() + 10
+        while client.get("/v1/stats").json()["feedback_by_status"].get("default", 0) < 6:
+            assert time.monotonic() < deadline, "the windows did not close"
+            time.sleep(0.05)
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "-C", "random",
+                                          "--estimators", "snips"])
+    assert result.exit_code == 0, result.output
+    assert "8 decisions with feedback evaluated (8 logged)" in result.output
+    assert "warning: 6 of the 8 decisions with feedback have none from a caller: their reward window closed and " \
+           "the service learned its default_reward (quality 0.4) for them" in result.stderr
+
+
 def test_evaluate_and_export_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(cli_app, ["evaluate", "--db", str(tmp_path / "none.db"), "-C", "random"])

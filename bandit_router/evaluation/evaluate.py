@@ -375,7 +375,21 @@ def _prepare(
             f"often for some models than others, every estimate is biased"
         )
     warnings.extend(mixed)
+    warnings.extend(default_reward_warnings(logged))
     return _Prepared(n_every, logged, arrays, wanted, replays, warnings)
+
+
+def default_reward_warnings(logged: Sequence[LoggedRecord]) -> list[str]:
+    """A warning when some outcomes are the service's `default_reward` for a decision whose window closed without
+    feedback: the policy learned them, and every estimate counts them as observed, pulled toward that quality."""
+    imputed = [r.outcome.quality for r in logged if r.default_reward and r.outcome is not None]
+    if not imputed:
+        return []
+    low, high = min(imputed), max(imputed)
+    quality = f"{low:g}" if low == high else f"{low:g} to {high:g}"
+    return [f"{len(imputed)} of the {len(logged)} decisions with feedback have none from a caller: their reward window "
+            f"closed and the service learned its default_reward (quality {quality}) for them, as the policy did; every "
+            "estimate counts them as observed outcomes"]
 
 
 def mixed_policy_warnings(logged: Sequence[LoggedRecord], policy: str | None = None) -> list[str]:
