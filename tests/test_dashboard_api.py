@@ -68,6 +68,23 @@ def test_since_until_and_the_default_step(make: Callable[..., Any]) -> None:
     assert past["overall"]["decisions"] == 0 and set(past["quality"]) == {None}
 
 
+def test_an_until_on_a_bucket_boundary_adds_no_bucket_after_the_range(make: Callable[..., Any]) -> None:
+    """`until` on a multiple of `step` gave one more bucket, wholly after [since, until): the hour before this
+    minute was charted with this minute's traffic at its end (its totals, right, said 0). Found probing the
+    time filters' edges (hunt-ope)."""
+    client = make()
+    while True:  # the three decisions in one minute (a minute that ends meanwhile: send them again in the next)
+        minute = int(time.time() // 60) * 60
+        _traffic(client, 3)
+        if int(time.time() // 60) * 60 == minute:
+            break
+    before = client.get(f"/v1/stats/timeseries?since={minute - 3600}&until={minute}").json()
+    assert before["step"] == 60 and len(before["time"]) == 60 and before["time"][-1] == minute - 60
+    assert sum(before["decisions"]) == before["overall"]["decisions"] == 0
+    this = client.get(f"/v1/stats/timeseries?since={minute}&until={minute + 60}").json()
+    assert this["time"] == [minute] and this["decisions"][0] == this["overall"]["decisions"] >= 3
+
+
 def test_a_step_longer_than_the_range_does_not_widen_its_totals(make: Callable[..., Any]) -> None:
     """`overall` and `models` count the range asked for, not the bucket of `step` that holds it: five minutes
     that ended two minutes ago hold none of the traffic just sent, though their one bucket (a day) does."""
