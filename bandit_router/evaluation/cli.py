@@ -211,8 +211,8 @@ def evaluate(
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Seed of the replays, bootstraps and cross-fitting.")] = 0,
     policy: Annotated[
-        str | None, typer.Option(help="Evaluate on the decisions this live policy made (its name in `/v1/stats` `policy`); "
-                                      "every decision still teaches the candidates.")
+        str | None, typer.Option(help="Evaluate on the decisions this live policy made (its name in `/v1/stats` "
+                                      "`policy`); every decision still teaches the candidates.")
     ] = None,
     escalations: Annotated[
         bool, typer.Option(help="Evaluate escalation rules on the learned cascades' chains instead.")
