@@ -68,6 +68,23 @@ def test_since_until_and_the_default_step(make: Callable[..., Any]) -> None:
     assert past["overall"]["decisions"] == 0 and set(past["quality"]) == {None}
 
 
+def test_an_until_on_a_bucket_boundary_adds_no_bucket_after_the_range(make: Callable[..., Any]) -> None:
+    """`until` on a multiple of `step` gave one more bucket, wholly after [since, until): the hour before this
+    minute was charted with this minute's traffic at its end (its totals, right, said 0). Found probing the
+    time filters' edges (hunt-ope)."""
+    client = make()
+    while True:  # the three decisions in one minute (a minute that ends meanwhile: send them again in the next)
+        minute = int(time.time() // 60) * 60
+        _traffic(client, 3)
+        if int(time.time() // 60) * 60 == minute:
+            break
+    before = client.get(f"/v1/stats/timeseries?since={minute - 3600}&until={minute}").json()
+    assert before["step"] == 60 and len(before["time"]) == 60 and before["time"][-1] == minute - 60
+    assert sum(before["decisions"]) == before["overall"]["decisions"] == 0
+    this = client.get(f"/v1/stats/timeseries?since={minute}&until={minute + 60}").json()
+    assert this["time"] == [minute] and this["decisions"][0] == this["overall"]["decisions"] >= 3
+
+
 def test_a_step_longer_than_the_range_does_not_widen_its_totals(make: Callable[..., Any]) -> None:
     """`overall` and `models` count the range asked for, not the bucket of `step` that holds it: five minutes
     that ended two minutes ago hold none of the traffic just sent, though their one bucket (a day) does."""
@@ -464,3 +481,54 @@ def _count_pmf_now(monitor: Any) -> list[int]:
 
     monitor._pmf_now = counting
     return calls
+
+
+def test_shadows_weigh_only_the_live_policys_decisions_as_the_promotion_does(make: Callable[..., Any]) -> None:
+    """A restart with another live policy and the same shadow: the shadow's pmf was logged with the decisions of both
+    policies, and the dashboard estimated "the live policy" on all of them (its row named the new policy, its value
+    was the mix's) where the promotion check takes only the live policy's own, so the two could disagree. Found
+    driving `serve` through a policy change (hunt-ope)."""
+    first = make(shadow_policies=("linucb",))
+    _traffic(first, 30, feedback_every=1)
+    first.__exit__(None, None, None)
+    client = make(policy="random", shadow_policies=("linucb",))
+    _traffic(client, 24, feedback_every=1)
+    body = client.get("/v1/stats/shadows").json()
+    ShadowsOut.model_validate(body)
+    assert body["live"] == "random" and body["n"] == 24
+    check = client.app.state.engine.promotion_check("linucb")
+    assert check["n"] == 24
+    live = body["estimates"][0]
+    assert live["role"] == "live" and live["value"] == pytest.approx(check["live_value"])
+
+
+def test_shadows_are_estimated_after_a_model_left_the_catalog_file(make: Callable[..., Any]) -> None:
+    """A restart whose catalog file no longer has a model the recent decisions allowed: the panel said only "the
+    shadows could not be evaluated: unknown model 'c'" (until 2,000 newer decisions), while the promotion check
+    evaluates such a log (the candidates route among the other models, `evaluation/removed.py`). It estimates them
+    too now. Found driving `serve` through a catalog change (hunt-ope)."""
+    from bandit_router.catalog import ModelSpec
+
+    three = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0), ModelSpec("c", 1.0, 2.0))
+    first = make(models=three, shadow_policies=("linucb",))
+    _traffic(first, 24, feedback_every=1)
+    first.__exit__(None, None, None)
+    client = make(models=three[:2], shadow_policies=("linucb",))
+    body = client.get("/v1/stats/shadows").json()
+    ShadowsOut.model_validate(body)
+    assert body["n"] == 24 and body.get("reason") is None, body
+    assert [e["role"] for e in body["estimates"]] == ["live", "shadow"]
+
+
+def test_shadows_are_estimated_anew_after_a_promotion(make: Callable[..., Any]) -> None:
+    """The shadow estimates were reused for 15 s whatever happened: right after a promotion the page (which asks at
+    once) was told the previous policy was live and offered to promote the policy now live (a 404). The reuse
+    holds while the live policy and the shadows are the same. Found promoting from the dashboard (hunt-ope)."""
+    client = make(shadow_policies=("linucb",))
+    _traffic(client, 24, feedback_every=1)
+    before = client.get("/v1/stats/shadows").json()
+    assert before["live"] == "default" and [e["name"] for e in before["estimates"]] == ["default", "linucb"]
+    assert client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True}).status_code == 200
+    after = client.get("/v1/stats/shadows").json()
+    assert after["live"] == "linucb" and after["n"] == 0 and after["estimates"] == []
+    assert "0 recent decisions of the live policy" in after["reason"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -159,3 +160,11 @@ def test_the_timestamp_is_utc_cut_to_the_millisecond_and_a_time_that_is_none_is_
         return
     with pytest.raises(InvalidInput, match=f"decision {record.decision.decision_id!r}: created_at .* not a Unix time"):
         to_dsjson(moved)
+
+
+def test_an_outcome_of_the_default_reward_is_marked(log: SimulatedLog) -> None:
+    """A label that is the service's `default_reward` (a window closed without feedback) was exported as a caller's
+    report, with nothing to tell them apart. `_bandit_router.default_reward` marks it (hunt-ope)."""
+    record = log.records[0]
+    assert "default_reward" not in to_dsjson(record)["_bandit_router"]
+    assert to_dsjson(dataclasses.replace(record, default_reward=True))["_bandit_router"]["default_reward"] is True

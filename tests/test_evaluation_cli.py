@@ -134,6 +134,78 @@ def test_a_log_of_one_feedback_is_counted_in_the_singular(tmp_path: Path) -> Non
     assert "only 1 round to evaluate on" in result.output
 
 
+def test_evaluate_of_a_log_of_two_live_policies_says_so_and_takes_one_with_policy(tmp_path: Path) -> None:
+    """A restart with another `policy`: `evaluate` compared every candidate with `logged`, the two policies' mix,
+    without a word, and had no way to take the decisions of the policy live now (the promotion check weighs those
+    alone). It warns, naming the policies, and `--policy NAME` evaluates on that policy's decisions, every decision
+    still teaching the candidates as the service taught the new policy (it replays the whole log into it): the
+    replayed `linucb` then decides on its decisions exactly as the live one did. A shadow added at the restart is
+    evaluated there (without `--policy` the warning that leaves it out says so). Found driving `serve` through a
+    policy change (hunt-ope)."""
+    from bandit_router.evaluation import evaluate_log
+    from bandit_router.evaluation.cli import open_store
+    from bandit_router.evaluation.store_log import model_specs, with_feedback
+
+    db = tmp_path / "service.db"
+    for policy, shadows, n, seed in (("random", (), 12, 1), ("linucb", ("lints",), 10, 2)):
+        with TestClient(create_app(Settings(db=db, seed=3, policy=policy, shadow_policies=shadows))) as client:
+            _rounds(_ready(client).post, n, seed=seed)
+    runner = CliRunner()
+    both = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "-C", "random", "--estimators",
+                                   "snips"])
+    assert both.exit_code == 0, both.output
+    assert "22 decisions with feedback were made by 2 live policies, in log order: random (12), linucb (10)" \
+        in both.output and "evaluate --policy" in both.output
+    assert "shadow 'lints' was not logged with every decision; not evaluated (--policy linucb evaluates it on that " \
+           "live policy's decisions, which all logged it)" in both.output
+    one = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "--estimators", "snips",
+                                  "--policy", "linucb"])
+    assert one.exit_code == 0, one.output
+    assert "10 decisions with feedback evaluated (22 logged)" in one.output and "live policies" not in one.output
+    assert "| shadow:lints | snips | " in one.output
+    unknown = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--policy", "lints"])
+    assert unknown.exit_code == 2
+    assert "policy 'lints': none of the 22 decisions with feedback was made by that policy; theirs: random (12), " \
+           "linucb (10)" in unknown.output
+    store = open_store(db)
+    try:
+        records, _ = with_feedback(store)
+        specs = model_specs(store, Settings().load_catalog())
+    finally:
+        store.close()
+    evaluation = evaluate_log(records, ["linucb"], models=specs, estimators=("snips",), policy="linucb",
+                              baselines=False, n_bootstrap=0)
+    replayed = evaluation.replays["linucb"]
+    assert replayed.evaluated.tolist() == [False] * 12 + [True] * 10
+    columns = [replayed.models.index(m) for m in PAIR]
+    for row, record in zip(replayed.target_pmf[12:], records[12:], strict=True):
+        assert [row[i] for i in columns] == pytest.approx([dict(zip(record.decision.models, record.decision.pmf,
+                                                                     strict=True))[m] for m in PAIR], abs=1e-9)
+
+
+def test_evaluate_says_how_many_outcomes_are_the_default_reward(tmp_path: Path) -> None:
+    """With `default_reward`, a decision whose window closed without feedback is learned with that quality (a
+    `default` row). `evaluate` counted such decisions as decisions with feedback without a word ("8 decisions with
+    feedback evaluated" where callers had rated 2; `/v1/stats` says 2): every estimate was pulled toward the
+    default. They stay in (the policy learned them), with a warning giving their count. Found on a `serve` run
+    with `default_reward` (hunt-ope)."""
+    db = tmp_path / "service.db"
+    with TestClient(create_app(Settings(db=db, seed=3, reward_window_s=0.3, default_reward=0.4))) as client:
+        ids = [client.post("/v1/route", json={"prompt": f"question {i}"}).json()["decision_id"] for i in range(8)]
+        for decision_id in ids[:2]:
+            client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.9})
+        deadline = time.monotonic() + 10
+        while client.get("/v1/stats").json()["feedback_by_status"].get("default", 0) < 6:
+            assert time.monotonic() < deadline, "the windows did not close"
+            time.sleep(0.05)
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "-C", "random",
+                                          "--estimators", "snips"])
+    assert result.exit_code == 0, result.output
+    assert "8 decisions with feedback evaluated (8 logged)" in result.output
+    assert "warning: 6 of the 8 decisions with feedback have none from a caller: their reward window closed and " \
+           "the service learned its default_reward (quality 0.4) for them" in result.stderr
+
+
 def test_evaluate_and_export_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(cli_app, ["evaluate", "--db", str(tmp_path / "none.db"), "-C", "random"])
@@ -443,6 +515,21 @@ def _log_then_remove_gamma(tmp_path: Path, n: int, pinned: int = 0) -> tuple[Pat
     config.write_text("".join(f'[[models]]\nname = "{m.name}"\ninput_usd_per_mtok = {m.input_usd_per_mtok}\n'
                               f'output_usd_per_mtok = {m.output_usd_per_mtok}\n' for m in specs[:2]))
     return db, config
+
+
+def test_export_with_a_catalog_that_lost_a_model_of_the_log_says_so(tmp_path: Path) -> None:
+    """`export --config` with a catalog file that no longer has a model of the log wrote its actions with their
+    name alone (no tags, no `price`: other features than the other actions' for a VW model trained on the file)
+    without a word; without `--config` it warned. It warns with `--config` too, naming the model. Found exporting
+    the log of a `serve` run through a catalog change (hunt-ope)."""
+    db, config = _log_then_remove_gamma(tmp_path, 4)
+    out = tmp_path / "log.dsjson"
+    result = CliRunner().invoke(cli_app, ["export", "--db", str(db), "--config", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "warning: gamma: a model of the log without an entry in the catalog of --config (removed from the " \
+           "catalog since?): its actions are exported with their name alone, without tags or price" in result.stderr
+    actions = [a["a"] for line in out.read_text().splitlines() for a in json.loads(line)["c"]["_multi"]]
+    assert {"model": "gamma"} in actions and all("price" in a for a in actions if a["model"] != "gamma")
 
 
 def test_a_model_removed_from_the_catalog_file_does_not_stop_evaluate(tmp_path: Path) -> None:

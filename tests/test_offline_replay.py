@@ -848,3 +848,35 @@ def test_a_candidate_measured_with_its_own_lambda_is_not_named_the_best(world: S
     assert "beats" not in line and "Not compared: random@lambda=0" in line
     same = evaluate_log(log.records, cands, models=world.models, estimators=("dr",), baselines=False)
     assert "Not compared" not in format_best(same)  # with the logged λ every candidate is on one scale
+
+
+def test_a_log_of_two_live_policies_says_logged_is_their_mix() -> None:
+    """After a restart with another `policy` (or a promotion) the log holds two live policies' decisions, and
+    `logged`, the baseline every candidate was compared with ("beats the logged policy"), was their mix without a
+    word: an operator read it as the value of the policy live now. A warning names the policies with their counts.
+    Found driving `serve` through a policy change (hunt-ope)."""
+    world = make_world(seed=5)
+    records = simulate_log(world, "random", 60, seed=5, cost_weight=20.0).records
+    one = evaluate_log(records, [], models=world.models, estimators=("snips",), n_bootstrap=0)
+    assert not [w for w in one.warnings if "live policies" in w]
+    changed = [r if i < 40 else dataclasses.replace(r, decision=dataclasses.replace(r.decision, policy="linucb"))
+               for i, r in enumerate(records)]
+    two = evaluate_log(changed, [], models=world.models, estimators=("snips",), n_bootstrap=0)
+    [warning] = [w for w in two.warnings if "live policies" in w]
+    assert "2 live policies" in warning and "random (40), linucb (20)" in warning and "'linucb'" in warning
+
+
+def test_a_shadow_in_the_replay_mode_is_rejection_sampled_like_any_fixed_policy() -> None:
+    """`--mode replay` reported every `shadow:NAME` with the logged policy's value: its rounds were all taken as
+    accepted, whatever the shadow would have chosen (on a service log: shadow:linucb 0.747 on 420 of 420 rounds,
+    exactly `logged`'s). A shadow is rejection-sampled as a fixed policy is: one whose pmf is `fixed:<model>`'s
+    gets `fixed:<model>`'s estimate, on the same accepted rounds. Found on a `serve` log (hunt-ope)."""
+    world = make_world(seed=7)
+    records = simulate_log(world, "random", 240, seed=7, cost_weight=20.0).records
+    model = world.models[0].name
+    with_shadow = [dataclasses.replace(r, shadow_pmfs={"always": tuple(float(m == model) for m in r.decision.models)})
+                   for r in records]
+    ev = evaluate_log(with_shadow, ["shadow:always", f"fixed:{model}"], models=world.models, mode="replay",
+                      baselines=False)
+    shadow, fixed = ev.record("shadow:always", "replay"), ev.record(f"fixed:{model}", "replay")
+    assert shadow.value == fixed.value and shadow.n == fixed.n < len(records) // 2

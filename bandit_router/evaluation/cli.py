@@ -71,7 +71,7 @@ def _refuse_with_escalations(command: str, ctx: typer.Context, names: tuple[str,
                              f"{'it' if one else 'them'} out, or leave out --escalations")
 
 
-ESCALATIONS_IGNORE = {"evaluate": ("config", "estimators", "mode", "reward_lambda", "baselines", "seed"),
+ESCALATIONS_IGNORE = {"evaluate": ("config", "estimators", "mode", "reward_lambda", "baselines", "seed", "policy"),
                       "export": ("config", "include_unlabeled")}
 """The options of `evaluate` and `export` that their `--escalations` does not read."""
 
@@ -161,6 +161,18 @@ def _unlisted(records: list[LoggedRecord], specs: Mapping[str, ModelSpec]) -> li
     return sorted({m for r in records for m in r.decision.models} - set(specs))
 
 
+def _shadow_hint(records: list[LoggedRecord], shadow: str) -> str:
+    """Which live policies' decisions (with feedback) all logged `shadow`'s pmf: `--policy` evaluates it on those (a
+    shadow added at a restart, or the policy live before a promotion, was logged with the later decisions only)."""
+    counts: dict[str, list[int]] = {}
+    for record in records:
+        seen = counts.setdefault(record.decision.policy, [0, 0])
+        seen[0] += 1
+        seen[1] += shadow in record.shadow_pmfs
+    whole = [name for name, (n, logged) in counts.items() if n == logged]
+    return f" (--policy {whole[-1]} evaluates it on that live policy's decisions, which all logged it)" if whole else ""
+
+
 def _noting_models(records: Iterator[LoggedRecord], seen: set[str]) -> Iterator[LoggedRecord]:
     """`records` as they come, each decision's models added to `seen` (`export` streams the log)."""
     for record in records:
@@ -198,6 +210,10 @@ def evaluate(
     baselines: Annotated[bool, typer.Option(help="Also report logged, random and fixed:<model>.")] = True,
     confidence: Annotated[float, typer.Option(help="Confidence level of the intervals.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Seed of the replays, bootstraps and cross-fitting.")] = 0,
+    policy: Annotated[
+        str | None, typer.Option(help="Evaluate on the decisions this live policy made (its name in `/v1/stats` "
+                                      "`policy`); every decision still teaches the candidates.")
+    ] = None,
     escalations: Annotated[
         bool, typer.Option(help="Evaluate escalation rules on the learned cascades' chains instead.")
     ] = False,
@@ -233,9 +249,11 @@ def evaluate(
             raise _fail("evaluate", message, 1)
         if config is None:
             unlisted = _unlisted(records, specs)
-        shadows, partial = shadow_names(records)
+        # with --policy, a shadow need only be logged with that policy's decisions (the ones evaluated)
+        shadows, partial = shadow_names(r for r in records if policy is None or r.decision.policy == policy)
         for name in partial:
-            typer.echo(f"warning: shadow {name!r} was not logged with every decision; not evaluated", err=True)
+            typer.echo(f"warning: shadow {name!r} was not logged with every decision; not evaluated"
+                       f"{_shadow_hint(records, name) if policy is None else ''}", err=True)
         specs_given += [f"shadow:{name}" for name in shadows if f"shadow:{name}" not in specs_given]
         evaluation = evaluate_log(
             records,
@@ -248,6 +266,7 @@ def evaluate(
             reward_lambda=lam,
             confidence=confidence,
             seed=seed,
+            policy=policy,
         )
     except CatalogLacksModels as exc:
         if not unlisted or not set(exc.models) <= set(unlisted):
@@ -333,9 +352,14 @@ def export(
             store.close()
     except (ConfigError, StoreError, BanditRouterError, OSError) as exc:
         raise _fail("export", str(exc)) from None
-    unlisted = sorted(seen - set(specs)) if config is None else []
-    if unlisted:  # their actions are exported with their name alone: no tags, no price
+    unlisted = sorted(seen - set(specs))
+    if unlisted and config is None:  # their actions are exported with their name alone: no tags, no price
         typer.echo(f"warning: {_unlisted_models(unlisted)}", err=True)
+    elif unlisted:
+        one = len(unlisted) == 1
+        typer.echo(f"warning: {', '.join(unlisted)}: {'a model' if one else 'models'} of the log without an entry in "
+                   f"the catalog of --config (removed from the catalog since?): {'its' if one else 'their'} actions "
+                   "are exported with their name alone, without tags or price", err=True)
     if out is not None:
         typer.echo(f"wrote {written} event{'' if written == 1 else 's'} to {out}", err=True)
 

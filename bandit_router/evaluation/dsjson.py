@@ -23,7 +23,8 @@ so a log can be replayed, or a policy trained or evaluated, outside bandit-route
 - Action features: the model name and every catalog tag as string features, and `price`, log10 of the blended
   USD per 1M tokens + 2 (as `policies.vw.action_features`), when a catalog entry is given.
 - Top-level keys starting with `_` other than the labels are ignored by VW; `_bandit_router` keeps the raw
-  outcome so nothing is lost.
+  outcome so nothing is lost (`"default_reward": true` when the label is the service's `default_reward` for a
+  decision whose window closed without feedback, not a caller's report).
 - Decisions without feedback are skipped, or written without label fields (`include_unlabeled=True`), which
   VW reads as prediction-only events.
 """
@@ -131,6 +132,8 @@ def to_dsjson(
         extra.update(quality=quality, cost_usd=cost, reward=reward)
         if record.outcome.latency_s is not None:
             extra["latency_s"] = record.outcome.latency_s
+        if record.default_reward:  # the service's default for a window that closed without feedback
+            extra["default_reward"] = True
     event.update(
         {
             "a": [i + 1 for i in order],

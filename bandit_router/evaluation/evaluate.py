@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -175,7 +176,9 @@ class EvaluationConfig:
     (`normal` or `bootstrap`: which interval is primary), `n_bootstrap` (replicates of the bootstrap intervals),
     `dm_bootstrap` (refits behind DM's standard error). `max_weight`: clipped IPS's M. `ridge`, `folds`,
     `feature_dim`: the reward model of DM/DR (ridge per model on `dense_vector` features, cross-fitted).
-    `thresholds`: when overlap warnings are raised. `seed`: every random choice of the evaluation.
+    `thresholds`: when overlap warnings are raised. `seed`: every random choice of the evaluation. `policy`: evaluate
+    only the decisions that live policy made (their `decision.policy`); every decision still teaches the replayed
+    candidates, in log order, as it taught the live policy (a service replays the whole log into a new policy).
     """
 
     estimators: Sequence[str] = DEFAULT_ESTIMATORS
@@ -194,6 +197,7 @@ class EvaluationConfig:
     feature_dim: int = DEFAULT_FEATURE_DIM
     thresholds: OverlapThresholds = field(default_factory=OverlapThresholds)
     seed: int = 0
+    policy: str | None = None
 
     def __post_init__(self) -> None:
         if self.thresholds is None:  # `thresholds=None`: the defaults
@@ -227,6 +231,9 @@ class EvaluationConfig:
             make_estimator(name)  # fail early on an unknown name
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InvalidInput(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.policy is not None and (not isinstance(self.policy, str) or not self.policy):
+            raise InvalidInput(f"policy must be a live policy's name (a decision's `policy`) or None, got "
+                               f"{self.policy!r}")
 
     def lam_of(self, candidate: Candidate) -> float | None:
         """The λ `candidate`'s reward is measured with (None: each request's logged λ)."""
@@ -259,7 +266,7 @@ class EvaluationConfig:
 
 _SETTINGS_ORDER = (
     "estimators", "train_fraction", "reward_lambda", "latency_weight", "confidence", "interval", "n_bootstrap",
-    "dm_bootstrap", "max_weight", "ridge", "folds", "feature_dim", "seed", "thresholds",
+    "dm_bootstrap", "max_weight", "ridge", "folds", "feature_dim", "seed", "thresholds", "policy",
 )  # fmt: skip
 
 
@@ -330,6 +337,7 @@ def _prepare(
     if not logged:  # else the first replayed candidate's router fails: "a router needs at least one model"
         raise InvalidInput(f"no logged decision with feedback to evaluate on ({n_every} decisions, none with "
                            "feedback)")
+    mixed = mixed_policy_warnings(logged, config.policy)  # before the replays: a policy no decision has is refused
     check_priced(logged, specs, mode=config.mode, train_fraction=config.train_fraction)
     arrays = log_arrays(logged, specs, feature_dim=config.feature_dim)
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
@@ -356,6 +364,7 @@ def _prepare(
             seed=config.seed,
             latency_weight=config.latency_weight,
             models=arrays.models,
+            policy=config.policy,
         )
         for c in wanted
     }
@@ -365,7 +374,42 @@ def _prepare(
             f"{dropped} of {n_every} decisions have no feedback and were left out; if feedback is missing more "
             f"often for some models than others, every estimate is biased"
         )
+    warnings.extend(mixed)
+    warnings.extend(default_reward_warnings(logged))
     return _Prepared(n_every, logged, arrays, wanted, replays, warnings)
+
+
+def default_reward_warnings(logged: Sequence[LoggedRecord]) -> list[str]:
+    """A warning when some outcomes are the service's `default_reward` for a decision whose window closed without
+    feedback: the policy learned them, and every estimate counts them as observed, pulled toward that quality."""
+    imputed = [r.outcome.quality for r in logged if r.default_reward and r.outcome is not None]
+    if not imputed:
+        return []
+    low, high = min(imputed), max(imputed)
+    quality = f"{low:g}" if low == high else f"{low:g} to {high:g}"
+    return [f"{len(imputed)} of the {len(logged)} decisions with feedback have none from a caller: their reward window "
+            f"closed and the service learned its default_reward (quality {quality}) for them, as the policy did; every "
+            "estimate counts them as observed outcomes"]
+
+
+def mixed_policy_warnings(logged: Sequence[LoggedRecord], policy: str | None = None) -> list[str]:
+    """A warning when the decisions were made by more than one live policy (a restart with another `policy`, a
+    promotion): `logged` estimates their mix, V = Σ_p (n_p/n)·V_p, not the value of the policy live at the end.
+    With `policy` (only its decisions are evaluated): none, or `InvalidInput` when no decision carries it."""
+    counts = Counter(record.decision.policy for record in logged)
+    if policy is not None:
+        if policy not in counts:
+            spelt = ", ".join(f"{name} ({n})" for name, n in counts.items())
+            raise InvalidInput(f"policy {policy!r}: none of the {len(logged)} decisions with feedback was made by "
+                               f"that policy; theirs: {spelt}")
+        return []
+    if len(counts) < 2:
+        return []
+    last = logged[-1].decision.policy
+    spelt = ", ".join(f"{name} ({n})" for name, n in counts.items())
+    return [f"the {len(logged)} decisions with feedback were made by {len(counts)} live policies, in log order: "
+            f"{spelt}; `logged` is their mix, not the value of the policy live last ({last!r}): to compare "
+            "candidates with that one, evaluate its decisions alone (`bandit-router evaluate --policy`)"]
 
 
 def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRecord], int]:

@@ -33,6 +33,8 @@ class LoggedRecord:
     or tokens × price); None → `outcome.cost_usd`, else tokens × the catalog's price. `feedback_at` (seconds,
     same clock as `decision.created_at`) orders learning in replay; None → right after the decision.
     `shadow_pmfs` maps a shadow policy's name to its pmf over `decision.models` on this decision.
+    `default_reward`: `outcome` is the service's `default_reward`, learned when the decision's reward window closed
+    without feedback (a `default` row), not a caller's report.
     """
 
     decision: Decision
@@ -40,6 +42,7 @@ class LoggedRecord:
     cost_usd: float | None = None
     feedback_at: float | None = None
     shadow_pmfs: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    default_reward: bool = False
 
     __reduce__ = reduce_frozen  # picklable and deep-copyable: `shadow_pmfs` is read-only
 

@@ -121,6 +121,7 @@ def replay(
     seed: int = 0,
     latency_weight: float = 0.0,
     models: Sequence[str] | None = None,
+    policy: str | None = None,
 ) -> ReplayResult:
     """The pmfs of `candidate` on `records` (in decision order) under `mode` (see the module docstring).
 
@@ -131,7 +132,9 @@ def replay(
     from the log (1 on that model where a decision allowed it, else the cheapest allowed model, as the fixed
     policy chooses). A decision that allowed no model with an entry is one no candidate decides: it keeps its
     logged row, with feedback or without, and is left out of the evaluated rows (`left_out_rows`). `models` fixes
-    the column order of `target_pmf` (default: order of first appearance).
+    the column order of `target_pmf` (default: order of first appearance). `policy`: only the decisions that live
+    policy made are evaluated (the others are left out, `left_out`, but still teach the candidate; a shadow's pmf
+    is needed only on the evaluated ones).
     """
     if mode not in MODES:
         raise InvalidInput(f"unknown mode {quoted([mode], MODES)}; known: {', '.join(MODES)}")
@@ -147,6 +150,10 @@ def replay(
     split = math.floor(train_fraction * n) if mode == "frozen" else 0
     by_name = specs_by_name(specs, "specs")
     left_out = left_out_rows(records, by_name, mode=mode, train_fraction=train_fraction)
+    if policy is not None:  # another policy's decisions: evaluated for no candidate
+        left_out |= has_feedback & np.array([r.decision.policy != policy for r in records], dtype=bool)
+        if mode == "frozen":
+            left_out[:split] = False
     has_feedback &= ~left_out  # from here on: the rows a candidate may be evaluated on
     evaluated = has_feedback.copy()
     evaluated[:split] = False
@@ -160,9 +167,13 @@ def replay(
                                f"{', '.join(logged) or _no_shadow(len(records))}")
         for i, record in enumerate(records):
             pmf = record.shadow_pmfs.get(cand.shadow)
+            if pmf is None and not evaluated[i]:
+                continue  # keeps its logged row, never evaluated
             if pmf is None:
                 raise InvalidInput(f"decision {record.decision.decision_id!r} has no pmf of shadow {cand.shadow!r}")
             target[i] = _row(names, record.decision.models, pmf)
+        if mode == "replay":  # a fixed policy as `fixed:…` is: its rounds were all taken, so it scored `logged`'s value
+            return _rejection_sample(records, cand, names, target, has_feedback, seed, left_out)
         return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
 
     known = [by_name[m] for m in names if m in by_name]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 
 from ..catalog import ModelSpec
-from ..store import ModelAction, Reader, Store, StoredDecision
+from ..store import FeedbackStatus, ModelAction, Reader, Store, StoredDecision
 from ..store.records import unrouted
 from .log import LoggedRecord
 
@@ -85,6 +85,7 @@ def logged_records(reader: Reader, rows: Sequence[StoredDecision]) -> list[Logge
             cost_usd=last.realised_cost_usd,
             feedback_at=last.received_at,
             shadow_pmfs=shadow,
+            default_reward=last.status == FeedbackStatus.DEFAULT,
         ))
     return out
 

@@ -31,7 +31,7 @@ from typing import Any
 from .. import graphemes
 from ..budgets import BudgetConfig, BudgetPacer
 from ..catalog import ModelSpec
-from ..errors import BanditRouterError
+from ..errors import BanditRouterError, UnknownModel
 from ..router import Router
 from ..store import Store
 from ..store.records import unrouted
@@ -89,7 +89,8 @@ class Monitor:
         self.clock = clock
         self.steady = steady
         self._shadow_lock = threading.Lock()
-        self._shadow_cache: tuple[float, dict[str, Any]] | None = None
+        self._shadow_cache: tuple[float, tuple[str, ...], dict[str, Any]] | None = None
+        """(when (`steady`), (live policy, its shadows), the estimates): `SHADOW_TTL_S`, while the policies stay."""
         self._now_cache: tuple[float, _NowKey, dict[str, float | None]] | None = None
         """(when (`steady`), (live router, its models, the budget targets), `typical.now`): `NOW_TTL_S`."""
 
@@ -198,16 +199,17 @@ class Monitor:
         """Off-policy estimates of the shadows against the live policy (cached for `SHADOW_TTL_S`)."""
         with self._shadow_lock:
             now, since = self.clock(), self.steady()
+            key = (self.policies.live_name, *self.policies.shadows)  # a promotion changes them: estimate anew
             cached = self._shadow_cache
-            if cached is not None and 0.0 <= since - cached[0] < SHADOW_TTL_S:
-                return cached[1]
+            if cached is not None and cached[1] == key and 0.0 <= since - cached[0] < SHADOW_TTL_S:
+                return cached[2]
             try:
                 found = self._evaluate_shadows()
-            except BanditRouterError as exc:  # e.g. a logged model no catalog knows any more
+            except BanditRouterError as exc:  # e.g. every recent decision allowed only models the catalog no longer has
                 found = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr", "n": 0,
                          "estimates": [], "reason": f"the shadows could not be evaluated: {exc}"}
             result = {"computed_at": now, **found}
-            self._shadow_cache = (since, result)
+            self._shadow_cache = (since, key, result)
             return result
 
     def _evaluate_shadows(self) -> dict[str, Any]:
@@ -218,19 +220,24 @@ class Monitor:
         out: dict[str, Any] = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr"}
         if not names:
             return {**out, "n": 0, "estimates": [], "reason": "no shadow policies are configured"}
-        records = [
+        live = self.policies.live.policy.name  # what the live router writes into each decision's `policy`
+        records = [  # the live policy's own, as the promotion check weighs them: not a policy live before it
             r for r in recent_log(self.store, SHADOW_DECISIONS)
-            if r.outcome is not None and all(name in r.shadow_pmfs for name in names)
+            if r.outcome is not None and r.decision.policy == live and all(name in r.shadow_pmfs for name in names)
         ]
         out["n"] = len(records)
         if len(records) < 20:
-            return {**out, "estimates": [], "reason": f"{len(records)} recent decisions with feedback logged every "
+            counted = f"{len(records)} recent decision{'' if len(records) == 1 else 's'}"
+            return {**out, "estimates": [], "reason": f"{counted} of the live policy with feedback logged every "
                     "shadow's pmf; at least 20 are needed"}
         specs = {s.name: s for s in self.catalog()}
         for logged in records:
             for name in logged.decision.models:
                 if name not in specs:
-                    specs[name] = self.policies.live.spec(name)
+                    try:
+                        specs[name] = self.policies.live.spec(name)  # added at run time, or retired
+                    except UnknownModel:  # left the catalog file: evaluated as such (`evaluation.removed`)
+                        continue
         candidates = ["logged", *(f"shadow:{name}" for name in names)]
         evaluation = evaluate_log(records, candidates, models=specs, estimators=("dr",), baselines=False, seed=0)
         estimates = []

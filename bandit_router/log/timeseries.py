@@ -83,8 +83,9 @@ class Window:
         return m - m % self.step_minutes
 
     def end_minute(self) -> int:
-        """One past the last minute read (the bucket holding `until` is read whole)."""
-        m = math.floor(self.until / 60)
+        """One past the last minute read (the bucket holding the range's last minute is read whole; an `until` on a
+        bucket's start adds no bucket: it gave one wholly after [since, until))."""
+        m = math.ceil(self.until / 60) - 1
         return m - m % self.step_minutes + self.step_minutes
 
     def starts(self) -> list[int]:

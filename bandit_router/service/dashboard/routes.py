@@ -155,7 +155,7 @@ async def stats_recent(
             tags=["dashboard"])
 async def stats_shadows(request: Request) -> Response:
     """Each shadow policy's doubly robust estimate with its 95% interval against the live policy's, on the newest
-    2,000 decisions that logged its pmf, and whether that evidence would allow a promotion (recomputed at most
-    every 15 s). `POST /v1/policies/promote` decides on the whole log."""
+    2,000 decisions that logged its pmf (the live policy's own), and whether that evidence would allow a promotion
+    (recomputed at most every 15 s). `POST /v1/policies/promote` decides on the whole log."""
     monitor = _monitor(request)
     return json_response(await run_in_threadpool(monitor.shadows))

@@ -147,6 +147,6 @@ class ShadowsOut(BaseModel):
     live: str
     window: int = Field(description="the newest decisions looked at")
     estimator: str
-    n: int = Field(description="decisions with feedback that logged every shadow's pmf")
+    n: int = Field(description="decisions of the live policy with feedback that logged every shadow's pmf")
     estimates: list[ShadowEstimate]
     reason: str | None = None
