@@ -306,6 +306,8 @@ class HierarchicalThompsonPolicy(BasePolicy):
         """The last model tuple `_posterior_of` saw and its entry (the router passes the same tuple every route)."""
         self._phi_of: tuple[Context | None, np.ndarray] = (None, np.zeros(0))
         self._scaled_sd: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0))
+        if self.params.sampler == "thompson":  # its compiled quadrature loaded now, not on the first route
+            exploration.load_kernel()
 
     # -- posteriors -----------------------------------------------------------------------------------------
     def _rows(self, models: Sequence[ModelSpec]) -> np.ndarray:
