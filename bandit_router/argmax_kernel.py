@@ -19,10 +19,11 @@ the router imports it when it is built with a policy that uses it (`exploration.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import numpy as np
-from numba import njit  # type: ignore[import-untyped]
+from numba import njit
 
 OK, NOT_FINITE, UNCHECKED = 0, 1, 2
 """`argmax_pmf`'s answers: the pmf is in `out`; a mean or sd is NaN or infinite (nothing written); the quick
@@ -34,20 +35,24 @@ _SQRT1_2 = math.sqrt(0.5)
 _TIE_TOLERANCE = 1e-12  # exploration.TIE_TOLERANCE
 _DEGENERATE_RATIO = 1e-6  # exploration.DEGENERATE_RATIO
 _DEGENERATE_PRECISION = 1e-13  # exploration.DEGENERATE_PRECISION
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _jit(signature: str) -> Any:
+def _jit(signature: str) -> Callable[[_F], _F]:
     """`njit(signature, cache=True)`, or without the cache when numba finds no writable place for it."""
-    def compile_(function: Any) -> Any:
+    def compile_(function: _F) -> _F:
         try:
-            return njit(signature, cache=True)(function)
+            compiled = cast(_F, njit(signature, cache=True)(function))
         except RuntimeError:  # "cannot cache function …: no locator available" (a read-only install, no home)
-            return njit(signature)(function)
+            compiled = cast(_F, njit(signature)(function))
+        return compiled
     return compile_
 
 
 @_jit(_SIGNATURE)
-def argmax_pmf(mean: Any, sd: Any, u: Any, dominance: float, out: Any, checked: bool) -> int:
+def argmax_pmf(
+    mean: np.ndarray, sd: np.ndarray, u: np.ndarray, dominance: float, out: np.ndarray, checked: bool
+) -> int:
     """Write the pmf of `exploration.gaussian_argmax_pmf(mean, sd, dominance)` on the nodes `u` into `out` (K
     zeros on entry) and return `OK`; or `NOT_FINITE`, or `UNCHECKED` when `checked` is false and the quick proof
     that no arm in play is degenerate (`exploration._in_play`'s) fails. The dominance cut is `_in_play`'s."""
@@ -72,6 +77,8 @@ def argmax_pmf(mean: Any, sd: Any, u: Any, dominance: float, out: Any, checked: 
             n += 1
         narrowest = min(narrowest, sd[a])
         widest = max(widest, sd[a])
+    if n == 0:
+        return UNCHECKED  # a negative dominance left no arm in play: the caller raises
     if not checked and not (
         dominance >= 0 and narrowest >= _DEGENERATE_RATIO * widest
         and narrowest >= 2 * _DEGENERATE_PRECISION * (dominance * abs(widest) + abs(top) + abs(cut))

@@ -123,6 +123,8 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     means, sds = mean.tolist(), sd.tolist()
     _check_finite("gaussian_argmax_pmf", means, sds)
     alive, degenerate = _in_play(means, sds, dominance)
+    if not alive:  # a ZeroDivisionError before
+        raise ValueError(f"gaussian_argmax_pmf: no arm is in play with dominance {dominance} (it must be ≥ 0)")
     if degenerate and len(alive) > 1:
         return _argmax_pmf_per_arm(means, sds, alive)
     kernel.argmax_pmf(mean, sd, u, dominance, out, True)
