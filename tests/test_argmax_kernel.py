@@ -54,7 +54,8 @@ def test_the_kernel_computes_the_numpy_rule_to_rounding() -> None:
 
 def test_the_python_checks_still_decide_what_the_kernel_hands_back() -> None:
     """A degenerate arm in play (sd 0, or 10⁻⁹ of another's) goes to the per-arm integration as before; one arm
-    in play is a one-hot; no arms is a ValueError, and so is a negative dominance (it leaves no arm with an sd in play); NaN still names the function."""
+    in play is a one-hot; no arms is a ValueError, and so is a negative dominance (it leaves no arm with an sd in
+    play: a ZeroDivisionError before); NaN still names the function."""
     point = exploration.gaussian_argmax_pmf(np.array([0.5, 0.4]), np.array([0.0, 0.1]))
     assert point.tolist() == exploration._argmax_pmf_per_arm([0.5, 0.4], [0.0, 0.1], [0, 1]).tolist()
     assert point.tolist() == pytest.approx([0.841344746, 0.158655254], abs=1e-3)  # Φ(1), Φ(−1)
