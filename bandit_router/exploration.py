@@ -1,7 +1,8 @@
 """Scores → pmf. Every function takes scores in reward units (q̂ − λ·ĉ) of shape (K,) and returns a pmf (K,).
 
 Ties at the top share the greedy mass equally, so a pmf never depends on the order of the models.
-K is small (a handful of models), so the arithmetic runs on Python floats: faster than numpy at this size.
+K is small (a handful of models), so the arithmetic runs on Python floats: faster than numpy at this size; the
+Thompson quadrature is one compiled function (`argmax_kernel`, numba).
 Scores, means and sds must be finite: a NaN or an infinity raises `ValueError` (no pmf is defined for them; a NaN
 mean made `gaussian_argmax_pmf` divide by zero, and `greedy` too).
 """
@@ -106,7 +107,10 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     That grid fails when an arm in play is degenerate (`_degenerate`: an sd of 0, or one many orders of magnitude
     below another arm's sd or its own mean); those pmfs are integrated per arm in standard units instead
     (`_argmax_pmf_per_arm`), which tends to the point-mass comparison as sds go to 0. Every other input keeps
-    the union grid's values bit for bit.
+    the union grid's values.
+
+    The union grid's sum is `argmax_kernel.argmax_pmf`, compiled; the checks it cannot settle with one quick
+    proof (non-finite values, an arm that may be degenerate, no arm in play) come back here.
     """
     u = _HERMITE.get(nodes)
     if u is None:

@@ -438,8 +438,8 @@ class HierarchicalThompsonPolicy(BasePolicy):
         return self.params.sampler == "thompson"
 
     def pmfs(self, requests: Sequence[tuple[Context, Sequence[ModelSpec], np.ndarray]]) -> list[np.ndarray]:
-        """`pmf` of each (context, models, penalty), the same values bit for bit, the quadratures evaluated
-        together (`exploration.gaussian_argmax_pmfs`; `Router.route_many`; only while `stacks_pmfs`)."""
+        """`pmf` of each (context, models, penalty), the same values bit for bit, the quadratures in one
+        call (`exploration.gaussian_argmax_pmfs`; `Router.route_many`; only while `stacks_pmfs`)."""
         p = self.params
         if not self.stacks_pmfs:
             raise ValueError("pmfs: the ids sampler draws from the router's generator; use pmf per request")
