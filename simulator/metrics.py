@@ -50,7 +50,7 @@ def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[
         return float("nan"), None
     if x.size < 2:
         return float(x.mean()), None
-    from scipy import stats  # here: 0.5 s of imports that `bandit-router serve` need not pay (performance.md)
+    from scipy import stats  # here: 0.7 s of imports that `bandit-router serve` need not pay (performance.md)
 
     half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)
     return float(x.mean()), float(half)

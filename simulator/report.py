@@ -333,7 +333,7 @@ def curves(result: SimulationResult) -> dict[str, Any]:
             stack = np.stack([getattr(r, name) for r in runs])
             mean = stack.mean(axis=0)
             if len(runs) > 1:
-                from scipy import stats  # here: 0.5 s of imports that `serve` need not pay (performance.md)
+                from scipy import stats  # here: 0.7 s of imports that `serve` need not pay (performance.md)
 
                 half = stats.t.ppf(0.975, len(runs) - 1) * stack.std(axis=0, ddof=1) / np.sqrt(len(runs))
             else:

@@ -128,7 +128,7 @@ def importance_weights(actions: np.ndarray, logged_probability: np.ndarray, targ
 
 
 def _z(confidence: float) -> float:
-    from scipy import stats  # here: 0.5 s of imports that `bandit-router serve` need not pay (performance.md)
+    from scipy import stats  # here: 0.7 s of imports that `bandit-router serve` need not pay (performance.md)
 
     return float(stats.norm.ppf(0.5 + confidence / 2.0))
 
