@@ -1,7 +1,8 @@
 """Scores → pmf. Every function takes scores in reward units (q̂ − λ·ĉ) of shape (K,) and returns a pmf (K,).
 
 Ties at the top share the greedy mass equally, so a pmf never depends on the order of the models.
-K is small (a handful of models), so the arithmetic runs on Python floats: faster than numpy at this size.
+K is small (a handful of models), so the arithmetic runs on Python floats: faster than numpy at this size; the
+Thompson quadrature is one compiled function (`argmax_kernel`, numba).
 Scores, means and sds must be finite: a NaN or an infinity raises `ValueError` (no pmf is defined for them; a NaN
 mean made `gaussian_argmax_pmf` divide by zero, and `greedy` too).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.special import log_ndtr
@@ -105,49 +107,49 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     That grid fails when an arm in play is degenerate (`_degenerate`: an sd of 0, or one many orders of magnitude
     below another arm's sd or its own mean); those pmfs are integrated per arm in standard units instead
     (`_argmax_pmf_per_arm`), which tends to the point-mass comparison as sds go to 0. Every other input keeps
-    the union grid's values bit for bit.
+    the union grid's values.
+
+    The union grid's sum is `argmax_kernel.argmax_pmf`, compiled; the checks it cannot settle with one quick
+    proof (non-finite values, an arm that may be degenerate, no arm in play) come back here.
     """
-    means, sds = mean.tolist(), sd.tolist()  # K is small: Python floats, IEEE arithmetic as numpy's
-    _check_finite("gaussian_argmax_pmf", means, sds)
-    alive, degenerate = _in_play(means, sds, dominance)
-    if len(alive) == 1:
-        out = np.zeros(len(means))
-        out[alive[0]] = 1.0
-        return out
-    if degenerate:
-        return _argmax_pmf_per_arm(means, sds, alive)
     u = _HERMITE.get(nodes)
     if u is None:
         u = _hermite(nodes)
-    if len(alive) == len(means):  # (arm, 1) columns: views
-        m, s = np.asarray(mean, dtype=np.float64)[:, None], np.asarray(sd, dtype=np.float64)[:, None]
-    else:
-        m, s = np.array([means[a] for a in alive])[:, None], np.array([sds[a] for a in alive])[:, None]
-    # Each step below is one numpy call on preallocated or reused buffers, with the same IEEE operations in the
-    # same order as the formula's plain transcription (a few µs of call overhead saved; the values bit for bit).
-    t = s * u
-    t += m  # m + s·u
-    t = t.ravel()  # (G,), a view
-    t.sort()
-    z = t - m
-    z /= s  # (arm, G)
-    integrand = log_ndtr(z)  # log F_b
-    np.subtract(_add(integrand, axis=0), integrand, out=integrand)  # Σ_{b≠a} log F_b
-    half_square = z * 0.5
-    half_square *= z
-    integrand -= half_square
-    np.exp(integrand, out=integrand)
-    integrand /= s  # f_a · Π_{b≠a} F_b (× √2π)
-    trapezoids = integrand[:, 1:] + integrand[:, :-1]
-    trapezoids *= t[1:] - t[:-1]
-    p: np.ndarray = _add(trapezoids, axis=1)
-    total = _add(p)
-    if len(alive) == len(means) and total > 0:
-        p /= total
-        return p
-    out = np.zeros(len(means))
-    out[alive] = p / total if total > 0 else 1.0 / len(alive)
+    kernel = _KERNEL or load_kernel()
+    out = np.zeros(len(mean))
+    try:
+        status = kernel.argmax_pmf(mean, sd, u, dominance, out, False)
+    except TypeError:  # not float64 vectors (numba's signature: another dtype, a strided view, a read-only array)
+        mean, sd = np.array(mean, dtype=np.float64), np.array(sd, dtype=np.float64)
+        status = kernel.argmax_pmf(mean, sd, u, dominance, out, False)
+    if status == kernel.OK:
+        return out
+    means, sds = mean.tolist(), sd.tolist()
+    _check_finite("gaussian_argmax_pmf", means, sds)
+    alive, degenerate = _in_play(means, sds, dominance)
+    if not alive:  # a ZeroDivisionError before
+        raise ValueError(f"gaussian_argmax_pmf: no arm is in play with dominance {dominance} (it must be ≥ 0)")
+    if degenerate and len(alive) > 1:
+        return _argmax_pmf_per_arm(means, sds, alive)
+    kernel.argmax_pmf(mean, sd, u, dominance, out, True)
     return out
+
+
+_KERNEL: Any = None
+
+
+def load_kernel() -> Any:
+    """The compiled quadrature (`argmax_kernel`), imported on first use: numba and the function's cached machine
+    code cost ≈ 0.7 s of CPU to load, which only processes that compute this pmf should pay, and before their
+    first request (`HierarchicalThompsonPolicy` with `sampler=thompson` calls this when it is built)."""
+    global _KERNEL
+    if _KERNEL is None:
+        from . import argmax_kernel
+
+        # its first call costs ≈ 0.3 ms more than the next ones (numba's runtime starting): made here
+        argmax_kernel.argmax_pmf(np.array([0.0, 0.1]), np.ones(2), _hermite(16), 3.0, np.zeros(2), False)
+        _KERNEL = argmax_kernel
+    return _KERNEL
 
 
 def _alive(means: list[float], sds: list[float], dominance: float) -> list[int]:
@@ -260,58 +262,10 @@ def _argmax_pmf_per_arm(means: list[float], sds: list[float], alive: list[int]) 
 def gaussian_argmax_pmfs(
     means: Sequence[np.ndarray], sds: Sequence[np.ndarray], dominance: float = 3.0, nodes: int = 16
 ) -> list[np.ndarray]:
-    """`gaussian_argmax_pmf` of each (means[i], sds[i]), the same values bit for bit, with fewer numpy calls: the
-    pmfs with every arm in play and the same number of arms are evaluated together, as arrays of shape
-    (pmfs, K, G) going through the same elementwise steps and the same per-row reductions (the sort, the sums
-    over arms and over the grid) as one pmf's (K, G); the others (degenerate ones too, `_degenerate`), and any
-    whose integral is not positive, one by one. With ≈ 20 routes per event-loop iteration of a loaded server this
-    takes about a third off the quadrature's cost (`benchmarks/pmf_stacked.py`)."""
-    out: list[np.ndarray | None] = [None] * len(means)
-    groups: dict[int, list[int]] = {}
-    for i, (mean, sd) in enumerate(zip(means, sds, strict=True)):
-        k = len(mean)
-        listed = mean.tolist(), sd.tolist()
-        _check_finite("gaussian_argmax_pmfs", *listed)
-        alive, degenerate = _in_play(*listed, dominance)
-        if k > 1 and len(alive) == k and not degenerate:
-            groups.setdefault(k, []).append(i)
-        else:
-            out[i] = gaussian_argmax_pmf(mean, sd, dominance, nodes)
-    u = _hermite(nodes)
-    for rows in groups.values():
-        if len(rows) == 1:
-            i = rows[0]
-            out[i] = gaussian_argmax_pmf(means[i], sds[i], dominance, nodes)
-            continue
-        m = np.array([means[i] for i in rows], dtype=np.float64)[:, :, None]  # (R, K, 1)
-        s = np.array([sds[i] for i in rows], dtype=np.float64)[:, :, None]
-        t = s * u
-        t += m  # m + s·u, (R, K, nodes)
-        t = t.reshape(len(rows), -1)  # (R, G)
-        t.sort(axis=1)
-        z = t[:, None, :] - m
-        z /= s  # (R, K, G)
-        integrand = log_ndtr(z)
-        np.subtract(_add(integrand, axis=1)[:, None, :], integrand, out=integrand)
-        half_square = z * 0.5
-        half_square *= z
-        integrand -= half_square
-        np.exp(integrand, out=integrand)
-        integrand /= s
-        trapezoids = integrand[:, :, 1:] + integrand[:, :, :-1]
-        trapezoids *= (t[:, 1:] - t[:, :-1])[:, None, :]
-        p = _add(trapezoids, axis=2)  # (R, K)
-        totals = _add(p, axis=1)
-        positive = (totals > 0).tolist()
-        every = all(positive)
-        if every:
-            p /= totals[:, None]
-        for row, i in enumerate(rows):
-            if not positive[row]:  # as the single evaluation does it (uniform over the arms in play)
-                out[i] = gaussian_argmax_pmf(means[i], sds[i], dominance, nodes)
-            else:
-                out[i] = p[row] if every else p[row] / totals[row]
-    return out  # type: ignore[return-value]  # every entry set above
+    """`gaussian_argmax_pmf` of each (means[i], sds[i]). (Its numpy transcription evaluated the pmfs of one event
+    loop iteration as one stacked evaluation, to share numpy's per-call overhead; the compiled quadrature has
+    none to share, so this is one call each, and `Router.route_many` keeps its batch form.)"""
+    return [gaussian_argmax_pmf(mean, sd, dominance, nodes) for mean, sd in zip(means, sds, strict=True)]
 
 
 def ids_pmf(

@@ -228,9 +228,9 @@ class Router:
         other with nothing learned in between (the same pmfs, and the draws in the same order), or the error that
         call would raise. `book_given_ids` False: a request that carries its own `decision_id` is not booked (as
         `route(..., book=False)`: the caller books it once it is stored, since that id may be taken). When the policy
-        prices several requests at once (`stacks_pmfs` and `pmfs`, the `default` policy's stacked quadrature) and the
-        pacer's prices do not depend on the decisions before (`passive`: no budget targets), the pmfs are computed
-        together; otherwise this is one `route` after another."""
+        prices several requests at once (`stacks_pmfs` and `pmfs`, the `default` policy's quadratures in one call)
+        and the pacer's prices do not depend on the decisions before (`passive`: no budget targets), the pmfs are
+        computed together; otherwise this is one `route` after another."""
         stacks = getattr(self.policy, "pmfs", None) if getattr(self.policy, "stacks_pmfs", False) else None
         passive = self.pacer is None or getattr(self.pacer, "passive", False)
         if stacks is None or len(requests) < 2 or not passive:

@@ -293,9 +293,9 @@ def test_route_many_decides_as_route_one_after_the_other(policy: str, targets: l
 
 
 def test_stacked_quadrature_equals_one_evaluation_per_pmf() -> None:
-    """`gaussian_argmax_pmfs` returns each `gaussian_argmax_pmf` bit for bit: every model in play (stacked), some
-    dominated, exact ties, zero and huge sds (an infinite one is refused by both: `test_exploration.py`), one model,
-    several sizes and node counts."""
+    """`gaussian_argmax_pmfs` returns each `gaussian_argmax_pmf` bit for bit (it stacked them in numpy; now one
+    compiled call each): every model in play, some dominated, exact ties, zero and huge sds (an infinite one is
+    refused by both: `test_exploration.py`), one model, several sizes and node counts."""
     from bandit_router.exploration import gaussian_argmax_pmf, gaussian_argmax_pmfs
 
     rng = np.random.default_rng(1)

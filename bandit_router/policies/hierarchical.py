@@ -306,6 +306,8 @@ class HierarchicalThompsonPolicy(BasePolicy):
         """The last model tuple `_posterior_of` saw and its entry (the router passes the same tuple every route)."""
         self._phi_of: tuple[Context | None, np.ndarray] = (None, np.zeros(0))
         self._scaled_sd: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0))
+        if self.params.sampler == "thompson":  # its compiled quadrature loaded now, not on the first route
+            exploration.load_kernel()
 
     # -- posteriors -----------------------------------------------------------------------------------------
     def _rows(self, models: Sequence[ModelSpec]) -> np.ndarray:
@@ -436,8 +438,8 @@ class HierarchicalThompsonPolicy(BasePolicy):
         return self.params.sampler == "thompson"
 
     def pmfs(self, requests: Sequence[tuple[Context, Sequence[ModelSpec], np.ndarray]]) -> list[np.ndarray]:
-        """`pmf` of each (context, models, penalty), the same values bit for bit, the quadratures evaluated
-        together (`exploration.gaussian_argmax_pmfs`; `Router.route_many`; only while `stacks_pmfs`)."""
+        """`pmf` of each (context, models, penalty), the same values bit for bit, the quadratures in one
+        call (`exploration.gaussian_argmax_pmfs`; `Router.route_many`; only while `stacks_pmfs`)."""
         p = self.params
         if not self.stacks_pmfs:
             raise ValueError("pmfs: the ids sampler draws from the router's generator; use pmf per request")
