@@ -457,6 +457,11 @@ def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[Estimat
     sub = p.arrays.subset(rows)
     n_eval = len(sub)
     t, estimators = config.thresholds, config.estimators
+    if n_eval == 0 and config.policy is not None and config.mode == "frozen":
+        n_policy = sum(r.decision.policy == config.policy for r in p.logged)
+        raise InvalidInput(f"policy {config.policy!r}: none of its {n_policy} decisions with feedback is in the part "
+                           f"of the log the frozen mode evaluates (the last {1 - config.train_fraction:.0%}): "
+                           "evaluate a policy live before a promotion or a restart in the learning or the replay mode")
     if n_eval == 0:
         raise InvalidInput("no logged decision with feedback to evaluate on")
     if n_eval < t.min_ess:
