@@ -918,3 +918,24 @@ def test_policy_whose_decisions_are_all_trained_on_in_the_frozen_mode_is_told_so
     with pytest.raises(InvalidInput, match=r"policy 'random': none of its 20 decisions with feedback is in the part "
                                            r"of the log the frozen mode evaluates \(the last 50%\)"):
         evaluate_log(changed, [], models=world.models, estimators=("snips",), mode="frozen", policy="random")
+
+
+def test_policy_counts_the_default_rewards_among_its_own_decisions() -> None:
+    """With `policy=NAME` the `default_reward` warning counted every policy's decisions ("every estimate counts
+    them") where only NAME's are scored: default rewards of a policy live before a restart were said to pull
+    estimates that never saw them. They are counted among NAME's decisions now. Found reviewing hunt-ope
+    (review22ope)."""
+    world = make_world(seed=5)
+    records = simulate_log(world, "random", 60, seed=5, cost_weight=20.0).records
+    changed = [dataclasses.replace(r, default_reward=True) if i < 40 else
+               dataclasses.replace(r, decision=dataclasses.replace(r.decision, policy="linucb"),
+                                   default_reward=i % 2 == 0)
+               for i, r in enumerate(records)]
+
+    def said(**kwargs: Any) -> list[str]:
+        ev = evaluate_log(changed, [], models=world.models, estimators=("snips",), n_bootstrap=0, **kwargs)
+        return [w for w in ev.warnings if "default_reward" in w]
+
+    assert [w.split(":")[0] for w in said()] == ["50 of the 60 decisions with feedback have none from a caller"]
+    assert [w.split(":")[0] for w in said(policy="linucb")] == [
+        "10 of the 20 decisions of 'linucb' with feedback have none from a caller"]
