@@ -152,6 +152,7 @@ def replay(
     by_name = specs_by_name(specs, "specs")
     left_out = left_out_rows(records, by_name, mode=mode, train_fraction=train_fraction)
     decided = has_feedback & ~left_out  # replay: the rounds a candidate may accept (and learn from)
+    bound = _acceptance_bound(records, left_out) if mode == "replay" else math.nan  # M, whatever `policy`
     if policy is not None:  # another policy's decisions: evaluated for no candidate
         left_out |= has_feedback & np.array([r.decision.policy != policy for r in records], dtype=bool)
         if mode == "frozen":
@@ -175,7 +176,7 @@ def replay(
                 raise InvalidInput(f"decision {record.decision.decision_id!r} has no pmf of shadow {cand.shadow!r}")
             target[i] = _row(names, record.decision.models, pmf)
         if mode == "replay":  # a fixed policy as `fixed:…` is: its rounds were all taken, so it scored `logged`'s value
-            return _rejection_sample(records, cand, names, target, decided, has_feedback, seed, left_out)
+            return _rejection_sample(records, cand, names, target, decided, has_feedback, seed, left_out, bound)
         return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
 
     known = [by_name[m] for m in names if m in by_name]
@@ -184,10 +185,11 @@ def replay(
         _fixed_from_log(records, str(settings["model"]), by_name, names, target)
         if mode != "replay":
             return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
-        return _rejection_sample(records, cand, names, target, decided, has_feedback, seed, left_out)
+        return _rejection_sample(records, cand, names, target, decided, has_feedback, seed, left_out, bound)
     router = candidate_router(cand, known, seed=seed, latency_weight=latency_weight)
     if mode == "replay":
-        return _rejection_replay(records, cand, router, names, target, decided, has_feedback, seed, by_name, left_out)
+        return _rejection_replay(records, cand, router, names, target, decided, has_feedback, seed, by_name, left_out,
+                                 bound)
 
     def decide(i: int) -> None:
         d = records[i].decision
@@ -249,10 +251,10 @@ def _fixed_from_log(
             target[i] = _row(names, (allowed[cheapest(allowed)].name,), (1.0,))
 
 
-def _acceptance_bound(records: Sequence[LoggedRecord], decided: np.ndarray) -> float:
-    """M = max_i max_a 1/μ_i(a) of the replay mode, over the `decided` rows."""
-    return max((1.0 / min(p for p in r.decision.pmf if p > 0) for r, mine in zip(records, decided, strict=True)
-                if mine), default=1.0)
+def _acceptance_bound(records: Sequence[LoggedRecord], left_out: np.ndarray) -> float:
+    """M = max_i max_a 1/μ_i(a) of the replay mode, over the rows not left out."""
+    return max((1.0 / min(p for p in r.decision.pmf if p > 0) for r, out in zip(records, left_out, strict=True)
+                if not out), default=1.0)
 
 
 def _rejection_sample(
@@ -264,10 +266,10 @@ def _rejection_sample(
     has_feedback: np.ndarray,
     seed: int,
     left_out: np.ndarray,
+    bound: float,
 ) -> ReplayResult:
     """The replay mode's acceptance for a candidate whose pmfs `target` are known and learn nothing (the same
     draws as `_rejection_replay`: on every `decided` row, the accepted ones scored where `has_feedback`)."""
-    bound = _acceptance_bound(records, decided)
     rng = np.random.default_rng([seed, 11])
     accepted = np.zeros(len(records), dtype=bool)
     exceeded = 0
@@ -296,10 +298,10 @@ def _rejection_replay(
     seed: int,
     by_name: Mapping[str, ModelSpec],
     left_out: np.ndarray,
+    bound: float,
 ) -> ReplayResult:
     """Li et al.'s replay with rejection sampling (see the module docstring): the candidate decides every `decided`
     row and learns the accepted ones; those `has_feedback` marks (with `policy`: that policy's) are scored."""
-    bound = _acceptance_bound(records, decided)
     rng = np.random.default_rng([seed, 11])
     accepted = np.zeros(len(records), dtype=bool)
     exceeded = 0
