@@ -161,7 +161,8 @@ def test_evaluate_of_a_log_of_two_live_policies_says_so_and_takes_one_with_polic
     one = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "--estimators", "snips",
                                   "--policy", "linucb"])
     assert one.exit_code == 0, one.output
-    assert "10 decisions with feedback evaluated (22 logged)" in one.output and "live policies" not in one.output
+    assert "10 decisions with feedback evaluated (22 logged; live policy 'linucb' alone)" in one.output
+    assert "live policies" not in one.output
     assert "| shadow:lints | snips | " in one.output
     unknown = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--policy", "lints"])
     assert unknown.exit_code == 2

@@ -939,3 +939,19 @@ def test_policy_counts_the_default_rewards_among_its_own_decisions() -> None:
     assert [w.split(":")[0] for w in said()] == ["50 of the 60 decisions with feedback have none from a caller"]
     assert [w.split(":")[0] for w in said(policy="linucb")] == [
         "10 of the 20 decisions of 'linucb' with feedback have none from a caller"]
+
+
+def test_the_report_says_whose_decisions_policy_evaluated() -> None:
+    """With `policy=NAME`, `evaluation.md` said "60 logged decisions, 60 with feedback, 20 evaluated" and compared
+    every candidate with "the logged policy" without saying that it was NAME's decisions alone (only
+    evaluation.json's settings did). It says so. Found reviewing hunt-ope (review22ope)."""
+    from bandit_router.evaluation import format_markdown
+
+    world = make_world(seed=5)
+    records = simulate_log(world, "random", 60, seed=5, cost_weight=20.0).records
+    changed = [r if i < 40 else dataclasses.replace(r, decision=dataclasses.replace(r.decision, policy="linucb"))
+               for i, r in enumerate(records)]
+    kwargs: dict[str, Any] = {"models": world.models, "estimators": ("snips",), "n_bootstrap": 0}
+    one = format_markdown(evaluate_log(changed, [], policy="linucb", **kwargs))
+    assert "20 evaluated (learning mode; the decisions of the live policy 'linucb' alone)" in one
+    assert "60 evaluated (learning mode). Models:" in format_markdown(evaluate_log(changed, [], **kwargs))

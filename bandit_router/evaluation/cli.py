@@ -279,7 +279,7 @@ def evaluate(
         raise _fail("evaluate", str(exc)) from None
     typer.echo(
         f"{evaluation.n_evaluated} decision{'' if evaluation.n_evaluated == 1 else 's'} with feedback evaluated "
-        f"({evaluation.n_logged} logged), "
+        f"({evaluation.n_logged} logged{'' if policy is None else f'; live policy {policy!r} alone'}), "
         f"models: {', '.join(evaluation.models)}"
     )
     typer.echo(format_table(evaluation))
