@@ -532,3 +532,26 @@ def test_shadows_are_estimated_anew_after_a_promotion(make: Callable[..., Any]) 
     after = client.get("/v1/stats/shadows").json()
     assert after["live"] == "linucb" and after["n"] == 0 and after["estimates"] == []
     assert "0 recent decisions of the live policy" in after["reason"]
+
+
+def test_a_shadow_added_at_a_restart_does_not_blank_the_others(make: Callable[..., Any]) -> None:
+    """A restart that added a shadow: the panel weighed only the decisions that logged every shadow's pmf, those
+    since the restart, so the shadow that had run all along was shown without an estimate ("5 recent decisions …
+    logged every shadow's pmf; at least 20 are needed") while the promotion check weighs it on all 45 decisions
+    that logged it. Each shadow is estimated on the decisions that logged its pmf, as the promotion check does.
+    Found reviewing hunt-ope (review22ope)."""
+    first = make(shadow_policies=("linucb",))
+    _traffic(first, 40, feedback_every=1)
+    first.__exit__(None, None, None)
+    client = make(shadow_policies=("linucb", "lints"))
+    _traffic(client, 5, feedback_every=1)
+    body = client.get("/v1/stats/shadows").json()
+    ShadowsOut.model_validate(body)
+    live, old, new = body["estimates"]
+    check = client.app.state.engine.promotion_check("linucb")
+    assert body["n"] == live["n"] == old["n"] == check["n"] == 45
+    assert live["value"] == pytest.approx(check["live_value"])
+    assert old["ci_low"] == pytest.approx(check["shadow_ci_low"])
+    assert old["promotable"] == check["ok"] and old["reason"] == check["reason"]
+    assert new["name"] == "lints" and new["n"] == 5 and new["value"] is None and new["promotable"] is False
+    assert "only 5 of the live policy's recent decisions with feedback logged its pmf" in new["reason"]

@@ -167,4 +167,7 @@ def test_an_outcome_of_the_default_reward_is_marked(log: SimulatedLog) -> None:
     report, with nothing to tell them apart. `_bandit_router.default_reward` marks it (hunt-ope)."""
     record = log.records[0]
     assert "default_reward" not in to_dsjson(record)["_bandit_router"]
-    assert to_dsjson(dataclasses.replace(record, default_reward=True))["_bandit_router"]["default_reward"] is True
+    marked = to_dsjson(dataclasses.replace(record, default_reward=True))
+    assert marked["_bandit_router"]["default_reward"] is True
+    examples = vw.DSJsonFormatParser(_workspace()).parse_json(json.dumps(marked))  # VW still reads the event
+    assert len(examples) == 1 + len(record.decision.models)

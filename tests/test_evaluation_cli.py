@@ -161,7 +161,8 @@ def test_evaluate_of_a_log_of_two_live_policies_says_so_and_takes_one_with_polic
     one = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--no-baselines", "--estimators", "snips",
                                   "--policy", "linucb"])
     assert one.exit_code == 0, one.output
-    assert "10 decisions with feedback evaluated (22 logged)" in one.output and "live policies" not in one.output
+    assert "10 decisions with feedback evaluated (22 logged; live policy 'linucb' alone)" in one.output
+    assert "live policies" not in one.output
     assert "| shadow:lints | snips | " in one.output
     unknown = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--policy", "lints"])
     assert unknown.exit_code == 2
@@ -1010,3 +1011,32 @@ def test_shadow_policies_settings(tmp_path: Path) -> None:
     for bad in ('["no-such-policy"]', '"linucb"', "[1]", '["linucb", "linucb"]', '["default"]'):
         with pytest.raises(ConfigError, match="shadow_policies"):
             load_settings(None, env={"BANDIT_ROUTER_SHADOW_POLICIES": bad})
+
+
+def test_export_warns_only_of_models_of_the_events_it_writes(tmp_path: Path) -> None:
+    """`export` warned that a model of the log without a catalog entry had "its actions exported with their name
+    alone" when it was allowed only by decisions without feedback, which it does not write (without
+    `--include-unlabeled`): no event held it. It warns of the models of the events it writes. Found reviewing
+    hunt-ope (review22ope)."""
+    from bandit_router.catalog import ModelSpec
+
+    db = tmp_path / "unlabeled.db"
+    specs = (ModelSpec("alpha", 1.0, 2.0), ModelSpec("beta", 0.5, 1.0), ModelSpec("gamma", 3.0, 4.0))
+    with TestClient(create_app(Settings(db=db, models=specs, seed=1, policy="random"))) as client:
+        _ready(client)
+        for i in range(3):
+            decision = client.post("/v1/route", json={"prompt": f"q {i}", "models": ["alpha", "beta"]}).json()
+            client.post("/v1/feedback", json={"decision_id": decision["decision_id"], "quality": 0.5})
+        client.post("/v1/route", json={"prompt": "never rated"})  # allows gamma; no feedback
+    config = tmp_path / "catalog.toml"
+    config.write_text("".join(f'[[models]]\nname = "{m.name}"\ninput_usd_per_mtok = {m.input_usd_per_mtok}\n'
+                              f'output_usd_per_mtok = {m.output_usd_per_mtok}\n' for m in specs[:2]))
+    runner = CliRunner()
+    labelled = runner.invoke(cli_app, ["export", "--db", str(db), "--config", str(config), "--out",
+                                       str(tmp_path / "a.dsjson")])
+    assert labelled.exit_code == 0, labelled.output
+    assert "wrote 3 events" in labelled.stderr and "gamma" not in labelled.stderr
+    every = runner.invoke(cli_app, ["export", "--db", str(db), "--config", str(config), "--include-unlabeled",
+                                    "--out", str(tmp_path / "b.dsjson")])
+    assert every.exit_code == 0, every.output
+    assert "wrote 4 events" in every.stderr and "warning: gamma: a model of the log" in every.stderr

@@ -880,3 +880,78 @@ def test_a_shadow_in_the_replay_mode_is_rejection_sampled_like_any_fixed_policy(
                       baselines=False)
     shadow, fixed = ev.record("shadow:always", "replay"), ev.record(f"fixed:{model}", "replay")
     assert shadow.value == fixed.value and shadow.n == fixed.n < len(records) // 2
+
+
+def test_policy_in_the_replay_mode_still_teaches_the_candidate_every_decision() -> None:
+    """`policy=NAME` is documented to evaluate NAME's decisions while every decision still teaches the candidates,
+    but in `mode="replay"` the other policies' decisions were left out before the replay: the candidate never
+    decided them, so it accepted and learned none of them (linucb learned 36 outcomes where the whole log taught it
+    167) and was scored as a policy starting cold at NAME's first decision. It decides them and learns the accepted
+    ones now: on NAME's decisions its pmfs and accepted rounds are the whole log's replay's, a shadow's too. Found
+    reviewing hunt-ope (review22ope)."""
+    world = make_world(seed=5)
+    records = simulate_log(world, "random", 400, seed=5, cost_weight=20.0).records
+    model = world.models[0].name
+    changed = [dataclasses.replace(r, decision=dataclasses.replace(r.decision, policy="linucb" if i >= 300 else
+                                                                      "random"),
+                                   shadow_pmfs={"always": tuple(float(m == model) for m in r.decision.models)})
+               for i, r in enumerate(records)]
+    cands = ["linucb", "shadow:always"]
+    kwargs: dict[str, Any] = {"models": world.models, "estimators": ("snips",), "baselines": False, "mode": "replay"}
+    whole = evaluate_log(changed, cands, **kwargs)
+    one = evaluate_log(changed, cands, policy="linucb", **kwargs)
+    for c in cands:
+        a, b = whole.replays[c], one.replays[c]
+        assert not b.evaluated[:300].any() and b.evaluated[300:].tolist() == a.evaluated[300:].tolist()
+        assert np.allclose(a.target_pmf[300:], b.target_pmf[300:]) and a.acceptance_bound == b.acceptance_bound
+    assert whole.replays["linucb"].router.version == one.replays["linucb"].router.version > 100
+
+
+def test_policy_whose_decisions_are_all_trained_on_in_the_frozen_mode_is_told_so() -> None:
+    """`policy=NAME` in `mode="frozen"` for a policy live before a promotion, whose decisions all lie in the first
+    half the candidates train on, said "no logged decision with feedback to evaluate on" of a log with 20 of NAME's
+    decisions with feedback. It says why now, and what evaluates them. Found reviewing hunt-ope (review22ope)."""
+    world = make_world(seed=5)
+    records = simulate_log(world, "random", 60, seed=5, cost_weight=20.0).records
+    changed = [r if i < 20 else dataclasses.replace(r, decision=dataclasses.replace(r.decision, policy="linucb"))
+               for i, r in enumerate(records)]
+    with pytest.raises(InvalidInput, match=r"policy 'random': none of its 20 decisions with feedback is in the part "
+                                           r"of the log the frozen mode evaluates \(the last 50%\)"):
+        evaluate_log(changed, [], models=world.models, estimators=("snips",), mode="frozen", policy="random")
+
+
+def test_policy_counts_the_default_rewards_among_its_own_decisions() -> None:
+    """With `policy=NAME` the `default_reward` warning counted every policy's decisions ("every estimate counts
+    them") where only NAME's are scored: default rewards of a policy live before a restart were said to pull
+    estimates that never saw them. They are counted among NAME's decisions now. Found reviewing hunt-ope
+    (review22ope)."""
+    world = make_world(seed=5)
+    records = simulate_log(world, "random", 60, seed=5, cost_weight=20.0).records
+    changed = [dataclasses.replace(r, default_reward=True) if i < 40 else
+               dataclasses.replace(r, decision=dataclasses.replace(r.decision, policy="linucb"),
+                                   default_reward=i % 2 == 0)
+               for i, r in enumerate(records)]
+
+    def said(**kwargs: Any) -> list[str]:
+        ev = evaluate_log(changed, [], models=world.models, estimators=("snips",), n_bootstrap=0, **kwargs)
+        return [w for w in ev.warnings if "default_reward" in w]
+
+    assert [w.split(":")[0] for w in said()] == ["50 of the 60 decisions with feedback have none from a caller"]
+    assert [w.split(":")[0] for w in said(policy="linucb")] == [
+        "10 of the 20 decisions of 'linucb' with feedback have none from a caller"]
+
+
+def test_the_report_says_whose_decisions_policy_evaluated() -> None:
+    """With `policy=NAME`, `evaluation.md` said "60 logged decisions, 60 with feedback, 20 evaluated" and compared
+    every candidate with "the logged policy" without saying that it was NAME's decisions alone (only
+    evaluation.json's settings did). It says so. Found reviewing hunt-ope (review22ope)."""
+    from bandit_router.evaluation import format_markdown
+
+    world = make_world(seed=5)
+    records = simulate_log(world, "random", 60, seed=5, cost_weight=20.0).records
+    changed = [r if i < 40 else dataclasses.replace(r, decision=dataclasses.replace(r.decision, policy="linucb"))
+               for i, r in enumerate(records)]
+    kwargs: dict[str, Any] = {"models": world.models, "estimators": ("snips",), "n_bootstrap": 0}
+    one = format_markdown(evaluate_log(changed, [], policy="linucb", **kwargs))
+    assert "20 evaluated (learning mode; the decisions of the live policy 'linucb' alone)" in one
+    assert "60 evaluated (learning mode). Models:" in format_markdown(evaluate_log(changed, [], **kwargs))

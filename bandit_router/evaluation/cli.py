@@ -173,10 +173,12 @@ def _shadow_hint(records: list[LoggedRecord], shadow: str) -> str:
     return f" (--policy {whole[-1]} evaluates it on that live policy's decisions, which all logged it)" if whole else ""
 
 
-def _noting_models(records: Iterator[LoggedRecord], seen: set[str]) -> Iterator[LoggedRecord]:
-    """`records` as they come, each decision's models added to `seen` (`export` streams the log)."""
+def _noting_models(records: Iterator[LoggedRecord], seen: set[str], *, unlabeled: bool) -> Iterator[LoggedRecord]:
+    """`records` as they come, the models of each decision `export` writes (with feedback, or `unlabeled`) added to
+    `seen` (`export` streams the log)."""
     for record in records:
-        seen.update(record.decision.models)
+        if record.outcome is not None or unlabeled:
+            seen.update(record.decision.models)
         yield record
 
 
@@ -277,7 +279,7 @@ def evaluate(
         raise _fail("evaluate", str(exc)) from None
     typer.echo(
         f"{evaluation.n_evaluated} decision{'' if evaluation.n_evaluated == 1 else 's'} with feedback evaluated "
-        f"({evaluation.n_logged} logged), "
+        f"({evaluation.n_logged} logged{'' if policy is None else f'; live policy {policy!r} alone'}), "
         f"models: {', '.join(evaluation.models)}"
     )
     typer.echo(format_table(evaluation))
@@ -335,7 +337,7 @@ def export(
         try:
             specs = model_specs(store, catalog)
             seen: set[str] = set()
-            records = _noting_models(iter_log(store), seen)
+            records = _noting_models(iter_log(store), seen, unlabeled=include_unlabeled)
             if out is None:
                 try:
                     written = export_dsjson(

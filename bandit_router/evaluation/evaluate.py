@@ -375,21 +375,25 @@ def _prepare(
             f"often for some models than others, every estimate is biased"
         )
     warnings.extend(mixed)
-    warnings.extend(default_reward_warnings(logged))
+    warnings.extend(default_reward_warnings(logged, config.policy))
     return _Prepared(n_every, logged, arrays, wanted, replays, warnings)
 
 
-def default_reward_warnings(logged: Sequence[LoggedRecord]) -> list[str]:
+def default_reward_warnings(logged: Sequence[LoggedRecord], policy: str | None = None) -> list[str]:
     """A warning when some outcomes are the service's `default_reward` for a decision whose window closed without
-    feedback: the policy learned them, and every estimate counts them as observed, pulled toward that quality."""
+    feedback: the policy learned them, and every estimate counts them as observed, pulled toward that quality.
+    With `policy`, among the decisions evaluated: that policy's (the others' teach the candidates, never scored)."""
+    if policy is not None:
+        logged = [r for r in logged if r.decision.policy == policy]
     imputed = [r.outcome.quality for r in logged if r.default_reward and r.outcome is not None]
     if not imputed:
         return []
     low, high = min(imputed), max(imputed)
     quality = f"{low:g}" if low == high else f"{low:g} to {high:g}"
-    return [f"{len(imputed)} of the {len(logged)} decisions with feedback have none from a caller: their reward window "
-            f"closed and the service learned its default_reward (quality {quality}) for them, as the policy did; every "
-            "estimate counts them as observed outcomes"]
+    whose = "" if policy is None else f" of {policy!r}"
+    return [f"{len(imputed)} of the {len(logged)} decisions{whose} with feedback have none from a caller: their reward "
+            f"window closed and the service learned its default_reward (quality {quality}) for them, as the policy "
+            "did; every estimate counts them as observed outcomes"]
 
 
 def mixed_policy_warnings(logged: Sequence[LoggedRecord], policy: str | None = None) -> list[str]:
@@ -457,6 +461,11 @@ def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[Estimat
     sub = p.arrays.subset(rows)
     n_eval = len(sub)
     t, estimators = config.thresholds, config.estimators
+    if n_eval == 0 and config.policy is not None and config.mode == "frozen":
+        n_policy = sum(r.decision.policy == config.policy for r in p.logged)
+        raise InvalidInput(f"policy {config.policy!r}: none of its {n_policy} decisions with feedback is in the part "
+                           f"of the log the frozen mode evaluates (the last {1 - config.train_fraction:.0%}): "
+                           "evaluate a policy live before a promotion or a restart in the learning or the replay mode")
     if n_eval == 0:
         raise InvalidInput("no logged decision with feedback to evaluate on")
     if n_eval < t.min_ess:

@@ -133,8 +133,9 @@ def replay(
     policy chooses). A decision that allowed no model with an entry is one no candidate decides: it keeps its
     logged row, with feedback or without, and is left out of the evaluated rows (`left_out_rows`). `models` fixes
     the column order of `target_pmf` (default: order of first appearance). `policy`: only the decisions that live
-    policy made are evaluated (the others are left out, `left_out`, but still teach the candidate; a shadow's pmf
-    is needed only on the evaluated ones).
+    policy made are evaluated (the others are left out, `left_out`, but still teach the candidate: in `replay` it
+    decides them too and learns the ones it accepts, so its pmfs are those of the whole log's replay; a shadow's
+    pmf is needed only on the evaluated ones).
     """
     if mode not in MODES:
         raise InvalidInput(f"unknown mode {quoted([mode], MODES)}; known: {', '.join(MODES)}")
@@ -150,6 +151,8 @@ def replay(
     split = math.floor(train_fraction * n) if mode == "frozen" else 0
     by_name = specs_by_name(specs, "specs")
     left_out = left_out_rows(records, by_name, mode=mode, train_fraction=train_fraction)
+    decided = has_feedback & ~left_out  # replay: the rounds a candidate may accept (and learn from)
+    bound = _acceptance_bound(records, left_out) if mode == "replay" else math.nan  # M, whatever `policy`
     if policy is not None:  # another policy's decisions: evaluated for no candidate
         left_out |= has_feedback & np.array([r.decision.policy != policy for r in records], dtype=bool)
         if mode == "frozen":
@@ -173,7 +176,7 @@ def replay(
                 raise InvalidInput(f"decision {record.decision.decision_id!r} has no pmf of shadow {cand.shadow!r}")
             target[i] = _row(names, record.decision.models, pmf)
         if mode == "replay":  # a fixed policy as `fixed:…` is: its rounds were all taken, so it scored `logged`'s value
-            return _rejection_sample(records, cand, names, target, has_feedback, seed, left_out)
+            return _rejection_sample(records, cand, names, target, decided, has_feedback, seed, left_out, bound)
         return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
 
     known = [by_name[m] for m in names if m in by_name]
@@ -182,10 +185,11 @@ def replay(
         _fixed_from_log(records, str(settings["model"]), by_name, names, target)
         if mode != "replay":
             return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
-        return _rejection_sample(records, cand, names, target, has_feedback, seed, left_out)
+        return _rejection_sample(records, cand, names, target, decided, has_feedback, seed, left_out, bound)
     router = candidate_router(cand, known, seed=seed, latency_weight=latency_weight)
     if mode == "replay":
-        return _rejection_replay(records, cand, router, names, target, has_feedback, seed, by_name, left_out)
+        return _rejection_replay(records, cand, router, names, target, decided, has_feedback, seed, by_name, left_out,
+                                 bound)
 
     def decide(i: int) -> None:
         d = records[i].decision
@@ -258,20 +262,21 @@ def _rejection_sample(
     cand: Candidate,
     names: tuple[str, ...],
     target: np.ndarray,
+    decided: np.ndarray,
     has_feedback: np.ndarray,
     seed: int,
     left_out: np.ndarray,
+    bound: float,
 ) -> ReplayResult:
     """The replay mode's acceptance for a candidate whose pmfs `target` are known and learn nothing (the same
-    draws as `_rejection_replay`)."""
-    bound = _acceptance_bound(records, left_out)
+    draws as `_rejection_replay`: on every `decided` row, the accepted ones scored where `has_feedback`)."""
     rng = np.random.default_rng([seed, 11])
     accepted = np.zeros(len(records), dtype=bool)
     exceeded = 0
     index = {m: k for k, m in enumerate(names)}
     for i, record in enumerate(records):
         d = record.decision
-        if not has_feedback[i]:
+        if not decided[i]:
             continue
         pi = float(target[i, index[d.model]])
         ratio = pi / d.probability
@@ -288,13 +293,15 @@ def _rejection_replay(
     router: Router,
     names: tuple[str, ...],
     target: np.ndarray,
+    decided: np.ndarray,
     has_feedback: np.ndarray,
     seed: int,
     by_name: Mapping[str, ModelSpec],
     left_out: np.ndarray,
+    bound: float,
 ) -> ReplayResult:
-    """Li et al.'s replay with rejection sampling (see the module docstring)."""
-    bound = _acceptance_bound(records, left_out)
+    """Li et al.'s replay with rejection sampling (see the module docstring): the candidate decides every `decided`
+    row and learns the accepted ones; those `has_feedback` marks (with `policy`: that policy's) are scored."""
     rng = np.random.default_rng([seed, 11])
     accepted = np.zeros(len(records), dtype=bool)
     exceeded = 0
@@ -306,7 +313,7 @@ def _rejection_replay(
             outcome = records[j].outcome
             assert outcome is not None
             router.learn(mine_j, outcome)
-        if not has_feedback[i]:  # no feedback, or left out
+        if not decided[i]:  # no feedback, or a decision no candidate decides
             continue
         lam = cand.cost_weight if cand.cost_weight is not None else d.cost_weight
         mine = router.decide(d.context, models=_allowed(d, by_name), cost_weight=lam, decision_id=d.decision_id)

@@ -126,6 +126,12 @@ def _warnings(evaluation: Evaluation) -> list[str]:
     return out
 
 
+def _of_policy(evaluation: Evaluation) -> str:
+    """Whose decisions were evaluated, when `policy` chose one live policy's (`logged` is then that policy)."""
+    policy = evaluation.settings.get("policy")
+    return f"; the decisions of the live policy {policy!r} alone" if policy else ""
+
+
 def format_markdown(evaluation: Evaluation, *, title: str = "Offline evaluation") -> str:
     """The whole `evaluation.md`: what was evaluated, the table, the warnings."""
     s = evaluation.settings
@@ -137,7 +143,8 @@ def format_markdown(evaluation: Evaluation, *, title: str = "Offline evaluation"
         f"# {title}",
         "",
         f"{evaluation.n_logged} logged decisions, {evaluation.n_with_feedback} with feedback, "
-        f"{evaluation.n_evaluated} evaluated ({evaluation.mode} mode). Models: {', '.join(evaluation.models)}.",
+        f"{evaluation.n_evaluated} evaluated ({evaluation.mode} mode{_of_policy(evaluation)}). "
+        f"Models: {', '.join(evaluation.models)}.",
         f"Reward = quality − λ·cost with {lam_text}. Estimators: {', '.join(s.get('estimators', []))}.",
         "",
         format_table(evaluation),

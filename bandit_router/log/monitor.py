@@ -14,8 +14,9 @@
   those decisions, so a model added a moment ago shows its exploration floor; and the budget pacer's report
   (each target against its realised value, per tenant).
 - `shadows()`: each shadow policy's doubly robust estimate (with its confidence interval) against the live
-  policy's, on the newest `SHADOW_DECISIONS` decisions that logged every shadow's pmf, and whether that evidence
-  would allow a promotion (`evaluation.promotion_check`). Recomputed at most every `SHADOW_TTL_S` seconds.
+  policy's, on the live policy's decisions with feedback among the newest `SHADOW_DECISIONS` that logged the
+  shadow's pmf (its `n`; the live row: those that logged any), and whether that evidence would allow a promotion
+  (`evaluation.promotion_check`). Recomputed at most every `SHADOW_TTL_S` seconds.
 
 Every method blocks (a database read, maybe an evaluation): call it from a thread pool.
 """
@@ -26,7 +27,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import graphemes
 from ..budgets import BudgetConfig, BudgetPacer
@@ -40,6 +41,9 @@ from ..types import Context
 from .policies import PolicySet
 from .timeseries import Window, timeseries
 
+if TYPE_CHECKING:
+    from ..evaluation import Evaluation
+
 TYPICAL_DECISIONS = 200
 NOW_DECISIONS = 100
 """The newest routed decisions whose contexts `live()` prices again with the live policy ("probability now")."""
@@ -49,6 +53,8 @@ the budget targets stay the same: a dashboard polls every 2 s, and a model added
 budget PUT (here or on another replica) shows at once."""
 SHADOW_DECISIONS = 2000
 SHADOW_TTL_S = 15.0
+MIN_SHADOW_EVIDENCE = 20
+"""Recent decisions of the live policy with feedback that logged a shadow's pmf below which it is not estimated."""
 MAX_RECENT = 500
 RECENT_PROMPT_CHARS = 1000
 """`recent()` shows a stored prompt's first this many characters (then `…`); the whole one is in the decision
@@ -223,13 +229,13 @@ class Monitor:
         live = self.policies.live.policy.name  # what the live router writes into each decision's `policy`
         records = [  # the live policy's own, as the promotion check weighs them: not a policy live before it
             r for r in recent_log(self.store, SHADOW_DECISIONS)
-            if r.outcome is not None and r.decision.policy == live and all(name in r.shadow_pmfs for name in names)
+            if r.outcome is not None and r.decision.policy == live and any(name in r.shadow_pmfs for name in names)
         ]
         out["n"] = len(records)
-        if len(records) < 20:
+        if len(records) < MIN_SHADOW_EVIDENCE:
             counted = f"{len(records)} recent decision{'' if len(records) == 1 else 's'}"
-            return {**out, "estimates": [], "reason": f"{counted} of the live policy with feedback logged every "
-                    "shadow's pmf; at least 20 are needed"}
+            return {**out, "estimates": [], "reason": f"{counted} of the live policy with feedback logged a shadow's "
+                    f"pmf; at least {MIN_SHADOW_EVIDENCE} are needed"}
         specs = {s.name: s for s in self.catalog()}
         for logged in records:
             for name in logged.decision.models:
@@ -238,28 +244,52 @@ class Monitor:
                         specs[name] = self.policies.live.spec(name)  # added at run time, or retired
                     except UnknownModel:  # left the catalog file: evaluated as such (`evaluation.removed`)
                         continue
-        candidates = ["logged", *(f"shadow:{name}" for name in names)]
-        evaluation = evaluate_log(records, candidates, models=specs, estimators=("dr",), baselines=False, seed=0)
-        estimates = []
-        for candidate in candidates:
-            estimate = evaluation.record(candidate, "dr")
-            entry = {
-                "name": self.policies.live_name if candidate == "logged" else candidate.removeprefix("shadow:"),
-                "role": "live" if candidate == "logged" else "shadow",
-                "value": _finite(estimate.value),
-                "ci_low": _finite(estimate.ci_low),
-                "ci_high": _finite(estimate.ci_high),
-                "quality": _finite(estimate.quality.value),
-                "cost_usd": _finite(estimate.cost.value),
-                "ess": _finite(estimate.ess),
-                "warnings": list(estimate.warnings),
-            }
-            if candidate != "logged":
-                check = promotion_check(evaluation, candidate, estimator="dr", live="logged")
-                entry["promotable"] = check.ok
-                entry["reason"] = check.reason
-            estimates.append(entry)
-        return {**out, "estimates": estimates}
+        # Each shadow on the decisions that logged its pmf, as the promotion check: a shadow added at a restart
+        # must not shrink the others' evidence to its own (shadows logged with the same decisions: one evaluation).
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for name in names:
+            groups.setdefault(tuple(i for i, r in enumerate(records) if name in r.shadow_pmfs), []).append(name)
+        shadow_entries: dict[str, dict[str, Any]] = {}
+        live_entry: dict[str, Any] | None = None
+        for rows, group in groups.items():
+            if len(rows) < MIN_SHADOW_EVIDENCE:
+                for name in group:
+                    shadow_entries[name] = {
+                        "name": name, "role": "shadow", "value": None, "ci_low": None, "ci_high": None,
+                        "quality": None, "cost_usd": None, "ess": None, "warnings": [], "n": len(rows),
+                        "promotable": False, "reason": f"only {len(rows)} of the live policy's recent decisions with "
+                        f"feedback logged its pmf; at least {MIN_SHADOW_EVIDENCE} are needed"}
+                continue
+            candidates = ["logged", *(f"shadow:{name}" for name in group)]
+            evaluation = evaluate_log([records[i] for i in rows], candidates, models=specs, estimators=("dr",),
+                                      baselines=False, seed=0)
+            for name in group:
+                check = promotion_check(evaluation, f"shadow:{name}", estimator="dr", live="logged")
+                shadow_entries[name] = {**_entry(evaluation, f"shadow:{name}", name, "shadow", len(rows)),
+                                        "promotable": check.ok, "reason": check.reason}
+            if len(rows) == len(records):
+                live_entry = _entry(evaluation, "logged", self.policies.live_name, "live", len(rows))
+        if live_entry is None:  # no shadow was logged with every one of them
+            evaluation = evaluate_log(records, ["logged"], models=specs, estimators=("dr",), baselines=False, seed=0)
+            live_entry = _entry(evaluation, "logged", self.policies.live_name, "live", len(records))
+        return {**out, "estimates": [live_entry, *(shadow_entries[name] for name in names)]}
+
+
+def _entry(evaluation: Evaluation, candidate: str, name: str, role: str, n: int) -> dict[str, Any]:
+    """One row of the shadows panel: `candidate`'s DR estimate in `evaluation`, on `n` decisions."""
+    estimate = evaluation.record(candidate, "dr")
+    return {
+        "name": name,
+        "role": role,
+        "value": _finite(estimate.value),
+        "ci_low": _finite(estimate.ci_low),
+        "ci_high": _finite(estimate.ci_high),
+        "quality": _finite(estimate.quality.value),
+        "cost_usd": _finite(estimate.cost.value),
+        "ess": _finite(estimate.ess),
+        "warnings": list(estimate.warnings),
+        "n": n,
+    }
 
 
 def _finite(value: float) -> float | None:

@@ -138,6 +138,8 @@ class ShadowEstimate(BaseModel):
     cost_usd: float | None
     ess: float | None
     warnings: list[str]
+    n: int | None = Field(None, description="the live policy's decisions with feedback it was estimated on: "
+                          "those that logged its pmf (a shadow added at a restart, those since)")
     promotable: bool | None = None
     reason: str | None = None
 
@@ -147,6 +149,7 @@ class ShadowsOut(BaseModel):
     live: str
     window: int = Field(description="the newest decisions looked at")
     estimator: str
-    n: int = Field(description="decisions of the live policy with feedback that logged every shadow's pmf")
+    n: int = Field(description="decisions of the live policy with feedback that logged a shadow's pmf (the live "
+                   "estimate's; each shadow's own `n` is those that logged its pmf)")
     estimates: list[ShadowEstimate]
     reason: str | None = None
