@@ -878,3 +878,19 @@ def test_a_rules_policy_may_name_a_model_added_at_run_time_and_skips_a_retired_o
                        r"'\(\?i\)\^translate'\) names the model 'gpt-4o-minii' \(did you mean gpt-4o-mini\?\), "
                        r"which is not in the catalog; its models: .*gpt-5"):
         make_client(policy="rules", policy_settings=misspelt)
+
+
+def test_a_request_may_allow_more_than_64_models_of_a_large_catalog(make_client: Callable[..., TestClient]) -> None:
+    """A request's `models` was held to 64 names while a catalog may hold 128 by default (`max_models`): a request
+    allowing 70 of a 70-model catalog was a 422 (found by hunt-scale on a 100-model catalog). It may name up to
+    1,024; beyond, a 422 names the field and the limit."""
+    from bandit_router.catalog import ModelSpec
+
+    names = [f"m-{i:02d}" for i in range(70)]
+    client = make_client(models=tuple(ModelSpec(n, 1.0 + i / 10, 2.0) for i, n in enumerate(names)))
+    reply = client.post("/v1/route", json={"prompt": "hi", "models": names[::-1]})
+    assert reply.status_code == 200, reply.text
+    assert set(reply.json()["probabilities"]) == set(names)
+    refused = client.post("/v1/route", json={"prompt": "hi", "models": names * 15})
+    assert refused.status_code == 422 and refused.json()["field"] == "models"
+    assert "at most 1024" in refused.json()["message"]

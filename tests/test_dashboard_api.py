@@ -300,6 +300,32 @@ def test_probability_now_is_reused_for_a_while_and_priced_again_when_the_models_
     assert len(calls) == 3 and calls[-1] == 15
 
 
+def test_probability_now_prices_only_the_contexts_its_time_budget_reaches(make: Callable[..., Any]) -> None:
+    """`typical.now` priced the newest 100 contexts whatever a pmf cost: ∝ K² with the `default` policy, ≈ 1 s a
+    computation at 100 models and ≈ 10 s at 300, past the dashboard's 10 s wait (found by hunt-scale: the page said
+    "no answer within 10 s" for its first 25 s at 300 models). It stops once `NOW_BUDGET_S` has passed, newest
+    first, and says how many it averaged (`now_decisions`); a steady clock that never advances prices them all."""
+    from bandit_router.log import monitor as monitor_module
+
+    client = make()
+    _traffic(client, 12)
+    client.get("/v1/stats/live")  # builds the app's monitor
+    monitor = client.app.state.monitor
+    ticks = [0.0]
+
+    def slow() -> float:  # each reading a whole budget later: the first context priced uses it up
+        ticks[0] += monitor_module.NOW_BUDGET_S
+        return ticks[0]
+
+    monitor._now_cache, monitor.steady = None, slow
+    typical = client.get("/v1/stats/live").json()["typical"]
+    LiveOut.model_validate(client.get("/v1/stats/live").json())
+    assert typical["decisions"] == 12 and typical["now_decisions"] == 1
+    assert sum(typical["now"].values()) == pytest.approx(1.0)
+    monitor._now_cache, monitor.steady = None, (lambda: 0.0)
+    assert client.get("/v1/stats/live").json()["typical"]["now_decisions"] == 12
+
+
 def test_probability_now_is_priced_again_at_once_after_a_budget_put_or_a_promotion(
     make: Callable[..., Any],
 ) -> None:

@@ -52,7 +52,8 @@ class ReplayResult:
 
     `target_pmf` (n, K) over `models`, one row per record (rows that are not `evaluated` hold the logged pmf).
     `evaluated` (n,) bool: rows the estimates use (with feedback; frozen: the held-out part; replay: accepted).
-    `router`: the candidate's router after the replay (frozen: as trained), None for logged/shadow.
+    `router`: the candidate's router after the replay (frozen: as trained), None for logged, shadow and fixed
+    (`fixed:<model>` is read from the log).
     `acceptance_bound`: M of the `replay` mode; `bound_exceeded`: rounds where π/μ > M (then biased).
     `left_out` (n,) bool: rows that would be evaluated but are left out for every candidate (`left_out_rows`).
     """
@@ -146,8 +147,14 @@ def replay(
     n = len(records)
     target = np.zeros((n, len(names)))
     has_feedback = np.array([r.outcome is not None for r in records], dtype=bool)
+    column = {m: j for j, m in enumerate(names)}
     for i, record in enumerate(records):
-        target[i] = _row(names, record.decision.models, record.decision.pmf)
+        d = record.decision
+        if d.models == names:  # the common case: every model of the log allowed, in its order
+            target[i] = d.pmf
+        else:
+            for m, p in zip(d.models, d.pmf, strict=True):
+                target[i, column[m]] += p
     split = math.floor(train_fraction * n) if mode == "frozen" else 0
     by_name = specs_by_name(specs, "specs")
     left_out = left_out_rows(records, by_name, mode=mode, train_fraction=train_fraction)
@@ -181,7 +188,7 @@ def replay(
 
     known = [by_name[m] for m in names if m in by_name]
     policy, settings = parse_spec(cand.policy)
-    if policy == "fixed" and settings.get("model") in names and settings.get("model") not in by_name:
+    if policy == "fixed" and settings.get("model") in names:  # one-hot pmfs: read from the log, no router to replay
         _fixed_from_log(records, str(settings["model"]), by_name, names, target)
         if mode != "replay":
             return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
@@ -239,16 +246,22 @@ def _fixed_from_log(
     names: tuple[str, ...],
     target: np.ndarray,
 ) -> None:
-    """`fixed:<model>` for a model of the log without a catalog entry into `target`: what `FixedPolicy` chooses,
-    from the log alone (the model where a decision allowed it, else the cheapest allowed model; a decision that
-    allowed neither keeps its logged row, which is never evaluated)."""
+    """`fixed:<model>` for a model of the log into `target`: what `FixedPolicy` chooses (it neither learns nor
+    explores), from the log alone (the model where a decision allowed it, else the cheapest allowed model with a
+    catalog entry; a decision that allowed neither keeps its logged row, which is never evaluated). O(n·K) for n
+    records of K models; a router replayed it in O(n·K) Python steps, so the baselines (`fixed:<model>` for each of
+    K models) cost O(n·K²): at 100 models, 125 s on 8,000 decisions with feedback."""
+    column = {m: j for j, m in enumerate(names)}
+    j = column[model]
     for i, record in enumerate(records):
         if model in record.decision.models:
-            target[i] = _row(names, (model,), (1.0,))
+            target[i] = 0.0
+            target[i, j] = 1.0
             continue
         allowed = [by_name[m] for m in _allowed(record.decision, by_name)]
         if allowed:
-            target[i] = _row(names, (allowed[cheapest(allowed)].name,), (1.0,))
+            target[i] = 0.0
+            target[i, column[allowed[cheapest(allowed)].name]] = 1.0
 
 
 def _acceptance_bound(records: Sequence[LoggedRecord], left_out: np.ndarray) -> float:

@@ -11,7 +11,8 @@
   every request allowed can still average a logged probability of 0); `typical.now`:
   the probability the live policy would give each model *now* (`Router.pmf_now`: its pmf with the cold-start
   floors at today's λ, nothing drawn or booked), averaged over the contexts of the newest `NOW_DECISIONS` of
-  those decisions, so a model added a moment ago shows its exploration floor; and the budget pacer's report
+  those decisions, newest first, as many as `NOW_BUDGET_S` of pricing reaches (at least one; `typical.now_decisions`
+  says how many), so a model added a moment ago shows its exploration floor; and the budget pacer's report
   (each target against its realised value, per tenant).
 - `shadows()`: each shadow policy's doubly robust estimate (with its confidence interval) against the live
   policy's, on the live policy's decisions with feedback among the newest `SHADOW_DECISIONS` that logged the
@@ -47,10 +48,15 @@ if TYPE_CHECKING:
 TYPICAL_DECISIONS = 200
 NOW_DECISIONS = 100
 """The newest routed decisions whose contexts `live()` prices again with the live policy ("probability now")."""
+NOW_BUDGET_S = 0.2
+"""How long `live()` prices contexts for "probability now" before it averages what it has (measured by `steady`;
+at least one context is priced). A pmf of the `default` policy costs ∝ K² for K models in play: ≈ 0.1 ms at 5
+models, ≈ 10 ms at 100 and ≈ 80 ms at 300, so 100 contexts took ≈ 1 s a computation at 100 models and ≈ 10 s at
+300, past the dashboard's 10 s wait for an answer (it showed "no answer within 10 s" for the first 25 s)."""
 NOW_TTL_S = 10.0
-"""How long `live()` reuses its "probability now" (≈ 10–30 ms of policy pmfs) while the live router, its models and
-the budget targets stay the same: a dashboard polls every 2 s, and a model added or retired, a promotion, or a
-budget PUT (here or on another replica) shows at once."""
+"""How long `live()` reuses its "probability now" (at most ≈ `NOW_BUDGET_S` of policy pmfs) while the live router,
+its models and the budget targets stay the same: a dashboard polls every 2 s, and a model added or retired, a
+promotion, or a budget PUT (here or on another replica) shows at once."""
 SHADOW_DECISIONS = 2000
 SHADOW_TTL_S = 15.0
 MIN_SHADOW_EVIDENCE = 20
@@ -97,7 +103,7 @@ class Monitor:
         self._shadow_lock = threading.Lock()
         self._shadow_cache: tuple[float, tuple[str, ...], dict[str, Any]] | None = None
         """(when (`steady`), (live policy, its shadows), the estimates): `SHADOW_TTL_S`, while the policies stay."""
-        self._now_cache: tuple[float, _NowKey, dict[str, float | None]] | None = None
+        self._now_cache: tuple[float, _NowKey, tuple[dict[str, float | None], int]] | None = None
         """(when (`steady`), (live router, its models, the budget targets), `typical.now`): `NOW_TTL_S`."""
 
     def timeseries(self, window: Window) -> dict[str, Any]:
@@ -164,10 +170,10 @@ class Monitor:
         key: _NowKey = (live, tuple(live.models), self.pacer.config)
         cached = self._now_cache
         if cached is not None and cached[1] == key and 0.0 <= self.steady() - cached[0] < NOW_TTL_S:
-            now = cached[2]
+            now, priced = cached[2]
         else:
-            now = self._pmf_now(live, [stored.decision.context for _, stored in rows[:NOW_DECISIONS]])
-            self._now_cache = (self.steady(), key, now)
+            now, priced = self._pmf_now(live, [stored.decision.context for _, stored in rows[:NOW_DECISIONS]])
+            self._now_cache = (self.steady(), key, (now, priced))
         return {
             "time": self.clock(),
             "policy": self.policies.live_name,
@@ -181,17 +187,21 @@ class Monitor:
                 "probabilities": {name: (p / n if n else None) for name, p in sorted(totals.items())},
                 "allowed": dict(sorted(allowed.items())),
                 "now": now,
+                "now_decisions": priced,
             },
             "budgets": self.pacer.report(),
         }
 
-    @staticmethod
-    def _pmf_now(live: Router, contexts: list[Context]) -> dict[str, float | None]:
-        """Per active model, the mean probability `live` would give it now over `contexts` (`Router.pmf_now`;
-        None without contexts, 0 for a model it would not route to)."""
+    def _pmf_now(self, live: Router, contexts: list[Context]) -> tuple[dict[str, float | None], int]:
+        """Per active model, the mean probability `live` would give it now over `contexts`, newest first, until
+        `NOW_BUDGET_S` has passed on `steady` (`Router.pmf_now`; None without contexts, 0 for a model it would not
+        route to); and how many contexts were averaged."""
         sums = {m.name: 0.0 for m in live.models}
         n = 0
+        deadline = self.steady() + NOW_BUDGET_S
         for context in contexts:
+            if n and self.steady() >= deadline:
+                break
             try:
                 pmf = live.pmf_now(context)
             except BanditRouterError:  # e.g. no model allowed for this request's tenant now
@@ -199,7 +209,7 @@ class Monitor:
             n += 1
             for name, p in pmf.items():
                 sums[name] = sums.get(name, 0.0) + p
-        return {name: (p / n if n else None) for name, p in sorted(sums.items())}
+        return {name: (p / n if n else None) for name, p in sorted(sums.items())}, n
 
     def shadows(self) -> dict[str, Any]:
         """Off-policy estimates of the shadows against the live policy (cached for `SHADOW_TTL_S`)."""

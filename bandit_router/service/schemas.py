@@ -116,7 +116,11 @@ Context = Annotated[
 """Caller attributes of a request (`/v1/route`'s `context`, the gateway's `bandit_router.context`)."""
 CostWeight = Annotated[float, Field(ge=0, le=MAX_COST_WEIGHT, allow_inf_nan=False)]
 """λ for one request: finite, in [0, 10⁹] (sums of it in the rollup stay finite)."""
-AllowedModels = Annotated[list[ModelName], Field(min_length=1, max_length=64)]
+MAX_ALLOWED_MODELS = 1024
+"""The most names a request's `models` may list. It was 64, fewer than the 128 models `max_models` lets a catalog
+hold by default, so a request allowing 65 of a 100-model catalog was a 422 (found by hunt-scale); a route among
+1,024 models costs seconds (the `default` policy's pmf grows with the square of the models in play)."""
+AllowedModels = Annotated[list[ModelName], Field(min_length=1, max_length=MAX_ALLOWED_MODELS)]
 """A request's allowed subset of the active models."""
 
 

@@ -83,9 +83,12 @@ class Typical(BaseModel):
                                     "added since)")
     now: dict[str, float | None] = Field(description="model → mean probability the live policy would give it now "
                                          "(its pmf with the cold-start floors at the current λ, over every active "
-                                         "model), on the contexts of the newest 100 of those decisions: a model "
-                                         "added at run time shows its exploration floor before any traffic; null "
-                                         "without recent decisions")
+                                         "model), on the contexts of the newest 100 of those decisions, as many as "
+                                         "0.2 s of pricing reaches (now_decisions): a model added at run time shows "
+                                         "its exploration floor before any traffic; null without recent decisions")
+    now_decisions: int = Field(description="how many decisions' contexts `now` averages: the newest 100 of them at "
+                                           "most, fewer when pricing them would take more than 0.2 s (a large "
+                                           "catalog: ≈ 10–20 at 100 models, 3 at 300); at least one when there are any")
 
 
 class LiveOut(BaseModel):

@@ -141,11 +141,11 @@
     $("announce").textContent = text;
   }
 
-  // A table that scrolls sideways (a phone, 400% zoom) is a Tab stop, so that the keyboard can scroll it; one that
-  // fits is not (the one under focus keeps it until it loses focus).
+  // A table that scrolls sideways (a phone, 400% zoom) or down (the budgets of many tenants) is a Tab stop, so
+  // that the keyboard can scroll it; one that fits is not (the one under focus keeps it until it loses focus).
   function scrollStops() {
     document.querySelectorAll(".scroll").forEach(function (el) {
-      if (el.scrollWidth > el.clientWidth + 1) { el.tabIndex = 0; }
+      if (el.scrollWidth > el.clientWidth + 1 || el.scrollHeight > el.clientHeight + 1) { el.tabIndex = 0; }
       else if (el !== document.activeElement) { el.removeAttribute("tabindex"); }
     });
   }
