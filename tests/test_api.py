@@ -894,3 +894,17 @@ def test_a_request_may_allow_more_than_64_models_of_a_large_catalog(make_client:
     refused = client.post("/v1/route", json={"prompt": "hi", "models": names * 15})
     assert refused.status_code == 422 and refused.json()["field"] == "models"
     assert "at most 1024" in refused.json()["message"]
+
+
+def test_a_refusal_of_many_unknown_models_names_each_once_and_the_first_few(client: TestClient) -> None:
+    """A request may list 1,024 names (of up to 128 characters): the 422 of unknown ones repeated every name back,
+    131 KB for 1,024 of them and a name sent 1,023 times as often (found by review22scale). Each unknown name is
+    named once, the first five, then how many more."""
+    names = [f"nope-{i:04d}-" + "x" * 110 for i in range(1024)]
+    reply = client.post("/v1/route", json={"prompt": "hi", "models": names})
+    message = reply.json()["message"]
+    assert reply.status_code == 422 and reply.json()["field"] == "models", reply.text
+    assert len(reply.content) < 2000 and message.endswith("and 1019 more"), message[-200:]
+    assert "'nope-0004-" in message and "'nope-0005-" not in message
+    again = client.post("/v1/route", json={"prompt": "hi", "models": ["gpt-4o-mni"] * 1024}).json()["message"]
+    assert again == "unknown or retired models: 'gpt-4o-mni' (did you mean gpt-4o-mini?)", again
