@@ -160,6 +160,31 @@ def test_fixed_candidates_are_read_from_the_log_as_a_fixed_router_chooses(
     assert {r.candidate for r in ev.records} >= {f"fixed:{m}" for m in world.model_names}
 
 
+def test_a_fixed_candidate_read_from_the_log_skips_what_a_router_cannot_choose_and_the_frozen_training_part(
+    world: SyntheticWorld, log: SimulatedLog
+) -> None:
+    """`fixed:<model>` read from the log (not replayed through a router) fell back, where a decision did not allow
+    the model, to the cheapest allowed model even when the catalog marks it `route = false` (a judge), which a fixed
+    router never chooses; and in frozen mode it filled the training part too, whose rows every other candidate
+    leaves at the logged pmf (found by review22scale comparing both with a fixed router's replay). It falls back to
+    the cheapest routable model, and fills the held-out part only."""
+    cheap = min(world.models, key=lambda m: m.input_usd_per_mtok + 3 * m.output_usd_per_mtok).name
+    model = next(m.name for m in world.models if m.name != cheap)
+    specs = [dataclasses.replace(m, route=m.name != cheap) for m in world.models]
+    narrowed = [dataclasses.replace(r, decision=dataclasses.replace(
+        r.decision, models=tuple(m for m in r.decision.models if m != model),
+        pmf=tuple(p for m, p in zip(r.decision.models, r.decision.pmf, strict=True) if m != model)))
+        if i % 2 == 0 and r.decision.model != model else r for i, r in enumerate(log.records[:80])]
+    router = candidate_router(parse_candidate(f"fixed:{model}"), specs, seed=0)
+    res = replay(narrowed, f"fixed:{model}", specs=specs, mode="learning")
+    chosen = [router.decide(r.decision.context, models=r.decision.models, cost_weight=LAM).model for r in narrowed]
+    assert [res.models[j] for j in res.target_pmf.argmax(axis=1)] == chosen and cheap not in chosen
+    frozen = replay(narrowed, f"fixed:{model}", specs=world.models, mode="frozen")
+    logged = replay(narrowed, "logged", specs=world.models, mode="frozen")
+    assert np.array_equal(frozen.target_pmf[:40], logged.target_pmf[:40])
+    assert (frozen.target_pmf[40:].max(axis=1) == 1.0).all()
+
+
 def test_baseline_intervals_cover_the_exact_values_over_seeds() -> None:
     covered = total = 0
     for seed in range(8):

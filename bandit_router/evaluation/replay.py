@@ -188,8 +188,9 @@ def replay(
 
     known = [by_name[m] for m in names if m in by_name]
     policy, settings = parse_spec(cand.policy)
-    if policy == "fixed" and settings.get("model") in names:  # one-hot pmfs: read from the log, no router to replay
-        _fixed_from_log(records, str(settings["model"]), by_name, names, target)
+    fixed = settings.get("model")
+    if policy == "fixed" and fixed in names and (fixed not in by_name or by_name[fixed].route):  # read from the log
+        _fixed_from_log(records, str(fixed), by_name, names, target, start=split)
         if mode != "replay":
             return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
         return _rejection_sample(records, cand, names, target, decided, has_feedback, seed, left_out, bound)
@@ -245,20 +246,26 @@ def _fixed_from_log(
     by_name: Mapping[str, ModelSpec],
     names: tuple[str, ...],
     target: np.ndarray,
+    *,
+    start: int = 0,
 ) -> None:
-    """`fixed:<model>` for a model of the log into `target`: what `FixedPolicy` chooses (it neither learns nor
-    explores), from the log alone (the model where a decision allowed it, else the cheapest allowed model with a
-    catalog entry; a decision that allowed neither keeps its logged row, which is never evaluated). O(n·K) for n
-    records of K models; a router replayed it in O(n·K) Python steps, so the baselines (`fixed:<model>` for each of
-    K models) cost O(n·K²): at 100 models, 125 s on 8,000 decisions with feedback."""
+    """`fixed:<model>` for a model of the log into `target` from row `start` on (frozen: the held-out part; the rows
+    before keep their logged pmf, as a replayed router leaves them): what `FixedPolicy` chooses (it neither learns
+    nor explores), from the log alone (the model where a decision allowed it, else the cheapest allowed model a
+    router could choose: with a catalog entry and `route`; a decision that allowed neither keeps its logged row,
+    which is never evaluated). `model` has no catalog entry or may be routed (a router refuses a `route = false`
+    one: `FixedPolicy.check_models`). O(n·K) for n records of K models; a router replayed it in O(n·K) Python
+    steps, so the baselines (`fixed:<model>` for each of K models) cost O(n·K²): at 100 models, 125 s on 8,000
+    decisions with feedback."""
     column = {m: j for j, m in enumerate(names)}
     j = column[model]
-    for i, record in enumerate(records):
+    for i in range(start, len(records)):
+        record = records[i]
         if model in record.decision.models:
             target[i] = 0.0
             target[i, j] = 1.0
             continue
-        allowed = [by_name[m] for m in _allowed(record.decision, by_name)]
+        allowed = [by_name[m] for m in _allowed(record.decision, by_name) if by_name[m].route]
         if allowed:
             target[i] = 0.0
             target[i, column[allowed[cheapest(allowed)].name]] = 1.0
