@@ -305,3 +305,11 @@ def quoted(names: Iterable[str], known: Iterable[str]) -> str:
     comma-separated."""
     candidates = Known(known)  # its word index built once, for all the names
     return ", ".join(f"{name!r}{did_you_mean(name, candidates) if i < HINTED else ''}" for i, name in enumerate(names))
+
+
+def quoted_few(names: Iterable[str], known: Iterable[str]) -> str:
+    """`quoted` of the first `HINTED` distinct `names`, then how many more: a request's `models` may list 1,024
+    names of up to 128 characters, each of which a refusal repeated back (131 KB)."""
+    unique = list(dict.fromkeys(names))
+    more = f" and {len(unique) - HINTED} more" if len(unique) > HINTED else ""
+    return quoted(unique[:HINTED], known) + more

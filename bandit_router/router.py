@@ -35,7 +35,7 @@ from . import exploration
 from .catalog import Catalog, ModelSpec, default_catalog
 from .errors import BanditRouterError, InvalidInput, UnknownModel
 from .features import FeatureExtractor
-from .hints import HINTED, quoted
+from .hints import quoted, quoted_few
 from .ids import new_decision_id
 from .policies import Policy, check_models, make_policy, policy_settings, setting_defaults
 from .reward import CostModel, RewardConfig, reward
@@ -562,11 +562,7 @@ class _UnknownNames(Exception):
         self.unknown, self.routable = unknown, routable
 
     def refusal(self) -> UnknownModel:
-        """Each unknown name once, the first `HINTED` of them (a request may list 1,024 names of up to 128
-        characters: every one of them repeated back was a 131 KB message)."""
-        unique = list(dict.fromkeys(self.unknown))
-        more = f" and {len(unique) - HINTED} more" if len(unique) > HINTED else ""
-        return UnknownModel(f"unknown or retired models: {quoted(unique[:HINTED], self.routable)}{more}")
+        return UnknownModel(f"unknown or retired models: {quoted_few(self.unknown, self.routable)}")
 
 
 def _check_id(decision_id: str | None) -> None:

@@ -497,7 +497,8 @@ def test_a_model_no_longer_in_the_catalog_is_listed_for_its_past_decisions_and_m
 
 
 def _count_pmf_now(monitor: Any) -> list[int]:
-    """Make `monitor` note how many contexts each computation of `typical.now` priced (the list returned)."""
+    """Make `monitor` note how many contexts each computation of `typical.now` was given (the list returned; it prices
+    the newest of them for at most `NOW_BUDGET_S`)."""
     calls: list[int] = []
     priced = monitor._pmf_now
 

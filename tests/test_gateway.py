@@ -286,6 +286,8 @@ def test_a_named_model_outside_the_models_knob_is_refused_naming_where_the_knob_
         error = reply.json()["error"]
         assert error["param"] == param and error["type"] == "invalid_request_error", reply.text
         assert said in error["message"] and error["message"].startswith(param + ":"), reply.text
+    many = post("router", ["nope"] * 7 + [f"zz{i}" for i in range(8)], None).json()["error"]["message"]
+    assert many.count("'nope'") == 1 and many.endswith("and 4 more"), many  # each once, the first five (review22scale)
     assert sum(fake.calls.values()) == before  # nothing was called
     assert loopback.get(url + "/v1/stats").json()["decisions"] == decisions  # nor stored
     with pytest.raises(openai.BadRequestError, match="does not allow 'fake-writer'"):

@@ -398,3 +398,13 @@ def test_the_character_index_is_built_once_per_list_of_names_and_follows_a_chang
     assert did_you_mean(typo, retired) == difflibs(retired) != first
     assert did_you_mean(typo, names) == first  # the first list's, again
     assert bounds_of.cache_info().misses == 3
+
+
+def test_quoted_few_names_each_name_once_the_first_five_then_how_many_more() -> None:
+    """A request's `models` may list 1,024 names: the router's, the gateway's and a named router's refusals repeated
+    every unknown one (the gateway's first five, duplicates included) (found by review22scale)."""
+    from bandit_router.hints import quoted_few
+
+    assert quoted_few(["gpt-4o-mni"] * 1024, ["gpt-4o-mini"]) == "'gpt-4o-mni' (did you mean gpt-4o-mini?)"
+    said = quoted_few([f"zz{i}" for i in range(1024)], ["gpt-4o-mini"])
+    assert said == "'zz0', 'zz1', 'zz2', 'zz3', 'zz4' and 1019 more"

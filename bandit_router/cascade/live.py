@@ -90,7 +90,7 @@ from ..gateway.gateway import Attempt, no_time_left
 from ..gateway.judge import say_if_cut_short
 from ..gateway.pricing import answer_text, estimated
 from ..gateway.upstreams import UpstreamError, UpstreamFailure, UpstreamRejected
-from ..hints import quoted
+from ..hints import quoted_few
 from ..ids import new_decision_id
 from ..log.escalations import chain_document
 from ..log.feedback import unrouted
@@ -596,7 +596,7 @@ def _check_allowed(alias: RouterAlias, chat: ChatRequest, active: set[str], mode
         return
     unknown = [m for m in allowed if m not in active]
     if unknown:
-        raise BadChatRequest(param, f"unknown or retired models {quoted(unknown[:5], models)}")
+        raise BadChatRequest(param, f"unknown or retired models {quoted_few(unknown, models)}")
     left_out = [m for m in models if m not in allowed]
     if left_out:
         raise BadChatRequest(param, f"leaves out {', '.join(left_out)}, which the named router {alias.name!r} calls: a "

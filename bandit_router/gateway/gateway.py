@@ -40,7 +40,7 @@ from ..catalog import ModelSpec
 from ..config import Settings
 from ..dbguard import RateLimitedLog
 from ..errors import InvalidInput, UnknownModel
-from ..hints import quoted
+from ..hints import quoted_few
 from ..ids import new_decision_id
 from ..log import CALLER_POLICY
 from ..router import Router
@@ -334,7 +334,7 @@ class Gateway:
         unknown = [m for m in chat.models or () if m not in active]
         if unknown:
             routable = [m.name for m in models if m.route]  # a hint the request can take
-            raise BadChatRequest(chat.models_param, f"unknown or retired models {quoted(unknown[:5], routable)}")
+            raise BadChatRequest(chat.models_param, f"unknown or retired models {quoted_few(unknown, routable)}")
 
     # -- the first decision -----------------------------------------------------------------------------------
     async def _first(self, chat: ChatRequest) -> tuple[Attempt, Request]:
