@@ -88,7 +88,8 @@ class Typical(BaseModel):
                                          "its exploration floor before any traffic; null without recent decisions")
     now_decisions: int = Field(description="how many decisions' contexts `now` averages: the newest 100 of them at "
                                            "most, fewer when pricing them would take more than 0.2 s (a large "
-                                           "catalog: ≈ 10–20 at 100 models, 3 at 300); at least one when there are any")
+                                           "catalog, a busy host: a few dozen at 100 models, a few at 300); at least "
+                                           "one when there are any")
 
 
 class LiveOut(BaseModel):
