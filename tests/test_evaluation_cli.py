@@ -192,6 +192,7 @@ def test_evaluate_says_how_many_outcomes_are_the_default_reward(tmp_path: Path) 
     with `default_reward` (hunt-ope)."""
     db = tmp_path / "service.db"
     with TestClient(create_app(Settings(db=db, seed=3, reward_window_s=0.3, default_reward=0.4))) as client:
+        _ready(client)  # else a route may be a 503 "not ready (recovering)": 2 runs in 6 (review22scale)
         ids = [client.post("/v1/route", json={"prompt": f"question {i}"}).json()["decision_id"] for i in range(8)]
         for decision_id in ids[:2]:
             client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.9})
