@@ -18,7 +18,7 @@ from bandit_router.config import Settings
 from bandit_router.errors import BanditRouterError
 from bandit_router.evaluation import evaluate_log, parse_candidate
 from bandit_router.evaluation.estimators import make_estimator
-from bandit_router.hints import CUTOFF, HINTED, bounds_of, did_you_mean, quoted
+from bandit_router.hints import CUTOFF, HINTED, bounds_of, did_you_mean, quoted, quoted_few
 from bandit_router.policies import make_policy
 from tests.service_client import start_client
 
@@ -214,9 +214,9 @@ def test_a_refused_models_hint_is_worded_outside_the_routers_lock(monkeypatch: p
         thread = threading.Thread(target=probe)
         thread.start()
         thread.join()
-        return quoted(names, known)
+        return quoted_few(names, known)
 
-    monkeypatch.setattr(router_module, "quoted", quoted_seeing_the_lock)
+    monkeypatch.setattr(router_module, "quoted_few", quoted_seeing_the_lock)
     message = "unknown or retired models: 'gpt-4o-mni' (did you mean gpt-4o-mini?)"
     assert _raised(lambda: router.route(Request(prompt="x", models=("gpt-4o", "gpt-4o-mni")))) == message
     out = router.route_many([Request(prompt="x", models=("gpt-4o-mni",)), Request(prompt="y"), Request(prompt="z")])
@@ -403,8 +403,6 @@ def test_the_character_index_is_built_once_per_list_of_names_and_follows_a_chang
 def test_quoted_few_names_each_name_once_the_first_five_then_how_many_more() -> None:
     """A request's `models` may list 1,024 names: the router's, the gateway's and a named router's refusals repeated
     every unknown one (the gateway's first five, duplicates included) (found by review22scale)."""
-    from bandit_router.hints import quoted_few
-
     assert quoted_few(["gpt-4o-mni"] * 1024, ["gpt-4o-mini"]) == "'gpt-4o-mni' (did you mean gpt-4o-mini?)"
     said = quoted_few([f"zz{i}" for i in range(1024)], ["gpt-4o-mini"])
     assert said == "'zz0', 'zz1', 'zz2', 'zz3', 'zz4' and 1019 more"
