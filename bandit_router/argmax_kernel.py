@@ -33,6 +33,8 @@ non-degeneracy proof failed, so the caller decides (`exploration._in_play`) and 
 
 _SIGNATURE = "int64(float64[::1], float64[::1], float64[::1], float64, float64[::1], boolean)"
 _SQRT1_2 = math.sqrt(0.5)
+# exploration's constants, repeated: numba freezes the globals a function reads, and keys its cache on this file
+# alone, so a change there would not reach a cached kernel (tests/test_argmax_kernel.py checks they are equal)
 _TIE_TOLERANCE = 1e-12  # exploration.TIE_TOLERANCE
 _DEGENERATE_RATIO = 1e-6  # exploration.DEGENERATE_RATIO
 _DEGENERATE_PRECISION = 1e-13  # exploration.DEGENERATE_PRECISION
@@ -56,10 +58,11 @@ def argmax_pmf(
 ) -> int:
     """Write the pmf of `exploration.gaussian_argmax_pmf(mean, sd, dominance)` on the nodes `u` into `out` (K
     zeros on entry) and return `OK`; or `NOT_FINITE`, or `UNCHECKED` when `checked` is false and the quick proof
-    that no arm in play is degenerate (`exploration._in_play`'s) fails. The dominance cut is `_in_play`'s."""
+    that no arm in play is degenerate (`exploration._in_play`'s) fails, or when there are no arms or `sd` is not
+    as long as `mean`. The dominance cut is `_in_play`'s."""
     k = mean.shape[0]
-    if k == 0:
-        return UNCHECKED  # the caller's checks raise
+    if k == 0 or sd.shape[0] != k:
+        return UNCHECKED  # the caller's checks raise (no bounds checks here: sd[k] would be read past its end)
     for a in range(k):
         if not (math.isfinite(mean[a]) and math.isfinite(sd[a])):
             return NOT_FINITE

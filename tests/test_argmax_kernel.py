@@ -107,3 +107,24 @@ def test_without_a_writable_cache_the_kernel_compiles_in_process(monkeypatch: py
 
     assert argmax_kernel._jit("int64()")(f) is f
     assert calls == [{"cache": True}, {}]
+
+
+def test_means_and_sds_of_different_lengths_are_refused() -> None:
+    """The kernel has no bounds checks: with more means than sds it read the sds' memory past their end (a pmf from
+    whatever followed: from a view of a longer array, that array's next value), and with more sds it ignored the
+    extra ones, where the numpy code raised `ValueError`. It raises again, both ways."""
+    longer = np.array([0.1, 0.1, 0.2])
+    for mean, sd in [(np.array([0.5, 0.4, 0.45]), longer[:2]), (np.array([0.5, 0.4]), longer)]:
+        with pytest.raises(ValueError, match="zip"):
+            exploration.gaussian_argmax_pmf(mean, sd)
+        with pytest.raises(ValueError, match="zip"):
+            exploration.gaussian_argmax_pmfs([mean], [sd])
+
+
+def test_the_kernel_uses_explorations_thresholds() -> None:
+    """The kernel repeats three of `exploration`'s constants (a compiled function freezes the globals it reads, and
+    its cache is keyed on its own file only, so it cannot read them from there): they must stay equal, or its quick
+    proof and `_in_play` would disagree about which inputs are degenerate."""
+    assert argmax_kernel._TIE_TOLERANCE == exploration.TIE_TOLERANCE
+    assert argmax_kernel._DEGENERATE_RATIO == exploration.DEGENERATE_RATIO
+    assert argmax_kernel._DEGENERATE_PRECISION == exploration.DEGENERATE_PRECISION
