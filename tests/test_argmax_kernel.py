@@ -4,6 +4,9 @@ same rule as a plain numpy transcription to rounding level, the same answers on 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,3 +131,21 @@ def test_the_kernel_uses_explorations_thresholds() -> None:
     assert argmax_kernel._TIE_TOLERANCE == exploration.TIE_TOLERANCE
     assert argmax_kernel._DEGENERATE_RATIO == exploration.DEGENERATE_RATIO
     assert argmax_kernel._DEGENERATE_PRECISION == exploration.DEGENERATE_PRECISION
+
+
+def test_checking_the_settings_does_not_load_numba(tmp_path: Path) -> None:
+    """`Settings.check` builds the policy to check it; the default policy loaded its compiled quadrature when built
+    (≈ 140 MB of numba and LLVM, and ≈ 0.3–0.7 s of CPU), so `check` and the parent of `serve --workers N`, which
+    route nothing, held it too (the parent for the server's life). A `Router` loads it, before its first route."""
+    code = (
+        "import sys\n"
+        "from bandit_router.config import load_settings\n"
+        f"load_settings(None, overrides={{'db': {str(tmp_path / 'r.db')!r}}}, stored_models=True)\n"
+        "print('numba' in sys.modules)\n"
+        "from bandit_router import Router, default_catalog\n"
+        "Router(list(default_catalog())[:3], 'default', seed=0)\n"
+        "print('bandit_router.argmax_kernel' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]

@@ -306,7 +306,13 @@ class HierarchicalThompsonPolicy(BasePolicy):
         """The last model tuple `_posterior_of` saw and its entry (the router passes the same tuple every route)."""
         self._phi_of: tuple[Context | None, np.ndarray] = (None, np.zeros(0))
         self._scaled_sd: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0))
-        if self.params.sampler == "thompson":  # its compiled quadrature loaded now, not on the first route
+
+    def warm_up(self) -> None:
+        """Load what the first route would: with the Thompson sampler, the compiled quadrature
+        (`exploration.load_kernel`, ≈ 0.7 s of CPU and ≈ 140 MB once per process). `Router` calls it when it is
+        built; a policy built only to be checked (`Settings.check`: `check`, the parent of `serve --workers N`)
+        does not load it."""
+        if self.params.sampler == "thompson":
             exploration.load_kernel()
 
     # -- posteriors -----------------------------------------------------------------------------------------
