@@ -15,7 +15,7 @@ the order written, so its own arithmetic does not depend on the CPU it is compil
 Compiled once per installation: `cache=True` keeps the machine code beside this file (or in numba's user-wide
 cache directory when this one is read-only; without either, it is compiled in each process). The signature is
 given, so the function is compiled, or loaded from the cache, when this module is imported, never on a request;
-a Thompson policy imports it when it is built (`exploration.load_kernel`).
+a router with a Thompson policy imports it when it is built (`exploration.load_kernel`).
 """
 
 from __future__ import annotations

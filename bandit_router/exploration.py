@@ -140,8 +140,8 @@ _KERNEL: Any = None
 
 def load_kernel() -> Any:
     """The compiled quadrature (`argmax_kernel`), imported on first use: numba and the function's cached machine
-    code cost ≈ 0.7 s of CPU to load, which only processes that compute this pmf should pay, and before their
-    first request (`HierarchicalThompsonPolicy` with `sampler=thompson` calls this when it is built)."""
+    code cost ≈ 0.7 s of CPU and ≈ 135 MB to load, which only processes that compute this pmf should pay, and
+    before their first request (`HierarchicalThompsonPolicy.warm_up`, which `Router` calls when it is built)."""
     global _KERNEL
     if _KERNEL is None:
         from . import argmax_kernel

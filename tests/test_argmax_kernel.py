@@ -135,7 +135,7 @@ def test_the_kernel_uses_explorations_thresholds() -> None:
 
 def test_checking_the_settings_does_not_load_numba(tmp_path: Path) -> None:
     """`Settings.check` builds the policy to check it; the default policy loaded its compiled quadrature when built
-    (≈ 140 MB of numba and LLVM, and ≈ 0.3–0.7 s of CPU), so `check` and the parent of `serve --workers N`, which
+    (≈ 140 MB of numba and LLVM, ≈ 0.4 s of CPU), so `check` and the parent of `serve --workers N`, which
     route nothing, held it too (the parent for the server's life). A `Router` loads it, before its first route."""
     code = (
         "import sys\n"
