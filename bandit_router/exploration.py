@@ -10,6 +10,7 @@ mean made `gaussian_argmax_pmf` divide by zero, and `greedy` too).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -105,7 +106,7 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     The router samples from this pmf and logs its value, so the logged propensity is exact for what was done.
 
     That grid fails when an arm in play is degenerate (`_degenerate`: an sd of 0, or one many orders of magnitude
-    below another arm's sd or its own mean); those pmfs are integrated per arm in standard units instead
+    below another arm's sd or its own mean, or below the smallest normal float); those pmfs are integrated per arm in standard units instead
     (`_argmax_pmf_per_arm`), which tends to the point-mass comparison as sds go to 0. Every other input keeps
     the union grid's values.
 
@@ -198,13 +199,15 @@ to ≈ 10⁻¹⁶·|mean|/sd, and below sd ≈ 10⁻¹⁴·|mean| the union grid
 
 def _degenerate(means: list[float], sds: list[float], alive: list[int]) -> bool:
     """Whether an arm in play has an sd of 0 or one below `DEGENERATE_RATIO` × the widest arm's sd or below
-    `DEGENERATE_PRECISION` × the largest |mean| in play (infinite or NaN values: never)."""
+    `DEGENERATE_PRECISION` × the largest |mean| in play, or below the smallest normal float (2.2·10⁻³⁰⁸: the
+    grid's density 1/sd overflows to inf, and with every sd that small the two other bounds underflow to 0; its
+    pmf was NaN) (infinite or NaN values: never)."""
     if len(alive) < len(sds):
         if not alive:  # NaN means or sds
             return False
         means, sds = [means[a] for a in alive], [sds[a] for a in alive]
     largest = max(max(means), -min(means))
-    return min(sds) < max(DEGENERATE_RATIO * max(sds), DEGENERATE_PRECISION * largest) < math.inf
+    return min(sds) < max(DEGENERATE_RATIO * max(sds), DEGENERATE_PRECISION * largest, sys.float_info.min) < math.inf
 
 
 _STANDARD_GRID = np.linspace(-8.5, 8.5, 171)

@@ -93,13 +93,12 @@ from ..features import dense_vector
 from ..types import Context
 from .base import BasePolicy
 
-# Why a private numpy name: `np.einsum(..., optimize=False)` (its default) is a Python wrapper that checks its
-# arguments and then calls `numpy._core.multiarray.c_einsum` with them; calling that directly saves the wrapper,
-# ≈ 1 µs of each route (`predict` runs once per routed request). The result is the same call, so the same
-# values bit for bit. A numpy that moves or renames the private name (numpy 1.x has it elsewhere) falls back to
-# the public wrapper, pinned to `optimize=False` so that it runs that same C routine, not a contraction path of
-# matrix products that could round differently (`tests/test_default_policy.py` checks both the fallback and
-# that both give identical decisions).
+# Why a private numpy name: `np.einsum(..., optimize=False)` (its default) is a Python wrapper that checks its arguments
+# and then calls `numpy._core.multiarray.c_einsum` with them; calling that directly saves the wrapper, ≈ 1 µs of each
+# route (`predict` runs once per routed request). The result is the same call, so the same values bit for bit. A numpy
+# that moves or renames the private name (numpy 1.x has it elsewhere) falls back to the public wrapper, pinned to
+# `optimize=False` so that it runs that same C routine, not a contraction path of matrix products that could round
+# differently (`tests/test_default_policy.py` checks both the fallback and that both give identical decisions).
 try:
     from numpy._core.multiarray import c_einsum
 except ImportError:
@@ -307,11 +306,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         self._phi_of: tuple[Context | None, np.ndarray] = (None, np.zeros(0))
         self._scaled_sd: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0))
 
-    def warm_up(self) -> None:
-        """Load what the first route would: with the Thompson sampler, the compiled quadrature
-        (`exploration.load_kernel`, ≈ 0.7 s of CPU and ≈ 140 MB once per process). `Router` calls it when it is
-        built; a policy built only to be checked (`Settings.check`: `check`, the parent of `serve --workers N`)
-        does not load it."""
+    def warm_up(self) -> None:  # `Router` calls it (not `Settings.check`): the first pmf's compiled quadrature
         if self.params.sampler == "thompson":
             exploration.load_kernel()
 
