@@ -197,3 +197,10 @@ def test_the_kernels_quick_proof_answers_as_the_python_checks() -> None:
         else:
             assert (status == argmax_kernel.NOT_FINITE) == (not finite), (listed, dominance, status)
     assert counts[argmax_kernel.OK] > 5_000 and counts[argmax_kernel.UNCHECKED] > 5_000  # both answers were met
+
+
+def test_negative_sds_are_named_in_the_error() -> None:
+    """Negative sds leave no arm in play as a negative dominance does; the `ValueError` said "with dominance 3.0 (it
+    must be ≥ 0)", blaming a valid dominance. It names the sds too."""
+    with pytest.raises(ValueError, match=r"dominance 3.0 and sds \[-0.1, -0.2\] \(the dominance and every sd must"):
+        exploration.gaussian_argmax_pmf(np.array([0.5, 0.4]), np.array([-0.1, -0.2]))
