@@ -15,7 +15,7 @@ the order written, so its own arithmetic does not depend on the CPU it is compil
 Compiled once per installation: `cache=True` keeps the machine code beside this file (or in numba's user-wide
 cache directory when this one is read-only; without either, it is compiled in each process). The signature is
 given, so the function is compiled, or loaded from the cache, when this module is imported, never on a request;
-a Thompson policy imports it when it is built (`exploration.load_kernel`).
+a router with a Thompson policy imports it when it is built (`exploration.load_kernel`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ from numba import njit
 
 OK, NOT_FINITE, UNCHECKED = 0, 1, 2
 """`argmax_pmf`'s answers: the pmf is in `out`; a mean or sd is NaN or infinite (nothing written); the quick
-non-degeneracy proof failed, so the caller decides (`exploration._in_play`) and calls again with `checked`."""
+non-degeneracy proof failed, so the caller decides (`exploration._degenerate`) and calls again with `checked`."""
 
 _SIGNATURE = "int64(float64[::1], float64[::1], float64[::1], float64, float64[::1], boolean)"
 _SQRT1_2 = math.sqrt(0.5)
+# exploration's constants, repeated: numba freezes the globals a function reads, and keys its cache on this file
+# alone, so a change there would not reach a cached kernel (tests/test_argmax_kernel.py checks they are equal)
 _TIE_TOLERANCE = 1e-12  # exploration.TIE_TOLERANCE
 _DEGENERATE_RATIO = 1e-6  # exploration.DEGENERATE_RATIO
 _DEGENERATE_PRECISION = 1e-13  # exploration.DEGENERATE_PRECISION
@@ -56,10 +58,16 @@ def argmax_pmf(
 ) -> int:
     """Write the pmf of `exploration.gaussian_argmax_pmf(mean, sd, dominance)` on the nodes `u` into `out` (K
     zeros on entry) and return `OK`; or `NOT_FINITE`, or `UNCHECKED` when `checked` is false and the quick proof
-    that no arm in play is degenerate (`exploration._in_play`'s) fails. The dominance cut is `_in_play`'s."""
+    that no arm in play is degenerate fails, or when there are no arms or `sd` is not as long as `mean`.
+
+    The dominance cut is `exploration._alive`'s. The proof, `exploration._degenerate`'s answer without its passes
+    (the same answer where it holds: `tests/test_argmax_kernel.py`): with β = `dominance` ≥ 0 every arm a in play
+    has low_a ≤ top and high_a ≥ cut, so |mean_a| ≤ max(|top|, |cut|) + β·max(sd); when min(sd) ≥
+    `DEGENERATE_RATIO`·max(sd) and min(sd) ≥ 2·`DEGENERATE_PRECISION`·(β·|max(sd)| + |top| + |cut|) (the 2 covers
+    the rounding of these few steps) no arm in play is degenerate."""
     k = mean.shape[0]
-    if k == 0:
-        return UNCHECKED  # the caller's checks raise
+    if k == 0 or sd.shape[0] != k:
+        return UNCHECKED  # the caller's checks raise (no bounds checks here: sd[k] would be read past its end)
     for a in range(k):
         if not (math.isfinite(mean[a]) and math.isfinite(sd[a])):
             return NOT_FINITE

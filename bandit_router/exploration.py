@@ -10,6 +10,7 @@ mean made `gaussian_argmax_pmf` divide by zero, and `greedy` too).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -105,9 +106,9 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     The router samples from this pmf and logs its value, so the logged propensity is exact for what was done.
 
     That grid fails when an arm in play is degenerate (`_degenerate`: an sd of 0, or one many orders of magnitude
-    below another arm's sd or its own mean); those pmfs are integrated per arm in standard units instead
-    (`_argmax_pmf_per_arm`), which tends to the point-mass comparison as sds go to 0. Every other input keeps
-    the union grid's values.
+    below another arm's sd or its own mean, or below the smallest normal float); those pmfs are integrated per arm
+    in standard units instead (`_argmax_pmf_per_arm`), which tends to the point-mass comparison as sds go to 0.
+    Every other input keeps the union grid's values.
 
     The union grid's sum is `argmax_kernel.argmax_pmf`, compiled; the checks it cannot settle with one quick
     proof (non-finite values, an arm that may be degenerate, no arm in play) come back here.
@@ -126,9 +127,11 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
         return out
     means, sds = mean.tolist(), sd.tolist()
     _check_finite("gaussian_argmax_pmf", means, sds)
-    alive, degenerate = _in_play(means, sds, dominance)
+    alive = _alive(means, sds, dominance)
+    degenerate = _degenerate(means, sds, alive)
     if not alive:  # a ZeroDivisionError before
-        raise ValueError(f"gaussian_argmax_pmf: no arm is in play with dominance {dominance} (it must be ≥ 0)")
+        raise ValueError(f"gaussian_argmax_pmf: no arm is in play with dominance {dominance} and sds {sds} (the "
+                         "dominance and every sd must be ≥ 0)")
     if degenerate and len(alive) > 1:
         return _argmax_pmf_per_arm(means, sds, alive)
     kernel.argmax_pmf(mean, sd, u, dominance, out, True)
@@ -140,8 +143,8 @@ _KERNEL: Any = None
 
 def load_kernel() -> Any:
     """The compiled quadrature (`argmax_kernel`), imported on first use: numba and the function's cached machine
-    code cost ≈ 0.7 s of CPU to load, which only processes that compute this pmf should pay, and before their
-    first request (`HierarchicalThompsonPolicy` with `sampler=thompson` calls this when it is built)."""
+    code cost ≈ 0.7 s of CPU and ≈ 135 MB to load, which only processes that compute this pmf should pay, and
+    before their first request (`HierarchicalThompsonPolicy.warm_up`, which `Router` calls when it is built)."""
     global _KERNEL
     if _KERNEL is None:
         from . import argmax_kernel
@@ -164,28 +167,6 @@ def _alive(means: list[float], sds: list[float], dominance: float) -> list[int]:
     return [a for a, high in enumerate(highs) if high >= cut]
 
 
-def _in_play(means: list[float], sds: list[float], dominance: float) -> tuple[list[int], bool]:
-    """`_alive` and `_degenerate` of the arms in play, the same answers, most often without `_degenerate`'s four
-    passes: with β = `dominance` ≥ 0 every arm a in play has low_a ≤ top and high_a ≥ cut (the cut of `_alive`),
-    so |mean_a| ≤ max(|top|, |cut|) + β·max(sd); when min(sd) ≥ `DEGENERATE_RATIO`·max(sd) and min(sd) ≥
-    2·`DEGENERATE_PRECISION`·(β·|max(sd)| + |top| + |cut|) (the 2 covers the rounding of these few steps) no arm
-    in play is degenerate. Else (and for NaN or infinite values, which fail the comparisons) `_degenerate` decides.
-    ≈ 0.6 µs less per pmf than `_alive` then `_degenerate`."""
-    lows, highs = [], []
-    for m, s in zip(means, sds, strict=True):  # `_alive`'s loop
-        spread = dominance * s
-        lows.append(m - spread)
-        highs.append(m + spread)
-    top = math.nan if any(map(math.isnan, lows)) else max(lows)
-    cut = top - TIE_TOLERANCE
-    alive = [a for a, high in enumerate(highs) if high >= cut]
-    narrowest, widest = min(sds), max(sds)
-    if (dominance >= 0 and narrowest >= DEGENERATE_RATIO * widest
-            and narrowest >= 2 * DEGENERATE_PRECISION * (dominance * abs(widest) + abs(top) + abs(cut))):
-        return alive, False
-    return alive, _degenerate(means, sds, alive)
-
-
 DEGENERATE_RATIO = 1e-6
 """An arm in play whose sd is below this × the widest one's is degenerate: on the union grid the trapezoid
 between its outermost node (density ≈ 3·10⁻¹⁰/sd) and the next arm's node adds ≈ 10⁻¹⁰ × (that gap / sd) of
@@ -198,13 +179,15 @@ to ≈ 10⁻¹⁶·|mean|/sd, and below sd ≈ 10⁻¹⁴·|mean| the union grid
 
 def _degenerate(means: list[float], sds: list[float], alive: list[int]) -> bool:
     """Whether an arm in play has an sd of 0 or one below `DEGENERATE_RATIO` × the widest arm's sd or below
-    `DEGENERATE_PRECISION` × the largest |mean| in play (infinite or NaN values: never)."""
+    `DEGENERATE_PRECISION` × the largest |mean| in play, or below the smallest normal float (2.2·10⁻³⁰⁸: the
+    grid's density 1/sd overflows to inf, and with every sd that small the two other bounds underflow to 0; its
+    pmf was NaN) (infinite or NaN values: never)."""
     if len(alive) < len(sds):
         if not alive:  # NaN means or sds
             return False
         means, sds = [means[a] for a in alive], [sds[a] for a in alive]
     largest = max(max(means), -min(means))
-    return min(sds) < max(DEGENERATE_RATIO * max(sds), DEGENERATE_PRECISION * largest) < math.inf
+    return min(sds) < max(DEGENERATE_RATIO * max(sds), DEGENERATE_PRECISION * largest, sys.float_info.min) < math.inf
 
 
 _STANDARD_GRID = np.linspace(-8.5, 8.5, 171)

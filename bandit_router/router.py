@@ -101,6 +101,9 @@ class Router:
         self.policy: Policy = make_policy(policy) if isinstance(policy, str) else policy
         if not policy_checked:
             check_models(self.policy, specs)
+        warm_up = getattr(self.policy, "warm_up", None)  # optional: what the first route would load (the default
+        if warm_up is not None:  # policy's compiled quadrature), loaded now
+            warm_up()
         self.reward_config = reward_config or RewardConfig()
         self.features = features or FeatureExtractor()
         self.cost_model = cost_model or CostModel()

@@ -4,6 +4,10 @@ same rule as a plain numpy transcription to rounding level, the same answers on 
 
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +19,7 @@ from bandit_router import argmax_kernel, exploration
 
 def _numpy_rule(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0, nodes: int = 16) -> np.ndarray:
     """The union-grid trapezoid rule written plainly in numpy with scipy's `log_ndtr` (what the kernel replaced)."""
-    alive, _ = exploration._in_play(mean.tolist(), sd.tolist(), dominance)
+    alive = exploration._alive(mean.tolist(), sd.tolist(), dominance)
     out = np.zeros(len(mean))
     if len(alive) == 1:
         out[alive[0]] = 1.0
@@ -107,3 +111,96 @@ def test_without_a_writable_cache_the_kernel_compiles_in_process(monkeypatch: py
 
     assert argmax_kernel._jit("int64()")(f) is f
     assert calls == [{"cache": True}, {}]
+
+
+def test_means_and_sds_of_different_lengths_are_refused() -> None:
+    """The kernel has no bounds checks: with more means than sds it read the sds' memory past their end (a pmf from
+    whatever followed: from a view of a longer array, that array's next value), and with more sds it ignored the
+    extra ones, where the numpy code raised `ValueError`. It raises again, both ways."""
+    longer = np.array([0.1, 0.1, 0.2])
+    for mean, sd in [(np.array([0.5, 0.4, 0.45]), longer[:2]), (np.array([0.5, 0.4]), longer)]:
+        with pytest.raises(ValueError, match="zip"):
+            exploration.gaussian_argmax_pmf(mean, sd)
+        with pytest.raises(ValueError, match="zip"):
+            exploration.gaussian_argmax_pmfs([mean], [sd])
+
+
+def test_the_kernel_uses_explorations_thresholds() -> None:
+    """The kernel repeats three of `exploration`'s constants (a compiled function freezes the globals it reads, and
+    its cache is keyed on its own file only, so it cannot read them from there): they must stay equal, or its quick
+    proof and `_degenerate` would disagree about which inputs are degenerate."""
+    assert argmax_kernel._TIE_TOLERANCE == exploration.TIE_TOLERANCE
+    assert argmax_kernel._DEGENERATE_RATIO == exploration.DEGENERATE_RATIO
+    assert argmax_kernel._DEGENERATE_PRECISION == exploration.DEGENERATE_PRECISION
+
+
+def test_checking_the_settings_does_not_load_numba(tmp_path: Path) -> None:
+    """`Settings.check` builds the policy to check it; the default policy loaded its compiled quadrature when built
+    (≈ 140 MB of numba and LLVM, ≈ 0.4 s of CPU), so `check` and the parent of `serve --workers N`, which
+    route nothing, held it too (the parent for the server's life). A `Router` loads it, before its first route."""
+    code = (
+        "import sys\n"
+        "from bandit_router.config import load_settings\n"
+        f"load_settings(None, overrides={{'db': {str(tmp_path / 'r.db')!r}}}, stored_models=True)\n"
+        "print('numba' in sys.modules)\n"
+        "from bandit_router import Router, default_catalog\n"
+        "Router(list(default_catalog())[:3], 'default', seed=0)\n"
+        "print('bandit_router.argmax_kernel' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
+
+
+def test_the_kernels_quick_proof_answers_as_the_python_checks() -> None:
+    """Where the kernel settles a pmf itself (`OK` without `checked`), `exploration._degenerate` says no arm in play
+    is degenerate and every arm it gives mass is one `_alive` keeps; `NOT_FINITE` only for NaN or infinite values.
+    On 30,000 seeded inputs (`exploration._in_play`'s test before the proof moved into the kernel): ordinary
+    posteriors, sds and means at and around both thresholds (sd ratio 10⁻⁶, sd ÷ |mean| 10⁻¹³), zeros, subnormal,
+    huge, infinite and NaN values, negative sds, ties, and dominances of 0, 3, negative, infinite and NaN."""
+    rng = np.random.default_rng(12)
+    special = [0.0, -0.0, 5e-324, 1e-310, 1e-300, 1e-14, 1e-13, 1e-7, 1e-6, 0.1, 1.0, 1e6, 1e13, 1e15, 1e300,
+               1.7e308, math.inf, -math.inf, math.nan, -1e-13, -0.1, -1.0, -1e15]
+    u = exploration._hermite(16)
+    counts = dict.fromkeys((argmax_kernel.OK, argmax_kernel.NOT_FINITE, argmax_kernel.UNCHECKED), 0)
+    for case in range(30_000):
+        k = int(rng.integers(1, 9))
+        kind = case % 6
+        if kind == 0:  # ordinary posteriors
+            means, sds = rng.normal(0, 1, k), rng.uniform(0.01, 0.3, k)
+        elif kind == 1:  # an sd around 10⁻⁶ × the widest
+            sds = rng.uniform(0.05, 0.2, k)
+            sds[rng.integers(k)] = sds.max() * 1e-6 * (1 + float(rng.choice([-1, 1])) * 10.0 ** -rng.integers(8, 17))
+            means = rng.normal(0, 1, k)
+        elif kind == 2:  # an sd around 10⁻¹³ × the largest |mean|
+            scale = 10.0 ** rng.integers(-3, 16)
+            means = rng.normal(0, scale, k)
+            sds = rng.uniform(0.5, 1.0, k) * np.abs(means).max() * 1e-13 * (1 + rng.normal(0, 1e-9, k))
+        elif kind == 3:  # special values anywhere
+            means, sds = rng.choice(special, k), rng.choice(special, k)
+        elif kind == 4:  # ties and point masses
+            means, sds = np.full(k, float(rng.normal())), rng.choice([0.0, 1e-13, 0.1], k)
+        else:  # huge λ·cost shifts with small sds
+            means = -6e6 + rng.uniform(-0.002, 0.002, k)
+            sds = rng.uniform(1e-3, 1.2e-3, k) * 10.0 ** -rng.integers(0, 12)
+        dominance = float(rng.choice([3.0, 3.0, 1.5, 0.0, -1.0, math.inf, math.nan]))
+        mean, sd = np.array(means, dtype=np.float64), np.array(sds, dtype=np.float64)
+        out = np.zeros(k)
+        status = argmax_kernel.argmax_pmf(mean, sd, u, dominance, out, False)
+        counts[status] += 1
+        listed = mean.tolist(), sd.tolist()
+        finite = all(map(math.isfinite, listed[0] + listed[1]))
+        if status == argmax_kernel.OK:
+            alive = exploration._alive(*listed, dominance)
+            assert finite and alive and not exploration._degenerate(*listed, alive), (listed, dominance)
+            assert set(np.flatnonzero(out).tolist()) <= set(alive), (listed, dominance, out)
+        else:
+            assert (status == argmax_kernel.NOT_FINITE) == (not finite), (listed, dominance, status)
+    assert counts[argmax_kernel.OK] > 5_000 and counts[argmax_kernel.UNCHECKED] > 5_000  # both answers were met
+
+
+def test_negative_sds_are_named_in_the_error() -> None:
+    """Negative sds leave no arm in play as a negative dominance does; the `ValueError` said "with dominance 3.0 (it
+    must be ≥ 0)", blaming a valid dominance. It names the sds too."""
+    with pytest.raises(ValueError, match=r"dominance 3.0 and sds \[-0.1, -0.2\] \(the dominance and every sd must"):
+        exploration.gaussian_argmax_pmf(np.array([0.5, 0.4]), np.array([-0.1, -0.2]))

@@ -57,3 +57,17 @@ def test_huge_finite_scores_whose_sum_overflows_still_give_a_pmf() -> None:
     scores = np.array([1.5e308, 1.6e308, 1.0e308])
     assert exploration.greedy(scores).tolist() == [0.0, 1.0, 0.0]
     assert exploration.gaussian_argmax_pmf(scores, np.array([1.0, 1.0, 1.0])).tolist() == [0.0, 1.0, 0.0]
+
+
+def test_subnormal_sds_give_a_pmf() -> None:
+    """Every sd below the smallest normal float (2.2·10⁻³⁰⁸) with means at 0: the union grid's density 1/sd
+    overflowed to inf, `_degenerate`'s bounds underflowed to 0, and the pmf was NaN (before the compiled quadrature
+    too). Such arms are degenerate: integrated per arm in standard units, where only ratios of sds enter."""
+    cases = [
+        ([0.0, 0.0], [1e-320, 2e-320], [0.5, 0.5]),  # equal means: a fair coin, whatever the sds
+        ([0.0, 0.0], [1e-308, 3e-308], [0.5, 0.5]),
+        ([1e-310, 0.0], [1e-310, 2e-310], [0.6726396, 0.3273604]),  # Φ(1/√5)
+    ]
+    for mean, sd, want in cases:
+        pmf = exploration.gaussian_argmax_pmf(np.array(mean), np.array(sd))
+        assert pmf.tolist() == pytest.approx(want, abs=1e-3)

@@ -93,13 +93,12 @@ from ..features import dense_vector
 from ..types import Context
 from .base import BasePolicy
 
-# Why a private numpy name: `np.einsum(..., optimize=False)` (its default) is a Python wrapper that checks its
-# arguments and then calls `numpy._core.multiarray.c_einsum` with them; calling that directly saves the wrapper,
-# ≈ 1 µs of each route (`predict` runs once per routed request). The result is the same call, so the same
-# values bit for bit. A numpy that moves or renames the private name (numpy 1.x has it elsewhere) falls back to
-# the public wrapper, pinned to `optimize=False` so that it runs that same C routine, not a contraction path of
-# matrix products that could round differently (`tests/test_default_policy.py` checks both the fallback and
-# that both give identical decisions).
+# Why a private numpy name: `np.einsum(..., optimize=False)` (its default) is a Python wrapper that checks its arguments
+# and then calls `numpy._core.multiarray.c_einsum` with them; calling that directly saves the wrapper, ≈ 1 µs of each
+# route (`predict` runs once per routed request). The result is the same call, so the same values bit for bit. A numpy
+# that moves or renames the private name (numpy 1.x has it elsewhere) falls back to the public wrapper, pinned to
+# `optimize=False` so that it runs that same C routine, not a contraction path of matrix products that could round
+# differently (`tests/test_default_policy.py` checks both the fallback and that both give identical decisions).
 try:
     from numpy._core.multiarray import c_einsum
 except ImportError:
@@ -306,7 +305,9 @@ class HierarchicalThompsonPolicy(BasePolicy):
         """The last model tuple `_posterior_of` saw and its entry (the router passes the same tuple every route)."""
         self._phi_of: tuple[Context | None, np.ndarray] = (None, np.zeros(0))
         self._scaled_sd: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0))
-        if self.params.sampler == "thompson":  # its compiled quadrature loaded now, not on the first route
+
+    def warm_up(self) -> None:  # `Router` calls it (not `Settings.check`): the first pmf's compiled quadrature
+        if self.params.sampler == "thompson":
             exploration.load_kernel()
 
     # -- posteriors -----------------------------------------------------------------------------------------
