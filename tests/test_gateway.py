@@ -688,7 +688,7 @@ BAD_BODIES: list[tuple[Any, int]] = [
     ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"context": [1]}}, 400),
     ({"model": "router", "messages": [{"role": "user", "content": "x"}],
       "bandit_router": {"context": {"a": {"b": 1}}}}, 400),
-    # the knobs follow /v1/route's rules: λ ≤ 1e9; ≤ 64 model names; ≤ 32 context keys of ≤ 64 characters, values
+    # the knobs follow /v1/route's rules: λ ≤ 1e9; ≤ 1,024 model names; ≤ 32 context keys of ≤ 64 characters, values
     # within ±2^53 or strings of ≤ 256 characters
     ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"cost_weight": 10**400}},
      400),
@@ -698,7 +698,7 @@ BAD_BODIES: list[tuple[Any, int]] = [
      400),
     ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"cost_weight": True}}, 400),
     ({"model": "router", "messages": [{"role": "user", "content": "x"}],
-      "bandit_router": {"models": ["fake-small"] * 65}}, 400),
+      "bandit_router": {"models": ["fake-small"] * 1025}}, 400),
     ({"model": "router", "messages": [{"role": "user", "content": "x"}],
       "bandit_router": {"models": ["fake-small", "../x"]}}, 400),
     ({"model": "router", "messages": [{"role": "user", "content": "x"}], "bandit_router": {"context": {"": 1}}}, 400),

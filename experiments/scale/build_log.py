@@ -8,8 +8,8 @@ N` (docs/service/performance.md: N = 200,000 for `check`, `export` and `evaluate
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +25,12 @@ BATCH = 10_000
 
 
 def main() -> None:
-    out, n = Path(sys.argv[1]), int(sys.argv[2])
+    parser = argparse.ArgumentParser(description="N decisions (80 % with feedback) of make_deployment.py's catalog "
+                                     "written into OUTDIR/router.db without a server (seeded)")
+    parser.add_argument("outdir", type=Path, help="the folder make_deployment.py wrote")
+    parser.add_argument("n", type=int, help="decisions to write")
+    args = parser.parse_args()
+    out, n = args.outdir, args.n
     models = [m for m in load_catalog(out / "catalog.toml") if m.route]
     router = Router(models, "default", seed=0)
     rng = np.random.default_rng(0)

@@ -9,11 +9,11 @@ the statuses and the most frequent errors. Unseeded timings: say the load averag
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import collections
 import json
 import random
-import sys
 import time
 
 import httpx
@@ -60,8 +60,15 @@ async def probe(client: httpx.AsyncClient, base: str, stop: float, pid: int | No
 
 
 async def main() -> None:
-    base, seconds, connections, tenants = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    pid = int(sys.argv[5]) if len(sys.argv) > 5 else None
+    parser = argparse.ArgumentParser(description="route → feedback load on a running service from many tenants, "
+                                     "with a probe of the read endpoints every 15 s")
+    parser.add_argument("base", help="the service's URL, e.g. http://127.0.0.1:8765")
+    parser.add_argument("seconds", type=float, help="how long the load runs")
+    parser.add_argument("connections", type=int, help="concurrent connections")
+    parser.add_argument("tenants", type=int, help="distinct tenant values")
+    parser.add_argument("pid", type=int, nargs="?", help="the server's pid, whose resident memory each probe reports")
+    args = parser.parse_args()
+    base, seconds, connections, tenants, pid = args.base, args.seconds, args.connections, args.tenants, args.pid
     latencies: list[float] = []
     counts: collections.Counter[str] = collections.Counter()
     stop = time.time() + seconds

@@ -9,8 +9,8 @@ usage, from the repository root: `.venv/bin/python experiments/scale/make_deploy
 
 from __future__ import annotations
 
+import argparse
 import random
-import sys
 from pathlib import Path
 
 
@@ -49,8 +49,16 @@ def settings(k: int, tenants: int, routers: int, out: Path, rng: random.Random) 
 
 
 def main() -> None:
-    k, tenants, routers, port = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5])
-    out = Path(sys.argv[4]).resolve()
+    parser = argparse.ArgumentParser(description="a catalog of K generated models and a judge, and a "
+                                     "bandit-router.toml with a spend target per tenant and named routers")
+    parser.add_argument("k", type=int, help="models")
+    parser.add_argument("tenants", type=int, help="tenants with a spend target")
+    parser.add_argument("routers", type=int, help="named routers")
+    parser.add_argument("outdir", type=Path, help="folder for catalog.toml and bandit-router.toml")
+    parser.add_argument("port", type=int, help="the fake upstream's port")
+    args = parser.parse_args()
+    k, tenants, routers, port = args.k, args.tenants, args.routers, args.port
+    out = args.outdir.resolve()
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     (out / "catalog.toml").write_text("\n".join(catalog(k, port, rng)))
