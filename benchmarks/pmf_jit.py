@@ -15,16 +15,12 @@ Two comparisons, each checkout's code in a process of its own (this one's packag
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks import provenance
-from simulator.report import checkout_commit
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,26 +53,21 @@ print(json.dumps({"pmfs": pmfs, "streams": streams}))
 def _side(checkout: Path, cases: int, seed: int) -> dict[str, object]:
     code = (_SIDE.replace("TESTS", repr(str(HERE.parent / "tests"))).replace("SEED", str(seed))
             .replace("CASES", str(cases)))
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
-                         cwd=checkout)
-    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, object] = provenance.run_side(checkout, code, str(checkout))
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, required=True, help="a checkout whose pmfs are the reference")
-    parser.add_argument("--this", type=Path, default=HERE.parent, help="the checkout compared with the base")
-    provenance.add_output_arguments(parser, "pmf-jit-LABEL.txt")
+    provenance.add_ab_arguments(parser, "pmf-jit-LABEL.txt", base_help="a checkout whose pmfs are the reference",
+                                rounds=None)
     parser.add_argument("--cases", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     base, this = (_side(side.resolve(), args.cases, args.seed) for side in (args.base, args.this))
     lines = [
         f"python -m benchmarks.pmf_jit --base <checkout> --label {args.label} --cases {args.cases} --seed {args.seed}",
-        f"base {args.base.resolve()} (commit {checkout_commit(args.base.resolve())}), this {args.this.resolve()} "
-        f"(commit {checkout_commit(args.this.resolve())}); {provenance.machine()}",
+        f"{provenance.sides_line(args.base.resolve(), args.this.resolve())}; {provenance.machine()}",
         "",
     ]
     pairs = list(zip(base["pmfs"], this["pmfs"], strict=True))  # type: ignore[call-overload]

@@ -1,16 +1,21 @@
-"""What the diagnostic tools (`ab_http`, `route_ab`, `profile_http`, `diagnose_http`, `diagnose_tail`,
-`feedback_writer`) write at the top of a report and where they write it: one place for the machine line, the load
-note, the shared `--label/--out` arguments and the write, so that every report states the same facts the same way.
+"""What the diagnostic tools (`ab_http`, `route_ab`, `startup_ab`, `pmf_jit`, `profile_http`, `diagnose_http`,
+`diagnose_tail`, `feedback_writer`) write at the top of a report and where they write it: one place for the
+machine line, the load note, the shared `--label/--out` (and an A/B's `--base/--this/--rounds`) arguments and the
+write, so that every report states the same facts the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 PROFILES = Path(__file__).resolve().parent / "results" / "profiles"
 
@@ -35,6 +40,32 @@ def add_output_arguments(parser: argparse.ArgumentParser, filename: str, *, dura
     parser.add_argument("--out", default=str(PROFILES), help="the folder the report is written to")
     if duration is not None:
         parser.add_argument("--duration", type=int, default=duration, help="seconds of load per measurement")
+
+
+def add_ab_arguments(parser: argparse.ArgumentParser, filename: str, *, base_help: str, rounds: int | None = 6,
+                     ) -> None:
+    """An A/B tool's `--base` (a checkout), `--this` (default: this repository), `--label/--out` and, with
+    `rounds`, `--rounds` (each round runs both sides, in alternating order)."""
+    parser.add_argument("--base", type=Path, required=True, help=base_help)
+    parser.add_argument("--this", type=Path, default=PROFILES.parents[2], help="the checkout compared with the base")
+    add_output_arguments(parser, filename)
+    if rounds is not None:
+        parser.add_argument("--rounds", type=int, default=rounds)
+
+
+def sides_line(base: Path, this: Path) -> str:
+    """`base PATH (commit C), this PATH (commit C)`: which code each side ran."""
+    from simulator.report import checkout_commit
+
+    return f"base {base} (commit {checkout_commit(base)}), this {this} (commit {checkout_commit(this)})"
+
+
+def run_side(checkout: Path, code: str, pythonpath: str) -> Any:
+    """Run `python -c code` in `checkout` with `PYTHONPATH=pythonpath`; the JSON of its last line of output."""
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=checkout)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def write_report(out: str | Path, name: str, lines: Sequence[str], *, echo: bool = True) -> Path:

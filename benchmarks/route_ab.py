@@ -12,10 +12,8 @@ CPU µs per call over the loop (which a busy machine inflates less).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -42,19 +40,14 @@ print(json.dumps({"p50": float(np.percentile(t, 50)), "p99": float(np.percentile
 
 def _round(checkout: Path) -> dict[str, float]:
     """One round of the loop with `checkout`'s package (and its `benchmarks.bench_core`: the loop's code)."""
-    env = {**os.environ, "PYTHONPATH": f"{checkout}{os.pathsep}{HERE.parent}"}
-    out = subprocess.run([sys.executable, "-c", _ROUND], capture_output=True, text=True, check=True, env=env,
-                         cwd=checkout)
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, float] = provenance.run_side(checkout, _ROUND, f"{checkout}{os.pathsep}{HERE.parent}")
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, required=True, help="a checkout whose bandit_router is the baseline")
-    parser.add_argument("--this", type=Path, default=HERE.parent, help="the checkout compared with the base")
-    provenance.add_output_arguments(parser, "route-ab-LABEL.md")
-    parser.add_argument("--rounds", type=int, default=6)
+    provenance.add_ab_arguments(parser, "route-ab-LABEL.md",
+                                base_help="a checkout whose bandit_router is the baseline")
     args = parser.parse_args(argv)
     sides = {"base": args.base.resolve(), "this": args.this.resolve()}
     for side in sides.values():  # read before the run: the header records the commits it started from
@@ -68,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Router.route (default policy) A/B: {args.label}",
         "",
-        f"base {sides['base']} (commit {checkout_commit(sides['base'])}), this {sides['this']} (commit "
-        f"{checkout_commit(sides['this'])}); {provenance.machine()}; {provenance.load_note(load, os.getloadavg()[0])}",
+        f"{provenance.sides_line(sides['base'], sides['this'])}; {provenance.machine()}; "
+        f"{provenance.load_note(load, os.getloadavg()[0])}",
         f"command: python -m benchmarks.route_ab --base <checkout> --label {args.label} --rounds {args.rounds}",
         "",
         "| round | base p50 / p99 / CPU per call (µs) | this p50 / p99 / CPU per call (µs) |",

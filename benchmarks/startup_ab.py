@@ -22,7 +22,6 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks import provenance
-from simulator.report import checkout_commit
 
 HERE = Path(__file__).resolve().parent
 SNIPPETS = {
@@ -75,10 +74,8 @@ def _serve(checkout: Path) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base", type=Path, required=True, help="a checkout whose bandit_router is the baseline")
-    parser.add_argument("--this", type=Path, default=HERE.parent, help="the checkout compared with the base")
-    provenance.add_output_arguments(parser, "startup-ab-LABEL.md")
-    parser.add_argument("--rounds", type=int, default=6)
+    provenance.add_ab_arguments(parser, "startup-ab-LABEL.md",
+                                base_help="a checkout whose bandit_router is the baseline")
     args = parser.parse_args(argv)
     sides = {"base": args.base.resolve(), "this": args.this.resolve()}
     load = os.getloadavg()[0]
@@ -93,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Start-up A/B: {args.label}",
         "",
-        f"base {sides['base']} (commit {checkout_commit(sides['base'])}), this {sides['this']} (commit "
-        f"{checkout_commit(sides['this'])}); {provenance.machine()}; {provenance.load_note(load, os.getloadavg()[0])}",
+        f"{provenance.sides_line(sides['base'], sides['this'])}; {provenance.machine()}; "
+        f"{provenance.load_note(load, os.getloadavg()[0])}",
         f"command: python -m benchmarks.startup_ab --base <checkout> --label {args.label} --rounds {args.rounds}",
         "",
         "| seconds (CPU unless said), median of the rounds [all rounds] | base | this |",
