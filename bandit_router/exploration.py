@@ -128,11 +128,10 @@ def gaussian_argmax_pmf(mean: np.ndarray, sd: np.ndarray, dominance: float = 3.0
     means, sds = mean.tolist(), sd.tolist()
     _check_finite("gaussian_argmax_pmf", means, sds)
     alive = _alive(means, sds, dominance)
-    degenerate = _degenerate(means, sds, alive)
     if not alive:  # a ZeroDivisionError before
         raise ValueError(f"gaussian_argmax_pmf: no arm is in play with dominance {dominance} and sds {sds} (the "
                          "dominance and every sd must be ≥ 0)")
-    if degenerate and len(alive) > 1:
+    if len(alive) > 1 and _degenerate(means, sds, alive):
         return _argmax_pmf_per_arm(means, sds, alive)
     kernel.argmax_pmf(mean, sd, u, dominance, out, True)
     return out
