@@ -5,6 +5,7 @@ reward_models  ridge per model on context features, cross-fitted, for DM and DR
 log          LoggedRecord (a Decision + its Outcome) → LogArrays (aligned arrays over the models)
 candidates   "vw-squarecb:gamma_scale=50@lambda=40", "logged", "shadow:NAME" → Candidate
 replay       a candidate's pmf on every logged decision (learning, frozen or Li et al. replay)
+scope        Scope(policy, since, until, tenant): the decisions an evaluation scores
 overlap      effective sample size and support diagnostics, with warnings
 evaluate     evaluate_log(records, candidates, models=…, config=EvaluationConfig(…)) → Evaluation (one record
              per candidate × estimator)
@@ -50,6 +51,7 @@ from .report import (
     write_evaluation,
 )
 from .reward_models import RewardFit, RewardModel, RidgeRewardModel, fit_rewards
+from .scope import Scope, parse_time
 
 __all__ = [
     "DEFAULT_ESTIMATORS",
@@ -75,6 +77,7 @@ __all__ = [
     "RewardFit",
     "RewardModel",
     "RidgeRewardModel",
+    "Scope",
     "baseline_candidates",
     "best_trusted",
     "effective_sample_size",
@@ -89,6 +92,7 @@ __all__ = [
     "make_estimator",
     "overlap",
     "parse_candidate",
+    "parse_time",
     "plot_evaluation",
     "promotion_check",
     "ranked_candidates",

@@ -13,13 +13,14 @@ import typer
 
 from ..catalog import ModelSpec
 from ..config import ConfigError, load_settings
-from ..errors import BanditRouterError
+from ..errors import BanditRouterError, InvalidInput
 from ..outputs import file_problem, out_problem, writing, writing_file
 from ..store import SCHEMA_VERSION, ChainFeedback, Store, StoreError
 from ..store.location import DatabaseURL, parse_database, redact_urls
 from ..store.location import open_store as open_location
 from .log import LoggedRecord
 from .removed import CatalogLacksModels, without_guessed_cause
+from .scope import Scope, parse_time
 from .store_log import iter_log, model_specs, shadow_names, with_feedback
 
 EVALUATE_HELP = """Estimate, from a service database alone, what other policies would have earned on its traffic.
@@ -71,7 +72,8 @@ def _refuse_with_escalations(command: str, ctx: typer.Context, names: tuple[str,
                              f"{'it' if one else 'them'} out, or leave out --escalations")
 
 
-ESCALATIONS_IGNORE = {"evaluate": ("config", "estimators", "mode", "reward_lambda", "baselines", "seed", "policy"),
+ESCALATIONS_IGNORE = {"evaluate": ("config", "estimators", "mode", "reward_lambda", "baselines", "seed", "policy",
+                                   "since", "until", "tenant"),
                       "export": ("config", "include_unlabeled")}
 """The options of `evaluate` and `export` that their `--escalations` does not read."""
 
@@ -182,6 +184,13 @@ def _noting_models(records: Iterator[LoggedRecord], seen: set[str], *, unlabeled
         yield record
 
 
+def _scope_words(scope: Scope) -> str:
+    """The scope, as `evaluate`'s first line says it: one live policy's decisions "alone", or the whole scope."""
+    if scope == Scope(scope.policy):
+        return "" if scope.policy is None else f"; live policy {scope.policy!r} alone"
+    return f"; those in the scope: {scope.describe()}"
+
+
 def _unlisted_models(names: list[str]) -> str:
     return (f"{', '.join(names)}: {'a model' if len(names) == 1 else 'models'} of the log without an entry in "
             "the catalog read without --config (that of $BANDIT_ROUTER_CONFIG or ./bandit-router.toml, else the "
@@ -216,6 +225,18 @@ def evaluate(
         str | None, typer.Option(help="Evaluate on the decisions this live policy made (its name in `/v1/stats` "
                                       "`policy`); every decision still teaches the candidates.")
     ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Evaluate on the decisions made at or after this time: Unix seconds or ISO "
+                                      "8601 (2026-11-20, 2026-11-20T08:30Z; UTC without an offset); every "
+                                      "decision still teaches the candidates.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Evaluate on the decisions made before this time (as --since).")
+    ] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="Evaluate on this tenant's decisions (the context's `tenant`); every decision "
+                                      "still teaches the candidates.")
+    ] = None,
     escalations: Annotated[
         bool, typer.Option(help="Evaluate escalation rules on the learned cascades' chains instead.")
     ] = False,
@@ -235,6 +256,12 @@ def evaluate(
         except ValueError:
             message = f"--reward-lambda: expected logged, candidate or a number, not {reward_lambda!r}"
             raise _fail("evaluate", message) from None
+    try:
+        start = None if since is None else parse_time(since, "--since")
+        end = None if until is None else parse_time(until, "--until")
+        scope = Scope(policy, start, end, tenant)
+    except InvalidInput as exc:
+        raise _fail("evaluate", str(exc).replace("tenant must", "--tenant must")) from None
     if out is not None:
         _check_out("evaluate", out)  # before the replays, not after them
     unlisted: list[str] = []  # without --config: the log's models the catalog read lacks
@@ -251,11 +278,12 @@ def evaluate(
             raise _fail("evaluate", message, 1)
         if config is None:
             unlisted = _unlisted(records, specs)
-        # with --policy, a shadow need only be logged with that policy's decisions (the ones evaluated)
-        shadows, partial = shadow_names(r for r in records if policy is None or r.decision.policy == policy)
+        # with a scope (--policy, --since, --until, --tenant), a shadow need only be logged with the decisions in it
+        shadows, partial = shadow_names(r for r in records if scope.holds(r))
         for name in partial:
-            typer.echo(f"warning: shadow {name!r} was not logged with every decision; not evaluated"
-                       f"{_shadow_hint(records, name) if policy is None else ''}", err=True)
+            typer.echo(f"warning: shadow {name!r} was not logged with every decision"
+                       f"{'' if scope.everything else ' in the scope'}; not evaluated"
+                       f"{_shadow_hint(records, name) if scope.everything else ''}", err=True)
         specs_given += [f"shadow:{name}" for name in shadows if f"shadow:{name}" not in specs_given]
         evaluation = evaluate_log(
             records,
@@ -268,7 +296,10 @@ def evaluate(
             reward_lambda=lam,
             confidence=confidence,
             seed=seed,
-            policy=policy,
+            policy=scope.policy,
+            since=scope.since,
+            until=scope.until,
+            tenant=scope.tenant,
         )
     except CatalogLacksModels as exc:
         if not unlisted or not set(exc.models) <= set(unlisted):
@@ -279,7 +310,7 @@ def evaluate(
         raise _fail("evaluate", str(exc)) from None
     typer.echo(
         f"{evaluation.n_evaluated} decision{'' if evaluation.n_evaluated == 1 else 's'} with feedback evaluated "
-        f"({evaluation.n_logged} logged{'' if policy is None else f'; live policy {policy!r} alone'}), "
+        f"({evaluation.n_logged} logged{_scope_words(scope)}), "
         f"models: {', '.join(evaluation.models)}"
     )
     typer.echo(format_table(evaluation))

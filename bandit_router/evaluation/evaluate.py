@@ -39,6 +39,7 @@ from .overlap import Overlap, OverlapThresholds, overlap
 from .removed import check_priced, removed_model_warnings
 from .replay import MODES, ReplayResult, replay
 from .reward_models import RewardFit, RidgeRewardModel, fit_rewards
+from .scope import Scope
 
 DEFAULT_ESTIMATORS = ("ips", "clipped-ips", "snips", "dm", "dr")
 METRICS = ("reward", "quality", "cost")
@@ -176,9 +177,11 @@ class EvaluationConfig:
     (`normal` or `bootstrap`: which interval is primary), `n_bootstrap` (replicates of the bootstrap intervals),
     `dm_bootstrap` (refits behind DM's standard error). `max_weight`: clipped IPS's M. `ridge`, `folds`,
     `feature_dim`: the reward model of DM/DR (ridge per model on `dense_vector` features, cross-fitted).
-    `thresholds`: when overlap warnings are raised. `seed`: every random choice of the evaluation. `policy`: evaluate
-    only the decisions that live policy made (their `decision.policy`); every decision still teaches the replayed
-    candidates, in log order, as it taught the live policy (a service replays the whole log into a new policy).
+    `thresholds`: when overlap warnings are raised. `seed`: every random choice of the evaluation. `policy`,
+    `since`, `until`, `tenant`: evaluate only the decisions that live policy made (their `decision.policy`), made at
+    a Unix time in [since, until), for that tenant (`scope.Scope`; `scope` gives them as one); every decision still
+    teaches the replayed candidates, in log order, as it taught the live policy (a service replays the whole log
+    into a new policy).
     """
 
     estimators: Sequence[str] = DEFAULT_ESTIMATORS
@@ -198,6 +201,9 @@ class EvaluationConfig:
     thresholds: OverlapThresholds = field(default_factory=OverlapThresholds)
     seed: int = 0
     policy: str | None = None
+    since: float | None = None
+    until: float | None = None
+    tenant: str | None = None
 
     def __post_init__(self) -> None:
         if self.thresholds is None:  # `thresholds=None`: the defaults
@@ -231,9 +237,14 @@ class EvaluationConfig:
             make_estimator(name)  # fail early on an unknown name
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InvalidInput(f"seed must be an integer >= 0, got {self.seed!r}")
-        if self.policy is not None and (not isinstance(self.policy, str) or not self.policy):
-            raise InvalidInput(f"policy must be a live policy's name (a decision's `policy`) or None, got "
-                               f"{self.policy!r}")
+        scope = Scope(self.policy, self.since, self.until, self.tenant)  # checked, the tenant as the service reads it
+        for name in ("since", "until", "tenant"):
+            object.__setattr__(self, name, getattr(scope, name))
+
+    @property
+    def scope(self) -> Scope:
+        """The decisions evaluated (`policy`, `since`, `until`, `tenant` as one)."""
+        return Scope(self.policy, self.since, self.until, self.tenant)
 
     def lam_of(self, candidate: Candidate) -> float | None:
         """The λ `candidate`'s reward is measured with (None: each request's logged λ)."""
@@ -266,7 +277,8 @@ class EvaluationConfig:
 
 _SETTINGS_ORDER = (
     "estimators", "train_fraction", "reward_lambda", "latency_weight", "confidence", "interval", "n_bootstrap",
-    "dm_bootstrap", "max_weight", "ridge", "folds", "feature_dim", "seed", "thresholds", "policy",
+    "dm_bootstrap", "max_weight", "ridge", "folds", "feature_dim", "seed", "thresholds", "policy", "since", "until",
+    "tenant",
 )  # fmt: skip
 
 
@@ -337,7 +349,8 @@ def _prepare(
     if not logged:  # else the first replayed candidate's router fails: "a router needs at least one model"
         raise InvalidInput(f"no logged decision with feedback to evaluate on ({n_every} decisions, none with "
                            "feedback)")
-    mixed = mixed_policy_warnings(logged, config.policy)  # before the replays: a policy no decision has is refused
+    scope = config.scope
+    mixed = mixed_policy_warnings(logged, scope)  # before the replays: a scope no decision is in is refused
     check_priced(logged, specs, mode=config.mode, train_fraction=config.train_fraction)
     arrays = log_arrays(logged, specs, feature_dim=config.feature_dim)
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
@@ -364,7 +377,7 @@ def _prepare(
             seed=config.seed,
             latency_weight=config.latency_weight,
             models=arrays.models,
-            policy=config.policy,
+            scope=scope,
         )
         for c in wanted
     }
@@ -375,45 +388,56 @@ def _prepare(
             f"often for some models than others, every estimate is biased"
         )
     warnings.extend(mixed)
-    warnings.extend(default_reward_warnings(logged, config.policy))
+    warnings.extend(default_reward_warnings(logged, scope))
     return _Prepared(n_every, logged, arrays, wanted, replays, warnings)
 
 
-def default_reward_warnings(logged: Sequence[LoggedRecord], policy: str | None = None) -> list[str]:
+def _scope_of(scope: Scope | str | None) -> Scope:
+    return scope if isinstance(scope, Scope) else Scope(policy=scope)
+
+
+def default_reward_warnings(logged: Sequence[LoggedRecord], scope: Scope | str | None = None) -> list[str]:
     """A warning when some outcomes are the service's `default_reward` for a decision whose window closed without
     feedback: the policy learned them, and every estimate counts them as observed, pulled toward that quality.
-    With `policy`, among the decisions evaluated: that policy's (the others' teach the candidates, never scored)."""
-    if policy is not None:
-        logged = [r for r in logged if r.decision.policy == policy]
+    With a `scope` (a `Scope`, or a live policy's name), among the decisions evaluated: those in it (the others
+    teach the candidates, never scored)."""
+    scope = _scope_of(scope)
+    if not scope.everything:
+        logged = [r for r in logged if scope.holds(r)]
     imputed = [r.outcome.quality for r in logged if r.default_reward and r.outcome is not None]
     if not imputed:
         return []
     low, high = min(imputed), max(imputed)
     quality = f"{low:g}" if low == high else f"{low:g} to {high:g}"
-    whose = "" if policy is None else f" of {policy!r}"
+    whose = "" if scope.everything else f" of {scope.policy!r}" if scope == Scope(scope.policy) else \
+        f" in the scope ({scope.describe()})"
     return [f"{len(imputed)} of the {len(logged)} decisions{whose} with feedback have none from a caller: their reward "
             f"window closed and the service learned its default_reward (quality {quality}) for them, as the policy "
             "did; every estimate counts them as observed outcomes"]
 
 
-def mixed_policy_warnings(logged: Sequence[LoggedRecord], policy: str | None = None) -> list[str]:
-    """A warning when the decisions were made by more than one live policy (a restart with another `policy`, a
-    promotion): `logged` estimates their mix, V = Σ_p (n_p/n)·V_p, not the value of the policy live at the end.
-    With `policy` (only its decisions are evaluated): none, or `InvalidInput` when no decision carries it."""
+def mixed_policy_warnings(logged: Sequence[LoggedRecord], scope: Scope | str | None = None) -> list[str]:
+    """A warning when the decisions evaluated were made by more than one live policy (a restart with another
+    `policy`, a promotion): `logged` estimates their mix, V = Σ_p (n_p/n)·V_p, not the value of the policy live at
+    the end. With a `scope` (a `Scope`, or a live policy's name): `InvalidInput` when no decision is in it, and no
+    warning when it names the policy."""
+    scope = _scope_of(scope)
+    if not scope.everything:
+        evaluated = [r for r in logged if scope.holds(r)]
+        if not evaluated:
+            raise InvalidInput(scope.none_in_scope(logged))
+        if scope.policy is not None:
+            return []
+        logged = evaluated
     counts = Counter(record.decision.policy for record in logged)
-    if policy is not None:
-        if policy not in counts:
-            spelt = ", ".join(f"{name} ({n})" for name, n in counts.items())
-            raise InvalidInput(f"policy {policy!r}: none of the {len(logged)} decisions with feedback was made by "
-                               f"that policy; theirs: {spelt}")
-        return []
     if len(counts) < 2:
         return []
     last = logged[-1].decision.policy
     spelt = ", ".join(f"{name} ({n})" for name, n in counts.items())
-    return [f"the {len(logged)} decisions with feedback were made by {len(counts)} live policies, in log order: "
-            f"{spelt}; `logged` is their mix, not the value of the policy live last ({last!r}): to compare "
-            "candidates with that one, evaluate its decisions alone (`bandit-router evaluate --policy`)"]
+    return [f"the {len(logged)} decisions with feedback{'' if scope.everything else ' in the scope'} were made by "
+            f"{len(counts)} live policies, in log order: {spelt}; `logged` is their mix, not the value of the policy "
+            f"live last ({last!r}): to compare candidates with that one, evaluate its decisions alone "
+            "(`bandit-router evaluate --policy`)"]
 
 
 def _by_replay(p: _Prepared, config: EvaluationConfig) -> tuple[list[EstimateRecord], int]:
@@ -461,11 +485,14 @@ def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[Estimat
     sub = p.arrays.subset(rows)
     n_eval = len(sub)
     t, estimators = config.thresholds, config.estimators
-    if n_eval == 0 and config.policy is not None and config.mode == "frozen":
-        n_policy = sum(r.decision.policy == config.policy for r in p.logged)
-        raise InvalidInput(f"policy {config.policy!r}: none of its {n_policy} decisions with feedback is in the part "
-                           f"of the log the frozen mode evaluates (the last {1 - config.train_fraction:.0%}): "
-                           "evaluate a policy live before a promotion or a restart in the learning or the replay mode")
+    scope = config.scope
+    if n_eval == 0 and not scope.everything and config.mode == "frozen":
+        n_scope = sum(scope.holds(r) for r in p.logged)
+        whose = f"policy {scope.policy!r}: none of its" if scope == Scope(scope.policy) else \
+            f"scope ({scope.describe()}): none of its"
+        raise InvalidInput(f"{whose} {n_scope} decisions with feedback is in the part of the log the frozen mode "
+                           f"evaluates (the last {1 - config.train_fraction:.0%}): evaluate a policy live before a "
+                           "promotion or a restart, or an earlier time, in the learning or the replay mode")
     if n_eval == 0:
         raise InvalidInput("no logged decision with feedback to evaluate on")
     if n_eval < t.min_ess:

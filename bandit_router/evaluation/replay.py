@@ -42,6 +42,7 @@ from ..router import Router
 from ..types import Decision
 from .candidates import Candidate, parse_candidate
 from .log import LoggedRecord, model_list, specs_by_name
+from .scope import Scope
 
 MODES = ("learning", "frozen", "replay")
 
@@ -123,6 +124,7 @@ def replay(
     latency_weight: float = 0.0,
     models: Sequence[str] | None = None,
     policy: str | None = None,
+    scope: Scope | None = None,
 ) -> ReplayResult:
     """The pmfs of `candidate` on `records` (in decision order) under `mode` (see the module docstring).
 
@@ -133,10 +135,10 @@ def replay(
     from the log (1 on that model where a decision allowed it, else the cheapest allowed model, as the fixed
     policy chooses). A decision that allowed no model with an entry is one no candidate decides: it keeps its
     logged row, with feedback or without, and is left out of the evaluated rows (`left_out_rows`). `models` fixes
-    the column order of `target_pmf` (default: order of first appearance). `policy`: only the decisions that live
-    policy made are evaluated (the others are left out, `left_out`, but still teach the candidate: in `replay` it
-    decides them too and learns the ones it accepts, so its pmfs are those of the whole log's replay; a shadow's
-    pmf is needed only on the evaluated ones).
+    the column order of `target_pmf` (default: order of first appearance). `scope` (or `policy`, a live policy's
+    name, as `Scope(policy)`): only the decisions in it are evaluated (the others are left out, `left_out`, but still
+    teach the candidate: in `replay` it decides them too and learns the ones it accepts, so its pmfs are those of the
+    whole log's replay; a shadow's pmf is needed only on the evaluated ones).
     """
     if mode not in MODES:
         raise InvalidInput(f"unknown mode {quoted([mode], MODES)}; known: {', '.join(MODES)}")
@@ -160,8 +162,11 @@ def replay(
     left_out = left_out_rows(records, by_name, mode=mode, train_fraction=train_fraction)
     decided = has_feedback & ~left_out  # replay: the rounds a candidate may accept (and learn from)
     bound = _acceptance_bound(records, left_out) if mode == "replay" else math.nan  # M, whatever `policy`
-    if policy is not None:  # another policy's decisions: evaluated for no candidate
-        left_out |= has_feedback & np.array([r.decision.policy != policy for r in records], dtype=bool)
+    if policy is not None and scope is not None:
+        raise InvalidInput("give policy or scope, not both (scope=Scope(policy=…, …) names the policy too)")
+    scope = scope if scope is not None else Scope(policy=policy)
+    if not scope.everything:  # decisions out of the scope: evaluated for no candidate
+        left_out |= has_feedback & ~scope.mask(records)
         if mode == "frozen":
             left_out[:split] = False
     has_feedback &= ~left_out  # from here on: the rows a candidate may be evaluated on

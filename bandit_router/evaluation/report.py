@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .evaluate import EstimateRecord, Evaluation
+from .scope import Scope
 
 
 def _num(x: float, digits: int = 3) -> str:
@@ -127,9 +128,13 @@ def _warnings(evaluation: Evaluation) -> list[str]:
 
 
 def _of_policy(evaluation: Evaluation) -> str:
-    """Whose decisions were evaluated, when `policy` chose one live policy's (`logged` is then that policy)."""
-    policy = evaluation.settings.get("policy")
-    return f"; the decisions of the live policy {policy!r} alone" if policy else ""
+    """Whose decisions were evaluated, when a scope chose some: one live policy's (`logged` is then that policy), a
+    time range's, a tenant's."""
+    s = evaluation.settings
+    scope = Scope(s.get("policy"), s.get("since"), s.get("until"), s.get("tenant"))
+    if scope == Scope(scope.policy):
+        return f"; the decisions of the live policy {scope.policy!r} alone" if scope.policy else ""
+    return f"; the decisions in the scope: {scope.describe()}"
 
 
 def format_markdown(evaluation: Evaluation, *, title: str = "Offline evaluation") -> str:

@@ -1,0 +1,141 @@
+"""Which logged decisions an evaluation scores: `Scope(policy, since, until, tenant)`.
+
+Every decision with feedback teaches the replayed candidates, in log order, as it taught the live policy (a service
+replays the whole log into a new policy); only the decisions in the scope are scored: decision d is in it when
+
+    (policy is None or d.policy == policy) and (since is None or since ≤ d.created_at)
+        and (until is None or d.created_at < until) and (tenant is None or tenant_of(d's tenant) == tenant)
+
+with `created_at` the decision's Unix time in seconds and its tenant the context's `tenant` value read as the
+service reads it (`types.tenant_of`: 5 and 5.0 are tenant "5"). An unset field selects every decision.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from ..errors import InvalidInput
+from ..types import tenant_named, tenant_of
+from .log import LoggedRecord
+
+#: The latest Unix time a scope's bound may be (as the dashboard's time series: year 5138).
+MAX_TIME = 1e11
+
+
+def parse_time(text: str, name: str = "time") -> float:
+    """Unix seconds from `text`: a number of seconds, or an ISO 8601 date or date and time (`2026-11-20`,
+    `2026-11-20T08:30`, `2026-11-20T08:30:00+01:00`); a time without an offset is UTC."""
+    try:
+        return _bounded(float(text), name)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"{name}: expected Unix seconds or an ISO 8601 date or time (2026-11-20, "
+                           f"2026-11-20T08:30Z), not {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return _bounded(moment.timestamp(), name)
+
+
+def _bounded(seconds: float, name: str) -> float:
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_TIME):
+        raise InvalidInput(f"{name}: a Unix time in seconds from 0 to {MAX_TIME:.0f} (year 5138), not {seconds!r}")
+    return seconds
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The decisions an evaluation scores (see the module docstring); checks itself when built. `tenant` may be
+    given as the service reads one (a number names the tenant of its text: 5 and 5.0 are "5")."""
+
+    policy: str | None = None
+    since: float | None = None
+    until: float | None = None
+    tenant: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.policy is not None and (not isinstance(self.policy, str) or not self.policy):
+            raise InvalidInput(f"policy must be a live policy's name (a decision's `policy`) or None, got "
+                               f"{self.policy!r}")
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+                raise InvalidInput(f"{name} must be a Unix time in seconds or None, got {value!r}")
+            object.__setattr__(self, name, _bounded(float(value), name))
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise InvalidInput(f"since ({_iso(self.since)}) must be before until ({_iso(self.until)})")
+        if self.tenant is not None:
+            if isinstance(self.tenant, bool) or not isinstance(self.tenant, str | numbers.Real):
+                raise InvalidInput(f"tenant must be a tenant's name (a string) or None, got {self.tenant!r}")
+            name = tenant_named(self.tenant) if isinstance(self.tenant, str) else tenant_of(self.tenant)
+            if not name:
+                raise InvalidInput("tenant must not be empty")
+            object.__setattr__(self, "tenant", name)
+
+    @property
+    def everything(self) -> bool:
+        """True when every decision is in the scope."""
+        return self.policy is None and self.since is None and self.until is None and self.tenant is None
+
+    def holds(self, record: LoggedRecord) -> bool:
+        """Whether `record`'s decision is in the scope."""
+        d = record.decision
+        if self.policy is not None and d.policy != self.policy:
+            return False
+        if self.since is not None and not d.created_at >= self.since:
+            return False
+        if self.until is not None and not d.created_at < self.until:
+            return False
+        return self.tenant is None or tenant_of(d.context.attributes.get("tenant")) == self.tenant
+
+    def mask(self, records: Sequence[LoggedRecord]) -> np.ndarray:
+        """`holds` of each record, as a boolean array."""
+        if self.everything:
+            return np.ones(len(records), dtype=bool)
+        return np.fromiter((self.holds(r) for r in records), dtype=bool, count=len(records))
+
+    def describe(self) -> str:
+        """The scope in words (`live policy 'x', since 2026-11-20T00:00:00Z, tenant 'acme'`); "" for everything."""
+        parts = [] if self.policy is None else [f"live policy {self.policy!r}"]
+        if self.since is not None:
+            parts.append(f"since {_iso(self.since)}")
+        if self.until is not None:
+            parts.append(f"until {_iso(self.until)}")
+        if self.tenant is not None:
+            parts.append(f"tenant {self.tenant!r}")
+        return ", ".join(parts)
+
+    def none_in_scope(self, logged: Sequence[LoggedRecord]) -> str:
+        """Why no decision of `logged` (with feedback) is in the scope: what the log holds of each field set."""
+        counts = Counter(r.decision.policy for r in logged)
+        policies = ", ".join(f"{name} ({n})" for name, n in counts.most_common(8))
+        if self == Scope(self.policy):
+            return (f"policy {self.policy!r}: none of the {len(logged)} decisions with feedback was made by that "
+                    f"policy; theirs: {policies}")
+        what = [f"none of the {len(logged)} decisions with feedback is in the scope ({self.describe()})"]
+        if self.policy is not None:
+            what.append(f"their live policies: {policies}")
+        if self.since is not None or self.until is not None:
+            times = [r.decision.created_at for r in logged]
+            what.append(f"they were made from {_iso(min(times))} to {_iso(max(times))}")
+        if self.tenant is not None:
+            tenants = Counter(tenant_of(r.decision.context.attributes.get("tenant")) for r in logged)
+            spelt = [f"{'(none)' if name is None else repr(name)} ({n})" for name, n in tenants.most_common(8)]
+            more = len(tenants) - len(spelt)
+            what.append("their tenants: " + ", ".join(spelt) + (f" and {more} more" if more > 0 else ""))
+        return "; ".join(what)
