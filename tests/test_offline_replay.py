@@ -580,6 +580,41 @@ def test_a_decision_allowing_only_removed_models_is_left_out_for_every_candidate
         evaluate_log([odd[5], odd[77]], ["linucb"], models=kept, mode=mode)
 
 
+@pytest.mark.parametrize("mode", ["learning", "replay"])
+def test_a_model_made_route_false_since_it_was_logged_does_not_stop_the_evaluation(
+    world: SyntheticWorld, log: SimulatedLog, mode: str
+) -> None:
+    """A model of the log that the catalog marks `route = false` since (kept as a judge or routing LLM) stopped
+    every evaluation with the baselines on, the default: "policy 'fixed:<model>' names the model …, which has route
+    = false", and a decision that had allowed only that model stopped even `--no-baselines` with "no routable model
+    among these". It is treated as a removed model is: the candidates never route to it, its fixed baseline is read
+    from the log (the same estimate as with the model routable), the decisions that allowed only it are left out
+    for every candidate, and the warnings say so. Found trying an item of session 22's note."""
+    judge = world.models[-1].name
+    demoted = [*world.models[:-1], dataclasses.replace(world.models[-1], route=False)]
+    records = log.records[:300]
+    settings: dict[str, Any] = {"estimators": ("ips",), "n_bootstrap": 0, "mode": mode}
+    ev = evaluate_log(records, ["linucb"], models=demoted, **settings)
+    full = evaluate_log(records, ["linucb"], models=world.models, **settings)
+    assert any(f"marks route = false (a judge or router model only): {judge};" in w for w in ev.warnings)
+    assert set(ev.candidates) == set(full.candidates)
+    column = ev.models.index(judge)
+    for label in ("linucb", "random"):  # they never route to it
+        assert not ev.replays[label].target_pmf[ev.replays[label].evaluated, column].any()
+    estimator = "replay" if mode == "replay" else "ips"
+    for label in (f"fixed:{judge}", "logged", f"fixed:{world.models[0].name}"):
+        assert ev.record(label, estimator).value == full.record(label, estimator).value
+    odd = [_pinned_to(r, judge) if i in (5, 77) else r for i, r in enumerate(records)]
+    pinned = evaluate_log(odd, ["linucb"], models=demoted, baselines=False, **settings)
+    without = evaluate_log([r for i, r in enumerate(odd) if i not in (5, 77)], ["linucb"], models=demoted,
+                           baselines=False, **settings)
+    assert (f"2 of the 300 decisions with feedback to evaluate on allowed only models the catalog marks route = "
+            f"false ({judge}): no candidate can decide them") in "\n".join(pinned.warnings)
+    for label in pinned.candidates:
+        mine, theirs = pinned.record(label, estimator), without.record(label, estimator)
+        assert (mine.n, mine.value) == (theirs.n, theirs.value), label
+
+
 @pytest.mark.parametrize("mode", ["learning", "frozen", "replay"])
 def test_replay_passes_by_a_decision_without_feedback_that_allowed_only_removed_models(
     world: SyntheticWorld, log: SimulatedLog, mode: str

@@ -60,6 +60,13 @@ def removed_model_warnings(
             f"candidates route among the other models, as they would with this catalog, and learn nothing from "
             f"those models' outcomes; fixed:<model> of such a model is read from the log"
         )
+    judges = [m for m in models if m in specs and not specs[m].route]
+    if judges:
+        warnings.append(
+            f"models of the log the catalog marks route = false (a judge or router model only): {', '.join(judges)}; "
+            "the candidates never route to them, as they would not with this catalog, and fixed:<model> of such a "
+            "model is read from the log"
+        )
     undeployable = {c.label: removed_models_named(c, specs, models) for c in wanted}
     not_evaluated = [f"candidate {label!r} not evaluated: its policy names {', '.join(map(repr, named))}, "
                      f"{'a model' if len(named) == 1 else 'models'} of the log without a catalog entry, so it cannot "
@@ -128,16 +135,20 @@ def check_priced(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec],
 
 def _left_out_warning(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], *, mode: str,
                       train_fraction: float) -> list[str]:
-    """The warning for the decisions to evaluate on that allowed only models without a catalog entry
-    (`left_out_rows`), or `InvalidInput` when that leaves none."""
+    """The warning for the decisions to evaluate on that allowed no model a router may choose, only models without a
+    catalog entry or marked `route = false` (`left_out_rows`), or `InvalidInput` when that leaves none."""
     left_out = left_out_rows(logged, specs, mode=mode, train_fraction=train_fraction)
     k = int(left_out.sum())
     if not k:
         return []
     total = len(logged) - (math.floor(train_fraction * len(logged)) if mode == "frozen" else 0)
     names = sorted({m for r, out in zip(logged, left_out, strict=True) if out for m in r.decision.models})
+    removed = [m for m in names if m not in specs]
+    judges = [m for m in names if m in specs]  # `route = false` (`left_out_rows`)
     said = (f"{k} of the {total} decision{'' if total == 1 else 's'} with feedback to evaluate on allowed only "
-            f"models without a catalog entry ({', '.join(names)}{CLIENT_NAMED})")
+            + " and ".join([*([f"models without a catalog entry ({', '.join(removed)}{CLIENT_NAMED})"] if removed
+                              else []),
+                            *([f"models the catalog marks route = false ({', '.join(judges)})"] if judges else [])]))
     if k == total:
         raise CatalogLacksModels(f"nothing to evaluate on: {said}, and no candidate can decide such a decision with "
                                  "this catalog", names)

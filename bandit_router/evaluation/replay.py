@@ -83,12 +83,12 @@ def left_out_rows(
     train_fraction: float = 0.5,
 ) -> np.ndarray:
     """The rows of `records` with feedback that `mode` would evaluate (frozen: the held-out part) whose decision
-    allowed only models without a catalog entry (a client named removed models): no candidate routing with this
-    catalog could decide them, so every candidate, `logged` and `fixed:<removed model>` too, is evaluated without
-    them, on the same rounds."""
+    allowed no model a router may choose with this catalog, only models without a catalog entry (a client named
+    removed models) or marked `route = false` since: no candidate routing with this catalog could decide them, so
+    every candidate, `logged` and `fixed:<such a model>` too, is evaluated without them, on the same rounds."""
     by_name = specs_by_name(specs, "specs")
-    out = np.array([r.outcome is not None and not any(m in by_name for m in r.decision.models) for r in records],
-                   dtype=bool)
+    routable = {name for name, spec in by_name.items() if spec.route}
+    out = np.array([r.outcome is not None and routable.isdisjoint(r.decision.models) for r in records], dtype=bool)
     if mode == "frozen":
         out[: math.floor(train_fraction * len(records))] = False  # the candidate never decides there
     return out
@@ -194,7 +194,7 @@ def replay(
     known = [by_name[m] for m in names if m in by_name]
     policy, settings = parse_spec(cand.policy)
     fixed = settings.get("model")
-    if policy == "fixed" and fixed in names and (fixed not in by_name or by_name[fixed].route):  # read from the log
+    if policy == "fixed" and fixed in names:  # read from the log (a model removed or made `route = false` since too)
         _fixed_from_log(records, str(fixed), by_name, names, target, start=split)
         if mode != "replay":
             return ReplayResult(cand, mode, names, target, evaluated, left_out=left_out)
@@ -208,7 +208,7 @@ def replay(
         d = records[i].decision
         allowed = _allowed(d, by_name)
         if not allowed:
-            return  # no model it allowed has an entry: the row is evaluated for no candidate (with feedback: left out)
+            return  # no model it allowed may be routed to: the row is evaluated for no candidate (with feedback: left out)
         lam = cand.cost_weight if cand.cost_weight is not None else d.cost_weight
         mine = router.decide(d.context, models=allowed, cost_weight=lam, decision_id=d.decision_id)
         target[i] = _row(names, mine.models, mine.pmf)
@@ -240,9 +240,11 @@ def replay(
 
 
 def _allowed(decision: Decision, by_name: Mapping[str, ModelSpec]) -> tuple[str, ...]:
-    """The models `decision` allowed that have a catalog entry (none: a row no candidate decides)."""
+    """The models `decision` allowed that have a catalog entry; none (a row no candidate decides) when no such
+    model may be routed to (`route = false` since it was logged: `left_out_rows`)."""
     models = decision.models
-    return models if all(m in by_name for m in models) else tuple(m for m in models if m in by_name)
+    allowed = models if all(m in by_name for m in models) else tuple(m for m in models if m in by_name)
+    return allowed if any(by_name[m].route for m in allowed) else ()
 
 
 def _fixed_from_log(
@@ -258,8 +260,9 @@ def _fixed_from_log(
     before keep their logged pmf, as a replayed router leaves them): what `FixedPolicy` chooses (it neither learns
     nor explores), from the log alone (the model where a decision allowed it, else the cheapest allowed model a
     router could choose: with a catalog entry and `route`; a decision that allowed neither keeps its logged row,
-    which is never evaluated). `model` has no catalog entry or may be routed (a router refuses a `route = false`
-    one: `FixedPolicy.check_models`). O(n·K) for n records of K models; a router replayed it in O(n·K) Python
+    which is never evaluated). `model` may also have no catalog entry or be marked `route = false` since it was
+    logged (a router refuses such a one: `FixedPolicy.check_models`): "always that model", as the log tells it.
+    O(n·K) for n records of K models; a router replayed it in O(n·K) Python
     steps, so the baselines (`fixed:<model>` for each of K models) cost O(n·K²): at 100 models, 125 s on 8,000
     decisions with feedback."""
     column = {m: j for j, m in enumerate(names)}
