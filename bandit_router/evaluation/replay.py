@@ -208,7 +208,7 @@ def replay(
         d = records[i].decision
         allowed = _allowed(d, by_name)
         if not allowed:
-            return  # no model it allowed may be routed to: the row is evaluated for no candidate (with feedback: left out)
+            return  # no model it allowed may be routed to: evaluated for no candidate (with feedback: left out)
         lam = cand.cost_weight if cand.cost_weight is not None else d.cost_weight
         mine = router.decide(d.context, models=allowed, cost_weight=lam, decision_id=d.decision_id)
         target[i] = _row(names, mine.models, mine.pmf)
