@@ -727,6 +727,7 @@ class Engine:
             "shadow_ci_low": _finite(result.candidate_low),
             "live_value": _finite(result.live_value),
             "n": len(records),
+            "warnings": list(evaluation.warnings),  # e.g. how many outcomes are a closed window's default_reward
         }
 
     def decision(self, decision_id: str) -> tuple[StoredDecision, list[FeedbackRecord], CallRecord | None]:
