@@ -117,4 +117,13 @@ def test_only_the_thompson_sampler_loads_it() -> None:
     ids = HierarchicalThompsonPolicy(HierarchicalParams(sampler="ids"))
     ids.warm_up()
     assert ids._fused is None
-    assert corrections_kernel.checked(dense_vector)
+    assert corrections_kernel.checked() and corrections_kernel.checked(seed=13)
+
+
+def test_a_machine_where_the_kernel_rounds_otherwise_routes_with_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where `checked` finds a byte that differs (another BLAS, another `einsum` loop), `warm_up` leaves `predict` to
+    numpy: the decisions stay numpy's wherever the kernel would not give them."""
+    monkeypatch.setattr(corrections_kernel, "checked", lambda: False)
+    policy = HierarchicalThompsonPolicy(HierarchicalParams())
+    policy.warm_up()
+    assert policy._fused is None

@@ -305,7 +305,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         if self.params.sampler == "thompson":  # `predict`'s compiled corrections where they equal numpy's here
             exploration.load_kernel()
             from .. import corrections_kernel as kernel
-            self._fused = kernel.corrected_means if kernel.checked(dense_vector) else None
+            self._fused = kernel.corrected_means if kernel.checked() else None
 
     # -- posteriors -----------------------------------------------------------------------------------------
     def _rows(self, models: Sequence[ModelSpec]) -> np.ndarray:
