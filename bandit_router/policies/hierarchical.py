@@ -94,11 +94,9 @@ from ..types import Context
 from .base import BasePolicy
 
 # Why a private numpy name: `np.einsum(..., optimize=False)` (its default) is a Python wrapper that checks its arguments
-# and then calls `numpy._core.multiarray.c_einsum` with them; calling that directly saves the wrapper, ≈ 1 µs of each
-# route (`predict` runs once per routed request). The result is the same call, so the same values bit for bit. A numpy
-# that moves or renames the private name (numpy 1.x has it elsewhere) falls back to the public wrapper, pinned to
-# `optimize=False` so that it runs that same C routine, not a contraction path of matrix products that could round
-# differently (`tests/test_default_policy.py` checks both the fallback and that both give identical decisions).
+# and then calls `numpy._core.multiarray.c_einsum`; calling that directly saves the wrapper (≈ 1 µs), the same values.
+# A numpy without the private name (1.x) falls back to the wrapper with `optimize=False`, the same C routine, not a
+# contraction path that could round otherwise (`tests/test_default_policy.py` checks the fallback's decisions).
 try:
     from numpy._core.multiarray import c_einsum
 except ImportError:
@@ -203,11 +201,9 @@ class _Arms:
         self.groups: dict[str, int] = {}
         self.n, self.sum_q, self.sum_q2 = np.zeros(0), np.zeros(0), np.zeros(0)
         self.prior_n, self.prior_mean, self.catalog_prior = np.zeros(0), np.zeros(0), np.zeros(0)
-        self.family = np.zeros(0, dtype=np.intp)
-        self.tier = np.zeros(0, dtype=np.intp)
+        self.family, self.tier = np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
         self.a_inv = np.zeros((0, LEVELS, dim, dim))
-        self.b = np.zeros((0, LEVELS, dim))
-        self.w = np.zeros((0, LEVELS, dim))
+        self.b, self.w = np.zeros((0, LEVELS, dim)), np.zeros((0, LEVELS, dim))
         self.evidence = np.zeros((0, LEVELS))
 
     def _group(self, key: str, value: str) -> int:
@@ -216,9 +212,7 @@ class _Arms:
     def add(self, spec: ModelSpec, prior_n: float, kappa: float) -> int:
         row = self.row[spec.name] = len(self.n)
         prior = np.nan if spec.prior_quality is None else spec.prior_quality
-        self.n = np.append(self.n, 0.0)
-        self.sum_q = np.append(self.sum_q, 0.0)
-        self.sum_q2 = np.append(self.sum_q2, 0.0)
+        self.n, self.sum_q, self.sum_q2 = (np.append(a, 0.0) for a in (self.n, self.sum_q, self.sum_q2))
         self.prior_n = np.append(self.prior_n, prior_n)
         self.prior_mean = np.append(self.prior_mean, UNINFORMED_QUALITY)
         self.catalog_prior = np.append(self.catalog_prior, prior)
@@ -305,10 +299,13 @@ class HierarchicalThompsonPolicy(BasePolicy):
         """The last model tuple `_posterior_of` saw and its entry (the router passes the same tuple every route)."""
         self._phi_of: tuple[Context | None, np.ndarray] = (None, np.zeros(0))
         self._scaled_sd: tuple[np.ndarray | None, np.ndarray] = (None, np.zeros(0))
+        self._fused: Any = None  # `corrections_kernel.corrected_means` once `warm_up` has checked it
 
-    def warm_up(self) -> None:  # `Router` calls it (not `Settings.check`): the first pmf's compiled quadrature
-        if self.params.sampler == "thompson":
+    def warm_up(self) -> None:  # `Router` calls it (not `Settings.check`): the first pmf's compiled quadrature, and
+        if self.params.sampler == "thompson":  # `predict`'s compiled corrections where they equal numpy's here
             exploration.load_kernel()
+            from .. import corrections_kernel as kernel
+            self._fused = kernel.corrected_means if kernel.checked() else None
 
     # -- posteriors -----------------------------------------------------------------------------------------
     def _rows(self, models: Sequence[ModelSpec]) -> np.ndarray:
@@ -411,6 +408,9 @@ class HierarchicalThompsonPolicy(BasePolicy):
     def predict(self, context: Context, models: Sequence[ModelSpec]) -> tuple[np.ndarray, np.ndarray]:
         """q̂_m(φ) and the posterior sd of the model's mean quality, each shape (len(models),)."""
         base, sd, omega, w = self._posterior_of(models)
+        if self._fused is not None and (found := self._fused(context.features, base, omega, w, self.params.dim)):
+            self._phi_of = (context, found[0])  # φ and q̂ in one compiled call: the values below, bit for bit
+            return found[1], sd
         corrections = w @ self._phi(context)  # (K, L)
         # c_ml(φ) = clip(w·φ, −1, 1) (qualities are in [0, 1]) as two ufuncs in place, the same values bit for bit:
         # np.clip's Python wrappers cost more than the matmul on this small array (performance.md)
