@@ -915,6 +915,19 @@ def test_a_candidate_measured_with_its_own_lambda_is_not_named_the_best(world: S
     assert "Not compared" not in format_best(same)  # with the logged λ every candidate is on one scale
 
 
+def test_the_last_line_on_one_round_says_why_nothing_is_trusted(world: SyntheticWorld) -> None:
+    """On one round no estimate has a finite interval, and most have no overlap warning: the last line said
+    "every one has an overlap warning" (what `bandit-router evaluate` printed on a new service's first feedback)."""
+    from bandit_router.evaluation import format_best
+
+    log = simulate_log(world, "random", 1, seed=3, cost_weight=LAM)
+    ev = evaluate_log(log.records, ["logged"], models=world.models, estimators=("dr",), n_bootstrap=0,
+                      dm_bootstrap=0, baselines=False)
+    assert not ev.record("logged", "dr").warnings and not math.isfinite(ev.record("logged", "dr").ci_low)
+    line = format_best(ev)
+    assert "no finite interval" in line and "every one has an overlap warning" not in line
+
+
 def test_a_log_of_two_live_policies_says_logged_is_their_mix() -> None:
     """After a restart with another `policy` (or a promotion) the log holds two live policies' decisions, and
     `logged`, the baseline every candidate was compared with ("beats the logged policy"), was their mix without a
