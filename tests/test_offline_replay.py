@@ -356,6 +356,24 @@ def test_overlap_warnings_for_a_candidate_the_logger_never_tried(world: Syntheti
     assert not ev.record("fixed:gpt-4o-mini", "ips").warnings
 
 
+def test_the_logged_policy_on_a_long_tail_of_tiny_probabilities_raises_no_support_warning() -> None:
+    """A logger over 100 models puts < 0.001 on most of them (2% of its mass here): evaluated against itself every
+    weight is 1 and nothing is unseen, yet `logged` was flagged "support violation" (found evaluating the scale
+    experiment's 100-model log: "No candidate's estimate can be trusted"). A candidate that puts more than the
+    logger there still is."""
+    n, k = 200, 100
+    rng = np.random.default_rng(0)
+    tail = np.full(k - 2, 0.02 / (k - 2))  # 98 models at ≈ 0.0002 each
+    logged = np.tile(np.concatenate([[0.5, 0.48], tail]), (n, 1))
+    actions = rng.choice(k, size=n, p=logged[0])
+    probability = logged[np.arange(n), actions]
+    own = overlap(actions, probability, logged, logged.copy())
+    assert own.unsupported_mass == 0.0 and own.trusted, own.warnings
+    more = logged.copy()
+    more[:, 0], more[:, 2] = 0.48, tail[0] + 0.02  # 2% more on one tiny model than the logger
+    assert any("support violation" in w for w in overlap(actions, probability, logged, more).warnings)
+
+
 def test_overlap_thresholds_are_the_documented_ones() -> None:
     n = 100
     actions = np.zeros(n, dtype=int)
