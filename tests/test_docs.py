@@ -138,6 +138,27 @@ def test_every_toml_example_is_a_settings_file_serve_accepts(
 RULES_FILE = "rules.toml"
 
 
+def test_the_gateway_pages_keyless_try_out_serves_the_fake_upstreams_models(tmp_path: Path) -> None:
+    """The gateway page's "Try it without provider keys" writes a settings file with a shell here-document (a ```sh
+    block, which the TOML check above does not see): it loads, every model it names is one the fake upstream
+    serves, and each is called at the port the page starts the fake upstream on. Before it the docs never said how
+    to try the gateway under `make run` without the providers' keys (the README's round trip answered 503)."""
+    from bandit_router.config import load_settings
+    from bandit_router.service.app import check_upstreams
+    from benchmarks.fake_upstream import QUALITY
+
+    text = (DOCS / "service" / "gateway.md").read_text(encoding="utf-8")
+    heredoc = re.search(r"^cat > fake-gateway\.toml <<'EOF'\n(.*?)^EOF$", text, re.S | re.M)
+    port = re.search(r"^\.venv/bin/python -m benchmarks\.fake_upstream --port (\d+) &", text, re.M)
+    assert heredoc and port and "BANDIT_ROUTER_CONFIG=fake-gateway.toml make run" in text
+    config = tmp_path / "fake-gateway.toml"
+    config.write_text(heredoc.group(1), encoding="utf-8")
+    settings = load_settings(config, env={})
+    check_upstreams(settings)
+    assert settings.models and {m.name for m in settings.models} <= set(QUALITY)
+    assert settings.default_base_url == f"http://127.0.0.1:{port.group(1)}/v1"
+
+
 def test_the_learning_pages_rules_route_as_their_comments_say(tmp_path: Path) -> None:
     """The `rules` examples of docs/learning.md, the settings' form and the file's, route as written: the regex
     example was `(?i)^translate`, said to be "searched in the prompt's text", and a gateway request (a system
