@@ -602,10 +602,16 @@ def test_every_environment_example_is_a_setting_serve_accepts(
     page: str, variable: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`BANDIT_ROUTER_X=value` as the docs write it, alone in the environment, loads and passes `serve`'s checks
-    (with the default policy and catalog)."""
+    (with the default policy and catalog). `BANDIT_ROUTER_CONFIG=FILE` names a file the page writes with a shell
+    here-document (`cat > FILE <<'EOF'`): it is written first, as the page has it."""
     from bandit_router.config import load_settings
 
     monkeypatch.chdir(tmp_path)  # no ./bandit-router.toml
+    if variable == "BANDIT_ROUTER_CONFIG":
+        text = (ROOT / page).read_text(encoding="utf-8")
+        written = re.search(rf"^cat > {re.escape(value)} <<'EOF'\n(.*?)^EOF$", text, re.S | re.M)
+        assert written, f"{page} names {value} without writing it"
+        (tmp_path / value).write_text(written.group(1), encoding="utf-8")
     load_settings(env={variable: value})
 
 
