@@ -356,6 +356,24 @@ def test_overlap_warnings_for_a_candidate_the_logger_never_tried(world: Syntheti
     assert not ev.record("fixed:gpt-4o-mini", "ips").warnings
 
 
+def test_the_logged_policy_on_a_long_tail_of_tiny_probabilities_raises_no_support_warning() -> None:
+    """A logger over 100 models puts < 0.001 on most of them (2% of its mass here): evaluated against itself every
+    weight is 1 and nothing is unseen, yet `logged` was flagged "support violation" (found evaluating the scale
+    experiment's 100-model log: "No candidate's estimate can be trusted"). A candidate that puts more than the
+    logger there still is."""
+    n, k = 200, 100
+    rng = np.random.default_rng(0)
+    tail = np.full(k - 2, 0.02 / (k - 2))  # 98 models at ≈ 0.0002 each
+    logged = np.tile(np.concatenate([[0.5, 0.48], tail]), (n, 1))
+    actions = rng.choice(k, size=n, p=logged[0])
+    probability = logged[np.arange(n), actions]
+    own = overlap(actions, probability, logged, logged.copy())
+    assert own.unsupported_mass == 0.0 and own.trusted, own.warnings
+    more = logged.copy()
+    more[:, 0], more[:, 2] = 0.48, tail[0] + 0.02  # 2% more on one tiny model than the logger
+    assert any("support violation" in w for w in overlap(actions, probability, logged, more).warnings)
+
+
 def test_overlap_thresholds_are_the_documented_ones() -> None:
     n = 100
     actions = np.zeros(n, dtype=int)
@@ -948,6 +966,19 @@ def test_a_candidate_measured_with_its_own_lambda_is_not_named_the_best(world: S
     assert "beats" not in line and "Not compared: random@lambda=0" in line
     same = evaluate_log(log.records, cands, models=world.models, estimators=("dr",), baselines=False)
     assert "Not compared" not in format_best(same)  # with the logged λ every candidate is on one scale
+
+
+def test_the_last_line_on_one_round_says_why_nothing_is_trusted(world: SyntheticWorld) -> None:
+    """On one round no estimate has a finite interval, and most have no overlap warning: the last line said
+    "every one has an overlap warning" (what `bandit-router evaluate` printed on a new service's first feedback)."""
+    from bandit_router.evaluation import format_best
+
+    log = simulate_log(world, "random", 1, seed=3, cost_weight=LAM)
+    ev = evaluate_log(log.records, ["logged"], models=world.models, estimators=("dr",), n_bootstrap=0,
+                      dm_bootstrap=0, baselines=False)
+    assert not ev.record("logged", "dr").warnings and not math.isfinite(ev.record("logged", "dr").ci_low)
+    line = format_best(ev)
+    assert "no finite interval" in line and "every one has an overlap warning" not in line
 
 
 def test_a_log_of_two_live_policies_says_logged_is_their_mix() -> None:
