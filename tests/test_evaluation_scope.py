@@ -97,6 +97,39 @@ def test_a_scope_no_decision_is_in_is_refused_with_what_the_log_holds(log: Any) 
         evaluate_log(records, ["logged"], until=100, mode="frozen", **kwargs)
 
 
+def _pinned(record: LoggedRecord, model: str) -> LoggedRecord:
+    """`record` as if its client had allowed `model` only (and got it)."""
+    decision = dataclasses.replace(record.decision, models=(model,), pmf=(1.0,), probability=1.0, model=model, arm=0)
+    return dataclasses.replace(record, decision=decision, shadow_pmfs={})
+
+
+@pytest.mark.parametrize("mode", ["learning", "frozen", "replay"])
+def test_decisions_no_candidate_can_decide_are_counted_and_refused_within_the_scope(log: Any, mode: str) -> None:
+    """The decisions that allowed only a model the catalog no longer routes to (or has no entry for) were counted
+    over the whole log, whatever the scope ("3 of the 300 decisions … to evaluate on" when 60 were), and a scope all
+    of whose decisions were such refused nothing: "no logged decision with feedback to evaluate on" (learning), a
+    table of 0 rounds with exit status 0 (replay), "none of its 1 decisions … is in the part of the log the frozen
+    mode evaluates" (frozen, of a decision that was). Both count the decisions in the scope now; a removed model's
+    rounds without a cost are asked only there. Found reviewing `--since`/`--until` on a service log."""
+    world, records = log
+    judge = world.models[-1].name
+    demoted = [*world.models[:-1], dataclasses.replace(world.models[-1], route=False)]
+    pins = {5, 205, 210, 255}
+    odd = [_pinned(r, judge) if i in pins else r for i, r in enumerate(records)]
+    kwargs: dict[str, Any] = {"models": demoted, "estimators": ("snips",), "baselines": False, "mode": mode,
+                              "n_bootstrap": 0}
+    part = evaluate_log(odd, ["linucb"], since=200, until=260, **kwargs)
+    assert (f"3 of the 60 decisions with feedback to evaluate on in the scope allowed only models the catalog marks "
+            f"route = false ({judge}): no candidate can decide them") in "\n".join(part.warnings)
+    with pytest.raises(InvalidInput, match=r"^nothing to evaluate on: 1 of the 1 decision with feedback to evaluate "
+                                           r"on in the scope allowed only models the catalog marks route = false"):
+        evaluate_log(odd, ["linucb"], since=255, until=256, **kwargs)
+    unpriced = [dataclasses.replace(r, cost_usd=None, outcome=dataclasses.replace(r.outcome, cost_usd=None))
+                if r.decision.model == judge and r.outcome is not None else r for r in records[:200]] + records[200:]
+    kept = world.models[:-1]  # its rounds before the scope are scored by no estimate: not asked
+    assert evaluate_log(unpriced, ["linucb"], **{**kwargs, "models": kept}, since=200).n_evaluated > 0
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
