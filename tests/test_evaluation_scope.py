@@ -4,6 +4,7 @@ Every decision still teaches the replayed candidates; only those in the scope ar
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -155,6 +156,22 @@ def test_times_are_read_as_unix_seconds_or_iso_8601() -> None:
     for bad in ("yesterday", "2025-13-01", "-5", "inf", ""):
         with pytest.raises(InvalidInput, match="--since"):
             parse_time(bad, "--since")
+
+
+def test_a_number_out_of_range_is_said_as_such_and_a_fraction_of_a_second_is_kept_in_words() -> None:
+    """A number of seconds out of range ("-5", "1e12", "nan") was refused as "expected Unix seconds or an ISO 8601
+    date or time", which it is: the range error was lost (`InvalidInput` is a `ValueError`, caught to try ISO 8601).
+    And a scope's words showed its bounds to the second, so `since` 10.7 and `until` 10.2 were refused as "since
+    (…:10Z) must be before until (…:10Z)". Found reviewing `parse_time`."""
+    for bad, shown in (("-5", "'-5' (-5.0 s)"), ("1e12", "'1e12' (1000000000000.0 s)"), ("nan", "nan"),
+                       ("1969-12-31", "'1969-12-31' (-86400.0 s)")):
+        with pytest.raises(InvalidInput, match=rf"^--since: a Unix time in seconds from 0 to 100000000000 \(year "
+                                               rf"5138\), not {re.escape(shown)}$"):
+            parse_time(bad, "--since")
+    assert Scope(since=10.25, until=12).describe() == "since 1970-01-01T00:00:10.250000Z, until 1970-01-01T00:00:12Z"
+    with pytest.raises(InvalidInput, match=r"since \(1970-01-01T00:00:10.700000Z\) must be before until "
+                                           r"\(1970-01-01T00:00:10.200000Z\)"):
+        Scope(since=10.7, until=10.2)
 
 
 def _route(client: TestClient, n: int, tenant: str, rng: np.random.Generator) -> None:
