@@ -72,9 +72,8 @@ def removed_model_warnings(
             "model is read from the log"
         )
     undeployable = {c.label: removed_models_named(c, specs, models) for c in wanted}
-    not_evaluated = [f"candidate {label!r} not evaluated: its policy names {', '.join(map(repr, named))}, "
-                     f"{'a model' if len(named) == 1 else 'models'} of the log without a catalog entry, so it cannot "
-                     "be deployed with this catalog" for label, named in undeployable.items() if named]
+    not_evaluated = [f"candidate {label!r} not evaluated: its policy names {_unroutable(named, specs)}, so it "
+                     "cannot be deployed with this catalog" for label, named in undeployable.items() if named]
     wanted = [c for c in wanted if not undeployable[c.label]]
     if not wanted:
         raise CatalogLacksModels("no candidate to evaluate: " + "; ".join(not_evaluated),
@@ -84,17 +83,28 @@ def removed_model_warnings(
     return wanted, warnings
 
 
+def _unroutable(named: Sequence[str], specs: Mapping[str, ModelSpec]) -> str:
+    """`named` in words: models of the log without a catalog entry, and models the catalog marks `route = false`."""
+    parts = []
+    for group, what in (([m for m in named if m not in specs], "of the log without a catalog entry"),
+                        ([m for m in named if m in specs], "of the log the catalog marks route = false")):
+        if group:
+            parts.append(f"{', '.join(map(repr, group))}, {'a model' if len(group) == 1 else 'models'} {what}")
+    return " and ".join(parts)
+
+
 def removed_models_named(candidate: Candidate, specs: Mapping[str, ModelSpec], models: Sequence[str]) -> list[str]:
-    """The models of the log without a catalog entry (`specs`) that a `policy` candidate other than `fixed` names
-    (a `rules` policy's rule or default): its router is built on the log's models with an entry, so it cannot be
-    deployed with this catalog, and is left out. `InvalidInput` when it names a model the log does not have (a
+    """The models of the log without a catalog entry (`specs`), or marked `route = false` since, that a `policy`
+    candidate other than `fixed` names (a `rules` policy's rule or default): its router is built on the log's models
+    a router may choose, so it cannot be deployed with this catalog, and is left out. `InvalidInput` when it names a model the log does not have (a
     catalog model never logged: no round tells what it would get; or no model of the catalog at all), as
     `check_models` refuses such a `fixed:<model>`. `fixed:<removed model>` is read from the log instead."""
     if candidate.kind != "policy" or parse_spec(candidate.policy)[0] == "fixed":
         return []
     policy = make_policy(candidate.policy)
-    known = [specs[m] for m in models if m in specs]
-    removed = [ModelSpec(m, 0.0, 0.0) for m in models if m not in specs]  # stand-ins: only their names are asked
+    known = [specs[m] for m in models if m in specs and specs[m].route]
+    # stand-ins for the others (only their names are asked): removed, or marked `route = false` since they were logged
+    removed = [ModelSpec(m, 0.0, 0.0) for m in models if m not in specs or not specs[m].route]
 
     def works(with_models: list[ModelSpec]) -> bool:
         try:
