@@ -174,6 +174,18 @@ def test_a_number_out_of_range_is_said_as_such_and_a_fraction_of_a_second_is_kep
         Scope(since=10.7, until=10.2)
 
 
+def test_eight_digits_that_are_also_a_basic_iso_date_are_refused_as_ambiguous() -> None:
+    """`--since 20261120` (ISO 8601's basic format of 2026-11-20, which Python's `fromisoformat` reads) was read as
+    Unix seconds, 1970-08-23: the whole log evaluated without a word but the scope's words. It is refused as
+    ambiguous, saying both readings; other numbers are seconds as before. Found reviewing `parse_time`."""
+    with pytest.raises(InvalidInput, match=r"^--since: '20261120' is ambiguous: Unix seconds \(1970-08-23T12:05:20Z\) "
+                                           r"or the date 2026-11-20; write the date as 2026-11-20, or the seconds as "
+                                           r"20261120.0$"):
+        parse_time("20261120", "--since")
+    assert parse_time("20261120.0") == parse_time("12345678") + 7915442 == 20261120.0  # not a date: seconds
+    assert parse_time("2026-11-20") == parse_time("20261120T00:00Z")
+
+
 def _route(client: TestClient, n: int, tenant: str, rng: np.random.Generator) -> None:
     for i in range(n):
         body = {"prompt": f"write a short poem about the sea #{tenant} {i}", "models": PAIR, "cost_weight": 0.0,

@@ -31,7 +31,12 @@ MAX_TIME = 1e11
 
 def parse_time(text: str, name: str = "time") -> float:
     """Unix seconds from `text`: a number of seconds, or an ISO 8601 date or date and time (`2026-11-20`,
-    `2026-11-20T08:30`, `2026-11-20T08:30:00+01:00`); a time without an offset is UTC."""
+    `2026-11-20T08:30`, `2026-11-20T08:30:00+01:00`); a time without an offset is UTC. Eight digits that are also
+    a date in ISO 8601's basic format (`20261120`) are refused as ambiguous: as seconds they are a time of 1970."""
+    date = _basic_date(text)
+    if date is not None:
+        raise InvalidInput(f"{name}: {text.strip()!r} is ambiguous: Unix seconds ({_iso(float(text))}) or the date "
+                           f"{date}; write the date as {date}, or the seconds as {text.strip()}.0")
     try:
         seconds = float(text)
     except ValueError:  # not a number: a date or time (a number out of range is said as such, below)
@@ -44,6 +49,17 @@ def parse_time(text: str, name: str = "time") -> float:
             moment = moment.replace(tzinfo=UTC)
         seconds = moment.timestamp()
     return _bounded(seconds, name, text)
+
+
+def _basic_date(text: str) -> str | None:
+    """`text` as an ISO 8601 extended date (2026-11-20) when it is eight digits that read as a basic one (20261120)."""
+    digits = text.strip()
+    if len(digits) != 8 or not digits.isdigit():
+        return None
+    try:
+        return datetime.strptime(digits, "%Y%m%d").date().isoformat()
+    except ValueError:
+        return None
 
 
 def _bounded(seconds: float, name: str, text: str | None = None) -> float:
