@@ -96,9 +96,10 @@ def _unroutable(named: Sequence[str], specs: Mapping[str, ModelSpec]) -> str:
 def removed_models_named(candidate: Candidate, specs: Mapping[str, ModelSpec], models: Sequence[str]) -> list[str]:
     """The models of the log without a catalog entry (`specs`), or marked `route = false` since, that a `policy`
     candidate other than `fixed` names (a `rules` policy's rule or default): its router is built on the log's models
-    a router may choose, so it cannot be deployed with this catalog, and is left out. `InvalidInput` when it names a model the log does not have (a
-    catalog model never logged: no round tells what it would get; or no model of the catalog at all), as
-    `check_models` refuses such a `fixed:<model>`. `fixed:<removed model>` is read from the log instead."""
+    a router may choose, so it cannot be deployed with this catalog, and is left out. `InvalidInput` when it names
+    a model the log does not have (a catalog model never logged: no round tells what it would get; or no model of
+    the catalog at all), as `check_models` refuses such a `fixed:<model>`. `fixed:<removed model>` is read from the
+    log instead."""
     if candidate.kind != "policy" or parse_spec(candidate.policy)[0] == "fixed":
         return []
     policy = make_policy(candidate.policy)
