@@ -633,6 +633,27 @@ def test_a_model_made_route_false_since_it_was_logged_does_not_stop_the_evaluati
         assert (mine.n, mine.value) == (theirs.n, theirs.value), label
 
 
+def test_a_rules_candidate_naming_a_model_made_route_false_since_is_left_out_saying_why(
+    world: SyntheticWorld, log: SimulatedLog
+) -> None:
+    """`rules:default=<a model of the log marked route = false since>` stopped the whole evaluation, every other
+    candidate with it ("… names the model …, which has route = false"), where a rules candidate naming a removed model
+    is left out with a warning: it is left out the same way now. Found reviewing the route = false change."""
+    judge = world.models[-1].name
+    demoted = [*world.models[:-1], dataclasses.replace(world.models[-1], route=False)]
+    records = log.records[:200]
+    ev = evaluate_log(records, ["linucb", f"rules:default={judge}"], models=demoted, estimators=("ips",),
+                      n_bootstrap=0)
+    assert f"rules:default={judge}" not in ev.candidates and {"linucb", f"fixed:{judge}"} <= set(ev.candidates)
+    assert (f"candidate 'rules:default={judge}' not evaluated: its policy names '{judge}', a model of the log the "
+            "catalog marks route = false, so it cannot be deployed with this catalog") in ev.warnings
+    with pytest.raises(InvalidInput, match=f"^no candidate to evaluate: candidate 'rules:default={judge}' not"):
+        evaluate_log(records, [f"rules:default={judge}"], models=demoted, baselines=False)
+    unlogged = (*world.models, ModelSpec("judge-only", 1.0, 2.0, route=False))  # in the catalog, never logged
+    with pytest.raises(InvalidInput, match="default names the model 'judge-only', which has route = false"):
+        evaluate_log(records, ["rules:default=judge-only"], models=unlogged)
+
+
 @pytest.mark.parametrize("mode", ["learning", "frozen", "replay"])
 def test_replay_passes_by_a_decision_without_feedback_that_allowed_only_removed_models(
     world: SyntheticWorld, log: SimulatedLog, mode: str
