@@ -614,7 +614,8 @@ def test_a_model_made_route_false_since_it_was_logged_does_not_stop_the_evaluati
     settings: dict[str, Any] = {"estimators": ("ips",), "n_bootstrap": 0, "mode": mode}
     ev = evaluate_log(records, ["linucb"], models=demoted, **settings)
     full = evaluate_log(records, ["linucb"], models=world.models, **settings)
-    assert any(f"marks route = false (a judge or router model only): {judge};" in w for w in ev.warnings)
+    [said] = [w for w in ev.warnings if f"marks route = false (a judge or router model only): {judge};" in w]
+    assert "logged and the shadows keep the pmfs logged while they were routable" in said  # not "the candidates"
     assert set(ev.candidates) == set(full.candidates)
     column = ev.models.index(judge)
     for label in ("linucb", "random"):  # they never route to it

@@ -68,8 +68,9 @@ def removed_model_warnings(
     if judges:
         warnings.append(
             f"models of the log the catalog marks route = false (a judge or router model only): {', '.join(judges)}; "
-            "the candidates never route to them, as they would not with this catalog, and fixed:<model> of such a "
-            "model is read from the log"
+            "the replayed candidates never route to them, as they would not with this catalog; logged and the "
+            "shadows keep the pmfs logged while they were routable, and fixed:<model> of such a model is read from "
+            "the log: none of these three can be deployed as they are with this catalog"
         )
     undeployable = {c.label: removed_models_named(c, specs, models) for c in wanted}
     not_evaluated = [f"candidate {label!r} not evaluated: its policy names {_unroutable(named, specs)}, so it "
