@@ -63,8 +63,9 @@ class Service:
 @pytest.fixture
 def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]]]:
     """The checkpoint's parts and rows and the decisions, in the order the writer stores them, with their bytes;
-    `PART_BYTES` lowered to `PART`."""
+    `PART_BYTES` lowered to `PART`, and one piece of a save per writer round (`STEP_S` 0)."""
     monkeypatch.setattr(checkpoints, "PART_BYTES", PART)
+    monkeypatch.setattr(checkpoints, "STEP_S", 0.0)  # one piece a step: decisions commit between any two
     seen: list[tuple[str, int]] = []
     part, row, decisions = _SQLiteTx.insert_checkpoint_part, _SQLiteTx.insert_checkpoint, _SQLiteTx.insert_decisions
 
@@ -188,6 +189,7 @@ def test_an_old_database_is_migrated_and_its_checkpoint_in_one_row_still_restore
     """A database of schema 8 (no `checkpoint_parts`) with a checkpoint in one row: the start migrates it, restores
     that checkpoint, and the next one is stored in parts and restored in turn."""
     settings = Settings(db=tmp_path / "old.db", seed=7, checkpoint_interval=5)
+    monkeypatch.setattr(checkpoints, "PART_BYTES", 1 << 30)  # in one row, as schema 8 stored every checkpoint
     service = Service(settings)
     i = 0
     while not _stored(settings.db):
@@ -200,6 +202,7 @@ def test_an_old_database_is_migrated_and_its_checkpoint_in_one_row_still_restore
     as_previous_schema(str(settings.db), "checkpoint_parts", 8)
 
     monkeypatch.setattr(checkpoints, "PART_BYTES", PART)
+    monkeypatch.setattr(checkpoints, "STEP_S", 0.0)
     migrated = Service(settings)
     assert migrated.engine.checkpointer.position[0] == old[0][0]
     while len(_stored(settings.db)) < 2:

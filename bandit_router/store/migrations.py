@@ -293,7 +293,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         9,
-        "a large checkpoint written in parts over several short transactions (`checkpoint_parts`, 1 MiB each), its "
+        "a large checkpoint written in parts over several short transactions (`checkpoint_parts`, 256 KiB each), its "
         "`checkpoints` row last, whose `state` then names them (`records.parts_marker`)",
         (
             "CREATE TABLE IF NOT EXISTS checkpoint_parts (token TEXT NOT NULL, n INTEGER NOT NULL, "

@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ def main() -> None:
             policies.restore(reader.checkpoint_state(newest.id))
         store = source
         if args.postgres:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository's tools/
             from tools.pg_server import PgServer
 
             server = PgServer.start()
