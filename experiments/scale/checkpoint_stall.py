@@ -116,6 +116,10 @@ def run(args: argparse.Namespace, code: Path) -> None:
     print(f"  load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {len(marks)} checkpoints during the "
           f"load; routes {len(lat)} ({len(lat) / args.seconds:.0f}/s): p50 {q(lat, .5):.1f} p99 {q(lat, .99):.1f} "
           f"max {q(lat, 1):.0f} ms", flush=True)
+    slowest = sorted(spans, key=lambda span: span[0] - span[1])[:5]
+    print("  the 5 slowest routes (ms, and s from their start to the next checkpoint's row): " + ", ".join(
+        f"{(e - s) * 1000:.0f} ({min((m - s for m in marks if m >= s), default=float('nan')):.1f})"
+        for s, e in slowest), flush=True)
     print(f"  slowest route in flight in the second before each checkpoint's row: "
           f"{' '.join(f'{w:.0f}' for w in worst)} ms (median {sorted(worst)[len(worst) // 2] if worst else 0:.0f})",
           flush=True)
