@@ -20,12 +20,13 @@ Two ways an off-policy estimate goes wrong, each with a documented threshold (`O
   estimate, not that a few rounds carry it.
 - **Support violation.** The unsupported mass (1/n) Σ_i Σ_a max(π(a|x_i) − μ(a|x_i), 0)·1[μ(a|x_i) < `support_floor`]
   is the share of the candidate's probability that sits where the logger (almost) never goes (default floor 0.001,
-  i.e. once in a thousand) beyond what the logger put there itself: all of π where μ = 0. The part up to μ is seen
-  in proportion (weights ≤ 1), as the logger's own draws see it: the logged policy (π = μ) has none, and a
-  candidate close to it (π = 1.01·μ on a long tail of tiny probabilities, a shadow or a retrained copy on a catalog
-  of 100 models) has a hundredth of its tail, not all of it (counting all of π wherever π > μ warned of those,
-  `tests/test_offline_replay.py`). Above `max_unsupported_mass` (default 0.01) IPS, clipped IPS and SNIPS miss that
-  part of the value (biased, however many rounds), and DM/DR rely on the reward model extrapolating there.
+  i.e. once in a thousand) beyond what the logger put there itself: all of π where μ = 0. The part up to μ is seen in
+  proportion (weights ≤ 1), as the logger's own draws see it: the logged policy (π = μ) has none, and a candidate
+  close to it (π = 1.01·μ on a long tail of tiny probabilities, a shadow or a retrained copy on a catalog of 100
+  models) has a hundredth of its tail, not all of it (counting all of π wherever π > μ warned of those:
+  `experiments/offline-evaluation/support_near_logger.py`). Above `max_unsupported_mass` (default 0.01) IPS, clipped
+  IPS and SNIPS miss that part of the value (biased, however many rounds), and DM/DR rely on the reward model
+  extrapolating there.
 """
 
 from __future__ import annotations
