@@ -13,7 +13,17 @@ They are kept as `Secrets`, whose `repr` shows only how many there are.
 """
 
 from ..errors import ConfigError
-from .loader import DEFAULT_FILE, ENV_PREFIX, PARSERS, describe_keys, layered, load_settings, read_keys, read_toml
+from .loader import (
+    DEFAULT_FILE,
+    ENV_PREFIX,
+    PARSERS,
+    describe_keys,
+    layered,
+    load_settings,
+    read_keys,
+    read_toml,
+    settings_file,
+)
 from .routers import STRATEGIES, RouterAlias, RoutersSettings, alias_clash, check_routers, parse_routers
 from .sections import (
     AGGREGATIONS,
@@ -56,6 +66,7 @@ __all__ = [
     "describe_keys",
     "layered",
     "load_settings",
+    "settings_file",
     "parse_routers",
     "read_keys",
     "read_toml",
