@@ -234,6 +234,27 @@ def test_check_reports_integrity_and_the_last_good_checkpoint(make_client: Calla
     assert fresh.output.strip() == (f"bandit-router check: {tmp_path / 'fresh.db'}: no such file (the settings of "
                                     f"{tmp_path / 'fresh.toml'} are valid; `serve` creates their `db` on its first "
                                     "start; give an existing file with --db FILE)")
+    # the same settings given by $BANDIT_ROUTER_CONFIG or ./bandit-router.toml were offered "or --config FILE" too;
+    # a `db` whose folder is missing was promised a file `serve` refuses to make; a folder, another file "or --config"
+    unset = {k: None for k in os.environ if k.startswith("BANDIT_ROUTER_")}
+    by_env = runner.invoke(cli_app, ["check"], env={**unset, "BANDIT_ROUTER_CONFIG": "fresh.toml"})
+    assert by_env.exit_code == 2
+    assert by_env.output.strip() == (f"bandit-router check: {tmp_path / 'fresh.db'}: no such file (the settings of "
+                                     "fresh.toml are valid; `serve` creates their `db` on its first start; give an "
+                                     "existing file with --db FILE)")
+    (tmp_path / "elsewhere.toml").write_text('db = "no/such/folder/x.db"\n', encoding="utf-8")
+    nowhere = runner.invoke(cli_app, ["check", "--config", "elsewhere.toml"], env=unset)
+    assert nowhere.exit_code == 2
+    folder_of = tmp_path / "no" / "such" / "folder"
+    assert nowhere.output.strip() == (f"bandit-router check: {folder_of / 'x.db'}: its directory {folder_of} does not "
+                                      "exist (the database file is created on first start, its directory is not: "
+                                      "create it first, or correct the path); the other settings of elsewhere.toml "
+                                      "are valid")
+    (tmp_path / "bandit-router.toml").write_text(f'db = "{tmp_path}"\n', encoding="utf-8")
+    in_folder = runner.invoke(cli_app, ["check"], env=unset)
+    assert in_folder.exit_code == 2
+    assert in_folder.output.strip() == (f"bandit-router check: {tmp_path}: not a file (the `db` of the settings of "
+                                        "bandit-router.toml, which are valid; give another file with --db FILE)")
 
 
 @pytest.mark.parametrize("kind", ["empty", "another application's"])

@@ -374,13 +374,42 @@ def test_the_logged_policy_on_a_long_tail_of_tiny_probabilities_raises_no_suppor
     assert any("support violation" in w for w in overlap(actions, probability, logged, more).warnings)
 
 
+def test_a_candidate_close_to_the_logger_on_its_long_tail_raises_no_support_warning() -> None:
+    """The support check counted all of a candidate's probability on a rarely-logged model as soon as it exceeded the
+    logger's there by anything: a candidate 1% above the logger on each of 98 tiny models (weights 1.01, seen as well
+    as the logger itself) was warned of "support violation: 2.0%", a shadow or a retrained copy of the live policy
+    on a 100-model catalog too. Only the excess over the logger counts; a candidate that really goes where the logger
+    does not (deterministic there, or 0.5 on a model logged at 0.0002) is still warned of."""
+    n, k = 200, 100
+    rng = np.random.default_rng(0)
+    tail = np.full(k - 2, 0.02 / (k - 2))  # 98 models at ≈ 0.0002 each
+    logged = np.tile(np.concatenate([[0.5, 0.48], tail]), (n, 1))
+    actions = rng.choice(k, size=n, p=logged[0])
+    probability = logged[np.arange(n), actions]
+    close = logged.copy()
+    close[:, 2:] *= 1.01
+    close[:, 0] -= 0.01 * 0.02  # the 0.0002 the tail gained
+    near = overlap(actions, probability, logged, close)
+    assert near.unsupported_mass == pytest.approx(0.0002) and near.trusted, near.warnings
+    deterministic = np.zeros((n, k))
+    deterministic[:, 2] = 1.0
+    far = overlap(actions, probability, logged, deterministic)
+    assert far.unsupported_mass == pytest.approx(1.0 - tail[0])
+    assert any("support violation" in w for w in far.warnings)
+    half = logged.copy()
+    half[:, 0], half[:, 2] = tail[0], 0.5  # 0.5 where the logger put ≈ 0.0002
+    ov = overlap(actions, probability, logged, half)
+    assert ov.unsupported_mass == pytest.approx(0.5 - tail[0])
+    assert any("support violation" in w for w in ov.warnings)
+
+
 def test_overlap_thresholds_are_the_documented_ones() -> None:
     n = 100
     actions = np.zeros(n, dtype=int)
     logged = np.tile([0.5, 0.4995, 0.0005], (n, 1))
     target = np.tile([0.5, 0.48, 0.02], (n, 1))
     ov = overlap(actions, np.full(n, 0.5), logged, target)
-    assert ov.ess == pytest.approx(n) and ov.unsupported_mass == pytest.approx(0.02)
+    assert ov.ess == pytest.approx(n) and ov.unsupported_mass == pytest.approx(0.02 - 0.0005)  # beyond the logger's
     assert len(ov.warnings) == 1 and "support violation" in ov.warnings[0]
     assert overlap(actions, np.full(n, 0.5), logged, target, OverlapThresholds(max_unsupported_mass=0.05)).trusted
     skewed = np.where(np.arange(n) < 5, 1.0, 0.01)  # five rounds carry the weight

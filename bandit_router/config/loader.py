@@ -322,6 +322,17 @@ def _env_keys(env: Mapping[str, str], variable: str) -> tuple[str, ...]:
     return tuple(k.strip() for k in raw.split(",") if k.strip())
 
 
+def settings_file(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> str | Path | None:
+    """The settings file `load_settings` reads: `path`, else `$BANDIT_ROUTER_CONFIG`, else `./bandit-router.toml`
+    when it exists; None when there is none (defaults and the environment only)."""
+    env = os.environ if env is None else env
+    if path is None and env.get(ENV_PREFIX + "CONFIG"):
+        path = env[ENV_PREFIX + "CONFIG"]
+    if path is None and Path(DEFAULT_FILE).is_file():
+        path = DEFAULT_FILE
+    return path
+
+
 def load_settings(
     path: str | Path | None = None,
     *,
@@ -334,10 +345,7 @@ def load_settings(
     `stored_models`: for the service's start, which checks the catalog's models once it has read the models
     added and retired at run time (`Settings.check`)."""
     env = os.environ if env is None else env
-    if path is None and env.get(ENV_PREFIX + "CONFIG"):
-        path = env[ENV_PREFIX + "CONFIG"]
-    if path is None and Path(DEFAULT_FILE).is_file():
-        path = DEFAULT_FILE
+    path = settings_file(path, env)
     flags: dict[str, Any] = {}
     for name, value in (overrides or {}).items():
         if name not in KEYS:

@@ -18,13 +18,15 @@ Two ways an off-policy estimate goes wrong, each with a documented threshold (`O
   (`experiments/offline-evaluation/coverage.py`; `tests/test_offline_replay.py`). At ESS = 0 (every weight 0:
   the candidate never chooses a logged model) no round carries anything: the warning says that there is no
   estimate, not that a few rounds carry it.
-- **Support violation.** The unsupported mass (1/n) Σ_i Σ_a π(a|x_i)·1[μ(a|x_i) < `support_floor`,
-  π(a|x_i) > μ(a|x_i)] is the share of the candidate's probability that sits where the logger (almost) never goes
-  (default floor 0.001, i.e. once in a thousand) and goes there more often than the logger (weights above 1). A
-  model the candidate chooses no more often than the logger did is seen in proportion (the logged policy's own
-  pmfs, π = μ, every weight 1, on a catalog of 100 models with a long tail of tiny probabilities, had been warned
-  of). Above `max_unsupported_mass` (default 0.01) IPS, clipped IPS and SNIPS miss that part
-  of the value (biased, however many rounds), and DM/DR rely on the reward model extrapolating there.
+- **Support violation.** The unsupported mass (1/n) Σ_i Σ_a max(π(a|x_i) − μ(a|x_i), 0)·1[μ(a|x_i) < `support_floor`]
+  is the share of the candidate's probability that sits where the logger (almost) never goes (default floor 0.001,
+  i.e. once in a thousand) beyond what the logger put there itself: all of π where μ = 0. The part up to μ is seen in
+  proportion (weights ≤ 1), as the logger's own draws see it: the logged policy (π = μ) has none, and a candidate
+  close to it (π = 1.01·μ on a long tail of tiny probabilities, a shadow or a retrained copy on a catalog of 100
+  models) has a hundredth of its tail, not all of it (counting all of π wherever π > μ warned of those:
+  `experiments/offline-evaluation/support_near_logger.py`). Above `max_unsupported_mass` (default 0.01) IPS, clipped
+  IPS and SNIPS miss that part of the value (biased, however many rounds), and DM/DR rely on the reward model
+  extrapolating there.
 """
 
 from __future__ import annotations
@@ -107,7 +109,10 @@ def overlap(
     ess = effective_sample_size(w)
     ratio = ess / n
     expected = expected_effective_sample_size(mu, pi)
-    unsupported = float((pi * ((mu < t.support_floor) & (pi > mu))).sum(axis=1).mean())
+    excess = pi - mu  # the candidate's probability beyond the logger's; one n × K temporary
+    excess[(excess < 0.0) | (mu >= t.support_floor)] = 0.0
+    unsupported = float(excess.sum(axis=1).mean())
+    del excess
     warnings = []
     floor = min(t.min_ess, n)  # no candidate has more than n effective rounds: the log's size is warned of apart
     least = min(ess, expected)
@@ -134,7 +139,8 @@ def overlap(
     if unsupported > t.max_unsupported_mass:
         warnings.append(
             f"support violation: {100 * unsupported:.1f}% of the candidate's probability is on models the logger "
-            f"chose with probability < {t.support_floor:g}; IPS/SNIPS miss that part, DM/DR extrapolate"
+            f"chose with probability < {t.support_floor:g}, beyond what the logger put there; IPS/SNIPS miss that "
+            "part, DM/DR extrapolate"
         )
     return Overlap(n, ess, ratio, float(w.max()), unsupported, tuple(warnings), expected)
 

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 
 import typer
 
-from ..config import KEYS, ConfigError, Settings, load_settings
+from ..config import KEYS, ConfigError, Settings, load_settings, settings_file
 from ..store import StoreError
-from ..store.location import Database, DatabaseURL, open_store, parse_database
+from ..store.location import Database, DatabaseURL, missing_directory, open_store, parse_database
 from ..store.serverlock import ServerLock, claim_database
 from . import metricsdir
 from .protocol import LIMITS_VARIABLE, Limits
@@ -265,14 +265,7 @@ def check(
         typer.echo(f"bandit-router check: {note}", err=True)
     report = check_database(db_path)
     if report.error and not report.counts and not as_json:  # nothing opened (a typo'd path): no verdict on it
-        if db is not None:
-            where = ""
-        elif config is not None and "no such file" in report.error:  # the settings passed: a new deployment's file
-            where = (f" (the settings of {config} are valid; `serve` creates their `db` on its first start; give an "
-                     "existing file with --db FILE)")
-        else:
-            where = " (the configured `db`: give the file with --db FILE, or --config FILE)"
-        typer.echo(f"bandit-router check: {report.error}{where}", err=True)
+        typer.echo(f"bandit-router check: {_not_opened(report.error, db_path, db, settings_file(config))}", err=True)
         raise typer.Exit(2)
     if as_json:
         typer.echo(json.dumps(report.to_json(), indent=2))
@@ -350,6 +343,23 @@ def migrate(
         typer.echo(f"bandit-router migrate: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{location}: schema version {SCHEMA_VERSION}")
+
+
+def _not_opened(error: str, path: Path, db: str | None, source: str | Path | None) -> str:
+    """`check`'s line for a database it could not open, `error`: with --db, that alone; with a settings file
+    `source` (--config, `$BANDIT_ROUTER_CONFIG` or ./bandit-router.toml), which passed, whether `serve` would create
+    the missing file (not its missing directory); with none, where the `db` came from."""
+    if db is not None:
+        return error
+    if source is None:
+        return f"{error} (the configured `db`: give the file with --db FILE, or --config FILE)"
+    if path.exists():  # a directory, an empty or another application's file: the settings point at it
+        return f"{error} (the `db` of the settings of {source}, which are valid; give another file with --db FILE)"
+    folder = missing_directory(path)
+    if folder is not None:  # `serve` refuses to start there
+        return f"{folder}; the other settings of {source} are valid"
+    return (f"{error} (the settings of {source} are valid; `serve` creates their `db` on its first start; give an "
+            "existing file with --db FILE)")
 
 
 def _database(config: Path | None, db: str | None, *,
