@@ -13,11 +13,11 @@ the same order of operations (no fast-math, no fused multiply-add):
 - clip as `np.minimum` then `np.maximum` (NaN stays NaN); Σ_l for L = 3 as numpy's `einsum("kl,kl->k")` sums three
   products, (p₀ + p₂) + p₁.
 
-Two BLAS builds, and numpy's `einsum` on another CPU, may round otherwise, so `checked()` compares this with the numpy
-formulation on seeded inputs (`_numpy_means`, what `predict` computes) when the policy warms up, and the policy uses
-it only where every value is the same (`tests/test_corrections_kernel.py`). Compiled and cached like
-`argmax_kernel` (its `_jit`: the signature given, `cache=True`); imported by `HierarchicalThompsonPolicy.warm_up`
-only, never by `import bandit_router`.
+Two BLAS builds, and numpy's `einsum` on another CPU, may round otherwise, so `checked(dim)` compares this with
+the numpy formulation `predict` runs otherwise (`hierarchical.q_hat` itself, not a copy) on seeded inputs, at the
+policy's dim among others, when the policy warms up, and the policy uses it only where every value is the same
+(`tests/test_corrections_kernel.py`). Compiled and cached like `argmax_kernel` (its `_jit`: the signature given,
+`cache=True`); imported by `HierarchicalThompsonPolicy.warm_up` only, never by `import bandit_router`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from numba import types
 
 from .argmax_kernel import _jit
 from .features import dense_vector
+from .policies import hierarchical
 from .types import Context
 
 OK, UNSUPPORTED = 0, 1
@@ -98,23 +99,19 @@ def corrected_means(
     return (phi, mean) if status == OK else None
 
 
-def _numpy_means(phi: np.ndarray, base: np.ndarray, omega: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """`HierarchicalThompsonPolicy.predict`'s numpy formulation of q̂ from φ (its `c_einsum` is `np.einsum`'s C
-    routine: the same call)."""
-    corrections_ = w @ phi
-    np.minimum(corrections_, 1.0, out=corrections_)
-    np.maximum(corrections_, -1.0, out=corrections_)
-    return np.asarray(base + np.einsum("kl,kl->k", omega, corrections_, optimize=False))
-
-
 @functools.cache
-def checked(seed: int = 12, cases: int = 64) -> bool:
-    """Whether `corrected_means` gives `dense_vector`'s φ and `_numpy_means`' q̂ bit for bit on `cases` seeded
-    random inputs (1–12 models, d 32–128, words and small namespaces with hash collisions, corrections beyond ±1);
-    once per process (≈ 7 ms)."""
+def checked(dim: int, seed: int = 12, cases: int = 64) -> bool:
+    """Whether `corrected_means` gives `dense_vector`'s φ and `predict`'s q̂ (`q_hat`) bit for bit on `cases` seeded
+    random inputs: words and small namespaces with hash collisions, corrections beyond ±1; 1–12 models, half of
+    them at `dim` (the policy's: BLAS `dgemv` takes other paths for other lengths, its blocks and the tail of
+    d mod 4, so d 32, 64 and 128 alone say nothing of d = 100) and half at d 32–128, three of those with 64, 256
+    and 1,024 models at d 32 (numpy's matmul calls `dgemv` per model, its `einsum` loops over all of them). Once per
+    process and dim (≈ 7 ms at d = 64, 15 ms at 1,024)."""
     rng = np.random.default_rng(seed)
     for case in range(cases):
-        k, d = int(rng.integers(1, 13)), int(rng.choice([32, 64, 128]))
+        many = case in (1, 3, 5)
+        k = (64, 256, 1024)[case // 2] if many else int(rng.integers(1, 13))
+        d = dim if case % 2 == 0 else 32 if many else int(rng.choice([32, 64, 128]))
         features = {}
         for ns, most in zip(NAMESPACES, (60, 3, 3, 2, 4), strict=True):
             n = int(rng.integers(0, most))
@@ -126,6 +123,6 @@ def checked(seed: int = 12, cases: int = 64) -> bool:
         found = corrected_means(features, base, omega, w, d)
         phi = dense_vector(context, d)
         if found is None or found[0].tobytes() != phi.tobytes() \
-                or found[1].tobytes() != _numpy_means(phi, base, omega, w).tobytes():
+                or found[1].tobytes() != hierarchical.q_hat(phi, base, omega, w).tobytes():
             return False
     return True

@@ -6,13 +6,16 @@ included; and the numpy code wherever the kernel does not apply."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 
 from bandit_router import corrections_kernel
 from bandit_router.catalog import ModelSpec
 from bandit_router.features import FeatureExtractor, dense_vector
-from bandit_router.policies.hierarchical import HierarchicalParams, HierarchicalThompsonPolicy
+from bandit_router.policies import hierarchical
+from bandit_router.policies.hierarchical import HierarchicalParams, HierarchicalThompsonPolicy, q_hat
 from bandit_router.types import Context
 
 _WORDS = ["select", "def", "why", "the", "1 + 2", "https://x.org", "- item\n", "?", "договор", "注文", "🙂", "x" * 40]
@@ -55,7 +58,7 @@ def test_the_kernel_equals_numpy_bit_for_bit_on_extracted_contexts() -> None:
         assert found is not None
         phi = dense_vector(context, d)
         assert found[0].tobytes() == phi.tobytes()
-        assert found[1].tobytes() == corrections_kernel._numpy_means(phi, base, omega, w).tobytes()
+        assert found[1].tobytes() == q_hat(phi, base, omega, w).tobytes()
         clipped += int((np.abs(w @ phi) > 1).any())
     assert clipped > 300  # the clip was exercised
 
@@ -68,7 +71,7 @@ def test_infinite_and_huge_corrections_clip_as_numpy_does() -> None:
     w[0, 0, 0], w[1, 1, 0], w[2, 2, 0] = np.inf, -1e300, np.nan
     found = corrections_kernel.corrected_means(context.features, base, omega, w, 64)
     assert found is not None
-    want = corrections_kernel._numpy_means(dense_vector(context, 64), base, omega, w)
+    want = q_hat(dense_vector(context, 64), base, omega, w)
     assert found[1][:2].tobytes() == want[:2].tobytes() and np.isnan(found[1][2]) and np.isnan(want[2])
 
 
@@ -117,13 +120,56 @@ def test_only_the_thompson_sampler_loads_it() -> None:
     ids = HierarchicalThompsonPolicy(HierarchicalParams(sampler="ids"))
     ids.warm_up()
     assert ids._fused is None
-    assert corrections_kernel.checked() and corrections_kernel.checked(seed=13)
+    assert corrections_kernel.checked(64) and corrections_kernel.checked(64, seed=13)
 
 
 def test_a_machine_where_the_kernel_rounds_otherwise_routes_with_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Where `checked` finds a byte that differs (another BLAS, another `einsum` loop), `warm_up` leaves `predict` to
     numpy: the decisions stay numpy's wherever the kernel would not give them."""
-    monkeypatch.setattr(corrections_kernel, "checked", lambda: False)
+    monkeypatch.setattr(corrections_kernel, "checked", lambda dim: False)
     policy = HierarchicalThompsonPolicy(HierarchicalParams())
     policy.warm_up()
     assert policy._fused is None
+
+
+@pytest.fixture
+def fresh_check() -> Iterator[None]:
+    """`checked`'s once-per-process answers forgotten before and after (a test that makes the kernel round
+    otherwise must not leave its answer to the others)."""
+    corrections_kernel.checked.cache_clear()
+    yield
+    corrections_kernel.checked.cache_clear()
+
+
+@pytest.mark.usefixtures("fresh_check")
+def test_the_check_covers_the_policys_own_dim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A BLAS may take another path for some lengths only (its blocks, the tail of d mod 4); a kernel whose sums
+    differ only at d = 100 (a `dim` the policy allows) must leave a dim = 100 policy to numpy, while a dim = 64
+    policy keeps it. The check once tried d 32, 64 and 128 only, and the dim = 100 policy routed with the
+    kernel's other bits."""
+    real = corrections_kernel.corrections
+
+    def rounds_otherwise_at_100(*args: np.ndarray) -> int:
+        status = int(real(*args))
+        if args[13].shape[0] == 100:
+            args[14][:] = np.nextafter(args[14], np.inf)  # q̂ one ulp up, as another summation order may give
+        return status
+
+    monkeypatch.setattr(corrections_kernel, "corrections", rounds_otherwise_at_100)
+    odd, usual = (HierarchicalThompsonPolicy(HierarchicalParams(dim=d)) for d in (100, 64))
+    odd.warm_up()
+    usual.warm_up()
+    assert odd._fused is None and usual._fused is not None
+
+
+@pytest.mark.usefixtures("fresh_check")
+def test_the_check_compares_with_what_predict_computes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check's reference is `predict`'s own numpy formulation (`hierarchical.q_hat`), not a copy of it: where
+    `predict` sums Σ_l in another order, (p₀ + p₁) + p₂, the kernel no longer gives its values and is not used.
+    It was compared with a copy (`_numpy_means`), which a change of `predict` would have left behind."""
+    def in_another_order(phi: np.ndarray, base: np.ndarray, omega: np.ndarray, w: np.ndarray) -> np.ndarray:
+        c = np.maximum(np.minimum(w @ phi, 1.0), -1.0)
+        return np.asarray(base + ((omega[:, 0] * c[:, 0] + omega[:, 1] * c[:, 1]) + omega[:, 2] * c[:, 2]))
+
+    monkeypatch.setattr(hierarchical, "q_hat", in_another_order, raising=False)
+    assert not corrections_kernel.checked(64)
