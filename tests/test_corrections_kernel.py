@@ -102,12 +102,17 @@ def _trained(warm: bool, models: tuple[ModelSpec, ...], contexts: list[Context])
 @pytest.mark.parametrize("n_models", [1, 5, 40])
 def test_the_policy_predicts_and_learns_the_same_with_and_without_the_kernel(n_models: int) -> None:
     """A warmed policy (the kernel checked and used) and one that never warmed up (numpy), trained on the same 300
-    feedbacks: the same q̂ bytes on every context, and the same learned state after predicting then learning."""
+    feedbacks: the same q̂ bytes on every context (one built by hand, which the warmed policy computes in numpy),
+    and the same learned state after predicting then learning."""
     models = tuple(ModelSpec(f"m{i}", 1.0, 2.0, tags={"family": f"f{i % 3}"}) for i in range(n_models))
     contexts = _contexts(40, seed=8)
     fused, plain = _trained(True, models, contexts), _trained(False, models, contexts)
     assert fused._fused is not None and plain._fused is None
-    for context in contexts:
+    by_hand = {ns: (i.astype(np.int64), v.astype(np.float64)) for ns, (i, v) in contexts[5].features.items()}
+    base, _, omega, w = fused._posterior_of(models)
+    assert fused._fused(by_hand, base, omega, w, 64) is None  # int64 indices: the kernel does not take them
+    hand = Context(features=by_hand, input_tokens=1, n_chars=1, turns=1, markers=frozenset(), attributes={}, text="")
+    for context in [*contexts, hand]:  # the last one through numpy's path in the warmed policy too
         (a, sd_a), (b, sd_b) = fused.predict(context, models), plain.predict(context, models)
         assert a.tobytes() == b.tobytes() and sd_a.tobytes() == sd_b.tobytes()
         for policy in (fused, plain):
