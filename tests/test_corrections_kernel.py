@@ -6,6 +6,7 @@ included; and the numpy code wherever the kernel does not apply."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -147,11 +148,13 @@ def fresh_check() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("fresh_check")
-def test_the_check_covers_the_policys_own_dim(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_check_covers_the_policys_own_dim(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """A BLAS may take another path for some lengths only (its blocks, the tail of d mod 4); a kernel whose sums
     differ only at d = 100 (a `dim` the policy allows) must leave a dim = 100 policy to numpy, while a dim = 64
-    policy keeps it. The check once tried d 32, 64 and 128 only, and the dim = 100 policy routed with the
-    kernel's other bits."""
+    policy keeps it, and the process says so in a warning. The check once tried d 32, 64 and 128 only, and the
+    dim = 100 policy routed with the kernel's other bits, silently."""
     real = corrections_kernel.corrections
 
     def rounds_otherwise_at_100(*args: np.ndarray) -> int:
@@ -162,9 +165,12 @@ def test_the_check_covers_the_policys_own_dim(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(corrections_kernel, "corrections", rounds_otherwise_at_100)
     odd, usual = (HierarchicalThompsonPolicy(HierarchicalParams(dim=d)) for d in (100, 64))
-    odd.warm_up()
-    usual.warm_up()
+    with caplog.at_level(logging.WARNING, logger="bandit_router.policies"):
+        odd.warm_up()
+        usual.warm_up()
     assert odd._fused is None and usual._fused is not None
+    said = [r.getMessage() for r in caplog.records]  # once, not left for a slower route to show
+    assert len(said) == 1 and "d = 100)" in said[0] and "the default policy computes them in numpy" in said[0]
 
 
 @pytest.mark.usefixtures("fresh_check")
