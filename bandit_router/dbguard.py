@@ -267,6 +267,9 @@ def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
     """SQLite's `PRAGMA integrity_check` on `path` (read-only), the decisions with feedback decoded
     (`check_decisions`), and every stored checkpoint verified against its sha256, newest first: the newest one that
     reads back and matches is the last good checkpoint."""
+    from .store.records import parts_named  # (the store imports this module)
+    from .store.sqlite import PARTS_OF
+
     report = CheckReport(path=str(path), ok=False)
     if not path.is_file():
         report.error = f"{path}: {'not a file' if path.exists() else 'no such file'}"
@@ -313,6 +316,9 @@ def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
                     "WHERE id = ?", (checkpoint_id,),
                 ).fetchone()
                 created_at, fingerprint, seq, event_id, version, sha256, state = row
+                parts = parts_named(bytes(state))
+                if parts is not None:  # written in parts (migration 9): their bytes, in order
+                    state = b"".join(bytes(r[0]) for r in conn.execute(PARTS_OF.format(mark="?"), parts[:1]))
                 entry.update(created_at=created_at, fingerprint=fingerprint, seq=seq, event_id=event_id,
                              version=version, good=hashlib.sha256(state).hexdigest() == sha256)
             except (sqlite3.Error, TypeError, ValueError) as exc:

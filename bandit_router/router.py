@@ -39,7 +39,7 @@ from .hints import quoted, quoted_few
 from .ids import new_decision_id
 from .policies import Policy, check_models, make_policy, policy_settings, setting_defaults
 from .reward import CostModel, RewardConfig, reward
-from .state import SeededDraws, pack, rng_from_state, rng_state, unpack
+from .state import SeededDraws, frozen, pack, rng_from_state, rng_state, unpack
 from .types import Context, Decision, Outcome, Request
 
 MAX_DECISION_ID_LENGTH = 64
@@ -390,18 +390,28 @@ class Router:
     def snapshot(self) -> bytes:
         """Everything learned, the model list and the sampler's state, as bytes (no pickle)."""
         with self._lock:
-            tree: dict[str, Any] = {
-                "policy_name": self.policy.name,
-                "policy_settings": policy_settings(self.policy),
-                "policy": self.policy.state(),
-                "cost_model": self.cost_model.state(),
-                "counts": dict(self._counts),
-                "version": self._version,
-                "models": [m.to_json() for m in self._models],
-                "retired": [m.to_json() for m in self._retired.values()],
-                "rng": rng_state(self._rng),
-            }
-            return pack(tree)
+            return pack(self._tree())
+
+    def capture(self) -> Any:
+        """`snapshot()`'s tree with its arrays copied (`state.frozen`), taken under the lock: `state.pack` of it gives
+        the same bytes, later and on any thread, while this router learns on (checkpoints serialise it so)."""
+        with self._lock:
+            return frozen(self._tree())
+
+    def _tree(self) -> dict[str, Any]:
+        """What `snapshot()` packs (its arrays are the live ones: the caller holds the lock)."""
+        tree: dict[str, Any] = {
+            "policy_name": self.policy.name,
+            "policy_settings": policy_settings(self.policy),
+            "policy": self.policy.state(),
+            "cost_model": self.cost_model.state(),
+            "counts": dict(self._counts),
+            "version": self._version,
+            "models": [m.to_json() for m in self._models],
+            "retired": [m.to_json() for m in self._retired.values()],
+            "rng": rng_state(self._rng),
+        }
+        return tree
 
     def restore(self, data: bytes) -> None:
         """Load a `snapshot()`, its model list included, into a router whose policy is of the same kind with the

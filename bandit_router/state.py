@@ -1,15 +1,19 @@
 """Serialise learned state without pickle: a JSON tree whose arrays and bytes live in an `.npz` archive.
 
 `pack(tree) -> bytes` and `unpack(bytes) -> tree` round-trip nested dicts and lists whose leaves are
-None, bool, int, float, str, bytes or numpy arrays. Loading never executes code (`allow_pickle=False`),
-so a checkpoint read from a database cannot run anything. `rng_state` / `rng_from_state` carry a numpy
-generator's state through such a tree; `SeededDraws` restores one to its seed's state instead of making a new one.
+None, bool, int, float, str, bytes or numpy arrays. `frozen(tree)` copies a tree's arrays (a memcpy under the owner's
+lock), so that `pack` of the copy can run later on another thread while the owner learns on (checkpoints).
+Loading never executes code (`allow_pickle=False`), so a checkpoint read from a database cannot run anything.
+`rng_state` / `rng_from_state` carry a numpy generator's state through such a tree; `SeededDraws` restores one to its
+seed's state instead of making a new one.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import zipfile
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -19,7 +23,46 @@ from .errors import InvalidInput
 _FORMAT = "bandit-router-state/1"
 
 
+def frozen(tree: Any) -> Any:
+    """`tree` with every array copied and every dict and list rebuilt: what `pack` of it gives stays what `tree` held
+    now, whatever its owner changes in place afterwards (its leaves are immutable otherwise)."""
+    if isinstance(tree, np.ndarray):
+        return tree.copy()
+    if isinstance(tree, bytearray):
+        return bytes(tree)
+    if isinstance(tree, dict):
+        return {k: frozen(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [frozen(v) for v in tree]
+    return tree
+
+
+def size_of(tree: Any) -> int:
+    """About the bytes `pack(tree)` takes: its arrays' and bytes', 8 a number, a string's length, 8 a key."""
+    if isinstance(tree, np.ndarray):
+        return int(tree.nbytes)
+    if isinstance(tree, bytes | bytearray | str):
+        return len(tree)
+    if isinstance(tree, dict):
+        return sum(8 + size_of(v) for v in tree.values())
+    if isinstance(tree, list | tuple):
+        return sum(size_of(v) for v in tree)
+    return 8
+
+
 def pack(tree: Any) -> bytes:
+    steps = pack_in_steps(tree)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return bytes(done.value)
+
+
+def pack_in_steps(tree: Any) -> Generator[None, None, bytes]:
+    """`pack(tree)` as a generator that yields after every `WRITE_CHUNK` bytes of array data it writes and returns
+    the bytes: a caller that must not stop long (the writer thread, between two batches) takes one step at a time.
+    The same bytes as `np.savez` of the tree's arrays (a zip archive of `.npy` members, stored)."""
     arrays: dict[str, np.ndarray] = {}
 
     def encode(node: Any) -> Any:
@@ -44,8 +87,28 @@ def pack(tree: Any) -> bytes:
     header = json.dumps({"format": _FORMAT, "tree": encode(tree)}, allow_nan=True)
     buffer = io.BytesIO()
     arrays["__header__"] = np.frombuffer(header.encode("utf-8"), dtype=np.uint8)
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    written = 0
+    with zipfile.ZipFile(buffer, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, array in arrays.items():
+            if array.dtype.hasobject:
+                raise TypeError("cannot pack an array of Python objects")
+            with archive.open(key + ".npy", "w", force_zip64=True) as member:
+                # as `np.lib.format.write_array`: a version 1.0 header, then the data in C order
+                np.lib.format.write_array_header_1_0(member, np.lib.format.header_data_from_array_1_0(array))
+                data = array.T if array.flags.f_contiguous and not array.flags.c_contiguous else array
+                raw = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+                for start in range(0, raw.size, WRITE_CHUNK):
+                    member.write(raw[start : start + WRITE_CHUNK])  # type: ignore[call-overload]
+                    written += min(WRITE_CHUNK, raw.size - start)
+                    if written >= WRITE_CHUNK:
+                        written = 0
+                        yield
+    yield  # the copy below is one more
     return buffer.getvalue()
+
+
+WRITE_CHUNK = 1 << 20
+"""`pack_in_steps` copies an array's data into the archive this many bytes at a time (a step)."""
 
 
 ZIP_MAGIC = b"PK\x03\x04"

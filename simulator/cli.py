@@ -310,10 +310,15 @@ def simulate(
             check_split_values(str(settings["env"])[len("dataset:") :], options.get("split"),
                                options.get("train_value"), options.get("eval_value"),
                                from_config={k for k in keys if k in from_file and given[k] is None})
+        try:  # named as given: "expected … got '-1'" did not say which option
+            lambdas = parse_floats(weights if isinstance(weights, str) else _weights(weights))
+        except InvalidInput as exc:
+            in_file = "cost_weights" in from_file and given["cost_weights"] is None
+            raise InvalidInput(f"{'cost_weights in --config' if in_file else '--cost-weights'}: {exc}") from exc
         plan = Plan(
             env=EnvSpec.parse(str(settings["env"]), **options),
             policies=tuple(policy_specs),
-            cost_weights=parse_floats(weights if isinstance(weights, str) else _weights(weights)),
+            cost_weights=lambdas,
             seeds=tuple(range(start, start + n_seeds)),
             scenarios=tuple(_listify(settings.get("scenarios"), "scenarios")),
             steps=settings.get("steps"),

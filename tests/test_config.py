@@ -1399,7 +1399,7 @@ def test_a_refused_start_creates_and_migrates_nothing(tmp_path: Path, monkeypatc
         added = client.post("/v1/models", json={"name": "added", "input_usd_per_mtok": 0.2,
                                                 "output_usd_per_mtok": 0.8})
         assert added.status_code == 201, added.text
-    as_previous_schema(str(old), "judge_calls", SCHEMA_VERSION - 1)
+    as_previous_schema(str(old), "checkpoint_parts", SCHEMA_VERSION - 1)
 
     def version() -> str:
         with sqlite3.connect(old) as conn:

@@ -138,6 +138,27 @@ def test_every_toml_example_is_a_settings_file_serve_accepts(
 RULES_FILE = "rules.toml"
 
 
+def test_the_gateway_pages_keyless_try_out_serves_the_fake_upstreams_models(tmp_path: Path) -> None:
+    """The gateway page's "Try it without provider keys" writes a settings file with a shell here-document (a ```sh
+    block, which the TOML check above does not see): it loads, every model it names is one the fake upstream
+    serves, and each is called at the port the page starts the fake upstream on. Before it the docs never said how
+    to try the gateway under `make run` without the providers' keys (the README's round trip answered 503)."""
+    from bandit_router.config import load_settings
+    from bandit_router.service.app import check_upstreams
+    from benchmarks.fake_upstream import QUALITY
+
+    text = (DOCS / "service" / "gateway.md").read_text(encoding="utf-8")
+    heredoc = re.search(r"^cat > fake-gateway\.toml <<'EOF'\n(.*?)^EOF$", text, re.S | re.M)
+    port = re.search(r"^\.venv/bin/python -m benchmarks\.fake_upstream --port (\d+) &", text, re.M)
+    assert heredoc and port and "BANDIT_ROUTER_CONFIG=fake-gateway.toml make run" in text
+    config = tmp_path / "fake-gateway.toml"
+    config.write_text(heredoc.group(1), encoding="utf-8")
+    settings = load_settings(config, env={})
+    check_upstreams(settings)
+    assert settings.models and {m.name for m in settings.models} <= set(QUALITY)
+    assert settings.default_base_url == f"http://127.0.0.1:{port.group(1)}/v1"
+
+
 def test_the_learning_pages_rules_route_as_their_comments_say(tmp_path: Path) -> None:
     """The `rules` examples of docs/learning.md, the settings' form and the file's, route as written: the regex
     example was `(?i)^translate`, said to be "searched in the prompt's text", and a gateway request (a system
@@ -581,10 +602,16 @@ def test_every_environment_example_is_a_setting_serve_accepts(
     page: str, variable: str, value: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`BANDIT_ROUTER_X=value` as the docs write it, alone in the environment, loads and passes `serve`'s checks
-    (with the default policy and catalog)."""
+    (with the default policy and catalog). `BANDIT_ROUTER_CONFIG=FILE` names a file the page writes with a shell
+    here-document (`cat > FILE <<'EOF'`): it is written first, as the page has it."""
     from bandit_router.config import load_settings
 
     monkeypatch.chdir(tmp_path)  # no ./bandit-router.toml
+    if variable == "BANDIT_ROUTER_CONFIG":
+        text = (ROOT / page).read_text(encoding="utf-8")
+        written = re.search(rf"^cat > {re.escape(value)} <<'EOF'\n(.*?)^EOF$", text, re.S | re.M)
+        assert written, f"{page} names {value} without writing it"
+        (tmp_path / value).write_text(written.group(1), encoding="utf-8")
     load_settings(env={variable: value})
 
 

@@ -4,6 +4,7 @@ Every decision still teaches the replayed candidates; only those in the scope ar
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -97,6 +98,39 @@ def test_a_scope_no_decision_is_in_is_refused_with_what_the_log_holds(log: Any) 
         evaluate_log(records, ["logged"], until=100, mode="frozen", **kwargs)
 
 
+def _pinned(record: LoggedRecord, model: str) -> LoggedRecord:
+    """`record` as if its client had allowed `model` only (and got it)."""
+    decision = dataclasses.replace(record.decision, models=(model,), pmf=(1.0,), probability=1.0, model=model, arm=0)
+    return dataclasses.replace(record, decision=decision, shadow_pmfs={})
+
+
+@pytest.mark.parametrize("mode", ["learning", "frozen", "replay"])
+def test_decisions_no_candidate_can_decide_are_counted_and_refused_within_the_scope(log: Any, mode: str) -> None:
+    """The decisions that allowed only a model the catalog no longer routes to (or has no entry for) were counted
+    over the whole log, whatever the scope ("3 of the 300 decisions … to evaluate on" when 60 were), and a scope all
+    of whose decisions were such refused nothing: "no logged decision with feedback to evaluate on" (learning), a
+    table of 0 rounds with exit status 0 (replay), "none of its 1 decisions … is in the part of the log the frozen
+    mode evaluates" (frozen, of a decision that was). Both count the decisions in the scope now; a removed model's
+    rounds without a cost are asked only there. Found reviewing `--since`/`--until` on a service log."""
+    world, records = log
+    judge = world.models[-1].name
+    demoted = [*world.models[:-1], dataclasses.replace(world.models[-1], route=False)]
+    pins = {5, 205, 210, 255}
+    odd = [_pinned(r, judge) if i in pins else r for i, r in enumerate(records)]
+    kwargs: dict[str, Any] = {"models": demoted, "estimators": ("snips",), "baselines": False, "mode": mode,
+                              "n_bootstrap": 0}
+    part = evaluate_log(odd, ["linucb"], since=200, until=260, **kwargs)
+    assert (f"3 of the 60 decisions with feedback to evaluate on in the scope allowed only models the catalog marks "
+            f"route = false ({judge}): no candidate can decide them") in "\n".join(part.warnings)
+    with pytest.raises(InvalidInput, match=r"^nothing to evaluate on: 1 of the 1 decision with feedback to evaluate "
+                                           r"on in the scope allowed only models the catalog marks route = false"):
+        evaluate_log(odd, ["linucb"], since=255, until=256, **kwargs)
+    unpriced = [dataclasses.replace(r, cost_usd=None, outcome=dataclasses.replace(r.outcome, cost_usd=None))
+                if r.decision.model == judge and r.outcome is not None else r for r in records[:200]] + records[200:]
+    kept = world.models[:-1]  # its rounds before the scope are scored by no estimate: not asked
+    assert evaluate_log(unpriced, ["linucb"], **{**kwargs, "models": kept}, since=200).n_evaluated > 0
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -122,6 +156,34 @@ def test_times_are_read_as_unix_seconds_or_iso_8601() -> None:
     for bad in ("yesterday", "2025-13-01", "-5", "inf", ""):
         with pytest.raises(InvalidInput, match="--since"):
             parse_time(bad, "--since")
+
+
+def test_a_number_out_of_range_is_said_as_such_and_a_fraction_of_a_second_is_kept_in_words() -> None:
+    """A number of seconds out of range ("-5", "1e12", "nan") was refused as "expected Unix seconds or an ISO 8601
+    date or time", which it is: the range error was lost (`InvalidInput` is a `ValueError`, caught to try ISO 8601).
+    And a scope's words showed its bounds to the second, so `since` 10.7 and `until` 10.2 were refused as "since
+    (…:10Z) must be before until (…:10Z)". Found reviewing `parse_time`."""
+    for bad, shown in (("-5", "'-5' (-5.0 s)"), ("1e12", "'1e12' (1000000000000.0 s)"), ("nan", "nan"),
+                       ("1969-12-31", "'1969-12-31' (-86400.0 s)")):
+        with pytest.raises(InvalidInput, match=rf"^--since: a Unix time in seconds from 0 to 100000000000 \(year "
+                                               rf"5138\), not {re.escape(shown)}$"):
+            parse_time(bad, "--since")
+    assert Scope(since=10.25, until=12).describe() == "since 1970-01-01T00:00:10.250000Z, until 1970-01-01T00:00:12Z"
+    with pytest.raises(InvalidInput, match=r"since \(1970-01-01T00:00:10.700000Z\) must be before until "
+                                           r"\(1970-01-01T00:00:10.200000Z\)"):
+        Scope(since=10.7, until=10.2)
+
+
+def test_eight_digits_that_are_also_a_basic_iso_date_are_refused_as_ambiguous() -> None:
+    """`--since 20261120` (ISO 8601's basic format of 2026-11-20, which Python's `fromisoformat` reads) was read as
+    Unix seconds, 1970-08-23: the whole log evaluated without a word but the scope's words. It is refused as
+    ambiguous, saying both readings; other numbers are seconds as before. Found reviewing `parse_time`."""
+    with pytest.raises(InvalidInput, match=r"^--since: '20261120' is ambiguous: Unix seconds \(1970-08-23T12:05:20Z\) "
+                                           r"or the date 2026-11-20; write the date as 2026-11-20, or the seconds as "
+                                           r"20261120.0$"):
+        parse_time("20261120", "--since")
+    assert parse_time("20261120.0") == parse_time("12345678") + 7915442 == 20261120.0  # not a date: seconds
+    assert parse_time("2026-11-20") == parse_time("20261120T00:00Z")
 
 
 def _route(client: TestClient, n: int, tenant: str, rng: np.random.Generator) -> None:

@@ -225,6 +225,15 @@ def test_check_reports_integrity_and_the_last_good_checkpoint(make_client: Calla
     assert configured.exit_code == 2
     assert configured.output.strip() == ("bandit-router check: bandit-router.db: no such file (the configured `db`: "
                                          "give the file with --db FILE, or --config FILE)")
+    # with --config, the message offered "or --config FILE" to a caller who gave one: the settings were checked
+    # and are valid; the file is a new deployment's, which `serve` creates
+    (tmp_path / "fresh.toml").write_text('db = "fresh.db"\n', encoding="utf-8")
+    fresh = runner.invoke(cli_app, ["check", "--config", str(tmp_path / "fresh.toml")],
+                          env={k: None for k in os.environ if k.startswith("BANDIT_ROUTER_")})
+    assert fresh.exit_code == 2
+    assert fresh.output.strip() == (f"bandit-router check: {tmp_path / 'fresh.db'}: no such file (the settings of "
+                                    f"{tmp_path / 'fresh.toml'} are valid; `serve` creates their `db` on its first "
+                                    "start; give an existing file with --db FILE)")
 
 
 @pytest.mark.parametrize("kind", ["empty", "another application's"])

@@ -356,6 +356,24 @@ def test_overlap_warnings_for_a_candidate_the_logger_never_tried(world: Syntheti
     assert not ev.record("fixed:gpt-4o-mini", "ips").warnings
 
 
+def test_the_logged_policy_on_a_long_tail_of_tiny_probabilities_raises_no_support_warning() -> None:
+    """A logger over 100 models puts < 0.001 on most of them (2% of its mass here): evaluated against itself every
+    weight is 1 and nothing is unseen, yet `logged` was flagged "support violation" (found evaluating the scale
+    experiment's 100-model log: "No candidate's estimate can be trusted"). A candidate that puts more than the
+    logger there still is."""
+    n, k = 200, 100
+    rng = np.random.default_rng(0)
+    tail = np.full(k - 2, 0.02 / (k - 2))  # 98 models at ≈ 0.0002 each
+    logged = np.tile(np.concatenate([[0.5, 0.48], tail]), (n, 1))
+    actions = rng.choice(k, size=n, p=logged[0])
+    probability = logged[np.arange(n), actions]
+    own = overlap(actions, probability, logged, logged.copy())
+    assert own.unsupported_mass == 0.0 and own.trusted, own.warnings
+    more = logged.copy()
+    more[:, 0], more[:, 2] = 0.48, tail[0] + 0.02  # 2% more on one tiny model than the logger
+    assert any("support violation" in w for w in overlap(actions, probability, logged, more).warnings)
+
+
 def test_overlap_thresholds_are_the_documented_ones() -> None:
     n = 100
     actions = np.zeros(n, dtype=int)
@@ -596,7 +614,8 @@ def test_a_model_made_route_false_since_it_was_logged_does_not_stop_the_evaluati
     settings: dict[str, Any] = {"estimators": ("ips",), "n_bootstrap": 0, "mode": mode}
     ev = evaluate_log(records, ["linucb"], models=demoted, **settings)
     full = evaluate_log(records, ["linucb"], models=world.models, **settings)
-    assert any(f"marks route = false (a judge or router model only): {judge};" in w for w in ev.warnings)
+    [said] = [w for w in ev.warnings if f"marks route = false (a judge or router model only): {judge};" in w]
+    assert "logged and the shadows keep the pmfs logged while they were routable" in said  # not "the candidates"
     assert set(ev.candidates) == set(full.candidates)
     column = ev.models.index(judge)
     for label in ("linucb", "random"):  # they never route to it
@@ -613,6 +632,27 @@ def test_a_model_made_route_false_since_it_was_logged_does_not_stop_the_evaluati
     for label in pinned.candidates:
         mine, theirs = pinned.record(label, estimator), without.record(label, estimator)
         assert (mine.n, mine.value) == (theirs.n, theirs.value), label
+
+
+def test_a_rules_candidate_naming_a_model_made_route_false_since_is_left_out_saying_why(
+    world: SyntheticWorld, log: SimulatedLog
+) -> None:
+    """`rules:default=<a model of the log marked route = false since>` stopped the whole evaluation, every other
+    candidate with it ("… names the model …, which has route = false"), where a rules candidate naming a removed model
+    is left out with a warning: it is left out the same way now. Found reviewing the route = false change."""
+    judge = world.models[-1].name
+    demoted = [*world.models[:-1], dataclasses.replace(world.models[-1], route=False)]
+    records = log.records[:200]
+    ev = evaluate_log(records, ["linucb", f"rules:default={judge}"], models=demoted, estimators=("ips",),
+                      n_bootstrap=0)
+    assert f"rules:default={judge}" not in ev.candidates and {"linucb", f"fixed:{judge}"} <= set(ev.candidates)
+    assert (f"candidate 'rules:default={judge}' not evaluated: its policy names '{judge}', a model of the log the "
+            "catalog marks route = false, so it cannot be deployed with this catalog") in ev.warnings
+    with pytest.raises(InvalidInput, match=f"^no candidate to evaluate: candidate 'rules:default={judge}' not"):
+        evaluate_log(records, [f"rules:default={judge}"], models=demoted, baselines=False)
+    unlogged = (*world.models, ModelSpec("judge-only", 1.0, 2.0, route=False))  # in the catalog, never logged
+    with pytest.raises(InvalidInput, match="default names the model 'judge-only', which has route = false"):
+        evaluate_log(records, ["rules:default=judge-only"], models=unlogged)
 
 
 @pytest.mark.parametrize("mode", ["learning", "frozen", "replay"])
@@ -948,6 +988,19 @@ def test_a_candidate_measured_with_its_own_lambda_is_not_named_the_best(world: S
     assert "beats" not in line and "Not compared: random@lambda=0" in line
     same = evaluate_log(log.records, cands, models=world.models, estimators=("dr",), baselines=False)
     assert "Not compared" not in format_best(same)  # with the logged λ every candidate is on one scale
+
+
+def test_the_last_line_on_one_round_says_why_nothing_is_trusted(world: SyntheticWorld) -> None:
+    """On one round no estimate has a finite interval, and most have no overlap warning: the last line said
+    "every one has an overlap warning" (what `bandit-router evaluate` printed on a new service's first feedback)."""
+    from bandit_router.evaluation import format_best
+
+    log = simulate_log(world, "random", 1, seed=3, cost_weight=LAM)
+    ev = evaluate_log(log.records, ["logged"], models=world.models, estimators=("dr",), n_bootstrap=0,
+                      dm_bootstrap=0, baselines=False)
+    assert not ev.record("logged", "dr").warnings and not math.isfinite(ev.record("logged", "dr").ci_low)
+    line = format_best(ev)
+    assert "no finite interval" in line and "every one has an overlap warning" not in line
 
 
 def test_a_log_of_two_live_policies_says_logged_is_their_mix() -> None:

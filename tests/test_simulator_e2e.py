@@ -198,6 +198,9 @@ def test_an_output_folder_that_cannot_be_written_is_named_before_the_runs(tmp_pa
     ("--window=0", "window must be >= 1, got 0"),  # ran, with every reaction time missing
     ("--workers=-2", "workers must be >= 1 (or left out: one per core), got -2"),  # ran on one worker
     ("--passes=0", "passes must be >= 1, got 0"),  # ran one pass
+    # named no option: "expected one or more finite numbers >= 0, got '-1'"
+    ("--cost-weights=-1", "--cost-weights: expected one or more finite numbers >= 0, got '-1'"),
+    ("--cost-weights=abc", "--cost-weights: expected numbers, got 'abc'"),
 ])
 def test_a_bad_number_is_a_message(tmp_path: Path, option: str, message: str) -> None:
     result = CliRunner().invoke(app, [*ARGS, option, "--out", str(tmp_path / "run")])
@@ -226,6 +229,7 @@ def test_a_single_cost_weight_in_a_config_file_is_one_lambda(tmp_path: Path) -> 
     ("targets = { a = 1 }", "targets must be a string or a list, got {'a': 1}"),
     ("cost_weights = true", "cost_weights must be a number, a list or a string, got True"),
     ("cost_weights = [true, 5]", "cost_weights must be a number, a list or a string, got [True, 5]"),  # ran at λ = 1
+    ("cost_weights = [-1]", "cost_weights in --config: expected one or more finite numbers >= 0, got [-1]"),
     # a string option of another type was an AttributeError or TypeError traceback
     ("split = 5", "split must be a string, got 5"),
     ('drop_flag = ["routellm_contaminated"]', "drop_flag must be a string, got ['routellm_contaminated']"),

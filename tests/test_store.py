@@ -95,7 +95,7 @@ def test_prepare_creates_a_wal_database_once(tmp_path: Path) -> None:
         assert {"decisions", "feedback", "model_events", "checkpoints", "meta", "calls", "chains",
                 "router_stats", "judge_calls"} <= tables
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        assert version == "8" == str(SCHEMA_VERSION)
+        assert version == "9" == str(SCHEMA_VERSION)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
     with pytest.raises(StoreError, match="schema version"):
         SQLiteStore(path).prepare()
@@ -195,6 +195,54 @@ def test_checkpoints_are_kept_newest_first_and_pruned(store: Store) -> None:
         kept = reader.checkpoints("f")
         assert [c.seq for c in kept] == [40, 30, 20]
         assert reader.checkpoint_state(kept[0].id) == bytes([40])
+
+
+def test_a_checkpoint_in_parts_is_seen_only_with_its_row_and_its_parts_go_with_it(store: Store) -> None:
+    """A state written in parts (`insert_checkpoint_part`, one transaction each) is read back whole once its row
+    names them, and not listed before; a row whose parts are missing is refused (`StoreError`); a second row at
+    the same position (another process's save) stores nothing and deletes its parts; pruning deletes the pruned
+    checkpoints' parts; parts no row names are deleted only once older than `ABANDONED_AFTER_S`."""
+
+    def parts(token: str, data: bytes, size: int = 4) -> int:
+        pieces = [data[i : i + size] for i in range(0, len(data), size)]
+        for n, piece in enumerate(pieces):
+            with store.write() as tx:
+                tx.insert_checkpoint_part(token, n, piece)
+        return len(pieces)
+
+    def row(seq: int, token: str, count: int, keep: int = 2) -> bool:
+        with store.write() as tx:
+            return tx.insert_checkpoint(fingerprint="f", seq=seq, event_id=0, version=seq, sha256="x", state=b"",
+                                        keep=keep, parts=(token, count))
+
+    def tokens() -> set[str]:
+        if isinstance(store, SQLiteStore):
+            with sqlite3.connect(store.path) as conn:
+                return {r[0] for r in conn.execute("SELECT DISTINCT token FROM checkpoint_parts")}
+        with store.read() as reader:
+            return {r[0] for r in reader._rows("SELECT DISTINCT token FROM checkpoint_parts")}  # type: ignore[attr-defined]
+
+    count = parts("a", b"the state of ten")
+    with store.read() as reader:
+        assert reader.checkpoints("f") == []  # its parts alone are no checkpoint
+    with pytest.raises(StoreError, match="parts missing: 4 of 5"):
+        row(10, "a", 5)
+    assert row(10, "a", count)
+    with store.read() as reader:
+        assert reader.checkpoint_state(reader.checkpoints("f")[0].id) == b"the state of ten"
+    assert not row(10, "b", parts("b", b"same position"))  # stored by another process first
+    assert tokens() == {"a"}
+    parts("abandoned", b"a save that died")
+    assert row(20, "c", parts("c", b"twenty"))
+    assert row(30, "d", parts("d", b"thirty"))  # keep = 2: ten goes, and its parts
+    assert tokens() == {"c", "d", "abandoned"}  # too young to tell from a save under way
+    with store.read() as reader:
+        assert [reader.checkpoint_state(c.id) for c in reader.checkpoints("f")] == [b"thirty", b"twenty"]
+    module = "bandit_router.store.sqlite" if isinstance(store, SQLiteStore) else "bandit_router.store.postgres"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(f"{module}.ABANDONED_AFTER_S", -1.0)
+        assert row(40, "e", parts("e", b"forty"))
+    assert tokens() == {"d", "e"}
 
 
 def test_other_configurations_checkpoints_are_pruned_to_keep_then_by_retention_to_their_newest(

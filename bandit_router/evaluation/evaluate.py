@@ -351,7 +351,7 @@ def _prepare(
                            "feedback)")
     scope = config.scope
     mixed = mixed_policy_warnings(logged, scope)  # before the replays: a scope no decision is in is refused
-    check_priced(logged, specs, mode=config.mode, train_fraction=config.train_fraction)
+    check_priced(logged, specs, mode=config.mode, train_fraction=config.train_fraction, scope=scope)
     arrays = log_arrays(logged, specs, feature_dim=config.feature_dim)
     parsed = [c if isinstance(c, Candidate) else parse_candidate(c) for c in candidates]
     check_models(parsed, arrays.models)
@@ -364,7 +364,7 @@ def _prepare(
     if not wanted:
         raise InvalidInput("no candidates to evaluate")
     wanted, warnings = removed_model_warnings(logged, specs, arrays.models, wanted, mode=config.mode,
-                                              train_fraction=config.train_fraction)
+                                              train_fraction=config.train_fraction, scope=scope)
     without_text = sum(not record.decision.context.text for record in logged)
     warnings.extend(text_rule_warnings(wanted, without_text, len(logged)))
     replays = {

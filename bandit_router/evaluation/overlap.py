@@ -18,9 +18,12 @@ Two ways an off-policy estimate goes wrong, each with a documented threshold (`O
   (`experiments/offline-evaluation/coverage.py`; `tests/test_offline_replay.py`). At ESS = 0 (every weight 0:
   the candidate never chooses a logged model) no round carries anything: the warning says that there is no
   estimate, not that a few rounds carry it.
-- **Support violation.** The unsupported mass (1/n) Σ_i Σ_a π(a|x_i)·1[μ(a|x_i) < `support_floor`] is the share
-  of the candidate's probability that sits where the logger (almost) never goes (default floor 0.001, i.e.
-  once in a thousand). Above `max_unsupported_mass` (default 0.01) IPS, clipped IPS and SNIPS miss that part
+- **Support violation.** The unsupported mass (1/n) Σ_i Σ_a π(a|x_i)·1[μ(a|x_i) < `support_floor`,
+  π(a|x_i) > μ(a|x_i)] is the share of the candidate's probability that sits where the logger (almost) never goes
+  (default floor 0.001, i.e. once in a thousand) and goes there more often than the logger (weights above 1). A
+  model the candidate chooses no more often than the logger did is seen in proportion (the logged policy's own
+  pmfs, π = μ, every weight 1, on a catalog of 100 models with a long tail of tiny probabilities, had been warned
+  of). Above `max_unsupported_mass` (default 0.01) IPS, clipped IPS and SNIPS miss that part
   of the value (biased, however many rounds), and DM/DR rely on the reward model extrapolating there.
 """
 
@@ -104,7 +107,7 @@ def overlap(
     ess = effective_sample_size(w)
     ratio = ess / n
     expected = expected_effective_sample_size(mu, pi)
-    unsupported = float((pi * (mu < t.support_floor)).sum(axis=1).mean())
+    unsupported = float((pi * ((mu < t.support_floor) & (pi > mu))).sum(axis=1).mean())
     warnings = []
     floor = min(t.min_ess, n)  # no candidate has more than n effective rounds: the log's size is warned of apart
     least = min(ess, expected)

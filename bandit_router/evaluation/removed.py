@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from ..catalog import ModelSpec
 from ..errors import InvalidInput, UnknownModel
 from ..policies import check_models as check_policy_models
@@ -21,6 +23,7 @@ from ..policies import make_policy, parse_spec
 from .candidates import Candidate
 from .log import LoggedRecord
 from .replay import left_out_rows
+from .scope import Scope
 
 REMOVED_SINCE = " (removed from the catalog since?)"
 CLIENT_NAMED = "; a client named them"
@@ -48,10 +51,11 @@ def without_guessed_cause(message: str) -> str:
 
 def removed_model_warnings(
     logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], models: Sequence[str], wanted: list[Candidate],
-    *, mode: str, train_fraction: float,
+    *, mode: str, train_fraction: float, scope: Scope | None = None,
 ) -> tuple[list[Candidate], list[str]]:
     """The candidates left to evaluate (`wanted` without those naming a removed model) and the warnings about the
-    removed models among the log's `models`; `InvalidInput` when no candidate, or no decision, is left."""
+    removed models among the log's `models`; `InvalidInput` when no candidate, or no decision (of `scope`, the
+    decisions scored), is left."""
     warnings: list[str] = []
     removed = [m for m in models if m not in specs]
     if removed:
@@ -64,33 +68,45 @@ def removed_model_warnings(
     if judges:
         warnings.append(
             f"models of the log the catalog marks route = false (a judge or router model only): {', '.join(judges)}; "
-            "the candidates never route to them, as they would not with this catalog, and fixed:<model> of such a "
-            "model is read from the log"
+            "the replayed candidates never route to them, as they would not with this catalog; logged and the "
+            "shadows keep the pmfs logged while they were routable, and fixed:<model> of such a model is read from "
+            "the log: none of these three can be deployed as they are with this catalog"
         )
     undeployable = {c.label: removed_models_named(c, specs, models) for c in wanted}
-    not_evaluated = [f"candidate {label!r} not evaluated: its policy names {', '.join(map(repr, named))}, "
-                     f"{'a model' if len(named) == 1 else 'models'} of the log without a catalog entry, so it cannot "
-                     "be deployed with this catalog" for label, named in undeployable.items() if named]
+    not_evaluated = [f"candidate {label!r} not evaluated: its policy names {_unroutable(named, specs)}, so it "
+                     "cannot be deployed with this catalog" for label, named in undeployable.items() if named]
     wanted = [c for c in wanted if not undeployable[c.label]]
     if not wanted:
         raise CatalogLacksModels("no candidate to evaluate: " + "; ".join(not_evaluated),
                                  sorted({m for named in undeployable.values() for m in named}))
     warnings.extend(not_evaluated)
-    warnings.extend(_left_out_warning(logged, specs, mode=mode, train_fraction=train_fraction))
+    warnings.extend(_left_out_warning(logged, specs, mode=mode, train_fraction=train_fraction, scope=scope))
     return wanted, warnings
 
 
+def _unroutable(named: Sequence[str], specs: Mapping[str, ModelSpec]) -> str:
+    """`named` in words: models of the log without a catalog entry, and models the catalog marks `route = false`."""
+    parts = []
+    for group, what in (([m for m in named if m not in specs], "of the log without a catalog entry"),
+                        ([m for m in named if m in specs], "of the log the catalog marks route = false")):
+        if group:
+            parts.append(f"{', '.join(map(repr, group))}, {'a model' if len(group) == 1 else 'models'} {what}")
+    return " and ".join(parts)
+
+
 def removed_models_named(candidate: Candidate, specs: Mapping[str, ModelSpec], models: Sequence[str]) -> list[str]:
-    """The models of the log without a catalog entry (`specs`) that a `policy` candidate other than `fixed` names
-    (a `rules` policy's rule or default): its router is built on the log's models with an entry, so it cannot be
-    deployed with this catalog, and is left out. `InvalidInput` when it names a model the log does not have (a
-    catalog model never logged: no round tells what it would get; or no model of the catalog at all), as
-    `check_models` refuses such a `fixed:<model>`. `fixed:<removed model>` is read from the log instead."""
+    """The models of the log without a catalog entry (`specs`), or marked `route = false` since, that a `policy`
+    candidate other than `fixed` names (a `rules` policy's rule or default): its router is built on the log's models
+    a router may choose, so it cannot be deployed with this catalog, and is left out. `InvalidInput` when it names
+    a model the log does not have (a catalog model never logged: no round tells what it would get; or no model of
+    the catalog at all), as `check_models` refuses such a `fixed:<model>`. `fixed:<removed model>` is read from the
+    log instead."""
     if candidate.kind != "policy" or parse_spec(candidate.policy)[0] == "fixed":
         return []
     policy = make_policy(candidate.policy)
-    known = [specs[m] for m in models if m in specs]
-    removed = [ModelSpec(m, 0.0, 0.0) for m in models if m not in specs]  # stand-ins: only their names are asked
+    known = [specs[m] for m in models if m in specs and specs[m].route]
+    # stand-ins for the others (only their names are asked): removed, or marked `route = false` since they were logged
+    removed = [ModelSpec(m, 0.0, 0.0) for m in models if m not in specs or not specs[m].route]
 
     def works(with_models: list[ModelSpec]) -> bool:
         try:
@@ -112,12 +128,15 @@ def removed_models_named(candidate: Candidate, specs: Mapping[str, ModelSpec], m
 
 
 def check_priced(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], *, mode: str,
-                 train_fraction: float) -> None:
+                 train_fraction: float, scope: Scope | None = None) -> None:
     """`InvalidInput` when rounds of a model without a catalog entry carry no cost (stored or reported): nothing
     prices their tokens, and a cost of 0 would flatter `logged` and `fixed:<that model>`. Rounds no estimate uses
-    are not asked: those left out of the evaluation (`left_out_rows`) and, frozen, the training part (the first
-    ⌊train_fraction·n⌋, never evaluated, and a removed model's outcomes teach the candidates nothing)."""
+    are not asked: those left out of the evaluation (`left_out_rows`), those out of `scope` and, frozen, the
+    training part (the first ⌊train_fraction·n⌋): never evaluated, and a removed model's outcomes teach the
+    candidates nothing."""
     left_out = left_out_rows(logged, specs, mode=mode, train_fraction=train_fraction)
+    if scope is not None and not scope.everything:
+        left_out |= ~scope.mask(logged)
     split = math.floor(train_fraction * len(logged)) if mode == "frozen" else 0
     unpriced: dict[str, int] = {}
     for i, (record, out) in enumerate(zip(logged, left_out, strict=True)):
@@ -134,18 +153,27 @@ def check_priced(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec],
 
 
 def _left_out_warning(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], *, mode: str,
-                      train_fraction: float) -> list[str]:
-    """The warning for the decisions to evaluate on that allowed no model a router may choose, only models without a
-    catalog entry or marked `route = false` (`left_out_rows`), or `InvalidInput` when that leaves none."""
+                      train_fraction: float, scope: Scope | None = None) -> list[str]:
+    """The warning for the decisions to evaluate on (those of `scope`; frozen: in the held-out part) that allowed no
+    model a router may choose, only models without a catalog entry or marked `route = false` (`left_out_rows`), or
+    `InvalidInput` when that leaves none (none to evaluate on at all, frozen: said by `evaluate_log` after)."""
     left_out = left_out_rows(logged, specs, mode=mode, train_fraction=train_fraction)
+    to_evaluate = np.ones(len(logged), dtype=bool)
+    to_evaluate[: math.floor(train_fraction * len(logged)) if mode == "frozen" else 0] = False
+    scope = scope or Scope()
+    scoped = not scope.everything
+    if scoped:
+        to_evaluate &= scope.mask(logged)
+        left_out &= to_evaluate
     k = int(left_out.sum())
     if not k:
         return []
-    total = len(logged) - (math.floor(train_fraction * len(logged)) if mode == "frozen" else 0)
+    total = int(to_evaluate.sum())
     names = sorted({m for r, out in zip(logged, left_out, strict=True) if out for m in r.decision.models})
     removed = [m for m in names if m not in specs]
     judges = [m for m in names if m in specs]  # `route = false` (`left_out_rows`)
-    said = (f"{k} of the {total} decision{'' if total == 1 else 's'} with feedback to evaluate on allowed only "
+    said = (f"{k} of the {total} decision{'' if total == 1 else 's'} with feedback to evaluate on"
+            f"{' in the scope' if scoped else ''} allowed only "
             + " and ".join([*([f"models without a catalog entry ({', '.join(removed)}{CLIENT_NAMED})"] if removed
                               else []),
                             *([f"models the catalog marks route = false ({', '.join(judges)})"] if judges else [])]))

@@ -77,8 +77,11 @@ def format_best(evaluation: Evaluation) -> str:
     )
     if best is None:
         if not _trusted(evaluation):
-            return ("No candidate's estimate can be trusted (every one has an overlap warning): log more, or explore "
-                    "more." + note)
+            by = ranking_estimator(evaluation)
+            warned = all(r.warnings for r in evaluation.records if r.estimator == by)
+            why = ("every one has an overlap warning" if warned
+                   else "each has an overlap warning or no finite interval: too few rounds")
+            return f"No candidate's estimate can be trusted ({why}): log more, or explore more." + note
         return "No candidate measured with the logged λ has a trusted estimate." + note
     text = (
         f"Best candidate with a trusted interval ({best.estimator}): {best.candidate}, reward {_num(best.value)} "

@@ -31,29 +31,50 @@ MAX_TIME = 1e11
 
 def parse_time(text: str, name: str = "time") -> float:
     """Unix seconds from `text`: a number of seconds, or an ISO 8601 date or date and time (`2026-11-20`,
-    `2026-11-20T08:30`, `2026-11-20T08:30:00+01:00`); a time without an offset is UTC."""
+    `2026-11-20T08:30`, `2026-11-20T08:30:00+01:00`); a time without an offset is UTC. Eight digits that are also
+    a date in ISO 8601's basic format (`20261120`) are refused as ambiguous: as seconds they are a time of 1970."""
+    date = _basic_date(text)
+    if date is not None:
+        raise InvalidInput(f"{name}: {text.strip()!r} is ambiguous: Unix seconds ({_iso(float(text))}) or the date "
+                           f"{date}; write the date as {date}, or the seconds as {text.strip()}.0")
     try:
-        return _bounded(float(text), name)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInput(f"{name}: expected Unix seconds or an ISO 8601 date or time (2026-11-20, "
-                           f"2026-11-20T08:30Z), not {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return _bounded(moment.timestamp(), name)
+        seconds = float(text)
+    except ValueError:  # not a number: a date or time (a number out of range is said as such, below)
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidInput(f"{name}: expected Unix seconds or an ISO 8601 date or time (2026-11-20, "
+                               f"2026-11-20T08:30Z), not {text!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = moment.timestamp()
+    return _bounded(seconds, name, text)
 
 
-def _bounded(seconds: float, name: str) -> float:
+def _basic_date(text: str) -> str | None:
+    """`text` as an ISO 8601 extended date (2026-11-20) when it is eight digits that read as a basic one (20261120)."""
+    digits = text.strip()
+    if len(digits) != 8 or not digits.isdigit():
+        return None
+    try:
+        return datetime.strptime(digits, "%Y%m%d").date().isoformat()
+    except ValueError:
+        return None
+
+
+def _bounded(seconds: float, name: str, text: str | None = None) -> float:
     if not (math.isfinite(seconds) and 0 <= seconds <= MAX_TIME):
-        raise InvalidInput(f"{name}: a Unix time in seconds from 0 to {MAX_TIME:.0f} (year 5138), not {seconds!r}")
+        given = repr(seconds) if text is None or text.strip() == repr(seconds) else f"{text!r} ({seconds!r} s)"
+        raise InvalidInput(f"{name}: a Unix time in seconds from 0 to {MAX_TIME:.0f} (year 5138), not "
+                           f"{given}")
     return seconds
 
 
 def _iso(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """UTC in ISO 8601, to the second, or to the microsecond when the time has a fraction (a bound given with one:
+    10.2 and 10.7 must not read alike)."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="seconds" if not moment.microsecond else "microseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

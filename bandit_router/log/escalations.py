@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..cascade.escalation import EscalationParams, EscalationStep, LearnedEscalation
-from ..state import pack, unpack
+from ..state import frozen, pack, unpack
 from ..store import FeedbackRecord, FeedbackStatus
 from ..types import Context, Decision
 
@@ -211,6 +211,11 @@ class EscalationLearners:
     def snapshot(self) -> bytes:
         with self.lock:
             return pack({name: learner.state() for name, learner in self.learners.items()})
+
+    def capture(self) -> Any:
+        """`snapshot()`'s tree with its arrays copied under the lock (`state.frozen`): `pack` it on any thread."""
+        with self.lock:
+            return frozen({name: learner.state() for name, learner in self.learners.items()})
 
     def restore(self, data: bytes | None) -> None:
         """Load `snapshot()` bytes (None: start afresh); a learner missing from them starts afresh. Nothing

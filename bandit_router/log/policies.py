@@ -8,12 +8,14 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BanditRouterError, ConfigError, InvalidInput, UnknownModel
 from ..policies import check_models, missing_models
 from ..router import Router
+from ..state import WRITE_CHUNK, pack_in_steps, size_of
 from ..store import ModelAction, ModelEvent
 from ..types import Decision, Outcome
 from .escalations import EscalationLearners
@@ -43,6 +45,64 @@ def build_router(settings: Settings, *, seed: int | None = None, policy: str | N
         cold_start_rounds=routing.cold_start_rounds,
         policy_checked=True,
     )
+
+
+def _bundle_head(live: str, states: dict[str, bytes], escalations: bytes) -> bytes:
+    """`BUNDLE_MAGIC` and the header line: the live router's name, each snapshot's size."""
+    header: dict[str, object] = {"live": live, "sizes": [[name, len(state)] for name, state in states.items()]}
+    if escalations:
+        header["escalations"] = len(escalations)
+    return BUNDLE_MAGIC + json.dumps(header).encode("utf-8") + b"\n"
+
+
+def _bundle(live: str, states: dict[str, bytes], escalations: bytes) -> bytes:
+    """`_bundle_head`, then the snapshots."""
+    return _bundle_head(live, states, escalations) + b"".join(states.values()) + escalations
+
+
+@dataclass(frozen=True, slots=True)
+class Captured:
+    """`PolicySet.capture()`: each router's snapshot tree (arrays copied), `live` None for a lone live router."""
+
+    live: str | None
+    trees: dict[str, Any]
+    escalations: Any | None
+
+    @property
+    def size(self) -> int:
+        """About the bytes `pack()` gives (`state.size_of`)."""
+        return sum(size_of(tree) for tree in self.trees.values()) + size_of(self.escalations)
+
+    def pack(self) -> bytes:
+        """The bytes `PolicySet.snapshot()` gave when this was captured."""
+        steps = self.pack_in_steps()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return bytes(done.value)
+
+    def pack_in_steps(self) -> Generator[None, None, bytes | bytearray]:
+        """`pack()` one `state.WRITE_CHUNK` at a time (`state.pack_in_steps`), returning the bytes (a bundle's in a
+        `bytearray`: copying them into `bytes` would take one more step of 21 MB)."""
+        states: dict[str, bytes] = {}
+        for name, tree in self.trees.items():
+            states[name] = yield from pack_in_steps(tree)
+        if self.live is None:
+            return states[""]
+        escalations = (yield from pack_in_steps(self.escalations)) if self.escalations is not None else b""
+        head = _bundle_head(self.live, states, escalations)
+        out = bytearray(len(head) + sum(len(state) for state in states.values()) + len(escalations))
+        out[: len(head)] = head
+        at = len(head)
+        for piece in (*states.values(), escalations):  # copied a chunk a step: 21 MB at once held the writer
+            view = memoryview(piece)
+            for start in range(0, len(piece), WRITE_CHUNK):
+                chunk = view[start : start + WRITE_CHUNK]
+                out[at : at + len(chunk)] = chunk
+                at += len(chunk)
+                yield
+        return out
 
 
 class PolicySet:
@@ -180,13 +240,16 @@ class PolicySet:
             return self.live.snapshot()
         routers = {self.live_name: self.live, **self.shadows}
         states = {name: router.snapshot() for name, router in routers.items()}
-        header: dict[str, object] = {
-            "live": self.live_name, "sizes": [[name, len(state)] for name, state in states.items()],
-        }
-        escalations = self.escalations.snapshot() if self.escalations else b""
-        if escalations:
-            header["escalations"] = len(escalations)
-        return BUNDLE_MAGIC + json.dumps(header).encode("utf-8") + b"\n" + b"".join(states.values()) + escalations
+        return _bundle(self.live_name, states, self.escalations.snapshot() if self.escalations else b"")
+
+    def capture(self) -> Captured:
+        """`snapshot()` taken now (each router's arrays copied under its lock) and serialised later, on any thread
+        (`Captured.pack`): what a checkpoint saves without holding the writer for `np.savez`."""
+        if not self.shadows and self.live_name == self.settings.routing.policy and not self.escalations:
+            return Captured(None, {"": self.live.capture()}, None)
+        routers = {self.live_name: self.live, **self.shadows}
+        trees = {name: router.capture() for name, router in routers.items()}
+        return Captured(self.live_name, trees, self.escalations.capture() if self.escalations else None)
 
     def restore(self, state: bytes) -> None:
         """Replace every router with the ones in `snapshot()` bytes (nothing changes when they do not load)."""

@@ -265,7 +265,13 @@ def check(
         typer.echo(f"bandit-router check: {note}", err=True)
     report = check_database(db_path)
     if report.error and not report.counts and not as_json:  # nothing opened (a typo'd path): no verdict on it
-        where = "" if db is not None else " (the configured `db`: give the file with --db FILE, or --config FILE)"
+        if db is not None:
+            where = ""
+        elif config is not None and "no such file" in report.error:  # the settings passed: a new deployment's file
+            where = (f" (the settings of {config} are valid; `serve` creates their `db` on its first start; give an "
+                     "existing file with --db FILE)")
+        else:
+            where = " (the configured `db`: give the file with --db FILE, or --config FILE)"
         typer.echo(f"bandit-router check: {report.error}{where}", err=True)
         raise typer.Exit(2)
     if as_json:

@@ -456,7 +456,7 @@ class Engine:
     def _between_batches(self) -> None:
         if not self._sealed:
             try:
-                if self.checkpointer.maybe_checkpoint():
+                if self.checkpointer.step():
                     self.budgets.save(force=True)
             except Exception as exc:  # the log still has everything; try again after the next batch
                 self._say("checkpoint", logging.ERROR, "checkpoint failed: %s", exc, exc_info=exc)

@@ -163,10 +163,22 @@ class WriteTx(Reader, Protocol):
         """Store the feedback judge's calls, each at the next storage position."""
         ...
 
+    def insert_checkpoint_part(self, token: str, n: int, data: bytes) -> None:
+        """Store part `n` (0, 1, …) of a checkpoint's state, which `insert_checkpoint(parts=(token, count))` names
+        once every part is stored: until then no reader sees it."""
+        ...
+
     def insert_checkpoint(
-        self, *, fingerprint: str, seq: int, event_id: int, version: int, sha256: str, state: bytes, keep: int
+        self, *, fingerprint: str, seq: int, event_id: int, version: int, sha256: str, state: bytes, keep: int,
+        parts: tuple[str, int] | None = None,
     ) -> bool:
-        """Store a checkpoint (False when one for the same position exists) and keep the newest `keep`."""
+        """Store a checkpoint (False when one for the same position exists) and keep the newest `keep`, deleting
+        the parts of those pruned and of abandoned saves. With `parts` (token, count) its state is the `count`
+        parts stored under `token` (`state` is then empty): `StoreError` when any is missing."""
+        ...
+
+    def delete_checkpoint_parts(self, token: str) -> None:
+        """Delete the parts of a save given up (no checkpoint names them)."""
         ...
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:

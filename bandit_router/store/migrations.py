@@ -291,6 +291,19 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS judge_calls_decision ON judge_calls (decision_id)",
         ),
     ),
+    Migration(
+        9,
+        "a large checkpoint written in parts over several short transactions (`checkpoint_parts`, 256 KiB each), its "
+        "`checkpoints` row last, whose `state` then names them (`records.parts_marker`)",
+        (
+            "CREATE TABLE IF NOT EXISTS checkpoint_parts (token TEXT NOT NULL, n INTEGER NOT NULL, "
+            "created_at REAL NOT NULL, data BLOB NOT NULL, PRIMARY KEY (token, n))",
+        ),
+        (
+            "CREATE TABLE IF NOT EXISTS checkpoint_parts (token TEXT NOT NULL, n INTEGER NOT NULL, "
+            "created_at DOUBLE PRECISION NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (token, n))",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

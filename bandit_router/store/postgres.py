@@ -72,6 +72,9 @@ from .records import (
     StoreStats,
     UnreadableDecision,
     model_event_from_row,
+    parted_tokens,
+    parts_marker,
+    parts_named,
 )
 from .sqlite import (
     _DECISIONS,
@@ -79,6 +82,7 @@ from .sqlite import (
     _FEEDBACK,
     _FI,
     _JOINED,
+    ABANDONED_AFTER_S,
     CALL_COLUMNS,
     CALLS_WITH_CHAINS,
     CALLS_WITHOUT_CHAINS,
@@ -91,6 +95,10 @@ from .sqlite import (
     JUDGE_TOTALS,
     OTHER_CONFIGURATIONS_KEPT,
     OTHER_CONFIGURATIONS_OLD,
+    PARTED,
+    PARTS_FOUND,
+    PARTS_OF,
+    PARTS_OLDER,
     RETIRED_WITH_FEEDBACK,
     _call_from_row,
     _call_value,
@@ -643,9 +651,21 @@ class _PostgresTx(_SQLiteTx):
         assert row is not None
         return ModelEvent(int(row[0]), after_seq, action, name, spec, now)
 
+    def insert_checkpoint_part(self, token: str, n: int, data: bytes) -> None:
+        self.conn.execute("INSERT INTO checkpoint_parts (token, n, created_at, data) VALUES (%s, %s, %s, %s)",
+                          (token, n, time.time(), data))
+
     def insert_checkpoint(
-        self, *, fingerprint: str, seq: int, event_id: int, version: int, sha256: str, state: bytes, keep: int
+        self, *, fingerprint: str, seq: int, event_id: int, version: int, sha256: str, state: bytes, keep: int,
+        parts: tuple[str, int] | None = None,
     ) -> bool:
+        if parts is not None:
+            found = self._one(PARTS_FOUND.format(mark="%s"), parts[:1])
+            if found is None or int(found[0]) != parts[1]:
+                raise StoreError(f"checkpoint parts missing: {found[0] if found else 0} of {parts[1]} stored "
+                                 "(deleted as abandoned?)")
+            state = parts_marker(*parts)
+        before = parted_tokens(self._rows(PARTED))
         inserted = self._rows(
             "INSERT INTO checkpoints (created_at, fingerprint, seq, event_id, version, sha256, state) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
@@ -657,7 +677,17 @@ class _PostgresTx(_SQLiteTx):
             (fingerprint, fingerprint, keep),
         )
         self.conn.execute(OTHER_CONFIGURATIONS_KEPT.format(mark="%s"), (fingerprint, keep))
+        named = parted_tokens(self._rows(PARTED))
+        old = {r[0] for r in self._rows(PARTS_OLDER.format(mark="%s"), (time.time() - ABANDONED_AFTER_S,))}
+        gone = (before | old) - named
+        if parts is not None and len(inserted) != 1:
+            gone.add(parts[0])  # another process stored this position first
+        if gone:
+            self.conn.execute("DELETE FROM checkpoint_parts WHERE token = ANY(%s)", (sorted(gone),))
         return len(inserted) == 1
+
+    def delete_checkpoint_parts(self, token: str) -> None:
+        self.conn.execute("DELETE FROM checkpoint_parts WHERE token = %s", (token,))
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
         rows = self._rows(
@@ -862,7 +892,12 @@ class _PostgresTx(_SQLiteTx):
 
     def checkpoint_state(self, checkpoint_id: int) -> bytes:
         row = self._one("SELECT state FROM checkpoints WHERE id = %s", (checkpoint_id,))
-        return b"" if row is None else bytes(row[0])
+        if row is None:
+            return b""
+        parts = parts_named(bytes(row[0]))
+        if parts is None:
+            return bytes(row[0])
+        return b"".join(bytes(r[0]) for r in self._rows(PARTS_OF.format(mark="%s"), parts[:1]))
 
     def stats(self) -> StoreStats:
         stats = StoreStats()

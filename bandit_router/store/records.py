@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -301,6 +302,29 @@ def _unreadable_event(event_id: int, action: Any, name: Any, reason: BaseExcepti
             f"without it (skipping it would change the catalog): repair the row, e.g. {repair}; do not delete it "
             "(the checkpoints after it hold its change). See `bandit-router check` and the docs: service → "
             "durability")
+
+
+PARTS_MAGIC = b"BRPARTS1 "
+"""How the `state` of a checkpoint written in parts begins: then its token and its number of parts
+(`checkpoint_parts` rows, migration 9); no snapshot begins so (a zip archive, or a bundle's `BRBUNDLE1`)."""
+
+
+def parts_marker(token: str, count: int) -> bytes:
+    """The `state` of a checkpoint whose bytes are the `count` parts stored under `token`."""
+    return PARTS_MAGIC + f"{token} {count}".encode("ascii")
+
+
+def parts_named(state: bytes) -> tuple[str, int] | None:
+    """(token, count) when `state` is a `parts_marker`, else None (the state itself)."""
+    if not state.startswith(PARTS_MAGIC) or len(state) > 100:
+        return None
+    token, _, count = state[len(PARTS_MAGIC) :].decode("ascii", "replace").partition(" ")
+    return (token, int(count)) if count.isdigit() else None
+
+
+def parted_tokens(rows: Iterable[Sequence[Any]]) -> set[str]:
+    """The tokens the checkpoints' `state`s in `rows` (one column) name (`parts_named`)."""
+    return {named[0] for row in rows if (named := parts_named(bytes(row[0]))) is not None}
 
 
 @dataclass(frozen=True, slots=True)

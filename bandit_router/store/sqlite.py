@@ -68,6 +68,9 @@ from .records import (
     StoreStats,
     UnreadableDecision,
     model_event_from_row,
+    parted_tokens,
+    parts_marker,
+    parts_named,
 )
 from .writelock import WriteLock
 
@@ -686,21 +689,43 @@ class _SQLiteTx:
         assert cursor.lastrowid is not None
         return ModelEvent(int(cursor.lastrowid), after_seq, action, name, spec, now)
 
+    def insert_checkpoint_part(self, token: str, n: int, data: bytes) -> None:
+        self.conn.execute("INSERT INTO checkpoint_parts (token, n, created_at, data) VALUES (?, ?, ?, ?)",
+                          (token, n, time.time(), data))
+
     def insert_checkpoint(
-        self, *, fingerprint: str, seq: int, event_id: int, version: int, sha256: str, state: bytes, keep: int
+        self, *, fingerprint: str, seq: int, event_id: int, version: int, sha256: str, state: bytes, keep: int,
+        parts: tuple[str, int] | None = None,
     ) -> bool:
-        cursor = self.conn.execute(
+        conn = self.conn
+        if parts is not None:
+            found = int(conn.execute(PARTS_FOUND.format(mark="?"), parts[:1]).fetchone()[0])
+            if found != parts[1]:
+                raise StoreError(f"checkpoint parts missing: {found} of {parts[1]} stored (deleted as abandoned?)")
+            state = parts_marker(*parts)
+        before = parted_tokens(conn.execute(PARTED).fetchall())
+        cursor = conn.execute(
             "INSERT OR IGNORE INTO checkpoints (created_at, fingerprint, seq, event_id, version, sha256, state) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (time.time(), fingerprint, seq, event_id, version, sha256, state),
         )
-        self.conn.execute(
+        conn.execute(
             "DELETE FROM checkpoints WHERE fingerprint = ? AND id NOT IN "
             "(SELECT id FROM checkpoints WHERE fingerprint = ? ORDER BY seq DESC, event_id DESC, id DESC LIMIT ?)",
             (fingerprint, fingerprint, keep),
         )
-        self.conn.execute(OTHER_CONFIGURATIONS_KEPT.format(mark="?"), (fingerprint, keep))
+        conn.execute(OTHER_CONFIGURATIONS_KEPT.format(mark="?"), (fingerprint, keep))
+        named = parted_tokens(conn.execute(PARTED).fetchall())
+        old = {r[0] for r in conn.execute(PARTS_OLDER.format(mark="?"), (time.time() - ABANDONED_AFTER_S,))}
+        gone = (before | old) - named
+        if parts is not None and cursor.rowcount != 1:
+            gone.add(parts[0])  # another process stored this position first
+        for token in sorted(gone):
+            conn.execute("DELETE FROM checkpoint_parts WHERE token = ?", (token,))
         return cursor.rowcount == 1
+
+    def delete_checkpoint_parts(self, token: str) -> None:
+        self.conn.execute("DELETE FROM checkpoint_parts WHERE token = ?", (token,))
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
         # By rowid (insertion order), not by an index on created_at: one index fewer on the hot insert path.
@@ -931,7 +956,12 @@ class _SQLiteTx:
 
     def checkpoint_state(self, checkpoint_id: int) -> bytes:
         row = self.conn.execute("SELECT state FROM checkpoints WHERE id = ?", (checkpoint_id,)).fetchone()
-        return b"" if row is None else bytes(row["state"])
+        if row is None:
+            return b""
+        parts = parts_named(bytes(row["state"]))
+        if parts is None:
+            return bytes(row["state"])
+        return b"".join(bytes(r[0]) for r in self.conn.execute(PARTS_OF.format(mark="?"), parts[:1]))
 
     def stats(self) -> StoreStats:
         """Per model: decisions, learned feedbacks, mean quality and reward, spend (of learned feedback); and
@@ -1012,6 +1042,17 @@ OTHER_CONFIGURATIONS_KEPT = (
 running kept them all for good. Not fewer: replicas of two configurations side by side (a canary, a rolling change)
 store checkpoints in turn, and each one's checkpoints are what its starts fall back on and what bounds its own
 retention (`HELD_BY_CHECKPOINTS`)."""
+PARTED = "SELECT state FROM checkpoints WHERE length(state) < 100"
+"""The `state` of every checkpoint that may be written in parts (`parted_tokens` reads their tokens)."""
+PARTS_FOUND = "SELECT COUNT(*) FROM checkpoint_parts WHERE token = {mark}"
+PARTS_OF = "SELECT data FROM checkpoint_parts WHERE token = {mark} ORDER BY n"
+"""A checkpoint's state, written in parts: their bytes in order."""
+PARTS_OLDER = "SELECT DISTINCT token FROM checkpoint_parts WHERE created_at < {mark}"
+"""Parts written before the cutoff (`time.time() - ABANDONED_AFTER_S`): those no checkpoint names are deleted with
+the next checkpoint stored. They are a save that died (`kill -9`, the database gone) before its `checkpoints` row,
+or a checkpoint deleted by hand or by retention. Younger ones may be another process's save under way (its row
+comes last), so they wait."""
+ABANDONED_AFTER_S = 600.0
 OTHER_CONFIGURATIONS_OLD = (
     "DELETE FROM checkpoints WHERE fingerprint <> {mark} AND EXISTS (" + _NEWER.format(what="1") + ") AND NOT EXISTS "
     "(SELECT 1 FROM checkpoints n WHERE n.fingerprint = checkpoints.fingerprint AND n.created_at >= {mark})"

@@ -1,0 +1,218 @@
+"""A large checkpoint is stored in parts, between the writer's batches, and is visible only once complete.
+
+At 100 models the learned state is ~21 MB: packed, hashed and inserted in one transaction of the writer thread, a
+save held every decision's commit (so every `/v1/route` reply) for 0.2–1 s (experiments/scale). Here `PART_BYTES`
+is lowered so that the service's state with the default catalog (800 KB) takes a dozen parts."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from bandit_router.config import Settings
+from bandit_router.dbguard import check_database
+from bandit_router.log import checkpoints, rebuild_router
+from bandit_router.service import create_app
+from bandit_router.service.engine import Engine
+from bandit_router.store import SQLiteStore
+from bandit_router.store.records import parted_tokens
+from bandit_router.store.sqlite import _SQLiteTx
+from tests.old_schema import as_previous_schema
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
+    from fastapi.testclient import TestClient
+
+PART = 64 * 1024
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.client = TestClient(create_app(settings))
+        self.client.__enter__()
+        deadline = time.monotonic() + 10
+        while self.client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    @property
+    def engine(self) -> Engine:
+        engine: Engine = self.client.app.state.engine  # type: ignore[attr-defined]
+        return engine
+
+    def round(self, i: int) -> None:
+        decision = self.client.post("/v1/route", json={"prompt": f"explain item {i} of the list, step by step"})
+        assert decision.status_code == 200, decision.text
+        reply = self.client.post("/v1/feedback", json={"decision_id": decision.json()["decision_id"],
+                                                       "quality": (i * 37 % 100) / 100})
+        assert reply.status_code == 200, reply.text
+
+    def crash(self) -> None:
+        """Stop without the final checkpoint: what `kill -9` leaves (a save under way stays where it was)."""
+        self.engine.stop(checkpoint=False)
+        self.client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]]]:
+    """The checkpoint's parts and rows and the decisions, in the order the writer stores them, with their bytes;
+    `PART_BYTES` lowered to `PART`, and one piece of a save per writer round (`STEP_S` 0)."""
+    monkeypatch.setattr(checkpoints, "PART_BYTES", PART)
+    monkeypatch.setattr(checkpoints, "STEP_S", 0.0)  # one piece a step: decisions commit between any two
+    seen: list[tuple[str, int]] = []
+    part, row, decisions = _SQLiteTx.insert_checkpoint_part, _SQLiteTx.insert_checkpoint, _SQLiteTx.insert_decisions
+
+    def insert_part(self: _SQLiteTx, token: str, n: int, data: bytes) -> None:
+        seen.append(("part", len(data)))
+        part(self, token, n, data)
+
+    def insert_row(self: _SQLiteTx, **kwargs: Any) -> bool:
+        seen.append(("checkpoint", len(kwargs["state"])))
+        return row(self, **kwargs)
+
+    def insert_decisions(self: _SQLiteTx, rows: Any) -> Any:
+        seen.append(("decisions", len(rows)))
+        return decisions(self, rows)
+
+    monkeypatch.setattr(_SQLiteTx, "insert_checkpoint_part", insert_part)
+    monkeypatch.setattr(_SQLiteTx, "insert_checkpoint", insert_row)
+    monkeypatch.setattr(_SQLiteTx, "insert_decisions", insert_decisions)
+    yield seen
+
+
+def _stored(db: Path) -> list[tuple[int, int]]:
+    with sqlite3.connect(db) as conn:
+        return [(int(r[0]), int(r[1])) for r in conn.execute("SELECT seq, length(state) FROM checkpoints ORDER BY seq")]
+
+
+def _tokens(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {str(r[0]) for r in conn.execute("SELECT DISTINCT token FROM checkpoint_parts")}
+
+
+def _named(db: Path) -> set[str]:
+    """The parts' tokens the stored checkpoints name."""
+    with sqlite3.connect(db) as conn:
+        return parted_tokens(conn.execute("SELECT state FROM checkpoints").fetchall())
+
+
+def _parts(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM checkpoint_parts").fetchone()[0])
+
+
+def test_a_large_checkpoint_is_written_in_parts_between_decisions_and_restored(
+    tmp_path: Path, writes: list[tuple[str, int]]
+) -> None:
+    """The state is written one part (at most `PART_BYTES`) per transaction, decisions commit between its parts,
+    its row comes last (its `state` names the parts: no blob), and a restart restores it: the weights equal a
+    replay of the whole log. Before the fix the whole state went in one `insert_checkpoint` of the writer."""
+    settings = Settings(db=tmp_path / "parts.db", seed=5, checkpoint_interval=5)
+    service = Service(settings)
+    i = 0
+    while not any(kind == "checkpoint" for kind, _ in writes):
+        assert i < 200, __import__("collections").Counter(kind for kind, _ in writes)
+        service.round(i)
+        i += 1
+    first = next(n for n, (kind, _) in enumerate(writes) if kind == "part")
+    last = next(n for n, (kind, _) in enumerate(writes) if kind == "checkpoint")
+    parts = [size for kind, size in writes[first:last] if kind == "part"]
+    assert len(parts) >= 5 and max(parts) <= PART  # 800 KB: at least 5 parts, none over PART_BYTES
+    assert writes[last][1] < 100  # the row names the parts
+    assert sum(kind == "decisions" for kind, _ in writes[first:last]) >= 1  # decisions commit during the save
+    seq = _stored(settings.db)[0][0]
+    for j in range(i, i + 3):  # learned after the checkpoint: a restart replays these
+        service.round(j)
+    live = service.engine.router.weights()
+    service.crash()
+
+    restarted = Service(settings)
+    assert restarted.engine.recovery["replayed"] >= 3 and restarted.engine.checkpointer.position[0] == seq
+    assert np.array_equal(restarted.engine.router.weights(), live)
+    store = SQLiteStore(settings.db)
+    try:
+        assert np.array_equal(rebuild_router(settings, store).weights(), live)
+    finally:
+        store.close()
+    restarted.crash()
+    report = check_database(settings.db)  # `bandit-router check` reads it back against its sha256
+    assert report.last_good_checkpoint is not None and report.last_good_checkpoint["seq"] == seq
+
+
+def test_a_save_cut_short_leaves_the_previous_checkpoint_and_its_parts_are_deleted(
+    tmp_path: Path, writes: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that dies between two parts (here: stopped without its final checkpoint while a save is under way,
+    which leaves the database as `kill -9` does: the parts committed so far, no row) leaves the previous checkpoint
+    to restore; the parts no row names are ignored, then deleted by the next checkpoint stored, once older than
+    `ABANDONED_AFTER_S` (another process's save under way may not be deleted: its row comes last)."""
+    settings = Settings(db=tmp_path / "cut.db", seed=6, checkpoint_interval=5)
+    service = Service(settings)
+    i = 0
+    while not _stored(settings.db):
+        assert i < 200
+        service.round(i)
+        i += 1
+    before = len(writes)
+    while not any(kind == "part" for kind, _ in writes[before:]):  # the next save has begun
+        assert i < 400
+        service.round(i)
+        i += 1
+    service.crash()
+    kept = _stored(settings.db)
+    abandoned = _tokens(settings.db) - _named(settings.db)
+    assert len(kept) == 1 and len(abandoned) == 1  # its parts are there, its row is not
+
+    monkeypatch.setattr("bandit_router.store.sqlite.ABANDONED_AFTER_S", 0.0)
+    restarted = Service(settings)
+    assert restarted.engine.checkpointer.position[0] == kept[0][0]  # the previous checkpoint, restored
+    start = len(writes)
+    while sum(kind == "checkpoint" for kind, _ in writes[start:]) < 1:
+        assert i < 600
+        restarted.round(i)
+        i += 1
+    restarted.crash()
+    assert not abandoned & _tokens(settings.db)  # deleted with the checkpoint stored
+    assert restarted.engine.checkpointer.position[0] == _stored(settings.db)[-1][0]
+
+
+def test_an_old_database_is_migrated_and_its_checkpoint_in_one_row_still_restores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database of schema 8 (no `checkpoint_parts`) with a checkpoint in one row: the start migrates it, restores
+    that checkpoint, and the next one is stored in parts and restored in turn."""
+    settings = Settings(db=tmp_path / "old.db", seed=7, checkpoint_interval=5)
+    monkeypatch.setattr(checkpoints, "PART_BYTES", 1 << 30)  # in one row, as schema 8 stored every checkpoint
+    service = Service(settings)
+    i = 0
+    while not _stored(settings.db):
+        assert i < 200
+        service.round(i)
+        i += 1
+    service.crash()
+    old = _stored(settings.db)
+    assert old[0][1] > PART  # in its row
+    as_previous_schema(str(settings.db), "checkpoint_parts", 8)
+
+    monkeypatch.setattr(checkpoints, "PART_BYTES", PART)
+    monkeypatch.setattr(checkpoints, "STEP_S", 0.0)
+    migrated = Service(settings)
+    assert migrated.engine.checkpointer.position[0] == old[0][0]
+    while len(_stored(settings.db)) < 2:
+        assert i < 400
+        migrated.round(i)
+        i += 1
+    live = migrated.engine.router.weights()
+    migrated.crash()
+    assert _stored(settings.db)[-1][1] < 100 and len(_named(settings.db)) == 1
+    again = Service(settings)
+    assert again.engine.checkpointer.position[0] == _stored(settings.db)[-1][0]
+    assert np.array_equal(again.engine.router.weights(), live)
+    again.crash()
