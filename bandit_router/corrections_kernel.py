@@ -111,7 +111,7 @@ def checked(dim: int, seed: int = 12, cases: int = 64) -> bool:
     them at `dim` (the policy's: BLAS `dgemv` takes other paths for other lengths, its blocks and the tail of
     d mod 4, so d 32, 64 and 128 alone say nothing of d = 100) and half at d 32–128, three of those with 64, 256
     and 1,024 models at d 32 (numpy's matmul calls `dgemv` per model, its `einsum` loops over all of them). Once per
-    process and dim (≈ 7 ms at d = 64, 15 ms at 1,024)."""
+    process and dim (≈ 8 ms at d = 64, 14 ms at 1,024: corrections-check-review23perf.txt)."""
     rng = np.random.default_rng(seed)
     for case in range(cases):
         many = case in (1, 3, 5)

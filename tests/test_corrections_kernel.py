@@ -189,7 +189,7 @@ def test_the_check_compares_with_what_predict_computes(monkeypatch: pytest.Monke
 def test_a_context_built_by_hand_is_left_to_numpy_before_numbas_dispatcher(monkeypatch: pytest.MonkeyPatch) -> None:
     """Indices or values of other dtypes in the words namespace (a context built by hand, a caller's own extractor)
     go to numpy without calling the kernel: numba's refusal of the arguments (its TypeError, the message listing
-    every argument's type) cost ≈ 0.3 ms per route, six times the route it meant to speed up."""
+    every argument's type) cost 0.24–0.51 ms per route, five to ten times the route it meant to speed up."""
     context = _contexts(3)[2]
     base, omega, w = _posterior(np.random.default_rng(1), 3, 64, 0.1)
     calls: list[int] = []
