@@ -13,16 +13,17 @@ the same order of operations (no fast-math, no fused multiply-add):
 - clip as `np.minimum` then `np.maximum` (NaN stays NaN); Σ_l for L = 3 as numpy's `einsum("kl,kl->k")` sums three
   products, (p₀ + p₂) + p₁.
 
-Two BLAS builds, and numpy's `einsum` on another CPU, may round otherwise, so `checked()` compares this with the numpy
-formulation on seeded inputs (`_numpy_means`, what `predict` computes) when the policy warms up, and the policy uses
-it only where every value is the same (`tests/test_corrections_kernel.py`). Compiled and cached like
-`argmax_kernel` (its `_jit`: the signature given, `cache=True`); imported by `HierarchicalThompsonPolicy.warm_up`
-only, never by `import bandit_router`.
+Two BLAS builds, and numpy's `einsum` on another CPU, may round otherwise, so `checked(dim)` compares this with
+the numpy formulation `predict` runs otherwise (`hierarchical.q_hat` itself, not a copy) on seeded inputs, at the
+policy's dim among others, when the policy warms up, and the policy uses it only where every value is the same
+(`tests/test_corrections_kernel.py`). Compiled and cached like `argmax_kernel` (its `_jit`: the signature given,
+`cache=True`); imported by `HierarchicalThompsonPolicy.warm_up` only, never by `import bandit_router`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -30,6 +31,7 @@ from numba import types
 
 from .argmax_kernel import _jit
 from .features import dense_vector
+from .policies import hierarchical
 from .types import Context
 
 OK, UNSUPPORTED = 0, 1
@@ -44,6 +46,8 @@ _SIGNATURE = types.int64(
     _F64[0], _F64[1], _F64[2], types.float64[::1], types.float64[::1],  # μ̂ (K), ω (K, L), w (K, L, d); φ, q̂ out
 )  # fmt: skip
 _Sparse = tuple[np.ndarray, np.ndarray]
+_UINT32, _FLOAT32 = np.dtype(np.uint32), np.dtype(np.float32)
+log = logging.getLogger("bandit_router.policies")
 
 
 @_jit(_SIGNATURE)  # type: ignore[arg-type]  # a numba signature object, where `_jit`'s type says str
@@ -91,30 +95,28 @@ def corrected_means(
         return None
     (wi, wv), (li, lv), (mi, mv), (ti, tv), (ci, cv) = features.values()
     phi, mean = np.empty(dim), np.empty(len(base))
-    try:
+    try:  # a context built by hand (int64 indices, float64 values) is refused here: numba's own refusal (its
+        if wi.dtype != _UINT32 or wv.dtype != _FLOAT32:  # TypeError, which types every argument) costs ≈ 0.3 ms
+            return None
         status = corrections(wi, wv, li, lv, mi, mv, ti, tv, ci, cv, base, omega, w, phi, mean)
-    except TypeError:  # not the signature's dtypes (a context built by hand: int64 indices, float64 values)
+    except (TypeError, AttributeError):  # other dtypes or layouts elsewhere (numba's signature), or not arrays
         return None
     return (phi, mean) if status == OK else None
 
 
-def _numpy_means(phi: np.ndarray, base: np.ndarray, omega: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """`HierarchicalThompsonPolicy.predict`'s numpy formulation of q̂ from φ (its `c_einsum` is `np.einsum`'s C
-    routine: the same call)."""
-    corrections_ = w @ phi
-    np.minimum(corrections_, 1.0, out=corrections_)
-    np.maximum(corrections_, -1.0, out=corrections_)
-    return np.asarray(base + np.einsum("kl,kl->k", omega, corrections_, optimize=False))
-
-
 @functools.cache
-def checked(seed: int = 12, cases: int = 64) -> bool:
-    """Whether `corrected_means` gives `dense_vector`'s φ and `_numpy_means`' q̂ bit for bit on `cases` seeded
-    random inputs (1–12 models, d 32–128, words and small namespaces with hash collisions, corrections beyond ±1);
-    once per process (≈ 7 ms)."""
+def checked(dim: int, seed: int = 12, cases: int = 64) -> bool:
+    """Whether `corrected_means` gives `dense_vector`'s φ and `predict`'s q̂ (`q_hat`) bit for bit on `cases` seeded
+    random inputs: words and small namespaces with hash collisions, corrections beyond ±1; 1–12 models, half of
+    them at `dim` (the policy's: BLAS `dgemv` takes other paths for other lengths, its blocks and the tail of
+    d mod 4, so d 32, 64 and 128 alone say nothing of d = 100) and half at d 32–128, three of those with 64, 256
+    and 1,024 models at d 32 (numpy's matmul calls `dgemv` per model, its `einsum` loops over all of them). Once per
+    process and dim (≈ 8 ms at d = 64, 14 ms at 1,024: corrections-check-review23perf.txt)."""
     rng = np.random.default_rng(seed)
     for case in range(cases):
-        k, d = int(rng.integers(1, 13)), int(rng.choice([32, 64, 128]))
+        many = case in (1, 3, 5)
+        k = (64, 256, 1024)[case // 2] if many else int(rng.integers(1, 13))
+        d = dim if case % 2 == 0 else 32 if many else int(rng.choice([32, 64, 128]))
         features = {}
         for ns, most in zip(NAMESPACES, (60, 3, 3, 2, 4), strict=True):
             n = int(rng.integers(0, most))
@@ -126,6 +128,8 @@ def checked(seed: int = 12, cases: int = 64) -> bool:
         found = corrected_means(features, base, omega, w, d)
         phi = dense_vector(context, d)
         if found is None or found[0].tobytes() != phi.tobytes() \
-                or found[1].tobytes() != _numpy_means(phi, base, omega, w).tobytes():
+                or found[1].tobytes() != hierarchical.q_hat(phi, base, omega, w).tobytes():
+            log.warning("the compiled prompt corrections differ from numpy's here (K = %d, d = %d): the default "
+                        "policy computes them in numpy, ≈ 14 µs more per route (performance.md, eighth pass)", k, d)
             return False
     return True

@@ -180,6 +180,15 @@ class HierarchicalParams:
             raise ValueError("mix must be in [0, 0.5] and draws in [16, 65536]")
 
 
+def q_hat(phi: np.ndarray, base: np.ndarray, omega: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """q̂_m(φ) = μ̂_m + Σ_l ω_ml·c_ml(φ), c_ml(φ) = clip(w_ml·φ, −1, 1) (`predict`; `corrections_kernel.checked`'s
+    reference). The clip as two ufuncs in place: np.clip's wrappers cost more than the matmul here (performance.md)."""
+    corrections = w @ phi  # (K, L)
+    np.minimum(corrections, 1.0, out=corrections)
+    np.maximum(corrections, -1.0, out=corrections)
+    return np.asarray(base + c_einsum("kl,kl->k", omega, corrections))
+
+
 class _Arms:
     """The per-model posteriors as arrays with one row per model (so one product scores every model).
 
@@ -305,7 +314,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         if self.params.sampler == "thompson":  # `predict`'s compiled corrections where they equal numpy's here
             exploration.load_kernel()
             from .. import corrections_kernel as kernel
-            self._fused = kernel.corrected_means if kernel.checked() else None
+            self._fused = kernel.corrected_means if kernel.checked(self.params.dim) else None
 
     # -- posteriors -----------------------------------------------------------------------------------------
     def _rows(self, models: Sequence[ModelSpec]) -> np.ndarray:
@@ -333,8 +342,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
 
     def _noise_variance(self, mean: np.ndarray) -> np.ndarray:
         """σ_m² per row (module docstring), given μ̂ per row."""
-        nu = self.params.noise_strength
-        arms = self._arms
+        nu, arms = self.params.noise_strength, self._arms
         if self.params.noise_prior > 0:
             bound = np.full_like(mean, self.params.noise_prior)
         else:
@@ -409,23 +417,16 @@ class HierarchicalThompsonPolicy(BasePolicy):
         """q̂_m(φ) and the posterior sd of the model's mean quality, each shape (len(models),)."""
         base, sd, omega, w = self._posterior_of(models)
         if self._fused is not None and (found := self._fused(context.features, base, omega, w, self.params.dim)):
-            self._phi_of = (context, found[0])  # φ and q̂ in one compiled call: the values below, bit for bit
+            self._phi_of = (context, found[0])  # φ and q̂ in one compiled call: `q_hat`'s values, bit for bit
             return found[1], sd
-        corrections = w @ self._phi(context)  # (K, L)
-        # c_ml(φ) = clip(w·φ, −1, 1) (qualities are in [0, 1]) as two ufuncs in place, the same values bit for bit:
-        # np.clip's Python wrappers cost more than the matmul on this small array (performance.md)
-        np.minimum(corrections, 1.0, out=corrections)
-        np.maximum(corrections, -1.0, out=corrections)
-        mean = base + c_einsum("kl,kl->k", omega, corrections)
-        return mean, sd
+        return q_hat(self._phi(context), base, omega, w), sd
 
     # -- the policy protocol --------------------------------------------------------------------------------
     def pmf(
         self, context: Context, models: Sequence[ModelSpec], penalty: np.ndarray, rng: np.random.Generator
     ) -> np.ndarray:
         mean, sd = self.predict(context, models)
-        p = self.params
-        scaled = self._scaled_sd
+        p, scaled = self.params, self._scaled_sd
         if scaled[0] is not sd:  # s·sd changes with the posterior only (`_posterior_of` caches sd per update)
             scaled = self._scaled_sd = (sd, p.exploration * sd)
         if p.sampler == "ids":
@@ -492,9 +493,7 @@ class HierarchicalThompsonPolicy(BasePolicy):
         if not added or not any(m.name in added for m in models):
             return _no_floors(len(models))
         fresh = np.array([m.name in added for m in models])
-        p = self.params
-        arms = self._arms
-        rows = self._rows(models)
+        p, arms, rows = self.params, self._arms, self._rows(models)
         mean, sd = self.predict(context, models)
         u = sd * np.sqrt(arms.prior_n[rows] / p.prior_variance)
         score = mean - penalty
