@@ -582,3 +582,30 @@ def test_a_shadow_added_at_a_restart_does_not_blank_the_others(make: Callable[..
     assert old["promotable"] == check["ok"] and old["reason"] == check["reason"]
     assert new["name"] == "lints" and new["n"] == 5 and new["value"] is None and new["promotable"] is False
     assert "only 5 of the live policy's recent decisions with feedback logged its pmf" in new["reason"]
+
+
+def test_shadows_count_the_decisions_scored_and_carry_the_evaluations_warnings(make: Callable[..., Any]) -> None:
+    """A restart whose catalog file dropped a model some recent decisions were limited to: the evaluation left those
+    out of every estimate, yet the panel said its estimates were on all of them (`n`: 30 where 24 were scored), and
+    it did not show the evaluation's warnings (here: the decisions left out) that the promotion check carries. `n`
+    is what was scored, `left_out` the rest, and `warnings` the evaluation's own. Found reviewing the dashboard's
+    evidence (session 23)."""
+    from bandit_router.catalog import ModelSpec
+
+    three = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0), ModelSpec("c", 1.0, 2.0))
+    first = make(models=three, shadow_policies=("linucb",))
+    _traffic(first, 24, feedback_every=1)
+    for i in range(6):  # limited to the model about to leave the catalog file
+        reply = first.post("/v1/route", json={"prompt": f"Only c (#{i})", "models": ["c"]})
+        assert reply.status_code == 200 and reply.json()["model"] == "c", reply.text
+        first.post("/v1/feedback", json={"decision_id": reply.json()["decision_id"], "quality": 0.5})
+    first.__exit__(None, None, None)
+    client = make(models=three[:2], shadow_policies=("linucb",))
+    body = client.get("/v1/stats/shadows").json()
+    ShadowsOut.model_validate(body)
+    live, shadow = body["estimates"]
+    assert body["n"] == live["n"] == shadow["n"] == 24 and body["left_out"] == 6, body
+    check = client.app.state.engine.promotion_check("linucb")
+    assert body["warnings"] == check["warnings"], body
+    assert any(w.startswith("6 of the 30 decisions with feedback") for w in body["warnings"]), body
+    assert not live["warnings"]  # the evaluation's notes are not an estimate's overlap warnings

@@ -1197,6 +1197,42 @@ def test_a_focused_promote_button_keeps_the_focus_when_the_shadows_are_drawn_aga
     wait_until(w.page, "() => window.heard > 0", timeout=20)
 
 
+def test_the_shadows_panel_says_what_its_estimates_are_on_and_notes_the_evaluations_warnings(
+        live: tuple[Server, Traffic], watched: Any) -> None:
+    """The panel said its estimates were on every decision given to the evaluation, also those it left out (they
+    allowed only models no policy may route to now), and did not show the evaluation's warnings (default rewards,
+    models no longer routable) that the promotion check carries. The service's reply, given both here: the note
+    counts the left-out decisions apart, and the warnings are a list under it, not marks on the rows."""
+    import json
+
+    server, _ = live
+    warning = "9 of the 12 decisions with feedback have none from a caller: a closed window's default_reward"
+
+    def edited(route: Any) -> None:
+        body = route.fetch().json()
+        body.update(n=102, left_out=18, reason=None, warnings=[warning, "models of the log made `route = false` "
+                                                                        "since: c"])
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    w = watched(viewport={"width": 1200, "height": 1400})
+    w.page.route("**/v1/stats/shadows", edited)
+    w.page.goto(server.url + "/dashboard")
+    _all_panels_ready(w)
+    assert w.page.is_visible("#shadows-evidence")
+    assert w.page.locator("#shadows-warnings li").all_inner_texts() == [
+        warning, "models of the log made `route = false` since: c"]
+    note = w.page.inner_text("#shadows-note")
+    assert note.startswith("Doubly robust estimates on the newest 102 decisions with feedback (of 2000 looked at; "
+                           "18 more with feedback left out: they allowed only models no policy may route to now)"), note
+    assert "⚠" not in w.page.inner_text("#shadows-table") and warning not in w.page.inner_text("#shadows-table")
+    assert _axe_violations(w.page) == []
+    w.page.locator('[data-panel="shadows"]').screenshot(path=str(_artifact("shadows-evidence.png")))
+    w.page.unroute("**/v1/stats/shadows")  # the service's own reply (no warnings here): the note goes
+    w.state("(window.banditDashboard.shadowsAt = null, 0)")
+    wait_until(w.page, "() => document.getElementById('shadows-evidence').hidden", timeout=20)
+    assert "left out" not in w.page.inner_text("#shadows-note")
+
+
 def test_at_400_percent_zoom_the_header_scrolls_away_and_forced_colours_show_the_range(
         live: tuple[Server, Traffic], watched: Any) -> None:
     """1280 × 1024 zoomed 400% is a 320 × 256 viewport: the sticky header (160 px there) hid most of it. Under forced

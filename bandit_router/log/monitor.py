@@ -16,8 +16,9 @@
   (each target against its realised value, per tenant).
 - `shadows()`: each shadow policy's doubly robust estimate (with its confidence interval) against the live
   policy's, on the live policy's decisions with feedback among the newest `SHADOW_DECISIONS` that logged the
-  shadow's pmf (its `n`; the live row: those that logged any), and whether that evidence would allow a promotion
-  (`evaluation.promotion_check`). Recomputed at most every `SHADOW_TTL_S` seconds.
+  shadow's pmf (its `n`; the live row: those that logged any; without those that allowed only models no candidate
+  may route to now: `left_out`), whether that evidence would allow a promotion (`evaluation.promotion_check`), and
+  the evaluation's `warnings` (as the promotion check's). Recomputed at most every `SHADOW_TTL_S` seconds.
 
 Every method blocks (a database read, maybe an evaluation): call it from a thread pool.
 """
@@ -223,7 +224,8 @@ class Monitor:
                 found = self._evaluate_shadows()
             except BanditRouterError as exc:  # e.g. every recent decision allowed only models the catalog no longer has
                 found = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr", "n": 0,
-                         "estimates": [], "reason": f"the shadows could not be evaluated: {exc}"}
+                         "left_out": 0, "warnings": [], "estimates": [],
+                         "reason": f"the shadows could not be evaluated: {exc}"}
             result = {"computed_at": now, **found}
             self._shadow_cache = (since, key, result)
             return result
@@ -233,7 +235,8 @@ class Monitor:
         from ..evaluation.store_log import recent_log
 
         names = list(self.policies.shadows)
-        out: dict[str, Any] = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr"}
+        out: dict[str, Any] = {"live": self.policies.live_name, "window": SHADOW_DECISIONS, "estimator": "dr",
+                               "left_out": 0, "warnings": []}
         if not names:
             return {**out, "n": 0, "estimates": [], "reason": "no shadow policies are configured"}
         live = self.policies.live.policy.name  # what the live router writes into each decision's `policy`
@@ -261,6 +264,7 @@ class Monitor:
             groups.setdefault(tuple(i for i, r in enumerate(records) if name in r.shadow_pmfs), []).append(name)
         shadow_entries: dict[str, dict[str, Any]] = {}
         live_entry: dict[str, Any] | None = None
+        warnings: dict[str, None] = {}  # the evaluations' own (not an estimate's overlap), each once, in order
         for rows, group in groups.items():
             if len(rows) < MIN_SHADOW_EVIDENCE:
                 for name in group:
@@ -273,20 +277,26 @@ class Monitor:
             candidates = ["logged", *(f"shadow:{name}" for name in group)]
             evaluation = evaluate_log([records[i] for i in rows], candidates, models=specs, estimators=("dr",),
                                       baselines=False, seed=0)
+            warnings.update(dict.fromkeys(evaluation.warnings))
             for name in group:
                 check = promotion_check(evaluation, f"shadow:{name}", estimator="dr", live="logged")
-                shadow_entries[name] = {**_entry(evaluation, f"shadow:{name}", name, "shadow", len(rows)),
+                shadow_entries[name] = {**_entry(evaluation, f"shadow:{name}", name, "shadow"),
                                         "promotable": check.ok, "reason": check.reason}
             if len(rows) == len(records):
-                live_entry = _entry(evaluation, "logged", self.policies.live_name, "live", len(rows))
+                live_entry = _entry(evaluation, "logged", self.policies.live_name, "live")
         if live_entry is None:  # no shadow was logged with every one of them
             evaluation = evaluate_log(records, ["logged"], models=specs, estimators=("dr",), baselines=False, seed=0)
-            live_entry = _entry(evaluation, "logged", self.policies.live_name, "live", len(records))
-        return {**out, "estimates": [live_entry, *(shadow_entries[name] for name in names)]}
+            warnings.update(dict.fromkeys(evaluation.warnings))
+            live_entry = _entry(evaluation, "logged", self.policies.live_name, "live")
+        # `n`: the decisions the live estimate is on; those with feedback that allowed only models no candidate may
+        # route to now (`replay.left_out_rows`) are left out of it, and counted apart
+        return {**out, "n": live_entry["n"], "left_out": len(records) - live_entry["n"], "warnings": list(warnings),
+                "estimates": [live_entry, *(shadow_entries[name] for name in names)]}
 
 
-def _entry(evaluation: Evaluation, candidate: str, name: str, role: str, n: int) -> dict[str, Any]:
-    """One row of the shadows panel: `candidate`'s DR estimate in `evaluation`, on `n` decisions."""
+def _entry(evaluation: Evaluation, candidate: str, name: str, role: str) -> dict[str, Any]:
+    """One row of the shadows panel: `candidate`'s DR estimate in `evaluation`, on the decisions it scored
+    (`n_evaluated`: not those left out, that allowed only models no candidate may route to now)."""
     estimate = evaluation.record(candidate, "dr")
     return {
         "name": name,
@@ -298,7 +308,7 @@ def _entry(evaluation: Evaluation, candidate: str, name: str, role: str, n: int)
         "cost_usd": _finite(estimate.cost.value),
         "ess": _finite(estimate.ess),
         "warnings": list(estimate.warnings),
-        "n": n,
+        "n": evaluation.n_evaluated,
     }
 
 

@@ -143,7 +143,8 @@ class ShadowEstimate(BaseModel):
     ess: float | None
     warnings: list[str]
     n: int | None = Field(None, description="the live policy's decisions with feedback it was estimated on: "
-                          "those that logged its pmf (a shadow added at a restart, those since)")
+                          "those that logged its pmf (a shadow added at a restart, those since), without those left "
+                          "out (see `left_out`); a shadow without an estimate: those that logged its pmf")
     promotable: bool | None = None
     reason: str | None = None
 
@@ -153,7 +154,14 @@ class ShadowsOut(BaseModel):
     live: str
     window: int = Field(description="the newest decisions looked at")
     estimator: str
-    n: int = Field(description="decisions of the live policy with feedback that logged a shadow's pmf (the live "
-                   "estimate's; each shadow's own `n` is those that logged its pmf)")
+    n: int = Field(description="decisions of the live policy with feedback that logged a shadow's pmf that the "
+                   "estimates are on (the live estimate's; each shadow's own `n` is those that logged its pmf); "
+                   "without estimates: those that logged a shadow's pmf")
+    left_out: int = Field(description="more such decisions, left out of every estimate: they allowed only models "
+                          "no candidate may route to now (removed from the catalog file, or `route = false` since)")
+    warnings: list[str] = Field(description="the evaluation's warnings about its evidence (e.g. outcomes that are "
+                                "a closed window's `default_reward`, models of the log no longer routable), each "
+                                "once: notes on the data, unlike an estimate's `warnings` (poor overlap: that "
+                                "estimate is not to be trusted)")
     estimates: list[ShadowEstimate]
     reason: str | None = None

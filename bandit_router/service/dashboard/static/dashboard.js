@@ -490,10 +490,23 @@
   }
 
   function drawShadowRows(sh, live) {
+    // `n`: the decisions the estimates are on; `left_out`: more with feedback, left out of every estimate
+    var left = sh.left_out ? "; " + sh.left_out + " more with feedback left out: they allowed only models no " +
+      "policy may route to now" : "";
     var note = sh.reason ? sh.reason + "." :
       "Doubly robust estimates on the newest " + sh.n + " decisions with feedback (of " + sh.window +
-      " looked at), computed " + clock(sh.computed_at) + ".";
+      " looked at" + left + "), computed " + clock(sh.computed_at) + ".";
     $("shadows-note").textContent = note;
+    // the evaluation's notes on its evidence (default rewards, models no longer routable): a note on the panel,
+    // not on a row (an estimate's own overlap warnings are in its promotion reason)
+    var notes = $("shadows-warnings");
+    notes.textContent = "";
+    (sh.warnings || []).forEach(function (w) {
+      var li = document.createElement("li");
+      li.textContent = w;
+      notes.appendChild(li);
+    });
+    $("shadows-evidence").hidden = !notes.childNodes.length;
     var tbody = document.querySelector("#shadows-table tbody");
     if (!sh.estimates.length) {
       var rows = [{ name: live.policy, role: "live" }].concat(live.shadows.map(function (s) { return { name: s, role: "shadow" }; }));
