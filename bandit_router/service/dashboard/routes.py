@@ -53,8 +53,8 @@ def window(
     now: float, range_: str | None, since: float | None, until: float | None, step: int | None
 ) -> Window:
     """The buckets a request asks for: a named `range` (hour, day, week: up to now), or `since` (Unix seconds;
-    negative: seconds before now) to `until` (default now) in buckets of `step` seconds (default: the smallest of
-    `STEPS` that gives at most `DEFAULT_BUCKETS` buckets); neither: the last hour. `range` with `since` or
+    negative: seconds before now, `-0` now) to `until` (default now) in buckets of `step` seconds (default: the
+    smallest of `STEPS` that gives at most `DEFAULT_BUCKETS` buckets); neither: the last hour. `range` with `since` or
     `until`, or `until` without `since`, is refused (422) rather than answered for another window."""
     if range_ is not None and (since is not None or until is not None):
         raise InvalidField("range", "give either `range` or `since` (with `until`), not both")
@@ -68,7 +68,7 @@ def window(
     if since is None:
         return window(now, "hour", None, None, step)
     end = now if until is None else until
-    start = now + since if since < 0 else since
+    start = now + since if math.copysign(1.0, since) < 0 else since  # -0: now (not the epoch, as 0 is)
     if step is None and math.isfinite(start) and math.isfinite(end):
         step = next((s for s in STEPS if (end - start) / s <= DEFAULT_BUCKETS), STEPS[-1])
     return _checked(start, end, step or 60)
@@ -103,7 +103,8 @@ async def stats_timeseries(
     range_: Annotated[Literal["hour", "day", "week"] | None,
                       Query(alias="range", description="the last hour, day or week (default: hour)")] = None,
     since: Annotated[float | None, Query(ge=-MAX_TIME, le=MAX_TIME, allow_inf_nan=False,
-                                         description="Unix seconds; negative: seconds before now")] = None,
+                                         description="Unix seconds; negative: seconds before now "
+                                                     "(`-0`: now)")] = None,
     until: Annotated[float | None, Query(ge=0, le=MAX_TIME, allow_inf_nan=False,
                                          description="Unix seconds (default: now)")] = None,
     step: Annotated[int | None, Query(ge=60, le=7 * 86400, multiple_of=60,
