@@ -617,5 +617,6 @@ def test_shadows_count_the_decisions_scored_and_carry_the_evaluations_warnings(m
     assert body["n"] == live["n"] == shadow["n"] == 24 and body["left_out"] == 6, body
     check = client.app.state.engine.promotion_check("linucb")
     assert body["warnings"] == check["warnings"], body
+    assert (check["n"], check["left_out"]) == (24, 6), check  # the promotion check counts as the panel does
     assert any(w.startswith("6 of the 30 decisions with feedback") for w in body["warnings"]), body
     assert not live["warnings"]  # the evaluation's notes are not an estimate's overlap warnings

@@ -726,7 +726,8 @@ class Engine:
             "estimator": result.estimator,
             "shadow_ci_low": _finite(result.candidate_low),
             "live_value": _finite(result.live_value),
-            "n": len(records),
+            "n": evaluation.n_evaluated,  # as the shadows panel: the decisions scored
+            "left_out": len(records) - evaluation.n_evaluated,  # allowed only models no policy may route to now
             "warnings": list(evaluation.warnings),  # e.g. how many outcomes are a closed window's default_reward
         }
 
