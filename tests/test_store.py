@@ -245,6 +245,39 @@ def test_a_checkpoint_in_parts_is_seen_only_with_its_row_and_its_parts_go_with_i
     assert tokens() == {"d", "e"}
 
 
+def test_parts_a_row_does_not_keep_go_with_it_and_named_parts_are_never_deleted_as_given_up(store: Store) -> None:
+    """A checkpoint in parts stored behind the newest `keep` (another process stored newer ones during its save) is
+    pruned by its own insert: its parts go with it (they stayed until `ABANDONED_AFTER_S` had passed). Parts a row
+    names are not deleted by `delete_checkpoint_parts` (a save given up on `CommitOutcomeUnknown` whose row had
+    committed: deleting them broke the newest checkpoint)."""
+
+    def saved(seq: int, token: str, keep: int = 1) -> bool:
+        with store.write() as tx:
+            tx.insert_checkpoint_part(token, 0, token.encode())
+        with store.write() as tx:
+            return tx.insert_checkpoint(fingerprint="f", seq=seq, event_id=0, version=seq, sha256="x", state=b"",
+                                        keep=keep, parts=(token, 1))
+
+    def tokens() -> set[str]:
+        with store.write() as tx:
+            return {str(r[0]) for r in tx.conn.execute("SELECT DISTINCT token FROM checkpoint_parts")}  # type: ignore[attr-defined]
+
+    assert saved(30, "newer")
+    assert saved(20, "older")  # stored, and pruned at once by keep = 1
+    with store.read() as reader:
+        assert [c.seq for c in reader.checkpoints("f")] == [30]
+    assert tokens() == {"newer"}
+    with store.write() as tx:
+        tx.delete_checkpoint_parts("newer")  # named by the row at 30: kept
+    with store.read() as reader:
+        assert reader.checkpoint_state(reader.checkpoints("f")[0].id) == b"newer"
+    with store.write() as tx:
+        tx.insert_checkpoint_part("given-up", 0, b"x")
+    with store.write() as tx:
+        tx.delete_checkpoint_parts("given-up")
+    assert tokens() == {"newer"}
+
+
 def test_other_configurations_checkpoints_are_pruned_to_keep_then_by_retention_to_their_newest(
     store: Store, router: Router
 ) -> None:

@@ -680,14 +680,15 @@ class _PostgresTx(_SQLiteTx):
         named = parted_tokens(self._rows(PARTED))
         old = {r[0] for r in self._rows(PARTS_OLDER.format(mark="%s"), (time.time() - ABANDONED_AFTER_S,))}
         gone = (before | old) - named
-        if parts is not None and len(inserted) != 1:
-            gone.add(parts[0])  # another process stored this position first
+        if parts is not None and parts[0] not in named:
+            gone.add(parts[0])  # another process stored this position first, or a newer `keep` pruned it at once
         if gone:
             self.conn.execute("DELETE FROM checkpoint_parts WHERE token = ANY(%s)", (sorted(gone),))
         return len(inserted) == 1
 
     def delete_checkpoint_parts(self, token: str) -> None:
-        self.conn.execute("DELETE FROM checkpoint_parts WHERE token = %s", (token,))
+        if token not in parted_tokens(self._rows(PARTED)):  # see `WriteTx.delete_checkpoint_parts`
+            self.conn.execute("DELETE FROM checkpoint_parts WHERE token = %s", (token,))
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
         rows = self._rows(

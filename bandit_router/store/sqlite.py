@@ -718,14 +718,15 @@ class _SQLiteTx:
         named = parted_tokens(conn.execute(PARTED).fetchall())
         old = {r[0] for r in conn.execute(PARTS_OLDER.format(mark="?"), (time.time() - ABANDONED_AFTER_S,))}
         gone = (before | old) - named
-        if parts is not None and cursor.rowcount != 1:
-            gone.add(parts[0])  # another process stored this position first
+        if parts is not None and parts[0] not in named:
+            gone.add(parts[0])  # another process stored this position first, or a newer `keep` pruned it at once
         for token in sorted(gone):
             conn.execute("DELETE FROM checkpoint_parts WHERE token = ?", (token,))
         return cursor.rowcount == 1
 
     def delete_checkpoint_parts(self, token: str) -> None:
-        self.conn.execute("DELETE FROM checkpoint_parts WHERE token = ?", (token,))
+        if token not in parted_tokens(self.conn.execute(PARTED).fetchall()):  # see `WriteTx.delete_checkpoint_parts`
+            self.conn.execute("DELETE FROM checkpoint_parts WHERE token = ?", (token,))
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
         # By rowid (insertion order), not by an index on created_at: one index fewer on the hot insert path.
