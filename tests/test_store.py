@@ -278,6 +278,36 @@ def test_parts_a_row_does_not_keep_go_with_it_and_named_parts_are_never_deleted_
     assert tokens() == {"newer"}
 
 
+def test_postgres_ages_checkpoint_parts_on_the_servers_clock(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas' clocks differ: a part's age is read on the database server's clock. Before, a replica whose clock was
+    an hour ahead deleted another replica's save under way as abandoned with each checkpoint it stored (that save's
+    row then refused: "checkpoint parts missing"), and a replica an hour behind kept abandoned parts an hour more."""
+    import bandit_router.store.postgres as module
+
+    class Skewed:
+        def __init__(self, by: float) -> None:
+            self.by = by
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        def time(self) -> float:
+            return time.time() + self.by
+
+    store = PostgresStore(DatabaseURL(pg_url))
+    store.prepare()
+    try:
+        with store.write() as tx:
+            tx.insert_checkpoint_part("theirs", 0, b"a save under way")
+        monkeypatch.setattr(module, "time", Skewed(3600.0))  # this replica's clock: an hour ahead
+        with store.write() as tx:
+            tx.insert_checkpoint(fingerprint="f", seq=1, event_id=0, version=1, sha256="x", state=b"1", keep=1)
+        with store.read() as reader:
+            assert [r[0] for r in reader._rows("SELECT token FROM checkpoint_parts")] == ["theirs"]  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
 def test_other_configurations_checkpoints_are_pruned_to_keep_then_by_retention_to_their_newest(
     store: Store, router: Router
 ) -> None:

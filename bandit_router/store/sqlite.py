@@ -1052,7 +1052,7 @@ PARTS_OLDER = "SELECT DISTINCT token FROM checkpoint_parts WHERE created_at < {m
 """Parts written before the cutoff (`time.time() - ABANDONED_AFTER_S`): those no checkpoint names are deleted with
 the next checkpoint stored. They are a save that died (`kill -9`, the database gone) before its `checkpoints` row,
 or a checkpoint deleted by hand or by retention. Younger ones may be another process's save under way (its row
-comes last), so they wait."""
+comes last), so they wait. (PostgreSQL reads both times on the server's clock: `postgres.SERVER_NOW`.)"""
 ABANDONED_AFTER_S = 600.0
 OTHER_CONFIGURATIONS_OLD = (
     "DELETE FROM checkpoints WHERE fingerprint <> {mark} AND EXISTS (" + _NEWER.format(what="1") + ") AND NOT EXISTS "
