@@ -6,6 +6,7 @@ is lowered so that the service's state with the default catalog (800 KB) takes a
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 import warnings
@@ -21,7 +22,7 @@ from bandit_router.dbguard import check_database
 from bandit_router.log import checkpoints, rebuild_router
 from bandit_router.service import create_app
 from bandit_router.service.engine import Engine
-from bandit_router.store import SQLiteStore
+from bandit_router.store import CommitOutcomeUnknown, SQLiteStore
 from bandit_router.store.records import parted_tokens
 from bandit_router.store.sqlite import _SQLiteTx
 from tests.old_schema import as_previous_schema
@@ -216,3 +217,62 @@ def test_an_old_database_is_migrated_and_its_checkpoint_in_one_row_still_restore
     assert again.engine.checkpointer.position[0] == _stored(settings.db)[-1][0]
     assert np.array_equal(again.engine.router.weights(), live)
     again.crash()
+
+
+def test_a_row_whose_commit_outcome_was_lost_keeps_its_parts(
+    tmp_path: Path, writes: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint row's COMMIT answered `CommitOutcomeUnknown` (PostgreSQL: the connection lost at COMMIT) but
+    had committed: the save is given up, and its parts stay, since the row names them. Before the fix the give-up
+    deleted them: the newest checkpoint failed its checksum (with `checkpoints_kept = 1`, the only one)."""
+    settings = Settings(db=tmp_path / "lost.db", seed=8, checkpoint_interval=5, checkpoints_kept=1)
+    write, lost = SQLiteStore.write, []
+
+    @contextlib.contextmanager
+    def write_then_lose(self: SQLiteStore) -> Iterator[Any]:
+        before = len(writes)
+        with write(self) as tx:
+            yield tx
+        if not lost and any(kind == "checkpoint" for kind, _ in writes[before:]):
+            lost.append(_stored(settings.db)[-1][0])
+            raise CommitOutcomeUnknown("the connection was lost at COMMIT (committed, as it happens)")
+
+    monkeypatch.setattr(SQLiteStore, "write", write_then_lose)
+    service = Service(settings)
+    i = 0
+    while not lost:
+        assert i < 200
+        service.round(i)
+        i += 1
+    service.crash()
+    assert _named(settings.db) <= _tokens(settings.db)  # the row's parts are there
+    restarted = Service(settings)
+    assert restarted.engine.checkpointer.position[0] == lost[0]  # restored: it passes its checksum
+    restarted.crash()
+
+
+def test_a_stop_during_a_save_the_log_moved_past_saves_the_state_once(
+    tmp_path: Path, writes: list[tuple[str, int]]
+) -> None:
+    """A clean stop while a save is under way whose position the follower has learned past drops it (its parts
+    deleted) and saves the state as it stands, once. Before, the stop wrote the rest of the old save's parts and its
+    row, then all of the new one's (at 100 models, a second 21 MB before the process could exit)."""
+    settings = Settings(db=tmp_path / "stop.db", seed=9, checkpoint_interval=5)
+    service = Service(settings)
+    i = 0
+    while not any(kind == "part" for kind, _ in writes):
+        assert i < 200
+        service.round(i)
+        i += 1
+    service.round(i)  # learned after the capture
+    engine = service.engine
+    assert engine.checkpointer._saving is not None and engine.checkpointer._saving.position != engine.follower.position
+    start = len(writes)
+    engine.stop()
+    service.client.__exit__(None, None, None)
+    after = writes[start:]
+    assert sum(kind == "checkpoint" for kind, _ in after) == 1  # one row: the state as it stands
+    assert len(_tokens(settings.db)) == 1  # the dropped save's parts are deleted
+    restarted = Service(settings)
+    assert restarted.engine.recovery["replayed"] == 0  # the final checkpoint holds everything learned
+    restarted.crash()

@@ -245,6 +245,69 @@ def test_a_checkpoint_in_parts_is_seen_only_with_its_row_and_its_parts_go_with_i
     assert tokens() == {"d", "e"}
 
 
+def test_parts_a_row_does_not_keep_go_with_it_and_named_parts_are_never_deleted_as_given_up(store: Store) -> None:
+    """A checkpoint in parts stored behind the newest `keep` (another process stored newer ones during its save) is
+    pruned by its own insert: its parts go with it (they stayed until `ABANDONED_AFTER_S` had passed). Parts a row
+    names are not deleted by `delete_checkpoint_parts` (a save given up on `CommitOutcomeUnknown` whose row had
+    committed: deleting them broke the newest checkpoint)."""
+
+    def saved(seq: int, token: str, keep: int = 1) -> bool:
+        with store.write() as tx:
+            tx.insert_checkpoint_part(token, 0, token.encode())
+        with store.write() as tx:
+            return tx.insert_checkpoint(fingerprint="f", seq=seq, event_id=0, version=seq, sha256="x", state=b"",
+                                        keep=keep, parts=(token, 1))
+
+    def tokens() -> set[str]:
+        with store.write() as tx:
+            return {str(r[0]) for r in tx.conn.execute("SELECT DISTINCT token FROM checkpoint_parts")}  # type: ignore[attr-defined]
+
+    assert saved(30, "newer")
+    assert saved(20, "older")  # stored, and pruned at once by keep = 1
+    with store.read() as reader:
+        assert [c.seq for c in reader.checkpoints("f")] == [30]
+    assert tokens() == {"newer"}
+    with store.write() as tx:
+        tx.delete_checkpoint_parts("newer")  # named by the row at 30: kept
+    with store.read() as reader:
+        assert reader.checkpoint_state(reader.checkpoints("f")[0].id) == b"newer"
+    with store.write() as tx:
+        tx.insert_checkpoint_part("given-up", 0, b"x")
+    with store.write() as tx:
+        tx.delete_checkpoint_parts("given-up")
+    assert tokens() == {"newer"}
+
+
+def test_postgres_ages_checkpoint_parts_on_the_servers_clock(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replicas' clocks differ: a part's age is read on the database server's clock. Before, a replica whose clock was
+    an hour ahead deleted another replica's save under way as abandoned with each checkpoint it stored (that save's
+    row then refused: "checkpoint parts missing"), and a replica an hour behind kept abandoned parts an hour more."""
+    import bandit_router.store.postgres as module
+
+    class Skewed:
+        def __init__(self, by: float) -> None:
+            self.by = by
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(time, name)
+
+        def time(self) -> float:
+            return time.time() + self.by
+
+    store = PostgresStore(DatabaseURL(pg_url))
+    store.prepare()
+    try:
+        with store.write() as tx:
+            tx.insert_checkpoint_part("theirs", 0, b"a save under way")
+        monkeypatch.setattr(module, "time", Skewed(3600.0))  # this replica's clock: an hour ahead
+        with store.write() as tx:
+            tx.insert_checkpoint(fingerprint="f", seq=1, event_id=0, version=1, sha256="x", state=b"1", keep=1)
+        with store.read() as reader:
+            assert [r[0] for r in reader._rows("SELECT token FROM checkpoint_parts")] == ["theirs"]  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
 def test_other_configurations_checkpoints_are_pruned_to_keep_then_by_retention_to_their_newest(
     store: Store, router: Router
 ) -> None:

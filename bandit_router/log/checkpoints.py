@@ -177,10 +177,16 @@ class Checkpointer:
 
     def maybe_checkpoint(self, *, force: bool = False) -> bool:
         """Store a checkpoint now, in the caller's time, when one is due (`_due`); True when one was stored (or
-        another process had stored this position already). A save under way (`step`) is finished first. Never
-        while the follower skipped a learned feedback whose decision cannot be read (`LogFollower.unreadable`): the
-        state lacks it, and a checkpoint would keep it lacking after the row is repaired."""
+        another process had stored this position already). A save under way (`step`) is finished first, unless
+        `force` finds the follower past its position: it is dropped then, and the state saved once as it stands
+        (the stop wrote the old save's parts, then all of the new one's). Never while the follower skipped a
+        learned feedback whose decision cannot be read (`LogFollower.unreadable`): the state lacks it, and a
+        checkpoint would keep it lacking after the row is repaired."""
         stored = False
+        follower = self.follower
+        if (force and self._saving is not None and self._saving.position != follower.position
+                and not self.withheld and follower.chain_seq == follower.position[0]):
+            self._drop(self._saving)
         if self._saving is not None:
             while self._saving is not None and self._saving.state is None:
                 self._saving.work()
@@ -274,15 +280,19 @@ class Checkpointer:
         self.version, self.position = save.version, save.position
         log.debug("checkpoint at seq %d, policy version %d", save.position[0], save.version)
 
-    def _give_up(self, save: _Save, exc: BaseException | None) -> None:
-        """A save failed: its parts are deleted (else the next save's cleanup takes them after
-        `ABANDONED_AFTER_S`), the promotion it carried is due again, and the next try waits `RETRY_S`."""
+    def _drop(self, save: _Save) -> None:
+        """Leave `save` unfinished: its parts are deleted (else the next save's cleanup takes them after
+        `ABANDONED_AFTER_S`), and the promotion it carried is due again."""
         self._saving = None
-        self._retry_at = time.monotonic() + RETRY_S
         self.follower.promoted = self.follower.promoted or save.promoted
         if save.next_part:
             with contextlib.suppress(StoreError), self.store.write() as tx:
                 tx.delete_checkpoint_parts(save.token)
+
+    def _give_up(self, save: _Save, exc: BaseException | None) -> None:
+        """A save failed: dropped (`_drop`), and the next try waits `RETRY_S`."""
+        self._drop(save)
+        self._retry_at = time.monotonic() + RETRY_S
         if isinstance(exc, StoreError):
             self._failed(exc)
         else:

@@ -174,11 +174,15 @@ class WriteTx(Reader, Protocol):
     ) -> bool:
         """Store a checkpoint (False when one for the same position exists) and keep the newest `keep`, deleting
         the parts of those pruned and of abandoned saves. With `parts` (token, count) its state is the `count`
-        parts stored under `token` (`state` is then empty): `StoreError` when any is missing."""
+        parts stored under `token` (`state` is then empty): `StoreError` when any is missing; its parts are deleted
+        when no row names them after (another process stored this position first, or it is older than the newest
+        `keep`)."""
         ...
 
     def delete_checkpoint_parts(self, token: str) -> None:
-        """Delete the parts of a save given up (no checkpoint names them)."""
+        """Delete the parts of a save given up, unless a checkpoint names them: its row may have committed though
+        the commit raised (`CommitOutcomeUnknown`: the connection lost at COMMIT), and deleting them then broke the
+        newest checkpoint (with `checkpoints_kept = 1` the only one, whose seq retention had already deleted up to)."""
         ...
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:

@@ -550,6 +550,13 @@ class PostgresStore:
             self._pool_open = False
 
 
+SERVER_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"
+"""The database server's Unix time: what a checkpoint part's `created_at` and the cutoff that deletes abandoned
+parts (`ABANDONED_AFTER_S`) are both read on, so that a replica whose clock is ahead by more than that does not delete
+another replica's save under way (its row then refused: "checkpoint parts missing", the save given up), nor one
+behind keep abandoned parts that much longer."""
+
+
 class _PostgresTx(_SQLiteTx):
     """`WriteTx` (and `Reader`) on one PostgreSQL connection inside one transaction. The row decoders and the
     decision row builder are SQLite's (`_SQLiteTx`); every query is rewritten for PostgreSQL here."""
@@ -652,8 +659,8 @@ class _PostgresTx(_SQLiteTx):
         return ModelEvent(int(row[0]), after_seq, action, name, spec, now)
 
     def insert_checkpoint_part(self, token: str, n: int, data: bytes) -> None:
-        self.conn.execute("INSERT INTO checkpoint_parts (token, n, created_at, data) VALUES (%s, %s, %s, %s)",
-                          (token, n, time.time(), data))
+        self.conn.execute("INSERT INTO checkpoint_parts (token, n, created_at, data) VALUES (%s, %s, " + SERVER_NOW
+                          + ", %s)", (token, n, data))  # the server's clock, as the cutoff below: replicas' differ
 
     def insert_checkpoint(
         self, *, fingerprint: str, seq: int, event_id: int, version: int, sha256: str, state: bytes, keep: int,
@@ -678,16 +685,17 @@ class _PostgresTx(_SQLiteTx):
         )
         self.conn.execute(OTHER_CONFIGURATIONS_KEPT.format(mark="%s"), (fingerprint, keep))
         named = parted_tokens(self._rows(PARTED))
-        old = {r[0] for r in self._rows(PARTS_OLDER.format(mark="%s"), (time.time() - ABANDONED_AFTER_S,))}
+        old = {r[0] for r in self._rows(PARTS_OLDER.format(mark=SERVER_NOW + " - %s"), (ABANDONED_AFTER_S,))}
         gone = (before | old) - named
-        if parts is not None and len(inserted) != 1:
-            gone.add(parts[0])  # another process stored this position first
+        if parts is not None and parts[0] not in named:
+            gone.add(parts[0])  # another process stored this position first, or a newer `keep` pruned it at once
         if gone:
             self.conn.execute("DELETE FROM checkpoint_parts WHERE token = ANY(%s)", (sorted(gone),))
         return len(inserted) == 1
 
     def delete_checkpoint_parts(self, token: str) -> None:
-        self.conn.execute("DELETE FROM checkpoint_parts WHERE token = %s", (token,))
+        if token not in parted_tokens(self._rows(PARTED)):  # see `WriteTx.delete_checkpoint_parts`
+            self.conn.execute("DELETE FROM checkpoint_parts WHERE token = %s", (token,))
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
         rows = self._rows(

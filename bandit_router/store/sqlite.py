@@ -718,14 +718,15 @@ class _SQLiteTx:
         named = parted_tokens(conn.execute(PARTED).fetchall())
         old = {r[0] for r in conn.execute(PARTS_OLDER.format(mark="?"), (time.time() - ABANDONED_AFTER_S,))}
         gone = (before | old) - named
-        if parts is not None and cursor.rowcount != 1:
-            gone.add(parts[0])  # another process stored this position first
+        if parts is not None and parts[0] not in named:
+            gone.add(parts[0])  # another process stored this position first, or a newer `keep` pruned it at once
         for token in sorted(gone):
             conn.execute("DELETE FROM checkpoint_parts WHERE token = ?", (token,))
         return cursor.rowcount == 1
 
     def delete_checkpoint_parts(self, token: str) -> None:
-        self.conn.execute("DELETE FROM checkpoint_parts WHERE token = ?", (token,))
+        if token not in parted_tokens(self.conn.execute(PARTED).fetchall()):  # see `WriteTx.delete_checkpoint_parts`
+            self.conn.execute("DELETE FROM checkpoint_parts WHERE token = ?", (token,))
 
     def decisions_closing(self, after: int, until: float, limit: int) -> tuple[list[DecisionInfo], int]:
         # By rowid (insertion order), not by an index on created_at: one index fewer on the hot insert path.
@@ -1051,7 +1052,7 @@ PARTS_OLDER = "SELECT DISTINCT token FROM checkpoint_parts WHERE created_at < {m
 """Parts written before the cutoff (`time.time() - ABANDONED_AFTER_S`): those no checkpoint names are deleted with
 the next checkpoint stored. They are a save that died (`kill -9`, the database gone) before its `checkpoints` row,
 or a checkpoint deleted by hand or by retention. Younger ones may be another process's save under way (its row
-comes last), so they wait."""
+comes last), so they wait. (PostgreSQL reads both times on the server's clock: `postgres.SERVER_NOW`.)"""
 ABANDONED_AFTER_S = 600.0
 OTHER_CONFIGURATIONS_OLD = (
     "DELETE FROM checkpoints WHERE fingerprint <> {mark} AND EXISTS (" + _NEWER.format(what="1") + ") AND NOT EXISTS "
