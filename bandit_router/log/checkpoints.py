@@ -195,9 +195,7 @@ class Checkpointer:
         due = self._due(force)
         if due is None:
             return stored
-        captured = self.follower.policies.capture()
-        save = _Save(*due, captured, promoted=self.follower.promoted)
-        self.follower.promoted = False
+        save, captured = self._begin(due)
         if captured.size < PART_BYTES:
             return self._store_inline(save, captured) or stored
         while save.state is None:  # here, all at once: the caller waits anyway
@@ -207,6 +205,14 @@ class Checkpointer:
             if self._advance(save):
                 return True
         return stored
+
+    def _begin(self, due: tuple[tuple[int, int], int]) -> tuple[_Save, Captured]:
+        """A save of the state at `due` (its log position and version), its arrays captured now under the routers'
+        locks; the promotion flag goes with it."""
+        captured = self.follower.policies.capture()
+        save = _Save(*due, captured, promoted=self.follower.promoted)
+        self.follower.promoted = False
+        return save, captured
 
     def step(self) -> bool:
         """Between the writer's batches: start a due checkpoint, or take its next step; True when one was stored.
@@ -221,9 +227,7 @@ class Checkpointer:
             due = self._due(False)
             if due is None:
                 return False
-            captured = self.follower.policies.capture()
-            save = _Save(*due, captured, promoted=self.follower.promoted)
-            self.follower.promoted = False
+            save, captured = self._begin(due)
             if captured.size < PART_BYTES:
                 return self._store_inline(save, captured)
             self._saving = save
