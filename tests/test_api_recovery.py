@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from service_client import start_client
 
 from bandit_router.config import Settings
 from bandit_router.log import rebuild_router
@@ -41,12 +42,7 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.client = TestClient(create_app(settings))
-        self.client.__enter__()
-        deadline = time.monotonic() + 10
-        while self.client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        self.client = start_client(settings)
 
     @property
     def engine(self) -> Engine:

@@ -8,40 +8,29 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from service_client import start_client
 
 from bandit_router.config import Settings
 from bandit_router.dbguard import check_database
 from bandit_router.log import checkpoints, rebuild_router
-from bandit_router.service import create_app
 from bandit_router.service.engine import Engine
 from bandit_router.store import CommitOutcomeUnknown, SQLiteStore
 from bandit_router.store.records import parted_tokens
 from bandit_router.store.sqlite import _SQLiteTx
 from tests.old_schema import as_previous_schema
 
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*install `httpx2`.*")
-    from fastapi.testclient import TestClient
-
 PART = 64 * 1024
 
 
 class Service:
     def __init__(self, settings: Settings) -> None:
-        self.client = TestClient(create_app(settings))
-        self.client.__enter__()
-        deadline = time.monotonic() + 10
-        while self.client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        self.client = start_client(settings)
 
     @property
     def engine(self) -> Engine:
