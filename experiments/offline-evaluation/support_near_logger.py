@@ -15,6 +15,8 @@ Run: nice .venv/bin/python experiments/offline-evaluation/support_near_logger.py
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
 from bandit_router.evaluation import SNIPS
@@ -29,6 +31,7 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()  # no options: --help
     rng = np.random.default_rng(7)
     expected = rng.uniform(0.1, 0.9, size=(CONTEXTS, ACTIONS))
     scores = rng.normal(size=(CONTEXTS, ACTIONS)) / 0.35
