@@ -16,6 +16,7 @@ restart still writes everything; only a crash of the machine would lose data, an
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -136,12 +137,18 @@ class PgServer:
     def pause(self) -> None:
         """Freeze every server process (SIGSTOP): connections stay open and the kernel still accepts and
         acknowledges, but nothing answers, as a hung server or a stalled disk would; `resume()` thaws them."""
-        for pid in self._processes():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
 
     def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: int) -> None:
+        """`signum` to every server process; one that exited since it was listed is passed by (a child forked after
+        `pgrep` listed the others and before the postmaster stopped is never frozen, and may exit meanwhile: an
+        autovacuum worker; `resume` failed on such a one once, a fresh-clone CI)."""
         for pid in self._processes():
-            os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def restart(self, down_s: float = 0.0) -> None:
         """Stop, stay down `down_s` seconds, start again."""
