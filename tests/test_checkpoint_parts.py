@@ -50,6 +50,16 @@ class Service:
         self.client.__exit__(None, None, None)
 
 
+def _until_a_checkpoint(service: Service, db: Path) -> int:
+    """Rounds until a checkpoint is stored (at most 200); how many ran."""
+    i = 0
+    while not _stored(db):
+        assert i < 200
+        service.round(i)
+        i += 1
+    return i
+
+
 @pytest.fixture
 def writes(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, int]]]:
     """The checkpoint's parts and rows and the decisions, in the order the writer stores them, with their bytes;
@@ -145,11 +155,7 @@ def test_a_save_cut_short_leaves_the_previous_checkpoint_and_its_parts_are_delet
     `ABANDONED_AFTER_S` (another process's save under way may not be deleted: its row comes last)."""
     settings = Settings(db=tmp_path / "cut.db", seed=6, checkpoint_interval=5)
     service = Service(settings)
-    i = 0
-    while not _stored(settings.db):
-        assert i < 200
-        service.round(i)
-        i += 1
+    i = _until_a_checkpoint(service, settings.db)
     before = len(writes)
     while not any(kind == "part" for kind, _ in writes[before:]):  # the next save has begun
         assert i < 400
@@ -181,11 +187,7 @@ def test_an_old_database_is_migrated_and_its_checkpoint_in_one_row_still_restore
     settings = Settings(db=tmp_path / "old.db", seed=7, checkpoint_interval=5)
     monkeypatch.setattr(checkpoints, "PART_BYTES", 1 << 30)  # in one row, as schema 8 stored every checkpoint
     service = Service(settings)
-    i = 0
-    while not _stored(settings.db):
-        assert i < 200
-        service.round(i)
-        i += 1
+    i = _until_a_checkpoint(service, settings.db)
     service.crash()
     old = _stored(settings.db)
     assert old[0][1] > PART  # in its row

@@ -356,17 +356,22 @@ def test_overlap_warnings_for_a_candidate_the_logger_never_tried(world: Syntheti
     assert not ev.record("fixed:gpt-4o-mini", "ips").warnings
 
 
+def _long_tail_log(n: int = 200, k: int = 100) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A logger over `k` models, 0.5 and 0.48 on two and 2% spread over the other k − 2 (≈ 0.0002 each): the tail's
+    probability, the logger's pmfs (n, k), its `n` seeded actions and their probabilities."""
+    rng = np.random.default_rng(0)
+    tail = np.full(k - 2, 0.02 / (k - 2))
+    logged = np.tile(np.concatenate([[0.5, 0.48], tail]), (n, 1))
+    actions = rng.choice(k, size=n, p=logged[0])
+    return tail, logged, actions, logged[np.arange(n), actions]
+
+
 def test_the_logged_policy_on_a_long_tail_of_tiny_probabilities_raises_no_support_warning() -> None:
     """A logger over 100 models puts < 0.001 on most of them (2% of its mass here): evaluated against itself every
     weight is 1 and nothing is unseen, yet `logged` was flagged "support violation" (found evaluating the scale
     experiment's 100-model log: "No candidate's estimate can be trusted"). A candidate that puts more than the
     logger there still is."""
-    n, k = 200, 100
-    rng = np.random.default_rng(0)
-    tail = np.full(k - 2, 0.02 / (k - 2))  # 98 models at ≈ 0.0002 each
-    logged = np.tile(np.concatenate([[0.5, 0.48], tail]), (n, 1))
-    actions = rng.choice(k, size=n, p=logged[0])
-    probability = logged[np.arange(n), actions]
+    tail, logged, actions, probability = _long_tail_log()
     own = overlap(actions, probability, logged, logged.copy())
     assert own.unsupported_mass == 0.0 and own.trusted, own.warnings
     more = logged.copy()
@@ -380,18 +385,13 @@ def test_a_candidate_close_to_the_logger_on_its_long_tail_raises_no_support_warn
     as the logger itself) was warned of "support violation: 2.0%", a shadow or a retrained copy of the live policy
     on a 100-model catalog too. Only the excess over the logger counts; a candidate that really goes where the logger
     does not (deterministic there, or 0.5 on a model logged at 0.0002) is still warned of."""
-    n, k = 200, 100
-    rng = np.random.default_rng(0)
-    tail = np.full(k - 2, 0.02 / (k - 2))  # 98 models at ≈ 0.0002 each
-    logged = np.tile(np.concatenate([[0.5, 0.48], tail]), (n, 1))
-    actions = rng.choice(k, size=n, p=logged[0])
-    probability = logged[np.arange(n), actions]
+    tail, logged, actions, probability = _long_tail_log()
     close = logged.copy()
     close[:, 2:] *= 1.01
     close[:, 0] -= 0.01 * 0.02  # the 0.0002 the tail gained
     near = overlap(actions, probability, logged, close)
     assert near.unsupported_mass == pytest.approx(0.0002) and near.trusted, near.warnings
-    deterministic = np.zeros((n, k))
+    deterministic = np.zeros_like(logged)
     deterministic[:, 2] = 1.0
     far = overlap(actions, probability, logged, deterministic)
     assert far.unsupported_mass == pytest.approx(1.0 - tail[0])
