@@ -186,7 +186,7 @@ def _noting_models(records: Iterator[LoggedRecord], seen: set[str], *, unlabeled
 
 def _scope_words(scope: Scope) -> str:
     """The scope, as `evaluate`'s first line says it: one live policy's decisions "alone", or the whole scope."""
-    if scope == Scope(scope.policy):
+    if scope.policy_only:
         return "" if scope.policy is None else f"; live policy {scope.policy!r} alone"
     return f"; those in the scope: {scope.describe()}"
 

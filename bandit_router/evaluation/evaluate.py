@@ -409,7 +409,7 @@ def default_reward_warnings(logged: Sequence[LoggedRecord], scope: Scope | str |
         return []
     low, high = min(imputed), max(imputed)
     quality = f"{low:g}" if low == high else f"{low:g} to {high:g}"
-    whose = "" if scope.everything else f" of {scope.policy!r}" if scope == Scope(scope.policy) else \
+    whose = "" if scope.everything else f" of {scope.policy!r}" if scope.policy_only else \
         f" in the scope ({scope.describe()})"
     return [f"{len(imputed)} of the {len(logged)} decisions{whose} with feedback have none from a caller: their reward "
             f"window closed and the service learned its default_reward (quality {quality}) for them, as the policy "
@@ -488,7 +488,7 @@ def _by_estimators(p: _Prepared, config: EvaluationConfig) -> tuple[list[Estimat
     scope = config.scope
     if n_eval == 0 and not scope.everything and config.mode == "frozen":
         n_scope = sum(scope.holds(r) for r in p.logged)
-        whose = f"policy {scope.policy!r}: none of its" if scope == Scope(scope.policy) else \
+        whose = f"policy {scope.policy!r}: none of its" if scope.policy_only else \
             f"scope ({scope.describe()}): none of its"
         raise InvalidInput(f"{whose} {n_scope} decisions with feedback is in the part of the log the frozen mode "
                            f"evaluates (the last {1 - config.train_fraction:.0%}): evaluate a policy live before a "

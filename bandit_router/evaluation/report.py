@@ -135,7 +135,7 @@ def _of_policy(evaluation: Evaluation) -> str:
     time range's, a tenant's."""
     s = evaluation.settings
     scope = Scope(s.get("policy"), s.get("since"), s.get("until"), s.get("tenant"))
-    if scope == Scope(scope.policy):
+    if scope.policy_only:
         return f"; the decisions of the live policy {scope.policy!r} alone" if scope.policy else ""
     return f"; the decisions in the scope: {scope.describe()}"
 

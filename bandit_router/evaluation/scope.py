@@ -113,6 +113,11 @@ class Scope:
         """True when every decision is in the scope."""
         return self.policy is None and self.since is None and self.until is None and self.tenant is None
 
+    @property
+    def policy_only(self) -> bool:
+        """True when no field but `policy` is set (`--policy` alone, or nothing): messages then name the policy."""
+        return self.since is None and self.until is None and self.tenant is None
+
     def holds(self, record: LoggedRecord) -> bool:
         """Whether `record`'s decision is in the scope."""
         d = record.decision
@@ -145,7 +150,7 @@ class Scope:
         """Why no decision of `logged` (with feedback) is in the scope: what the log holds of each field set."""
         counts = Counter(r.decision.policy for r in logged)
         policies = ", ".join(f"{name} ({n})" for name, n in counts.most_common(8))
-        if self == Scope(self.policy):
+        if self.policy_only:
             return (f"policy {self.policy!r}: none of the {len(logged)} decisions with feedback was made by that "
                     f"policy; theirs: {policies}")
         what = [f"none of the {len(logged)} decisions with feedback is in the scope ({self.describe()})"]
