@@ -929,10 +929,14 @@ def test_times_follow_the_browsers_time_zone_and_locale_and_older_decisions_show
         splits, labels = w.state("[0, 1].map(i => [window.banditDashboard.charts['chart-traffic'].axes[0]._splits, "
                                  "window.banditDashboard.charts['chart-traffic'].axes[0]._values][i])")
         assert len(splits) == len(labels) >= 3, labels
+        previous_day = None
         for t, label in zip(splits, labels, strict=True):
             local = datetime.fromtimestamp(t, zone)
-            assert re.fullmatch(r"\d{2}:\d{2}(\n.+)?", label), labels  # 24-hour, no am/pm
-            assert label[:5] == f"{local.hour:02d}:{local.minute:02d}", (labels, local)
+            assert ("\n" in label) == (local.date() != previous_day), labels  # the day where it starts (or first)
+            previous_day = local.date()
+            shown_time = re.fullmatch(r"(\d{1,2}):(\d{2})(\n.+)?", label)  # 24-hour, no am/pm; "0:10" in German
+            assert shown_time, labels
+            assert (int(shown_time[1]), int(shown_time[2])) == (local.hour, local.minute), (labels, local)
         assert "\n" in labels[0] and str(datetime.fromtimestamp(splits[0], zone).day) in labels[0].split("\n")[1]
         box = w.page.locator("#chart-traffic .u-over").bounding_box()
         w.page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] / 2)  # the legend shows the moment
