@@ -134,7 +134,8 @@ def _is_loopback_cached(host: str) -> bool:
 class ServiceMiddleware:
     """A pure ASGI layer in front of every route: a request with two `Host` headers refused (400), the `Host`
     check of a loopback-bound service (421), the body size limit (413), and HTTP replies counted by route and
-    status code."""
+    status code, when the reply's status goes out (before any of its bytes: a scrape the client makes after the
+    reply, on any worker, counts it), or as a 500 when the app ends without starting one."""
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, hosts: HostPolicy | None = None) -> None:
         self.app = app
@@ -145,13 +146,20 @@ class ServiceMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        counted = False
         limit = self.max_body_bytes
 
+        def count(status: int) -> None:
+            nonlocal counted
+            counted = True
+            metrics: Metrics | None = getattr(scope["app"].state, "metrics", None) if "app" in scope else None
+            if metrics is not None:
+                route = scope.get("route")
+                metrics.request(getattr(route, "path", "other"), status)
+
         async def counting_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            if message["type"] == "http.response.start" and not counted:
+                count(message["status"])
             await send(message)
 
         length = None
@@ -188,10 +196,8 @@ class ServiceMiddleware:
                 receive = _limited(receive, limit)
             await self.app(scope, receive, counting_send)
         finally:
-            metrics: Metrics | None = getattr(scope["app"].state, "metrics", None) if "app" in scope else None
-            if metrics is not None:
-                route = scope.get("route")
-                metrics.request(getattr(route, "path", "other"), status)
+            if not counted:
+                count(500)
 
 
 def on_gateway_path(path: str) -> bool:

@@ -76,10 +76,10 @@ class HotPaths:
         except Exception as exc:  # what FastAPI's exception handlers would answer (`errors.install`)
             await errors.to_response(exc)(scope, receive, send)
             return
+        if path == ROUTE:  # before the reply leaves, as `ServiceMiddleware` counts it: a later scrape has it
+            services.metrics.route_latency.observe(time.perf_counter() - started)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": reply})
-        if path == ROUTE:
-            services.metrics.route_latency.observe(time.perf_counter() - started)
 
 
 async def _read_body(receive: Receive) -> bytes:
