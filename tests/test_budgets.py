@@ -193,6 +193,8 @@ def test_parse_target(text: str, expected: object) -> None:
         ("spend_usd=200/1e-300s", "period must be at least 0.001 s"),
         ("spend_usd=200/0.0005", "period must be at least 0.001 s"),
         ("spend_usd=200/1y", "period .1y. must be seconds or a number with s, m, h, d or w"),
+        # read as 4,000 USD a minute (units were case-blind), a monthly budget that never binds
+        ("spend_usd=4000/1M", r"period '1M': M is ambiguous .* m for minutes, 30d for a month"),
         ("share:gpt-4o=1.5", r"must be in \[0, 1\]"),
         ("share:gpt-4o=150%", r"must be in \[0, 1\]"),
         ("share:=0.3", "expected share:"),
@@ -1014,6 +1016,29 @@ def test_a_spend_report_before_the_first_request_names_no_period() -> None:
     pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=5/1d"]), clock=lambda: 1_000_000.0)
     target = pacer.report()["global"]["targets"][0]
     assert target["period_start"] is None and target["period_end"] is None
+
+
+def test_a_spend_report_after_its_period_ended_reads_the_new_period() -> None:
+    """A day's budget spent, then no request after midnight: the report (`GET /v1/budgets`, the dashboard, the
+    metrics) still read yesterday: its spend as this period's, `exhausted` and `holds: false`, yesterday's bounds,
+    until the next request rolled the period. It reads the period of the clock, as the next request will find it,
+    without changing the pacer's state."""
+    midnight = 1_000_080_000.0  # a multiple of 86400
+    clock = Clock(midnight - 600)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=1/1d", "@acme:spend_usd=0.5/1d"]), clock=clock)
+    context = Router(MODELS, "vw-squarecb", seed=0).featurize(Request(prompt="hi", context={"tenant": "acme"}))
+    pacer.observe(_decision(context, "large", cost=1.5), None)
+    assert pacer.report()["global"]["exhausted"] is True
+    saved = pacer.state()
+    clock.t = midnight + 60
+    report = pacer.report()
+    for scope, budget in ((report["global"], 1.0), (report["tenants"]["acme"], 0.5)):
+        assert scope["exhausted"] is False
+        day = scope["targets"][0]
+        assert (day["period_start"], day["period_end"]) == (midnight, midnight + 86400)
+        assert day["realized"] == 0.0 and day["holds"] is True and day["exhausted"] is False
+        assert day["limit_usd"] == budget and day["plan_usd"] == pytest.approx(budget * 60 / 86400)
+    assert pacer.state() == saved  # reading moved nothing
 
 
 def test_a_spend_period_entered_while_the_clock_ran_ahead_gives_way_once_it_is_set_back() -> None:

@@ -183,12 +183,13 @@ class _Scope:
         return {key: copy.deepcopy(state["targets"][key]) for key in state["targets"] if key in unknown}
 
     def report(self, now: float, cost_weight: float | None) -> dict[str, Any]:
+        controls = [c.at(now) for c in self.controls.values()]  # a period that ended: the next one, as it will be
         return {
             "requests": self.requests,
             "spend_usd": self.spend_usd,
             "cost_weight": cost_weight,
-            "exhausted": any(c.exhausted() for c in self.controls.values()),
-            "targets": [c.report(now) for c in self.controls.values()],
+            "exhausted": any(c.exhausted() for c in controls),
+            "targets": [c.report(now) for c in controls],
         }
 
 
@@ -225,6 +226,11 @@ class _Control:
 
     def roll(self, now: float) -> None:
         """Start a new period when `now` is past the current one."""
+
+    def at(self, now: float) -> _Control:
+        """This control as a request at `now` finds it (a spend period that ended: the next one), leaving it as it
+        is: what a report reads."""
+        return self
 
     def cost_weight(self) -> float | None:
         """This target's λ, or None when it is not a cost target (or has not started)."""
@@ -416,6 +422,12 @@ class _SpendControl(_CostControl):
 
     def period_start(self) -> float:
         return (self.period or 0) * self.target.period_s
+
+    def at(self, now: float) -> _Control:
+        view = copy.copy(self)  # its attributes are numbers: rolling the copy leaves this one as it is
+        if view.period is not None:
+            view.roll(now)
+        return view
 
     def roll(self, now: float) -> None:
         """A new period when `now` is past the current one. A period entered under a clock that ran ahead (set back
