@@ -109,6 +109,7 @@ class Router:
         self.cost_model = cost_model or CostModel()
         self.cold_start_rounds = cold_start_rounds
         self.cold_start_floor = cold_start_floor
+        self._pacer: Pacer | None = None
         self.pacer = pacer
         self.seed = seed
         self._rng, self._now = np.random.default_rng(seed), SeededDraws(0)  # `pmf_now` draws from `_now`
@@ -140,6 +141,24 @@ class Router:
             return retired
         raise UnknownModel(f"unknown model {quoted([name], [*(m.name for m in self._models), *self._retired])}")
 
+    @property
+    def pacer(self) -> Pacer | None:
+        """The budget pacer consulted on every decision (None: no budgets)."""
+        return self._pacer
+
+    @pacer.setter
+    def pacer(self, pacer: Pacer | None) -> None:
+        """Set, it learns the tags of every model held, retired ones too (`_tell_pacer`)."""
+        self._pacer = pacer
+        self._tell_pacer([*self._models, *self._retired.values()])
+
+    def _tell_pacer(self, specs: Sequence[ModelSpec]) -> None:
+        """Give the pacer the models' tags (`BudgetPacer.know_models`): it books decisions it never priced (read
+        from the log, a model the caller named, a named router's answer), and a tag share must count them."""
+        know = getattr(self._pacer, "know_models", None)
+        if know is not None:
+            know(specs)
+
     def add_model(self, spec: ModelSpec) -> None:
         """Make `spec` routable now. It starts cold (explored at once) and, for policies with model features
         or priors, from what models of the same family or tier taught."""
@@ -154,6 +173,7 @@ class Router:
             self._retired.pop(spec.name, None)
             self._models.append(spec)
             self._routable = None
+            self._tell_pacer([spec])
 
     def retire_model(self, name: str) -> ModelSpec:
         """Stop routing to `name`. Feedback for its past decisions is still learned."""

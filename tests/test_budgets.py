@@ -1041,6 +1041,27 @@ def test_a_spend_report_after_its_period_ended_reads_the_new_period() -> None:
     assert pacer.state() == saved  # reading moved nothing
 
 
+def test_a_tag_share_counts_decisions_of_models_the_pacer_never_priced() -> None:
+    """The pacer learnt a model's tags only when it priced a request offering it, so a decision it booked without
+    that (another process's, read from the log by a worker that had served nothing yet or after a restart; a model
+    the caller named; a named router's answer) counted as a request but not as a hit of `share:tag:tier=large`:
+    realised 0 where every decision went to `large`, and μ fell. The router tells its pacer every model's tags:
+    those it holds when the pacer is given or attached, and each model added later."""
+    config = BudgetConfig.from_strings(["share:tag:tier=large=0.3"])
+    context = Router(MODELS, "vw-squarecb", seed=0).featurize(Request(prompt="hi"))
+    given = BudgetPacer(config, clock=Clock(10.0))
+    Router(MODELS, "vw-squarecb", seed=1, pacer=given)
+    attached = BudgetPacer(config, clock=Clock(10.0))
+    router = Router(MODELS[:2], "vw-squarecb", seed=2)
+    router.pacer = attached  # as the service's start attaches it
+    router.add_model(MODELS[2])  # POST /v1/models, or another process's, followed
+    for pacer in (given, attached):
+        pacer.observe(_decision(context, "large", cost=0.01), None)
+        share = target_report(pacer.report(), "share:tag:tier=large=0.3")
+        assert share["realized"] == 1.0 and share["holds"] is False
+        assert share["multiplier"] == pytest.approx(0.02 * 0.7)  # μ rose by η_s·(1 − s)
+
+
 def test_a_spend_period_entered_while_the_clock_ran_ahead_gives_way_once_it_is_set_back() -> None:
     """A clock stepped a year ahead, then set right: the spend period the pacer entered meanwhile (a year ahead)
     stayed current until real time reached it (a year of one period's budget, exhausted long before), and every

@@ -820,6 +820,15 @@ class BudgetPacer:
         together (`Router.route_many`)."""
         return not any(scope.controls for scope in self._scopes_all())
 
+    def know_models(self, models: Sequence[ModelSpec]) -> None:
+        """Remember the models' tags, which a tag share (`share:tag:tier=large`) matches a booked decision's model
+        by: a decision booked without this pacer pricing its model first (another process's, read from the log; a
+        model the caller named; a named router's answer) is then counted as the hit it is. `Router` calls it with
+        every model it holds when given the pacer, and with each model it adds; `adjust` also learns them."""
+        with self._lock:
+            for spec in models:
+                self._tags[spec.name] = spec.tags
+
     # -- the Pacer protocol -----------------------------------------------------------------------------
     def adjust(
         self,
