@@ -8,6 +8,7 @@ real cost (list price × sampled output tokens) and latency; the router only lea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -851,6 +852,32 @@ def test_cost_step_zero_is_the_hard_cap_baseline() -> None:
     assert 0 < gone < first.sum() - 100  # λ = 20 spends ≈ 3e-3 per request: the money is gone early
     assert set(models[first][gone + 1 :]) == {"small"}
     assert "large" in set(models[~first])
+
+
+def test_cost_step_zero_set_on_running_targets_holds_lambda_at_the_default() -> None:
+    """`cost_step = 0` (the hard cap) set on targets that had paced kept the λ they had reached (10⁶ after a burst:
+    every request to the cheapest model, a hard cap of nothing), also across a retarget and a saved state. The
+    docs say it freezes λ at the router's default: it does now, from the PUT on."""
+    clock = Clock(1000.0)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=0.001/1d", "avg_cost_usd=1e-6"]), clock=clock)
+    context = Router(MODELS, "vw-squarecb", seed=0).featurize(Request(prompt="hi"))
+    costs = np.array([0.001, 0.01, 0.1])
+    for _ in range(20):
+        clock.t += 1.0
+        pacer.adjust(context, MODELS, costs, None, 20.0)
+        pacer.observe(_decision(context, "large", cost=0.1), None)
+    assert pacer.cost_weight() == 1e6
+    stored = pacer.state()
+    pacer.configure(dataclasses.replace(pacer.config, cost_step=0.0))  # PUT the same targets with cost_step = 0
+    assert pacer.cost_weight() is None  # no λ of its own: the router's default, set by the next request
+    assert pacer.adjust(context, MODELS, costs, None, 20.0)[0] == 20.0
+    pacer.observe(_decision(context, "large", cost=0.1), None)
+    assert pacer.cost_weight() == 20.0
+    pacer.set_targets(["spend_usd=0.002/1d", "avg_cost_usd=1e-6"])  # a retarget does not move it either
+    assert pacer.adjust(context, MODELS, costs, None, 20.0)[0] == 20.0
+    # a state saved with cost_step = 0 and the λ of before (an older version's) paces at the default too
+    stored["config"]["cost_step"] = 0.0
+    assert BudgetPacer.from_state(stored, clock=clock).adjust(context, MODELS, costs, None, 20.0)[0] == 20.0
 
 
 def test_explicit_cost_weight_wins_and_its_spend_counts() -> None:

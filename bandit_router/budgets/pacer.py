@@ -127,7 +127,7 @@ class _Scope:
             if control is None:
                 control = _CONTROLS[type(target)](target, config)
             else:
-                control.config = config
+                control.reconfigure(config)
                 if control.target != target:
                     control.retarget(target)
             controls[target.key] = control
@@ -232,6 +232,10 @@ class _Control:
         is: what a report reads."""
         return self
 
+    def reconfigure(self, config: BudgetConfig) -> None:
+        """The settings changed (`BudgetPacer.configure`); the target is kept."""
+        self.config = config
+
     def cost_weight(self) -> float | None:
         """This target's λ, or None when it is not a cost target (or has not started)."""
         return None
@@ -313,8 +317,14 @@ class _CostControl(_Control):
     def cost_weight(self) -> float | None:
         return None if self.lam is None else self._project(self.lam)
 
+    def reconfigure(self, config: BudgetConfig) -> None:
+        """`cost_step = 0` freezes λ at the router's default, also where it had moved: it starts again there."""
+        super().reconfigure(config)
+        if config.cost_step == 0.0:
+            self.lam = None
+
     def start(self, default_cost_weight: float) -> None:
-        if self.lam is None:
+        if self.lam is None or self.config.cost_step == 0.0:  # frozen (the hard cap): the router's default
             self.lam = self._project(default_cost_weight)
 
     def see_costs(self, decision: Decision) -> None:
