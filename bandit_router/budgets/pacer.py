@@ -318,10 +318,10 @@ class _CostControl(_Control):
         return None if self.lam is None else self._project(self.lam)
 
     def reconfigure(self, config: BudgetConfig) -> None:
-        """`cost_step = 0` freezes λ at the router's default, also where it had moved: it starts again there."""
-        super().reconfigure(config)
-        if config.cost_step == 0.0:
+        """`cost_step = 0` freezes λ at the router's default, also where it had moved: set so, λ starts again there."""
+        if config.cost_step == 0.0 and self.config.cost_step != 0.0:
             self.lam = None
+        super().reconfigure(config)
 
     def start(self, default_cost_weight: float) -> None:
         if self.lam is None or self.config.cost_step == 0.0:  # frozen (the hard cap): the router's default
