@@ -1073,7 +1073,8 @@ def test_a_tag_share_counts_decisions_of_models_the_pacer_never_priced() -> None
     that (another process's, read from the log by a worker that had served nothing yet or after a restart; a model
     the caller named; a named router's answer) counted as a request but not as a hit of `share:tag:tier=large`:
     realised 0 where every decision went to `large`, and μ fell. The router tells its pacer every model's tags:
-    those it holds when the pacer is given or attached, and each model added later."""
+    those it holds when the pacer is given or attached, each model added later, and those a restored snapshot
+    holds."""
     config = BudgetConfig.from_strings(["share:tag:tier=large=0.3"])
     context = Router(MODELS, "vw-squarecb", seed=0).featurize(Request(prompt="hi"))
     given = BudgetPacer(config, clock=Clock(10.0))
@@ -1082,7 +1083,12 @@ def test_a_tag_share_counts_decisions_of_models_the_pacer_never_priced() -> None
     router = Router(MODELS[:2], "vw-squarecb", seed=2)
     router.pacer = attached  # as the service's start attaches it
     router.add_model(MODELS[2])  # POST /v1/models, or another process's, followed
-    for pacer in (given, attached):
+    restored = BudgetPacer(config, clock=Clock(10.0))  # a snapshot holding a model the router was built without
+    router = Router(MODELS[:2], "vw-squarecb", seed=2, pacer=restored)
+    grown = Router(MODELS[:2], "vw-squarecb", seed=2)
+    grown.add_model(MODELS[2])
+    router.restore(grown.snapshot())
+    for pacer in (given, attached, restored):
         pacer.observe(_decision(context, "large", cost=0.01), None)
         share = target_report(pacer.report(), "share:tag:tier=large=0.3")
         assert share["realized"] == 1.0 and share["holds"] is False
