@@ -877,7 +877,10 @@ def test_cost_step_zero_set_on_running_targets_holds_lambda_at_the_default() -> 
     assert pacer.adjust(context, MODELS, costs, None, 20.0)[0] == 20.0
     # a state saved with cost_step = 0 and the λ of before (an older version's) paces at the default too
     stored["config"]["cost_step"] = 0.0
-    assert BudgetPacer.from_state(stored, clock=clock).adjust(context, MODELS, costs, None, 20.0)[0] == 20.0
+    loaded = BudgetPacer.from_state(stored, clock=clock)
+    assert loaded.cost_weight() is None  # its report before a request: the default, not the stored 10⁶
+    assert loaded.report()["global"]["targets"][0]["multiplier"] is None
+    assert loaded.adjust(context, MODELS, costs, None, 20.0)[0] == 20.0
 
 
 def test_explicit_cost_weight_wins_and_its_spend_counts() -> None:

@@ -339,11 +339,14 @@ class _CostControl(_Control):
     def load(self, state: Mapping[str, Any], where: str = "") -> None:
         """As saved, except a λ that is not a finite number > 0 (NaN would make every later λ NaN, ≤ 0 has no log)
         and a floor that is not finite: reset with a warning, λ to start again at the router's default on the next
-        request (as a new target's does), the floor to be set again by the decisions' costs."""
+        request (as a new target's does), the floor to be set again by the decisions' costs. Under `cost_step = 0`
+        λ is the router's default, whatever was stored (an older version's moved λ): not loaded, as after a PUT."""
         super().load(state, where)
         if self.lam is not None and not (math.isfinite(self.lam) and self.lam > 0.0):
             say("budget state: %s%s: the stored multiplier λ = %r is not a finite number > 0; reset: it "
                 "starts again at the router's default λ", where, self.target, self.lam)
+            self.lam = None
+        if self.config.cost_step == 0.0:  # frozen at the router's default: a λ stored moved is not the next one's
             self.lam = None
         if self.log_floor is not None and not math.isfinite(self.log_floor):
             say("budget state: %s%s: the stored floor log λ = %r is not finite; reset: the decisions' costs "
