@@ -837,7 +837,8 @@ class BudgetPacer:
         """Remember the models' tags, which a tag share (`share:tag:tier=large`) matches a booked decision's model
         by: a decision booked without this pacer pricing its model first (another process's, read from the log; a
         model the caller named; a named router's answer) is then counted as the hit it is. `Router` calls it with
-        every model it holds when given the pacer, and with each model it adds; `adjust` also learns them."""
+        every model it holds when given the pacer, with each model it adds and with those a snapshot it restores
+        holds; `adjust` also learns them."""
         with self._lock:
             for spec in models:
                 self._tags[spec.name] = spec.tags
