@@ -109,6 +109,7 @@ class Router:
         self.cost_model = cost_model or CostModel()
         self.cold_start_rounds = cold_start_rounds
         self.cold_start_floor = cold_start_floor
+        self._pacer: Pacer | None = None
         self.pacer = pacer
         self.seed = seed
         self._rng, self._now = np.random.default_rng(seed), SeededDraws(0)  # `pmf_now` draws from `_now`
@@ -140,6 +141,24 @@ class Router:
             return retired
         raise UnknownModel(f"unknown model {quoted([name], [*(m.name for m in self._models), *self._retired])}")
 
+    @property
+    def pacer(self) -> Pacer | None:
+        """The budget pacer consulted on every decision (None: no budgets)."""
+        return self._pacer
+
+    @pacer.setter
+    def pacer(self, pacer: Pacer | None) -> None:
+        """Set, it learns the tags of every model held, retired ones too (`_tell_pacer`)."""
+        self._pacer = pacer
+        self._tell_pacer([*self._models, *self._retired.values()])
+
+    def _tell_pacer(self, specs: Sequence[ModelSpec]) -> None:
+        """Give the pacer the models' tags (`BudgetPacer.know_models`): it books decisions it never priced (read
+        from the log, a model the caller named, a named router's answer), and a tag share must count them."""
+        know = getattr(self._pacer, "know_models", None)
+        if know is not None:
+            know(specs)
+
     def add_model(self, spec: ModelSpec) -> None:
         """Make `spec` routable now. It starts cold (explored at once) and, for policies with model features
         or priors, from what models of the same family or tier taught."""
@@ -154,6 +173,7 @@ class Router:
             self._retired.pop(spec.name, None)
             self._models.append(spec)
             self._routable = None
+            self._tell_pacer([spec])
 
     def retire_model(self, name: str) -> ModelSpec:
         """Stop routing to `name`. Feedback for its past decisions is still learned."""
@@ -235,7 +255,7 @@ class Router:
         and the pacer's prices do not depend on the decisions before (`passive`: no budget targets), the pmfs are
         computed together; otherwise this is one `route` after another."""
         stacks = getattr(self.policy, "pmfs", None) if getattr(self.policy, "stacks_pmfs", False) else None
-        passive = self.pacer is None or getattr(self.pacer, "passive", False)
+        passive = self._pacer is None or getattr(self._pacer, "passive", False)
         if stacks is None or len(requests) < 2 or not passive:
             return [_attempt(functools.partial(self.route, book=book_given_ids or r.decision_id is None), r)
                     for r in requests]
@@ -280,10 +300,10 @@ class Router:
         costs = self.cost_model.expected_costs(specs, context.input_tokens)
         lam = self.reward_config.cost_weight if cost_weight is None else float(cost_weight)
         allowed = None
-        if self.pacer is None:
+        if self._pacer is None:
             penalty = lam * costs
         else:
-            lam, extra, allowed = self.pacer.adjust(context, specs, costs, cost_weight, self.reward_config.cost_weight)
+            lam, extra, allowed = self._pacer.adjust(context, specs, costs, cost_weight, self.reward_config.cost_weight)
             penalty = lam * costs + extra
         if self.reward_config.latency_weight:
             penalty = penalty + self.reward_config.latency_weight * self.cost_model.expected_latencies(specs)
@@ -344,8 +364,8 @@ class Router:
             expected_cost_usd=tuple(priced.costs.tolist()),
             created_at=time.time(),
         )
-        if book and self.pacer is not None:
-            self.pacer.observe(decision, None)
+        if book and self._pacer is not None:
+            self._pacer.observe(decision, None)
         return decision
 
     def _arm_of(self, name: str) -> int:
@@ -382,8 +402,8 @@ class Router:
             self.policy.update(decision.context, spec, float(outcome.quality), decision.probability)
             self._counts[spec.name] = self._counts.get(spec.name, 0) + 1
             self._version += 1
-        if self.pacer is not None:
-            self.pacer.observe(decision, cost, outcome.latency_s)
+        if self._pacer is not None:
+            self._pacer.observe(decision, cost, outcome.latency_s)
         return value
 
     # -- state ------------------------------------------------------------------------------------------
@@ -468,6 +488,7 @@ class Router:
         self._routable = None
         self._retired = {m["name"]: _called(ModelSpec.from_json(m), configured) for m in tree["retired"]}
         self._rng.bit_generator.state = rng_from_state(tree["rng"])
+        self._tell_pacer([*self._models, *self._retired.values()])  # a snapshot may hold models added since
 
     def weights(self) -> np.ndarray:
         """The policy's learned parameters, flat (to compare two routers)."""

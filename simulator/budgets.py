@@ -82,9 +82,10 @@ def realized_values(
 ) -> dict[str, float]:
     """Per global target `t`: `target:t:value` and `target:t:realized` measured on the run (NaN if unknown).
 
-    avg_cost: mean paid per served request; spend: paid per period (total × period / run length), and
-    `:max_period` the most paid in one whole period; share: fraction of served requests; latency: the percentile
-    of the served requests' latencies."""
+    avg_cost: mean paid per served request; spend: paid per period (total × period / run length, in simulated
+    seconds), and `:max_period` the most paid in one period the run covers whole (periods as the pacer's clock
+    has them, also when a period is not a whole number of steps); share: fraction of served requests; latency:
+    the percentile of the served requests' latencies."""
     served = chosen >= 0
     out: dict[str, float] = {}
     n = len(chosen)
@@ -98,12 +99,13 @@ def realized_values(
                 realized = float(paid[served].mean())
         elif isinstance(target, Spend):
             out[f"{key}:value"] = target.usd
-            steps = max(1, round(target.period_s / seconds_per_step))
             if n:
-                realized = float(paid.sum() * steps / n)
-            whole = n // steps
+                realized = float(paid.sum() * target.period_s / (n * seconds_per_step))
+            # step t is at t·seconds_per_step on the pacer's clock, in its period floor(t·seconds_per_step / P)
+            period = np.floor(np.arange(n) * seconds_per_step / target.period_s).astype(np.int64)
+            whole = math.floor(n * seconds_per_step / target.period_s)  # the periods the run covers whole
             out[f"{key}:max_period"] = (
-                float(paid[: whole * steps].reshape(whole, steps).sum(axis=1).max()) if whole else math.nan
+                float(np.bincount(period, weights=paid)[:whole].max()) if whole else math.nan
             )
         elif isinstance(target, Share):
             out[f"{key}:value"] = target.max_share

@@ -8,6 +8,7 @@ real cost (list price × sampled output tokens) and latency; the router only lea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -193,6 +194,8 @@ def test_parse_target(text: str, expected: object) -> None:
         ("spend_usd=200/1e-300s", "period must be at least 0.001 s"),
         ("spend_usd=200/0.0005", "period must be at least 0.001 s"),
         ("spend_usd=200/1y", "period .1y. must be seconds or a number with s, m, h, d or w"),
+        # read as 4,000 USD a minute (units were case-blind), a monthly budget that never binds
+        ("spend_usd=4000/1M", r"period '1M': M is ambiguous .* m for minutes, 30d for a month"),
         ("share:gpt-4o=1.5", r"must be in \[0, 1\]"),
         ("share:gpt-4o=150%", r"must be in \[0, 1\]"),
         ("share:=0.3", "expected share:"),
@@ -851,6 +854,35 @@ def test_cost_step_zero_is_the_hard_cap_baseline() -> None:
     assert "large" in set(models[~first])
 
 
+def test_cost_step_zero_set_on_running_targets_holds_lambda_at_the_default() -> None:
+    """`cost_step = 0` (the hard cap) set on targets that had paced kept the λ they had reached (10⁶ after a burst:
+    every request to the cheapest model, a hard cap of nothing), also across a retarget and a saved state. The
+    docs say it freezes λ at the router's default: it does now, from the PUT on."""
+    clock = Clock(1000.0)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=0.001/1d", "avg_cost_usd=1e-6"]), clock=clock)
+    context = Router(MODELS, "vw-squarecb", seed=0).featurize(Request(prompt="hi"))
+    costs = np.array([0.001, 0.01, 0.1])
+    for _ in range(20):
+        clock.t += 1.0
+        pacer.adjust(context, MODELS, costs, None, 20.0)
+        pacer.observe(_decision(context, "large", cost=0.1), None)
+    assert pacer.cost_weight() == 1e6
+    stored = pacer.state()
+    pacer.configure(dataclasses.replace(pacer.config, cost_step=0.0))  # PUT the same targets with cost_step = 0
+    assert pacer.cost_weight() is None  # no λ of its own: the router's default, set by the next request
+    assert pacer.adjust(context, MODELS, costs, None, 20.0)[0] == 20.0
+    pacer.observe(_decision(context, "large", cost=0.1), None)
+    assert pacer.cost_weight() == 20.0
+    pacer.set_targets(["spend_usd=0.002/1d", "avg_cost_usd=1e-6"])  # a retarget does not move it either
+    assert pacer.adjust(context, MODELS, costs, None, 20.0)[0] == 20.0
+    # a state saved with cost_step = 0 and the λ of before (an older version's) paces at the default too
+    stored["config"]["cost_step"] = 0.0
+    loaded = BudgetPacer.from_state(stored, clock=clock)
+    assert loaded.cost_weight() is None  # its report before a request: the default, not the stored 10⁶
+    assert loaded.report()["global"]["targets"][0]["multiplier"] is None
+    assert loaded.adjust(context, MODELS, costs, None, 20.0)[0] == 20.0
+
+
 def test_explicit_cost_weight_wins_and_its_spend_counts() -> None:
     clock = Clock()
     router = make_router(BudgetConfig.from_strings(["avg_cost_usd=0.0005"]), seed=10, clock=clock)
@@ -1014,6 +1046,56 @@ def test_a_spend_report_before_the_first_request_names_no_period() -> None:
     pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=5/1d"]), clock=lambda: 1_000_000.0)
     target = pacer.report()["global"]["targets"][0]
     assert target["period_start"] is None and target["period_end"] is None
+
+
+def test_a_spend_report_after_its_period_ended_reads_the_new_period() -> None:
+    """A day's budget spent, then no request after midnight: the report (`GET /v1/budgets`, the dashboard, the
+    metrics) still read yesterday: its spend as this period's, `exhausted` and `holds: false`, yesterday's bounds,
+    until the next request rolled the period. It reads the period of the clock, as the next request will find it,
+    without changing the pacer's state."""
+    midnight = 1_000_080_000.0  # a multiple of 86400
+    clock = Clock(midnight - 600)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=1/1d", "@acme:spend_usd=0.5/1d"]), clock=clock)
+    context = Router(MODELS, "vw-squarecb", seed=0).featurize(Request(prompt="hi", context={"tenant": "acme"}))
+    pacer.observe(_decision(context, "large", cost=1.5), None)
+    assert pacer.report()["global"]["exhausted"] is True
+    saved = pacer.state()
+    clock.t = midnight + 60
+    report = pacer.report()
+    for scope, budget in ((report["global"], 1.0), (report["tenants"]["acme"], 0.5)):
+        assert scope["exhausted"] is False
+        day = scope["targets"][0]
+        assert (day["period_start"], day["period_end"]) == (midnight, midnight + 86400)
+        assert day["realized"] == 0.0 and day["holds"] is True and day["exhausted"] is False
+        assert day["limit_usd"] == budget and day["plan_usd"] == pytest.approx(budget * 60 / 86400)
+    assert pacer.state() == saved  # reading moved nothing
+
+
+def test_a_tag_share_counts_decisions_of_models_the_pacer_never_priced() -> None:
+    """The pacer learnt a model's tags only when it priced a request offering it, so a decision it booked without
+    that (another process's, read from the log by a worker that had served nothing yet or after a restart; a model
+    the caller named; a named router's answer) counted as a request but not as a hit of `share:tag:tier=large`:
+    realised 0 where every decision went to `large`, and μ fell. The router tells its pacer every model's tags:
+    those it holds when the pacer is given or attached, each model added later, and those a restored snapshot
+    holds."""
+    config = BudgetConfig.from_strings(["share:tag:tier=large=0.3"])
+    context = Router(MODELS, "vw-squarecb", seed=0).featurize(Request(prompt="hi"))
+    given = BudgetPacer(config, clock=Clock(10.0))
+    Router(MODELS, "vw-squarecb", seed=1, pacer=given)
+    attached = BudgetPacer(config, clock=Clock(10.0))
+    router = Router(MODELS[:2], "vw-squarecb", seed=2)
+    router.pacer = attached  # as the service's start attaches it
+    router.add_model(MODELS[2])  # POST /v1/models, or another process's, followed
+    restored = BudgetPacer(config, clock=Clock(10.0))  # a snapshot holding a model the router was built without
+    router = Router(MODELS[:2], "vw-squarecb", seed=2, pacer=restored)
+    grown = Router(MODELS[:2], "vw-squarecb", seed=2)
+    grown.add_model(MODELS[2])
+    router.restore(grown.snapshot())
+    for pacer in (given, attached, restored):
+        pacer.observe(_decision(context, "large", cost=0.01), None)
+        share = target_report(pacer.report(), "share:tag:tier=large=0.3")
+        assert share["realized"] == 1.0 and share["holds"] is False
+        assert share["multiplier"] == pytest.approx(0.02 * 0.7)  # μ rose by η_s·(1 − s)
 
 
 def test_a_spend_period_entered_while_the_clock_ran_ahead_gives_way_once_it_is_set_back() -> None:

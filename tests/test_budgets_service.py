@@ -925,6 +925,28 @@ def test_a_target_a_newer_version_stored_stays_stored_across_starts(
     assert "900/1mo" not in "".join(_stored_rows(tmp_path / "budgets.db").values())
 
 
+def test_a_stored_target_with_a_period_in_capital_m_is_left_out_and_the_start_goes_on(
+        make_client: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`M` is refused now (4,000 USD a minute where a month was meant). A database holding a target written with it
+    (by hand, or a version that reads `M` as months) must not stop a start, nor every start after it: it is left out
+    with a warning saying why, the other targets pace, the row stays as stored; a PUT of it is a 422 naming it."""
+    first = make_client()
+    assert first.put("/v1/budgets", json={"avg_cost_usd": 0.004, "tenants": {"acme": {"spend_usd": "50/1d"}}}
+                     ).status_code == 200
+    put = first.put("/v1/budgets", json={"spend_usd": "4000/1M"})
+    assert put.status_code == 422 and "M is ambiguous" in put.json()["message"], put.text
+    first.__exit__(None, None, None)
+    _store_as_before(tmp_path / "budgets.db", {'"spend_usd": "50/1d"': '"spend_usd": ["50/1d", "4000/1M"]'})
+    with caplog.at_level(logging.WARNING, logger="bandit_router"):
+        client = make_client()
+    assert client.get("/readyz").status_code == 200
+    got = client.get("/v1/budgets").json()
+    assert got["targets"] == ["avg_cost_usd=0.004", "@acme:spend_usd=50/1d"]
+    assert got["left_out"] == ["@acme:spend_usd=4000/1M"]
+    assert "left out the stored target 'spend_usd=4000/1M'" in caplog.text and "M is ambiguous" in caplog.text
+    _route(client, "acme")
+
+
 def _started(store: Any) -> BudgetState:
     """A start on `store`: its budget state recovered (`recover` on a router that needs nothing else)."""
     state = BudgetState(store, BudgetPacer())

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -99,3 +100,26 @@ def test_a_latency_target_on_a_table_without_latencies_is_refused() -> None:
                 pacer_factory=TargetPacers(("latency_p95_s=2",)))
     with pytest.raises(InvalidInput, match=r"latency_p95_s=2: .* has no latencies, so a latency target never binds"):
         simulate(plan, workers=1)
+
+
+def test_a_spend_period_that_is_not_a_whole_number_of_steps_is_measured_per_period() -> None:
+    """`realized_values` rounded the period to whole steps: `spend_usd=…/0.5s` read USD per step (twice USD per
+    period) and `…/1.5s` USD per 2 steps (a third too high), `:max_period` summed the same rounded windows. Each
+    step is at `step × seconds_per_step` on the pacer's clock, whose periods start at multiples of P: realised is
+    total × P / run length, and `:max_period` the most paid in one period the run covers whole."""
+    from bandit_router.budgets import BudgetConfig
+    from bandit_router.catalog import default_catalog
+    from simulator.budgets import realized_values
+
+    models = list(default_catalog())[:1]
+    cost = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])  # steps 0..5, one second each: 21 USD over 6 s
+    chosen = np.zeros(len(cost), dtype=np.int64)
+    texts = ["spend_usd=1/0.5s", "spend_usd=1/1.5s", "spend_usd=1/2s", "spend_usd=1/4s"]
+    out = realized_values(BudgetConfig.from_strings(texts), models, chosen, cost, None)
+    assert out["target:spend_usd=1/0.5s:realized"] == pytest.approx(21 * 0.5 / 6)
+    assert out["target:spend_usd=1/0.5s:max_period"] == 6.0  # each step alone in its half-second period
+    assert out["target:spend_usd=1/1.5s:realized"] == pytest.approx(21 * 1.5 / 6)
+    assert out["target:spend_usd=1/1.5s:max_period"] == 9.0  # periods [0, 1.5) [1.5, 3) [3, 4.5) [4.5, 6): 3 3 9 6
+    assert out["target:spend_usd=1/2s:realized"] == pytest.approx(7.0)  # whole steps: as before
+    assert out["target:spend_usd=1/2s:max_period"] == 11.0
+    assert out["target:spend_usd=1/4s:max_period"] == 10.0  # [0, 4) is whole, [4, 8) is not

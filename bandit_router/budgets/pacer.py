@@ -127,7 +127,7 @@ class _Scope:
             if control is None:
                 control = _CONTROLS[type(target)](target, config)
             else:
-                control.config = config
+                control.reconfigure(config)
                 if control.target != target:
                     control.retarget(target)
             controls[target.key] = control
@@ -183,12 +183,13 @@ class _Scope:
         return {key: copy.deepcopy(state["targets"][key]) for key in state["targets"] if key in unknown}
 
     def report(self, now: float, cost_weight: float | None) -> dict[str, Any]:
+        controls = [c.at(now) for c in self.controls.values()]  # a period that ended: the next one, as it will be
         return {
             "requests": self.requests,
             "spend_usd": self.spend_usd,
             "cost_weight": cost_weight,
-            "exhausted": any(c.exhausted() for c in self.controls.values()),
-            "targets": [c.report(now) for c in self.controls.values()],
+            "exhausted": any(c.exhausted() for c in controls),
+            "targets": [c.report(now) for c in controls],
         }
 
 
@@ -225,6 +226,15 @@ class _Control:
 
     def roll(self, now: float) -> None:
         """Start a new period when `now` is past the current one."""
+
+    def at(self, now: float) -> _Control:
+        """This control as a request at `now` finds it (a spend period that ended: the next one), leaving it as it
+        is: what a report reads."""
+        return self
+
+    def reconfigure(self, config: BudgetConfig) -> None:
+        """The settings changed (`BudgetPacer.configure`); the target is kept."""
+        self.config = config
 
     def cost_weight(self) -> float | None:
         """This target's λ, or None when it is not a cost target (or has not started)."""
@@ -307,8 +317,14 @@ class _CostControl(_Control):
     def cost_weight(self) -> float | None:
         return None if self.lam is None else self._project(self.lam)
 
+    def reconfigure(self, config: BudgetConfig) -> None:
+        """`cost_step = 0` freezes λ at the router's default, also where it had moved: set so, λ starts again there."""
+        if config.cost_step == 0.0 and self.config.cost_step != 0.0:
+            self.lam = None
+        super().reconfigure(config)
+
     def start(self, default_cost_weight: float) -> None:
-        if self.lam is None:
+        if self.lam is None or self.config.cost_step == 0.0:  # frozen (the hard cap): the router's default
             self.lam = self._project(default_cost_weight)
 
     def see_costs(self, decision: Decision) -> None:
@@ -323,11 +339,14 @@ class _CostControl(_Control):
     def load(self, state: Mapping[str, Any], where: str = "") -> None:
         """As saved, except a λ that is not a finite number > 0 (NaN would make every later λ NaN, ≤ 0 has no log)
         and a floor that is not finite: reset with a warning, λ to start again at the router's default on the next
-        request (as a new target's does), the floor to be set again by the decisions' costs."""
+        request (as a new target's does), the floor to be set again by the decisions' costs. Under `cost_step = 0`
+        λ is the router's default, whatever was stored (an older version's moved λ): not loaded, as after a PUT."""
         super().load(state, where)
         if self.lam is not None and not (math.isfinite(self.lam) and self.lam > 0.0):
             say("budget state: %s%s: the stored multiplier λ = %r is not a finite number > 0; reset: it "
                 "starts again at the router's default λ", where, self.target, self.lam)
+            self.lam = None
+        if self.config.cost_step == 0.0:  # frozen at the router's default: a λ stored moved is not the next one's
             self.lam = None
         if self.log_floor is not None and not math.isfinite(self.log_floor):
             say("budget state: %s%s: the stored floor log λ = %r is not finite; reset: the decisions' costs "
@@ -416,6 +435,12 @@ class _SpendControl(_CostControl):
 
     def period_start(self) -> float:
         return (self.period or 0) * self.target.period_s
+
+    def at(self, now: float) -> _Control:
+        view = copy.copy(self)  # its attributes are numbers: rolling the copy leaves this one as it is
+        if view.period is not None:
+            view.roll(now)
+        return view
 
     def roll(self, now: float) -> None:
         """A new period when `now` is past the current one. A period entered under a clock that ran ahead (set back
@@ -807,6 +832,16 @@ class BudgetPacer:
         (the requested or default λ, no extra penalty, every model allowed), so decisions can be priced
         together (`Router.route_many`)."""
         return not any(scope.controls for scope in self._scopes_all())
+
+    def know_models(self, models: Sequence[ModelSpec]) -> None:
+        """Remember the models' tags, which a tag share (`share:tag:tier=large`) matches a booked decision's model
+        by: a decision booked without this pacer pricing its model first (another process's, read from the log; a
+        model the caller named; a named router's answer) is then counted as the hit it is. `Router` calls it with
+        every model it holds when given the pacer, with each model it adds and with those a snapshot it restores
+        holds; `adjust` also learns them."""
+        with self._lock:
+            for spec in models:
+                self._tags[spec.name] = spec.tags
 
     # -- the Pacer protocol -----------------------------------------------------------------------------
     def adjust(

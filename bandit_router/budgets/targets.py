@@ -73,8 +73,11 @@ def _fmt(value: float) -> str:
 
 
 def parse_duration(text: str) -> float:
-    """`86400`, `86400s`, `1440m`, `24h`, `1d`, `1w` → seconds (> 0)."""
+    """`86400`, `86400s`, `1440m`, `24h`, `1d`, `1w` → seconds (> 0); the unit in either case, except `M`, which
+    reads as months as often as minutes."""
     text = text.strip()
+    if text.endswith("M"):  # `4000/1M` was 4,000 USD a minute: a monthly budget that never bound
+        raise InvalidInput(f"period {text!r}: M is ambiguous (minutes or months?): m for minutes, 30d for a month")
     unit = text[-1:].lower()
     scale = DURATION_UNITS.get(unit)
     number = text[:-1] if scale is not None else text
