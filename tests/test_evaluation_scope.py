@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sqlite3
 import time
 import warnings
 from collections.abc import Sequence
@@ -238,3 +239,17 @@ def test_evaluate_since_until_and_tenant_on_a_service_log(tmp_path: Path) -> Non
         assert message in result.output
     refused = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--escalations", "--tenant", "acme"])
     assert refused.exit_code == 2 and "--escalations takes no --tenant" in refused.output
+    # a log written before `tenant_of` refused a float beyond 2^53: such a tenant was its text ("1e+17"), as stored
+    with sqlite3.connect(db) as con:
+        con.execute("""UPDATE decisions SET attributes = '{"tenant": 1e17}', tenant = '1e+17'
+                       WHERE rowid = (SELECT min(rowid) FROM decisions WHERE tenant = 'globex')""")
+    con.close()
+    for args, evaluated, said in (
+        (["--tenant", "globex"], 4, "none is tenant 'globex': out of the scope"),
+        (["--tenant", "1e+17"], 1, "1 of them is tenant '1e+17', in the scope"),
+    ):
+        result = runner.invoke(cli_app, [*base, *args])
+        assert result.exit_code == 0, result.output
+        assert f"{evaluated} decision{'' if evaluated == 1 else 's'} with feedback evaluated" in result.output
+        assert "warning: 1 decision with feedback has a tenant stored as a float beyond ±2^53" in result.output
+        assert said in result.output

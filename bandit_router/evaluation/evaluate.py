@@ -39,7 +39,7 @@ from .overlap import Overlap, OverlapThresholds, overlap
 from .removed import check_priced, removed_model_warnings
 from .replay import MODES, ReplayResult, replay
 from .reward_models import RewardFit, RidgeRewardModel, fit_rewards
-from .scope import Scope
+from .scope import Scope, inexact_tenant_warnings
 
 DEFAULT_ESTIMATORS = ("ips", "clipped-ips", "snips", "dm", "dr")
 METRICS = ("reward", "quality", "cost")
@@ -388,6 +388,7 @@ def _prepare(
             f"often for some models than others, every estimate is biased"
         )
     warnings.extend(mixed)
+    warnings.extend(inexact_tenant_warnings(logged, scope))
     warnings.extend(default_reward_warnings(logged, scope))
     return _Prepared(n_every, logged, arrays, wanted, replays, warnings)
 
