@@ -4,6 +4,7 @@ their promotion (`POST /v1/policies/promote`), and the whole loop on a real `ban
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -724,6 +725,29 @@ def test_promotion_refused_without_evidence_then_forced(tmp_path: Path) -> None:
         assert stats["live_policy"] == "linucb"
         assert {s["name"] for s in stats["shadows"]} == {"random", "fixed:gpt-4o-mini"}
         assert client.post("/v1/route", json={"prompt": "hi", "models": PAIR}).json()["policy"].startswith("linucb")
+
+
+def test_a_shadow_whose_logged_pmfs_chose_a_model_now_route_false_is_not_promoted(tmp_path: Path) -> None:
+    """A shadow's pmfs logged while gpt-4o was routable give it probability; after a restart whose catalog marks
+    gpt-4o `route = false`, the promotion check weighed those pmfs as if the choices could still be made (a 409
+    only when the bound fell short, a promotion when it passed). It refuses such a shadow with a 409 saying why
+    whatever its bound, as does the shadows panel's `promotable`; `force` still promotes. Found by eval24."""
+    db = tmp_path / "r.db"
+    with TestClient(create_app(_settings(db))) as client:
+        _rounds(_ready(client).post, 24, seed=2)
+    catalog = [dataclasses.replace(m, route=False) if m.name == "gpt-4o" else m
+               for m in Settings(db=db).load_catalog()]
+    with TestClient(create_app(_settings(db, models=tuple(catalog)))) as client:
+        refused = _ready(client).post("/v1/policies/promote", json={"shadow": "linucb"})
+        assert refused.status_code == 409, refused.text
+        assert ("shadow 'linucb' not promoted: its estimate credits choices of 'gpt-4o', a model this catalog does "
+                "not route (removed from it, or route = false since)") in refused.json()["message"]
+        panel = client.get("/v1/stats/shadows").json()
+        [linucb] = [e for e in panel["estimates"] if e["name"] == "linucb"]
+        assert linucb["value"] is not None and linucb["promotable"] is False
+        assert "credits choices of 'gpt-4o'" in linucb["reason"]
+        forced = client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
+        assert forced.status_code == 200 and forced.json()["forced"] is True, forced.text
 
 
 def test_the_promotion_check_says_how_many_outcomes_are_the_default_reward(tmp_path: Path) -> None:
