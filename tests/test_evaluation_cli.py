@@ -753,24 +753,27 @@ def test_a_shadow_whose_logged_pmfs_chose_a_model_now_route_false_is_not_promote
 def test_the_promotion_check_says_how_many_outcomes_are_the_default_reward(tmp_path: Path) -> None:
     """With `default_reward`, most decisions behind a promotion could be a closed window's default rather than a
     caller's rating, and the promotion's `check` did not say so (only `evaluate` warned). It carries the
-    evaluation's warnings now. Found trying an item of session 22's note."""
+    evaluation's warnings now, and the dashboard's shadows panel the same ones (checked again by eval24: both count
+    the defaults as `evaluate` does). Found trying an item of session 22's note."""
     settings = _settings(tmp_path / "w.db", reward_window_s=0.3, default_reward=0.4)
     with TestClient(create_app(settings)) as client:
         _ready(client)
         ids = [client.post("/v1/route", json={"prompt": f"question {i}", "models": PAIR}).json()["decision_id"]
-               for i in range(12)]
+               for i in range(20)]  # the panel estimates from 20 decisions on
         for decision_id in ids[:3]:
             assert client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.9}).status_code == 200
         deadline = time.monotonic() + 10
-        while client.get("/v1/stats").json()["feedback_by_status"].get("default", 0) < 9:
+        while client.get("/v1/stats").json()["feedback_by_status"].get("default", 0) < 17:
             assert time.monotonic() < deadline, "the windows did not close"
             time.sleep(0.05)
+        panel = client.get("/v1/stats/shadows").json()
         forced = client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
         assert forced.status_code == 200, forced.text
         check = forced.json()["check"]
-    assert check["n"] == 12
-    assert [w.split(":")[0] for w in check["warnings"] if "default_reward" in w] == [
-        "9 of the 12 decisions with feedback have none from a caller"]
+    assert check["n"] == panel["n"] == 20
+    said = "17 of the 20 decisions with feedback have none from a caller"
+    assert [w.split(":")[0] for w in check["warnings"] if "default_reward" in w] == [said]
+    assert [w.split(":")[0] for w in panel["warnings"] if "default_reward" in w] == [said]
 
 
 def test_promotion_with_evidence_is_durable(tmp_path: Path) -> None:
