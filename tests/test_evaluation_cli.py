@@ -727,11 +727,12 @@ def test_promotion_refused_without_evidence_then_forced(tmp_path: Path) -> None:
         assert client.post("/v1/route", json={"prompt": "hi", "models": PAIR}).json()["policy"].startswith("linucb")
 
 
-def test_a_shadow_whose_logged_pmfs_chose_a_model_now_route_false_is_not_promoted(tmp_path: Path) -> None:
-    """A shadow's pmfs logged while gpt-4o was routable give it probability; after a restart whose catalog marks
-    gpt-4o `route = false`, the promotion check weighed those pmfs as if the choices could still be made (a 409
-    only when the bound fell short, a promotion when it passed). It refuses such a shadow with a 409 saying why
-    whatever its bound, as does the shadows panel's `promotable`; `force` still promotes. Found by eval24."""
+def test_a_promotion_weighs_only_decisions_whose_pmfs_chose_among_models_routed_now(tmp_path: Path) -> None:
+    """The pmfs logged while gpt-4o was routable give it probability (the live policy's and the shadow's); after a
+    restart whose catalog marks gpt-4o `route = false`, the promotion check and the shadows panel weighed them as if
+    those choices could still be made, by either policy (a 409 only when the bound fell short, a promotion when it
+    passed). They are left out now, counted and warned of, and the check says how few are left; the decisions made
+    since, among the models routed now, are the evidence. Found by eval24."""
     db = tmp_path / "r.db"
     with TestClient(create_app(_settings(db))) as client:
         _rounds(_ready(client).post, 24, seed=2)
@@ -740,14 +741,23 @@ def test_a_shadow_whose_logged_pmfs_chose_a_model_now_route_false_is_not_promote
     with TestClient(create_app(_settings(db, models=tuple(catalog)))) as client:
         refused = _ready(client).post("/v1/policies/promote", json={"shadow": "linucb"})
         assert refused.status_code == 409, refused.text
-        assert ("shadow 'linucb' not promoted: its estimate credits choices of 'gpt-4o', a model this catalog does "
-                "not route (removed from it, or route = false since)") in refused.json()["message"]
+        assert ("only 0 decisions of the live policy with feedback logged the shadow's pmf with neither pmf giving "
+                "probability to a model this catalog no longer routes (at least 10 needed; 24 more gave one "
+                "probability, a choice neither can make now)") in refused.json()["message"]
+        for i in range(20):  # since the change: among the models routed now
+            reply = client.post("/v1/route", json={"prompt": f"a question #{i}", "cost_weight": 0.0,
+                                                   "models": ["gpt-4o-mini", "claude-haiku-4-5"]})
+            assert reply.status_code == 200, reply.text
+            assert client.post("/v1/feedback", json={"decision_id": reply.json()["decision_id"],
+                                                     "quality": 0.6}).status_code == 200
+        check = client.app.state.services.engine.promotion_check("linucb")  # type: ignore[attr-defined]
         panel = client.get("/v1/stats/shadows").json()
-        [linucb] = [e for e in panel["estimates"] if e["name"] == "linucb"]
-        assert linucb["value"] is not None and linucb["promotable"] is False
-        assert "credits choices of 'gpt-4o'" in linucb["reason"]
-        forced = client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
-        assert forced.status_code == 200 and forced.json()["forced"] is True, forced.text
+    assert (check["n"], check["left_out"]) == (panel["n"], panel["left_out"]) == (20, 24), (check, panel)
+    said = ("24 of the 44 decisions with feedback that logged the pmfs compared are left out: there the live policy or "
+            "the shadow gave probability to a model this catalog no longer routes")
+    assert check["warnings"][0].startswith(said) and panel["warnings"][0].startswith(said), (check, panel)
+    [linucb] = [e for e in panel["estimates"] if e["name"] == "linucb"]
+    assert linucb["n"] == 20 and linucb["value"] is not None and linucb["reason"] == check["reason"]
 
 
 def test_the_promotion_check_says_how_many_outcomes_are_the_default_reward(tmp_path: Path) -> None:

@@ -158,6 +158,29 @@ def unroutable_choices(
     return found
 
 
+def choices_routable_now(record: LoggedRecord, specs: Mapping[str, ModelSpec], shadows: Sequence[str] = ()) -> bool:
+    """Whether the pmfs logged with `record`, the live policy's and those of `shadows`, give no probability to a
+    model this catalog does not route (no entry in `specs`, or `route = false`): there they are what the policies
+    would do with this catalog. The promotion check and the shadows panel compare the live policy and a shadow on
+    such decisions only (`stale_choices_warning`); `evaluate` marks the candidates instead (`unroutable_choices`)."""
+    models = record.decision.models
+    for pmf in (record.decision.pmf, *(record.shadow_pmfs[name] for name in shadows)):
+        for model, p in zip(models, pmf, strict=True):
+            if p > 0 and (model not in specs or not specs[model].route):
+                return False
+    return True
+
+
+def stale_choices_warning(k: int, total: int) -> list[str]:
+    """The warning for the `k` of `total` decisions the promotion check and the shadows panel left out because a
+    pmf logged with them gave probability to a model this catalog no longer routes (`choices_routable_now`)."""
+    if not k:
+        return []
+    return [f"{k} of the {total} decisions with feedback that logged the pmfs compared are left out: there the live "
+            "policy or the shadow gave probability to a model this catalog no longer routes (removed, or route = "
+            "false since), a choice neither can make now"]
+
+
 def unroutable_reason(models: Sequence[str]) -> str:
     """Why a candidate of `unroutable_choices` (with its `models`) is neither recommended nor promoted."""
     one = len(models) == 1
