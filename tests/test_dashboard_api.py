@@ -633,3 +633,25 @@ def test_shadows_count_the_decisions_scored_and_carry_the_evaluations_warnings(m
     assert body["warnings"][0].startswith("30 of the 54 decisions with feedback that logged the pmfs compared are "
                                           "left out"), body
     assert not live["warnings"]  # the evaluation's notes are not an estimate's overlap warnings
+
+
+def test_a_model_retired_at_run_time_is_not_credited_by_the_promotion_check(make: Callable[..., Any]) -> None:
+    """eval24 left out of the promotion check and the shadows panel the decisions whose logged pmfs gave probability
+    to a model the catalog file no longer routes (removed, or `route = false` since), but not to a model retired at run
+    time (`DELETE /v1/models/{name}`): its spec stays for pricing, so both weighed every decision logged while it was
+    routable, crediting choices neither policy can make now. Found reviewing eval24 (review24eval)."""
+    from bandit_router.catalog import ModelSpec
+
+    three = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0), ModelSpec("c", 1.0, 2.0))
+    client = make(models=three, shadow_policies=("linucb",))
+    _traffic(client, 24, feedback_every=1)  # the cold start gives every model, c too, probability
+    assert client.delete("/v1/models/c").status_code == 200
+    check = client.app.state.engine.promotion_check("linucb")
+    assert not check["ok"] and check["n"] == 0, check
+    assert "24 more gave one probability, a choice neither can make now" in check["reason"], check
+    body = client.get("/v1/stats/shadows").json()
+    ShadowsOut.model_validate(body)
+    assert (body["n"], body["left_out"]) == (0, 24), body
+    assert body["warnings"][0].startswith("24 of the 24 decisions with feedback that logged the pmfs compared are "
+                                          "left out"), body
+    assert "retired" in body["warnings"][0], body

@@ -14,7 +14,7 @@ and refused by the promotion check.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -158,15 +158,19 @@ def unroutable_choices(
     return found
 
 
-def choices_routable_now(record: LoggedRecord, specs: Mapping[str, ModelSpec], shadows: Sequence[str] = ()) -> bool:
+def choices_routable_now(record: LoggedRecord, specs: Mapping[str, ModelSpec], shadows: Sequence[str] = (),
+                         active: Collection[str] | None = None) -> bool:
     """Whether the pmfs logged with `record`, the live policy's and those of `shadows`, give no probability to a
-    model this catalog does not route (no entry in `specs`, or `route = false`): there they are what the policies
-    would do with this catalog. The promotion check and the shadows panel compare the live policy and a shadow on
-    such decisions only (`stale_choices_warning`); `evaluate` marks the candidates instead (`unroutable_choices`)."""
+    model this catalog does not route (no entry in `specs`, `route = false`, or, with `active` (the live router's
+    models now), retired at run time: its spec stays in `specs` to price its outcomes): there they are what the
+    policies would do with this catalog. The promotion check and the shadows panel compare the live policy and a
+    shadow on such decisions only (`stale_choices_warning`); `evaluate` marks the candidates instead
+    (`unroutable_choices`)."""
     models = record.decision.models
     for pmf in (record.decision.pmf, *(record.shadow_pmfs[name] for name in shadows)):
         for model, p in zip(models, pmf, strict=True):
-            if p > 0 and (model not in specs or not specs[model].route):
+            if p > 0 and (model not in specs or not specs[model].route
+                          or (active is not None and model not in active)):
                 return False
     return True
 
@@ -177,8 +181,8 @@ def stale_choices_warning(k: int, total: int) -> list[str]:
     if not k:
         return []
     return [f"{k} of the {total} decisions with feedback that logged the pmfs compared are left out: there the live "
-            "policy or the shadow gave probability to a model this catalog no longer routes (removed, or route = "
-            "false since), a choice neither can make now"]
+            "policy or the shadow gave probability to a model this catalog no longer routes (removed, route = false "
+            "or retired since), a choice neither can make now"]
 
 
 def unroutable_reason(models: Sequence[str]) -> str:

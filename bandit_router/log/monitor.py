@@ -261,7 +261,8 @@ class Monitor:
                         continue
         # as the promotion check: only the decisions where neither the live policy's pmf nor the shadow's gave
         # probability to a model this catalog no longer routes (a choice neither can make now)
-        live_rows = tuple(i for i, r in enumerate(records) if choices_routable_now(r, specs))
+        active = {m.name for m in self.policies.live.models}  # not those retired at run time (`specs` prices them)
+        live_rows = tuple(i for i, r in enumerate(records) if choices_routable_now(r, specs, (), active))
         # Each shadow on the decisions that logged its pmf, as the promotion check: a shadow added at a restart
         # must not shrink the others' evidence to its own (shadows logged with the same decisions: one evaluation).
         groups: dict[tuple[int, ...], list[str]] = {}
@@ -269,7 +270,7 @@ class Monitor:
         for name in names:
             logged_with[name] = sum(name in r.shadow_pmfs for r in records)
             rows = tuple(i for i in live_rows if name in records[i].shadow_pmfs
-                         and choices_routable_now(records[i], specs, (name,)))
+                         and choices_routable_now(records[i], specs, (name,), active))
             groups.setdefault(rows, []).append(name)
         shadow_entries: dict[str, dict[str, Any]] = {}
         live_entry: dict[str, Any] | None = None

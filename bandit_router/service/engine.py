@@ -714,7 +714,8 @@ class Engine:
             logged = [r for r in iter_log(self.store) if r.outcome is not None and name in r.shadow_pmfs
                       and r.decision.policy == live]
             specs = model_specs(self.store, list(self.settings.load_catalog()))
-        records = [r for r in logged if choices_routable_now(r, specs, (name,))]
+        active = {m.name for m in self.router.models}  # not those retired at run time (their specs price outcomes)
+        records = [r for r in logged if choices_routable_now(r, specs, (name,), active)]
         stale = stale_choices_warning(len(logged) - len(records), len(logged))
         if len(records) < MIN_PROMOTION_EVIDENCE:
             counted = f"{len(records)} decision{'' if len(records) == 1 else 's'}"

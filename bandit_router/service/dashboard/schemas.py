@@ -159,8 +159,8 @@ class ShadowsOut(BaseModel):
                    "without estimates: those that logged a shadow's pmf")
     left_out: int = Field(description="more such decisions, left out of the live estimate: the live policy's pmf "
                           "gave probability to a model no candidate may route to now (removed from the catalog file, "
-                          "or `route = false` since; as the promotion check, each shadow's estimate leaves out those "
-                          "where its own pmf did too)")
+                          "`route = false` or retired at run time since; as the promotion check, each shadow's "
+                          "estimate leaves out those where its own pmf did too)")
     warnings: list[str] = Field(description="the evaluation's warnings about its evidence (e.g. outcomes that are "
                                 "a closed window's `default_reward`, models of the log no longer routable), each "
                                 "once: notes on the data, unlike an estimate's `warnings` (poor overlap: that "
