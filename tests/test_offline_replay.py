@@ -690,6 +690,8 @@ def test_a_candidate_crediting_choices_of_a_model_no_longer_routed_is_shown_neve
         line = format_best(ev)
         assert line.startswith(f"Best candidate with a trusted interval (dr): {chosen.candidate},")
         assert f"Not recommended (✗ in the table): logged ({model}); {best.candidate} ({model}):" in line
+        assert line.endswith("To compare them on what they do now, evaluate the decisions made since the change "
+                             "(--since), or replay the policy (-C linucb, not shadow:linucb).")  # the way back
         assert f"| {best.candidate} | dr |" in format_table(ev) and "✗ |" in format_table(ev)
         check = promotion_check(ev, best.candidate)
         assert not check.ok and f"credits choices of {model!r}, a model this catalog does not route" in check.reason

@@ -81,7 +81,8 @@ def format_best(evaluation: Evaluation) -> str:
         spelt = "; ".join(f"{c} ({', '.join(models)})" for c, models in evaluation.unroutable.items())
         note += (f" Not recommended ({UNROUTABLE_MARK} in the table): {spelt}: each estimate credits choices of models "
                  "this catalog does not route (removed, or route = false since), as logged while they were "
-                 "routable; they cannot be made now.")
+                 "routable; they cannot be made now. To compare them on what they do now, evaluate the decisions "
+                 "made since the change (--since), or replay the policy (-C linucb, not shadow:linucb).")
     if best is None:
         trusted = _trusted(evaluation)
         if not trusted:
