@@ -96,14 +96,16 @@ def inexact_tenant_warnings(logged: Sequence[LoggedRecord], scope: Scope) -> lis
     they were read (`logged_tenant`) and whether the scope holds them."""
     if scope.tenant is None:
         return []
-    found = Counter(str(v) for r in logged if _inexact(v := r.decision.context.attributes.get("tenant")))
-    if not found:
+    inexact = [r for r in logged if _inexact(r.decision.context.attributes.get("tenant"))]
+    if not inexact:
         return []
-    k = sum(found.values())
+    found = Counter(str(r.decision.context.attributes.get("tenant")) for r in inexact)
+    k = len(inexact)
     names = ", ".join(repr(name) for name in sorted(found))
-    matched = found.get(scope.tenant, 0)
+    # in the scope: the tenant and its other bounds (a scope no decision is in was refused before: `none_in_scope`)
+    matched = sum(scope.holds(r) for r in inexact)
     said = (f"{matched} of them {'is' if matched == 1 else 'are'} tenant {scope.tenant!r}, in the scope" if matched
-            else f"none is tenant {scope.tenant!r}: out of the scope")
+            else f"none is tenant {scope.tenant!r} in the scope")
     one = k == 1
     return [f"{k} decision{'' if one else 's'} with feedback {'has' if one else 'have'} a tenant stored as a float "
             f"beyond ±2^53, as the service stored such a tenant before it refused them: read by "
