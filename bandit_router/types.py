@@ -31,6 +31,11 @@ _EXACT = 2**53
 names no one integer (the JSON texts 9007199254740993 and 9007199254740993.0 are two numbers in Python)."""
 
 
+EXACT_TENANT = _EXACT
+"""Beyond ±this a float tenant names no one integer: `tenant_of` refuses it (`evaluation.scope.logged_tenant`
+reads one a log written before holds)."""
+
+
 def _inexact_tenant(value: Any) -> bool:
     """A float tenant beyond ±2⁵³, which names no one integer."""
     return isinstance(value, float) and abs(value) > _EXACT

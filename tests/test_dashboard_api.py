@@ -543,7 +543,9 @@ def test_shadows_are_estimated_after_a_model_left_the_catalog_file(make: Callabl
     """A restart whose catalog file no longer has a model the recent decisions allowed: the panel said only "the
     shadows could not be evaluated: unknown model 'c'" (until 2,000 newer decisions), while the promotion check
     evaluates such a log (the candidates route among the other models, `evaluation/removed.py`). It estimates them
-    too now. Found driving `serve` through a catalog change (hunt-ope)."""
+    too now. Found driving `serve` through a catalog change (hunt-ope). Since eval24 the decisions whose pmfs gave
+    the removed model probability are left out, as the promotion check leaves them out: the panel says so until
+    enough decisions made since are there, then estimates on those."""
     from bandit_router.catalog import ModelSpec
 
     three = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0), ModelSpec("c", 1.0, 2.0))
@@ -553,8 +555,16 @@ def test_shadows_are_estimated_after_a_model_left_the_catalog_file(make: Callabl
     client = make(models=three[:2], shadow_policies=("linucb",))
     body = client.get("/v1/stats/shadows").json()
     ShadowsOut.model_validate(body)
-    assert body["n"] == 24 and body.get("reason") is None, body
+    assert body["n"] == 0 and body["left_out"] == 24 and body.get("reason") is None, body
+    assert [e["value"] for e in body["estimates"]] == [None, None]
+    assert "24 more gave one probability, a choice neither can make now" in body["estimates"][1]["reason"]
+    _traffic(client, 24, feedback_every=1)
+    client.app.state.monitor._shadow_cache = None  # not the 15 s reuse: the new decisions now
+    body = client.get("/v1/stats/shadows").json()
+    ShadowsOut.model_validate(body)
+    assert body["n"] == 24 and body["left_out"] == 24 and body.get("reason") is None, body
     assert [e["role"] for e in body["estimates"]] == ["live", "shadow"]
+    assert all(e["value"] is not None for e in body["estimates"]), body
 
 
 def test_shadows_are_estimated_anew_after_a_promotion(make: Callable[..., Any]) -> None:
@@ -599,7 +609,8 @@ def test_shadows_count_the_decisions_scored_and_carry_the_evaluations_warnings(m
     out of every estimate, yet the panel said its estimates were on all of them (`n`: 30 where 24 were scored), and
     it did not show the evaluation's warnings (here: the decisions left out) that the promotion check carries. `n`
     is what was scored, `left_out` the rest, and `warnings` the evaluation's own. Found reviewing the dashboard's
-    evidence (session 23)."""
+    evidence (session 23). Since eval24 every decision whose pmfs gave the removed model probability is left out
+    (those limited to it too), and the decisions made since are the evidence."""
     from bandit_router.catalog import ModelSpec
 
     three = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0), ModelSpec("c", 1.0, 2.0))
@@ -611,12 +622,36 @@ def test_shadows_count_the_decisions_scored_and_carry_the_evaluations_warnings(m
         first.post("/v1/feedback", json={"decision_id": reply.json()["decision_id"], "quality": 0.5})
     first.__exit__(None, None, None)
     client = make(models=three[:2], shadow_policies=("linucb",))
+    _traffic(client, 24, feedback_every=1)  # since the change
     body = client.get("/v1/stats/shadows").json()
     ShadowsOut.model_validate(body)
     live, shadow = body["estimates"]
-    assert body["n"] == live["n"] == shadow["n"] == 24 and body["left_out"] == 6, body
+    assert body["n"] == live["n"] == shadow["n"] == 24 and body["left_out"] == 30, body
     check = client.app.state.engine.promotion_check("linucb")
     assert body["warnings"] == check["warnings"], body
-    assert (check["n"], check["left_out"]) == (24, 6), check  # the promotion check counts as the panel does
-    assert any(w.startswith("6 of the 30 decisions with feedback") for w in body["warnings"]), body
+    assert (check["n"], check["left_out"]) == (24, 30), check  # the promotion check counts as the panel does
+    assert body["warnings"][0].startswith("30 of the 54 decisions with feedback that logged the pmfs compared are "
+                                          "left out"), body
     assert not live["warnings"]  # the evaluation's notes are not an estimate's overlap warnings
+
+
+def test_a_model_retired_at_run_time_is_not_credited_by_the_promotion_check(make: Callable[..., Any]) -> None:
+    """eval24 left out of the promotion check and the shadows panel the decisions whose logged pmfs gave probability
+    to a model the catalog file no longer routes (removed, or `route = false` since), but not to a model retired at run
+    time (`DELETE /v1/models/{name}`): its spec stays for pricing, so both weighed every decision logged while it was
+    routable, crediting choices neither policy can make now. Found reviewing eval24 (review24eval)."""
+    from bandit_router.catalog import ModelSpec
+
+    three = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0), ModelSpec("c", 1.0, 2.0))
+    client = make(models=three, shadow_policies=("linucb",))
+    _traffic(client, 24, feedback_every=1)  # the cold start gives every model, c too, probability
+    assert client.delete("/v1/models/c").status_code == 200
+    check = client.app.state.engine.promotion_check("linucb")
+    assert not check["ok"] and check["n"] == 0, check
+    assert "24 more gave one probability, a choice neither can make now" in check["reason"], check
+    body = client.get("/v1/stats/shadows").json()
+    ShadowsOut.model_validate(body)
+    assert (body["n"], body["left_out"]) == (0, 24), body
+    assert body["warnings"][0].startswith("24 of the 24 decisions with feedback that logged the pmfs compared are "
+                                          "left out"), body
+    assert "retired" in body["warnings"][0], body

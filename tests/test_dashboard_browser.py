@@ -1227,7 +1227,8 @@ def test_the_shadows_panel_says_what_its_estimates_are_on_and_notes_the_evaluati
         warning, "models of the log made `route = false` since: c"]
     note = w.page.inner_text("#shadows-note")
     assert note.startswith("Doubly robust estimates on the newest 102 decisions with feedback (of 2000 looked at; "
-                           "18 more with feedback left out: they allowed only models no policy may route to now)"), note
+                           "18 more with feedback left out: their logged pmfs gave probability to a model no policy "
+                           "may route to now)"), note
     assert "⚠" not in w.page.inner_text("#shadows-table") and warning not in w.page.inner_text("#shadows-table")
     assert _axe_violations(w.page) == []
     w.page.locator('[data-panel="shadows"]').screenshot(path=str(_artifact("shadows-evidence.png")))

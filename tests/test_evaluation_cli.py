@@ -4,6 +4,7 @@ their promotion (`POST /v1/policies/promote`), and the whole loop on a real `ban
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -726,27 +727,63 @@ def test_promotion_refused_without_evidence_then_forced(tmp_path: Path) -> None:
         assert client.post("/v1/route", json={"prompt": "hi", "models": PAIR}).json()["policy"].startswith("linucb")
 
 
+def test_a_promotion_weighs_only_decisions_whose_pmfs_chose_among_models_routed_now(tmp_path: Path) -> None:
+    """The pmfs logged while gpt-4o was routable give it probability (the live policy's and the shadow's); after a
+    restart whose catalog marks gpt-4o `route = false`, the promotion check and the shadows panel weighed them as if
+    those choices could still be made, by either policy (a 409 only when the bound fell short, a promotion when it
+    passed). They are left out now, counted and warned of, and the check says how few are left; the decisions made
+    since, among the models routed now, are the evidence. Found by eval24."""
+    db = tmp_path / "r.db"
+    with TestClient(create_app(_settings(db))) as client:
+        _rounds(_ready(client).post, 24, seed=2)
+    catalog = [dataclasses.replace(m, route=False) if m.name == "gpt-4o" else m
+               for m in Settings(db=db).load_catalog()]
+    with TestClient(create_app(_settings(db, models=tuple(catalog)))) as client:
+        refused = _ready(client).post("/v1/policies/promote", json={"shadow": "linucb"})
+        assert refused.status_code == 409, refused.text
+        assert ("only 0 decisions of the live policy with feedback logged the shadow's pmf with neither pmf giving "
+                "probability to a model this catalog no longer routes (at least 10 needed; 24 more gave one "
+                "probability, a choice neither can make now)") in refused.json()["message"]
+        for i in range(20):  # since the change: among the models routed now
+            reply = client.post("/v1/route", json={"prompt": f"a question #{i}", "cost_weight": 0.0,
+                                                   "models": ["gpt-4o-mini", "claude-haiku-4-5"]})
+            assert reply.status_code == 200, reply.text
+            assert client.post("/v1/feedback", json={"decision_id": reply.json()["decision_id"],
+                                                     "quality": 0.6}).status_code == 200
+        check = client.app.state.services.engine.promotion_check("linucb")  # type: ignore[attr-defined]
+        panel = client.get("/v1/stats/shadows").json()
+    assert (check["n"], check["left_out"]) == (panel["n"], panel["left_out"]) == (20, 24), (check, panel)
+    said = ("24 of the 44 decisions with feedback that logged the pmfs compared are left out: there the live policy or "
+            "the shadow gave probability to a model this catalog no longer routes")
+    assert check["warnings"][0].startswith(said) and panel["warnings"][0].startswith(said), (check, panel)
+    [linucb] = [e for e in panel["estimates"] if e["name"] == "linucb"]
+    assert linucb["n"] == 20 and linucb["value"] is not None and linucb["reason"] == check["reason"]
+
+
 def test_the_promotion_check_says_how_many_outcomes_are_the_default_reward(tmp_path: Path) -> None:
     """With `default_reward`, most decisions behind a promotion could be a closed window's default rather than a
     caller's rating, and the promotion's `check` did not say so (only `evaluate` warned). It carries the
-    evaluation's warnings now. Found trying an item of session 22's note."""
+    evaluation's warnings now, and the dashboard's shadows panel the same ones (checked again by eval24: both count
+    the defaults as `evaluate` does). Found trying an item of session 22's note."""
     settings = _settings(tmp_path / "w.db", reward_window_s=0.3, default_reward=0.4)
     with TestClient(create_app(settings)) as client:
         _ready(client)
         ids = [client.post("/v1/route", json={"prompt": f"question {i}", "models": PAIR}).json()["decision_id"]
-               for i in range(12)]
+               for i in range(20)]  # the panel estimates from 20 decisions on
         for decision_id in ids[:3]:
             assert client.post("/v1/feedback", json={"decision_id": decision_id, "quality": 0.9}).status_code == 200
         deadline = time.monotonic() + 10
-        while client.get("/v1/stats").json()["feedback_by_status"].get("default", 0) < 9:
+        while client.get("/v1/stats").json()["feedback_by_status"].get("default", 0) < 17:
             assert time.monotonic() < deadline, "the windows did not close"
             time.sleep(0.05)
+        panel = client.get("/v1/stats/shadows").json()
         forced = client.post("/v1/policies/promote", json={"shadow": "linucb", "force": True})
         assert forced.status_code == 200, forced.text
         check = forced.json()["check"]
-    assert check["n"] == 12
-    assert [w.split(":")[0] for w in check["warnings"] if "default_reward" in w] == [
-        "9 of the 12 decisions with feedback have none from a caller"]
+    assert check["n"] == panel["n"] == 20
+    said = "17 of the 20 decisions with feedback have none from a caller"
+    assert [w.split(":")[0] for w in check["warnings"] if "default_reward" in w] == [said]
+    assert [w.split(":")[0] for w in panel["warnings"] if "default_reward" in w] == [said]
 
 
 def test_promotion_with_evidence_is_durable(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sqlite3
 import time
 import warnings
 from collections.abc import Sequence
@@ -238,3 +239,31 @@ def test_evaluate_since_until_and_tenant_on_a_service_log(tmp_path: Path) -> Non
         assert message in result.output
     refused = runner.invoke(cli_app, ["evaluate", "--db", str(db), "--escalations", "--tenant", "acme"])
     assert refused.exit_code == 2 and "--escalations takes no --tenant" in refused.output
+    # a log written before `tenant_of` refused a float beyond 2^53: such a tenant was its text ("1e+17"), as stored
+    with sqlite3.connect(db) as con:
+        con.execute("""UPDATE decisions SET attributes = '{"tenant": 1e17}', tenant = '1e+17'
+                       WHERE rowid = (SELECT min(rowid) FROM decisions WHERE tenant = 'globex')""")
+    con.close()
+    for args, evaluated, said in (
+        (["--tenant", "globex"], 4, "none is tenant 'globex' in the scope"),
+        (["--tenant", "1e+17"], 1, "1 of them is tenant '1e+17', in the scope"),
+    ):
+        result = runner.invoke(cli_app, [*base, *args])
+        assert result.exit_code == 0, result.output
+        assert f"{evaluated} decision{'' if evaluated == 1 else 's'} with feedback evaluated" in result.output
+        assert "warning: 1 decision with feedback has a tenant stored as a float beyond ±2^53" in result.output
+        assert said in result.output
+    # one more such row, made before `boundary`: the warning counted it "in the scope" of --since boundary (found
+    # reviewing eval24: the tenant alone was compared, not the scope)
+    with sqlite3.connect(db) as con:
+        con.execute("""UPDATE decisions SET attributes = '{"tenant": 1e17}', tenant = '1e+17'
+                       WHERE rowid = (SELECT min(rowid) FROM decisions WHERE tenant = 'acme')""")
+    con.close()
+    for args, evaluated, said in (
+        (["--since", f"{boundary:.6f}"], 1, "2 decisions with feedback have a tenant stored as a float beyond ±2^53"),
+        (["--until", f"{boundary:.6f}"], 1, "2 decisions with feedback have a tenant stored as a float beyond ±2^53"),
+    ):
+        result = runner.invoke(cli_app, [*base, "--tenant", "1e+17", *args])
+        assert result.exit_code == 0, result.output
+        assert f"{evaluated} decision with feedback evaluated" in result.output, result.output
+        assert said in result.output and "1 of them is tenant '1e+17', in the scope" in result.output, result.output

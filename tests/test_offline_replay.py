@@ -21,8 +21,11 @@ from bandit_router.evaluation import (
     EvaluationConfig,
     LoggedRecord,
     OverlapThresholds,
+    best_trusted,
     evaluate_log,
     export_dsjson,
+    format_best,
+    format_table,
     log_arrays,
     overlap,
     parse_candidate,
@@ -661,6 +664,38 @@ def test_a_model_made_route_false_since_it_was_logged_does_not_stop_the_evaluati
     for label in pinned.candidates:
         mine, theirs = pinned.record(label, estimator), without.record(label, estimator)
         assert (mine.n, mine.value) == (theirs.n, theirs.value), label
+
+
+def test_a_candidate_crediting_choices_of_a_model_no_longer_routed_is_shown_never_recommended(
+    world: SyntheticWorld, log: SimulatedLog
+) -> None:
+    """The best-candidate line named `fixed:<model>` of a model the catalog marks `route = false` since (or has
+    removed), and the promotion rule passed it: a policy that routes to a model this catalog will not route, only
+    warned about. Such a candidate (`fixed:` of that model, `logged` whose pmfs gave it probability) keeps its
+    estimates, marked ✗ and named in `unroutable`, is left out of the recommendation and refused by the
+    promotion check; the replayed candidates (`random`) are not marked. Found by eval24."""
+    settings: dict[str, Any] = {"estimators": ("dr",), "n_bootstrap": 0, "dm_bootstrap": 0}
+    full = evaluate_log(log.records, [], models=world.models, **settings)
+    best = best_trusted(full)
+    assert best is not None and best.candidate.startswith("fixed:") and not full.unroutable
+    model = best.candidate.removeprefix("fixed:")
+    assert promotion_check(full, best.candidate).ok  # it beats the logged policy: the case that matters
+    for catalog in ([dataclasses.replace(m, route=False) if m.name == model else m for m in world.models],
+                    [m for m in world.models if m.name != model]):
+        ev = evaluate_log(log.records, [], models=catalog, **settings)  # random: replayed, uniform over the others
+        assert dict(ev.unroutable) == {best.candidate: (model,), "logged": (model,)}
+        assert ev.record(best.candidate, "dr").value == full.record(best.candidate, "dr").value  # still estimated
+        chosen = best_trusted(ev)
+        assert chosen is not None and chosen.candidate not in (best.candidate, "logged")
+        line = format_best(ev)
+        assert line.startswith(f"Best candidate with a trusted interval (dr): {chosen.candidate},")
+        assert f"Not recommended (✗ in the table): logged ({model}); {best.candidate} ({model}):" in line
+        assert line.endswith("To compare them on what they do now, evaluate the decisions made since the change "
+                             "(--since), or replay the policy (-C linucb, not shadow:linucb).")  # the way back
+        assert f"| {best.candidate} | dr |" in format_table(ev) and "✗ |" in format_table(ev)
+        check = promotion_check(ev, best.candidate)
+        assert not check.ok and f"credits choices of {model!r}, a model this catalog does not route" in check.reason
+        assert ev.to_json()["unroutable"] == {best.candidate: [model], "logged": [model]}
 
 
 def test_a_rules_candidate_naming_a_model_made_route_false_since_is_left_out_saying_why(

@@ -36,10 +36,10 @@ from .candidates import Candidate, baseline_candidates, check_models, parse_cand
 from .estimators import Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays, specs_by_name
 from .overlap import Overlap, OverlapThresholds, overlap
-from .removed import check_priced, removed_model_warnings
+from .removed import check_priced, removed_model_warnings, unroutable_choices, unroutable_reason
 from .replay import MODES, ReplayResult, replay
 from .reward_models import RewardFit, RidgeRewardModel, fit_rewards
-from .scope import Scope
+from .scope import Scope, inexact_tenant_warnings
 
 DEFAULT_ESTIMATORS = ("ips", "clipped-ips", "snips", "dm", "dr")
 METRICS = ("reward", "quality", "cost")
@@ -119,6 +119,8 @@ class Evaluation:
     """Everything `evaluate_log` found: the records, the log's size, global warnings and the settings used.
 
     `replays` keeps each candidate's `ReplayResult` (its pmfs and, for policies, its trained router).
+    `unroutable`: the candidates whose estimates credit choices of models this catalog does not route (removed, or
+    `route = false` since; `removed.unroutable_choices`), with those models: shown, never recommended or promoted.
     """
 
     records: tuple[EstimateRecord, ...]
@@ -130,6 +132,7 @@ class Evaluation:
     warnings: tuple[str, ...]
     settings: Mapping[str, Any]
     replays: Mapping[str, ReplayResult] = field(default_factory=dict)
+    unroutable: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def candidates(self) -> tuple[str, ...]:
@@ -151,6 +154,7 @@ class Evaluation:
             "n_with_feedback": self.n_with_feedback,
             "n_evaluated": self.n_evaluated,
             "warnings": list(self.warnings),
+            "unroutable": {label: list(models) for label, models in self.unroutable.items()},
             "settings": dict(self.settings),
         }
 
@@ -293,6 +297,7 @@ class _Prepared:
     wanted: list[Candidate]
     replays: dict[str, ReplayResult]
     warnings: list[str]
+    unroutable: dict[str, tuple[str, ...]]
 
 
 def evaluate_log(
@@ -324,7 +329,7 @@ def evaluate_log(
     out, n_eval = path(prepared, config)
     return Evaluation(
         tuple(out), prepared.arrays.models, config.mode, prepared.n_every, len(prepared.logged), n_eval,
-        tuple(prepared.warnings), config.to_json(), prepared.replays,
+        tuple(prepared.warnings), config.to_json(), prepared.replays, prepared.unroutable,
     )
 
 
@@ -388,8 +393,10 @@ def _prepare(
             f"often for some models than others, every estimate is biased"
         )
     warnings.extend(mixed)
+    warnings.extend(inexact_tenant_warnings(logged, scope))
     warnings.extend(default_reward_warnings(logged, scope))
-    return _Prepared(n_every, logged, arrays, wanted, replays, warnings)
+    unroutable = unroutable_choices(replays, specs, mode=config.mode, train_fraction=config.train_fraction)
+    return _Prepared(n_every, logged, arrays, wanted, replays, warnings, unroutable)
 
 
 def _scope_of(scope: Scope | str | None) -> Scope:
@@ -585,13 +592,18 @@ def promotion_check(
     require_trusted: bool = True,
 ) -> PromotionCheck:
     """The rule for promoting a shadow or candidate: ci_low(candidate) > value(live) under `estimator`
-    (`lower_bound_beats`), and no overlap warning on the candidate when `require_trusted`."""
+    (`lower_bound_beats`), and no overlap warning on the candidate when `require_trusted`. A candidate whose
+    estimate credits choices of a model this catalog does not route (`Evaluation.unroutable`) is refused whatever
+    its bound: it estimates choices that cannot be made now."""
     try:
         mine = evaluation.record(candidate, estimator)
         theirs = evaluation.record(live, estimator)
     except KeyError:
         raise InvalidInput(f"the evaluation has no {estimator!r} estimate of {candidate!r} and {live!r}") from None
     low, live_value = mine.ci_low, theirs.value
+    if candidate in evaluation.unroutable:
+        return PromotionCheck(candidate, estimator, low, live_value, False, unroutable_reason(
+            evaluation.unroutable[candidate]))
     if not (math.isfinite(low) and math.isfinite(live_value)):
         return PromotionCheck(candidate, estimator, low, live_value, False, "no finite estimate to compare")
     if require_trusted and mine.warnings:

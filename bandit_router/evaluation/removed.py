@@ -6,13 +6,15 @@ The candidates route among the models that have an entry, as they would be deplo
 default) cannot be deployed with this catalog and is left out (`removed_models_named`); the decisions that allowed
 only removed models are left out for every candidate (`replay.left_out_rows`), with one warning; and rounds of a
 removed model that carry no cost are refused (`check_priced`) where an estimate uses them, since nothing prices
-their tokens.
+their tokens; and the candidates whose estimates credit choices of a model this catalog does not route (`logged`,
+a shadow or `fixed:<model>`, read from the log) are named (`unroutable_choices`), left out of any recommendation
+and refused by the promotion check.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -22,7 +24,7 @@ from ..policies import check_models as check_policy_models
 from ..policies import make_policy, parse_spec
 from .candidates import Candidate
 from .log import LoggedRecord
-from .replay import left_out_rows
+from .replay import ReplayResult, left_out_rows
 from .scope import Scope
 
 REMOVED_SINCE = " (removed from the catalog since?)"
@@ -62,7 +64,8 @@ def removed_model_warnings(
         warnings.append(
             f"models of the log without a catalog entry{REMOVED_SINCE}: {', '.join(removed)}; the "
             f"candidates route among the other models, as they would with this catalog, and learn nothing from "
-            f"those models' outcomes; fixed:<model> of such a model is read from the log"
+            f"those models' outcomes; fixed:<model> of such a model is read from the log, and it and logged or a "
+            "shadow that gave such a model probability are never recommended (✗)"
         )
     judges = [m for m in models if m in specs and not specs[m].route]
     if judges:
@@ -70,7 +73,8 @@ def removed_model_warnings(
             f"models of the log the catalog marks route = false (a judge or router model only): {', '.join(judges)}; "
             "the replayed candidates never route to them, as they would not with this catalog; logged and the "
             "shadows keep the pmfs logged while they were routable, and fixed:<model> of such a model is read from "
-            "the log: none of these three can be deployed as they are with this catalog"
+            "the log: none of these three can be deployed as they are with this catalog, and where they gave those "
+            "models probability they are never recommended (✗)"
         )
     undeployable = {c.label: removed_models_named(c, specs, models) for c in wanted}
     not_evaluated = [f"candidate {label!r} not evaluated: its policy names {_unroutable(named, specs)}, so it "
@@ -125,6 +129,68 @@ def removed_models_named(candidate: Candidate, specs: Mapping[str, ModelSpec], m
         raise InvalidInput(f"candidate {candidate.label!r}: {exc}") from None
     raise InvalidInput(f"candidate {candidate.label!r}: its policy names a model of the catalog that the log does not "
                        f"have, so no logged round tells what it would get; the log's models: {', '.join(models)}")
+
+
+def unroutable_choices(
+    replays: Mapping[str, ReplayResult], specs: Mapping[str, ModelSpec], *, mode: str, train_fraction: float,
+) -> dict[str, tuple[str, ...]]:
+    """Each candidate whose pmf gives probability to a model this catalog does not route (no entry, or `route =
+    false`) on a decision it is evaluated on, with those models: `logged` and the shadows keep the pmfs logged while
+    the model was routable, and `fixed:<such a model>` is read from the log; their estimates credit choices that
+    cannot be made now, so no such candidate is one to deploy (the replayed candidates never route there).
+
+        unroutable(c) = {a ∉ routable : Σ_{i evaluated} π_c(a | x_i) > 0}
+
+    with the rows evaluated those with feedback not left out (frozen: of the held-out part; replay: every one the
+    candidate may accept)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for label, result in replays.items():
+        columns = [j for j, m in enumerate(result.models) if m not in specs or not specs[m].route]
+        if not columns:
+            continue
+        rows = ~result.left_out if result.left_out is not None else np.ones(len(result.target_pmf), dtype=bool)
+        if mode == "frozen":
+            rows[: math.floor(train_fraction * len(rows))] = False
+        mass = result.target_pmf[rows][:, columns].sum(axis=0)
+        named = tuple(result.models[j] for j, p in zip(columns, mass, strict=True) if p > 0)
+        if named:
+            found[label] = named
+    return found
+
+
+def choices_routable_now(record: LoggedRecord, specs: Mapping[str, ModelSpec], shadows: Sequence[str] = (),
+                         active: Collection[str] | None = None) -> bool:
+    """Whether the pmfs logged with `record`, the live policy's and those of `shadows`, give no probability to a
+    model this catalog does not route (no entry in `specs`, `route = false`, or, with `active` (the live router's
+    models now), retired at run time: its spec stays in `specs` to price its outcomes): there they are what the
+    policies would do with this catalog. The promotion check and the shadows panel compare the live policy and a
+    shadow on such decisions only (`stale_choices_warning`); `evaluate` marks the candidates instead
+    (`unroutable_choices`)."""
+    models = record.decision.models
+    for pmf in (record.decision.pmf, *(record.shadow_pmfs[name] for name in shadows)):
+        for model, p in zip(models, pmf, strict=True):
+            if p > 0 and (model not in specs or not specs[model].route
+                          or (active is not None and model not in active)):
+                return False
+    return True
+
+
+def stale_choices_warning(k: int, total: int) -> list[str]:
+    """The warning for the `k` of `total` decisions the promotion check and the shadows panel left out because a
+    pmf logged with them gave probability to a model this catalog no longer routes (`choices_routable_now`)."""
+    if not k:
+        return []
+    return [f"{k} of the {total} decisions with feedback that logged the pmfs compared are left out: there the live "
+            "policy or the shadow gave probability to a model this catalog no longer routes (removed, route = false "
+            "or retired since), a choice neither can make now"]
+
+
+def unroutable_reason(models: Sequence[str]) -> str:
+    """Why a candidate of `unroutable_choices` (with its `models`) is neither recommended nor promoted."""
+    one = len(models) == 1
+    return (f"its estimate credits choices of {', '.join(map(repr, models))}, {'a model' if one else 'models'} this "
+            f"catalog does not route (removed from it, or route = false since), as logged while "
+            f"{'it was' if one else 'they were'} routable: choices that cannot be made now")
 
 
 def check_priced(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], *, mode: str,

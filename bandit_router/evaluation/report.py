@@ -62,8 +62,10 @@ def _trusted(evaluation: Evaluation) -> list[EstimateRecord]:
 def best_trusted(evaluation: Evaluation) -> EstimateRecord | None:
     """The candidate to believe in: under the ranking estimator, among the estimates whose overlap raised no
     warning and whose interval is finite, the one with the highest lower bound. A candidate whose reward was
-    measured with its own λ (`on_own_scale`) is not compared. None when none qualifies."""
-    trusted = [r for r in _trusted(evaluation) if not on_own_scale(evaluation, r)]
+    measured with its own λ (`on_own_scale`) is not compared, nor one whose estimate credits choices of a model this
+    catalog does not route (`Evaluation.unroutable`: it cannot be deployed). None when none qualifies."""
+    trusted = [r for r in _trusted(evaluation)
+               if not on_own_scale(evaluation, r) and r.candidate not in evaluation.unroutable]
     return max(trusted, key=lambda r: (r.ci_low, r.value), default=None)
 
 
@@ -75,13 +77,22 @@ def format_best(evaluation: Evaluation) -> str:
         f" Not compared: {', '.join(own)}, whose reward is measured with its own λ (another scale: compare quality "
         "and cost)." if own else ""
     )
+    if evaluation.unroutable:
+        spelt = "; ".join(f"{c} ({', '.join(models)})" for c, models in evaluation.unroutable.items())
+        note += (f" Not recommended ({UNROUTABLE_MARK} in the table): {spelt}: each estimate credits choices of models "
+                 "this catalog does not route (removed, or route = false since), as logged while they were "
+                 "routable; they cannot be made now. To compare them on what they do now, evaluate the decisions "
+                 "made since the change (--since), or replay the policy (-C linucb, not shadow:linucb).")
     if best is None:
-        if not _trusted(evaluation):
+        trusted = _trusted(evaluation)
+        if not trusted:
             by = ranking_estimator(evaluation)
             warned = all(r.warnings for r in evaluation.records if r.estimator == by)
             why = ("every one has an overlap warning" if warned
                    else "each has an overlap warning or no finite interval: too few rounds")
             return f"No candidate's estimate can be trusted ({why}): log more, or explore more." + note
+        if any(not on_own_scale(evaluation, r) for r in trusted):  # each one credits choices that cannot be made
+            return "No candidate this catalog can deploy has a trusted estimate." + note
         return "No candidate measured with the logged λ has a trusted estimate." + note
     text = (
         f"Best candidate with a trusted interval ({best.estimator}): {best.candidate}, reward {_num(best.value)} "
@@ -98,9 +109,14 @@ def format_best(evaluation: Evaluation) -> str:
     return text + f": not yet distinguishable from the logged policy's {_num(logged.value)}." + note
 
 
+UNROUTABLE_MARK = "✗"
+"""The table's mark of a candidate whose estimate credits choices of a model this catalog does not route."""
+
+
 def format_table(evaluation: Evaluation, *, estimators: Sequence[str] | None = None) -> str:
     """A Markdown table: one row per (candidate, estimator), candidates best first (`ranked_candidates`); cost in
-    USD per 1000 requests; ⚠ marks warnings."""
+    USD per 1000 requests; ⚠ marks warnings, ✗ a candidate that credits choices of a model this catalog does not
+    route (`Evaluation.unroutable`: never recommended)."""
     keep = set(estimators) if estimators is not None else None
     order = {c: i for i, c in enumerate(ranked_candidates(evaluation))}
     conf = round(100 * float(evaluation.settings.get("confidence", 0.95)))
@@ -114,9 +130,13 @@ def format_table(evaluation: Evaluation, *, estimators: Sequence[str] | None = N
         lines.append(
             f"| {r.candidate} | {r.estimator} | {_num(r.value)} | {_interval(r.ci_low, r.ci_high)} | "
             f"{_num(r.quality.value)} {_interval(r.quality.ci_low, r.quality.ci_high)} | "
-            f"{_num(1000 * r.cost.value, 3)} | {_num(r.ess, 0)} | {r.n} | {'⚠' if r.warnings else ''} |"
+            f"{_num(1000 * r.cost.value, 3)} | {_num(r.ess, 0)} | {r.n} | {_marks(evaluation, r)} |"
         )
     return "\n".join(lines)
+
+
+def _marks(evaluation: Evaluation, record: EstimateRecord) -> str:
+    return ("⚠" if record.warnings else "") + (UNROUTABLE_MARK if record.candidate in evaluation.unroutable else "")
 
 
 def _warnings(evaluation: Evaluation) -> list[str]:

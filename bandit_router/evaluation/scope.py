@@ -4,10 +4,13 @@ Every decision with feedback teaches the replayed candidates, in log order, as i
 replays the whole log into a new policy); only the decisions in the scope are scored: decision d is in it when
 
     (policy is None or d.policy == policy) and (since is None or since ≤ d.created_at)
-        and (until is None or d.created_at < until) and (tenant is None or tenant_of(d's tenant) == tenant)
+        and (until is None or d.created_at < until) and (tenant is None or logged_tenant(d's tenant) == tenant)
 
 with `created_at` the decision's Unix time in seconds and its tenant the context's `tenant` value read as the
-service reads it (`types.tenant_of`: 5 and 5.0 are tenant "5"). An unset field selects every decision.
+service reads it (`types.tenant_of`: 5 and 5.0 are tenant "5"). An unset field selects every decision. A tenant
+stored as a float beyond ±2⁵³ (which `tenant_of` refuses now; a log written before can hold one) is read as the
+service read it then, by its text (`logged_tenant`: 1e17 is tenant "1e+17", as the log's `tenant` column has it),
+and `inexact_tenant_warnings` says so.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from ..errors import InvalidInput
-from ..types import tenant_named, tenant_of
+from ..types import EXACT_TENANT, tenant_named, tenant_of
 from .log import LoggedRecord
 
 #: The latest Unix time a scope's bound may be (as the dashboard's time series: year 5138).
@@ -77,6 +80,39 @@ def _iso(seconds: float) -> str:
     return moment.isoformat(timespec="seconds" if not moment.microsecond else "microseconds").replace("+00:00", "Z")
 
 
+def _inexact(value: object) -> bool:
+    return isinstance(value, float) and abs(value) > EXACT_TENANT
+
+
+def logged_tenant(value: object) -> str | None:
+    """The tenant a logged context's `tenant` value names: `tenant_of`'s, or for a float beyond ±2⁵³ (which
+    `tenant_of` refuses since; a log written before can hold one) its text, the tenant the service read it as then
+    and stored in the decision's `tenant` column (1e17: "1e+17")."""
+    return str(value) if _inexact(value) else tenant_of(value)
+
+
+def inexact_tenant_warnings(logged: Sequence[LoggedRecord], scope: Scope) -> list[str]:
+    """With a tenant scope: a warning naming the decisions of `logged` whose tenant is a float beyond ±2⁵³, said how
+    they were read (`logged_tenant`) and whether the scope holds them."""
+    if scope.tenant is None:
+        return []
+    inexact = [r for r in logged if _inexact(r.decision.context.attributes.get("tenant"))]
+    if not inexact:
+        return []
+    found = Counter(str(r.decision.context.attributes.get("tenant")) for r in inexact)
+    k = len(inexact)
+    names = ", ".join(repr(name) for name in sorted(found))
+    # in the scope: the tenant and its other bounds (a scope no decision is in was refused before: `none_in_scope`)
+    matched = sum(scope.holds(r) for r in inexact)
+    said = (f"{matched} of them {'is' if matched == 1 else 'are'} tenant {scope.tenant!r}, in the scope" if matched
+            else f"none is tenant {scope.tenant!r} in the scope")
+    one = k == 1
+    return [f"{k} decision{'' if one else 's'} with feedback {'has' if one else 'have'} a tenant stored as a float "
+            f"beyond ±2^53, as the service stored such a tenant before it refused them: read by "
+            f"{'its' if one else 'their'} text, the tenant the service gave {'it' if one else 'them'} then ({names}); "
+            f"{said}"]
+
+
 @dataclass(frozen=True)
 class Scope:
     """The decisions an evaluation scores (see the module docstring); checks itself when built. `tenant` may be
@@ -127,7 +163,7 @@ class Scope:
             return False
         if self.until is not None and not d.created_at < self.until:
             return False
-        return self.tenant is None or tenant_of(d.context.attributes.get("tenant")) == self.tenant
+        return self.tenant is None or logged_tenant(d.context.attributes.get("tenant")) == self.tenant
 
     def mask(self, records: Sequence[LoggedRecord]) -> np.ndarray:
         """`holds` of each record, as a boolean array."""
@@ -160,7 +196,7 @@ class Scope:
             times = [r.decision.created_at for r in logged]
             what.append(f"they were made from {_iso(min(times))} to {_iso(max(times))}")
         if self.tenant is not None:
-            tenants = Counter(tenant_of(r.decision.context.attributes.get("tenant")) for r in logged)
+            tenants = Counter(logged_tenant(r.decision.context.attributes.get("tenant")) for r in logged)
             spelt = [f"{'(none)' if name is None else repr(name)} ({n})" for name, n in tenants.most_common(8)]
             more = len(tenants) - len(spelt)
             what.append("their tenants: " + ", ".join(spelt) + (f" and {more} more" if more > 0 else ""))

@@ -16,9 +16,10 @@
   (each target against its realised value, per tenant).
 - `shadows()`: each shadow policy's doubly robust estimate (with its confidence interval) against the live
   policy's, on the live policy's decisions with feedback among the newest `SHADOW_DECISIONS` that logged the
-  shadow's pmf (its `n`; the live row: those that logged any; without those that allowed only models no candidate
-  may route to now: `left_out`), whether that evidence would allow a promotion (`evaluation.promotion_check`), and
-  the evaluation's `warnings` (as the promotion check's). Recomputed at most every `SHADOW_TTL_S` seconds.
+  shadow's pmf (its `n`; the live row: those that logged any; without those where a logged pmf, the live
+  policy's or the shadow's, gave probability to a model no candidate may route to now: `left_out`), whether that
+  evidence would allow a promotion (`evaluation.promotion_check`), and the evaluation's `warnings` (as the
+  promotion check's). Recomputed at most every `SHADOW_TTL_S` seconds.
 
 Every method blocks (a database read, maybe an evaluation): call it from a thread pool.
 """
@@ -232,6 +233,7 @@ class Monitor:
 
     def _evaluate_shadows(self) -> dict[str, Any]:
         from ..evaluation import evaluate_log, promotion_check
+        from ..evaluation.removed import choices_routable_now, stale_choices_warning
         from ..evaluation.store_log import recent_log
 
         names = list(self.policies.shadows)
@@ -257,42 +259,62 @@ class Monitor:
                         specs[name] = self.policies.live.spec(name)  # added at run time, or retired
                     except UnknownModel:  # left the catalog file: evaluated as such (`evaluation.removed`)
                         continue
+        # as the promotion check: only the decisions where neither the live policy's pmf nor the shadow's gave
+        # probability to a model this catalog no longer routes (a choice neither can make now)
+        active = {m.name for m in self.policies.live.models}  # not those retired at run time (`specs` prices them)
+        live_rows = tuple(i for i, r in enumerate(records) if choices_routable_now(r, specs, (), active))
         # Each shadow on the decisions that logged its pmf, as the promotion check: a shadow added at a restart
         # must not shrink the others' evidence to its own (shadows logged with the same decisions: one evaluation).
         groups: dict[tuple[int, ...], list[str]] = {}
+        logged_with: dict[str, int] = {}
         for name in names:
-            groups.setdefault(tuple(i for i, r in enumerate(records) if name in r.shadow_pmfs), []).append(name)
+            logged_with[name] = sum(name in r.shadow_pmfs for r in records)
+            rows = tuple(i for i in live_rows if name in records[i].shadow_pmfs
+                         and choices_routable_now(records[i], specs, (name,), active))
+            groups.setdefault(rows, []).append(name)
         shadow_entries: dict[str, dict[str, Any]] = {}
         live_entry: dict[str, Any] | None = None
         warnings: dict[str, None] = {}  # the evaluations' own (not an estimate's overlap), each once, in order
         for rows, group in groups.items():
             if len(rows) < MIN_SHADOW_EVIDENCE:
                 for name in group:
+                    stale = logged_with[name] - len(rows)
+                    why = (f"only {len(rows)} of the live policy's recent decisions with feedback logged its pmf"
+                           if not stale else
+                           f"only {len(rows)} of the live policy's recent decisions with feedback logged its pmf with "
+                           f"neither pmf giving probability to a model this catalog no longer routes ({stale} more "
+                           "gave one probability, a choice neither can make now)")
                     shadow_entries[name] = {
                         "name": name, "role": "shadow", "value": None, "ci_low": None, "ci_high": None,
                         "quality": None, "cost_usd": None, "ess": None, "warnings": [], "n": len(rows),
-                        "promotable": False, "reason": f"only {len(rows)} of the live policy's recent decisions with "
-                        f"feedback logged its pmf; at least {MIN_SHADOW_EVIDENCE} are needed"}
+                        "promotable": False, "reason": f"{why}; at least {MIN_SHADOW_EVIDENCE} are needed"}
                 continue
             candidates = ["logged", *(f"shadow:{name}" for name in group)]
             evaluation = evaluate_log([records[i] for i in rows], candidates, models=specs, estimators=("dr",),
                                       baselines=False, seed=0)
+            for name in group:
+                warnings.update(dict.fromkeys(stale_choices_warning(logged_with[name] - len(rows), logged_with[name])))
             warnings.update(dict.fromkeys(evaluation.warnings))
             for name in group:
                 check = promotion_check(evaluation, f"shadow:{name}", estimator="dr", live="logged")
                 shadow_entries[name] = {**_entry(evaluation, f"shadow:{name}", name, "shadow"),
                                         "promotable": check.ok, "reason": check.reason}
-            if len(rows) == len(records):
+            if rows == live_rows:
                 live_entry = _entry(evaluation, "logged", self.policies.live_name, "live")
-        if live_entry is None:  # no shadow was logged with every one of them
-            evaluation = evaluate_log(records, ["logged"], models=specs, estimators=("dr",), baselines=False, seed=0)
+        if live_entry is None and len(live_rows) >= MIN_SHADOW_EVIDENCE:  # no shadow was logged with all of them
+            evaluation = evaluate_log([records[i] for i in live_rows], ["logged"], models=specs, estimators=("dr",),
+                                      baselines=False, seed=0)
             warnings.update(dict.fromkeys(evaluation.warnings))
             live_entry = _entry(evaluation, "logged", self.policies.live_name, "live")
+        if live_entry is None:  # too few where the live policy gave no probability to a model not routed now
+            live_entry = {"name": self.policies.live_name, "role": "live", "value": None, "ci_low": None,
+                          "ci_high": None, "quality": None, "cost_usd": None, "ess": None, "warnings": [],
+                          "n": len(live_rows)}
+            warnings.update(dict.fromkeys(stale_choices_warning(len(records) - len(live_rows), len(records))))
         # `n`: the decisions the live estimate is on; those with feedback that allowed only models no candidate may
-        # route to now (`replay.left_out_rows`) are left out of it, and counted apart
+        # route to now (`replay.left_out_rows`), or where a pmf gave one probability, are left out, and counted apart
         return {**out, "n": live_entry["n"], "left_out": len(records) - live_entry["n"], "warnings": list(warnings),
                 "estimates": [live_entry, *(shadow_entries[name] for name in names)]}
-
 
 def _entry(evaluation: Evaluation, candidate: str, name: str, role: str) -> dict[str, Any]:
     """One row of the shadows panel: `candidate`'s DR estimate in `evaluation`, on the decisions it scored

@@ -702,19 +702,30 @@ class Engine:
     def promotion_check(self, name: str) -> dict[str, Any]:
         """Evaluate `shadow:NAME` against the live policy on the decisions the live policy made that logged the
         shadow's pmf (blocking). Decisions an earlier live policy made (before a promotion) are left out: their
-        logged value is that policy's, not the live one's."""
+        logged value is that policy's, not the live one's; so are those where the live policy's or the shadow's
+        pmf gave probability to a model this catalog no longer routes (`choices_routable_now`): a choice neither
+        can make now."""
         from ..evaluation import evaluate_log, promotion_check
+        from ..evaluation.removed import choices_routable_now, stale_choices_warning
         from ..evaluation.store_log import iter_log, model_specs
 
         live = self.router.policy.name  # what the live router writes into each decision's `policy`
         with _readable(self):
-            records = [r for r in iter_log(self.store) if r.outcome is not None and name in r.shadow_pmfs
-                       and r.decision.policy == live]
+            logged = [r for r in iter_log(self.store) if r.outcome is not None and name in r.shadow_pmfs
+                      and r.decision.policy == live]
             specs = model_specs(self.store, list(self.settings.load_catalog()))
+        active = {m.name for m in self.router.models}  # not those retired at run time (their specs price outcomes)
+        records = [r for r in logged if choices_routable_now(r, specs, (name,), active)]
+        stale = stale_choices_warning(len(logged) - len(records), len(logged))
         if len(records) < MIN_PROMOTION_EVIDENCE:
             counted = f"{len(records)} decision{'' if len(records) == 1 else 's'}"
             reason = (f"only {counted} of the live policy with feedback logged the shadow's pmf "
                       f"(at least {MIN_PROMOTION_EVIDENCE} needed)")
+            if stale:
+                reason = (f"only {counted} of the live policy with feedback logged the shadow's pmf with neither pmf "
+                          f"giving probability to a model this catalog no longer routes (at least "
+                          f"{MIN_PROMOTION_EVIDENCE} needed; {len(logged) - len(records)} more gave one probability, "
+                          "a choice neither can make now)")
             return {"ok": False, "reason": reason, "n": len(records)}
         evaluation = evaluate_log(
             records, ["logged", f"shadow:{name}"], models=specs, estimators=("dr",), baselines=False, seed=0
@@ -727,8 +738,8 @@ class Engine:
             "shadow_ci_low": _finite(result.candidate_low),
             "live_value": _finite(result.live_value),
             "n": evaluation.n_evaluated,  # as the shadows panel: the decisions scored
-            "left_out": len(records) - evaluation.n_evaluated,  # allowed only models no policy may route to now
-            "warnings": list(evaluation.warnings),  # e.g. how many outcomes are a closed window's default_reward
+            "left_out": len(logged) - evaluation.n_evaluated,  # a pmf gave probability to a model not routed now
+            "warnings": [*stale, *evaluation.warnings],  # e.g. how many outcomes are a closed window's default_reward
         }
 
     def decision(self, decision_id: str) -> tuple[StoredDecision, list[FeedbackRecord], CallRecord | None]:

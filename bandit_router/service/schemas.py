@@ -223,8 +223,9 @@ class PromoteOut(BaseModel):
     previous: str = Field(description="the policy that was live; it keeps running as a shadow")
     forced: bool = Field(description="true when promoted by `force` against the evidence")
     check: dict[str, Any] = Field(description="promotion_check: ok, reason, estimator, shadow_ci_low, "
-                                                "live_value, n (the decisions scored), left_out (those that "
-                                                "allowed only models no policy may route to now), warnings (the "
+                                                "live_value, n (the decisions scored), left_out (those where "
+                                                "the live policy's or the shadow's logged pmf gave probability to "
+                                                "a model no policy may route to now), warnings (the "
                                                 "evaluation's: how many outcomes are "
                                                 "a closed window's default_reward, models no longer routable) "
                                                 "(only ok, reason, n with fewer than 10 decisions)")

@@ -156,9 +156,12 @@ class ShadowsOut(BaseModel):
     estimator: str
     n: int = Field(description="decisions of the live policy with feedback that logged a shadow's pmf that the "
                    "estimates are on (the live estimate's; each shadow's own `n` is those that logged its pmf); "
-                   "without estimates: those that logged a shadow's pmf")
-    left_out: int = Field(description="more such decisions, left out of every estimate: they allowed only models "
-                          "no candidate may route to now (removed from the catalog file, or `route = false` since)")
+                   "with fewer than 20 that logged a shadow's pmf (no estimates): those; with fewer than 20 left "
+                   "once `left_out` is taken off: those left (no estimates either)")
+    left_out: int = Field(description="more such decisions, left out of the live estimate: the live policy's pmf "
+                          "gave probability to a model no candidate may route to now (removed from the catalog file, "
+                          "`route = false` or retired at run time since; as the promotion check, each shadow's "
+                          "estimate leaves out those where its own pmf did too)")
     warnings: list[str] = Field(description="the evaluation's warnings about its evidence (e.g. outcomes that are "
                                 "a closed window's `default_reward`, models of the log no longer routable), each "
                                 "once: notes on the data, unlike an estimate's `warnings` (poor overlap: that "

@@ -490,9 +490,9 @@
   }
 
   function drawShadowRows(sh, live) {
-    // `n`: the decisions the estimates are on; `left_out`: more with feedback, left out of every estimate
-    var left = sh.left_out ? "; " + sh.left_out + " more with feedback left out: they allowed only models no " +
-      "policy may route to now" : "";
+    // `n`: the decisions the estimates are on; `left_out`: more with feedback, left out of the live estimate
+    var left = sh.left_out ? "; " + sh.left_out + " more with feedback left out: their logged pmfs gave " +
+      "probability to a model no policy may route to now" : "";
     var note = sh.reason ? sh.reason + "." :
       "Doubly robust estimates on the newest " + sh.n + " decisions with feedback (of " + sh.window +
       " looked at" + left + "), computed " + clock(sh.computed_at) + ".";
