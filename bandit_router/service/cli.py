@@ -204,7 +204,7 @@ def _run(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> 
         from .app import create_app, tune_process
 
         app = create_app(settings)
-        tune_process()
+        tune_process(app)
         uvicorn.run(app, **common)
         return
     from .app import SERVE_ARGS
