@@ -363,6 +363,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if workers is not None:
                 await workers.before_listening(engine)
             if getattr(app.state, "freeze_after_start", False):  # `tune_process`: what the start built, frozen too
+                gc.collect()  # its garbage first (numba's compiles: 23,000-40,000 objects), else frozen for good
                 gc.freeze()
             yield
         finally:
@@ -530,6 +531,8 @@ def tune_process(app: FastAPI | None = None) -> None:
       compiled for them (≈ 89,000 objects at 100 models and 30 named routers) were built after the first freeze,
       and each full collection scanned them all, holding the GIL (every thread, so every route in flight) for
       60-130 ms of a loaded 2-core machine's time, 0.3-0.4 s of wall time in a served run (load average 11).
+      A full collection first: the start's garbage frozen would be kept for the life of the process (numba's
+      compiles when its cache is cold or not writable: 23,000-40,000 objects of LLVM IR).
     - `sys.setswitchinterval(0.001)`: the writer thread needs the GIL back after each SQLite statement; with the
       default 5 ms a busy event loop made every statement wait up to 5 ms, so each commit (and every reply
       waiting for it) took 15-30 ms. At 1 ms a commit waits at most a few ms, and the loop rarely yields
