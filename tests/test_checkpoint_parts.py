@@ -381,3 +381,25 @@ def test_check_reads_the_checkpoints_in_one_snapshot(
     monkeypatch.setattr(dbguard, "_first_feedback_seq", pruned_meanwhile)
     report = check_database(db)
     assert report.ok and [c["seq"] for c in report.checkpoints if c["good"]] == [12, 10, 5], report.checkpoints
+
+
+def test_check_passes_a_save_under_way_by(checked: dict[str, Path], tmp_path: Path) -> None:
+    """A service storing a checkpoint while `check` runs: its committed parts, and the next one written in a
+    transaction still open, have no `checkpoints` row yet (it comes last, in its own transaction), so no checkpoint
+    reads back incomplete and the verdict stays intact. (A guard for the "NOT intact" verdict of a bad checkpoint:
+    a running service must not trigger it.)"""
+    db = tmp_path / "saving.db"
+    db.write_bytes(checked["parts"].read_bytes())
+    store = SQLiteStore(db)
+    try:
+        with store.write() as tx:
+            tx.insert_checkpoint_part("under-way", 0, b"a part committed")
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as writer:
+            writer.execute("BEGIN IMMEDIATE")  # the next part, its transaction open while `check` reads
+            writer.execute("INSERT INTO checkpoint_parts (token, n, created_at, data) "
+                           "VALUES ('under-way', 1, 0, x'00')")
+            report = check_database(db)
+            writer.execute("ROLLBACK")
+    finally:
+        store.close()
+    assert report.ok and [c["good"] for c in report.checkpoints] == [True, True, True], report.checkpoints
