@@ -263,13 +263,74 @@ def _has_a_table(conn: sqlite3.Connection, names: tuple[str, ...]) -> bool:
     return bool(conn.execute(query, names).fetchone()[0])
 
 
-def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
-    """SQLite's `PRAGMA integrity_check` on `path` (read-only), the decisions with feedback decoded
-    (`check_decisions`), and every stored checkpoint verified against its sha256, newest first: the newest one that
-    reads back and matches is the last good checkpoint."""
+def _first_feedback_seq(conn: sqlite3.Connection) -> int | None:
+    """The oldest feedback seq stored (with none, the next one: `sqlite_sequence` keeps the largest ever used);
+    None when it cannot be read."""
+    try:
+        first = conn.execute("SELECT MIN(seq) FROM feedback").fetchone()[0]
+        if first is None:
+            used = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'feedback'").fetchone()
+            first = int(used[0]) + 1 if used is not None else 1
+        return int(first)
+    except (sqlite3.Error, TypeError, ValueError):
+        return None
+
+
+def check_checkpoints(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every stored checkpoint read back as a start reads it (its parts in order, when written in parts) and
+    compared with its sha256, in a start's order (newest first) and in one read transaction: a service that stores
+    a checkpoint meanwhile and prunes an older one with its parts does not make a listed one read back incomplete.
+    Each entry: `id`, `created_at`, `fingerprint`, `seq`, `event_id`, `version`, `good`. A bad one also has
+    `error` (its parts missing, or its state not matching its sha256) and `fallback`: what a start of its settings
+    that reaches it restores instead (the next good checkpoint of its fingerprint: `id` and `seq`; None: the whole
+    log replayed), with `lacks_seqs` when the log that replay needs was deleted (retention, or by hand): the first
+    and last feedback seq missing, whose learning a start then loses."""
     from .store.records import parts_named  # (the store imports this module)
     from .store.sqlite import PARTS_OF
 
+    entries: list[dict[str, Any]] = []
+    conn.execute("BEGIN")
+    try:
+        listed = conn.execute("SELECT id, created_at, fingerprint, seq, event_id, version FROM checkpoints "
+                              "ORDER BY seq DESC, event_id DESC, id DESC").fetchall()
+        first = _first_feedback_seq(conn)
+        for checkpoint_id, created_at, fingerprint, seq, event_id, version in listed:
+            entry: dict[str, Any] = {"id": checkpoint_id, "created_at": created_at, "fingerprint": fingerprint,
+                                     "seq": seq, "event_id": event_id, "version": version}
+            try:  # one at a time: a state is up to 21 MB (100 models), and a damaged row spoils only its entry
+                sha256, state = conn.execute("SELECT sha256, state FROM checkpoints WHERE id = ?",
+                                             (checkpoint_id,)).fetchone()
+                state = bytes(state)
+                parts = parts_named(state)
+                if parts is not None:  # written in parts (migration 9): their bytes, in order
+                    found = conn.execute(PARTS_OF.format(mark="?"), parts[:1]).fetchall()
+                    state = b"".join(bytes(r[0]) for r in found)
+                    if len(found) != parts[1]:
+                        entry["error"] = f"{len(found)} of its {parts[1]} parts stored"
+                if "error" not in entry and hashlib.sha256(state).hexdigest() != sha256:
+                    entry["error"] = "its state does not match its sha256"
+            except (sqlite3.Error, TypeError, ValueError) as exc:
+                entry["error"] = str(exc)
+            entry["good"] = "error" not in entry
+            entries.append(entry)
+    finally:
+        conn.rollback()
+    for n, entry in enumerate(entries):
+        if entry["good"]:
+            continue
+        fallback = next((c for c in entries[n + 1 :] if c["good"] and c["fingerprint"] == entry["fingerprint"]),
+                        None)
+        entry["fallback"] = None if fallback is None else {"id": fallback["id"], "seq": fallback["seq"]}
+        after = 0 if fallback is None else int(fallback["seq"])
+        if first is not None and first > after + 1:
+            entry["lacks_seqs"] = [after + 1, int(first) - 1]
+    return entries
+
+
+def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
+    """SQLite's `PRAGMA integrity_check` on `path` (read-only), the decisions with feedback decoded
+    (`check_decisions`), and every stored checkpoint verified against its sha256, newest first: the newest one that
+    reads back and matches is the last good checkpoint (`check_checkpoints`). `ok` only when all of them pass."""
     report = CheckReport(path=str(path), ok=False)
     if not path.is_file():
         report.error = f"{path}: {'not a file' if path.exists() else 'no such file'}"
@@ -304,30 +365,12 @@ def check_database(path: Path, *, max_errors: int = 20) -> CheckReport:
         except sqlite3.Error as exc:
             report.error = f"the model events cannot be read: {exc}"
         try:
-            ids = [r[0] for r in conn.execute("SELECT id FROM checkpoints ORDER BY seq DESC, id DESC").fetchall()]
+            report.checkpoints = check_checkpoints(conn)
         except sqlite3.Error as exc:
-            ids = []
-            report.error = f"the checkpoints table cannot be read: {exc}"
-        for checkpoint_id in ids:
-            entry: dict[str, Any] = {"id": checkpoint_id}
-            try:
-                row = conn.execute(
-                    "SELECT created_at, fingerprint, seq, event_id, version, sha256, state FROM checkpoints "
-                    "WHERE id = ?", (checkpoint_id,),
-                ).fetchone()
-                created_at, fingerprint, seq, event_id, version, sha256, state = row
-                parts = parts_named(bytes(state))
-                if parts is not None:  # written in parts (migration 9): their bytes, in order
-                    state = b"".join(bytes(r[0]) for r in conn.execute(PARTS_OF.format(mark="?"), parts[:1]))
-                entry.update(created_at=created_at, fingerprint=fingerprint, seq=seq, event_id=event_id,
-                             version=version, good=hashlib.sha256(state).hexdigest() == sha256)
-            except (sqlite3.Error, TypeError, ValueError) as exc:
-                entry.update(good=False, error=str(exc))
-            report.checkpoints.append(entry)
-            if entry["good"] and report.last_good_checkpoint is None:
-                report.last_good_checkpoint = entry
+            report.error = f"the checkpoints cannot be read: {exc}"
+        report.last_good_checkpoint = next((c for c in report.checkpoints if c["good"]), None)
     finally:
         conn.close()
     report.ok = (report.integrity == ["ok"] and report.error is None and not report.decisions.get("unreadable")
-                 and not report.model_events.get("unreadable"))
+                 and not report.model_events.get("unreadable") and all(c["good"] for c in report.checkpoints))
     return report

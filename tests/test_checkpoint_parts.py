@@ -267,3 +267,139 @@ def test_a_stop_during_a_save_the_log_moved_past_saves_the_state_once(
     restarted = Service(settings)
     assert restarted.engine.recovery["replayed"] == 0  # the final checkpoint holds everything learned
     restarted.crash()
+
+
+# -- bandit-router check on a corrupt checkpoint ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two databases with checkpoints at feedback seqs 5, 10 and 12 (the clean stop's): `parts` stores them in parts,
+    `rows` in one row each (as schema 8 stored every checkpoint)."""
+    root = tmp_path_factory.mktemp("check")
+    stored: dict[str, Path] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, part in (("parts", PART), ("rows", 1 << 30)):
+            patch.setattr(checkpoints, "PART_BYTES", part)
+            service = Service(Settings(db=root / f"{name}.db", seed=10, checkpoint_interval=5))
+            for i in range(12):
+                service.round(i)
+            service.client.__exit__(None, None, None)  # a clean stop: the final checkpoint, the WAL copied in
+            stored[name] = root / f"{name}.db"
+            assert [seq for seq, _ in _stored(stored[name])] == [5, 10, 12]
+    return stored
+
+
+NEWEST = "(SELECT id FROM checkpoints ORDER BY seq DESC LIMIT 1)"
+TOKEN = "CAST(substr(state, 10, 32) AS TEXT)"
+"""A parted checkpoint's token, read from its `state` (`records.parts_marker`)."""
+NEWEST_TOKEN = f"(SELECT {TOKEN} FROM checkpoints WHERE id = {NEWEST})"
+
+
+@pytest.mark.parametrize(("kind", "corrupt", "says"), [
+    pytest.param("rows", f"UPDATE checkpoints SET state = zeroblob(1000) WHERE id = {NEWEST}",
+                 "does not match its sha256", id="row-state-altered"),
+    pytest.param("rows", f"UPDATE checkpoints SET sha256 = 'ab' || substr(sha256, 3) WHERE id = {NEWEST}",
+                 "does not match its sha256", id="row-sha256-altered"),
+    pytest.param("parts", f"DELETE FROM checkpoint_parts WHERE token = {NEWEST_TOKEN} AND n = 1",
+                 "12 of its 13 parts stored", id="part-missing"),
+    pytest.param("parts", f"UPDATE checkpoint_parts SET data = zeroblob(length(data)) WHERE token = {NEWEST_TOKEN} "
+                 "AND n = 0", "does not match its sha256", id="part-altered"),
+    pytest.param("parts", f"UPDATE checkpoints SET sha256 = 'ab' || substr(sha256, 3) WHERE id = {NEWEST}",
+                 "does not match its sha256", id="parts-sha256-altered"),
+])
+def test_check_says_not_intact_when_a_checkpoint_fails_its_checksum(
+    checked: dict[str, Path], tmp_path: Path, kind: str, corrupt: str, says: str
+) -> None:
+    """Each kind of corrupt checkpoint (in one row: its state or its sha256 altered; in parts: a part missing or
+    altered, the row's sha256 altered) makes `check` exit 1 with a verdict that says so, the reason, and what a
+    start restores instead. Before the fix `check` listed the checkpoint as failing its checksum and still said
+    "verdict: intact", exit 0, for each of them (and for every checkpoint bad)."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    db = tmp_path / "corrupt.db"
+    db.write_bytes(checked[kind].read_bytes())
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        assert conn.execute(corrupt).rowcount == 1
+    result = CliRunner().invoke(cli_app, ["check", "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert "last good checkpoint: id 2, feedback seq 10, policy version 10" in result.output
+    assert "checkpoints failing their checksum: [3]" in lines
+    detail = next(line for line in lines if line.startswith("  checkpoint 3 (feedback seq 12): "))
+    assert says in detail and detail.endswith("restores checkpoint 2 (feedback seq 10) and replays the log after it")
+    assert lines[-1] == ("verdict: NOT intact: checkpoints failing their checksum (a start skips them: see above): "
+                         "restore a backup, or accept that and delete them: DELETE FROM checkpoints WHERE id IN (3) "
+                         "(the docs: service → durability)")
+    report = check_database(db)
+    assert not report.ok and [c["good"] for c in report.checkpoints] == [False, True, True]
+
+
+def test_check_says_what_a_start_without_a_good_checkpoint_loses(checked: dict[str, Path], tmp_path: Path) -> None:
+    """Every checkpoint bad and the log's first rows deleted (as retention deletes what checkpoints hold): a start
+    replays the whole log, which lacks them, and `check` says what is lost (JSON: `fallback` None, `lacks_seqs`)."""
+    from typer.testing import CliRunner
+
+    from bandit_router.cli import app as cli_app
+
+    db = tmp_path / "lost.db"
+    db.write_bytes(checked["parts"].read_bytes())
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE checkpoints SET sha256 = 'x'")
+        conn.execute("DELETE FROM feedback WHERE seq <= 4")
+    result = CliRunner().invoke(cli_app, ["check", "--db", str(db)])
+    assert result.exit_code == 1, result.output
+    assert "last good checkpoint: none" in result.output
+    assert "DELETE FROM checkpoints WHERE id IN (3, 2, 1)" in result.output
+    oldest = ("  checkpoint 1 (feedback seq 5): its state does not match its sha256; a start with its settings that "
+              "comes to it restores none: it replays the whole log, which lacks feedback seqs 1–4 (deleted: "
+              "retention, or by hand): what they taught is lost unless a backup holds a good checkpoint")
+    assert oldest in result.output.splitlines()
+    entries = check_database(db).checkpoints
+    assert [(c["fallback"], c["lacks_seqs"]) for c in entries] == [(None, [1, 4])] * 3
+
+
+def test_check_reads_the_checkpoints_in_one_snapshot(
+    checked: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service that prunes a checkpoint (with its parts) while `check` reads them does not make the listed one
+    read back as bad: `check` runs beside the service. Before, each checkpoint was read in its own transaction: the
+    pruned one read as missing ("NOT intact" once a bad checkpoint counts)."""
+    from bandit_router import dbguard
+
+    db = tmp_path / "live.db"
+    db.write_bytes(checked["parts"].read_bytes())
+    first_seq = dbguard._first_feedback_seq
+
+    def pruned_meanwhile(conn: sqlite3.Connection) -> int | None:  # after the list is read: the service prunes
+        with contextlib.closing(sqlite3.connect(db)) as writer, writer:
+            token = writer.execute(f"SELECT {TOKEN} FROM checkpoints WHERE seq = 5").fetchone()
+            writer.execute("DELETE FROM checkpoints WHERE seq = 5")
+            assert writer.execute("DELETE FROM checkpoint_parts WHERE token = ?", token).rowcount == 13
+        return first_seq(conn)
+
+    monkeypatch.setattr(dbguard, "_first_feedback_seq", pruned_meanwhile)
+    report = check_database(db)
+    assert report.ok and [c["seq"] for c in report.checkpoints if c["good"]] == [12, 10, 5], report.checkpoints
+
+
+def test_check_passes_a_save_under_way_by(checked: dict[str, Path], tmp_path: Path) -> None:
+    """A service storing a checkpoint while `check` runs: its committed parts, and the next one written in a
+    transaction still open, have no `checkpoints` row yet (it comes last, in its own transaction), so no checkpoint
+    reads back incomplete and the verdict stays intact. (A guard for the "NOT intact" verdict of a bad checkpoint:
+    a running service must not trigger it.)"""
+    db = tmp_path / "saving.db"
+    db.write_bytes(checked["parts"].read_bytes())
+    store = SQLiteStore(db)
+    try:
+        with store.write() as tx:
+            tx.insert_checkpoint_part("under-way", 0, b"a part committed")
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as writer:
+            writer.execute("BEGIN IMMEDIATE")  # the next part, its transaction open while `check` reads
+            writer.execute("INSERT INTO checkpoint_parts (token, n, created_at, data) "
+                           "VALUES ('under-way', 1, 0, x'00')")
+            report = check_database(db)
+            writer.execute("ROLLBACK")
+    finally:
+        store.close()
+    assert report.ok and [c["good"] for c in report.checkpoints] == [True, True, True], report.checkpoints

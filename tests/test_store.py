@@ -278,6 +278,38 @@ def test_parts_a_row_does_not_keep_go_with_it_and_named_parts_are_never_deleted_
     assert tokens() == {"newer"}
 
 
+def test_retention_deletes_the_parts_of_the_checkpoints_it_prunes(store: Store) -> None:
+    """Retention prunes another configuration that stored no checkpoint since its cutoff to its newest checkpoint
+    (`OTHER_CONFIGURATIONS_OLD`), and the pruned ones' parts go in the same transaction; the kept ones' parts, the
+    running configuration's, and young parts no row names (a save under way) stay. Before, those parts stayed until
+    the next checkpoint stored, for good while none was: a service idle or withholding checkpoints (at 100 models,
+    21 MB for each pruned checkpoint)."""
+
+    def saved(fingerprint: str, seq: int, token: str) -> None:
+        with store.write() as tx:
+            tx.insert_checkpoint_part(token, 0, token.encode())
+            tx.insert_checkpoint_part(token, 1, b"!")
+        with store.write() as tx:
+            tx.insert_checkpoint(fingerprint=fingerprint, seq=seq, event_id=0, version=seq, sha256="x", state=b"",
+                                 keep=3, parts=(token, 2))
+
+    def tokens() -> set[str]:
+        with store.write() as tx:
+            return {str(r[0]) for r in tx.conn.execute("SELECT DISTINCT token FROM checkpoint_parts")}  # type: ignore[attr-defined]
+
+    saved("other", 1, "other-1")
+    saved("other", 2, "other-2")
+    saved("running", 3, "running-3")
+    with store.write() as tx:
+        tx.insert_checkpoint_part("under-way", 0, b"a save of another process")
+    store.delete_old(time.time() + 60, 1000, fingerprint="running")  # type: ignore[attr-defined]
+    with store.read() as reader:
+        assert [c.seq for c in reader.checkpoints("other")] == [2]
+        assert reader.checkpoint_state(reader.checkpoints("other")[0].id) == b"other-2!"
+        assert reader.checkpoint_state(reader.checkpoints("running")[0].id) == b"running-3!"
+    assert tokens() == {"other-2", "running-3", "under-way"}
+
+
 def test_postgres_ages_checkpoint_parts_on_the_servers_clock(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Replicas' clocks differ: a part's age is read on the database server's clock. Before, a replica whose clock was
     an hour ahead deleted another replica's save under way as abandoned with each checkpoint it stored (that save's

@@ -218,21 +218,20 @@ class _Arms:
     def _group(self, key: str, value: str) -> int:
         return self.groups.setdefault(f"{key}={value}", len(self.groups)) if value else -1
 
-    def add(self, spec: ModelSpec, prior_n: float, kappa: float) -> int:
-        row = self.row[spec.name] = len(self.n)
-        prior = np.nan if spec.prior_quality is None else spec.prior_quality
-        self.n, self.sum_q, self.sum_q2 = (np.append(a, 0.0) for a in (self.n, self.sum_q, self.sum_q2))
-        self.prior_n = np.append(self.prior_n, prior_n)
-        self.prior_mean = np.append(self.prior_mean, UNINFORMED_QUALITY)
-        self.catalog_prior = np.append(self.catalog_prior, prior)
-        self.family = np.append(self.family, self._group("family", spec.family)).astype(np.intp)
-        self.tier = np.append(self.tier, self._group("tier", spec.tier)).astype(np.intp)
-        inv = np.stack([np.eye(self.dim) / (kappa * LEVEL_SCALE**level) for level in range(LEVELS)])
-        self.a_inv = np.concatenate([self.a_inv, inv[None]])
-        self.b = np.concatenate([self.b, np.zeros((1, LEVELS, self.dim))])
-        self.w = np.concatenate([self.w, np.zeros((1, LEVELS, self.dim))])
-        self.evidence = np.concatenate([self.evidence, np.zeros((1, LEVELS))])
-        return row
+    def add(self, specs: Sequence[tuple[ModelSpec, float]], kappa: float) -> None:
+        """Rows for `specs` (each with its n₀; one at least), in their order, each array copied once for them all (a
+        model at a time, a first route over 100 models copied them 100 times, O(K²): 0.4–0.8 s of the event loop)."""
+        k, d, start = len(specs), self.dim, len(self.n)
+        groups = np.array([(self._group("family", s.family), self._group("tier", s.tier)) for s, _ in specs], np.intp)
+        self.row.update((spec.name, start + i) for i, (spec, _) in enumerate(specs))
+        for key in ("n", "sum_q", "sum_q2", "b", "w", "evidence"):  # zeros: no data yet
+            setattr(self, key, np.concatenate([getattr(self, key), np.zeros((k, *getattr(self, key).shape[1:]))]))
+        self.prior_n = np.concatenate([self.prior_n, np.array([n0 for _, n0 in specs], np.float64)])
+        self.prior_mean = np.concatenate([self.prior_mean, np.full(k, UNINFORMED_QUALITY)])
+        self.catalog_prior = np.concatenate([self.catalog_prior, np.array([s.prior_quality for s, _ in specs], float)])
+        self.family, self.tier = np.concatenate([self.family, groups[:, 0]]), np.concatenate([self.tier, groups[:, 1]])
+        inv = np.stack([np.eye(d) / (kappa * LEVEL_SCALE**level) for level in range(LEVELS)])
+        self.a_inv = np.concatenate([self.a_inv, np.broadcast_to(inv, (k, LEVELS, d, d))])
 
     def mean(self) -> np.ndarray:
         """μ̂ per row."""
@@ -320,10 +319,12 @@ class HierarchicalThompsonPolicy(BasePolicy):
     def _rows(self, models: Sequence[ModelSpec]) -> np.ndarray:
         row = self._arms.row
         if any(m.name not in row for m in models):
+            new: dict[str, tuple[ModelSpec, float]] = {}  # in their order (a name listed twice: its first spec)
             for m in models:
-                if m.name not in row:
+                if m.name not in row and m.name not in new:
                     strength = m.prior_strength if m.prior_quality is not None else None
-                    self._arms.add(m, strength or self.params.similar_strength, self.params.shrinkage)
+                    new[m.name] = (m, strength or self.params.similar_strength)
+            self._arms.add(list(new.values()), self.params.shrinkage)
             self._cached = None
         return np.fromiter((row[m.name] for m in models), dtype=np.intp, count=len(models))
 

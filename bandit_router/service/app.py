@@ -368,6 +368,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             if workers is not None:
                 await workers.before_listening(engine)
+            if getattr(app.state, "freeze_after_start", False):  # `tune_process`: what the start built, frozen too
+                gc.collect()  # its garbage first (numba's compiles: 23,000-40,000 objects), else frozen for good
+                gc.freeze()
             yield
         finally:
             if gateway is not None:
@@ -521,18 +524,26 @@ def app_from_environment() -> FastAPI:
     lock = join_database(settings.storage.db)  # kept while this worker lives, its parent killed or not
     app = create_app(settings)
     app.state.server_lock = lock  # (store/serverlock.py)
-    tune_process()
+    tune_process(app)
     return app
 
 
-def tune_process() -> None:
+def tune_process(app: FastAPI | None = None) -> None:
     """Process-wide settings for a server process (`serve` calls this; an embedding application may not want it).
 
     - `gc.freeze()`: what the imports built lives forever; keep it out of the collector's full scans, which
-      otherwise paused the event loop for 40-150 ms under load (measured).
+      otherwise paused the event loop for 40-150 ms under load (measured). With `app`, again once its start-up
+      is done: the engine, the policies, the budgets, the gateway, the named routers and the numba functions
+      compiled for them (≈ 89,000 objects at 100 models and 30 named routers) were built after the first freeze,
+      and each full collection scanned them all, holding the GIL (every thread, so every route in flight) for
+      60-130 ms of a loaded 2-core machine's time, 0.3-0.4 s of wall time in a served run (load average 11).
+      A full collection first: the start's garbage frozen would be kept for the life of the process (numba's
+      compiles when its cache is cold or not writable: 23,000-40,000 objects of LLVM IR).
     - `sys.setswitchinterval(0.001)`: the writer thread needs the GIL back after each SQLite statement; with the
       default 5 ms a busy event loop made every statement wait up to 5 ms, so each commit (and every reply
       waiting for it) took 15-30 ms. At 1 ms a commit waits at most a few ms, and the loop rarely yields
       otherwise (only while the writer wants the GIL)."""
     gc.freeze()
+    if app is not None:
+        app.state.freeze_after_start = True
     sys.setswitchinterval(0.001)

@@ -204,7 +204,7 @@ def _run(settings: Settings, config: Path | None, overrides: dict[str, Any]) -> 
         from .app import create_app, tune_process
 
         app = create_app(settings)
-        tune_process()
+        tune_process(app)
         uvicorn.run(app, **common)
         return
     from .app import SERVE_ARGS
@@ -232,8 +232,10 @@ CHECK_HELP = """Check a database file: SQLite's integrity check, the decisions w
 replay reads them: the newest 200,000), the model events (added and retired models: a start refuses one that \
 does not decode), and every stored checkpoint against its checksum.
 
-Prints what it found and the last good checkpoint (the newest one that reads back and matches its sha256). \
-Exit status 0 when the file is intact, 1 when it is not (restore a backup: see the docs, service → durability), \
+Prints what it found and the last good checkpoint (the newest one that reads back and matches its sha256), and \
+for each checkpoint that does not (a part missing, its bytes or its checksum altered) what a start restores \
+instead. Exit status 0 when the file is intact: all of that is sound; 1 when it is not, a checkpoint failing its \
+checksum included (restore a backup: see the docs, service → durability), \
 2 when it cannot be opened or is not a bandit-router database (a sound SQLite file with none of its tables: empty, \
 or another application's). Read-only; safe while the service runs.
 
@@ -297,6 +299,8 @@ def check(
         bad = [c for c in report.checkpoints if not c.get("good")]
         if bad:
             typer.echo(f"checkpoints failing their checksum: {[c['id'] for c in bad]}")
+            for item in bad:
+                typer.echo(f"  {_bad_checkpoint(item)}")
         restore = "NOT intact: restore a backup (the docs: service → durability, 'Backups while it runs')"
         if report.integrity == ["ok"] and not report.error and decoded.get("unreadable"):
             restore = ("NOT intact: decisions whose feedback the replay skips: restore a backup, or delete those "
@@ -304,10 +308,29 @@ def check(
         if report.integrity == ["ok"] and not report.error and events.get("unreadable"):
             restore = ("NOT intact: model events that no start can apply: repair them as said above (the docs: "
                        "service → durability)")
+        if report.integrity == ["ok"] and not report.error and bad and not decoded.get("unreadable") \
+                and not events.get("unreadable"):
+            restore = ("NOT intact: checkpoints failing their checksum (a start skips them: see above): restore a "
+                       "backup, or accept that and delete them: DELETE FROM checkpoints WHERE id IN "
+                       f"({', '.join(str(c['id']) for c in bad)}) (the docs: service → durability)")
         typer.echo("verdict: " + ("intact" if report.ok else restore))
     if report.error and not report.counts:
         raise typer.Exit(2)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _bad_checkpoint(entry: dict[str, Any]) -> str:
+    """One checkpoint `check` found bad: why, and what a start that comes to it restores instead."""
+    fallback = entry.get("fallback")
+    instead = ("none: it replays the whole log" if fallback is None else
+               f"checkpoint {fallback['id']} (feedback seq {fallback['seq']}) and replays the log after it")
+    line = (f"checkpoint {entry['id']} (feedback seq {entry.get('seq')}): {entry.get('error')}; a start with its "
+            f"settings that comes to it restores {instead}")
+    lacks = entry.get("lacks_seqs")
+    if lacks:
+        line += (f", which lacks feedback seqs {lacks[0]}–{lacks[1]} (deleted: retention, or by hand): what they "
+                 "taught is lost unless a backup holds a good checkpoint")
+    return line
 
 
 MIGRATE_HELP = """Create or migrate the database's schema to this version's, then exit (`serve` does it too, on start).

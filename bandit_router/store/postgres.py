@@ -463,7 +463,12 @@ class PostgresStore:
                 conn.execute("DELETE FROM chains WHERE decision_id = ANY(%s)", (ids,))
                 conn.execute("DELETE FROM judge_calls WHERE decision_id = ANY(%s)", (ids,))
                 deleted += conn.execute("DELETE FROM decisions WHERE decision_id = ANY(%s)", (ids,)).rowcount
-            deleted += conn.execute(OTHER_CONFIGURATIONS_OLD.format(mark="%s"), (fingerprint, cutoff)).rowcount
+            named = parted_tokens(conn.execute(PARTED).fetchall())
+            pruned = conn.execute(OTHER_CONFIGURATIONS_OLD.format(mark="%s"), (fingerprint, cutoff)).rowcount
+            gone = named - parted_tokens(conn.execute(PARTED).fetchall()) if pruned else set()
+            if gone:  # their parts, in this transaction (`SQLiteStore.delete_old`)
+                conn.execute("DELETE FROM checkpoint_parts WHERE token = ANY(%s)", (sorted(gone),))
+            deleted += pruned
         return int(deleted)
 
     def stats(self) -> StoreStats:

@@ -332,9 +332,11 @@ class SQLiteStore:
         would hand its rowid, and those of the rows before it, to the next decisions, behind the positions that
         reward windows (`swept_decisions`), other workers' budget booking and the dashboard have read up to (a
         service idle for `retention_days` would never close the windows of its next decisions). Returns how many
-        rows were deleted. Feedback seqs are never reused (`sqlite_sequence` keeps the largest). `swept`: the meta
-        key of the position reward windows were closed up to (`swept_decisions`), when they are on: only decisions
-        at or before it go (`swept_limit`), so that every decision learns its default reward first."""
+        rows were deleted. The checkpoints it prunes (`OTHER_CONFIGURATIONS_OLD`) take their parts with them, in
+        this transaction: left for the next checkpoint stored, they stayed for good while none was (a service idle,
+        or withholding checkpoints). Feedback seqs are never reused (`sqlite_sequence` keeps the largest). `swept`:
+        the meta key of the position reward windows were closed up to (`swept_decisions`), when they are on: only
+        decisions at or before it go (`swept_limit`), so that every decision learns its default reward first."""
         with self.write() as tx:
             conn = tx.conn  # type: ignore[attr-defined]
             checkpoint_seq = int(conn.execute(HELD_BY_CHECKPOINTS.format(mark="?"), (fingerprint,)).fetchone()[0])
@@ -374,7 +376,11 @@ class SQLiteStore:
                 conn.execute(f"DELETE FROM chains WHERE decision_id IN ({marks})", ids)
                 conn.execute(f"DELETE FROM judge_calls WHERE decision_id IN ({marks})", ids)
                 deleted += conn.execute(f"DELETE FROM decisions WHERE decision_id IN ({marks})", ids).rowcount
-            deleted += conn.execute(OTHER_CONFIGURATIONS_OLD.format(mark="?"), (fingerprint, cutoff)).rowcount
+            named = parted_tokens(conn.execute(PARTED).fetchall())
+            pruned = conn.execute(OTHER_CONFIGURATIONS_OLD.format(mark="?"), (fingerprint, cutoff)).rowcount
+            for token in sorted(named - parted_tokens(conn.execute(PARTED).fetchall()) if pruned else ()):
+                conn.execute("DELETE FROM checkpoint_parts WHERE token = ?", (token,))  # in this transaction
+            deleted += pruned
         return int(deleted)
 
     def bound_wal(self) -> bool:
@@ -1051,8 +1057,9 @@ PARTS_OF = "SELECT data FROM checkpoint_parts WHERE token = {mark} ORDER BY n"
 PARTS_OLDER = "SELECT DISTINCT token FROM checkpoint_parts WHERE created_at < {mark}"
 """Parts written before the cutoff (`time.time() - ABANDONED_AFTER_S`): those no checkpoint names are deleted with
 the next checkpoint stored. They are a save that died (`kill -9`, the database gone) before its `checkpoints` row,
-or a checkpoint deleted by hand or by retention. Younger ones may be another process's save under way (its row
-comes last), so they wait. (PostgreSQL reads both times on the server's clock: `postgres.SERVER_NOW`.)"""
+or a checkpoint deleted by hand (retention deletes a checkpoint's parts with it). Younger ones may be another
+process's save under way (its row comes last), so they wait. (PostgreSQL reads both times on the server's clock:
+`postgres.SERVER_NOW`.)"""
 ABANDONED_AFTER_S = 600.0
 OTHER_CONFIGURATIONS_OLD = (
     "DELETE FROM checkpoints WHERE fingerprint <> {mark} AND EXISTS (" + _NEWER.format(what="1") + ") AND NOT EXISTS "
