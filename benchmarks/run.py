@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import provenance
 from simulator.report import git_commit
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +38,7 @@ def _markdown(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "# Benchmark results",
         "",
         f"Commit `{meta['commit']}`, {meta['date']}, {meta['machine']}.",
+        f"Packages: {meta['packages']}.",
         f"Command: `{meta['command']}` (`make bench` runs every module).",
         "",
         "| benchmark | metric | value | unit | target | ok | note |",
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": _commit(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "packages": provenance.versions(),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
