@@ -658,6 +658,43 @@ def test_evaluate_prices_each_model_as_the_service_does(tmp_path: Path) -> None:
     assert {name: (m.input_usd_per_mtok, m.output_usd_per_mtok) for name, m in found.items()} == served
 
 
+def test_evaluate_routes_to_no_model_retired_at_run_time(tmp_path: Path) -> None:
+    """A model retired at run time (`DELETE /v1/models/c`) keeps its spec, to price its outcomes, and `evaluate`
+    took it as routable: the replayed linucb routed to c, logged and the shadow that gave c probability were not
+    marked ✗, and fixed:c (the best model of the log) was recommended. c is routable no more: linucb never routes
+    to it, the three are marked and not recommended, and the warning names c as retired. Found reviewing eval24."""
+    from bandit_router.catalog import ModelSpec
+
+    db = tmp_path / "retired.db"
+    three = (ModelSpec("a", 1.0, 2.0), ModelSpec("b", 1.0, 2.0), ModelSpec("c", 1.0, 2.0))
+    settings = Settings(db=db, models=three, seed=3, policy="random", shadow_policies=("linucb",))
+    with TestClient(create_app(settings)) as client:
+        _ready(client)
+        for i in range(36):
+            if i == 24:
+                assert client.delete("/v1/models/c").status_code == 200
+            decision = client.post("/v1/route", json={"prompt": f"question {i}", "cost_weight": 0.0}).json()
+            assert client.post("/v1/feedback", json={"decision_id": decision["decision_id"],
+                                                     "quality": 0.9 if decision["model"] == "c" else 0.3}
+                               ).status_code == 200
+    config = tmp_path / "catalog.toml"  # the file still lists c: the service keeps it retired whatever it says
+    config.write_text("".join(f'[[models]]\nname = "{m.name}"\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n'
+                              for m in three))
+    result = CliRunner().invoke(cli_app, ["evaluate", "--db", str(db), "--config", str(config), "-C", "linucb",
+                                          "--estimators", "dr", "--out", str(tmp_path / "eval")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    # linucb unmarked: its replay gives c no probability (c's column is checked: `unroutable_choices`)
+    assert data["unroutable"] == {"logged": ["c"], "fixed:c": ["c"], "shadow:linucb": ["c"]}
+    assert "warning: models of the log retired at run time (DELETE /v1/models; their specs still price their " \
+           "outcomes): c;" in result.stderr
+    assert "route = false" not in result.stderr
+    best = next(line for line in result.output.splitlines() if "candidate" in line and "trusted" in line)
+    assert "fixed:c" not in best.split("Not recommended")[0] and "Not recommended" in best
+    assert {r["candidate"] for r in data["candidates"]} >= {"logged", "fixed:c", "shadow:linucb", "linucb"}
+    assert all(r["cost_usd"] is not None for r in data["candidates"] if r["candidate"] == "fixed:c")
+
+
 def test_evaluate_reads_a_configuration_the_service_starts_with_models_added_at_run_time(tmp_path: Path) -> None:
     """`evaluate --config` read the settings as `check --config` does, the catalog file alone: a configuration
     whose file has no routable model left (the log added one; the service starts with it) was refused. It takes the

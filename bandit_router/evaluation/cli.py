@@ -21,7 +21,7 @@ from ..store.location import open_store as open_location
 from .log import LoggedRecord
 from .removed import CatalogLacksModels, without_guessed_cause
 from .scope import Scope, parse_time
-from .store_log import iter_log, model_specs, shadow_names, with_feedback
+from .store_log import iter_log, model_specs, retired_models, shadow_names, with_feedback
 
 EVALUATE_HELP = """Estimate, from a service database alone, what other policies would have earned on its traffic.
 
@@ -271,6 +271,7 @@ def evaluate(
         try:
             records, without_feedback = with_feedback(store)
             specs = model_specs(store, catalog)
+            retired = retired_models(store, catalog)
         finally:
             store.close()
         if not records:
@@ -289,6 +290,7 @@ def evaluate(
             records,
             specs_given,
             models=specs,
+            retired=retired,
             without_feedback=without_feedback,
             estimators=[e.strip() for e in estimators.split(",") if e.strip()],
             mode=mode,

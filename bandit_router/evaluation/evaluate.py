@@ -23,7 +23,7 @@ import dataclasses
 import math
 import numbers
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from .candidates import Candidate, baseline_candidates, check_models, parse_cand
 from .estimators import Estimate, Estimator, make_estimator, normal_interval
 from .log import DEFAULT_FEATURE_DIM, LogArrays, LoggedRecord, log_arrays, specs_by_name
 from .overlap import Overlap, OverlapThresholds, overlap
-from .removed import check_priced, removed_model_warnings, unroutable_choices, unroutable_reason
+from .removed import check_priced, removed_model_warnings, unroutable_choices, unroutable_reason, with_retired
 from .replay import MODES, ReplayResult, replay
 from .reward_models import RewardFit, RidgeRewardModel, fit_rewards
 from .scope import Scope, inexact_tenant_warnings
@@ -119,8 +119,8 @@ class Evaluation:
     """Everything `evaluate_log` found: the records, the log's size, global warnings and the settings used.
 
     `replays` keeps each candidate's `ReplayResult` (its pmfs and, for policies, its trained router).
-    `unroutable`: the candidates whose estimates credit choices of models this catalog does not route (removed, or
-    `route = false` since; `removed.unroutable_choices`), with those models: shown, never recommended or promoted.
+    `unroutable`: the candidates whose estimates credit choices of models this catalog does not route (removed,
+    `route = false` or retired since; `removed.unroutable_choices`), with those models: shown, never recommended or promoted.
     """
 
     records: tuple[EstimateRecord, ...]
@@ -307,6 +307,7 @@ def evaluate_log(
     models: Iterable[ModelSpec] | Mapping[str, ModelSpec],
     config: EvaluationConfig | None = None,
     without_feedback: int = 0,
+    retired: Collection[str] = (),
     **settings: Any,
 ) -> Evaluation:
     """Estimate each candidate's reward, quality and cost on `records` (in decision order).
@@ -316,7 +317,10 @@ def evaluate_log(
     `EvaluationConfig`. Decisions without feedback are left out (and counted in a warning); only the records with
     feedback are kept while `records` is read, so a generator of a large log (`store_log.iter_log`) is not held
     whole. `without_feedback`: decisions without feedback the caller left out of `records` itself, counted as if
-    they were in it (`store_log.with_feedback`): any integer >= 0, NumPy's too.
+    they were in it (`store_log.with_feedback`): any integer >= 0, NumPy's too. `retired`: the models retired at
+    run time (`store_log.retired_models`): their `models` entries price their outcomes, but no candidate routes to
+    them, and `logged`, a shadow or `fixed:<model>` crediting their choices is marked unroutable
+    (`removed.with_retired`).
 
     Two paths: `mode="replay"` scores each candidate on the rounds where it agrees with the log
     (`_by_replay`); the other modes run the off-policy estimators on every round (`_by_estimators`).
@@ -324,7 +328,7 @@ def evaluate_log(
     config = config or EvaluationConfig()
     if settings:
         config = dataclasses.replace(config, **settings)
-    prepared = _prepare(records, candidates, specs_by_name(models), config, without_feedback)
+    prepared = _prepare(records, candidates, specs_by_name(models), config, without_feedback, retired)
     path = _by_replay if config.mode == "replay" else _by_estimators
     out, n_eval = path(prepared, config)
     return Evaluation(
@@ -335,12 +339,16 @@ def evaluate_log(
 
 def _prepare(
     records: Iterable[LoggedRecord], candidates: Sequence[str | Candidate], specs: dict[str, ModelSpec],
-    config: EvaluationConfig, without_feedback: int = 0,
+    config: EvaluationConfig, without_feedback: int = 0, retired: Collection[str] = (),
 ) -> _Prepared:
     if (isinstance(without_feedback, bool) or not isinstance(without_feedback, numbers.Integral)
             or without_feedback < 0):  # Integral: NumPy's integers too (a count from an array)
         raise InvalidInput(f"without_feedback must be an integer >= 0, got {without_feedback!r}")
     n_every = int(without_feedback)
+    if isinstance(retired, str):  # read letter by letter: model 'c' of "c" would pass as retired
+        raise InvalidInput(f"retired must be a collection of model names, e.g. [{retired!r:.60}], not one string")
+    retired = frozenset(retired)
+    specs = with_retired(specs, retired)  # routable no more; their specs still price their outcomes
     logged: list[LoggedRecord] = []
     if isinstance(candidates, str):  # read letter by letter: "candidate 'l': unknown policy 'l'"
         raise InvalidInput(f"candidates must be a list of candidate specs, e.g. [{candidates!r:.60}], not one string")
@@ -369,7 +377,8 @@ def _prepare(
     if not wanted:
         raise InvalidInput("no candidates to evaluate")
     wanted, warnings = removed_model_warnings(logged, specs, arrays.models, wanted, mode=config.mode,
-                                              train_fraction=config.train_fraction, scope=scope)
+                                              train_fraction=config.train_fraction, scope=scope,
+                                              retired=retired)
     without_text = sum(not record.decision.context.text for record in logged)
     warnings.extend(text_rule_warnings(wanted, without_text, len(logged)))
     replays = {

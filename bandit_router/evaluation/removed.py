@@ -8,11 +8,13 @@ only removed models are left out for every candidate (`replay.left_out_rows`), w
 removed model that carry no cost are refused (`check_priced`) where an estimate uses them, since nothing prices
 their tokens; and the candidates whose estimates credit choices of a model this catalog does not route (`logged`,
 a shadow or `fixed:<model>`, read from the log) are named (`unroutable_choices`), left out of any recommendation
-and refused by the promotion check.
+and refused by the promotion check. A model retired at run time (`DELETE /v1/models/{name}`) keeps its spec, which
+prices its outcomes, and is not routable (`with_retired`): the same rules, and the warnings name it as retired.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Collection, Mapping, Sequence
 
@@ -51,13 +53,21 @@ def without_guessed_cause(message: str) -> str:
     return message.replace(REMOVED_SINCE, "").replace(CLIENT_NAMED, "")
 
 
+def with_retired(specs: Mapping[str, ModelSpec], retired: Collection[str]) -> dict[str, ModelSpec]:
+    """`specs` with each model `retired` at run time marked `route = false`: it keeps its spec, which prices its
+    logged outcomes, but no router of the service routes to it now, so no candidate may either (the same rules as
+    for a model marked `route = false` in the catalog: `replay`, `unroutable_choices`)."""
+    return {name: dataclasses.replace(spec, route=False) if name in retired else spec for name, spec in specs.items()}
+
+
 def removed_model_warnings(
     logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], models: Sequence[str], wanted: list[Candidate],
-    *, mode: str, train_fraction: float, scope: Scope | None = None,
+    *, mode: str, train_fraction: float, scope: Scope | None = None, retired: Collection[str] = (),
 ) -> tuple[list[Candidate], list[str]]:
     """The candidates left to evaluate (`wanted` without those naming a removed model) and the warnings about the
     removed models among the log's `models`; `InvalidInput` when no candidate, or no decision (of `scope`, the
-    decisions scored), is left."""
+    decisions scored), is left. `retired`: the models retired at run time (`DELETE /v1/models/{name}`), whose
+    `specs` say `route = false` here (`with_retired`) but which the warnings name as retired."""
     warnings: list[str] = []
     removed = [m for m in models if m not in specs]
     if removed:
@@ -67,7 +77,15 @@ def removed_model_warnings(
             f"those models' outcomes; fixed:<model> of such a model is read from the log, and it and logged or a "
             "shadow that gave such a model probability are never recommended (✗)"
         )
-    judges = [m for m in models if m in specs and not specs[m].route]
+    judges = [m for m in models if m in specs and not specs[m].route and m not in retired]
+    gone = [m for m in models if m in specs and m in retired]
+    if gone:
+        warnings.append(
+            f"models of the log retired at run time (DELETE /v1/models; their specs still price their outcomes): "
+            f"{', '.join(gone)}; the replayed candidates never route to them, as the service does not now; logged "
+            "and the shadows keep the pmfs logged while they were routable, and fixed:<model> of such a model is "
+            "read from the log: where those gave a retired model probability they are never recommended (✗)"
+        )
     if judges:
         warnings.append(
             f"models of the log the catalog marks route = false (a judge or router model only): {', '.join(judges)}; "
@@ -77,22 +95,26 @@ def removed_model_warnings(
             "models probability they are never recommended (✗)"
         )
     undeployable = {c.label: removed_models_named(c, specs, models) for c in wanted}
-    not_evaluated = [f"candidate {label!r} not evaluated: its policy names {_unroutable(named, specs)}, so it "
+    not_evaluated = [f"candidate {label!r} not evaluated: its policy names {_unroutable(named, specs, retired)}, so it "
                      "cannot be deployed with this catalog" for label, named in undeployable.items() if named]
     wanted = [c for c in wanted if not undeployable[c.label]]
     if not wanted:
         raise CatalogLacksModels("no candidate to evaluate: " + "; ".join(not_evaluated),
                                  sorted({m for named in undeployable.values() for m in named}))
     warnings.extend(not_evaluated)
-    warnings.extend(_left_out_warning(logged, specs, mode=mode, train_fraction=train_fraction, scope=scope))
+    warnings.extend(_left_out_warning(logged, specs, mode=mode, train_fraction=train_fraction, scope=scope,
+                                      retired=retired))
     return wanted, warnings
 
 
-def _unroutable(named: Sequence[str], specs: Mapping[str, ModelSpec]) -> str:
-    """`named` in words: models of the log without a catalog entry, and models the catalog marks `route = false`."""
+def _unroutable(named: Sequence[str], specs: Mapping[str, ModelSpec], retired: Collection[str] = ()) -> str:
+    """`named` in words: models of the log without a catalog entry, models the catalog marks `route = false`, and
+    models `retired` at run time."""
     parts = []
     for group, what in (([m for m in named if m not in specs], "of the log without a catalog entry"),
-                        ([m for m in named if m in specs], "of the log the catalog marks route = false")):
+                        ([m for m in named if m in specs and m not in retired],
+                         "of the log the catalog marks route = false"),
+                        ([m for m in named if m in specs and m in retired], "of the log retired at run time")):
         if group:
             parts.append(f"{', '.join(map(repr, group))}, {'a model' if len(group) == 1 else 'models'} {what}")
     return " and ".join(parts)
@@ -189,7 +211,7 @@ def unroutable_reason(models: Sequence[str]) -> str:
     """Why a candidate of `unroutable_choices` (with its `models`) is neither recommended nor promoted."""
     one = len(models) == 1
     return (f"its estimate credits choices of {', '.join(map(repr, models))}, {'a model' if one else 'models'} this "
-            f"catalog does not route (removed from it, or route = false since), as logged while "
+            f"catalog does not route (removed from it, route = false or retired since), as logged while "
             f"{'it was' if one else 'they were'} routable: choices that cannot be made now")
 
 
@@ -219,7 +241,7 @@ def check_priced(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec],
 
 
 def _left_out_warning(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelSpec], *, mode: str,
-                      train_fraction: float, scope: Scope | None = None) -> list[str]:
+                      train_fraction: float, scope: Scope | None = None, retired: Collection[str] = ()) -> list[str]:
     """The warning for the decisions to evaluate on (those of `scope`; frozen: in the held-out part) that allowed no
     model a router may choose, only models without a catalog entry or marked `route = false` (`left_out_rows`), or
     `InvalidInput` when that leaves none (none to evaluate on at all, frozen: said by `evaluate_log` after)."""
@@ -237,12 +259,14 @@ def _left_out_warning(logged: Sequence[LoggedRecord], specs: Mapping[str, ModelS
     total = int(to_evaluate.sum())
     names = sorted({m for r, out in zip(logged, left_out, strict=True) if out for m in r.decision.models})
     removed = [m for m in names if m not in specs]
-    judges = [m for m in names if m in specs]  # `route = false` (`left_out_rows`)
+    judges = [m for m in names if m in specs and m not in retired]  # `route = false` (`left_out_rows`)
+    gone = [m for m in names if m in specs and m in retired]
     said = (f"{k} of the {total} decision{'' if total == 1 else 's'} with feedback to evaluate on"
             f"{' in the scope' if scoped else ''} allowed only "
             + " and ".join([*([f"models without a catalog entry ({', '.join(removed)}{CLIENT_NAMED})"] if removed
                               else []),
-                            *([f"models the catalog marks route = false ({', '.join(judges)})"] if judges else [])]))
+                            *([f"models the catalog marks route = false ({', '.join(judges)})"] if judges else []),
+                            *([f"models retired at run time ({', '.join(gone)})"] if gone else [])]))
     if k == total:
         raise CatalogLacksModels(f"nothing to evaluate on: {said}, and no candidate can decide such a decision with "
                                  "this catalog", names)

@@ -80,7 +80,7 @@ def format_best(evaluation: Evaluation) -> str:
     if evaluation.unroutable:
         spelt = "; ".join(f"{c} ({', '.join(models)})" for c, models in evaluation.unroutable.items())
         note += (f" Not recommended ({UNROUTABLE_MARK} in the table): {spelt}: each estimate credits choices of models "
-                 "this catalog does not route (removed, or route = false since), as logged while they were "
+                 "this catalog does not route (removed, route = false or retired since), as logged while they were "
                  "routable; they cannot be made now. To compare them on what they do now, evaluate the decisions "
                  "made since the change (--since), or replay the policy (-C linucb, not shadow:linucb).")
     if best is None:

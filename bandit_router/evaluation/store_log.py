@@ -107,6 +107,15 @@ def model_specs(store: Store, catalog: Iterable[ModelSpec]) -> dict[str, ModelSp
     return specs
 
 
+def retired_models(store: Store, catalog: Iterable[ModelSpec]) -> tuple[str, ...]:
+    """The models retired at run time (`DELETE /v1/models/{name}`) and not added back, as the service restores its
+    model list at a start (`log.catalog.stored_catalog`): `model_specs` keeps their specs to price their outcomes,
+    and `evaluate_log(retired=…)` routes to none of them."""
+    from ..log.catalog import stored_catalog  # not at import: bandit_router.log imports the evaluation
+
+    return tuple(spec.name for spec in stored_catalog(catalog, store).retired)
+
+
 def shadow_names(records: Iterable[LoggedRecord]) -> tuple[list[str], list[str]]:
     """Shadow names logged with every record that has feedback, and those logged with only some of them."""
     counts: dict[str, int] = {}
