@@ -62,6 +62,14 @@ def tenant_of(value: Any) -> str | None:
     return str(value)
 
 
+def logged_tenant(value: Any) -> str | None:
+    """The tenant a stored context's `tenant` value names: `tenant_of`'s, or for a float beyond ±2⁵³ (which
+    `tenant_of` refuses since; a log written before can hold one) its text, the tenant the service read it as then
+    and stored in the decision's `tenant` column (1e17: "1e+17"). For every reader of stored decisions: `evaluate`'s
+    scope, the budget pacer booking them at a start or from other processes (refused, such a row stopped both)."""
+    return str(value) if _inexact_tenant(value) else tenant_of(value)
+
+
 def tenant_named(text: str) -> str:
     """The tenant a written tenant name means (a budget's `@5.0:`, its `[budgets.tenants."5.0"]` table): the text
     as it is, except an integral number within ±2⁵³ written as Python writes a float (`5.0`, `-3.0`,

@@ -1460,6 +1460,57 @@ def test_a_process_started_beside_others_books_what_they_stored_since_the_last_s
         _close(survivor, killed, replacement)
 
 
+def test_a_tenant_stored_as_an_inexact_float_neither_stops_a_start_nor_a_follower(tmp_path: Path) -> None:
+    """A decision whose tenant a version before `tenant_of` refused floats beyond 2^53 stored as 1e17 (tenant
+    "1e+17"): a process booking it from the log raised `InvalidInput` in `BudgetPacer._scopes`, so a follower
+    retried the same row forever (booking no other process's decision after it) and a start from a save before it
+    never became ready. The pacer reads it by its stored text (`types.logged_tenant`), as `evaluate` does. Found
+    reviewing eval24."""
+    import dataclasses
+    from types import MappingProxyType
+
+    db = tmp_path / "workers.db"
+    budgets = BudgetConfig.from_mapping({"spend_usd": "100/1d", "tenants": {"1e+17": {"spend_usd": "50/1d"}}})
+    settings = {"db": db, "budgets": budgets, "workers": 2}
+    first = start_client(Settings(seed=1, **settings))
+    second = None
+    try:
+        engine: Any = first.app.state.engine  # type: ignore[attr-defined]
+        engine.budgets.save(force=True)
+        engine.budgets.save = lambda **_: None  # nothing saved after: a start books what follows from the log
+        made = _route(first, "x")
+        store = open_store(db)
+        try:  # the row as the old version wrote it, by another process: the float in the context, its text stored
+            with store.read() as reader:
+                stored = reader.decision(made["decision_id"])
+            assert stored is not None
+            context = dataclasses.replace(stored.decision.context, attributes=MappingProxyType({"tenant": 1e17}))
+            old = dataclasses.replace(stored.decision, decision_id="old-" + made["decision_id"], context=context)
+            with store.write() as tx:
+                assert tx.insert_decisions([(old, None, "1e+17")]) == [True]
+        finally:
+            store.close()
+        _route(first)  # the follower must go on past the old row (it reads the log every 50 ms)
+
+        def report(client: TestClient) -> dict[str, Any]:
+            return dict(client.get("/v1/budgets").json()["report"])
+
+        deadline = time.monotonic() + 3
+        while report(first)["global"]["requests"] != 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert report(first)["global"]["requests"] == 3
+        assert report(first)["tenants"]["1e+17"]["requests"] == 1
+        first.__exit__(None, None, None)
+        second = start_client(Settings(seed=2, **settings))  # books the three stored since the save
+        deadline = time.monotonic() + 3
+        while report(second)["global"]["requests"] != 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert report(second)["global"]["requests"] == 3
+        assert report(second)["tenants"]["1e+17"]["requests"] == 1
+    finally:
+        _close(first, second)
+
+
 @pytest.mark.parametrize("path", ["gateway_route", "caller_named"])
 def test_a_save_between_a_booking_and_its_id_leaves_a_later_start_counting_it_once(tmp_path: Path, path: str) -> None:
     """Review of 63fada9: the saved state's marks list this process's decisions booked after its log position

@@ -80,7 +80,7 @@ import numpy as np
 
 from ..catalog import ModelSpec
 from ..errors import InvalidInput
-from ..types import Context, Decision, tenant_named, tenant_of
+from ..types import Context, Decision, logged_tenant, tenant_named
 from .config import BudgetConfig, say
 from .targets import AvgCost, Latency, Share, Spend, Target, parse_target
 
@@ -1051,9 +1051,10 @@ class BudgetPacer:
 
     # -- internals --------------------------------------------------------------------------------------
     def _scopes(self, tenant: Any) -> list[_Scope]:
-        """The global scope, and `tenant`'s when it has targets (`types.tenant_of`: tenant 5.0 is tenant "5")."""
+        """The global scope, and `tenant`'s when it has targets (`types.logged_tenant`: tenant 5.0 is tenant "5";
+        a float beyond ±2⁵³ of a decision stored before `tenant_of` refused one, read from the log, is its text)."""
         if tenant is not None:
-            scope = self._tenants.get(tenant if isinstance(tenant, str) else str(tenant_of(tenant)))
+            scope = self._tenants.get(tenant if isinstance(tenant, str) else str(logged_tenant(tenant)))
             if scope is not None:
                 return [self._global, scope]
         return [self._global]

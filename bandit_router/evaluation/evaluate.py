@@ -120,7 +120,8 @@ class Evaluation:
 
     `replays` keeps each candidate's `ReplayResult` (its pmfs and, for policies, its trained router).
     `unroutable`: the candidates whose estimates credit choices of models this catalog does not route (removed,
-    `route = false` or retired since; `removed.unroutable_choices`), with those models: shown, never recommended or promoted.
+    `route = false` or retired since; `removed.unroutable_choices`), with those models: shown, never recommended or
+    promoted.
     """
 
     records: tuple[EstimateRecord, ...]

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from ..errors import InvalidInput
-from ..types import EXACT_TENANT, tenant_named, tenant_of
+from ..types import EXACT_TENANT, logged_tenant, tenant_named, tenant_of
 from .log import LoggedRecord
 
 #: The latest Unix time a scope's bound may be (as the dashboard's time series: year 5138).
@@ -82,13 +82,6 @@ def _iso(seconds: float) -> str:
 
 def _inexact(value: object) -> bool:
     return isinstance(value, float) and abs(value) > EXACT_TENANT
-
-
-def logged_tenant(value: object) -> str | None:
-    """The tenant a logged context's `tenant` value names: `tenant_of`'s, or for a float beyond ±2⁵³ (which
-    `tenant_of` refuses since; a log written before can hold one) its text, the tenant the service read it as then
-    and stored in the decision's `tenant` column (1e17: "1e+17")."""
-    return str(value) if _inexact(value) else tenant_of(value)
 
 
 def inexact_tenant_warnings(logged: Sequence[LoggedRecord], scope: Scope) -> list[str]:
