@@ -118,6 +118,8 @@ class _Scope:
         self.last_time: float | None = None
         self.gap_s: float | None = None
         self.controls: dict[str, _Control] = {}
+        self.origin: float | None = None
+        """When the scope's first booking was made (None before it): corrections of earlier bookings refund nothing."""
 
     def set_targets(self, targets: Sequence[Target], config: BudgetConfig) -> None:
         """Keep the state of unchanged targets, retarget changed ones (same key), start new ones."""
@@ -152,6 +154,7 @@ class _Scope:
             "spend_usd": self.spend_usd,
             "last_time": self.last_time,
             "gap_s": self.gap_s,
+            "origin": self.origin,
             "targets": {key: c.state() for key, c in self.controls.items()},
         }
 
@@ -166,6 +169,12 @@ class _Scope:
             self.spend_usd = 0.0
         self.last_time = _opt_float(state["last_time"])
         self.gap_s = _opt_float(state["gap_s"])
+        # a state saved before `origin` was kept: every booking it counted is its own (as then)
+        self.origin = _opt_float(state.get("origin", 0.0 if self.requests else None))
+        if self.origin is not None and not math.isfinite(self.origin):
+            say("budget state: %sthe stored time of the first booking %r is not finite; reset: refunds of the "
+                "bookings before the next one are not counted", where, self.origin)
+            self.origin = None
         if self.last_time is not None and not math.isfinite(self.last_time):
             say("budget state: %sthe stored time of the last request %r is not finite; reset: the next request "
                 "sets it", where, self.last_time)
@@ -191,6 +200,13 @@ class _Scope:
             "exhausted": any(c.exhausted() for c in controls),
             "targets": [c.report(now) for c in controls],
         }
+
+
+def _refunded(delta: float, booked_at: float, since: float | None) -> bool:
+    """Whether a correction `delta` of a booking made at `booked_at` counts where counting started at `since` (a
+    scope's or cost target's first booking, a spend target's period start; None: nothing booked yet): a refund
+    (`delta` < 0) only of a booking counted there; money paid beyond a booking (`delta` ≥ 0) always."""
+    return delta >= 0.0 or (since is not None and booked_at >= since)
 
 
 def _opt_float(value: Any) -> float | None:
@@ -252,8 +268,12 @@ class _Control:
     def on_decision(self, scope: _Scope, now: float, decision: Decision, booked: float, tags: Tags) -> None:
         """A decision of the scope was made; `booked` is its expected cost."""
 
-    def on_cost(self, scope: _Scope, delta: float) -> None:
-        """The real cost of a decision arrived; `delta` = real − booked."""
+    def begin(self, when: float) -> None:
+        """A decision booked at `when` (its own time, on the pacer's clock) is the target's: a cost target counts
+        from its first one on (`origin`)."""
+
+    def on_cost(self, scope: _Scope, delta: float, booked_at: float) -> None:
+        """The real cost of a decision booked at `booked_at` arrived; `delta` = real − booked (`_refunded`)."""
 
     def on_latency(self, latency_s: float) -> None:
         """The latency of a decision of the scope was reported."""
@@ -368,13 +388,23 @@ class _CostControl(_Control):
 
 
 class _AvgCostControl(_CostControl):
-    persisted = (("lam", _opt_float), ("log_floor", _opt_float), ("requests", int), ("spend_usd", float))
+    persisted = (("lam", _opt_float), ("log_floor", _opt_float), ("requests", int), ("spend_usd", float),
+                 ("origin", _opt_float))
     target: AvgCost
 
     def __init__(self, target: Target, config: BudgetConfig) -> None:
         super().__init__(target, config)
         self.requests = 0
         self.spend_usd = 0.0
+        self.origin: float | None = None
+        """When the first decision it counts was booked (None before it, and after a change of value)."""
+
+    def begin(self, when: float) -> None:
+        self.origin = when if self.origin is None else self.origin
+
+    def load(self, state: Mapping[str, Any], where: str = "") -> None:
+        """As `_CostControl.load`; a state saved before `origin` was kept counts every booking as its own."""
+        super().load({"origin": 0.0 if state.get("requests") else None, **state}, where)
 
     def on_decision(self, scope: _Scope, now: float, decision: Decision, booked: float, tags: Tags) -> None:
         self.see_costs(decision)
@@ -382,15 +412,16 @@ class _AvgCostControl(_CostControl):
         self.spend_usd += booked
         self.step((booked - self.target.usd) / self.target.usd)
 
-    def on_cost(self, scope: _Scope, delta: float) -> None:
-        self.spend_usd += delta
-        self.step(delta / self.target.usd)
+    def on_cost(self, scope: _Scope, delta: float, booked_at: float) -> None:
+        if _refunded(delta, booked_at, self.origin):
+            self.spend_usd += delta
+            self.step(delta / self.target.usd)
 
     def retarget(self, target: Target) -> None:
         assert isinstance(target, AvgCost)
         self.rescale(self.target.usd / target.usd)
         super().retarget(target)
-        self.requests, self.spend_usd = 0, 0.0
+        self.requests, self.spend_usd, self.origin = 0, 0.0, None
 
     def report(self, now: float) -> dict[str, Any]:
         realised = self.spend_usd / self.requests if self.requests else None
@@ -533,7 +564,12 @@ class _SpendControl(_CostControl):
         if scale is not None and not was_exhausted:
             self.step((booked - allowance) / scale)
 
-    def on_cost(self, scope: _Scope, delta: float) -> None:
+    def begin(self, when: float) -> None:
+        self.origin = when if self.origin is None else self.origin
+
+    def on_cost(self, scope: _Scope, delta: float, booked_at: float) -> None:
+        if not _refunded(delta, booked_at, None if self.origin is None else max(self.origin, self.period_start())):
+            return
         was_exhausted = self.exhausted()
         self.spend_usd += delta
         scale = self._scale(scope)
@@ -894,7 +930,7 @@ class BudgetPacer:
             if cost_usd is None:
                 self._decided(scopes, now, decision, booked)
             else:
-                self._corrected(scopes, now, float(cost_usd) - booked)
+                self._corrected(scopes, now, float(cost_usd) - booked, self.booked_at(decision))
             if latency_s is not None:
                 self._observe_latency(decision.model, float(latency_s))
                 for scope in scopes:
@@ -919,24 +955,40 @@ class BudgetPacer:
         if cost_usd == 0.0:
             return
         with self._lock:
-            self._corrected(self._scopes(tenant), self._clock() if at is None else at, float(cost_usd))
+            now = self._clock() if at is None else at
+            self._corrected(self._scopes(tenant), now, float(cost_usd), now)
+
+    def booked_at(self, decision: Decision) -> float | None:
+        """When `decision` was booked, on the pacer's clock, for its correction (`_refunded`): its `created_at`
+        (Unix time, as this pacer's clock by default and the service's; a process reading it from the log books it
+        then or a little later). A pacer on another clock overrides it (`simulator.budgets.SimulatedPacer`); None:
+        not known (not booked by this pacer: its refund is nobody's)."""
+        return decision.created_at
 
     def _decided(self, scopes: Sequence[_Scope], now: float, decision: Decision, booked: float) -> None:
         tags = self._tags.get(decision.model, {})
+        made = self.booked_at(decision)
+        # made an instant before it is booked (its correction compares that time): counted from then on
+        when = min(now, made) if made is not None and now - CLOCK_STEP_BACK_S <= made else now
         for scope in scopes:
             scope.arrive(now)
             scope.spend_usd += booked
+            scope.origin = when if scope.origin is None else scope.origin
             for control in scope.controls.values():
                 control.roll(now)
+                control.begin(when)
                 control.on_decision(scope, now, decision, booked, tags)
 
     @staticmethod
-    def _corrected(scopes: Sequence[_Scope], now: float, delta: float) -> None:
+    def _corrected(scopes: Sequence[_Scope], now: float, delta: float, booked_at: float | None) -> None:
+        """`delta` for a booking made at `booked_at` (None: not known, earlier than any), corrected at `now`."""
+        made = -math.inf if booked_at is None else booked_at
         for scope in scopes:
-            scope.spend_usd += delta
+            if _refunded(delta, made, scope.origin):
+                scope.spend_usd += delta
             for control in scope.controls.values():
                 control.roll(now)
-                control.on_cost(scope, delta)
+                control.on_cost(scope, delta, made)
 
     # -- reading ----------------------------------------------------------------------------------------
     def cost_weight(self, tenant: str | None = None) -> float | None:
