@@ -1028,9 +1028,10 @@ def test_a_refund_of_a_booking_made_before_a_tenant_had_targets_is_not_the_tenan
     context = Router(MODELS, "random", seed=0).featurize(Request(prompt="hi", context={"tenant": "acme"}))
     decision = _made(context, "large", 1000.0, cost=0.8)
     pacer.observe(decision, None)
+    clock.t += 5
     pacer.set_targets(["spend_usd=0.5/1d"], tenant="acme")
     pacer.set_targets(["avg_cost_usd=0.4"])
-    clock.t += 10
+    clock.t += 5
     newer = _made(context, "small", clock.t, cost=0.1)
     pacer.observe(newer, None)
     pacer.observe(decision, 0.05)
