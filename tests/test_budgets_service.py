@@ -176,6 +176,24 @@ def test_a_tenant_target_does_not_move_another_tenants_traffic(make_client: Call
     assert report["global"]["requests"] == 25
 
 
+def test_a_refund_of_a_decision_made_before_a_tenant_had_targets_is_not_the_tenants(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A decision routed before `@acme` had a target, a PUT giving it one, then the decision's feedback (cost 0):
+    acme's spend stays 0 (was minus the decision's expected cost, a budget granted from a refund of a booking the
+    tenant never made); the global scope, which booked it, gets the refund."""
+    client = make_client()
+    decision = _route(client, "acme")
+    put = client.put("/v1/budgets", json={"tenants": {"acme": {"spend_usd": "50/1d"}}}, headers=ADMIN)
+    assert put.status_code == 200, put.text
+    feedback = {"decision_id": decision["decision_id"], "quality": 0.7, "cost_usd": 0.0}
+    assert client.post("/v1/feedback", json=feedback).status_code == 200
+    report = client.get("/v1/budgets", headers=ADMIN).json()["report"]
+    assert report["global"]["spend_usd"] == pytest.approx(0.0, abs=1e-12)
+    acme = report["tenants"]["acme"]
+    assert acme["spend_usd"] == 0.0 and acme["targets"][0]["realized"] == 0.0
+
+
 def test_fallback_model_in_the_config_must_be_in_the_catalog(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fallback_model"):
         load_settings(env={"BANDIT_ROUTER_BUDGETS": '{"fallback_model": "nope", "avg_cost_usd": 0.001}'})
