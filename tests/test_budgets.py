@@ -1223,3 +1223,25 @@ def test_a_clock_set_back_wrongly_then_set_right_keeps_the_days_spend() -> None:
     restored = BudgetPacer(BudgetConfig.from_strings(["spend_usd=1/1d"]), clock=clock)
     restored.load(pacer.state())
     assert restored.state() == pacer.state()
+
+
+def test_reconfiguring_unchanged_targets_keeps_when_they_were_set() -> None:
+    """Review of spend24: a worker re-reads the stored targets (`configure_stored`) and a PUT may change only other
+    targets or tenants; neither moves `since` of the targets it leaves as they were (else refunds of their own
+    bookings would be dropped): a refund of a decision booked between counts."""
+    clock = Clock(1000.0)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=0.5", "spend_usd=1/1d"]), clock=clock)
+    pacer.set_targets(["spend_usd=1/1d"], tenant="acme")
+    context = Router(MODELS, "random", seed=0).featurize(Request(prompt="hi", context={"tenant": "acme"}))
+    decision = _made(context, "large", 1001.0, cost=0.8)
+    pacer.observe(decision, None)
+    clock.t = 1002.0
+    pacer.configure_stored(json.loads(json.dumps(pacer.config.to_mapping())))
+    pacer.set_targets(["spend_usd=2/1d"], tenant="bob")
+    pacer.set_targets(["avg_cost_usd=0.5", "spend_usd=1/1d", "share:large=0.5"])
+    pacer.observe(decision, 0.1)
+    report = pacer.report()
+    assert report["tenants"]["acme"]["spend_usd"] == pytest.approx(0.1)
+    assert target_report(report, "spend_usd=1/1d", "acme")["realized"] == pytest.approx(0.1)
+    assert target_report(report, "spend_usd=1/1d")["realized"] == pytest.approx(0.1)
+    assert target_report(report, "avg_cost_usd=0.5")["realized"] == pytest.approx(0.1)

@@ -592,6 +592,46 @@ def test_a_start_does_not_store_its_rows_over_a_put_made_since_it_read_them(
         b.store.close()
 
 
+def test_a_process_following_a_put_later_drops_the_same_refunds_as_the_one_that_took_it(tmp_path: Path) -> None:
+    """Review of spend24: a PUT on A adds `@acme`'s target at t = 1000 (its `since`); B follows it a second later
+    (it polls every `FOLLOW_EVERY_S`). B set `since` to its own 1001, so a refund of an acme decision made at 1000.5
+    counted on A (acme's spend 0.1) and was dropped on B (0.8): the processes paced acme apart. B now takes when the
+    targets were set from the state row the PUT stored with them; a later unrelated follow does not move it."""
+    clock = [1000.0]
+    db = tmp_path / "since.db"
+    a = BudgetState(open_store(db), BudgetPacer(clock=lambda: clock[0]), shared=True)
+    b = BudgetState(open_store(db), BudgetPacer(clock=lambda: clock[0]), shared=True)
+    a.store.prepare()
+    try:
+        for state in (a, b):
+            state.recover(cast(Any, SimpleNamespace()))
+        with a.store.write() as tx:
+            a.configure(tx, BudgetConfig.from_mapping({"tenants": {"acme": {"spend_usd": "1/1d"}}}))
+        clock[0] = 1001.0
+        b._next_follow = 0.0
+        b.housekeeping()
+        from bandit_router import Request, Router
+        from tests.test_budgets import MODELS, _made
+        context = Router(MODELS, "random", seed=0).featurize(Request(prompt="hi", context={"tenant": "acme"}))
+        decision = _made(context, "large", 1000.5, cost=0.8)
+        for state in (a, b):
+            state.pacer.observe(decision, None)
+            state.pacer.observe(decision, 0.1)
+        assert a.pacer.report()["tenants"]["acme"]["spend_usd"] == pytest.approx(0.1)
+        assert b.pacer.report()["tenants"]["acme"]["spend_usd"] == pytest.approx(0.1)
+        clock[0] = 1010.0
+        with a.store.write() as tx:  # a PUT that leaves acme's target as it was
+            a.configure(tx, BudgetConfig.from_mapping({"avg_cost_usd": 0.5,
+                                                       "tenants": {"acme": {"spend_usd": "1/1d"}}}))
+        b._next_follow = 0.0
+        b.housekeeping()
+        assert a.pacer.state()["tenants"]["acme"]["since"] == b.pacer.state()["tenants"]["acme"]["since"] == 1000.0
+        assert b.pacer.state()["global"]["targets"]["avg_cost_usd"]["since"] == 1010.0
+    finally:
+        a.store.close()
+        b.store.close()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_the_periodic_save_does_not_store_targets_over_a_put_it_has_not_followed(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:

@@ -37,7 +37,8 @@ beyond a booking (c_real > ĉ) is charged where it arrives, whoever booked it. S
 what was paid in it, nor over it by more than the refunds dropped (cautious: it binds early, never late). The time
 a decision was made is its `created_at` (Unix time, the clock of the service's pacer): `booked_at`, which a pacer on
 another clock overrides (the simulator's notes the simulated time of each booking). The rule reads only that time,
-the periods' starts and when targets were set (stored with the state: a restart keeps them), so every process
+the periods' starts and when targets were set (stored with the state: a restart keeps them, a process following
+a PUT takes them from its stored state, `adopt_since`), so every process
 sharing a log gives a correction the same fate whenever it books the decision and learns its feedback (a feedback
 learned before the decision is read from the log included). A decision made an instant before a period starts and
 booked after (its feedback a refund) keeps its ĉ in the new period: cautious, by that instant's refunds.
@@ -221,6 +222,12 @@ def _refunded(delta: float, booked_at: float, since: float | None) -> bool:
     tenant scope's or cost target's start, a spend period's; None: always): a refund (`delta` < 0) only of a
     booking made since; money paid beyond a booking (`delta` ≥ 0) always."""
     return delta >= 0.0 or since is None or booked_at >= since
+
+
+def _finite(value: Any) -> float | None:
+    """`value` when it is a finite number (not a bool), else None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
 
 
 def _opt_float(value: Any) -> float | None:
@@ -838,6 +845,27 @@ class BudgetPacer:
                 left = _LeftOut(copy.deepcopy(dict(data)), _texts(dropped)) if dropped else None
             self._configure(config, left)
         return dropped
+
+    def adopt_since(self, state: Mapping[str, Any]) -> None:
+        """Take when the targets were set (each tenant scope's and target's `since`) from `state`, a `state()` of the
+        config now paced that another process stored with it (a PUT stores both at once): a process that follows
+        the PUT later than the one that took it then drops the same refunds. What `state` lacks, or holds as no
+        finite number, is left as it is."""
+        with self._lock:
+            tenants = state.get("tenants")
+            for name, scope in [(None, self._global), *self._tenants.items()]:
+                saved = state.get("global") if name is None else (
+                    tenants.get(name) if isinstance(tenants, Mapping) else None)
+                if not isinstance(saved, Mapping):
+                    continue
+                if name is not None and (since := _finite(saved.get("since"))) is not None:
+                    scope.since = since
+                targets = saved.get("targets")
+                for key, control in scope.controls.items():
+                    target_state = targets.get(key) if isinstance(targets, Mapping) else None
+                    if any(field == "since" for field, _ in control.persisted) and isinstance(target_state, Mapping) \
+                            and (since := _finite(target_state.get("since"))) is not None:
+                        control.since = since
 
     def _configure(self, config: BudgetConfig, left_out: _LeftOut | None) -> None:
         if not isinstance(config, BudgetConfig):
