@@ -507,6 +507,12 @@ def _damaged_state_cases() -> list[tuple[str, Callable[[dict[str, Any]], None], 
         ("exceedance of 1 number", every_exceedance([3.0]), False),
         ("latency recent NaN", at(*g, "latency_p90_s", "recent", 0, value=math.nan), False),
         ("latency recent -inf", at(*g, "latency_p90_s", "recent", 1, value=-math.inf), False),
+        # review of spend24: a `since` that is no number refused the whole row (its spend lost with it)
+        ("tenant since string", at("tenants", "acme", "since", value="yesterday"), False),
+        ("tenant since NaN", at("tenants", "acme", "since", value=math.nan), False),
+        ("spend since string", at(*g, "spend_usd/1d", "since", value="0"), False),
+        ("avg since 10**400", at(*g, "avg_cost_usd", "since", value=10**400), False),
+        ("tenant spend since list", at("tenants", "acme", "targets", "spend_usd/1h", "since", value=[1]), False),
     ]
 
 

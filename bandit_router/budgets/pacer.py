@@ -79,6 +79,7 @@ the sum of the share and latency penalties, the guard rails of any exhausted sco
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -185,7 +186,7 @@ class _Scope:
             self.spend_usd = 0.0
         self.last_time = _opt_float(state["last_time"])
         self.gap_s = _opt_float(state["gap_s"])
-        self.since = _opt_float(state.get("since"))  # a state saved before it was kept: always, as then
+        self.since = _opt_time(state.get("since"))  # a state saved before it was kept: always, as then
         if self.since is not None and not math.isfinite(self.since):
             say("budget state: %sthe stored time the scope got its targets %r is not finite; reset: always",
                 where, self.since)
@@ -228,6 +229,17 @@ def _finite(value: Any) -> float | None:
     """`value` when it is a finite number (not a bool), else None."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return float(value) if ok else None
+
+
+def _opt_time(value: Any) -> float | None:
+    """A stored `since`: None, or a number as a float; anything else (a string, 10**400) NaN, which loading resets
+    with a warning, as it does a non-finite time (a damaged `since` does not cost the state its spend)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):
+            return float(value)
+    return math.nan
 
 
 def _opt_float(value: Any) -> float | None:
@@ -410,7 +422,7 @@ class _CostControl(_Control):
 
 class _AvgCostControl(_CostControl):
     persisted = (("lam", _opt_float), ("log_floor", _opt_float), ("requests", int), ("spend_usd", float),
-                 ("since", _opt_float))
+                 ("since", _opt_time))
     target: AvgCost
 
     def __init__(self, target: Target, config: BudgetConfig) -> None:
@@ -462,7 +474,7 @@ class _SpendControl(_CostControl):
         ("left_period", _opt_int),
         ("left_usd", float),
         ("entered_usd", float),
-        ("since", _opt_float),
+        ("since", _opt_time),
     )
     target: Spend
 
