@@ -13,6 +13,7 @@ so a user sees beforehand what a target costs in quality.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,20 +23,44 @@ import numpy as np
 from bandit_router.budgets import AvgCost, BudgetConfig, BudgetPacer, Latency, Share, Spend
 from bandit_router.catalog import ModelSpec
 from bandit_router.errors import InvalidInput
+from bandit_router.types import Decision
 
 
 class SimulatedPacer(BudgetPacer):
-    """A `BudgetPacer` on simulated time: `now` (seconds) is set by the agent before each decision."""
+    """A `BudgetPacer` on simulated time: `now` (seconds) is set by the agent before each decision.
+
+    A decision's `created_at` is wall time, not this clock's: the pacer notes the simulated time of each booking
+    (`observe(decision, None)`, `book`) by decision and gives it to the decision's correction (`booked_at`), so
+    a refund counts only in the spend period and scopes its booking was made in (`BudgetPacer.booked_at`)."""
 
     def __init__(self, config: BudgetConfig, seconds_per_step: float = 1.0) -> None:
         self.now = 0.0
         self.seconds_per_step = seconds_per_step
+        self._booked_times: weakref.WeakKeyDictionary[Decision, float] = weakref.WeakKeyDictionary()
+        """The simulated time of each booking, by decision (the simulation corrects the object it booked): a decision
+        whose feedback is lost is forgotten with it, so this holds no more than the decisions awaiting feedback."""
         super().__init__(config, clock=self._time)
         self.trajectory: list[tuple[int, float | None, float]] | None = None
         """When a list: (step, λ of the global scope, booked spend) appended at every `tick` (for plots)."""
 
     def _time(self) -> float:
         return self.now
+
+    def observe(self, decision: Decision, cost_usd: float | None, latency_s: float | None = None, *,
+                at: float | None = None) -> None:
+        if cost_usd is None:
+            self._booked_times[decision] = self.now if at is None else at
+        super().observe(decision, cost_usd, latency_s, at=at)
+        if cost_usd is not None:
+            self._booked_times.pop(decision, None)  # one correction per decision in a simulation
+
+    def book(self, decision: Decision, cost_usd: float, *, at: float | None = None) -> None:
+        self._booked_times[decision] = self.now if at is None else at
+        super().book(decision, cost_usd, at=at)
+
+    def booked_at(self, decision: Decision) -> float | None:
+        """The simulated time its booking was made at (None: not booked by this pacer), not its wall `created_at`."""
+        return self._booked_times.get(decision)
 
     def tick(self, step: int) -> None:
         """The clock of simulated step `step`."""

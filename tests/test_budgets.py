@@ -507,6 +507,12 @@ def _damaged_state_cases() -> list[tuple[str, Callable[[dict[str, Any]], None], 
         ("exceedance of 1 number", every_exceedance([3.0]), False),
         ("latency recent NaN", at(*g, "latency_p90_s", "recent", 0, value=math.nan), False),
         ("latency recent -inf", at(*g, "latency_p90_s", "recent", 1, value=-math.inf), False),
+        # review of spend24: a `since` that is no number refused the whole row (its spend lost with it)
+        ("tenant since string", at("tenants", "acme", "since", value="yesterday"), False),
+        ("tenant since NaN", at("tenants", "acme", "since", value=math.nan), False),
+        ("spend since string", at(*g, "spend_usd/1d", "since", value="0"), False),
+        ("avg since 10**400", at(*g, "avg_cost_usd", "since", value=10**400), False),
+        ("tenant spend since list", at("tenants", "acme", "targets", "spend_usd/1h", "since", value=[1]), False),
     ]
 
 
@@ -992,6 +998,60 @@ def test_late_feedback_corrects_the_booked_spend() -> None:
     assert pacer.cost_weight() == pytest.approx(20.0 * math.exp(0.05 * (0.003 - 0.001) / 0.001))
 
 
+def _made(context: Any, model: str, at: float, *, cost: float) -> Decision:
+    """`_decision` made at `at` on the pacer's clock (`created_at`, Unix time in the service)."""
+    return dataclasses.replace(_decision(context, model, cost=cost), decision_id=f"d-{at}", created_at=at)
+
+
+def test_a_refund_of_a_booking_made_before_the_period_grants_the_new_period_nothing() -> None:
+    """Booked at 23:59:55 at ĉ = 0.8, its real cost 0.05 arrives at 00:00:30: the −0.75 belongs to the day that
+    booked the 0.8, not to the new one (was: the new day's spend −0.75, 1.75 USD spendable against a limit of 1).
+    Money paid beyond a booking still counts where it arrives, and a refund of the period's own booking counts."""
+    clock = Clock(86400 - 5)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=1/1d"]), clock=clock)
+    context = Router(MODELS, "random", seed=0).featurize(Request(prompt="hi"))
+    late, over = _made(context, "large", 86400 - 5, cost=0.8), _made(context, "large", 86400 - 4, cost=0.1)
+    pacer.observe(late, None)
+    pacer.observe(over, None)
+    clock.t = 86400 + 30
+    pacer.observe(late, 0.05)
+    report = target_report(pacer.report(), "spend_usd=1/1d")
+    assert report["period_start"] == 86400 and report["realized"] == 0.0 and report["limit_usd"] == 1.0
+    pacer.observe(over, 0.3)  # 0.2 paid beyond its booking: charged to the day it was paid in
+    assert target_report(pacer.report(), "spend_usd=1/1d")["realized"] == pytest.approx(0.2)
+    own = _made(context, "large", clock.t - 0.001, cost=0.5)  # made an instant before its booking
+    pacer.observe(own, None)
+    pacer.observe(own, 0.1)
+    assert target_report(pacer.report(), "spend_usd=1/1d")["realized"] == pytest.approx(0.3)
+
+
+def test_a_refund_of_a_booking_made_before_a_tenant_had_targets_is_not_the_tenants() -> None:
+    """A decision booked before `@acme` had a target, a PUT adding one, then its feedback: acme's spend stays 0
+    (was −0.75: a budget granted from a refund of a booking it never made); the global scope, which booked it,
+    gets the refund. Likewise an average cost target whose value changed: its average restarts with it."""
+    clock = Clock(1000.0)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=0.5"]), clock=clock)
+    context = Router(MODELS, "random", seed=0).featurize(Request(prompt="hi", context={"tenant": "acme"}))
+    decision = _made(context, "large", 1000.0, cost=0.8)
+    pacer.observe(decision, None)
+    clock.t += 5
+    pacer.set_targets(["spend_usd=0.5/1d"], tenant="acme")
+    pacer.set_targets(["avg_cost_usd=0.4"])
+    clock.t += 5
+    newer = _made(context, "small", clock.t, cost=0.1)
+    pacer.observe(newer, None)
+    pacer.observe(decision, 0.05)
+    report = pacer.report()
+    assert report["global"]["spend_usd"] == pytest.approx(0.15)
+    assert report["tenants"]["acme"]["spend_usd"] == pytest.approx(0.1)
+    assert target_report(report, "spend_usd=0.5/1d", "acme")["realized"] == pytest.approx(0.1)
+    assert target_report(report, "avg_cost_usd=0.4")["realized"] == pytest.approx(0.1)
+    restored = BudgetPacer.from_state(json.loads(json.dumps(pacer.state())), clock=clock)
+    restored.observe(newer, 0.04)  # its own booking, also after a restart: refunded
+    assert target_report(restored.report(), "spend_usd=0.5/1d", "acme")["realized"] == pytest.approx(0.04)
+    assert target_report(restored.report(), "avg_cost_usd=0.4")["realized"] == pytest.approx(0.04)
+
+
 def test_a_slack_cost_target_stops_lowering_lambda_where_decisions_stop_changing() -> None:
     """Far under its target, λ falls only to ε / (ĉ_max − ĉ_min) (ε = 0.01 quality points), not to
     min_cost_weight: below that no decision changes, and λ would take long to climb back."""
@@ -1169,3 +1229,25 @@ def test_a_clock_set_back_wrongly_then_set_right_keeps_the_days_spend() -> None:
     restored = BudgetPacer(BudgetConfig.from_strings(["spend_usd=1/1d"]), clock=clock)
     restored.load(pacer.state())
     assert restored.state() == pacer.state()
+
+
+def test_reconfiguring_unchanged_targets_keeps_when_they_were_set() -> None:
+    """Review of spend24: a worker re-reads the stored targets (`configure_stored`) and a PUT may change only other
+    targets or tenants; neither moves `since` of the targets it leaves as they were (else refunds of their own
+    bookings would be dropped): a refund of a decision booked between counts."""
+    clock = Clock(1000.0)
+    pacer = BudgetPacer(BudgetConfig.from_strings(["avg_cost_usd=0.5", "spend_usd=1/1d"]), clock=clock)
+    pacer.set_targets(["spend_usd=1/1d"], tenant="acme")
+    context = Router(MODELS, "random", seed=0).featurize(Request(prompt="hi", context={"tenant": "acme"}))
+    decision = _made(context, "large", 1001.0, cost=0.8)
+    pacer.observe(decision, None)
+    clock.t = 1002.0
+    pacer.configure_stored(json.loads(json.dumps(pacer.config.to_mapping())))
+    pacer.set_targets(["spend_usd=2/1d"], tenant="bob")
+    pacer.set_targets(["avg_cost_usd=0.5", "spend_usd=1/1d", "share:large=0.5"])
+    pacer.observe(decision, 0.1)
+    report = pacer.report()
+    assert report["tenants"]["acme"]["spend_usd"] == pytest.approx(0.1)
+    assert target_report(report, "spend_usd=1/1d", "acme")["realized"] == pytest.approx(0.1)
+    assert target_report(report, "spend_usd=1/1d")["realized"] == pytest.approx(0.1)
+    assert target_report(report, "avg_cost_usd=0.5")["realized"] == pytest.approx(0.1)

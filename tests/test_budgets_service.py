@@ -176,6 +176,24 @@ def test_a_tenant_target_does_not_move_another_tenants_traffic(make_client: Call
     assert report["global"]["requests"] == 25
 
 
+def test_a_refund_of_a_decision_made_before_a_tenant_had_targets_is_not_the_tenants(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A decision routed before `@acme` had a target, a PUT giving it one, then the decision's feedback (cost 0):
+    acme's spend stays 0 (was minus the decision's expected cost, a budget granted from a refund of a booking the
+    tenant never made); the global scope, which booked it, gets the refund."""
+    client = make_client()
+    decision = _route(client, "acme")
+    put = client.put("/v1/budgets", json={"tenants": {"acme": {"spend_usd": "50/1d"}}}, headers=ADMIN)
+    assert put.status_code == 200, put.text
+    feedback = {"decision_id": decision["decision_id"], "quality": 0.7, "cost_usd": 0.0}
+    assert client.post("/v1/feedback", json=feedback).status_code == 200
+    report = client.get("/v1/budgets", headers=ADMIN).json()["report"]
+    assert report["global"]["spend_usd"] == pytest.approx(0.0, abs=1e-12)
+    acme = report["tenants"]["acme"]
+    assert acme["spend_usd"] == 0.0 and acme["targets"][0]["realized"] == 0.0
+
+
 def test_fallback_model_in_the_config_must_be_in_the_catalog(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fallback_model"):
         load_settings(env={"BANDIT_ROUTER_BUDGETS": '{"fallback_model": "nope", "avg_cost_usd": 0.001}'})
@@ -569,6 +587,46 @@ def test_a_start_does_not_store_its_rows_over_a_put_made_since_it_read_them(
         a.housekeeping()
         b.housekeeping()
         assert a.pacer.config.describe() == b.pacer.config.describe() == ["avg_cost_usd=0.5"]
+    finally:
+        a.store.close()
+        b.store.close()
+
+
+def test_a_process_following_a_put_later_drops_the_same_refunds_as_the_one_that_took_it(tmp_path: Path) -> None:
+    """Review of spend24: a PUT on A adds `@acme`'s target at t = 1000 (its `since`); B follows it a second later
+    (it polls every `FOLLOW_EVERY_S`). B set `since` to its own 1001, so a refund of an acme decision made at 1000.5
+    counted on A (acme's spend 0.1) and was dropped on B (0.8): the processes paced acme apart. B now takes when the
+    targets were set from the state row the PUT stored with them; a later unrelated follow does not move it."""
+    clock = [1000.0]
+    db = tmp_path / "since.db"
+    a = BudgetState(open_store(db), BudgetPacer(clock=lambda: clock[0]), shared=True)
+    b = BudgetState(open_store(db), BudgetPacer(clock=lambda: clock[0]), shared=True)
+    a.store.prepare()
+    try:
+        for state in (a, b):
+            state.recover(cast(Any, SimpleNamespace()))
+        with a.store.write() as tx:
+            a.configure(tx, BudgetConfig.from_mapping({"tenants": {"acme": {"spend_usd": "1/1d"}}}))
+        clock[0] = 1001.0
+        b._next_follow = 0.0
+        b.housekeeping()
+        from bandit_router import Request, Router
+        from tests.test_budgets import MODELS, _made
+        context = Router(MODELS, "random", seed=0).featurize(Request(prompt="hi", context={"tenant": "acme"}))
+        decision = _made(context, "large", 1000.5, cost=0.8)
+        for state in (a, b):
+            state.pacer.observe(decision, None)
+            state.pacer.observe(decision, 0.1)
+        assert a.pacer.report()["tenants"]["acme"]["spend_usd"] == pytest.approx(0.1)
+        assert b.pacer.report()["tenants"]["acme"]["spend_usd"] == pytest.approx(0.1)
+        clock[0] = 1010.0
+        with a.store.write() as tx:  # a PUT that leaves acme's target as it was
+            a.configure(tx, BudgetConfig.from_mapping({"avg_cost_usd": 0.5,
+                                                       "tenants": {"acme": {"spend_usd": "1/1d"}}}))
+        b._next_follow = 0.0
+        b.housekeeping()
+        assert a.pacer.state()["tenants"]["acme"]["since"] == b.pacer.state()["tenants"]["acme"]["since"] == 1000.0
+        assert b.pacer.state()["global"]["targets"]["avg_cost_usd"]["since"] == 1010.0
     finally:
         a.store.close()
         b.store.close()

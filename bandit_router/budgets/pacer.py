@@ -29,6 +29,20 @@ whose calls were all paid before it is booked (a named router's chain) is booked
 money paid beside a booking (an LLM router's routing call, the feedback judge's call) is added as a correction
 (`spend`).
 
+A correction counts where its booking was made. A refund (c_real < ĉ) of a decision made before a spend target's
+current period started, before the target was set (an average cost's: set or its value changed) or before its
+tenant got targets, is dropped there: that period, target or scope never booked the ĉ it would give back (counted,
+a day that starts with a refund of yesterday's booking could spend B + ĉ − c_real, its spend negative). Money paid
+beyond a booking (c_real > ĉ) is charged where it arrives, whoever booked it. So a period's spend is never below
+what was paid in it, nor over it by more than the refunds dropped (cautious: it binds early, never late). The time
+a decision was made is its `created_at` (Unix time, the clock of the service's pacer): `booked_at`, which a pacer on
+another clock overrides (the simulator's notes the simulated time of each booking). The rule reads only that time,
+the periods' starts and when targets were set (stored with the state: a restart keeps them, a process following
+a PUT takes them from its stored state, `adopt_since`), so every process
+sharing a log gives a correction the same fate whenever it books the decision and learns its feedback (a feedback
+learned before the decision is read from the log included). A decision made an instant before a period starts and
+booked after (its feedback a refund) keeps its ĉ in the new period: cautious, by that instant's refunds.
+
 Why this holds the target. Summing the steps (while λ stays inside its bounds),
 
     log(λ_N / λ_0) = η·(S_N − ρ·N) / ρ     ⇒     (S_N − ρN) / (ρN) = log(λ_N / λ_0) / (η·N):
@@ -65,6 +79,7 @@ the sum of the share and latency penalties, the guard rails of any exhausted sco
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -112,24 +127,28 @@ def _booked(decision: Decision) -> float:
 class _Scope:
     """The traffic of one scope (all requests, or one tenant's): counters, gap estimate, one control per target."""
 
-    def __init__(self) -> None:
+    def __init__(self, since: float | None = None) -> None:
         self.requests = 0
         self.spend_usd = 0.0
         self.last_time: float | None = None
         self.gap_s: float | None = None
         self.controls: dict[str, _Control] = {}
+        self.since = since
+        """When the scope got its targets (a tenant's; None: always, the global one): refunds of decisions made
+        before are not its."""
 
-    def set_targets(self, targets: Sequence[Target], config: BudgetConfig) -> None:
-        """Keep the state of unchanged targets, retarget changed ones (same key), start new ones."""
+    def set_targets(self, targets: Sequence[Target], config: BudgetConfig, now: float) -> None:
+        """Keep the state of unchanged targets, retarget changed ones (same key), start new ones (at `now`)."""
         controls: dict[str, _Control] = {}
         for target in targets:
             control = self.controls.get(target.key)
             if control is None:
                 control = _CONTROLS[type(target)](target, config)
+                control.since = now
             else:
                 control.reconfigure(config)
                 if control.target != target:
-                    control.retarget(target)
+                    control.retarget(target, now)
             controls[target.key] = control
         self.controls = controls
 
@@ -152,6 +171,7 @@ class _Scope:
             "spend_usd": self.spend_usd,
             "last_time": self.last_time,
             "gap_s": self.gap_s,
+            "since": self.since,
             "targets": {key: c.state() for key, c in self.controls.items()},
         }
 
@@ -166,6 +186,11 @@ class _Scope:
             self.spend_usd = 0.0
         self.last_time = _opt_float(state["last_time"])
         self.gap_s = _opt_float(state["gap_s"])
+        self.since = _opt_time(state.get("since"))  # a state saved before it was kept: always, as then
+        if self.since is not None and not math.isfinite(self.since):
+            say("budget state: %sthe stored time the scope got its targets %r is not finite; reset: always",
+                where, self.since)
+            self.since = None
         if self.last_time is not None and not math.isfinite(self.last_time):
             say("budget state: %sthe stored time of the last request %r is not finite; reset: the next request "
                 "sets it", where, self.last_time)
@@ -191,6 +216,30 @@ class _Scope:
             "exhausted": any(c.exhausted() for c in controls),
             "targets": [c.report(now) for c in controls],
         }
+
+
+def _refunded(delta: float, booked_at: float, since: float | None) -> bool:
+    """Whether a correction `delta` of a decision booked at `booked_at` counts where counting started at `since` (a
+    tenant scope's or cost target's start, a spend period's; None: always): a refund (`delta` < 0) only of a
+    booking made since; money paid beyond a booking (`delta` ≥ 0) always."""
+    return delta >= 0.0 or since is None or booked_at >= since
+
+
+def _finite(value: Any) -> float | None:
+    """`value` when it is a finite number (not a bool), else None."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _opt_time(value: Any) -> float | None:
+    """A stored `since`: None, or a number as a float; anything else (a string, 10**400) NaN, which loading resets
+    with a warning, as it does a non-finite time (a damaged `since` does not cost the state its spend)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):
+            return float(value)
+    return math.nan
 
 
 def _opt_float(value: Any) -> float | None:
@@ -252,14 +301,17 @@ class _Control:
     def on_decision(self, scope: _Scope, now: float, decision: Decision, booked: float, tags: Tags) -> None:
         """A decision of the scope was made; `booked` is its expected cost."""
 
-    def on_cost(self, scope: _Scope, delta: float) -> None:
-        """The real cost of a decision arrived; `delta` = real − booked."""
+    def on_cost(self, scope: _Scope, delta: float, booked_at: float) -> None:
+        """The real cost of a decision booked at `booked_at` arrived; `delta` = real − booked (`_refunded`)."""
 
     def on_latency(self, latency_s: float) -> None:
         """The latency of a decision of the scope was reported."""
 
-    def retarget(self, target: Target) -> None:
-        """The target's value changed (same key): keep what still applies, restart the realised value."""
+    since: float | None = None
+    """When the target was set (None: before this was kept; `_refunded`); an average cost's, when its value changed."""
+
+    def retarget(self, target: Target, now: float) -> None:
+        """The target's value changed (same key) at `now`: keep what still applies, restart the realised value."""
         self.target = target
 
     def state(self) -> dict[str, Any]:
@@ -273,15 +325,16 @@ class _Control:
             value = convert(state[name])
             if isinstance(value, int) and not isinstance(value, bool):  # a count or a period
                 _count(value, f"{where}{self.target} {name}")
-            amount, time_ = name.endswith("_usd"), name in ("origin", "plan_time")  # λ, floor, μ: their own checks
+            amount, time_ = name.endswith("_usd"), name in ("origin", "plan_time", "since")  # λ, floor, μ: own checks
             usable = math.isfinite(value) and (value >= 0.0 or time_) if isinstance(value, float) else True
             if (amount or time_) and not usable:
                 value = self._unusable(name, value, where)
             setattr(self, name, value)
 
     def _unusable(self, name: str, value: float, where: str) -> float | None:
-        """What a stored `name` that is not usable (`value`) is reset to: a time (`origin`, `plan_time`) to None (set
-        again by the next request), an amount to 0; a spend target's period spend counts as its whole budget."""
+        """What a stored `name` that is not usable (`value`) is reset to: a time to None (`origin`, `plan_time`: set
+        again by the next request; `since`: every refund counts), an amount to 0; a spend target's period spend counts
+        as its whole budget."""
         reset: float | None = 0.0 if name.endswith("_usd") else None
         say("budget state: %s%s: the stored %s = %r is not a finite number%s; reset to %r", where, self.target, name,
             value, " ≥ 0" if name.endswith("_usd") else "", reset)
@@ -368,7 +421,8 @@ class _CostControl(_Control):
 
 
 class _AvgCostControl(_CostControl):
-    persisted = (("lam", _opt_float), ("log_floor", _opt_float), ("requests", int), ("spend_usd", float))
+    persisted = (("lam", _opt_float), ("log_floor", _opt_float), ("requests", int), ("spend_usd", float),
+                 ("since", _opt_time))
     target: AvgCost
 
     def __init__(self, target: Target, config: BudgetConfig) -> None:
@@ -376,21 +430,26 @@ class _AvgCostControl(_CostControl):
         self.requests = 0
         self.spend_usd = 0.0
 
+    def load(self, state: Mapping[str, Any], where: str = "") -> None:
+        """As `_CostControl.load`; a state saved before `since` was kept has None (every refund counts, as then)."""
+        super().load({"since": None, **state}, where)
+
     def on_decision(self, scope: _Scope, now: float, decision: Decision, booked: float, tags: Tags) -> None:
         self.see_costs(decision)
         self.requests += 1
         self.spend_usd += booked
         self.step((booked - self.target.usd) / self.target.usd)
 
-    def on_cost(self, scope: _Scope, delta: float) -> None:
-        self.spend_usd += delta
-        self.step(delta / self.target.usd)
+    def on_cost(self, scope: _Scope, delta: float, booked_at: float) -> None:
+        if _refunded(delta, booked_at, self.since):
+            self.spend_usd += delta
+            self.step(delta / self.target.usd)
 
-    def retarget(self, target: Target) -> None:
+    def retarget(self, target: Target, now: float) -> None:
         assert isinstance(target, AvgCost)
         self.rescale(self.target.usd / target.usd)
-        super().retarget(target)
-        self.requests, self.spend_usd = 0, 0.0
+        super().retarget(target, now)
+        self.requests, self.spend_usd, self.since = 0, 0.0, now
 
     def report(self, now: float) -> dict[str, Any]:
         realised = self.spend_usd / self.requests if self.requests else None
@@ -415,6 +474,7 @@ class _SpendControl(_CostControl):
         ("left_period", _opt_int),
         ("left_usd", float),
         ("entered_usd", float),
+        ("since", _opt_time),
     )
     target: Spend
 
@@ -495,7 +555,7 @@ class _SpendControl(_CostControl):
     def load(self, state: Mapping[str, Any], where: str = "") -> None:
         """As `_CostControl.load`; a state stored before the period left was kept (no `left_period`) has none (its
         `entered_usd`, not stored either, is then the period's spend as loaded, not said twice when unusable)."""
-        defaults = {"left_period": None, "left_usd": 0.0, "entered_usd": 0.0}
+        defaults = {"left_period": None, "left_usd": 0.0, "entered_usd": 0.0, "since": None}
         super().load({**defaults, **state}, where)
         if "entered_usd" not in state:
             self.entered_usd = self.spend_usd
@@ -533,17 +593,19 @@ class _SpendControl(_CostControl):
         if scale is not None and not was_exhausted:
             self.step((booked - allowance) / scale)
 
-    def on_cost(self, scope: _Scope, delta: float) -> None:
+    def on_cost(self, scope: _Scope, delta: float, booked_at: float) -> None:
+        if not _refunded(delta, booked_at, max(self.period_start(), -math.inf if self.since is None else self.since)):
+            return
         was_exhausted = self.exhausted()
         self.spend_usd += delta
         scale = self._scale(scope)
         if scale is not None and not was_exhausted:
             self.step(delta / scale)
 
-    def retarget(self, target: Target) -> None:
+    def retarget(self, target: Target, now: float) -> None:
         assert isinstance(target, Spend)
         self.rescale(self.target.usd / target.usd)
-        super().retarget(target)
+        super().retarget(target, now)
 
     def report(self, now: float) -> dict[str, Any]:
         start = self.period_start()
@@ -600,8 +662,8 @@ class _ShareControl(_PenaltyControl):
         self.hits += hit
         self.mu = max(0.0, self.mu + self.config.share_step * (hit - self.target.max_share))
 
-    def retarget(self, target: Target) -> None:
-        super().retarget(target)
+    def retarget(self, target: Target, now: float) -> None:
+        super().retarget(target, now)
         self.requests, self.hits = 0, 0
 
     def report(self, now: float) -> dict[str, Any]:
@@ -638,8 +700,8 @@ class _LatencyControl(_PenaltyControl):
         self.recent.append(latency_s)
         self.mu = max(0.0, self.mu + self.config.latency_step * (slow - self.target.allowed_over))
 
-    def retarget(self, target: Target) -> None:
-        super().retarget(target)
+    def retarget(self, target: Target, now: float) -> None:
+        super().retarget(target, now)
         self.observations, self.over = 0, 0
         self.recent.clear()
 
@@ -752,7 +814,8 @@ class BudgetPacer:
     """Holds the targets of a `BudgetConfig` for a `Router` (its `pacer=`): see the module docstring.
 
     Thread-safe (one lock). `clock` returns seconds (Unix time by default); inject a simulated clock for tests
-    and simulations. `state()`/`load()` round-trip the config and everything learned through JSON.
+    and simulations (a clock other than the decisions' `created_at`'s overrides `booked_at`, see the module
+    docstring). `state()`/`load()` round-trip the config and everything learned through JSON.
 
     Examples:
         >>> from bandit_router.budgets import BudgetConfig, BudgetPacer
@@ -795,6 +858,27 @@ class BudgetPacer:
             self._configure(config, left)
         return dropped
 
+    def adopt_since(self, state: Mapping[str, Any]) -> None:
+        """Take when the targets were set (each tenant scope's and target's `since`) from `state`, a `state()` of the
+        config now paced that another process stored with it (a PUT stores both at once): a process that follows
+        the PUT later than the one that took it then drops the same refunds. What `state` lacks, or holds as no
+        finite number, is left as it is."""
+        with self._lock:
+            tenants = state.get("tenants")
+            for name, scope in [(None, self._global), *self._tenants.items()]:
+                saved = state.get("global") if name is None else (
+                    tenants.get(name) if isinstance(tenants, Mapping) else None)
+                if not isinstance(saved, Mapping):
+                    continue
+                if name is not None and (since := _finite(saved.get("since"))) is not None:
+                    scope.since = since
+                targets = saved.get("targets")
+                for key, control in scope.controls.items():
+                    target_state = targets.get(key) if isinstance(targets, Mapping) else None
+                    if any(field == "since" for field, _ in control.persisted) and isinstance(target_state, Mapping) \
+                            and (since := _finite(target_state.get("since"))) is not None:
+                        control.since = since
+
     def _configure(self, config: BudgetConfig, left_out: _LeftOut | None) -> None:
         if not isinstance(config, BudgetConfig):
             raise InvalidInput(f"config must be a BudgetConfig (BudgetConfig.from_mapping({{...}}) reads a [budgets] "
@@ -803,11 +887,12 @@ class BudgetPacer:
         with self._lock:
             self._left_out = left_out
             self._config = config
-            self._global.set_targets(config.targets, config)
+            now = self._clock()
+            self._global.set_targets(config.targets, config, now)
             tenants = {}
             for name, targets in config.tenants.items():
-                scope = self._tenants.get(name) or _Scope()
-                scope.set_targets(targets, config)
+                scope = self._tenants.get(name) or _Scope(now)
+                scope.set_targets(targets, config, now)
                 tenants[name] = scope
             self._tenants = tenants
             thresholds = {
@@ -894,7 +979,7 @@ class BudgetPacer:
             if cost_usd is None:
                 self._decided(scopes, now, decision, booked)
             else:
-                self._corrected(scopes, now, float(cost_usd) - booked)
+                self._corrected(scopes, now, float(cost_usd) - booked, self.booked_at(decision))
             if latency_s is not None:
                 self._observe_latency(decision.model, float(latency_s))
                 for scope in scopes:
@@ -919,7 +1004,15 @@ class BudgetPacer:
         if cost_usd == 0.0:
             return
         with self._lock:
-            self._corrected(self._scopes(tenant), self._clock() if at is None else at, float(cost_usd))
+            now = self._clock() if at is None else at
+            self._corrected(self._scopes(tenant), now, float(cost_usd), now)
+
+    def booked_at(self, decision: Decision) -> float | None:
+        """When `decision` was booked, on the pacer's clock, for its correction (`_refunded`): its `created_at`
+        (Unix time, as this pacer's clock by default and the service's; a process reading it from the log books it
+        then or a little later). A pacer on another clock overrides it (`simulator.budgets.SimulatedPacer`); None:
+        not known (not booked by this pacer: its refund is nobody's)."""
+        return decision.created_at
 
     def _decided(self, scopes: Sequence[_Scope], now: float, decision: Decision, booked: float) -> None:
         tags = self._tags.get(decision.model, {})
@@ -931,12 +1024,15 @@ class BudgetPacer:
                 control.on_decision(scope, now, decision, booked, tags)
 
     @staticmethod
-    def _corrected(scopes: Sequence[_Scope], now: float, delta: float) -> None:
+    def _corrected(scopes: Sequence[_Scope], now: float, delta: float, booked_at: float | None) -> None:
+        """`delta` for a booking made at `booked_at` (None: not known, earlier than any), corrected at `now`."""
+        made = -math.inf if booked_at is None else booked_at
         for scope in scopes:
-            scope.spend_usd += delta
+            if _refunded(delta, made, scope.since):
+                scope.spend_usd += delta
             for control in scope.controls.values():
                 control.roll(now)
-                control.on_cost(scope, delta)
+                control.on_cost(scope, delta, made)
 
     # -- reading ----------------------------------------------------------------------------------------
     def cost_weight(self, tenant: str | None = None) -> float | None:

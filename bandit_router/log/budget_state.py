@@ -465,8 +465,12 @@ class BudgetState:
             try:
                 with self.store.read() as reader:
                     stored = reader.get_meta(BUDGETS_CONFIG)
+                    state = reader.get_meta(BUDGETS_STATE) if stored != self._config_json else None
                 if stored is not None and stored != self._config_json:
-                    self.pacer.configure_stored(json.loads(stored))
+                    self.pacer.configure_stored(targets := json.loads(stored))
+                    saved = _decoded(state)  # the PUT's: when it set the targets (`BudgetPacer.adopt_since`)
+                    if isinstance(saved, dict) and saved.get("config") == targets:
+                        self.pacer.adopt_since(saved)
                     self._config_json = stored
                     self._stored = True
                 self._targets_seen = stored  # only once followed: `save` compares with it
