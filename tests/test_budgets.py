@@ -1052,6 +1052,24 @@ def test_a_refund_of_a_booking_made_before_a_tenant_had_targets_is_not_the_tenan
     assert target_report(restored.report(), "avg_cost_usd=0.4")["realized"] == pytest.approx(0.04)
 
 
+
+def test_adopting_when_the_targets_were_set_skips_a_stored_time_that_is_no_finite_number() -> None:
+    """`adopt_since` (a process following a PUT takes when its targets were set from the stored state) leaves a
+    `since` stored as no finite number as it is, an int beyond a float's range included (it raised OverflowError,
+    which the follower would have met again at every retry), and takes a finite one."""
+    pacer = BudgetPacer(BudgetConfig.from_strings(["spend_usd=0.5/1d"]), clock=Clock(1000.0))
+    pacer.set_targets(["spend_usd=0.5/1d"], tenant="acme")
+    state = pacer.state()
+    for bad in (10**400, "soon", True, math.nan):
+        state["tenants"]["acme"]["since"] = bad
+        state["tenants"]["acme"]["targets"]["spend_usd/1d"]["since"] = bad
+        pacer.adopt_since(state)
+        assert pacer.state()["tenants"]["acme"]["since"] == 1000.0
+        assert pacer.state()["tenants"]["acme"]["targets"]["spend_usd/1d"]["since"] == 1000.0
+    state["tenants"]["acme"]["since"] = 990
+    pacer.adopt_since(state)
+    assert pacer.state()["tenants"]["acme"]["since"] == 990.0
+
 def test_a_slack_cost_target_stops_lowering_lambda_where_decisions_stop_changing() -> None:
     """Far under its target, λ falls only to ε / (ĉ_max − ĉ_min) (ε = 0.01 quality points), not to
     min_cost_weight: below that no decision changes, and λ would take long to climb back."""

@@ -97,7 +97,7 @@ from ..catalog import ModelSpec
 from ..errors import InvalidInput
 from ..types import Context, Decision, logged_tenant, tenant_named
 from .config import BudgetConfig, say
-from .targets import AvgCost, Latency, Share, Spend, Target, parse_target
+from .targets import AvgCost, Latency, Share, Spend, Target, finite_number, parse_target
 
 log = logging.getLogger("bandit_router.budgets")
 
@@ -226,9 +226,9 @@ def _refunded(delta: float, booked_at: float, since: float | None) -> bool:
 
 
 def _finite(value: Any) -> float | None:
-    """`value` when it is a finite number (not a bool), else None."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
+    """`value` as a float when it is a finite number (`targets.finite_number`: not a bool, not an int beyond a
+    float's range), else None."""
+    return float(value) if finite_number(value) else None
 
 
 def _opt_time(value: Any) -> float | None:
