@@ -31,13 +31,9 @@ _EXACT = 2**53
 names no one integer (the JSON texts 9007199254740993 and 9007199254740993.0 are two numbers in Python)."""
 
 
-EXACT_TENANT = _EXACT
-"""Beyond ±this a float tenant names no one integer: `tenant_of` refuses it (`evaluation.scope.logged_tenant`
-reads one a log written before holds)."""
-
-
-def _inexact_tenant(value: Any) -> bool:
-    """A float tenant beyond ±2⁵³, which names no one integer."""
+def inexact_tenant(value: Any) -> bool:
+    """A float tenant beyond ±2⁵³, which names no one integer: `tenant_of` refuses it (`logged_tenant` reads one a
+    log written before holds)."""
     return isinstance(value, float) and abs(value) > _EXACT
 
 
@@ -55,7 +51,7 @@ def tenant_of(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, float):
-        if _inexact_tenant(value):
+        if inexact_tenant(value):
             raise InvalidInput(_inexact_problem(value))
         if value.is_integer():
             return str(int(value))
@@ -67,7 +63,7 @@ def logged_tenant(value: Any) -> str | None:
     `tenant_of` refuses since; a log written before can hold one) its text, the tenant the service read it as then
     and stored in the decision's `tenant` column (1e17: "1e+17"). For every reader of stored decisions: `evaluate`'s
     scope, the budget pacer booking them at a start or from other processes (refused, such a row stopped both)."""
-    return str(value) if _inexact_tenant(value) else tenant_of(value)
+    return str(value) if inexact_tenant(value) else tenant_of(value)
 
 
 def tenant_named(text: str) -> str:
@@ -124,7 +120,7 @@ def _freeze_context(context: Mapping[str, Scalar] | None) -> Mapping[str, Scalar
             raise InvalidInput(f"context[{key!r}] must be a string, number or boolean")
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInput(f"context[{key!r}] must be finite")
-        if key == "tenant" and _inexact_tenant(value):
+        if key == "tenant" and inexact_tenant(value):
             raise InvalidInput(f"context['tenant']: {_inexact_problem(value)}")  # as `tenant_of` would, sooner
     return MappingProxyType(dict(context))
 

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from ..errors import InvalidInput
-from ..types import EXACT_TENANT, logged_tenant, tenant_named, tenant_of
+from ..types import inexact_tenant, logged_tenant, tenant_named, tenant_of
 from .log import LoggedRecord
 
 #: The latest Unix time a scope's bound may be (as the dashboard's time series: year 5138).
@@ -80,16 +80,12 @@ def _iso(seconds: float) -> str:
     return moment.isoformat(timespec="seconds" if not moment.microsecond else "microseconds").replace("+00:00", "Z")
 
 
-def _inexact(value: object) -> bool:
-    return isinstance(value, float) and abs(value) > EXACT_TENANT
-
-
 def inexact_tenant_warnings(logged: Sequence[LoggedRecord], scope: Scope) -> list[str]:
     """With a tenant scope: a warning naming the decisions of `logged` whose tenant is a float beyond ±2⁵³, said how
     they were read (`logged_tenant`) and whether the scope holds them."""
     if scope.tenant is None:
         return []
-    inexact = [r for r in logged if _inexact(r.decision.context.attributes.get("tenant"))]
+    inexact = [r for r in logged if inexact_tenant(r.decision.context.attributes.get("tenant"))]
     if not inexact:
         return []
     found = Counter(str(r.decision.context.attributes.get("tenant")) for r in inexact)
